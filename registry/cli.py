@@ -1,0 +1,135 @@
+"""The `vera` command line. Local adapter tools for now; the registry commands join as the service lands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import vera_core
+from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
+
+app = typer.Typer(help="VeRA adapters: inspect, verify and convert them (the registry commands come next).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+projection_app = typer.Typer(help="The shared random projections A and B.", no_args_is_help=True)
+app.add_typer(projection_app, name="projection")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A PEFT-format VeRA adapter directory.")],
+    verify: Annotated[bool, typer.Option(help="Regenerate the projections from the seed and compare.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show an adapter's config, projection and size; with --verify, prove the seed regenerates its projections."""
+    try:
+        files = vera_core.read_adapter(path)
+        report = _describe(files, verify=verify)
+    except VeraError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in report.items():
+        table.add_row(f"[bold]{key}[/]", str(value))
+    console.print(table)
+    if verify and report.get("seed_reproducible") is False:
+        raise typer.Exit(code=2)
+
+
+def _describe(files: vera_core.AdapterFiles, *, verify: bool) -> dict[str, object]:
+    cfg = files.config
+    vectors = files.vector_keys()
+    report: dict[str, object] = {
+        "r": cfg.r,
+        "target_modules": cfg.target_modules,
+        "projection_generator": cfg.projection_generator,
+        "projection_prng_key": cfg.projection_prng_key,
+        "save_projection": cfg.save_projection,
+        "adapted_layers": len(vectors) // 2,
+        "adapter_parameters": sum(files.tensors[k].numel() for k in vectors),
+        "recorded_fingerprint": files.recorded_fingerprint,
+        "peft_loadable": not vera_core.peft_problems(cfg),
+    }
+    spec = files.spec
+    if verify:
+        if spec is None:
+            raise vera_core.AdapterFormatError(
+                "The adapter records neither its projections nor their shape, so it can only be verified on its "
+                "base model (vera_core.load_adapter)."
+            )
+        a, b = vera_core.generate(spec)
+        regenerated = vera_core.fingerprint(a, b)
+        if files.has_projection:
+            stored = vera_core.fingerprint(*(files.tensors[k] for k in vera_core.checkpoint.PROJECTION_KEYS))
+            report["seed_reproducible"] = stored == regenerated
+        elif files.recorded_fingerprint is not None:
+            report["seed_reproducible"] = files.recorded_fingerprint == regenerated
+        else:  # PEFT wrote it seed-only: nothing recorded to compare against
+            report["seed_reproducible"] = "unknown (no fingerprint or projections recorded)"
+        report["regenerated_fingerprint"] = regenerated
+    return report
+
+
+@app.command("export-peft")
+def export_peft(
+    src: Annotated[Path, typer.Argument(help="Adapter directory to read.")],
+    dst: Annotated[Path, typer.Argument(help="Directory to write the PEFT-loadable copy to.")],
+) -> None:
+    """Write a copy with vera_A and vera_B materialised, which PEFT >= 0.21 loads whatever the generator."""
+    try:
+        out = vera_core.export_peft(src, dst)
+    except VeraError as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {out} (projections materialised; load with PeftModel.from_pretrained)")
+
+
+@projection_app.command("fingerprint")
+def projection_fingerprint(
+    r: Annotated[int, typer.Option(help="Rank.")],
+    max_in: Annotated[int, typer.Option(help="Largest in_features of the adapted layers.")],
+    max_out: Annotated[int, typer.Option(help="Largest out_features of the adapted layers.")],
+    seed: Annotated[int, typer.Option(help="projection_prng_key.")] = 0,
+    generator: Annotated[str, typer.Option(help="Generator name.")] = PORTABLE_GENERATOR,
+) -> None:
+    """Regenerate A and B and print their SHA-256 fingerprint (docs/projections.md)."""
+    try:
+        spec = ProjectionSpec(generator, seed, r, max_in, max_out)
+    except VeraError as exc:
+        _fail(exc)
+        return
+    console.print(vera_core.fingerprint(*vera_core.generate(spec)))
+
+
+@app.command()
+def params(
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")],
+    d_model: Annotated[int, typer.Option(help="Hidden size (square attention projections).")],
+    r: Annotated[list[int], typer.Option(help="Rank; repeat for several.")],
+    modules: Annotated[int, typer.Option(help="Adapted modules per block (query and value: 2).")] = 2,
+) -> None:
+    """Trainable parameters of VeRA and LoRA from shapes alone, as in the paper's Table 1."""
+    shapes = vera_core.transformer_shapes(layers=layers, d_model=d_model, modules_per_layer=modules)
+    table = Table("rank", "VeRA params", "VeRA bytes (fp32)", "LoRA params")
+    for rank in r:
+        n = vera_core.vera_parameters(shapes, rank)
+        table.add_row(str(rank), f"{n:,}", f"{4 * n:,}", f"{vera_core.lora_parameters(shapes, rank):,}")
+    console.print(table)
+
+
+def main() -> None:
+    app()

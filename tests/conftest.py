@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny transformers models built from configs (no weights are downloaded)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """How to build one tiny model and feed it, and which modules the interop tests adapt."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    targets: list[str]
+    task_type: str | None
+
+    def make(self, seed: int = 0) -> nn.Module:
+        torch.manual_seed(seed)
+        return self.build().eval()
+
+    def inputs(self, seed: int = 1, batch: int = 2, seq: int = 7) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return {"input_ids": torch.randint(0, 96, (batch, seq), generator=gen)}
+
+
+def _roberta() -> nn.Module:
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    return RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+        max_position_embeddings=40, num_labels=3,
+    ))
+
+
+def _gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=40))
+
+
+def _llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=40,
+    ))
+
+
+TINY_MODELS = [
+    TinyModel("roberta", _roberta, ["query", "value"], "SEQ_CLS"),
+    TinyModel("gpt2", _gpt2, ["c_attn", "c_proj"], "CAUSAL_LM"),
+    TinyModel("llama", _llama, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+              "CAUSAL_LM"),
+]
+
+
+@pytest.fixture(params=TINY_MODELS, ids=[m.name for m in TINY_MODELS])
+def tiny(request: pytest.FixtureRequest) -> TinyModel:
+    return request.param
+
+
+def output_of(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits

@@ -1,0 +1,291 @@
+"""Save and load adapters in PEFT's VeRA directory format.
+
+A directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` (keys as PEFT writes them), plus a
+short ``README.md``. vera_core adds, invisibly to PEFT, safetensors metadata naming the projection generator, its
+shape and its fingerprint, so that a seed-only adapter can be verified and exported without the base model.
+Files are read with safetensors only: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from vera_core.config import PEFT_GENERATOR, VeraConfig
+from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
+from vera_core.layer import ComputeStrategy
+from vera_core.model import VeraModel
+from vera_core.projection import ProjectionSpec, fingerprint, generate
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAME = "adapter_model.bin"
+META_GENERATOR = "vera_core.projection_generator"
+META_FINGERPRINT = "vera_core.projection_fingerprint"
+META_SHAPE = "vera_core.projection_shape"  # "r,max_in,max_out"
+PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
+
+
+@dataclass
+class AdapterFiles:
+    """The parsed content of an adapter directory, validated for internal consistency, without a base model."""
+
+    config: VeraConfig
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_projection(self) -> bool:
+        return PROJECTION_KEYS[0] in self.tensors
+
+    @property
+    def spec(self) -> ProjectionSpec | None:
+        """The projection's full description, when the files record or imply its shape."""
+        shape = self.metadata.get(META_SHAPE)
+        if shape:
+            r, max_in, max_out = (int(v) for v in shape.split(","))
+        elif self.has_projection:
+            r, max_in = self.tensors[PROJECTION_KEYS[0]].shape
+            max_out = self.tensors[PROJECTION_KEYS[1]].shape[0]
+        else:
+            return None
+        return ProjectionSpec(self.config.projection_generator, self.config.projection_prng_key, r, max_in, max_out)
+
+    @property
+    def recorded_fingerprint(self) -> str | None:
+        return self.metadata.get(META_FINGERPRINT)
+
+    def vector_keys(self) -> list[str]:
+        return sorted(k for k in self.tensors if k.endswith((".vera_lambda_b", ".vera_lambda_d")))
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFormatError(f"{path} is not readable JSON ({exc}); expected PEFT's adapter_config.json.") from exc
+    if not isinstance(data, dict):
+        raise AdapterFormatError(f"{path} must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
+    """Parse and check an adapter directory: config, tensors (safetensors only) and metadata."""
+    root = Path(path)
+    if not root.is_dir():
+        raise AdapterFormatError(f"{root} is not a directory; expected a PEFT adapter folder with {CONFIG_NAME}.")
+    config_path, weights_path = root / CONFIG_NAME, root / WEIGHTS_NAME
+    if not config_path.is_file():
+        raise AdapterFormatError(f"{root} has no {CONFIG_NAME}; expected a PEFT adapter folder.")
+    if not weights_path.is_file():
+        hint = (
+            f" It has {PICKLE_NAME}, a pickle, which is never loaded because unpickling runs arbitrary code; "
+            "re-save it with PEFT's save_pretrained(safe_serialization=True)."
+            if (root / PICKLE_NAME).exists() else ""
+        )
+        raise AdapterFormatError(f"{root} has no {WEIGHTS_NAME}.{hint}")
+    try:
+        config = VeraConfig.from_peft_dict(_read_json(config_path))
+    except VeraConfigError as exc:
+        raise AdapterFormatError(f"{config_path}: {exc}") from exc
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
+    files = AdapterFiles(config, tensors, metadata)
+    _check_consistency(files, weights_path)
+    return files
+
+
+def _check_consistency(files: AdapterFiles, where: Path) -> None:
+    cfg = files.config
+    recorded = files.metadata.get(META_GENERATOR)
+    if recorded is not None and recorded != cfg.projection_generator:
+        raise AdapterFormatError(
+            f"{where} records generator {recorded!r} but adapter_config.json says {cfg.projection_generator!r}; "
+            "the two files come from different adapters."
+        )
+    for key, tensor in files.tensors.items():
+        if not tensor.is_floating_point():
+            raise AdapterFormatError(f"Tensor {key!r} in {where} has dtype {tensor.dtype}; expected floating point.")
+    if not files.vector_keys():
+        raise AdapterFormatError(f"{where} holds no vera_lambda_b / vera_lambda_d tensors; it is not a VeRA adapter.")
+    for key in files.vector_keys():
+        tensor = files.tensors[key]
+        if tensor.dim() != 1 or (key.endswith("_d") and tensor.shape[0] != cfg.r):
+            want = f"({cfg.r},)" if key.endswith("_d") else "(out_features,)"
+            raise AdapterFormatError(f"Tensor {key!r} has shape {tuple(tensor.shape)}; expected {want} for r={cfg.r}.")
+    if cfg.save_projection != files.has_projection:
+        raise AdapterFormatError(
+            f"adapter_config.json says save_projection={cfg.save_projection} but {where} "
+            f"{'holds' if files.has_projection else 'lacks'} base_model.vera_A/vera_B; the files disagree."
+        )
+    if files.has_projection:
+        a, b = (files.tensors[k] for k in PROJECTION_KEYS)
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != cfg.r or b.shape[1] != cfg.r:
+            raise AdapterFormatError(
+                f"Stored projections have shapes A{tuple(a.shape)} and B{tuple(b.shape)}; expected A (r, max_in) and "
+                f"B (max_out, r) with r={cfg.r}."
+            )
+        max_b = max(files.tensors[k].shape[0] for k in files.vector_keys() if k.endswith("_b"))
+        if b.shape[0] < max_b:
+            raise AdapterFormatError(f"vera_B has {b.shape[0]} rows but a layer has {max_b} outputs.")
+
+
+def _write_readme(root: Path, config: VeraConfig, fp: str) -> None:
+    base = config.base_model_name_or_path or "unknown"
+    root.joinpath("README.md").write_text(
+        "---\nlibrary_name: peft\ntags:\n- vera\n- vera-registry\n"
+        + (f"base_model: {base}\n" if config.base_model_name_or_path else "")
+        + "---\n\n"
+        f"# VeRA adapter\n\nBase model: `{base}`; rank {config.r}; projection seed {config.projection_prng_key}; "
+        f"generator `{config.projection_generator}`; projection fingerprint `{fp}`.\n",
+        encoding="utf-8",
+    )
+
+
+def save_adapter(
+    model: VeraModel, path: str | os.PathLike[str], *, save_projection: bool | None = None,
+    require_peft_loadable: bool = False,
+) -> Path:
+    """Write ``model``'s adapter to ``path`` in PEFT's format; files are written in a temporary folder, then moved.
+
+    ``save_projection`` overrides the config (True materialises A and B). With ``require_peft_loadable``, refuse to
+    write what PEFT would load wrongly (a portable-generator adapter without its projections).
+    """
+    root = Path(path)
+    keep = model.config.save_projection if save_projection is None else save_projection
+    config = model.config.replace(save_projection=keep, inference_mode=True)
+    if require_peft_loadable:
+        check_peft_loadable(config)
+    tensors = model.adapter_state_dict(save_projection=keep)
+    fp = model.projection_fingerprint()
+    metadata = {
+        "format": "pt",
+        META_GENERATOR: config.projection_generator,
+        META_FINGERPRINT: fp,
+        META_SHAPE: f"{model.spec.r},{model.spec.max_in},{model.spec.max_out}",
+    }
+    _write_dir(root, config, tensors, metadata, fp)
+    return root
+
+
+def _write_dir(
+    root: Path, config: VeraConfig, tensors: dict[str, torch.Tensor], metadata: dict[str, str], fp: str
+) -> None:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        tmp.joinpath(CONFIG_NAME).write_text(json.dumps(config.to_peft_dict(), indent=2, sort_keys=True),
+                                             encoding="utf-8")
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        _write_readme(tmp, config, fp)
+        root.mkdir(exist_ok=True)
+        for item in tmp.iterdir():
+            os.replace(item, root / item.name)
+    finally:
+        for item in tmp.iterdir():
+            item.unlink()
+        tmp.rmdir()
+
+
+def peft_problems(config: VeraConfig) -> list[str]:
+    """Why PEFT would load this adapter wrongly, if it would."""
+    if config.projection_generator != PEFT_GENERATOR and not config.save_projection:
+        return [
+            f"the adapter uses projection generator {config.projection_generator!r}, which PEFT does not implement, "
+            "and does not store its projections, so PEFT would silently regenerate different ones from "
+            f"projection_prng_key={config.projection_prng_key}"
+        ]
+    return []
+
+
+def check_peft_loadable(config: VeraConfig) -> None:
+    problems = peft_problems(config)
+    if problems:
+        raise PeftIncompatibleError(
+            "Not loadable by HuggingFace PEFT: " + "; ".join(problems) + ". Export a PEFT-loadable copy with the "
+            "projections materialised: `vera export-peft SRC DST` or vera_core.export_peft(SRC, DST)."
+        )
+
+
+def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy an adapter with its projections materialised (save_projection=True), which any PEFT >= 0.21 loads."""
+    files = read_adapter(src)
+    spec = files.spec
+    tensors = dict(files.tensors)
+    if not files.has_projection:
+        if spec is None:
+            raise AdapterFormatError(
+                f"{src} stores no projections and no projection shape; load it onto its base model with "
+                "load_adapter() and save it with save_projection=True instead."
+            )
+        a, b = generate(spec)
+        _check_fingerprint(files, a, b)
+        tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
+    config = files.config.replace(save_projection=True)
+    fp = files.recorded_fingerprint or fingerprint(tensors[PROJECTION_KEYS[0]], tensors[PROJECTION_KEYS[1]])
+    metadata = {**files.metadata, "format": "pt", META_FINGERPRINT: fp, META_GENERATOR: config.projection_generator}
+    _write_dir(Path(dst), config, tensors, metadata, fp)
+    return Path(dst)
+
+
+def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> None:
+    recorded = files.recorded_fingerprint
+    if recorded is not None and fingerprint(a, b) != recorded:
+        raise ProjectionMismatchError(
+            f"The seed {files.config.projection_prng_key} with generator {files.config.projection_generator!r} "
+            f"regenerates projections with fingerprint {fingerprint(a, b)}, but the adapter was trained with "
+            f"{recorded}. This machine cannot reproduce them; use a copy saved with save_projection=True."
+        )
+
+
+def load_adapter(
+    base_model: torch.nn.Module, path: str | os.PathLike[str], *, strategy: ComputeStrategy = "auto",
+    is_trainable: bool = False,
+) -> VeraModel:
+    """Inject the adapter at ``path`` into ``base_model`` and load its vectors, heads and projections.
+
+    Stored projections are compared with what the seed regenerates; if they differ they are used (they are what the
+    adapter was trained with) and ``model.projection_reproducible`` is False.
+    """
+    files = read_adapter(path)
+    config = files.config.replace(inference_mode=not is_trainable)
+    model = VeraModel(base_model, config, strategy=strategy)
+    regenerated = (model.projection.vera_A, model.projection.vera_B)
+    model.projection_reproducible = True
+    if files.has_projection:
+        a, b = (files.tensors[k] for k in PROJECTION_KEYS)
+        if tuple(a.shape) != tuple(regenerated[0].shape) or tuple(b.shape) != tuple(regenerated[1].shape):
+            raise AdapterFormatError(
+                f"Stored projections have shapes A{tuple(a.shape)}, B{tuple(b.shape)} but this base model needs "
+                f"A{tuple(regenerated[0].shape)}, B{tuple(regenerated[1].shape)}; the adapter was made for another "
+                "base model or another set of target modules."
+            )
+        if not (torch.equal(a.float(), regenerated[0].cpu()) and torch.equal(b.float(), regenerated[1].cpu())):
+            warnings.warn(
+                f"The stored projections differ from what seed {config.projection_prng_key} with generator "
+                f"{config.projection_generator!r} regenerates; using the stored ones.", stacklevel=2,
+            )
+            model.projection_reproducible = False
+            with torch.no_grad():
+                model.projection.vera_A.copy_(a)
+                model.projection.vera_B.copy_(b)
+    else:
+        _check_fingerprint(files, *regenerated)
+    model.load_adapter_state_dict(files.tensors)
+    if not is_trainable:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+    return model

@@ -1,0 +1,187 @@
+"""VeraConfig: PEFT's VeRA fields and defaults, plus the name of the projection generator.
+
+Each field is documented once, here, with the reason for its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vera_core.errors import VeraConfigError
+
+#: Generator that reproduces PEFT bit for bit (CPU ``torch.Generator`` + kaiming uniform).
+PEFT_GENERATOR = "torch-kaiming-uniform"
+#: Counter-based generator with identical bits on every device, torch version and language (docs/projections.md).
+PORTABLE_GENERATOR = "philox4x32-10-kaiming-uniform-v1"
+#: Generators this version implements; the names are recorded with every adapter and never reused.
+KNOWN_GENERATORS = (PORTABLE_GENERATOR, PEFT_GENERATOR)
+
+BiasMode = Literal["none", "all", "vera_only"]
+_BIAS_MODES = ("none", "all", "vera_only")
+_MAX_KEY = 2**64 - 1
+
+#: Default targets when ``target_modules`` is None, by transformers ``model_type`` (PEFT's LoRA/VeRA mapping).
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "opt": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "phi": ["q_proj", "v_proj"],
+    "t5": ["q", "v"],
+}
+
+#: ``task_type`` values PEFT knows; sequence classification adds the head to ``modules_to_save`` like PEFT does.
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+CLASSIFIER_HEADS = ["classifier", "score"]
+
+
+@dataclass
+class VeraConfig:
+    """Configuration of one VeRA adapter, field-compatible with ``peft.VeraConfig``."""
+
+    # Rank of the shared projections. 256 is PEFT's default; the paper uses 256-1024 because only d and b train,
+    # so a larger r costs r more parameters per layer, not r * (m + n).
+    r: int = 256
+    # Module names to adapt: a list matches a full name or a ".name" suffix; a string is a regex that must match
+    # the full module name. None picks a default for known transformers model types (DEFAULT_TARGETS).
+    target_modules: list[str] | str | None = None
+    # Seed of the shared projections A and B; with the generator it is all that is needed to regenerate them.
+    projection_prng_key: int = 0
+    # Store A and B in the checkpoint (PEFT's default, robust to generator changes) or regenerate from the seed.
+    save_projection: bool = True
+    # Dropout on the adapter input only; the base layer always sees the clean input.
+    vera_dropout: float = 0.0
+    # Initial value of every d entry. The paper found 0.1 better than 1.0; b starts at zero so the delta is zero.
+    d_initial: float = 0.1
+    # True when the base layer stores its weight as (in, out), as transformers' Conv1D (GPT-2) does.
+    fan_in_fan_out: bool = False
+    # Which biases train and are saved: none, all biases of the model, or only those of adapted layers.
+    bias: BiasMode = "none"
+    # Extra modules (usually a task head) that train in full and are saved in full.
+    modules_to_save: list[str] | None = None
+    # True: b = 0 and d = d_initial (delta starts at zero). False: b = 1, d ~ N(0, 1) (a non-zero delta for tests).
+    init_weights: bool = True
+    # Adapt only the layers with these indices (the number after ``layers_pattern`` in the module name).
+    layers_to_transform: list[int] | int | None = None
+    # Name of the nn.ModuleList holding the layers ("layers", "h", ...); needs ``layers_to_transform``.
+    layers_pattern: list[str] | str | None = None
+    # Provenance of the base model, written to adapter_config.json as PEFT does.
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    # PEFT task type (SEQ_CLS, CAUSAL_LM, ...); SEQ_CLS adds classifier/score heads to ``modules_to_save``.
+    task_type: str | None = None
+    # Set by PEFT on saved configs; kept for a faithful round trip.
+    inference_mode: bool = False
+    # How A and B are generated from the seed. The portable generator is the default for new adapters because its
+    # bits do not depend on the device or the torch version; PEFT's generator is used for adapters PEFT wrote.
+    projection_generator: str = PORTABLE_GENERATOR
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise VeraConfigError(f"r must be a positive integer (the rank of the shared projections), got {self.r!r}.")
+        key = self.projection_prng_key
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key <= _MAX_KEY:
+            raise VeraConfigError(
+                f"projection_prng_key must be an integer in [0, 2**64 - 1], got {key!r}; pick any non-negative seed."
+            )
+        if not 0.0 <= float(self.vera_dropout) < 1.0:
+            raise VeraConfigError(f"vera_dropout must be in [0, 1), got {self.vera_dropout!r}.")
+        if self.bias not in _BIAS_MODES:
+            raise VeraConfigError(f"bias must be one of {', '.join(_BIAS_MODES)}, got {self.bias!r}.")
+        if self.projection_generator not in KNOWN_GENERATORS:
+            raise VeraConfigError(
+                f"Unknown projection_generator {self.projection_generator!r}; this version implements "
+                f"{', '.join(KNOWN_GENERATORS)}. Upgrade vera-registry if the adapter was made by a newer version."
+            )
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise VeraConfigError(f"task_type must be one of {', '.join(TASK_TYPES)} or None, got {self.task_type!r}.")
+        if isinstance(self.target_modules, str):
+            try:
+                re.compile(self.target_modules)
+            except re.error as exc:
+                raise VeraConfigError(
+                    f"target_modules is a string, so it must be a regular expression; {self.target_modules!r} is "
+                    f"not valid ({exc}). Pass a list of names to match by suffix instead."
+                ) from exc
+        elif self.target_modules is not None:
+            self.target_modules = sorted({str(t) for t in self.target_modules})
+            if not self.target_modules:
+                raise VeraConfigError("target_modules is an empty list; name at least one module, e.g. ['query'].")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise VeraConfigError("layers_pattern is set but layers_to_transform is not; set both or neither.")
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)
+        if self.task_type == "SEQ_CLS":
+            extra = [h for h in CLASSIFIER_HEADS if h not in (self.modules_to_save or [])]
+            self.modules_to_save = [*(self.modules_to_save or []), *extra]
+
+    @property
+    def peft_generator(self) -> bool:
+        """True when PEFT regenerates the same projections from the seed."""
+        return self.projection_generator == PEFT_GENERATOR
+
+    def replace(self, **changes: Any) -> VeraConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_peft_dict(self) -> dict[str, Any]:
+        """The content of adapter_config.json, as PEFT writes it.
+
+        ``projection_generator`` is written only when it is not PEFT's own generator, so that configs of
+        PEFT-compatible adapters stay exactly as PEFT writes them.
+        """
+        out: dict[str, Any] = {
+            "auto_mapping": None,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "bias": self.bias,
+            "d_initial": self.d_initial,
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "inference_mode": self.inference_mode,
+            "init_weights": self.init_weights,
+            "layers_pattern": self.layers_pattern,
+            "layers_to_transform": self.layers_to_transform,
+            "modules_to_save": self.modules_to_save,
+            "peft_type": "VERA",
+            "projection_prng_key": self.projection_prng_key,
+            "r": self.r,
+            "revision": self.revision,
+            "save_projection": self.save_projection,
+            "target_modules": self.target_modules,
+            "task_type": self.task_type,
+            "vera_dropout": self.vera_dropout,
+        }
+        if not self.peft_generator:
+            out["projection_generator"] = self.projection_generator
+        return out
+
+    @classmethod
+    def from_peft_dict(cls, data: dict[str, Any]) -> VeraConfig:
+        """Read adapter_config.json content written by PEFT or by vera_core.
+
+        A config without ``projection_generator`` was written by PEFT (or for PEFT), so it uses PEFT's generator.
+        """
+        if not isinstance(data, dict):
+            raise VeraConfigError(f"adapter_config.json must hold a JSON object, found {type(data).__name__}.")
+        peft_type = data.get("peft_type")
+        if peft_type != "VERA":
+            raise VeraConfigError(
+                f"adapter_config.json has peft_type={peft_type!r}; expected 'VERA'. "
+                "Only VeRA adapters can be loaded here (a LoRA adapter needs peft.LoraConfig)."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs.setdefault("projection_generator", PEFT_GENERATOR)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a field of the wrong JSON type, e.g. r as a string
+            raise VeraConfigError(f"adapter_config.json has a field of the wrong type: {exc}") from exc

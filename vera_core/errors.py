@@ -1,0 +1,42 @@
+"""The exception tree of vera_core, documented in one place.
+
+    VeraError                     base of everything vera_core raises on purpose
+    ├── VeraConfigError           a configuration value is invalid (also a ValueError)
+    ├── TargetError               target_modules matched nothing, or matched an unsupported layer
+    ├── UnknownGeneratorError     a projection generator name that this version does not know
+    ├── AdapterFormatError        an adapter directory or file is malformed or inconsistent (also a ValueError)
+    ├── ProjectionMismatchError   stored projections differ from what the seed regenerates
+    └── PeftIncompatibleError     the adapter cannot be read by HuggingFace PEFT as it stands
+
+Every message says what was expected, what was found, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class VeraError(Exception):
+    """Base class of every error vera_core raises on purpose."""
+
+
+class VeraConfigError(VeraError, ValueError):
+    """A configuration value is invalid."""
+
+
+class TargetError(VeraError, ValueError):
+    """``target_modules`` matched nothing, or matched a layer type VeRA cannot adapt."""
+
+
+class UnknownGeneratorError(VeraError, ValueError):
+    """A projection generator name that this version of vera_core does not implement."""
+
+
+class AdapterFormatError(VeraError, ValueError):
+    """An adapter directory or file is malformed, or inconsistent with its config or base model."""
+
+
+class ProjectionMismatchError(VeraError):
+    """Stored projections differ from the ones the recorded seed and generator regenerate."""
+
+
+class PeftIncompatibleError(VeraError):
+    """The adapter cannot be loaded correctly by HuggingFace PEFT as it stands."""

@@ -1,0 +1,212 @@
+"""VeraModel: injects VeRA layers into any torch model, with ONE shared projection sized to the largest layer."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from vera_core.config import VeraConfig
+from vera_core.errors import AdapterFormatError
+from vera_core.layer import ComputeStrategy, SharedProjection, VeraLinear, is_conv1d, layer_shape
+from vera_core.projection import ProjectionSpec, fingerprint, generate
+from vera_core.targets import find_targets, resolve_targets
+
+#: Prefix of every key in PEFT's adapter_model.safetensors.
+PEFT_PREFIX = "base_model.model."
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+class VeraModel(nn.Module):
+    """A base model with VeRA layers injected. Calls go straight to the wrapped model.
+
+    ``model`` keeps the base model's module tree, with each adapted layer replaced by a ``VeraLinear`` whose
+    ``base_layer`` is the original layer, so state-dict names match PEFT's (``<path>.base_layer.weight``,
+    ``<path>.vera_lambda_b``).
+    """
+
+    def __init__(
+        self, model: nn.Module, config: VeraConfig, *, projection: tuple[torch.Tensor, torch.Tensor] | None = None,
+        strategy: ComputeStrategy = "auto",
+    ) -> None:
+        super().__init__()
+        config = resolve_targets(model, config)
+        targets = list(find_targets(model, config))
+        config = self._check_fan_in_fan_out(config, targets)
+        shapes = [layer_shape(m) for _, m in targets]
+        self.max_out = max(s[0] for s in shapes if s)
+        self.max_in = max(s[1] for s in shapes if s)
+        self.config = config
+        self.spec = ProjectionSpec(config.projection_generator, config.projection_prng_key, config.r,
+                                   self.max_in, self.max_out)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        a, b = projection if projection is not None else generate(self.spec)
+        self.projection = SharedProjection(a.to(device), b.to(device), persistent=False)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, module in targets:
+            _set_submodule(model, name, VeraLinear(
+                module, self.projection, r=config.r, dropout=config.vera_dropout, init_weights=config.init_weights,
+                d_initial=config.d_initial, strategy=strategy,
+            ))
+        self.model = model
+        self.adapted = [name for name, _ in targets]
+        # False only when a loaded adapter's stored projections differ from what its seed regenerates.
+        self.projection_reproducible = True
+        self._mark_trainable()
+
+    @staticmethod
+    def _check_fan_in_fan_out(config: VeraConfig, targets: list[tuple[str, nn.Module]]) -> VeraConfig:
+        conv1d = any(is_conv1d(m) for _, m in targets)
+        if conv1d and not config.fan_in_fan_out:
+            warnings.warn("fan_in_fan_out is False but the targets are transformers Conv1D; setting it to True.",
+                          stacklevel=3)
+            return config.replace(fan_in_fan_out=True)
+        if not conv1d and config.fan_in_fan_out:
+            warnings.warn("fan_in_fan_out is True but the targets are nn.Linear; setting it to False.", stacklevel=3)
+            return config.replace(fan_in_fan_out=False)
+        return config
+
+    def _mark_trainable(self) -> None:
+        for layer in self.vera_layers():
+            layer.vera_lambda_d.requires_grad_(True)
+            layer.vera_lambda_b.requires_grad_(True)
+            if self.config.bias == "vera_only" and layer.base_layer.bias is not None:
+                layer.base_layer.bias.requires_grad_(True)
+        if self.config.bias == "all":
+            for name, p in self.model.named_parameters():
+                if name.endswith("bias"):
+                    p.requires_grad_(True)
+        for _, module in self.modules_to_save():
+            module.requires_grad_(True)
+
+    # ---- introspection -------------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def vera_layers(self) -> Iterator[VeraLinear]:
+        for module in self.model.modules():
+            if isinstance(module, VeraLinear):
+                yield module
+
+    def named_vera_layers(self) -> Iterator[tuple[str, VeraLinear]]:
+        for name, module in self.model.named_modules():
+            if isinstance(module, VeraLinear):
+                yield name, module
+
+    def modules_to_save(self) -> Iterator[tuple[str, nn.Module]]:
+        """Top-most modules named by ``modules_to_save``."""
+        if not self.config.modules_to_save:
+            return
+        taken: list[str] = []
+        for name, module in self.model.named_modules():
+            if not name or any(name.startswith(t + ".") for t in taken):
+                continue
+            if any(name == m or name.endswith("." + m) for m in self.config.modules_to_save):
+                taken.append(name)
+                yield name, module
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def num_adapter_parameters(self) -> int:
+        """Only the VeRA vectors d and b (the figure the paper reports)."""
+        return sum(layer.r + layer.out_features for layer in self.vera_layers())
+
+    def projection_fingerprint(self) -> str:
+        return fingerprint(self.projection.vera_A, self.projection.vera_B)
+
+    def set_strategy(self, strategy: ComputeStrategy) -> None:
+        for layer in self.vera_layers():
+            layer.strategy = strategy
+
+    # ---- merge -------------------------------------------------------------------------------------------
+    def merge(self) -> None:
+        for layer in self.vera_layers():
+            layer.merge()
+
+    def unmerge(self) -> None:
+        for layer in self.vera_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold every delta into its base weight and return the plain base model (heads included)."""
+        for name, layer in list(self.named_vera_layers()):
+            layer.merge()
+            _set_submodule(self.model, name, layer.base_layer)
+        return self.model
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the base model alone inside the block (merged deltas are taken out first)."""
+        layers = list(self.vera_layers())
+        for layer in layers:
+            layer.unmerge()
+            layer.disabled = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.disabled = False
+
+    # ---- state in PEFT's key format -----------------------------------------------------------------------
+    def adapter_state_dict(self, *, save_projection: bool | None = None) -> dict[str, torch.Tensor]:
+        """Tensors as PEFT saves them in adapter_model.safetensors (float32 vectors, full heads)."""
+        keep = self.config.save_projection if save_projection is None else save_projection
+        out: dict[str, torch.Tensor] = {}
+        for name, layer in self.named_vera_layers():
+            out[f"{PEFT_PREFIX}{name}.vera_lambda_b"] = layer.vera_lambda_b
+            out[f"{PEFT_PREFIX}{name}.vera_lambda_d"] = layer.vera_lambda_d
+            if self.config.bias == "vera_only" and layer.base_layer.bias is not None:
+                out[f"{PEFT_PREFIX}{name}.base_layer.bias"] = layer.base_layer.bias
+        if self.config.bias == "all":
+            for name, p in self.model.named_parameters():
+                if name.endswith("bias"):
+                    out[f"{PEFT_PREFIX}{name}"] = p
+        for name, module in self.modules_to_save():
+            for pname, p in module.state_dict().items():
+                out[f"{PEFT_PREFIX}{name}.{pname}"] = p
+        if keep:
+            out["base_model.vera_A"] = self.projection.vera_A
+            out["base_model.vera_B"] = self.projection.vera_B
+        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+    def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load vectors, biases and heads from PEFT-format keys; every expected key must be there, and no other."""
+        tensors = {k: v for k, v in tensors.items() if k not in ("base_model.vera_A", "base_model.vera_B")}
+        expected = self.adapter_state_dict(save_projection=False)
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise AdapterFormatError(
+                "The adapter's tensors do not fit this model: "
+                + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}; " if missing else "")
+                + (f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; " if unexpected else "")
+                + "check that target_modules, modules_to_save and bias match the base model it was trained on."
+            )
+        params = dict(self.model.named_parameters())
+        params.update(dict(self.model.named_buffers()))
+        with torch.no_grad():
+            for key, value in tensors.items():
+                target = params[self._model_key(key)]
+                if tuple(value.shape) != tuple(target.shape):
+                    raise AdapterFormatError(
+                        f"Tensor {key!r} has shape {tuple(value.shape)} but this model expects {tuple(target.shape)}; "
+                        "the adapter was made for a different base model or rank."
+                    )
+                target.copy_(value.to(target.dtype))
+
+    @staticmethod
+    def _model_key(peft_key: str) -> str:
+        return peft_key[len(PEFT_PREFIX):]

@@ -1,0 +1,85 @@
+"""Which modules an adapter targets: PEFT's matching rules, so that the same config picks the same layers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from vera_core.config import DEFAULT_TARGETS, VeraConfig
+from vera_core.errors import TargetError
+from vera_core.layer import layer_shape
+
+
+def is_module_to_save(config: VeraConfig, name: str) -> bool:
+    """True for a module listed in ``modules_to_save`` or inside one (never adapted, trained in full)."""
+    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in config.modules_to_save or [])
+
+
+def _layer_index_ok(config: VeraConfig, name: str) -> bool:
+    indexes = config.layers_to_transform
+    if indexes is None or (isinstance(indexes, list) and not indexes):
+        return True
+    patterns = config.layers_pattern
+    match = None
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if match:
+                break
+    if match is None:
+        return False
+    index = int(match.group("idx"))
+    return index == indexes if isinstance(indexes, int) else index in indexes
+
+
+def matches_target(config: VeraConfig, name: str) -> bool:
+    """PEFT's rule: a string is a regex on the full name; a list matches the full name or a '.suffix'."""
+    if is_module_to_save(config, name):
+        return False
+    targets = config.target_modules
+    if targets is None:
+        return False
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    if name in targets:
+        return True
+    return any(name.endswith(f".{t}") for t in targets) and _layer_index_ok(config, name)
+
+
+def resolve_targets(model: nn.Module, config: VeraConfig) -> VeraConfig:
+    """Fill in ``target_modules`` from the model type when it is None, as PEFT does."""
+    if config.target_modules is not None:
+        return config
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        raise TargetError(
+            f"target_modules is None and there is no default for model type {model_type!r}; "
+            "set target_modules, e.g. ['q_proj', 'v_proj'] or a regex such as r'.*\\.(query|value)'."
+        )
+    return config.replace(target_modules=list(DEFAULT_TARGETS[model_type]))
+
+
+def find_targets(model: nn.Module, config: VeraConfig) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every module the config targets; unsupported layer types are an error."""
+    found = False
+    for name, module in model.named_modules():
+        if not name or not matches_target(config, name):
+            continue
+        if layer_shape(module) is None:
+            raise TargetError(
+                f"target_modules matched {name!r}, a {type(module).__name__}; VeRA adapts only nn.Linear and "
+                "transformers Conv1D layers. Narrow target_modules so that it matches linear layers only."
+            )
+        found = True
+        yield name, module
+    if not found:
+        raise TargetError(
+            f"target_modules={config.target_modules!r} matched no module of this {type(model).__name__}. "
+            "Module names look like "
+            + ", ".join(repr(n) for n, m in list(model.named_modules())[1:] if layer_shape(m) is not None)[:300]
+            + "; pass names from that list."
+        )
