@@ -93,15 +93,24 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
         )
         raise AdapterFormatError(f"{root} has no {WEIGHTS_NAME}.{hint}")
     try:
-        config = VeraConfig.from_peft_dict(_read_json(config_path))
-    except VeraConfigError as exc:
-        raise AdapterFormatError(f"{config_path}: {exc}") from exc
-    try:
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
+    raw = _read_json(config_path)
+    recorded = metadata.get(META_GENERATOR)
+    if recorded is not None and raw.get("projection_generator", recorded) != recorded:
+        raise AdapterFormatError(
+            f"{weights_path} records generator {recorded!r} but {CONFIG_NAME} says {raw['projection_generator']!r}; "
+            "the two files come from different adapters."
+        )
+    if recorded is not None:
+        raw = {**raw, "projection_generator": recorded}
+    try:
+        config = VeraConfig.from_peft_dict(raw)
+    except VeraConfigError as exc:
+        raise AdapterFormatError(f"{config_path}: {exc}") from exc
     files = AdapterFiles(config, tensors, metadata)
     _check_consistency(files, weights_path)
     return files
@@ -109,12 +118,6 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
 
 def _check_consistency(files: AdapterFiles, where: Path) -> None:
     cfg = files.config
-    recorded = files.metadata.get(META_GENERATOR)
-    if recorded is not None and recorded != cfg.projection_generator:
-        raise AdapterFormatError(
-            f"{where} records generator {recorded!r} but adapter_config.json says {cfg.projection_generator!r}; "
-            "the two files come from different adapters."
-        )
     for key, tensor in files.tensors.items():
         if not tensor.is_floating_point():
             raise AdapterFormatError(f"Tensor {key!r} in {where} has dtype {tensor.dtype}; expected floating point.")

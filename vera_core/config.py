@@ -137,8 +137,9 @@ class VeraConfig:
     def to_peft_dict(self) -> dict[str, Any]:
         """The content of adapter_config.json, as PEFT writes it.
 
-        ``projection_generator`` is written only when it is not PEFT's own generator, so that configs of
-        PEFT-compatible adapters stay exactly as PEFT writes them.
+        ``projection_generator`` is written only for a seed-only adapter whose generator PEFT does not know: there
+        PEFT's warning about the unknown key is the one hint a PEFT user gets. Everywhere else the file stays
+        exactly as PEFT writes it, and the generator is recorded in the safetensors metadata (docs/projections.md).
         """
         out: dict[str, Any] = {
             "auto_mapping": None,
@@ -160,7 +161,7 @@ class VeraConfig:
             "task_type": self.task_type,
             "vera_dropout": self.vera_dropout,
         }
-        if not self.peft_generator:
+        if not self.peft_generator and not self.save_projection:
             out["projection_generator"] = self.projection_generator
         return out
 
