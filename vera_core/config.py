@@ -173,7 +173,7 @@ class VeraConfig:
         """
         if not isinstance(data, dict):
             raise VeraConfigError(f"adapter_config.json must hold a JSON object, found {type(data).__name__}.")
-        peft_type = data.get("peft_type")
+        peft_type = getattr(data.get("peft_type"), "value", data.get("peft_type"))  # PEFT's str enum or plain JSON
         if peft_type != "VERA":
             raise VeraConfigError(
                 f"adapter_config.json has peft_type={peft_type!r}; expected 'VERA'. "

@@ -77,9 +77,9 @@ def find_targets(model: nn.Module, config: VeraConfig) -> Iterator[tuple[str, nn
         found = True
         yield name, module
     if not found:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and layer_shape(m) is not None})
         raise TargetError(
             f"target_modules={config.target_modules!r} matched no module of this {type(model).__name__}. "
-            "Module names look like "
-            + ", ".join(repr(n) for n, m in list(model.named_modules())[1:] if layer_shape(m) is not None)[:300]
-            + "; pass names from that list."
+            f"Its linear layers are named {', '.join(leaves) or '(none)'} (last part of the module path); "
+            "pass some of those names, or a regex over full module paths."
         )
