@@ -95,7 +95,7 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
     raw = _read_json(config_path)

@@ -13,7 +13,7 @@ Both give the same outputs and gradients within float32 rounding (tests/vera_cor
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +34,16 @@ def layer_shape(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
     if is_conv1d(module):
-        n_in, n_out = module.weight.shape
+        n_in, n_out = cast(torch.Tensor, module.weight).shape
         return int(n_out), int(n_in)
     return None
 
 
 class SharedProjection(nn.Module):
     """The ONE pair of frozen matrices shared by every adapted layer, float32, sized to the largest layer."""
+
+    vera_A: torch.Tensor
+    vera_B: torch.Tensor
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, *, persistent: bool = True) -> None:
         super().__init__()
@@ -60,7 +63,7 @@ class _FusedVera(torch.autograd.Function):
     """y = x (W0 + b * M)^T + bias with M = B diag(d) A; W0 is frozen."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, w0: torch.Tensor, bias: torch.Tensor | None,
         a: torch.Tensor, b_mat: torch.Tensor, d: torch.Tensor, b: torch.Tensor,
     ) -> torch.Tensor:
@@ -71,7 +74,7 @@ class _FusedVera(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w0, a, b_mat, d, b, m_mat = ctx.saved_tensors
         need_x, _, need_bias, _, _, need_d, need_b = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])  # (tokens, out)
@@ -110,7 +113,7 @@ class VeraLinear(nn.Module):
         # A plain attribute, not a submodule: the projection is shared and saved once, at model level.
         self.__dict__["projection"] = projection
         self.vera_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        device = base_layer.weight.device
+        device = self.base_weight.device
         if init_weights:
             d = torch.full((r,), float(d_initial), device=device)
             b = torch.zeros(self.out_features, device=device)
@@ -124,6 +127,14 @@ class VeraLinear(nn.Module):
         self.disabled = False
 
     projection: SharedProjection
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.base_layer.weight)
+
+    @property
+    def base_bias(self) -> torch.Tensor | None:
+        return cast("torch.Tensor | None", getattr(self.base_layer, "bias", None))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, fan_in_fan_out={self.fan_in_fan_out}"
@@ -141,7 +152,7 @@ class VeraLinear(nn.Module):
     def merge(self) -> None:
         if self.merged:
             return
-        weight = self.base_layer.weight
+        weight = self.base_weight
         weight.copy_((weight.float() + self.get_delta_weight().to(weight.device)).to(weight.dtype))
         self.merged = True
 
@@ -149,13 +160,13 @@ class VeraLinear(nn.Module):
     def unmerge(self) -> None:
         if not self.merged:
             return
-        weight = self.base_layer.weight
+        weight = self.base_weight
         weight.copy_((weight.float() - self.get_delta_weight().to(weight.device)).to(weight.dtype))
         self.merged = False
 
     def choose_strategy(self, x: torch.Tensor) -> Literal["factored", "fused"]:
         """Pick the cheaper computation for this call (``auto``), or honour a forced choice."""
-        weight = self.base_layer.weight
+        weight = self.base_weight
         fusable = (
             type(self.base_layer) is nn.Linear or self.fan_in_fan_out
         ) and weight.dtype == torch.float32 and x.dtype == torch.float32 and not weight.requires_grad and not (
@@ -176,14 +187,14 @@ class VeraLinear(nn.Module):
         if self.disabled or self.merged:
             if self.disabled and self.merged:
                 self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
+            return cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
         a, b_mat = self._projections(x.device)
         d, b = self.vera_lambda_d, self.vera_lambda_b
         if self.choose_strategy(x) == "fused":
-            w0 = self.base_layer.weight.t() if self.fan_in_fan_out else self.base_layer.weight
-            out: torch.Tensor = _FusedVera.apply(x, w0, self.base_layer.bias, a, b_mat, d, b)
-            return out
-        result = self.base_layer(x, *args, **kwargs)
+            w0 = self.base_weight.t() if self.fan_in_fan_out else self.base_weight
+            out = _FusedVera.apply(x, w0, self.base_bias, a, b_mat, d, b)  # type: ignore[no-untyped-call]
+            return cast(torch.Tensor, out)
+        result = cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
         x_a = self.vera_dropout(x).to(d.dtype)
         result = result + b * F.linear(d * F.linear(x_a, a), b_mat)  # (..., out)
         return result.to(x.dtype)

@@ -79,8 +79,8 @@ class VeraModel(nn.Module):
         for layer in self.vera_layers():
             layer.vera_lambda_d.requires_grad_(True)
             layer.vera_lambda_b.requires_grad_(True)
-            if self.config.bias == "vera_only" and layer.base_layer.bias is not None:
-                layer.base_layer.bias.requires_grad_(True)
+            if self.config.bias == "vera_only" and layer.base_bias is not None:
+                layer.base_bias.requires_grad_(True)
         if self.config.bias == "all":
             for name, p in self.model.named_parameters():
                 if name.endswith("bias"):
@@ -168,8 +168,8 @@ class VeraModel(nn.Module):
         for name, layer in self.named_vera_layers():
             out[f"{PEFT_PREFIX}{name}.vera_lambda_b"] = layer.vera_lambda_b
             out[f"{PEFT_PREFIX}{name}.vera_lambda_d"] = layer.vera_lambda_d
-            if self.config.bias == "vera_only" and layer.base_layer.bias is not None:
-                out[f"{PEFT_PREFIX}{name}.base_layer.bias"] = layer.base_layer.bias
+            if self.config.bias == "vera_only" and layer.base_bias is not None:
+                out[f"{PEFT_PREFIX}{name}.base_layer.bias"] = layer.base_bias
         if self.config.bias == "all":
             for name, p in self.model.named_parameters():
                 if name.endswith("bias"):
@@ -195,7 +195,7 @@ class VeraModel(nn.Module):
                 + (f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; " if unexpected else "")
                 + "check that target_modules, modules_to_save and bias match the base model it was trained on."
             )
-        params = dict(self.model.named_parameters())
+        params: dict[str, torch.Tensor] = dict(self.model.named_parameters())
         params.update(dict(self.model.named_buffers()))
         with torch.no_grad():
             for key, value in tensors.items():

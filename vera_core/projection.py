@@ -85,8 +85,9 @@ class TorchKaimingUniform:
 
     def generate(self, spec: ProjectionSpec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator(device="cpu").manual_seed(spec.seed)
-        a = torch.empty(spec.r, spec.max_in).uniform_(-kaiming_bound(spec.max_in), kaiming_bound(spec.max_in), generator=gen)
-        b = torch.empty(spec.max_out, spec.r).uniform_(-kaiming_bound(spec.r), kaiming_bound(spec.r), generator=gen)
+        bound_a, bound_b = kaiming_bound(spec.max_in), kaiming_bound(spec.r)
+        a = torch.empty(spec.r, spec.max_in).uniform_(-bound_a, bound_a, generator=gen)  # A first, as PEFT
+        b = torch.empty(spec.max_out, spec.r).uniform_(-bound_b, bound_b, generator=gen)
         return a.to(device), b.to(device)
 
 

@@ -108,7 +108,8 @@ def test_tensors_that_do_not_fit_the_base_are_refused(tmp_path: Path) -> None:
     moved = "base_model.model.model.layers.1.mlp.up_proj.vera_lambda_d"
     _rewrite(tmp_path / "a", lambda t, m: t.update({"base_model.model.model.layers.7.mlp.up_proj.vera_lambda_d":
                                                     t.pop(moved)}))
-    with pytest.raises(AdapterFormatError, match=r"missing \[.*layers\.1\.mlp.*unexpected \[.*layers\.7.*target_modules"):
+    pattern = r"missing \[.*layers\.1\.mlp.*unexpected \[.*layers\.7.*target_modules"
+    with pytest.raises(AdapterFormatError, match=pattern):
         load_adapter(LLAMA.make(), tmp_path / "a")
     save_adapter(trained(), tmp_path / "a")
     _rewrite(tmp_path / "a", lambda t, m: t.update(
@@ -140,7 +141,8 @@ def test_config_and_files_must_agree(tmp_path: Path) -> None:
     (tmp_path / "a/adapter_config.json").write_text(json.dumps({**config, "save_projection": True}))
     with pytest.raises(AdapterFormatError, match="save_projection=True but .* lacks base_model.vera_A"):
         read_adapter(tmp_path / "a")
-    (tmp_path / "a/adapter_config.json").write_text(json.dumps({**config, "projection_generator": "torch-kaiming-uniform"}))
+    config["projection_generator"] = "torch-kaiming-uniform"
+    (tmp_path / "a/adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(AdapterFormatError, match="records generator 'philox4x32-10-kaiming-uniform-v1' but"):
         read_adapter(tmp_path / "a")
 

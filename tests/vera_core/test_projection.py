@@ -16,7 +16,9 @@ SHAPES = [(1, 1, 1), (8, 32, 32), (16, 48, 32), (5, 7, 13), (64, 130, 257)]
 
 
 @pytest.mark.parametrize(("ctr", "key", "want"), PHILOX_KAT, ids=["zeros", "ones", "pi"])
-def test_philox_matches_random123_known_answers(ctr: tuple[int, ...], key: tuple[int, int], want: tuple[int, ...]) -> None:
+def test_philox_matches_random123_known_answers(
+    ctr: tuple[int, ...], key: tuple[int, int], want: tuple[int, ...]
+) -> None:
     c0, c1 = torch.tensor([ctr[0]]), torch.tensor([ctr[1]])
     assert tuple(int(w) for w in philox4x32_10(c0, c1, ctr[2], ctr[3], *key)) == want
     np_words = philox_reference.philox4x32_10(tuple(np.array([c], dtype=np.uint64) for c in ctr), key)
@@ -25,7 +27,9 @@ def test_philox_matches_random123_known_answers(ctr: tuple[int, ...], key: tuple
 
 @pytest.mark.parametrize("seed", [0, 1, 2**32 + 5, 2**64 - 1])
 @pytest.mark.parametrize(("r", "max_in", "max_out"), SHAPES, ids=[str(s) for s in SHAPES])
-def test_portable_generator_equals_the_numpy_reference_bit_for_bit(seed: int, r: int, max_in: int, max_out: int) -> None:
+def test_portable_generator_equals_the_numpy_reference_bit_for_bit(
+    seed: int, r: int, max_in: int, max_out: int
+) -> None:
     a, b = generate(ProjectionSpec(PORTABLE_GENERATOR, seed, r, max_in, max_out))
     ref_a, ref_b = philox_reference.projections(seed, r, max_in, max_out)
     assert a.dtype == b.dtype == torch.float32

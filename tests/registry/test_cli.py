@@ -1,0 +1,68 @@
+"""The `vera` command as a user runs it: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import TINY_MODELS
+from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig, VeraModel, fingerprint, generate, save_adapter
+
+VERA = Path(sys.executable).parent / "vera"  # the console script installed beside this interpreter
+
+
+def vera(*args: str) -> subprocess.CompletedProcess[str]:
+    assert VERA.exists(), "the vera console script is not installed (run .ci/setup)"
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    llama = TINY_MODELS[2]
+    model = VeraModel(llama.make(), VeraConfig(r=8, target_modules=llama.targets, save_projection=False))
+    return save_adapter(model, tmp_path_factory.mktemp("cli") / "adapter")
+
+
+def test_inspect_verify_reports_a_reproducible_seed(adapter: Path) -> None:
+    result = vera("inspect", str(adapter), "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["seed_reproducible"] is True
+    assert report["regenerated_fingerprint"] == report["recorded_fingerprint"]
+    assert report["projection_generator"] == PORTABLE_GENERATOR and report["peft_loadable"] is False
+    assert report["adapter_parameters"] == 14 * 8 + 2 * (32 + 16 + 16 + 32 + 48 + 48 + 32)
+
+
+def test_inspect_verify_fails_when_stored_projections_are_not_the_seeds(adapter: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exported"
+    result = vera("export-peft", str(adapter), str(out))
+    assert result.returncode == 0, result.stderr
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    tensors["base_model.vera_B"] = -tensors["base_model.vera_B"]
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    result = vera("inspect", str(out), "--verify")
+    assert result.returncode == 2
+    assert "seed_reproducible        False" in result.stdout
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    result = vera("inspect", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {tmp_path} has no adapter_config.json; expected a PEFT adapter folder."
+    assert "Traceback" not in result.stderr
+
+
+def test_projection_fingerprint_and_params() -> None:
+    result = vera("projection", "fingerprint", "--r", "16", "--max-in", "64", "--max-out", "48", "--seed", "4294967301")
+    assert result.returncode == 0, result.stderr
+    spec = ProjectionSpec(PORTABLE_GENERATOR, 2**32 + 5, 16, 64, 48)
+    assert result.stdout.strip() == fingerprint(*generate(spec))
+    result = vera("params", "--layers", "12", "--d-model", "768", "--r", "1024")
+    assert "43,008" in result.stdout
