@@ -149,3 +149,13 @@ def test_cuda_training_step(dtype: torch.dtype) -> None:
     inputs = {k: v.cuda() for k, v in LLAMA.inputs().items()}
     model(**inputs).logits.float().pow(2).mean().backward()
     assert all(layer.vera_lambda_d.grad is not None for layer in model.vera_layers())
+
+
+def test_peft_merge_and_unload_fails_where_ours_works() -> None:
+    """The PEFT behaviour our merge_and_unload test improves on (PEFT-NOTES); if PEFT fixes it, drop this test."""
+    from peft import VeraConfig as PeftVeraConfig
+    from peft import get_peft_model
+
+    theirs = get_peft_model(ROBERTA.make(), PeftVeraConfig(r=4, target_modules=ROBERTA.targets, task_type="SEQ_CLS"))
+    with pytest.raises(AttributeError, match="weight"):
+        theirs.merge_and_unload()
