@@ -131,5 +131,71 @@ def params(
     console.print(table)
 
 
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the adapter and metrics.json.")],
+    demo: Annotated[bool, typer.Option(help="The offline demo: word polarity on the bundled MiniLM.")] = False,
+    data: Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns.")] = None,
+    base_model: Annotated[str, typer.Option(help="'minilm' (bundled), a local model directory, or a cached Hub id."
+                                            )] = "minilm",
+    task: Annotated[str, typer.Option(help="classification or causal-lm.")] = "classification",
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label (classification).")] = "label",
+    r: Annotated[int, typer.Option(help="VeRA rank.")] = 256,
+    target_modules: Annotated[str | None, typer.Option(
+        help="Comma-separated module names, or a regex if it starts with '^'. Default: by model type.")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed (data order, head init, dropout).")] = 0,
+    projection_seed: Annotated[int, typer.Option(help="projection_prng_key: the seed of A and B.")] = 0,
+    generator: Annotated[str, typer.Option(help="Projection generator.")] = PORTABLE_GENERATOR,
+    d_initial: Annotated[float, typer.Option(help="Initial value of d.")] = 0.1,
+    save_projection: Annotated[bool, typer.Option(help="Store A and B in the adapter (PEFT-loadable).")] = False,
+    epochs: Annotated[float, typer.Option(help="Epochs.")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of d and b.")] = 1e-2,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the task head.")] = 1e-3,
+    schedule: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
+    warmup_ratio: Annotated[float, typer.Option(help="Warmup fraction.")] = 0.06,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: off).")] = 1.0,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience, in evaluations.")] = None,
+    max_length: Annotated[int, typer.Option(help="Max tokens per example.")] = 64,
+    save_every: Annotated[int | None, typer.Option(help="Resumable checkpoint every N steps.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the latest checkpoint under --out.")] = False,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (mixed precision needs CUDA).")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune a model with VeRA; writes a PEFT-format adapter and metrics.json to --out."""
+    from registry.training import TrainSpec, run
+    from vera_core.callbacks import ProgressBar
+
+    targets: list[str] | str | None = None
+    if target_modules:
+        targets = target_modules if target_modules.startswith("^") else [t.strip() for t in target_modules.split(",")]
+    training = {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
+                "schedule": schedule, "warmup_ratio": warmup_ratio, "gradient_accumulation_steps": grad_accum,
+                "max_grad_norm": max_grad_norm or None, "eval_every": eval_every, "early_stopping_patience": patience,
+                "save_every": save_every, "output_dir": str(out) if save_every or resume else None,
+                "precision": precision}
+    try:
+        spec = TrainSpec(base_model=base_model, task=task, demo=demo, data=str(data) if data else None,  # type: ignore[arg-type]
+                         text_column=text_column, label_column=label_column, r=r, seed=seed,
+                         projection_prng_key=projection_seed, projection_generator=generator,
+                         target_modules=targets, d_initial=d_initial, save_projection=save_projection,
+                         max_length=max_length, training=training)
+        metrics = run(spec, out, callbacks=[ProgressBar(disable=not progress)], resume=resume)
+    except VeraError as exc:
+        _fail(exc)
+        return
+    summary = Table(show_header=False, box=None)
+    for key in ("final_eval", "test", "trainable_parameters", "adapter_parameters", "steps", "train_wall_time_s"):
+        value = metrics[key]
+        summary.add_row(f"[bold]{key}[/]", ", ".join(f"{k}={v:.4f}" for k, v in value.items())
+                        if isinstance(value, dict) else str(value))
+    summary.add_row("[bold]adapter[/]", str(out))
+    console.print(summary)
+
+
 def main() -> None:
     app()

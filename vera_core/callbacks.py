@@ -1,0 +1,84 @@
+"""Trainer callbacks: a progress bar for the terminal, and a function hook for job workers and dashboards.
+
+Every hook receives the trainer, its state and a dict of numbers; a callback may set ``state.should_stop`` (and
+``state.stop_reason``) to end training after the current step, which is how jobs are cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vera_core.trainer import Trainer, TrainerState
+
+
+class TrainerCallback:
+    """Base class: override the hooks you need."""
+
+    def on_train_begin(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
+
+    def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
+
+    def on_save(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps with the running loss and the last eval metrics."""
+
+    def __init__(self, **tqdm_kwargs: Any) -> None:
+        self.kwargs = tqdm_kwargs
+        self.bar: Any = None
+        self.postfix: dict[str, str] = {}
+
+    def on_train_begin(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.total_steps, initial=state.step, unit="step", **self.kwargs)
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.postfix["loss"] = f"{data['loss']:.4f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(1)
+
+    def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.postfix.update({k: f"{v:.4f}" for k, v in data.items() if k != "step"})
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix)
+
+    def on_train_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+Event = Callable[[str, "TrainerState", dict[str, float]], None]
+
+
+class FunctionCallback(TrainerCallback):
+    """Calls ``fn(event, state, data)`` for every hook; what a job worker uses to record progress and metrics.
+
+    ``data`` holds the step loss and learning rate (``step``), eval metrics (``evaluate``) and nothing else;
+    ``state`` gives step, total_steps, epoch, eta_s and the histories.
+    """
+
+    def __init__(self, fn: Event) -> None:
+        self.fn = fn
+
+    def on_train_begin(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.fn("train_begin", state, data)
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.fn("step", state, data)
+
+    def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.fn("evaluate", state, data)
+
+    def on_save(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.fn("save", state, data)
+
+    def on_train_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.fn("train_end", state, data)

@@ -1,0 +1,181 @@
+"""Datasets and tasks for the trainer: local CSV / JSONL files, the offline word-polarity demo, and the two tasks
+(sequence classification, causal language modelling) that turn examples into model batches.
+
+Tokenizers are passed in (any callable with the transformers tokenizer interface), so this module needs no
+transformers import.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.resources
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from vera_core.errors import VeraError
+
+
+class DatasetError(VeraError, ValueError):
+    """A dataset file is missing, malformed, or lacks the columns the task needs."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[Example]
+    eval: list[Example]
+    test: list[Example]
+    labels: list[str]
+
+
+def _bucket(text: str) -> float:
+    """A stable number in [0, 1) from the text alone: splits do not depend on file order or on a seed."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def split(examples: Sequence[Example], *, eval_fraction: float = 0.1, test_fraction: float = 0.1) -> tuple[
+    list[Example], list[Example], list[Example]
+]:
+    """Deterministic train/eval/test split by a hash of each example's text."""
+    train, eval_, test = [], [], []
+    for ex in examples:
+        u = _bucket(ex.text)
+        (test if u < test_fraction else eval_ if u < test_fraction + eval_fraction else train).append(ex)
+    return train, eval_, test
+
+
+def demo_lexicon_path() -> Path:
+    """vader_lexicon.txt from the vaderSentiment package: a word, its mean rating (-4..+4), its spread, 10 ratings."""
+    try:
+        path = Path(str(importlib.resources.files("vaderSentiment").joinpath("vader_lexicon.txt")))
+    except ModuleNotFoundError as exc:
+        raise DatasetError("The demo task needs the vaderSentiment package: pip install vaderSentiment==3.3.2") from exc
+    return path
+
+
+def word_polarity() -> Splits:
+    """The offline demo task: is a word's human-rated sentiment positive or negative? 7,517 words, hash split."""
+    examples = []
+    for line in demo_lexicon_path().read_text(encoding="utf-8").splitlines():
+        word, mean, *_ = line.split("\t")
+        if float(mean) != 0.0:
+            examples.append(Example(word, int(float(mean) > 0)))
+    train, eval_, test = split(examples)
+    return Splits(train, eval_, test, ["negative", "positive"])
+
+
+def read_examples(
+    path: str | Path, *, text_column: str = "text", label_column: str | None = "label"
+) -> tuple[list[Example], list[str]]:
+    """Read a CSV or JSONL file of text (and labels). Labels may be names or integers; returns the label names."""
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(f"Dataset file {file} does not exist.")
+    rows: list[dict[str, Any]]
+    if file.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
+            if not isinstance(row, dict):
+                raise DatasetError(f"{file}:{number} is a JSON {type(row).__name__}; expected an object per line.")
+            rows.append(row)
+    elif file.suffix.lower() == ".csv":
+        with file.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        raise DatasetError(f"{file} has suffix {file.suffix!r}; expected .csv or .jsonl.")
+    if not rows:
+        raise DatasetError(f"{file} holds no examples.")
+    missing = [c for c in (text_column, label_column) if c and c not in rows[0]]
+    if missing:
+        raise DatasetError(
+            f"{file} has columns {sorted(rows[0])} but not {missing}; pass --text-column / --label-column."
+        )
+    if label_column is None:
+        return [Example(str(r[text_column])) for r in rows], []
+    raw = [str(r[label_column]) for r in rows]
+    names = sorted(set(raw), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+    if len(names) < 2:
+        raise DatasetError(f"{file} has a single label value {names}; classification needs at least two.")
+    index = {name: i for i, name in enumerate(names)}
+    return [Example(str(r[text_column]), index[v]) for r, v in zip(rows, raw, strict=True)], names
+
+
+class Task(Protocol):
+    """Turns examples into model inputs and model outputs into metrics."""
+
+    name: str
+
+    def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]: ...
+
+    def batch_stats(self, output: Any, batch: dict[str, torch.Tensor]) -> dict[str, float]: ...
+
+    def finalize(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+
+class SequenceClassification:
+    """Text -> label. Metrics: loss and accuracy."""
+
+    name = "sequence-classification"
+
+    def __init__(self, tokenizer: Any, *, max_length: int = 128) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer([e.text for e in examples], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        labels = [e.label for e in examples]
+        if any(label is None for label in labels):
+            raise DatasetError("Sequence classification needs a label for every example.")
+        return {**dict(enc), "labels": torch.tensor(labels, dtype=torch.long)}
+
+    def batch_stats(self, output: Any, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = batch["labels"].shape[0]
+        correct = (output.logits.argmax(-1) == batch["labels"]).sum().item()
+        return {"loss": float(output.loss) * n, "correct": float(correct), "n": float(n)}
+
+    def finalize(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums.get("n", 0.0), 1.0)
+        return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n}
+
+
+class CausalLM:
+    """Text -> next-token prediction on the same text (padding ignored). Metrics: loss and perplexity."""
+
+    name = "causal-lm"
+
+    def __init__(self, tokenizer: Any, *, max_length: int = 128) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        if getattr(tokenizer, "pad_token", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer([e.text for e in examples], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        return {**dict(enc), "labels": labels}
+
+    def batch_stats(self, output: Any, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        tokens = float((batch["labels"][:, 1:] != -100).sum().item())
+        return {"loss": float(output.loss) * tokens, "tokens": tokens}
+
+    def finalize(self, sums: dict[str, float]) -> dict[str, float]:
+        loss = sums["loss"] / max(sums.get("tokens", 0.0), 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

@@ -1,0 +1,395 @@
+"""A reusable training loop for VeRA models (minGPT-style: an object with callbacks, not a script).
+
+AdamW with separate learning rates for the VeRA vectors and for heads/biases (the paper tunes them separately),
+warmup then linear or cosine decay, gradient clipping and accumulation, evaluation every N steps, early stopping
+on a metric, mixed precision on CUDA, determinism under a seed, and checkpoints that resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vera_core.callbacks import TrainerCallback
+from vera_core.checkpoint import save_adapter
+from vera_core.data import Example, Task
+from vera_core.errors import VeraConfigError
+from vera_core.model import VeraModel
+
+Schedule = Literal["linear", "cosine", "constant"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class TrainingArguments:
+    """Training settings; each default is what the offline demo uses and a sensible start elsewhere."""
+
+    # Learning rate of the d and b vectors. VeRA needs larger rates than LoRA (the paper: 1e-2 to 4e-3).
+    lr: float = 1e-2
+    # Learning rate of modules_to_save (task heads) and trainable biases; the paper tunes it separately.
+    head_lr: float = 1e-3
+    weight_decay: float = 0.0
+    head_weight_decay: float = 0.01
+    epochs: float = 3.0
+    # If set, the number of optimizer steps, overriding ``epochs``.
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    # Warmup as a fraction of all optimizer steps, then ``schedule`` decays to zero.
+    warmup_ratio: float = 0.06
+    schedule: Schedule = "linear"
+    max_grad_norm: float | None = 1.0
+    # Evaluate every N optimizer steps (and at the end); None: at the end of each epoch only.
+    eval_every: int | None = None
+    metric_for_best: str = "loss"
+    greater_is_better: bool = False
+    # Stop after this many evaluations without improvement; None: never stop early.
+    early_stopping_patience: int | None = None
+    load_best_at_end: bool = True
+    # Checkpoints (resumable) every N optimizer steps under output_dir/checkpoints; None: none.
+    save_every: int | None = None
+    save_total_limit: int = 2
+    output_dir: str | None = None
+    seed: int = 0
+    # "auto": bf16 autocast on CUDA when supported, fp32 on CPU.
+    precision: Precision = "auto"
+    device: str | None = None
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "head_lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs"):
+            if not getattr(self, name) > 0:
+                raise VeraConfigError(f"{name} must be positive, got {getattr(self, name)!r}.")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise VeraConfigError(f"max_steps must be positive or None, got {self.max_steps!r}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise VeraConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise VeraConfigError(f"schedule must be linear, cosine or constant, got {self.schedule!r}.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise VeraConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}.")
+        if self.save_every is not None and self.output_dir is None:
+            raise VeraConfigError("save_every needs output_dir, where the checkpoints go.")
+
+
+@dataclass
+class TrainerState:
+    """What the loop knows; callbacks read it and may set ``should_stop``."""
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    steps_per_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    should_stop: bool = False
+    stop_reason: str | None = None
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.step == 0:
+            return None
+        return self.elapsed_s / self.step * (self.total_steps - self.step)
+
+
+@dataclass
+class TrainResult:
+    state: TrainerState
+    final_metrics: dict[str, float]
+    wall_time_s: float
+
+
+def _lr_lambda(schedule: Schedule, warmup: int, total: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    """Trains whatever requires grad in ``model`` (a VeraModel, or any module such as a PEFT model, for comparisons).
+
+    Parameters named ``*vera_lambda_*`` or ``*lora_*`` use ``lr``; all other trainable ones (heads, biases)
+    use ``head_lr``.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, task: Task, args: TrainingArguments, *, train_data: Sequence[Example],
+        eval_data: Sequence[Example] | None = None, callbacks: Sequence[TrainerCallback] = (),
+    ) -> None:
+        if not train_data:
+            raise VeraConfigError("train_data is empty; a trainer needs at least one example.")
+        self.model, self.task, self.args = model, task, args
+        self.train_data, self.eval_data = list(train_data), list(eval_data or [])
+        self.callbacks = list(callbacks)
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.autocast_dtype = self._autocast_dtype()
+        self.state = TrainerState()
+        self.optimizer = self._make_optimizer()
+        batches = math.ceil(len(self.train_data) / args.batch_size)
+        self.state.steps_per_epoch = max(1, batches // args.gradient_accumulation_steps)
+        self.state.total_steps = args.max_steps or math.ceil(self.state.steps_per_epoch * args.epochs)
+        warmup = int(args.warmup_ratio * self.state.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(args.schedule, warmup, self.state.total_steps))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.args.precision
+        if precision == "fp32" or (precision == "auto" and self.device.type != "cuda"):
+            return None
+        if self.device.type != "cuda":
+            raise VeraConfigError(f"precision={precision!r} needs a CUDA device; use fp32 or auto on {self.device}.")
+        if precision == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable().items()}
+
+    @torch.no_grad()
+    def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        params = self.trainable()
+        if set(tensors) != set(params):
+            raise VeraConfigError("The checkpoint's trainable tensors do not match this model's; "
+                                  "resume with the same model and VeRA settings it was saved with.")
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        vectors, others = [], []
+        for name, p in self.trainable().items():
+            (vectors if "vera_lambda_" in name or "lora_" in name else others).append(p)
+        if not vectors and not others:
+            raise VeraConfigError("The model has no parameter that requires grad; nothing to train.")
+        groups = [{"params": vectors, "lr": self.args.lr, "weight_decay": self.args.weight_decay}] if vectors else []
+        if others:
+            groups.append({"params": others, "lr": self.args.head_lr, "weight_decay": self.args.head_weight_decay})
+        return torch.optim.AdamW(groups)
+
+    # ---- data ------------------------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_data), generator=gen).tolist()
+
+    def _batches(self, start_epoch: int, start_batch: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+        size = self.args.batch_size
+        epoch = start_epoch
+        while True:
+            order = self._epoch_order(epoch)
+            for b in range(start_batch, math.ceil(len(order) / size)):
+                examples = [self.train_data[i] for i in order[b * size:(b + 1) * size]]
+                yield epoch, b, self.task.collate(examples)
+            epoch, start_batch = epoch + 1, 0
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ---- loop ------------------------------------------------------------------------------------------------
+    def train(self, *, resume_from: str | Path | None = None) -> TrainResult:
+        """Train to the end (or an early stop, or a callback's stop); deterministic for a given seed."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the library never seeds the caller's global RNG
+            torch.manual_seed(self.args.seed)
+            if resume_from is not None:
+                self._resume(Path(resume_from))
+            return self._loop()
+
+    def _loop(self) -> TrainResult:
+        args, state = self.args, self.state
+        started = time.perf_counter() - state.elapsed_s
+        self._emit("on_train_begin")
+        self.model.train()
+        accum, running, micro = args.gradient_accumulation_steps, 0.0, 0
+        batches = self._batches(state.epoch, state.batch_in_epoch)
+        while state.step < state.total_steps and not state.should_stop:
+            epoch, index, batch = next(batches)
+            if epoch != state.epoch:
+                state.epoch = epoch
+                if args.eval_every is None:
+                    self._evaluate_and_track()
+                    if state.should_stop:
+                        break
+            loss = self._forward_backward(self._to_device(batch), accum)
+            running += loss
+            micro += 1
+            state.batch_in_epoch = index + 1
+            if micro % accum:
+                continue
+            self._optimizer_step()
+            state.step += 1
+            state.elapsed_s = time.perf_counter() - started
+            state.loss_history.append((state.step, running / accum))
+            self._emit("on_step_end", {"loss": running / accum, "lr": self.scheduler.get_last_lr()[0],
+                                       "epoch": state.epoch + state.batch_in_epoch / max(1, state.steps_per_epoch)})
+            running = 0.0
+            if args.eval_every and state.step % args.eval_every == 0:
+                self._evaluate_and_track()
+            if args.save_every and state.step % args.save_every == 0:
+                self.save_checkpoint()
+        if state.stop_reason is None and not (args.eval_every and state.step % args.eval_every == 0):
+            self._evaluate_and_track()
+        if args.load_best_at_end and self._best_state is not None:
+            self._restore(self._best_state)
+        final = self.evaluate() if self.eval_data else {}
+        state.elapsed_s = time.perf_counter() - started
+        self._emit("on_train_end")
+        return TrainResult(state, final, state.elapsed_s)
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], accum: int) -> float:
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            loss = self.model(**batch).loss
+        self.scaler.scale(loss / accum).backward()
+        return float(loss.detach())
+
+    def _optimizer_step(self) -> None:
+        if self.args.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    @torch.no_grad()
+    def evaluate(self, data: Sequence[Example] | None = None) -> dict[str, float]:
+        """Task metrics (loss, accuracy or perplexity) on ``data`` (default: the eval set)."""
+        examples = list(self.eval_data if data is None else data)
+        if not examples:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, float] = {}
+        for i in range(0, len(examples), self.args.eval_batch_size):
+            batch = self._to_device(self.task.collate(examples[i:i + self.args.eval_batch_size]))
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                output = self.model(**batch)
+            for key, value in self.task.batch_stats(output, batch).items():
+                sums[key] = sums.get(key, 0.0) + value
+        self.model.train(was_training)
+        return self.task.finalize(sums)
+
+    def _evaluate_and_track(self) -> None:
+        if not self.eval_data:
+            return
+        state, args = self.state, self.args
+        metrics = {"step": float(state.step), **{f"eval_{k}": v for k, v in self.evaluate().items()}}
+        state.eval_history.append(metrics)
+        key = args.metric_for_best if args.metric_for_best.startswith("eval_") else f"eval_{args.metric_for_best}"
+        if key not in metrics:
+            raise VeraConfigError(f"metric_for_best={args.metric_for_best!r} is not among {sorted(metrics)}.")
+        value = metrics[key]
+        better = state.best_metric is None or (
+            value > state.best_metric if args.greater_is_better else value < state.best_metric)
+        if better:
+            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            self._best_state = self._snapshot()
+        else:
+            state.evals_without_improvement += 1
+            if args.early_stopping_patience is not None and \
+                    state.evals_without_improvement >= args.early_stopping_patience:
+                state.should_stop, state.stop_reason = True, f"early stopping: no better {key} in " \
+                    f"{args.early_stopping_patience} evaluations"
+        self._emit("on_evaluate", metrics)
+
+    def _emit(self, event: str, data: dict[str, float] | None = None) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, self.state, data or {})
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Trainable tensors, optimizer, scheduler, RNG and loop state, all without pickle; for a VeraModel also
+        the adapter in PEFT's format, so a checkpoint can be inspected or published as it is."""
+        if self.args.output_dir is None:
+            raise VeraConfigError("save_checkpoint needs TrainingArguments.output_dir.")
+        root = Path(self.args.output_dir) / "checkpoints"
+        path = root / f"step-{self.state.step:08d}"
+        path.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.model, VeraModel):
+            save_adapter(self.model, path, save_projection=False)
+        save_file({n: t.contiguous() for n, t in self._snapshot().items()}, str(path / "trainable.safetensors"))
+        tensors, groups = _flatten_optimizer(self.optimizer)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        save_file(tensors, str(path / "optimizer.safetensors"))
+        state = {k: v for k, v in asdict(self.state).items() if k not in ("should_stop", "stop_reason")}
+        path.joinpath("trainer_state.json").write_text(json.dumps({
+            "state": state, "param_groups": groups, "scheduler": self.scheduler.state_dict()["last_epoch"],
+            "args": asdict(self.args),
+        }, indent=1), encoding="utf-8")
+        if self._best_state is not None:
+            save_file({k: v.contiguous() for k, v in self._best_state.items()}, str(path / "best.safetensors"))
+        for old in sorted(root.glob("step-*"))[:-self.args.save_total_limit]:
+            shutil.rmtree(old)
+        self._emit("on_save", {"step": float(self.state.step)})
+        return path
+
+    def _resume(self, path: Path) -> None:
+        if path.name == "checkpoints" or not path.joinpath("trainer_state.json").exists():
+            candidates = sorted((path if path.name == "checkpoints" else path / "checkpoints").glob("step-*"))
+            if not candidates:
+                raise VeraConfigError(f"No checkpoint under {path}; expected checkpoints/step-N folders.")
+            path = candidates[-1]
+        saved = json.loads(path.joinpath("trainer_state.json").read_text(encoding="utf-8"))
+        self._restore(load_file(str(path / "trainable.safetensors"), device=str(self.device)))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        _load_optimizer(self.optimizer, tensors, saved["param_groups"])
+        self.scheduler.last_epoch = saved["scheduler"]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        for key, value in saved["state"].items():
+            setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
+        if path.joinpath("best.safetensors").exists():
+            self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    sd = optimizer.state_dict()
+    tensors = {f"state.{index}.{name}": value.detach().cpu().contiguous().reshape(value.shape)
+               for index, entry in sd["state"].items() for name, value in entry.items()
+               if isinstance(value, torch.Tensor)}
+    return tensors, sd["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                    groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
