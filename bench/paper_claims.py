@@ -25,6 +25,7 @@ from vera_core.trainer import Trainer, TrainingArguments
 
 ROWS: dict[str, dict[str, Any]] = {
     "head": {"kind": "head"},
+    "head-lr1e-2": {"kind": "head", "head_lr": 1e-2},
     "lora-r8": {"kind": "lora", "r": 8},
     "vera-r16": {"kind": "vera", "r": 16},
     "vera-r64": {"kind": "vera", "r": 64},
@@ -67,7 +68,7 @@ def run(row: dict[str, Any], seed: int) -> dict[str, float]:
     splits = word_polarity()
     model, tokenizer, lr = make_model(row, seed)
     task = SequenceClassification(tokenizer, max_length=64)
-    args = TrainingArguments(lr=lr, head_lr=1e-3, epochs=1, batch_size=32, seed=seed,
+    args = TrainingArguments(lr=lr, head_lr=row.get("head_lr", 1e-3), epochs=1, batch_size=32, seed=seed,
                              metric_for_best="accuracy", greater_is_better=True)
     trainer = Trainer(model, task, args, train_data=splits.train, eval_data=splits.eval)
     start = time.perf_counter()
@@ -87,7 +88,8 @@ def main() -> None:
     print(f"## Paper claims at small scale, {date.today()}: word polarity (vaderSentiment lexicon, hash split "
           f"6,023 / 731 / 766), MiniLM-L6-H384, targets {DEMO_TARGETS} + classifier head, 1 epoch, batch 32, "
           f"seeds {args.seeds}, CPU 2 threads\n")
-    print("| row | test accuracy mean | spread (min-max) | trainable (adapter + head) | train s |\n|---|---|---|---|---|")
+    print("| row | test accuracy mean | spread (min-max) | trainable (adapter + head) | train s |\n"
+          "|---|---|---|---|---|")
     for name in args.rows:
         results = [run(ROWS[name], seed) for seed in args.seeds]
         accs = [r["test"] for r in results]

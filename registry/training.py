@@ -100,7 +100,7 @@ def build(spec: TrainSpec, num_labels: int) -> tuple[VeraModel, Any]:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_base(spec.base_model)
-    hf_logging.set_verbosity_error()  # "newly initialised head" notices are expected here
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "newly initialised head" is expected
     tokenizer = AutoTokenizer.from_pretrained(path)
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)

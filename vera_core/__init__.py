@@ -4,6 +4,7 @@
     model = VeraModel(base, VeraConfig(r=256, target_modules=["query", "value"]))
 """
 
+from vera_core.bank import AdapterBank
 from vera_core.checkpoint import (
     AdapterFiles,
     check_peft_loadable,
@@ -31,7 +32,7 @@ from vera_core.projection import ProjectionSpec, fingerprint, generate
 __version__ = "0.1.0"
 
 __all__ = [
-    "KNOWN_GENERATORS", "PEFT_GENERATOR", "PORTABLE_GENERATOR", "AdapterFiles", "AdapterFormatError",
+    "KNOWN_GENERATORS", "PEFT_GENERATOR", "PORTABLE_GENERATOR", "AdapterBank", "AdapterFiles", "AdapterFormatError",
     "PeftIncompatibleError", "ProjectionMismatchError", "ProjectionSpec", "SharedProjection", "TargetError",
     "UnknownGeneratorError", "VeraConfig", "VeraConfigError", "VeraError", "VeraLinear", "VeraModel",
     "check_peft_loadable", "export_peft", "fingerprint", "generate", "load_adapter", "lora_parameters",

@@ -49,7 +49,9 @@ def split(examples: Sequence[Example], *, eval_fraction: float = 0.1, test_fract
     list[Example], list[Example], list[Example]
 ]:
     """Deterministic train/eval/test split by a hash of each example's text."""
-    train, eval_, test = [], [], []
+    train: list[Example] = []
+    eval_: list[Example] = []
+    test: list[Example] = []
     for ex in examples:
         u = _bucket(ex.text)
         (test if u < test_fraction else eval_ if u < test_fraction + eval_fraction else train).append(ex)

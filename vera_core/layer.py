@@ -13,6 +13,7 @@ Both give the same outputs and gradients within float32 rounding (tests/vera_cor
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import torch
@@ -39,6 +40,26 @@ def layer_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+@dataclass
+class Routing:
+    """Which adapter of an AdapterBank each row of the batch uses, for one mixed-batch forward.
+
+    Also caches A x per input tensor: layers that read the same input (query, key and value) share one product.
+    """
+
+    slots: torch.Tensor  # (batch,) int64 slot of each row
+    _cache: list[tuple[torch.Tensor, int, torch.Tensor]] = field(default_factory=list)
+
+    def project(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """A[:, :in] x in float32, computed once per (input tensor, in_features)."""
+        for seen, n_in, ax in self._cache:
+            if seen is x and n_in == a.shape[1]:
+                return ax
+        ax = F.linear(x.to(a.dtype), a)  # (batch, ..., r)
+        self._cache.append((x, a.shape[1], ax))
+        return ax
+
+
 class SharedProjection(nn.Module):
     """The ONE pair of frozen matrices shared by every adapted layer, float32, sized to the largest layer."""
 
@@ -49,6 +70,8 @@ class SharedProjection(nn.Module):
         super().__init__()
         self.register_buffer("vera_A", a.to(torch.float32), persistent=persistent)  # (r, max_in)
         self.register_buffer("vera_B", b.to(torch.float32), persistent=persistent)  # (max_out, r)
+        # Set by AdapterBank.route() for the duration of one mixed-batch forward; read by every layer.
+        self.routing: Routing | None = None
 
     @property
     def r(self) -> int:
@@ -125,6 +148,12 @@ class VeraLinear(nn.Module):
         self.strategy: ComputeStrategy = strategy
         self.merged = False
         self.disabled = False
+        # Vectors of many adapters, one row per AdapterBank slot: (slots, r) and (slots, out). Buffers, so that
+        # model.to(device) moves them; not persistent, so they never enter this model's own state dict.
+        self.bank_d: torch.Tensor | None
+        self.bank_b: torch.Tensor | None
+        self.register_buffer("bank_d", None, persistent=False)
+        self.register_buffer("bank_b", None, persistent=False)
 
     projection: SharedProjection
 
@@ -189,6 +218,9 @@ class VeraLinear(nn.Module):
                 self.unmerge()
             return cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
         a, b_mat = self._projections(x.device)
+        routing = self.projection.routing
+        if routing is not None:
+            return self._routed_forward(x, a, b_mat, routing, *args, **kwargs)
         d, b = self.vera_lambda_d, self.vera_lambda_b
         if self.choose_strategy(x) == "fused":
             w0 = self.base_weight.t() if self.fan_in_fan_out else self.base_weight
@@ -198,3 +230,17 @@ class VeraLinear(nn.Module):
         x_a = self.vera_dropout(x).to(d.dtype)
         result = result + b * F.linear(d * F.linear(x_a, a), b_mat)  # (..., out)
         return result.to(x.dtype)
+
+    def _routed_forward(
+        self, x: torch.Tensor, a: torch.Tensor, b_mat: torch.Tensor, routing: Routing, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Each row with its own adapter's d and b; A x and the B product are computed once for the whole batch."""
+        if self.bank_d is None or self.bank_b is None:
+            raise TargetError("This layer has no adapter bank; mixed batches go through AdapterBank.route().")
+        if x.shape[0] != routing.slots.shape[0]:
+            raise TargetError(f"The batch has {x.shape[0]} rows but {routing.slots.shape[0]} adapter names.")
+        result = cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
+        view = (routing.slots.shape[0],) + (1,) * (x.dim() - 2) + (-1,)  # broadcast over the sequence axis
+        scaled = routing.project(x, a) * self.bank_d[routing.slots].view(view)  # (batch, ..., r)
+        delta = F.linear(scaled, b_mat) * self.bank_b[routing.slots].view(view)  # (batch, ..., out)
+        return (result + delta).to(x.dtype)

@@ -182,7 +182,8 @@ class Trainer:
             params[name].copy_(value)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        vectors, others = [], []
+        vectors: list[torch.nn.Parameter] = []
+        others: list[torch.nn.Parameter] = []
         for name, p in self.trainable().items():
             (vectors if "vera_lambda_" in name or "lora_" in name else others).append(p)
         if not vectors and not others:
@@ -245,7 +246,7 @@ class Trainer:
             state.step += 1
             state.elapsed_s = time.perf_counter() - started
             state.loss_history.append((state.step, running / accum))
-            self._emit("on_step_end", {"loss": running / accum, "lr": self.scheduler.get_last_lr()[0],
+            self._emit("on_step_end", {"loss": running / accum, "lr": float(self.scheduler.get_last_lr()[0]),
                                        "epoch": state.epoch + state.batch_in_epoch / max(1, state.steps_per_epoch)})
             running = 0.0
             if args.eval_every and state.step % args.eval_every == 0:
@@ -364,7 +365,7 @@ class Trainer:
         tensors = load_file(str(path / "optimizer.safetensors"))
         _load_optimizer(self.optimizer, tensors, saved["param_groups"])
         self.scheduler.last_epoch = saved["scheduler"]
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         torch.set_rng_state(tensors["rng.cpu"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)

@@ -20,7 +20,7 @@ VERA = Path(sys.executable).parent / "vera"  # the console script installed besi
 def vera(*args: str) -> subprocess.CompletedProcess[str]:
     assert VERA.exists(), "the vera console script is not installed (run .ci/setup)"
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=900, env=env, check=False)
 
 
 @pytest.fixture(scope="module")

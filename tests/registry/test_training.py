@@ -1,0 +1,74 @@
+"""The documented offline example, end to end: `vera train --demo` fine-tunes the bundled pretrained MiniLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from registry.training import DEMO_TARGETS, TrainingSpecError, TrainSpec, resolve_base
+from tests.registry.test_cli import vera
+from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter
+from vera_core.data import SequenceClassification, word_polarity
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "adapter"
+    result = vera("train", "--demo", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_demo_fine_tune_beats_the_frozen_model_by_a_wide_margin(demo_run: Path) -> None:
+    """Head-only training reaches ~0.53 test accuracy on this budget (bench/RESULTS.md); VeRA ~0.89.
+
+    0.85 is far above anything a method whose vectors did nothing could reach, and below the spread of seeds.
+    """
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.85
+    assert metrics["final_eval"]["accuracy"] >= 0.84
+    assert metrics["train_loss"][0][1] > metrics["train_loss"][-1][1]
+    assert metrics["adapter_parameters"] == 26_752 and metrics["trainable_parameters"] == 26_752 + 770
+    assert metrics["projection_generator"] == PORTABLE_GENERATOR and len(metrics["projection_fingerprint"]) == 64
+    assert metrics["examples"] == {"train": 6023, "eval": 731, "test": 766}
+    assert metrics["train_wall_time_s"] > 0 and metrics["steps"] == 189
+
+
+def test_demo_adapter_reloads_with_the_same_accuracy(demo_run: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    files = read_adapter(demo_run)
+    assert files.config.target_modules == sorted(DEMO_TARGETS) and not files.has_projection
+    path = resolve_base("minilm")
+    model = load_adapter(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), demo_run)
+    task = SequenceClassification(AutoTokenizer.from_pretrained(path))
+    test = word_polarity().test
+    with torch.no_grad():
+        batch = task.collate(test)
+        accuracy = (model(**batch).logits.argmax(-1) == batch["labels"]).float().mean().item()
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+    report = vera("inspect", str(demo_run), "--verify", "--json")
+    assert json.loads(report.stdout)["seed_reproducible"] is True
+
+
+def test_train_command_errors_are_clear(tmp_path: Path) -> None:
+    result = vera("train", "--out", str(tmp_path / "x"))
+    assert result.returncode == 1
+    assert "No dataset: pass --data FILE (.csv or .jsonl) or --demo" in result.stderr
+    (tmp_path / "d.csv").write_text("text\nhello\n")
+    result = vera("train", "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and "has columns ['text'] but not ['label']" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(TrainingSpecError, match="either --demo or --data"):
+        TrainSpec(demo=True, data="x.csv")
+    with pytest.raises(TrainingSpecError, match="task must be classification or causal-lm"):
+        TrainSpec(demo=True, task="regression")  # type: ignore[arg-type]
+    with pytest.raises(TrainingSpecError, match="neither 'minilm', a local directory, nor in the local Hub cache"):
+        resolve_base("nobody/no-such-model")

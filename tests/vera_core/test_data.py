@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vera_core.data import DatasetError, Example, read_examples, split, word_polarity
+
+
+def test_demo_task_is_the_vader_lexicon_split_deterministically() -> None:
+    first, second = word_polarity(), word_polarity()
+    assert first == second
+    assert (len(first.train), len(first.eval), len(first.test)) == (6023, 731, 766)
+    train, eval_, test = ({e.text for e in part} for part in (first.train, first.eval, first.test))
+    assert not (train & eval_ or train & test or eval_ & test)  # no word in two splits (the lexicon repeats 14)
+    assert first.labels == ["negative", "positive"]
+    by_word = {e.text: e.label for e in first.train + first.eval + first.test}
+    assert by_word["good"] == 1 and by_word["hate"] == 0
+
+
+def test_split_depends_on_text_only() -> None:
+    examples = [Example(f"w{i}", i % 2) for i in range(1000)]
+    train, eval_, test = split(examples)
+    rtrain, reval, rtest = split(list(reversed(examples)))
+    assert sorted(e.text for e in train) == sorted(e.text for e in rtrain)
+    assert sorted(e.text for e in test) == sorted(e.text for e in rtest)
+    assert 60 < len(test) < 140 and 60 < len(eval_) < 140
+
+
+def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("sentence,y\nnice day,pos\nawful day,neg\nok,pos\n")
+    examples, labels = read_examples(tmp_path / "d.csv", text_column="sentence", label_column="y")
+    assert labels == ["neg", "pos"] and [e.label for e in examples] == [1, 0, 1]
+    rows = [{"text": "a", "label": 2}, {"text": "b", "label": 10}, {"text": "c", "label": 2}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    examples, labels = read_examples(tmp_path / "d.jsonl")
+    assert labels == ["2", "10"] and [e.label for e in examples] == [0, 1, 0]  # integer labels sort numerically
+    texts, none = read_examples(tmp_path / "d.jsonl", label_column=None)
+    assert none == [] and texts[0] == Example("a")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [("d.txt", "x", r"suffix '.txt'; expected .csv or .jsonl"),
+     ("d.csv", "text\nhello\n", r"has columns \['text'\] but not \['label'\]"),
+     ("d.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"d.jsonl:2 is not a JSON object"),
+     ("d.jsonl", '[1, 2]\n', "is a JSON list; expected an object"),
+     ("d.csv", "text,label\na,1\nb,1\n", "single label value"),
+     ("d.csv", "", "holds no examples")],
+)
+def test_bad_files_are_refused_clearly(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_examples(tmp_path / name)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_examples("/nonexistent/data.csv")

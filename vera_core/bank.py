@@ -1,0 +1,197 @@
+"""AdapterBank: many VeRA adapters that share one projection, served together in mixed batches.
+
+Every row of a batch names its adapter. Because all adapters share A and B, each layer computes A x once for the
+whole batch (and once for all layers reading the same input), scales row by row with that row's d, applies B once,
+and scales with that row's b: the arithmetic of a single adapter plus two gathers. Task heads
+(``modules_to_save``) run once per adapter present in the batch, on that adapter's rows.
+
+PEFT's VeRA has no mixed batches (its ``adapter_names`` argument is ignored for VeRA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from vera_core.checkpoint import PROJECTION_KEYS, AdapterFiles, read_adapter
+from vera_core.errors import AdapterFormatError
+from vera_core.layer import Routing, VeraLinear
+from vera_core.model import PEFT_PREFIX, VeraModel
+from vera_core.projection import fingerprint
+
+
+class AdapterBank:
+    """Holds adapters for one VeraModel (its base, targets, rank, seed and generator) in dense slot tensors."""
+
+    def __init__(self, model: VeraModel, *, capacity: int = 16) -> None:
+        if model.config.bias != "none":
+            raise AdapterFormatError("An AdapterBank serves adapters with bias='none' only; trained biases would "
+                                     "change the shared base layers.")
+        self.model = model
+        self.layers: dict[str, VeraLinear] = dict(model.named_vera_layers())
+        self.heads: dict[str, nn.Module] = dict(model.modules_to_save())
+        self._fingerprint = model.projection_fingerprint()
+        self.slots: dict[str, int] = {}
+        self._names: list[str] = []
+        self._head_params: dict[str, list[dict[str, torch.Tensor]]] = {h: [] for h in self.heads}
+        device = model.projection.vera_A.device
+        for layer in self.layers.values():
+            layer.bank_d = torch.zeros(capacity, layer.r, device=device)
+            layer.bank_b = torch.zeros(capacity, layer.out_features, device=device)
+        for name, head in self.heads.items():
+            head.forward = self._head_forward(name, head)
+
+    # ---- membership ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.slots
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def bytes_per_adapter(self) -> int:
+        """float32 bytes one adapter occupies here: its vectors and its heads."""
+        vectors = sum(4 * (layer.r + layer.out_features) for layer in self.layers.values())
+        heads = sum(p.numel() * p.element_size() for h in self.heads.values() for p in h.parameters())
+        return vectors + heads
+
+    def add(self, name: str, source: AdapterFiles | str | os.PathLike[str]) -> None:
+        """Load an adapter (a directory or parsed files) into a slot; replaces an adapter of the same name."""
+        files = source if isinstance(source, AdapterFiles) else read_adapter(source)
+        self._check_compatible(name, files)
+        tensors = files.tensors
+        slot = self.slots.get(name, len(self._names))
+        if slot == len(self._names):
+            self._grow(slot + 1)
+            self._names.append(name)
+            for params in self._head_params.values():
+                params.append({})
+        device = self.model.projection.vera_A.device
+        with torch.no_grad():
+            for path, layer in self.layers.items():
+                assert layer.bank_d is not None and layer.bank_b is not None
+                layer.bank_d[slot] = tensors[f"{PEFT_PREFIX}{path}.vera_lambda_d"].to(device, torch.float32)
+                layer.bank_b[slot] = tensors[f"{PEFT_PREFIX}{path}.vera_lambda_b"].to(device, torch.float32)
+        for head_name, head in self.heads.items():
+            self._head_params[head_name][slot] = {
+                p: tensors[f"{PEFT_PREFIX}{head_name}.{p}"].to(device, t.dtype) for p, t in head.state_dict().items()}
+        self.slots[name] = slot
+
+    def remove(self, name: str) -> None:
+        """Free a slot: the last adapter moves into it, so slots stay dense."""
+        slot = self.slots.pop(name)
+        last = len(self._names) - 1
+        if slot != last:
+            moved = self._names[last]
+            with torch.no_grad():
+                for layer in self.layers.values():
+                    assert layer.bank_d is not None and layer.bank_b is not None
+                    layer.bank_d[slot] = layer.bank_d[last]
+                    layer.bank_b[slot] = layer.bank_b[last]
+            for params in self._head_params.values():
+                params[slot] = params[last]
+            self._names[slot] = moved
+            self.slots[moved] = slot
+        self._names.pop()
+        for params in self._head_params.values():
+            params.pop()
+
+    def _grow(self, needed: int) -> None:
+        for layer in self.layers.values():
+            assert layer.bank_d is not None and layer.bank_b is not None
+            if layer.bank_d.shape[0] < needed:
+                size = max(needed, 2 * layer.bank_d.shape[0])
+                layer.bank_d = torch.cat([layer.bank_d, layer.bank_d.new_zeros(size - layer.bank_d.shape[0],
+                                                                                 layer.r)])
+                layer.bank_b = torch.cat([layer.bank_b, layer.bank_b.new_zeros(size - layer.bank_b.shape[0],
+                                                                                 layer.out_features)])
+
+    def _check_compatible(self, name: str, files: AdapterFiles) -> None:
+        ours, theirs = self.model.config, files.config
+        mine = (ours.projection_generator, ours.projection_prng_key, ours.r)
+        other = (theirs.projection_generator, theirs.projection_prng_key, theirs.r)
+        if mine != other:
+            raise AdapterFormatError(
+                f"Adapter {name!r} has (generator, seed, r) = {other}, but this bank shares the projection "
+                f"{mine}; serve it from a bank built with its own settings."
+            )
+        if theirs.bias != "none":
+            raise AdapterFormatError(f"Adapter {name!r} trains biases (bias={theirs.bias!r}); a bank serves "
+                                     "bias='none' adapters only.")
+        if files.has_projection:
+            stored = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))
+            if stored != self._fingerprint:
+                raise AdapterFormatError(
+                    f"Adapter {name!r} stores projections that its seed does not regenerate; it cannot share the "
+                    "bank's projection. Load it on its own with load_adapter()."
+                )
+        elif files.recorded_fingerprint not in (None, self._fingerprint):
+            raise AdapterFormatError(
+                f"Adapter {name!r} was trained with projections of fingerprint {files.recorded_fingerprint}, but "
+                f"this bank's are {self._fingerprint}: it was made for other layer shapes or another generator."
+            )
+        expected = set(self.model.adapter_state_dict(save_projection=False))
+        present = set(files.tensors) - set(PROJECTION_KEYS)
+        if expected != present:
+            missing, unexpected = sorted(expected - present), sorted(present - expected)
+            raise AdapterFormatError(
+                f"Adapter {name!r} does not fit this bank's base model: missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}. Its target_modules or modules_to_save differ, or it is for another base."
+            )
+        shapes = self.model.adapter_state_dict(save_projection=False)
+        for key in expected:
+            if tuple(files.tensors[key].shape) != tuple(shapes[key].shape):
+                raise AdapterFormatError(f"Adapter {name!r}: tensor {key!r} has shape "
+                                         f"{tuple(files.tensors[key].shape)}, expected {tuple(shapes[key].shape)}.")
+
+    # ---- mixed batches ---------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def route(self, names: Sequence[str]) -> Iterator[Routing]:
+        """Within the block, row i of every batch the model sees uses adapter ``names[i]``."""
+        unknown = sorted({n for n in names if n not in self.slots})
+        if unknown:
+            raise KeyError(f"Adapters not loaded in this bank: {unknown}; add() them first.")
+        device = self.model.projection.vera_A.device
+        slots = torch.tensor([self.slots[n] for n in names], dtype=torch.long, device=device)
+        projection = self.model.projection
+        projection.routing = routing = Routing(slots)
+        try:
+            yield routing
+        finally:
+            projection.routing = None
+
+    def __call__(self, names: Sequence[str], **inputs: Any) -> Any:
+        with torch.no_grad(), self.route(names):
+            return self.model(**inputs)
+
+    def _head_forward(self, head_name: str, head: nn.Module) -> Any:
+        original = head.forward
+
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            routing = self.model.projection.routing
+            if routing is None:
+                return original(x, *args, **kwargs)
+            out: torch.Tensor | None = None
+            for slot in torch.unique(routing.slots).tolist():
+                rows = (routing.slots == slot).nonzero(as_tuple=True)[0]
+                params = self._head_params[head_name][slot]
+                # functional_call re-enters forward; clear routing so that it runs the plain head
+                self.model.projection.routing = None
+                try:
+                    y = functional_call(head, params, (x[rows], *args), kwargs)
+                finally:
+                    self.model.projection.routing = routing
+                if out is None:
+                    out = y.new_empty((x.shape[0], *y.shape[1:]))
+                out[rows] = y
+            return out
+
+        return forward
