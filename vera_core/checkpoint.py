@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
 from vera_core.layer import ComputeStrategy
 from vera_core.model import VeraModel
 from vera_core.projection import ProjectionSpec, fingerprint, generate
+from vera_core.serialization import to_bytes
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -179,19 +179,20 @@ def save_adapter(
         META_FINGERPRINT: fp,
         META_SHAPE: f"{model.spec.r},{model.spec.max_in},{model.spec.max_out}",
     }
-    _write_dir(root, config, tensors, metadata, fp)
+    write_adapter_dir(root, config, tensors, metadata, fp)
     return root
 
 
-def _write_dir(
+def write_adapter_dir(
     root: Path, config: VeraConfig, tensors: dict[str, torch.Tensor], metadata: dict[str, str], fp: str
 ) -> None:
+    """Write adapter_config.json, adapter_model.safetensors and README.md; the same inputs give the same bytes."""
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         tmp.joinpath(CONFIG_NAME).write_text(json.dumps(config.to_peft_dict(), indent=2, sort_keys=True),
                                              encoding="utf-8")
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        tmp.joinpath(WEIGHTS_NAME).write_bytes(to_bytes(tensors, metadata))
         _write_readme(tmp, config, fp)
         root.mkdir(exist_ok=True)
         for item in tmp.iterdir():
@@ -239,7 +240,7 @@ def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     config = files.config.replace(save_projection=True)
     fp = files.recorded_fingerprint or fingerprint(tensors[PROJECTION_KEYS[0]], tensors[PROJECTION_KEYS[1]])
     metadata = {**files.metadata, "format": "pt", META_FINGERPRINT: fp, META_GENERATOR: config.projection_generator}
-    _write_dir(Path(dst), config, tensors, metadata, fp)
+    write_adapter_dir(Path(dst), config, tensors, metadata, fp)
     return Path(dst)
 
 

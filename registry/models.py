@@ -1,0 +1,185 @@
+"""ORM models of the registry database (SQLAlchemy 2.x, typed). The database holds metadata only; bytes live
+in content-addressed blob storage.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Blob(Base):
+    """A stored byte string, named by its SHA-256; referenced by versions and projections."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))  # vectors | projection | dataset
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BaseModel(Base):
+    """A base model: name (Hub id or local name), revision, and the shapes of its adaptable layers."""
+
+    __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("name", "revision", name="uq_base_models_name_revision"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    revision: Mapped[str] = mapped_column(String(100), default="")
+    # {module path: [out_features, in_features | null]}; in_features is unknown when implied by an adapter
+    shapes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    shapes_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    shapes_source: Mapped[str] = mapped_column(String(16))  # declared | implied
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Projection(Base):
+    """One shared projection: every version with the same (generator, seed, r, shapes) points here.
+
+    A projection the seed regenerates exactly is never stored (``blob_sha256`` is null); one that cannot be
+    regenerated is stored once, content-addressed, and marked not reproducible.
+    """
+
+    __tablename__ = "projections"
+    __table_args__ = (
+        UniqueConstraint("generator", "seed", "r", "max_in", "max_out", "fingerprint", name="uq_projections_key"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generator: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[str] = mapped_column(String(20))  # a uint64 as decimal text (exceeds signed BIGINT)
+    r: Mapped[int] = mapped_column(Integer)
+    max_in: Mapped[int] = mapped_column(Integer)
+    max_out: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    reproducible: Mapped[bool] = mapped_column(Boolean)
+    blob_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Adapter(Base):
+    """``owner/name``: a line of immutable versions."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_adapters_owner_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter", order_by="AdapterVersion.version")
+
+
+class AdapterVersion(Base):
+    """One immutable version, keyed by base model, rank, seed and generator, with what was measured of it."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "version", name="uq_adapter_versions_adapter_version"),
+        Index("ix_adapter_versions_key", "base_model_id", "r", "seed", "generator"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), index=True)
+    projection_id: Mapped[int] = mapped_column(ForeignKey("projections.id"), index=True)
+    r: Mapped[int] = mapped_column(Integer, index=True)
+    seed: Mapped[str] = mapped_column(String(20))
+    generator: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # adapter_config.json as published
+    vectors_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    projection_fingerprint: Mapped[str] = mapped_column(String(64))
+    seed_reproducible: Mapped[bool] = mapped_column(Boolean)
+    trainable_parameters: Mapped[int] = mapped_column(BigInteger)
+    adapter_parameters: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    description: Mapped[str] = mapped_column(Text, default="")
+    published_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    yanked: Mapped[bool] = mapped_column(Boolean, default=False)
+    verification_status: Mapped[str] = mapped_column(String(16), default="unverified")  # unverified|passed|failed
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    verification_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # lineage
+    source_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source_hub_repo: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    source_hub_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    base_model: Mapped[BaseModel] = relationship()
+    projection: Mapped[Projection] = relationship()
+    tags: Mapped[list[VersionTag]] = relationship(cascade="all, delete-orphan", order_by="VersionTag.tag")
+
+
+class VersionTag(Base):
+    __tablename__ = "version_tags"
+    __table_args__ = (Index("ix_version_tags_tag", "tag"),)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Alias(Base):
+    """A movable name for a version of one adapter (``latest`` always exists while a version does)."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("adapter_id", "name", name="uq_aliases_adapter_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AccessToken(Base):
+    """A bearer token, stored as its SHA-256 only, with an owner and scopes."""
+
+    __tablename__ = "access_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    scopes: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Job(Base):
+    """A fine-tune job, queued in the database and claimed by workers."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|succeeded|failed|cancelled
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    owner: Mapped[str] = mapped_column(String(64))
+    target_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class AuditEvent(Base):
+    """Publishes, deletes, yanks and alias moves: who did what, when."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

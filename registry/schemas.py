@@ -1,0 +1,125 @@
+"""Domain objects the services return (pydantic), never ORM rows: what the API, CLI and dashboard see."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from registry.errors import InvalidInput
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>\d+)|@(?P<alias>[^/:@]+))?$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Owner, adapter, alias and tag names: 1-64 of [a-z0-9._-], starting with a letter or digit."""
+    if not _NAME.match(value) or ".." in value:
+        raise InvalidInput(
+            f"{what} {value!r} is not a valid name: use 1-64 lowercase letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (no '/', spaces, control characters or '..')."
+        )
+    return value
+
+
+class Ref(BaseModel):
+    """``owner/name``, ``owner/name:3`` or ``owner/name@prod`` (default: ``@latest``)."""
+
+    model_config = ConfigDict(frozen=True)
+    owner: str
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Ref:
+        match = _REF.match(text)
+        if not match:
+            raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION or "
+                               "owner/name@ALIAS.")
+        owner, name = check_name(match["owner"], "Owner"), check_name(match["name"], "Adapter name")
+        version = int(match["version"]) if match["version"] else None
+        alias = check_name(match["alias"], "Alias") if match["alias"] else None
+        return cls(owner=owner, name=name, version=version, alias=alias if version is None else None)
+
+    def __str__(self) -> str:
+        suffix = f":{self.version}" if self.version is not None else f"@{self.alias}" if self.alias else ""
+        return f"{self.owner}/{self.name}{suffix}"
+
+
+class BaseModelInfo(BaseModel):
+    id: int
+    name: str
+    revision: str
+    shapes_fingerprint: str
+    shapes_source: str
+    layers: int
+    created_at: datetime
+
+
+class ProjectionInfo(BaseModel):
+    id: int
+    generator: str
+    seed: int
+    r: int
+    max_in: int
+    max_out: int
+    fingerprint: str
+    reproducible: bool
+    stored_bytes: int
+
+
+class VersionInfo(BaseModel):
+    owner: str
+    name: str
+    version: int
+    ref: str
+    aliases: list[str]
+    base_model: str
+    base_revision: str
+    r: int
+    seed: int
+    generator: str
+    projection_fingerprint: str
+    seed_reproducible: bool
+    target_modules: list[str] | str | None
+    trainable_parameters: int
+    adapter_parameters: int
+    stored_bytes: int
+    vectors_sha256: str
+    metrics: dict[str, Any]
+    tags: list[str]
+    description: str
+    published_by: str
+    created_at: datetime
+    yanked: bool
+    verification_status: str
+    verified_at: datetime | None
+    lineage: dict[str, Any]
+
+
+class Page(BaseModel):
+    items: list[VersionInfo]
+    next_cursor: str | None
+
+
+class VerificationReport(BaseModel):
+    ref: str
+    status: str  # passed | failed
+    checked_at: datetime
+    checks: dict[str, dict[str, Any]]
+
+
+class LayerComparison(BaseModel):
+    module: str
+    d_norms: list[float]
+    b_norms: list[float]
+    delta_cosine: list[list[float | None]]
+
+
+class Comparison(BaseModel):
+    refs: list[str]
+    versions: list[VersionInfo]
+    layers: list[LayerComparison]

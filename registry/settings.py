@@ -1,0 +1,43 @@
+"""Service settings: one scheme for every command, by flag or environment variable (VERA_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".vera"
+
+
+class Settings(BaseSettings):
+    """VERA_DATABASE_URL, VERA_STORAGE_URL, VERA_DATA_DIR; the embedded default needs no server."""
+
+    model_config = SettingsConfigDict(env_prefix="VERA_", extra="ignore")
+
+    # Where the embedded default keeps its SQLite file and blob folder.
+    data_dir: Path = default_data_dir()
+    # SQLAlchemy URL; default: a SQLite file in data_dir. PostgreSQL: postgresql+psycopg://user@host/db
+    database_url: str | None = None
+    # fsspec URL or local path for blobs; default: data_dir/blobs. At scale: s3://bucket/prefix and the like.
+    storage_url: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(
+                f"VERA_DATABASE_URL={value!r} is not supported; use sqlite:///path/registry.db or "
+                "postgresql+psycopg://user@host:5432/db"
+            )
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.data_dir / "blobs")

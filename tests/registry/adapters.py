@@ -1,0 +1,27 @@
+"""Small real adapters to publish: tiny Llama (layers of different shapes) with trained-looking vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.conftest import TINY_MODELS
+from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraModel, save_adapter
+
+LLAMA = TINY_MODELS[2]
+
+
+def make_model(seed: int = 0, **changes: object) -> VeraModel:
+    fields: dict[str, object] = {"r": 8, "target_modules": LLAMA.targets, "save_projection": False,
+                                 "projection_generator": PORTABLE_GENERATOR, **changes}
+    model = VeraModel(LLAMA.make(), VeraConfig(**fields))  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters().values():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model.eval()
+
+
+def make_adapter(directory: Path, seed: int = 0, **changes: object) -> Path:
+    return save_adapter(make_model(seed, **changes), directory)

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sqlalchemy import func, select
+
+from registry import models as m
+from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound
+from registry.service import Registry
+from tests.conftest import output_of
+from tests.registry.adapters import LLAMA, make_adapter, make_model
+from vera_core import PEFT_GENERATOR, load_adapter, read_adapter
+
+
+def counts(registry: Registry) -> dict[str, int]:
+    with registry.db.session() as s:
+        tables = {"adapters": m.Adapter, "versions": m.AdapterVersion, "blobs": m.Blob, "projections": m.Projection,
+                  "base_models": m.BaseModel}
+        out = {k: s.scalar(select(func.count()).select_from(t)) or 0 for k, t in tables.items()}
+    out["files"] = len(list(registry.blobs.digests()))
+    return out
+
+
+def test_publish_fetch_round_trip(registry: Registry, tmp_path: Path) -> None:
+    source = make_adapter(tmp_path / "src", seed=1)
+    info = registry.publish(source, owner="alice", name="llama-sent", base_model="tiny-llama",
+                            metrics={"accuracy": 0.9}, tags=["demo", "sentiment"], description="first")
+    assert (info.ref, info.version, info.aliases) == ("alice/llama-sent:1", 1, ["latest"])
+    assert info.seed_reproducible and info.r == 8 and info.tags == ["demo", "sentiment"]
+    assert info.adapter_parameters == 14 * 8 + 2 * (32 + 16 + 16 + 32 + 48 + 48 + 32) == info.trainable_parameters
+    assert info.stored_bytes < 8000 and info.metrics == {"accuracy": 0.9}
+    assert counts(registry) == {"adapters": 1, "versions": 1, "blobs": 1, "projections": 1, "base_models": 1,
+                                "files": 1}  # the seed regenerates the projection: it is not stored
+    out = registry.fetch("alice/llama-sent", tmp_path / "seed-only")
+    again = registry.fetch("alice/llama-sent:1", tmp_path / "again")
+    for f in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+        assert (out / f).read_bytes() == (again / f).read_bytes()  # byte-for-byte stable
+    inputs = LLAMA.inputs()
+    want = output_of(load_adapter(LLAMA.make(), source), inputs)
+    torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), out), inputs), want, rtol=0, atol=0)
+    full = registry.fetch("alice/llama-sent@latest", tmp_path / "full", with_projection=True)
+    assert read_adapter(full).has_projection and not read_adapter(out).has_projection
+    torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), full), inputs), want, rtol=0, atol=0)
+
+
+def test_versions_aliases_and_dedupe(registry: Registry, tmp_path: Path) -> None:
+    source = make_adapter(tmp_path / "a", seed=1)
+    registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
+    second = registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
+    assert second.version == 2 and second.aliases == ["latest"]
+    assert counts(registry)["blobs"] == 1  # same vectors, one blob
+    registry.set_alias("alice/x:1", "prod", actor="alice")
+    assert registry.get("alice/x@prod").version == 1
+    registry.set_alias("alice/x:2", "prod", actor="alice")
+    assert registry.get("alice/x@prod").version == 2 and registry.get("alice/x:1").aliases == []
+    with pytest.raises(InvalidInput, match="'latest' always points at the newest"):
+        registry.set_alias("alice/x:1", "latest", actor="alice")
+    registry.yank("alice/x:2", actor="alice")
+    assert registry.get("alice/x").version == 1  # latest skips the yanked version
+    assert [v.version for v in registry.list_versions(owner="alice").items] == [1]
+    assert [v.version for v in registry.list_versions(owner="alice", include_yanked=True).items] == [2, 1]
+    assert registry.get("alice/x:2").yanked  # still fetchable by number
+    registry.delete("alice/x:1", actor="alice")
+    with pytest.raises(NotFound, match="no alias 'latest'"):
+        registry.get("alice/x")
+    registry.delete("alice/x:2", actor="alice")
+    with pytest.raises(NotFound, match="No adapter alice/x"):
+        registry.get("alice/x:2")
+    assert registry.gc() == {"blobs_removed": 1}
+    assert counts(registry)["files"] == 0 and counts(registry)["projections"] == 0
+    actions = [e["action"] for e in registry.audit("alice/x")]
+    assert actions == ["delete", "delete", "yank", "alias", "alias", "publish", "publish"]
+
+
+def test_projections_the_seed_does_not_regenerate_are_stored_once(registry: Registry, tmp_path: Path) -> None:
+    model = make_model(seed=2, save_projection=True)
+    with torch.no_grad():
+        model.projection.vera_A.mul_(-1)
+    from vera_core import save_adapter
+
+    source = save_adapter(model, tmp_path / "odd")
+    info = registry.publish(source, owner="bob", name="odd", base_model="tiny-llama")
+    registry.publish(source, owner="bob", name="odd2", base_model="tiny-llama")
+    assert not info.seed_reproducible
+    assert counts(registry)["projections"] == 1 and counts(registry)["blobs"] == 2
+    with pytest.raises(Conflict, match="not seed-reproducible"):
+        registry.fetch("bob/odd", tmp_path / "no")
+    full = registry.fetch("bob/odd", tmp_path / "full", with_projection=True)
+    torch.testing.assert_close(read_adapter(full).tensors["base_model.vera_A"], model.projection.vera_A)
+    assert registry.verify("bob/odd").status == "passed"
+
+
+def test_verify_detects_corruption_and_corrupt_blobs_are_never_served(registry: Registry, tmp_path: Path) -> None:
+    info = registry.publish(make_adapter(tmp_path / "a"), owner="carol", name="v", base_model="tiny-llama")
+    report = registry.verify("carol/v")
+    assert report.status == "passed" and report.checks["projection"]["ok"] and report.checks["shapes"]["ok"]
+    assert registry.get("carol/v").verification_status == "passed"
+    path = Path(registry.blobs.url) / "sha256" / info.vectors_sha256[:2] / info.vectors_sha256[2:4] / info.vectors_sha256
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    report = registry.verify("carol/v")
+    assert report.status == "failed" and not report.checks["vectors_blob"]["ok"]
+    with pytest.raises(IntegrityError, match="corrupted"):
+        registry.fetch("carol/v", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert registry.fsck() == {"missing": [], "corrupted": [info.vectors_sha256], "orphans": []}
+    registry.blobs.put(b"stray bytes")
+    registry.fsck(repair=True)
+    assert registry.fsck() == {"missing": [info.vectors_sha256], "corrupted": [], "orphans": []}
+    assert registry.get("carol/v").verification_status == "failed"
+
+
+def _pickle_only(d: Path) -> None:
+    (d / "adapter_model.safetensors").unlink()
+    (d / "adapter_model.bin").write_bytes(pickle.dumps({"x": 1}))
+
+
+def _nan(d: Path) -> None:
+    t = load_file(str(d / "adapter_model.safetensors"))
+    key = next(k for k in t if k.endswith("vera_lambda_b"))
+    t[key][0] = float("nan")
+    save_file(t, str(d / "adapter_model.safetensors"))
+
+
+def _lora(d: Path) -> None:
+    config = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LORA"}))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "message"),
+    [
+        (None, {"owner": "../etc"}, "Owner '../etc' is not a valid name"),
+        (None, {"name": "Has Space"}, "not a valid name"),
+        (None, {"owner": "a\x00b"}, "not a valid name"),
+        (None, {"tags": ["ok", "x" * 65]}, "Tag"),
+        (None, {"base_model": ""}, "base_model '' must be"),
+        (None, {"metrics": {"acc": float("nan")}}, "finite numbers"),
+        (_pickle_only, {}, "a pickle, which is never loaded"),
+        (_nan, {}, "NaN or infinite"),
+        (_lora, {}, "expected 'VERA'"),
+    ],
+    ids=["traversal", "space", "control", "tag", "base", "metrics", "pickle", "nan", "lora"],
+)
+def test_bad_input_is_refused_and_changes_nothing(
+    registry: Registry, tmp_path: Path, mutate: object, kwargs: dict[str, object], message: str
+) -> None:
+    source = make_adapter(tmp_path / "a")
+    if mutate is not None:
+        mutate(source)  # type: ignore[operator]
+    before = counts(registry)
+    args: dict[str, object] = {"owner": "dave", "name": "a", "base_model": "tiny-llama", **kwargs}
+    with pytest.raises(InvalidInput, match=message):
+        registry.publish(source, **args)  # type: ignore[arg-type]
+    assert counts(registry) == before
+
+
+def test_adapters_are_checked_against_the_base_models_shapes(registry: Registry, tmp_path: Path) -> None:
+    from transformers import LlamaConfig
+
+    config_dir = tmp_path / "cfg"
+    LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2).save_pretrained(config_dir)
+    base = registry.register_base_model_from_config(name="tiny-llama", config_path=str(config_dir))
+    assert base.shapes_source == "declared" and base.layers == 14
+    registry.publish(make_adapter(tmp_path / "ok"), owner="erin", name="ok", base_model="tiny-llama")
+    other = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2)
+    registry.register_base_model_from_config(name="wider", config_path=str(_save(other, tmp_path / "w")))
+    before = counts(registry)
+    with pytest.raises(InvalidInput, match=r"does not fit base model wider.*gate_proj: 48 outputs, the base has 64"):
+        registry.publish(make_adapter(tmp_path / "bad"), owner="erin", name="bad", base_model="wider")
+    assert counts(registry) == before
+    with pytest.raises(Conflict, match="already registered with other layer shapes"):
+        registry.register_base_model_from_config(name="tiny-llama", config_path=str(tmp_path / "w"))
+
+
+def _save(config: object, path: Path) -> Path:
+    config.save_pretrained(path)  # type: ignore[attr-defined]
+    return path
+
+
+def test_a_publish_that_fails_half_way_leaves_nothing(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(registry, "_move_latest", explode)
+    with pytest.raises(RuntimeError, match="database went away"):
+        registry.publish(make_adapter(tmp_path / "a"), owner="fay", name="a", base_model="tiny-llama")
+    assert counts(registry) == {"adapters": 0, "versions": 0, "blobs": 0, "projections": 0, "base_models": 0,
+                                "files": 0}
+
+
+def test_concurrent_publishes_get_unique_versions(registry: Registry, tmp_path: Path) -> None:
+    sources = [make_adapter(tmp_path / f"s{i}", seed=i) for i in range(6)]
+    errors: list[BaseException] = []
+
+    def publish(source: Path) -> None:
+        try:
+            registry.publish(source, owner="gus", name="race", base_model="tiny-llama")
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    page = registry.list_versions(owner="gus")
+    assert sorted(v.version for v in page.items) == [1, 2, 3, 4, 5, 6]
+    assert len({v.vectors_sha256 for v in page.items}) == 6  # no lost writes
+    assert registry.get("gus/race").version == 6
+
+
+def test_list_filters_and_cursor_pagination(registry: Registry, tmp_path: Path) -> None:
+    a = make_adapter(tmp_path / "a", seed=1)
+    b = make_adapter(tmp_path / "b", seed=2, r=4, projection_prng_key=9)
+    c = make_adapter(tmp_path / "c", seed=3, projection_generator=PEFT_GENERATOR)
+    for i in range(7):
+        registry.publish(a, owner="hal", name=f"n{i}", base_model="tiny-llama", tags=["even"] if i % 2 == 0 else [])
+    registry.publish(b, owner="ivy", name="rank4", base_model="tiny-llama", description="A Sentiment model")
+    registry.publish(c, owner="ivy", name="peftgen", base_model="other-base")
+    seen, cursor = [], None
+    while True:
+        page = registry.list_versions(limit=4, cursor=cursor)
+        seen += [v.ref for v in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 9
+    assert [v.name for v in registry.list_versions(r=4).items] == ["rank4"]
+    assert [v.name for v in registry.list_versions(seed=9).items] == ["rank4"]
+    assert [v.name for v in registry.list_versions(generator=PEFT_GENERATOR).items] == ["peftgen"]
+    assert [v.name for v in registry.list_versions(base_model="other-base").items] == ["peftgen"]
+    assert len(registry.list_versions(tag="even").items) == 4
+    assert [v.name for v in registry.list_versions(text="sentiment").items] == ["rank4"]
+    with pytest.raises(InvalidInput, match="cursor 'bogus' is not one this registry issued"):
+        registry.list_versions(cursor="bogus")
+
+
+def test_compare(registry: Registry, tmp_path: Path) -> None:
+    registry.publish(make_adapter(tmp_path / "a", seed=1), owner="jo", name="a", base_model="tiny-llama",
+                     metrics={"acc": 0.8})
+    registry.publish(make_adapter(tmp_path / "b", seed=2), owner="jo", name="b", base_model="tiny-llama")
+    result = registry.compare(["jo/a", "jo/b", "jo/a:1"])
+    assert result.refs == ["jo/a:1", "jo/b:1", "jo/a:1"] and len(result.layers) == 14
+    layer = result.layers[0]
+    assert layer.delta_cosine[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert layer.delta_cosine[0][2] == pytest.approx(1.0, abs=1e-5)
+    assert abs(layer.delta_cosine[0][1] or 0) < 0.99
+    assert layer.d_norms[0] == layer.d_norms[2] != layer.d_norms[1]
+
+
+def test_peft_written_seed_only_adapters_need_their_projection(registry: Registry, tmp_path: Path) -> None:
+    from peft import VeraConfig as PeftVeraConfig
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(LLAMA.make(), PeftVeraConfig(r=8, target_modules=LLAMA.targets,
+                                                             save_projection=False))
+    peft_model.save_pretrained(tmp_path / "peft")
+    with pytest.raises(InvalidInput, match="stores neither its projections nor their shape"):
+        registry.publish(tmp_path / "peft", owner="kim", name="p", base_model="tiny-llama")
+    with_projection = get_peft_model(LLAMA.make(), PeftVeraConfig(r=8, target_modules=LLAMA.targets))
+    with_projection.save_pretrained(tmp_path / "peft2")
+    info = registry.publish(tmp_path / "peft2", owner="kim", name="p", base_model="tiny-llama")
+    assert info.seed_reproducible and info.generator == PEFT_GENERATOR
+    assert counts(registry)["blobs"] == 1  # stored projections equal the seed's: not kept

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load
+
+from vera_core.serialization import to_bytes
+
+SCRIPT = """
+import hashlib, torch
+from vera_core.serialization import to_bytes
+t = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.ones(2, dtype=torch.bfloat16)}
+print(hashlib.sha256(to_bytes(t, {"z": "1", "format": "pt", "m": "2"})).hexdigest())
+"""
+
+
+def test_bytes_are_identical_across_processes() -> None:
+    """The safetensors library orders metadata by hash seed; ours must not (content addressing depends on it)."""
+    digests = {subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout
+               for _ in range(3)}
+    assert len(digests) == 1
+
+
+def test_the_library_reads_what_we_write(tmp_path: object) -> None:
+    tensors = {"x.weight": torch.randn(3, 4), "h": torch.randn(5).to(torch.float16), "e": torch.zeros(0),
+               "i": torch.tensor([1, 2], dtype=torch.int64)}
+    data = to_bytes(tensors, {"format": "pt", "k": "v"})
+    loaded = load(data)
+    assert set(loaded) == set(tensors)
+    assert all(torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == tensors[k].dtype for k in tensors)
+    path = f"{tmp_path}/f.safetensors"
+    with open(path, "wb") as f:
+        f.write(data)
+    with safe_open(path, "pt") as f:
+        assert f.metadata() == {"format": "pt", "k": "v"}
+    assert int.from_bytes(data[:8], "little") % 8 == 0  # header padded to 8 bytes, as the library does
