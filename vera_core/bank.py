@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,10 @@ from vera_core.errors import AdapterFormatError
 from vera_core.layer import Routing, VeraLinear
 from vera_core.model import PEFT_PREFIX, VeraModel
 from vera_core.projection import fingerprint
+
+#: Heads up to this many parameter elements times rows run vectorised (gathered per row); larger heads, such as
+#: language-model heads, run once per adapter present instead.
+VMAP_HEAD_BUDGET = 1 << 24
 
 
 class AdapterBank:
@@ -174,24 +178,44 @@ class AdapterBank:
 
     def _head_forward(self, head_name: str, head: nn.Module) -> Any:
         original = head.forward
+        numel = sum(p.numel() for p in head.state_dict().values())
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             routing = self.model.projection.routing
             if routing is None:
                 return original(x, *args, **kwargs)
-            out: torch.Tensor | None = None
-            for slot in torch.unique(routing.slots).tolist():
-                rows = (routing.slots == slot).nonzero(as_tuple=True)[0]
-                params = self._head_params[head_name][slot]
-                # functional_call re-enters forward; clear routing so that it runs the plain head
-                self.model.projection.routing = None
-                try:
-                    y = functional_call(head, params, (x[rows], *args), kwargs)
-                finally:
-                    self.model.projection.routing = routing
-                if out is None:
-                    out = y.new_empty((x.shape[0], *y.shape[1:]))
-                out[rows] = y
-            return out
+            # functional_call re-enters this forward: clear routing so that it runs the plain head
+            self.model.projection.routing = None
+            try:
+                if not head.training and not args and not kwargs and numel * x.shape[0] <= VMAP_HEAD_BUDGET:
+                    return self._vmapped_head(head, head_name, routing.slots, x)
+                return self._grouped_head(head, head_name, routing.slots, x, *args, **kwargs)
+            finally:
+                self.model.projection.routing = routing
 
         return forward
+
+    def _vmapped_head(self, head: nn.Module, head_name: str, slots: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Small heads: gather each row's parameters and run all rows in one vectorised call."""
+        per_slot = self._head_params[head_name]
+        rows = slots.tolist()
+        stacked = {p: torch.stack([per_slot[slot][p] for slot in rows]) for p in per_slot[rows[0]]}
+
+        def one(params: dict[str, torch.Tensor], row: torch.Tensor) -> torch.Tensor:
+            return cast(torch.Tensor, functional_call(head, params, (row.unsqueeze(0),))).squeeze(0)
+
+        return cast(torch.Tensor, torch.func.vmap(one)(stacked, x))
+
+    def _grouped_head(
+        self, head: nn.Module, head_name: str, slots: torch.Tensor, x: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Large heads (or training): one call per adapter present, on its rows."""
+        out: torch.Tensor | None = None
+        for slot in torch.unique(slots).tolist():
+            rows = (slots == slot).nonzero(as_tuple=True)[0]
+            y = functional_call(head, self._head_params[head_name][slot], (x[rows], *args), kwargs)
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out[rows] = y
+        assert out is not None
+        return out

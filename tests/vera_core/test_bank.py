@@ -36,8 +36,12 @@ def alone(tiny: TinyModel, files: AdapterFiles, inputs: dict[str, torch.Tensor])
     return output_of(model, inputs)
 
 
+@pytest.mark.parametrize("head_budget", [1 << 24, 0], ids=["vectorised-heads", "grouped-heads"])
 @pytest.mark.parametrize("tiny", BANKABLE, ids=[m.name for m in BANKABLE])
-def test_mixed_batch_equals_each_adapter_alone(tiny: TinyModel) -> None:
+def test_mixed_batch_equals_each_adapter_alone(
+    tiny: TinyModel, head_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("vera_core.bank.VMAP_HEAD_BUDGET", head_budget)
     adapters = {f"user/a{i}": random_adapter(tiny, i) for i in range(5)}
     bank = AdapterBank(VeraModel(tiny.make(), config(tiny)).eval(), capacity=2)  # grows past its capacity
     for name, files in adapters.items():
