@@ -11,12 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 import vera_core
+from registry.app import open_registry
+from registry.db import Database
+from registry.errors import RegistryError
+from registry.settings import Settings
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
 
 app = typer.Typer(help="VeRA adapters: inspect, verify and convert them (the registry commands come next).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 projection_app = typer.Typer(help="The shared random projections A and B.", no_args_is_help=True)
 app.add_typer(projection_app, name="projection")
+db_app = typer.Typer(help="The registry database (VERA_DATABASE_URL).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -195,6 +201,78 @@ def train(
                         if isinstance(value, dict) else str(value))
     summary.add_row("[bold]adapter[/]", str(out))
     console.print(summary)
+
+
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", envvar="VERA_DATABASE_URL",
+                                                 help="SQLAlchemy URL; default: SQLite under VERA_DATA_DIR.")]
+StorageUrl = Annotated[str | None, typer.Option("--storage-url", envvar="VERA_STORAGE_URL",
+                                                help="fsspec URL or folder for blobs; default: VERA_DATA_DIR/blobs.")]
+
+
+def _settings(database_url: str | None, storage_url: str | None = None) -> Settings:
+    try:
+        return Settings(database_url=database_url, storage_url=storage_url)
+    except ValueError as exc:
+        _fail(exc)
+        raise
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
+    """Create or upgrade the registry schema (Alembic)."""
+    db = Database(_settings(database_url).resolved_database_url)
+    db.upgrade(revision)
+    console.print(f"database at revision {db.current_revision()}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. base.")],
+                 database_url: DatabaseUrl = None) -> None:
+    """Downgrade the registry schema (destructive: drops what later revisions added)."""
+    db = Database(_settings(database_url).resolved_database_url)
+    db.downgrade(revision)
+    console.print(f"database at revision {db.current_revision() or 'base (empty)'}")
+
+
+@db_app.command("status")
+def db_status(database_url: DatabaseUrl = None) -> None:
+    """Show the schema revision, and whether it is current."""
+    db = Database(_settings(database_url).resolved_database_url)
+    current, head = db.current_revision(), db.head_revision()
+    state = "up to date" if current == head else "run `vera db upgrade`"
+    console.print(f"current: {current or 'none (empty)'}; head: {head}; {state}")
+    if current != head:
+        raise typer.Exit(code=3)
+
+
+@app.command()
+def fsck(
+    repair: Annotated[bool, typer.Option(
+        help="Delete orphan and corrupted blobs; mark affected versions failed.")] = False,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Report (and repair) disagreement between the database and blob storage."""
+    try:
+        registry = open_registry(_settings(database_url, storage_url))
+        report = registry.fsck(repair=repair)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    for kind, digests in report.items():
+        console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
+    if any(report.values()) and not repair:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None:
+    """Delete blobs and projections that no version references."""
+    try:
+        result = open_registry(_settings(database_url, storage_url)).gc()
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"removed {result['blobs_removed']} unreferenced blobs")
 
 
 def main() -> None:

@@ -204,7 +204,7 @@ class AdapterBank:
         def one(params: dict[str, torch.Tensor], row: torch.Tensor) -> torch.Tensor:
             return cast(torch.Tensor, functional_call(head, params, (row.unsqueeze(0),))).squeeze(0)
 
-        return cast(torch.Tensor, torch.func.vmap(one)(stacked, x))
+        return torch.func.vmap(one)(stacked, x)
 
     def _grouped_head(
         self, head: nn.Module, head_name: str, slots: torch.Tensor, x: torch.Tensor, *args: Any, **kwargs: Any

@@ -1,0 +1,26 @@
+"""Opening the registry from settings: the one place that builds the database and the blob store."""
+
+from __future__ import annotations
+
+from registry.db import Database
+from registry.service import Registry
+from registry.settings import Settings
+from registry.storage import FsspecBlobStore
+
+
+def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True) -> Registry:
+    """A Registry over the configured database and storage.
+
+    The embedded default (a SQLite file under VERA_DATA_DIR, no VERA_DATABASE_URL) is created or upgraded at first
+    start. Any other database must already be at the current schema; otherwise this refuses and names the command.
+    """
+    settings = settings or Settings()
+    db = Database(settings.resolved_database_url)
+    try:
+        if settings.database_url is None and upgrade_embedded:
+            db.upgrade()
+        db.check_schema()
+        return Registry(db, FsspecBlobStore(settings.resolved_storage_url))
+    except BaseException:
+        db.engine.dispose()
+        raise

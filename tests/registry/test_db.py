@@ -1,0 +1,67 @@
+"""Migrations and the schema guard, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from registry.app import open_registry
+from registry.db import Database
+from registry.errors import SchemaOutOfDate
+from registry.models import Base
+from registry.settings import Settings
+from tests.registry.test_cli import vera
+
+
+def test_upgrade_to_head_gives_exactly_the_orm_metadata_and_downgrade_works(database_url: str) -> None:
+    db = Database(database_url)
+    db.upgrade()
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    assert db.current_revision() == db.head_revision()
+    db.downgrade("base")
+    assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    db.upgrade()
+    assert set(Base.metadata.tables) <= set(inspect(db.engine).get_table_names())
+    db.engine.dispose()
+
+
+def test_an_out_of_date_schema_is_refused_with_the_command_that_fixes_it(database_url: str) -> None:
+    db = Database(database_url)
+    with pytest.raises(SchemaOutOfDate, match=r"revision none \(empty\).*Run `vera db upgrade`"):
+        db.check_schema()
+    with pytest.raises(SchemaOutOfDate):
+        open_registry(Settings(database_url=database_url, storage_url="memory://vera-test"))
+    db.engine.dispose()
+
+
+def test_the_embedded_default_upgrades_itself(tmp_path: Path) -> None:
+    registry = open_registry(Settings(data_dir=tmp_path / "data"))
+    assert registry.db.current_revision() == registry.db.head_revision()
+    assert (tmp_path / "data/registry.db").exists() and (tmp_path / "data/blobs/sha256").is_dir()
+    registry.db.engine.dispose()
+
+
+def test_settings_refuse_unsupported_databases() -> None:
+    with pytest.raises(ValueError, match="VERA_DATABASE_URL='mysql://x' is not supported; use sqlite"):
+        Settings(database_url="mysql://x")
+
+
+def test_db_commands(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    status = vera("db", "status", "--database-url", url)
+    assert status.returncode == 3 and "run `vera db upgrade`" in status.stdout
+    assert vera("db", "upgrade", "--database-url", url).returncode == 0
+    assert "up to date" in vera("db", "status", "--database-url", url).stdout
+    fsck = vera("fsck", "--database-url", url, "--storage-url", str(tmp_path / "blobs"))
+    assert fsck.returncode == 0 and "missing: 0" in fsck.stdout
+    assert "removed 0" in vera("gc", "--database-url", url, "--storage-url", str(tmp_path / "blobs")).stdout
+    down = vera("db", "downgrade", "base", "--database-url", url)
+    assert down.returncode == 0 and "base (empty)" in down.stdout
+    refused = vera("fsck", "--database-url", url)
+    assert refused.returncode == 1 and "Run `vera db upgrade`" in refused.stderr
