@@ -42,6 +42,7 @@ from vera_core.config import VeraConfig
 from vera_core.layer import layer_shape
 from vera_core.model import PEFT_PREFIX
 from vera_core.serialization import to_bytes
+from vera_core.targets import matches_target
 
 MAX_RANK = 65_536
 LATEST = "latest"
@@ -214,6 +215,10 @@ class Registry:
         if set(layer_outs) != d_layers:
             raise InvalidInput(f"Every adapted layer needs both vera_lambda_b and vera_lambda_d; unpaired: "
                                f"{sorted(set(layer_outs) ^ d_layers)[:5]}.")
+        stray = sorted(path for path in layer_outs if not matches_target(cfg, path))
+        if stray:
+            raise InvalidInput(f"Layers {stray[:3]} hold VeRA vectors but target_modules={cfg.target_modules!r} does "
+                               "not match them; the config and the tensors come from different adapters.")
         spec = files.spec
         if spec is None:
             raise InvalidInput(

@@ -128,6 +128,11 @@ def _nan(d: Path) -> None:
     save_file(t, str(d / "adapter_model.safetensors"))
 
 
+def _narrow_targets(d: Path) -> None:
+    config = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj"]}))
+
+
 def _lora(d: Path) -> None:
     config = json.loads((d / "adapter_config.json").read_text())
     (d / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LORA"}))
@@ -145,8 +150,9 @@ def _lora(d: Path) -> None:
         (_pickle_only, {}, "a pickle, which is never loaded"),
         (_nan, {}, "NaN or infinite"),
         (_lora, {}, "expected 'VERA'"),
+        (_narrow_targets, {}, "does not match them"),
     ],
-    ids=["traversal", "space", "control", "tag", "base", "metrics", "pickle", "nan", "lora"],
+    ids=["traversal", "space", "control", "tag", "base", "metrics", "pickle", "nan", "lora", "targets"],
 )
 def test_bad_input_is_refused_and_changes_nothing(
     registry: Registry, tmp_path: Path, mutate: object, kwargs: dict[str, object], message: str
