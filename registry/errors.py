@@ -1,12 +1,14 @@
 """The registry's exception tree, documented in one place (mapped to HTTP statuses at the API edge).
 
     RegistryError                 base of everything the registry raises on purpose
-    ├── InvalidInput              the request is malformed or the adapter fails validation      (400 / 422)
+    ├── InvalidInput              the request is malformed or the adapter fails validation      (422)
+    │   └── ContentTooLarge       an upload over the size limit                                 (413)
     ├── NotFound                  no such adapter, version, alias, base model or blob          (404)
     ├── Conflict                  the request contradicts what is stored (shapes, duplicates)  (409)
     ├── IntegrityError            stored bytes do not match their hash; never served           (500, logged)
     └── SchemaOutOfDate           the database needs `vera db upgrade`                          (503)
 
+The API adds Unauthorized (401) and Forbidden (403) in registry/tokens.py.
 Messages say what was expected, what was found, and how to fix it.
 """
 
@@ -21,6 +23,10 @@ class RegistryError(Exception):
 
 class InvalidInput(RegistryError, ValueError):
     code = "invalid_input"
+
+
+class ContentTooLarge(InvalidInput):
+    code = "content_too_large"
 
 
 class NotFound(RegistryError, LookupError):

@@ -37,7 +37,14 @@ from registry.schemas import (
 )
 from registry.storage import BlobStore
 from vera_core import AdapterFiles, ProjectionSpec, VeraError, fingerprint, generate, read_adapter
-from vera_core.checkpoint import META_FINGERPRINT, META_GENERATOR, META_SHAPE, PROJECTION_KEYS, write_adapter_dir
+from vera_core.checkpoint import (
+    META_FINGERPRINT,
+    META_GENERATOR,
+    META_SHAPE,
+    PROJECTION_KEYS,
+    adapter_file_bytes,
+    write_adapter_files,
+)
 from vera_core.config import VeraConfig
 from vera_core.layer import layer_shape
 from vera_core.model import PEFT_PREFIX
@@ -164,11 +171,16 @@ class Registry:
             for attempt in range(PUBLISH_ATTEMPTS):
                 try:
                     with self.db.session() as s:
-                        return self._record(
+                        info = self._record(
                             s, files, checked, owner=owner, name=name, base_model=base_model,
                             base_revision=base_revision, metrics=metrics, tags=tags, description=description,
                             published_by=published_by or owner, lineage=lineage or {}, vectors=vectors,
                             projection_blob=projection_blob)
+                    # a failed concurrent publish of identical bytes may have removed a blob we found present
+                    for data in (vectors, projection_blob):
+                        if data is not None and not self.blobs.exists(hashlib.sha256(data).hexdigest()):
+                            self.blobs.put(data)
+                    return info
                 except (DbIntegrityError, OperationalError) as exc:
                     # a concurrent publish took the version number (or, on SQLite, the write lock): retry
                     if attempt == PUBLISH_ATTEMPTS - 1 or not _retryable(exc):
@@ -404,25 +416,30 @@ class Registry:
                 tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
         return tensors, spec
 
-    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False) -> Path:
-        """Rebuild the PEFT directory: seed-only (tiny), or with A and B materialised (any PEFT >= 0.21 loads it).
-
-        The same version and option always give the same bytes. A seed-only fetch of a version whose projections
-        are not seed-reproducible is refused: the seed alone would give the wrong matrices.
+    def files(self, ref: str | Ref, *, with_projection: bool = False) -> tuple[VersionInfo, dict[str, bytes]]:
+        """The PEFT directory's files as bytes: seed-only (tiny), or with A and B materialised (any PEFT >= 0.21
+        loads it). The same version and option always give the same bytes. A seed-only fetch of a version whose
+        projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
         """
         with self.db.session() as s:
             v = self._resolve(s, ref)
+            info = self._info(s, v)
             if not with_projection and not v.seed_reproducible:
-                raise Conflict(f"{self._info(s, v).ref} is not seed-reproducible: its projections are stored, and "
-                               "the seed alone would regenerate others. Fetch it with projections.")
+                raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
+                               "would regenerate others. Fetch it with projections.")
             tensors, spec = self._tensors(v, with_projection=with_projection)
             config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
             config = config.replace(save_projection=with_projection)
             fp = v.projection_fingerprint
         metadata = {"format": "pt", META_GENERATOR: spec.generator, META_FINGERPRINT: fp,
                     META_SHAPE: f"{spec.r},{spec.max_in},{spec.max_out}"}
+        return info, adapter_file_bytes(config, tensors, metadata, fp)
+
+    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False) -> Path:
+        """Write the version's PEFT directory to ``out_dir`` (see ``files``)."""
+        _, files = self.files(ref, with_projection=with_projection)
         root = Path(out_dir)
-        write_adapter_dir(root, config, tensors, metadata, fp)
+        write_adapter_files(root, files)
         return root
 
     # ---- verify -------------------------------------------------------------------------------------------------
@@ -462,6 +479,22 @@ class Registry:
             v.verification_status, v.verified_at = status, now
             v.verification_report = report.model_dump(mode="json")
             return report
+
+    def last_verification(self, ref: str | Ref) -> dict[str, Any]:
+        """The report recorded by the last verify(), or the status 'unverified'."""
+        with self.db.session() as s:
+            v = self._resolve(s, ref)
+            return v.verification_report or {"status": v.verification_status}
+
+    def list_projections(self) -> list[dict[str, Any]]:
+        """Every shared projection with how many versions use it."""
+        with self.db.session() as s:
+            uses = dict(s.execute(select(m.AdapterVersion.projection_id, func.count())
+                                  .group_by(m.AdapterVersion.projection_id)).tuples().all())
+            return [{"id": p.id, "generator": p.generator, "seed": int(p.seed), "r": p.r, "max_in": p.max_in,
+                     "max_out": p.max_out, "fingerprint": p.fingerprint, "reproducible": p.reproducible,
+                     "stored": p.blob_sha256 is not None, "versions": uses.get(p.id, 0)}
+                    for p in s.scalars(select(m.Projection).order_by(m.Projection.id))]
 
     def _check_shapes(self, v: m.AdapterVersion) -> dict[str, Any]:
         try:

@@ -145,15 +145,14 @@ def _check_consistency(files: AdapterFiles, where: Path) -> None:
             raise AdapterFormatError(f"vera_B has {b.shape[0]} rows but a layer has {max_b} outputs.")
 
 
-def _write_readme(root: Path, config: VeraConfig, fp: str) -> None:
+def _readme(config: VeraConfig, fp: str) -> str:
     base = config.base_model_name_or_path or "unknown"
-    root.joinpath("README.md").write_text(
+    return (
         "---\nlibrary_name: peft\ntags:\n- vera\n- vera-registry\n"
         + (f"base_model: {base}\n" if config.base_model_name_or_path else "")
         + "---\n\n"
         f"# VeRA adapter\n\nBase model: `{base}`; rank {config.r}; projection seed {config.projection_prng_key}; "
-        f"generator `{config.projection_generator}`; projection fingerprint `{fp}`.\n",
-        encoding="utf-8",
+        f"generator `{config.projection_generator}`; projection fingerprint `{fp}`.\n"
     )
 
 
@@ -183,17 +182,24 @@ def save_adapter(
     return root
 
 
-def write_adapter_dir(
-    root: Path, config: VeraConfig, tensors: dict[str, torch.Tensor], metadata: dict[str, str], fp: str
-) -> None:
-    """Write adapter_config.json, adapter_model.safetensors and README.md; the same inputs give the same bytes."""
+def adapter_file_bytes(
+    config: VeraConfig, tensors: dict[str, torch.Tensor], metadata: dict[str, str], fp: str
+) -> dict[str, bytes]:
+    """The three files of an adapter directory as bytes; the same inputs give the same bytes."""
+    return {
+        CONFIG_NAME: json.dumps(config.to_peft_dict(), indent=2, sort_keys=True).encode("utf-8"),
+        WEIGHTS_NAME: to_bytes(tensors, metadata),
+        "README.md": _readme(config, fp).encode("utf-8"),
+    }
+
+
+def write_adapter_files(root: Path, files: dict[str, bytes]) -> None:
+    """Write files into ``root`` through a temporary sibling folder, each moved into place by a rename."""
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        tmp.joinpath(CONFIG_NAME).write_text(json.dumps(config.to_peft_dict(), indent=2, sort_keys=True),
-                                             encoding="utf-8")
-        tmp.joinpath(WEIGHTS_NAME).write_bytes(to_bytes(tensors, metadata))
-        _write_readme(tmp, config, fp)
+        for name, data in files.items():
+            tmp.joinpath(name).write_bytes(data)
         root.mkdir(exist_ok=True)
         for item in tmp.iterdir():
             os.replace(item, root / item.name)
@@ -201,6 +207,13 @@ def write_adapter_dir(
         for item in tmp.iterdir():
             item.unlink()
         tmp.rmdir()
+
+
+def write_adapter_dir(
+    root: Path, config: VeraConfig, tensors: dict[str, torch.Tensor], metadata: dict[str, str], fp: str
+) -> None:
+    """Write adapter_config.json, adapter_model.safetensors and README.md; the same inputs give the same bytes."""
+    write_adapter_files(root, adapter_file_bytes(config, tensors, metadata, fp))
 
 
 def peft_problems(config: VeraConfig) -> list[str]:

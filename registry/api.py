@@ -1,0 +1,306 @@
+"""The HTTP API (FastAPI), versioned under /api/v1. Routes only translate HTTP to a service call; errors map
+from one exception tree to RFC 9457 problem details in one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from pydantic import BaseModel
+from sqlalchemy import func, select, text
+
+from registry import models as m
+from registry.errors import (
+    Conflict,
+    ContentTooLarge,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    RegistryError,
+    SchemaOutOfDate,
+)
+from registry.schemas import BaseModelInfo, Comparison, Page, Ref, VerificationReport, VersionInfo
+from registry.service import Registry
+from registry.tokens import LOCAL_USER, Forbidden, Principal, Unauthorized, authenticate
+
+#: One table from the exception tree to HTTP statuses.
+STATUS = {ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
+          SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403}
+FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+CHUNK = 1 << 16
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiOptions(BaseModel):
+    """How the API authenticates and what it accepts."""
+
+    require_tokens: bool = True
+    anonymous_read: bool = False
+    max_upload_bytes: int = 256 * 2**20
+
+
+def problem(status: int, code: str, detail: str, instance: str) -> JSONResponse:
+    titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Content Too Large",
+              422: "Invalid input", 500: "Internal error", 503: "Service unavailable"}
+    body = {"type": f"/problems/{code}", "title": titles.get(status, "Error"), "status": status, "detail": detail,
+            "instance": instance}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+class _StoreGauges:
+    """Adapters, versions and stored bytes, read from the database at scrape time."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.registry.db.session() as s:
+            adapters = s.scalar(select(func.count()).select_from(m.Adapter)) or 0
+            versions = s.scalar(select(func.count()).select_from(m.AdapterVersion)) or 0
+            stored = s.scalar(select(func.coalesce(func.sum(m.Blob.size), 0))) or 0
+        yield GaugeMetricFamily("vera_adapters", "Adapters in the registry", value=adapters)
+        yield GaugeMetricFamily("vera_versions", "Adapter versions in the registry", value=versions)
+        yield GaugeMetricFamily("vera_stored_bytes", "Bytes of blobs in storage", value=stored)
+
+
+def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI:
+    options = options or ApiOptions()
+    app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.")
+    metrics = CollectorRegistry()
+    requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=metrics)
+    latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=metrics)
+    metrics.register(_StoreGauges(registry))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(request.method, route).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        return problem(status, exc.code, str(exc), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return problem(422, "invalid_input", details, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.",
+                       request.url.path)
+
+    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal | None:
+        if not options.require_tokens:
+            return LOCAL_USER
+        if authorization is None:
+            return None
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret:
+            raise Unauthorized("Authorization must be 'Bearer <token>'.")
+        return authenticate(registry.db, secret.strip())
+
+    Caller = Annotated[Principal | None, Depends(principal)]
+
+    def need(caller: Principal | None, scope: str, owner: str | None = None) -> Principal:
+        if caller is None:
+            if scope == "read" and options.anonymous_read:
+                return Principal(owner="anonymous", scopes=frozenset({"read"}))
+            raise Unauthorized("This registry requires a token: pass 'Authorization: Bearer <token>' "
+                               "(VERA_TOKEN for the CLI).")
+        caller.require(scope, owner=owner)
+        return caller
+
+    v1 = "/api/v1"
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            with registry.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            registry.db.check_schema()
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+            checks["database"] = f"error: {exc}"
+        try:
+            registry.blobs.check()
+            checks["storage"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["storage"] = f"error: {exc}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(f"{v1}/adapters", response_model=Page)
+    def list_adapters(
+        caller: Caller, owner: str | None = None, name: str | None = None, base_model: str | None = None,
+        r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
+        q: str | None = None, include_yanked: bool = False, cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> Page:
+        need(caller, "read")
+        return registry.list_versions(owner=owner, name=name, base_model=base_model, r=r, seed=seed,
+                                      generator=generator, tag=tag, text=q, include_yanked=include_yanked,
+                                      cursor=cursor, limit=limit)
+
+    @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions", response_model=VersionInfo, status_code=201)
+    async def publish(
+        caller: Caller, owner: str, name: str,
+        adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
+        adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
+        base_model: Annotated[str, Form()], base_revision: Annotated[str, Form()] = "",
+        metrics: Annotated[str, Form(description="a JSON object")] = "{}",
+        tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
+    ) -> VersionInfo:
+        who = need(caller, "publish", owner)
+        try:
+            parsed = json.loads(metrics)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"metrics is not JSON ({exc.msg}); send a JSON object.") from exc
+        if not isinstance(parsed, dict):
+            raise InvalidInput("metrics must be a JSON object.")
+        with tempfile.TemporaryDirectory() as tmp:
+            for upload, filename in ((adapter_config, "adapter_config.json"),
+                                     (adapter_model, "adapter_model.safetensors")):
+                await _save_upload(upload, Path(tmp) / filename, options.max_upload_bytes)
+            return registry.publish(tmp, owner=owner, name=name, base_model=base_model, base_revision=base_revision,
+                                    metrics=parsed, tags=[t.strip() for t in tags.split(",") if t.strip()],
+                                    description=description, published_by=who.owner)
+
+    def ref_of(owner: str, name: str, selector: str) -> Ref:
+        """A version number, or an alias name."""
+        return Ref.parse(f"{owner}/{name}:{selector}" if selector.isdigit() else f"{owner}/{name}@{selector}")
+
+    @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}", response_model=VersionInfo)
+    def get_version(caller: Caller, owner: str, name: str, selector: str) -> VersionInfo:
+        need(caller, "read")
+        return registry.get(ref_of(owner, name, selector))
+
+    @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/files/{{filename}}")
+    def download(
+        caller: Caller, owner: str, name: str, selector: str, filename: str, projection: bool = False,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        need(caller, "read")
+        if filename not in FILES:
+            raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(FILES)}.")
+        info, files = registry.files(ref_of(owner, name, selector), with_projection=projection)
+        data = files[filename]
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate",
+                   "X-Vera-Version": info.ref}
+        if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+            return Response(status_code=304, headers=headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), CHUNK):
+                yield data[i:i + CHUNK]
+
+        media = "application/json" if filename.endswith(".json") else (
+            "text/markdown" if filename.endswith(".md") else "application/octet-stream")
+        headers["Content-Length"] = str(len(data))
+        return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+    @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/verify", response_model=VerificationReport)
+    def verify(caller: Caller, owner: str, name: str, selector: str) -> VerificationReport:
+        need(caller, "read")
+        return registry.verify(ref_of(owner, name, selector))
+
+    @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/verification")
+    def verification(caller: Caller, owner: str, name: str, selector: str) -> dict[str, Any]:
+        need(caller, "read")
+        return registry.last_verification(ref_of(owner, name, selector))
+
+    class AliasBody(BaseModel):
+        version: int
+
+    @app.put(f"{v1}/adapters/{{owner}}/{{name}}/aliases/{{alias}}", response_model=VersionInfo)
+    def put_alias(caller: Caller, owner: str, name: str, alias: str, body: AliasBody) -> VersionInfo:
+        who = need(caller, "publish", owner)
+        return registry.set_alias(f"{owner}/{name}:{body.version}", alias, actor=who.owner)
+
+    @app.delete(f"{v1}/adapters/{{owner}}/{{name}}/aliases/{{alias}}", status_code=204)
+    def delete_alias(caller: Caller, owner: str, name: str, alias: str) -> Response:
+        who = need(caller, "publish", owner)
+        registry.remove_alias(f"{owner}/{name}", alias, actor=who.owner)
+        return Response(status_code=204)
+
+    class YankBody(BaseModel):
+        yanked: bool = True
+
+    @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{version}}/yank", response_model=VersionInfo)
+    def yank(caller: Caller, owner: str, name: str, version: int, body: YankBody) -> VersionInfo:
+        who = need(caller, "publish", owner)
+        return registry.yank(f"{owner}/{name}:{version}", actor=who.owner, yanked=body.yanked)
+
+    @app.delete(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{version}}", status_code=204)
+    def delete_version(caller: Caller, owner: str, name: str, version: int) -> Response:
+        who = need(caller, "publish", owner)
+        registry.delete(f"{owner}/{name}:{version}", actor=who.owner)
+        return Response(status_code=204)
+
+    class CompareBody(BaseModel):
+        refs: list[str]
+
+    @app.post(f"{v1}/compare", response_model=Comparison)
+    def compare(caller: Caller, body: CompareBody) -> Comparison:
+        need(caller, "read")
+        return registry.compare(body.refs)
+
+    @app.get(f"{v1}/base-models", response_model=list[BaseModelInfo])
+    def base_models(caller: Caller) -> list[BaseModelInfo]:
+        need(caller, "read")
+        return registry.list_base_models()
+
+    @app.get(f"{v1}/projections")
+    def projections(caller: Caller) -> list[dict[str, Any]]:
+        need(caller, "read")
+        return registry.list_projections()
+
+    return app
+
+
+async def _save_upload(upload: UploadFile, path: Path, limit: int) -> None:
+    size = 0
+    with path.open("wb") as handle:
+        while chunk := await upload.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ContentTooLarge(f"{upload.filename or path.name} exceeds the upload limit of {limit:,} bytes "
+                                      "(VERA_MAX_UPLOAD_BYTES).")
+            handle.write(chunk)
+

@@ -1,0 +1,97 @@
+"""Access tokens: random bearer secrets stored as SHA-256 only, with an owner and scopes (read, publish, admin)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from registry import models as m
+from registry.db import Database
+from registry.errors import InvalidInput, NotFound, RegistryError
+from registry.schemas import check_name
+
+SCOPES = ("read", "publish", "admin")
+PREFIX = "vera_"
+
+
+class Unauthorized(RegistryError):
+    """No valid token (401)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(RegistryError):
+    """A valid token without the right to do this (403)."""
+
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's owner and scopes, or the single local user."""
+
+    owner: str
+    scopes: frozenset[str]
+    token_id: int | None = None
+
+    def require(self, scope: str, *, owner: str | None = None) -> None:
+        """Refuse unless this principal has ``scope`` (admin has all) and, for publish, owns ``owner``."""
+        if "admin" in self.scopes:
+            return
+        if scope not in self.scopes:
+            raise Forbidden(f"This token has scopes {sorted(self.scopes)}; {scope!r} is needed. Create one with "
+                            f"`vera token create --owner {self.owner} --scope {scope}`.")
+        if scope == "publish" and owner is not None and owner != self.owner:
+            raise Forbidden(f"A publish token of {self.owner!r} can write only under {self.owner}/, not {owner}/.")
+
+
+LOCAL_USER = Principal(owner="local", scopes=frozenset(SCOPES))
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "") -> tuple[int, str]:
+    """Create a token and return (id, secret). The secret is shown once; only its hash is stored."""
+    check_name(owner, "Owner")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise InvalidInput(f"Scopes must be a non-empty subset of {list(SCOPES)}, got {scopes}.")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    with db.session() as s:
+        row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)))
+        s.add(row)
+        s.flush()
+        return row.id, secret
+
+
+def revoke_token(db: Database, token_id: int) -> None:
+    with db.session() as s:
+        row = s.get(m.AccessToken, token_id)
+        if row is None:
+            raise NotFound(f"No token with id {token_id}; `vera token list` shows them.")
+        row.revoked_at = row.revoked_at or datetime.now(UTC)
+
+
+def list_tokens(db: Database) -> list[dict[str, object]]:
+    with db.session() as s:
+        return [{"id": t.id, "owner": t.owner, "name": t.name, "scopes": t.scopes, "created_at": t.created_at,
+                 "revoked": t.revoked_at is not None, "last_used_at": t.last_used_at}
+                for t in s.scalars(select(m.AccessToken).order_by(m.AccessToken.id))]
+
+
+def authenticate(db: Database, secret: str) -> Principal:
+    """The principal of a bearer secret; compares the stored hash in constant time."""
+    digest = _hash(secret)
+    with db.session() as s:
+        row = s.scalar(select(m.AccessToken).where(m.AccessToken.token_hash == digest))
+        if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
+            raise Unauthorized("The token is unknown or revoked; pass a valid one with VERA_TOKEN or --token.")
+        row.last_used_at = datetime.now(UTC)
+        return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id)
