@@ -84,9 +84,39 @@ class _StoreGauges:
         yield GaugeMetricFamily("vera_stored_bytes", "Bytes of blobs in storage", value=stored)
 
 
+def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal | None:
+    """The caller: the local user when tokens are off, a token's principal, or None (no token sent)."""
+    options: ApiOptions = request.app.state.options
+    if not options.require_tokens:
+        return LOCAL_USER
+    if authorization is None:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthorized("Authorization must be 'Bearer <token>'.")
+    registry: Registry = request.app.state.registry
+    return authenticate(registry.db, secret.strip())
+
+
+Caller = Annotated[Principal | None, Depends(_principal)]
+
+
+class AliasBody(BaseModel):
+    version: int
+
+
+class YankBody(BaseModel):
+    yanked: bool = True
+
+
+class CompareBody(BaseModel):
+    refs: list[str]
+
+
 def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI:
     options = options or ApiOptions()
     app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.")
+    app.state.options, app.state.registry = options, registry
     metrics = CollectorRegistry()
     requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=metrics)
     latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=metrics)
@@ -115,18 +145,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.",
                        request.url.path)
-
-    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal | None:
-        if not options.require_tokens:
-            return LOCAL_USER
-        if authorization is None:
-            return None
-        scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not secret:
-            raise Unauthorized("Authorization must be 'Bearer <token>'.")
-        return authenticate(registry.db, secret.strip())
-
-    Caller = Annotated[Principal | None, Depends(principal)]
 
     def need(caller: Principal | None, scope: str, owner: str | None = None) -> Principal:
         if caller is None:
@@ -245,9 +263,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
         need(caller, "read")
         return registry.last_verification(ref_of(owner, name, selector))
 
-    class AliasBody(BaseModel):
-        version: int
-
     @app.put(f"{v1}/adapters/{{owner}}/{{name}}/aliases/{{alias}}", response_model=VersionInfo)
     def put_alias(caller: Caller, owner: str, name: str, alias: str, body: AliasBody) -> VersionInfo:
         who = need(caller, "publish", owner)
@@ -259,9 +274,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
         registry.remove_alias(f"{owner}/{name}", alias, actor=who.owner)
         return Response(status_code=204)
 
-    class YankBody(BaseModel):
-        yanked: bool = True
-
     @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{version}}/yank", response_model=VersionInfo)
     def yank(caller: Caller, owner: str, name: str, version: int, body: YankBody) -> VersionInfo:
         who = need(caller, "publish", owner)
@@ -272,9 +284,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
         who = need(caller, "publish", owner)
         registry.delete(f"{owner}/{name}:{version}", actor=who.owner)
         return Response(status_code=204)
-
-    class CompareBody(BaseModel):
-        refs: list[str]
 
     @app.post(f"{v1}/compare", response_model=Comparison)
     def compare(caller: Caller, body: CompareBody) -> Comparison:

@@ -12,9 +12,11 @@ from rich.table import Table
 
 import vera_core
 from registry.app import open_registry
+from registry.client import RegistryClient
 from registry.db import Database
-from registry.errors import RegistryError
+from registry.errors import InvalidInput, RegistryError
 from registry.settings import Settings
+from registry.tokens import create_token, list_tokens, revoke_token
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
 
 app = typer.Typer(help="VeRA adapters: inspect, verify and convert them (the registry commands come next).",
@@ -273,6 +275,253 @@ def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None
         _fail(exc)
         return
     console.print(f"removed {result['blobs_removed']} unreferenced blobs")
+
+
+token_app = typer.Typer(help="Access tokens (run on the registry's machine: it writes the database).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+RegistryUrl = Annotated[str | None, typer.Option("--registry", envvar="VERA_REGISTRY_URL",
+                                                 help="Registry URL; default http://127.0.0.1:8765.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="VERA_TOKEN", help="Bearer token.")]
+
+
+def _client(url: str | None, token: str | None) -> RegistryClient:
+    return RegistryClient(url, token)
+
+
+def _run_api(host: str, port: int, settings: Settings) -> None:
+    import uvicorn
+
+    from registry.api import ApiOptions, create_app, is_loopback
+
+    registry = open_registry(settings)
+    require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
+    if require:
+        mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")
+    else:
+        mode = "LOCAL MODE: no token needed, every caller acts as the single local user"
+        if not is_loopback(host):
+            err_console.print(f"[bold yellow]warning:[/] tokens are off on {host}, which is not loopback")
+    console.print(f"vera-registry on http://{host}:{port} - {mode}\n  database {registry.db.engine.url!r}\n"
+                  f"  storage  {registry.blobs.url}")
+    options = ApiOptions(require_tokens=require, anonymous_read=settings.anonymous_read,
+                         max_upload_bytes=settings.max_upload_bytes)
+    uvicorn.run(create_app(registry, options), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address; any non-loopback address requires tokens.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Run the registry API."""
+    try:
+        _run_api(host, port, _settings(database_url, storage_url))
+    except RegistryError as exc:
+        _fail(exc)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="API port.")] = 8765,
+) -> None:
+    """The product on the embedded default: the API on 127.0.0.1 with SQLite and a local folder (VERA_DATA_DIR).
+
+    The job worker and the dashboard join this command when they land.
+    """
+    settings = _settings(None)
+    try:
+        _run_api("127.0.0.1", port, settings)
+    except RegistryError as exc:
+        _fail(exc)
+
+
+@app.command()
+def publish(
+    directory: Annotated[Path, typer.Argument(help="A PEFT-format VeRA adapter directory.")],
+    name: Annotated[str, typer.Option("--name", help="owner/name")],
+    base_model: Annotated[str, typer.Option(help="Base model (Hub id or name).")],
+    base_revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
+    metrics: Annotated[Path | None, typer.Option(help="A JSON file of metrics (e.g. vera train's metrics.json).")
+                       ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag; repeat for several.")] = None,
+    description: Annotated[str, typer.Option(help="Description.")] = "",
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Publish an adapter directory as the next version of owner/name."""
+    try:
+        values = _metrics_file(metrics)
+        with _client(registry, token) as client:
+            info = client.publish(directory, name, base_model=base_model, base_revision=base_revision,
+                                  metrics=values, tags=tag or [], description=description)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
+                  f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+
+
+def _metrics_file(path: Path | None) -> dict[str, object]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"--metrics {path}: not a readable JSON file ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"--metrics {path} must hold a JSON object.")
+    keep = ("final_eval", "test", "train_wall_time_s", "steps", "examples", "task")
+    return {k: data[k] for k in keep if k in data} if "final_eval" in data else data
+
+
+@app.command()
+def fetch(
+    ref: Annotated[str, typer.Argument(help="owner/name, owner/name:VERSION or owner/name@ALIAS")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    with_projection: Annotated[bool, typer.Option(help="Materialise A and B (any PEFT >= 0.21 loads it).")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Download an adapter in PEFT's format."""
+    try:
+        with _client(registry, token) as client:
+            info = client.get(ref)
+            client.fetch(f"{info.owner}/{info.name}:{info.version}", out, with_projection=with_projection)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"fetched {info.ref} into {out}")
+
+
+@app.command()
+def verify(
+    ref: Annotated[str, typer.Argument(help="owner/name[:VERSION|@ALIAS]")],
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Regenerate the projections from the seed, re-hash the blobs, check shapes; exit 2 if it fails."""
+    try:
+        with _client(registry, token) as client:
+            report = client.verify(ref)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"{report.ref}: [bold]{report.status}[/]")
+    for check, result in report.checks.items():
+        console.print(f"  {check}: {'ok' if result.get('ok') else 'FAILED'} "
+                      + ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok"))
+    if report.status != "passed":
+        raise typer.Exit(code=2)
+
+
+@app.command("ls")
+def list_versions(
+    owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Base model.")] = None,
+    r: Annotated[int | None, typer.Option(help="Rank.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Projection seed.")] = None,
+    generator: Annotated[str | None, typer.Option(help="Projection generator.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Tag.")] = None,
+    q: Annotated[str | None, typer.Option(help="Text in owner, name or description.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows per page.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """List adapter versions, newest first."""
+    try:
+        with _client(registry, token) as client:
+            page = client.list_versions(owner=owner, base_model=base_model, r=r, seed=seed, generator=generator,
+                                        tag=tag, q=q, limit=limit, cursor=cursor)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    table = Table("ref", "aliases", "base model", "r", "seed", "params", "bytes", "verified", "tags")
+    for v in page.items:
+        table.add_row(v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
+                      f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags))
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
+@app.command()
+def compare(
+    refs: Annotated[list[str], typer.Argument(help="Two to eight versions.")],
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Compare versions: parameters, bytes, metrics, and per-layer cosine similarity of their weight deltas."""
+    try:
+        with _client(registry, token) as client:
+            result = client.compare(refs)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    summary = Table("ref", "params", "bytes", "metrics")
+    for v in result.versions:
+        summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", json.dumps(v.metrics)[:60])
+    console.print(summary)
+    layers = Table("layer", *[f"cos(1,{i + 1})" for i in range(1, len(result.refs))])
+    for layer in result.layers:
+        layers.add_row(layer.module, *[f"{c:.3f}" if c is not None else "-" for c in layer.delta_cosine[0][1:]])
+    console.print(layers)
+
+
+@app.command()
+def alias(
+    ref: Annotated[str, typer.Argument(help="owner/name:VERSION the alias should point to")],
+    name: Annotated[str, typer.Argument(help="Alias, e.g. prod")],
+    remove: Annotated[bool, typer.Option(help="Remove the alias instead (ref is then owner/name).")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Move (or remove) an alias."""
+    try:
+        with _client(registry, token) as client:
+            if remove:
+                client.remove_alias(ref, name)
+                console.print(f"removed {ref}@{name}")
+            else:
+                info = client.set_alias(ref, name)
+                console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
+    except RegistryError as exc:
+        _fail(exc)
+
+
+@token_app.command("create")
+def token_create(
+    owner: Annotated[str, typer.Option(help="Owner namespace the token acts for.")],
+    scope: Annotated[list[str], typer.Option(help="read, publish or admin; repeat for several.")],
+    name: Annotated[str, typer.Option(help="A label.")] = "",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a token; the secret is printed once and only its hash is stored."""
+    try:
+        registry = open_registry(_settings(database_url))
+        token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"token {token_id} for {owner} {sorted(set(scope))}:")
+    print(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], database_url: DatabaseUrl = None) -> None:
+    """Revoke a token."""
+    try:
+        revoke_token(open_registry(_settings(database_url)).db, token_id)
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"revoked token {token_id}")
+
+
+@token_app.command("list")
+def token_list(database_url: DatabaseUrl = None) -> None:
+    """List tokens (never their secrets)."""
+    table = Table("id", "owner", "name", "scopes", "revoked", "last used")
+    for t in list_tokens(open_registry(_settings(database_url)).db):
+        table.add_row(str(t["id"]), str(t["owner"]), str(t["name"]), ",".join(t["scopes"]),  # type: ignore[arg-type]
+                      str(t["revoked"]), str(t["last_used_at"] or "-"))
+    console.print(table)
 
 
 def main() -> None:

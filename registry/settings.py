@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # fsspec URL or local path for blobs; default: data_dir/blobs. At scale: s3://bucket/prefix and the like.
     storage_url: str | None = None
+    # Tokens: None decides by the bind address (not required on loopback: single-user local mode).
+    require_tokens: bool | None = None
+    # Let requests without a token read (list, fetch, verify) when tokens are required.
+    anonymous_read: bool = False
+    max_upload_bytes: int = 256 * 2**20
 
     @field_validator("database_url")
     @classmethod

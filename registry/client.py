@@ -1,0 +1,144 @@
+"""The typed HTTP client of the registry API: what the CLI and the dashboard use (and nothing else)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound, RegistryError, SchemaOutOfDate
+from registry.schemas import BaseModelInfo, Comparison, Page, Ref, VerificationReport, VersionInfo
+from registry.tokens import Forbidden, Unauthorized
+from vera_core.checkpoint import write_adapter_files
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+_BY_STATUS: dict[int, type[RegistryError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+                                              413: InvalidInput, 422: InvalidInput, 500: IntegrityError,
+                                              503: SchemaOutOfDate}
+FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached at all."""
+
+    code = "unavailable"
+
+
+class RegistryClient:
+    """``RegistryClient(url, token)``; defaults from VERA_REGISTRY_URL and VERA_TOKEN."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 120.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
+        token = token or os.environ.get("VERA_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(f"Cannot reach the registry at {self.url} ({type(exc).__name__}: {exc}). "
+                                      "Is it running? Start one with `vera up`, or set VERA_REGISTRY_URL.") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except (json.JSONDecodeError, AttributeError):
+                detail = response.text or response.reason_phrase
+            raise _BY_STATUS.get(response.status_code, RegistryError)(str(detail))
+        return response
+
+    @staticmethod
+    def _path(ref: str | Ref) -> str:
+        ref = Ref.parse(ref) if isinstance(ref, str) else ref
+        selector = str(ref.version) if ref.version is not None else (ref.alias or "latest")
+        return f"/api/v1/adapters/{ref.owner}/{ref.name}/versions/{selector}"
+
+    # ---- reads ---------------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/health").json())
+
+    def list_versions(self, **filters: Any) -> Page:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return Page.model_validate(self._request("GET", "/api/v1/adapters", params=params).json())
+
+    def get(self, ref: str | Ref) -> VersionInfo:
+        return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
+
+    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False) -> Path:
+        """Download the PEFT directory (pinned to one version even if an alias moves meanwhile)."""
+        info = self.get(ref)
+        pinned = f"{info.owner}/{info.name}:{info.version}"
+        files = {name: self.download(pinned, name, with_projection=with_projection) for name in FILES}
+        root = Path(out_dir)
+        write_adapter_files(root, files)
+        return root
+
+    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False) -> bytes:
+        response = self._request("GET", f"{self._path(ref)}/files/{filename}",
+                                 params={"projection": str(with_projection).lower()})
+        return response.content
+
+    def verify(self, ref: str | Ref) -> VerificationReport:
+        return VerificationReport.model_validate(self._request("POST", f"{self._path(ref)}/verify").json())
+
+    def compare(self, refs: list[str]) -> Comparison:
+        return Comparison.model_validate(self._request("POST", "/api/v1/compare", json={"refs": refs}).json())
+
+    def base_models(self) -> list[BaseModelInfo]:
+        return [BaseModelInfo.model_validate(b) for b in self._request("GET", "/api/v1/base-models").json()]
+
+    # ---- writes --------------------------------------------------------------------------------------------
+    def publish(
+        self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
+        metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
+    ) -> VersionInfo:
+        """Upload a PEFT adapter directory as the next version of ``owner/name``."""
+        ref = Ref.parse(name)
+        root = Path(directory)
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (root / f).is_file():
+                raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")
+        with (root / "adapter_config.json").open("rb") as config, \
+                (root / "adapter_model.safetensors").open("rb") as weights:
+            response = self._request(
+                "POST", f"/api/v1/adapters/{ref.owner}/{ref.name}/versions",
+                files={"adapter_config": ("adapter_config.json", config, "application/json"),
+                       "adapter_model": ("adapter_model.safetensors", weights, "application/octet-stream")},
+                data={"base_model": base_model, "base_revision": base_revision,
+                      "metrics": json.dumps(metrics or {}), "tags": ",".join(tags or []),
+                      "description": description},
+            )
+        return VersionInfo.model_validate(response.json())
+
+    def set_alias(self, ref: str, alias: str) -> VersionInfo:
+        parsed = Ref.parse(ref)
+        version = parsed.version if parsed.version is not None else self.get(parsed).version
+        return VersionInfo.model_validate(self._request(
+            "PUT", f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{alias}", json={"version": version}).json())
+
+    def remove_alias(self, adapter: str, alias: str) -> None:
+        parsed = Ref.parse(adapter)
+        self._request("DELETE", f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{alias}")
+
+    def yank(self, ref: str, *, yanked: bool = True) -> VersionInfo:
+        info = self.get(ref)
+        return VersionInfo.model_validate(self._request(
+            "POST", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/yank",
+            json={"yanked": yanked}).json())
+
+    def delete(self, ref: str) -> None:
+        info = self.get(ref)
+        self._request("DELETE", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}")

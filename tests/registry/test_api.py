@@ -1,0 +1,194 @@
+"""The HTTP API through a real server and the real client (and the `vera` commands that use it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry.client import RegistryClient, RegistryUnavailable
+from registry.db import Database
+from registry.errors import InvalidInput, NotFound
+from registry.tokens import Forbidden, Unauthorized, create_token, revoke_token
+from tests.registry.adapters import make_adapter, make_model
+from tests.registry.servers import free_port, running_server
+from tests.registry.test_cli import vera
+from vera_core import read_adapter, save_adapter
+
+Clients = Callable[..., RegistryClient]
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    """Makes clients and closes them all after the test."""
+    made: list[RegistryClient] = []
+
+    def make(url: str, token: str | None = None) -> RegistryClient:
+        made.append(RegistryClient(url, token))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("local")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_MAX_UPLOAD_BYTES="65536") as url:
+        yield url, root
+
+
+def test_publish_fetch_verify_through_the_cli(clients: Clients, local: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = local
+    source = make_adapter(tmp_path / "src", seed=3)
+    (tmp_path / "metrics.json").write_text(json.dumps({"final_eval": {"accuracy": 0.9}, "test": {"accuracy": 0.88}}))
+    result = vera("publish", str(source), "--name", "cli/demo", "--base-model", "tiny-llama", "--tag", "demo",
+                  "--metrics", str(tmp_path / "metrics.json"), "--registry", url)
+    assert result.returncode == 0, result.stderr
+    assert "published cli/demo:1" in result.stdout and "seed-reproducible" in result.stdout
+    listing = vera("ls", "--owner", "cli", "--registry", url)
+    assert "cli/demo:1" in listing.stdout and "latest" in listing.stdout
+    fetched = vera("fetch", "cli/demo@latest", "--out", str(tmp_path / "out"), "--registry", url)
+    assert fetched.returncode == 0, fetched.stderr
+    assert read_adapter(tmp_path / "out").tensors.keys() == read_adapter(source).tensors.keys()
+    verified = vera("verify", "cli/demo", "--registry", url)
+    assert verified.returncode == 0 and "cli/demo:1: passed" in verified.stdout
+    assert vera("alias", "cli/demo:1", "prod", "--registry", url).stdout.strip() == "cli/demo@prod -> 1"
+    client = clients(url)
+    assert client.get("cli/demo@prod").metrics == {"final_eval": {"accuracy": 0.9}, "test": {"accuracy": 0.88}}
+    missing = vera("fetch", "cli/nothing", "--out", str(tmp_path / "x"), "--registry", url)
+    assert missing.returncode == 1 and "No adapter cli/nothing" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_downloads_carry_an_etag_and_honour_conditional_requests(
+    clients: Clients, local: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = local
+    client = clients(url)
+    client.publish(make_adapter(tmp_path / "a", seed=4), "etag/a", base_model="tiny-llama")
+    path = f"{url}/api/v1/adapters/etag/a/versions/1/files/adapter_model.safetensors"
+    first = httpx.get(path)
+    assert first.status_code == 200 and first.headers["etag"] == f'"{hashlib.sha256(first.content).hexdigest()}"'
+    assert httpx.get(path).content == first.content  # byte-for-byte stable
+    assert httpx.get(path, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+    full = httpx.get(path, params={"projection": "true"})
+    assert len(full.content) > len(first.content) and full.headers["etag"] != first.headers["etag"]
+    client.fetch("etag/a:1", tmp_path / "full", with_projection=True)
+    assert read_adapter(tmp_path / "full").has_projection
+
+
+def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = local
+    response = httpx.get(f"{url}/api/v1/adapters/nobody/none/versions/latest")
+    assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == "/problems/not_found" and body["status"] == 404
+    assert "No adapter nobody/none" in body["detail"]
+    bad = httpx.get(f"{url}/api/v1/adapters", params={"limit": 0})
+    assert bad.status_code == 422 and "limit" in bad.json()["detail"]
+    client = clients(url)
+    with pytest.raises(InvalidInput, match="Owner 'bad owner' is not a valid name"):
+        client.publish(make_adapter(tmp_path / "a"), "bad owner/x", base_model="b")
+    with pytest.raises(NotFound, match="has no version 9"):
+        client.get("etag/a:9")
+    big = tmp_path / "big"
+    save_adapter(make_model(), big)
+    (big / "adapter_model.safetensors").write_bytes(b"\0" * 70_000)
+    with pytest.raises(InvalidInput, match="exceeds the upload limit of 65,536 bytes"):
+        client.publish(big, "limits/big", base_model="b")
+    with pytest.raises(RegistryUnavailable, match="Cannot reach the registry"):
+        clients(f"http://127.0.0.1:{free_port()}").get("a/b")
+
+
+def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
+    url, _ = local
+    assert httpx.get(f"{url}/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"}}
+    text = httpx.get(f"{url}/metrics").text
+    assert "vera_http_requests_total{" in text and "vera_versions " in text and "vera_stored_bytes " in text
+
+
+def test_openapi_lists_every_route(local: tuple[str, Path]) -> None:
+    url, _ = local
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert {"/api/v1/adapters", "/api/v1/adapters/{owner}/{name}/versions",
+            "/api/v1/adapters/{owner}/{name}/versions/{selector}/files/{filename}", "/api/v1/compare",
+            "/api/v1/adapters/{owner}/{name}/aliases/{alias}", "/api/v1/base-models",
+            "/api/v1/projections"} <= set(paths)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Database]]:
+    root = tmp_path_factory.mktemp("secured")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as server:
+        db = Database(url)
+        yield server, db
+        db.engine.dispose()
+
+
+def test_tokens_scopes_and_namespaces(clients: Clients, secured: tuple[str, Database], tmp_path: Path) -> None:
+    url, db = secured
+    source = make_adapter(tmp_path / "a")
+    with pytest.raises(Unauthorized, match="requires a token"):
+        clients(url).publish(source, "alice/x", base_model="b")
+    assert clients(url).list_versions().items == []  # anonymous read is on
+    _, reader = create_token(db, owner="alice", scopes=["read"])
+    with pytest.raises(Forbidden, match="'publish' is needed"):
+        clients(url, reader).publish(source, "alice/x", base_model="b")
+    token_id, writer = create_token(db, owner="alice", scopes=["read", "publish"])
+    assert clients(url, writer).publish(source, "alice/x", base_model="b").ref == "alice/x:1"
+    with pytest.raises(Forbidden, match="can write only under alice/"):
+        clients(url, writer).publish(source, "bob/x", base_model="b")
+    _, admin = create_token(db, owner="ops", scopes=["admin"])
+    assert clients(url, admin).publish(source, "bob/x", base_model="b").ref == "bob/x:1"
+    revoke_token(db, token_id)
+    with pytest.raises(Unauthorized, match="unknown or revoked"):
+        clients(url, writer).publish(source, "alice/x", base_model="b")
+    with pytest.raises(Unauthorized):
+        clients(url, "vera_made_up").get("alice/x")
+    response = httpx.get(f"{url}/api/v1/adapters", headers={"Authorization": "Basic abc"})
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_two_api_replicas_behave_as_one_registry(clients: Clients, tmp_path: Path) -> None:
+    """Scale-out: two processes, one PostgreSQL database, one storage folder; concurrent publishes and fetches."""
+    import uuid
+
+    import psycopg
+
+    name = f"vera_scale_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            with running_server(url, tmp_path / "blobs") as a, running_server(url, tmp_path / "blobs") as b:
+                sources = [make_adapter(tmp_path / f"s{i}", seed=i) for i in range(8)]
+                errors: list[BaseException] = []
+
+                def publish(i: int) -> None:
+                    try:
+                        clients(a if i % 2 else b).publish(sources[i], "team/shared", base_model="tiny-llama")
+                    except BaseException as exc:  # noqa: BLE001 - asserted below
+                        errors.append(exc)
+
+                threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                assert errors == []
+                versions = clients(a).list_versions(owner="team").items
+                assert sorted(v.version for v in versions) == list(range(1, 9))
+                for v in versions:
+                    one = clients(a).download(v.ref, "adapter_model.safetensors")
+                    two = clients(b).download(v.ref, "adapter_model.safetensors")
+                    assert one == two and hashlib.sha256(one).hexdigest()
+                assert clients(b).get("team/shared").version == 8
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
