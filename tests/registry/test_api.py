@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.db import Database
@@ -192,3 +193,28 @@ def test_two_api_replicas_behave_as_one_registry(clients: Clients, tmp_path: Pat
                 assert clients(b).get("team/shared").version == 8
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_end_to_end_into_vera_core_and_peft(clients: Clients, local: tuple[str, Path], tmp_path: Path) -> None:
+    """publish -> list -> fetch -> verify -> load into a model; PEFT loads what was fetched with projections."""
+    from peft import PeftModel
+
+    from tests.conftest import output_of
+    from tests.registry.adapters import LLAMA
+    from vera_core import load_adapter
+
+    url, _ = local
+    model = make_model(seed=11)
+    source = save_adapter(model, tmp_path / "src")
+    client = clients(url)
+    client.publish(source, "e2e/llama", base_model="tiny-llama", metrics={"accuracy": 0.5})
+    assert [v.ref for v in client.list_versions(owner="e2e").items] == ["e2e/llama:1"]
+    client.fetch("e2e/llama", tmp_path / "seed-only")
+    client.fetch("e2e/llama", tmp_path / "full", with_projection=True)
+    assert client.verify("e2e/llama").status == "passed"
+    inputs = LLAMA.inputs()
+    want = output_of(model, inputs)
+    torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), tmp_path / "seed-only"), inputs), want,
+                               rtol=0, atol=0)
+    peft_model = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "full").eval()
+    torch.testing.assert_close(output_of(peft_model, inputs), want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,81 @@
+"""The access-control matrix: every route x {no token, read, publish for another owner, publish, admin}."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from registry.client import RegistryClient
+from registry.db import Database
+from registry.tokens import create_token
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+
+ROLES = {"none": None, "read": ["read"], "other-publisher": ["read", "publish"], "publisher": ["read", "publish"],
+         "admin": ["admin"]}
+# route name -> (scope needed, owner-sensitive)
+ROUTES = {
+    "list": ("read", False), "get": ("read", False), "download": ("read", False), "verify": ("read", False),
+    "verification": ("read", False), "compare": ("read", False), "base-models": ("read", False),
+    "projections": ("read", False), "publish": ("publish", True), "alias-put": ("publish", True),
+    "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("matrix")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        db = Database(url)
+        tokens = {role: create_token(db, owner="mallory" if role == "other-publisher" else "alice",
+                                     scopes=scopes)[1] for role, scopes in ROLES.items() if scopes}
+        db.engine.dispose()
+        yield {"url": base, "tokens": tokens, "source": make_adapter(root / "adapter")}
+
+
+def request_for(route: str, base: str, version: int, source: Path) -> tuple[str, str, dict[str, Any]]:
+    v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
+    files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
+             "adapter_model": ("adapter_model.safetensors", (source / "adapter_model.safetensors").read_bytes())}
+    return {
+        "list": ("GET", f"{base}/api/v1/adapters", {}),
+        "get": ("GET", v, {}),
+        "download": ("GET", f"{v}/files/adapter_config.json", {}),
+        "verify": ("POST", f"{v}/verify", {}),
+        "verification": ("GET", f"{v}/verification", {}),
+        "compare": ("POST", f"{base}/api/v1/compare", {"json": {"refs": [f"alice/m:{version}", "alice/m:1"]}}),
+        "base-models": ("GET", f"{base}/api/v1/base-models", {}),
+        "projections": ("GET", f"{base}/api/v1/projections", {}),
+        "publish": ("POST", f"{base}/api/v1/adapters/alice/m/versions",
+                    {"files": files, "data": {"base_model": "tiny-llama"}}),
+        "alias-put": ("PUT", f"{base}/api/v1/adapters/alice/m/aliases/prod", {"json": {"version": version}}),
+        "alias-delete": ("DELETE", f"{base}/api/v1/adapters/alice/m/aliases/staging", {}),
+        "yank": ("POST", f"{v}/yank", {"json": {"yanked": True}}),
+        "delete": ("DELETE", v, {}),
+    }[route]
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
+    tokens = server["tokens"]
+    with RegistryClient(server["url"], tokens["admin"]) as admin:  # a fresh version for each case
+        version = admin.publish(server["source"], "alice/m", base_model="tiny-llama").version
+        admin.set_alias(f"alice/m:{version}", "staging")
+    method, url, kwargs = request_for(route, server["url"], version, server["source"])
+    headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
+    status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
+    scope, owner_sensitive = ROUTES[route]
+    allowed = role == "admin" or role == "publisher" or (
+        role != "none" and (scope == "read" or (role == "other-publisher" and not owner_sensitive)))
+    if role == "none":
+        assert status == 401
+    elif allowed:
+        assert status in (200, 201, 204), f"{role} {route}: {status}"
+    else:
+        assert status == 403, f"{role} {route}: {status}"
