@@ -101,6 +101,26 @@ def _principal(request: Request, authorization: Annotated[str | None, Header()] 
 Caller = Annotated[Principal | None, Depends(_principal)]
 
 
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+_PROBLEM = {"model": Problem, "content": {"application/problem+json": {"schema": Problem.model_json_schema()}}}
+#: Documented on every route: the API answers these with problem details.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {**_PROBLEM, "description": text} for code, text in (
+        (401, "No valid token"), (403, "The token may not do this"), (404, "No such adapter, version or alias"),
+        (409, "Conflicts with what is stored"), (413, "Upload too large"), (422, "Invalid input"),
+        (500, "Stored bytes failed their hash check"), (503, "Database schema out of date"))
+}
+
+
 class AliasBody(BaseModel):
     version: int
 
@@ -115,7 +135,8 @@ class CompareBody(BaseModel):
 
 def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI:
     options = options or ApiOptions()
-    app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.")
+    app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.",
+                  responses=PROBLEM_RESPONSES)
     app.state.options, app.state.registry = options, registry
     metrics = CollectorRegistry()
     requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=metrics)
@@ -161,7 +182,8 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "Database or storage unreachable",
+                                        "content": {"application/json": {}}}})
     def ready() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -179,7 +201,8 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}})
     def prometheus() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
@@ -228,7 +251,10 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
         need(caller, "read")
         return registry.get(ref_of(owner, name, selector))
 
-    @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/files/{{filename}}")
+    @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/files/{{filename}}", response_class=Response,
+             responses={200: {"description": "The file (ETag: its SHA-256)", "content": {
+                 "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
+                 304: {"description": "Not modified (If-None-Match matched the ETag)"}})
     def download(
         caller: Caller, owner: str, name: str, selector: str, filename: str, projection: bool = False,
         if_none_match: Annotated[str | None, Header()] = None,

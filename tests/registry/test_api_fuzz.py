@@ -1,0 +1,47 @@
+"""Property-based fuzzing of the API from its own OpenAPI schema (schemathesis), against a real server:
+no 5xx, and every response matches the documented status codes, content types and schemas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from registry.client import RegistryClient
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+    root = tmp_path_factory.mktemp("fuzz")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
+        with RegistryClient(url) as client:  # something to find, so that not every lookup is a 404
+            client.publish(make_adapter(root / "a"), "fuzz/a", base_model="tiny-llama")
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def test_api_conforms_to_its_schema(api_schema: schemathesis.BaseSchema) -> None:
+    """Each operation gets generated cases (valid and edge-case inputs) through Hypothesis."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 12
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def check(case: schemathesis.Case) -> None:
+            case.call_and_validate(checks=CHECKS)
+
+        check()
+
