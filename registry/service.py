@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from registry import models as m
 from registry.db import Database
@@ -387,8 +387,9 @@ class Registry:
         with self.db.session() as s:
             return self._info(s, self._resolve(s, ref))
 
-    def _info(self, s: Session, v: m.AdapterVersion) -> VersionInfo:
-        aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
+    def _info(self, s: Session, v: m.AdapterVersion, aliases: list[str] | None = None) -> VersionInfo:
+        if aliases is None:
+            aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
         return VersionInfo(
             owner=v.adapter.owner, name=v.adapter.name, version=v.version,
             ref=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", aliases=aliases, base_model=v.base_model.name,
@@ -544,10 +545,16 @@ class Registry:
             query = query.where(m.AdapterVersion.yanked.is_(False))
         if cursor:
             query = query.where(m.AdapterVersion.id < _decode_cursor(cursor))
-        query = query.order_by(m.AdapterVersion.id.desc()).limit(limit + 1)
+        query = query.order_by(m.AdapterVersion.id.desc()).limit(limit + 1).options(
+            selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
+            selectinload(m.AdapterVersion.tags))
         with self.db.session() as s:
             rows = list(s.scalars(query))
-            items = [self._info(s, v) for v in rows[:limit]]
+            aliases: dict[int, list[str]] = {}
+            for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name).where(
+                    m.Alias.version_id.in_([v.id for v in rows])).order_by(m.Alias.name)):
+                aliases.setdefault(version_id, []).append(alias)
+            items = [self._info(s, v, aliases.get(v.id, [])) for v in rows[:limit]]
             next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
