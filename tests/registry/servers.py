@@ -25,14 +25,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str, storage: Path, **env: str) -> Iterator[str]:
+def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1", **env: str) -> Iterator[str]:
     """Start `vera serve` against an upgraded database; yield its URL; stop it afterwards."""
     db = Database(database_url)
     db.upgrade()
     db.engine.dispose()
     port = free_port()
     environment = {**os.environ, "VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(storage), **env}
-    process = subprocess.Popen([str(VERA), "serve", "--port", str(port)], env=environment,
+    process = subprocess.Popen([str(VERA), "serve", "--host", host, "--port", str(port)], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.api import is_loopback
 from registry.client import RegistryClient
 from registry.db import Database
 from registry.tokens import create_token
@@ -79,3 +80,17 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         assert status in (200, 201, 204), f"{role} {route}: {status}"
     else:
         assert status == 403, f"{role} {route}: {status}"
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True),
+                                                ("0.0.0.0", False), ("10.1.2.3", False), ("example.org", False)])
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_a_server_on_a_non_loopback_address_requires_tokens(tmp_path: Path) -> None:
+    """Bound to every interface (reached here over loopback only), the server refuses requests without a token."""
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", host="0.0.0.0") as url:
+        response = httpx.get(f"{url}/api/v1/adapters")
+        assert response.status_code == 401 and "requires a token" in response.json()["detail"]
+        assert httpx.get(f"{url}/health").status_code == 200
