@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -285,8 +286,17 @@ RegistryUrl = Annotated[str | None, typer.Option("--registry", envvar="VERA_REGI
 Token = Annotated[str | None, typer.Option("--token", envvar="VERA_TOKEN", help="Bearer token.")]
 
 
-def _client(url: str | None, token: str | None) -> RegistryClient:
-    return RegistryClient(url, token)
+T = TypeVar("T")
+
+
+def _call(url: str | None, token: str | None, fn: Callable[[RegistryClient], T]) -> T:
+    """Run ``fn`` with a client; a registry error becomes one clear line on stderr and exit code 1."""
+    try:
+        with RegistryClient(url, token) as client:
+            return fn(client)
+    except RegistryError as exc:
+        _fail(exc)
+        raise  # _fail exits; this line is never reached
 
 
 def _run_api(host: str, port: int, settings: Settings) -> None:
@@ -352,12 +362,12 @@ def publish(
     """Publish an adapter directory as the next version of owner/name."""
     try:
         values = _metrics_file(metrics)
-        with _client(registry, token) as client:
-            info = client.publish(directory, name, base_model=base_model, base_revision=base_revision,
-                                  metrics=values, tags=tag or [], description=description)
     except RegistryError as exc:
         _fail(exc)
         return
+    info = _call(registry, token, lambda c: c.publish(directory, name, base_model=base_model,
+                                                      base_revision=base_revision, metrics=values, tags=tag or [],
+                                                      description=description))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
 
@@ -383,13 +393,8 @@ def fetch(
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Download an adapter in PEFT's format."""
-    try:
-        with _client(registry, token) as client:
-            info = client.get(ref)
-            client.fetch(f"{info.owner}/{info.name}:{info.version}", out, with_projection=with_projection)
-    except RegistryError as exc:
-        _fail(exc)
-        return
+    info = _call(registry, token, lambda c: c.get(ref))
+    _call(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection))
     console.print(f"fetched {info.ref} into {out}")
 
 
@@ -399,12 +404,7 @@ def verify(
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Regenerate the projections from the seed, re-hash the blobs, check shapes; exit 2 if it fails."""
-    try:
-        with _client(registry, token) as client:
-            report = client.verify(ref)
-    except RegistryError as exc:
-        _fail(exc)
-        return
+    report = _call(registry, token, lambda c: c.verify(ref))
     console.print(f"{report.ref}: [bold]{report.status}[/]")
     for check, result in report.checks.items():
         console.print(f"  {check}: {'ok' if result.get('ok') else 'FAILED'} "
@@ -427,13 +427,9 @@ def list_versions(
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """List adapter versions, newest first."""
-    try:
-        with _client(registry, token) as client:
-            page = client.list_versions(owner=owner, base_model=base_model, r=r, seed=seed, generator=generator,
-                                        tag=tag, q=q, limit=limit, cursor=cursor)
-    except RegistryError as exc:
-        _fail(exc)
-        return
+    page = _call(registry, token, lambda c: c.list_versions(owner=owner, base_model=base_model, r=r, seed=seed,
+                                                            generator=generator, tag=tag, q=q, limit=limit,
+                                                            cursor=cursor))
     table = Table("ref", "aliases", "base model", "r", "seed", "params", "bytes", "verified", "tags")
     for v in page.items:
         table.add_row(v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
@@ -449,12 +445,7 @@ def compare(
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Compare versions: parameters, bytes, metrics, and per-layer cosine similarity of their weight deltas."""
-    try:
-        with _client(registry, token) as client:
-            result = client.compare(refs)
-    except RegistryError as exc:
-        _fail(exc)
-        return
+    result = _call(registry, token, lambda c: c.compare(refs))
     summary = Table("ref", "params", "bytes", "metrics")
     for v in result.versions:
         summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", json.dumps(v.metrics)[:60])
@@ -473,16 +464,12 @@ def alias(
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Move (or remove) an alias."""
-    try:
-        with _client(registry, token) as client:
-            if remove:
-                client.remove_alias(ref, name)
-                console.print(f"removed {ref}@{name}")
-            else:
-                info = client.set_alias(ref, name)
-                console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
-    except RegistryError as exc:
-        _fail(exc)
+    if remove:
+        _call(registry, token, lambda c: c.remove_alias(ref, name))
+        console.print(f"removed {ref}@{name}")
+    else:
+        info = _call(registry, token, lambda c: c.set_alias(ref, name))
+        console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
 
 
 @token_app.command("create")
