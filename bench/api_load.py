@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,14 @@ def load(fn: Callable[[int], None], total: int, clients: int) -> tuple[float, fl
     wall = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
     return total / wall, q[49] * 1e3, q[98] * 1e3
+
+
+def publish_one(pool: list[RegistryClient], sources: list[Path], name: str, i: int) -> None:
+    pool[i % len(pool)].publish(sources[i % len(sources)], name, base_model="tiny-llama")
+
+
+def fetch_one(pool: list[RegistryClient], name: str, versions: int, i: int) -> None:
+    pool[i % len(pool)].download(f"{name}:{i % versions + 1}", "adapter_model.safetensors")
 
 
 def bulk_versions(database_url: str, count: int) -> None:
@@ -111,12 +120,9 @@ def main() -> None:
                 for clients in (1, 8, 32):
                     pool = [RegistryClient(server) for _ in range(clients)]
                     name = f"bench/c{clients}"
-                    rate, p50, p99 = load(lambda i: pool[i % clients].publish(sources[i % 8], name,
-                                                                             base_model="tiny-llama"),
-                                          args.requests, clients)
+                    rate, p50, p99 = load(partial(publish_one, pool, sources, name), args.requests, clients)
                     print(f"| {kind} | publish | {clients} | {rate:.1f} | {p50:.0f} | {p99:.0f} |", flush=True)
-                    rate, p50, p99 = load(lambda i: pool[i % clients].download(
-                        f"{name}:{i % args.requests + 1}", "adapter_model.safetensors"), args.requests, clients)
+                    rate, p50, p99 = load(partial(fetch_one, pool, name, args.requests), args.requests, clients)
                     print(f"| {kind} | fetch (safetensors) | {clients} | {rate:.1f} | {p50:.0f} | {p99:.0f} |",
                           flush=True)
                     for c in pool:
