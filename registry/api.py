@@ -31,7 +31,17 @@ from registry.errors import (
     RegistryError,
     SchemaOutOfDate,
 )
-from registry.schemas import BaseModelInfo, Comparison, Page, Ref, VerificationReport, VersionInfo
+from registry.jobs import Jobs
+from registry.schemas import (
+    BaseModelInfo,
+    Comparison,
+    JobEventInfo,
+    JobInfo,
+    Page,
+    Ref,
+    VerificationReport,
+    VersionInfo,
+)
 from registry.service import Registry
 from registry.tokens import LOCAL_USER, Forbidden, Principal, Unauthorized, authenticate
 
@@ -133,8 +143,9 @@ class CompareBody(BaseModel):
     refs: list[str]
 
 
-def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI:
+def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs | None = None) -> FastAPI:
     options = options or ApiOptions()
+    jobs = jobs or Jobs(registry)
     app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.",
                   responses=PROBLEM_RESPONSES)
     app.state.options, app.state.registry = options, registry
@@ -315,6 +326,52 @@ def create_app(registry: Registry, options: ApiOptions | None = None) -> FastAPI
     def compare(caller: Caller, body: CompareBody) -> Comparison:
         need(caller, "read")
         return registry.compare(body.refs)
+
+    @app.post(f"{v1}/jobs", response_model=JobInfo, status_code=201)
+    async def submit_job(
+        caller: Caller, target: Annotated[str, Form(description="owner/name to publish the result as")],
+        spec: Annotated[str, Form(description="the training spec, a JSON object (registry.training.TrainSpec)")],
+        dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
+    ) -> JobInfo:
+        owner = Ref.parse(target).owner
+        who = need(caller, "publish", owner)
+        try:
+            parsed = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"spec is not JSON ({exc.msg}).") from exc
+        if not isinstance(parsed, dict):
+            raise InvalidInput("spec must be a JSON object.")
+        data = None
+        if dataset is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "upload"
+                await _save_upload(dataset, path, options.max_upload_bytes)
+                data = path.read_bytes()
+        del who  # allowed to publish under the target's owner, who owns the job
+        name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
+        return jobs.submit(parsed, owner=owner, target=target, dataset=data, dataset_name=name)
+
+    @app.get(f"{v1}/jobs", response_model=list[JobInfo])
+    def list_jobs(caller: Caller, owner: str | None = None, status: str | None = None,
+                  limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobInfo]:
+        need(caller, "read")
+        return jobs.list_jobs(owner=owner, status=status, limit=limit)
+
+    @app.get(f"{v1}/jobs/{{job_id}}", response_model=JobInfo)
+    def get_job(caller: Caller, job_id: int) -> JobInfo:
+        need(caller, "read")
+        return jobs.get(job_id)
+
+    @app.get(f"{v1}/jobs/{{job_id}}/events", response_model=list[JobEventInfo])
+    def job_events(caller: Caller, job_id: int, after: int = 0, kind: str | None = None) -> list[JobEventInfo]:
+        need(caller, "read")
+        return jobs.events(job_id, after=after, kind=kind)
+
+    @app.post(f"{v1}/jobs/{{job_id}}/cancel", response_model=JobInfo)
+    def cancel_job(caller: Caller, job_id: int) -> JobInfo:
+        job = jobs.get(job_id)
+        who = need(caller, "publish", job.owner)
+        return jobs.cancel(job_id, actor=who.owner)
 
     @app.get(f"{v1}/base-models", response_model=list[BaseModelInfo])
     def base_models(caller: Caller) -> list[BaseModelInfo]:

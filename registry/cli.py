@@ -16,6 +16,7 @@ from registry.app import open_registry
 from registry.client import RegistryClient
 from registry.db import Database
 from registry.errors import InvalidInput, RegistryError
+from registry.schemas import JobInfo
 from registry.settings import Settings
 from registry.tokens import create_token, list_tokens, revoke_token
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
@@ -299,12 +300,18 @@ def _call(url: str | None, token: str | None, fn: Callable[[RegistryClient], T])
         raise  # _fail exits; this line is never reached
 
 
-def _run_api(host: str, port: int, settings: Settings) -> None:
+def _run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False) -> None:
+    import threading
+    from datetime import timedelta
+
     import uvicorn
 
     from registry.api import ApiOptions, create_app, is_loopback
+    from registry.jobs import Jobs
+    from registry.worker import Worker
 
     registry = open_registry(settings)
+    jobs = Jobs(registry, lease=timedelta(seconds=settings.job_lease_s))
     require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
     if require:
         mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")
@@ -316,7 +323,10 @@ def _run_api(host: str, port: int, settings: Settings) -> None:
                   f"  storage  {registry.blobs.url}")
     options = ApiOptions(require_tokens=require, anonymous_read=settings.anonymous_read,
                          max_upload_bytes=settings.max_upload_bytes)
-    uvicorn.run(create_app(registry, options), host=host, port=port, log_level="warning")
+    if with_worker:
+        worker = Worker(jobs, log=lambda line: console.print(f"[dim]worker:[/] {line}"))
+        threading.Thread(target=worker.run_forever, name="vera-worker", daemon=True).start()
+    uvicorn.run(create_app(registry, options, jobs), host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -336,13 +346,12 @@ def serve(
 def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
 ) -> None:
-    """The product on the embedded default: the API on 127.0.0.1 with SQLite and a local folder (VERA_DATA_DIR).
-
-    The job worker and the dashboard join this command when they land.
+    """The product on the embedded default: the API and one job worker on 127.0.0.1, with SQLite and a local folder
+    (VERA_DATA_DIR). The dashboard joins this command when it lands.
     """
     settings = _settings(None)
     try:
-        _run_api("127.0.0.1", port, settings)
+        _run_api("127.0.0.1", port, settings, with_worker=True)
     except RegistryError as exc:
         _fail(exc)
 
@@ -509,6 +518,133 @@ def token_list(database_url: DatabaseUrl = None) -> None:
         table.add_row(str(t["id"]), str(t["owner"]), str(t["name"]), ",".join(t["scopes"]),  # type: ignore[arg-type]
                       str(t["revoked"]), str(t["last_used_at"] or "-"))
     console.print(table)
+
+
+job_app = typer.Typer(help="Fine-tune jobs (run by `vera worker`).", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+
+
+@app.command()
+def worker(
+    poll: Annotated[float, typer.Option(help="Seconds between polls when the queue is empty.")] = 2.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
+    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Claim and run fine-tune jobs from the registry database (several workers may share it)."""
+    from datetime import timedelta
+
+    from registry.jobs import Jobs
+    from registry.worker import Worker
+
+    settings = _settings(database_url, storage_url)
+    try:
+        jobs = Jobs(open_registry(settings), lease=timedelta(seconds=settings.job_lease_s))
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    runner = Worker(jobs, poll_s=poll, heartbeat_s=heartbeat, log=lambda line: console.print(line))
+    if once:
+        runner.run_once()
+    else:
+        runner.run_forever()
+
+
+@job_app.command("submit")
+def job_submit(
+    name: Annotated[str, typer.Option("--name", help="owner/name to publish the adapter as.")],
+    demo: Annotated[bool, typer.Option(help="The offline demo task (word polarity on the bundled MiniLM).")] = False,
+    data: Annotated[Path | None, typer.Option(help="A .csv or .jsonl dataset to upload.")] = None,
+    base_model: Annotated[str, typer.Option(help="'minilm', a local directory, or a cached Hub id.")] = "minilm",
+    task: Annotated[str, typer.Option(help="classification or causal-lm.")] = "classification",
+    r: Annotated[int, typer.Option(help="VeRA rank.")] = 256,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    projection_seed: Annotated[int, typer.Option(help="projection_prng_key.")] = 0,
+    generator: Annotated[str, typer.Option(help="Projection generator.")] = PORTABLE_GENERATOR,
+    target_modules: Annotated[str | None, typer.Option(help="Comma-separated module names.")] = None,
+    d_initial: Annotated[float, typer.Option(help="Initial value of d.")] = 0.1,
+    epochs: Annotated[float, typer.Option(help="Epochs.")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of d and b.")] = 1e-2,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 1e-3,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Queue a fine-tune; a worker trains it and publishes the result under --name."""
+    spec: dict[str, object] = {
+        "base_model": base_model, "task": task, "demo": demo, "r": r, "seed": seed,
+        "projection_prng_key": projection_seed, "projection_generator": generator, "d_initial": d_initial,
+        "target_modules": [t.strip() for t in target_modules.split(",")] if target_modules else None,
+        "training": {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
+                     "head_lr": head_lr},
+    }
+    info = _call(registry, token, lambda c: c.submit_job(name, spec, dataset=data))
+    console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
+                  "--follow`")
+
+
+@job_app.command("ls")
+def job_ls(
+    owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """List jobs, newest first."""
+    table = Table("id", "status", "target", "progress", "result", "created")
+    for j in _call(registry, token, lambda c: c.jobs(owner=owner, status=status)):
+        table.add_row(str(j.id), j.status, j.target_name, _progress(j), j.result_ref or "-",
+                      j.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+def _progress(job: JobInfo) -> str:
+    p = job.progress
+    if "step" in p:
+        eta = f", eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
+        return f"{p['step']}/{p['total_steps']} loss {p.get('loss') or 0:.4f}{eta}"
+    return str(p.get("phase", "-"))
+
+
+@job_app.command("show")
+def job_show(job_id: int, registry: RegistryUrl = None, token: Token = None) -> None:
+    """A job with its progress and metrics history."""
+    job = _call(registry, token, lambda c: c.job(job_id))
+    console.print_json(job.model_dump_json())
+    evals = _call(registry, token, lambda c: c.job_events(job_id, kind="evaluate"))
+    for e in evals:
+        console.print(f"eval at step {int(e.data.get('step', 0))}: "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in e.data.items() if k != "step"))
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: int, registry: RegistryUrl = None, token: Token = None) -> None:
+    """Cancel a job (a running one stops after its current step)."""
+    job = _call(registry, token, lambda c: c.cancel_job(job_id))
+    console.print(f"job {job.id}: {job.status}{' (stopping)' if job.status == 'running' else ''}")
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Print a job's progress, evaluations and log lines."""
+    import time
+
+    after = 0
+    while True:
+        since = after
+        for e in _call(registry, token, lambda c: c.job_events(job_id, after=since)):
+            after = e.id
+            text = e.data.get("message") if e.kind == "log" else ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
+            console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}")
+        job = _call(registry, token, lambda c: c.job(job_id))
+        if not follow or job.status in ("succeeded", "failed", "cancelled"):
+            console.print(f"job {job_id}: {job.status}" + (f" -> {job.result_ref}" if job.result_ref else "")
+                          + (f" ({job.error})" if job.error else ""))
+            return
+        time.sleep(2)
 
 
 def main() -> None:

@@ -10,7 +10,16 @@ from typing import Any
 import httpx
 
 from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound, RegistryError, SchemaOutOfDate
-from registry.schemas import BaseModelInfo, Comparison, Page, Ref, VerificationReport, VersionInfo
+from registry.schemas import (
+    BaseModelInfo,
+    Comparison,
+    JobEventInfo,
+    JobInfo,
+    Page,
+    Ref,
+    VerificationReport,
+    VersionInfo,
+)
 from registry.tokens import Forbidden, Unauthorized
 from vera_core.checkpoint import write_adapter_files
 
@@ -122,6 +131,35 @@ class RegistryClient:
                       "description": description},
             )
         return VersionInfo.model_validate(response.json())
+
+    # ---- jobs ----------------------------------------------------------------------------------------------
+    def submit_job(self, target: str, spec: dict[str, Any], *, dataset: str | os.PathLike[str] | None = None
+                   ) -> JobInfo:
+        """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as registry.training.TrainSpec."""
+        files = None
+        if dataset is not None:
+            path = Path(dataset)
+            if not path.is_file():
+                raise InvalidInput(f"Dataset {path} does not exist.")
+            files = {"dataset": (path.name, path.read_bytes(), "application/octet-stream")}
+        response = self._request("POST", "/api/v1/jobs", data={"target": target, "spec": json.dumps(spec)},
+                                 files=files)
+        return JobInfo.model_validate(response.json())
+
+    def jobs(self, *, owner: str | None = None, status: str | None = None) -> list[JobInfo]:
+        params = {k: v for k, v in (("owner", owner), ("status", status)) if v}
+        return [JobInfo.model_validate(j) for j in self._request("GET", "/api/v1/jobs", params=params).json()]
+
+    def job(self, job_id: int) -> JobInfo:
+        return JobInfo.model_validate(self._request("GET", f"/api/v1/jobs/{job_id}").json())
+
+    def job_events(self, job_id: int, *, after: int = 0, kind: str | None = None) -> list[JobEventInfo]:
+        params: dict[str, Any] = {"after": after, **({"kind": kind} if kind else {})}
+        return [JobEventInfo.model_validate(e)
+                for e in self._request("GET", f"/api/v1/jobs/{job_id}/events", params=params).json()]
+
+    def cancel_job(self, job_id: int) -> JobInfo:
+        return JobInfo.model_validate(self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json())
 
     def set_alias(self, ref: str, alias: str) -> VersionInfo:
         parsed = Ref.parse(ref)

@@ -123,3 +123,28 @@ class Comparison(BaseModel):
     refs: list[str]
     versions: list[VersionInfo]
     layers: list[LayerComparison]
+
+
+class JobInfo(BaseModel):
+    id: int
+    status: str
+    owner: str
+    target_name: str
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    claimed_by: str | None
+    heartbeat_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+    progress: dict[str, Any]
+    error: str | None
+    result_ref: str | None
+
+
+class JobEventInfo(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    data: dict[str, Any]

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # Let requests without a token read (list, fetch, verify) when tokens are required.
     anonymous_read: bool = False
     max_upload_bytes: int = 256 * 2**20
+    # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
+    job_lease_s: float = 60.0
 
     @field_validator("database_url")
     @classmethod

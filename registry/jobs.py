@@ -1,0 +1,193 @@
+"""Fine-tune jobs: queued in the database, claimed by workers, tracked by heartbeats, published on success.
+
+States: queued -> running -> succeeded | failed | cancelled. A running job whose heartbeat is older than the
+lease becomes claimable again (its worker died). Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+workers on many machines never take the same job; SQLite serialises writers and is correct with one worker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from registry import models as m
+from registry.errors import Conflict, InvalidInput, NotFound
+from registry.schemas import JobEventInfo, JobInfo, Ref, check_name
+from registry.service import Registry
+from registry.training import TrainSpec, resolve_base
+from vera_core.data import DatasetError, read_examples
+from vera_core.trainer import TrainingArguments
+
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class Jobs:
+    """The job queue over a Registry's database and blob store."""
+
+    def __init__(self, registry: Registry, *, lease: timedelta = timedelta(seconds=60)) -> None:
+        self.registry, self.db, self.lease = registry, registry.db, lease
+
+    # ---- submission ------------------------------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
+               dataset_name: str = "data.csv") -> JobInfo:
+        """Validate a spec now (bad specs never reach a worker) and queue it."""
+        ref = Ref.parse(target)
+        check_name(owner, "Owner")
+        if ref.owner != owner:
+            raise InvalidInput(f"The job publishes {target}, but it is submitted by {owner!r}; publish under "
+                               f"{owner}/.")
+        spec = dict(spec)
+        suffix = Path(dataset_name).suffix.lower()
+        if dataset is not None:
+            if suffix not in (".csv", ".jsonl"):
+                raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
+            spec["data"] = f"uploaded{suffix}"
+        try:
+            checked = TrainSpec(**spec)
+            TrainingArguments(**checked.training)
+            if not checked.demo:
+                if dataset is None:
+                    raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / f"uploaded{suffix}"
+                    path.write_bytes(dataset)
+                    label = checked.label_column if checked.task == "classification" else None
+                    read_examples(path, text_column=checked.text_column, label_column=label)
+            resolve_base(checked.base_model)
+        except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
+            if isinstance(exc, InvalidInput):
+                raise
+            kind = "dataset" if isinstance(exc, DatasetError) else "spec"
+            raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
+        digest = None
+        if dataset is not None:
+            digest = self.registry.blobs.put(dataset)
+        with self.db.session() as s:
+            if digest is not None and s.get(m.Blob, digest) is None:
+                s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
+            job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
+                        dataset_sha256=digest, status="queued", progress={})
+            s.add(job)
+            s.flush()
+            s.add(m.AuditEvent(actor=owner, action="job-submit", target=job.target_name, detail={"job": job.id}))
+            return self._info(s, job)
+
+    def get(self, job_id: int) -> JobInfo:
+        with self.db.session() as s:
+            return self._info(s, self._job(s, job_id))
+
+    def list_jobs(self, *, owner: str | None = None, status: str | None = None, limit: int = 100) -> list[JobInfo]:
+        query = select(m.Job).order_by(m.Job.id.desc()).limit(limit)
+        if owner:
+            query = query.where(m.Job.owner == owner)
+        if status:
+            query = query.where(m.Job.status == status)
+        with self.db.session() as s:
+            return [self._info(s, j) for j in s.scalars(query)]
+
+    def events(self, job_id: int, *, after: int = 0, kind: str | None = None) -> list[JobEventInfo]:
+        """Progress, evaluations and log lines after event id ``after`` (for following a job)."""
+        query = select(m.JobEvent).where(m.JobEvent.job_id == job_id, m.JobEvent.id > after).order_by(m.JobEvent.id)
+        if kind:
+            query = query.where(m.JobEvent.kind == kind)
+        with self.db.session() as s:
+            self._job(s, job_id)
+            return [JobEventInfo(id=e.id, at=e.at, kind=e.kind, data=e.data) for e in s.scalars(query)]
+
+    def cancel(self, job_id: int, *, actor: str) -> JobInfo:
+        """A queued job is cancelled at once; a running one stops after its current training step."""
+        with self.db.session() as s:
+            job = self._job(s, job_id)
+            if job.status in FINAL:
+                raise Conflict(f"Job {job_id} is already {job.status}.")
+            job.cancel_requested = True
+            if job.status == "queued":
+                job.status, job.finished_at = "cancelled", datetime.now(UTC)
+            s.add(m.AuditEvent(actor=actor, action="job-cancel", target=job.target_name, detail={"job": job_id}))
+            s.flush()
+            return self._info(s, job)
+
+    # ---- workers ---------------------------------------------------------------------------------------------
+    def claim(self, worker: str) -> JobInfo | None:
+        """Take the oldest queued job, or a running one whose worker stopped sending heartbeats."""
+        expired = datetime.now(UTC) - self.lease
+        query = (select(m.Job).where(or_(m.Job.status == "queued",
+                                         (m.Job.status == "running") & (m.Job.heartbeat_at < expired)))
+                 .order_by(m.Job.created_at, m.Job.id).limit(1))
+        with self.db.session() as s:
+            if self.db.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            else:  # SQLite: take the write lock first, so that two claims serialise
+                s.execute(update(m.Job).where(m.Job.id == -1).values(status="queued"))
+            job = s.scalar(query)
+            if job is None:
+                return None
+            now = datetime.now(UTC)
+            if job.status == "running":
+                s.add(m.JobEvent(job_id=job.id, kind="log", data={
+                    "message": f"re-claimed by {worker}: {job.claimed_by} stopped sending heartbeats"}))
+            job.status, job.claimed_by, job.heartbeat_at = "running", worker, now
+            job.started_at, job.attempts = job.started_at or now, job.attempts + 1
+            s.flush()
+            return self._info(s, job)
+
+    def heartbeat(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None,
+                  events: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
+        """Record liveness, progress and events; returns True if the job should stop (cancelled or lost)."""
+        with self.db.session() as s:
+            job = self._job(s, job_id)
+            if job.claimed_by != worker or job.status != "running":
+                return True  # another worker took it over
+            job.heartbeat_at = datetime.now(UTC)
+            if progress is not None:
+                job.progress = progress
+            for kind, data in events:
+                s.add(m.JobEvent(job_id=job_id, kind=kind, data=data))
+            return job.cancel_requested
+
+    def finish(self, job_id: int, worker: str, *, status: str, error: str | None = None,
+               result_version: tuple[str, int] | None = None) -> None:
+        with self.db.session() as s:
+            job = self._job(s, job_id)
+            if job.claimed_by != worker:
+                return
+            job.status, job.error, job.finished_at = status, error, datetime.now(UTC)
+            if result_version is not None:
+                ref = Ref.parse(f"{result_version[0]}:{result_version[1]}")
+                version = s.scalar(select(m.AdapterVersion).join(m.Adapter).where(
+                    m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.AdapterVersion.version == ref.version))
+                job.result_version_id = version.id if version else None
+
+    def dataset(self, job: JobInfo) -> bytes | None:
+        with self.db.session() as s:
+            digest = self._job(s, job.id).dataset_sha256
+        return None if digest is None else self.registry.blobs.get(digest)
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _job(s: Any, job_id: int) -> m.Job:
+        job: m.Job | None = s.get(m.Job, job_id)
+        if job is None:
+            raise NotFound(f"No job {job_id}; `vera job ls` lists them.")
+        return job
+
+    @staticmethod
+    def _info(s: Any, job: m.Job) -> JobInfo:
+        result_ref = None
+        if job.result_version_id is not None:
+            version = s.get(m.AdapterVersion, job.result_version_id)
+            if version is not None:
+                result_ref = f"{version.adapter.owner}/{version.adapter.name}:{version.version}"
+        return JobInfo(id=job.id, status=job.status, owner=job.owner, target_name=job.target_name, spec=job.spec,
+                       created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                       claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
+                       cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
+                       result_ref=result_ref)
+

@@ -1,0 +1,127 @@
+"""`vera worker`: claims fine-tune jobs, trains them with vera_core, publishes the result with its lineage.
+
+A heartbeat thread keeps the job's lease, flushes progress and events, and reads cancellation; the training
+callback only queues events and stops training (after the current step) when the heartbeat says so.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from registry.jobs import Jobs
+from registry.schemas import JobInfo
+from registry.training import TrainSpec, run
+from vera_core.callbacks import FunctionCallback
+from vera_core.trainer import TrainerState
+
+
+class _Tracker:
+    """Shared between the training loop and the heartbeat thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.progress: dict[str, Any] = {"phase": "starting"}
+        self.stop = False
+
+    def on_event(self, event: str, state: TrainerState, data: dict[str, float]) -> None:
+        with self.lock:
+            self.progress = {"phase": "training", "step": state.step, "total_steps": state.total_steps,
+                             "epoch": round(data.get("epoch", state.epoch), 4), "loss": data.get("loss"),
+                             "eta_s": None if state.eta_s is None else round(state.eta_s, 1),
+                             "elapsed_s": round(state.elapsed_s, 1)}
+            if event == "step":
+                self.events.append(("step", {"step": state.step, "loss": data["loss"], "lr": data["lr"]}))
+            elif event == "evaluate":
+                self.events.append(("evaluate", dict(data)))
+            if self.stop:
+                state.should_stop, state.stop_reason = True, "cancelled"
+
+    def drain(self) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+        with self.lock:
+            events, self.events = self.events, []
+            return dict(self.progress), events
+
+
+class Worker:
+    """Runs jobs one at a time; several workers (processes, machines) can share one database."""
+
+    def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0, heartbeat_s: float = 5.0,
+                 work_dir: str | None = None, log: Callable[[str], None] = print) -> None:
+        self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
+        self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.work_dir, self.log = work_dir, log
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        self.log(f"worker {self.name} polling for jobs")
+        while not stop.is_set():
+            if not self.run_once():
+                stop.wait(self.poll_s)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False if there was none."""
+        job = self.jobs.claim(self.name)
+        if job is None:
+            return False
+        self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts})")
+        self._run(job)
+        return True
+
+    def _run(self, job: JobInfo) -> None:
+        tracker = _Tracker()
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done), daemon=True)
+        beat.start()
+        try:
+            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                spec = TrainSpec(**job.spec)
+                data = self.jobs.dataset(job)
+                if data is not None:
+                    path = Path(tmp) / Path(spec.data or "uploaded.csv").name
+                    path.write_bytes(data)
+                    spec = replace(spec, data=str(path))
+                metrics = run(spec, Path(tmp) / "adapter", callbacks=[FunctionCallback(tracker.on_event)])
+                done.set()
+                beat.join()
+                self._flush(job.id, tracker, {"phase": "publishing"})
+                if metrics.get("stop_reason") == "cancelled":
+                    self.jobs.finish(job.id, self.name, status="cancelled")
+                    self.log(f"job {job.id}: cancelled")
+                    return
+                owner, name = job.target_name.split("/", 1)
+                summary = {k: metrics[k] for k in ("final_eval", "test", "train_wall_time_s", "steps", "examples")}
+                info = self.jobs.registry.publish(
+                    Path(tmp) / "adapter", owner=owner, name=name, base_model=spec.base_model,
+                    metrics=json.loads(json.dumps(summary)), published_by=job.owner, tags=["fine-tune"],
+                    description=f"fine-tuned by job {job.id}", lineage={"job_id": job.id})
+                self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
+                            [("log", {"message": f"published {info.ref}"})])
+                self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
+                self.log(f"job {job.id}: published {info.ref}")
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job, with its traceback
+            done.set()
+            self._flush(job.id, tracker, {"phase": "failed"}, [("log", {"message": traceback.format_exc()})])
+            self.jobs.finish(job.id, self.name, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.log(f"job {job.id}: failed: {exc}")
+
+    def _flush(self, job_id: int, tracker: _Tracker, progress: dict[str, Any] | None = None,
+               extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
+        current, events = tracker.drain()
+        return self.jobs.heartbeat(job_id, self.name, progress={**current, **(progress or {})},
+                                   events=[*events, *extra])
+
+    def _heartbeats(self, job_id: int, tracker: _Tracker, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_s):
+            if self._flush(job_id, tracker):
+                tracker.stop = True
+
