@@ -633,8 +633,7 @@ def job_logs(
 
     after = 0
     while True:
-        since = after
-        for e in _call(registry, token, lambda c: c.job_events(job_id, after=since)):
+        for e in _call(registry, token, lambda c, since=after: c.job_events(job_id, after=since)):
             after = e.id
             text = e.data.get("message") if e.kind == "log" else ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
