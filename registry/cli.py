@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -16,7 +17,7 @@ from registry.app import open_registry
 from registry.client import RegistryClient
 from registry.db import Database
 from registry.errors import InvalidInput, RegistryError
-from registry.schemas import JobInfo
+from registry.schemas import JobEventInfo, JobInfo
 from registry.settings import Settings
 from registry.tokens import create_token, list_tokens, revoke_token
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
@@ -623,6 +624,10 @@ def job_cancel(job_id: int, registry: RegistryUrl = None, token: Token = None) -
     console.print(f"job {job.id}: {job.status}{' (stopping)' if job.status == 'running' else ''}")
 
 
+def _events_after(job_id: int, after: int, client: RegistryClient) -> list[JobEventInfo]:
+    return client.job_events(job_id, after=after)
+
+
 @job_app.command("logs")
 def job_logs(
     job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
@@ -633,7 +638,7 @@ def job_logs(
 
     after = 0
     while True:
-        for e in _call(registry, token, lambda c, since=after: c.job_events(job_id, after=since)):
+        for e in _call(registry, token, partial(_events_after, job_id, after)):
             after = e.id
             text = e.data.get("message") if e.kind == "log" else ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
