@@ -21,6 +21,7 @@ from registry.errors import Conflict, InvalidInput, NotFound
 from registry.schemas import JobEventInfo, JobInfo, Ref, check_name
 from registry.service import Registry
 from registry.training import TrainSpec, resolve_base
+from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
 from vera_core.trainer import TrainingArguments
 
@@ -52,6 +53,9 @@ class Jobs:
         try:
             checked = TrainSpec(**spec)
             TrainingArguments(**checked.training)
+            VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key, d_initial=checked.d_initial,
+                       projection_generator=checked.projection_generator, vera_dropout=checked.vera_dropout,
+                       target_modules=checked.target_modules)
             if not checked.demo:
                 if dataset is None:
                     raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
@@ -118,14 +122,16 @@ class Jobs:
     def claim(self, worker: str) -> JobInfo | None:
         """Take the oldest queued job, or a running one whose worker stopped sending heartbeats."""
         expired = datetime.now(UTC) - self.lease
-        query = (select(m.Job).where(or_(m.Job.status == "queued",
-                                         (m.Job.status == "running") & (m.Job.heartbeat_at < expired)))
+        stale = (m.Job.status == "running") & (m.Job.heartbeat_at < expired)
+        query = (select(m.Job).where(or_(m.Job.status == "queued", stale & m.Job.cancel_requested.is_(False)))
                  .order_by(m.Job.created_at, m.Job.id).limit(1))
         with self.db.session() as s:
+            # a job cancelled while its worker was dying will not be resumed: it is cancelled
+            s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
+                      .values(status="cancelled", finished_at=datetime.now(UTC)))
+            # the UPDATE above also takes SQLite's write lock first, so that two claims there serialise
             if self.db.engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            else:  # SQLite: take the write lock first, so that two claims serialise
-                s.execute(update(m.Job).where(m.Job.id == -1).values(status="queued"))
             job = s.scalar(query)
             if job is None:
                 return None

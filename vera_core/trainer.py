@@ -39,7 +39,7 @@ class TrainingArguments:
     head_lr: float = 1e-3
     weight_decay: float = 0.0
     head_weight_decay: float = 0.01
-    epochs: float = 3.0
+    epochs: float = 1.0
     # If set, the number of optimizer steps, overriding ``epochs``.
     max_steps: int | None = None
     batch_size: int = 32
