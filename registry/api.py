@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
 from registry import models as m
@@ -42,7 +43,7 @@ from registry.schemas import (
     VerificationReport,
     VersionInfo,
 )
-from registry.service import Registry
+from registry.service import MAX_RANK, Registry
 from registry.tokens import LOCAL_USER, Forbidden, Principal, Unauthorized, authenticate
 
 #: One table from the exception tree to HTTP statuses.
@@ -131,8 +132,13 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAX_ID = 2**31 - 1
+#: Row ids and version numbers in paths: bounded, so that no backend overflows on a huge number.
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+
 class AliasBody(BaseModel):
-    version: int
+    version: int = Field(ge=1, le=MAX_ID)
 
 
 class YankBody(BaseModel):
@@ -220,7 +226,9 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     @app.get(f"{v1}/adapters", response_model=Page)
     def list_adapters(
         caller: Caller, owner: str | None = None, name: str | None = None, base_model: str | None = None,
-        r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
+        r: Annotated[int | None, Query(ge=1, le=MAX_RANK)] = None,
+        seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
+        generator: str | None = None, tag: str | None = None,
         q: str | None = None, include_yanked: bool = False, cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> Page:
@@ -312,12 +320,12 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         return Response(status_code=204)
 
     @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{version}}/yank", response_model=VersionInfo)
-    def yank(caller: Caller, owner: str, name: str, version: int, body: YankBody) -> VersionInfo:
+    def yank(caller: Caller, owner: str, name: str, version: RowId, body: YankBody) -> VersionInfo:
         who = need(caller, "publish", owner)
         return registry.yank(f"{owner}/{name}:{version}", actor=who.owner, yanked=body.yanked)
 
     @app.delete(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{version}}", status_code=204)
-    def delete_version(caller: Caller, owner: str, name: str, version: int) -> Response:
+    def delete_version(caller: Caller, owner: str, name: str, version: RowId) -> Response:
         who = need(caller, "publish", owner)
         registry.delete(f"{owner}/{name}:{version}", actor=who.owner)
         return Response(status_code=204)
@@ -358,17 +366,18 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         return jobs.list_jobs(owner=owner, status=status, limit=limit)
 
     @app.get(f"{v1}/jobs/{{job_id}}", response_model=JobInfo)
-    def get_job(caller: Caller, job_id: int) -> JobInfo:
+    def get_job(caller: Caller, job_id: RowId) -> JobInfo:
         need(caller, "read")
         return jobs.get(job_id)
 
     @app.get(f"{v1}/jobs/{{job_id}}/events", response_model=list[JobEventInfo])
-    def job_events(caller: Caller, job_id: int, after: int = 0, kind: str | None = None) -> list[JobEventInfo]:
+    def job_events(caller: Caller, job_id: RowId, after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+                   kind: str | None = None) -> list[JobEventInfo]:
         need(caller, "read")
         return jobs.events(job_id, after=after, kind=kind)
 
     @app.post(f"{v1}/jobs/{{job_id}}/cancel", response_model=JobInfo)
-    def cancel_job(caller: Caller, job_id: int) -> JobInfo:
+    def cancel_job(caller: Caller, job_id: RowId) -> JobInfo:
         job = jobs.get(job_id)
         who = need(caller, "publish", job.owner)
         return jobs.cancel(job_id, actor=who.owner)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from registry.errors import InvalidInput
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>\d+)|@(?P<alias>[^/:@]+))?$")
+_REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9]\d{0,8})|@(?P<alias>[^/:@]+))?$")
 
 
 def check_name(value: str, what: str) -> str:
@@ -37,8 +37,8 @@ class Ref(BaseModel):
     def parse(cls, text: str) -> Ref:
         match = _REF.match(text)
         if not match:
-            raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION or "
-                               "owner/name@ALIAS.")
+            raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
+                               "(1 to 999999999) or owner/name@ALIAS.")
         owner, name = check_name(match["owner"], "Owner"), check_name(match["name"], "Adapter name")
         version = int(match["version"]) if match["version"] else None
         alias = check_name(match["alias"], "Alias") if match["alias"] else None

@@ -24,6 +24,8 @@ ROUTES = {
     "verification": ("read", False), "compare": ("read", False), "base-models": ("read", False),
     "projections": ("read", False), "publish": ("publish", True), "alias-put": ("publish", True),
     "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
+    "jobs": ("read", False), "job": ("read", False), "job-events": ("read", False), "job-submit": ("publish", True),
+    "job-cancel": ("publish", True),
 }
 
 
@@ -39,7 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         yield {"url": base, "tokens": tokens, "source": make_adapter(root / "adapter")}
 
 
-def request_for(route: str, base: str, version: int, source: Path) -> tuple[str, str, dict[str, Any]]:
+def request_for(route: str, base: str, version: int, source: Path, job: int) -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
              "adapter_model": ("adapter_model.safetensors", (source / "adapter_model.safetensors").read_bytes())}
@@ -58,6 +60,11 @@ def request_for(route: str, base: str, version: int, source: Path) -> tuple[str,
         "alias-delete": ("DELETE", f"{base}/api/v1/adapters/alice/m/aliases/staging", {}),
         "yank": ("POST", f"{v}/yank", {"json": {"yanked": True}}),
         "delete": ("DELETE", v, {}),
+        "jobs": ("GET", f"{base}/api/v1/jobs", {}),
+        "job": ("GET", f"{base}/api/v1/jobs/{job}", {}),
+        "job-events": ("GET", f"{base}/api/v1/jobs/{job}/events", {}),
+        "job-submit": ("POST", f"{base}/api/v1/jobs", {"data": {"target": "alice/m", "spec": '{"demo": true}'}}),
+        "job-cancel": ("POST", f"{base}/api/v1/jobs/{job}/cancel", {}),
     }[route]
 
 
@@ -68,7 +75,8 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
     with RegistryClient(server["url"], tokens["admin"]) as admin:  # a fresh version for each case
         version = admin.publish(server["source"], "alice/m", base_model="tiny-llama").version
         admin.set_alias(f"alice/m:{version}", "staging")
-    method, url, kwargs = request_for(route, server["url"], version, server["source"])
+        job = admin.submit_job("alice/m", {"demo": True}).id  # no worker here: it stays queued
+    method, url, kwargs = request_for(route, server["url"], version, server["source"], job)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     scope, owner_sensitive = ROUTES[route]
