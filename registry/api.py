@@ -247,12 +247,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
     ) -> VersionInfo:
         who = need(caller, "publish", owner)
-        try:
-            parsed = json.loads(metrics)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"metrics is not JSON ({exc.msg}); send a JSON object.") from exc
-        if not isinstance(parsed, dict):
-            raise InvalidInput("metrics must be a JSON object.")
+        parsed = _json_object(metrics, "metrics")
         with tempfile.TemporaryDirectory() as tmp:
             for upload, filename in ((adapter_config, "adapter_config.json"),
                                      (adapter_model, "adapter_model.safetensors")):
@@ -343,12 +338,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     ) -> JobInfo:
         owner = Ref.parse(target).owner
         who = need(caller, "publish", owner)
-        try:
-            parsed = json.loads(spec)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"spec is not JSON ({exc.msg}).") from exc
-        if not isinstance(parsed, dict):
-            raise InvalidInput("spec must be a JSON object.")
+        parsed = _json_object(spec, "spec")
         data = None
         if dataset is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -393,6 +383,17 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         return registry.list_projections()
 
     return app
+
+
+def _json_object(text: str, field: str) -> dict[str, Any]:
+    """A form field that must hold a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{field} is not JSON ({exc.msg}); send a JSON object.") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object, got {type(value).__name__}.")
+    return value
 
 
 async def _save_upload(upload: UploadFile, path: Path, limit: int) -> None:
