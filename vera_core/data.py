@@ -68,7 +68,7 @@ def demo_lexicon_path() -> Path:
 
 
 def word_polarity() -> Splits:
-    """The offline demo task: is a word's human-rated sentiment positive or negative? 7,520 rated entries, hash split."""
+    """The offline demo task: is a word's human-rated sentiment positive or negative? 7,520 entries, hash split."""
     examples = []
     for line in demo_lexicon_path().read_text(encoding="utf-8").splitlines():
         word, mean, *_ = line.split("\t")
