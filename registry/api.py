@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -271,12 +271,16 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
                  304: {"description": "Not modified (If-None-Match matched the ETag)"}})
     def download(
         caller: Caller, owner: str, name: str, selector: str, filename: str, projection: bool = False,
+        format: Annotated[Literal["vera", "lora"], Query(description="lora: the equivalent rank-r LoRA")] = "vera",
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         need(caller, "read")
         if filename not in FILES:
             raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(FILES)}.")
-        info, files = registry.files(ref_of(owner, name, selector), with_projection=projection)
+        info, files = registry.files(ref_of(owner, name, selector), with_projection=projection,
+                                     as_lora=format == "lora")
+        if filename not in files:
+            raise NotFound(f"The {format} export has no {filename}; it has {', '.join(files)}.")
         data = files[filename]
         etag = f'"{hashlib.sha256(data).hexdigest()}"'
         headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate",

@@ -109,6 +109,20 @@ def export_peft(
     console.print(f"wrote {out} (projections materialised; load with PeftModel.from_pretrained)")
 
 
+@app.command("export-lora")
+def export_lora(
+    src: Annotated[Path, typer.Argument(help="VeRA adapter directory to read.")],
+    dst: Annotated[Path, typer.Argument(help="Directory to write the equivalent LoRA to.")],
+) -> None:
+    """Write the equivalent rank-r LoRA in PEFT's LoRA format (lora_B @ lora_A equals VeRA's delta weight)."""
+    try:
+        out = vera_core.export_lora(src, dst)
+    except VeraError as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {out} (LoRA, r = lora_alpha = VeRA's r)")
+
+
 @projection_app.command("fingerprint")
 def projection_fingerprint(
     r: Annotated[int, typer.Option(help="Rank.")],
@@ -400,11 +414,15 @@ def fetch(
     ref: Annotated[str, typer.Argument(help="owner/name, owner/name:VERSION or owner/name@ALIAS")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
     with_projection: Annotated[bool, typer.Option(help="Materialise A and B (any PEFT >= 0.21 loads it).")] = False,
+    as_: Annotated[str, typer.Option("--as", help="vera (PEFT's VeRA format) or lora (the equivalent LoRA, for "
+                                     "LoRA-only servers such as vLLM).")] = "vera",
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Download an adapter in PEFT's format."""
+    if as_ not in ("vera", "lora"):
+        _fail(InvalidInput(f"--as must be vera or lora, got {as_!r}."))
     info = _call(registry, token, lambda c: c.get(ref))
-    _call(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection))
+    _call(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection, as_lora=as_ == "lora"))
     console.print(f"fetched {info.ref} into {out}")
 
 

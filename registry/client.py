@@ -86,18 +86,23 @@ class RegistryClient:
     def get(self, ref: str | Ref) -> VersionInfo:
         return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
 
-    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False) -> Path:
-        """Download the PEFT directory (pinned to one version even if an alias moves meanwhile)."""
+    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
+              as_lora: bool = False) -> Path:
+        """Download the PEFT directory (pinned to one version even if an alias moves meanwhile); ``as_lora``
+        downloads the equivalent LoRA instead."""
         info = self.get(ref)
         pinned = f"{info.owner}/{info.name}:{info.version}"
-        files = {name: self.download(pinned, name, with_projection=with_projection) for name in FILES}
+        names = FILES[:2] if as_lora else FILES
+        files = {n: self.download(pinned, n, with_projection=with_projection, as_lora=as_lora) for n in names}
         root = Path(out_dir)
         write_adapter_files(root, files)
         return root
 
-    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False) -> bytes:
+    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, as_lora: bool = False
+                 ) -> bytes:
         response = self._request("GET", f"{self._path(ref)}/files/{filename}",
-                                 params={"projection": str(with_projection).lower()})
+                                 params={"projection": str(with_projection).lower(),
+                                         "format": "lora" if as_lora else "vera"})
         return response.content
 
     def verify(self, ref: str | Ref) -> VerificationReport:

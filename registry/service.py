@@ -40,6 +40,7 @@ from vera_core import AdapterFiles, ProjectionSpec, VeraError, fingerprint, gene
 from vera_core.checkpoint import (
     META_FINGERPRINT,
     META_GENERATOR,
+    META_IN_FEATURES,
     META_SHAPE,
     PROJECTION_KEYS,
     adapter_file_bytes,
@@ -47,8 +48,9 @@ from vera_core.checkpoint import (
 )
 from vera_core.config import VeraConfig
 from vera_core.layer import layer_shape
+from vera_core.lora import lora_file_bytes
 from vera_core.model import PEFT_PREFIX
-from vera_core.serialization import to_bytes
+from vera_core.serialization import metadata_of, to_bytes
 from vera_core.targets import matches_target
 
 MAX_RANK = 65_536
@@ -161,7 +163,8 @@ class Registry:
         checked = self._validate(files)
         written: list[str] = []
         try:
-            vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, {"format": "pt"})
+            meta = {"format": "pt", **{k: v for k, v in files.metadata.items() if k == META_IN_FEATURES}}
+            vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, meta)
             written.append(self._put_new(vectors))
             projection_blob = None
             if not checked.reproducible:
@@ -417,11 +420,16 @@ class Registry:
                 tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
         return tensors, spec
 
-    def files(self, ref: str | Ref, *, with_projection: bool = False) -> tuple[VersionInfo, dict[str, bytes]]:
+    def files(
+        self, ref: str | Ref, *, with_projection: bool = False, as_lora: bool = False
+    ) -> tuple[VersionInfo, dict[str, bytes]]:
         """The PEFT directory's files as bytes: seed-only (tiny), or with A and B materialised (any PEFT >= 0.21
         loads it). The same version and option always give the same bytes. A seed-only fetch of a version whose
         projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
+        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora).
         """
+        if as_lora:
+            return self._lora_files(ref)
         with self.db.session() as s:
             v = self._resolve(s, ref)
             info = self._info(s, v)
@@ -436,9 +444,23 @@ class Registry:
                     META_SHAPE: f"{spec.r},{spec.max_in},{spec.max_out}"}
         return info, adapter_file_bytes(config, tensors, metadata, fp)
 
-    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False) -> Path:
+    def _lora_files(self, ref: str | Ref) -> tuple[VersionInfo, dict[str, bytes]]:
+        with self.db.session() as s:
+            v = self._resolve(s, ref)
+            info = self._info(s, v)
+            data = self.blobs.get(v.vectors_sha256)
+            tensors, _ = self._tensors(v, with_projection=True)
+            config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
+        a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
+        try:
+            return info, lora_file_bytes(AdapterFiles(config, tensors, metadata_of(data)), a, b)
+        except VeraError as exc:
+            raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc}") from exc
+
+    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
+              as_lora: bool = False) -> Path:
         """Write the version's PEFT directory to ``out_dir`` (see ``files``)."""
-        _, files = self.files(ref, with_projection=with_projection)
+        _, files = self.files(ref, with_projection=with_projection, as_lora=as_lora)
         root = Path(out_dir)
         write_adapter_files(root, files)
         return root

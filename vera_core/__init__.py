@@ -8,6 +8,7 @@ from vera_core.bank import AdapterBank
 from vera_core.checkpoint import (
     AdapterFiles,
     check_peft_loadable,
+    export_lora,
     export_peft,
     load_adapter,
     peft_problems,
@@ -35,6 +36,6 @@ __all__ = [
     "KNOWN_GENERATORS", "PEFT_GENERATOR", "PORTABLE_GENERATOR", "AdapterBank", "AdapterFiles", "AdapterFormatError",
     "PeftIncompatibleError", "ProjectionMismatchError", "ProjectionSpec", "SharedProjection", "TargetError",
     "UnknownGeneratorError", "VeraConfig", "VeraConfigError", "VeraError", "VeraLinear", "VeraModel",
-    "check_peft_loadable", "export_peft", "fingerprint", "generate", "load_adapter", "lora_parameters",
+    "check_peft_loadable", "export_lora", "export_peft", "fingerprint", "generate", "load_adapter", "lora_parameters",
     "peft_problems", "read_adapter", "save_adapter", "transformer_shapes", "vera_parameters",
 ]

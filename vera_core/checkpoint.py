@@ -31,6 +31,7 @@ PICKLE_NAME = "adapter_model.bin"
 META_GENERATOR = "vera_core.projection_generator"
 META_FINGERPRINT = "vera_core.projection_fingerprint"
 META_SHAPE = "vera_core.projection_shape"  # "r,max_in,max_out"
+META_IN_FEATURES = "vera_core.layer_in_features"  # JSON {module path: in_features}, for slicing A without the base
 PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
 
 
@@ -177,6 +178,8 @@ def save_adapter(
         META_GENERATOR: config.projection_generator,
         META_FINGERPRINT: fp,
         META_SHAPE: f"{model.spec.r},{model.spec.max_in},{model.spec.max_out}",
+        META_IN_FEATURES: json.dumps({name: layer.in_features for name, layer in model.named_vera_layers()},
+                                     sort_keys=True, separators=(",", ":")),
     }
     write_adapter_dir(root, config, tensors, metadata, fp)
     return root
@@ -236,20 +239,27 @@ def check_peft_loadable(config: VeraConfig) -> None:
         )
 
 
+def projections_of(files: AdapterFiles, where: object = "the adapter") -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapter's A and B: stored, or regenerated from its seed (checked against the recorded fingerprint)."""
+    if files.has_projection:
+        return files.tensors[PROJECTION_KEYS[0]], files.tensors[PROJECTION_KEYS[1]]
+    spec = files.spec
+    if spec is None:
+        raise AdapterFormatError(
+            f"{where} stores no projections and no projection shape; load it onto its base model with "
+            "load_adapter() and save it with save_projection=True instead."
+        )
+    a, b = generate(spec)
+    _check_fingerprint(files, a, b)
+    return a, b
+
+
 def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Copy an adapter with its projections materialised (save_projection=True), which any PEFT >= 0.21 loads."""
     files = read_adapter(src)
-    spec = files.spec
     tensors = dict(files.tensors)
-    if not files.has_projection:
-        if spec is None:
-            raise AdapterFormatError(
-                f"{src} stores no projections and no projection shape; load it onto its base model with "
-                "load_adapter() and save it with save_projection=True instead."
-            )
-        a, b = generate(spec)
-        _check_fingerprint(files, a, b)
-        tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
+    a, b = projections_of(files, src)
+    tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
     config = files.config.replace(save_projection=True)
     fp = files.recorded_fingerprint or fingerprint(tensors[PROJECTION_KEYS[0]], tensors[PROJECTION_KEYS[1]])
     metadata = {**files.metadata, "format": "pt", META_FINGERPRINT: fp, META_GENERATOR: config.projection_generator}
@@ -265,6 +275,16 @@ def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) ->
             f"regenerates projections with fingerprint {fingerprint(a, b)}, but the adapter was trained with "
             f"{recorded}. This machine cannot reproduce them; use a copy saved with save_projection=True."
         )
+
+
+def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Write the equivalent rank-r LoRA of the adapter at ``src`` in PEFT's LoRA format (vera_core.lora)."""
+    from vera_core.lora import lora_file_bytes
+
+    files = read_adapter(src)
+    root = Path(dst)
+    write_adapter_files(root, lora_file_bytes(files, *projections_of(files, src)))
+    return root
 
 
 def load_adapter(

@@ -42,3 +42,10 @@ def to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None =
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)
+
+
+def metadata_of(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (the header is JSON after an 8-byte little-endian length)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    return dict(header.get("__metadata__", {}))

@@ -218,3 +218,22 @@ def test_end_to_end_into_vera_core_and_peft(clients: Clients, local: tuple[str, 
                                rtol=0, atol=0)
     peft_model = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "full").eval()
     torch.testing.assert_close(output_of(peft_model, inputs), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fetch_as_lora_loads_in_peft_as_a_lora(clients: Clients, local: tuple[str, Path], tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from tests.conftest import output_of
+    from tests.registry.adapters import LLAMA
+
+    url, _ = local
+    model = make_model(seed=21)
+    clients(url).publish(save_adapter(model, tmp_path / "src"), "lora/llama", base_model="tiny-llama")
+    result = vera("fetch", "lora/llama", "--as", "lora", "--out", str(tmp_path / "lora"), "--registry", url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "lora/adapter_config.json").read_text())["peft_type"] == "LORA"
+    lora = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "lora").eval()
+    inputs = LLAMA.inputs()
+    torch.testing.assert_close(output_of(lora, inputs), output_of(model, inputs), rtol=1e-5, atol=1e-5)
+    readme = httpx.get(f"{url}/api/v1/adapters/lora/llama/versions/1/files/README.md", params={"format": "lora"})
+    assert readme.status_code == 404 and "has no README.md" in readme.json()["detail"]
