@@ -66,3 +66,13 @@ def test_projection_fingerprint_and_params() -> None:
     assert result.stdout.strip() == fingerprint(*generate(spec))
     result = vera("params", "--layers", "12", "--d-model", "768", "--r", "1024")
     assert "43,008" in result.stdout
+
+
+def test_export_lora(adapter: Path, tmp_path: Path) -> None:
+    result = vera("export-lora", str(adapter), str(tmp_path / "lora"))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "lora/adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == config["lora_alpha"] == 8
+    keys = set(load_file(str(tmp_path / "lora/adapter_model.safetensors")))
+    assert "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight" in keys
+    assert not any("vera_lambda" in k for k in keys)
