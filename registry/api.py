@@ -372,6 +372,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
 
     @app.post(f"{v1}/jobs/{{job_id}}/cancel", response_model=JobInfo)
     def cancel_job(caller: Caller, job_id: RowId) -> JobInfo:
+        need(caller, "read")  # 401 before revealing whether the job exists
         job = jobs.get(job_id)
         who = need(caller, "publish", job.owner)
         return jobs.cancel(job_id, actor=who.owner)

@@ -102,3 +102,8 @@ def test_a_server_on_a_non_loopback_address_requires_tokens(tmp_path: Path) -> N
         response = httpx.get(f"{url}/api/v1/adapters")
         assert response.status_code == 401 and "requires a token" in response.json()["detail"]
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_job_ids_are_not_revealed_to_callers_without_a_token(server: dict[str, Any]) -> None:
+    response = httpx.post(f"{server['url']}/api/v1/jobs/999999/cancel")
+    assert response.status_code == 401
