@@ -85,7 +85,7 @@ def _describe(files: vera_core.AdapterFiles, *, verify: bool) -> dict[str, objec
         a, b = vera_core.generate(spec)
         regenerated = vera_core.fingerprint(a, b)
         if files.has_projection:
-            stored = vera_core.fingerprint(*(files.tensors[k] for k in vera_core.checkpoint.PROJECTION_KEYS))
+            stored = vera_core.fingerprint(*(files.tensors[k] for k in vera_core.model.PROJECTION_KEYS))
             report["seed_reproducible"] = stored == regenerated
         elif files.recorded_fingerprint is not None:
             report["seed_reproducible"] = files.recorded_fingerprint == regenerated

@@ -38,18 +38,15 @@ from registry.schemas import (
 from registry.storage import BlobStore
 from vera_core import AdapterFiles, ProjectionSpec, VeraError, fingerprint, generate, read_adapter
 from vera_core.checkpoint import (
-    META_FINGERPRINT,
-    META_GENERATOR,
     META_IN_FEATURES,
-    META_SHAPE,
-    PROJECTION_KEYS,
     adapter_file_bytes,
+    adapter_metadata,
     write_adapter_files,
 )
 from vera_core.config import VeraConfig
 from vera_core.layer import layer_shape
 from vera_core.lora import lora_file_bytes
-from vera_core.model import PEFT_PREFIX
+from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS
 from vera_core.serialization import metadata_of, to_bytes
 from vera_core.targets import matches_target
 
@@ -408,8 +405,10 @@ class Registry:
         )
 
     # ---- fetch --------------------------------------------------------------------------------------------------
-    def _tensors(self, v: m.AdapterVersion, *, with_projection: bool) -> tuple[dict[str, torch.Tensor], ProjectionSpec]:
-        tensors = load_safetensors(self.blobs.get(v.vectors_sha256))
+    def _tensors(self, v: m.AdapterVersion, *, with_projection: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The version's tensors (with A and B if asked) and the safetensors metadata its files carry."""
+        data = self.blobs.get(v.vectors_sha256)
+        tensors = load_safetensors(data)
         p = v.projection
         spec = ProjectionSpec(p.generator, int(p.seed), p.r, p.max_in, p.max_out)
         if with_projection:
@@ -418,7 +417,8 @@ class Registry:
             else:
                 a, b = generate(spec)
                 tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
-        return tensors, spec
+        metadata = adapter_metadata(spec, v.projection_fingerprint, metadata_of(data).get(META_IN_FEATURES))
+        return tensors, metadata
 
     def files(
         self, ref: str | Ref, *, with_projection: bool = False, as_lora: bool = False
@@ -428,34 +428,22 @@ class Registry:
         projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
         ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora).
         """
-        if as_lora:
-            return self._lora_files(ref)
         with self.db.session() as s:
             v = self._resolve(s, ref)
             info = self._info(s, v)
-            if not with_projection and not v.seed_reproducible:
+            if not (with_projection or as_lora or v.seed_reproducible):
                 raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
                                "would regenerate others. Fetch it with projections.")
-            tensors, spec = self._tensors(v, with_projection=with_projection)
+            tensors, metadata = self._tensors(v, with_projection=with_projection or as_lora)
             config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
-            config = config.replace(save_projection=with_projection)
-            fp = v.projection_fingerprint
-        metadata = {"format": "pt", META_GENERATOR: spec.generator, META_FINGERPRINT: fp,
-                    META_SHAPE: f"{spec.r},{spec.max_in},{spec.max_out}"}
-        return info, adapter_file_bytes(config, tensors, metadata, fp)
-
-    def _lora_files(self, ref: str | Ref) -> tuple[VersionInfo, dict[str, bytes]]:
-        with self.db.session() as s:
-            v = self._resolve(s, ref)
-            info = self._info(s, v)
-            data = self.blobs.get(v.vectors_sha256)
-            tensors, _ = self._tensors(v, with_projection=True)
-            config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
-        a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
-        try:
-            return info, lora_file_bytes(AdapterFiles(config, tensors, metadata_of(data)), a, b)
-        except VeraError as exc:
-            raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc}") from exc
+        if as_lora:
+            a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
+            try:
+                return info, lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b)
+            except VeraError as exc:
+                raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc}") from exc
+        config = config.replace(save_projection=with_projection)
+        return info, adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               as_lora: bool = False) -> Path:
@@ -588,14 +576,14 @@ class Registry:
         with self.db.session() as s:
             versions = [self._resolve(s, ref) for ref in refs]
             infos = [self._info(s, v) for v in versions]
-            loaded = [self._tensors(v, with_projection=True) for v in versions]
+            loaded = [self._tensors(v, with_projection=True)[0] for v in versions]
         suffix = ".vera_lambda_b"
         layers = sorted(set.intersection(*(
-            {k[len(PEFT_PREFIX):-len(suffix)] for k in t if k.endswith(suffix)} for t, _ in loaded)))
+            {k[len(PEFT_PREFIX):-len(suffix)] for k in t if k.endswith(suffix)} for t in loaded)))
         out = []
         for path in layers:
             deltas, d_norms, b_norms = [], [], []
-            for tensors, _ in loaded:
+            for tensors in loaded:
                 d, b = tensors[f"{PEFT_PREFIX}{path}.vera_lambda_d"], tensors[f"{PEFT_PREFIX}{path}.vera_lambda_b"]
                 d_norms.append(float(d.norm()))
                 b_norms.append(float(b.norm()))

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from vera_core.checkpoint import PROJECTION_KEYS, AdapterFiles, read_adapter
+from vera_core.checkpoint import AdapterFiles, read_adapter
 from vera_core.errors import AdapterFormatError
 from vera_core.layer import Routing, VeraLinear
-from vera_core.model import PEFT_PREFIX, VeraModel
+from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS, VeraModel
 from vera_core.projection import fingerprint
 
 #: Heads up to this many parameter elements times rows run vectorised (gathered per row); larger heads, such as
@@ -142,19 +142,12 @@ class AdapterBank:
                 f"Adapter {name!r} was trained with projections of fingerprint {files.recorded_fingerprint}, but "
                 f"this bank's are {self._fingerprint}: it was made for other layer shapes or another generator."
             )
-        expected = set(self.model.adapter_state_dict(save_projection=False))
-        present = set(files.tensors) - set(PROJECTION_KEYS)
-        if expected != present:
-            missing, unexpected = sorted(expected - present), sorted(present - expected)
+        problem = self.model.adapter_mismatch(files.tensors)
+        if problem is not None:
             raise AdapterFormatError(
-                f"Adapter {name!r} does not fit this bank's base model: missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}. Its target_modules or modules_to_save differ, or it is for another base."
+                f"Adapter {name!r} does not fit this bank's base model: {problem}its target_modules or "
+                "modules_to_save differ, or it is for another base."
             )
-        shapes = self.model.adapter_state_dict(save_projection=False)
-        for key in expected:
-            if tuple(files.tensors[key].shape) != tuple(shapes[key].shape):
-                raise AdapterFormatError(f"Adapter {name!r}: tensor {key!r} has shape "
-                                         f"{tuple(files.tensors[key].shape)}, expected {tuple(shapes[key].shape)}.")
 
     # ---- mixed batches ---------------------------------------------------------------------------------------
     @contextlib.contextmanager

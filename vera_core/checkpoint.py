@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
 from vera_core.layer import ComputeStrategy
-from vera_core.model import VeraModel
+from vera_core.model import PROJECTION_KEYS, VeraModel
 from vera_core.projection import ProjectionSpec, fingerprint, generate
 from vera_core.serialization import to_bytes
 
@@ -32,7 +32,6 @@ META_GENERATOR = "vera_core.projection_generator"
 META_FINGERPRINT = "vera_core.projection_fingerprint"
 META_SHAPE = "vera_core.projection_shape"  # "r,max_in,max_out"
 META_IN_FEATURES = "vera_core.layer_in_features"  # JSON {module path: in_features}, for slicing A without the base
-PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
 
 
 @dataclass
@@ -173,16 +172,19 @@ def save_adapter(
         check_peft_loadable(config)
     tensors = model.adapter_state_dict(save_projection=keep)
     fp = model.projection_fingerprint()
-    metadata = {
-        "format": "pt",
-        META_GENERATOR: config.projection_generator,
-        META_FINGERPRINT: fp,
-        META_SHAPE: f"{model.spec.r},{model.spec.max_in},{model.spec.max_out}",
-        META_IN_FEATURES: json.dumps({name: layer.in_features for name, layer in model.named_vera_layers()},
-                                     sort_keys=True, separators=(",", ":")),
-    }
+    in_features = {name: layer.in_features for name, layer in model.named_vera_layers()}
+    metadata = adapter_metadata(model.spec, fp, json.dumps(in_features, sort_keys=True, separators=(",", ":")))
     write_adapter_dir(root, config, tensors, metadata, fp)
     return root
+
+
+def adapter_metadata(spec: ProjectionSpec, fp: str, in_features: str | None = None) -> dict[str, str]:
+    """The safetensors metadata vera_core writes: generator, projection shape and fingerprint, layer input sizes."""
+    metadata = {"format": "pt", META_GENERATOR: spec.generator, META_FINGERPRINT: fp,
+                META_SHAPE: f"{spec.r},{spec.max_in},{spec.max_out}"}
+    if in_features is not None:
+        metadata[META_IN_FEATURES] = in_features
+    return metadata
 
 
 def adapter_file_bytes(

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from vera_core.checkpoint import CONFIG_NAME, META_IN_FEATURES, PROJECTION_KEYS, WEIGHTS_NAME, AdapterFiles
+from vera_core.checkpoint import CONFIG_NAME, META_IN_FEATURES, WEIGHTS_NAME, AdapterFiles
 from vera_core.errors import AdapterFormatError
-from vera_core.model import PEFT_PREFIX
+from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS
 from vera_core.serialization import to_bytes
 
 _BIAS = {"none": "none", "all": "all", "vera_only": "lora_only"}

@@ -18,6 +18,8 @@ from vera_core.targets import find_targets, resolve_targets
 
 #: Prefix of every key in PEFT's adapter_model.safetensors.
 PEFT_PREFIX = "base_model.model."
+#: Keys of the shared projections in adapter_model.safetensors (present when save_projection is True).
+PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -161,9 +163,8 @@ class VeraModel(nn.Module):
                 layer.disabled = False
 
     # ---- state in PEFT's key format -----------------------------------------------------------------------
-    def adapter_state_dict(self, *, save_projection: bool | None = None) -> dict[str, torch.Tensor]:
-        """Tensors as PEFT saves them in adapter_model.safetensors (float32 vectors, full heads)."""
-        keep = self.config.save_projection if save_projection is None else save_projection
+    def _adapter_tensors(self, *, keep_projection: bool) -> dict[str, torch.Tensor]:
+        """The live tensors an adapter file holds, under PEFT's keys (no copies)."""
         out: dict[str, torch.Tensor] = {}
         for name, layer in self.named_vera_layers():
             out[f"{PEFT_PREFIX}{name}.vera_lambda_b"] = layer.vera_lambda_b
@@ -177,36 +178,43 @@ class VeraModel(nn.Module):
         for name, module in self.modules_to_save():
             for pname, p in module.state_dict().items():
                 out[f"{PEFT_PREFIX}{name}.{pname}"] = p
-        if keep:
-            out["base_model.vera_A"] = self.projection.vera_A
-            out["base_model.vera_B"] = self.projection.vera_B
-        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+        if keep_projection:
+            out[PROJECTION_KEYS[0]] = self.projection.vera_A
+            out[PROJECTION_KEYS[1]] = self.projection.vera_B
+        return out
+
+    def adapter_state_dict(self, *, save_projection: bool | None = None) -> dict[str, torch.Tensor]:
+        """Tensors as PEFT saves them in adapter_model.safetensors (float32 vectors, full heads)."""
+        keep = self.config.save_projection if save_projection is None else save_projection
+        return {k: v.detach().to("cpu").contiguous() for k, v in self._adapter_tensors(keep_projection=keep).items()}
+
+    def adapter_mismatch(self, tensors: dict[str, torch.Tensor]) -> str | None:
+        """Why ``tensors`` (PEFT keys, projections ignored) do not fit this model's adapter, or None if they do."""
+        expected = self._adapter_tensors(keep_projection=False)
+        present = set(tensors) - set(PROJECTION_KEYS)
+        missing, unexpected = sorted(set(expected) - present), sorted(present - set(expected))
+        if missing or unexpected:
+            return ((f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}; " if missing else "")
+                    + (f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; " if unexpected else ""))
+        for key in sorted(present):
+            if tuple(tensors[key].shape) != tuple(expected[key].shape):
+                return (f"tensor {key!r} has shape {tuple(tensors[key].shape)} but this model expects "
+                        f"{tuple(expected[key].shape)}; ")
+        return None
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load vectors, biases and heads from PEFT-format keys; every expected key must be there, and no other."""
-        tensors = {k: v for k, v in tensors.items() if k not in ("base_model.vera_A", "base_model.vera_B")}
-        expected = self.adapter_state_dict(save_projection=False)
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise AdapterFormatError(
-                "The adapter's tensors do not fit this model: "
-                + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}; " if missing else "")
-                + (f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; " if unexpected else "")
-                + "check that target_modules, modules_to_save and bias match the base model it was trained on."
-            )
-        params: dict[str, torch.Tensor] = dict(self.model.named_parameters())
-        params.update(dict(self.model.named_buffers()))
-        with torch.no_grad():
-            for key, value in tensors.items():
-                target = params[self._model_key(key)]
-                if tuple(value.shape) != tuple(target.shape):
-                    raise AdapterFormatError(
-                        f"Tensor {key!r} has shape {tuple(value.shape)} but this model expects {tuple(target.shape)}; "
-                        "the adapter was made for a different base model or rank."
-                    )
-                target.copy_(value.to(target.dtype))
+        """Load vectors, biases and heads from PEFT-format keys; every expected key must be there, and no other.
 
-    @staticmethod
-    def _model_key(peft_key: str) -> str:
-        return peft_key[len(PEFT_PREFIX):]
+        Everything is checked before anything is copied, so a refused adapter leaves the model as it was.
+        """
+        problem = self.adapter_mismatch(tensors)
+        if problem is not None:
+            raise AdapterFormatError(
+                f"The adapter's tensors do not fit this model: {problem}check that target_modules, modules_to_save "
+                "and bias match the base model it was trained on, and the rank."
+            )
+        targets = self._adapter_tensors(keep_projection=False)
+        with torch.no_grad():
+            for key, target in targets.items():
+                target.copy_(tensors[key].to(target.dtype))
+

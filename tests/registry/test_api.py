@@ -19,7 +19,7 @@ from registry.tokens import Forbidden, Unauthorized, create_token, revoke_token
 from tests.registry.adapters import make_adapter, make_model
 from tests.registry.servers import free_port, running_server
 from tests.registry.test_cli import vera
-from vera_core import read_adapter, save_adapter
+from vera_core import export_lora, read_adapter, save_adapter
 
 Clients = Callable[..., RegistryClient]
 
@@ -235,5 +235,10 @@ def test_fetch_as_lora_loads_in_peft_as_a_lora(clients: Clients, local: tuple[st
     lora = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "lora").eval()
     inputs = LLAMA.inputs()
     torch.testing.assert_close(output_of(lora, inputs), output_of(model, inputs), rtol=1e-5, atol=1e-5)
+    # a seed-only fetch keeps the layer sizes, so the LoRA export also works offline from the fetched copy
+    clients(url).fetch("lora/llama", tmp_path / "fetched")
+    export_lora(tmp_path / "fetched", tmp_path / "lora2")
+    assert (tmp_path / "lora2/adapter_model.safetensors").read_bytes() == (
+        tmp_path / "lora/adapter_model.safetensors").read_bytes()
     readme = httpx.get(f"{url}/api/v1/adapters/lora/llama/versions/1/files/README.md", params={"format": "lora"})
     assert readme.status_code == 404 and "has no README.md" in readme.json()["detail"]
