@@ -244,8 +244,8 @@ class Registry:
         a, b = generate(spec)
         regenerated = fingerprint(a, b)
         if files.has_projection:
-            reproducible = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS)) == regenerated
-            fp = regenerated if reproducible else fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))
+            fp = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))  # what the adapter was trained with
+            reproducible = fp == regenerated
         else:
             if files.recorded_fingerprint not in (None, regenerated):
                 raise InvalidInput(
