@@ -23,15 +23,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
 from registry import models as m
-from registry.errors import (
-    Conflict,
-    ContentTooLarge,
-    IntegrityError,
-    InvalidInput,
-    NotFound,
-    RegistryError,
-    SchemaOutOfDate,
-)
+from registry.errors import ContentTooLarge, InvalidInput, NotFound, RegistryError, Unauthorized, status_of
 from registry.jobs import Jobs
 from registry.schemas import (
     BaseModelInfo,
@@ -44,11 +36,8 @@ from registry.schemas import (
     VersionInfo,
 )
 from registry.service import MAX_RANK, Registry
-from registry.tokens import LOCAL_USER, Forbidden, Principal, Unauthorized, authenticate
+from registry.tokens import LOCAL_USER, Principal, authenticate
 
-#: One table from the exception tree to HTTP statuses.
-STATUS = {ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
-          SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403}
 FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 CHUNK = 1 << 16
 
@@ -72,7 +61,7 @@ class ApiOptions(BaseModel):
 
 def problem(status: int, code: str, detail: str, instance: str) -> JSONResponse:
     titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Content Too Large",
-              422: "Invalid input", 500: "Internal error", 503: "Service unavailable"}
+              422: "Invalid input", 500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
     body = {"type": f"/problems/{code}", "title": titles.get(status, "Error"), "status": status, "detail": detail,
             "instance": instance}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -128,7 +117,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {**_PROBLEM, "description": text} for code, text in (
         (401, "No valid token"), (403, "The token may not do this"), (404, "No such adapter, version or alias"),
         (409, "Conflicts with what is stored"), (413, "Upload too large"), (422, "Invalid input"),
-        (500, "Stored bytes failed their hash check"), (503, "Database schema out of date"))
+        (500, "Stored bytes failed their hash check"), (502, "The HuggingFace Hub failed or refused"),
+        (503, "Database schema out of date"))
 }
 
 
@@ -171,8 +161,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
-        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
-        return problem(status, exc.code, str(exc), request.url.path)
+        return problem(status_of(exc), exc.code, str(exc), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

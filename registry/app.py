@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from registry.db import Database
+from registry.hub import HubSync, use_timeout
 from registry.service import Registry
 from registry.settings import Settings
 from registry.storage import FsspecBlobStore
@@ -24,3 +25,11 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
     except BaseException:
         db.engine.dispose()
         raise
+
+
+def open_hub(registry: Registry, settings: Settings | None = None) -> HubSync:
+    """Hub sync for this registry, with the configured endpoint, default token and request timeout."""
+    settings = settings or Settings()
+    use_timeout(settings.hub_timeout_s)
+    token = settings.hub_token.get_secret_value() if settings.hub_token is not None else None
+    return HubSync(registry, endpoint=settings.hub_endpoint, token=token, timeout_s=settings.hub_timeout_s)

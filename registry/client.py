@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound, RegistryError, SchemaOutOfDate
+from registry.errors import HTTP_STATUS, InvalidInput, RegistryError
 from registry.schemas import (
     BaseModelInfo,
     Comparison,
@@ -20,13 +20,15 @@ from registry.schemas import (
     VerificationReport,
     VersionInfo,
 )
-from registry.tokens import Forbidden, Unauthorized
 from vera_core.checkpoint import write_adapter_files
 
 DEFAULT_URL = "http://127.0.0.1:8765"
-_BY_STATUS: dict[int, type[RegistryError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-                                              413: InvalidInput, 422: InvalidInput, 500: IntegrityError,
-                                              503: SchemaOutOfDate}
+#: The server's problem type names the exception; the status decides when it names none we know.
+_BY_CODE: dict[str, type[RegistryError]] = {cls.code: cls for cls in HTTP_STATUS}
+_BY_STATUS: dict[int, type[RegistryError]] = {}
+for _cls, _status in HTTP_STATUS.items():
+    _BY_STATUS.setdefault(_status, _cls)
+_BY_STATUS[500] = RegistryError  # an unexpected server error is not evidence of corrupt bytes
 FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
@@ -63,10 +65,11 @@ class RegistryClient:
                                       "Is it running? Start one with `vera up`, or set VERA_REGISTRY_URL.") from exc
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail", response.text)
+                body = response.json()
+                detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
             except (json.JSONDecodeError, AttributeError):
-                detail = response.text or response.reason_phrase
-            raise _BY_STATUS.get(response.status_code, RegistryError)(str(detail))
+                detail, code = response.text or response.reason_phrase, ""
+            raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
         return response
 
     @staticmethod

@@ -6,9 +6,12 @@
     ├── NotFound                  no such adapter, version, alias, base model or blob          (404)
     ├── Conflict                  the request contradicts what is stored (shapes, duplicates)  (409)
     ├── IntegrityError            stored bytes do not match their hash; never served           (500, logged)
-    └── SchemaOutOfDate           the database needs `vera db upgrade`                          (503)
+    ├── SchemaOutOfDate           the database needs `vera db upgrade`                          (503)
+    ├── Unauthorized              no valid token                                                (401)
+    ├── Forbidden                 a valid token without the right to do this                    (403)
+    └── HubError                  the HuggingFace Hub refused, failed or could not be reached   (502)
 
-The API adds Unauthorized (401) and Forbidden (403) in registry/tokens.py.
+HTTP_STATUS is the one table from this tree to HTTP statuses (the API answers with it, the client reads it back).
 Messages say what was expected, what was found, and how to fix it.
 """
 
@@ -43,3 +46,32 @@ class IntegrityError(RegistryError):
 
 class SchemaOutOfDate(RegistryError):
     code = "schema_out_of_date"
+
+
+class Unauthorized(RegistryError):
+    """No valid token (401)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(RegistryError):
+    """A valid token without the right to do this (403)."""
+
+    code = "forbidden"
+
+
+class HubError(RegistryError):
+    """The HuggingFace Hub answered with an error, timed out or could not be reached; nothing was recorded."""
+
+    code = "hub_error"
+
+
+#: The one table from the exception tree to HTTP statuses (most specific first).
+HTTP_STATUS: dict[type[RegistryError], int] = {
+    ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
+    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502,
+}
+
+
+def status_of(exc: RegistryError) -> int:
+    return next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)

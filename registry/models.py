@@ -214,6 +214,24 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class HubSync(Base):
+    """A version pushed to, or pulled from, a HuggingFace Hub repo at one commit (tokens are never stored)."""
+
+    __tablename__ = "hub_syncs"
+    __table_args__ = (Index("ix_hub_syncs_repo", "endpoint", "repo_id", "commit_sha"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # push | pull
+    endpoint: Mapped[str] = mapped_column(String(200))
+    repo_id: Mapped[str] = mapped_column(String(200))
+    revision: Mapped[str] = mapped_column(String(200))  # the branch or revision asked for
+    commit_sha: Mapped[str] = mapped_column(String(64))
+    with_projection: Mapped[bool] = mapped_column(Boolean)  # A and B in the files pushed or pulled
+    content_sha256: Mapped[str] = mapped_column(String(64))  # over the adapter files, to see what changed
+    actor: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AuditEvent(Base):
     """Publishes, deletes, yanks and alias moves: who did what, when."""
 

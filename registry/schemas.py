@@ -148,3 +148,29 @@ class JobEventInfo(BaseModel):
     at: datetime
     kind: str
     data: dict[str, Any]
+
+
+class HubSyncInfo(BaseModel):
+    """One push of a version to a Hub repo, or one pull of a Hub repo into a version, at one commit."""
+
+    ref: str
+    direction: str  # push | pull
+    endpoint: str
+    repo_id: str
+    revision: str
+    commit_sha: str
+    commit_url: str
+    with_projection: bool
+    content_sha256: str
+    actor: str
+    at: datetime
+
+
+class HubSyncResult(BaseModel):
+    """What a push or pull did: ``changed`` is False when it made no new Hub commit (push) or version (pull)."""
+
+    sync: HubSyncInfo
+    changed: bool
+    version: VersionInfo
+    peft_loadable: bool = True
+    notes: list[str] = []

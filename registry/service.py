@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -141,8 +141,12 @@ class Registry:
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
         published_by: str | None = None, lineage: dict[str, Any] | None = None,
+        on_record: Callable[[Session, m.AdapterVersion], None] | None = None,
     ) -> VersionInfo:
-        """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``."""
+        """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``.
+
+        ``on_record`` runs in the same transaction once the version row exists (Hub sync records its pull there).
+        """
         check_name(owner, "Owner")
         check_name(name, "Adapter name")
         tags = sorted({check_name(t, "Tag") for t in tags})
@@ -175,7 +179,7 @@ class Registry:
                             s, files, checked, owner=owner, name=name, base_model=base_model,
                             base_revision=base_revision, metrics=metrics, tags=tags, description=description,
                             published_by=published_by or owner, lineage=lineage or {}, vectors=vectors,
-                            projection_blob=projection_blob)
+                            projection_blob=projection_blob, on_record=on_record)
                     # a failed concurrent publish of identical bytes may have removed a blob we found present
                     for data in (vectors, projection_blob):
                         if data is not None and not self.blobs.exists(hashlib.sha256(data).hexdigest()):
@@ -260,6 +264,7 @@ class Registry:
         self, s: Session, files: AdapterFiles, checked: _Checked, *, owner: str, name: str, base_model: str,
         base_revision: str, metrics: dict[str, Any], tags: list[str], description: str, published_by: str,
         lineage: dict[str, Any], vectors: bytes, projection_blob: bytes | None,
+        on_record: Callable[[Session, m.AdapterVersion], None] | None = None,
     ) -> VersionInfo:
         base = self._base_for_publish(s, base_model, base_revision, checked)
         for data, kind in ((vectors, "vectors"), (projection_blob, "projection")):
@@ -292,6 +297,8 @@ class Registry:
         version.tags = [m.VersionTag(tag=t) for t in tags]
         s.add(version)
         s.flush()  # the unique (adapter, version) constraint catches a concurrent publish here
+        if on_record is not None:
+            on_record(s, version)
         self._move_latest(s, adapter)
         s.add(m.AuditEvent(actor=published_by, action="publish", target=f"{owner}/{name}:{number}",
                            detail={"vectors": version.vectors_sha256, "base_model": base_model}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 256 * 2**20
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
     job_lease_s: float = 60.0
+    # The HuggingFace Hub: where `vera hub push|pull` goes, the token the server uses when a request brings none
+    # (held as a secret: never printed, logged or stored), and how long one Hub request may take.
+    hub_endpoint: str = "https://huggingface.co"
+    hub_token: SecretStr | None = None
+    hub_timeout_s: float = 60.0
 
     @field_validator("database_url")
     @classmethod
@@ -40,6 +45,13 @@ class Settings(BaseSettings):
                 "postgresql+psycopg://user@host:5432/db"
             )
         return value
+
+    @field_validator("hub_endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"VERA_HUB_ENDPOINT={value!r} must be an http(s) URL, e.g. https://huggingface.co")
+        return value.rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,23 +12,11 @@ from sqlalchemy import select
 
 from registry import models as m
 from registry.db import Database
-from registry.errors import InvalidInput, NotFound, RegistryError
+from registry.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.schemas import check_name
 
 SCOPES = ("read", "publish", "admin")
 PREFIX = "vera_"
-
-
-class Unauthorized(RegistryError):
-    """No valid token (401)."""
-
-    code = "unauthorized"
-
-
-class Forbidden(RegistryError):
-    """A valid token without the right to do this (403)."""
-
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ write the adapter (PEFT format) and a metrics file. Used by `vera train` and by 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -98,16 +97,16 @@ def build(spec: TrainSpec, num_labels: int) -> tuple[VeraModel, Any]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_base(spec.base_model)
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "newly initialised head" is expected
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         if spec.task == "classification":
-            base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+            base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                      local_files_only=True)
         else:
-            base = AutoModelForCausalLM.from_pretrained(path)
+            base = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     targets = spec.target_modules or (DEMO_TARGETS if spec.base_model == DEMO_MODEL else None)
     config = VeraConfig(
         r=spec.r, target_modules=targets, projection_prng_key=spec.projection_prng_key,

@@ -1,0 +1,347 @@
+"""HuggingFace Hub sync: push a version to a Hub repo in PEFT's format with a model card, pull any PEFT VeRA adapter
+from a Hub repo into the registry, and keep each version's sync state (pushed where, at which commit; pulled from
+where).
+
+All Hub traffic goes through ``huggingface_hub`` (HfApi.create_repo / create_commit / model_info, hf_hub_download).
+A Hub token is used for the call and forgotten: never stored, printed or logged. A failed call records nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData, hf_hub_download, set_client_factory
+from huggingface_hub import errors as hub_errors
+from huggingface_hub.repocard import metadata_load
+from huggingface_hub.utils._http import default_client_factory
+from huggingface_hub.utils._validators import validate_repo_id
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry import models as m
+from registry.errors import HubError, InvalidInput
+from registry.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo
+from registry.service import Registry
+from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
+from vera_core.config import VeraConfig
+
+CARD_NAME = "README.md"
+PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+
+def use_timeout(timeout_s: float) -> None:
+    """Give every ``huggingface_hub`` request of this process a timeout (its default client has none)."""
+
+    def factory() -> httpx2.Client:
+        client: httpx2.Client = default_client_factory()
+        client.timeout = httpx2.Timeout(timeout_s)
+        return client
+
+    set_client_factory(factory)
+
+
+def content_digest(files: dict[str, bytes]) -> str:
+    """SHA-256 over the adapter's config and weights (not the card): equal digests, equal adapters."""
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return h.hexdigest()
+
+
+def model_card(info: VersionInfo, *, with_projection: bool, endpoint: str, registry_url: str | None = None) -> str:
+    """README.md for the Hub: metadata the Hub indexes (library, base model, tags) plus everything needed to
+    reproduce and verify the adapter, under ``vera_registry``. The same version and options give the same bytes."""
+    record: dict[str, Any] = {
+        "version": info.ref, "base_model": info.base_model, "base_revision": info.base_revision or None,
+        "r": info.r, "projection_prng_key": info.seed, "projection_generator": info.generator,
+        "projection_fingerprint": info.projection_fingerprint, "projections_included": with_projection,
+        "trainable_parameters": info.trainable_parameters, "adapter_parameters": info.adapter_parameters,
+        "metrics": info.metrics, "lineage": info.lineage,
+    }
+    if registry_url:
+        record["registry"] = registry_url
+    data = ModelCardData(library_name="peft", tags=["vera", "peft", "vera-registry"], vera_registry=record)
+    if "/" in info.base_model:  # the Hub checks base_model against its repos: only give it what looks like one
+        data.base_model = info.base_model
+    loading = ("PEFT regenerates nothing: A and B are in the file." if with_projection else
+               "This copy is seed-only: A and B are regenerated from the seed.")
+    peft_note = ""
+    if not with_projection and info.generator != "torch-kaiming-uniform":
+        peft_note = (f"\n> **PEFT would load this copy wrongly**: generator `{info.generator}` is not PEFT's, so "
+                     "PEFT would regenerate different projections. Load it with `vera_core`, or push it with "
+                     "projections.\n")
+    metrics = "".join(f"| {k} | {v} |\n" for k, v in sorted(info.metrics.items()))
+    body = (
+        f"# {info.owner}/{info.name} (VeRA, version {info.version})\n\n"
+        f"A [VeRA](https://arxiv.org/abs/2310.11454) adapter of `{info.base_model}`, rank {info.r}, "
+        f"{info.adapter_parameters:,} adapter parameters ({info.trainable_parameters:,} trainable with heads). "
+        f"{loading}\n{peft_note}\n"
+        "```python\nfrom peft import PeftModel\n\n"
+        f"model = PeftModel.from_pretrained(base_model, \"<this repo>\")\n```\n\n"
+        "| projection | |\n|---|---|\n"
+        f"| generator | `{info.generator}` |\n| seed (projection_prng_key) | {info.seed} |\n"
+        f"| fingerprint (SHA-256) | `{info.projection_fingerprint}` |\n\n"
+        "`vera inspect --verify <folder>` proves the seed regenerates the projections the adapter was trained with.\n"
+        + (f"\n| metric | value |\n|---|---|\n{metrics}" if metrics else "")
+        + f"\nPublished from vera-registry as `{info.ref}`.\n"
+    )
+    return f"---\n{data.to_yaml()}\n---\n\n{body}"
+
+
+class HubSync:
+    """Push and pull between this registry and a HuggingFace Hub (``endpoint``), and the sync state of versions."""
+
+    def __init__(self, registry: Registry, *, endpoint: str = "https://huggingface.co", token: str | None = None,
+                 timeout_s: float = 60.0) -> None:
+        self.registry, self.endpoint, self._default_token = registry, endpoint.rstrip("/"), token
+        self.timeout_s = timeout_s
+
+    def _api(self, token: str | None) -> HfApi:
+        return HfApi(endpoint=self.endpoint, token=token or self._default_token or False,
+                     library_name="vera-registry")
+
+    # ---- push ----------------------------------------------------------------------------------------------
+    def push(self, ref: str | Ref, repo_id: str, *, actor: str, token: str | None = None, revision: str = "main",
+             private: bool = False, with_projection: bool = True) -> HubSyncResult:
+        """Push a version to ``repo_id`` in PEFT's format (A and B materialised unless ``with_projection=False``)
+        with a model card. Re-pushing what the repo already holds makes no commit."""
+        _check_repo_id(repo_id)
+        info, files = self.registry.files(ref, with_projection=with_projection)
+        files[CARD_NAME] = model_card(info, with_projection=with_projection, endpoint=self.endpoint).encode()
+        config = VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME]))
+        notes = [f"PEFT would load this copy wrongly: {p}" for p in peft_problems(config)]
+        api = self._api(token)
+        with self._hub_errors(f"pushing {info.ref} to {repo_id}", repo_id, pushing=True):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            before = api.model_info(repo_id, revision=revision).sha
+            commit = api.create_commit(
+                repo_id, operations=[CommitOperationAdd(name, files[name]) for name in PUSHED_FILES],
+                commit_message=f"vera-registry: {info.ref}", revision=revision,
+                commit_description=f"VeRA adapter {info.ref} (r={info.r}, seed={info.seed}, {info.generator}).")
+        sha = str(commit.oid)
+        with self.registry.db.session() as s:
+            version = self._version_row(s, info)
+            row = s.scalar(select(m.HubSync).where(
+                m.HubSync.version_id == version.id, m.HubSync.direction == "push", m.HubSync.endpoint == self.endpoint,
+                m.HubSync.repo_id == repo_id, m.HubSync.commit_sha == sha))
+            if row is None:
+                row = m.HubSync(version_id=version.id, direction="push", endpoint=self.endpoint, repo_id=repo_id,
+                                revision=revision, commit_sha=sha, with_projection=with_projection,
+                                content_sha256=content_digest(files), actor=actor)
+                s.add(row)
+                s.add(m.AuditEvent(actor=actor, action="hub_push", target=info.ref,
+                                   detail={"repo_id": repo_id, "commit": sha, "endpoint": self.endpoint}))
+                s.flush()
+            return HubSyncResult(sync=self._sync_info(row, info.ref), changed=sha != before, version=info,
+                                 peft_loadable=not notes, notes=notes)
+
+    # ---- pull ----------------------------------------------------------------------------------------------
+    def pull(self, repo_id: str, *, target: str, actor: str, token: str | None = None, revision: str = "main",
+             base_model: str | None = None, base_revision: str | None = None) -> HubSyncResult:
+        """Record the PEFT VeRA adapter in ``repo_id`` at ``revision`` as the next version of ``target``
+        (``owner/name``). A revision already pulled, or files equal to a version already pulled, make no version."""
+        _check_repo_id(repo_id)
+        ref = Ref.parse(target)
+        if ref.version is not None or ref.alias is not None:
+            raise InvalidInput(f"Pull into an adapter, owner/name, not a version ({target!r}).")
+        api = self._api(token)
+        where = f"{repo_id}@{revision}"
+        with self._hub_errors(f"pulling {where}", repo_id):
+            hub_info = api.model_info(repo_id, revision=revision)
+        commit = str(hub_info.sha)
+        names = {s.rfilename for s in hub_info.siblings or []}
+        _check_is_vera_repo(where, names)
+        with self.registry.db.session() as s:
+            done = self._pulled(s, ref, repo_id, commit=commit)
+            if done is not None:
+                return done
+        with tempfile.TemporaryDirectory(prefix="vera-hub-pull-") as tmp:
+            wanted = [CONFIG_NAME, WEIGHTS_NAME] + ([CARD_NAME] if CARD_NAME in names else [])
+            with self._hub_errors(f"downloading {where}", repo_id):
+                for name in wanted:
+                    hf_hub_download(repo_id, name, revision=commit, endpoint=self.endpoint,
+                                    token=token or self._default_token or False, local_dir=tmp,
+                                    cache_dir=Path(tmp) / ".cache", library_name="vera-registry")
+            root = Path(tmp)
+            config = _vera_config(where, root / CONFIG_NAME)
+            files = {name: (root / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}
+            digest = content_digest(files)
+            with self.registry.db.session() as s:
+                done = self._pulled(s, ref, repo_id, commit=commit, content=digest, revision=revision, actor=actor)
+                if done is not None:
+                    return done
+            base = base_model or config.get("base_model_name_or_path")
+            if not base:
+                raise InvalidInput(f"{where}'s adapter_config.json names no base_model_name_or_path; pass the base "
+                                   "model (--base-model).")
+            card = _card_record(root / CARD_NAME)
+
+            def record(s: Session, version: m.AdapterVersion) -> None:
+                s.add(m.HubSync(version_id=version.id, direction="pull", endpoint=self.endpoint, repo_id=repo_id,
+                                revision=revision, commit_sha=commit, content_sha256=digest, actor=actor,
+                                with_projection=bool(config.get("save_projection"))))
+
+            info = self.registry.publish(
+                root, owner=ref.owner, name=ref.name, base_model=str(base),
+                base_revision=base_revision if base_revision is not None else str(config.get("revision") or ""),
+                metrics=_finite(card.get("metrics")), description=f"Pulled from {self.endpoint}/{repo_id} at {commit}.",
+                published_by=actor, lineage={"hub_repo": repo_id, "hub_commit": commit}, on_record=record)
+        with self.registry.db.session() as s:
+            row = s.scalar(select(m.HubSync).where(m.HubSync.direction == "pull", m.HubSync.repo_id == repo_id,
+                                                   m.HubSync.commit_sha == commit, m.HubSync.endpoint == self.endpoint)
+                           .order_by(m.HubSync.id.desc()).limit(1))
+            assert row is not None  # written in the publish transaction
+            return HubSyncResult(sync=self._sync_info(row, info.ref), changed=True, version=info)
+
+    def _pulled(self, s: Session, ref: Ref, repo_id: str, *, commit: str, content: str | None = None,
+                revision: str = "", actor: str = "") -> HubSyncResult | None:
+        """The earlier pull into ``ref`` of this commit (or, with ``content``, of the same files), if any; a match
+        by content alone is recorded as a pull of the new commit into the same version."""
+        query = (select(m.HubSync).join(m.AdapterVersion).join(m.Adapter)
+                 .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.HubSync.direction == "pull",
+                        m.HubSync.endpoint == self.endpoint, m.HubSync.repo_id == repo_id)
+                 .order_by(m.HubSync.id.desc()).limit(1))
+        row = s.scalar(query.where(m.HubSync.commit_sha == commit))
+        if row is None and content is not None:
+            same = s.scalar(query.where(m.HubSync.content_sha256 == content))
+            if same is not None:
+                row = m.HubSync(version_id=same.version_id, direction="pull", endpoint=self.endpoint,
+                                repo_id=repo_id, revision=revision, commit_sha=commit,
+                                with_projection=same.with_projection, content_sha256=content, actor=actor)
+                s.add(row)
+                s.flush()
+        if row is None:
+            return None
+        version = s.get_one(m.AdapterVersion, row.version_id)
+        info = self.registry._info(s, version)
+        return HubSyncResult(sync=self._sync_info(row, info.ref), changed=False, version=info)
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def status(self, ref: str | Ref) -> list[HubSyncInfo]:
+        """Every push and pull of a version, newest first."""
+        info = self.registry.get(ref)
+        with self.registry.db.session() as s:
+            version = self._version_row(s, info)
+            rows = s.scalars(select(m.HubSync).where(m.HubSync.version_id == version.id)
+                             .order_by(m.HubSync.id.desc()))
+            return [self._sync_info(row, info.ref) for row in rows]
+
+    @staticmethod
+    def _version_row(s: Session, info: VersionInfo) -> m.AdapterVersion:
+        row = s.scalar(select(m.AdapterVersion).join(m.Adapter).where(
+            m.Adapter.owner == info.owner, m.Adapter.name == info.name, m.AdapterVersion.version == info.version))
+        if row is None:  # deleted between the read and now
+            raise InvalidInput(f"{info.ref} was deleted while syncing; nothing was recorded.")
+        return row
+
+    def _sync_info(self, row: m.HubSync, ref: str) -> HubSyncInfo:
+        return HubSyncInfo(ref=ref, direction=row.direction, endpoint=row.endpoint, repo_id=row.repo_id,
+                           revision=row.revision, commit_sha=row.commit_sha,
+                           commit_url=f"{row.endpoint}/{row.repo_id}/commit/{row.commit_sha}",
+                           with_projection=row.with_projection, content_sha256=row.content_sha256, actor=row.actor,
+                           at=row.at)
+
+    @contextmanager
+    def _hub_errors(self, action: str, repo_id: str, *, pushing: bool = False) -> Iterator[None]:
+        """Hub failures as HubError with what happened and what to do; nothing is recorded after one."""
+        after = (" The Hub may or may not have applied the commit; push again: an unchanged push makes no new "
+                 "commit.") if pushing else ""
+        try:
+            yield
+        except hub_errors.OfflineModeIsEnabled as exc:
+            raise HubError(f"{action}: HF_HUB_OFFLINE is set in the registry's environment; unset it to sync.") from exc
+        except hub_errors.RevisionNotFoundError as exc:
+            raise HubError(f"{action}: the Hub has no such revision in {repo_id} (404). Check --revision.") from exc
+        except hub_errors.RepositoryNotFoundError as exc:
+            raise HubError(f"{action}: {self.endpoint} has no repo {repo_id}, or it is private or gated and the "
+                           "token cannot see it (404/401). Check the repo id and the Hub token.") from exc
+        except hub_errors.HfHubHTTPError as exc:
+            raise HubError(f"{action}: {_http_problem(exc)}{after}") from exc
+        except httpx2.TimeoutException as exc:
+            raise HubError(f"{action}: the Hub at {self.endpoint} did not answer within {self.timeout_s:g} s "
+                           f"(VERA_HUB_TIMEOUT_S); nothing was recorded.{after}") from exc
+        except httpx2.TransportError as exc:
+            raise HubError(f"{action}: cannot reach the Hub at {self.endpoint} ({type(exc).__name__}); nothing was "
+                           "recorded. Check the network and VERA_HUB_ENDPOINT.") from exc
+
+
+def _http_problem(exc: hub_errors.HfHubHTTPError) -> str:
+    status = exc.response.status_code if exc.response is not None else 0
+    server = (exc.server_message or "").strip()
+    said = f" The Hub said: {server}" if server else ""
+    if status == 401:
+        return ("the Hub refused the token (401 Unauthorized). Give a token with write access: VERA_HUB_TOKEN on the "
+                f"server or --hub-token.{said}")
+    if status == 403:
+        return f"the token may not do this (403 Forbidden); it needs write access to the repo.{said}"
+    if status == 409:
+        return f"the Hub reports a conflict (409): the repo or branch changed meanwhile; try again.{said}"
+    if status == 429:
+        wait = exc.response.headers.get("Retry-After") if exc.response is not None else None
+        return f"the Hub is rate-limiting this token (429); retry after {wait or 'a while'} s.{said}"
+    return f"the Hub answered {status}.{said}"
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except hub_errors.HFValidationError as exc:
+        raise InvalidInput(f"{repo_id!r} is not a Hub repo id: {exc}") from exc
+    if "/" not in repo_id:
+        raise InvalidInput(f"{repo_id!r} is not a Hub repo id; expected namespace/name, e.g. my-org/my-adapter.")
+
+
+def _check_is_vera_repo(where: str, names: set[str]) -> None:
+    if CONFIG_NAME not in names:
+        raise InvalidInput(f"{where} has no {CONFIG_NAME}: it is not a PEFT adapter repo (files: "
+                           f"{', '.join(sorted(names)[:8]) or 'none'}).")
+    if WEIGHTS_NAME not in names:
+        pickled = " It has adapter_model.bin, a pickle, which the registry never loads." \
+            if "adapter_model.bin" in names else ""
+        raise InvalidInput(f"{where} has no {WEIGHTS_NAME}.{pickled} Ask for a safetensors copy "
+                           "(PEFT's default since 0.6).")
+
+
+def _vera_config(where: str, path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{where}'s {CONFIG_NAME} is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{where}'s {CONFIG_NAME} is not a JSON object.")
+    kind = config.get("peft_type")
+    if kind != "VERA":
+        raise InvalidInput(f"{where} holds a PEFT {kind or 'unknown-type'} adapter, not VeRA (peft_type "
+                           f"{kind!r}); only VeRA adapters can be pulled.")
+    return config
+
+
+def _card_record(path: Path) -> dict[str, Any]:
+    """The ``vera_registry`` block of a pulled model card, if it has one (safe YAML; anything odd is ignored)."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = metadata_load(path)
+    except Exception:  # noqa: BLE001 - a malformed card is not a reason to refuse the adapter
+        return {}
+    record = meta.get("vera_registry") if isinstance(meta, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def _finite(metrics: object) -> dict[str, Any]:
+    """Metrics from a card: only string keys with finite numbers or short strings."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): v for k, v in metrics.items() if isinstance(k, str) and (
+        (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
+        or (isinstance(v, str) and len(v) <= 200))}
+
+

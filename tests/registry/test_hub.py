@@ -1,0 +1,319 @@
+"""Hub sync through the real `huggingface_hub` client against the Hub stand-in (a real HTTP server), on SQLite and
+PostgreSQL: push in PEFT's format with a model card, pull PEFT VeRA adapters, sync state, idempotence, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub.repocard import metadata_load
+from sqlalchemy import func, select
+
+from registry import models as m
+from registry.errors import HubError, InvalidInput
+from registry.hub import HubSync, use_timeout
+from registry.service import Registry
+from tests.conftest import TINY_MODELS, output_of
+from tests.registry.adapters import LLAMA, make_adapter, make_model
+from tests.registry.hub_standin import HubStandIn, running_hub
+from tests.registry.servers import free_port
+from tests.vera_core.test_peft_interop import peft_model, train_a_little
+from vera_core import PEFT_GENERATOR, load_adapter
+
+TOKEN = "hf_standin_alice_write"
+
+
+@pytest.fixture(scope="module")
+def hub_server() -> Iterator[HubStandIn]:
+    use_timeout(5.0)
+    with running_hub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub(hub_server: HubStandIn) -> HubStandIn:
+    hub_server.repos.clear()
+    hub_server.faults.clear()
+    hub_server.requests.clear()
+    hub_server.tokens.clear()
+    hub_server.tokens.update({TOKEN: "alice", "hf_bob": "bob"})
+    return hub_server
+
+
+@pytest.fixture
+def sync(registry: Registry, hub: HubStandIn) -> HubSync:
+    return HubSync(registry, endpoint=hub.url, token=TOKEN, timeout_s=5.0)
+
+
+def published(registry: Registry, tmp_path: Path, seed: int = 0, **changes: object) -> str:
+    source = make_adapter(tmp_path / f"adapter-{seed}", seed=seed, **changes)
+    info = registry.publish(source, owner="alice", name="llama-demo", base_model="org/tiny-llama",
+                            metrics={"accuracy": 0.91, "loss": 0.25})
+    return info.ref
+
+
+def snapshot(registry: Registry) -> dict[str, int]:
+    """Row counts of every table and the number of blobs: 'unchanged' means equal snapshots."""
+    with registry.db.session() as s:
+        counts = {t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in m.Base.metadata.sorted_tables}
+    counts["blob files"] = len(list(registry.blobs.digests()))
+    return counts
+
+
+def test_push_writes_peft_format_that_peft_loads_from_the_hub_by_repo_id(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    result = sync.push(ref, "alice/llama-vera", actor="alice")
+    assert result.changed and result.peft_loadable
+    assert result.sync.commit_sha == hub.head("alice/llama-vera")
+    assert set(hub.files("alice/llama-vera")) == {".gitattributes", "adapter_config.json",
+                                                 "adapter_model.safetensors", "README.md"}
+    # PeftModel.from_pretrained(base, repo_id) in a fresh process that knows the Hub only by HF_ENDPOINT
+    inputs = LLAMA.inputs()
+    want = output_of(make_model(seed=0), inputs)
+    script = (
+        "import sys, torch\nfrom peft import PeftModel\nfrom tests.conftest import TINY_MODELS\n"
+        "llama = TINY_MODELS[2]\nmodel = PeftModel.from_pretrained(llama.make(), 'alice/llama-vera').eval()\n"
+        "with torch.no_grad():\n    torch.save(model(**llama.inputs()).logits, sys.argv[1])\n"
+    )
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "0",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    out = tmp_path / "peft-logits.pt"
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_card_records_what_reproduces_and_verifies_the_adapter(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    sync.push(ref, "alice/card", actor="alice")
+    (tmp_path / "README.md").write_bytes(hub.files("alice/card")["README.md"])
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta is not None
+    info = registry.get(ref)
+    assert meta["library_name"] == "peft" and meta["base_model"] == "org/tiny-llama" and "vera" in meta["tags"]
+    record = meta["vera_registry"]
+    assert record == {
+        "version": "alice/llama-demo:1", "base_model": "org/tiny-llama", "base_revision": None, "r": 8,
+        "projection_prng_key": info.seed, "projection_generator": info.generator,
+        "projection_fingerprint": info.projection_fingerprint, "projections_included": True,
+        "trainable_parameters": info.trainable_parameters, "adapter_parameters": info.adapter_parameters,
+        "metrics": {"accuracy": 0.91, "loss": 0.25}, "lineage": {},
+    }
+
+
+def test_repushing_an_unchanged_version_makes_no_commit_and_no_new_state(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    first = sync.push(ref, "alice/again", actor="alice")
+    commits = len(hub.repos["alice/again"].history)
+    second = sync.push(ref, "alice/again", actor="alice")
+    assert not second.changed
+    assert second.sync.commit_sha == first.sync.commit_sha
+    assert len(hub.repos["alice/again"].history) == commits
+    assert [s.commit_sha for s in sync.status(ref)] == [first.sync.commit_sha]
+    # a new version into the same repo is a new commit, recorded on that version
+    ref2 = registry.publish(make_adapter(tmp_path / "v2", seed=5), owner="alice", name="llama-demo",
+                            base_model="org/tiny-llama").ref
+    third = sync.push(ref2, "alice/again", actor="alice")
+    assert third.changed and third.sync.commit_sha != first.sync.commit_sha
+    assert [s.direction for s in sync.status(ref2)] == ["push"]
+
+
+def test_seed_only_push_has_no_projections_and_warns_when_peft_cannot_regenerate_them(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)  # portable generator
+    result = sync.push(ref, "alice/seed-only", actor="alice", with_projection=False)
+    assert not result.peft_loadable and "PEFT would load this copy wrongly" in result.notes[0]
+    (tmp_path / "dl").mkdir()
+    for name, data in hub.files("alice/seed-only").items():
+        (tmp_path / "dl" / name).write_bytes(data)
+    config = json.loads((tmp_path / "dl" / "adapter_config.json").read_text())
+    assert config["save_projection"] is False
+    assert "PEFT would load this copy wrongly" in (tmp_path / "dl" / "README.md").read_text()
+    assert metadata_load(tmp_path / "dl" / "README.md")["vera_registry"]["projections_included"] is False
+    # vera_core regenerates them and gets the same outputs
+    torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), tmp_path / "dl"), LLAMA.inputs()),
+                               output_of(make_model(seed=0), LLAMA.inputs()))
+
+
+def peft_repo_files(tmp_path: Path, *, seed: int = 7, save_projection: bool = True) -> tuple[dict[str, bytes], torch.Tensor]:
+    """A VeRA adapter written by PEFT itself (trained a little), and the outputs it gives."""
+    tiny = TINY_MODELS[2]
+    theirs = peft_model(tiny, seed=seed, save_projection=save_projection)
+    train_a_little(theirs, tiny)
+    theirs.save_pretrained(tmp_path / "peft-out")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "peft-out").iterdir() if p.is_file()}
+    return files, output_of(theirs, tiny.inputs())
+
+
+def test_pull_records_a_peft_adapter_as_a_version_with_its_repo_and_commit(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    files, want = peft_repo_files(tmp_path)
+    commit = hub.seed_repo("someone/peft-vera", files)
+    result = sync.pull("someone/peft-vera", target="alice/pulled", actor="alice", base_model="org/tiny-llama")
+    assert result.changed
+    info = result.version
+    assert info.ref == "alice/pulled:1" and info.generator == PEFT_GENERATOR and info.seed_reproducible
+    assert info.lineage == {"hub_repo": "someone/peft-vera", "hub_commit": commit}
+    assert [(s.direction, s.repo_id, s.commit_sha) for s in sync.status(info.ref)] == [
+        ("pull", "someone/peft-vera", commit)]
+    registry.fetch(info.ref, tmp_path / "fetched")
+    got = output_of(load_adapter(TINY_MODELS[2].make(), tmp_path / "fetched"), TINY_MODELS[2].inputs())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pulling_an_unchanged_revision_or_unchanged_files_makes_no_new_version(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/stable", files)
+    first = sync.pull("someone/stable", target="alice/stable", actor="alice", base_model="org/tiny-llama")
+    again = sync.pull("someone/stable", target="alice/stable", actor="alice", base_model="org/tiny-llama")
+    assert not again.changed and again.version.ref == first.version.ref
+    # the README changed upstream, the adapter did not: the new commit is recorded against the same version
+    readme_commit = hub.seed_repo("someone/stable", {**files, "README.md": b"---\nlicense: mit\n---\nhello\n"})
+    third = sync.pull("someone/stable", target="alice/stable", actor="alice", base_model="org/tiny-llama")
+    assert not third.changed and third.version.ref == "alice/stable:1"
+    assert [s.commit_sha for s in sync.status("alice/stable:1")][0] == readme_commit
+    assert registry.list_versions(owner="alice").items[0].version == 1
+    # changed weights make version 2
+    new_files, _ = peft_repo_files(tmp_path / "b", seed=8)
+    hub.seed_repo("someone/stable", {**new_files, "README.md": b"---\nlicense: mit\n---\nnew\n"})
+    assert sync.pull("someone/stable", target="alice/stable", actor="alice",
+                     base_model="org/tiny-llama").version.ref == "alice/stable:2"
+
+
+def test_pull_restores_metrics_from_a_registry_model_card(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    sync.push(ref, "alice/roundtrip", actor="alice")
+    result = sync.pull("alice/roundtrip", target="alice/copy", actor="alice")
+    info = result.version
+    assert info.base_model == "org/tiny-llama" and info.metrics == {"accuracy": 0.91, "loss": 0.25}
+    assert info.projection_fingerprint == registry.get(ref).projection_fingerprint
+
+
+@pytest.mark.parametrize("files,match", [
+    ({"adapter_config.json": json.dumps({"peft_type": "LORA", "r": 8}).encode(), "adapter_model.safetensors": b""},
+     "PEFT LORA adapter, not VeRA"),
+    ({"config.json": b"{}", "model.safetensors": b""}, "not a PEFT adapter repo"),
+    ({"adapter_config.json": json.dumps({"peft_type": "VERA"}).encode(), "adapter_model.bin": b"\x80\x04"},
+     "adapter_model.bin, a pickle, which the registry never loads"),
+    ({"adapter_config.json": b"{not json", "adapter_model.safetensors": b""}, "is not JSON"),
+], ids=["lora", "not-peft", "pickle-only", "bad-config"])
+def test_pull_rejects_what_is_not_a_vera_adapter_and_changes_nothing(
+    registry: Registry, sync: HubSync, hub: HubStandIn, files: dict[str, bytes], match: str
+) -> None:
+    hub.seed_repo("someone/other", files)
+    before = snapshot(registry)
+    with pytest.raises(InvalidInput, match=match):
+        sync.pull("someone/other", target="alice/other", actor="alice", base_model="org/tiny-llama")
+    assert snapshot(registry) == before
+
+
+def test_pull_of_a_corrupt_vera_adapter_is_refused_without_a_partial_version(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/broken", {**files, "adapter_model.safetensors": files["adapter_model.safetensors"][:-40]})
+    before = snapshot(registry)
+    with pytest.raises(InvalidInput):
+        sync.pull("someone/broken", target="alice/broken", actor="alice", base_model="org/tiny-llama")
+    assert snapshot(registry) == before
+
+
+@pytest.mark.parametrize("fault,match", [
+    (("POST", "/api/repos/create", 401, {}), "refused the token \\(401"),
+    (("POST", "/commit/", 409, {}), "conflict \\(409\\)"),
+    (("POST", "/api/repos/create", 429, {"Retry-After": "30"}), "rate-limiting .* retry after 30 s"),
+    (("POST", "/commit/", 500, {}), "answered 500"),
+], ids=["401", "409", "429", "500"])
+def test_push_failures_say_what_happened_and_record_nothing(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path,
+    fault: tuple[str, str, int, dict[str, str]], match: str
+) -> None:
+    ref = published(registry, tmp_path)
+    method, path, status, headers = fault
+    hub.fail(method, path, status, **headers)
+    before = snapshot(registry)
+    with pytest.raises(HubError, match=match):
+        sync.push(ref, "alice/fails", actor="alice")
+    assert snapshot(registry) == before
+    assert sync.status(ref) == []
+
+
+def test_push_with_a_token_the_hub_does_not_know_or_for_another_namespace_is_refused(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    with pytest.raises(HubError, match="401"):
+        sync.push(ref, "alice/x", actor="alice", token="hf_wrong")
+    with pytest.raises(HubError, match="403"):
+        sync.push(ref, "alice/x", actor="alice", token="hf_bob")
+    assert "alice/x" not in hub.repos and sync.status(ref) == []
+
+
+def test_pull_of_a_missing_repo_or_revision_and_an_unreachable_hub(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    before = snapshot(registry)
+    with pytest.raises(HubError, match="has no repo someone/missing"):
+        sync.pull("someone/missing", target="alice/x", actor="alice")
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/there", files)
+    with pytest.raises(HubError, match="no such revision"):
+        sync.pull("someone/there", target="alice/x", actor="alice", revision="v9")
+    offline = HubSync(registry, endpoint=f"http://127.0.0.1:{free_port()}", token=TOKEN)
+    with pytest.raises(HubError, match="cannot reach the Hub"):
+        offline.pull("someone/there", target="alice/x", actor="alice")
+    assert snapshot(registry) == before
+
+
+def test_a_hub_that_stops_answering_half_way_times_out_and_records_nothing(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    hub.hang("POST", "/commit/", seconds=6.0)  # past the 5 s timeout, after the repo exists and preupload ran
+    before = snapshot(registry)
+    with pytest.raises(HubError, match="did not answer within 5 s.*push again"):
+        sync.push(ref, "alice/slow", actor="alice")
+    assert snapshot(registry) == before
+    # once the Hub answers again, the push goes through
+    assert sync.push(ref, "alice/slow", actor="alice").sync.commit_sha == hub.head("alice/slow")
+
+
+def test_bad_repo_ids_are_refused_before_any_request(registry: Registry, sync: HubSync, hub: HubStandIn,
+                                                    tmp_path: Path) -> None:
+    ref = published(registry, tmp_path)
+    for bad in ("no-namespace", "a/b/c", "bad name/x", "x/" + "y" * 200):
+        with pytest.raises(InvalidInput, match="not a Hub repo id"):
+            sync.push(ref, bad, actor="alice")
+    assert hub.requests == []
+
+
+def test_the_hub_token_is_sent_to_the_hub_and_stored_nowhere(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    sync.push(ref, "alice/secret", actor="alice")
+    assert all(auth == f"Bearer {TOKEN}" for _, path, auth in hub.requests if "/api/" in path)
+    with registry.db.session() as s:
+        for table in m.Base.metadata.sorted_tables:
+            for row in s.execute(select(table)):
+                assert TOKEN not in repr(tuple(row))
