@@ -24,10 +24,13 @@ from sqlalchemy import func, select, text
 
 from registry import models as m
 from registry.errors import ContentTooLarge, InvalidInput, NotFound, RegistryError, Unauthorized, status_of
+from registry.hub import HubSync
 from registry.jobs import Jobs
 from registry.schemas import (
     BaseModelInfo,
     Comparison,
+    HubSyncInfo,
+    HubSyncResult,
     JobEventInfo,
     JobInfo,
     Page,
@@ -139,9 +142,30 @@ class CompareBody(BaseModel):
     refs: list[str]
 
 
-def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs | None = None) -> FastAPI:
+class HubPushBody(BaseModel):
+    repo_id: str = Field(max_length=200, description="namespace/name on the Hub")
+    revision: str = Field("main", max_length=200)
+    private: bool = False
+    with_projection: bool = Field(True, description="materialise A and B, so any PEFT loads it from the repo id")
+
+
+class HubPullBody(BaseModel):
+    repo_id: str = Field(max_length=200)
+    target: str = Field(max_length=200, description="owner/name to record the adapter as")
+    revision: str = Field("main", max_length=200)
+    base_model: str | None = Field(None, max_length=200, description="default: the adapter config's")
+    base_revision: str | None = Field(None, max_length=100)
+
+
+#: The Hub token of one request; never stored or logged (the server's VERA_HUB_TOKEN is used without it).
+HubToken = Annotated[str | None, Header(alias="X-Hub-Token", description="a HuggingFace token for this request")]
+
+
+def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs | None = None,
+               hub: HubSync | None = None) -> FastAPI:
     options = options or ApiOptions()
     jobs = jobs or Jobs(registry)
+    hub = hub or HubSync(registry)
     app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.",
                   responses=PROBLEM_RESPONSES)
     app.state.options, app.state.registry = options, registry
@@ -317,6 +341,27 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         who = need(caller, "publish", owner)
         registry.delete(f"{owner}/{name}:{version}", actor=who.owner)
         return Response(status_code=204)
+
+    @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/hub/push", response_model=HubSyncResult)
+    def hub_push(caller: Caller, owner: str, name: str, selector: str, body: HubPushBody,
+                 hub_token: HubToken = None) -> HubSyncResult:
+        who = need(caller, "publish", owner)
+        return hub.push(ref_of(owner, name, selector), body.repo_id, actor=who.owner, token=hub_token,
+                        revision=body.revision, private=body.private, with_projection=body.with_projection)
+
+    @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/hub", response_model=list[HubSyncInfo])
+    def hub_status(caller: Caller, owner: str, name: str, selector: str) -> list[HubSyncInfo]:
+        need(caller, "read")
+        return hub.status(ref_of(owner, name, selector))
+
+    @app.post(f"{v1}/hub/pull", response_model=HubSyncResult,
+              responses={201: {"description": "Pulled as a new version", "model": HubSyncResult}})
+    def hub_pull(caller: Caller, body: HubPullBody, response: Response, hub_token: HubToken = None) -> HubSyncResult:
+        who = need(caller, "publish", Ref.parse(body.target).owner)
+        result = hub.pull(body.repo_id, target=body.target, actor=who.owner, token=hub_token,
+                          revision=body.revision, base_model=body.base_model, base_revision=body.base_revision)
+        response.status_code = 201 if result.changed else 200
+        return result
 
     @app.post(f"{v1}/compare", response_model=Comparison)
     def compare(caller: Caller, body: CompareBody) -> Comparison:

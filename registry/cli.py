@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 import vera_core
-from registry.app import open_registry
+from registry.app import open_hub, open_registry
 from registry.client import RegistryClient
 from registry.db import Database
 from registry.errors import InvalidInput, RegistryError
@@ -341,7 +341,8 @@ def _run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fa
     if with_worker:
         worker = Worker(jobs, log=lambda line: console.print(f"[dim]worker:[/] {line}"))
         threading.Thread(target=worker.run_forever, name="vera-worker", daemon=True).start()
-    uvicorn.run(create_app(registry, options, jobs), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(registry, options, jobs, open_hub(registry, settings)), host=host, port=port,
+                log_level="warning")
 
 
 @app.command()
@@ -465,6 +466,67 @@ def list_versions(
     console.print(table)
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
+
+
+hub_app = typer.Typer(help="Sync with the HuggingFace Hub (the registry server talks to the Hub).",
+                      no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN", show_default=False,
+                                                 help="HuggingFace token for this call (default: HF_TOKEN, then the "
+                                                 "server's VERA_HUB_TOKEN); sent once, never stored.")]
+
+
+@hub_app.command("push")
+def hub_push(
+    ref: Annotated[str, typer.Argument(help="owner/name[:VERSION|@ALIAS]")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo, namespace/name (created if missing).")],
+    revision: Annotated[str, typer.Option(help="Branch to commit to.")] = "main",
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    seed_only: Annotated[bool, typer.Option(help="Leave A and B out (regenerated from the seed; PEFT can do that "
+                                            "only for its own generator).")] = False,
+    hub_token: HubTokenOpt = None, registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Push a version to a Hub repo in PEFT's format, with a model card; an unchanged re-push makes no commit."""
+    result = _call(registry, token, lambda c: c.hub_push(ref, repo_id, revision=revision, private=private,
+                                                          with_projection=not seed_only, hub_token=hub_token))
+    what = "pushed" if result.changed else "unchanged, no new commit:"
+    console.print(f"{what} {result.version.ref} -> {result.sync.repo_id}@{result.sync.commit_sha[:12]} "
+                  f"({result.sync.commit_url})")
+    for note in result.notes:
+        err_console.print(f"[bold yellow]warning:[/] {note}")
+
+
+@hub_app.command("pull")
+def hub_pull(
+    repo_id: Annotated[str, typer.Argument(help="Hub repo holding a PEFT VeRA adapter.")],
+    as_: Annotated[str, typer.Option("--as", help="owner/name to record it as.")],
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit.")] = "main",
+    base_model: Annotated[str | None, typer.Option(help="Base model; default: the adapter config's.")] = None,
+    base_revision: Annotated[str | None, typer.Option(help="Base model revision.")] = None,
+    hub_token: HubTokenOpt = None, registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Record a Hub repo's VeRA adapter as the next version of owner/name; an unchanged revision makes none."""
+    result = _call(registry, token, lambda c: c.hub_pull(repo_id, as_, revision=revision, base_model=base_model,
+                                                          base_revision=base_revision, hub_token=hub_token))
+    what = "pulled as" if result.changed else "unchanged, already"
+    console.print(f"{what} {result.version.ref} from {repo_id}@{result.sync.commit_sha[:12]}")
+
+
+@hub_app.command("status")
+def hub_status(
+    ref: Annotated[str, typer.Argument(help="owner/name[:VERSION|@ALIAS]")],
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Where a version was pushed to or pulled from, at which commit."""
+    syncs = _call(registry, token, lambda c: c.hub_status(ref))
+    if not syncs:
+        console.print(f"{ref}: never pushed to or pulled from the Hub")
+        return
+    table = Table("direction", "repo", "revision", "commit", "projections", "by", "at")
+    for s in syncs:
+        table.add_row(s.direction, f"{s.endpoint}/{s.repo_id}", s.revision, s.commit_sha[:12],
+                      "yes" if s.with_projection else "seed-only", s.actor, s.at.isoformat(timespec="seconds"))
+    console.print(table)
 
 
 @app.command()

@@ -13,6 +13,8 @@ from registry.errors import HTTP_STATUS, InvalidInput, RegistryError
 from registry.schemas import (
     BaseModelInfo,
     Comparison,
+    HubSyncInfo,
+    HubSyncResult,
     JobEventInfo,
     JobInfo,
     Page,
@@ -139,6 +141,31 @@ class RegistryClient:
                       "description": description},
             )
         return VersionInfo.model_validate(response.json())
+
+    # ---- Hub sync ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _hub_headers(hub_token: str | None) -> dict[str, str]:
+        token = hub_token or os.environ.get("HF_TOKEN")
+        return {"X-Hub-Token": token} if token else {}
+
+    def hub_push(self, ref: str | Ref, repo_id: str, *, revision: str = "main", private: bool = False,
+                 with_projection: bool = True, hub_token: str | None = None) -> HubSyncResult:
+        """Push a version to a Hub repo (the registry talks to the Hub; the token, default HF_TOKEN, is not kept)."""
+        body = {"repo_id": repo_id, "revision": revision, "private": private, "with_projection": with_projection}
+        response = self._request("POST", f"{self._path(ref)}/hub/push", json=body,
+                                 headers=self._hub_headers(hub_token))
+        return HubSyncResult.model_validate(response.json())
+
+    def hub_pull(self, repo_id: str, target: str, *, revision: str = "main", base_model: str | None = None,
+                 base_revision: str | None = None, hub_token: str | None = None) -> HubSyncResult:
+        """Record the PEFT VeRA adapter of a Hub repo as the next version of ``target`` (owner/name)."""
+        body = {"repo_id": repo_id, "target": target, "revision": revision, "base_model": base_model,
+                "base_revision": base_revision}
+        response = self._request("POST", "/api/v1/hub/pull", json=body, headers=self._hub_headers(hub_token))
+        return HubSyncResult.model_validate(response.json())
+
+    def hub_status(self, ref: str | Ref) -> list[HubSyncInfo]:
+        return [HubSyncInfo.model_validate(s) for s in self._request("GET", f"{self._path(ref)}/hub").json()]
 
     # ---- jobs ----------------------------------------------------------------------------------------------
     def submit_job(self, target: str, spec: dict[str, Any], *, dataset: str | os.PathLike[str] | None = None

@@ -160,8 +160,8 @@ class HubStandIn:
             repo_id = f"{namespace}/{body['name']}"
             with self.lock:
                 if repo_id in self.repos:
-                    return JSONResponse({"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"},
-                                        status_code=409)
+                    return JSONResponse({"error": "You already created this model repo",
+                                         "url": f"{self.url}/{repo_id}"}, status_code=409)
                 self._create(repo_id, user, body.get("visibility") == "private" or bool(body.get("private")))
             return JSONResponse({"url": f"{self.url}/{repo_id}", "name": repo_id, "id": repo_id})
 

@@ -14,6 +14,7 @@ from registry.client import RegistryClient
 from registry.db import Database
 from registry.tokens import create_token
 from tests.registry.adapters import make_adapter
+from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
 
 ROLES = {"none": None, "read": ["read"], "other-publisher": ["read", "publish"], "publisher": ["read", "publish"],
@@ -25,7 +26,8 @@ ROUTES = {
     "projections": ("read", False), "publish": ("publish", True), "alias-put": ("publish", True),
     "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
     "jobs": ("read", False), "job": ("read", False), "job-events": ("read", False), "job-submit": ("publish", True),
-    "job-cancel": ("publish", True),
+    "job-cancel": ("publish", True), "hub-status": ("read", False), "hub-push": ("publish", True),
+    "hub-pull": ("publish", True),
 }
 
 
@@ -33,12 +35,16 @@ ROUTES = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("matrix")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    source = make_adapter(root / "adapter")
+    with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+                                              VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TOKEN="hf_server") as base:
+        hub.tokens["hf_server"] = "alice"
+        hub.seed_repo("alice/source", {p.name: p.read_bytes() for p in source.iterdir()})
         db = Database(url)
         tokens = {role: create_token(db, owner="mallory" if role == "other-publisher" else "alice",
                                      scopes=scopes)[1] for role, scopes in ROLES.items() if scopes}
         db.engine.dispose()
-        yield {"url": base, "tokens": tokens, "source": make_adapter(root / "adapter")}
+        yield {"url": base, "tokens": tokens, "source": source}
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int) -> tuple[str, str, dict[str, Any]]:
@@ -65,6 +71,10 @@ def request_for(route: str, base: str, version: int, source: Path, job: int) -> 
         "job-events": ("GET", f"{base}/api/v1/jobs/{job}/events", {}),
         "job-submit": ("POST", f"{base}/api/v1/jobs", {"data": {"target": "alice/m", "spec": '{"demo": true}'}}),
         "job-cancel": ("POST", f"{base}/api/v1/jobs/{job}/cancel", {}),
+        "hub-status": ("GET", f"{v}/hub", {}),
+        "hub-push": ("POST", f"{v}/hub/push", {"json": {"repo_id": "alice/pushed"}}),
+        "hub-pull": ("POST", f"{base}/api/v1/hub/pull", {"json": {"repo_id": "alice/source", "target": "alice/m",
+                                                                  "base_model": "tiny-llama"}}),
     }[route]
 
 

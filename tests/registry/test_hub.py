@@ -16,13 +16,17 @@ from huggingface_hub.repocard import metadata_load
 from sqlalchemy import func, select
 
 from registry import models as m
-from registry.errors import HubError, InvalidInput
+from registry.client import RegistryClient
+from registry.db import Database
+from registry.errors import Forbidden, HubError, InvalidInput
 from registry.hub import HubSync, use_timeout
 from registry.service import Registry
+from registry.tokens import create_token
 from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model
 from tests.registry.hub_standin import HubStandIn, running_hub
-from tests.registry.servers import free_port
+from tests.registry.servers import free_port, running_server
+from tests.registry.test_cli import vera
 from tests.vera_core.test_peft_interop import peft_model, train_a_little
 from vera_core import PEFT_GENERATOR, load_adapter
 
@@ -150,10 +154,10 @@ def test_seed_only_push_has_no_projections_and_warns_when_peft_cannot_regenerate
                                output_of(make_model(seed=0), LLAMA.inputs()))
 
 
-def peft_repo_files(tmp_path: Path, *, seed: int = 7, save_projection: bool = True) -> tuple[dict[str, bytes], torch.Tensor]:
+def peft_repo_files(tmp_path: Path, *, seed: int = 7) -> tuple[dict[str, bytes], torch.Tensor]:
     """A VeRA adapter written by PEFT itself (trained a little), and the outputs it gives."""
     tiny = TINY_MODELS[2]
-    theirs = peft_model(tiny, seed=seed, save_projection=save_projection)
+    theirs = peft_model(tiny, seed=seed)
     train_a_little(theirs, tiny)
     theirs.save_pretrained(tmp_path / "peft-out")
     files = {p.name: p.read_bytes() for p in (tmp_path / "peft-out").iterdir() if p.is_file()}
@@ -313,7 +317,52 @@ def test_the_hub_token_is_sent_to_the_hub_and_stored_nowhere(
     ref = published(registry, tmp_path)
     sync.push(ref, "alice/secret", actor="alice")
     assert all(auth == f"Bearer {TOKEN}" for _, path, auth in hub.requests if "/api/" in path)
-    with registry.db.session() as s:
+    assert_not_stored(registry.db, TOKEN)
+
+
+def assert_not_stored(db: Database, secret: str) -> None:
+    with db.session() as s:
         for table in m.Base.metadata.sorted_tables:
             for row in s.execute(select(table)):
-                assert TOKEN not in repr(tuple(row))
+                assert secret not in repr(tuple(row)), table.name
+
+
+def test_hub_push_pull_and_status_through_the_api_and_the_cli(hub: HubStandIn, tmp_path: Path) -> None:
+    """`vera hub ...` -> real registry server (tokens required) -> huggingface_hub -> the stand-in."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_HUB_ENDPOINT=hub.url) as base:
+        db = Database(url)
+        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        reader = create_token(db, owner="bob", scopes=["read"])[1]
+        db.engine.dispose()
+        with RegistryClient(base, token) as client:
+            client.publish(make_adapter(tmp_path / "a", seed=2), "alice/demo", base_model="org/tiny-llama")
+        common = ("--registry", base, "--token", token)
+        pushed = vera("hub", "push", "alice/demo@latest", "alice/demo-vera", "--hub-token", TOKEN, *common)
+        assert pushed.returncode == 0, pushed.stderr
+        assert f"pushed alice/demo:1 -> alice/demo-vera@{hub.head('alice/demo-vera')[:12]}" in pushed.stdout
+        again = vera("hub", "push", "alice/demo:1", "alice/demo-vera", "--hub-token", TOKEN, *common)
+        assert "unchanged, no new commit" in again.stdout
+        status = vera("hub", "status", "alice/demo:1", *common)
+        assert "push" in status.stdout and "alice/demo-vera" in status.stdout
+        assert hub.head("alice/demo-vera")[:12] in status.stdout
+        # the Hub token went to the Hub on every call, and nowhere else
+        assert {auth for _, path, auth in hub.requests if path.startswith("/api/")} == {f"Bearer {TOKEN}"}
+        refused = vera("hub", "push", "alice/demo:1", "alice/other", "--hub-token", "hf_wrong", *common)
+        assert refused.returncode == 1 and "refused the token (401" in refused.stderr
+        assert "hf_wrong" not in refused.stderr + refused.stdout
+        pulled = vera("hub", "pull", "alice/demo-vera", "--as", "alice/copy", "--hub-token", TOKEN, *common)
+        assert pulled.returncode == 0, pulled.stderr
+        assert "pulled as alice/copy:1" in pulled.stdout
+        repeat = vera("hub", "pull", "alice/demo-vera", "--as", "alice/copy", "--hub-token", TOKEN, *common)
+        assert "unchanged, already alice/copy:1" in repeat.stdout
+        not_vera = vera("hub", "pull", "alice/nothing", "--as", "alice/x", "--hub-token", TOKEN, *common)
+        assert not_vera.returncode == 1 and "has no repo alice/nothing" in not_vera.stderr
+        with RegistryClient(base, token) as client:
+            syncs = client.hub_status("alice/copy:1")
+            assert syncs[0].direction == "pull" and syncs[0].repo_id == "alice/demo-vera"
+            assert client.get("alice/copy:1").lineage["hub_repo"] == "alice/demo-vera"
+        with RegistryClient(base, reader) as client, pytest.raises(Forbidden, match="'publish' is needed"):
+            client.hub_push("alice/demo:1", "alice/demo-vera", hub_token=TOKEN)
+    assert_not_stored(db, TOKEN)
+    db.engine.dispose()
