@@ -147,6 +147,7 @@ class HubPushBody(BaseModel):
     revision: str = Field("main", max_length=200)
     private: bool = False
     with_projection: bool = Field(True, description="materialise A and B, so any PEFT loads it from the repo id")
+    format: Literal["vera", "lora"] = Field("vera", description="lora: push the equivalent rank-r LoRA")
 
 
 class HubPullBody(BaseModel):
@@ -347,7 +348,8 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
                  hub_token: HubToken = None) -> HubSyncResult:
         who = need(caller, "publish", owner)
         return hub.push(ref_of(owner, name, selector), body.repo_id, actor=who.owner, token=hub_token,
-                        revision=body.revision, private=body.private, with_projection=body.with_projection)
+                        revision=body.revision, private=body.private, with_projection=body.with_projection,
+                        as_lora=body.format == "lora")
 
     @app.get(f"{v1}/adapters/{{owner}}/{{name}}/versions/{{selector}}/hub", response_model=list[HubSyncInfo])
     def hub_status(caller: Caller, owner: str, name: str, selector: str) -> list[HubSyncInfo]:

@@ -484,11 +484,16 @@ def hub_push(
     private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
     seed_only: Annotated[bool, typer.Option(help="Leave A and B out (regenerated from the seed; PEFT can do that "
                                             "only for its own generator).")] = False,
+    as_: Annotated[str, typer.Option("--as", help="vera, or lora: the equivalent LoRA, for LoRA-only servers.")
+                   ] = "vera",
     hub_token: HubTokenOpt = None, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Push a version to a Hub repo in PEFT's format, with a model card; an unchanged re-push makes no commit."""
+    if as_ not in ("vera", "lora"):
+        _fail(InvalidInput(f"--as must be vera or lora, got {as_!r}."))
     result = _call(registry, token, lambda c: c.hub_push(ref, repo_id, revision=revision, private=private,
-                                                          with_projection=not seed_only, hub_token=hub_token))
+                                                          with_projection=not seed_only, as_lora=as_ == "lora",
+                                                          hub_token=hub_token))
     what = "pushed" if result.changed else "unchanged, no new commit:"
     console.print(f"{what} {result.version.ref} -> {result.sync.repo_id}@{result.sync.commit_sha[:12]} "
                   f"({result.sync.commit_url})")
@@ -522,10 +527,11 @@ def hub_status(
     if not syncs:
         console.print(f"{ref}: never pushed to or pulled from the Hub")
         return
-    table = Table("direction", "repo", "revision", "commit", "projections", "by", "at")
+    table = Table("direction", "repo", "revision", "commit", "format", "by", "at")
     for s in syncs:
-        table.add_row(s.direction, f"{s.endpoint}/{s.repo_id}", s.revision, s.commit_sha[:12],
-                      "yes" if s.with_projection else "seed-only", s.actor, s.at.isoformat(timespec="seconds"))
+        kind = "lora" if s.format == "lora" else ("vera" if s.with_projection else "vera, seed-only")
+        table.add_row(s.direction, f"{s.endpoint}/{s.repo_id}", s.revision, s.commit_sha[:12], kind, s.actor,
+                      s.at.isoformat(timespec="seconds"))
     console.print(table)
 
 

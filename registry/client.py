@@ -149,9 +149,11 @@ class RegistryClient:
         return {"X-Hub-Token": token} if token else {}
 
     def hub_push(self, ref: str | Ref, repo_id: str, *, revision: str = "main", private: bool = False,
-                 with_projection: bool = True, hub_token: str | None = None) -> HubSyncResult:
-        """Push a version to a Hub repo (the registry talks to the Hub; the token, default HF_TOKEN, is not kept)."""
-        body = {"repo_id": repo_id, "revision": revision, "private": private, "with_projection": with_projection}
+                 with_projection: bool = True, as_lora: bool = False, hub_token: str | None = None) -> HubSyncResult:
+        """Push a version to a Hub repo (the registry talks to the Hub; the token, default HF_TOKEN, is not kept);
+        ``as_lora`` pushes the equivalent LoRA."""
+        body = {"repo_id": repo_id, "revision": revision, "private": private, "with_projection": with_projection,
+                "format": "lora" if as_lora else "vera"}
         response = self._request("POST", f"{self._path(ref)}/hub/push", json=body,
                                  headers=self._hub_headers(hub_token))
         return HubSyncResult.model_validate(response.json())

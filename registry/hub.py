@@ -56,7 +56,7 @@ def content_digest(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def model_card(info: VersionInfo, *, with_projection: bool, endpoint: str, registry_url: str | None = None) -> str:
+def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = False) -> str:
     """README.md for the Hub: metadata the Hub indexes (library, base model, tags) plus everything needed to
     reproduce and verify the adapter, under ``vera_registry``. The same version and options give the same bytes."""
     record: dict[str, Any] = {
@@ -64,23 +64,25 @@ def model_card(info: VersionInfo, *, with_projection: bool, endpoint: str, regis
         "r": info.r, "projection_prng_key": info.seed, "projection_generator": info.generator,
         "projection_fingerprint": info.projection_fingerprint, "projections_included": with_projection,
         "trainable_parameters": info.trainable_parameters, "adapter_parameters": info.adapter_parameters,
-        "metrics": info.metrics, "lineage": info.lineage,
+        "metrics": info.metrics, "lineage": info.lineage, "format": "lora" if as_lora else "vera",
     }
-    if registry_url:
-        record["registry"] = registry_url
-    data = ModelCardData(library_name="peft", tags=["vera", "peft", "vera-registry"], vera_registry=record)
+    tags = ["lora", "vera-as-lora", "peft", "vera-registry"] if as_lora else ["vera", "peft", "vera-registry"]
+    data = ModelCardData(library_name="peft", tags=tags, vera_registry=record)
     if "/" in info.base_model:  # the Hub checks base_model against its repos: only give it what looks like one
         data.base_model = info.base_model
     loading = ("PEFT regenerates nothing: A and B are in the file." if with_projection else
                "This copy is seed-only: A and B are regenerated from the seed.")
+    if as_lora:
+        loading = (f"This repo holds the **equivalent rank-{info.r} LoRA** (lora_B @ lora_A equals VeRA's delta "
+                   "weight), for LoRA-only servers such as vLLM and LoRAX; any LoRA tool loads it.")
     peft_note = ""
-    if not with_projection and info.generator != "torch-kaiming-uniform":
+    if not (with_projection or as_lora) and info.generator != "torch-kaiming-uniform":
         peft_note = (f"\n> **PEFT would load this copy wrongly**: generator `{info.generator}` is not PEFT's, so "
                      "PEFT would regenerate different projections. Load it with `vera_core`, or push it with "
                      "projections.\n")
     metrics = "".join(f"| {k} | {v} |\n" for k, v in sorted(info.metrics.items()))
     body = (
-        f"# {info.owner}/{info.name} (VeRA, version {info.version})\n\n"
+        f"# {info.owner}/{info.name} ({'VeRA as LoRA' if as_lora else 'VeRA'}, version {info.version})\n\n"
         f"A [VeRA](https://arxiv.org/abs/2310.11454) adapter of `{info.base_model}`, rank {info.r}, "
         f"{info.adapter_parameters:,} adapter parameters ({info.trainable_parameters:,} trainable with heads). "
         f"{loading}\n{peft_note}\n"
@@ -110,14 +112,15 @@ class HubSync:
 
     # ---- push ----------------------------------------------------------------------------------------------
     def push(self, ref: str | Ref, repo_id: str, *, actor: str, token: str | None = None, revision: str = "main",
-             private: bool = False, with_projection: bool = True) -> HubSyncResult:
-        """Push a version to ``repo_id`` in PEFT's format (A and B materialised unless ``with_projection=False``)
-        with a model card. Re-pushing what the repo already holds makes no commit."""
+             private: bool = False, with_projection: bool = True, as_lora: bool = False) -> HubSyncResult:
+        """Push a version to ``repo_id`` in PEFT's format (A and B materialised unless ``with_projection=False``;
+        ``as_lora``: the equivalent LoRA) with a model card. Re-pushing what the repo holds makes no commit."""
         _check_repo_id(repo_id)
-        info, files = self.registry.files(ref, with_projection=with_projection)
-        files[CARD_NAME] = model_card(info, with_projection=with_projection, endpoint=self.endpoint).encode()
-        config = VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME]))
-        notes = [f"PEFT would load this copy wrongly: {p}" for p in peft_problems(config)]
+        with_projection = with_projection or as_lora
+        info, files = self.registry.files(ref, with_projection=with_projection and not as_lora, as_lora=as_lora)
+        files[CARD_NAME] = model_card(info, with_projection=with_projection, as_lora=as_lora).encode()
+        notes = [] if as_lora else [f"PEFT would load this copy wrongly: {p}" for p in peft_problems(
+            VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME])))]
         api = self._api(token)
         with self._hub_errors(f"pushing {info.ref} to {repo_id}", repo_id, pushing=True):
             api.create_repo(repo_id, private=private, exist_ok=True)
@@ -135,7 +138,8 @@ class HubSync:
             if row is None:
                 row = m.HubSync(version_id=version.id, direction="push", endpoint=self.endpoint, repo_id=repo_id,
                                 revision=revision, commit_sha=sha, with_projection=with_projection,
-                                content_sha256=content_digest(files), actor=actor)
+                                format="lora" if as_lora else "vera", content_sha256=content_digest(files),
+                                actor=actor)
                 s.add(row)
                 s.add(m.AuditEvent(actor=actor, action="hub_push", target=info.ref,
                                    detail={"repo_id": repo_id, "commit": sha, "endpoint": self.endpoint}))
@@ -187,7 +191,7 @@ class HubSync:
             def record(s: Session, version: m.AdapterVersion) -> None:
                 s.add(m.HubSync(version_id=version.id, direction="pull", endpoint=self.endpoint, repo_id=repo_id,
                                 revision=revision, commit_sha=commit, content_sha256=digest, actor=actor,
-                                with_projection=bool(config.get("save_projection"))))
+                                format="vera", with_projection=bool(config.get("save_projection"))))
 
             info = self.registry.publish(
                 root, owner=ref.owner, name=ref.name, base_model=str(base),
@@ -215,7 +219,8 @@ class HubSync:
             if same is not None:
                 row = m.HubSync(version_id=same.version_id, direction="pull", endpoint=self.endpoint,
                                 repo_id=repo_id, revision=revision, commit_sha=commit,
-                                with_projection=same.with_projection, content_sha256=content, actor=actor)
+                                with_projection=same.with_projection, format="vera", content_sha256=content,
+                                actor=actor)
                 s.add(row)
                 s.flush()
         if row is None:
@@ -246,8 +251,8 @@ class HubSync:
         return HubSyncInfo(ref=ref, direction=row.direction, endpoint=row.endpoint, repo_id=row.repo_id,
                            revision=row.revision, commit_sha=row.commit_sha,
                            commit_url=f"{row.endpoint}/{row.repo_id}/commit/{row.commit_sha}",
-                           with_projection=row.with_projection, content_sha256=row.content_sha256, actor=row.actor,
-                           at=row.at)
+                           with_projection=row.with_projection, format=row.format,
+                           content_sha256=row.content_sha256, actor=row.actor, at=row.at)
 
     @contextmanager
     def _hub_errors(self, action: str, repo_id: str, *, pushing: bool = False) -> Iterator[None]:

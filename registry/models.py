@@ -227,6 +227,7 @@ class HubSync(Base):
     revision: Mapped[str] = mapped_column(String(200))  # the branch or revision asked for
     commit_sha: Mapped[str] = mapped_column(String(64))
     with_projection: Mapped[bool] = mapped_column(Boolean)  # A and B in the files pushed or pulled
+    format: Mapped[str] = mapped_column(String(8))  # vera | lora (the equivalent LoRA, pushed for LoRA servers)
     content_sha256: Mapped[str] = mapped_column(String(64))  # over the adapter files, to see what changed
     actor: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -161,6 +161,7 @@ class HubSyncInfo(BaseModel):
     commit_sha: str
     commit_url: str
     with_projection: bool
+    format: str  # vera | lora
     content_sha256: str
     actor: str
     at: datetime

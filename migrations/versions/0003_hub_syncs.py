@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("revision", sa.String(length=200), nullable=False),
         sa.Column("commit_sha", sa.String(length=64), nullable=False),
         sa.Column("with_projection", sa.Boolean(), nullable=False),
+        sa.Column("format", sa.String(length=8), nullable=False),
         sa.Column("content_sha256", sa.String(length=64), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),

@@ -79,22 +79,39 @@ def test_push_writes_peft_format_that_peft_loads_from_the_hub_by_repo_id(
     assert result.sync.commit_sha == hub.head("alice/llama-vera")
     assert set(hub.files("alice/llama-vera")) == {".gitattributes", "adapter_config.json",
                                                  "adapter_model.safetensors", "README.md"}
-    # PeftModel.from_pretrained(base, repo_id) in a fresh process that knows the Hub only by HF_ENDPOINT
-    inputs = LLAMA.inputs()
-    want = output_of(make_model(seed=0), inputs)
+    want = output_of(make_model(seed=0), LLAMA.inputs())
+    torch.testing.assert_close(peft_outputs_from_hub(hub, "alice/llama-vera", tmp_path), want, rtol=1e-5, atol=1e-5)
+
+
+def test_push_as_lora_gives_a_repo_peft_loads_as_a_lora_with_equal_outputs(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    ref = published(registry, tmp_path)
+    result = sync.push(ref, "alice/llama-lora", actor="alice", as_lora=True)
+    assert result.sync.format == "lora" and result.changed
+    files = hub.files("alice/llama-lora")
+    assert json.loads(files["adapter_config.json"])["peft_type"] == "LORA"
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    assert metadata_load(tmp_path / "README.md")["vera_registry"]["format"] == "lora"
+    want = output_of(make_model(seed=0), LLAMA.inputs())
+    torch.testing.assert_close(peft_outputs_from_hub(hub, "alice/llama-lora", tmp_path), want, rtol=1e-5, atol=1e-5)
+    assert not sync.push(ref, "alice/llama-lora", actor="alice", as_lora=True).changed
+
+
+def peft_outputs_from_hub(hub: HubStandIn, repo_id: str, tmp_path: Path) -> torch.Tensor:
+    """PeftModel.from_pretrained(base, repo_id) in a fresh process that knows the Hub only by HF_ENDPOINT."""
     script = (
         "import sys, torch\nfrom peft import PeftModel\nfrom tests.conftest import TINY_MODELS\n"
-        "llama = TINY_MODELS[2]\nmodel = PeftModel.from_pretrained(llama.make(), 'alice/llama-vera').eval()\n"
+        "llama = TINY_MODELS[2]\nmodel = PeftModel.from_pretrained(llama.make(), sys.argv[2]).eval()\n"
         "with torch.no_grad():\n    torch.save(model(**llama.inputs()).logits, sys.argv[1])\n"
     )
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "0",
            "HF_HUB_DISABLE_TELEMETRY": "1"}
     out = tmp_path / "peft-logits.pt"
-    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).parents[2])
+    done = subprocess.run([sys.executable, "-c", script, str(out), repo_id], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
-    got = torch.load(out, weights_only=True)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    return torch.load(out, weights_only=True)
 
 
 def test_model_card_records_what_reproduces_and_verifies_the_adapter(
@@ -113,7 +130,7 @@ def test_model_card_records_what_reproduces_and_verifies_the_adapter(
         "projection_prng_key": info.seed, "projection_generator": info.generator,
         "projection_fingerprint": info.projection_fingerprint, "projections_included": True,
         "trainable_parameters": info.trainable_parameters, "adapter_parameters": info.adapter_parameters,
-        "metrics": {"accuracy": 0.91, "loss": 0.25}, "lineage": {},
+        "metrics": {"accuracy": 0.91, "loss": 0.25}, "lineage": {}, "format": "vera",
     }
 
 
