@@ -20,6 +20,7 @@ from registry.errors import InvalidInput, RegistryError
 from registry.schemas import JobEventInfo, JobInfo
 from registry.settings import Settings
 from registry.tokens import create_token, list_tokens, revoke_token
+from registry.training import published_metrics
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
 
 app = typer.Typer(help="VeRA adapters: inspect, verify and convert them (the registry commands come next).",
@@ -358,6 +359,43 @@ def serve(
         _fail(exc)
 
 
+@app.command("serve-model")
+def serve_model(
+    base: Annotated[str, typer.Option(help="Base model: 'minilm' (the offline demo model) or a local directory.")
+                    ] = "minilm",
+    base_name: Annotated[str | None, typer.Option(help="The base model's name in the registry; adapters published "
+                                                  "for another base are refused. Default: --base.")] = None,
+    task: Annotated[str, typer.Option(help="classification or causal-lm.")] = "classification",
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8766,
+    max_resident: Annotated[int, typer.Option(help="Adapters kept loaded (least recently used go first; pinned "
+                                              "never).")] = 10_000,
+    max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
+    max_batch: Annotated[int, typer.Option(help="Rows per forward.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    registry: RegistryUrl = None,
+) -> None:
+    """Serve many registry adapters on one base model: hot-loaded on first use, batched together."""
+    import uvicorn
+
+    from registry.serving import ModelServer
+    from registry.serving_api import create_serving_app
+
+    if task not in ("classification", "causal-lm"):
+        _fail(InvalidInput(f"--task must be classification or causal-lm, got {task!r}."))
+    try:
+        server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
+                             client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
+                             max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device)
+    except (RegistryError, VeraError) as exc:
+        _fail(exc)
+        return
+    with RegistryClient(registry, "") as client:
+        console.print(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from "
+                      f"{client.url}")
+    uvicorn.run(create_serving_app(server), host=host, port=port, log_level="warning")
+
+
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
@@ -406,8 +444,7 @@ def _metrics_file(path: Path | None) -> dict[str, object]:
         raise InvalidInput(f"--metrics {path}: not a readable JSON file ({exc}).") from exc
     if not isinstance(data, dict):
         raise InvalidInput(f"--metrics {path} must hold a JSON object.")
-    keep = ("final_eval", "test", "train_wall_time_s", "steps", "examples", "task")
-    return {k: data[k] for k in keep if k in data} if "final_eval" in data else data
+    return published_metrics(data) if "final_eval" in data else data
 
 
 @app.command()

@@ -46,7 +46,7 @@ class RegistryClient:
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 120.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
-        token = token or os.environ.get("VERA_TOKEN")
+        token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 

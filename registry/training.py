@@ -162,3 +162,20 @@ def run(
     out.joinpath("metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
 
+
+
+#: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.
+PUBLISHED_METRICS = ("final_eval", "test", "train_wall_time_s", "steps", "examples", "task", "labels", "train_loss",
+                     "eval")
+MAX_CURVE_POINTS = 500
+
+
+def published_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a version records from ``run``'s (or a metrics.json), with the loss curve thinned to at most
+    MAX_CURVE_POINTS points (the last one kept)."""
+    kept = {k: metrics[k] for k in PUBLISHED_METRICS if k in metrics}
+    curve = kept.get("train_loss")
+    if isinstance(curve, list) and len(curve) > MAX_CURVE_POINTS:
+        stride = -(-len(curve) // MAX_CURVE_POINTS)
+        kept["train_loss"] = curve[::stride] + ([curve[-1]] if (len(curve) - 1) % stride else [])
+    return dict(json.loads(json.dumps(kept)))

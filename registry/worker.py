@@ -19,7 +19,7 @@ from typing import Any
 
 from registry.jobs import Jobs
 from registry.schemas import JobInfo
-from registry.training import TrainSpec, run
+from registry.training import TrainSpec, published_metrics, run
 from vera_core.callbacks import FunctionCallback
 from vera_core.trainer import TrainerState
 
@@ -99,7 +99,7 @@ class Worker:
                     self.log(f"job {job.id}: cancelled")
                     return
                 owner, name = job.target_name.split("/", 1)
-                summary = {k: metrics[k] for k in ("final_eval", "test", "train_wall_time_s", "steps", "examples")}
+                summary = published_metrics(metrics)
                 info = self.jobs.registry.publish(
                     Path(tmp) / "adapter", owner=owner, name=name, base_model=spec.base_model,
                     metrics=json.loads(json.dumps(summary)), published_by=job.owner, tags=["fine-tune"],

@@ -31,12 +31,19 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
     db.upgrade()
     db.engine.dispose()
     port = free_port()
-    environment = {**os.environ, "VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(storage), **env}
-    process = subprocess.Popen([str(VERA), "serve", "--host", host, "--port", str(port)], env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    environment = {"VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(storage), **env}
+    with running_vera(["serve", "--host", host, "--port", str(port)], port, **environment) as url:
+        yield url
+
+
+@contextmanager
+def running_vera(args: list[str], port: int, **env: str) -> Iterator[str]:
+    """Run `vera ARGS` (a server on ``port``) until its /health answers; yield its URL; stop it afterwards."""
+    process = subprocess.Popen([str(VERA), *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
@@ -45,7 +52,7 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 output = process.stdout.read() if process.stdout else ""
-                raise RuntimeError(f"vera serve did not start: {output[-2000:]}")
+                raise RuntimeError(f"vera {args[0]} did not start: {output[-2000:]}")
             time.sleep(0.2)
         yield url
     finally:

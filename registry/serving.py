@@ -1,0 +1,322 @@
+"""Serving many registry adapters at once on one base model: hot-loaded on first use, resident until evicted,
+and batched together whatever adapter each request names.
+
+Adapters that share (generator, seed, r, targets, head shapes) share one projection and one ``AdapterBank``: a
+mixed batch costs about one adapter's arithmetic (vera_core.bank). Adapters of another family get a bank of their
+own (one more copy of the base, up to ``max_banks``). Every request names ``owner/name[:version|@alias]``; the
+name is resolved through the registry with the caller's token (so the caller needs read access to it), at most
+``resolve_ttl_s`` stale, so moving an alias switches the version served.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+
+from registry.client import RegistryClient
+from registry.errors import Conflict, InvalidInput, NotFound
+from registry.schemas import Ref, VersionInfo
+from registry.training import resolve_base
+from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
+from vera_core.model import PEFT_PREFIX
+
+Task = Literal["classification", "causal-lm"]
+#: A bank's identity: adapters with equal keys share its projection and its base copy.
+BankKey = tuple[str, int, int, tuple[str, ...], tuple[tuple[str, tuple[int, ...]], ...]]
+
+
+@dataclass
+class Resident:
+    """One adapter version held in a bank."""
+
+    ref: str  # owner/name:N, pinned to a version
+    base_model: str
+    bank: BankKey
+    labels: list[str]
+    load_s: float
+    pinned: bool = False
+    requests: int = 0
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Work:
+    kind: Literal["classify", "generate"]
+    resident: Resident
+    payload: Any
+    options: dict[str, Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class ModelServer:
+    """One base model, many adapters. ``client_for(token)`` gives a registry client acting as the caller."""
+
+    def __init__(
+        self, base: str, *, task: Task = "classification", base_name: str | None = None,
+        client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
+        max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.base_path, self.task, self.base_name = resolve_base(base), task, base_name or base
+        self.client_for, self.max_resident, self.max_banks = client_for, max_resident, max_banks
+        self.max_batch, self.batch_window_s, self.resolve_ttl_s = max_batch, batch_window_s, resolve_ttl_s
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.banks: dict[BankKey, AdapterBank] = {}
+        self.residents: dict[str, Resident] = {}
+        self._resolved: dict[tuple[str | None, str], tuple[float, VersionInfo]] = {}
+        self._loading: dict[str, threading.Lock] = {}
+        self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
+        self._queue: queue.Queue[_Work | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    # ---- resolving and loading ---------------------------------------------------------------------------------
+    def resolve(self, name: str, token: str | None) -> VersionInfo:
+        """The version ``name`` means now, checked with the caller's token (cached for ``resolve_ttl_s``)."""
+        ref = Ref.parse(name)
+        key = (token, str(ref))
+        hit = self._resolved.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s:
+            return hit[1]
+        with self.client_for(token) as client:
+            info = client.get(ref)
+        if len(self._resolved) > 100_000:  # many callers times many names: start over rather than grow
+            self._resolved.clear()
+        self._resolved[key] = (time.monotonic(), info)
+        return info
+
+    def activate(self, name: str, token: str | None, *, pin: bool = False) -> Resident:
+        """The resident adapter ``name`` resolves to, loading it from the registry on first use."""
+        info = self.resolve(name, token)
+        if info.base_model != self.base_name:
+            raise Conflict(f"{info.ref} was published for base model {info.base_model!r}; this server serves "
+                           f"{self.base_name!r}. Its vectors would not fit (or would silently mean nothing) here.")
+        with self.lock:
+            resident = self.residents.get(info.ref)
+            gate = self._loading.setdefault(info.ref, threading.Lock())
+        if resident is None:
+            with gate:  # one download per version, however many requests ask at once
+                resident = self.residents.get(info.ref) or self._load(info, token)
+        resident.pinned = resident.pinned or pin
+        resident.last_used = time.monotonic()
+        return resident
+
+    def _load(self, info: VersionInfo, token: str | None) -> Resident:
+        started = time.perf_counter()
+        with self.client_for(token) as client, tempfile.TemporaryDirectory(prefix="vera-serve-") as tmp:
+            projection = not info.seed_reproducible
+            for filename in ("adapter_config.json", "adapter_model.safetensors"):
+                (Path(tmp) / filename).write_bytes(client.download(info.ref, filename, with_projection=projection))
+            try:
+                files = read_adapter(tmp)
+            except VeraError as exc:
+                raise Conflict(f"{info.ref} cannot be read as a VeRA adapter: {exc}") from exc
+        key = _bank_key(files)
+        labels = [str(x) for x in info.metrics.get("labels", [])] if isinstance(info.metrics.get("labels"), list) \
+            else []
+        with self.lock:
+            bank = self.banks.get(key) or self._new_bank(key, files, info.ref)
+            try:
+                bank.add(info.ref, files)
+            except VeraError as exc:
+                raise Conflict(f"{info.ref} does not fit the served base {self.base_name!r}: {exc}") from exc
+            resident = Resident(ref=info.ref, base_model=info.base_model, bank=key, labels=labels,
+                                load_s=time.perf_counter() - started)
+            self.residents[info.ref] = resident
+            self._evict_over_capacity(keep=info.ref)
+        return resident
+
+    def _new_bank(self, key: BankKey, files: AdapterFiles, ref: str) -> AdapterBank:
+        if len(self.banks) >= self.max_banks:
+            idle = [k for k in self.banks if not any(r.pinned for r in self.residents.values() if r.bank == k)]
+            if not idle:
+                raise Conflict(f"{ref} needs a projection family of its own (generator, seed, rank, targets or "
+                               f"heads differ) and all {self.max_banks} banks hold pinned adapters; unpin some or "
+                               "raise --max-banks.")
+            oldest = min(idle, key=lambda k: max((r.last_used for r in self.residents.values() if r.bank == k),
+                                                 default=0.0))
+            self._drop_bank(oldest)
+        config = files.config.replace(inference_mode=True)
+        heads = dict(key[4])
+        try:
+            model = VeraModel(self._base_model(heads), config).to(self.device).eval()
+        except VeraError as exc:
+            raise Conflict(f"{ref} does not fit the served base {self.base_name!r}: {exc}") from exc
+        bank = AdapterBank(model)
+        self.banks[key] = bank
+        return bank
+
+    def _base_model(self, heads: dict[str, tuple[int, ...]]) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        if self.task == "causal-lm":
+            return cast(torch.nn.Module, AutoModelForCausalLM.from_pretrained(self.base_path, local_files_only=True))
+        # the output layer of the head is its 2-D weight with the fewest rows (classifier.weight, out_proj.weight)
+        outputs = [shape[0] for name, shape in heads.items() if name.endswith("weight") and len(shape) == 2]
+        num_labels = min(outputs, default=2)
+        return cast(torch.nn.Module, AutoModelForSequenceClassification.from_pretrained(
+            self.base_path, num_labels=num_labels, local_files_only=True))
+
+    def _drop_bank(self, key: BankKey) -> None:
+        for ref in [r for r, res in self.residents.items() if res.bank == key]:
+            del self.residents[ref]
+        del self.banks[key]
+
+    def _evict_over_capacity(self, keep: str) -> None:
+        while len(self.residents) > self.max_resident:
+            victims = [r for r in self.residents.values() if not r.pinned and r.ref != keep]
+            if not victims:
+                return
+            self.evict(min(victims, key=lambda r: r.last_used).ref)
+
+    def evict(self, ref: str) -> None:
+        with self.lock:
+            resident = self.residents.pop(ref, None)
+            if resident is None:
+                raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
+            self.banks[resident.bank].remove(ref)
+
+    def unpin(self, ref: str) -> None:
+        with self.lock:
+            if ref not in self.residents:
+                raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
+            self.residents[ref].pinned = False
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
+                     "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
+                     "family": {"generator": r.bank[0], "seed": r.bank[1], "r": r.bank[2]}}
+                    for r in sorted(self.residents.values(), key=lambda r: r.ref)]
+
+    def bytes_per_adapter(self) -> dict[str, int]:
+        with self.lock:
+            return {f"{k[0]}/seed={k[1]}/r={k[2]}": bank.bytes_per_adapter() for k, bank in self.banks.items()}
+
+    # ---- requests ----------------------------------------------------------------------------------------------
+    def classify(self, name: str, texts: Sequence[str], token: str | None = None) -> dict[str, Any]:
+        if self.task != "classification":
+            raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
+        resident = self.activate(name, token)
+        return self._submit(_Work("classify", resident, list(texts), {}))
+
+    def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None
+                 ) -> dict[str, Any]:
+        if self.task != "causal-lm":
+            raise InvalidInput(f"This server serves {self.task}; use /v1/classify.")
+        resident = self.activate(name, token)
+        return self._submit(_Work("generate", resident, prompt, {"max_new_tokens": max_new_tokens}))
+
+    def _submit(self, work: _Work) -> dict[str, Any]:
+        self._queue.put(work)
+        result: dict[str, Any] = work.future.result(timeout=600)
+        return result
+
+    def _run(self) -> None:
+        """The batcher: take what arrived within one window (up to max_batch rows), one forward per bank."""
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, rows = [first], _rows(first)
+            deadline = time.monotonic() + self.batch_window_s
+            while rows < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+                rows += _rows(item)
+            groups: dict[tuple[BankKey, str], list[_Work]] = {}
+            for work in batch:
+                groups.setdefault((work.resident.bank, work.kind), []).append(work)
+            for (key, kind), works in groups.items():
+                try:
+                    with self.lock:
+                        if kind == "classify":
+                            self._classify(key, works)
+                        else:
+                            self._generate(key, works)
+                except Exception as exc:  # noqa: BLE001 - the caller gets the error, the batcher lives on
+                    for work in works:
+                        if not work.future.done():
+                            work.future.set_exception(exc)
+
+    def _routable(self, key: BankKey, works: list[_Work]) -> tuple[AdapterBank, list[_Work]]:
+        bank = self.banks.get(key)
+        ready = []
+        for work in works:
+            if bank is None or work.resident.ref not in bank:  # evicted between activation and the forward
+                work.future.set_exception(Conflict(f"{work.resident.ref} was evicted meanwhile; send it again."))
+            else:
+                work.resident.requests += 1
+                ready.append(work)
+        assert bank is not None or not ready
+        return bank, ready  # type: ignore[return-value]
+
+    def _classify(self, key: BankKey, works: list[_Work]) -> None:
+        bank, works = self._routable(key, works)
+        if not works:
+            return
+        texts = [text for work in works for text in work.payload]
+        names = [work.resident.ref for work in works for _ in work.payload]
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
+        probs = bank(names, **enc).logits.float().softmax(-1).cpu()  # (rows, labels)
+        start = 0
+        for work in works:
+            part = probs[start:start + len(work.payload)]
+            start += len(work.payload)
+            labels = work.resident.labels if len(work.resident.labels) == part.shape[1] else \
+                [str(i) for i in range(part.shape[1])]
+            work.future.set_result({"adapter": work.resident.ref, "predictions": [
+                {"label": labels[int(row.argmax())], "scores": dict(zip(labels, (round(float(p), 6) for p in row),
+                                                                        strict=True))} for row in part]})
+
+    def _generate(self, key: BankKey, works: list[_Work]) -> None:
+        bank, works = self._routable(key, works)
+        if not works:
+            return
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer([w.payload for w in works], padding=True, return_tensors="pt").to(self.device)
+        longest = max(int(w.options["max_new_tokens"]) for w in works)
+        with torch.no_grad(), bank.route([w.resident.ref for w in works]):
+            out = cast(Any, bank.model.model).generate(**enc, max_new_tokens=longest, do_sample=False,
+                                            pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        for work, row in zip(works, new, strict=True):
+            ids = row[: int(work.options["max_new_tokens"])]
+            work.future.set_result({"adapter": work.resident.ref, "tokens": ids.tolist(),
+                                    "text": self.tokenizer.decode(ids, skip_special_tokens=True)})
+
+
+def _rows(work: _Work) -> int:
+    return len(work.payload) if work.kind == "classify" else 1
+
+
+def _bank_key(files: AdapterFiles) -> BankKey:
+    config: VeraConfig = files.config
+    heads = tuple(sorted((k[len(PEFT_PREFIX):], tuple(v.shape)) for k, v in files.tensors.items()
+                         if ".vera_lambda_" not in k and not k.startswith("base_model.vera_")))
+    targets = config.target_modules if isinstance(config.target_modules, list) else [str(config.target_modules)]
+    return (config.projection_generator, config.projection_prng_key, config.r, tuple(sorted(targets)), heads)
