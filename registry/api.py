@@ -38,7 +38,7 @@ from registry.schemas import (
     VerificationReport,
     VersionInfo,
 )
-from registry.service import MAX_RANK, Registry
+from registry.service import MAX_RANK, SORTS, Registry
 from registry.tokens import LOCAL_USER, Principal, authenticate
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
@@ -243,13 +243,15 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         r: Annotated[int | None, Query(ge=1, le=MAX_RANK)] = None,
         seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
         generator: str | None = None, tag: str | None = None,
-        q: str | None = None, include_yanked: bool = False, cursor: str | None = None,
+        q: str | None = None, include_yanked: bool = False, cursor: Annotated[str | None, Query(max_length=500)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        sort: Annotated[str, Query(description=f"one of {', '.join(SORTS)}; '-' prefix: descending")] = "-created",
+        with_total: bool = False,
     ) -> Page:
         need(caller, "read")
         return registry.list_versions(owner=owner, name=name, base_model=base_model, r=r, seed=seed,
                                       generator=generator, tag=tag, text=q, include_yanked=include_yanked,
-                                      cursor=cursor, limit=limit)
+                                      cursor=cursor, limit=limit, sort=sort, with_total=with_total)
 
     @app.post(f"{v1}/adapters/{{owner}}/{{name}}/versions", response_model=VersionInfo, status_code=201)
     async def publish(

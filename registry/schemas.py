@@ -103,6 +103,7 @@ class VersionInfo(BaseModel):
 class Page(BaseModel):
     items: list[VersionInfo]
     next_cursor: str | None
+    total: int | None = None  # all matches, when asked for (with_total)
 
 
 class VerificationReport(BaseModel):

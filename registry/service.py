@@ -535,10 +535,17 @@ class Registry:
         self, *, owner: str | None = None, name: str | None = None, base_model: str | None = None,
         r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
         text: str | None = None, include_yanked: bool = False, cursor: str | None = None, limit: int = 50,
+        sort: str = "-created", with_total: bool = False,
     ) -> Page:
-        """Newest first, filtered, with an opaque cursor for the next page."""
+        """Filtered and sorted (``sort``: one of SORTS, '-' for descending; ties by age), with an opaque cursor
+        for the next page (keyset: pages stay correct while versions are published); ``with_total`` also counts
+        all matches."""
         if not 1 <= limit <= 500:
             raise InvalidInput(f"limit must be between 1 and 500, got {limit}.")
+        column = SORTS.get(sort.lstrip("-"))
+        if column is None:
+            raise InvalidInput(f"sort {sort!r} is not one of {', '.join(SORTS)} (prefix '-' for descending).")
+        descending = sort.startswith("-")
         query = select(m.AdapterVersion).join(m.Adapter).join(m.BaseModel)
         if owner:
             query = query.where(m.Adapter.owner == owner)
@@ -560,9 +567,18 @@ class Registry:
                                     func.lower(m.AdapterVersion.description).like(like)))
         if not include_yanked:
             query = query.where(m.AdapterVersion.yanked.is_(False))
+        total = None
+        if with_total:
+            with self.db.session() as s:
+                total = s.scalar(select(func.count()).select_from(query.with_only_columns(m.AdapterVersion.id)
+                                                                  .subquery()))
         if cursor:
-            query = query.where(m.AdapterVersion.id < _decode_cursor(cursor))
-        query = query.order_by(m.AdapterVersion.id.desc()).limit(limit + 1).options(
+            value, last_id = _decode_cursor(cursor, sort)
+            after = (column < value) if descending else (column > value)
+            tie = (m.AdapterVersion.id < last_id) if descending else (m.AdapterVersion.id > last_id)
+            query = query.where(or_(after, (column == value) & tie))
+        order = (column.desc(), m.AdapterVersion.id.desc()) if descending else (column.asc(), m.AdapterVersion.id.asc())
+        query = query.order_by(*order).limit(limit + 1).options(
             selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
             selectinload(m.AdapterVersion.tags))
         with self.db.session() as s:
@@ -572,8 +588,9 @@ class Registry:
                     m.Alias.version_id.in_([v.id for v in rows])).order_by(m.Alias.name)):
                 aliases.setdefault(version_id, []).append(alias)
             items = [self._info(s, v, aliases.get(v.id, [])) for v in rows[:limit]]
-            next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-        return Page(items=items, next_cursor=next_cursor)
+            last = rows[limit - 1] if len(rows) > limit else None
+            next_cursor = _encode_cursor(sort, getattr(last, column.key), last.id) if last is not None else None
+        return Page(items=items, next_cursor=next_cursor, total=total)
 
     # ---- compare -----------------------------------------------------------------------------------------------------
     def compare(self, refs: list[str]) -> Comparison:
@@ -733,19 +750,28 @@ class Registry:
         return report
 
 
-def _encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+#: Sortable columns of version listings (the key metrics are sorted by the dashboard within a page).
+SORTS: dict[str, Any] = {
+    "created": m.AdapterVersion.id, "trainable_parameters": m.AdapterVersion.trainable_parameters,
+    "stored_bytes": m.AdapterVersion.stored_bytes, "r": m.AdapterVersion.r,
+    "verification_status": m.AdapterVersion.verification_status,
+}
 
 
-def _decode_cursor(cursor: str) -> int:
+def _encode_cursor(sort: str, value: Any, last_id: int) -> str:
+    text = json.dumps(["v2", sort, value, last_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, value = text.partition(":")
-        if version != "v1":
+        version, for_sort, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if version != "v2" or for_sort != sort or not isinstance(last_id, int) or isinstance(value, (dict, list)):
             raise ValueError(version)
-        return int(value)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput(f"cursor {cursor!r} is not one this registry issued; start again without it.") from None
+        return value, last_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidInput(f"cursor {cursor!r} is not one this registry issued for sort={sort!r}; start again "
+                           "without it.") from None
 
 
 def iter_all(registry: Registry, **filters: Any) -> Iterator[VersionInfo]:

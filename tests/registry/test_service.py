@@ -251,6 +251,25 @@ def test_list_filters_and_cursor_pagination(registry: Registry, tmp_path: Path) 
     assert [v.name for v in registry.list_versions(text="sentiment").items] == ["rank4"]
     with pytest.raises(InvalidInput, match="cursor 'bogus' is not one this registry issued"):
         registry.list_versions(cursor="bogus")
+    # sorted pages: every version once, in order (ties by age), with the total count
+    for sort in ("trainable_parameters", "-trainable_parameters", "r", "-created", "created"):
+        ordered, cursor = [], None
+        while True:
+            page = registry.list_versions(limit=2, cursor=cursor, sort=sort, with_total=True)
+            assert page.total == 9
+            ordered += page.items
+            if (cursor := page.next_cursor) is None:
+                break
+        assert len({v.ref for v in ordered}) == 9
+        key = sort.lstrip("-").replace("created", "created_at")
+        values = [(getattr(v, key), v.created_at) for v in ordered]
+        assert values == sorted(values, reverse=sort.startswith("-")), sort
+    assert registry.list_versions(sort="-trainable_parameters").items[-1].name == "rank4"
+    first = registry.list_versions(limit=2, sort="r").next_cursor
+    with pytest.raises(InvalidInput, match="not one this registry issued for sort='-r'"):
+        registry.list_versions(cursor=first, sort="-r")
+    with pytest.raises(InvalidInput, match="sort 'metrics' is not one of created, trainable_parameters"):
+        registry.list_versions(sort="metrics")
 
 
 def test_compare(registry: Registry, tmp_path: Path) -> None:
