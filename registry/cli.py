@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -396,18 +399,54 @@ def serve_model(
     uvicorn.run(create_serving_app(server), host=host, port=port, log_level="warning")
 
 
+def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
+    """Start the Streamlit dashboard (a child process) against ``registry_url``."""
+    import web_ui
+
+    command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--global.developmentMode", "false"]
+    return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url})
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
+    registry: RegistryUrl = None,
+) -> None:
+    """The dashboard (Streamlit) on http://127.0.0.1:PORT, talking to the registry's API."""
+    with RegistryClient(registry, "") as client:
+        url = client.url
+    console.print(f"dashboard on http://127.0.0.1:{port} for the registry at {url}")
+    process = _dashboard(port, url)
+    try:
+        raise typer.Exit(process.wait())
+    finally:
+        if process.poll() is None:
+            process.terminate()
+
+
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
+    ui_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
+    with_ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Start the dashboard too.")] = True,
 ) -> None:
-    """The product on the embedded default: the API and one job worker on 127.0.0.1, with SQLite and a local folder
-    (VERA_DATA_DIR). The dashboard joins this command when it lands.
+    """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1, with SQLite
+    and a local folder (VERA_DATA_DIR).
     """
     settings = _settings(None)
+    dashboard = _dashboard(ui_port, f"http://127.0.0.1:{port}") if with_ui else None
+    if dashboard is not None:
+        console.print(f"dashboard on http://127.0.0.1:{ui_port}")
     try:
         _run_api("127.0.0.1", port, settings, with_worker=True)
     except RegistryError as exc:
         _fail(exc)
+    finally:
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            dashboard.wait(timeout=20)
 
 
 @app.command()

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import torch
+from safetensors.torch import load as load_safetensors
 
 from registry.errors import HTTP_STATUS, InvalidInput, RegistryError
 from registry.schemas import (
@@ -23,6 +25,7 @@ from registry.schemas import (
     VersionInfo,
 )
 from vera_core.checkpoint import write_adapter_files
+from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 #: The server's problem type names the exception; the status decides when it names none we know.
@@ -119,6 +122,38 @@ class RegistryClient:
     def base_models(self) -> list[BaseModelInfo]:
         return [BaseModelInfo.model_validate(b) for b in self._request("GET", "/api/v1/base-models").json()]
 
+    # ---- analysis (what the dashboard draws) ---------------------------------------------------------------
+    def tensors(self, ref: str | Ref) -> dict[str, torch.Tensor]:
+        """The version's tensors (vectors and heads; A and B too when they are stored, not seed-reproducible)."""
+        info = self.get(ref)
+        return load_safetensors(self.download(info.ref, "adapter_model.safetensors",
+                                              with_projection=not info.seed_reproducible))
+
+    def layer_magnitudes(self, ref: str | Ref) -> list[dict[str, Any]]:
+        """Per adapted layer: mean |d| and mean |b| and their norms (where adaptation concentrates, as in the
+        paper's analysis), in model order."""
+        tensors = self.tensors(ref)
+        rows = []
+        for key, b in tensors.items():
+            if key.endswith(".vera_lambda_b"):
+                layer = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
+                d = tensors[key.replace(".vera_lambda_b", ".vera_lambda_d")]
+                rows.append({"layer": layer, "d_mean_abs": float(d.abs().mean()), "b_mean_abs": float(b.abs().mean()),
+                             "d_norm": float(d.norm()), "b_norm": float(b.norm())})
+        return rows
+
+    def storage(self, ref: str | Ref) -> dict[str, Any]:
+        """Where a version's bytes go: vector and head parameters, the stored blob, the projection (regenerated
+        from the seed, or stored once and shared)."""
+        info = self.get(ref)
+        tensors = self.tensors(info.ref)
+        vectors = sum(t.numel() for k, t in tensors.items() if ".vera_lambda_" in k)
+        heads = sum(t.numel() for k, t in tensors.items() if ".vera_lambda_" not in k and k not in PROJECTION_KEYS)
+        projection = sum(tensors[k].numel() for k in PROJECTION_KEYS if k in tensors)
+        return {"vector_parameters": vectors, "head_parameters": heads, "stored_bytes": info.stored_bytes,
+                "projection": "regenerated from the seed (0 bytes stored)" if info.seed_reproducible else
+                f"stored once, shared ({4 * projection:,} bytes)", "projection_parameters": projection}
+
     # ---- writes --------------------------------------------------------------------------------------------
     def publish(
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
@@ -170,11 +205,14 @@ class RegistryClient:
         return [HubSyncInfo.model_validate(s) for s in self._request("GET", f"{self._path(ref)}/hub").json()]
 
     # ---- jobs ----------------------------------------------------------------------------------------------
-    def submit_job(self, target: str, spec: dict[str, Any], *, dataset: str | os.PathLike[str] | None = None
-                   ) -> JobInfo:
-        """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as registry.training.TrainSpec."""
+    def submit_job(self, target: str, spec: dict[str, Any], *,
+                   dataset: str | os.PathLike[str] | tuple[str, bytes] | None = None) -> JobInfo:
+        """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as registry.training.TrainSpec.
+        ``dataset``: a .csv/.jsonl path, or (file name, bytes) as uploaded."""
         files = None
-        if dataset is not None:
+        if isinstance(dataset, tuple):
+            files = {"dataset": (dataset[0], dataset[1], "application/octet-stream")}
+        elif dataset is not None:
             path = Path(dataset)
             if not path.is_file():
                 raise InvalidInput(f"Dataset {path} does not exist.")

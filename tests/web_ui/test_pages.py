@@ -1,0 +1,143 @@
+"""Each dashboard page through streamlit.testing.v1.AppTest against a real registry server (tokens required)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from registry.client import RegistryClient
+from registry.db import Database
+from registry.tokens import create_token
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import free_port, running_server
+
+CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("ui")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        db = Database(url)
+        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        with RegistryClient(base, token) as client:
+            for i, r in enumerate((8, 4, 8)):
+                client.publish(make_adapter(root / f"a{i}", seed=i, r=r), f"alice/model{i}", base_model="tiny-llama",
+                               metrics={"test": {"accuracy": 0.8 + i / 100}, "final_eval": {"loss": 0.5 - i / 10},
+                                        "train_loss": [[s, loss + i / 10] for s, loss in CURVE]},
+                               tags=["demo"] if i else [])
+            client.set_alias("alice/model0:1", "prod")
+        yield {"url": base, "token": token}
+
+
+def page(name: str, registry: dict[str, Any], **state: Any) -> AppTest:
+    """Run one page's function as the dashboard does (guarded), with the session's connection set."""
+    at = AppTest.from_string(f"from web_ui import session, {name}\nsession.guarded({name}.page)()\n",
+                             default_timeout=60)
+    at.session_state["registry_url"] = registry["url"]
+    at.session_state["token"] = registry["token"]
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for kind in ("markdown", "caption", "title", "subheader", "info", "error",
+                                              "warning", "success") for e in getattr(at, kind))
+
+
+def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str, Any]) -> None:
+    at = page("browse", registry)
+    assert not at.exception
+    frame = at.dataframe[0].value
+    assert list(frame["version"]) == ["alice/model2:1", "alice/model1:1", "alice/model0:1"]
+    assert "3 versions match" in texts(at)
+    assert list(frame["accuracy"]) == pytest.approx([0.82, 0.81, 0.8])
+    form_rank = next(n for n in at.number_input if n.label == "Rank")
+    form_rank.set_value(4)
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert list(at.dataframe[0].value["version"]) == ["alice/model1:1"]
+    form_rank.set_value(0)
+    next(s for s in at.selectbox if s.label == "Sort").set_value("trainable_parameters")
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert list(at.dataframe[0].value["version"])[0] == "alice/model1:1"  # r=4: fewest parameters
+
+
+def test_browse_pages_through_thousands_with_a_cursor(registry: dict[str, Any]) -> None:
+    at = page("browse", registry)
+    next(s for s in at.select_slider if s.label == "Rows per page").set_value(25)
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert next(b for b in at.button if b.label == "Next page").disabled  # 3 rows: one page
+    assert next(b for b in at.button if b.label == "Previous page").disabled
+
+
+def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, adapter_ref="alice/model0@prod")
+    assert not at.exception
+    assert at.subheader[0].value == "alice/model0:1"
+    assert {m.label: m.value for m in at.metric}["Rank"] == "8"
+    shown = texts(at)
+    assert "Published directly" in shown and "Never pushed to or pulled from the HuggingFace Hub" in shown
+    layers = next(d.value for d in at.dataframe if "d_mean_abs" in d.value.columns)
+    assert len(layers) == 14 and (layers["d_mean_abs"] > 0).all()
+    assert any("regenerated from the seed" in str(j.value) for j in at.json)
+    next(b for b in at.button if b.label == "Verify now").click()
+    at.run()
+    assert any("alice/model0:1: passed" in s.value for s in at.success)
+
+
+def test_compare_page_puts_versions_side_by_side(registry: dict[str, Any]) -> None:
+    at = page("compare", registry, compare_refs=["alice/model0:1", "alice/model2:1"])
+    assert not at.exception
+    frame = at.dataframe[0].value
+    assert list(frame["version"]) == ["alice/model0:1", "alice/model2:1"]
+    assert "cos(ΔW of each version" in texts(at)
+    at.multiselect[0].set_value(["alice/model0:1"])
+    at.run()
+    assert "Choose two to four versions" in texts(at)
+
+
+def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> None:
+    at = page("train", registry)
+    assert not at.exception
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/from-ui")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(0.1)
+    next(b for b in at.button if b.label == "Launch").click()
+    at.run()
+    assert any("Queued job" in s.value and "alice/from-ui" in s.value for s in at.success)
+    assert {m.label: m.value for m in at.metric}["Status"] == "queued"  # no worker here
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.jobs()[0]
+        assert job.target_name == "alice/from-ui" and job.spec["demo"] and job.spec["training"]["epochs"] == 0.1
+        client.cancel_job(job.id)
+
+
+def test_messages_instead_of_tracebacks_when_unreachable_or_refused(registry: dict[str, Any]) -> None:
+    down = page("browse", {"url": f"http://127.0.0.1:{free_port()}", "token": ""})
+    assert not down.exception and "cannot be reached" in texts(down) and "vera up" in texts(down)
+    refused = page("browse", {"url": registry["url"], "token": "vera_wrong"})
+    assert not refused.exception and "refused the token" in texts(refused)
+    anonymous = page("adapter", {"url": registry["url"], "token": ""}, adapter_ref="alice/model0")
+    assert "requires a token" in texts(anonymous)
+    missing = page("adapter", registry, adapter_ref="alice/nothing")
+    assert not missing.exception and "nothing" in texts(missing)
+    malformed = page("adapter", registry, adapter_ref="not a ref")
+    assert not malformed.exception and "not an adapter reference" in texts(malformed)
+
+
+def test_the_router_runs_the_browse_page_by_default(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    monkeypatch.setenv("VERA_REGISTRY_URL", registry["url"])
+    monkeypatch.setenv("VERA_TOKEN", registry["token"])
+    at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert at.title[0].value == "Adapters"

@@ -1,0 +1,89 @@
+"""Browse: every adapter version, filtered, sorted and paged by the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from registry.schemas import Page, VersionInfo
+from web_ui import session
+
+SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
+               "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
+               "stored_bytes": "smallest stored", "-r": "highest rank", "r": "lowest rank",
+               "verification_status": "verification status"}
+
+
+def key_metrics(info: VersionInfo) -> dict[str, float | None]:
+    """The numbers people compare: test and eval accuracy (or any flat 'accuracy'), final eval loss."""
+    metrics: dict[str, Any] = info.metrics
+    test, final = metrics.get("test") or {}, metrics.get("final_eval") or {}
+    accuracy = test.get("accuracy") if isinstance(test, dict) else None
+    if accuracy is None:
+        accuracy = final.get("accuracy") if isinstance(final, dict) else metrics.get("accuracy")
+    loss = final.get("loss") if isinstance(final, dict) else metrics.get("loss")
+    return {"accuracy": accuracy if isinstance(accuracy, int | float) else None,
+            "eval loss": loss if isinstance(loss, int | float) else None}
+
+
+def table(items: list[VersionInfo]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "version": v.ref, "base model": v.base_model, "r": v.r, "seed": str(v.seed), "generator": v.generator,
+        "trainable params": v.trainable_parameters, "stored bytes": v.stored_bytes, **key_metrics(v),
+        "verification": v.verification_status, "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags),
+        "created": v.created_at,
+    } for v in items])
+
+
+def page() -> None:
+    st.title("Adapters")
+    bases = [b.name for b in session.read("base_models")]
+    with st.form("filters"):
+        c1, c2, c3, c4 = st.columns(4)
+        owner = c1.text_input("Owner")
+        base = c2.selectbox("Base model", ["any", *bases])
+        rank = c3.number_input("Rank", min_value=0, value=0, help="0: any")
+        seed = c4.text_input("Seed")
+        c5, c6, c7, c8 = st.columns(4)
+        generator = c5.selectbox("Generator", ["any", "philox4x32-10-kaiming-uniform-v1", "torch-kaiming-uniform"])
+        tag = c6.text_input("Tag")
+        text = c7.text_input("Search", help="owner, name or description")
+        sort = c8.selectbox("Sort", list(SORT_LABELS), format_func=SORT_LABELS.__getitem__)
+        size = st.select_slider("Rows per page", [25, 50, 100, 250, 500], value=50)
+        if st.form_submit_button("Apply"):
+            st.session_state["browse_cursors"] = [None]
+    if seed and not seed.isdigit():
+        st.warning(f"Seed {seed!r} is not a number; it is ignored.")
+    filters = {"owner": owner or None, "base_model": None if base == "any" else base, "r": rank or None,
+               "seed": int(seed) if seed.isdigit() else None, "generator": None if generator == "any" else generator,
+               "tag": tag or None, "q": text or None, "sort": sort, "limit": size, "with_total": True}
+    cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
+    result: Page = session.read("list_versions", cursor=cursors[-1], **filters)
+    first = (len(cursors) - 1) * size
+    st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
+               f"{first + len(result.items):,}. Click a column to sort this page (e.g. by accuracy).")
+    if not result.items:
+        st.info("No adapter matches. Publish one with `vera publish`, or train one on the Train page.")
+        return
+    frame = table(result.items)
+    selection = st.dataframe(
+        frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+        column_config={"stored bytes": st.column_config.NumberColumn(format="%d B"),
+                       "accuracy": st.column_config.NumberColumn(format="%.3f"),
+                       "eval loss": st.column_config.NumberColumn(format="%.4f"),
+                       "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+        key="browse_table")
+    back, forward, _ = st.columns([1, 1, 6])
+    if back.button("Previous page", disabled=len(cursors) == 1):
+        cursors.pop()
+        st.rerun()
+    if forward.button("Next page", disabled=result.next_cursor is None):
+        cursors.append(result.next_cursor)
+        st.rerun()
+    rows = selection.selection.rows if selection is not None else []
+    chosen = st.selectbox("Open", frame["version"], index=rows[0] if rows else 0)
+    if st.button("Open adapter", type="primary"):
+        st.session_state["adapter_ref"] = chosen
+        st.switch_page(st.session_state["pages"]["adapter"])

@@ -1,0 +1,77 @@
+"""The dashboard's connection to the registry: URL and token per browser session, one typed client per call, and
+clear messages (never a traceback) when the registry is unreachable or refuses the token."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from registry.client import DEFAULT_URL, RegistryClient, RegistryUnavailable
+from registry.errors import Forbidden, NotFound, RegistryError, Unauthorized
+
+T = TypeVar("T")
+
+
+def settings() -> tuple[str, str]:
+    """(registry URL, token) of this browser session; defaults from VERA_REGISTRY_URL and VERA_TOKEN."""
+    state = st.session_state
+    state.setdefault("registry_url", os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL)
+    state.setdefault("token", os.environ.get("VERA_TOKEN", ""))
+    return state["registry_url"], state["token"]
+
+
+def client() -> RegistryClient:
+    url, token = settings()
+    return RegistryClient(url, token, timeout=60)
+
+
+def call(fn: Callable[[RegistryClient], T]) -> T:
+    """Run ``fn`` with a fresh client (closed afterwards)."""
+    with client() as c:
+        return fn(c)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def cached(url: str, token: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    """A read through the client, cached for a few seconds per (registry, token, call)."""
+    with RegistryClient(url, token, timeout=60) as c:
+        return getattr(c, method)(*args, **kwargs)
+
+
+def read(method: str, *args: Any, **kwargs: Any) -> Any:
+    url, token = settings()
+    return cached(url, token, method, *args, **kwargs)
+
+
+def show_error(exc: RegistryError) -> None:
+    url, token = settings()
+    if isinstance(exc, RegistryUnavailable):
+        st.error(f"The registry at {url} cannot be reached. Start one with `vera up` (or `vera serve`), or set its "
+                 "URL in the sidebar.", icon=":material/cloud_off:")
+    elif isinstance(exc, Unauthorized):
+        st.error(("The registry refused the token. " if token else "This registry requires a token. ")
+                 + "Paste a valid one in the sidebar (`vera token create --owner NAME --scope read`).",
+                 icon=":material/key_off:")
+    elif isinstance(exc, Forbidden):
+        st.error(f"The token may not do this: {exc}", icon=":material/block:")
+    elif isinstance(exc, NotFound):
+        st.warning(str(exc), icon=":material/search_off:")
+    else:
+        st.error(str(exc), icon=":material/error:")
+
+
+def guarded(page: Callable[[], None]) -> Callable[[], None]:
+    """A page that shows registry errors as messages instead of tracebacks."""
+
+    @functools.wraps(page)
+    def run() -> None:
+        try:
+            page()
+        except RegistryError as exc:
+            show_error(exc)
+
+    return run

@@ -1,0 +1,102 @@
+"""Train: launch a fine-tune job, then follow it live (loss, step, ETA, logs), cancel it, open its result."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from registry.schemas import JobInfo
+from web_ui import charts, session
+
+ACTIVE = ("queued", "running")
+
+
+def page() -> None:
+    st.title("Fine-tune")
+    launch()
+    st.divider()
+    jobs: list[JobInfo] = session.call(lambda c: c.jobs())
+    if not jobs:
+        st.caption("No jobs yet.")
+        return
+    labels = {j.id: f"job {j.id}: {j.target_name} ({j.status})" for j in jobs}
+    chosen = st.session_state.get("job_id")
+    ids = list(labels)
+    job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0, format_func=labels.get)
+    st.session_state["job_id"] = job_id
+    follow(job_id)
+
+
+def launch() -> None:
+    with st.form("train"):
+        st.markdown("**New fine-tune job** (a worker trains it and publishes the adapter)")
+        c1, c2 = st.columns(2)
+        target = c1.text_input("Publish as", placeholder="owner/name")
+        base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a local directory "
+                                                                "on the worker")
+        demo = st.checkbox("Demo task (word polarity, offline)", value=True)
+        upload = st.file_uploader("Or a dataset (.csv or .jsonl with text and label columns)", type=["csv", "jsonl"])
+        c3, c4, c5, c6 = st.columns(4)
+        r = c3.number_input("Rank r", 1, 4096, 256)
+        prng = c4.number_input("Projection seed", 0, 2**53 - 1, 0,
+                               help="up to 2^53 - 1 here; any uint64 with `vera job submit`")
+        generator = c5.selectbox("Generator", ["philox4x32-10-kaiming-uniform-v1", "torch-kaiming-uniform"])
+        d_initial = c6.number_input("d initial", 0.0, 10.0, 0.1)
+        c7, c8, c9, c10 = st.columns(4)
+        epochs = c7.number_input("Epochs", 0.05, 100.0, 1.0)
+        lr = c8.number_input("Vector learning rate", 1e-5, 1.0, 1e-2, format="%.4f")
+        head_lr = c9.number_input("Head learning rate", 1e-6, 1.0, 1e-3, format="%.5f")
+        batch = c10.number_input("Batch size", 1, 1024, 32)
+        if not st.form_submit_button("Launch", type="primary"):
+            return
+    use_demo = demo and upload is None
+    spec = {"base_model": base, "demo": use_demo, "r": int(r), "projection_prng_key": int(prng),
+            "projection_generator": generator, "d_initial": float(d_initial),
+            "training": {"epochs": float(epochs), "lr": float(lr), "head_lr": float(head_lr),
+                         "batch_size": int(batch)}}
+    dataset = None if upload is None else (upload.name, upload.getvalue())
+    if not use_demo:
+        spec["data"] = upload.name if upload is not None else None
+    job = session.call(lambda c: c.submit_job(target, spec, dataset=dataset))
+    st.session_state["job_id"] = job.id
+    st.success(f"Queued job {job.id} for {job.target_name}.")
+
+
+@st.fragment(run_every=2)
+def follow(job_id: int) -> None:
+    """Live while the job runs: status, step, ETA, loss chart, logs; refreshed every two seconds."""
+    try:
+        job: JobInfo = session.call(lambda c: c.job(job_id))
+        events = session.call(lambda c: c.job_events(job_id))
+    except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
+        st.warning(f"Cannot refresh job {job_id}: {exc}")
+        return
+    p = job.progress
+    cols = st.columns(4)
+    cols[0].metric("Status", job.status)
+    cols[1].metric("Step", f"{p.get('step', 0)} / {p.get('total_steps', '?')}")
+    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and job.status in ACTIVE else "-")
+    cols[3].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "-")
+    if job.status in ACTIVE and p.get("total_steps"):
+        st.progress(min(1.0, p.get("step", 0) / p["total_steps"]))
+    steps = [[e.data["step"], e.data["loss"]] for e in events if e.kind == "step" and "loss" in e.data]
+    chart = charts.loss_curves({f"job {job_id}": steps})
+    if chart is not None:
+        st.altair_chart(chart, width="stretch")
+    if job.status in ACTIVE and st.button("Cancel job", key=f"cancel-{job_id}"):
+        session.call(lambda c: c.cancel_job(job_id))
+        st.rerun()
+    if job.result_ref:
+        st.success(f"Published {job.result_ref}")
+        if st.button(f"Open {job.result_ref}", key=f"open-{job_id}"):
+            st.session_state["adapter_ref"] = job.result_ref
+            st.switch_page(st.session_state["pages"]["adapter"])
+    if job.error:
+        st.error("The job failed:")
+        st.code(job.error[-4000:])
+    logs = [f"{e.at:%H:%M:%S} {e.kind:8s} {json.dumps(e.data)}" for e in events if e.kind in ("log", "evaluate")]
+    with st.expander("Logs", expanded=job.status not in ACTIVE):
+        st.code("\n".join(logs[-200:]) or "(nothing yet)")
+    if events:
+        st.caption(f"{len(events)} events; spec {json.dumps(job.spec)}")
