@@ -85,9 +85,10 @@ def throughput(server: ModelServer, names: list[str], seconds: float, clients: i
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapters", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--r", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp, \
@@ -113,7 +114,11 @@ def main() -> None:
                 server.classify(name, TEXT)
                 warm.append(time.perf_counter() - t)
             counts = [n for n in (1, 10, 100, 1000) if n <= len(names)]
-            rates = {n: throughput(server, names[:n], args.seconds, args.clients) for n in counts}
+            samples: dict[int, list[float]] = {n: [] for n in counts}
+            for round_ in range(args.rounds):  # interleaved, each round in another order: drift hits all points
+                for n in (counts if round_ % 2 == 0 else counts[::-1]):
+                    samples[n].append(throughput(server, names[:n], args.seconds, args.clients))
+            rates = {n: statistics.median(v) for n, v in samples.items()}
             bank_bytes = next(iter(server.bytes_per_adapter().values()))
         finally:
             server.close()
@@ -121,13 +126,14 @@ def main() -> None:
     print(f"## bench/serving.py, {date.today()}: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"MiniLM seq-cls, VeRA r={args.r} on query+value, {len(names)} adapters published over HTTP in "
-          f"{publish_s:.1f} s; {args.clients} client threads, {args.seconds:g} s per point")
+          f"{publish_s:.1f} s; {args.clients} client threads, {args.seconds:g} s per point, median of "
+          f"{args.rounds} interleaved rounds")
     print(f"activation (first request: resolve + download + add + forward): median "
           f"{statistics.median(activation) * 1000:.1f} ms, p95 {activation[int(0.95 * len(activation))] * 1000:.1f} "
           f"ms, max {activation[-1] * 1000:.1f} ms; a warm request: median {statistics.median(warm) * 1000:.1f} ms")
-    print("| distinct adapters in traffic | requests/s | vs 1 adapter |\n|---|---|---|")
+    print("| distinct adapters in traffic | requests/s (median) | rounds | vs 1 adapter |\n|---|---|---|---|")
     for n, rate in rates.items():
-        print(f"| {n} | {rate:.1f} | {rate / rates[1]:.2f} |")
+        print(f"| {n} | {rate:.1f} | {', '.join(f'{x:.0f}' for x in samples[n])} | {rate / rates[1]:.2f} |")
     print(f"memory per resident adapter: bank {bank_bytes:,} B ({2**30 // bank_bytes:,} per GiB); RSS growth "
           f"{rss_per:,.0f} B ({2**30 / rss_per:,.0f} per GiB)")
 

@@ -1,4 +1,5 @@
-"""The `vera` command line. Local adapter tools for now; the registry commands join as the service lands."""
+"""The `vera` command line: local adapter tools, the registry (serve, publish, fetch, ...), Hub sync, jobs, the
+dashboard and multi-adapter serving."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from registry.tokens import create_token, list_tokens, revoke_token
 from registry.training import published_metrics
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
 
-app = typer.Typer(help="VeRA adapters: inspect, verify and convert them (the registry commands come next).",
+app = typer.Typer(help="VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from "
+                  "the registry; sync with the HuggingFace Hub; `vera up` runs the whole product.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 projection_app = typer.Typer(help="The shared random projections A and B.", no_args_is_help=True)
 app.add_typer(projection_app, name="projection")
@@ -405,7 +407,7 @@ def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
 
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--global.developmentMode", "false"]
+               "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
     return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url})
 
 

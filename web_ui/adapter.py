@@ -152,8 +152,7 @@ def downloads(info: VersionInfo) -> None:
                                   disabled=not info.seed_reproducible)
     as_lora = st.checkbox("As the equivalent LoRA (for vLLM, LoRAX)")
     for name in FILES[:2] if as_lora else FILES:
-        data = session.call(lambda c, n=name: c.download(info.ref, n, with_projection=with_projection,
-                                                         as_lora=as_lora))
+        data: bytes = session.read("download", info.ref, name, with_projection=with_projection, as_lora=as_lora)
         st.download_button(f"{name} ({len(data):,} B)", data, file_name=name, key=f"dl-{name}")
     st.code(f"vera fetch {info.ref} --out {info.name}" + (" --as lora" if as_lora else "")
             + (" --with-projection" if with_projection and not as_lora else ""), language="bash")

@@ -22,10 +22,12 @@ def page() -> None:
         return
     labels = {j.id: f"job {j.id}: {j.target_name} ({j.status})" for j in jobs}
     chosen = st.session_state.get("job_id")
-    ids = list(labels)
-    job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0, format_func=labels.get)
-    st.session_state["job_id"] = job_id
-    follow(job_id)
+    ids: list[int] = list(labels)
+    job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0,
+                          format_func=lambda i: labels[i])
+    if job_id is not None:
+        st.session_state["job_id"] = job_id
+        follow(job_id)
 
 
 def launch() -> None:

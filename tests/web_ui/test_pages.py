@@ -13,6 +13,7 @@ from registry.client import RegistryClient
 from registry.db import Database
 from registry.tokens import create_token
 from tests.registry.adapters import make_adapter
+from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, running_server
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
@@ -22,7 +23,9 @@ CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+                                              VERA_HUB_ENDPOINT=hub.url) as base:
+        hub.tokens["hf_ui"] = "alice"
         db = Database(url)
         token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
         db.engine.dispose()
@@ -33,7 +36,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                                         "train_loss": [[s, loss + i / 10] for s, loss in CURVE]},
                                tags=["demo"] if i else [])
             client.set_alias("alice/model0:1", "prod")
-        yield {"url": base, "token": token}
+        yield {"url": base, "token": token, "hub": hub}
 
 
 def page(name: str, registry: dict[str, Any], **state: Any) -> AppTest:
@@ -93,6 +96,23 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     next(b for b in at.button if b.label == "Verify now").click()
     at.run()
     assert any("alice/model0:1: passed" in s.value for s in at.success)
+
+
+def test_adapter_page_pushes_to_the_hub_and_shows_the_sync_state(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, adapter_ref="alice/model1:1")
+    next(t for t in at.text_input if t.label == "Repo id").set_value("alice/model1-vera")
+    next(t for t in at.text_input if t.label.startswith("Hub token (used once")).set_value("hf_ui")
+    next(b for b in at.button if b.label == "Push").click()
+    at.run()
+    head = registry["hub"].head("alice/model1-vera")
+    assert any(f"Pushed alice/model1-vera@{head[:12]}" in s.value for s in at.success), texts(at)
+    syncs = next(d.value for d in at.dataframe if "direction" in d.value.columns)
+    assert list(syncs["repo"]) == ["alice/model1-vera"] and list(syncs["commit"]) == [head[:12]]
+    next(t for t in at.text_input if t.label == "Repo id").set_value("alice/model1-vera")
+    next(t for t in at.text_input if t.label.startswith("Hub token (used once")).set_value("hf_wrong")
+    next(b for b in at.button if b.label == "Push").click()
+    at.run()
+    assert not at.exception and "refused the token (401" in texts(at)
 
 
 def test_compare_page_puts_versions_side_by_side(registry: dict[str, Any]) -> None:
