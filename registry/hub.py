@@ -123,8 +123,11 @@ class HubSync:
             VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME])))]
         api = self._api(token)
         with self._hub_errors(f"pushing {info.ref} to {repo_id}", repo_id, pushing=True):
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            before = api.model_info(repo_id, revision=revision).sha
+            try:
+                before = api.model_info(repo_id, revision=revision).sha
+            except hub_errors.RepositoryNotFoundError:  # (creating only when missing also keeps clear of
+                api.create_repo(repo_id, private=private, exist_ok=True)  # create_repo's exist_ok fallbacks)
+                before = api.model_info(repo_id, revision=revision).sha
             commit = api.create_commit(
                 repo_id, operations=[CommitOperationAdd(name, files[name]) for name in PUSHED_FILES],
                 commit_message=f"vera-registry: {info.ref}", revision=revision,
@@ -276,6 +279,9 @@ class HubSync:
         except httpx2.TransportError as exc:
             raise HubError(f"{action}: cannot reach the Hub at {self.endpoint} ({type(exc).__name__}); nothing was "
                            "recorded. Check the network and VERA_HUB_ENDPOINT.") from exc
+        except (ValueError, KeyError, TypeError) as exc:  # an answer huggingface_hub could not use
+            raise HubError(f"{action}: unexpected answer from the Hub at {self.endpoint} ({type(exc).__name__}: "
+                           f"{exc}); nothing was recorded.{after}") from exc
 
 
 def _http_problem(exc: hub_errors.HfHubHTTPError) -> str:

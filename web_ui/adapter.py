@@ -102,16 +102,6 @@ def verify(info: VersionInfo) -> None:
 
 
 def hub(info: VersionInfo) -> None:
-    syncs = session.read("hub_status", info.ref)
-    if syncs:
-        st.dataframe(pd.DataFrame([{"direction": s.direction, "repo": s.repo_id, "revision": s.revision,
-                                    "commit": s.commit_sha[:12], "format": s.format if s.format == "lora" else (
-                                        "vera" if s.with_projection else "vera, seed-only"),
-                                    "by": s.actor, "at": s.at, "link": s.commit_url} for s in syncs]),
-                     hide_index=True, width="stretch",
-                     column_config={"link": st.column_config.LinkColumn()})
-    else:
-        st.caption("Never pushed to or pulled from the HuggingFace Hub.")
     with st.form("hub_push"):
         st.markdown("**Push to the Hub** (PEFT's format and a model card; an unchanged push makes no commit)")
         repo = st.text_input("Repo id", placeholder="namespace/name")
@@ -145,6 +135,17 @@ def hub(info: VersionInfo) -> None:
             else:
                 st.success(("Pulled as " if result.changed else "Unchanged, already ") + result.version.ref)
                 st.cache_data.clear()
+    st.markdown("**Sync state** (pushes and pulls of this version, newest first)")
+    syncs = session.read("hub_status", info.ref)
+    if syncs:
+        st.dataframe(pd.DataFrame([{"direction": s.direction, "repo": s.repo_id, "revision": s.revision,
+                                    "commit": s.commit_sha[:12], "format": s.format if s.format == "lora" else (
+                                        "vera" if s.with_projection else "vera, seed-only"),
+                                    "by": s.actor, "at": s.at, "link": s.commit_url} for s in syncs]),
+                     hide_index=True, width="stretch",
+                     column_config={"link": st.column_config.LinkColumn()})
+    else:
+        st.caption("Never pushed to or pulled from the HuggingFace Hub.")
 
 
 def downloads(info: VersionInfo) -> None:

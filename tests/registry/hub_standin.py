@@ -138,6 +138,8 @@ class HubStandIn:
         @app.middleware("http")
         async def faults(request: Request, call_next: Any) -> Any:
             self.requests.append((request.method, request.url.path, request.headers.get("authorization", "")))
+            if request.headers.get("authorization") and user_of(request) is None:  # the Hub refuses bad tokens
+                return error(401, "Invalid credentials in Authorization header")
             for fault in self.faults:
                 if fault.times > 0 and request.method == fault.method and fault.path_part in request.url.path:
                     fault.times -= 1

@@ -288,6 +288,11 @@ def test_push_with_a_token_the_hub_does_not_know_or_for_another_namespace_is_ref
     with pytest.raises(HubError, match="403"):
         sync.push(ref, "alice/x", actor="alice", token="hf_bob")
     assert "alice/x" not in hub.repos and sync.status(ref) == []
+    sync.push(ref, "alice/x", actor="alice")  # exists now: refusals on an existing repo are as clear
+    for token, status in (("hf_bob", "403"), ("hf_wrong", "401")):
+        with pytest.raises(HubError, match=status):
+            sync.push(ref, "alice/x", actor="alice", token=token, with_projection=False)
+    assert len(sync.status(ref)) == 1
 
 
 def test_pull_of_a_missing_repo_or_revision_and_an_unreachable_hub(
