@@ -646,6 +646,37 @@ def alias(
         console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
 
 
+base_app = typer.Typer(help="Base models and their layer shapes.", no_args_is_help=True)
+app.add_typer(base_app, name="base")
+
+
+@base_app.command("register")
+def base_register(
+    name: Annotated[str, typer.Argument(help="The base model's name as adapters are published with it.")],
+    config: Annotated[Path, typer.Option(help="Its transformers config.json (no weights needed).")],
+    revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Declare a base model's exact layer shapes (run on the registry's machine): publishes are then checked against
+    them, and adapters that do not record their layer sizes (PEFT's) can be exported as LoRA."""
+    try:
+        info = open_registry(_settings(database_url, storage_url)).register_base_model_from_config(
+            name=name, revision=revision, config_path=str(config))
+    except RegistryError as exc:
+        _fail(exc)
+        return
+    console.print(f"registered {info.name}@{info.revision or 'default'}: {info.layers} layers ({info.shapes_source})")
+
+
+@base_app.command("ls")
+def base_ls(registry: RegistryUrl = None, token: Token = None) -> None:
+    """Base models the registry knows, with how their shapes are known."""
+    table = Table("name", "revision", "layers", "shapes", "fingerprint")
+    for b in _call(registry, token, lambda c: c.base_models()):
+        table.add_row(b.name, b.revision, str(b.layers), b.shapes_source, b.shapes_fingerprint[:16])
+    console.print(table)
+
+
 @token_app.command("create")
 def token_create(
     owner: Annotated[str, typer.Option(help="Owner namespace the token acts for.")],

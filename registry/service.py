@@ -424,8 +424,23 @@ class Registry:
             else:
                 a, b = generate(spec)
                 tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
-        metadata = adapter_metadata(spec, v.projection_fingerprint, metadata_of(data).get(META_IN_FEATURES))
+        in_features = metadata_of(data).get(META_IN_FEATURES) or self._declared_in_features(v, tensors)
+        metadata = adapter_metadata(spec, v.projection_fingerprint, in_features)
         return tensors, metadata
+
+    @staticmethod
+    def _declared_in_features(v: m.AdapterVersion, tensors: dict[str, torch.Tensor]) -> str | None:
+        """Layer input sizes from the base model's declared shapes, for adapters that do not record them (those
+        PEFT wrote); None unless every adapted layer is known."""
+        sizes: dict[str, int] = {}
+        for key in tensors:
+            if key.endswith(".vera_lambda_b"):
+                path = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
+                shape = _match_path(v.base_model.shapes, path)
+                if shape is None or shape[1] is None:
+                    return None
+                sizes[path] = int(shape[1])
+        return json.dumps(sizes, sort_keys=True, separators=(",", ":")) if sizes else None
 
     def files(
         self, ref: str | Ref, *, with_projection: bool = False, as_lora: bool = False
@@ -448,7 +463,8 @@ class Registry:
             try:
                 return info, lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b)
             except VeraError as exc:
-                raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc}") from exc
+                raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
+                               f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
         config = config.replace(save_projection=with_projection)
         return info, adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
 

@@ -299,3 +299,29 @@ def test_peft_written_seed_only_adapters_need_their_projection(registry: Registr
     info = registry.publish(tmp_path / "peft2", owner="kim", name="p", base_model="tiny-llama")
     assert info.seed_reproducible and info.generator == PEFT_GENERATOR
     assert counts(registry)["blobs"] == 1  # stored projections equal the seed's: not kept
+
+
+def test_lora_export_of_a_peft_written_adapter_uses_the_declared_base_shapes(
+    registry: Registry, tmp_path: Path, database_url: str
+) -> None:
+    """PEFT records no layer input sizes; once `vera base register` declares the base, the LoRA export works and
+    PEFT loads it with the VeRA adapter's outputs."""
+    from peft import PeftModel
+
+    from tests.registry.test_cli import vera
+    from tests.vera_core.test_peft_interop import peft_model, train_a_little
+
+    theirs = peft_model(LLAMA)
+    train_a_little(theirs, LLAMA)
+    theirs.save_pretrained(tmp_path / "peft")
+    info = registry.publish(tmp_path / "peft", owner="eve", name="from-peft", base_model="llama-peft")
+    with pytest.raises(Conflict, match="vera base register llama-peft --config config.json"):
+        registry.files(info.ref, as_lora=True)
+    LLAMA.make().config.save_pretrained(tmp_path / "base")
+    done = vera("base", "register", "llama-peft", "--config", str(tmp_path / "base" / "config.json"),
+                "--database-url", database_url, "--storage-url", str(tmp_path / "blobs"))
+    assert done.returncode == 0 and "registered llama-peft@default" in done.stdout, done.stderr
+    registry.fetch(info.ref, tmp_path / "lora", as_lora=True)
+    lora = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "lora").eval()
+    torch.testing.assert_close(output_of(lora, LLAMA.inputs()), output_of(theirs, LLAMA.inputs()),
+                               rtol=1e-5, atol=1e-5)

@@ -138,7 +138,10 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.jobs()[0]
         assert job.target_name == "alice/from-ui" and job.spec["demo"] and job.spec["training"]["epochs"] == 0.1
-        client.cancel_job(job.id)
+        next(b for b in at.button if b.label == "Cancel job").click()
+        at.run()
+        assert client.job(job.id).status == "cancelled"
+    assert {m.label: m.value for m in at.metric}["Status"] == "cancelled"
 
 
 def test_messages_instead_of_tracebacks_when_unreachable_or_refused(registry: dict[str, Any]) -> None:
