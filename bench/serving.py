@@ -31,7 +31,7 @@ from registry.client import RegistryClient  # noqa: E402
 from registry.serving import ModelServer  # noqa: E402
 from registry.training import resolve_base  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
-from vera_core import VeraConfig, VeraModel, save_adapter  # noqa: E402
+from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, save_adapter  # noqa: E402
 
 TEXT = ["an ordinary sentence about the weather today"]
 
@@ -45,8 +45,9 @@ def publish_adapters(client: RegistryClient, root: Path, count: int, r: int) -> 
     from transformers import AutoModelForSequenceClassification
 
     base = AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"), num_labels=2)
+    # PEFT's generator, so that PEFT can load the very same adapter folders for the side-by-side activation
     model = VeraModel(base, VeraConfig(r=r, target_modules=["query", "value"], task_type="SEQ_CLS",
-                                       save_projection=False))
+                                       save_projection=False, projection_generator=PEFT_GENERATOR))
     params = model.trainable_parameters()
     gen = torch.Generator().manual_seed(0)
     names = []
@@ -57,6 +58,27 @@ def publish_adapters(client: RegistryClient, root: Path, count: int, r: int) -> 
         path = save_adapter(model, root / f"a{i}")
         names.append(client.publish(path, f"bench/a{i}", base_model="minilm").ref)
     return names
+
+
+def peft_activation(root: Path, count: int) -> list[float]:
+    """PEFT, side by side: load_adapter() of one more adapter folder (local disk, no HTTP) into a live PeftModel,
+    then one forward with it (set_adapter), as a server switching to a new adapter would."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_base("minilm")
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = PeftModel.from_pretrained(base, root / "a0", adapter_name="a0").eval()
+    enc = AutoTokenizer.from_pretrained(path)(TEXT, return_tensors="pt")
+    times = []
+    for i in range(1, count + 1):
+        t = time.perf_counter()
+        model.load_adapter(root / f"a{i}", adapter_name=f"a{i}")
+        model.set_adapter(f"a{i}")
+        with torch.no_grad():
+            model(**enc)
+        times.append(time.perf_counter() - t)
+    return sorted(times)
 
 
 def throughput(server: ModelServer, names: list[str], seconds: float, clients: int) -> float:
@@ -122,6 +144,7 @@ def main() -> None:
             bank_bytes = next(iter(server.bytes_per_adapter().values()))
         finally:
             server.close()
+        peft = peft_activation(Path(tmp), min(100, len(names) - 1))
     activation.sort()
     print(f"## bench/serving.py, {date.today()}: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -131,6 +154,9 @@ def main() -> None:
     print(f"activation (first request: resolve + download + add + forward): median "
           f"{statistics.median(activation) * 1000:.1f} ms, p95 {activation[int(0.95 * len(activation))] * 1000:.1f} "
           f"ms, max {activation[-1] * 1000:.1f} ms; a warm request: median {statistics.median(warm) * 1000:.1f} ms")
+    print(f"PEFT side by side (load_adapter from local disk + set_adapter + forward, {len(peft)} adapters): median "
+          f"{statistics.median(peft) * 1000:.1f} ms, p95 {peft[int(0.95 * len(peft))] * 1000:.1f} ms; ratio PEFT/ours "
+          f"{statistics.median(peft) / statistics.median(activation):.2f}")
     print("| distinct adapters in traffic | requests/s (median) | rounds | vs 1 adapter |\n|---|---|---|---|")
     for n, rate in rates.items():
         print(f"| {n} | {rate:.1f} | {', '.join(f'{x:.0f}' for x in samples[n])} | {rate / rates[1]:.2f} |")

@@ -191,10 +191,15 @@ class HubSync:
                                    "model (--base-model).")
             card = _card_record(root / CARD_NAME)
 
+            recorded: list[int] = []
+
             def record(s: Session, version: m.AdapterVersion) -> None:
-                s.add(m.HubSync(version_id=version.id, direction="pull", endpoint=self.endpoint, repo_id=repo_id,
+                row = m.HubSync(version_id=version.id, direction="pull", endpoint=self.endpoint, repo_id=repo_id,
                                 revision=revision, commit_sha=commit, content_sha256=digest, actor=actor,
-                                format="vera", with_projection=bool(config.get("save_projection"))))
+                                format="vera", with_projection=bool(config.get("save_projection")))
+                s.add(row)
+                s.flush()
+                recorded.append(row.id)
 
             info = self.registry.publish(
                 root, owner=ref.owner, name=ref.name, base_model=str(base),
@@ -202,10 +207,7 @@ class HubSync:
                 metrics=_finite(card.get("metrics")), description=f"Pulled from {self.endpoint}/{repo_id} at {commit}.",
                 published_by=actor, lineage={"hub_repo": repo_id, "hub_commit": commit}, on_record=record)
         with self.registry.db.session() as s:
-            row = s.scalar(select(m.HubSync).where(m.HubSync.direction == "pull", m.HubSync.repo_id == repo_id,
-                                                   m.HubSync.commit_sha == commit, m.HubSync.endpoint == self.endpoint)
-                           .order_by(m.HubSync.id.desc()).limit(1))
-            assert row is not None  # written in the publish transaction
+            row = s.get_one(m.HubSync, recorded[-1])  # written in the publish transaction
             return HubSyncResult(sync=self._sync_info(row, info.ref), changed=True, version=info)
 
     def _pulled(self, s: Session, ref: Ref, repo_id: str, *, commit: str, content: str | None = None,
