@@ -424,8 +424,7 @@ class Registry:
             else:
                 a, b = generate(spec)
                 tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
-        in_features = metadata_of(data).get(META_IN_FEATURES) or self._declared_in_features(v, tensors)
-        metadata = adapter_metadata(spec, v.projection_fingerprint, in_features)
+        metadata = adapter_metadata(spec, v.projection_fingerprint, metadata_of(data).get(META_IN_FEATURES))
         return tensors, metadata
 
     @staticmethod
@@ -457,6 +456,9 @@ class Registry:
                 raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
                                "would regenerate others. Fetch it with projections.")
             tensors, metadata = self._tensors(v, with_projection=with_projection or as_lora)
+            if as_lora and META_IN_FEATURES not in metadata:  # PEFT-written: sizes from the declared base, if any
+                sizes = self._declared_in_features(v, tensors)
+                metadata = {**metadata, META_IN_FEATURES: sizes} if sizes else metadata
             config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
         if as_lora:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
