@@ -39,6 +39,7 @@ from registry.storage import BlobStore
 from vera_core import AdapterFiles, ProjectionSpec, VeraError, fingerprint, generate, read_adapter
 from vera_core.checkpoint import (
     META_IN_FEATURES,
+    META_SHAPE,
     adapter_file_bytes,
     adapter_metadata,
     write_adapter_files,
@@ -161,6 +162,8 @@ class Registry:
             files = read_adapter(source)
         except VeraError as exc:
             raise InvalidInput(str(exc)) from exc
+        if files.spec is None:  # seed-only and written by PEFT: the declared base shapes give the projection size
+            files = self._with_declared_shapes(files, base_model, base_revision)
         checked = self._validate(files)
         written: list[str] = []
         try:
@@ -217,6 +220,31 @@ class Registry:
             self.vectors, self.spec, self.fingerprint = vectors, spec, fp
             self.reproducible, self.layer_outs = reproducible, layer_outs
 
+    def _with_declared_shapes(self, files: AdapterFiles, base_model: str, base_revision: str) -> AdapterFiles:
+        """PEFT sizes A and B to the largest adapted layer; with the base's declared shapes the registry can too."""
+        with self.db.session() as s:
+            row = s.scalar(select(m.BaseModel).where(m.BaseModel.name == base_model,
+                                                     m.BaseModel.revision == base_revision,
+                                                     m.BaseModel.shapes_source == "declared"))
+            shapes = dict(row.shapes) if row is not None else None
+        if shapes is None:
+            return files
+        sizes: dict[str, list[int]] = {}
+        for key in files.tensors:
+            if key.endswith(".vera_lambda_b"):
+                path = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
+                shape = _match_path(shapes, path)
+                if shape is None or shape[1] is None or shape[0] is None:
+                    return files  # _validate explains; the shapes check would name the layer
+                sizes[path] = [int(shape[0]), int(shape[1])]
+        if not sizes:
+            return files
+        max_out, max_in = max(o for o, _ in sizes.values()), max(i for _, i in sizes.values())
+        metadata = {**files.metadata, META_SHAPE: f"{files.config.r},{max_in},{max_out}",
+                    META_IN_FEATURES: json.dumps({p: i for p, (_, i) in sorted(sizes.items())}, sort_keys=True,
+                                                 separators=(",", ":"))}
+        return AdapterFiles(files.config, files.tensors, metadata)
+
     def _validate(self, files: AdapterFiles) -> _Checked:
         cfg = files.config
         if cfg.r > MAX_RANK:
@@ -240,7 +268,8 @@ class Registry:
             raise InvalidInput(
                 "The adapter stores neither its projections nor their shape (a seed-only adapter saved by PEFT), so "
                 "the registry cannot regenerate or verify them. Save it with save_projection=True, or with "
-                "vera_core.save_adapter."
+                "vera_core.save_adapter, or declare its base model's layer shapes first: `vera base register "
+                "NAME --config config.json`."
             )
         if spec.max_out < max(layer_outs.values()):
             raise InvalidInput(f"The projection has {spec.max_out} rows but a layer has {max(layer_outs.values())} "

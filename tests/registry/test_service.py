@@ -325,3 +325,23 @@ def test_lora_export_of_a_peft_written_adapter_uses_the_declared_base_shapes(
     lora = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "lora").eval()
     torch.testing.assert_close(output_of(lora, LLAMA.inputs()), output_of(theirs, LLAMA.inputs()),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_peft_seed_only_adapter_publishes_once_its_base_shapes_are_declared(registry: Registry, tmp_path: Path
+                                                                              ) -> None:
+    """PEFT's save_projection=False records no projection size; the declared base gives it, as PEFT computes it."""
+    from tests.vera_core.test_peft_interop import peft_model, train_a_little
+
+    theirs = peft_model(LLAMA, seed=11, save_projection=False)
+    train_a_little(theirs, LLAMA)
+    theirs.save_pretrained(tmp_path / "peft")
+    with pytest.raises(InvalidInput, match="declare its base model's layer shapes first: `vera base register"):
+        registry.publish(tmp_path / "peft", owner="eve", name="seed-only", base_model="llama-so")
+    registry.register_base_model(name="llama-so", model=LLAMA.make())
+    info = registry.publish(tmp_path / "peft", owner="eve", name="seed-only", base_model="llama-so")
+    assert info.seed_reproducible and info.generator == PEFT_GENERATOR
+    assert registry.verify(info.ref).status == "passed"
+    registry.fetch(info.ref, tmp_path / "fetched")
+    ours = load_adapter(LLAMA.make(), tmp_path / "fetched")
+    torch.testing.assert_close(output_of(ours, LLAMA.inputs()), output_of(theirs, LLAMA.inputs()),
+                               rtol=1e-5, atol=1e-5)
