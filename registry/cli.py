@@ -3,6 +3,7 @@ dashboard and multi-adapter serving."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -408,7 +409,18 @@ def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
-    return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url})
+    return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url},
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when `vera` exits, however it exits (uvicorn re-raises SIGTERM after shutdown,
+    which skips `finally` blocks)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @app.command()

@@ -37,8 +37,8 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
 
 
 @contextmanager
-def running_vera(args: list[str], port: int, **env: str) -> Iterator[str]:
-    """Run `vera ARGS` (a server on ``port``) until its /health answers; yield its URL; stop it afterwards."""
+def running_vera(args: list[str], port: int, *, health: str = "/health", **env: str) -> Iterator[str]:
+    """Run `vera ARGS` (a server on ``port``) until ``health`` answers; yield its URL; stop it afterwards."""
     process = subprocess.Popen([str(VERA), *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -46,7 +46,7 @@ def running_vera(args: list[str], port: int, **env: str) -> Iterator[str]:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{health}", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -14,7 +15,7 @@ from registry.db import Database
 from registry.tokens import create_token
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
-from tests.registry.servers import free_port, running_server
+from tests.registry.servers import free_port, running_server, running_vera
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 
@@ -164,3 +165,11 @@ def test_the_router_runs_the_browse_page_by_default(registry: dict[str, Any], mo
     at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
     assert at.title[0].value == "Adapters"
+
+
+def test_vera_ui_serves_the_dashboard_for_a_given_registry(registry: dict[str, Any]) -> None:
+    port = free_port()
+    with running_vera(["ui", "--port", str(port), "--registry", registry["url"]], port,
+                      health="/_stcore/health") as url:
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "<title>Streamlit</title>" in page.text
