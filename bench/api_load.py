@@ -133,7 +133,13 @@ def main() -> None:
                 for label, params in [("first page (50)", {"limit": 50}), ("owner filter", {"owner": "owner042"}),
                                       ("rank filter", {"r": 16, "limit": 50}),
                                       ("text search", {"q": "adapter77", "limit": 50}),
-                                      ("base model + rank", {"base_model": "tiny-llama", "r": 32, "limit": 50})]:
+                                      ("base model + rank", {"base_model": "tiny-llama", "r": 32, "limit": 50}),
+                                      ("sorted by trainable parameters", {"sort": "-trainable_parameters"}),
+                                      ("sorted by rank, 2nd page", {"sort": "r", "cursor": "second"}),
+                                      ("first page with total count", {"with_total": "true"})]:
+                    if params.get("cursor") == "second":  # a real keyset cursor, from the first page
+                        first = httpx.get(f"{server}/api/v1/adapters", params={"sort": "r"}, timeout=60).json()
+                        params = {"sort": "r", "cursor": first["next_cursor"]}
                     p50, p99 = timed_get(server, params)
                     listing.append(f"| {kind} | {label} | {p50:.0f} | {p99:.0f} |")
                 listing.append(f"| {kind} | (bulk insert of {args.versions:,} versions: {loaded:.0f} s) | | |")

@@ -110,6 +110,11 @@ class AdapterVersion(Base):
     __table_args__ = (
         UniqueConstraint("adapter_id", "version", name="uq_adapter_versions_adapter_version"),
         Index("ix_adapter_versions_key", "base_model_id", "r", "seed", "generator"),
+        # listings sorted by a column walk (column, id) and stop after one page
+        Index("ix_adapter_versions_r_id", "r", "id"),
+        Index("ix_adapter_versions_trainable_id", "trainable_parameters", "id"),
+        Index("ix_adapter_versions_stored_id", "stored_bytes", "id"),
+        Index("ix_adapter_versions_verification_id", "verification_status", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))

@@ -593,7 +593,12 @@ class Registry:
         if column is None:
             raise InvalidInput(f"sort {sort!r} is not one of {', '.join(SORTS)} (prefix '-' for descending).")
         descending = sort.startswith("-")
-        query = select(m.AdapterVersion).join(m.Adapter).join(m.BaseModel)
+        # join only what a filter needs, so that the planner can walk an (order column, id) index and stop early
+        query = select(m.AdapterVersion)
+        if owner or name or text:
+            query = query.join(m.Adapter)
+        if base_model:
+            query = query.join(m.BaseModel)
         if owner:
             query = query.where(m.Adapter.owner == owner)
         if name:
