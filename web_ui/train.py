@@ -20,7 +20,7 @@ def page() -> None:
     if not jobs:
         st.caption("No jobs yet.")
         return
-    labels = {j.id: f"job {j.id}: {j.target_name} ({j.status})" for j in jobs}
+    labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M})" for j in jobs}
     chosen = st.session_state.get("job_id")
     ids: list[int] = list(labels)
     job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0,
