@@ -32,4 +32,5 @@ def open_hub(registry: Registry, settings: Settings | None = None) -> HubSync:
     settings = settings or Settings()
     use_timeout(settings.hub_timeout_s)
     token = settings.hub_token.get_secret_value() if settings.hub_token is not None else None
-    return HubSync(registry, endpoint=settings.hub_endpoint, token=token, timeout_s=settings.hub_timeout_s)
+    return HubSync(registry, endpoint=settings.hub_endpoint, token=token, timeout_s=settings.hub_timeout_s,
+                   max_bytes=settings.max_upload_bytes)

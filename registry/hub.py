@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry import models as m
-from registry.errors import HubError, InvalidInput
+from registry.errors import ContentTooLarge, HubError, InvalidInput
 from registry.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo
 from registry.service import Registry
 from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
@@ -102,9 +102,9 @@ class HubSync:
     """Push and pull between this registry and a HuggingFace Hub (``endpoint``), and the sync state of versions."""
 
     def __init__(self, registry: Registry, *, endpoint: str = "https://huggingface.co", token: str | None = None,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, max_bytes: int = 256 * 2**20) -> None:
         self.registry, self.endpoint, self._default_token = registry, endpoint.rstrip("/"), token
-        self.timeout_s = timeout_s
+        self.timeout_s, self.max_bytes = timeout_s, max_bytes
 
     def _api(self, token: str | None) -> HfApi:
         return HfApi(endpoint=self.endpoint, token=token or self._default_token or False,
@@ -162,10 +162,15 @@ class HubSync:
         api = self._api(token)
         where = f"{repo_id}@{revision}"
         with self._hub_errors(f"pulling {where}", repo_id):
-            hub_info = api.model_info(repo_id, revision=revision)
+            hub_info = api.model_info(repo_id, revision=revision, files_metadata=True)
         commit = str(hub_info.sha)
-        names = {s.rfilename for s in hub_info.siblings or []}
+        sizes = {s.rfilename: s.size for s in hub_info.siblings or []}
+        names = set(sizes)
         _check_is_vera_repo(where, names)
+        size = sum(sizes.get(n) or 0 for n in (CONFIG_NAME, WEIGHTS_NAME))
+        if size > self.max_bytes:
+            raise ContentTooLarge(f"{where}'s adapter is {size:,} bytes, over this registry's limit of "
+                                  f"{self.max_bytes:,} (VERA_MAX_UPLOAD_BYTES); nothing was downloaded.")
         with self.registry.db.session() as s:
             done = self._pulled(s, ref, repo_id, commit=commit)
             if done is not None:

@@ -187,7 +187,8 @@ class HubStandIn:
                 "_id": repo_id, "id": repo_id, "modelId": repo_id, "author": repo.owner, "sha": sha,
                 "private": repo.private, "disabled": False, "gated": False, "tags": [], "downloads": 0, "likes": 0,
                 "library_name": "peft", "createdAt": now, "lastModified": now,
-                "siblings": [{"rfilename": name} for name in sorted(repo.commits[sha])],
+                "siblings": [{"rfilename": name, "size": len(data), "blobId": git_oid(data)}
+                             for name, data in sorted(repo.commits[sha].items())],
             })
 
         @app.get("/api/models/{ns}/{name}/revision/{rev:path}")

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from registry import models as m
 from registry.client import RegistryClient
 from registry.db import Database
-from registry.errors import Forbidden, HubError, InvalidInput
+from registry.errors import ContentTooLarge, Forbidden, HubError, InvalidInput
 from registry.hub import HubSync, use_timeout
 from registry.service import Registry
 from registry.tokens import create_token
@@ -246,6 +246,19 @@ def test_pull_rejects_what_is_not_a_vera_adapter_and_changes_nothing(
     with pytest.raises(InvalidInput, match=match):
         sync.pull("someone/other", target="alice/other", actor="alice", base_model="org/tiny-llama")
     assert snapshot(registry) == before
+
+
+def test_pull_of_an_adapter_over_the_size_limit_is_refused_before_downloading(
+    registry: Registry, hub: HubStandIn, tmp_path: Path
+) -> None:
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/huge", files)
+    small = HubSync(registry, endpoint=hub.url, token=TOKEN, max_bytes=1000)
+    before = snapshot(registry)
+    with pytest.raises(ContentTooLarge, match="over this registry's limit of 1,000"):
+        small.pull("someone/huge", target="alice/huge", actor="alice", base_model="org/tiny-llama")
+    assert snapshot(registry) == before
+    assert not any("/resolve/" in path for _, path, _ in hub.requests)
 
 
 def test_pull_of_a_corrupt_vera_adapter_is_refused_without_a_partial_version(
