@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field
 from registry.api import PROBLEM_RESPONSES, problem
 from registry.client import RegistryUnavailable
 from registry.errors import RegistryError, status_of
-from registry.schemas import Ref
 from registry.serving import ModelServer
 
 
@@ -91,9 +90,9 @@ def create_serving_app(server: ModelServer) -> FastAPI:
 
     @app.post("/v1/adapters/evict")
     def evict(body: PinBody, authorization: Auth = None) -> dict[str, Any]:
-        ref = Ref.parse(body.adapter)
-        pinned = str(ref) if ref.version is not None else server.resolve(body.adapter, _token(authorization)).ref
-        server.evict(pinned)
-        return {"ref": pinned, "evicted": True}
+        """Evict now; like every route that names an adapter, the caller must be able to read it."""
+        ref = server.resolve(body.adapter, _token(authorization)).ref
+        server.evict(ref)
+        return {"ref": ref, "evicted": True}
 
     return app

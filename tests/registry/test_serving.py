@@ -178,7 +178,9 @@ def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
         listing = httpx.get(f"{url}/v1/adapters", timeout=10).json()
         assert {a["ref"] for a in listing["adapters"]} == {"alice/clf1:1", "alice/clf2:1"}
         assert listing["base_model"] == "minilm" and list(listing["bytes_per_adapter"].values())[0] > 0
-        evicted = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, timeout=10)
+        anonymous_evict = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, timeout=10)
+        assert anonymous_evict.status_code == 401
+        evicted = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, headers=auth, timeout=10)
         assert evicted.status_code == 200
         assert {a["ref"] for a in httpx.get(f"{url}/v1/adapters", timeout=10).json()["adapters"]} == {"alice/clf1:1"}
 

@@ -72,6 +72,7 @@ def page(product: dict[str, str]) -> Iterator[Page]:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
         tab.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)  # assertions have their own timeout (5 s); a cold first page takes longer
         yield tab
         browser.close()
 
