@@ -7,11 +7,12 @@ import json
 import os
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import torch
-from safetensors.torch import load as load_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 from registry.errors import HTTP_STATUS, InvalidInput, RegistryError
 from registry.schemas import (
@@ -26,8 +27,6 @@ from registry.schemas import (
     VerificationReport,
     VersionInfo,
 )
-from vera_core.checkpoint import write_adapter_files
-from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 #: The server's problem type names the exception; the status decides when it names none we know.
@@ -112,6 +111,8 @@ class RegistryClient:
         names = FILES[:2] if as_lora else FILES
         files = {n: self.download(pinned, n, with_projection=with_projection, as_lora=as_lora) for n in names}
         root = Path(out_dir)
+        from vera_core.checkpoint import write_adapter_files  # (torch is imported only where it is used)
+
         write_adapter_files(root, files)
         return root
 
@@ -134,6 +135,8 @@ class RegistryClient:
     # ---- analysis (what the dashboard draws) ---------------------------------------------------------------
     def tensors(self, ref: str | Ref) -> dict[str, torch.Tensor]:
         """The version's tensors (vectors and heads; A and B too when they are stored, not seed-reproducible)."""
+        from safetensors.torch import load as load_safetensors
+
         info = self.get(ref)
         return load_safetensors(self.download(info.ref, "adapter_model.safetensors",
                                               with_projection=not info.seed_reproducible))
@@ -141,6 +144,8 @@ class RegistryClient:
     def layer_magnitudes(self, ref: str | Ref) -> list[dict[str, Any]]:
         """Per adapted layer: mean |d| and mean |b| and their norms (where adaptation concentrates, as in the
         paper's analysis), in model order."""
+        from vera_core.model import PEFT_PREFIX
+
         tensors = self.tensors(ref)
         rows = []
         for key, b in tensors.items():
@@ -154,6 +159,8 @@ class RegistryClient:
     def storage(self, ref: str | Ref) -> dict[str, Any]:
         """Where a version's bytes go: vector and head parameters, the stored blob, the projection (regenerated
         from the seed, or stored once and shared)."""
+        from vera_core.model import PROJECTION_KEYS
+
         info = self.get(ref)
         tensors = self.tensors(info.ref)
         vectors = sum(t.numel() for k, t in tensors.items() if ".vera_lambda_" in k)
