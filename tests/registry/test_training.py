@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from registry.training import DEMO_TARGETS, TrainingSpecError, TrainSpec, resolve_base
+from registry.training import (
+    DEMO_TARGETS,
+    MAX_CURVE_POINTS,
+    TrainingSpecError,
+    TrainSpec,
+    published_metrics,
+    resolve_base,
+)
 from tests.registry.test_cli import vera
 from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter
 from vera_core.data import SequenceClassification, word_polarity
@@ -72,3 +79,16 @@ def test_spec_validation() -> None:
         TrainSpec(demo=True, task="regression")  # type: ignore[arg-type]
     with pytest.raises(TrainingSpecError, match="neither 'minilm', a local directory, nor in the local Hub cache"):
         resolve_base("nobody/no-such-model")
+
+
+@pytest.mark.parametrize("points", [3, 500, 501, 1234])
+def test_published_metrics_keep_results_labels_and_a_thinned_loss_curve(points: int) -> None:
+    curve = [[step, 1.0 / step] for step in range(1, points + 1)]
+    kept = published_metrics({"final_eval": {"accuracy": 0.9}, "labels": ["neg", "pos"], "train_loss": curve,
+                              "projection_fingerprint": "f" * 64, "stop_reason": None})
+    assert kept["final_eval"] == {"accuracy": 0.9} and kept["labels"] == ["neg", "pos"]
+    assert "projection_fingerprint" not in kept and "stop_reason" not in kept
+    thinned = kept["train_loss"]
+    assert len(thinned) <= MAX_CURVE_POINTS + 1 and thinned[0] == curve[0] and thinned[-1] == curve[-1]
+    assert [p[0] for p in thinned] == sorted({p[0] for p in thinned})
+    assert thinned == curve if points <= MAX_CURVE_POINTS else len(thinned) < points
