@@ -6,10 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -37,29 +39,36 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
 
 
 @contextmanager
-def running_vera(args: list[str], port: int, *, health: str = "/health", **env: str) -> Iterator[str]:
-    """Run `vera ARGS` (a server on ``port``) until ``health`` answers; yield its URL; stop it afterwards."""
-    process = subprocess.Popen([str(VERA), *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}{health}", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
-                raise RuntimeError(f"vera {args[0]} did not start: {output[-2000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
+def running_vera(args: list[str], port: int, *, health: str = "/health", also: tuple[str, ...] = (),
+                 **env: str) -> Iterator[str]:
+    """Run `vera ARGS` (a server on ``port``) until ``health`` (and every URL in ``also``) answers; yield its URL;
+    stop it afterwards. Its output goes to a file (a pipe nobody reads could fill and block it)."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([str(VERA), *args], env={**os.environ, **env}, stdout=log,
+                                   stderr=subprocess.STDOUT, text=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        if process.stdout:
-            process.stdout.close()
+            for target in (f"{url}{health}", *also):
+                wait_for(target, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_for(url: str, process: subprocess.Popen[str], log: IO[str], seconds: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail with the process's output if it exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            raise RuntimeError(f"{url} did not answer ({process.args}): {log.read()[-2000:]}")
+        time.sleep(0.2)

@@ -4,19 +4,15 @@ Screenshots of every page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, free_port
+from tests.registry.servers import free_port, running_vera
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts" / "dashboard"
@@ -24,43 +20,19 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"vera up exited with {process.returncode}")
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer in {seconds} s")
-
-
 @pytest.fixture(scope="module")
 def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`vera up` as a user runs it, on a fresh data folder."""
     root = tmp_path_factory.mktemp("up")
     api, ui = free_port(), free_port()
-    env = {**os.environ, "VERA_DATA_DIR": str(root / "data")}
-    process = subprocess.Popen([str(VERA), "up", "--port", str(api), "--ui-port", str(ui)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(f"http://127.0.0.1:{api}/health", process)
-        wait_for(f"http://127.0.0.1:{ui}/_stcore/health", process)
-        with RegistryClient(f"http://127.0.0.1:{api}") as client:
+    with running_vera(["up", "--port", str(api), "--ui-port", str(ui)], api, VERA_DATA_DIR=str(root / "data"),
+                      also=(f"http://127.0.0.1:{ui}/_stcore/health",)) as url:
+        with RegistryClient(url) as client:
             for i in range(2):
                 client.publish(make_adapter(root / f"a{i}", seed=i), f"alice/tiny{i}", base_model="tiny-llama",
                                metrics={"test": {"accuracy": 0.7 + i / 10},
                                         "train_loss": [[1, 0.9 - i / 10], [2, 0.5], [3, 0.4 - i / 20]]})
-        yield {"api": f"http://127.0.0.1:{api}", "ui": f"http://127.0.0.1:{ui}"}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        yield {"api": url, "ui": f"http://127.0.0.1:{ui}"}
 
 
 @pytest.fixture(scope="module")
