@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +22,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
 from registry import models as m
-from registry.errors import ContentTooLarge, InvalidInput, NotFound, RegistryError, Unauthorized, status_of
+from registry.errors import ContentTooLarge, NotFound, RegistryError, Unauthorized, status_of
 from registry.hub import HubSync
 from registry.jobs import Jobs
 from registry.schemas import (
@@ -37,6 +36,7 @@ from registry.schemas import (
     Ref,
     VerificationReport,
     VersionInfo,
+    json_object,
 )
 from registry.service import MAX_RANK, SORTS, Registry
 from registry.tokens import LOCAL_USER, Principal, authenticate
@@ -263,7 +263,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
     ) -> VersionInfo:
         who = need(caller, "publish", owner)
-        parsed = _json_object(metrics, "metrics")
+        parsed = json_object(metrics, "metrics")
         with tempfile.TemporaryDirectory() as tmp:
             for upload, filename in ((adapter_config, "adapter_config.json"),
                                      (adapter_model, "adapter_model.safetensors")):
@@ -380,7 +380,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     ) -> JobInfo:
         owner = Ref.parse(target).owner
         who = need(caller, "publish", owner)
-        parsed = _json_object(spec, "spec")
+        parsed = json_object(spec, "spec")
         data = None
         if dataset is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -426,17 +426,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         return registry.list_projections()
 
     return app
-
-
-def _json_object(text: str, field: str) -> dict[str, Any]:
-    """A form field that must hold a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{field} is not JSON ({exc.msg}); send a JSON object.") from exc
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{field} must be a JSON object, got {type(value).__name__}.")
-    return value
 
 
 async def _save_upload(upload: UploadFile, path: Path, limit: int) -> None:

@@ -22,7 +22,7 @@ from registry.app import open_hub, open_registry
 from registry.client import RegistryClient
 from registry.db import Database
 from registry.errors import InvalidInput, RegistryError
-from registry.schemas import JobEventInfo, JobInfo
+from registry.schemas import JobEventInfo, JobInfo, json_object
 from registry.settings import Settings
 from registry.tokens import create_token, list_tokens, revoke_token
 from registry.training import published_metrics
@@ -492,11 +492,10 @@ def _metrics_file(path: Path | None) -> dict[str, object]:
     if path is None:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"--metrics {path}: not a readable JSON file ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput(f"--metrics {path} must hold a JSON object.")
+        text = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"--metrics {path}: not a readable file ({exc}).") from exc
+    data = json_object(text, f"--metrics {path}")
     return published_metrics(data) if "final_eval" in data else data
 
 

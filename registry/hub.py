@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from registry import models as m
 from registry.errors import ContentTooLarge, HubError, InvalidInput
-from registry.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo
+from registry.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
 from registry.service import Registry
 from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
 from vera_core.config import VeraConfig
@@ -329,12 +329,7 @@ def _check_is_vera_repo(where: str, names: set[str]) -> None:
 
 
 def _vera_config(where: str, path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"{where}'s {CONFIG_NAME} is not JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise InvalidInput(f"{where}'s {CONFIG_NAME} is not a JSON object.")
+    config = json_object(path.read_bytes(), f"{where}'s {CONFIG_NAME}")
     kind = config.get("peft_type")
     if kind != "VERA":
         raise InvalidInput(f"{where} holds a PEFT {kind or 'unknown-type'} adapter, not VeRA (peft_type "

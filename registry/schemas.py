@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,17 @@ from registry.errors import InvalidInput
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9]\d{0,8})|@(?P<alias>[^/:@]+))?$")
+
+
+def json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or InvalidInput naming ``what`` (a form field, a file)."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{what} is not JSON ({exc}); send a JSON object.") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
+    return value
 
 
 def check_name(value: str, what: str) -> str:

@@ -79,6 +79,24 @@ def _match_path(shapes: dict[str, Any], path: str) -> list[int | None] | None:
     return list(hits[0]) if len(hits) == 1 else None
 
 
+def _declared_layers(shapes: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]] | None:
+    """(out, in) of every adapted layer from a base model's shapes; None unless all of them are known."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for key in tensors:
+        if key.endswith(".vera_lambda_b"):
+            path = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
+            shape = _match_path(shapes, path)
+            if shape is None or shape[0] is None or shape[1] is None:
+                return None
+            sizes[path] = (int(shape[0]), int(shape[1]))
+    return sizes
+
+
+def _in_features_json(sizes: dict[str, tuple[int, int]]) -> str:
+    """The META_IN_FEATURES value for layers of known (out, in)."""
+    return json.dumps({p: i for p, (_, i) in sizes.items()}, sort_keys=True, separators=(",", ":"))
+
+
 class Registry:
     """The registry over one database and one blob store."""
 
@@ -229,20 +247,12 @@ class Registry:
             shapes = dict(row.shapes) if row is not None else None
         if shapes is None:
             return files
-        sizes: dict[str, list[int]] = {}
-        for key in files.tensors:
-            if key.endswith(".vera_lambda_b"):
-                path = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
-                shape = _match_path(shapes, path)
-                if shape is None or shape[1] is None or shape[0] is None:
-                    return files  # _validate explains; the shapes check would name the layer
-                sizes[path] = [int(shape[0]), int(shape[1])]
+        sizes = _declared_layers(shapes, files.tensors)
         if not sizes:
-            return files
+            return files  # _validate explains; the shapes check would name the layer
         max_out, max_in = max(o for o, _ in sizes.values()), max(i for _, i in sizes.values())
         metadata = {**files.metadata, META_SHAPE: f"{files.config.r},{max_in},{max_out}",
-                    META_IN_FEATURES: json.dumps({p: i for p, (_, i) in sorted(sizes.items())}, sort_keys=True,
-                                                 separators=(",", ":"))}
+                    META_IN_FEATURES: _in_features_json(sizes)}
         return AdapterFiles(files.config, files.tensors, metadata)
 
     def _validate(self, files: AdapterFiles) -> _Checked:
@@ -460,15 +470,8 @@ class Registry:
     def _declared_in_features(v: m.AdapterVersion, tensors: dict[str, torch.Tensor]) -> str | None:
         """Layer input sizes from the base model's declared shapes, for adapters that do not record them (those
         PEFT wrote); None unless every adapted layer is known."""
-        sizes: dict[str, int] = {}
-        for key in tensors:
-            if key.endswith(".vera_lambda_b"):
-                path = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
-                shape = _match_path(v.base_model.shapes, path)
-                if shape is None or shape[1] is None:
-                    return None
-                sizes[path] = int(shape[1])
-        return json.dumps(sizes, sort_keys=True, separators=(",", ":")) if sizes else None
+        sizes = _declared_layers(v.base_model.shapes, tensors)
+        return _in_features_json(sizes) if sizes else None
 
     def files(
         self, ref: str | Ref, *, with_projection: bool = False, as_lora: bool = False
