@@ -286,7 +286,11 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
                  "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
                  304: {"description": "Not modified (If-None-Match matched the ETag)"}})
     def download(
-        caller: Caller, owner: str, name: str, selector: str, filename: str, projection: bool = False,
+        caller: Caller, owner: str, name: str, selector: str, filename: str,
+        projection: Annotated[bool, Query(description="always materialise A and B (by default they are included "
+                                          "unless PEFT's own generator regenerates them)")] = False,
+        seed_only: Annotated[bool, Query(description="leave A and B out even where PEFT cannot regenerate them "
+                                         "(for vera_core; PEFT refuses such files)")] = False,
         format: Annotated[Literal["vera", "lora"], Query(description="lora: the equivalent rank-r LoRA")] = "vera",
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
@@ -294,7 +298,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
         if filename not in FILES:
             raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(FILES)}.")
         info, files = registry.files(ref_of(owner, name, selector), with_projection=projection,
-                                     as_lora=format == "lora")
+                                     seed_only=seed_only, as_lora=format == "lora")
         if filename not in files:
             raise NotFound(f"The {format} export has no {filename}; it has {', '.join(files)}.")
         data = files[filename]

@@ -222,7 +222,7 @@ def train(
         return
     summary = Table(show_header=False, box=None)
     for key in ("final_eval", "test", "trainable_parameters", "adapter_parameters", "steps", "train_wall_time_s"):
-        value = metrics[key]
+        value = f"{metrics[key]} of {metrics['total_steps']}" if key == "steps" else metrics[key]
         summary.add_row(f"[bold]{key}[/]", ", ".join(f"{k}={v:.4f}" for k, v in value.items())
                         if isinstance(value, dict) else str(value))
     summary.add_row("[bold]adapter[/]", str(out))
@@ -503,16 +503,22 @@ def _metrics_file(path: Path | None) -> dict[str, object]:
 def fetch(
     ref: Annotated[str, typer.Argument(help="owner/name, owner/name:VERSION or owner/name@ALIAS")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
-    with_projection: Annotated[bool, typer.Option(help="Materialise A and B (any PEFT >= 0.21 loads it).")] = False,
+    with_projection: Annotated[bool, typer.Option(help="Always materialise A and B (by default they are included "
+                                                  "unless PEFT's own generator regenerates them).")] = False,
+    seed_only: Annotated[bool, typer.Option(help="Leave A and B out even where PEFT cannot regenerate them (smallest; "
+                                            "for vera_core, PEFT refuses such a folder).")] = False,
     as_: Annotated[str, typer.Option("--as", help="vera (PEFT's VeRA format) or lora (the equivalent LoRA, for "
                                      "LoRA-only servers such as vLLM).")] = "vera",
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Download an adapter in PEFT's format."""
+    """Download an adapter in PEFT's format: by default a folder PEFT loads correctly."""
     if as_ not in ("vera", "lora"):
         _fail(InvalidInput(f"--as must be vera or lora, got {as_!r}."))
+    if with_projection and seed_only:
+        _fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
     info = _call(registry, token, lambda c: c.get(ref))
-    _call(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection, as_lora=as_ == "lora"))
+    _call(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection, seed_only=seed_only,
+                                             as_lora=as_ == "lora"))
     console.print(f"fetched {info.ref} into {out}")
 
 
@@ -671,12 +677,22 @@ def base_register(
     """Declare a base model's exact layer shapes (run on the registry's machine): publishes are then checked against
     them, and adapters that do not record their layer sizes (PEFT's) can be exported as LoRA."""
     try:
-        info = open_registry(_settings(database_url, storage_url)).register_base_model_from_config(
-            name=name, revision=revision, config_path=str(config))
+        registry = open_registry(_settings(database_url, storage_url))
+        before = {b.revision: b.shapes_source for b in registry.list_base_models() if b.name == name}
+        info = registry.register_base_model_from_config(name=name, revision=revision, config_path=str(config))
     except RegistryError as exc:
         _fail(exc)
         return
-    console.print(f"registered {info.name}@{info.revision or 'default'}: {info.layers} layers ({info.shapes_source})")
+    was = before.get(revision)
+    how = {None: "new", "implied": "upgraded from the shapes its published adapters implied, which agree"}.get(
+        was, "already declared with these shapes")
+    console.print(f"registered {info.name}@{info.revision or 'default'}: {info.layers} layers, {info.shapes_source} "
+                  f"({how})")
+    for other, source in sorted(before.items()):
+        if other != revision and source == "implied":
+            flag = f"--revision {other}" if other else "no --revision"
+            console.print(f"note: {name}@{other or 'default'} (another revision) stays implied; declare it with "
+                          f"{flag}.")
 
 
 @base_app.command("ls")

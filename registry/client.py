@@ -103,24 +103,29 @@ class RegistryClient:
         return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
-              as_lora: bool = False) -> Path:
-        """Download the PEFT directory (pinned to one version even if an alias moves meanwhile); ``as_lora``
-        downloads the equivalent LoRA instead."""
+              seed_only: bool = False, as_lora: bool = False) -> Path:
+        """Download the PEFT directory (pinned to one version even if an alias moves meanwhile): by default files
+        PEFT loads correctly, ``with_projection`` / ``seed_only`` force A and B in or out (Registry.files);
+        ``as_lora`` downloads the equivalent LoRA instead."""
         info = self.get(ref)
         pinned = f"{info.owner}/{info.name}:{info.version}"
         names = FILES[:2] if as_lora else FILES
-        files = {n: self.download(pinned, n, with_projection=with_projection, as_lora=as_lora) for n in names}
+        files = {n: self.download(pinned, n, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
+                 for n in names}
         root = Path(out_dir)
         from vera_core.checkpoint import write_adapter_files  # (torch is imported only where it is used)
 
         write_adapter_files(root, files)
         return root
 
-    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, as_lora: bool = False
-                 ) -> bytes:
-        response = self._request("GET", f"{self._path(ref)}/files/{filename}",
-                                 params={"projection": str(with_projection).lower(),
-                                         "format": "lora" if as_lora else "vera"})
+    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, seed_only: bool = False,
+                 as_lora: bool = False) -> bytes:
+        params = {"format": "lora" if as_lora else "vera"}
+        if with_projection:
+            params["projection"] = "true"
+        if seed_only:
+            params["seed_only"] = "true"
+        response = self._request("GET", f"{self._path(ref)}/files/{filename}", params=params)
         return response.content
 
     def verify(self, ref: str | Ref) -> VerificationReport:
@@ -139,7 +144,8 @@ class RegistryClient:
 
         info = self.get(ref)
         return load_safetensors(self.download(info.ref, "adapter_model.safetensors",
-                                              with_projection=not info.seed_reproducible))
+                                              with_projection=not info.seed_reproducible,
+                                              seed_only=info.seed_reproducible))
 
     def layer_magnitudes(self, ref: str | Ref) -> list[dict[str, Any]]:
         """Per adapted layer: mean |d| and mean |b| and their norms (where adaptation concentrates, as in the

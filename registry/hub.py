@@ -31,7 +31,7 @@ from registry.errors import ContentTooLarge, HubError, InvalidInput
 from registry.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
 from registry.service import Registry
 from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
-from vera_core.config import VeraConfig
+from vera_core.config import PEFT_GENERATOR, VERA_PEFT_TYPES, VeraConfig
 
 CARD_NAME = "README.md"
 PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -76,10 +76,10 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
         loading = (f"This repo holds the **equivalent rank-{info.r} LoRA** (lora_B @ lora_A equals VeRA's delta "
                    "weight), for LoRA-only servers such as vLLM and LoRAX; any LoRA tool loads it.")
     peft_note = ""
-    if not (with_projection or as_lora) and info.generator != "torch-kaiming-uniform":
-        peft_note = (f"\n> **PEFT would load this copy wrongly**: generator `{info.generator}` is not PEFT's, so "
-                     "PEFT would regenerate different projections. Load it with `vera_core`, or push it with "
-                     "projections.\n")
+    if not (with_projection or as_lora) and info.generator != PEFT_GENERATOR:
+        peft_note = (f"\n> **PEFT cannot load this copy**: generator `{info.generator}` is not PEFT's, so PEFT "
+                     "could not regenerate its projections, and its adapter_config.json makes PEFT stop with a "
+                     "message saying so. Load it with `vera_core`, or push it with projections.\n")
     metrics = "".join(f"| {k} | {v} |\n" for k, v in sorted(info.metrics.items()))
     body = (
         f"# {info.owner}/{info.name} ({'VeRA as LoRA' if as_lora else 'VeRA'}, version {info.version})\n\n"
@@ -117,10 +117,11 @@ class HubSync:
         ``as_lora``: the equivalent LoRA) with a model card. Re-pushing what the repo holds makes no commit."""
         _check_repo_id(repo_id)
         with_projection = with_projection or as_lora
-        info, files = self.registry.files(ref, with_projection=with_projection and not as_lora, as_lora=as_lora)
+        info, files = self.registry.files(ref, with_projection=with_projection and not as_lora,
+                                          seed_only=not with_projection, as_lora=as_lora)
         files[CARD_NAME] = model_card(info, with_projection=with_projection, as_lora=as_lora).encode()
-        notes = [] if as_lora else [f"PEFT would load this copy wrongly: {p}" for p in peft_problems(
-            VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME])))]
+        problems = [] if as_lora else peft_problems(VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME])))
+        notes = [f"PEFT cannot load this copy (it stops with a message saying so): {p}" for p in problems]
         api = self._api(token)
         with self._hub_errors(f"pushing {info.ref} to {repo_id}", repo_id, pushing=True):
             try:
@@ -331,7 +332,7 @@ def _check_is_vera_repo(where: str, names: set[str]) -> None:
 def _vera_config(where: str, path: Path) -> dict[str, Any]:
     config = json_object(path.read_bytes(), f"{where}'s {CONFIG_NAME}")
     kind = config.get("peft_type")
-    if kind != "VERA":
+    if kind not in VERA_PEFT_TYPES:
         raise InvalidInput(f"{where} holds a PEFT {kind or 'unknown-type'} adapter, not VeRA (peft_type "
                            f"{kind!r}); only VeRA adapters can be pulled.")
     return config

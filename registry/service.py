@@ -44,9 +44,9 @@ from vera_core.checkpoint import (
     adapter_metadata,
     write_adapter_files,
 )
-from vera_core.config import VeraConfig
+from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.layer import layer_shape
-from vera_core.lora import lora_file_bytes
+from vera_core.lora import delta_factors, lora_file_bytes
 from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS
 from vera_core.serialization import metadata_of, to_bytes
 from vera_core.targets import matches_target
@@ -474,20 +474,27 @@ class Registry:
         return _in_features_json(sizes) if sizes else None
 
     def files(
-        self, ref: str | Ref, *, with_projection: bool = False, as_lora: bool = False
+        self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False
     ) -> tuple[VersionInfo, dict[str, bytes]]:
-        """The PEFT directory's files as bytes: seed-only (tiny), or with A and B materialised (any PEFT >= 0.21
-        loads it). The same version and option always give the same bytes. A seed-only fetch of a version whose
-        projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
-        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora).
+        """The PEFT directory's files as bytes. By default, files PEFT loads correctly: seed-only (tiny) where PEFT's
+        own generator regenerates the projections, A and B materialised otherwise. ``with_projection`` always
+        materialises them; ``seed_only`` always leaves them out (for vera_core: a portable-generator adapter is then
+        written so that PEFT refuses it, see vera_core.config.SEED_ONLY_PEFT_TYPE). A seed-only fetch of a version
+        whose projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
+        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora). The same
+        version and options always give the same bytes.
         """
+        if with_projection and seed_only:
+            raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
         with self.db.session() as s:
             v = self._resolve(s, ref)
             info = self._info(s, v)
-            if not (with_projection or as_lora or v.seed_reproducible):
+            if seed_only and not as_lora and not v.seed_reproducible:
                 raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
-                               "would regenerate others. Fetch it with projections.")
-            tensors, metadata = self._tensors(v, with_projection=with_projection or as_lora)
+                               "would regenerate others. Fetch it without --seed-only.")
+            materialise = as_lora or with_projection or not (
+                seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
+            tensors, metadata = self._tensors(v, with_projection=materialise)
             if as_lora and META_IN_FEATURES not in metadata:  # PEFT-written: sizes from the declared base, if any
                 sizes = self._declared_in_features(v, tensors)
                 metadata = {**metadata, META_IN_FEATURES: sizes} if sizes else metadata
@@ -499,13 +506,13 @@ class Registry:
             except VeraError as exc:
                 raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
                                f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
-        config = config.replace(save_projection=with_projection)
+        config = config.replace(save_projection=materialise)
         return info, adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
-              as_lora: bool = False) -> Path:
+              seed_only: bool = False, as_lora: bool = False) -> Path:
         """Write the version's PEFT directory to ``out_dir`` (see ``files``)."""
-        _, files = self.files(ref, with_projection=with_projection, as_lora=as_lora)
+        _, files = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
         root = Path(out_dir)
         write_adapter_files(root, files)
         return root
@@ -649,37 +656,40 @@ class Registry:
 
     # ---- compare -----------------------------------------------------------------------------------------------------
     def compare(self, refs: list[str]) -> Comparison:
-        """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas."""
+        """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas.
+
+        Each delta is the layer's own: A and B sliced to its (out, in) as the forward does. A cosine is None where
+        the two layers differ in shape or a layer's input size is unknown (a PEFT-written adapter whose base model's
+        shapes are not declared)."""
         if not 2 <= len(refs) <= 8:
             raise InvalidInput(f"compare takes 2 to 8 versions, got {len(refs)}.")
         with self.db.session() as s:
             versions = [self._resolve(s, ref) for ref in refs]
             infos = [self._info(s, v) for v in versions]
-            loaded = [self._tensors(v, with_projection=True)[0] for v in versions]
+            loaded = []
+            for v in versions:
+                tensors, metadata = self._tensors(v, with_projection=True)
+                sizes = metadata.get(META_IN_FEATURES) or self._declared_in_features(v, tensors)
+                loaded.append((tensors, json.loads(sizes) if sizes else {}))
         suffix = ".vera_lambda_b"
         layers = sorted(set.intersection(*(
-            {k[len(PEFT_PREFIX):-len(suffix)] for k in t if k.endswith(suffix)} for t in loaded)))
+            {k[len(PEFT_PREFIX):-len(suffix)] for k in t if k.endswith(suffix)} for t, _ in loaded)))
         out = []
         for path in layers:
-            deltas, d_norms, b_norms = [], [], []
-            for tensors in loaded:
+            deltas: list[torch.Tensor | None] = []
+            d_norms, b_norms = [], []
+            for tensors, in_features in loaded:
                 d, b = tensors[f"{PEFT_PREFIX}{path}.vera_lambda_d"], tensors[f"{PEFT_PREFIX}{path}.vera_lambda_b"]
                 d_norms.append(float(d.norm()))
                 b_norms.append(float(b.norm()))
-                a_full, b_full = tensors[PROJECTION_KEYS[0]], tensors[PROJECTION_KEYS[1]]
-                deltas.append((b.unsqueeze(1) * b_full[: b.shape[0]]) @ (d.unsqueeze(1) * a_full))
-            cos: list[list[float | None]] = []
-            for x in deltas:
-                row: list[float | None] = []
-                for y in deltas:
-                    width = min(x.shape[1], y.shape[1])
-                    if x.shape[0] != y.shape[0]:
-                        row.append(None)
-                        continue
-                    xs, ys = x[:, :width], y[:, :width]
-                    denom = float(xs.norm() * ys.norm())
-                    row.append(float((xs * ys).sum()) / denom if denom > 0 else None)
-                cos.append(row)
+                width = in_features.get(path)
+                if width is None:
+                    deltas.append(None)
+                    continue
+                a_full, b_full = (tensors[k] for k in PROJECTION_KEYS)
+                lora_a, lora_b = delta_factors(d, b, a_full, b_full, int(width))
+                deltas.append(lora_b @ lora_a)  # (out, in)
+            cos = [[_cosine(x, y) for y in deltas] for x in deltas]
             out.append(LayerComparison(module=path, d_norms=d_norms, b_norms=b_norms, delta_cosine=cos))
         return Comparison(refs=[i.ref for i in infos], versions=infos, layers=out)
 
@@ -811,6 +821,14 @@ SORTS: dict[str, Any] = {
     "stored_bytes": m.AdapterVersion.stored_bytes, "r": m.AdapterVersion.r,
     "verification_status": m.AdapterVersion.verification_status,
 }
+
+
+def _cosine(x: torch.Tensor | None, y: torch.Tensor | None) -> float | None:
+    """Cosine of two weight deltas of the same shape; None when there is nothing comparable."""
+    if x is None or y is None or x.shape != y.shape:
+        return None
+    denom = float(x.norm() * y.norm())
+    return float((x * y).sum()) / denom if denom > 0 else None
 
 
 def _encode_cursor(sort: str, value: Any, last_id: int) -> str:

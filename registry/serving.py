@@ -122,9 +122,10 @@ class ModelServer:
     def _load(self, info: VersionInfo, token: str | None) -> Resident:
         started = time.perf_counter()
         with self.client_for(token) as client, tempfile.TemporaryDirectory(prefix="vera-serve-") as tmp:
-            projection = not info.seed_reproducible
+            projection = not info.seed_reproducible  # the seed regenerates them here: never download them for nothing
             for filename in ("adapter_config.json", "adapter_model.safetensors"):
-                (Path(tmp) / filename).write_bytes(client.download(info.ref, filename, with_projection=projection))
+                (Path(tmp) / filename).write_bytes(client.download(info.ref, filename, with_projection=projection,
+                                                                   seed_only=not projection))
             try:
                 files = read_adapter(tmp)
             except VeraError as exc:

@@ -122,7 +122,9 @@ def run(
 ) -> dict[str, Any]:
     """Train, write the adapter to ``out_dir`` and ``out_dir/metrics.json``; return the metrics.
 
-    With ``resume``, continue from the latest checkpoint under ``out_dir/checkpoints``.
+    With ``resume``, continue from the latest checkpoint under ``out_dir/checkpoints`` to the total this spec asks
+    for (the remaining steps follow that total's learning-rate schedule); a checkpoint already past it is refused.
+    ``steps`` of ``total_steps`` ran in all, ``resumed_from_step`` of them (or None) before this call.
     """
     started = time.perf_counter()
     splits = load_splits(spec)
@@ -153,6 +155,8 @@ def run(
         "projection_fingerprint": model.projection_fingerprint(),
         "projection_generator": model.config.projection_generator,
         "steps": result.state.step,
+        "total_steps": result.state.total_steps,
+        "resumed_from_step": result.resumed_from_step,
         "stop_reason": result.state.stop_reason,
         "train_wall_time_s": round(result.wall_time_s, 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -165,8 +169,8 @@ def run(
 
 
 #: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.
-PUBLISHED_METRICS = ("final_eval", "test", "train_wall_time_s", "steps", "examples", "task", "labels", "train_loss",
-                     "eval")
+PUBLISHED_METRICS = ("final_eval", "test", "train_wall_time_s", "steps", "total_steps", "examples", "task", "labels",
+                     "train_loss", "eval")
 MAX_CURVE_POINTS = 500
 
 

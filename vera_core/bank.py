@@ -119,35 +119,71 @@ class AdapterBank:
                                                                                  layer.out_features)])
 
     def _check_compatible(self, name: str, files: AdapterFiles) -> None:
-        ours, theirs = self.model.config, files.config
-        mine = (ours.projection_generator, ours.projection_prng_key, ours.r)
-        other = (theirs.projection_generator, theirs.projection_prng_key, theirs.r)
-        if mine != other:
-            raise AdapterFormatError(
-                f"Adapter {name!r} has (generator, seed, r) = {other}, but this bank shares the projection "
-                f"{mine}; serve it from a bank built with its own settings."
-            )
-        if theirs.bias != "none":
-            raise AdapterFormatError(f"Adapter {name!r} trains biases (bias={theirs.bias!r}); a bank serves "
-                                     "bias='none' adapters only.")
-        if files.has_projection:
-            stored = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))
-            if stored != self._fingerprint:
-                raise AdapterFormatError(
-                    f"Adapter {name!r} stores projections that its seed does not regenerate; it cannot share the "
-                    "bank's projection. Load it on its own with load_adapter()."
-                )
-        elif files.recorded_fingerprint not in (None, self._fingerprint):
-            raise AdapterFormatError(
-                f"Adapter {name!r} was trained with projections of fingerprint {files.recorded_fingerprint}, but "
-                f"this bank's are {self._fingerprint}: it was made for other layer shapes or another generator."
-            )
+        if files.config.bias != "none":
+            raise AdapterFormatError(f"Adapter {name!r} trains biases (bias={files.config.bias!r}); a bank serves "
+                                     "bias='none' adapters only. Load it on its own with load_adapter().")
+        differences = self._differences(files)
+        if differences:
+            if differences[0].startswith("target"):
+                fix = "Build a separate bank for that target set: AdapterBank(VeraModel(base, the adapter's config))."
+            elif differences[0].startswith(("stored projections", "projection fingerprint")):
+                fix = "Load it on its own with load_adapter(): no bank shares its projections."
+            else:
+                fix = "Serve it from a bank built for its settings: AdapterBank(VeraModel(base, the adapter's config))."
+            raise AdapterFormatError(f"Adapter {name!r} cannot join this bank (expected: what the bank was built "
+                                     f"for; found: the adapter's): {'; '.join(differences)}. {fix}")
         problem = self.model.adapter_mismatch(files.tensors)
         if problem is not None:
             raise AdapterFormatError(
-                f"Adapter {name!r} does not fit this bank's base model: {problem}its target_modules or "
-                "modules_to_save differ, or it is for another base."
+                f"Adapter {name!r} does not fit this bank's base model: {problem}it was trained on another base."
             )
+
+    def _differences(self, files: AdapterFiles) -> list[str]:
+        """What differs between the adapter and what this bank was built for, each as expected / found."""
+        ours, theirs, model = self.model.config, files.config, self.model
+        found: list[str] = []
+        suffix = ".vera_lambda_d"
+        layers = sorted(k[len(PEFT_PREFIX):-len(suffix)] for k in files.vector_keys() if k.endswith(suffix))
+        if layers != sorted(self.layers):
+            found.append(f"target modules: expected {len(self.layers)} layers (target_modules="
+                         f"{ours.target_modules!r}), found {len(layers)} (target_modules={theirs.target_modules!r})")
+        for label, mine, other in (("r", ours.r, theirs.r),
+                                   ("seed (projection_prng_key)", ours.projection_prng_key, theirs.projection_prng_key),
+                                   ("generator", ours.projection_generator, theirs.projection_generator)):
+            if mine != other:
+                found.append(f"{label}: expected {mine!r}, found {other!r}")
+        spec, shape = files.spec, (model.spec.r, model.max_in, model.max_out)
+        if spec is not None and (spec.r, spec.max_in, spec.max_out) != shape:
+            found.append(f"projection shape (r, max_in, max_out): expected {shape}, "
+                         f"found {(spec.r, spec.max_in, spec.max_out)}")
+        found += self._head_differences(files)
+        if found:  # the projections differ as a consequence; say why, not that
+            return found
+        if files.has_projection:
+            stored = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))
+            if stored != self._fingerprint:
+                bank = ("what the seed regenerates" if model.projection_reproducible
+                        else "the stored ones the bank was built with")
+                found.append(f"stored projections: generator, seed, r and shape agree, but expected {bank} "
+                             f"(fingerprint {self._fingerprint[:16]}...), found A and B of fingerprint "
+                             f"{stored[:16]}...")
+        elif files.recorded_fingerprint not in (None, self._fingerprint):
+            found.append(f"projection fingerprint: expected {self._fingerprint[:16]}... (what the seed regenerates "
+                         f"here), found {files.recorded_fingerprint[:16]}... (what the adapter was trained with)")
+        return found
+
+    def _head_differences(self, files: AdapterFiles) -> list[str]:
+        mine, theirs = sorted(self.model.config.modules_to_save or []), sorted(files.config.modules_to_save or [])
+        if mine != theirs:
+            return [f"heads (modules_to_save): expected {mine}, found {theirs}"]
+        found = []
+        for head_name, head in self.heads.items():
+            for p, t in head.state_dict().items():
+                other = files.tensors.get(f"{PEFT_PREFIX}{head_name}.{p}")
+                if other is not None and other.shape != t.shape:
+                    found.append(f"head tensor {head_name}.{p}: expected shape {tuple(t.shape)}, found "
+                                 f"{tuple(other.shape)}")
+        return found
 
     # ---- mixed batches ---------------------------------------------------------------------------------------
     @contextlib.contextmanager

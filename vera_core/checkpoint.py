@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from vera_core.config import PEFT_GENERATOR, VeraConfig
+from vera_core.config import VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
 from vera_core.layer import ComputeStrategy
 from vera_core.model import PROJECTION_KEYS, VeraModel
@@ -223,7 +223,7 @@ def write_adapter_dir(
 
 def peft_problems(config: VeraConfig) -> list[str]:
     """Why PEFT would load this adapter wrongly, if it would."""
-    if config.projection_generator != PEFT_GENERATOR and not config.save_projection:
+    if not config.peft_loadable:
         return [
             f"the adapter uses projection generator {config.projection_generator!r}, which PEFT does not implement, "
             "and does not store its projections, so PEFT would silently regenerate different ones from "

@@ -18,6 +18,15 @@ PEFT_GENERATOR = "torch-kaiming-uniform"
 PORTABLE_GENERATOR = "philox4x32-10-kaiming-uniform-v1"
 #: Generators this version implements; the names are recorded with every adapter and never reused.
 KNOWN_GENERATORS = (PORTABLE_GENERATOR, PEFT_GENERATOR)
+#: ``peft_type`` of a seed-only adapter whose generator PEFT does not implement. PEFT looks the type up in its table
+#: of methods and stops with a KeyError that shows this text, where a plain "VERA" would make it load the vectors
+#: onto projections it regenerates differently (silently wrong outputs). vera_core reads it as VeRA.
+SEED_ONLY_PEFT_TYPE = (
+    "VERA (vera_core seed-only: PEFT cannot load this adapter, it does not implement its projection generator. "
+    "Get a PEFT-loadable copy with A and B materialised: `vera export-peft SRC DST`, or `vera fetch REF` without "
+    "--seed-only)"
+)
+VERA_PEFT_TYPES = ("VERA", SEED_ONLY_PEFT_TYPE)
 
 BiasMode = Literal["none", "all", "vera_only"]
 _BIAS_MODES = ("none", "all", "vera_only")
@@ -130,6 +139,11 @@ class VeraConfig:
         """True when PEFT regenerates the same projections from the seed."""
         return self.projection_generator == PEFT_GENERATOR
 
+    @property
+    def peft_loadable(self) -> bool:
+        """True when PEFT loads files written with this config correctly: its own generator, or A and B stored."""
+        return self.peft_generator or self.save_projection
+
     def replace(self, **changes: Any) -> VeraConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -137,9 +151,10 @@ class VeraConfig:
     def to_peft_dict(self) -> dict[str, Any]:
         """The content of adapter_config.json, as PEFT writes it.
 
-        ``projection_generator`` is written only for a seed-only adapter whose generator PEFT does not know: there
-        PEFT's warning about the unknown key is the one hint a PEFT user gets. Everywhere else the file stays
-        exactly as PEFT writes it, and the generator is recorded in the safetensors metadata (docs/projections.md).
+        A seed-only adapter whose generator PEFT does not implement gets ``peft_type`` SEED_ONLY_PEFT_TYPE and a
+        ``projection_generator`` key, so that PEFT refuses it with a message naming the fix instead of regenerating
+        other projections. Everywhere else the file is exactly what PEFT writes, and the generator is recorded in
+        the safetensors metadata (docs/projections.md).
         """
         out: dict[str, Any] = {
             "auto_mapping": None,
@@ -161,7 +176,8 @@ class VeraConfig:
             "task_type": self.task_type,
             "vera_dropout": self.vera_dropout,
         }
-        if not self.peft_generator and not self.save_projection:
+        if not self.peft_loadable:
+            out["peft_type"] = SEED_ONLY_PEFT_TYPE
             out["projection_generator"] = self.projection_generator
         return out
 
@@ -169,16 +185,20 @@ class VeraConfig:
     def from_peft_dict(cls, data: dict[str, Any]) -> VeraConfig:
         """Read adapter_config.json content written by PEFT or by vera_core.
 
-        A config without ``projection_generator`` was written by PEFT (or for PEFT), so it uses PEFT's generator.
+        A config without ``projection_generator`` was written by PEFT (or for PEFT), so it uses PEFT's generator;
+        ``peft_type`` is "VERA" or SEED_ONLY_PEFT_TYPE.
         """
         if not isinstance(data, dict):
             raise VeraConfigError(f"adapter_config.json must hold a JSON object, found {type(data).__name__}.")
         peft_type = getattr(data.get("peft_type"), "value", data.get("peft_type"))  # PEFT's str enum or plain JSON
-        if peft_type != "VERA":
+        if peft_type not in VERA_PEFT_TYPES:
             raise VeraConfigError(
                 f"adapter_config.json has peft_type={peft_type!r}; expected 'VERA'. "
                 "Only VeRA adapters can be loaded here (a LoRA adapter needs peft.LoraConfig)."
             )
+        if peft_type == SEED_ONLY_PEFT_TYPE and "projection_generator" not in data:
+            raise VeraConfigError("adapter_config.json marks a vera_core seed-only adapter but names no "
+                                  "projection_generator; the file was edited or truncated.")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs.setdefault("projection_generator", PEFT_GENERATOR)

@@ -53,9 +53,17 @@ def lora_tensors(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> dict[
         n_in = _in_features(files, path)
         if n_in > a.shape[1] or lam_b.shape[0] > b.shape[0]:
             raise AdapterFormatError(f"Layer {path[len(PEFT_PREFIX):]} is larger than the shared projection.")
-        out[f"{path}.lora_A.weight"] = (d.unsqueeze(1) * a[:, :n_in].float()).contiguous()  # (r, in)
-        out[f"{path}.lora_B.weight"] = (lam_b.unsqueeze(1) * b[: lam_b.shape[0]].float()).contiguous()  # (out, r)
+        out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = delta_factors(d, lam_b, a, b, n_in)
     return out
+
+
+def delta_factors(
+    d: torch.Tensor, lam_b: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_in: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d * A[:, :in] (r, in), b * B[:out] (out, r)): their product is the layer's VeRA delta weight."""
+    lora_a = (d.float().unsqueeze(1) * a[:, :n_in].float()).contiguous()  # (r, in)
+    lora_b = (lam_b.float().unsqueeze(1) * b[: lam_b.shape[0]].float()).contiguous()  # (out, r)
+    return lora_a, lora_b
 
 
 def _in_features(files: AdapterFiles, path: str) -> int:

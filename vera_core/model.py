@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from vera_core.config import VeraConfig
-from vera_core.errors import AdapterFormatError
+from vera_core.errors import AdapterFormatError, VeraError
 from vera_core.layer import ComputeStrategy, SharedProjection, VeraLinear, is_conv1d, layer_shape
 from vera_core.projection import ProjectionSpec, fingerprint, generate
 from vera_core.targets import find_targets, resolve_targets
@@ -33,7 +34,17 @@ class VeraModel(nn.Module):
     ``model`` keeps the base model's module tree, with each adapted layer replaced by a ``VeraLinear`` whose
     ``base_layer`` is the original layer, so state-dict names match PEFT's (``<path>.base_layer.weight``,
     ``<path>.vera_lambda_b``).
+
+    What trains in full, the ``modules_to_save`` heads and the biases of ``bias="all"`` / ``"vera_only"``, trains
+    on copies made here, as PEFT's ``ModulesToSaveWrapper`` does: the tree holds the copies, and the base model's
+    own modules and bias parameters are kept aside, frozen, for ``disable_adapter()``. A head whose weight is tied
+    to the input embeddings (GPT-2's ``lm_head``) is thereby untied, as in PEFT, and the embeddings stay frozen.
+    The originals are not in ``state_dict()`` or ``parameters()``; ``VeraModel.to()`` (not ``model.model.to()``)
+    moves them with the rest.
     """
+
+    _originals: nn.Module  # index -> the object not in the tree at _slots[index] (see _set_aside_originals)
+    _slots: list[tuple[nn.Module, str]]  # (owner module, attribute name) of each head and trained bias
 
     def __init__(
         self, model: nn.Module, config: VeraConfig, *, projection: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -63,6 +74,8 @@ class VeraModel(nn.Module):
         self.adapted = [name for name, _ in targets]
         # False only when a loaded adapter's stored projections differ from what its seed regenerates.
         self.projection_reproducible = True
+        self._disabled_depth = 0  # nesting depth of disable_adapter() blocks
+        self._set_aside_originals()
         self._mark_trainable()
 
     @staticmethod
@@ -76,6 +89,63 @@ class VeraModel(nn.Module):
             warnings.warn("fan_in_fan_out is True but the targets are nn.Linear; setting it to False.", stacklevel=3)
             return config.replace(fan_in_fan_out=False)
         return config
+
+    def _set_aside_originals(self) -> None:
+        """Put trainable copies of the heads and of the biases that will train in the tree; keep the originals.
+
+        ``_slots[i]`` is (owner module, attribute name); the object that is NOT in the tree at that slot is
+        ``_originals.<i>``: the frozen original normally, the trained copy inside ``disable_adapter()``.
+        """
+        self.__dict__["_originals"] = nn.Module()  # not a submodule: kept out of state_dict() and parameters()
+        self._slots = []
+        heads = list(self.modules_to_save())
+        for name, head in heads:
+            parent_name, _, child = name.rpartition(".")
+            self._keep_original(self.model.get_submodule(parent_name) if parent_name else self.model, child,
+                                copy.deepcopy(head))
+        biases: list[tuple[nn.Module, str]] = []
+        if self.config.bias == "vera_only":
+            biases = [(layer.base_layer, "bias") for layer in self.vera_layers() if layer.base_bias is not None]
+        elif self.config.bias == "all":
+            in_head = {id(m) for _, head in heads for m in head.modules()}
+            biases = [(m, n) for m in self.model.modules() if id(m) not in in_head
+                      for n, p in m.named_parameters(recurse=False) if n.endswith("bias")]
+        copies: dict[int, nn.Parameter] = {}  # a bias shared by several modules gets one copy, still shared
+        for owner, attr in biases:
+            original = getattr(owner, attr)
+            if id(original) not in copies:
+                copies[id(original)] = nn.Parameter(original.detach().clone(), requires_grad=False)
+            self._keep_original(owner, attr, copies[id(original)])
+
+    def _keep_original(self, owner: nn.Module, attr: str, trainable_copy: nn.Module | nn.Parameter) -> None:
+        key = str(len(self._slots))
+        original = getattr(owner, attr)
+        if isinstance(original, nn.Parameter):
+            self._originals.register_parameter(key, original)
+        else:
+            self._originals.add_module(key, original)
+        setattr(owner, attr, trainable_copy)
+        self._slots.append((owner, attr))
+
+    def _swap_originals(self) -> None:
+        """Exchange the object at each slot of the tree with the one kept aside (its own inverse).
+
+        Parameter and module objects move, values are never copied: autograd graphs built before or during the
+        swap, and optimizers holding the trained parameters, stay valid.
+        """
+        for index, (owner, attr) in enumerate(self._slots):
+            key = str(index)
+            current, kept = getattr(owner, attr), getattr(self._originals, key)
+            if isinstance(kept, nn.Module):
+                kept.train(current.training)
+            setattr(owner, attr, kept)
+            setattr(self._originals, key, current)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> VeraModel:
+        """``to()``, ``cuda()``, ``half()``, ...: the originals kept aside move and convert with the model."""
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # untyped in torch
+        self._originals._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        return self
 
     def _mark_trainable(self) -> None:
         for layer in self.vera_layers():
@@ -142,8 +212,16 @@ class VeraModel(nn.Module):
         for layer in self.vera_layers():
             layer.unmerge()
 
+    def _refuse_inside_disable(self, what: str) -> None:
+        if self._disabled_depth:
+            raise VeraError(
+                f"{what} was called inside disable_adapter(), where the model holds the base model's original heads "
+                "and biases instead of the trained ones; call it after the block."
+            )
+
     def merge_and_unload(self) -> nn.Module:
-        """Fold every delta into its base weight and return the plain base model (heads included)."""
+        """Fold every delta into its base weight and return the plain base model (trained heads and biases in)."""
+        self._refuse_inside_disable("merge_and_unload()")
         for name, layer in list(self.named_vera_layers()):
             layer.merge()
             _set_submodule(self.model, name, layer.base_layer)
@@ -151,20 +229,35 @@ class VeraModel(nn.Module):
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Run the base model alone inside the block (merged deltas are taken out first)."""
+        """Inside the block the model is the base model alone, as it was before the adapter was added.
+
+        The VeRA layers pass through to their base layers (merged deltas are taken out first, which is exact up to
+        float rounding), and the original heads (``modules_to_save``) and biases (``bias="all"`` / ``"vera_only"``)
+        are swapped into the tree in place of the trained ones; these come back on exit, also on an exception.
+        PEFT's ``disable_adapter()`` does the same for heads but leaves trained biases in place. Nested blocks are
+        fine; reading, saving or loading the adapter's tensors and ``merge_and_unload()`` inside one are refused.
+        """
         layers = list(self.vera_layers())
+        previous = [layer.disabled for layer in layers]
         for layer in layers:
             layer.unmerge()
             layer.disabled = True
+        if self._disabled_depth == 0:
+            self._swap_originals()
+        self._disabled_depth += 1
         try:
             yield
         finally:
-            for layer in layers:
-                layer.disabled = False
+            self._disabled_depth -= 1
+            if self._disabled_depth == 0:
+                self._swap_originals()
+            for layer, disabled in zip(layers, previous, strict=True):
+                layer.disabled = disabled
 
     # ---- state in PEFT's key format -----------------------------------------------------------------------
     def _adapter_tensors(self, *, keep_projection: bool) -> dict[str, torch.Tensor]:
         """The live tensors an adapter file holds, under PEFT's keys (no copies)."""
+        self._refuse_inside_disable("Reading or loading the adapter's tensors")
         out: dict[str, torch.Tensor] = {}
         for name, layer in self.named_vera_layers():
             out[f"{PEFT_PREFIX}{name}.vera_lambda_b"] = layer.vera_lambda_b

@@ -3,6 +3,11 @@
 AdamW with separate learning rates for the VeRA vectors and for heads/biases (the paper tunes them separately),
 warmup then linear or cosine decay, gradient clipping and accumulation, evaluation every N steps, early stopping
 on a metric, mixed precision on CUDA, determinism under a seed, and checkpoints that resume exactly.
+
+A resumed run trains to the total that its own arguments ask for (``max_steps``, or ``epochs`` times the steps per
+epoch), not to the total of the run that wrote the checkpoint, so a run can be extended: the steps that remain
+follow the learning-rate schedule of the new total (warmup and decay are recomputed for it; with the ``constant``
+schedule and no warmup, 6 steps resumed to 12 equal 12 straight steps).
 """
 
 from __future__ import annotations
@@ -109,9 +114,12 @@ class TrainerState:
 
 @dataclass
 class TrainResult:
+    """``state.step`` of ``state.total_steps`` steps ran in all; ``resumed_from_step`` of them in earlier runs."""
+
     state: TrainerState
     final_metrics: dict[str, float]
     wall_time_s: float
+    resumed_from_step: int | None = None
 
 
 def _lr_lambda(schedule: Schedule, warmup: int, total: int) -> Any:
@@ -151,10 +159,11 @@ class Trainer:
         self.state.steps_per_epoch = max(1, batches // args.gradient_accumulation_steps)
         self.state.total_steps = args.max_steps or math.ceil(self.state.steps_per_epoch * args.epochs)
         warmup = int(args.warmup_ratio * self.state.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(args.schedule, warmup, self.state.total_steps))
+        self._lr_factor = _lr_lambda(args.schedule, warmup, self.state.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self._best_state: dict[str, torch.Tensor] | None = None
+        self.resumed_from_step: int | None = None
 
     def _autocast_dtype(self) -> torch.dtype | None:
         precision = self.args.precision
@@ -260,7 +269,7 @@ class Trainer:
         final = self.evaluate() if self.eval_data else {}
         state.elapsed_s = time.perf_counter() - started
         self._emit("on_train_end")
-        return TrainResult(state, final, state.elapsed_s)
+        return TrainResult(state, final, state.elapsed_s, self.resumed_from_step)
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], accum: int) -> float:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -361,16 +370,30 @@ class Trainer:
                 raise VeraConfigError(f"No checkpoint under {path}; expected checkpoints/step-N folders.")
             path = candidates[-1]
         saved = json.loads(path.joinpath("trainer_state.json").read_text(encoding="utf-8"))
+        step, total = saved["state"]["step"], self.state.total_steps
+        if step > total:
+            asked = (f"max_steps={self.args.max_steps}" if self.args.max_steps else
+                     f"epochs={self.args.epochs} x {self.state.steps_per_epoch} steps per epoch")
+            raise VeraConfigError(
+                f"The checkpoint {path} is at step {step}, but these arguments ask for {total} steps in all "
+                f"({asked}): pass max_steps >= {step} (vera train --max-steps {step} or more) to continue it, or "
+                "start over without resuming (no --resume)."
+            )
         self._restore(load_file(str(path / "trainable.safetensors"), device=str(self.device)))
         tensors = load_file(str(path / "optimizer.safetensors"))
         _load_optimizer(self.optimizer, tensors, saved["param_groups"])
+        # The remaining steps follow this run's schedule, whose total may differ from the checkpoint's.
         self.scheduler.last_epoch = saved["scheduler"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self._lr_factor(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         torch.set_rng_state(tensors["rng.cpu"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         for key, value in saved["state"].items():
-            setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
+            if key not in ("total_steps", "steps_per_epoch"):  # these come from this run's arguments and data
+                setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
+        self.resumed_from_step = step
         if path.joinpath("best.safetensors").exists():
             self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
 

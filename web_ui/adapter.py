@@ -149,13 +149,18 @@ def hub(info: VersionInfo) -> None:
 
 
 def downloads(info: VersionInfo) -> None:
-    with_projection = st.checkbox("Materialise A and B (any PEFT loads it)", value=not info.seed_reproducible,
-                                  disabled=not info.seed_reproducible)
-    as_lora = st.checkbox("As the equivalent LoRA (for vLLM, LoRAX)")
-    for name in FILES[:2] if as_lora else FILES:
-        data: bytes = session.read("download", info.ref, name, with_projection=with_projection, as_lora=as_lora)
+    forms = {"for PEFT (default)": {}, "with A and B": {"with_projection": True},
+             "seed-only (vera_core)": {"seed_only": True}, "equivalent LoRA (vLLM, LoRAX)": {"as_lora": True}}
+    available = [f for f in forms if info.seed_reproducible or f != "seed-only (vera_core)"]
+    form = st.radio("Form", available, horizontal=True,
+                    help="The default is what PEFT loads correctly: seed-only where PEFT's own generator regenerates "
+                         "A and B, A and B materialised otherwise. A seed-only copy of a portable-generator adapter "
+                         "is for vera_core; PEFT refuses it with a message.")
+    options = forms[form]
+    for name in FILES[:2] if options.get("as_lora") else FILES:
+        data: bytes = session.read("download", info.ref, name, **options)
         st.download_button(f"{name} ({len(data):,} B)", data, file_name=name, key=f"dl-{name}")
-    st.code(f"vera fetch {info.ref} --out {info.name}" + (" --as lora" if as_lora else "")
-            + (" --with-projection" if with_projection and not as_lora else ""), language="bash")
+    flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
+    st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")
     st.caption("Load it: `vera_core.load_adapter(base, folder)` or `PeftModel.from_pretrained(base, folder)`; "
                + json.dumps(info.target_modules))

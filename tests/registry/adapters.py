@@ -25,3 +25,16 @@ def make_model(seed: int = 0, **changes: object) -> VeraModel:
 
 def make_adapter(directory: Path, seed: int = 0, **changes: object) -> Path:
     return save_adapter(make_model(seed, **changes), directory)
+
+
+def peft_logits(folder: Path) -> torch.Tensor:
+    """What HuggingFace PEFT computes with the adapter in ``folder`` on a fresh tiny Llama (LLAMA.inputs())."""
+    from peft import PeftModel
+
+    with torch.no_grad():
+        return PeftModel.from_pretrained(LLAMA.make(), folder).eval()(**LLAMA.inputs()).logits
+
+
+def vera_logits(model: VeraModel) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**LLAMA.inputs()).logits

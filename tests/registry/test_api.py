@@ -16,10 +16,11 @@ from registry.client import RegistryClient, RegistryUnavailable
 from registry.db import Database
 from registry.errors import InvalidInput, NotFound
 from registry.tokens import Forbidden, Unauthorized, create_token, revoke_token
-from tests.registry.adapters import make_adapter, make_model
+from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from tests.registry.servers import free_port, running_server
 from tests.registry.test_cli import vera
-from vera_core import export_lora, read_adapter, save_adapter
+from vera_core import PEFT_GENERATOR, export_lora, load_adapter, read_adapter, save_adapter
+from vera_core.model import PROJECTION_KEYS
 
 Clients = Callable[..., RegistryClient]
 
@@ -57,7 +58,18 @@ def test_publish_fetch_verify_through_the_cli(clients: Clients, local: tuple[str
     assert "cli/demo:1" in listing.stdout and "latest" in listing.stdout
     fetched = vera("fetch", "cli/demo@latest", "--out", str(tmp_path / "out"), "--registry", url)
     assert fetched.returncode == 0, fetched.stderr
-    assert read_adapter(tmp_path / "out").tensors.keys() == read_adapter(source).tensors.keys()
+    # the default is what PEFT loads correctly: this portable-generator adapter comes with its A and B
+    assert read_adapter(tmp_path / "out").tensors.keys() == read_adapter(source).tensors.keys() | set(PROJECTION_KEYS)
+    torch.testing.assert_close(peft_logits(tmp_path / "out"), vera_logits(load_adapter(LLAMA.make(), source)),
+                               rtol=0, atol=5e-7)
+    seed_only = vera("fetch", "cli/demo", "--seed-only", "--out", str(tmp_path / "seed-only"), "--registry", url)
+    assert seed_only.returncode == 0, seed_only.stderr
+    assert read_adapter(tmp_path / "seed-only").tensors.keys() == read_adapter(source).tensors.keys()
+    with pytest.raises(KeyError, match="PEFT cannot load this adapter"):
+        peft_logits(tmp_path / "seed-only")
+    both = vera("fetch", "cli/demo", "--seed-only", "--with-projection", "--out", str(tmp_path / "x"),
+                "--registry", url)
+    assert both.returncode == 1 and "contradict each other" in both.stderr and not (tmp_path / "x").exists()
     verified = vera("verify", "cli/demo", "--registry", url)
     assert verified.returncode == 0 and "cli/demo:1: passed" in verified.stdout
     assert vera("alias", "cli/demo:1", "prod", "--registry", url).stdout.strip() == "cli/demo@prod -> 1"
@@ -65,6 +77,32 @@ def test_publish_fetch_verify_through_the_cli(clients: Clients, local: tuple[str
     assert client.get("cli/demo@prod").metrics == {"final_eval": {"accuracy": 0.9}, "test": {"accuracy": 0.88}}
     missing = vera("fetch", "cli/nothing", "--out", str(tmp_path / "x"), "--registry", url)
     assert missing.returncode == 1 and "No adapter cli/nothing" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("generator", ["portable", PEFT_GENERATOR])
+def test_every_default_download_is_what_peft_loads_correctly(
+    clients: Clients, local: tuple[str, Path], tmp_path: Path, generator: str
+) -> None:
+    """The raw file route without options, and the client's fetch and download, as a PEFT user takes them."""
+    url, _ = local
+    model = make_model(seed=6, **({"projection_generator": generator} if generator != "portable" else {}))
+    client = clients(url)
+    info = client.publish(save_adapter(model, tmp_path / "src"), f"peft/{generator[:8]}", base_model="tiny-llama")
+    want = vera_logits(model)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        response = httpx.get(f"{url}/api/v1/adapters/{info.owner}/{info.name}/versions/1/files/{name}")
+        assert response.status_code == 200, response.text
+        (raw / name).write_bytes(response.content)
+    torch.testing.assert_close(peft_logits(raw), want, rtol=0, atol=5e-7)
+    torch.testing.assert_close(peft_logits(client.fetch(info.ref, tmp_path / "fetched")), want, rtol=0, atol=5e-7)
+    assert client.download(info.ref, "adapter_model.safetensors") == (raw / "adapter_model.safetensors").read_bytes()
+    seed_only = client.fetch(info.ref, tmp_path / "seed-only", seed_only=True)
+    torch.testing.assert_close(vera_logits(load_adapter(LLAMA.make(), seed_only)), want, rtol=0, atol=5e-7)
+    refused = httpx.get(f"{url}/api/v1/adapters/{info.owner}/{info.name}/versions/1/files/adapter_config.json",
+                        params={"projection": "true", "seed_only": "true"})
+    assert refused.status_code == 422 and "not both" in refused.text
 
 
 def test_downloads_carry_an_etag_and_honour_conditional_requests(
@@ -78,8 +116,8 @@ def test_downloads_carry_an_etag_and_honour_conditional_requests(
     assert first.status_code == 200 and first.headers["etag"] == f'"{hashlib.sha256(first.content).hexdigest()}"'
     assert httpx.get(path).content == first.content  # byte-for-byte stable
     assert httpx.get(path, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
-    full = httpx.get(path, params={"projection": "true"})
-    assert len(full.content) > len(first.content) and full.headers["etag"] != first.headers["etag"]
+    small = httpx.get(path, params={"seed_only": "true"})
+    assert len(small.content) < len(first.content) and small.headers["etag"] != first.headers["etag"]
     client.fetch("etag/a:1", tmp_path / "full", with_projection=True)
     assert read_adapter(tmp_path / "full").has_projection
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub.repocard import metadata_load
+from peft import PeftModel
 from sqlalchemy import func, select
 
 from registry import models as m
@@ -29,6 +30,7 @@ from tests.registry.servers import free_port, running_server
 from tests.registry.test_cli import vera
 from tests.vera_core.test_peft_interop import peft_model, train_a_little
 from vera_core import PEFT_GENERATOR, load_adapter
+from vera_core.config import SEED_ONLY_PEFT_TYPE
 
 TOKEN = "hf_standin_alice_write"
 
@@ -158,17 +160,22 @@ def test_seed_only_push_has_no_projections_and_warns_when_peft_cannot_regenerate
 ) -> None:
     ref = published(registry, tmp_path)  # portable generator
     result = sync.push(ref, "alice/seed-only", actor="alice", with_projection=False)
-    assert not result.peft_loadable and "PEFT would load this copy wrongly" in result.notes[0]
+    assert not result.peft_loadable and "PEFT cannot load this copy" in result.notes[0]
     (tmp_path / "dl").mkdir()
     for name, data in hub.files("alice/seed-only").items():
         (tmp_path / "dl" / name).write_bytes(data)
     config = json.loads((tmp_path / "dl" / "adapter_config.json").read_text())
-    assert config["save_projection"] is False
-    assert "PEFT would load this copy wrongly" in (tmp_path / "dl" / "README.md").read_text()
+    assert config["save_projection"] is False and config["peft_type"] == SEED_ONLY_PEFT_TYPE
+    assert "PEFT cannot load this copy" in (tmp_path / "dl" / "README.md").read_text()
+    with pytest.raises(KeyError, match="vera export-peft"):  # rather than loading other projections silently
+        PeftModel.from_pretrained(LLAMA.make(), tmp_path / "dl")
     assert metadata_load(tmp_path / "dl" / "README.md")["vera_registry"]["projections_included"] is False
-    # vera_core regenerates them and gets the same outputs
+    # vera_core regenerates them and gets the same outputs, and the registry pulls such a copy back
     torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), tmp_path / "dl"), LLAMA.inputs()),
                                output_of(make_model(seed=0), LLAMA.inputs()))
+    back = sync.pull("alice/seed-only", target="alice/back", actor="alice", base_model="org/tiny-llama")
+    assert back.version.seed_reproducible
+    assert back.version.projection_fingerprint == registry.get(ref).projection_fingerprint
 
 
 def peft_repo_files(tmp_path: Path, *, seed: int = 7) -> tuple[dict[str, bytes], torch.Tensor]:

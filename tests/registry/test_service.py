@@ -14,8 +14,8 @@ from registry import models as m
 from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound
 from registry.service import Registry
 from tests.conftest import output_of
-from tests.registry.adapters import LLAMA, make_adapter, make_model
-from vera_core import PEFT_GENERATOR, load_adapter, read_adapter
+from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
+from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter
 
 
 def counts(registry: Registry) -> dict[str, int]:
@@ -37,8 +37,8 @@ def test_publish_fetch_round_trip(registry: Registry, tmp_path: Path) -> None:
     assert info.stored_bytes < 8000 and info.metrics == {"accuracy": 0.9}
     assert counts(registry) == {"adapters": 1, "versions": 1, "blobs": 1, "projections": 1, "base_models": 1,
                                 "files": 1}  # the seed regenerates the projection: it is not stored
-    out = registry.fetch("alice/llama-sent", tmp_path / "seed-only")
-    again = registry.fetch("alice/llama-sent:1", tmp_path / "again")
+    out = registry.fetch("alice/llama-sent", tmp_path / "seed-only", seed_only=True)
+    again = registry.fetch("alice/llama-sent:1", tmp_path / "again", seed_only=True)
     for f in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
         assert (out / f).read_bytes() == (again / f).read_bytes()  # byte-for-byte stable
     inputs = LLAMA.inputs()
@@ -47,6 +47,30 @@ def test_publish_fetch_round_trip(registry: Registry, tmp_path: Path) -> None:
     full = registry.fetch("alice/llama-sent@latest", tmp_path / "full", with_projection=True)
     assert read_adapter(full).has_projection and not read_adapter(out).has_projection
     torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), full), inputs), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("generator", [PORTABLE_GENERATOR, PEFT_GENERATOR])
+def test_default_files_are_what_peft_loads_correctly(registry: Registry, tmp_path: Path, generator: str) -> None:
+    model = make_model(seed=4, projection_generator=generator)
+    info = registry.publish(save_adapter(model, tmp_path / "src"), owner="ana", name="g", base_model="tiny-llama")
+    vectors_before = registry.blobs.get(info.vectors_sha256)
+    want = vera_logits(model)
+    default = registry.fetch(info.ref, tmp_path / "default")
+    # seed-only only where PEFT's own generator regenerates A and B; otherwise they are materialised
+    assert read_adapter(default).has_projection == (generator == PORTABLE_GENERATOR)
+    torch.testing.assert_close(peft_logits(default), want, rtol=0, atol=5e-7)
+    seed_only = registry.fetch(info.ref, tmp_path / "seed-only", seed_only=True)
+    assert not read_adapter(seed_only).has_projection
+    torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), seed_only), LLAMA.inputs()), want,
+                               rtol=0, atol=5e-7)
+    if generator == PORTABLE_GENERATOR:  # PEFT cannot regenerate these projections: it refuses, naming the fix
+        with pytest.raises(KeyError, match="PEFT cannot load this adapter.*vera export-peft"):
+            peft_logits(seed_only)
+    else:
+        torch.testing.assert_close(peft_logits(seed_only), want, rtol=0, atol=5e-7)
+    with pytest.raises(InvalidInput, match="either the projections .* or a seed-only copy"):
+        registry.files(info.ref, with_projection=True, seed_only=True)
+    assert registry.blobs.get(info.vectors_sha256) == vectors_before  # what is stored never changes
 
 
 def test_versions_aliases_and_dedupe(registry: Registry, tmp_path: Path) -> None:
@@ -90,9 +114,11 @@ def test_projections_the_seed_does_not_regenerate_are_stored_once(registry: Regi
     assert not info.seed_reproducible
     assert counts(registry)["projections"] == 1 and counts(registry)["blobs"] == 2
     with pytest.raises(Conflict, match="not seed-reproducible"):
-        registry.fetch("bob/odd", tmp_path / "no")
-    full = registry.fetch("bob/odd", tmp_path / "full", with_projection=True)
-    torch.testing.assert_close(read_adapter(full).tensors["base_model.vera_A"], model.projection.vera_A)
+        registry.fetch("bob/odd", tmp_path / "no", seed_only=True)
+    assert not (tmp_path / "no").exists()
+    for folder in (registry.fetch("bob/odd", tmp_path / "default"),
+                   registry.fetch("bob/odd", tmp_path / "full", with_projection=True)):
+        torch.testing.assert_close(read_adapter(folder).tensors["base_model.vera_A"], model.projection.vera_A)
     assert registry.verify("bob/odd").status == "passed"
 
 
@@ -285,6 +311,24 @@ def test_compare(registry: Registry, tmp_path: Path) -> None:
     assert layer.d_norms[0] == layer.d_norms[2] != layer.d_norms[1]
 
 
+@pytest.mark.parametrize("generator", [PORTABLE_GENERATOR, PEFT_GENERATOR])
+def test_compare_cosines_are_those_of_the_loaded_models_deltas(registry: Registry, tmp_path: Path,
+                                                               generator: str) -> None:
+    """Llama's down_proj reads 48 inputs, the other layers 32: each delta uses its own slice of A and B."""
+    refs = [registry.publish(make_adapter(tmp_path / f"a{seed}", seed=seed, projection_generator=generator),
+                             owner="jo", name=f"c{seed}", base_model="tiny-llama").ref for seed in (1, 2)]
+    loaded = [dict(load_adapter(LLAMA.make(), registry.fetch(ref, tmp_path / ref.replace("/", "-"))
+                                ).named_vera_layers()) for ref in refs]
+    result = registry.compare(refs)
+    assert {layer.module for layer in result.layers} == set(loaded[0]) and len(result.layers) == 14
+    for layer in result.layers:
+        x, y = (model[layer.module].get_delta_weight().flatten() for model in loaded)
+        want = float(torch.nn.functional.cosine_similarity(x, y, dim=0))
+        assert layer.delta_cosine[0][1] == pytest.approx(want, abs=1e-5), layer.module
+        assert layer.delta_cosine[0][0] == pytest.approx(1.0, abs=1e-5)
+        assert layer.d_norms[0] == pytest.approx(float(loaded[0][layer.module].vera_lambda_d.norm()))
+
+
 def test_peft_written_seed_only_adapters_need_their_projection(registry: Registry, tmp_path: Path) -> None:
     from peft import VeraConfig as PeftVeraConfig
     from peft import get_peft_model
@@ -345,3 +389,39 @@ def test_peft_seed_only_adapter_publishes_once_its_base_shapes_are_declared(regi
     ours = load_adapter(LLAMA.make(), tmp_path / "fetched")
     torch.testing.assert_close(output_of(ours, LLAMA.inputs()), output_of(theirs, LLAMA.inputs()),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_base_register_upgrades_an_implied_base_or_says_why_not(registry: Registry, database_url: str,
+                                                                tmp_path: Path) -> None:
+    """An earlier publish implied the base; `vera base register` declares it, and what the refusals promised then
+    works: a PEFT-written seed-only adapter publishes, and one saved with projections exports as LoRA."""
+    from tests.registry.test_cli import vera
+    from tests.vera_core.test_peft_interop import peft_model, train_a_little
+
+    registry.publish(make_adapter(tmp_path / "ours"), owner="ida", name="first", base_model="llama-b")
+    registry.publish(make_adapter(tmp_path / "rev"), owner="ida", name="pinned", base_model="llama-b",
+                     base_revision="v2")
+    theirs = peft_model(LLAMA, seed=5, save_projection=False)
+    train_a_little(theirs, LLAMA)
+    theirs.save_pretrained(tmp_path / "peft")
+    with pytest.raises(InvalidInput, match="vera base register"):
+        registry.publish(tmp_path / "peft", owner="ida", name="seed-only", base_model="llama-b")
+    LLAMA.make().config.save_pretrained(tmp_path / "base")
+    args = ("--config", str(tmp_path / "base" / "config.json"), "--database-url", database_url,
+            "--storage-url", str(tmp_path / "blobs"))
+    done = vera("base", "register", "llama-b", *args)
+    assert done.returncode == 0, done.stderr
+    assert "registered llama-b@default: 14 layers, declared (upgraded from the shapes its published" in done.stdout
+    assert "llama-b@v2 (another revision) stays implied; declare it with --revision v2" in done.stdout
+    sources = {(b.name, b.revision): b.shapes_source for b in registry.list_base_models()}
+    assert sources == {("llama-b", ""): "declared", ("llama-b", "v2"): "implied"}
+    info = registry.publish(tmp_path / "peft", owner="ida", name="seed-only", base_model="llama-b")
+    torch.testing.assert_close(peft_logits(registry.fetch(info.ref, tmp_path / "fetched")),
+                               output_of(theirs, LLAMA.inputs()), rtol=0, atol=5e-7)
+    other = LLAMA.make().config
+    other.intermediate_size = 64  # shapes that contradict what the published adapters imply
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(Conflict, match="Published adapters imply layer .* which these shapes contradict"):
+        registry.register_base_model_from_config(name="llama-b", revision="v2",
+                                                 config_path=str(tmp_path / "other" / "config.json"))
+    assert {(b.name, b.revision): b.shapes_source for b in registry.list_base_models()} == sources

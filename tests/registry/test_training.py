@@ -17,6 +17,7 @@ from registry.training import (
     resolve_base,
 )
 from tests.registry.test_cli import vera
+from tests.registry.tiny_lm import WORDS, save_tiny_llama
 from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter
 from vera_core.data import SequenceClassification, word_polarity
 
@@ -70,6 +71,31 @@ def test_train_command_errors_are_clear(tmp_path: Path) -> None:
     result = vera("train", "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "x"))
     assert result.returncode == 1 and "has columns ['text'] but not ['label']" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_with_a_larger_max_steps_trains_to_it_and_says_so(tmp_path: Path) -> None:
+    """`--max-steps 6 --save-every 6`, then `--max-steps 12 --resume`: 12 steps of 12, not the checkpoint's 6."""
+    base = save_tiny_llama(tmp_path / "base")
+    data = tmp_path / "lines.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(6))})
+                            + "\n" for i in range(80)))
+    out = tmp_path / "run"
+    common = ("train", "--base-model", str(base), "--task", "causal-lm", "--data", str(data), "--r", "8",
+              "--batch-size", "8", "--save-every", "6", "--out", str(out), "--no-progress")
+    first = vera(*common, "--max-steps", "6")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    resumed = vera(*common, "--max-steps", "12", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["total_steps"], metrics["resumed_from_step"]) == (12, 12, 6)
+    assert [step for step, _ in metrics["train_loss"]] == list(range(1, 13))
+    assert published_metrics(metrics)["total_steps"] == 12
+    assert "12 of 12" in resumed.stdout
+    refused = vera(*common, "--max-steps", "6", "--resume")
+    assert refused.returncode == 1
+    assert "is at step 12, but these arguments ask for 6 steps in all (max_steps=6)" in " ".join(refused.stderr.split())
+    assert "--max-steps 12 or more" in " ".join(refused.stderr.split())
 
 
 def test_spec_validation() -> None:

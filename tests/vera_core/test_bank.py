@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODELS, TinyModel, output_of
-from vera_core import AdapterBank, AdapterFiles, AdapterFormatError, VeraConfig, VeraModel, save_adapter
+from vera_core import (
+    PEFT_GENERATOR,
+    PORTABLE_GENERATOR,
+    AdapterBank,
+    AdapterFiles,
+    AdapterFormatError,
+    VeraConfig,
+    VeraModel,
+    save_adapter,
+)
 from vera_core.checkpoint import META_FINGERPRINT
 
 ROBERTA, GPT2, LLAMA = TINY_MODELS
@@ -85,27 +94,61 @@ def test_remove_keeps_the_others_and_slots_dense(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"projection_prng_key": 1}, r"\(generator, seed, r\) = .*1, 8\)"), ({"r": 4}, r"seed, r\)"),
-     ({"target_modules": ["query"]}, "does not fit this bank's base model: missing"),
+    [({"projection_prng_key": 1}, r"cannot join this bank .*: seed \(projection_prng_key\): expected 0, found 1\. "
+                                  r"Serve it from a bank built for its settings"),
+     ({"r": 4}, r": r: expected 8, found 4\. Serve"),
+     ({"projection_generator": PEFT_GENERATOR},
+      rf"generator: expected '{PORTABLE_GENERATOR}', found '{PEFT_GENERATOR}'\. Serve"),
+     ({"target_modules": ["query"]}, r"target modules: expected 4 layers \(target_modules=\['query', 'value'\]\), "
+                                     r"found 2 \(target_modules=\['query'\]\)\. Build a separate bank for that "
+                                     r"target set"),
+     ({"modules_to_save": ["pooler"]}, r"heads \(modules_to_save\): expected \['classifier', 'score'\], found "
+                                       r"\['classifier', 'pooler', 'score'\]"),
      ({"bias": "vera_only"}, "trains biases")],
-    ids=["seed", "rank", "targets", "bias"],
+    ids=["seed", "rank", "generator", "targets", "heads", "bias"],
 )
-def test_incompatible_adapters_are_refused(changes: dict[str, object], message: str) -> None:
+def test_incompatible_adapters_are_refused_naming_the_difference(changes: dict[str, object], message: str) -> None:
     bank = AdapterBank(VeraModel(ROBERTA.make(), config(ROBERTA)).eval())
     with pytest.raises(AdapterFormatError, match=message):
         bank.add("bad", random_adapter(ROBERTA, 0, **changes))
     assert len(bank) == 0
 
 
+@pytest.mark.parametrize("save_projection", [True, False], ids=["stored-projections", "seed-only"])
+def test_an_adapter_for_other_targets_is_refused_as_such(save_projection: bool) -> None:
+    """A q/v-only Llama adapter on a bank for all seven targets: a different target set, so a different shape."""
+    bank = AdapterBank(VeraModel(LLAMA.make(), config(LLAMA)).eval())
+    files = random_adapter(LLAMA, 0, target_modules=["q_proj", "v_proj"], save_projection=save_projection)
+    files.metadata["vera_core.projection_shape"] = "8,32,32"  # as save_adapter records it
+    with pytest.raises(AdapterFormatError, match=(
+        r"target modules: expected 14 layers \(target_modules=\['down_proj', 'gate_proj', 'k_proj', 'o_proj', "
+        r"'q_proj', 'up_proj', 'v_proj'\]\), found 4 \(target_modules=\['q_proj', 'v_proj'\]\); projection shape "
+        r"\(r, max_in, max_out\): expected \(8, 48, 48\), found \(8, 32, 32\)\. Build a separate bank for that "
+        r"target set")) as refused:
+        bank.add("qv", files)
+    assert "seed does not regenerate" not in str(refused.value) and "stored projections" not in str(refused.value)
+
+
+def test_a_head_of_another_shape_is_refused_as_such() -> None:
+    bank = AdapterBank(VeraModel(ROBERTA.make(), config(ROBERTA)).eval())
+    files = random_adapter(ROBERTA, 0)
+    files.tensors["base_model.model.classifier.out_proj.weight"] = torch.zeros(2, 32)
+    with pytest.raises(AdapterFormatError, match=r"head tensor classifier\.out_proj\.weight: expected shape "
+                                                 r"\(3, 32\), found \(2, 32\)"):
+        bank.add("bad", files)
+
+
 def test_adapters_whose_projections_the_seed_does_not_make_are_refused() -> None:
     bank = AdapterBank(VeraModel(ROBERTA.make(), config(ROBERTA)).eval())
     files = random_adapter(ROBERTA, 0, save_projection=True)
     files.tensors["base_model.vera_A"] = files.tensors["base_model.vera_A"] * 3
-    with pytest.raises(AdapterFormatError, match="stores projections that its seed does not regenerate"):
+    with pytest.raises(AdapterFormatError, match=r"stored projections: generator, seed, r and shape agree, but "
+                                                 r"expected what the seed regenerates .*Load it on its own"):
         bank.add("bad", files)
     foreign = random_adapter(ROBERTA, 0)
     foreign.metadata[META_FINGERPRINT] = "f" * 64
-    with pytest.raises(AdapterFormatError, match="other layer shapes or another generator"):
+    with pytest.raises(AdapterFormatError, match=r"projection fingerprint: expected [0-9a-f]{16}\.\.\. \(what the "
+                                                 r"seed regenerates here\), found f{16}"):
         bank.add("bad", foreign)
 
 

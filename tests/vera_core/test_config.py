@@ -6,6 +6,7 @@ import peft
 import pytest
 
 from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, VeraConfig, VeraConfigError
+from vera_core.config import SEED_ONLY_PEFT_TYPE
 
 
 def test_defaults_match_peft() -> None:
@@ -52,3 +53,14 @@ def test_non_vera_configs_are_refused() -> None:
         VeraConfig.from_peft_dict(peft.LoraConfig().to_dict())
     with pytest.raises(VeraConfigError, match="must hold a JSON object"):
         VeraConfig.from_peft_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_seed_only_portable_config_is_marked_for_peft_and_read_back() -> None:
+    seed_only = VeraConfig(r=4, target_modules=["q"], save_projection=False, projection_generator=PORTABLE_GENERATOR)
+    written = seed_only.to_peft_dict()
+    assert written["peft_type"] == SEED_ONLY_PEFT_TYPE and not seed_only.peft_loadable
+    assert VeraConfig.from_peft_dict(written) == seed_only
+    for loadable in (seed_only.replace(save_projection=True), seed_only.replace(projection_generator=PEFT_GENERATOR)):
+        assert loadable.peft_loadable and loadable.to_peft_dict()["peft_type"] == "VERA"
+    with pytest.raises(VeraConfigError, match="names no projection_generator"):
+        VeraConfig.from_peft_dict({k: v for k, v in written.items() if k != "projection_generator"})

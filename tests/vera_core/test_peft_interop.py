@@ -10,7 +10,7 @@ from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft import VeraConfig as PeftVeraConfig
 from torch import nn
 
-from tests.conftest import TinyModel, output_of
+from tests.conftest import TINY_MODELS, TinyModel, output_of
 from vera_core import (
     PEFT_GENERATOR,
     PORTABLE_GENERATOR,
@@ -121,8 +121,12 @@ def test_portable_seed_only_adapter_is_refused_for_peft_and_exported(tiny: TinyM
         save_adapter(ours, tmp_path / "refused", require_peft_loadable=True)
     assert not (tmp_path / "refused").exists()
     save_adapter(ours, tmp_path / "seed-only")
-    with pytest.warns(UserWarning, match=r"Unexpected keyword arguments \['projection_generator'\]"):
-        PeftConfig.from_pretrained(tmp_path / "seed-only")  # the one hint a PEFT user gets
+    # PEFT stops with a message naming the fix, rather than regenerating other projections and loading silently
+    with pytest.raises(KeyError, match=r"vera_core seed-only: PEFT cannot load this adapter.*vera export-peft"):
+        PeftModel.from_pretrained(tiny.make(), tmp_path / "seed-only")
+    with pytest.raises(KeyError, match=r"vera export-peft"):
+        PeftConfig.from_pretrained(tmp_path / "seed-only")
+    assert_same_outputs(ours, load_adapter(tiny.make(), tmp_path / "seed-only"), tiny)  # vera_core reads it
     export_peft(tmp_path / "seed-only", tmp_path / "for-peft")
     theirs = PeftModel.from_pretrained(tiny.make(), tmp_path / "for-peft").eval()
     assert_same_outputs(ours, theirs, tiny)
@@ -134,3 +138,43 @@ def test_portable_adapter_with_projections_loads_in_peft(tiny: TinyModel, tmp_pa
     save_adapter(ours, tmp_path / "ours", require_peft_loadable=True)
     theirs = PeftModel.from_pretrained(tiny.make(), tmp_path / "ours").eval()  # no warning: config is PEFT's own
     assert_same_outputs(ours, theirs, tiny)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("generator", [PEFT_GENERATOR, PORTABLE_GENERATOR])
+def test_half_precision_base_with_stored_projections_equals_peft_exactly(
+    dtype: torch.dtype, generator: str, tmp_path: Path
+) -> None:
+    """A user's path: base model in bf16/fp16, adapter (A and B stored) loaded with PeftModel.from_pretrained."""
+    llama = TINY_MODELS[2]
+    trained = VeraModel(llama.make(), our_config(llama, projection_generator=generator))
+    train_a_little(trained, llama)
+    save_adapter(trained, tmp_path, save_projection=True)
+    theirs = PeftModel.from_pretrained(llama.make().to(dtype), tmp_path).eval()
+    ours = load_adapter(llama.make().to(dtype), tmp_path)
+    for seed in (1, 2):
+        want = output_of(theirs, llama.inputs(seed=seed))
+        assert want.dtype == dtype and torch.equal(output_of(ours, llama.inputs(seed=seed)), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_base_with_a_seed_only_adapter_peft_rounds_the_projections(
+    dtype: torch.dtype, tmp_path: Path
+) -> None:
+    """Seed-only (PEFT's generator): PEFT regenerates A and B and rounds them to the base's dtype; vera_core keeps
+    them float32. The outputs differ by exactly that rounding."""
+    llama = TINY_MODELS[2]
+    trained = VeraModel(llama.make(), our_config(llama, save_projection=False))
+    train_a_little(trained, llama)
+    save_adapter(trained, tmp_path)
+    theirs = PeftModel.from_pretrained(llama.make().to(dtype), tmp_path).eval()
+    ours = load_adapter(llama.make().to(dtype), tmp_path)
+    inputs = llama.inputs()
+    want = output_of(theirs, inputs)
+    assert not torch.equal(output_of(ours, inputs), want)
+    assert torch.equal(theirs.base_model.vera_A["default"], ours.projection.vera_A.to(dtype).float())
+    assert torch.equal(theirs.base_model.vera_B["default"], ours.projection.vera_B.to(dtype).float())
+    with torch.no_grad():  # vera_core with PEFT's rounded projections gives PEFT's outputs bit for bit
+        ours.projection.vera_A.copy_(ours.projection.vera_A.to(dtype).float())
+        ours.projection.vera_B.copy_(ours.projection.vera_B.to(dtype).float())
+    assert torch.equal(output_of(ours, inputs), want)

@@ -102,6 +102,54 @@ def test_resume_from_a_checkpoint_gives_the_same_result(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == ["step-00000012", "step-00000016"]
 
 
+def test_resume_with_a_larger_max_steps_continues_to_the_new_total(tmp_path: Path) -> None:
+    """`vera train --max-steps 6 --save-every 6`, then `--max-steps 12 --resume`: 12 steps, as if run straight."""
+    same = {"schedule": "constant", "warmup_ratio": 0.0, "load_best_at_end": False, "seed": 2}
+    straight = trainer(max_steps=12, **same)
+    straight.train()
+    trainer(max_steps=6, save_every=6, output_dir=str(tmp_path), **same).train()
+    resumed = trainer(max_steps=12, save_every=6, output_dir=str(tmp_path), **same)
+    result = resumed.train(resume_from=tmp_path)
+    assert (result.state.step, result.state.total_steps, result.resumed_from_step) == (12, 12, 6)
+    assert [s for s, _ in result.state.loss_history] == list(range(1, 13))
+    a, b = vectors(straight.model), vectors(resumed.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
+
+
+def test_a_resumed_schedule_follows_the_new_total(tmp_path: Path) -> None:
+    trainer(max_steps=4, save_every=4, output_dir=str(tmp_path), warmup_ratio=0.0, load_best_at_end=False).train()
+    used = UsedLearningRates()
+    trainer(max_steps=10, output_dir=str(tmp_path), warmup_ratio=0.0, load_best_at_end=False,
+            callbacks=(used,)).train(resume_from=tmp_path)
+    # linear decay to zero over 10 steps: step k + 1 runs at lr * (1 - k / 10), from step 5 (k = 4) on
+    assert used.lrs == pytest.approx([5e-2 * (1 - k / 10) for k in range(4, 11)], abs=1e-12)
+
+
+def test_resume_to_a_smaller_total_is_refused(tmp_path: Path) -> None:
+    trainer(max_steps=8, save_every=8, output_dir=str(tmp_path), load_best_at_end=False).train()
+    smaller = trainer(max_steps=6, output_dir=str(tmp_path))
+    with pytest.raises(VeraConfigError, match=r"checkpoint .*step-00000008 is at step 8, but these arguments ask "
+                                              r"for 6 steps in all \(max_steps=6\): pass max_steps >= 8 .*--resume"):
+        smaller.train(resume_from=tmp_path)
+    by_epochs = trainer(epochs=1, output_dir=str(tmp_path))  # 48 examples / 8 = 6 steps
+    with pytest.raises(VeraConfigError, match=r"ask for 6 steps in all \(epochs=1 x 6 steps per epoch\)"):
+        by_epochs.train(resume_from=tmp_path)
+
+
+class UsedLearningRates(TrainerCallback):
+    """The learning rate of the VeRA vectors that the next optimizer step uses, before each step and at the end."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_begin(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+
 class StopAt(TrainerCallback):
     """Cancels training once a step is reached, as a job worker does on cancellation."""
 

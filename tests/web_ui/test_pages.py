@@ -99,6 +99,16 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert any("alice/model0:1: passed" in s.value for s in at.success)
 
 
+def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, adapter_ref="alice/model2:1")
+    form = next(r for r in at.radio if r.label == "Form")
+    assert form.value == "for PEFT (default)"
+    assert any(c.value == "vera fetch alice/model2:1 --out model2" for c in at.code)
+    form.set_value("seed-only (vera_core)")
+    at.run()
+    assert not at.exception and any(c.value.endswith("--seed-only") for c in at.code)
+
+
 def test_adapter_page_pushes_to_the_hub_and_shows_the_sync_state(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, adapter_ref="alice/model1:1")
     next(t for t in at.text_input if t.label == "Repo id").set_value("alice/model1-vera")
