@@ -24,9 +24,9 @@ import psycopg
 from sqlalchemy import insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from registry import models as m  # noqa: E402
 from registry.client import RegistryClient  # noqa: E402
-from registry.db import Database  # noqa: E402
+from registry.store import models as m  # noqa: E402
+from registry.store.database import Database  # noqa: E402
 from tests.registry.adapters import make_adapter  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
 

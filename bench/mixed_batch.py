@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from registry.training import DEMO_TARGETS, resolve_base
 from vera_core import PEFT_GENERATOR, AdapterBank, AdapterFiles, VeraConfig, VeraModel, save_adapter
+from vera_core.recipes import DEMO_TARGETS, resolve_base
 
 R = 256
 

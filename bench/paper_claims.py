@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from registry.training import DEMO_TARGETS, TrainSpec, build
 from vera_core import VeraModel
 from vera_core.data import SequenceClassification, word_polarity
+from vera_core.recipes import DEMO_TARGETS, TrainSpec, build
 from vera_core.trainer import Trainer, TrainingArguments
 
 ROWS: dict[str, dict[str, Any]] = {

@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from registry.client import RegistryClient  # noqa: E402
-from registry.serving import ModelServer  # noqa: E402
-from registry.training import resolve_base  # noqa: E402
+from registry.serving.server import ModelServer  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, save_adapter  # noqa: E402
+from vera_core.recipes import resolve_base  # noqa: E402
 
 TEXT = ["an ordinary sentence about the weather today"]
 

@@ -1,4 +1,4 @@
-"""Alembic environment for the registry database. The URL comes from the caller's config (registry.db) or from
+"""Alembic environment for the registry database. The URL comes from the caller's config (registry.store.database) or from
 VERA_DATABASE_URL; SQLite runs in batch mode so that ALTERs work there too."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from registry.models import Base
 from registry.settings import Settings
+from registry.store.models import Base
 
 config = context.config
 if not config.get_main_option("sqlalchemy.url"):

@@ -18,15 +18,15 @@ from rich.console import Console
 from rich.table import Table
 
 import vera_core
-from registry.app import open_hub, open_registry
+from registry.bootstrap import open_hub, open_registry
 from registry.client import RegistryClient
-from registry.db import Database
-from registry.errors import InvalidInput, RegistryError
-from registry.schemas import JobEventInfo, JobInfo, json_object
+from registry.domain.errors import InvalidInput, RegistryError
+from registry.domain.schemas import JobEventInfo, JobInfo, json_object
+from registry.services.tokens import create_token, list_tokens, revoke_token
 from registry.settings import Settings
-from registry.tokens import create_token, list_tokens, revoke_token
-from registry.training import published_metrics
+from registry.store.database import Database
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraError
+from vera_core.recipes import published_metrics
 
 app = typer.Typer(help="VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from "
                   "the registry; sync with the HuggingFace Hub; `vera up` runs the whole product.",
@@ -199,8 +199,8 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Fine-tune a model with VeRA; writes a PEFT-format adapter and metrics.json to --out."""
-    from registry.training import TrainSpec, run
     from vera_core.callbacks import ProgressBar
+    from vera_core.recipes import TrainSpec, run
 
     targets: list[str] | str | None = None
     if target_modules:
@@ -328,8 +328,8 @@ def _run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fa
 
     import uvicorn
 
-    from registry.api import ApiOptions, create_app, is_loopback
-    from registry.jobs import Jobs
+    from registry.api.app import ApiOptions, create_app, is_loopback
+    from registry.services.jobs import Jobs
     from registry.worker import Worker
 
     registry = open_registry(settings)
@@ -384,8 +384,8 @@ def serve_model(
     """Serve many registry adapters on one base model: hot-loaded on first use, batched together."""
     import uvicorn
 
-    from registry.serving import ModelServer
-    from registry.serving_api import create_serving_app
+    from registry.serving.api import create_serving_app
+    from registry.serving.server import ModelServer
 
     if task not in ("classification", "causal-lm"):
         _fail(InvalidInput(f"--task must be classification or causal-lm, got {task!r}."))
@@ -757,7 +757,7 @@ def worker(
     """Claim and run fine-tune jobs from the registry database (several workers may share it)."""
     from datetime import timedelta
 
-    from registry.jobs import Jobs
+    from registry.services.jobs import Jobs
     from registry.worker import Worker
 
     settings = _settings(database_url, storage_url)

@@ -14,8 +14,8 @@ import httpx
 if TYPE_CHECKING:
     import torch
 
-from registry.errors import HTTP_STATUS, InvalidInput, RegistryError
-from registry.schemas import (
+from registry.domain.errors import HTTP_STATUS, InvalidInput, RegistryError
+from registry.domain.schemas import (
     BaseModelInfo,
     Comparison,
     HubSyncInfo,
@@ -229,7 +229,7 @@ class RegistryClient:
     # ---- jobs ----------------------------------------------------------------------------------------------
     def submit_job(self, target: str, spec: dict[str, Any], *,
                    dataset: str | os.PathLike[str] | tuple[str, bytes] | None = None) -> JobInfo:
-        """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as registry.training.TrainSpec.
+        """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as vera_core.recipes.TrainSpec.
         ``dataset``: a .csv/.jsonl path, or (file name, bytes) as uploaded."""
         files = None
         if isinstance(dataset, tuple):

@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from registry.jobs import Jobs
-from registry.schemas import JobInfo
-from registry.training import TrainSpec, published_metrics, run
+from registry.domain.schemas import JobInfo
+from registry.services.jobs import Jobs
 from vera_core.callbacks import FunctionCallback
+from vera_core.recipes import TrainSpec, published_metrics, run
 from vera_core.trainer import TrainerState
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from registry.client import FILES
-from registry.errors import RegistryError
-from registry.schemas import Ref, VersionInfo
+from registry.domain.errors import RegistryError
+from registry.domain.schemas import Ref, VersionInfo
 from web_ui import charts, session
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from registry.schemas import Page, VersionInfo
+from registry.domain.schemas import Page, VersionInfo
 from web_ui import session
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",

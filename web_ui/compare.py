@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from registry.schemas import Comparison
+from registry.domain.schemas import Comparison
 from web_ui import charts, session
 from web_ui.browse import key_metrics
 

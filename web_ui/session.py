@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from registry.client import DEFAULT_URL, RegistryClient, RegistryUnavailable
-from registry.errors import Forbidden, NotFound, RegistryError, Unauthorized
+from registry.domain.errors import Forbidden, NotFound, RegistryError, Unauthorized
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from registry.schemas import JobInfo
+from registry.domain.schemas import JobInfo
 from web_ui import charts, session
 
 ACTIVE = ("queued", "running")

@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from registry.db import Database
-from registry.service import Registry
-from registry.storage import FsspecBlobStore
+from registry.services.registry import Registry
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -15,7 +15,7 @@ from typing import IO
 
 import httpx
 
-from registry.db import Database
+from registry.store.database import Database
 
 VERA = Path(sys.executable).parent / "vera"
 

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.api import is_loopback
+from registry.api.app import is_loopback
 from registry.client import RegistryClient
-from registry.db import Database
-from registry.tokens import create_token
+from registry.services.tokens import create_token
+from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from registry.client import RegistryClient, RegistryUnavailable
-from registry.db import Database
-from registry.errors import InvalidInput, NotFound
-from registry.tokens import Forbidden, Unauthorized, create_token, revoke_token
+from registry.domain.errors import InvalidInput, NotFound
+from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
+from registry.store.database import Database
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from tests.registry.servers import free_port, running_server
 from tests.registry.test_cli import vera

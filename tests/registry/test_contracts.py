@@ -12,11 +12,11 @@ from typing import Any
 
 import typer
 
-from registry.api import create_app
+from registry.api.app import create_app
 from registry.cli import app as cli_app
-from registry.db import Database
-from registry.service import Registry
-from registry.storage import FsspecBlobStore
+from registry.services.registry import Registry
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

@@ -9,11 +9,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from registry.app import open_registry
-from registry.db import Database
-from registry.errors import SchemaOutOfDate
-from registry.models import Base
+from registry.bootstrap import open_registry
+from registry.domain.errors import SchemaOutOfDate
 from registry.settings import Settings
+from registry.store.database import Database
+from registry.store.models import Base
 from tests.registry.test_cli import vera
 
 

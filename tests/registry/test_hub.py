@@ -16,13 +16,13 @@ from huggingface_hub.repocard import metadata_load
 from peft import PeftModel
 from sqlalchemy import func, select
 
-from registry import models as m
 from registry.client import RegistryClient
-from registry.db import Database
-from registry.errors import ContentTooLarge, Forbidden, HubError, InvalidInput
-from registry.hub import HubSync, use_timeout
-from registry.service import Registry
-from registry.tokens import create_token
+from registry.domain.errors import ContentTooLarge, Forbidden, HubError, InvalidInput
+from registry.services.hub import HubSync, use_timeout
+from registry.services.registry import Registry
+from registry.services.tokens import create_token
+from registry.store import models as m
+from registry.store.database import Database
 from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model
 from tests.registry.hub_standin import HubStandIn, running_hub

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from registry.client import RegistryClient
-from registry.errors import Conflict, InvalidInput
-from registry.jobs import Jobs
-from registry.service import Registry
+from registry.domain.errors import Conflict, InvalidInput
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
 from tests.registry.servers import VERA, running_server
 
 DEMO = {"demo": True}

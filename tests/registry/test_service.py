@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
 
-from registry import models as m
-from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound
-from registry.service import Registry
+from registry.domain.errors import Conflict, IntegrityError, InvalidInput, NotFound
+from registry.services.registry import Registry
+from registry.store import models as m
 from tests.conftest import output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter

@@ -14,14 +14,14 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from registry.client import RegistryClient
-from registry.db import Database
-from registry.errors import Conflict, NotFound
-from registry.serving import ModelServer
-from registry.tokens import Unauthorized, create_token
-from registry.training import resolve_base
+from registry.domain.errors import Conflict, NotFound
+from registry.services.tokens import Unauthorized, create_token
+from registry.serving.server import ModelServer
+from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import free_port, running_server, running_vera
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, load_adapter, save_adapter
+from vera_core.recipes import resolve_base
 
 TEXTS = ["a wonderful, joyful day", "terrible and sad news", "an ordinary table"]
 

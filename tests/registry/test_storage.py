@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import IntegrityError, NotFound
-from registry.storage import FsspecBlobStore, sha256_hex
+from registry.domain.errors import IntegrityError, NotFound
+from registry.store.blobs import FsspecBlobStore, sha256_hex
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from registry.training import (
+from tests.registry.test_cli import vera
+from tests.registry.tiny_lm import WORDS, save_tiny_llama
+from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter
+from vera_core.data import SequenceClassification, word_polarity
+from vera_core.recipes import (
     DEMO_TARGETS,
     MAX_CURVE_POINTS,
     TrainingSpecError,
@@ -16,10 +20,6 @@ from registry.training import (
     published_metrics,
     resolve_base,
 )
-from tests.registry.test_cli import vera
-from tests.registry.tiny_lm import WORDS, save_tiny_llama
-from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter
-from vera_core.data import SequenceClassification, word_polarity
 
 
 @pytest.fixture(scope="module")

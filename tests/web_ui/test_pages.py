@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
-from registry.db import Database
-from registry.tokens import create_token
+from registry.services.tokens import create_token
+from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, running_server, running_vera

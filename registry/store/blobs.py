@@ -15,7 +15,7 @@ from typing import Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from registry.errors import IntegrityError, NotFound
+from registry.domain.errors import IntegrityError, NotFound
 
 _HEX = frozenset("0123456789abcdef")
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from registry import models as m
-from registry.errors import Conflict, InvalidInput, NotFound
-from registry.schemas import JobEventInfo, JobInfo, Ref, check_name
-from registry.service import Registry
-from registry.training import TrainSpec, resolve_base
+from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.schemas import JobEventInfo, JobInfo, Ref, check_name
+from registry.services.registry import Registry
+from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
+from vera_core.recipes import TrainSpec, resolve_base
 from vera_core.trainer import TrainingArguments
 
 ACTIVE = ("queued", "running")

@@ -23,11 +23,11 @@ from typing import Any, Literal, cast
 import torch
 
 from registry.client import RegistryClient
-from registry.errors import Conflict, InvalidInput, NotFound
-from registry.schemas import Ref, VersionInfo
-from registry.training import resolve_base
+from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.schemas import Ref, VersionInfo
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.model import PEFT_PREFIX
+from vera_core.recipes import resolve_base
 
 Task = Literal["classification", "causal-lm"]
 #: A bank's identity: adapters with equal keys share its projection and its base copy.

@@ -26,10 +26,10 @@ from huggingface_hub.utils._validators import validate_repo_id
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import models as m
-from registry.errors import ContentTooLarge, HubError, InvalidInput
-from registry.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
-from registry.service import Registry
+from registry.domain.errors import ContentTooLarge, HubError, InvalidInput
+from registry.domain.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
+from registry.services.registry import Registry
+from registry.store import models as m
 from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
 from vera_core.config import PEFT_GENERATOR, VERA_PEFT_TYPES, VeraConfig
 

@@ -21,11 +21,8 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
-from registry import models as m
-from registry.errors import ContentTooLarge, NotFound, RegistryError, Unauthorized, status_of
-from registry.hub import HubSync
-from registry.jobs import Jobs
-from registry.schemas import (
+from registry.domain.errors import ContentTooLarge, NotFound, RegistryError, Unauthorized, status_of
+from registry.domain.schemas import (
     BaseModelInfo,
     Comparison,
     HubSyncInfo,
@@ -38,8 +35,11 @@ from registry.schemas import (
     VersionInfo,
     json_object,
 )
-from registry.service import MAX_RANK, SORTS, Registry
-from registry.tokens import LOCAL_USER, Principal, authenticate
+from registry.services.hub import HubSync
+from registry.services.jobs import Jobs
+from registry.services.registry import MAX_RANK, SORTS, Registry
+from registry.services.tokens import LOCAL_USER, Principal, authenticate
+from registry.store import models as m
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 CHUNK = 1 << 16
@@ -379,7 +379,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     @app.post(f"{v1}/jobs", response_model=JobInfo, status_code=201)
     async def submit_job(
         caller: Caller, target: Annotated[str, Form(description="owner/name to publish the result as")],
-        spec: Annotated[str, Form(description="the training spec, a JSON object (registry.training.TrainSpec)")],
+        spec: Annotated[str, Form(description="the training spec, a JSON object (vera_core.recipes.TrainSpec)")],
         dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
     ) -> JobInfo:
         owner = Ref.parse(target).owner

@@ -14,9 +14,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.errors import SchemaOutOfDate
+from registry.domain.errors import SchemaOutOfDate
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"  # the top-level migrations package
 
 
 def make_engine(url: str) -> Engine:

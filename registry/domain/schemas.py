@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from registry.errors import InvalidInput
+from registry.domain.errors import InvalidInput
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9]\d{0,8})|@(?P<alias>[^/:@]+))?$")

@@ -1,5 +1,5 @@
 """The registry's domain services. Each public method is one transaction (``Database.session``); helpers flush,
-never commit. They return domain objects (registry.schemas), never ORM rows. The API, CLI, Hub sync and dashboard
+never commit. They return domain objects (registry.domain.schemas), never ORM rows. The API, CLI, Hub sync and dashboard
 all call these.
 """
 
@@ -22,10 +22,8 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from registry import models as m
-from registry.db import Database
-from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound
-from registry.schemas import (
+from registry.domain.errors import Conflict, IntegrityError, InvalidInput, NotFound
+from registry.domain.schemas import (
     BaseModelInfo,
     Comparison,
     LayerComparison,
@@ -35,7 +33,9 @@ from registry.schemas import (
     VersionInfo,
     check_name,
 )
-from registry.storage import BlobStore
+from registry.store import models as m
+from registry.store.blobs import BlobStore
+from registry.store.database import Database
 from vera_core import AdapterFiles, ProjectionSpec, VeraError, fingerprint, generate, read_adapter
 from vera_core.checkpoint import (
     META_IN_FEATURES,

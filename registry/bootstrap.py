@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from registry.db import Database
-from registry.hub import HubSync, use_timeout
-from registry.service import Registry
+from registry.services.hub import HubSync, use_timeout
+from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.storage import FsspecBlobStore
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
 
 
 def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True) -> Registry:

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from registry import models as m
-from registry.db import Database
-from registry.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from registry.schemas import check_name
+from registry.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from registry.domain.schemas import check_name
+from registry.store import models as m
+from registry.store.database import Database
 
 SCOPES = ("read", "publish", "admin")
 PREFIX = "vera_"

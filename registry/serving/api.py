@@ -10,10 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from registry.api import PROBLEM_RESPONSES, problem
+from registry.api.app import PROBLEM_RESPONSES, problem
 from registry.client import RegistryUnavailable
-from registry.errors import RegistryError, status_of
-from registry.serving import ModelServer
+from registry.domain.errors import RegistryError, status_of
+from registry.serving.server import ModelServer
 
 
 class ClassifyBody(BaseModel):
