@@ -328,7 +328,7 @@ def _run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fa
 
     import uvicorn
 
-    from registry.api.app import ApiOptions, create_app, is_loopback
+    from registry.api import ApiOptions, create_app, is_loopback
     from registry.services.jobs import Jobs
     from registry.worker import Worker
 

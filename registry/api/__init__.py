@@ -1,0 +1,5 @@
+"""The HTTP API (FastAPI), versioned under /api/v1: ``create_app`` builds it over a Registry."""
+
+from registry.api.app import ApiOptions, create_app, is_loopback
+
+__all__ = ["ApiOptions", "create_app", "is_loopback"]

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.api.app import is_loopback
+from registry.api import is_loopback
 from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database

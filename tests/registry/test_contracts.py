@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from registry.api.app import create_app
+from registry.api import create_app
 from registry.cli import app as cli_app
 from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
