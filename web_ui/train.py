@@ -7,6 +7,8 @@ import json
 import streamlit as st
 
 from registry.domain.schemas import JobInfo
+from registry.domain.training_spec import training_spec
+from vera_core.config import KNOWN_GENERATORS
 from web_ui import charts, session
 
 ACTIVE = ("queued", "running")
@@ -43,7 +45,7 @@ def launch() -> None:
         r = c3.number_input("Rank r", 1, 4096, 256)
         prng = c4.number_input("Projection seed", 0, 2**53 - 1, 0,
                                help="up to 2^53 - 1 here; any uint64 with `vera job submit`")
-        generator = c5.selectbox("Generator", ["philox4x32-10-kaiming-uniform-v1", "torch-kaiming-uniform"])
+        generator = c5.selectbox("Generator", KNOWN_GENERATORS)
         d_initial = c6.number_input("d initial", 0.0, 10.0, 0.1)
         c7, c8, c9, c10 = st.columns(4)
         epochs = c7.number_input("Epochs", 0.05, 100.0, 1.0)
@@ -52,14 +54,10 @@ def launch() -> None:
         batch = c10.number_input("Batch size", 1, 1024, 32)
         if not st.form_submit_button("Launch", type="primary"):
             return
-    use_demo = demo and upload is None
-    spec = {"base_model": base, "demo": use_demo, "r": int(r), "projection_prng_key": int(prng),
-            "projection_generator": generator, "d_initial": float(d_initial),
-            "training": {"epochs": float(epochs), "lr": float(lr), "head_lr": float(head_lr),
-                         "batch_size": int(batch)}}
+    spec = training_spec(base_model=base, demo=demo and upload is None, r=int(r), projection_seed=int(prng),
+                         generator=generator, d_initial=float(d_initial), epochs=float(epochs), lr=float(lr),
+                         head_lr=float(head_lr), batch_size=int(batch))
     dataset = None if upload is None else (upload.name, upload.getvalue())
-    if not use_demo:
-        spec["data"] = upload.name if upload is not None else None
     job = session.call(lambda c: c.submit_job(target, spec, dataset=dataset))
     st.session_state["job_id"] = job.id
     st.success(f"Queued job {job.id} for {job.target_name}.")

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from registry.domain.training_spec import parse_target_modules, training_spec
 from tests.conftest import TINY_MODELS
+from tests.registry.servers import free_port
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig, VeraModel, fingerprint, generate, save_adapter
+from vera_core.recipes import TrainSpec
+from vera_core.trainer import TrainingArguments
 
 VERA = Path(sys.executable).parent / "vera"  # the console script installed beside this interpreter
 
@@ -76,3 +80,32 @@ def test_export_lora(adapter: Path, tmp_path: Path) -> None:
     keys = set(load_file(str(tmp_path / "lora/adapter_model.safetensors")))
     assert "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight" in keys
     assert not any("vera_lambda" in k for k in keys)
+
+
+def test_a_remote_command_reports_an_unreachable_registry_in_one_line() -> None:
+    result = vera("ls", "--registry", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (None, None), ("", None), (" , ", None),
+    ("q_proj,v_proj", ["q_proj", "v_proj"]), (" query , value,", ["query", "value"]),
+    ("^.*attn.*$", "^.*attn.*$"), (" ^layers\\.0\\.", "^layers\\.0\\."),
+], ids=["none", "empty", "only-commas", "names", "spaces-and-trailing-comma", "regex", "regex-with-space"])
+def test_target_modules_are_names_or_one_regex(text: str | None, expected: list[str] | str | None) -> None:
+    assert parse_target_modules(text) == expected
+
+
+def test_the_training_spec_leaves_unset_options_to_the_trainer_and_is_what_train_spec_accepts() -> None:
+    spec = training_spec(base_model="minilm", demo=True, r=16, projection_seed=2**64 - 1, generator=PORTABLE_GENERATOR,
+                         target_modules="query, value", epochs=0.5, grad_accum=2, patience=3, max_grad_norm=0)
+    assert spec == {"base_model": "minilm", "demo": True, "r": 16, "projection_prng_key": 2**64 - 1,
+                    "projection_generator": PORTABLE_GENERATOR, "target_modules": ["query", "value"],
+                    "training": {"epochs": 0.5, "gradient_accumulation_steps": 2, "early_stopping_patience": 3,
+                                 "max_grad_norm": None}}
+    checked = TrainSpec(**spec)
+    assert TrainingArguments(**checked.training).max_grad_norm is None  # 0: clipping off
+    assert training_spec(demo=True, max_grad_norm=0.5)["training"] == {"max_grad_norm": 0.5}
+    assert training_spec(demo=True)["training"] == {}  # unset: TrainingArguments' defaults (clipping at 1.0)

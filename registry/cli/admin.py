@@ -1,0 +1,141 @@
+"""Administration, run on the registry's machine against its database and storage: db upgrade / downgrade /
+status, fsck, gc, token create / revoke / list, base register, worker and serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from registry.bootstrap import open_registry
+from registry.cli.common import DatabaseUrl, StorageUrl, console, load_settings
+from registry.cli.run import run_api
+from registry.services.tokens import create_token, list_tokens, revoke_token
+from registry.store.database import Database
+
+
+def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
+    """Create or upgrade the registry schema (Alembic)."""
+    db = Database(load_settings(database_url).resolved_database_url)
+    db.upgrade(revision)
+    console.print(f"database at revision {db.current_revision()}")
+
+
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. base.")],
+                 database_url: DatabaseUrl = None) -> None:
+    """Downgrade the registry schema (destructive: drops what later revisions added)."""
+    db = Database(load_settings(database_url).resolved_database_url)
+    db.downgrade(revision)
+    console.print(f"database at revision {db.current_revision() or 'base (empty)'}")
+
+
+def db_status(database_url: DatabaseUrl = None) -> None:
+    """Show the schema revision, and whether it is current."""
+    db = Database(load_settings(database_url).resolved_database_url)
+    current, head = db.current_revision(), db.head_revision()
+    state = "up to date" if current == head else "run `vera db upgrade`"
+    console.print(f"current: {current or 'none (empty)'}; head: {head}; {state}")
+    if current != head:
+        raise typer.Exit(code=3)
+
+
+def fsck(
+    repair: Annotated[bool, typer.Option(
+        help="Delete orphan and corrupted blobs; mark affected versions failed.")] = False,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Report (and repair) disagreement between the database and blob storage."""
+    report = open_registry(load_settings(database_url, storage_url)).fsck(repair=repair)
+    for kind, digests in report.items():
+        console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
+    if any(report.values()) and not repair:
+        raise typer.Exit(code=2)
+
+
+def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None:
+    """Delete blobs and projections that no version references."""
+    result = open_registry(load_settings(database_url, storage_url)).gc()
+    console.print(f"removed {result['blobs_removed']} unreferenced blobs")
+
+
+def token_create(
+    owner: Annotated[str, typer.Option(help="Owner namespace the token acts for.")],
+    scope: Annotated[list[str], typer.Option(help="read, publish or admin; repeat for several.")],
+    name: Annotated[str, typer.Option(help="A label.")] = "",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a token; the secret is printed once and only its hash is stored."""
+    registry = open_registry(load_settings(database_url))
+    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name)
+    console.print(f"token {token_id} for {owner} {sorted(set(scope))}:")
+    print(secret)
+
+
+def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], database_url: DatabaseUrl = None) -> None:
+    """Revoke a token."""
+    revoke_token(open_registry(load_settings(database_url)).db, token_id)
+    console.print(f"revoked token {token_id}")
+
+
+def token_list(database_url: DatabaseUrl = None) -> None:
+    """List tokens (never their secrets)."""
+    table = Table("id", "owner", "name", "scopes", "revoked", "last used")
+    for t in list_tokens(open_registry(load_settings(database_url)).db):
+        table.add_row(str(t["id"]), str(t["owner"]), str(t["name"]), ",".join(t["scopes"]),  # type: ignore[arg-type]
+                      str(t["revoked"]), str(t["last_used_at"] or "-"))
+    console.print(table)
+
+
+def base_register(
+    name: Annotated[str, typer.Argument(help="The base model's name as adapters are published with it.")],
+    config: Annotated[Path, typer.Option(help="Its transformers config.json (no weights needed).")],
+    revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Declare a base model's exact layer shapes (run on the registry's machine): publishes are then checked against
+    them, and adapters that do not record their layer sizes (PEFT's) can be exported as LoRA."""
+    registry = open_registry(load_settings(database_url, storage_url))
+    before = {b.revision: b.shapes_source for b in registry.list_base_models() if b.name == name}
+    info = registry.register_base_model_from_config(name=name, revision=revision, config_path=str(config))
+    was = before.get(revision)
+    how = {None: "new", "implied": "upgraded from the shapes its published adapters implied, which agree"}.get(
+        was, "already declared with these shapes")
+    console.print(f"registered {info.name}@{info.revision or 'default'}: {info.layers} layers, {info.shapes_source} "
+                  f"({how})")
+    for other, source in sorted(before.items()):
+        if other != revision and source == "implied":
+            flag = f"--revision {other}" if other else "no --revision"
+            console.print(f"note: {name}@{other or 'default'} (another revision) stays implied; declare it with "
+                          f"{flag}.")
+
+
+def worker(
+    poll: Annotated[float, typer.Option(help="Seconds between polls when the queue is empty.")] = 2.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
+    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Claim and run fine-tune jobs from the registry database (several workers may share it)."""
+    from datetime import timedelta
+
+    from registry.services.jobs import Jobs
+    from registry.worker import Worker
+
+    settings = load_settings(database_url, storage_url)
+    jobs = Jobs(open_registry(settings), lease=timedelta(seconds=settings.job_lease_s))
+    runner = Worker(jobs, poll_s=poll, heartbeat_s=heartbeat, log=lambda line: console.print(line))
+    if once:
+        runner.run_once()
+    else:
+        runner.run_forever()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address; any non-loopback address requires tokens.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Run the registry API."""
+    run_api(host, port, load_settings(database_url, storage_url))

@@ -1,0 +1,76 @@
+"""What every `vera` command shares: the consoles, the one error-reporting path, the registry and storage options,
+settings, and the runner of registry client calls."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from registry.client import RegistryClient
+from registry.domain.errors import InvalidInput, RegistryError
+from registry.settings import Settings
+from vera_core import VeraError
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Report ``exc`` as one line on stderr and exit with code 1."""
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
+    """The command, with a registry or vera_core error turned into one clear line on stderr and exit code 1 (no
+    traceback). `registry.cli` wraps every command in it."""
+
+    @functools.wraps(command)
+    def reporting(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return command(*args, **kwargs)
+        except (RegistryError, VeraError) as exc:
+            fail(exc)
+
+    return reporting
+
+
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", envvar="VERA_DATABASE_URL",
+                                                 help="SQLAlchemy URL; default: SQLite under VERA_DATA_DIR.")]
+StorageUrl = Annotated[str | None, typer.Option("--storage-url", envvar="VERA_STORAGE_URL",
+                                                help="fsspec URL or folder for blobs; default: VERA_DATA_DIR/blobs.")]
+RegistryUrl = Annotated[str | None, typer.Option("--registry", envvar="VERA_REGISTRY_URL",
+                                                 help="Registry URL; default http://127.0.0.1:8765.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="VERA_TOKEN", help="Bearer token.")]
+VersionRef = Annotated[str, typer.Argument(help="owner/name[:VERSION|@ALIAS]")]
+HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN", show_default=False,
+                                                 help="HuggingFace token for this call (default: HF_TOKEN, then the "
+                                                 "server's VERA_HUB_TOKEN); sent once, never stored.")]
+
+
+def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
+    """The registry settings, from these options and the environment; a refused value exits with its reason."""
+    try:
+        return Settings(database_url=database_url, storage_url=storage_url)
+    except ValueError as exc:
+        fail(exc)
+
+
+def call_registry(url: str | None, token: str | None, fn: Callable[[RegistryClient], T]) -> T:
+    """Run ``fn`` with a client of the registry at ``url`` (closed afterwards)."""
+    with RegistryClient(url, token) as client:
+        return fn(client)
+
+
+def as_lora(choice: str) -> bool:
+    """`--as`: True for lora, False for vera; anything else exits with the choices."""
+    if choice not in ("vera", "lora"):
+        fail(InvalidInput(f"--as must be vera or lora, got {choice!r}."))
+    return choice == "lora"

@@ -1,0 +1,107 @@
+"""Fine-tune jobs through the registry's API: job submit, ls, show, cancel and logs (workers run them: `vera
+worker`)."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from registry.cli import training_options as opt
+from registry.cli.common import RegistryUrl, Token, call_registry, console
+from registry.client import RegistryClient
+from registry.domain.schemas import JobEventInfo, JobInfo
+from registry.domain.training_spec import training_spec
+from vera_core import PORTABLE_GENERATOR
+
+
+def job_submit(
+    name: Annotated[str, typer.Option("--name", help="owner/name to publish the adapter as.")],
+    demo: opt.Demo = False,
+    data: opt.Data = None,
+    base_model: opt.BaseModel = "minilm",
+    task: opt.Task = "classification",
+    r: opt.Rank = 256,
+    seed: opt.Seed = 0,
+    projection_seed: opt.ProjectionSeed = 0,
+    generator: opt.Generator = PORTABLE_GENERATOR,
+    target_modules: opt.TargetModules = None,
+    d_initial: opt.DInitial = 0.1,
+    epochs: opt.Epochs = 1.0,
+    max_steps: opt.MaxSteps = None,
+    batch_size: opt.BatchSize = 32,
+    lr: opt.Lr = 1e-2,
+    head_lr: opt.HeadLr = 1e-3,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Queue a fine-tune; a worker trains it and publishes the result under --name."""
+    spec = training_spec(base_model=base_model, task=task, demo=demo, r=r, seed=seed, projection_seed=projection_seed,
+                         generator=generator, target_modules=target_modules, d_initial=d_initial, epochs=epochs,
+                         max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr)
+    info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data))
+    console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
+                  "--follow`")
+
+
+def job_ls(
+    owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """List jobs, newest first."""
+    table = Table("id", "status", "target", "progress", "result", "created")
+    for j in call_registry(registry, token, lambda c: c.jobs(owner=owner, status=status)):
+        table.add_row(str(j.id), j.status, j.target_name, _progress(j), j.result_ref or "-",
+                      j.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+def _progress(job: JobInfo) -> str:
+    p = job.progress
+    if "step" in p:
+        eta = f", eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
+        return f"{p['step']}/{p['total_steps']} loss {p.get('loss') or 0:.4f}{eta}"
+    return str(p.get("phase", "-"))
+
+
+def job_show(job_id: int, registry: RegistryUrl = None, token: Token = None) -> None:
+    """A job with its progress and metrics history."""
+    job = call_registry(registry, token, lambda c: c.job(job_id))
+    console.print_json(job.model_dump_json())
+    evals = call_registry(registry, token, lambda c: c.job_events(job_id, kind="evaluate"))
+    for e in evals:
+        console.print(f"eval at step {int(e.data.get('step', 0))}: "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in e.data.items() if k != "step"))
+
+
+def job_cancel(job_id: int, registry: RegistryUrl = None, token: Token = None) -> None:
+    """Cancel a job (a running one stops after its current step)."""
+    job = call_registry(registry, token, lambda c: c.cancel_job(job_id))
+    console.print(f"job {job.id}: {job.status}{' (stopping)' if job.status == 'running' else ''}")
+
+
+def _events_after(job_id: int, after: int, client: RegistryClient) -> list[JobEventInfo]:
+    return client.job_events(job_id, after=after)
+
+
+def job_logs(
+    job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Print a job's progress, evaluations and log lines."""
+    after = 0
+    while True:
+        for e in call_registry(registry, token, partial(_events_after, job_id, after)):
+            after = e.id
+            text = e.data.get("message") if e.kind == "log" else ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
+            console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}")
+        job = call_registry(registry, token, lambda c: c.job(job_id))
+        if not follow or job.status in ("succeeded", "failed", "cancelled"):
+            console.print(f"job {job_id}: {job.status}" + (f" -> {job.result_ref}" if job.result_ref else "")
+                          + (f" ({job.error})" if job.error else ""))
+            return
+        time.sleep(2)

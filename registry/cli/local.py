@@ -1,0 +1,178 @@
+"""Local adapter tools, no registry involved: inspect, export-peft, export-lora, projection fingerprint, params and
+train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+import vera_core
+from registry.cli import training_options as opt
+from registry.cli.common import console
+from registry.domain.training_spec import training_spec
+from vera_core import PORTABLE_GENERATOR, ProjectionSpec
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A PEFT-format VeRA adapter directory.")],
+    verify: Annotated[bool, typer.Option(help="Regenerate the projections from the seed and compare.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show an adapter's config, projection and size; with --verify, prove the seed regenerates its projections."""
+    report = _describe(vera_core.read_adapter(path), verify=verify)
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in report.items():
+        table.add_row(f"[bold]{key}[/]", str(value))
+    console.print(table)
+    if verify and report.get("seed_reproducible") is False:
+        raise typer.Exit(code=2)
+
+
+def _describe(files: vera_core.AdapterFiles, *, verify: bool) -> dict[str, object]:
+    cfg = files.config
+    vectors = files.vector_keys()
+    report: dict[str, object] = {
+        "r": cfg.r,
+        "target_modules": cfg.target_modules,
+        "projection_generator": cfg.projection_generator,
+        "projection_prng_key": cfg.projection_prng_key,
+        "save_projection": cfg.save_projection,
+        "adapted_layers": len(vectors) // 2,
+        "adapter_parameters": sum(files.tensors[k].numel() for k in vectors),
+        "recorded_fingerprint": files.recorded_fingerprint,
+        "peft_loadable": not vera_core.peft_problems(cfg),
+    }
+    if verify:
+        report.update(_verification(files))
+    return report
+
+
+def _verification(files: vera_core.AdapterFiles) -> dict[str, object]:
+    """Whether the seed regenerates the adapter's projections, and the fingerprint of what it regenerates."""
+    spec = files.spec
+    if spec is None:
+        raise vera_core.AdapterFormatError(
+            "The adapter records neither its projections nor their shape, so it can only be verified on its "
+            "base model (vera_core.load_adapter)."
+        )
+    regenerated = vera_core.fingerprint(*vera_core.generate(spec))
+    reproducible: object
+    if files.has_projection:
+        stored = vera_core.fingerprint(*(files.tensors[k] for k in vera_core.keys.PROJECTION_KEYS))
+        reproducible = stored == regenerated
+    elif files.recorded_fingerprint is not None:
+        reproducible = files.recorded_fingerprint == regenerated
+    else:  # PEFT wrote it seed-only: nothing recorded to compare against
+        reproducible = "unknown (no fingerprint or projections recorded)"
+    return {"seed_reproducible": reproducible, "regenerated_fingerprint": regenerated}
+
+
+def export_peft(
+    src: Annotated[Path, typer.Argument(help="Adapter directory to read.")],
+    dst: Annotated[Path, typer.Argument(help="Directory to write the PEFT-loadable copy to.")],
+) -> None:
+    """Write a copy with vera_A and vera_B materialised, which PEFT >= 0.21 loads whatever the generator."""
+    out = vera_core.export_peft(src, dst)
+    console.print(f"wrote {out} (projections materialised; load with PeftModel.from_pretrained)")
+
+
+def export_lora(
+    src: Annotated[Path, typer.Argument(help="VeRA adapter directory to read.")],
+    dst: Annotated[Path, typer.Argument(help="Directory to write the equivalent LoRA to.")],
+) -> None:
+    """Write the equivalent rank-r LoRA in PEFT's LoRA format (lora_B @ lora_A equals VeRA's delta weight)."""
+    out = vera_core.export_lora(src, dst)
+    console.print(f"wrote {out} (LoRA, r = lora_alpha = VeRA's r)")
+
+
+def projection_fingerprint(
+    r: Annotated[int, typer.Option(help="Rank.")],
+    max_in: Annotated[int, typer.Option(help="Largest in_features of the adapted layers.")],
+    max_out: Annotated[int, typer.Option(help="Largest out_features of the adapted layers.")],
+    seed: Annotated[int, typer.Option(help="projection_prng_key.")] = 0,
+    generator: Annotated[str, typer.Option(help="Generator name.")] = PORTABLE_GENERATOR,
+) -> None:
+    """Regenerate A and B and print their SHA-256 fingerprint (docs/projections.md)."""
+    spec = ProjectionSpec(generator, seed, r, max_in, max_out)
+    console.print(vera_core.fingerprint(*vera_core.generate(spec)))
+
+
+def params(
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")],
+    d_model: Annotated[int, typer.Option(help="Hidden size (square attention projections).")],
+    r: Annotated[list[int], typer.Option(help="Rank; repeat for several.")],
+    modules: Annotated[int, typer.Option(help="Adapted modules per block (query and value: 2).")] = 2,
+) -> None:
+    """Trainable parameters of VeRA and LoRA from shapes alone, as in the paper's Table 1."""
+    shapes = vera_core.transformer_shapes(layers=layers, d_model=d_model, modules_per_layer=modules)
+    table = Table("rank", "VeRA params", "VeRA bytes (fp32)", "LoRA params")
+    for rank in r:
+        n = vera_core.vera_parameters(shapes, rank)
+        table.add_row(str(rank), f"{n:,}", f"{4 * n:,}", f"{vera_core.lora_parameters(shapes, rank):,}")
+    console.print(table)
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the adapter and metrics.json.")],
+    demo: opt.Demo = False,
+    data: opt.Data = None,
+    base_model: opt.BaseModel = "minilm",
+    task: opt.Task = "classification",
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label (classification).")] = "label",
+    r: opt.Rank = 256,
+    target_modules: opt.TargetModules = None,
+    seed: opt.Seed = 0,
+    projection_seed: opt.ProjectionSeed = 0,
+    generator: opt.Generator = PORTABLE_GENERATOR,
+    d_initial: opt.DInitial = 0.1,
+    save_projection: Annotated[bool, typer.Option(help="Store A and B in the adapter (PEFT-loadable).")] = False,
+    epochs: opt.Epochs = 1.0,
+    max_steps: opt.MaxSteps = None,
+    batch_size: opt.BatchSize = 32,
+    lr: opt.Lr = 1e-2,
+    head_lr: opt.HeadLr = 1e-3,
+    schedule: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
+    warmup_ratio: Annotated[float, typer.Option(help="Warmup fraction.")] = 0.06,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: off).")] = 1.0,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience, in evaluations.")] = None,
+    max_length: Annotated[int, typer.Option(help="Max tokens per example.")] = 64,
+    save_every: Annotated[int | None, typer.Option(help="Resumable checkpoint every N steps.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the latest checkpoint under --out.")] = False,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (mixed precision needs CUDA).")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune a model with VeRA; writes a PEFT-format adapter and metrics.json to --out."""
+    from vera_core.callbacks import ProgressBar
+    from vera_core.recipes import TrainSpec, run
+
+    spec = training_spec(
+        base_model=base_model, task=task, demo=demo, data=str(data) if data else None, text_column=text_column,
+        label_column=label_column, r=r, seed=seed, projection_seed=projection_seed, generator=generator,
+        target_modules=target_modules, d_initial=d_initial, save_projection=save_projection, max_length=max_length,
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule,
+        warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
+        patience=patience, save_every=save_every, output_dir=str(out) if save_every or resume else None,
+        precision=precision,
+    )
+    metrics = run(TrainSpec(**spec), out, callbacks=[ProgressBar(disable=not progress)], resume=resume)
+    _print_summary(metrics, out)
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    summary = Table(show_header=False, box=None)
+    for key in ("final_eval", "test", "trainable_parameters", "adapter_parameters", "steps", "train_wall_time_s"):
+        value = f"{metrics[key]} of {metrics['total_steps']}" if key == "steps" else metrics[key]
+        summary.add_row(f"[bold]{key}[/]", ", ".join(f"{k}={v:.4f}" for k, v in value.items())
+                        if isinstance(value, dict) else str(value))
+    summary.add_row("[bold]adapter[/]", str(out))
+    console.print(summary)

@@ -1,0 +1,143 @@
+"""Commands that talk to a registry over HTTP (registry.client): publish, fetch, verify, ls, compare, alias and
+base ls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from registry.cli.common import RegistryUrl, Token, VersionRef, as_lora, call_registry, console, fail
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import json_object
+from vera_core.recipes import published_metrics
+
+
+def publish(
+    directory: Annotated[Path, typer.Argument(help="A PEFT-format VeRA adapter directory.")],
+    name: Annotated[str, typer.Option("--name", help="owner/name")],
+    base_model: Annotated[str, typer.Option(help="Base model (Hub id or name).")],
+    base_revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
+    metrics: Annotated[Path | None, typer.Option(help="A JSON file of metrics (e.g. vera train's metrics.json).")
+                       ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag; repeat for several.")] = None,
+    description: Annotated[str, typer.Option(help="Description.")] = "",
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Publish an adapter directory as the next version of owner/name."""
+    values = _metrics_file(metrics)
+    info = call_registry(registry, token, lambda c: c.publish(directory, name, base_model=base_model,
+                                                              base_revision=base_revision, metrics=values,
+                                                              tags=tag or [], description=description))
+    console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
+                  f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+
+
+def _metrics_file(path: Path | None) -> dict[str, object]:
+    if path is None:
+        return {}
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"--metrics {path}: not a readable file ({exc}).") from exc
+    data = json_object(text, f"--metrics {path}")
+    return published_metrics(data) if "final_eval" in data else data
+
+
+def fetch(
+    ref: Annotated[str, typer.Argument(help="owner/name, owner/name:VERSION or owner/name@ALIAS")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    with_projection: Annotated[bool, typer.Option(help="Always materialise A and B (by default they are included "
+                                                  "unless PEFT's own generator regenerates them).")] = False,
+    seed_only: Annotated[bool, typer.Option(help="Leave A and B out even where PEFT cannot regenerate them (smallest; "
+                                            "for vera_core, PEFT refuses such a folder).")] = False,
+    as_: Annotated[str, typer.Option("--as", help="vera (PEFT's VeRA format) or lora (the equivalent LoRA, for "
+                                     "LoRA-only servers such as vLLM).")] = "vera",
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Download an adapter in PEFT's format: by default a folder PEFT loads correctly."""
+    lora = as_lora(as_)
+    if with_projection and seed_only:
+        fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
+    info = call_registry(registry, token, lambda c: c.get(ref))
+    call_registry(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection,
+                                                     seed_only=seed_only, as_lora=lora))
+    console.print(f"fetched {info.ref} into {out}")
+
+
+def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:
+    """Regenerate the projections from the seed, re-hash the blobs, check shapes; exit 2 if it fails."""
+    report = call_registry(registry, token, lambda c: c.verify(ref))
+    console.print(f"{report.ref}: [bold]{report.status}[/]")
+    for check, result in report.checks.items():
+        console.print(f"  {check}: {'ok' if result.get('ok') else 'FAILED'} "
+                      + ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok"))
+    if report.status != "passed":
+        raise typer.Exit(code=2)
+
+
+def list_versions(
+    owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Base model.")] = None,
+    r: Annotated[int | None, typer.Option(help="Rank.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Projection seed.")] = None,
+    generator: Annotated[str | None, typer.Option(help="Projection generator.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Tag.")] = None,
+    q: Annotated[str | None, typer.Option(help="Text in owner, name or description.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows per page.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """List adapter versions, newest first."""
+    page = call_registry(registry, token, lambda c: c.list_versions(
+        owner=owner, base_model=base_model, r=r, seed=seed, generator=generator, tag=tag, q=q, limit=limit,
+        cursor=cursor))
+    table = Table("ref", "aliases", "base model", "r", "seed", "params", "bytes", "verified", "tags")
+    for v in page.items:
+        table.add_row(v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
+                      f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags))
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
+def compare(
+    refs: Annotated[list[str], typer.Argument(help="Two to eight versions.")],
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Compare versions: parameters, bytes, metrics, and per-layer cosine similarity of their weight deltas."""
+    result = call_registry(registry, token, lambda c: c.compare(refs))
+    summary = Table("ref", "params", "bytes", "metrics")
+    for v in result.versions:
+        summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", json.dumps(v.metrics)[:60])
+    console.print(summary)
+    layers = Table("layer", *[f"cos(1,{i + 1})" for i in range(1, len(result.refs))])
+    for layer in result.layers:
+        layers.add_row(layer.module, *[f"{c:.3f}" if c is not None else "-" for c in layer.delta_cosine[0][1:]])
+    console.print(layers)
+
+
+def alias(
+    ref: Annotated[str, typer.Argument(help="owner/name:VERSION the alias should point to")],
+    name: Annotated[str, typer.Argument(help="Alias, e.g. prod")],
+    remove: Annotated[bool, typer.Option(help="Remove the alias instead (ref is then owner/name).")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Move (or remove) an alias."""
+    if remove:
+        call_registry(registry, token, lambda c: c.remove_alias(ref, name))
+        console.print(f"removed {ref}@{name}")
+    else:
+        info = call_registry(registry, token, lambda c: c.set_alias(ref, name))
+        console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
+
+
+def base_ls(registry: RegistryUrl = None, token: Token = None) -> None:
+    """Base models the registry knows, with how their shapes are known."""
+    table = Table("name", "revision", "layers", "shapes", "fingerprint")
+    for b in call_registry(registry, token, lambda c: c.base_models()):
+        table.add_row(b.name, b.revision, str(b.layers), b.shapes_source, b.shapes_fingerprint[:16])
+    console.print(table)

@@ -1,0 +1,138 @@
+"""Long-running processes and their supervision: the registry API (with a job worker for `vera up`), the model
+server, the dashboard as a child process, and `vera up`, which runs them together."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from registry.bootstrap import open_hub, open_registry
+from registry.cli.common import RegistryUrl, console, err_console, fail, load_settings
+from registry.client import RegistryClient
+from registry.domain.errors import InvalidInput
+from registry.settings import Settings
+
+
+def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False) -> None:
+    """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it."""
+    import threading
+    from datetime import timedelta
+
+    import uvicorn
+
+    from registry.api import ApiOptions, create_app, is_loopback
+    from registry.services.jobs import Jobs
+    from registry.worker import Worker
+
+    registry = open_registry(settings)
+    jobs = Jobs(registry, lease=timedelta(seconds=settings.job_lease_s))
+    require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
+    if require:
+        mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")
+    else:
+        mode = "LOCAL MODE: no token needed, every caller acts as the single local user"
+        if not is_loopback(host):
+            err_console.print(f"[bold yellow]warning:[/] tokens are off on {host}, which is not loopback")
+    console.print(f"vera-registry on http://{host}:{port} - {mode}\n  database {registry.db.engine.url!r}\n"
+                  f"  storage  {registry.blobs.url}")
+    options = ApiOptions(require_tokens=require, anonymous_read=settings.anonymous_read,
+                         max_upload_bytes=settings.max_upload_bytes)
+    if with_worker:
+        worker = Worker(jobs, log=lambda line: console.print(f"[dim]worker:[/] {line}"))
+        threading.Thread(target=worker.run_forever, name="vera-worker", daemon=True).start()
+    uvicorn.run(create_app(registry, options, jobs, open_hub(registry, settings)), host=host, port=port,
+                log_level="warning")
+
+
+def serve_model(
+    base: Annotated[str, typer.Option(help="Base model: 'minilm' (the offline demo model) or a local directory.")
+                    ] = "minilm",
+    base_name: Annotated[str | None, typer.Option(help="The base model's name in the registry; adapters published "
+                                                  "for another base are refused. Default: --base.")] = None,
+    task: Annotated[str, typer.Option(help="classification or causal-lm.")] = "classification",
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8766,
+    max_resident: Annotated[int, typer.Option(help="Adapters kept loaded (least recently used go first; pinned "
+                                              "never).")] = 10_000,
+    max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
+    max_batch: Annotated[int, typer.Option(help="Rows per forward.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    registry: RegistryUrl = None,
+) -> None:
+    """Serve many registry adapters on one base model: hot-loaded on first use, batched together."""
+    import uvicorn
+
+    from registry.serving.api import create_serving_app
+    from registry.serving.server import ModelServer
+
+    if task not in ("classification", "causal-lm"):
+        fail(InvalidInput(f"--task must be classification or causal-lm, got {task!r}."))
+    server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
+                         client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
+                         max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device)
+    with RegistryClient(registry, "") as client:
+        console.print(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from "
+                      f"{client.url}")
+    uvicorn.run(create_serving_app(server), host=host, port=port, log_level="warning")
+
+
+def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
+    """Start the Streamlit dashboard (a child process) against ``registry_url``."""
+    import web_ui
+
+    command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
+    return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url},
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when `vera` exits, however it exits (uvicorn re-raises SIGTERM after shutdown,
+    which skips `finally` blocks)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
+    registry: RegistryUrl = None,
+) -> None:
+    """The dashboard (Streamlit) on http://127.0.0.1:PORT, talking to the registry's API."""
+    with RegistryClient(registry, "") as client:
+        url = client.url
+    console.print(f"dashboard on http://127.0.0.1:{port} for the registry at {url}")
+    process = _dashboard(port, url)
+    try:
+        raise typer.Exit(process.wait())
+    finally:
+        if process.poll() is None:
+            process.terminate()
+
+
+def up(
+    port: Annotated[int, typer.Option(help="API port.")] = 8765,
+    ui_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
+    with_ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Start the dashboard too.")] = True,
+) -> None:
+    """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1, with SQLite
+    and a local folder (VERA_DATA_DIR).
+    """
+    embedded = load_settings(None)
+    dashboard = _dashboard(ui_port, f"http://127.0.0.1:{port}") if with_ui else None
+    if dashboard is not None:
+        console.print(f"dashboard on http://127.0.0.1:{ui_port}")
+    try:
+        run_api("127.0.0.1", port, embedded, with_worker=True)
+    finally:
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            dashboard.wait(timeout=20)

@@ -1,0 +1,30 @@
+"""The training options `vera train` and `vera job submit` share, declared once so that both commands say the same
+about them. The defaults stay in each command's signature (typer takes an Annotated option's default from there);
+they are vera_core.recipes.TrainSpec's and TrainingArguments'. registry.domain.training_spec turns the values into
+the spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Demo = Annotated[bool, typer.Option(help="The offline demo: word polarity on the bundled MiniLM.")]
+Data = Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns (a job "
+                                          "uploads it).")]
+BaseModel = Annotated[str, typer.Option(help="'minilm' (bundled), a local model directory, or a cached Hub id, on "
+                                        "the machine that trains.")]
+Task = Annotated[str, typer.Option(help="classification or causal-lm.")]
+Rank = Annotated[int, typer.Option(help="VeRA rank.")]
+TargetModules = Annotated[str | None, typer.Option(
+    help="Comma-separated module names, or a regex if it starts with '^'. Default: by model type.")]
+Seed = Annotated[int, typer.Option(help="Training seed (data order, head init, dropout).")]
+ProjectionSeed = Annotated[int, typer.Option(help="projection_prng_key: the seed of A and B.")]
+Generator = Annotated[str, typer.Option(help="Projection generator.")]
+DInitial = Annotated[float, typer.Option(help="Initial value of d.")]
+Epochs = Annotated[float, typer.Option(help="Epochs.")]
+MaxSteps = Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Batch size.")]
+Lr = Annotated[float, typer.Option(help="Learning rate of d and b.")]
+HeadLr = Annotated[float, typer.Option(help="Learning rate of the task head.")]
