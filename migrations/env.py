@@ -1,5 +1,5 @@
-"""Alembic environment for the registry database. The URL comes from the caller's config (registry.store.database) or from
-VERA_DATABASE_URL; SQLite runs in batch mode so that ALTERs work there too."""
+"""Alembic environment for the registry database. The URL comes from the caller's config
+(registry.store.database) or from VERA_DATABASE_URL; SQLite runs in batch mode so that ALTERs work there too."""
 
 from __future__ import annotations
 

@@ -7,15 +7,13 @@ import json
 import os
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-if TYPE_CHECKING:
-    import torch
-
 from registry.domain.errors import HTTP_STATUS, InvalidInput, RegistryError
 from registry.domain.schemas import (
+    ADAPTER_FILES,
     BaseModelInfo,
     Comparison,
     HubSyncInfo,
@@ -35,7 +33,6 @@ _BY_STATUS: dict[int, type[RegistryError]] = {}
 for _cls, _status in HTTP_STATUS.items():
     _BY_STATUS.setdefault(_status, _cls)
 _BY_STATUS[500] = RegistryError  # an unexpected server error is not evidence of corrupt bytes
-FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
 @functools.cache
@@ -95,7 +92,16 @@ class RegistryClient:
     def health(self) -> dict[str, Any]:
         return dict(self._request("GET", "/health").json())
 
-    def list_versions(self, **filters: Any) -> Page:
+    def list_versions(
+        self, *, owner: str | None = None, name: str | None = None, base_model: str | None = None,
+        r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
+        q: str | None = None, include_yanked: bool | None = None, cursor: str | None = None, limit: int | None = None,
+        sort: str | None = None, with_total: bool | None = None,
+    ) -> Page:
+        """One page of versions (the API's filters; None leaves the server's default)."""
+        filters = {"owner": owner, "name": name, "base_model": base_model, "r": r, "seed": seed,
+                   "generator": generator, "tag": tag, "q": q, "include_yanked": include_yanked, "cursor": cursor,
+                   "limit": limit, "sort": sort, "with_total": with_total}
         params = {k: v for k, v in filters.items() if v is not None}
         return Page.model_validate(self._request("GET", "/api/v1/adapters", params=params).json())
 
@@ -109,7 +115,7 @@ class RegistryClient:
         ``as_lora`` downloads the equivalent LoRA instead."""
         info = self.get(ref)
         pinned = f"{info.owner}/{info.name}:{info.version}"
-        names = FILES[:2] if as_lora else FILES
+        names = ADAPTER_FILES[:2] if as_lora else ADAPTER_FILES
         files = {n: self.download(pinned, n, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
                  for n in names}
         root = Path(out_dir)
@@ -136,45 +142,6 @@ class RegistryClient:
 
     def base_models(self) -> list[BaseModelInfo]:
         return [BaseModelInfo.model_validate(b) for b in self._request("GET", "/api/v1/base-models").json()]
-
-    # ---- analysis (what the dashboard draws) ---------------------------------------------------------------
-    def tensors(self, ref: str | Ref) -> dict[str, torch.Tensor]:
-        """The version's tensors (vectors and heads; A and B too when they are stored, not seed-reproducible)."""
-        from safetensors.torch import load as load_safetensors
-
-        info = self.get(ref)
-        return load_safetensors(self.download(info.ref, "adapter_model.safetensors",
-                                              with_projection=not info.seed_reproducible,
-                                              seed_only=info.seed_reproducible))
-
-    def layer_magnitudes(self, ref: str | Ref) -> list[dict[str, Any]]:
-        """Per adapted layer: mean |d| and mean |b| and their norms (where adaptation concentrates, as in the
-        paper's analysis), in model order."""
-        from vera_core.model import PEFT_PREFIX
-
-        tensors = self.tensors(ref)
-        rows = []
-        for key, b in tensors.items():
-            if key.endswith(".vera_lambda_b"):
-                layer = key[len(PEFT_PREFIX):-len(".vera_lambda_b")]
-                d = tensors[key.replace(".vera_lambda_b", ".vera_lambda_d")]
-                rows.append({"layer": layer, "d_mean_abs": float(d.abs().mean()), "b_mean_abs": float(b.abs().mean()),
-                             "d_norm": float(d.norm()), "b_norm": float(b.norm())})
-        return rows
-
-    def storage(self, ref: str | Ref) -> dict[str, Any]:
-        """Where a version's bytes go: vector and head parameters, the stored blob, the projection (regenerated
-        from the seed, or stored once and shared)."""
-        from vera_core.model import PROJECTION_KEYS
-
-        info = self.get(ref)
-        tensors = self.tensors(info.ref)
-        vectors = sum(t.numel() for k, t in tensors.items() if ".vera_lambda_" in k)
-        heads = sum(t.numel() for k, t in tensors.items() if ".vera_lambda_" not in k and k not in PROJECTION_KEYS)
-        projection = sum(tensors[k].numel() for k in PROJECTION_KEYS if k in tensors)
-        return {"vector_parameters": vectors, "head_parameters": heads, "stored_bytes": info.stored_bytes,
-                "projection": "regenerated from the seed (0 bytes stored)" if info.seed_reproducible else
-                f"stored once, shared ({4 * projection:,} bytes)", "projection_parameters": projection}
 
     # ---- writes --------------------------------------------------------------------------------------------
     def publish(

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.domain.schemas import MAX_UPLOAD_BYTES
+
 
 def default_data_dir() -> Path:
     return Path.home() / ".vera"
@@ -27,7 +29,7 @@ class Settings(BaseSettings):
     require_tokens: bool | None = None
     # Let requests without a token read (list, fetch, verify) when tokens are required.
     anonymous_read: bool = False
-    max_upload_bytes: int = 256 * 2**20
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
     job_lease_s: float = 60.0
     # The HuggingFace Hub: where `vera hub push|pull` goes, the token the server uses when a request brings none

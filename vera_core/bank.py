@@ -21,8 +21,9 @@ from torch.func import functional_call
 
 from vera_core.checkpoint import AdapterFiles, read_adapter
 from vera_core.errors import AdapterFormatError
+from vera_core.keys import LAMBDA_D, PEFT_PREFIX, PROJECTION_KEYS, module_path
 from vera_core.layer import Routing, VeraLinear
-from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS, VeraModel
+from vera_core.model import VeraModel
 from vera_core.projection import fingerprint
 
 #: Heads up to this many parameter elements times rows run vectorised (gathered per row); larger heads, such as
@@ -142,8 +143,7 @@ class AdapterBank:
         """What differs between the adapter and what this bank was built for, each as expected / found."""
         ours, theirs, model = self.model.config, files.config, self.model
         found: list[str] = []
-        suffix = ".vera_lambda_d"
-        layers = sorted(k[len(PEFT_PREFIX):-len(suffix)] for k in files.vector_keys() if k.endswith(suffix))
+        layers = sorted(module_path(k, LAMBDA_D) for k in files.vector_keys() if k.endswith(LAMBDA_D))
         if layers != sorted(self.layers):
             found.append(f"target modules: expected {len(self.layers)} layers (target_modules="
                          f"{ours.target_modules!r}), found {len(layers)} (target_modules={theirs.target_modules!r})")

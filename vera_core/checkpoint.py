@@ -20,8 +20,9 @@ from safetensors import SafetensorError, safe_open
 
 from vera_core.config import VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
+from vera_core.keys import PROJECTION_KEYS
 from vera_core.layer import ComputeStrategy
-from vera_core.model import PROJECTION_KEYS, VeraModel
+from vera_core.model import VeraModel
 from vera_core.projection import ProjectionSpec, fingerprint, generate
 from vera_core.serialization import to_bytes
 

@@ -19,7 +19,7 @@ import torch
 
 from vera_core.checkpoint import CONFIG_NAME, META_IN_FEATURES, WEIGHTS_NAME, AdapterFiles
 from vera_core.errors import AdapterFormatError
-from vera_core.model import PEFT_PREFIX, PROJECTION_KEYS
+from vera_core.keys import PROJECTION_KEYS, module_path
 from vera_core.serialization import to_bytes
 
 _BIAS = {"none": "none", "all": "all", "vera_only": "lora_only"}
@@ -52,7 +52,7 @@ def lora_tensors(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> dict[
         lam_b = tensor.float()
         n_in = _in_features(files, path)
         if n_in > a.shape[1] or lam_b.shape[0] > b.shape[0]:
-            raise AdapterFormatError(f"Layer {path[len(PEFT_PREFIX):]} is larger than the shared projection.")
+            raise AdapterFormatError(f"Layer {module_path(path)} is larger than the shared projection.")
         out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = delta_factors(d, lam_b, a, b, n_in)
     return out
 
@@ -69,11 +69,11 @@ def delta_factors(
 def _in_features(files: AdapterFiles, path: str) -> int:
     shapes = files.metadata.get(META_IN_FEATURES)
     if shapes:
-        value = json.loads(shapes).get(path[len(PEFT_PREFIX):])
+        value = json.loads(shapes).get(module_path(path))
         if value is not None:
             return int(value)
     raise AdapterFormatError(
-        f"The adapter does not record the input size of {path[len(PEFT_PREFIX):]}, which the LoRA export needs; "
+        f"The adapter does not record the input size of {module_path(path)}, which the LoRA export needs; "
         "re-save it with this version of vera_core (or publish it again)."
     )
 

@@ -13,14 +13,10 @@ from torch import nn
 
 from vera_core.config import VeraConfig
 from vera_core.errors import AdapterFormatError, VeraError
+from vera_core.keys import PEFT_PREFIX, PROJECTION_KEYS
 from vera_core.layer import ComputeStrategy, SharedProjection, VeraLinear, is_conv1d, layer_shape
 from vera_core.projection import ProjectionSpec, fingerprint, generate
 from vera_core.targets import find_targets, resolve_targets
-
-#: Prefix of every key in PEFT's adapter_model.safetensors.
-PEFT_PREFIX = "base_model.model."
-#: Keys of the shared projections in adapter_model.safetensors (present when save_projection is True).
-PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

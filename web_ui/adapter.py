@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from registry.client import FILES
+from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import Ref, VersionInfo
-from web_ui import charts, session
+from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
+from web_ui import analysis, charts, session
 
 
 def page() -> None:
@@ -22,7 +22,7 @@ def page() -> None:
         st.info("Pick a version on the Browse page, or type one above.")
         return
     Ref.parse(ref_text)  # a malformed reference is an InvalidInput message, not a request
-    info: VersionInfo = session.read("get", ref_text)
+    info = session.read(RegistryClient.get, ref_text)
     st.session_state["adapter_ref"] = info.ref
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     if info.description:
@@ -51,7 +51,7 @@ def page() -> None:
 
 
 def versions(info: VersionInfo) -> None:
-    page = session.read("list_versions", owner=info.owner, name=info.name, include_yanked=True, limit=100)
+    page = session.read(RegistryClient.list_versions, owner=info.owner, name=info.name, include_yanked=True, limit=100)
     st.dataframe(pd.DataFrame([{"version": v.version, "aliases": ", ".join(v.aliases), "created": v.created_at,
                                 "yanked": v.yanked, "verification": v.verification_status,
                                 "published by": v.published_by} for v in page.items]),
@@ -79,11 +79,11 @@ def metrics(info: VersionInfo) -> None:
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")
-    st.json(session.read("storage", info.ref))
+    st.json(session.read(analysis.storage, info.ref))
 
 
 def layers(info: VersionInfo) -> None:
-    rows = session.read("layer_magnitudes", info.ref)
+    rows = session.read(analysis.layer_magnitudes, info.ref)
     st.caption("Mean |d| and |b| per adapted layer: where the adaptation concentrates (the paper's Figure 4).")
     chart = charts.magnitude_heatmap(rows)
     if chart is not None:
@@ -136,7 +136,7 @@ def hub(info: VersionInfo) -> None:
                 st.success(("Pulled as " if result.changed else "Unchanged, already ") + result.version.ref)
                 st.cache_data.clear()
     st.markdown("**Sync state** (pushes and pulls of this version, newest first)")
-    syncs = session.read("hub_status", info.ref)
+    syncs = session.read(RegistryClient.hub_status, info.ref)
     if syncs:
         st.dataframe(pd.DataFrame([{"direction": s.direction, "repo": s.repo_id, "revision": s.revision,
                                     "commit": s.commit_sha[:12], "format": s.format if s.format == "lora" else (
@@ -157,8 +157,8 @@ def downloads(info: VersionInfo) -> None:
                          "A and B, A and B materialised otherwise. A seed-only copy of a portable-generator adapter "
                          "is for vera_core; PEFT refuses it with a message.")
     options = forms[form]
-    for name in FILES[:2] if options.get("as_lora") else FILES:
-        data: bytes = session.read("download", info.ref, name, **options)
+    for name in ADAPTER_FILES[:2] if options.get("as_lora") else ADAPTER_FILES:
+        data = session.read(RegistryClient.download, info.ref, name, **options)
         st.download_button(f"{name} ({len(data):,} B)", data, file_name=name, key=f"dl-{name}")
     flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
     st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")

@@ -7,7 +7,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from registry.domain.schemas import Page, VersionInfo
+from registry.client import RegistryClient
+from registry.domain.schemas import VersionInfo
+from vera_core.config import KNOWN_GENERATORS
 from web_ui import session
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
@@ -39,7 +41,7 @@ def table(items: list[VersionInfo]) -> pd.DataFrame:
 
 def page() -> None:
     st.title("Adapters")
-    bases = [b.name for b in session.read("base_models")]
+    bases = [b.name for b in session.read(RegistryClient.base_models)]
     with st.form("filters"):
         c1, c2, c3, c4 = st.columns(4)
         owner = c1.text_input("Owner")
@@ -47,7 +49,7 @@ def page() -> None:
         rank = c3.number_input("Rank", min_value=0, value=0, help="0: any")
         seed = c4.text_input("Seed")
         c5, c6, c7, c8 = st.columns(4)
-        generator = c5.selectbox("Generator", ["any", "philox4x32-10-kaiming-uniform-v1", "torch-kaiming-uniform"])
+        generator = c5.selectbox("Generator", ["any", *KNOWN_GENERATORS])
         tag = c6.text_input("Tag")
         text = c7.text_input("Search", help="owner, name or description")
         sort = c8.selectbox("Sort", list(SORT_LABELS), format_func=SORT_LABELS.__getitem__)
@@ -56,11 +58,12 @@ def page() -> None:
             st.session_state["browse_cursors"] = [None]
     if seed and not seed.isdigit():
         st.warning(f"Seed {seed!r} is not a number; it is ignored.")
-    filters = {"owner": owner or None, "base_model": None if base == "any" else base, "r": rank or None,
-               "seed": int(seed) if seed.isdigit() else None, "generator": None if generator == "any" else generator,
-               "tag": tag or None, "q": text or None, "sort": sort, "limit": size, "with_total": True}
     cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
-    result: Page = session.read("list_versions", cursor=cursors[-1], **filters)
+    result = session.read(RegistryClient.list_versions, cursor=cursors[-1], owner=owner or None,
+                          base_model=None if base == "any" else base, r=rank or None,
+                          seed=int(seed) if seed.isdigit() else None,
+                          generator=None if generator == "any" else generator, tag=tag or None, q=text or None,
+                          sort=sort, limit=size, with_total=True)
     first = (len(cursors) - 1) * size
     st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
                f"{first + len(result.items):,}. Click a column to sort this page (e.g. by accuracy).")

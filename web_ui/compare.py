@@ -5,14 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from registry.domain.schemas import Comparison
+from registry.client import RegistryClient
 from web_ui import charts, session
 from web_ui.browse import key_metrics
 
 
 def page() -> None:
     st.title("Compare")
-    recent = [v.ref for v in session.read("list_versions", limit=200).items]
+    recent = [v.ref for v in session.read(RegistryClient.list_versions, limit=200).items]
     default = [r for r in st.session_state.get("compare_refs", []) if r in recent] or recent[:2]
     refs = st.multiselect("Versions (2 to 4)", recent, default=default, max_selections=4)
     typed = st.text_input("Or type references, comma-separated", placeholder="alice/a:1, bob/b@prod")
@@ -22,7 +22,7 @@ def page() -> None:
         st.info("Choose two to four versions.")
         return
     st.session_state["compare_refs"] = refs
-    result: Comparison = session.read("compare", refs)
+    result = session.read(RegistryClient.compare, refs)
     st.dataframe(pd.DataFrame([{
         "version": v.ref, "base model": v.base_model, "r": v.r, "seed": str(v.seed), "generator": v.generator,
         "trainable params": v.trainable_parameters, "adapter params": v.adapter_parameters,

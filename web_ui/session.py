@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import streamlit as st
 
@@ -14,6 +14,7 @@ from registry.client import DEFAULT_URL, RegistryClient, RegistryUnavailable
 from registry.domain.errors import Forbidden, NotFound, RegistryError, Unauthorized
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def settings() -> tuple[str, str]:
@@ -36,15 +37,17 @@ def call(fn: Callable[[RegistryClient], T]) -> T:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def cached(url: str, token: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """A read through the client, cached for a few seconds per (registry, token, call)."""
+def _cached(url: str, token: str, name: str, _fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """A read through the client, cached for a few seconds per (registry, token, function ``name``, arguments);
+    Streamlit does not hash ``_fn`` (its leading underscore), ``name`` stands for it."""
     with RegistryClient(url, token, timeout=60) as c:
-        return getattr(c, method)(*args, **kwargs)
+        return _fn(c, *args, **kwargs)
 
 
-def read(method: str, *args: Any, **kwargs: Any) -> Any:
+def read(fn: Callable[Concatenate[RegistryClient, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(client, *args, **kwargs)``, cached: ``read(RegistryClient.get, ref)`` is a VersionInfo."""
     url, token = settings()
-    return cached(url, token, method, *args, **kwargs)
+    return cast(T, _cached(url, token, f"{fn.__module__}.{fn.__qualname__}", fn, *args, **kwargs))
 
 
 def show_error(exc: RegistryError) -> None:

@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict
 
 from registry.domain.errors import InvalidInput
 
+#: The largest upload the API accepts by default (VERA_MAX_UPLOAD_BYTES).
+MAX_UPLOAD_BYTES = 256 * 2**20
+#: The files of an adapter version, as PEFT's directory format names them.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9]\d{0,8})|@(?P<alias>[^/:@]+))?$")
 
@@ -72,6 +77,8 @@ class BaseModelInfo(BaseModel):
 
 
 class ProjectionInfo(BaseModel):
+    """A shared projection: regenerated from (generator, seed, r, shape), or stored once when not reproducible."""
+
     id: int
     generator: str
     seed: int
@@ -80,6 +87,23 @@ class ProjectionInfo(BaseModel):
     max_out: int
     fingerprint: str
     reproducible: bool
+    stored: bool
+    versions: int  # how many versions use it
+
+
+class AuditEventInfo(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+class StoreCounts(BaseModel):
+    """What the registry holds (the /metrics gauges)."""
+
+    adapters: int
+    versions: int
     stored_bytes: int
 
 

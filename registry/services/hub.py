@@ -27,7 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import ContentTooLarge, HubError, InvalidInput
-from registry.domain.schemas import HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
+from registry.domain.schemas import MAX_UPLOAD_BYTES, HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
+from registry.services.lookup import version_info
 from registry.services.registry import Registry
 from registry.store import models as m
 from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
@@ -102,7 +103,7 @@ class HubSync:
     """Push and pull between this registry and a HuggingFace Hub (``endpoint``), and the sync state of versions."""
 
     def __init__(self, registry: Registry, *, endpoint: str = "https://huggingface.co", token: str | None = None,
-                 timeout_s: float = 60.0, max_bytes: int = 256 * 2**20) -> None:
+                 timeout_s: float = 60.0, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
         self.registry, self.endpoint, self._default_token = registry, endpoint.rstrip("/"), token
         self.timeout_s, self.max_bytes = timeout_s, max_bytes
 
@@ -237,7 +238,7 @@ class HubSync:
         if row is None:
             return None
         version = s.get_one(m.AdapterVersion, row.version_id)
-        info = self.registry._info(s, version)
+        info = version_info(s, version)
         return HubSyncResult(sync=self._sync_info(row, info.ref), changed=False, version=info)
 
     # ---- state ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
 from sqlalchemy import select
 
@@ -15,7 +16,8 @@ from registry.domain.schemas import check_name
 from registry.store import models as m
 from registry.store.database import Database
 
-SCOPES = ("read", "publish", "admin")
+Scope = Literal["read", "publish", "admin"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 PREFIX = "vera_"
 
 
@@ -27,7 +29,7 @@ class Principal:
     scopes: frozenset[str]
     token_id: int | None = None
 
-    def require(self, scope: str, *, owner: str | None = None) -> None:
+    def require(self, scope: Scope, *, owner: str | None = None) -> None:
         """Refuse unless this principal has ``scope`` (admin has all) and, for publish, owns ``owner``."""
         if "admin" in self.scopes:
             return

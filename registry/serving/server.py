@@ -26,7 +26,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import Ref, VersionInfo
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
-from vera_core.model import PEFT_PREFIX
+from vera_core.keys import module_path
 from vera_core.recipes import resolve_base
 
 Task = Literal["classification", "causal-lm"]
@@ -317,7 +317,7 @@ def _rows(work: _Work) -> int:
 
 def _bank_key(files: AdapterFiles) -> BankKey:
     config: VeraConfig = files.config
-    heads = tuple(sorted((k[len(PEFT_PREFIX):], tuple(v.shape)) for k, v in files.tensors.items()
+    heads = tuple(sorted((module_path(k), tuple(v.shape)) for k, v in files.tensors.items()
                          if ".vera_lambda_" not in k and not k.startswith("base_model.vera_")))
     targets = config.target_modules if isinstance(config.target_modules, list) else [str(config.target_modules)]
     return (config.projection_generator, config.projection_prng_key, config.r, tuple(sorted(targets)), heads)

@@ -52,7 +52,7 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class BaseModel(Base):
+class BaseModelShapes(Base):
     """A base model: name (Hub id or local name), revision, and the shapes of its adaptable layers."""
 
     __tablename__ = "base_models"
@@ -145,7 +145,7 @@ class AdapterVersion(Base):
     source_hub_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
-    base_model: Mapped[BaseModel] = relationship()
+    base_model: Mapped[BaseModelShapes] = relationship()
     projection: Mapped[Projection] = relationship()
     tags: Mapped[list[VersionTag]] = relationship(cascade="all, delete-orphan", order_by="VersionTag.tag")
 

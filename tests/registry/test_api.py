@@ -20,7 +20,7 @@ from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits
 from tests.registry.servers import free_port, running_server
 from tests.registry.test_cli import vera
 from vera_core import PEFT_GENERATOR, export_lora, load_adapter, read_adapter, save_adapter
-from vera_core.model import PROJECTION_KEYS
+from vera_core.keys import PROJECTION_KEYS
 
 Clients = Callable[..., RegistryClient]
 

@@ -21,7 +21,7 @@ from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, load_adapter, read_ada
 def counts(registry: Registry) -> dict[str, int]:
     with registry.db.session() as s:
         tables = {"adapters": m.Adapter, "versions": m.AdapterVersion, "blobs": m.Blob, "projections": m.Projection,
-                  "base_models": m.BaseModel}
+                  "base_models": m.BaseModelShapes}
         out = {k: s.scalar(select(func.count()).select_from(t)) or 0 for k, t in tables.items()}
     out["files"] = len(list(registry.blobs.digests()))
     return out
@@ -98,7 +98,7 @@ def test_versions_aliases_and_dedupe(registry: Registry, tmp_path: Path) -> None
         registry.get("alice/x:2")
     assert registry.gc() == {"blobs_removed": 1}
     assert counts(registry)["files"] == 0 and counts(registry)["projections"] == 0
-    actions = [e["action"] for e in registry.audit("alice/x")]
+    actions = [e.action for e in registry.audit("alice/x")]
     assert actions == ["delete", "delete", "yank", "alias", "alias", "publish", "publish"]
 
 
@@ -224,7 +224,7 @@ def test_a_publish_that_fails_half_way_leaves_nothing(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(registry, "_move_latest", explode)
+    monkeypatch.setattr("registry.services.publishing.move_latest", explode)  # fails inside the transaction
     with pytest.raises(RuntimeError, match="database went away"):
         registry.publish(make_adapter(tmp_path / "a"), owner="fay", name="a", base_model="tiny-llama")
     assert counts(registry) == {"adapters": 0, "versions": 0, "blobs": 0, "projections": 0, "base_models": 0,

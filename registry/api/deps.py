@@ -1,0 +1,104 @@
+"""What routes need, as FastAPI dependencies: the services of the app, the caller, and the scope a route requires
+(stated in the route's signature: ``who: Publisher`` needs the ``publish`` scope for the path's owner)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel
+
+from registry.domain.errors import Unauthorized
+from registry.domain.schemas import MAX_UPLOAD_BYTES, Ref
+from registry.services.hub import HubSync
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.services.tokens import LOCAL_USER, Principal, Scope, authenticate
+
+
+class ApiOptions(BaseModel):
+    """How the API authenticates and what it accepts."""
+
+    require_tokens: bool = True
+    anonymous_read: bool = False
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The secret of an ``Authorization: Bearer <secret>`` header; None when the header is absent or not one."""
+    if not authorization:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" and secret.strip() else None
+
+
+def _app_state(attribute: str) -> Callable[[Request], Any]:
+    """A dependency giving ``request.app.state.<attribute>`` (create_app puts the services there)."""
+
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    return get
+
+
+RegistryDep = Annotated[Registry, Depends(_app_state("registry"))]
+JobsDep = Annotated[Jobs, Depends(_app_state("jobs"))]
+HubDep = Annotated[HubSync, Depends(_app_state("hub"))]
+Options = Annotated[ApiOptions, Depends(_app_state("options"))]
+
+
+def _principal(options: Options, registry: RegistryDep,
+               authorization: Annotated[str | None, Header()] = None) -> Principal | None:
+    """The caller: the local user when tokens are off, a token's principal, or None (no token sent)."""
+    if not options.require_tokens:
+        return LOCAL_USER
+    if authorization is None:
+        return None
+    secret = bearer_token(authorization)
+    if secret is None:
+        raise Unauthorized("Authorization must be 'Bearer <token>'.")
+    return authenticate(registry.db, secret)
+
+
+Caller = Annotated[Principal | None, Depends(_principal)]
+
+
+def authorize(caller: Principal | None, options: ApiOptions, scope: Scope, owner: str | None = None) -> Principal:
+    """The caller, if it may act with ``scope`` (on ``owner``'s adapters); Unauthorized or Forbidden otherwise."""
+    if caller is None:
+        if scope == "read" and options.anonymous_read:
+            return Principal(owner="anonymous", scopes=frozenset({"read"}))
+        raise Unauthorized("This registry requires a token: pass 'Authorization: Bearer <token>' "
+                           "(VERA_TOKEN for the CLI).")
+    caller.require(scope, owner=owner)
+    return caller
+
+
+def _reader(caller: Caller, options: Options) -> Principal:
+    return authorize(caller, options, "read")
+
+
+def _owner_publisher(owner: str, caller: Caller, options: Options) -> Principal:
+    return authorize(caller, options, "publish", owner)
+
+
+#: A caller with the read scope (or anonymous, where the registry allows anonymous reads).
+Reader = Annotated[Principal, Depends(_reader)]
+#: A caller that may publish under the path's ``{owner}``.
+OwnerPublisher = Annotated[Principal, Depends(_owner_publisher)]
+
+
+def ref_of(owner: str, name: str, selector: str) -> Ref:
+    """The version a path names: ``selector`` is a version number or an alias name."""
+    return Ref.parse(f"{owner}/{name}:{selector}" if selector.isdigit() else f"{owner}/{name}@{selector}")

@@ -1,0 +1,64 @@
+"""Errors as RFC 9457 problem details, for every app of the project (the registry API and the model server): the
+exception tree maps to statuses in one table (registry.domain.errors.HTTP_STATUS), the handlers live here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from registry.domain.errors import RegistryError, status_of
+
+TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Content Too Large",
+          422: "Invalid input", 500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+_PROBLEM = {"model": Problem, "content": {"application/problem+json": {"schema": Problem.model_json_schema()}}}
+#: Documented on every route: the API answers these with problem details.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {**_PROBLEM, "description": text} for code, text in (
+        (401, "No valid token"), (403, "The token may not do this"), (404, "No such adapter, version or alias"),
+        (409, "Conflicts with what is stored"), (413, "Upload too large"), (422, "Invalid input"),
+        (500, "Stored bytes failed their hash check"), (502, "The HuggingFace Hub failed or refused"),
+        (503, "Database schema out of date"))
+}
+
+
+def problem(status: int, code: str, detail: str, instance: str) -> JSONResponse:
+    body = {"type": f"/problems/{code}", "title": TITLES.get(status, "Error"), "status": status, "detail": detail,
+            "instance": instance}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int] = status_of) -> None:
+    """Registry errors, request validation errors and anything unexpected become problem details (no traceback
+    reaches a caller). ``status`` maps a registry error to its HTTP status."""
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        return problem(status(exc), exc.code, str(exc), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return problem(422, "invalid_input", details, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.",
+                       request.url.path)

@@ -1,0 +1,5 @@
+"""One APIRouter per resource; registry.api.app includes them all."""
+
+from registry.api.routes import adapters, catalog, files, health, hub, jobs
+
+ROUTERS = (health.router, adapters.router, files.router, hub.router, catalog.router, jobs.router)

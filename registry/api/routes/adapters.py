@@ -1,0 +1,107 @@
+"""Adapters and their versions: list and search, publish, read, verify, aliases, yank, delete."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
+from registry.api.uploads import save_upload
+from registry.domain.schemas import Page, VerificationReport, VersionInfo, json_object
+from registry.services.search import MAX_PAGE, SORTS
+from registry.services.validation import MAX_RANK
+
+router = APIRouter(prefix="/api/v1/adapters")
+
+MAX_ID = 2**31 - 1
+#: Row ids and version numbers in paths: bounded, so that no backend overflows on a huge number.
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+VERSION = "/{owner}/{name}/versions/{selector}"
+
+
+class AliasBody(BaseModel):
+    version: int = Field(ge=1, le=MAX_ID)
+
+
+class YankBody(BaseModel):
+    yanked: bool = True
+
+
+@router.get("", response_model=Page)
+def list_adapters(
+    _: Reader, registry: RegistryDep, owner: str | None = None, name: str | None = None,
+    base_model: str | None = None, r: Annotated[int | None, Query(ge=1, le=MAX_RANK)] = None,
+    seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
+    generator: str | None = None, tag: str | None = None,
+    q: str | None = None, include_yanked: bool = False, cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    sort: Annotated[str, Query(description=f"one of {', '.join(SORTS)}; '-' prefix: descending")] = "-created",
+    with_total: bool = False,
+) -> Page:
+    return registry.list_versions(owner=owner, name=name, base_model=base_model, r=r, seed=seed,
+                                  generator=generator, tag=tag, text=q, include_yanked=include_yanked,
+                                  cursor=cursor, limit=limit, sort=sort, with_total=with_total)
+
+
+@router.post("/{owner}/{name}/versions", response_model=VersionInfo, status_code=201)
+async def publish(
+    who: OwnerPublisher, registry: RegistryDep, options: Options, owner: str, name: str,
+    adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
+    adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
+    base_model: Annotated[str, Form()], base_revision: Annotated[str, Form()] = "",
+    metrics: Annotated[str, Form(description="a JSON object")] = "{}",
+    tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
+) -> VersionInfo:
+    parsed = json_object(metrics, "metrics")
+    with tempfile.TemporaryDirectory() as tmp:
+        for upload, filename in ((adapter_config, "adapter_config.json"),
+                                 (adapter_model, "adapter_model.safetensors")):
+            await save_upload(upload, Path(tmp) / filename, options.max_upload_bytes)
+        return registry.publish(tmp, owner=owner, name=name, base_model=base_model, base_revision=base_revision,
+                                metrics=parsed, tags=[t.strip() for t in tags.split(",") if t.strip()],
+                                description=description, published_by=who.owner)
+
+
+@router.get(VERSION, response_model=VersionInfo)
+def get_version(_: Reader, registry: RegistryDep, owner: str, name: str, selector: str) -> VersionInfo:
+    return registry.get(ref_of(owner, name, selector))
+
+
+@router.post(f"{VERSION}/verify", response_model=VerificationReport)
+def verify(_: Reader, registry: RegistryDep, owner: str, name: str, selector: str) -> VerificationReport:
+    return registry.verify(ref_of(owner, name, selector))
+
+
+@router.get(f"{VERSION}/verification")
+def verification(_: Reader, registry: RegistryDep, owner: str, name: str, selector: str) -> dict[str, Any]:
+    return registry.last_verification(ref_of(owner, name, selector))
+
+
+@router.put("/{owner}/{name}/aliases/{alias}", response_model=VersionInfo)
+def put_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, alias: str,
+              body: AliasBody) -> VersionInfo:
+    return registry.set_alias(f"{owner}/{name}:{body.version}", alias, actor=who.owner)
+
+
+@router.delete("/{owner}/{name}/aliases/{alias}", status_code=204)
+def delete_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, alias: str) -> Response:
+    registry.remove_alias(f"{owner}/{name}", alias, actor=who.owner)
+    return Response(status_code=204)
+
+
+@router.post("/{owner}/{name}/versions/{version}/yank", response_model=VersionInfo)
+def yank(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId,
+         body: YankBody) -> VersionInfo:
+    return registry.yank(f"{owner}/{name}:{version}", actor=who.owner, yanked=body.yanked)
+
+
+@router.delete("/{owner}/{name}/versions/{version}", status_code=204)
+def delete_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId) -> Response:
+    registry.delete(f"{owner}/{name}:{version}", actor=who.owner)
+    return Response(status_code=204)

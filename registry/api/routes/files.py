@@ -1,0 +1,52 @@
+"""A version's files, streamed with an ETag (their SHA-256) and answered 304 when the caller has them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import Response, StreamingResponse
+
+from registry.api.deps import Reader, RegistryDep, ref_of
+from registry.api.uploads import CHUNK
+from registry.domain.errors import NotFound
+from registry.domain.schemas import ADAPTER_FILES
+
+router = APIRouter(prefix="/api/v1/adapters")
+MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
+
+
+@router.get("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
+            responses={200: {"description": "The file (ETag: its SHA-256)", "content": {
+                "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
+                304: {"description": "Not modified (If-None-Match matched the ETag)"}})
+def download(
+    _: Reader, registry: RegistryDep, owner: str, name: str, selector: str, filename: str,
+    projection: Annotated[bool, Query(description="always materialise A and B (by default they are included "
+                                      "unless PEFT's own generator regenerates them)")] = False,
+    seed_only: Annotated[bool, Query(description="leave A and B out even where PEFT cannot regenerate them "
+                                     "(for vera_core; PEFT refuses such files)")] = False,
+    format: Annotated[Literal["vera", "lora"], Query(description="lora: the equivalent rank-r LoRA")] = "vera",
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    if filename not in ADAPTER_FILES:
+        raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
+    info, files = registry.files(ref_of(owner, name, selector), with_projection=projection,
+                                 seed_only=seed_only, as_lora=format == "lora")
+    if filename not in files:
+        raise NotFound(f"The {format} export has no {filename}; it has {', '.join(files)}.")
+    data = files[filename]
+    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate", "X-Vera-Version": info.ref}
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), CHUNK):
+            yield data[i:i + CHUNK]
+
+    media = next((t for suffix, t in MEDIA_TYPES.items() if filename.endswith(suffix)), "application/octet-stream")
+    headers["Content-Length"] = str(len(data))
+    return StreamingResponse(chunks(), media_type=media, headers=headers)

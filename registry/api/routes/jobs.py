@@ -1,0 +1,60 @@
+"""Fine-tune jobs: submit (with an optional dataset upload), list, read, follow events, cancel."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from registry.api.deps import Caller, JobsDep, Options, Reader, authorize
+from registry.api.routes.adapters import MAX_ID, RowId
+from registry.api.uploads import save_upload
+from registry.domain.schemas import JobEventInfo, JobInfo, Ref, json_object
+
+router = APIRouter(prefix="/api/v1/jobs")
+
+
+@router.post("", response_model=JobInfo, status_code=201)
+async def submit_job(
+    caller: Caller, options: Options, jobs: JobsDep,
+    target: Annotated[str, Form(description="owner/name to publish the result as")],
+    spec: Annotated[str, Form(description="the training spec, a JSON object (vera_core.recipes.TrainSpec)")],
+    dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
+) -> JobInfo:
+    owner = Ref.parse(target).owner
+    authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
+    parsed = json_object(spec, "spec")
+    data = None
+    if dataset is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "upload"
+            await save_upload(dataset, path, options.max_upload_bytes)
+            data = path.read_bytes()
+    name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
+    return jobs.submit(parsed, owner=owner, target=target, dataset=data, dataset_name=name)
+
+
+@router.get("", response_model=list[JobInfo])
+def list_jobs(_: Reader, jobs: JobsDep, owner: str | None = None, status: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobInfo]:
+    return jobs.list_jobs(owner=owner, status=status, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobInfo)
+def get_job(_: Reader, jobs: JobsDep, job_id: RowId) -> JobInfo:
+    return jobs.get(job_id)
+
+
+@router.get("/{job_id}/events", response_model=list[JobEventInfo])
+def job_events(_: Reader, jobs: JobsDep, job_id: RowId, after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+               kind: str | None = None) -> list[JobEventInfo]:
+    return jobs.events(job_id, after=after, kind=kind)
+
+
+@router.post("/{job_id}/cancel", response_model=JobInfo)
+def cancel_job(_: Reader, caller: Caller, options: Options, jobs: JobsDep, job_id: RowId) -> JobInfo:
+    # a reader learns whether the job exists; cancelling needs the publish scope of the job's owner
+    who = authorize(caller, options, "publish", jobs.get(job_id).owner)
+    return jobs.cancel(job_id, actor=who.owner)

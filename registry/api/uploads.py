@@ -1,0 +1,22 @@
+"""Uploaded files, spooled to a temporary folder in chunks and refused as soon as they pass the size limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import UploadFile
+
+from registry.domain.errors import ContentTooLarge
+
+CHUNK = 1 << 16
+
+
+async def save_upload(upload: UploadFile, path: Path, limit: int) -> None:
+    size = 0
+    with path.open("wb") as handle:
+        while chunk := await upload.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ContentTooLarge(f"{upload.filename or path.name} exceeds the upload limit of {limit:,} bytes "
+                                      "(VERA_MAX_UPLOAD_BYTES).")
+            handle.write(chunk)

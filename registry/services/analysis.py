@@ -1,0 +1,70 @@
+"""Comparing versions: per-layer norms of d and b and the cosine similarity of their weight deltas (the tensor
+maths of the registry, kept apart from storage and lookups)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import Comparison, LayerComparison
+from registry.services.lookup import layer_in_features, resolve, version_info, version_tensors
+from registry.store.blobs import BlobStore
+from registry.store.database import Database
+from vera_core.keys import LAMBDA_B, LAMBDA_D, PEFT_PREFIX, PROJECTION_KEYS, module_path
+from vera_core.lora import delta_factors
+
+Loaded = tuple[dict[str, torch.Tensor], dict[str, int]]  # a version's tensors (with A and B), its layers' in sizes
+
+
+class Analysis:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db, self.blobs = db, blobs
+
+    def compare(self, refs: list[str]) -> Comparison:
+        """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas.
+
+        Each delta is the layer's own: A and B sliced to its (out, in) as the forward does. A cosine is None where
+        the two layers differ in shape or a layer's input size is unknown (a PEFT-written adapter whose base model's
+        shapes are not declared)."""
+        if not 2 <= len(refs) <= 8:
+            raise InvalidInput(f"compare takes 2 to 8 versions, got {len(refs)}.")
+        loaded: list[Loaded] = []
+        with self.db.session() as s:
+            versions = [resolve(s, ref) for ref in refs]
+            infos = [version_info(s, v) for v in versions]
+            for v in versions:
+                tensors, metadata = version_tensors(self.blobs, v, with_projection=True)
+                sizes = layer_in_features(v, tensors, metadata)
+                loaded.append((tensors, json.loads(sizes) if sizes else {}))
+        layers = sorted(set.intersection(*({module_path(k, LAMBDA_B) for k in t if k.endswith(LAMBDA_B)}
+                                           for t, _ in loaded)))
+        return Comparison(refs=[i.ref for i in infos], versions=infos,
+                          layers=[_compare_layer(path, loaded) for path in layers])
+
+
+def _compare_layer(path: str, loaded: list[Loaded]) -> LayerComparison:
+    deltas: list[torch.Tensor | None] = []
+    d_norms, b_norms = [], []
+    for tensors, in_features in loaded:
+        d, b = tensors[f"{PEFT_PREFIX}{path}{LAMBDA_D}"], tensors[f"{PEFT_PREFIX}{path}{LAMBDA_B}"]
+        d_norms.append(float(d.norm()))
+        b_norms.append(float(b.norm()))
+        width = in_features.get(path)
+        if width is None:
+            deltas.append(None)
+            continue
+        a_full, b_full = (tensors[k] for k in PROJECTION_KEYS)
+        lora_a, lora_b = delta_factors(d, b, a_full, b_full, int(width))
+        deltas.append(lora_b @ lora_a)  # (out, in)
+    cos = [[_cosine(x, y) for y in deltas] for x in deltas]
+    return LayerComparison(module=path, d_norms=d_norms, b_norms=b_norms, delta_cosine=cos)
+
+
+def _cosine(x: torch.Tensor | None, y: torch.Tensor | None) -> float | None:
+    """Cosine of two weight deltas of the same shape; None when there is nothing comparable."""
+    if x is None or y is None or x.shape != y.shape:
+        return None
+    denom = float(x.norm() * y.norm())
+    return float((x * y).sum()) / denom if denom > 0 else None

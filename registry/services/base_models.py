@@ -1,0 +1,136 @@
+"""Base models and the shapes of their adaptable layers: declared (from a model or its config) or implied by the
+adapters published for them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import Conflict, InvalidInput
+from registry.domain.schemas import BaseModelInfo
+from registry.services.shapes import declared_layers, in_features_json, match_path, shapes_fingerprint, shapes_of
+from registry.store import models as m
+from registry.store.database import Database
+from vera_core import AdapterFiles
+from vera_core.checkpoint import META_IN_FEATURES, META_SHAPE
+
+if TYPE_CHECKING:
+    from registry.services.validation import CheckedAdapter
+
+
+def _row(s: Session, name: str, revision: str) -> m.BaseModelShapes | None:
+    return s.scalar(select(m.BaseModelShapes).where(m.BaseModelShapes.name == name,
+                                                    m.BaseModelShapes.revision == revision))
+
+
+def base_info(row: m.BaseModelShapes) -> BaseModelInfo:
+    return BaseModelInfo(id=row.id, name=row.name, revision=row.revision, shapes_fingerprint=row.shapes_fingerprint,
+                         shapes_source=row.shapes_source, layers=len(row.shapes), created_at=row.created_at)
+
+
+class BaseModels:
+    """Declared and implied base-model shapes; one transaction per public method."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def register(
+        self, *, name: str, revision: str = "", model: torch.nn.Module | None = None,
+        shapes: dict[str, list[int]] | None = None,
+    ) -> BaseModelInfo:
+        """Declare a base model's exact layer shapes, from a model (meta device is fine) or a shapes mapping.
+        Shapes that earlier publishes implied become declared ones if they agree; otherwise Conflict says where."""
+        if (model is None) == (shapes is None):
+            raise InvalidInput("Pass exactly one of model or shapes to register a base model.")
+        declared = shapes_of(model) if model is not None else {k: list(v) for k, v in (shapes or {}).items()}
+        if not declared:
+            raise InvalidInput(f"Base model {name!r} has no nn.Linear or Conv1D layer; nothing could be adapted.")
+        with self.db.session() as s:
+            row = _row(s, name, revision)
+            fp = shapes_fingerprint(declared)
+            if row is None:
+                row = m.BaseModelShapes(name=name, revision=revision, shapes=declared, shapes_fingerprint=fp,
+                                        shapes_source="declared")
+                s.add(row)
+            elif row.shapes_source == "declared" and row.shapes_fingerprint != fp:
+                raise Conflict(f"Base model {name}@{revision or 'default'} is already registered with other layer "
+                               "shapes; register the new weights under another revision.")
+            else:  # implied shapes become declared ones, if they agree
+                for path, (out, _) in row.shapes.items():
+                    shape = match_path(declared, path)
+                    if shape is None or shape[0] != out:
+                        raise Conflict(f"Published adapters imply layer {path!r} with {out} outputs, which these "
+                                       f"shapes contradict ({shape}).")
+                row.shapes, row.shapes_fingerprint, row.shapes_source = declared, fp, "declared"
+            s.flush()
+            return base_info(row)
+
+    def register_from_config(self, *, name: str, revision: str = "", config_path: str) -> BaseModelInfo:
+        """Exact shapes from a transformers config.json, built on the meta device (no weights, no memory)."""
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(config_path)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"{config_path} is not a transformers config: {exc}") from exc
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)  # type: ignore[no-untyped-call]
+        return self.register(name=name, revision=revision, model=model)
+
+    def list(self) -> list[BaseModelInfo]:
+        with self.db.session() as s:
+            return [base_info(b) for b in s.scalars(select(m.BaseModelShapes).order_by(m.BaseModelShapes.name))]
+
+    def with_declared_shapes(self, files: AdapterFiles, name: str, revision: str) -> AdapterFiles:
+        """PEFT sizes A and B to the largest adapted layer; with the base's declared shapes the registry can too
+        (for seed-only adapters PEFT wrote, which record no projection shape)."""
+        with self.db.session() as s:
+            row = _row(s, name, revision)
+            shapes = dict(row.shapes) if row is not None and row.shapes_source == "declared" else None
+        if shapes is None:
+            return files
+        sizes = declared_layers(shapes, files.tensors)
+        if not sizes:
+            return files  # validation explains; the shapes check would name the layer
+        max_out, max_in = max(o for o, _ in sizes.values()), max(i for _, i in sizes.values())
+        metadata = {**files.metadata, META_SHAPE: f"{files.config.r},{max_in},{max_out}",
+                    META_IN_FEATURES: in_features_json(sizes)}
+        return AdapterFiles(files.config, files.tensors, metadata)
+
+    @staticmethod
+    def for_publish(s: Session, name: str, revision: str, checked: CheckedAdapter) -> m.BaseModelShapes:
+        """The base row a publish records (created with implied shapes if new), after checking the adapter's
+        layers against it; implied shapes grow with the layers new adapters show. Runs in the publish's session."""
+        row = _row(s, name, revision)
+        if row is None:
+            implied = {path: [out, None] for path, out in sorted(checked.layer_outs.items())}
+            row = m.BaseModelShapes(name=name, revision=revision, shapes=implied, shapes_source="implied",
+                                    shapes_fingerprint=shapes_fingerprint(implied))
+            s.add(row)
+            s.flush()
+            return row
+        problems = []
+        max_in = 0
+        for path, out in checked.layer_outs.items():
+            shape = match_path(row.shapes, path)
+            if shape is None:
+                if row.shapes_source == "declared":
+                    problems.append(f"{path}: no such layer")
+                continue
+            if shape[0] != out:
+                problems.append(f"{path}: {out} outputs, the base has {shape[0]}")
+            max_in = max(max_in, shape[1] or 0)
+        if row.shapes_source == "declared" and max_in and max_in != checked.spec.max_in:
+            problems.append(f"projection sized for {checked.spec.max_in} inputs, the adapted layers have {max_in}")
+        if problems:
+            raise InvalidInput(f"The adapter does not fit base model {name}@{revision or 'default'}: "
+                               + "; ".join(problems[:5]) + ". Check --base-model and the adapter's target_modules.")
+        if row.shapes_source == "implied":
+            merged = dict(row.shapes)
+            merged.update({p: [o, None] for p, o in checked.layer_outs.items() if match_path(merged, p) is None})
+            if merged != row.shapes:
+                row.shapes, row.shapes_fingerprint = merged, shapes_fingerprint(merged)
+        return row

@@ -1,0 +1,113 @@
+"""Finding versions and reading what they hold, inside a service's session: reference resolution, the ORM row to
+domain object conversion (the one place that builds a VersionInfo), the ``latest`` alias, and a version's tensors
+from its blobs. Helpers only: they flush, never commit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import torch
+from safetensors.torch import load as load_safetensors
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import NotFound
+from registry.domain.schemas import Ref, VersionInfo
+from registry.services.shapes import declared_layers, in_features_json
+from registry.store import models as m
+from registry.store.blobs import BlobStore
+from vera_core import ProjectionSpec, generate
+from vera_core.checkpoint import META_IN_FEATURES, adapter_metadata
+from vera_core.keys import PROJECTION_KEYS
+from vera_core.serialization import metadata_of
+
+#: The alias the registry keeps on the newest version that is not yanked.
+LATEST = "latest"
+
+
+def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
+    """The version ``ref`` names (a number, an alias, or ``latest``), or NotFound saying what is missing."""
+    ref = Ref.parse(ref) if isinstance(ref, str) else ref
+    adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
+    if adapter is None:
+        raise NotFound(f"No adapter {ref.owner}/{ref.name}; `vera ls --owner {ref.owner}` lists that owner's.")
+    if ref.version is not None:
+        version = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id,
+                                                          m.AdapterVersion.version == ref.version))
+        if version is None:
+            raise NotFound(f"{ref.owner}/{ref.name} has no version {ref.version}.")
+        return version
+    alias_name = ref.alias or LATEST
+    alias = s.scalar(select(m.Alias).where(m.Alias.adapter_id == adapter.id, m.Alias.name == alias_name))
+    if alias is None:
+        raise NotFound(f"{ref.owner}/{ref.name} has no alias {alias_name!r}.")
+    version = s.get(m.AdapterVersion, alias.version_id)
+    if version is None:  # the foreign key forbids it
+        raise NotFound(f"{ref.owner}/{ref.name}@{alias_name} points at a version that no longer exists.")
+    return version
+
+
+def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None) -> VersionInfo:
+    """The domain object of a version row (``aliases`` when the caller already loaded them)."""
+    if aliases is None:
+        aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
+    return VersionInfo(
+        owner=v.adapter.owner, name=v.adapter.name, version=v.version,
+        ref=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", aliases=aliases, base_model=v.base_model.name,
+        base_revision=v.base_model.revision, r=v.r, seed=int(v.seed), generator=v.generator,
+        projection_fingerprint=v.projection_fingerprint, seed_reproducible=v.seed_reproducible,
+        target_modules=v.config.get("target_modules"), trainable_parameters=v.trainable_parameters,
+        adapter_parameters=v.adapter_parameters, stored_bytes=v.stored_bytes, vectors_sha256=v.vectors_sha256,
+        metrics=v.metrics, tags=[t.tag for t in v.tags], description=v.description,
+        published_by=v.published_by, created_at=v.created_at, yanked=v.yanked,
+        verification_status=v.verification_status, verified_at=v.verified_at,
+        lineage={k: val for k, val in (("job_id", v.source_job_id), ("hub_repo", v.source_hub_repo),
+                                       ("hub_commit", v.source_hub_commit)) if val is not None},
+    )
+
+
+def move_latest(s: Session, adapter: m.Adapter) -> None:
+    """Point ``latest`` at the newest version that is not yanked (or remove it when there is none)."""
+    newest = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id,
+                                                     m.AdapterVersion.yanked.is_(False))
+                      .order_by(m.AdapterVersion.version.desc()).limit(1))
+    alias = s.scalar(select(m.Alias).where(m.Alias.adapter_id == adapter.id, m.Alias.name == LATEST))
+    if newest is None:
+        if alias is not None:
+            s.delete(alias)
+        return
+    if alias is None:
+        s.add(m.Alias(adapter_id=adapter.id, name=LATEST, version_id=newest.id))
+    elif alias.version_id != newest.id:
+        alias.version_id, alias.updated_at = newest.id, datetime.now(UTC)
+
+
+def projection_spec(p: m.Projection) -> ProjectionSpec:
+    return ProjectionSpec(p.generator, int(p.seed), p.r, p.max_in, p.max_out)
+
+
+def version_tensors(blobs: BlobStore, v: m.AdapterVersion, *, with_projection: bool
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The version's tensors (with A and B if asked: stored, or regenerated from the seed) and the safetensors
+    metadata its files carry (the same whatever base shapes are declared later)."""
+    data = blobs.get(v.vectors_sha256)
+    tensors = load_safetensors(data)
+    p = v.projection
+    spec = projection_spec(p)
+    if with_projection:
+        if p.blob_sha256 is not None:
+            tensors.update(load_safetensors(blobs.get(p.blob_sha256)))
+        else:
+            a, b = generate(spec)
+            tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
+    return tensors, adapter_metadata(spec, v.projection_fingerprint, metadata_of(data).get(META_IN_FEATURES))
+
+
+def layer_in_features(v: m.AdapterVersion, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+                      ) -> str | None:
+    """The layers' input sizes (META_IN_FEATURES JSON): recorded with the vectors or, for adapters PEFT wrote, from
+    the base model's declared shapes; None when neither knows every layer."""
+    if META_IN_FEATURES in metadata:
+        return metadata[META_IN_FEATURES]
+    sizes = declared_layers(v.base_model.shapes, tensors)
+    return in_features_json(sizes) if sizes else None

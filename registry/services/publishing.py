@@ -1,0 +1,217 @@
+"""Publishing: validate an adapter directory, store its blobs, and record it as the next version of owner/name.
+
+The one public method that is not a single transaction, on purpose: blob storage is not transactional, so the
+blobs are written first (content-addressed, so a retry or a concurrent identical publish writes the same names),
+then the version is recorded in one transaction, retried when a concurrent publish takes the version number; on any
+failure the blobs this call created and no row references are removed again. Nothing is half-recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import VersionInfo, check_name
+from registry.services.base_models import BaseModels
+from registry.services.lookup import move_latest, version_info
+from registry.services.validation import CheckedAdapter, validate
+from registry.store import models as m
+from registry.store.blobs import BlobStore
+from registry.store.database import Database
+from vera_core import AdapterFiles, VeraError, read_adapter
+from vera_core.checkpoint import META_IN_FEATURES
+from vera_core.keys import PROJECTION_KEYS
+from vera_core.serialization import to_bytes
+
+PUBLISH_ATTEMPTS = 8
+#: Called in the publish's transaction once the version row exists (Hub sync records its pull there).
+OnRecord = Callable[[Session, m.AdapterVersion], None]
+
+
+@dataclass(frozen=True)
+class _Publication:
+    """Who publishes what under which name, checked."""
+
+    owner: str
+    name: str
+    base_model: str
+    base_revision: str
+    metrics: dict[str, Any]
+    tags: list[str]
+    description: str
+    published_by: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def _retryable(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, DbIntegrityError) or "locked" in text or "busy" in text
+
+
+class Publisher:
+    def __init__(self, db: Database, blobs: BlobStore, base_models: BaseModels) -> None:
+        self.db, self.blobs, self.base_models = db, blobs, base_models
+
+    def publish(
+        self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
+        metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
+        published_by: str | None = None, lineage: dict[str, Any] | None = None, on_record: OnRecord | None = None,
+    ) -> VersionInfo:
+        """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``."""
+        what = _checked_publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision,
+                                    metrics=metrics, tags=tags, description=description,
+                                    published_by=published_by or owner, lineage=lineage or {})
+        try:
+            files = read_adapter(source)
+        except VeraError as exc:
+            raise InvalidInput(str(exc)) from exc
+        if files.spec is None:  # seed-only and written by PEFT: the declared base shapes give the projection size
+            files = self.base_models.with_declared_shapes(files, base_model, base_revision)
+        checked = validate(files)
+        meta = {"format": "pt", **{k: v for k, v in files.metadata.items() if k == META_IN_FEATURES}}
+        vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, meta)
+        projection_blob = None
+        if not checked.reproducible:
+            a, b = (files.tensors[k].float() for k in PROJECTION_KEYS)
+            projection_blob = to_bytes({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b}, {"format": "pt"})
+        written: list[str] = []  # digests this call created, removed again if the publish fails
+        try:
+            for data in (vectors, projection_blob):
+                if data is not None:
+                    written.append(self._put_new(data))
+            info = self._record_with_retries(what, files, checked, vectors, projection_blob, on_record)
+            # a failed concurrent publish of identical bytes may have removed a blob we found present
+            for data in (vectors, projection_blob):
+                if data is not None and not self.blobs.exists(hashlib.sha256(data).hexdigest()):
+                    self.blobs.put(data)
+            return info
+        except BaseException:
+            self._discard_unreferenced([d for d in written if d])
+            raise
+
+    def _record_with_retries(self, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
+                             projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                with self.db.session() as s:
+                    return self._record(s, what, files, checked, vectors, projection_blob, on_record)
+            except (DbIntegrityError, OperationalError) as exc:
+                # a concurrent publish took the version number (or, on SQLite, the write lock): retry
+                if attempt == PUBLISH_ATTEMPTS - 1 or not _retryable(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _put_new(self, data: bytes) -> str:
+        """Store a blob; return its digest if this call created it (so a failure can remove it), else ''."""
+        digest = hashlib.sha256(data).hexdigest()
+        existed = self.blobs.exists(digest)
+        self.blobs.put(data)
+        return "" if existed else digest
+
+    def _discard_unreferenced(self, digests: list[str]) -> None:
+        if not digests:
+            return
+        with self.db.session() as s:
+            known = set(s.scalars(select(m.Blob.sha256).where(m.Blob.sha256.in_(digests))))
+        for digest in digests:
+            if digest not in known:
+                self.blobs.delete(digest)
+
+    def _record(self, s: Session, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
+                projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:
+        base = self.base_models.for_publish(s, what.base_model, what.base_revision, checked)
+        for data, kind in ((vectors, "vectors"), (projection_blob, "projection")):
+            if data is not None:
+                digest = hashlib.sha256(data).hexdigest()
+                if s.get(m.Blob, digest) is None:
+                    s.add(m.Blob(sha256=digest, size=len(data), kind=kind))
+        s.flush()
+        projection = _projection_row(s, checked, projection_blob)
+        adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == what.owner, m.Adapter.name == what.name))
+        if adapter is None:
+            adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description)
+            s.add(adapter)
+            s.flush()
+        number = (s.scalar(select(func.max(m.AdapterVersion.version)).where(
+            m.AdapterVersion.adapter_id == adapter.id)) or 0) + 1
+        version = _version_row(what, files, checked, vectors, adapter_id=adapter.id, number=number, base_id=base.id,
+                               projection_id=projection.id)
+        s.add(version)
+        s.flush()  # the unique (adapter, version) constraint catches a concurrent publish here
+        if on_record is not None:
+            on_record(s, version)
+        move_latest(s, adapter)
+        s.add(m.AuditEvent(actor=what.published_by, action="publish", target=f"{what.owner}/{what.name}:{number}",
+                           detail={"vectors": version.vectors_sha256, "base_model": what.base_model}))
+        s.flush()
+        return version_info(s, version)
+
+
+def _checked_publication(*, owner: str, name: str, base_model: str, base_revision: str,
+                         metrics: dict[str, Any] | None, tags: Iterable[str], description: str, published_by: str,
+                         lineage: dict[str, Any]) -> _Publication:
+    check_name(owner, "Owner")
+    check_name(name, "Adapter name")
+    if not base_model or len(base_model) > 200 or any(ord(c) < 32 for c in base_model):
+        raise InvalidInput(f"base_model {base_model!r} must be 1-200 printable characters (a Hub id or a name).")
+    metrics = dict(metrics or {})
+    try:
+        json.dumps(metrics, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metrics must be a JSON object of finite numbers and strings: {exc}") from exc
+    return _Publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision, metrics=metrics,
+                        tags=sorted({check_name(t, "Tag") for t in tags}), description=description,
+                        published_by=published_by, lineage=lineage)
+
+
+def _version_row(what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes, *,
+                 adapter_id: int, number: int, base_id: int, projection_id: int) -> m.AdapterVersion:
+    cfg = files.config.replace(base_model_name_or_path=what.base_model, revision=what.base_revision or None,
+                               save_projection=False, inference_mode=True)
+    heads = sum(v.numel() for k, v in checked.vectors.items() if ".vera_lambda_" not in k)
+    adapter_params = sum(v.numel() for k, v in checked.vectors.items() if ".vera_lambda_" in k)
+    version = m.AdapterVersion(
+        adapter_id=adapter_id, version=number, base_model_id=base_id, projection_id=projection_id,
+        r=cfg.r, seed=str(cfg.projection_prng_key), generator=cfg.projection_generator, config=cfg.to_peft_dict(),
+        vectors_sha256=hashlib.sha256(vectors).hexdigest(), projection_fingerprint=checked.fingerprint,
+        seed_reproducible=checked.reproducible, trainable_parameters=adapter_params + heads,
+        adapter_parameters=adapter_params, stored_bytes=len(vectors), metrics=what.metrics,
+        description=what.description, published_by=what.published_by, source_job_id=what.lineage.get("job_id"),
+        source_hub_repo=what.lineage.get("hub_repo"), source_hub_commit=what.lineage.get("hub_commit"),
+    )
+    version.tags = [m.VersionTag(tag=t) for t in what.tags]
+    return version
+
+
+def _projection_row(s: Session, checked: CheckedAdapter, blob: bytes | None) -> m.Projection:
+    """The shared projection row for (generator, seed, r, shape, fingerprint): found, or created once."""
+    spec = checked.spec
+    key = (m.Projection.generator == spec.generator, m.Projection.seed == str(spec.seed), m.Projection.r == spec.r,
+           m.Projection.max_in == spec.max_in, m.Projection.max_out == spec.max_out,
+           m.Projection.fingerprint == checked.fingerprint)
+    row = s.scalar(select(m.Projection).where(*key))
+    if row is None:
+        try:
+            with s.begin_nested():
+                row = m.Projection(generator=spec.generator, seed=str(spec.seed), r=spec.r, max_in=spec.max_in,
+                                   max_out=spec.max_out, fingerprint=checked.fingerprint,
+                                   reproducible=checked.reproducible,
+                                   blob_sha256=hashlib.sha256(blob).hexdigest() if blob else None)
+                s.add(row)
+        except DbIntegrityError:  # created concurrently: use that one
+            row = s.scalar(select(m.Projection).where(*key))
+            if row is None:
+                raise
+    return row

@@ -1,0 +1,115 @@
+"""Listing and searching versions: filters, sorts with keyset cursors (pages stay correct while versions are
+published), and an optional count of all matches."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import selectinload
+
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import Page
+from registry.services.lookup import version_info
+from registry.store import models as m
+from registry.store.database import Database
+
+#: Sortable columns of version listings (the key metrics are sorted by the dashboard within a page).
+SORTS: dict[str, Any] = {
+    "created": m.AdapterVersion.id, "trainable_parameters": m.AdapterVersion.trainable_parameters,
+    "stored_bytes": m.AdapterVersion.stored_bytes, "r": m.AdapterVersion.r,
+    "verification_status": m.AdapterVersion.verification_status,
+}
+MAX_PAGE = 500
+
+
+class Search:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def list_versions(
+        self, *, owner: str | None = None, name: str | None = None, base_model: str | None = None,
+        r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
+        text: str | None = None, include_yanked: bool = False, cursor: str | None = None, limit: int = 50,
+        sort: str = "-created", with_total: bool = False,
+    ) -> Page:
+        """Filtered and sorted (``sort``: one of SORTS, '-' for descending; ties by age), with an opaque cursor
+        for the next page; ``with_total`` also counts all matches (in the same transaction)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}, got {limit}.")
+        column = SORTS.get(sort.lstrip("-"))
+        if column is None:
+            raise InvalidInput(f"sort {sort!r} is not one of {', '.join(SORTS)} (prefix '-' for descending).")
+        descending = sort.startswith("-")
+        query = _filtered(owner=owner, name=name, base_model=base_model, r=r, seed=seed, generator=generator,
+                          tag=tag, text=text, include_yanked=include_yanked)
+        counting = select(func.count()).select_from(query.with_only_columns(m.AdapterVersion.id).subquery())
+        if cursor:
+            value, last_id = _decode_cursor(cursor, sort)
+            after = (column < value) if descending else (column > value)
+            tie = (m.AdapterVersion.id < last_id) if descending else (m.AdapterVersion.id > last_id)
+            query = query.where(or_(after, (column == value) & tie))
+        order = (column.desc(), m.AdapterVersion.id.desc()) if descending else (column.asc(), m.AdapterVersion.id.asc())
+        query = query.order_by(*order).limit(limit + 1).options(
+            selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
+            selectinload(m.AdapterVersion.tags))
+        with self.db.session() as s:
+            total = s.scalar(counting) if with_total else None
+            rows = list(s.scalars(query))
+            aliases: dict[int, list[str]] = {}
+            for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name).where(
+                    m.Alias.version_id.in_([v.id for v in rows])).order_by(m.Alias.name)):
+                aliases.setdefault(version_id, []).append(alias)
+            items = [version_info(s, v, aliases.get(v.id, [])) for v in rows[:limit]]
+            last = rows[limit - 1] if len(rows) > limit else None
+            next_cursor = _encode_cursor(sort, getattr(last, column.key), last.id) if last is not None else None
+        return Page(items=items, next_cursor=next_cursor, total=total)
+
+
+def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r: int | None, seed: int | None,
+              generator: str | None, tag: str | None, text: str | None, include_yanked: bool
+              ) -> Select[m.AdapterVersion]:
+    """Versions matching the filters, joining only what a filter needs (so that the planner can walk an
+    (order column, id) index and stop early)."""
+    query = select(m.AdapterVersion)
+    if owner or name or text:
+        query = query.join(m.Adapter)
+    if base_model:
+        query = query.join(m.BaseModelShapes).where(m.BaseModelShapes.name == base_model)
+    if owner:
+        query = query.where(m.Adapter.owner == owner)
+    if name:
+        query = query.where(m.Adapter.name == name)
+    if r is not None:
+        query = query.where(m.AdapterVersion.r == r)
+    if seed is not None:
+        query = query.where(m.AdapterVersion.seed == str(seed))
+    if generator:
+        query = query.where(m.AdapterVersion.generator == generator)
+    if tag:
+        query = query.where(m.AdapterVersion.tags.any(m.VersionTag.tag == tag))
+    if text:
+        like = f"%{text.lower()}%"
+        query = query.where(or_(func.lower(m.Adapter.name).like(like), func.lower(m.Adapter.owner).like(like),
+                                func.lower(m.AdapterVersion.description).like(like)))
+    if not include_yanked:
+        query = query.where(m.AdapterVersion.yanked.is_(False))
+    return query
+
+
+def _encode_cursor(sort: str, value: Any, last_id: int) -> str:
+    text = json.dumps(["v2", sort, value, last_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
+    try:
+        version, for_sort, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if version != "v2" or for_sort != sort or not isinstance(last_id, int) or isinstance(value, (dict, list)):
+            raise ValueError(version)
+        return value, last_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidInput(f"cursor {cursor!r} is not one this registry issued for sort={sort!r}; start again "
+                           "without it.") from None

@@ -1,0 +1,75 @@
+"""What the registry checks in an adapter before it records anything: rank limit, finite values, paired vectors
+that the config's targets match, a projection it can regenerate or store, and which of the two it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from registry.domain.errors import InvalidInput
+from vera_core import AdapterFiles, ProjectionSpec, fingerprint, generate
+from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
+from vera_core.targets import matches_target
+
+#: The largest rank the registry accepts.
+MAX_RANK = 65_536
+
+
+@dataclass(frozen=True)
+class CheckedAdapter:
+    """An adapter that passed validation: what the registry stores and records of it."""
+
+    vectors: dict[str, torch.Tensor]  # every tensor but the projections (vectors, heads, biases)
+    spec: ProjectionSpec
+    fingerprint: str  # of the projections the adapter was trained with
+    reproducible: bool  # the seed regenerates them (else they are stored)
+    layer_outs: dict[str, int]  # module path -> out_features
+
+
+def validate(files: AdapterFiles) -> CheckedAdapter:
+    """Check ``files`` (already parsed by vera_core) as the registry needs; InvalidInput says what is wrong."""
+    cfg = files.config
+    if cfg.r > MAX_RANK:
+        raise InvalidInput(f"r={cfg.r} exceeds the registry's limit of {MAX_RANK}.")
+    for key, tensor in files.tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise InvalidInput(f"Tensor {key!r} holds NaN or infinite values; the adapter is broken.")
+    vectors = {k: v for k, v in files.tensors.items() if k not in PROJECTION_KEYS}
+    layer_outs = {module_path(k, LAMBDA_B): int(v.shape[0]) for k, v in vectors.items() if k.endswith(LAMBDA_B)}
+    d_layers = {module_path(k, LAMBDA_D) for k in vectors if k.endswith(LAMBDA_D)}
+    if set(layer_outs) != d_layers:
+        raise InvalidInput(f"Every adapted layer needs both vera_lambda_b and vera_lambda_d; unpaired: "
+                           f"{sorted(set(layer_outs) ^ d_layers)[:5]}.")
+    stray = sorted(path for path in layer_outs if not matches_target(cfg, path))
+    if stray:
+        raise InvalidInput(f"Layers {stray[:3]} hold VeRA vectors but target_modules={cfg.target_modules!r} does "
+                           "not match them; the config and the tensors come from different adapters.")
+    spec = files.spec
+    if spec is None:
+        raise InvalidInput(
+            "The adapter stores neither its projections nor their shape (a seed-only adapter saved by PEFT), so "
+            "the registry cannot regenerate or verify them. Save it with save_projection=True, or with "
+            "vera_core.save_adapter, or declare its base model's layer shapes first: `vera base register "
+            "NAME --config config.json`."
+        )
+    if spec.max_out < max(layer_outs.values()):
+        raise InvalidInput(f"The projection has {spec.max_out} rows but a layer has {max(layer_outs.values())} "
+                           "outputs; the adapter's files are inconsistent.")
+    fp, reproducible = _projection_fingerprint(files, spec)
+    return CheckedAdapter(vectors, spec, fp, reproducible, layer_outs)
+
+
+def _projection_fingerprint(files: AdapterFiles, spec: ProjectionSpec) -> tuple[str, bool]:
+    """The fingerprint of the projections the adapter was trained with, and whether its seed regenerates them."""
+    regenerated = fingerprint(*generate(spec))
+    if files.has_projection:
+        stored = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))
+        return stored, stored == regenerated
+    if files.recorded_fingerprint not in (None, regenerated):
+        raise InvalidInput(
+            f"The seed regenerates projections with fingerprint {regenerated}, but the adapter records "
+            f"{files.recorded_fingerprint}: it was trained with other projections. Publish it with "
+            "save_projection=True so the registry can store them."
+        )
+    return regenerated, True

@@ -1,0 +1,168 @@
+"""Verification and storage maintenance: prove a version's seed regenerates its projections and its blobs hash to
+their names (verify), list the shared projections, and keep the database and blob storage in agreement (fsck, gc).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from safetensors.torch import load as load_safetensors
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import IntegrityError, NotFound
+from registry.domain.schemas import ProjectionInfo, Ref, VerificationReport
+from registry.services.lookup import projection_spec, resolve
+from registry.services.shapes import match_path
+from registry.store import models as m
+from registry.store.blobs import BlobStore
+from registry.store.database import Database
+from vera_core import fingerprint, generate
+from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
+
+#: Blob kinds that versions and projections reference (gc leaves the others, e.g. job datasets, to their owners).
+VERSION_BLOBS = ("vectors", "projection")
+
+
+class Verification:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db, self.blobs = db, blobs
+
+    def verify(self, ref: str | Ref) -> VerificationReport:
+        """Regenerate the projections and compare fingerprints; re-hash the blobs; check shapes against the base.
+        The report is recorded with the version (one transaction)."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            checks = {"projection": self._projection_check(v), **self._blob_checks(v),
+                      "shapes": self._check_shapes(v)}
+            status = "passed" if all(c["ok"] for c in checks.values()) else "failed"
+            now = datetime.now(UTC)
+            report = VerificationReport(ref=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", status=status,
+                                        checked_at=now, checks=checks)
+            v.verification_status, v.verified_at = status, now
+            v.verification_report = report.model_dump(mode="json")
+            return report
+
+    @staticmethod
+    def _projection_check(v: m.AdapterVersion) -> dict[str, Any]:
+        regenerated = fingerprint(*generate(projection_spec(v.projection)))
+        if v.seed_reproducible:
+            return {"ok": regenerated == v.projection_fingerprint, "recorded": v.projection_fingerprint,
+                    "regenerated": regenerated}
+        return {"ok": True, "seed_reproducible": False, "regenerated": regenerated,
+                "recorded": v.projection_fingerprint,
+                "note": "projections are stored; the seed does not regenerate them"}
+
+    def _blob_checks(self, v: m.AdapterVersion) -> dict[str, dict[str, Any]]:
+        checks: dict[str, dict[str, Any]] = {}
+        for label, digest in (("vectors_blob", v.vectors_sha256), ("projection_blob", v.projection.blob_sha256)):
+            if digest is None:
+                continue
+            try:
+                data = self.blobs.get(digest)  # re-hashes: corrupt bytes raise IntegrityError
+            except (NotFound, IntegrityError) as exc:
+                checks[label] = {"ok": False, "sha256": digest, "error": str(exc)}
+                continue
+            checks[label] = {"ok": True, "sha256": digest, "bytes": len(data)}
+            if label == "projection_blob":
+                stored = load_safetensors(data)
+                checks[label]["ok"] = fingerprint(*(stored[k] for k in PROJECTION_KEYS)) == v.projection_fingerprint
+        return checks
+
+    def _check_shapes(self, v: m.AdapterVersion) -> dict[str, Any]:
+        try:
+            tensors = load_safetensors(self.blobs.get(v.vectors_sha256))
+        except (NotFound, IntegrityError) as exc:
+            return {"ok": False, "error": str(exc)}
+        problems = []
+        for key, t in tensors.items():
+            if key.endswith(LAMBDA_D) and tuple(t.shape) != (v.r,):
+                problems.append(f"{key}: {tuple(t.shape)}, expected ({v.r},)")
+            if key.endswith(LAMBDA_B):
+                path = module_path(key, LAMBDA_B)
+                shape = match_path(v.base_model.shapes, path)
+                if shape is None or shape[0] != t.shape[0] or t.shape[0] > v.projection.max_out:
+                    problems.append(f"{path}: {t.shape[0]} outputs, base {shape}")
+        return {"ok": not problems, "problems": problems, "base_shapes": v.base_model.shapes_source}
+
+    def last_verification(self, ref: str | Ref) -> dict[str, Any]:
+        """The report recorded by the last verify(), or the status 'unverified'."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            return v.verification_report or {"status": v.verification_status}
+
+    def list_projections(self) -> list[ProjectionInfo]:
+        """Every shared projection with how many versions use it."""
+        with self.db.session() as s:
+            uses = dict(s.execute(select(m.AdapterVersion.projection_id, func.count())
+                                  .group_by(m.AdapterVersion.projection_id)).tuples().all())
+            return [ProjectionInfo(id=p.id, generator=p.generator, seed=int(p.seed), r=p.r, max_in=p.max_in,
+                                   max_out=p.max_out, fingerprint=p.fingerprint, reproducible=p.reproducible,
+                                   stored=p.blob_sha256 is not None, versions=uses.get(p.id, 0))
+                    for p in s.scalars(select(m.Projection).order_by(m.Projection.id))]
+
+    # ---- storage maintenance -----------------------------------------------------------------------------------
+    @staticmethod
+    def _referenced(s: Session) -> set[str]:
+        refs = set(s.scalars(select(m.AdapterVersion.vectors_sha256)))
+        refs |= {d for d in s.scalars(select(m.Projection.blob_sha256)) if d}
+        return refs
+
+    def gc(self) -> dict[str, int]:
+        """Remove blobs (rows and bytes) that no version or projection references, and unused projections. The
+        rows go in one transaction; the bytes of every blob the database no longer knows go after it commits."""
+        removed = 0
+        with self.db.session() as s:
+            used_projections = set(s.scalars(select(m.AdapterVersion.projection_id)))
+            for p in s.scalars(select(m.Projection)):
+                if p.id not in used_projections:
+                    s.delete(p)
+            s.flush()
+            referenced = self._referenced(s)
+            for blob in s.scalars(select(m.Blob)):
+                if blob.sha256 not in referenced and blob.kind in VERSION_BLOBS:
+                    s.delete(blob)
+                    removed += 1
+            s.flush()
+            known = set(s.scalars(select(m.Blob.sha256)))
+        for digest in self.blobs.digests():
+            if digest not in known:
+                self.blobs.delete(digest)
+        return {"blobs_removed": removed}
+
+    def fsck(self, *, repair: bool = False) -> dict[str, list[str]]:
+        """Report (and with ``repair``, fix) disagreement between the database and storage.
+
+        missing: referenced blobs absent from storage (repair: their versions are marked verification failed);
+        corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed);
+        orphans: stored blobs the database does not know (repair: deleted).
+        Reading every blob happens outside any transaction (storage is not transactional); the repair's marks are
+        one transaction.
+        """
+        with self.db.session() as s:
+            known = set(s.scalars(select(m.Blob.sha256)))
+        present = set(self.blobs.digests())
+        report: dict[str, list[str]] = {"missing": sorted(known - present), "corrupted": [],
+                                        "orphans": sorted(present - known)}
+        for digest in sorted(known & present):
+            try:
+                self.blobs.get(digest)
+            except IntegrityError:
+                report["corrupted"].append(digest)
+        if repair:
+            self._repair(report)
+        return report
+
+    def _repair(self, report: dict[str, list[str]]) -> None:
+        for digest in report["orphans"] + report["corrupted"]:
+            self.blobs.delete(digest)
+        bad = report["missing"] + report["corrupted"]
+        if not bad:
+            return
+        with self.db.session() as s:
+            for v in s.scalars(select(m.AdapterVersion).join(m.Projection).where(or_(
+                    m.AdapterVersion.vectors_sha256.in_(bad), m.Projection.blob_sha256.in_(bad)))):
+                v.verification_status, v.verified_at = "failed", datetime.now(UTC)
+                v.verification_report = {"status": "failed", "checks": {"fsck": {
+                    "ok": False, "error": "a blob of this version is missing or corrupted"}}}

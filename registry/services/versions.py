@@ -1,0 +1,137 @@
+"""Versions once published: look them up, build their files, move aliases, yank, delete, and read the audit log.
+Each public method is one transaction; versions' bytes never change."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+
+from registry.domain.errors import Conflict, InvalidInput
+from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
+from registry.services.lookup import LATEST, layer_in_features, move_latest, resolve, version_info, version_tensors
+from registry.store import models as m
+from registry.store.blobs import BlobStore
+from registry.store.database import Database
+from vera_core import AdapterFiles, VeraError
+from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes, write_adapter_files
+from vera_core.config import PEFT_GENERATOR, VeraConfig
+from vera_core.keys import PROJECTION_KEYS
+from vera_core.lora import lora_file_bytes
+
+
+class Versions:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db, self.blobs = db, blobs
+
+    def get(self, ref: str | Ref) -> VersionInfo:
+        with self.db.session() as s:
+            return version_info(s, resolve(s, ref))
+
+    def files(
+        self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False
+    ) -> tuple[VersionInfo, dict[str, bytes]]:
+        """The PEFT directory's files as bytes. By default, files PEFT loads correctly: seed-only (tiny) where PEFT's
+        own generator regenerates the projections, A and B materialised otherwise. ``with_projection`` always
+        materialises them; ``seed_only`` always leaves them out (for vera_core: a portable-generator adapter is then
+        written so that PEFT refuses it, see vera_core.config.SEED_ONLY_PEFT_TYPE). A seed-only fetch of a version
+        whose projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
+        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora). The same
+        version and options always give the same bytes.
+        """
+        if with_projection and seed_only:
+            raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            info = version_info(s, v)
+            if seed_only and not as_lora and not v.seed_reproducible:
+                raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
+                               "would regenerate others. Fetch it without --seed-only.")
+            materialise = as_lora or with_projection or not (
+                seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
+            tensors, metadata = version_tensors(self.blobs, v, with_projection=materialise)
+            if as_lora and (sizes := layer_in_features(v, tensors, metadata)):  # PEFT-written: the declared base's
+                metadata = {**metadata, META_IN_FEATURES: sizes}
+            config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
+        if as_lora:
+            a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
+            try:
+                return info, lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b)
+            except VeraError as exc:
+                raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
+                               f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
+        config = config.replace(save_projection=materialise)
+        return info, adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
+
+    def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
+              seed_only: bool = False, as_lora: bool = False) -> Path:
+        """Write the version's PEFT directory to ``out_dir`` (see ``files``)."""
+        _, files = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
+        root = Path(out_dir)
+        write_adapter_files(root, files)
+        return root
+
+    def set_alias(self, ref: str, alias: str, *, actor: str) -> VersionInfo:
+        """Point ``alias`` of the adapter at the version ``ref`` names (``latest`` is managed by the registry)."""
+        check_name(alias, "Alias")
+        if alias == LATEST:
+            raise InvalidInput("'latest' always points at the newest version that is not yanked; pick another alias.")
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
+            before = None
+            if row is None:
+                s.add(m.Alias(adapter_id=v.adapter_id, name=alias, version_id=v.id))
+            else:
+                before, row.version_id, row.updated_at = row.version_id, v.id, datetime.now(UTC)
+            s.add(m.AuditEvent(actor=actor, action="alias", target=f"{v.adapter.owner}/{v.adapter.name}@{alias}",
+                               detail={"version": v.version, "previous_version_id": before}))
+            s.flush()
+            return version_info(s, v)
+
+    def remove_alias(self, adapter: str, alias: str, *, actor: str) -> None:
+        ref = Ref.parse(adapter)
+        if alias == LATEST:
+            raise InvalidInput("'latest' is managed by the registry and cannot be removed.")
+        with self.db.session() as s:
+            v = resolve(s, Ref(owner=ref.owner, name=ref.name, alias=alias))
+            row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
+            s.delete(row)
+            s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}", detail={}))
+
+    def yank(self, ref: str, *, actor: str, yanked: bool = True) -> VersionInfo:
+        """Hide a version from listings and from ``latest``; it stays fetchable by number."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            v.yanked = yanked
+            s.flush()
+            move_latest(s, v.adapter)
+            s.add(m.AuditEvent(actor=actor, action="yank" if yanked else "unyank",
+                               target=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", detail={}))
+            s.flush()
+            return version_info(s, v)
+
+    def delete(self, ref: str, *, actor: str) -> None:
+        """Delete one version (its aliases go with it; ``latest`` moves back). Blobs go at the next gc()."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            adapter, number = v.adapter, v.version
+            s.execute(delete(m.Alias).where(m.Alias.version_id == v.id))
+            s.delete(v)
+            s.flush()
+            move_latest(s, adapter)
+            s.add(m.AuditEvent(actor=actor, action="delete", target=f"{adapter.owner}/{adapter.name}:{number}",
+                               detail={}))
+            if not s.scalar(select(func.count()).select_from(m.AdapterVersion)
+                            .where(m.AdapterVersion.adapter_id == adapter.id)):
+                s.delete(adapter)
+
+    def audit(self, target_prefix: str = "", limit: int = 100) -> list[AuditEventInfo]:
+        """The newest audit events whose target starts with ``target_prefix``."""
+        with self.db.session() as s:
+            rows = s.scalars(select(m.AuditEvent).where(m.AuditEvent.target.startswith(target_prefix))
+                             .order_by(m.AuditEvent.id.desc()).limit(limit))
+            return [AuditEventInfo(at=e.at, actor=e.actor, action=e.action, target=e.target, detail=e.detail)
+                    for e in rows]
