@@ -96,6 +96,10 @@ class VeraConfig:
     projection_generator: str = PORTABLE_GENERATOR
 
     def __post_init__(self) -> None:
+        self._check_values()
+        self._normalise_modules()
+
+    def _check_values(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise VeraConfigError(f"r must be a positive integer (the rank of the shared projections), got {self.r!r}.")
         key = self.projection_prng_key
@@ -114,6 +118,11 @@ class VeraConfig:
             )
         if self.task_type is not None and self.task_type not in TASK_TYPES:
             raise VeraConfigError(f"task_type must be one of {', '.join(TASK_TYPES)} or None, got {self.task_type!r}.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise VeraConfigError("layers_pattern is set but layers_to_transform is not; set both or neither.")
+
+    def _normalise_modules(self) -> None:
+        """Targets sorted and deduplicated (a string stays a regex, checked here); SEQ_CLS heads added."""
         if isinstance(self.target_modules, str):
             try:
                 re.compile(self.target_modules)
@@ -126,8 +135,6 @@ class VeraConfig:
             self.target_modules = sorted({str(t) for t in self.target_modules})
             if not self.target_modules:
                 raise VeraConfigError("target_modules is an empty list; name at least one module, e.g. ['query'].")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise VeraConfigError("layers_pattern is set but layers_to_transform is not; set both or neither.")
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
         if self.task_type == "SEQ_CLS":

@@ -83,26 +83,7 @@ def read_examples(
 ) -> tuple[list[Example], list[str]]:
     """Read a CSV or JSONL file of text (and labels). Labels may be names or integers; returns the label names."""
     file = Path(path)
-    if not file.is_file():
-        raise DatasetError(f"Dataset file {file} does not exist.")
-    rows: list[dict[str, Any]]
-    if file.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
-            if not isinstance(row, dict):
-                raise DatasetError(f"{file}:{number} is a JSON {type(row).__name__}; expected an object per line.")
-            rows.append(row)
-    elif file.suffix.lower() == ".csv":
-        with file.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        raise DatasetError(f"{file} has suffix {file.suffix!r}; expected .csv or .jsonl.")
+    rows = _read_rows(file)
     if not rows:
         raise DatasetError(f"{file} holds no examples.")
     missing = [c for c in (text_column, label_column) if c and c not in rows[0]]
@@ -118,6 +99,29 @@ def read_examples(
         raise DatasetError(f"{file} has a single label value {names}; classification needs at least two.")
     index = {name: i for i, name in enumerate(names)}
     return [Example(str(r[text_column]), index[v]) for r, v in zip(rows, raw, strict=True)], names
+
+
+def _read_rows(file: Path) -> list[dict[str, Any]]:
+    """The rows of a .csv or .jsonl file, as dicts of column -> value."""
+    if not file.is_file():
+        raise DatasetError(f"Dataset file {file} does not exist.")
+    if file.suffix.lower() == ".csv":
+        with file.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if file.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise DatasetError(f"{file} has suffix {file.suffix!r}; expected .csv or .jsonl.")
+    rows = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
+        if not isinstance(row, dict):
+            raise DatasetError(f"{file}:{number} is a JSON {type(row).__name__}; expected an object per line.")
+        rows.append(row)
+    return rows
 
 
 class Task(Protocol):

@@ -215,8 +215,3 @@ def fingerprint(a: torch.Tensor, b: torch.Tensor) -> str:
         if data.numel():  # the float32 bytes, little-endian row-major, read in place (no numpy needed)
             digest.update((ctypes.c_char * (data.numel() * 4)).from_address(data.data_ptr()))
     return digest.hexdigest()
-
-
-def spec_fingerprint(spec: ProjectionSpec) -> str:
-    """Fingerprint of the projections that ``spec`` regenerates."""
-    return fingerprint(*generate(spec))

@@ -83,7 +83,8 @@ def resolve_base(reference: str) -> str:
 def load_splits(spec: TrainSpec) -> Splits:
     if spec.demo:
         return demo_splits()
-    assert spec.data is not None
+    if spec.data is None:  # TrainSpec refuses this already; kept for callers that build one by hand
+        raise TrainingSpecError("No dataset: pass --data FILE (.csv or .jsonl) or --demo for the offline demo.")
     label_column = spec.label_column if spec.task == "classification" else None
     examples, labels = read_examples(spec.data, text_column=spec.text_column, label_column=label_column)
     train, eval_, test = split(examples)

@@ -6,12 +6,10 @@ import json
 
 import streamlit as st
 
-from registry.domain.schemas import JobInfo
+from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobInfo
 from registry.domain.training_spec import training_spec
 from vera_core.config import KNOWN_GENERATORS
 from web_ui import charts, session
-
-ACTIVE = ("queued", "running")
 
 
 def page() -> None:
@@ -76,15 +74,16 @@ def follow(job_id: int) -> None:
     cols = st.columns(4)
     cols[0].metric("Status", job.status)
     cols[1].metric("Step", f"{p.get('step', 0)} / {p.get('total_steps', '?')}")
-    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and job.status in ACTIVE else "-")
+    active = job.status in ACTIVE_JOB_STATUSES
+    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else "-")
     cols[3].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "-")
-    if job.status in ACTIVE and p.get("total_steps"):
+    if job.status in ACTIVE_JOB_STATUSES and p.get("total_steps"):
         st.progress(min(1.0, p.get("step", 0) / p["total_steps"]))
     steps = [[e.data["step"], e.data["loss"]] for e in events if e.kind == "step" and "loss" in e.data]
     chart = charts.loss_curves({f"job {job_id}": steps})
     if chart is not None:
         st.altair_chart(chart, width="stretch")
-    if job.status in ACTIVE and st.button("Cancel job", key=f"cancel-{job_id}"):
+    if job.status in ACTIVE_JOB_STATUSES and st.button("Cancel job", key=f"cancel-{job_id}"):
         session.call(lambda c: c.cancel_job(job_id))
         st.rerun()
     if job.result_ref:
@@ -96,7 +95,7 @@ def follow(job_id: int) -> None:
         st.error("The job failed:")
         st.code(job.error[-4000:])
     logs = [f"{e.at:%H:%M:%S} {e.kind:8s} {json.dumps(e.data)}" for e in events if e.kind in ("log", "evaluate")]
-    with st.expander("Logs", expanded=job.status not in ACTIVE):
+    with st.expander("Logs", expanded=job.status not in ACTIVE_JOB_STATUSES):
         st.code("\n".join(logs[-200:]) or "(nothing yet)")
     if events:
         st.caption(f"{len(events)} events; spec {json.dumps(job.spec)}")

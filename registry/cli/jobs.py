@@ -13,7 +13,7 @@ from rich.table import Table
 from registry.cli import training_options as opt
 from registry.cli.common import RegistryUrl, Token, call_registry, console
 from registry.client import RegistryClient
-from registry.domain.schemas import JobEventInfo, JobInfo
+from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR
 
@@ -100,7 +100,7 @@ def job_logs(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
             console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}")
         job = call_registry(registry, token, lambda c: c.job(job_id))
-        if not follow or job.status in ("succeeded", "failed", "cancelled"):
+        if not follow or job.status in FINAL_JOB_STATUSES:
             console.print(f"job {job_id}: {job.status}" + (f" -> {job.result_ref}" if job.result_ref else "")
                           + (f" ({job.error})" if job.error else ""))
             return

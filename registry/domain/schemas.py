@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 
 from registry.domain.errors import InvalidInput
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+FINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+VerificationStatus = Literal["unverified", "passed", "failed"]
+#: A Literal in the code, documented as a plain string in the OpenAPI document (as it always was).
+_Str = WithJsonSchema({"type": "string"})
 
 #: The largest upload the API accepts by default (VERA_MAX_UPLOAD_BYTES).
 MAX_UPLOAD_BYTES = 256 * 2**20
@@ -131,7 +139,7 @@ class VersionInfo(BaseModel):
     published_by: str
     created_at: datetime
     yanked: bool
-    verification_status: str
+    verification_status: Annotated[VerificationStatus, _Str]
     verified_at: datetime | None
     lineage: dict[str, Any]
 
@@ -144,7 +152,7 @@ class Page(BaseModel):
 
 class VerificationReport(BaseModel):
     ref: str
-    status: str  # passed | failed
+    status: Annotated[VerificationStatus, _Str]  # passed or failed
     checked_at: datetime
     checks: dict[str, dict[str, Any]]
 
@@ -164,7 +172,7 @@ class Comparison(BaseModel):
 
 class JobInfo(BaseModel):
     id: int
-    status: str
+    status: Annotated[JobStatus, _Str]
     owner: str
     target_name: str
     spec: dict[str, Any]

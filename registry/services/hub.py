@@ -161,18 +161,8 @@ class HubSync:
         ref = Ref.parse(target)
         if ref.version is not None or ref.alias is not None:
             raise InvalidInput(f"Pull into an adapter, owner/name, not a version ({target!r}).")
-        api = self._api(token)
         where = f"{repo_id}@{revision}"
-        with self._hub_errors(f"pulling {where}", repo_id):
-            hub_info = api.model_info(repo_id, revision=revision, files_metadata=True)
-        commit = str(hub_info.sha)
-        sizes = {s.rfilename: s.size for s in hub_info.siblings or []}
-        names = set(sizes)
-        _check_is_vera_repo(where, names)
-        size = sum(sizes.get(n) or 0 for n in (CONFIG_NAME, WEIGHTS_NAME))
-        if size > self.max_bytes:
-            raise ContentTooLarge(f"{where}'s adapter is {size:,} bytes, over this registry's limit of "
-                                  f"{self.max_bytes:,} (VERA_MAX_UPLOAD_BYTES); nothing was downloaded.")
+        commit, names = self._vera_repo_at(repo_id, revision, token)
         with self.registry.db.session() as s:
             done = self._pulled(s, ref, repo_id, commit=commit)
             if done is not None:
@@ -216,6 +206,20 @@ class HubSync:
         with self.registry.db.session() as s:
             row = s.get_one(m.HubSync, recorded[-1])  # written in the publish transaction
             return HubSyncResult(sync=self._sync_info(row, info.ref), changed=True, version=info)
+
+    def _vera_repo_at(self, repo_id: str, revision: str, token: str | None) -> tuple[str, set[str]]:
+        """The commit ``revision`` names and the repo's file names, once the repo is known to hold a VeRA adapter in
+        safetensors within the size limit (from the Hub's file sizes, before anything is downloaded)."""
+        where = f"{repo_id}@{revision}"
+        with self._hub_errors(f"pulling {where}", repo_id):
+            hub_info = self._api(token).model_info(repo_id, revision=revision, files_metadata=True)
+        sizes = {s.rfilename: s.size for s in hub_info.siblings or []}
+        _check_is_vera_repo(where, set(sizes))
+        size = sum(sizes.get(n) or 0 for n in (CONFIG_NAME, WEIGHTS_NAME))
+        if size > self.max_bytes:
+            raise ContentTooLarge(f"{where}'s adapter is {size:,} bytes, over this registry's limit of "
+                                  f"{self.max_bytes:,} (VERA_MAX_UPLOAD_BYTES); nothing was downloaded.")
+        return str(hub_info.sha), set(sizes)
 
     def _pulled(self, s: Session, ref: Ref, repo_id: str, *, commit: str, content: str | None = None,
                 revision: str = "", actor: str = "") -> HubSyncResult | None:

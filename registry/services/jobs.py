@@ -17,16 +17,13 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import JobEventInfo, JobInfo, Ref, check_name
+from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo, JobStatus, Ref, check_name
 from registry.services.registry import Registry
 from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
 from vera_core.recipes import TrainSpec, resolve_base
 from vera_core.trainer import TrainingArguments
-
-ACTIVE = ("queued", "running")
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 class Jobs:
@@ -109,7 +106,7 @@ class Jobs:
         """A queued job is cancelled at once; a running one stops after its current training step."""
         with self.db.session() as s:
             job = self._job(s, job_id)
-            if job.status in FINAL:
+            if job.status in FINAL_JOB_STATUSES:
                 raise Conflict(f"Job {job_id} is already {job.status}.")
             job.cancel_requested = True
             if job.status == "queued":
@@ -158,7 +155,7 @@ class Jobs:
                 s.add(m.JobEvent(job_id=job_id, kind=kind, data=data))
             return job.cancel_requested
 
-    def finish(self, job_id: int, worker: str, *, status: str, error: str | None = None,
+    def finish(self, job_id: int, worker: str, *, status: JobStatus, error: str | None = None,
                result_version: tuple[str, int] | None = None) -> None:
         with self.db.session() as s:
             job = self._job(s, job_id)

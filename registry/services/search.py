@@ -77,17 +77,11 @@ def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r:
     if owner or name or text:
         query = query.join(m.Adapter)
     if base_model:
-        query = query.join(m.BaseModelShapes).where(m.BaseModelShapes.name == base_model)
-    if owner:
-        query = query.where(m.Adapter.owner == owner)
-    if name:
-        query = query.where(m.Adapter.name == name)
-    if r is not None:
-        query = query.where(m.AdapterVersion.r == r)
-    if seed is not None:
-        query = query.where(m.AdapterVersion.seed == str(seed))
-    if generator:
-        query = query.where(m.AdapterVersion.generator == generator)
+        query = query.join(m.BaseModelShapes)
+    equal = {m.Adapter.owner: owner, m.Adapter.name: name, m.BaseModelShapes.name: base_model,
+             m.AdapterVersion.r: r, m.AdapterVersion.seed: None if seed is None else str(seed),
+             m.AdapterVersion.generator: generator}
+    query = query.where(*(column == value for column, value in equal.items() if value not in (None, "")))
     if tag:
         query = query.where(m.AdapterVersion.tags.any(m.VersionTag.tag == tag))
     if text:

@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, NotFound
-from registry.domain.schemas import ProjectionInfo, Ref, VerificationReport
+from registry.domain.schemas import ProjectionInfo, Ref, VerificationReport, VerificationStatus
 from registry.services.lookup import projection_spec, resolve
 from registry.services.shapes import match_path
 from registry.store import models as m
@@ -36,7 +36,7 @@ class Verification:
             v = resolve(s, ref)
             checks = {"projection": self._projection_check(v), **self._blob_checks(v),
                       "shapes": self._check_shapes(v)}
-            status = "passed" if all(c["ok"] for c in checks.values()) else "failed"
+            status: VerificationStatus = "passed" if all(c["ok"] for c in checks.values()) else "failed"
             now = datetime.now(UTC)
             report = VerificationReport(ref=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", status=status,
                                         checked_at=now, checks=checks)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 
@@ -31,7 +31,14 @@ from vera_core.recipes import resolve_base
 
 Task = Literal["classification", "causal-lm"]
 #: A bank's identity: adapters with equal keys share its projection and its base copy.
-BankKey = tuple[str, int, int, tuple[str, ...], tuple[tuple[str, tuple[int, ...]], ...]]
+class BankKey(NamedTuple):
+    """What adapters must share to sit in one AdapterBank (one projection, one copy of the base with its heads)."""
+
+    generator: str
+    seed: int
+    r: int
+    targets: tuple[str, ...]
+    heads: tuple[tuple[str, tuple[int, ...]], ...]  # (module path, shape) of each head tensor
 
 
 @dataclass
@@ -156,7 +163,7 @@ class ModelServer:
                                                  default=0.0))
             self._drop_bank(oldest)
         config = files.config.replace(inference_mode=True)
-        heads = dict(key[4])
+        heads = dict(key.heads)
         try:
             model = VeraModel(self._base_model(heads), config).to(self.device).eval()
         except VeraError as exc:
@@ -205,12 +212,12 @@ class ModelServer:
         with self.lock:
             return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
                      "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
-                     "family": {"generator": r.bank[0], "seed": r.bank[1], "r": r.bank[2]}}
+                     "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
                     for r in sorted(self.residents.values(), key=lambda r: r.ref)]
 
     def bytes_per_adapter(self) -> dict[str, int]:
         with self.lock:
-            return {f"{k[0]}/seed={k[1]}/r={k[2]}": bank.bytes_per_adapter() for k, bank in self.banks.items()}
+            return {f"{k.generator}/seed={k.seed}/r={k.r}": bank.bytes_per_adapter() for k, bank in self.banks.items()}
 
     # ---- requests ----------------------------------------------------------------------------------------------
     def classify(self, name: str, texts: Sequence[str], token: str | None = None) -> dict[str, Any]:
@@ -237,32 +244,33 @@ class ModelServer:
             first = self._queue.get()
             if first is None:
                 return
-            batch, rows = [first], _rows(first)
-            deadline = time.monotonic() + self.batch_window_s
-            while rows < self.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-                rows += _rows(item)
             groups: dict[tuple[BankKey, str], list[_Work]] = {}
-            for work in batch:
+            for work in self._window(first):
                 groups.setdefault((work.resident.bank, work.kind), []).append(work)
             for (key, kind), works in groups.items():
                 try:
                     with self.lock:
-                        if kind == "classify":
-                            self._classify(key, works)
-                        else:
-                            self._generate(key, works)
+                        (self._classify if kind == "classify" else self._generate)(key, works)
                 except Exception as exc:  # noqa: BLE001 - the caller gets the error, the batcher lives on
                     for work in works:
                         if not work.future.done():
                             work.future.set_exception(exc)
+
+    def _window(self, first: _Work) -> list[_Work]:
+        """``first`` and what else arrives within batch_window_s, up to max_batch rows (a shutdown mark stays)."""
+        batch, rows = [first], _rows(first)
+        deadline = time.monotonic() + self.batch_window_s
+        while rows < self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            batch.append(item)
+            rows += _rows(item)
+        return batch
 
     def _routable(self, key: BankKey, works: list[_Work]) -> tuple[AdapterBank, list[_Work]]:
         bank = self.banks.get(key)
@@ -320,4 +328,4 @@ def _bank_key(files: AdapterFiles) -> BankKey:
     heads = tuple(sorted((module_path(k), tuple(v.shape)) for k, v in files.tensors.items()
                          if ".vera_lambda_" not in k and not k.startswith("base_model.vera_")))
     targets = config.target_modules if isinstance(config.target_modules, list) else [str(config.target_modules)]
-    return (config.projection_generator, config.projection_prng_key, config.r, tuple(sorted(targets)), heads)
+    return BankKey(config.projection_generator, config.projection_prng_key, config.r, tuple(sorted(targets)), heads)

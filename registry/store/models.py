@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from registry.domain.schemas import JobStatus, VerificationStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -136,7 +138,7 @@ class AdapterVersion(Base):
     published_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
-    verification_status: Mapped[str] = mapped_column(String(16), default="unverified")  # unverified|passed|failed
+    verification_status: Mapped[VerificationStatus] = mapped_column(String(16), default="unverified")
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     verification_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # lineage
@@ -189,7 +191,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|succeeded|failed|cancelled
+    status: Mapped[JobStatus] = mapped_column(String(16), default="queued")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     owner: Mapped[str] = mapped_column(String(64))
     target_name: Mapped[str] = mapped_column(String(200))
