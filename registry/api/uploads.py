@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import UploadFile
 
-from registry.domain.errors import ContentTooLarge
+from registry.domain.errors import ContentTooLarge, RegistryError
 
 CHUNK = 1 << 16
 
@@ -20,3 +22,15 @@ async def save_upload(upload: UploadFile, path: Path, limit: int) -> None:
                 raise ContentTooLarge(f"{upload.filename or path.name} exceeds the upload limit of {limit:,} bytes "
                                       "(VERA_MAX_UPLOAD_BYTES).")
             handle.write(chunk)
+
+
+@contextmanager
+def without_server_paths(folder: str, name: str) -> Iterator[None]:
+    """Registry errors raised inside name ``name`` where they named the server's temporary ``folder``."""
+    try:
+        yield
+    except RegistryError as exc:
+        text = str(exc)
+        if folder not in text:
+            raise
+        raise type(exc)(text.replace(f"{folder}/", "").replace(folder, name)) from None

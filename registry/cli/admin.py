@@ -124,7 +124,8 @@ def worker(
     from registry.worker import Worker
 
     settings = load_settings(database_url, storage_url)
-    jobs = Jobs(open_registry(settings), lease=timedelta(seconds=settings.job_lease_s))
+    jobs = Jobs(open_registry(settings), lease=timedelta(seconds=settings.job_lease_s),
+                base_models=settings.job_base_models)
     runner = Worker(jobs, poll_s=poll, heartbeat_s=heartbeat, log=lambda line: console.print(line))
     if once:
         runner.run_once()

@@ -9,7 +9,8 @@
     ├── SchemaOutOfDate           the database needs `vera db upgrade`                          (503)
     ├── Unauthorized              no valid token                                                (401)
     ├── Forbidden                 a valid token without the right to do this                    (403)
-    └── HubError                  the HuggingFace Hub refused, failed or could not be reached   (502)
+    ├── HubError                  the HuggingFace Hub refused, failed or could not be reached   (502)
+    └── Busy                      costly work (generating projections) is at capacity; retry    (503)
 
 HTTP_STATUS is the one table from this tree to HTTP statuses (the API answers with it, the client reads it back).
 Messages say what was expected, what was found, and how to fix it.
@@ -66,10 +67,16 @@ class HubError(RegistryError):
     code = "hub_error"
 
 
+class Busy(RegistryError):
+    """The server is already doing as much costly work as it allows at once; nothing was done, retry shortly."""
+
+    code = "busy"
+
+
 #: The one table from the exception tree to HTTP statuses (most specific first).
 HTTP_STATUS: dict[type[RegistryError], int] = {
     ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
-    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502,
+    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502, Busy: 503,
 }
 
 

@@ -21,11 +21,14 @@ _Str = WithJsonSchema({"type": "string"})
 
 #: The largest upload the API accepts by default (VERA_MAX_UPLOAD_BYTES).
 MAX_UPLOAD_BYTES = 256 * 2**20
+#: The most numbers (r * (max_in + max_out)) of a projection the registry generates by default: 64 Mi floats, 256 MiB
+#: for A and B together. The widest layer of Llama-2-70B (28,672) at the paper's r=1024 needs 58.7 Mi.
+MAX_PROJECTION_ELEMENTS = 2**26
 #: The files of an adapter version, as PEFT's directory format names them.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_REF = re.compile(r"^(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9]\d{0,8})|@(?P<alias>[^/:@]+))?$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch: no trailing newline slips through "$"
+_REF = re.compile(r"(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9][0-9]{0,8})|@(?P<alias>[^/:@]+))?")
 
 
 def json_object(text: str | bytes, what: str) -> dict[str, Any]:
@@ -39,9 +42,35 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def check_text(value: object, what: str, *, max_length: int, multiline: bool = False) -> str:
+    """A free-text field (base model, revision, description, search text): a string of at most ``max_length``
+    characters without control characters (newlines and tabs only where ``multiline``). NUL and other control
+    characters are refused here, on every database alike, rather than failing deep in PostgreSQL."""
+    allowed = "\n\t" if multiline else ""
+    if not isinstance(value, str) or len(value) > max_length:
+        raise InvalidInput(f"{what} must be text of at most {max_length:,} characters.")
+    bad = next((c for c in value if (ord(c) < 32 and c not in allowed) or ord(c) == 127), None)
+    if bad is not None:
+        raise InvalidInput(f"{what} contains the control character {bad!r}; remove it.")
+    return value
+
+
+def check_json(value: Any, what: str, *, max_bytes: int) -> str:
+    """``value`` as JSON text: finite numbers only, no NUL character, at most ``max_bytes``."""
+    try:
+        text = json.dumps(value, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON of finite numbers, strings, lists and objects: {exc}") from exc
+    if "\\u0000" in text:
+        raise InvalidInput(f"{what} contains a NUL character (\\u0000); remove it.")
+    if len(text.encode()) > max_bytes:
+        raise InvalidInput(f"{what} is {len(text.encode()):,} bytes as JSON; the limit is {max_bytes:,}.")
+    return text
+
+
 def check_name(value: str, what: str) -> str:
     """Owner, adapter, alias and tag names: 1-64 of [a-z0-9._-], starting with a letter or digit."""
-    if not _NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise InvalidInput(
             f"{what} {value!r} is not a valid name: use 1-64 lowercase letters, digits, '.', '_' or '-', starting "
             "with a letter or digit (no '/', spaces, control characters or '..')."
@@ -60,7 +89,7 @@ class Ref(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Ref:
-        match = _REF.match(text)
+        match = _REF.fullmatch(text) if isinstance(text, str) and len(text) <= 300 else None
         if not match:
             raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
                                "(1 to 999999999) or owner/name@ALIAS.")

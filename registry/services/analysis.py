@@ -10,6 +10,7 @@ import torch
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Comparison, LayerComparison
 from registry.services.lookup import layer_in_features, resolve, version_info, version_tensors
+from registry.services.validation import ProjectionBudget
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PEFT_PREFIX, PROJECTION_KEYS, module_path
@@ -19,8 +20,8 @@ Loaded = tuple[dict[str, torch.Tensor], dict[str, int]]  # a version's tensors (
 
 
 class Analysis:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
-        self.db, self.blobs = db, blobs
+    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget) -> None:
+        self.db, self.blobs, self.budget = db, blobs, budget
 
     def compare(self, refs: list[str]) -> Comparison:
         """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas.
@@ -35,7 +36,8 @@ class Analysis:
             versions = [resolve(s, ref) for ref in refs]
             infos = [version_info(s, v) for v in versions]
             for v in versions:
-                tensors, metadata = version_tensors(self.blobs, v, with_projection=True)
+                tensors, metadata = version_tensors(self.blobs, v, with_projection=True,
+                                                    budget=self.budget)
                 sizes = layer_in_features(v, tensors, metadata)
                 loaded.append((tensors, json.loads(sizes) if sizes else {}))
         layers = sorted(set.intersection(*({module_path(k, LAMBDA_B) for k in t if k.endswith(LAMBDA_B)}

@@ -17,20 +17,23 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo, JobStatus, Ref, check_name
+from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo, JobStatus, Ref, check_json, check_name
 from registry.services.registry import Registry
 from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
-from vera_core.recipes import TrainSpec, resolve_base
+from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base
 from vera_core.trainer import TrainingArguments
 
 
 class Jobs:
     """The job queue over a Registry's database and blob store."""
 
-    def __init__(self, registry: Registry, *, lease: timedelta = timedelta(seconds=60)) -> None:
-        self.registry, self.db, self.lease = registry, registry.db, lease
+    def __init__(self, registry: Registry, *, lease: timedelta = timedelta(seconds=60),
+                 base_models: Sequence[str] = (DEMO_MODEL,)) -> None:
+        """``base_models``: what a job may train (VERA_JOB_BASE_MODELS): the demo alias or Hub ids that workers find
+        in their local Hub cache. A job never names a path on a worker's disk."""
+        self.registry, self.db, self.lease, self.base_models = registry, registry.db, lease, tuple(base_models)
 
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
@@ -41,7 +44,8 @@ class Jobs:
         if ref.owner != owner:
             raise InvalidInput(f"The job publishes {target}, but it is submitted by {owner!r}; publish under "
                                f"{owner}/.")
-        spec = dict(spec)
+        check_json(spec, "spec", max_bytes=1 << 16)
+        spec = self._checked_fields(spec)
         suffix = Path(dataset_name).suffix.lower()
         if dataset is not None:
             if suffix not in (".csv", ".jsonl"):
@@ -61,7 +65,7 @@ class Jobs:
                     path.write_bytes(dataset)
                     label = checked.label_column if checked.task == "classification" else None
                     read_examples(path, text_column=checked.text_column, label_column=label)
-            resolve_base(checked.base_model)
+            resolve_base(checked.base_model, allow_paths=False)
         except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
             if isinstance(exc, InvalidInput):
                 raise
@@ -79,6 +83,18 @@ class Jobs:
             s.flush()
             s.add(m.AuditEvent(actor=owner, action="job-submit", target=job.target_name, detail={"job": job.id}))
             return self._info(s, job)
+
+    def _checked_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A spec is data, not places: the worker chooses where files go, and trains only allowed base models."""
+        training = spec.get("training") or {}
+        if isinstance(training, dict) and training.get("output_dir") is not None:
+            raise InvalidInput("training.output_dir cannot be set in a job: the worker keeps checkpoints in its own "
+                               "work area. Leave it out.")
+        base = spec.get("base_model", DEMO_MODEL)
+        if base not in self.base_models:
+            raise InvalidInput(f"Jobs on this registry train only {', '.join(map(repr, self.base_models))} "
+                               f"(VERA_JOB_BASE_MODELS); got base_model={str(base)[:200]!r}.")
+        return dict(spec)
 
     def get(self, job_id: int) -> JobInfo:
         with self.db.session() as s:

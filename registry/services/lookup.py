@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import NotFound
 from registry.domain.schemas import Ref, VersionInfo
 from registry.services.shapes import declared_layers, in_features_json
+from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from vera_core import ProjectionSpec, generate
@@ -86,7 +87,7 @@ def projection_spec(p: m.Projection) -> ProjectionSpec:
     return ProjectionSpec(p.generator, int(p.seed), p.r, p.max_in, p.max_out)
 
 
-def version_tensors(blobs: BlobStore, v: m.AdapterVersion, *, with_projection: bool
+def version_tensors(blobs: BlobStore, v: m.AdapterVersion, *, with_projection: bool, budget: ProjectionBudget
                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The version's tensors (with A and B if asked: stored, or regenerated from the seed) and the safetensors
     metadata its files carry (the same whatever base shapes are declared later)."""
@@ -98,7 +99,8 @@ def version_tensors(blobs: BlobStore, v: m.AdapterVersion, *, with_projection: b
         if p.blob_sha256 is not None:
             tensors.update(load_safetensors(blobs.get(p.blob_sha256)))
         else:
-            a, b = generate(spec)
+            with budget.generating(spec):  # also bounds versions recorded before the limit existed
+                a, b = generate(spec)
             tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
     return tensors, adapter_metadata(spec, v.projection_fingerprint, metadata_of(data).get(META_IN_FEATURES))
 

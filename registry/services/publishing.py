@@ -9,7 +9,6 @@ failure the blobs this call created and no row references are removed again. Not
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -22,10 +21,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import VersionInfo, check_name
+from registry.domain.schemas import VersionInfo, check_json, check_name, check_text
 from registry.services.base_models import BaseModels
 from registry.services.lookup import move_latest, version_info
-from registry.services.validation import CheckedAdapter, validate
+from registry.services.validation import CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -35,6 +34,9 @@ from vera_core.keys import PROJECTION_KEYS
 from vera_core.serialization import to_bytes
 
 PUBLISH_ATTEMPTS = 8
+MAX_DESCRIPTION = 10_000
+MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
+MAX_TAGS = 64
 #: Called in the publish's transaction once the version row exists (Hub sync records its pull there).
 OnRecord = Callable[[Session, m.AdapterVersion], None]
 
@@ -60,8 +62,10 @@ def _retryable(exc: Exception) -> bool:
 
 
 class Publisher:
-    def __init__(self, db: Database, blobs: BlobStore, base_models: BaseModels) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, base_models: BaseModels, *,
+                 budget: ProjectionBudget) -> None:
         self.db, self.blobs, self.base_models = db, blobs, base_models
+        self.budget = budget
 
     def publish(
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
@@ -78,7 +82,7 @@ class Publisher:
             raise InvalidInput(str(exc)) from exc
         if files.spec is None:  # seed-only and written by PEFT: the declared base shapes give the projection size
             files = self.base_models.with_declared_shapes(files, base_model, base_revision)
-        checked = validate(files)
+        checked = validate(files, self.budget)
         meta = {"format": "pt", **{k: v for k, v in files.metadata.items() if k == META_IN_FEATURES}}
         vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, meta)
         projection_blob = None
@@ -164,16 +168,17 @@ def _checked_publication(*, owner: str, name: str, base_model: str, base_revisio
                          lineage: dict[str, Any]) -> _Publication:
     check_name(owner, "Owner")
     check_name(name, "Adapter name")
-    if not base_model or len(base_model) > 200 or any(ord(c) < 32 for c in base_model):
-        raise InvalidInput(f"base_model {base_model!r} must be 1-200 printable characters (a Hub id or a name).")
+    if not check_text(base_model, "base_model", max_length=200):
+        raise InvalidInput("base_model is empty; name the base model (a Hub id or a name).")
+    check_text(base_revision, "base_revision", max_length=100)
+    check_text(description, "description", max_length=MAX_DESCRIPTION, multiline=True)
     metrics = dict(metrics or {})
-    try:
-        json.dumps(metrics, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"metrics must be a JSON object of finite numbers and strings: {exc}") from exc
+    check_json(metrics, "metrics", max_bytes=MAX_METRICS_BYTES)
+    tags = sorted({check_name(t, "Tag") for t in tags})
+    if len(tags) > MAX_TAGS:
+        raise InvalidInput(f"A version takes at most {MAX_TAGS} tags, got {len(tags)}.")
     return _Publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision, metrics=metrics,
-                        tags=sorted({check_name(t, "Tag") for t in tags}), description=description,
-                        published_by=published_by, lineage=lineage)
+                        tags=tags, description=description, published_by=published_by, lineage=lineage)
 
 
 def _version_row(what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes, *,

@@ -19,6 +19,7 @@ from registry.services.base_models import BaseModels
 from registry.services.publishing import Publisher
 from registry.services.search import Search
 from registry.services.status import Status
+from registry.services.validation import ProjectionBudget
 from registry.services.verification import Verification
 from registry.services.versions import Versions
 from registry.store.blobs import BlobStore
@@ -28,18 +29,21 @@ from registry.store.database import Database
 class Registry:
     """The registry over one database and one blob store."""
 
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None) -> None:
+        """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
+        VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time."""
         self.db, self.blobs = db, blobs
+        self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
-        self.versions = Versions(db, blobs)
+        self.versions = Versions(db, blobs, budget=budget)
         self.search = Search(db)
-        self.verification = Verification(db, blobs)
-        self.analysis = Analysis(db, blobs)
+        self.verification = Verification(db, blobs, budget=budget)
+        self.analysis = Analysis(db, blobs, budget=budget)
         self.status = Status(db, blobs)
         self.register_base_model = self.base_models.register
         self.register_base_model_from_config = self.base_models.register_from_config
         self.list_base_models = self.base_models.list
-        self.publish = Publisher(db, blobs, self.base_models).publish
+        self.publish = Publisher(db, blobs, self.base_models, budget=budget).publish
         self.get = self.versions.get
         self.files = self.versions.files
         self.fetch = self.versions.fetch

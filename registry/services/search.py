@@ -11,7 +11,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import selectinload
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import Page
+from registry.domain.schemas import Page, check_text
 from registry.services.lookup import version_info
 from registry.store import models as m
 from registry.store.database import Database
@@ -37,6 +37,10 @@ class Search:
     ) -> Page:
         """Filtered and sorted (``sort``: one of SORTS, '-' for descending; ties by age), with an opaque cursor
         for the next page; ``with_total`` also counts all matches (in the same transaction)."""
+        for what, value in (("owner", owner), ("name", name), ("base_model", base_model), ("generator", generator),
+                            ("tag", tag), ("q", text)):
+            if value is not None:
+                check_text(value, what, max_length=200)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}, got {limit}.")
         column = SORTS.get(sort.lstrip("-"))

@@ -3,17 +3,53 @@ that the config's targets match, a projection it can regenerate or store, and wh
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import Busy, InvalidInput
+from registry.domain.schemas import MAX_PROJECTION_ELEMENTS
 from vera_core import AdapterFiles, ProjectionSpec, fingerprint, generate
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.targets import matches_target
 
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
+
+
+class ProjectionBudget:
+    """How large a projection the registry generates, and how many at once: together they bound the memory that
+    requests can make the server spend (each generation holds A and B, and the bytes built from them)."""
+
+    def __init__(self, max_elements: int = MAX_PROJECTION_ELEMENTS, concurrent: int = 2,
+                 wait_s: float = 30.0) -> None:
+        self.max_elements, self.wait_s = max_elements, wait_s
+        self._slots = threading.BoundedSemaphore(concurrent)
+
+    def check(self, spec: ProjectionSpec) -> None:
+        """Refuse, before anything is allocated, a projection larger than the limit."""
+        elements = spec.r * (spec.max_in + spec.max_out)
+        if elements > self.max_elements:
+            raise InvalidInput(
+                f"The projection (r={spec.r}, max_in={spec.max_in}, max_out={spec.max_out}) holds {elements:,} "
+                f"numbers ({4 * elements / 2**20:,.0f} MiB); this registry generates at most {self.max_elements:,} "
+                "(VERA_MAX_PROJECTION_ELEMENTS). Check the adapter's rank and target modules."
+            )
+
+    @contextmanager
+    def generating(self, spec: ProjectionSpec) -> Iterator[None]:
+        """Hold one of the concurrent generation slots while A and B for ``spec`` exist (Busy after wait_s)."""
+        self.check(spec)
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise Busy("The registry is already generating as many projections as it allows at once; retry in a "
+                       "few seconds (VERA_CONCURRENT_GENERATIONS).")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True)
@@ -27,8 +63,9 @@ class CheckedAdapter:
     layer_outs: dict[str, int]  # module path -> out_features
 
 
-def validate(files: AdapterFiles) -> CheckedAdapter:
-    """Check ``files`` (already parsed by vera_core) as the registry needs; InvalidInput says what is wrong."""
+def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
+    """Check ``files`` (already parsed by vera_core, which checked the recorded shapes against the config and the
+    vectors) as the registry needs; InvalidInput says what is wrong. Nothing is generated before the size check."""
     cfg = files.config
     if cfg.r > MAX_RANK:
         raise InvalidInput(f"r={cfg.r} exceeds the registry's limit of {MAX_RANK}.")
@@ -56,7 +93,8 @@ def validate(files: AdapterFiles) -> CheckedAdapter:
     if spec.max_out < max(layer_outs.values()):
         raise InvalidInput(f"The projection has {spec.max_out} rows but a layer has {max(layer_outs.values())} "
                            "outputs; the adapter's files are inconsistent.")
-    fp, reproducible = _projection_fingerprint(files, spec)
+    with budget.generating(spec):
+        fp, reproducible = _projection_fingerprint(files, spec)
     return CheckedAdapter(vectors, spec, fp, reproducible, layer_outs)
 
 

@@ -15,6 +15,7 @@ from registry.domain.errors import IntegrityError, NotFound
 from registry.domain.schemas import ProjectionInfo, Ref, VerificationReport, VerificationStatus
 from registry.services.lookup import projection_spec, resolve
 from registry.services.shapes import match_path
+from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -26,15 +27,15 @@ VERSION_BLOBS = ("vectors", "projection")
 
 
 class Verification:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
-        self.db, self.blobs = db, blobs
+    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget) -> None:
+        self.db, self.blobs, self.budget = db, blobs, budget
 
     def verify(self, ref: str | Ref) -> VerificationReport:
         """Regenerate the projections and compare fingerprints; re-hash the blobs; check shapes against the base.
         The report is recorded with the version (one transaction)."""
         with self.db.session() as s:
             v = resolve(s, ref)
-            checks = {"projection": self._projection_check(v), **self._blob_checks(v),
+            checks = {"projection": self._projection_check(v, self.budget), **self._blob_checks(v),
                       "shapes": self._check_shapes(v)}
             status: VerificationStatus = "passed" if all(c["ok"] for c in checks.values()) else "failed"
             now = datetime.now(UTC)
@@ -45,8 +46,10 @@ class Verification:
             return report
 
     @staticmethod
-    def _projection_check(v: m.AdapterVersion) -> dict[str, Any]:
-        regenerated = fingerprint(*generate(projection_spec(v.projection)))
+    def _projection_check(v: m.AdapterVersion, budget: ProjectionBudget) -> dict[str, Any]:
+        spec = projection_spec(v.projection)
+        with budget.generating(spec):  # also bounds versions recorded before the limit existed
+            regenerated = fingerprint(*generate(spec))
         if v.seed_reproducible:
             return {"ok": regenerated == v.projection_fingerprint, "recorded": v.projection_fingerprint,
                     "regenerated": regenerated}

@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from registry.domain.errors import Conflict, InvalidInput
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
 from registry.services.lookup import LATEST, layer_in_features, move_latest, resolve, version_info, version_tensors
+from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -23,8 +24,8 @@ from vera_core.lora import lora_file_bytes
 
 
 class Versions:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
-        self.db, self.blobs = db, blobs
+    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget) -> None:
+        self.db, self.blobs, self.budget = db, blobs, budget
 
     def get(self, ref: str | Ref) -> VersionInfo:
         with self.db.session() as s:
@@ -51,7 +52,8 @@ class Versions:
                                "would regenerate others. Fetch it without --seed-only.")
             materialise = as_lora or with_projection or not (
                 seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
-            tensors, metadata = version_tensors(self.blobs, v, with_projection=materialise)
+            tensors, metadata = version_tensors(self.blobs, v, with_projection=materialise,
+                                                budget=self.budget)
             if as_lora and (sizes := layer_in_features(v, tensors, metadata)):  # PEFT-written: the declared base's
                 metadata = {**metadata, META_IN_FEATURES: sizes}
             config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})

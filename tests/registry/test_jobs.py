@@ -31,7 +31,7 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({}, None, "No dataset"),
         ({"task": "regression", "demo": True}, None, "task must be classification or causal-lm"),
         ({"data": "x"}, b"text\nhello\n", "has columns \\['text'\\] but not \\['label'\\]"),
-        ({"demo": True, "base_model": "nobody/nothing"}, None, "neither 'minilm', a local directory"),
+        ({"demo": True, "base_model": "nobody/nothing"}, None, "train only .minilm. \\(VERA_JOB_BASE_MODELS\\)"),
     ]
     for spec, data, message in cases:
         with pytest.raises(InvalidInput, match=message):

@@ -171,7 +171,7 @@ def _lora(d: Path) -> None:
         (None, {"name": "Has Space"}, "not a valid name"),
         (None, {"owner": "a\x00b"}, "not a valid name"),
         (None, {"tags": ["ok", "x" * 65]}, "Tag"),
-        (None, {"base_model": ""}, "base_model '' must be"),
+        (None, {"base_model": ""}, "base_model is empty; name the base model"),
         (None, {"metrics": {"acc": float("nan")}}, "finite numbers"),
         (_pickle_only, {}, "a pickle, which is never loaded"),
         (_nan, {}, "NaN or infinite"),

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
-from registry.api.uploads import save_upload
+from registry.api.uploads import save_upload, without_server_paths
 from registry.domain.schemas import Page, VerificationReport, VersionInfo, json_object
 from registry.services.search import MAX_PAGE, SORTS
 from registry.services.validation import MAX_RANK
@@ -63,9 +65,12 @@ async def publish(
         for upload, filename in ((adapter_config, "adapter_config.json"),
                                  (adapter_model, "adapter_model.safetensors")):
             await save_upload(upload, Path(tmp) / filename, options.max_upload_bytes)
-        return registry.publish(tmp, owner=owner, name=name, base_model=base_model, base_revision=base_revision,
-                                metrics=parsed, tags=[t.strip() for t in tags.split(",") if t.strip()],
-                                description=description, published_by=who.owner)
+        publish = partial(registry.publish, tmp, owner=owner, name=name, base_model=base_model,
+                          base_revision=base_revision, metrics=parsed,
+                          tags=[t.strip() for t in tags.split(",") if t.strip()], description=description,
+                          published_by=who.owner)
+        with without_server_paths(tmp, "the upload"):
+            return await run_in_threadpool(publish)  # torch and database work: never on the event loop
 
 
 @router.get(VERSION, response_model=VersionInfo)

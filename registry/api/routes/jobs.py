@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from registry.api.deps import Caller, JobsDep, Options, Reader, authorize
 from registry.api.routes.adapters import MAX_ID, RowId
@@ -33,7 +35,8 @@ async def submit_job(
             await save_upload(dataset, path, options.max_upload_bytes)
             data = path.read_bytes()
     name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
-    return jobs.submit(parsed, owner=owner, target=target, dataset=data, dataset_name=name)
+    return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
+                                           dataset_name=name))
 
 
 @router.get("", response_model=list[JobInfo])

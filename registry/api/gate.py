@@ -1,0 +1,97 @@
+"""The gate every request passes before the app reads its body: in token mode a request that carries a body and no
+valid token is answered 401 from its headers; a body larger than its route allows (announced by Content-Length, or
+counted as it streams) is answered 413; a body that stalls is answered 408. Nothing of a refused body is spooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import HTTPException  # FastAPI re-raises its own class from body parsing (not Starlette's)
+from starlette.concurrency import run_in_threadpool
+
+from registry.api.deps import ApiOptions, bearer_token
+from registry.api.problems import problem
+from registry.domain.errors import RegistryError, Unauthorized, status_of
+from registry.services.registry import Registry
+from registry.services.tokens import authenticate
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Routes that take file uploads: up to two files of the upload limit, plus the form's other fields.
+UPLOAD_ROUTES = re.compile(r"^/api/v1/(adapters/[^/]+/[^/]+/versions|jobs)/?$")
+#: Every other body (JSON of a few fields) is small.
+SMALL_BODY = 1 << 20
+FORM_OVERHEAD = 1 << 20
+
+
+class RequestGate:
+    """Pure ASGI middleware (it must act before FastAPI reads the body, which happens before any dependency)."""
+
+    def __init__(self, app: App, *, registry: Registry, options: ApiOptions, body_timeout_s: float = 60.0) -> None:
+        self.app, self.registry, self.options, self.body_timeout_s = app, registry, options, body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = (2 * self.options.max_upload_bytes + FORM_OVERHEAD) if UPLOAD_ROUTES.match(scope["path"]) \
+            else SMALL_BODY
+        refusal = await self._refusal(headers, limit)
+        if refusal is not None:
+            status, code, detail = refusal
+            await _send_problem(send, status, code, detail, scope["path"])
+            return
+        await self.app(scope, self._counted(receive, limit), send)
+
+    async def _refusal(self, headers: dict[str, str], limit: int) -> tuple[int, str, str] | None:
+        if self.options.require_tokens:
+            authorization = headers.get("authorization")
+            secret = bearer_token(authorization)
+            if secret is None:
+                return 401, "unauthorized", ("This registry requires a token: pass 'Authorization: Bearer <token>' "
+                                             "(VERA_TOKEN for the CLI)." if authorization is None else
+                                             "Authorization must be 'Bearer <token>'.")
+            try:
+                await run_in_threadpool(authenticate, self.registry.db, secret)
+            except Unauthorized as exc:
+                return 401, exc.code, str(exc)
+            except RegistryError as exc:
+                return status_of(exc), exc.code, str(exc)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return 413, "content_too_large", (f"The body ({length} bytes) is over this route's limit of {limit:,} "
+                                              "bytes (VERA_MAX_UPLOAD_BYTES for uploads).")
+        return None
+
+    def _counted(self, receive: Receive, limit: int) -> Receive:
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            try:
+                message = await asyncio.wait_for(receive(), timeout=self.body_timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"The body stalled for {self.body_timeout_s:.0f} s; send it again.") from None
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"The body is over this route's limit of {limit:,} bytes "
+                                         "(VERA_MAX_UPLOAD_BYTES for uploads).")
+            return message
+
+        return counted
+
+
+async def _send_problem(send: Send, status: int, code: str, detail: str, path: str) -> None:
+    response = problem(status, code, detail, path)
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": bytes(response.body)})

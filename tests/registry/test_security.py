@@ -1,0 +1,241 @@
+"""Hostile callers (issue 14): bounded work per request, jobs that cannot reach the worker's disk, bodies refused
+from their headers, and one validation layer for text fields. Through a real server where the HTTP edge matters,
+on SQLite and PostgreSQL where the database does."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from registry.domain.errors import Busy, InvalidInput
+from registry.domain.schemas import Ref, check_name
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.services.tokens import create_token
+from registry.services.validation import ProjectionBudget
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig
+from vera_core.checkpoint import META_GENERATOR, META_IN_FEATURES, META_SHAPE
+
+MEMORY_CAP_KB = 1_500_000  # the server's peak resident memory may not pass ~1.5 GB
+
+
+def hostile_adapter(folder: Path, *, shape: str, in_features: str | None = None, r: int = 4) -> Path:
+    """A few hundred bytes: one layer's vectors, and metadata that declares whatever projection it likes."""
+    folder.mkdir(parents=True)
+    config = VeraConfig(r=r, target_modules=["q"], save_projection=False, projection_generator=PORTABLE_GENERATOR)
+    folder.joinpath("adapter_config.json").write_text(json.dumps(config.to_peft_dict()))
+    metadata = {"format": "pt", META_GENERATOR: PORTABLE_GENERATOR, META_SHAPE: shape}
+    if in_features is not None:
+        metadata[META_IN_FEATURES] = in_features
+    save_file({"base_model.model.q.vera_lambda_b": torch.ones(16), "base_model.model.q.vera_lambda_d": torch.ones(4)},
+              str(folder / "adapter_model.safetensors"), metadata=metadata)
+    return folder
+
+
+def server_peak_rss_kb(url: str) -> int:
+    """VmHWM of the `vera serve` process listening on ``url``'s port."""
+    port = url.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = proc.joinpath("cmdline").read_bytes().split(b"\0")
+            status = proc.joinpath("status").read_text()
+        except OSError:
+            continue
+        if b"serve" in cmdline and port.encode() in cmdline:
+            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    raise AssertionError(f"no vera serve process on port {port}")
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A token-mode registry with a small upload limit and a projection ceiling of 1 Mi numbers."""
+    root = tmp_path_factory.mktemp("guarded")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_MAX_UPLOAD_BYTES="65536",
+                        VERA_MAX_PROJECTION_ELEMENTS=str(2**20)) as base:
+        db = Database(url)
+        token = create_token(db, owner="eve", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        yield {"url": base, "token": token, "root": root}
+
+
+def publish(guarded: dict[str, Any], folder: Path, name: str = "x") -> httpx.Response:
+    files = {part: (f, (folder / f).read_bytes()) for part, f in (("adapter_config", "adapter_config.json"),
+                                                                   ("adapter_model", "adapter_model.safetensors"))}
+    return httpx.post(f"{guarded['url']}/api/v1/adapters/eve/{name}/versions", files=files,
+                      data={"base_model": "tiny"}, headers={"Authorization": f"Bearer {guarded['token']}"}, timeout=60)
+
+
+def test_a_few_bytes_cannot_buy_a_huge_projection(guarded: dict[str, Any], tmp_path: Path) -> None:
+    started = time.perf_counter()
+    huge = publish(guarded, hostile_adapter(tmp_path / "huge", shape="4,50000000,16"))
+    assert huge.status_code == 422 and "VERA_MAX_PROJECTION_ELEMENTS" in huge.json()["detail"], huge.text
+    assert time.perf_counter() - started < 5
+    assert server_peak_rss_kb(guarded["url"]) < MEMORY_CAP_KB
+
+
+@pytest.mark.parametrize(("shape", "in_features", "message"), [
+    ("8,64,16", None, "records a projection of r=8.* adapter_config.json has r=4"),  # rank disagrees with the config
+    ("4,64,999", None, "largest adapted layer has 16 outputs"),
+    ("4,64", None, "is not 'r,max_in,max_out'"),
+    ("4,64,16", '{"q": "wide"}', "must give a positive input size for each adapted layer"),
+    ("4,64,16", '{"q": 32}', "widest layer reads 32 inputs but the projection has max_in=64"),
+    ("4,64,16", "not json", "is not JSON"),
+], ids=["rank", "max-out", "shape-text", "in-features-type", "in-features-width", "in-features-json"])
+def test_recorded_shapes_must_agree_with_the_config_and_vectors(
+    guarded: dict[str, Any], tmp_path: Path, shape: str, in_features: str | None, message: str
+) -> None:
+    response = publish(guarded, hostile_adapter(tmp_path / "a", shape=shape, in_features=in_features))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert re.search(message, detail), detail
+    assert "/tmp" not in detail and str(tmp_path) not in detail  # never a server path
+
+
+def test_messages_never_carry_server_paths(guarded: dict[str, Any], tmp_path: Path) -> None:
+    folder = make_adapter(tmp_path / "a")
+    (folder / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    response = publish(guarded, folder)
+    assert response.status_code == 422 and "adapter_model.safetensors is not a valid safetensors" in response.text
+    assert "/tmp" not in response.text
+
+
+def raw_request(url: str, head: str, body: bytes = b"") -> tuple[int, dict[str, Any], float]:
+    """Send ``head`` (request line and headers) and ``body``, read the answer: (status, problem, seconds)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 20:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    header, _, payload = data.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(payload.split(b"\r\n0\r\n")[0] or b"{}"), time.perf_counter() - started
+
+
+def test_bodies_are_refused_from_their_headers(guarded: dict[str, Any]) -> None:
+    url, token = guarded["url"], guarded["token"]
+    path = "/api/v1/adapters/eve/x/versions"
+    # a gigabyte announced, a few bytes sent: the answer comes from the headers, nothing waits for the rest
+    no_token = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\nContent-Type: multipart/form-data\r\n"
+    status, body, seconds = raw_request(url, no_token, b"--")
+    assert (status, body["type"]) == (401, "/problems/unauthorized") and seconds < 5
+    forged = no_token + "Authorization: Bearer vera_forged\r\n"
+    assert raw_request(url, forged, b"--")[0] == 401
+    too_big = no_token + f"Authorization: Bearer {token}\r\n"
+    status, body, seconds = raw_request(url, too_big, b"--")
+    assert (status, body["type"]) == (413, "/problems/content_too_large") and seconds < 5
+    # no Content-Length: the streamed body is counted and cut off at the limit
+    chunked = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer {token}\r\n" \
+              "Content-Type: multipart/form-data; boundary=b\r\n"
+    part = b'--b\r\nContent-Disposition: form-data; name="adapter_model"; filename="a"\r\n\r\n'
+    chunks = [part] + [b"x" * 65536] * 24  # 1.5 MB: over the limit of 2 x 64 KiB + 1 MiB
+    stream = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    assert raw_request(url, chunked, stream)[0] == 413
+    small_route = f"POST /api/v1/compare HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\nAuthorization: " \
+                  f"Bearer {token}\r\nContent-Type: application/json\r\n"
+    assert raw_request(url, small_route, b"{")[0] == 413
+
+
+def test_anonymous_callers_trigger_no_costly_work(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+        assert httpx.get(f"{base}/api/v1/adapters").status_code == 200  # reading is open
+        for path, body in (("/api/v1/adapters/a/b/versions/1/verify", None), ("/api/v1/compare", {"refs": []})):
+            response = httpx.post(f"{base}{path}", json=body)
+            assert response.status_code == 401 and response.headers["content-type"] == "application/problem+json"
+
+
+def test_every_error_is_a_problem_document(guarded: dict[str, Any]) -> None:
+    not_allowed = httpx.put(f"{guarded['url']}/api/v1/adapters", headers={
+        "Authorization": f"Bearer {guarded['token']}"})
+    assert not_allowed.status_code == 405 and not_allowed.json()["status"] == 405
+    assert not_allowed.headers["content-type"] == "application/problem+json" and "GET" in not_allowed.headers["allow"]
+    nowhere = httpx.get(f"{guarded['url']}/nowhere")
+    assert nowhere.status_code == 404 and nowhere.json()["type"] == "/problems/not_found"
+
+
+def test_generation_is_bounded_in_size_and_in_number_at_once() -> None:
+    budget = ProjectionBudget(max_elements=1000, concurrent=1, wait_s=0.05)
+    small = ProjectionSpec(PORTABLE_GENERATOR, 0, 2, 100, 100)
+    with pytest.raises(InvalidInput, match="holds 40,000 numbers .* at most 1,000"):
+        budget.check(ProjectionSpec(PORTABLE_GENERATOR, 0, 200, 100, 100))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with budget.generating(small):
+            held.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    held.wait(5)
+    with pytest.raises(Busy, match="retry in a few seconds"), budget.generating(small):
+        pass
+    release.set()
+    worker.join()
+    with budget.generating(small):  # free again
+        pass
+
+
+@pytest.mark.parametrize("value", ["prod\n", "Prod", "a/b", "..x", "x" * 65, "\x00"])
+def test_names_are_checked_whole(value: str) -> None:
+    with pytest.raises(InvalidInput, match="is not a valid name"):
+        check_name(value, "Alias")
+    with pytest.raises(InvalidInput, match="not an adapter reference|not a valid name"):
+        Ref.parse(f"alice/{value}")
+
+
+def test_control_characters_are_refused_on_every_database(registry: Registry, tmp_path: Path) -> None:
+    source = make_adapter(tmp_path / "a")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"description": "bad\x00"}, "description contains the control character"),
+        ({"base_model": "tiny\nllama"}, "base_model contains the control character"),
+        ({"base_revision": "v\x1b1"}, "base_revision contains the control character"),
+        ({"metrics": {"note": "nul\x00"}}, "metrics contains a NUL character"),
+        ({"metrics": {"curve": list(range(300_000))}}, "metrics is .* bytes as JSON; the limit is"),
+        ({"tags": [f"t{i}" for i in range(65)]}, "at most 64 tags"),
+    ]
+    for changes, message in cases:
+        kwargs: dict[str, Any] = {"owner": "ann", "name": "x", "base_model": "tiny", **changes}
+        with pytest.raises(InvalidInput, match=message):
+            registry.publish(source, **kwargs)
+    with pytest.raises(InvalidInput, match="q contains the control character"):
+        registry.list_versions(text="a\x00b")
+    assert registry.list_versions().items == []
+
+
+def test_a_job_spec_names_no_place_on_the_worker(registry: Registry, tmp_path: Path) -> None:
+    jobs = Jobs(registry, base_models=["minilm", "org/allowed"])
+    with pytest.raises(InvalidInput, match="training.output_dir cannot be set in a job"):
+        jobs.submit({"demo": True, "training": {"output_dir": str(tmp_path)}}, owner="ann", target="ann/x")
+    existing, missing = tmp_path, tmp_path / "missing"
+    messages = []
+    for base in (str(existing), str(missing), "../../etc"):
+        with pytest.raises(InvalidInput) as refused:
+            jobs.submit({"demo": True, "base_model": base}, owner="ann", target="ann/x")
+        messages.append(str(refused.value).replace(base, "BASE"))
+    assert len(set(messages)) == 1 and "VERA_JOB_BASE_MODELS" in messages[0]  # nothing learnt about the disk
+    with pytest.raises(InvalidInput, match="NUL character"):
+        jobs.submit({"demo": True, "text_column": "t\x00"}, owner="ann", target="ann/x")
+    assert jobs.list_jobs() == []
