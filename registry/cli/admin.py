@@ -57,12 +57,14 @@ def fsck(
 def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None:
     """Delete blobs and projections that no version references."""
     result = open_registry(load_settings(database_url, storage_url)).gc()
-    console.print(f"removed {result['blobs_removed']} unreferenced blobs")
+    console.print(f"removed {result['blobs_removed']} unreferenced blobs and {result['leftovers_removed']} leftovers of "
+                  "killed publishes")
 
 
 def token_create(
     owner: Annotated[str, typer.Option(help="Owner namespace the token acts for.")],
-    scope: Annotated[list[str], typer.Option(help="read, publish or admin; repeat for several.")],
+    scope: Annotated[list[str], typer.Option(help="read, publish, hub (may use the server's VERA_HUB_TOKEN) or admin; "
+                                             "repeat for several.")],
     name: Annotated[str, typer.Option(help="A label.")] = "",
     database_url: DatabaseUrl = None,
 ) -> None:

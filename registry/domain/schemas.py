@@ -24,6 +24,8 @@ MAX_UPLOAD_BYTES = 256 * 2**20
 #: The most numbers (r * (max_in + max_out)) of a projection the registry generates by default: 64 Mi floats, 256 MiB
 #: for A and B together. The widest layer of Llama-2-70B (28,672) at the paper's r=1024 needs 58.7 Mi.
 MAX_PROJECTION_ELEMENTS = 2**26
+#: Request temp folders are named with this prefix, so that `vera fsck` can find those a killed server left behind.
+UPLOAD_PREFIX = "vera-upload-"
 #: The files of an adapter version, as PEFT's directory format names them.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 

@@ -108,15 +108,22 @@ class HubSync:
         self.timeout_s, self.max_bytes = timeout_s, max_bytes
 
     def _api(self, token: str | None) -> HfApi:
-        return HfApi(endpoint=self.endpoint, token=token or self._default_token or False,
+        return HfApi(endpoint=self.endpoint, token=token or False,
                      library_name="vera-registry")
 
     # ---- push ----------------------------------------------------------------------------------------------
+    def _token(self, token: str | None, server_token: bool) -> str | None:
+        """The caller's Hub token; else the server's, only where the caller may use it (the ``hub`` scope)."""
+        return token or (self._default_token if server_token else None)
+
     def push(self, ref: str | Ref, repo_id: str, *, actor: str, token: str | None = None, revision: str = "main",
-             private: bool = False, with_projection: bool = True, as_lora: bool = False) -> HubSyncResult:
+             private: bool = False, with_projection: bool = True, as_lora: bool = False,
+             server_token: bool = True) -> HubSyncResult:
         """Push a version to ``repo_id`` in PEFT's format (A and B materialised unless ``with_projection=False``;
-        ``as_lora``: the equivalent LoRA) with a model card. Re-pushing what the repo holds makes no commit."""
+        ``as_lora``: the equivalent LoRA) with a model card. Re-pushing what the repo holds makes no commit.
+        Without ``token``, the server's Hub token is used if ``server_token``."""
         _check_repo_id(repo_id)
+        token = self._token(token, server_token)
         with_projection = with_projection or as_lora
         info, files = self.registry.files(ref, with_projection=with_projection and not as_lora,
                                           seed_only=not with_projection, as_lora=as_lora)
@@ -154,10 +161,13 @@ class HubSync:
 
     # ---- pull ----------------------------------------------------------------------------------------------
     def pull(self, repo_id: str, *, target: str, actor: str, token: str | None = None, revision: str = "main",
-             base_model: str | None = None, base_revision: str | None = None) -> HubSyncResult:
+             base_model: str | None = None, base_revision: str | None = None,
+             server_token: bool = True) -> HubSyncResult:
         """Record the PEFT VeRA adapter in ``repo_id`` at ``revision`` as the next version of ``target``
-        (``owner/name``). A revision already pulled, or files equal to a version already pulled, make no version."""
+        (``owner/name``). A revision already pulled, or files equal to a version already pulled, make no version.
+        Without ``token``, the server's Hub token is used if ``server_token``."""
         _check_repo_id(repo_id)
+        token = self._token(token, server_token)
         ref = Ref.parse(target)
         if ref.version is not None or ref.alias is not None:
             raise InvalidInput(f"Pull into an adapter, owner/name, not a version ({target!r}).")
@@ -172,7 +182,7 @@ class HubSync:
             with self._hub_errors(f"downloading {where}", repo_id):
                 for name in wanted:
                     hf_hub_download(repo_id, name, revision=commit, endpoint=self.endpoint,
-                                    token=token or self._default_token or False, local_dir=tmp,
+                                    token=token or False, local_dir=tmp,
                                     cache_dir=Path(tmp) / ".cache", library_name="vera-registry")
             root = Path(tmp)
             config = _vera_config(where, root / CONFIG_NAME)

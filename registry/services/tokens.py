@@ -1,4 +1,5 @@
-"""Access tokens: random bearer secrets stored as SHA-256 only, with an owner and scopes (read, publish, admin)."""
+"""Access tokens: random bearer secrets stored as SHA-256 only, with an owner and scopes: read, publish, hub (may
+use the server's own HuggingFace token, VERA_HUB_TOKEN) and admin (everything)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from registry.domain.schemas import check_name
 from registry.store import models as m
 from registry.store.database import Database
 
-Scope = Literal["read", "publish", "admin"]
+Scope = Literal["read", "publish", "hub", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 PREFIX = "vera_"
 

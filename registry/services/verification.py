@@ -4,7 +4,11 @@ their names (verify), list the shared projections, and keep the database and blo
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
@@ -12,7 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, NotFound
-from registry.domain.schemas import ProjectionInfo, Ref, VerificationReport, VerificationStatus
+from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
 from registry.services.lookup import projection_spec, resolve
 from registry.services.shapes import match_path
 from registry.services.validation import ProjectionBudget
@@ -114,7 +118,8 @@ class Verification:
 
     def gc(self) -> dict[str, int]:
         """Remove blobs (rows and bytes) that no version or projection references, and unused projections. The
-        rows go in one transaction; the bytes of every blob the database no longer knows go after it commits."""
+        rows go in one transaction; the bytes of every blob the database no longer knows go after it commits, and
+        so do the leftovers of killed publishes (see fsck)."""
         removed = 0
         with self.db.session() as s:
             used_projections = set(s.scalars(select(m.AdapterVersion.projection_id)))
@@ -132,14 +137,16 @@ class Verification:
         for digest in self.blobs.digests():
             if digest not in known:
                 self.blobs.delete(digest)
-        return {"blobs_removed": removed}
+        return {"blobs_removed": removed, "leftovers_removed": _remove_leftovers(self.blobs)}
 
     def fsck(self, *, repair: bool = False) -> dict[str, list[str]]:
         """Report (and with ``repair``, fix) disagreement between the database and storage.
 
         missing: referenced blobs absent from storage (repair: their versions are marked verification failed);
         corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed);
-        orphans: stored blobs the database does not know (repair: deleted).
+        orphans: stored blobs the database does not know (repair: deleted);
+        partial_blobs, stale_uploads: what a process killed mid-publish left behind, over an hour old (storage's
+        temporary files; request folders in this machine's temp directory) (repair: deleted).
         Reading every blob happens outside any transaction (storage is not transactional); the repair's marks are
         one transaction.
         """
@@ -147,7 +154,9 @@ class Verification:
             known = set(s.scalars(select(m.Blob.sha256)))
         present = set(self.blobs.digests())
         report: dict[str, list[str]] = {"missing": sorted(known - present), "corrupted": [],
-                                        "orphans": sorted(present - known)}
+                                        "orphans": sorted(present - known),
+                                        "partial_blobs": self.blobs.leftovers(LEFTOVER_AGE_S),
+                                        "stale_uploads": [p.name for p in _stale_uploads()]}
         for digest in sorted(known & present):
             try:
                 self.blobs.get(digest)
@@ -160,6 +169,7 @@ class Verification:
     def _repair(self, report: dict[str, list[str]]) -> None:
         for digest in report["orphans"] + report["corrupted"]:
             self.blobs.delete(digest)
+        _remove_leftovers(self.blobs)
         bad = report["missing"] + report["corrupted"]
         if not bad:
             return
@@ -169,3 +179,23 @@ class Verification:
                 v.verification_status, v.verified_at = "failed", datetime.now(UTC)
                 v.verification_report = {"status": "failed", "checks": {"fsck": {
                     "ok": False, "error": "a blob of this version is missing or corrupted"}}}
+
+
+#: Leftovers younger than this may belong to a publish still running.
+LEFTOVER_AGE_S = 3600.0
+
+
+def _stale_uploads() -> list[Path]:
+    cutoff = time.time() - LEFTOVER_AGE_S
+    root = Path(tempfile.gettempdir())
+    return sorted(p for p in root.glob(f"{UPLOAD_PREFIX}*") if p.is_dir() and p.stat().st_mtime < cutoff)
+
+
+def _remove_leftovers(blobs: BlobStore) -> int:
+    """Delete what killed publishes left behind (over an hour old); return how many."""
+    partial, uploads = blobs.leftovers(LEFTOVER_AGE_S), _stale_uploads()
+    for name in partial:
+        blobs.remove_leftover(name)
+    for folder in uploads:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(partial) + len(uploads)

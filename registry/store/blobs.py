@@ -8,6 +8,7 @@ name. Every read re-hashes the bytes and refuses a blob that does not match its 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Protocol
@@ -46,6 +47,10 @@ class BlobStore(Protocol):
     def digests(self) -> Iterator[str]: ...
 
     def check(self) -> None: ...
+
+    def leftovers(self, min_age_s: float) -> list[str]: ...
+
+    def remove_leftover(self, name: str) -> None: ...
 
 
 class FsspecBlobStore:
@@ -111,6 +116,19 @@ class FsspecBlobStore:
             name = path.rsplit("/", 1)[-1]
             if len(name) == 64 and set(name) <= _HEX:
                 yield name
+
+    def leftovers(self, min_age_s: float) -> list[str]:
+        """Temporary files of writes that never finished (a process killed mid-put), older than ``min_age_s`` so
+        that a write in progress is never among them. Object stores write whole objects: they leave none."""
+        if not self._local:
+            return []
+        cutoff = time.time() - min_age_s
+        return sorted(path.rsplit("/", 1)[-1] for path in self.fs.ls(f"{self.root}/tmp", detail=False)
+                      if self.fs.modified(path).timestamp() < cutoff)
+
+    def remove_leftover(self, name: str) -> None:
+        if self._local and len(name) == 32 and set(name) <= _HEX:  # the uuid4 hex names put() gives them
+            self.fs.rm(f"{self.root}/tmp/{name}")
 
     def check(self) -> None:
         """Raise if the storage cannot be reached (readiness)."""

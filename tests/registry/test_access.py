@@ -17,8 +17,8 @@ from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
 
-ROLES = {"none": None, "read": ["read"], "other-publisher": ["read", "publish"], "publisher": ["read", "publish"],
-         "admin": ["admin"]}
+ROLES = {"none": None, "read": ["read"], "other-publisher": ["read", "publish"],
+         "publisher": ["read", "publish", "hub"], "admin": ["admin"]}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "verify": ("read", False),
@@ -43,8 +43,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         db = Database(url)
         tokens = {role: create_token(db, owner="mallory" if role == "other-publisher" else "alice",
                                      scopes=scopes)[1] for role, scopes in ROLES.items() if scopes}
+        plain_publisher = create_token(db, owner="alice", scopes=["read", "publish"])[1]
         db.engine.dispose()
-        yield {"url": base, "tokens": tokens, "source": source}
+        yield {"url": base, "tokens": tokens, "source": source, "plain_publisher": plain_publisher}
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int) -> tuple[str, str, dict[str, Any]]:
@@ -112,6 +113,23 @@ def test_a_server_on_a_non_loopback_address_requires_tokens(tmp_path: Path) -> N
         response = httpx.get(f"{url}/api/v1/adapters")
         assert response.status_code == 401 and "requires a token" in response.json()["detail"]
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_the_servers_hub_token_is_only_for_the_hub_scope(server: dict[str, Any]) -> None:
+    """A publisher without the hub scope reaches the Hub with its own token or none, never the operator's."""
+    base, plain = server["url"], server["plain_publisher"]
+    with RegistryClient(base, server["tokens"]["admin"]) as admin:
+        version = admin.publish(server["source"], "alice/m", base_model="tiny-llama").version
+    push = f"{base}/api/v1/adapters/alice/m/versions/{version}/hub/push"
+    refused = httpx.post(push, json={"repo_id": "alice/by-plain"}, headers={"Authorization": f"Bearer {plain}"},
+                         timeout=60)
+    assert refused.status_code == 502 and "401" in refused.json()["detail"], refused.text  # no token reached the Hub
+    own = httpx.post(push, json={"repo_id": "alice/by-plain"}, timeout=60,
+                     headers={"Authorization": f"Bearer {plain}", "X-Hub-Token": "hf_server"})
+    assert own.status_code == 200, own.text  # its own token works
+    granted = httpx.post(push, json={"repo_id": "alice/by-hub-scope"}, timeout=60,
+                         headers={"Authorization": f"Bearer {server['tokens']['publisher']}"})
+    assert granted.status_code == 200, granted.text  # the hub scope uses the server's token
 
 
 def test_job_ids_are_not_revealed_to_callers_without_a_token(server: dict[str, Any]) -> None:

@@ -5,8 +5,10 @@ on SQLite and PostgreSQL where the database does."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from registry.domain.errors import Busy, InvalidInput
-from registry.domain.schemas import Ref, check_name
+from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.tokens import create_token
@@ -239,3 +241,20 @@ def test_a_job_spec_names_no_place_on_the_worker(registry: Registry, tmp_path: P
     with pytest.raises(InvalidInput, match="NUL character"):
         jobs.submit({"demo": True, "text_column": "t\x00"}, owner="ann", target="ann/x")
     assert jobs.list_jobs() == []
+
+
+def test_fsck_finds_and_gc_removes_what_a_killed_publish_left(registry: Registry, tmp_path: Path) -> None:
+    old = time.time() - 2 * 3600
+    partial = Path(registry.blobs.url) / "tmp" / ("ab" * 16)  # a put() killed before its rename
+    partial.write_bytes(b"half a blob")
+    os.utime(partial, (old, old))
+    fresh = Path(registry.blobs.url) / "tmp" / ("cd" * 16)  # a put() in progress: left alone
+    fresh.write_bytes(b"being written")
+    upload = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))  # a request folder of a killed server
+    (upload / "adapter_model.safetensors").write_bytes(b"x")
+    os.utime(upload, (old, old))
+    report = registry.fsck()
+    assert report["partial_blobs"] == ["ab" * 16] and upload.name in report["stale_uploads"]
+    assert registry.gc()["leftovers_removed"] >= 2
+    assert not partial.exists() and not upload.exists() and fresh.exists()
+    assert registry.fsck()["partial_blobs"] == []

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
 from registry.api.uploads import save_upload, without_server_paths
-from registry.domain.schemas import Page, VerificationReport, VersionInfo, json_object
+from registry.domain.schemas import UPLOAD_PREFIX, Page, VerificationReport, VersionInfo, json_object
 from registry.services.search import MAX_PAGE, SORTS
 from registry.services.validation import MAX_RANK
 
@@ -61,7 +61,7 @@ async def publish(
     tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
         for upload, filename in ((adapter_config, "adapter_config.json"),
                                  (adapter_model, "adapter_model.safetensors")):
             await save_upload(upload, Path(tmp) / filename, options.max_upload_bytes)

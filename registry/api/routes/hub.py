@@ -10,8 +10,15 @@ from pydantic import BaseModel, Field
 
 from registry.api.deps import Caller, HubDep, Options, OwnerPublisher, Reader, authorize, ref_of
 from registry.domain.schemas import HubSyncInfo, HubSyncResult, Ref
+from registry.services.tokens import Principal
 
 router = APIRouter(prefix="/api/v1")
+
+def may_use_server_token(who: Principal) -> bool:
+    """The server's VERA_HUB_TOKEN acts on the Hub in the operator's name: only for callers granted the ``hub`` scope
+    (admins and the local user have it); others bring their own token or reach the Hub anonymously."""
+    return bool(who.scopes & {"hub", "admin"})
+
 
 #: The Hub token of one request; never stored or logged (the server's VERA_HUB_TOKEN is used without it).
 HubToken = Annotated[str | None, Header(alias="X-Hub-Token", description="a HuggingFace token for this request")]
@@ -38,7 +45,7 @@ def hub_push(who: OwnerPublisher, hub: HubDep, owner: str, name: str, selector: 
              hub_token: HubToken = None) -> HubSyncResult:
     return hub.push(ref_of(owner, name, selector), body.repo_id, actor=who.owner, token=hub_token,
                     revision=body.revision, private=body.private, with_projection=body.with_projection,
-                    as_lora=body.format == "lora")
+                    as_lora=body.format == "lora", server_token=may_use_server_token(who))
 
 
 @router.get("/adapters/{owner}/{name}/versions/{selector}/hub", response_model=list[HubSyncInfo])
@@ -52,6 +59,7 @@ def hub_pull(caller: Caller, options: Options, hub: HubDep, body: HubPullBody, r
              hub_token: HubToken = None) -> HubSyncResult:
     who = authorize(caller, options, "publish", Ref.parse(body.target).owner)
     result = hub.pull(body.repo_id, target=body.target, actor=who.owner, token=hub_token,
-                      revision=body.revision, base_model=body.base_model, base_revision=body.base_revision)
+                      revision=body.revision, base_model=body.base_model, base_revision=body.base_revision,
+                      server_token=may_use_server_token(who))
     response.status_code = 201 if result.changed else 200
     return result

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from registry.api.deps import Caller, JobsDep, Options, Reader, authorize
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
-from registry.domain.schemas import JobEventInfo, JobInfo, Ref, json_object
+from registry.domain.schemas import UPLOAD_PREFIX, JobEventInfo, JobInfo, Ref, json_object
 
 router = APIRouter(prefix="/api/v1/jobs")
 
@@ -30,7 +30,7 @@ async def submit_job(
     parsed = json_object(spec, "spec")
     data = None
     if dataset is not None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
             path = Path(tmp) / "upload"
             await save_upload(dataset, path, options.max_upload_bytes)
             data = path.read_bytes()
