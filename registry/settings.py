@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_projection_elements: int = MAX_PROJECTION_ELEMENTS
     # How many projections may be generated at once; more requests wait up to 30 s, then get 503 busy.
     concurrent_generations: int = 2
+    # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
+    costly_requests_per_minute: int = 120
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
     job_lease_s: float = 60.0
     # What fine-tune jobs may train: the demo alias and Hub ids the workers have in their local Hub cache, never a

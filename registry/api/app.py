@@ -10,6 +10,7 @@ from registry.api.deps import ApiOptions
 from registry.api.gate import RequestGate
 from registry.api.metrics import install_metrics
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
+from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
@@ -22,6 +23,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
                   responses=PROBLEM_RESPONSES)
     app.state.registry, app.state.options = registry, options or ApiOptions()
     app.state.jobs, app.state.hub = jobs or Jobs(registry), hub or HubSync(registry)
+    app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
     # the gate is added first, so that it sits inside the metrics middleware: Starlette's BaseHTTPMiddleware would
     # turn the gate's refusal of a streaming body into an ExceptionGroup, answered as a generic 400
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)

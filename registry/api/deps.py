@@ -24,6 +24,7 @@ class ApiOptions(BaseModel):
     require_tokens: bool = True
     anonymous_read: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    costly_requests_per_minute: int = 120
 
 
 def is_loopback(host: str) -> bool:

@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.domain.errors import RegistryError, status_of
+from registry.domain.errors import RateLimited, RegistryError, status_of
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
           408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 422: "Invalid input",
-          500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
+          429: "Too many requests", 500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
 
 
 class Problem(BaseModel):
@@ -35,8 +35,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {**_PROBLEM, "description": text} for code, text in (
         (401, "No valid token"), (403, "The token may not do this"), (404, "No such adapter, version or alias"),
         (409, "Conflicts with what is stored"), (413, "Upload too large"), (422, "Invalid input"),
+        (429, "Too many costly requests from this caller; retry after Retry-After seconds"),
         (500, "Stored bytes failed their hash check"), (502, "The HuggingFace Hub failed or refused"),
-        (503, "Database schema out of date"))
+        (503, "Database schema out of date, or the server is busy generating projections; retry"))
 }
 
 
@@ -53,7 +54,10 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
-        return problem(status(exc), exc.code, str(exc), request.url.path)
+        response = problem(status(exc), exc.code, str(exc), request.url.path)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

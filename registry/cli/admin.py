@@ -57,8 +57,8 @@ def fsck(
 def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None:
     """Delete blobs and projections that no version references."""
     result = open_registry(load_settings(database_url, storage_url)).gc()
-    console.print(f"removed {result['blobs_removed']} unreferenced blobs and {result['leftovers_removed']} leftovers of "
-                  "killed publishes")
+    console.print(f"removed {result['blobs_removed']} unreferenced blobs and {result['leftovers_removed']} "
+                  "leftovers of killed publishes")
 
 
 def token_create(

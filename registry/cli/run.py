@@ -41,7 +41,8 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     console.print(f"vera-registry on http://{host}:{port} - {mode}\n  database {registry.db.engine.url!r}\n"
                   f"  storage  {registry.blobs.url}")
     options = ApiOptions(require_tokens=require, anonymous_read=settings.anonymous_read,
-                         max_upload_bytes=settings.max_upload_bytes)
+                         max_upload_bytes=settings.max_upload_bytes,
+                         costly_requests_per_minute=settings.costly_requests_per_minute)
     if with_worker:
         worker = Worker(jobs, log=lambda line: console.print(f"[dim]worker:[/] {line}"))
         threading.Thread(target=worker.run_forever, name="vera-worker", daemon=True).start()

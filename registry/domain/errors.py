@@ -10,7 +10,8 @@
     ├── Unauthorized              no valid token                                                (401)
     ├── Forbidden                 a valid token without the right to do this                    (403)
     ├── HubError                  the HuggingFace Hub refused, failed or could not be reached   (502)
-    └── Busy                      costly work (generating projections) is at capacity; retry    (503)
+    ├── Busy                      costly work (generating projections) is at capacity; retry    (503)
+    └── RateLimited               this caller sent too many costly requests; retry after a while (429)
 
 HTTP_STATUS is the one table from this tree to HTTP statuses (the API answers with it, the client reads it back).
 Messages say what was expected, what was found, and how to fix it.
@@ -73,10 +74,20 @@ class Busy(RegistryError):
     code = "busy"
 
 
+class RateLimited(RegistryError):
+    """Too many costly requests from one caller; ``retry_after`` seconds until the next is allowed."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 #: The one table from the exception tree to HTTP statuses (most specific first).
 HTTP_STATUS: dict[type[RegistryError], int] = {
     ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
-    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502, Busy: 503,
+    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502, Busy: 503, RateLimited: 429,
 }
 
 

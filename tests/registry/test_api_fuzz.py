@@ -3,12 +3,16 @@ no 5xx, and every response matches the documented status codes, content types an
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -65,3 +69,47 @@ def test_api_conforms_to_its_schema(api_schema: schemathesis.BaseSchema) -> None
 
         check()
 
+
+
+def _safetensors(header: dict[str, object], payload: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + payload
+
+
+NAMES = ["base_model.model.q.vera_lambda_b", "base_model.model.q.vera_lambda_d", "base_model.vera_A",
+         "base_model.vera_B", "base_model.model.classifier.weight"]
+METADATA_VALUES = st.one_of(st.text(max_size=30), st.just("4,50000000,16"), st.just("4,64,16"),
+                            st.just('{"q": 64}'), st.just('{"q": "x"}'), st.just("-1,0,9"))
+TENSORS = st.fixed_dictionaries({
+    "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F64", "XX"]),
+    "shape": st.lists(st.integers(min_value=0, max_value=2**40), max_size=3),
+    "data_offsets": st.lists(st.integers(min_value=0, max_value=2**40), min_size=2, max_size=2),
+})
+HEADERS = st.builds(
+    lambda tensors, metadata: {**tensors, "__metadata__": metadata},
+    st.dictionaries(st.sampled_from(NAMES), TENSORS, max_size=4),
+    st.dictionaries(st.sampled_from(["format", "vera_core.projection_shape", "vera_core.layer_in_features",
+                                     "vera_core.projection_generator", "vera_core.projection_fingerprint"]),
+                    METADATA_VALUES, max_size=5),
+)
+
+
+def test_publish_survives_crafted_safetensors_headers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Headers that lie about dtypes, shapes, offsets and vera_core's metadata: 413/422, never a 5xx, no hang."""
+    root = tmp_path_factory.mktemp("crafted")
+    config = make_adapter(root / "a").joinpath("adapter_config.json").read_bytes()
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_MAX_UPLOAD_BYTES="65536") as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+
+        @given(header=HEADERS, payload=st.binary(max_size=256))
+        @settings(max_examples=MAX_EXAMPLES * 3, deadline=None, database=None, derandomize=DERANDOMIZE,
+                  suppress_health_check=list(HealthCheck))
+        def check(header: dict[str, object], payload: bytes) -> None:
+            files = {"adapter_config": ("adapter_config.json", config),
+                     "adapter_model": ("adapter_model.safetensors", _safetensors(header, payload))}
+            response = http.post("/api/v1/adapters/fuzz/crafted/versions", files=files,
+                                 data={"base_model": "tiny-llama"})
+            assert response.status_code in (201, 413, 422), response.text
+            assert response.headers["content-type"] == "application/problem+json" or response.status_code == 201
+
+        check()

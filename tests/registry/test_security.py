@@ -258,3 +258,25 @@ def test_fsck_finds_and_gc_removes_what_a_killed_publish_left(registry: Registry
     assert registry.gc()["leftovers_removed"] >= 2
     assert not partial.exists() and not upload.exists() and fresh.exists()
     assert registry.fsck()["partial_blobs"] == []
+
+
+def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
+                        VERA_COSTLY_REQUESTS_PER_MINUTE="3") as base:
+        db = Database(url)
+        alice, bob = (create_token(db, owner=o, scopes=["read", "publish"])[1] for o in ("alice", "bob"))
+        db.engine.dispose()
+        files = {part: (f, (make_adapter(tmp_path / "a") / f).read_bytes()) for part, f in (
+            ("adapter_config", "adapter_config.json"), ("adapter_model", "adapter_model.safetensors"))}
+        assert httpx.post(f"{base}/api/v1/adapters/alice/m/versions", files=files, data={"base_model": "tiny"},
+                          headers={"Authorization": f"Bearer {alice}"}).status_code == 201
+        verify = f"{base}/api/v1/adapters/alice/m/versions/1/verify"
+        answers = [httpx.post(verify, headers={"Authorization": f"Bearer {alice}"}, timeout=60) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[3].headers["content-type"] == "application/problem+json" and int(
+            answers[3].headers["retry-after"]) >= 1 and "VERA_COSTLY_REQUESTS_PER_MINUTE" in answers[3].text
+        # another caller has its own budget, and cheap reads are not counted
+        assert httpx.post(verify, headers={"Authorization": f"Bearer {bob}"}, timeout=60).status_code == 200
+        assert httpx.get(f"{base}/api/v1/adapters/alice/m/versions/1",
+                         headers={"Authorization": f"Bearer {alice}"}).status_code == 200

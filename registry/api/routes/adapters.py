@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
+from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
 from registry.domain.schemas import UPLOAD_PREFIX, Page, VerificationReport, VersionInfo, json_object
 from registry.services.search import MAX_PAGE, SORTS
@@ -79,7 +80,7 @@ def get_version(_: Reader, registry: RegistryDep, owner: str, name: str, selecto
 
 
 @router.post(f"{VERSION}/verify", response_model=VerificationReport)
-def verify(_: Reader, registry: RegistryDep, owner: str, name: str, selector: str) -> VerificationReport:
+def verify(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str) -> VerificationReport:
     return registry.verify(ref_of(owner, name, selector))
 
 

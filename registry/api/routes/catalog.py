@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from registry.api.deps import Reader, RegistryDep
+from registry.api.ratelimit import CostlyReader
 from registry.domain.schemas import BaseModelInfo, Comparison
 
 router = APIRouter(prefix="/api/v1")
@@ -18,7 +19,7 @@ class CompareBody(BaseModel):
 
 
 @router.post("/compare", response_model=Comparison)
-def compare(_: Reader, registry: RegistryDep, body: CompareBody) -> Comparison:
+def compare(_: CostlyReader, registry: RegistryDep, body: CompareBody) -> Comparison:
     return registry.compare(body.refs)
 
 

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
-from registry.api.deps import Reader, RegistryDep, ref_of
+from registry.api.deps import RegistryDep, ref_of
+from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import CHUNK
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES
@@ -23,7 +24,7 @@ MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
                 "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
                 304: {"description": "Not modified (If-None-Match matched the ETag)"}})
 def download(
-    _: Reader, registry: RegistryDep, owner: str, name: str, selector: str, filename: str,
+    _: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str, filename: str,
     projection: Annotated[bool, Query(description="always materialise A and B (by default they are included "
                                       "unless PEFT's own generator regenerates them)")] = False,
     seed_only: Annotated[bool, Query(description="leave A and B out even where PEFT cannot regenerate them "
