@@ -3,6 +3,7 @@ status, fsck, gc, token create / revoke / list, base register, worker and serve.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -66,12 +67,16 @@ def token_create(
     scope: Annotated[list[str], typer.Option(help="read, publish, hub (may use the server's VERA_HUB_TOKEN) or admin; "
                                              "repeat for several.")],
     name: Annotated[str, typer.Option(help="A label.")] = "",
+    expires_days: Annotated[float | None, typer.Option(help="Days until the token stops working (default: never).")
+                            ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token; the secret is printed once and only its hash is stored."""
     registry = open_registry(load_settings(database_url))
-    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name)
-    console.print(f"token {token_id} for {owner} {sorted(set(scope))}:")
+    expires = timedelta(days=expires_days) if expires_days is not None else None
+    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_in=expires)
+    console.print(f"token {token_id} for {owner} {sorted(set(scope))}"
+                  + (f", expires in {expires_days:g} days" if expires_days is not None else "") + ":")
     print(secret)
 
 
@@ -83,10 +88,10 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], dat
 
 def token_list(database_url: DatabaseUrl = None) -> None:
     """List tokens (never their secrets)."""
-    table = Table("id", "owner", "name", "scopes", "revoked", "last used")
+    table = Table("id", "owner", "name", "scopes", "revoked", "last used", "expires")
     for t in list_tokens(open_registry(load_settings(database_url)).db):
-        table.add_row(str(t["id"]), str(t["owner"]), str(t["name"]), ",".join(t["scopes"]),  # type: ignore[arg-type]
-                      str(t["revoked"]), str(t["last_used_at"] or "-"))
+        table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), str(t.revoked), str(t.last_used_at or "-"),
+                      str(t.expires_at or "never"))
     console.print(table)
 
 
@@ -120,8 +125,6 @@ def worker(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Claim and run fine-tune jobs from the registry database (several workers may share it)."""
-    from datetime import timedelta
-
     from registry.services.jobs import Jobs
     from registry.worker import Worker
 

@@ -138,6 +138,19 @@ class AuditEventInfo(BaseModel):
     detail: dict[str, Any]
 
 
+class TokenInfo(BaseModel):
+    """An access token as `vera token list` shows it: never its secret."""
+
+    id: int
+    owner: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked: bool
+    last_used_at: datetime | None
+    expires_at: datetime | None
+
+
 class StoreCounts(BaseModel):
     """What the registry holds (the /metrics gauges)."""
 

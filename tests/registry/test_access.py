@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from registry.api import is_loopback
 from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database
+from registry.store.models import AccessToken
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
 
-ROLES = {"none": None, "read": ["read"], "other-publisher": ["read", "publish"],
+ROLES = {"none": None, "expired": ["admin"], "read": ["read"], "other-publisher": ["read", "publish"],
          "publisher": ["read", "publish", "hub"], "admin": ["admin"]}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
@@ -44,6 +48,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         tokens = {role: create_token(db, owner="mallory" if role == "other-publisher" else "alice",
                                      scopes=scopes)[1] for role, scopes in ROLES.items() if scopes}
         plain_publisher = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        with db.session() as s:  # an admin token whose time ran out
+            digest = hashlib.sha256(tokens["expired"].encode()).hexdigest()
+            s.execute(update(AccessToken).where(AccessToken.token_hash == digest)
+                      .values(expires_at=datetime.now(UTC) - timedelta(minutes=1)))
         db.engine.dispose()
         yield {"url": base, "tokens": tokens, "source": source, "plain_publisher": plain_publisher}
 
@@ -91,10 +99,10 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     scope, owner_sensitive = ROUTES[route]
-    allowed = role == "admin" or role == "publisher" or (
+    allowed = role in ("admin", "publisher") or (
         role != "none" and (scope == "read" or (role == "other-publisher" and not owner_sensitive)))
-    if role == "none":
-        assert status == 401
+    if role in ("none", "expired"):
+        assert status == 401, f"{role} {route}: {status}"
     elif allowed:
         assert status in (200, 201, 204), f"{role} {route}: {status}"
     else:

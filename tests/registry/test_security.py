@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from registry.domain.errors import Busy, InvalidInput
+from registry.domain.errors import Busy, InvalidInput, Unauthorized
 from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from registry.services.tokens import create_token
+from registry.services.tokens import authenticate, create_token, list_tokens
 from registry.services.validation import ProjectionBudget
 from registry.store.database import Database
+from registry.store.models import AccessToken
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig
@@ -280,3 +282,18 @@ def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
         assert httpx.post(verify, headers={"Authorization": f"Bearer {bob}"}, timeout=60).status_code == 200
         assert httpx.get(f"{base}/api/v1/adapters/alice/m/versions/1",
                          headers={"Authorization": f"Bearer {alice}"}).status_code == 200
+
+
+def test_tokens_expire(registry: Registry) -> None:
+    with pytest.raises(InvalidInput, match="must live a positive time"):
+        create_token(registry.db, owner="ann", scopes=["read"], expires_in=timedelta(0))
+    token_id, secret = create_token(registry.db, owner="ann", scopes=["read"], expires_in=timedelta(days=1))
+    assert authenticate(registry.db, secret).owner == "ann"
+    with registry.db.session() as s:  # a day later
+        row = s.get(AccessToken, token_id)
+        assert row is not None and row.expires_at is not None
+        row.expires_at -= timedelta(days=1, seconds=1)
+    with pytest.raises(Unauthorized, match="The token expired at .* ask for a new one"):
+        authenticate(registry.db, secret)
+    listed = {t.id: t for t in list_tokens(registry.db)}
+    assert listed[token_id].expires_at is not None and not listed[token_id].revoked
