@@ -26,7 +26,8 @@ class Analysis:
     def compare(self, refs: list[str]) -> Comparison:
         """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas.
 
-        Each delta is the layer's own: A and B sliced to its (out, in) as the forward does. A cosine is None where
+        Each delta is the layer's own: A and B sliced to its (out, in) as the forward does, and the cosines come from
+        r x r products of its factors, so memory grows with (out + in) * r, never out * in. A cosine is None where
         the two layers differ in shape or a layer's input size is unknown (a PEFT-written adapter whose base model's
         shapes are not declared)."""
         if not 2 <= len(refs) <= 8:
@@ -46,8 +47,11 @@ class Analysis:
                           layers=[_compare_layer(path, loaded) for path in layers])
 
 
+Factors = tuple[torch.Tensor, torch.Tensor]  # (lora_A (r, in), lora_B (out, r)) of one layer's delta, float64
+
+
 def _compare_layer(path: str, loaded: list[Loaded]) -> LayerComparison:
-    deltas: list[torch.Tensor | None] = []
+    factors: list[Factors | None] = []
     d_norms, b_norms = [], []
     for tensors, in_features in loaded:
         d, b = tensors[f"{PEFT_PREFIX}{path}{LAMBDA_D}"], tensors[f"{PEFT_PREFIX}{path}{LAMBDA_B}"]
@@ -55,18 +59,24 @@ def _compare_layer(path: str, loaded: list[Loaded]) -> LayerComparison:
         b_norms.append(float(b.norm()))
         width = in_features.get(path)
         if width is None:
-            deltas.append(None)
+            factors.append(None)
             continue
         a_full, b_full = (tensors[k] for k in PROJECTION_KEYS)
         lora_a, lora_b = delta_factors(d, b, a_full, b_full, int(width))
-        deltas.append(lora_b @ lora_a)  # (out, in)
-    cos = [[_cosine(x, y) for y in deltas] for x in deltas]
+        factors.append((lora_a.double(), lora_b.double()))
+    cos = [[_cosine(x, y) for y in factors] for x in factors]
     return LayerComparison(module=path, d_norms=d_norms, b_norms=b_norms, delta_cosine=cos)
 
 
-def _cosine(x: torch.Tensor | None, y: torch.Tensor | None) -> float | None:
-    """Cosine of two weight deltas of the same shape; None when there is nothing comparable."""
-    if x is None or y is None or x.shape != y.shape:
+def _inner(x: Factors, y: Factors) -> float:
+    """<B1 A1, B2 A2> (Frobenius) = sum((B1^T B2) * (A1 A2^T)): r x r products, never the (out, in) deltas."""
+    (a1, b1), (a2, b2) = x, y
+    return float(((b1.T @ b2) * (a1 @ a2.T)).sum())
+
+
+def _cosine(x: Factors | None, y: Factors | None) -> float | None:
+    """Cosine of two layers' weight deltas of the same shape; None when there is nothing comparable."""
+    if x is None or y is None or x[1].shape[0] != y[1].shape[0] or x[0].shape[1] != y[0].shape[1]:
         return None
-    denom = float(x.norm() * y.norm())
-    return float((x * y).sum()) / denom if denom > 0 else None
+    denom = (_inner(x, x) * _inner(y, y)) ** 0.5
+    return _inner(x, y) / denom if denom > 0 else None
