@@ -10,16 +10,18 @@ from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 
 
-def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True) -> Registry:
+def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True,
+                  create_if_empty: bool = False) -> Registry:
     """A Registry over the configured database and storage.
 
     The embedded default (a SQLite file under VERA_DATA_DIR, no VERA_DATABASE_URL) is created or upgraded at first
-    start. Any other database must already be at the current schema; otherwise this refuses and names the command.
+    start; with ``create_if_empty`` (the servers) so is any database without a schema, as there is nothing to lose.
+    A database at an older schema must be upgraded on purpose: this refuses and names the command.
     """
     settings = settings or Settings()
     db = Database(settings.resolved_database_url)
     try:
-        if settings.database_url is None and upgrade_embedded:
+        if (settings.database_url is None and upgrade_embedded) or (create_if_empty and db.is_empty()):
             db.upgrade()
         db.check_schema()
         budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations)

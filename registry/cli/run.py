@@ -29,7 +29,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     from registry.services.jobs import Jobs
     from registry.worker import Worker
 
-    registry = open_registry(settings)
+    registry = open_registry(settings, create_if_empty=True)
     jobs = Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models)
     require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
     if require:

@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.domain.errors import SchemaOutOfDate
@@ -81,6 +81,10 @@ class Database:
             config = alembic_config(self.url)
             config.attributes["connection"] = conn
             command.downgrade(config, revision)
+
+    def is_empty(self) -> bool:
+        """No registry table and no schema revision: a database never used by the registry (or downgraded to base)."""
+        return self.current_revision() is None and set(inspect(self.engine).get_table_names()) <= {"alembic_version"}
 
     def check_schema(self) -> None:
         """Refuse to run on a schema that is not at head, with the command that fixes it."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -14,6 +16,7 @@ from registry.domain.errors import SchemaOutOfDate
 from registry.settings import Settings
 from registry.store.database import Database
 from registry.store.models import Base
+from tests.registry.servers import free_port, running_vera
 from tests.registry.test_cli import vera
 
 
@@ -65,3 +68,22 @@ def test_db_commands(tmp_path: Path) -> None:
     assert down.returncode == 0 and "base (empty)" in down.stdout
     refused = vera("fsck", "--database-url", url)
     assert refused.returncode == 1 and "Run `vera db upgrade`" in refused.stderr
+
+
+def test_the_server_creates_the_schema_of_an_empty_database_and_refuses_an_old_one(database_url: str,
+                                                                                   tmp_path: Path) -> None:
+    def serve(url: str) -> AbstractContextManager[str]:  # not running_server, which upgrades the database first
+        port = free_port()
+        return running_vera(["serve", "--port", str(port)], port, VERA_DATABASE_URL=url,
+                            VERA_STORAGE_URL=str(tmp_path / "blobs"))
+
+    db = Database(database_url)
+    assert db.is_empty()
+    with serve(database_url) as url:  # empty: nothing to lose
+        assert httpx.get(f"{url}/ready").json()["ready"] is True
+    assert db.current_revision() == db.head_revision()
+    db.downgrade("0004")  # an older schema is upgraded on purpose only
+    db.engine.dispose()
+    with pytest.raises(RuntimeError, match=r"(?s)revision 0004, but this version.*vera db\s+upgrade"), \
+            serve(database_url):
+        pass
