@@ -7,11 +7,16 @@ import json
 import os
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from registry.domain.errors import HTTP_STATUS, InvalidInput, RegistryError
+
+if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
+    import torch
+
+    from vera_core.model import VeraModel
 from registry.domain.schemas import (
     ADAPTER_FILES,
     BaseModelInfo,
@@ -123,6 +128,24 @@ class RegistryClient:
 
         write_adapter_files(root, files)
         return root
+
+    def load_adapter(self, base_model: torch.nn.Module, ref: str | Ref, *, is_trainable: bool = False,
+                     cache_dir: str | os.PathLike[str] | None = None) -> VeraModel:
+        """``base_model`` with the version ``ref`` names loaded: one line, like PEFT's ``from_pretrained``.
+
+        The version's files are cached under ``cache_dir`` (default: VERA_CACHE_DIR, else ~/.cache/vera-registry)
+        by version number, as versions never change; the next load of the same version downloads nothing. A
+        seed-reproducible version is fetched seed-only and its projections regenerated here, checked against the
+        recorded fingerprint (vera_core.load_adapter), so what runs is proven to be what was trained."""
+        from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+        from vera_core.checkpoint import load_adapter as load
+
+        info = self.get(ref)
+        root = Path(cache_dir or os.environ.get("VERA_CACHE_DIR") or Path.home() / ".cache" / "vera-registry")
+        folder = root / "adapters" / info.owner / info.name / str(info.version)  # names checked: no "/" or ".."
+        if not ((folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()):
+            self.fetch(info.ref, folder, seed_only=info.seed_reproducible, with_projection=not info.seed_reproducible)
+        return load(base_model, folder, is_trainable=is_trainable)
 
     def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, seed_only: bool = False,
                  as_lora: bool = False) -> bytes:
@@ -244,3 +267,10 @@ class RegistryClient:
     def delete(self, ref: str) -> None:
         info = self.get(ref)
         self._request("DELETE", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}")
+
+
+def load_adapter(base_model: torch.nn.Module, ref: str | Ref, *, registry: str | None = None,
+                 token: str | None = None, is_trainable: bool = False) -> VeraModel:
+    """``load_adapter(base, "you/polarity@prod")``: RegistryClient(registry, token).load_adapter(base, ref)."""
+    with RegistryClient(registry, token) as client:
+        return client.load_adapter(base_model, ref, is_trainable=is_trainable)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from registry.client import RegistryClient, RegistryUnavailable
+from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
 from registry.store.database import Database
@@ -280,3 +281,25 @@ def test_fetch_as_lora_loads_in_peft_as_a_lora(clients: Clients, local: tuple[st
         tmp_path / "lora/adapter_model.safetensors").read_bytes()
     readme = httpx.get(f"{url}/api/v1/adapters/lora/llama/versions/1/files/README.md", params={"format": "lora"})
     assert readme.status_code == 404 and "has no README.md" in readme.json()["detail"]
+
+
+def test_one_line_load_from_the_registry_with_a_cache(
+    clients: Clients, local: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = local
+    model = make_model(seed=9)
+    client = clients(url)
+    info = client.publish(save_adapter(model, tmp_path / "src"), "oneline/m", base_model="tiny-llama")
+    client.set_alias(info.ref, "prod")
+    monkeypatch.setenv("VERA_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = load_adapter_from_registry(LLAMA.make(), "oneline/m@prod", registry=url)
+    torch.testing.assert_close(vera_logits(loaded), vera_logits(model), rtol=0, atol=0)
+    cached = tmp_path / "cache" / "adapters" / "oneline" / "m" / "1"
+    assert not read_adapter(cached).has_projection  # seed-only: A and B regenerated here, fingerprint checked
+
+    def offline(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("the cached version was downloaded again")
+
+    monkeypatch.setattr(RegistryClient, "download", offline)
+    again = client.load_adapter(LLAMA.make(), "oneline/m:1")
+    torch.testing.assert_close(vera_logits(again), vera_logits(model), rtol=0, atol=0)
