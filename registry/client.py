@@ -167,6 +167,11 @@ class RegistryClient:
         return [BaseModelInfo.model_validate(b) for b in self._request("GET", "/api/v1/base-models").json()]
 
     # ---- writes --------------------------------------------------------------------------------------------
+    def register_base_model(self, name: str, config: dict[str, Any], *, revision: str = "") -> BaseModelInfo:
+        """Declare a base model's layer shapes from its transformers config (the content of config.json)."""
+        body = {"name": name, "revision": revision, "config": config}
+        return BaseModelInfo.model_validate(self._request("POST", "/api/v1/base-models", json=body).json())
+
     def publish(
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",

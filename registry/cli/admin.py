@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from registry.bootstrap import open_registry
-from registry.cli.common import DatabaseUrl, StorageUrl, console, load_settings
+from registry.cli.common import DatabaseUrl, RegistryUrl, StorageUrl, Token, call_registry, console, load_settings
+from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
 from registry.services.tokens import create_token, list_tokens, revoke_token
 from registry.store.database import Database
@@ -100,12 +101,20 @@ def base_register(
     config: Annotated[Path, typer.Option(help="Its transformers config.json (no weights needed).")],
     revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+    registry_url: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Declare a base model's exact layer shapes (run on the registry's machine): publishes are then checked against
-    them, and adapters that do not record their layer sizes (PEFT's) can be exported as LoRA."""
-    registry = open_registry(load_settings(database_url, storage_url))
-    before = {b.revision: b.shapes_source for b in registry.list_base_models() if b.name == name}
-    info = registry.register_base_model_from_config(name=name, revision=revision, config_path=str(config))
+    """Declare a base model's exact layer shapes: publishes are then checked against them, seed-only adapters PEFT
+    wrote can be published, and adapters that do not record their layer sizes can be exported as LoRA. Over HTTP
+    (publish scope) unless a database URL is given (then on the registry's machine)."""
+    if database_url is None:
+        body = read_json_object(config, "--config")
+        known = call_registry(registry_url, token, lambda c: c.base_models())
+        before = {b.revision: b.shapes_source for b in known if b.name == name}
+        info = call_registry(registry_url, token, lambda c: c.register_base_model(name, body, revision=revision))
+    else:
+        registry = open_registry(load_settings(database_url, storage_url))
+        before = {b.revision: b.shapes_source for b in registry.list_base_models() if b.name == name}
+        info = registry.register_base_model_from_config(name=name, revision=revision, config_path=str(config))
     was = before.get(revision)
     how = {None: "new", "implied": "upgraded from the shapes its published adapters implied, which agree"}.get(
         was, "already declared with these shapes")

@@ -25,10 +25,16 @@ def publish(
                        ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag; repeat for several.")] = None,
     description: Annotated[str, typer.Option(help="Description.")] = "",
+    base_config: Annotated[Path | None, typer.Option(
+        help="The base model's transformers config.json: declares its layer shapes first (needed for seed-only "
+             "adapters PEFT wrote).")] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Publish an adapter directory as the next version of owner/name."""
     values = _metrics_file(metrics)
+    if base_config is not None:
+        config = read_json_object(base_config, "--base-config")
+        call_registry(registry, token, lambda c: c.register_base_model(base_model, config, revision=base_revision))
     info = call_registry(registry, token, lambda c: c.publish(directory, name, base_model=base_model,
                                                               base_revision=base_revision, metrics=values,
                                                               tags=tag or [], description=description))
@@ -36,14 +42,19 @@ def publish(
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
 
 
-def _metrics_file(path: Path | None) -> dict[str, object]:
-    if path is None:
-        return {}
+def read_json_object(path: Path, what: str) -> dict[str, object]:
+    """A JSON object from a file the caller names, or InvalidInput saying what is wrong with it."""
     try:
         text = path.read_bytes()
     except OSError as exc:
-        raise InvalidInput(f"--metrics {path}: not a readable file ({exc}).") from exc
-    data = json_object(text, f"--metrics {path}")
+        raise InvalidInput(f"{what} {path}: not a readable file ({exc}).") from exc
+    return json_object(text, f"{what} {path}")
+
+
+def _metrics_file(path: Path | None) -> dict[str, object]:
+    if path is None:
+        return {}
+    data = read_json_object(path, "--metrics")
     return published_metrics(data) if "final_eval" in data else data
 
 

@@ -3,14 +3,14 @@ adapters published for them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput
-from registry.domain.schemas import BaseModelInfo
+from registry.domain.schemas import BaseModelInfo, check_text
 from registry.services.shapes import declared_layers, in_features_json, match_path, shapes_fingerprint, shapes_of
 from registry.store import models as m
 from registry.store.database import Database
@@ -39,10 +39,15 @@ class BaseModels:
 
     def register(
         self, *, name: str, revision: str = "", model: torch.nn.Module | None = None,
-        shapes: dict[str, list[int]] | None = None,
+        shapes: dict[str, list[int]] | None = None, actor: str | None = None,
     ) -> BaseModelInfo:
         """Declare a base model's exact layer shapes, from a model (meta device is fine) or a shapes mapping.
-        Shapes that earlier publishes implied become declared ones if they agree; otherwise Conflict says where."""
+        Shapes that earlier publishes implied become declared ones if they agree; otherwise Conflict says where.
+        With ``actor`` (a caller of the API) the declaration is audited."""
+        check_text(name, "Base model name", max_length=200)
+        check_text(revision, "Base model revision", max_length=100)
+        if not name:
+            raise InvalidInput("A base model needs a name (a Hub id or the name adapters are published with).")
         if (model is None) == (shapes is None):
             raise InvalidInput("Pass exactly one of model or shapes to register a base model.")
         declared = shapes_of(model) if model is not None else {k: list(v) for k, v in (shapes or {}).items()}
@@ -66,19 +71,37 @@ class BaseModels:
                                        f"shapes contradict ({shape}).")
                 row.shapes, row.shapes_fingerprint, row.shapes_source = declared, fp, "declared"
             s.flush()
+            if actor is not None:
+                s.add(m.AuditEvent(actor=actor, action="base-register", target=f"{name}@{revision}",
+                                   detail={"layers": len(declared), "fingerprint": fp}))
             return base_info(row)
 
     def register_from_config(self, *, name: str, revision: str = "", config_path: str) -> BaseModelInfo:
         """Exact shapes from a transformers config.json, built on the meta device (no weights, no memory)."""
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig
 
         try:
             config = AutoConfig.from_pretrained(config_path)
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"{config_path} is not a transformers config: {exc}") from exc
-        with torch.device("meta"):
-            model = AutoModel.from_config(config)  # type: ignore[no-untyped-call]
-        return self.register(name=name, revision=revision, model=model)
+        return self.register(name=name, revision=revision, model=_meta_model(config))
+
+    def register_from_config_dict(self, *, name: str, revision: str = "", config: dict[str, Any],
+                                  actor: str) -> BaseModelInfo:
+        """Exact shapes from the content of a transformers config.json sent by a caller (any architecture
+        transformers knows; never remote code), built on the meta device; audited."""
+        from transformers import AutoConfig
+
+        _check_depth(config)
+        kind = config.get("model_type")
+        if not isinstance(kind, str):
+            raise InvalidInput("The config has no model_type; send the base model's transformers config.json.")
+        try:
+            parsed = AutoConfig.for_model(kind, **{k: v for k, v in config.items() if k != "model_type"})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidInput(f"Not a transformers config transformers knows ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}).") from exc
+        return self.register(name=name, revision=revision, model=_meta_model(parsed), actor=actor)
 
     def list(self) -> list[BaseModelInfo]:
         with self.db.session() as s:
@@ -134,3 +157,29 @@ class BaseModels:
             if merged != row.shapes:
                 row.shapes, row.shapes_fingerprint = merged, shapes_fingerprint(merged)
         return row
+
+
+#: Config fields that multiply the modules a model builds; bounded so a config cannot make the server build forever.
+_DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
+                 "num_experts", "num_local_experts")
+MAX_DEPTH = 1024
+
+
+def _check_depth(config: dict[str, Any]) -> None:
+    for key in _DEPTH_FIELDS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DEPTH):
+            raise InvalidInput(f"{key}={str(value)[:40]} in the config is not an integer between 0 and {MAX_DEPTH}.")
+
+
+def _meta_model(config: Any) -> torch.nn.Module:
+    """The model a config describes, on the meta device: shapes without weights or memory (never remote code)."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            model: torch.nn.Module = AutoModel.from_config(config, trust_remote_code=False)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidInput(f"transformers cannot build a model from this config ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}).") from exc
+    return model

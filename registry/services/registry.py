@@ -3,7 +3,7 @@ CLI, Hub sync, jobs and tests use. Each operation belongs to one service module 
 transaction unless its docstring says why not; all return domain objects (registry.domain.schemas), never ORM
 rows.
 
-    base models   registry.services.base_models    register, register_from_config, list
+    base models   registry.services.base_models    register, register_from_config(_dict), list
     publish       registry.services.publishing     publish (validation: registry.services.validation)
     versions      registry.services.versions       get, files, fetch, set_alias, remove_alias, yank, delete, audit
     search        registry.services.search         list_versions
@@ -42,6 +42,7 @@ class Registry:
         self.status = Status(db, blobs)
         self.register_base_model = self.base_models.register
         self.register_base_model_from_config = self.base_models.register_from_config
+        self.register_base_model_from_config_dict = self.base_models.register_from_config_dict
         self.list_base_models = self.base_models.list
         self.publish = Publisher(db, blobs, self.base_models, budget=budget).publish
         self.get = self.versions.get

@@ -17,7 +17,7 @@ from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database
 from registry.store.models import AccessToken
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
 
@@ -31,7 +31,7 @@ ROUTES = {
     "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
     "jobs": ("read", False), "job": ("read", False), "job-events": ("read", False), "job-submit": ("publish", True),
     "job-cancel": ("publish", True), "hub-status": ("read", False), "hub-push": ("publish", True),
-    "hub-pull": ("publish", True),
+    "hub-pull": ("publish", True), "base-register": ("publish", False),
 }
 
 
@@ -84,6 +84,8 @@ def request_for(route: str, base: str, version: int, source: Path, job: int) -> 
         "hub-push": ("POST", f"{v}/hub/push", {"json": {"repo_id": "alice/pushed"}}),
         "hub-pull": ("POST", f"{base}/api/v1/hub/pull", {"json": {"repo_id": "alice/source", "target": "alice/m",
                                                                   "base_model": "tiny-llama"}}),
+        "base-register": ("POST", f"{base}/api/v1/base-models", {"json": {
+            "name": "tiny-llama-declared", "config": LLAMA.make().config.to_dict()}}),
     }[route]
 
 

@@ -303,3 +303,34 @@ def test_one_line_load_from_the_registry_with_a_cache(
     monkeypatch.setattr(RegistryClient, "download", offline)
     again = client.load_adapter(LLAMA.make(), "oneline/m:1")
     torch.testing.assert_close(vera_logits(again), vera_logits(model), rtol=0, atol=0)
+
+
+def test_base_shapes_declared_over_http_let_seed_only_peft_adapters_publish(
+    clients: Clients, local: tuple[str, Path], tmp_path: Path
+) -> None:
+    """`vera publish --base-config` and `vera base register` over HTTP: no administrator, no database access."""
+    from tests.vera_core.test_peft_interop import peft_model, train_a_little
+
+    url, _ = local
+    theirs = peft_model(LLAMA, seed=13, save_projection=False)
+    train_a_little(theirs, LLAMA)
+    theirs.save_pretrained(tmp_path / "peft")
+    config = LLAMA.make().config
+    config.save_pretrained(tmp_path / "base")
+    refused = vera("publish", str(tmp_path / "peft"), "--name", "remote/p", "--base-model", "llama-remote",
+                   "--registry", url)
+    assert refused.returncode == 1 and "declare its base model's layer shapes first" in refused.stderr
+    published = vera("publish", str(tmp_path / "peft"), "--name", "remote/p", "--base-model", "llama-remote",
+                     "--base-config", str(tmp_path / "base" / "config.json"), "--registry", url)
+    assert published.returncode == 0 and "published remote/p:1" in published.stdout, published.stderr
+    client = clients(url)
+    torch.testing.assert_close(peft_logits(client.fetch("remote/p:1", tmp_path / "fetched")),
+                               theirs(**LLAMA.inputs()).logits.detach(), rtol=0, atol=5e-7)
+    again = vera("base", "register", "llama-other", "--config", str(tmp_path / "base" / "config.json"),
+                 "--registry", url)
+    assert again.returncode == 0 and "registered llama-other@default: 14 layers, declared (new)" in again.stdout
+    for body, message in (({}, "no model_type"), ({"model_type": "no-such-arch"}, "Unrecognized model identifier: no-such-arch"),
+                          ({**config.to_dict(), "num_hidden_layers": 10**9}, "num_hidden_layers=1000000000")):
+        response = httpx.post(f"{url}/api/v1/base-models", json={"name": "bad", "config": body})
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+    assert "bad" not in {b.name for b in client.base_models()}

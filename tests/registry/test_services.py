@@ -429,3 +429,10 @@ def test_base_register_upgrades_an_implied_base_or_says_why_not(registry: Regist
         registry.register_base_model_from_config(name="llama-b", revision="v2",
                                                  config_path=str(tmp_path / "other" / "config.json"))
     assert {(b.name, b.revision): b.shapes_source for b in registry.list_base_models()} == sources
+
+
+def test_base_shapes_from_a_config_sent_by_a_caller_are_audited(registry: Registry) -> None:
+    info = registry.register_base_model_from_config_dict(name="llama-sent", config=LLAMA.make().config.to_dict(),
+                                                         actor="ann")
+    assert (info.shapes_source, info.layers) == ("declared", 14)
+    assert [(e.actor, e.action) for e in registry.audit("llama-sent@")] == [("ann", "base-register")]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from registry.api.deps import Reader, RegistryDep
+from registry.api.deps import Caller, Options, Reader, RegistryDep, authorize
 from registry.api.ratelimit import CostlyReader
 from registry.domain.schemas import BaseModelInfo, Comparison
 
@@ -18,9 +18,24 @@ class CompareBody(BaseModel):
     refs: list[str]
 
 
+class BaseModelBody(BaseModel):
+    name: str = Field(max_length=200, description="the name adapters are published with (a Hub id or a name)")
+    revision: str = Field("", max_length=100)
+    config: dict[str, Any] = Field(description="the base model's transformers config.json (no weights)")
+
+
 @router.post("/compare", response_model=Comparison)
 def compare(_: CostlyReader, registry: RegistryDep, body: CompareBody) -> Comparison:
     return registry.compare(body.refs)
+
+
+@router.post("/base-models", response_model=BaseModelInfo, status_code=201)
+def register_base_model(caller: Caller, options: Options, registry: RegistryDep, body: BaseModelBody) -> BaseModelInfo:
+    """Declare a base model's exact layer shapes from its config (publish scope; audited). Seed-only adapters PEFT
+    wrote can then be published, and any adapter of it exported as LoRA."""
+    who = authorize(caller, options, "publish")
+    return registry.register_base_model_from_config_dict(name=body.name, revision=body.revision, config=body.config,
+                                                         actor=who.owner)
 
 
 @router.get("/base-models", response_model=list[BaseModelInfo])
