@@ -119,7 +119,7 @@ class RegistryClient:
         PEFT loads correctly, ``with_projection`` / ``seed_only`` force A and B in or out (Registry.files);
         ``as_lora`` downloads the equivalent LoRA instead."""
         info = self.get(ref)
-        pinned = f"{info.owner}/{info.name}:{info.version}"
+        pinned = Ref(owner=info.owner, name=info.name, version=info.version)
         names = ADAPTER_FILES[:2] if as_lora else ADAPTER_FILES
         files = {n: self.download(pinned, n, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
                  for n in names}

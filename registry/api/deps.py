@@ -102,4 +102,6 @@ OwnerPublisher = Annotated[Principal, Depends(_owner_publisher)]
 
 def ref_of(owner: str, name: str, selector: str) -> Ref:
     """The version a path names: ``selector`` is a version number or an alias name."""
-    return Ref.parse(f"{owner}/{name}:{selector}" if selector.isdigit() else f"{owner}/{name}@{selector}")
+    if selector.isdigit() and len(selector) <= 9:
+        return Ref.of(owner, name, version=int(selector))
+    return Ref.of(owner, name, alias=selector)

@@ -90,6 +90,14 @@ class Ref(BaseModel):
     alias: str | None = None
 
     @classmethod
+    def of(cls, owner: str, name: str, *, version: int | None = None, alias: str | None = None) -> Ref:
+        """A reference from its parts (path parameters, say), checked like a parsed one (InvalidInput)."""
+        if version is not None and not 1 <= version <= 999_999_999:
+            raise InvalidInput(f"Version {version} is not between 1 and 999999999.")
+        return cls(owner=check_name(owner, "Owner"), name=check_name(name, "Adapter name"), version=version,
+                   alias=check_name(alias, "Alias") if alias is not None and version is None else None)
+
+    @classmethod
     def parse(cls, text: str) -> Ref:
         match = _REF.fullmatch(text) if isinstance(text, str) and len(text) <= 300 else None
         if not match:

@@ -18,6 +18,7 @@ from sqlalchemy import or_, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo, JobStatus, Ref, check_json, check_name
+from registry.services.lookup import version_ref
 from registry.services.registry import Registry
 from registry.store import models as m
 from vera_core.config import VeraConfig
@@ -203,7 +204,7 @@ class Jobs:
         if job.result_version_id is not None:
             version = s.get(m.AdapterVersion, job.result_version_id)
             if version is not None:
-                result_ref = f"{version.adapter.owner}/{version.adapter.name}:{version.version}"
+                result_ref = version_ref(version)
         return JobInfo(id=job.id, status=job.status, owner=job.owner, target_name=job.target_name, spec=job.spec,
                        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                        claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,

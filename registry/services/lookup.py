@@ -48,13 +48,18 @@ def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
     return version
 
 
+def version_ref(v: m.AdapterVersion) -> str:
+    """``owner/name:N`` of a version row."""
+    return str(Ref(owner=v.adapter.owner, name=v.adapter.name, version=v.version))
+
+
 def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None) -> VersionInfo:
     """The domain object of a version row (``aliases`` when the caller already loaded them)."""
     if aliases is None:
         aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
     return VersionInfo(
         owner=v.adapter.owner, name=v.adapter.name, version=v.version,
-        ref=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", aliases=aliases, base_model=v.base_model.name,
+        ref=version_ref(v), aliases=aliases, base_model=v.base_model.name,
         base_revision=v.base_model.revision, r=v.r, seed=int(v.seed), generator=v.generator,
         projection_fingerprint=v.projection_fingerprint, seed_reproducible=v.seed_reproducible,
         target_modules=v.config.get("target_modules"), trainable_parameters=v.trainable_parameters,

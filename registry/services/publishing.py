@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import VersionInfo, check_json, check_name, check_text
 from registry.services.base_models import BaseModels
-from registry.services.lookup import move_latest, version_info
+from registry.services.lookup import move_latest, version_info, version_ref
 from registry.services.validation import CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -157,7 +157,7 @@ class Publisher:
         if on_record is not None:
             on_record(s, version)
         move_latest(s, adapter)
-        s.add(m.AuditEvent(actor=what.published_by, action="publish", target=f"{what.owner}/{what.name}:{number}",
+        s.add(m.AuditEvent(actor=what.published_by, action="publish", target=version_ref(version),
                            detail={"vectors": version.vectors_sha256, "base_model": what.base_model}))
         s.flush()
         return version_info(s, version)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, NotFound
 from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
-from registry.services.lookup import projection_spec, resolve
+from registry.services.lookup import projection_spec, resolve, version_ref
 from registry.services.shapes import match_path
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
@@ -43,7 +43,7 @@ class Verification:
                       "shapes": self._check_shapes(v)}
             status: VerificationStatus = "passed" if all(c["ok"] for c in checks.values()) else "failed"
             now = datetime.now(UTC)
-            report = VerificationReport(ref=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", status=status,
+            report = VerificationReport(ref=version_ref(v), status=status,
                                         checked_at=now, checks=checks)
             v.verification_status, v.verified_at = status, now
             v.verification_report = report.model_dump(mode="json")

@@ -11,7 +11,15 @@ from sqlalchemy import delete, func, select
 
 from registry.domain.errors import Conflict, InvalidInput
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
-from registry.services.lookup import LATEST, layer_in_features, move_latest, resolve, version_info, version_tensors
+from registry.services.lookup import (
+    LATEST,
+    layer_in_features,
+    move_latest,
+    resolve,
+    version_info,
+    version_ref,
+    version_tensors,
+)
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -75,7 +83,7 @@ class Versions:
         write_adapter_files(root, files)
         return root
 
-    def set_alias(self, ref: str, alias: str, *, actor: str) -> VersionInfo:
+    def set_alias(self, ref: str | Ref, alias: str, *, actor: str) -> VersionInfo:
         """Point ``alias`` of the adapter at the version ``ref`` names (``latest`` is managed by the registry)."""
         check_name(alias, "Alias")
         if alias == LATEST:
@@ -103,7 +111,7 @@ class Versions:
             s.delete(row)
             s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}", detail={}))
 
-    def yank(self, ref: str, *, actor: str, yanked: bool = True) -> VersionInfo:
+    def yank(self, ref: str | Ref, *, actor: str, yanked: bool = True) -> VersionInfo:
         """Hide a version from listings and from ``latest``; it stays fetchable by number."""
         with self.db.session() as s:
             v = resolve(s, ref)
@@ -111,21 +119,20 @@ class Versions:
             s.flush()
             move_latest(s, v.adapter)
             s.add(m.AuditEvent(actor=actor, action="yank" if yanked else "unyank",
-                               target=f"{v.adapter.owner}/{v.adapter.name}:{v.version}", detail={}))
+                               target=version_ref(v), detail={}))
             s.flush()
             return version_info(s, v)
 
-    def delete(self, ref: str, *, actor: str) -> None:
+    def delete(self, ref: str | Ref, *, actor: str) -> None:
         """Delete one version (its aliases go with it; ``latest`` moves back). Blobs go at the next gc()."""
         with self.db.session() as s:
             v = resolve(s, ref)
-            adapter, number = v.adapter, v.version
+            adapter, target = v.adapter, version_ref(v)
             s.execute(delete(m.Alias).where(m.Alias.version_id == v.id))
             s.delete(v)
             s.flush()
             move_latest(s, adapter)
-            s.add(m.AuditEvent(actor=actor, action="delete", target=f"{adapter.owner}/{adapter.name}:{number}",
-                               detail={}))
+            s.add(m.AuditEvent(actor=actor, action="delete", target=target, detail={}))
             if not s.scalar(select(func.count()).select_from(m.AdapterVersion)
                             .where(m.AdapterVersion.adapter_id == adapter.id)):
                 s.delete(adapter)

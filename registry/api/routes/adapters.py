@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
-from registry.domain.schemas import UPLOAD_PREFIX, Page, VerificationReport, VersionInfo, json_object
+from registry.domain.schemas import UPLOAD_PREFIX, Page, Ref, VerificationReport, VersionInfo, json_object
 from registry.services.search import MAX_PAGE, SORTS
 from registry.services.validation import MAX_RANK
 
@@ -92,7 +92,7 @@ def verification(_: Reader, registry: RegistryDep, owner: str, name: str, select
 @router.put("/{owner}/{name}/aliases/{alias}", response_model=VersionInfo)
 def put_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, alias: str,
               body: AliasBody) -> VersionInfo:
-    return registry.set_alias(f"{owner}/{name}:{body.version}", alias, actor=who.owner)
+    return registry.set_alias(Ref.of(owner, name, version=body.version), alias, actor=who.owner)
 
 
 @router.delete("/{owner}/{name}/aliases/{alias}", status_code=204)
@@ -104,10 +104,10 @@ def delete_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: s
 @router.post("/{owner}/{name}/versions/{version}/yank", response_model=VersionInfo)
 def yank(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId,
          body: YankBody) -> VersionInfo:
-    return registry.yank(f"{owner}/{name}:{version}", actor=who.owner, yanked=body.yanked)
+    return registry.yank(Ref.of(owner, name, version=version), actor=who.owner, yanked=body.yanked)
 
 
 @router.delete("/{owner}/{name}/versions/{version}", status_code=204)
 def delete_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId) -> Response:
-    registry.delete(f"{owner}/{name}:{version}", actor=who.owner)
+    registry.delete(Ref.of(owner, name, version=version), actor=who.owner)
     return Response(status_code=204)
