@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from registry.domain.errors import HTTP_STATUS, InvalidInput, RegistryError
+from registry.domain.errors import HTTP_STATUS, InvalidInput, NotFound, RegistryError
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
     import torch
@@ -114,15 +115,19 @@ class RegistryClient:
         return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
-              seed_only: bool = False, as_lora: bool = False) -> Path:
+              seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None) -> Path:
         """Download the PEFT directory (pinned to one version even if an alias moves meanwhile): by default files
         PEFT loads correctly, ``with_projection`` / ``seed_only`` force A and B in or out (Registry.files);
-        ``as_lora`` downloads the equivalent LoRA instead."""
+        ``as_lora`` downloads the equivalent LoRA instead (``lora``: the API's max_rank, dtype and for options; a
+        rank-capped export adds README.md with each layer's error)."""
         info = self.get(ref)
         pinned = Ref(owner=info.owner, name=info.name, version=info.version)
         names = ADAPTER_FILES[:2] if as_lora else ADAPTER_FILES
-        files = {n: self.download(pinned, n, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
-                 for n in names}
+        files = {n: self.download(pinned, n, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora,
+                                  lora=lora) for n in names}
+        if as_lora and lora:  # a rank-capped export carries README.md with each layer's error
+            with contextlib.suppress(NotFound):
+                files[ADAPTER_FILES[2]] = self.download(pinned, ADAPTER_FILES[2], as_lora=True, lora=lora)
         root = Path(out_dir)
         from vera_core.checkpoint import write_adapter_files  # (torch is imported only where it is used)
 
@@ -148,8 +153,9 @@ class RegistryClient:
         return load(base_model, folder, is_trainable=is_trainable)
 
     def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, seed_only: bool = False,
-                 as_lora: bool = False) -> bytes:
-        params = {"format": "lora" if as_lora else "vera"}
+                 as_lora: bool = False, lora: dict[str, Any] | None = None) -> bytes:
+        params = {"format": "lora" if as_lora else "vera", **{k: str(v) for k, v in (lora or {}).items()
+                                                                 if v is not None}}
         if with_projection:
             params["projection"] = "true"
         if seed_only:

@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,6 +30,9 @@ from vera_core.serialization import to_bytes
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
+if TYPE_CHECKING:
+    from vera_core.lora import LoraExport
+
 META_GENERATOR = "vera_core.projection_generator"
 META_FINGERPRINT = "vera_core.projection_fingerprint"
 META_SHAPE = "vera_core.projection_shape"  # "r,max_in,max_out"
@@ -327,13 +331,14 @@ def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) ->
         )
 
 
-def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Write the equivalent rank-r LoRA of the adapter at ``src`` in PEFT's LoRA format (vera_core.lora)."""
+def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str], export: LoraExport | None = None) -> Path:
+    """Write the equivalent rank-r LoRA of the adapter at ``src`` in PEFT's LoRA format, or with ``export`` its
+    best rank-K approximation in another dtype (vera_core.lora)."""
     from vera_core.lora import lora_file_bytes
 
     files = read_adapter(src)
     root = Path(dst)
-    write_adapter_files(root, lora_file_bytes(files, *projections_of(files, src)))
+    write_adapter_files(root, lora_file_bytes(files, *projections_of(files, src), export))
     return root
 
 

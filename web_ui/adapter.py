@@ -158,7 +158,8 @@ def downloads(info: VersionInfo) -> None:
                          "is for vera_core; PEFT refuses it with a message.")
     options = forms[form]
     for name in ADAPTER_FILES[:2] if options.get("as_lora") else ADAPTER_FILES:
-        data = session.read(RegistryClient.download, info.ref, name, **options)
+        data = session.read(RegistryClient.download, info.ref, name, with_projection="with_projection" in options,
+                            seed_only="seed_only" in options, as_lora="as_lora" in options)
         st.download_button(f"{name} ({len(data):,} B)", data, file_name=name, key=f"dl-{name}")
     flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
     st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")

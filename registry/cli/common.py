@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
 from registry.settings import Settings
 from vera_core import VeraError
+
+if TYPE_CHECKING:
+    from vera_core.lora import LoraExport
 
 console = Console()
 err_console = Console(stderr=True)
@@ -67,6 +70,22 @@ def call_registry(url: str | None, token: str | None, fn: Callable[[RegistryClie
     """Run ``fn`` with a client of the registry at ``url`` (closed afterwards)."""
     with RegistryClient(url, token) as client:
         return fn(client)
+
+
+MaxRank = Annotated[int | None, typer.Option(help="LoRA export: at most this rank per layer (the best approximation; "
+                                          "the error per layer goes to the export's README.md). Default: r, exact.")]
+LoraDtype = Annotated[str, typer.Option("--dtype", help="LoRA export: float32, bfloat16 or float16.")]
+ForVllm = Annotated[bool, typer.Option("--for-vllm", help="LoRA export: snap the rank down to one vLLM accepts.")]
+
+
+def lora_export(max_rank: int | None, dtype: str, for_vllm: bool) -> LoraExport:
+    """The LoRA export options, checked (a bad value exits with the reason)."""
+    from vera_core.lora import LoraExport
+
+    try:
+        return LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=for_vllm)
+    except VeraError as exc:
+        fail(exc)
 
 
 def as_lora(choice: str) -> bool:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 import vera_core
 from registry.cli import training_options as opt
-from registry.cli.common import console
+from registry.cli.common import ForVllm, LoraDtype, MaxRank, console, lora_export
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec
 
@@ -86,10 +86,15 @@ def export_peft(
 def export_lora(
     src: Annotated[Path, typer.Argument(help="VeRA adapter directory to read.")],
     dst: Annotated[Path, typer.Argument(help="Directory to write the equivalent LoRA to.")],
+    max_rank: MaxRank = None, dtype: LoraDtype = "float32", for_vllm: ForVllm = False,
 ) -> None:
-    """Write the equivalent rank-r LoRA in PEFT's LoRA format (lora_B @ lora_A equals VeRA's delta weight)."""
-    out = vera_core.export_lora(src, dst)
-    console.print(f"wrote {out} (LoRA, r = lora_alpha = VeRA's r)")
+    """Write the equivalent rank-r LoRA in PEFT's LoRA format (lora_B @ lora_A equals VeRA's delta weight), or its
+    best rank-K approximation with --max-rank."""
+    export = lora_export(max_rank, dtype, for_vllm)
+    out = vera_core.export_lora(src, dst, export)
+    rank = json.loads((out / "adapter_config.json").read_text())["r"]
+    console.print(f"wrote {out} (LoRA, r = lora_alpha = {rank}" + (", exact)" if export.max_rank is None else
+                                                                     "; errors per layer in README.md)"))
 
 
 def projection_fingerprint(

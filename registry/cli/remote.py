@@ -10,7 +10,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from registry.cli.common import RegistryUrl, Token, VersionRef, as_lora, call_registry, console, fail
+from registry.cli.common import (
+    ForVllm,
+    LoraDtype,
+    MaxRank,
+    RegistryUrl,
+    Token,
+    VersionRef,
+    as_lora,
+    call_registry,
+    console,
+    fail,
+    lora_export,
+)
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import json_object
 from vera_core.recipes import published_metrics
@@ -67,15 +79,19 @@ def fetch(
                                             "for vera_core, PEFT refuses such a folder).")] = False,
     as_: Annotated[str, typer.Option("--as", help="vera (PEFT's VeRA format) or lora (the equivalent LoRA, for "
                                      "LoRA-only servers such as vLLM).")] = "vera",
+    max_rank: MaxRank = None, dtype: LoraDtype = "float32", for_vllm: ForVllm = False,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Download an adapter in PEFT's format: by default a folder PEFT loads correctly."""
     lora = as_lora(as_)
+    export = lora_export(max_rank, dtype, for_vllm)
+    options = {"max_rank": export.max_rank, "dtype": export.dtype, "for": "vllm" if export.for_vllm else None}
     if with_projection and seed_only:
         fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
     info = call_registry(registry, token, lambda c: c.get(ref))
     call_registry(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection,
-                                                     seed_only=seed_only, as_lora=lora))
+                                                     seed_only=seed_only, as_lora=lora,
+                                                     lora=options if lora else None))
     console.print(f"fetched {info.ref} into {out}")
 
 

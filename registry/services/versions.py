@@ -27,8 +27,9 @@ from registry.store.database import Database
 from vera_core import AdapterFiles, VeraError
 from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes, write_adapter_files
 from vera_core.config import PEFT_GENERATOR, VeraConfig
+from vera_core.errors import VeraConfigError
 from vera_core.keys import PROJECTION_KEYS
-from vera_core.lora import lora_file_bytes
+from vera_core.lora import LoraExport, lora_file_bytes
 
 
 class Versions:
@@ -40,15 +41,16 @@ class Versions:
             return version_info(s, resolve(s, ref))
 
     def files(
-        self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False
+        self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
+        lora: LoraExport | None = None,
     ) -> tuple[VersionInfo, dict[str, bytes]]:
         """The PEFT directory's files as bytes. By default, files PEFT loads correctly: seed-only (tiny) where PEFT's
         own generator regenerates the projections, A and B materialised otherwise. ``with_projection`` always
         materialises them; ``seed_only`` always leaves them out (for vera_core: a portable-generator adapter is then
         written so that PEFT refuses it, see vera_core.config.SEED_ONLY_PEFT_TYPE). A seed-only fetch of a version
         whose projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
-        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora). The same
-        version and options always give the same bytes.
+        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora; ``lora`` caps
+        its rank and sets its dtype). The same version and options always give the same bytes.
         """
         if with_projection and seed_only:
             raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
@@ -68,7 +70,9 @@ class Versions:
         if as_lora:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
             try:
-                return info, lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b)
+                return info, lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b, lora)
+            except VeraConfigError as exc:  # the export's options do not fit this version (a rank over r)
+                raise InvalidInput(f"{info.ref}: {exc}") from exc
             except VeraError as exc:
                 raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
                                f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
@@ -76,9 +80,10 @@ class Versions:
         return info, adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
-              seed_only: bool = False, as_lora: bool = False) -> Path:
+              seed_only: bool = False, as_lora: bool = False, lora: LoraExport | None = None) -> Path:
         """Write the version's PEFT directory to ``out_dir`` (see ``files``)."""
-        _, files = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
+        _, files = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora,
+                              lora=lora)
         root = Path(out_dir)
         write_adapter_files(root, files)
         return root

@@ -334,3 +334,27 @@ def test_base_shapes_declared_over_http_let_seed_only_peft_adapters_publish(
         response = httpx.post(f"{url}/api/v1/base-models", json={"name": "bad", "config": body})
         assert response.status_code == 422 and message in response.json()["detail"], response.text
     assert "bad" not in {b.name for b in client.base_models()}
+
+
+def test_rank_capped_lora_exports_for_serving_engines(clients: Clients, local: tuple[str, Path],
+                                                      tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    url, _ = local
+    model = make_model(seed=3)  # r = 8
+    client = clients(url)
+    info = client.publish(save_adapter(model, tmp_path / "src"), "lora/cap", base_model="tiny-llama")
+    done = vera("fetch", info.ref, "--as", "lora", "--max-rank", "4", "--dtype", "bfloat16", "--out",
+                str(tmp_path / "k4"), "--registry", url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "k4" / "adapter_config.json").read_text())["r"] == 4
+    assert "relative Frobenius error" in (tmp_path / "k4" / "README.md").read_text()
+    PeftModel.from_pretrained(LLAMA.make(), tmp_path / "k4")  # PEFT loads it as a rank-4 LoRA
+    exact = client.fetch(info.ref, tmp_path / "k8", as_lora=True, lora={"max_rank": 8})  # K = r: the exact model
+    torch.testing.assert_close(peft_logits(exact), vera_logits(model), rtol=1e-5, atol=1e-5)
+    too_big = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_config.json",
+                        params={"format": "lora", "max_rank": 64})
+    assert too_big.status_code == 422 and "larger than the adapter's r=8" in too_big.json()["detail"]
+    snapped = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_config.json",
+                        params={"format": "lora", "max_rank": 7, "for": "vllm"})
+    assert snapped.status_code == 200 and snapped.json()["r"] == 1  # vLLM accepts 1, 8, 16, ...: 7 snaps to 1

@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 
 from tests.conftest import TinyModel, output_of
-from vera_core import AdapterFormatError, VeraConfig, VeraModel, export_lora, save_adapter
+from vera_core import AdapterFormatError, VeraConfig, VeraConfigError, VeraModel, export_lora, save_adapter
 
 
 @pytest.mark.parametrize("save_projection", [False, True], ids=["seed-only", "with-projection"])
@@ -39,3 +39,47 @@ def test_adapters_without_layer_sizes_are_refused_clearly(tiny: TinyModel, tmp_p
     with pytest.raises(AdapterFormatError, match="does not record the input size"):
         export_lora(tmp_path / "peft", tmp_path / "lora")
     assert not (tmp_path / "lora").exists()
+
+
+def _trained_llama(tmp_path: Path, r: int = 16) -> tuple[VeraModel, Path]:
+    from tests.conftest import TINY_MODELS
+
+    llama = TINY_MODELS[2]
+    model = VeraModel(llama.make(), VeraConfig(r=r, target_modules=llama.targets, init_weights=False)).eval()
+    return model, save_adapter(model, tmp_path / "vera")
+
+
+def test_a_rank_capped_export_is_the_best_approximation_and_says_how_good(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tests.conftest import TINY_MODELS
+    from vera_core.lora import LoraExport
+
+    llama = TINY_MODELS[2]
+    model, source = _trained_llama(tmp_path)
+    exact = export_lora(source, tmp_path / "exact")
+    full = export_lora(source, tmp_path / "k16", LoraExport(max_rank=16))  # K = r: the same model
+    same = PeftModel.from_pretrained(llama.make(), full).eval()
+    torch.testing.assert_close(output_of(same, llama.inputs()), output_of(model, llama.inputs()), rtol=1e-5, atol=1e-5)
+    assert not (full / "README.md").exists() and not (exact / "README.md").exists()
+    capped = export_lora(source, tmp_path / "k4", LoraExport(max_rank=4, dtype="bfloat16"))
+    assert json.loads((capped / "adapter_config.json").read_text())["r"] == 4
+    tensors = load_file(str(capped / "adapter_model.safetensors"))
+    report = (capped / "README.md").read_text()
+    for name, layer in model.named_vera_layers():
+        key = f"base_model.model.{name}"
+        a_k, b_k = tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"]
+        assert a_k.dtype == torch.bfloat16 and a_k.shape[0] == 4 and b_k.shape[1] == 4
+        delta = layer.get_delta_weight().detach().double()
+        measured = float((delta - b_k.double() @ a_k.double()).norm() / delta.norm())
+        singular = torch.linalg.svdvals(delta)
+        best = float(singular[4:].norm() / singular.norm())  # Eckart-Young: nothing of rank 4 does better
+        assert measured == pytest.approx(best, abs=2e-2)  # bfloat16 storage costs the difference
+        assert f"| `{name}` | {best:.3g} |" in report
+    PeftModel.from_pretrained(llama.make(), capped)  # PEFT loads it as a LoRA of rank 4
+    vllm = export_lora(source, tmp_path / "vllm", LoraExport(max_rank=12, for_vllm=True))
+    assert json.loads((vllm / "adapter_config.json").read_text())["r"] == 8  # snapped to a rank vLLM accepts
+    with pytest.raises(VeraConfigError, match="max_rank=32 is larger than the adapter's r=16"):
+        export_lora(source, tmp_path / "bad", LoraExport(max_rank=32))
+    with pytest.raises(VeraConfigError, match="max_rank must be a positive integer"):
+        LoraExport(max_rank=0)

@@ -14,6 +14,8 @@ from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import CHUNK
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES
+from registry.services.validation import MAX_RANK
+from vera_core.lora import LoraExport
 
 router = APIRouter(prefix="/api/v1/adapters")
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
@@ -30,12 +32,19 @@ def download(
     seed_only: Annotated[bool, Query(description="leave A and B out even where PEFT cannot regenerate them "
                                      "(for vera_core; PEFT refuses such files)")] = False,
     format: Annotated[Literal["vera", "lora"], Query(description="lora: the equivalent rank-r LoRA")] = "vera",
+    max_rank: Annotated[int | None, Query(ge=1, le=MAX_RANK, description="lora: at most this rank per layer (the "
+                                          "best approximation; errors per layer in README.md)")] = None,
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], Query(description="lora: the tensors' dtype")
+                     ] = "float32",
+    engine: Annotated[Literal["vllm"] | None, Query(alias="for", description="lora: snap the rank down to one "
+                                                    "this serving engine accepts")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
+    lora = LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=engine == "vllm")
     info, files = registry.files(ref_of(owner, name, selector), with_projection=projection,
-                                 seed_only=seed_only, as_lora=format == "lora")
+                                 seed_only=seed_only, as_lora=format == "lora", lora=lora)
     if filename not in files:
         raise NotFound(f"The {format} export has no {filename}; it has {', '.join(files)}.")
     data = files[filename]
