@@ -358,3 +358,6 @@ def test_rank_capped_lora_exports_for_serving_engines(clients: Clients, local: t
     snapped = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_config.json",
                         params={"format": "lora", "max_rank": 7, "for": "vllm"})
     assert snapped.status_code == 200 and snapped.json()["r"] == 1  # vLLM accepts 1, 8, 16, ...: 7 snaps to 1
+    weights = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_model.safetensors",
+                        params={"format": "lora", "max_rank": 4})
+    assert 0 < float(weights.headers["x-vera-lora-max-relative-error"]) < 1

@@ -16,6 +16,7 @@ from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES
 from registry.services.validation import MAX_RANK
 from vera_core.lora import LoraExport
+from vera_core.serialization import metadata_of
 
 router = APIRouter(prefix="/api/v1/adapters")
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
@@ -50,6 +51,9 @@ def download(
     data = files[filename]
     etag = f'"{hashlib.sha256(data).hexdigest()}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate", "X-Vera-Version": info.ref}
+    error = metadata_of(files[ADAPTER_FILES[1]]).get("vera_core.lora_max_relative_error") if format == "lora" else None
+    if error is not None:  # a rank-capped LoRA: its largest per-layer error (each layer's is in README.md)
+        headers["X-Vera-Lora-Max-Relative-Error"] = error
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
 
