@@ -55,7 +55,8 @@ Token = Annotated[str | None, typer.Option("--token", envvar="VERA_TOKEN", help=
 VersionRef = Annotated[str, typer.Argument(help="owner/name[:VERSION|@ALIAS]")]
 HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN", show_default=False,
                                                  help="HuggingFace token for this call (default: HF_TOKEN, then the "
-                                                 "server's VERA_HUB_TOKEN); sent once, never stored.")]
+                                                 "server's VERA_HUB_TOKEN if your token has the hub scope); sent "
+                                                 "once, never stored.")]
 
 
 def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
