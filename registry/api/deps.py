@@ -59,13 +59,20 @@ HubDep = Annotated[HubSync, Depends(_app_state("hub"))]
 Options = Annotated[ApiOptions, Depends(_app_state("options"))]
 
 
-def _principal(options: Options, registry: RegistryDep,
+#: Where registry.api.gate leaves the principal it authenticated (Request.state).
+PRINCIPAL = "principal"
+
+
+def _principal(request: Request, options: Options, registry: RegistryDep,
                authorization: Annotated[str | None, Header()] = None) -> Principal | None:
     """The caller: the local user when tokens are off, a token's principal, or None (no token sent)."""
     if not options.require_tokens:
         return LOCAL_USER
     if authorization is None:
         return None
+    checked: Principal | None = getattr(request.state, PRINCIPAL, None)
+    if checked is not None:  # the gate authenticated this request's token already
+        return checked
     secret = bearer_token(authorization)
     if secret is None:
         raise Unauthorized("Authorization must be 'Bearer <token>'.")

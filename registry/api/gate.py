@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import HTTPException  # FastAPI re-raises its own class from body parsing (not Starlette's)
 from starlette.concurrency import run_in_threadpool
 
-from registry.api.deps import ApiOptions, bearer_token
+from registry.api.deps import PRINCIPAL, ApiOptions, bearer_token
 from registry.api.problems import problem
 from registry.domain.errors import RegistryError, Unauthorized, status_of
 from registry.services.registry import Registry
@@ -45,14 +45,16 @@ class RequestGate:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = (2 * self.options.max_upload_bytes + FORM_OVERHEAD) if UPLOAD_ROUTES.match(scope["path"]) \
             else SMALL_BODY
-        refusal = await self._refusal(headers, limit)
+        refusal = await self._refusal(scope, headers, limit)
         if refusal is not None:
             status, code, detail = refusal
             await _send_problem(send, status, code, detail, scope["path"])
             return
         await self.app(scope, self._counted(receive, limit), send)
 
-    async def _refusal(self, headers: dict[str, str], limit: int) -> tuple[int, str, str] | None:
+    async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int) -> tuple[int, str, str] | None:
+        """Why the request is refused from its headers, or None; a token checked here is kept in the request's
+        state (``principal``), so the route's Caller dependency does not look it up again."""
         if self.options.require_tokens:
             authorization = headers.get("authorization")
             secret = bearer_token(authorization)
@@ -61,7 +63,8 @@ class RequestGate:
                                              "(VERA_TOKEN for the CLI)." if authorization is None else
                                              "Authorization must be 'Bearer <token>'.")
             try:
-                await run_in_threadpool(authenticate, self.registry.db, secret)
+                scope.setdefault("state", {})[PRINCIPAL] = await run_in_threadpool(authenticate, self.registry.db,
+                                                                                   secret)
             except Unauthorized as exc:
                 return 401, exc.code, str(exc)
             except RegistryError as exc:
