@@ -87,3 +87,21 @@ def test_the_server_creates_the_schema_of_an_empty_database_and_refuses_an_old_o
     with pytest.raises(RuntimeError, match=r"(?s)revision 0004, but this version.*vera db\s+upgrade"), \
             serve(database_url):
         pass
+
+
+def test_migration_0005_keeps_every_token_of_a_0004_database(database_url: str) -> None:
+    from sqlalchemy import text
+
+    db = Database(database_url)
+    db.upgrade("0004")
+    with db.engine.begin() as conn:  # a token as the previous version wrote it
+        conn.execute(text("INSERT INTO access_tokens (token_hash, owner, name, scopes, created_at) VALUES "
+                          "(:h, 'alice', 'old', :s, CURRENT_TIMESTAMP)"), {"h": "a" * 64, "s": '["read"]'})
+    db.upgrade()
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT owner, name, expires_at FROM access_tokens")).all()
+    assert [tuple(r) for r in rows] == [("alice", "old", None)]  # kept, and it never expires
+    db.downgrade("0004")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT owner FROM access_tokens")).scalars().all() == ["alice"]
+    db.engine.dispose()
