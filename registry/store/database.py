@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.domain.errors import SchemaOutOfDate
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"  # the top-level migrations package
+
+def _migrations_dir() -> Path:
+    """Where Alembic's scripts are: the repository's migrations/ folder, installed as ``registry.migrations``
+    (pyproject.toml maps it), or the folder beside the checkout when the code runs from a source tree that is not
+    installed."""
+    spec = importlib.util.find_spec("registry.migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+MIGRATIONS = _migrations_dir()
 
 
 def make_engine(url: str) -> Engine:
