@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from registry.services.base_configs import HubBaseConfigs
 from registry.services.hub import HubSync, use_timeout
 from registry.services.registry import Registry
 from registry.services.validation import ProjectionBudget
@@ -25,7 +26,11 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
             db.upgrade()
         db.check_schema()
         budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations)
-        return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget)
+        base_configs = None
+        if settings.hub_base_configs:
+            use_timeout(settings.hub_timeout_s)
+            base_configs = HubBaseConfigs(settings.hub_endpoint, timeout_s=settings.hub_timeout_s)
+        return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget, base_configs=base_configs)
     except BaseException:
         db.engine.dispose()
         raise

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     hub_endpoint: str = "https://huggingface.co"
     hub_token: SecretStr | None = None
     hub_timeout_s: float = 60.0
+    # Read a base model's config.json from the Hub (anonymously, public repos only) when a seed-only adapter that
+    # PEFT wrote is published for a base whose layer shapes nobody declared; once read, the shapes are declared.
+    hub_base_configs: bool = True
 
     @field_validator("database_url")
     @classmethod

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
+
+# Nothing in the tests may reach the real HuggingFace Hub: code that would (Hub sync, the base-config lookup) talks to
+# a port where nothing listens, refused at once, unless a test points it at the Hub stand-in. Servers that tests
+# start inherit this.
+os.environ.setdefault("VERA_HUB_ENDPOINT", "http://127.0.0.1:9")
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,12 @@ class BaseModels:
 
     def register(
         self, *, name: str, revision: str = "", model: torch.nn.Module | None = None,
-        shapes: dict[str, list[int]] | None = None, actor: str | None = None,
+        shapes: dict[str, list[int]] | None = None, actor: str | None = None, source: str | None = None,
     ) -> BaseModelInfo:
         """Declare a base model's exact layer shapes, from a model (meta device is fine) or a shapes mapping.
         Shapes that earlier publishes implied become declared ones if they agree; otherwise Conflict says where.
-        With ``actor`` (a caller of the API) the declaration is audited."""
+        With ``actor`` (a caller of the API) the declaration is audited, with ``source`` (where the config came
+        from) when the registry read it itself."""
         check_text(name, "Base model name", max_length=200)
         check_text(revision, "Base model revision", max_length=100)
         if not name:
@@ -73,7 +74,8 @@ class BaseModels:
             s.flush()
             if actor is not None:
                 s.add(m.AuditEvent(actor=actor, action="base-register", target=f"{name}@{revision}",
-                                   detail={"layers": len(declared), "fingerprint": fp}))
+                                   detail={"layers": len(declared), "fingerprint": fp,
+                                           **({"source": source} if source else {})}))
             return base_info(row)
 
     def register_from_config(self, *, name: str, revision: str = "", config_path: str) -> BaseModelInfo:
@@ -87,7 +89,7 @@ class BaseModels:
         return self.register(name=name, revision=revision, model=_meta_model(config))
 
     def register_from_config_dict(self, *, name: str, revision: str = "", config: dict[str, Any],
-                                  actor: str) -> BaseModelInfo:
+                                  actor: str, source: str | None = None) -> BaseModelInfo:
         """Exact shapes from the content of a transformers config.json sent by a caller (any architecture
         transformers knows; never remote code), built on the meta device; audited."""
         from transformers import AutoConfig
@@ -101,7 +103,7 @@ class BaseModels:
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidInput(f"Not a transformers config transformers knows ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from exc
-        return self.register(name=name, revision=revision, model=_meta_model(parsed), actor=actor)
+        return self.register(name=name, revision=revision, model=_meta_model(parsed), actor=actor, source=source)
 
     def list(self) -> list[BaseModelInfo]:
         with self.db.session() as s:

@@ -20,11 +20,12 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import Conflict, InvalidInput
 from registry.domain.schemas import VersionInfo, check_json, check_name, check_text
+from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailable
 from registry.services.base_models import BaseModels
 from registry.services.lookup import move_latest, version_info, version_ref
-from registry.services.validation import CheckedAdapter, ProjectionBudget, validate
+from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -63,9 +64,9 @@ def _retryable(exc: Exception) -> bool:
 
 class Publisher:
     def __init__(self, db: Database, blobs: BlobStore, base_models: BaseModels, *,
-                 budget: ProjectionBudget) -> None:
+                 budget: ProjectionBudget, base_configs: BaseConfigSource | None = None) -> None:
         self.db, self.blobs, self.base_models = db, blobs, base_models
-        self.budget = budget
+        self.budget, self.base_configs = budget, base_configs
 
     def publish(
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
@@ -80,8 +81,8 @@ class Publisher:
             files = read_adapter(source)
         except VeraError as exc:
             raise InvalidInput(str(exc)) from exc
-        if files.spec is None:  # seed-only and written by PEFT: the declared base shapes give the projection size
-            files = self.base_models.with_declared_shapes(files, base_model, base_revision)
+        if files.spec is None:  # seed-only and written by PEFT: the base model's shapes give the projection size
+            files = self._with_base_shapes(files, what)
         checked = validate(files, self.budget)
         meta = {"format": "pt", **{k: v for k, v in files.metadata.items() if k == META_IN_FEATURES}}
         vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, meta)
@@ -103,6 +104,23 @@ class Publisher:
         except BaseException:
             self._discard_unreferenced([d for d in written if d])
             raise
+
+    def _with_base_shapes(self, files: AdapterFiles, what: _Publication) -> AdapterFiles:
+        """A PEFT-written seed-only adapter sized from its base model's declared shapes; undeclared, from the base's
+        config.json on the Hub (declared from then on); else the refusal says what was tried and how to go on."""
+        files = self.base_models.with_declared_shapes(files, what.base_model, what.base_revision)
+        if files.spec is not None or self.base_configs is None:
+            return files
+        source = self.base_configs.describe()
+        try:
+            config = self.base_configs.config(what.base_model, what.base_revision)
+            self.base_models.register_from_config_dict(name=what.base_model, revision=what.base_revision,
+                                                       config=config, actor=what.published_by,
+                                                       source=f"{source}/{what.base_model}")
+        except (BaseConfigUnavailable, InvalidInput, Conflict) as exc:
+            raise InvalidInput(f"{SHAPELESS_SEED_ONLY} The registry looked for base model {what.base_model!r}'s "
+                               f"config.json on {source}: {str(exc).rstrip('.')}.") from exc
+        return self.base_models.with_declared_shapes(files, what.base_model, what.base_revision)
 
     def _record_with_retries(self, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
                              projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:

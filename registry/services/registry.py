@@ -4,7 +4,8 @@ transaction unless its docstring says why not; all return domain objects (regist
 rows.
 
     base models   registry.services.base_models    register, register_from_config(_dict), list
-    publish       registry.services.publishing     publish (validation: registry.services.validation)
+    publish       registry.services.publishing     publish (validation: registry.services.validation; undeclared
+                                                   base shapes: registry.services.base_configs)
     versions      registry.services.versions       get, files, fetch, set_alias, remove_alias, yank, delete, audit
     search        registry.services.search         list_versions
     verification  registry.services.verification   verify, last_verification, list_projections, gc, fsck
@@ -15,6 +16,7 @@ rows.
 from __future__ import annotations
 
 from registry.services.analysis import Analysis
+from registry.services.base_configs import BaseConfigSource
 from registry.services.base_models import BaseModels
 from registry.services.publishing import Publisher
 from registry.services.search import Search
@@ -29,9 +31,11 @@ from registry.store.database import Database
 class Registry:
     """The registry over one database and one blob store."""
 
-    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None,
+                 base_configs: BaseConfigSource | None = None) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
-        VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time."""
+        VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
+        from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters."""
         self.db, self.blobs = db, blobs
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
@@ -44,7 +48,7 @@ class Registry:
         self.register_base_model_from_config = self.base_models.register_from_config
         self.register_base_model_from_config_dict = self.base_models.register_from_config_dict
         self.list_base_models = self.base_models.list
-        self.publish = Publisher(db, blobs, self.base_models, budget=budget).publish
+        self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs).publish
         self.get = self.versions.get
         self.files = self.versions.files
         self.fetch = self.versions.fetch

@@ -18,6 +18,13 @@ from vera_core.targets import matches_target
 
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
+#: Why a seed-only adapter that PEFT wrote cannot be published while its base model's layer shapes are unknown.
+SHAPELESS_SEED_ONLY = (
+    "The adapter stores neither its projections nor their shape (a seed-only adapter saved by PEFT), so the "
+    "registry cannot regenerate or verify them. Save it with save_projection=True, or with vera_core.save_adapter, "
+    "or declare its base model's layer shapes first: `vera base register NAME --config config.json` (or `vera "
+    "publish --base-config config.json`)."
+)
 
 
 class ProjectionBudget:
@@ -84,12 +91,7 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
                            "not match them; the config and the tensors come from different adapters.")
     spec = files.spec
     if spec is None:
-        raise InvalidInput(
-            "The adapter stores neither its projections nor their shape (a seed-only adapter saved by PEFT), so "
-            "the registry cannot regenerate or verify them. Save it with save_projection=True, or with "
-            "vera_core.save_adapter, or declare its base model's layer shapes first: `vera base register "
-            "NAME --config config.json`."
-        )
+        raise InvalidInput(SHAPELESS_SEED_ONLY)
     if spec.max_out < max(layer_outs.values()):
         raise InvalidInput(f"The projection has {spec.max_out} rows but a layer has {max(layer_outs.values())} "
                            "outputs; the adapter's files are inconsistent.")

@@ -18,10 +18,12 @@ from sqlalchemy import func, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import ContentTooLarge, Forbidden, HubError, InvalidInput
+from registry.services.base_configs import HubBaseConfigs
 from registry.services.hub import HubSync, use_timeout
 from registry.services.registry import Registry
 from registry.services.tokens import create_token
 from registry.store import models as m
+from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model
@@ -408,3 +410,112 @@ def test_hub_push_pull_and_status_through_the_api_and_the_cli(hub: HubStandIn, t
             client.hub_push("alice/demo:1", "alice/demo-vera", hub_token=TOKEN)
     assert_not_stored(db, TOKEN)
     db.engine.dispose()
+
+
+# ---- base model shapes read from the Hub (seed-only adapters PEFT wrote) -------------------------------------------
+
+def peft_seed_only(tmp_path: Path, seed: int) -> tuple[Path, torch.Tensor]:
+    """A seed-only adapter PEFT wrote (no projections, no projection shape), and the outputs it gives."""
+    theirs = peft_model(LLAMA, seed=seed, save_projection=False)
+    train_a_little(theirs, LLAMA)
+    theirs.save_pretrained(tmp_path / f"peft-{seed}")
+    return tmp_path / f"peft-{seed}", output_of(theirs, LLAMA.inputs())
+
+
+def base_config_json() -> bytes:
+    return LLAMA.make().config.to_json_string().encode()
+
+
+def config_requests(hub: HubStandIn) -> list[tuple[str, str, str]]:
+    return [r for r in hub.requests if r[1].endswith("/config.json")]
+
+
+def test_seed_only_peft_adapters_publish_with_the_base_config_read_once_from_the_hub(
+    database_url: str, hub: HubStandIn, tmp_path: Path
+) -> None:
+    db = Database(database_url)
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")),
+                        base_configs=HubBaseConfigs(hub.url, timeout_s=5.0))
+    hub.seed_repo("org/tiny-llama", {"config.json": base_config_json(), "README.md": b"# base"})
+    source, want = peft_seed_only(tmp_path, seed=11)
+    info = registry.publish(source, owner="eve", name="seed-only", base_model="org/tiny-llama",
+                            published_by="eve")
+    assert info.seed_reproducible and info.generator == PEFT_GENERATOR
+    assert registry.verify(info.ref).status == "passed"
+    registry.fetch(info.ref, tmp_path / "fetched")
+    torch.testing.assert_close(output_of(load_adapter(LLAMA.make(), tmp_path / "fetched"), LLAMA.inputs()), want,
+                               rtol=1e-5, atol=1e-5)
+    # only config.json was asked for, anonymously (the server's Hub token never reads a publisher's base)
+    assert config_requests(hub) and all(auth == "" for _, _, auth in config_requests(hub))
+    assert {path for _, path, _ in hub.requests} == {"/org/tiny-llama/resolve/main/config.json"}
+    [base] = [b for b in registry.list_base_models() if b.name == "org/tiny-llama"]
+    assert base.shapes_source == "declared" and base.layers == 14
+    [event] = [e for e in registry.audit() if e.action == "base-register"]
+    assert event.actor == "eve" and event.detail["source"] == f"{hub.url}/org/tiny-llama"
+    # declared from then on: the next seed-only adapter of that base does not ask the Hub again
+    asked = len(config_requests(hub))
+    second, _ = peft_seed_only(tmp_path, seed=12)
+    registry.publish(second, owner="eve", name="seed-only", base_model="org/tiny-llama")
+    assert len(config_requests(hub)) == asked
+    db.engine.dispose()
+
+
+@pytest.mark.parametrize(("base", "seeded", "reason"), [
+    ("org/missing", None, "no public Hub repo org/missing"),
+    ("org/private-base", "private", "no public Hub repo org/private-base"),
+    ("org/no-config", {"README.md": b"# no config"}, "org/no-config@main has no config.json"),
+    ("org/not-json", {"config.json": b"{not json"}, "org/not-json@main's config.json is not JSON"),
+    ("org/odd", {"config.json": b'{"model_type": "no-such-architecture"}'}, "Not a transformers config"),
+    ("../../etc/passwd", None, "'../../etc/passwd' is not a Hub repo id"),
+])
+def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
+    registry: Registry, hub: HubStandIn, tmp_path: Path, base: str, seeded: object, reason: str
+) -> None:
+    if seeded == "private":
+        hub.seed_repo(base, {"config.json": base_config_json()}, private=True)
+    elif isinstance(seeded, dict):
+        hub.seed_repo(base, seeded)
+    publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=5.0))
+    source, _ = peft_seed_only(tmp_path, seed=3)
+    before = snapshot(registry)
+    with pytest.raises(InvalidInput) as refused:
+        publisher.publish(source, owner="eve", name="p", base_model=base)
+    message = str(refused.value)
+    assert "stores neither its projections nor their shape" in message and "vera base register" in message
+    assert f"looked for base model {base!r}'s config.json on {hub.url}" in message and reason in message
+    assert snapshot(registry) == before
+
+
+def test_an_unreachable_hub_is_a_refusal_within_the_timeout_and_is_remembered(registry: Registry,
+                                                                              tmp_path: Path) -> None:
+    configs = HubBaseConfigs(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
+    publisher = Registry(registry.db, registry.blobs, base_configs=configs)
+    source, _ = peft_seed_only(tmp_path, seed=4)
+    for attempt in range(2):
+        with pytest.raises(InvalidInput, match="the Hub did not answer") as refused:
+            publisher.publish(source, owner="eve", name="p", base_model="org/tiny-llama")
+        assert ("remembered from a lookup" in str(refused.value)) == (attempt == 1)
+
+
+def test_the_hub_lookup_is_a_setting_and_hub_pull_uses_it(hub: HubStandIn, tmp_path: Path) -> None:
+    """`vera hub pull` of a seed-only repo PEFT wrote, through a real server: with the lookup on (the default) the
+    base's config comes from the same Hub; with VERA_HUB_BASE_CONFIGS=false the refusal stays, naming the fix."""
+    source, want = peft_seed_only(tmp_path, seed=6)
+    hub.seed_repo("someone/seed-only", {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()})
+    hub.seed_repo("org/tiny-llama", {"config.json": base_config_json()})
+    for enabled in ("false", "true"):
+        url = f"sqlite:///{tmp_path / enabled / 'r.db'}"
+        with running_server(url, tmp_path / enabled / "blobs", VERA_HUB_ENDPOINT=hub.url,
+                            VERA_HUB_BASE_CONFIGS=enabled) as base:
+            pulled = vera("hub", "pull", "someone/seed-only", "--as", "alice/pulled", "--base-model",
+                          "org/tiny-llama", "--registry", base)
+            fetched = vera("fetch", "alice/pulled:1", "--out", str(tmp_path / enabled / "out"), "--registry", base)
+        if enabled == "false":
+            assert pulled.returncode == 1 and "vera base register NAME --config config.json" in pulled.stderr
+            assert "looked for" not in pulled.stderr
+            continue
+        assert pulled.returncode == 0 and "pulled as alice/pulled:1" in pulled.stdout, pulled.stderr
+        assert fetched.returncode == 0, fetched.stderr
+        ours = load_adapter(LLAMA.make(), tmp_path / enabled / "out")
+        torch.testing.assert_close(output_of(ours, LLAMA.inputs()), want, rtol=1e-5, atol=1e-5)
