@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from registry.services.base_configs import HubBaseConfigs
+from registry.services.file_cache import FileCache
 from registry.services.hub import HubSync, use_timeout
 from registry.services.registry import Registry
 from registry.services.validation import ProjectionBudget
@@ -30,7 +31,8 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
         if settings.hub_base_configs:
             use_timeout(settings.hub_timeout_s)
             base_configs = HubBaseConfigs(settings.hub_endpoint, timeout_s=settings.hub_timeout_s)
-        return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget, base_configs=base_configs)
+        return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget, base_configs=base_configs,
+                        file_cache=FileCache(settings.file_cache_bytes))
     except BaseException:
         db.engine.dispose()
         raise

@@ -8,6 +8,7 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.schemas import MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
+from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
 
 
 def default_data_dir() -> Path:
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     max_projection_elements: int = MAX_PROJECTION_ELEMENTS
     # How many projections may be generated at once; more requests wait up to 30 s, then get 503 busy.
     concurrent_generations: int = 2
+    # Downloads build a version's files once per option and keep them in memory, up to this many bytes per process
+    # (least recently used out first); 0 builds them on every request.
+    file_cache_bytes: int = DEFAULT_FILE_CACHE_BYTES
     # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
     costly_requests_per_minute: int = 120
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.

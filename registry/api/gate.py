@@ -14,7 +14,7 @@ from fastapi import HTTPException  # FastAPI re-raises its own class from body p
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, ApiOptions, bearer_token
-from registry.api.problems import problem
+from registry.api.problems import HUB_PREFIX, is_hub_path, problem
 from registry.domain.errors import RegistryError, Unauthorized, status_of
 from registry.services.registry import Registry
 from registry.services.tokens import authenticate
@@ -41,6 +41,11 @@ class RequestGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
+            return
+        if is_hub_path(scope["path"]):  # the Hub protocol is read-only: no body is ever read
+            await _send_problem(send, 405, "method_not_allowed", f"{HUB_PREFIX}/ is a read-only mirror of the "
+                                "registry in the HuggingFace Hub's protocol; publish with `vera publish` or "
+                                "POST /api/v1/adapters/{owner}/{name}/versions.", scope["path"], allow="GET, HEAD")
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = (2 * self.options.max_upload_bytes + FORM_OVERHEAD) if UPLOAD_ROUTES.match(scope["path"]) \
@@ -93,8 +98,10 @@ class RequestGate:
         return counted
 
 
-async def _send_problem(send: Send, status: int, code: str, detail: str, path: str) -> None:
+async def _send_problem(send: Send, status: int, code: str, detail: str, path: str, allow: str = "") -> None:
     response = problem(status, code, detail, path)
+    if allow:
+        response.headers["Allow"] = allow
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": bytes(response.body)})

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.domain.errors import RateLimited, RegistryError, status_of
+from registry.domain.errors import EntryNotFound, RateLimited, RegistryError, RevisionNotFound, status_of
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
           408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 422: "Invalid input",
@@ -41,10 +41,37 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def problem(status: int, code: str, detail: str, instance: str) -> JSONResponse:
-    body = {"type": f"/problems/{code}", "title": TITLES.get(status, "Error"), "status": status, "detail": detail,
-            "instance": instance}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+#: Where the HuggingFace Hub's read protocol is spoken (registry/api/routes/hf.py): VeRA by default, LoRA by default.
+HUB_PREFIX, LORA_HUB_PREFIX = "/hf", "/hf-lora"
+
+
+def is_hub_path(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in (HUB_PREFIX, LORA_HUB_PREFIX))
+
+
+def hub_error_headers(status: int, detail: str, exc: Exception | None) -> dict[str, str]:
+    """The Hub's error headers, from which ``huggingface_hub`` picks its error class and message: a repo the caller
+    may not read is a RepoNotFound, as the Hub answers for a private repo."""
+    if isinstance(exc, EntryNotFound):
+        code = "EntryNotFound"
+    elif isinstance(exc, RevisionNotFound):
+        code = "RevisionNotFound"
+    elif status in (401, 403, 404):
+        code = "RepoNotFound"
+    else:
+        code = ""
+    message = " ".join(detail.split()).encode("ascii", "replace").decode("ascii")[:1000]
+    return {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
+
+
+def problem(status: int, code: str, detail: str, instance: str, exc: Exception | None = None) -> JSONResponse:
+    """The problem document; under HUB_PREFIX also the Hub's error headers, and the message as ``error``."""
+    body: dict[str, object] = {"type": f"/problems/{code}", "title": TITLES.get(status, "Error"), "status": status,
+                               "detail": detail, "instance": instance}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if is_hub_path(instance):
+        body["error"] = detail
+        headers.update(hub_error_headers(status, detail, exc))
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -54,7 +81,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
-        response = problem(status(exc), exc.code, str(exc), request.url.path)
+        response = problem(status(exc), exc.code, str(exc), request.url.path, exc)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response

@@ -4,6 +4,9 @@
     ├── InvalidInput              the request is malformed or the adapter fails validation      (422)
     │   └── ContentTooLarge       an upload over the size limit                                 (413)
     ├── NotFound                  no such adapter, version, alias, base model or blob          (404)
+    │   ├── AdapterNotFound       no adapter owner/name at all                                  (404)
+    │   ├── RevisionNotFound      the adapter exists, the Hub revision names no version of it   (404)
+    │   └── EntryNotFound         the Hub revision exists, the file does not                   (404)
     ├── Conflict                  the request contradicts what is stored (shapes, duplicates)  (409)
     ├── IntegrityError            stored bytes do not match their hash; never served           (500, logged)
     ├── SchemaOutOfDate           the database needs `vera db upgrade`                          (503)
@@ -36,6 +39,18 @@ class ContentTooLarge(InvalidInput):
 
 class NotFound(RegistryError, LookupError):
     code = "not_found"
+
+
+class AdapterNotFound(NotFound):
+    """No adapter of that owner and name (rather than a missing version, alias or file of one that exists)."""
+
+
+class RevisionNotFound(NotFound):
+    """The adapter exists but the Hub revision names no version of it (or a form it cannot take)."""
+
+
+class EntryNotFound(NotFound):
+    """The Hub revision exists but has no such file."""
 
 
 class Conflict(RegistryError):

@@ -11,7 +11,7 @@ from safetensors.torch import load as load_safetensors
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import NotFound
+from registry.domain.errors import AdapterNotFound, NotFound
 from registry.domain.schemas import Ref, VersionInfo
 from registry.services.shapes import declared_layers, in_features_json
 from registry.services.validation import ProjectionBudget
@@ -31,7 +31,8 @@ def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
     adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
     if adapter is None:
-        raise NotFound(f"No adapter {ref.owner}/{ref.name}; `vera ls --owner {ref.owner}` lists that owner's.")
+        raise AdapterNotFound(f"No adapter {ref.owner}/{ref.name}; `vera ls --owner {ref.owner}` lists that "
+                              "owner's.")
     if ref.version is not None:
         version = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id,
                                                           m.AdapterVersion.version == ref.version))

@@ -6,7 +6,8 @@ rows.
     base models   registry.services.base_models    register, register_from_config(_dict), list
     publish       registry.services.publishing     publish (validation: registry.services.validation; undeclared
                                                    base shapes: registry.services.base_configs)
-    versions      registry.services.versions       get, files, fetch, set_alias, remove_alias, yank, delete, audit
+    versions      registry.services.versions       get, files, built, fetch, set_alias, remove_alias, yank, delete,
+                                                   audit
     search        registry.services.search         list_versions
     verification  registry.services.verification   verify, last_verification, list_projections, gc, fsck
     analysis      registry.services.analysis       compare
@@ -18,6 +19,7 @@ from __future__ import annotations
 from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
 from registry.services.base_models import BaseModels
+from registry.services.file_cache import FileCache
 from registry.services.publishing import Publisher
 from registry.services.search import Search
 from registry.services.status import Status
@@ -32,14 +34,15 @@ class Registry:
     """The registry over one database and one blob store."""
 
     def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None,
-                 base_configs: BaseConfigSource | None = None) -> None:
+                 base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
         VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
-        from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters."""
+        from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters;
+        ``file_cache`` keeps built download files (default: 256 MiB)."""
         self.db, self.blobs = db, blobs
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
-        self.versions = Versions(db, blobs, budget=budget)
+        self.versions = Versions(db, blobs, budget=budget, cache=file_cache)
         self.search = Search(db)
         self.verification = Verification(db, blobs, budget=budget)
         self.analysis = Analysis(db, blobs, budget=budget)
@@ -51,6 +54,7 @@ class Registry:
         self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs).publish
         self.get = self.versions.get
         self.files = self.versions.files
+        self.built = self.versions.built
         self.fetch = self.versions.fetch
         self.set_alias = self.versions.set_alias
         self.remove_alias = self.versions.remove_alias

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select
 
 from registry.domain.errors import Conflict, InvalidInput
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
+from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
     LATEST,
     layer_in_features,
@@ -33,8 +34,10 @@ from vera_core.lora import LoraExport, lora_file_bytes
 
 
 class Versions:
-    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget,
+                 cache: FileCache | None = None) -> None:
         self.db, self.blobs, self.budget = db, blobs, budget
+        self.cache = cache if cache is not None else FileCache()
 
     def get(self, ref: str | Ref) -> VersionInfo:
         with self.db.session() as s:
@@ -44,13 +47,23 @@ class Versions:
         self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
         lora: LoraExport | None = None,
     ) -> tuple[VersionInfo, dict[str, bytes]]:
-        """The PEFT directory's files as bytes. By default, files PEFT loads correctly: seed-only (tiny) where PEFT's
-        own generator regenerates the projections, A and B materialised otherwise. ``with_projection`` always
-        materialises them; ``seed_only`` always leaves them out (for vera_core: a portable-generator adapter is then
-        written so that PEFT refuses it, see vera_core.config.SEED_ONLY_PEFT_TYPE). A seed-only fetch of a version
-        whose projections are not seed-reproducible is refused: the seed alone would give the wrong matrices.
-        ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora; ``lora`` caps
-        its rank and sets its dtype). The same version and options always give the same bytes.
+        """The PEFT directory's files as bytes (see ``built``)."""
+        info, built = self.built(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora,
+                                 lora=lora)
+        return info, dict(built.files)
+
+    def built(
+        self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
+        lora: LoraExport | None = None,
+    ) -> tuple[VersionInfo, BuiltFiles]:
+        """The PEFT directory's files as bytes, with their SHA-256. By default, files PEFT loads correctly: seed-only
+        (tiny) where PEFT's own generator regenerates the projections, A and B materialised otherwise.
+        ``with_projection`` always materialises them; ``seed_only`` always leaves them out (for vera_core: a
+        portable-generator adapter is then written so that PEFT refuses it, see vera_core.config.SEED_ONLY_PEFT_TYPE). A
+        seed-only fetch of a version whose projections are not seed-reproducible is refused: the seed alone would give
+        the wrong matrices. ``as_lora`` gives the equivalent rank-r LoRA in PEFT's LoRA format instead (vera_core.lora;
+        ``lora`` caps its rank and sets its dtype). The same version and options always give the same bytes, so they are
+        built once and then served from the file cache (registry.services.file_cache) until evicted.
         """
         if with_projection and seed_only:
             raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
@@ -62,6 +75,12 @@ class Versions:
                                "would regenerate others. Fetch it without --seed-only.")
             materialise = as_lora or with_projection or not (
                 seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
+            # the row's id, content and time: a deleted version whose id SQLite hands out again is another key
+            export = (lora or LoraExport()) if as_lora else None
+            key = (v.id, v.vectors_sha256, v.created_at, materialise, export)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return info, cached
             tensors, metadata = version_tensors(self.blobs, v, with_projection=materialise,
                                                 budget=self.budget)
             if as_lora and (sizes := layer_in_features(v, tensors, metadata)):  # PEFT-written: the declared base's
@@ -70,14 +89,18 @@ class Versions:
         if as_lora:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
             try:
-                return info, lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b, lora)
+                files = lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b, lora)
             except VeraConfigError as exc:  # the export's options do not fit this version (a rank over r)
                 raise InvalidInput(f"{info.ref}: {exc}") from exc
             except VeraError as exc:
                 raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
                                f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
-        config = config.replace(save_projection=materialise)
-        return info, adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
+        else:
+            config = config.replace(save_projection=materialise)
+            files = adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
+        built = BuiltFiles.of(files)
+        self.cache.put(key, built)
+        return info, built
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: LoraExport | None = None) -> Path:

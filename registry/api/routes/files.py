@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -44,12 +43,13 @@ def download(
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
     lora = LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=engine == "vllm")
-    info, files = registry.files(ref_of(owner, name, selector), with_projection=projection,
+    info, built = registry.built(ref_of(owner, name, selector), with_projection=projection,
                                  seed_only=seed_only, as_lora=format == "lora", lora=lora)
+    files = built.files
     if filename not in files:
         raise NotFound(f"The {format} export has no {filename}; it has {', '.join(files)}.")
     data = files[filename]
-    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+    etag = f'"{built.sha256[filename]}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate", "X-Vera-Version": info.ref}
     error = metadata_of(files[ADAPTER_FILES[1]]).get("vera_core.lora_max_relative_error") if format == "lora" else None
     if error is not None:  # a rank-capped LoRA: its largest per-layer error (each layer's is in README.md)

@@ -1,0 +1,149 @@
+"""The registry seen as a read-only HuggingFace Hub: every adapter a model repo, every version a commit, so that
+``huggingface_hub``, PEFT, transformers and vLLM pull adapters by name (registry/api/routes/hf.py speaks the HTTP).
+
+Revisions (what ``revision=`` names)::
+
+    main | latest          the newest version that is not yanked (``latest``)
+    3 | v3                 version 3 (yanked versions too, as the API serves them by number)
+    prod                   the version an alias points at
+    <40 hex digits>        a commit: one version in one form (below), stable for as long as the version exists
+    <any of these>+lora    the same version as the equivalent LoRA (what `vera fetch --as lora` writes)
+    ...+seed-only          without A and B (vera_core only; refused for versions the seed does not reproduce)
+    ...+projection         always with A and B
+
+Without a suffix a revision gives what a default fetch gives: files PEFT loads correctly. README.md is the Hub
+model card that `vera hub push` writes. A version number wins over an alias that looks like one (``3``, ``v3``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from huggingface_hub import ModelCard
+
+from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
+from registry.domain.schemas import Ref, VersionInfo
+from registry.services.hub import CARD_NAME, model_card
+from registry.services.lookup import LATEST
+from registry.services.registry import Registry
+from vera_core.checkpoint import CONFIG_NAME
+
+#: Revision suffixes, in the order their number is written into commit shas (never reorder; only append).
+VARIANTS = ("", "lora", "seed-only", "projection")
+#: Bumped whenever the bytes a revision gives change for the same version, so that new bytes get new commit shas
+#: (a client's cache keys files by commit and never asks again for a commit it has).
+COMMIT_FORMAT = "1"
+MAX_REVISION_LENGTH = 100
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_VERSION = re.compile(r"v?([0-9]{1,9})")
+
+
+@dataclass(frozen=True)
+class HubRevision:
+    """One version in one form, as a Hub commit: its files, their SHA-256 and git blob ids, and its card data."""
+
+    repo_id: str
+    commit: str
+    variant: str
+    info: VersionInfo
+    files: dict[str, bytes]
+    sha256: dict[str, str]
+
+    @property
+    def last_modified(self) -> datetime:
+        return self.info.created_at
+
+    def file(self, name: str) -> bytes:
+        if name not in self.files:
+            raise EntryNotFound(f"{self.repo_id}@{self.commit[:12]} ({self.info.ref}) has no file {name[:100]!r}; "
+                                f"it has {', '.join(sorted(self.files))}.")
+        return self.files[name]
+
+    def blob_id(self, name: str) -> str:
+        """The file's git blob id, as the Hub reports it (``oid``, ``blobId``)."""
+        data = self.file(name)
+        return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+    def card_data(self) -> dict[str, Any]:
+        card = ModelCard(self.files[CARD_NAME].decode("utf-8"))
+        data: dict[str, Any] = card.data.to_dict()  # type: ignore[no-untyped-call]
+        return data
+
+
+def commit_of(info: VersionInfo, variant: str) -> str:
+    """A 40-hex commit id for one version in one form: a hash of what makes the version unique (so a version that
+    is deleted and published again gets another), then the form and the version number, so that a commit can be
+    resolved without a table of them."""
+    digest = hashlib.sha256("\0".join((
+        "vera-registry hub commit", COMMIT_FORMAT, info.ref, info.vectors_sha256, info.created_at.isoformat(),
+        variant)).encode()).hexdigest()
+    return f"{digest[:30]}{VARIANTS.index(variant):02x}{info.version:08x}"
+
+
+class HubView:
+    """Revisions of the registry's adapters as Hub commits."""
+
+    def __init__(self, registry: Registry, *, default_variant: str = "") -> None:
+        """``default_variant``: the form of a revision without a suffix ("" = a default fetch, or "lora")."""
+        self.registry, self.default_variant = registry, default_variant
+
+    def revision(self, owner: str, name: str, revision: str) -> HubRevision:
+        """The commit ``revision`` names in ``owner/name``: AdapterNotFound (the repo), RevisionNotFound or the
+        registry's refusal of that form (a LoRA export of an adapter whose base shapes are unknown, ...)."""
+        repo_id = f"{owner}/{name}"
+        ref, variant, commit = self._parse(owner, name, revision)
+        variant = variant if commit is not None else (variant or self.default_variant)
+        try:
+            info, built = self.registry.built(ref, as_lora=variant == "lora", seed_only=variant == "seed-only",
+                                              with_projection=variant == "projection")
+        except AdapterNotFound:
+            raise
+        except NotFound as exc:
+            raise RevisionNotFound(f"{repo_id} has no revision {revision[:MAX_REVISION_LENGTH]!r}: {exc}") from exc
+        if commit is not None and commit != commit_of(info, variant):
+            raise RevisionNotFound(f"{repo_id} has no commit {revision}; it names a version that was deleted, or "
+                                   "another registry's.")
+        files = dict(built.files)
+        with_projection = bool(json.loads(files[CONFIG_NAME]).get("save_projection", True))
+        files[CARD_NAME] = model_card(info, with_projection=with_projection or variant == "lora",
+                                      as_lora=variant == "lora").encode("utf-8")
+        sha256 = {**built.sha256, CARD_NAME: hashlib.sha256(files[CARD_NAME]).hexdigest()}
+        return HubRevision(repo_id, commit or commit_of(info, variant), variant, info, files, sha256)
+
+    @staticmethod
+    def _parse(owner: str, name: str, revision: str) -> tuple[Ref, str, str | None]:
+        """(the version's reference, the form, the commit when the revision is one)."""
+        repo_id = f"{owner}/{name}"
+        base, plus, variant = revision.partition("+")
+        if len(revision) > MAX_REVISION_LENGTH or (plus and variant not in VARIANTS[1:]):
+            raise RevisionNotFound(
+                f"{repo_id} has no revision {revision[:MAX_REVISION_LENGTH]!r}: a revision is main, a version "
+                "number (3 or v3), an alias or a commit, optionally followed by +lora, +seed-only or +projection.")
+        try:
+            if _COMMIT.fullmatch(base):
+                number, form = int(base[32:], 16), int(base[30:32], 16)
+                if not plus and form < len(VARIANTS) and 1 <= number <= 999_999_999:
+                    return Ref.of(owner, name, version=number), VARIANTS[form], base
+                raise RevisionNotFound(f"{repo_id} has no commit {revision}.")
+            if base == "main":
+                return Ref.of(owner, name, alias=LATEST), variant, None
+            if match := _VERSION.fullmatch(base):
+                return Ref.of(owner, name, version=int(match[1])), variant, None
+            return Ref.of(owner, name, alias=base), variant, None
+        except InvalidInput as exc:  # owner, name or alias that cannot exist: no such repo or revision
+            if not _names_ok(owner, name):
+                raise AdapterNotFound(f"No adapter {repo_id[:200]}: {exc}") from exc
+            raise RevisionNotFound(f"{repo_id} has no revision {revision!r}: {exc}") from exc
+
+
+def _names_ok(owner: str, name: str) -> bool:
+    try:
+        Ref.of(owner, name, alias=LATEST)
+    except InvalidInput:
+        return False
+    return True
