@@ -129,7 +129,7 @@ class RegistryClient:
             with contextlib.suppress(NotFound):
                 files[ADAPTER_FILES[2]] = self.download(pinned, ADAPTER_FILES[2], as_lora=True, lora=lora)
         root = Path(out_dir)
-        from vera_core.checkpoint import write_adapter_files  # (torch is imported only where it is used)
+        from vera_core.folders import write_adapter_files  # torch-free
 
         write_adapter_files(root, files)
         return root

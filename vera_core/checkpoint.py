@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from vera_core.config import VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
+from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
 from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
 from vera_core.layer import ComputeStrategy
 from vera_core.model import VeraModel
@@ -248,22 +248,6 @@ def adapter_file_bytes(
         WEIGHTS_NAME: to_bytes(tensors, metadata),
         "README.md": _readme(config, fp).encode("utf-8"),
     }
-
-
-def write_adapter_files(root: Path, files: dict[str, bytes]) -> None:
-    """Write files into ``root`` through a temporary sibling folder, each moved into place by a rename."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        for name, data in files.items():
-            tmp.joinpath(name).write_bytes(data)
-        root.mkdir(exist_ok=True)
-        for item in tmp.iterdir():
-            os.replace(item, root / item.name)
-    finally:
-        for item in tmp.iterdir():
-            item.unlink()
-        tmp.rmdir()
 
 
 def write_adapter_dir(

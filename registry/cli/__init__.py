@@ -8,12 +8,13 @@ This module builds `app`, declares every sub-app, and registers each command, wr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
 
 import typer
 
 from registry.cli import admin, hub, jobs, local, remote, run
-from registry.cli.common import reports_errors
+from registry.cli.common import console, reports_errors
 
 app = typer.Typer(help="VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from "
                   "the registry; sync with the HuggingFace Hub; `vera up` runs the whole product.",
@@ -26,6 +27,25 @@ hub_app = typer.Typer(help="Sync with the HuggingFace Hub (the registry server t
                       no_args_is_help=True)
 base_app = typer.Typer(help="Base models and their layer shapes.", no_args_is_help=True)
 job_app = typer.Typer(help="Fine-tune jobs (run by `vera worker`).", no_args_is_help=True)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        try:
+            installed = version("vera-registry")
+        except PackageNotFoundError:  # a source tree that is not installed
+            installed = "unknown (not installed)"
+        console.print(f"vera-registry {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
 
 #: Each group's commands by name, in the order `--help` lists them.
 COMMANDS: dict[typer.Typer, dict[str, Callable[..., Any]]] = {

@@ -5,22 +5,48 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from registry.bootstrap import open_registry
-from registry.cli.common import DatabaseUrl, RegistryUrl, StorageUrl, Token, call_registry, console, load_settings
+from registry.cli.common import (
+    DatabaseUrl,
+    RegistryUrl,
+    StorageUrl,
+    Token,
+    call_registry,
+    check_failed,
+    console,
+    load_settings,
+)
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
-from registry.services.tokens import create_token, list_tokens, revoke_token
-from registry.store.database import Database
+
+if TYPE_CHECKING:
+    from registry.services.registry import Registry
+    from registry.settings import Settings
+    from registry.store.database import Database
+
+# The store, the services and torch are imported by the commands that use them, so that every `vera` command starts
+# without them (`vera ls` needs none).
+
+
+def open_registry(settings: Settings) -> Registry:
+    from registry.bootstrap import open_registry as open_configured
+
+    return open_configured(settings)
+
+
+def _database(database_url: str | None) -> Database:
+    from registry.store.database import Database
+
+    return Database(load_settings(database_url).resolved_database_url)
 
 
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
     """Create or upgrade the registry schema (Alembic)."""
-    db = Database(load_settings(database_url).resolved_database_url)
+    db = _database(database_url)
     db.upgrade(revision)
     console.print(f"database at revision {db.current_revision()}")
 
@@ -28,19 +54,19 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. base.")],
                  database_url: DatabaseUrl = None) -> None:
     """Downgrade the registry schema (destructive: drops what later revisions added)."""
-    db = Database(load_settings(database_url).resolved_database_url)
+    db = _database(database_url)
     db.downgrade(revision)
     console.print(f"database at revision {db.current_revision() or 'base (empty)'}")
 
 
 def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
-    db = Database(load_settings(database_url).resolved_database_url)
+    db = _database(database_url)
     current, head = db.current_revision(), db.head_revision()
     state = "up to date" if current == head else "run `vera db upgrade`"
     console.print(f"current: {current or 'none (empty)'}; head: {head}; {state}")
     if current != head:
-        raise typer.Exit(code=3)
+        check_failed()
 
 
 def fsck(
@@ -53,7 +79,7 @@ def fsck(
     for kind, digests in report.items():
         console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
     if any(report.values()) and not repair:
-        raise typer.Exit(code=2)
+        check_failed()
 
 
 def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None:
@@ -73,6 +99,8 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token; the secret is printed once and only its hash is stored."""
+    from registry.services.tokens import create_token
+
     registry = open_registry(load_settings(database_url))
     expires = timedelta(days=expires_days) if expires_days is not None else None
     token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_in=expires)
@@ -83,12 +111,16 @@ def token_create(
 
 def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], database_url: DatabaseUrl = None) -> None:
     """Revoke a token."""
+    from registry.services.tokens import revoke_token
+
     revoke_token(open_registry(load_settings(database_url)).db, token_id)
     console.print(f"revoked token {token_id}")
 
 
 def token_list(database_url: DatabaseUrl = None) -> None:
     """List tokens (never their secrets)."""
+    from registry.services.tokens import list_tokens
+
     table = Table("id", "owner", "name", "scopes", "revoked", "last used", "expires")
     for t in list_tokens(open_registry(load_settings(database_url)).db):
         table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), str(t.revoked), str(t.last_used_at or "-"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -25,10 +26,24 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class ExitCode(IntEnum):
+    """What `vera` exits with (docs/api.md); 2 is Click's, for usage errors, and nothing else uses it."""
+
+    OK = 0
+    ERROR = 1  # the command could not do what was asked; one line on stderr says why
+    USAGE = 2  # wrong options or arguments (Click)
+    CHECK_FAILED = 3  # a check ran and found a problem: verify, fsck, inspect --verify, db status
+
+
 def fail(exc: Exception) -> NoReturn:
-    """Report ``exc`` as one line on stderr and exit with code 1."""
+    """Report ``exc`` as one line on stderr and exit with ExitCode.ERROR."""
     err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=ExitCode.ERROR)
+
+
+def check_failed() -> NoReturn:
+    """Exit with ExitCode.CHECK_FAILED (the command has printed what the check found)."""
+    raise typer.Exit(code=ExitCode.CHECK_FAILED)
 
 
 def reports_errors(command: Callable[P, T]) -> Callable[P, T]:

@@ -12,9 +12,9 @@ from rich.table import Table
 
 import vera_core
 from registry.cli import training_options as opt
-from registry.cli.common import ForVllm, LoraDtype, MaxRank, console, lora_export
+from registry.cli.common import ForVllm, LoraDtype, MaxRank, check_failed, console, lora_export
 from registry.domain.training_spec import training_spec
-from vera_core import PORTABLE_GENERATOR, ProjectionSpec
+from vera_core import PORTABLE_GENERATOR  # vera_core loads torch lazily: only the commands that compute import it
 
 
 def inspect(
@@ -32,7 +32,7 @@ def inspect(
         table.add_row(f"[bold]{key}[/]", str(value))
     console.print(table)
     if verify and report.get("seed_reproducible") is False:
-        raise typer.Exit(code=2)
+        check_failed()
 
 
 def _describe(files: vera_core.AdapterFiles, *, verify: bool) -> dict[str, object]:
@@ -105,7 +105,7 @@ def projection_fingerprint(
     generator: Annotated[str, typer.Option(help="Generator name.")] = PORTABLE_GENERATOR,
 ) -> None:
     """Regenerate A and B and print their SHA-256 fingerprint (docs/projections.md)."""
-    spec = ProjectionSpec(generator, seed, r, max_in, max_out)
+    spec = vera_core.ProjectionSpec(generator, seed, r, max_in, max_out)
     console.print(vera_core.fingerprint(*vera_core.generate(spec)))
 
 

@@ -19,13 +19,13 @@ from registry.cli.common import (
     VersionRef,
     as_lora,
     call_registry,
+    check_failed,
     console,
     fail,
     lora_export,
 )
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import json_object
-from vera_core.recipes import published_metrics
 
 
 def publish(
@@ -66,6 +66,8 @@ def read_json_object(path: Path, what: str) -> dict[str, object]:
 def _metrics_file(path: Path | None) -> dict[str, object]:
     if path is None:
         return {}
+    from vera_core.recipes import published_metrics  # torch: only when a metrics file is published
+
     data = read_json_object(path, "--metrics")
     return published_metrics(data) if "final_eval" in data else data
 
@@ -84,26 +86,29 @@ def fetch(
 ) -> None:
     """Download an adapter in PEFT's format: by default a folder PEFT loads correctly."""
     lora = as_lora(as_)
-    export = lora_export(max_rank, dtype, for_vllm)
-    options = {"max_rank": export.max_rank, "dtype": export.dtype, "for": "vllm" if export.for_vllm else None}
+    if not lora and (max_rank is not None or dtype != "float32" or for_vllm):
+        fail(InvalidInput("--max-rank, --dtype and --for-vllm shape a LoRA export; add --as lora."))
+    options = None
+    if lora:  # (checking the export's options loads vera_core.lora, and torch with it: only when exporting)
+        export = lora_export(max_rank, dtype, for_vllm)
+        options = {"max_rank": export.max_rank, "dtype": export.dtype, "for": "vllm" if export.for_vllm else None}
     if with_projection and seed_only:
         fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
     info = call_registry(registry, token, lambda c: c.get(ref))
     call_registry(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection,
-                                                     seed_only=seed_only, as_lora=lora,
-                                                     lora=options if lora else None))
+                                                     seed_only=seed_only, as_lora=lora, lora=options))
     console.print(f"fetched {info.ref} into {out}")
 
 
 def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:
-    """Regenerate the projections from the seed, re-hash the blobs, check shapes; exit 2 if it fails."""
+    """Regenerate the projections from the seed, re-hash the blobs, check shapes; exit 3 if a check fails."""
     report = call_registry(registry, token, lambda c: c.verify(ref))
     console.print(f"{report.ref}: [bold]{report.status}[/]")
     for check, result in report.checks.items():
         console.print(f"  {check}: {'ok' if result.get('ok') else 'FAILED'} "
                       + ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok"))
     if report.status != "passed":
-        raise typer.Exit(code=2)
+        check_failed()
 
 
 def list_versions(

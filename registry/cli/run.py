@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from registry.bootstrap import open_hub, open_registry
 from registry.cli.common import RegistryUrl, console, err_console, fail, load_settings
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
@@ -26,6 +25,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     import uvicorn
 
     from registry.api import ApiOptions, create_app, is_loopback
+    from registry.bootstrap import open_hub, open_registry
     from registry.services.jobs import Jobs
     from registry.worker import Worker
 

@@ -26,9 +26,10 @@ from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
 from vera_core import AdapterFiles, VeraError
-from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes, write_adapter_files
+from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes
 from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.errors import VeraConfigError
+from vera_core.folders import write_adapter_files
 from vera_core.keys import PROJECTION_KEYS
 from vera_core.lora import LoraExport, lora_file_bytes
 

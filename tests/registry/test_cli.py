@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from registry.cli.common import ExitCode
 from registry.domain.training_spec import parse_target_modules, training_spec
 from tests.conftest import TINY_MODELS
 from tests.registry.servers import free_port
@@ -52,7 +53,7 @@ def test_inspect_verify_fails_when_stored_projections_are_not_the_seeds(adapter:
     tensors["base_model.vera_B"] = -tensors["base_model.vera_B"]
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     result = vera("inspect", str(out), "--verify")
-    assert result.returncode == 2
+    assert result.returncode == ExitCode.CHECK_FAILED == 3  # not 2: Click's usage errors
     assert "seed_reproducible        False" in result.stdout
 
 
@@ -109,3 +110,38 @@ def test_the_training_spec_leaves_unset_options_to_the_trainer_and_is_what_train
     assert TrainingArguments(**checked.training).max_grad_norm is None  # 0: clipping off
     assert training_spec(demo=True, max_grad_norm=0.5)["training"] == {"max_grad_norm": 0.5}
     assert training_spec(demo=True)["training"] == {}  # unset: TrainingArguments' defaults (clipping at 1.0)
+
+
+def test_version_and_module_entry_points() -> None:
+    from importlib.metadata import version
+
+    want = f"vera-registry {version('vera-registry')}"
+    assert vera("--version").stdout.strip() == want
+    for module in ("registry", "registry.cli"):
+        run = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=False)
+        assert run.returncode == 0 and run.stdout.strip() == want, (module, run.stderr)
+    usage = vera("no-such-command")
+    assert usage.returncode == ExitCode.USAGE and "No such command" in usage.stderr
+    doctor = subprocess.run([sys.executable, "-m", "vera_core"], capture_output=True, text=True, check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert doctor.stdout.count(": ok") == 2 and "all devices give the documented projection bits" in doctor.stdout
+
+
+def test_registry_commands_start_without_torch_or_the_database_layer(tmp_path: Path) -> None:
+    """`vera ls`, `vera fetch` and `vera job ls` talk HTTP only: they import neither torch nor SQLAlchemy (torch alone
+    is a second of start-up), so they start in a fraction of a second."""
+    from registry.client import RegistryClient
+    from tests.registry.adapters import make_adapter
+    from tests.registry.servers import running_server
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        with RegistryClient(url) as client:
+            client.publish(make_adapter(tmp_path / "a"), "kim/fast", base_model="tiny")
+        for args in (["ls"], ["fetch", "kim/fast", "--out", str(tmp_path / "out")], ["job", "ls"],
+                     ["alias", "kim/fast:1", "prod"]):
+            run = subprocess.run([sys.executable, "-X", "importtime", "-m", "registry", *args, "--registry", url],
+                                 capture_output=True, text=True, check=False)
+            assert run.returncode == 0, (args, run.stderr[-2000:])
+            imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if "|" in line}
+            assert not {"torch", "sqlalchemy", "transformers"} & imported, args
+        assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

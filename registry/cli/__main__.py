@@ -1,0 +1,5 @@
+"""`python -m registry.cli`: the `vera` command line."""
+
+from registry.cli import app
+
+app(prog_name="vera")
