@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import ssl
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
-from registry.domain.errors import HTTP_STATUS, InvalidInput, NotFound, RegistryError
+from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, NotFound, RegistryError
+from registry.local_cache import CHUNK, LocalCache, default_cache_dir, new_file
+from vera_core.folders import write_adapter_files
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
     import torch
@@ -47,22 +53,58 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+@contextlib.contextmanager
+def _progress(what: str, size: int, show: bool) -> Iterator[Any]:
+    """A callable advancing a progress bar by n bytes: a tqdm bar on stderr for files over 4 MiB when ``show``."""
+    if not show or size < 4 * 2**20:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=size, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
+        yield bar.update
+
+
+def _raise_for(response: httpx.Response) -> NoReturn:
+    """The registry's exception for an error response (its problem type, else its status)."""
+    try:
+        body = response.json()
+        detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
+    except (json.JSONDecodeError, AttributeError):
+        detail, code = response.text or response.reason_phrase, ""
+    raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
+
+
 class RegistryUnavailable(RegistryError):
     """The registry could not be reached at all."""
 
     code = "unavailable"
 
 
+#: Requests that may be sent again when the connection failed or a proxy answered 502/503/504.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
 class RegistryClient:
-    """``RegistryClient(url, token)``; defaults from VERA_REGISTRY_URL and VERA_TOKEN."""
+    """``RegistryClient(url, token)``; defaults from VERA_REGISTRY_URL and VERA_TOKEN.
+
+    ``cache``: where fetched files are kept (registry.local_cache): None for VERA_CACHE_DIR (default
+    ~/.cache/vera-registry; VERA_NO_CACHE=1 turns it off), a folder, or False for none. ``retries``: how many times
+    an idempotent request is sent again after a connection error or a 502/503/504, with exponential backoff from
+    ``backoff_s``."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 120.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, cache: str | os.PathLike[str] | bool | None = None,
+                 retries: int = 3, backoff_s: float = 0.25) -> None:
         self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport,
                                  verify=_ssl_context())
+        root = default_cache_dir() if cache is None or cache is True else (Path(cache) if cache else None)
+        self.cache = LocalCache(root) if root is not None else None
+        self.retries, self.backoff_s = retries, backoff_s
 
     def close(self) -> None:
         self.http.close()
@@ -74,19 +116,37 @@ class RegistryClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise RegistryUnavailable(f"Cannot reach the registry at {self.url} ({type(exc).__name__}: {exc}). "
-                                      "Is it running? Start one with `vera up`, or set VERA_REGISTRY_URL.") from exc
-        if response.status_code >= 400:
+        with self._send(method, path, stream=False, **kwargs) as response:
+            return response
+
+    @contextlib.contextmanager
+    def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
+        """The response to a request (its body not yet read when ``stream``), an error status raised as the
+        registry's exception; idempotent requests are retried on connection errors and 502/503/504."""
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
             try:
-                body = response.json()
-                detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
-            except (json.JSONDecodeError, AttributeError):
-                detail, code = response.text or response.reason_phrase, ""
-            raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
-        return response
+                request = self.http.build_request(method, path, **kwargs)
+                response = self.http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if not last:
+                    time.sleep(self.backoff_s * 2**attempt)
+                    continue
+                raise RegistryUnavailable(f"Cannot reach the registry at {self.url} ({type(exc).__name__}: {exc}). "
+                                          "Is it running? Start one with `vera up`, or set VERA_REGISTRY_URL."
+                                          ) from exc
+            try:
+                if response.status_code in RETRY_STATUSES and not last:
+                    time.sleep(self.backoff_s * 2**attempt)
+                    continue
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                yield response
+                return
+            finally:
+                response.close()
 
     @staticmethod
     def _path(ref: str | Ref) -> str:
@@ -115,24 +175,82 @@ class RegistryClient:
         return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
-              seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None) -> Path:
+              seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None,
+              progress: bool = False) -> Path:
         """Download the PEFT directory (pinned to one version even if an alias moves meanwhile): by default files
         PEFT loads correctly, ``with_projection`` / ``seed_only`` force A and B in or out (Registry.files);
         ``as_lora`` downloads the equivalent LoRA instead (``lora``: the API's max_rank, dtype and for options; a
-        rank-capped export adds README.md with each layer's error)."""
+        rank-capped export adds README.md with each layer's error). Files stream to disk, each checked against its
+        SHA-256 (the ETag), and go through the local cache: fetching a version again costs one small request.
+        ``progress`` shows a bar for files over 4 MiB."""
         info = self.get(ref)
         pinned = Ref(owner=info.owner, name=info.name, version=info.version)
-        names = ADAPTER_FILES[:2] if as_lora else ADAPTER_FILES
-        files = {n: self.download(pinned, n, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora,
-                                  lora=lora) for n in names}
+        options = {"with_projection": with_projection, "seed_only": seed_only, "as_lora": as_lora, "lora": lora}
+        key = LocalCache.key(info.vectors_sha256, info.created_at.isoformat(), options)
+        if self.cache is not None and (cached := self.cache.lookup(info.owner, info.name, info.version, key)):
+            write_adapter_files(Path(out_dir), cached)
+            return Path(out_dir)
+        names = list(ADAPTER_FILES[:2] if as_lora else ADAPTER_FILES)
         if as_lora and lora:  # a rank-capped export carries README.md with each layer's error
-            with contextlib.suppress(NotFound):
-                files[ADAPTER_FILES[2]] = self.download(pinned, ADAPTER_FILES[2], as_lora=True, lora=lora)
-        root = Path(out_dir)
-        from vera_core.folders import write_adapter_files  # torch-free
+            names.append(ADAPTER_FILES[2])
+        scratch_parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
+        scratch_parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=scratch_parent) as scratch:
+            files: dict[str, Path] = {}
+            for name in names:
+                try:
+                    files[name] = self._download_to(Path(scratch) / name, pinned, name, progress=progress,
+                                                    with_projection=with_projection, seed_only=seed_only,
+                                                    as_lora=as_lora, lora=lora)
+                except NotFound:
+                    if name != ADAPTER_FILES[2] or not as_lora:
+                        raise
+            if self.cache is not None:
+                digests = {name: self._keep(path) for name, path in files.items()}
+                self.cache.record(info.owner, info.name, info.version, key, digests)
+                files = {name: self.cache.blobs / digest for name, digest in digests.items()}
+            write_adapter_files(Path(out_dir), files)
+        return Path(out_dir)
 
-        write_adapter_files(root, files)
-        return root
+    def _keep(self, path: Path) -> str:
+        """Move a downloaded (and checked) file into the cache's blobs; its SHA-256."""
+        assert self.cache is not None
+        digest = path.name.rpartition(".sha256-")[2]
+        os.replace(path, self.cache.blobs / digest)
+        return digest
+
+    def _download_to(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> Path:
+        """Stream one file to ``path``+".sha256-<digest>", checked against the server's ETag (its SHA-256); nothing
+        of a failed or mismatching download is left behind. A download that breaks off is tried again (retries)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._download_once(path, ref, filename, progress=progress, **options)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise RegistryUnavailable(f"The download of {filename} of {ref} from {self.url} broke off "
+                                              f"({type(exc).__name__}: {exc}); fetch again.") from exc
+                time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _download_once(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> Path:
+        digest = hashlib.sha256()
+        with self._send("GET", f"{self._path(ref)}/files/{filename}", stream=True,
+                        params=self._file_params(**options)) as response:
+            size = int(response.headers.get("content-length") or 0)
+            with new_file(path.parent, path) as out, _progress(filename, size, progress) as bar:
+                for chunk in response.iter_bytes(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar(len(chunk))
+            expected = response.headers.get("etag", "").strip('"')
+        if expected and expected != digest.hexdigest():
+            path.unlink(missing_ok=True)
+            raise IntegrityError(f"{filename} of {ref} arrived with SHA-256 {digest.hexdigest()[:16]}..., not the "
+                                 f"{expected[:16]}... the registry sent as its ETag; the download was damaged, "
+                                 "fetch again.")
+        final = path.with_name(f"{path.name}.sha256-{digest.hexdigest()}")
+        os.replace(path, final)
+        return final
 
     def load_adapter(self, base_model: torch.nn.Module, ref: str | Ref, *, is_trainable: bool = False,
                      cache_dir: str | os.PathLike[str] | None = None) -> VeraModel:
@@ -152,16 +270,22 @@ class RegistryClient:
             self.fetch(info.ref, folder, seed_only=info.seed_reproducible, with_projection=not info.seed_reproducible)
         return load(base_model, folder, is_trainable=is_trainable)
 
-    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, seed_only: bool = False,
-                 as_lora: bool = False, lora: dict[str, Any] | None = None) -> bytes:
+    @staticmethod
+    def _file_params(*, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
+                     lora: dict[str, Any] | None = None) -> dict[str, str]:
         params = {"format": "lora" if as_lora else "vera", **{k: str(v) for k, v in (lora or {}).items()
                                                                  if v is not None}}
         if with_projection:
             params["projection"] = "true"
         if seed_only:
             params["seed_only"] = "true"
-        response = self._request("GET", f"{self._path(ref)}/files/{filename}", params=params)
-        return response.content
+        return params
+
+    def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, seed_only: bool = False,
+                 as_lora: bool = False, lora: dict[str, Any] | None = None) -> bytes:
+        """One file's bytes, in memory (``fetch`` streams to disk and caches)."""
+        params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
+        return self._request("GET", f"{self._path(ref)}/files/{filename}", params=params).content
 
     def verify(self, ref: str | Ref) -> VerificationReport:
         return VerificationReport.model_validate(self._request("POST", f"{self._path(ref)}/verify").json())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from torch import nn
 # a port where nothing listens, refused at once, unless a test points it at the Hub stand-in. Servers that tests
 # start inherit this.
 os.environ.setdefault("VERA_HUB_ENDPOINT", "http://127.0.0.1:9")
+# The registry client's download cache (registry.local_cache) goes to a folder of this test run, never ~/.cache.
+os.environ.setdefault("VERA_CACHE_DIR", tempfile.mkdtemp(prefix="vera-test-cache-"))
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def fetch(
         fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
     info = call_registry(registry, token, lambda c: c.get(ref))
     call_registry(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection,
-                                                     seed_only=seed_only, as_lora=lora, lora=options))
+                                                     seed_only=seed_only, as_lora=lora, lora=options,
+                                                     progress=True))
     console.print(f"fetched {info.ref} into {out}")
 
 

@@ -1,0 +1,114 @@
+"""The client's download cache and its faults, through a real server (and a real fault-injecting proxy): a second
+fetch of a version is one small request and no download; damaged cache entries, damaged or broken-off downloads and
+busy proxies recover or fail clearly, and nothing half-written is used or left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.client import RegistryClient
+from registry.domain.errors import IntegrityError
+from tests.registry.adapters import make_adapter
+from tests.registry.faulty_proxy import Fault, FaultyProxy, faulty_proxy
+from tests.registry.servers import running_server
+
+REF = "kim/cached"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("cache-server")
+    with running_server(f"sqlite:///{tmp / 'r.db'}", tmp / "blobs") as url:
+        with RegistryClient(url, cache=False) as client:
+            client.publish(make_adapter(tmp / "a", seed=3), REF, base_model="tiny")
+        yield url
+
+
+@pytest.fixture
+def proxy(server: str) -> Iterator[FaultyProxy]:
+    with faulty_proxy(server) as proxy:
+        yield proxy
+
+
+def folder(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith((".part-", ".fetch-", ".sha256-")) or ".sha256-" in p.name]
+
+
+def test_a_second_fetch_is_one_small_request_and_the_same_files(proxy: FaultyProxy, tmp_path: Path) -> None:
+    with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01) as client:
+        client.fetch(REF, tmp_path / "one")
+        assert sum("/files/" in p for p in proxy.requests) == 3
+        proxy.requests.clear()
+        client.fetch(REF, tmp_path / "two")
+        assert len(proxy.requests) == 1 and "/files/" not in proxy.requests[0]  # which version; nothing downloaded
+        assert folder(tmp_path / "two") == folder(tmp_path / "one")
+        proxy.requests.clear()
+        client.fetch(REF, tmp_path / "lora", as_lora=True)  # another form: another entry
+        assert sum("/files/" in p for p in proxy.requests) == 2
+    with RegistryClient(proxy.url, cache=False) as uncached:
+        uncached.fetch(REF, tmp_path / "direct")
+    assert folder(tmp_path / "direct") == folder(tmp_path / "one")
+    assert not leftovers(tmp_path)
+
+
+def test_a_damaged_cache_entry_is_noticed_and_downloaded_again(proxy: FaultyProxy, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with RegistryClient(proxy.url, cache=cache) as client:
+        client.fetch(REF, tmp_path / "one")
+        biggest = max((cache / "blobs").iterdir(), key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[:-1] + b"\0")
+        proxy.requests.clear()
+        client.fetch(REF, tmp_path / "two")
+        assert sum("/files/" in p for p in proxy.requests) == 3
+    assert folder(tmp_path / "two") == folder(tmp_path / "one")
+
+
+def test_a_damaged_download_is_refused_and_nothing_is_kept(proxy: FaultyProxy, tmp_path: Path) -> None:
+    proxy.faults.append(Fault("adapter_model.safetensors", "flip"))
+    with RegistryClient(proxy.url, cache=tmp_path / "cache") as client:
+        with pytest.raises(IntegrityError, match="ETag; the download was damaged, fetch again"):
+            client.fetch(REF, tmp_path / "out")
+        assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+        assert not list((tmp_path / "cache").rglob("*.json"))  # no manifest
+        client.fetch(REF, tmp_path / "out")  # the next try is whole
+    with RegistryClient(proxy.url, cache=False) as uncached:
+        uncached.fetch(REF, tmp_path / "direct")
+    assert folder(tmp_path / "out") == folder(tmp_path / "direct")
+
+
+def test_broken_off_downloads_and_busy_proxies_are_retried(proxy: FaultyProxy, tmp_path: Path) -> None:
+    proxy.faults += [Fault("adapter_model.safetensors", "cut", times=2), Fault("/versions/latest", "status")]
+    with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01) as client:
+        client.fetch(REF, tmp_path / "out")
+    assert all(f.times == 0 for f in proxy.faults)
+    with RegistryClient(proxy.url, cache=False) as uncached:
+        uncached.fetch(REF, tmp_path / "direct")
+    assert folder(tmp_path / "out") == folder(tmp_path / "direct") and not leftovers(tmp_path)
+
+
+def test_retries_have_an_end_and_say_so(proxy: FaultyProxy, tmp_path: Path) -> None:
+    proxy.faults.append(Fault("adapter_model.safetensors", "cut", times=10))
+    with RegistryClient(proxy.url, cache=tmp_path / "cache", retries=2, backoff_s=0.01) as client:
+        with pytest.raises(Exception, match="broke off .*fetch again"):
+            client.fetch(REF, tmp_path / "out")
+    assert proxy.faults[0].times == 10 - 3 and not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_no_cache_when_asked(proxy: FaultyProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VERA_NO_CACHE", "1")
+    with RegistryClient(proxy.url) as client:
+        assert client.cache is None
+        client.fetch(REF, tmp_path / "out")
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.delenv("VERA_NO_CACHE")
+    with RegistryClient(proxy.url) as client:
+        client.fetch(REF, tmp_path / "out2")
+    assert list((tmp_path / "cache" / "blobs").iterdir())
