@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
 from registry.services.base_configs import HubBaseConfigs
 from registry.services.file_cache import FileCache
 from registry.services.hub import HubSync, use_timeout
@@ -10,6 +13,11 @@ from registry.services.validation import ProjectionBudget
 from registry.settings import Settings
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from registry.services.jobs import Jobs
 
 
 def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True,
@@ -45,3 +53,23 @@ def open_hub(registry: Registry, settings: Settings | None = None) -> HubSync:
     token = settings.hub_token.get_secret_value() if settings.hub_token is not None else None
     return HubSync(registry, endpoint=settings.hub_endpoint, token=token, timeout_s=settings.hub_timeout_s,
                    max_bytes=settings.max_upload_bytes)
+
+
+def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[FastAPI, Registry, Jobs]:
+    """The API app over the configured registry, with its job queue and Hub sync; ``settings.require_tokens`` must
+    be decided (the caller knows the bind address)."""
+    from registry.api import ApiOptions, create_app
+    from registry.services.jobs import Jobs
+
+    registry = open_registry(settings, create_if_empty=create_if_empty)
+    jobs = Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models)
+    options = ApiOptions(require_tokens=bool(settings.require_tokens), anonymous_read=settings.anonymous_read,
+                         max_upload_bytes=settings.max_upload_bytes,
+                         costly_requests_per_minute=settings.costly_requests_per_minute)
+    return create_app(registry, options, jobs, open_hub(registry, settings)), registry, jobs
+
+
+def api_from_environment() -> FastAPI:
+    """uvicorn's app factory for `vera serve --workers N`: each process builds its app from the VERA_* variables
+    the parent set (registry.settings.Settings.environment)."""
+    return build_api(Settings(), create_if_empty=False)[0]

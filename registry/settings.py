@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import SecretStr, field_validator
@@ -71,6 +72,20 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"VERA_HUB_ENDPOINT={value!r} must be an http(s) URL, e.g. https://huggingface.co")
         return value.rstrip("/")
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the VERA_* variables that give them back (for the processes `vera serve --workers`
+        starts); unset ones are left out."""
+        variables = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                value = json.dumps(value)
+            variables[f"VERA_{name.upper()}"] = str(value)
+        return variables
 
     @property
     def resolved_database_url(self) -> str:

@@ -183,6 +183,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address; any non-loopback address requires tokens.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8765,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+    workers: Annotated[int, typer.Option(min=1, help="API processes (one per core): each has its own file cache and "
+                                         "rate limits; the database and storage are shared.")] = 1,
 ) -> None:
     """Run the registry API."""
-    run_api(host, port, load_settings(database_url, storage_url))
+    run_api(host, port, load_settings(database_url, storage_url), workers=workers)

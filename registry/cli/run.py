@@ -17,37 +17,46 @@ from registry.domain.errors import InvalidInput
 from registry.settings import Settings
 
 
-def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False) -> None:
-    """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it."""
+def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False, workers: int = 1) -> None:
+    """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it;
+    with ``workers`` > 1, that many API processes (uvicorn's supervisor), each building the app from the settings,
+    which they receive as VERA_* variables."""
     import threading
-    from datetime import timedelta
 
     import uvicorn
 
-    from registry.api import ApiOptions, create_app, is_loopback
-    from registry.bootstrap import open_hub, open_registry
-    from registry.services.jobs import Jobs
-    from registry.worker import Worker
+    from registry.api import is_loopback
+    from registry.bootstrap import build_api, open_registry
 
-    registry = open_registry(settings, create_if_empty=True)
-    jobs = Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models)
+    if with_worker and workers > 1:
+        raise InvalidInput("A job worker runs beside one API process only; start workers with `vera worker`.")
     require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
+    settings = settings.model_copy(update={"require_tokens": require})
     if require:
         mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")
     else:
         mode = "LOCAL MODE: no token needed, every caller acts as the single local user"
         if not is_loopback(host):
             err_console.print(f"[bold yellow]warning:[/] tokens are off on {host}, which is not loopback")
-    console.print(f"vera-registry on http://{host}:{port} - {mode}\n  database {registry.db.engine.url!r}\n"
-                  f"  storage  {registry.blobs.url}")
-    options = ApiOptions(require_tokens=require, anonymous_read=settings.anonymous_read,
-                         max_upload_bytes=settings.max_upload_bytes,
-                         costly_requests_per_minute=settings.costly_requests_per_minute)
+    if workers > 1:
+        registry = open_registry(settings, create_if_empty=True)  # the schema, once, before the processes start
+        registry.db.engine.dispose()
+    else:
+        app, registry, jobs = build_api(settings)
+    console.print(f"vera-registry on http://{host}:{port} - {mode}"
+                  + (f", {workers} processes" if workers > 1 else "")
+                  + f"\n  database {registry.db.engine.url!r}\n  storage  {registry.blobs.url}")
+    if workers > 1:
+        os.environ.update(settings.environment())
+        uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning")
+        return
     if with_worker:
+        from registry.worker import Worker
+
         worker = Worker(jobs, log=lambda line: console.print(f"[dim]worker:[/] {line}"))
         threading.Thread(target=worker.run_forever, name="vera-worker", daemon=True).start()
-    uvicorn.run(create_app(registry, options, jobs, open_hub(registry, settings)), host=host, port=port,
-                log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def serve_model(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from pydantic import SecretStr
 
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
+from registry.settings import Settings
 from registry.store.database import Database
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from tests.registry.servers import free_port, running_server
@@ -361,3 +364,60 @@ def test_rank_capped_lora_exports_for_serving_engines(clients: Clients, local: t
     weights = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_model.safetensors",
                         params={"format": "lora", "max_rank": 4})
     assert 0 < float(weights.headers["x-vera-lora-max-relative-error"]) < 1
+
+
+def _children_of_server(port: int) -> list[int]:
+    """The processes that the `vera serve --port PORT` process started (Linux /proc)."""
+    procs = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+    def cmdline(p: Path) -> list[str]:
+        try:
+            return p.joinpath("cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return []
+
+    [server] = [int(p.name) for p in procs if "serve" in cmdline(p) and str(port) in cmdline(p)]
+    children = []
+    for p in procs:
+        try:
+            ppid = int(p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server:
+            children.append(int(p.name))
+    return children
+
+
+def test_serve_with_several_worker_processes(tmp_path: Path) -> None:
+    """`vera serve --workers 2`: two API processes on one port, each built from the settings the parent passed on
+    (tokens required here), sharing the database and the storage."""
+    from tests.registry.servers import running_vera
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    port = free_port()
+    with running_vera(["serve", "--port", str(port), "--workers", "2"], port, VERA_DATABASE_URL=url,
+                      VERA_STORAGE_URL=str(tmp_path / "blobs"), VERA_REQUIRE_TOKENS="true") as base:
+        assert len(_children_of_server(port)) >= 2
+        db = Database(url)
+        token = create_token(db, owner="kim", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        assert httpx.get(f"{base}/api/v1/adapters").status_code == 401  # the setting reached the workers
+        with RegistryClient(base, token, cache=False) as client:
+            client.publish(make_adapter(tmp_path / "a", seed=4), "kim/multi", base_model="tiny")
+            for i in range(6):  # new connections: the kernel spreads them over the processes
+                with RegistryClient(base, token, cache=False) as fresh:
+                    fresh.fetch("kim/multi", tmp_path / f"out{i}")
+            assert read_adapter(tmp_path / "out5").tensors.keys() == read_adapter(tmp_path / "out0").tensors.keys()
+
+
+def test_settings_pass_to_worker_processes_as_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(database_url="sqlite:////tmp/x.db", require_tokens=True, hub_token=SecretStr("hf_secret"),
+                        job_base_models=["minilm", "org/llama"], file_cache_bytes=5, hub_base_configs=False)
+    for name in list(os.environ):
+        if name.startswith("VERA_"):
+            monkeypatch.delenv(name)
+    for name, value in settings.environment().items():
+        monkeypatch.setenv(name, value)
+    rebuilt = Settings()
+    assert rebuilt.model_dump() == settings.model_dump()
+    assert rebuilt.hub_token is not None and rebuilt.hub_token.get_secret_value() == "hf_secret"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.client import RegistryClient
+from registry.client import RegistryClient, RegistryUnavailable
 from registry.domain.errors import IntegrityError
 from tests.registry.adapters import make_adapter
 from tests.registry.faulty_proxy import Fault, FaultyProxy, faulty_proxy
@@ -95,9 +95,9 @@ def test_broken_off_downloads_and_busy_proxies_are_retried(proxy: FaultyProxy, t
 
 def test_retries_have_an_end_and_say_so(proxy: FaultyProxy, tmp_path: Path) -> None:
     proxy.faults.append(Fault("adapter_model.safetensors", "cut", times=10))
-    with RegistryClient(proxy.url, cache=tmp_path / "cache", retries=2, backoff_s=0.01) as client:
-        with pytest.raises(Exception, match="broke off .*fetch again"):
-            client.fetch(REF, tmp_path / "out")
+    with (RegistryClient(proxy.url, cache=tmp_path / "cache", retries=2, backoff_s=0.01) as client,
+          pytest.raises(RegistryUnavailable, match="broke off .*fetch again")):
+        client.fetch(REF, tmp_path / "out")
     assert proxy.faults[0].times == 10 - 3 and not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
