@@ -59,14 +59,21 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
     """The API app over the configured registry, with its job queue and Hub sync; ``settings.require_tokens`` must
     be decided (the caller knows the bind address)."""
     from registry.api import ApiOptions, create_app
-    from registry.services.jobs import Jobs
 
     registry = open_registry(settings, create_if_empty=create_if_empty)
-    jobs = Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models)
+    jobs = job_queue(registry, settings)
     options = ApiOptions(require_tokens=bool(settings.require_tokens), anonymous_read=settings.anonymous_read,
                          max_upload_bytes=settings.max_upload_bytes,
                          costly_requests_per_minute=settings.costly_requests_per_minute)
     return create_app(registry, options, jobs, open_hub(registry, settings)), registry, jobs
+
+
+def job_queue(registry: Registry, settings: Settings) -> Jobs:
+    """The fine-tune job queue with the configured lease, retries and allowed base models."""
+    from registry.services.jobs import Jobs
+
+    return Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models,
+                max_attempts=settings.job_max_attempts, retry_backoff=timedelta(seconds=settings.job_retry_backoff_s))
 
 
 def api_from_environment() -> FastAPI:

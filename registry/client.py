@@ -353,9 +353,11 @@ class RegistryClient:
 
     # ---- jobs ----------------------------------------------------------------------------------------------
     def submit_job(self, target: str, spec: dict[str, Any], *,
-                   dataset: str | os.PathLike[str] | tuple[str, bytes] | None = None) -> JobInfo:
+                   dataset: str | os.PathLike[str] | tuple[str, bytes] | None = None, priority: int = 0,
+                   time_limit_s: float | None = None) -> JobInfo:
         """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as vera_core.recipes.TrainSpec.
-        ``dataset``: a .csv/.jsonl path, or (file name, bytes) as uploaded."""
+        ``dataset``: a .csv/.jsonl path, or (file name, bytes) as uploaded. Higher ``priority`` runs first;
+        ``time_limit_s`` stops its training after that long."""
         files = None
         if isinstance(dataset, tuple):
             files = {"dataset": (dataset[0], dataset[1], "application/octet-stream")}
@@ -364,8 +366,9 @@ class RegistryClient:
             if not path.is_file():
                 raise InvalidInput(f"Dataset {path} does not exist.")
             files = {"dataset": (path.name, path.read_bytes(), "application/octet-stream")}
-        response = self._request("POST", "/api/v1/jobs", data={"target": target, "spec": json.dumps(spec)},
-                                 files=files)
+        form = {"target": target, "spec": json.dumps(spec), "priority": str(priority),
+                **({"time_limit_s": str(time_limit_s)} if time_limit_s is not None else {})}
+        response = self._request("POST", "/api/v1/jobs", data=form, files=files)
         return JobInfo.model_validate(response.json())
 
     def jobs(self, *, owner: str | None = None, status: str | None = None) -> list[JobInfo]:

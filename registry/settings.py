@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     costly_requests_per_minute: int = 120
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
     job_lease_s: float = 60.0
+    # A job whose worker died is queued again after this long (doubling with each attempt), at most this many
+    # attempts in all; then it fails, saying why.
+    job_retry_backoff_s: float = 30.0
+    job_max_attempts: int = 3
     # What fine-tune jobs may train: the demo alias and Hub ids the workers have in their local Hub cache, never a
     # path (a JSON list in VERA_JOB_BASE_MODELS, e.g. '["minilm", "meta-llama/Llama-3.2-1B"]').
     job_base_models: list[str] = ["minilm"]

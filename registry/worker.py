@@ -1,7 +1,12 @@
 """`vera worker`: claims fine-tune jobs, trains them with vera_core, publishes the result with its lineage.
 
 A heartbeat thread keeps the job's lease, flushes progress and events, and reads cancellation; the training
-callback only queues events and stops training (after the current step) when the heartbeat says so.
+callback only queues events and stops training (after the current step) when the heartbeat says so, when the job's
+time limit is reached, or when the worker is told to let its job go.
+
+Stopping for a rolling restart: ``drain()`` (the first SIGTERM or SIGINT to `vera worker`) claims nothing more and
+exits once the current job has finished; ``release()`` (the second) stops the current job after its step and puts
+it back in the queue, for another worker, without counting the attempt.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from vera_core.trainer import TrainerState
 class _Tracker:
     """Shared between the training loop and the heartbeat thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_limit_s: float | None = None, release: threading.Event | None = None) -> None:
         self.lock = threading.Lock()
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.progress: dict[str, Any] = {"phase": "starting"}
         self.stop = False
+        self.time_limit_s, self.release = time_limit_s, release or threading.Event()
 
     def on_event(self, event: str, state: TrainerState, data: dict[str, float]) -> None:
         with self.lock:
@@ -45,6 +51,10 @@ class _Tracker:
                 self.events.append(("evaluate", dict(data)))
             if self.stop:
                 state.should_stop, state.stop_reason = True, "cancelled"
+            elif self.release.is_set():
+                state.should_stop, state.stop_reason = True, "released"
+            elif self.time_limit_s is not None and state.elapsed_s >= self.time_limit_s:
+                state.should_stop, state.stop_reason = True, "time_limit"
 
     def drain(self) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
         with self.lock:
@@ -60,13 +70,24 @@ class Worker:
         self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.work_dir, self.log = work_dir, log
+        self.draining, self.releasing = threading.Event(), threading.Event()
+
+    def drain(self) -> None:
+        """Claim no more jobs; run_forever returns once the current job has finished."""
+        self.draining.set()
+
+    def release(self) -> None:
+        """Stop the current job after its training step and queue it again for another worker; then return."""
+        self.draining.set()
+        self.releasing.set()
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        stop = stop or threading.Event()
+        stop = stop or self.draining
         self.log(f"worker {self.name} polling for jobs")
-        while not stop.is_set():
+        while not stop.is_set() and not self.draining.is_set():
             if not self.run_once():
                 stop.wait(self.poll_s)
+        self.log(f"worker {self.name} stopped")
 
     def run_once(self) -> bool:
         """Claim and run one job; False if there was none."""
@@ -78,7 +99,7 @@ class Worker:
         return True
 
     def _run(self, job: JobInfo) -> None:
-        tracker = _Tracker()
+        tracker = _Tracker(job.time_limit_s, self.releasing)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done), daemon=True)
         beat.start()
@@ -98,9 +119,7 @@ class Worker:
                 done.set()
                 beat.join()
                 self._flush(job.id, tracker, {"phase": "publishing"})
-                if metrics.get("stop_reason") == "cancelled":
-                    self.jobs.finish(job.id, self.name, status="cancelled")
-                    self.log(f"job {job.id}: cancelled")
+                if self._stopped_early(job, metrics.get("stop_reason")):
                     return
                 owner, name = job.target_name.split("/", 1)
                 summary = published_metrics(metrics)
@@ -117,6 +136,21 @@ class Worker:
             self._flush(job.id, tracker, {"phase": "failed"}, [("log", {"message": traceback.format_exc()})])
             self.jobs.finish(job.id, self.name, status="failed", error=f"{type(exc).__name__}: {exc}")
             self.log(f"job {job.id}: failed: {exc}")
+
+    def _stopped_early(self, job: JobInfo, reason: object) -> bool:
+        """Record a job that training stopped before its end: cancelled, let go, or out of time."""
+        if reason == "cancelled":
+            self.jobs.finish(job.id, self.name, status="cancelled")
+        elif reason == "released":
+            self.jobs.release(job.id, self.name)
+        elif reason == "time_limit":
+            self.jobs.finish(job.id, self.name, status="failed", error=f"Its time limit of {job.time_limit_s:g} s "
+                             "was reached; training stopped. Submit it again with a larger --time-limit, or fewer "
+                             "steps.")
+        else:
+            return False
+        self.log(f"job {job.id}: {reason}")
+        return True
 
     def _flush(self, job_id: int, tracker: _Tracker, progress: dict[str, Any] | None = None,
                extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:

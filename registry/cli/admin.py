@@ -165,14 +165,28 @@ def worker(
     once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
-    """Claim and run fine-tune jobs from the registry database (several workers may share it)."""
-    from registry.services.jobs import Jobs
+    """Claim and run fine-tune jobs from the registry database (several workers may share it). The first SIGTERM
+    (or Ctrl-C) drains: no new job, exit once the current one is done; the second gives the current job back to the
+    queue after its training step, for another worker."""
+    import signal
+
+    from registry.bootstrap import job_queue
     from registry.worker import Worker
 
     settings = load_settings(database_url, storage_url)
-    jobs = Jobs(open_registry(settings), lease=timedelta(seconds=settings.job_lease_s),
-                base_models=settings.job_base_models)
-    runner = Worker(jobs, poll_s=poll, heartbeat_s=heartbeat, log=lambda line: console.print(line))
+    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat,
+                    log=lambda line: console.print(line))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if runner.draining.is_set():
+            console.print("stopping: the current job goes back to the queue after its step")
+            runner.release()
+        else:
+            console.print("draining: no new jobs; exiting when the current one is done (signal again to let it go)")
+            runner.drain()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     if once:
         runner.run_once()
     else:

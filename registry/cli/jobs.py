@@ -35,13 +35,17 @@ def job_submit(
     batch_size: opt.BatchSize = 32,
     lr: opt.Lr = 1e-2,
     head_lr: opt.HeadLr = 1e-3,
+    priority: Annotated[int, typer.Option(min=-100, max=100, help="Higher runs first.")] = 0,
+    time_limit: Annotated[float | None, typer.Option(min=0, help="Seconds of training after which the job stops "
+                                                     "and fails, saying so. Default: none.")] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Queue a fine-tune; a worker trains it and publishes the result under --name."""
     spec = training_spec(base_model=base_model, task=task, demo=demo, r=r, seed=seed, projection_seed=projection_seed,
                          generator=generator, target_modules=target_modules, d_initial=d_initial, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr)
-    info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data))
+    info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data, priority=priority,
+                                                                 time_limit_s=time_limit))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
                   "--follow`")
 

@@ -238,6 +238,9 @@ class JobInfo(BaseModel):
     progress: dict[str, Any]
     error: str | None
     result_ref: str | None
+    priority: int = 0  # higher runs first
+    time_limit_s: float | None = None  # training stops (failed) after this long
+    not_before: datetime | None = None  # queued again after its worker died: claimable from then
 
 
 class JobEventInfo(BaseModel):

@@ -1,8 +1,12 @@
 """Fine-tune jobs: queued in the database, claimed by workers, tracked by heartbeats, published on success.
 
-States: queued -> running -> succeeded | failed | cancelled. A running job whose heartbeat is older than the
-lease becomes claimable again (its worker died). Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
-workers on many machines never take the same job; SQLite serialises writers and is correct with one worker.
+States: queued -> running -> succeeded | failed | cancelled. Workers claim the highest priority first, then the
+oldest. A running job whose heartbeat is older than the lease lost its worker (killed: out of memory, a crash): it is
+queued again after a backoff (``retry_backoff_s``, doubling with each attempt), or failed with that reason once it
+has used ``max_attempts``, so a job that kills every worker that runs it cannot wedge the queue. A job with a time
+limit stops training when the limit is reached and fails saying so. Claiming uses ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so workers on many machines never take the same job; SQLite serialises writers and is correct with one
+worker.
 """
 
 from __future__ import annotations
@@ -31,15 +35,21 @@ class Jobs:
     """The job queue over a Registry's database and blob store."""
 
     def __init__(self, registry: Registry, *, lease: timedelta = timedelta(seconds=60),
-                 base_models: Sequence[str] = (DEMO_MODEL,)) -> None:
+                 base_models: Sequence[str] = (DEMO_MODEL,), max_attempts: int = 3,
+                 retry_backoff: timedelta = timedelta(seconds=30)) -> None:
         """``base_models``: what a job may train (VERA_JOB_BASE_MODELS): the demo alias or Hub ids that workers find
-        in their local Hub cache. A job never names a path on a worker's disk."""
+        in their local Hub cache. A job never names a path on a worker's disk. ``max_attempts`` and
+        ``retry_backoff``: how often, and after how long, a job whose worker died is tried again
+        (VERA_JOB_MAX_ATTEMPTS, VERA_JOB_RETRY_BACKOFF_S)."""
         self.registry, self.db, self.lease, self.base_models = registry, registry.db, lease, tuple(base_models)
+        self.max_attempts, self.retry_backoff = max_attempts, retry_backoff
 
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
-               dataset_name: str = "data.csv") -> JobInfo:
-        """Validate a spec now (bad specs never reach a worker) and queue it."""
+               dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None) -> JobInfo:
+        """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
+        (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so)."""
+        _check_scheduling(priority, time_limit_s)
         ref = Ref.parse(target)
         check_name(owner, "Owner")
         if ref.owner != owner:
@@ -79,7 +89,8 @@ class Jobs:
             if digest is not None and s.get(m.Blob, digest) is None:
                 s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
             job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
-                        dataset_sha256=digest, status="queued", progress={})
+                        dataset_sha256=digest, status="queued", progress={}, priority=priority,
+                        time_limit_s=time_limit_s)
             s.add(job)
             s.flush()
             s.add(m.AuditEvent(actor=owner, action="job-submit", target=job.target_name, detail={"job": job.id}))
@@ -134,29 +145,45 @@ class Jobs:
 
     # ---- workers ---------------------------------------------------------------------------------------------
     def claim(self, worker: str) -> JobInfo | None:
-        """Take the oldest queued job, or a running one whose worker stopped sending heartbeats."""
-        expired = datetime.now(UTC) - self.lease
-        stale = (m.Job.status == "running") & (m.Job.heartbeat_at < expired)
-        query = (select(m.Job).where(or_(m.Job.status == "queued", stale & m.Job.cancel_requested.is_(False)))
-                 .order_by(m.Job.created_at, m.Job.id).limit(1))
+        """Take the queued job of highest priority, oldest first (one whose worker died: once its backoff passed)."""
+        now = datetime.now(UTC)
+        stale = (m.Job.status == "running") & (m.Job.heartbeat_at < now - self.lease)
+        query = (select(m.Job).where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now))
+                 .order_by(m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
         with self.db.session() as s:
             # a job cancelled while its worker was dying will not be resumed: it is cancelled
             s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
-                      .values(status="cancelled", finished_at=datetime.now(UTC)))
+                      .values(status="cancelled", finished_at=now))
             # the UPDATE above also takes SQLite's write lock first, so that two claims there serialise
-            if self.db.engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            job = s.scalar(query)
+            locking = self.db.engine.dialect.name == "postgresql"
+            self._requeue_lost(s, stale, now, locking)
+            job = s.scalar(query.with_for_update(skip_locked=True) if locking else query)
             if job is None:
                 return None
-            now = datetime.now(UTC)
-            if job.status == "running":
+            if job.attempts:
                 s.add(m.JobEvent(job_id=job.id, kind="log", data={
-                    "message": f"re-claimed by {worker}: {job.claimed_by} stopped sending heartbeats"}))
+                    "message": f"re-claimed by {worker} for attempt {job.attempts + 1} of {self.max_attempts}"}))
             job.status, job.claimed_by, job.heartbeat_at = "running", worker, now
             job.started_at, job.attempts = job.started_at or now, job.attempts + 1
             s.flush()
             return self._info(s, job)
+
+    def _requeue_lost(self, s: Any, stale: Any, now: datetime, locking: bool) -> None:
+        """Running jobs whose worker stopped sending heartbeats: queued again after a backoff, or failed with the
+        reason once they used every attempt."""
+        query = select(m.Job).where(stale).limit(100)
+        for job in s.scalars(query.with_for_update(skip_locked=True) if locking else query):
+            lost = f"{job.claimed_by} stopped sending heartbeats during attempt {job.attempts}"
+            if job.attempts >= self.max_attempts:
+                job.status, job.finished_at = "failed", now
+                job.error = (f"{lost} of {self.max_attempts}: every worker that ran this job died (out of memory? "
+                             "killed?); not tried again (VERA_JOB_MAX_ATTEMPTS).")
+                s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": job.error}))
+                continue
+            delay = self.retry_backoff * 2 ** max(job.attempts - 1, 0)
+            job.status, job.claimed_by, job.not_before = "queued", None, now + delay
+            s.add(m.JobEvent(job_id=job.id, kind="log", data={
+                "message": f"{lost}; queued again, claimable after {delay.total_seconds():g} s"}))
 
     def heartbeat(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None,
                   events: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
@@ -185,6 +212,16 @@ class Jobs:
                     m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.AdapterVersion.version == ref.version))
                 job.result_version_id = version.id if version else None
 
+    def release(self, job_id: int, worker: str) -> None:
+        """A worker that is shutting down gives its job back: queued again at once, this attempt not counted."""
+        with self.db.session() as s:
+            job = self._job(s, job_id)
+            if job.claimed_by != worker or job.status != "running":
+                return
+            job.status, job.claimed_by, job.attempts = "queued", None, max(job.attempts - 1, 0)
+            s.add(m.JobEvent(job_id=job_id, kind="log", data={
+                "message": f"{worker} is shutting down: the job is queued again for another worker"}))
+
     def dataset(self, job: JobInfo) -> bytes | None:
         with self.db.session() as s:
             digest = self._job(s, job.id).dataset_sha256
@@ -209,5 +246,20 @@ class Jobs:
                        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                        claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
                        cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
-                       result_ref=result_ref)
+                       result_ref=result_ref, priority=job.priority, time_limit_s=job.time_limit_s,
+                       not_before=job.not_before)
 
+
+
+MAX_PRIORITY = 100
+MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+
+
+def _check_scheduling(priority: int, time_limit_s: float | None) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidInput(f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY} (higher runs first); "
+                           f"got {priority!r}.")
+    if time_limit_s is not None and not (isinstance(time_limit_s, int | float) and not isinstance(time_limit_s, bool)
+                                         and 0 < time_limit_s <= MAX_TIME_LIMIT_S):
+        raise InvalidInput(f"time_limit_s must be a number of seconds above 0 and at most {MAX_TIME_LIMIT_S:.0f} "
+                           f"(30 days); got {time_limit_s!r}.")

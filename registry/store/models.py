@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -208,6 +209,11 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0006: workers claim higher priorities first; a job stops (failed) after time_limit_s of training; a job whose
+    # worker died is claimable again only from not_before (backoff)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    time_limit_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class JobEvent(Base):

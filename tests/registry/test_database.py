@@ -105,3 +105,22 @@ def test_migration_0005_keeps_every_token_of_a_0004_database(database_url: str) 
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT owner FROM access_tokens")).scalars().all() == ["alice"]
     db.engine.dispose()
+
+
+def test_migration_0006_keeps_every_job_of_a_0005_database(database_url: str) -> None:
+    from sqlalchemy import text
+
+    db = Database(database_url)
+    db.upgrade("0005")
+    with db.engine.begin() as conn:  # a job as the previous version wrote it
+        conn.execute(text("INSERT INTO jobs (status, spec, owner, target_name, created_at, progress, "
+                          "cancel_requested, attempts) VALUES ('queued', :spec, 'ann', 'ann/old', CURRENT_TIMESTAMP, "
+                          "'{}', :false, 0)"), {"spec": '{"demo": true}', "false": False})
+    db.upgrade()
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT owner, target_name, priority, time_limit_s, not_before FROM jobs")).all()
+    assert [tuple(r) for r in rows] == [("ann", "ann/old", 0, None, None)]  # kept: default priority, no limit
+    db.downgrade("0005")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT target_name FROM jobs")).scalars().all() == ["ann/old"]
+    db.engine.dispose()

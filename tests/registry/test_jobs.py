@@ -56,11 +56,13 @@ def test_queue_claims_cancellation_and_leases(registry: Registry) -> None:
     assert jobs.heartbeat(first.id, "w1") is True  # the worker learns it should stop
     assert jobs.get(first.id).progress == {"step": 3}
     assert [e.kind for e in jobs.events(first.id)] == ["step"]
-    expired = Jobs(registry, lease=timedelta(seconds=0))
+    expired = Jobs(registry, lease=timedelta(seconds=0), retry_backoff=timedelta(0))
     taken = expired.claim("w9")  # w2's job: no heartbeat within the (zero) lease
     assert taken is not None and taken.id == third.id and taken.attempts == 2 and taken.claimed_by == "w9"
     assert jobs.heartbeat(third.id, "w2") is True  # the old worker is told it lost the job
-    assert "re-claimed by w9" in jobs.events(third.id, kind="log")[0].data["message"]
+    lost, reclaimed = (e.data["message"] for e in jobs.events(third.id, kind="log"))
+    assert lost.startswith("w2 stopped sending heartbeats during attempt 1; queued again")
+    assert reclaimed == "re-claimed by w9 for attempt 2 of 3"
 
 
 def test_two_workers_never_claim_the_same_job(registry: Registry) -> None:
@@ -95,7 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
 
 def start_worker(database: str, storage: Path, lease_s: float = 60) -> subprocess.Popen[str]:
     env = {**os.environ, "VERA_DATABASE_URL": database, "VERA_STORAGE_URL": str(storage),
-           "VERA_JOB_LEASE_S": str(lease_s)}
+           "VERA_JOB_LEASE_S": str(lease_s), "VERA_JOB_RETRY_BACKOFF_S": "1"}
     return subprocess.Popen([str(VERA), "worker", "--poll", "0.5", "--heartbeat", "1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
 
@@ -172,3 +174,98 @@ def test_a_failed_job_keeps_its_error_and_logs(registry: Registry, monkeypatch: 
     logs = [e.data["message"] for e in jobs.events(job.id, kind="log")]
     assert any("Traceback" in line and "out of memory on purpose" in line for line in logs)
     assert worker_module.Worker(jobs, name="w", log=lambda line: None).run_once() is False  # not retried
+
+
+def test_higher_priorities_are_claimed_first_then_the_oldest(registry: Registry) -> None:
+    jobs = Jobs(registry)
+    low = jobs.submit(DEMO, owner="ann", target="ann/low", priority=-5)
+    first, second = (jobs.submit(DEMO, owner="ann", target=f"ann/n{i}") for i in range(2))
+    urgent = jobs.submit(DEMO, owner="ann", target="ann/urgent", priority=10, time_limit_s=600)
+    assert urgent.priority == 10 and urgent.time_limit_s == 600
+    order = [job.id for job in iter(lambda: jobs.claim("w"), None)]
+    assert order == [urgent.id, first.id, second.id, low.id]
+    for bad in ({"priority": 101}, {"priority": True}, {"time_limit_s": 0}, {"time_limit_s": 1e9}):
+        with pytest.raises(InvalidInput, match="priority must be|time_limit_s must be"):
+            jobs.submit(DEMO, owner="ann", target="ann/bad", **bad)  # type: ignore[arg-type]
+
+
+def test_a_job_that_kills_its_workers_is_retried_with_backoff_then_fails_saying_why(registry: Registry) -> None:
+    jobs = Jobs(registry, lease=timedelta(0), retry_backoff=timedelta(0), max_attempts=3)
+    job = jobs.submit(DEMO, owner="ann", target="ann/oom")
+    for attempt in (1, 2, 3):  # each worker "dies": it never sends a heartbeat within the (zero) lease
+        claimed = jobs.claim(f"w{attempt}")
+        assert claimed is not None and claimed.id == job.id and claimed.attempts == attempt
+    assert jobs.claim("w4") is None  # the third loss used the last attempt
+    failed = jobs.get(job.id)
+    assert failed.status == "failed" and failed.finished_at is not None
+    assert failed.error is not None and failed.error.startswith("w3 stopped sending heartbeats during attempt 3 of 3")
+    assert "VERA_JOB_MAX_ATTEMPTS" in failed.error
+
+    backing_off = Jobs(registry, lease=timedelta(0), retry_backoff=timedelta(seconds=60))
+    second = backing_off.submit(DEMO, owner="ann", target="ann/flaky")
+    assert backing_off.claim("w1") is not None
+    assert backing_off.claim("w2") is None  # lost, queued again, but not before its backoff
+    waiting = backing_off.get(second.id)
+    assert waiting.status == "queued" and waiting.not_before is not None
+    assert 50 < (waiting.not_before - (waiting.heartbeat_at or waiting.created_at)).total_seconds() <= 61
+
+
+def test_a_time_limit_stops_training_and_fails_the_job_saying_so(registry: Registry) -> None:
+    from registry.worker import Worker
+
+    jobs = Jobs(registry)
+    job = jobs.submit({"demo": True, "r": 16, "training": {"max_steps": 100_000}}, owner="ann",
+                      target="ann/slow", time_limit_s=1.0)
+    assert Worker(jobs, name="w", log=lambda line: None).run_once()
+    done = jobs.get(job.id)
+    assert done.status == "failed" and done.error is not None and "time limit of 1 s was reached" in done.error
+    assert 0 < done.progress.get("step", 0) < 100_000
+
+
+def test_a_released_job_goes_back_to_the_queue_without_counting_the_attempt(registry: Registry) -> None:
+    from registry.worker import Worker
+
+    jobs = Jobs(registry)
+    job = jobs.submit({"demo": True, "r": 16, "training": {"max_steps": 100_000}}, owner="ann", target="ann/long")
+    worker = Worker(jobs, name="w", heartbeat_s=0.2, log=lambda line: None)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        wait_for(lambda: jobs.get(job.id).progress.get("step", 0) > 0, 300, "training to start")
+        worker.release()
+    finally:
+        thread.join(timeout=300)
+    assert not thread.is_alive()
+    again = jobs.get(job.id)
+    assert again.status == "queued" and again.attempts == 0 and again.claimed_by is None
+    assert "is shutting down: the job is queued again" in jobs.events(job.id, kind="log")[-1].data["message"]
+    assert jobs.claim("other") is not None  # another worker takes it at once
+
+
+def test_sigterm_drains_the_worker_and_a_second_one_gives_the_job_back(server: tuple[str, str, Path]) -> None:
+    url, database, root = server
+    with RegistryClient(url) as client:
+        short = client.submit_job("ann/drained", {"demo": True, "r": 16, "training": {"max_steps": 40}},
+                                  priority=50, time_limit_s=3600)
+        assert short.priority == 50 and short.time_limit_s == 3600
+        worker = start_worker(database, root / "blobs")
+        try:
+            wait_for(lambda: client.job(short.id).progress.get("step", 0) > 0, 300, "training to start")
+            worker.send_signal(signal.SIGTERM)  # drain: the job finishes, then the worker exits
+            assert worker.wait(timeout=300) == 0
+            assert client.job(short.id).status == "succeeded"
+            long = client.submit_job("ann/handed-back", {"demo": True, "r": 16, "training": {"max_steps": 100_000}},
+                                     priority=50)
+            worker = start_worker(database, root / "blobs")
+            wait_for(lambda: client.job(long.id).progress.get("step", 0) > 0, 300, "training to start")
+            worker.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            worker.send_signal(signal.SIGTERM)  # let go of it: queued again for another worker
+            assert worker.wait(timeout=120) == 0
+            back = client.job(long.id)
+            assert back.status == "queued" and back.attempts == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=30)
+        client.cancel_job(long.id)

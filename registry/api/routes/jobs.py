@@ -24,6 +24,9 @@ async def submit_job(
     target: Annotated[str, Form(description="owner/name to publish the result as")],
     spec: Annotated[str, Form(description="the training spec, a JSON object (vera_core.recipes.TrainSpec)")],
     dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
+    priority: Annotated[int, Form(ge=-100, le=100, description="higher runs first")] = 0,
+    time_limit_s: Annotated[float | None, Form(gt=0, le=30 * 24 * 3600, description="training stops (the job "
+                                               "fails, saying so) after this many seconds")] = None,
 ) -> JobInfo:
     owner = Ref.parse(target).owner
     authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
@@ -36,7 +39,7 @@ async def submit_job(
             data = path.read_bytes()
     name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
     return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
-                                           dataset_name=name))
+                                           dataset_name=name, priority=priority, time_limit_s=time_limit_s))
 
 
 @router.get("", response_model=list[JobInfo])
