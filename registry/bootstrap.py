@@ -78,5 +78,9 @@ def job_queue(registry: Registry, settings: Settings) -> Jobs:
 
 def api_from_environment() -> FastAPI:
     """uvicorn's app factory for `vera serve --workers N`: each process builds its app from the VERA_* variables
-    the parent set (registry.settings.Settings.environment)."""
-    return build_api(Settings(), create_if_empty=False)[0]
+    the parent set (registry.settings.Settings.environment), logging as the parent does."""
+    from registry import logs
+
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return build_api(settings, create_if_empty=False)[0]

@@ -18,6 +18,7 @@ import httpx
 
 from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, NotFound, RegistryError
 from registry.local_cache import CHUNK, LocalCache, default_cache_dir, new_file
+from registry.logs import HEADER, REQUEST_ID
 from vera_core.folders import write_adapter_files
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
@@ -128,6 +129,8 @@ class RegistryClient:
             last = attempt == attempts - 1
             try:
                 request = self.http.build_request(method, path, **kwargs)
+                if (request_id := REQUEST_ID.get()) is not None:  # the work of one request, in the registry's log too
+                    request.headers[HEADER] = request_id
                 response = self.http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 if not last:

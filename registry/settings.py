@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # Read a base model's config.json from the Hub (anonymously, public repos only) when a seed-only adapter that
     # PEFT wrote is published for a base whose layer shapes nobody declared; once read, the shapes are declared.
     hub_base_configs: bool = True
+    # Logs of the servers and workers (registry.logs): debug, info, warning or error; json, text, or auto (JSON unless
+    # stderr is a terminal).
+    log_level: str = "info"
+    log_format: str = "auto"
 
     @field_validator("database_url")
     @classmethod
@@ -68,6 +72,20 @@ class Settings(BaseSettings):
                 f"VERA_DATABASE_URL={value!r} is not supported; use sqlite:///path/registry.db or "
                 "postgresql+psycopg://user@host:5432/db"
             )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"VERA_LOG_LEVEL={value!r}: use debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in ("auto", "json", "text"):
+            raise ValueError(f"VERA_LOG_FORMAT={value!r}: use auto, json or text")
         return value
 
     @field_validator("hub_endpoint")

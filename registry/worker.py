@@ -12,6 +12,7 @@ it back in the queue, for another worker, without counting the attempt.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.domain.schemas import JobInfo
+from registry.logs import JOB_ID, REQUEST_ID
 from registry.services.jobs import Jobs
 from vera_core.callbacks import FunctionCallback
 from vera_core.recipes import TrainSpec, published_metrics, run
@@ -66,10 +68,12 @@ class Worker:
     """Runs jobs one at a time; several workers (processes, machines) can share one database."""
 
     def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0, heartbeat_s: float = 5.0,
-                 work_dir: str | None = None, log: Callable[[str], None] = print) -> None:
+                 work_dir: str | None = None, log: Callable[[str], None] | None = None) -> None:
+        """``log``: where the worker's lines go; by default the ``vera.worker`` logger (registry.logs), each line
+        with the job's id and the id of the request that queued it."""
         self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.work_dir, self.log = work_dir, log
+        self.work_dir, self.log = work_dir, log or logging.getLogger("vera.worker").info
         self.draining, self.releasing = threading.Event(), threading.Event()
 
     def drain(self) -> None:
@@ -94,8 +98,13 @@ class Worker:
         job = self.jobs.claim(self.name)
         if job is None:
             return False
-        self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts})")
-        self._run(job)
+        job_token, request_token = JOB_ID.set(job.id), REQUEST_ID.set(self.jobs.request_id(job.id))
+        try:
+            self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts})")
+            self._run(job)
+        finally:
+            JOB_ID.reset(job_token)
+            REQUEST_ID.reset(request_token)
         return True
 
     def _run(self, job: JobInfo) -> None:

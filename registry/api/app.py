@@ -12,6 +12,7 @@ from registry.api.metrics import install_metrics
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
+from registry.logs import AccessLog
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
@@ -28,6 +29,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     # turn the gate's refusal of a streaming body into an ExceptionGroup, answered as a generic 400
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
+    app.add_middleware(AccessLog)  # outermost: every request gets its id and one access line, refusals included
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

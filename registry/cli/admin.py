@@ -12,6 +12,7 @@ from rich.table import Table
 
 from registry.cli.common import (
     DatabaseUrl,
+    LogLevel,
     RegistryUrl,
     StorageUrl,
     Token,
@@ -19,6 +20,7 @@ from registry.cli.common import (
     check_failed,
     console,
     load_settings,
+    start_logging,
 )
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
@@ -163,26 +165,26 @@ def worker(
     poll: Annotated[float, typer.Option(help="Seconds between polls when the queue is empty.")] = 2.0,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
     once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
-    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None, log_level: LogLevel = None,
 ) -> None:
     """Claim and run fine-tune jobs from the registry database (several workers may share it). The first SIGTERM
     (or Ctrl-C) drains: no new job, exit once the current one is done; the second gives the current job back to the
     queue after its training step, for another worker."""
     import signal
 
+    settings = start_logging(load_settings(database_url, storage_url), log_level)  # before the HF libraries load
+
     from registry.bootstrap import job_queue
     from registry.worker import Worker
 
-    settings = load_settings(database_url, storage_url)
-    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat,
-                    log=lambda line: console.print(line))
+    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat)
 
     def on_signal(signum: int, _frame: object) -> None:
         if runner.draining.is_set():
-            console.print("stopping: the current job goes back to the queue after its step")
+            runner.log("stopping: the current job goes back to the queue after its step")
             runner.release()
         else:
-            console.print("draining: no new jobs; exiting when the current one is done (signal again to let it go)")
+            runner.log("draining: no new jobs; exiting when the current one is done (signal again to let it go)")
             runner.drain()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -199,6 +201,7 @@ def serve(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
     workers: Annotated[int, typer.Option(min=1, help="API processes (one per core): each has its own file cache and "
                                          "rate limits; the database and storage are shared.")] = 1,
+    log_level: LogLevel = None,
 ) -> None:
     """Run the registry API."""
-    run_api(host, port, load_settings(database_url, storage_url), workers=workers)
+    run_api(host, port, load_settings(database_url, storage_url), workers=workers, log_level=log_level)

@@ -109,3 +109,22 @@ def as_lora(choice: str) -> bool:
     if choice not in ("vera", "lora"):
         fail(InvalidInput(f"--as must be vera or lora, got {choice!r}."))
     return choice == "lora"
+
+
+LogLevel = Annotated[str | None, typer.Option(
+    help="debug, info, warning or error (default: VERA_LOG_LEVEL, else info). Log lines go to stderr, JSON unless "
+         "it is a terminal (VERA_LOG_FORMAT=json|text|auto).")]
+
+
+def start_logging(settings: Settings, level: str | None) -> Settings:
+    """Configure registry.logs from --log-level (or the settings); the settings with that level, for children."""
+    from registry import logs
+
+    if level is not None:
+        try:
+            settings = settings.model_copy(update={"log_level": Settings.model_validate(
+                {"log_level": level}).log_level})
+        except ValueError as exc:
+            fail(InvalidInput(f"--log-level {level!r}: use debug, info, warning or error ({exc.__class__.__name__})."))
+    logs.configure(settings.log_level, settings.log_format)
+    return settings

@@ -4,20 +4,24 @@ server, the dashboard as a child process, and `vera up`, which runs them togethe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from registry.cli.common import RegistryUrl, console, err_console, fail, load_settings
+from registry.cli.common import LogLevel, RegistryUrl, console, fail, load_settings, start_logging
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.settings import Settings
 
+log = logging.getLogger("vera")
 
-def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False, workers: int = 1) -> None:
+
+def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False, workers: int = 1,
+            log_level: str | None = None) -> None:
     """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it;
     with ``workers`` > 1, that many API processes (uvicorn's supervisor), each building the app from the settings,
     which they receive as VERA_* variables."""
@@ -25,11 +29,15 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
 
     import uvicorn
 
+    if with_worker and workers > 1:
+        raise InvalidInput("A job worker runs beside one API process only; start workers with `vera worker`.")
+    settings = start_logging(settings, log_level)  # before the HF libraries load: they read their switches then
+
     from registry.api import is_loopback
     from registry.bootstrap import build_api, open_registry
 
-    if with_worker and workers > 1:
-        raise InvalidInput("A job worker runs beside one API process only; start workers with `vera worker`.")
+    served: dict[str, Any] = {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
+                              "access_log": False}  # registry.logs writes the access lines
     require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
     settings = settings.model_copy(update={"require_tokens": require})
     if require:
@@ -37,26 +45,23 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     else:
         mode = "LOCAL MODE: no token needed, every caller acts as the single local user"
         if not is_loopback(host):
-            err_console.print(f"[bold yellow]warning:[/] tokens are off on {host}, which is not loopback")
+            log.warning(f"tokens are off on {host}, which is not loopback")
     if workers > 1:
         registry = open_registry(settings, create_if_empty=True)  # the schema, once, before the processes start
         registry.db.engine.dispose()
     else:
         app, registry, jobs = build_api(settings)
-    console.print(f"vera-registry on http://{host}:{port} - {mode}"
-                  + (f", {workers} processes" if workers > 1 else "")
-                  + f"\n  database {registry.db.engine.url!r}\n  storage  {registry.blobs.url}")
+    log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
+             + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
     if workers > 1:
         os.environ.update(settings.environment())
-        uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, host=host, port=port,
-                    log_level="warning")
+        uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
         return
     if with_worker:
         from registry.worker import Worker
 
-        worker = Worker(jobs, log=lambda line: console.print(f"[dim]worker:[/] {line}"))
-        threading.Thread(target=worker.run_forever, name="vera-worker", daemon=True).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+        threading.Thread(target=Worker(jobs).run_forever, name="vera-worker", daemon=True).start()
+    uvicorn.run(app, **served)
 
 
 def serve_model(
@@ -72,7 +77,7 @@ def serve_model(
     max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
     max_batch: Annotated[int, typer.Option(help="Rows per forward.")] = 64,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    registry: RegistryUrl = None,
+    registry: RegistryUrl = None, log_level: LogLevel = None,
 ) -> None:
     """Serve many registry adapters on one base model: hot-loaded on first use, batched together."""
     import uvicorn
@@ -82,13 +87,14 @@ def serve_model(
 
     if task not in ("classification", "causal-lm"):
         fail(InvalidInput(f"--task must be classification or causal-lm, got {task!r}."))
+    settings = start_logging(load_settings(None), log_level)
     server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
                          max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device)
     with RegistryClient(registry, "") as client:
-        console.print(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from "
-                      f"{client.url}")
-    uvicorn.run(create_serving_app(server), host=host, port=port, log_level="warning")
+        log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")
+    uvicorn.run(create_serving_app(server), host=host, port=port, log_config=None, log_level=settings.log_level,
+                access_log=False)
 
 
 def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
@@ -132,6 +138,7 @@ def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
     ui_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
     with_ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Start the dashboard too.")] = True,
+    log_level: LogLevel = None,
 ) -> None:
     """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1, with SQLite
     and a local folder (VERA_DATA_DIR).
@@ -141,7 +148,7 @@ def up(
     if dashboard is not None:
         console.print(f"dashboard on http://127.0.0.1:{ui_port}")
     try:
-        run_api("127.0.0.1", port, embedded, with_worker=True)
+        run_api("127.0.0.1", port, embedded, with_worker=True, log_level=log_level)
     finally:
         if dashboard is not None and dashboard.poll() is None:
             dashboard.terminate()

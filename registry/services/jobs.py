@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo, JobStatus, Ref, check_json, check_name
+from registry.logs import REQUEST_ID
 from registry.services.lookup import version_ref
 from registry.services.registry import Registry
 from registry.store import models as m
@@ -93,7 +94,10 @@ class Jobs:
                         time_limit_s=time_limit_s)
             s.add(job)
             s.flush()
-            s.add(m.AuditEvent(actor=owner, action="job-submit", target=job.target_name, detail={"job": job.id}))
+            request_id = REQUEST_ID.get()
+            s.add(m.AuditEvent(actor=owner, action="job-submit", target=job.target_name,
+                               detail={"job": job.id, **({"request_id": request_id} if request_id else {})}))
+            s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": "queued", "request_id": request_id}))
             return self._info(s, job)
 
     def _checked_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +215,15 @@ class Jobs:
                 version = s.scalar(select(m.AdapterVersion).join(m.Adapter).where(
                     m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.AdapterVersion.version == ref.version))
                 job.result_version_id = version.id if version else None
+
+    def request_id(self, job_id: int) -> str | None:
+        """The id of the request that queued the job (registry.logs), for the worker's log lines."""
+        query = (select(m.JobEvent.data).where(m.JobEvent.job_id == job_id, m.JobEvent.kind == "log")
+                 .order_by(m.JobEvent.id).limit(1))
+        with self.db.session() as s:
+            data = s.scalar(query) or {}
+        value = data.get("request_id")
+        return value if isinstance(value, str) else None
 
     def release(self, job_id: int, worker: str) -> None:
         """A worker that is shutting down gives its job back: queued again at once, this attempt not counted."""

@@ -13,6 +13,7 @@ from registry.api.deps import bearer_token
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.client import RegistryUnavailable
 from registry.domain.errors import RegistryError, status_of
+from registry.logs import AccessLog
 from registry.serving.server import ModelServer
 
 
@@ -55,6 +56,7 @@ def create_serving_app(server: ModelServer) -> FastAPI:
     app.state.server = server
     install_problem_handlers(app, _status)
     app.include_router(router)
+    app.add_middleware(AccessLog)  # the request id also goes with the registry requests made for this request
     return app
 
 

@@ -40,10 +40,11 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
 
 @contextmanager
 def running_vera(args: list[str], port: int, *, health: str = "/health", also: tuple[str, ...] = (),
-                 **env: str) -> Iterator[str]:
+                 log_path: Path | None = None, **env: str) -> Iterator[str]:
     """Run `vera ARGS` (a server on ``port``) until ``health`` (and every URL in ``also``) answers; yield its URL;
-    stop it afterwards. Its output goes to a file (a pipe nobody reads could fill and block it)."""
-    with tempfile.TemporaryFile("w+") as log:
+    stop it afterwards. Its output goes to a file (a pipe nobody reads could fill and block it): ``log_path``, or a
+    temporary one."""
+    with open(log_path, "w+") if log_path is not None else tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen([str(VERA), *args], env={**os.environ, **env}, stdout=log,
                                    stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"

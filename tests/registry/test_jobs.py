@@ -55,12 +55,13 @@ def test_queue_claims_cancellation_and_leases(registry: Registry) -> None:
     jobs.cancel(first.id, actor="ann")
     assert jobs.heartbeat(first.id, "w1") is True  # the worker learns it should stop
     assert jobs.get(first.id).progress == {"step": 3}
-    assert [e.kind for e in jobs.events(first.id)] == ["step"]
+    assert [e.kind for e in jobs.events(first.id)] == ["log", "step"]  # "queued", then the step
     expired = Jobs(registry, lease=timedelta(seconds=0), retry_backoff=timedelta(0))
     taken = expired.claim("w9")  # w2's job: no heartbeat within the (zero) lease
     assert taken is not None and taken.id == third.id and taken.attempts == 2 and taken.claimed_by == "w9"
     assert jobs.heartbeat(third.id, "w2") is True  # the old worker is told it lost the job
-    lost, reclaimed = (e.data["message"] for e in jobs.events(third.id, kind="log"))
+    queued, lost, reclaimed = (e.data["message"] for e in jobs.events(third.id, kind="log"))
+    assert queued == "queued"
     assert lost.startswith("w2 stopped sending heartbeats during attempt 1; queued again")
     assert reclaimed == "re-claimed by w9 for attempt 2 of 3"
 

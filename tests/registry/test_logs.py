@@ -1,0 +1,106 @@
+"""Logs of the real processes: `vera serve` and `vera worker` write one JSON line per event (stderr is not a
+terminal here), each request's id on its access line and on the job it queued, and no token, Hub token or bearer
+credential ever appears in any line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry import logs
+from registry.client import RegistryClient
+from registry.services.tokens import create_token
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import VERA, free_port, running_vera
+
+
+def json_lines(path: Path) -> list[dict[str, object]]:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # every line is JSON: a parse error fails the test
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in parsed)
+    return parsed
+
+
+def test_server_and_worker_log_json_lines_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
+    url, port, server_log = f"sqlite:///{tmp_path / 'r.db'}", free_port(), tmp_path / "server.log"
+    env = {"VERA_DATABASE_URL": url, "VERA_STORAGE_URL": str(tmp_path / "blobs"), "VERA_REQUIRE_TOKENS": "true"}
+    hub_secret, wrong = "hf_" + "s3cr3t" * 5, "vera_" + "w" * 30
+    with running_vera(["serve", "--port", str(port), "--log-level", "info"], port, log_path=server_log,
+                      **env) as base:
+        db = Database(url)
+        token = create_token(db, owner="ann", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        with RegistryClient(base, token, cache=False) as client:
+            client.publish(make_adapter(tmp_path / "a"), "ann/logged", base_model="tiny")
+            job = client.submit_job("ann/job", {"demo": True, "r": 16, "training": {"max_steps": 2}})
+        asked = httpx.get(f"{base}/api/v1/adapters/ann/logged/versions/1", headers={
+            "Authorization": f"Bearer {token}", "X-Request-ID": "trace-42"})
+        assert asked.headers["x-request-id"] == "trace-42"
+        assert httpx.get(f"{base}/api/v1/adapters", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        httpx.post(f"{base}/api/v1/adapters/ann/logged/versions/1/hub/push", json={"repo_id": "ann/x"},
+                   headers={"Authorization": f"Bearer {token}", "X-Hub-Token": hub_secret})
+        logs.REQUEST_ID.set("from-the-model-server")  # a client inside another request's work passes its id on
+        with RegistryClient(base, token, cache=False) as client:
+            client.get("ann/logged")
+        logs.REQUEST_ID.set(None)
+        worker = subprocess.run([str(VERA), "worker", "--once", "--log-level", "debug"], capture_output=True,
+                                text=True, timeout=600, env={**os.environ, **env, "VERA_LOG_FORMAT": "json"})
+        assert worker.returncode == 0, worker.stderr[-2000:]
+    server = json_lines(server_log)
+    access = [e for e in server if e["logger"] == "vera.access"]
+    [traced] = [e for e in access if e.get("request_id") == "trace-42"]
+    assert traced["method"] == "GET" and traced["path"] == "/api/v1/adapters/ann/logged/versions/1"
+    assert traced["status"] == 200 and isinstance(traced["duration_ms"], float) and traced["client"] == "127.0.0.1"
+    assert any(e["status"] == 401 for e in access) and any(e["status"] == 201 for e in access)
+    assert any(e.get("request_id") == "from-the-model-server" for e in access)
+    [submitted] = [e for e in access if e["path"] == "/api/v1/jobs" and e["method"] == "POST"]
+    (tmp_path / "worker.log").write_text(worker.stderr)
+    worker_lines = json_lines(tmp_path / "worker.log")
+    ran = [e for e in worker_lines if e.get("job_id") == job.id]
+    assert ran and all(e["request_id"] == submitted["request_id"] for e in ran)  # the id of the submit request
+    assert any("published ann/job:1" in str(e["message"]) for e in ran)
+    everything = server_log.read_text() + worker.stderr
+    for secret in (token, hub_secret, wrong):
+        assert secret not in everything
+
+
+@pytest.fixture
+def configured_logging() -> Iterator[None]:
+    """registry.logs.configure in this process, undone afterwards (its handler holds this test's stderr)."""
+    names = ("vera", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = {n: (logging.getLogger(n).handlers, logging.getLogger(n).propagate, logging.getLogger(n).level,
+                 logging.getLogger(n).disabled) for n in names}
+    yield
+    for name, (handlers, propagate, level, disabled) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate, logger.disabled = handlers, propagate, disabled
+        logger.setLevel(level)
+
+
+def test_secrets_are_redacted_whoever_logs_them(capsys: pytest.CaptureFixture[str], configured_logging: None
+                                                ) -> None:
+    import huggingface_hub.utils
+
+    logs.configure("info", "json")
+    assert huggingface_hub.utils.are_progress_bars_disabled()  # JSON lines only: no progress bars on stderr
+    logging.getLogger("vera.test").warning("got Authorization: Bearer abc.def-123 and vera_%s and %s",
+                                           "x" * 20, "hf_" + "y" * 20)
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["message"] == "got Authorization: [redacted] and [redacted] and [redacted]"
+    with pytest.raises(ValueError, match="log level must be one of"):
+        logs.configure("loud")
+    assert logs.new_request_id("ok-id_1.2") == "ok-id_1.2" and logs.new_request_id("bad id\n") != "bad id\n"
+
+
+def test_a_bad_log_level_is_a_usage_error_naming_the_choices() -> None:
+    done = subprocess.run([str(VERA), "worker", "--once", "--log-level", "loud"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "use debug, info, warning or error" in done.stderr
