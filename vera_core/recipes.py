@@ -1,9 +1,13 @@
 """Fine-tuning glue between transformers and vera_core: resolve a base model, build the task and data, train,
 write the adapter (PEFT format) and a metrics file. Used by `vera train` and by the job worker.
+
+``python -m vera_core.recipes --spec JSON --out DIR`` runs one spec in this process; ``run_processes`` starts it in N
+processes through torchrun (DDP; vera_core/distributed.py), which is what `vera train --nproc N` does.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -13,8 +17,8 @@ from typing import Any, Literal
 
 import torch
 
-from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, save_adapter
-from vera_core.callbacks import TrainerCallback
+from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, distributed, save_adapter
+from vera_core.callbacks import ProgressBar, TrainerCallback
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.trainer import Trainer, TrainingArguments
@@ -134,6 +138,8 @@ def run(
     With ``resume``, continue from the latest checkpoint under ``out_dir/checkpoints`` to the total this spec asks
     for (the remaining steps follow that total's learning-rate schedule); a checkpoint already past it is refused.
     ``steps`` of ``total_steps`` ran in all, ``resumed_from_step`` of them (or None) before this call.
+
+    Under torchrun every process calls this with the same spec; they train together and rank 0 alone writes.
     """
     started = time.perf_counter()
     splits = load_splits(spec)
@@ -149,8 +155,9 @@ def run(
     trainer = Trainer(model, task, args, train_data=splits.train, eval_data=splits.eval, callbacks=callbacks)
     result = trainer.train(resume_from=Path(out_dir) / "checkpoints" if resume else None)
     test = trainer.evaluate(splits.test) if splits.test else {}
+    trainer.close()  # not after a failure: the other processes may never reach it
     out = Path(out_dir)
-    save_adapter(model, out)
+    processes = trainer.world.size
     metrics = {
         "task": spec.task,
         "labels": splits.labels,
@@ -171,10 +178,38 @@ def run(
         "wall_time_s": round(time.perf_counter() - started, 2),
         "spec": asdict(spec),
         "device": str(trainer.device),
+        "processes": processes,
+        "global_batch_size": args.batch_size * args.gradient_accumulation_steps * processes,
     }
-    out.joinpath("metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    if trainer.world.is_main:
+        save_adapter(model, out)
+        out.joinpath("metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
 
+
+def run_processes(spec: TrainSpec, out_dir: str | Path, *, nproc: int, resume: bool = False,
+                  progress: bool = False) -> dict[str, Any]:
+    """``run`` in ``nproc`` processes on this machine (torchrun, DDP; one GPU each on CUDA); rank 0's metrics.
+
+    ``spec.training["batch_size"]`` is per process: one step sees batch_size x gradient_accumulation_steps x nproc
+    examples. With ``progress``, rank 0 draws a progress bar.
+    """
+    args = ["--spec", json.dumps(asdict(spec)), "--out", str(out_dir)]
+    distributed.launch(nproc, "vera_core.recipes",
+                       args + ["--resume"] * resume + ["--progress"] * progress)
+    return dict(json.loads(Path(out_dir, "metrics.json").read_text(encoding="utf-8")))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m vera_core.recipes``: what each process that ``run_processes`` starts runs."""
+    parser = argparse.ArgumentParser(prog="python -m vera_core.recipes", description="Train one spec (run).")
+    parser.add_argument("--spec", required=True, help="the TrainSpec, as a JSON object")
+    parser.add_argument("--out", required=True, help="directory for the adapter, metrics.json and checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under --out")
+    parser.add_argument("--progress", action="store_true", help="a progress bar (drawn by rank 0)")
+    options = parser.parse_args(argv)
+    callbacks = [ProgressBar()] if options.progress and distributed.from_env().is_main else []
+    run(TrainSpec(**json.loads(options.spec)), options.out, callbacks=callbacks, resume=options.resume)
 
 
 #: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.
@@ -192,3 +227,7 @@ def published_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         stride = -(-len(curve) // MAX_CURVE_POINTS)
         kept["train_loss"] = curve[::stride] + ([curve[-1]] if (len(curve) - 1) % stride else [])
     return dict(json.loads(json.dumps(kept)))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,10 +8,15 @@ A resumed run trains to the total that its own arguments ask for (``max_steps``,
 epoch), not to the total of the run that wrote the checkpoint, so a run can be extended: the steps that remain
 follow the learning-rate schedule of the new total (warmup and decay are recomputed for it; with the ``constant``
 schedule and no warmup, 6 steps resumed to 12 equal 12 straight steps).
+
+Under torchrun the same loop trains in several processes with DistributedDataParallel (vera_core/distributed.py
+says what is synchronised): ``batch_size`` is per process, only rank 0 writes checkpoints, and a checkpoint resumes
+with the number of processes that wrote it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -24,9 +29,11 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from vera_core import distributed
 from vera_core.callbacks import TrainerCallback
 from vera_core.checkpoint import save_adapter
 from vera_core.data import Example, Task
+from vera_core.distributed import DistributedMode
 from vera_core.errors import VeraConfigError
 from vera_core.model import VeraModel
 
@@ -47,6 +54,7 @@ class TrainingArguments:
     epochs: float = 1.0
     # If set, the number of optimizer steps, overriding ``epochs``.
     max_steps: int | None = None
+    # Per process: with several processes one step sees batch_size x gradient_accumulation_steps x world size.
     batch_size: int = 32
     eval_batch_size: int = 128
     gradient_accumulation_steps: int = 1
@@ -68,8 +76,12 @@ class TrainingArguments:
     seed: int = 0
     # "auto": bf16 autocast on CUDA when supported, fp32 on CPU.
     precision: Precision = "auto"
+    # None: the GPU numbered LOCAL_RANK (torchrun sets it; 0 for one process) if there is one, else the CPU.
     device: str | None = None
     log_every: int = 10
+    # "auto": DDP when torchrun started several processes (WORLD_SIZE > 1), else this process alone; "ddp": refuse
+    # to train alone; "off": this process alone whatever the environment. "fsdp" is refused (vera_core.distributed).
+    distributed: DistributedMode = "auto"
 
     def __post_init__(self) -> None:
         for name in ("lr", "head_lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs"):
@@ -85,6 +97,7 @@ class TrainingArguments:
             raise VeraConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}.")
         if self.save_every is not None and self.output_dir is None:
             raise VeraConfigError("save_every needs output_dir, where the checkpoints go.")
+        distributed.check_mode(self.distributed)
 
 
 @dataclass
@@ -139,6 +152,10 @@ class Trainer:
 
     Parameters named ``*vera_lambda_*`` or ``*lora_*`` use ``lr``; all other trainable ones (heads, biases)
     use ``head_lr``.
+
+    Under torchrun every process builds the same model and a Trainer with the same arguments: the model goes into
+    DistributedDataParallel (``wrapped``), each process trains on its shard of every batch, and callbacks run in
+    every process they are given to (a progress bar belongs on rank 0 only: ``trainer.world.is_main``).
     """
 
     def __init__(
@@ -150,12 +167,16 @@ class Trainer:
         self.model, self.task, self.args = model, task, args
         self.train_data, self.eval_data = list(train_data), list(eval_data or [])
         self.callbacks = list(callbacks)
-        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.world, self.device = distributed.setup(args.distributed, args.device)
         self.model.to(self.device)
         self.autocast_dtype = self._autocast_dtype()
         self.state = TrainerState()
         self.optimizer = self._make_optimizer()
-        batches = math.ceil(len(self.train_data) / args.batch_size)
+        # The module the training forward goes through: DDP around the model, or the model itself.
+        self.wrapped = distributed.wrap(self.model, self.world, self.device)
+        if isinstance(self.model, VeraModel):  # after wrapping: a projection broadcast by DDP would hide a mismatch
+            distributed.check_projection(self.world, self.model.projection_fingerprint())
+        batches = math.ceil(math.ceil(len(self.train_data) / self.world.size) / args.batch_size)
         self.state.steps_per_epoch = max(1, batches // args.gradient_accumulation_steps)
         self.state.total_steps = args.max_steps or math.ceil(self.state.steps_per_epoch * args.epochs)
         warmup = int(args.warmup_ratio * self.state.total_steps)
@@ -164,6 +185,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self._best_state: dict[str, torch.Tensor] | None = None
         self.resumed_from_step: int | None = None
+
+    def close(self) -> None:
+        """Release DDP and the process group that this trainer started (``vera_core.distributed.shutdown``); every
+        process calls it once training and evaluation are over. Nothing to do for a single process."""
+        self.wrapped = self.model  # DDP goes before the process group (see distributed.shutdown)
+        distributed.shutdown(self.world)
 
     def _autocast_dtype(self) -> torch.dtype | None:
         precision = self.args.precision
@@ -204,8 +231,9 @@ class Trainer:
 
     # ---- data ------------------------------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[int]:
+        """This process's share of the epoch's shuffled order (all of it for a single process)."""
         gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.train_data), generator=gen).tolist()
+        return distributed.shard(torch.randperm(len(self.train_data), generator=gen).tolist(), self.world)
 
     def _batches(self, start_epoch: int, start_batch: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
         size = self.args.batch_size
@@ -239,29 +267,16 @@ class Trainer:
         batches = self._batches(state.epoch, state.batch_in_epoch)
         while state.step < state.total_steps and not state.should_stop:
             epoch, index, batch = next(batches)
-            if epoch != state.epoch:
-                state.epoch = epoch
-                if args.eval_every is None:
-                    self._evaluate_and_track()
-                    if state.should_stop:
-                        break
-            loss = self._forward_backward(self._to_device(batch), accum)
-            running += loss
+            if epoch != state.epoch and self._epoch_end(epoch):
+                break
             micro += 1
+            running += self._forward_backward(self._to_device(batch), accum, sync=micro % accum == 0)
             state.batch_in_epoch = index + 1
             if micro % accum:
                 continue
             self._optimizer_step()
-            state.step += 1
-            state.elapsed_s = time.perf_counter() - started
-            state.loss_history.append((state.step, running / accum))
-            self._emit("on_step_end", {"loss": running / accum, "lr": float(self.scheduler.get_last_lr()[0]),
-                                       "epoch": state.epoch + state.batch_in_epoch / max(1, state.steps_per_epoch)})
+            self._step_end(distributed.mean(self.world, running / accum), started)
             running = 0.0
-            if args.eval_every and state.step % args.eval_every == 0:
-                self._evaluate_and_track()
-            if args.save_every and state.step % args.save_every == 0:
-                self.save_checkpoint()
         if state.stop_reason is None and not (args.eval_every and state.step % args.eval_every == 0):
             self._evaluate_and_track()
         if args.load_best_at_end and self._best_state is not None:
@@ -271,11 +286,42 @@ class Trainer:
         self._emit("on_train_end")
         return TrainResult(state, final, state.elapsed_s, self.resumed_from_step)
 
-    def _forward_backward(self, batch: dict[str, torch.Tensor], accum: int) -> float:
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            loss = self.model(**batch).loss
-        self.scaler.scale(loss / accum).backward()
+    def _epoch_end(self, epoch: int) -> bool:
+        """A new epoch begins: evaluate if evaluations are per epoch; whether to stop."""
+        self.state.epoch = epoch
+        if self.args.eval_every is None:
+            self._evaluate_and_track()
+            self._sync_stop()
+        return self.state.should_stop
+
+    def _step_end(self, loss: float, started: float) -> None:
+        """Record an optimizer step, tell the callbacks, evaluate and save when due; ``loss``: the step's mean."""
+        args, state = self.args, self.state
+        state.step += 1
+        state.elapsed_s = time.perf_counter() - started
+        state.loss_history.append((state.step, loss))
+        self._emit("on_step_end", {"loss": loss, "lr": float(self.scheduler.get_last_lr()[0]),
+                                   "epoch": state.epoch + state.batch_in_epoch / max(1, state.steps_per_epoch)})
+        if args.eval_every and state.step % args.eval_every == 0:
+            self._evaluate_and_track()
+        if args.save_every and state.step % args.save_every == 0:
+            self.save_checkpoint()
+        self._sync_stop()
+
+    def _sync_stop(self) -> None:
+        """A stop asked for in any process (a callback's) stops all of them after the same step."""
+        state = self.state
+        state.should_stop, state.stop_reason = distributed.any_stop(self.world, state.should_stop, state.stop_reason)
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], accum: int, *, sync: bool) -> float:
+        """Forward and backward of one micro-batch; ``sync``: the last of a step, whose backward DDP all-reduces."""
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                stack.enter_context(distributed.accumulating(self.wrapped))
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                loss = self.wrapped(**batch).loss
+            self.scaler.scale(loss / accum).backward()
         return float(loss.detach())
 
     def _optimizer_step(self) -> None:
@@ -290,10 +336,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: Sequence[Example] | None = None) -> dict[str, float]:
-        """Task metrics (loss, accuracy or perplexity) on ``data`` (default: the eval set)."""
+        """Task metrics (loss, accuracy or perplexity) on ``data`` (default: the eval set).
+
+        With several processes each evaluates its share and every process gets the metrics of all of ``data`` (so
+        every process must call this)."""
         examples = list(self.eval_data if data is None else data)
         if not examples:
             return {}
+        examples = examples[self.world.rank::self.world.size]
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, float] = {}
@@ -305,7 +355,7 @@ class Trainer:
             for key, value in self.task.batch_stats(output, batch).items():
                 sums[key] = sums.get(key, 0.0) + value
         self.model.train(was_training)
-        return self.task.finalize(sums)
+        return self.task.finalize(distributed.sum_counts(self.world, sums))
 
     def _evaluate_and_track(self) -> None:
         if not self.eval_data:
@@ -337,31 +387,49 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Trainable tensors, optimizer, scheduler, RNG and loop state, all without pickle; for a VeraModel also
-        the adapter in PEFT's format, so a checkpoint can be inspected or published as it is."""
+        the adapter in PEFT's format, so a checkpoint can be inspected or published as it is.
+
+        Written into a hidden folder that is renamed when complete, so a process killed while writing leaves the
+        previous checkpoints as they were. With several processes every one must call this (each one's RNG state is
+        kept) and rank 0 alone writes."""
         if self.args.output_dir is None:
             raise VeraConfigError("save_checkpoint needs TrainingArguments.output_dir.")
         root = Path(self.args.output_dir) / "checkpoints"
         path = root / f"step-{self.state.step:08d}"
-        path.mkdir(parents=True, exist_ok=True)
+        rng_states = distributed.gather(self.world, self._rng_states())
+        if self.world.is_main:
+            partial = root / f".{path.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            self._write_checkpoint(partial, rng_states)
+            shutil.rmtree(path, ignore_errors=True)
+            partial.rename(path)
+            for old in sorted(root.glob("step-*"))[:-self.args.save_total_limit]:
+                shutil.rmtree(old)
+        self._emit("on_save", {"step": float(self.state.step)})
+        return path
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def _write_checkpoint(self, path: Path, rng_states: list[dict[str, torch.Tensor]]) -> None:
         if isinstance(self.model, VeraModel):
             save_adapter(self.model, path, save_projection=False)
         save_file({n: t.contiguous() for n, t in self._snapshot().items()}, str(path / "trainable.safetensors"))
         tensors, groups = _flatten_optimizer(self.optimizer)
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for rank, states in enumerate(rng_states):  # rank 0's as rng.cpu, as a single process writes it
+            tensors.update({f"rng.{device}{_rank_suffix(rank)}": state for device, state in states.items()})
         save_file(tensors, str(path / "optimizer.safetensors"))
         state = {k: v for k, v in asdict(self.state).items() if k not in ("should_stop", "stop_reason")}
         path.joinpath("trainer_state.json").write_text(json.dumps({
             "state": state, "param_groups": groups, "scheduler": self.scheduler.state_dict()["last_epoch"],
-            "args": asdict(self.args),
+            "args": asdict(self.args), "world_size": self.world.size,
         }, indent=1), encoding="utf-8")
         if self._best_state is not None:
             save_file({k: v.contiguous() for k, v in self._best_state.items()}, str(path / "best.safetensors"))
-        for old in sorted(root.glob("step-*"))[:-self.args.save_total_limit]:
-            shutil.rmtree(old)
-        self._emit("on_save", {"step": float(self.state.step)})
-        return path
 
     def _resume(self, path: Path) -> None:
         if path.name == "checkpoints" or not path.joinpath("trainer_state.json").exists():
@@ -370,6 +438,28 @@ class Trainer:
                 raise VeraConfigError(f"No checkpoint under {path}; expected checkpoints/step-N folders.")
             path = candidates[-1]
         saved = json.loads(path.joinpath("trainer_state.json").read_text(encoding="utf-8"))
+        self._check_resumable(path, saved)
+        step = saved["state"]["step"]
+        self._restore(load_file(str(path / "trainable.safetensors"), device=str(self.device)))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        _load_optimizer(self.optimizer, tensors, saved["param_groups"])
+        # The remaining steps follow this run's schedule, whose total may differ from the checkpoint's.
+        self.scheduler.last_epoch = saved["scheduler"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self._lr_factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        suffix = _rank_suffix(self.world.rank)
+        torch.set_rng_state(tensors[f"rng.cpu{suffix}"])
+        if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], self.device)
+        for key, value in saved["state"].items():
+            if key not in ("total_steps", "steps_per_epoch"):  # these come from this run's arguments and data
+                setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
+        self.resumed_from_step = step
+        if path.joinpath("best.safetensors").exists():
+            self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
+
+    def _check_resumable(self, path: Path, saved: dict[str, Any]) -> None:
         step, total = saved["state"]["step"], self.state.total_steps
         if step > total:
             asked = (f"max_steps={self.args.max_steps}" if self.args.max_steps else
@@ -379,23 +469,18 @@ class Trainer:
                 f"({asked}): pass max_steps >= {step} (vera train --max-steps {step} or more) to continue it, or "
                 "start over without resuming (no --resume)."
             )
-        self._restore(load_file(str(path / "trainable.safetensors"), device=str(self.device)))
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        _load_optimizer(self.optimizer, tensors, saved["param_groups"])
-        # The remaining steps follow this run's schedule, whose total may differ from the checkpoint's.
-        self.scheduler.last_epoch = saved["scheduler"]
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self._lr_factor(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        for key, value in saved["state"].items():
-            if key not in ("total_steps", "steps_per_epoch"):  # these come from this run's arguments and data
-                setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
-        self.resumed_from_step = step
-        if path.joinpath("best.safetensors").exists():
-            self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
+        processes = saved.get("world_size", 1)
+        if processes != self.world.size:
+            raise VeraConfigError(
+                f"The checkpoint {path} was written by a run of {processes} process(es) and this run has "
+                f"{self.world.size}: its position in the epoch counts batches of that many processes. Resume it "
+                f"with {processes} (vera train --nproc {processes}), or start over without resuming (no --resume)."
+            )
+
+
+def _rank_suffix(rank: int) -> str:
+    """How a process's RNG state is named in a checkpoint: rank 0 as a single process, the others with their rank."""
+    return f".{rank}" if rank else ""
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:

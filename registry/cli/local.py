@@ -155,10 +155,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="Resume from the latest checkpoint under --out.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (mixed precision needs CUDA).")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes to train in on this machine, through torchrun (DDP; "
+                                       "one GPU each on CUDA). --batch-size is per process: a step sees batch size "
+                                       "x grad-accum x nproc examples.")] = 1,
 ) -> None:
     """Fine-tune a model with VeRA; writes a PEFT-format adapter and metrics.json to --out."""
     from vera_core.callbacks import ProgressBar
-    from vera_core.recipes import TrainSpec, run
+    from vera_core.distributed import from_env
+    from vera_core.recipes import TrainSpec, run, run_processes
 
     spec = training_spec(
         base_model=base_model, task=task, demo=demo, data=str(data) if data else None, text_column=text_column,
@@ -169,7 +173,13 @@ def train(
         patience=patience, save_every=save_every, output_dir=str(out) if save_every or resume else None,
         precision=precision,
     )
-    metrics = run(TrainSpec(**spec), out, callbacks=[ProgressBar(disable=not progress)], resume=resume)
+    if nproc > 1:
+        metrics = run_processes(TrainSpec(**spec), out, nproc=nproc, resume=resume, progress=progress)
+    else:  # one process, or one of several that torchrun started (torchrun ... --no-python vera train ...)
+        main = from_env().is_main
+        metrics = run(TrainSpec(**spec), out, callbacks=[ProgressBar(disable=not (progress and main))], resume=resume)
+        if not main:
+            return
     _print_summary(metrics, out)
 
 

@@ -1,0 +1,259 @@
+"""Training in several processes with torch's own engines: torchrun starts the processes, DistributedDataParallel
+all-reduces the gradients. The trainer (vera_core/trainer.py) calls these helpers; a single process never
+touches torch.distributed.
+
+What is synchronised, and what is not:
+
+- DDP all-reduces (averages) the gradients of what trains: the d and b vectors, and heads and biases that train.
+  It broadcasts those parameters from rank 0 once, when it wraps the model.
+- The frozen base model and the projections A and B are never broadcast or reduced: they are listed in DDP's
+  ignore list. Every process regenerates A and B from the seed, and the trainer checks at start that all of them
+  hold the same bits (their fingerprint), refusing a mismatched world with ``ProjectionMismatchError``.
+- The data: each process takes every world-size-th example of the epoch's shuffled order (``shard``), so
+  ``batch_size`` is per process and one optimizer step sees ``batch_size x gradient_accumulation_steps x world
+  size`` examples, the same ones a single process would see with a batch that large.
+- The loop's decisions: the logged loss is averaged over the processes, evaluation sums are added up, and a stop
+  asked for in any process (a callback) stops every process after the same step.
+
+FSDP is refused: it shards parameters, which saves nothing here since the trainable vectors are tiny and the
+frozen base is the same on every rank; DDP (with the base in bf16 if memory is short) is what to use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from vera_core.errors import ProjectionMismatchError, VeraConfigError, VeraError
+
+DistributedMode = Literal["auto", "ddp", "off", "fsdp"]
+MODES = ("auto", "ddp", "off", "fsdp")
+LAUNCH_HINT = "vera train --nproc N, or torchrun --standalone --nproc-per-node N --no-python vera train ..."
+T = TypeVar("T")
+
+
+class DistributedError(VeraError, RuntimeError):
+    """Processes that train together failed, or could not start together."""
+
+
+def check_mode(mode: str) -> None:
+    """Refuse a ``TrainingArguments.distributed`` value that the trainer cannot run."""
+    if mode == "fsdp":
+        raise VeraConfigError(
+            "distributed='fsdp' is not supported: FSDP shards parameters, and VeRA's trainable vectors are tiny "
+            "while its frozen base and projections are the same on every process, so sharding saves nothing. Use "
+            f"distributed='ddp' (or 'auto') under torchrun: {LAUNCH_HINT}."
+        )
+    if mode not in MODES:
+        raise VeraConfigError(f"distributed must be auto, ddp or off, got {mode!r}.")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes that train together; ``World()`` is a single process."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    # Whether vera_core initialised the process group (and so ``shutdown`` destroys it).
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, metrics and the adapter."""
+        return self.rank == 0
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int | None) -> int:
+    text = environ.get(name)
+    if text is None:
+        if default is None:
+            raise VeraConfigError(
+                f"WORLD_SIZE={environ.get('WORLD_SIZE')} is set but {name} is not: torchrun sets RANK, WORLD_SIZE "
+                f"and LOCAL_RANK together. Start the processes with torchrun ({LAUNCH_HINT}), or unset WORLD_SIZE."
+            )
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise VeraConfigError(f"{name} must be an integer (as torchrun sets it), got {text!r}.") from None
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> World:
+    """The world torchrun describes in RANK, WORLD_SIZE and LOCAL_RANK; a single process when WORLD_SIZE is unset."""
+    environ = os.environ if environ is None else environ
+    size = _env_int(environ, "WORLD_SIZE", 1)
+    if size == 1:
+        return World()
+    rank, local_rank = _env_int(environ, "RANK", None), _env_int(environ, "LOCAL_RANK", None)
+    if size < 1 or not 0 <= rank < size or not 0 <= local_rank <= rank:
+        raise VeraConfigError(
+            f"torchrun's environment is inconsistent: RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={size}; "
+            "expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE. Start the processes with torchrun rather than setting "
+            "these by hand."
+        )
+    return World(rank, size, local_rank)
+
+
+def _world(mode: str) -> World:
+    if mode == "off":
+        return World()
+    if dist.is_available() and dist.is_initialized():  # set up by the caller (accelerate, a script)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return World(dist.get_rank(), dist.get_world_size(), local_rank)
+    world = from_env()
+    if mode == "ddp" and world.size == 1:
+        raise VeraConfigError(
+            "distributed='ddp' but this process was not started by torchrun (WORLD_SIZE is unset or 1). Start it "
+            f"with {LAUNCH_HINT}, or use distributed='auto', which trains alone when there is one process."
+        )
+    return world
+
+
+def setup(mode: str, device: str | None = None) -> tuple[World, torch.device]:
+    """This process's world and device, with the process group initialised if it trains with others.
+
+    The device is ``device`` if given, else the GPU numbered LOCAL_RANK on CUDA machines, else the CPU; the process
+    group uses NCCL on CUDA and gloo on the CPU.
+    """
+    check_mode(mode)
+    world = _world(mode)
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if world.size == 1:
+        return world, chosen
+    if chosen.type == "cuda":
+        chosen = chosen if chosen.index is not None else torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(chosen)
+    if dist.is_initialized():
+        return world, chosen
+    dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    return World(world.rank, world.size, world.local_rank, owns_group=True), chosen
+
+
+def shutdown(world: World) -> None:
+    """Destroy the process group if ``setup`` created it (a caller's own group is left alone). Every process must
+    call this once all have finished training without failing, after dropping its DDP module (Trainer.close)."""
+    if not (world.owns_group and dist.is_initialized()):
+        return
+    # gloo's worker threads free finished collectives' tensors, which takes the GIL, while the group's destructor
+    # joins those threads holding the GIL: seen to deadlock when DDP's reducer held the last reference to the group.
+    # So DDP goes first, while the group lives on, and a barrier lets the threads finish before the group goes.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """``model`` in DDP, which then synchronises only what requires grad; ``model`` itself for one process."""
+    if world.size == 1:
+        return model
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    buffers = [name for name, _ in model.named_buffers()]  # the projections A and B, among others
+    # torch's documented way to exclude names from DDP's broadcasts (untyped in torch)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
+        model, frozen + buffers)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def accumulating(module: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """Backward passes that keep gradients local (DDP's ``no_sync``) until the last micro-batch of a step."""
+    return module.no_sync() if isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
+
+
+def shard(order: Sequence[T], world: World) -> list[T]:
+    """This process's share of ``order``: every world-size-th item from its rank, after padding ``order`` with its
+    own first items to a multiple of the world size (as torch's DistributedSampler does).
+
+    Every process gets as many items, so they run the same number of batches; and batch b of each process together
+    hold exactly batch b of a single process whose batch is world size times larger.
+    """
+    padded = list(order) + list(itertools.islice(itertools.cycle(order), (-len(order)) % world.size))
+    return padded[world.rank::world.size]
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def gather(world: World, value: T) -> list[T]:
+    """``value`` of every process, in rank order (every process must call this)."""
+    if world.size == 1:
+        return [value]
+    found: list[Any] = [None] * world.size
+    dist.all_gather_object(found, value)
+    return found
+
+
+def mean(world: World, value: float) -> float:
+    """The mean of ``value`` over the processes (every process must call this)."""
+    if world.size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / world.size
+
+
+def sum_counts(world: World, sums: dict[str, float]) -> dict[str, float]:
+    """The key-wise sum of every process's ``sums``, added in rank order so that every process gets the same."""
+    total: dict[str, float] = {}
+    for part in gather(world, sums):
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def any_stop(world: World, stop: bool, reason: str | None) -> tuple[bool, str | None]:
+    """Whether any process asked to stop, and the first reason given (every process must call this)."""
+    if world.size == 1:
+        return stop, reason
+    flag = torch.tensor([int(stop)], device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return False, reason
+    stops = gather(world, (stop, reason))
+    first = next(rank for rank, (asked, _) in enumerate(stops) if asked)
+    return True, stops[first][1] or f"stopped by rank {first}"
+
+
+def check_projection(world: World, fingerprint: str) -> None:
+    """Refuse processes whose projections A and B differ (every process must call this)."""
+    found = gather(world, fingerprint)
+    differing = [rank for rank, value in enumerate(found) if value != found[0]]
+    if differing:
+        raise ProjectionMismatchError(
+            f"The {world.size} processes regenerated different projections: rank 0 has fingerprint "
+            f"{found[0][:16]}..., rank(s) {differing} have {sorted({found[r][:16] + '...' for r in differing})}. "
+            "Every process must build A and B from the same projection_prng_key, projection_generator, r and "
+            "adapted layer shapes (the same VeraConfig and base model) with the same vera_core version; A and B "
+            "are never broadcast, so give every process the same settings."
+        )
+
+
+def launch_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
+    """The torchrun command that runs ``python -m module *args`` in ``nproc`` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", module, *args]
+
+
+def launch(nproc: int, module: str, args: Sequence[str]) -> None:
+    """Run ``python -m module *args`` in ``nproc`` local processes through torchrun; their output goes to ours."""
+    if nproc < 1:
+        raise VeraConfigError(f"nproc must be at least 1, got {nproc}.")
+    code = subprocess.run(launch_command(nproc, module, args), check=False).returncode
+    if code != 0:
+        raise DistributedError(
+            f"Training in {nproc} processes failed (torchrun exited with {code}); its output above names the rank "
+            "that failed first and why. Checkpoints written before the failure are intact: fix the cause and run "
+            "again with --resume."
+        )
