@@ -39,7 +39,7 @@ from vera_core.errors import ProjectionMismatchError, VeraConfigError, VeraError
 
 DistributedMode = Literal["auto", "ddp", "off", "fsdp"]
 MODES = ("auto", "ddp", "off", "fsdp")
-LAUNCH_HINT = "vera train --nproc N, or torchrun --standalone --nproc-per-node N --no-python vera train ..."
+LAUNCH_HINT = "vera train --nproc N, or torchrun --standalone --nproc-per-node N --no-python -- vera train ..."
 T = TypeVar("T")
 
 
