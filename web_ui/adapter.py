@@ -3,6 +3,7 @@ per-layer d/b heatmap, verification, Hub push/pull and downloads."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pandas as pd
@@ -10,29 +11,25 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
-from web_ui import analysis, charts, session
+from registry.domain.schemas import ADAPTER_FILES, Ref, VerificationReport, VersionInfo
+from web_ui import analysis, charts, formats, navigation, session
 
 
 def page() -> None:
     st.title("Adapter")
-    ref_text = st.text_input("Version", value=st.session_state.get("adapter_ref", ""),
-                             placeholder="owner/name, owner/name:3 or owner/name@prod")
+    navigation.follow_url("ref", "adapter_box", default=st.session_state.get("adapter_ref", ""))
+    ref_text = st.text_input("Version", key="adapter_box", placeholder="owner/name, owner/name:3 or owner/name@prod",
+                             on_change=navigation.write_url, args=("ref", "adapter_box")).strip()
     if not ref_text:
         st.info("Pick a version on the Browse page, or type one above.")
         return
     Ref.parse(ref_text)  # a malformed reference is an InvalidInput message, not a request
     info = session.read(RegistryClient.get, ref_text)
-    st.session_state["adapter_ref"] = info.ref
+    navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     if info.description:
         st.write(info.description)
-    cols = st.columns(5)
-    cols[0].metric("Rank", info.r)
-    cols[1].metric("Trainable parameters", f"{info.trainable_parameters:,}")
-    cols[2].metric("Stored", f"{info.stored_bytes:,} B")
-    cols[3].metric("Verification", info.verification_status)
-    cols[4].metric("Base model", info.base_model)
+    header(info)
 
     overview, metrics_tab, layers_tab, verify_tab, hub_tab, files_tab = st.tabs(
         ["Versions and config", "Metrics", "Layers", "Verify", "Hub", "Download"])
@@ -48,6 +45,20 @@ def page() -> None:
         hub(info)
     with files_tab:
         downloads(info)
+
+
+def header(info: VersionInfo) -> None:
+    cols = st.columns(5)
+    cols[0].metric("Rank", info.r)
+    cols[1].metric("Adapter parameters", formats.count(info.adapter_parameters),
+                   help="The d and b vectors of every adapted layer: what `vera ls` counts.")
+    cols[2].metric("Stored", formats.size(info.stored_bytes), help=f"{info.stored_bytes:,} bytes")
+    cols[3].metric("Verification", info.verification_status)
+    cols[4].metric("Base model", info.base_model)
+    if info.trainable_parameters != info.adapter_parameters:
+        st.caption(f"{formats.count(info.trainable_parameters)} trainable with the task head "
+                   f"({formats.count(info.trainable_parameters - info.adapter_parameters)} head parameters on top "
+                   "of d and b; `vera ls` counts d and b only).")
 
 
 def versions(info: VersionInfo) -> None:
@@ -91,14 +102,29 @@ def layers(info: VersionInfo) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
+def run_verify(ref: str) -> None:
+    """``on_click`` of Verify now: runs before the page, so the header already shows the new status."""
+    result: VerificationReport | RegistryError
+    try:
+        result = session.call(lambda c: c.verify(ref))
+    except RegistryError as exc:
+        result = exc
+    st.session_state["verify_result"] = (ref, result)
+    st.cache_data.clear()
+
+
 def verify(info: VersionInfo) -> None:
     st.caption("Regenerates A and B from the seed and compares fingerprints, re-hashes the stored blobs and checks "
                "the layer shapes against the base model.")
-    if st.button("Verify now", key="verify"):
-        report = session.call(lambda c: c.verify(info.ref))
-        (st.success if report.status == "passed" else st.error)(f"{report.ref}: {report.status}")
-        st.json(report.model_dump(mode="json")["checks"])
-        st.cache_data.clear()
+    st.button("Verify now", key="verify", on_click=run_verify, args=(info.ref,))
+    ref, result = st.session_state.get("verify_result", (None, None))
+    if ref != info.ref or result is None:
+        return
+    if isinstance(result, RegistryError):
+        session.show_error(result)
+        return
+    (st.success if result.status == "passed" else st.error)(f"{result.ref}: {result.status}")
+    st.json(result.model_dump(mode="json")["checks"])
 
 
 def hub(info: VersionInfo) -> None:
@@ -148,19 +174,29 @@ def hub(info: VersionInfo) -> None:
         st.caption("Never pushed to or pulled from the HuggingFace Hub.")
 
 
+def built_file(url: str, token: str, ref: str, name: str, options: dict[str, bool]) -> bytes:
+    """One file as the registry builds it; called only when its download button is clicked (on Streamlit's own
+    thread, so it gets the connection as arguments, not from the session)."""
+    with RegistryClient(url, token, timeout=300) as c:
+        return c.download(ref, name, with_projection=options.get("with_projection", False),
+                          seed_only=options.get("seed_only", False), as_lora=options.get("as_lora", False))
+
+
 def downloads(info: VersionInfo) -> None:
-    forms = {"for PEFT (default)": {}, "with A and B": {"with_projection": True},
-             "seed-only (vera_core)": {"seed_only": True}, "equivalent LoRA (vLLM, LoRAX)": {"as_lora": True}}
+    forms: dict[str, dict[str, bool]] = {
+        "for PEFT (default)": {}, "with A and B": {"with_projection": True},
+        "seed-only (vera_core)": {"seed_only": True}, "equivalent LoRA (vLLM, LoRAX)": {"as_lora": True}}
     available = [f for f in forms if info.seed_reproducible or f != "seed-only (vera_core)"]
     form = st.radio("Form", available, horizontal=True,
                     help="The default is what PEFT loads correctly: seed-only where PEFT's own generator regenerates "
                          "A and B, A and B materialised otherwise. A seed-only copy of a portable-generator adapter "
                          "is for vera_core; PEFT refuses it with a message.")
     options = forms[form]
+    url, token = session.settings()
+    st.caption("Each file is built by the registry when its button is clicked (a LoRA export can be large).")
     for name in ADAPTER_FILES[:2] if options.get("as_lora") else ADAPTER_FILES:
-        data = session.read(RegistryClient.download, info.ref, name, with_projection="with_projection" in options,
-                            seed_only="seed_only" in options, as_lora="as_lora" in options)
-        st.download_button(f"{name} ({len(data):,} B)", data, file_name=name, key=f"dl-{name}")
+        st.download_button(name, functools.partial(built_file, url, token, info.ref, name, options), file_name=name,
+                           key=f"dl-{name}", on_click="ignore", icon=":material/download:")
     flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
     st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")
     st.caption("Load it: `vera_core.load_adapter(base, folder)` or `PeftModel.from_pretrained(base, folder)`; "

@@ -10,7 +10,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.schemas import VersionInfo
 from vera_core.config import KNOWN_GENERATORS
-from web_ui import session
+from web_ui import getting_started, navigation, session
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
                "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
@@ -32,15 +32,27 @@ def key_metrics(info: VersionInfo) -> dict[str, float | None]:
 
 def table(items: list[VersionInfo]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "version": v.ref, "base model": v.base_model, "r": v.r, "seed": str(v.seed), "generator": v.generator,
-        "trainable params": v.trainable_parameters, "stored bytes": v.stored_bytes, **key_metrics(v),
-        "verification": v.verification_status, "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags),
-        "created": v.created_at,
+        "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r, "seed": str(v.seed),
+        "generator": v.generator, "trainable params (with head)": v.trainable_parameters,
+        "stored bytes": v.stored_bytes, **key_metrics(v), "verification": v.verification_status,
+        "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags), "created": v.created_at,
     } for v in items])
 
 
-def page() -> None:
-    st.title("Adapters")
+COLUMNS = {
+    "version": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version",
+                                           pinned=True),
+    "trainable params (with head)": st.column_config.NumberColumn(
+        format="localized", help="d and b plus any trained task head; `vera ls` shows d and b only"),
+    "stored bytes": st.column_config.NumberColumn(format="bytes"),
+    "accuracy": st.column_config.NumberColumn(format="%.3f"),
+    "eval loss": st.column_config.NumberColumn(format="%.4f"),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+}
+
+
+def filters() -> dict[str, Any]:
+    """The filter form: list_versions' arguments (None where unset) and the page size."""
     bases = [b.name for b in session.read(RegistryClient.base_models)]
     with st.form("filters"):
         c1, c2, c3, c4 = st.columns(4)
@@ -58,26 +70,28 @@ def page() -> None:
             st.session_state["browse_cursors"] = [None]
     if seed and not seed.isdigit():
         st.warning(f"Seed {seed!r} is not a number; it is ignored.")
-    cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
-    result = session.read(RegistryClient.list_versions, cursor=cursors[-1], owner=owner or None,
-                          base_model=None if base == "any" else base, r=rank or None,
-                          seed=int(seed) if seed.isdigit() else None,
-                          generator=None if generator == "any" else generator, tag=tag or None, q=text or None,
-                          sort=sort, limit=size, with_total=True)
-    first = (len(cursors) - 1) * size
-    st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
-               f"{first + len(result.items):,}. Click a column to sort this page (e.g. by accuracy).")
-    if not result.items:
-        st.info("No adapter matches. Publish one with `vera publish`, or train one on the Train page.")
+    return {"owner": owner or None, "base_model": None if base == "any" else base, "r": rank or None,
+            "seed": int(seed) if seed.isdigit() else None, "generator": None if generator == "any" else generator,
+            "tag": tag or None, "q": text or None, "sort": sort, "limit": size}
+
+
+def page() -> None:
+    st.title("Adapters")
+    if not session.read(RegistryClient.list_versions, limit=1).items:
+        getting_started.panel()
         return
-    frame = table(result.items)
-    selection = st.dataframe(
-        frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-        column_config={"stored bytes": st.column_config.NumberColumn(format="%d B"),
-                       "accuracy": st.column_config.NumberColumn(format="%.3f"),
-                       "eval loss": st.column_config.NumberColumn(format="%.4f"),
-                       "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
-        key="browse_table")
+    chosen = filters()
+    cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
+    result = session.read(RegistryClient.list_versions, cursor=cursors[-1], with_total=True, **chosen)
+    first = (len(cursors) - 1) * chosen["limit"]
+    st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
+               f"{first + len(result.items):,}. Click a name (or tick a row) to open it; click a column to sort "
+               "this page (e.g. by accuracy).")
+    if not result.items:
+        st.info("No adapter matches these filters.")
+        return
+    selection = st.dataframe(table(result.items), hide_index=True, width="stretch", on_select="rerun",
+                             selection_mode="single-row", column_config=COLUMNS, key="browse_table")
     back, forward, _ = st.columns([1, 1, 6])
     if back.button("Previous page", disabled=len(cursors) == 1):
         cursors.pop()
@@ -85,8 +99,5 @@ def page() -> None:
     if forward.button("Next page", disabled=result.next_cursor is None):
         cursors.append(result.next_cursor)
         st.rerun()
-    rows = selection.selection.rows if selection is not None else []
-    chosen = st.selectbox("Open", frame["version"], index=rows[0] if rows else 0)
-    if st.button("Open adapter", type="primary"):
-        st.session_state["adapter_ref"] = chosen
-        st.switch_page(st.session_state["pages"]["adapter"])
+    if selection is not None and selection.selection.rows:  # one click: a ticked row opens its version
+        navigation.open_version(result.items[selection.selection.rows[0]].ref)

@@ -1,5 +1,6 @@
 """The dashboard's connection to the registry: URL and token per browser session, one typed client per call, and
-clear messages (never a traceback) when the registry is unreachable or refuses the token."""
+clear messages (never a traceback) when the URL lacks its scheme, points at something that is not a vera registry,
+cannot be reached or refuses the token."""
 
 from __future__ import annotations
 
@@ -67,14 +68,53 @@ def show_error(exc: RegistryError) -> None:
         st.error(str(exc), icon=":material/error:")
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with a registry URL before any request is sent (a missing http://), or None."""
+    if url.startswith(("http://", "https://")):
+        return None
+    return (f"The registry URL {url!r} does not start with http:// or https://. Add it in the sidebar, e.g. "
+            f"http://{url.removeprefix('//') or '127.0.0.1:8765'}")
+
+
+def registry_problem(url: str, token: str) -> str | None:
+    """Why the server at ``url`` is not a vera registry (its ``/health`` does not answer ``{"status": "ok"}``), or
+    None when it answers like one or cannot be reached at all (show_error says that)."""
+    try:
+        with RegistryClient(url, token, timeout=10, retries=0) as c:
+            answer = c.health()
+    except RegistryUnavailable:
+        return None
+    except RegistryError as exc:
+        found = f"the error {str(exc)[:80]!r}"
+    except (ValueError, TypeError):
+        found = "a page that is not JSON"
+    else:
+        if answer == {"status": "ok"}:
+            return None
+        found = f"{str(answer)[:80]}"
+    return (f"{url} answered, but it is not a vera registry (GET /health gave {found}, not {{'status': 'ok'}}). "
+            "Is it the dashboard's own address or another service? Set the registry's API URL in the sidebar: "
+            f"`vera up` prints it (by default {DEFAULT_URL}).")
+
+
 def guarded(page: Callable[[], None]) -> Callable[[], None]:
-    """A page that shows registry errors as messages instead of tracebacks."""
+    """A page that shows a bad URL, a server that is not a registry and registry errors as messages instead of
+    tracebacks."""
 
     @functools.wraps(page)
     def run() -> None:
+        url, token = settings()
+        if (problem := url_problem(url)) is not None:
+            st.error(problem, icon=":material/link_off:")
+            return
         try:
             page()
-        except RegistryError as exc:
-            show_error(exc)
+        except Exception as exc:
+            if (problem := registry_problem(url, token)) is not None:  # asked only after something failed
+                st.error(problem, icon=":material/link_off:")
+            elif isinstance(exc, RegistryError):
+                show_error(exc)
+            else:
+                raise
 
     return run

@@ -6,10 +6,17 @@ import json
 
 import streamlit as st
 
-from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobInfo
+from registry.domain.errors import RegistryError
+from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobInfo, Ref
 from registry.domain.training_spec import training_spec
 from vera_core.config import KNOWN_GENERATORS
-from web_ui import charts, session
+from web_ui import charts, navigation, session
+
+JOB_BOX = "job_box"
+
+
+def job_number(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
 
 
 def page() -> None:
@@ -21,13 +28,30 @@ def page() -> None:
         st.caption("No jobs yet.")
         return
     labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M})" for j in jobs}
-    chosen = st.session_state.get("job_id")
     ids: list[int] = list(labels)
-    job_id = st.selectbox("Job", ids, index=ids.index(chosen) if chosen in ids else 0,
-                          format_func=lambda i: labels[i])
+    wanted = navigation.follow_url("job", JOB_BOX, default=str(ids[0]), decode=job_number)
+    if st.session_state[JOB_BOX] not in ids:
+        st.warning(f"This registry has no job {wanted!r}; showing the newest, job {ids[0]}.")
+        st.session_state[JOB_BOX] = ids[0]
+    job_id = st.selectbox("Job", ids, key=JOB_BOX, format_func=lambda i: labels[i], on_change=navigation.write_url,
+                          args=("job", JOB_BOX))
     if job_id is not None:
-        st.session_state["job_id"] = job_id
+        navigation.set_param("job", str(job_id))
         follow(job_id)
+
+
+def target_problem(target: str) -> str | None:
+    """What is wrong with the Publish as name, checked before the job is sent; None when it is owner/name."""
+    if not target.strip():
+        return "Publish as is empty: type the name to publish the adapter as, owner/name (e.g. alice/polarity)."
+    try:
+        ref = Ref.parse(target.strip())
+    except RegistryError as exc:
+        return f"Publish as: {exc}"
+    if ref.version is not None or ref.alias is not None:
+        return (f"Publish as takes owner/name without a version or alias; found {target.strip()!r}. The job "
+                f"publishes the next version of {ref.owner}/{ref.name}.")
+    return None
 
 
 def launch() -> None:
@@ -52,12 +76,15 @@ def launch() -> None:
         batch = c10.number_input("Batch size", 1, 1024, 32)
         if not st.form_submit_button("Launch", type="primary"):
             return
+    if (problem := target_problem(target)) is not None:
+        st.error(problem, icon=":material/edit:")
+        return
     spec = training_spec(base_model=base, demo=demo and upload is None, r=int(r), projection_seed=int(prng),
                          generator=generator, d_initial=float(d_initial), epochs=float(epochs), lr=float(lr),
                          head_lr=float(head_lr), batch_size=int(batch))
     dataset = None if upload is None else (upload.name, upload.getvalue())
-    job = session.call(lambda c: c.submit_job(target, spec, dataset=dataset))
-    st.session_state["job_id"] = job.id
+    job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
+    navigation.set_param("job", str(job.id))  # the jobs below follow it
     st.success(f"Queued job {job.id} for {job.target_name}.")
 
 
@@ -89,8 +116,7 @@ def follow(job_id: int) -> None:
     if job.result_ref:
         st.success(f"Published {job.result_ref}")
         if st.button(f"Open {job.result_ref}", key=f"open-{job_id}"):
-            st.session_state["adapter_ref"] = job.result_ref
-            st.switch_page(st.session_state["pages"]["adapter"])
+            navigation.open_version(job.result_ref)
     if job.error:
         st.error("The job failed:")
         st.code(job.error[-4000:])

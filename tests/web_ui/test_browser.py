@@ -4,15 +4,18 @@ Screenshots of every page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, running_vera
+from tests.registry.servers import free_port, running_server, running_vera
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts" / "dashboard"
@@ -54,14 +57,23 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def tick_first_row(page: Page) -> None:
+    """Click the tick box of Browse's first row (the table is drawn on a canvas: 35 px header, 35 px rows)."""
+    grid = page.get_by_test_id("stDataFrame")
+    expect(grid).to_be_visible()
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 // 2)
+
+
 def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[str, str]) -> None:
     page.goto(product["ui"])
     expect(page.get_by_text("2 versions match")).to_be_visible()
     shot(page, "1-browse")
 
-    page.get_by_role("button", name="Open adapter").click()
+    tick_first_row(page)
     expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
-    expect(page.get_by_text("Trainable parameters")).to_be_visible()
+    expect(page.get_by_text("Adapter parameters")).to_be_visible()
     shot(page, "2-adapter")
     page.get_by_role("tab", name="Layers").click()
     expect(page.get_by_text("where the adaptation concentrates")).to_be_visible()
@@ -92,3 +104,86 @@ def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[st
     page.goto(product["ui"])
     expect(page.get_by_text("3 versions match")).to_be_visible()
     shot(page, "8-browse-after-training")
+
+
+def address(path: str, **params: str) -> re.Pattern[str]:
+    """The dashboard's address of a page with these query parameters (as the browser encodes them)."""
+    return re.compile(re.escape(f"{path}?{urlencode(params)}") + "$")
+
+
+def header_metric(page: Page, label: str) -> Locator:
+    return page.get_by_test_id("stMetric").filter(has_text=label)
+
+
+def test_typed_references_urls_verify_and_downloads_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """Issue 20: a version per URL, every typed reference kept, the header after Verify, downloads built on click."""
+    page.goto(f"{product['ui']}/adapter?ref=alice/tiny0:1")
+    expect(page.get_by_role("heading", name="alice/tiny0:1")).to_be_visible()
+    box = page.get_by_role("textbox", name="Version", exact=True)
+    for ref in ("alice/tiny1:1", "alice/tiny0:1", "alice/tiny1"):  # each one typed after the other is kept
+        box.fill(ref)
+        box.press("Enter")
+        expect(page.get_by_role("heading", name=f"{ref.removesuffix(':1')}:1")).to_be_visible()
+        expect(box).to_have_value(ref)
+        expect(page).to_have_url(address("/adapter", ref=ref))
+    shot(page, "9-adapter-typed-twice")
+
+    page.goto(f"{product['ui']}/adapter?ref=alice/tiny0:1")
+    expect(header_metric(page, "Verification")).to_contain_text("unverified")
+    page.get_by_role("tab", name="Verify").click()
+    page.get_by_role("button", name="Verify now").click()
+    expect(page.get_by_text("alice/tiny0:1: passed")).to_be_visible()
+    expect(header_metric(page, "Verification")).to_contain_text("passed")
+    shot(page, "10-adapter-verified-header")
+
+    page.get_by_role("tab", name="Download").click()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="adapter_model.safetensors").click()
+    data = Path(download.value.path()).read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    assert any(k.endswith("vera_lambda_d") for k in header)  # a real safetensors file, built on the click
+    shot(page, "11-adapter-download")
+
+
+def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    page.goto(product["ui"])
+    tick_first_row(page)  # one click opens it
+    expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
+    expect(page).to_have_url(address("/adapter", ref="alice/tiny1:1"))
+
+    page.goto(f"{product['ui']}/compare?refs=alice/tiny0:1,alice/tiny1:1")
+    expect(page.get_by_text("cos(ΔW of each version, ΔW of alice/tiny0:1)")).to_be_visible()
+    shot(page, "12-compare-from-url")
+
+    page.goto(f"{product['ui']}/train")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("Publish as is empty")).to_be_visible()
+    shot(page, "13-train-publish-as-empty")
+
+
+def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, product: dict[str, str],
+                                                               tmp_path: Path) -> None:
+    page.goto(product["ui"])
+    expect(page.get_by_text("versions match")).to_be_visible()
+    url = page.get_by_role("textbox", name="URL", exact=True)
+    url.fill(product["ui"])  # the dashboard's own port, an easy mistake
+    url.press("Enter")
+    expect(page.get_by_text(f"{product['ui']} answered, but it is not a vera registry")).to_be_visible()
+    expect(page.get_by_text("Traceback")).to_have_count(0)
+    shot(page, "14-not-a-registry")
+    bare = product["api"].removeprefix("http://")
+    url.fill(bare)
+    url.press("Enter")
+    expect(page.get_by_text(f"e.g. http://{bare}")).to_be_visible()
+    shot(page, "15-url-without-scheme")
+
+    with running_server(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "blobs") as empty:
+        url.fill(empty)
+        url.press("Enter")
+        expect(page.get_by_text("This registry has no adapters yet")).to_be_visible()
+        shot(page, "16-empty-registry")
+        page.get_by_role("button", name="Train the demo adapter").click()
+        expect(page).to_have_url(address("/train", job="1"))
+        expect(page.get_by_role("combobox", name="Job")).to_have_value(re.compile(r"^job 1: demo/polarity "))
+        expect(header_metric(page, "Status")).to_contain_text("queued")  # queued there; no worker runs it
+        shot(page, "17-demo-job-queued")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
+from registry.domain.training_spec import training_spec
 from registry.services.tokens import create_token
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
@@ -32,7 +35,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         db.engine.dispose()
         with RegistryClient(base, token) as client:
             for i, r in enumerate((8, 4, 8)):
-                client.publish(make_adapter(root / f"a{i}", seed=i, r=r), f"alice/model{i}", base_model="tiny-llama",
+                head = {"modules_to_save": ["lm_head"]} if i == 0 else {}  # trainable: d, b and a head
+                client.publish(make_adapter(root / f"a{i}", seed=i, r=r, **head), f"alice/model{i}",
+                               base_model="tiny-llama",
                                metrics={"test": {"accuracy": 0.8 + i / 100}, "final_eval": {"loss": 0.5 - i / 10},
                                         "train_loss": [[s, loss + i / 10] for s, loss in CURVE]},
                                tags=["demo"] if i else [])
@@ -40,12 +45,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         yield {"url": base, "token": token, "hub": hub}
 
 
-def page(name: str, registry: dict[str, Any], **state: Any) -> AppTest:
-    """Run one page's function as the dashboard does (guarded), with the session's connection set."""
+def page(name: str, registry: dict[str, Any], query: dict[str, str] | None = None, **state: Any) -> AppTest:
+    """Run one page's function as the dashboard does (guarded), with the session's connection set and the URL's
+    query parameters ``query``."""
     at = AppTest.from_string(f"from web_ui import session, {name}\nsession.guarded({name}.page)()\n",
                              default_timeout=60)
     at.session_state["registry_url"] = registry["url"]
     at.session_state["token"] = registry["token"]
+    at.query_params.update(query or {})
     for key, value in state.items():
         at.session_state[key] = value
     return at.run()
@@ -60,19 +67,19 @@ def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str,
     at = page("browse", registry)
     assert not at.exception
     frame = at.dataframe[0].value
-    assert list(frame["version"]) == ["alice/model2:1", "alice/model1:1", "alice/model0:1"]
+    assert list(frame["version"]) == [f"adapter?ref=alice/model{i}:1" for i in (2, 1, 0)]  # names link to the page
     assert "3 versions match" in texts(at)
     assert list(frame["accuracy"]) == pytest.approx([0.82, 0.81, 0.8])
     form_rank = next(n for n in at.number_input if n.label == "Rank")
     form_rank.set_value(4)
     next(b for b in at.button if b.label == "Apply").click()
     at.run()
-    assert list(at.dataframe[0].value["version"]) == ["alice/model1:1"]
+    assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model1:1"]
     form_rank.set_value(0)
     next(s for s in at.selectbox if s.label == "Sort").set_value("trainable_parameters")
     next(b for b in at.button if b.label == "Apply").click()
     at.run()
-    assert list(at.dataframe[0].value["version"])[0] == "alice/model1:1"  # r=4: fewest parameters
+    assert list(at.dataframe[0].value["version"])[0] == "adapter?ref=alice/model1:1"  # r=4: fewest parameters
 
 
 def test_browse_pages_through_thousands_with_a_cursor(registry: dict[str, Any]) -> None:
@@ -99,8 +106,51 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert any("alice/model0:1: passed" in s.value for s in at.success)
 
 
+def test_adapter_page_keeps_every_typed_reference(registry: dict[str, Any]) -> None:
+    """Issue 20: every second reference typed into the Version box was thrown away (the box snapped back)."""
+    at = page("adapter", registry)
+    for ref in ("alice/model0:1", "alice/model1:1", "alice/model2:1", "alice/model0@prod"):
+        at.text_input(key="adapter_box").set_value(ref).run()
+        assert at.text_input(key="adapter_box").value == ref
+        assert at.subheader[0].value == ref.replace("@prod", ":1")
+        assert at.query_params["ref"] == ref  # the page's URL names the version shown
+
+
+def test_adapter_page_opens_the_version_in_the_url(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/model1:1"}, adapter_ref="alice/model0:1")
+    assert not at.exception and at.subheader[0].value == "alice/model1:1"  # the URL wins over the last one opened
+    assert at.text_input(key="adapter_box").value == "alice/model1:1"
+    at.text_input(key="adapter_box").set_value("alice/model2:1").run()
+    assert at.query_params["ref"] == "alice/model2:1"
+    remembered = page("adapter", registry, adapter_ref="alice/model0@prod")  # no ?ref=: the last opened, written back
+    assert remembered.subheader[0].value == "alice/model0:1" and remembered.query_params["ref"] == "alice/model0@prod"
+
+
+def test_adapter_header_shows_the_new_status_after_verify(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/model1:1"})
+    assert {m.label: m.value for m in at.metric}["Verification"] == "unverified"
+    next(b for b in at.button if b.label == "Verify now").click()
+    at.run()
+    assert any("alice/model1:1: passed" in s.value for s in at.success)
+    assert {m.label: m.value for m in at.metric}["Verification"] == "passed"
+
+
+def test_adapter_header_says_which_parameters_it_counts(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/model0:1"})
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        info = client.get("alice/model0:1")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Adapter parameters"] == f"{info.adapter_parameters:,}"  # what `vera ls` shows
+    assert info.trainable_parameters > info.adapter_parameters  # lm_head is trained too
+    assert f"{info.trainable_parameters:,} trainable with the task head" in texts(at)
+    assert shown["Stored"].endswith(" KB") and shown["Stored"] != f"{info.stored_bytes} B"
+
+
 def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, adapter_ref="alice/model2:1")
+    buttons = at.get("download_button")
+    assert [b.label for b in buttons] == ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+    assert all(b.proto.deferred_file_id and not b.proto.url for b in buttons)  # built when clicked, not per render
     form = next(r for r in at.radio if r.label == "Form")
     assert form.value == "for PEFT (default)"
     assert any(c.value == "vera fetch alice/model2:1 --out model2" for c in at.code)
@@ -127,14 +177,27 @@ def test_adapter_page_pushes_to_the_hub_and_shows_the_sync_state(registry: dict[
 
 
 def test_compare_page_puts_versions_side_by_side(registry: dict[str, Any]) -> None:
-    at = page("compare", registry, compare_refs=["alice/model0:1", "alice/model2:1"])
+    at = page("compare", registry, query={"refs": "alice/model0:1,alice/model2:1"})
     assert not at.exception
     frame = at.dataframe[0].value
     assert list(frame["version"]) == ["alice/model0:1", "alice/model2:1"]
     assert "cos(ΔW of each version" in texts(at)
     at.multiselect[0].set_value(["alice/model0:1"])
     at.run()
-    assert "Choose two to four versions" in texts(at)
+    assert "Choose two to four versions" in texts(at) and at.query_params["refs"] == "alice/model0:1"
+
+
+def test_compare_url_round_trip_and_typed_references_join_the_chosen(registry: dict[str, Any]) -> None:
+    at = page("compare", registry)
+    assert at.query_params["refs"] == "alice/model2:1,alice/model1:1"  # the newest two, written to the URL
+    at.multiselect[0].set_value(["alice/model2:1", "alice/model0:1"]).run()
+    at.multiselect[0].set_value(["alice/model0:1", "alice/model1:1"]).run()  # a second change is kept too
+    assert list(at.dataframe[0].value["version"]) == ["alice/model0:1", "alice/model1:1"]
+    assert at.query_params["refs"] == "alice/model0:1,alice/model1:1"
+    at.text_input(key="compare_typed").set_value("alice/model0@prod, alice/model2").run()
+    assert at.multiselect[0].value == ["alice/model0:1", "alice/model1:1", "alice/model0@prod", "alice/model2"]
+    assert at.query_params["refs"] == "alice/model0:1,alice/model1:1,alice/model0@prod,alice/model2"
+    assert at.text_input(key="compare_typed").value == "" and len(at.dataframe[0].value) == 4
 
 
 def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> None:
@@ -148,11 +211,43 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     assert {m.label: m.value for m in at.metric}["Status"] == "queued"  # no worker here
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.jobs()[0]
+        assert at.query_params["job"] == str(job.id)  # the URL follows the job just queued
         assert job.target_name == "alice/from-ui" and job.spec["demo"] and job.spec["training"]["epochs"] == 0.1
         next(b for b in at.button if b.label == "Cancel job").click()
         at.run()
         assert client.job(job.id).status == "cancelled"
     assert {m.label: m.value for m in at.metric}["Status"] == "cancelled"
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("", "Publish as is empty: type the name to publish the adapter as, owner/name"),
+    ("  ", "Publish as is empty"),
+    ("alice/x:2", "Publish as takes owner/name without a version or alias"),
+    ("no slash", "Publish as: 'no slash' is not an adapter reference"),
+], ids=["empty", "blank", "with-version", "malformed"])
+def test_train_form_checks_publish_as_before_sending(registry: dict[str, Any], target: str, message: str) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        before = len(client.jobs())
+        at = page("train", registry)
+        next(t for t in at.text_input if t.label == "Publish as").set_value(target)
+        next(b for b in at.button if b.label == "Launch").click()
+        at.run()
+        assert not at.exception and message in texts(at) and "Field required" not in texts(at)
+        assert len(client.jobs()) == before  # nothing was sent
+
+
+def test_train_page_follows_the_job_in_the_url(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        first = client.submit_job("alice/job-a", training_spec(demo=True))
+        second = client.submit_job("alice/job-b", training_spec(demo=True))
+    at = page("train", registry, query={"job": str(first.id)})
+    assert at.selectbox(key="job_box").value == first.id
+    at.selectbox(key="job_box").set_value(second.id).run()
+    assert at.query_params["job"] == str(second.id)
+    at.selectbox(key="job_box").set_value(first.id).run()
+    assert at.query_params["job"] == str(first.id) and at.selectbox(key="job_box").value == first.id
+    unknown = page("train", registry, query={"job": "9999"})
+    assert not unknown.exception and "This registry has no job '9999'; showing the newest" in texts(unknown)
 
 
 def test_messages_instead_of_tracebacks_when_unreachable_or_refused(registry: dict[str, Any]) -> None:
@@ -183,3 +278,62 @@ def test_vera_ui_serves_the_dashboard_for_a_given_registry(registry: dict[str, A
                       health="/_stcore/health") as url:
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "<title>Streamlit</title>" in page.text
+
+
+def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        at = page("browse", {"url": url, "token": ""})
+        assert not at.exception and "This registry has no adapters yet" in texts(at)
+        assert "versions match" not in texts(at) and not at.dataframe
+        commands = at.code[0].value
+        assert f"export VERA_REGISTRY_URL={url}" in commands
+        assert "vera job submit --name alice/polarity --demo" in commands
+        at.text_input(key="demo_target").set_value("").run()
+        next(b for b in at.button if b.label == "Train the demo adapter").click()
+        at.run()
+        assert "Publish as is empty" in texts(at)
+        with RegistryClient(url, "") as client:
+            assert client.jobs() == []  # the empty name was refused here, not by the server
+
+
+class _NotARegistry(BaseHTTPRequestHandler):
+    """Another HTTP server: an HTML page at every path (as the dashboard's own port), or a bare 404."""
+
+    html = True
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>Streamlit</title>" if self.html else b"Not Found"
+        self.send_response(200 if self.html else 404)
+        self.send_header("Content-Type", "text/html" if self.html else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["html-everywhere", "404-everywhere"])
+def not_a_registry(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Handler", (_NotARegistry,), {"html": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("name", ["browse", "adapter", "compare", "train"])
+def test_a_server_that_is_not_a_registry_is_named_as_such(not_a_registry: str, name: str) -> None:
+    at = page(name, {"url": f"http://{not_a_registry}", "token": ""}, query={"ref": "alice/model0:1"})
+    assert not at.exception
+    shown = texts(at)
+    assert f"http://{not_a_registry} answered, but it is not a vera registry" in shown, shown
+    assert "Set the registry's API URL in the sidebar" in shown and "cannot be reached" not in shown
+
+
+def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> None:
+    bare = registry["url"].removeprefix("http://")
+    at = page("browse", {"url": bare, "token": registry["token"]})
+    assert not at.exception and "cannot be reached" not in texts(at)
+    assert f"does not start with http:// or https://. Add it in the sidebar, e.g. http://{bare}" in texts(at)

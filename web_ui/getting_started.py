@@ -1,0 +1,39 @@
+"""What an empty registry shows instead of an empty table: the commands that publish a first adapter, and a button
+that queues the demo fine-tune (a worker trains it; `vera up` runs one)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from registry.domain.training_spec import training_spec
+from web_ui import navigation, session
+from web_ui.train import target_problem
+
+
+def panel() -> None:
+    url, _ = session.settings()
+    st.subheader("This registry has no adapters yet")
+    st.markdown("Publish one you trained, or let a worker train the demo adapter (word polarity on the bundled "
+                "MiniLM; a few minutes on a CPU).")
+    cli, demo = st.columns(2)
+    with cli:
+        st.markdown("**From a terminal**")
+        st.code(f"export VERA_REGISTRY_URL={url}\n"
+                "vera train --demo --out polarity   # or any PEFT VeRA adapter folder\n"
+                "vera publish polarity --name alice/polarity \\\n"
+                "    --base-model minilm --metrics polarity/metrics.json\n"
+                "# or let the registry's worker train it:\n"
+                "vera job submit --name alice/polarity --demo", language="bash")
+    with demo:
+        st.markdown("**From here**")
+        target = st.text_input("Publish the demo as", value="demo/polarity", key="demo_target")
+        if st.button("Train the demo adapter", type="primary", icon=":material/model_training:"):
+            queue_demo(target)
+
+
+def queue_demo(target: str) -> None:
+    if (problem := target_problem(target)) is not None:
+        st.error(problem, icon=":material/edit:")
+        return
+    job = session.call(lambda c: c.submit_job(target.strip(), training_spec(base_model="minilm", demo=True)))
+    navigation.open_job(job.id)

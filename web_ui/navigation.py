@@ -1,0 +1,71 @@
+"""Shareable URLs: each page keeps what it shows in a query parameter (``?ref=owner/name:3`` on Adapter,
+``?refs=a,b`` on Compare, ``?job=7`` on Train), so a view can be bookmarked, shared and reached with Back.
+
+A page's input box follows its parameter: when the URL changes (a link, a bookmark, Back) the box takes the URL's
+value; otherwise the box keeps what the user typed and writes it to the URL (``write_url`` as its ``on_change``).
+Boxes are keyed widgets whose value is set through ``st.session_state`` only, never through ``value=``: a widget
+whose ``value=`` changes between runs is a new widget to Streamlit, and it drops what was just typed into it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import streamlit as st
+
+
+def _marker(key: str) -> str:
+    return f"{key}__url"
+
+
+def follow_url(param: str, key: str, *, default: str = "", decode: Callable[[str], Any] = str) -> str:
+    """Make the widget ``key`` show the URL's ``param`` when that changed since the widget last wrote it; returns
+    that URL text. Without the parameter (the page reached from the menu): what the widget last wrote, else
+    ``default``. Call before the widget is created."""
+    state = st.session_state
+    wanted = st.query_params.get(param)
+    if wanted is None:
+        wanted = state.get(_marker(key), default)
+    if key not in state or state.get(_marker(key)) != wanted:
+        state[key] = decode(wanted)
+        state[_marker(key)] = wanted
+    return wanted
+
+
+def set_param(param: str, text: str) -> None:
+    """Put ``text`` in the URL as ``param`` (removed when empty); nothing is sent when it is there already."""
+    if not text:
+        st.query_params.pop(param, None)
+    elif st.query_params.get(param) != text:
+        st.query_params[param] = text
+
+
+def write_url(param: str, key: str, encode: Callable[[Any], str] = str) -> None:
+    """``on_change`` of the widget ``key``: its value goes to the URL as ``param``."""
+    text = encode(st.session_state[key]).strip()
+    st.session_state[_marker(key)] = text
+    set_param(param, text)
+
+
+def join_refs(refs: list[str]) -> str:
+    return ",".join(refs)
+
+
+def split_refs(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
+def version_link(ref: str) -> str:
+    """The Adapter page's address for ``ref``, relative to the dashboard's root (a link in a table)."""
+    return f"adapter?ref={quote(ref, safe='/:@')}"
+
+
+def open_version(ref: str) -> None:
+    """Go to the Adapter page showing ``ref`` (its URL says so)."""
+    st.switch_page(st.session_state["pages"]["adapter"], query_params={"ref": ref})
+
+
+def open_job(job_id: int) -> None:
+    """Go to the Train page following job ``job_id``."""
+    st.switch_page(st.session_state["pages"]["train"], query_params={"job": str(job_id)})
