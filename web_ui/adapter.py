@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -61,36 +62,49 @@ def header(info: VersionInfo) -> None:
                    "of d and b; `vera ls` counts d and b only).")
 
 
+def fields(mapping: dict[str, Any]) -> None:
+    """A two-column table of named values, numbers written as formats.number does."""
+    rows = [{"field": key, "value": ", ".join(map(str, value)) if isinstance(value, list) else formats.number(value)}
+            for key, value in mapping.items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+VERSION_LINK = st.column_config.LinkColumn(display_text=r"adapter\?ref=[^:]*:(\d+)", help="Open this version")
+
+
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, owner=info.owner, name=info.name, include_yanked=True, limit=100)
-    st.dataframe(pd.DataFrame([{"version": v.version, "aliases": ", ".join(v.aliases), "created": v.created_at,
-                                "yanked": v.yanked, "verification": v.verification_status,
+    st.dataframe(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
+                                "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
                                 "published by": v.published_by} for v in page.items]),
-                 hide_index=True, width="stretch")
+                 hide_index=True, width="stretch", column_config={"version": VERSION_LINK})
     st.markdown("**Projection**")
-    st.json({"generator": info.generator, "seed": str(info.seed), "r": info.r,
-             "fingerprint": info.projection_fingerprint, "seed_reproducible": info.seed_reproducible,
-             "target_modules": info.target_modules}, expanded=True)
+    fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
+            "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,
+            "target modules": info.target_modules or "(the model's defaults)"})
     st.markdown("**Lineage**")
     if info.lineage:
-        st.json(info.lineage)
+        fields({key: value if isinstance(value, int | float | str | list) else json.dumps(value)
+                for key, value in info.lineage.items()})
         if "job_id" in info.lineage:
-            st.caption(f"Trained by job {info.lineage['job_id']} (Train page).")
+            st.caption(f"Trained by [job {info.lineage['job_id']}](train?job={info.lineage['job_id']}).")
     else:
         st.caption("Published directly (no job or Hub source recorded).")
 
 
 def metrics(info: VersionInfo) -> None:
-    flat = {k: v for k, v in info.metrics.items() if k not in ("train_loss", "eval", "labels")}
-    if flat:
-        st.json(flat)
+    rows = formats.metric_rows(info.metrics)
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
     else:
         st.caption("No metrics were recorded with this version.")
     chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []})
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")
-    st.json(session.read(analysis.storage, info.ref))
+    found = session.read(analysis.storage, info.ref)
+    fields({"d and b parameters": found["vector_parameters"], "head parameters": found["head_parameters"],
+            "stored": formats.size(found["stored_bytes"]), "projection (A, B)": found["projection"]})
 
 
 def layers(info: VersionInfo) -> None:

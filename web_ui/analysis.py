@@ -11,6 +11,7 @@ from safetensors.numpy import load
 from registry.client import RegistryClient
 from registry.domain.schemas import Ref
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
+from web_ui import formats
 
 
 def tensors(client: RegistryClient, ref: str | Ref) -> dict[str, np.ndarray]:
@@ -44,4 +45,4 @@ def storage(client: RegistryClient, ref: str | Ref) -> dict[str, Any]:
     projection = sum(found[k].size for k in PROJECTION_KEYS if k in found)
     return {"vector_parameters": vectors, "head_parameters": heads, "stored_bytes": info.stored_bytes,
             "projection": "regenerated from the seed (0 bytes stored)" if info.seed_reproducible else
-            f"stored once, shared ({4 * projection:,} bytes)", "projection_parameters": projection}
+            f"stored once, shared ({formats.size(4 * projection)})", "projection_parameters": projection}

@@ -7,7 +7,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from web_ui import charts, navigation, session
-from web_ui.browse import key_metrics
+from web_ui.browse import COLUMNS, key_metrics
 
 BOX = "compare_box"
 
@@ -36,11 +36,15 @@ def page() -> None:
         return
     result = session.read(RegistryClient.compare, refs)
     navigation.set_param("refs", navigation.join_refs(refs))
-    st.dataframe(pd.DataFrame([{
-        "version": v.ref, "base model": v.base_model, "r": v.r, "seed": str(v.seed), "generator": v.generator,
-        "trainable params (with head)": v.trainable_parameters, "adapter params": v.adapter_parameters,
-        "stored bytes": v.stored_bytes, **key_metrics(v), "verification": v.verification_status,
-    } for v in result.versions]), hide_index=True, width="stretch")
+    frame = pd.DataFrame([{
+        "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r, "seed": str(v.seed),
+        "generator": v.generator, "trainable params (with head)": v.trainable_parameters,
+        "adapter params": v.adapter_parameters, "stored bytes": v.stored_bytes, **key_metrics(v),
+        "verification": v.verification_status,
+    } for v in result.versions])
+    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        **{name: column for name, column in COLUMNS.items() if name in frame.columns},
+        "adapter params": st.column_config.NumberColumn(format="localized", help="d and b: what `vera ls` counts")})
     curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in result.versions})
     st.subheader("Loss curves")
     if curves is None:

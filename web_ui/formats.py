@@ -1,7 +1,11 @@
 """How the dashboard writes numbers: counts with thousands separators, sizes in B/KB/MB/GB (1 KB = 1,000 B, as
-Streamlit's table columns count, so a size reads the same on every page)."""
+Streamlit's table columns count, so a size reads the same on every page), metrics to the precision that tells them
+apart."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
 
@@ -19,3 +23,39 @@ def size(n: int) -> str:
             return f"{n:,} B" if unit == "B" else f"{value:,.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable: the last unit returns")
+
+
+def number(value: object) -> str:
+    """A metric as people read it: integers with separators, floats to four significant digits (0.8123, 12.35,
+    1,235), tiny ones in scientific notation, booleans as yes/no, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not isinstance(value, float):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) < 1e-4:
+        return f"{value:.3e}"
+    places = max(0, 3 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{places}f}"
+
+
+#: Metrics drawn as charts or tables of their own, not rows of the metric table.
+SERIES = frozenset({"train_loss", "eval", "labels"})
+
+
+def metric_rows(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
+    """One row per scalar metric, nested names joined with dots (``test.accuracy``); curves and lists left out."""
+    rows: list[dict[str, str]] = []
+    for key, value in metrics.items():
+        if (not prefix and key in SERIES) or isinstance(value, list):
+            continue
+        if isinstance(value, dict):
+            rows += metric_rows(value, f"{prefix}{key}.")
+        else:
+            rows.append({"metric": prefix + key, "value": number(value)})
+    return rows

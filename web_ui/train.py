@@ -100,7 +100,8 @@ def follow(job_id: int) -> None:
     p = job.progress
     cols = st.columns(4)
     cols[0].metric("Status", job.status)
-    cols[1].metric("Step", f"{p.get('step', 0)} / {p.get('total_steps', '?')}")
+    total = p.get("total_steps")
+    cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total else "starting")
     active = job.status in ACTIVE_JOB_STATUSES
     cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else "-")
     cols[3].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "-")

@@ -129,6 +129,10 @@ def test_typed_references_urls_verify_and_downloads_in_a_browser(page: Page, pro
     shot(page, "9-adapter-typed-twice")
 
     page.goto(f"{product['ui']}/adapter?ref=alice/tiny0:1")
+    expect(header_metric(page, "Stored")).to_contain_text(" KB")
+    page.get_by_role("tab", name="Metrics").click()
+    expect(page.get_by_text("Storage", exact=True)).to_be_visible()
+    shot(page, "9b-adapter-metrics-table")
     expect(header_metric(page, "Verification")).to_contain_text("unverified")
     page.get_by_role("tab", name="Verify").click()
     page.get_by_role("button", name="Verify now").click()
@@ -147,6 +151,9 @@ def test_typed_references_urls_verify_and_downloads_in_a_browser(page: Page, pro
 
 def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[str, str]) -> None:
     page.goto(product["ui"])
+    page.get_by_role("textbox", name="Search", exact=True).fill("tiny1")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("1 versions match")).to_be_visible()
     tick_first_row(page)  # one click opens it
     expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
     expect(page).to_have_url(address("/adapter", ref="alice/tiny1:1"))

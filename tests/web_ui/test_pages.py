@@ -100,7 +100,13 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert "Published directly" in shown and "Never pushed to or pulled from the HuggingFace Hub" in shown
     layers = next(d.value for d in at.dataframe if "d_mean_abs" in d.value.columns)
     assert len(layers) == 14 and (layers["d_mean_abs"] > 0).all()
-    assert any("regenerated from the seed" in str(j.value) for j in at.json)
+    storage = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"]
+                   and "projection (A, B)" in set(d.value["field"]))
+    assert dict(zip(storage["field"], storage["value"], strict=True))["projection (A, B)"].startswith(
+        "regenerated from the seed")
+    metrics = next(d.value for d in at.dataframe if list(d.value.columns) == ["metric", "value"])
+    assert dict(zip(metrics["metric"], metrics["value"], strict=True)) == {"test.accuracy": "0.8000",
+                                                                           "final_eval.loss": "0.5000"}
     next(b for b in at.button if b.label == "Verify now").click()
     at.run()
     assert any("alice/model0:1: passed" in s.value for s in at.success)
@@ -180,7 +186,7 @@ def test_compare_page_puts_versions_side_by_side(registry: dict[str, Any]) -> No
     at = page("compare", registry, query={"refs": "alice/model0:1,alice/model2:1"})
     assert not at.exception
     frame = at.dataframe[0].value
-    assert list(frame["version"]) == ["alice/model0:1", "alice/model2:1"]
+    assert list(frame["version"]) == ["adapter?ref=alice/model0:1", "adapter?ref=alice/model2:1"]
     assert "cos(ΔW of each version" in texts(at)
     at.multiselect[0].set_value(["alice/model0:1"])
     at.run()
@@ -192,7 +198,7 @@ def test_compare_url_round_trip_and_typed_references_join_the_chosen(registry: d
     assert at.query_params["refs"] == "alice/model2:1,alice/model1:1"  # the newest two, written to the URL
     at.multiselect[0].set_value(["alice/model2:1", "alice/model0:1"]).run()
     at.multiselect[0].set_value(["alice/model0:1", "alice/model1:1"]).run()  # a second change is kept too
-    assert list(at.dataframe[0].value["version"]) == ["alice/model0:1", "alice/model1:1"]
+    assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model0:1", "adapter?ref=alice/model1:1"]
     assert at.query_params["refs"] == "alice/model0:1,alice/model1:1"
     at.text_input(key="compare_typed").set_value("alice/model0@prod, alice/model2").run()
     assert at.multiselect[0].value == ["alice/model0:1", "alice/model1:1", "alice/model0@prod", "alice/model2"]
@@ -208,7 +214,8 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     next(b for b in at.button if b.label == "Launch").click()
     at.run()
     assert any("Queued job" in s.value and "alice/from-ui" in s.value for s in at.success)
-    assert {m.label: m.value for m in at.metric}["Status"] == "queued"  # no worker here
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Status"] == "queued" and shown["Step"] == "starting"  # no worker here: no step count yet
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.jobs()[0]
         assert at.query_params["job"] == str(job.id)  # the URL follows the job just queued

@@ -1,0 +1,35 @@
+"""How the dashboard writes numbers (web_ui/formats.py): separators, units, and metrics to the precision that tells
+them apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from web_ui import formats
+
+
+@pytest.mark.parametrize(("n", "shown"), [
+    (0, "0 B"), (512, "512 B"), (999, "999 B"), (1000, "1.0 KB"), (120_008, "120.0 KB"),
+    (38_400_000, "38.4 MB"), (3_500_000_000, "3.5 GB"), (5 * 10**16, "50,000.0 TB"),
+], ids=lambda v: str(v))
+def test_sizes_have_units(n: int, shown: str) -> None:
+    assert formats.size(n) == shown
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (27522, "27,522"), (0.81234567, "0.8123"), (0.5, "0.5000"), (12.345678, "12.35"), (1234.5678, "1,235"),
+    (0.0012345678, "0.001235"), (3.2e-07, "3.200e-07"), (0.0, "0"), (-0.25, "-0.2500"), (True, "yes"),
+    (None, "-"), ("sst2", "sst2"),
+], ids=lambda v: repr(v))
+def test_numbers_keep_four_significant_digits_with_separators(value: object, shown: str) -> None:
+    assert formats.number(value) == shown
+
+
+def test_metrics_become_rows_with_nested_names_and_curves_left_out() -> None:
+    metrics = {"test": {"accuracy": 0.912345, "loss": 0.23456}, "steps": 1200, "train_wall_time_s": 83.21,
+               "train_loss": [[1, 0.7]], "eval": [{"step": 1, "loss": 0.5}], "labels": ["neg", "pos"],
+               "note": "demo"}
+    assert formats.metric_rows(metrics) == [
+        {"metric": "test.accuracy", "value": "0.9123"}, {"metric": "test.loss", "value": "0.2346"},
+        {"metric": "steps", "value": "1,200"}, {"metric": "train_wall_time_s", "value": "83.21"},
+        {"metric": "note", "value": "demo"}]
