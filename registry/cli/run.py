@@ -37,7 +37,8 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     from registry.bootstrap import build_api, open_registry
 
     served: dict[str, Any] = {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
-                              "access_log": False}  # registry.logs writes the access lines
+                              "access_log": False,  # registry.logs writes the access lines
+                              "ws": "none"}  # no websocket routes: the websockets library is never loaded
     require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
     settings = settings.model_copy(update={"require_tokens": require})
     if require:
@@ -94,13 +95,17 @@ def serve_model(
     with RegistryClient(registry, "") as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")
     uvicorn.run(create_serving_app(server), host=host, port=port, log_config=None, log_level=settings.log_level,
-                access_log=False)
+                access_log=False, ws="none")
 
 
 def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
     """Start the Streamlit dashboard (a child process) against ``registry_url``."""
+    import importlib.util
+
     import web_ui
 
+    if importlib.util.find_spec("streamlit") is None:
+        fail(InvalidInput("The dashboard needs its extra: pip install 'vera-registry[ui]' (or run `vera up --no-ui`)."))
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]

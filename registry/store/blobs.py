@@ -16,7 +16,7 @@ from typing import Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from registry.domain.errors import IntegrityError, NotFound
+from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -58,7 +58,11 @@ class FsspecBlobStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except ImportError as exc:  # e.g. s3:// without s3fs
+            raise InvalidInput(f"VERA_STORAGE_URL={url!r} needs a package that is not installed ({exc}); for S3: "
+                               "pip install 'vera-registry[s3]'.") from exc
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         self.fs.makedirs(f"{self.root}/sha256", exist_ok=True)

