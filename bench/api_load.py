@@ -13,7 +13,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from functools import partial
@@ -24,6 +23,9 @@ import psycopg
 from sqlalchemy import insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from driver_timing import timed  # noqa: E402
+
 from registry.client import RegistryClient  # noqa: E402
 from registry.store import models as m  # noqa: E402
 from registry.store.database import Database  # noqa: E402
@@ -49,17 +51,9 @@ def backend(kind: str, root: Path) -> Iterator[str]:
 
 def load(fn: Callable[[int], None], total: int, clients: int) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) of ``total`` calls spread over ``clients`` threads."""
-    latencies: list[float] = []
-
-    def one(i: int) -> None:
-        start = time.perf_counter()
-        fn(i)
-        latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(total)))
-    wall = time.perf_counter() - start
+    result = timed(fn, total, clients)
+    latencies, wall = result["latencies"], result["seconds"]
+    assert isinstance(latencies, list) and isinstance(wall, float)
     q = statistics.quantiles(latencies, n=100)
     return total / wall, q[49] * 1e3, q[98] * 1e3
 

