@@ -84,7 +84,9 @@ class RegistryUnavailable(RegistryError):
 
 #: Requests that may be sent again when the connection failed or a proxy answered 502/503/504.
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: The longest a Retry-After (429, 503) is waited for before the request is sent again; longer ones are reported.
+MAX_RETRY_AFTER_S = 10.0
 
 
 class RegistryClient:
@@ -93,7 +95,7 @@ class RegistryClient:
     ``cache``: where fetched files are kept (registry.local_cache): None for VERA_CACHE_DIR (default
     ~/.cache/vera-registry; VERA_NO_CACHE=1 turns it off), a folder, or False for none. ``retries``: how many times
     an idempotent request is sent again after a connection error or a 502/503/504, with exponential backoff from
-    ``backoff_s``."""
+    ``backoff_s``, and after a 429 (too many costly requests) once its Retry-After (up to 10 s) has passed."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 120.0,
                  transport: httpx.BaseTransport | None = None, cache: str | os.PathLike[str] | bool | None = None,
@@ -140,8 +142,9 @@ class RegistryClient:
                                           "Is it running? Start one with `vera up`, or set VERA_REGISTRY_URL."
                                           ) from exc
             try:
-                if response.status_code in RETRY_STATUSES and not last:
-                    time.sleep(self.backoff_s * 2**attempt)
+                wait = self._retry_wait(response, attempt)
+                if wait is not None and not last:
+                    time.sleep(wait)
                     continue
                 if response.status_code >= 400:
                     response.read()
@@ -150,6 +153,16 @@ class RegistryClient:
                 return
             finally:
                 response.close()
+
+    def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before sending an idempotent request again, or None: 502/503/504 back off exponentially;
+        429 and 503 wait as Retry-After says, if it is short (MAX_RETRY_AFTER_S), else the error is reported."""
+        if response.status_code not in RETRY_STATUSES:
+            return None
+        retry_after = response.headers.get("retry-after", "")
+        if retry_after.isdigit():
+            return float(retry_after) if float(retry_after) <= MAX_RETRY_AFTER_S else None
+        return None if response.status_code == 429 else self.backoff_s * 2**attempt
 
     @staticmethod
     def _path(ref: str | Ref) -> str:

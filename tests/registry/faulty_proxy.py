@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -20,6 +20,8 @@ class Fault:
     path_part: str
     kind: str  # "status" (answer 503), "flip" (last byte flipped) or "cut" (half the body, then close)
     times: int = 1
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class FaultyProxy:
@@ -49,7 +51,8 @@ class FaultyProxy:
             def _forward(self) -> None:
                 fault = proxy.fault_for(self.path)
                 if fault is not None and fault.kind == "status":
-                    self._answer(503, {"content-type": "application/json"}, b'{"detail": "injected"}')
+                    self._answer(fault.status, {"content-type": "application/json", **fault.headers},
+                                 b'{"detail": "injected"}')
                     return
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from registry.client import RegistryClient, RegistryUnavailable
-from registry.domain.errors import IntegrityError
+from registry.domain.errors import IntegrityError, RateLimited
 from tests.registry.adapters import make_adapter
 from tests.registry.faulty_proxy import Fault, FaultyProxy, faulty_proxy
 from tests.registry.servers import running_server
@@ -112,3 +112,14 @@ def test_no_cache_when_asked(proxy: FaultyProxy, tmp_path: Path, monkeypatch: py
     with RegistryClient(proxy.url) as client:
         client.fetch(REF, tmp_path / "out2")
     assert list((tmp_path / "cache" / "blobs").iterdir())
+
+
+def test_a_rate_limited_read_waits_as_retry_after_says_and_a_long_wait_is_reported(proxy: FaultyProxy,
+                                                                                   tmp_path: Path) -> None:
+    proxy.faults.append(Fault("/versions/latest", "status", status=429, headers={"Retry-After": "1"}))
+    with RegistryClient(proxy.url, cache=False, backoff_s=0.01) as client:
+        assert client.get(REF).ref == f"{REF}:1"  # waited a second, then sent again
+        assert proxy.faults[0].times == 0
+        proxy.faults.append(Fault("/versions/latest", "status", status=429, headers={"Retry-After": "3600"}))
+        with pytest.raises(RateLimited):  # an hour is not waited for: the caller hears it
+            client.get(REF)
