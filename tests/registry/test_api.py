@@ -304,6 +304,7 @@ def test_one_line_load_from_the_registry_with_a_cache(
         raise AssertionError("the cached version was downloaded again")
 
     monkeypatch.setattr(RegistryClient, "download", offline)
+    monkeypatch.setattr(RegistryClient, "_download_once", offline)  # what fetch streams files with
     again = client.load_adapter(LLAMA.make(), "oneline/m:1")
     torch.testing.assert_close(vera_logits(again), vera_logits(model), rtol=0, atol=0)
 

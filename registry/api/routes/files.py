@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from registry.api.deps import RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import CHUNK
+from registry.api.uploads import streamed
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES
 from registry.services.validation import MAX_RANK
@@ -57,10 +56,5 @@ def download(
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
 
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(0, len(data), CHUNK):
-            yield data[i:i + CHUNK]
-
     media = next((t for suffix, t in MEDIA_TYPES.items() if filename.endswith(suffix)), "application/octet-stream")
-    headers["Content-Length"] = str(len(data))
-    return StreamingResponse(chunks(), media_type=media, headers=headers)
+    return streamed(data, media, headers)

@@ -12,17 +12,16 @@ answered 405 by registry.api.gate before any body is read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from registry.api.deps import Reader, RegistryDep
 from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import CHUNK
+from registry.api.uploads import streamed
 from registry.domain.errors import EntryNotFound
 from registry.services.hub_view import HubRevision, HubView
 
@@ -101,15 +100,9 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
         headers["Cache-Control"] = "no-cache"
         return Response(status_code=307, headers=headers)
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
-    headers["Content-Length"] = str(len(data))
     if request.method == "HEAD":
-        return Response(status_code=200, headers=headers)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(0, len(data), CHUNK):
-            yield data[i:i + CHUNK]
-
-    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+        return Response(status_code=200, headers={**headers, "Content-Length": str(len(data))})
+    return streamed(data, "application/octet-stream", headers)
 
 
 #: /hf: revisions without a suffix give what a default fetch gives (VeRA, PEFT-correct).
