@@ -213,30 +213,26 @@ class RegistryClient:
         scratch_parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=scratch_parent) as scratch:
             files: dict[str, Path] = {}
+            digests: dict[str, str] = {}
             for name in names:
                 try:
-                    files[name] = self._download_to(Path(scratch) / name, pinned, name, progress=progress,
-                                                    with_projection=with_projection, seed_only=seed_only,
-                                                    as_lora=as_lora, lora=lora)
+                    digests[name] = self._download_to(Path(scratch) / name, pinned, name, progress=progress,
+                                                      with_projection=with_projection, seed_only=seed_only,
+                                                      as_lora=as_lora, lora=lora)
+                    files[name] = Path(scratch) / name
                 except NotFound:
                     if name != ADAPTER_FILES[2] or not as_lora:
                         raise
             if self.cache is not None:
-                digests = {name: self._keep(path) for name, path in files.items()}
+                for name, digest in digests.items():  # checked: into the cache's blobs, under their SHA-256
+                    os.replace(files[name], self.cache.blobs / digest)
+                    files[name] = self.cache.blobs / digest
                 self.cache.record(info.owner, info.name, info.version, key, digests)
-                files = {name: self.cache.blobs / digest for name, digest in digests.items()}
             write_adapter_files(Path(out_dir), files)
         return Path(out_dir)
 
-    def _keep(self, path: Path) -> str:
-        """Move a downloaded (and checked) file into the cache's blobs; its SHA-256."""
-        assert self.cache is not None
-        digest = path.name.rpartition(".sha256-")[2]
-        os.replace(path, self.cache.blobs / digest)
-        return digest
-
-    def _download_to(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> Path:
-        """Stream one file to ``path``+".sha256-<digest>", checked against the server's ETag (its SHA-256); nothing
+    def _download_to(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> str:
+        """Stream one file to ``path``, checked against the server's ETag (its SHA-256), which is returned; nothing
         of a failed or mismatching download is left behind. A download that breaks off is tried again (retries)."""
         for attempt in range(self.retries + 1):
             try:
@@ -248,7 +244,7 @@ class RegistryClient:
                 time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _download_once(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> Path:
+    def _download_once(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> str:
         digest = hashlib.sha256()
         with self._send("GET", f"{self._path(ref)}/files/{filename}", stream=True,
                         params=self._file_params(**options)) as response:
@@ -264,9 +260,7 @@ class RegistryClient:
             raise IntegrityError(f"{filename} of {ref} arrived with SHA-256 {digest.hexdigest()[:16]}..., not the "
                                  f"{expected[:16]}... the registry sent as its ETag; the download was damaged, "
                                  "fetch again.")
-        final = path.with_name(f"{path.name}.sha256-{digest.hexdigest()}")
-        os.replace(path, final)
-        return final
+        return digest.hexdigest()
 
     def load_adapter(self, base_model: torch.nn.Module, ref: str | Ref, *, is_trainable: bool = False,
                      cache_dir: str | os.PathLike[str] | None = None) -> VeraModel:
