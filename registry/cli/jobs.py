@@ -13,7 +13,7 @@ from rich.table import Table
 from registry.cli import training_options as opt
 from registry.cli.common import RegistryUrl, Token, call_registry, console
 from registry.client import RegistryClient
-from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo
+from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR
 
@@ -35,7 +35,8 @@ def job_submit(
     batch_size: opt.BatchSize = 32,
     lr: opt.Lr = 1e-2,
     head_lr: opt.HeadLr = 1e-3,
-    priority: Annotated[int, typer.Option(min=-100, max=100, help="Higher runs first.")] = 0,
+    priority: Annotated[int, typer.Option(min=-MAX_JOB_PRIORITY, max=MAX_JOB_PRIORITY, help="Higher runs first.")
+                        ] = 0,
     time_limit: Annotated[float | None, typer.Option(min=0, help="Seconds of training after which the job stops "
                                                      "and fails, saying so. Default: none.")] = None,
     registry: RegistryUrl = None, token: Token = None,

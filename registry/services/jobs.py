@@ -21,7 +21,17 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import FINAL_JOB_STATUSES, JobEventInfo, JobInfo, JobStatus, Ref, check_json, check_name
+from registry.domain.schemas import (
+    FINAL_JOB_STATUSES,
+    MAX_JOB_PRIORITY,
+    MAX_JOB_TIME_LIMIT_S,
+    JobEventInfo,
+    JobInfo,
+    JobStatus,
+    Ref,
+    check_json,
+    check_name,
+)
 from registry.logs import REQUEST_ID
 from registry.services.lookup import version_ref
 from registry.services.registry import Registry
@@ -263,16 +273,12 @@ class Jobs:
                        not_before=job.not_before)
 
 
-
-MAX_PRIORITY = 100
-MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
-
-
 def _check_scheduling(priority: int, time_limit_s: float | None) -> None:
-    if isinstance(priority, bool) or not isinstance(priority, int) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-        raise InvalidInput(f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY} (higher runs first); "
+    bound = MAX_JOB_PRIORITY
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -bound <= priority <= bound:
+        raise InvalidInput(f"priority must be an integer from {-bound} to {bound} (higher runs first); "
                            f"got {priority!r}.")
     if time_limit_s is not None and not (isinstance(time_limit_s, int | float) and not isinstance(time_limit_s, bool)
-                                         and 0 < time_limit_s <= MAX_TIME_LIMIT_S):
-        raise InvalidInput(f"time_limit_s must be a number of seconds above 0 and at most {MAX_TIME_LIMIT_S:.0f} "
+                                         and 0 < time_limit_s <= MAX_JOB_TIME_LIMIT_S):
+        raise InvalidInput(f"time_limit_s must be a number of seconds above 0 and at most {MAX_JOB_TIME_LIMIT_S:.0f} "
                            f"(30 days); got {time_limit_s!r}.")

@@ -13,7 +13,15 @@ from fastapi.concurrency import run_in_threadpool
 from registry.api.deps import Caller, JobsDep, Options, Reader, authorize
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
-from registry.domain.schemas import UPLOAD_PREFIX, JobEventInfo, JobInfo, Ref, json_object
+from registry.domain.schemas import (
+    MAX_JOB_PRIORITY,
+    MAX_JOB_TIME_LIMIT_S,
+    UPLOAD_PREFIX,
+    JobEventInfo,
+    JobInfo,
+    Ref,
+    json_object,
+)
 
 router = APIRouter(prefix="/api/v1/jobs")
 
@@ -24,8 +32,8 @@ async def submit_job(
     target: Annotated[str, Form(description="owner/name to publish the result as")],
     spec: Annotated[str, Form(description="the training spec, a JSON object (vera_core.recipes.TrainSpec)")],
     dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
-    priority: Annotated[int, Form(ge=-100, le=100, description="higher runs first")] = 0,
-    time_limit_s: Annotated[float | None, Form(gt=0, le=30 * 24 * 3600, description="training stops (the job "
+    priority: Annotated[int, Form(ge=-MAX_JOB_PRIORITY, le=MAX_JOB_PRIORITY, description="higher runs first")] = 0,
+    time_limit_s: Annotated[float | None, Form(gt=0, le=MAX_JOB_TIME_LIMIT_S, description="training stops (the job "
                                                "fails, saying so) after this many seconds")] = None,
 ) -> JobInfo:
     owner = Ref.parse(target).owner
