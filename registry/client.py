@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 
 from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, NotFound, RegistryError
-from registry.local_cache import CHUNK, LocalCache, default_cache_dir, new_file
+from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file
 from registry.logs import HEADER, REQUEST_ID
 from vera_core.folders import write_adapter_files
 
@@ -274,7 +274,7 @@ class RegistryClient:
         from vera_core.checkpoint import load_adapter as load
 
         info = self.get(ref)
-        root = Path(cache_dir or os.environ.get("VERA_CACHE_DIR") or Path.home() / ".cache" / "vera-registry")
+        root = Path(cache_dir) if cache_dir else cache_root()
         folder = root / "adapters" / info.owner / info.name / str(info.version)  # names checked: no "/" or ".."
         if not ((folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()):
             self.fetch(info.ref, folder, seed_only=info.seed_reproducible, with_projection=not info.seed_reproducible)

@@ -24,11 +24,16 @@ from typing import IO, Any
 CHUNK = 1 << 20
 
 
+def cache_root() -> Path:
+    """VERA_CACHE_DIR, default ~/.cache/vera-registry."""
+    return Path(os.environ.get("VERA_CACHE_DIR") or Path.home() / ".cache" / "vera-registry")
+
+
 def default_cache_dir() -> Path | None:
     """The cache folder the environment asks for; None when VERA_NO_CACHE is set."""
     if os.environ.get("VERA_NO_CACHE", "").strip().lower() in ("1", "true", "yes"):
         return None
-    return Path(os.environ.get("VERA_CACHE_DIR") or Path.home() / ".cache" / "vera-registry")
+    return cache_root()
 
 
 def sha256_of(path: Path) -> str:
