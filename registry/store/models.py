@@ -102,6 +102,8 @@ class Adapter(Base):
     owner: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text, default="")
+    # 0009: the model card (Markdown), like a Hub repo's README.md; editable, never part of a version's bytes
+    card: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter", order_by="AdapterVersion.version")
 
@@ -148,6 +150,14 @@ class AdapterVersion(Base):
     source_hub_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    # 0009: the version this one was fine-tuned from (set to NULL by Versions.delete when that one is deleted;
+    # parent_ref keeps what it was called; no foreign key, like source_job_id, so that SQLite never has to rebuild
+    # this table), the code that made it, and the dataset it was trained on (from its job)
+    parent_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    parent_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    code_revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dataset_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     base_model: Mapped[BaseModelShapes] = relationship()
     projection: Mapped[Projection] = relationship()
     tags: Mapped[list[VersionTag]] = relationship(cascade="all, delete-orphan", order_by="VersionTag.tag")
