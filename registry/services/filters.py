@@ -1,0 +1,396 @@
+"""Search filters for version listings, in MLflow's search syntax: clauses joined by ``and``, each a field, an operator
+and a literal, e.g. ``metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'``.
+
+    filter  := clause ("and" clause)*
+    clause  := field op literal | field "in" "(" literal ("," literal)* ")"
+    field   := metrics.<key> | r | seed | generator | base_model | owner | name | tag | trainable_parameters
+               | stored_bytes | created | verification_status | yanked
+    op      := = | != | < | <= | > | >= | like
+    literal := 'text' ('' inside is one quote) | number | true | false
+
+A small tokenizer and a recursive-descent parser read the text (never eval); each clause becomes a SQLAlchemy
+expression with its literal as a bound parameter (never SQL built from strings). Metric clauses and metric sorts read
+the normalised table ``version_metrics`` (one row per numeric metric, index (key, value, version_id)), which
+``metric_rows`` fills at publish; a metric clause matches only versions that record that metric, as in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy.orm import Session, aliased
+
+from registry.domain.errors import InvalidInput
+from registry.store import models as m
+
+MAX_FILTER_LENGTH = 1000
+MAX_CLAUSES = 16
+MAX_IN_VALUES = 100
+MAX_TEXT_LITERAL = 200
+#: Metric keys: nested metric objects are flattened with dots (``final_eval.accuracy``).
+MAX_METRIC_KEY = 200
+MAX_METRIC_DEPTH = 4
+MAX_METRICS_PER_VERSION = 1000
+METRIC_PREFIX = "metrics."
+EXAMPLE = "metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
+_INT_RANGE = 2**63  # what a BIGINT holds (SQLite refuses larger Python ints)
+_SEED_RANGE = 2**64
+
+Literal = str | int | float | bool
+ORDERING = ("=", "!=", "<", "<=", ">", ">=")
+OPERATORS = (*ORDERING, "like", "in")
+
+
+class FilterError(InvalidInput):
+    """A filter that does not parse or does not fit its fields; the message says where and what was expected."""
+
+
+# ---- tokens ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Token:
+    kind: str  # field | string | number | op | word | ( | ) | , | end
+    text: str
+    at: int  # 1-based character position in the filter
+    value: Literal | None = None
+
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<string>'(?:[^']|'')*')
+  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.]))
+  | (?P<op>!=|<>|<=|>=|==|=|<|>)
+  | (?P<punct>[(),])
+  | (?P<field>[A-Za-z_][\w\-]*(?:\.(?:[\w\-:/]+|`[^`]+`))*)
+""", re.VERBOSE)
+_WORDS = {"and", "or", "not", "like", "ilike", "in", "true", "false"}
+
+
+def _tokens(text: str) -> Iterator[Token]:
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None:
+            raise _error(position + 1, "a field, an operator or a literal", repr(text[position:position + 10]))
+        kind, found = match.lastgroup or "", match.group()
+        at = position + 1
+        position = match.end()
+        if kind == "space":
+            continue
+        if kind == "string":
+            yield Token("string", found, at, found[1:-1].replace("''", "'"))
+        elif kind == "number":
+            yield Token("number", found, at, _number(found, at))
+        elif kind == "punct":
+            yield Token(found, found, at)
+        elif kind == "field" and found.lower() in _WORDS:
+            yield Token("word", found.lower(), at)
+        else:
+            yield Token(kind, found, at)
+    yield Token("end", "the end of the filter", len(text) + 1)
+
+
+def _number(text: str, at: int) -> int | float:
+    value: int | float = int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) >= _INT_RANGE:
+        raise _error(at, "a number of magnitude below 2**63", text)
+    return value
+
+
+def _error(at: int, expected: str, found: str) -> FilterError:
+    return FilterError(f"filter, at character {at}: expected {expected}, found {found}. Example: {EXAMPLE}")
+
+
+# ---- parsing -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Clause:
+    """One ``field op value`` clause; ``key`` is the metric's key for ``metrics.<key>``."""
+
+    field: str
+    op: str
+    value: Literal | tuple[Literal, ...]
+    at: int
+    key: str | None = None
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = list(_tokens(text))
+        self.i = 0
+
+    def take(self) -> Token:
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def clauses(self) -> list[Clause]:
+        found = [self.clause()]
+        while self.peek().kind != "end":
+            joiner = self.take()
+            if joiner.text == "or":
+                raise FilterError(f"filter, at character {joiner.at}: only 'and' joins clauses ('or' is not "
+                                  "supported, as in MLflow's search); run one search per alternative.")
+            if joiner.text != "and":
+                raise _error(joiner.at, "'and' or the end of the filter", repr(joiner.text))
+            if len(found) == MAX_CLAUSES:
+                raise FilterError(f"filter, at character {joiner.at}: at most {MAX_CLAUSES} clauses, found more; "
+                                  "narrow the search with fewer.")
+            found.append(self.clause())
+        return found
+
+    def clause(self) -> Clause:
+        field = self.take()
+        if field.kind != "field":
+            raise _error(field.at, f"a field ({', '.join(FIELDS)} or metrics.<key>)", _shown(field))
+        name, key = _field_name(field)
+        op = self.take()
+        if op.kind == "op":
+            operator = {"==": "=", "<>": "!="}.get(op.text, op.text)
+        elif op.kind == "word" and op.text in ("like", "in"):
+            operator = op.text
+        else:
+            raise _error(op.at, f"an operator ({', '.join(OPERATORS)}) after {field.text!r}", _shown(op))
+        value = self.values() if operator == "in" else self.literal()
+        return Clause(field=name, op=operator, value=value, at=field.at, key=key)
+
+    def literal(self) -> Literal:
+        token = self.take()
+        if token.kind in ("string", "number") and token.value is not None:
+            if isinstance(token.value, str) and len(token.value) > MAX_TEXT_LITERAL:
+                raise _error(token.at, f"a string of at most {MAX_TEXT_LITERAL} characters",
+                             f"{len(token.value)} characters")
+            return token.value
+        if token.kind == "word" and token.text in ("true", "false"):
+            return token.text == "true"
+        hint = " (strings go in single quotes)" if token.kind == "field" else ""
+        raise _error(token.at, f"a literal: 'text', a number, true or false{hint}", _shown(token))
+
+    def values(self) -> tuple[Literal, ...]:
+        opening = self.take()
+        if opening.kind != "(":
+            raise _error(opening.at, "'(' opening the list of values after 'in'", _shown(opening))
+        items = [self.literal()]
+        while (token := self.take()).kind == ",":
+            if len(items) == MAX_IN_VALUES:
+                raise _error(token.at, f"at most {MAX_IN_VALUES} values in a list", "more")
+            items.append(self.literal())
+        if token.kind != ")":
+            raise _error(token.at, "',' or ')' in the list of values", _shown(token))
+        return tuple(items)
+
+
+def _shown(token: Token) -> str:
+    return token.text if token.kind == "end" else repr(token.text)
+
+
+def _field_name(token: Token) -> tuple[str, str | None]:
+    text = token.text
+    if text.lower().startswith(METRIC_PREFIX):
+        key = ".".join(part.strip("`") for part in _dotted(text[len(METRIC_PREFIX):]))
+        if not key or len(key) > MAX_METRIC_KEY:
+            raise _error(token.at, f"metrics.<key> with a key of 1-{MAX_METRIC_KEY} characters", repr(text[:60]))
+        return "metrics", key
+    if text.lower() not in FIELDS:
+        raise _error(token.at, f"a field ({', '.join(FIELDS)} or metrics.<key>)", repr(text[:60]))
+    return text.lower(), None
+
+
+def _dotted(text: str) -> list[str]:
+    """``a.`b.c`.d`` -> ['a', 'b.c', 'd'] (backticks keep dots and other characters inside one part)."""
+    return re.findall(r"`[^`]+`|[^.`]+", text)
+
+
+def parse_filter(text: str) -> list[Clause]:
+    """The clauses of a filter, each checked against its field; FilterError says where and what was expected."""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise FilterError(f"filter is {len(text):,} characters; the limit is {MAX_FILTER_LENGTH:,}.")
+    if "\x00" in text:
+        raise FilterError("filter contains a NUL character; remove it.")
+    clauses = _Parser(text).clauses()
+    for clause in clauses:
+        FIELDS.get(clause.field, METRIC).check(clause)
+    return clauses
+
+
+# ---- fields and their SQL ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    """What a field accepts (operators, literal type) and how a clause on it becomes SQL."""
+
+    kind: str  # number | text | seed | time | flag | tag | metric
+    ops: tuple[str, ...]
+    column: Any = None
+
+    def check(self, clause: Clause) -> None:
+        name = f"metrics.{clause.key}" if clause.key is not None else clause.field
+        if clause.op not in self.ops:
+            raise FilterError(f"filter, at character {clause.at}: {name} takes {', '.join(self.ops)}, not "
+                              f"{clause.op}.")
+        values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
+        for value in values:
+            if not _fits(self.kind, value):
+                raise FilterError(f"filter, at character {clause.at}: {name} compares with {_WANTS[self.kind]}, "
+                                  f"found {value!r}.")
+
+    def where(self, clause: Clause) -> ColumnElement[bool]:
+        values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
+        converted = [_converted(self.kind, v) for v in values]
+        if self.kind == "metric":
+            metric = m.VersionMetric
+            test = _compare(metric.value, clause.op, converted)
+            return m.AdapterVersion.id.in_(select(metric.version_id).where(metric.key == clause.key, test))
+        if self.kind == "tag":
+            tag = m.VersionTag.tag
+            if clause.op == "!=":
+                return ~m.AdapterVersion.tags.any(tag == converted[0])
+            return m.AdapterVersion.tags.any(_compare(tag, clause.op, converted))
+        test = _compare(self.column, clause.op, converted)
+        if self.column in (m.Adapter.owner, m.Adapter.name):
+            return m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(test))
+        if self.column is m.BaseModelShapes.name:
+            return m.AdapterVersion.base_model_id.in_(select(m.BaseModelShapes.id).where(test))
+        return test
+
+
+_WANTS = {"number": "a number", "text": "a 'string'", "seed": "a whole number from 0 to 2**64 - 1",
+          "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'", "flag": "true or false",
+          "tag": "a 'string'", "metric": "a number"}
+
+
+def _fits(kind: str, value: Literal) -> bool:
+    if kind in ("number", "metric"):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "seed":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _SEED_RANGE
+    if kind == "time":
+        return isinstance(value, str) and _timestamp(value) is not None
+    if kind == "flag":
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _timestamp(text: str) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _converted(kind: str, value: Literal) -> Literal | datetime:
+    if kind == "seed":
+        return str(value)  # stored as decimal text (a uint64 exceeds BIGINT)
+    if kind == "time":
+        return _timestamp(str(value)) or value
+    return value
+
+
+def _compare(column: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
+    """``column op value`` with the value bound; LIKE matches case-insensitively on every database."""
+    value = values[0]
+    if op == "in":
+        return column.in_(values)  # type: ignore[no-any-return]
+    if op == "like":
+        return func.lower(column).like(str(value).lower())
+    comparisons: dict[str, ColumnElement[bool]] = {
+        "=": column == value, "!=": column != value, "<": column < value, "<=": column <= value,
+        ">": column > value, ">=": column >= value}
+    return comparisons[op]
+
+
+_TEXT_OPS = ("=", "!=", "like", "in")
+FIELDS: dict[str, Field] = {
+    "r": Field("number", (*ORDERING, "in"), m.AdapterVersion.r),
+    "seed": Field("seed", ("=", "!=", "in"), m.AdapterVersion.seed),
+    "generator": Field("text", _TEXT_OPS, m.AdapterVersion.generator),
+    "base_model": Field("text", _TEXT_OPS, m.BaseModelShapes.name),
+    "owner": Field("text", _TEXT_OPS, m.Adapter.owner),
+    "name": Field("text", _TEXT_OPS, m.Adapter.name),
+    "tag": Field("tag", _TEXT_OPS),
+    "trainable_parameters": Field("number", (*ORDERING, "in"), m.AdapterVersion.trainable_parameters),
+    "stored_bytes": Field("number", (*ORDERING, "in"), m.AdapterVersion.stored_bytes),
+    "created": Field("time", ORDERING, m.AdapterVersion.created_at),
+    "verification_status": Field("text", _TEXT_OPS, m.AdapterVersion.verification_status),
+    "yanked": Field("flag", ("=", "!="), m.AdapterVersion.yanked),
+}
+METRIC = Field("metric", (*ORDERING, "in"))
+
+
+def filter_conditions(clauses: list[Clause]) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of parsed clauses (each with its literal bound as a parameter)."""
+    return [FIELDS.get(c.field, METRIC).where(c) for c in clauses]
+
+
+def mentions(clauses: list[Clause], field: str) -> bool:
+    return any(c.field == field for c in clauses)
+
+
+# ---- sorting by a metric -----------------------------------------------------------------------------------------
+class MetricOrder:
+    """``sort=metrics.<key>``: versions that record the metric, by its value (ties by age), walking the index
+    (key, value, version_id) of version_metrics."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.table = aliased(m.VersionMetric, name="sort_metric")
+        self.column = self.table.value
+
+    def joined(self, query: Select[Any]) -> Select[Any]:
+        return query.join(self.table, and_(self.table.version_id == m.AdapterVersion.id, self.table.key == self.key))
+
+    def value_of(self, s: Session, version_id: int) -> float | None:
+        """The sorted value of a version (for the next page's cursor)."""
+        return s.scalar(select(m.VersionMetric.value).where(m.VersionMetric.version_id == version_id,
+                                                            m.VersionMetric.key == self.key))
+
+    @staticmethod
+    def check_cursor_value(value: Any, sort: str) -> None:
+        """A decoded cursor's value, which for a metric sort must be a number."""
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise InvalidInput(f"cursor is not one this registry issued for sort={sort!r}; start again without it.")
+
+
+def metric_order(sort: str) -> MetricOrder | None:
+    """The metric a ``sort`` names (``metrics.<key>``, '-' prefix for descending), or None for another sort."""
+    name = sort.lstrip("-")
+    if not name.lower().startswith(METRIC_PREFIX):
+        return None
+    key = name[len(METRIC_PREFIX):]
+    if not key or len(key) > MAX_METRIC_KEY or not key.isprintable():
+        raise InvalidInput(f"sort {sort!r}: a metric sort is metrics.<key> with a key of 1-{MAX_METRIC_KEY} "
+                           "printable characters, e.g. -metrics.accuracy.")
+    return MetricOrder(key)
+
+
+# ---- the normalised metric rows ----------------------------------------------------------------------------------
+def metric_rows(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a version as {dotted key: value}: nested objects flattened with dots (at most
+    MAX_METRIC_DEPTH levels), booleans, strings, lists and non-finite numbers left out, keys over MAX_METRIC_KEY
+    characters left out, at most MAX_METRICS_PER_VERSION keys (the first in sorted order)."""
+    found: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any, depth: int) -> None:
+        if isinstance(value, dict) and depth < MAX_METRIC_DEPTH:
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item, depth + 1)
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            key = prefix[:-1]
+            if key and len(key) <= MAX_METRIC_KEY:
+                found[key] = float(value)
+
+    walk("", metrics, 0)
+    return {key: found[key] for key in sorted(found)[:MAX_METRICS_PER_VERSION]}
+
+
+def add_metric_rows(s: Session, version: m.AdapterVersion) -> None:
+    """Record a new version's numeric metrics in version_metrics (in the publish's transaction)."""
+    s.add_all(m.VersionMetric(version_id=version.id, key=key, value=value)
+              for key, value in metric_rows(version.metrics).items())
