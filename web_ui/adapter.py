@@ -13,7 +13,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import ADAPTER_FILES, Ref, VerificationReport, VersionInfo
-from web_ui import analysis, charts, formats, navigation, session
+from web_ui import analysis, charts, formats, navigation, session, views
 
 
 def page() -> None:
@@ -28,12 +28,16 @@ def page() -> None:
     info = session.read(RegistryClient.get, ref_text)
     navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
-    if info.description:
-        st.write(info.description)
+    about(info)
     header(info)
 
-    overview, metrics_tab, layers_tab, verify_tab, hub_tab, files_tab = st.tabs(
-        ["Versions and config", "Metrics", "Layers", "Verify", "Hub", "Download"])
+    card = model_card(info)
+    names = ["Versions and config", "Metrics", "Layers", "Verify", "Hub", "Download"]
+    tabs = st.tabs((["Model card"] if card else []) + names)
+    if card:
+        with tabs[0]:
+            st.markdown(card)
+    overview, metrics_tab, layers_tab, verify_tab, hub_tab, files_tab = tabs[-len(names):]
     with overview:
         versions(info)
     with metrics_tab:
@@ -46,6 +50,22 @@ def page() -> None:
         hub(info)
     with files_tab:
         downloads(info)
+
+
+def model_card(info: VersionInfo) -> str | None:
+    """The version's model card (markdown), when the registry sends one (a ``card`` field); None otherwise."""
+    card = getattr(info, "card", None) or (info.model_extra or {}).get("card")
+    return card if isinstance(card, str) and card.strip() else None
+
+
+def about(info: VersionInfo) -> None:
+    """The description and the tags, under the name (as a Hub model page shows them)."""
+    if info.description:
+        st.markdown(info.description)
+    if info.tags:
+        st.markdown(" ".join(f":blue-badge[{tag}]" for tag in info.tags))
+    else:
+        st.caption("No tags.")
 
 
 def header(info: VersionInfo) -> None:
@@ -62,13 +82,6 @@ def header(info: VersionInfo) -> None:
                    "of d and b; `vera ls` counts d and b only).")
 
 
-def fields(mapping: dict[str, Any]) -> None:
-    """A two-column table of named values, numbers written as formats.number does."""
-    rows = [{"field": key, "value": ", ".join(map(str, value)) if isinstance(value, list) else formats.number(value)}
-            for key, value in mapping.items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-
-
 VERSION_LINK = st.column_config.LinkColumn(display_text=r"adapter\?ref=[^:]*:(\d+)", help="Open this version")
 
 
@@ -79,13 +92,12 @@ def versions(info: VersionInfo) -> None:
                                 "published by": v.published_by} for v in page.items]),
                  hide_index=True, width="stretch", column_config={"version": VERSION_LINK})
     st.markdown("**Projection**")
-    fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
+    views.fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
             "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,
             "target modules": info.target_modules or "(the model's defaults)"})
     st.markdown("**Lineage**")
     if info.lineage:
-        fields({key: value if isinstance(value, int | float | str | list) else json.dumps(value)
-                for key, value in info.lineage.items()})
+        views.fields(info.lineage)
         if "job_id" in info.lineage:
             st.caption(f"Trained by [job {info.lineage['job_id']}](train?job={info.lineage['job_id']}).")
     else:
@@ -98,13 +110,23 @@ def metrics(info: VersionInfo) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
     else:
         st.caption("No metrics were recorded with this version.")
-    chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []})
+    chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []},
+                               {info.ref: charts.eval_points(info.metrics.get("eval") or [])})
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")
-    found = session.read(analysis.storage, info.ref)
-    fields({"d and b parameters": found["vector_parameters"], "head parameters": found["head_parameters"],
-            "stored": formats.size(found["stored_bytes"]), "projection (A, B)": found["projection"]})
+    views.checklist(storage_items(session.read(analysis.storage, info.ref), info))
+
+
+def storage_items(found: dict[str, Any], info: VersionInfo) -> list[views.Item]:
+    """Where the version's bytes go, as a checklist (analysis.storage's numbers)."""
+    items = [views.Item(True, "d and b", f"{formats.count(found['vector_parameters'])} parameters, "
+                                         f"{formats.size(found['stored_bytes'])} stored (content-addressed)")]
+    if found["head_parameters"]:
+        items.append(views.Item(None, "Task head", f"{formats.count(found['head_parameters'])} parameters, "
+                                                   "stored with the vectors"))
+    items.append(views.Item(True if info.seed_reproducible else None, "Projection A and B", found["projection"]))
+    return items
 
 
 def layers(info: VersionInfo) -> None:
@@ -138,7 +160,7 @@ def verify(info: VersionInfo) -> None:
         session.show_error(result)
         return
     (st.success if result.status == "passed" else st.error)(f"{result.ref}: {result.status}")
-    st.json(result.model_dump(mode="json")["checks"])
+    views.checklist(views.verification_items(result.model_dump(mode="json")["checks"]))
 
 
 def hub(info: VersionInfo) -> None:

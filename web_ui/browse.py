@@ -31,23 +31,36 @@ def key_metrics(info: VersionInfo) -> dict[str, float | None]:
 
 
 def table(items: list[VersionInfo]) -> pd.DataFrame:
+    """One row per version, the columns that fit 1,400 px beside the sidebar (seed and generator as one
+    'projection'; eval loss and exact bytes are on the Adapter and Compare pages)."""
     return pd.DataFrame([{
-        "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r, "seed": str(v.seed),
-        "generator": v.generator, "trainable params (with head)": v.trainable_parameters,
-        "stored bytes": v.stored_bytes, **key_metrics(v), "verification": v.verification_status,
+        "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r,
+        "projection": f"{v.generator.split('-')[0]} #{v.seed}", "params": v.trainable_parameters,
+        "stored": v.stored_bytes, "accuracy": key_metrics(v)["accuracy"], "verification": v.verification_status,
         "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags), "created": v.created_at,
     } for v in items])
 
 
 COLUMNS = {
     "version": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version",
-                                           pinned=True),
+                                           pinned=True, width=190),
+    "base model": st.column_config.TextColumn(width=100),
+    "r": st.column_config.NumberColumn(width=45),
+    "projection": st.column_config.TextColumn(width=110, help="generator #seed: versions with the same projection "
+                                                              "share A and B"),
+    "params": st.column_config.NumberColumn(
+        format="localized", width=80, help="trainable parameters: d and b plus any trained task head; `vera ls` "
+                                           "shows d and b only"),
     "trainable params (with head)": st.column_config.NumberColumn(
         format="localized", help="d and b plus any trained task head; `vera ls` shows d and b only"),
+    "stored": st.column_config.NumberColumn(format="bytes", width=75),
     "stored bytes": st.column_config.NumberColumn(format="bytes"),
-    "accuracy": st.column_config.NumberColumn(format="%.3f"),
+    "accuracy": st.column_config.NumberColumn(format="%.3f", width=75, help="test accuracy (else eval accuracy)"),
     "eval loss": st.column_config.NumberColumn(format="%.4f"),
-    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "verification": st.column_config.TextColumn(width=90),
+    "aliases": st.column_config.TextColumn(width=80),
+    "tags": st.column_config.TextColumn(width=90),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm", width=125),
 }
 
 
@@ -85,13 +98,13 @@ def page() -> None:
     result = session.read(RegistryClient.list_versions, cursor=cursors[-1], with_total=True, **chosen)
     first = (len(cursors) - 1) * chosen["limit"]
     st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
-               f"{first + len(result.items):,}. Click a name (or tick a row) to open it; click a column to sort "
-               "this page (e.g. by accuracy).")
+               f"{first + len(result.items):,}. Click a name to open it, tick rows to open or compare them; click a "
+               "column to sort this page (e.g. by accuracy).")
     if not result.items:
         st.info("No adapter matches these filters.")
         return
     selection = st.dataframe(table(result.items), hide_index=True, width="stretch", on_select="rerun",
-                             selection_mode="single-row", column_config=COLUMNS, key="browse_table")
+                             selection_mode="multi-row", column_config=COLUMNS, key="browse_table")
     back, forward, _ = st.columns([1, 1, 6])
     if back.button("Previous page", disabled=len(cursors) == 1):
         cursors.pop()
@@ -99,5 +112,16 @@ def page() -> None:
     if forward.button("Next page", disabled=result.next_cursor is None):
         cursors.append(result.next_cursor)
         st.rerun()
-    if selection is not None and selection.selection.rows:  # one click: a ticked row opens its version
-        navigation.open_version(result.items[selection.selection.rows[0]].ref)
+    actions([result.items[i].ref for i in selection.selection.rows] if selection is not None else [])
+
+
+def actions(ticked: list[str]) -> None:
+    """What the ticked rows can do: open one, compare two to four."""
+    open_one, compare, note = st.columns([1, 1.4, 4.6])
+    if open_one.button("Open", disabled=len(ticked) != 1, icon=":material/open_in_new:"):
+        navigation.open_version(ticked[0])
+    if compare.button(f"Compare selected ({len(ticked)})", disabled=not 2 <= len(ticked) <= 4,
+                      icon=":material/compare_arrows:", type="primary" if 2 <= len(ticked) <= 4 else "secondary"):
+        navigation.open_compare(ticked)
+    note.caption("Tick one row to open it, or two to four to compare them."
+                 if len(ticked) <= 4 else f"{len(ticked)} rows ticked: Compare takes at most four.")

@@ -1,48 +1,127 @@
-"""Altair charts of the dashboard: loss curves, per-layer magnitudes of d and b, cosine similarity of deltas."""
+"""Altair charts of the dashboard, each saying what it shows: loss curves (training and eval), the per-layer
+magnitudes of d and b, and the cosine similarity of weight deltas, both as a depth x module grid.
+
+Versions are told apart by a categorical, colour-blind-safe palette (Okabe and Ito), never by shades of one hue:
+Streamlit's own theme gives four lines two blues and two reds."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 import altair as alt
 import pandas as pd
 
+#: Okabe-Ito colours, most distinct first: blue, orange, green, vermillion, purple, sky blue, yellow, black.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+ROW_PX = 24  # one grid row: tall enough for every label at Altair's 11 px font
+NO_DEPTH = "-"  # the depth of a layer outside the numbered blocks (a head, an embedding)
 
-def loss_curves(curves: dict[str, list[list[float]]]) -> alt.Chart | None:
-    """One line per version: ``{ref: [[step, loss], ...]}``; None if nothing to draw."""
-    rows = [{"version": ref, "step": step, "loss": loss} for ref, points in curves.items() for step, loss in points]
+
+def version_colours(refs: list[str]) -> alt.Color:
+    """Colour by version, each version its own palette colour, in the order given."""
+    return alt.Color("version:N", sort=refs, scale=alt.Scale(domain=refs, range=list(PALETTE[:len(refs)])),
+                     legend=alt.Legend(title=None, orient="bottom", labelLimit=0))
+
+
+def eval_points(history: list[dict[str, Any]]) -> list[list[float]]:
+    """``[[step, eval loss], ...]`` from an eval history (a version's ``metrics["eval"]`` or a job's ``evaluate``
+    events: ``{"step": 40.0, "eval_loss": 0.41, ...}``)."""
+    return [[float(e["step"]), float(e["eval_loss"])] for e in history
+            if isinstance(e, dict) and isinstance(e.get("step"), int | float)
+            and isinstance(e.get("eval_loss"), int | float)]
+
+
+def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[float]]] | None = None
+                ) -> alt.LayerChart | None:
+    """Training loss per optimizer step (solid lines) and eval loss (dashed, a dot per evaluation), one colour per
+    version: ``{ref: [[step, loss], ...]}``; None if there is nothing to draw."""
+    rows = [{"version": ref, "step": step, "loss": loss, "curve": curve}
+            for curve, curves in (("training", train), ("eval", evals or {}))
+            for ref, points in curves.items() for step, loss in points]
     if not rows:
         return None
-    return cast(alt.Chart, alt.Chart(pd.DataFrame(rows)).mark_line()
-            .encode(x=alt.X("step:Q", title="optimizer step"), y=alt.Y("loss:Q", title="training loss"),
-                    color=alt.Color("version:N"), tooltip=["version", "step", "loss"])
-            .properties(height=260))
+    refs = list(dict.fromkeys([*train, *(evals or {})]))
+    base = alt.Chart(pd.DataFrame(rows)).encode(
+        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
+        strokeDash=alt.StrokeDash("curve:N", sort=["training", "eval"], title=None,
+                                  scale=alt.Scale(domain=["training", "eval"], range=[[1, 0], [6, 3]]),
+                                  legend=alt.Legend(orient="bottom")),
+        tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
+    has_eval = any(r["curve"] == "eval" for r in rows)
+    title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
+                            subtitle="solid: training loss per step; dashed with dots: loss on the held-out eval set"
+                            if has_eval else "per optimizer step (no evaluation was recorded)")
+    lines = base.mark_line(strokeWidth=2)
+    dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=40)
+    return cast(alt.LayerChart, alt.layer(lines, dots).properties(height=280, title=title))
 
 
-def magnitude_heatmap(rows: list[dict[str, Any]]) -> alt.Chart | None:
-    """Layers (model order) x {d, b}: mean |value|, the paper's view of where adaptation concentrates."""
+def layer_position(path: str) -> tuple[int | None, str]:
+    """``model.layers.3.self_attn.q_proj`` -> ``(3, "self_attn.q_proj")``: the block's depth (the first number in
+    the path) and the module within it; ``(None, path)`` for a layer outside the numbered blocks."""
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return int(part), ".".join(parts[i + 1:]) or path
+    return None, path
+
+
+def _model_order(path: str) -> tuple[int, int, list[Any]]:
+    """Sort key: numbered blocks by depth (files list them as text: 0, 1, 10, 11, 2, ...), layers outside the
+    blocks after them; within a block, by name with numbers compared as numbers."""
+    depth, _ = layer_position(path)
+    return (depth is None, depth or 0, [(0, int(p), "") if p.isdigit() else (1, 0, p)
+                                         for p in re.split(r"(\d+)", path) if p])
+
+
+def grid_frame(rows: list[dict[str, Any]], layer_key: str = "layer") -> tuple[pd.DataFrame, list[str], list[str]]:
+    """``rows`` with a depth and a module column, and the depth and module orders (model order: numbered blocks
+    first to last, each block's modules as the file lists them, then the layers outside the blocks)."""
+    ordered = sorted(rows, key=lambda r: _model_order(r[layer_key]))
+    placed = []
+    for row in ordered:
+        depth, module = layer_position(row[layer_key])
+        placed.append({**row, "depth": NO_DEPTH if depth is None else str(depth), "module": module})
+    depths = list(dict.fromkeys(r["depth"] for r in placed))
+    modules = list(dict.fromkeys(r["module"] for r in placed))
+    return pd.DataFrame(placed), depths, modules
+
+
+def _grid(frame: pd.DataFrame, value: str, title: str, depths: list[str], modules: list[str],
+          scale: alt.Scale, fmt: str) -> alt.Chart:
+    """One depth x module heat grid: depth across (short labels, never rotated), modules down (full names)."""
+    return cast(alt.Chart, alt.Chart(frame, title=alt.TitleParams(title, anchor="start")).mark_rect(
+        stroke="white", strokeWidth=1).encode(
+        x=alt.X("depth:O", sort=depths, title="block (depth)", axis=alt.Axis(labelAngle=0, orient="top")),
+        y=alt.Y("module:N", sort=modules, title=None, axis=alt.Axis(labelLimit=0, labelOverlap=False)),
+        color=alt.Color(f"{value}:Q", scale=scale, title=None, legend=alt.Legend(orient="right", format=fmt)),
+        tooltip=["depth", "module", alt.Tooltip(f"{value}:Q", format=fmt)],
+    ).properties(height=ROW_PX * len(modules), width=alt.Step(max(28, 480 // max(1, len(depths))))))
+
+
+def magnitude_heatmap(rows: list[dict[str, Any]]) -> alt.VConcatChart | None:
+    """Mean |d| and mean |b| per adapted layer, as two depth x module grids with a colour scale each (d and b
+    live on different scales: one shared scale paints one of them flat)."""
     if not rows:
         return None
-    order = [r["layer"] for r in rows]
-    long = [{"layer": r["layer"], "vector": vec, "mean |value|": r[f"{vec}_mean_abs"]} for r in rows for vec in "db"]
-    return cast(alt.Chart, alt.Chart(pd.DataFrame(long)).mark_rect()
-            .encode(y=alt.Y("layer:N", sort=order, title=None, axis=alt.Axis(labelLimit=400)),
-                    x=alt.X("vector:N", title=None),
-                    color=alt.Color("mean |value|:Q", scale=alt.Scale(scheme="viridis")),
-                    tooltip=["layer", "vector", alt.Tooltip("mean |value|:Q", format=".4f")])
-            .properties(height=max(160, 14 * len(order))))
+    frame, depths, modules = grid_frame(rows)
+    scale = alt.Scale(scheme="viridis", zero=True)
+    return cast(alt.VConcatChart, alt.vconcat(
+        _grid(frame, "d_mean_abs", "mean |d| (scales each rank direction)", depths, modules, scale, ".3f"),
+        _grid(frame, "b_mean_abs", "mean |b| (scales each output)", depths, modules, scale, ".3f"),
+    ).resolve_scale(color="independent"))
 
 
-def cosine_heatmap(layers: list[dict[str, Any]], refs: list[str]) -> alt.Chart | None:
-    """Per layer, cosine similarity of each other version's weight delta with the first version's."""
+def cosine_heatmap(layers: list[dict[str, Any]], refs: list[str]) -> alt.VConcatChart | None:
+    """Per layer, the cosine similarity of each other version's weight delta with the first version's: one depth x
+    module grid per other version, on one scale from -1 to 1."""
     rows = [{"layer": layer["module"], "version": refs[j], "cosine": layer["delta_cosine"][0][j]}
             for layer in layers for j in range(1, len(refs)) if layer["delta_cosine"][0][j] is not None]
     if not rows:
         return None
-    order = [layer["module"] for layer in layers]
-    return cast(alt.Chart, alt.Chart(pd.DataFrame(rows)).mark_rect()
-            .encode(y=alt.Y("layer:N", sort=order, title=None, axis=alt.Axis(labelLimit=400)),
-                    x=alt.X("version:N", title=f"vs {refs[0]}"),
-                    color=alt.Color("cosine:Q", scale=alt.Scale(domain=[-1, 1], scheme="redblue")),
-                    tooltip=["layer", "version", alt.Tooltip("cosine:Q", format=".3f")])
-            .properties(height=max(160, 14 * len(order))))
+    frame, depths, modules = grid_frame(rows)
+    scale = alt.Scale(domain=[-1, 1], scheme="redblue")
+    grids = [_grid(frame[frame["version"] == ref], "cosine", f"{ref}  vs  {refs[0]}", depths, modules, scale,
+                   ".2f") for ref in refs[1:] if (frame["version"] == ref).any()]
+    return alt.vconcat(*grids)

@@ -1,4 +1,5 @@
-"""Compare: two to four versions side by side (``?refs=a,b`` in the URL)."""
+"""Compare: two to four versions side by side (``?refs=a,b`` in the URL). The picker searches every version through
+the registry's text filter as the user types; typed references join the chosen ones."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
+from registry.domain.schemas import VersionInfo
 from web_ui import charts, navigation, session
 from web_ui.browse import COLUMNS, key_metrics
 
 BOX = "compare_box"
+SEARCH = "compare_search"
+#: How many matches of a search the picker offers (the newest first); the search narrows the rest down.
+OPTIONS = 50
 
 
 def add_typed() -> None:
@@ -22,15 +27,41 @@ def add_typed() -> None:
     navigation.write_url("refs", BOX, navigation.join_refs)
 
 
-def page() -> None:
-    st.title("Compare")
-    recent = [v.ref for v in session.read(RegistryClient.list_versions, limit=200).items]
-    navigation.follow_url("refs", BOX, default=navigation.join_refs(recent[:2]), decode=navigation.split_refs)
+def options() -> list[str]:
+    """Versions matching the search box (owner, name or description; the registry searches all of them), newest
+    first; says how many there are when they are more than the picker offers."""
+    text = str(st.session_state.get(SEARCH) or "").strip()
+    found = session.read(RegistryClient.list_versions, q=text or None, limit=OPTIONS, with_total=True)
+    refs = [v.ref for v in found.items]
+    total = found.total if found.total is not None else len(refs)
+    if text:
+        st.caption(f"{total:,} versions match {text!r}" + (f"; the newest {OPTIONS} are offered below." if
+                                                          total > OPTIONS else "."))
+    elif total > OPTIONS:
+        st.caption(f"The newest {OPTIONS} of {total:,} versions are offered; search to find any other.")
+    return refs
+
+
+def picker() -> list[str]:
+    """The search box, the chosen versions and the reference box; the chosen references."""
+    navigation.follow_url("refs", BOX, decode=navigation.split_refs,
+                          default=navigation.join_refs([v.ref for v in session.read(
+                              RegistryClient.list_versions, limit=2).items]))
+    st.text_input("Search versions", key=SEARCH, live=True, type="search", placeholder="owner, name or description",
+                  help="Searches every version in the registry as you type.")
+    found = options()
     chosen: list[str] = st.session_state[BOX]
-    refs = st.multiselect("Versions (2 to 4)", recent + [r for r in chosen if r not in recent], key=BOX,
-                          max_selections=4, on_change=navigation.write_url, args=("refs", BOX, navigation.join_refs))
+    refs: list[str] = st.multiselect("Versions (2 to 4)", chosen + [r for r in found if r not in chosen], key=BOX,
+                                     max_selections=4, on_change=navigation.write_url,
+                                     args=("refs", BOX, navigation.join_refs))
     st.text_input("Add versions by reference (comma-separated)", key="compare_typed", on_change=add_typed,
                   placeholder="alice/a:1, bob/b@prod")
+    return refs
+
+
+def page() -> None:
+    st.title("Compare")
+    refs = picker()
     if not 2 <= len(refs) <= 4:
         st.info("Choose two to four versions.")
         return
@@ -45,7 +76,8 @@ def page() -> None:
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         **{name: column for name, column in COLUMNS.items() if name in frame.columns},
         "adapter params": st.column_config.NumberColumn(format="localized", help="d and b: what `vera ls` counts")})
-    curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in result.versions})
+    curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in result.versions},
+                                {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in result.versions})
     st.subheader("Loss curves")
     if curves is None:
         st.caption("None of these versions recorded a loss curve (versions trained by a job do).")
@@ -57,5 +89,28 @@ def page() -> None:
     if cosine is None:
         st.caption("No adapted layer is shared by these versions.")
     else:
-        st.caption(f"cos(ΔW of each version, ΔW of {result.refs[0]}) per layer; 1 = the same direction.")
-        st.altair_chart(cosine, width="stretch")
+        st.caption(cosine_caption(result.versions))
+        st.altair_chart(cosine, width="content")
+
+
+def cosine_caption(versions: list[VersionInfo]) -> str:
+    """What the cosine grid shows, and why versions on another projection than the first's score about 0."""
+    first, others = versions[0], versions[1:]
+    text = (f"cos(ΔW of each version, ΔW of {first.ref}) per layer, where ΔW = diag(b) B diag(d) A: 1 = the same "
+            "direction, 0 = unrelated, -1 = opposite.")
+    apart = [f"{v.ref} ({', '.join(projection_differences(first, v))})" for v in others
+             if projection_differences(first, v)]
+    if not apart:
+        return text + (" All share the first's projection (generator, seed and rank), so A and B are the same "
+                       "matrices and the cosine compares what d and b learned.")
+    return text + (f" {'; '.join(apart)}: a projection other than the first's (generator {first.generator}, "
+                   f"seed {first.seed}, r {first.r}) means other random A and B, and deltas built on independent "
+                   "random matrices are nearly orthogonal, so they score about 0 whatever they learned. Compare "
+                   "those by their metrics; the cosine is meaningful between versions sharing a projection.")
+
+
+def projection_differences(first: VersionInfo, other: VersionInfo) -> list[str]:
+    """How ``other``'s projection differs from ``first``'s: 'another seed', 'another generator', 'another rank'."""
+    return [f"another {what}" for what, a, b in (("generator", first.generator, other.generator),
+                                                 ("seed", first.seed, other.seed), ("rank", first.r, other.r))
+            if a != b]

@@ -66,6 +66,11 @@ def open_version(ref: str) -> None:
     st.switch_page(st.session_state["pages"]["adapter"], query_params={"ref": ref})
 
 
+def open_compare(refs: list[str]) -> None:
+    """Go to the Compare page showing ``refs`` (``?refs=a,b``)."""
+    st.switch_page(st.session_state["pages"]["compare"], query_params={"refs": join_refs(refs)})
+
+
 def open_job(job_id: int) -> None:
     """Go to the Train page following job ``job_id``."""
     st.switch_page(st.session_state["pages"]["train"], query_params={"job": str(job_id)})

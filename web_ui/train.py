@@ -1,16 +1,15 @@
-"""Train: launch a fine-tune job, then follow it live (loss, step, ETA, logs), cancel it, open its result."""
+"""Train: launch a fine-tune job (the form checks Publish as before sending), the table of jobs, and one job followed
+live (web_ui.jobs)."""
 
 from __future__ import annotations
-
-import json
 
 import streamlit as st
 
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobInfo, Ref
+from registry.domain.schemas import JobInfo, Ref, check_name
 from registry.domain.training_spec import training_spec
 from vera_core.config import KNOWN_GENERATORS
-from web_ui import charts, navigation, session
+from web_ui import jobs, navigation, session
 
 JOB_BOX = "job_box"
 
@@ -23,11 +22,13 @@ def page() -> None:
     st.title("Fine-tune")
     launch()
     st.divider()
-    jobs: list[JobInfo] = session.call(lambda c: c.jobs())
-    if not jobs:
+    found: list[JobInfo] = session.call(lambda c: c.jobs())
+    if not found:
         st.caption("No jobs yet.")
         return
-    labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M})" for j in jobs}
+    st.subheader("Jobs")
+    jobs.table(found)
+    labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M})" for j in found}
     ids: list[int] = list(labels)
     wanted = navigation.follow_url("job", JOB_BOX, default=str(ids[0]), decode=job_number)
     if st.session_state[JOB_BOX] not in ids:
@@ -37,7 +38,7 @@ def page() -> None:
                           args=("job", JOB_BOX))
     if job_id is not None:
         navigation.set_param("job", str(job_id))
-        follow(job_id)
+        jobs.follow(job_id)
 
 
 def target_problem(target: str) -> str | None:
@@ -51,14 +52,25 @@ def target_problem(target: str) -> str | None:
     if ref.version is not None or ref.alias is not None:
         return (f"Publish as takes owner/name without a version or alias; found {target.strip()!r}. The job "
                 f"publishes the next version of {ref.owner}/{ref.name}.")
+    try:
+        check_name(ref.owner, "The owner")
+        check_name(ref.name, "The name")
+    except RegistryError as exc:
+        return f"Publish as: {exc}"
     return None
+
+
+#: What the browser checks in Publish as before the form is sent (target_problem says why on the server side).
+TARGET_PATTERN = (r"^\s*[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}\s*$",
+                  "Type owner/name in lowercase letters, digits, '.', '_' or '-' (e.g. alice/polarity), without a "
+                  "version or alias: the job publishes the next version.")
 
 
 def launch() -> None:
     with st.form("train"):
         st.markdown("**New fine-tune job** (a worker trains it and publishes the adapter)")
         c1, c2 = st.columns(2)
-        target = c1.text_input("Publish as", placeholder="owner/name")
+        target = c1.text_input("Publish as", placeholder="owner/name", validate=TARGET_PATTERN)
         base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a local directory "
                                                                 "on the worker")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)
@@ -86,43 +98,3 @@ def launch() -> None:
     job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
     navigation.set_param("job", str(job.id))  # the jobs below follow it
     st.success(f"Queued job {job.id} for {job.target_name}.")
-
-
-@st.fragment(run_every=2)
-def follow(job_id: int) -> None:
-    """Live while the job runs: status, step, ETA, loss chart, logs; refreshed every two seconds."""
-    try:
-        job: JobInfo = session.call(lambda c: c.job(job_id))
-        events = session.call(lambda c: c.job_events(job_id))
-    except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
-        st.warning(f"Cannot refresh job {job_id}: {exc}")
-        return
-    p = job.progress
-    cols = st.columns(4)
-    cols[0].metric("Status", job.status)
-    total = p.get("total_steps")
-    cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total else "starting")
-    active = job.status in ACTIVE_JOB_STATUSES
-    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else "-")
-    cols[3].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "-")
-    if job.status in ACTIVE_JOB_STATUSES and p.get("total_steps"):
-        st.progress(min(1.0, p.get("step", 0) / p["total_steps"]))
-    steps = [[e.data["step"], e.data["loss"]] for e in events if e.kind == "step" and "loss" in e.data]
-    chart = charts.loss_curves({f"job {job_id}": steps})
-    if chart is not None:
-        st.altair_chart(chart, width="stretch")
-    if job.status in ACTIVE_JOB_STATUSES and st.button("Cancel job", key=f"cancel-{job_id}"):
-        session.call(lambda c: c.cancel_job(job_id))
-        st.rerun()
-    if job.result_ref:
-        st.success(f"Published {job.result_ref}")
-        if st.button(f"Open {job.result_ref}", key=f"open-{job_id}"):
-            navigation.open_version(job.result_ref)
-    if job.error:
-        st.error("The job failed:")
-        st.code(job.error[-4000:])
-    logs = [f"{e.at:%H:%M:%S} {e.kind:8s} {json.dumps(e.data)}" for e in events if e.kind in ("log", "evaluate")]
-    with st.expander("Logs", expanded=job.status not in ACTIVE_JOB_STATUSES):
-        st.code("\n".join(logs[-200:]) or "(nothing yet)")
-    if events:
-        st.caption(f"{len(events)} events; spec {json.dumps(job.spec)}")

@@ -42,7 +42,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                                         "train_loss": [[s, loss + i / 10] for s, loss in CURVE]},
                                tags=["demo"] if i else [])
             client.set_alias("alice/model0:1", "prod")
-        yield {"url": base, "token": token, "hub": hub}
+        yield {"url": base, "token": token, "hub": hub, "db": url, "blobs": root / "blobs"}
 
 
 def page(name: str, registry: dict[str, Any], query: dict[str, str] | None = None, **state: Any) -> AppTest:
@@ -100,16 +100,26 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert "Published directly" in shown and "Never pushed to or pulled from the HuggingFace Hub" in shown
     layers = next(d.value for d in at.dataframe if "d_mean_abs" in d.value.columns)
     assert len(layers) == 14 and (layers["d_mean_abs"] > 0).all()
-    storage = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"]
-                   and "projection (A, B)" in set(d.value["field"]))
-    assert dict(zip(storage["field"], storage["value"], strict=True))["projection (A, B)"].startswith(
-        "regenerated from the seed")
+    assert "**Projection A and B**: regenerated from the seed (0 bytes stored)" in shown  # storage as a checklist
+    assert "**Task head**:" in shown  # model0 trains lm_head too
     metrics = next(d.value for d in at.dataframe if list(d.value.columns) == ["metric", "value"])
     assert dict(zip(metrics["metric"], metrics["value"], strict=True)) == {"test.accuracy": "0.8000",
                                                                            "final_eval.loss": "0.5000"}
     next(b for b in at.button if b.label == "Verify now").click()
     at.run()
     assert any("alice/model0:1: passed" in s.value for s in at.success)
+    report = texts(at)  # a checklist, not the report's JSON
+    assert ":green[:material/check_circle:] **Projection regenerated from the seed**: fingerprint " in report
+    assert "**Vectors blob re-hashed**: SHA-256 " in report and "**Layer shapes match the base model**" in report
+    assert not at.json
+
+
+def test_adapter_page_shows_description_and_tags_and_no_card_when_there_is_none(registry: dict[str, Any]) -> None:
+    tagged = page("adapter", registry, query={"ref": "alice/model1:1"})
+    assert ":blue-badge[demo]" in texts(tagged)
+    assert [t.label for t in tagged.tabs][:2] == ["Versions and config", "Metrics"]  # no card sent: no card tab
+    untagged = page("adapter", registry, query={"ref": "alice/model0:1"})
+    assert "No tags." in texts(untagged)
 
 
 def test_adapter_page_keeps_every_typed_reference(registry: dict[str, Any]) -> None:
@@ -222,7 +232,16 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
         assert job.target_name == "alice/from-ui" and job.spec["demo"] and job.spec["training"]["epochs"] == 0.1
         next(b for b in at.button if b.label == "Cancel job").click()
         at.run()
-        assert client.job(job.id).status == "cancelled"
+        assert client.job(job.id).status == "queued"  # asked first
+        assert f"Cancel job {job.id} (alice/from-ui)?" in texts(at)
+        next(b for b in at.button if b.label == "Keep it running").click()
+        at.run()
+        assert client.job(job.id).status == "queued" and not any(b.label.startswith("Yes") for b in at.button)
+        next(b for b in at.button if b.label == "Cancel job").click()
+        at.run()
+        next(b for b in at.button if b.label == "Yes, cancel the job").click()
+        at.run()
+        assert client.job(job.id).status == "cancelled"  # a queued job: at once
     assert {m.label: m.value for m in at.metric}["Status"] == "cancelled"
 
 
@@ -344,3 +363,94 @@ def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> No
     at = page("browse", {"url": bare, "token": registry["token"]})
     assert not at.exception and "cannot be reached" not in texts(at)
     assert f"does not start with http:// or https://. Add it in the sidebar, e.g. http://{bare}" in texts(at)
+
+
+def test_browse_rows_ticked_open_one_or_compare_two_to_four(registry: dict[str, Any]) -> None:
+    at = page("browse", registry)
+    buttons = {b.label: b for b in at.button}
+    assert buttons["Open"].disabled and buttons["Compare selected (0)"].disabled
+    for rows, label, open_ok, compare_ok in (([1], "Compare selected (1)", True, False),
+                                             ([0, 2], "Compare selected (2)", False, True),
+                                             ([0, 1, 2], "Compare selected (3)", False, True)):
+        ticked = page("browse", registry, browse_table={"selection": {"rows": rows, "columns": [], "cells": []}})
+        buttons = {b.label: b for b in ticked.button}
+        assert (not buttons["Open"].disabled, not buttons[label].disabled) == (open_ok, compare_ok), rows
+    assert len(at.dataframe[0].value.columns) == 11  # what fits 1,400 px (the browser test measures it)
+
+
+def test_compare_picker_searches_every_version_on_the_server(registry: dict[str, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from web_ui import compare
+
+    monkeypatch.setattr(compare, "OPTIONS", 1)  # the picker offers the newest match only
+    at = page("compare", registry, query={"refs": "alice/model2:1,alice/model1:1"})
+    assert at.multiselect[0].options == ["alice/model2:1", "alice/model1:1"]  # the chosen + the newest one
+    assert "The newest 1 of 3 versions are offered; search to find any other." in texts(at)
+    at.text_input(key="compare_search").set_value("model0").run()  # the oldest: found by the registry
+    assert at.multiselect[0].options == ["alice/model2:1", "alice/model1:1", "alice/model0:1"]
+    assert "1 versions match 'model0'." in texts(at)
+    at.multiselect[0].set_value(["alice/model2:1", "alice/model0:1"]).run()
+    assert at.query_params["refs"] == "alice/model2:1,alice/model0:1"
+    at.text_input(key="compare_search").set_value("no such adapter").run()
+    assert at.multiselect[0].value == ["alice/model2:1", "alice/model0:1"]  # a search keeps what is chosen
+    assert "0 versions match 'no such adapter'." in texts(at)
+
+
+def test_compare_says_why_versions_on_another_projection_score_about_zero(registry: dict[str, Any]) -> None:
+    same = page("compare", registry, query={"refs": "alice/model0:1,alice/model2:1"})  # r 8 both, one seed
+    assert "All share the first's projection" in texts(same)
+    apart = page("compare", registry, query={"refs": "alice/model0:1,alice/model1:1,alice/model2:1"})
+    shown = texts(apart)
+    assert "alice/model1:1 (another rank): a projection other than the first's" in shown
+    assert "nearly orthogonal, so they score about 0" in shown and "alice/model2:1 (" not in shown
+
+
+def worker_jobs(registry: dict[str, Any]) -> Any:
+    """The job queue, as a worker sees it (claims, finishes), on the registry's database."""
+    from registry.services.jobs import Jobs
+    from registry.services.registry import Registry
+    from registry.store.blobs import FsspecBlobStore
+
+    return Jobs(Registry(Database(registry["db"]), FsspecBlobStore(str(registry["blobs"]))))
+
+
+def test_a_running_job_says_cancelling_until_the_worker_stops_it(registry: dict[str, Any]) -> None:
+    queue = worker_jobs(registry)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/long", training_spec(demo=True), priority=100)
+        assert queue.claim("test-worker").id == job.id  # running now
+        at = page("train", registry, query={"job": str(job.id)})
+        assert {m.label: m.value for m in at.metric}["Status"] == "running"
+        next(b for b in at.button if b.label == "Cancel job").click()
+        at.run()
+        next(b for b in at.button if b.label == "Yes, cancel the job").click()
+        at.run()
+        assert client.job(job.id).status == "running" and client.job(job.id).cancel_requested
+        assert {m.label: m.value for m in at.metric}["Status"] == "cancelling"
+        assert f"Cancelling job {job.id}: the worker stops it after its current training step." in texts(at)
+        assert not any(b.label in ("Cancel job", "Yes, cancel the job") for b in at.button)
+        again = page("train", registry, query={"job": str(job.id)})
+        table = next(d.value for d in again.dataframe if "status" in d.value.columns)
+        assert table.set_index("publishes").loc["alice/long", "status"] == "cancelling"
+        queue.finish(job.id, "test-worker", status="cancelled")
+        at.run()
+        assert {m.label: m.value for m in at.metric}["Status"] == "cancelled"
+        assert "Cancelling job" not in texts(at)
+
+
+def test_the_jobs_table_shows_status_duration_and_final_metrics(registry: dict[str, Any]) -> None:
+    queue = worker_jobs(registry)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/model0", training_spec(demo=True, epochs=0.5), priority=100)
+        queue.claim("test-worker")
+        queue.heartbeat(job.id, "test-worker", progress={"phase": "done", "loss": 0.4321, "accuracy": 0.9})
+        queue.finish(job.id, "test-worker", status="succeeded", result_version=("alice/model0", 1))
+        at = page("train", registry, query={"job": str(job.id)})
+    table = next(d.value for d in at.dataframe if "status" in d.value.columns).set_index("job")
+    row = table.loc[f"train?job={job.id}"]  # each job a link to its view
+    assert row["status"] == "succeeded" and row["result"] == "adapter?ref=alice/model0:1"
+    assert row["test accuracy"] == pytest.approx(0.8) and row["eval loss"] == pytest.approx(0.4321)
+    assert row["duration"].endswith(" s")
+    spec = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"])
+    fields = dict(zip(spec["field"], spec["value"], strict=True))  # the spec as a table, nested names dotted
+    assert fields["publishes"] == "alice/model0" and fields["demo"] == "yes" and fields["training.epochs"] == "0.5000"

@@ -1,0 +1,84 @@
+"""The dashboard's charts say what they show: titles, the eval curve, model order, every label, a colour scale for d
+and one for b, and distinct colours per version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from web_ui import charts
+
+
+def spec(chart: Any) -> dict[str, Any]:
+    return dict(chart.to_dict())
+
+
+def layer_rows(depths: int = 12) -> list[dict[str, Any]]:
+    """As analysis.layer_magnitudes gives them: in the file's (text) order, layers.10 before layers.2."""
+    paths = sorted(f"model.layers.{i}.self_attn.{m}" for i in range(depths) for m in ("q_proj", "v_proj"))
+    return [{"layer": p, "d_mean_abs": 0.1 + i, "b_mean_abs": 0.001 * i} for i, p in enumerate(paths + ["lm_head"])]
+
+
+@pytest.mark.parametrize(("path", "position"), [
+    ("model.layers.3.self_attn.q_proj", (3, "self_attn.q_proj")),
+    ("bert.encoder.layer.11.attention.self.query", (11, "attention.self.query")),
+    ("lm_head", (None, "lm_head")),
+], ids=["llama", "bert", "outside-the-blocks"])
+def test_a_layer_path_is_a_depth_and_a_module(path: str, position: tuple[int | None, str]) -> None:
+    assert charts.layer_position(path) == position
+
+
+def test_the_grid_is_in_model_order_with_every_label() -> None:
+    frame, depths, modules = charts.grid_frame(layer_rows())
+    assert depths == [str(i) for i in range(12)] + [charts.NO_DEPTH]  # 2 before 10, the head last
+    assert modules == ["self_attn.q_proj", "self_attn.v_proj", "lm_head"]
+    chart = spec(charts.magnitude_heatmap(layer_rows()))
+    for grid in chart["vconcat"]:
+        y, x = grid["encoding"]["y"], grid["encoding"]["x"]
+        assert y["sort"] == modules and y["axis"]["labelOverlap"] is False and y["axis"]["labelLimit"] == 0
+        assert x["sort"] == depths and x["axis"]["labelAngle"] == 0  # never rotated
+        assert grid["height"] >= charts.ROW_PX * len(modules)  # a row per module: no label skipped
+
+
+def test_d_and_b_have_a_colour_scale_each() -> None:
+    chart = spec(charts.magnitude_heatmap(layer_rows()))
+    assert chart["resolve"] == {"scale": {"color": "independent"}}
+    titles = [g["title"]["text"] for g in chart["vconcat"]]
+    assert titles[0].startswith("mean |d|") and titles[1].startswith("mean |b|")
+    assert [g["encoding"]["color"]["field"] for g in chart["vconcat"]] == ["d_mean_abs", "b_mean_abs"]
+
+
+def test_the_loss_chart_has_a_title_and_the_eval_curve_over_the_training_curve() -> None:
+    history = [{"step": 2.0, "eval_loss": 0.6, "eval_accuracy": 0.7}, {"step": 4.0, "eval_loss": 0.5}, {"epoch": 1}]
+    assert charts.eval_points(history) == [[2.0, 0.6], [4.0, 0.5]]
+    chart = spec(charts.loss_curves({"a/b:1": [[1, 0.9], [2, 0.7], [4, 0.4]]},
+                                    {"a/b:1": charts.eval_points(history)}))
+    assert chart["title"]["text"] == "Training and eval loss" and "eval set" in chart["title"]["subtitle"]
+    data = next(iter(chart["datasets"].values()))
+    assert sorted({r["curve"] for r in data}) == ["eval", "training"]
+    assert chart["layer"][0]["encoding"]["strokeDash"]["field"] == "curve"
+    alone = spec(charts.loss_curves({"a/b:1": [[1, 0.9]]}))
+    assert alone["title"]["text"] == "Training loss" and "no evaluation" in alone["title"]["subtitle"]
+    assert charts.loss_curves({"a/b:1": []}, {}) is None
+
+
+def test_compared_versions_get_distinct_colours() -> None:
+    refs = [f"alice/m{i}:1" for i in range(4)]
+    chart = spec(charts.loss_curves({ref: [[1, 1.0], [2, 0.5]] for ref in refs}))
+    scale = chart["layer"][0]["encoding"]["color"]["scale"]
+    assert scale["domain"] == refs and len(set(scale["range"])) == 4
+    assert scale["range"] == list(charts.PALETTE[:4])  # blue, orange, green, vermillion: not two blues, two reds
+
+
+def test_the_cosine_view_is_a_labelled_grid_per_compared_version() -> None:
+    refs = ["alice/first-adapter-with-a-long-name:1", "alice/b:2", "alice/c:3"]
+    layers = [{"module": r["layer"], "delta_cosine": [[1.0, 0.9, None if "lm_head" in r["layer"] else 0.01]]}
+              for r in layer_rows(3)]
+    chart = spec(charts.cosine_heatmap(layers, refs))
+    titles = [g["title"]["text"] for g in chart["vconcat"]]
+    assert titles == [f"{refs[1]}  vs  {refs[0]}", f"{refs[2]}  vs  {refs[0]}"]  # full names, as titles
+    for grid in chart["vconcat"]:
+        assert grid["encoding"]["color"]["scale"]["domain"] == [-1, 1]
+        assert grid["encoding"]["x"]["axis"]["labelAngle"] == 0 and grid["encoding"]["y"]["axis"]["labelLimit"] == 0
+    assert charts.cosine_heatmap([{"module": "x", "delta_cosine": [[1.0, None]]}], refs[:2]) is None
