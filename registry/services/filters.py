@@ -17,8 +17,9 @@ the normalised table ``version_metrics`` (one row per numeric metric, index (key
 from __future__ import annotations
 
 import math
+import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -97,8 +98,8 @@ def _tokens(text: str) -> Iterator[Token]:
 
 def _number(text: str, at: int) -> int | float:
     value: int | float = int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
-    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) >= _INT_RANGE:
-        raise _error(at, "a number of magnitude below 2**63", text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _error(at, "a finite number", text)
     return value
 
 
@@ -260,13 +261,15 @@ class Field:
         return test
 
 
-_WANTS = {"number": "a number", "text": "a 'string'", "seed": "a whole number from 0 to 2**64 - 1",
-          "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'", "flag": "true or false",
-          "tag": "a 'string'", "metric": "a number"}
+_WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
+          "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false", "metric": "a number",
+          "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
 
 
 def _fits(kind: str, value: Literal) -> bool:
-    if kind in ("number", "metric"):
+    if kind == "number":  # (a column holds below 2**63; SQLite refuses larger Python ints)
+        return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < _INT_RANGE
+    if kind == "metric":
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "seed":
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _SEED_RANGE
@@ -290,6 +293,8 @@ def _converted(kind: str, value: Literal) -> Literal | datetime:
         return str(value)  # stored as decimal text (a uint64 exceeds BIGINT)
     if kind == "time":
         return _timestamp(str(value)) or value
+    if kind == "metric":
+        return float(value)  # the column is a float (and a huge int would overflow SQLite)
     return value
 
 
@@ -300,10 +305,11 @@ def _compare(column: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
         return column.in_(values)  # type: ignore[no-any-return]
     if op == "like":
         return func.lower(column).like(str(value).lower())
-    comparisons: dict[str, ColumnElement[bool]] = {
-        "=": column == value, "!=": column != value, "<": column < value, "<=": column <= value,
-        ">": column > value, ">=": column >= value}
-    return comparisons[op]
+    return _COMPARISONS[op](column, value)  # type: ignore[no-any-return]
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 _TEXT_OPS = ("=", "!=", "like", "in")

@@ -56,5 +56,7 @@ def download(
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
 
+    if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
+        registry.downloads.count(info.owner, info.name, info.version)
     media = next((t for suffix, t in MEDIA_TYPES.items() if filename.endswith(suffix)), "application/octet-stream")
     return streamed(data, media, headers)

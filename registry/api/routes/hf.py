@@ -23,6 +23,7 @@ from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import streamed
 from registry.domain.errors import EntryNotFound
+from registry.domain.schemas import ADAPTER_FILES
 from registry.services.hub_view import HubRevision, HubView
 
 _routes = APIRouter()
@@ -54,7 +55,7 @@ def _model_info(rev: HubRevision, blobs: bool) -> dict[str, Any]:
     return {
         "_id": rev.commit[:24], "id": rev.repo_id, "modelId": rev.repo_id, "author": info.owner, "sha": rev.commit,
         "lastModified": _hub_time(rev.last_modified), "createdAt": _hub_time(rev.last_modified),
-        "private": False, "disabled": False, "gated": False, "downloads": 0, "likes": 0,
+        "private": False, "disabled": False, "gated": False, "downloads": info.downloads, "likes": 0,
         "library_name": card.get("library_name", "peft"), "tags": card.get("tags", []), "pipeline_tag": None,
         "cardData": card, "siblings": siblings, "spaces": [],
         "usedStorage": sum(len(data) for data in rev.files.values()),
@@ -102,6 +103,8 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
     if request.method == "HEAD":
         return Response(status_code=200, headers={**headers, "Content-Length": str(len(data))})
+    if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
+        view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)
     return streamed(data, "application/octet-stream", headers)
 
 
