@@ -154,6 +154,8 @@ class Jobs:
             if job.status == "queued":
                 job.status, job.finished_at = "cancelled", datetime.now(UTC)
             s.add(m.AuditEvent(actor=actor, action="job-cancel", target=job.target_name, detail={"job": job_id}))
+            if job.status == "cancelled":
+                _ended(s, job, actor=actor)
             s.flush()
             return self._info(s, job)
 
@@ -166,8 +168,10 @@ class Jobs:
                  .order_by(m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
         with self.db.session() as s:
             # a job cancelled while its worker was dying will not be resumed: it is cancelled
-            s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
-                      .values(status="cancelled", finished_at=now))
+            cancelled = s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
+                                  .values(status="cancelled", finished_at=now).returning(m.Job.id)).scalars().all()
+            for job_id in cancelled:
+                _ended(s, self._job(s, job_id), actor="registry")
             # the UPDATE above also takes SQLite's write lock first, so that two claims there serialise
             locking = self.db.engine.dialect.name == "postgresql"
             self._requeue_lost(s, stale, now, locking)
@@ -193,6 +197,7 @@ class Jobs:
                 job.error = (f"{lost} of {self.max_attempts}: every worker that ran this job died (out of memory? "
                              "killed?); not tried again (VERA_JOB_MAX_ATTEMPTS).")
                 s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": job.error}))
+                _ended(s, job, actor="registry")
                 continue
             delay = self.retry_backoff * 2 ** max(job.attempts - 1, 0)
             job.status, job.claimed_by, job.not_before = "queued", None, now + delay
@@ -225,6 +230,7 @@ class Jobs:
                 version = s.scalar(select(m.AdapterVersion).join(m.Adapter).where(
                     m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.AdapterVersion.version == ref.version))
                 job.result_version_id = version.id if version else None
+            _ended(s, job, actor=worker)
 
     def request_id(self, job_id: int) -> str | None:
         """The id of the request that queued the job (registry.logs), for the worker's log lines."""
@@ -271,6 +277,17 @@ class Jobs:
                        cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
                        result_ref=result_ref, priority=job.priority, time_limit_s=job.time_limit_s,
                        not_before=job.not_before)
+
+
+def _ended(s: Any, job: m.Job, *, actor: str) -> None:
+    """The audit event of a job that ended (succeeded, failed or cancelled): the event `vera events` lists and
+    webhooks fire on (job-end)."""
+    detail: dict[str, Any] = {"job": job.id, "status": job.status}
+    if job.error:
+        detail["error"] = job.error[:1000]
+    if job.result_version_id is not None and (version := s.get(m.AdapterVersion, job.result_version_id)) is not None:
+        detail["result"] = version_ref(version)
+    s.add(m.AuditEvent(actor=actor[:64], action="job-end", target=job.target_name, detail=detail))
 
 
 def _check_scheduling(priority: int, time_limit_s: float | None) -> None:

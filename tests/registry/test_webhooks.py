@@ -1,0 +1,354 @@
+"""Webhooks against a real `vera serve` and a real HTTP receiver: signed deliveries of an owner's events, retries with
+backoff, a receiver that hangs (publish does not wait), the delivery log, test deliveries, URL checks, permissions,
+dispatchers that share a database, and the migration that adds the tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from registry.client import RegistryClient
+from registry.domain.errors import Forbidden, InvalidInput, Unauthorized
+from registry.domain.events import WebhookForm
+from registry.services.delivery import Sender, check_target
+from registry.services.outbox import Outbox
+from registry.services.registry import Registry
+from registry.services.tokens import create_token
+from registry.services.webhooks import Webhooks
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.receiver import Receiver, running_receiver, signature_ok
+from tests.registry.servers import VERA, running_server
+
+BACKOFF_S = 0.3
+#: Fast dispatching for tests: poll often, retry soon, give a receiver 2 s.
+FAST = {"VERA_REQUIRE_TOKENS": "true", "VERA_WEBHOOK_POLL_S": "0.1", "VERA_WEBHOOK_RETRY_BACKOFF_S": str(BACKOFF_S),
+        "VERA_WEBHOOK_MAX_ATTEMPTS": "3", "VERA_WEBHOOK_TIMEOUT_S": "2"}
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[dict[str, Any]]:
+    """A registry whose webhooks may reach loopback (the receiver is on 127.0.0.1)."""
+    root = tmp_path_factory.mktemp("webhooks")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_WEBHOOK_ALLOW_PRIVATE="true", **FAST) as base:
+        db = Database(url)
+        tokens = {who: create_token(db, owner=owner, scopes=scopes)[1] for who, owner, scopes in (
+            ("alice", "alice", ["read", "publish"]), ("mallory", "mallory", ["read", "publish"]),
+            ("reader", "alice", ["read"]), ("admin", "root", ["admin"]))}
+        db.engine.dispose()
+        yield {"url": base, "tokens": tokens, "source": make_adapter(root / "adapter")}
+
+
+def client(server: dict[str, Any], who: str = "alice") -> RegistryClient:
+    return RegistryClient(server["url"], server["tokens"][who], cache=False)
+
+
+def test_an_owners_events_reach_its_webhook_signed(server: dict[str, Any], receiver: Receiver) -> None:
+    with client(server) as alice, client(server, "mallory") as mallory:
+        hook = alice.create_webhook("alice", receiver.url("/signed"))
+        other = mallory.create_webhook("mallory", receiver.url("/mallory"))
+        assert hook.secret.startswith("whsec_") and hook.events == ["publish", "alias", "alias-remove", "yank",
+                                                                     "unyank", "delete", "job-end"]
+        version = alice.publish(server["source"], "alice/signed", base_model="tiny-llama").version
+        alice.set_alias(f"alice/signed:{version}", "prod")
+        alice.yank(f"alice/signed:{version}")
+        alice.delete(f"alice/signed:{version}")
+        got = receiver.wait_for("/signed", 4)
+    bodies = [json.loads(r.body) for r in got]
+    assert [b["event"]["action"] for b in bodies] == ["publish", "alias", "yank", "delete"]
+    assert bodies[0]["event"]["target"] == f"alice/signed:{version}" and bodies[0]["event"]["actor"] == "alice"
+    assert bodies[0]["event"]["adapter"] == "alice/signed" and bodies[0]["webhook"] == {"id": hook.id,
+                                                                                         "owner": "alice"}
+    for received, body in zip(got, bodies, strict=True):
+        assert signature_ok(hook.secret, received)
+        assert not signature_ok(other.secret, received)  # another webhook's secret does not verify it
+        assert received.headers["x-vera-event"] == body["event"]["action"]
+        assert received.headers["x-vera-event-id"] == str(body["event"]["id"])
+        assert received.headers["content-type"] == "application/json"
+    tampered = type(got[0])(got[0].path, got[0].headers, got[0].body.replace(b"alice", b"eve"), got[0].at)
+    assert not signature_ok(hook.secret, tampered)
+    time.sleep(1)
+    assert receiver.at("/mallory") == []  # alice's events never go to mallory's webhook
+    assert len(receiver.at("/signed")) == 4  # each event once
+
+
+def test_a_failing_receiver_is_retried_with_backoff_and_logged(server: dict[str, Any], receiver: Receiver) -> None:
+    receiver.answer("/flaky", 500, 500, 200)
+    with client(server) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/flaky"), events=["publish"])
+        alice.publish(server["source"], "alice/flaky", base_model="tiny-llama")
+        got = receiver.wait_for("/flaky", 3)
+        deadline = time.monotonic() + 10
+        while (log := alice.webhook_deliveries(hook.id))[0].status != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert [a.status_code for a in log[0].log] == [500, 500, 200] and log[0].attempts == 3
+    assert [a.attempt for a in log[0].log] == [1, 2, 3]
+    assert "answered 500" in (log[0].log[0].error or "") and log[0].log[2].error is None
+    assert all(a.duration_ms >= 0 for a in log[0].log)
+    first, second = got[1].at - got[0].at, got[2].at - got[1].at
+    assert first >= BACKOFF_S * 0.9 and second >= 2 * BACKOFF_S * 0.9, (first, second)  # doubling
+    assert len({r.headers["x-vera-delivery"] for r in got}) == 1  # one delivery, three attempts
+
+
+def test_a_delivery_fails_after_its_last_attempt(server: dict[str, Any], receiver: Receiver) -> None:
+    receiver.answer("/down", 503, 503, 503, 503)
+    with client(server) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/down"), events=["publish"])
+        alice.publish(server["source"], "alice/down", base_model="tiny-llama")
+        receiver.wait_for("/down", 3)
+        deadline = time.monotonic() + 10
+        while (log := alice.webhook_deliveries(hook.id))[0].status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert log[0].status == "failed" and [a.status_code for a in log[0].log] == [503, 503, 503]
+    time.sleep(4 * BACKOFF_S)
+    assert len(receiver.at("/down")) == 3  # VERA_WEBHOOK_MAX_ATTEMPTS=3: no fourth
+
+
+def test_a_hanging_receiver_never_slows_publish(server: dict[str, Any], receiver: Receiver) -> None:
+    receiver.hanging.add("/hang")
+    with client(server) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/hang"), events=["publish"])
+        alice.publish(server["source"], "alice/hang", base_model="tiny-llama")
+        receiver.wait_for("/hang", 1)  # the dispatcher is now stuck on the receiver
+        for _ in range(3):
+            started = time.monotonic()
+            alice.publish(server["source"], "alice/hang", base_model="tiny-llama")
+            assert time.monotonic() - started < 1.5
+            assert receiver.waiting >= 1  # published while the receiver still held a delivery
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            log = alice.webhook_deliveries(hook.id, limit=10)
+            if any(a.error and "no answer within 2 s" in a.error for d in log for a in d.log):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no timed-out attempt logged: {log}")
+    receiver.hanging.discard("/hang")
+
+
+def test_a_test_delivery_pings_now_and_reports_the_answer(server: dict[str, Any], receiver: Receiver) -> None:
+    receiver.answer("/ping", 200, 404)
+    with client(server) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/ping"), events=["delete"])
+        delivery = alice.test_webhook(hook.id)
+        assert delivery.status == "succeeded" and delivery.event == "ping" and delivery.event_id is None
+        assert delivery.log[0].status_code == 200 and delivery.attempts == 1
+        received = receiver.wait_for("/ping", 1)[0]
+        assert signature_ok(hook.secret, received) and received.headers["x-vera-event"] == "ping"
+        assert json.loads(received.body)["event"]["owner"] == "alice"
+        env = {"VERA_REGISTRY_URL": server["url"], "VERA_TOKEN": server["tokens"]["alice"]}
+        failed = _vera(env, "webhook", "test", str(hook.id))
+        assert failed.returncode == 3 and "answered 404" in failed.stdout, failed.stdout + failed.stderr
+        assert [d.status for d in alice.webhook_deliveries(hook.id)] == ["failed", "succeeded"]  # newest first
+
+
+def _vera(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "COLUMNS": "200", **env})
+
+
+def test_the_cli_adds_lists_edits_tests_and_removes_webhooks(server: dict[str, Any], receiver: Receiver) -> None:
+    env = {"VERA_REGISTRY_URL": server["url"], "VERA_TOKEN": server["tokens"]["alice"]}
+    added = _vera(env, "webhook", "add", "alice", receiver.url("/cli"), "--event", "publish", "--event", "yank",
+                  "--description", "ci")
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_") and "shown this once" in added.stdout
+    listed = json.loads(_vera(env, "webhook", "ls", "--json").stdout)
+    mine = next(h for h in listed if h["url"] == receiver.url("/cli"))
+    assert mine["events"] == ["publish", "yank"] and "secret" not in mine and secret not in json.dumps(listed)
+    edited = _vera(env, "webhook", "edit", str(mine["id"]), "--inactive", "--json")
+    assert json.loads(edited.stdout)["active"] is False
+    tested = _vera(env, "webhook", "test", str(mine["id"]), "--json")
+    assert tested.returncode == 0 and json.loads(tested.stdout)["log"][0]["status_code"] == 200
+    log = json.loads(_vera(env, "webhook", "deliveries", str(mine["id"]), "--json").stdout)
+    assert [d["event"] for d in log] == ["ping"]
+    table = _vera(env, "webhook", "deliveries", str(mine["id"]))
+    assert "ping" in table.stdout and "answered 200" in table.stdout
+    assert _vera(env, "webhook", "rm", str(mine["id"])).returncode == 0
+    gone = _vera(env, "webhook", "deliveries", str(mine["id"]))
+    assert gone.returncode == 1 and f"No webhook {mine['id']}" in gone.stderr
+
+
+def test_a_webhook_fires_only_while_active_and_only_for_later_events(server: dict[str, Any],
+                                                                     receiver: Receiver) -> None:
+    with client(server) as alice:
+        alice.publish(server["source"], "alice/later", base_model="tiny-llama")  # before the webhook
+        hook = alice.create_webhook("alice", receiver.url("/later"), events=["publish"])
+        alice.update_webhook(hook.id, active=False)
+        alice.publish(server["source"], "alice/later", base_model="tiny-llama")  # while inactive: not sent
+        time.sleep(1)
+        assert receiver.at("/later") == [] and alice.webhook_deliveries(hook.id) == []
+        alice.update_webhook(hook.id, active=True)
+        alice.publish(server["source"], "alice/later", base_model="tiny-llama")
+        got = receiver.wait_for("/later", 1)
+        time.sleep(0.5)
+    assert [json.loads(r.body)["event"]["target"] for r in receiver.at("/later")] == ["alice/later:3"]
+    assert got[0].headers["x-vera-event"] == "publish"
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://[fd00:ec2::254]/",
+                                 "http://[::ffff:169.254.169.254]/"])
+def test_metadata_addresses_are_refused_even_where_private_ones_are_allowed(server: dict[str, Any],
+                                                                             url: str) -> None:
+    with client(server) as alice:
+        before = alice.webhooks("alice")
+        with pytest.raises(InvalidInput, match="cloud metadata address"):
+            alice.create_webhook("alice", url)
+        assert alice.webhooks("alice") == before  # nothing created
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://example.org/x", "must be http:// or https://"),
+    ("https://user:pw@example.org/x", "user name or password"),
+    ("http://no-such-host.invalid/x", "does not resolve"),
+    ("not a url", "must be http:// or https://"),
+    ("", "must be http:// or https://"),
+])
+def test_bad_urls_are_refused_saying_what_is_expected(server: dict[str, Any], url: str, message: str) -> None:
+    response = httpx.post(f"{server['url']}/api/v1/webhooks", json={"owner": "alice", "url": url},
+                          headers={"Authorization": f"Bearer {server['tokens']['alice']}"})
+    assert response.status_code == 422 and message in response.json()["detail"], response.text
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"events": ["publish", "explode"]}, "events must be a non-empty list of publish"),
+    ({"events": []}, "events must be a non-empty list"),
+    ({"description": "x" * 501}, "at most 500 characters"),
+    ({"url": None, "owner": "alice"}, "url"),
+])
+def test_bad_webhook_fields_are_refused(server: dict[str, Any], receiver: Receiver, body: dict[str, Any],
+                                        message: str) -> None:
+    form = {"owner": "alice", "url": receiver.url("/bad"), **body}
+    response = httpx.post(f"{server['url']}/api/v1/webhooks", json=form,
+                          headers={"Authorization": f"Bearer {server['tokens']['alice']}"})
+    assert response.status_code == 422 and message in response.json()["detail"], response.text
+
+
+def test_only_the_owners_publishers_manage_its_webhooks(server: dict[str, Any], receiver: Receiver) -> None:
+    with client(server) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/private"))
+    for who, error in (("mallory", Forbidden), ("reader", Forbidden)):
+        with client(server, who) as outsider:
+            for call in (lambda c: c.webhooks("alice"), lambda c: c.create_webhook("alice", receiver.url("/x")),
+                         lambda c: c.webhook(hook.id), lambda c: c.test_webhook(hook.id),
+                         lambda c: c.webhook_deliveries(hook.id), lambda c: c.update_webhook(hook.id, active=False),
+                         lambda c: c.delete_webhook(hook.id)):
+                with pytest.raises(error):
+                    call(outsider)
+    with RegistryClient(server["url"], "", cache=False) as anonymous, pytest.raises(Unauthorized):
+        anonymous.webhooks("alice")
+    with client(server, "mallory") as mallory:
+        assert all(h.owner == "mallory" for h in mallory.webhooks())  # the default owner is the caller's own
+    with client(server, "admin") as admin:
+        assert hook.id in [h.id for h in admin.webhooks("alice")]
+    with client(server) as alice:
+        assert alice.webhook(hook.id).active  # untouched by the refused calls
+        listed = httpx.get(f"{server['url']}/api/v1/webhooks/{hook.id}",
+                           headers={"Authorization": f"Bearer {server['tokens']['alice']}"}).json()
+        assert "secret" not in listed and hook.secret not in json.dumps(listed)
+
+
+def test_private_and_loopback_addresses_need_the_setting(tmp_path: Path, receiver: Receiver) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", **FAST) as base:
+        db = Database(url)
+        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        for target in (receiver.url("/x"), "http://localhost:9/x", "http://10.1.2.3/x", "http://[::1]:9/x",
+                       "http://192.168.0.1/x", "http://0.0.0.0/x"):
+            response = httpx.post(f"{base}/api/v1/webhooks", json={"owner": "alice", "url": target},
+                                  headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 422, (target, response.text)
+            assert "VERA_WEBHOOK_ALLOW_PRIVATE=true" in response.json()["detail"]
+        listed = httpx.get(f"{base}/api/v1/webhooks", headers={"Authorization": f"Bearer {token}"})
+        assert listed.json() == []
+
+
+def test_check_target_checks_every_address() -> None:
+    assert check_target(" https://93.184.215.14/hook ", allow_private=False) == "https://93.184.215.14/hook"
+    for address in ("127.0.0.1", "10.0.0.1", "172.16.0.1", "100.64.0.1", "169.254.1.1", "[::1]", "[fe80::1]",
+                    "[::ffff:127.0.0.1]", "[64:ff9b::a00:1]", "224.0.0.1"):
+        with pytest.raises(InvalidInput, match="webhooks go to public addresses only"):
+            check_target(f"http://{address}/", allow_private=False)
+    assert check_target("http://localhost:1/", allow_private=True) == "http://localhost:1/"
+
+
+def test_two_dispatchers_on_one_database_send_each_event_once(registry: Registry, receiver: Receiver) -> None:
+    """Several API processes share a database: each event is enqueued and sent once, whoever claims it (SQLite and
+    PostgreSQL, dispatchers racing in threads)."""
+    path = f"/race-{registry.db.engine.dialect.name}"
+    hooks = Webhooks(registry.db, Sender(allow_private=True))
+    outboxes = [Outbox(registry.db, Sender(allow_private=True), retry_backoff=timedelta(seconds=0.1))
+                for _ in range(3)]
+    outboxes[0].enqueue()  # the cursor starts at the newest event
+    hooks.create(WebhookForm(owner="ann", url=receiver.url(path), events=["alias"]), actor="ann")
+    source = make_adapter(Path(registry.blobs.url).parent / "adapter")
+    version = registry.publish(source, owner="ann", name="race", base_model="tiny-llama", published_by="ann")
+    for n in range(12):
+        registry.set_alias(version.ref, f"a{n}", actor="ann")
+    stop = threading.Event()
+
+    def run(outbox: Outbox, name: str) -> None:
+        while not stop.is_set():
+            outbox.run_once(name)
+
+    threads = [threading.Thread(target=run, args=(o, f"d{i}")) for i, o in enumerate(outboxes)]
+    for t in threads:
+        t.start()
+    try:
+        got = receiver.wait_for(path, 12)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(receiver.at(path)) == 12
+    assert sorted(json.loads(r.body)["event"]["detail"]["version"] for r in got) == [1] * 12
+    assert len({json.loads(r.body)["event"]["id"] for r in got}) == 12
+
+
+def test_migration_0008_keeps_every_row_of_a_0007_database(database_url: str) -> None:
+    db = Database(database_url)
+    db.upgrade("0007")
+    with db.engine.begin() as conn:  # rows as the previous version wrote them
+        conn.execute(text("INSERT INTO audit_events (at, actor, action, target, detail) VALUES "
+                          "(CURRENT_TIMESTAMP, 'ann', 'publish', 'ann/old:1', '{}')"))
+        conn.execute(text("INSERT INTO adapters (owner, name, description, created_at) VALUES "
+                          "('ann', 'old', 'kept', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO jobs (status, spec, owner, target_name, created_at, progress, "
+                          "cancel_requested, attempts) VALUES ('queued', :spec, 'ann', 'ann/old', CURRENT_TIMESTAMP, "
+                          "'{}', :false, 0)"), {"spec": '{"demo": true}', "false": False})
+    db.upgrade("0008")
+
+    def rows() -> list[tuple[Any, ...]]:
+        with db.engine.connect() as conn:
+            return [tuple(r) for q in ("SELECT actor, action, target FROM audit_events",
+                                       "SELECT owner, name, description FROM adapters",
+                                       "SELECT owner, target_name, status FROM jobs") for r in conn.execute(text(q))]
+
+    kept = [("ann", "publish", "ann/old:1"), ("ann", "old", "kept"), ("ann", "ann/old", "queued")]
+    assert rows() == kept
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM webhooks")).scalar() == 0
+    db.downgrade("0007")
+    assert rows() == kept
+    db.engine.dispose()
