@@ -93,8 +93,9 @@ class DownloadCounter:
             log.warning(f"download counts not flushed (kept for the next try): {type(exc).__name__}: {exc}")
 
     def flush(self) -> int:
-        """Add the waiting counts to the database in one transaction; return how many downloads were added. On a
-        database error the counts are kept for the next flush, and the error is raised."""
+        """Add the waiting counts to the database in one transaction; return how many were flushed (those of versions
+        deleted meanwhile are dropped). On a database error the counts are kept for the next flush, and the error is
+        raised."""
         with self._flushing:
             with self._lock:
                 batch, self._pending, self._waiting = self._pending, Counter(), 0

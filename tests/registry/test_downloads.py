@@ -1,0 +1,138 @@
+"""Download counts (registry.services.downloads): counted in memory, added to the database in batches (UPSERT
+increments, so processes add up), shown in listings; through real servers on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.exc import SQLAlchemyError
+
+from registry.client import RegistryClient
+from registry.services.downloads import DownloadCounter
+from registry.services.registry import Registry
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+
+WEIGHTS = "adapter_model.safetensors"
+
+
+def downloads_of(registry: Registry) -> dict[str, int]:
+    return {v.ref: v.downloads for v in registry.list_versions(limit=500).items}
+
+
+def test_counts_stay_in_memory_until_flushed_and_processes_add_up(registry: Registry, tmp_path: Path) -> None:
+    for i in range(2):
+        registry.publish(make_adapter(tmp_path / f"s{i}", seed=i), owner="ann", name="a", base_model="tiny-llama")
+    one, two = DownloadCounter(registry.db, flush_every_s=3600), DownloadCounter(registry.db, flush_every_s=3600)
+    for _ in range(3):
+        one.count("ann", "a", 1)
+    one.count("ann", "a", 2)
+    one.count("ghost", "gone", 1)  # deleted since, or never existed: dropped at the flush
+    assert one.pending() == 5 and downloads_of(registry) == {"ann/a:1": 0, "ann/a:2": 0}  # no write per download
+    assert one.flush() == 5 and one.pending() == 0
+    assert downloads_of(registry) == {"ann/a:1": 3, "ann/a:2": 1}
+    two.count("ann", "a", 1)
+    two.count("ann", "a", 1)
+    two.flush()
+    assert one.flush() == 0  # nothing waiting: no transaction
+    assert downloads_of(registry) == {"ann/a:2": 1, "ann/a:1": 5}  # added to, never overwritten
+    assert registry.get("ann/a:1").downloads == 5
+
+
+def test_concurrent_flushes_from_many_counters_lose_nothing(registry: Registry, tmp_path: Path) -> None:
+    registry.publish(make_adapter(tmp_path / "s", seed=1), owner="ann", name="a", base_model="tiny-llama")
+    errors: list[BaseException] = []
+
+    def replica() -> None:
+        counter = DownloadCounter(registry.db, flush_every_s=3600)
+        try:
+            for _ in range(10):
+                counter.count("ann", "a", 1)
+                counter.count("ann", "a", 1)
+                counter.flush()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and registry.get("ann/a:1").downloads == 80
+
+
+def test_a_full_batch_wakes_the_flusher_and_close_flushes_the_rest(registry: Registry, tmp_path: Path) -> None:
+    registry.publish(make_adapter(tmp_path / "s", seed=1), owner="ann", name="a", base_model="tiny-llama")
+    counter = DownloadCounter(registry.db, flush_every_s=3600, flush_every=3)
+    counter.start()
+    try:
+        for _ in range(3):
+            counter.count("ann", "a", 1)
+        deadline = time.monotonic() + 10
+        while registry.get("ann/a:1").downloads != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert registry.get("ann/a:1").downloads == 3  # long before the hour
+        counter.count("ann", "a", 1)
+    finally:
+        counter.close()
+    assert registry.get("ann/a:1").downloads == 4 and counter.pending() == 0
+
+
+def test_a_failed_flush_keeps_the_counts(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")  # no schema yet: the flush fails
+    counter = DownloadCounter(db)
+    counter.count("ann", "a", 1)
+    with pytest.raises(SQLAlchemyError):
+        counter.flush()
+    assert counter.pending() == 1
+    counter.close()  # logs, keeps, never raises
+    db.engine.dispose()
+    with pytest.raises(ValueError, match="flush every s > 0 seconds and n >= 1 downloads"):
+        DownloadCounter(db, flush_every=0)
+
+
+def test_downloads_through_a_server_appear_after_the_flush(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_DOWNLOAD_FLUSH_S="0.2") as base, \
+            RegistryClient(base, "") as client:
+        info = client.publish(make_adapter(tmp_path / "s", seed=1), "ann/a", base_model="tiny-llama")
+        client.download(info.ref, WEIGHTS)
+        client.download("ann/a@latest", WEIGHTS)
+        client.download(info.ref, "adapter_config.json")  # not the weights: not a download
+        etag = httpx.get(f"{base}/api/v1/adapters/ann/a/versions/1/files/{WEIGHTS}").headers["etag"]  # 3rd
+        cached = httpx.get(f"{base}/api/v1/adapters/ann/a/versions/1/files/{WEIGHTS}",
+                           headers={"If-None-Match": etag})
+        assert cached.status_code == 304  # a revalidation: not a download
+        hub = f"{base}/hf/ann/a/resolve/main/{WEIGHTS}"
+        assert httpx.head(hub, follow_redirects=True).status_code == 200  # a HEAD: not a download
+        assert httpx.get(hub, follow_redirects=True).status_code == 200  # 307 then the file: one download
+        deadline = time.monotonic() + 20
+        while client.get(info.ref).downloads < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get(info.ref).downloads == 4
+        assert [v.downloads for v in client.list_versions(owner="ann").items] == [4]
+        assert httpx.get(f"{base}/hf/api/models/ann/a").json()["downloads"] == 4
+
+
+def test_two_server_processes_on_one_database_add_up_at_shutdown(database_url: str, tmp_path: Path) -> None:
+    never = {"VERA_DOWNLOAD_FLUSH_S": "3600", "VERA_DOWNLOAD_FLUSH_COUNT": "1000000"}  # only the shutdown flushes
+    with running_server(database_url, tmp_path / "blobs", **never) as a, \
+            running_server(database_url, tmp_path / "blobs", **never) as b, \
+            RegistryClient(a, "") as first, RegistryClient(b, "") as second:
+        info = first.publish(make_adapter(tmp_path / "s", seed=1), "ann/a", base_model="tiny-llama")
+        for _ in range(2):
+            first.download(info.ref, WEIGHTS)
+        for _ in range(3):
+            second.download(info.ref, WEIGHTS)
+        assert first.get(info.ref).downloads == 0  # still in the processes' memory
+    db = Database(database_url)
+    try:
+        assert Registry(db, FsspecBlobStore(str(tmp_path / "blobs"))).get(info.ref).downloads == 5
+    finally:
+        db.engine.dispose()

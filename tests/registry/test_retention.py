@@ -1,0 +1,108 @@
+"""Retention (registry.services.retention) and `vera gc --keep-last/--keep-days/--dry-run`: which versions go, that
+aliases other than latest protect theirs, that deletions are audited and their blobs collected."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from registry.domain.errors import Conflict, InvalidInput
+from registry.services.registry import Registry
+from registry.services.retention import RETENTION_ACTOR, RetentionRule
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.test_cli import vera
+
+
+def publish_history(registry: Registry, tmp_path: Path) -> None:
+    """ann/a:1-5 (prod -> 1) and bob/b:1-2."""
+    for i in range(5):
+        registry.publish(make_adapter(tmp_path / f"a{i}", seed=i), owner="ann", name="a", base_model="tiny-llama")
+    for i in range(2):
+        registry.publish(make_adapter(tmp_path / f"b{i}", seed=10 + i), owner="bob", name="b", base_model="tiny-llama")
+    registry.set_alias("ann/a:1", "prod", actor="ann")
+
+
+def deletions(registry: Registry, ref: str) -> list[str]:
+    """Who deleted ``ref``, from the audit log."""
+    return [e.actor for e in registry.audit(ref) if e.action == "delete"]
+
+
+def refs(registry: Registry) -> list[str]:
+    return sorted(v.ref for v in registry.list_versions(include_yanked=True, limit=500).items)
+
+
+def test_keep_last_deletes_older_versions_but_never_an_aliased_one(registry: Registry, tmp_path: Path) -> None:
+    publish_history(registry, tmp_path)
+    before, blobs_before = refs(registry), len(list(registry.blobs.digests()))
+    planned = registry.apply_retention(RetentionRule(keep_last=2), dry_run=True)
+    assert [v.ref for v in planned.deleted] == ["ann/a:2", "ann/a:3"]  # oldest first
+    assert planned.protected == {"ann/a:1": ["prod"]} and planned.dry_run
+    assert refs(registry) == before and deletions(registry, "ann/a:2") == []  # a dry run changes nothing
+    done = registry.apply_retention(RetentionRule(keep_last=2))
+    assert [v.ref for v in done.deleted] == ["ann/a:2", "ann/a:3"] and done.skipped == {}
+    assert refs(registry) == ["ann/a:1", "ann/a:4", "ann/a:5", "bob/b:1", "bob/b:2"]
+    for ref in ("ann/a:2", "ann/a:3"):  # through the delete path: audited
+        assert deletions(registry, ref) == [RETENTION_ACTOR]
+    assert registry.gc()["blobs_removed"] == 2 and len(list(registry.blobs.digests())) == blobs_before - 2
+    assert registry.apply_retention(RetentionRule(keep_last=2)).deleted == []  # settled
+
+
+def test_keep_days_and_latest_moving(registry: Registry, tmp_path: Path) -> None:
+    publish_history(registry, tmp_path)
+    registry.yank("ann/a:5", actor="ann")  # latest -> 4
+    later = datetime.now(UTC) + timedelta(days=10)
+    assert registry.apply_retention(RetentionRule(keep_days=30), now=later, dry_run=True).deleted == []
+    old = registry.apply_retention(RetentionRule(keep_days=1), now=later, dry_run=True)
+    assert sorted(v.ref for v in old.deleted) == ["ann/a:2", "ann/a:3", "ann/a:4", "ann/a:5", "bob/b:1", "bob/b:2"]
+    either = registry.apply_retention(RetentionRule(keep_last=1, keep_days=1), now=later)  # kept by either rule
+    assert sorted(v.ref for v in either.deleted) == ["ann/a:2", "ann/a:3", "ann/a:4", "bob/b:1"]
+    assert refs(registry) == ["ann/a:1", "ann/a:5", "bob/b:2"]
+    assert registry.get("ann/a").version == 1  # latest moved back past the yanked 5 to the kept 1 (prod)
+
+
+def test_an_alias_set_after_the_plan_still_protects_its_version(registry: Registry, tmp_path: Path) -> None:
+    publish_history(registry, tmp_path)
+    registry.set_alias("ann/a:2", "staging", actor="ann")
+    with pytest.raises(Conflict, match="ann/a:2 is kept: alias staging points at it"):
+        registry.delete("ann/a:2", actor=RETENTION_ACTOR, keep_aliased=True)
+    assert "ann/a:2" in refs(registry)
+    registry.delete("ann/a:2", actor="ann")  # an owner's delete takes the alias with it, as before
+    assert "ann/a:2" not in refs(registry)
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ({}, "needs --keep-last N and/or --keep-days D"),
+    ({"keep_last": 0}, "--keep-last must be at least 1"),
+    ({"keep_days": 0}, "--keep-days must be a number of days above 0, got 0"),
+    ({"keep_days": float("nan")}, "--keep-days must be a number of days above 0"),
+])
+def test_bad_rules_are_refused(rule: dict[str, float], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        RetentionRule(**rule)  # type: ignore[arg-type]
+
+
+def test_vera_gc_applies_retention_with_a_dry_run_first(tmp_path: Path) -> None:
+    url, storage = f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "blobs")
+    db = Database(url)
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(storage))
+    publish_history(registry, tmp_path)
+    where = ("--database-url", url, "--storage-url", storage)
+    refused = vera("gc", "--keep-last", "0", *where)
+    assert refused.returncode == 1 and "--keep-last must be at least 1" in refused.stderr
+    dry = vera("gc", "--keep-last", "2", "--dry-run", *where)
+    assert dry.returncode == 0, dry.stderr
+    assert "would delete ann/a:2" in dry.stdout and "would delete ann/a:3" in dry.stdout
+    assert "kept ann/a:1: alias prod points at it" in dry.stdout and "nothing deleted" in dry.stdout
+    assert len(refs(registry)) == 7
+    real = vera("gc", "--keep-last", "2", *where)
+    assert real.returncode == 0, real.stderr
+    assert "deleted ann/a:2" in real.stdout and "removed 2 unreferenced blobs" in real.stdout
+    assert refs(registry) == ["ann/a:1", "ann/a:4", "ann/a:5", "bob/b:1", "bob/b:2"]
+    plain = vera("gc", *where)  # without a rule: blobs only, as before
+    assert plain.returncode == 0 and "removed 0 unreferenced blobs" in plain.stdout
+    db.engine.dispose()
