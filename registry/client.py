@@ -27,12 +27,14 @@ if TYPE_CHECKING:  # torch is imported only by the methods that need it: the das
     from vera_core.model import VeraModel
 from registry.domain.schemas import (
     ADAPTER_FILES,
+    AdapterInfo,
     BaseModelInfo,
     Comparison,
     HubSyncInfo,
     HubSyncResult,
     JobEventInfo,
     JobInfo,
+    LineageGraph,
     Page,
     Ref,
     VerificationReport,
@@ -297,6 +299,16 @@ class RegistryClient:
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         return self._request("GET", f"{self._path(ref)}/files/{filename}", params=params).content
 
+    def adapter(self, adapter: str) -> AdapterInfo:
+        """``owner/name`` as a whole: description, model card, version count and aliases."""
+        ref = Ref.parse(adapter)
+        return AdapterInfo.model_validate(self._request("GET", f"/api/v1/adapters/{ref.owner}/{ref.name}").json())
+
+    def lineage(self, ref: str | Ref, *, depth: int | None = None, limit: int | None = None) -> LineageGraph:
+        """The version's ancestors and descendants (server bounds: 20 generations, 200 versions each way)."""
+        params = {k: v for k, v in (("depth", depth), ("limit", limit)) if v is not None}
+        return LineageGraph.model_validate(self._request("GET", f"{self._path(ref)}/lineage", params=params).json())
+
     def verify(self, ref: str | Ref) -> VerificationReport:
         return VerificationReport.model_validate(self._request("POST", f"{self._path(ref)}/verify").json())
 
@@ -315,8 +327,10 @@ class RegistryClient:
     def publish(
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
+        parent: str | None = None, code_revision: str | None = None,
     ) -> VersionInfo:
-        """Upload a PEFT adapter directory as the next version of ``owner/name``."""
+        """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
+        it was fine-tuned from and ``code_revision`` the code that trained it (its lineage)."""
         ref = Ref.parse(name)
         root = Path(directory)
         for f in ("adapter_config.json", "adapter_model.safetensors"):
@@ -330,7 +344,7 @@ class RegistryClient:
                        "adapter_model": ("adapter_model.safetensors", weights, "application/octet-stream")},
                 data={"base_model": base_model, "base_revision": base_revision,
                       "metrics": json.dumps(metrics or {}), "tags": ",".join(tags or []),
-                      "description": description},
+                      "description": description, "parent": parent or "", "code_revision": code_revision or ""},
             )
         return VersionInfo.model_validate(response.json())
 
@@ -411,6 +425,25 @@ class RegistryClient:
         return VersionInfo.model_validate(self._request(
             "POST", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/yank",
             json={"yanked": yanked}).json())
+
+    def update_adapter(self, adapter: str, *, description: str | None = None, card: str | None = None
+                       ) -> AdapterInfo:
+        """Change an adapter's description and/or model card (None: unchanged)."""
+        ref = Ref.parse(adapter)
+        body = {k: v for k, v in (("description", description), ("card", card)) if v is not None}
+        return AdapterInfo.model_validate(self._request(
+            "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json=body).json())
+
+    def update_version(self, ref: str, *, description: str | None = None, tags: list[str] | None = None,
+                       add_tags: list[str] | None = None, remove_tags: list[str] | None = None) -> VersionInfo:
+        """Change a version's description and tags: ``tags`` replaces them all, or ``add_tags``/``remove_tags``
+        (None: unchanged). Its bytes never change."""
+        info = self.get(ref)
+        body: dict[str, Any] = {} if description is None else {"description": description}
+        if tags is not None or add_tags or remove_tags:
+            body["tags"] = {"set": tags, "add": add_tags or [], "remove": remove_tags or []}
+        return VersionInfo.model_validate(self._request(
+            "PATCH", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}", json=body).json())
 
     def delete(self, ref: str) -> None:
         info = self.get(ref)

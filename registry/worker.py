@@ -26,6 +26,7 @@ from typing import Any
 from registry.domain.schemas import JobInfo
 from registry.logs import JOB_ID, REQUEST_ID
 from registry.services.jobs import Jobs
+from registry.services.lineage import running_code_revision
 from vera_core.callbacks import FunctionCallback
 from vera_core.recipes import TrainSpec, published_metrics, run
 from vera_core.trainer import TrainerState
@@ -135,7 +136,8 @@ class Worker:
                 info = self.jobs.registry.publish(
                     Path(tmp) / "adapter", owner=owner, name=name, base_model=spec.base_model,
                     metrics=json.loads(json.dumps(summary)), published_by=job.owner, tags=["fine-tune"],
-                    description=f"fine-tuned by job {job.id}", lineage={"job_id": job.id})
+                    description=f"fine-tuned by job {job.id}",
+                    lineage={"job_id": job.id, "code_revision": running_code_revision()})
                 self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
                             [("log", {"message": f"published {info.ref}"})])
                 self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))

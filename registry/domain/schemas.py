@@ -278,3 +278,88 @@ class HubSyncResult(BaseModel):
     version: VersionInfo
     peft_loadable: bool = True
     notes: list[str] = []
+
+
+# ---- editable metadata and lineage (issue 16) ---------------------------------------------------------------------
+#: Bounds of what may be written after publish: descriptions, tags per version, and the model card (Markdown, as a
+#: Hub repo's README.md), measured in UTF-8 bytes.
+MAX_DESCRIPTION = 10_000
+MAX_TAGS = 64
+MAX_CARD_BYTES = 64 * 1024
+#: How far, and how many versions, a lineage graph reaches at most in each direction.
+MAX_LINEAGE_DEPTH = 20
+MAX_LINEAGE_NODES = 200
+
+
+class AdapterInfo(BaseModel):
+    """An adapter (``owner/name``) as a whole: its description and model card, and what its versions are."""
+
+    owner: str
+    name: str
+    description: str
+    card: str  # Markdown; "" when none was written
+    created_at: datetime
+    versions: int  # how many versions it has, yanked ones included
+    latest_version: int | None  # what ``latest`` points at (None when every version is yanked)
+    aliases: dict[str, int]  # alias -> version number, ``latest`` included
+
+
+class AdapterUpdate(BaseModel):
+    """What to change of an adapter (``PATCH /api/v1/adapters/{owner}/{name}``): each field left out, or null, stays
+    as it is. Unknown fields are refused, so that a misspelt one is never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = None
+    card: str | None = None
+
+
+class TagChange(BaseModel):
+    """A version's tags: replace them all (``set``), or ``add`` and ``remove`` some (not both ways at once)."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: list[str] | None = None
+    add: list[str] = []
+    remove: list[str] = []
+
+
+class VersionUpdate(BaseModel):
+    """What to change of a version's metadata (``PATCH .../versions/{version}``); its bytes never change. Each field
+    left out, or null, stays as it is; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = None
+    tags: TagChange | None = None
+
+
+class LineageNode(BaseModel):
+    """One version in a lineage graph. ``depth`` is its distance from the version asked about: negative for what it
+    came from (-1 its parent), 0 for itself, positive for what was made from it (1 its children)."""
+
+    ref: str
+    owner: str
+    name: str
+    version: int
+    depth: int
+    yanked: bool
+    published_by: str
+    created_at: datetime
+    lineage: dict[str, Any]  # the version's own lineage block (as in VersionInfo)
+
+
+class LineageEdge(BaseModel):
+    """``child`` was fine-tuned from ``parent`` (both refs of nodes in the graph)."""
+
+    parent: str
+    child: str
+
+
+class LineageGraph(BaseModel):
+    """A version's ancestors and descendants as nodes and edges, ready to draw (each node once, edges parent->child).
+    ``truncated`` says the walk stopped at ``max_depth`` or ``max_nodes`` with more beyond."""
+
+    ref: str
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
+    max_depth: int
+    max_nodes: int
+    truncated: bool

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData, hf_hub_download, set_client_factory
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, hf_hub_download, set_client_factory
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.utils._http import default_client_factory
@@ -57,9 +58,25 @@ def content_digest(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = False) -> str:
+def _user_card(card: str) -> tuple[dict[str, Any], str]:
+    """The adapter's own model card split into its YAML metadata (a front matter, if it has a valid one) and its
+    Markdown text."""
+    if not card.strip():
+        return {}, ""
+    try:
+        parsed = ModelCard(card, ignore_metadata_errors=True)
+    except (ValueError, yaml.YAMLError):  # a front matter that is not YAML: the card goes out as it was written
+        return {}, card.strip()
+    data: dict[str, Any] = parsed.data.to_dict()  # type: ignore[no-untyped-call]
+    return data, parsed.text.strip()
+
+
+def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = False, card: str = "") -> str:
     """README.md for the Hub: metadata the Hub indexes (library, base model, tags) plus everything needed to
-    reproduce and verify the adapter, under ``vera_registry``. The same version and options give the same bytes."""
+    reproduce and verify the adapter, under ``vera_registry``. ``card`` is the adapter's own model card: its text
+    comes first and its metadata is kept (tags joined; the registry's keys win). The same version, options and card
+    give the same bytes."""
+    user_data, user_text = _user_card(card)
     record: dict[str, Any] = {
         "version": info.ref, "base_model": info.base_model, "base_revision": info.base_revision or None,
         "r": info.r, "projection_prng_key": info.seed, "projection_generator": info.generator,
@@ -68,7 +85,9 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
         "metrics": info.metrics, "lineage": info.lineage, "format": "lora" if as_lora else "vera",
     }
     tags = ["lora", "vera-as-lora", "peft", "vera-registry"] if as_lora else ["vera", "peft", "vera-registry"]
-    data = ModelCardData(library_name="peft", tags=tags, vera_registry=record)
+    own_tags = user_data.pop("tags", None)
+    tags += [t for t in (own_tags if isinstance(own_tags, list) else []) if isinstance(t, str) and t not in tags]
+    data = ModelCardData(**{**user_data, "library_name": "peft", "tags": tags, "vera_registry": record})
     if "/" in info.base_model:  # the Hub checks base_model against its repos: only give it what looks like one
         data.base_model = info.base_model
     loading = ("PEFT regenerates nothing: A and B are in the file." if with_projection else
@@ -82,8 +101,10 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
                      "could not regenerate its projections, and its adapter_config.json makes PEFT stop with a "
                      "message saying so. Load it with `vera_core`, or push it with projections.\n")
     metrics = "".join(f"| {k} | {v} |\n" for k, v in sorted(info.metrics.items()))
+    heading = "##" if user_text else "#"  # under the adapter's own card, the registry's part is a section of it
     body = (
-        f"# {info.owner}/{info.name} ({'VeRA as LoRA' if as_lora else 'VeRA'}, version {info.version})\n\n"
+        (f"{user_text}\n\n" if user_text else "")
+        + f"{heading} {info.owner}/{info.name} ({'VeRA as LoRA' if as_lora else 'VeRA'}, version {info.version})\n\n"
         f"A [VeRA](https://arxiv.org/abs/2310.11454) adapter of `{info.base_model}`, rank {info.r}, "
         f"{info.adapter_parameters:,} adapter parameters ({info.trainable_parameters:,} trainable with heads). "
         f"{loading}\n{peft_note}\n"
@@ -127,7 +148,8 @@ class HubSync:
         with_projection = with_projection or as_lora
         info, files = self.registry.files(ref, with_projection=with_projection and not as_lora,
                                           seed_only=not with_projection, as_lora=as_lora)
-        files[CARD_NAME] = model_card(info, with_projection=with_projection, as_lora=as_lora).encode()
+        card = self.registry.adapter(Ref(owner=info.owner, name=info.name)).card
+        files[CARD_NAME] = model_card(info, with_projection=with_projection, as_lora=as_lora, card=card).encode()
         problems = [] if as_lora else peft_problems(VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME])))
         notes = [f"PEFT cannot load this copy (it stops with a message saying so): {p}" for p in problems]
         api = self._api(token)

@@ -111,7 +111,8 @@ class HubView:
         files = dict(built.files)
         with_projection = bool(json.loads(files[CONFIG_NAME]).get("save_projection", True))
         files[CARD_NAME] = model_card(info, with_projection=with_projection or variant == "lora",
-                                      as_lora=variant == "lora").encode("utf-8")
+                                      as_lora=variant == "lora", card=self.registry.adapter(repo_id).card
+                                      ).encode("utf-8")
         sha256 = {**built.sha256, CARD_NAME: hashlib.sha256(files[CARD_NAME]).hexdigest()}
         return HubRevision(repo_id, commit or commit_of(info, variant), variant, info, files, sha256)
 

@@ -5,6 +5,7 @@ from its blobs. Helpers only: they flush, never commit."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -68,9 +69,22 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
         metrics=v.metrics, tags=[t.tag for t in v.tags], description=v.description,
         published_by=v.published_by, created_at=v.created_at, yanked=v.yanked,
         verification_status=v.verification_status, verified_at=v.verified_at,
-        lineage={k: val for k, val in (("job_id", v.source_job_id), ("hub_repo", v.source_hub_repo),
-                                       ("hub_commit", v.source_hub_commit)) if val is not None},
+        lineage=lineage_block(s, v),
     )
+
+
+def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
+    """Where a version came from, as VersionInfo.lineage gives it (only what was recorded): ``parent`` (the ref of
+    the version it was fine-tuned from; ``parent_deleted`` instead, with the ref it had, once that one is deleted),
+    ``job_id``, ``dataset_sha256`` and ``dataset_bytes`` (its job's upload), ``code_revision``, ``hub_repo`` and
+    ``hub_commit`` (pulled from the Hub)."""
+    parent = s.get(m.AdapterVersion, v.parent_version_id) if v.parent_version_id is not None else None
+    recorded = (("parent", version_ref(parent) if parent is not None else None),
+                ("parent_deleted", v.parent_ref if parent is None else None), ("job_id", v.source_job_id),
+                ("dataset_sha256", v.dataset_sha256), ("dataset_bytes", v.dataset_bytes),
+                ("code_revision", v.code_revision), ("hub_repo", v.source_hub_repo),
+                ("hub_commit", v.source_hub_commit))
+    return {key: value for key, value in recorded if value is not None}
 
 
 def move_latest(s: Session, adapter: m.Adapter) -> None:

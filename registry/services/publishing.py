@@ -20,11 +20,19 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, InvalidInput
-from registry.domain.schemas import VersionInfo, check_json, check_name, check_text
+from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.schemas import (
+    MAX_DESCRIPTION,
+    MAX_TAGS,
+    Ref,
+    VersionInfo,
+    check_json,
+    check_name,
+    check_text,
+)
 from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailable
 from registry.services.base_models import BaseModels
-from registry.services.lookup import move_latest, version_info, version_ref
+from registry.services.lookup import move_latest, resolve, version_info, version_ref
 from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -35,11 +43,12 @@ from vera_core.keys import PROJECTION_KEYS
 from vera_core.serialization import to_bytes
 
 PUBLISH_ATTEMPTS = 8
-MAX_DESCRIPTION = 10_000
 MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
-MAX_TAGS = 64
 #: Called in the publish's transaction once the version row exists (Hub sync records its pull there).
 OnRecord = Callable[[Session, m.AdapterVersion], None]
+#: What a publish may say of where the version came from (``lineage``), and the longest code revision.
+LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision"})
+MAX_CODE_REVISION = 200
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,7 @@ class Publisher:
             m.AdapterVersion.adapter_id == adapter.id)) or 0) + 1
         version = _version_row(what, files, checked, vectors, adapter_id=adapter.id, number=number, base_id=base.id,
                                projection_id=projection.id)
+        _record_sources(s, version, what.lineage)
         s.add(version)
         s.flush()  # the unique (adapter, version) constraint catches a concurrent publish here
         if on_record is not None:
@@ -196,7 +206,42 @@ def _checked_publication(*, owner: str, name: str, base_model: str, base_revisio
     if len(tags) > MAX_TAGS:
         raise InvalidInput(f"A version takes at most {MAX_TAGS} tags, got {len(tags)}.")
     return _Publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision, metrics=metrics,
-                        tags=tags, description=description, published_by=published_by, lineage=lineage)
+                        tags=tags, description=description, published_by=published_by,
+                        lineage=_checked_lineage(lineage))
+
+
+def _checked_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
+    """The lineage a publish states, checked; empty values dropped (a form's blank field states nothing)."""
+    unknown = set(lineage) - LINEAGE_KEYS
+    if unknown:
+        raise InvalidInput(f"Unknown lineage {sorted(unknown)}; expected some of {sorted(LINEAGE_KEYS)}.")
+    given = {k: v for k, v in lineage.items() if v not in (None, "")}
+    if "parent" in given:
+        parent = Ref.parse(given["parent"]) if isinstance(given["parent"], str) else None
+        if parent is None:
+            raise InvalidInput("parent must be an adapter reference, e.g. alice/base:3 or alice/base@prod.")
+        given["parent"] = parent
+    if "code_revision" in given:
+        check_text(given["code_revision"], "code_revision", max_length=MAX_CODE_REVISION)
+    return given
+
+
+def _record_sources(s: Session, version: m.AdapterVersion, lineage: dict[str, Any]) -> None:
+    """Link the new version to its parent (resolved now: an alias names the version it points at today) and copy
+    its job's dataset hash and size, so that the version keeps them whatever happens to the job."""
+    parent: Ref | None = lineage.get("parent")
+    if parent is not None:
+        try:
+            row = resolve(s, parent)
+        except NotFound as exc:
+            raise InvalidInput(f"parent {parent}: {exc} Name an existing version (owner/name:N or "
+                               "owner/name@ALIAS), or publish without a parent.") from exc
+        version.parent_version_id, version.parent_ref = row.id, version_ref(row)
+    version.code_revision = lineage.get("code_revision")
+    job = s.get(m.Job, version.source_job_id) if version.source_job_id is not None else None
+    if job is not None and job.dataset_sha256 is not None:
+        blob = s.get(m.Blob, job.dataset_sha256)
+        version.dataset_sha256, version.dataset_bytes = job.dataset_sha256, blob.size if blob else None
 
 
 def _version_row(what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes, *,

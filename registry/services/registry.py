@@ -9,6 +9,9 @@ rows.
     versions      registry.services.versions       get, files, built, fetch, set_alias, remove_alias, yank, delete,
                                                    audit
     search        registry.services.search         list_versions
+    metadata      registry.services.metadata       adapter, update_adapter, update_version (description, card,
+                                                   tags; audited)
+    lineage       registry.services.lineage        lineage (ancestors and descendants of a version)
     verification  registry.services.verification   verify, last_verification, list_projections, gc, fsck
     analysis      registry.services.analysis       compare
     status        registry.services.status         counts, readiness
@@ -20,6 +23,8 @@ from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
 from registry.services.base_models import BaseModels
 from registry.services.file_cache import FileCache
+from registry.services.lineage import Lineage
+from registry.services.metadata import Metadata
 from registry.services.publishing import Publisher
 from registry.services.search import Search
 from registry.services.status import Status
@@ -62,6 +67,11 @@ class Registry:
         self.delete = self.versions.delete
         self.audit = self.versions.audit
         self.list_versions = self.search.list_versions
+        self.metadata = Metadata(db)
+        self.adapter = self.metadata.adapter
+        self.update_adapter = self.metadata.update_adapter
+        self.update_version = self.metadata.update_version
+        self.lineage = Lineage(db).graph
         self.verify = self.verification.verify
         self.last_verification = self.verification.last_verification
         self.list_projections = self.verification.list_projections

@@ -7,7 +7,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
@@ -153,11 +153,14 @@ class Versions:
             return version_info(s, v)
 
     def delete(self, ref: str | Ref, *, actor: str) -> None:
-        """Delete one version (its aliases go with it; ``latest`` moves back). Blobs go at the next gc()."""
+        """Delete one version (its aliases go with it; ``latest`` moves back; versions fine-tuned from it keep the
+        ref it had, as ``parent_deleted``). Blobs go at the next gc()."""
         with self.db.session() as s:
             v = resolve(s, ref)
             adapter, target = v.adapter, version_ref(v)
             s.execute(delete(m.Alias).where(m.Alias.version_id == v.id))
+            s.execute(update(m.AdapterVersion).where(m.AdapterVersion.parent_version_id == v.id)
+                      .values(parent_version_id=None))
             s.delete(v)
             s.flush()
             move_latest(s, adapter)

@@ -1,4 +1,5 @@
-"""Adapters and their versions: list and search, publish, read, verify, aliases, yank, delete."""
+"""Adapters and their versions: list and search, publish, read, verify, aliases, yank, delete; the adapter as a whole
+(description, model card), versions' editable metadata and lineage."""
 
 from __future__ import annotations
 
@@ -16,7 +17,20 @@ from pydantic import BaseModel, Field
 from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
-from registry.domain.schemas import UPLOAD_PREFIX, Page, Ref, VerificationReport, VersionInfo, json_object
+from registry.domain.schemas import (
+    MAX_LINEAGE_DEPTH,
+    MAX_LINEAGE_NODES,
+    UPLOAD_PREFIX,
+    AdapterInfo,
+    AdapterUpdate,
+    LineageGraph,
+    Page,
+    Ref,
+    VerificationReport,
+    VersionInfo,
+    VersionUpdate,
+    json_object,
+)
 from registry.services.search import MAX_PAGE, SORTS
 from registry.services.validation import MAX_RANK
 
@@ -60,6 +74,9 @@ async def publish(
     base_model: Annotated[str, Form()], base_revision: Annotated[str, Form()] = "",
     metrics: Annotated[str, Form(description="a JSON object")] = "{}",
     tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
+    parent: Annotated[str, Form(description="the version this one was fine-tuned from: owner/name:N or "
+                                "owner/name@ALIAS (lineage)")] = "",
+    code_revision: Annotated[str, Form(description="the code that trained it, e.g. a git commit (lineage)")] = "",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
@@ -69,14 +86,38 @@ async def publish(
         publish = partial(registry.publish, tmp, owner=owner, name=name, base_model=base_model,
                           base_revision=base_revision, metrics=parsed,
                           tags=[t.strip() for t in tags.split(",") if t.strip()], description=description,
-                          published_by=who.owner)
+                          published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision})
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop
+
+
+@router.get("/{owner}/{name}", response_model=AdapterInfo)
+def get_adapter(_: Reader, registry: RegistryDep, owner: str, name: str) -> AdapterInfo:
+    """The adapter as a whole: description, model card, how many versions, its aliases."""
+    return registry.adapter(Ref.of(owner, name))
+
+
+@router.patch("/{owner}/{name}", response_model=AdapterInfo)
+def update_adapter(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str,
+                   body: AdapterUpdate) -> AdapterInfo:
+    """Change the description or the model card (fields left out stay); audited."""
+    return registry.update_adapter(Ref.of(owner, name), body, actor=who.owner)
 
 
 @router.get(VERSION, response_model=VersionInfo)
 def get_version(_: Reader, registry: RegistryDep, owner: str, name: str, selector: str) -> VersionInfo:
     return registry.get(ref_of(owner, name, selector))
+
+
+@router.get(f"{VERSION}/lineage", response_model=LineageGraph)
+def lineage(
+    _: Reader, registry: RegistryDep, owner: str, name: str, selector: str,
+    depth: Annotated[int, Query(ge=1, le=MAX_LINEAGE_DEPTH, description="generations each way")] = MAX_LINEAGE_DEPTH,
+    limit: Annotated[int, Query(ge=1, le=MAX_LINEAGE_NODES, description="versions each way")] = MAX_LINEAGE_NODES,
+) -> LineageGraph:
+    """What the version came from and what was made from it: nodes (depth < 0 ancestors, > 0 descendants) and
+    parent -> child edges."""
+    return registry.lineage(ref_of(owner, name, selector), depth=depth, limit=limit)
 
 
 @router.post(f"{VERSION}/verify", response_model=VerificationReport)
@@ -105,6 +146,13 @@ def delete_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: s
 def yank(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId,
          body: YankBody) -> VersionInfo:
     return registry.yank(Ref.of(owner, name, version=version), actor=who.owner, yanked=body.yanked)
+
+
+@router.patch("/{owner}/{name}/versions/{version}", response_model=VersionInfo)
+def update_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId,
+                   body: VersionUpdate) -> VersionInfo:
+    """Change a version's description or tags (its bytes never change); audited."""
+    return registry.update_version(Ref.of(owner, name, version=version), body, actor=who.owner)
 
 
 @router.delete("/{owner}/{name}/versions/{version}", status_code=204)

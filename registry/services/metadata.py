@@ -1,0 +1,156 @@
+"""Editable metadata (issue 16): an adapter's description and model card, a version's description and tags, read
+and changed after publish. A version's bytes never change here. Every change is one transaction with one audit event
+(``adapter-edit`` or ``version-edit``) whose detail holds the fields changed, ``before`` and ``after``; a request that
+changes nothing records nothing.
+
+Each editable adapter field is one entry of ADAPTER_FIELDS (its check), so that a new field of AdapterUpdate is one
+more entry there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import AdapterNotFound, InvalidInput
+from registry.domain.schemas import (
+    MAX_CARD_BYTES,
+    MAX_DESCRIPTION,
+    MAX_TAGS,
+    AdapterInfo,
+    AdapterUpdate,
+    Ref,
+    TagChange,
+    VersionInfo,
+    VersionUpdate,
+    check_name,
+    check_text,
+)
+from registry.services.lookup import LATEST, resolve, version_info, version_ref
+from registry.store import models as m
+from registry.store.database import Database
+
+
+def check_description(value: str) -> str:
+    return check_text(value, "description", max_length=MAX_DESCRIPTION, multiline=True)
+
+
+def check_card(value: str) -> str:
+    """A model card: Markdown text of at most MAX_CARD_BYTES in UTF-8, newlines and tabs allowed."""
+    check_text(value, "card", max_length=MAX_CARD_BYTES, multiline=True)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_CARD_BYTES:
+        raise InvalidInput(f"card is {size:,} bytes of UTF-8; the limit is {MAX_CARD_BYTES:,} ({MAX_CARD_BYTES // 1024}"
+                           " KiB). Shorten it, or link to a longer document.")
+    return value
+
+
+#: The adapter fields AdapterUpdate may change, each with its check (which returns the value to store).
+ADAPTER_FIELDS: dict[str, Callable[[Any], Any]] = {"description": check_description, "card": check_card}
+
+
+def adapter_ref(text: str) -> Ref:
+    """``owner/name`` (an adapter, not one of its versions), or InvalidInput saying so."""
+    ref = Ref.parse(text)
+    if ref.version is not None or ref.alias is not None:
+        raise InvalidInput(f"{text!r} names a version; name the adapter, owner/name.")
+    return ref
+
+
+def _adapter_row(s: Session, ref: Ref) -> m.Adapter:
+    row = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
+    if row is None:
+        raise AdapterNotFound(f"No adapter {ref.owner}/{ref.name}; `vera ls --owner {ref.owner}` lists that "
+                              "owner's.")
+    return row
+
+
+def _adapter_info(s: Session, row: m.Adapter) -> AdapterInfo:
+    count = s.scalar(select(func.count()).select_from(m.AdapterVersion)
+                     .where(m.AdapterVersion.adapter_id == row.id)) or 0
+    aliases = dict(s.execute(select(m.Alias.name, m.AdapterVersion.version)
+                             .join(m.AdapterVersion, m.AdapterVersion.id == m.Alias.version_id)
+                             .where(m.Alias.adapter_id == row.id).order_by(m.Alias.name)).tuples().all())
+    return AdapterInfo(owner=row.owner, name=row.name, description=row.description, card=row.card,
+                       created_at=row.created_at, versions=count, latest_version=aliases.get(LATEST),
+                       aliases=aliases)
+
+
+def _tags_after(current: list[str], change: TagChange) -> list[str]:
+    """The tags a change leaves, checked: names, at most MAX_TAGS, and ``set`` not mixed with add/remove."""
+    if change.set is not None and (change.add or change.remove):
+        raise InvalidInput("tags: either set them all ('set') or add and remove some ('add', 'remove'), not both.")
+    named = [*(change.set or []), *change.add, *change.remove]
+    for tag in named:
+        check_name(tag, "Tag")
+    tags = set(change.set) if change.set is not None else (set(current) | set(change.add)) - set(change.remove)
+    if len(tags) > MAX_TAGS:
+        raise InvalidInput(f"A version takes at most {MAX_TAGS} tags; this change would leave {len(tags)}. Remove "
+                           "some first.")
+    return sorted(tags)
+
+
+def _audit(s: Session, *, actor: str, action: str, target: str, before: dict[str, Any],
+           after: dict[str, Any]) -> None:
+    s.add(m.AuditEvent(actor=actor, action=action, target=target, detail={"before": before, "after": after}))
+
+
+class Metadata:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def adapter(self, adapter: str | Ref) -> AdapterInfo:
+        """``owner/name`` as a whole: description, card, version count and aliases."""
+        ref = adapter_ref(adapter) if isinstance(adapter, str) else adapter
+        with self.db.session() as s:
+            return _adapter_info(s, _adapter_row(s, ref))
+
+    def card(self, owner: str, name: str) -> str:
+        """The adapter's model card ("" when none was written)."""
+        return self.adapter(Ref.of(owner, name)).card
+
+    def update_adapter(self, adapter: str | Ref, changes: AdapterUpdate, *, actor: str) -> AdapterInfo:
+        """Change an adapter's description and card (the fields ``changes`` sets); audited as ``adapter-edit``."""
+        ref = adapter_ref(adapter) if isinstance(adapter, str) else adapter
+        given = changes.model_dump(exclude_none=True)
+        if not given:
+            raise InvalidInput(f"Nothing to change: send at least one of {', '.join(ADAPTER_FIELDS)}.")
+        checked = {field: ADAPTER_FIELDS[field](value) for field, value in given.items()}
+        with self.db.session() as s:
+            row = _adapter_row(s, ref)
+            before = {f: getattr(row, f) for f, v in checked.items() if getattr(row, f) != v}
+            after = {f: checked[f] for f in before}
+            if after:
+                for field, value in after.items():
+                    setattr(row, field, value)
+                _audit(s, actor=actor, action="adapter-edit", target=f"{ref.owner}/{ref.name}", before=before,
+                       after=after)
+                s.flush()
+            return _adapter_info(s, row)
+
+    def update_version(self, ref: str | Ref, changes: VersionUpdate, *, actor: str) -> VersionInfo:
+        """Change a version's description and tags (never its bytes); audited as ``version-edit``."""
+        if changes.description is None and changes.tags is None:
+            raise InvalidInput("Nothing to change: send description, or tags ({'set': [...]} or {'add': [...], "
+                               "'remove': [...]}).")
+        description = check_description(changes.description) if changes.description is not None else None
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            tags = [t.tag for t in v.tags]
+            before: dict[str, Any] = {}
+            after: dict[str, Any] = {}
+            if description is not None and description != v.description:
+                before["description"], after["description"] = v.description, description
+                v.description = description
+            new_tags = _tags_after(tags, changes.tags) if changes.tags is not None else tags
+            if new_tags != tags:  # rows of tags kept stay; a tag removed and added again is not rewritten
+                before["tags"], after["tags"] = tags, new_tags
+                rows = {t.tag: t for t in v.tags}
+                v.tags = [rows.get(tag) or m.VersionTag(tag=tag) for tag in new_tags]
+            if after:
+                _audit(s, actor=actor, action="version-edit", target=version_ref(v), before=before, after=after)
+                s.flush()
+            return version_info(s, v)
