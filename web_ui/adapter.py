@@ -53,8 +53,15 @@ def page() -> None:
 
 
 def model_card(info: VersionInfo) -> str | None:
-    """The version's model card (markdown), when the registry sends one (a ``card`` field); None otherwise."""
-    card = getattr(info, "card", None) or (info.model_extra or {}).get("card")
+    """The model card (Markdown) when the registry has one: a ``card`` the version carries, else the adapter's own
+    (``RegistryClient.adapter``, where the client and the server have it); None when there is none."""
+    card = getattr(info, "card", None)
+    fetch = getattr(RegistryClient, "adapter", None)
+    if not card and fetch is not None:
+        try:
+            card = getattr(session.read(fetch, f"{info.owner}/{info.name}"), "card", None)
+        except RegistryError:  # a registry without adapter pages (404, 405): no card to show
+            card = None
     return card if isinstance(card, str) and card.strip() else None
 
 

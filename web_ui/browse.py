@@ -36,31 +36,31 @@ def table(items: list[VersionInfo]) -> pd.DataFrame:
     return pd.DataFrame([{
         "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r,
         "projection": f"{v.generator.split('-')[0]} #{v.seed}", "params": v.trainable_parameters,
-        "stored": v.stored_bytes, "accuracy": key_metrics(v)["accuracy"], "verification": v.verification_status,
+        "stored": v.stored_bytes, "accuracy": key_metrics(v)["accuracy"], "verified": v.verification_status,
         "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags), "created": v.created_at,
     } for v in items])
 
 
 COLUMNS = {
     "version": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version",
-                                           pinned=True, width=190),
-    "base model": st.column_config.TextColumn(width=100),
-    "r": st.column_config.NumberColumn(width=45),
-    "projection": st.column_config.TextColumn(width=110, help="generator #seed: versions with the same projection "
+                                           pinned=True, width=170),
+    "base model": st.column_config.TextColumn(width=85),
+    "r": st.column_config.NumberColumn(width=40),
+    "projection": st.column_config.TextColumn(width=95, help="generator #seed: versions with the same projection "
                                                               "share A and B"),
     "params": st.column_config.NumberColumn(
-        format="localized", width=80, help="trainable parameters: d and b plus any trained task head; `vera ls` "
+        format="localized", width=70, help="trainable parameters: d and b plus any trained task head; `vera ls` "
                                            "shows d and b only"),
     "trainable params (with head)": st.column_config.NumberColumn(
         format="localized", help="d and b plus any trained task head; `vera ls` shows d and b only"),
-    "stored": st.column_config.NumberColumn(format="bytes", width=75),
+    "stored": st.column_config.NumberColumn(format="bytes", width=65),
     "stored bytes": st.column_config.NumberColumn(format="bytes"),
-    "accuracy": st.column_config.NumberColumn(format="%.3f", width=75, help="test accuracy (else eval accuracy)"),
+    "accuracy": st.column_config.NumberColumn(format="%.3f", width=65, help="test accuracy (else eval accuracy)"),
     "eval loss": st.column_config.NumberColumn(format="%.4f"),
-    "verification": st.column_config.TextColumn(width=90),
-    "aliases": st.column_config.TextColumn(width=80),
-    "tags": st.column_config.TextColumn(width=90),
-    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm", width=125),
+    "verified": st.column_config.TextColumn(width=75, help="verification status (Verify on the Adapter page)"),
+    "aliases": st.column_config.TextColumn(width=65),
+    "tags": st.column_config.TextColumn(width=75),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=88, help="published on"),
 }
 
 
@@ -118,7 +118,7 @@ def page() -> None:
 def actions(ticked: list[str]) -> None:
     """What the ticked rows can do: open one, compare two to four."""
     open_one, compare, note = st.columns([1, 1.4, 4.6])
-    if open_one.button("Open", disabled=len(ticked) != 1, icon=":material/open_in_new:"):
+    if open_one.button("Open version", disabled=len(ticked) != 1, icon=":material/open_in_new:"):
         navigation.open_version(ticked[0])
     if compare.button(f"Compare selected ({len(ticked)})", disabled=not 2 <= len(ticked) <= 4,
                       icon=":material/compare_arrows:", type="primary" if 2 <= len(ticked) <= 4 else "secondary"):

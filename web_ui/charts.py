@@ -42,13 +42,14 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     if not rows:
         return None
     refs = list(dict.fromkeys([*train, *(evals or {})]))
+    has_eval = any(r["curve"] == "eval" for r in rows)
+    kinds = ["training", "eval"] if has_eval else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(
         x=alt.X("step:Q", title="optimizer step"), y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
-        strokeDash=alt.StrokeDash("curve:N", sort=["training", "eval"], title=None,
-                                  scale=alt.Scale(domain=["training", "eval"], range=[[1, 0], [6, 3]]),
-                                  legend=alt.Legend(orient="bottom")),
+        strokeDash=alt.StrokeDash("curve:N", sort=kinds, title=None,
+                                  scale=alt.Scale(domain=kinds, range=[[1, 0], [6, 3]][:len(kinds)]),
+                                  legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555")),
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
-    has_eval = any(r["curve"] == "eval" for r in rows)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle="solid: training loss per step; dashed with dots: loss on the held-out eval set"
                             if has_eval else "per optimizer step (no evaluation was recorded)")

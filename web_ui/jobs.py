@@ -49,6 +49,17 @@ def final_metrics(job: JobInfo) -> dict[str, float | None]:
     return {"test accuracy": test, "eval loss": loss if isinstance(loss, int | float) else None}
 
 
+@st.fragment(run_every=5)
+def live_table() -> None:
+    """The jobs table, refreshed every five seconds (statuses change while the page is open)."""
+    try:
+        found: list[JobInfo] = session.call(lambda c: c.jobs())
+    except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
+        st.warning(f"Cannot refresh the jobs: {exc}")
+        return
+    table(found)
+
+
 def table(jobs: list[JobInfo]) -> None:
     """Every job (the newest TABLE_ROWS), each linked to its own view (``?job=``)."""
     rows = [{"job": f"train?job={j.id}", "publishes": j.target_name, "status": status(j),

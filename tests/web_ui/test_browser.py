@@ -57,13 +57,19 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def tick_first_row(page: Page) -> None:
-    """Click the tick box of Browse's first row (the table is drawn on a canvas: 35 px header, 35 px rows)."""
-    grid = page.get_by_test_id("stDataFrame")
+def tick_row(page: Page, row: int = 0) -> None:
+    """Click the tick box of a Browse row (the table is drawn on a canvas: 35 px header, 35 px rows)."""
+    grid = page.get_by_test_id("stDataFrame").first
     expect(grid).to_be_visible()
     box = grid.bounding_box()
     assert box is not None
-    page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 // 2)
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 * row + 35 // 2)
+
+
+def open_first_row(page: Page) -> None:
+    """Tick Browse's first row and press Open."""
+    tick_row(page)
+    page.get_by_role("button", name=re.compile("Open version$")).click()
 
 
 def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[str, str]) -> None:
@@ -71,7 +77,7 @@ def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[st
     expect(page.get_by_text("2 versions match")).to_be_visible()
     shot(page, "1-browse")
 
-    tick_first_row(page)
+    open_first_row(page)
     expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
     expect(page.get_by_text("Adapter parameters")).to_be_visible()
     shot(page, "2-adapter")
@@ -154,7 +160,7 @@ def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[st
     page.get_by_role("textbox", name="Search", exact=True).fill("tiny1")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("1 versions match")).to_be_visible()
-    tick_first_row(page)  # one click opens it
+    open_first_row(page)
     expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
     expect(page).to_have_url(address("/adapter", ref="alice/tiny1:1"))
 
@@ -194,3 +200,47 @@ def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, produ
         expect(page.get_by_role("combobox", name="Job")).to_have_value(re.compile(r"^job 1: demo/polarity "))
         expect(header_metric(page, "Status")).to_contain_text("queued")  # queued there; no worker runs it
         shot(page, "17-demo-job-queued")
+
+
+def test_browse_fits_and_sends_ticked_rows_to_compare_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """Issue 20: at 1,400 px every Browse column is on screen; ticked rows go to Compare, whose picker searches the
+    registry as one types."""
+    page.goto(product["ui"])
+    expect(page.get_by_text("versions match")).to_be_visible()
+    scroller = page.get_by_test_id("stDataFrame").first.locator(".dvn-scroller")
+    widths = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert widths[0] <= widths[1], f"the table is {widths[0]} px wide in {widths[1]} px: columns cut off"
+    tick_row(page, 0)
+    tick_row(page, 1)
+    page.get_by_role("button", name=re.compile(r"Compare selected \(2\)$")).click()
+    expect(page).to_have_url(re.compile(r"/compare\?refs="))
+    expect(page.get_by_text("cos(ΔW of each version")).to_be_visible()
+    expect(page.get_by_text("All share the first's projection")).to_be_visible()  # one projection: a meaningful cosine
+    shot(page, "18-compare-from-browse")
+    page.get_by_role("searchbox", name="Search versions").press_sequentially("tiny0")  # no Enter: live
+    expect(page.get_by_text("1 versions match 'tiny0'")).to_be_visible()
+    shot(page, "19-compare-search")
+
+
+def test_publish_as_checked_and_cancel_confirmed_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    page.goto(f"{product['ui']}/train")
+    target = page.get_by_label("Publish as")
+    target.fill("Alice/long:2")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("Type owner/name in lowercase letters")).to_be_visible()  # checked in the browser
+    shot(page, "20-train-publish-as-invalid")
+    target.fill("alice/long")
+    epochs = page.get_by_label("Epochs")
+    epochs.fill("5")
+    epochs.press("Tab")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("Queued job")).to_be_visible()
+    expect(header_metric(page, "Step")).to_contain_text(" / ", timeout=300_000)  # the worker is training it
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.get_by_text("Its training so far is lost")).to_be_visible()
+    shot(page, "21-train-cancel-asked")
+    page.get_by_role("button", name="Yes, cancel the job").click()
+    expect(header_metric(page, "Status")).to_contain_text("cancelling")
+    shot(page, "22-train-cancelling")
+    expect(header_metric(page, "Status")).to_contain_text("cancelled", timeout=120_000)
+    shot(page, "23-train-cancelled")

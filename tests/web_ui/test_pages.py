@@ -368,13 +368,13 @@ def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> No
 def test_browse_rows_ticked_open_one_or_compare_two_to_four(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
     buttons = {b.label: b for b in at.button}
-    assert buttons["Open"].disabled and buttons["Compare selected (0)"].disabled
+    assert buttons["Open version"].disabled and buttons["Compare selected (0)"].disabled
     for rows, label, open_ok, compare_ok in (([1], "Compare selected (1)", True, False),
                                              ([0, 2], "Compare selected (2)", False, True),
                                              ([0, 1, 2], "Compare selected (3)", False, True)):
         ticked = page("browse", registry, browse_table={"selection": {"rows": rows, "columns": [], "cells": []}})
         buttons = {b.label: b for b in ticked.button}
-        assert (not buttons["Open"].disabled, not buttons[label].disabled) == (open_ok, compare_ok), rows
+        assert (not buttons["Open version"].disabled, not buttons[label].disabled) == (open_ok, compare_ok), rows
     assert len(at.dataframe[0].value.columns) == 11  # what fits 1,400 px (the browser test measures it)
 
 
@@ -454,3 +454,20 @@ def test_the_jobs_table_shows_status_duration_and_final_metrics(registry: dict[s
     spec = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"])
     fields = dict(zip(spec["field"], spec["value"], strict=True))  # the spec as a table, nested names dotted
     assert fields["publishes"] == "alice/model0" and fields["demo"] == "yes" and fields["training.epochs"] == "0.5000"
+
+
+def test_adapter_page_shows_the_model_card_when_the_registry_has_one(registry: dict[str, Any]) -> None:
+    from registry.domain.schemas import VersionInfo
+    from web_ui.adapter import model_card
+
+    class WithCard(VersionInfo):  # a registry whose versions carry their card
+        card: str
+
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        info = client.get("alice/model2:1")
+        assert model_card(WithCard(**info.model_dump(), card="# Card\nFor tests.")) == "# Card\nFor tests."
+        if not hasattr(client, "update_adapter"):
+            pytest.skip("this registry client cannot write an adapter's model card yet")
+        client.update_adapter("alice/model2", card="# Polarity\n\nWord polarity on MiniLM.")
+    at = page("adapter", registry, query={"ref": "alice/model2:1"})
+    assert [t.label for t in at.tabs][0] == "Model card" and "Word polarity on MiniLM." in texts(at)
