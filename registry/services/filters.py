@@ -330,9 +330,17 @@ FIELDS: dict[str, Field] = {
 METRIC = Field("metric", (*ORDERING, "in"))
 
 
-def filter_conditions(clauses: list[Clause]) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of parsed clauses (each with its literal bound as a parameter)."""
-    return [FIELDS.get(c.field, METRIC).where(c) for c in clauses]
+def filter_conditions(clauses: list[Clause], sorted_by: MetricOrder | None = None) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of parsed clauses (each with its literal bound as a parameter). A clause on the metric
+    the listing is sorted by tests the sort's join directly, so that one index range walk does both."""
+    conditions = []
+    for c in clauses:
+        if sorted_by is not None and c.field == "metrics" and c.key == sorted_by.key:
+            values = [float(v) for v in (c.value if isinstance(c.value, tuple) else (c.value,))]
+            conditions.append(_compare(sorted_by.column, c.op, values))
+        else:
+            conditions.append(FIELDS.get(c.field, METRIC).where(c))
+    return conditions
 
 
 def mentions(clauses: list[Clause], field: str) -> bool:
