@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.domain.errors import InvalidInput
+from registry.domain.schemas import check_text
 from registry.store import models as m
 
 MAX_FILTER_LENGTH = 1000
@@ -213,8 +214,12 @@ def parse_filter(text: str) -> list[Clause]:
     """The clauses of a filter, each checked against its field; FilterError says where and what was expected."""
     if len(text) > MAX_FILTER_LENGTH:
         raise FilterError(f"filter is {len(text):,} characters; the limit is {MAX_FILTER_LENGTH:,}.")
-    if "\x00" in text:
-        raise FilterError("filter contains a NUL character; remove it.")
+    try:
+        check_text(text.encode().decode(), "filter", max_length=MAX_FILTER_LENGTH, multiline=True)
+    except UnicodeEncodeError as exc:
+        raise FilterError(f"filter is not valid Unicode text (at character {exc.start + 1}).") from None
+    except InvalidInput as exc:
+        raise FilterError(str(exc)) from None
     clauses = _Parser(text).clauses()
     for clause in clauses:
         FIELDS.get(clause.field, METRIC).check(clause)
@@ -283,9 +288,9 @@ def _fits(kind: str, value: Literal) -> bool:
 def _timestamp(text: str) -> datetime | None:
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except ValueError:
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601, or out of range once in UTC
         return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _converted(kind: str, value: Literal) -> Literal | datetime:

@@ -4,6 +4,7 @@ the same through a real server, its client and `vera ls`."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def test_every_operator_and_literal_parses(text: str, clause: Clause) -> None:
 
 
 def test_clauses_join_with_and_in_any_case() -> None:
+    assert len(parse_filter("r > 1\n\tand r < 9")) == 2  # newlines and tabs are spaces
     clauses = parse_filter("metrics.accuracy > 0.9 and r <= 256 AND base_model = 'minilm'")
     assert [(c.field, c.op, c.value, c.at) for c in clauses] == [
         ("metrics", ">", 0.9, 1), ("r", "<=", 256, 28), ("base_model", "=", "minilm", 41)]
@@ -86,7 +88,10 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("seed = 18446744073709551616", r"seed compares with a whole number from 0 to 2\*\*64 - 1"),
     ("metrics. > 1", r"at character 8: expected a field, an operator or a literal, found '. > 1'"),
     ("r = 1 and", r"at character 10: expected a field .*found the end of the filter"),
-    ("name = 'x'\x00", r"NUL character"),
+    ("name = 'x'\x00", r"filter contains the control character '\\x00'; remove it"),
+    ("name = '\x1b[31m'", r"filter contains the control character '\\x1b'"),
+    ("name = '\ud800'", r"filter is not valid Unicode text \(at character 9\)"),
+    ("created < '0001-01-01T00:00:00+05:00'", r"created compares with a date or time in quotes"),
 ])
 def test_bad_filters_say_where_and_what_was_expected(text: str, message: str) -> None:
     with pytest.raises(FilterError, match=message):
@@ -277,3 +282,23 @@ def test_created_filters_compare_in_utc(published: Registry) -> None:
                     an_hour_ago.strftime("%Y-%m-%dT%H:%M:%SZ"), an_hour_ago.replace(tzinfo=None).isoformat()):
         assert len(published.list_versions(filter_text=f"created >= '{written}'").items) == len(REFS), written
         assert published.list_versions(filter_text=f"created < '{written}'").items == [], written
+
+
+# ---- fuzzing: whatever the text, a result or a FilterError, never another error -------------------------------
+PIECES = ["metrics.accuracy", "metrics.`a b`", "r", "seed", "name", "tag", "created", "yanked", "owner", " and ",
+          " or ", "=", "!=", "<", ">=", "like", "in", "(", ")", ",", "'x'", "'%'", "''", "1", "-2.5", "1e308",
+          "true", "'2026-01-01'", " ", "\n", "`", ".", "'", "18446744073709551615", "99999999999999999999"]
+
+
+def test_any_text_parses_or_is_refused_with_a_filter_error(published: Registry) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @given(text=st.one_of(st.text(max_size=60), st.lists(st.sampled_from(PIECES), max_size=12).map("".join)))
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def check(text: str) -> None:
+        with contextlib.suppress(FilterError):
+            published.list_versions(filter_text=text, limit=2)
+
+    check()
