@@ -152,12 +152,16 @@ class Versions:
             s.flush()
             return version_info(s, v)
 
-    def delete(self, ref: str | Ref, *, actor: str) -> None:
+    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False) -> None:
         """Delete one version (its aliases go with it; ``latest`` moves back; versions fine-tuned from it keep the
-        ref it had, as ``parent_deleted``). Blobs go at the next gc()."""
+        ref it had, as ``parent_deleted``). Blobs go at the next gc(). ``keep_aliased`` (retention) refuses, with
+        Conflict, a version that an alias other than ``latest`` points at."""
         with self.db.session() as s:
             v = resolve(s, ref)
             adapter, target = v.adapter, version_ref(v)
+            if keep_aliased and (held := s.scalars(select(m.Alias.name).where(
+                    m.Alias.version_id == v.id, m.Alias.name != LATEST)).all()):
+                raise Conflict(f"{target} is kept: alias {', '.join(sorted(held))} points at it.")
             s.execute(delete(m.Alias).where(m.Alias.version_id == v.id))
             s.execute(update(m.AdapterVersion).where(m.AdapterVersion.parent_version_id == v.id)
                       .values(parent_version_id=None))
