@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from registry.services.base_configs import HubBaseConfigs
+from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
 from registry.services.hub import HubSync, use_timeout
 from registry.services.registry import Registry
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from registry.services.jobs import Jobs
+    from registry.services.outbox import Dispatcher
+    from registry.services.webhooks import Webhooks
 
 
 def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True,
@@ -40,7 +43,10 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
             use_timeout(settings.hub_timeout_s)
             base_configs = HubBaseConfigs(settings.hub_endpoint, timeout_s=settings.hub_timeout_s)
         return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget, base_configs=base_configs,
-                        file_cache=FileCache(settings.file_cache_bytes))
+                        file_cache=FileCache(settings.file_cache_bytes),
+                        default_visibility=settings.default_visibility,
+                        downloads=DownloadCounter(db, flush_every_s=settings.download_flush_s,
+                                                  flush_every=settings.download_flush_count))
     except BaseException:
         db.engine.dispose()
         raise
@@ -65,7 +71,24 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
     options = ApiOptions(require_tokens=bool(settings.require_tokens), anonymous_read=settings.anonymous_read,
                          max_upload_bytes=settings.max_upload_bytes,
                          costly_requests_per_minute=settings.costly_requests_per_minute)
-    return create_app(registry, options, jobs, open_hub(registry, settings)), registry, jobs
+    webhooks, dispatcher = webhook_services(registry, settings)
+    return create_app(registry, options, jobs, open_hub(registry, settings), webhooks, dispatcher), registry, jobs
+
+
+def webhook_services(registry: Registry, settings: Settings) -> tuple[Webhooks, Dispatcher | None]:
+    """The webhooks service and, unless VERA_WEBHOOK_DISPATCH=false, the dispatcher that sends deliveries (started
+    by the app while it serves)."""
+    from registry.services.delivery import Sender
+    from registry.services.outbox import Dispatcher, Outbox
+    from registry.services.webhooks import Webhooks
+
+    sender = Sender(timeout_s=settings.webhook_timeout_s, allow_private=settings.webhook_allow_private)
+    dispatcher = None
+    if settings.webhook_dispatch:
+        outbox = Outbox(registry.db, sender, max_attempts=settings.webhook_max_attempts,
+                        retry_backoff=timedelta(seconds=settings.webhook_retry_backoff_s))
+        dispatcher = Dispatcher(outbox, poll_s=settings.webhook_poll_s)
+    return Webhooks(registry.db, sender), dispatcher
 
 
 def job_queue(registry: Registry, settings: Settings) -> Jobs:

@@ -13,10 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 
+from registry.credentials import stored_token
 from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, NotFound, RegistryError
+from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file
 from registry.logs import HEADER, REQUEST_ID
 from vera_core.folders import write_adapter_files
@@ -35,10 +38,13 @@ from registry.domain.schemas import (
     JobEventInfo,
     JobInfo,
     LineageGraph,
+    OrganizationInfo,
     Page,
     Ref,
+    TokenInfo,
     VerificationReport,
     VersionInfo,
+    WhoAmI,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8765"
@@ -104,6 +110,8 @@ class RegistryClient:
                  retries: int = 3, backoff_s: float = 0.25) -> None:
         self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
+        if token is None:
+            token = stored_token(self.url)  # `vera login`
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport,
                                  verify=_ssl_context())
@@ -180,12 +188,13 @@ class RegistryClient:
         self, *, owner: str | None = None, name: str | None = None, base_model: str | None = None,
         r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
         q: str | None = None, include_yanked: bool | None = None, cursor: str | None = None, limit: int | None = None,
-        sort: str | None = None, with_total: bool | None = None,
+        sort: str | None = None, with_total: bool | None = None, filter: str | None = None,
     ) -> Page:
-        """One page of versions (the API's filters; None leaves the server's default)."""
+        """One page of versions (the API's filters; None leaves the server's default). ``filter``: MLflow-style
+        clauses joined by 'and', e.g. ``metrics.accuracy > 0.9 and r <= 256``; ``sort`` may be ``-metrics.<key>``."""
         filters = {"owner": owner, "name": name, "base_model": base_model, "r": r, "seed": seed,
                    "generator": generator, "tag": tag, "q": q, "include_yanked": include_yanked, "cursor": cursor,
-                   "limit": limit, "sort": sort, "with_total": with_total}
+                   "limit": limit, "sort": sort, "with_total": with_total, "filter": filter}
         params = {k: v for k, v in filters.items() if v is not None}
         return Page.model_validate(self._request("GET", "/api/v1/adapters", params=params).json())
 
@@ -299,10 +308,16 @@ class RegistryClient:
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         return self._request("GET", f"{self._path(ref)}/files/{filename}", params=params).content
 
+    @staticmethod
+    def _adapter_path(adapter: str) -> str:
+        ref = Ref.parse(adapter)
+        if ref.version is not None or ref.alias is not None:
+            raise InvalidInput(f"{adapter!r} names a version; name the adapter, owner/name.")
+        return f"/api/v1/adapters/{ref.owner}/{ref.name}"
+
     def adapter(self, adapter: str) -> AdapterInfo:
         """``owner/name`` as a whole: description, model card, version count and aliases."""
-        ref = Ref.parse(adapter)
-        return AdapterInfo.model_validate(self._request("GET", f"/api/v1/adapters/{ref.owner}/{ref.name}").json())
+        return AdapterInfo.model_validate(self._request("GET", self._adapter_path(adapter)).json())
 
     def lineage(self, ref: str | Ref, *, depth: int | None = None, limit: int | None = None) -> LineageGraph:
         """The version's ancestors and descendants (server bounds: 20 generations, 200 versions each way)."""
@@ -327,7 +342,7 @@ class RegistryClient:
     def publish(
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
-        parent: str | None = None, code_revision: str | None = None,
+        parent: str | None = None, code_revision: str | None = None, visibility: str | None = None,
     ) -> VersionInfo:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
         it was fine-tuned from and ``code_revision`` the code that trained it (its lineage)."""
@@ -344,7 +359,8 @@ class RegistryClient:
                        "adapter_model": ("adapter_model.safetensors", weights, "application/octet-stream")},
                 data={"base_model": base_model, "base_revision": base_revision,
                       "metrics": json.dumps(metrics or {}), "tags": ",".join(tags or []),
-                      "description": description, "parent": parent or "", "code_revision": code_revision or ""},
+                      "description": description, "parent": parent or "", "code_revision": code_revision or "",
+                      "visibility": visibility or ""},
             )
         return VersionInfo.model_validate(response.json())
 
@@ -429,10 +445,8 @@ class RegistryClient:
     def update_adapter(self, adapter: str, *, description: str | None = None, card: str | None = None
                        ) -> AdapterInfo:
         """Change an adapter's description and/or model card (None: unchanged)."""
-        ref = Ref.parse(adapter)
         body = {k: v for k, v in (("description", description), ("card", card)) if v is not None}
-        return AdapterInfo.model_validate(self._request(
-            "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json=body).json())
+        return AdapterInfo.model_validate(self._request("PATCH", self._adapter_path(adapter), json=body).json())
 
     def update_version(self, ref: str, *, description: str | None = None, tags: list[str] | None = None,
                        add_tags: list[str] | None = None, remove_tags: list[str] | None = None) -> VersionInfo:
@@ -448,6 +462,98 @@ class RegistryClient:
     def delete(self, ref: str) -> None:
         info = self.get(ref)
         self._request("DELETE", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}")
+
+    # ---- who may see what: the caller, tokens, organisations (registry.services.access) ----------------------
+    def whoami(self) -> WhoAmI:
+        return WhoAmI.model_validate(self._request("GET", "/api/v1/whoami").json())
+
+    def tokens(self, *, user: str | None = None) -> list[TokenInfo]:
+        """The caller's tokens (admins: everyone's, or ``user``'s)."""
+        params = {"user": user} if user else {}
+        return [TokenInfo.model_validate(t) for t in self._request("GET", "/api/v1/tokens", params=params).json()]
+
+    def create_token(self, scopes: list[str], *, name: str = "", expires_days: float | None = None,
+                     limited_to: list[str] | None = None, user: str | None = None) -> tuple[TokenInfo, str]:
+        """A new token (for the caller; admins: for ``user``) and its secret, shown this once."""
+        body = {"scopes": scopes, "name": name, "expires_days": expires_days, "limited_to": limited_to,
+                "user": user}
+        created = self._request("POST", "/api/v1/tokens", json=body).json()
+        return TokenInfo.model_validate(created["token"]), str(created["secret"])
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
+
+    def organizations(self) -> list[OrganizationInfo]:
+        return [OrganizationInfo.model_validate(o) for o in self._request("GET", "/api/v1/orgs").json()]
+
+    def organization(self, name: str) -> OrganizationInfo:
+        return OrganizationInfo.model_validate(self._request("GET", f"/api/v1/orgs/{_segment(name)}").json())
+
+    def create_organization(self, name: str, *, description: str = "") -> OrganizationInfo:
+        return OrganizationInfo.model_validate(self._request(
+            "POST", "/api/v1/orgs", json={"name": name, "description": description}).json())
+
+    def set_member(self, organization: str, member: str, role: str) -> OrganizationInfo:
+        return OrganizationInfo.model_validate(self._request(
+            "PUT", f"/api/v1/orgs/{_segment(organization)}/members/{_segment(member)}", json={"role": role}).json())
+
+    def remove_member(self, organization: str, member: str) -> OrganizationInfo:
+        return OrganizationInfo.model_validate(self._request(
+            "DELETE", f"/api/v1/orgs/{_segment(organization)}/members/{_segment(member)}").json())
+
+    def set_visibility(self, adapter: str, visibility: str) -> AdapterInfo:
+        """Make ``owner/name`` public or private (writers of its owner)."""
+        ref = Ref.parse(adapter)
+        return AdapterInfo.model_validate(self._request(
+            "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json={"visibility": visibility}).json())
+
+    # ---- events and webhooks (docs/webhooks.md) --------------------------------------------------------------
+    def events(self, *, owner: str | None = None, adapter: str | None = None, action: str | None = None,
+               after: int | None = None, since: str | None = None, limit: int = 50) -> EventPage:
+        """Audit events the caller may read, oldest first: after id ``after`` (the ``next_after`` of the page
+        before) or from ``since`` (ISO 8601), else the newest ``limit``."""
+        params = {k: v for k, v in (("owner", owner), ("adapter", adapter), ("action", action), ("after", after),
+                                    ("since", since), ("limit", limit)) if v is not None}
+        return EventPage.model_validate(self._request("GET", "/api/v1/events", params=params).json())
+
+    def webhooks(self, owner: str | None = None) -> list[WebhookInfo]:
+        """The webhooks of ``owner`` (default: the token's own namespace)."""
+        params = {"owner": owner} if owner else {}
+        return [WebhookInfo.model_validate(w) for w in self._request("GET", "/api/v1/webhooks", params=params).json()]
+
+    def create_webhook(self, owner: str, url: str, *, events: list[str] | None = None, description: str = "",
+                       active: bool = True) -> WebhookCreated:
+        """A new webhook for ``owner``'s adapter events; the answer holds its secret, shown this once."""
+        body = {"owner": owner, "url": url, "events": events, "description": description, "active": active}
+        return WebhookCreated.model_validate(self._request("POST", "/api/v1/webhooks", json=body).json())
+
+    def webhook(self, webhook_id: int) -> WebhookInfo:
+        return WebhookInfo.model_validate(self._request("GET", f"/api/v1/webhooks/{webhook_id}").json())
+
+    def update_webhook(self, webhook_id: int, *, url: str | None = None, events: list[str] | None = None,
+                       description: str | None = None, active: bool | None = None) -> WebhookInfo:
+        body = {k: v for k, v in (("url", url), ("events", events), ("description", description),
+                                  ("active", active)) if v is not None}
+        return WebhookInfo.model_validate(self._request("PATCH", f"/api/v1/webhooks/{webhook_id}", json=body).json())
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self._request("DELETE", f"/api/v1/webhooks/{webhook_id}")
+
+    def test_webhook(self, webhook_id: int) -> DeliveryInfo:
+        """Send a ping to the webhook now; its delivery says what the receiver answered."""
+        return DeliveryInfo.model_validate(self._request("POST", f"/api/v1/webhooks/{webhook_id}/test").json())
+
+    def webhook_deliveries(self, webhook_id: int, *, before: int | None = None, limit: int = 50
+                           ) -> list[DeliveryInfo]:
+        """The webhook's delivery log, newest first, with every attempt."""
+        params = {"limit": limit, **({"before": before} if before is not None else {})}
+        return [DeliveryInfo.model_validate(d) for d in
+                self._request("GET", f"/api/v1/webhooks/{webhook_id}/deliveries", params=params).json()]
+
+
+def _segment(name: str) -> str:
+    """A name as one URL path segment (a name with '/' or '..' would address another route)."""
+    return quote(name, safe="")
 
 
 def load_adapter(base_model: torch.nn.Module, ref: str | Ref, *, registry: str | None = None,

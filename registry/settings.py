@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.schemas import MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     require_tokens: bool | None = None
     # Let requests without a token read (list, fetch, verify) when tokens are required.
     anonymous_read: bool = False
+    # The visibility of adapters published without saying: public (whoever may read the registry) or private (the
+    # owner, its organisation's members and admins). Existing adapters keep theirs.
+    default_visibility: Literal["public", "private"] = "public"
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
@@ -63,6 +67,21 @@ class Settings(BaseSettings):
     # stderr is a terminal).
     log_level: str = "info"
     log_format: str = "auto"
+    # Webhooks (docs/webhooks.md). Each API process runs a dispatcher (unless webhook_dispatch is false) that looks
+    # for new events every webhook_poll_s seconds; a receiver gets webhook_timeout_s per step to answer; a failed
+    # delivery is tried again after webhook_retry_backoff_s, doubling, webhook_max_attempts times in all.
+    webhook_dispatch: bool = True
+    webhook_poll_s: float = Field(default=1.0, gt=0, le=3600)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    webhook_retry_backoff_s: float = Field(default=10.0, gt=0, le=86400)
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    # Let webhook URLs reach loopback, private and link-local addresses (a receiver on the registry's own network);
+    # refused by default, so that webhooks cannot probe the inside. Cloud metadata addresses are refused regardless.
+    webhook_allow_private: bool = False
+    # Download counts (registry.services.downloads): each API process counts in memory and adds its counts to the
+    # database every this many seconds, sooner once this many downloads wait, and when it stops.
+    download_flush_s: float = Field(default=10.0, gt=0, le=3600)
+    download_flush_count: int = Field(default=1000, ge=1, le=1_000_000)
 
     @field_validator("database_url")
     @classmethod

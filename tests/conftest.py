@@ -17,6 +17,8 @@ from torch import nn
 os.environ.setdefault("VERA_HUB_ENDPOINT", "http://127.0.0.1:9")
 # The registry client's download cache (registry.local_cache) goes to a folder of this test run, never ~/.cache.
 os.environ.setdefault("VERA_CACHE_DIR", tempfile.mkdtemp(prefix="vera-test-cache-"))
+# never the user's stored logins (registry.credentials): tests that log in write here
+os.environ.setdefault("VERA_CONFIG_DIR", tempfile.mkdtemp(prefix="vera-test-config-"))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """What routes need, as FastAPI dependencies: the services of the app, the caller, and the scope a route requires
-(stated in the route's signature: ``who: Publisher`` needs the ``publish`` scope for the path's owner)."""
+(stated in the route's signature: ``who: OwnerPublisher`` needs the ``publish`` scope for the path's owner).
+
+Every route whose path names an adapter (``{owner}/{name}``) and takes ``Reader``, ``CostlyReader`` or
+``OwnerPublisher`` answers 404, exactly as for a missing adapter, to a caller that may not read it (a private
+adapter of someone else: registry.services.access), before the route runs."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from registry.domain.schemas import MAX_UPLOAD_BYTES, Ref
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from registry.services.tokens import LOCAL_USER, Principal, Scope, authenticate
+from registry.services.tokens import ANONYMOUS, LOCAL_USER, Principal, Scope, authenticate
 
 
 class ApiOptions(BaseModel):
@@ -86,25 +90,46 @@ def authorize(caller: Principal | None, options: ApiOptions, scope: Scope, owner
     """The caller, if it may act with ``scope`` (on ``owner``'s adapters); Unauthorized or Forbidden otherwise."""
     if caller is None:
         if scope == "read" and options.anonymous_read:
-            return Principal(owner="anonymous", scopes=frozenset({"read"}))
+            return ANONYMOUS
         raise Unauthorized("This registry requires a token: pass 'Authorization: Bearer <token>' "
                            "(VERA_TOKEN for the CLI).")
     caller.require(scope, owner=owner)
     return caller
 
 
-def _reader(caller: Caller, options: Options) -> Principal:
-    return authorize(caller, options, "read")
+def check_path_readable(request: Request, who: Principal, registry: Registry) -> None:
+    """404 (AdapterNotFound) when the path names an adapter ``who`` may not read."""
+    owner, name = request.path_params.get("owner"), request.path_params.get("name")
+    if isinstance(owner, str) and isinstance(name, str) and who.readable_owners() is not None:
+        registry.access.check_readable_names(who, owner, name)
 
 
-def _owner_publisher(owner: str, caller: Caller, options: Options) -> Principal:
+def _reader(request: Request, caller: Caller, options: Options, registry: RegistryDep) -> Principal:
+    who = authorize(caller, options, "read")
+    check_path_readable(request, who, registry)
+    return who
+
+
+def _owner_publisher(request: Request, owner: str, caller: Caller, options: Options,
+                     registry: RegistryDep) -> Principal:
+    name = request.path_params.get("name")
+    if caller is not None and isinstance(name, str) and not caller.can_write(owner):
+        # to a caller that may not write here, an adapter it may not read and a missing one answer alike (404);
+        # one it reads is refused (403)
+        registry.access.check_readable_names(caller, owner, name, missing_too=True)
+    return authorize(caller, options, "publish", owner)
+
+
+def _new_version_publisher(owner: str, caller: Caller, options: Options) -> Principal:
     return authorize(caller, options, "publish", owner)
 
 
 #: A caller with the read scope (or anonymous, where the registry allows anonymous reads).
 Reader = Annotated[Principal, Depends(_reader)]
-#: A caller that may publish under the path's ``{owner}``.
+#: A caller that may write to the path's existing adapter ``{owner}/{name}`` (or under ``{owner}``).
 OwnerPublisher = Annotated[Principal, Depends(_owner_publisher)]
+#: A caller that may publish under the path's ``{owner}``: refused alike (403) whether the adapter exists or not.
+NewVersionPublisher = Annotated[Principal, Depends(_new_version_publisher)]
 
 
 def ref_of(owner: str, name: str, selector: str) -> Ref:

@@ -1,5 +1,5 @@
 """The `vera` command line, by audience: local adapter tools (local), administration on the registry's machine
-(admin), commands that talk to a registry over HTTP (remote, hub, jobs) and long-running processes (run).
+(admin), commands that talk to a registry over HTTP (remote, catalog, hub, jobs) and long-running processes (run).
 
 This module builds `app`, declares every sub-app, and registers each command, wrapped in
 `common.reports_errors` so that a registry or vera_core error is one clear line on stderr and exit code 1.
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.cli import admin, hub, jobs, local, remote, run
+from registry.cli import access, admin, catalog, events, hub, jobs, local, remote, run
 from registry.cli.common import console, reports_errors
 
 app = typer.Typer(help="VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from "
@@ -27,6 +27,12 @@ hub_app = typer.Typer(help="Sync with the HuggingFace Hub (the registry server t
                       no_args_is_help=True)
 base_app = typer.Typer(help="Base models and their layer shapes.", no_args_is_help=True)
 job_app = typer.Typer(help="Fine-tune jobs (run by `vera worker`).", no_args_is_help=True)
+auth_app = typer.Typer(help="You on a registry: log in (store a token), who you are, your tokens.",
+                       no_args_is_help=True)
+webhook_app = typer.Typer(help="Webhooks: an owner's adapter events POSTed, signed, to a URL (docs/webhooks.md).",
+                          no_args_is_help=True)
+org_app = typer.Typer(help="Organisations: owner namespaces shared by members with roles (read, write, admin).",
+                      no_args_is_help=True)
 
 
 def _print_version(asked: bool) -> None:
@@ -56,8 +62,17 @@ COMMANDS: dict[typer.Typer, dict[str, Callable[..., Any]]] = {
         "serve-model": run.serve_model, "ui": run.ui, "up": run.up,
         "publish": remote.publish, "fetch": remote.fetch, "verify": remote.verify, "ls": remote.list_versions,
         "compare": remote.compare, "alias": remote.alias,
-        "worker": admin.worker,
+        "show": catalog.show, "tag": catalog.tag, "describe": catalog.describe, "card": catalog.card,
+        "yank": catalog.yank, "delete": catalog.delete, "lineage": catalog.lineage,
+        "worker": admin.worker, "events": events.events,
+        "login": access.login, "logout": access.logout, "whoami": access.whoami, "visibility": access.visibility,
     },
+    auth_app: {"login": access.login, "logout": access.logout, "whoami": access.whoami,
+               "create-token": access.create_token, "tokens": access.list_tokens, "revoke": access.revoke},
+    org_app: {"create": access.org_create, "ls": access.org_ls, "show": access.org_show, "add": access.org_add,
+              "remove": access.org_remove},
+    webhook_app: {"add": events.webhook_add, "ls": events.webhook_ls, "edit": events.webhook_edit,
+                  "rm": events.webhook_rm, "test": events.webhook_test, "deliveries": events.webhook_deliveries},
     projection_app: {"fingerprint": local.projection_fingerprint},
     db_app: {"upgrade": admin.db_upgrade, "downgrade": admin.db_downgrade, "status": admin.db_status},
     token_app: {"create": admin.token_create, "revoke": admin.token_revoke, "list": admin.token_list},
@@ -70,7 +85,8 @@ for group, commands in COMMANDS.items():
     for name, function in commands.items():
         group.command(name)(reports_errors(function))
 for name, group in (("projection", projection_app), ("db", db_app), ("token", token_app), ("hub", hub_app),
-                    ("base", base_app), ("job", job_app)):
+                    ("base", base_app), ("job", job_app), ("auth", auth_app), ("org", org_app),
+                    ("webhook", webhook_app)):
     app.add_typer(group, name=name)
 
 __all__ = ["app"]

@@ -27,6 +27,7 @@ from registry.cli.run import run_api
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
+    from registry.services.retention import RetentionResult
     from registry.settings import Settings
     from registry.store.database import Database
 
@@ -84,11 +85,39 @@ def fsck(
         check_failed()
 
 
-def gc(database_url: DatabaseUrl = None, storage_url: StorageUrl = None) -> None:
-    """Delete blobs and projections that no version references."""
-    result = open_registry(load_settings(database_url, storage_url)).gc()
+def gc(
+    keep_last: Annotated[int | None, typer.Option(help="Retention: keep the newest N versions of each adapter.")
+                         ] = None,
+    keep_days: Annotated[float | None, typer.Option(help="Retention: keep versions published in the last D days.")
+                         ] = None,
+    dry_run: Annotated[bool, typer.Option(help="List the versions retention would delete; delete nothing.")] = False,
+    database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
+) -> None:
+    """Delete blobs and projections that no version references. With --keep-last and/or --keep-days, first delete
+    the versions that neither rule keeps (never one that an alias other than latest points at), each audited."""
+    from registry.services.retention import RetentionRule
+
+    rule = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
+    registry = open_registry(load_settings(database_url, storage_url))
+    if rule is not None:
+        _print_retention(registry.apply_retention(rule, dry_run=dry_run))
+    if dry_run:
+        console.print("dry run: nothing deleted (blobs are collected only by a real run)")
+        return
+    result = registry.gc()
     console.print(f"removed {result['blobs_removed']} unreferenced blobs and {result['leftovers_removed']} "
                   "leftovers of killed publishes")
+
+
+def _print_retention(result: RetentionResult) -> None:
+    verb = "would delete" if result.dry_run else "deleted"
+    for version in result.deleted:
+        console.print(f"{verb} {version.ref} (published {version.created_at:%Y-%m-%d %H:%M})")
+    for ref, aliases in result.protected.items():
+        console.print(f"kept {ref}: alias {', '.join(aliases)} points at it")
+    for ref, why in result.skipped.items():
+        console.print(f"skipped {ref}: {why}")
+    console.print(f"retention: {verb} {len(result.deleted)} versions, kept {len(result.protected)} for their aliases")
 
 
 def token_create(
@@ -98,6 +127,8 @@ def token_create(
     name: Annotated[str, typer.Option(help="A label.")] = "",
     expires_days: Annotated[float | None, typer.Option(help="Days until the token stops working (default: never).")
                             ] = None,
+    limit_to: Annotated[list[str] | None, typer.Option(help="Only these owner namespaces (private reads and "
+                                                            "writes); repeat for several.")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token; the secret is printed once and only its hash is stored."""
@@ -105,7 +136,8 @@ def token_create(
 
     registry = open_registry(load_settings(database_url))
     expires = timedelta(days=expires_days) if expires_days is not None else None
-    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_in=expires)
+    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_in=expires,
+                                    limited_to=limit_to)
     console.print(f"token {token_id} for {owner} {sorted(set(scope))}"
                   + (f", expires in {expires_days:g} days" if expires_days is not None else "") + ":")
     print(secret)

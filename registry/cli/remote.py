@@ -24,6 +24,7 @@ from registry.cli.common import (
     fail,
     lora_export,
 )
+from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import json_object
 
@@ -40,16 +41,27 @@ def publish(
     base_config: Annotated[Path | None, typer.Option(
         help="The base model's transformers config.json: declares its layer shapes first (needed for seed-only "
              "adapters PEFT wrote).")] = None,
+    parent: Annotated[str | None, typer.Option(help="Lineage: the version this was fine-tuned from "
+                                               "(owner/name:N or owner/name@ALIAS).")] = None,
+    code_revision: Annotated[str | None, typer.Option(help="Lineage: the code that trained it (a git commit, a "
+                                                      "release).")] = None,
+    private: Annotated[bool | None, typer.Option(
+        "--private/--public", help="Who may read a NEW adapter: its owner's members only, or whoever may read the "
+        "registry (default: the registry's, VERA_DEFAULT_VISIBILITY). `vera visibility` changes it later.",
+        show_default=False)] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Publish an adapter directory as the next version of owner/name."""
+    visibility = None if private is None else "private" if private else "public"
     values = _metrics_file(metrics)
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
         call_registry(registry, token, lambda c: c.register_base_model(base_model, config, revision=base_revision))
     info = call_registry(registry, token, lambda c: c.publish(directory, name, base_model=base_model,
                                                               base_revision=base_revision, metrics=values,
-                                                              tags=tag or [], description=description))
+                                                              tags=tag or [], description=description,
+                                                              parent=parent, code_revision=code_revision,
+                                                              visibility=visibility))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
 
@@ -120,21 +132,35 @@ def list_versions(
     generator: Annotated[str | None, typer.Option(help="Projection generator.")] = None,
     tag: Annotated[str | None, typer.Option(help="Tag.")] = None,
     q: Annotated[str | None, typer.Option(help="Text in owner, name or description.")] = None,
+    filter_text: Annotated[str | None, typer.Option("--filter", help=(
+        "Clauses joined by 'and', MLflow-style, e.g. \"metrics.accuracy > 0.9 and r <= 256 and base_model = "
+        "'minilm'\" (docs/api.md lists the fields)."))] = None,
+    sort: Annotated[str | None, typer.Option(help=(
+        "created, r, trainable_parameters, stored_bytes, verification_status or metrics.<key> (only versions that "
+        "record it); '-' prefix: descending. Default: -created."))] = None,
     limit: Annotated[int, typer.Option(help="Rows per page.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
-    registry: RegistryUrl = None, token: Token = None,
+    as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """List adapter versions, newest first."""
+    """List adapter versions, newest first (columns that do not fit the terminal are left out, least useful first;
+    --json prints the page as the API gives it)."""
     page = call_registry(registry, token, lambda c: c.list_versions(
         owner=owner, base_model=base_model, r=r, seed=seed, generator=generator, tag=tag, q=q, limit=limit,
-        cursor=cursor))
-    table = Table("ref", "aliases", "base model", "r", "seed", "params", "bytes", "verified", "tags")
-    for v in page.items:
-        table.add_row(v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
-                      f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags))
-    console.print(table)
+        cursor=cursor, filter=filter_text, sort=sort))
+    if as_json:
+        print_json(page)
+        return
+    rows = [[v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
+             f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags), f"{v.downloads:,}"] for v in page.items]
+    console.print(fitted_table(LS_COLUMNS, rows))
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
+
+
+#: `vera ls`'s columns, by priority: the reference always, then rank, base model and parameters; seed goes first.
+LS_COLUMNS = (Column("ref"), Column("aliases", 3), Column("base model", 2), Column("r", 1, "right"),
+              Column("seed", 7, "right"), Column("params", 2, "right"), Column("bytes", 5, "right"),
+              Column("verified", 4), Column("tags", 4), Column("downloads", 6, "right"))
 
 
 def compare(
@@ -168,9 +194,13 @@ def alias(
         console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
 
 
-def base_ls(registry: RegistryUrl = None, token: Token = None) -> None:
+def base_ls(as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:
     """Base models the registry knows, with how their shapes are known."""
+    bases = call_registry(registry, token, lambda c: c.base_models())
+    if as_json:
+        print_json(bases)
+        return
     table = Table("name", "revision", "layers", "shapes", "fingerprint")
-    for b in call_registry(registry, token, lambda c: c.base_models()):
+    for b in bases:
         table.add_row(b.name, b.revision, str(b.layers), b.shapes_source, b.shapes_fingerprint[:16])
     console.print(table)

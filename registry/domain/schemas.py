@@ -160,6 +160,7 @@ class TokenInfo(BaseModel):
     revoked: bool
     last_used_at: datetime | None
     expires_at: datetime | None
+    limited_to: list[str] | None = None
 
 
 class StoreCounts(BaseModel):
@@ -168,6 +169,34 @@ class StoreCounts(BaseModel):
     adapters: int
     versions: int
     stored_bytes: int
+
+
+class MemberInfo(BaseModel):
+    member: str
+    role: str  # read | write | admin
+    added_at: datetime
+
+
+class OrganizationInfo(BaseModel):
+    """An organisation: an owner namespace shared by its members."""
+
+    name: str
+    description: str
+    created_by: str
+    created_at: datetime
+    members: list[MemberInfo]
+
+
+class WhoAmI(BaseModel):
+    """The caller as the registry sees it (GET /api/v1/whoami)."""
+
+    user: str
+    anonymous: bool
+    scopes: list[str]
+    organizations: dict[str, str]  # organisation -> role
+    token_id: int | None
+    limited_to: list[str] | None
+    expires_at: datetime | None = None
 
 
 class VersionInfo(BaseModel):
@@ -197,6 +226,8 @@ class VersionInfo(BaseModel):
     verification_status: Annotated[VerificationStatus, _Str]
     verified_at: datetime | None
     lineage: dict[str, Any]
+    downloads: int = 0  # weights downloads, counted in batches (registry.services.downloads)
+    visibility: str = "public"  # the adapter's: public or private (registry.services.access)
 
 
 class Page(BaseModel):
@@ -302,6 +333,7 @@ class AdapterInfo(BaseModel):
     versions: int  # how many versions it has, yanked ones included
     latest_version: int | None  # what ``latest`` points at (None when every version is yanked)
     aliases: dict[str, int]  # alias -> version number, ``latest`` included
+    visibility: str = "public"  # public or private (registry.services.access)
 
 
 class AdapterUpdate(BaseModel):
@@ -311,6 +343,7 @@ class AdapterUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str | None = None
     card: str | None = None
+    visibility: Literal["public", "private"] | None = None  # who may read it (registry.services.access)
 
 
 class TagChange(BaseModel):

@@ -19,6 +19,9 @@ from vera_core.lora import delta_factors
 Loaded = tuple[dict[str, torch.Tensor], dict[str, int]]  # a version's tensors (with A and B), its layers' in sizes
 
 
+#: The most versions one comparison takes.
+MAX_COMPARED = 8
+
 class Analysis:
     def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget) -> None:
         self.db, self.blobs, self.budget = db, blobs, budget
@@ -30,8 +33,8 @@ class Analysis:
         r x r products of its factors, so memory grows with (out + in) * r, never out * in. A cosine is None where
         the two layers differ in shape or a layer's input size is unknown (a PEFT-written adapter whose base model's
         shapes are not declared)."""
-        if not 2 <= len(refs) <= 8:
-            raise InvalidInput(f"compare takes 2 to 8 versions, got {len(refs)}.")
+        if not 2 <= len(refs) <= MAX_COMPARED:
+            raise InvalidInput(f"compare takes 2 to {MAX_COMPARED} versions, got {len(refs)}.")
         loaded: list[Loaded] = []
         with self.db.session() as s:
             versions = [resolve(s, ref) for ref in refs]

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, true, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
@@ -35,6 +35,7 @@ from registry.domain.schemas import (
 from registry.logs import REQUEST_ID
 from registry.services.lookup import version_ref
 from registry.services.registry import Registry
+from registry.services.tokens import Principal
 from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
@@ -122,12 +123,14 @@ class Jobs:
                                f"(VERA_JOB_BASE_MODELS); got base_model={str(base)[:200]!r}.")
         return dict(spec)
 
-    def get(self, job_id: int) -> JobInfo:
+    def get(self, job_id: int, *, viewer: Principal | None = None) -> JobInfo:
+        """A job (not found for a ``viewer`` that may not read the adapter it publishes: job_visible)."""
         with self.db.session() as s:
-            return self._info(s, self._job(s, job_id))
+            return self._info(s, self._visible_job(s, job_id, viewer))
 
-    def list_jobs(self, *, owner: str | None = None, status: str | None = None, limit: int = 100) -> list[JobInfo]:
-        query = select(m.Job).order_by(m.Job.id.desc()).limit(limit)
+    def list_jobs(self, *, owner: str | None = None, status: str | None = None, limit: int = 100,
+                  viewer: Principal | None = None) -> list[JobInfo]:
+        query = select(m.Job).where(self.job_visible(viewer)).order_by(m.Job.id.desc()).limit(limit)
         if owner:
             query = query.where(m.Job.owner == owner)
         if status:
@@ -135,12 +138,14 @@ class Jobs:
         with self.db.session() as s:
             return [self._info(s, j) for j in s.scalars(query)]
 
-    def events(self, job_id: int, *, after: int = 0, kind: str | None = None) -> list[JobEventInfo]:
+    def events(self, job_id: int, *, after: int = 0, kind: str | None = None,
+               viewer: Principal | None = None) -> list[JobEventInfo]:
         """Progress, evaluations and log lines after event id ``after`` (for following a job)."""
         query = select(m.JobEvent).where(m.JobEvent.job_id == job_id, m.JobEvent.id > after).order_by(m.JobEvent.id)
         if kind:
             query = query.where(m.JobEvent.kind == kind)
         with self.db.session() as s:
+            self._visible_job(s, job_id, viewer)
             self._job(s, job_id)
             return [JobEventInfo(id=e.id, at=e.at, kind=e.kind, data=e.data) for e in s.scalars(query)]
 
@@ -257,11 +262,29 @@ class Jobs:
         return None if digest is None else self.registry.blobs.get(digest)
 
     # ---- helpers ---------------------------------------------------------------------------------------------
+    def job_visible(self, viewer: Principal | None) -> ColumnElement[bool]:
+        """Jobs ``viewer`` may see: those whose adapter it may read (the adapter the job publishes, or, before it
+        exists, one of the registry's default visibility), and every job of the owners it reads privately."""
+        owners = viewer.readable_owners() if viewer is not None else None
+        if owners is None:
+            return true()
+        target = select(m.Adapter.visibility).where(
+            (m.Adapter.owner + "/" + m.Adapter.name) == m.Job.target_name).scalar_subquery()
+        public = func.coalesce(target, self.registry.default_visibility) == "public"
+        return or_(public, m.Job.owner.in_(sorted(owners))) if owners else public
+
+    def _visible_job(self, s: Any, job_id: int, viewer: Principal | None) -> m.Job:
+        job = self._job(s, job_id)
+        if viewer is not None and s.scalar(select(m.Job.id).where(m.Job.id == job_id,
+                                                                  self.job_visible(viewer))) is None:
+            raise _no_job(job_id)
+        return job
+
     @staticmethod
     def _job(s: Any, job_id: int) -> m.Job:
         job: m.Job | None = s.get(m.Job, job_id)
         if job is None:
-            raise NotFound(f"No job {job_id}; `vera job ls` lists them.")
+            raise _no_job(job_id)
         return job
 
     @staticmethod
@@ -299,3 +322,8 @@ def _check_scheduling(priority: int, time_limit_s: float | None) -> None:
                                          and 0 < time_limit_s <= MAX_JOB_TIME_LIMIT_S):
         raise InvalidInput(f"time_limit_s must be a number of seconds above 0 and at most {MAX_JOB_TIME_LIMIT_S:.0f} "
                            f"(30 days); got {time_limit_s!r}.")
+
+
+def _no_job(job_id: int) -> NotFound:
+    """The error for a job that does not exist, or that the caller may not see (one message for both)."""
+    return NotFound(f"No job {job_id}; `vera job ls` lists them.")

@@ -12,8 +12,9 @@ from safetensors.torch import load as load_safetensors
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import AdapterNotFound, NotFound
+from registry.domain.errors import NotFound
 from registry.domain.schemas import Ref, VersionInfo
+from registry.services.access import not_found
 from registry.services.shapes import declared_layers, in_features_json
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
@@ -32,8 +33,7 @@ def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
     adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
     if adapter is None:
-        raise AdapterNotFound(f"No adapter {ref.owner}/{ref.name}; `vera ls --owner {ref.owner}` lists that "
-                              "owner's.")
+        raise not_found(ref.owner, ref.name)
     if ref.version is not None:
         version = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id,
                                                           m.AdapterVersion.version == ref.version))
@@ -55,10 +55,13 @@ def version_ref(v: m.AdapterVersion) -> str:
     return str(Ref(owner=v.adapter.owner, name=v.adapter.name, version=v.version))
 
 
-def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None) -> VersionInfo:
-    """The domain object of a version row (``aliases`` when the caller already loaded them)."""
+def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None,
+                 downloads: int | None = None) -> VersionInfo:
+    """The domain object of a version row (``aliases`` and ``downloads`` when the caller already loaded them)."""
     if aliases is None:
         aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
+    if downloads is None:
+        downloads = s.scalar(select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == v.id)) or 0
     return VersionInfo(
         owner=v.adapter.owner, name=v.adapter.name, version=v.version,
         ref=version_ref(v), aliases=aliases, base_model=v.base_model.name,
@@ -70,6 +73,7 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
         published_by=v.published_by, created_at=v.created_at, yanked=v.yanked,
         verification_status=v.verification_status, verified_at=v.verified_at,
         lineage=lineage_block(s, v),
+        downloads=downloads, visibility=v.adapter.visibility,
     )
 
 

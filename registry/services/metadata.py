@@ -29,6 +29,7 @@ from registry.domain.schemas import (
     check_name,
     check_text,
 )
+from registry.services.access import check_visibility
 from registry.services.lookup import LATEST, resolve, version_info, version_ref
 from registry.store import models as m
 from registry.store.database import Database
@@ -49,7 +50,8 @@ def check_card(value: str) -> str:
 
 
 #: The adapter fields AdapterUpdate may change, each with its check (which returns the value to store).
-ADAPTER_FIELDS: dict[str, Callable[[Any], Any]] = {"description": check_description, "card": check_card}
+ADAPTER_FIELDS: dict[str, Callable[[Any], Any]] = {"description": check_description, "card": check_card,
+                                                   "visibility": check_visibility}
 
 
 def adapter_ref(text: str) -> Ref:
@@ -76,7 +78,7 @@ def _adapter_info(s: Session, row: m.Adapter) -> AdapterInfo:
                              .where(m.Alias.adapter_id == row.id).order_by(m.Alias.name)).tuples().all())
     return AdapterInfo(owner=row.owner, name=row.name, description=row.description, card=row.card,
                        created_at=row.created_at, versions=count, latest_version=aliases.get(LATEST),
-                       aliases=aliases)
+                       aliases=aliases, visibility=row.visibility)
 
 
 def _tags_after(current: list[str], change: TagChange) -> list[str]:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -30,8 +30,10 @@ from registry.domain.schemas import (
     check_name,
     check_text,
 )
+from registry.services.access import Visibility, check_visibility
 from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailable
 from registry.services.base_models import BaseModels
+from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
 from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
@@ -64,6 +66,7 @@ class _Publication:
     description: str
     published_by: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    visibility: Visibility | None = None  # of a new adapter (None: the registry's default)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -73,19 +76,25 @@ def _retryable(exc: Exception) -> bool:
 
 class Publisher:
     def __init__(self, db: Database, blobs: BlobStore, base_models: BaseModels, *,
-                 budget: ProjectionBudget, base_configs: BaseConfigSource | None = None) -> None:
+                 budget: ProjectionBudget, base_configs: BaseConfigSource | None = None,
+                 default_visibility: Visibility = "public") -> None:
         self.db, self.blobs, self.base_models = db, blobs, base_models
-        self.budget, self.base_configs = budget, base_configs
+        self.budget, self.base_configs, self.default_visibility = budget, base_configs, default_visibility
 
     def publish(
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
         published_by: str | None = None, lineage: dict[str, Any] | None = None, on_record: OnRecord | None = None,
+        visibility: str | None = None,
     ) -> VersionInfo:
-        """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``."""
+        """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``.
+        ``visibility`` (public or private) applies when this creates the adapter (default: the registry's,
+        VERA_DEFAULT_VISIBILITY); an existing adapter keeps its own, and saying otherwise is refused."""
         what = _checked_publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision,
                                     metrics=metrics, tags=tags, description=description,
                                     published_by=published_by or owner, lineage=lineage or {})
+        if visibility is not None:
+            what = replace(what, visibility=check_visibility(visibility))
         try:
             files = read_adapter(source)
         except VeraError as exc:
@@ -172,9 +181,14 @@ class Publisher:
         projection = _projection_row(s, checked, projection_blob)
         adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == what.owner, m.Adapter.name == what.name))
         if adapter is None:
-            adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description)
+            adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description,
+                                visibility=what.visibility or self.default_visibility)
             s.add(adapter)
             s.flush()
+        elif what.visibility is not None and what.visibility != adapter.visibility:
+            raise Conflict(f"{what.owner}/{what.name} is {adapter.visibility}; a publish does not change that. Use "
+                           f"`vera visibility {what.owner}/{what.name} {what.visibility}` (PATCH "
+                           f"/api/v1/adapters/{what.owner}/{what.name}), or publish without saying.")
         number = (s.scalar(select(func.max(m.AdapterVersion.version)).where(
             m.AdapterVersion.adapter_id == adapter.id)) or 0) + 1
         version = _version_row(what, files, checked, vectors, adapter_id=adapter.id, number=number, base_id=base.id,
@@ -182,6 +196,7 @@ class Publisher:
         _record_sources(s, version, what.lineage)
         s.add(version)
         s.flush()  # the unique (adapter, version) constraint catches a concurrent publish here
+        add_metric_rows(s, version)  # searchable by metric (registry.services.filters)
         if on_record is not None:
             on_record(s, version)
         move_latest(s, adapter)

@@ -3,12 +3,15 @@ CLI, Hub sync, jobs and tests use. Each operation belongs to one service module 
 transaction unless its docstring says why not; all return domain objects (registry.domain.schemas), never ORM
 rows.
 
+    access        registry.services.access         organisations, members, visibility, readability checks
     base models   registry.services.base_models    register, register_from_config(_dict), list
     publish       registry.services.publishing     publish (validation: registry.services.validation; undeclared
                                                    base shapes: registry.services.base_configs)
     versions      registry.services.versions       get, files, built, fetch, set_alias, remove_alias, yank, delete,
                                                    audit
-    search        registry.services.search         list_versions
+    search        registry.services.search         list_versions (filters: registry.services.filters)
+    downloads     registry.services.downloads      downloads.count (in memory; flushed in batches by the API)
+    retention     registry.services.retention      apply_retention (through versions.delete)
     metadata      registry.services.metadata       adapter, update_adapter, update_version (description, card,
                                                    tags; audited)
     lineage       registry.services.lineage        lineage (ancestors and descendants of a version)
@@ -19,13 +22,16 @@ rows.
 
 from __future__ import annotations
 
+from registry.services.access import Access, Visibility
 from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
 from registry.services.base_models import BaseModels
+from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
 from registry.services.lineage import Lineage
 from registry.services.metadata import Metadata
 from registry.services.publishing import Publisher
+from registry.services.retention import Retention
 from registry.services.search import Search
 from registry.services.status import Status
 from registry.services.validation import ProjectionBudget
@@ -39,11 +45,14 @@ class Registry:
     """The registry over one database and one blob store."""
 
     def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None,
-                 base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None) -> None:
+                 base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None,
+                 default_visibility: Visibility = "public", downloads: DownloadCounter | None = None) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
         VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
         from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters;
-        ``file_cache`` keeps built download files (default: 256 MiB)."""
+        ``file_cache`` keeps built download files (default: 256 MiB); ``default_visibility`` is that of adapters
+        published without saying (VERA_DEFAULT_VISIBILITY); ``downloads`` counts downloads (the API starts and
+        stops its flushing)."""
         self.db, self.blobs = db, blobs
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
@@ -56,7 +65,9 @@ class Registry:
         self.register_base_model_from_config = self.base_models.register_from_config
         self.register_base_model_from_config_dict = self.base_models.register_from_config_dict
         self.list_base_models = self.base_models.list
-        self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs).publish
+        self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
+                                 default_visibility=default_visibility).publish
+        self.access, self.default_visibility = Access(db), default_visibility
         self.get = self.versions.get
         self.files = self.versions.files
         self.built = self.versions.built
@@ -67,6 +78,8 @@ class Registry:
         self.delete = self.versions.delete
         self.audit = self.versions.audit
         self.list_versions = self.search.list_versions
+        self.downloads = downloads or DownloadCounter(db)
+        self.apply_retention = Retention(db, self.versions).apply
         self.metadata = Metadata(db)
         self.adapter = self.metadata.adapter
         self.update_adapter = self.metadata.update_adapter

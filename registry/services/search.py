@@ -12,7 +12,11 @@ from sqlalchemy.orm import selectinload
 
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Page, check_text
+from registry.services.access import readable_clause
+from registry.services.downloads import download_counts
+from registry.services.filters import MetricOrder, filter_conditions, mentions, metric_order, parse_filter
 from registry.services.lookup import version_info
+from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -33,25 +37,37 @@ class Search:
         self, *, owner: str | None = None, name: str | None = None, base_model: str | None = None,
         r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
         text: str | None = None, include_yanked: bool = False, cursor: str | None = None, limit: int = 50,
-        sort: str = "-created", with_total: bool = False,
+        sort: str = "-created", with_total: bool = False, filter_text: str | None = None,
+        viewer: Principal | None = None,
     ) -> Page:
-        """Filtered and sorted (``sort``: one of SORTS, '-' for descending; ties by age), with an opaque cursor
-        for the next page; ``with_total`` also counts all matches (in the same transaction)."""
+        """Filtered and sorted (``sort``: one of SORTS or metrics.<key>, '-' for descending; ties by age), with an
+        opaque cursor for the next page; ``with_total`` also counts all matches (in the same transaction).
+        ``filter_text``: clauses in MLflow's search syntax (registry.services.filters), e.g. ``metrics.accuracy > 0.9
+        and r <= 256``. ``viewer``: only the versions of adapters it may read (registry.services.access; None: all).
+        """
         for what, value in (("owner", owner), ("name", name), ("base_model", base_model), ("generator", generator),
                             ("tag", tag), ("q", text)):
             if value is not None:
                 check_text(value, what, max_length=200)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}, got {limit}.")
-        column = SORTS.get(sort.lstrip("-"))
+        clauses = parse_filter(filter_text) if filter_text else []
+        metric = metric_order(sort)
+        column = metric.column if metric is not None else SORTS.get(sort.lstrip("-"))
         if column is None:
-            raise InvalidInput(f"sort {sort!r} is not one of {', '.join(SORTS)} (prefix '-' for descending).")
+            raise InvalidInput(f"sort {sort!r} is not one of {', '.join(SORTS)} or metrics.<key> (prefix '-' for "
+                               "descending).")
         descending = sort.startswith("-")
         query = _filtered(owner=owner, name=name, base_model=base_model, r=r, seed=seed, generator=generator,
-                          tag=tag, text=text, include_yanked=include_yanked)
+                          tag=tag, text=text, include_yanked=include_yanked or mentions(clauses, "yanked"))
+        query = _narrowed(query, clauses, metric)
+        if viewer is not None and viewer.readable_owners() is not None:
+            query = query.where(m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(readable_clause(viewer))))
         counting = select(func.count()).select_from(query.with_only_columns(m.AdapterVersion.id).subquery())
         if cursor:
             value, last_id = _decode_cursor(cursor, sort)
+            if metric is not None:
+                MetricOrder.check_cursor_value(value, sort)
             after = (column < value) if descending else (column > value)
             tie = (m.AdapterVersion.id < last_id) if descending else (m.AdapterVersion.id > last_id)
             query = query.where(or_(after, (column == value) & tie))
@@ -66,9 +82,12 @@ class Search:
             for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name).where(
                     m.Alias.version_id.in_([v.id for v in rows])).order_by(m.Alias.name)):
                 aliases.setdefault(version_id, []).append(alias)
-            items = [version_info(s, v, aliases.get(v.id, [])) for v in rows[:limit]]
+            downloads = download_counts(s, [v.id for v in rows[:limit]])
+            items = [version_info(s, v, aliases.get(v.id, []), downloads.get(v.id, 0)) for v in rows[:limit]]
             last = rows[limit - 1] if len(rows) > limit else None
-            next_cursor = _encode_cursor(sort, getattr(last, column.key), last.id) if last is not None else None
+            if last is not None:
+                last_value = metric.value_of(s, last.id) if metric is not None else getattr(last, column.key)
+            next_cursor = _encode_cursor(sort, last_value, last.id) if last is not None else None
         return Page(items=items, next_cursor=next_cursor, total=total)
 
 
@@ -95,6 +114,14 @@ def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r:
     if not include_yanked:
         query = query.where(m.AdapterVersion.yanked.is_(False))
     return query
+
+
+def _narrowed(query: Select[m.AdapterVersion], clauses: list[Any], metric: MetricOrder | None
+              ) -> Select[m.AdapterVersion]:
+    """The listing narrowed by a filter's clauses, and joined to the metric it is sorted by (registry.services.filters:
+    versions without that metric drop out)."""
+    query = metric.joined(query) if metric is not None else query
+    return query.where(*filter_conditions(clauses, metric))
 
 
 def _encode_cursor(sort: str, value: Any, last_id: int) -> str:

@@ -1,14 +1,18 @@
-"""Access tokens: random bearer secrets stored as SHA-256 only, with an owner and scopes: read, publish, hub (may
-use the server's own HuggingFace token, VERA_HUB_TOKEN) and admin (everything)."""
+"""Access tokens: random bearer secrets stored as SHA-256 only, with an owner (the user they act for), scopes (read,
+publish, hub: may use the server's own HuggingFace token VERA_HUB_TOKEN, admin: everything), optionally a list of
+owner namespaces they are limited to, and an expiry. A token's principal carries the user's organisation roles
+(registry.services.access), read once when the token is checked, so that every permission below is decided
+without another query."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from sqlalchemy import select
 
@@ -19,29 +23,80 @@ from registry.store.database import Database
 
 Scope = Literal["read", "publish", "hub", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
+#: A member's role in an organisation: read its private adapters; also publish and manage them; also manage members.
+Role = Literal["read", "write", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
 PREFIX = "vera_"
+MAX_TOKEN_OWNERS = 20
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a token's owner and scopes, or the single local user."""
+    """Who is calling: a token's user, scopes, organisation roles and namespace limit; the single local user; or an
+    anonymous reader (public adapters only)."""
 
     owner: str
     scopes: frozenset[str]
     token_id: int | None = None
+    #: organisation -> this user's role in it
+    roles: Mapping[str, Role] = field(default_factory=dict, hash=False)
+    #: the owner namespaces this token is limited to (None: no limit beyond the user's own rights)
+    limited_to: frozenset[str] | None = None
+    anonymous: bool = False
+    expires_at: datetime | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def _within_limit(self, owner: str) -> bool:
+        return self.limited_to is None or owner in self.limited_to
+
+    def readable_owners(self) -> frozenset[str] | None:
+        """The owners whose private adapters this principal reads; None: every owner."""
+        if self.anonymous:
+            return frozenset()
+        if self.is_admin:
+            return self.limited_to
+        owners = frozenset({self.owner, *self.roles})
+        return owners if self.limited_to is None else owners & self.limited_to
+
+    def can_read(self, owner: str, visibility: str) -> bool:
+        """Whether this principal may see an adapter of ``owner`` with ``visibility`` (public or private)."""
+        if visibility == "public":
+            return True
+        owners = self.readable_owners()
+        return owners is None or owner in owners
+
+    def can_write(self, owner: str) -> bool:
+        """Whether this principal may publish, move aliases, yank, delete and edit under ``owner``/."""
+        if not self._within_limit(owner) or self.anonymous:
+            return False
+        if self.is_admin:
+            return True
+        return "publish" in self.scopes and (owner == self.owner or self.roles.get(owner) in ("write", "admin"))
+
+    def can_manage(self, organisation: str) -> bool:
+        """Whether this principal may add and remove the members of ``organisation``."""
+        if not self._within_limit(organisation) or self.anonymous:
+            return False
+        return self.is_admin or ("publish" in self.scopes and self.roles.get(organisation) == "admin")
 
     def require(self, scope: Scope, *, owner: str | None = None) -> None:
-        """Refuse unless this principal has ``scope`` (admin has all) and, for publish, owns ``owner``."""
-        if "admin" in self.scopes:
-            return
-        if scope not in self.scopes:
+        """Refuse unless this principal has ``scope`` (admin has all) and, for publish, may write under ``owner``."""
+        if not self.is_admin and scope not in self.scopes:
             raise Forbidden(f"This token has scopes {sorted(self.scopes)}; {scope!r} is needed. Create one with "
-                            f"`vera token create --owner {self.owner} --scope {scope}`.")
-        if scope == "publish" and owner is not None and owner != self.owner:
-            raise Forbidden(f"A publish token of {self.owner!r} can write only under {self.owner}/, not {owner}/.")
+                            f"`vera auth create-token --scope {scope}`.")
+        if scope == "publish" and owner is not None and not self.can_write(owner):
+            where = (f"{self.owner}/ and the organisations where it has the write role ("
+                     f"{', '.join(sorted(o for o, r in self.roles.items() if r != 'read')) or 'none'})")
+            if self.limited_to is not None:
+                where = f"only {', '.join(sorted(self.limited_to))} (the token's limit)"
+            raise Forbidden(f"{self.owner!r} cannot write under {owner}/: this token writes under {where}.")
 
 
 LOCAL_USER = Principal(owner="local", scopes=frozenset(SCOPES))
+ANONYMOUS = Principal(owner="anonymous", scopes=frozenset({"read"}), anonymous=True)
 
 
 def _hash(token: str) -> str:
@@ -49,9 +104,10 @@ def _hash(token: str) -> str:
 
 
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
-                 expires_in: timedelta | None = None) -> tuple[int, str]:
+                 expires_in: timedelta | None = None, limited_to: list[str] | None = None) -> tuple[int, str]:
     """Create a token and return (id, secret). The secret is shown once; only its hash is stored. With
-    ``expires_in`` the token stops working after that long."""
+    ``expires_in`` the token stops working after that long; with ``limited_to`` it reads private adapters and
+    writes only under those owners."""
     check_name(owner, "Owner")
     check_text(name, "Token name", max_length=100)
     unknown = sorted(set(scopes) - set(SCOPES))
@@ -59,29 +115,40 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         raise InvalidInput(f"Scopes must be a non-empty subset of {list(SCOPES)}, got {scopes}.")
     if expires_in is not None and expires_in <= timedelta(0):
         raise InvalidInput(f"A token must live a positive time; got {expires_in}.")
+    if limited_to is not None:
+        if not 1 <= len(limited_to) <= MAX_TOKEN_OWNERS:
+            raise InvalidInput(f"A token may be limited to 1 to {MAX_TOKEN_OWNERS} owners, got {len(limited_to)}.")
+        limited_to = sorted({check_name(o, "Owner") for o in limited_to})
     secret = PREFIX + secrets.token_urlsafe(32)
     expires_at = datetime.now(UTC) + expires_in if expires_in is not None else None
     with db.session() as s:
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
-                            expires_at=expires_at)
+                            expires_at=expires_at, limited_to=limited_to)
         s.add(row)
         s.flush()
         return row.id, secret
 
 
-def revoke_token(db: Database, token_id: int) -> None:
+def revoke_token(db: Database, token_id: int, *, owner: str | None = None) -> None:
+    """Revoke a token (only ``owner``'s, when given: another user's token is not found)."""
     with db.session() as s:
         row = s.get(m.AccessToken, token_id)
-        if row is None:
-            raise NotFound(f"No token with id {token_id}; `vera token list` shows them.")
+        if row is None or (owner is not None and row.owner != owner):
+            raise NotFound(f"No token with id {token_id}; `vera auth tokens` (or `vera token list` on the "
+                           "registry's machine) shows them.")
         row.revoked_at = row.revoked_at or datetime.now(UTC)
 
 
-def list_tokens(db: Database) -> list[TokenInfo]:
+def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:
+    """Every token (or ``owner``'s), never their secrets."""
+    query = select(m.AccessToken).order_by(m.AccessToken.id)
+    if owner is not None:
+        query = query.where(m.AccessToken.owner == owner)
     with db.session() as s:
         return [TokenInfo(id=t.id, owner=t.owner, name=t.name, scopes=t.scopes, created_at=t.created_at,
-                          revoked=t.revoked_at is not None, last_used_at=t.last_used_at, expires_at=t.expires_at)
-                for t in s.scalars(select(m.AccessToken).order_by(m.AccessToken.id))]
+                          revoked=t.revoked_at is not None, last_used_at=t.last_used_at, expires_at=t.expires_at,
+                          limited_to=t.limited_to)
+                for t in s.scalars(query)]
 
 
 def authenticate(db: Database, secret: str) -> Principal:
@@ -95,4 +162,8 @@ def authenticate(db: Database, secret: str) -> Principal:
             raise Unauthorized(f"The token expired at {row.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one "
                                "(`vera token create ... --expires-days N`).")
         row.last_used_at = datetime.now(UTC)
-        return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id)
+        roles = {org: cast(Role, role) for org, role in s.execute(
+            select(m.Organization.name, m.Membership.role).join(m.Membership).where(m.Membership.member == row.owner))}
+        return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id, roles=roles,
+                         limited_to=frozenset(row.limited_to) if row.limited_to is not None else None,
+                         expires_at=row.expires_at)

@@ -105,6 +105,8 @@ class Adapter(Base):
     # 0009: the model card (Markdown), like a Hub repo's README.md; editable, never part of a version's bytes
     card: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # 0007: public (whoever may read the registry) or private (the owner, its organisation's members, admins)
+    visibility: Mapped[str] = mapped_column(String(8), default="public", server_default="public")
     versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter", order_by="AdapterVersion.version")
 
 
@@ -148,8 +150,6 @@ class AdapterVersion(Base):
     source_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     source_hub_repo: Mapped[str | None] = mapped_column(String(200), nullable=True)
     source_hub_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
-    adapter: Mapped[Adapter] = relationship(back_populates="versions")
     # 0009: the version this one was fine-tuned from (set to NULL by Versions.delete when that one is deleted;
     # parent_ref keeps what it was called; no foreign key, like source_job_id, so that SQLite never has to rebuild
     # this table), the code that made it, and the dataset it was trained on (from its job)
@@ -158,6 +158,8 @@ class AdapterVersion(Base):
     code_revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
     dataset_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     dataset_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
     base_model: Mapped[BaseModelShapes] = relationship()
     projection: Mapped[Projection] = relationship()
     tags: Mapped[list[VersionTag]] = relationship(cascade="all, delete-orphan", order_by="VersionTag.tag")
@@ -195,6 +197,32 @@ class AccessToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # None: never (migration 0005)
+    # 0007: the owner namespaces the token is limited to (None: all the user may reach)
+    limited_to: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Organization(Base):
+    """An owner namespace shared by its members (migration 0007); users and organisations share one namespace."""
+
+    __tablename__ = "organizations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    members: Mapped[list[Membership]] = relationship(cascade="all, delete-orphan", order_by="Membership.member")
+
+
+class Membership(Base):
+    """A user's role in an organisation: read, write or admin (registry.services.tokens.Role)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_member", "member"),)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    member: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))
+    added_by: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):

@@ -124,3 +124,25 @@ def test_migration_0006_keeps_every_job_of_a_0005_database(database_url: str) ->
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT target_name FROM jobs")).scalars().all() == ["ann/old"]
     db.engine.dispose()
+
+
+def test_migration_0007_keeps_every_adapter_and_token_of_a_0006_database(database_url: str) -> None:
+    from sqlalchemy import text
+
+    db = Database(database_url)
+    db.upgrade("0006")
+    with db.engine.begin() as conn:  # an adapter and a token as the previous version wrote them
+        conn.execute(text("INSERT INTO adapters (owner, name, description, created_at) VALUES "
+                          "('ann', 'old', 'kept', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO access_tokens (token_hash, owner, name, scopes, created_at) VALUES "
+                          "(:h, 'ann', 'old', :s, CURRENT_TIMESTAMP)"), {"h": "b" * 64, "s": '["read"]'})
+    db.upgrade("0007")
+    with db.engine.connect() as conn:
+        adapters = conn.execute(text("SELECT owner, name, description, visibility FROM adapters")).all()
+        tokens = conn.execute(text("SELECT owner, limited_to FROM access_tokens")).all()
+    assert [tuple(r) for r in adapters] == [("ann", "old", "kept", "public")]  # readable as before
+    assert [tuple(r) for r in tokens] == [("ann", None)]  # no new limit
+    db.downgrade("0006")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM adapters")).scalars().all() == ["old"]
+    db.engine.dispose()

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from registry.api.deps import Options, OwnerPublisher, Reader, RegistryDep, ref_of
+from registry.api.deps import NewVersionPublisher, Options, OwnerPublisher, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
 from registry.domain.schemas import (
@@ -31,6 +31,7 @@ from registry.domain.schemas import (
     VersionUpdate,
     json_object,
 )
+from registry.services.filters import FIELDS, MAX_FILTER_LENGTH, OPERATORS
 from registry.services.search import MAX_PAGE, SORTS
 from registry.services.validation import MAX_RANK
 
@@ -52,23 +53,30 @@ class YankBody(BaseModel):
 
 @router.get("", response_model=Page)
 def list_adapters(
-    _: Reader, registry: RegistryDep, owner: str | None = None, name: str | None = None,
+    who: Reader, registry: RegistryDep, owner: str | None = None, name: str | None = None,
     base_model: str | None = None, r: Annotated[int | None, Query(ge=1, le=MAX_RANK)] = None,
     seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
     generator: str | None = None, tag: str | None = None,
     q: str | None = None, include_yanked: bool = False, cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    sort: Annotated[str, Query(description=f"one of {', '.join(SORTS)}; '-' prefix: descending")] = "-created",
+    sort: Annotated[str, Query(description=f"one of {', '.join(SORTS)} or metrics.<key> (only versions that "
+                               "record it); '-' prefix: descending")] = "-created",
     with_total: bool = False,
+    filter_text: Annotated[str | None, Query(alias="filter", max_length=MAX_FILTER_LENGTH, description=(
+        "clauses joined by 'and' (MLflow's search syntax), e.g. metrics.accuracy > 0.9 and r <= 256 and "
+        "base_model = 'minilm'; fields: metrics.<key>, " + ", ".join(FIELDS) + "; operators: "
+        + ", ".join(OPERATORS) + "; strings in single quotes"))] = None,
 ) -> Page:
     return registry.list_versions(owner=owner, name=name, base_model=base_model, r=r, seed=seed,
                                   generator=generator, tag=tag, text=q, include_yanked=include_yanked,
-                                  cursor=cursor, limit=limit, sort=sort, with_total=with_total)
+                                  cursor=cursor, limit=limit, sort=sort, with_total=with_total,
+                                  filter_text=filter_text,
+                                  viewer=who)
 
 
 @router.post("/{owner}/{name}/versions", response_model=VersionInfo, status_code=201)
 async def publish(
-    who: OwnerPublisher, registry: RegistryDep, options: Options, owner: str, name: str,
+    who: NewVersionPublisher, registry: RegistryDep, options: Options, owner: str, name: str,
     adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
     adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
     base_model: Annotated[str, Form()], base_revision: Annotated[str, Form()] = "",
@@ -76,6 +84,8 @@ async def publish(
     tags: Annotated[str, Form(description="comma-separated")] = "", description: Annotated[str, Form()] = "",
     parent: Annotated[str, Form(description="the version this one was fine-tuned from: owner/name:N or "
                                 "owner/name@ALIAS (lineage)")] = "",
+    visibility: Annotated[str, Form(description="public or private, for a new adapter (default: the registry's, "
+                                    "VERA_DEFAULT_VISIBILITY); an existing one keeps its own")] = "",
     code_revision: Annotated[str, Form(description="the code that trained it, e.g. a git commit (lineage)")] = "",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
@@ -86,7 +96,8 @@ async def publish(
         publish = partial(registry.publish, tmp, owner=owner, name=name, base_model=base_model,
                           base_revision=base_revision, metrics=parsed,
                           tags=[t.strip() for t in tags.split(",") if t.strip()], description=description,
-                          published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision})
+                          published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision},
+                          visibility=visibility or None)
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from registry.api.deps import Caller, Options, Reader, RegistryDep, authorize
 from registry.api.ratelimit import CostlyReader
 from registry.domain.schemas import BaseModelInfo, Comparison
+from registry.services.analysis import MAX_COMPARED
 
 router = APIRouter(prefix="/api/v1")
 
@@ -25,7 +26,8 @@ class BaseModelBody(BaseModel):
 
 
 @router.post("/compare", response_model=Comparison)
-def compare(_: CostlyReader, registry: RegistryDep, body: CompareBody) -> Comparison:
+def compare(who: CostlyReader, registry: RegistryDep, body: CompareBody) -> Comparison:
+    registry.access.check_readable(who, *body.refs[:MAX_COMPARED])  # compare refuses more than that itself
     return registry.compare(body.refs)
 
 

@@ -51,24 +51,24 @@ async def submit_job(
 
 
 @router.get("", response_model=list[JobInfo])
-def list_jobs(_: Reader, jobs: JobsDep, owner: str | None = None, status: str | None = None,
+def list_jobs(who: Reader, jobs: JobsDep, owner: str | None = None, status: str | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobInfo]:
-    return jobs.list_jobs(owner=owner, status=status, limit=limit)
+    return jobs.list_jobs(owner=owner, status=status, limit=limit, viewer=who)
 
 
 @router.get("/{job_id}", response_model=JobInfo)
-def get_job(_: Reader, jobs: JobsDep, job_id: RowId) -> JobInfo:
-    return jobs.get(job_id)
+def get_job(who: Reader, jobs: JobsDep, job_id: RowId) -> JobInfo:
+    return jobs.get(job_id, viewer=who)
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventInfo])
-def job_events(_: Reader, jobs: JobsDep, job_id: RowId, after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+def job_events(who: Reader, jobs: JobsDep, job_id: RowId, after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                kind: str | None = None) -> list[JobEventInfo]:
-    return jobs.events(job_id, after=after, kind=kind)
+    return jobs.events(job_id, after=after, kind=kind, viewer=who)
 
 
 @router.post("/{job_id}/cancel", response_model=JobInfo)
-def cancel_job(_: Reader, caller: Caller, options: Options, jobs: JobsDep, job_id: RowId) -> JobInfo:
-    # a reader learns whether the job exists; cancelling needs the publish scope of the job's owner
-    who = authorize(caller, options, "publish", jobs.get(job_id).owner)
+def cancel_job(reader: Reader, caller: Caller, options: Options, jobs: JobsDep, job_id: RowId) -> JobInfo:
+    # a reader learns whether the job exists (if it may see it); cancelling needs the publish scope of its owner
+    who = authorize(caller, options, "publish", jobs.get(job_id, viewer=reader).owner)
     return jobs.cancel(job_id, actor=who.owner)

@@ -1,0 +1,146 @@
+"""Who the caller is, its tokens, and organisations with their members (registry.services.access)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from registry.api.deps import Caller, Options, RegistryDep, authorize
+from registry.api.routes.adapters import RowId
+from registry.domain.errors import Forbidden
+from registry.domain.schemas import OrganizationInfo, TokenInfo, WhoAmI
+from registry.services.tokens import (
+    ANONYMOUS,
+    MAX_TOKEN_OWNERS,
+    Principal,
+    Role,
+    Scope,
+    create_token,
+    list_tokens,
+    revoke_token,
+)
+
+router = APIRouter(prefix="/api/v1")
+
+MAX_TOKEN_DAYS = 3650
+
+
+class TokenBody(BaseModel):
+    scopes: list[Scope] = Field(min_length=1, max_length=4)
+    name: str = Field("", max_length=100)
+    expires_days: float | None = Field(None, gt=0, le=MAX_TOKEN_DAYS, description="default: never")
+    limited_to: list[str] | None = Field(None, min_length=1, max_length=MAX_TOKEN_OWNERS,
+                                         description="owner namespaces the token is limited to")
+    user: str | None = Field(None, max_length=64, description="admins only: create the token for this user")
+
+
+class CreatedToken(BaseModel):
+    """A new token: ``secret`` is shown this once; only its hash is stored."""
+
+    token: TokenInfo
+    secret: str
+
+
+class OrganizationBody(BaseModel):
+    name: str = Field(max_length=64)
+    description: str = Field("", max_length=2000)
+
+
+class MemberBody(BaseModel):
+    role: Role
+
+
+@router.get("/whoami", response_model=WhoAmI)
+def whoami(caller: Caller, options: Options) -> WhoAmI:
+    """The caller: its user, scopes, organisations and token (anonymous where the registry allows it)."""
+    who = authorize(caller, options, "read") if caller is None else caller
+    return WhoAmI(user=who.owner, anonymous=who is ANONYMOUS, scopes=sorted(who.scopes),
+                  organizations=dict(sorted(who.roles.items())), token_id=who.token_id,
+                  limited_to=sorted(who.limited_to) if who.limited_to is not None else None,
+                  expires_at=who.expires_at)
+
+
+def _signed_in(caller: Principal | None, options: Options) -> Principal:
+    """A caller with a token (anonymous readers have no tokens or organisations)."""
+    who = authorize(caller, options, "read")
+    if who.anonymous:
+        raise Forbidden("Sign in: this needs a token (`vera login`).")
+    return who
+
+
+@router.get("/tokens", response_model=list[TokenInfo])
+def tokens(caller: Caller, options: Options, registry: RegistryDep, user: str | None = None) -> list[TokenInfo]:
+    """The caller's tokens (admins: every token, or ``user``'s); never their secrets."""
+    who = _signed_in(caller, options)
+    if not who.is_admin:
+        user = who.owner
+    return list_tokens(registry.db, owner=user)
+
+
+@router.post("/tokens", response_model=CreatedToken, status_code=201)
+def new_token(caller: Caller, options: Options, registry: RegistryDep, body: TokenBody) -> CreatedToken:
+    """A new token for the caller, with at most the caller's own scopes and no wider limit (admins: for anyone)."""
+    who = _signed_in(caller, options)
+    user = body.user or who.owner
+    if not who.is_admin:
+        _within_own_rights(who, user, body)
+    token_id, secret = create_token(
+        registry.db, owner=user, scopes=list(body.scopes), name=body.name, limited_to=body.limited_to,
+        expires_in=timedelta(days=body.expires_days) if body.expires_days is not None else None)
+    info = next(t for t in list_tokens(registry.db, owner=user) if t.id == token_id)
+    return CreatedToken(token=info, secret=secret)
+
+
+def _within_own_rights(who: Principal, user: str, body: TokenBody) -> None:
+    if user != who.owner:
+        raise Forbidden(f"Only admins create tokens for other users; yours are for {who.owner!r}.")
+    wider = sorted(set(body.scopes) - who.scopes)
+    if wider:
+        raise Forbidden(f"A token cannot grant more than the one that creates it: {wider} is not among your "
+                        f"token's scopes {sorted(who.scopes)}.")
+    if who.limited_to is not None and (body.limited_to is None or not set(body.limited_to) <= who.limited_to):
+        raise Forbidden(f"Your token is limited to {sorted(who.limited_to)}; a token it creates must be limited "
+                        "to some of those (limited_to).")
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_id: RowId) -> Response:
+    """Revoke one of the caller's tokens (admins: any token); another user's token is not found."""
+    who = _signed_in(caller, options)
+    revoke_token(registry.db, token_id, owner=None if who.is_admin else who.owner)
+    return Response(status_code=204)
+
+
+@router.get("/orgs", response_model=list[OrganizationInfo])
+def organizations(caller: Caller, options: Options, registry: RegistryDep) -> list[OrganizationInfo]:
+    """The organisations the caller belongs to (admins: all)."""
+    return registry.access.organizations(_signed_in(caller, options))
+
+
+@router.post("/orgs", response_model=OrganizationInfo, status_code=201)
+def create_organization(caller: Caller, options: Options, registry: RegistryDep,
+                        body: OrganizationBody) -> OrganizationInfo:
+    """A new organisation, with the caller as its first admin (publish scope)."""
+    who = authorize(caller, options, "publish")
+    return registry.access.create_organization(body.name, creator=who.owner, description=body.description)
+
+
+@router.get("/orgs/{org}", response_model=OrganizationInfo)
+def organization(caller: Caller, options: Options, registry: RegistryDep, org: str) -> OrganizationInfo:
+    return registry.access.organization(org, _signed_in(caller, options))
+
+
+@router.put("/orgs/{org}/members/{member}", response_model=OrganizationInfo)
+def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str, member: str,
+               body: MemberBody) -> OrganizationInfo:
+    """Add a member with a role, or change its role (the organisation's admins)."""
+    return registry.access.set_member(org, member, body.role, viewer=_signed_in(caller, options))
+
+
+@router.delete("/orgs/{org}/members/{member}", response_model=OrganizationInfo)
+def delete_member(caller: Caller, options: Options, registry: RegistryDep, org: str,
+                  member: str) -> OrganizationInfo:
+    return registry.access.remove_member(org, member, viewer=_signed_in(caller, options))

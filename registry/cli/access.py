@@ -1,0 +1,173 @@
+"""Who you are on a registry and who may see what: `vera login|logout|whoami`, `vera auth` (your tokens),
+`vera org` (organisations and their members) and `vera visibility` (an adapter public or private)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from registry.cli.common import RegistryUrl, Token, call_registry, console, fail
+from registry.cli.output import JsonOutput, print_json
+from registry.client import DEFAULT_URL, RegistryClient
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import OrganizationInfo
+
+Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
+                                        "(also manage members).")]
+
+
+def _url(registry: str | None) -> str:
+    return (registry or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
+
+
+def login(
+    registry: RegistryUrl = None,
+    token: Annotated[str | None, typer.Option("--token", help="The token (default: asked for, not echoed). "
+                                              "VERA_TOKEN is not read here: this stores a token.")] = None,
+) -> None:
+    """Store a token for a registry (checked first), like `hf auth login`; commands use it when no --token or
+    VERA_TOKEN is given."""
+    from registry.credentials import store_token
+
+    url = _url(registry)
+    secret = token if token is not None else typer.prompt(f"Token for {url}", hide_input=True)
+    if not secret.strip():
+        fail(InvalidInput("The token is empty; create one with `vera auth create-token` or ask an administrator."))
+    with RegistryClient(url, secret.strip()) as client:
+        who = client.whoami()
+    path = store_token(url, secret.strip(), user=who.user)
+    console.print(f"logged in to {url} as {who.user} {sorted(who.scopes)}; token stored in {path}")
+
+
+def logout(registry: RegistryUrl = None) -> None:
+    """Forget the token stored for a registry."""
+    from registry.credentials import forget_token
+
+    url = _url(registry)
+    console.print(f"logged out of {url}" if forget_token(url) else f"no token was stored for {url}")
+
+
+def whoami(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Who the registry takes you for: user, scopes, organisations and roles, the token's limit and expiry."""
+    who = call_registry(registry, token, lambda c: c.whoami())
+    if as_json:
+        print_json(who)
+        return
+    if who.anonymous:
+        console.print("anonymous (no token): public adapters only. `vera login` stores a token.")
+        return
+    orgs = ", ".join(f"{o} ({r})" for o, r in who.organizations.items()) or "none"
+    console.print(f"{who.user}  scopes {', '.join(who.scopes)}  organisations {orgs}")
+    if who.limited_to is not None:
+        console.print(f"this token is limited to: {', '.join(who.limited_to)}")
+    if who.expires_at is not None:
+        console.print(f"this token expires {who.expires_at:%Y-%m-%d %H:%M} UTC")
+
+
+def create_token(
+    scope: Annotated[list[str], typer.Option(help="read, publish, hub or admin; repeat for several (at most "
+                                                  "your own token's).")],
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    expires_days: Annotated[float | None, typer.Option(help="Days until it stops working (default: never).")
+                            ] = None,
+    limit_to: Annotated[list[str] | None, typer.Option(help="Only these owner namespaces (you or your "
+                                                            "organisations); repeat for several.")] = None,
+    user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Create a token through the registry; its secret is printed once."""
+    info, secret = call_registry(registry, token, lambda c: c.create_token(
+        scope, name=name, expires_days=expires_days, limited_to=limit_to, user=user))
+    console.print(f"token {info.id} for {info.owner} {info.scopes}"
+                  + (f", limited to {', '.join(info.limited_to)}" if info.limited_to else "")
+                  + (f", expires {info.expires_at:%Y-%m-%d}" if info.expires_at else ""))
+    typer.echo(secret)
+
+
+def list_tokens(user: Annotated[str | None, typer.Option(help="Admins: this user's tokens.")] = None,
+                registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Your tokens (never their secrets)."""
+    tokens = call_registry(registry, token, lambda c: c.tokens(user=user))
+    if as_json:
+        print_json(tokens)
+        return
+    table = Table("id", "user", "name", "scopes", "limited to", "expires", "last used", "state")
+    for t in tokens:
+        table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
+                      f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "never",
+                      f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+                      "revoked" if t.revoked else "active")
+    console.print(table)
+
+
+def revoke(token_id: Annotated[int, typer.Argument(help="The token's id (`vera auth tokens`).")],
+           registry: RegistryUrl = None, token: Token = None) -> None:
+    """Revoke one of your tokens."""
+    call_registry(registry, token, lambda c: c.revoke_token(token_id))
+    console.print(f"revoked token {token_id}")
+
+
+def _print_org(org: OrganizationInfo, as_json: bool) -> None:
+    if as_json:
+        print_json(org)
+        return
+    console.print(f"{org.name}: {org.description or '(no description)'}; created by {org.created_by}")
+    table = Table("member", "role", "since")
+    for x in org.members:
+        table.add_row(x.member, x.role, f"{x.added_at:%Y-%m-%d}")
+    console.print(table)
+
+
+def org_create(name: Annotated[str, typer.Argument(help="The organisation's name (an owner namespace).")],
+               description: Annotated[str, typer.Option(help="What it is.")] = "",
+               registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Create an organisation; you become its first admin."""
+    _print_org(call_registry(registry, token, lambda c: c.create_organization(name, description=description)),
+               as_json)
+
+
+def org_ls(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """The organisations you belong to."""
+    orgs = call_registry(registry, token, lambda c: c.organizations())
+    if as_json:
+        print_json(orgs)
+        return
+    table = Table("organisation", "members", "description")
+    for o in orgs:
+        table.add_row(o.name, str(len(o.members)), o.description)
+    console.print(table)
+
+
+def org_show(name: Annotated[str, typer.Argument(help="Organisation.")], registry: RegistryUrl = None,
+             token: Token = None, as_json: JsonOutput = False) -> None:
+    """An organisation and its members."""
+    _print_org(call_registry(registry, token, lambda c: c.organization(name)), as_json)
+
+
+def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
+            member: Annotated[str, typer.Argument(help="User to add (or whose role to change).")],
+            role: Role = "read", registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False
+            ) -> None:
+    """Add a member with a role, or change a member's role (organisation admins)."""
+    _print_org(call_registry(registry, token, lambda c: c.set_member(name, member, role)), as_json)
+
+
+def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],
+               member: Annotated[str, typer.Argument(help="User to remove.")],
+               registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Remove a member (organisation admins; an organisation keeps at least one admin)."""
+    _print_org(call_registry(registry, token, lambda c: c.remove_member(name, member)), as_json)
+
+
+def visibility(adapter: Annotated[str, typer.Argument(help="owner/name")],
+               choice: Annotated[str, typer.Argument(metavar="public|private", help="public: whoever may read the "
+                                                     "registry; private: the owner's members and admins.")],
+               registry: RegistryUrl = None, token: Token = None) -> None:
+    """Make an adapter public or private (audited); every version follows."""
+    if choice not in ("public", "private"):
+        fail(InvalidInput(f"Choose public or private, got {choice!r}."))
+    info = call_registry(registry, token, lambda c: c.set_visibility(adapter, choice))
+    console.print(f"{info.owner}/{info.name} is {info.visibility}")

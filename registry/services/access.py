@@ -1,0 +1,178 @@
+"""Who may see what: adapters are public (whoever may read the registry, anonymous readers included where the
+registry allows them) or private (their owner, the members of the organisation that owns them, and admins); an
+organisation is an owner namespace whose members have a role (read, write, admin).
+
+A caller that may not read a private adapter is told it does not exist, exactly as if it did not: the same error,
+message and status (404) as for a missing adapter, in listings, search, compare, downloads, the Hub protocol, Hub
+push, jobs and the model server alike. The rights themselves are decided by registry.services.tokens.Principal.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, cast, get_args
+
+from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
+from registry.domain.schemas import MemberInfo, OrganizationInfo, Ref, check_name, check_text
+from registry.services.tokens import ROLES, Principal, Role
+from registry.store import models as m
+from registry.store.database import Database
+
+Visibility = Literal["public", "private"]
+VISIBILITIES: tuple[Visibility, ...] = get_args(Visibility)
+MAX_MEMBERS = 1000
+
+
+def check_visibility(value: str) -> Visibility:
+    if value not in VISIBILITIES:
+        raise InvalidInput(f"visibility must be public or private, got {value!r}.")
+    return value
+
+
+def readable_clause(viewer: Principal | None) -> ColumnElement[bool]:
+    """A condition on ``adapters`` that holds for the adapters ``viewer`` may read (None: every adapter)."""
+    owners = viewer.readable_owners() if viewer is not None else None
+    if owners is None:
+        return true()
+    public = m.Adapter.visibility == "public"
+    return or_(public, m.Adapter.owner.in_(sorted(owners))) if owners else public
+
+
+def not_found(owner: str, name: str) -> AdapterNotFound:
+    """The error for an adapter that does not exist, or that the caller may not see (one message for both)."""
+    return AdapterNotFound(f"No adapter {owner}/{name}; `vera ls --owner {owner}` lists that owner's.")
+
+
+def require_readable(s: Session, viewer: Principal | None, ref: Ref | str) -> None:
+    """Raise the not-found error when ``viewer`` may not read ``ref``'s adapter (a missing one is left to the
+    lookup that follows, which says what exactly is missing)."""
+    if viewer is None or viewer.readable_owners() is None:
+        return
+    ref = Ref.parse(ref) if isinstance(ref, str) else ref
+    visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == ref.owner,
+                                                             m.Adapter.name == ref.name))
+    if visibility is not None and not viewer.can_read(ref.owner, visibility):
+        raise not_found(ref.owner, ref.name)
+
+
+class Access:
+    """Organisations, their members, and adapters' visibility: each method one transaction, audited."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def check_readable(self, viewer: Principal | None, *refs: Ref | str) -> None:
+        """AdapterNotFound for the first of ``refs`` that ``viewer`` may not read."""
+        with self.db.session() as s:
+            for ref in refs:
+                require_readable(s, viewer, ref)
+
+    def check_readable_names(self, viewer: Principal, owner: str, name: str, *, missing_too: bool = False) -> None:
+        """Like check_readable, for an owner and name as a path gives them (not validated: a name that cannot
+        exist is simply not found here); ``missing_too`` raises for a missing adapter as well."""
+        if viewer.readable_owners() is None and not missing_too:
+            return
+        with self.db.session() as s:
+            visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == owner,
+                                                                     m.Adapter.name == name))
+        if (visibility is None and missing_too) or (visibility is not None and not viewer.can_read(owner, visibility)):
+            raise not_found(owner, name)
+
+    def create_organization(self, name: str, *, creator: str, description: str = "") -> OrganizationInfo:
+        """A new organisation; ``creator`` becomes its first admin. Its name must not be an owner already in use
+        (users and organisations share the namespace adapters are published under)."""
+        check_name(name, "Organisation name")
+        check_text(description, "description", max_length=2000, multiline=True)
+        with self.db.session() as s:
+            taken = s.scalar(select(m.Organization.id).where(m.Organization.name == name)) is not None
+            used = name == creator or s.scalar(select(m.Adapter.id).where(m.Adapter.owner == name).limit(1)) \
+                is not None or s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == name).limit(1)) \
+                is not None
+            if taken or used:
+                raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
+                               "choose another name for the organisation.")
+            org = m.Organization(name=name, description=description, created_by=creator)
+            org.members.append(m.Membership(member=creator, role="admin", added_by=creator))
+            s.add(org)
+            s.add(m.AuditEvent(actor=creator, action="org-create", target=name, detail={}))
+            s.flush()
+            return _org_info(org)
+
+    def organization(self, name: str, viewer: Principal | None = None) -> OrganizationInfo:
+        """An organisation with its members (members and admins only: to anyone else it does not exist)."""
+        with self.db.session() as s:
+            org = _visible_org(s, name, viewer)
+            return _org_info(org)
+
+    def organizations(self, viewer: Principal | None = None) -> list[OrganizationInfo]:
+        """The organisations ``viewer`` belongs to (every one for admins and the local user)."""
+        query = select(m.Organization).order_by(m.Organization.name)
+        if viewer is not None and not viewer.is_admin:
+            query = query.where(m.Organization.name.in_(sorted(viewer.roles)))
+        with self.db.session() as s:
+            return [_org_info(o) for o in s.scalars(query)]
+
+    def set_member(self, organization: str, member: str, role: str, *, viewer: Principal) -> OrganizationInfo:
+        """Add ``member`` with ``role``, or change its role (organisation admins only)."""
+        check_name(member, "Member")
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
+        with self.db.session() as s:
+            org = _managed_org(s, organization, viewer)
+            current = next((x for x in org.members if x.member == member), None)
+            if current is None:
+                if len(org.members) >= MAX_MEMBERS:
+                    raise InvalidInput(f"{organization} has {MAX_MEMBERS} members, the most an organisation takes.")
+                org.members.append(m.Membership(member=member, role=role, added_by=viewer.owner))
+            elif current.role != role:
+                _keep_an_admin(org, member, role)
+                current.role = role
+            s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
+                               detail={"member": member, "role": role}))
+            s.flush()
+            return _org_info(org)
+
+    def remove_member(self, organization: str, member: str, *, viewer: Principal) -> OrganizationInfo:
+        with self.db.session() as s:
+            org = _managed_org(s, organization, viewer)
+            current = next((x for x in org.members if x.member == member), None)
+            if current is None:
+                raise NotFound(f"{member} is not a member of {organization}.")
+            _keep_an_admin(org, member, None)
+            org.members.remove(current)
+            s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
+                               detail={"member": member}))
+            s.flush()
+            return _org_info(org)
+
+
+def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:
+    org = s.scalar(select(m.Organization).where(m.Organization.name == name))
+    member = viewer is None or viewer.is_admin or name in viewer.roles
+    if org is None or not member:
+        raise NotFound(f"No organisation {name!r} that you belong to; `vera org ls` lists yours.")
+    return org
+
+
+def _managed_org(s: Session, name: str, viewer: Principal) -> m.Organization:
+    org = _visible_org(s, name, viewer)
+    if not viewer.can_manage(name):
+        raise Forbidden(f"Only admins of {name} manage its members; your role is "
+                        f"{viewer.roles.get(name, 'none')!r}.")
+    return org
+
+
+def _keep_an_admin(org: m.Organization, member: str, new_role: Role | str | None) -> None:
+    """Refuse a change that would leave the organisation without an admin."""
+    admins = {x.member for x in org.members if x.role == "admin"}
+    if admins == {member} and new_role != "admin":
+        raise Conflict(f"{member} is the last admin of {org.name}; make another member admin first.")
+
+
+def _org_info(org: m.Organization) -> OrganizationInfo:
+    return OrganizationInfo(name=org.name, description=org.description, created_by=org.created_by,
+                            created_at=org.created_at,
+                            members=[MemberInfo(member=x.member, role=cast(Role, x.role), added_at=x.added_at)
+                                     for x in org.members])

@@ -1,0 +1,261 @@
+"""Private adapters, organisations and tokens through a real server: whoever may not read a private adapter is told
+it does not exist (404, the same answer as for a missing one) on every route that reaches it, listings leave it
+out, members of its organisation read it, and tokens are created, listed and revoked through the API."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from registry.client import RegistryClient
+from registry.domain.errors import Conflict, Forbidden, NotFound
+from registry.services.tokens import create_token
+from registry.store.database import Database
+from registry.store.models import AccessToken
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+
+#: user -> scopes of the token each test caller holds
+USERS = {"alice": ["read", "publish"], "bob": ["read", "publish"], "carol": ["read", "publish"],
+         "mallory": ["read", "publish", "hub"], "root": ["admin"]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("visibility")
+    url = f"sqlite:///{root / 'r.db'}"
+    source = make_adapter(root / "adapter")
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+        db = Database(url)
+        tokens = {user: create_token(db, owner=user, scopes=scopes)[1] for user, scopes in USERS.items()}
+        tokens["alice-acme-only"] = create_token(db, owner="alice", scopes=["read", "publish"],
+                                                 limited_to=["acme"])[1]
+        tokens["expired-alice"] = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        with db.session() as s:
+            digest = hashlib.sha256(tokens["expired-alice"].encode()).hexdigest()
+            s.execute(update(AccessToken).where(AccessToken.token_hash == digest)
+                      .values(expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+        db.engine.dispose()
+        with client(base, tokens["alice"]) as alice:
+            alice.publish(source, "alice/secret", base_model="tiny-llama", visibility="private",
+                          description="needle private")
+            alice.publish(source, "alice/open", base_model="tiny-llama", description="needle public")
+            alice.set_alias("alice/secret:1", "prod")
+            alice.create_organization("acme", description="a team")
+            alice.set_member("acme", "bob", "read")
+            alice.set_member("acme", "carol", "write")
+            alice.publish(source, "acme/team", base_model="tiny-llama", visibility="private")
+            job = alice.submit_job("alice/secret", {"demo": True}).id  # no worker: it stays queued
+        yield {"url": base, "tokens": tokens, "source": source, "job": job}
+
+
+def client(url: str, token: str | None) -> RegistryClient:
+    return RegistryClient(url, token if token is not None else "", cache=False, retries=0)
+
+
+def get(server: dict[str, Any], who: str | None, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {server['tokens'][who]}"} if who else {}
+    return httpx.request(method, f"{server['url']}{path}", headers=headers, timeout=60, **kwargs)
+
+
+V = "/api/v1/adapters/alice/secret/versions/1"
+#: every route that reaches alice/secret, as (method, path, body)
+REACHING = [
+    ("GET", "/api/v1/adapters/alice/secret", None), ("GET", V, None), ("GET", f"{V}/verification", None),
+    ("GET", f"{V}/files/adapter_config.json", None), ("GET", f"{V}/files/adapter_model.safetensors", None),
+    ("POST", f"{V}/verify", None), ("GET", f"{V}/lineage", None), ("GET", f"{V}/hub", None),
+    ("GET", "/api/v1/adapters/alice/secret/versions/prod", None),
+    ("GET", "/hf/api/models/alice/secret", None), ("GET", "/hf/api/models/alice/secret/revision/main", None),
+    ("GET", "/hf/alice/secret/resolve/main/adapter_config.json", None),
+    ("GET", "/hf-lora/api/models/alice/secret", None),
+    ("POST", "/api/v1/compare", {"refs": ["alice/open:1", "alice/secret:1"]}),
+    # writes: someone else's private adapter is not there to be written either (404 before 403)
+    ("POST", f"{V}/hub/push", {"repo_id": "mallory/stolen"}), ("PUT", "/api/v1/adapters/alice/secret/aliases/x",
+                                                                {"version": 1}),
+    ("DELETE", "/api/v1/adapters/alice/secret/aliases/prod", None), ("POST", f"{V}/yank", {"yanked": True}),
+    ("DELETE", V, None), ("PATCH", "/api/v1/adapters/alice/secret", {"visibility": "public"}),
+    ("PATCH", V, {"description": "defaced"}),
+]
+
+
+@pytest.mark.parametrize("who", [None, "mallory", "alice-acme-only", "bob-as-outsider"])
+@pytest.mark.parametrize(("method", "path", "body"), REACHING)
+def test_a_private_adapter_does_not_exist_for_outsiders(server: dict[str, Any], who: str | None, method: str,
+                                                        path: str, body: Any) -> None:
+    """Anonymous readers, another user (even with the hub scope), alice's own token limited to acme, and a member
+    of alice's organisation (acme, not alice) all get the answer a missing adapter gets."""
+    caller = "bob" if who == "bob-as-outsider" else who
+    response = get(server, caller, path, method, json=body)
+    if who is None and method not in ("GET", "HEAD"):
+        assert response.status_code == 401  # anonymous callers never write
+        return
+    assert response.status_code == 404, (who, method, path, response.status_code, response.text)
+    missing = get(server, caller, path.replace("alice/secret", "alice/nonexistent"), method, json=body)
+    if "/hf" not in path and "compare" not in path:
+        assert response.json()["detail"] == missing.json()["detail"].replace("nonexistent", "secret")
+
+
+def test_the_owner_members_and_admins_read_it_and_it_stays_unchanged(server: dict[str, Any]) -> None:
+    for who in ("alice", "root"):
+        for method, path, body in REACHING:
+            if method == "GET":
+                response = get(server, who, path, method, json=body, follow_redirects=True)
+                assert response.status_code == 200, (who, path, response.text)
+    with client(server["url"], server["tokens"]["root"]) as root:
+        info = root.get("alice/secret:1")
+    assert info.visibility == "private" and not info.yanked and info.aliases == ["latest", "prod"]
+    assert info.description == "needle private"  # the outsiders' writes above changed nothing
+
+
+def test_listings_search_and_jobs_leave_private_adapters_out(server: dict[str, Any]) -> None:
+    def refs(who: str | None, **params: Any) -> set[str]:
+        response = get(server, who, "/api/v1/adapters", params={"limit": 500, **params})
+        assert response.status_code == 200
+        return {item["ref"] for item in response.json()["items"]}
+
+    everything = {"alice/secret:1", "alice/open:1", "acme/team:1"}
+    assert refs("alice") >= everything and refs("root") >= everything
+    for outsider in (None, "mallory", "alice-acme-only"):
+        seen = refs(outsider) | refs(outsider, q="needle") | refs(outsider, owner="alice")
+        assert "alice/secret:1" not in seen and "alice/open:1" in seen, outsider
+    assert refs("mallory", filter="name = 'secret'") == set()
+    totals = {who: get(server, who, "/api/v1/adapters", params={"with_total": True, "q": "needle"}).json()["total"]
+              for who in ("alice", "mallory")}
+    assert totals == {"alice": 2, "mallory": 1}  # counts do not reveal private versions either
+    assert "acme/team:1" in refs("bob") and "acme/team:1" not in refs("mallory")
+    assert "acme/team:1" in refs("alice-acme-only") and "alice/secret:1" not in refs("alice-acme-only")
+    job = server["job"]
+    for path in (f"/api/v1/jobs/{job}", f"/api/v1/jobs/{job}/events"):
+        assert get(server, "mallory", path).status_code == 404
+        assert get(server, "alice", path).status_code == 200
+    assert get(server, "mallory", f"/api/v1/jobs/{job}/cancel", "POST").status_code == 404
+    assert job not in {j["id"] for j in get(server, "mallory", "/api/v1/jobs").json()}
+    assert job in {j["id"] for j in get(server, "alice", "/api/v1/jobs").json()}
+
+
+def test_organisation_roles(server: dict[str, Any]) -> None:
+    """read: reads the organisation's private adapters; write: also publishes under it; admin: manages members."""
+    url, tokens, source = server["url"], server["tokens"], server["source"]
+    with client(url, tokens["bob"]) as bob, client(url, tokens["carol"]) as carol:
+        assert bob.get("acme/team:1").visibility == "private"
+        with pytest.raises(Forbidden, match="cannot write under acme/"):
+            bob.publish(source, "acme/team", base_model="tiny-llama")
+        assert carol.publish(source, "acme/team", base_model="tiny-llama").version == 2
+        with pytest.raises(Forbidden, match="Only admins of acme"):
+            carol.set_member("acme", "mallory", "admin")
+        assert bob.whoami().organizations == {"acme": "read"}
+        assert [o.name for o in bob.organizations()] == ["acme"]
+    with client(url, tokens["mallory"]) as mallory:
+        with pytest.raises(NotFound, match="No organisation 'acme'"):
+            mallory.organization("acme")  # an outsider learns nothing of its members
+        assert mallory.organizations() == []
+        with pytest.raises(Conflict, match="taken"):
+            mallory.create_organization("acme")
+        with pytest.raises(Conflict, match="taken .by a user"):
+            mallory.create_organization("alice")
+    with client(url, tokens["alice"]) as alice:
+        with pytest.raises(Conflict, match="last admin"):
+            alice.remove_member("acme", "alice")
+        alice.set_member("acme", "dave", "read")
+        assert {x.member: x.role for x in alice.remove_member("acme", "dave").members} == {
+            "alice": "admin", "bob": "read", "carol": "write"}
+
+
+def test_visibility_changes_are_audited_and_take_effect(server: dict[str, Any]) -> None:
+    url, tokens, source = server["url"], server["tokens"], server["source"]
+    with client(url, tokens["alice"]) as alice:
+        alice.publish(source, "alice/flip", base_model="tiny-llama")
+        assert get(server, "mallory", "/api/v1/adapters/alice/flip/versions/1").status_code == 200
+        assert alice.set_visibility("alice/flip", "private").visibility == "private"
+        assert get(server, "mallory", "/api/v1/adapters/alice/flip/versions/1").status_code == 404
+        with pytest.raises(Conflict, match="is private; a publish does not change that"):
+            alice.publish(source, "alice/flip", base_model="tiny-llama", visibility="public")
+        assert alice.get("alice/flip").version == 1  # the refused publish left nothing
+        alice.set_visibility("alice/flip", "public")
+    assert get(server, None, "/api/v1/adapters/alice/flip/versions/1").status_code == 200
+    bad = get(server, "alice", "/api/v1/adapters/alice/flip", "PATCH", json={"visibility": "secret"})
+    assert bad.status_code == 422 and "public" in bad.text
+    events = get(server, "root", "/api/v1/events", params={"adapter": "alice/flip", "action": "adapter-edit"})
+    changes = [(e["detail"]["before"], e["detail"]["after"]) for e in events.json()["events"]]
+    assert changes == [({"visibility": "public"}, {"visibility": "private"}),
+                       ({"visibility": "private"}, {"visibility": "public"})]  # who, and from what to what
+    assert {e["actor"] for e in events.json()["events"]} == {"alice"}
+
+
+def test_tokens_through_the_api(server: dict[str, Any]) -> None:
+    url, tokens = server["url"], server["tokens"]
+    with client(url, tokens["alice"]) as alice:
+        info, secret = alice.create_token(["read"], name="ci", expires_days=1, limited_to=["acme"])
+        assert info.owner == "alice" and info.scopes == ["read"] and info.limited_to == ["acme"]
+        with pytest.raises(Forbidden, match="cannot grant more"):
+            alice.create_token(["admin"])
+        with pytest.raises(Forbidden, match="Only admins create tokens for other users"):
+            alice.create_token(["read"], user="bob")
+        assert {t.id for t in alice.tokens()} >= {info.id} and {t.owner for t in alice.tokens()} == {"alice"}
+    with client(url, secret) as ci:
+        who = ci.whoami()
+        assert (who.user, who.scopes, who.limited_to) == ("alice", ["read"], ["acme"])
+        assert who.expires_at is not None
+        with pytest.raises(NotFound, match="No adapter alice/secret"):
+            ci.get("alice/secret")  # limited to acme: alice's own private adapters are out of reach
+        assert ci.get("acme/team:1").owner == "acme"
+        with pytest.raises(Forbidden, match="cannot grant more"):
+            ci.create_token(["publish"], limited_to=["acme"])
+        with pytest.raises(Forbidden, match="must be limited"):
+            ci.create_token(["read"])
+    with client(url, tokens["mallory"]) as mallory, pytest.raises(NotFound, match=f"No token with id {info.id}"):
+        mallory.revoke_token(info.id)  # someone else's token is not there to revoke
+    with client(url, tokens["alice"]) as alice:
+        alice.revoke_token(info.id)
+    revoked = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"}, timeout=60)
+    assert revoked.status_code == 401
+    with client(url, tokens["root"]) as root:
+        made, _ = root.create_token(["read"], user="erin")
+        assert made.owner == "erin" and "erin" in {t.owner for t in root.tokens()}
+    anonymous = get(server, None, "/api/v1/whoami").json()
+    assert anonymous["anonymous"] is True and anonymous["scopes"] == ["read"]
+    assert get(server, None, "/api/v1/tokens").status_code == 403
+    assert get(server, "expired-alice", "/api/v1/whoami").status_code == 401
+
+
+def test_login_stores_a_token_the_client_then_uses(server: dict[str, Any], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.credentials import credentials_path
+    from tests.registry.test_cli import vera
+
+    monkeypatch.setenv("VERA_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("VERA_TOKEN", raising=False)
+    url = server["url"]
+    refused = vera("login", "--registry", url, "--token", "vera_wrong")
+    assert refused.returncode == 1 and "unknown or revoked" in refused.stderr and not credentials_path().exists()
+    done = vera("login", "--registry", url, "--token", server["tokens"]["bob"])
+    assert "logged in" in done.stdout and "bob" in done.stdout
+    assert credentials_path().stat().st_mode & 0o777 == 0o600
+    assert "bob" in vera("whoami", "--registry", url).stdout  # no --token: the stored one
+    assert "acme (read)" in vera("whoami", "--registry", url).stdout
+    with RegistryClient(url, cache=False) as stored:
+        assert stored.get("acme/team:1").owner == "acme"
+    assert "logged out" in vera("logout", "--registry", url).stdout
+    assert "anonymous" in vera("whoami", "--registry", url).stdout
+
+
+def test_default_visibility_private(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    source = make_adapter(tmp_path / "adapter")
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
+                        VERA_DEFAULT_VISIBILITY="private") as base:
+        db = Database(url)
+        alice, eve = (create_token(db, owner=o, scopes=["read", "publish"])[1] for o in ("alice", "eve"))
+        db.engine.dispose()
+        with client(base, alice) as c:
+            assert c.publish(source, "alice/quiet", base_model="tiny-llama").visibility == "private"
+            assert c.publish(source, "alice/loud", base_model="tiny-llama", visibility="public").visibility == "public"
+        with client(base, eve) as c:
+            assert [v.ref for v in c.list_versions().items] == ["alice/loud:1"]
