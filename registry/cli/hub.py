@@ -17,6 +17,7 @@ from registry.cli.common import (
     console,
     err_console,
 )
+from registry.cli.output import JsonOutput, print_json
 
 
 def hub_push(
@@ -58,9 +59,13 @@ def hub_pull(
     console.print(f"{what} {result.version.ref} from {repo_id}@{result.sync.commit_sha[:12]}")
 
 
-def hub_status(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:
+def hub_status(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = None,
+               token: Token = None) -> None:
     """Where a version was pushed to or pulled from, at which commit."""
     syncs = call_registry(registry, token, lambda c: c.hub_status(ref))
+    if as_json:
+        print_json(syncs)
+        return
     if not syncs:
         console.print(f"{ref}: never pushed to or pulled from the Hub")
         return

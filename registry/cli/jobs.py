@@ -12,6 +12,7 @@ from rich.table import Table
 
 from registry.cli import training_options as opt
 from registry.cli.common import RegistryUrl, Token, call_registry, console
+from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
 from registry.domain.training_spec import training_spec
@@ -54,11 +55,15 @@ def job_submit(
 def job_ls(
     owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")] = None,
-    registry: RegistryUrl = None, token: Token = None,
+    as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """List jobs, newest first."""
+    jobs = call_registry(registry, token, lambda c: c.jobs(owner=owner, status=status))
+    if as_json:
+        print_json(jobs)
+        return
     table = Table("id", "status", "target", "progress", "result", "created")
-    for j in call_registry(registry, token, lambda c: c.jobs(owner=owner, status=status)):
+    for j in jobs:
         table.add_row(str(j.id), j.status, j.target_name, _progress(j), j.result_ref or "-",
                       j.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)

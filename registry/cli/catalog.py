@@ -1,0 +1,227 @@
+"""Commands about what the registry holds, over HTTP: show a version, tag it, describe it, an adapter's model card,
+yank, delete, and lineage. Metadata changes need the publish scope for the owner; the server audits each one."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, console, fail
+from registry.cli.output import JsonOutput, print_json
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
+
+TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's content (universal newlines), or stdin for '-'."""
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{what} {path}: not a readable UTF-8 text file ({exc}).") from exc
+
+
+def _text_of(text: str | None, file: Path | None, what: str) -> str:
+    """The text given as an argument, or read from --file; exactly one of them."""
+    if text is not None and file is None:
+        return text
+    if file is not None and text is None:
+        return _read_text(file, "--file")
+    fail(InvalidInput(f"Give the {what} either as an argument or with --file PATH (--file - reads stdin), not "
+                      "both and not neither."))
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested metrics as dotted keys."""
+    items: list[tuple[str, Any]] = []
+    for key, value in sorted(data.items()):
+        if isinstance(value, dict):
+            items += _flat(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _lineage_text(lineage: dict[str, Any]) -> str:
+    parts = []
+    if "parent" in lineage:
+        parts.append(f"fine-tuned from {lineage['parent']}")
+    if "parent_deleted" in lineage:
+        parts.append(f"fine-tuned from {lineage['parent_deleted']} (since deleted)")
+    if "job_id" in lineage:
+        parts.append(f"job {lineage['job_id']}")
+    if "dataset_sha256" in lineage:
+        size = f", {lineage['dataset_bytes']:,} bytes" if lineage.get("dataset_bytes") is not None else ""
+        parts.append(f"dataset sha256 {lineage['dataset_sha256'][:16]}…{size}")
+    if "code_revision" in lineage:
+        parts.append(f"code {lineage['code_revision']}")
+    if "hub_repo" in lineage:
+        parts.append(f"pulled from {lineage['hub_repo']}@{str(lineage.get('hub_commit', ''))[:12]}")
+    return "; ".join(parts) or "-"
+
+
+def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    verified = v.verification_status + (f" at {v.verified_at:%Y-%m-%d %H:%M}" if v.verified_at else "")
+    rows = [
+        ("aliases", ", ".join(v.aliases) or "-"),
+        ("state", "YANKED (hidden from listings and latest; fetchable by number)" if v.yanked else "published"),
+        ("description", v.description or "-"),
+        ("adapter", (adapter.description or "-") + f" ({adapter.versions} versions"
+                    + (f", model card {len(adapter.card.splitlines())} lines: `vera card {v.owner}/{v.name}`"
+                       if adapter.card else ", no model card") + ")"),
+        ("base model", v.base_model + (f" @ {v.base_revision}" if v.base_revision else "")),
+        ("rank, seed", f"r={v.r}, seed={v.seed}, generator {v.generator}"),
+        ("projection", f"fingerprint {v.projection_fingerprint} "
+                       f"({'seed-reproducible' if v.seed_reproducible else 'stored'})"),
+        ("parameters", f"{v.adapter_parameters:,} adapter, {v.trainable_parameters:,} trainable"),
+        ("stored", f"{v.stored_bytes:,} bytes, vectors sha256 {v.vectors_sha256}"),
+        ("targets", v.target_modules if isinstance(v.target_modules, str) else ", ".join(v.target_modules or [])
+         or "-"),
+        ("verified", verified),
+        ("tags", ", ".join(v.tags) or "-"),
+        ("published", f"by {v.published_by} at {v.created_at:%Y-%m-%d %H:%M:%S %Z}"),
+        ("lineage", _lineage_text(v.lineage)),
+    ]
+    rows += [(f"metric {key}", f"{value:.6g}" if isinstance(value, float) else str(value))
+             for key, value in _flat(v.metrics)]
+    for key, value in rows:
+        grid.add_row(key, value)
+    return grid
+
+
+def show(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:
+    """Everything about a version: identity, aliases, projection, sizes, verification, tags, description,
+    metrics and lineage (--json: the version as the API gives it)."""
+    info = call_registry(registry, token, lambda c: c.get(ref))
+    if as_json:
+        print_json(info)
+        return
+    adapter = call_registry(registry, token, lambda c: c.adapter(f"{info.owner}/{info.name}"))
+    console.print(f"[bold]{info.ref}[/]")
+    console.print(_show_table(info, adapter))
+
+
+def tag(
+    ref: VersionRef,
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (or, with --remove, to remove).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove these tags instead.")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Add tags to a version (or remove them); its bytes never change."""
+    info = call_registry(registry, token, lambda c: c.update_version(
+        ref, add_tags=None if remove else tags, remove_tags=tags if remove else None))
+    console.print(f"{info.ref} tags: {', '.join(info.tags) or '(none)'}")
+
+
+def describe(
+    ref: Annotated[str, typer.Argument(help="owner/name (the adapter's description) or owner/name:VERSION / "
+                                       "owner/name@ALIAS (that version's).")],
+    text: Annotated[str | None, typer.Argument(help="The new description (or use --file).")] = None,
+    file: TextFile = None, registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Set the description of an adapter (owner/name) or of one version (owner/name:N, owner/name@ALIAS)."""
+    parsed = Ref.parse(ref)
+    description = _text_of(text, file, "description")
+    if parsed.version is None and parsed.alias is None:
+        adapter = call_registry(registry, token, lambda c: c.update_adapter(ref, description=description))
+        console.print(f"{adapter.owner}/{adapter.name}: description set ({len(description):,} characters)")
+    else:
+        info = call_registry(registry, token, lambda c: c.update_version(ref, description=description))
+        console.print(f"{info.ref}: description set ({len(description):,} characters)")
+
+
+def card(
+    adapter: Annotated[str, typer.Argument(help="owner/name")],
+    file: TextFile = None, registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Print an adapter's model card (Markdown), or set it from --file (at most 64 KiB; an empty file clears it).
+    A Hub push puts it at the top of the repo's README.md."""
+    if file is None:
+        info = call_registry(registry, token, lambda c: c.adapter(adapter))
+        if info.card:
+            typer.echo(info.card, nl=not info.card.endswith("\n"))  # the card as written
+        else:
+            console.print(f"{adapter} has no model card; set one with `vera card {adapter} --file README.md`.")
+        return
+    text = _read_text(file, "--file")
+    info = call_registry(registry, token, lambda c: c.update_adapter(adapter, card=text))
+    console.print(f"{info.owner}/{info.name}: model card " + (f"set ({len(text.encode()):,} bytes)" if text
+                                                             else "cleared"))
+
+
+def yank(
+    ref: VersionRef,
+    undo: Annotated[bool, typer.Option("--undo", help="Un-yank: list it again (and let latest move back).")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Yank a version: hidden from listings and from latest, still fetchable by number (--undo reverses it)."""
+    info = call_registry(registry, token, lambda c: c.yank(ref, yanked=not undo))
+    console.print(f"{info.ref} {'yanked' if info.yanked else 'no longer yanked'}")
+
+
+def delete(
+    ref: Annotated[str, typer.Argument(help="owner/name:VERSION or owner/name@ALIAS (a version, named explicitly).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Delete one version for good (its aliases go with it; latest moves back). Asks first unless --yes."""
+    parsed = Ref.parse(ref)
+    if parsed.version is None and parsed.alias is None:
+        fail(InvalidInput(f"{ref!r} names no version; say which to delete: {ref}:VERSION or {ref}@ALIAS."))
+    info = call_registry(registry, token, lambda c: c.get(ref))
+    if not yes:
+        question = f"Delete {info.ref}" + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "") + "?"
+        try:
+            confirmed = typer.confirm(question, default=False)
+        except typer.Abort:  # no answer (stdin closed)
+            confirmed = False
+        if not confirmed:
+            fail(InvalidInput(f"{info.ref} was not deleted; pass --yes to delete without asking."))
+    call_registry(registry, token, lambda c: c.delete(info.ref))
+    console.print(f"deleted {info.ref}")
+
+
+def _tree(graph: LineageGraph) -> Tree:
+    """The graph as a tree from its oldest ancestor (a version has one parent, so it is one)."""
+    by_ref = {n.ref: n for n in graph.nodes}
+    children: dict[str, list[str]] = {}
+    for edge in graph.edges:
+        children.setdefault(edge.parent, []).append(edge.child)
+
+    def label(ref: str) -> str:
+        node = by_ref[ref]
+        mark = " [bold]<- this version[/]" if node.depth == 0 else ""
+        return f"{ref}{' (yanked)' if node.yanked else ''}{mark}"
+
+    root_ref = min(graph.nodes, key=lambda n: n.depth).ref
+    tree = Tree(label(root_ref))
+    todo = [(tree, root_ref)]
+    while todo:
+        branch, ref = todo.pop()
+        for child in children.get(ref, []):
+            todo.append((branch.add(label(child)), child))
+    return tree
+
+
+def lineage(
+    ref: VersionRef,
+    depth: Annotated[int, typer.Option(min=1, max=20, help="Generations to follow each way.")] = 20,
+    as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """What a version was fine-tuned from and what was fine-tuned from it, as a tree."""
+    graph = call_registry(registry, token, lambda c: c.lineage(ref, depth=depth))
+    if as_json:
+        print_json(graph)
+        return
+    console.print(_tree(graph))
+    if graph.truncated:
+        console.print(f"(more beyond {graph.max_depth} generations or {graph.max_nodes} versions)")

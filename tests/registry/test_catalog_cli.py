@@ -1,0 +1,131 @@
+"""The catalog commands as a user runs them (the installed `vera`, in a subprocess, against a real server): show,
+tag, describe, card, yank, delete, lineage; --json on every listing; `vera ls` readable in 80 columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.client import RegistryClient
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import VERA, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("catalog")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
+        yield {"url": base, "source": make_adapter(root / "adapter")}
+
+
+def vera(server: dict[str, Any], *args: str, columns: int = 200, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns), "VERA_REGISTRY_URL": server["url"], "VERA_NO_CACHE": "1"}
+    env.pop("VERA_TOKEN", None)
+    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=300, env=env, input=stdin,
+                          check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _publish(server: dict[str, Any], name: str, *args: str) -> str:
+    out = ok(vera(server, "publish", str(server["source"]), "--name", name, "--base-model", "tiny-llama", *args))
+    return out.split()[1]  # "published owner/name:N (...)"
+
+
+def test_show_tells_everything_readably_and_as_json(server: dict[str, Any]) -> None:
+    parent = _publish(server, "ann/show-base")
+    ref = _publish(server, "ann/show", "--tag", "demo", "--description", "a test version", "--parent", parent,
+                   "--code-revision", "git 0123abc")
+    text = ok(vera(server, "show", ref))
+    for expected in (ref, "latest", "a test version", "tiny-llama", "r=8", "demo", f"fine-tuned from {parent}",
+                     "code git 0123abc", "no model card", "published"):
+        assert expected in text, (expected, text)
+    data = json.loads(ok(vera(server, "show", ref, "--json")))
+    assert data["ref"] == ref and data["lineage"] == {"parent": parent, "code_revision": "git 0123abc"}
+
+
+def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path: Path) -> None:
+    ref = _publish(server, "ann/meta", "--tag", "old")
+    assert "tags: new, old, other" in ok(vera(server, "tag", ref, "new", "other"))
+    assert "tags: new, other" in ok(vera(server, "tag", ref, "old", "--remove"))
+    ok(vera(server, "describe", ref, "the version's words"))
+    (tmp_path / "about.txt").write_text("the adapter's words\r\nover two lines\n")
+    ok(vera(server, "describe", "ann/meta", "--file", str(tmp_path / "about.txt")))
+    (tmp_path / "README.md").write_text("# Meta\n\nA card.\n", encoding="utf-8")
+    assert "model card set (16 bytes)" in ok(vera(server, "card", "ann/meta", "--file", str(tmp_path / "README.md")))
+    assert ok(vera(server, "card", "ann/meta")) == "# Meta\n\nA card.\n"
+    ok(vera(server, "card", "ann/meta", "--file", "-", stdin="# From stdin\n"))
+    with RegistryClient(server["url"], cache=False) as client:
+        adapter, version = client.adapter("ann/meta"), client.get(ref)
+    assert (adapter.description, adapter.card) == ("the adapter's words\nover two lines\n", "# From stdin\n")
+    assert (version.description, version.tags) == ("the version's words", ["new", "other"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("tag", "ann/meta:1", "Bad Tag"), "Tag 'Bad Tag' is not a valid name"),
+    (("describe", "ann/meta"), "either as an argument or with --file"),
+    (("describe", "ann/meta", "x", "--file", "f"), "either as an argument or with --file"),
+    (("card", "ann/meta", "--file", "/nonexistent/README.md"), "not a readable UTF-8 text file"),
+    (("card", "ann/meta:1"), "names a version; name the adapter, owner/name"),
+    (("delete", "ann/meta", "--yes"), "names no version; say which to delete: ann/meta:VERSION"),
+    (("show", "ann/nothing:1"), "No adapter ann/nothing"),
+], ids=["bad-tag", "no-text", "two-texts", "missing-file", "card-of-version", "bare-delete", "missing"])
+def test_bad_catalog_commands_say_what_to_do(server: dict[str, Any], args: tuple[str, ...], message: str) -> None:
+    if not server.get("meta"):
+        server["meta"] = _publish(server, "ann/meta")
+    result = vera(server, *args)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
+    ref = _publish(server, "ann/gone")
+    assert f"{ref} yanked" in ok(vera(server, "yank", ref))
+    assert ok(vera(server, "ls", "--owner", "ann", "--json")).count(f'"{ref}"') == 0  # hidden from listings
+    assert f"{ref} no longer yanked" in ok(vera(server, "yank", ref, "--undo"))
+    refused = vera(server, "delete", ref, stdin="n\n")
+    assert refused.returncode == 1 and "was not deleted; pass --yes" in refused.stderr
+    unanswered = vera(server, "delete", ref)  # stdin closed: no answer is no
+    assert unanswered.returncode == 1 and "was not deleted" in unanswered.stderr
+    assert ok(vera(server, "show", ref, "--json"))  # still there
+    assert f"deleted {ref}" in ok(vera(server, "delete", ref, stdin="y\n"))
+    assert vera(server, "show", ref).returncode == 1
+    again = _publish(server, "ann/gone")
+    assert f"deleted {again}" in ok(vera(server, "delete", again, "--yes"))
+
+
+def test_lineage_prints_a_tree_and_json(server: dict[str, Any]) -> None:
+    root = _publish(server, "ann/tree-root")
+    child = _publish(server, "ann/tree-child", "--parent", root)
+    grandchild = _publish(server, "ann/tree-grandchild", "--parent", child)
+    text = ok(vera(server, "lineage", child))
+    assert text.index(root) < text.index(child) < text.index(grandchild) and "<- this version" in text
+    graph = json.loads(ok(vera(server, "lineage", child, "--json")))
+    assert {(e["parent"], e["child"]) for e in graph["edges"]} == {(root, child), (child, grandchild)}
+
+
+def test_every_listing_prints_json(server: dict[str, Any]) -> None:
+    ref = _publish(server, "ann/listed")
+    page = json.loads(ok(vera(server, "ls", "--owner", "ann", "--json")))
+    assert ref in [v["ref"] for v in page["items"]] and "next_cursor" in page
+    assert "tiny-llama" in [b["name"] for b in json.loads(ok(vera(server, "base", "ls", "--json")))]
+    assert json.loads(ok(vera(server, "job", "ls", "--json"))) == []
+    assert json.loads(ok(vera(server, "hub", "status", ref, "--json"))) == []
+
+
+def test_ls_stays_readable_in_80_columns(server: dict[str, Any]) -> None:
+    long_ref = _publish(server, "a-rather-long-owner-name/an-adapter-with-a-long-name", "--tag", "some-tag")
+    wide = ok(vera(server, "ls", "--owner", "a-rather-long-owner-name", columns=200))
+    assert long_ref in wide and "seed" in wide and "not shown" not in wide
+    narrow = ok(vera(server, "ls", "--owner", "a-rather-long-owner-name", columns=80))
+    assert long_ref in narrow and "…" not in narrow  # the whole reference, nothing cut short
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
+    assert " r " in narrow and "not shown (narrow terminal): " in narrow and "--json has everything" in narrow
