@@ -32,6 +32,8 @@ ROUTES = {
     "jobs": ("read", False), "job": ("read", False), "job-events": ("read", False), "job-submit": ("publish", True),
     "job-cancel": ("publish", True), "hub-status": ("read", False), "hub-push": ("publish", True),
     "hub-pull": ("publish", True), "base-register": ("publish", False),
+    "adapter-get": ("read", False), "adapter-edit": ("publish", True), "version-edit": ("publish", True),
+    "lineage": ("read", False),
 }
 
 
@@ -86,6 +88,10 @@ def request_for(route: str, base: str, version: int, source: Path, job: int) -> 
                                                                   "base_model": "tiny-llama"}}),
         "base-register": ("POST", f"{base}/api/v1/base-models", {"json": {
             "name": "tiny-llama-declared", "config": LLAMA.make().config.to_dict()}}),
+        "adapter-get": ("GET", f"{base}/api/v1/adapters/alice/m", {}),
+        "adapter-edit": ("PATCH", f"{base}/api/v1/adapters/alice/m", {"json": {"card": "# m\n"}}),
+        "version-edit": ("PATCH", v, {"json": {"tags": {"add": ["edited"]}}}),
+        "lineage": ("GET", f"{v}/lineage", {}),
     }[route]
 
 
