@@ -79,11 +79,15 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
 
 def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
     """Where a version came from, as VersionInfo.lineage gives it (only what was recorded): ``parent`` (the ref of
-    the version it was fine-tuned from; ``parent_deleted`` instead, with the ref it had, once that one is deleted),
+    the version it was fine-tuned from; ``parent_deleted`` instead, with the ref it had, once that one is deleted;
+    ``parent_private`` instead when it is a version of another adapter that is private, since whoever reads this
+    version may not read that one: the lineage graph, which knows the caller, names it to those who may),
     ``job_id``, ``dataset_sha256`` and ``dataset_bytes`` (its job's upload), ``code_revision``, ``hub_repo`` and
     ``hub_commit`` (pulled from the Hub)."""
     parent = s.get(m.AdapterVersion, v.parent_version_id) if v.parent_version_id is not None else None
-    recorded = (("parent", version_ref(parent) if parent is not None else None),
+    hidden = parent is not None and parent.adapter_id != v.adapter_id and parent.adapter.visibility != "public"
+    recorded = (("parent", version_ref(parent) if parent is not None and not hidden else None),
+                ("parent_private", True if hidden else None),
                 ("parent_deleted", v.parent_ref if parent is None else None), ("job_id", v.source_job_id),
                 ("dataset_sha256", v.dataset_sha256), ("dataset_bytes", v.dataset_bytes),
                 ("code_revision", v.code_revision), ("hub_repo", v.source_hub_repo),

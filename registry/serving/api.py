@@ -77,9 +77,11 @@ def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> 
 
 
 @router.get("/v1/adapters")
-def adapters(server: Server) -> dict[str, Any]:
-    """What is resident: version, base model, family, pinned, requests served, load time."""
-    return {"base_model": server.base_name, "task": server.task, "adapters": server.listing(),
+def adapters(server: Server, authorization: Auth = None) -> dict[str, Any]:
+    """What is resident: version, base model, family, pinned, requests served, load time (private adapters only
+    to callers whose token reads them)."""
+    return {"base_model": server.base_name, "task": server.task, "adapters": server.listing(
+        bearer_token(authorization)),
             "bytes_per_adapter": server.bytes_per_adapter()}
 
 

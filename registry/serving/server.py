@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple, cast
 import torch
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.schemas import Ref, VersionInfo
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.keys import module_path
@@ -50,6 +50,7 @@ class Resident:
     bank: BankKey
     labels: list[str]
     load_s: float
+    private: bool = False  # listed only to callers whose token reads it
     pinned: bool = False
     requests: int = 0
     loaded_at: float = field(default_factory=time.time)
@@ -147,7 +148,7 @@ class ModelServer:
             except VeraError as exc:
                 raise Conflict(f"{info.ref} does not fit the served base {self.base_name!r}: {exc}") from exc
             resident = Resident(ref=info.ref, base_model=info.base_model, bank=key, labels=labels,
-                                load_s=time.perf_counter() - started)
+                                load_s=time.perf_counter() - started, private=info.visibility != "public")
             self.residents[info.ref] = resident
             self._evict_over_capacity(keep=info.ref)
         return resident
@@ -208,12 +209,21 @@ class ModelServer:
                 raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
             self.residents[ref].pinned = False
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self, token: str | None = None) -> list[dict[str, Any]]:
+        """The residents: public ones, and private ones that ``token`` reads (asked of the registry, cached)."""
         with self.lock:
-            return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
-                     "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
-                     "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
-                    for r in sorted(self.residents.values(), key=lambda r: r.ref)]
+            residents = sorted(self.residents.values(), key=lambda r: r.ref)
+        return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
+                 "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
+                 "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
+                for r in residents if not r.private or self._readable(r.ref, token)]
+
+    def _readable(self, ref: str, token: str | None) -> bool:
+        try:
+            self.resolve(ref, token)
+        except (NotFound, Unauthorized, Forbidden):
+            return False
+        return True
 
     def bytes_per_adapter(self) -> dict[str, int]:
         with self.lock:

@@ -155,6 +155,23 @@ def test_requests_need_a_token_that_may_read_the_adapter(server: ModelServer,
     assert server.classify("alice/clf1", TEXTS, registry_server["reader"])["adapter"] == "alice/clf1:1"
 
 
+def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
+        server: ModelServer, registry_server: dict[str, Any], tmp_path: Path) -> None:
+    writer, reader = registry_server["writer"], registry_server["reader"]
+    with RegistryClient(registry_server["url"], writer) as client:
+        client.publish(minilm_adapter(tmp_path / "private", seed=7), "alice/private-clf", base_model="minilm",
+                       visibility="private")
+    with pytest.raises(NotFound, match="No adapter alice/private-clf"):
+        server.classify("alice/private-clf", TEXTS, reader)  # bob reads the registry, not alice's private adapters
+    assert server.classify("alice/private-clf", TEXTS, writer)["adapter"] == "alice/private-clf:1"
+    with pytest.raises(NotFound, match="No adapter alice/private-clf"):
+        server.classify("alice/private-clf", TEXTS, reader)  # resident now, and still not for bob
+    server.classify("alice/clf1", TEXTS, reader)
+    assert {a["ref"] for a in server.listing(writer)} == {"alice/private-clf:1", "alice/clf1:1"}
+    assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1"}
+    assert {a["ref"] for a in server.listing(None)} == {"alice/clf1:1"}
+
+
 def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
     port = free_port()
     args = ["serve-model", "--base", "minilm", "--port", str(port), "--registry", registry_server["url"]]
