@@ -4,7 +4,11 @@ and one router per resource (registry/api/routes/). Routes only translate HTTP t
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ApiOptions
 from registry.api.gate import RequestGate
@@ -13,17 +17,24 @@ from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
 from registry.logs import AccessLog
+from registry.services.events import Events
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
+from registry.services.outbox import Dispatcher
 from registry.services.registry import Registry
+from registry.services.webhooks import Webhooks
 
 
 def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs | None = None,
-               hub: HubSync | None = None) -> FastAPI:
+               hub: HubSync | None = None, webhooks: Webhooks | None = None,
+               dispatcher: Dispatcher | None = None) -> FastAPI:
+    """The API over ``registry``; with ``dispatcher``, webhooks are sent from a thread while the app serves."""
     app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.",
-                  responses=PROBLEM_RESPONSES)
+                  responses=PROBLEM_RESPONSES, lifespan=_lifespan)
     app.state.registry, app.state.options = registry, options or ApiOptions()
     app.state.jobs, app.state.hub = jobs or Jobs(registry), hub or HubSync(registry)
+    app.state.events, app.state.webhooks = Events(registry.db), webhooks or Webhooks(registry.db)
+    app.state.dispatcher = dispatcher
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
     # the gate is added first, so that it sits inside the metrics middleware: Starlette's BaseHTTPMiddleware would
     # turn the gate's refusal of a streaming body into an ExceptionGroup, answered as a generic 400
@@ -34,3 +45,19 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app serves, download counts are flushed in the background (when it stops, once more), and the
+    webhook dispatcher, if any, sends deliveries."""
+    downloads, dispatcher = app.state.registry.downloads, app.state.dispatcher
+    downloads.start()
+    if dispatcher is not None:
+        dispatcher.start()
+    try:
+        yield
+    finally:
+        if dispatcher is not None:
+            await run_in_threadpool(dispatcher.stop)
+        await run_in_threadpool(downloads.close)
