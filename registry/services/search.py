@@ -84,10 +84,10 @@ class Search:
                 aliases.setdefault(version_id, []).append(alias)
             downloads = download_counts(s, [v.id for v in rows[:limit]])
             items = [version_info(s, v, aliases.get(v.id, []), downloads.get(v.id, 0)) for v in rows[:limit]]
-            last = rows[limit - 1] if len(rows) > limit else None
-            if last is not None:
+            last, next_cursor = (rows[limit - 1] if len(rows) > limit else None), None
+            if last is not None:  # the sorted value of the page's last row, and its id
                 last_value = metric.value_of(s, last.id) if metric is not None else getattr(last, column.key)
-            next_cursor = _encode_cursor(sort, last_value, last.id) if last is not None else None
+                next_cursor = _encode_cursor(sort, last_value, last.id)
         return Page(items=items, next_cursor=next_cursor, total=total)
 
 
