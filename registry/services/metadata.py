@@ -73,9 +73,9 @@ def _adapter_row(s: Session, ref: Ref) -> m.Adapter:
 def _adapter_info(s: Session, row: m.Adapter) -> AdapterInfo:
     count = s.scalar(select(func.count()).select_from(m.AdapterVersion)
                      .where(m.AdapterVersion.adapter_id == row.id)) or 0
-    aliases = dict(s.execute(select(m.Alias.name, m.AdapterVersion.version)
-                             .join(m.AdapterVersion, m.AdapterVersion.id == m.Alias.version_id)
-                             .where(m.Alias.adapter_id == row.id).order_by(m.Alias.name)).tuples().all())
+    aliases = {alias: version for alias, version in s.execute(
+        select(m.Alias.name, m.AdapterVersion.version).join(m.AdapterVersion, m.AdapterVersion.id == m.Alias.version_id)
+        .where(m.Alias.adapter_id == row.id).order_by(m.Alias.name))}
     return AdapterInfo(owner=row.owner, name=row.name, description=row.description, card=row.card,
                        created_at=row.created_at, versions=count, latest_version=aliases.get(LATEST),
                        aliases=aliases, visibility=row.visibility)
