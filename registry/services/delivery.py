@@ -77,7 +77,7 @@ def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to; InvalidInput when it resolves to none."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # no such name, a bad label, a port out of range
         raise InvalidInput(f"The webhook host {host!r} does not resolve ({exc}); check the URL.") from exc
     return sorted({str(info[4][0]) for info in infos})
 

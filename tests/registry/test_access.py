@@ -34,7 +34,13 @@ ROUTES = {
     "hub-pull": ("publish", True), "base-register": ("publish", False),
     "adapter-get": ("read", False), "adapter-edit": ("publish", True), "version-edit": ("publish", True),
     "lineage": ("read", False),
+    "events": ("read", False), "webhooks": ("publish", True), "webhook-create": ("publish", True),
+    "webhook-get": ("publish", True), "webhook-update": ("publish", True), "webhook-delete": ("publish", True),
+    "webhook-test": ("publish", True), "webhook-deliveries": ("publish", True),
 }
+#: Where the matrix's webhooks point: a closed loopback port (allowed by VERA_WEBHOOK_ALLOW_PRIVATE), so that a test
+#: delivery fails at once.
+HOOK_URL = "http://127.0.0.1:9/hook"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     url = f"sqlite:///{root / 'r.db'}"
     source = make_adapter(root / "adapter")
     with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
-                                              VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TOKEN="hf_server") as base:
+                                              VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TOKEN="hf_server",
+                                              VERA_WEBHOOK_ALLOW_PRIVATE="true") as base:
         hub.tokens["hf_server"] = "alice"
         hub.seed_repo("alice/source", {p.name: p.read_bytes() for p in source.iterdir()})
         db = Database(url)
@@ -58,8 +65,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         yield {"url": base, "tokens": tokens, "source": source, "plain_publisher": plain_publisher}
 
 
-def request_for(route: str, base: str, version: int, source: Path, job: int) -> tuple[str, str, dict[str, Any]]:
+def request_for(route: str, base: str, version: int, source: Path, job: int,
+                webhook: int = 0) -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
+    hook = f"{base}/api/v1/webhooks/{webhook}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
              "adapter_model": ("adapter_model.safetensors", (source / "adapter_model.safetensors").read_bytes())}
     return {
@@ -92,6 +101,14 @@ def request_for(route: str, base: str, version: int, source: Path, job: int) -> 
         "adapter-edit": ("PATCH", f"{base}/api/v1/adapters/alice/m", {"json": {"card": "# m\n"}}),
         "version-edit": ("PATCH", v, {"json": {"tags": {"add": ["edited"]}}}),
         "lineage": ("GET", f"{v}/lineage", {}),
+        "events": ("GET", f"{base}/api/v1/events", {}),
+        "webhooks": ("GET", f"{base}/api/v1/webhooks", {"params": {"owner": "alice"}}),
+        "webhook-create": ("POST", f"{base}/api/v1/webhooks", {"json": {"owner": "alice", "url": HOOK_URL}}),
+        "webhook-get": ("GET", hook, {}),
+        "webhook-update": ("PATCH", hook, {"json": {"active": False}}),
+        "webhook-delete": ("DELETE", hook, {}),
+        "webhook-test": ("POST", f"{hook}/test", {}),
+        "webhook-deliveries": ("GET", f"{hook}/deliveries", {}),
     }[route]
 
 
@@ -103,9 +120,14 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         version = admin.publish(server["source"], "alice/m", base_model="tiny-llama").version
         admin.set_alias(f"alice/m:{version}", "staging")
         job = admin.submit_job("alice/m", {"demo": True}).id  # no worker here: it stays queued
-    method, url, kwargs = request_for(route, server["url"], version, server["source"], job)
+        webhook = admin.create_webhook("alice", HOOK_URL, events=["job-end"]).id if "webhook" in route else 0
+    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
+    if webhook:  # an owner may have only so many webhooks
+        with RegistryClient(server["url"], tokens["admin"]) as admin:
+            for hook in admin.webhooks("alice"):
+                admin.delete_webhook(hook.id)
     scope, owner_sensitive = ROUTES[route]
     allowed = role in ("admin", "publisher") or (
         role != "none" and (scope == "read" or (role == "other-publisher" and not owner_sensitive)))

@@ -49,12 +49,17 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     root = tmp_path_factory.mktemp("webhooks")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_WEBHOOK_ALLOW_PRIVATE="true", **FAST) as base:
-        db = Database(url)
-        tokens = {who: create_token(db, owner=owner, scopes=scopes)[1] for who, owner, scopes in (
-            ("alice", "alice", ["read", "publish"]), ("mallory", "mallory", ["read", "publish"]),
-            ("reader", "alice", ["read"]), ("admin", "root", ["admin"]))}
-        db.engine.dispose()
-        yield {"url": base, "tokens": tokens, "source": make_adapter(root / "adapter")}
+        yield {"url": base, "tokens": make_tokens(url), "source": make_adapter(root / "adapter")}
+
+
+def make_tokens(database_url: str) -> dict[str, str]:
+    """Tokens of alice (publisher), mallory (publisher of another owner), a reader of alice's and an admin."""
+    db = Database(database_url)
+    tokens = {who: create_token(db, owner=owner, scopes=scopes)[1] for who, owner, scopes in (
+        ("alice", "alice", ["read", "publish"]), ("mallory", "mallory", ["read", "publish"]),
+        ("reader", "alice", ["read"]), ("admin", "root", ["admin"]))}
+    db.engine.dispose()
+    return tokens
 
 
 def client(server: dict[str, Any], who: str = "alice") -> RegistryClient:

@@ -1,0 +1,191 @@
+"""The audit log through GET /api/v1/events, the client and `vera events`, against a real `vera serve`: keyset paging,
+filters, refusals, what each caller may see (never a private adapter it may not read), and the job-end events that
+every way a job can end records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from registry.client import RegistryClient
+from registry.domain.events import EventInfo
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.store import models as m
+from tests.registry.adapters import make_adapter
+from tests.registry.receiver import Receiver, running_receiver
+from tests.registry.servers import VERA, running_server
+from tests.registry.test_webhooks import make_tokens
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[dict[str, Any]]:
+    """alice publishes alice/pub (public) and alice/priv (private); mallory publishes mallory/x."""
+    root = tmp_path_factory.mktemp("events")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                        VERA_WEBHOOK_ALLOW_PRIVATE="true", VERA_WEBHOOK_POLL_S="0.1") as base:
+        tokens = make_tokens(url)
+        source = make_adapter(root / "adapter")
+        with RegistryClient(base, tokens["alice"], cache=False) as alice, \
+                RegistryClient(base, tokens["mallory"], cache=False) as mallory:
+            alice.publish(source, "alice/pub", base_model="tiny-llama")
+            alice.set_alias("alice/pub:1", "prod")
+            alice.publish(source, "alice/priv", base_model="tiny-llama", visibility="private")
+            alice.set_alias("alice/priv:1", "prod")
+            mallory.publish(source, "mallory/x", base_model="tiny-llama")
+            alice.publish(source, "alice/pub", base_model="tiny-llama")
+        yield {"url": base, "tokens": tokens, "source": source}
+
+
+def all_events(server: dict[str, Any], who: str | None, **filters: Any) -> list[EventInfo]:
+    """Every event ``who`` sees, paged through from the start two at a time."""
+    events, after = [], 0
+    with RegistryClient(server["url"], server["tokens"][who] if who else "", cache=False) as c:
+        while (page := c.events(after=after, limit=2, **filters)).events:
+            events += page.events
+            after = page.next_after
+    return events
+
+
+def test_paging_after_an_id_reads_every_event_once_in_order(server: dict[str, Any]) -> None:
+    events = all_events(server, "alice")
+    assert [e.id for e in events] == sorted({e.id for e in events})
+    assert [(e.action, e.target) for e in events if e.owner in ("alice", "mallory")][:6] == [
+        ("publish", "alice/pub:1"), ("alias", "alice/pub@prod"), ("publish", "alice/priv:1"),
+        ("alias", "alice/priv@prod"), ("publish", "mallory/x:1"), ("publish", "alice/pub:2")]
+    first = next(e for e in events if e.target == "alice/pub:1")
+    assert first.actor == "alice" and first.adapter == "alice/pub" and "vectors" in first.detail
+
+
+def test_without_a_cursor_the_newest_page_comes_oldest_first(server: dict[str, Any]) -> None:
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
+        page = alice.events(limit=2)
+        everything = all_events(server, "alice")
+        assert page.events == everything[-2:] and page.next_after >= everything[-1].id
+        assert alice.events(after=page.next_after).events == []  # nothing newer yet: follow from here
+
+
+def test_filters_by_owner_adapter_action_and_time(server: dict[str, Any]) -> None:
+    assert {e.owner for e in all_events(server, "admin", owner="alice")} == {"alice"}
+    assert {e.target for e in all_events(server, "alice", adapter="alice/pub")} == {
+        "alice/pub:1", "alice/pub@prod", "alice/pub:2"}
+    assert {e.action for e in all_events(server, "alice", action="alias")} == {"alias"}
+    assert all_events(server, "alice", since=(datetime.now(UTC) + timedelta(hours=1)).isoformat()) == []
+    earlier = (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None).isoformat()  # no zone: UTC
+    assert len(all_events(server, "alice", since=earlier)) == len(all_events(server, "alice"))
+
+
+@pytest.mark.parametrize("who", ["mallory", None], ids=["another-owner", "anonymous"])
+def test_a_private_adapters_events_are_hidden_from_those_who_may_not_read_it(server: dict[str, Any],
+                                                                             who: str | None) -> None:
+    seen = all_events(server, who)
+    assert "alice/priv" not in {e.adapter for e in seen}
+    assert {"alice/pub", "mallory/x"} <= {e.adapter for e in seen}
+    assert all_events(server, who, adapter="alice/priv") == []  # asked by name: nothing, as if it did not exist
+    raw = httpx.get(f"{server['url']}/api/v1/events", params={"limit": 500},
+                    headers={"Authorization": f"Bearer {server['tokens'][who]}"} if who else {})
+    assert "alice/priv" not in raw.text
+
+
+@pytest.mark.parametrize("who", ["alice", "reader", "admin"])
+def test_those_who_may_read_a_private_adapter_see_its_events(server: dict[str, Any], who: str) -> None:
+    assert {"alice/priv:1", "alice/priv@prod"} <= {e.target for e in all_events(server, who)}
+
+
+def test_webhook_changes_are_seen_by_those_who_manage_them_only(server: dict[str, Any], receiver: Receiver) -> None:
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/audit"), events=["publish"])
+        alice.delete_webhook(hook.id)
+    target = f"alice/webhooks/{hook.id}"
+    assert [e.action for e in all_events(server, "alice") if e.target == target] == ["webhook-create",
+                                                                                    "webhook-delete"]
+    for who in ("mallory", "reader"):
+        assert target not in {e.target for e in all_events(server, who)}
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"after": -1}, "after"),
+    ({"owner": "Not A Name"}, "owner 'Not A Name' is not a valid name"),
+    ({"adapter": "alice/pub:1"}, "adapter must be owner/name, without a version or alias"),
+    ({"adapter": "alice"}, "alice"), ({"since": "yesterday"}, "since"), ({"action": "x" * 33}, "action"),
+])
+def test_bad_filters_are_refused_saying_what_is_expected(server: dict[str, Any], params: dict[str, Any],
+                                                         message: str) -> None:
+    response = httpx.get(f"{server['url']}/api/v1/events", params=params,
+                         headers={"Authorization": f"Bearer {server['tokens']['alice']}"})
+    assert response.status_code == 422 and message in response.json()["detail"], response.text
+
+
+def test_events_need_a_token_where_the_registry_requires_one(tmp_path: Any) -> None:
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as url:
+        assert httpx.get(f"{url}/api/v1/events").status_code == 401
+
+
+def test_vera_events_prints_a_table_or_json(server: dict[str, Any]) -> None:
+    env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": server["url"], "VERA_TOKEN": server["tokens"]["alice"]}
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    page = json.loads(vera("events", "--owner", "alice", "--action", "publish", "--json").stdout)
+    assert [e["target"] for e in page["events"]] == ["alice/pub:1", "alice/priv:1", "alice/pub:2"]
+    assert page["next_after"] >= page["events"][-1]["id"]
+    table = vera("events", "--adapter", "alice/pub")
+    assert table.returncode == 0 and "alice/pub@prod" in table.stdout and "alice/priv" not in table.stdout
+    refused = vera("events", "--adapter", "alice/pub:2")
+    assert refused.returncode == 1 and "without a version or alias" in refused.stderr
+
+
+def test_a_job_cancelled_in_the_queue_ends_with_an_event_and_a_webhook(server: dict[str, Any],
+                                                                        receiver: Receiver) -> None:
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
+        alice.create_webhook("alice", receiver.url("/jobs"), events=["job-end"])
+        job = alice.submit_job("alice/trained", {"demo": True})
+        alice.cancel_job(job.id)
+        got = receiver.wait_for("/jobs", 1)
+        events = all_events(server, "alice", adapter="alice/trained")
+    assert [e.action for e in events] == ["job-submit", "job-cancel", "job-end"]
+    assert events[-1].detail == {"job": job.id, "status": "cancelled"}
+    assert json.loads(got[0].body)["event"]["detail"]["status"] == "cancelled"
+
+
+def test_every_way_a_job_ends_records_a_job_end_event(registry: Registry) -> None:
+    """A worker's finish (succeeded, failed), a queued job cancelled, a lost job out of attempts, and a lost job
+    whose cancellation was asked: each writes one job-end event with its status."""
+    jobs = Jobs(registry, lease=timedelta(seconds=0), max_attempts=1, retry_backoff=timedelta(seconds=0))
+    ids = [jobs.submit({"demo": True}, owner="ann", target=f"ann/j{n}").id for n in range(5)]
+    jobs.cancel(ids[0], actor="ann")  # queued: cancelled at once
+    for outcome, error in (("succeeded", None), ("failed", "boom")):
+        claimed = jobs.claim("w1")
+        assert claimed is not None
+        jobs.finish(claimed.id, "w1", status=outcome, error=error)
+    lost = jobs.claim("w2")  # this worker dies: with one attempt, the next claim fails the job
+    cancelled = jobs.claim("w3")
+    assert lost is not None and cancelled is not None
+    jobs.cancel(cancelled.id, actor="ann")  # asked while running; its worker dies too
+    jobs.claim("w4")
+    with registry.db.session() as s:
+        ended = {e.target: (e.actor, e.detail) for e in s.scalars(select(m.AuditEvent).where(
+            m.AuditEvent.action == "job-end"))}
+    assert ended["ann/j0"] == ("ann", {"job": ids[0], "status": "cancelled"})
+    assert ended["ann/j1"] == ("w1", {"job": ids[1], "status": "succeeded"})
+    assert ended["ann/j2"] == ("w1", {"job": ids[2], "status": "failed", "error": "boom"})
+    assert ended[f"ann/j{ids.index(lost.id)}"][1]["status"] == "failed"
+    assert "stopped sending heartbeats" in ended[f"ann/j{ids.index(lost.id)}"][1]["error"]
+    assert ended[f"ann/j{ids.index(cancelled.id)}"] == ("registry", {"job": cancelled.id, "status": "cancelled"})
+    assert len(ended) == 5
