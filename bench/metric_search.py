@@ -14,9 +14,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -24,10 +21,12 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_load import PG_ADMIN, backend  # noqa: E402
+
 from registry.store.database import Database  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 EXAMPLE = "metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
 #: (label, query parameters); a "+cursor" label asks for the page after the first.
 QUERIES: list[tuple[str, dict[str, str | int]]] = [
@@ -77,17 +76,6 @@ ANALYZE;
 """
 
 
-@contextmanager
-def database() -> Iterator[str]:
-    name = f"vera_bench_metrics_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def load(url: str, versions: int) -> float:
     db = Database(url)
     db.upgrade()
@@ -125,7 +113,7 @@ def main() -> None:
         settings = dict(conn.execute("SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN "
                                      "('shared_buffers', 'work_mem', 'effective_cache_size')").fetchall())
     server_version = f"{row[0] if row else '?'} ({', '.join(f'{k}={v}' for k, v in sorted(settings.items()))})"
-    with database() as url, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, backend("postgresql", Path(tmp)) as url:
         seconds = load(url, args.versions)
         print(f"## {date.today()} — metric search at {args.versions:,} versions (bench/metric_search.py)\n")
         print(f"PostgreSQL {server_version} on 127.0.0.1, one `vera serve` process (uvicorn, "
