@@ -202,11 +202,21 @@ def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, produ
         shot(page, "17-demo-job-queued")
 
 
+def use_product_registry(page: Page, product: dict[str, str]) -> None:
+    """Point the sidebar back at the product's registry (an earlier test may have pointed it elsewhere)."""
+    page.goto(product["ui"])
+    url = page.get_by_role("textbox", name="URL", exact=True)
+    url.fill(product["api"])
+    url.press("Enter")
+
+
 def test_browse_fits_and_sends_ticked_rows_to_compare_in_a_browser(page: Page, product: dict[str, str]) -> None:
     """Issue 20: at 1,400 px every Browse column is on screen; ticked rows go to Compare, whose picker searches the
     registry as one types."""
-    page.goto(product["ui"])
-    expect(page.get_by_text("versions match")).to_be_visible()
+    use_product_registry(page, product)
+    page.get_by_role("textbox", name="Search", exact=True).fill("tiny")  # the two tiny-llama versions
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("2 versions match")).to_be_visible()
     scroller = page.get_by_test_id("stDataFrame").first.locator(".dvn-scroller")
     widths = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
     assert widths[0] <= widths[1], f"the table is {widths[0]} px wide in {widths[1]} px: columns cut off"
@@ -223,6 +233,7 @@ def test_browse_fits_and_sends_ticked_rows_to_compare_in_a_browser(page: Page, p
 
 
 def test_publish_as_checked_and_cancel_confirmed_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    use_product_registry(page, product)
     page.goto(f"{product['ui']}/train")
     target = page.get_by_label("Publish as")
     target.fill("Alice/long:2")
