@@ -26,7 +26,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("not_before")
-        batch_op.drop_column("time_limit_s")
-        batch_op.drop_column("priority")
+    # in place (SQLite >= 3.35 drops a plain column): a batch rebuild of jobs would drop the old table, and with
+    # foreign keys on, that cascades to every job event
+    op.drop_column("jobs", "not_before")
+    op.drop_column("jobs", "time_limit_s")
+    op.drop_column("jobs", "priority")

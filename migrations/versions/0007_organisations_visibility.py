@@ -48,10 +48,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
-        batch_op.drop_column("limited_to")
-    with op.batch_alter_table("adapters", schema=None) as batch_op:
-        batch_op.drop_column("visibility")
+    # in place (SQLite >= 3.35 drops a plain column): a batch rebuild of adapters would drop the old table, and
+    # with foreign keys on, that cascades to every version, tag and alias
+    op.drop_column("access_tokens", "limited_to")
+    op.drop_column("adapters", "visibility")
     op.drop_index("ix_memberships_member", table_name="memberships")
     op.drop_table("memberships")
     op.drop_table("organizations")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.cli import access, admin, catalog, events, hub, jobs, local, remote, run
+from registry.cli import access, admin, catalog, cluster, events, hub, jobs, local, remote, run
 from registry.cli.common import console, reports_errors
 
 app = typer.Typer(help="VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from "
@@ -59,7 +59,7 @@ COMMANDS: dict[typer.Typer, dict[str, Callable[..., Any]]] = {
         "inspect": local.inspect, "export-peft": local.export_peft, "export-lora": local.export_lora,
         "params": local.params, "train": local.train,
         "fsck": admin.fsck, "gc": admin.gc, "serve": admin.serve,
-        "serve-model": run.serve_model, "ui": run.ui, "up": run.up,
+        "serve-model": run.serve_model, "ui": run.ui, "up": run.up, "cluster": cluster.cluster,
         "publish": remote.publish, "fetch": remote.fetch, "verify": remote.verify, "ls": remote.list_versions,
         "compare": remote.compare, "alias": remote.alias,
         "show": catalog.show, "tag": catalog.tag, "describe": catalog.describe, "card": catalog.card,

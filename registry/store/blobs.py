@@ -59,7 +59,8 @@ class FsspecBlobStore:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self.fs, root = fsspec.core.url_to_fs(url)
+            # no listing cache: another replica's writes and deletes must show in the next listing (gc, fsck)
+            self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
         except ImportError as exc:  # e.g. s3:// without s3fs
             raise InvalidInput(f"VERA_STORAGE_URL={url!r} needs a package that is not installed ({exc}); for S3: "
                                "pip install 'vera-registry[s3]'.") from exc
@@ -135,5 +136,9 @@ class FsspecBlobStore:
             self.fs.rm(f"{self.root}/tmp/{name}")
 
     def check(self) -> None:
-        """Raise if the storage cannot be reached (readiness)."""
-        self.fs.ls(f"{self.root}/sha256")
+        """Raise if the storage cannot be reached (readiness). An object store has no folders: an empty bucket has
+        no ``sha256/`` prefix yet, so there the bucket itself is what must answer."""
+        if self._local:
+            self.fs.ls(f"{self.root}/sha256")
+        else:
+            self.fs.ls(self.root.split("/", 1)[0], detail=False)

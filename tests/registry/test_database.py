@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -146,3 +147,34 @@ def test_migration_0007_keeps_every_adapter_and_token_of_a_0006_database(databas
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT name FROM adapters")).scalars().all() == ["old"]
     db.engine.dispose()
+
+
+def test_downgrading_to_0006_keeps_every_version_tag_alias_and_job_event(registry: Any, tmp_path: Path) -> None:
+    """The downgrades of 0007-0010 drop their columns in place: a batch rebuild of adapters or jobs would drop the
+    old table, and with SQLite's foreign keys on, that cascades to every version, tag, alias and job event."""
+    from sqlalchemy import text
+
+    from registry.services.jobs import Jobs
+    from tests.registry.adapters import make_adapter
+
+    registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="kept", base_model="tiny-llama", tags=["t"])
+    registry.set_alias("ann/kept:1", "prod", actor="ann")
+    job = Jobs(registry).submit({"demo": True}, owner="ann", target="ann/next")
+    with registry.db.session() as s:
+        from registry.store import models as m
+
+        s.add(m.JobEvent(job_id=job.id, kind="log", data={"line": "kept"}))
+    tables = ("adapter_versions", "version_tags", "aliases", "job_events", "jobs", "adapters")
+
+    def counts() -> dict[str, int]:
+        with registry.db.engine.connect() as conn:
+            return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in tables}
+
+    before = counts()
+    assert all(before.values()), before
+    registry.db.downgrade("0006")
+    assert counts() == before
+    registry.db.downgrade("0005")
+    assert counts() == before
+    registry.db.upgrade()
+    assert counts() == before and registry.get("ann/kept@prod").version == 1

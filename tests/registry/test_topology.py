@@ -1,0 +1,171 @@
+"""The deployment's topology as local processes (`vera cluster`): two API replicas, two job workers and the dashboard
+on PostgreSQL and an S3-compatible object store (moto's server, which speaks S3's HTTP API to the real s3fs and
+botocore clients: the stand-in for S3 or MinIO, which cannot be reached offline)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from registry.client import RegistryClient
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import free_port, wait_for
+
+MOTO = Path(sys.executable).parent / "moto_server"
+BUCKET = "vera-topology"
+
+
+@pytest.fixture
+def s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server and a bucket; the AWS_* variables that point botocore and s3fs at it."""
+    boto3 = pytest.importorskip("boto3")
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([str(MOTO), "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/moto-api/", process, log, seconds=60)
+            client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                                  aws_secret_access_key="testing", region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            yield env
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def objects(env: dict[str, str]) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+def start_cluster(args: list[str], env: dict[str, str], log: IO[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(Path(sys.executable).parent / "vera"), "cluster", *args], env={**os.environ, **env},
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_ready(process: subprocess.Popen[str], log: IO[str], seconds: float = 240) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        log.seek(0)
+        text = log.read()
+        if "ready:" in text and all(f"api-{i}" in text.split("ready:")[1] for i in range(1)):
+            return text
+        assert process.poll() is None, f"vera cluster exited with {process.returncode}:\n{text}"
+        time.sleep(0.5)
+    raise AssertionError("vera cluster did not become ready")
+
+
+def pids(text: str) -> dict[str, int]:
+    return {role: int(pid) for role, pid in re.findall(r"^\s+(\S+)\s+pid (\d+)", text, flags=re.M)}
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: str, s3: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    port, ui_port = free_port(), free_port()
+    while port + 1 == ui_port:
+        ui_port = free_port()
+    env = {**s3, "VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": f"s3://{BUCKET}/blobs",
+           "VERA_DATA_DIR": str(tmp_path / "data")}
+    with tempfile.TemporaryFile("w+") as log:
+        cluster = start_cluster(["--replicas", "2", "--workers", "2", "--port", str(port), "--ui-port",
+                                 str(ui_port)], env, log)
+        try:
+            text = wait_ready(cluster, log)
+            roles = pids(text)
+            assert set(roles) == {"api-0", "api-1", "worker-0", "worker-1", "dashboard"}, text
+            first, second = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+            for url in (first, second):
+                ready = httpx.get(f"{url}/ready", timeout=30)
+                assert ready.status_code == 200, ready.text  # each replica reaches PostgreSQL and the bucket
+            source = make_adapter(tmp_path / "adapter")
+            with RegistryClient(first, "", cache=False) as one, RegistryClient(second, "", cache=False) as two:
+                published = one.publish(source, "ops/shared", base_model="tiny-llama")
+                assert f"blobs/sha256/{published.vectors_sha256[:2]}/{published.vectors_sha256[2:4]}/" \
+                       f"{published.vectors_sha256}" in objects(s3)  # the bytes went to the object store
+                fetched = two.fetch("ops/shared:1", tmp_path / "fetched")  # written by one replica, read by the other
+                assert (fetched / "adapter_model.safetensors").stat().st_size > 0
+                job = two.submit_job("ops/trained", {"demo": True, "training": {"epochs": 1}})
+                deadline = time.monotonic() + 600
+                while (state := one.job(job.id)).status not in ("succeeded", "failed", "cancelled"):
+                    assert time.monotonic() < deadline, f"job still {state.status}"
+                    time.sleep(2)
+                assert state.status == "succeeded", state.error
+                assert one.get("ops/trained").ref == "ops/trained:1"  # a worker published it
+            assert httpx.get(f"http://127.0.0.1:{ui_port}", timeout=30).status_code == 200
+            os.kill(roles["api-1"], signal.SIGKILL)  # a replica dies: the supervisor stops the rest
+            assert cluster.wait(timeout=120) == 1
+            log.seek(0)
+            assert "api-1 exited" in log.read()
+            assert all(gone(pid) for pid in roles.values())
+        finally:
+            if cluster.poll() is None:
+                os.killpg(cluster.pid, signal.SIGKILL)
+
+
+def test_sigterm_stops_the_whole_topology(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}", "VERA_STORAGE_URL": str(tmp_path / "blobs"),
+           "VERA_DATA_DIR": str(tmp_path / "data")}
+    with tempfile.TemporaryFile("w+") as log:
+        cluster = start_cluster(["--replicas", "2", "--workers", "1", "--port", str(port), "--no-ui"], env, log)
+        try:
+            roles = pids(wait_ready(cluster, log))
+            assert set(roles) == {"api-0", "api-1", "worker-0"}
+            cluster.send_signal(signal.SIGTERM)
+            assert cluster.wait(timeout=120) == 0
+            assert all(gone(pid) for pid in roles.values())
+        finally:
+            if cluster.poll() is None:
+                os.killpg(cluster.pid, signal.SIGKILL)
+
+
+def test_a_process_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
+    """A replica whose port is taken exits at once: the cluster says which, stops the rest and exits 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}", "VERA_STORAGE_URL": str(tmp_path / "blobs")}
+        with tempfile.TemporaryFile("w+") as log:
+            cluster = start_cluster(["--replicas", "1", "--workers", "1", "--port", str(port), "--no-ui"], env, log)
+            try:
+                assert cluster.wait(timeout=120) == 1
+                log.seek(0)
+                assert "api-0 exited with code" in log.read()
+            finally:
+                if cluster.poll() is None:
+                    os.killpg(cluster.pid, signal.SIGKILL)
+
+
+def test_cluster_refuses_bad_counts() -> None:
+    from tests.registry.test_cli import vera
+
+    result: Any = vera("cluster", "--replicas", "0")
+    assert result.returncode == 2 and "replicas" in result.stderr
