@@ -1,8 +1,10 @@
-"""The access-control matrix: every route x {no token, read, publish for another owner, publish, admin}."""
+"""The access-control matrix: every route x {no token, an expired token, read, publish for another owner, an admin of
+another organisation, publish, admin}."""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +24,11 @@ from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
 
 ROLES = {"none": None, "expired": ["admin"], "read": ["read"], "other-publisher": ["read", "publish"],
-         "publisher": ["read", "publish", "hub"], "admin": ["admin"]}
+         "org-outsider": ["read", "publish"], "publisher": ["read", "publish", "hub"], "admin": ["admin"]}
+#: whose token each role holds: alice's, but mallory's (another user) and olga's (admin of another organisation)
+USER = {"other-publisher": "mallory", "org-outsider": "olga"}
+#: routes where a caller outside the organisation acme (alice's) finds nothing rather than being refused
+HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete"}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "verify": ("read", False),
@@ -37,6 +43,9 @@ ROUTES = {
     "events": ("read", False), "webhooks": ("publish", True), "webhook-create": ("publish", True),
     "webhook-get": ("publish", True), "webhook-update": ("publish", True), "webhook-delete": ("publish", True),
     "webhook-test": ("publish", True), "webhook-deliveries": ("publish", True),
+    "whoami": ("read", False), "tokens": ("read", False), "token-create": ("read", False),
+    "token-revoke": ("read", False), "orgs": ("read", False), "org-create": ("publish", False),
+    "org-get": ("read", True), "member-put": ("publish", True), "member-delete": ("publish", True),
 }
 #: Where the matrix's webhooks point: a closed loopback port (allowed by VERA_WEBHOOK_ALLOW_PRIVATE), so that a test
 #: delivery fails at once.
@@ -54,19 +63,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         hub.tokens["hf_server"] = "alice"
         hub.seed_repo("alice/source", {p.name: p.read_bytes() for p in source.iterdir()})
         db = Database(url)
-        tokens = {role: create_token(db, owner="mallory" if role == "other-publisher" else "alice",
-                                     scopes=scopes)[1] for role, scopes in ROLES.items() if scopes}
+        tokens = {role: create_token(db, owner=USER.get(role, "alice"), scopes=scopes)[1]
+                  for role, scopes in ROLES.items() if scopes}
         plain_publisher = create_token(db, owner="alice", scopes=["read", "publish"])[1]
         with db.session() as s:  # an admin token whose time ran out
             digest = hashlib.sha256(tokens["expired"].encode()).hexdigest()
             s.execute(update(AccessToken).where(AccessToken.token_hash == digest)
                       .values(expires_at=datetime.now(UTC) - timedelta(minutes=1)))
         db.engine.dispose()
+        with RegistryClient(base, tokens["publisher"]) as alice, RegistryClient(base, tokens["org-outsider"]) as olga:
+            alice.create_organization("acme")  # alice is its admin
+            olga.create_organization("beta")  # olga is an admin, of another organisation
         yield {"url": base, "tokens": tokens, "source": source, "plain_publisher": plain_publisher}
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int,
-                webhook: int = 0) -> tuple[str, str, dict[str, Any]]:
+                webhook: int = 0, token: int = 0) -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
     hook = f"{base}/api/v1/webhooks/{webhook}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
@@ -109,6 +121,15 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
         "webhook-delete": ("DELETE", hook, {}),
         "webhook-test": ("POST", f"{hook}/test", {}),
         "webhook-deliveries": ("GET", f"{hook}/deliveries", {}),
+        "whoami": ("GET", f"{base}/api/v1/whoami", {}),
+        "tokens": ("GET", f"{base}/api/v1/tokens", {}),
+        "token-create": ("POST", f"{base}/api/v1/tokens", {"json": {"scopes": ["read"], "name": "matrix"}}),
+        "token-revoke": ("DELETE", f"{base}/api/v1/tokens/{token}", {}),
+        "orgs": ("GET", f"{base}/api/v1/orgs", {}),
+        "org-create": ("POST", f"{base}/api/v1/orgs", {"json": {"name": f"org-{uuid.uuid4().hex[:12]}"}}),
+        "org-get": ("GET", f"{base}/api/v1/orgs/acme", {}),
+        "member-put": ("PUT", f"{base}/api/v1/orgs/acme/members/zed", {"json": {"role": "read"}}),
+        "member-delete": ("DELETE", f"{base}/api/v1/orgs/acme/members/zed", {}),
     }[route]
 
 
@@ -121,7 +142,11 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         admin.set_alias(f"alice/m:{version}", "staging")
         job = admin.submit_job("alice/m", {"demo": True}).id  # no worker here: it stays queued
         webhook = admin.create_webhook("alice", HOOK_URL, events=["job-end"]).id if "webhook" in route else 0
-    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook)
+        # a token of the caller's own user to revoke, and a member to remove
+        token = admin.create_token(["read"], user=USER.get(role, "alice"))[0].id if route == "token-revoke" else 0
+        if route == "member-delete":
+            admin.set_member("acme", "zed", "read")
+    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     if webhook:  # an owner may have only so many webhooks
@@ -129,12 +154,16 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
             for hook in admin.webhooks("alice"):
                 admin.delete_webhook(hook.id)
     scope, owner_sensitive = ROUTES[route]
-    allowed = role in ("admin", "publisher") or (
-        role != "none" and (scope == "read" or (role == "other-publisher" and not owner_sensitive)))
+    outsider = role in USER
+    allowed = role in ("admin", "publisher") or (role != "none" and (
+        (scope == "read" and not (outsider and route in HIDDEN_FROM_OUTSIDERS))
+        or (outsider and not owner_sensitive)))
     if role in ("none", "expired"):
         assert status == 401, f"{role} {route}: {status}"
     elif allowed:
         assert status in (200, 201, 204), f"{role} {route}: {status}"
+    elif outsider and route in HIDDEN_FROM_OUTSIDERS:
+        assert status == 404, f"{role} {route}: {status}"  # another organisation is not there to be seen
     else:
         assert status == 403, f"{role} {route}: {status}"
 
