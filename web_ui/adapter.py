@@ -1,5 +1,5 @@
-"""Adapter: one version in full: versions and aliases, config, lineage, metrics and loss curve, storage, the
-per-layer d/b heatmap, verification, Hub push/pull and downloads."""
+"""Adapter: one version in full: versions and aliases, config, lineage (web_ui.lineage), metrics and loss curve,
+storage, the per-layer d/b heatmap, verification, Hub push/pull, downloads and editing (web_ui.editing)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import ADAPTER_FILES, Ref, VerificationReport, VersionInfo
-from web_ui import analysis, charts, formats, navigation, session, views
+from web_ui import analysis, charts, editing, formats, lineage, navigation, session, views
 
 
 def page() -> None:
@@ -32,14 +32,16 @@ def page() -> None:
     header(info)
 
     card = model_card(info)
-    names = ["Versions and config", "Metrics", "Layers", "Verify", "Hub", "Download"]
+    names = ["Versions and config", "Lineage", "Metrics", "Layers", "Verify", "Hub", "Download", "Edit"]
     tabs = st.tabs((["Model card"] if card else []) + names)
     if card:
         with tabs[0]:
             st.markdown(card)
-    overview, metrics_tab, layers_tab, verify_tab, hub_tab, files_tab = tabs[-len(names):]
+    overview, lineage_tab, metrics_tab, layers_tab, verify_tab, hub_tab, files_tab, edit_tab = tabs[-len(names):]
     with overview:
         versions(info)
+    with lineage_tab:
+        lineage.section(info)
     with metrics_tab:
         metrics(info)
     with layers_tab:
@@ -50,6 +52,8 @@ def page() -> None:
         hub(info)
     with files_tab:
         downloads(info)
+    with edit_tab:
+        editing.section(info)
 
 
 def model_card(info: VersionInfo) -> str | None:
@@ -65,14 +69,22 @@ def model_card(info: VersionInfo) -> str | None:
     return card if isinstance(card, str) and card.strip() else None
 
 
+VISIBILITY_BADGES = {"private": ":orange-badge[:material/lock: private]",
+                     "public": ":green-badge[:material/public: public]"}
+
+
 def about(info: VersionInfo) -> None:
-    """The description and the tags, under the name (as a Hub model page shows them)."""
+    """The description and the tags, under the name (as a Hub model page shows them), then who may see it and how
+    often its weights were downloaded."""
     if info.description:
         st.markdown(info.description)
     if info.tags:
         st.markdown(" ".join(f":blue-badge[{tag}]" for tag in info.tags))
     else:
         st.caption("No tags.")
+    st.markdown(f"{VISIBILITY_BADGES.get(info.visibility, info.visibility)} "
+                f":gray-badge[:material/download: {formats.count(info.downloads)} downloads]",
+                help="private: only its owner, the owning organisation's members and admins see it")
 
 
 def header(info: VersionInfo) -> None:
@@ -102,13 +114,6 @@ def versions(info: VersionInfo) -> None:
     views.fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
             "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,
             "target modules": info.target_modules or "(the model's defaults)"})
-    st.markdown("**Lineage**")
-    if info.lineage:
-        views.fields(info.lineage)
-        if "job_id" in info.lineage:
-            st.caption(f"Trained by [job {info.lineage['job_id']}](train?job={info.lineage['job_id']}).")
-    else:
-        st.caption("Published directly (no job or Hub source recorded).")
 
 
 def metrics(info: VersionInfo) -> None:

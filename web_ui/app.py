@@ -1,10 +1,39 @@
-"""The dashboard's router: four pages and the connection sidebar. Run with `vera ui` (or as part of `vera up`)."""
+"""The dashboard's router: five pages and the connection sidebar (URL, token, who you are). Run with `vera ui` (or as
+part of `vera up`)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from web_ui import adapter, browse, compare, session, train
+from registry.client import RegistryClient
+from registry.domain.errors import RegistryError
+from registry.domain.schemas import WhoAmI
+from web_ui import activity, adapter, browse, compare, session, train
+
+
+def identity(who: WhoAmI) -> str:
+    """Who the registry takes this session for, in one line of Markdown."""
+    if who.anonymous:
+        return ":material/person_off: anonymous (public adapters only)"
+    if who.user == "local" and who.token_id is None:
+        return ":material/computer: local mode (no tokens: you may do everything)"
+    orgs = ", ".join(f"{org} ({role})" for org, role in who.organizations.items())
+    return (f":material/person: **{who.user}**" + (f" · {orgs}" if orgs else "")
+            + f"  \n:gray[scopes: {', '.join(who.scopes) or 'none'}"
+            + (f"; limited to {', '.join(who.limited_to)}" if who.limited_to is not None else "") + "]")
+
+
+def signed_in_as() -> None:
+    """The sidebar's line saying who you are (nothing when the registry cannot say: the page says why)."""
+    url, _ = session.settings()
+    if session.url_problem(url) is not None:
+        return
+    try:
+        who = session.read(RegistryClient.whoami)
+    except (RegistryError, ValueError):  # unreachable, refused token, not a registry: the page explains
+        return
+    st.markdown(identity(who))
+
 
 
 def sidebar() -> None:
@@ -19,6 +48,7 @@ def sidebar() -> None:
             st.cache_data.clear()
             st.session_state["browse_cursors"] = [None]
             st.rerun()
+        signed_in_as()
         if st.button("Refresh"):
             st.cache_data.clear()
 
@@ -34,6 +64,8 @@ def run() -> None:
                            url_path="compare"),
         "train": st.Page(session.guarded(train.page), title="Train", icon=":material/model_training:",
                          url_path="train"),
+        "activity": st.Page(session.guarded(activity.page), title="Activity", icon=":material/history:",
+                            url_path="activity"),
     }
     st.session_state["pages"] = pages
     navigation = st.navigation(list(pages.values()))

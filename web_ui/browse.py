@@ -1,4 +1,5 @@
-"""Browse: every adapter version, filtered, sorted and paged by the registry."""
+"""Browse: every adapter version, filtered, sorted and paged by the registry (MLflow-style filters and metric sorts
+run on the server, over every page)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.domain.schemas import VersionInfo
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import Page, VersionInfo
 from vera_core.config import KNOWN_GENERATORS
 from web_ui import getting_started, navigation, session
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
                "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
                "stored_bytes": "smallest stored", "-r": "highest rank", "r": "lowest rank",
-               "verification_status": "verification status"}
+               "verification_status": "verification status", "-metrics.test.accuracy": "highest test accuracy",
+               "-metrics.final_eval.accuracy": "highest eval accuracy", "metrics.final_eval.loss": "lowest eval loss"}
+FILTER_HELP = ("MLflow-style clauses joined by `and`, run by the registry over every version: "
+               "`metrics.test.accuracy > 0.9 and r <= 256`, `base_model = 'minilm'`, `tag in ('prod', 'demo')`, "
+               "`created > '2026-11-01'`. Strings in single quotes.")
+METRIC_SORT_HELP = ("A metric's dotted name, e.g. `test.accuracy` (highest first) or `+final_eval.loss` (lowest "
+                    "first). The registry sorts every page by it; versions without that metric are left out.")
 
 
 def key_metrics(info: VersionInfo) -> dict[str, float | None]:
@@ -30,23 +38,46 @@ def key_metrics(info: VersionInfo) -> dict[str, float | None]:
             "eval loss": loss if isinstance(loss, int | float) else None}
 
 
-def table(items: list[VersionInfo]) -> pd.DataFrame:
+def metric_value(info: VersionInfo, dotted: str) -> float | None:
+    """The version's metric ``dotted`` (``test.accuracy``: nested objects joined by dots), None when it has none."""
+    value: Any = info.metrics
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def sorted_metric(sort: str) -> str | None:
+    """The metric a sort orders by (``-metrics.test.accuracy`` -> ``test.accuracy``), None for a column sort."""
+    return sort.lstrip("-").removeprefix("metrics.") if sort.lstrip("-").startswith("metrics.") else None
+
+
+LOCK = "\N{LOCK}"
+
+
+def table(items: list[VersionInfo], metric: str | None = None) -> pd.DataFrame:
     """One row per version, the columns that fit 1,400 px beside the sidebar (seed and generator as one
-    'projection'; eval loss and exact bytes are on the Adapter and Compare pages)."""
+    'projection'; eval loss and exact bytes are on the Adapter and Compare pages). A lock marks a private adapter;
+    sorted by a metric, that metric's column takes the place of accuracy."""
+    def score(v: VersionInfo) -> dict[str, float | None]:
+        return {metric: metric_value(v, metric)} if metric else {"accuracy": key_metrics(v)["accuracy"]}
+
     return pd.DataFrame([{
-        "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r,
-        "projection": f"{v.generator.split('-')[0]} #{v.seed}", "params": v.trainable_parameters,
-        "stored": v.stored_bytes, "accuracy": key_metrics(v)["accuracy"], "verified": v.verification_status,
-        "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags), "created": v.created_at,
+        "version": navigation.version_link(v.ref), LOCK: LOCK if v.visibility == "private" else "",
+        "base model": v.base_model, "r": v.r, "projection": f"{v.generator.split('-')[0]} #{v.seed}",
+        "params": v.trainable_parameters, "stored": v.stored_bytes, **score(v), "downloads": v.downloads,
+        "verified": v.verification_status, "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags),
+        "created": v.created_at,
     } for v in items])
 
 
 COLUMNS = {
     "version": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version",
-                                           pinned=True, width=170),
-    "base model": st.column_config.TextColumn(width=85),
+                                           pinned=True, width=160),
+    LOCK: st.column_config.TextColumn(width=28, help="private: seen only by its owner, the owning organisation's "
+                                                    "members and admins; no lock: public"),
+    "base model": st.column_config.TextColumn(width=80),
     "r": st.column_config.NumberColumn(width=40),
-    "projection": st.column_config.TextColumn(width=95, help="generator #seed: versions with the same projection "
+    "projection": st.column_config.TextColumn(width=90, help="generator #seed: versions with the same projection "
                                                               "share A and B"),
     "params": st.column_config.NumberColumn(
         format="localized", width=70, help="trainable parameters: d and b plus any trained task head; `vera ls` "
@@ -57,9 +88,11 @@ COLUMNS = {
     "stored bytes": st.column_config.NumberColumn(format="bytes"),
     "accuracy": st.column_config.NumberColumn(format="%.3f", width=65, help="test accuracy (else eval accuracy)"),
     "eval loss": st.column_config.NumberColumn(format="%.4f"),
-    "verified": st.column_config.TextColumn(width=75, help="verification status (Verify on the Adapter page)"),
-    "aliases": st.column_config.TextColumn(width=65),
-    "tags": st.column_config.TextColumn(width=75),
+    "downloads": st.column_config.NumberColumn(format="localized", width=75,
+                                               help="downloads of its weights (counted in batches: may lag ~10 s)"),
+    "verified": st.column_config.TextColumn(width=70, help="verification status (Verify on the Adapter page)"),
+    "aliases": st.column_config.TextColumn(width=60),
+    "tags": st.column_config.TextColumn(width=65),
     "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=88, help="published on"),
 }
 
@@ -78,14 +111,40 @@ def filters() -> dict[str, Any]:
         tag = c6.text_input("Tag")
         text = c7.text_input("Search", help="owner, name or description")
         sort = c8.selectbox("Sort", list(SORT_LABELS), format_func=SORT_LABELS.__getitem__)
-        size = st.select_slider("Rows per page", [25, 50, 100, 250, 500], value=50)
+        c9, c10, c11 = st.columns([5, 2, 1])
+        clauses = c9.text_input("Filter", placeholder="metrics.test.accuracy > 0.9 and r <= 256", help=FILTER_HELP)
+        metric = c10.text_input("Sort by metric", placeholder="test.accuracy", help=METRIC_SORT_HELP)
+        size = c11.select_slider("Rows per page", [25, 50, 100, 250, 500], value=50)
         if st.form_submit_button("Apply"):
             st.session_state["browse_cursors"] = [None]
     if seed and not seed.isdigit():
         st.warning(f"Seed {seed!r} is not a number; it is ignored.")
     return {"owner": owner or None, "base_model": None if base == "any" else base, "r": rank or None,
             "seed": int(seed) if seed.isdigit() else None, "generator": None if generator == "any" else generator,
-            "tag": tag or None, "q": text or None, "sort": sort, "limit": size}
+            "tag": tag or None, "q": text or None, "sort": metric_sort(metric) or sort, "limit": size,
+            "filter": clauses.strip() or None}
+
+
+def metric_sort(text: str) -> str | None:
+    """The registry's sort for what was typed in Sort by metric: highest first unless it starts with '+'
+    (``test.accuracy`` -> ``-metrics.test.accuracy``; ``+loss`` -> ``metrics.loss``); None when empty."""
+    text = text.strip()
+    if not text:
+        return None
+    lowest, key = text.startswith("+"), text.lstrip("+-").removeprefix("metrics.")
+    return ("" if lowest else "-") + f"metrics.{key}"
+
+
+def listing(chosen: dict[str, Any], cursor: str | None) -> Page | None:
+    """The page of versions the registry answers for the form's choices; None (and a message saying what the
+    registry found wrong) when it refuses them, e.g. a filter that does not parse."""
+    try:
+        return session.read(RegistryClient.list_versions, cursor=cursor, with_total=True, **chosen)
+    except InvalidInput as exc:
+        what = "filter or metric sort" if chosen["filter"] else "sort"
+        st.error(f"The registry refused this {what}: {exc}\n\nFix it in the form above; the syntax is in the "
+                 "Filter box's help (?).", icon=":material/filter_alt_off:")
+        return None
 
 
 def page() -> None:
@@ -95,16 +154,21 @@ def page() -> None:
         return
     chosen = filters()
     cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
-    result = session.read(RegistryClient.list_versions, cursor=cursors[-1], with_total=True, **chosen)
-    first = (len(cursors) - 1) * chosen["limit"]
-    st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
-               f"{first + len(result.items):,}. Click a name to open it, tick rows to open or compare them; click a "
-               "column to sort this page (e.g. by accuracy).")
-    if not result.items:
-        st.info("No adapter matches these filters.")
+    result = listing(chosen, cursors[-1])
+    if result is None:
         return
-    selection = st.dataframe(table(result.items), hide_index=True, width="stretch", on_select="rerun",
-                             selection_mode="multi-row", column_config=COLUMNS, key="browse_table")
+    first = (len(cursors) - 1) * chosen["limit"]
+    metric = sorted_metric(chosen["sort"])
+    st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
+               f"{first + len(result.items):,}" + (f", sorted by {metric} over every page" if metric else "")
+               + ". Click a name to open it, tick rows to open or compare them; clicking a column sorts this page "
+               "only (Sort by metric sorts them all).")
+    if not result.items:
+        st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
+        return
+    columns = COLUMNS | ({metric: st.column_config.NumberColumn(format="%.4g", width=80)} if metric else {})
+    selection = st.dataframe(table(result.items, metric), hide_index=True, width="stretch", on_select="rerun",
+                             selection_mode="multi-row", column_config=columns, key="browse_table")
     back, forward, _ = st.columns([1, 1, 6])
     if back.button("Previous page", disabled=len(cursors) == 1):
         cursors.pop()

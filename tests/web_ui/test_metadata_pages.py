@@ -1,0 +1,284 @@
+"""The dashboard's views of search, downloads, visibility, lineage, editing, audit events and the caller, through
+streamlit.testing.v1.AppTest against a real registry server (tokens required): alice publishes a base, a child
+fine-tuned from it and a grandchild, a private adapter and 27 filler versions (so a metric sort has pages to cross);
+bob reads only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from registry.client import RegistryClient
+from registry.domain.schemas import LineageEdge, LineageGraph, LineageNode, WhoAmI
+from registry.services.tokens import create_token
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+from tests.web_ui.test_pages import page, texts
+from web_ui import app, browse, lineage
+
+FILLERS = 27  # more than the smallest page (25)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("meta")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_DOWNLOAD_FLUSH_S="0.2") as base:
+        db = Database(url)
+        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        bob = create_token(db, owner="bob", scopes=["read"])[1]
+        db.engine.dispose()
+        folder = make_adapter(root / "a", seed=1, r=4)
+        with RegistryClient(base, token) as client:
+            def publish(name: str, accuracy: float, **extra: Any) -> None:
+                client.publish(folder, name, base_model="tiny-llama", metrics={"test": {"accuracy": accuracy}},
+                               **extra)
+
+            publish("alice/base", 0.70)  # the oldest: off the newest page, first by accuracy
+            publish("alice/child", 0.95, parent="alice/base:1", code_revision="abc123")
+            publish("alice/grandchild", 0.85, parent="alice/child:1")
+            publish("alice/secret", 0.99, visibility="private")
+            for i in range(FILLERS):
+                publish("alice/filler", 0.5 + i / 1000)
+            client.download("alice/child:1", "adapter_model.safetensors")
+            for _ in range(100):  # downloads are counted in batches (every 0.2 s here)
+                if client.get("alice/child:1").downloads:
+                    break
+                time.sleep(0.1)
+        yield {"url": base, "token": token, "bob": bob}
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click()
+    return at.run()
+
+
+def versions(at: AppTest) -> list[str]:
+    return [v.removeprefix("adapter?ref=") for v in at.dataframe[0].value["version"]]
+
+
+def test_the_filter_box_sends_an_mlflow_filter_to_the_registry(registry: dict[str, Any]) -> None:
+    at = page("browse", registry)
+    next(t for t in at.text_input if t.label == "Filter").set_value("metrics.test.accuracy > 0.9 and r <= 8")
+    click(at, "Apply")
+    assert not at.exception and sorted(versions(at)) == ["alice/child:1", "alice/secret:1"]
+    assert "2 versions match" in texts(at)
+    next(t for t in at.text_input if t.label == "Filter").set_value("metrics.test.accuracy >")
+    click(at, "Apply")
+    assert not at.exception and not at.dataframe
+    [error] = at.error
+    assert error.value.startswith("The registry refused this filter or metric sort: filter, at character")
+    assert "expected a literal" in error.value
+
+
+def test_sort_by_metric_orders_every_page_on_the_server(registry: dict[str, Any]) -> None:
+    at = page("browse", registry)
+    next(s for s in at.select_slider if s.label == "Rows per page").set_value(25)
+    click(at, "Apply")
+    assert "alice/base:1" not in versions(at)  # newest first: the oldest is on a later page
+    next(t for t in at.text_input if t.label == "Sort by metric").set_value("test.accuracy")
+    click(at, "Apply")
+    assert versions(at)[:4] == ["alice/secret:1", "alice/child:1", "alice/grandchild:1", "alice/base:1"]
+    frame = at.dataframe[0].value
+    assert list(frame["test.accuracy"])[:4] == pytest.approx([0.99, 0.95, 0.85, 0.70])  # the sorted metric shown
+    assert "sorted by test.accuracy over every page" in texts(at)
+    next(t for t in at.text_input if t.label == "Sort by metric").set_value("+test.accuracy")
+    click(at, "Apply")
+    assert versions(at)[0] == "alice/filler:1"  # lowest first: 0.5
+    click(at, "Next page")
+    assert versions(at)[-1] == "alice/secret:1"  # the highest, on the last page
+
+
+@pytest.mark.parametrize(("typed", "sort"), [("test.accuracy", "-metrics.test.accuracy"),
+                                             ("-metrics.loss", "-metrics.loss"), ("+loss", "metrics.loss"),
+                                             ("  ", None)], ids=["plain", "prefixed", "lowest", "empty"])
+def test_metric_sort_text(typed: str, sort: str | None) -> None:
+    assert browse.metric_sort(typed) == sort
+
+
+def test_browse_shows_downloads_and_locks_private_adapters(registry: dict[str, Any]) -> None:
+    at = page("browse", registry)
+    next(t for t in at.text_input if t.label == "Filter").set_value("name in ('child', 'secret', 'base')")
+    click(at, "Apply")
+    frame = at.dataframe[0].value.set_index("version")
+    assert frame.loc["adapter?ref=alice/child:1", "downloads"] == 1
+    assert frame.loc["adapter?ref=alice/base:1", "downloads"] == 0
+    assert dict(frame[browse.LOCK]) == {"adapter?ref=alice/secret:1": browse.LOCK, "adapter?ref=alice/child:1": "",
+                                        "adapter?ref=alice/base:1": ""}
+
+
+def graph_spec(at: AppTest) -> str:
+    charts = at.get("graphviz_chart")
+    assert len(charts) == 1
+    return str(charts[0].proto.spec)
+
+
+def test_the_lineage_graph_shows_both_ways_with_links_and_the_version_highlighted(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/child:1"})
+    assert not at.exception
+    spec = graph_spec(at)
+    assert '"alice/base:1" -> "alice/child:1";' in spec and '"alice/child:1" -> "alice/grandchild:1";' in spec
+    assert 'URL="adapter?ref=alice/base:1"' in spec and 'URL="adapter?ref=alice/grandchild:1"' in spec
+    [own] = [line for line in spec.splitlines() if line.startswith('  "alice/child:1" [')]
+    assert f'fillcolor="{lineage.SELF_COLOUR}"' in own
+    assert spec.count(lineage.SELF_COLOUR) == 1
+    shown = texts(at)
+    assert "**Came from**: [alice/base:1](adapter?ref=alice/base:1)" in shown
+    assert "**Made from it**: [alice/grandchild:1](adapter?ref=alice/grandchild:1)" in shown
+    assert "**Fine-tuned from**: [alice/base:1](adapter?ref=alice/base:1)" in shown
+    assert "**Code revision**: `abc123`" in shown
+    alone = page("adapter", registry, query={"ref": "alice/secret:1"})
+    assert not alone.get("graphviz_chart") and "**Came from**: nothing recorded" in texts(alone)
+    assert "Published directly" in texts(alone)
+
+
+def test_lineage_facts_read_as_a_list() -> None:
+    items = lineage.facts({"job_id": 7, "dataset_sha256": "ab" * 32, "dataset_bytes": 12_345,
+                           "code_revision": "vera-registry 1.0 git 1234abc", "hub_repo": "acme/polarity",
+                           "hub_commit": "c0ffee", "parent_deleted": "alice/old:2", "extra": [1, 2]})
+    assert [(i.what, i.detail) for i in items] == [
+        ("Fine-tuned from", "alice/old:2, since deleted"), ("Training job", "[job 7](train?job=7)"),
+        ("Dataset", f"SHA-256 `{'ab' * 32}`, 12.3 KB"), ("Code revision", "`vera-registry 1.0 git 1234abc`"),
+        ("Pulled from the Hub", "`acme/polarity` at commit `c0ffee`"), ("extra", "1, 2")]
+    assert lineage.facts({"parent_private": True})[0].detail == "a private version this token may not read"
+
+
+def test_lineage_dot_marks_yanked_versions() -> None:
+    when = datetime(2026, 11, 30, tzinfo=UTC)
+    nodes = [LineageNode(ref=f"a/b:{v}", owner="a", name="b", version=v, depth=v - 1, yanked=v == 2,
+                         published_by="a", created_at=when, lineage={}) for v in (1, 2)]
+    spec = lineage.dot(LineageGraph(ref="a/b:1", nodes=nodes, edges=[LineageEdge(parent="a/b:1", child="a/b:2")],
+                                    max_depth=20, max_nodes=200, truncated=False))
+    assert 'label="a/b:2 (yanked)\\na, 2026-11-30"' in spec and 'style="rounded,filled,dashed"' in spec
+
+
+def test_the_adapter_page_says_private_or_public_and_counts_downloads(registry: dict[str, Any]) -> None:
+    private = texts(page("adapter", registry, query={"ref": "alice/secret:1"}))
+    assert ":orange-badge[:material/lock: private]" in private
+    public = texts(page("adapter", registry, query={"ref": "alice/child:1"}))
+    assert ":green-badge[:material/public: public]" in public and "1 downloads" in public
+
+
+def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/grandchild:1"})
+    at.text_area(key="edit-description-alice/grandchild:1").set_value("Grandchild, tuned twice.")
+    at.text_input(key="edit-tags-alice/grandchild:1").set_value("prod-ready, wip")
+    click(at, "Save version")
+    assert not at.exception
+    assert any(s.value == "Saved alice/grandchild:1: description, +prod-ready, +wip." for s in at.success)
+    assert ":blue-badge[prod-ready] :blue-badge[wip]" in texts(at)  # the header shows it at once
+    at.text_input(key="edit-tags-alice/grandchild:1").set_value("prod-ready")
+    click(at, "Save version")
+    assert any(s.value == "Saved alice/grandchild:1: -wip." for s in at.success)
+    at.text_area(key="edit-card-alice/grandchild").set_value("# Grandchild\n\nA card.")
+    click(at, "Save adapter")
+    assert any(s.value == "Saved alice/grandchild: model card." for s in at.success)
+    assert at.tabs[0].label == "Model card"
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        info = client.get("alice/grandchild:1")
+        assert (info.description, info.tags) == ("Grandchild, tuned twice.", ["prod-ready"])
+        assert client.adapter("alice/grandchild").card == "# Grandchild\n\nA card."
+
+
+def test_a_refused_edit_shows_the_registrys_message(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/base:1"})
+    at.text_input(key="edit-tags-alice/base:1").set_value("Not A Tag!")
+    click(at, "Save version")
+    assert not at.exception
+    [error] = at.error
+    assert "Not A Tag!" in error.value
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/base:1").tags == []
+
+
+def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/filler:2"})
+    at.radio(key="edit-visibility-alice/filler").set_value("private")
+    click(at, "Save adapter")
+    assert any(s.value == "Saved alice/filler: now private." for s in at.success)
+    assert ":orange-badge[:material/lock: private]" in texts(at)
+    at.radio(key="edit-visibility-alice/filler").set_value("public")
+    click(at, "Save adapter")
+    assert ":green-badge[:material/public: public]" in texts(at)
+
+
+def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
+    at = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"})
+    assert not at.exception
+    assert "Signed in as bob, who may not edit alice's adapters." in texts(at)
+    assert not [b for b in at.button if b.label in ("Save version", "Save adapter")]
+
+
+@pytest.mark.parametrize(("who", "owner", "allowed"), [
+    (WhoAmI(user="alice", anonymous=False, scopes=["publish", "read"], organizations={}, token_id=1,
+            limited_to=None), "alice", True),
+    (WhoAmI(user="alice", anonymous=False, scopes=["publish", "read"], organizations={"acme": "read"}, token_id=1,
+            limited_to=None), "acme", False),
+    (WhoAmI(user="alice", anonymous=False, scopes=["publish", "read"], organizations={"acme": "write"},
+            token_id=1, limited_to=["bob"]), "acme", False),
+    (WhoAmI(user="root", anonymous=False, scopes=["admin"], organizations={}, token_id=1, limited_to=None),
+     "acme", True),
+    (WhoAmI(user="anonymous", anonymous=True, scopes=["read"], organizations={}, token_id=None, limited_to=None),
+     "anonymous", False),
+], ids=["own", "org-reader", "limited-elsewhere", "admin", "anonymous"])
+def test_who_may_edit(who: WhoAmI, owner: str, allowed: bool) -> None:
+    from web_ui.editing import may_write
+
+    assert may_write(who, owner) is allowed
+
+
+def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str, Any]) -> None:
+    at = page("activity", registry)
+    assert not at.exception
+    frame = at.dataframe[0].value
+    assert list(frame["when"]) == sorted(frame["when"], reverse=True)  # newest first
+    assert {"who", "action", "target", "detail"} <= set(frame.columns)
+    at.text_input(key="activity_adapter").set_value("alice/child").run()
+    assert at.query_params["adapter"] == "alice/child"
+    frame = at.dataframe[0].value
+    assert list(frame["action"]) == ["publish"] and list(frame["who"]) == ["alice"]
+    assert list(frame["target"]) == ["adapter?ref=alice/child:1"]  # a link to the version's page
+    at.text_input(key="activity_adapter").set_value("").run()
+    at.selectbox(key="activity_action").set_value("publish").run()
+    assert at.query_params["action"] == "publish"
+    assert set(at.dataframe[0].value["action"]) == {"publish"}
+    assert len(at.dataframe[0].value) == 4 + FILLERS  # every publish (the newest 50: all of them)
+
+
+def test_activity_hides_private_adapters_from_other_readers(registry: dict[str, Any]) -> None:
+    mine = page("activity", registry, query={"adapter": "alice/secret"})
+    assert list(mine.dataframe[0].value["target"]) == ["adapter?ref=alice/secret:1"]
+    theirs = page("activity", {**registry, "token": registry["bob"]}, query={"adapter": "alice/secret"})
+    assert not theirs.exception and "No events match." in texts(theirs)
+
+
+def test_the_sidebar_says_who_you_are(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    monkeypatch.setenv("VERA_REGISTRY_URL", registry["url"])
+    monkeypatch.setenv("VERA_TOKEN", registry["token"])
+    at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("**alice**" in m.value and "scopes: publish, read" in m.value for m in at.sidebar.markdown)
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as local:
+        monkeypatch.setenv("VERA_REGISTRY_URL", local)
+        monkeypatch.setenv("VERA_TOKEN", "")
+        at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"),
+                               default_timeout=60).run()
+        assert any("local mode" in m.value for m in at.sidebar.markdown)
+
+
+def test_identity_lines() -> None:
+    anonymous = WhoAmI(user="anonymous", anonymous=True, scopes=["read"], organizations={}, token_id=None,
+                       limited_to=None)
+    assert app.identity(anonymous).endswith("anonymous (public adapters only)")
+    member = WhoAmI(user="bob", anonymous=False, scopes=["read"], organizations={"acme": "write", "lab": "read"},
+                    token_id=3, limited_to=["acme"])
+    assert app.identity(member) == (":material/person: **bob** · acme (write), lab (read)  \n"
+                                    ":gray[scopes: read; limited to acme]")

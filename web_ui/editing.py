@@ -1,0 +1,125 @@
+"""Editing on the Adapter page: a version's description and tags, the adapter's description, model card and
+visibility. Shown to callers whose token may write under the adapter's owner (as ``whoami`` says); the registry
+decides in the end, and its refusal is shown as a message. Saving runs as the button's ``on_click``, before the
+page, so the header, badges and card already show what was saved."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from registry.client import RegistryClient
+from registry.domain.errors import RegistryError
+from registry.domain.schemas import AdapterInfo, VersionInfo, WhoAmI
+from web_ui import session
+
+RESULT = "edit_result"
+
+
+def may_write(who: WhoAmI, owner: str) -> bool:
+    """Whether ``who`` may edit ``owner``'s adapters, as the registry decides it (registry.services.tokens'
+    ``can_write``): not anonymous, within the token's limit, admin, or publish under its own name or an
+    organisation where it has the write or admin role."""
+    if who.anonymous or (who.limited_to is not None and owner not in who.limited_to):
+        return False
+    if "admin" in who.scopes:
+        return True
+    return "publish" in who.scopes and (owner == who.user or who.organizations.get(owner) in ("write", "admin"))
+
+
+def split_tags(text: str) -> list[str]:
+    """'a, b,,c ' -> ['a', 'b', 'c'] (order kept, repeats dropped)."""
+    return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+
+
+def _done(ref: str, outcome: str | RegistryError) -> None:
+    st.session_state[RESULT] = (ref, outcome)
+    st.cache_data.clear()
+
+
+def save_version(ref: str, description: str, tags: list[str]) -> None:
+    """``on_click`` of Save version: sends what changed (description; tags added and removed)."""
+    new_description = st.session_state[f"edit-description-{ref}"]
+    new_tags = split_tags(st.session_state[f"edit-tags-{ref}"])
+    added, removed = [t for t in new_tags if t not in tags], [t for t in tags if t not in new_tags]
+    changes = (["description"] if new_description != description else []) + [f"+{t}" for t in added] + [
+        f"-{t}" for t in removed]
+    if not changes:
+        _done(ref, "Nothing changed.")
+        return
+    try:
+        session.call(lambda c: c.update_version(
+            ref, description=new_description if new_description != description else None,
+            add_tags=added or None, remove_tags=removed or None))
+    except RegistryError as exc:
+        _done(ref, exc)
+    else:
+        _done(ref, f"Saved {ref}: {', '.join(changes)}.")
+
+
+def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
+    """``on_click`` of Save adapter: description and card in one request, visibility in another."""
+    after = {field: st.session_state[f"edit-{field}-{adapter}"] for field in ("about", "card", "visibility")}
+    changed = [field for field in after if after[field] != before[field]]
+    if not changed:
+        _done(ref, "Nothing changed.")
+        return
+    try:
+        if "about" in changed or "card" in changed:
+            session.call(lambda c: c.update_adapter(
+                adapter, description=after["about"] if "about" in changed else None,
+                card=after["card"] if "card" in changed else None))
+        if "visibility" in changed:
+            session.call(lambda c: c.set_visibility(adapter, after["visibility"]))
+    except RegistryError as exc:
+        _done(ref, exc)
+    else:
+        names = {"about": "description", "card": "model card", "visibility": f"now {after['visibility']}"}
+        _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.")
+
+
+def result(ref: str) -> None:
+    """What the last save of this version answered: a success, or the registry's refusal as a message."""
+    shown, outcome = st.session_state.get(RESULT, (None, None))
+    if shown != ref or outcome is None:
+        return
+    if isinstance(outcome, RegistryError):
+        session.show_error(outcome)
+    else:
+        st.success(outcome, icon=":material/check:")
+
+
+def version_form(info: VersionInfo) -> None:
+    with st.form(f"edit-version-{info.ref}"):
+        st.markdown(f"**This version** ({info.ref}: its bytes never change)")
+        st.text_area("Version description", value=info.description, key=f"edit-description-{info.ref}")
+        st.text_input("Tags", value=", ".join(info.tags), key=f"edit-tags-{info.ref}",
+                      help="comma-separated; lowercase letters, digits, '.', '_', '-'")
+        st.form_submit_button("Save version", on_click=save_version, args=(info.ref, info.description, info.tags))
+
+
+def adapter_form(info: VersionInfo, adapter: AdapterInfo) -> None:
+    name = f"{info.owner}/{info.name}"
+    before = {"about": adapter.description, "card": adapter.card, "visibility": adapter.visibility}
+    with st.form(f"edit-adapter-{name}"):
+        st.markdown(f"**The adapter** ({name}, every version)")
+        st.text_area("Adapter description", value=adapter.description, key=f"edit-about-{name}")
+        st.text_area("Model card (Markdown)", value=adapter.card, height=240, key=f"edit-card-{name}",
+                     help="Shown in the Model card tab and pushed to the Hub as README.md")
+        st.radio("Visibility", ["public", "private"], index=int(adapter.visibility == "private"), horizontal=True,
+                 key=f"edit-visibility-{name}",
+                 help="private: only the owner, its organisation's members and admins see it")
+        st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
+
+
+def section(info: VersionInfo) -> None:
+    """The Edit tab: both forms for a caller who may write, else why not; then the last save's result."""
+    who = session.read(RegistryClient.whoami)
+    if not may_write(who, info.owner):
+        st.info(f"Signed in as {'an anonymous reader' if who.anonymous else who.user}, who may not edit "
+                f"{info.owner}'s adapters. Paste a token with the publish scope for {info.owner} in the sidebar.",
+                icon=":material/edit_off:")
+        result(info.ref)
+        return
+    result(info.ref)
+    version_form(info)
+    adapter_form(info, session.read(RegistryClient.adapter, f"{info.owner}/{info.name}"))

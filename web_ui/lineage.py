@@ -1,0 +1,110 @@
+"""Lineage on the Adapter page: where a version came from and what was made from it, drawn as a graph (ancestors
+above, descendants below, the version itself highlighted, each node a link to its own page), the same as two lists
+of links, and the recorded facts (parent, job, dataset, code revision, Hub source) as a readable list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from registry.client import RegistryClient
+from registry.domain.schemas import LineageGraph, LineageNode, VersionInfo
+from web_ui import formats, navigation, session, views
+
+#: The version shown: filled with Streamlit's primary red; its relatives in the light grey of Streamlit's widgets.
+SELF_COLOUR, OTHER_COLOUR = "#ff4b4b", "#f0f2f6"
+
+
+def _quoted(text: str) -> str:
+    """A DOT string literal (names are [a-z0-9._-], so only a quote needs escaping; ``\\n`` stays a line break)."""
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def _node(node: LineageNode) -> str:
+    """One DOT node: its ref and who published it when, a link to its Adapter page, the version itself filled."""
+    label = f"{node.ref}{' (yanked)' if node.yanked else ''}\\n{node.published_by}, {node.created_at:%Y-%m-%d}"
+    attrs = {"label": label, "URL": navigation.version_link(node.ref), "target": "_self",
+             "tooltip": f"Open {node.ref}"}
+    if node.depth == 0:
+        attrs |= {"fillcolor": SELF_COLOUR, "fontcolor": "white", "penwidth": "2"}
+    if node.yanked:
+        attrs["style"] = "rounded,filled,dashed"
+    body = ", ".join(f"{key}={_quoted(value)}" for key, value in attrs.items())
+    return f"  {_quoted(node.ref)} [{body}];"
+
+
+def dot(graph: LineageGraph) -> str:
+    """The graph in Graphviz's DOT language: parents above children, one rank per generation."""
+    lines = ["digraph lineage {", "  rankdir=TB; bgcolor=transparent;",
+             f'  node [shape=box, style="rounded,filled", fillcolor="{OTHER_COLOUR}", fontname="sans-serif", '
+             'fontsize=11];', '  edge [color="#808495"];']
+    lines += [_node(n) for n in sorted(graph.nodes, key=lambda n: (n.depth, n.ref))]
+    for depth in sorted({n.depth for n in graph.nodes}):
+        same = " ".join(_quoted(n.ref) for n in graph.nodes if n.depth == depth)
+        lines.append(f"  {{rank=same; {same}}}")
+    lines += [f"  {_quoted(e.parent)} -> {_quoted(e.child)};" for e in graph.edges]
+    return "\n".join([*lines, "}"])
+
+
+def _links(nodes: list[LineageNode]) -> str:
+    return ", ".join(f"[{n.ref}]({navigation.version_link(n.ref)})" + (" (yanked)" if n.yanked else "")
+                     for n in nodes)
+
+
+def relatives(graph: LineageGraph) -> list[views.Item]:
+    """The graph in words: what the version came from (nearest first) and what was made from it, as links."""
+    ancestors = sorted((n for n in graph.nodes if n.depth < 0), key=lambda n: -n.depth)
+    descendants = sorted((n for n in graph.nodes if n.depth > 0), key=lambda n: (n.depth, n.ref))
+    return [views.Item(None, "Came from", _links(ancestors) if ancestors else "nothing recorded"),
+            views.Item(None, "Made from it", _links(descendants) if descendants else "nothing yet")]
+
+
+def _parent(lineage: dict[str, Any]) -> views.Item | None:
+    if "parent" in lineage:
+        parent = lineage["parent"]
+        return views.Item(None, "Fine-tuned from", f"[{parent}]({navigation.version_link(parent)})")
+    if "parent_deleted" in lineage:
+        return views.Item(None, "Fine-tuned from", f"{lineage['parent_deleted']}, since deleted")
+    if lineage.get("parent_private"):
+        return views.Item(None, "Fine-tuned from", "a private version this token may not read")
+    return None
+
+
+def facts(lineage: dict[str, Any]) -> list[views.Item]:
+    """A version's ``lineage`` block as checklist lines: parent, job (a link to Train), dataset SHA-256 and size,
+    code revision, Hub repo and commit; keys it does not know are listed as they are."""
+    items = [item] if (item := _parent(lineage)) is not None else []
+    if "job_id" in lineage:
+        items.append(views.Item(None, "Training job", f"[job {lineage['job_id']}](train?job={lineage['job_id']})"))
+    if "dataset_sha256" in lineage:
+        size = lineage.get("dataset_bytes")
+        items.append(views.Item(None, "Dataset", f"SHA-256 `{lineage['dataset_sha256']}`"
+                                + (f", {formats.size(size)}" if isinstance(size, int) else "")))
+    if "code_revision" in lineage:
+        items.append(views.Item(None, "Code revision", f"`{lineage['code_revision']}`"))
+    if "hub_repo" in lineage:
+        commit = lineage.get("hub_commit")
+        items.append(views.Item(None, "Pulled from the Hub", f"`{lineage['hub_repo']}`"
+                                + (f" at commit `{commit}`" if commit else "")))
+    known = {"parent", "parent_deleted", "parent_private", "job_id", "dataset_sha256", "dataset_bytes",
+             "code_revision", "hub_repo", "hub_commit"}
+    items += [views.Item(None, key.replace("_", " "), views.cell(value))
+              for key, value in lineage.items() if key not in known]
+    return items
+
+
+def section(info: VersionInfo) -> None:
+    """The Lineage tab: the graph both ways, the same in words, and the recorded facts."""
+    graph = session.read(RegistryClient.lineage, info.ref)
+    if len(graph.nodes) > 1:
+        st.graphviz_chart(dot(graph), width="stretch",
+                          alt=f"Lineage of {info.ref}: what it came from above it, what was made from it below")
+        st.caption(f"{info.ref} is highlighted; click a version to open it."
+                   + (" The walk stopped at the registry's bounds: more lie beyond." if graph.truncated else ""))
+    views.checklist(relatives(graph))
+    st.markdown("**Where it came from**")
+    if info.lineage:
+        views.checklist(facts(info.lineage))
+    else:
+        st.caption("Published directly (no parent, job or Hub source recorded).")
