@@ -22,6 +22,7 @@ from registry.cli.common import (
     load_settings,
     start_logging,
 )
+from registry.cli.output import JsonOutput, print_json
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
 
@@ -151,14 +152,18 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], dat
     console.print(f"revoked token {token_id}")
 
 
-def token_list(database_url: DatabaseUrl = None) -> None:
+def token_list(database_url: DatabaseUrl = None, as_json: JsonOutput = False) -> None:
     """List tokens (never their secrets)."""
     from registry.services.tokens import list_tokens
 
-    table = Table("id", "owner", "name", "scopes", "revoked", "last used", "expires")
-    for t in list_tokens(open_registry(load_settings(database_url)).db):
-        table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), str(t.revoked), str(t.last_used_at or "-"),
-                      str(t.expires_at or "never"))
+    tokens = list_tokens(open_registry(load_settings(database_url)).db)
+    if as_json:
+        print_json(tokens)
+        return
+    table = Table("id", "owner", "name", "scopes", "limited to", "revoked", "last used", "expires")
+    for t in tokens:
+        table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
+                      str(t.revoked), str(t.last_used_at or "-"), str(t.expires_at or "never"))
     console.print(table)
 
 

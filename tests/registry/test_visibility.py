@@ -259,3 +259,26 @@ def test_default_visibility_private(tmp_path: Path) -> None:
             assert c.publish(source, "alice/loud", base_model="tiny-llama", visibility="public").visibility == "public"
         with client(base, eve) as c:
             assert [v.ref for v in c.list_versions().items] == ["alice/loud:1"]
+
+
+def test_operator_token_commands(tmp_path: Path) -> None:
+    """On the registry's machine: create (with a limit and an expiry), list as JSON, revoke."""
+    import json
+
+    from tests.registry.test_cli import vera
+
+    db = ["--database-url", f"sqlite:///{tmp_path / 'r.db'}"]
+    assert vera("db", "upgrade", *db).returncode == 0
+    made = vera("token", "create", "--owner", "ci", "--scope", "read", "--limit-to", "acme", "--expires-days", "2",
+                *db)
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().splitlines()[-1]
+    assert secret.startswith("vera_")
+    listed = json.loads(vera("token", "list", "--json", *db).stdout)
+    assert [(t["owner"], t["scopes"], t["limited_to"], t["revoked"]) for t in listed] == [
+        ("ci", ["read"], ["acme"], False)]
+    assert secret not in json.dumps(listed)  # secrets are shown once, never listed
+    assert vera("token", "revoke", str(listed[0]["id"]), *db).returncode == 0
+    assert json.loads(vera("token", "list", "--json", *db).stdout)[0]["revoked"] is True
+    refused = vera("token", "create", "--owner", "ci", "--scope", "read", "--limit-to", "Not A Name", *db)
+    assert refused.returncode == 1 and "not a valid name" in refused.stderr
