@@ -104,10 +104,11 @@ def _hash(token: str) -> str:
 
 
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
-                 expires_in: timedelta | None = None, limited_to: list[str] | None = None) -> tuple[int, str]:
+                 expires_in: timedelta | None = None, limited_to: list[str] | None = None,
+                 expires_at: datetime | None = None) -> tuple[int, str]:
     """Create a token and return (id, secret). The secret is shown once; only its hash is stored. With
-    ``expires_in`` the token stops working after that long; with ``limited_to`` it reads private adapters and
-    writes only under those owners."""
+    ``expires_in`` the token stops working after that long (or at ``expires_at``); with ``limited_to`` it reads
+    private adapters and writes only under those owners."""
     check_name(owner, "Owner")
     check_text(name, "Token name", max_length=100)
     unknown = sorted(set(scopes) - set(SCOPES))
@@ -120,7 +121,8 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
             raise InvalidInput(f"A token may be limited to 1 to {MAX_TOKEN_OWNERS} owners, got {len(limited_to)}.")
         limited_to = sorted({check_name(o, "Owner") for o in limited_to})
     secret = PREFIX + secrets.token_urlsafe(32)
-    expires_at = datetime.now(UTC) + expires_in if expires_in is not None else None
+    if expires_at is None and expires_in is not None:
+        expires_at = datetime.now(UTC) + expires_in
     with db.session() as s:
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to)
@@ -129,13 +131,18 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         return row.id, secret
 
 
+def token_not_found(token_id: int) -> NotFound:
+    """The error for a token that does not exist, or that the caller may not see (one message for both)."""
+    return NotFound(f"No token with id {token_id}; `vera auth tokens` (or `vera token list` on the registry's "
+                    "machine) shows them.")
+
+
 def revoke_token(db: Database, token_id: int, *, owner: str | None = None) -> None:
     """Revoke a token (only ``owner``'s, when given: another user's token is not found)."""
     with db.session() as s:
         row = s.get(m.AccessToken, token_id)
         if row is None or (owner is not None and row.owner != owner):
-            raise NotFound(f"No token with id {token_id}; `vera auth tokens` (or `vera token list` on the "
-                           "registry's machine) shows them.")
+            raise token_not_found(token_id)
         row.revoked_at = row.revoked_at or datetime.now(UTC)
 
 

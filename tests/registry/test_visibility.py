@@ -198,7 +198,8 @@ def test_tokens_through_the_api(server: dict[str, Any]) -> None:
             alice.create_token(["admin"])
         with pytest.raises(Forbidden, match="Only admins create tokens for other users"):
             alice.create_token(["read"], user="bob")
-        assert {t.id for t in alice.tokens()} >= {info.id} and {t.owner for t in alice.tokens()} == {"alice"}
+        alice_tokens = alice.tokens()
+        assert {t.id for t in alice_tokens} >= {info.id} and {t.owner for t in alice_tokens} == {"alice"}
     with client(url, secret) as ci:
         who = ci.whoami()
         assert (who.user, who.scopes, who.limited_to) == ("alice", ["read"], ["acme"])
@@ -210,6 +211,15 @@ def test_tokens_through_the_api(server: dict[str, Any]) -> None:
             ci.create_token(["publish"], limited_to=["acme"])
         with pytest.raises(Forbidden, match="must be limited"):
             ci.create_token(["read"])
+        with pytest.raises(Forbidden, match="cannot outlive it"):
+            ci.create_token(["read"], limited_to=["acme"], expires_days=30)  # a leaked token mints no lasting one
+        child, _ = ci.create_token(["read"], limited_to=["acme"])
+        assert child.expires_at is not None and child.expires_at <= who.expires_at  # expires with its maker
+        seen = ci.tokens()
+        assert {info.id, child.id} <= {t.id for t in seen} and all(t.limited_to == ["acme"] for t in seen)
+        wider = next(t.id for t in alice_tokens if t.limited_to is None)
+        with pytest.raises(NotFound, match=f"No token with id {wider}"):
+            ci.revoke_token(wider)
     with client(url, tokens["mallory"]) as mallory, pytest.raises(NotFound, match=f"No token with id {info.id}"):
         mallory.revoke_token(info.id)  # someone else's token is not there to revoke
     with client(url, tokens["alice"]) as alice:

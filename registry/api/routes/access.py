@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -21,6 +21,7 @@ from registry.services.tokens import (
     create_token,
     list_tokens,
     revoke_token,
+    token_not_found,
 )
 
 router = APIRouter(prefix="/api/v1")
@@ -77,7 +78,13 @@ def tokens(caller: Caller, options: Options, registry: RegistryDep, user: str | 
     who = _signed_in(caller, options)
     if not who.is_admin:
         user = who.owner
-    return list_tokens(registry.db, owner=user)
+    return [t for t in list_tokens(registry.db, owner=user) if _within_limit(who, t)]
+
+
+def _within_limit(who: Principal, token: TokenInfo) -> bool:
+    """Whether a token limited to some owners may see (and revoke) ``token``: only tokens limited within its own
+    limit, never the user's wider ones."""
+    return who.limited_to is None or (token.limited_to is not None and set(token.limited_to) <= who.limited_to)
 
 
 @router.post("/tokens", response_model=CreatedToken, status_code=201)
@@ -85,11 +92,12 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
     """A new token for the caller, with at most the caller's own scopes and no wider limit (admins: for anyone)."""
     who = _signed_in(caller, options)
     user = body.user or who.owner
+    expires_at = datetime.now(UTC) + timedelta(days=body.expires_days) if body.expires_days is not None else None
     if not who.is_admin:
         _within_own_rights(who, user, body)
-    token_id, secret = create_token(
-        registry.db, owner=user, scopes=list(body.scopes), name=body.name, limited_to=body.limited_to,
-        expires_in=timedelta(days=body.expires_days) if body.expires_days is not None else None)
+        expires_at = _within_own_life(who, expires_at)
+    token_id, secret = create_token(registry.db, owner=user, scopes=list(body.scopes), name=body.name,
+                                    limited_to=body.limited_to, expires_at=expires_at)
     info = next(t for t in list_tokens(registry.db, owner=user) if t.id == token_id)
     return CreatedToken(token=info, secret=secret)
 
@@ -106,10 +114,25 @@ def _within_own_rights(who: Principal, user: str, body: TokenBody) -> None:
                         "to some of those (limited_to).")
 
 
+def _within_own_life(who: Principal, expires_at: datetime | None) -> datetime | None:
+    """A token made by an expiring token expires no later than it (by default: with it), so that a leaked short-lived
+    token cannot mint a lasting one."""
+    if who.expires_at is None:
+        return expires_at
+    if expires_at is None:
+        return who.expires_at
+    if expires_at > who.expires_at:
+        raise Forbidden(f"Your token expires at {who.expires_at:%Y-%m-%d %H:%M} UTC; a token it creates cannot "
+                        "outlive it (ask for fewer expires_days, or create it with a token that does not expire).")
+    return expires_at
+
+
 @router.delete("/tokens/{token_id}", status_code=204)
 def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_id: RowId) -> Response:
     """Revoke one of the caller's tokens (admins: any token); another user's token is not found."""
     who = _signed_in(caller, options)
+    if not who.is_admin and not any(t.id == token_id for t in tokens(caller, options, registry)):
+        raise token_not_found(token_id)  # one of the user's wider tokens: not there for a limited token
     revoke_token(registry.db, token_id, owner=None if who.is_admin else who.owner)
     return Response(status_code=204)
 
