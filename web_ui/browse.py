@@ -72,15 +72,15 @@ def table(items: list[VersionInfo], metric: str | None = None) -> pd.DataFrame:
 
 COLUMNS = {
     "version": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version",
-                                           pinned=True, width=160),
-    LOCK: st.column_config.TextColumn(width=28, help="private: seen only by its owner, the owning organisation's "
+                                           pinned=True, width=150),
+    LOCK: st.column_config.TextColumn(width=26, help="private: seen only by its owner, the owning organisation's "
                                                     "members and admins; no lock: public"),
-    "base model": st.column_config.TextColumn(width=80),
+    "base model": st.column_config.TextColumn(width=75),
     "r": st.column_config.NumberColumn(width=40),
-    "projection": st.column_config.TextColumn(width=90, help="generator #seed: versions with the same projection "
+    "projection": st.column_config.TextColumn(width=85, help="generator #seed: versions with the same projection "
                                                               "share A and B"),
     "params": st.column_config.NumberColumn(
-        format="localized", width=70, help="trainable parameters: d and b plus any trained task head; `vera ls` "
+        format="localized", width=65, help="trainable parameters: d and b plus any trained task head; `vera ls` "
                                            "shows d and b only"),
     "trainable params (with head)": st.column_config.NumberColumn(
         format="localized", help="d and b plus any trained task head; `vera ls` shows d and b only"),
@@ -88,12 +88,12 @@ COLUMNS = {
     "stored bytes": st.column_config.NumberColumn(format="bytes"),
     "accuracy": st.column_config.NumberColumn(format="%.3f", width=65, help="test accuracy (else eval accuracy)"),
     "eval loss": st.column_config.NumberColumn(format="%.4f"),
-    "downloads": st.column_config.NumberColumn(format="localized", width=75,
+    "downloads": st.column_config.NumberColumn(format="localized", width=70,
                                                help="downloads of its weights (counted in batches: may lag ~10 s)"),
-    "verified": st.column_config.TextColumn(width=70, help="verification status (Verify on the Adapter page)"),
-    "aliases": st.column_config.TextColumn(width=60),
-    "tags": st.column_config.TextColumn(width=65),
-    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=88, help="published on"),
+    "verified": st.column_config.TextColumn(width=62, help="verification status (Verify on the Adapter page)"),
+    "aliases": st.column_config.TextColumn(width=55),
+    "tags": st.column_config.TextColumn(width=60),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=82, help="published on"),
 }
 
 
@@ -166,7 +166,7 @@ def page() -> None:
     if not result.items:
         st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
         return
-    columns = COLUMNS | ({metric: st.column_config.NumberColumn(format="%.4g", width=80)} if metric else {})
+    columns = COLUMNS | ({metric: st.column_config.NumberColumn(format="%.4g", width=65)} if metric else {})
     selection = st.dataframe(table(result.items, metric), hide_index=True, width="stretch", on_select="rerun",
                              selection_mode="multi-row", column_config=columns, key="browse_table")
     back, forward, _ = st.columns([1, 1, 6])

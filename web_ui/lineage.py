@@ -98,7 +98,7 @@ def section(info: VersionInfo) -> None:
     """The Lineage tab: the graph both ways, the same in words, and the recorded facts."""
     graph = session.read(RegistryClient.lineage, info.ref)
     if len(graph.nodes) > 1:
-        st.graphviz_chart(dot(graph), width="stretch",
+        st.graphviz_chart(dot(graph),
                           alt=f"Lineage of {info.ref}: what it came from above it, what was made from it below")
         st.caption(f"{info.ref} is highlighted; click a version to open it."
                    + (" The walk stopped at the registry's bounds: more lie beyond." if graph.truncated else ""))

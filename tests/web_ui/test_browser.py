@@ -255,3 +255,38 @@ def test_publish_as_checked_and_cancel_confirmed_in_a_browser(page: Page, produc
     shot(page, "22-train-cancelling")
     expect(header_metric(page, "Status")).to_contain_text("cancelled", timeout=120_000)
     shot(page, "23-train-cancelled")
+
+
+def test_lineage_graph_links_and_the_filter_box_in_a_browser(page: Page, product: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    """The lineage graph drawn both ways with nodes that open their versions, and the filter box run by the
+    registry with its refusal shown as a message. Last in the file: it publishes a third tiny-llama version."""
+    use_product_registry(page, product)
+    with RegistryClient(product["api"]) as client:
+        client.publish(make_adapter(tmp_path / "derived", seed=5), "alice/derived", base_model="tiny-llama",
+                       parent="alice/tiny0:1", code_revision="abc123")
+    page.goto(f"{product['ui']}/adapter?ref=alice/tiny0:1")
+    page.get_by_role("tab", name="Lineage").click()
+    graph = page.get_by_test_id("stGraphVizChart")
+    expect(graph.locator("svg g.node")).to_have_count(2)
+    expect(graph.locator("svg g.edge")).to_have_count(1)
+    expect(graph.locator("svg g.node [fill='#ff4b4b']")).to_have_count(1)  # the version shown, highlighted
+    shot(page, "24-adapter-lineage-graph")
+    graph.locator("svg a").filter(has_text="alice/derived:1").click()  # a node is a link to its version
+    expect(page.get_by_role("heading", name="alice/derived:1")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/adapter\?ref=alice/derived:1$"))  # the node's own link
+    page.get_by_role("tab", name="Lineage").click()
+    expect(page.get_by_text("abc123")).to_be_visible()
+    shot(page, "25-adapter-lineage-child")
+
+    page.goto(product["ui"])
+    box = page.get_by_role("textbox", name="Filter", exact=True)
+    box.fill("metrics.test.accuracy > 0.75 and base_model = 'tiny-llama'")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("1 versions match")).to_be_visible()  # tiny1 (0.8): tiny0 is 0.7, derived has none
+    shot(page, "26-browse-filtered")
+    box.fill("metrics.test.accuracy >")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("The registry refused this filter or metric sort")).to_be_visible()
+    expect(page.get_by_text("Traceback")).to_have_count(0)
+    shot(page, "27-browse-filter-refused")

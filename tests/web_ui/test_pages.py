@@ -117,7 +117,7 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
 def test_adapter_page_shows_description_and_tags_and_no_card_when_there_is_none(registry: dict[str, Any]) -> None:
     tagged = page("adapter", registry, query={"ref": "alice/model1:1"})
     assert ":blue-badge[demo]" in texts(tagged)
-    assert [t.label for t in tagged.tabs][:2] == ["Versions and config", "Metrics"]  # no card sent: no card tab
+    assert [t.label for t in tagged.tabs][:2] == ["Versions and config", "Lineage"]  # no card sent: no card tab
     untagged = page("adapter", registry, query={"ref": "alice/model0:1"})
     assert "No tags." in texts(untagged)
 
@@ -375,7 +375,7 @@ def test_browse_rows_ticked_open_one_or_compare_two_to_four(registry: dict[str, 
         ticked = page("browse", registry, browse_table={"selection": {"rows": rows, "columns": [], "cells": []}})
         buttons = {b.label: b for b in ticked.button}
         assert (not buttons["Open version"].disabled, not buttons[label].disabled) == (open_ok, compare_ok), rows
-    assert len(at.dataframe[0].value.columns) == 11  # what fits 1,400 px (the browser test measures it)
+    assert len(at.dataframe[0].value.columns) == 13  # what fits 1,400 px (the browser test measures it)
 
 
 def test_compare_picker_searches_every_version_on_the_server(registry: dict[str, Any],
