@@ -186,7 +186,7 @@ def test_tokens_scopes_and_namespaces(clients: Clients, secured: tuple[str, Data
         clients(url, reader).publish(source, "alice/x", base_model="b")
     token_id, writer = create_token(db, owner="alice", scopes=["read", "publish"])
     assert clients(url, writer).publish(source, "alice/x", base_model="b").ref == "alice/x:1"
-    with pytest.raises(Forbidden, match="can write only under alice/"):
+    with pytest.raises(Forbidden, match="cannot write under bob/: this token writes under alice/"):
         clients(url, writer).publish(source, "bob/x", base_model="b")
     _, admin = create_token(db, owner="ops", scopes=["admin"])
     assert clients(url, admin).publish(source, "bob/x", base_model="b").ref == "bob/x:1"
