@@ -1,4 +1,4 @@
-"""The dashboard's router: five pages and the connection sidebar (URL, token, who you are). Run with `vera ui` (or as
+"""The dashboard's router: six pages and the connection sidebar (URL, token, who you are). Run with `vera ui` (or as
 part of `vera up`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import WhoAmI
-from web_ui import activity, adapter, browse, compare, session, train
+from web_ui import activity, adapter, browse, compare, session, train, webhooks
 
 
 def identity(who: WhoAmI) -> str:
@@ -66,6 +66,8 @@ def run() -> None:
                          url_path="train"),
         "activity": st.Page(session.guarded(activity.page), title="Activity", icon=":material/history:",
                             url_path="activity"),
+        "webhooks": st.Page(session.guarded(webhooks.page), title="Webhooks", icon=":material/webhook:",
+                            url_path="webhooks"),
     }
     st.session_state["pages"] = pages
     navigation = st.navigation(list(pages.values()))

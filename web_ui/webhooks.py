@@ -1,0 +1,159 @@
+"""Webhooks: an owner's webhooks (yours, or an organisation's where you may write), adding one (its signing secret
+shown once), a test delivery at the press of a button, each webhook's delivery log with every attempt, pausing and
+removing (asked first). The owner lives in the URL (``?owner=acme``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from registry.client import RegistryClient
+from registry.domain.errors import RegistryError
+from registry.domain.events import WEBHOOK_EVENTS, DeliveryInfo, WebhookInfo
+from registry.domain.schemas import WhoAmI
+from web_ui import navigation, session
+
+#: What to call each event in the form.
+EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", "alias-remove": "an alias is removed",
+                "yank": "a version is yanked", "unyank": "a version is un-yanked", "delete": "a version is deleted",
+                "job-end": "a fine-tune job ends"}
+
+
+def owners(who: WhoAmI) -> list[str]:
+    """The namespaces whose webhooks this caller may manage: its own and its organisations where it may write."""
+    own = [] if who.anonymous else [who.user]
+    return own + [org for org, role in who.organizations.items() if role in ("write", "admin")]
+
+
+def hooks_table(hooks: list[WebhookInfo]) -> pd.DataFrame:
+    return pd.DataFrame([{"id": h.id, "url": h.url, "events": ", ".join(h.events), "active": h.active,
+                          "description": h.description, "created by": h.created_by} for h in hooks])
+
+
+def deliveries_table(deliveries: list[DeliveryInfo]) -> pd.DataFrame:
+    """Newest first: when, which event, its status, the last attempt's answer (status code or error) and time, and
+    when the next attempt is due."""
+    rows = []
+    for d in deliveries:
+        last = d.log[-1] if d.log else None
+        answer = "" if last is None else (str(last.status_code) if last.status_code is not None else "no answer")
+        rows.append({"id": d.id, "created": d.created_at, "event": d.event, "status": d.status,
+                     "attempts": d.attempts, "last answer": answer,
+                     "ms": last.duration_ms if last is not None else None,
+                     "error": (last.error or "") if last is not None else "", "next attempt": d.next_attempt_at})
+    return pd.DataFrame(rows)
+
+
+def choose_owner() -> str | None:
+    who = session.read(RegistryClient.whoami)
+    choices = owners(who)
+    if not choices:
+        st.info("Sign in with a token (sidebar) to manage webhooks: anonymous callers have none.")
+        return None
+    navigation.follow_url("owner", "webhooks_owner", default=choices[0])
+    if st.session_state.get("webhooks_owner") not in choices:
+        st.session_state["webhooks_owner"] = choices[0]
+    chosen: str = st.selectbox("Owner", choices, key="webhooks_owner", on_change=navigation.write_url,
+                               args=("owner", "webhooks_owner"),
+                               help="Your namespace, or an organisation where your role is write or admin.")
+    return chosen
+
+
+def add_form(owner: str) -> None:
+    with st.form("add_webhook", clear_on_submit=True):
+        st.markdown(f"**Add a webhook for {owner}/**")
+        url = st.text_input("URL", placeholder="https://ci.example.org/hooks/vera")
+        events = st.multiselect("Send when", list(WEBHOOK_EVENTS), default=list(WEBHOOK_EVENTS),
+                                format_func=lambda e: EVENT_LABELS.get(e, e))
+        description = st.text_input("Description", placeholder="what receives it")
+        if not st.form_submit_button("Add webhook"):
+            return
+    if not url.strip().startswith(("http://", "https://")):
+        st.error("The URL must start with http:// or https://.")
+        return
+    if not events:
+        st.error("Choose at least one event.")
+        return
+    try:
+        created = session.call(lambda c: c.create_webhook(owner, url.strip(), events=events,
+                                                          description=description))
+    except RegistryError as exc:
+        st.error(str(exc))
+        return
+    st.cache_data.clear()
+    st.success(f"Webhook {created.id} added. Its signing secret is shown this once: keep it with the receiver "
+               "(docs/webhooks.md says how to check the X-Vera-Signature header with it).")
+    st.code(created.secret, language=None)
+
+
+def send_test(hook: WebhookInfo) -> None:
+    try:
+        sent = session.call(lambda c: c.test_webhook(hook.id))
+    except RegistryError as exc:
+        st.error(str(exc))
+        return
+    (st.success if sent.status == "succeeded" else st.error)(
+        f"Test delivery {sent.id}: {sent.status} after {sent.attempts} attempt(s). The log below shows what the "
+        "receiver answered.")
+    st.cache_data.clear()
+
+
+def confirm_removal(hook: WebhookInfo) -> None:
+    """Asked first; removing takes the delivery log with it."""
+    confirm_key = f"confirm_remove_{hook.id}"
+    if not st.session_state.get(confirm_key):
+        return
+    st.warning(f"Remove webhook {hook.id} ({hook.url})? Its delivery log goes with it.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, remove it", key=f"yes_{hook.id}"):
+        session.call(lambda c: c.delete_webhook(hook.id))
+        st.session_state[confirm_key] = False
+        st.cache_data.clear()
+        st.rerun()
+    if no.button("Keep it", key=f"no_{hook.id}"):
+        st.session_state[confirm_key] = False
+        st.rerun()
+
+
+def delivery_log(hook: WebhookInfo) -> None:
+    deliveries = session.read(RegistryClient.webhook_deliveries, hook.id)
+    if not deliveries:
+        st.caption("No deliveries yet: send a test delivery, or publish under this owner.")
+        return
+    st.dataframe(deliveries_table(deliveries), hide_index=True, width="stretch")
+    failed = sum(d.status == "failed" for d in deliveries)
+    if failed:
+        st.caption(f"{failed} deliveries failed after every attempt; `vera webhook deliveries {hook.id}` shows each "
+                   "attempt.")
+
+
+def manage(hook: WebhookInfo) -> None:
+    """Test, pause or resume, remove (asked first), and the delivery log of one webhook."""
+    test, toggle, remove = st.columns(3)
+    if test.button("Send a test delivery", key=f"test_{hook.id}", type="primary"):
+        send_test(hook)
+    if toggle.button("Pause" if hook.active else "Resume", key=f"toggle_{hook.id}"):
+        session.call(lambda c: c.update_webhook(hook.id, active=not hook.active))
+        st.cache_data.clear()
+        st.rerun()
+    if remove.button("Remove", key=f"remove_{hook.id}"):
+        st.session_state[f"confirm_remove_{hook.id}"] = True
+    confirm_removal(hook)
+    delivery_log(hook)
+
+
+def page() -> None:
+    st.title("Webhooks")
+    owner = choose_owner()
+    if owner is None:
+        return
+    hooks = session.read(RegistryClient.webhooks, owner)
+    if hooks:
+        st.dataframe(hooks_table(hooks), hide_index=True, width="stretch")
+        chosen = st.selectbox("Webhook", hooks, format_func=lambda h: f"{h.id}: {h.url}", key="webhooks_chosen")
+        if chosen is not None:
+            manage(chosen)
+    else:
+        st.info(f"{owner}/ has no webhooks yet. Add one below: it receives a signed POST for each event of "
+                f"{owner}'s adapters.")
+    add_form(owner)
