@@ -98,10 +98,12 @@ def authorize(caller: Principal | None, options: ApiOptions, scope: Scope, owner
 
 
 def check_path_readable(request: Request, who: Principal, registry: Registry) -> None:
-    """404 (AdapterNotFound) when the path names an adapter ``who`` may not read."""
+    """404 (AdapterNotFound) when the path names an adapter ``who`` may not read, or one that does not exist: both
+    answer alike, before any other part of the request is checked, so that no other error (a bad parameter, a
+    missing file) tells the two apart."""
     owner, name = request.path_params.get("owner"), request.path_params.get("name")
     if isinstance(owner, str) and isinstance(name, str) and who.readable_owners() is not None:
-        registry.access.check_readable_names(who, owner, name)
+        registry.access.check_readable_names(who, owner, name, missing_too=True)
 
 
 def _reader(request: Request, caller: Caller, options: Options, registry: RegistryDep) -> Principal:

@@ -9,10 +9,10 @@ push, jobs and the model server alike. The rights themselves are decided by regi
 
 from __future__ import annotations
 
-from typing import Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import ColumnElement, or_, select, true
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
 from registry.domain.schemas import MemberInfo, OrganizationInfo, Ref, check_name, check_text
@@ -40,20 +40,40 @@ def readable_clause(viewer: Principal | None) -> ColumnElement[bool]:
     return or_(public, m.Adapter.owner.in_(sorted(owners))) if owners else public
 
 
+def readable_versions(viewer: Principal | None) -> Select[Any]:
+    """The ids of the versions ``viewer`` may read (of every version for None or an admin)."""
+    query = select(m.AdapterVersion.id)
+    if viewer is not None and viewer.readable_owners() is not None:
+        query = query.join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id).where(readable_clause(viewer))
+    return query
+
+
+def shown_to(viewer: Principal | None, uses: InstrumentedAttribute[int], used: InstrumentedAttribute[int]
+             ) -> ColumnElement[bool]:
+    """For registry-wide things that versions use (base models, projections; ``uses`` is the versions' column that
+    points at ``used``): those that ``viewer`` may see, namely those with a version it reads, or with none at all
+    (declared, or left over), so that a private publish shows neither its base model nor its projection's seed."""
+    if viewer is None or viewer.readable_owners() is None:
+        return true()
+    users = select(m.AdapterVersion.id).where(uses == used)
+    return or_(users.where(m.AdapterVersion.id.in_(readable_versions(viewer))).exists(), ~users.exists())
+
+
 def not_found(owner: str, name: str) -> AdapterNotFound:
     """The error for an adapter that does not exist, or that the caller may not see (one message for both)."""
     return AdapterNotFound(f"No adapter {owner}/{name}; `vera ls --owner {owner}` lists that owner's.")
 
 
-def require_readable(s: Session, viewer: Principal | None, ref: Ref | str) -> None:
-    """Raise the not-found error when ``viewer`` may not read ``ref``'s adapter (a missing one is left to the
-    lookup that follows, which says what exactly is missing)."""
+def require_readable(s: Session, viewer: Principal | None, ref: Ref | str, *, missing_too: bool = False) -> None:
+    """Raise the not-found error when ``viewer`` may not read ``ref``'s adapter (a missing one too with
+    ``missing_too``; otherwise it is left to the lookup that follows, which says what exactly is missing)."""
     if viewer is None or viewer.readable_owners() is None:
         return
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
     visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == ref.owner,
                                                              m.Adapter.name == ref.name))
-    if visibility is not None and not viewer.can_read(ref.owner, visibility):
+    if (visibility is None and missing_too) or (visibility is not None and not viewer.can_read(ref.owner,
+                                                                                             visibility)):
         raise not_found(ref.owner, ref.name)
 
 
@@ -64,10 +84,11 @@ class Access:
         self.db = db
 
     def check_readable(self, viewer: Principal | None, *refs: Ref | str) -> None:
-        """AdapterNotFound for the first of ``refs`` that ``viewer`` may not read."""
+        """AdapterNotFound for the first of ``refs`` that is missing or that ``viewer`` may not read (in order, so
+        that which one is named does not tell the two apart)."""
         with self.db.session() as s:
             for ref in refs:
-                require_readable(s, viewer, ref)
+                require_readable(s, viewer, ref, missing_too=True)
 
     def check_readable_names(self, viewer: Principal, owner: str, name: str, *, missing_too: bool = False) -> None:
         """Like check_readable, for an owner and name as a path gives them (not validated: a name that cannot

@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput
 from registry.domain.schemas import BaseModelInfo, check_text
+from registry.services.access import shown_to
 from registry.services.shapes import declared_layers, in_features_json, match_path, shapes_fingerprint, shapes_of
+from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
 from vera_core import AdapterFiles
@@ -105,9 +107,12 @@ class BaseModels:
                                f"{str(exc)[:200]}).") from exc
         return self.register(name=name, revision=revision, model=_meta_model(parsed), actor=actor, source=source)
 
-    def list(self) -> list[BaseModelInfo]:
+    def list(self, viewer: Principal | None = None) -> list[BaseModelInfo]:
+        """The base models (those ``viewer`` may see: registry.services.access.shown_to)."""
+        query = select(m.BaseModelShapes).where(
+            shown_to(viewer, m.AdapterVersion.base_model_id, m.BaseModelShapes.id)).order_by(m.BaseModelShapes.name)
         with self.db.session() as s:
-            return [base_info(b) for b in s.scalars(select(m.BaseModelShapes).order_by(m.BaseModelShapes.name))]
+            return [base_info(b) for b in s.scalars(query)]
 
     def with_declared_shapes(self, files: AdapterFiles, name: str, revision: str) -> AdapterFiles:
         """PEFT sizes A and B to the largest adapted layer; with the base's declared shapes the registry can too

@@ -18,11 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, true, update
+from sqlalchemy import ColumnElement, false, or_, select, true, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
     FINAL_JOB_STATUSES,
+    MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
     JobEventInfo,
@@ -58,10 +59,12 @@ class Jobs:
 
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
-               dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None) -> JobInfo:
+               dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None,
+               gpus: int = 0) -> JobInfo:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
-        (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so)."""
-        _check_scheduling(priority, time_limit_s)
+        (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
+        GPUs its training needs (0: it runs on a CPU worker, or on any other)."""
+        _check_scheduling(priority, time_limit_s, gpus)
         ref = Ref.parse(target)
         check_name(owner, "Owner")
         if ref.owner != owner:
@@ -102,7 +105,7 @@ class Jobs:
                 s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
             job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
                         dataset_sha256=digest, status="queued", progress={}, priority=priority,
-                        time_limit_s=time_limit_s)
+                        time_limit_s=time_limit_s, gpus=gpus)
             s.add(job)
             s.flush()
             request_id = REQUEST_ID.get()
@@ -117,6 +120,10 @@ class Jobs:
         if isinstance(training, dict) and training.get("output_dir") is not None:
             raise InvalidInput("training.output_dir cannot be set in a job: the worker keeps checkpoints in its own "
                                "work area. Leave it out.")
+        if isinstance(training, dict) and training.get("device") is not None:
+            raise InvalidInput("training.device cannot be set in a job: the worker trains on the device it owns "
+                               "(`vera worker --device`). Leave it out; ask for a GPU with gpus=1 (`vera job submit "
+                               "--gpus 1`).")
         base = spec.get("base_model", DEMO_MODEL)
         if base not in self.base_models:
             raise InvalidInput(f"Jobs on this registry train only {', '.join(map(repr, self.base_models))} "
@@ -165,11 +172,14 @@ class Jobs:
             return self._info(s, job)
 
     # ---- workers ---------------------------------------------------------------------------------------------
-    def claim(self, worker: str) -> JobInfo | None:
-        """Take the queued job of highest priority, oldest first (one whose worker died: once its backoff passed)."""
+    def claim(self, worker: str, *, gpus: int = 0) -> JobInfo | None:
+        """Take the queued job of highest priority, oldest first (one whose worker died: once its backoff passed),
+        among those that need no more than the worker's ``gpus``: a job asking for more stays queued for a worker
+        that has them."""
         now = datetime.now(UTC)
         stale = (m.Job.status == "running") & (m.Job.heartbeat_at < now - self.lease)
-        query = (select(m.Job).where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now))
+        query = (select(m.Job).where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now),
+                                     m.Job.gpus <= gpus)
                  .order_by(m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
         with self.db.session() as s:
             # a job cancelled while its worker was dying will not be resumed: it is cancelled
@@ -263,15 +273,12 @@ class Jobs:
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def job_visible(self, viewer: Principal | None) -> ColumnElement[bool]:
-        """Jobs ``viewer`` may see: those whose adapter it may read (the adapter the job publishes, or, before it
-        exists, one of the registry's default visibility), and every job of the owners it reads privately."""
+        """Jobs ``viewer`` may see: those of the owners whose private adapters it reads (itself, its organisations;
+        every job for admins). A job's spec, dataset and log are its owner's, whatever the adapter's visibility."""
         owners = viewer.readable_owners() if viewer is not None else None
         if owners is None:
             return true()
-        target = select(m.Adapter.visibility).where(
-            (m.Adapter.owner + "/" + m.Adapter.name) == m.Job.target_name).scalar_subquery()
-        public = func.coalesce(target, self.registry.default_visibility) == "public"
-        return or_(public, m.Job.owner.in_(sorted(owners))) if owners else public
+        return m.Job.owner.in_(sorted(owners)) if owners else false()
 
     def _visible_job(self, s: Any, job_id: int, viewer: Principal | None) -> m.Job:
         job = self._job(s, job_id)
@@ -299,7 +306,7 @@ class Jobs:
                        claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
                        cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
                        result_ref=result_ref, priority=job.priority, time_limit_s=job.time_limit_s,
-                       not_before=job.not_before)
+                       not_before=job.not_before, gpus=job.gpus)
 
 
 def _ended(s: Any, job: m.Job, *, actor: str) -> None:
@@ -313,7 +320,7 @@ def _ended(s: Any, job: m.Job, *, actor: str) -> None:
     s.add(m.AuditEvent(actor=actor[:64], action="job-end", target=job.target_name, detail=detail))
 
 
-def _check_scheduling(priority: int, time_limit_s: float | None) -> None:
+def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> None:
     bound = MAX_JOB_PRIORITY
     if isinstance(priority, bool) or not isinstance(priority, int) or not -bound <= priority <= bound:
         raise InvalidInput(f"priority must be an integer from {-bound} to {bound} (higher runs first); "
@@ -322,6 +329,8 @@ def _check_scheduling(priority: int, time_limit_s: float | None) -> None:
                                          and 0 < time_limit_s <= MAX_JOB_TIME_LIMIT_S):
         raise InvalidInput(f"time_limit_s must be a number of seconds above 0 and at most {MAX_JOB_TIME_LIMIT_S:.0f} "
                            f"(30 days); got {time_limit_s!r}.")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_JOB_GPUS:
+        raise InvalidInput(f"gpus must be an integer from 0 (a CPU job) to {MAX_JOB_GPUS}; got {gpus!r}.")
 
 
 def _no_job(job_id: int) -> NotFound:

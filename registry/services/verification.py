@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, NotFound
 from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
+from registry.services.access import readable_versions, shown_to
 from registry.services.lookup import projection_spec, resolve, version_ref
 from registry.services.shapes import match_path
+from registry.services.tokens import Principal
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -99,15 +101,18 @@ class Verification:
             v = resolve(s, ref)
             return v.verification_report or {"status": v.verification_status}
 
-    def list_projections(self) -> list[ProjectionInfo]:
-        """Every shared projection with how many versions use it."""
+    def list_projections(self, viewer: Principal | None = None) -> list[ProjectionInfo]:
+        """The shared projections with how many versions use them (those ``viewer`` may see, counting only the
+        versions it reads: registry.services.access.shown_to)."""
+        counted = select(m.AdapterVersion.projection_id, func.count()).where(
+            m.AdapterVersion.id.in_(readable_versions(viewer))).group_by(m.AdapterVersion.projection_id)
+        shown = select(m.Projection).where(shown_to(viewer, m.AdapterVersion.projection_id, m.Projection.id))
         with self.db.session() as s:
-            uses = dict(s.execute(select(m.AdapterVersion.projection_id, func.count())
-                                  .group_by(m.AdapterVersion.projection_id)).tuples().all())
+            uses = dict(s.execute(counted).tuples().all())
             return [ProjectionInfo(id=p.id, generator=p.generator, seed=int(p.seed), r=p.r, max_in=p.max_in,
                                    max_out=p.max_out, fingerprint=p.fingerprint, reproducible=p.reproducible,
                                    stored=p.blob_sha256 is not None, versions=uses.get(p.id, 0))
-                    for p in s.scalars(select(m.Projection).order_by(m.Projection.id))]
+                    for p in s.scalars(shown.order_by(m.Projection.id))]
 
     # ---- storage maintenance -----------------------------------------------------------------------------------
     @staticmethod

@@ -160,7 +160,7 @@ class Webhooks:
     def _row(s: Any, webhook_id: int) -> m.Webhook:
         row: m.Webhook | None = s.get(m.Webhook, webhook_id)
         if row is None:
-            raise NotFound(f"No webhook {webhook_id}; `vera webhook ls --owner OWNER` lists an owner's webhooks.")
+            raise webhook_not_found(webhook_id)
         return row
 
     @staticmethod
@@ -179,3 +179,8 @@ def _delivery_infos(s: Any, rows: list[m.WebhookDelivery]) -> list[DeliveryInfo]
     return [DeliveryInfo(id=r.id, webhook_id=r.webhook_id, event_id=r.event_id, event=r.event, status=r.status,
                          attempts=r.attempts, next_attempt_at=r.next_attempt_at, created_at=r.created_at,
                          finished_at=r.finished_at, payload=r.payload, log=attempts[r.id]) for r in rows]
+
+
+def webhook_not_found(webhook_id: int) -> NotFound:
+    """The error for a webhook that does not exist, or that the caller may not manage (one message for both)."""
+    return NotFound(f"No webhook {webhook_id}; `vera webhook ls --owner OWNER` lists an owner's webhooks.")

@@ -27,8 +27,9 @@ ROLES = {"none": None, "expired": ["admin"], "read": ["read"], "other-publisher"
          "org-outsider": ["read", "publish"], "publisher": ["read", "publish", "hub"], "admin": ["admin"]}
 #: whose token each role holds: alice's, but mallory's (another user) and olga's (admin of another organisation)
 USER = {"other-publisher": "mallory", "org-outsider": "olga"}
-#: routes where a caller outside the organisation acme (alice's) finds nothing rather than being refused
-HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete"}
+#: routes where another user finds nothing rather than being refused: alice's organisation, jobs and webhooks
+HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "job", "job-events", "job-cancel", "webhook-get",
+                         "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries"}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "verify": ("read", False),

@@ -46,14 +46,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         with client(base, tokens["alice"]) as alice:
             alice.publish(source, "alice/secret", base_model="tiny-llama", visibility="private",
                           description="needle private")
-            alice.publish(source, "alice/open", base_model="tiny-llama", description="needle public")
+            alice.publish(source, "alice/open", base_model="tiny-llama", description="needle public",
+                          parent="alice/secret:1")
             alice.set_alias("alice/secret:1", "prod")
             alice.create_organization("acme", description="a team")
             alice.set_member("acme", "bob", "read")
             alice.set_member("acme", "carol", "write")
             alice.publish(source, "acme/team", base_model="tiny-llama", visibility="private")
             job = alice.submit_job("alice/secret", {"demo": True}).id  # no worker: it stays queued
-        yield {"url": base, "tokens": tokens, "source": source, "job": job}
+            planned = alice.submit_job("alice/not-yet-published", {"demo": True}).id
+        yield {"url": base, "tokens": tokens, "source": source, "job": job, "planned": planned}
 
 
 def client(url: str, token: str | None) -> RegistryClient:
@@ -137,7 +139,49 @@ def test_listings_search_and_jobs_leave_private_adapters_out(server: dict[str, A
         assert get(server, "alice", path).status_code == 200
     assert get(server, "mallory", f"/api/v1/jobs/{job}/cancel", "POST").status_code == 404
     assert job not in {j["id"] for j in get(server, "mallory", "/api/v1/jobs").json()}
+    planned = server["planned"]  # a job's spec is its owner's, even before its adapter exists
+    assert get(server, "mallory", f"/api/v1/jobs/{planned}").status_code == 404
+    assert get(server, None, "/api/v1/jobs").json() == []
     assert job in {j["id"] for j in get(server, "alice", "/api/v1/jobs").json()}
+
+
+def test_lineage_and_parents_do_not_reveal_private_versions(server: dict[str, Any]) -> None:
+    """A public version fine-tuned from a private one: outsiders see neither the parent's name in its lineage nor a
+    node for it in the graph, and cannot name it as a parent (which would resolve its versions and aliases)."""
+    for who in (None, "mallory", "alice-acme-only"):
+        info = get(server, who, "/api/v1/adapters/alice/open/versions/1").json()
+        assert info["lineage"].get("parent_private") is True and "parent" not in info["lineage"]
+        graph = get(server, who, "/api/v1/adapters/alice/open/versions/1/lineage").json()
+        assert [n["ref"] for n in graph["nodes"]] == ["alice/open:1"] and graph["edges"] == [], who
+    graph = get(server, "alice", "/api/v1/adapters/alice/open/versions/1/lineage").json()
+    assert {n["ref"] for n in graph["nodes"]} == {"alice/open:1", "alice/secret:1"}  # the owner sees both
+    with client(server["url"], server["tokens"]["mallory"]) as mallory:
+        for parent in ("alice/secret:1", "alice/secret:99", "alice/secret@prod", "alice/nonexistent:1"):
+            with pytest.raises(NotFound, match=f"No adapter {parent.split(':')[0].split('@')[0]};"):
+                mallory.publish(server["source"], "mallory/child", base_model="tiny-llama", parent=parent)
+        assert mallory.list_versions(owner="mallory").items == []  # nothing was published
+
+
+def test_base_models_and_projections_of_private_versions_are_not_listed(server: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    """A private publish on its own base model and projection seed shows neither to outsiders, and projections
+    count only the versions the caller reads."""
+    secret = make_adapter(tmp_path / "secret", projection_prng_key=4242, r=16)
+    with client(server["url"], server["tokens"]["alice"]) as alice:
+        alice.publish(secret, "alice/skunkworks", base_model="secret-corp/internal", visibility="private")
+
+    def seen(who: str | None) -> tuple[set[str], dict[tuple[int, int], int]]:
+        bases = {b["name"] for b in get(server, who, "/api/v1/base-models").json()}
+        projections = {(p["seed"], p["r"]): p["versions"] for p in get(server, who, "/api/v1/projections").json()}
+        return bases, projections
+
+    for who in (None, "mallory", "alice-acme-only"):
+        bases, projections = seen(who)
+        assert "secret-corp/internal" not in bases and (4242, 16) not in projections and "tiny-llama" in bases, who
+    bases, projections = seen("alice")
+    assert "secret-corp/internal" in bases and projections[(4242, 16)] == 1
+    outsider_count, owner_count = seen("mallory")[1][(0, 8)], seen("alice")[1][(0, 8)]
+    assert outsider_count < owner_count  # alice/secret's version uses that projection too, and is not counted
 
 
 def test_organisation_roles(server: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from registry.client import RegistryClient
-from registry.domain.errors import Forbidden, InvalidInput, Unauthorized
+from registry.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.events import WebhookForm
 from registry.services.delivery import Sender, check_target
 from registry.services.outbox import Outbox
@@ -251,14 +251,23 @@ def test_bad_webhook_fields_are_refused(server: dict[str, Any], receiver: Receiv
 def test_only_the_owners_publishers_manage_its_webhooks(server: dict[str, Any], receiver: Receiver) -> None:
     with client(server) as alice:
         hook = alice.create_webhook("alice", receiver.url("/private"))
-    for who, error in (("mallory", Forbidden), ("reader", Forbidden)):
+    by_owner = (lambda c: c.webhooks("alice"), lambda c: c.create_webhook("alice", receiver.url("/x")))
+    by_id = (lambda c: c.webhook(hook.id), lambda c: c.test_webhook(hook.id),
+             lambda c: c.webhook_deliveries(hook.id), lambda c: c.update_webhook(hook.id, active=False),
+             lambda c: c.delete_webhook(hook.id))
+    # a publisher of another owner is refused alice's namespace, and finds none of her webhooks by id (as for a
+    # missing one: walking ids reveals neither which exist nor whose they are); a read-only token is refused all
+    for who, named, numbered in (("mallory", Forbidden, NotFound), ("reader", Forbidden, Forbidden)):
         with client(server, who) as outsider:
-            for call in (lambda c: c.webhooks("alice"), lambda c: c.create_webhook("alice", receiver.url("/x")),
-                         lambda c: c.webhook(hook.id), lambda c: c.test_webhook(hook.id),
-                         lambda c: c.webhook_deliveries(hook.id), lambda c: c.update_webhook(hook.id, active=False),
-                         lambda c: c.delete_webhook(hook.id)):
-                with pytest.raises(error):
-                    call(outsider)
+            for calls, error in ((by_owner, named), (by_id, numbered)):
+                for call in calls:
+                    with pytest.raises(error):
+                        call(outsider)
+    with client(server, "mallory") as mallory, pytest.raises(NotFound) as missing:
+        mallory.webhook(hook.id + 10_000)
+    with client(server, "mallory") as mallory, pytest.raises(NotFound) as hidden:
+        mallory.webhook(hook.id)
+    assert str(hidden.value) == str(missing.value).replace(str(hook.id + 10_000), str(hook.id))
     with RegistryClient(server["url"], "", cache=False) as anonymous, pytest.raises(Unauthorized):
         anonymous.webhooks("alice")
     with client(server, "mallory") as mallory:

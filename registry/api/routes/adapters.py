@@ -89,6 +89,8 @@ async def publish(
     code_revision: Annotated[str, Form(description="the code that trained it, e.g. a git commit (lineage)")] = "",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
+    if parent:  # a parent the publisher may not read does not exist for it (nor its versions and aliases)
+        await run_in_threadpool(registry.access.check_readable, who, Ref.parse(parent))
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
         for upload, filename in ((adapter_config, "adapter_config.json"),
                                  (adapter_model, "adapter_model.safetensors")):
@@ -122,13 +124,14 @@ def get_version(_: Reader, registry: RegistryDep, owner: str, name: str, selecto
 
 @router.get(f"{VERSION}/lineage", response_model=LineageGraph)
 def lineage(
-    _: Reader, registry: RegistryDep, owner: str, name: str, selector: str,
+    who: Reader, registry: RegistryDep, owner: str, name: str, selector: str,
     depth: Annotated[int, Query(ge=1, le=MAX_LINEAGE_DEPTH, description="generations each way")] = MAX_LINEAGE_DEPTH,
     limit: Annotated[int, Query(ge=1, le=MAX_LINEAGE_NODES, description="versions each way")] = MAX_LINEAGE_NODES,
 ) -> LineageGraph:
     """What the version came from and what was made from it: nodes (depth < 0 ancestors, > 0 descendants) and
     parent -> child edges."""
-    return registry.lineage(ref_of(owner, name, selector), depth=depth, limit=limit)
+    return registry.lineage(ref_of(owner, name, selector), depth=depth, limit=limit,
+                            include=lambda adapter: who.can_read(adapter.owner, adapter.visibility))
 
 
 @router.post(f"{VERSION}/verify", response_model=VerificationReport)

@@ -41,10 +41,11 @@ def register_base_model(caller: Caller, options: Options, registry: RegistryDep,
 
 
 @router.get("/base-models", response_model=list[BaseModelInfo])
-def base_models(_: Reader, registry: RegistryDep) -> list[BaseModelInfo]:
-    return registry.list_base_models()
+def base_models(who: Reader, registry: RegistryDep) -> list[BaseModelInfo]:
+    return registry.list_base_models(who)
 
 
 @router.get("/projections")
-def projections(_: Reader, registry: RegistryDep) -> list[dict[str, Any]]:
-    return [p.model_dump() for p in registry.list_projections()]
+def projections(who: Reader, registry: RegistryDep) -> list[dict[str, Any]]:
+    """The shared projections with how many versions use them (of those the caller may read)."""
+    return [p.model_dump() for p in registry.list_projections(who)]

@@ -13,7 +13,7 @@ from registry.api.deps import Caller, Options, authorize
 from registry.api.routes.adapters import MAX_ID
 from registry.domain.events import DeliveryInfo, WebhookChange, WebhookCreated, WebhookForm, WebhookInfo
 from registry.services.tokens import Principal
-from registry.services.webhooks import MAX_LOG_PAGE, Webhooks
+from registry.services.webhooks import MAX_LOG_PAGE, Webhooks, webhook_not_found
 
 router = APIRouter(prefix="/api/v1/webhooks")
 WebhookId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
@@ -28,10 +28,13 @@ WebhooksDep = Annotated[Webhooks, Depends(_webhooks)]
 
 
 def _manager(caller: Caller, options: Options, webhooks: WebhooksDep, webhook_id: WebhookId) -> Principal:
-    """A caller that may manage the path's webhook: one with the publish scope for its owner (the scope is checked
-    first, so that a caller without it learns nothing of which webhooks exist)."""
-    authorize(caller, options, "publish")
-    return authorize(caller, options, "publish", webhooks.get(webhook_id).owner)
+    """A caller that may manage the path's webhook: one with the publish scope for its owner. The scope is checked
+    first, and to a caller that may not write under the webhook's owner it does not exist (404, as for a missing
+    one), so that walking ids reveals neither which webhooks exist nor whose they are."""
+    who = authorize(caller, options, "publish")
+    if not who.can_write(webhooks.get(webhook_id).owner):
+        raise webhook_not_found(webhook_id)
+    return who
 
 
 Manager = Annotated[Principal, Depends(_manager)]
