@@ -1,0 +1,381 @@
+"""The steps of bench/gpu_check.sh, one per call, each writing a markdown section for bench/RESULTS.md.
+
+    python bench/gpu_check.py STEP --device cuda|cpu [--quick] --out DIR
+
+Steps: device, projection, train, mixed, serve (the CUDA tests are run by the shell script through pytest). Each
+prints its section and writes it to DIR/<step>.md; a check that fails exits 1 after writing what it found, so the
+fragment says which figure is wrong. ``--quick`` uses small shapes (the CPU run the test suite makes); the full run
+uses the issue's shapes: 7B projections at r=1024, RoBERTa-base r=1024 fp32 and a ~1B Llama-shaped LM in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vera_core import (  # noqa: E402
+    PEFT_GENERATOR,
+    PORTABLE_GENERATOR,
+    AdapterBank,
+    ProjectionSpec,
+    VeraConfig,
+    VeraModel,
+    generate,
+    read_adapter,
+    save_adapter,
+)
+
+Lines = list[str]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str, reps: int) -> float:
+    """Median seconds of ``reps`` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- device ------------------------------------------------------------------------------------------------------
+def step_device(device: str, quick: bool) -> tuple[Lines, bool]:
+    lines = [f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}), python "
+             f"{sys.version.split()[0]}, CUDA available: {torch.cuda.is_available()}"]
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        lines.append(f"device {device}: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability "
+                     f"{props.major}.{props.minor}, {torch.cuda.device_count()} device(s); bf16 supported: "
+                     f"{torch.cuda.is_bf16_supported()}")
+    else:
+        lines.append(f"device cpu, {torch.get_num_threads()} threads (--cpu run: CUDA figures are skipped)")
+    return lines, True
+
+
+# ---- projection --------------------------------------------------------------------------------------------------
+def step_projection(device: str, quick: bool) -> tuple[Lines, bool]:
+    """The portable generator on ``device`` against the CPU, bit for bit, many seeds and shapes."""
+    seeds = [0, 1, 7, 2**31 - 1, 2**40 + 1, 2**63 - 1] if not quick else [0, 2**40 + 1]
+    shapes = [(8, 64, 64), (16, 768, 768), (256, 2048, 5632), (1024, 4096, 4096), (1024, 4096, 11008),
+              (1024, 11008, 4096)] if not quick else [(8, 64, 64), (16, 96, 200)]
+    checked, mismatches = 0, []
+    for r, n, m in shapes:
+        for seed in seeds if r * max(n, m) <= 2**22 else seeds[:2]:  # 7B shapes: two seeds (each pair is 90 MiB)
+            spec = ProjectionSpec(PORTABLE_GENERATOR, seed, r, n, m)
+            on_cpu, there = generate(spec, "cpu"), generate(spec, device)
+            checked += 1
+            if not all(torch.equal(x, y.cpu()) for x, y in zip(on_cpu, there, strict=True)):
+                mismatches.append(f"seed {seed}, r={r}, {n}x{m}")
+    r, n, m = shapes[-1]
+    spec = ProjectionSpec(PORTABLE_GENERATOR, 0, r, n, m)
+    seconds = timed(lambda: generate(spec, device), device, 3)
+    verdict = "**equal bit for bit**" if not mismatches else f"**DIFFERENT** for {', '.join(mismatches)}"
+    if device == "cpu":
+        verdict += " (--cpu run: the CPU against itself; the figure that matters is the CUDA run's)"
+    lines = [f"portable generator `{PORTABLE_GENERATOR}` on {device} vs the CPU: {checked} (seed, shape) pairs "
+             f"(shapes r x in x out: {', '.join(f'{r}x{n}x{m}' for r, n, m in shapes)}): {verdict}",
+             f"generating the largest pair ({r}x{max(n, m)}) on {device}: {seconds * 1e3:.1f} ms (median of 3)"]
+    return lines, not mismatches
+
+
+# ---- training step -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """A base model to train, with its shapes and precision."""
+
+    name: str
+    family: str  # roberta | llama
+    sizes: dict[str, int]
+    r: int
+    dtype: torch.dtype
+    batch: int
+    seq: int
+    tolerance: float
+
+    def base(self) -> torch.nn.Module:
+        torch.manual_seed(0)  # the same random weights for every contestant
+        if self.family == "roberta":
+            from transformers import RobertaConfig, RobertaForSequenceClassification
+
+            # dropout off: the contestants draw random numbers in different orders, and must compute the same
+            return RobertaForSequenceClassification(RobertaConfig(
+                num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **self.sizes))
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        return LlamaForCausalLM(LlamaConfig(**self.sizes))
+
+    @property
+    def targets(self) -> list[str]:
+        return ["query", "value"] if self.family == "roberta" else ["q_proj", "v_proj"]
+
+    @property
+    def task_type(self) -> str:
+        return "SEQ_CLS" if self.family == "roberta" else "CAUSAL_LM"
+
+    def inputs(self, device: str) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.sizes.get("vocab_size", 50265), (self.batch, self.seq), generator=gen)
+        labels = torch.randint(0, 2, (self.batch,), generator=gen) if self.family == "roberta" else ids
+        return {"input_ids": ids.to(device), "labels": labels.to(device)}
+
+
+TINY_ROBERTA = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "intermediate_size": 128, "max_position_embeddings": 80}
+TINY_LLAMA = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 128, "num_key_value_heads": 4}
+# TinyLlama-1.1B's shapes (random weights: speed does not depend on them)
+LLAMA_1B = {"vocab_size": 32000, "hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32,
+            "intermediate_size": 5632, "num_key_value_heads": 4}
+
+
+def cases(quick: bool, device: str) -> list[Case]:
+    if quick:
+        return [Case("tiny RoBERTa fp32", "roberta", TINY_ROBERTA, 64, torch.float32, 4, 16, 1e-4),
+                Case("tiny Llama bf16" if device != "cpu" else "tiny Llama fp32", "llama", TINY_LLAMA, 32,
+                     torch.bfloat16 if device != "cpu" else torch.float32, 2, 16, 2e-2)]
+    return [Case("RoBERTa-base fp32", "roberta", {}, 1024, torch.float32, 32, 128, 1e-4),
+            Case("Llama ~1.1B bf16", "llama", LLAMA_1B, 256, torch.bfloat16, 4, 512, 2e-2)]
+
+
+def contestant(case: Case, kind: str, device: str) -> torch.nn.Module:
+    """``ours`` loads PEFT VeRA's initial vectors (same generator and seed), so the two train the same function."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import VeraConfig as PeftVeraConfig
+
+    if kind == "peft-lora-r8":
+        model = get_peft_model(case.base(), LoraConfig(r=8, lora_alpha=16, target_modules=case.targets,
+                                                       task_type=case.task_type))
+    else:
+        torch.manual_seed(5)
+        model = get_peft_model(case.base(), PeftVeraConfig(r=case.r, target_modules=case.targets, init_weights=False,
+                                                           task_type=case.task_type))
+        if kind == "ours":
+            peft_state = get_peft_model_state_dict(model)
+            model = VeraModel(case.base(), VeraConfig(r=case.r, target_modules=case.targets,
+                                                      task_type=case.task_type, init_weights=False,
+                                                      projection_generator=PEFT_GENERATOR))
+            model.load_adapter_state_dict(peft_state)
+    return model.to(device=device, dtype=case.dtype).train()
+
+
+class Contestant:
+    """One model in the training race: its optimizer, its losses, its step times and the memory of its step."""
+
+    def __init__(self, case: Case, kind: str, device: str) -> None:
+        self.model, self.device = contestant(case, kind, device), device
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(self.params, lr=1e-2)  # plain SGD: the first update is the gradient, comparable
+        self.inputs = case.inputs(device)
+        self.losses: list[float] = []
+        self.times: list[float] = []
+        self.peak_mib: float | None = None
+
+    def step(self) -> None:
+        sync(self.device)
+        start = time.perf_counter()
+        loss = self.model(**self.inputs).loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.losses.append(loss.item())  # .item() waits for the device
+        self.times.append(time.perf_counter() - start)
+
+    def first_step(self) -> None:
+        """The warm-up step (not timed), measuring the memory this model needs: its own weights and projections plus
+        what its step allocates beyond what was resident (the other contestants' weights are not counted)."""
+        if not self.device.startswith("cuda"):
+            self.step()
+            return
+        own = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.step()
+        self.peak_mib = (own + torch.cuda.max_memory_allocated(self.device) - before) / 2**20
+
+
+KINDS = ("peft-vera", "ours", "peft-lora-r8")
+
+
+def race(case: Case, device: str, steps: int) -> dict[str, Contestant]:
+    """Every contestant resident at once, one warm-up step each, then ``steps`` rounds with one step of each,
+    alternating the order, so that drift and warm-up effects fall on all of them alike."""
+    runs = {kind: Contestant(case, kind, device) for kind in KINDS}
+    for run in runs.values():
+        run.first_step()
+        run.times.clear()
+    for round_ in range(steps):
+        for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
+            runs[kind].step()
+    return runs
+
+
+def step_train(device: str, quick: bool) -> tuple[Lines, bool]:
+    steps = 3 if quick else 6
+    ok, lines = True, []
+    for case in cases(quick, device):
+        runs = race(case, device, steps)
+        ours, peft, lora = runs["ours"], runs["peft-vera"], runs["peft-lora-r8"]
+        first = abs(ours.losses[0] - peft.losses[0]) / max(1e-8, abs(peft.losses[0]))
+        after = abs(ours.losses[1] - peft.losses[1]) / max(1e-8, abs(peft.losses[1]))
+        same = first <= case.tolerance and after <= case.tolerance * 10
+        ok &= same
+        lines += [f"**{case.name}**, VeRA r={case.r} on {'+'.join(case.targets)}, batch {case.batch} x seq "
+                  f"{case.seq}, SGD, median of {steps} alternated rounds on {device}: ours vs PEFT VeRA loss at step "
+                  f"1 {ours.losses[0]:.6g} vs {peft.losses[0]:.6g} (rel. diff {first:.1e}), after one update rel. "
+                  f"diff {after:.1e} (tolerance {case.tolerance:g}): {'**same**' if same else '**DIFFERENT**'}",
+                  "", "| config | trainable | step ms (median) | spread ms | PEFT VeRA / this | this / PEFT LoRA r=8 "
+                  "| peak GPU MiB (own weights + step) |", "|---|---|---|---|---|---|---|"]
+        medians = {kind: statistics.median(run.times) for kind, run in runs.items()}
+        for kind, run in runs.items():
+            peak = "-" if run.peak_mib is None else f"{run.peak_mib:,.0f}"
+            lines.append(f"| {kind} | {sum(p.numel() for p in run.params):,} | {medians[kind] * 1e3:.1f} | "
+                         f"{min(run.times) * 1e3:.1f}-{max(run.times) * 1e3:.1f} | "
+                         f"{medians['peft-vera'] / medians[kind]:.2f}x | "
+                         f"{medians[kind] / medians['peft-lora-r8']:.2f}x | {peak} |")
+        lines.append("")
+        del runs, ours, peft, lora
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return lines, ok
+
+
+# ---- mixed-adapter batches ---------------------------------------------------------------------------------------
+def step_mixed(device: str, quick: bool) -> tuple[Lines, bool]:
+    """Rows naming different adapters in one forward on ``device`` vs each adapter alone on the CPU and PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from vera_core.recipes import resolve_base
+
+    count = 4 if quick else 64
+    path = resolve_base("minilm")
+    base = lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()  # noqa: E731
+    texts = [f"sentence number {i} about the weather and the news" for i in range(count)]
+    enc = AutoTokenizer.from_pretrained(path)(texts, return_tensors="pt", padding=True)
+    names = [f"a{i}" for i in range(count)]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = VeraModel(base(), VeraConfig(r=256, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                             save_projection=False, projection_generator=PEFT_GENERATOR))
+        gen = torch.Generator().manual_seed(0)
+        for name in names:
+            with torch.no_grad():
+                for p in model.trainable_parameters().values():
+                    p.normal_(0, 0.1, generator=gen)
+            save_adapter(model, Path(tmp) / name)
+        bank = AdapterBank(VeraModel(base(), read_adapter(Path(tmp) / "a0").config).eval().to(device))
+        for name in names:
+            bank.add(name, Path(tmp) / name)
+        inputs = {k: v.to(device) for k, v in enc.items()}
+        mixed = bank(names, **inputs).logits.float().cpu()
+        mixed_s = timed(lambda: bank(names, **inputs), device, 3)
+        peft = PeftModel.from_pretrained(base(), Path(tmp) / "a0", adapter_name="a0")
+        for name in names[1:]:
+            peft.load_adapter(Path(tmp) / name, adapter_name=name)
+        peft = peft.to(device).eval()
+
+        def peft_rows() -> torch.Tensor:
+            rows = []
+            with torch.no_grad():
+                for i, name in enumerate(names):
+                    peft.set_adapter(name)
+                    rows.append(peft(**{k: v[i:i + 1] for k, v in inputs.items()}).logits.float())
+            return torch.cat(rows).cpu()
+
+        want = peft_rows()
+        peft_s = timed(peft_rows, device, 3)
+    diff = (mixed - want).abs().max().item()
+    same = diff <= 1e-3
+    return [f"mixed batch on {device}: {count} rows, each naming a different one of {count} VeRA r=256 adapters on "
+            f"MiniLM: max |ours - PEFT (set_adapter per row)| = {diff:.1e}: {'**same**' if same else '**DIFFERENT**'}"
+            f"; one mixed forward {mixed_s * 1e3:.1f} ms vs PEFT switching per row {peft_s * 1e3:.1f} ms "
+            f"({peft_s / mixed_s:.1f}x)"], same
+
+
+# ---- serve-model -------------------------------------------------------------------------------------------------
+def classify(url: str, adapter: str, texts: list[str]) -> dict[str, Any]:
+    body = json.dumps({"adapter": adapter, "inputs": texts}).encode()
+    request = urllib.request.Request(f"{url}/v1/classify", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        result: dict[str, Any] = json.load(response)
+        return result
+
+
+def step_serve(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
+    """`vera serve-model --device` answering classify requests for an adapter published to a real registry."""
+    from registry.client import RegistryClient
+    from tests.registry.servers import free_port, running_server, running_vera
+    from vera_core.recipes import resolve_base
+
+    seconds = 2.0 if quick else 20.0
+    text = ["an ordinary sentence about the weather today"]
+    with tempfile.TemporaryDirectory() as tmp, running_server(f"sqlite:///{tmp}/r.db", Path(tmp) / "blobs") as url:
+        from transformers import AutoModelForSequenceClassification
+
+        base = AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"), num_labels=2)
+        model = VeraModel(base, VeraConfig(r=256, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                           save_projection=False, projection_generator=PEFT_GENERATOR))
+        with RegistryClient(url) as client:
+            ref = client.publish(save_adapter(model, Path(tmp) / "a"), "bench/gpu", base_model="minilm").ref
+        port = free_port()
+        with running_vera(["serve-model", "--device", device, "--port", str(port), "--registry", url], port,
+                          log_path=out / "serve-model.log") as served:
+            first = time.perf_counter()
+            answer = classify(served, ref, text)
+            first_s = time.perf_counter() - first
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                classify(served, ref, text * 8)
+                done += 1
+            rate = done * 8 / (time.perf_counter() - start)
+    ok = isinstance(answer, dict) and bool(answer)
+    return [f"`vera serve-model --device {device}`: a classify request for {ref} answered "
+            f"({', '.join(sorted(answer))}); first request (fetch + bank + forward) {first_s * 1e3:.0f} ms; one "
+            f"client, 8 texts per request for {seconds:g} s: {rate:.0f} texts/s"], ok
+
+
+STEPS = {"device": step_device, "projection": step_projection, "train": step_train, "mixed": step_mixed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=[*STEPS, "serve"])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check_out"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.device == "cpu":
+        torch.set_num_threads(min(4, torch.get_num_threads()))
+    if args.step == "serve":
+        lines, ok = step_serve(args.device, args.quick, args.out)
+    else:
+        lines, ok = STEPS[args.step](args.device, args.quick)
+    text = "\n".join(lines) + "\n"
+    (args.out / f"{args.step}.md").write_text(text)
+    print(text, end="")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
