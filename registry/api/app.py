@@ -36,8 +36,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.events, app.state.webhooks = Events(registry.db), webhooks or Webhooks(registry.db)
     app.state.dispatcher = dispatcher
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
-    # the gate is added first, so that it sits inside the metrics middleware: Starlette's BaseHTTPMiddleware would
-    # turn the gate's refusal of a streaming body into an ExceptionGroup, answered as a generic 400
+    # middleware added later wraps what was added before: access log (outermost), metrics, the gate, the app
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
     app.add_middleware(AccessLog)  # outermost: every request gets its id and one access line, refusals included

@@ -1,15 +1,16 @@
-"""Prometheus metrics of the API: requests and latency per route (a middleware), and what the registry holds
-(gauges read through the status service at scrape time)."""
+"""Prometheus metrics of the API: requests and latency per route (a pure ASGI middleware), and what the registry
+holds (gauges read through the status service at scrape time)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from registry.api.gate import App, Message, Receive, Scope, Send
 from registry.services.status import Status
 
 
@@ -26,20 +27,38 @@ class _StoreGauges:
         yield GaugeMetricFamily("vera_stored_bytes", "Bytes of blobs in storage", value=counts.stored_bytes)
 
 
+class RequestMetrics:
+    """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer every streamed download through a task and a
+    queue): counts each request by method, route template and status, and times it to its last byte."""
+
+    def __init__(self, app: App, *, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:  # the router wrote the matched route into the scope
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], route, str(status)).inc()
+            self.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
 def install_metrics(app: FastAPI, status: Status) -> CollectorRegistry:
     """Count and time every request by route template; return the collector registry /metrics exposes."""
     metrics = CollectorRegistry()
     requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=metrics)
     latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=metrics)
     metrics.register(_StoreGauges(status))
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        requests.labels(request.method, route, str(response.status_code)).inc()
-        latency.labels(request.method, route).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestMetrics, requests=requests, latency=latency)
     return metrics

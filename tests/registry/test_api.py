@@ -152,8 +152,16 @@ def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], t
 def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
     url, _ = local
     assert httpx.get(f"{url}/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"}}
+    assert httpx.get(f"{url}/api/v1/adapters/nobody/nothing/versions/1").status_code == 404
+    assert httpx.get(f"{url}/no/such/route").status_code == 404
     text = httpx.get(f"{url}/metrics").text
-    assert "vera_http_requests_total{" in text and "vera_versions " in text and "vera_stored_bytes " in text
+    assert "vera_versions " in text and "vera_stored_bytes " in text
+    # counted by route template (never the path a caller sent), method and status
+    assert 'vera_http_requests_total{method="GET",route="/ready",status="200"}' in text
+    assert ('vera_http_requests_total{method="GET",route="/api/v1/adapters/{owner}/{name}/versions/{selector}",'
+            'status="404"}') in text
+    assert 'vera_http_requests_total{method="GET",route="unmatched",status="404"}' in text
+    assert 'vera_http_request_seconds_count{method="GET",route="/ready"}' in text
 
 
 def test_openapi_lists_every_route(local: tuple[str, Path]) -> None:
