@@ -26,7 +26,8 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, fragment + result.stderr[-3000:]
     assert fragment.startswith("## bench/gpu_check.sh, ") and "cpu (quick shapes)" in fragment.splitlines()[0]
     assert "Not every step passed" not in fragment and "FAILED" not in fragment and "TIMED OUT" not in fragment
-    for heading in ("Set-up", "Device", "Projections", "CUDA tests", "Training step", "Mixed-adapter", "vera serve-model"):
+    headings = ("Set-up", "Device", "Projections", "CUDA tests", "Training step", "Mixed-adapter", "vera serve-model")
+    for heading in headings:
         assert f"\n### {heading}" in fragment
     assert "--cpu: no GPU asked for; nvidia-smi not run" in fragment
     assert "**equal bit for bit**" in fragment and "the CPU against itself" in fragment
