@@ -394,10 +394,10 @@ class RegistryClient:
     # ---- jobs ----------------------------------------------------------------------------------------------
     def submit_job(self, target: str, spec: dict[str, Any], *,
                    dataset: str | os.PathLike[str] | tuple[str, bytes] | None = None, priority: int = 0,
-                   time_limit_s: float | None = None) -> JobInfo:
+                   time_limit_s: float | None = None, gpus: int = 0) -> JobInfo:
         """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as vera_core.recipes.TrainSpec.
         ``dataset``: a .csv/.jsonl path, or (file name, bytes) as uploaded. Higher ``priority`` runs first;
-        ``time_limit_s`` stops its training after that long."""
+        ``time_limit_s`` stops its training after that long; ``gpus``: the GPUs its training needs (0: any worker)."""
         files = None
         if isinstance(dataset, tuple):
             files = {"dataset": (dataset[0], dataset[1], "application/octet-stream")}
@@ -407,7 +407,8 @@ class RegistryClient:
                 raise InvalidInput(f"Dataset {path} does not exist.")
             files = {"dataset": (path.name, path.read_bytes(), "application/octet-stream")}
         form = {"target": target, "spec": json.dumps(spec), "priority": str(priority),
-                **({"time_limit_s": str(time_limit_s)} if time_limit_s is not None else {})}
+                **({"time_limit_s": str(time_limit_s)} if time_limit_s is not None else {}),
+                **({"gpus": str(gpus)} if gpus else {})}
         response = self._request("POST", "/api/v1/jobs", data=form, files=files)
         return JobInfo.model_validate(response.json())
 

@@ -4,6 +4,10 @@ A heartbeat thread keeps the job's lease, flushes progress and events, and reads
 callback only queues events and stops training (after the current step) when the heartbeat says so, when the job's
 time limit is reached, or when the worker is told to let its job go.
 
+Devices: a worker owns one device (``device``: cpu, cuda or cuda:N; `vera worker --device`) and trains every job
+on it. A job that asks for GPUs (``gpus`` at submission) is claimed only by a worker that owns that many: a CPU worker
+claims only jobs with gpus=0, a CUDA worker those with gpus 0 or 1; a job asking for more stays queued.
+
 Stopping for a rolling restart: ``drain()`` (the first SIGTERM or SIGINT to `vera worker`) claims nothing more and
 exits once the current job has finished; ``release()`` (the second) stops the current job after its step and puts
 it back in the queue, for another worker, without counting the attempt.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import tempfile
 import threading
@@ -23,6 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from registry.domain.errors import InvalidInput
 from registry.domain.schemas import JobInfo
 from registry.logs import JOB_ID, REQUEST_ID
 from registry.services.jobs import Jobs
@@ -30,6 +38,26 @@ from registry.services.lineage import running_code_revision
 from vera_core.callbacks import FunctionCallback
 from vera_core.recipes import TrainSpec, published_metrics, run
 from vera_core.trainer import TrainerState
+
+
+def checked_device(text: str) -> str:
+    """The device a worker may own, as torch names it ("cpu" or "cuda:N"); a clear refusal for a malformed name or
+    a CUDA device that this machine does not have."""
+    match = re.fullmatch(r"cpu|cuda(?::(\d{1,3}))?", text)
+    if match is None:
+        raise InvalidInput(f"The worker's device must be cpu, cuda or cuda:N (N: a GPU's number); got {text!r}.")
+    if text == "cpu":
+        return text
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(match.group(1) or 0)
+    if count == 0:
+        raise InvalidInput(f"Device {text!r}: this machine has no CUDA device (torch {torch.__version__}, CUDA "
+                           f"build: {torch.version.cuda or 'none'}). Run the worker with --device cpu, or on a "
+                           "machine with an NVIDIA GPU and a CUDA build of torch.")
+    if index >= count:
+        raise InvalidInput(f"Device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                           "pick one of them.")
+    return f"cuda:{index}"
 
 
 class _Tracker:
@@ -69,9 +97,12 @@ class Worker:
     """Runs jobs one at a time; several workers (processes, machines) can share one database."""
 
     def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0, heartbeat_s: float = 5.0,
-                 work_dir: str | None = None, log: Callable[[str], None] | None = None) -> None:
+                 work_dir: str | None = None, log: Callable[[str], None] | None = None, device: str = "cpu") -> None:
         """``log``: where the worker's lines go; by default the ``vera.worker`` logger (registry.logs), each line
-        with the job's id and the id of the request that queued it."""
+        with the job's id and the id of the request that queued it. ``device``: where it trains (checked_device);
+        it claims jobs asking for up to as many GPUs as it owns (none on the CPU, one on a CUDA device)."""
+        self.device = checked_device(device)
+        self.gpus = 0 if self.device == "cpu" else 1
         self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.work_dir, self.log = work_dir, log or logging.getLogger("vera.worker").info
@@ -88,7 +119,8 @@ class Worker:
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or self.draining
-        self.log(f"worker {self.name} polling for jobs")
+        self.log(f"worker {self.name} polling for jobs (device {self.device}: jobs asking for up to {self.gpus} "
+                 "GPUs)")
         while not stop.is_set() and not self.draining.is_set():
             if not self.run_once():
                 stop.wait(self.poll_s)
@@ -96,12 +128,12 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one job; False if there was none."""
-        job = self.jobs.claim(self.name)
+        job = self.jobs.claim(self.name, gpus=self.gpus)
         if job is None:
             return False
         job_token, request_token = JOB_ID.set(job.id), REQUEST_ID.set(self.jobs.request_id(job.id))
         try:
-            self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts})")
+            self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts}) on {self.device}")
             self._run(job)
         finally:
             JOB_ID.reset(job_token)
@@ -121,9 +153,10 @@ class Worker:
                     path = Path(tmp) / Path(spec.data or "uploaded.csv").name
                     path.write_bytes(data)
                     spec = replace(spec, data=str(path))
-                # the caller's spec chooses no place: checkpoints go to this worker's work area, the base is no path
-                training = {**spec.training, "output_dir": str(Path(tmp) / "adapter") if spec.training.get(
-                    "save_every") else None}
+                # the caller's spec chooses no place: checkpoints go to this worker's work area, the base is no path,
+                # and the device is the one this worker owns
+                training = {**spec.training, "device": self.device, "output_dir": str(Path(tmp) / "adapter")
+                            if spec.training.get("save_every") else None}
                 metrics = run(replace(spec, training=training), Path(tmp) / "adapter",
                               callbacks=[FunctionCallback(tracker.on_event)], allow_paths=False)
                 done.set()

@@ -203,18 +203,24 @@ def worker(
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
     once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None, log_level: LogLevel = None,
+    device: Annotated[str, typer.Option(help="Where it trains: cpu, cuda or cuda:N. A CPU worker claims only jobs "
+                                        "that ask for no GPU; a CUDA worker also those asking for one (--gpus 1).")
+                      ] = "cpu",
 ) -> None:
     """Claim and run fine-tune jobs from the registry database (several workers may share it). The first SIGTERM
     (or Ctrl-C) drains: no new job, exit once the current one is done; the second gives the current job back to the
-    queue after its training step, for another worker."""
+    queue after its training step, for another worker. On a machine with several GPUs, run one worker per GPU
+    (--device cuda:0, --device cuda:1, ...)."""
     import signal
 
     settings = start_logging(load_settings(database_url, storage_url), log_level)  # before the HF libraries load
 
     from registry.bootstrap import job_queue
-    from registry.worker import Worker
+    from registry.worker import Worker, checked_device
 
-    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat)
+    checked_device(device)  # a device this machine lacks is refused before the registry is opened
+
+    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat, device=device)
 
     def on_signal(signum: int, _frame: object) -> None:
         if runner.draining.is_set():

@@ -14,7 +14,7 @@ from registry.cli import training_options as opt
 from registry.cli.common import RegistryUrl, Token, call_registry, console
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
-from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
+from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_GPUS, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR
 
@@ -40,6 +40,9 @@ def job_submit(
                         ] = 0,
     time_limit: Annotated[float | None, typer.Option(min=0, help="Seconds of training after which the job stops "
                                                      "and fails, saying so. Default: none.")] = None,
+    gpus: Annotated[int, typer.Option(min=0, max=MAX_JOB_GPUS, help="GPUs its training needs: only a worker that "
+                                      "owns them (`vera worker --device cuda`) claims it. Default: 0, any worker.")
+                    ] = 0,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Queue a fine-tune; a worker trains it and publishes the result under --name."""
@@ -47,7 +50,7 @@ def job_submit(
                          generator=generator, target_modules=target_modules, d_initial=d_initial, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr)
     info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data, priority=priority,
-                                                                 time_limit_s=time_limit))
+                                                                 time_limit_s=time_limit, gpus=gpus))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
                   "--follow`")
 

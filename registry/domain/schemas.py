@@ -27,6 +27,8 @@ MAX_PROJECTION_ELEMENTS = 2**26
 #: A fine-tune job's priority lies in [-MAX_JOB_PRIORITY, MAX_JOB_PRIORITY]; its time limit is at most 30 days.
 MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0
+#: The most GPUs a fine-tune job may ask for (a worker owns at most one device today: `vera worker --device`).
+MAX_JOB_GPUS = 64
 #: Request temp folders are named with this prefix, so that `vera fsck` can find those a killed server left behind.
 UPLOAD_PREFIX = "vera-upload-"
 #: The files of an adapter version, as PEFT's directory format names them.
@@ -275,6 +277,7 @@ class JobInfo(BaseModel):
     priority: int = 0  # higher runs first
     time_limit_s: float | None = None  # training stops (failed) after this long
     not_before: datetime | None = None  # queued again after its worker died: claimable from then
+    gpus: int = 0  # GPUs its training needs: claimed only by a worker with that many (0: any worker, CPU included)
 
 
 class JobEventInfo(BaseModel):

@@ -252,6 +252,8 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     time_limit_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0011: GPUs the job's training needs; only a worker that owns that many claims it (0: any worker)
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobEvent(Base):

@@ -14,6 +14,7 @@ from registry.api.deps import Caller, JobsDep, Options, Reader, authorize
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
 from registry.domain.schemas import (
+    MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
     UPLOAD_PREFIX,
@@ -35,6 +36,8 @@ async def submit_job(
     priority: Annotated[int, Form(ge=-MAX_JOB_PRIORITY, le=MAX_JOB_PRIORITY, description="higher runs first")] = 0,
     time_limit_s: Annotated[float | None, Form(gt=0, le=MAX_JOB_TIME_LIMIT_S, description="training stops (the job "
                                                "fails, saying so) after this many seconds")] = None,
+    gpus: Annotated[int, Form(ge=0, le=MAX_JOB_GPUS, description="GPUs its training needs; only a worker that owns "
+                              "them claims it (0: any worker, a CPU one included)")] = 0,
 ) -> JobInfo:
     owner = Ref.parse(target).owner
     authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
@@ -47,7 +50,8 @@ async def submit_job(
             data = path.read_bytes()
     name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
     return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
-                                           dataset_name=name, priority=priority, time_limit_s=time_limit_s))
+                                           dataset_name=name, priority=priority, time_limit_s=time_limit_s,
+                                           gpus=gpus))
 
 
 @router.get("", response_model=list[JobInfo])
