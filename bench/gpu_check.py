@@ -11,6 +11,7 @@ uses the issue's shapes: 7B projections at r=1024, RoBERTa-base r=1024 fp32 and 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -113,7 +114,14 @@ class Case:
     tolerance: float
 
     def base(self) -> torch.nn.Module:
-        torch.manual_seed(0)  # the same random weights for every contestant
+        """The same random weights for every contestant: made once (a 1B model takes a while on a CPU), copied."""
+        if self.name not in _BASES:
+            _BASES.clear()
+            _BASES[self.name] = self._make()
+        return copy.deepcopy(_BASES[self.name])
+
+    def _make(self) -> torch.nn.Module:
+        torch.manual_seed(0)
         if self.family == "roberta":
             from transformers import RobertaConfig, RobertaForSequenceClassification
 
@@ -139,6 +147,7 @@ class Case:
         return {"input_ids": ids.to(device), "labels": labels.to(device)}
 
 
+_BASES: dict[str, torch.nn.Module] = {}
 TINY_ROBERTA = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "intermediate_size": 128, "max_position_embeddings": 80}
 TINY_LLAMA = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -166,8 +175,9 @@ def contestant(case: Case, kind: str, device: str) -> torch.nn.Module:
         model = get_peft_model(case.base(), LoraConfig(r=8, lora_alpha=16, target_modules=case.targets,
                                                        task_type=case.task_type))
     else:
-        torch.manual_seed(5)
-        model = get_peft_model(case.base(), PeftVeraConfig(r=case.r, target_modules=case.targets, init_weights=False,
+        base = case.base()
+        torch.manual_seed(5)  # after the base: PEFT draws the initial vectors from the global generator
+        model = get_peft_model(base, PeftVeraConfig(r=case.r, target_modules=case.targets, init_weights=False,
                                                            task_type=case.task_type))
         if kind == "ours":
             peft_state = get_peft_model_state_dict(model)
@@ -260,16 +270,41 @@ def step_train(device: str, quick: bool) -> tuple[Lines, bool]:
     return lines, ok
 
 
+# ---- the MiniLM-shaped base --------------------------------------------------------------------------------------
+MINILM_ASSETS = "VERA_GPU_CHECK_MINILM"
+
+
+def minilm_path() -> str:
+    """The demo's pretrained MiniLM where its package is installed; on a machine without it (the GPU machine: nothing
+    can be downloaded there, and its 88 MB do not fit what travels), the same architecture with random weights,
+    built from the config and tokenizer that `gpu_check.sh --prepare` carries (VERA_GPU_CHECK_MINILM). Every check
+    compares ours with PEFT on the same weights, so random ones prove as much."""
+    import os
+
+    assets = os.environ.get(MINILM_ASSETS)
+    if not assets:
+        from vera_core.recipes import resolve_base
+
+        return str(resolve_base("minilm"))
+    built = Path(tempfile.gettempdir()) / "vera-gpu-check-minilm"
+    if not (built / "model.safetensors").is_file():
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(assets, num_labels=2)
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(built)
+        AutoTokenizer.from_pretrained(assets).save_pretrained(built)
+    return str(built)
+
+
 # ---- mixed-adapter batches ---------------------------------------------------------------------------------------
 def step_mixed(device: str, quick: bool) -> tuple[Lines, bool]:
     """Rows naming different adapters in one forward on ``device`` vs each adapter alone on the CPU and PEFT."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from vera_core.recipes import resolve_base
-
     count = 4 if quick else 64
-    path = resolve_base("minilm")
+    path = minilm_path()
     base = lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()  # noqa: E731
     texts = [f"sentence number {i} about the weather and the news" for i in range(count)]
     enc = AutoTokenizer.from_pretrained(path)(texts, return_tensors="pt", padding=True)
@@ -325,20 +360,21 @@ def step_serve(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
     """`vera serve-model --device` answering classify requests for an adapter published to a real registry."""
     from registry.client import RegistryClient
     from tests.registry.servers import free_port, running_server, running_vera
-    from vera_core.recipes import resolve_base
 
     seconds = 2.0 if quick else 20.0
     text = ["an ordinary sentence about the weather today"]
     with tempfile.TemporaryDirectory() as tmp, running_server(f"sqlite:///{tmp}/r.db", Path(tmp) / "blobs") as url:
         from transformers import AutoModelForSequenceClassification
 
-        base = AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"), num_labels=2)
+        path = minilm_path()
+        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
         model = VeraModel(base, VeraConfig(r=256, target_modules=["query", "value"], task_type="SEQ_CLS",
                                            save_projection=False, projection_generator=PEFT_GENERATOR))
         with RegistryClient(url) as client:
             ref = client.publish(save_adapter(model, Path(tmp) / "a"), "bench/gpu", base_model="minilm").ref
         port = free_port()
-        with running_vera(["serve-model", "--device", device, "--port", str(port), "--registry", url], port,
+        with running_vera(["serve-model", "--base", path, "--base-name", "minilm", "--device", device, "--port",
+                           str(port), "--registry", url], port,
                           log_path=out / "serve-model.log") as served:
             first = time.perf_counter()
             answer = classify(served, ref, text)
