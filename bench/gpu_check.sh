@@ -3,11 +3,21 @@
 # virtualenv, then runs each check under its own timeout within one overall budget, and writes every figure as a
 # markdown fragment ready to paste into bench/RESULTS.md.
 #
-#   bash bench/gpu_check.sh                  on the GPU machine: .venv set up as .ci/setup does, checks on cuda
+#   bash bench/gpu_check.sh                  on a GPU machine that can install: .venv set up as .ci/setup does
 #   bash bench/gpu_check.sh --cpu --quick    the same steps on the CPU with small shapes (the test suite runs this)
 #
+# The lent H200 can fetch nothing and has its own python3 with a CUDA torch (2.11 when last seen), so there:
+#   1. here, with the package registry reachable:  bash bench/gpu_check.sh --prepare
+#      (cp312 wheels of what that machine lacks, at requirements.lock's versions, and MiniLM's config and tokenizer,
+#      into .gpu_check/, which git ignores; about 30 MB)
+#   2. device `run`, carry [".gpu_check"], timeout_s 560:  bash bench/gpu_check.sh --offline --out $OUT
+#      (its python3, the wheels installed into /tmp/vera-site, the project from this folder on PYTHONPATH, MiniLM's
+#      architecture with random weights: every check compares ours with PEFT on the same weights)
+#
 # Options: --cpu (device cpu; what needs CUDA is skipped, saying so), --quick (small shapes), --venv DIR (use this
-# virtualenv as it is, no set-up; also VERA_GPU_CHECK_VENV), --out DIR (default $OUT, else ./gpu_check_out),
+# virtualenv as it is, no set-up; also VERA_GPU_CHECK_VENV), --offline [--python PY] (no set-up: PY, default python3,
+# with .gpu_check/ as above), --prepare [--no-wheels] (make .gpu_check/ and stop), --assets DIR (instead of
+# .gpu_check/), --out DIR (default $OUT, else ./gpu_check_out),
 # --budget S (seconds for everything, set-up included; default 470, also VERA_GPU_CHECK_BUDGET_S).
 # Steps: set-up, device, projection (portable generator on the device = CPU, bit for bit), cuda-tests (pytest -k
 # cuda in tests/vera_core: the tests that skip with "needs a CUDA device"), train (ours vs PEFT VeRA vs PEFT LoRA r=8:
@@ -18,15 +28,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE=cuda QUICK="" VENV=${VERA_GPU_CHECK_VENV:-} OUT_DIR=${OUT:-gpu_check_out} BUDGET=${VERA_GPU_CHECK_BUDGET_S:-470}
+OFFLINE="" PREPARE="" WHEELS=1 SYSTEM_PY=python3 ASSETS=.gpu_check
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) DEVICE=cpu ;;
         --quick) QUICK=--quick ;;
         --venv) VENV=${2:?--venv needs a folder}; shift ;;
+        --offline) OFFLINE=1 ;;
+        --python) SYSTEM_PY=${2:?--python needs an interpreter}; shift ;;
+        --prepare) PREPARE=1 ;;
+        --no-wheels) WHEELS="" ;;
+        --assets) ASSETS=${2:?--assets needs a folder}; shift ;;
         --out) OUT_DIR=${2:?--out needs a folder}; shift ;;
         --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
         -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown option $1 (expected --cpu, --quick, --venv DIR, --out DIR, --budget S)" >&2
+        *) echo "gpu_check.sh: unknown option $1 (expected --cpu, --quick, --venv DIR, --offline, --python PY," \
+                "--prepare, --no-wheels, --assets DIR, --out DIR, --budget S)" >&2
            exit 2 ;;
     esac
     shift
@@ -36,6 +53,34 @@ case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check.sh: --budget must be a whole numb
 if [ -n "$VENV" ] && [ ! -x "$VENV/bin/python" ]; then
     echo "gpu_check.sh: --venv $VENV has no bin/python; leave --venv out to set one up in .venv" >&2
     exit 2
+fi
+# What the GPU machine lacks (it has torch, numpy, safetensors, tokenizers' needs, typer, rich, httpx, fsspec, pytest
+# ...: the device README's package list), at the lock's versions: the registry's stack, and the transformers,
+# huggingface_hub and peft this project is tested with.
+CARRIED="fastapi starlette opentelemetry-api pydantic pydantic_core annotated-types typing-inspection pydantic-settings
+python-dotenv uvicorn SQLAlchemy greenlet alembic Mako python-multipart transformers huggingface_hub httpx2 httpcore2
+truststore tokenizers peft"
+if [ -n "$PREPARE" ]; then
+    mkdir -p "$ASSETS/minilm" || exit 1
+    minilm=$(python3 -c "from vera_core.recipes import resolve_base; print(resolve_base('minilm'))" 2>/dev/null \
+             || .venv/bin/python -c "from vera_core.recipes import resolve_base; print(resolve_base('minilm'))") || {
+        echo "gpu_check.sh --prepare: the demo's MiniLM is not installed here (bash .ci/setup installs it)" >&2; exit 1; }
+    for f in config.json tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
+        [ -f "$minilm/$f" ] && cp "$minilm/$f" "$ASSETS/minilm/"
+    done
+    if [ -n "$WHEELS" ]; then
+        pins=$(for name in $CARRIED; do grep -i "^${name}==" requirements.lock; done)
+        mkdir -p "$ASSETS/wheels" && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+            --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+            --platform manylinux2014_x86_64 -d "$ASSETS/wheels" $pins || exit 1
+    fi
+    if [ "${ASSETS#/}" = "$ASSETS" ] && git rev-parse --git-dir >/dev/null 2>&1 \
+            && ! grep -qsx "/$ASSETS/" "$(git rev-parse --git-dir)/info/exclude"; then  # in the checkout: ignored
+        echo "/$ASSETS/" >> "$(git rev-parse --git-dir)/info/exclude"
+    fi
+    echo "gpu_check.sh --prepare: $(du -sh "$ASSETS" | cut -f1) in $ASSETS/; on the GPU machine: run with" \
+         "carry [\"$ASSETS\"] and command: bash bench/gpu_check.sh --offline --out \$OUT"
+    exit 0
 fi
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -76,7 +121,21 @@ run_step() {
 
 # ---- set-up: as .ci/setup does, torch pinned first (on a GPU machine pip fetches the CUDA wheel of that version)
 section "Set-up"
-if [ -n "$VENV" ]; then
+if [ -n "$OFFLINE" ]; then
+    PY=$SYSTEM_PY
+    site=/tmp/vera-site
+    if ls "$ASSETS"/wheels/*.whl >/dev/null 2>&1; then
+        run_step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$site" "$ASSETS"/wheels/*.whl && note "carried wheels installed into $site"
+    fi
+    export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    if [ -d "$ASSETS/minilm" ]; then
+        VERA_GPU_CHECK_MINILM=$(cd "$ASSETS/minilm" && pwd)
+        export VERA_GPU_CHECK_MINILM
+    fi
+    note "offline: $("$PY" -c 'import sys, torch; print(f"python {sys.version.split()[0]}, torch {torch.__version__}")' \
+        2>&1 | tail -n 1), the project from $PWD on PYTHONPATH${VERA_GPU_CHECK_MINILM:+, the MiniLM architecture with random weights}"
+elif [ -n "$VENV" ]; then
     PY="$VENV/bin/python"
     note "virtualenv $VENV used as it is (no set-up)"
 else
@@ -89,8 +148,10 @@ else
     export -f setup
     run_step setup 300 bash -c setup && note "virtualenv .venv set up in $((SECONDS - START)) s"
 fi
-"$PY" -c "import torch, vera_core; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
-    >> "$OUT_DIR/setup.log" 2>&1 || { note "**set-up: FAILED**: torch 2.13.0 and vera_core do not import (setup.log)"
+WANT=2.13.0
+[ -n "$OFFLINE" ] && WANT=""  # the machine's own torch, whatever its version (the fragment says which)
+"$PY" -c "import torch, vera_core, registry; assert torch.__version__.startswith('$WANT'), torch.__version__" \
+    >> "$OUT_DIR/setup.log" 2>&1 || { note "**set-up: FAILED**: torch ${WANT:-(any)}, vera_core and registry do not import (setup.log)"
                                      cat "$OUT_DIR/sections.md" > "$FRAGMENT"; exit 1; }
 
 step() {  # step NAME TIMEOUT: one step of bench/gpu_check.py, its markdown section into the fragment

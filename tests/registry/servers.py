@@ -18,6 +18,9 @@ import httpx
 from registry.store.database import Database
 
 VERA = Path(sys.executable).parent / "vera"
+#: How to run `vera`: its console script, or the module where the project is not installed (on PYTHONPATH, as
+#: bench/gpu_check.sh --offline runs it on a machine where nothing can be installed).
+VERA_COMMAND = [str(VERA)] if VERA.exists() else [sys.executable, "-m", "registry.cli"]
 
 
 def free_port() -> int:
@@ -45,7 +48,7 @@ def running_vera(args: list[str], port: int, *, health: str = "/health", also: t
     stop it afterwards. Its output goes to a file (a pipe nobody reads could fill and block it): ``log_path``, or a
     temporary one."""
     with open(log_path, "w+") if log_path is not None else tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen([str(VERA), *args], env={**os.environ, **env}, stdout=log,
+        process = subprocess.Popen([*VERA_COMMAND, *args], env={**os.environ, **env}, stdout=log,
                                    stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
         try:

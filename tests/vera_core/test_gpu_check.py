@@ -55,3 +55,41 @@ def test_a_spent_budget_says_which_steps_did_not_run(tmp_path: Path) -> None:
     fragment = (tmp_path / "gpu_check.md").read_text()
     assert result.returncode == 1 and "**projection: not run**: the budget of 0 s was spent" in fragment
     assert "Not every step passed" in fragment
+
+
+def test_prepare_and_the_offline_set_up_for_the_lent_gpu_machine(tmp_path: Path) -> None:
+    """`--prepare` (here) gathers MiniLM's config and tokenizer; `--offline` (there: nothing can be installed) uses
+    the machine's own python with the project on PYTHONPATH and says so. A budget of 3 s stops before the steps."""
+    assets = tmp_path / "assets"
+    prepared = gpu_check("--prepare", "--no-wheels", "--assets", str(assets), timeout=60)
+    assert prepared.returncode == 0, prepared.stderr
+    assert {p.name for p in (assets / "minilm").iterdir()} >= {"config.json", "tokenizer.json", "vocab.txt"}
+    assert "bench/gpu_check.sh --offline --out $OUT" in prepared.stdout
+    result = gpu_check("--cpu", "--quick", "--offline", "--python", sys.executable, "--assets", str(assets),
+                       "--out", str(tmp_path / "out"), "--budget", "3", timeout=120)
+    fragment = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "offline: python 3." in fragment and "the MiniLM architecture with random weights" in fragment
+    assert result.returncode == 1 and "not run**: the budget of 3 s was spent" in fragment
+
+
+def test_minilm_from_carried_assets_has_the_demo_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import importlib.util
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    assets = tmp_path / "assets"
+    assert gpu_check("--prepare", "--no-wheels", "--assets", str(assets), timeout=60).returncode == 0
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT.with_suffix(".py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("VERA_GPU_CHECK_MINILM", str(assets / "minilm"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # a fresh build, not one left by another run
+    built = Path(module.minilm_path())
+    assert built.parent == tmp_path and (built / "model.safetensors").is_file()
+    want, got = AutoConfig.from_pretrained(assets / "minilm"), AutoConfig.from_pretrained(built)
+    assert (got.hidden_size, got.num_hidden_layers, got.vocab_size) == (want.hidden_size, want.num_hidden_layers,
+                                                                       want.vocab_size)
+    assert AutoTokenizer.from_pretrained(built)("a sentence")["input_ids"][0] == 101  # MiniLM's [CLS]
