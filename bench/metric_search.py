@@ -4,7 +4,10 @@ versions in PostgreSQL (rows inserted directly with SQL, not through publish). P
     .venv/bin/python bench/metric_search.py [--versions 100000] [--requests 30]
 
 Each version records {"accuracy", "loss", "final_eval": {"f1"}} (uniform random, seeded), so version_metrics holds
-three rows per version; ranks are spread over 4..1024 and versions over 10 base models and 100 owners.
+three rows per version; ranks are spread over 4..1024 and versions over 10 base models and 100 owners. One adapter in
+ten is private: each query runs as an admin (sees everything: no visibility clause) and as a reader that is the
+owner owner007 (public adapters and owner007's private ones: the clause every non-admin listing carries), side by
+side in one run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api_load import PG_ADMIN, backend  # noqa: E402
 
+from registry.services.tokens import create_token  # noqa: E402
 from registry.store.database import Database  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
 
@@ -70,6 +74,7 @@ INSERT INTO version_metrics (version_id, key, value)
   SELECT id, k, (CASE k WHEN 'final_eval.f1' THEN metrics::jsonb #>> '{{final_eval,f1}}'
                  ELSE metrics::jsonb ->> k END)::float
   FROM adapter_versions, unnest(ARRAY['accuracy', 'loss', 'final_eval.f1']) k;
+UPDATE adapters SET visibility = 'private' WHERE id % 10 = 0;
 SELECT setval(pg_get_serial_sequence('adapter_versions', 'id'), {versions});
 SELECT setval(pg_get_serial_sequence('adapters', 'id'), {adapters});
 ANALYZE;
@@ -90,12 +95,13 @@ def load(url: str, versions: int) -> float:
     return time.perf_counter() - start
 
 
-def timed(http: httpx.Client, url: str, params: dict[str, str | int], requests: int) -> tuple[float, float, int]:
+def timed(http: httpx.Client, url: str, params: dict[str, str | int], requests: int,
+          token: str) -> tuple[float, float, int]:
     """p50 and p99 in ms, and the number of items on the page."""
     times, items = [], 0
     for _ in range(requests + 2):  # two warm-up requests
         start = time.perf_counter()
-        response = http.get(f"{url}/api/v1/adapters", params=params)
+        response = http.get(f"{url}/api/v1/adapters", params=params, headers={"Authorization": f"Bearer {token}"})
         times.append(time.perf_counter() - start)
         response.raise_for_status()
         items = len(response.json()["items"])
@@ -120,15 +126,27 @@ def main() -> None:
               f"1 worker) on the same machine; {args.versions:,} versions inserted with SQL in {seconds:.0f} s "
               f"(3 metric rows each in version_metrics, then ANALYZE); {args.requests} requests per query after 2 "
               "warm-up requests, sequential, through the HTTP API (JSON of 50 versions per page).\n")
-        print("| query | items | p50 ms | p99 ms |\n|---|---|---|---|")
-        with running_server(url, Path(tmp) / "blobs") as server, httpx.Client(timeout=120) as http:
+        db = Database(url)
+        admin, reader = (create_token(db, owner=o, scopes=s)[1] for o, s in (("ops", ["admin"]),
+                                                                             ("owner007", ["read"])))
+        db.engine.dispose()
+        print("| query | items | admin p50 ms | admin p99 ms | reader p50 ms | reader p99 ms | reader / admin |\n"
+              "|---|---|---|---|---|---|---|")
+        with running_server(url, Path(tmp) / "blobs", VERA_REQUIRE_TOKENS="true") as server, \
+                httpx.Client(timeout=120) as http:
             for label, params in QUERIES:
-                if label.endswith("+cursor"):
-                    label = label.removesuffix("+cursor")
-                    cursor = http.get(f"{server}/api/v1/adapters", params=params).json()["next_cursor"]
-                    params = {**params, "cursor": cursor}
-                p50, p99, items = timed(http, server, params, args.requests)
-                print(f"| {label} | {items} | {p50:.0f} | {p99:.0f} |")
+                timings: list[tuple[float, float, int]] = []
+                for token in (admin, reader):
+                    if label.endswith("+cursor"):
+                        cursor = http.get(f"{server}/api/v1/adapters", params=params,
+                                          headers={"Authorization": f"Bearer {token}"}).json()["next_cursor"]
+                        params_now = {**params, "cursor": cursor}
+                    else:
+                        params_now = params
+                    timings.append(timed(http, server, params_now, args.requests, token))
+                (a50, a99, items), (r50, r99, _) = timings[0], timings[1]
+                print(f"| {label.removesuffix('+cursor')} | {items} | {a50:.0f} | {a99:.0f} | {r50:.0f} | {r99:.0f} "
+                      f"| {r50 / a50:.2f} |")
 
 
 if __name__ == "__main__":
