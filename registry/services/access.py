@@ -67,14 +67,18 @@ def not_found(owner: str, name: str) -> AdapterNotFound:
 def require_readable(s: Session, viewer: Principal | None, ref: Ref | str, *, missing_too: bool = False) -> None:
     """Raise the not-found error when ``viewer`` may not read ``ref``'s adapter (a missing one too with
     ``missing_too``; otherwise it is left to the lookup that follows, which says what exactly is missing)."""
-    if viewer is None or viewer.readable_owners() is None:
+    if viewer is None or viewer.readable_owners() is None:  # nothing to check: no reference parsed
         return
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
-    visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == ref.owner,
-                                                             m.Adapter.name == ref.name))
-    if (visibility is None and missing_too) or (visibility is not None and not viewer.can_read(ref.owner,
-                                                                                             visibility)):
-        raise not_found(ref.owner, ref.name)
+    _require_readable(s, viewer, ref.owner, ref.name, missing_too=missing_too)
+
+
+def _require_readable(s: Session, viewer: Principal | None, owner: str, name: str, *, missing_too: bool) -> None:
+    if viewer is None or viewer.readable_owners() is None:  # the local user, an admin: every adapter
+        return
+    visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == owner, m.Adapter.name == name))
+    if (visibility is None and missing_too) or (visibility is not None and not viewer.can_read(owner, visibility)):
+        raise not_found(owner, name)
 
 
 class Access:
@@ -93,13 +97,8 @@ class Access:
     def check_readable_names(self, viewer: Principal, owner: str, name: str, *, missing_too: bool = False) -> None:
         """Like check_readable, for an owner and name as a path gives them (not validated: a name that cannot
         exist is simply not found here); ``missing_too`` raises for a missing adapter as well."""
-        if viewer.readable_owners() is None and not missing_too:
-            return
         with self.db.session() as s:
-            visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == owner,
-                                                                     m.Adapter.name == name))
-        if (visibility is None and missing_too) or (visibility is not None and not viewer.can_read(owner, visibility)):
-            raise not_found(owner, name)
+            _require_readable(s, viewer, owner, name, missing_too=missing_too)
 
     def create_organization(self, name: str, *, creator: str, description: str = "") -> OrganizationInfo:
         """A new organisation; ``creator`` becomes its first admin. Its name must not be an owner already in use
