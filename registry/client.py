@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from registry.credentials import stored_token
-from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, NotFound, RegistryError
+from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, RegistryError
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file
 from registry.logs import HEADER, REQUEST_ID
@@ -33,6 +33,8 @@ from registry.domain.schemas import (
     AdapterInfo,
     BaseModelInfo,
     Comparison,
+    FileEntry,
+    FileManifest,
     HubSyncInfo,
     HubSyncResult,
     JobEventInfo,
@@ -90,6 +92,11 @@ class RegistryUnavailable(RegistryError):
     code = "unavailable"
 
 
+class _LinkRefused(RegistryError):
+    """The object store refused a presigned download link (expired, or the clocks disagree): ask the registry for
+    a new one."""
+
+
 #: Requests that may be sent again when the connection failed or a proxy answered 502/503/504.
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -121,6 +128,8 @@ class RegistryClient:
 
     def close(self) -> None:
         self.http.close()
+        if "_storage_http" in self.__dict__:
+            self._storage_http.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -201,77 +210,84 @@ class RegistryClient:
     def get(self, ref: str | Ref) -> VersionInfo:
         return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
 
+    def files(self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
+              lora: dict[str, Any] | None = None) -> FileManifest:
+        """The version's files in one download form (see ``fetch``), each with its size, SHA-256 and immutable URL;
+        the server builds and stores them the first time anyone asks."""
+        params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
+        return FileManifest.model_validate(self._request("GET", f"{self._path(ref)}/files", params=params).json())
+
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None,
               progress: bool = False) -> Path:
         """Download the PEFT directory (pinned to one version even if an alias moves meanwhile): by default files
         PEFT loads correctly, ``with_projection`` / ``seed_only`` force A and B in or out (Registry.files);
         ``as_lora`` downloads the equivalent LoRA instead (``lora``: the API's max_rank, dtype and for options; a
-        rank-capped export adds README.md with each layer's error). Files stream to disk, each checked against its
-        SHA-256 (the ETag), and go through the local cache: fetching a version again costs one small request.
-        ``progress`` shows a bar for files over 4 MiB."""
-        info = self.get(ref)
-        pinned = Ref(owner=info.owner, name=info.name, version=info.version)
-        options = {"with_projection": with_projection, "seed_only": seed_only, "as_lora": as_lora, "lora": lora}
-        key = LocalCache.key(info.vectors_sha256, info.created_at.isoformat(), options)
-        if self.cache is not None and (cached := self.cache.lookup(info.owner, info.name, info.version, key)):
-            write_adapter_files(Path(out_dir), cached)
-            return Path(out_dir)
-        names = list(ADAPTER_FILES[:2] if as_lora else ADAPTER_FILES)
-        if as_lora and lora:  # a rank-capped export carries README.md with each layer's error
-            names.append(ADAPTER_FILES[2])
+        rank-capped export adds README.md with each layer's error). One request lists the files with their SHA-256;
+        each file the local cache lacks then streams to disk (from the object store when the server redirects
+        there), checked against its hash: fetching a version again costs that one small request. ``progress``
+        shows a bar for files over 4 MiB."""
+        manifest = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         scratch_parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
         scratch_parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=scratch_parent) as scratch:
             files: dict[str, Path] = {}
-            digests: dict[str, str] = {}
-            for name in names:
-                try:
-                    digests[name] = self._download_to(Path(scratch) / name, pinned, name, progress=progress,
-                                                      with_projection=with_projection, seed_only=seed_only,
-                                                      as_lora=as_lora, lora=lora)
-                    files[name] = Path(scratch) / name
-                except NotFound:
-                    if name != ADAPTER_FILES[2] or not as_lora:
-                        raise
-            if self.cache is not None:
-                for name, digest in digests.items():  # checked: into the cache's blobs, under their SHA-256
-                    os.replace(files[name], self.cache.blobs / digest)
-                    files[name] = self.cache.blobs / digest
-                self.cache.record(info.owner, info.name, info.version, key, digests)
+            for entry in manifest.files:
+                cached = self.cache.blob(entry.sha256) if self.cache is not None else None
+                if cached is None:
+                    if entry.name not in ADAPTER_FILES:  # checked: the name becomes a path here
+                        raise IntegrityError(f"The registry listed {entry.name!r}, not an adapter file.")
+                    cached = Path(scratch) / entry.name
+                    self._download_to(cached, entry, manifest.version.ref, progress=progress)
+                    if self.cache is not None:  # checked: into the cache's blobs, under its SHA-256
+                        os.replace(cached, self.cache.blobs / entry.sha256)
+                        cached = self.cache.blobs / entry.sha256
+                files[entry.name] = cached
             write_adapter_files(Path(out_dir), files)
         return Path(out_dir)
 
-    def _download_to(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> str:
-        """Stream one file to ``path``, checked against the server's ETag (its SHA-256), which is returned; nothing
-        of a failed or mismatching download is left behind. A download that breaks off is tried again (retries)."""
+    def _download_to(self, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
+        """Stream one file to ``path``, checked against its SHA-256; nothing of a failed or mismatching download is
+        left behind. A download that breaks off, or whose presigned link the object store refuses (expired), is
+        asked for again (retries)."""
         for attempt in range(self.retries + 1):
             try:
-                return self._download_once(path, ref, filename, progress=progress, **options)
-            except httpx.TransportError as exc:
+                return self._download_once(path, entry, ref, progress=progress)
+            except (httpx.TransportError, _LinkRefused) as exc:
                 if attempt == self.retries:
-                    raise RegistryUnavailable(f"The download of {filename} of {ref} from {self.url} broke off "
-                                              f"({type(exc).__name__}: {exc}); fetch again.") from exc
+                    what = ("the object store refused its download link" if isinstance(exc, _LinkRefused)
+                            else "the download broke off")
+                    raise RegistryUnavailable(f"{entry.name} of {ref}: {what} ({type(exc).__name__}: {exc}), "
+                                              f"{attempt + 1} times; fetch again.") from exc
                 time.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _download_once(self, path: Path, ref: Ref, filename: str, *, progress: bool, **options: Any) -> str:
+    def _download_once(self, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
+        with self._send("GET", entry.url, stream=True) as response:
+            if not response.is_redirect:
+                return self._save(response, path, entry, ref, progress=progress)
+            location = response.url.join(response.headers["location"])
+        # a presigned URL carries its own authorisation: the registry's token is not sent to the object store
+        with self._storage_http.stream("GET", location) as response:
+            if response.status_code >= 400:
+                raise _LinkRefused(f"{response.status_code} {response.read()[:300]!r}")
+            return self._save(response, path, entry, ref, progress=progress)
+
+    @functools.cached_property
+    def _storage_http(self) -> httpx.Client:
+        return httpx.Client(timeout=self.http.timeout, verify=_ssl_context())
+
+    @staticmethod
+    def _save(response: httpx.Response, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
         digest = hashlib.sha256()
-        with self._send("GET", f"{self._path(ref)}/files/{filename}", stream=True,
-                        params=self._file_params(**options)) as response:
-            size = int(response.headers.get("content-length") or 0)
-            with new_file(path.parent, path) as out, _progress(filename, size, progress) as bar:
-                for chunk in response.iter_bytes(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    bar(len(chunk))
-            expected = response.headers.get("etag", "").strip('"')
-        if expected and expected != digest.hexdigest():
-            path.unlink(missing_ok=True)
-            raise IntegrityError(f"{filename} of {ref} arrived with SHA-256 {digest.hexdigest()[:16]}..., not the "
-                                 f"{expected[:16]}... the registry sent as its ETag; the download was damaged, "
-                                 "fetch again.")
-        return digest.hexdigest()
+        with new_file(path.parent, path) as out, _progress(entry.name, entry.size, progress) as bar:
+            for chunk in response.iter_bytes(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                bar(len(chunk))
+            if digest.hexdigest() != entry.sha256:  # raised inside: the temporary file is removed, never renamed
+                raise IntegrityError(f"{entry.name} of {ref} arrived with SHA-256 {digest.hexdigest()[:16]}..., not "
+                                     f"the {entry.sha256[:16]}... the registry listed; the download was damaged, "
+                                     "fetch again.")
 
     def load_adapter(self, base_model: torch.nn.Module, ref: str | Ref, *, is_trainable: bool = False,
                      cache_dir: str | os.PathLike[str] | None = None) -> VeraModel:

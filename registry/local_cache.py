@@ -1,25 +1,22 @@
 """The client's cache of downloaded adapter files, content-addressed like huggingface_hub's: a second fetch of the
-same version and form costs one small request (which version is it?) and no download.
+same version and form costs one small request (the registry's list of the files and their SHA-256) and no download.
 
     {root}/blobs/{sha256}                                        each file once, named by its SHA-256
-    {root}/manifests/{owner}/{name}/{version}/{key}.json         file name -> SHA-256 for one version in one form
 
-``key`` hashes what makes the files what they are: the version's vectors digest and creation time (a deleted
-version published again is another entry) and the download options. Every file is re-hashed when used; a blob that
-does not match is deleted and downloaded again. Files are written to a temporary name and renamed, so nothing
-half-written is ever used. Root: VERA_CACHE_DIR, default ~/.cache/vera-registry; VERA_NO_CACHE=1 turns it off.
+Every file is re-hashed when used; a blob that does not match is deleted and downloaded again. Files are written to
+a temporary name and renamed, so nothing half-written is ever used. Root: VERA_CACHE_DIR, default
+~/.cache/vera-registry; VERA_NO_CACHE=1 turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 CHUNK = 1 << 20
 
@@ -60,34 +57,11 @@ def new_file(folder: Path, final: Path) -> Iterator[IO[bytes]]:
 
 
 class LocalCache:
-    """Blobs and manifests under ``root`` (see the module's docstring)."""
+    """Blobs under ``root`` (see the module's docstring)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs"
-
-    @staticmethod
-    def key(vectors_sha256: str, created_at: str, options: dict[str, Any]) -> str:
-        text = json.dumps({"vectors": vectors_sha256, "created": created_at, "options": options}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def _manifest(self, owner: str, name: str, version: int, key: str) -> Path:
-        return self.root / "manifests" / owner / name / str(version) / f"{key}.json"  # names checked: no / or ..
-
-    def lookup(self, owner: str, name: str, version: int, key: str) -> dict[str, Path] | None:
-        """The cached files of one version in one form, each re-hashed; None if any is missing or does not match
-        (a mismatching blob is deleted, so the next download replaces it)."""
-        try:
-            manifest = json.loads(self._manifest(owner, name, version, key).read_text())
-        except (OSError, ValueError):
-            return None
-        files: dict[str, Path] = {}
-        for filename, digest in manifest.get("files", {}).items():
-            blob = self.blob(str(digest))
-            if blob is None:
-                return None
-            files[str(filename)] = blob
-        return files or None
 
     def blob(self, digest: str) -> Path | None:
         """The blob with this SHA-256, re-hashed; None (and the damaged copy deleted) if it is absent or damaged."""
@@ -100,9 +74,3 @@ class LocalCache:
             path.unlink(missing_ok=True)
             return None
         return path
-
-    def record(self, owner: str, name: str, version: int, key: str, files: dict[str, str]) -> None:
-        """Remember which blobs (already stored) make up this version in this form."""
-        manifest = self._manifest(owner, name, version, key)
-        with new_file(manifest.parent, manifest) as f:
-            f.write(json.dumps({"files": files}, sort_keys=True).encode())

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # Downloads build a version's files once per option and keep them in memory, up to this many bytes per process
     # (least recently used out first); 0 builds them on every request.
     file_cache_bytes: int = DEFAULT_FILE_CACHE_BYTES
+    # On object storage that signs URLs (S3 and compatible ones), answer hash-addressed downloads
+    # (.../versions/N/blobs/<sha256>) with a 307 to a presigned URL valid this many seconds, so that the object store
+    # carries the bytes instead of the API; 0 (the default) streams them through the API. Clients must reach the
+    # storage's endpoint (AWS_ENDPOINT_URL) themselves.
+    presigned_downloads_s: int = Field(default=0, ge=0, le=7 * 24 * 3600)
     # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
     costly_requests_per_minute: int = 120
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.

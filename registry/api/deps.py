@@ -29,6 +29,7 @@ class ApiOptions(BaseModel):
     anonymous_read: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     costly_requests_per_minute: int = 120
+    presigned_downloads_s: int = 0  # > 0: hash-addressed downloads redirect to presigned URLs valid this long
 
 
 def is_loopback(host: str) -> bool:

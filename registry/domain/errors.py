@@ -14,6 +14,7 @@
     ├── Forbidden                 a valid token without the right to do this                    (403)
     ├── HubError                  the HuggingFace Hub refused, failed or could not be reached   (502)
     ├── Busy                      costly work (generating projections) is at capacity; retry    (503)
+    ├── StorageUnavailable        blob storage cannot be reached or failed mid-read; retry      (503)
     └── RateLimited               this caller sent too many costly requests; retry after a while (429)
 
 HTTP_STATUS is the one table from this tree to HTTP statuses (the API answers with it, the client reads it back).
@@ -89,6 +90,12 @@ class Busy(RegistryError):
     code = "busy"
 
 
+class StorageUnavailable(RegistryError):
+    """Blob storage (a folder, an object store) could not be reached or failed while reading; nothing was changed."""
+
+    code = "storage_unavailable"
+
+
 class RateLimited(RegistryError):
     """Too many costly requests from one caller; ``retry_after`` seconds until the next is allowed."""
 
@@ -102,7 +109,8 @@ class RateLimited(RegistryError):
 #: The one table from the exception tree to HTTP statuses (most specific first).
 HTTP_STATUS: dict[type[RegistryError], int] = {
     ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
-    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502, Busy: 503, RateLimited: 429,
+    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502, Busy: 503, StorageUnavailable: 503,
+    RateLimited: 429,
 }
 
 

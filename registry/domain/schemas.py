@@ -232,6 +232,25 @@ class VersionInfo(BaseModel):
     visibility: str = "public"  # the adapter's: public or private (registry.services.access)
 
 
+class FileEntry(BaseModel):
+    """One file of a version's download: its size, its SHA-256 (the download's ETag) and where to GET it by hash
+    (immutable: the same URL always answers the same bytes)."""
+
+    name: str
+    size: int
+    sha256: str
+    url: str
+
+
+class FileManifest(BaseModel):
+    """A version's files in one download form (``vera``, ``vera+projection``, ``vera+seed-only``, ``lora`` or
+    ``lora:<options>``), built and stored the first time any caller asks for them."""
+
+    version: VersionInfo
+    form: str
+    files: list[FileEntry]
+
+
 class Page(BaseModel):
     items: list[VersionInfo]
     next_cursor: str | None

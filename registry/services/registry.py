@@ -9,6 +9,8 @@ rows.
                                                    base shapes: registry.services.base_configs)
     versions      registry.services.versions       get, files, built, fetch, set_alias, remove_alias, yank, delete,
                                                    audit
+    derived       registry.services.derived        derived.manifest, file, by_digest, source (download files built
+                                                   once per version and form, stored as blobs)
     search        registry.services.search         list_versions (filters: registry.services.filters)
     downloads     registry.services.downloads      downloads.count (in memory; flushed in batches by the API)
     retention     registry.services.retention      apply_retention (through versions.delete)
@@ -26,6 +28,7 @@ from registry.services.access import Access, Visibility
 from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
 from registry.services.base_models import BaseModels
+from registry.services.derived import DerivedFiles
 from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
 from registry.services.lineage import Lineage
@@ -57,6 +60,7 @@ class Registry:
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
         self.versions = Versions(db, blobs, budget=budget, cache=file_cache)
+        self.derived = DerivedFiles(db, blobs, self.versions)
         self.search = Search(db)
         self.verification = Verification(db, blobs, budget=budget)
         self.analysis = Analysis(db, blobs, budget=budget)

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, NotFound
 from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
 from registry.services.access import readable_versions, shown_to
+from registry.services.derived import DERIVED
 from registry.services.lookup import projection_spec, resolve, version_ref
 from registry.services.shapes import match_path
 from registry.services.tokens import Principal
@@ -29,7 +30,7 @@ from vera_core import fingerprint, generate
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 
 #: Blob kinds that versions and projections reference (gc leaves the others, e.g. job datasets, to their owners).
-VERSION_BLOBS = ("vectors", "projection")
+VERSION_BLOBS = ("vectors", "projection", "derived")
 
 
 class Verification:
@@ -119,6 +120,7 @@ class Verification:
     def _referenced(s: Session) -> set[str]:
         refs = set(s.scalars(select(m.AdapterVersion.vectors_sha256)))
         refs |= {d for d in s.scalars(select(m.Projection.blob_sha256)) if d}
+        refs |= set(s.scalars(select(m.VersionFile.sha256).distinct()))  # download files built once (derived)
         return refs
 
     def gc(self) -> dict[str, int]:
@@ -147,8 +149,10 @@ class Verification:
     def fsck(self, *, repair: bool = False) -> dict[str, list[str]]:
         """Report (and with ``repair``, fix) disagreement between the database and storage.
 
-        missing: referenced blobs absent from storage (repair: their versions are marked verification failed);
-        corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed);
+        missing: referenced blobs absent from storage (repair: their versions are marked verification failed; a
+        download file built from a version is forgotten instead, and built again when next asked for);
+        corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed, or
+        forgotten as above);
         orphans: stored blobs the database does not know (repair: deleted);
         partial_blobs, stale_uploads: what a process killed mid-publish left behind, over an hour old (storage's
         temporary files; request folders in this machine's temp directory) (repair: deleted).
@@ -179,6 +183,12 @@ class Verification:
         if not bad:
             return
         with self.db.session() as s:
+            # a download form with a bad file is forgotten whole, and built again on the next request
+            for version_id, form in s.execute(select(m.VersionFile.version_id, m.VersionFile.form)
+                                              .where(m.VersionFile.sha256.in_(bad)).distinct()).all():
+                s.execute(delete(m.VersionFile).where(m.VersionFile.version_id == version_id,
+                                                      m.VersionFile.form == form))
+            s.execute(delete(m.Blob).where(m.Blob.sha256.in_(bad), m.Blob.kind == DERIVED))
             for v in s.scalars(select(m.AdapterVersion).join(m.Projection).where(or_(
                     m.AdapterVersion.vectors_sha256.in_(bad), m.Projection.blob_sha256.in_(bad)))):
                 v.verification_status, v.verified_at = "failed", datetime.now(UTC)

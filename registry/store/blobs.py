@@ -7,18 +7,26 @@ name. Every read re-hashes the bytes and refuses a blob that does not match its 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Protocol
+from typing import IO, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from registry.domain.errors import IntegrityError, InvalidInput, NotFound
+from registry.domain.errors import IntegrityError, InvalidInput, NotFound, RegistryError, StorageUnavailable
 
 _HEX = frozenset("0123456789abcdef")
+#: Reads stream in pieces of this size: a download holds one piece at a time, whatever the blob's size.
+CHUNK = 1 << 20
+#: Local blobs hashed once by this process are trusted until their size or modification time changes; at most this
+#: many are remembered.
+MAX_VERIFIED = 100_000
 
 
 def sha256_hex(data: bytes) -> str:
@@ -52,6 +60,51 @@ class BlobStore(Protocol):
 
     def remove_leftover(self, name: str) -> None: ...
 
+    def reader(self, digest: str) -> BlobReader: ...
+
+    def verified_local_path(self, digest: str) -> str | None: ...
+
+    def presigned_url(self, digest: str, expires_s: int) -> str | None: ...
+
+
+class BlobReader:
+    """A blob read in CHUNK-sized pieces, hashed on the way: iterating yields its bytes, and a blob whose bytes do
+    not match its name raises IntegrityError at its end (a download of it breaks off instead of completing). A
+    storage failure part way raises StorageUnavailable. The handle is closed when iteration ends or stops."""
+
+    def __init__(self, handle: IO[bytes], digest: str, size: int, url: str) -> None:
+        self.handle, self.digest, self.size, self.url = handle, digest, size, url
+
+    def __iter__(self) -> Iterator[bytes]:
+        h = hashlib.sha256()
+        try:
+            with _storage(self.url, f"reading blob {self.digest}"):
+                while chunk := self.handle.read(CHUNK):
+                    h.update(chunk)
+                    yield chunk
+        finally:
+            self.close()
+        if h.hexdigest() != self.digest:
+            raise IntegrityError(f"Blob {self.digest} in {self.url} is corrupted (its bytes hash to {h.hexdigest()});"
+                                 " the download was cut off. Run `vera fsck --repair`.")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken connection must not hide the error that broke it
+            self.handle.close()
+
+
+@contextlib.contextmanager
+def _storage(url: str, action: str) -> Iterator[None]:
+    """Failures of the storage backend itself (a folder gone, an object store down or refusing) as
+    StorageUnavailable: a 503 with what failed, never a 500. Missing files and the registry's own errors pass."""
+    try:
+        yield
+    except (RegistryError, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types (OSError, botocore, aiohttp)
+        raise StorageUnavailable(f"Blob storage {url} failed while {action} ({type(exc).__name__}: {exc}). Nothing "
+                                 "was changed; check that the storage is reachable (GET /ready) and retry.") from exc
+
 
 class FsspecBlobStore:
     """Blobs in a local folder (the default) or any fsspec URL: s3://, gs://, memory:// (tests), ..."""
@@ -66,6 +119,8 @@ class FsspecBlobStore:
                                "pip install 'vera-registry[s3]'.") from exc
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
+        self._verified: set[tuple[str, int, int]] = set()
+        self._lock = threading.Lock()
         self.fs.makedirs(f"{self.root}/sha256", exist_ok=True)
         if self._local:
             self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
@@ -75,6 +130,10 @@ class FsspecBlobStore:
 
     def put(self, data: bytes) -> str:
         """Store ``data`` (idempotent) and return its SHA-256."""
+        with _storage(self.url, "writing a blob"):
+            return self._put(data)
+
+    def _put(self, data: bytes) -> str:
         digest = sha256_hex(data)
         path = self._path(digest)
         if self.fs.exists(path):
@@ -97,7 +156,8 @@ class FsspecBlobStore:
         """The blob's bytes, re-hashed: a corrupted or truncated blob raises IntegrityError and is never served."""
         path = self._path(_check_name(digest))
         try:
-            data: bytes = self.fs.cat_file(path)
+            with _storage(self.url, f"reading blob {digest}"):
+                data: bytes = self.fs.cat_file(path)
         except FileNotFoundError:
             raise NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.") from None
         if sha256_hex(data) != digest:
@@ -108,7 +168,50 @@ class FsspecBlobStore:
         return data
 
     def exists(self, digest: str) -> bool:
-        return bool(self.fs.exists(self._path(_check_name(digest))))
+        with _storage(self.url, f"looking for blob {digest}"):
+            return bool(self.fs.exists(self._path(_check_name(digest))))
+
+    def reader(self, digest: str) -> BlobReader:
+        """The blob opened for a streamed, hash-checked read (BlobReader); NotFound if it is missing."""
+        path = self._path(_check_name(digest))
+        try:
+            with _storage(self.url, f"opening blob {digest}"):
+                size = int(self.fs.size(path))
+                handle = self.fs.open(path, "rb", block_size=CHUNK)  # noqa: SIM115 - BlobReader closes it
+        except FileNotFoundError:
+            raise NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.") from None
+        return BlobReader(handle, digest, size, self.url)
+
+    def verified_local_path(self, digest: str) -> str | None:
+        """For a local folder, the blob's path once its bytes were checked against its name (hashed in CHUNK pieces
+        the first time this process serves it, again whenever its size or modification time changes), so that it
+        can be sent as a file; None for other storage. IntegrityError if it does not match, NotFound if absent."""
+        if not self._local:
+            return None
+        path = self._path(_check_name(digest))
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.") from None
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key in self._verified:
+            return path
+        for _ in self.reader(digest):  # raises IntegrityError at the end if the bytes do not match
+            pass
+        with self._lock:
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            self._verified.add(key)
+        return path
+
+    def presigned_url(self, digest: str, expires_s: int) -> str | None:
+        """A URL that lets anyone holding it GET the blob for ``expires_s`` seconds, straight from the object store
+        (S3 and compatible ones: s3fs's presigned GET); None where the storage cannot sign (a local folder)."""
+        sign = getattr(self.fs, "url", None)  # s3fs (and gcsfs) sign; a local or in-memory filesystem cannot
+        if self._local or not callable(sign):
+            return None
+        with _storage(self.url, f"signing a download of blob {digest}"):
+            return str(sign(self._path(_check_name(digest)), expires=expires_s))
 
     def delete(self, digest: str) -> None:
         path = self._path(_check_name(digest))

@@ -386,3 +386,17 @@ class VersionDownloads(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
     downloads: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class VersionFile(Base):
+    """A file a download builds from a version in one form (the seed-only VeRA folder, with projections, as LoRA
+    with given options), stored once as a content-addressed blob (kind ``derived``) and served from storage after
+    that: ``form`` names the download options (registry.services.derived.FileForm.key) (0012)."""
+
+    __tablename__ = "version_files"
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
+    form: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

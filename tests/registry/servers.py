@@ -10,8 +10,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -76,3 +77,51 @@ def wait_for(url: str, process: subprocess.Popen[str], log: IO[str], seconds: fl
             log.seek(0)
             raise RuntimeError(f"{url} did not answer ({process.args}): {log.read()[-2000:]}")
         time.sleep(0.2)
+
+
+MOTO = Path(sys.executable).parent / "moto_server"
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server (S3's HTTP API, spoken to the real botocore and s3fs: the stand-in for S3 or MinIO, which
+    cannot be reached offline): ``env`` points botocore and s3fs at it; ``stop()`` takes it away."""
+
+    env: dict[str, str]
+    process: subprocess.Popen[str]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+
+def s3_objects(env: dict[str, str], bucket: str) -> list[str]:
+    """The keys in ``bucket`` of the S3 server ``env`` points at."""
+    return [o["Key"] for o in s3_client(env).list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def s3_client(env: dict[str, str]) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                        aws_secret_access_key="testing", region_name="us-east-1")
+
+
+@contextmanager
+def running_s3(*buckets: str) -> Iterator[S3Server]:
+    """A moto S3 server with ``buckets`` made; stopped afterwards (if the test did not stop it)."""
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([str(MOTO), "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, text=True)
+        server = S3Server(env, process)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/moto-api/", process, log, seconds=60)
+            for bucket in buckets:
+                s3_client(env).create_bucket(Bucket=bucket)
+            yield server
+        finally:
+            if process.poll() is None:
+                server.stop()

@@ -32,7 +32,8 @@ HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "job", "job-e
                          "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries"}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
-    "list": ("read", False), "get": ("read", False), "download": ("read", False), "verify": ("read", False),
+    "list": ("read", False), "get": ("read", False), "download": ("read", False), "files": ("read", False),
+    "blob": ("read", False), "verify": ("read", False),
     "verification": ("read", False), "compare": ("read", False), "base-models": ("read", False),
     "projections": ("read", False), "publish": ("publish", True), "alias-put": ("publish", True),
     "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
@@ -79,7 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int,
-                webhook: int = 0, token: int = 0) -> tuple[str, str, dict[str, Any]]:
+                webhook: int = 0, token: int = 0, blob: str = "") -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
     hook = f"{base}/api/v1/webhooks/{webhook}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
@@ -88,6 +89,8 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
         "list": ("GET", f"{base}/api/v1/adapters", {}),
         "get": ("GET", v, {}),
         "download": ("GET", f"{v}/files/adapter_config.json", {}),
+        "files": ("GET", f"{v}/files", {}),
+        "blob": ("GET", f"{base}{blob}", {}),
         "verify": ("POST", f"{v}/verify", {}),
         "verification": ("GET", f"{v}/verification", {}),
         "compare": ("POST", f"{base}/api/v1/compare", {"json": {"refs": [f"alice/m:{version}", "alice/m:1"]}}),
@@ -147,7 +150,8 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         token = admin.create_token(["read"], user=USER.get(role, "alice"))[0].id if route == "token-revoke" else 0
         if route == "member-delete":
             admin.set_member("acme", "zed", "read")
-    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token)
+        blob = admin.files(f"alice/m:{version}").files[0].url if route == "blob" else ""
+    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token, blob)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     if webhook:  # an owner may have only so many webhooks

@@ -126,6 +126,39 @@ def test_downloads_carry_an_etag_and_honour_conditional_requests(
     assert read_adapter(tmp_path / "full").has_projection
 
 
+def test_a_version_lists_its_files_and_serves_each_by_hash_for_good(
+    clients: Clients, local: tuple[str, Path], tmp_path: Path
+) -> None:
+    """One request lists a download form's files with sizes and SHA-256; each file's hash-addressed URL answers the
+    same bytes as the download by name, immutable, 304 for a caller that holds it."""
+    url, _ = local
+    clients(url).publish(make_adapter(tmp_path / "a", seed=5), "hashed/a", base_model="tiny-llama")
+    for params in ({}, {"seed_only": "true"}, {"format": "lora", "max_rank": "2"}):
+        listing = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/latest/files", params=params)
+        assert listing.status_code == 200, listing.text
+        manifest = listing.json()
+        assert manifest["version"]["ref"] == "hashed/a:1"
+        assert [f["name"] for f in manifest["files"]] == ["adapter_config.json", "adapter_model.safetensors",
+                                                          "README.md"]
+        for entry in manifest["files"]:
+            assert entry["url"] == f"/api/v1/adapters/hashed/a/versions/1/blobs/{entry['sha256']}"
+            by_hash = httpx.get(url + entry["url"])
+            by_name = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/files/{entry['name']}", params=params)
+            assert by_hash.status_code == by_name.status_code == 200
+            assert by_hash.content == by_name.content and len(by_hash.content) == entry["size"]
+            assert hashlib.sha256(by_hash.content).hexdigest() == entry["sha256"]
+            assert by_hash.headers["etag"] == by_name.headers["etag"] == f'"{entry["sha256"]}"'
+            assert "immutable" in by_hash.headers["cache-control"]
+            assert "must-revalidate" in by_name.headers["cache-control"]  # a name can mean new bytes at an alias
+            assert httpx.get(url + entry["url"], headers={"If-None-Match": by_hash.headers["etag"]}
+                             ).status_code == 304
+        if params.get("format") == "lora":
+            assert float(by_name.headers["x-vera-lora-max-relative-error"]) >= 0
+    wrong = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/blobs/{'0' * 64}")
+    assert wrong.status_code == 404 and "has no file with SHA-256" in wrong.json()["detail"]
+    assert httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/blobs/not-a-hash").status_code == 422
+
+
 def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], tmp_path: Path) -> None:
     url, _ = local
     response = httpx.get(f"{url}/api/v1/adapters/nobody/none/versions/latest")

@@ -41,17 +41,26 @@ def leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith((".part-", ".fetch-", ".sha256-")) or ".sha256-" in p.name]
 
 
+def weights_url(proxy: FaultyProxy) -> str:
+    """The hash-addressed URL of the version's safetensors (what a fault must match), through the proxy."""
+    with RegistryClient(proxy.url, cache=False) as client:
+        url = client.files(REF).files[1].url
+    proxy.requests.clear()
+    return url
+
+
 def test_a_second_fetch_is_one_small_request_and_the_same_files(proxy: FaultyProxy, tmp_path: Path) -> None:
     with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01) as client:
         client.fetch(REF, tmp_path / "one")
-        assert sum("/files/" in p for p in proxy.requests) == 3
+        assert len(proxy.requests) == 4 and "/versions/latest/files?" in proxy.requests[0]  # the list, then:
+        assert sum("/versions/1/blobs/" in p for p in proxy.requests) == 3  # three files by hash, at the version
         proxy.requests.clear()
         client.fetch(REF, tmp_path / "two")
-        assert len(proxy.requests) == 1 and "/files/" not in proxy.requests[0]  # which version; nothing downloaded
+        assert len(proxy.requests) == 1 and "/blobs/" not in proxy.requests[0]  # the list; nothing downloaded
         assert folder(tmp_path / "two") == folder(tmp_path / "one")
         proxy.requests.clear()
-        client.fetch(REF, tmp_path / "lora", as_lora=True)  # another form: another entry
-        assert sum("/files/" in p for p in proxy.requests) == 2
+        client.fetch(REF, tmp_path / "lora", as_lora=True)  # another form: other files
+        assert sum("/blobs/" in p for p in proxy.requests) == 2
     with RegistryClient(proxy.url, cache=False) as uncached:
         uncached.fetch(REF, tmp_path / "direct")
     assert folder(tmp_path / "direct") == folder(tmp_path / "one")
@@ -66,17 +75,18 @@ def test_a_damaged_cache_entry_is_noticed_and_downloaded_again(proxy: FaultyProx
         biggest.write_bytes(biggest.read_bytes()[:-1] + b"\0")
         proxy.requests.clear()
         client.fetch(REF, tmp_path / "two")
-        assert sum("/files/" in p for p in proxy.requests) == 3
+        assert sum("/blobs/" in p for p in proxy.requests) == 1  # the damaged file alone
     assert folder(tmp_path / "two") == folder(tmp_path / "one")
 
 
 def test_a_damaged_download_is_refused_and_nothing_is_kept(proxy: FaultyProxy, tmp_path: Path) -> None:
-    proxy.faults.append(Fault("adapter_model.safetensors", "flip"))
+    url = weights_url(proxy)
+    proxy.faults.append(Fault(url, "flip"))
     with RegistryClient(proxy.url, cache=tmp_path / "cache") as client:
-        with pytest.raises(IntegrityError, match="ETag; the download was damaged, fetch again"):
+        with pytest.raises(IntegrityError, match="the registry listed; the download was damaged, fetch again"):
             client.fetch(REF, tmp_path / "out")
         assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
-        assert not list((tmp_path / "cache").rglob("*.json"))  # no manifest
+        assert not (tmp_path / "cache" / "blobs" / url.rsplit("/", 1)[1]).exists()
         client.fetch(REF, tmp_path / "out")  # the next try is whole
     with RegistryClient(proxy.url, cache=False) as uncached:
         uncached.fetch(REF, tmp_path / "direct")
@@ -84,7 +94,7 @@ def test_a_damaged_download_is_refused_and_nothing_is_kept(proxy: FaultyProxy, t
 
 
 def test_broken_off_downloads_and_busy_proxies_are_retried(proxy: FaultyProxy, tmp_path: Path) -> None:
-    proxy.faults += [Fault("adapter_model.safetensors", "cut", times=2), Fault("/versions/latest", "status")]
+    proxy.faults += [Fault(weights_url(proxy), "cut", times=2), Fault("/versions/latest/files", "status")]
     with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01) as client:
         client.fetch(REF, tmp_path / "out")
     assert all(f.times == 0 for f in proxy.faults)
@@ -94,7 +104,7 @@ def test_broken_off_downloads_and_busy_proxies_are_retried(proxy: FaultyProxy, t
 
 
 def test_retries_have_an_end_and_say_so(proxy: FaultyProxy, tmp_path: Path) -> None:
-    proxy.faults.append(Fault("adapter_model.safetensors", "cut", times=10))
+    proxy.faults.append(Fault(weights_url(proxy), "cut", times=10))
     with (RegistryClient(proxy.url, cache=tmp_path / "cache", retries=2, backoff_s=0.01) as client,
           pytest.raises(RegistryUnavailable, match="broke off .*fetch again")):
         client.fetch(REF, tmp_path / "out")

@@ -20,38 +20,21 @@ import pytest
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, wait_for
+from tests.registry.servers import free_port, running_s3, s3_objects
 
-MOTO = Path(sys.executable).parent / "moto_server"
 BUCKET = "vera-topology"
 
 
 @pytest.fixture
 def s3() -> Iterator[dict[str, str]]:
     """A moto S3 server and a bucket; the AWS_* variables that point botocore and s3fs at it."""
-    boto3 = pytest.importorskip("boto3")
-    port = free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen([str(MOTO), "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, text=True)
-        try:
-            wait_for(f"http://127.0.0.1:{port}/moto-api/", process, log, seconds=60)
-            client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                                  aws_secret_access_key="testing", region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield env
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    pytest.importorskip("boto3")
+    with running_s3(BUCKET) as server:
+        yield server.env
 
 
 def objects(env: dict[str, str]) -> list[str]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-    return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    return s3_objects(env, BUCKET)
 
 
 def start_cluster(args: list[str], env: dict[str, str], log: IO[str]) -> subprocess.Popen[str]:

@@ -72,6 +72,7 @@ V = "/api/v1/adapters/alice/secret/versions/1"
 REACHING = [
     ("GET", "/api/v1/adapters/alice/secret", None), ("GET", V, None), ("GET", f"{V}/verification", None),
     ("GET", f"{V}/files/adapter_config.json", None), ("GET", f"{V}/files/adapter_model.safetensors", None),
+    ("GET", f"{V}/files", None), ("GET", f"{V}/files?format=lora", None),
     ("POST", f"{V}/verify", None), ("GET", f"{V}/lineage", None), ("GET", f"{V}/hub", None),
     ("GET", "/api/v1/adapters/alice/secret/versions/prod", None),
     ("GET", "/hf/api/models/alice/secret", None), ("GET", "/hf/api/models/alice/secret/revision/main", None),
@@ -102,6 +103,19 @@ def test_a_private_adapter_does_not_exist_for_outsiders(server: dict[str, Any], 
     missing = get(server, caller, path.replace("alice/secret", "alice/nonexistent"), method, json=body)
     if "/hf" not in path and "compare" not in path:
         assert response.json()["detail"] == missing.json()["detail"].replace("nonexistent", "secret")
+
+
+def test_a_private_adapters_files_by_hash_do_not_exist_for_outsiders(server: dict[str, Any]) -> None:
+    """The hash-addressed URL of a private version's weights answers its readers only: to anyone else it is a
+    missing adapter, and the same hash asked for through a public adapter is not a file of that one."""
+    url = get(server, "alice", f"{V}/files").json()["files"][1]["url"]
+    assert get(server, "alice", url).status_code == 200
+    for who in (None, "mallory", "alice-acme-only", "bob"):
+        response, missing = get(server, who, url), get(server, who, url.replace("alice/secret", "alice/nonexistent"))
+        assert response.status_code == missing.status_code == 404, (who, response.text)
+        assert response.json()["detail"] == missing.json()["detail"].replace("nonexistent", "secret")
+    stolen = get(server, "mallory", url.replace("alice/secret", "alice/open"))
+    assert stolen.status_code == 404 and "has no file with SHA-256" in stolen.json()["detail"]
 
 
 def test_the_owner_members_and_admins_read_it_and_it_stays_unchanged(server: dict[str, Any]) -> None:

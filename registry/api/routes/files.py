@@ -1,62 +1,126 @@
-"""A version's files, streamed with an ETag (their SHA-256) and answered 304 when the caller has them."""
+"""A version's files. Each download form is built once and stored (registry.services.derived); from then on every
+download streams the stored blob in chunks (a local folder's file is sent as a file).
+
+    GET .../versions/{v}/files                 the form's files: name, size, SHA-256 and hash-addressed URL
+    GET .../versions/{v}/files/{filename}      one file by name (ETag: its SHA-256; 304 when the caller has it)
+    GET .../versions/{N}/blobs/{sha256}        one file by hash: immutable; on S3 with VERA_PRESIGNED_DOWNLOADS, a
+                                               307 to a short-lived presigned URL, so the object store carries it
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
-from fastapi.responses import Response
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from registry.api.deps import RegistryDep, ref_of
+from registry.api.deps import Options, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import streamed
 from registry.domain.errors import NotFound
-from registry.domain.schemas import ADAPTER_FILES
+from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, VersionInfo
+from registry.services.derived import DerivedFile, FileForm
+from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
 from vera_core.lora import LoraExport
-from vera_core.serialization import metadata_of
 
 router = APIRouter(prefix="/api/v1/adapters")
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
+_FILE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "The file (ETag: its SHA-256)", "content": {
+        "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"}}
+
+
+def form_of(projection: bool, seed_only: bool, format: str, max_rank: int | None, dtype: str,
+            engine: str | None) -> FileForm:
+    lora = LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=engine == "vllm") if format == "lora" else None
+    return FileForm(with_projection=projection, seed_only=seed_only, lora=lora)
+
+
+Projection = Annotated[bool, Query(description="always materialise A and B (by default they are included unless "
+                                   "PEFT's own generator regenerates them)")]
+SeedOnly = Annotated[bool, Query(description="leave A and B out even where PEFT cannot regenerate them (for "
+                                 "vera_core; PEFT refuses such files)")]
+Format = Annotated[Literal["vera", "lora"], Query(description="lora: the equivalent rank-r LoRA")]
+MaxRank = Annotated[int | None, Query(ge=1, le=MAX_RANK, description="lora: at most this rank per layer (the best "
+                                      "approximation; errors per layer in README.md)")]
+Dtype = Annotated[Literal["float32", "bfloat16", "float16"], Query(description="lora: the tensors' dtype")]
+Engine = Annotated[Literal["vllm"] | None, Query(alias="for", description="lora: snap the rank down to one this "
+                                                 "serving engine accepts")]
+
+
+def _entry(info: VersionInfo, file: DerivedFile) -> FileEntry:
+    url = f"{router.prefix}/{info.owner}/{info.name}/versions/{info.version}/blobs/{file.sha256}"
+    return FileEntry(name=file.filename, size=file.size, sha256=file.sha256, url=url)
+
+
+@router.get("/{owner}/{name}/versions/{selector}/files", response_model=FileManifest)
+def manifest(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str,
+             projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
+             max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None) -> FileManifest:
+    """The files a download of this version in this form gives, each with its size, SHA-256 and immutable URL:
+    one request tells a client everything it needs (and which files its cache already holds)."""
+    form = form_of(projection, seed_only, format, max_rank, dtype, engine)
+    info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
+    return FileManifest(version=info, form=form.key, files=[_entry(info, f) for f in files])
 
 
 @router.get("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
-            responses={200: {"description": "The file (ETag: its SHA-256)", "content": {
-                "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
-                304: {"description": "Not modified (If-None-Match matched the ETag)"}})
+            responses=_FILE_RESPONSES)
 def download(
     _: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str, filename: str,
-    projection: Annotated[bool, Query(description="always materialise A and B (by default they are included "
-                                      "unless PEFT's own generator regenerates them)")] = False,
-    seed_only: Annotated[bool, Query(description="leave A and B out even where PEFT cannot regenerate them "
-                                     "(for vera_core; PEFT refuses such files)")] = False,
-    format: Annotated[Literal["vera", "lora"], Query(description="lora: the equivalent rank-r LoRA")] = "vera",
-    max_rank: Annotated[int | None, Query(ge=1, le=MAX_RANK, description="lora: at most this rank per layer (the "
-                                          "best approximation; errors per layer in README.md)")] = None,
-    dtype: Annotated[Literal["float32", "bfloat16", "float16"], Query(description="lora: the tensors' dtype")
-                     ] = "float32",
-    engine: Annotated[Literal["vllm"] | None, Query(alias="for", description="lora: snap the rank down to one "
-                                                    "this serving engine accepts")] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera", max_rank: MaxRank = None,
+    dtype: Dtype = "float32", engine: Engine = None, if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
-    lora = LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=engine == "vllm")
-    info, built = registry.built(ref_of(owner, name, selector), with_projection=projection,
-                                 seed_only=seed_only, as_lora=format == "lora", lora=lora)
-    files = built.files
-    if filename not in files:
-        raise NotFound(f"The {format} export has no {filename}; it has {', '.join(files)}.")
-    data = files[filename]
-    etag = f'"{built.sha256[filename]}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate", "X-Vera-Version": info.ref}
-    error = metadata_of(files[ADAPTER_FILES[1]]).get("vera_core.lora_max_relative_error") if format == "lora" else None
-    if error is not None:  # a rank-capped LoRA: its largest per-layer error (each layer's is in README.md)
-        headers["X-Vera-Lora-Max-Relative-Error"] = error
+    form = form_of(projection, seed_only, format, max_rank, dtype, engine)
+    info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
+    file = next((f for f in files if f.filename == filename), None)
+    if file is None:
+        raise NotFound(f"The {format} export has no {filename}; it has {', '.join(f.filename for f in files)}.")
+    headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
+    if format == "lora" and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
+        headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
+    return _send(registry, info, file, headers, if_none_match)
+
+
+@router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
+            responses={**_FILE_RESPONSES, 307: {"description": "Get it from the object store (a presigned URL, "
+                                                "VERA_PRESIGNED_DOWNLOADS)"}})
+def blob(
+    _: Reader, registry: RegistryDep, options: Options, owner: str, name: str,
+    version: Annotated[int, Path(ge=1, le=999_999_999)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same
+    bytes, so it may be cached for good."""
+    info, file = registry.derived.by_digest(ref_of(owner, name, str(version)), sha256)
+    headers = {"Cache-Control": "private, max-age=31536000, immutable"}
+    if options.presigned_downloads_s and (if_none_match is None) and (
+            url := registry.blobs.presigned_url(file.sha256, options.presigned_downloads_s)):
+        _count(registry, info, file)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store",
+                                                               "X-Vera-Version": info.ref})
+    return _send(registry, info, file, headers, if_none_match)
+
+
+def _count(registry: Registry, info: VersionInfo, file: DerivedFile) -> None:
+    if file.filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
+        registry.downloads.count(info.owner, info.name, info.version)
+
+
+def _send(registry: Registry, info: VersionInfo, file: DerivedFile, headers: dict[str, str],
+          if_none_match: str | None) -> Response:
+    """The stored file (or 304 if the caller holds it): a checked local file, or streamed from storage in chunks."""
+    etag = f'"{file.sha256}"'
+    headers = {**headers, "ETag": etag, "X-Vera-Version": info.ref,
+               "Content-Disposition": f'attachment; filename="{file.filename}"'}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-
-    if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
-        registry.downloads.count(info.owner, info.name, info.version)
-    media = next((t for suffix, t in MEDIA_TYPES.items() if filename.endswith(suffix)), "application/octet-stream")
-    return streamed(data, media, headers)
+    _count(registry, info, file)
+    media = next((t for suffix, t in MEDIA_TYPES.items() if file.filename.endswith(suffix)), "application/octet-stream")
+    source = registry.derived.source(info, file)
+    if isinstance(source, str):
+        return FileResponse(source, media_type=media, headers=headers)
+    return StreamingResponse(iter(source), media_type=media, headers={**headers, "Content-Length": str(source.size)})

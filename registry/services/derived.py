@@ -1,0 +1,210 @@
+"""Derived files made once: what a download returns (the PEFT folder's config, README and safetensors, seed-only or
+with projections, or the equivalent LoRA with given options) is built at most once per version and form, stored as
+content-addressed blobs (kind ``derived``) and listed in ``version_files``; every later download, on any replica and
+after any restart, streams the stored blob. A version's bytes never change, so neither do these files, and their
+SHA-256 addresses them for good (immutable downloads, the client's cache).
+
+A derived blob that went missing or whose bytes no longer match its name is built again from the version's own
+blobs on the next request (``source``), and `vera fsck --repair` forgets such files so that they are rebuilt; `vera
+gc` removes derived blobs no version lists any more.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError as DatabaseConflict
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import IntegrityError, NotFound
+from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
+from registry.services.lookup import resolve, version_info
+from registry.services.versions import Versions
+from registry.store import models as m
+from registry.store.blobs import BlobReader, BlobStore
+from registry.store.database import Database
+from vera_core.lora import LoraExport
+
+DERIVED = "derived"
+#: Builds of the same version and form in one process wait for each other (one lock per bucket of keys).
+_LOCKS = [threading.Lock() for _ in range(64)]
+#: A safetensors header larger than this is not read for its metadata (the format's own limit is 100 MB).
+MAX_HEADER_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class FileForm:
+    """Which files a download asks for: VeRA (default: what PEFT loads; ``with_projection``: A and B always
+    materialised; ``seed_only``: never), or the equivalent LoRA with ``lora``'s options."""
+
+    with_projection: bool = False
+    seed_only: bool = False
+    lora: LoraExport | None = None
+
+    @property
+    def key(self) -> str:
+        """The form's name in version_files: ``vera``, ``vera+projection``, ``vera+seed-only``, ``lora`` or e.g.
+        ``lora:r<=8,bfloat16,vllm`` (at most 64 characters: the rank is at most MAX_RANK)."""
+        if self.lora is None:
+            return "vera+projection" if self.with_projection else "vera+seed-only" if self.seed_only else "vera"
+        options = [f"r<={self.lora.max_rank}" if self.lora.max_rank else "",
+                   self.lora.dtype if self.lora.dtype != "float32" else "", "vllm" if self.lora.for_vllm else ""]
+        return ":".join(["lora", ",".join(o for o in options if o)]).rstrip(":")
+
+
+@dataclass(frozen=True)
+class DerivedFile:
+    """One stored file of a version in one form."""
+
+    version_id: int
+    form: str
+    filename: str
+    sha256: str
+    size: int
+
+
+class DerivedFiles:
+    def __init__(self, db: Database, blobs: BlobStore, versions: Versions) -> None:
+        self.db, self.blobs, self.versions = db, blobs, versions
+        self._lora_errors: dict[str, str | None] = {}
+
+    def manifest(self, ref: str | Ref, form: FileForm) -> tuple[VersionInfo, list[DerivedFile]]:
+        """The version's files in ``form``, built and stored first if no download asked for them before."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            info, version_id = version_info(s, v), v.id
+            files = _listed(s, version_id, form.key)
+        if files:
+            return info, files
+        return info, self._build(info, version_id, form)
+
+    def file(self, ref: str | Ref, form: FileForm, filename: str) -> tuple[VersionInfo, DerivedFile]:
+        """One file of the version in ``form``; NotFound naming the form's files if it has no ``filename``."""
+        info, files = self.manifest(ref, form)
+        found = next((f for f in files if f.filename == filename), None)
+        if found is None:
+            raise NotFound(f"The {form.key} download of {info.ref} has no {filename}; it has "
+                           f"{', '.join(f.filename for f in files)}.")
+        return info, found
+
+    def by_digest(self, ref: str | Ref, digest: str) -> tuple[VersionInfo, DerivedFile]:
+        """The version's stored file with this SHA-256 (in any form it was built in)."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            info = version_info(s, v)
+            row = s.scalars(select(m.VersionFile).where(m.VersionFile.version_id == v.id,
+                                                        m.VersionFile.sha256 == digest).limit(1)).first()
+            if row is None:
+                raise NotFound(f"{info.ref} has no file with SHA-256 {digest[:64]!r}; list its files with GET "
+                               f".../versions/{info.version}/files.")
+            return info, _derived(row)
+
+    def source(self, info: VersionInfo, file: DerivedFile, *, local: bool = True) -> str | BlobReader:
+        """Where to read ``file`` from: a checked local path (``local``, for a local folder) or a streamed reader.
+        A stored copy that is missing or damaged is built again once from the version's own blobs."""
+        for attempt in range(2):
+            try:
+                path = self.blobs.verified_local_path(file.sha256) if local else None
+                return path if path is not None else self.blobs.reader(file.sha256)
+            except (NotFound, IntegrityError):
+                if attempt:
+                    raise
+                self._rebuild(info, file)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def lora_max_relative_error(self, file: DerivedFile, files: list[DerivedFile]) -> str | None:
+        """The largest per-layer error a rank-capped LoRA export recorded in its safetensors metadata (read from the
+        stored header once per weights file), or None."""
+        weights = next((f for f in files if f.filename == ADAPTER_FILES[1]), None)
+        if weights is None:
+            return None
+        if weights.sha256 not in self._lora_errors:
+            reader = self.blobs.reader(weights.sha256)
+            try:
+                metadata = _safetensors_metadata(reader)
+            finally:
+                reader.close()
+            if len(self._lora_errors) > 10_000:
+                self._lora_errors.clear()
+            self._lora_errors[weights.sha256] = metadata.get("vera_core.lora_max_relative_error")
+        return self._lora_errors[weights.sha256]
+
+    def _build(self, info: VersionInfo, version_id: int, form: FileForm) -> list[DerivedFile]:
+        """Build the files (Versions.built), store each blob, then list them; two builds of the same version and
+        form in this process run one after the other, and one on another replica at the same time stores the same
+        bytes (content-addressed) and the same rows (the second insert is dropped)."""
+        with _LOCKS[zlib.crc32(f"{version_id}/{form.key}".encode()) % len(_LOCKS)]:
+            with self.db.session() as s:
+                if files := _listed(s, version_id, form.key):
+                    return files
+            pinned = Ref(owner=info.owner, name=info.name, version=info.version)
+            _, built = self.versions.built(pinned, with_projection=form.with_projection, seed_only=form.seed_only,
+                                           as_lora=form.lora is not None, lora=form.lora)
+            for data in built.files.values():
+                self.blobs.put(data)
+            files = [DerivedFile(version_id, form.key, name, built.sha256[name], len(data))
+                     for name, data in built.files.items()]
+            try:
+                with self.db.session() as s:
+                    _record(s, files)
+            except DatabaseConflict:  # another replica listed them first, or the version was deleted meanwhile
+                with self.db.session() as s:
+                    if listed := _listed(s, version_id, form.key):
+                        return listed
+                    resolve(s, pinned)  # NotFound if it was deleted
+                raise
+            return files
+
+    def _rebuild(self, info: VersionInfo, file: DerivedFile) -> None:
+        """Store ``file``'s bytes again (a damaged copy is deleted first): the same version and form build the same
+        bytes, so its name, rows and every client's cached copy stay right."""
+        self.blobs.delete(file.sha256)
+        with self.db.session() as s:
+            s.execute(delete(m.VersionFile).where(m.VersionFile.version_id == file.version_id,
+                                                  m.VersionFile.form == file.form))
+        self._build(info, file.version_id, _form_of(file.form))
+
+
+def _listed(s: Session, version_id: int, form: str) -> list[DerivedFile]:
+    rows = s.scalars(select(m.VersionFile).where(m.VersionFile.version_id == version_id, m.VersionFile.form == form))
+    order = {name: i for i, name in enumerate(ADAPTER_FILES)}
+    return sorted((_derived(r) for r in rows), key=lambda f: (order.get(f.filename, len(order)), f.filename))
+
+
+def _derived(row: m.VersionFile) -> DerivedFile:
+    return DerivedFile(row.version_id, row.form, row.filename, row.sha256, row.size)
+
+
+def _record(s: Session, files: list[DerivedFile]) -> None:
+    for f in files:
+        if s.get(m.Blob, f.sha256) is None:
+            s.add(m.Blob(sha256=f.sha256, size=f.size, kind=DERIVED))
+            s.flush()
+        s.add(m.VersionFile(version_id=f.version_id, form=f.form, filename=f.filename, sha256=f.sha256, size=f.size))
+    s.flush()
+
+
+def _form_of(key: str) -> FileForm:
+    """The FileForm a version_files ``form`` names (the inverse of FileForm.key)."""
+    if not key.startswith("lora"):
+        return FileForm(with_projection=key == "vera+projection", seed_only=key == "vera+seed-only")
+    options = [o for o in key.partition(":")[2].split(",") if o]
+    max_rank = next((int(o[3:]) for o in options if o.startswith("r<=")), None)
+    dtype = next((o for o in options if o in ("bfloat16", "float16")), "float32")
+    return FileForm(lora=LoraExport(max_rank=max_rank, dtype=dtype, for_vllm="vllm" in options))
+
+
+def _safetensors_metadata(reader: BlobReader) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob, from its header alone (8 bytes of length, then JSON)."""
+    head = reader.handle.read(8)
+    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+    if not 0 < length <= MAX_HEADER_BYTES:
+        return {}
+    header = json.loads(reader.handle.read(length))
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}

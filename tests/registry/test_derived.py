@@ -1,0 +1,128 @@
+"""Derived files made once (registry.services.derived): each download form of a version is built once, stored as
+content-addressed blobs and listed in version_files, then served from storage by every registry process (a new
+process builds nothing); the stored bytes are those a fresh build gives; storage lost or damaged is rebuilt; gc and
+fsck know derived blobs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from registry.domain.errors import NotFound
+from registry.services.derived import FileForm, _form_of
+from registry.services.file_cache import FileCache
+from registry.services.registry import Registry
+from registry.store import models as m
+from registry.store.blobs import BlobReader, FsspecBlobStore
+from tests.registry.adapters import make_adapter
+from vera_core.lora import LoraExport
+
+FORMS = [FileForm(), FileForm(with_projection=True), FileForm(seed_only=True), FileForm(lora=LoraExport()),
+         FileForm(lora=LoraExport(max_rank=2, dtype="bfloat16")), FileForm(lora=LoraExport(max_rank=4, for_vllm=True))]
+
+
+def another_process(registry: Registry, tmp_path: Path) -> Registry:
+    """A second registry process (another replica, or this one restarted) over the same database and storage."""
+    return Registry(registry.db, FsspecBlobStore(str(tmp_path / "blobs")), file_cache=FileCache(0))
+
+
+def read(registry: Registry, digest: str) -> bytes:
+    return b"".join(registry.blobs.reader(digest))
+
+
+@pytest.fixture
+def ref(registry: Registry, tmp_path: Path) -> str:
+    return registry.publish(make_adapter(tmp_path / "a", seed=1), owner="kim", name="c", base_model="tiny").ref
+
+
+def test_each_form_is_built_once_stored_and_the_same_bytes_as_a_fresh_build(registry: Registry, ref: str,
+                                                                            tmp_path: Path) -> None:
+    other = another_process(registry, tmp_path)
+
+    def builds(r: Registry) -> int:  # calls of Versions.built (a hit or a miss of its in-memory cache)
+        return r.versions.cache.hits + r.versions.cache.misses
+
+    for form in FORMS:
+        before = builds(registry)
+        info, files = registry.derived.manifest(ref, form)
+        assert builds(registry) == before + 1, form  # built here, once
+        assert registry.derived.manifest(ref, form) == (info, files) and builds(registry) == before + 1
+        _, fresh = other.files(ref, with_projection=form.with_projection, seed_only=form.seed_only,
+                               as_lora=form.lora is not None, lora=form.lora)
+        assert {f.filename: read(registry, f.sha256) for f in files} == fresh, form  # byte-identical
+        assert all(f.size == len(fresh[f.filename]) and f.sha256 == hashlib.sha256(fresh[f.filename]).hexdigest()
+                   for f in files)
+        other_builds = builds(other)
+        assert other.derived.manifest(ref, form) == (info, files)  # another process: listed, not built
+        assert builds(other) == other_builds, form
+    with registry.db.session() as s:
+        forms = set(s.scalars(select(m.VersionFile.form)))
+        kinds = set(s.scalars(select(m.Blob.kind).join(m.VersionFile, m.VersionFile.sha256 == m.Blob.sha256)))
+    assert forms == {f.key for f in FORMS} and kinds <= {"derived", "vectors"}
+
+
+def test_form_names_are_short_and_name_their_form_back() -> None:
+    keys = [f.key for f in FORMS]
+    assert keys == ["vera", "vera+projection", "vera+seed-only", "lora", "lora:r<=2,bfloat16", "lora:r<=4,vllm"]
+    assert all(_form_of(f.key) == f for f in FORMS)
+    assert len(FileForm(lora=LoraExport(max_rank=10**9, dtype="float16", for_vllm=True)).key) <= 64
+
+
+def test_a_file_by_hash_belongs_to_its_version(registry: Registry, ref: str, tmp_path: Path) -> None:
+    _, files = registry.derived.manifest(ref, FileForm())
+    assert registry.derived.by_digest(ref, files[1].sha256)[1] == files[1]
+    other = registry.publish(make_adapter(tmp_path / "b", seed=2), owner="kim", name="d", base_model="tiny").ref
+    with pytest.raises(NotFound, match="has no file with SHA-256"):
+        registry.derived.by_digest(other, files[1].sha256)
+    with pytest.raises(NotFound, match=r"has no README.md; it has adapter_config.json, adapter_model.safetensors"):
+        registry.derived.file(ref, FileForm(lora=LoraExport()), "README.md")
+
+
+def test_a_lost_or_damaged_stored_file_is_built_again(registry: Registry, ref: str, tmp_path: Path) -> None:
+    info, files = registry.derived.manifest(ref, FileForm())
+    weights = files[1]
+    expected = read(registry, weights.sha256)
+    registry.blobs.delete(weights.sha256)  # lost
+    source = registry.derived.source(info, weights)
+    assert isinstance(source, str) and Path(source).read_bytes() == expected
+    Path(source).write_bytes(expected[:-1] + b"\0")  # damaged in place
+    source = registry.derived.source(info, weights)
+    assert isinstance(source, str) and Path(source).read_bytes() == expected
+    streamed = registry.derived.source(info, weights, local=False)
+    assert isinstance(streamed, BlobReader) and b"".join(streamed) == expected
+    assert registry.derived.manifest(ref, FileForm()) == (info, files)
+
+
+def test_gc_keeps_derived_files_while_a_version_lists_them(registry: Registry, ref: str, tmp_path: Path) -> None:
+    twin = registry.publish(make_adapter(tmp_path / "b", seed=1), owner="kim", name="twin", base_model="tiny").ref
+    _, files = registry.derived.manifest(ref, FileForm(lora=LoraExport()))
+    _, twin_files = registry.derived.manifest(twin, FileForm(lora=LoraExport()))
+    shared = {f.sha256 for f in files} & {f.sha256 for f in twin_files}
+    assert shared  # the same vectors give the same LoRA: stored once, listed by both versions
+    registry.gc()
+    assert all(registry.blobs.exists(f.sha256) for f in files)
+    registry.delete(ref, actor="kim")
+    registry.gc()
+    assert all(registry.blobs.exists(d) for d in shared)  # the twin still lists them
+    registry.delete(twin, actor="kim")
+    registry.gc()
+    assert not any(registry.blobs.exists(f.sha256) for f in files + twin_files)
+    with registry.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(m.VersionFile)) == 0
+        assert s.scalar(select(func.count()).select_from(m.Blob).where(m.Blob.kind == "derived")) == 0
+
+
+def test_fsck_repair_forgets_a_damaged_derived_file_without_failing_its_version(registry: Registry, ref: str) -> None:
+    info, files = registry.derived.manifest(ref, FileForm())
+    path = registry.blobs.verified_local_path(files[1].sha256)
+    assert path is not None
+    Path(path).write_bytes(b"damaged")
+    report = registry.fsck(repair=True)
+    assert files[1].sha256 in report["corrupted"]
+    assert registry.get(ref).verification_status != "failed"  # its own blobs are whole
+    assert registry.fsck() == {key: [] for key in report}  # nothing dangles
+    assert registry.derived.manifest(ref, FileForm()) == (info, files)  # built again, the same bytes
+    assert read(registry, files[1].sha256)
