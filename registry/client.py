@@ -10,9 +10,9 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -84,6 +84,21 @@ def _raise_for(response: httpx.Response) -> NoReturn:
     except (json.JSONDecodeError, AttributeError):
         detail, code = response.text or response.reason_phrase, ""
     raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
+
+
+class _Counted:
+    """A file being uploaded whose reads advance a progress bar (``advance(n)``); everything else is the file's."""
+
+    def __init__(self, file: IO[bytes], advance: Callable[[int], object]) -> None:
+        self._file, self._advance = file, advance
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._advance(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # fileno, seek, tell: httpx sizes and rewinds the upload with them
+        return getattr(self._file, name)
 
 
 class RegistryUnavailable(RegistryError):
@@ -227,6 +242,14 @@ class RegistryClient:
         each file the local cache lacks then streams to disk (from the object store when the server redirects
         there), checked against its hash: fetching a version again costs that one small request. ``progress``
         shows a bar for files over 4 MiB."""
+        self.fetch_files(ref, out_dir, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora,
+                         lora=lora, progress=progress)
+        return Path(out_dir)
+
+    def fetch_files(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
+                    seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None,
+                    progress: bool = False) -> FileManifest:
+        """``fetch``, returning the file list it wrote (with the version it pinned)."""
         manifest = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         scratch_parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
         scratch_parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +267,7 @@ class RegistryClient:
                         cached = self.cache.blobs / entry.sha256
                 files[entry.name] = cached
             write_adapter_files(Path(out_dir), files)
-        return Path(out_dir)
+        return manifest
 
     def _download_to(self, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
         """Stream one file to ``path``, checked against its SHA-256; nothing of a failed or mismatching download is
@@ -359,16 +382,21 @@ class RegistryClient:
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
         parent: str | None = None, code_revision: str | None = None, visibility: str | None = None,
+        progress: bool = False,
     ) -> VersionInfo:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
-        it was fine-tuned from and ``code_revision`` the code that trained it (its lineage)."""
+        it was fine-tuned from and ``code_revision`` the code that trained it (its lineage). ``progress`` shows a
+        bar while weights over 4 MiB upload."""
         ref = Ref.parse(name)
         root = Path(directory)
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():
                 raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")
+        size = (root / "adapter_model.safetensors").stat().st_size
         with (root / "adapter_config.json").open("rb") as config, \
-                (root / "adapter_model.safetensors").open("rb") as weights:
+                (root / "adapter_model.safetensors").open("rb") as file, \
+                _progress("adapter_model.safetensors", size, progress) as bar:
+            weights = _Counted(file, bar)
             response = self._request(
                 "POST", f"/api/v1/adapters/{ref.owner}/{ref.name}/versions",
                 files={"adapter_config": ("adapter_config.json", config, "application/json"),

@@ -61,7 +61,7 @@ def publish(
                                                               base_revision=base_revision, metrics=values,
                                                               tags=tag or [], description=description,
                                                               parent=parent, code_revision=code_revision,
-                                                              visibility=visibility))
+                                                              visibility=visibility, progress=True))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
 
@@ -106,11 +106,9 @@ def fetch(
         options = {"max_rank": export.max_rank, "dtype": export.dtype, "for": "vllm" if export.for_vllm else None}
     if with_projection and seed_only:
         fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
-    info = call_registry(registry, token, lambda c: c.get(ref))
-    call_registry(registry, token, lambda c: c.fetch(info.ref, out, with_projection=with_projection,
-                                                     seed_only=seed_only, as_lora=lora, lora=options,
-                                                     progress=True))
-    console.print(f"fetched {info.ref} into {out}")
+    manifest = call_registry(registry, token, lambda c: c.fetch_files(
+        ref, out, with_projection=with_projection, seed_only=seed_only, as_lora=lora, lora=options, progress=True))
+    console.print(f"fetched {manifest.version.ref} into {out}")
 
 
 def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:
