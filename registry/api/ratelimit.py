@@ -41,7 +41,7 @@ class RateLimiter:
                 self._buckets = {k: v for k, v in self._buckets.items() if v[1] > idle}
 
 
-def _costly_reader(request: Request, who: Reader) -> Principal:
+async def _costly_reader(request: Request, who: Reader) -> Principal:
     """A reader whose request counts against its per-minute budget (anonymous callers: per client address)."""
     limiter: RateLimiter = request.app.state.rate_limiter
     client = request.client.host if request.client else "unknown"

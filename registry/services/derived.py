@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import IntegrityError, NotFound
+from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
 from registry.services.lookup import resolve, version_info
 from registry.services.versions import Versions
@@ -81,7 +81,7 @@ class DerivedFiles:
             files = _listed(s, version_id, form.key)
         if files:
             return info, files
-        return info, self._build(info, version_id, form)
+        return info, self._build(Ref(owner=info.owner, name=info.name, version=info.version), version_id, form)
 
     def file(self, ref: str | Ref, form: FileForm, filename: str) -> tuple[VersionInfo, DerivedFile]:
         """One file of the version in ``form``; NotFound naming the form's files if it has no ``filename``."""
@@ -92,21 +92,28 @@ class DerivedFiles:
                            f"{', '.join(f.filename for f in files)}.")
         return info, found
 
-    def by_digest(self, ref: str | Ref, digest: str) -> tuple[VersionInfo, DerivedFile]:
-        """The version's stored file with this SHA-256 (in any form it was built in)."""
+    def by_digest(self, ref: Ref, digest: str) -> DerivedFile:
+        """Version ``ref``'s (owner/name:N) stored file with this SHA-256, in any form it was built in: one indexed
+        query (the hot path of every download by hash); NotFound naming what is missing."""
+        if ref.version is None:
+            raise InvalidInput(f"A file by hash needs a version number, not {ref}.")
         with self.db.session() as s:
-            v = resolve(s, ref)
-            info = version_info(s, v)
-            row = s.scalars(select(m.VersionFile).where(m.VersionFile.version_id == v.id,
-                                                        m.VersionFile.sha256 == digest).limit(1)).first()
+            row = s.scalars(select(m.VersionFile)
+                            .join(m.AdapterVersion, m.AdapterVersion.id == m.VersionFile.version_id)
+                            .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                            .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name,
+                                   m.AdapterVersion.version == ref.version, m.VersionFile.sha256 == digest)
+                            .limit(1)).first()
             if row is None:
-                raise NotFound(f"{info.ref} has no file with SHA-256 {digest[:64]!r}; list its files with GET "
-                               f".../versions/{info.version}/files.")
-            return info, _derived(row)
+                resolve(s, ref)  # NotFound if the adapter or the version is missing
+                raise NotFound(f"{ref} has no file with SHA-256 {digest[:64]!r}; list its files with GET "
+                               f".../versions/{ref.version}/files.")
+            return _derived(row)
 
-    def source(self, info: VersionInfo, file: DerivedFile, *, local: bool = True) -> str | BlobReader:
+    def source(self, ref: Ref, file: DerivedFile, *, local: bool = True) -> str | BlobReader:
         """Where to read ``file`` from: a checked local path (``local``, for a local folder) or a streamed reader.
-        A stored copy that is missing or damaged is built again once from the version's own blobs."""
+        A stored copy that is missing or damaged is built again once from the version's own blobs (``ref``:
+        owner/name:N)."""
         for attempt in range(2):
             try:
                 path = self.blobs.verified_local_path(file.sha256) if local else None
@@ -114,7 +121,7 @@ class DerivedFiles:
             except (NotFound, IntegrityError):
                 if attempt:
                     raise
-                self._rebuild(info, file)
+                self._rebuild(ref, file)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def lora_max_relative_error(self, file: DerivedFile, files: list[DerivedFile]) -> str | None:
@@ -134,7 +141,7 @@ class DerivedFiles:
             self._lora_errors[weights.sha256] = metadata.get("vera_core.lora_max_relative_error")
         return self._lora_errors[weights.sha256]
 
-    def _build(self, info: VersionInfo, version_id: int, form: FileForm) -> list[DerivedFile]:
+    def _build(self, pinned: Ref, version_id: int, form: FileForm) -> list[DerivedFile]:
         """Build the files (Versions.built), store each blob, then list them; two builds of the same version and
         form in this process run one after the other, and one on another replica at the same time stores the same
         bytes (content-addressed) and the same rows (the second insert is dropped)."""
@@ -142,7 +149,6 @@ class DerivedFiles:
             with self.db.session() as s:
                 if files := _listed(s, version_id, form.key):
                     return files
-            pinned = Ref(owner=info.owner, name=info.name, version=info.version)
             _, built = self.versions.built(pinned, with_projection=form.with_projection, seed_only=form.seed_only,
                                            as_lora=form.lora is not None, lora=form.lora)
             for data in built.files.values():
@@ -160,14 +166,14 @@ class DerivedFiles:
                 raise
             return files
 
-    def _rebuild(self, info: VersionInfo, file: DerivedFile) -> None:
+    def _rebuild(self, pinned: Ref, file: DerivedFile) -> None:
         """Store ``file``'s bytes again (a damaged copy is deleted first): the same version and form build the same
         bytes, so its name, rows and every client's cached copy stay right."""
         self.blobs.delete(file.sha256)
         with self.db.session() as s:
             s.execute(delete(m.VersionFile).where(m.VersionFile.version_id == file.version_id,
                                                   m.VersionFile.form == file.form))
-        self._build(info, file.version_id, _form_of(file.form))
+        self._build(pinned, file.version_id, _form_of(file.form))
 
 
 def _listed(s: Session, version_id: int, form: str) -> list[DerivedFile]:

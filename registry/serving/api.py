@@ -36,7 +36,7 @@ class PinBody(BaseModel):
 Auth = Annotated[str | None, Header(description="Bearer token, checked by the registry")]
 
 
-def _server(request: Request) -> ModelServer:
+async def _server(request: Request) -> ModelServer:
     server: ModelServer = request.app.state.server
     return server
 

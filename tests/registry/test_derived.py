@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from registry.domain.errors import NotFound
+from registry.domain.schemas import Ref
 from registry.services.derived import FileForm, _form_of
 from registry.services.file_cache import FileCache
 from registry.services.registry import Registry
@@ -73,25 +74,27 @@ def test_form_names_are_short_and_name_their_form_back() -> None:
 
 def test_a_file_by_hash_belongs_to_its_version(registry: Registry, ref: str, tmp_path: Path) -> None:
     _, files = registry.derived.manifest(ref, FileForm())
-    assert registry.derived.by_digest(ref, files[1].sha256)[1] == files[1]
+    assert registry.derived.by_digest(Ref.parse(ref), files[1].sha256) == files[1]
     other = registry.publish(make_adapter(tmp_path / "b", seed=2), owner="kim", name="d", base_model="tiny").ref
-    with pytest.raises(NotFound, match="has no file with SHA-256"):
-        registry.derived.by_digest(other, files[1].sha256)
+    with pytest.raises(NotFound, match="kim/d:1 has no file with SHA-256"):
+        registry.derived.by_digest(Ref.parse(other), files[1].sha256)
+    with pytest.raises(NotFound, match="has no version 9"):
+        registry.derived.by_digest(Ref.parse("kim/c:9"), files[1].sha256)
     with pytest.raises(NotFound, match=r"has no README.md; it has adapter_config.json, adapter_model.safetensors"):
         registry.derived.file(ref, FileForm(lora=LoraExport()), "README.md")
 
 
 def test_a_lost_or_damaged_stored_file_is_built_again(registry: Registry, ref: str, tmp_path: Path) -> None:
     info, files = registry.derived.manifest(ref, FileForm())
-    weights = files[1]
+    weights, pinned = files[1], Ref.parse(ref)
     expected = read(registry, weights.sha256)
     registry.blobs.delete(weights.sha256)  # lost
-    source = registry.derived.source(info, weights)
+    source = registry.derived.source(pinned, weights)
     assert isinstance(source, str) and Path(source).read_bytes() == expected
     Path(source).write_bytes(expected[:-1] + b"\0")  # damaged in place
-    source = registry.derived.source(info, weights)
+    source = registry.derived.source(pinned, weights)
     assert isinstance(source, str) and Path(source).read_bytes() == expected
-    streamed = registry.derived.source(info, weights, local=False)
+    streamed = registry.derived.source(pinned, weights, local=False)
     assert isinstance(streamed, BlobReader) and b"".join(streamed) == expected
     assert registry.derived.manifest(ref, FileForm()) == (info, files)
 

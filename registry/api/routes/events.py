@@ -15,7 +15,7 @@ from registry.services.events import Events
 router = APIRouter(prefix="/api/v1/events")
 
 
-def _events(request: Request) -> Events:
+async def _events(request: Request) -> Events:
     events: Events = request.app.state.events
     return events
 

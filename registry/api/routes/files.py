@@ -9,6 +9,7 @@ download streams the stored blob in chunks (a local folder's file is sent as a f
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query
@@ -17,7 +18,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from registry.api.deps import Options, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.domain.errors import NotFound
-from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, VersionInfo
+from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo
 from registry.services.derived import DerivedFile, FileForm
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
@@ -25,6 +26,8 @@ from vera_core.lora import LoraExport
 
 router = APIRouter(prefix="/api/v1/adapters")
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
+#: Files up to this size are answered whole (read in the route's worker thread); larger ones stream in chunks.
+SMALL_FILE = 1 << 20
 _FILE_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "The file (ETag: its SHA-256)", "content": {
         "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
@@ -82,7 +85,11 @@ def download(
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
     if format == "lora" and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
         headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
-    return _send(registry, info, file, headers, if_none_match)
+    return _send(registry, _pinned(info), file, headers, if_none_match)
+
+
+def _pinned(info: VersionInfo) -> Ref:
+    return Ref.of(info.owner, info.name, version=info.version)
 
 
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
@@ -95,32 +102,35 @@ def blob(
 ) -> Response:
     """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same
     bytes, so it may be cached for good."""
-    info, file = registry.derived.by_digest(ref_of(owner, name, str(version)), sha256)
+    ref = Ref.of(owner, name, version=version)
+    file = registry.derived.by_digest(ref, sha256)
     headers = {"Cache-Control": "private, max-age=31536000, immutable"}
     if options.presigned_downloads_s and (if_none_match is None) and (
             url := registry.blobs.presigned_url(file.sha256, options.presigned_downloads_s)):
-        _count(registry, info, file)
-        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store",
-                                                               "X-Vera-Version": info.ref})
-    return _send(registry, info, file, headers, if_none_match)
+        _count(registry, ref, file)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store", "X-Vera-Version": str(ref)})
+    return _send(registry, ref, file, headers, if_none_match)
 
 
-def _count(registry: Registry, info: VersionInfo, file: DerivedFile) -> None:
-    if file.filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
-        registry.downloads.count(info.owner, info.name, info.version)
+def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
+    if file.filename == ADAPTER_FILES[1] and ref.version is not None:  # the weights: one download of the version
+        registry.downloads.count(ref.owner, ref.name, ref.version)  # (in memory; flushed in batches)
 
 
-def _send(registry: Registry, info: VersionInfo, file: DerivedFile, headers: dict[str, str],
+def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, str],
           if_none_match: str | None) -> Response:
     """The stored file (or 304 if the caller holds it): a checked local file, or streamed from storage in chunks."""
     etag = f'"{file.sha256}"'
-    headers = {**headers, "ETag": etag, "X-Vera-Version": info.ref,
+    headers = {**headers, "ETag": etag, "X-Vera-Version": str(ref),
                "Content-Disposition": f'attachment; filename="{file.filename}"'}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-    _count(registry, info, file)
+    _count(registry, ref, file)
     media = next((t for suffix, t in MEDIA_TYPES.items() if file.filename.endswith(suffix)), "application/octet-stream")
-    source = registry.derived.source(info, file)
+    source = registry.derived.source(ref, file)
+    if file.size <= SMALL_FILE:  # read here, in the route's thread: no more hops to the thread pool
+        data = FilePath(source).read_bytes() if isinstance(source, str) else b"".join(source)
+        return Response(data, media_type=media, headers=headers)
     if isinstance(source, str):
         return FileResponse(source, media_type=media, headers=headers)
     return StreamingResponse(iter(source), media_type=media, headers={**headers, "Content-Length": str(source.size)})

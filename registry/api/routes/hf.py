@@ -33,7 +33,7 @@ _FILE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _view(request: Request, registry: RegistryDep) -> HubView:
+async def _view(request: Request, registry: RegistryDep) -> HubView:
     lora = request.scope["path"].startswith(LORA_HUB_PREFIX + "/")
     return HubView(registry, default_variant="lora" if lora else "")
 

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1/webhooks")
 WebhookId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
-def _webhooks(request: Request) -> Webhooks:
+async def _webhooks(request: Request) -> Webhooks:
     webhooks: Webhooks = request.app.state.webhooks
     return webhooks
 
