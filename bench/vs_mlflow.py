@@ -2,7 +2,10 @@
 embedded default (SQLite + a local folder), each driven by its own Python client in its own process, the same
 MiniLM VeRA adapters (r=256 on query, value and dense), rounds alternated. Prints markdown with ratios.
 
-    .venv/bin/python bench/vs_mlflow.py [--adapters 20] [--requests 64] [--rounds 2]
+    .venv/bin/python bench/vs_mlflow.py [--adapters 20] [--requests 64] [--rounds 2] [--pin]
+
+``--pin`` runs the servers on the first core and the client processes on the second (taskset), so that the load
+generator does not take the servers' core: the closest this 2-core machine gets to clients on another machine.
 
 MLflow is a benchmark dependency only: the first run installs it into bench/.mlflow-venv (git-ignored).
 """
@@ -31,6 +34,8 @@ MLFLOW_VERSION = "3.17.2"
 MLFLOW_VENV = BENCH / ".mlflow-venv"
 #: The per-caller limit on costly requests (120 a minute) would throttle the load test, which is one caller.
 UNLIMITED = {"VERA_COSTLY_REQUESTS_PER_MINUTE": "1000000"}
+#: Command prefixes that pin servers and clients to cores (--pin), else empty.
+PIN: dict[str, list[str]] = {"server": [], "client": []}
 sys.path.insert(0, str(ROOT))
 from tests.registry.servers import VERA, free_port  # noqa: E402
 
@@ -87,7 +92,7 @@ def process_rss_mb(pid: int) -> float:
 
 @contextmanager
 def server(command: list[str], url: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([*PIN["server"], *command], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -108,9 +113,10 @@ def server(command: list[str], url: str, env: dict[str, str]) -> Iterator[subpro
 
 def drive(python: Path, driver: str, url: str, op: str, dirs: list[Path], threads: int, requests: int,
           prefix: str = "a") -> dict[str, float]:
-    done = subprocess.run([str(python), str(BENCH / driver), url, op, *map(str, dirs), "--threads", str(threads),
-                           "--requests", str(requests), "--prefix", prefix], capture_output=True, text=True,
-                          check=False, env={**os.environ, "VERA_NO_CACHE": "1" if op != "cached-fetch" else "0"})
+    command = [*PIN["client"], str(python), str(BENCH / driver), url, op, *map(str, dirs), "--threads", str(threads),
+               "--requests", str(requests), "--prefix", prefix]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "VERA_NO_CACHE": "1" if op != "cached-fetch" else "0"})
     if done.returncode != 0:
         raise RuntimeError(f"{driver} {op}: {done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -124,7 +130,10 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=20)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pin", action="store_true", help="servers on core 0, clients on core 1 (taskset)")
     args = parser.parse_args()
+    if args.pin:
+        PIN.update(server=["taskset", "-c", "0"], client=["taskset", "-c", "1"])
     mlflow = mlflow_python()
     ours = Path(sys.executable)
     root = Path(tempfile.mkdtemp(prefix="vs-mlflow-"))
@@ -136,7 +145,9 @@ def main() -> None:
     print(f"\n{args.adapters} MiniLM VeRA adapters (r=256 on query, value, dense; {size:,} bytes of files each), "
           f"{args.requests} fetches per measurement, {args.rounds} rounds alternated, best round kept. Both servers "
           "on their embedded default (SQLite + local folder), driven by their own Python client in a process of "
-          "their own; our client's cache off except in the cached row. 2 cores shared by servers and clients.\n")
+          "their own; our client's cache off except in the cached row. "
+          + ("Servers pinned to core 0, clients to core 1 (taskset).\n" if args.pin else
+             "2 cores shared by servers and clients.\n"))
     vera_cmd = [str(VERA), "serve", "--port", str(vport), "--log-level", "warning"]
     mlflow_cmd = [str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport),
                   "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
@@ -177,7 +188,9 @@ def main() -> None:
             workers.append(max((drive(ours, "registry_driver.py", vurl, "fetch", dirs, 32, args.requests)
                                 for _ in range(args.rounds)), key=lambda r: r["rate"]))
     print(f"`vera serve --workers 2` vs 1, fetch at 32 clients: {workers[1]['rate']:.1f} vs {workers[0]['rate']:.1f} "
-          f"req/s ({workers[1]['rate'] / workers[0]['rate']:.2f}x; 2 cores shared with the 32 client threads).")
+          f"req/s ({workers[1]['rate'] / workers[0]['rate']:.2f}x; "
+          + ("both processes on core 0, clients on core 1)." if args.pin
+             else "2 cores shared with the 32 client threads)."))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from registry.domain.errors import IntegrityError, NotFound
-from registry.store.blobs import FsspecBlobStore, sha256_hex
+from registry.domain.errors import IntegrityError, NotFound, StorageUnavailable
+from registry.store.blobs import CHUNK, FsspecBlobStore, sha256_hex
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -47,3 +48,58 @@ def test_local_writes_leave_no_temporary_files(tmp_path: Path) -> None:
         store.put(f"blob {i}".encode())
     assert list((tmp_path / "blobs/tmp").iterdir()) == []
     assert len(list(store.digests())) == 5
+
+
+def test_streamed_reads_hash_on_the_way_and_break_off_on_damage(store: FsspecBlobStore) -> None:
+    data = bytes(range(256)) * (3 * CHUNK // 256)  # three pieces
+    digest = store.put(data)
+    reader = store.reader(digest)
+    assert reader.size == len(data) and b"".join(reader) == data
+    path = store._path(digest)
+    store.fs.pipe_file(path, data[:-1] + b"\0")  # damaged in place
+    pieces = iter(store.reader(digest))
+    assert len(next(pieces)) == CHUNK  # what was read before the end went out ...
+    with pytest.raises(IntegrityError, match="corrupted .* the download was cut off"):
+        list(pieces)  # ... and the end never completes the download
+    with pytest.raises(NotFound, match="missing from storage"):
+        store.reader("0" * 64)
+
+
+class FailingHandle:
+    """A storage read that fails on its second piece (a connection reset half way)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.reads, self.closed = handle, 0, False
+
+    def read(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads == 2:
+            raise OSError("connection reset by peer")
+        data: bytes = self.handle.read(size)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self.handle.close()
+
+
+def test_a_read_that_fails_half_way_is_storage_unavailable_and_closes_its_handle(store: FsspecBlobStore) -> None:
+    digest = store.put(b"y" * (2 * CHUNK + 1))
+    reader = store.reader(digest)
+    failing = reader.handle = FailingHandle(reader.handle)
+    pieces = iter(reader)
+    next(pieces)
+    with pytest.raises(StorageUnavailable, match="failed while reading blob .*connection reset by peer.*retry"):
+        next(pieces)
+    assert failing.closed
+
+
+def test_a_local_blob_is_checked_once_then_trusted_until_it_changes(tmp_path: Path) -> None:
+    store = FsspecBlobStore(str(tmp_path / "blobs"))
+    digest = store.put(b"z" * 1000)
+    path = store.verified_local_path(digest)
+    assert path is not None and Path(path).read_bytes() == b"z" * 1000
+    Path(path).write_bytes(b"q" * 999)  # another size: checked again
+    with pytest.raises(IntegrityError):
+        store.verified_local_path(digest)
+    assert FsspecBlobStore(f"memory://vera-{uuid.uuid4().hex}").verified_local_path(digest) is None
