@@ -61,7 +61,8 @@ def write_adapter(folder: Path) -> Path:
 
 
 def command(tree: Path) -> tuple[list[str], dict[str, str]]:
-    """How to run `vera` from ``tree`` (its module, on PYTHONPATH) with this interpreter."""
+    """How to run `vera` from ``tree`` with this interpreter: its module, first on the path (run with cwd=tree, since
+    ``-m`` puts the working directory before PYTHONPATH)."""
     return [sys.executable, "-m", "registry.cli"], {"PYTHONPATH": str(tree)}
 
 
@@ -73,7 +74,7 @@ def server(tree: Path, data: Path) -> Iterator[tuple[str, int]]:
                    "VERA_STORAGE_URL": str(data / "blobs"), "VERA_COSTLY_REQUESTS_PER_MINUTE": "100000"}
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen([*cmd, "serve", "--port", str(port)], env=environment, stdout=log,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True, cwd=tree)
         try:
             wait_for(f"http://127.0.0.1:{port}/health", process, log)
             yield f"http://127.0.0.1:{port}", process.pid
@@ -96,7 +97,7 @@ def fetch(tree: Path, url: str, out: Path) -> tuple[float, float]:
     started = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd, "fetch", "llm/big", "--with-projection", "--out",
                              str(out), "--registry", url], env={**os.environ, **env, "VERA_NO_CACHE": "1"},
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, check=True, cwd=tree)
     return time.perf_counter() - started, int(result.stderr.strip().splitlines()[-1]) / 1024
 
 
@@ -107,8 +108,8 @@ def measure(tree: Path, work: Path, adapter: Path) -> dict[str, float]:
         httpx.post(f"{url}/api/v1/base-models", json={"name": "llama-2-7b-shapes", "config": LLAMA_7B},
                    timeout=60).raise_for_status()
         cmd, env = command(tree)
-        subprocess.run([*cmd, "publish", str(adapter), "llm/big", "--base-model", "llama-2-7b-shapes",
-                        "--registry", url], env={**os.environ, **env}, check=True, capture_output=True)
+        subprocess.run([*cmd, "publish", str(adapter), "--name", "llm/big", "--base-model", "llama-2-7b-shapes",
+                        "--registry", url], env={**os.environ, **env}, check=True, capture_output=True, cwd=tree)
         before = rss_mib(pid, "VmRSS")
         first_s, first_client = fetch(tree, url, work / "first")
         first_server = rss_mib(pid, "VmHWM") - before
