@@ -4,9 +4,16 @@ A heartbeat thread keeps the job's lease, flushes progress and events, and reads
 callback only queues events and stops training (after the current step) when the heartbeat says so, when the job's
 time limit is reached, or when the worker is told to let its job go.
 
-Devices: a worker owns one device (``device``: cpu, cuda or cuda:N; `vera worker --device`) and trains every job
-on it. A job that asks for GPUs (``gpus`` at submission) is claimed only by a worker that owns that many: a CPU worker
-claims only jobs with gpus=0, a CUDA worker those with gpus 0 or 1; a job asking for more stays queued.
+Devices: a worker owns a device set (``device``: cpu, or CUDA devices such as cuda:0,cuda:1; `vera worker
+--device`) and runs one job at a time on it. A job that asks for GPUs (``gpus`` at submission) is claimed only by a
+worker that owns at least that many; a job asking for more stays queued. A job with gpus=k > 1 trains in k processes
+through torchrun (vera_core.recipes.run_processes), each seeing one of the worker's first k GPUs
+(CUDA_VISIBLE_DEVICES, so each trains on its cuda:LOCAL_RANK); jobs with gpus 0 or 1 train in this process on the
+first device. A CPU worker with ``nproc`` > 1 trains each job in that many processes (gloo). A job's batch_size is
+the batch of one step, split evenly among its processes. Rank 0 alone writes the adapter; it relays progress to this
+process through files (vera_core.callbacks.FileRelay), and a stop file stops all processes after their step. A
+training process that dies (killed, out of memory) loses the attempt: the job is queued again, as for a worker that
+died; an error in training (bad data, NaN loss) fails the job with that error.
 
 Stopping for a rolling restart: ``drain()`` (the first SIGTERM or SIGINT to `vera worker`) claims nothing more and
 exits once the current job has finished; ``release()`` (the second) stops the current job after its step and puts
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import tempfile
@@ -36,28 +44,67 @@ from registry.logs import JOB_ID, REQUEST_ID
 from registry.services.jobs import Jobs
 from registry.services.lineage import running_code_revision
 from vera_core.callbacks import FunctionCallback
-from vera_core.recipes import TrainSpec, published_metrics, run
-from vera_core.trainer import TrainerState
+from vera_core.distributed import DistributedError
+from vera_core.recipes import TrainSpec, published_metrics, run, run_processes
+from vera_core.trainer import TrainerState, TrainingArguments
+
+#: The most processes a CPU worker runs a job in (vera worker --nproc).
+MAX_PROCESSES = 64
+
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, a list such as cuda:0,cuda:1, or cuda:all (every GPU this machine has)"
 
 
 def checked_device(text: str) -> str:
-    """The device a worker may own, as torch names it ("cpu" or "cuda:N"); a clear refusal for a malformed name or
+    """One device a worker may own, as torch names it ("cpu" or "cuda:N"); a clear refusal for a malformed name or
     a CUDA device that this machine does not have."""
     match = re.fullmatch(r"cpu|cuda(?::(\d{1,3}))?", text)
     if match is None:
-        raise InvalidInput(f"The worker's device must be cpu, cuda or cuda:N (N: a GPU's number); got {text!r}.")
+        raise InvalidInput(f"The worker's device must be {DEVICE_FORMS}; got {text!r}.")
     if text == "cpu":
         return text
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = _cuda_count(text)
     index = int(match.group(1) or 0)
+    if index >= count:
+        raise InvalidInput(f"Device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                           "pick among them.")
+    return f"cuda:{index}"
+
+
+def _cuda_count(text: str) -> int:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise InvalidInput(f"Device {text!r}: this machine has no CUDA device (torch {torch.__version__}, CUDA "
                            f"build: {torch.version.cuda or 'none'}). Run the worker with --device cpu, or on a "
                            "machine with an NVIDIA GPU and a CUDA build of torch.")
-    if index >= count:
-        raise InvalidInput(f"Device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
-                           "pick one of them.")
-    return f"cuda:{index}"
+    return count
+
+
+def checked_devices(text: str) -> list[str]:
+    """The device set a worker owns (``vera worker --device``): ["cpu"], or distinct CUDA devices in the order given;
+    refused clearly when malformed, mixed, repeated or not on this machine."""
+    if text.strip() == "cuda:all":
+        return [f"cuda:{i}" for i in range(_cuda_count(text))]
+    devices = [checked_device(part.strip()) for part in text.split(",")]
+    repeated = sorted({d for d in devices if devices.count(d) > 1})
+    if repeated:
+        raise InvalidInput(f"The worker's devices {text!r} name {', '.join(repeated)} more than once; name each "
+                           "device once (e.g. cuda:0,cuda:1).")
+    if "cpu" in devices and len(devices) > 1:
+        raise InvalidInput(f"The worker's devices {text!r} mix the CPU and GPUs: a worker owns either the CPU "
+                           "(--device cpu, with --nproc for several processes) or a set of GPUs.")
+    return devices
+
+
+def checked_worker_devices(device: str, nproc: int = 1) -> list[str]:
+    """A worker's device set (checked_devices), refused with ``nproc`` > 1 unless it is the CPU."""
+    devices = checked_devices(device)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= MAX_PROCESSES:
+        raise InvalidInput(f"nproc must be an integer from 1 to {MAX_PROCESSES}; got {nproc!r}.")
+    if nproc > 1 and devices != ["cpu"]:
+        raise InvalidInput(f"nproc={nproc} is for CPU workers: a GPU worker ({','.join(devices)}) trains a job in as "
+                           "many processes as it asks GPUs (gpus=k: k processes, one per GPU). Leave --nproc out.")
+    return devices
 
 
 class _Tracker:
@@ -93,16 +140,61 @@ class _Tracker:
             return dict(self.progress), events
 
 
+class _Relay:
+    """A multi-process job's progress and stops: a thread reads the events that rank 0 appends (FileRelay) into the
+    tracker, and writes the stop file once the tracker says training should stop (cancelled, let go, out of time);
+    rank 0 then stops every process after its step."""
+
+    def __init__(self, tracker: _Tracker, folder: Path, interval_s: float = 0.2) -> None:
+        self.tracker, self.interval_s = tracker, interval_s
+        self.events, self.stop = folder / "events.jsonl", folder / "stop"
+        self.offset, self.done = 0, threading.Event()
+        self.thread = threading.Thread(target=self._follow, name="vera-job-relay", daemon=True)
+
+    def __enter__(self) -> _Relay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _follow(self) -> None:
+        while not self.done.wait(self.interval_s):
+            self._read()
+        self._read()  # what the processes wrote last
+
+    def _read(self) -> None:
+        if not self.events.exists():
+            return
+        with self.events.open("rb") as file:
+            file.seek(self.offset)
+            chunk = file.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            record = json.loads(line)
+            state = TrainerState(**record["state"])
+            self.tracker.on_event(record["event"], state, record["data"])
+            if state.should_stop and not self.stop.exists():
+                self.stop.write_text(state.stop_reason or "stopped", encoding="utf-8")
+
+
 class Worker:
     """Runs jobs one at a time; several workers (processes, machines) can share one database."""
 
     def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0, heartbeat_s: float = 5.0,
-                 work_dir: str | None = None, log: Callable[[str], None] | None = None, device: str = "cpu") -> None:
+                 work_dir: str | None = None, log: Callable[[str], None] | None = None, device: str = "cpu",
+                 nproc: int = 1) -> None:
         """``log``: where the worker's lines go; by default the ``vera.worker`` logger (registry.logs), each line
-        with the job's id and the id of the request that queued it. ``device``: where it trains (checked_device);
-        it claims jobs asking for up to as many GPUs as it owns (none on the CPU, one on a CUDA device)."""
-        self.device = checked_device(device)
-        self.gpus = 0 if self.device == "cpu" else 1
+        with the job's id and the id of the request that queued it. ``device``: the device set it owns
+        (checked_devices); it claims jobs asking for up to as many GPUs as it owns (none on the CPU). ``nproc``: a
+        CPU worker trains each job in up to that many processes (torchrun, gloo); a GPU worker trains a job that
+        asks for k > 1 GPUs in k processes, one on each of its first k devices."""
+        self.devices = checked_worker_devices(device, nproc)
+        self.device = ",".join(self.devices)
+        self.gpus = 0 if self.devices == ["cpu"] else len(self.devices)
+        self.nproc = nproc
         self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.work_dir, self.log = work_dir, log or logging.getLogger("vera.worker").info
@@ -119,8 +211,9 @@ class Worker:
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or self.draining
-        self.log(f"worker {self.name} polling for jobs (device {self.device}: jobs asking for up to {self.gpus} "
-                 "GPUs)")
+        processes = f", up to {self.nproc} processes a job" if self.nproc > 1 else ""
+        self.log(f"worker {self.name} polling for jobs (device {self.device}{processes}: jobs asking for up to "
+                 f"{self.gpus} GPUs)")
         while not stop.is_set() and not self.draining.is_set():
             if not self.run_once():
                 stop.wait(self.poll_s)
@@ -147,39 +240,89 @@ class Worker:
         beat.start()
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-                spec = TrainSpec(**job.spec)
-                data = self.jobs.dataset(job)
-                if data is not None:
-                    path = Path(tmp) / Path(spec.data or "uploaded.csv").name
-                    path.write_bytes(data)
-                    spec = replace(spec, data=str(path))
-                # the caller's spec chooses no place: checkpoints go to this worker's work area, the base is no path,
-                # and the device is the one this worker owns
-                training = {**spec.training, "device": self.device, "output_dir": str(Path(tmp) / "adapter")
-                            if spec.training.get("save_every") else None}
-                metrics = run(replace(spec, training=training), Path(tmp) / "adapter",
-                              callbacks=[FunctionCallback(tracker.on_event)], allow_paths=False)
+                spec = self._local_spec(job, Path(tmp))
+                metrics = self._train(job, spec, Path(tmp), tracker)
                 done.set()
                 beat.join()
                 self._flush(job.id, tracker, {"phase": "publishing"})
-                if self._stopped_early(job, metrics.get("stop_reason")):
-                    return
-                owner, name = job.target_name.split("/", 1)
-                summary = published_metrics(metrics)
-                info = self.jobs.registry.publish(
-                    Path(tmp) / "adapter", owner=owner, name=name, base_model=spec.base_model,
-                    metrics=json.loads(json.dumps(summary)), published_by=job.owner, tags=["fine-tune"],
-                    description=f"fine-tuned by job {job.id}",
-                    lineage={"job_id": job.id, "code_revision": running_code_revision()})
-                self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
-                            [("log", {"message": f"published {info.ref}"})])
-                self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
-                self.log(f"job {job.id}: published {info.ref}")
+                if not self._stopped_early(job, metrics.get("stop_reason")):
+                    self._publish(job, spec, Path(tmp) / "adapter", metrics, tracker)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job, with its traceback
             done.set()
-            self._flush(job.id, tracker, {"phase": "failed"}, [("log", {"message": traceback.format_exc()})])
-            self.jobs.finish(job.id, self.name, status="failed", error=f"{type(exc).__name__}: {exc}")
-            self.log(f"job {job.id}: failed: {exc}")
+            self._failed(job, tracker, exc)
+
+    def _local_spec(self, job: JobInfo, tmp: Path) -> TrainSpec:
+        """The job's spec with its uploaded dataset written into this worker's work area."""
+        spec = TrainSpec(**job.spec)
+        data = self.jobs.dataset(job)
+        if data is not None:
+            path = tmp / Path(spec.data or "uploaded.csv").name
+            path.write_bytes(data)
+            spec = replace(spec, data=str(path))
+        return spec
+
+    def _processes(self, job: JobInfo, batch_size: int) -> int:
+        """How many processes train ``job``: one per GPU it asks for on a GPU worker; on the CPU, up to nproc, as
+        many as split the job's batch evenly (a job's batch_size is its step's batch, however many train it)."""
+        if self.gpus:
+            return max(job.gpus, 1)
+        processes = next(p for p in range(min(self.nproc, batch_size), 0, -1) if batch_size % p == 0)
+        if processes < self.nproc:
+            self.log(f"job {job.id}: batch_size {batch_size} splits evenly over {processes} process(es), not "
+                     f"{self.nproc}; training in {processes}")
+        return processes
+
+    def _train(self, job: JobInfo, spec: TrainSpec, tmp: Path, tracker: _Tracker) -> dict[str, Any]:
+        # the caller's spec chooses no place: checkpoints go to this worker's work area, the base is no path, and the
+        # device is one this worker owns
+        out = tmp / "adapter"
+        training = {**spec.training, "output_dir": str(out) if spec.training.get("save_every") else None}
+        batch_size = int(training.get("batch_size", TrainingArguments.batch_size))
+        processes = self._processes(job, batch_size)
+        if processes == 1:
+            training["device"] = self.devices[0]
+            return run(replace(spec, training=training), out, callbacks=[FunctionCallback(tracker.on_event)],
+                       allow_paths=False)
+        # each process takes its share of the batch; on GPUs it sees only its own (CUDA_VISIBLE_DEVICES, then
+        # cuda:LOCAL_RANK), on the CPU they talk through gloo
+        training.update(device="cuda" if self.gpus else "cpu", batch_size=batch_size // processes)
+        env = {"CUDA_VISIBLE_DEVICES": _visible_devices(self.devices[:processes])} if self.gpus else {}
+        self.log(f"job {job.id}: training in {processes} processes (torchrun) on "
+                 f"{','.join(self.devices[:processes]) if self.gpus else 'the CPU'}")
+        with _Relay(tracker, tmp) as relay:
+            return run_processes(replace(spec, training=training), out, nproc=processes, allow_paths=False,
+                                 relay=(relay.events, relay.stop), env=env)
+
+    def _publish(self, job: JobInfo, spec: TrainSpec, adapter: Path, metrics: dict[str, Any],
+                 tracker: _Tracker) -> None:
+        owner, name = job.target_name.split("/", 1)
+        summary = published_metrics(metrics)
+        info = self.jobs.registry.publish(
+            adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
+            published_by=job.owner, tags=["fine-tune"], description=f"fine-tuned by job {job.id}",
+            lineage={"job_id": job.id, "code_revision": running_code_revision()})
+        self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
+                    [("log", {"message": f"published {info.ref}"})])
+        self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
+        self.log(f"job {job.id}: published {info.ref}")
+
+    def _failed(self, job: JobInfo, tracker: _Tracker, exc: Exception) -> None:
+        """Record a failure on the job: a training process that died (killed, out of memory) loses the attempt, and
+        the job is queued again; any other error fails it, with the process's own error when it came from one."""
+        if isinstance(exc, DistributedError) and exc.lost:
+            self._flush(job.id, tracker, {"phase": "lost"}, [("log", {"message": str(exc)})])
+            self.jobs.retry(job.id, self.name, lost=f"training process rank(s) {exc.silent} died without a Python "
+                            "error (killed? out of memory?)")
+            self.log(f"job {job.id}: a training process died; the job goes back to the queue: {exc}")
+            return
+        error, details = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        if isinstance(exc, DistributedError) and exc.failures:
+            first = exc.failures[0]
+            error = f"{first.error} (rank {first.rank} of the job's training processes; the others stopped with it)"
+            details = f"{first.traceback}\n{details}"
+        self._flush(job.id, tracker, {"phase": "failed"}, [("log", {"message": details})])
+        self.jobs.finish(job.id, self.name, status="failed", error=error)
+        self.log(f"job {job.id}: failed: {error}")
 
     def _stopped_early(self, job: JobInfo, reason: object) -> bool:
         """Record a job that training stopped before its end: cancelled, let go, or out of time."""
@@ -207,3 +350,11 @@ class Worker:
             if self._flush(job_id, tracker):
                 tracker.stop = True
 
+
+
+def _visible_devices(devices: list[str]) -> str:
+    """CUDA_VISIBLE_DEVICES for processes that train on ``devices`` (this process's names), through this process's
+    own CUDA_VISIBLE_DEVICES if it has one (its cuda:0 is then that list's first entry)."""
+    indices = [int(d.split(":")[1]) for d in devices]
+    inherited = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    return ",".join(inherited[i] if inherited else str(i) for i in indices)

@@ -1,4 +1,5 @@
-"""Trainer callbacks: a progress bar for the terminal, and a function hook for job workers and dashboards.
+"""Trainer callbacks: a progress bar for the terminal, a function hook for job workers and dashboards, and a relay
+through files for job workers whose training runs in other processes.
 
 Every hook receives the trainer, its state and a dict of numbers; a callback may set ``state.should_stop`` (and
 ``state.stop_reason``) to end training after the current step, which is how jobs are cancelled.
@@ -6,7 +7,9 @@ Every hook receives the trainer, its state and a dict of numbers; a callback may
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,3 +85,27 @@ class FunctionCallback(TrainerCallback):
 
     def on_train_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
         self.fn("train_end", state, data)
+
+
+class FileRelay(TrainerCallback):
+    """Progress out and stops in through two files, for a job worker whose training runs in other processes
+    (torchrun): every step and evaluation is appended to ``events`` as a JSON line (``event``, ``state``: step,
+    total_steps, epoch, elapsed_s, and ``data``), and once the ``stop`` file exists, training stops after the step
+    with the file's text as ``stop_reason``. Give it to rank 0 only: the trainer stops every process when one asks."""
+
+    def __init__(self, events: str | Path, stop: str | Path) -> None:
+        self.events, self.stop = Path(events), Path(stop)
+
+    def _append(self, event: str, state: TrainerState, data: dict[str, float]) -> None:
+        record = {"event": event, "data": data, "state": {"step": state.step, "total_steps": state.total_steps,
+                                                          "epoch": state.epoch, "elapsed_s": state.elapsed_s}}
+        with self.events.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self._append("step", state, data)
+        if self.stop.exists():
+            state.should_stop, state.stop_reason = True, self.stop.read_text(encoding="utf-8").strip() or "stopped"
+
+    def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self._append("evaluate", state, data)

@@ -24,11 +24,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -41,10 +46,6 @@ DistributedMode = Literal["auto", "ddp", "off", "fsdp"]
 MODES = ("auto", "ddp", "off", "fsdp")
 LAUNCH_HINT = "vera train --nproc N, or torchrun --standalone --nproc-per-node N --no-python -- vera train ..."
 T = TypeVar("T")
-
-
-class DistributedError(VeraError, RuntimeError):
-    """Processes that train together failed, or could not start together."""
 
 
 def check_mode(mode: str) -> None:
@@ -246,14 +247,69 @@ def launch_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
             "-m", module, *args]
 
 
-def launch(nproc: int, module: str, args: Sequence[str]) -> None:
-    """Run ``python -m module *args`` in ``nproc`` local processes through torchrun; their output goes to ours."""
+#: Where each process started by ``launch`` reports the Python error that ended it (``report_failure``).
+ERRORS_ENV = "VERA_RANK_ERRORS"
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """What one process reported before it failed: ``error`` ("Type: message"), whether it was raised on purpose by
+    vera_core (a VeraError: bad settings or data, NaN loss; running it again would fail the same way), and when."""
+
+    rank: int
+    error: str
+    deliberate: bool
+    at: float
+    traceback: str = ""
+
+
+class DistributedError(VeraError, RuntimeError):
+    """Processes that train together failed, or could not start together. ``failures``: the Python errors the
+    processes reported, first first; ``silent``: the ranks that ended without one (killed, out of memory, a crash,
+    or stopped by torchrun after another process failed)."""
+
+    def __init__(self, message: str, failures: Sequence[RankFailure] = (), silent: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.failures, self.silent = list(failures), list(silent)
+
+    @property
+    def lost(self) -> bool:
+        """Whether a process died rather than failed on purpose: worth running again (a job is re-queued)."""
+        return bool(self.silent) and not any(f.deliberate for f in self.failures)
+
+
+def report_failure(exc: BaseException, world: World | None = None) -> None:
+    """Record why this process fails, for ``launch`` to say (a no-op outside ``launch``)."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not folder:
+        return
+    rank = (world or from_env()).rank
+    record = {"rank": rank, "error": f"{type(exc).__name__}: {exc}", "deliberate": isinstance(exc, VeraError),
+              "at": time.time(), "traceback": "".join(traceback.format_exception(exc))}
+    Path(folder, f"rank-{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def _failure(nproc: int, code: int, folder: Path) -> DistributedError:
+    failures = sorted((RankFailure(**json.loads(p.read_text(encoding="utf-8"))) for p in folder.glob("rank-*.json")),
+                      key=lambda f: f.at)
+    silent = sorted(set(range(nproc)) - {f.rank for f in failures})
+    said = [f"rank {f.rank}: {f.error}" for f in failures[:1]]
+    said += [f"rank(s) {sorted(f.rank for f in failures[1:])} failed after it"] if failures[1:] else []
+    said += [f"rank(s) {silent} ended without a Python error (killed, out of memory, a crash, or stopped by "
+             "torchrun once another process had failed)"] if silent else []
+    return DistributedError(
+        f"Training in {nproc} processes failed (torchrun exited with {code}): {'; '.join(said)}. Checkpoints written "
+        "before the failure are intact: fix the cause and run again with --resume.", failures, silent)
+
+
+def launch(nproc: int, module: str, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+    """Run ``python -m module *args`` in ``nproc`` local processes through torchrun; their output goes to ours.
+    ``env``: variables to add for them (CUDA_VISIBLE_DEVICES, say). A failure raises DistributedError with the error
+    each process reported (the module's main calls ``report_failure``)."""
     if nproc < 1:
         raise VeraConfigError(f"nproc must be at least 1, got {nproc}.")
-    code = subprocess.run(launch_command(nproc, module, args), check=False).returncode
-    if code != 0:
-        raise DistributedError(
-            f"Training in {nproc} processes failed (torchrun exited with {code}); its output above names the rank "
-            "that failed first and why. Checkpoints written before the failure are intact: fix the cause and run "
-            "again with --resume."
-        )
+    with tempfile.TemporaryDirectory(prefix="vera-ranks-") as folder:
+        variables = {**os.environ, **(env or {}), ERRORS_ENV: folder}
+        code = subprocess.run(launch_command(nproc, module, args), env=variables, check=False).returncode
+        if code != 0:
+            raise _failure(nproc, code, Path(folder))

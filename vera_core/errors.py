@@ -6,7 +6,8 @@
     ├── UnknownGeneratorError     a projection generator name that this version does not know
     ├── AdapterFormatError        an adapter directory or file is malformed or inconsistent (also a ValueError)
     ├── ProjectionMismatchError   stored projections differ from what the seed regenerates
-    └── PeftIncompatibleError     the adapter cannot be read by HuggingFace PEFT as it stands
+    ├── PeftIncompatibleError     the adapter cannot be read by HuggingFace PEFT as it stands
+    └── NonFiniteLossError        training produced a NaN or infinite loss or gradient (also a FloatingPointError)
 
 Every message says what was expected, what was found, and how to fix it.
 """
@@ -40,3 +41,8 @@ class ProjectionMismatchError(VeraError):
 
 class PeftIncompatibleError(VeraError):
     """The adapter cannot be loaded correctly by HuggingFace PEFT as it stands."""
+
+
+class NonFiniteLossError(VeraError, FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; the message names the step and the first layer
+    (vera_core.numerics finds it)."""

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, distributed, save_adapter
-from vera_core.callbacks import ProgressBar, TrainerCallback
+from vera_core.callbacks import FileRelay, ProgressBar, TrainerCallback
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.trainer import Trainer, TrainingArguments
@@ -190,16 +190,22 @@ def run(
     return metrics
 
 
-def run_processes(spec: TrainSpec, out_dir: str | Path, *, nproc: int, resume: bool = False,
-                  progress: bool = False) -> dict[str, Any]:
+def run_processes(spec: TrainSpec, out_dir: str | Path, *, nproc: int, resume: bool = False, progress: bool = False,
+                  allow_paths: bool = True, relay: tuple[Path, Path] | None = None,
+                  env: dict[str, str] | None = None) -> dict[str, Any]:
     """``run`` in ``nproc`` processes on this machine (torchrun, DDP; one GPU each on CUDA); rank 0's metrics.
 
     ``spec.training["batch_size"]`` is per process: one step sees batch_size x gradient_accumulation_steps x nproc
-    examples. With ``progress``, rank 0 draws a progress bar.
+    examples. With ``progress``, rank 0 draws a progress bar. ``relay``: (events, stop) files through which rank 0
+    reports progress and is told to stop (vera_core.callbacks.FileRelay), as a job worker needs. ``env``: variables
+    for the processes (a worker's CUDA_VISIBLE_DEVICES). A failure raises distributed.DistributedError saying what
+    each process reported.
     """
     args = ["--spec", json.dumps(asdict(spec)), "--out", str(out_dir)]
-    distributed.launch(nproc, "vera_core.recipes",
-                       args + ["--resume"] * resume + ["--progress"] * progress)
+    args += ["--resume"] * resume + ["--progress"] * progress + ["--no-paths"] * (not allow_paths)
+    if relay is not None:
+        args += ["--events", str(relay[0]), "--stop-file", str(relay[1])]
+    distributed.launch(nproc, "vera_core.recipes", args, env=env)
     return dict(json.loads(Path(out_dir, "metrics.json").read_text(encoding="utf-8")))
 
 
@@ -210,9 +216,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="directory for the adapter, metrics.json and checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under --out")
     parser.add_argument("--progress", action="store_true", help="a progress bar (drawn by rank 0)")
+    parser.add_argument("--no-paths", action="store_true", help="the base model is no local path (jobs)")
+    parser.add_argument("--events", help="rank 0 appends each step and evaluation here (JSON lines)")
+    parser.add_argument("--stop-file", help="training stops once this file exists (its text: the reason)")
     options = parser.parse_args(argv)
-    callbacks = [ProgressBar()] if options.progress and distributed.from_env().is_main else []
-    run(TrainSpec(**json.loads(options.spec)), options.out, callbacks=callbacks, resume=options.resume)
+    world = distributed.from_env()
+    callbacks: list[TrainerCallback] = [ProgressBar()] if options.progress and world.is_main else []
+    if options.events and world.is_main:
+        callbacks.append(FileRelay(options.events, options.stop_file or Path(options.out, ".stop")))
+    try:
+        run(TrainSpec(**json.loads(options.spec)), options.out, callbacks=callbacks, resume=options.resume,
+            allow_paths=not options.no_paths)
+    except Exception as exc:
+        distributed.report_failure(exc, world)  # for run_processes to say which process failed and why
+        raise
 
 
 #: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.

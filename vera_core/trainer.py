@@ -2,7 +2,9 @@
 
 AdamW with separate learning rates for the VeRA vectors and for heads/biases (the paper tunes them separately),
 warmup then linear or cosine decay, gradient clipping and accumulation, evaluation every N steps, early stopping
-on a metric, mixed precision on CUDA, determinism under a seed, and checkpoints that resume exactly.
+on a metric, mixed precision on CUDA, determinism under a seed, and checkpoints that resume exactly. A loss or
+gradient that turns NaN or infinite stops training before the step is applied, with NonFiniteLossError naming the
+step and the first layer where it appeared (vera_core/numerics.py).
 
 A resumed run trains to the total that its own arguments ask for (``max_steps``, or ``epochs`` times the steps per
 epoch), not to the total of the run that wrote the checkpoint, so a run can be extended: the steps that remain
@@ -29,7 +31,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from vera_core import distributed
+from vera_core import distributed, numerics
 from vera_core.callbacks import TrainerCallback
 from vera_core.checkpoint import save_adapter
 from vera_core.data import Example, Task
@@ -265,18 +267,21 @@ class Trainer:
         self.model.train()
         accum, running, micro = args.gradient_accumulation_steps, 0.0, 0
         batches = self._batches(state.epoch, state.batch_in_epoch)
+        step_batches: list[dict[str, torch.Tensor]] = []  # the step's micro-batches, to find a NaN's origin
         while state.step < state.total_steps and not state.should_stop:
             epoch, index, batch = next(batches)
             if epoch != state.epoch and self._epoch_end(epoch):
                 break
             micro += 1
-            running += self._forward_backward(self._to_device(batch), accum, sync=micro % accum == 0)
+            step_batches.append(self._to_device(batch))
+            running += self._forward_backward(step_batches[-1], accum, sync=micro % accum == 0)
             state.batch_in_epoch = index + 1
             if micro % accum:
                 continue
-            self._optimizer_step()
-            self._step_end(distributed.mean(self.world, running / accum), started)
-            running = 0.0
+            loss = distributed.mean(self.world, running / accum)
+            self._optimizer_step(loss, step_batches)
+            self._step_end(loss, started)
+            running, step_batches = 0.0, []
         if state.stop_reason is None and not (args.eval_every and state.step % args.eval_every == 0):
             self._evaluate_and_track()
         if args.load_best_at_end and self._best_state is not None:
@@ -324,15 +329,39 @@ class Trainer:
             self.scaler.scale(loss / accum).backward()
         return float(loss.detach())
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, loss: float, batches: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Clip and apply the step, unless its loss or gradients are not finite: then stop with NonFiniteLossError.
+        (With fp16 the grad scaler skips steps whose gradients overflow, as it should; only the loss is checked.)"""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.args.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        norm = 0.0 if self.scaler.is_enabled() and not self.args.max_grad_norm else numerics.grad_norm(params)
+        if not math.isfinite(loss) or not (self.scaler.is_enabled() or math.isfinite(norm)):
+            self._stop_non_finite(loss, norm, batches)
+        if self.args.max_grad_norm:  # with the norm computed above (in float64), as clip_grad_norm_ would
+            torch.nn.utils.clip_grads_with_norm_(params, self.args.max_grad_norm, torch.tensor(norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+
+    def _stop_non_finite(self, loss: float, norm: float, batches: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Raise NonFiniteLossError naming the step and the first layer with a NaN or inf. Loss and gradients are
+        the same in every process (all-reduced), so every process gets here at the same step and takes part in
+        gathering where each one's batches first went wrong."""
+        autocast = {"device_type": self.device.type, "dtype": self.autocast_dtype or torch.float32,
+                    "enabled": self.autocast_dtype is not None}
+        origin = numerics.first_non_finite_output(self.model, batches, autocast)
+        args, state = self.args, self.state
+        hint = (f"Usual causes: a learning rate too high (lr={args.lr:g}, head_lr={args.head_lr:g}; VeRA's vectors "
+                f"train well at 1e-2 to 4e-3), no gradient clipping (max_grad_norm={args.max_grad_norm}), "
+                f"fp16 overflow (precision={args.precision}: use bf16 or fp32), or bad values in the data of this "
+                f"step (epoch {state.epoch}, batch {state.batch_in_epoch}).")
+        raise numerics.NonFiniteLossError(numerics.describe(
+            step=state.step + 1, total=state.total_steps, loss=loss, norm=norm,
+            origins=distributed.gather(self.world, origin), parameters=numerics.non_finite_parameters(self.model),
+            gradients=numerics.non_finite_gradients(self.model), largest=numerics.largest_trainable(self.model),
+            hint=hint))
 
     @torch.no_grad()
     def evaluate(self, data: Sequence[Example] | None = None) -> dict[str, float]:

@@ -203,24 +203,29 @@ def worker(
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
     once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None, log_level: LogLevel = None,
-    device: Annotated[str, typer.Option(help="Where it trains: cpu, cuda or cuda:N. A CPU worker claims only jobs "
-                                        "that ask for no GPU; a CUDA worker also those asking for one (--gpus 1).")
+    device: Annotated[str, typer.Option(help="The devices it owns: cpu, cuda:N, a list (cuda:0,cuda:1) or cuda:all. "
+                                        "It claims jobs asking for up to as many GPUs as it owns (a CPU worker: "
+                                        "none); a job with --gpus k > 1 trains in k processes, one per GPU.")
                       ] = "cpu",
+    nproc: Annotated[int, typer.Option(min=1, max=64, help="CPU workers: train each job in up to this many "
+                                       "processes (torchrun, gloo), sharing its batch.")] = 1,
 ) -> None:
-    """Claim and run fine-tune jobs from the registry database (several workers may share it). The first SIGTERM
-    (or Ctrl-C) drains: no new job, exit once the current one is done; the second gives the current job back to the
-    queue after its training step, for another worker. On a machine with several GPUs, run one worker per GPU
-    (--device cuda:0, --device cuda:1, ...)."""
+    """Claim and run fine-tune jobs from the registry database (several workers may share it), one at a time. The
+    first SIGTERM (or Ctrl-C) drains: no new job, exit once the current one is done; the second gives the current
+    job back to the queue after its training step, for another worker. On a machine with several GPUs, run one
+    worker per GPU (--device cuda:0, --device cuda:1, ...), or per set of GPUs for jobs that need several
+    (--device cuda:0,cuda:1); docs/jobs.md says how."""
     import signal
 
     settings = start_logging(load_settings(database_url, storage_url), log_level)  # before the HF libraries load
 
     from registry.bootstrap import job_queue
-    from registry.worker import Worker, checked_device
+    from registry.worker import Worker, checked_worker_devices
 
-    checked_device(device)  # a device this machine lacks is refused before the registry is opened
+    checked_worker_devices(device, nproc)  # devices this machine lacks are refused before the registry is opened
 
-    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat, device=device)
+    runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat, device=device,
+                    nproc=nproc)
 
     def on_signal(signum: int, _frame: object) -> None:
         if runner.draining.is_set():

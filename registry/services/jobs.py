@@ -79,7 +79,7 @@ class Jobs:
             spec["data"] = f"uploaded{suffix}"
         try:
             checked = TrainSpec(**spec)
-            TrainingArguments(**checked.training)
+            _check_batch_split(TrainingArguments(**checked.training), gpus)
             VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key, d_initial=checked.d_initial,
                        projection_generator=checked.projection_generator, vera_dropout=checked.vera_dropout,
                        target_modules=checked.target_modules)
@@ -206,18 +206,32 @@ class Jobs:
         reason once they used every attempt."""
         query = select(m.Job).where(stale).limit(100)
         for job in s.scalars(query.with_for_update(skip_locked=True) if locking else query):
-            lost = f"{job.claimed_by} stopped sending heartbeats during attempt {job.attempts}"
-            if job.attempts >= self.max_attempts:
-                job.status, job.finished_at = "failed", now
-                job.error = (f"{lost} of {self.max_attempts}: every worker that ran this job died (out of memory? "
-                             "killed?); not tried again (VERA_JOB_MAX_ATTEMPTS).")
-                s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": job.error}))
-                _ended(s, job, actor="registry")
-                continue
-            delay = self.retry_backoff * 2 ** max(job.attempts - 1, 0)
-            job.status, job.claimed_by, job.not_before = "queued", None, now + delay
-            s.add(m.JobEvent(job_id=job.id, kind="log", data={
-                "message": f"{lost}; queued again, claimable after {delay.total_seconds():g} s"}))
+            self._lost(s, job, f"{job.claimed_by} stopped sending heartbeats during attempt {job.attempts}", now)
+
+    def _lost(self, s: Any, job: m.Job, lost: str, now: datetime) -> None:
+        """An attempt that was lost (``lost`` says how, ending with "during attempt N"): queued again after the
+        backoff, or failed once the job has used every attempt."""
+        if job.attempts >= self.max_attempts:
+            job.status, job.finished_at = "failed", now
+            job.error = (f"{lost} of {self.max_attempts}: every attempt of this job was lost, its worker or a training "
+                         "process died (out of memory? killed?); not tried again (VERA_JOB_MAX_ATTEMPTS).")
+            s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": job.error}))
+            _ended(s, job, actor="registry")
+            return
+        delay = self.retry_backoff * 2 ** max(job.attempts - 1, 0)
+        job.status, job.claimed_by, job.not_before = "queued", None, now + delay
+        s.add(m.JobEvent(job_id=job.id, kind="log", data={
+            "message": f"{lost}; queued again, claimable after {delay.total_seconds():g} s"}))
+
+    def retry(self, job_id: int, worker: str, *, lost: str) -> None:
+        """A worker reports that it lost this attempt although it lives on (one of the job's training processes
+        died: killed, out of memory): the job is queued again after the backoff, or failed once it has used every
+        attempt, as when a worker stops sending heartbeats. ``lost``: what happened, for the job's log."""
+        with self.db.session() as s:
+            job = self._job(s, job_id)
+            if job.claimed_by != worker or job.status != "running":
+                return
+            self._lost(s, job, f"{worker}: {lost} during attempt {job.attempts}", datetime.now(UTC))
 
     def heartbeat(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None,
                   events: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
@@ -331,6 +345,16 @@ def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> N
                            f"(30 days); got {time_limit_s!r}.")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_JOB_GPUS:
         raise InvalidInput(f"gpus must be an integer from 0 (a CPU job) to {MAX_JOB_GPUS}; got {gpus!r}.")
+
+
+def _check_batch_split(args: TrainingArguments, gpus: int) -> None:
+    """A job's batch_size is the batch of one step, whatever the processes that train it: a job on k GPUs trains in k
+    processes of batch_size / k examples each, so batch_size must be a multiple of k."""
+    if gpus > 1 and args.batch_size % gpus:
+        raise InvalidInput(f"training.batch_size={args.batch_size} does not split over gpus={gpus}: a job's "
+                           f"batch_size is the batch of one step, shared by its {gpus} training processes (one per "
+                           f"GPU). Pick a multiple of {gpus} (e.g. {args.batch_size // gpus * gpus or gpus}), or "
+                           "another number of GPUs.")
 
 
 def _no_job(job_id: int) -> NotFound:

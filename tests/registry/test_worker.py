@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,7 @@ from registry import worker as worker_module
 from registry.domain.errors import InvalidInput
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from registry.worker import Worker, checked_device
+from registry.worker import Worker, checked_device, checked_devices, checked_worker_devices
 from tests.registry.servers import VERA
 
 DEMO = {"demo": True}
@@ -85,13 +90,15 @@ def test_a_job_cannot_choose_the_workers_device(registry: Registry) -> None:
 @pytest.mark.parametrize(("device", "message"), [
     ("cuda", "Device 'cuda': this machine has no CUDA device .*--device cpu"),
     ("cuda:1", "Device 'cuda:1': this machine has no CUDA device"),
-    ("gpu", "must be cpu, cuda or cuda:N .*got 'gpu'"),
-    ("cuda:x", "must be cpu, cuda or cuda:N"),
-    ("", "must be cpu, cuda or cuda:N"),
-], ids=["cuda", "cuda-1", "gpu", "cuda-x", "empty"])
+    ("gpu", "must be cpu, cuda, cuda:N, a list such as cuda:0,cuda:1, or cuda:all .*got 'gpu'"),
+    ("cuda:x", "must be cpu, cuda, cuda:N"),
+    ("", "must be cpu, cuda, cuda:N"),
+    ("cuda:0,cuda:1", "Device 'cuda:0': this machine has no CUDA device"),
+    ("cuda:all", "Device 'cuda:all': this machine has no CUDA device"),
+], ids=["cuda", "cuda-1", "gpu", "cuda-x", "empty", "list", "all"])
 def test_a_device_that_is_not_there_is_refused(device: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        checked_device(device)
+        checked_devices(device)
 
 
 def test_device_names_are_normalised() -> None:
@@ -111,3 +118,207 @@ def test_vera_worker_device_cuda_is_refused_here_and_opens_nothing(tmp_path: Pat
     assert "error: Device 'cuda': this machine has no CUDA device" in said
     assert "Run the worker with --device cpu" in said
     assert not database.exists() and not (tmp_path / "blobs").exists()
+
+
+# ---- device sets: several GPUs per worker, on a machine that pretends to have four -------------------------------
+@pytest.fixture
+def four_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """checked_device's view of the machine: four CUDA devices (nothing runs on them in these tests)."""
+    monkeypatch.setattr(worker_module, "_cuda_count", lambda text: 4)
+
+
+def test_a_worker_owns_a_set_of_gpus(four_gpus: None) -> None:
+    assert checked_devices("cuda:2,cuda:0") == ["cuda:2", "cuda:0"]  # the order given: the first k train a k-GPU job
+    assert checked_devices("cuda:all") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert checked_devices(" cuda:1 , cuda:3 ") == ["cuda:1", "cuda:3"]
+    assert checked_worker_devices("cpu", nproc=4) == ["cpu"]
+
+
+@pytest.mark.parametrize(("device", "nproc", "message"), [
+    ("cuda:0,cuda:4", 1, "Device 'cuda:4': this machine has 4 CUDA device\\(s\\), cuda:0 to cuda:3"),
+    ("cuda:1,cuda:1", 1, "name cuda:1 more than once; name each device once"),
+    ("cuda,cuda:0", 1, "name cuda:0 more than once"),
+    ("cpu,cuda:0", 1, "mix the CPU and GPUs: a worker owns either the CPU"),
+    ("cpu,cpu", 1, "name cpu more than once"),
+    ("cuda:0,", 1, "must be cpu, cuda, cuda:N.*got ''"),
+    ("cuda:0,cuda:1", 2, "nproc=2 is for CPU workers: a GPU worker \\(cuda:0,cuda:1\\) trains a job in as many "
+                         "processes as it asks GPUs"),
+    ("cpu", 0, "nproc must be an integer from 1 to 64; got 0"),
+], ids=["missing", "repeated", "same-device", "mixed", "cpu-twice", "empty-part", "nproc-on-gpus", "nproc-0"])
+def test_bad_device_sets_are_refused(four_gpus: None, device: str, nproc: int, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        checked_worker_devices(device, nproc)
+
+
+def test_a_worker_with_two_gpus_claims_jobs_asking_for_up_to_two(registry: Registry, four_gpus: None) -> None:
+    jobs = Jobs(registry)
+    three = jobs.submit(DEMO, owner="ann", target="ann/three", gpus=4, priority=50)  # first in line, but too big
+    two = jobs.submit(DEMO, owner="ann", target="ann/two", gpus=2, priority=10)
+    none = jobs.submit(DEMO, owner="ann", target="ann/none")
+    worker = quiet_worker(jobs, "cuda:0,cuda:1")
+    claimed: list[int] = []
+    worker._run = lambda job: claimed.append(job.id)  # type: ignore[method-assign]
+    assert worker.gpus == 2 and worker.run_once() and worker.run_once() and not worker.run_once()
+    assert claimed == [two.id, none.id] and jobs.get(three.id).status == "queued"
+
+
+def test_a_job_batch_that_does_not_split_over_its_gpus_is_refused(registry: Registry) -> None:
+    jobs = Jobs(registry)
+    with pytest.raises(InvalidInput, match="training.batch_size=30 does not split over gpus=4: .*Pick a multiple of 4 "
+                                           "\\(e.g. 28\\)"):
+        jobs.submit({"demo": True, "training": {"batch_size": 30}}, owner="ann", target="ann/x", gpus=4)
+    assert jobs.list_jobs() == []
+    assert jobs.submit({"demo": True, "training": {"batch_size": 32}}, owner="ann", target="ann/x", gpus=4).gpus == 4
+
+
+def test_a_k_gpu_job_trains_in_k_processes_each_on_one_of_the_first_k_gpus(
+    registry: Registry, four_gpus: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CUDA_VISIBLE_DEVICES gives each process one of the worker's first k GPUs, named through the worker's own
+    CUDA_VISIBLE_DEVICES (its cuda:2 is the machine's GPU 6 here); the job's batch is split among them."""
+    jobs = Jobs(registry)
+    job = jobs.submit({"demo": True, "training": {"max_steps": 1, "batch_size": 32}}, owner="ann", target="ann/x",
+                      gpus=2)
+    seen: dict[str, Any] = {}
+
+    def fake_run_processes(spec: Any, out: Path, **kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs, training=spec.training)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(worker_module, "run_processes", fake_run_processes)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert quiet_worker(jobs, "cuda:2,cuda:3,cuda:0").run_once()
+    assert seen["nproc"] == 2 and seen["env"] == {"CUDA_VISIBLE_DEVICES": "6,7"} and seen["allow_paths"] is False
+    assert seen["training"]["device"] == "cuda" and seen["training"]["batch_size"] == 16  # cuda:LOCAL_RANK, 32 / 2
+    assert jobs.get(job.id).error == "RuntimeError: stop here"
+
+
+def test_a_cpu_worker_uses_as_many_processes_as_split_the_batch(registry: Registry) -> None:
+    worker = Worker(Jobs(registry), log=lambda line: None, nproc=4)
+    job = Jobs(registry).submit(DEMO, owner="ann", target="ann/x")
+    assert [worker._processes(job, batch) for batch in (32, 6, 7, 2)] == [4, 3, 1, 2]
+
+
+# ---- real jobs in several processes (torchrun, gloo): the path a k-GPU job takes, on the CPU -----------------------
+TINY = "tiny/llama"  # a Hub id, in a Hub cache made for these tests: jobs train no local path
+
+
+@pytest.fixture
+def tiny_jobs(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Jobs:
+    """A job queue whose jobs train tests.registry.tiny_lm's Llama (no dropout: one process and two give the same
+    vectors), found as TINY in a Hub cache that this process and the training processes both read."""
+    from huggingface_hub import constants
+
+    from tests.registry.tiny_lm import save_tiny_llama
+
+    cache, commit = tmp_path / "hub", "0" * 40
+    save_tiny_llama(cache / "models--tiny--llama" / "snapshots" / commit)
+    (cache / "models--tiny--llama" / "refs").mkdir()
+    (cache / "models--tiny--llama" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return Jobs(registry, base_models=[TINY])
+
+
+def submit_tiny(jobs: Jobs, target: str, d_initial: float = 0.1, **training: Any) -> int:
+    from tests.registry.tiny_lm import WORDS
+
+    n = len(WORDS)
+    texts = [" ".join(WORDS[(i // n**k + k) % n] for k in range(3)) + " on the mat" for i in range(60)]
+    data = "".join(f'{{"text": "{text}"}}\n' for text in texts).encode()  # every text 6 tokens
+    spec = {"base_model": TINY, "task": "causal-lm", "r": 8, "d_initial": d_initial,
+            "training": {"batch_size": 4, **training}}
+    return jobs.submit(spec, owner="ann", target=target, dataset=data, dataset_name="data.jsonl").id
+
+
+def published_vectors(jobs: Jobs, ref: str, tmp_path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    jobs.registry.fetch(ref, tmp_path / ref.replace("/", "-"))
+    return load_file(str(tmp_path / ref.replace("/", "-") / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_in_two_processes_publishes_the_vectors_of_one_process(tiny_jobs: Jobs, tmp_path: Path) -> None:
+    """A CPU worker with nproc=2 trains the job in two processes of 2 examples each (its batch_size of 4 split);
+    a worker with one process trains the same job with 4: the published vectors are the same."""
+    two = submit_tiny(tiny_jobs, "ann/two", max_steps=4)
+    one = submit_tiny(tiny_jobs, "ann/one", max_steps=4)
+    lines: list[str] = []
+    assert Worker(tiny_jobs, name="w2", nproc=2, heartbeat_s=0.2, log=lines.append).run_once()
+    assert Worker(tiny_jobs, name="w1", heartbeat_s=0.2, log=lines.append).run_once()
+    done = {job_id: tiny_jobs.get(job_id) for job_id in (two, one)}
+    assert all(job.status == "succeeded" for job in done.values()), [job.error for job in done.values()]
+    assert f"job {two}: training in 2 processes (torchrun) on the CPU" in lines
+    steps = [e.data["step"] for e in tiny_jobs.events(two, kind="step")]
+    assert steps == [1, 2, 3, 4]  # rank 0's progress reached the job, relayed through the events file
+    a, b = published_vectors(tiny_jobs, "ann/one:1", tmp_path), published_vectors(tiny_jobs, "ann/two:1", tmp_path)
+    assert set(a) == set(b) and sum("vera_lambda_" in key for key in a) >= 4
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    metrics = tiny_jobs.registry.get("ann/two:1").metrics
+    assert metrics["steps"] == 4 and metrics["final_eval"] == pytest.approx(
+        tiny_jobs.registry.get("ann/one:1").metrics["final_eval"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_nan_loss_in_two_processes_fails_the_job_with_the_step(tiny_jobs: Jobs) -> None:
+    """d = 1e30 and lr=1e30: step 1 makes b ~1e30 and step 2's first VeRA layer overflows; every process stops at
+    step 2 (loss and gradients are all-reduced) and the job's error is the trainer's, naming the step and the layer;
+    nothing is published."""
+    job_id = submit_tiny(tiny_jobs, "ann/diverges", d_initial=1e30, max_steps=20, lr=1e30)
+    assert Worker(tiny_jobs, name="w2", nproc=2, log=lambda line: None).run_once()
+    job = tiny_jobs.get(job_id)
+    assert job.status == "failed" and job.error is not None, job
+    assert job.error.startswith("NonFiniteLossError: Training stopped at step 2 of 20: the loss is"), job.error
+    assert "the output of 'model.model.layers.0.self_attn.q_proj' (VeraLinear; its largest trainable value is 1e+30)" \
+        " on rank 0's batch" in job.error
+    assert "of the job's training processes; the others stopped with it)" in job.error
+    assert "Traceback" in tiny_jobs.events(job_id, kind="log")[-1].data["message"]  # the rank's own traceback
+    assert job.result_ref is None
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    """The process of ``rank`` among those whose command line holds ``marker`` (Linux /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker in (proc / "cmdline").read_bytes().decode(errors="replace") and \
+                    f"\0RANK={rank}\0".encode() in b"\0" + (proc / "environ").read_bytes():
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_killed_training_process_loses_the_attempt_and_the_job_is_queued_again(
+    tiny_jobs: Jobs, tmp_path: Path,
+) -> None:
+    """Rank 1 killed (SIGKILL, as the OOM killer does) mid-job: rank 0 stops too, torchrun fails, and the worker
+    queues the job again after the backoff, this attempt counted, saying which process died."""
+    job_id = submit_tiny(tiny_jobs, "ann/killed", max_steps=100_000)
+    work = tmp_path / "work"
+    work.mkdir()
+    worker = Worker(tiny_jobs, name="w2", nproc=2, heartbeat_s=0.2, work_dir=str(work), log=lambda line: None)
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 240
+        while tiny_jobs.get(job_id).progress.get("step", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = _rank_pid(str(work), 1)
+        assert pid is not None, "rank 1 was not found"
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        thread.join(timeout=240)
+    assert not thread.is_alive()
+    job = tiny_jobs.get(job_id)
+    assert job.status == "queued" and job.attempts == 1 and job.not_before is not None and job.error is None
+    logs = [event.data["message"] for event in tiny_jobs.events(job_id, kind="log")]
+    assert re.match(r"w2: training process rank\(s\) \[(0, )?1\] died without a Python error \(killed\? out of "
+                    r"memory\?\) during attempt 1; queued again, claimable after 30 s", logs[-1]), logs[-1]
+    assert logs[-2].startswith("Training in 2 processes failed (torchrun exited with 1)")  # torchrun's account
+    assert list(work.iterdir()) == []  # the attempt's work area is gone; the next attempt starts over

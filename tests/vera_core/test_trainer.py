@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from vera_core import VeraConfig, VeraConfigError, VeraModel
+from vera_core import NonFiniteLossError, VeraConfig, VeraConfigError, VeraModel, distributed, numerics
 from vera_core.callbacks import FunctionCallback, TrainerCallback
 from vera_core.data import CausalLM, Example, SequenceClassification
 from vera_core.trainer import Trainer, TrainerState, TrainingArguments, _lr_lambda
@@ -242,3 +244,52 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
 def test_metric_for_best_must_exist() -> None:
     with pytest.raises(VeraConfigError, match="metric_for_best='f1' is not among"):
         trainer(metric_for_best="f1").train()
+
+
+# ---- NaN and infinity: training stops with the step and the layer ------------------------------------------------
+def test_a_diverging_learning_rate_stops_at_the_step_naming_the_layer(tmp_path: Path) -> None:
+    """lr=1e30: step 1 makes the vectors ~1e30 (finite), step 2's forward overflows. The error names step 2, the first
+    module whose output is not finite and the vector that blew up; step 2 is not applied and not checkpointed."""
+    t = trainer(lr=1e30, save_every=1, output_dir=str(tmp_path))
+    with pytest.raises(NonFiniteLossError, match=r"^Training stopped at step 2 of 18: the loss is nan.*first "
+                       r"non-finite value in the forward pass is the output of 'model\.bert\.encoder\.layer\.0\."
+                       r"attention\.output\.LayerNorm' \(LayerNorm\)\. The largest trainable value is 1e\+30 in "
+                       r"'model\.bert\.encoder\.layer\.0\.attention\.self\.(query|value)\.vera_lambda_b'.*lr=1e\+30"):
+        t.train()
+    assert t.state.step == 1
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert saved == ["step-00000001"]  # the step that went wrong wrote nothing
+    kept = load_file(str(tmp_path / "checkpoints/step-00000001/trainable.safetensors"))
+    assert all(torch.isfinite(v).all() for v in kept.values())
+    assert all(torch.equal(kept[n], v) for n, v in vectors(t.model).items())  # step 2 was not applied
+
+
+def test_a_poisoned_weight_is_named_and_the_step_is_the_first_batch_that_reads_it() -> None:
+    model = tiny_classifier()
+    ugly = tokenizer().convert_tokens_to_ids("ugly")
+    with torch.no_grad():
+        model.model.bert.embeddings.word_embeddings.weight[ugly] = float("nan")
+    t = trainer(model, batch_size=4)
+    first = next(step for step, (_, _, batch) in enumerate(t._batches(0, 0), 1) if ugly in batch["input_ids"])
+    with pytest.raises(NonFiniteLossError, match=rf"^Training stopped at step {first} of 36: the loss is nan.*"
+                       r"parameters that are not finite already: 'model\.bert\.embeddings\.word_embeddings\.weight'"):
+        t.train()
+    assert t.state.step == first - 1
+
+
+def test_under_ddp_the_message_says_which_process_batch_went_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process stops at the same step (loss and gradients are all-reduced) and the origins are gathered: here
+    as rank 1's, where rank 0's batch was finite (gather is replaced, as for two processes)."""
+    t = trainer(lr=1e30)
+    monkeypatch.setattr(distributed, "gather", lambda world, value: [None, value])
+    with pytest.raises(NonFiniteLossError, match=r"the output of 'model\.bert\.encoder\.layer\.0\.attention\.output"
+                                                 r"\.LayerNorm' \(LayerNorm\) on rank 1's batch\."):
+        t.train()
+
+
+def test_the_gradient_norm_is_not_fooled_by_float32_overflow() -> None:
+    big = torch.nn.Parameter(torch.zeros(4))
+    big.grad = torch.full((4,), 1e30)  # finite, but its square overflows float32
+    assert numerics.grad_norm([big]) == pytest.approx(2e30)
+    big.grad[0] = float("nan")
+    assert math.isnan(numerics.grad_norm([big]))
