@@ -251,23 +251,35 @@ class RegistryClient:
                     progress: bool = False) -> FileManifest:
         """``fetch``, returning the file list it wrote (with the version it pinned)."""
         manifest = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
-        scratch_parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
-        scratch_parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=scratch_parent) as scratch:
-            files: dict[str, Path] = {}
+        files: dict[str, Path] = {}
+        scratch: Path | None = None  # a temporary folder, made only when something is downloaded
+        with contextlib.ExitStack() as stack:
             for entry in manifest.files:
                 cached = self.cache.blob(entry.sha256) if self.cache is not None else None
                 if cached is None:
-                    if entry.name not in ADAPTER_FILES:  # checked: the name becomes a path here
-                        raise IntegrityError(f"The registry listed {entry.name!r}, not an adapter file.")
-                    cached = Path(scratch) / entry.name
-                    self._download_to(cached, entry, manifest.version.ref, progress=progress)
-                    if self.cache is not None:  # checked: into the cache's blobs, under its SHA-256
-                        os.replace(cached, self.cache.blobs / entry.sha256)
-                        cached = self.cache.blobs / entry.sha256
+                    if scratch is None:
+                        parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
+                        parent.mkdir(parents=True, exist_ok=True)
+                        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".fetch-", dir=parent)))
+                    cached = self._download_entry(entry, scratch, manifest.version.ref, progress=progress)
                 files[entry.name] = cached
             write_adapter_files(Path(out_dir), files)
         return manifest
+
+    def _download_entry(self, entry: FileEntry, scratch: Path, ref: str, *, progress: bool) -> Path:
+        """Download one listed file into ``scratch`` and, with a cache, move it into the cache's blobs."""
+        # checked first: what the registry listed becomes a path here, and a URL the client sends its token to
+        if entry.name not in ADAPTER_FILES:
+            raise IntegrityError(f"The registry listed {entry.name[:100]!r}, not an adapter file.")
+        if not entry.url.startswith("/") or entry.url.startswith("//"):
+            raise IntegrityError(f"The registry listed {entry.name} at {entry.url[:200]!r}; expected a path on "
+                                 "the registry itself.")
+        path = scratch / entry.name
+        self._download_to(path, entry, ref, progress=progress)
+        if self.cache is None:
+            return path
+        os.replace(path, self.cache.blobs / entry.sha256)  # sha256: 64 hex digits (FileEntry checks it)
+        return self.cache.blobs / entry.sha256
 
     def _download_to(self, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
         """Stream one file to ``path``, checked against its SHA-256; nothing of a failed or mismatching download is

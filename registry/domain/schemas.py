@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from registry.domain.errors import InvalidInput
 
@@ -237,8 +237,8 @@ class FileEntry(BaseModel):
     (immutable: the same URL always answers the same bytes)."""
 
     name: str
-    size: int
-    sha256: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
     url: str
 
 

@@ -4,10 +4,16 @@ busy proxies recover or fail clearly, and nothing half-written is used or left b
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
+from pydantic import ValidationError
 
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.domain.errors import IntegrityError, RateLimited
@@ -133,3 +139,47 @@ def test_a_rate_limited_read_waits_as_retry_after_says_and_a_long_wait_is_report
         proxy.faults.append(Fault("/versions/latest", "status", status=429, headers={"Retry-After": "3600"}))
         with pytest.raises(RateLimited):  # an hour is not waited for: the caller hears it
             client.get(REF)
+
+
+@contextmanager
+def answering(body: bytes) -> Iterator[str]:
+    """A real HTTP server that answers every GET with ``body`` as JSON (a hostile or broken registry)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("sha256", "../../outside", "String should match pattern"),
+    ("name", "../../outside.json", "not an adapter file"),
+    ("url", "http://elsewhere.example/steal", "expected a path on the registry itself"),
+    ("url", "//elsewhere.example/steal", "expected a path on the registry itself"),
+])
+def test_a_file_list_naming_paths_or_other_hosts_is_refused(server: str, tmp_path: Path, field: str, value: str,
+                                                            message: str) -> None:
+    """What the registry lists becomes cache paths and URLs the client sends its token to: a listing that names
+    anything but adapter files under their hash, on the registry itself, is refused before anything is written."""
+    manifest = httpx.get(f"{server}/api/v1/adapters/{REF}/versions/latest/files").json()
+    manifest["files"][0][field] = value
+    with (answering(json.dumps(manifest).encode()) as url,
+          RegistryClient(url, "secret", cache=tmp_path / "cache", retries=0) as client,
+          pytest.raises((IntegrityError, ValidationError), match=message)):
+        client.fetch(REF, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("outside*"))
