@@ -4,7 +4,11 @@ RoBERTa-base-sized sequence classifier built from a config (random weights; spee
 batch 8, sequence 128, CPU, 2 threads, AdamW. Each configuration runs in its own subprocess so that its peak
 memory is its own. Prints a markdown table with ratios; a per-layer table compares the two computation orders.
 
-    .venv/bin/python bench/training_step.py [--steps 3] [--layer-only]
+    .venv/bin/python bench/training_step.py [--steps 3] [--rounds 1] [--only NAME ...] [--layer-only]
+
+``--rounds N`` runs every configuration N times, round-robin (each round runs them all, one after the other), so
+that the machine's drift hits all of them alike; the table then gives each configuration's median over rounds and
+its spread (min-max), and the ratios are taken within each round, then their median and range.
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--worker", nargs=2)
     parser.add_argument("--layer-only", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every configuration, round-robin")
+    parser.add_argument("--only", nargs="+", help="configuration names to run (default: all)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.steps)))
@@ -120,21 +126,35 @@ def main() -> None:
     print("\n".join(layer_table()))
     if args.layer_only:
         return
-    results = {}
-    for name, kind, r in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--worker", kind, str(r), "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True)
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {name}: {results[name]}", file=sys.stderr)
-    lora = results["peft-lora-r8"]
-    print("\n| config | trainable | step s | vs PEFT VeRA same r | vs PEFT LoRA r=8 | peak RSS MiB |\n"
+    configs = [c for c in CONFIGS if not args.only or c[0] in args.only]
+    rounds: list[dict[str, dict[str, float]]] = []
+    for number in range(args.rounds):
+        rounds.append({})
+        for name, kind, r in configs:
+            out = subprocess.run([sys.executable, __file__, "--worker", kind, str(r), "--steps", str(args.steps)],
+                                 capture_output=True, text=True, check=True)
+            rounds[-1][name] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  round {number + 1} {name}: {rounds[-1][name]}", file=sys.stderr)
+    print(f"\n{args.rounds} round(s), configurations alternated within each; step s: median over rounds "
+          "(min-max); ratios taken within each round, then their median (range).\n")
+    print("| config | trainable | step s | vs PEFT VeRA same r | vs PEFT LoRA r=8 | peak RSS MiB |\n"
           "|---|---|---|---|---|---|")
-    for name, res in results.items():
-        peer = results.get(name.replace("ours", "peft"))
-        speedup = f"{peer['step_s'] / res['step_s']:.2f}x faster" if peer and name.startswith("ours") else ""
-        print(f"| {name} | {res['trainable']:,} | {res['step_s']:.2f} | {speedup} | "
-              f"{res['step_s'] / lora['step_s']:.2f}x | {res['peak_rss_mib']:.0f} |")
+    for name, _, _ in configs:
+        steps = [rnd[name]["step_s"] for rnd in rounds]
+        peer = name.replace("ours", "peft")
+        speedup = _ratio(rounds, peer, name) + " faster" if name.startswith("ours") and peer in rounds[0] else ""
+        vs_lora = _ratio(rounds, name, "peft-lora-r8") if "peft-lora-r8" in rounds[0] else ""
+        print(f"| {name} | {rounds[0][name]['trainable']:,.0f} | {statistics.median(steps):.2f} "
+              f"({min(steps):.2f}-{max(steps):.2f}) | {speedup} | {vs_lora} | "
+              f"{max(rnd[name]['peak_rss_mib'] for rnd in rounds):.0f} |")
 
+
+def _ratio(rounds: list[dict[str, dict[str, float]]], numerator: str, denominator: str) -> str:
+    """``numerator``'s step time over ``denominator``'s, within each round: the median and, over several rounds,
+    the range."""
+    ratios = [rnd[numerator]["step_s"] / rnd[denominator]["step_s"] for rnd in rounds]
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.2f}x{spread}"
 
 if __name__ == "__main__":
     main()
