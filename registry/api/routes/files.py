@@ -3,7 +3,7 @@ download streams the stored blob in chunks (a local folder's file is sent as a f
 
     GET .../versions/{v}/files                 the form's files: name, size, SHA-256 and hash-addressed URL
     GET .../versions/{v}/files/{filename}      one file by name (ETag: its SHA-256; 304 when the caller has it)
-    GET .../versions/{N}/blobs/{sha256}        one file by hash: immutable; on S3 with VERA_PRESIGNED_DOWNLOADS, a
+    GET .../versions/{N}/blobs/{sha256}        one file by hash: immutable; on S3 with VERA_PRESIGNED_DOWNLOADS_S, a
                                                307 to a short-lived presigned URL, so the object store carries it
 """
 
@@ -94,7 +94,7 @@ def _pinned(info: VersionInfo) -> Ref:
 
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
             responses={**_FILE_RESPONSES, 307: {"description": "Get it from the object store (a presigned URL, "
-                                                "VERA_PRESIGNED_DOWNLOADS)"}})
+                                                "VERA_PRESIGNED_DOWNLOADS_S)"}})
 def blob(
     _: Reader, registry: RegistryDep, options: Options, owner: str, name: str,
     version: Annotated[int, Path(ge=1, le=999_999_999)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
