@@ -26,6 +26,7 @@ def page() -> None:
         return
     Ref.parse(ref_text)  # a malformed reference is an InvalidInput message, not a request
     info = session.read(RegistryClient.get, ref_text)
+    read_ahead(info)
     navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     about(info)
@@ -54,6 +55,17 @@ def page() -> None:
         downloads(info)
     with edit_tab:
         editing.section(info)
+
+
+def read_ahead(info: VersionInfo) -> None:
+    """Start every read the tabs below make, side by side, while the header draws (each tab's own read then takes
+    its value)."""
+    if (fetch := getattr(RegistryClient, "adapter", None)) is not None:
+        session.prefetch(fetch, f"{info.owner}/{info.name}")
+    session.prefetch(RegistryClient.list_versions, **versions_query(info))
+    session.prefetch(RegistryClient.lineage, info.ref)
+    session.prefetch(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
+    session.prefetch(RegistryClient.hub_status, info.ref)
 
 
 def model_card(info: VersionInfo) -> str | None:
@@ -104,8 +116,13 @@ def header(info: VersionInfo) -> None:
 VERSION_LINK = st.column_config.LinkColumn(display_text=r"adapter\?ref=[^:]*:(\d+)", help="Open this version")
 
 
+def versions_query(info: VersionInfo) -> dict[str, Any]:
+    """list_versions' arguments for the versions of ``info``'s adapter (yanked ones too)."""
+    return {"owner": info.owner, "name": info.name, "include_yanked": True, "limit": 100}
+
+
 def versions(info: VersionInfo) -> None:
-    page = session.read(RegistryClient.list_versions, owner=info.owner, name=info.name, include_yanked=True, limit=100)
+    page = session.read(RegistryClient.list_versions, **versions_query(info))
     st.dataframe(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
                                 "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
                                 "published by": v.published_by} for v in page.items]),
@@ -127,22 +144,29 @@ def metrics(info: VersionInfo) -> None:
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")
-    views.checklist(storage_items(session.read(analysis.storage, info.ref), info))
+    views.checklist(storage_items(tensor_summary(info), info))
+
+
+def tensor_summary(info: VersionInfo) -> dict[str, Any]:
+    """analysis.summary of the version (one download for the Metrics and Layers tabs)."""
+    return session.read(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
 
 
 def storage_items(found: dict[str, Any], info: VersionInfo) -> list[views.Item]:
-    """Where the version's bytes go, as a checklist (analysis.storage's numbers)."""
+    """Where the version's bytes go, as a checklist (analysis.parameter_counts' numbers)."""
     items = [views.Item(True, "d and b", f"{formats.count(found['vector_parameters'])} parameters, "
-                                         f"{formats.size(found['stored_bytes'])} stored (content-addressed)")]
+                                         f"{formats.size(info.stored_bytes)} stored (content-addressed)")]
     if found["head_parameters"]:
         items.append(views.Item(None, "Task head", f"{formats.count(found['head_parameters'])} parameters, "
                                                    "stored with the vectors"))
-    items.append(views.Item(True if info.seed_reproducible else None, "Projection A and B", found["projection"]))
+    projection = ("regenerated from the seed (0 bytes stored)" if info.seed_reproducible else
+                  f"stored once, shared ({formats.size(4 * found['projection_parameters'])})")
+    items.append(views.Item(True if info.seed_reproducible else None, "Projection A and B", projection))
     return items
 
 
 def layers(info: VersionInfo) -> None:
-    rows = session.read(analysis.layer_magnitudes, info.ref)
+    rows = tensor_summary(info)["layers"]
     st.caption("Mean |d| and |b| per adapted layer: where the adaptation concentrates (the paper's Figure 4).")
     chart = charts.magnitude_heatmap(rows)
     if chart is not None:

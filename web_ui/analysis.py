@@ -1,5 +1,5 @@
 """What the dashboard draws from a version's tensors, read with safetensors' NumPy loader (the dashboard never
-imports torch): where the bytes go, and the per-layer magnitudes of d and b."""
+imports torch): where the bytes go, and the per-layer magnitudes of d and b. One download serves both (``summary``)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,18 @@ import numpy as np
 from safetensors.numpy import load
 
 from registry.client import RegistryClient
-from registry.domain.schemas import Ref
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
-from web_ui import formats
 
 
-def tensors(client: RegistryClient, ref: str | Ref) -> dict[str, np.ndarray]:
+def tensors(client: RegistryClient, ref: str, *, seed_reproducible: bool) -> dict[str, np.ndarray]:
     """The version's tensors (vectors and heads; A and B too when they are stored, not seed-reproducible)."""
-    info = client.get(ref)
-    return load(client.download(info.ref, "adapter_model.safetensors", with_projection=not info.seed_reproducible,
-                                seed_only=info.seed_reproducible))
+    return load(client.download(ref, "adapter_model.safetensors", with_projection=not seed_reproducible,
+                                seed_only=seed_reproducible))
 
 
-def layer_magnitudes(client: RegistryClient, ref: str | Ref) -> list[dict[str, Any]]:
+def layer_magnitudes(found: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Per adapted layer: mean |d| and mean |b| and their norms (where adaptation concentrates, as in the paper's
-    analysis), in model order."""
-    found = tensors(client, ref)
+    analysis), in the file's order."""
     rows = []
     for key, b in found.items():
         if key.endswith(LAMBDA_B):
@@ -35,14 +31,17 @@ def layer_magnitudes(client: RegistryClient, ref: str | Ref) -> list[dict[str, A
     return rows
 
 
-def storage(client: RegistryClient, ref: str | Ref) -> dict[str, Any]:
-    """Where a version's bytes go: vector and head parameters, the stored blob, the projection (regenerated from the
-    seed, or stored once and shared)."""
-    info = client.get(ref)
-    found = tensors(client, info.ref)
-    vectors = sum(t.size for k, t in found.items() if ".vera_lambda_" in k)
-    heads = sum(t.size for k, t in found.items() if ".vera_lambda_" not in k and k not in PROJECTION_KEYS)
-    projection = sum(found[k].size for k in PROJECTION_KEYS if k in found)
-    return {"vector_parameters": vectors, "head_parameters": heads, "stored_bytes": info.stored_bytes,
-            "projection": "regenerated from the seed (0 bytes stored)" if info.seed_reproducible else
-            f"stored once, shared ({formats.size(4 * projection)})", "projection_parameters": projection}
+def parameter_counts(found: dict[str, np.ndarray]) -> dict[str, int]:
+    """Where a version's parameters go: the d and b vectors, task heads, and the projection (A and B, present only
+    when stored rather than regenerated from the seed)."""
+    return {"vector_parameters": sum(t.size for k, t in found.items() if ".vera_lambda_" in k),
+            "head_parameters": sum(t.size for k, t in found.items()
+                                   if ".vera_lambda_" not in k and k not in PROJECTION_KEYS),
+            "projection_parameters": sum(found[k].size for k in PROJECTION_KEYS if k in found)}
+
+
+def summary(client: RegistryClient, ref: str, *, seed_reproducible: bool) -> dict[str, Any]:
+    """``parameter_counts`` and, as ``layers``, ``layer_magnitudes`` of the version ``ref`` (pinned,
+    owner/name:N), from one download of its tensors."""
+    found = tensors(client, ref, seed_reproducible=seed_reproducible)
+    return {**parameter_counts(found), "layers": layer_magnitudes(found)}

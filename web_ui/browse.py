@@ -147,15 +147,29 @@ def listing(chosen: dict[str, Any], cursor: str | None) -> Page | None:
         return None
 
 
+#: The form's choices that narrow the listing down (a metric sort does too: versions without the metric are left out).
+NARROWING = ("owner", "base_model", "r", "seed", "generator", "tag", "q", "filter")
+
+
+def empty_registry(chosen: dict[str, Any], cursor: str | None, result: Page) -> bool:
+    """Whether the registry holds no version at all: the first page of an unnarrowed listing is empty (the page
+    learns it from its own listing, not from a request of its own)."""
+    unnarrowed = all(chosen[k] is None for k in NARROWING) and sorted_metric(chosen["sort"]) is None
+    return unnarrowed and cursor is None and not result.items
+
+
 def page() -> None:
     st.title("Adapters")
-    if not session.read(RegistryClient.list_versions, limit=1).items:
-        getting_started.panel()
-        return
-    chosen = filters()
+    form = st.empty()
+    with form.container():
+        chosen = filters()
     cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
     result = listing(chosen, cursors[-1])
     if result is None:
+        return
+    if empty_registry(chosen, cursors[-1], result):
+        form.empty()  # nothing to filter yet: how to publish a first adapter instead
+        getting_started.panel()
         return
     first = (len(cursors) - 1) * chosen["limit"]
     metric = sorted_metric(chosen["sort"])

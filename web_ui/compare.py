@@ -3,11 +3,13 @@ the registry's text filter as the user types; typed references join the chosen o
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.domain.schemas import VersionInfo
+from registry.domain.schemas import Page, VersionInfo
 from web_ui import charts, navigation, session
 from web_ui.browse import COLUMNS, key_metrics
 
@@ -27,11 +29,23 @@ def add_typed() -> None:
     navigation.write_url("refs", BOX, navigation.join_refs)
 
 
-def options() -> list[str]:
+def matches() -> Page:
     """Versions matching the search box (owner, name or description; the registry searches all of them), newest
-    first; says how many there are when they are more than the picker offers."""
+    first: the first OPTIONS, with their total."""
     text = str(st.session_state.get(SEARCH) or "").strip()
-    found = session.read(RegistryClient.list_versions, q=text or None, limit=OPTIONS, with_total=True)
+    return session.read(RegistryClient.list_versions, q=text or None, limit=OPTIONS, with_total=True)
+
+
+def newest_two(found: Page) -> str:
+    """The picker's first choice: the registry's newest two versions (from ``found`` when it lists them)."""
+    if st.session_state.get(SEARCH) or len(found.items) < min(2, found.total or 0):
+        found = session.read(RegistryClient.list_versions, limit=2)
+    return navigation.join_refs([v.ref for v in found.items[:2]])
+
+
+def options(found: Page) -> list[str]:
+    """The references ``found`` offers; says how many matched when they are more than the picker offers."""
+    text = str(st.session_state.get(SEARCH) or "").strip()
     refs = [v.ref for v in found.items]
     total = found.total if found.total is not None else len(refs)
     if text:
@@ -44,19 +58,29 @@ def options() -> list[str]:
 
 def picker() -> list[str]:
     """The search box, the chosen versions and the reference box; the chosen references."""
-    navigation.follow_url("refs", BOX, decode=navigation.split_refs,
-                          default=navigation.join_refs([v.ref for v in session.read(
-                              RegistryClient.list_versions, limit=2).items]))
+    for ref in navigation.split_refs(st.query_params.get("refs", "")):  # read below: meanwhile, the search
+        session.prefetch(RegistryClient.get, ref)
+    found = matches()
+    navigation.follow_url("refs", BOX, decode=navigation.split_refs, default=lambda: newest_two(found))
     st.text_input("Search versions", key=SEARCH, live=True, type="search", placeholder="owner, name or description",
                   help="Searches every version in the registry as you type.")
-    found = options()
+    offered = options(found)
     chosen: list[str] = st.session_state[BOX]
-    refs: list[str] = st.multiselect("Versions (2 to 4)", chosen + [r for r in found if r not in chosen], key=BOX,
+    refs: list[str] = st.multiselect("Versions (2 to 4)", chosen + [r for r in offered if r not in chosen], key=BOX,
                                      max_selections=4, on_change=navigation.write_url,
                                      args=("refs", BOX, navigation.join_refs))
     st.text_input("Add versions by reference (comma-separated)", key="compare_typed", on_change=add_typed,
                   placeholder="alice/a:1, bob/b@prod")
     return refs
+
+
+Pinned = tuple[tuple[str, str, str], ...]  # (owner/name:N, vectors' SHA-256, projection fingerprint) per version
+
+
+def layer_comparison(client: RegistryClient, pinned: Pinned) -> list[dict[str, Any]]:
+    """The registry's per-layer comparison of the versions ``pinned`` names (their norms of d and b, the cosines of
+    their weight deltas): computed from their tensors, so it changes only when what ``pinned`` holds does."""
+    return [layer.model_dump() for layer in client.compare([ref for ref, _, _ in pinned]).layers]
 
 
 def page() -> None:
@@ -65,32 +89,40 @@ def page() -> None:
     if not 2 <= len(refs) <= 4:
         st.info("Choose two to four versions.")
         return
-    result = session.read(RegistryClient.compare, refs)
+    for ref in refs:
+        session.prefetch(RegistryClient.get, ref)
+    versions = [session.read(RegistryClient.get, ref) for ref in refs]
+    pinned = tuple((v.ref, v.vectors_sha256, v.projection_fingerprint) for v in versions)
+    session.prefetch_pinned(layer_comparison, pinned)  # the slow part: computed while the table and curves draw
     navigation.set_param("refs", navigation.join_refs(refs))
+    side_by_side(versions)
+    st.subheader("Per-layer cosine similarity of the weight deltas")
+    cosine = charts.cosine_heatmap(session.read_pinned(layer_comparison, pinned), [v.ref for v in versions])
+    if cosine is None:
+        st.caption("No adapted layer is shared by these versions.")
+    else:
+        st.caption(cosine_caption(versions))
+        st.altair_chart(cosine, width="content")
+
+
+def side_by_side(versions: list[VersionInfo]) -> None:
+    """The versions' numbers as a table, and their loss curves."""
     frame = pd.DataFrame([{
         "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r, "seed": str(v.seed),
         "generator": v.generator, "trainable params (with head)": v.trainable_parameters,
         "adapter params": v.adapter_parameters, "stored bytes": v.stored_bytes, **key_metrics(v),
         "verification": v.verification_status,
-    } for v in result.versions])
+    } for v in versions])
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         **{name: column for name, column in COLUMNS.items() if name in frame.columns},
         "adapter params": st.column_config.NumberColumn(format="localized", help="d and b: what `vera ls` counts")})
-    curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in result.versions},
-                                {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in result.versions})
+    curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in versions},
+                                {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions})
     st.subheader("Loss curves")
     if curves is None:
         st.caption("None of these versions recorded a loss curve (versions trained by a job do).")
     else:
         st.altair_chart(curves, width="stretch")
-    st.subheader("Per-layer cosine similarity of the weight deltas")
-    layers = [layer.model_dump() for layer in result.layers]
-    cosine = charts.cosine_heatmap(layers, result.refs)
-    if cosine is None:
-        st.caption("No adapted layer is shared by these versions.")
-    else:
-        st.caption(cosine_caption(result.versions))
-        st.altair_chart(cosine, width="content")
 
 
 def cosine_caption(versions: list[VersionInfo]) -> str:

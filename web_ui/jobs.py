@@ -49,19 +49,33 @@ def final_metrics(job: JobInfo) -> dict[str, float | None]:
     return {"test accuracy": test, "eval loss": loss if isinstance(loss, int | float) else None}
 
 
+#: Where the page leaves its own listing of the jobs for the table's first drawing.
+LISTED = "jobs_listed"
+
+
+def live_table(listed: list[JobInfo]) -> None:
+    """The jobs table, refreshed every five seconds (statuses change while the page is open): drawn from the page's
+    own listing ``listed`` first, then from a listing of its own at each refresh."""
+    st.session_state[LISTED] = listed
+    _live_table()
+
+
 @st.fragment(run_every=5)
-def live_table() -> None:
-    """The jobs table, refreshed every five seconds (statuses change while the page is open)."""
-    try:
-        found: list[JobInfo] = session.call(lambda c: c.jobs())
-    except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
-        st.warning(f"Cannot refresh the jobs: {exc}")
-        return
+def _live_table() -> None:
+    found: list[JobInfo] | None = st.session_state.pop(LISTED, None)  # the page's listing, on the page's own run
+    if found is None:
+        try:
+            found = session.call(lambda c: c.jobs())
+        except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
+            st.warning(f"Cannot refresh the jobs: {exc}")
+            return
     table(found)
 
 
 def table(jobs: list[JobInfo]) -> None:
     """Every job (the newest TABLE_ROWS), each linked to its own view (``?job=``)."""
+    for ref in {j.result_ref for j in jobs[:TABLE_ROWS] if j.result_ref}:  # final_metrics reads them: side by side
+        session.prefetch(RegistryClient.get, ref)
     rows = [{"job": f"train?job={j.id}", "publishes": j.target_name, "status": status(j),
              "submitted": j.created_at, "duration": duration(j), **final_metrics(j),
              "result": navigation.version_link(j.result_ref) if j.result_ref else None} for j in jobs[:TABLE_ROWS]]

@@ -19,14 +19,16 @@ def _marker(key: str) -> str:
     return f"{key}__url"
 
 
-def follow_url(param: str, key: str, *, default: str = "", decode: Callable[[str], Any] = str) -> str:
+def follow_url(param: str, key: str, *, default: str | Callable[[], str] = "",
+               decode: Callable[[str], Any] = str) -> str:
     """Make the widget ``key`` show the URL's ``param`` when that changed since the widget last wrote it; returns
     that URL text. Without the parameter (the page reached from the menu): what the widget last wrote, else
-    ``default``. Call before the widget is created."""
+    ``default`` (a function: called only then, e.g. when the default costs a request). Call before the widget is
+    created."""
     state = st.session_state
     wanted = st.query_params.get(param)
     if wanted is None:
-        wanted = state.get(_marker(key), default)
+        wanted = state[_marker(key)] if _marker(key) in state else default() if callable(default) else default
     if key not in state or state.get(_marker(key)) != wanted:
         state[key] = decode(wanted)
         state[_marker(key)] = wanted

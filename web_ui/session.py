@@ -1,12 +1,14 @@
-"""The dashboard's connection to the registry: URL and token per browser session, one typed client per call, and
-clear messages (never a traceback) when the URL lacks its scheme, points at something that is not a vera registry,
-cannot be reached or refuses the token."""
+"""The dashboard's connection to the registry: URL and token per browser session, one typed client per call, reads
+cached for a few seconds (and started ahead, side by side, where a page knows what it will read), and clear messages
+(never a traceback) when the URL lacks its scheme, points at something that is not a vera registry, cannot be
+reached or refuses the token."""
 
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import streamlit as st
@@ -45,10 +47,49 @@ def _cached(url: str, token: str, name: str, _fn: Callable[..., Any], /, *args: 
         return _fn(c, *args, **kwargs)
 
 
+def _name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 def read(fn: Callable[Concatenate[RegistryClient, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
     """``fn(client, *args, **kwargs)``, cached: ``read(RegistryClient.get, ref)`` is a VersionInfo."""
     url, token = settings()
-    return cast(T, _cached(url, token, f"{fn.__module__}.{fn.__qualname__}", fn, *args, **kwargs))
+    return cast(T, _cached(url, token, _name(fn), fn, *args, **kwargs))
+
+
+@st.cache_data(ttl=3600, max_entries=200, show_spinner=False)
+def _kept(url: str, token: str, name: str, _fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """As _cached, kept an hour: for reads whose arguments pin content that does not change."""
+    with RegistryClient(url, token, timeout=60) as c:
+        return _fn(c, *args, **kwargs)
+
+
+def read_pinned(fn: Callable[Concatenate[RegistryClient, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``read`` kept an hour instead of a few seconds, for what the arguments pin: versions named owner/name:N
+    together with the digests of what the result is computed from (their vectors' SHA-256, their projection's
+    fingerprint), e.g. the per-layer comparison of versions, which only changes when they do. The caller reads
+    the versions (``read``, with its token) first, so a version it may not see is refused before this runs."""
+    url, token = settings()
+    return cast(T, _kept(url, token, _name(fn), fn, *args, **kwargs))
+
+
+#: Threads for reads started ahead (shared by every session; a read waits for the registry, not for a core).
+_AHEAD = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vera-read-ahead")
+
+
+def prefetch(fn: Callable[Concatenate[RegistryClient, P], Any], *args: P.args, **kwargs: P.kwargs) -> None:
+    """Start ``read(fn, *args, **kwargs)`` on another thread and return at once, so that reads a page knows it will
+    make run side by side instead of one after another. The page's own ``read`` with the same arguments then takes
+    the value: Streamlit's cache lets one caller compute a key while the others wait for it. A failed read is not
+    cached, so the page's ``read`` tries again and shows the error as usual."""
+    url, token = settings()
+    _AHEAD.submit(_cached, url, token, _name(fn), fn, *args, **kwargs)
+
+
+def prefetch_pinned(fn: Callable[Concatenate[RegistryClient, P], Any], *args: P.args, **kwargs: P.kwargs) -> None:
+    """``prefetch`` for ``read_pinned``."""
+    url, token = settings()
+    _AHEAD.submit(_kept, url, token, _name(fn), fn, *args, **kwargs)
 
 
 def show_error(exc: RegistryError) -> None:

@@ -27,7 +27,7 @@ def page() -> None:
         st.caption("No jobs yet.")
         return
     st.subheader("Jobs")
-    jobs.live_table()
+    jobs.live_table(found)
     labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M})" for j in found}
     ids: list[int] = list(labels)
     wanted = navigation.follow_url("job", JOB_BOX, default=str(ids[0]), decode=job_number)

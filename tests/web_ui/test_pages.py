@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
@@ -19,6 +23,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, running_server, running_vera
+from web_ui import session
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 
@@ -471,3 +476,70 @@ def test_adapter_page_shows_the_model_card_when_the_registry_has_one(registry: d
         client.update_adapter("alice/model2", card="# Polarity\n\nWord polarity on MiniLM.")
     at = page("adapter", registry, query={"ref": "alice/model2:1"})
     assert [t.label for t in at.tabs][0] == "Model card" and "Word polarity on MiniLM." in texts(at)
+
+
+def counted(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[Any, ...]]:
+    """The arguments of every call of ``RegistryClient.<method>`` from now on (pages and their reads ahead alike),
+    with Streamlit's read caches emptied first."""
+    calls: list[tuple[Any, ...]] = []
+    original = getattr(RegistryClient, method)
+
+    @functools.wraps(original)
+    def counting(self: RegistryClient, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RegistryClient, method, counting)
+    st.cache_data.clear()
+    return calls
+
+
+def test_browse_lists_the_versions_once(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    listings = counted(monkeypatch, "list_versions")
+    at = page("browse", registry)
+    assert not at.exception and "3 versions match" in texts(at)
+    assert len(listings) == 1  # not empty: the page learns it from its own listing, not from a request of its own
+
+
+def test_train_lists_the_jobs_once_per_run(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.submit_job("alice/listed-once", training_spec(demo=True))
+    listings = counted(monkeypatch, "jobs")
+    at = page("train", registry)
+    assert not at.exception and at.selectbox(key="job_box").value is not None
+    assert len(listings) == 1  # the job selector and the live table share one listing
+
+
+def test_adapter_downloads_the_tensors_once(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    downloads = counted(monkeypatch, "download")
+    at = page("adapter", registry, query={"ref": "alice/model0:1"})
+    assert not at.exception and "**Task head**:" in texts(at)  # the Metrics tab's storage checklist
+    assert next(d.value for d in at.dataframe if "d_mean_abs" in d.value.columns) is not None  # the Layers tab
+    assert len(downloads) == 1
+
+
+def test_compare_computes_a_comparison_once_per_set_of_versions(registry: dict[str, Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-layer comparison is computed from the versions' tensors, which do not change: it is kept an hour,
+    keyed by the resolved versions, while their numbers are read again after a few seconds."""
+    comparisons = counted(monkeypatch, "compare")
+    gets = counted(monkeypatch, "get")
+    first = page("compare", registry, query={"refs": "alice/model0:1,alice/model2:1"})
+    session._cached.clear()  # the few-second reads expire
+    again = page("compare", registry, query={"refs": "alice/model0@prod,alice/model2:1"})  # the same two versions
+    assert not first.exception and not again.exception
+    assert "All share the first's projection" in texts(first) and "All share the first's projection" in texts(again)
+    assert len(comparisons) == 1 and len(gets) >= 4  # each page read both versions; one comparison for both
+
+
+def test_streamlit_settings_travel_with_the_entry_script(tmp_path: Path) -> None:
+    """web_ui/.streamlit/config.toml applies to web_ui/streamlit_app.py wherever Streamlit starts (a script-level
+    config), so every way of starting the dashboard gets the settings that take work off each page view."""
+    entry = Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"
+    program = ("from streamlit import config\n"
+               f"config._main_script_path = {str(entry)!r}\n"
+               "config.get_config_options(force_reparse=True)\n"
+               "print([config.get_option(k) for k in ('server.fileWatcherType', 'runner.postScriptGC', "
+               "'runner.magicEnabled', 'browser.gatherUsageStats')])")
+    shown = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "['none', False, False, False]"
