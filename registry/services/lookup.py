@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from registry.domain.errors import NotFound
 from registry.domain.schemas import Ref, VersionInfo
@@ -29,8 +29,24 @@ LATEST = "latest"
 
 
 def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
-    """The version ``ref`` names (a number, an alias, or ``latest``), or NotFound saying what is missing."""
+    """The version ``ref`` names (a number, an alias, or ``latest``), or NotFound saying what is missing. One query
+    (the version with its adapter and base model) when it exists; a miss is looked up step by step to say what is
+    missing."""
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
+    query = (select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+             .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)
+             .options(contains_eager(m.AdapterVersion.adapter), joinedload(m.AdapterVersion.base_model)))
+    if ref.version is not None:
+        query = query.where(m.AdapterVersion.version == ref.version)
+    else:
+        query = query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
+            m.Alias.adapter_id == m.Adapter.id, m.Alias.name == (ref.alias or LATEST))
+    found = s.scalar(query)
+    return found if found is not None else _missing(s, ref)
+
+
+def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
+    """``resolve`` step by step: NotFound naming the adapter, version or alias that is missing."""
     adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
     if adapter is None:
         raise not_found(ref.owner, ref.name)

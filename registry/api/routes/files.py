@@ -60,12 +60,14 @@ def _entry(info: VersionInfo, file: DerivedFile) -> FileEntry:
 @router.get("/{owner}/{name}/versions/{selector}/files", response_model=FileManifest)
 def manifest(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str,
              projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
-             max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None) -> FileManifest:
+             max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None) -> Response:
     """The files a download of this version in this form gives, each with its size, SHA-256 and immutable URL:
     one request tells a client everything it needs (and which files its cache already holds)."""
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
     info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
-    return FileManifest(version=info, form=form.key, files=[_entry(info, f) for f in files])
+    manifest = FileManifest(version=info, form=form.key, files=[_entry(info, f) for f in files])
+    # serialised here: the hot path of every fetch, which FastAPI would validate once more through response_model
+    return Response(manifest.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
