@@ -1,28 +1,36 @@
 """Uploaded files, spooled to a temporary folder in chunks and refused as soon as they pass the size limit; and
-downloads, answered in the same chunks."""
+downloads, answered without holding a large file in memory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import UploadFile
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from registry.domain.errors import ContentTooLarge, RegistryError
+from registry.store.blobs import BlobReader
 
 CHUNK = 1 << 16
+#: Downloads up to this size are answered whole; larger ones are sent as a file or streamed.
+SMALL_FILE = 1 << 20
 
 
-def streamed(data: bytes, media_type: str, headers: dict[str, str]) -> StreamingResponse:
-    """``data`` as a response sent in CHUNK-sized pieces, with its Content-Length."""
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(0, len(data), CHUNK):
-            yield data[i:i + CHUNK]
-
-    return StreamingResponse(chunks(), media_type=media_type, headers={**headers, "Content-Length": str(len(data))})
+def file_response(source: bytes | str | BlobReader, size: int, media_type: str, headers: dict[str, str]
+                  ) -> Response:
+    """A download as a response, never a whole large file in memory: bytes as they are; a checked local path or a
+    storage reader (registry.services.derived) read whole when small (here, in the route's worker thread, which
+    saves the thread-pool hops of a file response), else sent as a file or streamed in pieces."""
+    if isinstance(source, bytes):
+        return Response(source, media_type=media_type, headers=headers)
+    if size <= SMALL_FILE:
+        data = Path(source).read_bytes() if isinstance(source, str) else b"".join(source)
+        return Response(data, media_type=media_type, headers=headers)
+    if isinstance(source, str):
+        return FileResponse(source, media_type=media_type, headers=headers)
+    return StreamingResponse(iter(source), media_type=media_type, headers={**headers, "Content-Length": str(size)})
 
 
 async def save_upload(upload: UploadFile, path: Path, limit: int) -> None:

@@ -11,11 +11,13 @@ gc` removes derived blobs no version lists any more.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import threading
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
@@ -26,7 +28,7 @@ from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
 from registry.services.lookup import resolve, version_info
 from registry.services.versions import Versions
 from registry.store import models as m
-from registry.store.blobs import BlobReader, BlobStore
+from registry.store.blobs import CHUNK, BlobReader, BlobStore
 from registry.store.database import Database
 from vera_core.lora import LoraExport
 
@@ -35,6 +37,8 @@ DERIVED = "derived"
 _LOCKS = [threading.Lock() for _ in range(64)]
 #: A safetensors header larger than this is not read for its metadata (the format's own limit is 100 MB).
 MAX_HEADER_BYTES = 16 * 2**20
+#: ``read`` gives whole files up to this size (configs, READMEs); larger ones are streamed (``source``).
+MAX_READ_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class DerivedFiles:
     def __init__(self, db: Database, blobs: BlobStore, versions: Versions) -> None:
         self.db, self.blobs, self.versions = db, blobs, versions
         self._lora_errors: dict[str, str | None] = {}
+        self._git_ids: dict[str, str] = {}
 
     def manifest(self, ref: str | Ref, form: FileForm) -> tuple[VersionInfo, list[DerivedFile]]:
         """The version's files in ``form``, built and stored first if no download asked for them before."""
@@ -123,6 +128,32 @@ class DerivedFiles:
                     raise
                 self._rebuild(ref, file)
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def read(self, ref: Ref, file: DerivedFile) -> bytes:
+        """A small stored file's bytes (a config, a README), checked against its hash."""
+        if file.size > MAX_READ_BYTES:
+            raise InvalidInput(f"{file.filename} of {ref} is {file.size:,} bytes; only files up to "
+                               f"{MAX_READ_BYTES:,} bytes are read whole.")
+        source = self.source(ref, file)
+        return Path(source).read_bytes() if isinstance(source, str) else b"".join(source)
+
+    def git_blob_id(self, ref: Ref, file: DerivedFile) -> str:
+        """The stored file's git blob id (SHA-1 of ``blob <size>\\0<bytes>``, what the Hub reports), computed by
+        streaming it once per process and file."""
+        if file.sha256 not in self._git_ids:
+            h = hashlib.sha1(b"blob %d\0" % file.size, usedforsecurity=False)
+            source = self.source(ref, file)
+            if isinstance(source, str):
+                with open(source, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        h.update(chunk)
+            else:
+                for chunk in source:
+                    h.update(chunk)
+            if len(self._git_ids) > 100_000:
+                self._git_ids.clear()
+            self._git_ids[file.sha256] = h.hexdigest()
+        return self._git_ids[file.sha256]
 
     def lora_max_relative_error(self, file: DerivedFile, files: list[DerivedFile]) -> str | None:
         """The largest per-layer error a rank-capped LoRA export recorded in its safetensors metadata (read from the

@@ -28,10 +28,13 @@ from huggingface_hub import ModelCard
 
 from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
 from registry.domain.schemas import Ref, VersionInfo
+from registry.services.derived import DerivedFile, DerivedFiles, FileForm
 from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
 from registry.services.registry import Registry
+from registry.store.blobs import BlobReader
 from vera_core.checkpoint import CONFIG_NAME
+from vera_core.lora import LoraExport
 
 #: Revision suffixes, in the order their number is written into commit shas (never reorder; only append).
 VARIANTS = ("", "lora", "seed-only", "projection")
@@ -45,34 +48,63 @@ _VERSION = re.compile(r"v?([0-9]{1,9})")
 
 @dataclass(frozen=True)
 class HubRevision:
-    """One version in one form, as a Hub commit: its files, their SHA-256 and git blob ids, and its card data."""
+    """One version in one form, as a Hub commit: the PEFT files stored as derived blobs (built once, streamed from
+    storage; registry.services.derived) and README.md, the model card written for this view; each file's size,
+    SHA-256 and git blob id."""
 
     repo_id: str
     commit: str
     variant: str
     info: VersionInfo
-    files: dict[str, bytes]
-    sha256: dict[str, str]
+    stored: dict[str, DerivedFile]
+    card: bytes
+    derived: DerivedFiles
 
     @property
     def last_modified(self) -> datetime:
         return self.info.created_at
 
-    def file(self, name: str) -> bytes:
-        if name not in self.files:
+    @property
+    def names(self) -> list[str]:
+        return sorted([*self.stored, CARD_NAME])
+
+    def _check(self, name: str) -> None:
+        if name != CARD_NAME and name not in self.stored:
             raise EntryNotFound(f"{self.repo_id}@{self.commit[:12]} ({self.info.ref}) has no file {name[:100]!r}; "
-                                f"it has {', '.join(sorted(self.files))}.")
-        return self.files[name]
+                                f"it has {', '.join(self.names)}.")
+
+    def size(self, name: str) -> int:
+        self._check(name)
+        return len(self.card) if name == CARD_NAME else self.stored[name].size
+
+    def sha256(self, name: str) -> str:
+        self._check(name)
+        return hashlib.sha256(self.card).hexdigest() if name == CARD_NAME else self.stored[name].sha256
+
+    def source(self, name: str) -> bytes | str | BlobReader:
+        """The file: the card's bytes, or a stored file as DerivedFiles.source gives it (a path or a reader)."""
+        self._check(name)
+        return self.card if name == CARD_NAME else self.derived.source(self._pinned, self.stored[name])
 
     def blob_id(self, name: str) -> str:
         """The file's git blob id, as the Hub reports it (``oid``, ``blobId``)."""
-        data = self.file(name)
-        return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+        self._check(name)
+        if name == CARD_NAME:
+            return git_blob_id(self.card)
+        return self.derived.git_blob_id(self._pinned, self.stored[name])
+
+    @property
+    def _pinned(self) -> Ref:
+        return Ref.of(self.info.owner, self.info.name, version=self.info.version)
 
     def card_data(self) -> dict[str, Any]:
-        card = ModelCard(self.files[CARD_NAME].decode("utf-8"))
+        card = ModelCard(self.card.decode("utf-8"))
         data: dict[str, Any] = card.data.to_dict()  # type: ignore[no-untyped-call]
         return data
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 def commit_of(info: VersionInfo, variant: str) -> str:
@@ -98,9 +130,10 @@ class HubView:
         repo_id = f"{owner}/{name}"
         ref, variant, commit = self._parse(owner, name, revision)
         variant = variant if commit is not None else (variant or self.default_variant)
+        form = FileForm(with_projection=variant == "projection", seed_only=variant == "seed-only",
+                        lora=LoraExport() if variant == "lora" else None)
         try:
-            info, built = self.registry.built(ref, as_lora=variant == "lora", seed_only=variant == "seed-only",
-                                              with_projection=variant == "projection")
+            info, files = self.registry.derived.manifest(ref, form)
         except AdapterNotFound:
             raise
         except NotFound as exc:
@@ -108,13 +141,13 @@ class HubView:
         if commit is not None and commit != commit_of(info, variant):
             raise RevisionNotFound(f"{repo_id} has no commit {revision}; it names a version that was deleted, or "
                                    "another registry's.")
-        files = dict(built.files)
-        with_projection = bool(json.loads(files[CONFIG_NAME]).get("save_projection", True))
-        files[CARD_NAME] = model_card(info, with_projection=with_projection or variant == "lora",
-                                      as_lora=variant == "lora", card=self.registry.adapter(repo_id).card
-                                      ).encode("utf-8")
-        sha256 = {**built.sha256, CARD_NAME: hashlib.sha256(files[CARD_NAME]).hexdigest()}
-        return HubRevision(repo_id, commit or commit_of(info, variant), variant, info, files, sha256)
+        stored = {f.filename: f for f in files if f.filename != CARD_NAME}
+        config = self.registry.derived.read(Ref.of(owner, name, version=info.version), stored[CONFIG_NAME])
+        with_projection = bool(json.loads(config).get("save_projection", True))
+        card = model_card(info, with_projection=with_projection or variant == "lora", as_lora=variant == "lora",
+                          card=self.registry.adapter(repo_id).card).encode("utf-8")
+        return HubRevision(repo_id, commit or commit_of(info, variant), variant, info, stored, card,
+                           self.registry.derived)
 
     @staticmethod
     def _parse(owner: str, name: str, revision: str) -> tuple[Ref, str, str | None]:

@@ -129,3 +129,22 @@ def test_fsck_repair_forgets_a_damaged_derived_file_without_failing_its_version(
     assert registry.fsck() == {key: [] for key in report}  # nothing dangles
     assert registry.derived.manifest(ref, FileForm()) == (info, files)  # built again, the same bytes
     assert read(registry, files[1].sha256)
+
+
+def test_the_hub_protocol_serves_the_same_stored_files(registry: Registry, ref: str, tmp_path: Path) -> None:
+    """/hf revisions read the stored derived files (built once, whatever the protocol), with the Hub's blob ids."""
+    from registry.services.hub_view import HubView, git_blob_id
+
+    rev = HubView(registry).revision("kim", "c", "main+lora")
+    _, files = registry.derived.manifest(ref, FileForm(lora=LoraExport()))
+    assert {n: rev.sha256(n) for n in rev.names if n != "README.md"} == {f.filename: f.sha256 for f in files}
+    other = another_process(registry, tmp_path)
+    before = other.versions.cache.hits + other.versions.cache.misses
+    again = HubView(other).revision("kim", "c", rev.commit)  # another process: nothing built
+    assert other.versions.cache.hits + other.versions.cache.misses == before
+    for name in again.names:
+        source = again.source(name)
+        data = source if isinstance(source, bytes) else Path(source).read_bytes() if isinstance(source, str) \
+            else b"".join(source)
+        assert again.size(name) == len(data) and again.blob_id(name) == git_blob_id(data)
+        assert again.sha256(name) == hashlib.sha256(data).hexdigest() == rev.sha256(name)

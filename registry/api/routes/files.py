@@ -9,14 +9,14 @@ download streams the stored blob in chunks (a local folder's file is sent as a f
 
 from __future__ import annotations
 
-from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response
 
 from registry.api.deps import Options, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
+from registry.api.uploads import file_response
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo
 from registry.services.derived import DerivedFile, FileForm
@@ -26,8 +26,6 @@ from vera_core.lora import LoraExport
 
 router = APIRouter(prefix="/api/v1/adapters")
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
-#: Files up to this size are answered whole (read in the route's worker thread); larger ones stream in chunks.
-SMALL_FILE = 1 << 20
 _FILE_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "The file (ETag: its SHA-256)", "content": {
         "application/octet-stream": {}, "application/json": {}, "text/markdown": {}}},
@@ -129,10 +127,4 @@ def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, st
         return Response(status_code=304, headers=headers)
     _count(registry, ref, file)
     media = next((t for suffix, t in MEDIA_TYPES.items() if file.filename.endswith(suffix)), "application/octet-stream")
-    source = registry.derived.source(ref, file)
-    if file.size <= SMALL_FILE:  # read here, in the route's thread: no more hops to the thread pool
-        data = FilePath(source).read_bytes() if isinstance(source, str) else b"".join(source)
-        return Response(data, media_type=media, headers=headers)
-    if isinstance(source, str):
-        return FileResponse(source, media_type=media, headers=headers)
-    return StreamingResponse(iter(source), media_type=media, headers={**headers, "Content-Length": str(source.size)})
+    return file_response(registry.derived.source(ref, file), file.size, media, headers)

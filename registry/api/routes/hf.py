@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from registry.api.deps import Reader, RegistryDep
 from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import streamed
+from registry.api.uploads import file_response
 from registry.domain.errors import EntryNotFound
 from registry.domain.schemas import ADAPTER_FILES
 from registry.services.hub_view import HubRevision, HubView
@@ -49,8 +49,8 @@ def _hub_time(at: datetime) -> str:
 
 def _model_info(rev: HubRevision, blobs: bool) -> dict[str, Any]:
     info = rev.info
-    siblings = [{"rfilename": name, **({"size": len(data), "blobId": rev.blob_id(name)} if blobs else {})}
-                for name, data in sorted(rev.files.items())]
+    siblings = [{"rfilename": name, **({"size": rev.size(name), "blobId": rev.blob_id(name)} if blobs else {})}
+                for name in rev.names]
     card = rev.card_data()
     return {
         "_id": rev.commit[:24], "id": rev.repo_id, "modelId": rev.repo_id, "author": info.owner, "sha": rev.commit,
@@ -58,7 +58,7 @@ def _model_info(rev: HubRevision, blobs: bool) -> dict[str, Any]:
         "private": False, "disabled": False, "gated": False, "downloads": info.downloads, "likes": 0,
         "library_name": card.get("library_name", "peft"), "tags": card.get("tags", []), "pipeline_tag": None,
         "cardData": card, "siblings": siblings, "spaces": [],
-        "usedStorage": sum(len(data) for data in rev.files.values()),
+        "usedStorage": sum(rev.size(name) for name in rev.names),
     }
 
 
@@ -83,8 +83,8 @@ def tree(_: Reader, view: View, owner: str, name: str, revision: str, path: str 
     rev = view.revision(owner, name, revision)
     if path.strip("/"):
         raise EntryNotFound(f"{rev.repo_id} has no folder {path[:100]!r}: its files are all at the top.")
-    return JSONResponse([{"type": "file", "oid": rev.blob_id(n), "size": len(d), "path": n}
-                         for n, d in sorted(rev.files.items())])
+    return JSONResponse([{"type": "file", "oid": rev.blob_id(n), "size": rev.size(n), "path": n}
+                         for n in rev.names])
 
 
 @_routes.get("/{owner}/{name}/resolve/{revision}/{filename:path}", response_class=Response,
@@ -93,8 +93,8 @@ def tree(_: Reader, view: View, owner: str, name: str, revision: str, path: str 
 def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str, revision: str,
             filename: str) -> Response:
     rev = view.revision(owner, name, revision)
-    data = rev.file(filename)
-    headers = {"X-Repo-Commit": rev.commit, "ETag": f'"{rev.sha256[filename]}"', "X-Vera-Version": rev.info.ref,
+    size = rev.size(filename)  # EntryNotFound first
+    headers = {"X-Repo-Commit": rev.commit, "ETag": f'"{rev.sha256(filename)}"', "X-Vera-Version": rev.info.ref,
                "Accept-Ranges": "none"}
     if revision != rev.commit:  # to the commit: what the client stores under it is what that commit holds
         headers["Location"] = f"../{rev.commit}/{filename}"
@@ -102,10 +102,10 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
         return Response(status_code=307, headers=headers)
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
     if request.method == "HEAD":
-        return Response(status_code=200, headers={**headers, "Content-Length": str(len(data))})
+        return Response(status_code=200, headers={**headers, "Content-Length": str(size)})
     if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
         view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)
-    return streamed(data, "application/octet-stream", headers)
+    return file_response(rev.source(filename), size, "application/octet-stream", headers)
 
 
 #: /hf: revisions without a suffix give what a default fetch gives (VeRA, PEFT-correct).
