@@ -137,12 +137,12 @@ def main() -> None:
             print(f"  round {number + 1} {name}: {rounds[-1][name]}", file=sys.stderr)
     print(f"\n{args.rounds} round(s), configurations alternated within each; step s: median over rounds "
           "(min-max); ratios taken within each round, then their median (range).\n")
-    print("| config | trainable | step s | vs PEFT VeRA same r | vs PEFT LoRA r=8 | peak RSS MiB |\n"
-          "|---|---|---|---|---|---|")
+    print("| config | trainable | step s | PEFT VeRA / ours, same r (> 1: ours faster) | / PEFT LoRA r=8 | "
+          "peak RSS MiB |\n|---|---|---|---|---|---|")
     for name, _, _ in configs:
         steps = [rnd[name]["step_s"] for rnd in rounds]
         peer = name.replace("ours", "peft")
-        speedup = _ratio(rounds, peer, name) + " faster" if name.startswith("ours") and peer in rounds[0] else ""
+        speedup = _ratio(rounds, peer, name) if name.startswith("ours") and peer in rounds[0] else ""
         vs_lora = _ratio(rounds, name, "peft-lora-r8") if "peft-lora-r8" in rounds[0] else ""
         print(f"| {name} | {rounds[0][name]['trainable']:,.0f} | {statistics.median(steps):.2f} "
               f"({min(steps):.2f}-{max(steps):.2f}) | {speedup} | {vs_lora} | "
