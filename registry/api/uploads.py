@@ -11,7 +11,7 @@ from fastapi import UploadFile
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from registry.domain.errors import ContentTooLarge, RegistryError
-from registry.store.blobs import BlobReader
+from registry.store.blobs import BlobReader, chunks
 
 CHUNK = 1 << 16
 #: Downloads up to this size are answered whole; larger ones are sent as a file or streamed.
@@ -26,8 +26,7 @@ def file_response(source: bytes | str | BlobReader, size: int, media_type: str, 
     if isinstance(source, bytes):
         return Response(source, media_type=media_type, headers=headers)
     if size <= SMALL_FILE:
-        data = Path(source).read_bytes() if isinstance(source, str) else b"".join(source)
-        return Response(data, media_type=media_type, headers=headers)
+        return Response(b"".join(chunks(source)), media_type=media_type, headers=headers)
     if isinstance(source, str):
         return FileResponse(source, media_type=media_type, headers=headers)
     return StreamingResponse(iter(source), media_type=media_type, headers={**headers, "Content-Length": str(size)})

@@ -231,6 +231,11 @@ class VersionInfo(BaseModel):
     downloads: int = 0  # weights downloads, counted in batches (registry.services.downloads)
     visibility: str = "public"  # the adapter's: public or private (registry.services.access)
 
+    @property
+    def pinned(self) -> Ref:
+        """owner/name:N: this version by number, whatever alias named it."""
+        return Ref.of(self.owner, self.name, version=self.version)
+
 
 class FileEntry(BaseModel):
     """One file of a version's download: its size, its SHA-256 (the download's ETag) and where to GET it by hash

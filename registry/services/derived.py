@@ -16,8 +16,8 @@ import json
 import struct
 import threading
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
@@ -28,7 +28,7 @@ from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
 from registry.services.lookup import resolve, version_info
 from registry.services.versions import Versions
 from registry.store import models as m
-from registry.store.blobs import CHUNK, BlobReader, BlobStore
+from registry.store.blobs import BlobReader, BlobStore, chunks
 from registry.store.database import Database
 from vera_core.lora import LoraExport
 
@@ -86,16 +86,12 @@ class DerivedFiles:
             files = _listed(s, version_id, form.key)
         if files:
             return info, files
-        return info, self._build(Ref(owner=info.owner, name=info.name, version=info.version), version_id, form)
+        return info, self._build(info.pinned, version_id, form)
 
     def file(self, ref: str | Ref, form: FileForm, filename: str) -> tuple[VersionInfo, DerivedFile]:
         """One file of the version in ``form``; NotFound naming the form's files if it has no ``filename``."""
         info, files = self.manifest(ref, form)
-        found = next((f for f in files if f.filename == filename), None)
-        if found is None:
-            raise NotFound(f"The {form.key} download of {info.ref} has no {filename}; it has "
-                           f"{', '.join(f.filename for f in files)}.")
-        return info, found
+        return info, named(info, form, files, filename)
 
     def by_digest(self, ref: Ref, digest: str) -> DerivedFile:
         """Version ``ref``'s (owner/name:N) stored file with this SHA-256, in any form it was built in: one indexed
@@ -134,25 +130,14 @@ class DerivedFiles:
         if file.size > MAX_READ_BYTES:
             raise InvalidInput(f"{file.filename} of {ref} is {file.size:,} bytes; only files up to "
                                f"{MAX_READ_BYTES:,} bytes are read whole.")
-        source = self.source(ref, file)
-        return Path(source).read_bytes() if isinstance(source, str) else b"".join(source)
+        return b"".join(chunks(self.source(ref, file)))
 
     def git_blob_id(self, ref: Ref, file: DerivedFile) -> str:
-        """The stored file's git blob id (SHA-1 of ``blob <size>\\0<bytes>``, what the Hub reports), computed by
-        streaming it once per process and file."""
+        """The stored file's git blob id (git_blob_id), computed by streaming it once per process and file."""
         if file.sha256 not in self._git_ids:
-            h = hashlib.sha1(b"blob %d\0" % file.size, usedforsecurity=False)
-            source = self.source(ref, file)
-            if isinstance(source, str):
-                with open(source, "rb") as handle:
-                    while chunk := handle.read(CHUNK):
-                        h.update(chunk)
-            else:
-                for chunk in source:
-                    h.update(chunk)
             if len(self._git_ids) > 100_000:
                 self._git_ids.clear()
-            self._git_ids[file.sha256] = h.hexdigest()
+            self._git_ids[file.sha256] = git_blob_id(chunks(self.source(ref, file)), file.size)
         return self._git_ids[file.sha256]
 
     def lora_max_relative_error(self, file: DerivedFile, files: list[DerivedFile]) -> str | None:
@@ -202,9 +187,31 @@ class DerivedFiles:
         bytes, so its name, rows and every client's cached copy stay right."""
         self.blobs.delete(file.sha256)
         with self.db.session() as s:
-            s.execute(delete(m.VersionFile).where(m.VersionFile.version_id == file.version_id,
-                                                  m.VersionFile.form == file.form))
+            forget(s, file.version_id, file.form)
         self._build(pinned, file.version_id, _form_of(file.form))
+
+
+def named(info: VersionInfo, form: FileForm, files: list[DerivedFile], filename: str) -> DerivedFile:
+    """The file called ``filename`` among a form's ``files``; NotFound naming the files it has otherwise."""
+    found = next((f for f in files if f.filename == filename), None)
+    if found is None:
+        raise NotFound(f"The {form.key} download of {info.ref} has no {filename}; it has "
+                       f"{', '.join(f.filename for f in files)}.")
+    return found
+
+
+def forget(s: Session, version_id: int, form: str) -> None:
+    """Drop a version's listing in one form (whole: a form is listed complete or not at all); the next request
+    for it builds it again."""
+    s.execute(delete(m.VersionFile).where(m.VersionFile.version_id == version_id, m.VersionFile.form == form))
+
+
+def git_blob_id(pieces: Iterable[bytes], size: int) -> str:
+    """A file's git blob id, as the Hub reports it (``oid``, ``blobId``): SHA-1 of ``blob <size>\\0<bytes>``."""
+    h = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+    for piece in pieces:
+        h.update(piece)
+    return h.hexdigest()
 
 
 def _listed(s: Session, version_id: int, form: str) -> list[DerivedFile]:

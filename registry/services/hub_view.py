@@ -28,7 +28,7 @@ from huggingface_hub import ModelCard
 
 from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
 from registry.domain.schemas import Ref, VersionInfo
-from registry.services.derived import DerivedFile, DerivedFiles, FileForm
+from registry.services.derived import DerivedFile, DerivedFiles, FileForm, git_blob_id
 from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
 from registry.services.registry import Registry
@@ -84,27 +84,19 @@ class HubRevision:
     def source(self, name: str) -> bytes | str | BlobReader:
         """The file: the card's bytes, or a stored file as DerivedFiles.source gives it (a path or a reader)."""
         self._check(name)
-        return self.card if name == CARD_NAME else self.derived.source(self._pinned, self.stored[name])
+        return self.card if name == CARD_NAME else self.derived.source(self.info.pinned, self.stored[name])
 
     def blob_id(self, name: str) -> str:
         """The file's git blob id, as the Hub reports it (``oid``, ``blobId``)."""
         self._check(name)
         if name == CARD_NAME:
-            return git_blob_id(self.card)
-        return self.derived.git_blob_id(self._pinned, self.stored[name])
-
-    @property
-    def _pinned(self) -> Ref:
-        return Ref.of(self.info.owner, self.info.name, version=self.info.version)
+            return git_blob_id([self.card], len(self.card))
+        return self.derived.git_blob_id(self.info.pinned, self.stored[name])
 
     def card_data(self) -> dict[str, Any]:
         card = ModelCard(self.card.decode("utf-8"))
         data: dict[str, Any] = card.data.to_dict()  # type: ignore[no-untyped-call]
         return data
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 def commit_of(info: VersionInfo, variant: str) -> str:
@@ -142,7 +134,7 @@ class HubView:
             raise RevisionNotFound(f"{repo_id} has no commit {revision}; it names a version that was deleted, or "
                                    "another registry's.")
         stored = {f.filename: f for f in files if f.filename != CARD_NAME}
-        config = self.registry.derived.read(Ref.of(owner, name, version=info.version), stored[CONFIG_NAME])
+        config = self.registry.derived.read(info.pinned, stored[CONFIG_NAME])
         with_projection = bool(json.loads(config).get("save_projection", True))
         card = model_card(info, with_projection=with_projection or variant == "lora", as_lora=variant == "lora",
                           card=self.registry.adapter(repo_id).card).encode("utf-8")

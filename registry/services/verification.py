@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import IntegrityError, NotFound
 from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
 from registry.services.access import readable_versions, shown_to
-from registry.services.derived import DERIVED
+from registry.services.derived import DERIVED, forget
 from registry.services.lookup import projection_spec, resolve, version_ref
 from registry.services.shapes import match_path
 from registry.services.tokens import Principal
@@ -186,8 +186,7 @@ class Verification:
             # a download form with a bad file is forgotten whole, and built again on the next request
             for version_id, form in s.execute(select(m.VersionFile.version_id, m.VersionFile.form)
                                               .where(m.VersionFile.sha256.in_(bad)).distinct()).all():
-                s.execute(delete(m.VersionFile).where(m.VersionFile.version_id == version_id,
-                                                      m.VersionFile.form == form))
+                forget(s, version_id, form)
             s.execute(delete(m.Blob).where(m.Blob.sha256.in_(bad), m.Blob.kind == DERIVED))
             for v in s.scalars(select(m.AdapterVersion).join(m.Projection).where(or_(
                     m.AdapterVersion.vectors_sha256.in_(bad), m.Projection.blob_sha256.in_(bad)))):

@@ -33,6 +33,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def chunks(source: str | BlobReader) -> Iterator[bytes]:
+    """The bytes of a checked local blob path or of a BlobReader, CHUNK by CHUNK."""
+    if not isinstance(source, str):
+        yield from source
+        return
+    with open(source, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
 def _check_name(digest: str) -> str:
     if len(digest) != 64 or not set(digest) <= _HEX:
         raise NotFound(f"{digest!r} is not a blob name; expected 64 lowercase hex digits (a SHA-256).")
@@ -125,6 +135,9 @@ class FsspecBlobStore:
         if self._local:
             self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
 
+    def _missing(self, digest: str) -> NotFound:
+        return NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.")
+
     def _path(self, digest: str) -> str:
         return f"{self.root}/sha256/{digest[:2]}/{digest[2:4]}/{digest}"
 
@@ -159,7 +172,7 @@ class FsspecBlobStore:
             with _storage(self.url, f"reading blob {digest}"):
                 data: bytes = self.fs.cat_file(path)
         except FileNotFoundError:
-            raise NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.") from None
+            raise self._missing(digest) from None
         if sha256_hex(data) != digest:
             raise IntegrityError(
                 f"Blob {digest} in {self.url} is corrupted ({len(data)} bytes hash to {sha256_hex(data)}); it will "
@@ -179,7 +192,7 @@ class FsspecBlobStore:
                 size = int(self.fs.size(path))
                 handle = self.fs.open(path, "rb", block_size=CHUNK)  # noqa: SIM115 - BlobReader closes it
         except FileNotFoundError:
-            raise NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.") from None
+            raise self._missing(digest) from None
         return BlobReader(handle, digest, size, self.url)
 
     def verified_local_path(self, digest: str) -> str | None:
@@ -192,7 +205,7 @@ class FsspecBlobStore:
         try:
             stat = os.stat(path)
         except FileNotFoundError:
-            raise NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.") from None
+            raise self._missing(digest) from None
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key in self._verified:
             return path

@@ -17,7 +17,7 @@ from registry.services.derived import FileForm, _form_of
 from registry.services.file_cache import FileCache
 from registry.services.registry import Registry
 from registry.store import models as m
-from registry.store.blobs import BlobReader, FsspecBlobStore
+from registry.store.blobs import BlobReader, FsspecBlobStore, chunks
 from tests.registry.adapters import make_adapter
 from vera_core.lora import LoraExport
 
@@ -133,7 +133,7 @@ def test_fsck_repair_forgets_a_damaged_derived_file_without_failing_its_version(
 
 def test_the_hub_protocol_serves_the_same_stored_files(registry: Registry, ref: str, tmp_path: Path) -> None:
     """/hf revisions read the stored derived files (built once, whatever the protocol), with the Hub's blob ids."""
-    from registry.services.hub_view import HubView, git_blob_id
+    from registry.services.hub_view import HubView
 
     rev = HubView(registry).revision("kim", "c", "main+lora")
     _, files = registry.derived.manifest(ref, FileForm(lora=LoraExport()))
@@ -144,7 +144,7 @@ def test_the_hub_protocol_serves_the_same_stored_files(registry: Registry, ref: 
     assert other.versions.cache.hits + other.versions.cache.misses == before
     for name in again.names:
         source = again.source(name)
-        data = source if isinstance(source, bytes) else Path(source).read_bytes() if isinstance(source, str) \
-            else b"".join(source)
-        assert again.size(name) == len(data) and again.blob_id(name) == git_blob_id(data)
+        data = source if isinstance(source, bytes) else b"".join(chunks(source))
+        git = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()  # git's blob id
+        assert again.size(name) == len(data) and again.blob_id(name) == git
         assert again.sha256(name) == hashlib.sha256(data).hexdigest() == rev.sha256(name)

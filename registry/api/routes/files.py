@@ -19,7 +19,7 @@ from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import file_response
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo
-from registry.services.derived import DerivedFile, FileForm
+from registry.services.derived import DerivedFile, FileForm, named
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
 from vera_core.lora import LoraExport
@@ -79,17 +79,11 @@ def download(
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
     info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
-    file = next((f for f in files if f.filename == filename), None)
-    if file is None:
-        raise NotFound(f"The {format} export has no {filename}; it has {', '.join(f.filename for f in files)}.")
+    file = named(info, form, files, filename)
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
     if format == "lora" and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
         headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
-    return _send(registry, _pinned(info), file, headers, if_none_match)
-
-
-def _pinned(info: VersionInfo) -> Ref:
-    return Ref.of(info.owner, info.name, version=info.version)
+    return _send(registry, info.pinned, file, headers, if_none_match)
 
 
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
