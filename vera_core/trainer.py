@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vera_core import distributed, numerics
+from vera_core import training_checkpoints as checkpoints
 from vera_core.callbacks import TrainerCallback
 from vera_core.checkpoint import save_adapter
 from vera_core.data import Example, Task
@@ -418,22 +420,23 @@ class Trainer:
         """Trainable tensors, optimizer, scheduler, RNG and loop state, all without pickle; for a VeraModel also
         the adapter in PEFT's format, so a checkpoint can be inspected or published as it is.
 
-        Written into a hidden folder that is renamed when complete, so a process killed while writing leaves the
-        previous checkpoints as they were. With several processes every one must call this (each one's RNG state is
-        kept) and rank 0 alone writes."""
+        Written into a hidden folder, flushed to disk, sealed with a manifest of its files' hashes and renamed when
+        complete (vera_core.training_checkpoints), so a process killed while writing, or a crash that loses the last
+        writes, leaves the previous checkpoints as they were, and a resume never loads a torn one. With several
+        processes every one must call this (each one's RNG state is kept) and rank 0 alone writes."""
         if self.args.output_dir is None:
             raise VeraConfigError("save_checkpoint needs TrainingArguments.output_dir.")
         root = Path(self.args.output_dir) / "checkpoints"
-        path = root / f"step-{self.state.step:08d}"
+        path = root / checkpoints.folder_name(self.state.step)
         rng_states = distributed.gather(self.world, self._rng_states())
         if self.world.is_main:
             partial = root / f".{path.name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             self._write_checkpoint(partial, rng_states)
-            shutil.rmtree(path, ignore_errors=True)
-            partial.rename(path)
-            for old in sorted(root.glob("step-*"))[:-self.args.save_total_limit]:
+            checkpoints.seal(partial)
+            checkpoints.publish(partial, path)
+            for old in sorted(root.glob(f"{checkpoints.PREFIX}*"))[:-self.args.save_total_limit]:
                 shutil.rmtree(old)
         self._emit("on_save", {"step": float(self.state.step)})
         return path
@@ -453,7 +456,7 @@ class Trainer:
             tensors.update({f"rng.{device}{_rank_suffix(rank)}": state for device, state in states.items()})
         save_file(tensors, str(path / "optimizer.safetensors"))
         state = {k: v for k, v in asdict(self.state).items() if k not in ("should_stop", "stop_reason")}
-        path.joinpath("trainer_state.json").write_text(json.dumps({
+        path.joinpath(checkpoints.STATE).write_text(json.dumps({
             "state": state, "param_groups": groups, "scheduler": self.scheduler.state_dict()["last_epoch"],
             "args": asdict(self.args), "world_size": self.world.size,
         }, indent=1), encoding="utf-8")
@@ -461,12 +464,8 @@ class Trainer:
             save_file({k: v.contiguous() for k, v in self._best_state.items()}, str(path / "best.safetensors"))
 
     def _resume(self, path: Path) -> None:
-        if path.name == "checkpoints" or not path.joinpath("trainer_state.json").exists():
-            candidates = sorted((path if path.name == "checkpoints" else path / "checkpoints").glob("step-*"))
-            if not candidates:
-                raise VeraConfigError(f"No checkpoint under {path}; expected checkpoints/step-N folders.")
-            path = candidates[-1]
-        saved = json.loads(path.joinpath("trainer_state.json").read_text(encoding="utf-8"))
+        path = _intact_checkpoint(path)
+        saved = json.loads(path.joinpath(checkpoints.STATE).read_text(encoding="utf-8"))
         self._check_resumable(path, saved)
         step = saved["state"]["step"]
         self._restore(load_file(str(path / "trainable.safetensors"), device=str(self.device)))
@@ -505,6 +504,32 @@ class Trainer:
                 f"{self.world.size}: its position in the epoch counts batches of that many processes. Resume it "
                 f"with {processes} (vera train --nproc {processes}), or start over without resuming (no --resume)."
             )
+
+
+def _intact_checkpoint(path: Path) -> Path:
+    """The checkpoint to resume from: ``path`` itself if it is a ``step-N`` folder (refused if it is torn), else the
+    newest intact one under ``path/checkpoints`` (or ``path``, if it is the checkpoints folder), with a warning
+    naming the newer ones passed over."""
+    if path.name.startswith(checkpoints.PREFIX):
+        reason = checkpoints.problem(path)
+        if reason is not None:
+            raise VeraConfigError(f"The checkpoint {path} cannot be resumed from: {reason}. Resume from its run "
+                                  f"folder ({path.parent.parent}), which takes the newest intact checkpoint.")
+        return path
+    root = path if path.name == "checkpoints" else path / "checkpoints"
+    found, skipped = checkpoints.latest(root)
+    if found is None:
+        torn = f" The checkpoints there cannot be loaded: {'; '.join(skipped)}." if skipped else ""
+        raise VeraConfigError(f"No intact checkpoint under {root}; expected checkpoints/step-N folders.{torn} "
+                              "Start over without resuming.")
+    if skipped:
+        warnings.warn(f"Resuming from {found.path.name}, the newest intact checkpoint under {root}; passed over: "
+                      f"{'; '.join(skipped)}.", CheckpointSkippedWarning, stacklevel=4)
+    return found.path
+
+
+class CheckpointSkippedWarning(UserWarning):
+    """A resume passed over newer checkpoints that were torn or changed (vera_core.training_checkpoints)."""
 
 
 def _rank_suffix(rank: int) -> str:

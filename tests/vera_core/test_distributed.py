@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.vera_core.test_trainer import tiny_classifier, trainer, vectors
-from vera_core import ProjectionMismatchError, VeraConfigError, distributed
+from vera_core import ProjectionMismatchError, VeraConfigError, distributed, training_checkpoints
 from vera_core.callbacks import TrainerCallback
 from vera_core.distributed import World
 from vera_core.trainer import Trainer, TrainerState, TrainingArguments
@@ -192,6 +192,7 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tm
     saved = json.loads(state.read_text())
     assert saved["world_size"] == 1
     state.write_text(json.dumps({**saved, "world_size": 2}))  # as a run of 2 processes writes it
+    training_checkpoints.seal(state.parent)  # a changed file is otherwise (rightly) a torn checkpoint
     with pytest.raises(VeraConfigError, match=r"written by a run of 2 process\(es\) and this run has 1.*"
                                               r"vera train --nproc 2"):
         trainer(max_steps=8, output_dir=str(tmp_path)).train(resume_from=tmp_path)
