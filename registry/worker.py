@@ -15,6 +15,11 @@ process through files (vera_core.callbacks.FileRelay), and a stop file stops all
 training process that dies (killed, out of memory) loses the attempt: the job is queued again, as for a worker that
 died; an error in training (bad data, NaN loss) fails the job with that error.
 
+Resuming: with a ``state_dir`` (`vera worker` uses VERA_DATA_DIR/worker), a job trains into its own folder there
+(registry.job_folders), checkpointing every ``training.save_every`` steps (JOB_SAVE_EVERY if the spec does not say),
+and the next attempt of a job on this machine resumes from its last intact checkpoint, saying so in the job's log.
+The folder goes once the job has ended.
+
 Stopping for a rolling restart: ``drain()`` (the first SIGTERM or SIGINT to `vera worker`) claims nothing more and
 exits once the current job has finished; ``release()`` (the second) stops the current job after its step and puts
 it back in the queue, for another worker, without counting the attempt.
@@ -26,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -40,9 +46,11 @@ import torch
 
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import JobInfo
+from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID
 from registry.services.jobs import Jobs
 from registry.services.lineage import running_code_revision
+from vera_core import training_checkpoints
 from vera_core.callbacks import FunctionCallback
 from vera_core.distributed import DistributedError
 from vera_core.recipes import TrainSpec, published_metrics, run, run_processes
@@ -50,6 +58,9 @@ from vera_core.trainer import TrainerState, TrainingArguments
 
 #: The most processes a CPU worker runs a job in (vera worker --nproc).
 MAX_PROCESSES = 64
+#: How often a job is checkpointed, in optimizer steps, when its spec does not say (training.save_every) and the
+#: worker keeps job folders: a VeRA checkpoint (vectors, their optimizer state, heads) takes milliseconds to write.
+JOB_SAVE_EVERY = 50
 
 
 DEVICE_FORMS = "cpu, cuda, cuda:N, a list such as cuda:0,cuda:1, or cuda:all (every GPU this machine has)"
@@ -185,12 +196,14 @@ class Worker:
 
     def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0, heartbeat_s: float = 5.0,
                  work_dir: str | None = None, log: Callable[[str], None] | None = None, device: str = "cpu",
-                 nproc: int = 1) -> None:
+                 nproc: int = 1, state_dir: str | Path | None = None) -> None:
         """``log``: where the worker's lines go; by default the ``vera.worker`` logger (registry.logs), each line
         with the job's id and the id of the request that queued it. ``device``: the device set it owns
         (checked_devices); it claims jobs asking for up to as many GPUs as it owns (none on the CPU). ``nproc``: a
         CPU worker trains each job in up to that many processes (torchrun, gloo); a GPU worker trains a job that
-        asks for k > 1 GPUs in k processes, one on each of its first k devices."""
+        asks for k > 1 GPUs in k processes, one on each of its first k devices. ``state_dir``: where it keeps a
+        folder per job between attempts, so that a job's next attempt resumes from its checkpoints; None: each
+        attempt trains in a temporary folder (in ``work_dir``) and starts over."""
         self.devices = checked_worker_devices(device, nproc)
         self.device = ",".join(self.devices)
         self.gpus = 0 if self.devices == ["cpu"] else len(self.devices)
@@ -198,6 +211,7 @@ class Worker:
         self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.work_dir, self.log = work_dir, log or logging.getLogger("vera.worker").info
+        self.state_dir = None if state_dir is None else Path(state_dir)
         self.draining, self.releasing = threading.Event(), threading.Event()
 
     def drain(self) -> None:
@@ -221,6 +235,9 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one job; False if there was none."""
+        if self.state_dir is not None:
+            for job_id in sweep(self.state_dir, self.jobs):
+                self.log(f"removed the folder of job {job_id}, which has ended")
         job = self.jobs.claim(self.name, gpus=self.gpus)
         if job is None:
             return False
@@ -238,18 +255,58 @@ class Worker:
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done), daemon=True)
         beat.start()
+        folder = self._job_folder(job, tracker)
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                out = folder.output if folder else Path(tmp) / "adapter"
                 spec = self._local_spec(job, Path(tmp))
-                metrics = self._train(job, spec, Path(tmp), tracker)
+                metrics = self._train(job, spec, Path(tmp), out, tracker, resumable=folder is not None)
                 done.set()
                 beat.join()
                 self._flush(job.id, tracker, {"phase": "publishing"})
                 if not self._stopped_early(job, metrics.get("stop_reason")):
-                    self._publish(job, spec, Path(tmp) / "adapter", metrics, tracker)
+                    self._publish(job, spec, out, metrics, tracker)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job, with its traceback
             done.set()
             self._failed(job, tracker, exc)
+        finally:
+            if folder is not None:  # kept for the next attempt unless the job has ended
+                folder.close(remove=self.jobs.get(job.id).status in ENDED)
+
+    def _job_folder(self, job: JobInfo, tracker: _Tracker) -> JobFolder | None:
+        """The job's folder under the state directory, held for this attempt; None without a state directory, or
+        if another process on this machine holds it (an earlier attempt still stopping: this one starts over)."""
+        if self.state_dir is None:
+            return None
+        folder = JobFolder.open(self.state_dir, job)
+        if folder is None:
+            self._note(job, tracker, f"job {job.id}: its folder is in use by another process on this machine (an "
+                       "earlier attempt still stopping?); this attempt starts over in a temporary folder")
+        return folder
+
+    def _note(self, job: JobInfo, tracker: _Tracker, message: str) -> None:
+        """A line for this worker's log and the job's."""
+        self.log(message)
+        with tracker.lock:
+            tracker.events.append(("log", {"message": message}))
+
+    def _resume_point(self, job: JobInfo, out: Path, processes: int, tracker: _Tracker) -> bool:
+        """Whether this attempt resumes from a checkpoint that an earlier one left in ``out``: the newest intact
+        one, if written by as many processes as this attempt trains in; otherwise ``out`` is emptied and training
+        starts over. Says which in the job's log."""
+        found, skipped = training_checkpoints.latest(out / "checkpoints")
+        for reason in skipped:
+            self._note(job, tracker, f"job {job.id}: passed over a checkpoint that cannot be loaded: {reason}")
+        if found is not None and found.world_size != processes:
+            self._note(job, tracker, f"job {job.id}: its checkpoint at step {found.step} was written by "
+                       f"{found.world_size} process(es) and this attempt trains in {processes}; starting over")
+            found = None
+        if found is None:
+            shutil.rmtree(out, ignore_errors=True)
+            return False
+        self._note(job, tracker, f"job {job.id}: attempt {job.attempts} resumes from step {found.step} (the last "
+                   "intact checkpoint of an earlier attempt)")
+        return True
 
     def _local_spec(self, job: JobInfo, tmp: Path) -> TrainSpec:
         """The job's spec with its uploaded dataset written into this worker's work area."""
@@ -272,17 +329,21 @@ class Worker:
                      f"{self.nproc}; training in {processes}")
         return processes
 
-    def _train(self, job: JobInfo, spec: TrainSpec, tmp: Path, tracker: _Tracker) -> dict[str, Any]:
-        # the caller's spec chooses no place: checkpoints go to this worker's work area, the base is no path, and the
-        # device is one this worker owns
-        out = tmp / "adapter"
-        training = {**spec.training, "output_dir": str(out) if spec.training.get("save_every") else None}
+    def _train(self, job: JobInfo, spec: TrainSpec, tmp: Path, out: Path, tracker: _Tracker, *,
+               resumable: bool) -> dict[str, Any]:
+        """Train the job into ``out``; with ``resumable`` (``out`` outlives the attempt), checkpointed and resumed
+        from an earlier attempt's checkpoint."""
+        # the caller's spec chooses no place: checkpoints go to this worker's job folder or work area, the base is no
+        # path, and the device is one this worker owns
+        save_every = spec.training.get("save_every") or (JOB_SAVE_EVERY if resumable else None)
+        training = {**spec.training, "save_every": save_every, "output_dir": str(out) if save_every else None}
         batch_size = int(training.get("batch_size", TrainingArguments.batch_size))
         processes = self._processes(job, batch_size)
+        resume = resumable and self._resume_point(job, out, processes, tracker)
         if processes == 1:
             training["device"] = self.devices[0]
             return run(replace(spec, training=training), out, callbacks=[FunctionCallback(tracker.on_event)],
-                       allow_paths=False)
+                       allow_paths=False, resume=resume)
         # each process takes its share of the batch; on GPUs it sees only its own (CUDA_VISIBLE_DEVICES, then
         # cuda:LOCAL_RANK), on the CPU they talk through gloo
         training.update(device="cuda" if self.gpus else "cpu", batch_size=batch_size // processes)
@@ -291,7 +352,7 @@ class Worker:
                  f"{','.join(self.devices[:processes]) if self.gpus else 'the CPU'}")
         with _Relay(tracker, tmp) as relay:
             return run_processes(replace(spec, training=training), out, nproc=processes, allow_paths=False,
-                                 relay=(relay.events, relay.stop), env=env)
+                                 relay=(relay.events, relay.stop), env=env, resume=resume)
 
     def _publish(self, job: JobInfo, spec: TrainSpec, adapter: Path, metrics: dict[str, Any],
                  tracker: _Tracker) -> None:

@@ -225,7 +225,7 @@ def worker(
     checked_worker_devices(device, nproc)  # devices this machine lacks are refused before the registry is opened
 
     runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat, device=device,
-                    nproc=nproc)
+                    nproc=nproc, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
 
     def on_signal(signum: int, _frame: object) -> None:
         if runner.draining.is_set():

@@ -61,7 +61,8 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     if with_worker:
         from registry.worker import Worker
 
-        threading.Thread(target=Worker(jobs).run_forever, name="vera-worker", daemon=True).start()
+        runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
+        threading.Thread(target=runner.run_forever, name="vera-worker", daemon=True).start()
     uvicorn.run(app, **served)
 
 

@@ -79,7 +79,9 @@ class Jobs:
             spec["data"] = f"uploaded{suffix}"
         try:
             checked = TrainSpec(**spec)
-            _check_batch_split(TrainingArguments(**checked.training), gpus)
+            # checked as the worker will run it: save_every is welcome, with checkpoints in the worker's folder
+            placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
+            _check_batch_split(TrainingArguments(**{**checked.training, **placed}), gpus)
             VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key, d_initial=checked.d_initial,
                        projection_generator=checked.projection_generator, vera_dropout=checked.vera_dropout,
                        target_modules=checked.target_modules)

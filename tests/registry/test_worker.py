@@ -322,3 +322,71 @@ def test_a_killed_training_process_loses_the_attempt_and_the_job_is_queued_again
                     r"memory\?\) during attempt 1; queued again, claimable after 30 s", logs[-1]), logs[-1]
     assert logs[-2].startswith("Training in 2 processes failed (torchrun exited with 1)")  # torchrun's account
     assert list(work.iterdir()) == []  # the attempt's work area is gone; the next attempt starts over
+
+
+def _checkpoints(folder: Path) -> list[str]:
+    root = folder / "adapter" / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("step-")) if root.is_dir() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_whose_training_process_was_killed_resumes_from_its_last_checkpoint(
+    tiny_jobs: Jobs, tmp_path: Path,
+) -> None:
+    """A job in two processes (gloo), checkpointed every 2 steps into the worker's folder for it; rank 1 killed
+    with SIGKILL once a few checkpoints exist. The job is queued again, claimed by another worker process on this
+    machine (same state directory), which resumes from the last intact checkpoint, says so in the job's log, and
+    publishes the vectors of the same job run straight through (the same global batch of 4); each job's folder
+    goes once the job has ended."""
+    from datetime import timedelta
+
+    jobs = Jobs(tiny_jobs.registry, base_models=[TINY], retry_backoff=timedelta(0))  # claimable again at once
+    killed = submit_tiny(jobs, "ann/resumed", max_steps=40, save_every=2)
+    straight = submit_tiny(jobs, "ann/straight", max_steps=40, save_every=2)
+    state, lines = tmp_path / "state", []
+    folder = state / "jobs" / str(killed)
+    first = Worker(jobs, name="w-first", nproc=2, heartbeat_s=0.2, state_dir=state, log=lines.append)
+    thread = threading.Thread(target=first.run_once)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 240
+        while len(_checkpoints(folder)) < 2 and time.monotonic() < deadline:  # step-N and the one before it
+            time.sleep(0.02)
+        pid = _rank_pid(str(state), 1)
+        assert pid is not None, "rank 1 was not found"
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        thread.join(timeout=240)
+    assert not thread.is_alive()
+    job = jobs.get(killed)
+    assert job.status == "queued" and job.attempts == 1, job
+    kept = _checkpoints(folder)
+    assert kept and kept[-1] < "step-00000040", kept  # killed mid-training; the folder outlived the attempt
+    second = Worker(jobs, name="w-second", nproc=2, heartbeat_s=0.2, state_dir=state, log=lines.append)
+    assert second.run_once()  # the re-queued job, the older of the two
+    job = jobs.get(killed)
+    assert job.status == "succeeded" and job.attempts == 2, job
+    logs = [event.data["message"] for event in jobs.events(killed, kind="log")]
+    resumed = [line for line in logs if "resumes from step" in line]
+    assert len(resumed) == 1 and re.fullmatch(rf"job {killed}: attempt 2 resumes from step (\d+) \(the last intact "
+                                              r"checkpoint of an earlier attempt\)", resumed[0]), logs
+    step = int(resumed[0].split("step ")[1].split(" ")[0])
+    assert 2 <= step < 40 and f"step-{step:08d}" in kept
+    events = jobs.events(killed)
+    at = next(i for i, e in enumerate(events) if e.kind == "log" and "resumes from step" in e.data["message"])
+    later = [e.data["step"] for e in events[at:] if e.kind == "step"]
+    assert later == list(range(step + 1, 41)), later  # the second attempt trained only the steps left
+    assert not folder.exists()  # the job has ended: its folder is gone
+    assert second.run_once() and jobs.get(straight).status == "succeeded"
+    assert not any(line for e in jobs.events(straight, kind="log") for line in [e.data["message"]]
+                   if "resumes" in line)
+    assert list((state / "jobs").iterdir()) == []
+    a = published_vectors(jobs, "ann/straight:1", tmp_path)
+    b = published_vectors(jobs, "ann/resumed:1", tmp_path)
+    assert set(a) == set(b) and sum("vera_lambda_" in key for key in a) >= 4
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    curves = [jobs.registry.get(f"ann/{name}:1").metrics["train_loss"] for name in ("straight", "resumed")]
+    assert [s for s, _ in curves[1]] == list(range(1, 41))  # the earlier attempt's steps are in the curve
+    assert [loss for _, loss in curves[1]] == pytest.approx([loss for _, loss in curves[0]], rel=1e-5)
