@@ -155,16 +155,24 @@ def shutdown(world: World) -> None:
     dist.destroy_process_group()
 
 
+def exclude_frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """Mark ``model``'s frozen parameters and its buffers (the projections A and B among them) so that a
+    DistributedDataParallel wrapped around it later never broadcasts or reduces them, whoever wraps it (``wrap``,
+    accelerate's ``Accelerator.prepare``, a script); returns ``model``. Without it DDP broadcasts every buffer from
+    rank 0 before each forward (``broadcast_buffers=True``), sending A and B, which every process regenerates."""
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    buffers = [name for name, _ in model.named_buffers()]
+    # torch's documented way to exclude names from DDP's broadcasts (untyped in torch)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
+        model, frozen + buffers)
+    return model
+
+
 def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     """``model`` in DDP, which then synchronises only what requires grad; ``model`` itself for one process."""
     if world.size == 1:
         return model
-    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    buffers = [name for name, _ in model.named_buffers()]  # the projections A and B, among others
-    # torch's documented way to exclude names from DDP's broadcasts (untyped in torch)
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
-        model, frozen + buffers)
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(exclude_frozen(model), device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def accumulating(module: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
