@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -20,7 +21,7 @@ import httpx
 from registry.credentials import stored_token
 from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, RegistryError
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
-from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file
+from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file, ref_key
 from registry.logs import HEADER, REQUEST_ID
 from vera_core.folders import write_adapter_files
 
@@ -107,6 +108,22 @@ class RegistryUnavailable(RegistryError):
     code = "unavailable"
 
 
+def _write_inline(path: Path, entry: FileEntry, ref: str) -> None:
+    """A listed file's inline content to ``path``, checked against its size and SHA-256 first."""
+    assert entry.content is not None
+    try:
+        if len(entry.content) > 4 * (entry.size // 3 + 1):
+            raise ValueError("longer than its size")
+        data = base64.b64decode(entry.content, validate=True)
+    except ValueError as exc:  # binascii.Error is one
+        raise IntegrityError(f"{entry.name} of {ref} came inline as bad base64 ({exc}); fetch again.") from exc
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise IntegrityError(f"{entry.name} of {ref} came inline with {len(data):,} bytes that do not match the "
+                             f"{entry.size:,} bytes and SHA-256 {entry.sha256[:16]}... listed; fetch again.")
+    with new_file(path.parent, path) as out:
+        out.write(data)
+
+
 class _LinkRefused(RegistryError):
     """The object store refused a presigned download link (expired, or the clocks disagree): ask the registry for
     a new one."""
@@ -114,6 +131,8 @@ class _LinkRefused(RegistryError):
 
 #: Requests that may be sent again when the connection failed or a proxy answered 502/503/504.
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+#: ``fetch`` asks for the bytes of files up to this size with their list (the registry's limit).
+INLINE_BYTES = 1 << 20
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: The longest a Retry-After (429, 503) is waited for before the request is sent again; longer ones are reported.
 MAX_RETRY_AFTER_S = 10.0
@@ -125,11 +144,13 @@ class RegistryClient:
     ``cache``: where fetched files are kept (registry.local_cache): None for VERA_CACHE_DIR (default
     ~/.cache/vera-registry; VERA_NO_CACHE=1 turns it off), a folder, or False for none. ``retries``: how many times
     an idempotent request is sent again after a connection error or a 502/503/504, with exponential backoff from
-    ``backoff_s``, and after a 429 (too many costly requests) once its Retry-After (up to 10 s) has passed."""
+    ``backoff_s``, and after a 429 (too many costly requests) once its Retry-After (up to 10 s) has passed.
+    ``inline``: ``fetch`` gets files of at most this many bytes (up to 1 MiB) inside the file list's answer, so a
+    small adapter is one request; 0 downloads every file on its own by hash."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 120.0,
                  transport: httpx.BaseTransport | None = None, cache: str | os.PathLike[str] | bool | None = None,
-                 retries: int = 3, backoff_s: float = 0.25) -> None:
+                 retries: int = 3, backoff_s: float = 0.25, inline: int = INLINE_BYTES) -> None:
         self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
         if token is None:
@@ -139,7 +160,7 @@ class RegistryClient:
                                  verify=_ssl_context())
         root = default_cache_dir() if cache is None or cache is True else (Path(cache) if cache else None)
         self.cache = LocalCache(root) if root is not None else None
-        self.retries, self.backoff_s = retries, backoff_s
+        self.retries, self.backoff_s, self.inline = retries, backoff_s, inline
 
     def close(self) -> None:
         self.http.close()
@@ -226,10 +247,14 @@ class RegistryClient:
         return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
 
     def files(self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
-              lora: dict[str, Any] | None = None) -> FileManifest:
+              lora: dict[str, Any] | None = None, inline: int = 0) -> FileManifest:
         """The version's files in one download form (see ``fetch``), each with its size, SHA-256 and immutable URL;
-        the server builds and stores them the first time anyone asks."""
+        the server builds and stores them the first time anyone asks. ``inline``: the bytes of files of at most
+        this many bytes (up to 1 MiB) come too, base64 in each entry's ``content``."""
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
+        return self._list(ref, {**params, "inline": str(inline)} if inline else params)
+
+    def _list(self, ref: str | Ref, params: dict[str, str]) -> FileManifest:
         return FileManifest.model_validate(self._request("GET", f"{self._path(ref)}/files", params=params).json())
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
@@ -249,8 +274,13 @@ class RegistryClient:
     def fetch_files(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
                     seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None,
                     progress: bool = False) -> FileManifest:
-        """``fetch``, returning the file list it wrote (with the version it pinned)."""
-        manifest = self.files(ref, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
+        """``fetch``, returning the file list it wrote (with the version it pinned; when the cache answered, the
+        version's details as they were when it was cached: ``get`` has them now)."""
+        params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
+        key = ref_key(self.url, self._path(ref), params)
+        manifest = self._cached_list(ref, key, params) if self.cache is not None else None
+        if manifest is None:  # the list with the small files' bytes (inline): a small adapter in one request
+            manifest = self._list(ref, {**params, "inline": str(self.inline)} if self.inline else params)
         files: dict[str, Path] = {}
         scratch: Path | None = None  # a temporary folder, made only when something is downloaded
         with contextlib.ExitStack() as stack:
@@ -261,21 +291,42 @@ class RegistryClient:
                         parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
                         parent.mkdir(parents=True, exist_ok=True)
                         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".fetch-", dir=parent)))
-                    cached = self._download_entry(entry, scratch, manifest.version.ref, progress=progress)
+                    cached = self._obtain(entry, scratch, manifest.version.ref, progress=progress)
                 files[entry.name] = cached
             write_adapter_files(Path(out_dir), files)
+        if self.cache is not None:
+            self.cache.remember(key, manifest)
         return manifest
 
-    def _download_entry(self, entry: FileEntry, scratch: Path, ref: str, *, progress: bool) -> Path:
-        """Download one listed file into ``scratch`` and, with a cache, move it into the cache's blobs."""
+    def _cached_list(self, ref: str | Ref, key: str, params: dict[str, str]) -> FileManifest | None:
+        """The cached file list this reference gives today, if the cache holds it: one HEAD request names the
+        pinned version and the list's digest. None when the reference was never fetched here (one GET with the
+        files inline is then cheaper than two requests) or when the registry answers no digest."""
+        assert self.cache is not None
+        if not self.cache.seen(key):
+            return None
+        try:
+            response = self._request("HEAD", f"{self._path(ref)}/files", params=params)
+        except RegistryUnavailable:
+            raise
+        except RegistryError:  # an older registry, or an error the GET then explains (a HEAD answer has no body)
+            return None
+        return self.cache.listing(response.headers.get("x-vera-files", ""))
+
+    def _obtain(self, entry: FileEntry, scratch: Path, ref: str, *, progress: bool) -> Path:
+        """One listed file into ``scratch`` (from its inline content, else downloaded) and, with a cache, moved
+        into the cache's blobs."""
         # checked first: what the registry listed becomes a path here, and a URL the client sends its token to
         if entry.name not in ADAPTER_FILES:
             raise IntegrityError(f"The registry listed {entry.name[:100]!r}, not an adapter file.")
-        if not entry.url.startswith("/") or entry.url.startswith("//"):
+        path = scratch / entry.name
+        if entry.content is not None:
+            _write_inline(path, entry, ref)
+        elif not entry.url.startswith("/") or entry.url.startswith("//"):
             raise IntegrityError(f"The registry listed {entry.name} at {entry.url[:200]!r}; expected a path on "
                                  "the registry itself.")
-        path = scratch / entry.name
-        self._download_to(path, entry, ref, progress=progress)
+        else:
+            self._download_to(path, entry, ref, progress=progress)
         if self.cache is None:
             return path
         os.replace(path, self.cache.blobs / entry.sha256)  # sha256: 64 hex digits (FileEntry checks it)

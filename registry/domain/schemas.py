@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
@@ -245,6 +247,9 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
     sha256: str = Field(pattern="^[0-9a-f]{64}$")
     url: str
+    #: The file's bytes in base64, when the list was asked for with ``inline`` and the file is at most that size
+    #: (absent otherwise): a small adapter's whole download in one request, like GitHub's contents API.
+    content: str | None = None
 
 
 class FileManifest(BaseModel):
@@ -254,6 +259,19 @@ class FileManifest(BaseModel):
     version: VersionInfo
     form: str
     files: list[FileEntry]
+
+    @property
+    def digest(self) -> str:
+        """files_digest of this list (the ``X-Vera-Files`` header of its response)."""
+        return files_digest(self.version.ref, ((f.name, f.sha256, f.size) for f in self.files))
+
+
+def files_digest(pinned: str, files: Iterable[tuple[str, str, int]]) -> str:
+    """What identifies a download: SHA-256 over the pinned version (owner/name:N) and each file's name, SHA-256 and
+    size, in the list's order. The file list's ``X-Vera-Files`` header, also answered to ``HEAD``: a client that
+    holds a list with this digest holds exactly that download's list (registry.local_cache)."""
+    text = f"{pinned}\n" + "".join(f"{name}\0{sha256}\0{size}\n" for name, sha256, size in files)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Page(BaseModel):

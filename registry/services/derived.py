@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
-from registry.services.lookup import resolve, version_info
+from registry.services.lookup import LATEST, resolve, resolve_info
 from registry.services.versions import Versions
 from registry.store import models as m
 from registry.store.blobs import BlobReader, BlobStore, chunks
@@ -81,12 +81,33 @@ class DerivedFiles:
     def manifest(self, ref: str | Ref, form: FileForm) -> tuple[VersionInfo, list[DerivedFile]]:
         """The version's files in ``form``, built and stored first if no download asked for them before."""
         with self.db.session() as s:
-            v = resolve(s, ref)
-            info, version_id = version_info(s, v), v.id
+            v, info = resolve_info(s, ref)
+            version_id = v.id
             files = _listed(s, version_id, form.key)
         if files:
             return info, files
         return info, self._build(info.pinned, version_id, form)
+
+    def listing(self, ref: str | Ref, form: FileForm) -> tuple[Ref, list[DerivedFile]]:
+        """The pinned version (owner/name:N) and its files in ``form``, without the version's metadata: one query
+        when they were built before (a client's check that its cached copy is current), else ``manifest``."""
+        ref = Ref.parse(ref) if isinstance(ref, str) else ref
+        query = (select(m.AdapterVersion.version, m.VersionFile)
+                 .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                 .join(m.VersionFile, (m.VersionFile.version_id == m.AdapterVersion.id)
+                       & (m.VersionFile.form == form.key))
+                 .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
+        if ref.version is not None:
+            query = query.where(m.AdapterVersion.version == ref.version)
+        else:
+            query = query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
+                m.Alias.adapter_id == m.Adapter.id, m.Alias.name == (ref.alias or LATEST))
+        with self.db.session() as s:
+            rows = s.execute(query).all()
+        if not rows:  # not built yet, or missing: manifest builds the files or says what is missing
+            info, files = self.manifest(ref, form)
+            return info.pinned, files
+        return Ref.of(ref.owner, ref.name, version=rows[0][0]), _in_order(_derived(row) for _, row in rows)
 
     def file(self, ref: str | Ref, form: FileForm, filename: str) -> tuple[VersionInfo, DerivedFile]:
         """One file of the version in ``form``; NotFound naming the form's files if it has no ``filename``."""
@@ -216,8 +237,15 @@ def git_blob_id(pieces: Iterable[bytes], size: int) -> str:
 
 def _listed(s: Session, version_id: int, form: str) -> list[DerivedFile]:
     rows = s.scalars(select(m.VersionFile).where(m.VersionFile.version_id == version_id, m.VersionFile.form == form))
-    order = {name: i for i, name in enumerate(ADAPTER_FILES)}
-    return sorted((_derived(r) for r in rows), key=lambda f: (order.get(f.filename, len(order)), f.filename))
+    return _in_order(_derived(r) for r in rows)
+
+
+_ORDER = {name: i for i, name in enumerate(ADAPTER_FILES)}
+
+
+def _in_order(files: Iterable[DerivedFile]) -> list[DerivedFile]:
+    """A form's files in the order of ADAPTER_FILES (config, weights, README), any others after them by name."""
+    return sorted(files, key=lambda f: (_ORDER.get(f.filename, len(_ORDER)), f.filename))
 
 
 def _derived(row: m.VersionFile) -> DerivedFile:

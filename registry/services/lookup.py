@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from registry.domain.errors import NotFound
@@ -33,16 +33,37 @@ def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
     (the version with its adapter and base model) when it exists; a miss is looked up step by step to say what is
     missing."""
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
+    found = s.scalar(_resolving(ref))
+    return found if found is not None else _missing(s, ref)
+
+
+def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionInfo]:
+    """``resolve`` and ``version_info`` in one query (its aliases, tags and download count as subqueries): the hot
+    path of a fetch's file list. NotFound as ``resolve`` says it."""
+    ref = Ref.parse(ref) if isinstance(ref, str) else ref
+    joined = func.aggregate_strings  # names and tags are [a-z0-9._-]: a space separates them
+    aliases = select(joined(m.Alias.name, " ")).where(m.Alias.version_id == m.AdapterVersion.id)
+    tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
+    downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
+    subqueries = (q.correlate(m.AdapterVersion).scalar_subquery() for q in (aliases, tags, downloads))
+    row = s.execute(_resolving(ref).add_columns(*subqueries)).first()  # (aliases: the query may join them too)
+    if row is None:
+        v = _missing(s, ref)
+        return v, version_info(s, v)
+    v, alias_names, tag_names, count = row
+    return v, version_info(s, v, sorted((alias_names or "").split()), count or 0,
+                           tags=sorted((tag_names or "").split()))
+
+
+def _resolving(ref: Ref) -> Select[m.AdapterVersion]:
+    """The query for the version ``ref`` names, with its adapter and base model."""
     query = (select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
              .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)
              .options(contains_eager(m.AdapterVersion.adapter), joinedload(m.AdapterVersion.base_model)))
     if ref.version is not None:
-        query = query.where(m.AdapterVersion.version == ref.version)
-    else:
-        query = query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
-            m.Alias.adapter_id == m.Adapter.id, m.Alias.name == (ref.alias or LATEST))
-    found = s.scalar(query)
-    return found if found is not None else _missing(s, ref)
+        return query.where(m.AdapterVersion.version == ref.version)
+    return query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
+        m.Alias.adapter_id == m.Adapter.id, m.Alias.name == (ref.alias or LATEST))
 
 
 def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
@@ -72,8 +93,9 @@ def version_ref(v: m.AdapterVersion) -> str:
 
 
 def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None,
-                 downloads: int | None = None) -> VersionInfo:
-    """The domain object of a version row (``aliases`` and ``downloads`` when the caller already loaded them)."""
+                 downloads: int | None = None, *, tags: list[str] | None = None) -> VersionInfo:
+    """The domain object of a version row (``aliases``, ``downloads`` and ``tags`` when the caller already loaded
+    them)."""
     if aliases is None:
         aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
     if downloads is None:
@@ -85,7 +107,7 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
         projection_fingerprint=v.projection_fingerprint, seed_reproducible=v.seed_reproducible,
         target_modules=v.config.get("target_modules"), trainable_parameters=v.trainable_parameters,
         adapter_parameters=v.adapter_parameters, stored_bytes=v.stored_bytes, vectors_sha256=v.vectors_sha256,
-        metrics=v.metrics, tags=[t.tag for t in v.tags], description=v.description,
+        metrics=v.metrics, tags=[t.tag for t in v.tags] if tags is None else tags, description=v.description,
         published_by=v.published_by, created_at=v.created_at, yanked=v.yanked,
         verification_status=v.verification_status, verified_at=v.verified_at,
         lineage=lineage_block(s, v),

@@ -1,6 +1,6 @@
-"""A real HTTP reverse proxy in front of a registry server that injects faults into chosen responses, for the
-client's fault tests: a 503 instead of the answer, a body with one byte flipped, or a body cut off half way (the
-connection closed before Content-Length bytes)."""
+"""A real HTTP reverse proxy in front of a registry server that injects faults into chosen responses, for the client's
+fault tests (each request noted as 'METHOD path'): a 503 instead of the answer, a body with one byte flipped, or a
+body cut off half way (the connection closed before Content-Length bytes)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ class FaultyProxy:
         self.lock = threading.Lock()
         self.url = ""
 
-    def fault_for(self, path: str) -> Fault | None:
+    def fault_for(self, method: str, path: str) -> Fault | None:
         with self.lock:
-            self.requests.append(path)
+            self.requests.append(f"{method} {path}")
             for fault in self.faults:
                 if fault.path_part in path and fault.times > 0:
                     fault.times -= 1
@@ -49,7 +49,7 @@ class FaultyProxy:
                 pass
 
             def _forward(self) -> None:
-                fault = proxy.fault_for(self.path)
+                fault = proxy.fault_for(self.command, self.path)
                 if fault is not None and fault.kind == "status":
                     self._answer(fault.status, {"content-type": "application/json", **fault.headers},
                                  b'{"detail": "injected"}')
@@ -80,9 +80,10 @@ class FaultyProxy:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _forward
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _forward
 
         return Handler
 

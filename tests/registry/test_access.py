@@ -33,7 +33,7 @@ HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "job", "job-e
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "files": ("read", False),
-    "blob": ("read", False), "verify": ("read", False),
+    "files-inline": ("read", False), "files-head": ("read", False), "blob": ("read", False), "verify": ("read", False),
     "verification": ("read", False), "compare": ("read", False), "base-models": ("read", False),
     "projections": ("read", False), "publish": ("publish", True), "alias-put": ("publish", True),
     "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
@@ -90,6 +90,8 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
         "get": ("GET", v, {}),
         "download": ("GET", f"{v}/files/adapter_config.json", {}),
         "files": ("GET", f"{v}/files", {}),
+        "files-inline": ("GET", f"{v}/files", {"params": {"inline": 1 << 20}}),
+        "files-head": ("HEAD", f"{v}/files", {}),
         "blob": ("GET", f"{base}{blob}", {}),
         "verify": ("POST", f"{v}/verify", {}),
         "verification": ("GET", f"{v}/verification", {}),

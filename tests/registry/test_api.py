@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
+from registry.domain.schemas import FileManifest
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
 from registry.settings import Settings
 from registry.store.database import Database
@@ -157,6 +159,39 @@ def test_a_version_lists_its_files_and_serves_each_by_hash_for_good(
     wrong = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/blobs/{'0' * 64}")
     assert wrong.status_code == 404 and "has no file with SHA-256" in wrong.json()["detail"]
     assert httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/blobs/not-a-hash").status_code == 422
+
+
+def test_a_file_list_gives_small_files_inline_and_its_digest_to_head(
+    clients: Clients, local: tuple[str, Path], tmp_path: Path
+) -> None:
+    """``inline=N`` puts the bytes of each file of at most N bytes into the list (base64; the others keep only their
+    URL); HEAD answers the list's pinned version and digest without a body, from the first request on."""
+    url, _ = local
+    client = clients(url)
+    client.publish(make_adapter(tmp_path / "a", seed=8), "inlined/a", base_model="tiny-llama")
+    lists = f"{url}/api/v1/adapters/inlined/a/versions/latest/files"
+    head = httpx.head(lists, params={"format": "lora"})  # a form nobody asked for yet: HEAD builds it too
+    assert head.status_code == 200 and head.content == b"" and head.headers["x-vera-version"] == "inlined/a:1"
+    plain = httpx.get(lists, params={"format": "lora"})
+    assert plain.headers["x-vera-files"] == head.headers["x-vera-files"]
+    assert "content" not in plain.text  # without inline the list is as it always was
+    manifest = FileManifest.model_validate_json(plain.content)
+    assert manifest.digest == head.headers["x-vera-files"]
+    sizes = sorted(f.size for f in manifest.files)
+    cut = sizes[1]  # the two smaller files inline, the largest not
+    inlined = FileManifest.model_validate_json(httpx.get(lists, params={"format": "lora", "inline": cut}).content)
+    assert inlined.digest == manifest.digest
+    for entry in inlined.files:
+        by_hash = httpx.get(url + entry.url).content
+        if entry.size <= cut:
+            assert entry.content is not None and base64.b64decode(entry.content) == by_hash
+        else:
+            assert entry.content is None
+    assert httpx.get(lists, params={"inline": 1 << 21}).status_code == 422  # at most 1 MiB
+    everything = FileManifest.model_validate_json(httpx.get(lists, params={"inline": 1 << 20}).content)
+    assert all(f.content is not None for f in everything.files)
+    assert httpx.head(f"{url}/api/v1/adapters/inlined/nothing/versions/latest/files").status_code == 404
+    assert httpx.head(f"{url}/api/v1/adapters/inlined/a/versions/9/files").status_code == 404
 
 
 def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], tmp_path: Path) -> None:

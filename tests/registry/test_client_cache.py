@@ -4,6 +4,7 @@ busy proxies recover or fail clearly, and nothing half-written is used or left b
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -55,22 +56,49 @@ def weights_url(proxy: FaultyProxy) -> str:
     return url
 
 
-def test_a_second_fetch_is_one_small_request_and_the_same_files(proxy: FaultyProxy, tmp_path: Path) -> None:
+def test_a_fetch_is_one_request_and_a_second_one_a_head_request(proxy: FaultyProxy, tmp_path: Path) -> None:
     with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01) as client:
         client.fetch(REF, tmp_path / "one")
-        assert len(proxy.requests) == 4 and "/versions/latest/files?" in proxy.requests[0]  # the list, then:
-        assert sum("/versions/1/blobs/" in p for p in proxy.requests) == 3  # three files by hash, at the version
+        assert len(proxy.requests) == 1  # the list, with the small files in it
+        assert proxy.requests[0].startswith(f"GET /api/v1/adapters/{REF}/versions/latest/files?")
+        assert "inline=1048576" in proxy.requests[0]
         proxy.requests.clear()
         client.fetch(REF, tmp_path / "two")
-        assert len(proxy.requests) == 1 and "/blobs/" not in proxy.requests[0]  # the list; nothing downloaded
+        assert len(proxy.requests) == 1 and proxy.requests[0].startswith("HEAD ")  # nothing downloaded
         assert folder(tmp_path / "two") == folder(tmp_path / "one")
         proxy.requests.clear()
-        client.fetch(REF, tmp_path / "lora", as_lora=True)  # another form: other files
-        assert sum("/blobs/" in p for p in proxy.requests) == 2
-    with RegistryClient(proxy.url, cache=False) as uncached:
-        uncached.fetch(REF, tmp_path / "direct")
+        client.fetch(REF, tmp_path / "lora", as_lora=True)  # another form, not fetched before: its list and files
+        assert len(proxy.requests) == 1 and proxy.requests[0].startswith("GET ") and "format=lora" in proxy.requests[0]
+    proxy.requests.clear()
+    with RegistryClient(proxy.url, cache=False, inline=0) as by_hash:  # the list, then each file by its hash
+        by_hash.fetch(REF, tmp_path / "direct")
+    assert len(proxy.requests) == 4 and sum("/versions/1/blobs/" in p for p in proxy.requests) == 3
     assert folder(tmp_path / "direct") == folder(tmp_path / "one")
     assert not leftovers(tmp_path)
+
+
+def test_a_moved_reference_is_noticed_and_a_damaged_list_is_not_used(server: str, proxy: FaultyProxy,
+                                                                      tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with RegistryClient(proxy.url, cache=cache) as client:
+        client.publish(make_adapter(tmp_path / "a1", seed=11), "kim/moving", base_model="tiny")
+        assert client.fetch_files("kim/moving", tmp_path / "one").version.ref == "kim/moving:1"
+        client.publish(make_adapter(tmp_path / "a2", seed=12), "kim/moving", base_model="tiny")
+        proxy.requests.clear()
+        assert client.fetch_files("kim/moving", tmp_path / "two").version.ref == "kim/moving:2"
+        assert [p.split()[0] for p in proxy.requests] == ["HEAD", "GET"]  # latest moved: its list is fetched
+        assert folder(tmp_path / "two") != folder(tmp_path / "one")
+        (listing,) = [p for p in (cache / "lists").iterdir()
+                      if json.loads(p.read_bytes())["version"]["ref"] == "kim/moving:2"]
+        listing.write_text(listing.read_text().replace("kim/moving:2", "kim/moving:1"))  # no longer its digest
+        proxy.requests.clear()
+        assert client.fetch_files("kim/moving", tmp_path / "three").version.ref == "kim/moving:2"
+        assert [p.split()[0] for p in proxy.requests] == ["HEAD", "GET"]  # the damaged list was not used
+        assert json.loads(listing.read_bytes())["version"]["ref"] == "kim/moving:2"  # and is whole again
+    assert folder(tmp_path / "three") == folder(tmp_path / "two")
+    with RegistryClient(server, cache=False) as uncached:  # the same bytes as an uncached fetch of version 2
+        uncached.fetch("kim/moving:2", tmp_path / "direct")
+    assert folder(tmp_path / "direct") == folder(tmp_path / "two") and not leftovers(tmp_path)
 
 
 def test_a_damaged_cache_entry_is_noticed_and_downloaded_again(proxy: FaultyProxy, tmp_path: Path) -> None:
@@ -88,7 +116,7 @@ def test_a_damaged_cache_entry_is_noticed_and_downloaded_again(proxy: FaultyProx
 def test_a_damaged_download_is_refused_and_nothing_is_kept(proxy: FaultyProxy, tmp_path: Path) -> None:
     url = weights_url(proxy)
     proxy.faults.append(Fault(url, "flip"))
-    with RegistryClient(proxy.url, cache=tmp_path / "cache") as client:
+    with RegistryClient(proxy.url, cache=tmp_path / "cache", inline=0) as client:
         with pytest.raises(IntegrityError, match="the registry listed; the download was damaged, fetch again"):
             client.fetch(REF, tmp_path / "out")
         assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
@@ -101,7 +129,7 @@ def test_a_damaged_download_is_refused_and_nothing_is_kept(proxy: FaultyProxy, t
 
 def test_broken_off_downloads_and_busy_proxies_are_retried(proxy: FaultyProxy, tmp_path: Path) -> None:
     proxy.faults += [Fault(weights_url(proxy), "cut", times=2), Fault("/versions/latest/files", "status")]
-    with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01) as client:
+    with RegistryClient(proxy.url, cache=tmp_path / "cache", backoff_s=0.01, inline=0) as client:
         client.fetch(REF, tmp_path / "out")
     assert all(f.times == 0 for f in proxy.faults)
     with RegistryClient(proxy.url, cache=False) as uncached:
@@ -111,7 +139,7 @@ def test_broken_off_downloads_and_busy_proxies_are_retried(proxy: FaultyProxy, t
 
 def test_retries_have_an_end_and_say_so(proxy: FaultyProxy, tmp_path: Path) -> None:
     proxy.faults.append(Fault(weights_url(proxy), "cut", times=10))
-    with (RegistryClient(proxy.url, cache=tmp_path / "cache", retries=2, backoff_s=0.01) as client,
+    with (RegistryClient(proxy.url, cache=tmp_path / "cache", retries=2, backoff_s=0.01, inline=0) as client,
           pytest.raises(RegistryUnavailable, match="broke off .*fetch again")):
         client.fetch(REF, tmp_path / "out")
     assert proxy.faults[0].times == 10 - 3 and not (tmp_path / "out").exists() and not leftovers(tmp_path)
@@ -167,6 +195,9 @@ def answering(body: bytes) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
+    ("content", base64.b64encode(b'{"r": 1}').decode(), "do not match the .* bytes and SHA-256"),
+    ("content", "not base64!", "came inline as bad base64"),
+    ("content", "QUFB" * 1000, "came inline as bad base64 .longer than its size"),
     ("sha256", "../../outside", "String should match pattern"),
     ("name", "../../outside.json", "not an adapter file"),
     ("url", "http://elsewhere.example/steal", "expected a path on the registry itself"),
@@ -183,3 +214,15 @@ def test_a_file_list_naming_paths_or_other_hosts_is_refused(server: str, tmp_pat
           pytest.raises((IntegrityError, ValidationError), match=message)):
         client.fetch(REF, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("outside*"))
+
+
+def test_a_registry_without_head_is_asked_with_get(server: str, tmp_path: Path) -> None:
+    """A registry from before HEAD file lists (this stand-in answers only GET: HEAD is 501): the cached fetch
+    falls back to the list itself, and still writes the same files."""
+    manifest = httpx.get(f"{server}/api/v1/adapters/{REF}/versions/latest/files?inline=1048576").content
+    with answering(manifest) as url, RegistryClient(url, cache=tmp_path / "cache", retries=0) as client:
+        client.fetch(REF, tmp_path / "one")
+        client.fetch(REF, tmp_path / "two")
+    with RegistryClient(server, cache=False, inline=0) as direct:
+        direct.fetch(REF, tmp_path / "direct")
+    assert folder(tmp_path / "one") == folder(tmp_path / "two") == folder(tmp_path / "direct")

@@ -112,12 +112,15 @@ def test_downloads_through_a_server_appear_after_the_flush(tmp_path: Path) -> No
         hub = f"{base}/hf/ann/a/resolve/main/{WEIGHTS}"
         assert httpx.head(hub, follow_redirects=True).status_code == 200  # a HEAD: not a download
         assert httpx.get(hub, follow_redirects=True).status_code == 200  # 307 then the file: one download
+        listing = f"{base}/api/v1/adapters/ann/a/versions/1/files"
+        assert httpx.head(listing).status_code == 200  # a cache's check: not a download
+        assert httpx.get(listing, params={"inline": 1 << 20}).json()["files"][1]["content"]  # the weights: 5th
         deadline = time.monotonic() + 20
-        while client.get(info.ref).downloads < 4 and time.monotonic() < deadline:
+        while client.get(info.ref).downloads < 5 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert client.get(info.ref).downloads == 4
-        assert [v.downloads for v in client.list_versions(owner="ann").items] == [4]
-        assert httpx.get(f"{base}/hf/api/models/ann/a").json()["downloads"] == 4
+        assert client.get(info.ref).downloads == 5
+        assert [v.downloads for v in client.list_versions(owner="ann").items] == [5]
+        assert httpx.get(f"{base}/hf/api/models/ann/a").json()["downloads"] == 5
 
 
 def test_two_server_processes_on_one_database_add_up_at_shutdown(database_url: str, tmp_path: Path) -> None:

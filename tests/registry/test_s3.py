@@ -34,7 +34,7 @@ def folder(path: Path) -> dict[str, bytes]:
 def test_downloads_redirect_to_presigned_urls_that_the_client_follows(s3: S3Server, tmp_path: Path) -> None:
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "unused", **s3.env,
                         VERA_STORAGE_URL=f"s3://{BUCKET}/registry", VERA_PRESIGNED_DOWNLOADS_S="60") as url:
-        with RegistryClient(url, cache=False) as client:
+        with RegistryClient(url, cache=False, inline=0) as client:  # every file by hash: through the store
             client.publish(make_adapter(tmp_path / "a", seed=6), "s3/a", base_model="tiny-llama")
             manifest = client.files("s3/a")
             entry = manifest.files[1]
@@ -66,7 +66,7 @@ def test_a_presigned_link_the_object_store_refuses_is_asked_for_again(s3: S3Serv
         assert httpx.get(refused).status_code >= 400
         with faulty_proxy(url) as proxy:
             proxy.faults.append(Fault(entry.url, "status", status=307, headers={"Location": refused}))
-            with RegistryClient(proxy.url, cache=False, backoff_s=0.01) as client:
+            with RegistryClient(proxy.url, cache=False, backoff_s=0.01, inline=0) as client:
                 client.fetch("s3/b", tmp_path / "out")
                 assert proxy.faults[0].times == 0 and sum(entry.url in p for p in proxy.requests) == 2
                 proxy.faults.append(Fault(entry.url, "status", status=307, headers={"Location": refused}, times=9))

@@ -72,7 +72,8 @@ V = "/api/v1/adapters/alice/secret/versions/1"
 REACHING = [
     ("GET", "/api/v1/adapters/alice/secret", None), ("GET", V, None), ("GET", f"{V}/verification", None),
     ("GET", f"{V}/files/adapter_config.json", None), ("GET", f"{V}/files/adapter_model.safetensors", None),
-    ("GET", f"{V}/files", None), ("GET", f"{V}/files?format=lora", None),
+    ("GET", f"{V}/files", None), ("GET", f"{V}/files?format=lora", None), ("GET", f"{V}/files?inline=1048576", None),
+    ("HEAD", f"{V}/files", None),
     ("POST", f"{V}/verify", None), ("GET", f"{V}/lineage", None), ("GET", f"{V}/hub", None),
     ("GET", "/api/v1/adapters/alice/secret/versions/prod", None),
     ("GET", "/hf/api/models/alice/secret", None), ("GET", "/hf/api/models/alice/secret/revision/main", None),
@@ -101,7 +102,9 @@ def test_a_private_adapter_does_not_exist_for_outsiders(server: dict[str, Any], 
         return
     assert response.status_code == 404, (who, method, path, response.status_code, response.text)
     missing = get(server, caller, path.replace("alice/secret", "alice/nonexistent"), method, json=body)
-    if "/hf" not in path and "compare" not in path:
+    if method == "HEAD":  # no body: the same status and headers a missing adapter gets, and no list digest
+        assert missing.status_code == 404 and "x-vera-files" not in response.headers
+    elif "/hf" not in path and "compare" not in path:
         assert response.json()["detail"] == missing.json()["detail"].replace("nonexistent", "secret")
 
 

@@ -1,7 +1,9 @@
 """A version's files. Each download form is built once and stored (registry.services.derived); from then on every
 download streams the stored blob in chunks (a local folder's file is sent as a file).
 
-    GET .../versions/{v}/files                 the form's files: name, size, SHA-256 and hash-addressed URL
+    GET .../versions/{v}/files                 the form's files: name, size, SHA-256 and hash-addressed URL (with
+                                               ?inline=N, the bytes of files up to N bytes too)
+    HEAD .../versions/{v}/files                the list's headers only: the pinned version and the list's digest
     GET .../versions/{v}/files/{filename}      one file by name (ETag: its SHA-256; 304 when the caller has it)
     GET .../versions/{N}/blobs/{sha256}        one file by hash: immutable; on S3 with VERA_PRESIGNED_DOWNLOADS_S, a
                                                307 to a short-lived presigned URL, so the object store carries it
@@ -9,6 +11,7 @@ download streams the stored blob in chunks (a local folder's file is sent as a f
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query
@@ -16,9 +19,9 @@ from fastapi.responses import RedirectResponse, Response
 
 from registry.api.deps import Options, Reader, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import file_response
+from registry.api.uploads import SMALL_FILE, file_response
 from registry.domain.errors import NotFound
-from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo
+from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo, files_digest
 from registry.services.derived import DerivedFile, FileForm, named
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
@@ -50,22 +53,57 @@ Engine = Annotated[Literal["vllm"] | None, Query(alias="for", description="lora:
                                                  "serving engine accepts")]
 
 
-def _entry(info: VersionInfo, file: DerivedFile) -> FileEntry:
+Inline = Annotated[int, Query(ge=0, le=SMALL_FILE, description="also give the bytes (base64, as each file's "
+                              "content) of every file of at most this many bytes: a small adapter's whole download "
+                              "in one request")]
+_LIST_HEADERS = {"X-Vera-Version": "The version the list is of (owner/name:N)",
+                 "X-Vera-Files": "The list's digest (FileManifest.digest): equal digests, equal lists"}
+
+
+def _entry(registry: Registry, info: VersionInfo, file: DerivedFile, inline: int) -> FileEntry:
     url = f"{router.prefix}/{info.owner}/{info.name}/versions/{info.version}/blobs/{file.sha256}"
-    return FileEntry(name=file.filename, size=file.size, sha256=file.sha256, url=url)
+    content = None
+    if file.size <= inline:
+        content = base64.b64encode(registry.derived.read(info.pinned, file)).decode()
+        _count(registry, info.pinned, file)
+    return FileEntry(name=file.filename, size=file.size, sha256=file.sha256, url=url, content=content)
 
 
-@router.get("/{owner}/{name}/versions/{selector}/files", response_model=FileManifest)
+def _list_headers(pinned: Ref, files: list[DerivedFile]) -> dict[str, str]:
+    return {"X-Vera-Version": str(pinned),
+            "X-Vera-Files": files_digest(str(pinned), ((f.filename, f.sha256, f.size) for f in files))}
+
+
+@router.get("/{owner}/{name}/versions/{selector}/files", response_model=FileManifest,
+            responses={200: {"headers": {k: {"description": v, "schema": {"type": "string"}}
+                                         for k, v in _LIST_HEADERS.items()}}})
 def manifest(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str,
              projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
-             max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None) -> Response:
+             max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None, inline: Inline = 0
+             ) -> Response:
     """The files a download of this version in this form gives, each with its size, SHA-256 and immutable URL:
-    one request tells a client everything it needs (and which files its cache already holds)."""
+    one request tells a client everything it needs (and which files its cache already holds); with ``inline``,
+    the small files' bytes too."""
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
     info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
-    manifest = FileManifest(version=info, form=form.key, files=[_entry(info, f) for f in files])
+    manifest = FileManifest(version=info, form=form.key, files=[_entry(registry, info, f, inline) for f in files])
     # serialised here: the hot path of every fetch, which FastAPI would validate once more through response_model
-    return Response(manifest.model_dump_json(), media_type="application/json")
+    body = manifest.model_dump_json(exclude=None if inline else {"files": {"__all__": {"content"}}})
+    return Response(body, media_type="application/json", headers=_list_headers(info.pinned, files))
+
+
+@router.head("/{owner}/{name}/versions/{selector}/files", response_class=Response,
+             responses={200: {"description": "The list's headers, no body", "content": None,
+                              "headers": {k: {"description": v, "schema": {"type": "string"}}
+                                          for k, v in _LIST_HEADERS.items()}}})
+def manifest_head(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str,
+                  projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
+                  max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None) -> Response:
+    """The file list's headers only (the pinned version and the list's digest), from one query once the files
+    are built: how a client's cache checks that the files it holds are still what this reference gives."""
+    form = form_of(projection, seed_only, format, max_rank, dtype, engine)
+    pinned, files = registry.derived.listing(ref_of(owner, name, selector), form)
+    return Response(headers=_list_headers(pinned, files))
 
 
 @router.get("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
