@@ -97,6 +97,20 @@ COLUMNS = {
 }
 
 
+#: The popover holding the filter form (its open state is in st.session_state under this key).
+FILTERS = "browse_filters"
+
+
+def applying() -> None:
+    """Apply's callback, before the rerun: back to the first page, and the popover closes to show the result."""
+    st.session_state["browse_cursors"] = [None]
+    st.session_state[FILTERS] = False
+
+
+#: Rows per page the form offers (a select box: the same lazily loaded widget code as the form's other choices).
+PAGE_SIZES = [25, 50, 100, 250, 500]
+
+
 def filters() -> dict[str, Any]:
     """The filter form: list_versions' arguments (None where unset) and the page size."""
     bases = [b.name for b in session.read(RegistryClient.base_models)]
@@ -104,22 +118,23 @@ def filters() -> dict[str, Any]:
         c1, c2, c3, c4 = st.columns(4)
         owner = c1.text_input("Owner")
         base = c2.selectbox("Base model", ["any", *bases])
-        rank = c3.number_input("Rank", min_value=0, value=0, help="0: any")
+        rank = c3.text_input("Rank", help="empty: any")
         seed = c4.text_input("Seed")
         c5, c6, c7, c8 = st.columns(4)
         generator = c5.selectbox("Generator", ["any", *KNOWN_GENERATORS])
         tag = c6.text_input("Tag")
         text = c7.text_input("Search", help="owner, name or description")
         sort = c8.selectbox("Sort", list(SORT_LABELS), format_func=SORT_LABELS.__getitem__)
-        c9, c10, c11 = st.columns([5, 2, 1])
+        c9, c10, c11 = st.columns([4.5, 2, 1.5])
         clauses = c9.text_input("Filter", placeholder="metrics.test.accuracy > 0.9 and r <= 256", help=FILTER_HELP)
         metric = c10.text_input("Sort by metric", placeholder="test.accuracy", help=METRIC_SORT_HELP)
-        size = c11.select_slider("Rows per page", [25, 50, 100, 250, 500], value=50)
-        if st.form_submit_button("Apply"):
-            st.session_state["browse_cursors"] = [None]
-    if seed and not seed.isdigit():
-        st.warning(f"Seed {seed!r} is not a number; it is ignored.")
-    return {"owner": owner or None, "base_model": None if base == "any" else base, "r": rank or None,
+        size = c11.selectbox("Rows per page", PAGE_SIZES, index=PAGE_SIZES.index(50))
+        st.form_submit_button("Apply", on_click=applying)
+    for label, typed in (("Rank", rank), ("Seed", seed)):
+        if typed and not typed.isdigit():
+            st.warning(f"{label} {typed!r} is not a whole number; it is ignored.")
+    return {"owner": owner or None, "base_model": None if base == "any" else base,
+            "r": int(rank) if rank.isdigit() and int(rank) > 0 else None,
             "seed": int(seed) if seed.isdigit() else None, "generator": None if generator == "any" else generator,
             "tag": tag or None, "q": text or None, "sort": metric_sort(metric) or sort, "limit": size,
             "filter": clauses.strip() or None}
@@ -158,10 +173,28 @@ def empty_registry(chosen: dict[str, Any], cursor: str | None, result: Page) -> 
     return unnarrowed and cursor is None and not result.items
 
 
+#: How the caption names each narrowing choice that is set.
+APPLIED = {"owner": "owner {}", "base_model": "base model {}", "r": "rank {}", "seed": "seed {}",
+           "generator": "generator {}", "tag": "tag {}", "q": "search '{}'", "filter": "filter `{}`"}
+
+
+def applied(chosen: dict[str, Any]) -> str:
+    """What the form narrows and sorts by, for the caption (the form itself sits closed in its popover): '' for
+    the defaults."""
+    parts = [APPLIED[k].format(chosen[k]) for k in APPLIED if chosen[k] is not None]
+    metric = sorted_metric(chosen["sort"])
+    order = (f"sorted by {metric} over every page" if metric
+             else None if chosen["sort"] == "-created" else f"{SORT_LABELS[chosen['sort']]} first")
+    return "; ".join(filter(None, [", ".join(parts), order]))
+
+
 def page() -> None:
     st.title("Adapters")
     form = st.empty()
-    with form.container():
+    with form.container(), st.popover("Filter and sort", icon=":material/filter_list:", key=FILTERS,
+                                           on_change="rerun"):
+        # In a popover, the form is drawn only when opened: a first visit paints the table without building
+        # eleven inputs (bench/RESULTS.md, 2026-11-30: a new visitor's Browse, 0.5 s of 2.3).
         chosen = filters()
     cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
     result = listing(chosen, cursors[-1])
@@ -173,33 +206,34 @@ def page() -> None:
         return
     first = (len(cursors) - 1) * chosen["limit"]
     metric = sorted_metric(chosen["sort"])
-    st.caption(f"{result.total:,} versions match; showing {first + 1 if result.items else 0:,}-"
-               f"{first + len(result.items):,}" + (f", sorted by {metric} over every page" if metric else "")
-               + ". Click a name to open it, tick rows to open or compare them; clicking a column sorts this page "
-               "only (Sort by metric sorts them all).")
+    how = applied(chosen)
+    st.caption(f"{result.total:,} versions match" + (f" ({how})" if how else "") + f"; showing "
+               f"{first + 1 if result.items else 0:,}-{first + len(result.items):,}. Click a name to open it, tick "
+               "rows to open or compare them; clicking a column sorts this page only (Filter and sort sorts them "
+               "all).")
     if not result.items:
         st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
         return
     columns = COLUMNS | ({metric: st.column_config.NumberColumn(format="%.4g", width=65)} if metric else {})
     selection = st.dataframe(table(result.items, metric), hide_index=True, width="stretch", on_select="rerun",
                              selection_mode="multi-row", column_config=columns, key="browse_table")
-    back, forward, _ = st.columns([1, 1, 6])
-    if back.button("Previous page", disabled=len(cursors) == 1):
-        cursors.pop()
-        st.rerun()
-    if forward.button("Next page", disabled=result.next_cursor is None):
-        cursors.append(result.next_cursor)
-        st.rerun()
+    with st.container(horizontal=True):
+        if st.button("Previous page", disabled=len(cursors) == 1):
+            cursors.pop()
+            st.rerun()
+        if st.button("Next page", disabled=result.next_cursor is None):
+            cursors.append(result.next_cursor)
+            st.rerun()
     actions([result.items[i].ref for i in selection.selection.rows] if selection is not None else [])
 
 
 def actions(ticked: list[str]) -> None:
     """What the ticked rows can do: open one, compare two to four."""
-    open_one, compare, note = st.columns([1, 1.4, 4.6])
-    if open_one.button("Open version", disabled=len(ticked) != 1, icon=":material/open_in_new:"):
-        navigation.open_version(ticked[0])
-    if compare.button(f"Compare selected ({len(ticked)})", disabled=not 2 <= len(ticked) <= 4,
-                      icon=":material/compare_arrows:", type="primary" if 2 <= len(ticked) <= 4 else "secondary"):
-        navigation.open_compare(ticked)
-    note.caption("Tick one row to open it, or two to four to compare them."
-                 if len(ticked) <= 4 else f"{len(ticked)} rows ticked: Compare takes at most four.")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        if st.button("Open version", disabled=len(ticked) != 1, icon=":material/open_in_new:"):
+            navigation.open_version(ticked[0])
+        if st.button(f"Compare selected ({len(ticked)})", disabled=not 2 <= len(ticked) <= 4,
+                     icon=":material/compare_arrows:", type="primary" if 2 <= len(ticked) <= 4 else "secondary"):
+            navigation.open_compare(ticked)
+        st.caption("Tick one row to open it, or two to four to compare them."
+                   if len(ticked) <= 4 else f"{len(ticked)} rows ticked: Compare takes at most four.")

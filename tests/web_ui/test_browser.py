@@ -155,8 +155,14 @@ def test_typed_references_urls_verify_and_downloads_in_a_browser(page: Page, pro
     shot(page, "11-adapter-download")
 
 
+def filter_and_sort(page: Page) -> None:
+    """Open Browse's filter form (it waits, closed, in a popover)."""
+    page.get_by_role("button", name="Filter and sort").click()
+
+
 def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[str, str]) -> None:
     page.goto(product["ui"])
+    filter_and_sort(page)
     page.get_by_role("textbox", name="Search", exact=True).fill("tiny1")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("1 versions match")).to_be_visible()
@@ -210,10 +216,29 @@ def use_product_registry(page: Page, product: dict[str, str]) -> None:
     url.press("Enter")
 
 
+def test_browse_paints_the_table_with_its_form_closed_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """Issue 20's first render: Browse draws the table without building the filter form (it waits closed in a
+    popover); Apply closes it and the caption names what is applied; the buttons show their whole labels."""
+    use_product_registry(page, product)
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_role("textbox", name="Owner", exact=True)).to_have_count(0)  # not built until opened
+    for label in ("Previous page", "Next page", "Open version", "Compare selected (0)"):
+        button = page.get_by_role("button", name=re.compile(f"{re.escape(label)}$"))
+        clipped = button.evaluate("b => [b, ...b.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth)")
+        assert not clipped, f"the button {label!r} cuts its label off"
+    filter_and_sort(page)
+    page.get_by_role("textbox", name="Owner", exact=True).fill("alice")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("versions match (owner alice)")).to_be_visible()
+    expect(page.get_by_role("textbox", name="Owner", exact=True)).to_have_count(0)  # closed again: the table shows
+    shot(page, "28-browse-filter-applied")
+
+
 def test_browse_fits_and_sends_ticked_rows_to_compare_in_a_browser(page: Page, product: dict[str, str]) -> None:
     """Issue 20: at 1,400 px every Browse column is on screen; ticked rows go to Compare, whose picker searches the
     registry as one types."""
     use_product_registry(page, product)
+    filter_and_sort(page)
     page.get_by_role("textbox", name="Search", exact=True).fill("tiny")  # the two tiny-llama versions
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("2 versions match")).to_be_visible()
@@ -280,11 +305,13 @@ def test_lineage_graph_links_and_the_filter_box_in_a_browser(page: Page, product
     shot(page, "25-adapter-lineage-child")
 
     page.goto(product["ui"])
+    filter_and_sort(page)
     box = page.get_by_role("textbox", name="Filter", exact=True)
     box.fill("metrics.test.accuracy > 0.75 and base_model = 'tiny-llama'")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("1 versions match")).to_be_visible()  # tiny1 (0.8): tiny0 is 0.7, derived has none
     shot(page, "26-browse-filtered")
+    filter_and_sort(page)
     box.fill("metrics.test.accuracy >")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("The registry refused this filter or metric sort")).to_be_visible()

@@ -80,7 +80,7 @@ def test_the_filter_box_sends_an_mlflow_filter_to_the_registry(registry: dict[st
 
 def test_sort_by_metric_orders_every_page_on_the_server(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
-    next(s for s in at.select_slider if s.label == "Rows per page").set_value(25)
+    next(s for s in at.selectbox if s.label == "Rows per page").set_value(25)
     click(at, "Apply")
     assert "alice/base:1" not in versions(at)  # newest first: the oldest is on a later page
     next(t for t in at.text_input if t.label == "Sort by metric").set_value("test.accuracy")

@@ -75,21 +75,39 @@ def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str,
     assert list(frame["version"]) == [f"adapter?ref=alice/model{i}:1" for i in (2, 1, 0)]  # names link to the page
     assert "3 versions match" in texts(at)
     assert list(frame["accuracy"]) == pytest.approx([0.82, 0.81, 0.8])
-    form_rank = next(n for n in at.number_input if n.label == "Rank")
-    form_rank.set_value(4)
+    form_rank = next(t for t in at.text_input if t.label == "Rank")
+    form_rank.set_value("4")
     next(b for b in at.button if b.label == "Apply").click()
     at.run()
     assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model1:1"]
-    form_rank.set_value(0)
+    form_rank.set_value("")
     next(s for s in at.selectbox if s.label == "Sort").set_value("trainable_parameters")
     next(b for b in at.button if b.label == "Apply").click()
     at.run()
     assert list(at.dataframe[0].value["version"])[0] == "adapter?ref=alice/model1:1"  # r=4: fewest parameters
 
 
+def test_browse_caption_says_what_the_closed_form_applies(registry: dict[str, Any]) -> None:
+    """The filter form waits closed in a popover, so the caption names what it narrows and sorts by; a rank or
+    seed that is not a whole number is named and ignored."""
+    at = page("browse", registry)
+    assert "3 versions match;" in texts(at)  # the defaults: nothing to name
+    next(t for t in at.text_input if t.label == "Owner").set_value("alice")
+    next(t for t in at.text_input if t.label == "Rank").set_value("8")
+    next(s for s in at.selectbox if s.label == "Sort").set_value("trainable_parameters")
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert "2 versions match (owner alice, rank 8; fewest trainable parameters first)" in texts(at)
+    next(t for t in at.text_input if t.label == "Rank").set_value("eight")
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert [w.value for w in at.warning] == ["Rank 'eight' is not a whole number; it is ignored."]
+    assert "3 versions match (owner alice; fewest trainable parameters first)" in texts(at)
+
+
 def test_browse_pages_through_thousands_with_a_cursor(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
-    next(s for s in at.select_slider if s.label == "Rows per page").set_value(25)
+    next(s for s in at.selectbox if s.label == "Rows per page").set_value(25)
     next(b for b in at.button if b.label == "Apply").click()
     at.run()
     assert next(b for b in at.button if b.label == "Next page").disabled  # 3 rows: one page
