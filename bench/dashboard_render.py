@@ -16,18 +16,28 @@ caches); then R rounds per kind of visitor, each visiting every page once after 
 expired, so each one asks the registry again (but for Compare's per-layer comparison, which the dashboard keeps an
 hour for the same versions: the cold visit computes it). Prints markdown, with the load average around the visits.
 
-    .venv/bin/python bench/dashboard_render.py [--versions 1000] [--repeats 5]
+With ``--before REV``, the dashboard of git revision REV (its web_ui/, served by Streamlit with `vera ui`'s flags)
+runs beside the working tree's against the same registry, and each visit to one alternates with the same visit to
+the other in random order, so both see the same load: a before/after that the machine's other work does not bias.
+
+    .venv/bin/python bench/dashboard_render.py [--versions 1000] [--repeats 5] [--before REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import random
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -36,7 +46,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from registry.client import RegistryClient  # noqa: E402
 from tests.registry.adapters import make_adapter  # noqa: E402
-from tests.registry.servers import free_port, running_server, running_vera  # noqa: E402
+from tests.registry.servers import free_port, running_server, running_vera, wait_for  # noqa: E402
 from tests.web_ui.test_browser import CHROMIUM, FLAGS  # noqa: E402
 
 CACHE_TTL_S = 5  # web_ui.session's st.cache_data(ttl=5)
@@ -132,10 +142,77 @@ def measure(ui: str, refs: list[str], repeats: int) -> tuple[dict[str, float], T
     return cold, times
 
 
+ROOT = Path(__file__).resolve().parent.parent
+#: `vera ui`'s Streamlit flags (registry/cli/run.py), for a dashboard served from another revision's web_ui/.
+UI_FLAGS = ["--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
+
+
+@contextmanager
+def dashboard_at(rev: str, registry: str, folder: Path) -> Iterator[str]:
+    """The dashboard of git revision ``rev`` (its web_ui/ extracted into ``folder``; registry/ and vera_core/ from
+    this checkout) against ``registry``; its URL."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "web_ui"], check=True, capture_output=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "VERA_REGISTRY_URL": registry}
+    with tempfile.TemporaryFile("w+") as log:
+        entry = str(folder / "web_ui" / "streamlit_app.py")
+        process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", entry, "--server.port", str(port),
+                                    *UI_FLAGS], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/_stcore/health", process, log)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+Paired = dict[tuple[str, str, str], list[float]]  # seconds per (page, kind of visitor, "before" or "after")
+
+
+def side_by_side(before: str, after: str, refs: list[str], repeats: int) -> Paired:
+    """``repeats`` rounds per kind of visitor; in a round each page is visited on both dashboards, in random order."""
+    times: Paired = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        sites = {"before": before, "after": after}
+        contexts = {which: browser.new_context(viewport={"width": 1400, "height": 1000}) for which in sites}
+        for which, ui in sites.items():  # the first visit after start, and the returning visitor's first
+            for url, checks in pages(ui, refs).values():
+                visit(browser, contexts[which], url, checks)
+        time.sleep(CACHE_TTL_S + 1)
+        for _ in range(repeats):
+            for kind in VISITORS:
+                for name in pages("", refs):
+                    for which in random.sample(list(sites), 2):
+                        url, checks = pages(sites[which], refs)[name]
+                        context = contexts[which] if kind == "returning" else None
+                        times.setdefault((name, kind, which), []).append(visit(browser, context, url, checks))
+                time.sleep(CACHE_TTL_S + 1)
+        browser.close()
+    return times
+
+
+def print_side_by_side(times: Paired, rev: str, repeats: int, loads: tuple[float, float]) -> None:
+    print(f"\nBefore ({rev}) and after (this checkout) side by side, each visit of one alternating with the same visit "
+          f"of the other in random order; {repeats} rounds per kind of visitor; load average {loads[0]:.2f} at the "
+          f"start, {loads[1]:.2f} at the end.\n")
+    print("| page | visitor | before median | after median | before max | after max |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: |")
+    for name in pages("", ["", ""]):
+        for kind in VISITORS:
+            b, a = times[(name, kind, "before")], times[(name, kind, "after")]
+            print(f"| {name} | {kind} | {statistics.median(b):.2f} s | {statistics.median(a):.2f} s | "
+                  f"{max(b):.2f} s | {max(a):.2f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--before", metavar="REV", help="also serve REV's dashboard and alternate visits with it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -148,6 +225,11 @@ def main() -> None:
                 load_before = os.getloadavg()[0]
                 cold, times = measure(ui, refs, args.repeats)
                 load_after = os.getloadavg()[0]
+                if args.before:
+                    with dashboard_at(args.before, api, root / "before") as before:
+                        loads = os.getloadavg()[0]
+                        paired = side_by_side(before, ui, refs, args.repeats)
+                        loads_end = os.getloadavg()[0]
     print(f"## {date.today()} — dashboard first render with {args.versions:,} versions (bench/dashboard_render.py)\n")
     print(f"{args.versions:,} versions published in {publish_s:.0f} s; chromium 1,400 x 1,000, a new tab (a new "
           f"Streamlit session) per visit, timed to the first frame showing the page's content; median and max of "
@@ -159,6 +241,8 @@ def main() -> None:
         new, back = times[(name, "new")], times[(name, "returning")]
         print(f"| {name} | {cold[name]:.2f} s | {statistics.median(new):.2f} s | {max(new):.2f} s | "
               f"{statistics.median(back):.2f} s | {max(back):.2f} s |")
+    if args.before:
+        print_side_by_side(paired, args.before, args.repeats, (loads, loads_end))
 
 
 if __name__ == "__main__":
