@@ -271,7 +271,11 @@ class Worker:
             self._failed(job, tracker, exc)
         finally:
             if folder is not None:  # kept for the next attempt unless the job has ended
-                folder.close(remove=self.jobs.get(job.id).status in ENDED)
+                ended = False
+                try:
+                    ended = self.jobs.get(job.id).status in ENDED
+                finally:
+                    folder.close(remove=ended)
 
     def _job_folder(self, job: JobInfo, tracker: _Tracker) -> JobFolder | None:
         """The job's folder under the state directory, held for this attempt; None without a state directory, or
