@@ -91,6 +91,13 @@ def rss_mib(pid: int, field: str) -> float:
     raise RuntimeError(f"no {field} for {pid}")
 
 
+def reset_peak(pid: int) -> float:
+    """Reset ``pid``'s VmHWM to its current RSS (Linux: 5 into clear_refs), so that the peak read after a fetch is
+    the fetch's own and not, say, the publish's (which generates A and B to fingerprint them); returns that RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return rss_mib(pid, "VmRSS")
+
+
 def fetch(tree: Path, url: str, out: Path) -> tuple[float, float]:
     """`vera fetch --with-projection` in a process of its own: (seconds, its peak RSS MiB)."""
     cmd, env = command(tree)
@@ -110,13 +117,13 @@ def measure(tree: Path, work: Path, adapter: Path) -> dict[str, float]:
         cmd, env = command(tree)
         subprocess.run([*cmd, "publish", str(adapter), "--name", "llm/big", "--base-model", "llama-2-7b-shapes",
                         "--registry", url], env={**os.environ, **env}, check=True, capture_output=True, cwd=tree)
-        before = rss_mib(pid, "VmRSS")
+        before = reset_peak(pid)
         first_s, first_client = fetch(tree, url, work / "first")
         first_server = rss_mib(pid, "VmHWM") - before
     size = (work / "first" / "adapter_model.safetensors").stat().st_size
     with server(tree, data) as (url, pid):  # a fresh process: it never built the export
         httpx.get(f"{url}/api/v1/adapters/llm/big/versions/1", timeout=60).raise_for_status()
-        before = rss_mib(pid, "VmRSS")
+        before = reset_peak(pid)
         later_s, later_client = fetch(tree, url, work / "later")
         later_server = rss_mib(pid, "VmHWM") - before
     assert (work / "later" / "adapter_model.safetensors").read_bytes() == \
@@ -139,8 +146,8 @@ def main() -> None:
             results[label] = measure(tree, work, adapter)
     print(f"## {datetime.now(UTC):%Y-%m-%d} — a 7B-scale `--with-projection` export (bench/big_export.py)\n")
     print(f"Llama-2-7B shapes, VeRA r={RANK} on all seven projections, PEFT's generator; the export is "
-          f"{next(iter(results.values()))['size_mb']:.0f} MB. Server memory: its peak RSS during the fetch minus its "
-          "RSS before; client: `vera fetch`'s peak RSS (VERA_NO_CACHE=1).\n")
+          f"{next(iter(results.values()))['size_mb']:.0f} MB. Server memory: its peak RSS during the fetch (VmHWM, "
+          "reset just before it) minus its RSS before; client: `vera fetch`'s peak RSS (VERA_NO_CACHE=1).\n")
     print("| code | first fetch s | server +MiB | client MiB | later fetch (new process) s | server +MiB "
           "| client MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
 from vera_core.layer import ComputeStrategy
 from vera_core.model import VeraModel
 from vera_core.projection import ProjectionSpec, fingerprint, generate
-from vera_core.serialization import to_bytes
+from vera_core.serialization import Streamed, to_bytes, write
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -243,11 +244,27 @@ def adapter_file_bytes(
     config: VeraConfig, tensors: dict[str, torch.Tensor], metadata: dict[str, str], fp: str
 ) -> dict[str, bytes]:
     """The three files of an adapter directory as bytes; the same inputs give the same bytes."""
-    return {
-        CONFIG_NAME: json.dumps(config.to_peft_dict(), indent=2, sort_keys=True).encode("utf-8"),
-        WEIGHTS_NAME: to_bytes(tensors, metadata),
-        "README.md": _readme(config, fp).encode("utf-8"),
-    }
+    return {CONFIG_NAME: _config_bytes(config), WEIGHTS_NAME: to_bytes(tensors, metadata),
+            "README.md": _readme(config, fp).encode("utf-8")}
+
+
+def write_adapter_files_streamed(
+    folder: Path, config: VeraConfig, tensors: Mapping[str, torch.Tensor | Streamed], metadata: dict[str, str],
+    fp: str,
+) -> dict[str, Path]:
+    """``adapter_file_bytes``'s files written into ``folder`` (the same bytes), the weights piece by piece: a
+    ``Streamed`` tensor (projections generated in row blocks, vera_core.projection.projection_blocks) is never held
+    whole. Returns each file's path."""
+    paths = {name: folder / name for name in (CONFIG_NAME, WEIGHTS_NAME, "README.md")}
+    paths[CONFIG_NAME].write_bytes(_config_bytes(config))
+    with paths[WEIGHTS_NAME].open("wb") as out:
+        write(out, tensors, metadata)
+    paths["README.md"].write_bytes(_readme(config, fp).encode("utf-8"))
+    return paths
+
+
+def _config_bytes(config: VeraConfig) -> bytes:
+    return json.dumps(config.to_peft_dict(), indent=2, sort_keys=True).encode("utf-8")
 
 
 def write_adapter_dir(

@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -150,15 +151,24 @@ def philox_uniform_matrix(
     seed: int, stream: int, rows: int, cols: int, bound: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """A (rows, cols) float32 matrix of U[-bound, bound) draws, element (i, j) from counter (j // 4, i, stream, 0)."""
+    out = torch.empty(rows, cols, dtype=torch.float32, device=device)
+    start = 0
+    for block in _philox_blocks(seed, stream, rows, cols, bound, device, max(1, _CHUNK_COUNTERS // ((cols + 3) // 4))):
+        out[start:start + block.shape[0]] = block
+        start += block.shape[0]
+    return out
+
+
+def _philox_blocks(seed: int, stream: int, rows: int, cols: int, bound: float, device: torch.device | str,
+                   rows_per_block: int) -> Iterator[torch.Tensor]:
+    """``philox_uniform_matrix``'s rows, ``rows_per_block`` at a time (each block's rows need nothing else)."""
     device = torch.device(device)
     _self_test(device)
     groups = (cols + 3) // 4
-    out = torch.empty(rows, groups * 4, dtype=torch.float32, device=device)
     # bound rounded to float32, times 2**-23: exact, so one float32 multiply rounds each element once.
     scale = torch.tensor(float(torch.tensor(bound, dtype=torch.float32)) * 2.0**-23, dtype=torch.float32, device=device)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     col_groups = torch.arange(groups, dtype=torch.int64, device=device).unsqueeze(0)  # (1, G)
-    rows_per_block = max(1, _CHUNK_COUNTERS // groups)
     for start in range(0, rows, rows_per_block):
         stop = min(rows, start + rows_per_block)
         row_ids = torch.arange(start, stop, dtype=torch.int64, device=device).unsqueeze(1)  # (R, 1)
@@ -166,8 +176,8 @@ def philox_uniform_matrix(
         c1 = row_ids.expand(stop - start, groups)
         words = torch.stack(philox4x32_10(c0, c1, stream, 0, k0, k1), dim=-1)  # (R, G, 4)
         signed = (words >> 8) - (1 << 23)  # 24 random bits, centred: [-2**23, 2**23)
-        out[start:stop] = (signed.to(torch.float32) * scale).reshape(stop - start, groups * 4)
-    return out[:, :cols].contiguous() if cols != groups * 4 else out
+        block = (signed.to(torch.float32) * scale).reshape(stop - start, groups * 4)
+        yield block[:, :cols] if cols != groups * 4 else block
 
 
 def portable_bound(fan_in: int) -> float:
@@ -201,6 +211,40 @@ def get_generator(name: str) -> ProjectionGenerator:
 def generate(spec: ProjectionSpec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Regenerate the float32 projections A (r, max_in) and B (max_out, r) described by ``spec``."""
     return get_generator(spec.generator).generate(spec, device)
+
+
+def projection_blocks(spec: ProjectionSpec, block_elements: int = 1 << 18
+                      ) -> tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
+    """A and B exactly as ``generate(spec)`` gives them on the CPU, as row blocks of about ``block_elements`` float32
+    elements each (at least one row): a 7B-scale projection written out without either matrix held whole. PEFT's
+    generator draws B from where A's stream ends, so A's blocks must all be read before B's (checked)."""
+    def rows(cols: int) -> int:
+        return max(1, block_elements // max(1, cols))
+
+    if spec.generator == PORTABLE_GENERATOR:
+        return (_philox_blocks(spec.seed, _STREAM_A, spec.r, spec.max_in, portable_bound(spec.max_in), "cpu",
+                               rows(spec.max_in)),
+                _philox_blocks(spec.seed, _STREAM_B, spec.max_out, spec.r, portable_bound(spec.r), "cpu",
+                               rows(spec.r)))
+    get_generator(spec.generator)  # UnknownGeneratorError for any other name
+    gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+    a_done = False
+
+    def uniform_rows(total: int, cols: int, bound: float) -> Iterator[torch.Tensor]:
+        for start in range(0, total, rows(cols)):  # CPU uniform_ draws element by element: blocks continue it
+            yield torch.empty(min(rows(cols), total - start), cols).uniform_(-bound, bound, generator=gen)
+
+    def a_blocks() -> Iterator[torch.Tensor]:
+        nonlocal a_done
+        yield from uniform_rows(spec.r, spec.max_in, kaiming_bound(spec.max_in))
+        a_done = True
+
+    def b_blocks() -> Iterator[torch.Tensor]:
+        if not a_done:
+            raise RuntimeError("PEFT's generator draws B after A: read all of A's blocks first.")
+        yield from uniform_rows(spec.max_out, spec.r, kaiming_bound(spec.r))
+
+    return a_blocks(), b_blocks()
 
 
 def fingerprint(a: torch.Tensor, b: torch.Tensor) -> str:

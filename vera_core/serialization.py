@@ -10,8 +10,13 @@ safetensors reader loads it; reading still goes through the safetensors library.
 from __future__ import annotations
 
 import ctypes
+import io
 import json
+import math
 import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO
 
 import torch
 
@@ -22,26 +27,57 @@ _DTYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """A tensor written piece by piece (``write``): its dtype and shape, and its row blocks in order, never whole."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    blocks: Iterable[torch.Tensor]
+
+
 def to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """The safetensors encoding of ``tensors`` and ``metadata``; equal inputs give equal bytes."""
+    out = io.BytesIO()
+    write(out, tensors, metadata)
+    return out.getvalue()
+
+
+def write(out: IO[bytes], tensors: Mapping[str, torch.Tensor | Streamed], metadata: dict[str, str] | None = None
+          ) -> None:
+    """``to_bytes`` written to ``out``; a ``Streamed`` tensor's blocks are written as they come, so the largest
+    piece held is one block (checked: its blocks must add up to its shape exactly)."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {k: metadata[k] for k in sorted(metadata)}
-    chunks: list[bytes] = []
-    offset = 0
+    offset, sizes = 0, dict[str, int]()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        if tensor.dtype not in _DTYPES:
-            raise TypeError(f"Tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store here.")
-        size = tensor.numel() * tensor.element_size()
-        data = ctypes.string_at(tensor.data_ptr(), size) if size else b""
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset,
-                                                                                                      offset + size]}
-        chunks.append(data)
-        offset += size
+        tensor = tensors[name]
+        dtype, shape = tensor.dtype, tuple(tensor.shape)
+        if dtype not in _DTYPES:
+            raise TypeError(f"Tensor {name!r} has dtype {dtype}, which safetensors cannot store here.")
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset, sizes[name] = offset + size, size
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)
+    out.write(struct.pack("<Q", len(encoded)) + encoded)
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        pieces = tensor.blocks if isinstance(tensor, Streamed) else (tensor,)
+        written = 0
+        for piece in pieces:
+            written += _write_tensor(out, piece.detach().to("cpu", tensor.dtype).contiguous())
+        if written != sizes[name]:
+            raise ValueError(f"Tensor {name!r}: its blocks gave {written:,} bytes, not the {tuple(tensor.shape)} "
+                             "its header declares.")
+
+
+def _write_tensor(out: IO[bytes], tensor: torch.Tensor) -> int:
+    size = tensor.numel() * tensor.element_size()
+    if size:
+        out.write(ctypes.string_at(tensor.data_ptr(), size))
+    return size
 
 
 def metadata_of(data: bytes) -> dict[str, str]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
@@ -186,12 +188,7 @@ class DerivedFiles:
             with self.db.session() as s:
                 if files := _listed(s, version_id, form.key):
                     return files
-            _, built = self.versions.built(pinned, with_projection=form.with_projection, seed_only=form.seed_only,
-                                           as_lora=form.lora is not None, lora=form.lora)
-            for data in built.files.values():
-                self.blobs.put(data)
-            files = [DerivedFile(version_id, form.key, name, built.sha256[name], len(data))
-                     for name, data in built.files.items()]
+            files = self._stored(pinned, version_id, form)
             try:
                 with self.db.session() as s:
                     _record(s, files)
@@ -202,6 +199,24 @@ class DerivedFiles:
                     resolve(s, pinned)  # NotFound if it was deleted
                 raise
             return files
+
+    def _stored(self, pinned: Ref, version_id: int, form: FileForm) -> list[DerivedFile]:
+        """Build the form's files and store each blob: written to a temporary folder piece by piece where the form
+        materialises projections the seed regenerates (Versions.write_streamed: a 7B-scale export never held
+        whole), else built in memory (Versions.built)."""
+        if form.lora is None:
+            with tempfile.TemporaryDirectory(prefix="vera-build-") as folder:
+                paths = self.versions.write_streamed(pinned, Path(folder), with_projection=form.with_projection,
+                                                     seed_only=form.seed_only)
+                if paths is not None:
+                    return [DerivedFile(version_id, form.key, name, self.blobs.put_file(path), path.stat().st_size)
+                            for name, path in paths.items()]
+        _, built = self.versions.built(pinned, with_projection=form.with_projection, seed_only=form.seed_only,
+                                       as_lora=form.lora is not None, lora=form.lora)
+        for data in built.files.values():
+            self.blobs.put(data)
+        return [DerivedFile(version_id, form.key, name, built.sha256[name], len(data))
+                for name, data in built.files.items()]
 
     def _rebuild(self, pinned: Ref, file: DerivedFile) -> None:
         """Store ``file``'s bytes again (a damaged copy is deleted first): the same version and form build the same

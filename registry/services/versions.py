@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput
@@ -16,6 +17,7 @@ from registry.services.lookup import (
     LATEST,
     layer_in_features,
     move_latest,
+    projection_spec,
     resolve,
     version_info,
     version_ref,
@@ -26,12 +28,14 @@ from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
 from vera_core import AdapterFiles, VeraError
-from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes
+from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes, write_adapter_files_streamed
 from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.errors import VeraConfigError
 from vera_core.folders import write_adapter_files
 from vera_core.keys import PROJECTION_KEYS
 from vera_core.lora import LoraExport, lora_file_bytes
+from vera_core.projection import projection_blocks
+from vera_core.serialization import Streamed
 
 
 class Versions:
@@ -66,16 +70,14 @@ class Versions:
         ``lora`` caps its rank and sets its dtype). The same version and options always give the same bytes, so they are
         built once and then served from the file cache (registry.services.file_cache) until evicted.
         """
-        if with_projection and seed_only:
-            raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
+        _check_options(with_projection=with_projection, seed_only=seed_only)
         with self.db.session() as s:
             v = resolve(s, ref)
             info = version_info(s, v)
             if seed_only and not as_lora and not v.seed_reproducible:
                 raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
                                "would regenerate others. Fetch it without --seed-only.")
-            materialise = as_lora or with_projection or not (
-                seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
+            materialise = _materialises(v, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
             # the row's id, content and time: a deleted version whose id SQLite hands out again is another key
             export = (lora or LoraExport()) if as_lora else None
             key = (v.id, v.vectors_sha256, v.created_at, materialise, export)
@@ -102,6 +104,30 @@ class Versions:
         built = BuiltFiles.of(files)
         self.cache.put(key, built)
         return info, built
+
+    def write_streamed(self, ref: str | Ref, folder: Path, *, with_projection: bool, seed_only: bool
+                       ) -> dict[str, Path] | None:
+        """The VeRA form's files written into ``folder`` (the same bytes as ``built``) with A and B generated in
+        row blocks and written as they come, never whole: a 7B-scale export holds a few MB. Only for a form that
+        materialises projections the seed regenerates; None for every other form (``built`` builds those: small,
+        or from stored projections)."""
+        _check_options(with_projection=with_projection, seed_only=seed_only)
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            if v.projection.blob_sha256 is not None or not _materialises(
+                    v, with_projection=with_projection, seed_only=seed_only, as_lora=False):
+                return None
+            spec = projection_spec(v.projection)
+            tensors, metadata = version_tensors(self.blobs, v, with_projection=False, budget=self.budget)
+            config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
+            fingerprint = v.projection_fingerprint
+        a, b = projection_blocks(spec)
+        streamed: dict[str, torch.Tensor | Streamed] = {
+            **tensors, PROJECTION_KEYS[0]: Streamed(torch.float32, (spec.r, spec.max_in), a),
+            PROJECTION_KEYS[1]: Streamed(torch.float32, (spec.max_out, spec.r), b)}
+        with self.budget.generating(spec):
+            return write_adapter_files_streamed(folder, config.replace(save_projection=True), streamed, metadata,
+                                                fingerprint)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: LoraExport | None = None) -> Path:
@@ -180,3 +206,14 @@ class Versions:
                              .order_by(m.AuditEvent.id.desc()).limit(limit))
             return [AuditEventInfo(at=e.at, actor=e.actor, action=e.action, target=e.target, detail=e.detail)
                     for e in rows]
+
+
+def _materialises(v: m.AdapterVersion, *, with_projection: bool, seed_only: bool, as_lora: bool) -> bool:
+    """Whether a download form holds A and B: always as LoRA or when asked; by default unless PEFT's own generator
+    regenerates them (a seed-only copy PEFT loads correctly)."""
+    return as_lora or with_projection or not (seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
+
+
+def _check_options(*, with_projection: bool, seed_only: bool) -> None:
+    if with_projection and seed_only:
+        raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")

@@ -56,6 +56,8 @@ class BlobStore(Protocol):
 
     def put(self, data: bytes) -> str: ...
 
+    def put_file(self, path: str | os.PathLike[str]) -> str: ...
+
     def get(self, digest: str) -> bytes: ...
 
     def exists(self, digest: str) -> bool: ...
@@ -164,6 +166,32 @@ class FsspecBlobStore:
         else:
             self.fs.pipe_file(path, data)  # object stores make a whole object visible at once
         return digest
+
+    def put_file(self, path: str | os.PathLike[str]) -> str:
+        """Store the file at ``path`` (idempotent) and return its SHA-256, never reading it whole: hashed in pieces,
+        then copied in (a local folder: to a temporary name, then renamed; an object store: uploaded, visible whole
+        once complete)."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while piece := handle.read(CHUNK):
+                digest.update(piece)
+        name = digest.hexdigest()
+        target = self._path(name)
+        with _storage(self.url, "writing a blob"):
+            if self.fs.exists(target):
+                return name
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            if not self._local:
+                self.fs.put_file(os.fspath(path), target)
+                return name
+            tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
+            try:
+                self.fs.put_file(os.fspath(path), tmp)
+                self.fs.mv(tmp, target)  # a rename on one filesystem: atomic
+            finally:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+        return name
 
     def get(self, digest: str) -> bytes:
         """The blob's bytes, re-hashed: a corrupted or truncated blob raises IntegrityError and is never served."""

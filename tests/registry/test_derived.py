@@ -6,7 +6,9 @@ fsck know derived blobs."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -19,6 +21,7 @@ from registry.services.registry import Registry
 from registry.store import models as m
 from registry.store.blobs import BlobReader, FsspecBlobStore, chunks
 from tests.registry.adapters import make_adapter
+from vera_core.config import PEFT_GENERATOR, PORTABLE_GENERATOR
 from vera_core.lora import LoraExport
 
 FORMS = [FileForm(), FileForm(with_projection=True), FileForm(seed_only=True), FileForm(lora=LoraExport()),
@@ -34,17 +37,37 @@ def read(registry: Registry, digest: str) -> bytes:
     return b"".join(registry.blobs.reader(digest))
 
 
-@pytest.fixture
-def ref(registry: Registry, tmp_path: Path) -> str:
-    return registry.publish(make_adapter(tmp_path / "a", seed=1), owner="kim", name="c", base_model="tiny").ref
+@pytest.fixture(params=[PEFT_GENERATOR, PORTABLE_GENERATOR])
+def ref(registry: Registry, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    adapter = make_adapter(tmp_path / "a", seed=1, projection_generator=request.param)
+    return registry.publish(adapter, owner="kim", name="c", base_model="tiny").ref
+
+
+def counting_builds(r: Registry) -> Callable[[], int]:
+    """How many times ``r`` built a form: calls of Versions.built (in memory) and streamed builds."""
+    calls = {"n": 0}
+    built, streamed = r.versions.built, r.versions.write_streamed
+
+    def counted_built(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return built(*args, **kwargs)
+
+    def counted_streamed(*args: Any, **kwargs: Any) -> Any:
+        paths = streamed(*args, **kwargs)
+        calls["n"] += paths is not None
+        return paths
+
+    r.versions.built, r.versions.write_streamed = counted_built, counted_streamed  # type: ignore[method-assign]
+    return lambda: calls["n"]
 
 
 def test_each_form_is_built_once_stored_and_the_same_bytes_as_a_fresh_build(registry: Registry, ref: str,
                                                                             tmp_path: Path) -> None:
     other = another_process(registry, tmp_path)
+    counters = {id(r): counting_builds(r) for r in (registry, other)}
 
-    def builds(r: Registry) -> int:  # calls of Versions.built (a hit or a miss of its in-memory cache)
-        return r.versions.cache.hits + r.versions.cache.misses
+    def builds(r: Registry) -> int:
+        return counters[id(r)]()
 
     for form in FORMS:
         before = builds(registry)
@@ -148,3 +171,20 @@ def test_the_hub_protocol_serves_the_same_stored_files(registry: Registry, ref: 
         git = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()  # git's blob id
         assert again.size(name) == len(data) and again.blob_id(name) == git
         assert again.sha256(name) == hashlib.sha256(data).hexdigest() == rev.sha256(name)
+
+
+def test_a_projection_form_is_written_in_blocks_with_the_bytes_of_a_whole_build(registry: Registry, ref: str,
+                                                                                tmp_path: Path) -> None:
+    """Forms that materialise projections the seed regenerates are written piece by piece (A and B generated in
+    row blocks, vera_core.projection.projection_blocks) and give the bytes of the in-memory build; the others, and
+    a LoRA export, are built in memory."""
+    generator = registry.get(ref).generator
+    (tmp_path / "w").mkdir()
+    streamed = registry.versions.write_streamed(ref, tmp_path / "w", with_projection=True, seed_only=False)
+    assert streamed is not None
+    _, whole = registry.files(ref, with_projection=True)
+    assert {name: path.read_bytes() for name, path in streamed.items()} == whole
+    (tmp_path / "s").mkdir()
+    assert registry.versions.write_streamed(ref, tmp_path / "s", with_projection=False, seed_only=True) is None
+    default = registry.versions.write_streamed(ref, tmp_path / "s", with_projection=False, seed_only=False)
+    assert (default is not None) == (generator == PORTABLE_GENERATOR)  # what PEFT loads: A and B unless it makes them

@@ -10,7 +10,7 @@ import torch
 from tests.vera_core import philox_reference
 from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, ProjectionSpec, fingerprint, generate
 from vera_core.errors import UnknownGeneratorError, VeraConfigError
-from vera_core.projection import FINGERPRINT_MAGIC, PHILOX_KAT, philox4x32_10
+from vera_core.projection import FINGERPRINT_MAGIC, PHILOX_KAT, philox4x32_10, projection_blocks
 
 SHAPES = [(1, 1, 1), (8, 32, 32), (16, 48, 32), (5, 7, 13), (64, 130, 257)]
 
@@ -129,3 +129,26 @@ def test_bad_specs_are_refused_clearly() -> None:
         ProjectionSpec(PORTABLE_GENERATOR, 0, 0, 4, 4)
     with pytest.raises(VeraConfigError, match=r"seed must be in \[0, 2\*\*64 - 1\]"):
         ProjectionSpec(PORTABLE_GENERATOR, -1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("generator", [PEFT_GENERATOR, PORTABLE_GENERATOR])
+@pytest.mark.parametrize("block_elements", [1, 37, 1 << 18])
+def test_projection_blocks_are_the_matrices_bit_for_bit(generator: str, block_elements: int) -> None:
+    """Row blocks of A and B (what a streamed export writes) concatenate to generate()'s matrices exactly, for
+    block sizes down to a row at a time and shapes whose width is not a multiple of Philox's 4 words."""
+    for r, max_in, max_out in [(4, 7, 9), (16, 33, 17), (64, 384, 1536)]:
+        spec = ProjectionSpec(generator, 1234, r, max_in, max_out)
+        a, b = generate(spec)
+        a_blocks, b_blocks = projection_blocks(spec, block_elements)
+        got_a, got_b = torch.cat(list(a_blocks)), torch.cat(list(b_blocks))
+        assert torch.equal(got_a.view(torch.int32), a.view(torch.int32))
+        assert torch.equal(got_b.view(torch.int32), b.view(torch.int32))
+        rows = max(1, block_elements // max_in)
+        assert all(len(block) <= rows for block in projection_blocks(spec, block_elements)[0])  # bounded pieces
+
+
+def test_peft_generator_blocks_refuse_b_before_a() -> None:
+    """PEFT's generator draws B where A's stream ends: reading B first would give other matrices, so it is refused."""
+    _, b_blocks = projection_blocks(ProjectionSpec(PEFT_GENERATOR, 1, 4, 8, 8))
+    with pytest.raises(RuntimeError, match="read all of A's blocks first"):
+        next(b_blocks)

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load
 
-from vera_core.serialization import to_bytes
+from vera_core.serialization import Streamed, to_bytes, write
 
 SCRIPT = """
 import hashlib, torch
@@ -37,3 +39,16 @@ def test_the_library_reads_what_we_write(tmp_path: object) -> None:
     with safe_open(path, "pt") as f:
         assert f.metadata() == {"format": "pt", "k": "v"}
     assert int.from_bytes(data[:8], "little") % 8 == 0  # header padded to 8 bytes, as the library does
+
+
+def test_a_streamed_tensor_writes_the_same_bytes_and_its_blocks_must_add_up() -> None:
+    """``write`` with a tensor given as row blocks (Streamed) writes exactly what to_bytes writes for it whole; blocks
+    that do not add up to the declared shape are an error, not a file with a wrong header."""
+    whole = {"a": torch.randn(5, 3), "z": torch.arange(4, dtype=torch.int64)}
+    streamed = {"a": Streamed(torch.float32, (5, 3), iter(whole["a"].split(2))), "z": whole["z"]}
+    out = io.BytesIO()
+    write(out, streamed, {"format": "pt"})
+    assert out.getvalue() == to_bytes(whole, {"format": "pt"})
+    short = {"a": Streamed(torch.float32, (5, 3), iter(whole["a"][:4].split(2)))}
+    with pytest.raises(ValueError, match="its blocks gave 48 bytes, not the .5, 3."):
+        write(io.BytesIO(), short)
