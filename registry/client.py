@@ -278,9 +278,9 @@ class RegistryClient:
         version's details as they were when it was cached: ``get`` has them now)."""
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         key = ref_key(self.url, self._path(ref), params)
-        manifest = self._cached_list(ref, key, params) if self.cache is not None else None
-        if manifest is None:  # the list with the small files' bytes (inline): a small adapter in one request
-            manifest = self._list(ref, {**params, "inline": str(self.inline)} if self.inline else params)
+        cached_list = self._cached_list(ref, key, params) if self.cache is not None else None
+        # else the list with the small files' bytes (inline): a small adapter in one request
+        manifest = cached_list or self._list(ref, {**params, "inline": str(self.inline)} if self.inline else params)
         files: dict[str, Path] = {}
         scratch: Path | None = None  # a temporary folder, made only when something is downloaded
         with contextlib.ExitStack() as stack:
@@ -294,7 +294,7 @@ class RegistryClient:
                     cached = self._obtain(entry, scratch, manifest.version.ref, progress=progress)
                 files[entry.name] = cached
             write_adapter_files(Path(out_dir), files)
-        if self.cache is not None:
+        if self.cache is not None and cached_list is None:
             self.cache.remember(key, manifest)
         return manifest
 

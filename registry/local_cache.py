@@ -106,10 +106,8 @@ class LocalCache:
 
     def remember(self, key: str, manifest: FileManifest) -> None:
         """Keep ``manifest`` (without file contents) and note it as what reference ``key`` gave last."""
-        listed = manifest.model_copy(update={"files": [f.model_copy(update={"content": None})
-                                                       for f in manifest.files]})
         with new_file(self.lists, self.lists / f"{manifest.digest}.json") as out:
-            out.write(listed.model_dump_json(exclude={"files": {"__all__": {"content"}}}).encode())
+            out.write(manifest.model_dump_json(exclude={"files": {"__all__": {"content"}}}).encode())
         with new_file(self.refs, self.refs / key) as out:
             out.write(manifest.digest.encode())
 
