@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
-from registry.services.lookup import LATEST, resolve, resolve_info
+from registry.services.lookup import naming, resolve, resolve_info
 from registry.services.versions import Versions
 from registry.store import models as m
 from registry.store.blobs import BlobReader, BlobStore, chunks
@@ -94,16 +94,10 @@ class DerivedFiles:
         """The pinned version (owner/name:N) and its files in ``form``, without the version's metadata: one query
         when they were built before (a client's check that its cached copy is current), else ``manifest``."""
         ref = Ref.parse(ref) if isinstance(ref, str) else ref
-        query = (select(m.AdapterVersion.version, m.VersionFile)
-                 .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
-                 .join(m.VersionFile, (m.VersionFile.version_id == m.AdapterVersion.id)
-                       & (m.VersionFile.form == form.key))
-                 .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
-        if ref.version is not None:
-            query = query.where(m.AdapterVersion.version == ref.version)
-        else:
-            query = query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
-                m.Alias.adapter_id == m.Adapter.id, m.Alias.name == (ref.alias or LATEST))
+        query = naming(select(m.AdapterVersion.version, m.VersionFile)
+                       .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                       .join(m.VersionFile, (m.VersionFile.version_id == m.AdapterVersion.id)
+                             & (m.VersionFile.form == form.key)), ref)
         with self.db.session() as s:
             rows = s.execute(query).all()
         if not rows:  # not built yet, or missing: manifest builds the files or says what is missing

@@ -5,7 +5,7 @@ from its blobs. Helpers only: they flush, never commit."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -24,6 +24,7 @@ from vera_core.checkpoint import META_IN_FEATURES, adapter_metadata
 from vera_core.keys import PROJECTION_KEYS
 from vera_core.serialization import metadata_of
 
+_Row = TypeVarTuple("_Row")
 #: The alias the registry keeps on the newest version that is not yanked.
 LATEST = "latest"
 
@@ -57,9 +58,14 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
 
 def _resolving(ref: Ref) -> Select[m.AdapterVersion]:
     """The query for the version ``ref`` names, with its adapter and base model."""
-    query = (select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
-             .where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)
-             .options(contains_eager(m.AdapterVersion.adapter), joinedload(m.AdapterVersion.base_model)))
+    return naming(select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                  .options(contains_eager(m.AdapterVersion.adapter), joinedload(m.AdapterVersion.base_model)), ref)
+
+
+def naming(query: Select[*_Row], ref: Ref) -> Select[*_Row]:
+    """``query`` (over versions joined to their adapter) narrowed to the version ``ref`` names: by number, or
+    through the alias (``latest`` by default)."""
+    query = query.where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)
     if ref.version is not None:
         return query.where(m.AdapterVersion.version == ref.version)
     return query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
