@@ -56,7 +56,7 @@ def write(out: IO[bytes], tensors: Mapping[str, torch.Tensor | Streamed], metada
         dtype, shape = tensor.dtype, tuple(tensor.shape)
         if dtype not in _DTYPES:
             raise TypeError(f"Tensor {name!r} has dtype {dtype}, which safetensors cannot store here.")
-        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset, sizes[name] = offset + size, size
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
