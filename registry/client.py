@@ -108,8 +108,8 @@ class RegistryUnavailable(RegistryError):
     code = "unavailable"
 
 
-def _write_inline(path: Path, entry: FileEntry, ref: str) -> None:
-    """A listed file's inline content to ``path``, checked against its size and SHA-256 first."""
+def _inline_bytes(entry: FileEntry, ref: str) -> bytes:
+    """A listed file's inline content, checked against its size and SHA-256."""
     assert entry.content is not None
     try:
         if len(entry.content) > 4 * (entry.size // 3 + 1):
@@ -120,8 +120,13 @@ def _write_inline(path: Path, entry: FileEntry, ref: str) -> None:
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise IntegrityError(f"{entry.name} of {ref} came inline with {len(data):,} bytes that do not match the "
                              f"{entry.size:,} bytes and SHA-256 {entry.sha256[:16]}... listed; fetch again.")
-    with new_file(path.parent, path) as out:
-        out.write(data)
+    return data
+
+
+def _check_listed(entry: FileEntry) -> None:
+    """Checked before anything else: what the registry lists becomes a path here."""
+    if entry.name not in ADAPTER_FILES:
+        raise IntegrityError(f"The registry listed {entry.name[:100]!r}, not an adapter file.")
 
 
 class _LinkRefused(RegistryError):
@@ -281,18 +286,24 @@ class RegistryClient:
         cached_list = self._cached_list(ref, key, params) if self.cache is not None else None
         # else the list with the small files' bytes (inline): a small adapter in one request
         manifest = cached_list or self._list(ref, {**params, "inline": str(self.inline)} if self.inline else params)
-        files: dict[str, Path] = {}
+        files: dict[str, bytes | Path] = {}
         scratch: Path | None = None  # a temporary folder, made only when something is downloaded
         with contextlib.ExitStack() as stack:
             for entry in manifest.files:
+                _check_listed(entry)
                 cached = self.cache.blob(entry.sha256) if self.cache is not None else None
-                if cached is None:
+                if cached is not None:
+                    files[entry.name] = cached
+                elif entry.content is not None:  # checked in memory; written to the cache and the folder
+                    files[entry.name] = data = _inline_bytes(entry, manifest.version.ref)
+                    if self.cache is not None:
+                        self.cache.put(entry.sha256, data)
+                else:
                     if scratch is None:
                         parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
                         parent.mkdir(parents=True, exist_ok=True)
                         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".fetch-", dir=parent)))
-                    cached = self._obtain(entry, scratch, manifest.version.ref, progress=progress)
-                files[entry.name] = cached
+                    files[entry.name] = self._obtain(entry, scratch, manifest.version.ref, progress=progress)
             write_adapter_files(Path(out_dir), files)
         if self.cache is not None and cached_list is None:
             self.cache.remember(key, manifest)
@@ -314,19 +325,13 @@ class RegistryClient:
         return self.cache.listing(response.headers.get("x-vera-files", ""))
 
     def _obtain(self, entry: FileEntry, scratch: Path, ref: str, *, progress: bool) -> Path:
-        """One listed file into ``scratch`` (from its inline content, else downloaded) and, with a cache, moved
-        into the cache's blobs."""
-        # checked first: what the registry listed becomes a path here, and a URL the client sends its token to
-        if entry.name not in ADAPTER_FILES:
-            raise IntegrityError(f"The registry listed {entry.name[:100]!r}, not an adapter file.")
-        path = scratch / entry.name
-        if entry.content is not None:
-            _write_inline(path, entry, ref)
-        elif not entry.url.startswith("/") or entry.url.startswith("//"):
+        """One listed file downloaded into ``scratch`` and, with a cache, moved into the cache's blobs."""
+        # checked first: what the registry listed becomes a URL the client sends its token to
+        if not entry.url.startswith("/") or entry.url.startswith("//"):
             raise IntegrityError(f"The registry listed {entry.name} at {entry.url[:200]!r}; expected a path on "
                                  "the registry itself.")
-        else:
-            self._download_to(path, entry, ref, progress=progress)
+        path = scratch / entry.name
+        self._download_to(path, entry, ref, progress=progress)
         if self.cache is None:
             return path
         os.replace(path, self.cache.blobs / entry.sha256)  # sha256: 64 hex digits (FileEntry checks it)

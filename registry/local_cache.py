@@ -111,6 +111,15 @@ class LocalCache:
         with new_file(self.refs, self.refs / key) as out:
             out.write(manifest.digest.encode())
 
+    def put(self, digest: str, data: bytes) -> Path:
+        """Keep ``data`` (already checked against ``digest``, its SHA-256) as a blob."""
+        if not _is_digest(digest):
+            raise ValueError(f"not a SHA-256: {digest[:100]!r}")
+        path = self.blobs / digest
+        with new_file(self.blobs, path) as out:
+            out.write(data)
+        return path
+
     def blob(self, digest: str) -> Path | None:
         """The blob with this SHA-256, re-hashed; None (and the damaged copy deleted) if it is absent or damaged."""
         if not _is_digest(digest):

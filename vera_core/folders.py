@@ -3,28 +3,36 @@ Torch-free, so that downloading clients (`vera fetch`, the registry client) writ
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 
 def write_adapter_files(root: Path, files: Mapping[str, bytes | Path]) -> None:
-    """Write files into ``root`` through a temporary sibling folder, each moved into place by a rename: bytes are
-    written, a Path is copied (streamed, never read whole)."""
+    """Write files into ``root`` through a temporary sibling folder: bytes are written, a Path is copied (streamed,
+    never read whole). A new ``root`` is that folder renamed; into an existing one, each file is moved into place by
+    a rename."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp = root.parent / f".{root.name}.{secrets.token_hex(6)}"
+    tmp.mkdir()  # not mkdtemp: the folder may become ``root``, with the permissions a new folder gets
     try:
         for name, data in files.items():
             if isinstance(data, Path):
                 shutil.copyfile(data, tmp / name)
             else:
                 tmp.joinpath(name).write_bytes(data)
+        if not root.exists():
+            with contextlib.suppress(OSError):
+                os.rename(tmp, root)  # fails if ``root`` appeared meanwhile: then file by file
+                return
         root.mkdir(exist_ok=True)
         for item in tmp.iterdir():
             os.replace(item, root / item.name)
     finally:
-        for item in tmp.iterdir():
-            item.unlink()
-        tmp.rmdir()
+        if tmp.exists():
+            for item in tmp.iterdir():
+                item.unlink()
+            tmp.rmdir()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +77,22 @@ def test_a_fetch_is_one_request_and_a_second_one_a_head_request(proxy: FaultyPro
     assert len(proxy.requests) == 4 and sum("/versions/1/blobs/" in p for p in proxy.requests) == 3
     assert folder(tmp_path / "direct") == folder(tmp_path / "one")
     assert not leftovers(tmp_path)
+
+
+def test_a_fetched_folder_is_written_whole_with_ordinary_permissions(proxy: FaultyProxy, tmp_path: Path) -> None:
+    """A new folder is the temporary one renamed (with the permissions any new folder gets, not mkdtemp's 0700);
+    into an existing one the fetched files are moved and the owner's other files stay."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    (tmp_path / "old" / "README.md").write_text("stale")
+    with RegistryClient(proxy.url, cache=False) as client:
+        client.fetch(REF, tmp_path / "new")
+        client.fetch(REF, tmp_path / "old")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o777 & ~umask
+    assert folder(tmp_path / "old") == {**folder(tmp_path / "new"), "notes.txt": b"mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]  # no temporary folder left
 
 
 def test_a_moved_reference_is_noticed_and_a_damaged_list_is_not_used(server: str, proxy: FaultyProxy,
