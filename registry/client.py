@@ -260,7 +260,8 @@ class RegistryClient:
         return self._list(ref, {**params, "inline": str(inline)} if inline else params)
 
     def _list(self, ref: str | Ref, params: dict[str, str]) -> FileManifest:
-        return FileManifest.model_validate(self._request("GET", f"{self._path(ref)}/files", params=params).json())
+        response = self._request("GET", f"{self._path(ref)}/files", params=params)
+        return FileManifest.model_validate_json(response.content)  # parsed and checked in one pass
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: dict[str, Any] | None = None,

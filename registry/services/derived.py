@@ -11,6 +11,7 @@ gc` removes derived blobs no version lists any more.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -21,13 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
-from registry.services.lookup import naming, resolve, resolve_info
+from registry.services.lookup import naming, naming_params, resolve, resolve_info
 from registry.services.versions import Versions
 from registry.store import models as m
 from registry.store.blobs import BlobReader, BlobStore, chunks
@@ -94,12 +95,8 @@ class DerivedFiles:
         """The pinned version (owner/name:N) and its files in ``form``, without the version's metadata: one query
         when they were built before (a client's check that its cached copy is current), else ``manifest``."""
         ref = Ref.parse(ref) if isinstance(ref, str) else ref
-        query = naming(select(m.AdapterVersion.version, m.VersionFile)
-                       .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
-                       .join(m.VersionFile, (m.VersionFile.version_id == m.AdapterVersion.id)
-                             & (m.VersionFile.form == form.key)), ref)
         with self.db.session() as s:
-            rows = s.execute(query).all()
+            rows = s.execute(_listing(ref.version is not None), {**naming_params(ref), "form": form.key}).all()
         if not rows:  # not built yet, or missing: manifest builds the files or says what is missing
             info, files = self.manifest(ref, form)
             return info.pinned, files
@@ -244,9 +241,22 @@ def git_blob_id(pieces: Iterable[bytes], size: int) -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def _listing(by_number: bool) -> Select[int, m.VersionFile]:
+    """The files of the version a reference names in one form (bound parameters: lookup.naming_params and
+    ``form``), each with the version's number. Built once: building costs more than running it."""
+    return naming(select(m.AdapterVersion.version, m.VersionFile)
+                  .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                  .join(m.VersionFile, (m.VersionFile.version_id == m.AdapterVersion.id)
+                        & (m.VersionFile.form == bindparam("form"))), by_number)
+
+
+_LISTED = select(m.VersionFile).where(m.VersionFile.version_id == bindparam("version_id"),
+                                      m.VersionFile.form == bindparam("form"))
+
+
 def _listed(s: Session, version_id: int, form: str) -> list[DerivedFile]:
-    rows = s.scalars(select(m.VersionFile).where(m.VersionFile.version_id == version_id, m.VersionFile.form == form))
-    return _in_order(_derived(r) for r in rows)
+    return _in_order(_derived(r) for r in s.scalars(_LISTED, {"version_id": version_id, "form": form}))
 
 
 _ORDER = {name: i for i, name in enumerate(ADAPTER_FILES)}

@@ -4,12 +4,13 @@ from its blobs. Helpers only: they flush, never commit."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any, TypeVarTuple
 
 import torch
 from safetensors.torch import load as load_safetensors
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from registry.domain.errors import NotFound
@@ -34,7 +35,7 @@ def resolve(s: Session, ref: str | Ref) -> m.AdapterVersion:
     (the version with its adapter and base model) when it exists; a miss is looked up step by step to say what is
     missing."""
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
-    found = s.scalar(_resolving(ref))
+    found = s.scalar(_resolving(ref.version is not None), naming_params(ref))
     return found if found is not None else _missing(s, ref)
 
 
@@ -42,12 +43,7 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
     """``resolve`` and ``version_info`` in one query (its aliases, tags and download count as subqueries): the hot
     path of a fetch's file list. NotFound as ``resolve`` says it."""
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
-    joined = func.aggregate_strings  # names and tags are [a-z0-9._-]: a space separates them
-    aliases = select(joined(m.Alias.name, " ")).where(m.Alias.version_id == m.AdapterVersion.id)
-    tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
-    downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
-    subqueries = (q.correlate(m.AdapterVersion).scalar_subquery() for q in (aliases, tags, downloads))
-    row = s.execute(_resolving(ref).add_columns(*subqueries)).first()  # (aliases: the query may join them too)
+    row = s.execute(_resolving_info(ref.version is not None), naming_params(ref)).first()
     if row is None:
         v = _missing(s, ref)
         return v, version_info(s, v)
@@ -56,20 +52,43 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
                            tags=sorted((tag_names or "").split()))
 
 
-def _resolving(ref: Ref) -> Select[m.AdapterVersion]:
-    """The query for the version ``ref`` names, with its adapter and base model."""
+# The hot queries are built once, with the reference as bound parameters (naming_params): building a statement and
+# its cache key costs more than running it.
+@functools.cache
+def _resolving(by_number: bool) -> Select[m.AdapterVersion]:
+    """The query for the version a reference names (by number, or through an alias), with its adapter and base
+    model."""
     return naming(select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
-                  .options(contains_eager(m.AdapterVersion.adapter), joinedload(m.AdapterVersion.base_model)), ref)
+                  .options(contains_eager(m.AdapterVersion.adapter), joinedload(m.AdapterVersion.base_model)),
+                  by_number)
 
 
-def naming(query: Select[*_Row], ref: Ref) -> Select[*_Row]:
-    """``query`` (over versions joined to their adapter) narrowed to the version ``ref`` names: by number, or
-    through the alias (``latest`` by default)."""
-    query = query.where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)
-    if ref.version is not None:
-        return query.where(m.AdapterVersion.version == ref.version)
+@functools.cache
+def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str | None, int | None]:
+    """``_resolving`` with the version's aliases, tags and download count."""
+    joined = func.aggregate_strings  # names and tags are [a-z0-9._-]: a space separates them
+    aliases = select(joined(m.Alias.name, " ")).where(m.Alias.version_id == m.AdapterVersion.id)
+    tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
+    downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
+    aliases_, tags_, downloads_ = (q.correlate(m.AdapterVersion).scalar_subquery() for q in (aliases, tags, downloads))
+    return _resolving(by_number).add_columns(aliases_, tags_, downloads_)  # (the query may join aliases too)
+
+
+def naming(query: Select[*_Row], by_number: bool) -> Select[*_Row]:
+    """``query`` (over versions joined to their adapter) narrowed to the version a reference names, as bound
+    parameters (``naming_params``): by number (``by_number``), or through an alias."""
+    query = query.where(m.Adapter.owner == bindparam("owner"), m.Adapter.name == bindparam("name"))
+    if by_number:
+        return query.where(m.AdapterVersion.version == bindparam("version"))
     return query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
-        m.Alias.adapter_id == m.Adapter.id, m.Alias.name == (ref.alias or LATEST))
+        m.Alias.adapter_id == m.Adapter.id, m.Alias.name == bindparam("alias"))
+
+
+def naming_params(ref: Ref) -> dict[str, str | int]:
+    """The parameters of a ``naming`` query for ``ref`` (whether it names a number: ``ref.version is not None``)."""
+    if ref.version is not None:
+        return {"owner": ref.owner, "name": ref.name, "version": ref.version}
+    return {"owner": ref.owner, "name": ref.name, "alias": ref.alias or LATEST}
 
 
 def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
