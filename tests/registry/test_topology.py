@@ -20,7 +20,7 @@ import pytest
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, running_s3, s3_objects
+from tests.registry.servers import free_port, free_ports, running_s3, s3_objects
 
 BUCKET = "vera-topology"
 
@@ -69,9 +69,7 @@ def gone(pid: int) -> bool:
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: str, s3: dict[str, str],
                                                                  tmp_path: Path) -> None:
-    port, ui_port = free_port(), free_port()
-    while port + 1 == ui_port:
-        ui_port = free_port()
+    port, ui_port = free_ports(2), free_port()
     env = {**s3, "VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": f"s3://{BUCKET}/blobs",
            "VERA_DATA_DIR": str(tmp_path / "data")}
     with tempfile.TemporaryFile("w+") as log:
@@ -111,7 +109,7 @@ def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: st
 
 
 def test_sigterm_stops_the_whole_topology(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_ports(2)
     env = {"VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}", "VERA_STORAGE_URL": str(tmp_path / "blobs"),
            "VERA_DATA_DIR": str(tmp_path / "data")}
     with tempfile.TemporaryFile("w+") as log:
