@@ -25,7 +25,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,8 +99,15 @@ class TrainingArguments:
             raise VeraConfigError(f"schedule must be linear, cosine or constant, got {self.schedule!r}.")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise VeraConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}.")
+        if self.save_every is not None and (isinstance(self.save_every, bool) or not isinstance(self.save_every, int)
+                                            or self.save_every <= 0):
+            raise VeraConfigError(f"save_every must be a positive number of optimizer steps or None (no "
+                                  f"checkpoints), got {self.save_every!r}.")
         if self.save_every is not None and self.output_dir is None:
             raise VeraConfigError("save_every needs output_dir, where the checkpoints go.")
+        if not self.save_total_limit >= 1:
+            raise VeraConfigError(f"save_total_limit must be at least 1 (the checkpoint a resume needs), got "
+                                  f"{self.save_total_limit!r}.")
         distributed.check_mode(self.distributed)
 
 
@@ -485,6 +492,9 @@ class Trainer:
             if key not in ("total_steps", "steps_per_epoch"):  # these come from this run's arguments and data
                 setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
         self.resumed_from_step = step
+        if self.args.save_every is None and self.args.output_dir is not None and saved["args"].get("save_every"):
+            # a resumed run goes on checkpointing as the run it continues did, unless told otherwise
+            self.args = replace(self.args, save_every=int(saved["args"]["save_every"]))
         if path.joinpath("best.safetensors").exists():
             self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
 

@@ -132,6 +132,18 @@ def test_a_resumed_schedule_follows_the_new_total(tmp_path: Path) -> None:
     assert used.lrs == pytest.approx([5e-2 * (1 - k / 10) for k in range(4, 11)], abs=1e-12)
 
 
+def test_a_resumed_run_goes_on_checkpointing_at_the_interval_it_was_saved_with(tmp_path: Path) -> None:
+    """`vera train --save-every 3 --max-steps 3`, then `--max-steps 9 --resume` without --save-every: checkpoints at
+    6 and 9 too, so a second interruption loses no more than the first; an explicit save_every wins."""
+    trainer(max_steps=3, save_every=3, output_dir=str(tmp_path / "a"), load_best_at_end=False).train()
+    trainer(max_steps=9, output_dir=str(tmp_path / "a"), load_best_at_end=False).train(resume_from=tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a/checkpoints").iterdir()) == ["step-00000006", "step-00000009"]
+    trainer(max_steps=3, save_every=3, output_dir=str(tmp_path / "b"), load_best_at_end=False).train()
+    trainer(max_steps=9, save_every=4, output_dir=str(tmp_path / "b"), load_best_at_end=False).train(
+        resume_from=tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b/checkpoints").iterdir()) == ["step-00000004", "step-00000008"]
+
+
 def test_resume_to_a_smaller_total_is_refused(tmp_path: Path) -> None:
     trainer(max_steps=8, save_every=8, output_dir=str(tmp_path), load_best_at_end=False).train()
     smaller = trainer(max_steps=6, output_dir=str(tmp_path))
@@ -224,7 +236,10 @@ def test_causal_lm_task_trains() -> None:
     ("kw", "message"),
     [({"lr": 0}, "lr must be positive"), ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
      ({"schedule": "step"}, "schedule must be"), ({"precision": "int8"}, "precision must be"),
-     ({"save_every": 5}, "save_every needs output_dir")],
+     ({"save_every": 5}, "save_every needs output_dir"),
+     ({"save_every": 0, "output_dir": "x"}, "save_every must be a positive number of optimizer steps or None"),
+     ({"save_every": -1, "output_dir": "x"}, "got -1"), ({"save_every": 2.5, "output_dir": "x"}, "got 2.5"),
+     ({"save_total_limit": 0}, "save_total_limit must be at least 1")],
 )
 def test_invalid_arguments(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(VeraConfigError, match=message):
