@@ -4,7 +4,7 @@ URL (``?adapter=alice/polarity&action=publish``), so a view can be shared."""
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
 
 import pandas as pd
@@ -12,7 +12,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.events import EventInfo
-from web_ui import navigation, session
+from web_ui import formats, navigation, session
 
 #: Actions offered in the filter (others can be typed): what the registry records today.
 ACTIONS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "adapter-edit", "version-edit",
@@ -26,27 +26,103 @@ def target_link(event: EventInfo) -> str | None:
     return navigation.version_link(event.target) if event.adapter is not None else None
 
 
-def detail(value: dict[str, Any]) -> str:
-    """An event's detail in one line (JSON, cut at 160 characters)."""
-    text = json.dumps(value, separators=(", ", ": "), default=str) if value else ""
-    return text if len(text) <= 160 else text[:157] + "..."
+#: A content digest (SHA-256, a git commit): shortened in the table, whole in an event's detail.
+DIGEST = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+#: The table's room at 1,400 px beside the sidebar, less its tick column (measured in chromium: 939 px); the target
+#: takes what its longest name needs (within TARGET_PX), the detail the rest, at least DETAIL_PX (the whole detail
+#: is under the table when its row is ticked).
+TABLE_PX, TARGET_PX, DETAIL_PX = 890, (140, 300), 240
 
 
-def table(events: list[EventInfo]) -> pd.DataFrame:
-    """Newest first: when, who, what, the target (a link when it is an adapter), the detail."""
-    return pd.DataFrame([{"when": e.at, "who": e.actor, "action": e.action,
-                          "target": target_link(e) or e.target, "detail": detail(e.detail)}
-                         for e in sorted(events, key=lambda e: e.id, reverse=True)])
+def value_text(value: Any, *, short: bool = True) -> str:
+    """One value of an event's detail in words: numbers with separators, lists joined, nothing as '-'; ``short``
+    (for a table cell): digests shortened and a text's lines on one."""
+    if isinstance(value, str):
+        if not value:
+            return "(empty)"
+        return (value[:8] + "…" if DIGEST.match(value) else value.replace("\n", " ↵ ")) if short else value
+    if isinstance(value, list | tuple):
+        return ", ".join(value_text(v, short=short) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{label(k)} {value_text(v, short=short)}" for k, v in value.items()) or "-"
+    return formats.number(value)
 
 
-COLUMNS = {
+def label(key: str) -> str:
+    """A detail's key as words: ``previous_version_id`` -> 'previous version id'."""
+    return key.replace("_", " ")
+
+
+def field_text(key: str, value: Any, *, short: bool) -> str:
+    """``value_text``, but an identifier (a job, a version number, an id) as written, without separators."""
+    if isinstance(value, int) and not isinstance(value, bool) and (key in ("job", "version") or key.endswith("id")):
+        return str(value)
+    return value_text(value, short=short)
+
+
+def changes(value: dict[str, Any]) -> list[str] | None:
+    """The fields an edit changed (its detail is ``{"before": {...}, "after": {...}}``), None for other details."""
+    before, after = value.get("before"), value.get("after")
+    if set(value) != {"before", "after"} or not isinstance(before, dict) or not isinstance(after, dict):
+        return None
+    return list(dict.fromkeys([*before, *after]))
+
+
+def lines(value: dict[str, Any], *, short: bool) -> list[str]:
+    """An event's detail as 'name: value' lines; an edit's as 'name: before → after'."""
+    if (changed := changes(value)) is not None:
+        return [f"{label(k)}: {field_text(k, value['before'].get(k), short=short)} → "
+                f"{field_text(k, value['after'].get(k), short=short)}" for k in changed]
+    return [f"{label(k)}: {field_text(k, v, short=short)}" for k, v in value.items()]
+
+
+def detail(value: dict[str, Any], width: int = DETAIL_PX) -> str:
+    """An event's detail in one readable line (digests shortened), cut with '…' to what a column ``width`` px wide
+    shows."""
+    return formats.fit("; ".join(lines(value, short=True)), width)
+
+
+def widths(events: list[EventInfo]) -> tuple[int, int]:
+    """The target's and the detail's px: the target as wide as its longest name needs, the detail the rest."""
+    needed = max((formats.cell_width(e.target) for e in events), default=TARGET_PX[0])
+    target = max(TARGET_PX[0], min(needed, TARGET_PX[1]))
+    return target, TABLE_PX - sum(c["width"] for c in COLUMNS.values()) - target
+
+
+def show_event(event: EventInfo) -> None:
+    """One event in full, under the table: what, on which target, by whom and when, then its detail as a list."""
+    st.markdown(f"**{event.action}** on `{event.target}` by **{event.actor}**, {event.at:%Y-%m-%d %H:%M:%S %Z}")
+    found = lines(event.detail, short=False)
+    st.markdown("\n".join(f"- {markdown_text(line)}".replace("\n", "  \n  ") for line in found)
+                if found else "No detail recorded.")
+
+
+def markdown_text(text: str) -> str:
+    """Text shown as itself in Markdown (a tag, a description or an error may hold *, _, ` or [)."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~$-])", r"\\\1", text)
+
+
+def table(events: list[EventInfo], detail_px: int = DETAIL_PX) -> pd.DataFrame:
+    """One row per event, in the order given: when, who, what, the target (a link when it is an adapter), the
+    detail in words, cut to ``detail_px``."""
+    return pd.DataFrame([{"when": e.at, "who": e.actor, "action": e.action, "target": target_link(e) or e.target,
+                          "detail": detail(e.detail, detail_px)} for e in events])
+
+
+COLUMNS: dict[str, Any] = {
     "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", width=150),
-    "who": st.column_config.TextColumn(width=100),
+    "who": st.column_config.TextColumn(width=90),
     "action": st.column_config.TextColumn(width=110),
-    "target": st.column_config.LinkColumn(display_text=r"^(?:adapter\?ref=)?(.*)$", width=220,
-                                          help="an adapter or version opens its page"),
-    "detail": st.column_config.TextColumn(help="what changed (before and after for edits)"),
 }
+
+
+def columns(target_px: int, detail_px: int) -> dict[str, Any]:
+    """The table's column settings, the target and the detail ``widths`` wide."""
+    return COLUMNS | {
+        "target": st.column_config.LinkColumn(display_text=r"^(?:adapter\?ref=)?(.*)$", width=target_px,
+                                              help="an adapter or version opens its page"),
+        "detail": st.column_config.TextColumn(width=detail_px, help="what changed (before → after for edits); tick "
+                                                                    "the row to read it whole")}
 
 
 def filters() -> dict[str, Any]:
@@ -72,5 +148,10 @@ def page() -> None:
         st.info("No events match." if chosen["adapter"] or chosen["action"] else "Nothing has happened yet.")
         return
     st.caption(f"The newest {len(found.events):,} events you may see, newest first. An adapter's target opens its "
-               "page; `vera events` pages through them all.")
-    st.dataframe(table(found.events), hide_index=True, width="stretch", column_config=COLUMNS, key="events_table")
+               "page; tick a row to read its detail in full; `vera events` pages through them all.")
+    events = sorted(found.events, key=lambda e: e.id, reverse=True)
+    target_px, detail_px = widths(events)
+    shown = st.dataframe(table(events, detail_px), hide_index=True, width="stretch", key="events_table",
+                         column_config=columns(target_px, detail_px), on_select="rerun", selection_mode="single-row")
+    for row in shown.selection.rows if shown is not None else []:
+        show_event(events[row])

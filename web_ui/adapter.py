@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -33,39 +34,32 @@ def page() -> None:
     header(info)
 
     card = model_card(info)
-    names = ["Versions and config", "Lineage", "Metrics", "Layers", "Verify", "Hub", "Download", "Edit"]
-    tabs = st.tabs((["Model card"] if card else []) + names)
-    if card:
-        with tabs[0]:
-            st.markdown(card)
-    overview, lineage_tab, metrics_tab, layers_tab, verify_tab, hub_tab, files_tab, edit_tab = tabs[-len(names):]
-    with overview:
-        versions(info)
-    with lineage_tab:
-        lineage.section(info)
-    with metrics_tab:
-        metrics(info)
-    with layers_tab:
-        layers(info)
-    with verify_tab:
-        verify(info)
-    with hub_tab:
-        hub(info)
-    with files_tab:
-        downloads(info)
-    with edit_tab:
-        editing.section(info)
+    labels = (["Model card"] if card else []) + list(SECTIONS)
+    # Only the open tab is built (a click on another reruns the page): a first visit draws the header and one table,
+    # not charts, a graph and forms nobody has opened (bench/RESULTS.md, Adapter's first render).
+    for label, tab in zip(labels, st.tabs(labels, key=TAB, on_change="rerun"), strict=True):
+        if tab.open:
+            with tab:
+                if label == "Model card":
+                    st.markdown(card or "")
+                else:
+                    SECTIONS[label](info)
 
 
 def read_ahead(info: VersionInfo) -> None:
-    """Start every read the tabs below make, side by side, while the header draws (each tab's own read then takes
-    its value)."""
+    """Start the reads the page makes, side by side, while the header draws (the page's own read then takes its
+    value): the adapter (for its model card) and what the open tab shows."""
     if (fetch := getattr(RegistryClient, "adapter", None)) is not None:
         session.prefetch(fetch, f"{info.owner}/{info.name}")
-    session.prefetch(RegistryClient.list_versions, **versions_query(info))
-    session.prefetch(RegistryClient.lineage, info.ref)
-    session.prefetch(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
-    session.prefetch(RegistryClient.hub_status, info.ref)
+    tab = st.session_state.get(TAB) or "Versions and config"
+    if tab == "Versions and config":
+        session.prefetch(RegistryClient.list_versions, **versions_query(info))
+    elif tab == "Lineage":
+        session.prefetch(RegistryClient.lineage, info.ref)
+    elif tab in ("Metrics", "Layers"):
+        session.prefetch(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
+    elif tab == "Hub":
+        session.prefetch(RegistryClient.hub_status, info.ref)
 
 
 def model_card(info: VersionInfo) -> str | None:
@@ -273,3 +267,10 @@ def downloads(info: VersionInfo) -> None:
     st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")
     st.caption("Load it: `vera_core.load_adapter(base, folder)` or `PeftModel.from_pretrained(base, folder)`; "
                + json.dumps(info.target_modules))
+
+
+#: The tab that is open (st.session_state), and what each tab but the model card shows, in order.
+TAB = "adapter_tab"
+SECTIONS: dict[str, Callable[[VersionInfo], None]] = {
+    "Versions and config": versions, "Lineage": lineage.section, "Metrics": metrics, "Layers": layers,
+    "Verify": verify, "Hub": hub, "Download": downloads, "Edit": editing.section}

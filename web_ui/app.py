@@ -4,6 +4,7 @@ part of `vera up`)."""
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
@@ -35,8 +36,9 @@ def signed_in_as() -> None:
     st.markdown(identity(who))
 
 
-
-def sidebar() -> None:
+def sidebar() -> DeltaGenerator:
+    """The registry's URL and token, and Refresh; returns the place of the line saying who you are, filled after
+    the page has drawn (its request, started ahead, must not hold the page up)."""
     url, token = session.settings()
     with st.sidebar:
         st.markdown("**Registry**")
@@ -48,9 +50,10 @@ def sidebar() -> None:
             st.cache_data.clear()
             st.session_state["browse_cursors"] = [None]
             st.rerun()
-        signed_in_as()
+        identity = st.empty()
         if st.button("Refresh"):
             st.cache_data.clear()
+    return identity
 
 
 def run() -> None:
@@ -71,5 +74,9 @@ def run() -> None:
     }
     st.session_state["pages"] = pages
     navigation = st.navigation(list(pages.values()))
-    sidebar()
+    identity = sidebar()
+    if session.url_problem(session.settings()[0]) is None:
+        session.prefetch(RegistryClient.whoami)  # read beside the page's own reads, shown after them
     navigation.run()
+    with identity.container():
+        signed_in_as()

@@ -12,7 +12,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Page, VersionInfo
 from vera_core.config import KNOWN_GENERATORS
-from web_ui import getting_started, navigation, session
+from web_ui import formats, getting_started, navigation, session
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
                "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
@@ -53,91 +53,146 @@ def sorted_metric(sort: str) -> str | None:
 
 LOCK = "\N{LOCK}"
 
+#: The room Browse's table has at 1,400 px beside the sidebar, less its tick column (measured in chromium: 939 px),
+#: and the px each column but the version gets; the version takes what its longest name needs of the rest.
+TABLE_PX = 890
+WIDTHS = {"base model": 90, "r": 36, "stored": 68, "params": 68, "accuracy": 68, "downloads": 84, "verified": 72,
+          "labels": 120, "created": 86}
+VERSION_MIN_PX = 120
 
-def table(items: list[VersionInfo], metric: str | None = None) -> pd.DataFrame:
-    """One row per version, the columns that fit 1,400 px beside the sidebar (seed and generator as one
-    'projection'; eval loss and exact bytes are on the Adapter and Compare pages). A lock marks a private adapter;
-    sorted by a metric, that metric's column takes the place of accuracy."""
+
+def size_column(sort: str) -> str:
+    """'params' when the listing is sorted by trainable parameters (the column sorted by is shown), else 'stored'."""
+    return "params" if sort.lstrip("-") == "trainable_parameters" else "stored"
+
+
+def labels(v: VersionInfo) -> list[str]:
+    """A lock for a private adapter, then its aliases (@prod) and tags."""
+    return [LOCK] * (v.visibility == "private") + [f"@{a}" for a in v.aliases] + list(v.tags)
+
+
+def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-created") -> pd.DataFrame:
+    """One row per version, the columns that fit 1,400 px beside the sidebar, each cell whole or cut with '…'
+    (projection, trainable parameters, eval loss and exact bytes are on the Adapter and Compare pages). Labels are
+    a lock for a private adapter, its aliases and its tags; sorted by a metric, that metric's column takes the place
+    of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
+    size = size_column(sort)
+
     def score(v: VersionInfo) -> dict[str, float | None]:
         return {metric: metric_value(v, metric)} if metric else {"accuracy": key_metrics(v)["accuracy"]}
 
     return pd.DataFrame([{
-        "version": navigation.version_link(v.ref), LOCK: LOCK if v.visibility == "private" else "",
-        "base model": v.base_model, "r": v.r, "projection": f"{v.generator.split('-')[0]} #{v.seed}",
-        "params": v.trainable_parameters, "stored": v.stored_bytes, **score(v), "downloads": v.downloads,
-        "verified": v.verification_status, "aliases": ", ".join(v.aliases), "tags": ", ".join(v.tags),
-        "created": v.created_at,
+        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, WIDTHS["base model"]),
+        "r": v.r, size: v.stored_bytes if size == "stored" else v.trainable_parameters, **score(v),
+        "downloads": v.downloads, "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
+        "labels": formats.fit_list(labels(v), WIDTHS["labels"]), "created": v.created_at,
     } for v in items])
 
 
-COLUMNS = {
-    "version": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version",
-                                           pinned=True, width=150),
-    LOCK: st.column_config.TextColumn(width=26, help="private: seen only by its owner, the owning organisation's "
-                                                    "members and admins; no lock: public"),
-    "base model": st.column_config.TextColumn(width=75),
-    "r": st.column_config.NumberColumn(width=40),
-    "projection": st.column_config.TextColumn(width=85, help="generator #seed: versions with the same projection "
-                                                              "share A and B"),
+def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
+    """The table's column settings: the version as wide as its longest name needs, in what the others leave."""
+    metric_px = max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric else WIDTHS["accuracy"]
+    others = sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px
+    needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)
+    version = max(VERSION_MIN_PX, min(needed, TABLE_PX - others))
+    return COLUMNS | {"version": navigation.version_column(version)} | (
+        {metric: st.column_config.NumberColumn(format="%.4g", width=metric_px)} if metric else {})
+
+
+COLUMNS: dict[str, Any] = {
+    "base model": st.column_config.TextColumn(width=WIDTHS["base model"]),
+    "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
+    "stored": st.column_config.NumberColumn(format="bytes", width=WIDTHS["stored"]),
     "params": st.column_config.NumberColumn(
-        format="localized", width=65, help="trainable parameters: d and b plus any trained task head; `vera ls` "
-                                           "shows d and b only"),
-    "trainable params (with head)": st.column_config.NumberColumn(
-        format="localized", help="d and b plus any trained task head; `vera ls` shows d and b only"),
-    "stored": st.column_config.NumberColumn(format="bytes", width=65),
-    "stored bytes": st.column_config.NumberColumn(format="bytes"),
-    "accuracy": st.column_config.NumberColumn(format="%.3f", width=65, help="test accuracy (else eval accuracy)"),
-    "eval loss": st.column_config.NumberColumn(format="%.4f"),
-    "downloads": st.column_config.NumberColumn(format="localized", width=70,
+        format="localized", width=WIDTHS["params"], help="trainable parameters: d and b plus any trained task head; "
+                                                         "`vera ls` shows d and b only"),
+    "accuracy": st.column_config.NumberColumn(format="%.3f", width=WIDTHS["accuracy"],
+                                              help="test accuracy (else eval accuracy)"),
+    "downloads": st.column_config.NumberColumn(format="localized", width=WIDTHS["downloads"],
                                                help="downloads of its weights (counted in batches: may lag ~10 s)"),
-    "verified": st.column_config.TextColumn(width=62, help="verification status (Verify on the Adapter page)"),
-    "aliases": st.column_config.TextColumn(width=55),
-    "tags": st.column_config.TextColumn(width=60),
-    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=82, help="published on"),
+    "verified": st.column_config.TextColumn(width=WIDTHS["verified"], help="verification status (Verify on the "
+                                                                           "Adapter page): passed, failed or not yet"),
+    "labels": st.column_config.TextColumn(width=WIDTHS["labels"], help=f"{LOCK}: private, seen only by its owner, "
+                                          "the owning organisation's members and admins; @name: an alias; then its "
+                                          "tags. +N: more, on its Adapter page"),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=WIDTHS["created"], help="published on"),
 }
 
 
 #: The popover holding the filter form (its open state is in st.session_state under this key).
 FILTERS = "browse_filters"
+#: The form's values last applied (st.session_state): the listing follows them whether the form is drawn or not.
+APPLIED_FORM = "browse_form"
+#: The form's fields and their values before anything is applied.
+FORM_DEFAULTS: dict[str, Any] = {"owner": "", "base": "any", "rank": "", "seed": "", "generator": "any", "tag": "",
+                                 "text": "", "sort": "-created", "filter": "", "metric": "", "size": 50}
+
+
+def field_key(name: str) -> str:
+    """The session-state key of the form's field ``name``."""
+    return f"browse_form_{name}"
+
+
+def form_values() -> dict[str, Any]:
+    """The form's values last applied (the defaults before any)."""
+    return {**FORM_DEFAULTS, **st.session_state.get(APPLIED_FORM, {})}
 
 
 def applying() -> None:
-    """Apply's callback, before the rerun: back to the first page, and the popover closes to show the result."""
-    st.session_state["browse_cursors"] = [None]
-    st.session_state[FILTERS] = False
+    """Apply's callback, before the rerun: the form's values are kept as the applied ones, the listing goes back
+    to its first page, and the popover closes to show the result."""
+    state = st.session_state
+    state[APPLIED_FORM] = {name: state[field_key(name)] for name in FORM_DEFAULTS if field_key(name) in state}
+    state["browse_cursors"] = [None]
+    state[FILTERS] = False
 
 
 #: Rows per page the form offers (a select box: the same lazily loaded widget code as the form's other choices).
 PAGE_SIZES = [25, 50, 100, 250, 500]
 
 
-def filters() -> dict[str, Any]:
-    """The filter form: list_versions' arguments (None where unset) and the page size."""
-    bases = [b.name for b in session.read(RegistryClient.base_models)]
+def filter_form(values: dict[str, Any]) -> None:
+    """The filter form, showing ``values`` (the applied ones); Apply applies what it then holds. Drawn only while
+    its popover is open: a closed one costs neither its widgets nor the base-model list."""
+    bases = ["any", *(b.name for b in session.read(RegistryClient.base_models))]
+    seeded = {**values, "base": values["base"] if values["base"] in bases else "any"}
+    for name, value in seeded.items():  # its fields start from what is applied (a closed form keeps no state)
+        st.session_state.setdefault(field_key(name), value)
     with st.form("filters"):
         c1, c2, c3, c4 = st.columns(4)
-        owner = c1.text_input("Owner")
-        base = c2.selectbox("Base model", ["any", *bases])
-        rank = c3.text_input("Rank", help="empty: any")
-        seed = c4.text_input("Seed")
+        c1.text_input("Owner", key=field_key("owner"))
+        c2.selectbox("Base model", bases, key=field_key("base"))
+        c3.text_input("Rank", help="empty: any", key=field_key("rank"))
+        c4.text_input("Seed", key=field_key("seed"))
         c5, c6, c7, c8 = st.columns(4)
-        generator = c5.selectbox("Generator", ["any", *KNOWN_GENERATORS])
-        tag = c6.text_input("Tag")
-        text = c7.text_input("Search", help="owner, name or description")
-        sort = c8.selectbox("Sort", list(SORT_LABELS), format_func=SORT_LABELS.__getitem__)
+        c5.selectbox("Generator", ["any", *KNOWN_GENERATORS], key=field_key("generator"))
+        c6.text_input("Tag", key=field_key("tag"))
+        c7.text_input("Search", help="owner, name or description", key=field_key("text"))
+        c8.selectbox("Sort", list(SORT_LABELS), format_func=SORT_LABELS.__getitem__, key=field_key("sort"))
         c9, c10, c11 = st.columns([4.5, 2, 1.5])
-        clauses = c9.text_input("Filter", placeholder="metrics.test.accuracy > 0.9 and r <= 256", help=FILTER_HELP)
-        metric = c10.text_input("Sort by metric", placeholder="test.accuracy", help=METRIC_SORT_HELP)
-        size = c11.selectbox("Rows per page", PAGE_SIZES, index=PAGE_SIZES.index(50))
+        c9.text_input("Filter", placeholder="metrics.test.accuracy > 0.9 and r <= 256", help=FILTER_HELP,
+                      key=field_key("filter"))
+        c10.text_input("Sort by metric", placeholder="test.accuracy", help=METRIC_SORT_HELP, key=field_key("metric"))
+        c11.selectbox("Rows per page", PAGE_SIZES, key=field_key("size"))
         st.form_submit_button("Apply", on_click=applying)
-    for label, typed in (("Rank", rank), ("Seed", seed)):
-        if typed and not typed.isdigit():
-            st.warning(f"{label} {typed!r} is not a whole number; it is ignored.")
-    return {"owner": owner or None, "base_model": None if base == "any" else base,
+
+
+def choices(values: dict[str, Any]) -> dict[str, Any]:
+    """list_versions' arguments (None where unset) and the page size, from the form's values."""
+    rank, seed = values["rank"].strip(), values["seed"].strip()
+    return {"owner": values["owner"].strip() or None, "base_model": None if values["base"] == "any" else values["base"],
             "r": int(rank) if rank.isdigit() and int(rank) > 0 else None,
-            "seed": int(seed) if seed.isdigit() else None, "generator": None if generator == "any" else generator,
-            "tag": tag or None, "q": text or None, "sort": metric_sort(metric) or sort, "limit": size,
-            "filter": clauses.strip() or None}
+            "seed": int(seed) if seed.isdigit() else None,
+            "generator": None if values["generator"] == "any" else values["generator"],
+            "tag": values["tag"].strip() or None, "q": values["text"].strip() or None,
+            "sort": metric_sort(values["metric"]) or values["sort"], "limit": values["size"],
+            "filter": values["filter"].strip() or None}
+
+
+def ignored(values: dict[str, Any]) -> list[str]:
+    """What the form holds that is not used, said: a rank or seed that is not a whole number."""
+    return [f"{label} {typed!r} is not a whole number; it is ignored." for label, typed in
+            (("Rank", values["rank"].strip()), ("Seed", values["seed"].strip())) if typed and not typed.isdigit()]
 
 
 def metric_sort(text: str) -> str | None:
@@ -191,11 +246,17 @@ def applied(chosen: dict[str, Any]) -> str:
 def page() -> None:
     st.title("Adapters")
     form = st.empty()
-    with form.container(), st.popover("Filter and sort", icon=":material/filter_list:", key=FILTERS,
-                                           on_change="rerun"):
-        # In a popover, the form is drawn only when opened: a first visit paints the table without building
-        # eleven inputs (bench/RESULTS.md, 2026-11-30: a new visitor's Browse, 0.5 s of 2.3).
-        chosen = filters()
+    values = form_values()
+    with form.container():
+        filters = st.popover("Filter and sort", icon=":material/filter_list:", key=FILTERS, on_change="rerun")
+        if filters.open:
+            # Built only while open: a first visit paints the table without eleven inputs in the page
+            # (bench/RESULTS.md, 2026-11-30: a new visitor's Browse, 0.5 s of 2.3) or the base-model list.
+            with filters:
+                filter_form(values)
+    for problem in ignored(values):
+        st.warning(problem)
+    chosen = choices(values)
     cursors: list[str | None] = st.session_state.setdefault("browse_cursors", [None])
     result = listing(chosen, cursors[-1])
     if result is None:
@@ -214,9 +275,9 @@ def page() -> None:
     if not result.items:
         st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
         return
-    columns = COLUMNS | ({metric: st.column_config.NumberColumn(format="%.4g", width=65)} if metric else {})
-    selection = st.dataframe(table(result.items, metric), hide_index=True, width="stretch", on_select="rerun",
-                             selection_mode="multi-row", column_config=columns, key="browse_table")
+    selection = st.dataframe(table(result.items, metric, chosen["sort"]), hide_index=True, width="stretch",
+                             on_select="rerun", selection_mode="multi-row", column_config=columns(result.items, metric),
+                             key="browse_table")
     with st.container(horizontal=True):
         if st.button("Previous page", disabled=len(cursors) == 1):
             cursors.pop()

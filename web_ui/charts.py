@@ -21,7 +21,7 @@ NO_DEPTH = "-"  # the depth of a layer outside the numbered blocks (a head, an e
 def version_colours(refs: list[str]) -> alt.Color:
     """Colour by version, each version its own palette colour, in the order given."""
     return alt.Color("version:N", sort=refs, scale=alt.Scale(domain=refs, range=list(PALETTE[:len(refs)])),
-                     legend=alt.Legend(title=None, orient="bottom", labelLimit=0))
+                     legend=alt.Legend(title=None, orient="bottom", labelLimit=0, columns=2))  # long names wrap
 
 
 def eval_points(history: list[dict[str, Any]]) -> list[list[float]]:
@@ -45,7 +45,9 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     has_eval = any(r["curve"] == "eval" for r in rows)
     kinds = ["training", "eval"] if has_eval else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(
-        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
+        # Steps are whole numbers: ticks at least 1 apart, written without decimals (never 1.5, 2.5).
+        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
         strokeDash=alt.StrokeDash("curve:N", sort=kinds, title=None,
                                   scale=alt.Scale(domain=kinds, range=[[1, 0], [6, 3]][:len(kinds)]),
                                   legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555")),

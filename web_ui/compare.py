@@ -10,8 +10,8 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.schemas import Page, VersionInfo
-from web_ui import charts, navigation, session
-from web_ui.browse import COLUMNS, key_metrics
+from web_ui import charts, formats, navigation, session
+from web_ui.browse import key_metrics
 
 BOX = "compare_box"
 SEARCH = "compare_search"
@@ -105,17 +105,48 @@ def page() -> None:
         st.altair_chart(cosine, width="content")
 
 
+#: Compare's table at 1,400 px beside the sidebar (measured in chromium: 939 px): the px each column but the
+#: version gets; the version takes what its longest name needs of the rest.
+TABLE_PX = 920
+WIDTHS = {"base model": 90, "r": 36, "projection": 124, "adapter params": 112, "stored": 68, "accuracy": 68,
+          "eval loss": 72, "verified": 72}
+COLUMNS: dict[str, Any] = {
+    "base model": st.column_config.TextColumn(width=WIDTHS["base model"]),
+    "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
+    "projection": st.column_config.TextColumn(width=WIDTHS["projection"], help="generator #seed: versions with the "
+                                              "same projection and rank share A and B (full names on the Adapter "
+                                              "page)"),
+    "adapter params": st.column_config.NumberColumn(format="localized", width=WIDTHS["adapter params"],
+                                                    help="d and b: what `vera ls` counts (the Adapter page also "
+                                                         "counts a trained task head)"),
+    "stored": st.column_config.NumberColumn(format="bytes", width=WIDTHS["stored"]),
+    "accuracy": st.column_config.NumberColumn(format="%.3f", width=WIDTHS["accuracy"],
+                                              help="test accuracy (else eval accuracy)"),
+    "eval loss": st.column_config.NumberColumn(format="%.4f", width=WIDTHS["eval loss"], help="final eval loss"),
+    "verified": st.column_config.TextColumn(width=WIDTHS["verified"], help="verification status: passed, failed "
+                                                                           "or not yet"),
+}
+
+
+def table(versions: list[VersionInfo]) -> pd.DataFrame:
+    """One row per version, the columns that fit 1,400 px, each cell whole or cut with '…'."""
+    return pd.DataFrame([{
+        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, WIDTHS["base model"]),
+        "r": v.r, "projection": formats.fit(formats.projection(v.generator, v.seed), WIDTHS["projection"]),
+        "adapter params": v.adapter_parameters, "stored": v.stored_bytes, **key_metrics(v),
+        "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
+    } for v in versions])
+
+
+def version_width(versions: list[VersionInfo]) -> int:
+    """The version column's px: what the longest reference needs, within what the other columns leave."""
+    return min(max(formats.cell_width(v.ref) for v in versions), TABLE_PX - sum(WIDTHS.values()))
+
+
 def side_by_side(versions: list[VersionInfo]) -> None:
     """The versions' numbers as a table, and their loss curves."""
-    frame = pd.DataFrame([{
-        "version": navigation.version_link(v.ref), "base model": v.base_model, "r": v.r, "seed": str(v.seed),
-        "generator": v.generator, "trainable params (with head)": v.trainable_parameters,
-        "adapter params": v.adapter_parameters, "stored bytes": v.stored_bytes, **key_metrics(v),
-        "verification": v.verification_status,
-    } for v in versions])
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
-        **{name: column for name, column in COLUMNS.items() if name in frame.columns},
-        "adapter params": st.column_config.NumberColumn(format="localized", help="d and b: what `vera ls` counts")})
+    st.dataframe(table(versions), hide_index=True, width="stretch",
+                 column_config=COLUMNS | {"version": navigation.version_column(version_width(versions))})
     curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in versions},
                                 {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions})
     st.subheader("Loss curves")

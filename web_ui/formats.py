@@ -59,3 +59,48 @@ def metric_rows(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, str
         else:
             rows.append({"metric": prefix + key, "value": number(value)})
     return rows
+
+
+#: What a cell of the dashboard's tables (Streamlit's grid, 14 px Source Sans) takes: at most this many px per
+#: character (wide letters and digits; most text is narrower) and this many px of padding.
+CHAR_PX, CELL_PAD_PX = 7, 17
+
+
+def cell_chars(width: int) -> int:
+    """How many characters a column ``width`` px wide shows whole."""
+    return max(1, (width - CELL_PAD_PX) // CHAR_PX)
+
+
+def cell_width(text: str) -> int:
+    """The px a column needs to show ``text`` whole."""
+    return CELL_PAD_PX + CHAR_PX * len(text)
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` as a column ``width`` px wide shows it: whole, or cut with '…' (never clipped mid-letter)."""
+    room = cell_chars(width)
+    return text if len(text) <= room else text[:room - 1] + "…"
+
+
+def fit_list(items: list[str], width: int) -> str:
+    """``items`` joined with ', ' as far as they fit a column ``width`` px wide, then '+N' for the rest."""
+    room = cell_chars(width)
+    for shown in range(len(items), 0, -1):
+        rest = f" +{len(items) - shown}" if shown < len(items) else ""
+        if len(text := ", ".join(items[:shown]) + rest) <= room:
+            return text
+    rest = f" +{len(items) - 1}" if len(items) > 1 else ""
+    return fit(items[0], width - CHAR_PX * len(rest)) + rest if items else ""
+
+
+#: Short names of the projection generators, for narrow table cells (the full names are on the Adapter page).
+SHORT_GENERATORS = {"philox4x32-10-kaiming-uniform-v1": "philox", "torch-kaiming-uniform": "torch"}
+
+
+def projection(generator: str, seed: int) -> str:
+    """'philox #42': the generator's short name and the seed."""
+    return f"{SHORT_GENERATORS.get(generator, generator.split('-')[0])} #{seed}"
+
+
+#: A verification status in a narrow cell.
+VERIFIED = {"passed": "✓ passed", "failed": "✗ failed", "unverified": "not yet"}

@@ -63,6 +63,12 @@ def version_link(ref: str) -> str:
     return f"adapter?ref={quote(ref, safe='/:@')}"
 
 
+def version_column(width: int) -> Any:
+    """A table column of version_link addresses, showing each reference as a link to its page, pinned left."""
+    return st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version", pinned=True,
+                                       width=width)
+
+
 def open_version(ref: str) -> None:
     """Go to the Adapter page showing ``ref`` (its URL says so)."""
     st.switch_page(st.session_state["pages"]["adapter"], query_params={"ref": ref})

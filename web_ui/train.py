@@ -66,6 +66,11 @@ TARGET_PATTERN = (r"^\s*[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}\s*$"
                   "version or alias: the job publishes the next version.")
 
 
+GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-uniform-v1 (the default): the same "
+                  "bits on any device or torch version (docs/projections.md). torch-kaiming-uniform: PEFT's own, "
+                  "so PEFT regenerates A and B from a seed-only adapter.")
+
+
 def launch() -> None:
     with st.form("train"):
         st.markdown("**New fine-tune job** (a worker trains it and publishes the adapter)")
@@ -75,13 +80,14 @@ def launch() -> None:
                                                                 "on the worker")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)
         upload = st.file_uploader("Or a dataset (.csv or .jsonl with text and label columns)", type=["csv", "jsonl"])
-        c3, c4, c5, c6 = st.columns(4)
+        # The generator's names are long (philox4x32-10-kaiming-uniform-v1): its box gets the room to show one whole.
+        c3, c4, c5 = st.columns([1, 1.4, 2.6])
         r = c3.number_input("Rank r", 1, 4096, 256)
         prng = c4.number_input("Projection seed", 0, 2**53 - 1, 0,
                                help="up to 2^53 - 1 here; any uint64 with `vera job submit`")
-        generator = c5.selectbox("Generator", KNOWN_GENERATORS)
+        generator = c5.selectbox("Generator", KNOWN_GENERATORS, help=GENERATOR_HELP)
+        c6, c7, c8, c9, c10 = st.columns(5)
         d_initial = c6.number_input("d initial", 0.0, 10.0, 0.1)
-        c7, c8, c9, c10 = st.columns(4)
         epochs = c7.number_input("Epochs", 0.05, 100.0, 1.0)
         lr = c8.number_input("Vector learning rate", 1e-5, 1.0, 1e-2, format="%.4f")
         head_lr = c9.number_input("Head learning rate", 1e-6, 1.0, 1e-3, format="%.5f")

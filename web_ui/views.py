@@ -60,6 +60,12 @@ CHECK_NAMES = {"projection": "Projection regenerated from the seed", "vectors_bl
                "projection_blob": "Stored projection blob re-hashed", "shapes": "Layer shapes match the base model"}
 
 
+#: Where the base model's layer shapes that the check compared against come from (the report's ``base_shapes``).
+BASE_SHAPES = {"declared": "checked against the base model's declared shapes (`vera base register`)",
+               "implied": "checked against the shapes earlier publishes implied (the base model was never "
+                          "registered: `vera base register` declares its shapes)"}
+
+
 def _check_detail(check: dict[str, Any]) -> str:
     """What a verification check found, in words (the report's fields, digests shortened)."""
     if check.get("error"):
@@ -75,7 +81,7 @@ def _check_detail(check: dict[str, Any]) -> str:
         parts.append(f"SHA-256 {str(check['sha256'])[:12]}..."
                      + (f", {formats.size(check['bytes'])}" if isinstance(check.get("bytes"), int) else ""))
     if check.get("base_shapes"):
-        parts.append(f"base shapes from {check['base_shapes']}")
+        parts.append(BASE_SHAPES.get(check["base_shapes"], f"the base model's shapes are {check['base_shapes']}"))
     if check.get("note"):
         parts.append(str(check["note"]))
     return "; ".join(parts)

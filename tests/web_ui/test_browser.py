@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -280,6 +281,104 @@ def test_publish_as_checked_and_cancel_confirmed_in_a_browser(page: Page, produc
     shot(page, "22-train-cancelling")
     expect(header_metric(page, "Status")).to_contain_text("cancelled", timeout=120_000)
     shot(page, "23-train-cancelled")
+
+
+#: The texts of ``columns`` (name, width in px, texts) that are wider than their column in the page's own font (the
+#: grid draws its cells on a canvas with the body font at 14 px and 8 px of padding each side, and clips the rest).
+CLIPPED_JS = """([columns, size]) => {
+  const context = document.createElement("canvas").getContext("2d");
+  context.font = `${size}px ${getComputedStyle(document.body).fontFamily}`;
+  return columns.flatMap(([name, width, texts]) => texts.filter(t => context.measureText(t).width + 16 > width)
+                                                         .map(t => `${name} (${width} px): ${t}`));
+}"""
+
+
+def clipped(page: Page, frame: Any, widths: dict[str, int], texts: tuple[str, ...]) -> list[str]:
+    """The headers of the columns ``widths`` and the cells of ``frame``'s columns ``texts`` that the browser cuts
+    off (a link cell shows its reference)."""
+    columns = [[name, width, [name, *(str(v).removeprefix("adapter?ref=") for v in frame[name])] if name in texts
+                else [name]] for name, width in widths.items()]
+    return list(page.evaluate(CLIPPED_JS, [columns, 14]))
+
+
+def fits(page: Page, grid: Locator) -> None:
+    """The table scrolls no column out of sight."""
+    width, room = grid.locator(".dvn-scroller").evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert width <= room, f"the table is {width} px wide in {room} px: it scrolls sideways"
+
+
+def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, product: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    """Issue 20: Browse's and Compare's tables fit 1,400 px and no cell is cut off (a long name, base model and
+    labels are shown whole or end in '…' / '+N')."""
+    from web_ui import browse, compare
+
+    long_name = "alice/sentiment-review-adapter-v2"  # 33 characters, as long as a name is shown whole
+    with RegistryClient(product["api"]) as client:
+        client.publish(make_adapter(tmp_path / "long", seed=9), long_name, base_model="meta-llama-2-7b-chat-hf",
+                       tags=["sentiment", "reviews", "english", "demo"], metrics={"test": {"accuracy": 0.5}})
+        client.set_alias(f"{long_name}:1", "prod")
+        items = client.list_versions(limit=50).items
+    use_product_registry(page, product)
+    grid = page.get_by_test_id("stDataFrame").first
+    expect(grid).to_be_visible()
+    shot(page, "29-browse-cells-whole")
+    fits(page, grid)
+    frame = browse.table(items)
+    widths = {name: config["width"] for name, config in browse.columns(items).items() if name in frame.columns}
+    assert clipped(page, frame, widths, ("version", "base model", "verified", "labels")) == []
+
+    pair = [item for item in items if item.ref in (f"{long_name}:1", "alice/tiny0:1")]
+    page.goto(f"{product['ui']}/compare?refs={pair[0].ref},{pair[1].ref}")
+    expect(page.get_by_text("cos(ΔW of each version")).to_be_visible()
+    grid = page.get_by_test_id("stDataFrame").first
+    shot(page, "30-compare-cells-whole")
+    fits(page, grid)
+    widths = compare.WIDTHS | {"version": compare.version_width(pair)}
+    assert clipped(page, compare.table(pair), widths, ("version", "base model", "projection", "verified")) == []
+
+
+def test_activity_shows_an_event_in_full_when_ticked_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """Issue 20: the Activity page's detail reads as words, and a ticked row shows it whole (digests included)."""
+    use_product_registry(page, product)
+    with RegistryClient(product["api"]) as client:
+        vectors = client.get("alice/tiny0:1").vectors_sha256
+    page.goto(f"{product['ui']}/activity?adapter=alice/tiny0&action=publish")
+    expect(page.get_by_text("events you may see")).to_be_visible()
+    expect(page.get_by_text(vectors)).to_have_count(0)  # the table shortens digests
+    tick_row(page, 0)
+    expect(page.get_by_text(f"vectors: {vectors}")).to_be_visible()
+    expect(page.get_by_text("base model: tiny-llama")).to_be_visible()
+    expect(page.get_by_text('{"vectors"')).to_have_count(0)  # no JSON
+    shot(page, "31-activity-event-detail")
+
+
+#: The tick labels of each chart axis titled ``title`` on the page (Streamlit draws Altair charts as SVG).
+AXIS_LABELS_JS = """title => [...document.querySelectorAll("g.role-axis")]
+  .filter(axis => [...axis.querySelectorAll(".role-axis-title text")].some(t => t.textContent === title))
+  .flatMap(axis => [...axis.querySelectorAll(".role-axis-label text")].map(t => t.textContent))"""
+
+
+def test_loss_chart_steps_are_whole_numbers_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """Issue 20: three recorded steps are ticked 1, 2, 3 (not 1.5, 2.5)."""
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/compare?refs=alice/tiny0:1,alice/tiny1:1")
+    expect(page.get_by_text("optimizer step", exact=True)).to_be_visible()
+    ticks = page.evaluate(AXIS_LABELS_JS, "optimizer step")
+    assert ticks and all(t.isdigit() for t in ticks), f"step ticks {ticks}"
+    assert ticks == sorted(set(ticks), key=int)
+    shot(page, "33-loss-chart-whole-steps")
+
+
+def test_the_generator_box_shows_its_whole_name_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """Issue 20: on the Train page the Generator box is wide enough for the longest generator's name."""
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/train")
+    box = page.get_by_role("combobox", name="Generator")
+    expect(box).to_have_value("philox4x32-10-kaiming-uniform-v1")
+    width, room = box.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert width <= room, f"the Generator box cuts its value: {width} px of text in {room} px"
+    shot(page, "32-train-generator-box")
 
 
 def test_lineage_graph_links_and_the_filter_box_in_a_browser(page: Page, product: dict[str, str],

@@ -82,3 +82,10 @@ def test_the_cosine_view_is_a_labelled_grid_per_compared_version() -> None:
         assert grid["encoding"]["color"]["scale"]["domain"] == [-1, 1]
         assert grid["encoding"]["x"]["axis"]["labelAngle"] == 0 and grid["encoding"]["y"]["axis"]["labelLimit"] == 0
     assert charts.cosine_heatmap([{"module": "x", "delta_cosine": [[1.0, None]]}], refs[:2]) is None
+
+
+def test_steps_are_whole_numbers_on_the_loss_chart() -> None:
+    chart = spec(charts.loss_curves({"a/b:1": [[1, 0.9], [2, 0.5], [3, 0.4]]}))
+    for layer in chart["layer"]:
+        axis = (layer.get("encoding") or chart["encoding"])["x"]["axis"]
+        assert axis["tickMinStep"] == 1 and axis["format"] == "d"  # ticks 1, 2, 3: never 1.5 or 2.5

@@ -33,3 +33,32 @@ def test_metrics_become_rows_with_nested_names_and_curves_left_out() -> None:
         {"metric": "test.accuracy", "value": "0.9123"}, {"metric": "test.loss", "value": "0.2346"},
         {"metric": "steps", "value": "1,200"}, {"metric": "train_wall_time_s", "value": "83.21"},
         {"metric": "note", "value": "demo"}]
+
+
+@pytest.mark.parametrize(("text", "width", "shown"), [
+    ("tiny-llama", 90, "tiny-llama"),  # (90 - 17) // 7 = 10 characters: whole
+    ("meta-llama/Llama-2-7b-hf", 90, "meta-llam…"),
+    ("ab", 10, "…"),
+], ids=["fits", "cut", "narrower-than-a-letter"])
+def test_a_cell_shows_its_text_whole_or_cut_with_an_ellipsis(text: str, width: int, shown: str) -> None:
+    assert formats.fit(text, width) == shown
+    assert formats.cell_width(shown) <= max(width, formats.cell_width("…"))
+
+
+@pytest.mark.parametrize(("items", "shown"), [
+    (["@prod", "demo"], "@prod, demo"),
+    (["@latest", "@prod", "demo", "sentiment", "long-tag"], "@latest +4"),
+    (["a-very-long-tag-name-indeed", "b"], "a-very-lon… +1"),
+    ([], ""),
+], ids=["fit", "some", "first-cut", "none"])
+def test_a_list_cell_says_how_many_more_it_holds(items: list[str], shown: str) -> None:
+    assert formats.fit_list(items, 120) == shown  # (120 - 17) // 7 = 14 characters
+    assert formats.cell_width(shown) <= 120
+
+
+@pytest.mark.parametrize(("generator", "shown"), [
+    ("philox4x32-10-kaiming-uniform-v1", "philox #42"), ("torch-kaiming-uniform", "torch #42"),
+    ("future-generator-v2", "future #42"),
+], ids=["portable", "peft", "unknown"])
+def test_a_projection_in_a_narrow_cell(generator: str, shown: str) -> None:
+    assert formats.projection(generator, 42) == shown

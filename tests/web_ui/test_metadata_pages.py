@@ -20,7 +20,7 @@ from registry.services.tokens import create_token
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
-from tests.web_ui.test_pages import page, texts
+from tests.web_ui.test_pages import field, filter_form, page, texts
 from web_ui import app, browse, lineage
 
 FILLERS = 27  # more than the smallest page (25)
@@ -66,11 +66,11 @@ def versions(at: AppTest) -> list[str]:
 
 def test_the_filter_box_sends_an_mlflow_filter_to_the_registry(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
-    next(t for t in at.text_input if t.label == "Filter").set_value("metrics.test.accuracy > 0.9 and r <= 8")
+    field(filter_form(at), "Filter").set_value("metrics.test.accuracy > 0.9 and r <= 8")
     click(at, "Apply")
     assert not at.exception and sorted(versions(at)) == ["alice/child:1", "alice/secret:1"]
     assert "2 versions match" in texts(at)
-    next(t for t in at.text_input if t.label == "Filter").set_value("metrics.test.accuracy >")
+    field(filter_form(at), "Filter").set_value("metrics.test.accuracy >")
     click(at, "Apply")
     assert not at.exception and not at.dataframe
     [error] = at.error
@@ -80,16 +80,16 @@ def test_the_filter_box_sends_an_mlflow_filter_to_the_registry(registry: dict[st
 
 def test_sort_by_metric_orders_every_page_on_the_server(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
-    next(s for s in at.selectbox if s.label == "Rows per page").set_value(25)
+    field(filter_form(at), "Rows per page").set_value(25)
     click(at, "Apply")
     assert "alice/base:1" not in versions(at)  # newest first: the oldest is on a later page
-    next(t for t in at.text_input if t.label == "Sort by metric").set_value("test.accuracy")
+    field(filter_form(at), "Sort by metric").set_value("test.accuracy")
     click(at, "Apply")
     assert versions(at)[:4] == ["alice/secret:1", "alice/child:1", "alice/grandchild:1", "alice/base:1"]
     frame = at.dataframe[0].value
     assert list(frame["test.accuracy"])[:4] == pytest.approx([0.99, 0.95, 0.85, 0.70])  # the sorted metric shown
     assert "sorted by test.accuracy over every page" in texts(at)
-    next(t for t in at.text_input if t.label == "Sort by metric").set_value("+test.accuracy")
+    field(filter_form(at), "Sort by metric").set_value("+test.accuracy")
     click(at, "Apply")
     assert versions(at)[0] == "alice/filler:1"  # lowest first: 0.5
     click(at, "Next page")
@@ -105,13 +105,13 @@ def test_metric_sort_text(typed: str, sort: str | None) -> None:
 
 def test_browse_shows_downloads_and_locks_private_adapters(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
-    next(t for t in at.text_input if t.label == "Filter").set_value("name in ('child', 'secret', 'base')")
+    field(filter_form(at), "Filter").set_value("name in ('child', 'secret', 'base')")
     click(at, "Apply")
     frame = at.dataframe[0].value.set_index("version")
     assert frame.loc["adapter?ref=alice/child:1", "downloads"] == 1
     assert frame.loc["adapter?ref=alice/base:1", "downloads"] == 0
-    assert dict(frame[browse.LOCK]) == {"adapter?ref=alice/secret:1": browse.LOCK, "adapter?ref=alice/child:1": "",
-                                        "adapter?ref=alice/base:1": ""}
+    assert dict(frame["labels"]) == {"adapter?ref=alice/secret:1": f"{browse.LOCK}, @latest",  # private: locked
+                                     "adapter?ref=alice/child:1": "@latest", "adapter?ref=alice/base:1": "@latest"}
 
 
 def graph_spec(at: AppTest) -> str:
@@ -121,7 +121,7 @@ def graph_spec(at: AppTest) -> str:
 
 
 def test_the_lineage_graph_shows_both_ways_with_links_and_the_version_highlighted(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, query={"ref": "alice/child:1"})
+    at = page("adapter", registry, query={"ref": "alice/child:1"}, adapter_tab="Lineage")
     assert not at.exception
     spec = graph_spec(at)
     assert '"alice/base:1" -> "alice/child:1";' in spec and '"alice/child:1" -> "alice/grandchild:1";' in spec
@@ -134,7 +134,7 @@ def test_the_lineage_graph_shows_both_ways_with_links_and_the_version_highlighte
     assert "**Made from it**: [alice/grandchild:1](adapter?ref=alice/grandchild:1)" in shown
     assert "**Fine-tuned from**: [alice/base:1](adapter?ref=alice/base:1)" in shown
     assert "**Code revision**: `abc123`" in shown
-    alone = page("adapter", registry, query={"ref": "alice/secret:1"})
+    alone = page("adapter", registry, query={"ref": "alice/secret:1"}, adapter_tab="Lineage")
     assert not alone.get("graphviz_chart") and "**Came from**: nothing recorded" in texts(alone)
     assert "Published directly" in texts(alone)
 
@@ -167,7 +167,7 @@ def test_the_adapter_page_says_private_or_public_and_counts_downloads(registry: 
 
 
 def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, query={"ref": "alice/grandchild:1"})
+    at = page("adapter", registry, query={"ref": "alice/grandchild:1"}, adapter_tab="Edit")
     at.text_area(key="edit-description-alice/grandchild:1").set_value("Grandchild, tuned twice.")
     at.text_input(key="edit-tags-alice/grandchild:1").set_value("prod-ready, wip")
     click(at, "Save version")
@@ -188,7 +188,7 @@ def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> N
 
 
 def test_a_refused_edit_shows_the_registrys_message(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, query={"ref": "alice/base:1"})
+    at = page("adapter", registry, query={"ref": "alice/base:1"}, adapter_tab="Edit")
     at.text_input(key="edit-tags-alice/base:1").set_value("Not A Tag!")
     click(at, "Save version")
     assert not at.exception
@@ -199,7 +199,7 @@ def test_a_refused_edit_shows_the_registrys_message(registry: dict[str, Any]) ->
 
 
 def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, query={"ref": "alice/filler:2"})
+    at = page("adapter", registry, query={"ref": "alice/filler:2"}, adapter_tab="Edit")
     at.radio(key="edit-visibility-alice/filler").set_value("private")
     click(at, "Save adapter")
     assert any(s.value == "Saved alice/filler: now private." for s in at.success)
@@ -210,7 +210,7 @@ def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> No
 
 
 def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
-    at = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"})
+    at = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"}, adapter_tab="Edit")
     assert not at.exception
     assert "Signed in as bob, who may not edit alice's adapters." in texts(at)
     assert not [b for b in at.button if b.label in ("Save version", "Save adapter")]
@@ -245,6 +245,8 @@ def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str
     frame = at.dataframe[0].value
     assert list(frame["action"]) == ["publish"] and list(frame["who"]) == ["alice"]
     assert list(frame["target"]) == ["adapter?ref=alice/child:1"]  # a link to the version's page
+    [detail] = frame["detail"]
+    assert detail.startswith("vectors: ") and detail.endswith("…; base model: tiny-llama")  # words, not JSON
     at.text_input(key="activity_adapter").set_value("").run()
     at.selectbox(key="activity_action").set_value("publish").run()
     assert at.query_params["action"] == "publish"

@@ -23,7 +23,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, running_server, running_vera
-from web_ui import session
+from web_ui import browse, session
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 
@@ -68,6 +68,22 @@ def texts(at: AppTest) -> str:
                                               "warning", "success") for e in getattr(at, kind))
 
 
+def filter_form(at: AppTest) -> AppTest:
+    """Open Browse's Filter and sort popover: its form is built only while it is open."""
+    at.session_state[browse.FILTERS] = True
+    return at.run()
+
+
+def field(at: AppTest, label: str) -> Any:
+    """The filter form's text box or select box labelled ``label``."""
+    return next(w for w in [*at.text_input, *at.selectbox] if w.label == label)
+
+
+def apply(at: AppTest) -> AppTest:
+    next(b for b in at.button if b.label == "Apply").click()
+    return at.run()
+
+
 def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
     assert not at.exception
@@ -75,43 +91,57 @@ def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str,
     assert list(frame["version"]) == [f"adapter?ref=alice/model{i}:1" for i in (2, 1, 0)]  # names link to the page
     assert "3 versions match" in texts(at)
     assert list(frame["accuracy"]) == pytest.approx([0.82, 0.81, 0.8])
-    form_rank = next(t for t in at.text_input if t.label == "Rank")
-    form_rank.set_value("4")
-    next(b for b in at.button if b.label == "Apply").click()
-    at.run()
+    field(filter_form(at), "Rank").set_value("4")
+    apply(at)
     assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model1:1"]
-    form_rank.set_value("")
-    next(s for s in at.selectbox if s.label == "Sort").set_value("trainable_parameters")
-    next(b for b in at.button if b.label == "Apply").click()
-    at.run()
+    assert field(filter_form(at), "Rank").value == "4"  # opened again, the form shows what is applied
+    field(at, "Rank").set_value("")
+    field(at, "Sort").set_value("trainable_parameters")
+    apply(at)
     assert list(at.dataframe[0].value["version"])[0] == "adapter?ref=alice/model1:1"  # r=4: fewest parameters
 
 
 def test_browse_caption_says_what_the_closed_form_applies(registry: dict[str, Any]) -> None:
     """The filter form waits closed in a popover, so the caption names what it narrows and sorts by; a rank or
-    seed that is not a whole number is named and ignored."""
+    seed that is not a whole number is named, on the page, and ignored."""
     at = page("browse", registry)
     assert "3 versions match;" in texts(at)  # the defaults: nothing to name
-    next(t for t in at.text_input if t.label == "Owner").set_value("alice")
-    next(t for t in at.text_input if t.label == "Rank").set_value("8")
-    next(s for s in at.selectbox if s.label == "Sort").set_value("trainable_parameters")
-    next(b for b in at.button if b.label == "Apply").click()
-    at.run()
+    filter_form(at)
+    field(at, "Owner").set_value("alice")
+    field(at, "Rank").set_value("8")
+    field(at, "Sort").set_value("trainable_parameters")
+    apply(at)
     assert "2 versions match (owner alice, rank 8; fewest trainable parameters first)" in texts(at)
-    next(t for t in at.text_input if t.label == "Rank").set_value("eight")
-    next(b for b in at.button if b.label == "Apply").click()
-    at.run()
+    assert not at.text_input  # closed after Apply: the form is not built
+    field(filter_form(at), "Rank").set_value("eight")
+    apply(at)
     assert [w.value for w in at.warning] == ["Rank 'eight' is not a whole number; it is ignored."]
     assert "3 versions match (owner alice; fewest trainable parameters first)" in texts(at)
 
 
+def test_browse_builds_its_form_and_reads_base_models_only_when_opened(registry: dict[str, Any],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first visit draws the table alone: no form widgets and no base-model request until the popover opens."""
+    bases = counted(monkeypatch, "base_models")
+    at = page("browse", registry)
+    assert not at.exception and "3 versions match" in texts(at)
+    assert not at.text_input and not at.selectbox and bases == []
+    filter_form(at)
+    assert field(at, "Base model").options == ["any", "tiny-llama"] and len(bases) == 1
+
+
 def test_browse_pages_through_thousands_with_a_cursor(registry: dict[str, Any]) -> None:
     at = page("browse", registry)
-    next(s for s in at.selectbox if s.label == "Rows per page").set_value(25)
-    next(b for b in at.button if b.label == "Apply").click()
-    at.run()
+    field(filter_form(at), "Rows per page").set_value(25)
+    apply(at)
     assert next(b for b in at.button if b.label == "Next page").disabled  # 3 rows: one page
     assert next(b for b in at.button if b.label == "Previous page").disabled
+
+
+def tab(at: AppTest, label: str) -> AppTest:
+    """Open the Adapter page's tab ``label`` (only the open tab is built)."""
+    at.session_state["adapter_tab"] = label
+    return at.run()
 
 
 def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[str, Any]) -> None:
@@ -119,22 +149,34 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert not at.exception
     assert at.subheader[0].value == "alice/model0:1"
     assert {m.label: m.value for m in at.metric}["Rank"] == "8"
-    shown = texts(at)
-    assert "Published directly" in shown and "Never pushed to or pulled from the HuggingFace Hub" in shown
-    layers = next(d.value for d in at.dataframe if "d_mean_abs" in d.value.columns)
+    assert "Published directly" in texts(tab(at, "Lineage"))
+    assert "Never pushed to or pulled from the HuggingFace Hub" in texts(tab(at, "Hub"))
+    layers = next(d.value for d in tab(at, "Layers").dataframe if "d_mean_abs" in d.value.columns)
     assert len(layers) == 14 and (layers["d_mean_abs"] > 0).all()
+    shown = texts(tab(at, "Metrics"))
     assert "**Projection A and B**: regenerated from the seed (0 bytes stored)" in shown  # storage as a checklist
     assert "**Task head**:" in shown  # model0 trains lm_head too
     metrics = next(d.value for d in at.dataframe if list(d.value.columns) == ["metric", "value"])
     assert dict(zip(metrics["metric"], metrics["value"], strict=True)) == {"test.accuracy": "0.8000",
                                                                            "final_eval.loss": "0.5000"}
-    next(b for b in at.button if b.label == "Verify now").click()
+    next(b for b in tab(at, "Verify").button if b.label == "Verify now").click()
     at.run()
     assert any("alice/model0:1: passed" in s.value for s in at.success)
     report = texts(at)  # a checklist, not the report's JSON
     assert ":green[:material/check_circle:] **Projection regenerated from the seed**: fingerprint " in report
     assert "**Vectors blob re-hashed**: SHA-256 " in report and "**Layer shapes match the base model**" in report
     assert not at.json
+
+
+def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first visit draws the header and the first tab: no chart, graph, download button or form of the others,
+    and no download of the tensors (the Metrics and Layers tabs' summary) until one of those tabs is opened."""
+    downloads = counted(monkeypatch, "download")
+    at = page("adapter", registry, query={"ref": "alice/model0:1"})
+    assert not at.exception and at.tabs[0].label == "Versions and config" and "**Projection**" in texts(at)
+    assert not at.get("vega_lite_chart") and not at.get("graphviz_chart") and not at.get("download_button")
+    assert not [b for b in at.button if b.label == "Verify now"] and downloads == []
+    assert tab(at, "Layers").get("vega_lite_chart") and len(downloads) == 1
 
 
 def test_adapter_page_shows_description_and_tags_and_no_card_when_there_is_none(registry: dict[str, Any]) -> None:
@@ -166,7 +208,7 @@ def test_adapter_page_opens_the_version_in_the_url(registry: dict[str, Any]) -> 
 
 
 def test_adapter_header_shows_the_new_status_after_verify(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, query={"ref": "alice/model1:1"})
+    at = page("adapter", registry, query={"ref": "alice/model1:1"}, adapter_tab="Verify")
     assert {m.label: m.value for m in at.metric}["Verification"] == "unverified"
     next(b for b in at.button if b.label == "Verify now").click()
     at.run()
@@ -186,7 +228,7 @@ def test_adapter_header_says_which_parameters_it_counts(registry: dict[str, Any]
 
 
 def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, adapter_ref="alice/model2:1")
+    at = page("adapter", registry, adapter_ref="alice/model2:1", adapter_tab="Download")
     buttons = at.get("download_button")
     assert [b.label for b in buttons] == ["adapter_config.json", "adapter_model.safetensors", "README.md"]
     assert all(b.proto.deferred_file_id and not b.proto.url for b in buttons)  # built when clicked, not per render
@@ -199,7 +241,7 @@ def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, A
 
 
 def test_adapter_page_pushes_to_the_hub_and_shows_the_sync_state(registry: dict[str, Any]) -> None:
-    at = page("adapter", registry, adapter_ref="alice/model1:1")
+    at = page("adapter", registry, adapter_ref="alice/model1:1", adapter_tab="Hub")
     next(t for t in at.text_input if t.label == "Repo id").set_value("alice/model1-vera")
     next(t for t in at.text_input if t.label.startswith("Hub token (used once")).set_value("hf_ui")
     next(b for b in at.button if b.label == "Push").click()
@@ -398,7 +440,9 @@ def test_browse_rows_ticked_open_one_or_compare_two_to_four(registry: dict[str, 
         ticked = page("browse", registry, browse_table={"selection": {"rows": rows, "columns": [], "cells": []}})
         buttons = {b.label: b for b in ticked.button}
         assert (not buttons["Open version"].disabled, not buttons[label].disabled) == (open_ok, compare_ok), rows
-    assert len(at.dataframe[0].value.columns) == 13  # what fits 1,400 px (the browser test measures it)
+    assert list(at.dataframe[0].value.columns) == ["version", "base model", "r", "stored", "accuracy", "downloads",
+                                                   "verified", "labels", "created"]  # what fits 1,400 px (measured
+    # by the browser test)
 
 
 def test_compare_picker_searches_every_version_on_the_server(registry: dict[str, Any],
@@ -530,9 +574,9 @@ def test_train_lists_the_jobs_once_per_run(registry: dict[str, Any], monkeypatch
 
 def test_adapter_downloads_the_tensors_once(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     downloads = counted(monkeypatch, "download")
-    at = page("adapter", registry, query={"ref": "alice/model0:1"})
+    at = page("adapter", registry, query={"ref": "alice/model0:1"}, adapter_tab="Metrics")
     assert not at.exception and "**Task head**:" in texts(at)  # the Metrics tab's storage checklist
-    assert next(d.value for d in at.dataframe if "d_mean_abs" in d.value.columns) is not None  # the Layers tab
+    assert next(d.value for d in tab(at, "Layers").dataframe if "d_mean_abs" in d.value.columns) is not None
     assert len(downloads) == 1
 
 

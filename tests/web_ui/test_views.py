@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from registry.domain.schemas import JobInfo
 from web_ui import jobs, views
 
@@ -30,6 +32,16 @@ def test_a_verification_report_reads_as_a_checklist() -> None:
     assert items[0].detail == "fingerprint abababababab... = recorded abababababab..."
     assert items[1].detail == "stored bytes do not hash to their name"
     assert items[2].detail == "model.layers.0.q: 9 outputs, base [8, 8]"
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("implied", "checked against the shapes earlier publishes implied (the base model was never registered: "
+                "`vera base register` declares its shapes)"),
+    ("declared", "checked against the base model's declared shapes (`vera base register`)"),
+], ids=["implied", "declared"])
+def test_a_passed_shape_check_says_in_words_what_it_compared_against(source: str, words: str) -> None:
+    [item] = views.verification_items({"shapes": {"ok": True, "problems": [], "base_shapes": source}})
+    assert item.detail == words  # not "base shapes from implied"
 
 
 def job(**changes: Any) -> JobInfo:

@@ -1,0 +1,53 @@
+"""The Activity page's detail in words: 'name: value' instead of JSON, numbers with separators, ids as written,
+digests shortened in the table and whole under it, an edit as before -> after, and Markdown kept as text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from registry.domain.events import EventInfo
+from web_ui import activity, formats
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(("detail", "line"), [
+    ({"vectors": SHA, "base_model": "tiny-llama"}, "vectors: abababab…; base model: tiny-llama"),
+    ({"job": 1234, "status": "succeeded", "result": "alice/x:1"}, "job: 1234; status: succeeded; result: alice/x:1"),
+    ({"version": 3, "previous_version_id": None}, "version: 3; previous version id: -"),
+    ({"layers": 12345, "fingerprint": SHA}, "layers: 12,345; fingerprint: abababab…"),
+    ({"before": {"description": "", "tags": ["a"]}, "after": {"description": "a\nb", "tags": ["c"]}},
+     "description: (empty) → a ↵ b; tags: a → c"),
+    ({"url": "http://x/h", "events": [], "active": True}, "url: http://x/h; events: none; active: yes"),
+    ({}, ""),
+], ids=["publish", "job-end", "alias", "base-register", "edit", "webhook", "none"])
+def test_an_event_detail_reads_as_words(detail: dict[str, Any], line: str) -> None:
+    assert "; ".join(activity.lines(detail, short=True)) == line
+    assert activity.detail(detail) == formats.fit(line, activity.DETAIL_PX)  # the table's cell: cut to its column
+
+
+def test_a_long_detail_is_cut_to_its_column_and_whole_under_the_table() -> None:
+    detail = {"error": "x" * 500, "digest": SHA}
+    cut = activity.detail(detail)
+    assert cut.endswith("…") and formats.cell_width(cut) <= activity.DETAIL_PX
+    assert activity.lines(detail, short=False) == [f"error: {'x' * 500}", f"digest: {SHA}"]
+
+
+def event(target: str) -> EventInfo:
+    return EventInfo(id=1, at=datetime(2026, 11, 30, tzinfo=UTC), actor="alice", action="publish", target=target,
+                     owner=target.split("/")[0], adapter=target.split(":")[0], detail={})
+
+
+@pytest.mark.parametrize(("target", "px"), [("a/b:1", (140, 400)), ("alice/sentiment-review:1", (185, 355)),
+                                           ("o" * 30 + "/" + "n" * 30 + ":1", (300, 240))],
+                         ids=["short", "middling", "long"])
+def test_the_target_is_as_wide_as_its_names_and_the_detail_takes_the_rest(target: str, px: tuple[int, int]) -> None:
+    assert activity.widths([event(target)]) == px
+    assert sum(c["width"] for c in activity.columns(*px).values()) == activity.TABLE_PX  # what fits 1,400 px
+
+
+def test_markdown_in_a_detail_is_shown_as_text() -> None:
+    assert activity.markdown_text("a *b* [c](d) $x #h") == r"a \*b\* \[c\]\(d\) \$x \#h"
