@@ -7,7 +7,10 @@ The adapter: Llama-2-7B's shapes (32 layers; q, k, v, o, gate, up and down proje
 generator, seed-only; the base model is declared from its config (no weights). The export materialises A (1024 x
 11008) and B (11008 x 1024) in float32: 90 MB of the file's 91 MB.
 
-    .venv/bin/python bench/big_export.py [--tree /path/to/other/checkout]
+    .venv/bin/python bench/big_export.py [--tree /path/to/other/checkout] [--lora [--max-rank K] --layers N]
+
+``--lora`` fetches the equivalent LoRA instead (``--as lora``, rank-capped with ``--max-rank``): r x (in + out)
+numbers per layer, 2.6 GB per decoder layer of these shapes at r=1024, so ``--layers`` keeps the adapter to a few.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ MODULES = {"self_attn.q_proj": 4096, "self_attn.k_proj": 4096, "self_attn.v_proj
 RANK = 1024
 
 
-def write_adapter(folder: Path) -> Path:
+def write_adapter(folder: Path, layers: int = 32) -> Path:
     """A seed-only PEFT VeRA adapter with Llama-2-7B's shapes (PEFT's generator: the registry regenerates A, B)."""
     import torch
     from safetensors.torch import save_file
@@ -51,7 +54,7 @@ def write_adapter(folder: Path) -> Path:
     (folder / "adapter_config.json").write_text(json.dumps(config))
     gen = torch.Generator().manual_seed(0)
     tensors = {}
-    for layer in range(LLAMA_7B["num_hidden_layers"]):
+    for layer in range(layers):
         for module, out in MODULES.items():
             key = f"base_model.model.model.layers.{layer}.{module}"
             tensors[f"{key}.vera_lambda_b"] = torch.randn(out, generator=gen)
@@ -98,17 +101,17 @@ def reset_peak(pid: int) -> float:
     return rss_mib(pid, "VmRSS")
 
 
-def fetch(tree: Path, url: str, out: Path) -> tuple[float, float]:
-    """`vera fetch --with-projection` in a process of its own: (seconds, its peak RSS MiB)."""
+def fetch(tree: Path, url: str, out: Path, form: list[str]) -> tuple[float, float]:
+    """`vera fetch` of the ``form`` (its options) in a process of its own: (seconds, its peak RSS MiB)."""
     cmd, env = command(tree)
     started = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd, "fetch", "llm/big", "--with-projection", "--out",
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd, "fetch", "llm/big", *form, "--out",
                              str(out), "--registry", url], env={**os.environ, **env, "VERA_NO_CACHE": "1"},
                             capture_output=True, text=True, check=True, cwd=tree)
     return time.perf_counter() - started, int(result.stderr.strip().splitlines()[-1]) / 1024
 
 
-def measure(tree: Path, work: Path, adapter: Path) -> dict[str, float]:
+def measure(tree: Path, work: Path, adapter: Path, form: list[str]) -> dict[str, float]:
     data = work / "data"
     data.mkdir()
     with server(tree, data) as (url, pid):
@@ -118,13 +121,13 @@ def measure(tree: Path, work: Path, adapter: Path) -> dict[str, float]:
         subprocess.run([*cmd, "publish", str(adapter), "--name", "llm/big", "--base-model", "llama-2-7b-shapes",
                         "--registry", url], env={**os.environ, **env}, check=True, capture_output=True, cwd=tree)
         before = reset_peak(pid)
-        first_s, first_client = fetch(tree, url, work / "first")
+        first_s, first_client = fetch(tree, url, work / "first", form)
         first_server = rss_mib(pid, "VmHWM") - before
     size = (work / "first" / "adapter_model.safetensors").stat().st_size
     with server(tree, data) as (url, pid):  # a fresh process: it never built the export
         httpx.get(f"{url}/api/v1/adapters/llm/big/versions/1", timeout=60).raise_for_status()
         before = reset_peak(pid)
-        later_s, later_client = fetch(tree, url, work / "later")
+        later_s, later_client = fetch(tree, url, work / "later", form)
         later_server = rss_mib(pid, "VmHWM") - before
     assert (work / "later" / "adapter_model.safetensors").read_bytes() == \
         (work / "first" / "adapter_model.safetensors").read_bytes()
@@ -135,17 +138,23 @@ def measure(tree: Path, work: Path, adapter: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, help="another checkout to measure beside this one")
+    parser.add_argument("--lora", action="store_true", help="fetch the equivalent LoRA (--as lora)")
+    parser.add_argument("--max-rank", type=int, help="with --lora: at most this rank per layer")
+    parser.add_argument("--layers", type=int, default=32, help="decoder layers adapted (of 32)")
     args = parser.parse_args()
+    form = ["--as", "lora", *(["--max-rank", str(args.max_rank)] if args.max_rank else [])] if args.lora \
+        else ["--with-projection"]
     trees = {"this checkout": ROOT, **({f"{args.tree.name}": args.tree} if args.tree else {})}
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = write_adapter(Path(tmp) / "adapter")
+        adapter = write_adapter(Path(tmp) / "adapter", args.layers)
         results = {}
         for label, tree in trees.items():
             work = Path(tmp) / label.replace(" ", "-")
             work.mkdir()
-            results[label] = measure(tree, work, adapter)
-    print(f"## {datetime.now(UTC):%Y-%m-%d} — a 7B-scale `--with-projection` export (bench/big_export.py)\n")
-    print(f"Llama-2-7B shapes, VeRA r={RANK} on all seven projections, PEFT's generator; the export is "
+            results[label] = measure(tree, work, adapter, form)
+    print(f"## {datetime.now(UTC):%Y-%m-%d} — a 7B-scale `{' '.join(form)}` export (bench/big_export.py)\n")
+    print(f"Llama-2-7B shapes ({args.layers} of 32 decoder layers adapted), VeRA r={RANK} on all seven projections, "
+          f"PEFT's generator; the export is "
           f"{next(iter(results.values()))['size_mb']:.0f} MB. Server memory: its peak RSS during the fetch (VmHWM, "
           "reset just before it) minus its RSS before; client: `vera fetch`'s peak RSS (VERA_NO_CACHE=1).\n")
     print("| code | first fetch s | server +MiB | client MiB | later fetch (new process) s | server +MiB "

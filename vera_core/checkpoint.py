@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -334,12 +335,15 @@ def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) ->
 
 def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str], export: LoraExport | None = None) -> Path:
     """Write the equivalent rank-r LoRA of the adapter at ``src`` in PEFT's LoRA format, or with ``export`` its
-    best rank-K approximation in another dtype (vera_core.lora)."""
-    from vera_core.lora import lora_file_bytes
+    best rank-K approximation in another dtype (vera_core.lora). Written one layer at a time: besides A and B, one
+    layer's factors are held, however large the export."""
+    from vera_core.lora import write_lora_files
 
     files = read_adapter(src)
     root = Path(dst)
-    write_adapter_files(root, lora_file_bytes(files, *projections_of(files, src), export))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as folder:
+        write_adapter_files(root, write_lora_files(Path(folder), files, *projections_of(files, src), export))
     return root
 
 

@@ -17,44 +17,25 @@ the r x r core, never the out x in delta. The relative Frobenius error of each l
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from vera_core.checkpoint import CONFIG_NAME, META_IN_FEATURES, WEIGHTS_NAME, AdapterFiles
-from vera_core.errors import AdapterFormatError, VeraConfigError
+from vera_core.errors import AdapterFormatError
 from vera_core.keys import PROJECTION_KEYS, module_path
-from vera_core.serialization import to_bytes
+from vera_core.lora_options import VLLM_RANKS as VLLM_RANKS
+from vera_core.lora_options import LoraExport as LoraExport
+from vera_core.serialization import Streamed, to_bytes, write
 
 _BIAS = {"none": "none", "all": "all", "vera_only": "lora_only"}
-#: The LoRA ranks vLLM accepts (its max_lora_rank choices).
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class LoraExport:
-    """How to export: exact rank r (the default), or at most ``max_rank`` per layer; in ``dtype``; with
-    ``for_vllm`` the rank is snapped down to one vLLM accepts."""
-
-    max_rank: int | None = None
-    dtype: str = "float32"
-    for_vllm: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_rank is not None and (isinstance(self.max_rank, bool) or self.max_rank < 1):
-            raise VeraConfigError(f"max_rank must be a positive integer, got {self.max_rank!r}.")
-        if self.dtype not in DTYPES:
-            raise VeraConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
-
-    def rank(self, r: int) -> int:
-        """The rank the export has for an adapter of rank ``r``."""
-        if self.max_rank is not None and self.max_rank > r:
-            raise VeraConfigError(f"max_rank={self.max_rank} is larger than the adapter's r={r}; the exact export "
-                                  "already has rank r (leave max_rank out).")
-        k = self.max_rank or r
-        return max(v for v in VLLM_RANKS if v <= k) if self.for_vllm else k
+#: write_lora_files computes and writes factors in row blocks of about this many bytes (float32).
+BLOCK_BYTES = 1 << 20
 
 
 def lora_config(files: AdapterFiles, rank: int | None = None) -> dict[str, Any]:
@@ -80,26 +61,46 @@ def lora_tensors(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, export: 
     dtype = DTYPES[export.dtype]
     out: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
+    kept, layers = _layers(files, a, b)
+    out.update(kept)
+    for layer in layers:
+        lora_a, lora_b = delta_factors(layer.d, layer.b, a, b, layer.n_in)
+        error = 0.0
+        if rank < files.config.r:
+            lora_a, lora_b, error = truncated_factors(lora_a, lora_b, rank)
+        out[f"{layer.path}.lora_A.weight"], out[f"{layer.path}.lora_B.weight"] = lora_a.to(dtype), lora_b.to(dtype)
+        errors[module_path(layer.path)] = error
+    return out, errors
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One adapted layer: its key prefix, its vectors and its input size."""
+
+    path: str
+    d: torch.Tensor
+    b: torch.Tensor
+    n_in: int
+
+
+def _layers(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[_Layer]]:
+    """The tensors an export carries over unchanged (heads, biases) and the adapted layers, each checked to fit
+    the shared projections (before anything is computed or written)."""
+    kept: dict[str, torch.Tensor] = {}
+    layers: list[_Layer] = []
     suffix_d, suffix_b = ".vera_lambda_d", ".vera_lambda_b"
     for key, tensor in files.tensors.items():
         if key in PROJECTION_KEYS or key.endswith(suffix_d):
             continue
         if not key.endswith(suffix_b):
-            out[key] = tensor
+            kept[key] = tensor
             continue
         path = key[: -len(suffix_b)]
-        d = files.tensors[path + suffix_d].float()
-        lam_b = tensor.float()
-        n_in = _in_features(files, path)
-        if n_in > a.shape[1] or lam_b.shape[0] > b.shape[0]:
+        layer = _Layer(path, files.tensors[path + suffix_d].float(), tensor.float(), _in_features(files, path))
+        if layer.n_in > a.shape[1] or layer.b.shape[0] > b.shape[0]:
             raise AdapterFormatError(f"Layer {module_path(path)} is larger than the shared projection.")
-        lora_a, lora_b = delta_factors(d, lam_b, a, b, n_in)
-        error = 0.0
-        if rank < files.config.r:
-            lora_a, lora_b, error = truncated_factors(lora_a, lora_b, rank)
-        out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = lora_a.to(dtype), lora_b.to(dtype)
-        errors[module_path(path)] = error
-    return out, errors
+        layers.append(layer)
+    return kept, layers
 
 
 def truncated_factors(lora_a: torch.Tensor, lora_b: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -147,16 +148,103 @@ def lora_file_bytes(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, expor
     export = export or LoraExport()
     tensors, errors = lora_tensors(files, a, b, export)
     rank = export.rank(files.config.r)
-    files_out = {
-        CONFIG_NAME: json.dumps(lora_config(files, rank), indent=2, sort_keys=True).encode("utf-8"),
-        WEIGHTS_NAME: to_bytes(tensors, {"format": "pt"}),
-    }
-    if rank < files.config.r:  # the exact export's bytes stay as they always were
-        files_out[WEIGHTS_NAME] = to_bytes(tensors, {"format": "pt", "vera_core.lora_max_relative_error":
-                                                     f"{max(errors.values(), default=0.0):.6g}"})
-        rows = "".join(f"| `{path}` | {err:.3g} |\n" for path, err in sorted(errors.items()))
-        files_out["README.md"] = (
-            f"# Rank-{rank} LoRA of a rank-{files.config.r} VeRA adapter\n\nEach layer's delta is its best rank-{rank} "
+    files_out = {CONFIG_NAME: _config_bytes(files, rank),
+                 WEIGHTS_NAME: to_bytes(tensors, _weights_metadata(files, rank, errors))}
+    if rank < files.config.r:
+        files_out["README.md"] = _readme(files, rank, errors)
+    return files_out
+
+
+def write_lora_files(folder: Path, files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
+                     export: LoraExport | None = None) -> dict[str, Path]:
+    """``lora_file_bytes``'s files written into ``folder`` (the same bytes), one layer at a time in row blocks of
+    about 1 MiB: besides A and B, the most held is one layer's factors, however many layers the adapter has. A
+    rank-capped export, whose header names the largest error of all layers, writes the factors to a spool file in
+    the folder first and then copies them after the header. Returns each file's path."""
+    export = export or LoraExport()
+    rank = export.rank(files.config.r)
+    dtype = DTYPES[export.dtype]
+    kept, layers = _layers(files, a, b)
+    paths = {CONFIG_NAME: folder / CONFIG_NAME, WEIGHTS_NAME: folder / WEIGHTS_NAME}
+    paths[CONFIG_NAME].write_bytes(_config_bytes(files, rank))
+    errors: dict[str, float] = {}
+    if rank == files.config.r:
+        streamed: dict[str, torch.Tensor | Streamed] = dict(kept)
+        for layer in layers:  # generators: each block computed when the writer reaches it
+            streamed[f"{layer.path}.lora_A.weight"] = Streamed(dtype, (a.shape[0], layer.n_in),
+                                                               _scaled_rows(layer.d, a[:, :layer.n_in]))
+            streamed[f"{layer.path}.lora_B.weight"] = Streamed(dtype, (layer.b.shape[0], b.shape[1]),
+                                                               _scaled_rows(layer.b, b[: layer.b.shape[0]]))
+        with paths[WEIGHTS_NAME].open("wb") as out:
+            write(out, streamed, _weights_metadata(files, rank, errors))
+        return paths
+    spool = folder / f".{WEIGHTS_NAME}.spool"
+    try:
+        with spool.open("wb") as out:  # each layer's factors computed once, when the writer reaches them
+            write(out, _truncated_layers(layers, a, b, rank, dtype, errors))
+        with safe_open(str(spool), framework="pt") as spooled, paths[WEIGHTS_NAME].open("wb") as out:
+            factors = {name: _spooled(spooled, name) for name in spooled.keys()}  # noqa: SIM118 (not a dict)
+            write(out, {**kept, **factors}, _weights_metadata(files, rank, errors))
+    finally:
+        spool.unlink(missing_ok=True)
+    paths["README.md"] = folder / "README.md"
+    paths["README.md"].write_bytes(_readme(files, rank, errors))
+    return paths
+
+
+def _scaled_rows(scale: torch.Tensor, matrix: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``scale[:, None] * matrix`` (delta_factors' product, element by element the same) in row blocks."""
+    step = _rows_per_block(matrix.shape[1])
+    for start in range(0, matrix.shape[0], step):
+        yield scale[start:start + step].unsqueeze(1) * matrix[start:start + step].float()
+
+
+def _truncated_layers(layers: list[_Layer], a: torch.Tensor, b: torch.Tensor, rank: int, dtype: torch.dtype,
+                      errors: dict[str, float]) -> dict[str, Streamed]:
+    """Each layer's rank-capped factors as Streamed tensors computed when first read (lora_A and lora_B of a layer
+    from one computation, the other kept until it is read), its error recorded in ``errors``."""
+    pending: dict[str, torch.Tensor] = {}
+
+    def factor(layer: _Layer, which: str) -> Iterator[torch.Tensor]:
+        name = f"{layer.path}.{which}.weight"
+        if name not in pending:
+            lora_a, lora_b = delta_factors(layer.d, layer.b, a, b, layer.n_in)
+            a_k, b_k, errors[module_path(layer.path)] = truncated_factors(lora_a, lora_b, rank)
+            pending[f"{layer.path}.lora_A.weight"], pending[f"{layer.path}.lora_B.weight"] = a_k, b_k
+        yield pending.pop(name)
+
+    out: dict[str, Streamed] = {}
+    for layer in layers:
+        out[f"{layer.path}.lora_A.weight"] = Streamed(dtype, (rank, layer.n_in), factor(layer, "lora_A"))
+        out[f"{layer.path}.lora_B.weight"] = Streamed(dtype, (layer.b.shape[0], rank), factor(layer, "lora_B"))
+    return out
+
+
+def _spooled(spooled: Any, name: str) -> Streamed:
+    """A factor (2-D) of the spool file, read back in row blocks."""
+    part = spooled.get_slice(name)
+    rows, columns = part.get_shape()
+    dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[part.get_dtype()]
+    step = _rows_per_block(columns)
+    return Streamed(dtype, (rows, columns), (part[start:start + step] for start in range(0, rows, step)))
+
+
+def _rows_per_block(row_numbers: int) -> int:
+    return max(1, BLOCK_BYTES // (4 * max(1, row_numbers)))
+
+
+def _config_bytes(files: AdapterFiles, rank: int) -> bytes:
+    return json.dumps(lora_config(files, rank), indent=2, sort_keys=True).encode("utf-8")
+
+
+def _weights_metadata(files: AdapterFiles, rank: int, errors: dict[str, float]) -> dict[str, str]:
+    if rank == files.config.r:  # the exact export's bytes stay as they always were
+        return {"format": "pt"}
+    return {"format": "pt", "vera_core.lora_max_relative_error": f"{max(errors.values(), default=0.0):.6g}"}
+
+
+def _readme(files: AdapterFiles, rank: int, errors: dict[str, float]) -> bytes:
+    rows = "".join(f"| `{path}` | {err:.3g} |\n" for path, err in sorted(errors.items()))
+    return (f"# Rank-{rank} LoRA of a rank-{files.config.r} VeRA adapter\n\nEach layer's delta is its best rank-{rank} "
             "approximation; relative Frobenius error of each layer's delta weight:\n\n| layer | error |\n|---|---|\n"
             + rows).encode("utf-8")
-    return files_out

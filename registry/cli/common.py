@@ -17,7 +17,7 @@ from registry.settings import Settings
 from vera_core import VeraError
 
 if TYPE_CHECKING:
-    from vera_core.lora import LoraExport
+    from vera_core.lora_options import LoraExport
 
 console = Console()
 err_console = Console(stderr=True)
@@ -96,8 +96,8 @@ ForVllm = Annotated[bool, typer.Option("--for-vllm", help="LoRA export: snap the
 
 
 def lora_export(max_rank: int | None, dtype: str, for_vllm: bool) -> LoraExport:
-    """The LoRA export options, checked (a bad value exits with the reason)."""
-    from vera_core.lora import LoraExport
+    """The LoRA export options, checked (a bad value exits with the reason), without importing torch."""
+    from vera_core.lora_options import LoraExport
 
     try:
         return LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=for_vllm)

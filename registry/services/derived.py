@@ -193,15 +193,14 @@ class DerivedFiles:
 
     def _stored(self, pinned: Ref, version_id: int, form: FileForm) -> list[DerivedFile]:
         """Build the form's files and store each blob: written to a temporary folder piece by piece where the form
-        materialises projections the seed regenerates (Versions.write_streamed: a 7B-scale export never held
-        whole), else built in memory (Versions.built)."""
-        if form.lora is None:
-            with tempfile.TemporaryDirectory(prefix="vera-build-") as folder:
-                paths = self.versions.write_streamed(pinned, Path(folder), with_projection=form.with_projection,
-                                                     seed_only=form.seed_only)
-                if paths is not None:
-                    return [DerivedFile(version_id, form.key, name, self.blobs.put_file(path), path.stat().st_size)
-                            for name, path in paths.items()]
+        materialises projections the seed regenerates or is a LoRA export (Versions.write_streamed: a 7B-scale
+        export never held whole), else built in memory (Versions.built)."""
+        with tempfile.TemporaryDirectory(prefix="vera-build-") as folder:
+            paths = self.versions.write_streamed(pinned, Path(folder), with_projection=form.with_projection,
+                                                 seed_only=form.seed_only, lora=form.lora)
+            if paths is not None:
+                return [DerivedFile(version_id, form.key, name, self.blobs.put_file(path), path.stat().st_size)
+                        for name, path in paths.items()]
         _, built = self.versions.built(pinned, with_projection=form.with_projection, seed_only=form.seed_only,
                                        as_lora=form.lora is not None, lora=form.lora)
         for data in built.files.values():

@@ -3,7 +3,9 @@ Each public method is one transaction; versions' bytes never change."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.errors import VeraConfigError
 from vera_core.folders import write_adapter_files
 from vera_core.keys import PROJECTION_KEYS
-from vera_core.lora import LoraExport, lora_file_bytes
+from vera_core.lora import LoraExport, lora_file_bytes, write_lora_files
 from vera_core.projection import projection_blocks
 from vera_core.serialization import Streamed
 
@@ -88,16 +90,11 @@ class Versions:
                                                 budget=self.budget)
             if as_lora and (sizes := layer_in_features(v, tensors, metadata)):  # PEFT-written: the declared base's
                 metadata = {**metadata, META_IN_FEATURES: sizes}
-            config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
+            config = _config(v)
         if as_lora:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
-            try:
+            with _exporting(info):
                 files = lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b, lora)
-            except VeraConfigError as exc:  # the export's options do not fit this version (a rank over r)
-                raise InvalidInput(f"{info.ref}: {exc}") from exc
-            except VeraError as exc:
-                raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
-                               f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
         else:
             config = config.replace(save_projection=materialise)
             files = adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
@@ -105,13 +102,16 @@ class Versions:
         self.cache.put(key, built)
         return info, built
 
-    def write_streamed(self, ref: str | Ref, folder: Path, *, with_projection: bool, seed_only: bool
-                       ) -> dict[str, Path] | None:
-        """The VeRA form's files written into ``folder`` (the same bytes as ``built``) with A and B generated in
-        row blocks and written as they come, never whole: a 7B-scale export holds a few MB. Only for a form that
-        materialises projections the seed regenerates; None for every other form (``built`` builds those: small,
-        or from stored projections)."""
+    def write_streamed(self, ref: str | Ref, folder: Path, *, with_projection: bool, seed_only: bool,
+                       lora: LoraExport | None = None) -> dict[str, Path] | None:
+        """The form's files written into ``folder`` (the same bytes as ``built``) piece by piece: for a VeRA form
+        that materialises projections the seed regenerates, A and B generated in row blocks and written as they
+        come, never whole (a 7B-scale export holds a few MB); for a LoRA export (``lora``), each layer's factors
+        computed and written in row blocks (vera_core.lora.write_lora_files: A and B plus one layer held). None for
+        every other form (``built`` builds those: small, or from stored projections)."""
         _check_options(with_projection=with_projection, seed_only=seed_only)
+        if lora is not None:
+            return self._write_lora(ref, folder, lora)
         with self.db.session() as s:
             v = resolve(s, ref)
             if v.projection.blob_sha256 is not None or not _materialises(
@@ -119,7 +119,7 @@ class Versions:
                 return None
             spec = projection_spec(v.projection)
             tensors, metadata = version_tensors(self.blobs, v, with_projection=False, budget=self.budget)
-            config = VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
+            config = _config(v)
             fingerprint = v.projection_fingerprint
         a, b = projection_blocks(spec)
         streamed: dict[str, torch.Tensor | Streamed] = {
@@ -128,6 +128,18 @@ class Versions:
         with self.budget.generating(spec):
             return write_adapter_files_streamed(folder, config.replace(save_projection=True), streamed, metadata,
                                                 fingerprint)
+
+    def _write_lora(self, ref: str | Ref, folder: Path, lora: LoraExport) -> dict[str, Path]:
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            info = version_info(s, v)
+            tensors, metadata = version_tensors(self.blobs, v, with_projection=True, budget=self.budget)
+            if sizes := layer_in_features(v, tensors, metadata):  # PEFT-written: the declared base's
+                metadata = {**metadata, META_IN_FEATURES: sizes}
+            config = _config(v)
+        a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
+        with _exporting(info):
+            return write_lora_files(folder, AdapterFiles(config, tensors, metadata), a, b, lora)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: LoraExport | None = None) -> Path:
@@ -212,6 +224,24 @@ def _materialises(v: m.AdapterVersion, *, with_projection: bool, seed_only: bool
     """Whether a download form holds A and B: always as LoRA or when asked; by default unless PEFT's own generator
     regenerates them (a seed-only copy PEFT loads correctly)."""
     return as_lora or with_projection or not (seed_only or (v.generator == PEFT_GENERATOR and v.seed_reproducible))
+
+
+def _config(v: m.AdapterVersion) -> VeraConfig:
+    """The version's VeRA config, with the generator its projections come from."""
+    return VeraConfig.from_peft_dict({**v.config, "projection_generator": v.generator})
+
+
+@contextlib.contextmanager
+def _exporting(info: VersionInfo) -> Iterator[None]:
+    """A LoRA export's errors as the registry's: options that do not fit the version (a rank over r) are invalid
+    input; a version that cannot be exported (layer sizes unknown) is a conflict saying how to resolve it."""
+    try:
+        yield
+    except VeraConfigError as exc:
+        raise InvalidInput(f"{info.ref}: {exc}") from exc
+    except VeraError as exc:
+        raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
+                       f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
 
 
 def _check_options(*, with_projection: bool, seed_only: bool) -> None:

@@ -128,8 +128,8 @@ def test_version_and_module_entry_points() -> None:
 
 
 def test_registry_commands_start_without_torch_or_the_database_layer(tmp_path: Path) -> None:
-    """`vera ls`, `vera fetch` and `vera job ls` talk HTTP only: they import neither torch nor SQLAlchemy (torch alone
-    is a second of start-up), so they start in a fraction of a second."""
+    """`vera ls`, `vera fetch` (of a LoRA export too) and `vera job ls` talk HTTP only: they import neither torch
+    nor SQLAlchemy (torch alone is a second of start-up), so they start in a fraction of a second."""
     from registry.client import RegistryClient
     from tests.registry.adapters import make_adapter
     from tests.registry.servers import running_server
@@ -138,10 +138,12 @@ def test_registry_commands_start_without_torch_or_the_database_layer(tmp_path: P
         with RegistryClient(url) as client:
             client.publish(make_adapter(tmp_path / "a"), "kim/fast", base_model="tiny")
         for args in (["ls"], ["fetch", "kim/fast", "--out", str(tmp_path / "out")], ["job", "ls"],
-                     ["alias", "kim/fast:1", "prod"]):
+                     ["alias", "kim/fast:1", "prod"],
+                     ["fetch", "kim/fast", "--as", "lora", "--max-rank", "2", "--out", str(tmp_path / "lora")]):
             run = subprocess.run([sys.executable, "-X", "importtime", "-m", "registry", *args, "--registry", url],
                                  capture_output=True, text=True, check=False)
             assert run.returncode == 0, (args, run.stderr[-2000:])
             imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if "|" in line}
             assert not {"torch", "sqlalchemy", "transformers"} & imported, args
         assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+        assert (tmp_path / "lora" / "README.md").is_file()  # a rank-capped LoRA export, its options checked here

@@ -21,6 +21,7 @@ from registry.services.registry import Registry
 from registry.store import models as m
 from registry.store.blobs import BlobReader, FsspecBlobStore, chunks
 from tests.registry.adapters import make_adapter
+from vera_core import lora as vera_lora
 from vera_core.config import PEFT_GENERATOR, PORTABLE_GENERATOR
 from vera_core.lora import LoraExport
 
@@ -176,8 +177,8 @@ def test_the_hub_protocol_serves_the_same_stored_files(registry: Registry, ref: 
 def test_a_projection_form_is_written_in_blocks_with_the_bytes_of_a_whole_build(registry: Registry, ref: str,
                                                                                 tmp_path: Path) -> None:
     """Forms that materialise projections the seed regenerates are written piece by piece (A and B generated in
-    row blocks, vera_core.projection.projection_blocks) and give the bytes of the in-memory build; the others, and
-    a LoRA export, are built in memory."""
+    row blocks, vera_core.projection.projection_blocks) and give the bytes of the in-memory build; the other VeRA
+    forms are built in memory."""
     generator = registry.get(ref).generator
     (tmp_path / "w").mkdir()
     streamed = registry.versions.write_streamed(ref, tmp_path / "w", with_projection=True, seed_only=False)
@@ -188,3 +189,18 @@ def test_a_projection_form_is_written_in_blocks_with_the_bytes_of_a_whole_build(
     assert registry.versions.write_streamed(ref, tmp_path / "s", with_projection=False, seed_only=True) is None
     default = registry.versions.write_streamed(ref, tmp_path / "s", with_projection=False, seed_only=False)
     assert (default is not None) == (generator == PORTABLE_GENERATOR)  # what PEFT loads: A and B unless it makes them
+
+
+@pytest.mark.parametrize("export", [LoraExport(), LoraExport(max_rank=2, dtype="bfloat16"),
+                                    LoraExport(max_rank=4, for_vllm=True)], ids=["exact", "r<=2-bf16", "vllm"])
+def test_a_lora_export_is_written_layer_by_layer_with_the_bytes_of_a_whole_build(
+        registry: Registry, ref: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, export: LoraExport) -> None:
+    """A LoRA export is written one layer at a time in row blocks (a rank-capped one through a spool file, since
+    its header names the largest error): the bytes of the in-memory build, and no spool left behind."""
+    monkeypatch.setattr(vera_lora, "BLOCK_BYTES", 64)  # a few numbers per block: every factor in several blocks
+    (tmp_path / "w").mkdir()
+    paths = registry.versions.write_streamed(ref, tmp_path / "w", with_projection=False, seed_only=False, lora=export)
+    assert paths is not None
+    _, whole = registry.files(ref, as_lora=True, lora=export)
+    assert {name: path.read_bytes() for name, path in paths.items()} == whole
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted(whole)
