@@ -16,6 +16,11 @@ caches); then R rounds per kind of visitor, each visiting every page once after 
 expired, so each one asks the registry again (but for Compare's per-layer comparison, which the dashboard keeps an
 hour for the same versions: the cold visit computes it). Prints markdown, with the load average around the visits.
 
+Each visit also records when Streamlit's websocket opened (the shell's JavaScript loaded and started), when the
+session's first message and the script's end message arrived (read from the websocket's frames with Streamlit's own
+ForwardMsg), and when the content was on screen: a second table gives their medians, so the shell's time and the
+script's can be told apart.
+
 With ``--before REV``, the dashboard of git revision REV (its web_ui/, served by Streamlit with `vera ui`'s flags)
 runs beside the working tree's against the same registry, and each visit to one alternates with the same visit to
 the other in random order, so both see the same load: a before/after that the machine's other work does not bias.
@@ -41,7 +46,8 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocket, sync_playwright
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from registry.client import RegistryClient  # noqa: E402
@@ -50,6 +56,7 @@ from tests.registry.servers import free_port, running_server, running_vera, wait
 from tests.web_ui.test_browser import CHROMIUM, FLAGS  # noqa: E402
 
 CACHE_TTL_S = 5  # web_ui.session's st.cache_data(ttl=5)
+SUCCESS = ForwardMsg.ScriptFinishedStatus.FINISHED_SUCCESSFULLY
 
 
 def publish(url: str, root: Path, versions: int) -> list[str]:
@@ -85,12 +92,42 @@ RENDERED_JS = """checks => {
 Check = tuple[str, str]
 
 
-def timed_visit(page: Page, url: str, checks: list[Check]) -> float:
-    """Seconds from navigating to ``url`` until the first frame in which every check of ``checks`` holds."""
+#: The moments of a visit, in seconds from navigating: the websocket to Streamlit's server open (the shell's
+#: JavaScript loaded and started), the session's first message (the script starts), the script's end message, and
+#: the first frame showing the page's content.
+MARKS = ("websocket open", "script started", "script finished", "on screen")
+
+
+def timed_visit(page: Page, url: str, checks: list[Check]) -> dict[str, float]:
+    """The MARKS of a visit to ``url``, from Streamlit's websocket messages as Playwright sees them arrive (decoded
+    with Streamlit's own ForwardMsg) and the first frame in which every check of ``checks`` holds."""
+    marks: dict[str, float] = {}
+
+    def frame(payload: bytes | str) -> None:
+        if not isinstance(payload, bytes):
+            return
+        message = ForwardMsg()
+        message.ParseFromString(payload)
+        kind = message.WhichOneof("type")
+        name = {"new_session": "script started", "script_finished": "script finished"}.get(kind or "")
+        if name is not None and (name != "script finished" or message.script_finished == SUCCESS):
+            marks.setdefault(name, time.perf_counter() - start)
+
+    def websocket(socket: WebSocket) -> None:
+        if socket.url.endswith("/_stcore/stream"):
+            marks.setdefault("websocket open", time.perf_counter() - start)
+            socket.on("framereceived", frame)
+
+    page.on("websocket", websocket)
     start = time.perf_counter()
     page.goto(url, wait_until="commit")
     page.wait_for_function(RENDERED_JS, arg=checks, polling="raf", timeout=60_000)
-    return time.perf_counter() - start
+    marks["on screen"] = time.perf_counter() - start
+    for _ in range(200):  # the script may still be running when its content is on screen
+        if "script finished" in marks:
+            break
+        page.wait_for_timeout(25)
+    return marks
 
 
 def pages(ui: str, refs: list[str]) -> dict[str, tuple[str, list[Check]]]:
@@ -109,24 +146,32 @@ VISITORS = ("new", "returning")
 
 
 def visit(browser: Browser, context: BrowserContext | None, url: str, checks: list[Check]) -> float:
-    """One timed visit in a new tab of ``context``, or of a new context (a new visitor) when it is None."""
+    """One timed visit in a new tab of ``context``, or of a new context (a new visitor) when it is None: seconds
+    until the page's content is on screen."""
+    return marked_visit(browser, context, url, checks)["on screen"]
+
+
+def marked_visit(browser: Browser, context: BrowserContext | None, url: str, checks: list[Check]
+                 ) -> dict[str, float]:
+    """``visit``, with each of MARKS."""
     own = context is None
     context = context or browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
-    seconds = timed_visit(tab, url, checks)
+    marks = timed_visit(tab, url, checks)
     tab.close()
     if own:
         context.close()
-    return seconds
+    return marks
 
 
 Times = dict[tuple[str, str], list[float]]  # seconds per (page, kind of visitor)
+Marks = dict[tuple[str, str], list[dict[str, float]]]  # each visit's MARKS per (page, kind of visitor)
 
 
-def measure(ui: str, refs: list[str], repeats: int) -> tuple[dict[str, float], Times]:
+def measure(ui: str, refs: list[str], repeats: int) -> tuple[dict[str, float], Marks]:
     """The cold visits (the first of each page after the dashboard started, by a new visitor), then ``repeats``
     rounds per kind of visitor; a round visits every page once, then waits for the read cache to expire."""
-    times: Times = {}
+    times: Marks = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         cold = {name: visit(browser, None, url, checks) for name, (url, checks) in pages(ui, refs).items()}
@@ -136,7 +181,7 @@ def measure(ui: str, refs: list[str], repeats: int) -> tuple[dict[str, float], T
         for _ in range(repeats):
             for kind, context in (("new", None), ("returning", returning)):
                 for name, (url, checks) in pages(ui, refs).items():
-                    times.setdefault((name, kind), []).append(visit(browser, context, url, checks))
+                    times.setdefault((name, kind), []).append(marked_visit(browser, context, url, checks))
                 time.sleep(CACHE_TTL_S + 1)
         browser.close()
     return cold, times
@@ -208,6 +253,23 @@ def print_side_by_side(times: Paired, rev: str, repeats: int, loads: tuple[float
                   f"{max(b):.2f} s | {max(a):.2f} s |")
 
 
+def print_marks(times: Marks) -> None:
+    """Where each visit's time went, medians: until the shell's websocket opened, until the script started, the
+    script's own run (its first message to its end message), and after it until the content was on screen."""
+    print("\nWhere the time goes (medians of the same visits, seconds from navigating; the script's run is from the "
+          "session's first message to its end message, as the browser receives them):\n")
+    print("| page | visitor | websocket open | script started | script finished | script run | on screen |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for (name, kind), visits in times.items():
+        complete = [m for m in visits if all(k in m for k in MARKS)]
+        if not complete:
+            continue
+        median = {k: statistics.median(m[k] for m in complete) for k in MARKS}
+        run = statistics.median(m["script finished"] - m["script started"] for m in complete)
+        print(f"| {name} | {kind} | " + " | ".join(f"{median[k]:.2f} s" for k in MARKS[:3])
+              + f" | {run:.2f} s | {median['on screen']:.2f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", type=int, default=1000)
@@ -238,9 +300,10 @@ def main() -> None:
     print("| page | first visit after start | new visitor median | new visitor max | returning visitor median | "
           "returning visitor max |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in pages("", ["", ""]):
-        new, back = times[(name, "new")], times[(name, "returning")]
+        new, back = ([m["on screen"] for m in times[(name, kind)]] for kind in VISITORS)
         print(f"| {name} | {cold[name]:.2f} s | {statistics.median(new):.2f} s | {max(new):.2f} s | "
               f"{statistics.median(back):.2f} s | {max(back):.2f} s |")
+    print_marks(times)
     if args.before:
         print_side_by_side(paired, args.before, args.repeats, (loads, loads_end))
 
