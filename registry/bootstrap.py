@@ -97,7 +97,8 @@ def job_queue(registry: Registry, settings: Settings) -> Jobs:
     from registry.services.jobs import Jobs
 
     return Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models,
-                max_attempts=settings.job_max_attempts, retry_backoff=timedelta(seconds=settings.job_retry_backoff_s))
+                max_attempts=settings.job_max_attempts, retry_backoff=timedelta(seconds=settings.job_retry_backoff_s),
+                checkpoint_max_bytes=settings.job_checkpoint_max_bytes)
 
 
 def api_from_environment() -> FastAPI:

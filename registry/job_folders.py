@@ -11,9 +11,9 @@ temporary folder instead). The folder is removed once the job has ended (succeed
 worker that ran the last attempt, or by any worker on the machine that finds it later (``sweep``), since a job can
 end elsewhere (cancelled while queued, or finished by a worker on another machine).
 
-Why here and not in the registry's blob store: checkpoints are scratch, rewritten every few steps and dropped when
-the job ends; the blob store holds immutable, content-addressed artifacts with a database row each, which
-checkpoints would churn. The cost: an attempt on another machine starts over (docs/jobs.md).
+The newest checkpoint is also stored in the registry (registry.services.job_checkpoints), one per job, replaced as
+training goes on, so that an attempt on another machine resumes too; this folder saves a machine that claims its
+job again the download, and keeps checkpoints too large for the registry (docs/jobs.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from registry.domain.schemas import MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
+from registry.domain.schemas import MAX_JOB_CHECKPOINT_BYTES, MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
 
 
@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # attempts in all; then it fails, saying why.
     job_retry_backoff_s: float = 30.0
     job_max_attempts: int = 3
+    # The largest checkpoint (bytes, all its files) a worker stores in the registry so that an attempt of the job on
+    # another machine resumes from it; a larger one stays on its machine (docs/jobs.md).
+    job_checkpoint_max_bytes: int = Field(default=MAX_JOB_CHECKPOINT_BYTES, ge=1, le=2**40)
     # What fine-tune jobs may train: the demo alias and Hub ids the workers have in their local Hub cache, never a
     # path (a JSON list in VERA_JOB_BASE_MODELS, e.g. '["minilm", "meta-llama/Llama-3.2-1B"]').
     job_base_models: list[str] = ["minilm"]

@@ -18,7 +18,9 @@ died; an error in training (bad data, NaN loss) fails the job with that error.
 Resuming: with a ``state_dir`` (`vera worker` uses VERA_DATA_DIR/worker), a job trains into its own folder there
 (registry.job_folders), checkpointing every ``training.save_every`` steps (JOB_SAVE_EVERY if the spec does not say),
 and the next attempt of a job on this machine resumes from its last intact checkpoint, saying so in the job's log.
-The folder goes once the job has ended.
+The folder goes once the job has ended. Each checkpoint is also stored in the registry (Jobs.checkpoints, from the
+heartbeat thread), and an attempt on a machine with no newer checkpoint of the job fetches that one and resumes
+from it.
 
 Stopping for a rolling restart: ``drain()`` (the first SIGTERM or SIGINT to `vera worker`) claims nothing more and
 exits once the current job has finished; ``release()`` (the second) stops the current job after its step and puts
@@ -44,7 +46,7 @@ from typing import Any
 
 import torch
 
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import ContentTooLarge, InvalidInput, RegistryError
 from registry.domain.schemas import JobInfo
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID
@@ -191,6 +193,48 @@ class _Relay:
                 self.stop.write_text(state.stop_reason or "stopped", encoding="utf-8")
 
 
+class _CheckpointSync:
+    """Stores each checkpoint an attempt seals in the registry (Jobs.checkpoints), from the heartbeat thread and once
+    more when the attempt is lost or let go, so that an attempt on another machine resumes from it. Only checkpoints
+    newer than where the attempt started are stored: an earlier attempt's, left in the folder, never replace a newer
+    one stored from another machine."""
+
+    def __init__(self, worker: Worker, job: JobInfo, tracker: _Tracker) -> None:
+        self.worker, self.job, self.tracker = worker, job, tracker
+        self.lock = threading.Lock()
+        self.root: Path | None = None  # the run's checkpoints folder, once the attempt knows where it starts
+        self.step = 0  # the newest step stored, or resumed from
+        self.refused = False  # too large for the registry: kept on this machine only
+
+    def start(self, out: Path, step: int) -> None:
+        with self.lock:
+            self.root, self.step = out / "checkpoints", step
+
+    def store(self) -> None:
+        """Store the newest intact checkpoint if it is newer than the last stored; a failure is logged and the next
+        call tries again (a checkpoint removed while being read, storage away), never raised."""
+        with self.lock:
+            if self.root is None or self.refused:
+                return
+            found, _ = training_checkpoints.latest(self.root)
+            if found is None or found.step <= self.step:
+                return
+            job = self.job.id
+            try:
+                stored = self.worker.jobs.checkpoints.store(job, self.worker.name, found.path)
+            except ContentTooLarge as exc:
+                self.refused = True
+                self.worker._note(self.job, self.tracker, f"job {job}: {exc}")
+                return
+            except Exception as exc:  # noqa: BLE001 - the heartbeat thread must live on; the next beat tries again
+                self.worker.log(f"job {job}: the checkpoint at step {found.step} was not stored in the registry "
+                                f"({type(exc).__name__}: {exc}); trying again at the next heartbeat")
+                return
+            self.step = stored.step
+            self.worker._note(self.job, self.tracker, f"job {job}: stored the checkpoint at step {stored.step} in the "
+                              f"registry ({stored.size} bytes), for an attempt on another machine")
+
+
 class Worker:
     """Runs jobs one at a time; several workers (processes, machines) can share one database."""
 
@@ -252,22 +296,27 @@ class Worker:
 
     def _run(self, job: JobInfo) -> None:
         tracker = _Tracker(job.time_limit_s, self.releasing)
+        sync = _CheckpointSync(self, job, tracker)
         done = threading.Event()
-        beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done), daemon=True)
+        beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done, sync), daemon=True)
         beat.start()
         folder = self._job_folder(job, tracker)
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
                 out = folder.output if folder else Path(tmp) / "adapter"
                 spec = self._local_spec(job, Path(tmp))
-                metrics = self._train(job, spec, Path(tmp), out, tracker, resumable=folder is not None)
+                metrics = self._train(job, spec, Path(tmp), out, tracker, sync if folder is not None else None)
                 done.set()
                 beat.join()
                 self._flush(job.id, tracker, {"phase": "publishing"})
+                if metrics.get("stop_reason") == "released":
+                    sync.store()  # the newest checkpoint, for whichever worker takes the job next
                 if not self._stopped_early(job, metrics.get("stop_reason")):
                     self._publish(job, spec, out, metrics, tracker)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job, with its traceback
             done.set()
+            if isinstance(exc, DistributedError) and exc.lost:
+                sync.store()  # the attempt is lost: its newest checkpoint goes to the registry first
             self._failed(job, tracker, exc)
         finally:
             if folder is not None:  # kept for the next attempt unless the job has ended
@@ -294,23 +343,43 @@ class Worker:
         with tracker.lock:
             tracker.events.append(("log", {"message": message}))
 
-    def _resume_point(self, job: JobInfo, out: Path, processes: int, tracker: _Tracker) -> bool:
-        """Whether this attempt resumes from a checkpoint that an earlier one left in ``out``: the newest intact
-        one, if written by as many processes as this attempt trains in; otherwise ``out`` is emptied and training
-        starts over. Says which in the job's log."""
+    def _resume_point(self, job: JobInfo, out: Path, processes: int, tracker: _Tracker) -> int | None:
+        """The step this attempt resumes from, or None: the newest intact checkpoint that an earlier attempt left in
+        ``out``, or the one stored in the registry if that is newer (written into ``out`` first: an earlier attempt
+        on another machine), if written by as many processes as this attempt trains in; otherwise ``out`` is emptied
+        and training starts over. Says which in the job's log."""
         found, skipped = training_checkpoints.latest(out / "checkpoints")
         for reason in skipped:
             self._note(job, tracker, f"job {job.id}: passed over a checkpoint that cannot be loaded: {reason}")
+        found = self._restored(job, out, found, tracker) or found
         if found is not None and found.world_size != processes:
             self._note(job, tracker, f"job {job.id}: its checkpoint at step {found.step} was written by "
                        f"{found.world_size} process(es) and this attempt trains in {processes}; starting over")
             found = None
         if found is None:
             shutil.rmtree(out, ignore_errors=True)
-            return False
+            return None
         self._note(job, tracker, f"job {job.id}: attempt {job.attempts} resumes from step {found.step} (the last "
                    "intact checkpoint of an earlier attempt)")
-        return True
+        return found.step
+
+    def _restored(self, job: JobInfo, out: Path, local: training_checkpoints.CheckpointInfo | None,
+                  tracker: _Tracker) -> training_checkpoints.CheckpointInfo | None:
+        """The job's checkpoint stored in the registry, written into ``out``, if it is newer than ``local``; None if
+        there is none, it is not newer, or it cannot be restored (the log says why; the attempt then goes on
+        without it)."""
+        try:
+            stored = self.jobs.checkpoints.latest(job.id)
+            if stored is None or (local is not None and local.step >= stored.step):
+                return None
+            path = self.jobs.checkpoints.restore(stored, out / "checkpoints")
+        except (RegistryError, OSError) as exc:
+            self._note(job, tracker, f"job {job.id}: the checkpoint stored in the registry cannot be used "
+                       f"({type(exc).__name__}: {exc})")
+            return None
+        self._note(job, tracker, f"job {job.id}: fetched its checkpoint at step {stored.step} from the registry "
+                   f"(stored by {stored.worker} during attempt {stored.attempt})")
+        return training_checkpoints.info(path)
 
     def _local_spec(self, job: JobInfo, tmp: Path) -> TrainSpec:
         """The job's spec with its uploaded dataset written into this worker's work area."""
@@ -333,17 +402,22 @@ class Worker:
                      f"{self.nproc}; training in {processes}")
         return processes
 
-    def _train(self, job: JobInfo, spec: TrainSpec, tmp: Path, out: Path, tracker: _Tracker, *,
-               resumable: bool) -> dict[str, Any]:
-        """Train the job into ``out``; with ``resumable`` (``out`` outlives the attempt), checkpointed and resumed
-        from an earlier attempt's checkpoint."""
+    def _train(self, job: JobInfo, spec: TrainSpec, tmp: Path, out: Path, tracker: _Tracker,
+               sync: _CheckpointSync | None) -> dict[str, Any]:
+        """Train the job into ``out``; with ``sync`` (``out`` outlives the attempt: a job folder), checkpointed,
+        resumed from an earlier attempt's checkpoint (this machine's or the registry's), and each new checkpoint
+        stored in the registry."""
         # the caller's spec chooses no place: checkpoints go to this worker's job folder or work area, the base is no
         # path, and the device is one this worker owns
-        save_every = spec.training.get("save_every") or (JOB_SAVE_EVERY if resumable else None)
+        save_every = spec.training.get("save_every") or (JOB_SAVE_EVERY if sync is not None else None)
         training = {**spec.training, "save_every": save_every, "output_dir": str(out) if save_every else None}
         batch_size = int(training.get("batch_size", TrainingArguments.batch_size))
         processes = self._processes(job, batch_size)
-        resume = resumable and self._resume_point(job, out, processes, tracker)
+        step = None
+        if sync is not None:
+            step = self._resume_point(job, out, processes, tracker)
+            sync.start(out, step or 0)
+        resume = step is not None
         if processes == 1:
             training["device"] = self.devices[0]
             return run(replace(spec, training=training), out, callbacks=[FunctionCallback(tracker.on_event)],
@@ -410,10 +484,11 @@ class Worker:
         return self.jobs.heartbeat(job_id, self.name, progress={**current, **(progress or {})},
                                    events=[*events, *extra])
 
-    def _heartbeats(self, job_id: int, tracker: _Tracker, done: threading.Event) -> None:
+    def _heartbeats(self, job_id: int, tracker: _Tracker, done: threading.Event, sync: _CheckpointSync) -> None:
         while not done.wait(self.heartbeat_s):
             if self._flush(job_id, tracker):
                 tracker.stop = True
+            sync.store()
 
 
 

@@ -31,6 +31,10 @@ MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0
 #: The most GPUs a fine-tune job may ask for (a worker owns at most one device today: `vera worker --device`).
 MAX_JOB_GPUS = 64
+#: The largest training checkpoint a job's worker stores in the registry by default (VERA_JOB_CHECKPOINT_MAX_BYTES):
+#: VeRA's vectors with their optimizer state are kilobytes to a few MB even at 7B scale; a job that trains a whole
+#: head (a language model's lm_head) can pass it, and then resumes only on its own machine.
+MAX_JOB_CHECKPOINT_BYTES = 256 * 2**20
 #: Request temp folders are named with this prefix, so that `vera fsck` can find those a killed server left behind.
 UPLOAD_PREFIX = "vera-upload-"
 #: The files of an adapter version, as PEFT's directory format names them.

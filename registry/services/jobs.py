@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, false, or_, select, true, update
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
     FINAL_JOB_STATUSES,
+    MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
@@ -34,6 +35,7 @@ from registry.domain.schemas import (
     check_name,
 )
 from registry.logs import REQUEST_ID
+from registry.services.job_checkpoints import JobCheckpoints, forget
 from registry.services.lookup import version_ref
 from registry.services.registry import Registry
 from registry.services.tokens import Principal
@@ -49,13 +51,16 @@ class Jobs:
 
     def __init__(self, registry: Registry, *, lease: timedelta = timedelta(seconds=60),
                  base_models: Sequence[str] = (DEMO_MODEL,), max_attempts: int = 3,
-                 retry_backoff: timedelta = timedelta(seconds=30)) -> None:
+                 retry_backoff: timedelta = timedelta(seconds=30),
+                 checkpoint_max_bytes: int = MAX_JOB_CHECKPOINT_BYTES) -> None:
         """``base_models``: what a job may train (VERA_JOB_BASE_MODELS): the demo alias or Hub ids that workers find
         in their local Hub cache. A job never names a path on a worker's disk. ``max_attempts`` and
         ``retry_backoff``: how often, and after how long, a job whose worker died is tried again
-        (VERA_JOB_MAX_ATTEMPTS, VERA_JOB_RETRY_BACKOFF_S)."""
+        (VERA_JOB_MAX_ATTEMPTS, VERA_JOB_RETRY_BACKOFF_S). ``checkpoint_max_bytes``: the largest checkpoint a worker
+        stores in the registry for another machine to resume from (VERA_JOB_CHECKPOINT_MAX_BYTES)."""
         self.registry, self.db, self.lease, self.base_models = registry, registry.db, lease, tuple(base_models)
         self.max_attempts, self.retry_backoff = max_attempts, retry_backoff
+        self.checkpoints = JobCheckpoints(registry.db, registry.blobs, max_bytes=checkpoint_max_bytes)
 
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
@@ -160,6 +165,7 @@ class Jobs:
 
     def cancel(self, job_id: int, *, actor: str) -> JobInfo:
         """A queued job is cancelled at once; a running one stops after its current training step."""
+        dropped: set[str] = set()
         with self.db.session() as s:
             job = self._job(s, job_id)
             if job.status in FINAL_JOB_STATUSES:
@@ -169,9 +175,11 @@ class Jobs:
                 job.status, job.finished_at = "cancelled", datetime.now(UTC)
             s.add(m.AuditEvent(actor=actor, action="job-cancel", target=job.target_name, detail={"job": job_id}))
             if job.status == "cancelled":
-                _ended(s, job, actor=actor)
+                dropped = _ended(s, job, actor=actor)
             s.flush()
-            return self._info(s, job)
+            info = self._info(s, job)
+        self.checkpoints.delete_bytes(dropped)
+        return info
 
     # ---- workers ---------------------------------------------------------------------------------------------
     def claim(self, worker: str, *, gpus: int = 0) -> JobInfo | None:
@@ -251,6 +259,7 @@ class Jobs:
 
     def finish(self, job_id: int, worker: str, *, status: JobStatus, error: str | None = None,
                result_version: tuple[str, int] | None = None) -> None:
+        dropped: set[str] = set()
         with self.db.session() as s:
             job = self._job(s, job_id)
             if job.claimed_by != worker:
@@ -261,7 +270,8 @@ class Jobs:
                 version = s.scalar(select(m.AdapterVersion).join(m.Adapter).where(
                     m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.AdapterVersion.version == ref.version))
                 job.result_version_id = version.id if version else None
-            _ended(s, job, actor=worker)
+            dropped = _ended(s, job, actor=worker)
+        self.checkpoints.delete_bytes(dropped)
 
     def request_id(self, job_id: int) -> str | None:
         """The id of the request that queued the job (registry.logs), for the worker's log lines."""
@@ -325,15 +335,17 @@ class Jobs:
                        not_before=job.not_before, gpus=job.gpus)
 
 
-def _ended(s: Any, job: m.Job, *, actor: str) -> None:
+def _ended(s: Any, job: m.Job, *, actor: str) -> set[str]:
     """The audit event of a job that ended (succeeded, failed or cancelled): the event `vera events` lists and
-    webhooks fire on (job-end)."""
+    webhooks fire on (job-end); its stored checkpoint goes. Returns the digests of the checkpoint blobs dropped, whose
+    bytes the caller deletes once ``s`` has committed (or `vera gc` later)."""
     detail: dict[str, Any] = {"job": job.id, "status": job.status}
     if job.error:
         detail["error"] = job.error[:1000]
     if job.result_version_id is not None and (version := s.get(m.AdapterVersion, job.result_version_id)) is not None:
         detail["result"] = version_ref(version)
     s.add(m.AuditEvent(actor=actor[:64], action="job-end", target=job.target_name, detail=detail))
+    return forget(s, job.id)
 
 
 def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> None:

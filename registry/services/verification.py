@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, NotFound
 from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
+from registry.services import job_checkpoints
 from registry.services.access import readable_versions, shown_to
 from registry.services.derived import DERIVED, forget
 from registry.services.lookup import projection_spec, resolve, version_ref
@@ -121,6 +122,8 @@ class Verification:
         refs = set(s.scalars(select(m.AdapterVersion.vectors_sha256)))
         refs |= {d for d in s.scalars(select(m.Projection.blob_sha256)) if d}
         refs |= set(s.scalars(select(m.VersionFile.sha256).distinct()))  # download files built once (derived)
+        refs |= job_checkpoints.referenced(s)  # running jobs' checkpoints, for an attempt on another machine
+        refs |= {d for d in s.scalars(select(m.Job.dataset_sha256).distinct()) if d}  # shared bytes are kept
         return refs
 
     def gc(self) -> dict[str, int]:
@@ -136,7 +139,7 @@ class Verification:
             s.flush()
             referenced = self._referenced(s)
             for blob in s.scalars(select(m.Blob)):
-                if blob.sha256 not in referenced and blob.kind in VERSION_BLOBS:
+                if blob.sha256 not in referenced and blob.kind in (*VERSION_BLOBS, job_checkpoints.CHECKPOINT):
                     s.delete(blob)
                     removed += 1
             s.flush()

@@ -51,7 +51,7 @@ class Blob(Base):
     __tablename__ = "blobs"
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(32))  # vectors | projection | dataset
+    kind: Mapped[str] = mapped_column(String(32))  # vectors | projection | dataset | derived | checkpoint
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -254,6 +254,32 @@ class Job(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # 0011: GPUs the job's training needs; only a worker that owns that many claims it (0: any worker)
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class JobCheckpoint(Base):
+    """The newest training checkpoint a job's worker stored in the registry, so that an attempt on another machine
+    resumes from it (registry.services.job_checkpoints); one per job, replaced as training goes on, removed when the
+    job ends (0013)."""
+
+    __tablename__ = "job_checkpoints"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    world_size: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobCheckpointFile(Base):
+    """A file of a job's stored checkpoint (its manifest included), a content-addressed blob of kind
+    ``checkpoint`` (0013)."""
+
+    __tablename__ = "job_checkpoint_files"
+    job_id: Mapped[int] = mapped_column(ForeignKey("job_checkpoints.job_id", ondelete="CASCADE"), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class JobEvent(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -221,7 +222,8 @@ def tiny_jobs(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return Jobs(registry, base_models=[TINY])
 
 
-def submit_tiny(jobs: Jobs, target: str, d_initial: float = 0.1, **training: Any) -> int:
+def tiny_job(d_initial: float = 0.1, **training: Any) -> tuple[dict[str, Any], bytes]:
+    """A job's spec and dataset for the tiny Llama: 60 texts of 6 tokens each, batches of 4."""
     from tests.registry.tiny_lm import WORDS
 
     n = len(WORDS)
@@ -229,6 +231,11 @@ def submit_tiny(jobs: Jobs, target: str, d_initial: float = 0.1, **training: Any
     data = "".join(f'{{"text": "{text}"}}\n' for text in texts).encode()  # every text 6 tokens
     spec = {"base_model": TINY, "task": "causal-lm", "r": 8, "d_initial": d_initial,
             "training": {"batch_size": 4, **training}}
+    return spec, data
+
+
+def submit_tiny(jobs: Jobs, target: str, d_initial: float = 0.1, **training: Any) -> int:
+    spec, data = tiny_job(d_initial, **training)
     return jobs.submit(spec, owner="ann", target=target, dataset=data, dataset_name="data.jsonl").id
 
 
@@ -331,6 +338,19 @@ def test_a_killed_training_process_loses_the_attempt_and_the_job_is_queued_again
     assert list(work.iterdir()) == []  # the attempt's work area is gone; the next attempt starts over
 
 
+def assert_resumed_as_straight(jobs: Jobs, tmp_path: Path, steps: int) -> None:
+    """ann/resumed:1 (a job interrupted and resumed) has the vectors and loss curve of ann/straight:1 (the same job
+    run straight through), the earlier attempt's steps included."""
+    a = published_vectors(jobs, "ann/straight:1", tmp_path)
+    b = published_vectors(jobs, "ann/resumed:1", tmp_path)
+    assert set(a) == set(b) and sum("vera_lambda_" in key for key in a) >= 4
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    curves = [jobs.registry.get(f"ann/{name}:1").metrics["train_loss"] for name in ("straight", "resumed")]
+    assert [s for s, _ in curves[1]] == list(range(1, steps + 1))
+    assert [loss for _, loss in curves[1]] == pytest.approx([loss for _, loss in curves[0]], rel=1e-5)
+
+
 def _checkpoints(folder: Path) -> list[str]:
     root = folder / "adapter" / "checkpoints"
     return sorted(p.name for p in root.iterdir() if p.name.startswith("step-")) if root.is_dir() else []
@@ -378,11 +398,82 @@ def test_a_job_whose_training_process_was_killed_resumes_from_its_last_checkpoin
     assert not any(line for e in jobs.events(straight, kind="log") for line in [e.data["message"]]
                    if "resumes" in line)
     assert list((state / "jobs").iterdir()) == []
-    a = published_vectors(jobs, "ann/straight:1", tmp_path)
-    b = published_vectors(jobs, "ann/resumed:1", tmp_path)
-    assert set(a) == set(b) and sum("vera_lambda_" in key for key in a) >= 4
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
-    curves = [jobs.registry.get(f"ann/{name}:1").metrics["train_loss"] for name in ("straight", "resumed")]
-    assert [s for s, _ in curves[1]] == list(range(1, 41))  # the earlier attempt's steps are in the curve
-    assert [loss for _, loss in curves[1]] == pytest.approx([loss for _, loss in curves[0]], rel=1e-5)
+    assert_resumed_as_straight(jobs, tmp_path, 40)
+
+
+# ---- resuming on another machine: the checkpoint goes through the registry ----------------------------------------
+def _worker_process(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`vera worker` as on a machine of its own: its own data folder (job folders), the shared database and storage."""
+    data_dir.mkdir()
+    with (data_dir / "worker.log").open("wb") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen([str(VERA), "worker", "--heartbeat", "0.2", "--poll", "0.2"], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env, "VERA_DATA_DIR": str(data_dir)},
+                                start_new_session=True)
+
+
+def _wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert process is None or process.poll() is None, f"the worker exited with {process.returncode}"
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_job_whose_worker_was_killed_resumes_on_another_machine_from_the_registry(
+    tiny_jobs: Jobs, database_url: str, tmp_path: Path,
+) -> None:
+    """Two `vera worker` processes with separate data folders (two machines) and one `vera serve`, sharing the
+    PostgreSQL database and blob storage. The first worker is killed (SIGKILL) once it has stored a checkpoint of
+    its job in the registry; the second, whose machine never saw the job, claims it once its lease is over, fetches
+    that checkpoint, resumes from it, and publishes the vectors and loss curve of the same job run straight through.
+    Once the job has ended, its checkpoint is gone from the registry."""
+    from huggingface_hub import constants
+
+    from registry.client import RegistryClient
+    from tests.registry.servers import running_server
+
+    env = {"VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(tmp_path / "blobs"),
+           "VERA_JOB_BASE_MODELS": json.dumps([TINY]), "HF_HUB_CACHE": constants.HF_HUB_CACHE,
+           "VERA_JOB_LEASE_S": "1", "VERA_JOB_RETRY_BACKOFF_S": "0", "VERA_LOG_FORMAT": "text"}
+    spec, data = tiny_job(max_steps=80, save_every=2)
+    checkpoints = tiny_jobs.checkpoints
+    with running_server(database_url, tmp_path / "blobs", **env) as url, RegistryClient(url, "") as client:
+        killed = client.submit_job("ann/resumed", spec, dataset=("data.jsonl", data)).id
+        first = _worker_process(tmp_path / "machine-1", env)
+        try:
+            _wait_until(lambda: getattr(checkpoints.latest(killed), "step", 0) >= 4, "a stored checkpoint", first)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        stored = checkpoints.latest(killed)
+        assert stored is not None and client.job(killed).status == "running", "the job ended before the kill"
+        left = tmp_path / "machine-1" / "worker" / "jobs" / str(killed) / "adapter" / "checkpoints"
+        assert any(left.glob("step-*"))  # machine 1 keeps its folder; machine 2 cannot see it
+        straight = client.submit_job("ann/straight", spec, dataset=("data.jsonl", data)).id
+        second = _worker_process(tmp_path / "machine-2", env)
+        try:
+            _wait_until(lambda: all(client.job(j).status in ("succeeded", "failed") for j in (killed, straight)),
+                        "both jobs to end", second)
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+        jobs = {j: client.job(j) for j in (killed, straight)}
+        assert all(job.status == "succeeded" for job in jobs.values()), [job.error for job in jobs.values()]
+        assert jobs[killed].attempts == 2 and jobs[killed].claimed_by != stored.worker
+        logs = [event.data["message"] for event in client.job_events(killed, kind="log")]
+    fetched = [line for line in logs if "from the registry" in line]
+    assert len(fetched) == 1 and re.fullmatch(
+        rf"job {killed}: fetched its checkpoint at step (\d+) from the registry \(stored by "
+        rf"{re.escape(stored.worker)} during attempt 1\)", fetched[0]), logs
+    step = int(fetched[0].split("step ")[1].split(" ")[0])
+    assert stored.step <= step < 80
+    assert f"job {killed}: attempt 2 resumes from step {step} (the last intact checkpoint of an earlier " \
+        "attempt)" in logs
+    events = tiny_jobs.events(killed)
+    at = next(i for i, e in enumerate(events) if e.kind == "log" and "from the registry" in e.data["message"])
+    assert [e.data["step"] for e in events[at:] if e.kind == "step"] == list(range(step + 1, 81))
+    assert_resumed_as_straight(tiny_jobs, tmp_path, 80)
+    assert checkpoints.latest(killed) is None and checkpoints.latest(straight) is None  # gone with the jobs
+    assert list((tmp_path / "machine-2" / "worker" / "jobs").iterdir()) == []
