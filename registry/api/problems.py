@@ -60,7 +60,8 @@ def hub_error_headers(status: int, detail: str, exc: Exception | None) -> dict[s
         code = "RepoNotFound"
     else:
         code = ""
-    message = " ".join(detail.split()).encode("ascii", "replace").decode("ascii")[:1000]
+    # a header value: printable ASCII only (a name in the path may hold control characters, which HTTP forbids here)
+    message = "".join(c if " " <= c <= "~" else "?" for c in " ".join(detail.split())[:1000])
     return {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
 
 

@@ -183,11 +183,14 @@ def test_hostile_paths_tokens_and_write_verbs(served: Served) -> None:
     for path in ("/alice/demo/resolve/main/..%2F..%2Fr.db", "/alice/demo/resolve/main%2F..%2F..%2F1/README.md",
                  "/alice/%2E%2E/resolve/main/README.md", "/api/models/alice/demo/tree/main/..%2F..%2Fetc",
                  "/%2E%2E/%2E%2E/api/v1/tokens", "/alice/demo/resolve/main/README.md%00",
-                 "/alice/" + "x" * 5000 + "/resolve/main/README.md", "/api/models/" + "o" * 3000 + "/demo"):
+                 "/alice/" + "x" * 5000 + "/resolve/main/README.md", "/api/models/" + "o" * 3000 + "/demo",
+                 "/api/models/%08/0", "/api/models/alice/%0D%0Aset-cookie:x=1/tree/main"):
         answer = httpx.get(served.endpoint + path, headers=headers)
         assert answer.status_code == 404, (path, answer.status_code)
         code = answer.headers.get("x-error-code")
         assert code in ("RepoNotFound", "EntryNotFound", "RevisionNotFound"), (path, answer.url)
+        # the name in the message, control characters and all, is made a valid header (seen: a dropped connection)
+        assert answer.headers["x-error-message"].isprintable() and "set-cookie" not in answer.headers, path
     with pytest.raises(hub_errors.RepositoryNotFoundError):  # no token, or a wrong one: as the Hub's private repo
         HfApi(endpoint=served.endpoint, token=False).model_info(REPO)
     with pytest.raises(hub_errors.RepositoryNotFoundError):
