@@ -187,10 +187,11 @@ class RegistryClient:
         """The response to a request (its body not yet read when ``stream``), an error status raised as the
         registry's exception; idempotent requests are retried on connection errors and 502/503/504."""
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        url = self._url(path, kwargs.pop("params", None))
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                request = self.http.build_request(method, path, **kwargs)
+                request = self.http.build_request(method, url, **kwargs)
                 if (request_id := REQUEST_ID.get()) is not None:  # the work of one request, in the registry's log too
                     request.headers[HEADER] = request_id
                 response = self.http.send(request, stream=stream)
@@ -213,6 +214,14 @@ class RegistryClient:
                 return
             finally:
                 response.close()
+
+    def _url(self, path: str, params: Any) -> str:
+        """The absolute URL of a path on the registry, with its query: httpx then parses it once, instead of
+        joining it to the base URL and merging the parameters (a third of a small request's client time)."""
+        url = self.url + path if path.startswith("/") else path
+        if params:
+            url += ("&" if "?" in url else "?") + str(httpx.QueryParams(params))
+        return url
 
     def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before sending an idempotent request again, or None: 502/503/504 back off exponentially;

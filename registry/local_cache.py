@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from registry.domain.schemas import FileManifest
 
 CHUNK = 1 << 20
+_DIGEST = re.compile("[0-9a-f]{64}")
 
 
 def cache_root() -> Path:
@@ -66,7 +68,7 @@ def new_file(folder: Path, final: Path) -> Iterator[IO[bytes]]:
 
 
 def _is_digest(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return _DIGEST.fullmatch(text) is not None
 
 
 def ref_key(url: str, path: str, params: dict[str, str]) -> str:
