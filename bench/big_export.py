@@ -1,5 +1,6 @@
-"""A 7B-scale `--with-projection` export through the registry (issue 15): peak memory of the server and of the
-client, the first fetch (which builds the export) and a later one (served from storage, by a server process that
+"""A 7B-scale `--with-projection` export through the registry (issue 15): peak memory of the server while the
+adapter is published (which fingerprints the A and B its seed regenerates), of the server and of the client on the
+first fetch (which builds the export) and a later one (served from storage, by a server process that
 never built it), and optionally the same against another checkout (``--tree``, e.g. the commit before derived files,
 whose server rebuilt such an export on every request: over a quarter of its in-memory cache, it was never kept).
 
@@ -118,8 +119,10 @@ def measure(tree: Path, work: Path, adapter: Path, form: list[str]) -> dict[str,
         httpx.post(f"{url}/api/v1/base-models", json={"name": "llama-2-7b-shapes", "config": LLAMA_7B},
                    timeout=60).raise_for_status()
         cmd, env = command(tree)
+        before = reset_peak(pid)
         subprocess.run([*cmd, "publish", str(adapter), "--name", "llm/big", "--base-model", "llama-2-7b-shapes",
                         "--registry", url], env={**os.environ, **env}, check=True, capture_output=True, cwd=tree)
+        publish_server = rss_mib(pid, "VmHWM") - before
         before = reset_peak(pid)
         first_s, first_client = fetch(tree, url, work / "first", form)
         first_server = rss_mib(pid, "VmHWM") - before
@@ -131,7 +134,8 @@ def measure(tree: Path, work: Path, adapter: Path, form: list[str]) -> dict[str,
         later_server = rss_mib(pid, "VmHWM") - before
     assert (work / "later" / "adapter_model.safetensors").read_bytes() == \
         (work / "first" / "adapter_model.safetensors").read_bytes()
-    return {"size_mb": size / 1e6, "first_s": first_s, "first_server": first_server, "first_client": first_client,
+    return {"size_mb": size / 1e6, "publish_server": publish_server, "first_s": first_s, "first_server": first_server,
+            "first_client": first_client,
             "later_s": later_s, "later_server": later_server, "later_client": later_client}
 
 
@@ -157,11 +161,12 @@ def main() -> None:
           f"PEFT's generator; the export is "
           f"{next(iter(results.values()))['size_mb']:.0f} MB. Server memory: its peak RSS during the fetch (VmHWM, "
           "reset just before it) minus its RSS before; client: `vera fetch`'s peak RSS (VERA_NO_CACHE=1).\n")
-    print("| code | first fetch s | server +MiB | client MiB | later fetch (new process) s | server +MiB "
-          "| client MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| code | publish: server +MiB | first fetch s | server +MiB | client MiB | later fetch (new process) s "
+          "| server +MiB | client MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in results.items():
-        print(f"| {label} | {r['first_s']:.1f} | {r['first_server']:.0f} | {r['first_client']:.0f} | "
+        print(f"| {label} | {r['publish_server']:.0f} | {r['first_s']:.1f} | {r['first_server']:.0f} | "
+              f"{r['first_client']:.0f} | "
               f"{r['later_s']:.1f} | {r['later_server']:.0f} | {r['later_client']:.0f} |")
 
 

@@ -19,9 +19,9 @@ import ctypes
 import hashlib
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -253,9 +253,24 @@ def fingerprint(a: torch.Tensor, b: torch.Tensor) -> str:
     for mat in (a, b):
         if mat.dim() != 2:
             raise VeraConfigError(f"A projection must be a matrix, got shape {tuple(mat.shape)}.")
-        rows, cols = mat.shape
-        digest.update(struct.pack("<QQ", rows, cols))
-        data = mat.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        _hash_matrix(digest, tuple(mat.shape), (mat,))
+    return digest.hexdigest()
+
+
+def regenerated_fingerprint(spec: ProjectionSpec) -> str:
+    """``fingerprint(*generate(spec))`` without holding A or B whole: hashed as projection_blocks generates them
+    (a 7B-scale pair at r=1024 is 90 MB; this holds about 1 MiB)."""
+    digest = hashlib.sha256(FINGERPRINT_MAGIC)
+    a_blocks, b_blocks = projection_blocks(spec)
+    _hash_matrix(digest, (spec.r, spec.max_in), a_blocks)  # A first: PEFT's generator draws B after it
+    _hash_matrix(digest, (spec.max_out, spec.r), b_blocks)
+    return digest.hexdigest()
+
+
+def _hash_matrix(digest: Any, shape: tuple[int, ...], blocks: Iterable[torch.Tensor]) -> None:
+    """A matrix's part of the fingerprint: its shape, then its float32 bytes (row blocks in order)."""
+    digest.update(struct.pack("<QQ", *shape))
+    for block in blocks:
+        data = block.detach().to(device="cpu", dtype=torch.float32).contiguous()
         if data.numel():  # the float32 bytes, little-endian row-major, read in place (no numpy needed)
             digest.update((ctypes.c_char * (data.numel() * 4)).from_address(data.data_ptr()))
-    return digest.hexdigest()

@@ -12,8 +12,9 @@ import torch
 
 from registry.domain.errors import Busy, InvalidInput
 from registry.domain.schemas import MAX_PROJECTION_ELEMENTS
-from vera_core import AdapterFiles, ProjectionSpec, fingerprint, generate
+from vera_core import AdapterFiles, ProjectionSpec, fingerprint
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
+from vera_core.projection import regenerated_fingerprint
 from vera_core.targets import matches_target
 
 #: The largest rank the registry accepts.
@@ -102,7 +103,7 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
 
 def _projection_fingerprint(files: AdapterFiles, spec: ProjectionSpec) -> tuple[str, bool]:
     """The fingerprint of the projections the adapter was trained with, and whether its seed regenerates them."""
-    regenerated = fingerprint(*generate(spec))
+    regenerated = regenerated_fingerprint(spec)  # A and B hashed as generated, never whole
     if files.has_projection:
         stored = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))
         return stored, stored == regenerated

@@ -27,8 +27,9 @@ from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
-from vera_core import fingerprint, generate
+from vera_core import fingerprint
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
+from vera_core.projection import regenerated_fingerprint
 
 #: Blob kinds that versions and projections reference (gc leaves the others, e.g. job datasets, to their owners).
 VERSION_BLOBS = ("vectors", "projection", "derived")
@@ -57,7 +58,7 @@ class Verification:
     def _projection_check(v: m.AdapterVersion, budget: ProjectionBudget) -> dict[str, Any]:
         spec = projection_spec(v.projection)
         with budget.generating(spec):  # also bounds versions recorded before the limit existed
-            regenerated = fingerprint(*generate(spec))
+            regenerated = regenerated_fingerprint(spec)  # A and B hashed as generated, never whole
         if v.seed_reproducible:
             return {"ok": regenerated == v.projection_fingerprint, "recorded": v.projection_fingerprint,
                     "regenerated": regenerated}

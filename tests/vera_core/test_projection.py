@@ -10,7 +10,13 @@ import torch
 from tests.vera_core import philox_reference
 from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, ProjectionSpec, fingerprint, generate
 from vera_core.errors import UnknownGeneratorError, VeraConfigError
-from vera_core.projection import FINGERPRINT_MAGIC, PHILOX_KAT, philox4x32_10, projection_blocks
+from vera_core.projection import (
+    FINGERPRINT_MAGIC,
+    PHILOX_KAT,
+    philox4x32_10,
+    projection_blocks,
+    regenerated_fingerprint,
+)
 
 SHAPES = [(1, 1, 1), (8, 32, 32), (16, 48, 32), (5, 7, 13), (64, 130, 257)]
 
@@ -145,6 +151,17 @@ def test_projection_blocks_are_the_matrices_bit_for_bit(generator: str, block_el
         assert torch.equal(got_b.view(torch.int32), b.view(torch.int32))
         rows = max(1, block_elements // max_in)
         assert all(len(block) <= rows for block in projection_blocks(spec, block_elements)[0])  # bounded pieces
+
+
+@pytest.mark.parametrize("generator", [PEFT_GENERATOR, PORTABLE_GENERATOR])
+def test_the_fingerprint_hashed_block_by_block_is_the_fingerprint_of_the_matrices(generator: str) -> None:
+    """What publish and verify compute without holding A and B (regenerated_fingerprint) is fingerprint() of the
+    matrices generate() gives; another seed gives another."""
+    for r, max_in, max_out in [(4, 7, 9), (64, 384, 1536), (8, 5000, 60)]:
+        spec = ProjectionSpec(generator, 99, r, max_in, max_out)
+        assert regenerated_fingerprint(spec) == fingerprint(*generate(spec))
+        assert regenerated_fingerprint(ProjectionSpec(generator, 98, r, max_in, max_out)) != fingerprint(
+            *generate(spec))
 
 
 def test_peft_generator_blocks_refuse_b_before_a() -> None:
