@@ -162,6 +162,29 @@ def _world(mode: str) -> World:
     return world
 
 
+def checked_device(device: str | None) -> torch.device | None:
+    """``device`` as torch names it, refused with a VeraConfigError saying what there is when torch does not know the
+    name or this machine lacks the CUDA device (instead of failing later, when the model moves there)."""
+    if device is None:
+        return None
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise VeraConfigError(f"device={device!r} is not a device name torch knows; expected 'cpu', 'cuda' or "
+                              "'cuda:N' (or leave it unset: the GPU numbered LOCAL_RANK if there is one, else the "
+                              "CPU).") from exc
+    if chosen.type != "cuda":
+        return chosen
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise VeraConfigError(f"device={device!r}: this machine has no CUDA device (torch {torch.__version__}, CUDA "
+                              f"build: {torch.version.cuda or 'none'}); train on 'cpu', or leave device unset.")
+    if chosen.index is not None and chosen.index >= count:
+        raise VeraConfigError(f"device={device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}; pick among them.")
+    return chosen
+
+
 def setup(mode: str, device: str | None = None) -> tuple[World, torch.device]:
     """This process's world and device, with the process group initialised if it trains with others.
 
@@ -170,7 +193,7 @@ def setup(mode: str, device: str | None = None) -> tuple[World, torch.device]:
     """
     check_mode(mode)
     world = _world(mode)
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = checked_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if world.size == 1:
         return world, chosen
     if chosen.type == "cuda":

@@ -120,8 +120,35 @@ def test_processes_with_different_projections_are_refused(tmp_path: Path) -> Non
     assert "rank(s) [1] have" in result.stderr and not (tmp_path / "run").exists()
 
 
+def two_machines(args: list[str], outs: list[Path]) -> list[subprocess.CompletedProcess[str]]:
+    """`vera ARGS --out OUT` on two "machines": two torchrun agents (--nnodes 2, one process each, static rendezvous
+    on a free loopback port: node 0 is rank 0), each writing to its own folder, as the multi-machine line of
+    docs/vera_core.md runs them."""
+    from tests.registry.servers import VERA, free_port
+
+    port, done = free_port(), []
+    logs = [out.with_suffix(".log") for out in outs]
+    agents = []
+    for node, (out, log) in enumerate(zip(outs, logs, strict=True)):
+        with log.open("w") as handle:
+            agents.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                 "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), "--no-python",
+                 "--", str(VERA), *args, "--out", str(out)], stdout=handle, stderr=subprocess.STDOUT, text=True))
+    for agent, log in zip(agents, logs, strict=True):
+        try:
+            agent.wait(timeout=600)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+        done.append(subprocess.CompletedProcess(agent.args, agent.returncode, log.read_text(), ""))
+    return done
+
+
 @pytest.mark.slow
-def test_vera_train_nproc_2_equals_one_process_with_the_global_batch(tmp_path: Path) -> None:
+def test_vera_train_on_2_processes_or_2_machines_equals_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    """`vera train --nproc 2` (one machine), and the same on two machines through torchrun's rendezvous, give the
+    vectors of one process with their global batch; on two machines only rank 0's gets the files."""
     from tests.registry.test_cli import vera  # here, not at the top: the processes torchrun starts import this module
     from tests.registry.tiny_lm import WORDS, save_tiny_llama
 
@@ -141,10 +168,16 @@ def test_vera_train_nproc_2_equals_one_process_with_the_global_batch(tmp_path: P
     assert (metrics["one"]["processes"], metrics["one"]["global_batch_size"]) == (1, 4)
     assert metrics["two"]["examples"]["train"] >= 5 * 4  # 5 steps of 4 that never reach the epoch's last batch
     assert metrics["two"]["steps"] == 5 and "steps" in two.stdout  # the summary, printed by the parent
-    a, b = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("one", "two"))
-    assert set(a) == set(b) and any("vera_lambda_d" in k for k in a)
+    machines = two_machines([*common, "--batch-size", "2"], [tmp_path / "machine-0", tmp_path / "machine-1"])
+    assert [m.returncode for m in machines] == [0, 0], machines[0].stdout[-3000:] + machines[1].stdout[-3000:]
+    assert "steps" in machines[0].stdout and not (tmp_path / "machine-1" / "adapter_model.safetensors").exists()
+    metrics["machines"] = json.loads((tmp_path / "machine-0" / "metrics.json").read_text())
+    assert (metrics["machines"]["processes"], metrics["machines"]["global_batch_size"]) == (2, 4)
+    a, b, c = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("one", "two", "machine-0"))
+    assert set(a) == set(b) == set(c) and any("vera_lambda_d" in k for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(c[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_shards_of_a_batch_hold_the_single_process_batch() -> None:

@@ -246,6 +246,15 @@ def test_invalid_arguments(kw: dict[str, Any], message: str) -> None:
         TrainingArguments(**kw)
 
 
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda:99", r"device='cuda:99': this machine has (no CUDA device|\d+ CUDA device\(s\), cuda:0 to)"),
+    ("gpu", r"device='gpu' is not a device name torch knows; expected 'cpu', 'cuda' or 'cuda:N'"),
+], ids=["missing-gpu", "unknown-name"])
+def test_a_device_that_is_not_there_is_refused_before_training(device: str, message: str) -> None:
+    with pytest.raises(VeraConfigError, match=message):
+        trainer(device=device)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_mixed_precision_needs_cuda() -> None:
     with pytest.raises(VeraConfigError, match="precision='bf16' needs a CUDA device"):
