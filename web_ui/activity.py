@@ -147,8 +147,8 @@ def page() -> None:
     if not found.events:
         st.info("No events match." if chosen["adapter"] or chosen["action"] else "Nothing has happened yet.")
         return
-    st.caption(f"The newest {len(found.events):,} events you may see, newest first. An adapter's target opens its "
-               "page; tick a row to read its detail in full; `vera events` pages through them all.")
+    st.caption(f"The newest {formats.counted(len(found.events), 'event')} you may see, newest first. An adapter's "
+               "target opens its page; tick a row to read its detail in full; `vera events` pages through them all.")
     events = sorted(found.events, key=lambda e: e.id, reverse=True)
     target_px, detail_px = widths(events)
     shown = st.dataframe(table(events, detail_px), hide_index=True, width="stretch", key="events_table",

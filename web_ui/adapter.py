@@ -89,7 +89,7 @@ def about(info: VersionInfo) -> None:
     else:
         st.caption("No tags.")
     st.markdown(f"{VISIBILITY_BADGES.get(info.visibility, info.visibility)} "
-                f":gray-badge[:material/download: {formats.count(info.downloads)} downloads]",
+                f":gray-badge[:material/download: {formats.counted(info.downloads, 'download')}]",
                 help="private: only its owner, the owning organisation's members and admins see it")
 
 
@@ -120,7 +120,8 @@ def versions(info: VersionInfo) -> None:
     st.dataframe(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
                                 "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
                                 "published by": v.published_by} for v in page.items]),
-                 hide_index=True, width="stretch", column_config={"version": VERSION_LINK})
+                 hide_index=True, width="stretch", column_config={
+                     "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
     st.markdown("**Projection**")
     views.fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
             "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,

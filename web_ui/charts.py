@@ -41,7 +41,7 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
             for ref, points in curves.items() for step, loss in points]
     if not rows:
         return None
-    refs = list(dict.fromkeys([*train, *(evals or {})]))
+    refs = list(dict.fromkeys(str(r["version"]) for r in rows))  # a version without points: not in the legend
     has_eval = any(r["curve"] == "eval" for r in rows)
     kinds = ["training", "eval"] if has_eval else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(

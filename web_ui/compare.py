@@ -147,13 +147,16 @@ def side_by_side(versions: list[VersionInfo]) -> None:
     """The versions' numbers as a table, and their loss curves."""
     st.dataframe(table(versions), hide_index=True, width="stretch",
                  column_config=COLUMNS | {"version": navigation.version_column(version_width(versions))})
-    curves = charts.loss_curves({v.ref: v.metrics.get("train_loss") or [] for v in versions},
-                                {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions})
+    train = {v.ref: v.metrics.get("train_loss") or [] for v in versions}
+    evals = {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions}
+    curves = charts.loss_curves(train, evals)
     st.subheader("Loss curves")
     if curves is None:
         st.caption("None of these versions recorded a loss curve (versions trained by a job do).")
-    else:
-        st.altair_chart(curves, width="stretch")
+        return
+    st.altair_chart(curves, width="stretch")
+    if none := [ref for ref in train if not train[ref] and not evals[ref]]:
+        st.caption(f"No loss curve was recorded for {', '.join(none)} (versions trained by a job record one).")
 
 
 def cosine_caption(versions: list[VersionInfo]) -> str:

@@ -15,6 +15,11 @@ def count(n: int) -> str:
     return f"{n:,}"
 
 
+def counted(n: int, thing: str) -> str:
+    """(1, 'event') -> '1 event'; (1200, 'event') -> '1,200 events'."""
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
 def size(n: int) -> str:
     """120008 -> '120.0 KB'; under 1 KB in bytes ('512 B')."""
     value = float(n)

@@ -334,6 +334,7 @@ def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, produc
     grid = page.get_by_test_id("stDataFrame").first
     shot(page, "30-compare-cells-whole")
     fits(page, grid)
+    expect(page.get_by_text(f"No loss curve was recorded for {long_name}:1")).to_be_visible()  # not a legend entry
     widths = compare.WIDTHS | {"version": compare.version_width(pair)}
     assert clipped(page, compare.table(pair), widths, ("version", "base model", "projection", "verified")) == []
 
@@ -344,7 +345,7 @@ def test_activity_shows_an_event_in_full_when_ticked_in_a_browser(page: Page, pr
     with RegistryClient(product["api"]) as client:
         vectors = client.get("alice/tiny0:1").vectors_sha256
     page.goto(f"{product['ui']}/activity?adapter=alice/tiny0&action=publish")
-    expect(page.get_by_text("events you may see")).to_be_visible()
+    expect(page.get_by_text("The newest 1 event you may see")).to_be_visible()
     expect(page.get_by_text(vectors)).to_have_count(0)  # the table shortens digests
     tick_row(page, 0)
     expect(page.get_by_text(f"vectors: {vectors}")).to_be_visible()

@@ -89,3 +89,8 @@ def test_steps_are_whole_numbers_on_the_loss_chart() -> None:
     for layer in chart["layer"]:
         axis = (layer.get("encoding") or chart["encoding"])["x"]["axis"]
         assert axis["tickMinStep"] == 1 and axis["format"] == "d"  # ticks 1, 2, 3: never 1.5 or 2.5
+
+
+def test_a_version_without_a_curve_is_not_in_the_legend() -> None:
+    chart = spec(charts.loss_curves({"a/b:1": [[1, 0.9], [2, 0.5]], "a/c:1": []}, {"a/c:1": []}))
+    assert chart["layer"][0]["encoding"]["color"]["scale"]["domain"] == ["a/b:1"]  # no colour for a missing line

@@ -62,3 +62,9 @@ def test_a_list_cell_says_how_many_more_it_holds(items: list[str], shown: str) -
 ], ids=["portable", "peft", "unknown"])
 def test_a_projection_in_a_narrow_cell(generator: str, shown: str) -> None:
     assert formats.projection(generator, 42) == shown
+
+
+@pytest.mark.parametrize(("n", "shown"), [(0, "0 downloads"), (1, "1 download"), (1200, "1,200 downloads")],
+                         ids=["none", "one", "many"])
+def test_counts_of_things_agree_in_number(n: int, shown: str) -> None:
+    assert formats.counted(n, "download") == shown

@@ -163,7 +163,7 @@ def test_the_adapter_page_says_private_or_public_and_counts_downloads(registry: 
     private = texts(page("adapter", registry, query={"ref": "alice/secret:1"}))
     assert ":orange-badge[:material/lock: private]" in private
     public = texts(page("adapter", registry, query={"ref": "alice/child:1"}))
-    assert ":green-badge[:material/public: public]" in public and "1 downloads" in public
+    assert ":green-badge[:material/public: public]" in public and ":material/download: 1 download]" in public
 
 
 def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> None:

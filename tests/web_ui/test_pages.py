@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import sys
 import threading
@@ -174,6 +175,8 @@ def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeyp
     downloads = counted(monkeypatch, "download")
     at = page("adapter", registry, query={"ref": "alice/model0:1"})
     assert not at.exception and at.tabs[0].label == "Versions and config" and "**Projection**" in texts(at)
+    versions = next(d for d in at.dataframe if "published by" in d.value.columns)
+    assert json.loads(versions.proto.columns)["created"]["type_config"]["format"] == "YYYY-MM-DD HH:mm"  # readable
     assert not at.get("vega_lite_chart") and not at.get("graphviz_chart") and not at.get("download_button")
     assert not [b for b in at.button if b.label == "Verify now"] and downloads == []
     assert tab(at, "Layers").get("vega_lite_chart") and len(downloads) == 1
