@@ -112,6 +112,8 @@ def test_a_spec_may_ask_for_checkpoints_and_without_a_state_dir_nothing_outlives
 def test_a_checkpoint_this_attempt_cannot_use_is_not_resumed_and_the_log_says_why(
     jobs: Jobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written_by: int, torn: bool, message: str,
 ) -> None:
+    """A local checkpoint of another process count, or torn, is not resumed from; for the torn one, the intact copy
+    the lost attempt stored in the registry is fetched instead, and the attempt resumes from that."""
     job = jobs.submit(SPEC, owner="ann", target="ann/x")
     state = tmp_path / "state"
     monkeypatch.setattr(worker_module, "run", FakeRun(checkpoint=(4, written_by), lost=True))
@@ -124,8 +126,10 @@ def test_a_checkpoint_this_attempt_cannot_use_is_not_resumed_and_the_log_says_wh
     again = FakeRun()
     monkeypatch.setattr(worker_module, "run", again)
     assert worker(jobs, state).run_once()
-    assert again.calls[0]["resume"] is False and f"job {job.id}: {message}" in logs(jobs, job.id)
-    assert not folder.exists()
+    assert f"job {job.id}: {message}" in logs(jobs, job.id)
+    fetched = f"job {job.id}: fetched its checkpoint at step 4 from the registry (stored by w during attempt 1)"
+    assert again.calls[0]["resume"] is torn and (fetched in logs(jobs, job.id)) is torn
+    assert not folder.exists()  # the job ended (the fake run fails it): its folder is gone
 
 
 def test_a_folder_is_locked_by_its_attempt_and_emptied_for_another_job_of_the_same_id(

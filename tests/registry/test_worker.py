@@ -437,7 +437,7 @@ def test_a_job_whose_worker_was_killed_resumes_on_another_machine_from_the_regis
     env = {"VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(tmp_path / "blobs"),
            "VERA_JOB_BASE_MODELS": json.dumps([TINY]), "HF_HUB_CACHE": constants.HF_HUB_CACHE,
            "VERA_JOB_LEASE_S": "1", "VERA_JOB_RETRY_BACKOFF_S": "0", "VERA_LOG_FORMAT": "text"}
-    spec, data = tiny_job(max_steps=80, save_every=2)
+    spec, data = tiny_job(max_steps=160, save_every=4)
     checkpoints = tiny_jobs.checkpoints
     with running_server(database_url, tmp_path / "blobs", **env) as url, RegistryClient(url, "") as client:
         killed = client.submit_job("ann/resumed", spec, dataset=("data.jsonl", data)).id
@@ -468,12 +468,12 @@ def test_a_job_whose_worker_was_killed_resumes_on_another_machine_from_the_regis
         rf"job {killed}: fetched its checkpoint at step (\d+) from the registry \(stored by "
         rf"{re.escape(stored.worker)} during attempt 1\)", fetched[0]), logs
     step = int(fetched[0].split("step ")[1].split(" ")[0])
-    assert stored.step <= step < 80
+    assert stored.step <= step < 160
     assert f"job {killed}: attempt 2 resumes from step {step} (the last intact checkpoint of an earlier " \
         "attempt)" in logs
     events = tiny_jobs.events(killed)
     at = next(i for i, e in enumerate(events) if e.kind == "log" and "from the registry" in e.data["message"])
-    assert [e.data["step"] for e in events[at:] if e.kind == "step"] == list(range(step + 1, 81))
-    assert_resumed_as_straight(tiny_jobs, tmp_path, 80)
+    assert [e.data["step"] for e in events[at:] if e.kind == "step"] == list(range(step + 1, 161))
+    assert_resumed_as_straight(tiny_jobs, tmp_path, 160)
     assert checkpoints.latest(killed) is None and checkpoints.latest(straight) is None  # gone with the jobs
     assert list((tmp_path / "machine-2" / "worker" / "jobs").iterdir()) == []
