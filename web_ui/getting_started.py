@@ -15,15 +15,16 @@ def panel() -> None:
     st.subheader("This registry has no adapters yet")
     st.markdown("Publish one you trained, or let a worker train the demo adapter (word polarity on the bundled "
                 "MiniLM; a few minutes on a CPU).")
-    cli, demo = st.columns(2)
+    cli, demo = st.columns([3, 2])  # the commands' longest line whole at 1,400 px (a long URL wraps)
     with cli:
         st.markdown("**From a terminal**")
         st.code(f"export VERA_REGISTRY_URL={url}\n"
-                "vera train --demo --out polarity   # or any PEFT VeRA adapter folder\n"
+                "# train the demo (or bring any PEFT VeRA adapter folder):\n"
+                "vera train --demo --out polarity\n"
                 "vera publish polarity --name alice/polarity \\\n"
                 "    --base-model minilm --metrics polarity/metrics.json\n"
                 "# or let the registry's worker train it:\n"
-                "vera job submit --name alice/polarity --demo", language="bash")
+                "vera job submit --name alice/polarity --demo", language="bash", wrap_lines=True)
     with demo:
         st.markdown("**From here**")
         target = st.text_input("Publish the demo as", value="demo/polarity", key="demo_target")

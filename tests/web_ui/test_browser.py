@@ -201,6 +201,9 @@ def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, produ
         url.fill(empty)
         url.press("Enter")
         expect(page.get_by_text("This registry has no adapters yet")).to_be_visible()
+        scrolled = page.get_by_test_id("stCode").evaluate(  # whichever element of the block would scroll
+            "e => [e, ...e.querySelectorAll('*')].filter(x => x.scrollWidth > x.clientWidth).length")
+        assert scrolled == 0, "the commands are cut off at 1,400 px (the block scrolls sideways)"
         shot(page, "16-empty-registry")
         page.get_by_role("button", name="Train the demo adapter").click()
         expect(page).to_have_url(address("/train", job="1"))
