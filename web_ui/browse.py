@@ -268,7 +268,8 @@ def page() -> None:
     first = (len(cursors) - 1) * chosen["limit"]
     metric = sorted_metric(chosen["sort"])
     how = applied(chosen)
-    st.caption(f"{result.total:,} versions match" + (f" ({how})" if how else "") + f"; showing "
+    total = result.total if result.total is not None else len(result.items)  # (asked for: with_total)
+    st.caption(formats.matching(total) + (f" ({how})" if how else "") + f"; showing "
                f"{first + 1 if result.items else 0:,}-{first + len(result.items):,}. Click a name to open it, tick "
                "rows to open or compare them; clicking a column sorts this page only (Filter and sort sorts them "
                "all).")

@@ -49,7 +49,7 @@ def options(found: Page) -> list[str]:
     refs = [v.ref for v in found.items]
     total = found.total if found.total is not None else len(refs)
     if text:
-        st.caption(f"{total:,} versions match {text!r}" + (f"; the newest {OPTIONS} are offered below." if
+        st.caption(f"{formats.matching(total)} {text!r}" + (f"; the newest {OPTIONS} are offered below." if
                                                           total > OPTIONS else "."))
     elif total > OPTIONS:
         st.caption(f"The newest {OPTIONS} of {total:,} versions are offered; search to find any other.")

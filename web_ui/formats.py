@@ -20,6 +20,11 @@ def counted(n: int, thing: str) -> str:
     return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
 
+def matching(n: int) -> str:
+    """1 -> '1 version matches'; 3 -> '3 versions match'."""
+    return f"{counted(n, 'version')} {'matches' if n == 1 else 'match'}"
+
+
 def size(n: int) -> str:
     """120008 -> '120.0 KB'; under 1 KB in bytes ('512 B')."""
     value = float(n)

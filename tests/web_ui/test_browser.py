@@ -166,7 +166,7 @@ def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[st
     filter_and_sort(page)
     page.get_by_role("textbox", name="Search", exact=True).fill("tiny1")
     page.get_by_role("button", name="Apply").click()
-    expect(page.get_by_text("1 versions match")).to_be_visible()
+    expect(page.get_by_text("1 version matches")).to_be_visible()
     open_first_row(page)
     expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
     expect(page).to_have_url(address("/adapter", ref="alice/tiny1:1"))
@@ -257,7 +257,7 @@ def test_browse_fits_and_sends_ticked_rows_to_compare_in_a_browser(page: Page, p
     expect(page.get_by_text("All share the first's projection")).to_be_visible()  # one projection: a meaningful cosine
     shot(page, "18-compare-from-browse")
     page.get_by_role("searchbox", name="Search versions").press_sequentially("tiny0")  # no Enter: live
-    expect(page.get_by_text("1 versions match 'tiny0'")).to_be_visible()
+    expect(page.get_by_text("1 version matches 'tiny0'")).to_be_visible()
     shot(page, "19-compare-search")
 
 
@@ -413,7 +413,7 @@ def test_lineage_graph_links_and_the_filter_box_in_a_browser(page: Page, product
     box = page.get_by_role("textbox", name="Filter", exact=True)
     box.fill("metrics.test.accuracy > 0.75 and base_model = 'tiny-llama'")
     page.get_by_role("button", name="Apply").click()
-    expect(page.get_by_text("1 versions match")).to_be_visible()  # tiny1 (0.8): tiny0 is 0.7, derived has none
+    expect(page.get_by_text("1 version matches")).to_be_visible()  # tiny1 (0.8): tiny0 is 0.7, derived has none
     shot(page, "26-browse-filtered")
     filter_and_sort(page)
     box.fill("metrics.test.accuracy >")

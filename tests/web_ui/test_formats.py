@@ -68,3 +68,9 @@ def test_a_projection_in_a_narrow_cell(generator: str, shown: str) -> None:
                          ids=["none", "one", "many"])
 def test_counts_of_things_agree_in_number(n: int, shown: str) -> None:
     assert formats.counted(n, "download") == shown
+
+
+@pytest.mark.parametrize(("n", "shown"), [(0, "0 versions match"), (1, "1 version matches"),
+                                          (1200, "1,200 versions match")], ids=["none", "one", "many"])
+def test_how_many_versions_match_reads_as_english(n: int, shown: str) -> None:
+    assert formats.matching(n) == shown

@@ -458,7 +458,7 @@ def test_compare_picker_searches_every_version_on_the_server(registry: dict[str,
     assert "The newest 1 of 3 versions are offered; search to find any other." in texts(at)
     at.text_input(key="compare_search").set_value("model0").run()  # the oldest: found by the registry
     assert at.multiselect[0].options == ["alice/model2:1", "alice/model1:1", "alice/model0:1"]
-    assert "1 versions match 'model0'." in texts(at)
+    assert "1 version matches 'model0'." in texts(at)
     at.multiselect[0].set_value(["alice/model2:1", "alice/model0:1"]).run()
     assert at.query_params["refs"] == "alice/model2:1,alice/model0:1"
     at.text_input(key="compare_search").set_value("no such adapter").run()
