@@ -13,7 +13,7 @@ from safetensors.torch import load as load_safetensors
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
-from registry.domain.errors import NotFound
+from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import Ref, VersionInfo
 from registry.services.access import not_found
 from registry.services.shapes import declared_layers, in_features_json
@@ -149,13 +149,30 @@ def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
     ``hub_commit`` (pulled from the Hub)."""
     parent = s.get(m.AdapterVersion, v.parent_version_id) if v.parent_version_id is not None else None
     hidden = parent is not None and parent.adapter_id != v.adapter_id and parent.adapter.visibility != "public"
+    deleted = v.parent_ref if parent is None else None
+    if deleted is not None and not _names_public_or_own(s, deleted, v):  # its name would tell it exists
+        hidden, deleted = True, None
     recorded = (("parent", version_ref(parent) if parent is not None and not hidden else None),
                 ("parent_private", True if hidden else None),
-                ("parent_deleted", v.parent_ref if parent is None else None), ("job_id", v.source_job_id),
+                ("parent_deleted", deleted), ("job_id", v.source_job_id),
                 ("dataset_sha256", v.dataset_sha256), ("dataset_bytes", v.dataset_bytes),
                 ("code_revision", v.code_revision), ("hub_repo", v.source_hub_repo),
                 ("hub_commit", v.source_hub_commit))
     return {key: value for key, value in recorded if value is not None}
+
+
+def _names_public_or_own(s: Session, ref_text: str, v: m.AdapterVersion) -> bool:
+    """Whether a deleted parent's recorded ref may be shown to whoever reads ``v``: a version of ``v``'s own
+    adapter, or of an adapter that is still there and public. One of a private adapter, or of one deleted whole
+    (whose visibility is no longer known), is not named."""
+    try:
+        ref = Ref.parse(ref_text)
+    except (InvalidInput, ValueError):
+        return False
+    if (ref.owner, ref.name) == (v.adapter.owner, v.adapter.name):
+        return True
+    visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
+    return visibility == "public"
 
 
 def move_latest(s: Session, adapter: m.Adapter) -> None:

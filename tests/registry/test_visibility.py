@@ -179,6 +179,19 @@ def test_lineage_and_parents_do_not_reveal_private_versions(server: dict[str, An
         assert mallory.list_versions(owner="mallory").items == []  # nothing was published
 
 
+def test_a_deleted_private_parent_is_not_named_either(server: dict[str, Any]) -> None:
+    """Once a private parent version is deleted, the public child's lineage does not keep its name (which would say
+    that the private adapter exists) for anyone: it says the parent was private."""
+    with client(server["url"], server["tokens"]["alice"]) as alice:
+        alice.publish(server["source"], "alice/hush", base_model="tiny-llama", visibility="private")
+        alice.publish(server["source"], "alice/loud", base_model="tiny-llama", parent="alice/hush:1")
+        alice.delete("alice/hush:1")
+    for who in (None, "mallory", "alice"):
+        info = get(server, who, "/api/v1/adapters/alice/loud/versions/1")
+        assert info.status_code == 200 and "hush" not in info.text, who
+        assert info.json()["lineage"] == {"parent_private": True}
+
+
 def test_base_models_and_projections_of_private_versions_are_not_listed(server: dict[str, Any],
                                                                         tmp_path: Path) -> None:
     """A private publish on its own base model and projection seed shows neither to outsiders, and projections
