@@ -280,7 +280,9 @@ def test_publish_as_checked_and_cancel_confirmed_in_a_browser(page: Page, produc
     expect(page.get_by_text("Its training so far is lost")).to_be_visible()
     shot(page, "21-train-cancel-asked")
     page.get_by_role("button", name="Yes, cancel the job").click()
-    expect(header_metric(page, "Status")).to_contain_text("cancelling")
+    # "cancelling" until the worker stops the job (AppTest pins that state: test_pages); a prompt worker may stop it
+    # before the page draws again (seen in CI), so either is right here
+    expect(header_metric(page, "Status")).to_contain_text(re.compile("cancell(ing|ed)"))
     shot(page, "22-train-cancelling")
     expect(header_metric(page, "Status")).to_contain_text("cancelled", timeout=120_000)
     shot(page, "23-train-cancelled")
