@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from vera_core.config import VeraConfig
 from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
+from vera_core.folders import adapter_folder
 from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
 from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
 from vera_core.layer import ComputeStrategy
@@ -341,9 +341,8 @@ def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str], export
 
     files = read_adapter(src)
     root = Path(dst)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as folder:
-        write_adapter_files(root, write_lora_files(Path(folder), files, *projections_of(files, src), export))
+    with adapter_folder(root) as folder:  # written once, then renamed into place
+        write_lora_files(folder, files, *projections_of(files, src), export)
     return root
 
 

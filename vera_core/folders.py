@@ -7,23 +7,31 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
 def write_adapter_files(root: Path, files: Mapping[str, bytes | Path]) -> None:
-    """Write files into ``root`` through a temporary sibling folder: bytes are written, a Path is copied (streamed,
-    never read whole). A new ``root`` is that folder renamed; into an existing one, each file is moved into place by
-    a rename."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.{secrets.token_hex(6)}"
-    tmp.mkdir()  # not mkdtemp: the folder may become ``root``, with the permissions a new folder gets
-    try:
+    """Write files into ``root`` through a temporary sibling folder (``adapter_folder``): bytes are written, a Path
+    is copied (streamed, never read whole)."""
+    with adapter_folder(root) as tmp:
         for name, data in files.items():
             if isinstance(data, Path):
                 shutil.copyfile(data, tmp / name)
             else:
                 tmp.joinpath(name).write_bytes(data)
+
+
+@contextlib.contextmanager
+def adapter_folder(root: Path) -> Iterator[Path]:
+    """A temporary folder beside ``root`` to write an adapter's files into; when the block ends without an error, a
+    new ``root`` is that folder renamed, and into an existing one each file is moved into place by a rename. The
+    temporary folder and anything left in it are removed either way."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.{secrets.token_hex(6)}"
+    tmp.mkdir()  # not mkdtemp: the folder may become ``root``, with the permissions a new folder gets
+    try:
+        yield tmp
         if not root.exists():
             with contextlib.suppress(OSError):
                 os.rename(tmp, root)  # fails if ``root`` appeared meanwhile: then file by file
