@@ -183,7 +183,7 @@ def write_lora_files(folder: Path, files: AdapterFiles, a: torch.Tensor, b: torc
         with spool.open("wb") as out:  # each layer's factors computed once, when the writer reaches them
             write(out, _truncated_layers(layers, a, b, rank, dtype, errors))
         with safe_open(str(spool), framework="pt") as spooled, paths[WEIGHTS_NAME].open("wb") as out:
-            factors = {name: _spooled(spooled, name) for name in spooled.keys()}  # noqa: SIM118 (not a dict)
+            factors = {name: _spooled(spooled, name, dtype) for name in spooled.keys()}  # noqa: SIM118 (not a dict)
             write(out, {**kept, **factors}, _weights_metadata(files, rank, errors))
     finally:
         spool.unlink(missing_ok=True)
@@ -220,11 +220,10 @@ def _truncated_layers(layers: list[_Layer], a: torch.Tensor, b: torch.Tensor, ra
     return out
 
 
-def _spooled(spooled: Any, name: str) -> Streamed:
-    """A factor (2-D) of the spool file, read back in row blocks."""
+def _spooled(spooled: Any, name: str, dtype: torch.dtype) -> Streamed:
+    """A factor (2-D, written in the export's ``dtype``) of the spool file, read back in row blocks."""
     part = spooled.get_slice(name)
     rows, columns = part.get_shape()
-    dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[part.get_dtype()]
     step = _rows_per_block(columns)
     return Streamed(dtype, (rows, columns), (part[start:start + step] for start in range(0, rows, step)))
 
