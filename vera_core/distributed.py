@@ -30,6 +30,7 @@ import gc
 import itertools
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -258,13 +259,42 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+# Views of the tensors of the latest collective that these helpers ran, kept until the next one. gloo's worker
+# threads drop their own references to a collective's tensors a moment after the caller sees it finish. Were that
+# the last reference besides the tensor's Python object, torch would release the Python object from that thread
+# (intrusive_ptr's 2-to-1 transition), which needs the GIL; a thread that asks for the GIL while the interpreter
+# shuts down exits, and exiting through gloo's C++ frames aborts the whole process ("terminate called without an
+# active exception", SIGABRT; seen in 1 run in 10 of `accelerate launch` right after the Trainer's last gather). A
+# view holds a C++ reference to its base, so with one taken before the collective the worker's release is a plain
+# count, and the last release happens here, in a thread that holds the GIL: at the next collective or when the
+# interpreter clears this module.
+_held: list[torch.Tensor] = []
+
+
+def _hold(*tensors: torch.Tensor, more: bool = False) -> None:
+    """Keep views of ``tensors``, which a collective is about to use, until the next collective (see ``_held``);
+    ``more`` adds them to those of the same collective."""
+    _held[:] = [*(_held if more else []), *(t.view_as(t) for t in tensors)]
+
+
 def gather(world: World, value: T) -> list[T]:
-    """``value`` of every process, in rank order (every process must call this)."""
+    """``value`` of every process, in rank order (every process must call this). As ``all_gather_object``: the
+    values are pickled, and read back from the processes of this one job only."""
     if world.size == 1:
         return [value]
-    found: list[Any] = [None] * world.size
-    dist.all_gather_object(found, value)
-    return found
+    device = _collective_device()
+    data = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world.size)]
+    _hold(size, *sizes)
+    dist.all_gather(sizes, size)
+    lengths = [int(n.item()) for n in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    _hold(padded, *parts, more=True)
+    dist.all_gather(parts, padded)
+    return [pickle.loads(part[:n].cpu().numpy().tobytes()) for part, n in zip(parts, lengths, strict=True)]
 
 
 def mean(world: World, value: float) -> float:
@@ -272,6 +302,7 @@ def mean(world: World, value: float) -> float:
     if world.size == 1:
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    _hold(tensor)
     dist.all_reduce(tensor)
     return float(tensor.item()) / world.size
 
@@ -290,6 +321,7 @@ def any_stop(world: World, stop: bool, reason: str | None) -> tuple[bool, str | 
     if world.size == 1:
         return stop, reason
     flag = torch.tensor([int(stop)], device=_collective_device())
+    _hold(flag)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if not flag.item():
         return False, reason
