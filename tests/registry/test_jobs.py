@@ -96,11 +96,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         yield url, database, root
 
 
-def start_worker(database: str, storage: Path, lease_s: float = 60) -> subprocess.Popen[str]:
+def start_worker(database: str, storage: Path, lease_s: float = 60, log: Path | None = None) -> subprocess.Popen[str]:
+    """`vera worker` on the test registry; its log (stderr) goes to ``log`` if given."""
     env = {**os.environ, "VERA_DATABASE_URL": database, "VERA_STORAGE_URL": str(storage),
            "VERA_JOB_LEASE_S": str(lease_s), "VERA_JOB_RETRY_BACKOFF_S": "1"}
-    return subprocess.Popen([str(VERA), "worker", "--poll", "0.5", "--heartbeat", "1"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    with open(log or os.devnull, "a") as stderr:
+        return subprocess.Popen([str(VERA), "worker", "--poll", "0.5", "--heartbeat", "1"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -259,10 +261,12 @@ def test_sigterm_drains_the_worker_and_a_second_one_gives_the_job_back(server: t
             assert client.job(short.id).status == "succeeded"
             long = client.submit_job("ann/handed-back", {"demo": True, "r": 16, "training": {"max_steps": 100_000}},
                                      priority=50)
-            worker = start_worker(database, root / "blobs")
+            log = root / "second-worker.log"
+            worker = start_worker(database, root / "blobs", log=log)
             wait_for(lambda: client.job(long.id).progress.get("step", 0) > 0, 300, "training to start")
             worker.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # Two signals that arrive before Python runs the handler are one call of it: the second waits for the first
+            wait_for(lambda: "draining" in log.read_text(), 60, "the worker to drain")
             worker.send_signal(signal.SIGTERM)  # let go of it: queued again for another worker
             assert worker.wait(timeout=120) == 0
             back = client.job(long.id)
