@@ -12,7 +12,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.events import EventInfo
-from web_ui import formats, navigation, session
+from web_ui import formats, navigation, session, tables
 
 #: Actions offered in the filter (others can be typed): what the registry records today.
 ACTIONS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "adapter-edit", "version-edit",
@@ -35,7 +35,7 @@ TABLE_PX, TARGET_PX, DETAIL_PX = 890, (140, 300), 240
 
 
 def value_text(value: Any, *, short: bool = True) -> str:
-    """One value of an event's detail in words: numbers with separators, lists joined, nothing as '-'; ``short``
+    """One value of an event's detail in words: numbers with separators, lists joined, nothing as '—'; ``short``
     (for a table cell): digests shortened and a text's lines on one."""
     if isinstance(value, str):
         if not value:
@@ -44,7 +44,7 @@ def value_text(value: Any, *, short: bool = True) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(value_text(v, short=short) for v in value) or "none"
     if isinstance(value, dict):
-        return ", ".join(f"{label(k)} {value_text(v, short=short)}" for k, v in value.items()) or "-"
+        return ", ".join(f"{label(k)} {value_text(v, short=short)}" for k, v in value.items()) or formats.MISSING
     return formats.number(value)
 
 
@@ -119,8 +119,7 @@ COLUMNS: dict[str, Any] = {
 def columns(target_px: int, detail_px: int) -> dict[str, Any]:
     """The table's column settings, the target and the detail ``widths`` wide."""
     return COLUMNS | {
-        "target": st.column_config.LinkColumn(display_text=r"^(?:adapter\?ref=)?(.*)$", width=target_px,
-                                              help="an adapter or version opens its page"),
+        "target": st.column_config.LinkColumn(width=target_px, help="an adapter or version opens its page"),
         "detail": st.column_config.TextColumn(width=detail_px, help="what changed (before → after for edits); tick "
                                                                     "the row to read it whole")}
 
@@ -151,7 +150,7 @@ def page() -> None:
                "target opens its page; tick a row to read its detail in full; `vera events` pages through them all.")
     events = sorted(found.events, key=lambda e: e.id, reverse=True)
     target_px, detail_px = widths(events)
-    shown = st.dataframe(table(events, detail_px), hide_index=True, width="stretch", key="events_table",
-                         column_config=columns(target_px, detail_px), on_select="rerun", selection_mode="single-row")
+    shown = tables.show(table(events, detail_px), hide_index=True, width="stretch", key="events_table",
+                        column_config=columns(target_px, detail_px), on_select="rerun", selection_mode="single-row")
     for row in shown.selection.rows if shown is not None else []:
         show_event(events[row])

@@ -14,7 +14,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import ADAPTER_FILES, Ref, VerificationReport, VersionInfo
-from web_ui import analysis, charts, editing, formats, lineage, navigation, session, views
+from web_ui import analysis, charts, editing, formats, lineage, navigation, session, tables, views
 
 
 def page() -> None:
@@ -117,11 +117,11 @@ def versions_query(info: VersionInfo) -> dict[str, Any]:
 
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
-    st.dataframe(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
-                                "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
-                                "published by": v.published_by} for v in page.items]),
-                 hide_index=True, width="stretch", column_config={
-                     "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+    tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
+                               "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
+                               "published by": v.published_by} for v in page.items]),
+                hide_index=True, width="stretch", column_config={
+                    "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
     st.markdown("**Projection**")
     views.fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
             "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,
@@ -131,7 +131,7 @@ def versions(info: VersionInfo) -> None:
 def metrics(info: VersionInfo) -> None:
     rows = formats.metric_rows(info.metrics)
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
+        tables.show(pd.DataFrame(rows), hide_index=True, width="content")
     else:
         st.caption("No metrics were recorded with this version.")
     chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []},
@@ -166,7 +166,7 @@ def layers(info: VersionInfo) -> None:
     chart = charts.magnitude_heatmap(rows)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    tables.show(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def run_verify(ref: str) -> None:
@@ -231,12 +231,11 @@ def hub(info: VersionInfo) -> None:
     st.markdown("**Sync state** (pushes and pulls of this version, newest first)")
     syncs = session.read(RegistryClient.hub_status, info.ref)
     if syncs:
-        st.dataframe(pd.DataFrame([{"direction": s.direction, "repo": s.repo_id, "revision": s.revision,
-                                    "commit": s.commit_sha[:12], "format": s.format if s.format == "lora" else (
-                                        "vera" if s.with_projection else "vera, seed-only"),
-                                    "by": s.actor, "at": s.at, "link": s.commit_url} for s in syncs]),
-                     hide_index=True, width="stretch",
-                     column_config={"link": st.column_config.LinkColumn()})
+        tables.show(pd.DataFrame([{"direction": s.direction, "repo": s.repo_id, "revision": s.revision,
+                                   "commit": s.commit_sha[:12], "format": s.format if s.format == "lora" else (
+                                       "vera" if s.with_projection else "vera, seed-only"),
+                                   "by": s.actor, "at": s.at, "link": s.commit_url} for s in syncs]),
+                    hide_index=True, width="stretch", column_config={"link": st.column_config.LinkColumn()})
     else:
         st.caption("Never pushed to or pulled from the HuggingFace Hub.")
 

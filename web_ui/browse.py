@@ -12,7 +12,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Page, VersionInfo
 from vera_core.config import KNOWN_GENERATORS
-from web_ui import formats, getting_started, navigation, session
+from web_ui import formats, getting_started, navigation, session, tables
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
                "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
@@ -102,7 +102,7 @@ def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, An
 COLUMNS: dict[str, Any] = {
     "base model": st.column_config.TextColumn(width=WIDTHS["base model"]),
     "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
-    "stored": st.column_config.NumberColumn(format="bytes", width=WIDTHS["stored"]),
+    "stored": st.column_config.NumberColumn(width=WIDTHS["stored"]),  # written by formats.size: web_ui.tables
     "params": st.column_config.NumberColumn(
         format="localized", width=WIDTHS["params"], help="trainable parameters: d and b plus any trained task head; "
                                                          "`vera ls` shows d and b only"),
@@ -276,9 +276,9 @@ def page() -> None:
     if not result.items:
         st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
         return
-    selection = st.dataframe(table(result.items, metric, chosen["sort"]), hide_index=True, width="stretch",
-                             on_select="rerun", selection_mode="multi-row", column_config=columns(result.items, metric),
-                             key="browse_table")
+    selection = tables.show(table(result.items, metric, chosen["sort"]), sizes=("stored",), hide_index=True,
+                            width="stretch", on_select="rerun", selection_mode="multi-row",
+                            column_config=columns(result.items, metric), key="browse_table")
     with st.container(horizontal=True):
         if st.button("Previous page", disabled=len(cursors) == 1):
             cursors.pop()

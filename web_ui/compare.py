@@ -10,7 +10,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.schemas import Page, VersionInfo
-from web_ui import charts, formats, navigation, session
+from web_ui import charts, formats, navigation, session, tables
 from web_ui.browse import key_metrics
 
 BOX = "compare_box"
@@ -119,7 +119,7 @@ COLUMNS: dict[str, Any] = {
     "adapter params": st.column_config.NumberColumn(format="localized", width=WIDTHS["adapter params"],
                                                     help="d and b: what `vera ls` counts (the Adapter page also "
                                                          "counts a trained task head)"),
-    "stored": st.column_config.NumberColumn(format="bytes", width=WIDTHS["stored"]),
+    "stored": st.column_config.NumberColumn(width=WIDTHS["stored"]),  # written by formats.size: web_ui.tables
     "accuracy": st.column_config.NumberColumn(format="%.3f", width=WIDTHS["accuracy"],
                                               help="test accuracy (else eval accuracy)"),
     "eval loss": st.column_config.NumberColumn(format="%.4f", width=WIDTHS["eval loss"], help="final eval loss"),
@@ -145,8 +145,8 @@ def version_width(versions: list[VersionInfo]) -> int:
 
 def side_by_side(versions: list[VersionInfo]) -> None:
     """The versions' numbers as a table, and their loss curves."""
-    st.dataframe(table(versions), hide_index=True, width="stretch",
-                 column_config=COLUMNS | {"version": navigation.version_column(version_width(versions))})
+    tables.show(table(versions), sizes=("stored",), hide_index=True, width="stretch",
+                column_config=COLUMNS | {"version": navigation.version_column(version_width(versions))})
     train = {v.ref: v.metrics.get("train_loss") or [] for v in versions}
     evals = {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions}
     curves = charts.loss_curves(train, evals)

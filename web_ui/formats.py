@@ -1,6 +1,6 @@
-"""How the dashboard writes numbers: counts with thousands separators, sizes in B/KB/MB/GB (1 KB = 1,000 B, as
-Streamlit's table columns count, so a size reads the same on every page), metrics to the precision that tells them
-apart."""
+"""How the dashboard writes numbers: counts with thousands separators, sizes in B/KB/MB/GB (1 KB = 1,000 B, with a
+space: '6.1 KB' in the header, the checklists and the tables alike), metrics to the precision that tells them apart,
+and a missing value as an em dash."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import math
 from typing import Any
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
+#: A missing value (no accuracy yet, a job not started), in text and in every table's empty cells (web_ui.tables).
+MISSING = "\N{EM DASH}"
 
 
 def count(n: int) -> str:
@@ -37,9 +39,9 @@ def size(n: int) -> str:
 
 def number(value: object) -> str:
     """A metric as people read it: integers with separators, floats to four significant digits (0.8123, 12.35,
-    1,235), tiny ones in scientific notation, booleans as yes/no, None as '-'."""
+    1,235), tiny ones in scientific notation, booleans as yes/no, None as MISSING ('—')."""
     if value is None:
-        return "-"
+        return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):

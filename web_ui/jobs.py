@@ -13,7 +13,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobEventInfo, JobInfo
-from web_ui import charts, formats, navigation, session, views
+from web_ui import charts, formats, navigation, session, tables, views
 
 #: Jobs listed in the table, newest first.
 TABLE_ROWS = 50
@@ -26,9 +26,9 @@ def status(job: JobInfo) -> str:
 
 
 def duration(job: JobInfo, now: datetime | None = None) -> str:
-    """How long it trained: start to finish, start to now while it runs, '-' before it starts."""
+    """How long it trained: start to finish, start to now while it runs, '—' before it starts."""
     if job.started_at is None:
-        return "-"
+        return formats.MISSING
     end = job.finished_at or now or datetime.now(UTC)
     seconds = max(0, round((end - job.started_at).total_seconds()))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
@@ -79,7 +79,7 @@ def table(jobs: list[JobInfo]) -> None:
     rows = [{"job": f"train?job={j.id}", "publishes": j.target_name, "status": status(j),
              "submitted": j.created_at, "duration": duration(j), **final_metrics(j),
              "result": navigation.version_link(j.result_ref) if j.result_ref else None} for j in jobs[:TABLE_ROWS]]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table", column_config={
+    tables.show(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table", column_config={
         "job": st.column_config.LinkColumn(display_text=r"train\?job=(\d+)", help="Follow this job", width=60),
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
@@ -125,8 +125,8 @@ def header(job: JobInfo) -> None:
     total = p.get("total_steps")
     cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total else "starting")
     active = job.status in ACTIVE_JOB_STATUSES
-    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else "-")
-    cols[3].metric("Loss", formats.number(p["loss"]) if isinstance(p.get("loss"), int | float) else "-")
+    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else formats.MISSING)
+    cols[3].metric("Loss", formats.number(p["loss"]) if isinstance(p.get("loss"), int | float) else formats.MISSING)
     cols[4].metric("Duration", duration(job))
     if active and total:
         st.progress(min(1.0, p.get("step", 0) / total))

@@ -58,15 +58,19 @@ def split_refs(text: str) -> list[str]:
     return [r.strip() for r in text.split(",") if r.strip()]
 
 
+#: How the Adapter page's address of a version starts, relative to the dashboard's root.
+ADAPTER_PAGE = "adapter?ref="
+
+
 def version_link(ref: str) -> str:
     """The Adapter page's address for ``ref``, relative to the dashboard's root (a link in a table)."""
-    return f"adapter?ref={quote(ref, safe='/:@')}"
+    return ADAPTER_PAGE + quote(ref, safe="/:@")
 
 
 def version_column(width: int) -> Any:
-    """A table column of version_link addresses, showing each reference as a link to its page, pinned left."""
-    return st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the version", pinned=True,
-                                       width=width)
+    """A table column of version_link addresses, pinned left, ``width`` px wide: each shows its reference (cut with
+    '…' when longer than the column: web_ui.tables) and opens its page."""
+    return st.column_config.LinkColumn(help="Open the version", pinned=True, width=width)
 
 
 def open_version(ref: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from web_ui import formats
+from web_ui import formats, tables
 
 PASSED, FAILED, NOTE = ":green[:material/check_circle:]", ":red[:material/cancel:]", ":gray[:material/info:]"
 
@@ -35,18 +35,18 @@ def flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cell(value: Any) -> str:
-    """A value as one table cell: lists joined, numbers as formats.number writes them, nothing as '-'."""
+    """A value as one table cell: lists joined, numbers as formats.number writes them, nothing as '—'."""
     if isinstance(value, list | tuple):
-        return ", ".join(map(str, value)) or "-"
+        return ", ".join(map(str, value)) or formats.MISSING
     if isinstance(value, dict):
-        return "-" if not value else ", ".join(f"{k}={cell(v)}" for k, v in value.items())
+        return formats.MISSING if not value else ", ".join(f"{k}={cell(v)}" for k, v in value.items())
     return formats.number(value)
 
 
 def fields(mapping: dict[str, Any]) -> None:
     """A two-column table of named values (nested names dotted)."""
     rows = [{"field": key, "value": cell(value)} for key, value in flat(mapping).items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    tables.show(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def checklist(items: list[Item]) -> None:

@@ -11,7 +11,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.events import WEBHOOK_EVENTS, DeliveryInfo, WebhookInfo
 from registry.domain.schemas import WhoAmI
-from web_ui import navigation, session
+from web_ui import navigation, session, tables
 
 #: What to call each event in the form.
 EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", "alias-remove": "an alias is removed",
@@ -32,15 +32,15 @@ def hooks_table(hooks: list[WebhookInfo]) -> pd.DataFrame:
 
 def deliveries_table(deliveries: list[DeliveryInfo]) -> pd.DataFrame:
     """Newest first: when, which event, its status, the last attempt's answer (status code or error) and time, and
-    when the next attempt is due."""
+    when the next attempt is due; before a first attempt, its answer, time and error are missing ('—')."""
     rows = []
     for d in deliveries:
         last = d.log[-1] if d.log else None
-        answer = "" if last is None else (str(last.status_code) if last.status_code is not None else "no answer")
+        answer = None if last is None else (str(last.status_code) if last.status_code is not None else "no answer")
         rows.append({"id": d.id, "created": d.created_at, "event": d.event, "status": d.status,
                      "attempts": d.attempts, "last answer": answer,
                      "ms": last.duration_ms if last is not None else None,
-                     "error": (last.error or "") if last is not None else "", "next attempt": d.next_attempt_at})
+                     "error": (last.error or "") if last is not None else None, "next attempt": d.next_attempt_at})
     return pd.DataFrame(rows)
 
 
@@ -120,7 +120,7 @@ def delivery_log(hook: WebhookInfo) -> None:
     if not deliveries:
         st.caption("No deliveries yet: send a test delivery, or publish under this owner.")
         return
-    st.dataframe(deliveries_table(deliveries), hide_index=True, width="stretch")
+    tables.show(deliveries_table(deliveries), hide_index=True, width="stretch")
     failed = sum(d.status == "failed" for d in deliveries)
     if failed:
         st.caption(f"{failed} deliveries failed after every attempt; `vera webhook deliveries {hook.id}` shows each "
@@ -149,7 +149,7 @@ def page() -> None:
         return
     hooks = session.read(RegistryClient.webhooks, owner)
     if hooks:
-        st.dataframe(hooks_table(hooks), hide_index=True, width="stretch")
+        tables.show(hooks_table(hooks), hide_index=True, width="stretch")
         chosen = st.selectbox("Webhook", hooks, format_func=lambda h: f"{h.id}: {h.url}", key="webhooks_chosen")
         if chosen is not None:
             manage(chosen)

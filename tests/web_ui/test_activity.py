@@ -17,7 +17,7 @@ SHA = "ab" * 32
 @pytest.mark.parametrize(("detail", "line"), [
     ({"vectors": SHA, "base_model": "tiny-llama"}, "vectors: abababab…; base model: tiny-llama"),
     ({"job": 1234, "status": "succeeded", "result": "alice/x:1"}, "job: 1234; status: succeeded; result: alice/x:1"),
-    ({"version": 3, "previous_version_id": None}, "version: 3; previous version id: -"),
+    ({"version": 3, "previous_version_id": None}, "version: 3; previous version id: —"),
     ({"layers": 12345, "fingerprint": SHA}, "layers: 12,345; fingerprint: abababab…"),
     ({"before": {"description": "", "tags": ["a"]}, "after": {"description": "a\nb", "tags": ["c"]}},
      "description: (empty) → a ↵ b; tags: a → c"),

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
@@ -300,9 +301,14 @@ CLIPPED_JS = """([columns, size]) => {
 
 def clipped(page: Page, frame: Any, widths: dict[str, int], texts: tuple[str, ...]) -> list[str]:
     """The headers of the columns ``widths`` and the cells of ``frame``'s columns ``texts`` that the browser cuts
-    off (a link cell shows its reference)."""
-    columns = [[name, width, [name, *(str(v).removeprefix("adapter?ref=") for v in frame[name])] if name in texts
-                else [name]] for name, width in widths.items()]
+    off (a link cell shows its reference, cut with '…' to its column)."""
+    from web_ui import navigation, tables
+
+    def cell(value: Any, width: int) -> str:
+        return tables.link_label(str(value), width) if str(value).startswith(navigation.ADAPTER_PAGE) else str(value)
+
+    columns = [[name, width, [name, *(cell(v, width) for v in frame[name])]] if name in texts
+               else [name, width, [name]] for name, width in widths.items()]
     return list(page.evaluate(CLIPPED_JS, [columns, 14]))
 
 
@@ -342,6 +348,79 @@ def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, produc
     expect(page.get_by_text(f"No loss curve was recorded for {long_name}:1")).to_be_visible()  # not a legend entry
     widths = compare.WIDTHS | {"version": compare.version_width(pair)}
     assert clipped(page, compare.table(pair), widths, ("version", "base model", "projection", "verified")) == []
+
+
+#: Keeps every text the page's canvases draw (Streamlit's grid paints its cells on a canvas) in window.drawnTexts.
+DRAWN_TEXTS_JS = """(() => {
+  const texts = new Set();
+  window.drawnTexts = texts;
+  const fill = CanvasRenderingContext2D.prototype.fillText;
+  CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+    texts.add(String(text));
+    return fill.call(this, text, ...rest);
+  };
+})()"""
+#: A size as Streamlit's "bytes" format writes it ('6.1KB': no space).
+STREAMLIT_SIZE = re.compile(r"^[0-9.,]+[KMGT]?B$")
+
+
+def drawn_texts(page: Page, waiting_for: str) -> set[str]:
+    """The texts the page's grids have drawn, once ``waiting_for`` is among them."""
+    try:
+        page.wait_for_function("text => window.drawnTexts && window.drawnTexts.has(text)", arg=waiting_for)
+    except PlaywrightTimeout:
+        drawn = page.evaluate("() => window.drawnTexts ? [...window.drawnTexts] : null")
+        raise AssertionError(f"{waiting_for!r} was never drawn; the grids drew {drawn}") from None
+    page.wait_for_timeout(500)  # the rest of the grid's first frame
+    return set(page.evaluate("() => [...window.drawnTexts]"))
+
+
+def test_tables_cut_long_names_with_an_ellipsis_dash_missing_numbers_and_write_sizes_in_a_browser(
+        page: Page, product: dict[str, str], tmp_path: Path) -> None:
+    """Issue 20's last table limits, as chromium draws the grid: a name longer than its link column ends in '…'
+    (and its link still opens the whole reference), a missing number is '—' (not 'None'), and a size reads
+    '6.1 KB' as on the rest of the dashboard (not Streamlit's '6.1KB')."""
+    from web_ui import browse, compare, formats, tables
+
+    long_ref = "alice/sentiment-analysis-of-product-reviews-in-english-and-german-v3:1"  # 70 characters
+    with RegistryClient(product["api"]) as client:  # no metrics: no accuracy, no eval loss
+        client.publish(make_adapter(tmp_path / "longer", seed=11), long_ref.removesuffix(":1"),
+                       base_model="meta-llama-2-7b-chat-hf")
+        items = client.list_versions(limit=50).items
+    page.add_init_script(DRAWN_TEXTS_JS)
+    use_product_registry(page, product)
+    page.get_by_role("button", name="Refresh").click()  # the listing read a moment ago is cached for 5 s
+    frame, config = browse.table(items), browse.columns(items)
+    assert frame["version"][0] == f"adapter?ref={long_ref}"  # the newest, on the first row
+    label = tables.link_label(frame["version"][0], config["version"]["width"])
+    assert label.endswith("…")
+    drawn = drawn_texts(page, label)
+    shot(page, "34-browse-long-name-cut")
+    assert long_ref not in drawn and "None" not in drawn and formats.MISSING in drawn
+    assert {formats.size(v.stored_bytes) for v in items} <= drawn
+    assert [t for t in drawn if STREAMLIT_SIZE.match(t)] == []
+    widths = {name: c["width"] for name, c in config.items() if name in frame.columns}
+    assert clipped(page, frame, widths, ("version", "base model", "verified", "labels")) == []  # '…' fits
+    grid = page.get_by_test_id("stDataFrame").first
+    box = grid.bounding_box()
+    assert box is not None
+    link = (box["x"] + 70, box["y"] + 35 + 35 // 2)  # on the first row's label
+    page.mouse.move(*link)  # the grid opens a link only when it was hovered first
+    page.wait_for_timeout(300)
+    with page.expect_popup() as opened:  # the cut label's link: the whole reference
+        page.mouse.click(*link)
+    expect(opened.value.get_by_role("heading", name=long_ref)).to_be_visible()
+    assert opened.value.url.endswith(f"/adapter?ref={long_ref}")
+    opened.value.close()
+
+    pair = [v for v in items if v.ref in (long_ref, "alice/tiny0:1")]
+    page.goto(f"{product['ui']}/compare?refs={pair[0].ref},{pair[1].ref}")
+    label = tables.link_label(f"adapter?ref={long_ref}", compare.version_width(pair))
+    drawn = drawn_texts(page, label)
+    shot(page, "35-compare-long-name-cut")
+    assert label.endswith("…") and long_ref not in drawn and "None" not in drawn and formats.MISSING in drawn
+    assert {formats.size(v.stored_bytes) for v in pair} <= drawn
+    assert [t for t in drawn if STREAMLIT_SIZE.match(t)] == []
 
 
 def test_activity_shows_an_event_in_full_when_ticked_in_a_browser(page: Page, product: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ def test_sizes_have_units(n: int, shown: str) -> None:
 @pytest.mark.parametrize(("value", "shown"), [
     (27522, "27,522"), (0.81234567, "0.8123"), (0.5, "0.5000"), (12.345678, "12.35"), (1234.5678, "1,235"),
     (0.0012345678, "0.001235"), (3.2e-07, "3.200e-07"), (0.0, "0"), (-0.25, "-0.2500"), (True, "yes"),
-    (None, "-"), ("sst2", "sst2"),
+    (None, "—"), ("sst2", "sst2"),
 ], ids=lambda v: repr(v))
 def test_numbers_keep_four_significant_digits_with_separators(value: object, shown: str) -> None:
     assert formats.number(value) == shown

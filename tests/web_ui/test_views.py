@@ -16,7 +16,7 @@ def test_nested_specs_become_dotted_names_and_cells() -> None:
     spec = {"demo": True, "training": {"epochs": 0.5, "lr": 0.01}, "targets": ["q", "v"], "extra": {}}
     assert views.flat(spec) == {"demo": True, "training.epochs": 0.5, "training.lr": 0.01, "targets": ["q", "v"],
                                 "extra": {}}
-    assert [views.cell(v) for v in views.flat(spec).values()] == ["yes", "0.5000", "0.01000", "q, v", "-"]
+    assert [views.cell(v) for v in views.flat(spec).values()] == ["yes", "0.5000", "0.01000", "q, v", "—"]
 
 
 def test_a_verification_report_reads_as_a_checklist() -> None:
@@ -57,6 +57,6 @@ def test_a_job_says_cancelling_and_how_long_it_ran() -> None:
     start = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert jobs.status(job()) == "running" and jobs.status(job(cancel_requested=True)) == "cancelling"
     assert jobs.status(job(status="cancelled", cancel_requested=True)) == "cancelled"
-    assert jobs.duration(job(started_at=None)) == "-"
+    assert jobs.duration(job(started_at=None)) == "—"
     assert jobs.duration(job(finished_at=start + timedelta(seconds=42))) == "42 s"
     assert jobs.duration(job(), now=start + timedelta(seconds=125)) == "2 min 05 s"

@@ -1,0 +1,69 @@
+"""How the dashboard's tables show their cells where Streamlit's column settings cannot say it: a missing value as
+an em dash, sizes as formats.size writes them ('6.1 KB', not the "bytes" format's '6.1KB'), and a link cut with '…'
+to its column (a LinkColumn shows its URL or a part of it matched by ``display_text``, and the grid clips text at
+the column's edge with no sign that it did).
+
+Sizes and link labels are display values: a pandas Styler's formatting, which Streamlit draws in place of a cell's
+value when the column sets no ``format`` (numbers) or ``display_text`` (links). The data stays as it is, so a link
+still opens the whole reference and clicking a size column sorts by bytes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import unquote
+
+import pandas as pd
+import streamlit as st
+
+from web_ui import formats, navigation
+
+
+def link_text(value: str) -> str:
+    """What a link cell names: the reference of an Adapter page's address (``adapter?ref=alice/x:1`` ->
+    'alice/x:1'), any other text as it is."""
+    page = navigation.ADAPTER_PAGE
+    return unquote(value.removeprefix(page)) if value.startswith(page) else value
+
+
+def link_label(value: str, width: int) -> str:
+    """A link cell's label in a column ``width`` px wide: what it names, whole or cut with '…'."""
+    return formats.fit(link_text(value), width)
+
+
+def cut_links(columns: dict[str, Any]) -> dict[str, int]:
+    """The link columns whose labels are cut to fit, with their px: those with a width in px and no
+    ``display_text`` (a column that sets one shows what its pattern matches, not a label)."""
+    return {name: config["width"] for name, config in columns.items()
+            if config.get("type_config", {}).get("type") == "link" and isinstance(config.get("width"), int)
+            and not config["type_config"].get("display_text")}
+
+
+def size_text(value: float) -> str:
+    """A size cell: formats.size of its bytes (a column holding a missing size is a float column)."""
+    return formats.size(int(value))
+
+
+def formatters(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str]) -> dict[str, Callable[[Any], str]]:
+    """The display value of each cell of ``frame``'s size and cut link columns, by column."""
+    shown: dict[str, Callable[[Any], str]] = {name: size_text for name in sizes if name in frame.columns}
+    return shown | {name: functools.partial(link_label, width=width) for name, width in cut_links(columns).items()
+                    if name in frame.columns}
+
+
+def styled(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str] = ()) -> pd.DataFrame | Any:
+    """``frame`` as st.dataframe is given it: with its sizes and cut link labels as display values (a Styler),
+    or as it is when it has neither."""
+    shown = formatters(frame, columns, sizes)
+    return frame.style.format(shown, na_rep=formats.MISSING) if shown else frame
+
+
+def show(frame: pd.DataFrame, *, column_config: dict[str, Any] | None = None, sizes: Iterable[str] = (),
+         **options: Any) -> Any:
+    """st.dataframe of ``frame`` as every table of the dashboard shows it: missing values as '—', the columns
+    ``sizes`` (bytes) in KB/MB, links in a column of fixed px cut with '…'; ``options`` are st.dataframe's (the
+    selection it returns when ``on_select`` is given)."""
+    columns = column_config or {}
+    return st.dataframe(styled(frame, columns, sizes), column_config=columns or None, placeholder=formats.MISSING,
+                        **options)
