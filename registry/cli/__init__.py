@@ -1,42 +1,77 @@
 """The `vera` command line, by audience: local adapter tools (local), administration on the registry's machine
 (admin), commands that talk to a registry over HTTP (remote, catalog, hub, jobs) and long-running processes (run).
 
-This module builds `app`, declares every sub-app, and registers each command, wrapped in
-`common.reports_errors` so that a registry or vera_core error is one clear line on stderr and exit code 1.
+This module builds the Typer app (``build``; ``app`` is the whole of it), declares every sub-app, and registers each
+command, wrapped in `common.reports_errors` so that a registry or vera_core error is one clear line on stderr and exit
+code 1. The `vera` script (``main``) imports and registers only the command its arguments name, so that `vera ls`
+does not pay for importing and building the other sixty-odd commands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from registry.cli import access, admin, catalog, cluster, events, hub, jobs, local, remote, run
-from registry.cli.common import console, reports_errors
+if TYPE_CHECKING:
+    app: typer.Typer
 
-app = typer.Typer(help="VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from "
-                  "the registry; sync with the HuggingFace Hub; `vera up` runs the whole product.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-projection_app = typer.Typer(help="The shared random projections A and B.", no_args_is_help=True)
-db_app = typer.Typer(help="The registry database (VERA_DATABASE_URL).", no_args_is_help=True)
-token_app = typer.Typer(help="Access tokens (run on the registry's machine: it writes the database).",
-                        no_args_is_help=True)
-hub_app = typer.Typer(help="Sync with the HuggingFace Hub (the registry server talks to the Hub).",
-                      no_args_is_help=True)
-base_app = typer.Typer(help="Base models and their layer shapes.", no_args_is_help=True)
-job_app = typer.Typer(help="Fine-tune jobs (run by `vera worker`).", no_args_is_help=True)
-auth_app = typer.Typer(help="You on a registry: log in (store a token), who you are, your tokens.",
-                       no_args_is_help=True)
-webhook_app = typer.Typer(help="Webhooks: an owner's adapter events POSTed, signed, to a URL (docs/webhooks.md).",
-                          no_args_is_help=True)
-org_app = typer.Typer(help="Organisations: owner namespaces shared by members with roles (read, write, admin).",
-                      no_args_is_help=True)
+HELP = ("VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from the registry; sync "
+        "with the HuggingFace Hub; `vera up` runs the whole product.")
+#: The sub-apps (`vera job ...`), in the order `--help` lists them.
+GROUPS = {
+    "projection": "The shared random projections A and B.",
+    "db": "The registry database (VERA_DATABASE_URL).",
+    "token": "Access tokens (run on the registry's machine: it writes the database).",
+    "hub": "Sync with the HuggingFace Hub (the registry server talks to the Hub).",
+    "base": "Base models and their layer shapes.",
+    "job": "Fine-tune jobs (run by `vera worker`).",
+    "auth": "You on a registry: log in (store a token), who you are, your tokens.",
+    "org": "Organisations: owner namespaces shared by members with roles (read, write, admin).",
+    "webhook": "Webhooks: an owner's adapter events POSTed, signed, to a URL (docs/webhooks.md).",
+}
+#: Each group's commands by name ("" is `vera` itself), in the order `--help` lists them: module.function in
+#: registry.cli, imported when the command is registered.
+COMMANDS: dict[str, dict[str, str]] = {
+    "": {
+        "inspect": "local.inspect", "export-peft": "local.export_peft", "export-lora": "local.export_lora",
+        "params": "local.params", "train": "local.train",
+        "fsck": "admin.fsck", "gc": "admin.gc", "serve": "admin.serve",
+        "serve-model": "run.serve_model", "ui": "run.ui", "up": "run.up", "cluster": "cluster.cluster",
+        "publish": "remote.publish", "fetch": "remote.fetch", "verify": "remote.verify", "ls": "remote.list_versions",
+        "compare": "remote.compare", "alias": "remote.alias",
+        "show": "catalog.show", "tag": "catalog.tag", "describe": "catalog.describe", "card": "catalog.card",
+        "yank": "catalog.yank", "delete": "catalog.delete", "lineage": "catalog.lineage",
+        "worker": "admin.worker", "events": "events.events",
+        "login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
+        "visibility": "access.visibility",
+    },
+    "auth": {"login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
+             "create-token": "access.create_token", "tokens": "access.list_tokens", "revoke": "access.revoke"},
+    "org": {"create": "access.org_create", "ls": "access.org_ls", "show": "access.org_show", "add": "access.org_add",
+            "remove": "access.org_remove"},
+    "webhook": {"add": "events.webhook_add", "ls": "events.webhook_ls", "edit": "events.webhook_edit",
+                "rm": "events.webhook_rm", "test": "events.webhook_test", "deliveries": "events.webhook_deliveries"},
+    "projection": {"fingerprint": "local.projection_fingerprint"},
+    "db": {"upgrade": "admin.db_upgrade", "downgrade": "admin.db_downgrade", "status": "admin.db_status"},
+    "token": {"create": "admin.token_create", "revoke": "admin.token_revoke", "list": "admin.token_list"},
+    "hub": {"push": "hub.hub_push", "pull": "hub.hub_pull", "status": "hub.hub_status"},
+    "base": {"register": "admin.base_register", "ls": "remote.base_ls"},
+    "job": {"submit": "jobs.job_submit", "ls": "jobs.job_ls", "show": "jobs.job_show", "cancel": "jobs.job_cancel",
+            "logs": "jobs.job_logs"},
+}
 
 
 def _print_version(asked: bool) -> None:
     if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from registry.cli.common import console
+
         try:
             installed = version("vera-registry")
         except PackageNotFoundError:  # a source tree that is not installed
@@ -45,7 +80,6 @@ def _print_version(asked: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _options(
     show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False,
@@ -53,40 +87,49 @@ def _options(
     pass
 
 
-#: Each group's commands by name, in the order `--help` lists them.
-COMMANDS: dict[typer.Typer, dict[str, Callable[..., Any]]] = {
-    app: {
-        "inspect": local.inspect, "export-peft": local.export_peft, "export-lora": local.export_lora,
-        "params": local.params, "train": local.train,
-        "fsck": admin.fsck, "gc": admin.gc, "serve": admin.serve,
-        "serve-model": run.serve_model, "ui": run.ui, "up": run.up, "cluster": cluster.cluster,
-        "publish": remote.publish, "fetch": remote.fetch, "verify": remote.verify, "ls": remote.list_versions,
-        "compare": remote.compare, "alias": remote.alias,
-        "show": catalog.show, "tag": catalog.tag, "describe": catalog.describe, "card": catalog.card,
-        "yank": catalog.yank, "delete": catalog.delete, "lineage": catalog.lineage,
-        "worker": admin.worker, "events": events.events,
-        "login": access.login, "logout": access.logout, "whoami": access.whoami, "visibility": access.visibility,
-    },
-    auth_app: {"login": access.login, "logout": access.logout, "whoami": access.whoami,
-               "create-token": access.create_token, "tokens": access.list_tokens, "revoke": access.revoke},
-    org_app: {"create": access.org_create, "ls": access.org_ls, "show": access.org_show, "add": access.org_add,
-              "remove": access.org_remove},
-    webhook_app: {"add": events.webhook_add, "ls": events.webhook_ls, "edit": events.webhook_edit,
-                  "rm": events.webhook_rm, "test": events.webhook_test, "deliveries": events.webhook_deliveries},
-    projection_app: {"fingerprint": local.projection_fingerprint},
-    db_app: {"upgrade": admin.db_upgrade, "downgrade": admin.db_downgrade, "status": admin.db_status},
-    token_app: {"create": admin.token_create, "revoke": admin.token_revoke, "list": admin.token_list},
-    hub_app: {"push": hub.hub_push, "pull": hub.hub_pull, "status": hub.hub_status},
-    base_app: {"register": admin.base_register, "ls": remote.base_ls},
-    job_app: {"submit": jobs.job_submit, "ls": jobs.job_ls, "show": jobs.job_show, "cancel": jobs.job_cancel,
-              "logs": jobs.job_logs},
-}
-for group, commands in COMMANDS.items():
-    for name, function in commands.items():
-        group.command(name)(reports_errors(function))
-for name, group in (("projection", projection_app), ("db", db_app), ("token", token_app), ("hub", hub_app),
-                    ("base", base_app), ("job", job_app), ("auth", auth_app), ("org", org_app),
-                    ("webhook", webhook_app)):
-    app.add_typer(group, name=name)
+def named(argv: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The part of COMMANDS that ``argv`` (the arguments after `vera`) runs: one command (`ls`, `job ls`), one
+    group (`job --help`), or all of them when it names none (`--help`, a typo, which click answers with the names
+    that come close). Shell completion (typer's _VERA_COMPLETE) sees all of them."""
+    if not argv or "_VERA_COMPLETE" in os.environ:
+        return COMMANDS
+    first, second = argv[0], (argv[1] if len(argv) > 1 else "")
+    if first in COMMANDS[""]:
+        return {"": {first: COMMANDS[""][first]}}
+    if first in GROUPS:
+        group = COMMANDS[first]
+        return {first: {second: group[second]} if second in group else group}
+    return COMMANDS
 
-__all__ = ["app"]
+
+def build(commands: dict[str, dict[str, str]] = COMMANDS) -> typer.Typer:
+    """A `vera` app with ``commands`` (by default, all of them)."""
+    from registry.cli.common import reports_errors
+
+    root = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False)
+    root.callback()(_options)  # a callback keeps `vera` a group even when it holds a single command
+    groups = {name: typer.Typer(help=GROUPS[name], no_args_is_help=True) for name in GROUPS if name in commands}
+    for group_name, group_commands in commands.items():
+        group = groups[group_name] if group_name else root
+        for name, target in group_commands.items():
+            module, function = target.split(".")
+            group.command(name)(reports_errors(getattr(importlib.import_module(f"registry.cli.{module}"), function)))
+    for group_name, group in groups.items():  # in GROUPS' order
+        root.add_typer(group, name=group_name)
+    return root
+
+
+def main() -> None:
+    """The `vera` console script."""
+    build(named(sys.argv[1:]))(prog_name="vera")
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: the whole `vera` app, built when first asked for."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["app"] = built = build()
+    return built
+
+
+__all__ = ["app", "build", "main"]

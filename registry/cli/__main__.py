@@ -1,5 +1,5 @@
 """`python -m registry.cli`: the `vera` command line."""
 
-from registry.cli import app
+from registry.cli import main
 
-app(prog_name="vera")
+main()

@@ -127,23 +127,54 @@ def test_version_and_module_entry_points() -> None:
     assert doctor.stdout.count(": ok") == 2 and "all devices give the documented projection bits" in doctor.stdout
 
 
+#: The `vera` script's main, printing at exit which of registry/cli's modules it imported.
+VERA_MAIN = ("import atexit, sys; atexit.register(lambda: print('COMMAND MODULES', *sorted(m.rsplit('.', 1)[1] "
+             "for m in sys.modules if m.startswith('registry.cli.')), file=sys.stderr)); sys.argv[0] = 'vera'; "
+             "from registry.cli import main; main()")
+
+
 def test_registry_commands_start_without_torch_or_the_database_layer(tmp_path: Path) -> None:
     """`vera ls`, `vera fetch` (of a LoRA export too) and `vera job ls` talk HTTP only: they import neither torch
-    nor SQLAlchemy (torch alone is a second of start-up), so they start in a fraction of a second."""
+    nor SQLAlchemy (torch alone is a second of start-up), nor the modules of the other commands, so they start in a
+    fraction of a second (`vera ls`: 0.42 s here, bench/RESULTS.md)."""
+    from registry.cli import COMMANDS
     from registry.client import RegistryClient
     from tests.registry.adapters import make_adapter
     from tests.registry.servers import running_server
 
+    command_modules = {target.split(".")[0] for group in COMMANDS.values() for target in group.values()}
+    assert len(command_modules) == 10  # access, admin, catalog, cluster, events, hub, jobs, local, remote, run
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         with RegistryClient(url) as client:
             client.publish(make_adapter(tmp_path / "a"), "kim/fast", base_model="tiny")
         for args in (["ls"], ["fetch", "kim/fast", "--out", str(tmp_path / "out")], ["job", "ls"],
                      ["alias", "kim/fast:1", "prod"],
                      ["fetch", "kim/fast", "--as", "lora", "--max-rank", "2", "--out", str(tmp_path / "lora")]):
-            run = subprocess.run([sys.executable, "-X", "importtime", "-m", "registry", *args, "--registry", url],
+            run = subprocess.run([sys.executable, "-X", "importtime", "-c", VERA_MAIN, *args, "--registry", url],
                                  capture_output=True, text=True, check=False)
             assert run.returncode == 0, (args, run.stderr[-2000:])
             imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if "|" in line}
             assert not {"torch", "sqlalchemy", "transformers"} & imported, args
+            # of the commands' modules, only the named command's is imported (registry.cli.named)
+            modules = set(run.stderr.rsplit("COMMAND MODULES", 1)[1].split())
+            assert modules & command_modules == {"jobs" if args[0] == "job" else "remote"}, (args, modules)
         assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
         assert (tmp_path / "lora" / "README.md").is_file()  # a rank-capped LoRA export, its options checked here
+
+
+def test_the_vera_script_builds_only_the_command_its_arguments_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.cli import COMMANDS, named
+
+    monkeypatch.delenv("_VERA_COMPLETE", raising=False)
+    assert named(["ls", "--json"]) == {"": {"ls": "remote.list_versions"}}
+    assert named(["job", "ls", "--status", "queued"]) == {"job": {"ls": "jobs.job_ls"}}
+    assert named(["job", "--help"]) == {"job": COMMANDS["job"]}
+    for everything in ([], ["--help"], ["--version"], ["lss"], ["job-ls"]):
+        assert named(everything) is COMMANDS, everything
+    for args, code, says in ((["ls", "--help"], 0, "Usage: vera ls"),  # still a group: `vera ls`, not `vera`
+                             (["job", "ls", "--help"], 0, "Usage: vera job ls"), (["lss"], 2, "Did you mean 'ls'")):
+        run = subprocess.run([sys.executable, "-m", "registry", *args], capture_output=True, text=True, check=False,
+                             env={**os.environ, "COLUMNS": "120"})
+        assert run.returncode == code and says in run.stdout + run.stderr, (args, run.stdout, run.stderr)
+    monkeypatch.setenv("_VERA_COMPLETE", "bash_complete")  # shell completion offers every command
+    assert named(["ls"]) is COMMANDS
