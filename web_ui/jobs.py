@@ -12,7 +12,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
-from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobEventInfo, JobInfo
+from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobCheckpointInfo, JobEventInfo, JobInfo
 from web_ui import charts, formats, navigation, session, tables, views
 
 #: Jobs listed in the table, newest first.
@@ -130,6 +130,15 @@ def header(job: JobInfo) -> None:
     cols[4].metric("Duration", duration(job))
     if active and total:
         st.progress(min(1.0, p.get("step", 0) / total))
+    if job.checkpoint is not None:
+        st.caption(checkpoint_line(job.checkpoint))
+
+
+def checkpoint_line(saved: JobCheckpointInfo) -> str:
+    """What the registry keeps of a running job's training, in words (as `vera job show` says it)."""
+    processes = f" in {saved.world_size} processes" if saved.world_size > 1 else ""
+    return (f"Checkpoint in the registry: step {saved.step:,}{processes}, {formats.size(saved.size)}, saved "
+            f"{saved.saved_at:%Y-%m-%d %H:%M:%S} UTC by {saved.worker}; if this worker stops, another resumes from it.")
 
 
 def curves(job_id: int, events: list[JobEventInfo]) -> None:

@@ -304,6 +304,18 @@ class Comparison(BaseModel):
     layers: list[LayerComparison]
 
 
+class JobCheckpointInfo(BaseModel):
+    """The newest training checkpoint a job's worker stored in the registry (registry.services.job_checkpoints): an
+    attempt on another machine resumes from it."""
+
+    step: int  # optimizer steps done when it was written
+    world_size: int  # processes that trained it
+    attempt: int  # the attempt that wrote it
+    worker: str
+    size: int  # bytes of its files
+    saved_at: datetime
+
+
 class JobInfo(BaseModel):
     id: int
     status: Annotated[JobStatus, _Str]
@@ -324,6 +336,7 @@ class JobInfo(BaseModel):
     time_limit_s: float | None = None  # training stops (failed) after this long
     not_before: datetime | None = None  # queued again after its worker died: claimable from then
     gpus: int = 0  # GPUs its training needs: claimed only by a worker with that many (0: any worker, CPU included)
+    checkpoint: JobCheckpointInfo | None = None  # while it is queued or running: the checkpoint a new attempt resumes
 
 
 class JobEventInfo(BaseModel):

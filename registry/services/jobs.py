@@ -22,11 +22,13 @@ from sqlalchemy import ColumnElement, false, or_, select, true, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
+    ACTIVE_JOB_STATUSES,
     FINAL_JOB_STATUSES,
     MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
+    JobCheckpointInfo,
     JobEventInfo,
     JobInfo,
     JobStatus,
@@ -332,7 +334,15 @@ class Jobs:
                        claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
                        cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
                        result_ref=result_ref, priority=job.priority, time_limit_s=job.time_limit_s,
-                       not_before=job.not_before, gpus=job.gpus)
+                       not_before=job.not_before, gpus=job.gpus, checkpoint=_checkpoint(s, job))
+
+
+def _checkpoint(s: Any, job: m.Job) -> JobCheckpointInfo | None:
+    """The job's stored checkpoint, if any: only a queued or running job has one (it goes when the job ends)."""
+    if job.status not in ACTIVE_JOB_STATUSES or (row := s.get(m.JobCheckpoint, job.id)) is None:
+        return None
+    return JobCheckpointInfo(step=row.step, world_size=row.world_size, attempt=row.attempt, worker=row.worker,
+                             size=row.size, saved_at=row.created_at)
 
 
 def _ended(s: Any, job: m.Job, *, actor: str) -> set[str]:

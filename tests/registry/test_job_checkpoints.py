@@ -129,9 +129,14 @@ def test_a_checkpoint_that_is_not_intact_or_too_large_is_refused_whole(jobs: Job
 
 def test_the_next_checkpoint_replaces_the_last_and_the_job_end_removes_it(jobs: Jobs, tmp_path: Path) -> None:
     job_id = running_job(jobs)
+    assert jobs.get(job_id).checkpoint is None
     first = jobs.checkpoints.store(job_id, "w1", sealed_checkpoint(tmp_path / "checkpoints", 2))
     second = jobs.checkpoints.store(job_id, "w1", sealed_checkpoint(tmp_path / "checkpoints", 4))
     assert jobs.checkpoints.latest(job_id) == second
+    shown = jobs.get(job_id).checkpoint  # what the API, `vera job show` and the dashboard say
+    assert shown is not None and (shown.step, shown.world_size, shown.attempt, shown.worker, shown.size,
+                                  shown.saved_at) == (4, 1, 1, "w1", second.size, second.created_at)
+    assert shown.size == sum(size for _, size in second.files.values())
     shared = first.files["adapter_config.json"][0]
     assert second.files["adapter_config.json"][0] == shared  # the same bytes, one blob
     kept = {digest for digest, _ in second.files.values()}
@@ -141,7 +146,7 @@ def test_the_next_checkpoint_replaces_the_last_and_the_job_end_removes_it(jobs: 
     other = running_job(jobs, "w2")
     third = jobs.checkpoints.store(other, "w2", sealed_checkpoint(tmp_path / "other", 2, scale=3.0))
     jobs.finish(job_id, "w1", status="failed", error="stopped")
-    assert jobs.checkpoints.latest(job_id) is None
+    assert jobs.checkpoints.latest(job_id) is None and jobs.get(job_id).checkpoint is None
     assert stored_blobs(jobs) == {digest for digest, _ in third.files.values()} and shared in stored_blobs(jobs)
     jobs.cancel(other, actor="ann")  # a running job asked to stop: its checkpoint stays until the job ends
     assert jobs.checkpoints.latest(other) == third

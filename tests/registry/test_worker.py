@@ -21,7 +21,7 @@ from registry.domain.errors import InvalidInput
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.worker import Worker, checked_device, checked_devices, checked_worker_devices
-from tests.registry.servers import VERA
+from tests.registry.servers import VERA, VERA_COMMAND
 
 DEMO = {"demo": True}
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -449,6 +449,10 @@ def test_a_job_whose_worker_was_killed_resumes_on_another_machine_from_the_regis
             first.wait()
         stored = checkpoints.latest(killed)
         assert stored is not None and client.job(killed).status == "running", "the job ended before the kill"
+        shown = subprocess.run([*VERA_COMMAND, "job", "show", str(killed), "--registry", url], capture_output=True,
+                               text=True, check=True, env={**os.environ, "COLUMNS": "400", "VERA_TOKEN": ""})
+        assert (f"checkpoint in the registry: step {stored.step:,}, {stored.size:,} bytes, saved "
+                f"{stored.created_at:%Y-%m-%d %H:%M:%S} UTC by {stored.worker} (attempt 1)") in shown.stdout
         left = tmp_path / "machine-1" / "worker" / "jobs" / str(killed) / "adapter" / "checkpoints"
         assert any(left.glob("step-*"))  # machine 1 keeps its folder; machine 2 cannot see it
         straight = client.submit_job("ann/straight", spec, dataset=("data.jsonl", data)).id

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from registry.domain.schemas import JobInfo
+from registry.domain.schemas import JobCheckpointInfo, JobInfo
 from web_ui import jobs, views
 
 
@@ -60,3 +60,13 @@ def test_a_job_says_cancelling_and_how_long_it_ran() -> None:
     assert jobs.duration(job(started_at=None)) == "—"
     assert jobs.duration(job(finished_at=start + timedelta(seconds=42))) == "42 s"
     assert jobs.duration(job(), now=start + timedelta(seconds=125)) == "2 min 05 s"
+
+
+def test_a_running_job_says_which_checkpoint_a_new_attempt_resumes_from() -> None:
+    saved = JobCheckpointInfo(step=1200, world_size=2, attempt=1, worker="gpu-box-1", size=2_480_000,
+                              saved_at=datetime(2026, 11, 30, 12, 0, 5, tzinfo=UTC))
+    assert jobs.checkpoint_line(saved) == ("Checkpoint in the registry: step 1,200 in 2 processes, 2.5 MB, saved "
+                                           "2026-11-30 12:00:05 UTC by gpu-box-1; if this worker stops, another "
+                                           "resumes from it.")
+    alone = jobs.checkpoint_line(saved.model_copy(update={"world_size": 1}))
+    assert alone.startswith("Checkpoint in the registry: step 1,200, 2.5 MB,")
