@@ -322,17 +322,20 @@ def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, produc
                                                              tmp_path: Path) -> None:
     """Issue 20: Browse's and Compare's tables fit 1,400 px and no cell is cut off (a long name, base model and
     labels are shown whole or end in '…' / '+N')."""
-    from web_ui import browse, compare
+    from web_ui import browse, compare, formats
 
     long_name = "alice/sentiment-review-adapter-v2"  # 33 characters, as long as a name is shown whole
     with RegistryClient(product["api"]) as client:
         client.publish(make_adapter(tmp_path / "long", seed=9), long_name, base_model="meta-llama-2-7b-chat-hf",
                        tags=["sentiment", "reviews", "english", "demo"], metrics={"test": {"accuracy": 0.5}})
         client.set_alias(f"{long_name}:1", "prod")
-        items = client.list_versions(limit=50).items
+        listed = client.list_versions(limit=50, with_total=True)
+        items = listed.items
     use_product_registry(page, product)
+    page.get_by_role("button", name="Refresh").click()  # the listing read a moment ago is cached for 5 s
     grid = page.get_by_test_id("stDataFrame").first
     expect(grid).to_be_visible()
+    expect(page.get_by_text(formats.matching(listed.total or 0), exact=False).first).to_be_visible()  # read anew
     shot(page, "29-browse-cells-whole")
     fits(page, grid)
     frame = browse.table(items)
