@@ -13,10 +13,10 @@ from rich.console import Console
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.settings import Settings
 from vera_core import VeraError
 
 if TYPE_CHECKING:
+    from registry.settings import Settings  # imported when used: the commands that talk HTTP never load settings
     from vera_core.lora_options import LoraExport
 
 console = Console()
@@ -76,6 +76,8 @@ HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN
 
 def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
     """The registry settings, from these options and the environment; a refused value exits with its reason."""
+    from registry.settings import Settings
+
     given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url}
     try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)
         return Settings(**{name: value for name, value in given.items() if value is not None})
@@ -120,6 +122,7 @@ LogLevel = Annotated[str | None, typer.Option(
 def start_logging(settings: Settings, level: str | None) -> Settings:
     """Configure registry.logs from --log-level (or the settings); the settings with that level, for children."""
     from registry import logs
+    from registry.settings import Settings
 
     if level is not None:
         try:

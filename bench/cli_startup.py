@@ -1,0 +1,89 @@
+"""How long a `vera` registry command takes from the shell, start-up included (issue 15's aim: `vera ls` under 0.5 s
+on this machine).
+
+A fresh `vera serve` (SQLite, local blobs) gets a few published versions; each command below runs N times as a new
+process (`python -c` calling the `vera` script's main, so that a git revision without an installed script can run
+too), against that registry, its output thrown away, with compiled modules kept as on a user's machine (one
+untimed run of each first). With ``--before REV``, the same commands of git revision REV
+(a temporary worktree, on PYTHONPATH) run alternately with the working tree's, so both see the same load. Prints
+markdown: median and best per command, and `python -c pass` for the interpreter's own start.
+
+    .venv/bin/python bench/cli_startup.py [--runs 15] [--before REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from registry.client import RegistryClient  # noqa: E402
+from tests.registry.adapters import make_adapter  # noqa: E402
+from tests.registry.servers import running_server  # noqa: E402
+
+#: The `vera` script, in whichever tree is on PYTHONPATH: its main where there is one, else the whole app.
+SCRIPT = ("import sys; sys.argv[0] = 'vera'; import registry.cli as cli; "
+          "(cli.main if hasattr(cli, 'main') else cli.app)()")
+COMMANDS = (["ls"], ["job", "ls"], ["show", "kim/fast0"])
+
+
+def timed(command: list[str], tree: Path) -> float:
+    # as on a user's machine, Python keeps the compiled modules (this machine's PYTHONDONTWRITEBYTECODE=1 would have
+    # every run compile the registry's sources again: about 0.1 s more)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    started = time.perf_counter()
+    subprocess.run(command, cwd=tree, env={**env, "PYTHONPATH": str(tree), "VERA_NO_CACHE": "1"},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--before", help="a git revision to run alternately with the working tree")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        trees = {"now": ROOT}
+        if args.before:
+            subprocess.run(["git", "worktree", "add", "--detach", str(root / "before"), args.before], cwd=ROOT,
+                           check=True, capture_output=True)
+            trees[args.before] = root / "before"
+        try:
+            with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
+                with RegistryClient(url, cache=False) as client:
+                    for i in range(5):
+                        client.publish(make_adapter(root / f"a{i}", seed=i), f"kim/fast{i}", base_model="tiny")
+                runs: dict[tuple[str, str], list[float]] = {}
+                for words in COMMANDS:  # once untimed: compiled modules written
+                    for tree in trees.values():
+                        timed([sys.executable, "-c", SCRIPT, *words, "--registry", url], tree)
+                for _ in range(args.runs):
+                    for words in COMMANDS:
+                        for label, tree in trees.items():
+                            command = [sys.executable, "-c", SCRIPT, *words, "--registry", url]
+                            runs.setdefault((" ".join(words), label), []).append(timed(command, tree))
+                    runs.setdefault(("python -c pass", "-"), []).append(
+                        timed([sys.executable, "-c", "pass"], ROOT))
+        finally:
+            if args.before:
+                subprocess.run(["git", "worktree", "remove", "--force", str(root / "before")], cwd=ROOT, check=False)
+    load = os.getloadavg()[0]
+    print(f"## {date.today()} — `vera` command start-up, {args.runs} runs each, alternated (bench/cli_startup.py"
+          + (f" --before {args.before}" if args.before else "") + f"); load average {load:.2f} after\n")
+    print("| command | tree | median s | best s |")
+    print("|---|---|---|---|")
+    for (words, label), times in runs.items():
+        print(f"| `{words}` | {label} | {statistics.median(times):.3f} | {min(times):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
