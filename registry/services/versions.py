@@ -4,12 +4,16 @@ Each public method is one transaction; versions' bytes never change."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput
@@ -108,26 +112,29 @@ class Versions:
         that materialises projections the seed regenerates, A and B generated in row blocks and written as they
         come, never whole (a 7B-scale export holds a few MB); for a LoRA export (``lora``), each layer's factors
         computed and written in row blocks (vera_core.lora.write_lora_files: A and B plus one layer held). None for
-        every other form (``built`` builds those: small, or from stored projections)."""
+        every other form (``built`` builds those: small). Projections stored rather than regenerated (a version
+        whose seed does not give its A and B) are copied from their blob in row blocks the same way."""
         _check_options(with_projection=with_projection, seed_only=seed_only)
         if lora is not None:
             return self._write_lora(ref, folder, lora)
         with self.db.session() as s:
             v = resolve(s, ref)
-            if v.projection.blob_sha256 is not None or not _materialises(
-                    v, with_projection=with_projection, seed_only=seed_only, as_lora=False):
+            if not _materialises(v, with_projection=with_projection, seed_only=seed_only, as_lora=False):
                 return None
-            spec = projection_spec(v.projection)
+            spec, stored = projection_spec(v.projection), v.projection.blob_sha256
             tensors, metadata = version_tensors(self.blobs, v, with_projection=False, budget=self.budget)
-            config = _config(v)
+            config = _config(v).replace(save_projection=True)
             fingerprint = v.projection_fingerprint
+        if stored is not None:  # A and B as published: copied from their blob in row blocks
+            with blob_file(self.blobs, stored, folder) as path, safe_open(path, framework="pt") as projections:
+                return write_adapter_files_streamed(folder, config, {**tensors, **{
+                    key: stored_rows(projections, key) for key in PROJECTION_KEYS}}, metadata, fingerprint)
         a, b = projection_blocks(spec)
         streamed: dict[str, torch.Tensor | Streamed] = {
             **tensors, PROJECTION_KEYS[0]: Streamed(torch.float32, (spec.r, spec.max_in), a),
             PROJECTION_KEYS[1]: Streamed(torch.float32, (spec.max_out, spec.r), b)}
         with self.budget.generating(spec):
-            return write_adapter_files_streamed(folder, config.replace(save_projection=True), streamed, metadata,
-                                                fingerprint)
+            return write_adapter_files_streamed(folder, config, streamed, metadata, fingerprint)
 
     def _write_lora(self, ref: str | Ref, folder: Path, lora: LoraExport) -> dict[str, Path]:
         with self.db.session() as s:
@@ -218,6 +225,36 @@ class Versions:
                              .order_by(m.AuditEvent.id.desc()).limit(limit))
             return [AuditEventInfo(at=e.at, actor=e.actor, action=e.action, target=e.target, detail=e.detail)
                     for e in rows]
+
+
+@contextlib.contextmanager
+def blob_file(blobs: BlobStore, digest: str, scratch: Path) -> Iterator[str]:
+    """A local file with the blob's checked bytes: a local store's own file (blobs.verified_local_path), else the
+    blob streamed into a temporary file in ``scratch`` (hash-checked on the way; removed afterwards)."""
+    local = blobs.verified_local_path(digest)
+    if local is not None:
+        yield local
+        return
+    with tempfile.NamedTemporaryFile(dir=scratch, prefix=".blob-", suffix=".tmp") as copy:
+        for chunk in blobs.reader(digest):  # IntegrityError at its end if the bytes do not match their name
+            copy.write(chunk)
+        copy.flush()
+        yield copy.name
+
+
+#: About how many bytes of a stored projection are held at once while a form is written (stored_rows).
+STORED_BLOCK_BYTES = 1 << 20
+
+
+def stored_rows(tensors: Any, key: str) -> Streamed:
+    """Tensor ``key`` of an open safetensors file (safetensors.safe_open) as row blocks of about
+    STORED_BLOCK_BYTES."""
+    rows = tensors.get_slice(key)
+    shape = tuple(rows.get_shape())
+    first = rows[0:0]  # no elements: the dtype
+    per_row = max(1, first.element_size() * math.prod(shape[1:]))
+    step = max(1, STORED_BLOCK_BYTES // per_row)
+    return Streamed(first.dtype, shape, (rows[start:start + step] for start in range(0, shape[0], step)))
 
 
 def _materialises(v: m.AdapterVersion, *, with_projection: bool, seed_only: bool, as_lora: bool) -> bool:

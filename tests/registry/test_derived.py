@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from registry.domain.errors import NotFound
+from registry.domain.errors import Conflict, NotFound
 from registry.domain.schemas import Ref
 from registry.services.derived import FileForm, _form_of
 from registry.services.file_cache import FileCache
@@ -204,3 +204,41 @@ def test_a_lora_export_is_written_layer_by_layer_with_the_bytes_of_a_whole_build
     _, whole = registry.files(ref, as_lora=True, lora=export)
     assert {name: path.read_bytes() for name, path in paths.items()} == whole
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted(whole)
+
+
+@pytest.mark.parametrize("storage", ["folder", "memory"])
+def test_projections_stored_rather_than_regenerated_are_copied_in_row_blocks(
+        registry: Registry, tmp_path: Path, storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version whose A and B its seed does not give keeps them in a blob; its forms with A and B are written by
+    copying them from that blob in row blocks of a few bytes here (a local store's own file, else a hash-checked
+    temporary copy that goes afterwards), with the bytes of the in-memory build."""
+    import torch
+    from safetensors.torch import load_file
+
+    from registry.services import versions
+    from tests.registry.adapters import make_model
+    from vera_core import save_adapter
+
+    model = make_model(seed=2, save_projection=True)
+    with torch.no_grad():
+        model.projection.vera_A.mul_(-1)  # no longer what the seed gives
+    if storage == "memory":
+        registry = Registry(registry.db, FsspecBlobStore(f"memory://derived-{tmp_path.name}"))
+    info = registry.publish(save_adapter(model, tmp_path / "odd"), owner="bob", name="odd", base_model="tiny-llama")
+    assert not info.seed_reproducible
+    monkeypatch.setattr(versions, "STORED_BLOCK_BYTES", 64)  # 64-byte blocks: many per matrix
+    for with_projection in (False, True):
+        folder = tmp_path / f"w-{with_projection}"
+        folder.mkdir()
+        streamed = registry.versions.write_streamed(info.ref, folder, with_projection=with_projection,
+                                                    seed_only=False)
+        assert streamed is not None
+        _, whole = registry.files(info.ref, with_projection=with_projection)
+        assert {name: path.read_bytes() for name, path in streamed.items()} == whole
+        assert sorted(p.name for p in folder.iterdir()) == sorted(whole)  # no temporary copy left behind
+        written = load_file(streamed["adapter_model.safetensors"])
+        torch.testing.assert_close(written["base_model.vera_A"], model.projection.vera_A, rtol=0, atol=0)
+    # seed-only: not streamed, and refused where it is built (its seed does not give its A and B)
+    assert registry.versions.write_streamed(info.ref, tmp_path, with_projection=False, seed_only=True) is None
+    with pytest.raises(Conflict, match="not seed-reproducible"):
+        registry.files(info.ref, seed_only=True)
