@@ -389,12 +389,23 @@ def report_failure(exc: BaseException, world: World | None = None) -> None:
     rank = (world or from_env()).rank
     record = {"rank": rank, "error": f"{type(exc).__name__}: {exc}", "deliberate": isinstance(exc, VeraError),
               "at": time.time(), "traceback": "".join(traceback.format_exception(exc))}
-    Path(folder, f"rank-{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+    # written whole or not at all: torchrun may kill this process mid-write once another process has died
+    part = Path(folder, f"rank-{rank}.json.part")
+    part.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(part, Path(folder, f"rank-{rank}.json"))
+
+
+def _reported(path: Path) -> RankFailure | None:
+    """The failure a process reported in ``path``, or None if the report is unreadable (a process killed while
+    writing it, by a vera_core older than the atomic write): that process then counts as one that said nothing."""
+    try:
+        return RankFailure(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _failure(nproc: int, code: int, folder: Path) -> DistributedError:
-    failures = sorted((RankFailure(**json.loads(p.read_text(encoding="utf-8"))) for p in folder.glob("rank-*.json")),
-                      key=lambda f: f.at)
+    failures = sorted((f for f in map(_reported, folder.glob("rank-*.json")) if f is not None), key=lambda f: f.at)
     silent = sorted(set(range(nproc)) - {f.rank for f in failures})
     said = [f"rank {f.rank}: {f.error}" for f in failures[:1]]
     said += [f"rank(s) {sorted(f.rank for f in failures[1:])} failed after it"] if failures[1:] else []

@@ -241,3 +241,20 @@ def test_a_projection_mismatch_message_names_the_ranks(monkeypatch: pytest.Monke
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+
+
+def test_a_report_torn_by_a_kill_counts_as_a_rank_that_said_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torchrun kills the other processes once one dies, maybe while one writes its report: the run is then lost
+    (a job is queued again), not failed on an unreadable report (a JSONDecodeError that once failed a job in CI)."""
+    monkeypatch.setenv(distributed.ERRORS_ENV, str(tmp_path))
+    distributed.report_failure(RuntimeError("Connection closed by peer"), World(0, 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank-0.json"]  # written whole: no part file left
+    (tmp_path / "rank-1.json").write_text("")  # rank 1 killed between opening its report and writing it
+    (tmp_path / "rank-2.json").write_text('{"rank": 2, "error": "Runt')
+    error = distributed._failure(3, 1, tmp_path)
+    assert [f.rank for f in error.failures] == [0] and error.silent == [1, 2] and error.lost
+    assert "rank 0: RuntimeError: Connection closed by peer" in str(error)
+    distributed.report_failure(VeraConfigError("bad settings"), World(1, 3))
+    assert not distributed._failure(3, 1, tmp_path).lost  # a deliberate failure: running it again fails the same way
