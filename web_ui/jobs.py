@@ -136,9 +136,8 @@ def header(job: JobInfo) -> None:
 
 def checkpoint_line(saved: JobCheckpointInfo) -> str:
     """What the registry keeps of a running job's training, in words (as `vera job show` says it)."""
-    processes = f" in {saved.world_size} processes" if saved.world_size > 1 else ""
-    return (f"Checkpoint in the registry: step {saved.step:,}{processes}, {formats.size(saved.size)}, saved "
-            f"{saved.saved_at:%Y-%m-%d %H:%M:%S} UTC by {saved.worker}; if this worker stops, another resumes from it.")
+    return (f"Checkpoint in the registry: {saved.summary(formats.size(saved.size))}; if this worker stops, another "
+            "resumes from it.")
 
 
 def curves(job_id: int, events: list[JobEventInfo]) -> None:

@@ -85,10 +85,7 @@ def job_show(job_id: int, registry: RegistryUrl = None, token: Token = None) -> 
     job = call_registry(registry, token, lambda c: c.job(job_id))
     console.print_json(job.model_dump_json())
     if (saved := job.checkpoint) is not None:
-        processes = f" in {saved.world_size} processes" if saved.world_size > 1 else ""
-        console.print(f"checkpoint in the registry: step {saved.step:,}{processes}, {saved.size:,} bytes, saved "
-                      f"{saved.saved_at:%Y-%m-%d %H:%M:%S} UTC by {saved.worker} (attempt {saved.attempt}); a new "
-                      "attempt resumes from it")
+        console.print(f"checkpoint in the registry: {saved.summary()}; a new attempt resumes from it")
     evals = call_registry(registry, token, lambda c: c.job_events(job_id, kind="evaluate"))
     for e in evals:
         console.print(f"eval at step {int(e.data.get('step', 0))}: "

@@ -315,6 +315,13 @@ class JobCheckpointInfo(BaseModel):
     size: int  # bytes of its files
     saved_at: datetime
 
+    def summary(self, size: str | None = None) -> str:
+        """It in words, as `vera job show` and the dashboard say it; ``size``: its size as the caller writes sizes
+        (bytes by default)."""
+        processes = f" in {self.world_size} processes" if self.world_size > 1 else ""
+        return (f"step {self.step:,}{processes}, {size or f'{self.size:,} bytes'}, saved "
+                f"{self.saved_at:%Y-%m-%d %H:%M:%S} UTC by {self.worker} (attempt {self.attempt})")
+
 
 class JobInfo(BaseModel):
     id: int

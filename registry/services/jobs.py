@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, false, or_, select, true, update
+from sqlalchemy.orm import joinedload
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
@@ -152,7 +153,7 @@ class Jobs:
         if status:
             query = query.where(m.Job.status == status)
         with self.db.session() as s:
-            return [self._info(s, j) for j in s.scalars(query)]
+            return _infos(s, list(s.scalars(query)))
 
     def events(self, job_id: int, *, after: int = 0, kind: str | None = None,
                viewer: Principal | None = None) -> list[JobEventInfo]:
@@ -324,25 +325,30 @@ class Jobs:
 
     @staticmethod
     def _info(s: Any, job: m.Job) -> JobInfo:
-        result_ref = None
-        if job.result_version_id is not None:
-            version = s.get(m.AdapterVersion, job.result_version_id)
-            if version is not None:
-                result_ref = version_ref(version)
-        return JobInfo(id=job.id, status=job.status, owner=job.owner, target_name=job.target_name, spec=job.spec,
-                       created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                       claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
-                       cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
-                       result_ref=result_ref, priority=job.priority, time_limit_s=job.time_limit_s,
-                       not_before=job.not_before, gpus=job.gpus, checkpoint=_checkpoint(s, job))
+        return _infos(s, [job])[0]
 
 
-def _checkpoint(s: Any, job: m.Job) -> JobCheckpointInfo | None:
-    """The job's stored checkpoint, if any: only a queued or running job has one (it goes when the job ends)."""
-    if job.status not in ACTIVE_JOB_STATUSES or (row := s.get(m.JobCheckpoint, job.id)) is None:
-        return None
-    return JobCheckpointInfo(step=row.step, world_size=row.world_size, attempt=row.attempt, worker=row.worker,
-                             size=row.size, saved_at=row.created_at)
+def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
+    """The domain objects of job rows, in order, with two queries whatever their number: the versions they published
+    (with their adapters, for the ref) and the stored checkpoints of those still queued or running (only those have
+    one: it goes when the job ends)."""
+    versions = {job.result_version_id for job in jobs if job.result_version_id is not None}
+    refs = {v.id: version_ref(v) for v in s.scalars(
+        select(m.AdapterVersion).where(m.AdapterVersion.id.in_(sorted(versions)))
+        .options(joinedload(m.AdapterVersion.adapter)))} if versions else {}
+    active = sorted(job.id for job in jobs if job.status in ACTIVE_JOB_STATUSES)
+    checkpoints = {row.job_id: JobCheckpointInfo(step=row.step, world_size=row.world_size, attempt=row.attempt,
+                                                 worker=row.worker, size=row.size, saved_at=row.created_at)
+                   for row in s.scalars(select(m.JobCheckpoint).where(m.JobCheckpoint.job_id.in_(active)))
+                   } if active else {}
+    return [JobInfo(id=job.id, status=job.status, owner=job.owner, target_name=job.target_name, spec=job.spec,
+                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                    claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
+                    cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
+                    result_ref=refs.get(job.result_version_id) if job.result_version_id is not None else None,
+                    priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
+                    checkpoint=checkpoints.get(job.id))
+            for job in jobs]
 
 
 def _ended(s: Any, job: m.Job, *, actor: str) -> set[str]:

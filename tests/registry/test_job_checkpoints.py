@@ -179,3 +179,38 @@ def test_a_damaged_stored_checkpoint_is_not_restored(jobs: Jobs, tmp_path: Path)
     jobs.checkpoints.max_bytes = 100
     with pytest.raises(ContentTooLarge, match="over this worker's limit of 100"):
         jobs.checkpoints.restore(stored, root)
+
+
+def test_listing_jobs_costs_the_same_few_queries_however_many_there_are(jobs: Jobs, tmp_path: Path) -> None:
+    """Each listed job says what it published and its stored checkpoint, loaded for all of them at once (not a query
+    or two per job: `vera job ls` and the dashboard list up to 100)."""
+    from sqlalchemy import event
+
+    from tests.registry.adapters import make_adapter
+
+    def listing_queries() -> int:
+        seen: list[str] = []
+        listen = lambda *args: seen.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+        event.listen(jobs.db.engine, "before_cursor_execute", listen)
+        try:
+            listed = jobs.list_jobs()
+        finally:
+            event.remove(jobs.db.engine, "before_cursor_execute", listen)
+        assert {j.id for j in listed if j.checkpoint} == checkpointed
+        assert {j.result_ref for j in listed} - {None} == published
+        return len(seen)
+
+    checkpointed: set[int] = set()
+    published: set[str] = set()
+    few = listing_queries()
+    for n in range(3):
+        job_id = running_job(jobs, f"w{n}")
+        jobs.checkpoints.store(job_id, f"w{n}", sealed_checkpoint(tmp_path / str(n) / "checkpoints", 2 + n))
+        checkpointed.add(job_id)
+        done = running_job(jobs, f"v{n}")
+        info = jobs.registry.publish(make_adapter(tmp_path / f"a{n}", seed=n), owner="ann", name=f"x{n}",
+                                     base_model="tiny-llama")
+        jobs.finish(done, f"v{n}", status="succeeded", result_version=(f"ann/x{n}", info.version))
+        published.add(info.ref)
+    assert {j.checkpoint.step for j in jobs.list_jobs() if j.checkpoint} == {2, 3, 4}
+    assert listing_queries() <= few + 2  # the versions published and the checkpoints, once for all jobs

@@ -66,7 +66,7 @@ def test_a_running_job_says_which_checkpoint_a_new_attempt_resumes_from() -> Non
     saved = JobCheckpointInfo(step=1200, world_size=2, attempt=1, worker="gpu-box-1", size=2_480_000,
                               saved_at=datetime(2026, 11, 30, 12, 0, 5, tzinfo=UTC))
     assert jobs.checkpoint_line(saved) == ("Checkpoint in the registry: step 1,200 in 2 processes, 2.5 MB, saved "
-                                           "2026-11-30 12:00:05 UTC by gpu-box-1; if this worker stops, another "
-                                           "resumes from it.")
+                                           "2026-11-30 12:00:05 UTC by gpu-box-1 (attempt 1); if this worker stops, "
+                                           "another resumes from it.")
     alone = jobs.checkpoint_line(saved.model_copy(update={"world_size": 1}))
     assert alone.startswith("Checkpoint in the registry: step 1,200, 2.5 MB,")
