@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # carries the bytes instead of the API; 0 (the default) streams them through the API. Clients must reach the
     # storage's endpoint (AWS_ENDPOINT_URL) themselves.
     presigned_downloads_s: int = Field(default=0, ge=0, le=7 * 24 * 3600)
+    # Threads of each API process that serve downloads and file lists (the hot reads); the other requests have their
+    # own pool. Few is fastest on local storage (40 threads contending for one process's interpreter serve a quarter
+    # fewer reads); raise it on object storage with slow round trips, where each thread waits on the network.
+    read_threads: int = Field(default=8, ge=1, le=256)
     # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
     costly_requests_per_minute: int = 120
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.

@@ -7,10 +7,12 @@ adapter of someone else: registry.services.access), before the route runs."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Header, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +33,7 @@ class ApiOptions(BaseModel):
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     costly_requests_per_minute: int = 120
     presigned_downloads_s: int = 0  # > 0: hash-addressed downloads redirect to presigned URLs valid this long
+    read_threads: int = 8  # threads that serve downloads and file lists (VERA_READ_THREADS)
 
 
 def is_loopback(host: str) -> bool:
@@ -61,7 +64,19 @@ def _app_state(attribute: str) -> Callable[[Request], Awaitable[Any]]:
     return get
 
 
+async def _read_pool(request: Request) -> anyio.CapacityLimiter:
+    """The threads of the hot reads (downloads, file lists): a pool of their own, ``read_threads`` wide, so that a
+    burst of reads neither waits behind slow work in the default pool nor has 40 threads contend for the
+    interpreter. One per event loop (a limiter belongs to the loop that first uses it)."""
+    state, loop = request.app.state, asyncio.get_running_loop()
+    held = getattr(state, "read_pool", None)
+    if held is None or held[0] is not loop:
+        held = state.read_pool = (loop, anyio.CapacityLimiter(state.options.read_threads))
+    return held[1]
+
+
 RegistryDep = Annotated[Registry, Depends(_app_state("registry"))]
+ReadPool = Annotated[anyio.CapacityLimiter, Depends(_read_pool)]
 JobsDep = Annotated[Jobs, Depends(_app_state("jobs"))]
 HubDep = Annotated[HubSync, Depends(_app_state("hub"))]
 Options = Annotated[ApiOptions, Depends(_app_state("options"))]

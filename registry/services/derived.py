@@ -18,6 +18,7 @@ import struct
 import tempfile
 import threading
 import zlib
+from base64 import b64encode
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
+from registry.services.file_cache import BuiltFiles
 from registry.services.lookup import naming, naming_params, resolve, resolve_info
 from registry.services.versions import Versions
 from registry.store import models as m
@@ -145,6 +147,16 @@ class DerivedFiles:
             raise InvalidInput(f"{file.filename} of {ref} is {file.size:,} bytes; only files up to "
                                f"{MAX_READ_BYTES:,} bytes are read whole.")
         return b"".join(chunks(self.source(ref, file)))
+
+    def base64(self, ref: Ref, file: DerivedFile) -> str:
+        """A small stored file's bytes in base64 (a file list's inline content), kept in the file cache by its hash:
+        the text a hash names never changes, and a hot version's list is then served without reading storage."""
+        key = ("base64", file.sha256)
+        if (kept := self.versions.cache.get(key)) is not None:
+            return kept.files["base64"].decode("ascii")
+        text = b64encode(self.read(ref, file))
+        self.versions.cache.put(key, BuiltFiles(files={"base64": text}, sha256={}))
+        return text.decode("ascii")
 
     def git_blob_id(self, ref: Ref, file: DerivedFile) -> str:
         """The stored file's git blob id (git_blob_id), computed by streaming it once per process and file."""

@@ -19,6 +19,7 @@ from registry.client import RegistryClient, RegistryUnavailable
 from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import FileManifest
+from registry.services.registry import Registry
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
 from registry.settings import Settings
 from registry.store.database import Database
@@ -178,9 +179,15 @@ def test_a_file_list_gives_small_files_inline_and_its_digest_to_head(
     manifest = FileManifest.model_validate_json(plain.content)
     assert manifest.digest == head.headers["x-vera-files"]
     sizes = sorted(f.size for f in manifest.files)
-    cut = sizes[1]  # the two smaller files inline, the largest not
-    inlined = FileManifest.model_validate_json(httpx.get(lists, params={"format": "lora", "inline": cut}).content)
+    cut = sizes[0]  # the config inline, the weights not (a LoRA export without max_rank has no README)
+    partly = httpx.get(lists, params={"format": "lora", "inline": cut})
+    inlined = FileManifest.model_validate_json(partly.content)
     assert inlined.digest == manifest.digest
+    # the server writes the list's JSON itself (the inline text from its file cache): exactly pydantic's JSON
+    assert plain.text == manifest.model_dump_json(exclude={"files": {"__all__": {"content"}}})
+    assert partly.text == inlined.model_dump_json() and '"content":null' in partly.text
+    assert httpx.get(lists, params={"format": "lora", "inline": cut}).content == partly.content  # cached: the same
+    assert sorted(f.content is None for f in inlined.files) == [False, True]
     for entry in inlined.files:
         by_hash = httpx.get(url + entry.url).content
         if entry.size <= cut:
@@ -498,3 +505,68 @@ def test_settings_pass_to_worker_processes_as_environment_variables(monkeypatch:
     rebuilt = Settings()
     assert rebuilt.model_dump() == settings.model_dump()
     assert rebuilt.hub_token is not None and rebuilt.hub_token.get_secret_value() == "hf_secret"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_file_lists_run_in_a_pool_of_read_threads_off_the_event_loop(registry: Registry, tmp_path: Path) -> None:
+    """The hot reads take at most ``read_threads`` threads (VERA_READ_THREADS) of their own, never the event loop:
+    while every read thread is busy, more reads wait their turn and /health still answers."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvicorn
+
+    from registry.api import ApiOptions, create_app
+
+    registry.publish(make_adapter(tmp_path / "a"), owner="pool", name="a", base_model="tiny-llama")
+    inside, most, lock = 0, 0, threading.Lock()
+    real = registry.derived.manifest
+
+    def slow(*args: object, **kwargs: object) -> object:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.8)  # a slow storage read, say
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                inside -= 1
+
+    registry.derived.manifest = slow  # type: ignore[method-assign]
+    app = create_app(registry, ApiOptions(require_tokens=False, read_threads=2))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        with ThreadPoolExecutor(5) as pool:
+            reads = [pool.submit(httpx.get, f"{url}/api/v1/adapters/pool/a/versions/1/files", timeout=30)
+                     for _ in range(5)]
+            while inside < 2:
+                time.sleep(0.01)
+            health = httpx.get(f"{url}/health", timeout=30)
+            assert health.status_code == 200 and inside == 2  # answered while both read threads were busy
+            assert all(r.result().status_code == 200 for r in reads)
+        assert most == 2  # five reads at once, two at a time
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_vera_read_threads_sizes_the_read_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.bootstrap import build_api
+
+    monkeypatch.setenv("VERA_READ_THREADS", "3")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'r.db'}", storage_url=str(tmp_path / "blobs"),
+                        require_tokens=True)
+    app, registry, _ = build_api(settings)
+    assert app.state.options.read_threads == 3
+    registry.db.engine.dispose()
+    monkeypatch.setenv("VERA_READ_THREADS", "0")
+    with pytest.raises(ValueError, match="read_threads"):
+        Settings()

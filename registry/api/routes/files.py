@@ -11,13 +11,15 @@ download streams the stored blob in chunks (a local folder's file is sent as a f
 
 from __future__ import annotations
 
-import base64
-from typing import Annotated, Literal
+import functools
+from collections.abc import Callable
+from typing import Annotated, Literal, TypeVar
 
+import anyio
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import RedirectResponse, Response
 
-from registry.api.deps import Options, Reader, RegistryDep, ref_of
+from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import SMALL_FILE, file_response
 from registry.domain.errors import NotFound
@@ -60,13 +62,28 @@ _LIST_HEADERS = {"X-Vera-Version": "The version the list is of (owner/name:N)",
                  "X-Vera-Files": "The list's digest (FileManifest.digest): equal digests, equal lists"}
 
 
-def _entry(registry: Registry, info: VersionInfo, file: DerivedFile, inline: int) -> FileEntry:
+_T = TypeVar("_T")
+
+
+async def _in(pool: anyio.CapacityLimiter, work: Callable[..., _T], *args: object) -> _T:
+    """``work(*args)`` in the hot reads' threads (deps.ReadPool): blocking work never runs on the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=pool)
+
+
+def _entry(registry: Registry, info: VersionInfo, file: DerivedFile, inline: int) -> str:
+    """The file's entry in the list, as JSON: FileEntry's fields, ``content`` (base64) when it is at most ``inline``
+    bytes (null when it is larger, absent without ``inline``). Written out here because base64 needs no escaping,
+    and the text comes from the file cache: validating and escaping ~150 KB per fetch was a tenth of a busy
+    server's time."""
     url = f"{router.prefix}/{info.owner}/{info.name}/versions/{info.version}/blobs/{file.sha256}"
-    content = None
-    if file.size <= inline:
-        content = base64.b64encode(registry.derived.read(info.pinned, file)).decode()
-        _count(registry, info.pinned, file)
-    return FileEntry(name=file.filename, size=file.size, sha256=file.sha256, url=url, content=content)
+    entry = FileEntry(name=file.filename, size=file.size, sha256=file.sha256, url=url).model_dump_json(
+        exclude={"content"})
+    if not inline:
+        return entry
+    if file.size > inline:
+        return f'{entry[:-1]},"content":null}}'
+    _count(registry, info.pinned, file)
+    return f'{entry[:-1]},"content":"{registry.derived.base64(info.pinned, file)}"}}'
 
 
 def _list_headers(pinned: Ref, files: list[DerivedFile]) -> dict[str, str]:
@@ -77,18 +94,24 @@ def _list_headers(pinned: Ref, files: list[DerivedFile]) -> dict[str, str]:
 @router.get("/{owner}/{name}/versions/{selector}/files", response_model=FileManifest,
             responses={200: {"headers": {k: {"description": v, "schema": {"type": "string"}}
                                          for k, v in _LIST_HEADERS.items()}}})
-def manifest(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str,
-             projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
-             max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None, inline: Inline = 0
-             ) -> Response:
+async def manifest(_: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str, selector: str,
+                   projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
+                   max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None, inline: Inline = 0
+                   ) -> Response:
     """The files a download of this version in this form gives, each with its size, SHA-256 and immutable URL:
     one request tells a client everything it needs (and which files its cache already holds); with ``inline``,
     the small files' bytes too."""
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
-    info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
-    manifest = FileManifest(version=info, form=form.key, files=[_entry(registry, info, f, inline) for f in files])
-    # serialised here: the hot path of every fetch, which FastAPI would validate once more through response_model
-    body = manifest.model_dump_json(exclude=None if inline else {"files": {"__all__": {"content"}}})
+    return await _in(pool, _manifest, registry, ref_of(owner, name, selector), form, inline)
+
+
+def _manifest(registry: Registry, ref: Ref, form: FileForm, inline: int) -> Response:
+    info, files = registry.derived.manifest(ref, form)
+    # a FileManifest's JSON, written here: the hot path of every fetch, which FastAPI would validate once more
+    # through response_model; the entries are written by _entry
+    head = FileManifest(version=info, form=form.key, files=[]).model_dump_json()
+    assert head.endswith('"files":[]}'), "FileManifest's last field must be files"
+    body = f"{head[:-3]}[{','.join(_entry(registry, info, f, inline) for f in files)}]}}"
     return Response(body, media_type="application/json", headers=_list_headers(info.pinned, files))
 
 
@@ -96,30 +119,35 @@ def manifest(_: CostlyReader, registry: RegistryDep, owner: str, name: str, sele
              responses={200: {"description": "The list's headers, no body", "content": None,
                               "headers": {k: {"description": v, "schema": {"type": "string"}}
                                           for k, v in _LIST_HEADERS.items()}}})
-def manifest_head(_: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str,
-                  projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera",
-                  max_rank: MaxRank = None, dtype: Dtype = "float32", engine: Engine = None) -> Response:
+async def manifest_head(_: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str,
+                        selector: str, projection: Projection = False, seed_only: SeedOnly = False,
+                        format: Format = "vera", max_rank: MaxRank = None, dtype: Dtype = "float32",
+                        engine: Engine = None) -> Response:
     """The file list's headers only (the pinned version and the list's digest), from one query once the files
     are built: how a client's cache checks that the files it holds are still what this reference gives."""
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
-    pinned, files = registry.derived.listing(ref_of(owner, name, selector), form)
+    pinned, files = await _in(pool, registry.derived.listing, ref_of(owner, name, selector), form)
     return Response(headers=_list_headers(pinned, files))
 
 
 @router.get("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
             responses=_FILE_RESPONSES)
-def download(
-    _: CostlyReader, registry: RegistryDep, owner: str, name: str, selector: str, filename: str,
+async def download(
+    _: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str, selector: str, filename: str,
     projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera", max_rank: MaxRank = None,
     dtype: Dtype = "float32", engine: Engine = None, if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
-    info, files = registry.derived.manifest(ref_of(owner, name, selector), form)
+    return await _in(pool, _download, registry, ref_of(owner, name, selector), form, filename, if_none_match)
+
+
+def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None) -> Response:
+    info, files = registry.derived.manifest(ref, form)
     file = named(info, form, files, filename)
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
-    if format == "lora" and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
+    if form.lora is not None and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
         headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
     return _send(registry, info.pinned, file, headers, if_none_match)
 
@@ -127,14 +155,17 @@ def download(
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
             responses={**_FILE_RESPONSES, 307: {"description": "Get it from the object store (a presigned URL, "
                                                 "VERA_PRESIGNED_DOWNLOADS_S)"}})
-def blob(
-    _: Reader, registry: RegistryDep, options: Options, owner: str, name: str,
+async def blob(
+    _: Reader, registry: RegistryDep, options: Options, pool: ReadPool, owner: str, name: str,
     version: Annotated[int, Path(ge=1, le=999_999_999)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same
     bytes, so it may be cached for good."""
-    ref = Ref.of(owner, name, version=version)
+    return await _in(pool, _blob, registry, options, Ref.of(owner, name, version=version), sha256, if_none_match)
+
+
+def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_none_match: str | None) -> Response:
     file = registry.derived.by_digest(ref, sha256)
     headers = {"Cache-Control": "private, max-age=31536000, immutable"}
     if options.presigned_downloads_s and (if_none_match is None) and (
