@@ -9,6 +9,10 @@ generator, seed-only; the base model is declared from its config (no weights). T
 11008) and B (11008 x 1024) in float32: 90 MB of the file's 91 MB.
 
     .venv/bin/python bench/big_export.py [--tree /path/to/other/checkout] [--lora [--max-rank K] --layers N]
+        [--stored]
+
+``--stored`` publishes A and B with the adapter, values its seed does not give (as a model trained with a
+projection of its own): the registry stores them, and the export copies them from their blob.
 
 ``--lora`` fetches the equivalent LoRA instead (``--as lora``, rank-capped with ``--max-rank``): r x (in + out)
 numbers per layer, 2.6 GB per decoder layer of these shapes at r=1024, so ``--layers`` keeps the adapter to a few.
@@ -42,13 +46,14 @@ MODULES = {"self_attn.q_proj": 4096, "self_attn.k_proj": 4096, "self_attn.v_proj
 RANK = 1024
 
 
-def write_adapter(folder: Path, layers: int = 32) -> Path:
-    """A seed-only PEFT VeRA adapter with Llama-2-7B's shapes (PEFT's generator: the registry regenerates A, B)."""
+def write_adapter(folder: Path, layers: int = 32, stored: bool = False) -> Path:
+    """A seed-only PEFT VeRA adapter with Llama-2-7B's shapes (PEFT's generator: the registry regenerates A, B);
+    ``stored``: with an A and B of its own instead, which the registry must store."""
     import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
-    config = {"peft_type": "VERA", "r": RANK, "projection_prng_key": 7, "save_projection": False,
+    config = {"peft_type": "VERA", "r": RANK, "projection_prng_key": 7, "save_projection": stored,
               "target_modules": sorted({m.split(".")[1] for m in MODULES}), "vera_dropout": 0.0, "d_initial": 0.1,
               "base_model_name_or_path": "llama-2-7b-shapes", "bias": "none", "fan_in_fan_out": False,
               "inference_mode": True, "init_weights": True, "task_type": "CAUSAL_LM"}
@@ -60,6 +65,9 @@ def write_adapter(folder: Path, layers: int = 32) -> Path:
             key = f"base_model.model.model.layers.{layer}.{module}"
             tensors[f"{key}.vera_lambda_b"] = torch.randn(out, generator=gen)
             tensors[f"{key}.vera_lambda_d"] = torch.randn(RANK, generator=gen)
+    if stored:  # PEFT's shapes: A (r, largest in_features), B (largest out_features, r)
+        tensors["base_model.vera_A"] = torch.randn(RANK, 11008, generator=gen) * 0.01
+        tensors["base_model.vera_B"] = torch.randn(11008, RANK, generator=gen) * 0.01
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     return folder
 
@@ -145,12 +153,13 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="fetch the equivalent LoRA (--as lora)")
     parser.add_argument("--max-rank", type=int, help="with --lora: at most this rank per layer")
     parser.add_argument("--layers", type=int, default=32, help="decoder layers adapted (of 32)")
+    parser.add_argument("--stored", action="store_true", help="A and B of its own, stored by the registry")
     args = parser.parse_args()
     form = ["--as", "lora", *(["--max-rank", str(args.max_rank)] if args.max_rank else [])] if args.lora \
         else ["--with-projection"]
     trees = {"this checkout": ROOT, **({f"{args.tree.name}": args.tree} if args.tree else {})}
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = write_adapter(Path(tmp) / "adapter", args.layers)
+        adapter = write_adapter(Path(tmp) / "adapter", args.layers, args.stored)
         results = {}
         for label, tree in trees.items():
             work = Path(tmp) / label.replace(" ", "-")
@@ -158,7 +167,8 @@ def main() -> None:
             results[label] = measure(tree, work, adapter, form)
     print(f"## {datetime.now(UTC):%Y-%m-%d} — a 7B-scale `{' '.join(form)}` export (bench/big_export.py)\n")
     print(f"Llama-2-7B shapes ({args.layers} of 32 decoder layers adapted), VeRA r={RANK} on all seven projections, "
-          f"PEFT's generator; the export is "
+          + ("its own A and B (stored by the registry, not regenerated); " if args.stored else "PEFT's generator; ")
+          + "the export is "
           f"{next(iter(results.values()))['size_mb']:.0f} MB. Server memory: its peak RSS during the fetch (VmHWM, "
           "reset just before it) minus its RSS before; client: `vera fetch`'s peak RSS (VERA_NO_CACHE=1).\n")
     print("| code | publish: server +MiB | first fetch s | server +MiB | client MiB | later fetch (new process) s "

@@ -80,6 +80,40 @@ def _write_tensor(out: IO[bytes], tensor: torch.Tensor) -> int:
     return size
 
 
+def read_rows(file: IO[bytes], key: str, block_bytes: int) -> Streamed:
+    """Tensor ``key`` of the safetensors file open for reading in ``file``, as row blocks of about ``block_bytes``
+    read with plain reads as they are consumed: no memory map, so the file's pages are not mapped into the process
+    however large it is (safetensors' ``safe_open`` maps the whole file, and every page it reads stays resident).
+    ``file`` must stay open while the blocks are read. A header that does not fit the file is a ValueError."""
+    file.seek(0, 2)
+    end = file.tell()
+    file.seek(0)
+    (length,) = struct.unpack("<Q", file.read(8))
+    if not 0 < length <= min(end - 8, 100 << 20):
+        raise ValueError(f"not a safetensors file: its header length {length:,} does not fit its {end:,} bytes")
+    entry = json.loads(file.read(length)).get(key)
+    names = {name: dtype for dtype, name in _DTYPES.items()}
+    if not isinstance(entry, dict) or entry.get("dtype") not in names:
+        raise ValueError(f"the safetensors file has no tensor {key!r} of a known dtype")
+    dtype, shape, (start, stop) = names[entry["dtype"]], tuple(int(n) for n in entry["shape"]), entry["data_offsets"]
+    per_row = dtype.itemsize * math.prod(shape[1:])
+    if not shape or stop - start != per_row * shape[0] or not 0 <= 8 + length + start <= 8 + length + stop <= end:
+        raise ValueError(f"tensor {key!r}'s offsets {start}..{stop} do not fit its shape {shape} and the file")
+    step = max(1, block_bytes // max(1, per_row))
+
+    def blocks() -> Iterable[torch.Tensor]:
+        for row in range(0, shape[0], step):
+            count = min(step, shape[0] - row)
+            file.seek(8 + length + start + row * per_row)
+            data = bytearray(file.read(count * per_row))
+            if len(data) != count * per_row:
+                raise ValueError(f"tensor {key!r} ends before its rows do")
+            yield torch.frombuffer(data, dtype=dtype).reshape(count, *shape[1:]) if data else \
+                torch.empty((count, *shape[1:]), dtype=dtype)
+
+    return Streamed(dtype, shape, blocks())
+
+
 def metadata_of(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of safetensors bytes (the header is JSON after an 8-byte little-endian length)."""
     (length,) = struct.unpack("<Q", data[:8])

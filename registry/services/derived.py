@@ -66,6 +66,10 @@ class FileForm:
         return ":".join(["lora", ",".join(o for o in options if o)]).rstrip(":")
 
 
+class NotBuilt(Exception):
+    """The form's files were never built (``DerivedFiles.manifest(..., build=False)``)."""
+
+
 @dataclass(frozen=True)
 class DerivedFile:
     """One stored file of a version in one form."""
@@ -83,24 +87,28 @@ class DerivedFiles:
         self._lora_errors: dict[str, str | None] = {}
         self._git_ids: dict[str, str] = {}
 
-    def manifest(self, ref: str | Ref, form: FileForm) -> tuple[VersionInfo, list[DerivedFile]]:
-        """The version's files in ``form``, built and stored first if no download asked for them before."""
+    def manifest(self, ref: str | Ref, form: FileForm, *, build: bool = True) -> tuple[VersionInfo, list[DerivedFile]]:
+        """The version's files in ``form``, built and stored first if no download asked for them before (without
+        ``build``, NotBuilt instead: the API's read threads leave a build, which may wait for a projection slot,
+        to its general pool)."""
         with self.db.session() as s:
             v, info = resolve_info(s, ref)
             version_id = v.id
             files = _listed(s, version_id, form.key)
         if files:
             return info, files
+        if not build:
+            raise NotBuilt(f"{info.pinned} has no {form.key} files yet.")
         return info, self._build(info.pinned, version_id, form)
 
-    def listing(self, ref: str | Ref, form: FileForm) -> tuple[Ref, list[DerivedFile]]:
+    def listing(self, ref: str | Ref, form: FileForm, *, build: bool = True) -> tuple[Ref, list[DerivedFile]]:
         """The pinned version (owner/name:N) and its files in ``form``, without the version's metadata: one query
         when they were built before (a client's check that its cached copy is current), else ``manifest``."""
         ref = Ref.parse(ref) if isinstance(ref, str) else ref
         with self.db.session() as s:
             rows = s.execute(_listing(ref.version is not None), {**naming_params(ref), "form": form.key}).all()
         if not rows:  # not built yet, or missing: manifest builds the files or says what is missing
-            info, files = self.manifest(ref, form)
+            info, files = self.manifest(ref, form, build=build)
             return info.pinned, files
         return Ref.of(ref.owner, ref.name, version=rows[0][0]), _in_order(_derived(row) for _, row in rows)
 

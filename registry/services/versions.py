@@ -4,16 +4,14 @@ Each public method is one transaction; versions' bytes never change."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import torch
-from safetensors import safe_open
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput
@@ -41,7 +39,7 @@ from vera_core.folders import write_adapter_files
 from vera_core.keys import PROJECTION_KEYS
 from vera_core.lora import LoraExport, lora_file_bytes, write_lora_files
 from vera_core.projection import projection_blocks
-from vera_core.serialization import Streamed
+from vera_core.serialization import Streamed, read_rows
 
 
 class Versions:
@@ -126,7 +124,7 @@ class Versions:
             config = _config(v).replace(save_projection=True)
             fingerprint = v.projection_fingerprint
         if stored is not None:  # A and B as published: copied from their blob in row blocks
-            with blob_file(self.blobs, stored, folder) as path, safe_open(path, framework="pt") as projections:
+            with blob_file(self.blobs, stored, folder) as path, open(path, "rb") as projections:
                 return write_adapter_files_streamed(folder, config, {**tensors, **{
                     key: stored_rows(projections, key) for key in PROJECTION_KEYS}}, metadata, fingerprint)
         a, b = projection_blocks(spec)
@@ -246,15 +244,10 @@ def blob_file(blobs: BlobStore, digest: str, scratch: Path) -> Iterator[str]:
 STORED_BLOCK_BYTES = 1 << 20
 
 
-def stored_rows(tensors: Any, key: str) -> Streamed:
-    """Tensor ``key`` of an open safetensors file (safetensors.safe_open) as row blocks of about
-    STORED_BLOCK_BYTES."""
-    rows = tensors.get_slice(key)
-    shape = tuple(rows.get_shape())
-    first = rows[0:0]  # no elements: the dtype
-    per_row = max(1, first.element_size() * math.prod(shape[1:]))
-    step = max(1, STORED_BLOCK_BYTES // per_row)
-    return Streamed(first.dtype, shape, (rows[start:start + step] for start in range(0, shape[0], step)))
+def stored_rows(projections: IO[bytes], key: str) -> Streamed:
+    """Tensor ``key`` of a stored projections file open for reading, as row blocks of about STORED_BLOCK_BYTES
+    read as they are written (vera_core.serialization.read_rows: plain reads, no memory map)."""
+    return read_rows(projections, key, STORED_BLOCK_BYTES)
 
 
 def _materialises(v: m.AdapterVersion, *, with_projection: bool, seed_only: bool, as_lora: bool) -> bool:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,6 +22,7 @@ from registry.client import RegistryClient, RegistryUnavailable
 from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import FileManifest
+from registry.services.derived import FileForm
 from registry.services.registry import Registry
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
 from registry.settings import Settings
@@ -507,35 +511,14 @@ def test_settings_pass_to_worker_processes_as_environment_variables(monkeypatch:
     assert rebuilt.hub_token is not None and rebuilt.hub_token.get_secret_value() == "hf_secret"
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_file_lists_run_in_a_pool_of_read_threads_off_the_event_loop(registry: Registry, tmp_path: Path) -> None:
-    """The hot reads take at most ``read_threads`` threads (VERA_READ_THREADS) of their own, never the event loop:
-    while every read thread is busy, more reads wait their turn and /health still answers."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
+@contextlib.contextmanager
+def serving(registry: Registry, read_threads: int) -> Iterator[str]:
+    """The API over ``registry`` in a uvicorn server in this process (so that the test can slow its services)."""
     import uvicorn
 
     from registry.api import ApiOptions, create_app
 
-    registry.publish(make_adapter(tmp_path / "a"), owner="pool", name="a", base_model="tiny-llama")
-    inside, most, lock = 0, 0, threading.Lock()
-    real = registry.derived.manifest
-
-    def slow(*args: object, **kwargs: object) -> object:
-        nonlocal inside, most
-        with lock:
-            inside += 1
-            most = max(most, inside)
-        time.sleep(0.8)  # a slow storage read, say
-        try:
-            return real(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            with lock:
-                inside -= 1
-
-    registry.derived.manifest = slow  # type: ignore[method-assign]
-    app = create_app(registry, ApiOptions(require_tokens=False, read_threads=2))
+    app = create_app(registry, ApiOptions(require_tokens=False, read_threads=read_threads))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -543,19 +526,70 @@ def test_file_lists_run_in_a_pool_of_read_threads_off_the_event_loop(registry: R
     try:
         while not server.started:
             time.sleep(0.02)
-        url = f"http://127.0.0.1:{port}"
-        with ThreadPoolExecutor(5) as pool:
-            reads = [pool.submit(httpx.get, f"{url}/api/v1/adapters/pool/a/versions/1/files", timeout=30)
-                     for _ in range(5)]
-            while inside < 2:
-                time.sleep(0.01)
-            health = httpx.get(f"{url}/health", timeout=30)
-            assert health.status_code == 200 and inside == 2  # answered while both read threads were busy
-            assert all(r.result().status_code == 200 for r in reads)
-        assert most == 2  # five reads at once, two at a time
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class Slowed:
+    """Wraps a service method: each call sleeps first, and the calls under way are counted (``inside``, ``most``)."""
+
+    def __init__(self, real: Callable[..., object], seconds: float) -> None:
+        self.real, self.seconds = real, seconds
+        self.inside = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            time.sleep(self.seconds)  # a slow storage read, or a build waiting for a projection slot
+            return self.real(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+    def wait_for(self, count: int) -> None:
+        while self.inside < count:
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_file_lists_run_in_a_pool_of_read_threads_off_the_event_loop(registry: Registry, tmp_path: Path) -> None:
+    """The hot reads take at most ``read_threads`` threads (VERA_READ_THREADS) of their own, never the event loop:
+    while every read thread is busy, more reads wait their turn and /health still answers."""
+    registry.publish(make_adapter(tmp_path / "a"), owner="pool", name="a", base_model="tiny-llama")
+    registry.derived.manifest("pool/a:1", FileForm())  # built: the reads below only read
+    slow = registry.derived.manifest = Slowed(registry.derived.manifest, 0.8)  # type: ignore[method-assign]
+    with serving(registry, read_threads=2) as url, ThreadPoolExecutor(5) as pool:
+        reads = [pool.submit(httpx.get, f"{url}/api/v1/adapters/pool/a/versions/1/files", timeout=30)
+                 for _ in range(5)]
+        slow.wait_for(2)
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert health.status_code == 200 and slow.inside == 2  # answered while both read threads were busy
+        assert all(r.result().status_code == 200 for r in reads)
+    assert slow.most == 2  # five reads at once, two at a time
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_form_being_built_holds_no_read_thread(registry: Registry, tmp_path: Path) -> None:
+    """A form nobody asked for yet is built in the general pool (a build may wait for a projection slot): with one
+    read thread and two builds under way, a list of a form built before still answers, and then the builds'."""
+    registry.publish(make_adapter(tmp_path / "a"), owner="pool", name="b", base_model="tiny-llama")
+    lists = "/api/v1/adapters/pool/b/versions/1/files"
+    with serving(registry, read_threads=1) as url:
+        assert httpx.get(url + lists, params={"seed_only": True}, timeout=30).status_code == 200  # built now
+        slow = registry.derived._build = Slowed(registry.derived._build, 1.5)  # type: ignore[method-assign]
+        with ThreadPoolExecutor(2) as pool:
+            builds = [pool.submit(httpx.get, url + lists, params=params, timeout=30)
+                      for params in ({"projection": True}, {"format": "lora"})]
+            slow.wait_for(2)
+            built_before = httpx.get(url + lists, params={"seed_only": True}, timeout=30)
+            assert built_before.status_code == 200 and slow.inside == 2  # the one read thread was free
+            forms = {FileManifest.model_validate_json(b.result().content).form for b in builds}
+        assert forms == {"vera+projection", "lora"} and slow.most == 2
 
 
 def test_vera_read_threads_sizes_the_read_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

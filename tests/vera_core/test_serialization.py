@@ -52,3 +52,38 @@ def test_a_streamed_tensor_writes_the_same_bytes_and_its_blocks_must_add_up() ->
     short = {"a": Streamed(torch.float32, (5, 3), iter(whole["a"][:4].split(2)))}
     with pytest.raises(ValueError, match="its blocks gave 48 bytes, not the .5, 3."):
         write(io.BytesIO(), short)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 24, 64, 1 << 20])
+def test_rows_read_in_blocks_are_the_tensor(block_bytes: int) -> None:
+    """read_rows gives a tensor of a safetensors file (ours or the library's) in row blocks of about block_bytes
+    (at least one row), with plain reads; written back as Streamed it is the same bytes."""
+    from safetensors.torch import save
+
+    from vera_core.serialization import read_rows
+
+    tensors = {"a": torch.randn(7, 6), "b": torch.randn(3, 2, 2).to(torch.bfloat16), "e": torch.zeros(0, 4)}
+    for data in (to_bytes(tensors), save(tensors)):
+        file = io.BytesIO(data)
+        for key, tensor in tensors.items():
+            rows = read_rows(file, key, block_bytes)
+            assert (rows.dtype, rows.shape) == (tensor.dtype, tuple(tensor.shape))
+            blocks = list(rows.blocks)
+            per_row = tensor[0:1].numel() * tensor.element_size() if len(tensor) else 0
+            assert all(len(b) <= max(1, block_bytes // max(1, per_row)) for b in blocks)
+            assert torch.equal(torch.cat(blocks) if blocks else tensor[:0], tensor)
+        out = io.BytesIO()
+        write(out, {k: read_rows(io.BytesIO(data), k, block_bytes) for k in tensors})
+        assert out.getvalue() == to_bytes(tensors)
+
+
+def test_rows_of_a_file_that_does_not_fit_its_header_are_refused() -> None:
+    from vera_core.serialization import read_rows
+
+    data = to_bytes({"a": torch.randn(4, 4)})
+    with pytest.raises(ValueError, match="no tensor 'b'"):
+        read_rows(io.BytesIO(data), "b", 64)
+    with pytest.raises(ValueError, match="header length"):
+        read_rows(io.BytesIO(b"\xff" * 8 + data[8:]), "a", 64)
+    with pytest.raises(ValueError, match=r"offsets 0\.\.64 do not fit its shape \(4, 4\) and the file"):
+        read_rows(io.BytesIO(data[:-8]), "a", 16)  # cut short

@@ -18,13 +18,14 @@ from typing import Annotated, Literal, TypeVar
 import anyio
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import SMALL_FILE, file_response
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo, files_digest
-from registry.services.derived import DerivedFile, FileForm, named
+from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
 from vera_core.lora import LoraExport
@@ -65,8 +66,17 @@ _LIST_HEADERS = {"X-Vera-Version": "The version the list is of (owner/name:N)",
 _T = TypeVar("_T")
 
 
-async def _in(pool: anyio.CapacityLimiter, work: Callable[..., _T], *args: object) -> _T:
-    """``work(*args)`` in the hot reads' threads (deps.ReadPool): blocking work never runs on the event loop."""
+async def _in(pool: anyio.CapacityLimiter, registry: Registry, ref: Ref, form: FileForm | None,
+              work: Callable[..., _T], *args: object) -> _T:
+    """``work(*args)`` in the hot reads' threads (deps.ReadPool): blocking work never runs on the event loop. A
+    form nobody asked for yet (``form``; NotBuilt) is built in the general pool first, then read: a build may wait
+    up to 30 s for a projection slot, and a burst of them must not hold every read thread."""
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=pool)
+    except NotBuilt:
+        if form is None:
+            raise
+    await run_in_threadpool(registry.derived.manifest, ref, form)
     return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=pool)
 
 
@@ -102,11 +112,12 @@ async def manifest(_: CostlyReader, registry: RegistryDep, pool: ReadPool, owner
     one request tells a client everything it needs (and which files its cache already holds); with ``inline``,
     the small files' bytes too."""
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
-    return await _in(pool, _manifest, registry, ref_of(owner, name, selector), form, inline)
+    ref = ref_of(owner, name, selector)
+    return await _in(pool, registry, ref, form, _manifest, registry, ref, form, inline)
 
 
 def _manifest(registry: Registry, ref: Ref, form: FileForm, inline: int) -> Response:
-    info, files = registry.derived.manifest(ref, form)
+    info, files = registry.derived.manifest(ref, form, build=False)
     # a FileManifest's JSON, written here: the hot path of every fetch, which FastAPI would validate once more
     # through response_model; the entries are written by _entry
     head = FileManifest(version=info, form=form.key, files=[]).model_dump_json()
@@ -126,7 +137,9 @@ async def manifest_head(_: CostlyReader, registry: RegistryDep, pool: ReadPool, 
     """The file list's headers only (the pinned version and the list's digest), from one query once the files
     are built: how a client's cache checks that the files it holds are still what this reference gives."""
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
-    pinned, files = await _in(pool, registry.derived.listing, ref_of(owner, name, selector), form)
+    ref = ref_of(owner, name, selector)
+    pinned, files = await _in(pool, registry, ref, form, functools.partial(registry.derived.listing, build=False),
+                              ref, form)
     return Response(headers=_list_headers(pinned, files))
 
 
@@ -140,11 +153,12 @@ async def download(
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
-    return await _in(pool, _download, registry, ref_of(owner, name, selector), form, filename, if_none_match)
+    ref = ref_of(owner, name, selector)
+    return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match)
 
 
 def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None) -> Response:
-    info, files = registry.derived.manifest(ref, form)
+    info, files = registry.derived.manifest(ref, form, build=False)
     file = named(info, form, files, filename)
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
     if form.lora is not None and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
@@ -162,7 +176,8 @@ async def blob(
 ) -> Response:
     """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same
     bytes, so it may be cached for good."""
-    return await _in(pool, _blob, registry, options, Ref.of(owner, name, version=version), sha256, if_none_match)
+    ref = Ref.of(owner, name, version=version)
+    return await _in(pool, registry, ref, None, _blob, registry, options, ref, sha256, if_none_match)
 
 
 def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_none_match: str | None) -> Response:
