@@ -120,7 +120,7 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
     worker = start_worker(database, root / "blobs")
     try:
         with RegistryClient(url) as client:
-            job = client.submit_job("ann/polarity", {"demo": True, "r": 256})
+            job = client.submit_job("ann/polarity", {"demo": True, "r": 16})  # as good as 256 here, far cheaper
             wait_for(lambda: client.job(job.id).status in ("succeeded", "failed"), 600, "the job to finish")
             done = client.job(job.id)
             assert done.status == "succeeded", done.error
@@ -129,7 +129,8 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             # the job and the code that trained it (the demo uploads no dataset, so no dataset hash)
             assert version.lineage.keys() == {"job_id", "code_revision"} and version.lineage["job_id"] == job.id
             assert version.lineage["code_revision"].startswith("vera-registry ") and "fine-tune" in version.tags
-            # head-only training reaches 0.53 (0.77 at a 10x head learning rate) on this budget: bench/RESULTS.md
+            # head-only training reaches 0.53 (0.77 at a 10x head learning rate) on this budget, VeRA r=16 0.885-0.894
+            # over three seeds (bench/RESULTS.md, the paper's claims)
             assert version.metrics["test"]["accuracy"] >= 0.85
             events = client.job_events(job.id)
             assert sum(e.kind == "step" for e in events) == 189 and any(e.kind == "evaluate" for e in events)
