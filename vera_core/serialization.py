@@ -88,16 +88,26 @@ def read_rows(file: IO[bytes], key: str, block_bytes: int) -> Streamed:
     file.seek(0, 2)
     end = file.tell()
     file.seek(0)
-    (length,) = struct.unpack("<Q", file.read(8))
+    head = file.read(8)
+    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
     if not 0 < length <= min(end - 8, 100 << 20):
         raise ValueError(f"not a safetensors file: its header length {length:,} does not fit its {end:,} bytes")
-    entry = json.loads(file.read(length)).get(key)
+    try:
+        header = json.loads(file.read(length))
+    except ValueError as exc:
+        raise ValueError(f"not a safetensors file: its header is not JSON ({exc})") from exc
+    entry = header.get(key) if isinstance(header, dict) else None
     names = {name: dtype for dtype, name in _DTYPES.items()}
     if not isinstance(entry, dict) or entry.get("dtype") not in names:
         raise ValueError(f"the safetensors file has no tensor {key!r} of a known dtype")
-    dtype, shape, (start, stop) = names[entry["dtype"]], tuple(int(n) for n in entry["shape"]), entry["data_offsets"]
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and shape and all(type(n) is int and n >= 0 for n in shape)
+            and isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)):
+        raise ValueError(f"tensor {key!r} needs a shape of at least one dimension and two data offsets; got "
+                         f"{str(shape)[:100]} and {str(offsets)[:100]}")
+    dtype, shape, (start, stop) = names[entry["dtype"]], tuple(shape), offsets
     per_row = dtype.itemsize * math.prod(shape[1:])
-    if not shape or stop - start != per_row * shape[0] or not 0 <= 8 + length + start <= 8 + length + stop <= end:
+    if not (0 <= start <= stop and 8 + length + stop <= end and stop - start == per_row * shape[0]):
         raise ValueError(f"tensor {key!r}'s offsets {start}..{stop} do not fit its shape {shape} and the file")
     step = max(1, block_bytes // max(1, per_row))
 

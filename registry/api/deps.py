@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, Header, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Unauthorized
@@ -33,7 +33,7 @@ class ApiOptions(BaseModel):
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     costly_requests_per_minute: int = 120
     presigned_downloads_s: int = 0  # > 0: hash-addressed downloads redirect to presigned URLs valid this long
-    read_threads: int = 8  # threads that serve downloads and file lists (VERA_READ_THREADS)
+    read_threads: int = Field(default=8, ge=1)  # threads that serve downloads and file lists (VERA_READ_THREADS)
 
 
 def is_loopback(host: str) -> bool:
@@ -67,7 +67,8 @@ def _app_state(attribute: str) -> Callable[[Request], Awaitable[Any]]:
 async def _read_pool(request: Request) -> anyio.CapacityLimiter:
     """The threads of the hot reads (downloads, file lists): a pool of their own, ``read_threads`` wide, so that a
     burst of reads neither waits behind slow work in the default pool nor has 40 threads contend for the
-    interpreter. One per event loop (a limiter belongs to the loop that first uses it)."""
+    interpreter. One per event loop (a limiter belongs to the loop that first uses it; a server has one loop per
+    process, and an app driven from two loops at once, as test clients can, bounds each loop's reads apart)."""
     state, loop = request.app.state, asyncio.get_running_loop()
     held = getattr(state, "read_pool", None)
     if held is None or held[0] is not loop:

@@ -66,8 +66,8 @@ class FileForm:
         return ":".join(["lora", ",".join(o for o in options if o)]).rstrip(":")
 
 
-class NotBuilt(Exception):
-    """The form's files were never built (``DerivedFiles.manifest(..., build=False)``)."""
+class NotBuilt(NotFound):
+    """The form's files were never built (``DerivedFiles.manifest(..., build=False)``; the API builds them then)."""
 
 
 @dataclass(frozen=True)

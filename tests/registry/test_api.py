@@ -190,7 +190,7 @@ def test_a_file_list_gives_small_files_inline_and_its_digest_to_head(
     # the server writes the list's JSON itself (the inline text from its file cache): exactly pydantic's JSON
     assert plain.text == manifest.model_dump_json(exclude={"files": {"__all__": {"content"}}})
     assert partly.text == inlined.model_dump_json() and '"content":null' in partly.text
-    assert httpx.get(lists, params={"format": "lora", "inline": cut}).content == partly.content  # cached: the same
+    assert httpx.get(lists, params={"format": "lora", "inline": cut}).content == partly.content
     assert sorted(f.content is None for f in inlined.files) == [False, True]
     for entry in inlined.files:
         by_hash = httpx.get(url + entry.url).content
@@ -524,7 +524,9 @@ def serving(registry: Registry, read_threads: int) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
+        deadline = time.monotonic() + 30
         while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.02)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -552,7 +554,9 @@ class Slowed:
                 self.inside -= 1
 
     def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 30
         while self.inside < count:
+            assert time.monotonic() < deadline, f"{self.inside} calls under way, not {count}"
             time.sleep(0.01)
 
 
@@ -589,7 +593,7 @@ def test_a_form_being_built_holds_no_read_thread(registry: Registry, tmp_path: P
             built_before = httpx.get(url + lists, params={"seed_only": True}, timeout=30)
             assert built_before.status_code == 200 and slow.inside == 2  # the one read thread was free
             forms = {FileManifest.model_validate_json(b.result().content).form for b in builds}
-        assert forms == {"vera+projection", "lora"} and slow.most == 2
+        assert forms == {"vera+projection", "lora"}
 
 
 def test_vera_read_threads_sizes_the_read_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -604,3 +608,25 @@ def test_vera_read_threads_sizes_the_read_pool(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("VERA_READ_THREADS", "0")
     with pytest.raises(ValueError, match="read_threads"):
         Settings()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_form_that_keeps_vanishing_while_read_is_a_503_to_retry(registry: Registry, tmp_path: Path) -> None:
+    """Built, then gone again before it is read (an alias moved on, fsck forgot it), three times: 503 busy, not a
+    500 and not an endless loop."""
+    from registry.services.derived import NotBuilt
+
+    registry.publish(make_adapter(tmp_path / "a"), owner="pool", name="c", base_model="tiny-llama")
+    real, reads = registry.derived.manifest, []
+
+    def vanishing(ref: object, form: FileForm, *, build: bool = True) -> object:
+        if not build:
+            reads.append(ref)
+            raise NotBuilt(f"{ref} has no {form.key} files yet.")
+        return real(ref, form)  # type: ignore[arg-type]
+
+    registry.derived.manifest = vanishing  # type: ignore[method-assign,assignment]
+    with serving(registry, read_threads=2) as url:
+        answer = httpx.get(f"{url}/api/v1/adapters/pool/c/versions/latest/files", timeout=30)
+    assert answer.status_code == 503 and "changed while they were read; retry" in answer.json()["detail"]
+    assert len(reads) == 3

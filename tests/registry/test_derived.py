@@ -108,6 +108,35 @@ def test_a_file_by_hash_belongs_to_its_version(registry: Registry, ref: str, tmp
         registry.derived.file(ref, FileForm(lora=LoraExport()), "README.md")
 
 
+def test_a_form_not_built_yet_is_not_built_when_asked_not_to(registry: Registry, ref: str) -> None:
+    """The API's read threads ask with build=False and build elsewhere (routes/files.py); nothing is built then."""
+    from registry.services.derived import NotBuilt
+
+    builds = counting_builds(registry)
+    with pytest.raises(NotBuilt, match=r"kim/c:1 has no vera\+projection files yet"):
+        registry.derived.manifest(ref, FileForm(with_projection=True), build=False)
+    with pytest.raises(NotBuilt):
+        registry.derived.listing(ref, FileForm(with_projection=True), build=False)
+    assert builds() == 0
+    info, files = registry.derived.manifest(ref, FileForm(with_projection=True))
+    assert registry.derived.manifest(ref, FileForm(with_projection=True), build=False) == (info, files)
+    assert builds() == 1
+
+
+def test_inline_base64_is_kept_in_the_file_cache_by_hash(registry: Registry, ref: str) -> None:
+    """A file list's inline text is read from storage once, then from the file cache (the same hash, the same
+    text, even once the stored file is gone)."""
+    import base64
+
+    _, files = registry.derived.manifest(ref, FileForm())
+    config, pinned = files[0], Ref.parse(ref)
+    text = registry.derived.base64(pinned, config)
+    assert base64.b64decode(text) == read(registry, config.sha256)
+    assert registry.versions.cache.get(("base64", config.sha256)) is not None
+    registry.blobs.delete(config.sha256)
+    assert registry.derived.base64(pinned, config) == text  # not read again
+
+
 def test_a_lost_or_damaged_stored_file_is_built_again(registry: Registry, ref: str, tmp_path: Path) -> None:
     info, files = registry.derived.manifest(ref, FileForm())
     weights, pinned = files[1], Ref.parse(ref)

@@ -239,10 +239,6 @@ def test_a_projection_mismatch_message_names_the_ranks(monkeypatch: pytest.Monke
         distributed.check_projection(world, "0" * 64)
 
 
-if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
-
-
 def test_a_report_torn_by_a_kill_counts_as_a_rank_that_said_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -258,3 +254,7 @@ def test_a_report_torn_by_a_kill_counts_as_a_rank_that_said_nothing(
     assert "rank 0: RuntimeError: Connection closed by peer" in str(error)
     distributed.report_failure(VeraConfigError("bad settings"), World(1, 3))
     assert not distributed._failure(3, 1, tmp_path).lost  # a deliberate failure: running it again fails the same way
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

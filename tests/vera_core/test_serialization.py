@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import json
+import struct
 import subprocess
 import sys
 
@@ -87,3 +89,20 @@ def test_rows_of_a_file_that_does_not_fit_its_header_are_refused() -> None:
         read_rows(io.BytesIO(b"\xff" * 8 + data[8:]), "a", 64)
     with pytest.raises(ValueError, match=r"offsets 0\.\.64 do not fit its shape \(4, 4\) and the file"):
         read_rows(io.BytesIO(data[:-8]), "a", 16)  # cut short
+    with pytest.raises(ValueError, match="header length 0"):
+        read_rows(io.BytesIO(b"\x01\x00"), "a", 16)  # not even a header length
+
+    def with_header(header: object) -> io.BytesIO:
+        text = json.dumps(header).encode()
+        return io.BytesIO(struct.pack("<Q", len(text)) + text + bytes(64))
+
+    with pytest.raises(ValueError, match="no tensor 'a'"):
+        read_rows(with_header([1, 2]), "a", 16)  # JSON, not an object
+    with pytest.raises(ValueError, match=r"offsets -8\.\.8 do not fit"):  # would read the header as data
+        read_rows(with_header({"a": {"dtype": "F32", "shape": [4], "data_offsets": [-8, 8]}}), "a", 16)
+    with pytest.raises(ValueError, match="needs a shape of at least one dimension"):
+        read_rows(with_header({"a": {"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]}}), "a", 16)
+    with pytest.raises(ValueError, match="needs a shape of at least one dimension"):
+        read_rows(with_header({"a": {"dtype": "F32", "shape": [2]}}), "a", 16)
+    with pytest.raises(ValueError, match="header is not JSON"):
+        read_rows(io.BytesIO(struct.pack("<Q", 4) + b"\xff\xfe{]" + bytes(8)), "a", 16)

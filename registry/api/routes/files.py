@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import SMALL_FILE, file_response
-from registry.domain.errors import NotFound
+from registry.domain.errors import Busy, NotFound
 from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo, files_digest
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
 from registry.services.registry import Registry
@@ -70,14 +70,17 @@ async def _in(pool: anyio.CapacityLimiter, registry: Registry, ref: Ref, form: F
               work: Callable[..., _T], *args: object) -> _T:
     """``work(*args)`` in the hot reads' threads (deps.ReadPool): blocking work never runs on the event loop. A
     form nobody asked for yet (``form``; NotBuilt) is built in the general pool first, then read: a build may wait
-    up to 30 s for a projection slot, and a burst of them must not hold every read thread."""
-    try:
-        return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=pool)
-    except NotBuilt:
-        if form is None:
-            raise
-    await run_in_threadpool(registry.derived.manifest, ref, form)
-    return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=pool)
+    up to 30 s for a projection slot, and a burst of them must not hold every read thread. The read after the
+    build can find the form unbuilt again (an alias moved to a new version, `vera fsck --repair` forgot it):
+    built and read again, three times at most, then 503 (Busy: retry)."""
+    for _ in range(3):
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=pool)
+        except NotBuilt:
+            if form is None:
+                raise
+        await run_in_threadpool(registry.derived.manifest, ref, form)
+    raise Busy(f"The files of {ref} ({form.key if form else 'by hash'}) changed while they were read; retry.")
 
 
 def _entry(registry: Registry, info: VersionInfo, file: DerivedFile, inline: int) -> str:
@@ -92,8 +95,9 @@ def _entry(registry: Registry, info: VersionInfo, file: DerivedFile, inline: int
         return entry
     if file.size > inline:
         return f'{entry[:-1]},"content":null}}'
+    content = registry.derived.base64(info.pinned, file)
     _count(registry, info.pinned, file)
-    return f'{entry[:-1]},"content":"{registry.derived.base64(info.pinned, file)}"}}'
+    return f'{entry[:-1]},"content":"{content}"}}'
 
 
 def _list_headers(pinned: Ref, files: list[DerivedFile]) -> dict[str, str]:
