@@ -25,6 +25,7 @@ _DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+_DTYPE_OF = {name: dtype for dtype, name in _DTYPES.items()}  # a header's dtype name: the torch dtype
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,14 @@ def read_rows(file: IO[bytes], key: str, block_bytes: int) -> Streamed:
     except ValueError as exc:
         raise ValueError(f"not a safetensors file: its header is not JSON ({exc})") from exc
     entry = header.get(key) if isinstance(header, dict) else None
-    names = {name: dtype for dtype, name in _DTYPES.items()}
-    if not isinstance(entry, dict) or entry.get("dtype") not in names:
+    if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPE_OF:
         raise ValueError(f"the safetensors file has no tensor {key!r} of a known dtype")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
     if not (isinstance(shape, list) and shape and all(type(n) is int and n >= 0 for n in shape)
             and isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)):
         raise ValueError(f"tensor {key!r} needs a shape of at least one dimension and two data offsets; got "
                          f"{str(shape)[:100]} and {str(offsets)[:100]}")
-    dtype, shape, (start, stop) = names[entry["dtype"]], tuple(shape), offsets
+    dtype, shape, (start, stop) = _DTYPE_OF[entry["dtype"]], tuple(shape), offsets
     per_row = dtype.itemsize * math.prod(shape[1:])
     if not (0 <= start <= stop and 8 + length + stop <= end and stop - start == per_row * shape[0]):
         raise ValueError(f"tensor {key!r}'s offsets {start}..{stop} do not fit its shape {shape} and the file")
