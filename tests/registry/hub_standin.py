@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from tests.registry.servers import free_port
+from tests.registry.servers import in_thread
 
 
 def git_oid(data: bytes) -> str:
@@ -257,18 +256,6 @@ class HubStandIn:
 def running_hub() -> Iterator[HubStandIn]:
     """Serve a fresh stand-in on a free loopback port (uvicorn in a thread) for the duration of the block."""
     hub = HubStandIn()
-    port = free_port()
-    hub.url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(hub.app(), host="127.0.0.1", port=port, log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the Hub stand-in did not start")
-        time.sleep(0.05)
-    try:
+    with in_thread(hub.app(), "the Hub stand-in") as url:
+        hub.url = url
         yield hub
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

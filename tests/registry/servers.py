@@ -1,4 +1,5 @@
-"""Real registry servers for tests: `vera serve` in a subprocess on a free loopback port."""
+"""Real registry servers for tests: `vera serve` in a subprocess on a free loopback port, or an app served by uvicorn
+in a thread of the test process (in_thread)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +31,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def in_thread(app: Any, what: str = "the app") -> Iterator[str]:
+    """Serve ``app`` (ASGI) with uvicorn in a thread of this process on a free loopback port for the duration of
+    the block (so that a test can reach into its services); yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def free_ports(count: int) -> int:

@@ -28,7 +28,7 @@ from registry.services.tokens import Forbidden, Unauthorized, create_token, revo
 from registry.settings import Settings
 from registry.store.database import Database
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
-from tests.registry.servers import free_port, running_server
+from tests.registry.servers import free_port, in_thread, running_server
 from tests.registry.test_cli import vera
 from vera_core import PEFT_GENERATOR, export_lora, load_adapter, read_adapter, save_adapter
 from vera_core.keys import PROJECTION_KEYS
@@ -511,27 +511,11 @@ def test_settings_pass_to_worker_processes_as_environment_variables(monkeypatch:
     assert rebuilt.hub_token is not None and rebuilt.hub_token.get_secret_value() == "hf_secret"
 
 
-@contextlib.contextmanager
-def serving(registry: Registry, read_threads: int) -> Iterator[str]:
-    """The API over ``registry`` in a uvicorn server in this process (so that the test can slow its services)."""
-    import uvicorn
-
+def serving(registry: Registry, read_threads: int) -> contextlib.AbstractContextManager[str]:
+    """The API over ``registry`` served in this process (so that the test can slow its services)."""
     from registry.api import ApiOptions, create_app
 
-    app = create_app(registry, ApiOptions(require_tokens=False, read_threads=read_threads))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return in_thread(create_app(registry, ApiOptions(require_tokens=False, read_threads=read_threads)))
 
 
 class Slowed:
