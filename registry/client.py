@@ -438,10 +438,12 @@ class RegistryClient:
         return params
 
     def download(self, ref: str | Ref, filename: str, *, with_projection: bool = False, seed_only: bool = False,
-                 as_lora: bool = False, lora: dict[str, Any] | None = None) -> bytes:
-        """One file's bytes, in memory (``fetch`` streams to disk and caches)."""
+                 as_lora: bool = False, lora: dict[str, Any] | None = None, inspect: bool = False) -> bytes:
+        """One file's bytes, in memory (``fetch`` streams to disk and caches). ``inspect``: the bytes are read to
+        be shown, not used (a dashboard's analysis): the registry does not count it as a download."""
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
-        return self._request("GET", f"{self._path(ref)}/files/{filename}", params=params).content
+        headers = {"X-Vera-Purpose": "inspect"} if inspect else None
+        return self._request("GET", f"{self._path(ref)}/files/{filename}", params=params, headers=headers).content
 
     @staticmethod
     def _adapter_path(adapter: str) -> str:

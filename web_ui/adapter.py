@@ -107,7 +107,7 @@ def header(info: VersionInfo) -> None:
                    "of d and b; `vera ls` counts d and b only).")
 
 
-VERSION_LINK = st.column_config.LinkColumn(display_text=r"adapter\?ref=[^:]*:(\d+)", help="Open this version")
+VERSION_LINK = st.column_config.LinkColumn(display_text=r"adapter\?ref=[^:&]*:(\d+)", help="Open this version")
 
 
 def versions_query(info: VersionInfo) -> dict[str, Any]:

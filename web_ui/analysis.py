@@ -13,9 +13,10 @@ from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 
 
 def tensors(client: RegistryClient, ref: str, *, seed_reproducible: bool) -> dict[str, np.ndarray]:
-    """The version's tensors (vectors and heads; A and B too when they are stored, not seed-reproducible)."""
+    """The version's tensors (vectors and heads; A and B too when they are stored, not seed-reproducible), read to
+    be shown: not counted as a download."""
     return load(client.download(ref, "adapter_model.safetensors", with_projection=not seed_reproducible,
-                                seed_only=seed_reproducible))
+                                seed_only=seed_reproducible, inspect=True))
 
 
 def layer_magnitudes(found: dict[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from streamlit.delta_generator import DeltaGenerator
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import WhoAmI
-from web_ui import activity, adapter, browse, compare, session, train, webhooks
+from web_ui import activity, adapter, browse, compare, navigation, session, train, webhooks
 
 
 def identity(who: WhoAmI) -> str:
@@ -40,6 +40,7 @@ def sidebar() -> DeltaGenerator:
     """The registry's URL and token, and Refresh; returns the place of the line saying who you are, filled after
     the page has drawn (its request, started ahead, must not hold the page up)."""
     url, token = session.settings()
+    navigation.keep_registry()
     with st.sidebar:
         st.markdown("**Registry**")
         new_url = st.text_input("URL", value=url)

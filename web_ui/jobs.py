@@ -76,7 +76,7 @@ def table(jobs: list[JobInfo]) -> None:
     """Every job (the newest TABLE_ROWS), each linked to its own view (``?job=``)."""
     for ref in {j.result_ref for j in jobs[:TABLE_ROWS] if j.result_ref}:  # final_metrics reads them: side by side
         session.prefetch(RegistryClient.get, ref)
-    rows = [{"job": f"train?job={j.id}", "publishes": j.target_name, "status": status(j),
+    rows = [{"job": navigation.job_link(j.id), "publishes": j.target_name, "status": status(j),
              "submitted": j.created_at, "duration": duration(j), **final_metrics(j),
              "result": navigation.version_link(j.result_ref) if j.result_ref else None} for j in jobs[:TABLE_ROWS]]
     tables.show(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table", column_config={
@@ -84,7 +84,7 @@ def table(jobs: list[JobInfo]) -> None:
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
         "eval loss": st.column_config.NumberColumn(format="%.4f", help="the last evaluation's loss"),
-        "result": st.column_config.LinkColumn(display_text=r"adapter\?ref=(.*)", help="Open the published version"),
+        "result": st.column_config.LinkColumn(display_text=r"adapter\?ref=([^&]*)", help="Open the published version"),
     })
     if len(jobs) > TABLE_ROWS:
         st.caption(f"The newest {TABLE_ROWS} of {len(jobs):,} jobs; `vera job list` shows them all.")

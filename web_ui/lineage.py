@@ -76,7 +76,8 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
     code revision, Hub repo and commit; keys it does not know are listed as they are."""
     items = [item] if (item := _parent(lineage)) is not None else []
     if "job_id" in lineage:
-        items.append(views.Item(None, "Training job", f"[job {lineage['job_id']}](train?job={lineage['job_id']})"))
+        job = lineage["job_id"]
+        items.append(views.Item(None, "Training job", f"[job {job}]({navigation.job_link(job)})"))
     if "dataset_sha256" in lineage:
         size = lineage.get("dataset_bytes")
         items.append(views.Item(None, "Dataset", f"SHA-256 `{lineage['dataset_sha256']}`"

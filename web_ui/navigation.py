@@ -13,6 +13,9 @@ from typing import Any
 from urllib.parse import quote
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from web_ui import session
 
 
 def _marker(key: str) -> str:
@@ -60,11 +63,39 @@ def split_refs(text: str) -> list[str]:
 
 #: How the Adapter page's address of a version starts, relative to the dashboard's root.
 ADAPTER_PAGE = "adapter?ref="
+#: The query parameter naming the registry a view is of, when it is not the dashboard's default registry.
+REGISTRY = "registry"
+
+
+def carried() -> dict[str, str]:
+    """The query parameters every address of this session carries: the registry (``?registry=``) when the sidebar
+    points at another one than the dashboard's default, so that a link opened in a new tab, a reload or a bookmark
+    shows the same registry's data (a new tab is a new session). Never the token: it stays in this session. Nothing
+    outside a page's run (no session to ask)."""
+    if get_script_run_ctx() is None:
+        return {}
+    url = session.settings()[0]
+    return {REGISTRY: url} if url != session.default_url() else {}
+
+
+def _suffix() -> str:
+    return "".join(f"&{name}={quote(value, safe='/:')}" for name, value in carried().items())
 
 
 def version_link(ref: str) -> str:
     """The Adapter page's address for ``ref``, relative to the dashboard's root (a link in a table)."""
-    return ADAPTER_PAGE + quote(ref, safe="/:@")
+    return ADAPTER_PAGE + quote(ref, safe="/:@") + _suffix()
+
+
+def job_link(job_id: int) -> str:
+    """The Train page's address following job ``job_id``, relative to the dashboard's root."""
+    return f"train?job={job_id}" + _suffix()
+
+
+def keep_registry() -> None:
+    """Write this session's registry to the URL (``?registry=``; none for the default): once per run, so that the
+    address stays shareable after the menu switched pages (which drops query parameters)."""
+    set_param(REGISTRY, carried().get(REGISTRY, ""))
 
 
 def version_column(width: int) -> Any:
@@ -75,14 +106,14 @@ def version_column(width: int) -> Any:
 
 def open_version(ref: str) -> None:
     """Go to the Adapter page showing ``ref`` (its URL says so)."""
-    st.switch_page(st.session_state["pages"]["adapter"], query_params={"ref": ref})
+    st.switch_page(st.session_state["pages"]["adapter"], query_params={"ref": ref, **carried()})
 
 
 def open_compare(refs: list[str]) -> None:
     """Go to the Compare page showing ``refs`` (``?refs=a,b``)."""
-    st.switch_page(st.session_state["pages"]["compare"], query_params={"refs": join_refs(refs)})
+    st.switch_page(st.session_state["pages"]["compare"], query_params={"refs": join_refs(refs), **carried()})
 
 
 def open_job(job_id: int) -> None:
     """Go to the Train page following job ``job_id``."""
-    st.switch_page(st.session_state["pages"]["train"], query_params={"job": str(job_id)})
+    st.switch_page(st.session_state["pages"]["train"], query_params={"job": str(job_id), **carried()})

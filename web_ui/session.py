@@ -20,11 +20,21 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+def default_url() -> str:
+    """The registry a new session shows: VERA_REGISTRY_URL, else the local default."""
+    return (os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
+
+
 def settings() -> tuple[str, str]:
-    """(registry URL, token) of this browser session; defaults from VERA_REGISTRY_URL and VERA_TOKEN."""
+    """(registry URL, token) of this browser session. A new session takes the registry its address names
+    (``?registry=``, written by links of a session pointed at another registry: web_ui.navigation), else
+    default_url(); its token is VERA_TOKEN only for the default registry: a link naming another registry must not
+    make the dashboard send that token elsewhere (paste one in the sidebar)."""
     state = st.session_state
-    state.setdefault("registry_url", os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL)
-    state.setdefault("token", os.environ.get("VERA_TOKEN", ""))
+    if "registry_url" not in state:
+        state["registry_url"] = (st.query_params.get("registry") or default_url()).rstrip("/")
+    if "token" not in state:
+        state["token"] = os.environ.get("VERA_TOKEN", "") if state["registry_url"] == default_url() else ""
     return state["registry_url"], state["token"]
 
 

@@ -22,9 +22,9 @@ from web_ui import formats, navigation
 
 def link_text(value: str) -> str:
     """What a link cell names: the reference of an Adapter page's address (``adapter?ref=alice/x:1`` ->
-    'alice/x:1'), any other text as it is."""
+    'alice/x:1', without the parameters it carries), any other text as it is."""
     page = navigation.ADAPTER_PAGE
-    return unquote(value.removeprefix(page)) if value.startswith(page) else value
+    return unquote(value.removeprefix(page).split("&", 1)[0]) if value.startswith(page) else value
 
 
 def link_label(value: str, width: int) -> str:

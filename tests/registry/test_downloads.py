@@ -115,12 +115,19 @@ def test_downloads_through_a_server_appear_after_the_flush(tmp_path: Path) -> No
         listing = f"{base}/api/v1/adapters/ann/a/versions/1/files"
         assert httpx.head(listing).status_code == 200  # a cache's check: not a download
         assert httpx.get(listing, params={"inline": 1 << 20}).json()["files"][1]["content"]  # the weights: 5th
+        # read to be shown (the dashboard's Layers tab), by name or by hash: not a download
+        assert client.download(info.ref, WEIGHTS, inspect=True) == client.download(info.ref, WEIGHTS)  # 6th
+        by_hash = httpx.get(listing).json()["files"][1]["url"]
+        assert httpx.get(base + by_hash, headers={"X-Vera-Purpose": "inspect"}).status_code == 200
+        refused = httpx.get(base + by_hash, headers={"X-Vera-Purpose": "browse"})
+        assert refused.status_code == 422 and "inspect" in refused.text  # says what it expected
         deadline = time.monotonic() + 20
-        while client.get(info.ref).downloads < 5 and time.monotonic() < deadline:
+        while client.get(info.ref).downloads < 6 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert client.get(info.ref).downloads == 5
-        assert [v.downloads for v in client.list_versions(owner="ann").items] == [5]
-        assert httpx.get(f"{base}/hf/api/models/ann/a").json()["downloads"] == 5
+        time.sleep(0.5)  # two more flush intervals: an inspection counted by mistake would show now
+        assert client.get(info.ref).downloads == 6
+        assert [v.downloads for v in client.list_versions(owner="ann").items] == [6]
+        assert httpx.get(f"{base}/hf/api/models/ann/a").json()["downloads"] == 6
 
 
 def test_two_server_processes_on_one_database_add_up_at_shutdown(database_url: str, tmp_path: Path) -> None:

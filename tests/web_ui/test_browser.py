@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
@@ -207,10 +207,40 @@ def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, produ
         assert scrolled == 0, "the commands are cut off at 1,400 px (the block scrolls sideways)"
         shot(page, "16-empty-registry")
         page.get_by_role("button", name="Train the demo adapter").click()
-        expect(page).to_have_url(address("/train", job="1"))
+        expect(page).to_have_url(address("/train", job="1", registry=empty))  # the registry shown, in the URL
         expect(page.get_by_role("combobox", name="Job")).to_have_value(re.compile(r"^job 1: demo/polarity "))
         expect(header_metric(page, "Status")).to_contain_text("queued")  # queued there; no worker runs it
         shot(page, "17-demo-job-queued")
+
+
+def test_a_link_opened_in_a_new_tab_shows_the_same_registry(page: Page, product: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    """A name's link opens a new tab, which is a new session: its address carries the registry the sidebar points
+    at (not the token), so the new tab shows that registry's version, not a same-named one of the default."""
+    with running_server(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "blobs") as other:
+        with RegistryClient(other) as client:
+            client.publish(make_adapter(tmp_path / "only", seed=5), "zed/only", base_model="tiny-llama")
+        page.goto(product["ui"])
+        url = page.get_by_role("textbox", name="URL", exact=True)
+        url.fill(other)
+        url.press("Enter")
+        expect(page).to_have_url(re.compile(re.escape(f"registry={quote(other, safe='')}") + "$"))
+        grid = page.get_by_test_id("stDataFrame").first
+        expect(grid).to_be_visible()
+        box = grid.bounding_box()
+        assert box is not None
+        link = (box["x"] + 70, box["y"] + 35 + 35 // 2)  # the first row's name
+        page.mouse.move(*link)  # the grid opens a link only when it was hovered first
+        page.wait_for_timeout(300)
+        with page.expect_popup() as opened:
+            page.mouse.click(*link)
+        tab = opened.value
+        expect(tab.get_by_role("heading", name="zed/only:1")).to_be_visible()
+        expect(tab.get_by_role("textbox", name="URL", exact=True)).to_have_value(other)
+        shot(tab, "18-link-in-a-new-tab-keeps-the-registry")
+        tab.reload()  # and so does a reload or a bookmark
+        expect(tab.get_by_role("heading", name="zed/only:1")).to_be_visible()
+        tab.close()
 
 
 def use_product_registry(page: Page, product: dict[str, str]) -> None:

@@ -24,7 +24,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, running_server, running_vera
-from web_ui import browse, session
+from web_ui import browse, session, tables
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 
@@ -364,6 +364,35 @@ def test_the_router_runs_the_browse_page_by_default(registry: dict[str, Any], mo
     at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
     assert at.title[0].value == "Adapters"
+
+
+def test_a_session_on_another_registry_carries_it_in_links_and_a_linked_session_opens_it_without_the_token(
+        registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links open new tabs, which are new sessions: a session pointed at another registry than the dashboard's
+    default writes it into its address and links (``registry=``), and a session opened from such an address shows
+    that registry, without VERA_TOKEN (which is the default registry's: a link must not make the dashboard send it
+    elsewhere)."""
+    monkeypatch.setenv("VERA_REGISTRY_URL", "http://127.0.0.1:9")  # the dashboard's default: another registry
+    monkeypatch.setenv("VERA_TOKEN", registry["token"])
+    elsewhere = page("browse", registry)
+    assert not elsewhere.exception
+    carried = f"&registry={registry['url']}"
+    assert list(elsewhere.dataframe[0].value["version"])[0] == f"adapter?ref=alice/model2:1{carried}"
+    assert tables.link_text(f"adapter?ref=alice/model2:1{carried}") == "alice/model2:1"
+
+    app = Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"
+    linked = AppTest.from_file(str(app), default_timeout=60)
+    linked.query_params.update({"registry": registry["url"]})
+    linked.run()
+    assert not linked.exception
+    assert linked.session_state["registry_url"] == registry["url"] and linked.session_state["token"] == ""
+    assert "This registry requires a token" in texts(linked)  # VERA_TOKEN was not sent to it
+    assert linked.query_params["registry"] == registry["url"]  # kept in the address
+
+    monkeypatch.setenv("VERA_REGISTRY_URL", registry["url"])  # the default registry gets the default token
+    default = AppTest.from_file(str(app), default_timeout=60).run()
+    assert not default.exception and default.title[0].value == "Adapters"
+    assert "registry" not in default.query_params
 
 
 def test_vera_ui_serves_the_dashboard_for_a_given_registry(registry: dict[str, Any]) -> None:

@@ -52,6 +52,10 @@ Format = Annotated[Literal["vera", "lora"], Query(description="lora: the equival
 MaxRank = Annotated[int | None, Query(ge=1, le=MAX_RANK, description="lora: at most this rank per layer (the best "
                                       "approximation; errors per layer in README.md)")]
 Dtype = Annotated[Literal["float32", "bfloat16", "float16"], Query(description="lora: the tensors' dtype")]
+#: A request that reads a version's weights to show them (the dashboard's Layers tab) says so, and is not counted.
+Purpose = Annotated[Literal["download", "inspect"], Header(
+    alias="X-Vera-Purpose", description="inspect: the weights are read to be shown (the dashboard's analysis), not "
+    "downloaded; such a request is not counted in the version's downloads")]
 Engine = Annotated[Literal["vllm"] | None, Query(alias="for", description="lora: snap the rank down to one this "
                                                  "serving engine accepts")]
 
@@ -153,21 +157,24 @@ async def download(
     _: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str, selector: str, filename: str,
     projection: Projection = False, seed_only: SeedOnly = False, format: Format = "vera", max_rank: MaxRank = None,
     dtype: Dtype = "float32", engine: Engine = None, if_none_match: Annotated[str | None, Header()] = None,
+    purpose: Purpose = "download",
 ) -> Response:
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
     form = form_of(projection, seed_only, format, max_rank, dtype, engine)
     ref = ref_of(owner, name, selector)
-    return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match)
+    return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match,
+                     purpose == "download")
 
 
-def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None) -> Response:
+def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None,
+              counted: bool) -> Response:
     info, files = registry.derived.manifest(ref, form, build=False)
     file = named(info, form, files, filename)
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
     if form.lora is not None and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
         headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
-    return _send(registry, info.pinned, file, headers, if_none_match)
+    return _send(registry, info.pinned, file, headers, if_none_match, counted)
 
 
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
@@ -176,22 +183,25 @@ def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_no
 async def blob(
     _: Reader, registry: RegistryDep, options: Options, pool: ReadPool, owner: str, name: str,
     version: Annotated[int, Path(ge=1, le=999_999_999)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None, purpose: Purpose = "download",
 ) -> Response:
     """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same
     bytes, so it may be cached for good."""
     ref = Ref.of(owner, name, version=version)
-    return await _in(pool, registry, ref, None, _blob, registry, options, ref, sha256, if_none_match)
+    return await _in(pool, registry, ref, None, _blob, registry, options, ref, sha256, if_none_match,
+                     purpose == "download")
 
 
-def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_none_match: str | None) -> Response:
+def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_none_match: str | None,
+          counted: bool) -> Response:
     file = registry.derived.by_digest(ref, sha256)
     headers = {"Cache-Control": "private, max-age=31536000, immutable"}
     if options.presigned_downloads_s and (if_none_match is None) and (
             url := registry.blobs.presigned_url(file.sha256, options.presigned_downloads_s)):
-        _count(registry, ref, file)
+        if counted:
+            _count(registry, ref, file)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store", "X-Vera-Version": str(ref)})
-    return _send(registry, ref, file, headers, if_none_match)
+    return _send(registry, ref, file, headers, if_none_match, counted)
 
 
 def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
@@ -200,13 +210,14 @@ def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
 
 
 def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, str],
-          if_none_match: str | None) -> Response:
+          if_none_match: str | None, counted: bool) -> Response:
     """The stored file (or 304 if the caller holds it): a checked local file, or streamed from storage in chunks."""
     etag = f'"{file.sha256}"'
     headers = {**headers, "ETag": etag, "X-Vera-Version": str(ref),
                "Content-Disposition": f'attachment; filename="{file.filename}"'}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-    _count(registry, ref, file)
+    if counted:
+        _count(registry, ref, file)
     media = next((t for suffix, t in MEDIA_TYPES.items() if file.filename.endswith(suffix)), "application/octet-stream")
     return file_response(registry.derived.source(ref, file), file.size, media, headers)
