@@ -100,8 +100,18 @@ def _raise_for(response: httpx.Response) -> NoReturn:
         body = response.json()
         detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
     except (json.JSONDecodeError, AttributeError):
-        detail, code = response.text or response.reason_phrase, ""
+        detail, code = _not_a_problem(response), ""
     raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
+
+
+def _not_a_problem(response: httpx.Response) -> str:
+    """An error answer that is not the registry's problem document (a proxy's, another server's): its status and a
+    line of its text; an HTML page is named, not quoted."""
+    status = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    text = " ".join(response.text.split())
+    if text.startswith("<") or response.headers.get("content-type", "").startswith("text/html"):
+        return f"{status} (an HTML page, not the registry's answer)"
+    return f"{status}: {text[:300]}" if text else status
 
 
 class _Counted:

@@ -4,7 +4,6 @@ storage, the per-layer d/b heatmap, verification, Hub push/pull, downloads and e
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -100,7 +99,7 @@ def header(info: VersionInfo) -> None:
                    help="The d and b vectors of every adapted layer: what `vera ls` counts.")
     cols[2].metric("Stored", formats.size(info.stored_bytes), help=f"{info.stored_bytes:,} bytes")
     cols[3].metric("Verification", info.verification_status)
-    cols[4].metric("Base model", info.base_model)
+    cols[4].metric("Base model", info.base_model, help=f"`{info.base_model}`")  # whole, when the column cuts it
     if info.trainable_parameters != info.adapter_parameters:
         st.caption(f"{formats.count(info.trainable_parameters)} trainable with the task head "
                    f"({formats.count(info.trainable_parameters - info.adapter_parameters)} head parameters on top "
@@ -122,8 +121,8 @@ def versions(info: VersionInfo) -> None:
                                "published by": v.published_by} for v in page.items]),
                 hide_index=True, width="stretch", column_config={
                     "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
-    st.markdown("**Projection**")
-    views.fields({"generator": info.generator, "seed": str(info.seed), "r": info.r,
+    st.markdown("**Base model and projection**")
+    views.fields({"base model": info.base_model, "generator": info.generator, "seed": str(info.seed), "r": info.r,
             "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,
             "target modules": info.target_modules or "(the model's defaults)"})
 
@@ -131,7 +130,7 @@ def versions(info: VersionInfo) -> None:
 def metrics(info: VersionInfo) -> None:
     rows = formats.metric_rows(info.metrics)
     if rows:
-        tables.show(pd.DataFrame(rows), hide_index=True, width="content")
+        tables.show(pd.DataFrame(rows), hide_index=True, width="content", whole=True)
     else:
         st.caption("No metrics were recorded with this version.")
     chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []},
@@ -166,7 +165,18 @@ def layers(info: VersionInfo) -> None:
     chart = charts.magnitude_heatmap(rows)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
-    tables.show(pd.DataFrame(rows), hide_index=True, width="stretch")
+    tables.show(layer_table(rows), hide_index=True, width="stretch", numbers=LAYER_COLUMNS.values())
+
+
+#: The Layers table's columns: analysis.layer_magnitudes' keys, as people read them.
+LAYER_COLUMNS = {"d_mean_abs": "mean |d|", "b_mean_abs": "mean |b|", "d_norm": "‖d‖", "b_norm": "‖b‖"}
+
+
+def layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The per-layer magnitudes in model order (as the grids above), each layer's block and module in columns of
+    their own."""
+    frame, _, _ = charts.grid_frame(rows)
+    return frame.rename(columns={"depth": "block", **LAYER_COLUMNS})[["block", "module", *LAYER_COLUMNS.values()]]
 
 
 def run_verify(ref: str) -> None:
@@ -265,8 +275,9 @@ def downloads(info: VersionInfo) -> None:
                            key=f"dl-{name}", on_click="ignore", icon=":material/download:")
     flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
     st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")
-    st.caption("Load it: `vera_core.load_adapter(base, folder)` or `PeftModel.from_pretrained(base, folder)`; "
-               + json.dumps(info.target_modules))
+    adapted = ", ".join(f"`{m}`" for m in info.target_modules) if info.target_modules else "the model's defaults"
+    st.caption(f"Load it onto `{info.base_model}`: `vera_core.load_adapter(base, folder)` or "
+               f"`PeftModel.from_pretrained(base, folder)`. It adapts {adapted}.")
 
 
 #: The tab that is open (st.session_state), and what each tab but the model card shows, in order.

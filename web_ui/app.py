@@ -43,10 +43,14 @@ def sidebar() -> DeltaGenerator:
     navigation.keep_registry()
     with st.sidebar:
         st.markdown("**Registry**")
-        new_url = st.text_input("URL", value=url)
-        new_token = st.text_input("Token", value=token, type="password",
+        # keyed boxes set through session state (never value=): a box whose value= changes is a new widget, drawn
+        # beside the old one until the run ends
+        st.session_state.setdefault("sidebar_url", url)
+        st.session_state.setdefault("sidebar_token", token)
+        new_url = st.text_input("URL", key="sidebar_url")
+        new_token = st.text_input("Token", key="sidebar_token", type="password",
                                   help="Needed when the registry requires tokens; kept in this browser session only.")
-        if (new_url, new_token) != (url, token):
+        if (new_url.rstrip("/"), new_token) != (url, token):
             st.session_state["registry_url"], st.session_state["token"] = new_url.rstrip("/"), new_token
             st.cache_data.clear()
             st.session_state["browse_cursors"] = [None]

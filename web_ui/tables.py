@@ -45,25 +45,48 @@ def size_text(value: float) -> str:
     return formats.size(int(value))
 
 
-def formatters(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str]) -> dict[str, Callable[[Any], str]]:
-    """The display value of each cell of ``frame``'s size and cut link columns, by column."""
+def number_text(value: float) -> str:
+    """A number cell: formats.number's four significant digits, with separators."""
+    return formats.number(float(value))
+
+
+def formatters(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str],
+               numbers: Iterable[str] = ()) -> dict[str, Callable[[Any], str]]:
+    """The display value of each cell of ``frame``'s size, number and cut link columns, by column."""
     shown: dict[str, Callable[[Any], str]] = {name: size_text for name in sizes if name in frame.columns}
+    shown |= {name: number_text for name in numbers if name in frame.columns}
     return shown | {name: functools.partial(link_label, width=width) for name, width in cut_links(columns).items()
                     if name in frame.columns}
 
 
-def styled(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str] = ()) -> pd.DataFrame | Any:
-    """``frame`` as st.dataframe is given it: with its sizes and cut link labels as display values (a Styler),
-    or as it is when it has neither."""
-    shown = formatters(frame, columns, sizes)
+def styled(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str] = (),
+           numbers: Iterable[str] = ()) -> pd.DataFrame | Any:
+    """``frame`` as st.dataframe is given it: with its sizes, numbers and cut link labels as display values (a
+    Styler), or as it is when it has none of them."""
+    shown = formatters(frame, columns, sizes, numbers)
     return frame.style.format(shown, na_rep=formats.MISSING) if shown else frame
 
 
 def show(frame: pd.DataFrame, *, column_config: dict[str, Any] | None = None, sizes: Iterable[str] = (),
-         **options: Any) -> Any:
+         numbers: Iterable[str] = (), whole: bool = False, **options: Any) -> Any:
     """st.dataframe of ``frame`` as every table of the dashboard shows it: missing values as '—', the columns
-    ``sizes`` (bytes) in KB/MB, links in a column of fixed px cut with '…'; ``options`` are st.dataframe's (the
-    selection it returns when ``on_select`` is given)."""
+    ``sizes`` (bytes) in KB/MB and ``numbers`` to four significant digits (display values: a click on the header
+    still sorts by value), links in a column of fixed px cut with '…'; ``whole``: tall enough for every row (up
+    to MAX_WHOLE_ROWS), where Streamlit's default height shows about ten and scrolls the rest; ``options`` are
+    st.dataframe's (the selection it returns when ``on_select`` is given)."""
     columns = column_config or {}
-    return st.dataframe(styled(frame, columns, sizes), column_config=columns or None, placeholder=formats.MISSING,
-                        **options)
+    if whole:
+        options.setdefault("height", whole_height(len(frame)))
+    return st.dataframe(styled(frame, columns, sizes, numbers), column_config=columns or None,
+                        placeholder=formats.MISSING, **options)
+
+
+#: The most rows a ``whole`` table shows without scrolling.
+MAX_WHOLE_ROWS = 40
+#: Streamlit's grid: 35 px a row (and the header), plus its 2 px border.
+ROW_PX = 35
+
+
+def whole_height(rows: int) -> int:
+    """The px height of a table showing ``rows`` rows (at most MAX_WHOLE_ROWS) and its header, nothing cut."""
+    return ROW_PX * (min(rows, MAX_WHOLE_ROWS) + 1) + 3

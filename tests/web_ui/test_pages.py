@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 import streamlit as st
+from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
@@ -24,7 +26,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, running_server, running_vera
-from web_ui import browse, session, tables
+from web_ui import browse, formats, session, tables
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 
@@ -62,6 +64,14 @@ def page(name: str, registry: dict[str, Any], query: dict[str, str] | None = Non
     for key, value in state.items():
         at.session_state[key] = value
     return at.run()
+
+
+def shown(element: Any) -> pd.DataFrame:
+    """What the browser draws in a table's cells where the dashboard sets it (its display values); empty when the
+    table has none (each cell then shows its value)."""
+    styler = element.proto.arrow_data.styler
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(styler.display_values) if styler.display_values \
+        else pd.DataFrame()
 
 
 def texts(at: AppTest) -> str:
@@ -152,11 +162,18 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert {m.label: m.value for m in at.metric}["Rank"] == "8"
     assert "Published directly" in texts(tab(at, "Lineage"))
     assert "Never pushed to or pulled from the HuggingFace Hub" in texts(tab(at, "Hub"))
-    layers = next(d.value for d in tab(at, "Layers").dataframe if "d_mean_abs" in d.value.columns)
-    assert len(layers) == 14 and (layers["d_mean_abs"] > 0).all()
-    shown = texts(tab(at, "Metrics"))
-    assert "**Projection A and B**: regenerated from the seed (0 bytes stored)" in shown  # storage as a checklist
-    assert "**Task head**:" in shown  # model0 trains lm_head too
+    table = next(d for d in tab(at, "Layers").dataframe if "mean |d|" in d.value.columns)
+    layers = table.value
+    assert list(layers.columns) == ["block", "module", "mean |d|", "mean |b|", "‖d‖", "‖b‖"]
+    assert list(layers["block"]) == ["0"] * 7 + ["1"] * 7 and (layers["mean |d|"] > 0).all()  # model order
+    assert list(layers["module"])[:7] == list(layers["module"])[7:]  # each block's modules, in one order
+    drawn = shown(table)  # four significant digits, the values themselves kept for sorting
+    assert list(drawn["mean |d|"]) == [formats.number(float(v)) for v in layers["mean |d|"]]
+    assert layers.dtypes["mean |d|"].kind == "f"
+    assert [m.help for m in at.metric if m.label == "Base model"] == ["`tiny-llama`"]  # whole, where it is cut
+    shown_text = texts(tab(at, "Metrics"))
+    assert "**Projection A and B**: regenerated from the seed (0 bytes stored)" in shown_text  # as a checklist
+    assert "**Task head**:" in shown_text  # model0 trains lm_head too
     metrics = next(d.value for d in at.dataframe if list(d.value.columns) == ["metric", "value"])
     assert dict(zip(metrics["metric"], metrics["value"], strict=True)) == {"test.accuracy": "0.8000",
                                                                            "final_eval.loss": "0.5000"}
@@ -174,7 +191,8 @@ def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeyp
     and no download of the tensors (the Metrics and Layers tabs' summary) until one of those tabs is opened."""
     downloads = counted(monkeypatch, "download")
     at = page("adapter", registry, query={"ref": "alice/model0:1"})
-    assert not at.exception and at.tabs[0].label == "Versions and config" and "**Projection**" in texts(at)
+    assert not at.exception and at.tabs[0].label == "Versions and config"
+    assert "**Base model and projection**" in texts(at)
     versions = next(d for d in at.dataframe if "published by" in d.value.columns)
     assert json.loads(versions.proto.columns)["created"]["type_config"]["format"] == "YYYY-MM-DD HH:mm"  # readable
     assert not at.get("vega_lite_chart") and not at.get("graphviz_chart") and not at.get("download_button")
@@ -238,6 +256,8 @@ def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, A
     form = next(r for r in at.radio if r.label == "Form")
     assert form.value == "for PEFT (default)"
     assert any(c.value == "vera fetch alice/model2:1 --out model2" for c in at.code)
+    loading = next(c.value for c in at.caption if c.value.startswith("Load it"))
+    assert "onto `tiny-llama`" in loading and "It adapts `" in loading and "[" not in loading  # words, not JSON
     form.set_value("seed-only (vera_core)")
     at.run()
     assert not at.exception and any(c.value.endswith("--seed-only") for c in at.code)
@@ -420,14 +440,14 @@ def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
 
 
 class _NotARegistry(BaseHTTPRequestHandler):
-    """Another HTTP server: an HTML page at every path (as the dashboard's own port), or a bare 404."""
+    """Another HTTP server: the same answer at every path (``answer``: status, content type, body)."""
 
-    html = True
+    answer = (200, "text/html", b"<!doctype html><title>Streamlit</title>")
 
     def do_GET(self) -> None:
-        body = b"<!doctype html><title>Streamlit</title>" if self.html else b"Not Found"
-        self.send_response(200 if self.html else 404)
-        self.send_header("Content-Type", "text/html" if self.html else "text/plain")
+        status, kind, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -436,9 +456,16 @@ class _NotARegistry(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["html-everywhere", "404-everywhere"])
+NOT_REGISTRIES = {
+    "html-everywhere": (200, "text/html", b"<!doctype html><title>Streamlit</title>"),  # the dashboard's own port
+    "404-everywhere": (404, "text/plain", b"Not Found"),
+    "html-404": (404, "text/html", b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head></html>"),
+}
+
+
+@pytest.fixture(scope="module", params=list(NOT_REGISTRIES))
 def not_a_registry(request: pytest.FixtureRequest) -> Iterator[str]:
-    handler = type("Handler", (_NotARegistry,), {"html": request.param})
+    handler = type("Handler", (_NotARegistry,), {"answer": NOT_REGISTRIES[request.param]})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{server.server_address[1]}"
@@ -453,6 +480,7 @@ def test_a_server_that_is_not_a_registry_is_named_as_such(not_a_registry: str, n
     shown = texts(at)
     assert f"http://{not_a_registry} answered, but it is not a vera registry" in shown, shown
     assert "Set the registry's API URL in the sidebar" in shown and "cannot be reached" not in shown
+    assert "<" not in shown and "\\n" not in shown  # an HTML page is named, never quoted
 
 
 def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> None:
@@ -514,6 +542,8 @@ def worker_jobs(registry: dict[str, Any]) -> Any:
 
 
 def test_a_running_job_says_cancelling_until_the_worker_stops_it(registry: dict[str, Any]) -> None:
+    from web_ui.jobs import CANCELLING  # "its worker checks about twice a second": registry.worker.CANCEL_CHECK_S
+
     queue = worker_jobs(registry)
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.submit_job("alice/long", training_spec(demo=True), priority=100)
@@ -526,7 +556,7 @@ def test_a_running_job_says_cancelling_until_the_worker_stops_it(registry: dict[
         at.run()
         assert client.job(job.id).status == "running" and client.job(job.id).cancel_requested
         assert {m.label: m.value for m in at.metric}["Status"] == "cancelling"
-        assert f"Cancelling job {job.id}: the worker stops it after its current training step." in texts(at)
+        assert f"Cancelling job {job.id}: {CANCELLING}" in texts(at)
         assert not any(b.label in ("Cancel job", "Yes, cancel the job") for b in at.button)
         again = page("train", registry, query={"job": str(job.id)})
         table = next(d.value for d in again.dataframe if "status" in d.value.columns)
@@ -548,7 +578,7 @@ def test_the_jobs_table_shows_status_duration_and_final_metrics(registry: dict[s
     table = next(d.value for d in at.dataframe if "status" in d.value.columns).set_index("job")
     row = table.loc[f"train?job={job.id}"]  # each job a link to its view
     assert row["status"] == "succeeded" and row["result"] == "adapter?ref=alice/model0:1"
-    assert row["test accuracy"] == pytest.approx(0.8) and row["eval loss"] == pytest.approx(0.4321)
+    assert row["test accuracy"] == pytest.approx(0.8) and row["eval loss"] == pytest.approx(0.5)  # the version's
     assert row["duration"].endswith(" s")
     spec = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"])
     fields = dict(zip(spec["field"], spec["value"], strict=True))  # the spec as a table, nested names dotted
@@ -608,7 +638,7 @@ def test_adapter_downloads_the_tensors_once(registry: dict[str, Any], monkeypatc
     downloads = counted(monkeypatch, "download")
     at = page("adapter", registry, query={"ref": "alice/model0:1"}, adapter_tab="Metrics")
     assert not at.exception and "**Task head**:" in texts(at)  # the Metrics tab's storage checklist
-    assert next(d.value for d in tab(at, "Layers").dataframe if "d_mean_abs" in d.value.columns) is not None
+    assert next(d.value for d in tab(at, "Layers").dataframe if "mean |d|" in d.value.columns) is not None
     assert len(downloads) == 1
 
 

@@ -10,25 +10,16 @@ from typing import Any
 import pandas as pd
 import pytest
 import streamlit as st
-from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
 from registry.domain.training_spec import training_spec
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
-from tests.web_ui.test_pages import page
+from tests.web_ui.test_pages import page, shown
 from web_ui import activity, browse, compare, formats, navigation, tables
 
 LONG = "alice/sentiment-analysis-of-product-reviews-in-english-and-german-v3"  # 68 characters: cut everywhere
-
-
-def shown(element: Any) -> pd.DataFrame:
-    """What the browser draws in a table's cells where the dashboard sets it (its display values); empty when the
-    table has none (each cell then shows its value)."""
-    styler = element.proto.arrow_data.styler
-    return dataframe_util.convert_arrow_bytes_to_pandas_df(styler.display_values) if styler.display_values \
-        else pd.DataFrame()
 
 
 @pytest.mark.parametrize(("value", "width", "label"), [
@@ -140,3 +131,14 @@ def test_a_queued_job_has_no_duration_or_metrics_and_says_so_with_dashes(registr
     row = next(d.value for d in at.dataframe if "status" in d.value.columns).iloc[0]
     assert row["status"] == "queued" and row["duration"] == "—"
     assert row[["test accuracy", "eval loss", "result"]].isna().all()  # drawn as the placeholder, '—'
+
+
+@pytest.mark.parametrize(("rows", "height"), [(2, 3 * 35 + 3), (12, 13 * 35 + 3), (500, 41 * 35 + 3)])
+def test_a_whole_table_is_tall_enough_for_every_row(rows: int, height: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit's default height shows about ten rows and scrolls the rest, cutting the last one in half: a
+    ``whole`` table (the Adapter page's metrics) asks for every row's 35 px and the header's, up to 40 rows."""
+    asked: list[dict[str, Any]] = []
+    monkeypatch.setattr(st, "dataframe", lambda data, **options: asked.append(options))
+    tables.show(pd.DataFrame({"metric": [f"m{i}" for i in range(rows)], "value": range(rows)}), whole=True)
+    tables.show(pd.DataFrame({"metric": ["m"]}))
+    assert asked[0]["height"] == height and "height" not in asked[1]
