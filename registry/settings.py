@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.schemas import MAX_JOB_CHECKPOINT_BYTES, MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
@@ -147,3 +147,18 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.data_dir / "blobs")
+
+
+def settings_problem(error: ValidationError) -> str:
+    """A refused setting as its operator knows it: the VERA_* variable and its value (not a secret's), what was
+    expected, and what to do, instead of pydantic's field name and its link."""
+    lines = []
+    for detail in error.errors():
+        field = str(detail["loc"][0]) if detail["loc"] else "?"
+        variable, given = f"VERA_{field.upper()}", detail.get("input")
+        secret = "token" in field or "secret" in field or "password" in field
+        value = f"={given!r}" if isinstance(given, str | int | float) and not secret else ""
+        reason = str(detail["msg"]).removeprefix("Value error, ")
+        lines.append(reason if reason.startswith(variable) else f"{variable}{value}: {reason}")
+    return "; ".join(lines) + (". Fix it (the environment variable, or the option that sets it), or unset it for the "
+                               "default.")

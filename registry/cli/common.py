@@ -76,13 +76,15 @@ HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN
 
 def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
     """The registry settings, from these options and the environment; a refused value exits with its reason."""
-    from registry.settings import Settings
+    from pydantic import ValidationError
+
+    from registry.settings import Settings, settings_problem
 
     given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url}
     try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)
         return Settings(**{name: value for name, value in given.items() if value is not None})
-    except ValueError as exc:
-        fail(exc)
+    except ValidationError as exc:
+        fail(InvalidInput(settings_problem(exc)))
 
 
 def call_registry(url: str | None, token: str | None, fn: Callable[[RegistryClient], T]) -> T:

@@ -100,6 +100,30 @@ def test_secrets_are_redacted_whoever_logs_them(capsys: pytest.CaptureFixture[st
     assert logs.new_request_id("ok-id_1.2") == "ok-id_1.2" and logs.new_request_id("bad id\n") != "bad id\n"
 
 
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("VERA_READ_THREADS", "0", "VERA_READ_THREADS='0': Input should be greater than or equal to 1."),
+    ("VERA_JOB_LEASE_S", "soon", "VERA_JOB_LEASE_S='soon': Input should be a valid number"),
+    ("VERA_DEFAULT_VISIBILITY", "secret", "VERA_DEFAULT_VISIBILITY='secret': Input should be 'public' or 'private'"),
+])
+def test_a_refused_setting_names_its_variable_and_value_not_the_field(variable: str, value: str, said: str) -> None:
+    done = subprocess.run([str(VERA), "worker", "--once"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, variable: value})
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 1 and said in message and "Fix it" in message, message
+    assert "pydantic" not in message and "validation error for Settings" not in message
+
+
+def test_a_refused_secret_setting_is_named_without_its_value() -> None:
+    from pydantic import ValidationError
+
+    from registry.settings import Settings, settings_problem
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(hub_token=12345)
+    said = settings_problem(refused.value)
+    assert said.startswith("VERA_HUB_TOKEN: Input should be a valid string") and "12345" not in said
+
+
 def test_a_bad_log_level_is_a_usage_error_naming_the_choices() -> None:
     done = subprocess.run([str(VERA), "worker", "--once", "--log-level", "loud"], capture_output=True, text=True,
                           timeout=120)
