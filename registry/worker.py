@@ -1,8 +1,8 @@
 """`vera worker`: claims fine-tune jobs, trains them with vera_core, publishes the result with its lineage.
 
-A heartbeat thread keeps the job's lease, flushes progress and events, and reads cancellation; the training
-callback only queues events and stops training (after the current step) when the heartbeat says so, when the job's
-time limit is reached, or when the worker is told to let its job go.
+A heartbeat thread keeps the job's lease, flushes progress and events, and reads cancellation (twice a second, between
+heartbeats); the training callback only queues events and stops training (after the current step) when that thread
+says so, when the job's time limit is reached, or when the worker is told to let its job go.
 
 Devices: a worker owns a device set (``device``: cpu, or CUDA devices such as cuda:0,cuda:1; `vera worker
 --device`) and runs one job at a time on it. A job that asks for GPUs (``gpus`` at submission) is claimed only by a
@@ -37,6 +37,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
@@ -63,6 +64,9 @@ MAX_PROCESSES = 64
 #: How often a job is checkpointed, in optimizer steps, when its spec does not say (training.save_every) and the
 #: worker keeps job folders: a VeRA checkpoint (vectors, their optimizer state, heads) takes milliseconds to write.
 JOB_SAVE_EVERY = 50
+#: How often, in seconds, the heartbeat thread reads whether its job was cancelled between heartbeats: a cancelled job
+#: stops after the step it is on within about this long, for one small read of the job's row each time.
+CANCEL_CHECK_S = 0.5
 
 
 DEVICE_FORMS = "cpu, cuda, cuda:N, a list such as cuda:0,cuda:1, or cuda:all (every GPU this machine has)"
@@ -485,10 +489,27 @@ class Worker:
                                    events=[*events, *extra])
 
     def _heartbeats(self, job_id: int, tracker: _Tracker, done: threading.Event, sync: _CheckpointSync) -> None:
-        while not done.wait(self.heartbeat_s):
+        """Every ``heartbeat_s``: the lease, progress and events to the registry, and a new checkpoint stored; in
+        between, every CANCEL_CHECK_S, only whether the job should stop (a read), so that a cancelled job stops after
+        the training step it is on rather than up to a heartbeat later."""
+        beat = time.monotonic() + self.heartbeat_s
+        while not done.wait(max(0.0, min(CANCEL_CHECK_S, beat - time.monotonic()))):
+            if time.monotonic() < beat:
+                if self._stop_asked(job_id):
+                    tracker.stop = True
+                continue
+            beat = time.monotonic() + self.heartbeat_s
             if self._flush(job_id, tracker):
                 tracker.stop = True
             sync.store()
+
+    def _stop_asked(self, job_id: int) -> bool:
+        """Jobs.should_stop between heartbeats; False when the read fails (the next heartbeat asks again, and says
+        so if the registry is really gone)."""
+        try:
+            return self.jobs.should_stop(job_id, self.name)
+        except Exception:  # noqa: BLE001 - the heartbeat thread must live on
+            return False
 
 
 

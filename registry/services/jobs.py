@@ -167,7 +167,8 @@ class Jobs:
             return [JobEventInfo(id=e.id, at=e.at, kind=e.kind, data=e.data) for e in s.scalars(query)]
 
     def cancel(self, job_id: int, *, actor: str) -> JobInfo:
-        """A queued job is cancelled at once; a running one stops after its current training step."""
+        """A queued job is cancelled at once; a running one stops after the training step it is on when its worker
+        reads the request (Jobs.should_stop, about twice a second)."""
         dropped: set[str] = set()
         with self.db.session() as s:
             job = self._job(s, job_id)
@@ -259,6 +260,17 @@ class Jobs:
             for kind, data in events:
                 s.add(m.JobEvent(job_id=job_id, kind=kind, data=data))
             return job.cancel_requested
+
+    def should_stop(self, job_id: int, worker: str) -> bool:
+        """Whether ``worker`` should stop the job (cancelled, or taken over by another worker), as heartbeat says,
+        but only read: what a worker asks between heartbeats, so that a cancellation stops training promptly."""
+        with self.db.session() as s:
+            found = s.execute(select(m.Job.cancel_requested, m.Job.claimed_by, m.Job.status)
+                              .where(m.Job.id == job_id)).one_or_none()
+        if found is None:
+            raise _no_job(job_id)
+        cancel_requested, claimed_by, status = found
+        return bool(cancel_requested) or claimed_by != worker or status != "running"
 
     def finish(self, job_id: int, worker: str, *, status: JobStatus, error: str | None = None,
                result_version: tuple[str, int] | None = None) -> None:

@@ -10,11 +10,12 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, InvalidInput
+from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from tests.registry.servers import VERA, running_server
@@ -226,6 +227,48 @@ def test_a_time_limit_stops_training_and_fails_the_job_saying_so(registry: Regis
     done = jobs.get(job.id)
     assert done.status == "failed" and done.error is not None and "time limit of 1 s was reached" in done.error
     assert 0 < done.progress.get("step", 0) < 100_000
+
+
+def test_a_cancelled_job_stops_after_the_step_it_is_on_not_at_its_next_heartbeat(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat thread reads cancellation between heartbeats (Jobs.should_stop): with no heartbeat due for an
+    hour, a job cancelled during step 5 stops after step 5, is cancelled and publishes nothing."""
+    from registry import worker as worker_module
+
+    jobs = Jobs(registry)
+    job = jobs.submit({"demo": True, "r": 16, "training": {"max_steps": 100_000}}, owner="ann", target="ann/stopped")
+    noticed: list[bool] = []
+    track = worker_module._Tracker.on_event
+
+    def cancel_at_step_5(self: worker_module._Tracker, event: str, state: Any, data: dict[str, float]) -> None:
+        if event == "step" and state.step == 5:
+            jobs.cancel(job.id, actor="ann")
+            deadline = time.monotonic() + 60  # a bound, not a measurement: the read comes every CANCEL_CHECK_S
+            while not self.stop and time.monotonic() < deadline:
+                time.sleep(0.05)
+            noticed.append(self.stop)
+        track(self, event, state, data)
+
+    monkeypatch.setattr(worker_module._Tracker, "on_event", cancel_at_step_5)
+    assert worker_module.Worker(jobs, name="w", heartbeat_s=3600, log=lambda line: None).run_once()
+    assert noticed == [True]  # the heartbeat thread read the cancellation while the step was under way
+    done = jobs.get(job.id)
+    assert done.status == "cancelled" and done.result_ref is None
+    assert [e.data["step"] for e in jobs.events(job.id, kind="step")][-1] == 5  # no step after it
+    assert jobs.should_stop(job.id, "w")
+
+
+def test_should_stop_says_what_the_heartbeat_would_without_writing(registry: Registry) -> None:
+    jobs = Jobs(registry)
+    job = jobs.submit(DEMO, owner="ann", target="ann/polled")
+    assert jobs.claim("w") is not None
+    before = jobs.get(job.id).heartbeat_at
+    assert not jobs.should_stop(job.id, "w")
+    assert jobs.should_stop(job.id, "another")  # not its worker's: stop
+    jobs.cancel(job.id, actor="ann")
+    assert jobs.should_stop(job.id, "w") and jobs.get(job.id).heartbeat_at == before  # read only
+    with pytest.raises(NotFound, match="No job 9999"):
+        jobs.should_stop(9999, "w")
 
 
 def test_a_released_job_goes_back_to_the_queue_without_counting_the_attempt(registry: Registry) -> None:
