@@ -1,11 +1,14 @@
 """Fine-tune jobs as the Train page shows them: a table of every job (status, duration, final metrics, a link to
-each), and one job followed live (step, ETA, loss and eval curves, logs, its spec), with a Cancel that asks first
-and says "cancelling" until the worker has stopped the job."""
+each), and one job followed live (step, ETA, loss and eval curves, its log in words, its spec), with a Cancel that
+asks first and says "cancelling" until the worker has stopped the job, and a hint when no worker claims a job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -14,14 +17,15 @@ from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobCheckpointInfo, JobEventInfo, JobInfo
 from web_ui import charts, formats, navigation, session, tables, views
+from web_ui.activity import markdown_text
 
 #: Jobs listed in the table, newest first.
 TABLE_ROWS = 50
 
 
 def status(job: JobInfo) -> str:
-    """The job's status as people read it: a running job whose cancellation was asked for is 'cancelling' (the
-    worker stops it after its current step)."""
+    """The job's status as people read it: a running job whose cancellation was asked for is 'cancelling' (its
+    worker stops it after the step it is on when it reads the request, about twice a second)."""
     return "cancelling" if job.status == "running" and job.cancel_requested else job.status
 
 
@@ -30,23 +34,49 @@ def duration(job: JobInfo, now: datetime | None = None) -> str:
     if job.started_at is None:
         return formats.MISSING
     end = job.finished_at or now or datetime.now(UTC)
-    seconds = max(0, round((end - job.started_at).total_seconds()))
+    return span(end - job.started_at)
+
+
+def span(time: timedelta) -> str:
+    """'45 s', '2 min 05 s'."""
+    seconds = max(0, round(time.total_seconds()))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+#: How long a job waits in the queue before its view says that no worker has claimed it.
+UNCLAIMED_AFTER = timedelta(seconds=30)
+
+
+def unclaimed_hint(job: JobInfo, now: datetime | None = None) -> str | None:
+    """What to do about a job that has waited UNCLAIMED_AFTER or longer for a worker (since it was submitted, last
+    ran, or became claimable after a lost attempt), or None: most often no worker runs for this registry."""
+    if job.status != "queued":
+        return None
+    since = max(t for t in (job.created_at, job.heartbeat_at, job.not_before) if t is not None)
+    waited = (now or datetime.now(UTC)) - since
+    if waited < UNCLAIMED_AFTER:
+        return None
+    gpus = (f" It asks for {formats.counted(job.gpus, 'GPU')}: only a worker that owns as many claims it (`vera "
+            "worker --device cuda:all` on a machine that has them)." if job.gpus else "")
+    return (f"No worker has claimed job {job.id} in the {span(waited)} it has been queued. Is a worker running for "
+            "this registry? Start one on a machine that reaches the registry's database and storage: `vera worker` "
+            f"(or `vera up`, which runs the API, a worker and this dashboard together).{gpus}")
+
+
 def final_metrics(job: JobInfo) -> dict[str, float | None]:
-    """Test accuracy of the published version (from its metrics) and the last eval loss (from the job's
-    progress); None where there is none."""
-    test = None
+    """The published version's test accuracy and eval loss (its ``test`` and ``final_eval`` metrics: the weights it
+    was published with, which are the best evaluation's when training keeps the best, as it does by default); None
+    where there is none (no version yet, or deleted since)."""
+    metrics: dict[str, Any] = {}
     if job.result_ref:
-        try:
+        with contextlib.suppress(NotFound):  # the version was deleted since
             metrics = session.read(RegistryClient.get, job.result_ref).metrics
-        except NotFound:  # the version was deleted since
-            metrics = {}
-        found = metrics["test"].get("accuracy") if isinstance(metrics.get("test"), dict) else None
-        test = found if isinstance(found, int | float) else None
-    loss = job.progress.get("loss") if job.status == "succeeded" else None
-    return {"test accuracy": test, "eval loss": loss if isinstance(loss, int | float) else None}
+    return {"test accuracy": _metric(metrics, "test", "accuracy"), "eval loss": _metric(metrics, "final_eval", "loss")}
+
+
+def _metric(metrics: dict[str, Any], group: str, name: str) -> float | None:
+    found = metrics[group].get(name) if isinstance(metrics.get(group), dict) else None
+    return found if isinstance(found, int | float) and not isinstance(found, bool) else None
 
 
 #: Where the page leaves its own listing of the jobs for the table's first drawing.
@@ -83,11 +113,16 @@ def table(jobs: list[JobInfo]) -> None:
         "job": st.column_config.LinkColumn(display_text=r"train\?job=(\d+)", help="Follow this job", width=60),
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "eval loss": st.column_config.NumberColumn(format="%.4f", help="the last evaluation's loss"),
+        "eval loss": st.column_config.NumberColumn(format="%.4f", help=EVAL_LOSS_HELP),
         "result": st.column_config.LinkColumn(display_text=r"adapter\?ref=([^&]*)", help="Open the published version"),
     })
     if len(jobs) > TABLE_ROWS:
         st.caption(f"The newest {TABLE_ROWS} of {len(jobs):,} jobs; `vera job list` shows them all.")
+
+
+#: What the jobs table's eval loss is (final_metrics).
+EVAL_LOSS_HELP = ("The published version's loss on the eval set, with the weights it was published with: the best "
+                  "evaluation's (highest eval accuracy for a classifier) unless training was told not to keep the best")
 
 
 def ask_cancel(job_id: int) -> None:
@@ -95,10 +130,15 @@ def ask_cancel(job_id: int) -> None:
 
 
 def confirm_cancel(job_id: int) -> None:
-    """``on_click`` of the confirmation: asks the registry to cancel (a queued job at once, a running one after
-    its current step)."""
+    """``on_click`` of the confirmation: asks the registry to cancel (a queued job at once, a running one after the
+    step it is on when its worker reads the request)."""
     st.session_state.pop("cancel_asked", None)
     session.call(lambda c: c.cancel_job(job_id))
+
+
+#: What happens to a running job once its cancellation is asked for (registry.worker.CANCEL_CHECK_S).
+CANCELLING = ("its worker checks about twice a second and stops it after the training step it is on; nothing is "
+              "published.")
 
 
 def cancel_controls(job: JobInfo) -> None:
@@ -106,8 +146,7 @@ def cancel_controls(job: JobInfo) -> None:
     if job.status not in ACTIVE_JOB_STATUSES:
         return
     if job.cancel_requested:
-        st.info(f"Cancelling job {job.id}: the worker stops it after its current training step.",
-                icon=":material/hourglass_top:")
+        st.info(f"Cancelling job {job.id}: {CANCELLING}", icon=":material/hourglass_top:")
     elif st.session_state.get("cancel_asked") == job.id:
         st.warning(f"Cancel job {job.id} ({job.target_name})? Its training so far is lost; nothing is published.")
         yes, no, _ = st.columns([1, 1, 4])
@@ -148,16 +187,30 @@ def curves(job_id: int, events: list[JobEventInfo]) -> None:
         st.altair_chart(chart, width="stretch")
 
 
+#: Where the page leaves the job it follows, from its own listing, for the view's first drawing.
+FOLLOWED = "job_followed"
+
+
+def follow(job_id: int, listed: JobInfo | None = None) -> None:
+    """Job ``job_id`` live (_follow): drawn first from the page's own listing ``listed`` (one request less before
+    the page is whole), then from reads of its own."""
+    st.session_state[FOLLOWED] = listed
+    _follow(job_id)
+
+
 @st.fragment(run_every=2)
-def follow(job_id: int) -> None:
+def _follow(job_id: int) -> None:
     """Live while the job runs: status, step, ETA, loss and eval curves, logs; refreshed every two seconds."""
+    listed: JobInfo | None = st.session_state.pop(FOLLOWED, None)  # the page's listing, on the page's own run
     try:
-        job: JobInfo = session.call(lambda c: c.job(job_id))
+        job = listed if listed is not None and listed.id == job_id else session.call(lambda c: c.job(job_id))
         events = session.call(lambda c: c.job_events(job_id))
     except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
         st.warning(f"Cannot refresh job {job_id}: {exc}")
         return
     header(job)
+    if (hint := unclaimed_hint(job)) is not None:
+        st.warning(hint, icon=":material/engineering:")
     cancel_controls(job)
     curves(job_id, events)
     if job.result_ref:
@@ -167,9 +220,78 @@ def follow(job_id: int) -> None:
     if job.error:
         st.error("The job failed:")
         st.code(job.error[-4000:])
-    logs = [f"{e.at:%H:%M:%S} {e.kind:8s} {json.dumps(e.data)}" for e in events if e.kind in ("log", "evaluate")]
     with st.expander("Logs", expanded=job.status not in ACTIVE_JOB_STATUSES):
-        st.code("\n".join(logs[-200:]) or "(nothing yet)")
+        log(job_id, events)
     with st.expander("Spec"):
         views.fields({"publishes": job.target_name, "priority": job.priority, "time limit (s)": job.time_limit_s,
                       **job.spec})
+
+
+#: Events a job's log shows (its steps are the loss curve above it), and how many of the newest.
+LOGGED, LOG_LINES = ("log", "evaluate"), 200
+#: "365296 bytes" in a log message, and decimals written with five or more places ("0.637899894476263").
+BYTES = re.compile(r"\b(\d+) bytes\b")
+LONG_DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d{5,}(?:e[-+]?\d+)?(?![\w.])")
+
+
+def log(job_id: int, events: list[JobEventInfo]) -> None:
+    """The job's log as a table that wraps its lines (time, event, what it says in words), and every event as
+    the registry keeps it (JSON lines, steps included) behind a download button."""
+    rows = log_rows(events)
+    if rows.empty:
+        st.caption("Nothing logged yet.")
+    else:
+        st.table(rows.assign(details=rows["details"].map(markdown_text)), hide_index=True)
+    st.download_button(f"Download the raw log ({formats.counted(len(events), 'event')}, JSON lines)", raw_log(events),
+                       file_name=f"job-{job_id}-events.jsonl", mime="application/jsonl", key=f"raw-log-{job_id}",
+                       on_click="ignore", disabled=not events)
+
+
+def raw_log(events: list[JobEventInfo]) -> str:
+    """Every event as the registry keeps it, one JSON object a line (time, kind, data), steps included."""
+    return "".join(json.dumps({"at": e.at.isoformat(), "kind": e.kind, "data": e.data}) + "\n" for e in events)
+
+
+def log_rows(events: list[JobEventInfo]) -> pd.DataFrame:
+    """The newest LOG_LINES log and evaluate events: time, event kind, and what it says (event_text)."""
+    rows = [{"time": f"{e.at:%H:%M:%S}", "event": e.kind, "details": event_text(e.kind, e.data)}
+            for e in events if e.kind in LOGGED]
+    return pd.DataFrame(rows[-LOG_LINES:], columns=["time", "event", "details"])
+
+
+def event_text(kind: str, data: dict[str, Any]) -> str:
+    """An event in words: a log line's message (message_text); any other event's fields as 'step 50, eval loss
+    0.6379, eval accuracy 0.8125' (the step first, names with spaces, numbers as formats.number writes them)."""
+    if kind == "log" and isinstance(data.get("message"), str):
+        return message_text(data["message"])
+    ordered = sorted(data.items(), key=lambda item: item[0] != "step")
+    return ", ".join(f"{key.replace('_', ' ')} {value_text(key, value)}" for key, value in ordered) or formats.MISSING
+
+
+def value_text(key: str, value: object) -> str:
+    """A field's value: a step as a whole number, a size in KB/MB, text as readable writes it, numbers to four
+    significant digits."""
+    if key == "step" and isinstance(value, float) and value.is_integer():
+        return formats.count(int(value))
+    if key.endswith(("bytes", "size")) and isinstance(value, int) and not isinstance(value, bool):
+        return formats.size(value)
+    if isinstance(value, str):
+        return readable(value)
+    return formats.number(value)
+
+
+def message_text(message: str) -> str:
+    """A log message on one line: a traceback as its last line (the error), other text as its first, saying how
+    many more lines the raw log has."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return readable(lines[0] if lines else "")
+    shown = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return f"{readable(shown)} (and {formats.counted(len(lines) - 1, 'more line')} in the raw log)"
+
+
+def readable(text: str) -> str:
+    """``text`` with sizes in KB/MB ('365296 bytes' -> '365.3 KB') and long decimals to four significant digits
+    ('0.637899894476263' -> '0.6379')."""
+    text = BYTES.sub(lambda found: formats.size(int(found[1])), text)
+    return LONG_DECIMAL.sub(lambda found: formats.number(float(found[0])), text)

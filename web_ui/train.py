@@ -3,8 +3,11 @@ live (web_ui.jobs)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import streamlit as st
 
+from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import JobInfo, Ref, check_name
 from registry.domain.training_spec import training_spec
@@ -19,10 +22,12 @@ def job_number(text: str) -> int | None:
 
 
 def page() -> None:
+    ahead = _AHEAD.submit(listing, session.client())  # the jobs are listed while the form is built
     st.title("Fine-tune")
-    launch()
+    queued = launch()
     st.divider()
-    found: list[JobInfo] = session.call(lambda c: c.jobs())
+    # a listing started before this run queued a job may lack it: then the jobs are listed again
+    found = session.call(lambda c: c.jobs()) if queued else ahead.result()
     if not found:
         st.caption("No jobs yet.")
         return
@@ -38,7 +43,18 @@ def page() -> None:
                           args=("job", JOB_BOX))
     if job_id is not None:
         navigation.set_param("job", str(job_id))
-        jobs.follow(job_id)
+        jobs.follow(job_id, listed=next(j for j in found if j.id == job_id))
+
+
+#: Threads that list the jobs while a run builds its form. Not session.prefetch: that read is cached for a few
+#: seconds, and a page whose statuses change by the second is drawn from a listing of its own run.
+_AHEAD = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vera-jobs-ahead")
+
+
+def listing(client: RegistryClient) -> list[JobInfo]:
+    """Every job the registry lists, newest first (the client closed afterwards)."""
+    with client:
+        return client.jobs()
 
 
 def target_problem(target: str) -> str | None:
@@ -60,10 +76,11 @@ def target_problem(target: str) -> str | None:
     return None
 
 
-#: What the browser checks in Publish as before the form is sent (target_problem says why on the server side).
-TARGET_PATTERN = (r"^\s*[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}\s*$",
-                  "Type owner/name in lowercase letters, digits, '.', '_' or '-' (e.g. alice/polarity), without a "
-                  "version or alias: the job publishes the next version.")
+#: What the browser checks in Publish as before the form is sent: all that target_problem checks (the browser also
+#: refuses an empty box: ``required``), so a name the browser lets through is one the page accepts.
+TARGET_PATTERN = (r"^\s*(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}\s*$",
+                  "Type owner/name in lowercase letters, digits, '.', '_' or '-' (e.g. alice/polarity; no '..'), "
+                  "without a version or alias: the job publishes the next version.")
 
 
 GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-uniform-v1 (the default): the same "
@@ -71,11 +88,14 @@ GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-un
                   "so PEFT regenerates A and B from a seed-only adapter.")
 
 
-def launch() -> None:
+def launch() -> bool:
+    """The form for a new job; whether this run queued one."""
     with st.form("train"):
         st.markdown("**New fine-tune job** (a worker trains it and publishes the adapter)")
         c1, c2 = st.columns(2)
-        target = c1.text_input("Publish as", placeholder="owner/name", validate=TARGET_PATTERN)
+        # required and validate: the browser refuses an empty or malformed name before the form is sent, so no
+        # message of the page's can stay on screen about a name the box no longer holds
+        target = c1.text_input("Publish as", placeholder="owner/name", required=True, validate=TARGET_PATTERN)
         base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a local directory "
                                                                 "on the worker")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)
@@ -93,10 +113,10 @@ def launch() -> None:
         head_lr = c9.number_input("Head learning rate", 1e-6, 1.0, 1e-3, format="%.5f")
         batch = c10.number_input("Batch size", 1, 1024, 32)
         if not st.form_submit_button("Launch", type="primary"):
-            return
-    if (problem := target_problem(target)) is not None:
+            return False
+    if (problem := target_problem(target)) is not None:  # the browser's checks were bypassed
         st.error(problem, icon=":material/edit:")
-        return
+        return False
     spec = training_spec(base_model=base, demo=demo and upload is None, r=int(r), projection_seed=int(prng),
                          generator=generator, d_initial=float(d_initial), epochs=float(epochs), lr=float(lr),
                          head_lr=float(head_lr), batch_size=int(batch))
@@ -104,3 +124,4 @@ def launch() -> None:
     job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
     navigation.set_param("job", str(job.id))  # the jobs below follow it
     st.success(f"Queued job {job.id} for {job.target_name}.")
+    return True

@@ -177,8 +177,9 @@ def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[st
     shot(page, "12-compare-from-url")
 
     page.goto(f"{product['ui']}/train")
+    expect(page.get_by_label("Publish as")).to_be_visible()  # the form is drawn: Launch checks it
     page.get_by_role("button", name="Launch").click()
-    expect(page.get_by_text("Publish as is empty")).to_be_visible()
+    expect(page.get_by_text("This field is required.")).to_be_visible()  # refused in the browser: required
     shot(page, "13-train-publish-as-empty")
 
 
@@ -535,3 +536,38 @@ def test_lineage_graph_links_and_the_filter_box_in_a_browser(page: Page, product
     expect(page.get_by_text("The registry refused this filter or metric sort")).to_be_visible()
     expect(page.get_by_text("Traceback")).to_have_count(0)
     shot(page, "27-browse-filter-refused")
+
+
+def test_publish_as_messages_follow_the_box_and_a_jobs_log_reads_in_words_in_a_browser(
+        page: Page, product: dict[str, str]) -> None:
+    """Walk 2: Launch with Publish as empty, then with a malformed name: each is refused in the browser with its own
+    message, and nothing on screen still speaks of the earlier, empty box. A finished job's log is a table in words
+    (no JSON, numbers to four significant digits) that wraps instead of cutting, the raw log one click away."""
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/train")
+    target, launch = page.get_by_label("Publish as"), page.get_by_role("button", name="Launch")
+    expect(target).to_be_visible()  # the form is drawn: Launch checks it
+    launch.click()
+    expect(page.get_by_text("This field is required.")).to_be_visible()
+    target.fill("alice/pol arity")
+    launch.click()
+    expect(page.get_by_text("Type owner/name in lowercase letters")).to_be_visible()
+    expect(page.get_by_text("This field is required.")).to_have_count(0)
+    expect(page.get_by_text("Publish as is empty")).to_have_count(0)
+    expect(page.get_by_test_id("stMain").get_by_test_id("stAlert")).to_have_count(0)  # none about an earlier value
+    shot(page, "40-train-publish-as-message-follows-the-box")
+
+    with RegistryClient(product["api"]) as client:  # a short job for the product's worker
+        job = client.submit_job("alice/logged", {"demo": True, "r": 16, "training": {"max_steps": 20}})
+    page.goto(f"{product['ui']}/train?job={job.id}")
+    expect(page.get_by_text("Published alice/logged:1", exact=True)).to_be_visible(timeout=300_000)
+    log = page.get_by_test_id("stTable")
+    expect(log).to_contain_text("eval accuracy")  # the finished job's Logs are open
+    expect(log).to_contain_text("published alice/logged:1")
+    text = log.inner_text()
+    assert "{" not in text and not re.search(r"\d\.\d{5,}", text), text  # no JSON, no 16-digit floats
+    width, room = log.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert width <= room, f"the log is cut on the right: {width} px of text in {room} px"
+    expect(page.get_by_role("button", name=re.compile(r"^Download the raw log \(\d+ events, JSON lines\)$"))) \
+        .to_be_visible()
+    shot(page, "41-train-log-in-words")

@@ -1,0 +1,160 @@
+"""The Train page (web_ui/train.py, web_ui/jobs.py) through AppTest against a real registry server with tokens: a
+job's log in words with the raw log kept, the hint for a job no worker claims, the eval loss the table shows, Publish
+as checked alike in the browser and on the server, and what the page asks the registry."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from registry.client import RegistryClient
+from registry.domain.training_spec import training_spec
+from registry.services.tokens import create_token
+from registry.store import models as m
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+from tests.web_ui.test_pages import counted, page, texts, worker_jobs
+from web_ui import jobs, train
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("train")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        db = Database(url)
+        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        with RegistryClient(base, token) as client:
+            client.publish(make_adapter(root / "a", seed=0, r=4), "alice/trained", base_model="tiny-llama",
+                           metrics={"test": {"accuracy": 0.875}, "final_eval": {"loss": 0.25, "accuracy": 0.9}})
+        yield {"url": base, "token": token, "db": url, "blobs": root / "blobs"}
+
+
+LOGGED = [("log", {"message": "job 1: stored the checkpoint at step 50 in the registry (365296 bytes), for an "
+                              "attempt on another machine"}),
+          ("step", {"step": 50, "loss": 0.7123456789, "lr": 0.01}),
+          ("evaluate", {"step": 50.0, "eval_loss": 0.637899894476263, "eval_accuracy": 0.8125}),
+          ("log", {"message": "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                              "RuntimeError: out of memory on purpose"})]
+
+
+def test_a_jobs_log_is_a_table_in_words_and_the_raw_log_stays_reachable(registry: dict[str, Any]) -> None:
+    queue = worker_jobs(registry)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/logged", training_spec(demo=True), priority=100)
+        queue.claim("test-worker")
+        queue.heartbeat(job.id, "test-worker", progress={"phase": "training", "step": 50, "total_steps": 100},
+                        events=LOGGED)
+        events = client.job_events(job.id)
+    at = page("train", registry, query={"job": str(job.id)})
+    assert not at.exception
+    rows = jobs.log_rows(events)  # after what the registry logged at submission
+    assert list(rows.columns) == ["time", "event", "details"] and list(rows["event"])[-3:] == ["log", "evaluate", "log"]
+    assert list(rows["details"])[-3:] == [
+        "job 1: stored the checkpoint at step 50 in the registry (365.3 KB), for an attempt on another machine",
+        "step 50, eval loss 0.6379, eval accuracy 0.8125",  # four significant digits, the step first
+        "RuntimeError: out of memory on purpose (and 2 more lines in the raw log)"]  # a traceback's error
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in rows["time"])
+    drawn = at.table[0].value  # st.table wraps its cells; Markdown characters shown as themselves
+    assert list(drawn["details"]) == [jobs.markdown_text(d) for d in rows["details"]]
+    assert "0.637899894476263" not in texts(at) and not at.code  # no raw JSON on the page
+    download = at.get("download_button")[0]
+    assert download.label == f"Download the raw log ({len(events)} events, JSON lines)" and len(events) >= 4
+    raw = [json.loads(line) for line in jobs.raw_log(events).splitlines()]
+    assert [r["data"] for r in raw] == [e.data for e in events] and raw[-2]["data"]["eval_loss"] == 0.637899894476263
+    queue.finish(job.id, "test-worker", status="cancelled")
+
+
+@pytest.mark.parametrize(("kind", "data", "text"), [
+    ("log", {"message": "loss 0.123456789 after 1200 steps"}, "loss 0.1235 after 1200 steps"),
+    ("log", {"message": "version 1.2.3, 12345 bytes"}, "version 1.2.3, 12.3 KB"),
+    ("log", {"message": ""}, ""),
+    ("evaluate", {"eval_perplexity": 12345.678, "step": 1200.0}, "step 1,200, eval perplexity 12,346"),
+    ("save", {"checkpoint_bytes": 2_500_000}, "checkpoint bytes 2.5 MB"),
+    ("evaluate", {}, "—"),
+], ids=["decimal", "size", "empty", "step-first", "size-field", "nothing"])
+def test_event_text_writes_an_event_in_words(kind: str, data: dict[str, Any], text: str) -> None:
+    assert jobs.event_text(kind, data) == text
+
+
+def backdate(registry: dict[str, Any], job_id: int, by: timedelta) -> None:
+    """Move a job's submission into the past, as if it had waited ``by`` in the queue."""
+    db = Database(registry["db"])
+    with db.session() as s:
+        s.execute(update(m.Job).where(m.Job.id == job_id).values(created_at=datetime.now(UTC) - by))
+    db.engine.dispose()
+
+
+def test_a_job_no_worker_claims_says_how_to_start_one(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/waiting", training_spec(demo=True))
+        fresh = page("train", registry, query={"job": str(job.id)})
+        assert not fresh.exception and "No worker has claimed" not in texts(fresh)  # just queued: no hint yet
+        backdate(registry, job.id, timedelta(minutes=2))
+        at = page("train", registry, query={"job": str(job.id)})
+        hint = next(w.value for w in at.warning if "No worker has claimed" in w.value)
+        assert hint.startswith(f"No worker has claimed job {job.id} in the 2 min ") and "`vera worker`" in hint
+        assert "`vera up`" in hint
+        client.cancel_job(job.id)
+        assert "No worker has claimed" not in texts(page("train", registry, query={"job": str(job.id)}))
+
+        queued = client.job(job.id).model_copy(update={"status": "queued"})
+        since = queued.created_at
+        assert jobs.unclaimed_hint(queued, since + jobs.UNCLAIMED_AFTER - timedelta(seconds=1)) is None
+        assert jobs.unclaimed_hint(queued, since + jobs.UNCLAIMED_AFTER) is not None
+        later = queued.model_copy(update={"not_before": since + timedelta(minutes=5)})  # queued again after a loss
+        assert jobs.unclaimed_hint(later, since + timedelta(minutes=5, seconds=10)) is None
+        gpus = jobs.unclaimed_hint(queued.model_copy(update={"gpus": 2}), since + timedelta(minutes=1))
+        assert gpus is not None and "It asks for 2 GPUs: only a worker that owns as many claims it" in gpus
+
+
+def test_the_jobs_table_eval_loss_is_the_published_versions(registry: dict[str, Any]) -> None:
+    """Not the job's last training loss: the published version's final_eval loss, as its column's help says."""
+    queue = worker_jobs(registry)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/trained", training_spec(demo=True), priority=100)
+    queue.claim("test-worker")
+    queue.heartbeat(job.id, "test-worker", progress={"phase": "done", "loss": 0.9876})  # a step's loss
+    queue.finish(job.id, "test-worker", status="succeeded", result_version=("alice/trained", 1))
+    at = page("train", registry, query={"job": str(job.id)})
+    table = next(d for d in at.dataframe if "eval loss" in d.value.columns)
+    row = table.value.set_index("publishes").loc["alice/trained"]
+    assert row["eval loss"] == pytest.approx(0.25) and row["test accuracy"] == pytest.approx(0.875)
+    assert json.loads(table.proto.columns)["eval loss"]["help"] == jobs.EVAL_LOSS_HELP
+    assert "best evaluation" in jobs.EVAL_LOSS_HELP and "last" not in jobs.EVAL_LOSS_HELP
+
+
+@pytest.mark.parametrize("target", ["alice/polarity", " alice/polarity ", "a/b", "alice/pol.v2", "alice/x_y-z",
+                                    "alice/pol arity", "Alice/polarity", "alice/x:2", "alice/x@prod", "no slash",
+                                    "alice/a..b", "alice/.x", "alice/" + "x" * 65, "a/b/c", "alice/", "/x"])
+def test_the_browser_refuses_exactly_the_names_the_page_refuses(target: str) -> None:
+    """Publish as is checked in the browser (validate) with all that the page checks before sending: a name the
+    browser lets through is never refused on the page, so no refusal stays on screen about another name."""
+    in_browser = re.fullmatch(train.TARGET_PATTERN[0], target) is not None
+    assert in_browser == (train.target_problem(target) is None)
+
+
+def test_publish_as_is_required_in_the_browser(registry: dict[str, Any]) -> None:
+    at = page("train", registry)
+    box = next(t for t in at.text_input if t.label == "Publish as")
+    assert box.proto.required  # an empty box is refused before the form is sent
+
+
+def test_the_followed_job_is_drawn_from_the_pages_own_listing(registry: dict[str, Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/listed", training_spec(demo=True))
+    listings, reads = counted(monkeypatch, "jobs"), counted(monkeypatch, "job")
+    at = page("train", registry, query={"job": str(job.id)})
+    assert not at.exception and {m.label: m.value for m in at.metric}["Status"] == "queued"
+    assert len(listings) == 1 and reads == []  # the listing started ahead serves the table and the job's view
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.cancel_job(job.id)
