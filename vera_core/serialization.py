@@ -89,15 +89,8 @@ def read_rows(file: IO[bytes], key: str, block_bytes: int) -> Streamed:
     file.seek(0, 2)
     end = file.tell()
     file.seek(0)
-    head = file.read(8)
-    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-    if not 0 < length <= min(end - 8, 100 << 20):
-        raise ValueError(f"not a safetensors file: its header length {length:,} does not fit its {end:,} bytes")
-    try:
-        header = json.loads(file.read(length))
-    except ValueError as exc:
-        raise ValueError(f"not a safetensors file: its header is not JSON ({exc})") from exc
-    entry = header.get(key) if isinstance(header, dict) else None
+    header, length = read_header(file, end)
+    entry = header.get(key)
     if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPE_OF:
         raise ValueError(f"the safetensors file has no tensor {key!r} of a known dtype")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
@@ -124,8 +117,35 @@ def read_rows(file: IO[bytes], key: str, block_bytes: int) -> Streamed:
     return Streamed(dtype, shape, blocks())
 
 
-def metadata_of(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of safetensors bytes (the header is JSON after an 8-byte little-endian length)."""
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    return dict(header.get("__metadata__", {}))
+#: The longest safetensors header read (safetensors' own limit is 100 MB).
+MAX_HEADER_BYTES = 100 << 20
+
+
+def read_header(file: IO[bytes], size: int | None = None) -> tuple[dict[str, object], int]:
+    """The JSON header of the safetensors file open in ``file`` at its start (8 bytes of little-endian length, then
+    the JSON), and that length; ``size``: the file's, when known, which the header must fit. Anything else is a
+    ValueError saying what is wrong: the one reader of headers for untrusted files."""
+    head = file.read(8)
+    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+    limit = MAX_HEADER_BYTES if size is None else min(size - 8, MAX_HEADER_BYTES)
+    if not 0 < length <= limit:
+        raise ValueError(f"not a safetensors file: its header length {length:,} does not fit "
+                         + (f"its {size:,} bytes" if size is not None else f"the {MAX_HEADER_BYTES:,}-byte limit"))
+    text = file.read(length)
+    try:
+        header = json.loads(text) if len(text) == length else None
+    except ValueError as exc:
+        raise ValueError(f"not a safetensors file: its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file: its header is not a JSON object (or ends early)")
+    return header, length
+
+
+def metadata_of(data: bytes | IO[bytes]) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes or of a file open at its start (strings to strings; an entry that
+    is not is left out); a header that is not one is a ValueError."""
+    file = io.BytesIO(data) if isinstance(data, bytes) else data
+    header, _ = read_header(file, len(data) if isinstance(data, bytes) else None)
+    metadata = header.get("__metadata__")
+    return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(metadata, dict) else {}

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import struct
 import tempfile
 import threading
 import zlib
@@ -36,12 +34,11 @@ from registry.store import models as m
 from registry.store.blobs import BlobReader, BlobStore, chunks
 from registry.store.database import Database
 from vera_core.lora import LoraExport
+from vera_core.serialization import metadata_of
 
 DERIVED = "derived"
 #: Builds of the same version and form in one process wait for each other (one lock per bucket of keys).
 _LOCKS = [threading.Lock() for _ in range(64)]
-#: A safetensors header larger than this is not read for its metadata (the format's own limit is 100 MB).
-MAX_HEADER_BYTES = 16 * 2**20
 #: ``read`` gives whole files up to this size (configs, READMEs); larger ones are streamed (``source``).
 MAX_READ_BYTES = 16 * 2**20
 
@@ -183,7 +180,9 @@ class DerivedFiles:
         if weights.sha256 not in self._lora_errors:
             reader = self.blobs.reader(weights.sha256)
             try:
-                metadata = _safetensors_metadata(reader)
+                metadata = metadata_of(reader.handle)
+            except ValueError:  # not a safetensors file (a damaged blob, which verify reports): no error to say
+                metadata = {}
             finally:
                 reader.close()
             if len(self._lora_errors) > 10_000:
@@ -307,14 +306,3 @@ def _form_of(key: str) -> FileForm:
     max_rank = next((int(o[3:]) for o in options if o.startswith("r<=")), None)
     dtype = next((o for o in options if o in ("bfloat16", "float16")), "float32")
     return FileForm(lora=LoraExport(max_rank=max_rank, dtype=dtype, for_vllm="vllm" in options))
-
-
-def _safetensors_metadata(reader: BlobReader) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob, from its header alone (8 bytes of length, then JSON)."""
-    head = reader.handle.read(8)
-    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-    if not 0 < length <= MAX_HEADER_BYTES:
-        return {}
-    header = json.loads(reader.handle.read(length))
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}

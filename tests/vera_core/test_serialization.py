@@ -96,7 +96,7 @@ def test_rows_of_a_file_that_does_not_fit_its_header_are_refused() -> None:
         text = json.dumps(header).encode()
         return io.BytesIO(struct.pack("<Q", len(text)) + text + bytes(64))
 
-    with pytest.raises(ValueError, match="no tensor 'a'"):
+    with pytest.raises(ValueError, match="not a JSON object"):
         read_rows(with_header([1, 2]), "a", 16)  # JSON, not an object
     with pytest.raises(ValueError, match=r"offsets -8\.\.8 do not fit"):  # would read the header as data
         read_rows(with_header({"a": {"dtype": "F32", "shape": [4], "data_offsets": [-8, 8]}}), "a", 16)
@@ -106,3 +106,16 @@ def test_rows_of_a_file_that_does_not_fit_its_header_are_refused() -> None:
         read_rows(with_header({"a": {"dtype": "F32", "shape": [2]}}), "a", 16)
     with pytest.raises(ValueError, match="header is not JSON"):
         read_rows(io.BytesIO(struct.pack("<Q", 4) + b"\xff\xfe{]" + bytes(8)), "a", 16)
+
+
+def test_metadata_is_read_from_the_header_alone_and_a_header_that_is_not_one_is_refused() -> None:
+    """metadata_of, the one reader of headers (serialization.read_header) with read_rows: bytes or an open file;
+    what is not a safetensors header is a ValueError (never a struct.error or a KeyError)."""
+    from vera_core.serialization import metadata_of
+
+    data = to_bytes({"a": torch.randn(2)}, metadata={"vera_core.in_features": "4", "k": "v"})
+    assert metadata_of(data) == metadata_of(io.BytesIO(data)) == {"vera_core.in_features": "4", "k": "v"}
+    assert metadata_of(to_bytes({"a": torch.randn(2)})) == {}
+    for bad in (b"", b"\x01", b"\xff" * 8 + data[8:], data[:12], struct.pack("<Q", 2) + b"[]"):
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            metadata_of(bad)
