@@ -3,6 +3,7 @@ run on the server, over every page)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -44,6 +45,14 @@ def metric_value(info: VersionInfo, dotted: str) -> float | None:
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def metric_format(values: list[float | None]) -> str:
+    """The metric column's printf format: one number of decimals for every row, the one that writes the largest
+    value to four significant digits as the Adapter page does (0.8460 beside 0.8355, not 0.846; 12.35 beside
+    9.20), so the column's digits line up."""
+    largest = max((abs(v) for v in values if v is not None and math.isfinite(v) and v != 0), default=1.0)
+    return f"%.{max(0, 3 - math.floor(math.log10(largest)))}f"
 
 
 def sorted_metric(sort: str) -> str | None:
@@ -90,13 +99,15 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
 
 
 def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
-    """The table's column settings: the version as wide as its longest name needs, in what the others leave."""
+    """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
+    sorted-by metric with one number of decimals in every row (metric_format)."""
     metric_px = max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric else WIDTHS["accuracy"]
     others = sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px
     needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)
     version = max(VERSION_MIN_PX, min(needed, TABLE_PX - others))
     return COLUMNS | {"version": navigation.version_column(version)} | (
-        {metric: st.column_config.NumberColumn(format="%.4g", width=metric_px)} if metric else {})
+        {metric: st.column_config.NumberColumn(format=metric_format([metric_value(v, metric) for v in items]),
+                                               width=metric_px)} if metric else {})
 
 
 COLUMNS: dict[str, Any] = {
@@ -238,13 +249,22 @@ def applied(chosen: dict[str, Any]) -> str:
     the defaults."""
     parts = [APPLIED[k].format(chosen[k]) for k in APPLIED if chosen[k] is not None]
     metric = sorted_metric(chosen["sort"])
-    order = (f"sorted by {metric} over every page" if metric
+    first = "lowest" if not chosen["sort"].startswith("-") else "highest"
+    order = (f"sorted by {metric}, {first} first, over every page" if metric
              else None if chosen["sort"] == "-created" else f"{SORT_LABELS[chosen['sort']]} first")
     return "; ".join(filter(None, [", ".join(parts), order]))
 
 
+def own_url() -> None:
+    """Browse keeps nothing in its URL but the registry the session shows (its choices live in the session): a
+    parameter of another page, such as the Adapter page's ``?ref=`` that Back brings along, is dropped."""
+    for name in [name for name in st.query_params if name != navigation.REGISTRY]:
+        del st.query_params[name]
+
+
 def page() -> None:
     st.title("Adapters")
+    own_url()
     form = st.empty()
     values = form_values()
     with form.container():

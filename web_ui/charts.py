@@ -32,10 +32,22 @@ def eval_points(history: list[dict[str, Any]]) -> list[list[float]]:
             and isinstance(e.get("eval_loss"), int | float)]
 
 
+#: The loss chart's plot area in px (axes, title and legends come on top): tall enough to tell curves apart, whether
+#: the chart shows one version or four.
+PLOT_PX = 300
+#: A legend sample's length in px (Vega's symbol size is an area: 25 px long): long enough to show a whole dash
+#: pattern (6 on, 3 off) beside a solid line.
+SAMPLE_SIZE = 625
+
+
 def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[float]]] | None = None
                 ) -> alt.LayerChart | None:
     """Training loss per optimizer step (solid lines) and eval loss (dashed, a dot per evaluation), one colour per
-    version: ``{ref: [[step, loss], ...]}``; None if there is nothing to draw."""
+    version: ``{ref: [[step, loss], ...]}``; None if there is nothing to draw.
+
+    The plot area is PLOT_PX tall whatever the legends hold: the chart fits its container's width only
+    ("fit-x"; Streamlit's default "fit" squeezes title, axes and legends into a fixed height, leaving four
+    versions' curves 55 px). The legend names each version by its colour and each curve by a line sample."""
     rows = [{"version": ref, "step": step, "loss": loss, "curve": curve}
             for curve, curves in (("training", train), ("eval", evals or {}))
             for ref, points in curves.items() for step, loss in points]
@@ -48,16 +60,19 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         # Steps are whole numbers: ticks at least 1 apart, written without decimals (never 1.5, 2.5).
         x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
-        strokeDash=alt.StrokeDash("curve:N", sort=kinds, title=None,
-                                  scale=alt.Scale(domain=kinds, range=[[1, 0], [6, 3]][:len(kinds)]),
-                                  legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555")),
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
+    # The dash is the lines' own: the dots do not take part in its legend, whose samples are then strokes (a legend
+    # merged with the filled dots draws each sample as a filled line: nothing).
+    lines = base.mark_line(strokeWidth=2).encode(strokeDash=alt.StrokeDash(
+        "curve:N", sort=kinds, title=None, scale=alt.Scale(domain=kinds, range=[[1, 0], [6, 3]][:len(kinds)]),
+        legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2,
+                          symbolSize=SAMPLE_SIZE)))
+    dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=40)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle="solid: training loss per step; dashed with dots: loss on the held-out eval set"
                             if has_eval else "per optimizer step (no evaluation was recorded)")
-    lines = base.mark_line(strokeWidth=2)
-    dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=40)
-    return cast(alt.LayerChart, alt.layer(lines, dots).properties(height=280, title=title))
+    return cast(alt.LayerChart, alt.layer(lines, dots).properties(
+        height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding")))
 
 
 def layer_position(path: str) -> tuple[int | None, str]:
@@ -118,9 +133,10 @@ def magnitude_heatmap(rows: list[dict[str, Any]]) -> alt.VConcatChart | None:
 
 def cosine_heatmap(layers: list[dict[str, Any]], refs: list[str]) -> alt.VConcatChart | None:
     """Per layer, the cosine similarity of each other version's weight delta with the first version's: one depth x
-    module grid per other version, on one scale from -1 to 1."""
-    rows = [{"layer": layer["module"], "version": refs[j], "cosine": layer["delta_cosine"][0][j]}
-            for layer in layers for j in range(1, len(refs)) if layer["delta_cosine"][0][j] is not None]
+    module grid per other version that has a cosine with it, on one scale from -1 to 1. ``layers``: the
+    comparison's ``with_first`` (``{"module": path, "cosine": [per version]}``, None where there is none)."""
+    rows = [{"layer": layer["module"], "version": refs[j], "cosine": layer["cosine"][j]}
+            for layer in layers for j in range(1, len(refs)) if layer["cosine"][j] is not None]
     if not rows:
         return None
     frame, depths, modules = grid_frame(rows)
@@ -128,3 +144,9 @@ def cosine_heatmap(layers: list[dict[str, Any]], refs: list[str]) -> alt.VConcat
     grids = [_grid(frame[frame["version"] == ref], "cosine", f"{ref}  vs  {refs[0]}", depths, modules, scale,
                    ".2f") for ref in refs[1:] if (frame["version"] == ref).any()]
     return alt.vconcat(*grids)
+
+
+def without_cosine(layers: list[dict[str, Any]], count: int) -> list[int]:
+    """The positions (1 to ``count`` - 1) of the versions with no cosine with the first in any layer of
+    ``layers`` (as cosine_heatmap takes them): no grid is drawn for them."""
+    return [j for j in range(1, count) if all(layer["cosine"][j] is None for layer in layers)]

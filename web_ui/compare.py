@@ -19,12 +19,23 @@ SEARCH = "compare_search"
 OPTIONS = 50
 
 
+#: The most versions Compare shows side by side (a table row, a colour and a cosine grid each).
+MOST = 4
+#: Where add_typed leaves the message about references it could not add, for the run it triggers to show.
+NOT_ADDED = "compare_not_added"
+
+
 def add_typed() -> None:
     """``on_change`` of the reference box: typed references join the chosen ones (at most four), then the box
-    empties."""
+    empties; those beyond four are named in a message (kept for the page to show: a callback draws nothing)."""
     state = st.session_state
     chosen: list[str] = state[BOX]
-    state[BOX] = (chosen + [r for r in navigation.split_refs(state["compare_typed"]) if r not in chosen])[:4]
+    new = [r for r in dict.fromkeys(navigation.split_refs(state["compare_typed"])) if r not in chosen]
+    room = max(0, MOST - len(chosen))
+    state[BOX] = chosen + new[:room]
+    if left := new[room:]:
+        state[NOT_ADDED] = (f"Not added: {', '.join(left)}. Compare takes at most {MOST} versions and "
+                            f"{len(chosen) + len(new[:room])} are chosen; remove one above (its ×) to add another.")
     state["compare_typed"] = ""
     navigation.write_url("refs", BOX, navigation.join_refs)
 
@@ -67,10 +78,12 @@ def picker() -> list[str]:
     offered = options(found)
     chosen: list[str] = st.session_state[BOX]
     refs: list[str] = st.multiselect("Versions (2 to 4)", chosen + [r for r in offered if r not in chosen], key=BOX,
-                                     max_selections=4, on_change=navigation.write_url,
+                                     max_selections=MOST, on_change=navigation.write_url,
                                      args=("refs", BOX, navigation.join_refs))
     st.text_input("Add versions by reference (comma-separated)", key="compare_typed", on_change=add_typed,
                   placeholder="alice/a:1, bob/b@prod")
+    if message := st.session_state.pop(NOT_ADDED, None):
+        st.warning(message, icon=":material/playlist_remove:")
     return refs
 
 
@@ -78,15 +91,20 @@ Pinned = tuple[tuple[str, str, str], ...]  # (owner/name:N, vectors' SHA-256, pr
 
 
 def layer_comparison(client: RegistryClient, pinned: Pinned) -> list[dict[str, Any]]:
-    """The registry's per-layer comparison of the versions ``pinned`` names (their norms of d and b, the cosines of
-    their weight deltas): computed from their tensors, so it changes only when what ``pinned`` holds does."""
-    return [layer.model_dump() for layer in client.compare([ref for ref, _, _ in pinned]).layers]
+    """The registry's per-layer comparison of the versions ``pinned`` names with the first (``with_first``: each
+    version's delta cosine with the first's, over the first's layers that any other adapts): computed from their
+    tensors, so it changes only when what ``pinned`` holds does. A registry older than ``with_first`` answers
+    the layers every version adapts only: those, the same way."""
+    result = client.compare([ref for ref, _, _ in pinned])
+    if result.with_first is None:
+        return [{"module": layer.module, "cosine": layer.delta_cosine[0]} for layer in result.layers]
+    return [layer.model_dump() for layer in result.with_first]
 
 
 def page() -> None:
     st.title("Compare")
     refs = picker()
-    if not 2 <= len(refs) <= 4:
+    if not 2 <= len(refs) <= MOST:
         st.info("Choose two to four versions.")
         return
     for ref in refs:
@@ -97,11 +115,14 @@ def page() -> None:
     navigation.set_param("refs", navigation.join_refs(refs))
     side_by_side(versions)
     st.subheader("Per-layer cosine similarity of the weight deltas")
-    cosine = charts.cosine_heatmap(session.read_pinned(layer_comparison, pinned), [v.ref for v in versions])
-    if cosine is None:
-        st.caption("No adapted layer is shared by these versions.")
-    else:
-        st.caption(cosine_caption(versions))
+    layers = session.read_pinned(layer_comparison, pinned)
+    alone = charts.without_cosine(layers, len(versions))
+    cosine = charts.cosine_heatmap(layers, [v.ref for v in versions])
+    if cosine is not None:
+        st.caption(cosine_caption([v for j, v in enumerate(versions) if j not in alone]))
+    if alone:
+        st.caption(without_cosine_caption(versions[0], [versions[j] for j in alone]))
+    if cosine is not None:
         st.altair_chart(cosine, width="content")
 
 
@@ -173,6 +194,18 @@ def cosine_caption(versions: list[VersionInfo]) -> str:
                    f"seed {first.seed}, r {first.r}) means other random A and B, and deltas built on independent "
                    "random matrices are nearly orthogonal, so they score about 0 whatever they learned. Compare "
                    "those by their metrics; the cosine is meaningful between versions sharing a projection.")
+
+
+def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:
+    """Why each version in ``alone`` has no grid: another base model than the first's (both named), or, on the
+    same one, no layer whose delta can be set beside the first's."""
+    reasons = [f"{v.ref}: on another base model ({v.base_model}; {first.ref} is on {first.base_model}), so the "
+               "two adapt no layer in common" if v.base_model != first.base_model else
+               f"{v.ref}: no layer comparable with {first.ref}'s (it adapts other modules of {v.base_model}, or the "
+               "registry does not know their shapes: `vera base register` declares them)" for v in alone]
+    it = "it" if len(alone) == 1 else "them"
+    return (f"No cosine grid for {'; '.join(reasons)}. Compare {it} by the metrics above, or with versions on "
+            f"{'its' if it == 'it' else 'their'} own base model, one of those first.")
 
 
 def projection_differences(first: VersionInfo, other: VersionInfo) -> list[str]:

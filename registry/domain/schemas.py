@@ -298,10 +298,21 @@ class LayerComparison(BaseModel):
     delta_cosine: list[list[float | None]]
 
 
+class LayerWithFirst(BaseModel):
+    """One of the first version's layers, compared with each version that adapts it too."""
+
+    module: str
+    cosine: list[float | None]  # per version, as ``refs``: None where it does not adapt the layer or shapes differ
+
+
 class Comparison(BaseModel):
     refs: list[str]
     versions: list[VersionInfo]
-    layers: list[LayerComparison]
+    layers: list[LayerComparison]  # the layers every version adapts (none when one is on another base model)
+    # The first version's layers that at least one other version adapts, each with every version's delta cosine
+    # with the first's: versions on another base model leave the others their grid. None from a registry older
+    # than the field.
+    with_first: list[LayerWithFirst] | None = None
 
 
 class JobCheckpointInfo(BaseModel):

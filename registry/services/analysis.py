@@ -8,7 +8,7 @@ import json
 import torch
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import Comparison, LayerComparison
+from registry.domain.schemas import Comparison, LayerComparison, LayerWithFirst
 from registry.services.lookup import layer_in_features, resolve, version_info, version_tensors
 from registry.services.validation import ProjectionBudget
 from registry.store.blobs import BlobStore
@@ -27,7 +27,9 @@ class Analysis:
         self.db, self.blobs, self.budget = db, blobs, budget
 
     def compare(self, refs: list[str]) -> Comparison:
-        """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas.
+        """Parameters, bytes, metrics, per-layer norms of d and b, and per-layer cosine of the weight deltas: over
+        the layers every version adapts (``layers``), and, with the first's, over the first's layers that any other
+        adapts (``with_first``), so a version on another base model, sharing no layer, empties only its own row.
 
         Each delta is the layer's own: A and B sliced to its (out, in) as the forward does, and the cosines come from
         r x r products of its factors, so memory grows with (out + in) * r, never out * in. A cosine is None where
@@ -44,31 +46,46 @@ class Analysis:
                                                     budget=self.budget)
                 sizes = layer_in_features(v, tensors, metadata)
                 loaded.append((tensors, json.loads(sizes) if sizes else {}))
-        layers = sorted(set.intersection(*({module_path(k, LAMBDA_B) for k in t if k.endswith(LAMBDA_B)}
-                                           for t, _ in loaded)))
-        return Comparison(refs=[i.ref for i in infos], versions=infos,
-                          layers=[_compare_layer(path, loaded) for path in layers])
+        adapted = [{module_path(k, LAMBDA_B) for k in t if k.endswith(LAMBDA_B)} for t, _ in loaded]
+        layers = [_compare_layer(path, loaded) for path in sorted(set.intersection(*adapted))]
+        every = {layer.module: layer.delta_cosine[0] for layer in layers}
+        shared = sorted(path for path in adapted[0] if any(path in other for other in adapted[1:]))
+        return Comparison(refs=[i.ref for i in infos], versions=infos, layers=layers,
+                          with_first=[LayerWithFirst(module=path, cosine=every[path] if path in every else
+                                                     _with_first(path, loaded, adapted)) for path in shared])
 
 
 Factors = tuple[torch.Tensor, torch.Tensor]  # (lora_A (r, in), lora_B (out, r)) of one layer's delta, float64
 
 
 def _compare_layer(path: str, loaded: list[Loaded]) -> LayerComparison:
-    factors: list[Factors | None] = []
-    d_norms, b_norms = [], []
-    for tensors, in_features in loaded:
-        d, b = tensors[f"{PEFT_PREFIX}{path}{LAMBDA_D}"], tensors[f"{PEFT_PREFIX}{path}{LAMBDA_B}"]
-        d_norms.append(float(d.norm()))
-        b_norms.append(float(b.norm()))
-        width = in_features.get(path)
-        if width is None:
-            factors.append(None)
-            continue
-        a_full, b_full = (tensors[k] for k in PROJECTION_KEYS)
-        lora_a, lora_b = delta_factors(d, b, a_full, b_full, int(width))
-        factors.append((lora_a.double(), lora_b.double()))
+    """A layer every version adapts: each one's norms of d and b, and the cosines of every pair of deltas."""
+    factors = [_factors(path, version) for version in loaded]
+    d_norms = [float(tensors[f"{PEFT_PREFIX}{path}{LAMBDA_D}"].norm()) for tensors, _ in loaded]
+    b_norms = [float(tensors[f"{PEFT_PREFIX}{path}{LAMBDA_B}"].norm()) for tensors, _ in loaded]
     cos = [[_cosine(x, y) for y in factors] for x in factors]
     return LayerComparison(module=path, d_norms=d_norms, b_norms=b_norms, delta_cosine=cos)
+
+
+def _with_first(path: str, loaded: list[Loaded], adapted: list[set[str]]) -> list[float | None]:
+    """A layer of the first version that some others adapt: each version's delta cosine with the first's (None
+    for a version that does not adapt it)."""
+    first = _factors(path, loaded[0])
+    return [_cosine(first, _factors(path, version)) if path in layers else None
+            for version, layers in zip(loaded, adapted, strict=True)]
+
+
+def _factors(path: str, version: Loaded) -> Factors | None:
+    """The layer's delta as two factors (A and B sliced to its shape, scaled by d and b); None when its input
+    size is unknown."""
+    tensors, in_features = version
+    width = in_features.get(path)
+    if width is None:
+        return None
+    d, b = tensors[f"{PEFT_PREFIX}{path}{LAMBDA_D}"], tensors[f"{PEFT_PREFIX}{path}{LAMBDA_B}"]
+    a_full, b_full = (tensors[k] for k in PROJECTION_KEYS)
+    lora_a, lora_b = delta_factors(d, b, a_full, b_full, int(width))
+    return lora_a.double(), lora_b.double()
 
 
 def _inner(x: Factors, y: Factors) -> float:

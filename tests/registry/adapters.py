@@ -1,4 +1,5 @@
-"""Small real adapters to publish: tiny Llama (layers of different shapes) with trained-looking vectors."""
+"""Small real adapters to publish: tiny Llama (layers of different shapes) with trained-looking vectors, or another
+tiny model's (``tiny=TINY_MODELS[0]``: RoBERTa) for a version on another base model."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import TINY_MODELS
+from tests.conftest import TINY_MODELS, TinyModel
 from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraModel, save_adapter
 
 LLAMA = TINY_MODELS[2]
 
 
-def make_model(seed: int = 0, **changes: object) -> VeraModel:
-    fields: dict[str, object] = {"r": 8, "target_modules": LLAMA.targets, "save_projection": False,
+def make_model(seed: int = 0, tiny: TinyModel = LLAMA, **changes: object) -> VeraModel:
+    fields: dict[str, object] = {"r": 8, "target_modules": tiny.targets, "save_projection": False,
                                  "projection_generator": PORTABLE_GENERATOR, **changes}
-    model = VeraModel(LLAMA.make(), VeraConfig(**fields))  # type: ignore[arg-type]
+    model = VeraModel(tiny.make(), VeraConfig(**fields))  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.trainable_parameters().values():
@@ -23,8 +24,8 @@ def make_model(seed: int = 0, **changes: object) -> VeraModel:
     return model.eval()
 
 
-def make_adapter(directory: Path, seed: int = 0, **changes: object) -> Path:
-    return save_adapter(make_model(seed, **changes), directory)
+def make_adapter(directory: Path, seed: int = 0, tiny: TinyModel = LLAMA, **changes: object) -> Path:
+    return save_adapter(make_model(seed, tiny, **changes), directory)
 
 
 def peft_logits(folder: Path) -> torch.Tensor:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from registry.domain.errors import Conflict, IntegrityError, InvalidInput, NotFound
 from registry.services.registry import Registry
 from registry.store import models as m
-from tests.conftest import output_of
+from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter
 
@@ -313,6 +313,24 @@ def test_compare(registry: Registry, tmp_path: Path) -> None:
     assert layer.delta_cosine[0][2] == pytest.approx(1.0, abs=1e-5)
     assert abs(layer.delta_cosine[0][1] or 0) < 0.99
     assert layer.d_norms[0] == layer.d_norms[2] != layer.d_norms[1]
+
+
+def test_compare_with_a_version_on_another_base_model_keeps_the_others_cosines(registry: Registry,
+                                                                               tmp_path: Path) -> None:
+    """A version on another base model shares no layer with the first: no layer is every version's, yet the
+    first's layers are still compared with the versions that adapt them (``with_first``), and its row is None."""
+    refs = [registry.publish(make_adapter(tmp_path / f"l{seed}", seed=seed), owner="jo", name=f"l{seed}",
+                             base_model="tiny-llama").ref for seed in (1, 2)]
+    other = registry.publish(make_adapter(tmp_path / "roberta", seed=3, tiny=TINY_MODELS[0]), owner="jo",
+                             name="roberta", base_model="tiny-roberta").ref
+    pair = registry.compare(refs)
+    result = registry.compare([*refs, other])
+    assert result.layers == [] and result.with_first is not None and len(result.with_first) == 14
+    assert pair.with_first is not None and [w.module for w in pair.with_first] == [x.module for x in pair.layers]
+    for mine, theirs in zip(result.with_first, pair.layers, strict=True):
+        assert mine.module == theirs.module and mine.cosine[2] is None  # RoBERTa adapts no Llama layer
+        assert mine.cosine[:2] == pytest.approx(theirs.delta_cosine[0], abs=1e-9)
+    assert registry.compare([other, *refs]).with_first == []  # the first shares a layer with none
 
 
 @pytest.mark.parametrize("generator", [PORTABLE_GENERATOR, PEFT_GENERATOR])

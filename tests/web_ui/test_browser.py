@@ -571,3 +571,67 @@ def test_publish_as_messages_follow_the_box_and_a_jobs_log_reads_in_words_in_a_b
     expect(page.get_by_role("button", name=re.compile(r"^Download the raw log \(\d+ events, JSON lines\)$"))) \
         .to_be_visible()
     shot(page, "41-train-log-in-words")
+
+
+#: Per loss chart on the page (the one with an "optimizer step" axis): its plot area's height (its vertical grid
+#: lines, px) and its legends' entries (label, dash, stroke and length of each sample).
+LOSS_CHART_JS = """() => [...document.querySelectorAll("svg.marks")]
+  .filter(svg => [...svg.querySelectorAll(".role-axis-title text")].some(t => t.textContent === "optimizer step"))
+  .map(svg => ({
+    plot: Math.max(...[...svg.querySelectorAll(".role-axis-grid")].map(g => g.getBoundingClientRect().height)),
+    legends: [...svg.querySelectorAll("g.role-legend")].map(legend => {
+      const labels = [...legend.querySelectorAll(".role-legend-label text")].map(t => t.textContent);
+      return [...legend.querySelectorAll(".role-legend-symbol path")].map((s, i) => ({label: labels[i],
+        dash: s.getAttribute("stroke-dasharray"), stroke: s.getAttribute("stroke"),
+        length: s.getBoundingClientRect().width}));
+    })}))"""
+
+
+def readable_loss_chart(page: Page) -> None:
+    """The page's loss chart has a plot area at least 280 px tall, and its training and eval entries are line
+    samples: a visible stroke, solid for training and dashed (6 on, 3 off) for eval, long enough to show it."""
+    expect(page.get_by_text("optimizer step", exact=True)).to_be_visible()
+    (chart,) = page.evaluate(LOSS_CHART_JS)
+    assert chart["plot"] >= 280, f"plot area {chart['plot']} px"
+    samples = {s["label"]: s for legend in chart["legends"] for s in legend if s["label"] in ("training", "eval")}
+    assert set(samples) == {"training", "eval"}, chart["legends"]
+    assert samples["training"]["dash"] == "1,0" and samples["eval"]["dash"] == "6,3"
+    for sample in samples.values():
+        assert sample["stroke"] not in (None, "transparent", "none") and sample["length"] >= 20, sample
+
+
+def test_loss_charts_are_tall_enough_and_their_legend_shows_the_lines_in_a_browser(
+        page: Page, product: dict[str, str], tmp_path: Path) -> None:
+    """Issue 20, walk 2: the loss charts' plot was ~85 px (~55 in Compare with four versions) and the legend's
+    training and eval entries showed no line. Four versions with eval curves in Compare, one on the Adapter page."""
+    refs = [f"alice/curves{i}:1" for i in range(4)]
+    with RegistryClient(product["api"]) as client:
+        for i, ref in enumerate(refs):
+            curves = {"train_loss": [[s, 1 / (s + i) + 0.1] for s in range(1, 30)],
+                      "eval": [{"step": s, "eval_loss": 1.2 / (s + i) + 0.15} for s in (10, 20, 29)]}
+            client.publish(make_adapter(tmp_path / str(i), seed=10 + i), ref.removesuffix(":1"),
+                           base_model="tiny-llama", metrics=curves)
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/compare?refs={','.join(refs)}")
+    readable_loss_chart(page)
+    shot(page, "50-compare-loss-chart-four-versions")
+    page.goto(f"{product['ui']}/adapter?ref={refs[0]}")
+    page.get_by_role("tab", name="Metrics").click()
+    readable_loss_chart(page)
+    shot(page, "51-adapter-loss-chart")
+
+
+def test_back_from_an_opened_version_leaves_browse_without_its_ref_in_a_browser(
+        page: Page, product: dict[str, str]) -> None:
+    """Issue 20, walk 2: Browse -> Open version -> Back showed Browse at ``?ref=...``."""
+    use_product_registry(page, product)
+    page.goto(product["ui"])
+    expect(page.get_by_text(re.compile(r"versions match"))).to_be_visible()
+    open_first_row(page)
+    expect(page).to_have_url(re.compile(r"/adapter\?ref="))
+    expect(page.get_by_role("tab", name="Metrics")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_text(re.compile(r"versions match"))).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile("Open version$"))).to_be_visible()  # Browse has run
+    expect(page).not_to_have_url(re.compile(r"[?&]ref="))
+    shot(page, "52-browse-after-back")

@@ -63,6 +63,20 @@ def test_the_loss_chart_has_a_title_and_the_eval_curve_over_the_training_curve()
     assert charts.loss_curves({"a/b:1": []}, {}) is None
 
 
+def test_the_loss_plot_keeps_its_height_and_its_legend_shows_each_curve_as_a_line() -> None:
+    """Issue 20, walk 2: Streamlit's default autosize ("fit") squeezed title, axes and two legends into 280 px,
+    leaving the curves 85 px (55 with four versions), and the dash legend merged with the eval dots drew no line."""
+    refs = [f"bulk/adapter-{i:02}:1" for i in range(4)]
+    chart = spec(charts.loss_curves({ref: [[1, 0.9], [2, 0.5]] for ref in refs}, {ref: [[2, 0.6]] for ref in refs}))
+    assert chart["height"] == charts.PLOT_PX >= 280  # the plot area: title, axes and legends come on top
+    assert chart["autosize"] == {"type": "fit-x", "contains": "padding"}  # only the width fits the page
+    lines, dots = chart["layer"]
+    dash = lines["encoding"]["strokeDash"]
+    assert dash["scale"] == {"domain": ["training", "eval"], "range": [[1, 0], [6, 3]]}
+    assert dash["legend"]["symbolType"] == "stroke" and dash["legend"]["symbolSize"] >= 400  # a whole 6-3 dash
+    assert "strokeDash" not in dots.get("encoding", {})  # the dots stay out of the line legend
+
+
 def test_compared_versions_get_distinct_colours() -> None:
     refs = [f"alice/m{i}:1" for i in range(4)]
     chart = spec(charts.loss_curves({ref: [[1, 1.0], [2, 0.5]] for ref in refs}))
@@ -73,7 +87,7 @@ def test_compared_versions_get_distinct_colours() -> None:
 
 def test_the_cosine_view_is_a_labelled_grid_per_compared_version() -> None:
     refs = ["alice/first-adapter-with-a-long-name:1", "alice/b:2", "alice/c:3"]
-    layers = [{"module": r["layer"], "delta_cosine": [[1.0, 0.9, None if "lm_head" in r["layer"] else 0.01]]}
+    layers = [{"module": r["layer"], "cosine": [1.0, 0.9, None if "lm_head" in r["layer"] else 0.01]}
               for r in layer_rows(3)]
     chart = spec(charts.cosine_heatmap(layers, refs))
     titles = [g["title"]["text"] for g in chart["vconcat"]]
@@ -81,7 +95,17 @@ def test_the_cosine_view_is_a_labelled_grid_per_compared_version() -> None:
     for grid in chart["vconcat"]:
         assert grid["encoding"]["color"]["scale"]["domain"] == [-1, 1]
         assert grid["encoding"]["x"]["axis"]["labelAngle"] == 0 and grid["encoding"]["y"]["axis"]["labelLimit"] == 0
-    assert charts.cosine_heatmap([{"module": "x", "delta_cosine": [[1.0, None]]}], refs[:2]) is None
+    assert charts.cosine_heatmap([{"module": "x", "cosine": [1.0, None]}], refs[:2]) is None
+
+
+def test_a_version_sharing_no_layer_with_the_first_leaves_the_others_their_grids() -> None:
+    """Issue 20, walk 2: a version on another base model has no cosine in any layer; the others keep theirs."""
+    refs = ["bulk/adapter-59:1", "bulk/adapter-58:1", "bulk/adapter-03:1", "alice/polarity:1"]
+    layers = [{"module": r["layer"], "cosine": [1.0, 0.5, -0.2, None]} for r in layer_rows(2)]
+    chart = spec(charts.cosine_heatmap(layers, refs))
+    assert [g["title"]["text"] for g in chart["vconcat"]] == [f"{ref}  vs  {refs[0]}" for ref in refs[1:3]]
+    assert charts.without_cosine(layers, len(refs)) == [3]
+    assert charts.without_cosine([], 2) == [1]  # no shared layer at all: the one other version
 
 
 def test_steps_are_whole_numbers_on_the_loss_chart() -> None:

@@ -88,10 +88,11 @@ def test_sort_by_metric_orders_every_page_on_the_server(registry: dict[str, Any]
     assert versions(at)[:4] == ["alice/secret:1", "alice/child:1", "alice/grandchild:1", "alice/base:1"]
     frame = at.dataframe[0].value
     assert list(frame["test.accuracy"])[:4] == pytest.approx([0.99, 0.95, 0.85, 0.70])  # the sorted metric shown
-    assert "sorted by test.accuracy over every page" in texts(at)
+    assert "sorted by test.accuracy, highest first, over every page" in texts(at)
     field(filter_form(at), "Sort by metric").set_value("+test.accuracy")
     click(at, "Apply")
     assert versions(at)[0] == "alice/filler:1"  # lowest first: 0.5
+    assert "sorted by test.accuracy, lowest first, over every page" in texts(at)  # issue 20, walk 2
     click(at, "Next page")
     assert versions(at)[-1] == "alice/secret:1"  # the highest, on the last page
 

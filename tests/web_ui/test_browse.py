@@ -1,0 +1,60 @@
+"""Browse (web_ui/browse.py) through AppTest against a real registry: the sorted-by metric's column and caption,
+and a URL that carries no other page's parameter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from registry.client import RegistryClient
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+from tests.web_ui.test_pages import page, texts
+from web_ui import browse, navigation
+
+ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846 beside 0.8355
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("browse")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
+        for seed, (name, accuracy) in enumerate(ACCURACY.items()):
+            client.publish(make_adapter(root / name.replace("/", "-"), seed=seed), name, base_model="tiny-llama",
+                           metrics={"test": {"accuracy": accuracy}, "final_eval": {"loss": 0.4 + seed / 10}})
+        yield {"url": url, "token": ""}
+
+
+@pytest.mark.parametrize(("values", "fmt"), [
+    ([0.846, 0.8355], "%.4f"), ([12.3, 9.2, None], "%.2f"), ([1234.5], "%.0f"), ([0.00123, 0.0004], "%.6f"),
+    ([None], "%.3f"), ([0.0, 1.5], "%.3f"),
+], ids=["accuracies", "losses", "thousands", "small", "none", "zero"])
+def test_a_metric_column_has_one_number_of_decimals(values: list[float | None], fmt: str) -> None:
+    assert browse.metric_format(values) == fmt
+
+
+def test_the_sorted_metric_is_written_with_one_precision_and_its_order_said(registry: dict[str, Any]) -> None:
+    """Issue 20, walk 2: '%.4g' wrote 0.846 beside 0.8355; a lowest-first sort was captioned like a highest-first."""
+    at = page("browse", registry, **{browse.APPLIED_FORM: {"metric": "test.accuracy"}})
+    assert not at.exception
+    table = at.dataframe[0]
+    assert list(table.value["test.accuracy"]) == pytest.approx(list(ACCURACY.values()))  # highest first
+    assert json.loads(table.proto.columns)["test.accuracy"]["type_config"]["format"] == "%.4f"  # 0.8460, 0.8355
+    assert "sorted by test.accuracy, highest first, over every page" in texts(at)
+    lowest = page("browse", registry, **{browse.APPLIED_FORM: {"metric": "+final_eval.loss"}})
+    assert list(lowest.dataframe[0].value["final_eval.loss"]) == pytest.approx([0.4, 0.5])
+    assert "sorted by final_eval.loss, lowest first, over every page" in texts(lowest)
+    chosen = page("browse", registry, **{browse.APPLIED_FORM: {"sort": "metrics.final_eval.loss"}})
+    assert "sorted by final_eval.loss, lowest first, over every page" in texts(chosen)  # the Sort box's choice
+
+
+def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, Any]) -> None:
+    """Issue 20, walk 2: Back from the Adapter page left Browse at ``?ref=...``; the registry a session shows stays
+    (links opened from it show the same registry)."""
+    at = page("browse", registry, query={"ref": "alice/a:1", "refs": "alice/a:1,alice/b:1", "job": "3",
+                                         navigation.REGISTRY: registry["url"]})
+    assert not at.exception and "2 versions match" in texts(at)
+    assert dict(at.query_params) == {navigation.REGISTRY: registry["url"]}

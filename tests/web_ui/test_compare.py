@@ -1,0 +1,73 @@
+"""Compare (web_ui/compare.py) through AppTest against a real registry: versions on two base models side by side
+(three tiny-Llama adapters and a tiny-RoBERTa one), and references typed beyond the four it takes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from registry.client import RegistryClient
+from tests.conftest import TINY_MODELS
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+from tests.web_ui.test_pages import page, texts
+from web_ui import compare
+
+LLAMAS = ["bulk/adapter-59:1", "bulk/adapter-58:1", "bulk/adapter-03:1"]
+OTHER = "alice/polarity:1"  # on another base model: no layer in common with the Llama ones
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("compare")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
+        for seed, ref in enumerate(LLAMAS):
+            make_adapter(root / str(seed), seed=seed)
+            client.publish(root / str(seed), ref.removesuffix(":1"), base_model="tiny-llama")
+        client.publish(make_adapter(root / "roberta", seed=9, tiny=TINY_MODELS[0]), OTHER.removesuffix(":1"),
+                       base_model="tiny-roberta")
+        yield {"url": url, "token": ""}
+
+
+def grid_titles(at: AppTest) -> list[str]:
+    """The titles of the cosine view's grids (one per version compared with the first), as the browser gets them."""
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    return [grid["title"]["text"] for s in specs for grid in s.get("vconcat", [])]
+
+
+def test_a_version_on_another_base_model_leaves_the_others_their_cosine_grids(registry: dict[str, Any]) -> None:
+    """Issue 20, walk 2: one version sharing no layer with the first emptied the whole view ("No adapted layer is
+    shared by these versions"); now the others keep their grids and that version is named with both base models."""
+    at = page("compare", registry, query={"refs": ",".join([*LLAMAS, OTHER])})
+    assert not at.exception
+    assert grid_titles(at) == [f"{ref}  vs  {LLAMAS[0]}" for ref in LLAMAS[1:]]
+    shown = texts(at)
+    assert "No adapted layer is shared" not in shown
+    assert (f"No cosine grid for {OTHER}: on another base model (tiny-roberta; {LLAMAS[0]} is on tiny-llama), so "
+            "the two adapt no layer in common.") in shown
+    assert "All share the first's projection" in shown  # said of the three with a grid
+
+
+def test_first_on_another_base_model_than_all_the_others_names_each(registry: dict[str, Any]) -> None:
+    at = page("compare", registry, query={"refs": f"{OTHER},{LLAMAS[0]},{LLAMAS[1]}"})
+    assert not at.exception and grid_titles(at) == []
+    shown = texts(at)
+    for ref in LLAMAS[:2]:
+        assert f"{ref}: on another base model (tiny-llama; {OTHER} is on tiny-roberta)" in shown
+    assert "Compare them by the metrics above" in shown and "cos(ΔW of each version" not in shown
+
+
+def test_references_typed_beyond_four_are_named_as_not_added(registry: dict[str, Any]) -> None:
+    """Issue 20, walk 2: typed references beyond the fourth were dropped without a word."""
+    at = page("compare", registry, query={"refs": ",".join(LLAMAS)})
+    at.text_input(key="compare_typed").set_value(f"{OTHER}, alice/polarity@latest, {LLAMAS[0]}").run()
+    assert at.multiselect[0].value == [*LLAMAS, OTHER]  # one had room; the one already chosen is not news
+    assert [w.value for w in at.warning] == [
+        f"Not added: alice/polarity@latest. Compare takes at most {compare.MOST} versions and 4 are chosen; "
+        "remove one above (its ×) to add another."]
+    at.multiselect[0].set_value(LLAMAS).run()
+    assert not at.warning  # said once, for the references just typed
