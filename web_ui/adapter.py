@@ -129,12 +129,14 @@ def versions(info: VersionInfo) -> None:
 
 def metrics(info: VersionInfo) -> None:
     rows = formats.metric_rows(info.metrics)
-    if rows:
-        tables.show(pd.DataFrame(rows), hide_index=True, width="content", whole=True)
-    else:
-        st.caption("No metrics were recorded with this version.")
     chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []},
                                {info.ref: charts.eval_points(info.metrics.get("eval") or [])})
+    if rows:
+        tables.show(pd.DataFrame(rows), hide_index=True, width="content", whole=True)
+    elif chart is not None:
+        st.caption("No final metrics (test or eval results) were recorded with this version: only the loss curve.")
+    else:
+        st.caption("No metrics were recorded with this version.")
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")

@@ -171,10 +171,18 @@ def compare(
     for v in result.versions:
         summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", json.dumps(v.metrics)[:60])
     console.print(summary)
-    layers = Table("layer", *[f"cos(1,{i + 1})" for i in range(1, len(result.refs))])
-    for layer in result.layers:
-        layers.add_row(layer.module, *[f"{c:.3f}" if c is not None else "-" for c in layer.delta_cosine[0][1:]])
+    # the first version's layers that another version adapts too (with_first): a version on another base model
+    # shares none, and leaves the others theirs; a registry older than the field answers the layers all share
+    rows = ([(w.module, w.cosine) for w in result.with_first] if result.with_first is not None
+            else [(layer.module, layer.delta_cosine[0]) for layer in result.layers])
+    layers = Table("layer", *[f"cos(1,{i + 1})" for i in range(1, len(result.refs))],
+                   caption="cosine of each version's weight delta with the first's; - where it does not adapt it")
+    for module, cosines in rows:
+        layers.add_row(module, *[f"{c:.3f}" if c is not None else "-" for c in cosines[1:]])
     console.print(layers)
+    for i, ref in enumerate(result.refs[1:], start=1):
+        if all(cosines[i] is None for _, cosines in rows):
+            console.print(f"{ref} adapts none of {result.refs[0]}'s layers (another base model, or other modules).")
 
 
 def alias(

@@ -178,3 +178,30 @@ def test_the_vera_script_builds_only_the_command_its_arguments_name(monkeypatch:
         assert run.returncode == code and says in run.stdout + run.stderr, (args, run.stdout, run.stderr)
     monkeypatch.setenv("_VERA_COMPLETE", "bash_complete")  # shell completion offers every command
     assert named(["ls"]) is COMMANDS
+
+
+def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_another_base_model(
+        tmp_path: Path) -> None:
+    """One version on another base model shares no layer with the first: the others' cosines are still shown
+    (the API's ``with_first``), and that version is named, instead of an empty table."""
+    from registry.client import RegistryClient
+    from tests.conftest import TINY_MODELS
+    from tests.registry.adapters import make_adapter
+    from tests.registry.servers import running_server
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        with RegistryClient(url) as client:
+            for seed in (1, 2):
+                client.publish(make_adapter(tmp_path / f"l{seed}", seed=seed), f"jo/l{seed}", base_model="tiny-llama")
+            client.publish(make_adapter(tmp_path / "rob", seed=3, tiny=TINY_MODELS[0]), "jo/rob",
+                           base_model="tiny-roberta")
+            expected = client.compare(["jo/l1:1", "jo/l2:1"]).layers
+        done = vera("compare", "jo/l1:1", "jo/l2:1", "jo/rob:1", "--registry", url)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in done.stdout.splitlines()
+            if line.count("│") >= 4 and "layers." in line}
+    assert len(rows) == len(expected) == 14
+    for layer in expected:  # the pair's cosine, and '-' for the RoBERTa version
+        assert [c.strip() for c in rows[layer.module]] == [f"{layer.delta_cosine[0][1]:.3f}", "-"]
+    assert "jo/rob:1 adapts none of jo/l1:1's layers (another base model, or other modules)." in " ".join(
+        done.stdout.split())

@@ -667,3 +667,20 @@ def test_streamlit_settings_travel_with_the_entry_script(tmp_path: Path) -> None
                "'runner.magicEnabled', 'browser.gatherUsageStats')])")
     shown = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "['none', False, False, False]"
+
+
+def test_a_version_with_only_a_loss_curve_says_so_above_its_chart(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        monkeypatch.setenv("VERA_REGISTRY_URL", url)
+        with RegistryClient(url) as client:
+            client.publish(make_adapter(tmp_path / "a"), "kim/curve", base_model="tiny-llama",
+                           metrics={"train_loss": CURVE})
+            client.publish(make_adapter(tmp_path / "b", seed=2), "kim/none", base_model="tiny-llama")
+        curve = page("adapter", {"url": url, "token": ""}, query={"ref": "kim/curve:1"}, adapter_tab="Metrics")
+        assert not curve.exception and curve.get("vega_lite_chart")
+        assert "No final metrics (test or eval results) were recorded with this version: only the loss curve." in \
+            texts(curve)
+        bare = page("adapter", {"url": url, "token": ""}, query={"ref": "kim/none:1"}, adapter_tab="Metrics")
+        assert not bare.exception and not bare.get("vega_lite_chart")
+        assert "No metrics were recorded with this version." in texts(bare)
