@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
@@ -17,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 import httpx
+import pybase64
 
 from registry.credentials import stored_token
 from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, RegistryError
@@ -141,7 +141,7 @@ def _inline_bytes(entry: FileEntry, ref: str) -> bytes:
     try:
         if len(entry.content) > 4 * (entry.size // 3 + 1):
             raise ValueError("longer than its size")
-        data = base64.b64decode(entry.content, validate=True)
+        data = pybase64.b64decode(entry.content, validate=True)
     except ValueError as exc:  # binascii.Error is one
         raise IntegrityError(f"{entry.name} of {ref} came inline as bad base64 ({exc}); fetch again.") from exc
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:

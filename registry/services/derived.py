@@ -16,11 +16,11 @@ import hashlib
 import tempfile
 import threading
 import zlib
-from base64 import b64encode
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pybase64
 from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
 from sqlalchemy.orm import Session
@@ -159,7 +159,7 @@ class DerivedFiles:
         key = ("base64", file.sha256)
         if (kept := self.versions.cache.get(key)) is not None:
             return kept.files["base64"].decode("ascii")
-        text = b64encode(self.read(ref, file))
+        text = pybase64.b64encode(self.read(ref, file))
         self.versions.cache.put(key, BuiltFiles(files={"base64": text}, sha256={}))
         return text.decode("ascii")
 
