@@ -85,17 +85,32 @@ def layer_position(path: str) -> tuple[int | None, str]:
     return None, path
 
 
-def _model_order(path: str) -> tuple[int, int, list[Any]]:
+#: The order of the usual modules within a transformer block, as the model runs them (files list tensors by name,
+#: so a file's order says nothing): attention's query, key, value and output, then the MLP's in and out (BERT and
+#: RoBERTa, Llama-style, GPT-2, OPT-style names). A longer name comes before one it ends with.
+BLOCK_ORDER = ("query", "q_proj", "key", "k_proj", "value", "v_proj", "c_attn", "qkv_proj", "query_key_value",
+               "attention.output.dense", "o_proj", "out_proj", "attn.c_proj", "dense_h_to_4h", "intermediate.dense",
+               "gate_proj", "up_proj", "c_fc", "fc1", "output.dense", "down_proj", "mlp.c_proj", "dense_4h_to_h", "fc2")
+
+
+def _block_rank(module: str) -> int:
+    """Where ``module`` (the path within its block) runs among BLOCK_ORDER's; after them all when it is none."""
+    return next((i for i, known in enumerate(BLOCK_ORDER) if module == known or module.endswith("." + known)),
+                len(BLOCK_ORDER))
+
+
+def _model_order(path: str) -> tuple[int, int, int, list[Any]]:
     """Sort key: numbered blocks by depth (files list them as text: 0, 1, 10, 11, 2, ...), layers outside the
-    blocks after them; within a block, by name with numbers compared as numbers."""
-    depth, _ = layer_position(path)
-    return (depth is None, depth or 0, [(0, int(p), "") if p.isdigit() else (1, 0, p)
-                                         for p in re.split(r"(\d+)", path) if p])
+    blocks after them; within a block, the usual modules in the order the model runs them (BLOCK_ORDER), others
+    after them by name with numbers compared as numbers."""
+    depth, module = layer_position(path)
+    return (depth is None, depth or 0, _block_rank(module), [(0, int(p), "") if p.isdigit() else (1, 0, p)
+                                                             for p in re.split(r"(\d+)", path) if p])
 
 
 def grid_frame(rows: list[dict[str, Any]], layer_key: str = "layer") -> tuple[pd.DataFrame, list[str], list[str]]:
     """``rows`` with a depth and a module column, and the depth and module orders (model order: numbered blocks
-    first to last, each block's modules as the file lists them, then the layers outside the blocks)."""
+    first to last, each block's modules in the order the model runs them, then the layers outside the blocks)."""
     ordered = sorted(rows, key=lambda r: _model_order(r[layer_key]))
     placed = []
     for row in ordered:

@@ -145,7 +145,7 @@ def registry_problem(url: str, token: str) -> str | None:
         found = f"{str(answer)[:80]}"
     return (f"{url} answered, but it is not a vera registry (GET /health gave {found}, not {{'status': 'ok'}}). "
             "Is it the dashboard's own address or another service? Set the registry's API URL in the sidebar: "
-            f"`vera up` prints it (by default {DEFAULT_URL}).")
+            f"`vera up` prints it (this dashboard's default: {default_url()}).")
 
 
 def guarded(page: Callable[[], None]) -> Callable[[], None]:

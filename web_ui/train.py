@@ -96,6 +96,7 @@ def launch() -> bool:
         # required and validate: the browser refuses an empty or malformed name before the form is sent, so no
         # message of the page's can stay on screen about a name the box no longer holds
         target = c1.text_input("Publish as", placeholder="owner/name", required=True, validate=TARGET_PATTERN)
+        c1.caption("owner/name in lowercase letters, digits, '.', '_' or '-'; the job publishes its next version")
         base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a local directory "
                                                                 "on the worker")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)

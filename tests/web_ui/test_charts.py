@@ -41,6 +41,21 @@ def test_the_grid_is_in_model_order_with_every_label() -> None:
         assert grid["height"] >= charts.ROW_PX * len(modules)  # a row per module: no label skipped
 
 
+@pytest.mark.parametrize("block", [
+    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+     "mlp.down_proj"],  # Llama
+    ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+     "intermediate.dense", "output.dense"],  # BERT, RoBERTa
+    ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],  # GPT-2
+], ids=["llama", "bert", "gpt2"])
+def test_a_blocks_modules_are_in_the_order_the_model_runs_them(block: list[str]) -> None:
+    """Files list tensors by name (mlp.down_proj before self_attn.q_proj): within a block, the grid and the Layers
+    table follow the model (attention's q, k, v, o, then the MLP's in and out), unknown modules after them."""
+    paths = sorted([f"model.layers.{d}.{m}" for d in (0, 1) for m in [*block, "zz_extra"]])  # as a file lists them
+    _, depths, modules = charts.grid_frame([{"layer": p, "d_mean_abs": 1.0, "b_mean_abs": 1.0} for p in paths])
+    assert depths == ["0", "1"] and modules == [*block, "zz_extra"]
+
+
 def test_d_and_b_have_a_colour_scale_each() -> None:
     chart = spec(charts.magnitude_heatmap(layer_rows()))
     assert chart["resolve"] == {"scale": {"color": "independent"}}

@@ -474,13 +474,16 @@ def not_a_registry(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("name", ["browse", "adapter", "compare", "train"])
-def test_a_server_that_is_not_a_registry_is_named_as_such(not_a_registry: str, name: str) -> None:
+def test_a_server_that_is_not_a_registry_is_named_as_such(not_a_registry: str, name: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERA_REGISTRY_URL", "http://127.0.0.1:18865")  # `vera ui --registry` of another port
     at = page(name, {"url": f"http://{not_a_registry}", "token": ""}, query={"ref": "alice/model0:1"})
     assert not at.exception
     shown = texts(at)
     assert f"http://{not_a_registry} answered, but it is not a vera registry" in shown, shown
     assert "Set the registry's API URL in the sidebar" in shown and "cannot be reached" not in shown
     assert "<" not in shown and "\\n" not in shown  # an HTML page is named, never quoted
+    assert "(this dashboard's default: http://127.0.0.1:18865)" in shown
 
 
 def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> None:
