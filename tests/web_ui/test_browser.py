@@ -4,9 +4,13 @@ Screenshots of every page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -31,6 +35,7 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     root = tmp_path_factory.mktemp("up")
     api, ui = free_port(), free_port()
     with running_vera(["up", "--port", str(api), "--ui-port", str(ui)], api, VERA_DATA_DIR=str(root / "data"),
+                      VERA_DOWNLOAD_FLUSH_S="0.2",  # download counts show at once (test_the_first_walks_bugs...)
                       also=(f"http://127.0.0.1:{ui}/_stcore/health",)) as url:
         with RegistryClient(url) as client:
             for i in range(2):
@@ -635,3 +640,57 @@ def test_back_from_an_opened_version_leaves_browse_without_its_ref_in_a_browser(
     expect(page.get_by_role("button", name=re.compile("Open version$"))).to_be_visible()  # Browse has run
     expect(page).not_to_have_url(re.compile(r"[?&]ref="))
     shot(page, "52-browse-after-back")
+
+
+def downloads_of(product: dict[str, str], ref: str, *, settle_s: float = 1.0) -> int:
+    """The version's download count once the server's counts have been flushed (every 0.2 s here)."""
+    time.sleep(settle_s)
+    with RegistryClient(product["api"]) as client:
+        return client.get(ref).downloads
+
+
+def test_the_first_walks_bugs_in_a_browser_404_page_parameter_count_and_downloads_built_on_click(
+        page: Page, product: dict[str, str], tmp_path: Path) -> None:
+    """Issue 20's bugs that AppTest covered, in chromium too: another HTTP server's HTML 404 is named (not quoted,
+    no traceback); the header counts adapter parameters as `vera ls` does and says the count with the head; the
+    Metrics and Download tabs fetch no weights until a download button is clicked (the version's download count
+    moves only then)."""
+    (tmp_path / "www").mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    other = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # python -m http.server: an HTML 404 at /health
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        page.goto(product["ui"])
+        url = page.get_by_role("textbox", name="URL", exact=True)
+        url.fill(f"http://127.0.0.1:{other.server_address[1]}")
+        url.press("Enter")
+        expect(page.get_by_text("answered, but it is not a vera registry")).to_be_visible()
+        expect(page.get_by_text("an HTML page, not the registry's answer")).to_be_visible()
+        expect(page.get_by_text("<!DOCTYPE")).to_have_count(0)
+        expect(page.get_by_text("Traceback")).to_have_count(0)
+        shot(page, "19-another-servers-404")
+    finally:
+        other.shutdown()
+        other.server_close()
+
+    with RegistryClient(product["api"]) as client:
+        info = client.publish(make_adapter(tmp_path / "headed", seed=7, modules_to_save=["lm_head"]), "alice/headed",
+                              base_model="tiny-llama")
+    assert info.trainable_parameters > info.adapter_parameters
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/adapter?ref={info.ref}")
+    expect(header_metric(page, "Adapter parameters")).to_contain_text(f"{info.adapter_parameters:,}")  # as vera ls
+    expect(page.get_by_text(f"{info.trainable_parameters:,} trainable with the task head")).to_be_visible()
+
+    before = downloads_of(product, info.ref)
+    page.get_by_role("tab", name="Metrics").click()
+    expect(page.get_by_text("Storage", exact=True)).to_be_visible()  # drawn from the weights, read to be shown
+    page.get_by_role("tab", name="Download").click()
+    expect(page.get_by_role("button", name="adapter_model.safetensors")).to_be_visible()
+    assert downloads_of(product, info.ref) == before  # nothing downloaded to draw the tabs or their buttons
+    with page.expect_download():
+        page.get_by_role("button", name="adapter_model.safetensors").click()
+    deadline = time.monotonic() + 30
+    while downloads_of(product, info.ref, settle_s=0.3) == before and time.monotonic() < deadline:
+        pass
+    assert downloads_of(product, info.ref) == before + 1  # the click, once
