@@ -47,6 +47,7 @@ from datetime import date
 from pathlib import Path
 
 from playwright.sync_api import Browser, BrowserContext, Page, WebSocket, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -135,7 +136,8 @@ def pages(ui: str, refs: list[str]) -> dict[str, tuple[str, list[Check]]]:
     return {
         "Streamlit's shell alone (the sidebar's page links)": (f"{ui}/train", [("link", "Browse")]),
         "Browse (the first 50 rows, with the total)": (ui, [("text", "versions match"), ("testid", "stDataFrame")]),
-        "Adapter (header, versions and config tab)": (f"{ui}/adapter?ref={refs[0]}", [("text", "Projection")]),
+        "Adapter (header, versions and config tab)": (f"{ui}/adapter?ref={refs[0]}",
+                                                      [("text", "Base model and projection")]),
         "Compare (two versions, loss chart, cosine grid)": (f"{ui}/compare?refs={refs[0]},{refs[1]}",
                                                              [("text", "cos(ΔW of each version")]),
         "Train (form, no jobs)": (f"{ui}/train", [("text", "No jobs yet.")]),
@@ -157,7 +159,12 @@ def marked_visit(browser: Browser, context: BrowserContext | None, url: str, che
     own = context is None
     context = context or browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
-    marks = timed_visit(tab, url, checks)
+    try:
+        marks = timed_visit(tab, url, checks)
+    except PlaywrightTimeout as exc:
+        tab.screenshot(path=str(Path(tempfile.gettempdir()) / "dashboard_render_timeout.png"))
+        raise RuntimeError(f"{url}: the page never showed {checks} (a screenshot is in "
+                           f"{tempfile.gettempdir()}/dashboard_render_timeout.png)") from exc
     tab.close()
     if own:
         context.close()
