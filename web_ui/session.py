@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import streamlit as st
@@ -94,6 +94,17 @@ def prefetch(fn: Callable[Concatenate[RegistryClient, P], Any], *args: P.args, *
     cached, so the page's ``read`` tries again and shows the error as usual."""
     url, token = settings()
     _AHEAD.submit(_cached, url, token, _name(fn), fn, *args, **kwargs)
+
+
+def start(fn: Callable[[RegistryClient], T]) -> Future[T]:
+    """``call(fn)`` started on the read-ahead threads, uncached (for reads a run must see fresh, such as a jobs
+    listing whose statuses change by the second): its result is the future's. The client is made here, on the
+    page's thread, which alone knows the session's settings."""
+    def closing(c: RegistryClient) -> T:
+        with c:
+            return fn(c)
+
+    return _AHEAD.submit(closing, client())
 
 
 def prefetch_pinned(fn: Callable[Concatenate[RegistryClient, P], Any], *args: P.args, **kwargs: P.kwargs) -> None:

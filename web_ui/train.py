@@ -3,13 +3,10 @@ live (web_ui.jobs)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import streamlit as st
 
-from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import JobInfo, Ref, check_name
+from registry.domain.schemas import Ref, check_name
 from registry.domain.training_spec import training_spec
 from vera_core.config import KNOWN_GENERATORS
 from web_ui import jobs, navigation, session
@@ -22,7 +19,7 @@ def job_number(text: str) -> int | None:
 
 
 def page() -> None:
-    ahead = _AHEAD.submit(listing, session.client())  # the jobs are listed while the form is built
+    ahead = session.start(lambda c: c.jobs())  # the jobs are listed (uncached) while the form is built
     st.title("Fine-tune")
     queued = launch()
     st.divider()
@@ -44,17 +41,6 @@ def page() -> None:
     if job_id is not None:
         navigation.set_param("job", str(job_id))
         jobs.follow(job_id, listed=next(j for j in found if j.id == job_id))
-
-
-#: Threads that list the jobs while a run builds its form. Not session.prefetch: that read is cached for a few
-#: seconds, and a page whose statuses change by the second is drawn from a listing of its own run.
-_AHEAD = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vera-jobs-ahead")
-
-
-def listing(client: RegistryClient) -> list[JobInfo]:
-    """Every job the registry lists, newest first (the client closed afterwards)."""
-    with client:
-        return client.jobs()
 
 
 def target_problem(target: str) -> str | None:
