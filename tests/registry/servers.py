@@ -87,6 +87,18 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
         yield url
 
 
+def issued_tokens(database_url: str, *grants: tuple[str, list[str]]) -> list[str]:
+    """A token per (owner, scopes), issued in the registry's database as `vera token create` does (the operator's
+    way, for a server that requires tokens); the connection is closed afterwards."""
+    from registry.services.tokens import create_token
+
+    db = Database(database_url)
+    try:
+        return [create_token(db, owner=owner, scopes=scopes)[1] for owner, scopes in grants]
+    finally:
+        db.engine.dispose()
+
+
 @contextmanager
 def running_vera(args: list[str], port: int, *, health: str = "/health", also: tuple[str, ...] = (),
                  log_path: Path | None = None, **env: str) -> Iterator[str]:

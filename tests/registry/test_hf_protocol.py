@@ -18,10 +18,8 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hub_errors
 
 from registry.client import RegistryClient
-from registry.services.tokens import create_token
-from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import issued_tokens, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "alice/demo"
@@ -60,9 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("hf")
     url = f"sqlite:///{tmp / 'r.db'}"
     with running_server(url, tmp / "blobs", VERA_REQUIRE_TOKENS="true") as base:
-        db = Database(url)
-        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
-        db.engine.dispose()
+        [token] = issued_tokens(url, ("alice", ["read", "publish"]))
         with RegistryClient(base, token) as client:
             for seed in (1, 2):
                 client.publish(make_adapter(tmp / f"a{seed}", seed=seed), REPO, base_model="org/tiny-llama")

@@ -15,11 +15,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, NotFound
-from registry.services.tokens import Unauthorized, create_token
+from registry.services.tokens import Unauthorized
 from registry.serving.server import ModelServer
-from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, running_server, running_vera
+from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, load_adapter, save_adapter
 from vera_core.recipes import resolve_base
 
@@ -54,10 +53,7 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     root = tmp_path_factory.mktemp("serving")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
-        db = Database(url)
-        writer = create_token(db, owner="alice", scopes=["read", "publish"])[1]
-        reader = create_token(db, owner="bob", scopes=["read"])[1]
-        db.engine.dispose()
+        writer, reader = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read"]))
         dirs = {}
         with RegistryClient(base, writer) as client:
             for i in range(3):

@@ -21,11 +21,10 @@ from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
 from registry.domain.training_spec import training_spec
-from registry.services.tokens import create_token
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
-from tests.registry.servers import free_port, running_server, running_vera
+from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
 from web_ui import browse, formats, session, tables
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
@@ -38,9 +37,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
                                               VERA_HUB_ENDPOINT=hub.url) as base:
         hub.tokens["hf_ui"] = "alice"
-        db = Database(url)
-        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
-        db.engine.dispose()
+        [token] = issued_tokens(url, ("alice", ["read", "publish"]))
         with RegistryClient(base, token) as client:
             for i, r in enumerate((8, 4, 8)):
                 head = {"modules_to_save": ["lm_head"]} if i == 0 else {}  # trainable: d, b and a head

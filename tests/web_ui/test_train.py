@@ -15,11 +15,10 @@ from sqlalchemy import update
 
 from registry.client import RegistryClient
 from registry.domain.training_spec import training_spec
-from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import issued_tokens, running_server
 from tests.web_ui.test_pages import counted, page, texts, worker_jobs
 from web_ui import jobs, train
 
@@ -29,9 +28,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     root = tmp_path_factory.mktemp("train")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
-        db = Database(url)
-        token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
-        db.engine.dispose()
+        [token] = issued_tokens(url, ("alice", ["read", "publish"]))
         with RegistryClient(base, token) as client:
             client.publish(make_adapter(root / "a", seed=0, r=4), "alice/trained", base_model="tiny-llama",
                            metrics={"test": {"accuracy": 0.875}, "final_eval": {"loss": 0.25, "accuracy": 0.9}})
