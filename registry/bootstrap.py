@@ -71,7 +71,8 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
     options = ApiOptions(require_tokens=bool(settings.require_tokens), anonymous_read=settings.anonymous_read,
                          max_upload_bytes=settings.max_upload_bytes,
                          costly_requests_per_minute=settings.costly_requests_per_minute,
-                         presigned_downloads_s=settings.presigned_downloads_s, read_threads=settings.read_threads)
+                         presigned_downloads_s=settings.presigned_downloads_s, read_threads=settings.read_threads,
+                         metrics_token=settings.metrics_token)
     webhooks, dispatcher = webhook_services(registry, settings)
     return create_app(registry, options, jobs, open_hub(registry, settings), webhooks, dispatcher), registry, jobs
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # own pool. Few is fastest on local storage (40 threads contending for one process's interpreter serve a quarter
     # fewer reads); raise it on object storage with slow round trips, where each thread waits on the network.
     read_threads: int = Field(default=8, ge=1, le=256)
+    # When set, GET /metrics answers only requests that bring it ('Authorization: Bearer <it>'; Prometheus: the scrape
+    # job's authorization.credentials); unset, whoever reaches the port may scrape (registry-wide totals).
+    metrics_token: SecretStr | None = None
     # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
     costly_requests_per_minute: int = 120
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
@@ -94,6 +97,14 @@ class Settings(BaseSettings):
     # database every this many seconds, sooner once this many downloads wait, and when it stops.
     download_flush_s: float = Field(default=10.0, gt=0, le=3600)
     download_flush_count: int = Field(default=1000, ge=1, le=1_000_000)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("VERA_METRICS_TOKEN is shorter than 16 characters: use a random secret, e.g. the output "
+                             "of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return value
 
     @field_validator("database_url")
     @classmethod

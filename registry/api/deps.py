@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, Header, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Unauthorized
@@ -34,6 +34,7 @@ class ApiOptions(BaseModel):
     costly_requests_per_minute: int = 120
     presigned_downloads_s: int = 0  # > 0: hash-addressed downloads redirect to presigned URLs valid this long
     read_threads: int = Field(default=8, ge=1)  # threads that serve downloads and file lists (VERA_READ_THREADS)
+    metrics_token: SecretStr | None = None  # set: /metrics answers only 'Bearer <this>' (VERA_METRICS_TOKEN)
 
 
 def is_loopback(host: str) -> bool:
@@ -87,9 +88,11 @@ Options = Annotated[ApiOptions, Depends(_app_state("options"))]
 PRINCIPAL = "principal"
 
 
-async def _principal(request: Request, options: Options, registry: RegistryDep,
-                     authorization: Annotated[str | None, Header()] = None) -> Principal | None:
-    """The caller: the local user when tokens are off, a token's principal, or None (no token sent)."""
+async def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal | None:
+    """The caller: the local user when tokens are off, a token's principal, or None (no token sent). The services
+    come from the app's state, not from dependencies of their own: every dependency FastAPI solves costs each
+    request tens of microseconds, and this chain runs on every request (bench/RESULTS.md, session 12)."""
+    options: ApiOptions = request.app.state.options
     if not options.require_tokens:
         return LOCAL_USER
     if authorization is None:
@@ -100,7 +103,7 @@ async def _principal(request: Request, options: Options, registry: RegistryDep,
     secret = bearer_token(authorization)
     if secret is None:
         raise Unauthorized("Authorization must be 'Bearer <token>'.")
-    return await run_in_threadpool(authenticate, registry.db, secret)
+    return await run_in_threadpool(authenticate, request.app.state.registry.db, secret)
 
 
 Caller = Annotated[Principal | None, Depends(_principal)]
@@ -126,25 +129,24 @@ def check_path_readable(request: Request, who: Principal, registry: Registry) ->
         registry.access.check_readable_names(who, owner, name, missing_too=True)
 
 
-async def _reader(request: Request, caller: Caller, options: Options, registry: RegistryDep) -> Principal:
-    who = authorize(caller, options, "read")
+async def _reader(request: Request, caller: Caller) -> Principal:
+    who = authorize(caller, request.app.state.options, "read")
     if who.readable_owners() is not None:  # an admin (or the local user) reads everything: no query
-        await run_in_threadpool(check_path_readable, request, who, registry)
+        await run_in_threadpool(check_path_readable, request, who, request.app.state.registry)
     return who
 
 
-async def _owner_publisher(request: Request, owner: str, caller: Caller, options: Options,
-                           registry: RegistryDep) -> Principal:
-    name = request.path_params.get("name")
+async def _owner_publisher(request: Request, owner: str, caller: Caller) -> Principal:
+    name, registry = request.path_params.get("name"), request.app.state.registry
     if caller is not None and isinstance(name, str) and not caller.can_write(owner):
         # to a caller that may not write here, an adapter it may not read and a missing one answer alike (404);
         # one it reads is refused (403)
         await run_in_threadpool(registry.access.check_readable_names, caller, owner, name, missing_too=True)
-    return authorize(caller, options, "publish", owner)
+    return authorize(caller, request.app.state.options, "publish", owner)
 
 
-async def _new_version_publisher(owner: str, caller: Caller, options: Options) -> Principal:
-    return authorize(caller, options, "publish", owner)
+async def _new_version_publisher(request: Request, owner: str, caller: Caller) -> Principal:
+    return authorize(caller, request.app.state.options, "publish", owner)
 
 
 #: A caller with the read scope (or anonymous, where the registry allows anonymous reads).

@@ -1,27 +1,44 @@
 """Prometheus metrics of the API: requests and latency per route (a pure ASGI middleware), and what the registry
-holds (gauges read through the status service at scrape time)."""
+holds (gauges read through the status service, at most once per ``COUNTS_TTL_S`` however often /metrics is
+scraped)."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from registry.api.gate import App, Message, Receive, Scope, Send
+from registry.domain.schemas import StoreCounts
 from registry.services.status import Status
 
+#: How long the registry's totals are reused: counting every version and summing every blob is a scan, and
+#: /metrics may be scraped often, or by several Prometheus servers; totals a few seconds old are what a gauge is.
+COUNTS_TTL_S = 15.0
 
-class _StoreGauges:
-    """Adapters, versions and stored bytes, read from the database at scrape time."""
 
-    def __init__(self, status: Status) -> None:
-        self.status = status
+class StoreGauges:
+    """Adapters, versions and stored bytes, read from the database when a scrape finds the last reading older than
+    ``ttl_s`` (one reading at a time: scrapes arriving meanwhile wait for it and share it)."""
+
+    def __init__(self, status: Status, *, ttl_s: float = COUNTS_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.status, self.ttl_s, self.clock = status, ttl_s, clock
+        self._reading: tuple[float, StoreCounts] | None = None
+        self._lock = threading.Lock()
+
+    def counts(self) -> StoreCounts:
+        with self._lock:
+            if self._reading is None or self.clock() - self._reading[0] >= self.ttl_s:
+                self._reading = (self.clock(), self.status.counts())
+            return self._reading[1]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self.status.counts()
+        counts = self.counts()
         yield GaugeMetricFamily("vera_adapters", "Adapters in the registry", value=counts.adapters)
         yield GaugeMetricFamily("vera_versions", "Adapter versions in the registry", value=counts.versions)
         yield GaugeMetricFamily("vera_stored_bytes", "Bytes of blobs in storage", value=counts.stored_bytes)
@@ -59,6 +76,6 @@ def install_metrics(app: FastAPI, status: Status) -> CollectorRegistry:
     metrics = CollectorRegistry()
     requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=metrics)
     latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=metrics)
-    metrics.register(_StoreGauges(status))
+    metrics.register(StoreGauges(status))
     app.add_middleware(RequestMetrics, requests=requests, latency=latency)
     return metrics

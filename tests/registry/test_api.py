@@ -17,11 +17,13 @@ import httpx
 import pytest
 import torch
 from pydantic import SecretStr
+from sqlalchemy import event
 
+from registry.api.metrics import COUNTS_TTL_S, StoreGauges
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import FileManifest
+from registry.domain.schemas import FileManifest, StoreCounts
 from registry.services.derived import FileForm
 from registry.services.registry import Registry
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
@@ -34,6 +36,8 @@ from vera_core import PEFT_GENERATOR, export_lora, load_adapter, read_adapter, s
 from vera_core.keys import PROJECTION_KEYS
 
 Clients = Callable[..., RegistryClient]
+#: The secured server's VERA_METRICS_TOKEN.
+METRICS_TOKEN = "metrics-0123456789abcdef"
 
 
 @pytest.fixture
@@ -256,7 +260,8 @@ def test_openapi_lists_every_route(local: tuple[str, Path]) -> None:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Database]]:
     root = tmp_path_factory.mktemp("secured")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as server:
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                        VERA_METRICS_TOKEN=METRICS_TOKEN) as server:
         db = Database(url)
         yield server, db
         db.engine.dispose()
@@ -284,6 +289,37 @@ def test_tokens_scopes_and_namespaces(clients: Clients, secured: tuple[str, Data
         clients(url, "vera_made_up").get("alice/x")
     response = httpx.get(f"{url}/api/v1/adapters", headers={"Authorization": "Basic abc"})
     assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_metrics_token_keeps_metrics_to_the_scraper_that_has_it(secured: tuple[str, Database]) -> None:
+    url, db = secured
+    _, admin = create_token(db, owner="ops", scopes=["admin"])
+    for headers in ({}, {"Authorization": f"Bearer {admin}"}, {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}x"},
+                    {"Authorization": f"Basic {METRICS_TOKEN}"}):
+        refused = httpx.get(f"{url}/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", refused.text
+        assert "VERA_METRICS_TOKEN" in refused.json()["detail"] and "vera_versions" not in refused.text
+    scraped = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert scraped.status_code == 200 and "vera_versions " in scraped.text
+    assert 'vera_http_requests_total{method="GET",route="/metrics",status="401"} 4.0' in scraped.text
+    assert httpx.get(f"{url}/ready").status_code == 200  # probes need no token
+
+
+def test_store_gauges_count_at_most_once_per_interval(registry: Registry, tmp_path: Path) -> None:
+    """However often /metrics is scraped, the registry's totals (a scan of every version and blob) are read once per
+    COUNTS_TTL_S; a scrape after that interval sees what was published meanwhile."""
+    now = [0.0]
+    gauges = StoreGauges(registry.status, clock=lambda: now[0])
+    queries: list[str] = []
+    event.listen(registry.db.engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+    assert gauges.counts().versions == 0 and len(queries) == 3
+    registry.publish(make_adapter(tmp_path / "a"), owner="ops", name="a", base_model="b")
+    queries.clear()
+    now[0] = COUNTS_TTL_S - 0.1
+    assert [gauges.counts().versions for _ in range(50)] == [0] * 50 and queries == []
+    now[0] = COUNTS_TTL_S
+    assert gauges.counts() == StoreCounts(adapters=1, versions=1, stored_bytes=registry.status.counts().stored_bytes)
+    assert gauges.counts().stored_bytes > 0
 
 
 def test_two_api_replicas_behave_as_one_registry(clients: Clients, tmp_path: Path) -> None:

@@ -122,6 +122,10 @@ def test_a_refused_secret_setting_is_named_without_its_value() -> None:
         Settings(hub_token=12345)
     said = settings_problem(refused.value)
     assert said.startswith("VERA_HUB_TOKEN: Input should be a valid string") and "12345" not in said
+    with pytest.raises(ValidationError) as short:
+        Settings(metrics_token="guessable")
+    said = settings_problem(short.value)
+    assert said.startswith("VERA_METRICS_TOKEN is shorter than 16 characters") and "guessable" not in said
 
 
 def test_a_bad_log_level_is_a_usage_error_naming_the_choices() -> None:

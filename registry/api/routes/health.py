@@ -1,12 +1,17 @@
-"""Liveness, readiness and Prometheus metrics (no token needed)."""
+"""Liveness, readiness and Prometheus metrics: no registry token needed; /metrics asks for the operator's metrics
+token when one is set (VERA_METRICS_TOKEN)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from registry.api.deps import RegistryDep
+from registry.api.deps import ApiOptions, Options, RegistryDep, bearer_token
+from registry.domain.errors import Unauthorized
 
 router = APIRouter()
 
@@ -26,5 +31,18 @@ def ready(registry: RegistryDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}})
-def prometheus(request: Request) -> Response:
+def prometheus(request: Request, options: Options,
+               authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    check_metrics_token(options, authorization)
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+
+def check_metrics_token(options: ApiOptions, authorization: str | None) -> None:
+    """Nothing when no metrics token is set or the request brings it (``Authorization: Bearer``, compared in
+    constant time); else Unauthorized. Registry tokens are not metrics tokens: a scraper holds no registry rights."""
+    if options.metrics_token is None:
+        return
+    secret = bearer_token(authorization)
+    if secret is None or not hmac.compare_digest(secret.encode(), options.metrics_token.get_secret_value().encode()):
+        raise Unauthorized("/metrics needs this registry's metrics token: send 'Authorization: Bearer <the value of "
+                           "VERA_METRICS_TOKEN>' (Prometheus: the scrape job's authorization.credentials).")
