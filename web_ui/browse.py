@@ -3,7 +3,6 @@ run on the server, over every page)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
@@ -45,14 +44,6 @@ def metric_value(info: VersionInfo, dotted: str) -> float | None:
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def metric_format(values: list[float | None]) -> str:
-    """The metric column's printf format: one number of decimals for every row, the one that writes the largest
-    value to four significant digits as the Adapter page does (0.8460 beside 0.8355, not 0.846; 12.35 beside
-    9.20), so the column's digits line up."""
-    largest = max((abs(v) for v in values if v is not None and math.isfinite(v) and v != 0), default=1.0)
-    return f"%.{max(0, 3 - math.floor(math.log10(largest)))}f"
 
 
 def sorted_metric(sort: str) -> str | None:
@@ -100,16 +91,17 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
 
 def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
-    sorted-by metric with one number of decimals in every row (metric_format)."""
+    metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
     metric_px = max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric else WIDTHS["accuracy"]
     others = sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px
     needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)
     version = max(VERSION_MIN_PX, min(needed, TABLE_PX - others))
     return COLUMNS | {"version": navigation.version_column(version)} | (
-        {metric: st.column_config.NumberColumn(format=metric_format([metric_value(v, metric) for v in items]),
-                                               width=metric_px)} if metric else {})
+        {metric: formats.metric_column((metric_value(v, metric) for v in items), width=metric_px)} if metric else
+        {"accuracy": formats.metric_column((key_metrics(v)["accuracy"] for v in items), **ACCURACY)})
 
 
+ACCURACY = {"width": WIDTHS["accuracy"], "help": "test accuracy (else eval accuracy)"}
 COLUMNS: dict[str, Any] = {
     "base model": st.column_config.TextColumn(width=WIDTHS["base model"]),
     "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
@@ -117,8 +109,6 @@ COLUMNS: dict[str, Any] = {
     "params": st.column_config.NumberColumn(
         format="localized", width=WIDTHS["params"], help="trainable parameters: d and b plus any trained task head; "
                                                          "`vera ls` shows d and b only"),
-    "accuracy": st.column_config.NumberColumn(format="%.3f", width=WIDTHS["accuracy"],
-                                              help="test accuracy (else eval accuracy)"),
     "downloads": st.column_config.NumberColumn(format="localized", width=WIDTHS["downloads"],
                                                help="downloads of its weights (counted in batches: may lag ~10 s)"),
     "verified": st.column_config.TextColumn(width=WIDTHS["verified"], help="verification status (Verify on the "

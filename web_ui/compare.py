@@ -141,9 +141,6 @@ COLUMNS: dict[str, Any] = {
                                                     help="d and b: what `vera ls` counts (the Adapter page also "
                                                          "counts a trained task head)"),
     "stored": st.column_config.NumberColumn(width=WIDTHS["stored"]),  # written by formats.size: web_ui.tables
-    "accuracy": st.column_config.NumberColumn(format="%.3f", width=WIDTHS["accuracy"],
-                                              help="test accuracy (else eval accuracy)"),
-    "eval loss": st.column_config.NumberColumn(format="%.4f", width=WIDTHS["eval loss"], help="final eval loss"),
     "verified": st.column_config.TextColumn(width=WIDTHS["verified"], help="verification status: passed, failed "
                                                                            "or not yet"),
 }
@@ -166,8 +163,12 @@ def version_width(versions: list[VersionInfo]) -> int:
 
 def side_by_side(versions: list[VersionInfo]) -> None:
     """The versions' numbers as a table, and their loss curves."""
-    tables.show(table(versions), sizes=("stored",), hide_index=True, width="stretch",
-                column_config=COLUMNS | {"version": navigation.version_column(version_width(versions))})
+    frame = table(versions)
+    tables.show(frame, sizes=("stored",), hide_index=True, width="stretch", column_config=COLUMNS | {
+        "version": navigation.version_column(version_width(versions)),
+        "accuracy": formats.metric_column(frame["accuracy"], width=WIDTHS["accuracy"],
+                                          help="test accuracy (else eval accuracy)"),
+        "eval loss": formats.metric_column(frame["eval loss"], width=WIDTHS["eval loss"], help="final eval loss")})
     train = {v.ref: v.metrics.get("train_loss") or [] for v in versions}
     evals = {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions}
     curves = charts.loss_curves(train, evals)

@@ -106,14 +106,16 @@ def table(jobs: list[JobInfo]) -> None:
     """Every job (the newest TABLE_ROWS), each linked to its own view (``?job=``)."""
     for ref in {j.result_ref for j in jobs[:TABLE_ROWS] if j.result_ref}:  # final_metrics reads them: side by side
         session.prefetch(RegistryClient.get, ref)
+    scores = [final_metrics(j) for j in jobs[:TABLE_ROWS]]
     rows = [{"job": navigation.job_link(j.id), "publishes": j.target_name, "status": status(j),
-             "submitted": j.created_at, "duration": duration(j), **final_metrics(j),
-             "result": navigation.version_link(j.result_ref) if j.result_ref else None} for j in jobs[:TABLE_ROWS]]
+             "submitted": j.created_at, "duration": duration(j), **score,
+             "result": navigation.version_link(j.result_ref) if j.result_ref else None}
+            for j, score in zip(jobs, scores, strict=False)]
     tables.show(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table", column_config={
         "job": st.column_config.LinkColumn(display_text=r"train\?job=(\d+)", help="Follow this job", width=60),
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-        "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "eval loss": st.column_config.NumberColumn(format="%.4f", help=EVAL_LOSS_HELP),
+        "test accuracy": formats.metric_column(s["test accuracy"] for s in scores),
+        "eval loss": formats.metric_column((s["eval loss"] for s in scores), help=EVAL_LOSS_HELP),
         "result": st.column_config.LinkColumn(display_text=r"adapter\?ref=([^&]*)", help="Open the published version"),
     })
     if len(jobs) > TABLE_ROWS:

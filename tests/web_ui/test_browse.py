@@ -13,7 +13,7 @@ from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import page, texts
-from web_ui import browse, navigation
+from web_ui import browse, formats, navigation
 
 ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846 beside 0.8355
 
@@ -33,7 +33,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     ([None], "%.3f"), ([0.0, 1.5], "%.3f"),
 ], ids=["accuracies", "losses", "thousands", "small", "none", "zero"])
 def test_a_metric_column_has_one_number_of_decimals(values: list[float | None], fmt: str) -> None:
-    assert browse.metric_format(values) == fmt
+    assert formats.metric_format(values) == fmt
 
 
 def test_the_sorted_metric_is_written_with_one_precision_and_its_order_said(registry: dict[str, Any]) -> None:
@@ -49,6 +49,13 @@ def test_the_sorted_metric_is_written_with_one_precision_and_its_order_said(regi
     assert "sorted by final_eval.loss, lowest first, over every page" in texts(lowest)
     chosen = page("browse", registry, **{browse.APPLIED_FORM: {"sort": "metrics.final_eval.loss"}})
     assert "sorted by final_eval.loss, lowest first, over every page" in texts(chosen)  # the Sort box's choice
+
+
+def test_the_accuracy_column_is_written_as_the_adapter_page_writes_it(registry: dict[str, Any]) -> None:
+    """The session-11 walk: Browse wrote 0.846 where the Adapter page writes 0.8460 (four significant digits)."""
+    at = page("browse", registry)
+    assert not at.exception
+    assert json.loads(at.dataframe[0].proto.columns)["accuracy"]["type_config"]["format"] == "%.4f"
 
 
 def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, Any]) -> None:

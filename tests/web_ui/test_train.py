@@ -125,7 +125,10 @@ def test_the_jobs_table_eval_loss_is_the_published_versions(registry: dict[str, 
     table = next(d for d in at.dataframe if "eval loss" in d.value.columns)
     row = table.value.set_index("publishes").loc["alice/trained"]
     assert row["eval loss"] == pytest.approx(0.25) and row["test accuracy"] == pytest.approx(0.875)
-    assert json.loads(table.proto.columns)["eval loss"]["help"] == jobs.EVAL_LOSS_HELP
+    columns = json.loads(table.proto.columns)
+    assert columns["eval loss"]["help"] == jobs.EVAL_LOSS_HELP
+    # the Adapter page's four significant digits (0.8750, 0.2500), not a fixed 0.875 beside its 0.8750
+    assert columns["test accuracy"]["type_config"]["format"] == columns["eval loss"]["type_config"]["format"] == "%.4f"
     assert "best evaluation" in jobs.EVAL_LOSS_HELP and "last" not in jobs.EVAL_LOSS_HELP
 
 
