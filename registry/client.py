@@ -23,6 +23,7 @@ from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, Re
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file, ref_key
 from registry.logs import HEADER, REQUEST_ID
+from registry.plain_http import PlainHttpTransport
 from vera_core.folders import write_adapter_files
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
@@ -189,8 +190,9 @@ class RegistryClient:
             token = stored_token(self.url)  # `vera login`
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # http:// and https:// on transports of their own, so that only the latter loads certificates (when used)
+        # (http:// over the standard library's http.client: registry.plain_http)
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport or
-                                 httpx.HTTPTransport(verify=False), mounts={"https://": transport or _TlsWhenAsked()})
+                                 PlainHttpTransport(), mounts={"https://": transport or _TlsWhenAsked()})
         root = default_cache_dir() if cache is None or cache is True else (Path(cache) if cache else None)
         self.cache = LocalCache(root) if root is not None else None
         self.retries, self.backoff_s, self.inline = retries, backoff_s, inline

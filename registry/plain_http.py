@@ -1,0 +1,179 @@
+"""The registry client's transport for http:// (a registry on loopback or inside a cluster): httpx's requests sent
+over the standard library's ``http.client`` with kept-alive connections, instead of httpcore and h11. Measured on
+this project's bench machine (bench/RESULTS.md, session 12): a 157 KB file list costs the client 0.53 ms of CPU
+through httpcore and 0.23 ms through ``http.client``; /health 0.37 and 0.15 ms. https:// keeps httpx's own
+transport (TLS, HTTP/2), and so does any proxy httpx takes from the environment.
+
+What it keeps of httpcore's behaviour, since the client's retries rely on it: every failure is an
+``httpx.TransportError`` (a connection that cannot be made, a timeout, a body cut short: ``RemoteProtocolError``,
+as httpcore says it); an idle connection the server has closed meanwhile is noticed before it is used, and a
+request without a body (or with one held in memory) that meets a connection closed under it is sent once more on a
+new one; a connection goes back to the pool only once its response was read to the end.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+
+#: Idle connections kept per host and port (more are closed when their response ends).
+MAX_IDLE = 64
+#: The largest piece a response body is read in; a body of known length up to this size is read in one call.
+READ_CHUNK = 1 << 20
+
+
+class PlainHttpTransport(httpx.BaseTransport):
+    """http:// only: ``https`` URLs are refused (mount it for ``http://``)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"{request.url.scheme}:// is not plain HTTP; this transport sends http://.")
+        timeout = request.extensions.get("timeout", {})
+        key = (request.url.host, request.url.port or 80)
+        body = request.content if _replayable(request) else None
+        for attempt in (0, 1):
+            conn, reused = self._connection(key, timeout)
+            try:
+                self._send(conn, request, body)
+                response = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if reused and attempt == 0 and (body is not None or not _has_body(request)):
+                    continue  # the server closed this kept-alive connection: once more on a new one
+                raise httpx.RemoteProtocolError(f"The server closed the connection ({exc or type(exc).__name__}).",
+                                                request=request) from exc
+            except TimeoutError as exc:
+                conn.close()
+                raise httpx.ReadTimeout(f"No answer within {timeout.get('read')} s.", request=request) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+            return httpx.Response(response.status, headers=response.getheaders(),
+                                  stream=_Body(response, conn, key, self, request),
+                                  extensions={"http_version": b"HTTP/1.1",
+                                              "reason_phrase": response.reason.encode("ascii", "replace")})
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _connection(self, key: tuple[str, int], timeout: dict[str, float | None]
+                    ) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection to ``key`` that is still open (reused: True), or a new one, connected."""
+        with self._lock:
+            idle = self._idle.get(key, [])
+            while idle:
+                conn = idle.pop()
+                if conn.sock is not None and not _readable(conn.sock):  # closed by the server, or not clean
+                    conn.sock.settimeout(timeout.get("read"))
+                    return conn, True
+                conn.close()
+        conn = http.client.HTTPConnection(key[0], key[1], timeout=timeout.get("connect"))
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise httpx.ConnectTimeout(f"No connection to {key[0]}:{key[1]} within {timeout.get('connect')} s."
+                                       ) from exc
+        except OSError as exc:
+            conn.close()
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(timeout.get("read"))
+        return conn, False
+
+    @staticmethod
+    def _send(conn: http.client.HTTPConnection, request: httpx.Request, body: bytes | None) -> None:
+        conn.putrequest(request.method, request.url.raw_path.decode("ascii"), skip_host=True,
+                        skip_accept_encoding=True)
+        chunked = False
+        for name, value in request.headers.raw:
+            conn.putheader(name, value)
+            chunked |= name.lower() == b"transfer-encoding" and value.lower() == b"chunked"
+        conn.endheaders()
+        if body is not None:
+            if body:
+                conn.send(body)
+            return
+        assert isinstance(request.stream, httpx.SyncByteStream), "a synchronous client's request"
+        for piece in request.stream:  # a streamed upload: framed as chunks when its length was not known
+            if chunked and piece:
+                conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+            elif piece:
+                conn.send(piece)
+        if chunked:
+            conn.send(b"0\r\n\r\n")
+
+    def release(self, key: tuple[str, int], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < MAX_IDLE:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
+class _Body(httpx.SyncByteStream):
+    """A response's body, read from its connection; the connection goes back to the pool when the body was read
+    to its end and the server keeps it open, else it is closed."""
+
+    def __init__(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection, key: tuple[str, int],
+                 transport: PlainHttpTransport, request: httpx.Request) -> None:
+        self.response, self.conn, self.key, self.transport, self.request = response, conn, key, transport, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        response = self.response
+        try:
+            if response.length is not None and response.length <= READ_CHUNK:
+                yield response.read()  # a small body of known length: one read
+                return
+            while piece := response.read(READ_CHUNK):
+                yield piece
+        except http.client.IncompleteRead as exc:
+            raise httpx.RemoteProtocolError(f"The server closed the connection before the end of the body "
+                                            f"({exc.partial and len(exc.partial)} bytes of the last piece, "
+                                            f"{exc.expected} more expected).", request=self.request) from exc
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("The body stopped arriving.", request=self.request) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=self.request) from exc
+
+    def close(self) -> None:
+        response, conn = self.response, self.conn
+        if response.isclosed() and not response.will_close and conn.sock is not None:
+            self.transport.release(self.key, conn)  # read to its end: the connection is free again
+        else:
+            response.close()
+            conn.close()
+
+
+def _replayable(request: httpx.Request) -> bool:
+    """Whether the request's body is in memory (none, or bytes), so that it can be sent again."""
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def _has_body(request: httpx.Request) -> bool:
+    return "content-length" in request.headers or "transfer-encoding" in request.headers
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the server closed it (end of file) or sent what nobody
+    asked for; either way it must not carry another request. (poll, not select: select cannot watch descriptors
+    above 1023, which a busy process has.)"""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
