@@ -198,12 +198,18 @@ def cosine_caption(versions: list[VersionInfo]) -> str:
 
 
 def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:
-    """Why each version in ``alone`` has no grid: another base model than the first's (both named), or, on the
-    same one, no layer whose delta can be set beside the first's."""
-    reasons = [f"{v.ref}: on another base model ({v.base_model}; {first.ref} is on {first.base_model}), so the "
-               "two adapt no layer in common" if v.base_model != first.base_model else
-               f"{v.ref}: no layer comparable with {first.ref}'s (it adapts other modules of {v.base_model}, or the "
-               "registry does not know their shapes: `vera base register` declares them)" for v in alone]
+    """Why each version in ``alone`` has no grid: another base model than the first's (said once per base model,
+    both named), or, on the same one, no layer whose delta can be set beside the first's."""
+    by_base: dict[str, list[str]] = {}
+    for v in alone:
+        if v.base_model != first.base_model:
+            by_base.setdefault(v.base_model, []).append(v.ref)
+    reasons = [f"{formats.listed(refs)}: on another base model ({base}; {first.ref} is on {first.base_model}), so "
+               f"{'the two adapt' if len(refs) == 1 else 'they adapt'} no layer in common with it"
+               for base, refs in by_base.items()]
+    reasons += [f"{v.ref}: no layer comparable with {first.ref}'s (it adapts other modules of {v.base_model}, or "
+                "the registry does not know their shapes: `vera base register` declares them)"
+                for v in alone if v.base_model == first.base_model]
     it = "it" if len(alone) == 1 else "them"
     return (f"No cosine grid for {'; '.join(reasons)}. Compare {it} by the metrics above, or with versions on "
             f"{'its' if it == 'it' else 'their'} own base model, one of those first.")

@@ -132,3 +132,8 @@ def metric_format(values: Iterable[float | None]) -> str:
 def metric_column(values: Iterable[float | None], **settings: Any) -> Any:
     """A table column of a metric (accuracy, loss, a sorted-by metric), written with ``metric_format``."""
     return st.column_config.NumberColumn(format=metric_format(values), **settings)
+
+
+def listed(items: list[str]) -> str:
+    """['a'] -> 'a'; ['a', 'b'] -> 'a and b'; ['a', 'b', 'c'] -> 'a, b and c'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"

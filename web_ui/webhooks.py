@@ -19,10 +19,19 @@ EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", 
                 "job-end": "a fine-tune job ends"}
 
 
-def owners(who: WhoAmI) -> list[str]:
-    """The namespaces whose webhooks this caller may manage: its own and its organisations where it may write."""
+def owners(who: WhoAmI, published: list[str] | None = None) -> list[str]:
+    """The namespaces whose webhooks this caller may manage: its own and its organisations where it may write. An
+    admin (as the local user of a registry without tokens is) manages every owner's: those that ``published``
+    first, newest first, then its organisations and its own name; it may also type another."""
     own = [] if who.anonymous else [who.user]
-    return own + [org for org, role in who.organizations.items() if role in ("write", "admin")]
+    writable = [org for org, role in who.organizations.items() if role in ("write", "admin")]
+    if "admin" in who.scopes:
+        return list(dict.fromkeys([*(published or []), *writable, *own]))
+    return own + writable
+
+
+#: How many of the newest versions name the owners an admin is offered (anyone else's can be typed).
+OWNERS_FROM = 200
 
 
 def hooks_table(hooks: list[WebhookInfo]) -> pd.DataFrame:
@@ -46,16 +55,22 @@ def deliveries_table(deliveries: list[DeliveryInfo]) -> pd.DataFrame:
 
 def choose_owner() -> str | None:
     who = session.read(RegistryClient.whoami)
-    choices = owners(who)
+    admin = "admin" in who.scopes
+    published = [v.owner for v in session.read(RegistryClient.list_versions, limit=OWNERS_FROM).items] if admin else []
+    choices = owners(who, published)
     if not choices:
         st.info("Sign in with a token (sidebar) to manage webhooks: anonymous callers have none.")
         return None
     navigation.follow_url("owner", "webhooks_owner", default=choices[0])
-    if st.session_state.get("webhooks_owner") not in choices:
+    if st.session_state.get("webhooks_owner") not in choices and not (admin and st.session_state.get("webhooks_owner")):
         st.session_state["webhooks_owner"] = choices[0]
-    chosen: str = st.selectbox("Owner", choices, key="webhooks_owner", on_change=navigation.write_url,
-                               args=("owner", "webhooks_owner"),
-                               help="Your namespace, or an organisation where your role is write or admin.")
+    if admin and st.session_state["webhooks_owner"] not in choices:
+        choices = [st.session_state["webhooks_owner"], *choices]  # typed, or named by the URL
+    chosen: str | None = st.selectbox(
+        "Owner", choices, key="webhooks_owner", on_change=navigation.write_url, args=("owner", "webhooks_owner"),
+        accept_new_options=admin,
+        help="Any owner: those that published here are listed, another can be typed." if admin else
+        "Your namespace, or an organisation where your role is write or admin.")
     return chosen
 
 

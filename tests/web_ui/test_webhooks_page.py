@@ -141,3 +141,34 @@ def test_anonymous_callers_are_told_to_sign_in(registry: dict[str, Any]) -> None
     member = WhoAmI(user="bob", anonymous=False, scopes=["read", "publish"],
                     organizations={"acme": "read", "beta": "write"}, token_id=1, limited_to=None)
     assert owners(member) == ["bob", "beta"]  # a read role manages nothing of acme
+
+
+def test_an_admin_is_offered_every_owner_that_published(registry: dict[str, Any]) -> None:
+    from registry.domain.schemas import WhoAmI
+    from web_ui.webhooks import owners
+
+    admin = WhoAmI(user="ops", anonymous=False, scopes=["admin"], organizations={"acme": "admin"}, token_id=2,
+                   limited_to=None)
+    assert owners(admin, ["carol", "bob", "carol"]) == ["carol", "bob", "acme", "ops"]
+
+
+def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tmp_path: Any) -> None:
+    """Session 11's note: in local mode (no tokens: every caller is the admin "local"), the page offered only
+    "local/", a namespace nobody publishes under."""
+    from tests.registry.adapters import make_adapter
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        with RegistryClient(url) as client:
+            client.publish(make_adapter(tmp_path / "a"), "carol/x", base_model="tiny-llama")
+        at = page({"url": url, "token": ""})
+        assert not at.exception
+        owner = at.selectbox(key="webhooks_owner")
+        assert owner.value == "carol" and owner.options[0] == "carol", owner.options
+        assert "carol/ has no webhooks yet" in texts(at, "info")
+        named = AppTest.from_string("from web_ui import session, webhooks\nsession.guarded(webhooks.page)()\n",
+                                    default_timeout=60)
+        named.session_state["registry_url"], named.session_state["token"] = url, ""
+        named.query_params["owner"] = "newteam"  # an owner nobody published under yet, as a link or typing names it
+        named.run()
+        assert not named.exception and named.selectbox(key="webhooks_owner").value == "newteam"
+        assert "newteam/ has no webhooks yet" in texts(named, "info")
