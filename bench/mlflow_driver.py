@@ -3,6 +3,7 @@ folders as registered model versions (a run's artifacts + register_model), or fe
 mlflow.artifacts.download_artifacts("models:/NAME/VERSION"), from ``threads`` threads; prints latencies as JSON.
 
     bench/.mlflow-venv/bin/python bench/mlflow_driver.py URL publish|fetch ADAPTER_DIRS... [--threads N] [--requests N]
+        [--warm]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prefix", default="a")
+    parser.add_argument("--warm", action="store_true", help="fetches: one untimed call per thread first")
     args = parser.parse_args()
 
     import mlflow
@@ -51,7 +53,7 @@ def main() -> None:
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/a{i % len(args.dirs)}/1",
                                                 dst_path=str(scratch / str(i)))
 
-        result = timed(fetch, args.requests, args.threads)
+        result = timed(fetch, args.requests, args.threads, warm=args.warm)
     print(json.dumps(result))
 
 

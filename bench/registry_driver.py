@@ -3,7 +3,7 @@
 environment (bench/mlflow_driver.py), so both pay the same process and client costs.
 
     python bench/registry_driver.py vera URL publish|fetch|cached-fetch|peft-fetch ADAPTER_DIRS... [--threads N]
-        [--requests N]
+        [--requests N] [--warm]
 
 ``fetch`` and ``cached-fetch`` ask for the seed-only form: the very files that were published, as MLflow's fetch
 returns them. ``peft-fetch`` asks for the default form, what PEFT loads: for these portable-generator adapters, A
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from driver_timing import timed  # noqa: E402
 
 
-def vera(url: str, op: str, dirs: list[Path], threads: int, requests: int, prefix: str) -> dict[str, object]:
+def vera(url: str, op: str, dirs: list[Path], threads: int, requests: int, prefix: str,
+         warm: bool = False) -> dict[str, object]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from registry.client import RegistryClient
 
@@ -38,7 +39,7 @@ def vera(url: str, op: str, dirs: list[Path], threads: int, requests: int, prefi
             clients[0].fetch(f"bench/a{i}", scratch / "warm" / str(i), seed_only=True)
     seed_only = op != "peft-fetch"
     return timed(lambda i: clients[i % threads].fetch(f"bench/a{i % len(dirs)}", scratch / "out" / str(i),
-                                                      seed_only=seed_only), requests, threads)
+                                                      seed_only=seed_only), requests, threads, warm=warm)
 
 
 def main() -> None:
@@ -49,8 +50,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prefix", default="a")
+    parser.add_argument("--warm", action="store_true", help="fetches: one untimed call per thread first")
     args = parser.parse_args()
-    print(json.dumps(vera(args.url, args.op, args.dirs, args.threads, args.requests, args.prefix)))
+    print(json.dumps(vera(args.url, args.op, args.dirs, args.threads, args.requests, args.prefix, args.warm)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 embedded default (SQLite + a local folder), each driven by its own Python client in its own process, the same
 MiniLM VeRA adapters (r=256 on query, value and dense), rounds alternated. Prints markdown with ratios.
 
-    .venv/bin/python bench/vs_mlflow.py [--adapters 20] [--requests 64] [--rounds 2] [--pin]
+    .venv/bin/python bench/vs_mlflow.py [--adapters 20] [--requests 256] [--rounds 2] [--pin] [--cold]
+
+Each fetch measurement first makes one untimed fetch per client thread, on both sides, so that it times the steady
+state a long-running client sees rather than its thread and connection start-up (``--cold``: as before session 12,
+start-up included; with 256 fetches from 32 threads that start-up was a fifth of our measurement).
 
 ``--pin`` runs the servers on the first core and the client processes on the second (taskset), so that the load
 generator does not take the servers' core: the closest this 2-core machine gets to clients on another machine.
@@ -34,6 +38,8 @@ MLFLOW_VERSION = "3.17.2"
 MLFLOW_VENV = BENCH / ".mlflow-venv"
 #: The per-caller limit on costly requests (120 a minute) would throttle the load test, which is one caller.
 UNLIMITED = {"VERA_COSTLY_REQUESTS_PER_MINUTE": "1000000"}
+#: warm: each fetch measurement first makes one untimed fetch per client thread, on both sides (not --cold).
+OPTIONS = {"warm": True}
 #: Command prefixes that pin servers and clients to cores (--pin), else empty.
 PIN: dict[str, list[str]] = {"server": [], "client": []}
 sys.path.insert(0, str(ROOT))
@@ -68,8 +74,8 @@ def make_adapters(root: Path, count: int) -> list[Path]:
     return dirs
 
 
-def process_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, MiB."""
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
     children: dict[int, list[int]] = {}
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -78,16 +84,36 @@ def process_rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(p.name))
-    total, todo = 0, [pid]
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
         todo += children.get(current, [])
+    return found
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MiB."""
+    total = 0
+    for current in process_tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:
             continue
         total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total / 1024
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its living descendants have used."""
+    total = 0
+    for current in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -118,8 +144,9 @@ def peft_bytes(url: str) -> int:
 
 def drive(python: Path, driver: str, url: str, op: str, dirs: list[Path], threads: int, requests: int,
           prefix: str = "a") -> dict[str, float]:
+    warm = ["--warm"] if OPTIONS["warm"] and op != "publish" else []
     command = [*PIN["client"], str(python), str(BENCH / driver), url, op, *map(str, dirs), "--threads", str(threads),
-               "--requests", str(requests), "--prefix", prefix]
+               "--requests", str(requests), "--prefix", prefix, *warm]
     done = subprocess.run(command, capture_output=True, text=True, check=False,
                           env={**os.environ, "VERA_NO_CACHE": "1" if op != "cached-fetch" else "0"})
     if done.returncode != 0:
@@ -133,10 +160,13 @@ def drive(python: Path, driver: str, url: str, op: str, dirs: list[Path], thread
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapters", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pin", action="store_true", help="servers on core 0, clients on core 1 (taskset)")
+    parser.add_argument("--cold", action="store_true", help="time each fetch measurement from a cold start: its "
+                        "client threads and connections are made inside the timed fetches (before session 12)")
     args = parser.parse_args()
+    OPTIONS["warm"] = not args.cold
     if args.pin:
         PIN.update(server=["taskset", "-c", "0"], client=["taskset", "-c", "1"])
     mlflow = mlflow_python()
@@ -152,6 +182,8 @@ def main() -> None:
           "on their embedded default (SQLite + local folder), driven by their own Python client in a process of "
           "their own; our client's cache off except in the cached row. Our fetches ask for the seed-only form, the "
           "very files published, which is what MLflow's fetch returns. "
+          + ("Each fetch measurement starts warm: one untimed fetch per client thread first, on both sides. "
+             if OPTIONS["warm"] else "Each fetch measurement starts cold (thread and connection start-up timed). ")
           + ("Servers pinned to core 0, clients to core 1 (taskset).\n" if args.pin else
              "2 cores shared by servers and clients.\n"))
     vera_cmd = [str(VERA), "serve", "--port", str(vport), "--log-level", "warning"]
