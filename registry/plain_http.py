@@ -1,18 +1,23 @@
 """The registry client's transport for http:// (a registry on loopback or inside a cluster): httpx's requests sent
 over the standard library's ``http.client`` with kept-alive connections, instead of httpcore and h11. Measured on
 this project's bench machine (bench/RESULTS.md, session 12): a 157 KB file list costs the client 0.53 ms of CPU
-through httpcore and 0.23 ms through ``http.client``; /health 0.37 and 0.15 ms. https:// keeps httpx's own
+through httpcore and 0.23 ms through ``http.client`` (0.84 ms through httpx as a whole); /health 0.52 ms
+through httpx and 0.15 ms through ``http.client``. https:// keeps httpx's own
 transport (TLS, HTTP/2), and so does any proxy httpx takes from the environment.
 
 What it keeps of httpcore's behaviour, since the client's retries rely on it: every failure is an
 ``httpx.TransportError`` (a connection that cannot be made, a timeout, a body cut short: ``RemoteProtocolError``,
-as httpcore says it); an idle connection the server has closed meanwhile is noticed before it is used, and a
-request without a body (or with one held in memory) that meets a connection closed under it is sent once more on a
-new one; a connection goes back to the pool only once its response was read to the end.
+as httpcore says it); an idle connection the server has closed meanwhile is noticed before it is used, and an
+idempotent request (GET, HEAD, PUT, DELETE; never a POST the server may have received) whose body can be sent again
+that meets a connection closed under it is sent once more on a new one; a write error while sending a body gives
+way to the answer the server sent from the headers (401, 413); header bytes pass as they came; a connection goes
+back to the pool only once its response was read to the end. Checked case by case against httpx's own transport
+(tests/registry/test_plain_http.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
@@ -21,6 +26,9 @@ from collections.abc import Iterator
 
 import httpx
 
+#: Methods that may be sent again when a kept-alive connection turns out closed (RegistryClient's own retries
+#: follow the same rule): a POST the server may have received is never repeated here.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Idle connections kept per host and port (more are closed when their response ends).
 MAX_IDLE = 64
 #: The largest piece a response body is read in; a body of known length up to this size is read in one call.
@@ -43,23 +51,29 @@ class PlainHttpTransport(httpx.BaseTransport):
         for attempt in (0, 1):
             conn, reused = self._connection(key, timeout)
             try:
-                self._send(conn, request, body)
+                self._send(conn, request, body, timeout)
                 response = conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
-                if reused and attempt == 0 and (body is not None or not _has_body(request)):
+                if reused and attempt == 0 and request.method in IDEMPOTENT and (body is not None or
+                                                                               not _has_body(request)):
                     continue  # the server closed this kept-alive connection: once more on a new one
                 raise httpx.RemoteProtocolError(f"The server closed the connection ({exc or type(exc).__name__}).",
                                                 request=request) from exc
             except TimeoutError as exc:
                 conn.close()
                 raise httpx.ReadTimeout(f"No answer within {timeout.get('read')} s.", request=request) from exc
+            except ValueError as exc:  # a header http.client refuses (a line break in a value)
+                conn.close()
+                raise httpx.LocalProtocolError(str(exc), request=request) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
-            return httpx.Response(response.status, headers=response.getheaders(),
-                                  stream=_Body(response, conn, key, self, request),
-                                  extensions={"http_version": b"HTTP/1.1",
+            version = b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1"
+            # bytes as they came (latin-1 is byte for byte): httpx decodes them as its own transport's are
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.getheaders()]
+            return httpx.Response(response.status, headers=headers, stream=_Body(response, conn, key, self, request),
+                                  extensions={"http_version": version,
                                               "reason_phrase": response.reason.encode("ascii", "replace")})
         raise AssertionError("unreachable: the second attempt returns or raises")
 
@@ -71,7 +85,6 @@ class PlainHttpTransport(httpx.BaseTransport):
             while idle:
                 conn = idle.pop()
                 if conn.sock is not None and not _readable(conn.sock):  # closed by the server, or not clean
-                    conn.sock.settimeout(timeout.get("read"))
                     return conn, True
                 conn.close()
         conn = http.client.HTTPConnection(key[0], key[1], timeout=timeout.get("connect"))
@@ -86,11 +99,16 @@ class PlainHttpTransport(httpx.BaseTransport):
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
         assert conn.sock is not None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock.settimeout(timeout.get("read"))
         return conn, False
 
     @staticmethod
-    def _send(conn: http.client.HTTPConnection, request: httpx.Request, body: bytes | None) -> None:
+    def _send(conn: http.client.HTTPConnection, request: httpx.Request, body: bytes | None,
+              timeout: dict[str, float | None]) -> None:
+        """The request line, headers and body, under the write timeout. A server may answer before it has read
+        the whole body (a refused token or an upload over the limit, from the headers) and close the connection:
+        a write that fails then is not the error; its answer, read next, is (as httpcore does)."""
+        assert conn.sock is not None
+        conn.sock.settimeout(timeout.get("write"))
         conn.putrequest(request.method, request.url.raw_path.decode("ascii"), skip_host=True,
                         skip_accept_encoding=True)
         chunked = False
@@ -98,18 +116,9 @@ class PlainHttpTransport(httpx.BaseTransport):
             conn.putheader(name, value)
             chunked |= name.lower() == b"transfer-encoding" and value.lower() == b"chunked"
         conn.endheaders()
-        if body is not None:
-            if body:
-                conn.send(body)
-            return
-        assert isinstance(request.stream, httpx.SyncByteStream), "a synchronous client's request"
-        for piece in request.stream:  # a streamed upload: framed as chunks when its length was not known
-            if chunked and piece:
-                conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
-            elif piece:
-                conn.send(piece)
-        if chunked:
-            conn.send(b"0\r\n\r\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # its answer, if any, is read next
+            _send_body(conn, request, body, chunked)
+        conn.sock.settimeout(timeout.get("read"))
 
     def release(self, key: tuple[str, int], conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -134,31 +143,53 @@ class _Body(httpx.SyncByteStream):
     def __init__(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection, key: tuple[str, int],
                  transport: PlainHttpTransport, request: httpx.Request) -> None:
         self.response, self.conn, self.key, self.transport, self.request = response, conn, key, transport, request
+        self.done = False  # read to its end, neither cut short nor broken off
 
     def __iter__(self) -> Iterator[bytes]:
         response = self.response
         try:
             if response.length is not None and response.length <= READ_CHUNK:
-                yield response.read()  # a small body of known length: one read
-                return
-            while piece := response.read(READ_CHUNK):
-                yield piece
+                yield response.read()  # a small body of known length: one read (IncompleteRead if cut short)
+            else:
+                while piece := response.read(READ_CHUNK):
+                    yield piece
         except http.client.IncompleteRead as exc:
-            raise httpx.RemoteProtocolError(f"The server closed the connection before the end of the body "
-                                            f"({exc.partial and len(exc.partial)} bytes of the last piece, "
-                                            f"{exc.expected} more expected).", request=self.request) from exc
+            raise _cut_short(self.request, exc.expected) from exc
         except TimeoutError as exc:
             raise httpx.ReadTimeout("The body stopped arriving.", request=self.request) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=self.request) from exc
+        if response.length:  # read(n) answers b"" at a premature end of file instead of raising IncompleteRead
+            raise _cut_short(self.request, response.length)
+        self.done = True
 
     def close(self) -> None:
         response, conn = self.response, self.conn
-        if response.isclosed() and not response.will_close and conn.sock is not None:
+        if self.done and response.isclosed() and not response.will_close and conn.sock is not None:
             self.transport.release(self.key, conn)  # read to its end: the connection is free again
         else:
             response.close()
             conn.close()
+
+
+def _cut_short(request: httpx.Request, missing: int | None) -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(f"The server closed the connection before the end of the body ({missing} "
+                                     "bytes missing).", request=request)
+
+
+def _send_body(conn: http.client.HTTPConnection, request: httpx.Request, body: bytes | None, chunked: bool) -> None:
+    if body is not None:
+        if body:
+            conn.send(body)
+        return
+    assert isinstance(request.stream, httpx.SyncByteStream), "a synchronous client's request"
+    for piece in request.stream:  # a streamed upload: framed as chunks when its length was not known
+        if chunked and piece:
+            conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        elif piece:
+            conn.send(piece)
+    if chunked:
+        conn.send(b"0\r\n\r\n")
 
 
 def _replayable(request: httpx.Request) -> bool:

@@ -1,6 +1,7 @@
 """registry.plain_http against real HTTP servers on loopback: kept-alive connections are reused, one the server
 closed while idle is noticed and replaced, bodies arrive whole or fail as httpx's transport errors (which the
-client's retries and messages rely on), uploads of unknown length are framed as chunks."""
+client's retries and messages rely on), uploads of unknown length are framed as chunks; and the cases a review
+found, each run through httpx's own transport too, as the reference."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from registry.plain_http import READ_CHUNK, PlainHttpTransport
+from tests.registry.servers import in_thread
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -136,3 +138,120 @@ def test_no_listener_no_answer_and_https_are_transport_errors() -> None:
         with pytest.raises(httpx.ReadTimeout):
             c.get(url)
         silent.set()
+
+
+# What follows was found by a review against httpx's own transport: each case runs through both, httpx's as the
+# reference.
+TRANSPORTS = pytest.mark.parametrize("transport", [httpx.HTTPTransport, PlainHttpTransport],
+                                     ids=["httpx", "plain_http"])
+
+
+def client_of(transport: type[httpx.BaseTransport], **kwargs: Any) -> httpx.Client:
+    return httpx.Client(transport=transport(), trust_env=False, **kwargs)
+
+
+@TRANSPORTS
+def test_a_large_body_cut_short_is_a_remote_protocol_error(transport: type[httpx.BaseTransport]) -> None:
+    """Over READ_CHUNK the body is read with response.read(amt), which answers b"" at a premature end of file
+    instead of raising IncompleteRead: a truncated body must not pass as whole (downloads retry on the error)."""
+    def short(h: Any) -> None:
+        if h.path == "/big":
+            reply(h, b"x" * (READ_CHUNK + 1000), length=3 * READ_CHUNK, close=True)
+        else:
+            reply(h, b"fine")
+
+    with server(short) as (url, _), client_of(transport) as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            c.get(f"{url}/big")
+        with c.stream("GET", f"{url}/big") as response, pytest.raises(httpx.RemoteProtocolError):
+            for _ in response.iter_bytes():
+                pass
+        assert c.get(f"{url}/after").text == "fine"
+
+
+@contextmanager
+def drops_second_request() -> Iterator[tuple[str, list[bytes]]]:
+    """A server that answers the first request of each connection, and reads the second one whole (it was
+    received, perhaps acted on) and then closes the connection without answering (a crash, a restart)."""
+    posts: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def handle(sock: socket.socket) -> None:
+        with sock, sock.makefile("rb") as f:
+            for n in (1, 2):
+                line = f.readline()
+                if not line:
+                    return
+                headers = {}
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    k, v = h.decode().split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+                body = f.read(int(headers.get("content-length", 0)))
+                if line.startswith(b"POST"):
+                    posts.append(body)
+                if n == 2:
+                    return
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", posts
+    finally:
+        listener.close()
+
+
+@TRANSPORTS
+def test_a_post_the_server_received_is_not_sent_again(transport: type[httpx.BaseTransport]) -> None:
+    """A POST with a body in memory (json=...) on a kept-alive connection, received by the server, which then
+    closes without answering, is not sent again (RegistryClient never repeats a POST: tokens, organisations,
+    webhooks, Hub pushes would be made twice)."""
+    with drops_second_request() as (url, posts), client_of(transport) as c:
+        assert c.get(url).text == "ok"  # the connection is now kept alive in the pool
+        with pytest.raises(httpx.RemoteProtocolError):
+            c.post(f"{url}/api/v1/tokens", json={"owner": "alice"})
+        assert len(posts) == 1, f"the server received the POST {len(posts)} times"
+
+
+async def refuse_from_headers(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """What registry/api/gate.py does for a body with no valid token (401) or over the limit (413): answer from
+    the headers with Connection: close and never read the body."""
+    if scope["type"] != "http":
+        return
+    body = b'{"status":413}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@TRANSPORTS
+def test_an_upload_refused_from_its_headers_gets_the_refusal(transport: type[httpx.BaseTransport]) -> None:
+    """As httpcore does, a write error while sending the body is not the error: the answer the server sent from
+    the headers is (else `vera publish` with a wrong token or an adapter over the limit would say "Cannot reach
+    the registry" instead of 401/413)."""
+    with in_thread(refuse_from_headers) as url, client_of(transport) as c:
+        assert c.post(f"{url}/x", content=b"\0" * 40_000_000).status_code == 413
+        assert c.post(f"{url}/x", files={"f": ("a.bin", b"\0" * 40_000_000)}).status_code == 413
+
+
+@TRANSPORTS
+def test_a_non_ascii_response_header_arrives(transport: type[httpx.BaseTransport]) -> None:
+    """Header bytes over 0x7f (a Content-Disposition filename) arrive as sent, as through httpx's transport."""
+    def latin1(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Disposition", 'attachment; filename="caf\u00e9.bin"')  # sent as latin-1 bytes
+        h.send_header("Content-Length", "2")
+        h.end_headers()
+        h.wfile.write(b"ok")
+
+    with server(latin1) as (url, _), client_of(transport) as c:
+        response = c.get(url)
+        assert response.text == "ok"
+        assert response.headers.raw[-2][1] == b'attachment; filename="caf\xe9.bin"'
