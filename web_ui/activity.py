@@ -150,7 +150,7 @@ def page() -> None:
                "target opens its page; tick a row to read its detail in full; `vera events` pages through them all.")
     events = sorted(found.events, key=lambda e: e.id, reverse=True)
     target_px, detail_px = widths(events)
-    shown = tables.show(table(events, detail_px), hide_index=True, width="stretch", key="events_table",
+    shown = tables.show(table(events, detail_px), hide_index=True, width="stretch", whole=True, key="events_table",
                         column_config=columns(target_px, detail_px), on_select="rerun", selection_mode="single-row")
     for row in shown.selection.rows if shown is not None else []:
         show_event(events[row])

@@ -287,7 +287,7 @@ def page() -> None:
         st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
         return
     selection = tables.show(table(result.items, metric, chosen["sort"]), sizes=("stored",), hide_index=True,
-                            width="stretch", on_select="rerun", selection_mode="multi-row",
+                            width="stretch", whole=True, on_select="rerun", selection_mode="multi-row",
                             column_config=columns(result.items, metric), key="browse_table")
     with st.container(horizontal=True):
         if st.button("Previous page", disabled=len(cursors) == 1):

@@ -40,6 +40,10 @@ PLOT_PX = 300
 SAMPLE_SIZE = 625
 
 
+#: The loss chart's subtitle (what its lines mean): the size of the axis titles' text, not Vega's 10 px.
+SUBTITLE_PX = 12
+
+
 def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[float]]] | None = None
                 ) -> alt.LayerChart | None:
     """Training loss per optimizer step (solid lines) and eval loss (dashed, a dot per evaluation), one colour per
@@ -70,7 +74,8 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=40)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle="solid: training loss per step; dashed with dots: loss on the held-out eval set"
-                            if has_eval else "per optimizer step (no evaluation was recorded)")
+                            if has_eval else "per optimizer step (no evaluation was recorded)",
+                            subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")  # Vega's 10 px grey was hard to read
     return cast(alt.LayerChart, alt.layer(lines, dots).properties(
         height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding")))
 

@@ -13,7 +13,7 @@ from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import page, texts
-from web_ui import browse, formats, navigation
+from web_ui import browse, formats, navigation, tables
 
 ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846 beside 0.8355
 
@@ -56,6 +56,23 @@ def test_the_accuracy_column_is_written_as_the_adapter_page_writes_it(registry: 
     at = page("browse", registry)
     assert not at.exception
     assert json.loads(at.dataframe[0].proto.columns)["accuracy"]["type_config"]["format"] == "%.4f"
+
+
+def test_the_page_of_versions_is_shown_whole_not_in_a_ten_row_box(registry: dict[str, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 11's walk: Browse's table scrolled at about ten rows inside the page, leaving space under it. (The
+    height st.dataframe is given is not in what AppTest keeps of the element: it is read at the call.)"""
+    heights: list[object] = []
+    real = tables.st.dataframe
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        heights.append(kwargs.get("height"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tables.st, "dataframe", spy)
+    at = page("browse", registry)
+    assert not at.exception and len(at.dataframe[0].value) == len(ACCURACY)
+    assert heights == [tables.whole_height(len(ACCURACY))]
 
 
 def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, Any]) -> None:

@@ -70,6 +70,7 @@ def test_the_loss_chart_has_a_title_and_the_eval_curve_over_the_training_curve()
     chart = spec(charts.loss_curves({"a/b:1": [[1, 0.9], [2, 0.7], [4, 0.4]]},
                                     {"a/b:1": charts.eval_points(history)}))
     assert chart["title"]["text"] == "Training and eval loss" and "eval set" in chart["title"]["subtitle"]
+    assert chart["title"]["subtitleFontSize"] == charts.SUBTITLE_PX == 12  # not Vega's 10 px (session 11's walk)
     data = next(iter(chart["datasets"].values()))
     assert sorted({r["curve"] for r in data}) == ["eval", "training"]
     assert chart["layer"][0]["encoding"]["strokeDash"]["field"] == "curve"
