@@ -59,6 +59,13 @@ TABLE_PX = 890
 WIDTHS = {"base model": 90, "r": 36, "stored": 68, "params": 68, "accuracy": 68, "downloads": 84, "verified": 72,
           "labels": 120, "created": 86}
 VERSION_MIN_PX = 120
+#: The base model column grows from WIDTHS' 90 px to show the page's longest name whole, up to this (session 12's
+#: walk: 'tiny-roberta' was cut to 'tiny-robe…' beside room to spare).
+BASE_MODEL_MAX_PX = 170
+
+
+def base_model_width(items: list[VersionInfo]) -> int:
+    return formats.text_width((v.base_model for v in items), WIDTHS["base model"], BASE_MODEL_MAX_PX)
 
 
 def size_column(sort: str) -> str:
@@ -76,13 +83,13 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
     (projection, trainable parameters, eval loss and exact bytes are on the Adapter and Compare pages). Labels are
     a lock for a private adapter, its aliases and its tags; sorted by a metric, that metric's column takes the place
     of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
-    size = size_column(sort)
+    size, base_px = size_column(sort), base_model_width(items)
 
     def score(v: VersionInfo) -> dict[str, float | None]:
         return {metric: metric_value(v, metric)} if metric else {"accuracy": key_metrics(v)["accuracy"]}
 
     return pd.DataFrame([{
-        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, WIDTHS["base model"]),
+        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
         "r": v.r, size: v.stored_bytes if size == "stored" else v.trainable_parameters, **score(v),
         "downloads": v.downloads, "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
         "labels": formats.fit_list(labels(v), WIDTHS["labels"]), "created": v.created_at,
@@ -93,17 +100,18 @@ def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, An
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
     metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
     metric_px = max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric else WIDTHS["accuracy"]
-    others = sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px
+    base_px = base_model_width(items)
+    others = sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px - WIDTHS["base model"] + base_px
     needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)
     version = max(VERSION_MIN_PX, min(needed, TABLE_PX - others))
-    return COLUMNS | {"version": navigation.version_column(version)} | (
+    return COLUMNS | {"version": navigation.version_column(version),
+                      "base model": st.column_config.TextColumn(width=base_px)} | (
         {metric: formats.metric_column((metric_value(v, metric) for v in items), width=metric_px)} if metric else
         {"accuracy": formats.metric_column((key_metrics(v)["accuracy"] for v in items), **ACCURACY)})
 
 
 ACCURACY = {"width": WIDTHS["accuracy"], "help": "test accuracy (else eval accuracy)"}
 COLUMNS: dict[str, Any] = {
-    "base model": st.column_config.TextColumn(width=WIDTHS["base model"]),
     "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
     "stored": st.column_config.NumberColumn(width=WIDTHS["stored"]),  # written by formats.size: web_ui.tables
     "params": st.column_config.NumberColumn(
@@ -289,13 +297,14 @@ def page() -> None:
     selection = tables.show(table(result.items, metric, chosen["sort"]), sizes=("stored",), hide_index=True,
                             width="stretch", whole=True, on_select="rerun", selection_mode="multi-row",
                             column_config=columns(result.items, metric), key="browse_table")
-    with st.container(horizontal=True):
-        if st.button("Previous page", disabled=len(cursors) == 1):
-            cursors.pop()
-            st.rerun()
-        if st.button("Next page", disabled=result.next_cursor is None):
-            cursors.append(result.next_cursor)
-            st.rerun()
+    if len(cursors) > 1 or result.next_cursor is not None:  # one page only: no pair of disabled buttons
+        with st.container(horizontal=True):
+            if st.button("Previous page", disabled=len(cursors) == 1):
+                cursors.pop()
+                st.rerun()
+            if st.button("Next page", disabled=result.next_cursor is None):
+                cursors.append(result.next_cursor)
+                st.rerun()
     actions([result.items[i].ref for i in selection.selection.rows] if selection is not None else [])
 
 

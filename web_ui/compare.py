@@ -131,8 +131,9 @@ def page() -> None:
 TABLE_PX = 920
 WIDTHS = {"base model": 90, "r": 36, "projection": 124, "adapter params": 112, "stored": 68, "accuracy": 68,
           "eval loss": 72, "verified": 72}
+#: The base model column grows from 90 px to show the longest name whole, up to this.
+BASE_MODEL_MAX_PX = 170
 COLUMNS: dict[str, Any] = {
-    "base model": st.column_config.TextColumn(width=WIDTHS["base model"]),
     "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
     "projection": st.column_config.TextColumn(width=WIDTHS["projection"], help="generator #seed: versions with the "
                                               "same projection and rank share A and B (full names on the Adapter "
@@ -148,24 +149,38 @@ COLUMNS: dict[str, Any] = {
 
 def table(versions: list[VersionInfo]) -> pd.DataFrame:
     """One row per version, the columns that fit 1,400 px, each cell whole or cut with '…'."""
+    base_px = base_model_width(versions)
     return pd.DataFrame([{
-        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, WIDTHS["base model"]),
+        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
         "r": v.r, "projection": formats.fit(formats.projection(v.generator, v.seed), WIDTHS["projection"]),
         "adapter params": v.adapter_parameters, "stored": v.stored_bytes, **key_metrics(v),
         "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
     } for v in versions])
 
 
+def base_model_width(versions: list[VersionInfo]) -> int:
+    return formats.text_width((v.base_model for v in versions), WIDTHS["base model"], BASE_MODEL_MAX_PX)
+
+
+def widths(versions: list[VersionInfo]) -> dict[str, int]:
+    """Each column's px: the base model as wide as the longest name needs (up to BASE_MODEL_MAX_PX), the version
+    what the longest reference needs within what the other columns leave."""
+    fixed = WIDTHS | {"base model": base_model_width(versions)}
+    return fixed | {"version": min(max(formats.cell_width(v.ref) for v in versions), TABLE_PX - sum(fixed.values()))}
+
+
 def version_width(versions: list[VersionInfo]) -> int:
-    """The version column's px: what the longest reference needs, within what the other columns leave."""
-    return min(max(formats.cell_width(v.ref) for v in versions), TABLE_PX - sum(WIDTHS.values()))
+    """The version column's px (``widths``)."""
+    return widths(versions)["version"]
 
 
 def side_by_side(versions: list[VersionInfo]) -> None:
     """The versions' numbers as a table, and their loss curves."""
     frame = table(versions)
+    px = widths(versions)
     tables.show(frame, sizes=("stored",), hide_index=True, width="stretch", column_config=COLUMNS | {
-        "version": navigation.version_column(version_width(versions)),
+        "version": navigation.version_column(px["version"]),
+        "base model": st.column_config.TextColumn(width=px["base model"]),
         "accuracy": formats.metric_column(frame["accuracy"], width=WIDTHS["accuracy"],
                                           help="test accuracy (else eval accuracy)"),
         "eval loss": formats.metric_column(frame["eval loss"], width=WIDTHS["eval loss"], help="final eval loss")})
@@ -199,20 +214,21 @@ def cosine_caption(versions: list[VersionInfo]) -> str:
 
 def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:
     """Why each version in ``alone`` has no grid: another base model than the first's (said once per base model,
-    both named), or, on the same one, no layer whose delta can be set beside the first's."""
+    both named), or, on the same one, no layer whose delta can be set beside the first's; and what to do."""
     by_base: dict[str, list[str]] = {}
     for v in alone:
         if v.base_model != first.base_model:
             by_base.setdefault(v.base_model, []).append(v.ref)
     reasons = [f"{formats.listed(refs)}: on another base model ({base}; {first.ref} is on {first.base_model}), so "
-               f"{'the two adapt' if len(refs) == 1 else 'they adapt'} no layer in common with it"
+               f"{'it adapts' if len(refs) == 1 else 'they adapt'} no layer in common with {first.ref}"
                for base, refs in by_base.items()]
     reasons += [f"{v.ref}: no layer comparable with {first.ref}'s (it adapts other modules of {v.base_model}, or "
                 "the registry does not know their shapes: `vera base register` declares them)"
                 for v in alone if v.base_model == first.base_model]
     it = "it" if len(alone) == 1 else "them"
-    return (f"No cosine grid for {'; '.join(reasons)}. Compare {it} by the metrics above, or with versions on "
-            f"{'its' if it == 'it' else 'their'} own base model, one of those first.")
+    firsts = " or ".join(dict.fromkeys(v.base_model for v in alone if v.base_model != first.base_model))
+    hint = f"; put a version on {firsts} first to see its deltas side by side" if firsts else ""
+    return f"No cosine grid for {'; '.join(reasons)}. Compare {it} by the metrics above{hint}."
 
 
 def projection_differences(first: VersionInfo, other: VersionInfo) -> list[str]:

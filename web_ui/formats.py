@@ -91,6 +91,12 @@ def cell_width(text: str) -> int:
     return CELL_PAD_PX + CHAR_PX * len(text)
 
 
+def text_width(texts: Iterable[str], least: int, most: int) -> int:
+    """The px a text column needs to show the longest of ``texts`` whole, at least ``least`` and at most ``most``
+    (longer ones are then cut with '…' by ``fit``)."""
+    return max(least, min(most, max((cell_width(t) for t in texts), default=least)))
+
+
 def fit(text: str, width: int) -> str:
     """``text`` as a column ``width`` px wide shows it: whole, or cut with '…' (never clipped mid-letter)."""
     room = cell_chars(width)

@@ -22,11 +22,11 @@ EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", 
 def owners(who: WhoAmI, published: list[str] | None = None) -> list[str]:
     """The namespaces whose webhooks this caller may manage: its own and its organisations where it may write. An
     admin (as the local user of a registry without tokens is) manages every owner's: those that ``published``
-    first, newest first, then its organisations and its own name; it may also type another."""
+    first, newest first, then its organisations (its own name when there is neither); it may also type another."""
     own = [] if who.anonymous else [who.user]
     writable = [org for org, role in who.organizations.items() if role in ("write", "admin")]
-    if "admin" in who.scopes:
-        return list(dict.fromkeys([*(published or []), *writable, *own]))
+    if "admin" in who.scopes:  # its own name only when nothing else is known ("local" publishes nothing)
+        return list(dict.fromkeys([*(published or []), *writable])) or own
     return own + writable
 
 
@@ -71,6 +71,9 @@ def choose_owner() -> str | None:
         accept_new_options=admin,
         help="Any owner: those that published here are listed, another can be typed." if admin else
         "Your namespace, or an organisation where your role is write or admin.")
+    if admin and chosen is not None and chosen not in owners(who, published):
+        st.caption(f"{chosen}/ has published nothing here yet (among the newest {OWNERS_FROM} versions): a webhook "
+                   "added for it fires once it does. Check the name if you meant one of the owners listed.")
     return chosen
 
 

@@ -385,7 +385,7 @@ def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, produc
     shot(page, "30-compare-cells-whole")
     fits(page, grid)
     expect(page.get_by_text(f"No loss curve was recorded for {long_name}:1")).to_be_visible()  # not a legend entry
-    widths = compare.WIDTHS | {"version": compare.version_width(pair)}
+    widths = compare.widths(pair)
     assert clipped(page, compare.table(pair), widths, ("version", "base model", "projection", "verified")) == []
 
 

@@ -48,7 +48,8 @@ def test_a_version_on_another_base_model_leaves_the_others_their_cosine_grids(re
     shown = texts(at)
     assert "No adapted layer is shared" not in shown
     assert (f"No cosine grid for {OTHER}: on another base model (tiny-roberta; {LLAMAS[0]} is on tiny-llama), so "
-            "the two adapt no layer in common with it.") in shown
+            f"it adapts no layer in common with {LLAMAS[0]}.") in shown
+    assert "put a version on tiny-roberta first" in shown
     assert "All share the first's projection" in shown  # said of the three with a grid
 
 
@@ -58,9 +59,12 @@ def test_first_on_another_base_model_than_all_the_others_names_each(registry: di
     shown = texts(at)
     # said once for both (session 11's walk: the phrase was repeated per version)
     assert (f"No cosine grid for {LLAMAS[0]} and {LLAMAS[1]}: on another base model (tiny-llama; {OTHER} is on "
-            "tiny-roberta), so they adapt no layer in common with it.") in shown
+            f"tiny-roberta), so they adapt no layer in common with {OTHER}.") in shown
     assert shown.count("on another base model") == 1
-    assert "Compare them by the metrics above" in shown and "cos(ΔW of each version" not in shown
+    assert "Compare them by the metrics above; put a version on tiny-llama first" in shown
+    assert "cos(ΔW of each version" not in shown
+    # the base model whole where the table has room (session 12's walk: 'tiny-robe…')
+    assert list(at.dataframe[0].value["base model"]) == ["tiny-roberta", "tiny-llama", "tiny-llama"]
 
 
 def test_references_typed_beyond_four_are_named_as_not_added(registry: dict[str, Any]) -> None:

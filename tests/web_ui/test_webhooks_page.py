@@ -149,7 +149,9 @@ def test_an_admin_is_offered_every_owner_that_published(registry: dict[str, Any]
 
     admin = WhoAmI(user="ops", anonymous=False, scopes=["admin"], organizations={"acme": "admin"}, token_id=2,
                    limited_to=None)
-    assert owners(admin, ["carol", "bob", "carol"]) == ["carol", "bob", "acme", "ops"]
+    assert owners(admin, ["carol", "bob", "carol"]) == ["carol", "bob", "acme"]
+    alone = admin.model_copy(update={"organizations": {}})
+    assert owners(alone, []) == ["ops"]  # its own name only when nothing else is known
 
 
 def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tmp_path: Any) -> None:
@@ -172,3 +174,5 @@ def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tm
         named.run()
         assert not named.exception and named.selectbox(key="webhooks_owner").value == "newteam"
         assert "newteam/ has no webhooks yet" in texts(named, "info")
+        assert "newteam/ has published nothing here yet" in texts(named, "caption")  # a typo would show here
+        assert "local" not in owner.options  # the local user publishes nothing of its own
