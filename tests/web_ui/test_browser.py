@@ -263,7 +263,9 @@ def test_browse_paints_the_table_with_its_form_closed_in_a_browser(page: Page, p
     use_product_registry(page, product)
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     expect(page.get_by_role("textbox", name="Owner", exact=True)).to_have_count(0)  # not built until opened
-    for label in ("Previous page", "Next page", "Open version", "Compare selected (0)"):
+    for pager in ("Previous page", "Next page"):  # the registry's versions fit one page: no pager (session 12)
+        expect(page.get_by_role("button", name=re.compile(f"{re.escape(pager)}$"))).to_have_count(0)
+    for label in ("Open version", "Compare selected (0)"):
         button = page.get_by_role("button", name=re.compile(f"{re.escape(label)}$"))
         clipped = button.evaluate("b => [b, ...b.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth)")
         assert not clipped, f"the button {label!r} cuts its label off"

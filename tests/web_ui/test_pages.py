@@ -142,8 +142,8 @@ def test_browse_pages_through_thousands_with_a_cursor(registry: dict[str, Any]) 
     at = page("browse", registry)
     field(filter_form(at), "Rows per page").set_value(25)
     apply(at)
-    assert next(b for b in at.button if b.label == "Next page").disabled  # 3 rows: one page
-    assert next(b for b in at.button if b.label == "Previous page").disabled
+    # 3 rows: one page, so no pair of disabled Previous / Next buttons (session 12's walk)
+    assert not [b for b in at.button if b.label in ("Previous page", "Next page")]
 
 
 def tab(at: AppTest, label: str) -> AppTest:
