@@ -110,7 +110,7 @@ def table(jobs: list[JobInfo]) -> None:
     rows = [{"job": navigation.job_link(j.id), "publishes": j.target_name, "status": status(j),
              "submitted": j.created_at, "duration": duration(j), **score,
              "result": navigation.version_link(j.result_ref) if j.result_ref else None}
-            for j, score in zip(jobs, scores, strict=False)]
+            for j, score in zip(jobs[:TABLE_ROWS], scores, strict=True)]
     tables.show(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table", column_config={
         "job": st.column_config.LinkColumn(display_text=r"train\?job=(\d+)", help="Follow this job", width=60),
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
