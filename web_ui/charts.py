@@ -40,6 +40,8 @@ PLOT_PX = 300
 SAMPLE_SIZE = 625
 
 
+#: The eval dots' area (px²) and the room kept at the plot's left and right edges (px).
+DOT_SIZE, EDGE_PX = 70, 8
 #: The loss chart's subtitle (what its lines mean): the size of the axis titles' text, not Vega's 10 px.
 SUBTITLE_PX = 12
 
@@ -62,7 +64,9 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     kinds = ["training", "eval"] if has_eval else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(
         # Steps are whole numbers: ticks at least 1 apart, written without decimals (never 1.5, 2.5).
-        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d")),
+        # padding: a dot at the first or last step is drawn whole, not cut by the plot's edge
+        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d"),
+                scale=alt.Scale(padding=EDGE_PX)),
         y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
     # The dash is the lines' own: the dots do not take part in its legend, whose samples are then strokes (a legend
@@ -71,7 +75,8 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         "curve:N", sort=kinds, title=None, scale=alt.Scale(domain=kinds, range=[[1, 0], [6, 3]][:len(kinds)]),
         legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2,
                           symbolSize=SAMPLE_SIZE)))
-    dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=40)
+    # large enough to be seen alone: a run evaluated once has one dot and no dashed line (session 12's walk)
+    dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=DOT_SIZE)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle="solid: training loss per step; dashed with dots: loss on the held-out eval set"
                             if has_eval else "per optimizer step (no evaluation was recorded)",

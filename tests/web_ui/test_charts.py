@@ -71,6 +71,9 @@ def test_the_loss_chart_has_a_title_and_the_eval_curve_over_the_training_curve()
                                     {"a/b:1": charts.eval_points(history)}))
     assert chart["title"]["text"] == "Training and eval loss" and "eval set" in chart["title"]["subtitle"]
     assert chart["title"]["subtitleFontSize"] == charts.SUBTITLE_PX == 12  # not Vega's 10 px (session 11's walk)
+    # a lone eval point is a dot large enough to see, kept off the plot's edge (session 12's walk)
+    assert chart["layer"][1]["mark"]["size"] == charts.DOT_SIZE > 40
+    assert chart["layer"][0]["encoding"]["x"]["scale"]["padding"] == charts.EDGE_PX > 0
     data = next(iter(chart["datasets"].values()))
     assert sorted({r["curve"] for r in data}) == ["eval", "training"]
     assert chart["layer"][0]["encoding"]["strokeDash"]["field"] == "curve"
