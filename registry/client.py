@@ -23,7 +23,7 @@ from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, Re
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file, ref_key
 from registry.logs import HEADER, REQUEST_ID
-from registry.plain_http import PlainHttpTransport
+from registry.plain_http import IDEMPOTENT, PlainHttpTransport
 from vera_core.folders import write_adapter_files
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
@@ -162,8 +162,6 @@ class _LinkRefused(RegistryError):
     a new one."""
 
 
-#: Requests that may be sent again when the connection failed or a proxy answered 502/503/504.
-IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: ``fetch`` asks for the bytes of files up to this size with their list (the registry's limit).
 INLINE_BYTES = 1 << 20
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -216,7 +214,7 @@ class RegistryClient:
     def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
         """The response to a request (its body not yet read when ``stream``), an error status raised as the
         registry's exception; idempotent requests are retried on connection errors and 502/503/504."""
-        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)  # (sent again on 502/503/504 too)
         url = self._url(path, kwargs.pop("params", None))
         for attempt in range(attempts):
             last = attempt == attempts - 1

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 
 import httpx
 
-#: Methods that may be sent again when a kept-alive connection turns out closed (RegistryClient's own retries
-#: follow the same rule): a POST the server may have received is never repeated here.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Methods that may be sent again: here when a kept-alive connection turns out closed, and by RegistryClient after
+#: a connection error or a 502/503/504. A POST the server may have received is never repeated.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: Idle connections kept per host and port (more are closed when their response ends).
 MAX_IDLE = 64
 #: The largest piece a response body is read in; a body of known length up to this size is read in one call.

@@ -57,7 +57,7 @@ def choose_owner() -> str | None:
     who = session.read(RegistryClient.whoami)
     admin = "admin" in who.scopes
     published = [v.owner for v in session.read(RegistryClient.list_versions, limit=OWNERS_FROM).items] if admin else []
-    choices = owners(who, published)
+    known = choices = owners(who, published)
     if not choices:
         st.info("Sign in with a token (sidebar) to manage webhooks: anonymous callers have none.")
         return None
@@ -71,7 +71,7 @@ def choose_owner() -> str | None:
         accept_new_options=admin,
         help="Any owner: those that published here are listed, another can be typed." if admin else
         "Your namespace, or an organisation where your role is write or admin.")
-    if admin and chosen is not None and chosen not in owners(who, published):
+    if admin and chosen is not None and chosen not in known:
         st.caption(f"{chosen}/ has published nothing here yet (among the newest {OWNERS_FROM} versions): a webhook "
                    "added for it fires once it does. Check the name if you meant one of the owners listed.")
     return chosen
