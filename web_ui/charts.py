@@ -61,7 +61,10 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         return None
     refs = list(dict.fromkeys(str(r["version"]) for r in rows))  # a version without points: not in the legend
     has_eval = any(r["curve"] == "eval" for r in rows)
-    kinds = ["training", "eval"] if has_eval else ["training"]
+    # a dashed eval line (and its legend sample) only where some version was evaluated more than once: one
+    # evaluation is a dot, and a legend promising a dashed line that is nowhere would mislead (session 12's walk)
+    dashed = any(len(points) > 1 for points in (evals or {}).values())
+    kinds = ["training", "eval"] if dashed else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(
         # Steps are whole numbers: ticks at least 1 apart, written without decimals (never 1.5, 2.5).
         # padding: a dot at the first or last step is drawn whole, not cut by the plot's edge
@@ -71,14 +74,17 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
     # The dash is the lines' own: the dots do not take part in its legend, whose samples are then strokes (a legend
     # merged with the filled dots draws each sample as a filled line: nothing).
-    lines = base.mark_line(strokeWidth=2).encode(strokeDash=alt.StrokeDash(
+    lines = base.transform_filter(alt.FieldOneOfPredicate(field="curve", oneOf=kinds)).mark_line(
+        strokeWidth=2).encode(strokeDash=alt.StrokeDash(
         "curve:N", sort=kinds, title=None, scale=alt.Scale(domain=kinds, range=[[1, 0], [6, 3]][:len(kinds)]),
         legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2,
                           symbolSize=SAMPLE_SIZE)))
     # large enough to be seen alone: a run evaluated once has one dot and no dashed line (session 12's walk)
     dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=DOT_SIZE)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
-                            subtitle="solid: training loss per step; dashed with dots: loss on the held-out eval set"
+                            subtitle=("solid: training loss per step; "
+                                      + ("dashed with dots" if dashed else "dots")
+                                      + ": loss on the held-out eval set")
                             if has_eval else "per optimizer step (no evaluation was recorded)",
                             subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")  # Vega's 10 px grey was hard to read
     return cast(alt.LayerChart, alt.layer(lines, dots).properties(

@@ -74,6 +74,8 @@ def choose_owner() -> str | None:
     if admin and chosen is not None and chosen not in known:
         st.caption(f"{chosen}/ has published nothing here yet (among the newest {OWNERS_FROM} versions): a webhook "
                    "added for it fires once it does. Check the name if you meant one of the owners listed.")
+    if chosen is not None:
+        navigation.set_param("owner", chosen)  # the URL names the owner shown, also when opened from the menu
     return chosen
 
 

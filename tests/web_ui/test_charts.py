@@ -86,7 +86,8 @@ def test_the_loss_plot_keeps_its_height_and_its_legend_shows_each_curve_as_a_lin
     """Issue 20, walk 2: Streamlit's default autosize ("fit") squeezed title, axes and two legends into 280 px,
     leaving the curves 85 px (55 with four versions), and the dash legend merged with the eval dots drew no line."""
     refs = [f"bulk/adapter-{i:02}:1" for i in range(4)]
-    chart = spec(charts.loss_curves({ref: [[1, 0.9], [2, 0.5]] for ref in refs}, {ref: [[2, 0.6]] for ref in refs}))
+    chart = spec(charts.loss_curves({ref: [[1, 0.9], [2, 0.5]] for ref in refs},
+                                    {ref: [[1, 0.7], [2, 0.6]] for ref in refs}))
     assert chart["height"] == charts.PLOT_PX >= 280  # the plot area: title, axes and legends come on top
     assert chart["autosize"] == {"type": "fit-x", "contains": "padding"}  # only the width fits the page
     lines, dots = chart["layer"]
@@ -94,6 +95,23 @@ def test_the_loss_plot_keeps_its_height_and_its_legend_shows_each_curve_as_a_lin
     assert dash["scale"] == {"domain": ["training", "eval"], "range": [[1, 0], [6, 3]]}
     assert dash["legend"]["symbolType"] == "stroke" and dash["legend"]["symbolSize"] >= 400  # a whole 6-3 dash
     assert "strokeDash" not in dots.get("encoding", {})  # the dots stay out of the line legend
+
+
+def test_versions_evaluated_once_get_dots_and_no_dashed_line_in_the_legend() -> None:
+    """Session 12's walk: one evaluation per run drew a dot and no line, while the legend and the subtitle promised
+    a dashed eval line."""
+    once = spec(charts.loss_curves({"a/b:1": [[1, 0.9], [2, 0.5]]}, {"a/b:1": [[2, 0.6]]}))
+    lines, dots = once["layer"]
+    assert lines["encoding"]["strokeDash"]["scale"]["domain"] == ["training"]
+    assert {"filter": {"field": "curve", "oneOf": ["training"]}} in lines["transform"]
+    assert dots["mark"]["type"] == "point"  # the evaluation is still drawn
+    assert "dots: loss on the held-out eval set" in once["title"]["subtitle"]
+    assert "dashed" not in once["title"]["subtitle"]
+    # one version evaluated twice is enough for the dashed line and its legend sample
+    mixed = spec(charts.loss_curves({"a/b:1": [[1, 0.9]], "a/c:1": [[1, 0.8]]},
+                                    {"a/b:1": [[1, 0.7]], "a/c:1": [[1, 0.7], [2, 0.6]]}))
+    assert mixed["layer"][0]["encoding"]["strokeDash"]["scale"]["domain"] == ["training", "eval"]
+    assert "dashed with dots" in mixed["title"]["subtitle"]
 
 
 def test_compared_versions_get_distinct_colours() -> None:

@@ -166,6 +166,7 @@ def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tm
         assert not at.exception
         owner = at.selectbox(key="webhooks_owner")
         assert owner.value == "carol" and owner.options[0] == "carol", owner.options
+        assert at.query_params["owner"] == "carol"  # opened from the menu, the address still names the owner
         assert "carol/ has no webhooks yet" in texts(at, "info")
         named = AppTest.from_string("from web_ui import session, webhooks\nsession.guarded(webhooks.page)()\n",
                                     default_timeout=60)
