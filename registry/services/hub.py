@@ -71,18 +71,32 @@ def _user_card(card: str) -> tuple[dict[str, Any], str]:
     return data, parsed.text.strip()
 
 
-def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = False, card: str = "") -> str:
+def stable_lineage(info: VersionInfo) -> dict[str, Any]:
+    """The part of a version's lineage that never changes: what its row recorded, with the parent named only when
+    it is a version of the same adapter (its ref, also once deleted). A parent of another adapter is left out: that
+    adapter can be made private or deleted later, which changes what VersionInfo.lineage says of it."""
+    lineage = {k: v for k, v in info.lineage.items() if k not in ("parent", "parent_deleted", "parent_private")}
+    parent = info.lineage.get("parent") or info.lineage.get("parent_deleted")
+    if isinstance(parent, str) and parent.startswith(f"{info.owner}/{info.name}:"):
+        lineage = {"parent": parent, **lineage}
+    return lineage
+
+
+def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = False, card: str = "",
+               stable: bool = False) -> str:
     """README.md for the Hub: metadata the Hub indexes (library, base model, tags) plus everything needed to
     reproduce and verify the adapter, under ``vera_registry``. ``card`` is the adapter's own model card: its text
     comes first and its metadata is kept (tags joined; the registry's keys win). The same version, options and card
-    give the same bytes."""
+    give the same bytes; ``stable`` (the /hf view's commits): the same bytes for as long as the version exists, its
+    lineage as stable_lineage gives it."""
     user_data, user_text = _user_card(card)
     record: dict[str, Any] = {
         "version": info.ref, "base_model": info.base_model, "base_revision": info.base_revision or None,
         "r": info.r, "projection_prng_key": info.seed, "projection_generator": info.generator,
         "projection_fingerprint": info.projection_fingerprint, "projections_included": with_projection,
         "trainable_parameters": info.trainable_parameters, "adapter_parameters": info.adapter_parameters,
-        "metrics": info.metrics, "lineage": info.lineage, "format": "lora" if as_lora else "vera",
+        "metrics": info.metrics, "lineage": stable_lineage(info) if stable else info.lineage,
+        "format": "lora" if as_lora else "vera",
     }
     tags = ["lora", "vera-as-lora", "peft", "vera-registry"] if as_lora else ["vera", "peft", "vera-registry"]
     own_tags = user_data.pop("tags", None)

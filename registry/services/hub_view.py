@@ -6,7 +6,8 @@ Revisions (what ``revision=`` names)::
     main | latest          the newest version that is not yanked (``latest``)
     3 | v3                 version 3 (yanked versions too, as the API serves them by number)
     prod                   the version an alias points at
-    <40 hex digits>        a commit: one version in one form (below), stable for as long as the version exists
+    <40 hex digits>        a commit: one version in one form with one revision of the adapter's card (README.md),
+                           the same bytes for as long as the version exists
     <any of these>+lora    the same version as the equivalent LoRA (what `vera fetch --as lora` writes)
     ...+seed-only          without A and B (vera_core only; refused for versions the seed does not reproduce)
     ...+projection         always with A and B
@@ -99,14 +100,25 @@ class HubRevision:
         return data
 
 
-def commit_of(info: VersionInfo, variant: str) -> str:
+#: The form byte of a commit whose README carries a kept card revision (format 2); below it, format 1.
+CARD_REVISION_FLAG = 0x80
+
+
+def commit_of(info: VersionInfo, variant: str, card_revision: int | None = None) -> str:
     """A 40-hex commit id for one version in one form: a hash of what makes the version unique (so a version that
     is deleted and published again gets another), then the form and the version number, so that a commit can be
-    resolved without a table of them."""
-    digest = hashlib.sha256("\0".join((
-        "vera-registry hub commit", COMMIT_FORMAT, info.ref, info.vectors_sha256, info.created_at.isoformat(),
-        variant)).encode()).hexdigest()
-    return f"{digest[:30]}{VARIANTS.index(variant):02x}{info.version:08x}"
+    resolved without a table of them. ``card_revision``: the revision of the adapter's card its README carries
+    (registry.store.models.AdapterCard), written into the id too (format 2: 24 hex of hash, 6 of card revision, the
+    form byte with CARD_REVISION_FLAG, 8 of version); None for an adapter whose card was never edited (format 1: 30
+    hex of hash, the form, the version), the ids served before card revisions were kept, which stay valid."""
+    parts = ["vera-registry hub commit", COMMIT_FORMAT, info.ref, info.vectors_sha256, info.created_at.isoformat(),
+             variant]
+    form = VARIANTS.index(variant)
+    if card_revision is None:
+        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+        return f"{digest[:30]}{form:02x}{info.version:08x}"
+    digest = hashlib.sha256("\0".join([*parts, "card", str(card_revision)]).encode()).hexdigest()
+    return f"{digest[:24]}{card_revision:06x}{CARD_REVISION_FLAG | form:02x}{info.version:08x}"
 
 
 class HubView:
@@ -120,7 +132,7 @@ class HubView:
         """The commit ``revision`` names in ``owner/name``: AdapterNotFound (the repo), RevisionNotFound or the
         registry's refusal of that form (a LoRA export of an adapter whose base shapes are unknown, ...)."""
         repo_id = f"{owner}/{name}"
-        ref, variant, commit = self._parse(owner, name, revision)
+        ref, variant, commit, card_at = self._parse(owner, name, revision)
         variant = variant if commit is not None else (variant or self.default_variant)
         form = FileForm(with_projection=variant == "projection", seed_only=variant == "seed-only",
                         lora=LoraExport() if variant == "lora" else None)
@@ -130,20 +142,29 @@ class HubView:
             raise
         except NotFound as exc:
             raise RevisionNotFound(f"{repo_id} has no revision {revision[:MAX_REVISION_LENGTH]!r}: {exc}") from exc
-        if commit is not None and commit != commit_of(info, variant):
+        try:  # the card a commit names (format 1: revision 0, the card before any kept edit), or the newest
+            card_revision, card_text = self.registry.metadata.card_revision(
+                Ref.of(owner, name), None if commit is None else card_at or 0)
+        except AdapterNotFound:
+            raise
+        except NotFound as exc:
+            raise RevisionNotFound(f"{repo_id} has no commit {revision}: {exc}") from exc
+        if commit is None:
+            commit = commit_of(info, variant, card_revision)
+        elif commit != commit_of(info, variant, card_at):
             raise RevisionNotFound(f"{repo_id} has no commit {revision}; it names a version that was deleted, or "
                                    "another registry's.")
         stored = {f.filename: f for f in files if f.filename != CARD_NAME}
         config = self.registry.derived.read(info.pinned, stored[CONFIG_NAME])
         with_projection = bool(json.loads(config).get("save_projection", True))
         card = model_card(info, with_projection=with_projection or variant == "lora", as_lora=variant == "lora",
-                          card=self.registry.adapter(repo_id).card).encode("utf-8")
-        return HubRevision(repo_id, commit or commit_of(info, variant), variant, info, stored, card,
-                           self.registry.derived)
+                          card=card_text, stable=True).encode("utf-8")
+        return HubRevision(repo_id, commit, variant, info, stored, card, self.registry.derived)
 
     @staticmethod
-    def _parse(owner: str, name: str, revision: str) -> tuple[Ref, str, str | None]:
-        """(the version's reference, the form, the commit when the revision is one)."""
+    def _parse(owner: str, name: str, revision: str) -> tuple[Ref, str, str | None, int | None]:
+        """(the version's reference, the form, the commit when the revision is one, and the card revision that
+        commit names: None for a commit of format 1 and for a revision that is no commit)."""
         repo_id = f"{owner}/{name}"
         base, plus, variant = revision.partition("+")
         if len(revision) > MAX_REVISION_LENGTH or (plus and variant not in VARIANTS[1:]):
@@ -153,14 +174,16 @@ class HubView:
         try:
             if _COMMIT.fullmatch(base):
                 number, form = int(base[32:], 16), int(base[30:32], 16)
+                card_at = int(base[24:30], 16) if form & CARD_REVISION_FLAG else None
+                form &= ~CARD_REVISION_FLAG
                 if not plus and form < len(VARIANTS) and 1 <= number <= 999_999_999:
-                    return Ref.of(owner, name, version=number), VARIANTS[form], base
+                    return Ref.of(owner, name, version=number), VARIANTS[form], base, card_at
                 raise RevisionNotFound(f"{repo_id} has no commit {revision}.")
             if base == "main":
-                return Ref.of(owner, name, alias=LATEST), variant, None
+                return Ref.of(owner, name, alias=LATEST), variant, None, None
             if match := _VERSION.fullmatch(base):
-                return Ref.of(owner, name, version=int(match[1])), variant, None
-            return Ref.of(owner, name, alias=base), variant, None
+                return Ref.of(owner, name, version=int(match[1])), variant, None, None
+            return Ref.of(owner, name, alias=base), variant, None, None
         except InvalidInput as exc:  # owner, name or alias that cannot exist: no such repo or revision
             if not _names_ok(owner, name):
                 raise AdapterNotFound(f"No adapter {repo_id[:200]}: {exc}") from exc

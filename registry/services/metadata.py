@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import AdapterNotFound, InvalidInput
+from registry.domain.errors import AdapterNotFound, Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
     MAX_CARD_BYTES,
     MAX_DESCRIPTION,
@@ -33,6 +33,22 @@ from registry.services.access import check_visibility
 from registry.services.lookup import LATEST, resolve, version_info, version_ref
 from registry.store import models as m
 from registry.store.database import Database
+
+#: The most card revisions an adapter keeps: a /hf commit id names its card revision in six hex digits.
+MAX_CARD_REVISIONS = 0xFFFFFF
+
+
+def _keep_card(s: Session, row: m.Adapter, before: str, after: str) -> None:
+    """Record a card edit in adapter_cards: the new text as the next revision, and on the first edit also the text
+    it replaced, as revision 0 (what was served before any revision was kept)."""
+    newest = s.scalar(select(func.max(m.AdapterCard.revision)).where(m.AdapterCard.adapter_id == row.id))
+    if newest is None:
+        s.add(m.AdapterCard(adapter_id=row.id, revision=0, card=before))
+        newest = 0
+    if newest >= MAX_CARD_REVISIONS:
+        raise Conflict(f"The card of {row.owner}/{row.name} was edited {newest:,} times, the most one adapter keeps "
+                       "(each edit is a new /hf commit); publish under a new name to start a new history.")
+    s.add(m.AdapterCard(adapter_id=row.id, revision=newest + 1, card=after))
 
 
 def check_description(value: str) -> str:
@@ -130,8 +146,27 @@ class Metadata:
                     setattr(row, field, value)
                 _audit(s, actor=actor, action="adapter-edit", target=f"{ref.owner}/{ref.name}", before=before,
                        after=after)
-                s.flush()
+                s.flush()  # the adapter's row is written (and, on PostgreSQL, locked) before its revisions are read
+                if "card" in after:
+                    _keep_card(s, row, before["card"], after["card"])
             return _adapter_info(s, row)
+
+    def card_revision(self, ref: Ref, revision: int | None = None) -> tuple[int | None, str]:
+        """``(revision, text)`` of the adapter's card: the newest (``revision`` None: the revision is None when the
+        card was never edited), or revision ``revision``. NotFound when the adapter or that revision is not there;
+        revision 0 of a card never edited is the card itself."""
+        with self.db.session() as s:
+            row = _adapter_row(s, ref)
+            newest = s.scalar(select(m.AdapterCard).where(m.AdapterCard.adapter_id == row.id)
+                              .order_by(m.AdapterCard.revision.desc()).limit(1))
+            if revision is None:
+                return (newest.revision if newest is not None else None), row.card
+            if newest is None and revision == 0:
+                return 0, row.card
+            kept = s.get(m.AdapterCard, (row.id, revision))
+            if kept is None:
+                raise NotFound(f"{ref.owner}/{ref.name} has no card revision {revision}.")
+            return revision, kept.card
 
     def update_version(self, ref: str | Ref, changes: VersionUpdate, *, actor: str) -> VersionInfo:
         """Change a version's description and tags (never its bytes); audited as ``version-edit``."""

@@ -110,6 +110,19 @@ class Adapter(Base):
     versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter", order_by="AdapterVersion.version")
 
 
+class AdapterCard(Base):
+    """A model card as it was after an edit (0014), so that the /hf README.md of a Hub commit, which carries the
+    card, is the same bytes for as long as the commit is served (registry.services.hub_view). Revision 0 is the card
+    before its first edit (what commits of format 1 served), written with revision 1 by that edit; an adapter whose
+    card was never edited has no rows. Adapter.card is always the newest revision's text."""
+
+    __tablename__ = "adapter_cards"
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True)
+    card: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AdapterVersion(Base):
     """One immutable version, keyed by base model, rank, seed and generator, with what was measured of it."""
 

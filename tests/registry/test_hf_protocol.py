@@ -156,6 +156,53 @@ def test_yanked_and_deleted_versions(served: Served) -> None:
                 api.model_info(REPO, revision=revision)
 
 
+def test_a_commit_keeps_its_readme_when_the_card_is_edited_or_the_parent_deleted(served: Served) -> None:
+    """A commit's files are served as immutable, so README.md (the adapter's card, then the version's record) must
+    not change under it: a card edit makes new commits and keeps the old ones' READMEs; a deleted parent changes
+    nothing."""
+    repo, headers = "alice/carded", {"Authorization": f"Bearer {served.token}"}
+
+    def readme(revision: str) -> bytes:
+        answer = httpx.get(f"{served.endpoint}/{repo}/resolve/{revision}/README.md", headers=headers,
+                           follow_redirects=True)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["etag"].strip('"') == hashlib.sha256(answer.content).hexdigest()
+        return answer.content
+
+    api = HfApi(endpoint=served.endpoint, token=served.token)
+    with RegistryClient(served.url, served.token) as client:
+        for seed in (11, 12):
+            client.publish(make_adapter(served.tmp / f"carded{seed}", seed=seed), repo, base_model="org/tiny-llama",
+                           parent=f"{repo}:1" if seed == 12 else None)
+        first = api.model_info(repo, revision="1").sha
+        assert first is not None and first[30:32] == "00"  # never edited: the ids served before revisions were kept
+        before, child = readme(first), api.model_info(repo, revision="2").sha
+        assert child is not None and f"parent: {repo}:1" in readme(child).decode()
+        child_readme = readme(child)
+
+        client.update_adapter(repo, card="# Carded\n\nFirst words.\n")
+        edited = api.model_info(repo, revision="1").sha
+        assert edited is not None and edited != first and edited[30:32] == "80" and int(edited[24:30], 16) == 1
+        assert "First words." in readme(edited).decode() and readme(first) == before  # the old commit: old bytes
+        client.update_adapter(repo, card="# Carded\n\nSecond words.\n")
+        again = api.model_info(repo, revision="1").sha
+        assert again is not None and len({first, edited, again}) == 3 and int(again[24:30], 16) == 2
+        assert "Second words." in readme(again).decode() and "First words." in readme(edited).decode()
+        assert readme(first) == before and api.model_info(repo).sha == api.model_info(repo, revision="2").sha
+        assert api.model_info(repo, revision=edited).sha == edited  # a pinned commit resolves to itself
+        assert "First words." in Path(hf_hub_download(repo, "README.md", revision=edited, endpoint=served.endpoint,
+                                                      token=served.token, cache_dir=served.tmp / "card-cache")
+                                      ).read_text()
+        with pytest.raises(hub_errors.RevisionNotFoundError):  # a card revision this adapter never had
+            api.model_info(repo, revision=f"{edited[:24]}{9:06x}{edited[30:]}")
+
+        client.delete(f"{repo}:1")  # the parent goes: its child's README under the child's first commit stays
+        assert readme(child) == child_readme
+        for commit in (first, edited):
+            with pytest.raises(hub_errors.RevisionNotFoundError):
+                api.model_info(repo, revision=commit)
+
+
 @pytest.mark.parametrize(("repo", "revision", "filename", "error"), [
     ("nobody/demo", "main", "adapter_config.json", hub_errors.RepositoryNotFoundError),
     ("alice/nothing", "main", "adapter_config.json", hub_errors.RepositoryNotFoundError),

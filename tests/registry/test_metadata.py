@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from registry.client import RegistryClient
-from registry.domain.schemas import VersionInfo
-from registry.services.hub import model_card
+from registry.domain.errors import AdapterNotFound, NotFound
+from registry.domain.schemas import Ref, VersionInfo
+from registry.services.hub import model_card, stable_lineage
 from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
@@ -132,6 +133,37 @@ def test_the_hub_readme_starts_with_the_adapters_card(server: dict[str, Any], cl
     _, front, body = readme.split("---\n", 2)
     assert "license: mit" in front and "- sentiment" in front and "- vera" in front and "library_name: peft" in front
     assert body.lstrip().startswith("# Polarity\n\nOurs.\n\n## alice/hubcard (VeRA, version 1)")
+
+
+def test_card_edits_are_kept_as_revisions_for_the_hub_view(server: dict[str, Any], client: RegistryClient) -> None:
+    """Each card edit keeps its text (adapter_cards); the first also keeps the text it replaced, as revision 0."""
+    _publish(client, server["source"], "alice/revised")
+    metadata, ref = server["registry"].metadata, Ref.of("alice", "revised")
+    assert metadata.card_revision(ref) == (None, "") and metadata.card_revision(ref, 0) == (0, "")
+    with pytest.raises(NotFound, match="no card revision 1"):
+        metadata.card_revision(ref, 1)
+    client.update_adapter("alice/revised", card="one")
+    client.update_adapter("alice/revised", description="not the card")  # no new revision
+    client.update_adapter("alice/revised", card="two")
+    assert metadata.card_revision(ref) == (2, "two")
+    assert [metadata.card_revision(ref, n) for n in (0, 1, 2)] == [(0, ""), (1, "one"), (2, "two")]
+    with pytest.raises(AdapterNotFound):
+        metadata.card_revision(Ref.of("alice", "nothing"))
+
+
+def test_the_hub_readme_names_only_a_parent_that_cannot_change(server: dict[str, Any],
+                                                               client: RegistryClient) -> None:
+    """stable_lineage: a parent of the same adapter by its ref (also once deleted); another adapter's parent is left
+    out, since it can turn private or go; what the version's row recorded stays."""
+    info = _publish(client, server["source"], "alice/lineaged")
+    own = info.model_copy(update={"lineage": {"parent_deleted": "alice/lineaged:1", "job_id": 4}})
+    assert stable_lineage(own) == {"parent": "alice/lineaged:1", "job_id": 4}
+    for other in ({"parent": "bob/base:2"}, {"parent_deleted": "bob/base:2"}, {"parent_private": True}):
+        assert stable_lineage(info.model_copy(update={"lineage": {**other, "code_revision": "abc"}})) == {
+            "code_revision": "abc"}
+    card = model_card(info.model_copy(update={"lineage": {"parent": "bob/base:2"}}), with_projection=True,
+                      stable=True)
+    assert "bob/base" not in card
 
 
 def test_a_card_whose_front_matter_is_not_yaml_is_kept_as_written(server: dict[str, Any],
