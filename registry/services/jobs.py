@@ -68,10 +68,11 @@ class Jobs:
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
                dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None,
-               gpus: int = 0) -> JobInfo:
+               gpus: int = 0, actor: str | None = None) -> JobInfo:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
         (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
-        GPUs its training needs (0: it runs on a CPU worker, or on any other)."""
+        GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
+        audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given)."""
         _check_scheduling(priority, time_limit_s, gpus)
         ref = Ref.parse(target)
         check_name(owner, "Owner")
@@ -119,7 +120,7 @@ class Jobs:
             s.add(job)
             s.flush()
             request_id = REQUEST_ID.get()
-            s.add(m.AuditEvent(actor=owner, action="job-submit", target=job.target_name,
+            s.add(m.AuditEvent(actor=(actor or owner)[:64], action="job-submit", target=job.target_name,
                                detail={"job": job.id, **({"request_id": request_id} if request_id else {})}))
             s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": "queued", "request_id": request_id}))
             return self._info(s, job)

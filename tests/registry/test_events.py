@@ -164,6 +164,17 @@ def test_a_job_cancelled_in_the_queue_ends_with_an_event_and_a_webhook(server: d
     assert json.loads(got[0].body)["event"]["detail"]["status"] == "cancelled"
 
 
+def test_a_job_submitted_for_another_owner_is_audited_as_its_submitter(server: dict[str, Any]) -> None:
+    """An admin (or an organisation's member) submitting a job for an owner: the job is the owner's, the audit
+    event names who submitted it, as a cancel's does."""
+    with RegistryClient(server["url"], server["tokens"]["admin"], cache=False) as admin:
+        job = admin.submit_job("alice/on-behalf", {"demo": True})
+        admin.cancel_job(job.id)
+    assert job.owner == "alice"
+    events = all_events(server, "alice", adapter="alice/on-behalf")
+    assert [(e.action, e.actor) for e in events][:2] == [("job-submit", "root"), ("job-cancel", "root")]
+
+
 def test_every_way_a_job_ends_records_a_job_end_event(registry: Registry) -> None:
     """A worker's finish (succeeded, failed), a queued job cancelled, a lost job out of attempts, and a lost job
     whose cancellation was asked: each writes one job-end event with its status."""

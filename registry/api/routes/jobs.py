@@ -40,7 +40,7 @@ async def submit_job(
                               "them claims it (0: any worker, a CPU one included)")] = 0,
 ) -> JobInfo:
     owner = Ref.parse(target).owner
-    authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
+    who = authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
     parsed = json_object(spec, "spec")
     data = None
     if dataset is not None:
@@ -51,7 +51,7 @@ async def submit_job(
     name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
     return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
                                            dataset_name=name, priority=priority, time_limit_s=time_limit_s,
-                                           gpus=gpus))
+                                           gpus=gpus, actor=who.owner))
 
 
 @router.get("", response_model=list[JobInfo])
