@@ -95,14 +95,23 @@ def _progress(what: str, size: int, show: bool) -> Iterator[Any]:
         yield bar.update
 
 
-def _raise_for(response: httpx.Response) -> NoReturn:
-    """The registry's exception for an error response (its problem type, else its status)."""
+def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
+    """The registry's exception for an error response (its problem type, else its status); ``base``: the registry
+    URL, named when the answer shows it is not the registry's API."""
     try:
         body = response.json()
         detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
     except (json.JSONDecodeError, AttributeError):
         detail, code = _not_a_problem(response), ""
+    if base and response.status_code in (404, 405) and not code and detail in ("Not Found", "Method Not Allowed"):
+        detail = _not_the_api(base, f"has no such route ({detail})")  # a server's bare 404: another server
     raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
+
+
+def _not_the_api(base: str, what: str) -> str:
+    return (f"{base} {what}: it does not look like the registry's API. Is it the dashboard's or a model server's "
+            "address? The API listens where `vera up --port` / `vera serve --port` says (default "
+            f"{DEFAULT_URL}); set --registry or VERA_REGISTRY_URL to it.")
 
 
 def _not_a_problem(response: httpx.Response) -> str:
@@ -183,6 +192,9 @@ class RegistryClient:
                  transport: httpx.BaseTransport | None = None, cache: str | os.PathLike[str] | bool | None = None,
                  retries: int = 3, backoff_s: float = 0.25, inline: int = INLINE_BYTES) -> None:
         self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
+        if not self.url.lower().startswith(("http://", "https://")):
+            raise InvalidInput(f"The registry URL {self.url!r} does not start with http:// or https://; did you mean "
+                               f"http://{self.url.partition('://')[2] or self.url}? (--registry or VERA_REGISTRY_URL)")
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
         if token is None:
             token = stored_token(self.url)  # `vera login`
@@ -237,7 +249,9 @@ class RegistryClient:
                     continue
                 if response.status_code >= 400:
                     response.read()
-                    _raise_for(response)
+                    _raise_for(response, self.url)
+                if response.headers.get("content-type", "").startswith("text/html"):  # the API never answers HTML
+                    raise RegistryError(_not_the_api(self.url, "answered with an HTML page"))
                 yield response
                 return
             finally:
@@ -457,9 +471,7 @@ class RegistryClient:
 
     @staticmethod
     def _adapter_path(adapter: str) -> str:
-        ref = Ref.parse(adapter)
-        if ref.version is not None or ref.alias is not None:
-            raise InvalidInput(f"{adapter!r} names a version; name the adapter, owner/name.")
+        ref = Ref.parse_adapter(adapter)
         return f"/api/v1/adapters/{ref.owner}/{ref.name}"
 
     def adapter(self, adapter: str) -> AdapterInfo:
@@ -495,7 +507,7 @@ class RegistryClient:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
         it was fine-tuned from and ``code_revision`` the code that trained it (its lineage). ``progress`` shows a
         bar while weights over 4 MiB upload."""
-        ref = Ref.parse(name)
+        ref = Ref.parse_adapter(name)
         root = Path(directory)
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():

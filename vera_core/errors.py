@@ -7,6 +7,7 @@
     ├── AdapterFormatError        an adapter directory or file is malformed or inconsistent (also a ValueError)
     ├── ProjectionMismatchError   stored projections differ from what the seed regenerates
     ├── PeftIncompatibleError     the adapter cannot be read by HuggingFace PEFT as it stands
+    ├── OutputFolderError         an adapter folder cannot be written where asked (also an OSError)
     └── NonFiniteLossError        training produced a NaN or infinite loss or gradient (also a FloatingPointError)
 
 Every message says what was expected, what was found, and how to fix it.
@@ -41,6 +42,10 @@ class ProjectionMismatchError(VeraError):
 
 class PeftIncompatibleError(VeraError):
     """The adapter cannot be loaded correctly by HuggingFace PEFT as it stands."""
+
+
+class OutputFolderError(VeraError, OSError):
+    """An adapter folder cannot be written where it was asked for: the path is a file, or cannot be created."""
 
 
 class NonFiniteLossError(VeraError, FloatingPointError):

@@ -10,6 +10,8 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from vera_core.errors import OutputFolderError
+
 
 def write_adapter_files(root: Path, files: Mapping[str, bytes | Path]) -> None:
     """Write files into ``root`` through a temporary sibling folder (``adapter_folder``): bytes are written, a Path
@@ -27,9 +29,16 @@ def adapter_folder(root: Path) -> Iterator[Path]:
     """A temporary folder beside ``root`` to write an adapter's files into; when the block ends without an error, a
     new ``root`` is that folder renamed, and into an existing one each file is moved into place by a rename. The
     temporary folder and anything left in it are removed either way."""
-    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise OutputFolderError(f"{root} is a file, not a folder: write the adapter to a new folder, or to one that "
+                                "holds an adapter.")
     tmp = root.parent / f".{root.name}.{secrets.token_hex(6)}"
-    tmp.mkdir()  # not mkdtemp: the folder may become ``root``, with the permissions a new folder gets
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # not mkdtemp: the folder may become ``root``, with the permissions a new folder gets
+    except OSError as exc:
+        raise OutputFolderError(f"Cannot write an adapter folder at {root}: {exc.strerror or exc} "
+                                f"({root.parent} must be a folder this user can write in).") from exc
     try:
         yield tmp
         if not root.exists():

@@ -90,6 +90,11 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        sent = request.headers.get("content-type", "")
+        if any(tuple(e["loc"]) == ("body",) for e in exc.errors()) and "json" not in sent:
+            # e.g. `curl -d '{...}'`, which sends application/x-www-form-urlencoded: the JSON was never read
+            details += (f" (the body was sent as {sent.split(';')[0] or 'no content type'}; send JSON with the header "
+                        "'Content-Type: application/json')")
         return problem(422, "invalid_input", details, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)

@@ -47,8 +47,8 @@ def check_failed() -> NoReturn:
 
 
 def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
-    """The command, with a registry or vera_core error turned into one clear line on stderr and exit code 1 (no
-    traceback). `registry.cli` wraps every command in it."""
+    """The command, with a registry or vera_core error, or the operating system's refusal (OSError), turned into
+    one clear line on stderr and exit code 1 (no traceback). `registry.cli` wraps every command in it."""
 
     @functools.wraps(command)
     def reporting(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -56,6 +56,9 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             return command(*args, **kwargs)
         except (RegistryError, VeraError) as exc:
             fail(exc)
+        except OSError as exc:  # the machine's answer (a full disk, a folder it may not write): no traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(OSError(f"{exc.strerror or exc}{where}"))
 
     return reporting
 

@@ -25,6 +25,8 @@ def job_submit(
     data: opt.Data = None,
     base_model: opt.BaseModel = "minilm",
     task: opt.Task = "classification",
+    text_column: opt.TextColumn = "text",
+    label_column: opt.LabelColumn = "label",
     r: opt.Rank = 256,
     seed: opt.Seed = 0,
     projection_seed: opt.ProjectionSeed = 0,
@@ -36,6 +38,16 @@ def job_submit(
     batch_size: opt.BatchSize = 32,
     lr: opt.Lr = 1e-2,
     head_lr: opt.HeadLr = 1e-3,
+    save_projection: opt.SaveProjection = False,
+    schedule: opt.Schedule = "linear",
+    warmup_ratio: opt.WarmupRatio = 0.06,
+    grad_accum: opt.GradAccum = 1,
+    max_grad_norm: opt.MaxGradNorm = 1.0,
+    eval_every: opt.EvalEvery = None,
+    patience: opt.Patience = None,
+    max_length: opt.MaxLength = 64,
+    save_every: opt.SaveEvery = None,
+    precision: opt.Precision = "auto",
     priority: Annotated[int, typer.Option(min=-MAX_JOB_PRIORITY, max=MAX_JOB_PRIORITY, help="Higher runs first.")
                         ] = 0,
     time_limit: Annotated[float | None, typer.Option(min=0, help="Seconds of training after which the job stops "
@@ -46,9 +58,13 @@ def job_submit(
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Queue a fine-tune; a worker trains it and publishes the result under --name."""
-    spec = training_spec(base_model=base_model, task=task, demo=demo, r=r, seed=seed, projection_seed=projection_seed,
-                         generator=generator, target_modules=target_modules, d_initial=d_initial, epochs=epochs,
-                         max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr)
+    spec = training_spec(base_model=base_model, task=task, demo=demo, text_column=text_column,
+                         label_column=label_column, r=r, seed=seed, projection_seed=projection_seed,
+                         generator=generator, target_modules=target_modules, d_initial=d_initial,
+                         save_projection=save_projection, max_length=max_length, epochs=epochs, max_steps=max_steps,
+                         batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule, warmup_ratio=warmup_ratio,
+                         grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
+                         patience=patience, save_every=save_every, precision=precision)
     info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data, priority=priority,
                                                                  time_limit_s=time_limit, gpus=gpus))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "

@@ -21,12 +21,13 @@ from registry.cli.common import (
     call_registry,
     check_failed,
     console,
+    err_console,
     fail,
     lora_export,
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import json_object
+from registry.domain.schemas import Ref, json_object
 
 
 def publish(
@@ -53,6 +54,7 @@ def publish(
 ) -> None:
     """Publish an adapter directory as the next version of owner/name."""
     visibility = None if private is None else "private" if private else "public"
+    _warn_if_other_base(directory, base_model)
     values = _metrics_file(metrics)
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
@@ -64,6 +66,20 @@ def publish(
                                                               visibility=visibility, progress=True))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+
+
+def _warn_if_other_base(directory: Path, base_model: str) -> None:
+    """A note on stderr when the adapter's own config names another base model (not a local folder, which a Hub id
+    or a registry name may well stand for): the registry keys the version by --base-model, and servers of the base
+    the config names would refuse it."""
+    try:
+        named = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return  # the publish itself says what is wrong with the folder
+    if isinstance(named, str) and named and named != base_model and not Path(named).is_dir():
+        err_console.print(f"[yellow]note:[/] {directory}/adapter_config.json names base model {named!r}, and "
+                          f"--base-model is {base_model!r}: the version is published for {base_model!r}.",
+                          soft_wrap=True)
 
 
 def read_json_object(path: Path, what: str) -> dict[str, object]:
@@ -197,7 +213,11 @@ def alias(
         console.print(f"removed {ref}@{name}")
     else:
         info = call_registry(registry, token, lambda c: c.set_alias(ref, name))
-        console.print(f"{info.owner}/{info.name}@{name} -> {info.version}")
+        given = Ref.parse(ref)  # the registry accepted it: it parses
+        implied = "" if given.version is not None else (
+            f" ({ref} names {'the latest version' if given.alias is None else '@' + given.alias}; "
+            f"{info.owner}/{info.name}:N names one)")
+        console.print(f"{info.owner}/{info.name}@{name} -> {info.version}{implied}")
 
 
 def base_ls(as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:

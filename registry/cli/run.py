@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from registry.cli.common import LogLevel, RegistryUrl, console, fail, load_settings, start_logging
-from registry.client import RegistryClient
+from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.settings import Settings
 
@@ -99,14 +99,32 @@ def serve_model(
                 access_log=False, ws="none")
 
 
-def _dashboard(port: int, registry_url: str) -> subprocess.Popen[bytes]:
-    """Start the Streamlit dashboard (a child process) against ``registry_url``."""
+def _check_free(port: int, option: str, *, other: str = "") -> None:
+    """Exit, naming ``option``, when something already listens on 127.0.0.1:``port``: before anything starts, so
+    that nothing is announced that will not run."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Streamlit bind
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            why = "is taken (another `vera up`, or another program)" if exc.errno == errno.EADDRINUSE else \
+                f"cannot be used ({exc.strerror})"
+            fail(InvalidInput(f"Port {port} on 127.0.0.1 {why}: pass {option} with a free port{other}."))
+
+
+def _dashboard(port: int, registry_url: str, option: str = "--port", other: str = "") -> subprocess.Popen[bytes]:
+    """Start the Streamlit dashboard (a child process) against ``registry_url``; a port taken exits, naming the
+    command's ``option`` for it (and ``other`` ways out)."""
     import importlib.util
 
     import web_ui
 
     if importlib.util.find_spec("streamlit") is None:
         fail(InvalidInput("The dashboard needs its extra: pip install 'vera-registry[ui]' (or run `vera up --no-ui`)."))
+    _check_free(port, option, other=other)
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
@@ -150,9 +168,13 @@ def up(
     and a local folder (VERA_DATA_DIR).
     """
     embedded = load_settings(None)
-    dashboard = _dashboard(ui_port, f"http://127.0.0.1:{port}") if with_ui else None
+    api = f"http://127.0.0.1:{port}"
+    _check_free(port, "--port")
+    dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui") if with_ui else None
     if dashboard is not None:
         console.print(f"dashboard on http://127.0.0.1:{ui_port}")
+    console.print(f"registry API on {api}" + ("" if api == DEFAULT_URL else
+                                              f"; for `vera` in other shells: export VERA_REGISTRY_URL={api}"))
     try:
         run_api("127.0.0.1", port, embedded, with_worker=True, log_level=log_level)
     finally:

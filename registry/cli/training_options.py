@@ -14,7 +14,8 @@ Demo = Annotated[bool, typer.Option(help="The offline demo: word polarity on the
 Data = Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns (a job "
                                           "uploads it).")]
 BaseModel = Annotated[str, typer.Option(help="'minilm' (bundled), a local model directory, or a cached Hub id, on "
-                                        "the machine that trains.")]
+                                        "the machine that trains (a job: one the registry allows, "
+                                        "VERA_JOB_BASE_MODELS; 'minilm' by default).")]
 Task = Annotated[str, typer.Option(help="classification or causal-lm.")]
 Rank = Annotated[int, typer.Option(help="VeRA rank.")]
 TargetModules = Annotated[str | None, typer.Option(
@@ -28,3 +29,15 @@ MaxSteps = Annotated[int | None, typer.Option(help="Optimizer steps; overrides -
 BatchSize = Annotated[int, typer.Option(help="Batch size.")]
 Lr = Annotated[float, typer.Option(help="Learning rate of d and b.")]
 HeadLr = Annotated[float, typer.Option(help="Learning rate of the task head.")]
+TextColumn = Annotated[str, typer.Option(help="Column holding the text.")]
+LabelColumn = Annotated[str, typer.Option(help="Column holding the label (classification).")]
+SaveProjection = Annotated[bool, typer.Option(help="Store A and B in the adapter (PEFT-loadable).")]
+Schedule = Annotated[str, typer.Option(help="linear, cosine or constant.")]
+WarmupRatio = Annotated[float, typer.Option(help="Warmup fraction.")]
+GradAccum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
+MaxGradNorm = Annotated[float, typer.Option(help="Gradient clipping norm (0: off).")]
+EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
+Patience = Annotated[int | None, typer.Option(help="Early stopping patience, in evaluations.")]
+MaxLength = Annotated[int, typer.Option(help="Max tokens per example.")]
+SaveEvery = Annotated[int | None, typer.Option(help="Resumable checkpoint every N steps.")]
+Precision = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (mixed precision needs CUDA).")]

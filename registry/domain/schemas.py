@@ -119,6 +119,18 @@ class Ref(BaseModel):
         alias = check_name(match["alias"], "Alias") if match["alias"] else None
         return cls(owner=owner, name=name, version=version, alias=alias if version is None else None)
 
+    @classmethod
+    def parse_adapter(cls, text: str) -> Ref:
+        """``owner/name``: an adapter, not one of its versions (what is published to, edited, trained into), or
+        InvalidInput saying so."""
+        if not (isinstance(text, str) and len(text) <= 300 and _REF.fullmatch(text)):
+            raise InvalidInput(f"{text!r} is not an adapter name; expected owner/name, e.g. alice/polarity.")
+        ref = cls.parse(text)
+        if ref.version is not None or ref.alias is not None:
+            raise InvalidInput(f"{text!r} names a version; name the adapter, {ref.owner}/{ref.name} (the registry "
+                               "numbers its versions).")
+        return ref
+
     def __str__(self) -> str:
         suffix = f":{self.version}" if self.version is not None else f"@{self.alias}" if self.alias else ""
         return f"{self.owner}/{self.name}{suffix}"

@@ -74,7 +74,7 @@ class Jobs:
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
         audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given)."""
         _check_scheduling(priority, time_limit_s, gpus)
-        ref = Ref.parse(target)
+        ref = Ref.parse_adapter(target)
         check_name(owner, "Owner")
         if ref.owner != owner:
             raise InvalidInput(f"The job publishes {target}, but it is submitted by {owner!r}; publish under "
@@ -95,13 +95,7 @@ class Jobs:
                        projection_generator=checked.projection_generator, vera_dropout=checked.vera_dropout,
                        target_modules=checked.target_modules)
             if not checked.demo:
-                if dataset is None:
-                    raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / f"uploaded{suffix}"
-                    path.write_bytes(dataset)
-                    label = checked.label_column if checked.task == "classification" else None
-                    read_examples(path, text_column=checked.text_column, label_column=label)
+                _check_dataset(checked, dataset, dataset_name)
             resolve_base(checked.base_model, allow_paths=False)
         except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
             if isinstance(exc, InvalidInput):
@@ -362,6 +356,20 @@ def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
                     priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
                     checkpoint=checkpoints.get(job.id))
             for job in jobs]
+
+
+def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> None:
+    """The uploaded dataset reads as the spec says (its columns, its labels); errors name it as the caller did."""
+    if dataset is None:
+        raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"uploaded{Path(dataset_name).suffix.lower()}"
+        path.write_bytes(dataset)
+        label = checked.label_column if checked.task == "classification" else None
+        try:
+            read_examples(path, text_column=checked.text_column, label_column=label)
+        except DatasetError as exc:  # named as the caller named it, not by this scratch path
+            raise DatasetError(str(exc).replace(str(path), Path(dataset_name).name[:200])) from None
 
 
 def _ended(s: Any, job: m.Job, *, actor: str) -> set[str]:

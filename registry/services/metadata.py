@@ -72,10 +72,7 @@ ADAPTER_FIELDS: dict[str, Callable[[Any], Any]] = {"description": check_descript
 
 def adapter_ref(text: str) -> Ref:
     """``owner/name`` (an adapter, not one of its versions), or InvalidInput saying so."""
-    ref = Ref.parse(text)
-    if ref.version is not None or ref.alias is not None:
-        raise InvalidInput(f"{text!r} names a version; name the adapter, owner/name.")
-    return ref
+    return Ref.parse_adapter(text)
 
 
 def _adapter_row(s: Session, ref: Ref) -> m.Adapter:

@@ -75,7 +75,7 @@ def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path:
     (("describe", "ann/meta"), "either as an argument or with --file"),
     (("describe", "ann/meta", "x", "--file", "f"), "either as an argument or with --file"),
     (("card", "ann/meta", "--file", "/nonexistent/README.md"), "not a readable UTF-8 text file"),
-    (("card", "ann/meta:1"), "names a version; name the adapter, owner/name"),
+    (("card", "ann/meta:1"), "names a version; name the adapter, ann/meta"),
     (("delete", "ann/meta", "--yes"), "names no version; say which to delete: ann/meta:VERSION"),
     (("show", "ann/nothing:1"), "No adapter ann/nothing"),
 ], ids=["bad-tag", "no-text", "two-texts", "missing-file", "card-of-version", "bare-delete", "missing"])

@@ -39,6 +39,11 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
             jobs.submit(spec, owner="ann", target="ann/x", dataset=data)
     with pytest.raises(InvalidInput, match="publish under ann/"):
         jobs.submit(DEMO, owner="ann", target="bob/x")
+    # the dataset is named as its sender named it, never by the server's scratch path (newcomer walk, session 13)
+    with pytest.raises(InvalidInput, match=r"^Invalid job dataset: mine\.csv has columns \['label', 'sentence'\]") as e:
+        jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=b"sentence,label\nhi,1\n",
+                    dataset_name="/home/ann/mine.csv")
+    assert "/tmp" not in str(e.value)
     assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
 
 

@@ -1,0 +1,171 @@
+"""The mistakes a newcomer made walking the README (session 13), each answered with one clear line that says what
+was expected and how to go on, and nothing changed: the installed `vera` in a subprocess against a real server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from registry.client import RegistryClient
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import VERA, free_port, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("mistakes")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
+        yield {"url": base, "source": make_adapter(root / "adapter"), "root": root}
+
+
+def vera(*args: str, url: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1", **env}
+    environment.pop("VERA_TOKEN", None)
+    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=environment,
+                          check=False, cwd=cwd)
+
+
+def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The command failed with one line on stderr holding ``words``, and no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+    return result.stderr
+
+
+def test_publish_to_a_version_is_refused_not_numbered_otherwise(server: dict[str, Any]) -> None:
+    """`--name you/polarity:7` was published as :4 without a word."""
+    for name, words in (("ann/pinned:7", ("names a version", "ann/pinned (the registry numbers")),
+                        ("ann/pinned@prod", ("names a version",)), ("pinned", ("expected owner/name",))):
+        refused(vera("publish", str(server["source"]), "--name", name, "--base-model", "tiny-llama",
+                     url=server["url"]), *words)
+    with RegistryClient(server["url"], cache=False) as client:
+        assert client.list_versions(owner="ann").items == []
+
+
+def test_publish_notes_a_base_model_other_than_the_adapters_own(server: dict[str, Any], tmp_path: Path) -> None:
+    folder = make_adapter(tmp_path / "named")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/minilm"}))
+    result = vera("publish", str(folder), "--name", "ann/based", "--base-model", "roberta-base", url=server["url"])
+    assert result.returncode == 0, result.stderr
+    assert "names base model 'org/minilm'" in result.stderr and "published for 'roberta-base'" in result.stderr
+    same = vera("publish", str(folder), "--name", "ann/based", "--base-model", "org/minilm", url=server["url"])
+    assert same.returncode == 0 and "note:" not in same.stderr
+
+
+def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[str, Any], tmp_path: Path) -> None:
+    """`vera job submit` said "pass --text-column", an option it did not have, naming the server's scratch file."""
+    data = tmp_path / "sentences.csv"
+    data.write_text("sentence,label\n" + "".join(f"word{i} is fine,{i % 2}\n" for i in range(40)))
+    stderr = refused(vera("job", "submit", "--name", "ann/columns", "--data", str(data), url=server["url"]),
+                     "sentences.csv has columns ['label', 'sentence'] but not ['text']")
+    assert "/tmp" not in stderr.replace(str(tmp_path), "")
+    queued = vera("job", "submit", "--name", "ann/columns", "--data", str(data), "--text-column", "sentence",
+                  "--schedule", "cosine", "--eval-every", "5", "--save-projection", url=server["url"])
+    assert queued.returncode == 0, queued.stderr
+    with RegistryClient(server["url"], cache=False) as client:
+        [job] = [j for j in client.jobs(owner="ann") if j.target_name == "ann/columns"]
+        client.cancel_job(job.id)
+    assert job.spec["text_column"] == "sentence" and job.spec["save_projection"] is True
+    assert job.spec["training"]["schedule"] == "cosine" and job.spec["training"]["eval_every"] == 5
+
+
+class _Other(http.server.BaseHTTPRequestHandler):
+    """Not the registry: a page of HTML at every path (the dashboard's port), or a bare 404 (a model server's)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        html = self.server.server_port == _Other.html_port  # type: ignore[attr-defined]
+        body = b"<!doctype html><html>a dashboard</html>" if html else b'{"detail":"Not Found"}'
+        self.send_response(200 if html else 404)
+        self.send_header("Content-Type", "text/html" if html else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    html_port = 0
+
+
+@pytest.mark.parametrize("kind", ["html", "bare-404"])
+def test_a_url_that_is_not_the_registrys_api_is_said_so(kind: str) -> None:
+    """With VERA_REGISTRY_URL on the dashboard's port, `vera ls` printed a JSONDecodeError traceback."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Other)
+    _Other.html_port = other.server_port if kind == "html" else -1
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_port}"
+        for args in (["ls"], ["job", "ls"], ["show", "ann/x"]):
+            refused(vera(*args, url=url), url, "does not look like the registry's API", "VERA_REGISTRY_URL")
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_a_registry_url_without_a_scheme_says_which_one(server: dict[str, Any]) -> None:
+    bare = server["url"].removeprefix("http://")
+    refused(vera("ls", url=bare), f"'{bare}' does not start with http://", f"did you mean {server['url']}?")
+
+
+def test_fetch_into_a_file_or_an_unwritable_place_is_one_line(server: dict[str, Any], tmp_path: Path) -> None:
+    with RegistryClient(server["url"], cache=False) as client:
+        client.publish(server["source"], "ann/fetched", base_model="tiny-llama")
+    (tmp_path / "README.md").write_text("mine")
+    refused(vera("fetch", "ann/fetched", "--out", "README.md", url=server["url"], cwd=tmp_path),
+            "README.md is a file, not a folder")
+    assert (tmp_path / "README.md").read_text() == "mine"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        # root writes anywhere: a path under a file cannot be created by anyone
+        target = tmp_path / "README.md" / "sub" if os.access(locked, os.W_OK) else locked / "sub"
+        refused(vera("fetch", "ann/fetched", "--out", str(target), url=server["url"]), "Cannot write",
+                str(target))
+    finally:
+        locked.chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "locked"]  # nothing left beside them
+
+
+def test_an_alias_on_a_bare_name_says_which_version_it_took(server: dict[str, Any]) -> None:
+    with RegistryClient(server["url"], cache=False) as client:
+        client.publish(server["source"], "ann/aliased", base_model="tiny-llama")
+    out = vera("alias", "ann/aliased", "prod", url=server["url"])
+    assert out.returncode == 0 and "ann/aliased@prod -> 1" in out.stdout and "the latest version" in out.stdout
+    pinned = vera("alias", "ann/aliased:1", "prod", url=server["url"])
+    assert pinned.returncode == 0 and "latest" not in pinned.stdout
+
+
+def test_vera_up_stops_before_starting_when_a_port_is_taken(tmp_path: Path) -> None:
+    """The dashboard's port taken: `vera up` announced "dashboard on ..." and ran on without one."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy, free = taken.getsockname()[1], free_port()
+        env = {"VERA_DATA_DIR": str(tmp_path / "data")}
+        ui = refused(vera("up", "--port", str(free), "--ui-port", str(busy), url="http://x", **env),
+                     f"Port {busy} on 127.0.0.1 is taken", "--ui-port", "--no-ui")
+        api = refused(vera("up", "--port", str(busy), "--no-ui", url="http://x", **env), "--port")
+    assert "dashboard on" not in ui and "--ui-port" not in api
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_a_json_body_sent_as_a_form_is_told_its_content_type(server: dict[str, Any]) -> None:
+    """`curl -d '{...}'` sends application/x-www-form-urlencoded: the 422 says to send JSON with its header."""
+    answer = httpx.post(f"{server['url']}/api/v1/compare", content=b'{"refs": ["ann/x:1"]}',
+                        headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert answer.status_code == 422
+    assert "Content-Type: application/json" in answer.json()["detail"]
+    assert "application/x-www-form-urlencoded" in answer.json()["detail"]
