@@ -48,6 +48,20 @@ def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+def _metric_text(value: Any) -> str:
+    """A metric's value in a line: a number to 6 significant digits; a series (a loss curve: [[step, loss], ...]
+    or values) as its length, first and last entries (`--json` has it whole)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and len(value) > 4:
+        def entry(item: Any) -> str:
+            if isinstance(item, list):
+                return "[" + ", ".join(_metric_text(x) for x in item) + "]"
+            return str(item) if not isinstance(item, dict) else "{...}"
+        return f"{len(value):,} entries: {entry(value[0])}, ..., {entry(value[-1])} (`--json` for all)"
+    return str(value)
+
+
 def _lineage_text(lineage: dict[str, Any]) -> str:
     parts = []
     if "parent" in lineage:
@@ -91,8 +105,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("published", f"by {v.published_by} at {v.created_at:%Y-%m-%d %H:%M:%S %Z}"),
         ("lineage", _lineage_text(v.lineage)),
     ]
-    rows += [(f"metric {key}", f"{value:.6g}" if isinstance(value, float) else str(value))
-             for key, value in _flat(v.metrics)]
+    rows += [(f"metric {key}", _metric_text(value)) for key, value in _flat(v.metrics)]
     for key, value in rows:
         grid.add_row(key, value)
     return grid

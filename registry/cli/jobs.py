@@ -3,11 +3,13 @@ worker`)."""
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from registry.cli import training_options as opt
@@ -88,6 +90,34 @@ def job_ls(
     console.print(table)
 
 
+def _job_table(job: JobInfo) -> Table:
+    """The job as label / value rows; the spec's training settings on one line of JSON."""
+    spec = dict(job.spec)
+    training = spec.pop("training", {}) or {}
+    when = " -> ".join(f"{label} {moment:%Y-%m-%d %H:%M:%S}" for label, moment in (
+        ("created", job.created_at), ("started", job.started_at), ("finished", job.finished_at)) if moment)
+    rows = [
+        ("job", f"{job.id}: {job.status}" + (" (cancel asked)" if job.cancel_requested and job.status == "running"
+                                             else "")),
+        ("publishes", job.result_ref or job.target_name),
+        ("progress", _progress(job)),
+        ("error", job.error),
+        ("trains", ", ".join(f"{k}={spec.pop(k)}" for k in ("base_model", "task", "r") if k in spec)
+         + (", demo data" if spec.pop("demo", False) else "")),
+        ("settings", json.dumps(spec, sort_keys=True) if spec else None),
+        ("training", json.dumps(training, sort_keys=True) if training else None),
+        ("scheduling", f"priority {job.priority}, {job.gpus} GPU(s)"
+         + (f", time limit {job.time_limit_s:,.0f} s" if job.time_limit_s else "")
+         + f", attempt {job.attempts}" + (f" on {job.claimed_by}" if job.claimed_by else "")),
+        ("when", when),
+    ]
+    table = Table(show_header=False, box=None)
+    for label, value in rows:
+        if value:
+            table.add_row(f"[bold]{label}[/]", escape(str(value)))
+    return table
+
+
 def _progress(job: JobInfo) -> str:
     p = job.progress
     if "step" in p:
@@ -96,10 +126,13 @@ def _progress(job: JobInfo) -> str:
     return str(p.get("phase", "-"))
 
 
-def job_show(job_id: int, registry: RegistryUrl = None, token: Token = None) -> None:
-    """A job with its progress and metrics history."""
+def job_show(job_id: int, as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:
+    """A job: what it trains, where it stands, its evaluations (--json: the job as the API gives it)."""
     job = call_registry(registry, token, lambda c: c.job(job_id))
-    console.print_json(job.model_dump_json())
+    if as_json:
+        print_json(job)
+        return
+    console.print(_job_table(job))
     if (saved := job.checkpoint) is not None:
         console.print(f"checkpoint in the registry: {saved.summary()}; a new attempt resumes from it")
     evals = call_registry(registry, token, lambda c: c.job_events(job_id, kind="evaluate"))

@@ -173,6 +173,7 @@ def train(
         patience=patience, save_every=save_every, output_dir=str(out) if save_every or resume else None,
         precision=precision,
     )
+    replaced = not resume and (out / "adapter_config.json").is_file()
     if nproc > 1:
         metrics = run_processes(TrainSpec(**spec), out, nproc=nproc, resume=resume, progress=progress)
     else:  # one process, or one of several that torchrun started (torchrun ... --no-python vera train ...)
@@ -181,6 +182,9 @@ def train(
         if not main:
             return
     _print_summary(metrics, out)
+    if replaced:
+        console.print(f"[yellow]note:[/] {out} held an adapter before this run; this run's replaced it (`--resume` "
+                      "continues a run's checkpoints instead).")
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

@@ -122,9 +122,11 @@ def fetch(
         options = {"max_rank": export.max_rank, "dtype": export.dtype, "for": "vllm" if export.for_vllm else None}
     if with_projection and seed_only:
         fail(InvalidInput("--with-projection and --seed-only contradict each other; pass one of them."))
+    replaced = (out / "adapter_config.json").is_file()
     manifest = call_registry(registry, token, lambda c: c.fetch_files(
         ref, out, with_projection=with_projection, seed_only=seed_only, as_lora=lora, lora=options, progress=True))
-    console.print(f"fetched {manifest.version.ref} into {out}")
+    console.print(f"fetched {manifest.version.ref} into {out}"
+                  + (" (its files replaced the adapter that was there)" if replaced else ""))
 
 
 def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -80,6 +81,16 @@ def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[s
         client.cancel_job(job.id)
     assert job.spec["text_column"] == "sentence" and job.spec["save_projection"] is True
     assert job.spec["training"]["schedule"] == "cosine" and job.spec["training"]["eval_every"] == 5
+    # `vera job show` reads as rows (it printed the raw JSON object); --json gives the API's object
+    shown = vera("job", "show", str(job.id), url=server["url"])
+    assert shown.returncode == 0, shown.stderr
+    rows = {label: value.strip() for label, value in (line.split(None, 1) for line in shown.stdout.splitlines()
+                                                         if line.strip())}
+    assert rows["publishes"] == "ann/columns" and rows["job"] == f"{job.id}: cancelled", rows
+    for words in ("base_model=minilm", '"text_column": "sentence"',
+                  '"schedule": "cosine"', "priority 0, 0 GPU(s)"):
+        assert words in shown.stdout, (words, shown.stdout)
+    assert json.loads(vera("job", "show", str(job.id), "--json", url=server["url"]).stdout)["id"] == job.id
 
 
 class _Other(http.server.BaseHTTPRequestHandler):
@@ -123,6 +134,11 @@ def test_a_registry_url_without_a_scheme_says_which_one(server: dict[str, Any]) 
 def test_fetch_into_a_file_or_an_unwritable_place_is_one_line(server: dict[str, Any], tmp_path: Path) -> None:
     with RegistryClient(server["url"], cache=False) as client:
         client.publish(server["source"], "ann/fetched", base_model="tiny-llama")
+    first = vera("fetch", "ann/fetched", "--out", "got", url=server["url"], cwd=tmp_path)
+    again = vera("fetch", "ann/fetched", "--out", "got", url=server["url"], cwd=tmp_path)
+    assert first.returncode == again.returncode == 0 and "replaced" not in first.stdout
+    assert "its files replaced the adapter that was there" in again.stdout  # said, not silent (newcomer walk)
+    shutil.rmtree(tmp_path / "got")
     (tmp_path / "README.md").write_text("mine")
     refused(vera("fetch", "ann/fetched", "--out", "README.md", url=server["url"], cwd=tmp_path),
             "README.md is a file, not a folder")
@@ -169,3 +185,16 @@ def test_a_json_body_sent_as_a_form_is_told_its_content_type(server: dict[str, A
     assert answer.status_code == 422
     assert "Content-Type: application/json" in answer.json()["detail"]
     assert "application/x-www-form-urlencoded" in answer.json()["detail"]
+
+
+def test_show_sums_up_a_loss_curve_instead_of_printing_it(server: dict[str, Any]) -> None:
+    """`vera show` printed a 97-point train_loss in 55 of its 97 lines; --json keeps the whole curve."""
+    curve = [[step, round(1 / step, 4)] for step in range(1, 98)]
+    with RegistryClient(server["url"], cache=False) as client:
+        ref = client.publish(server["source"], "ann/curved", base_model="tiny-llama",
+                             metrics={"train_loss": curve, "accuracy": 0.891234567}).ref
+    shown = vera("show", ref, url=server["url"])
+    assert shown.returncode == 0, shown.stderr
+    assert "metric train_loss  97 entries: [1, 1], ..., [97, 0.0103] (`--json` for all)" in shown.stdout
+    assert "metric accuracy    0.891235" in shown.stdout and len(shown.stdout.splitlines()) < 30
+    assert json.loads(vera("show", ref, "--json", url=server["url"]).stdout)["metrics"]["train_loss"] == curve
