@@ -6,11 +6,11 @@ Each field is documented once, here, with the reason for its default.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from vera_core.errors import VeraConfigError
+from vera_core.patterns import compile_pattern, layer_index_pattern
 
 #: Generator that reproduces PEFT bit for bit (CPU ``torch.Generator`` + kaiming uniform).
 PEFT_GENERATOR = "torch-kaiming-uniform"
@@ -120,17 +120,13 @@ class VeraConfig:
             raise VeraConfigError(f"task_type must be one of {', '.join(TASK_TYPES)} or None, got {self.task_type!r}.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise VeraConfigError("layers_pattern is set but layers_to_transform is not; set both or neither.")
+        for pattern in [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern or []:
+            layer_index_pattern(pattern)
 
     def _normalise_modules(self) -> None:
         """Targets sorted and deduplicated (a string stays a regex, checked here); SEQ_CLS heads added."""
         if isinstance(self.target_modules, str):
-            try:
-                re.compile(self.target_modules)
-            except re.error as exc:
-                raise VeraConfigError(
-                    f"target_modules is a string, so it must be a regular expression; {self.target_modules!r} is "
-                    f"not valid ({exc}). Pass a list of names to match by suffix instead."
-                ) from exc
+            compile_pattern(self.target_modules)  # refused here when too long, invalid, or needing backtracking
         elif self.target_modules is not None:
             self.target_modules = sorted({str(t) for t in self.target_modules})
             if not self.target_modules:

@@ -10,6 +10,7 @@ from torch import nn
 from vera_core.config import DEFAULT_TARGETS, VeraConfig
 from vera_core.errors import TargetError
 from vera_core.layer import layer_shape
+from vera_core.patterns import compile_pattern, layer_index_pattern
 
 
 def is_module_to_save(config: VeraConfig, name: str) -> bool:
@@ -24,10 +25,10 @@ def _layer_index_ok(config: VeraConfig, name: str) -> bool:
     patterns = config.layers_pattern
     match = None
     if not patterns:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+        match = layer_index_pattern().match(name)
     else:
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            match = layer_index_pattern(pattern).match(name)  # linear time, whoever wrote the pattern
             if match:
                 break
     if match is None:
@@ -44,7 +45,7 @@ def matches_target(config: VeraConfig, name: str) -> bool:
     if targets is None:
         return False
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
+        return compile_pattern(targets).fullmatch(name) is not None  # linear time, whoever wrote the pattern
     if name in targets:
         return True
     return any(name.endswith(f".{t}") for t in targets) and _layer_index_ok(config, name)

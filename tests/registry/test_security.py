@@ -37,15 +37,19 @@ from vera_core.checkpoint import META_GENERATOR, META_IN_FEATURES, META_SHAPE
 MEMORY_CAP_KB = 1_500_000  # the server's peak resident memory may not pass ~1.5 GB
 
 
-def hostile_adapter(folder: Path, *, shape: str, in_features: str | None = None, r: int = 4) -> Path:
-    """A few hundred bytes: one layer's vectors, and metadata that declares whatever projection it likes."""
+def hostile_adapter(folder: Path, *, shape: str, in_features: str | None = None, r: int = 4, layer: str = "q",
+                    targets: str | None = None) -> Path:
+    """A few hundred bytes: one layer's vectors, and metadata that declares whatever projection it likes;
+    ``targets``: a target_modules regex written into the config as it is."""
     folder.mkdir(parents=True)
-    config = VeraConfig(r=r, target_modules=["q"], save_projection=False, projection_generator=PORTABLE_GENERATOR)
-    folder.joinpath("adapter_config.json").write_text(json.dumps(config.to_peft_dict()))
+    config = VeraConfig(r=r, target_modules=[layer], save_projection=False, projection_generator=PORTABLE_GENERATOR)
+    written = config.to_peft_dict() | ({"target_modules": targets} if targets is not None else {})
+    folder.joinpath("adapter_config.json").write_text(json.dumps(written))
     metadata = {"format": "pt", META_GENERATOR: PORTABLE_GENERATOR, META_SHAPE: shape}
     if in_features is not None:
         metadata[META_IN_FEATURES] = in_features
-    save_file({"base_model.model.q.vera_lambda_b": torch.ones(16), "base_model.model.q.vera_lambda_d": torch.ones(4)},
+    save_file({f"base_model.model.{layer}.vera_lambda_b": torch.ones(16),
+               f"base_model.model.{layer}.vera_lambda_d": torch.ones(r)},
               str(folder / "adapter_model.safetensors"), metadata=metadata)
     return folder
 
@@ -92,6 +96,24 @@ def test_a_few_bytes_cannot_buy_a_huge_projection(guarded: dict[str, Any], tmp_p
     assert huge.status_code == 422 and "VERA_MAX_PROJECTION_ELEMENTS" in huge.json()["detail"], huge.text
     assert time.perf_counter() - started < 5
     assert server_peak_rss_kb(guarded["url"]) < MEMORY_CAP_KB
+
+
+def test_a_config_regex_cannot_hold_the_server(guarded: dict[str, Any], tmp_path: Path) -> None:
+    """Attack round of session 13: target_modules "(a+)+b" against a layer named with 40 a's costs Python's
+    backtracking engine 2^40 steps, holding the whole API (a 29-letter name froze /health for 10 s). Config regexes
+    are matched by RE2 (vera_core.patterns): the publish is refused at once, as any unmatched layer is, and a
+    pattern RE2 cannot match in linear time, or one nested past what a parser takes, is a 422, never a 500."""
+    started = time.perf_counter()
+    slow = publish(guarded, hostile_adapter(tmp_path / "redos", shape="4,16,16", layer="a" * 40, targets="(a+)+b"),
+                   "redos")
+    assert slow.status_code == 422 and "target_modules" in slow.json()["detail"], slow.text
+    assert time.perf_counter() - started < 5  # bounded work: 2^40 steps would be hours
+    for name, targets, message in (("look", "(?=q)q", "needs a backtracking regular expression engine"),
+                                   ("nest", "(" * 5000 + "q" + ")" * 5000, "regular expression"),
+                                   ("long", "q|" * 600 + "q", "the limit is 1,000")):
+        answer = publish(guarded, hostile_adapter(tmp_path / name, shape="4,16,16", targets=targets), name)
+        assert answer.status_code == 422 and message in answer.json()["detail"], (name, answer.text[:300])
+    assert httpx.get(f"{guarded['url']}/health", timeout=5).status_code == 200
 
 
 @pytest.mark.parametrize(("shape", "in_features", "message"), [

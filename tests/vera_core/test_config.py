@@ -64,3 +64,45 @@ def test_seed_only_portable_config_is_marked_for_peft_and_read_back() -> None:
         assert loadable.peft_loadable and loadable.to_peft_dict()["peft_type"] == "VERA"
     with pytest.raises(VeraConfigError, match="names no projection_generator"):
         VeraConfig.from_peft_dict({k: v for k, v in written.items() if k != "projection_generator"})
+
+
+# ---- config regexes (vera_core.patterns): PEFT's matches, in linear time -----------------------------------------
+NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.11.self_attn.v_proj", "model.layers.3.mlp.down_proj",
+         "bert.encoder.layer.5.attention.self.query", "lm_head", "q", "transformer.h.2.attn.c_attn"]
+
+
+@pytest.mark.parametrize("pattern", [r".*\.(q_proj|v_proj)", r".*layers\.[0-3]\..*", r"^model\..*_proj$",
+                                     r".*(query|value)", r"[a-z_.]+\d+\..*", r"q", r"(?i).*ATTN.*"])
+def test_config_patterns_match_what_pythons_re_and_peft_match(pattern: str) -> None:
+    import re
+
+    from vera_core.targets import matches_target
+
+    config = VeraConfig(target_modules=pattern)
+    assert [matches_target(config, n) for n in NAMES] == [re.fullmatch(pattern, n) is not None for n in NAMES]
+
+
+def test_a_pattern_that_backtracks_exponentially_in_python_is_matched_at_once() -> None:
+    """(a+)+b on 60 a's: 2^60 steps for a backtracking engine (the attack on a registry's publish, session 13)."""
+    from vera_core.patterns import linear_time
+    from vera_core.targets import matches_target
+
+    assert linear_time()  # google-re2 is a dependency: the suite runs with it
+    assert matches_target(VeraConfig(target_modules="(a+)+b"), "a" * 60) is False
+    by_index = VeraConfig(target_modules=["q"], layers_to_transform=[0], layers_pattern="(a+)+")
+    assert matches_target(by_index, "a" * 60 + "x.0.q") is False and matches_target(by_index, "aaa.0.q") is True
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"target_modules": "(?=q)q"}, "needs a backtracking regular expression engine"),
+    ({"target_modules": r"(a)\1"}, "needs a backtracking regular expression engine"),
+    ({"target_modules": r"q\Z"}, r"\\z for the end"),
+    ({"target_modules": "q|" * 600 + "q"}, "1,201 characters; the limit is 1,000"),
+    ({"target_modules": "(" * 400 + ")" * 399}, "must be a regular expression"),
+    ({"target_modules": ["q"], "layers_to_transform": [0], "layers_pattern": "(?<=x)layers"}, "layers_pattern"),
+    ({"target_modules": ["q"], "layers_to_transform": [0], "layers_pattern": [3]}, "layers_pattern must be a string"),
+])
+def test_config_patterns_that_would_need_backtracking_are_refused_clearly(changes: dict[str, object],
+                                                                          message: str) -> None:
+    with pytest.raises(VeraConfigError, match=message):
+        VeraConfig(**changes)  # type: ignore[arg-type]

@@ -1,0 +1,79 @@
+"""Regular expressions that come from adapter configs (``target_modules`` as a string, ``layers_pattern``), matched
+as PEFT matches them, but in time linear in the name: a config is data that registries, model servers and workers
+read from strangers, and Python's backtracking engine takes exponential time on patterns such as ``(a+)+b``, holding
+the interpreter the whole while (one 1.6 KB adapter froze a registry's API for the length of its publish).
+
+With google-re2 installed (a dependency of vera-registry) every such pattern is compiled and matched by RE2, which
+never backtracks. RE2 reads the same syntax for what configs use (names, alternation, classes, repeats, anchors,
+named groups), with the same full-match and match semantics; a pattern that needs backtracking (lookaround,
+backreferences, possessive repeats, ``\\Z``) is refused with a message saying so and what to write instead. Without
+google-re2 (vera_core alone), Python's ``re`` matches them, as PEFT does. Either way a pattern is at most
+MAX_PATTERN_LENGTH characters.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Protocol
+
+from vera_core.errors import VeraConfigError
+
+try:
+    import re2
+except ImportError:  # vera_core without vera-registry's dependencies: Python's re, as PEFT
+    re2 = None
+
+#: The longest pattern a config may hold (PEFT's own are tens of characters).
+MAX_PATTERN_LENGTH = 1000
+#: RE2's memory budget per compiled pattern (its default is 8 MiB); a pattern over it is refused.
+RE2_MAX_MEM = 8 << 20
+
+
+class Pattern(Protocol):
+    def fullmatch(self, text: str) -> Any: ...
+
+    def match(self, text: str) -> Any: ...
+
+
+def linear_time() -> bool:
+    """Whether config patterns are matched by RE2 (in linear time) on this installation."""
+    return re2 is not None
+
+
+@functools.lru_cache(maxsize=256)
+def compile_pattern(text: str, what: str = "target_modules") -> Pattern:
+    """``text`` compiled, by RE2 when installed; VeraConfigError naming ``what`` when it is too long, invalid, or
+    (under RE2) needs backtracking."""
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise VeraConfigError(f"{what} is a regular expression of {len(text):,} characters; the limit is "
+                              f"{MAX_PATTERN_LENGTH:,}. Pass a list of module names instead.")
+    try:
+        compiled: Pattern = re.compile(text)  # Python's syntax first: what PEFT accepts
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise VeraConfigError(f"{what} is a string, so it must be a regular expression; {text[:200]!r} is not "
+                              f"valid ({exc}). Pass a list of names to match by suffix instead.") from None
+    if re2 is None:
+        return compiled
+    options = re2.Options()
+    options.log_errors, options.max_mem = False, RE2_MAX_MEM
+    try:
+        linear: Pattern = re2.compile(text, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise VeraConfigError(
+            f"{what} {text[:200]!r} needs a backtracking regular expression engine ({reason}): lookarounds, "
+            "backreferences, possessive or atomic groups and \\Z are refused, so that no pattern can take "
+            "exponential time on a server matching it. Rewrite it without them (\\z for the end, or nothing: the "
+            "whole name is matched), or pass a list of module names.") from None
+    return linear
+
+
+def layer_index_pattern(layers_pattern: object = None) -> Pattern:
+    """PEFT's pattern for a layer's index: the number after ``layers_pattern`` in a module's name (after its second
+    name when None), as group ``idx``."""
+    if layers_pattern is None:
+        return compile_pattern(r".*?\.[^.]*\.(?P<idx>\d+)\.", "layers_pattern")
+    if not isinstance(layers_pattern, str):
+        raise VeraConfigError(f"layers_pattern must be a string or a list of strings, got {layers_pattern!r:.100}.")
+    return compile_pattern(rf"(?:^|.*?\.){layers_pattern}\.(?P<idx>\d+)\.", "layers_pattern")
