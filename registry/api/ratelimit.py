@@ -41,11 +41,17 @@ class RateLimiter:
                 self._buckets = {k: v for k, v in self._buckets.items() if v[1] > idle}
 
 
-async def _costly_reader(request: Request, who: Reader) -> Principal:
-    """A reader whose request counts against its per-minute budget (anonymous callers: per client address)."""
+def spend(request: Request, who: Principal) -> None:
+    """Count one costly request against the caller's per-minute budget: a token's user's, whichever of its tokens
+    it sends (one user minting tokens gets no more); anonymous callers and the local user: per client address."""
     limiter: RateLimiter = request.app.state.rate_limiter
     client = request.client.host if request.client else "unknown"
-    limiter.take(f"token:{who.token_id}" if who.token_id is not None else f"{who.owner}@{client}")
+    limiter.take(f"user:{who.owner}" if who.token_id is not None else f"{who.owner}@{client}")
+
+
+async def _costly_reader(request: Request, who: Reader) -> Principal:
+    """A reader whose request counts against its per-minute budget (``spend``)."""
+    spend(request, who)
     return who
 
 

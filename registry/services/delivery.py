@@ -12,11 +12,15 @@ webhook's secret, so that a receiver can prove the sender knew the secret and re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import socket
+import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +33,10 @@ from registry.domain.schemas import check_text
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: Cloud instance metadata services (AWS, GCP, Azure, OpenStack; AWS ECS; AWS over IPv6; Alibaba): never a target.
+#: Cloud instance metadata services (AWS, GCP, Azure, OpenStack; AWS ECS; AWS over IPv6; Alibaba; Azure's WireServer):
+#: never a target.
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200"))
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Vera-Signature", "X-Vera-Timestamp"
 EVENT_HEADER, EVENT_ID_HEADER, DELIVERY_HEADER = "X-Vera-Event", "X-Vera-Event-Id", "X-Vera-Delivery"
@@ -64,11 +69,11 @@ def check_address(host: str, address: str, *, allow_private: bool) -> None:
     """Refuse ``address`` (one that ``host`` resolves to) unless a webhook may be sent there."""
     ip = _embedded_ipv4(ipaddress.ip_address(address.split("%", 1)[0]))
     if ip in METADATA_ADDRESSES:
-        raise InvalidInput(f"The webhook host {host!r} resolves to {ip}, a cloud metadata address; webhooks are never "
+        raise InvalidInput(f"The webhook host {host!r} resolves to a cloud metadata address; webhooks are never "
                            "sent there. Use the receiver's own address.")
     kind = _kind(ip)
-    if kind is not None and not allow_private:
-        raise InvalidInput(f"The webhook host {host!r} resolves to {ip}, a {kind} address; webhooks go to public "
+    if kind is not None and not allow_private:  # (the address is not said: names inside a network stay unmapped)
+        raise InvalidInput(f"The webhook host {host!r} resolves to a {kind} address; webhooks go to public "
                            "addresses only. Use a public URL, or let the registry reach its own network with "
                            "VERA_WEBHOOK_ALLOW_PRIVATE=true (set by the operator).")
 
@@ -145,33 +150,108 @@ class Outcome:
 
 
 class Sender:
-    """Sends messages, one HTTP POST each, giving the receiver ``timeout_s`` per step (connect, send, answer).
+    """Sends messages, one HTTP POST each, over a connection to an address that was checked (the name is resolved
+    once, for the check and the connection both: a name that answers a public address to the check and an inside
+    one to the connection, DNS rebinding, gets nowhere), within ``timeout_s`` for the whole attempt (connect, TLS,
+    send, status line and headers; a receiver that trickles its answer a byte at a time is cut off at the deadline,
+    so it holds no thread of the registry longer). The answer's body is never read.
 
-    Proxies from the environment are not used (the address checks must see where the request really goes)."""
+    Proxies are never used (the address checks must see where the request really goes); https:// is verified
+    against the URL's host name, as any client does."""
 
-    def __init__(self, *, timeout_s: float = 5.0, allow_private: bool = False,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, *, timeout_s: float = 5.0, allow_private: bool = False) -> None:
         self.timeout_s, self.allow_private = timeout_s, allow_private
-        self.http = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False, transport=transport)
+        self._tls = ssl.create_default_context()
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing to release: each attempt opens and closes its own connection."""
 
     def send(self, message: Message) -> Outcome:
         started = time.monotonic()
         status, error = None, None
         try:
-            check_target(message.url, allow_private=self.allow_private)
+            url = httpx.URL(check_text(message.url, "The webhook url", max_length=MAX_URL_LENGTH).strip())
             body, headers = message.signed(time.time())
-            with self.http.stream("POST", message.url, content=body, headers=headers) as response:
-                status = response.status_code  # the body is never read: a receiver cannot make us wait for it
+            status = self._post(url, body, headers)
             if not 200 <= status < 300:
                 error = f"the receiver answered {status}" + (" (redirects are not followed)" if 300 <= status < 400
                                                              else "")
         except InvalidInput as exc:
             error = f"refused: {exc}"
-        except httpx.TimeoutException:
-            error = f"no answer within {self.timeout_s:g} s (VERA_WEBHOOK_TIMEOUT_S)"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        except _Deadline:
+            error = f"no answer within {self.timeout_s:g} s (VERA_WEBHOOK_TIMEOUT_S, for the whole attempt)"
+        except ssl.SSLError as exc:
+            error = f"TLS: {exc.reason or exc}"
+        except (OSError, http.client.HTTPException, httpx.InvalidURL, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
         return Outcome(status_code=status, duration_ms=round((time.monotonic() - started) * 1000), error=error)
+
+    def _post(self, url: httpx.URL, body: bytes, headers: dict[str, str]) -> int:
+        """The status code of one POST to ``url``, sent to an address of its host that passes the checks."""
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InvalidInput("The webhook url must be http:// or https:// with a host.")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = resolve(url.host, port)
+        for address in addresses:  # every address, as when the webhook was saved
+            check_address(url.host, address, allow_private=self.allow_private)
+        deadline = _Watchdog(self.timeout_s)
+        try:
+            sock = _connect(addresses, port, self.timeout_s)
+            deadline.watch(sock)
+            if url.scheme == "https":
+                sock = self._tls.wrap_socket(sock, server_hostname=url.host)
+                deadline.watch(sock)
+            connection = http.client.HTTPConnection(url.host, port, timeout=self.timeout_s)
+            connection.sock = sock  # the checked address, already connected: http.client looks up nothing
+            target = url.raw_path.decode("ascii") or "/"
+            host = url.host if url.port is None else f"{url.host}:{url.port}"
+            connection.request("POST", target, body=body, headers={**headers, "Host": host})
+            return connection.getresponse().status
+        except (OSError, http.client.HTTPException) as exc:
+            if deadline.fired or isinstance(exc, TimeoutError):
+                raise _Deadline from None
+            raise
+        finally:
+            deadline.stop()
+
+
+class _Deadline(Exception):
+    """The attempt ran past its deadline (the watchdog shut its connection)."""
+
+
+class _Watchdog:
+    """Shuts the watched socket ``seconds`` after it was made, whatever the attempt is waiting for then."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired, self._sockets = False, list[socket.socket]()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sockets.append(sock)
+        if self.fired:
+            self._fire()
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _connect(addresses: list[str], port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` (checked ones) that answers."""
+    last: OSError | None = None
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout=timeout_s)
+        except OSError as exc:
+            last = exc
+    raise last or OSError("no address to connect to")

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, cast, get_args
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
-from registry.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.schemas import TokenInfo, check_name, check_text
 from registry.store import models as m
 from registry.store.database import Database
@@ -103,6 +103,10 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+#: The most live (neither revoked nor expired) tokens one user may hold.
+MAX_LIVE_TOKENS = 100
+
+
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
                  expires_in: timedelta | None = None, limited_to: list[str] | None = None,
                  expires_at: datetime | None = None) -> tuple[int, str]:
@@ -124,6 +128,13 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
     if expires_at is None and expires_in is not None:
         expires_at = datetime.now(UTC) + expires_in
     with db.session() as s:
+        now = datetime.now(UTC)
+        live = s.scalar(select(func.count()).select_from(m.AccessToken).where(
+            m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None),
+            or_(m.AccessToken.expires_at.is_(None), m.AccessToken.expires_at > now))) or 0
+        if live >= MAX_LIVE_TOKENS:
+            raise Conflict(f"{owner} holds {live:,} live tokens, the most one user may (rate limits count per user, "
+                           "not per token): revoke unused ones first (`vera auth tokens`, `vera auth revoke ID`).")
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to)
         s.add(row)

@@ -21,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from registry.domain.errors import Busy, InvalidInput, Unauthorized
+from registry.domain.errors import Busy, Conflict, InvalidInput, Unauthorized
 from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from registry.services.tokens import authenticate, create_token, list_tokens
+from registry.services.tokens import MAX_LIVE_TOKENS, authenticate, create_token, list_tokens, revoke_token
 from registry.services.validation import ProjectionBudget
 from registry.store.database import Database
 from registry.store.models import AccessToken
@@ -302,8 +302,23 @@ def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
             answers[3].headers["retry-after"]) >= 1 and "VERA_COSTLY_REQUESTS_PER_MINUTE" in answers[3].text
         # another caller has its own budget, and cheap reads are not counted
         assert httpx.post(verify, headers={"Authorization": f"Bearer {bob}"}, timeout=60).status_code == 200
+        # a token alice mints herself shares her budget (session 13's attack minted 200 to dodge the limit)
+        minted = httpx.post(f"{base}/api/v1/tokens", json={"scopes": ["read"]},
+                            headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+        assert minted.status_code == 201, minted.text
+        assert httpx.post(verify, headers={"Authorization": f"Bearer {minted.json()['secret']}"},
+                          timeout=60).status_code == 429
         assert httpx.get(f"{base}/api/v1/adapters/alice/m/versions/1",
                          headers={"Authorization": f"Bearer {alice}"}).status_code == 200
+
+
+def test_a_user_holds_a_bounded_number_of_live_tokens(registry: Registry) -> None:
+    ids = [create_token(registry.db, owner="many", scopes=["read"])[0] for _ in range(MAX_LIVE_TOKENS)]
+    with pytest.raises(Conflict, match=f"many holds {MAX_LIVE_TOKENS} live tokens.*revoke unused ones"):
+        create_token(registry.db, owner="many", scopes=["read"])
+    revoke_token(registry.db, ids[0])  # a revoked token frees its place; another user is not counted
+    create_token(registry.db, owner="many", scopes=["read"])
+    create_token(registry.db, owner="other", scopes=["read"])
 
 
 def test_tokens_expire(registry: Registry) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -21,7 +22,7 @@ from sqlalchemy import text
 from registry.client import RegistryClient
 from registry.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.events import WebhookForm
-from registry.services.delivery import Sender, check_target
+from registry.services.delivery import Message, Sender, check_target
 from registry.services.outbox import Outbox
 from registry.services.registry import Registry
 from registry.services.tokens import create_token
@@ -213,7 +214,7 @@ def test_a_webhook_fires_only_while_active_and_only_for_later_events(server: dic
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://[fd00:ec2::254]/",
-                                 "http://[::ffff:169.254.169.254]/"])
+                                 "http://[::ffff:169.254.169.254]/", "http://168.63.129.16/"])
 def test_metadata_addresses_are_refused_even_where_private_ones_are_allowed(server: dict[str, Any],
                                                                              url: str) -> None:
     with client(server) as alice:
@@ -368,3 +369,56 @@ def test_migration_0008_keeps_every_row_of_a_0007_database(database_url: str) ->
     db.downgrade("0007")
     assert rows() == kept
     db.engine.dispose()
+
+
+def _message(url: str) -> Message:
+    return Message(url=url, secret="whsec_x", delivery_id=1, event="test", event_id=None, payload={"ping": True})
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> None:
+    """Attack round of session 13: a receiver sending its status line a byte every 2 s never hit the per-read
+    timeout, and 45 test deliveries held every thread of the API. The deadline is for the whole attempt."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n" * 100:
+                if stop.wait(0.2):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        started = time.monotonic()
+        outcome = Sender(timeout_s=1, allow_private=True).send(_message(f"http://127.0.0.1:{listener.getsockname()[1]}/"))
+        assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
+        assert outcome.status_code is None and time.monotonic() - started < 4  # not the 20 s the trickle lasts
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: a name that answers a public address to the check and a loopback one to the connection.
+    The name is resolved once: the loopback listener is never reached."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(3)
+    port = listener.getsockname()[1]
+    real, lookups = socket.getaddrinfo, []
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.example":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        address = "192.0.43.10" if len(lookups) == 1 else "127.0.0.1"  # public first (an IANA address), then inside
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    outcome = Sender(timeout_s=1).send(_message(f"http://rebind.example:{port}/hook"))
+    assert lookups == ["rebind.example"] and outcome.error is not None, (lookups, outcome)
+    with pytest.raises(TimeoutError):
+        listener.accept()  # nothing came
+    listener.close()

@@ -10,6 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from registry.api.deps import Caller, Options, authorize
+from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID
 from registry.domain.events import DeliveryInfo, WebhookChange, WebhookCreated, WebhookForm, WebhookInfo
 from registry.services.tokens import Principal
@@ -75,7 +76,8 @@ def delete_webhook(who: Manager, webhooks: WebhooksDep, webhook_id: WebhookId) -
 
 @router.post("/{webhook_id}/test", response_model=DeliveryInfo,
              description="Sends a ping event now, once, and answers with its delivery (what the receiver answered).")
-def test_webhook(who: Manager, webhooks: WebhooksDep, webhook_id: WebhookId) -> DeliveryInfo:
+def test_webhook(request: Request, who: Manager, webhooks: WebhooksDep, webhook_id: WebhookId) -> DeliveryInfo:
+    spend(request, who)  # a costly request: it holds a thread for up to VERA_WEBHOOK_TIMEOUT_S
     return webhooks.test(webhook_id, actor=who.owner)
 
 
