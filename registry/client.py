@@ -108,6 +108,23 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
     raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
 
 
+#: The largest answer read whole (file lists of the largest adapters are a few MiB), and the largest error answer.
+MAX_ANSWER_BYTES, MAX_ERROR_BYTES = 64 << 20, 1 << 20
+
+
+def _read_capped(response: httpx.Response, limit: int, base: str) -> bytes:
+    """The body of a streamed ``response``, or RegistryError once it passes ``limit`` bytes (a server that is not
+    the registry, or a broken one: nothing past the limit is read or kept)."""
+    pieces, size = [], 0
+    for piece in response.iter_bytes():
+        size += len(piece)
+        if size > limit:
+            raise RegistryError(f"{base} sent an answer of more than {limit:,} bytes to a request whose answer is "
+                                "at most a few MiB; it is not the registry's API, or it is broken.")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
 def _not_the_api(base: str, what: str) -> str:
     return (f"{base} {what}: it does not look like the registry's API. Is it the dashboard's or a model server's "
             "address? The API listens where `vera up --port` / `vera serve --port` says (default "
@@ -198,7 +215,8 @@ class RegistryClient:
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
         if token is None:
             token = stored_token(self.url)  # `vera login`
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # identity: the registry never compresses, and a compressed answer would be decoded whole in memory
+        headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {token}"} if token else {})}
         # http:// and https:// on transports of their own, so that only the latter loads certificates (when used)
         # (http:// over the standard library's http.client: registry.plain_http)
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport or
@@ -219,8 +237,12 @@ class RegistryClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        with self._send(method, path, stream=False, **kwargs) as response:
-            return response
+        """The whole answer (at most MAX_ANSWER_BYTES: a file list, an adapter's info; files come streamed)."""
+        with self._send(method, path, stream=True, **kwargs) as response:
+            body = _read_capped(response, MAX_ANSWER_BYTES, self.url)
+            kept = [(k, v) for k, v in response.headers.multi_items()
+                    if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+            return httpx.Response(response.status_code, headers=kept, content=body, request=response.request)
 
     @contextlib.contextmanager
     def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -248,8 +270,9 @@ class RegistryClient:
                     time.sleep(wait)
                     continue
                 if response.status_code >= 400:
-                    response.read()
-                    _raise_for(response, self.url)
+                    _raise_for(httpx.Response(response.status_code, headers=response.headers.multi_items(),
+                                              content=_read_capped(response, MAX_ERROR_BYTES, self.url),
+                                              request=response.request), self.url)
                 if response.headers.get("content-type", "").startswith("text/html"):  # the API never answers HTML
                     raise RegistryError(_not_the_api(self.url, "answered with an HTML page"))
                 yield response
@@ -421,9 +444,13 @@ class RegistryClient:
 
     @staticmethod
     def _save(response: httpx.Response, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
-        digest = hashlib.sha256()
+        digest, size = hashlib.sha256(), 0
         with new_file(path.parent, path) as out, _progress(entry.name, entry.size, progress) as bar:
             for chunk in response.iter_bytes(CHUNK):
+                size += len(chunk)
+                if size > entry.size:  # raised inside: the temporary file is removed; nothing past the size is kept
+                    raise IntegrityError(f"{entry.name} of {ref} ran past the {entry.size:,} bytes the registry "
+                                         "listed; the download was damaged or is not the registry's, fetch again.")
                 digest.update(chunk)
                 out.write(chunk)
                 bar(len(chunk))
@@ -444,10 +471,12 @@ class RegistryClient:
         from vera_core.checkpoint import load_adapter as load
 
         info = self.get(ref)
+        pinned = Ref.of(info.owner, info.name, version=info.version)  # the server's names, checked: no "/" or ".."
         root = Path(cache_dir) if cache_dir else cache_root()
-        folder = root / "adapters" / info.owner / info.name / str(info.version)  # names checked: no "/" or ".."
+        folder = root / "adapters" / pinned.owner / pinned.name / str(pinned.version)
         if not ((folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()):
-            self.fetch(info.ref, folder, seed_only=info.seed_reproducible, with_projection=not info.seed_reproducible)
+            self.fetch(str(pinned), folder, seed_only=info.seed_reproducible,
+                       with_projection=not info.seed_reproducible)
         return load(base_model, folder, is_trainable=is_trainable)
 
     @staticmethod

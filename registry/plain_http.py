@@ -33,6 +33,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 MAX_IDLE = 64
 #: The largest piece a response body is read in; a body of known length up to this size is read in one call.
 READ_CHUNK = 1 << 20
+#: The piece an encoded (compressed) body is read in, as httpcore reads: httpx decodes a piece whole.
+ENCODED_READ_CHUNK = 1 << 16
 
 
 class PlainHttpTransport(httpx.BaseTransport):
@@ -147,11 +149,14 @@ class _Body(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         response = self.response
+        # httpx decodes each piece whole: an encoded (compressed) body comes in httpcore's 64 KiB pieces, so that
+        # one piece of a compression bomb is not a gigabyte in memory
+        chunk = ENCODED_READ_CHUNK if response.getheader("content-encoding") else READ_CHUNK
         try:
-            if response.length is not None and response.length <= READ_CHUNK:
+            if response.length is not None and response.length <= chunk:
                 yield response.read()  # a small body of known length: one read (IncompleteRead if cut short)
             else:
-                while piece := response.read(READ_CHUNK):
+                while piece := response.read(chunk):
                     yield piece
         except http.client.IncompleteRead as exc:
             raise _cut_short(self.request, exc.expected) from exc

@@ -1,0 +1,127 @@
+"""The client against a server that is not the registry it claims to be (session 13's attack round): what it sends
+is bounded by what the listing promised, compressed answers cannot balloon in memory, and names the server gives
+never become paths outside the cache. The server here is a real HTTP server answering a real registry's file list,
+altered."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.client import MAX_ANSWER_BYTES, RegistryClient
+from registry.domain.errors import IntegrityError, InvalidInput, RegistryError
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+
+Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+@pytest.fixture(scope="module")
+def listing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real registry's file list and version info for ann/real:1 (no files inline)."""
+    root = tmp_path_factory.mktemp("real")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url, cache=False) as c:
+        c.publish(make_adapter(root / "a"), "ann/real", base_model="tiny-llama")
+        return {"files": json.loads(c.files("ann/real:1").model_dump_json()),
+                "version": json.loads(c.get("ann/real:1").model_dump_json())}
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[dict[str, Answer]], str]]:
+    """Start a server answering each path prefix with its function; yields a starter returning the server's URL."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(routes: dict[str, Answer]) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                for prefix, answer in routes.items():
+                    if self.path.startswith(prefix):
+                        answer(self)
+                        return
+                self.send_error(404)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _json(body: Any, *, compressed: bool = False) -> Answer:
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if compressed:
+            handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    return answer
+
+
+def _endless(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """A body that never ends (until the client hangs up)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.end_headers()
+    try:
+        while True:
+            handler.wfile.write(b"\0" * 65536)
+    except OSError:
+        pass
+
+
+def test_a_download_stops_at_the_size_the_listing_gave(listing: dict[str, Any], hostile: Any,
+                                                       tmp_path: Path) -> None:
+    """A file listed as 10 bytes that never ends: 1.5 GB were written in 4 s before."""
+    files = json.loads(json.dumps(listing["files"]))
+    for entry in files["files"]:
+        entry.update(url="/endless", size=10, content=None)
+    url = hostile({"/api/v1/adapters/ann/real/versions/1/files": _json(files), "/endless": _endless})
+    with RegistryClient(url, cache=False, retries=0) as client, \
+            pytest.raises(IntegrityError, match="ran past the 10 bytes the registry listed"):
+        client.fetch("ann/real:1", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder, no partial file beside it
+
+
+def test_a_compressed_answer_is_not_asked_for_and_cannot_balloon(listing: dict[str, Any], hostile: Any) -> None:
+    """A gzip bomb as an API answer: 1 MB on the wire, over the answer cap once decoded (3.1 GB of memory
+    before, through the plain transport); the client asks for identity and stops reading at the cap."""
+    seen: list[str] = []
+
+    def bomb(handler: http.server.BaseHTTPRequestHandler) -> None:
+        seen.append(handler.headers.get("Accept-Encoding", ""))
+        _json(gzip.compress(b" " * (MAX_ANSWER_BYTES + (8 << 20)), compresslevel=1), compressed=True)(handler)
+
+    url = hostile({"/health": bomb})
+    with RegistryClient(url, cache=False, retries=0) as client, \
+            pytest.raises(RegistryError, match="an answer of more than 67,108,864 bytes"):
+        client.health()
+    assert seen == ["identity"]
+
+
+def test_names_from_the_server_never_become_paths_outside_the_cache(listing: dict[str, Any], hostile: Any,
+                                                                    tmp_path: Path) -> None:
+    """load_adapter built its cache folder from the owner and name the server answered: a hostile server wrote
+    /tmp/attack/pwned_owner/evil/1/."""
+    version = {**listing["version"], "owner": str(tmp_path / "pwned"), "name": "evil"}
+    url = hostile({"/api/v1/adapters/ann/real/versions/1": _json(version)})
+    with RegistryClient(url, cache=False, retries=0) as client, pytest.raises(InvalidInput, match="Owner"):
+        client.load_adapter(None, "ann/real:1", cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "cache").exists()
