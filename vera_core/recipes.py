@@ -55,6 +55,10 @@ class TrainSpec:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise TrainingSpecError(f"max_length must be a positive number of tokens, got {self.max_length!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise TrainingSpecError(f"seed must be an integer in [0, 2**63), got {self.seed!r}.")
         if self.task not in ("classification", "causal-lm"):
             raise TrainingSpecError(f"task must be classification or causal-lm, got {self.task!r}.")
         if self.demo and self.data:

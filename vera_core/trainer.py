@@ -87,12 +87,25 @@ class TrainingArguments:
     # to train alone; "off": this process alone whatever the environment. "fsdp" is refused (vera_core.distributed).
     distributed: DistributedMode = "auto"
 
+    def _check_counts(self) -> None:
+        """log_every and eval_every: whole steps (a 0 would divide by zero mid-training); seed: what torch takes."""
+        for name in ("log_every", "eval_every"):
+            value = getattr(self, name)
+            if (value is not None or name == "log_every") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise VeraConfigError(f"{name} must be a positive number of optimizer steps"
+                                      + (" or None (each epoch)" if name == "eval_every" else "")
+                                      + f", got {value!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise VeraConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}.")
+
     def __post_init__(self) -> None:
         for name in ("lr", "head_lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs"):
             if not getattr(self, name) > 0:
                 raise VeraConfigError(f"{name} must be positive, got {getattr(self, name)!r}.")
         if self.max_steps is not None and self.max_steps <= 0:
             raise VeraConfigError(f"max_steps must be positive or None, got {self.max_steps!r}.")
+        self._check_counts()
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise VeraConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
         if self.schedule not in ("linear", "cosine", "constant"):

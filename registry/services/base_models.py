@@ -88,7 +88,7 @@ class BaseModels:
             config = AutoConfig.from_pretrained(config_path)
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"{config_path} is not a transformers config: {exc}") from exc
-        return self.register(name=name, revision=revision, model=_meta_model(config))
+        return self.register(name=name, revision=revision, model=meta_model(config))
 
     def register_from_config_dict(self, *, name: str, revision: str = "", config: dict[str, Any],
                                   actor: str, source: str | None = None) -> BaseModelInfo:
@@ -105,7 +105,7 @@ class BaseModels:
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidInput(f"Not a transformers config transformers knows ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from exc
-        return self.register(name=name, revision=revision, model=_meta_model(parsed), actor=actor, source=source)
+        return self.register(name=name, revision=revision, model=meta_model(parsed), actor=actor, source=source)
 
     def list(self, viewer: Principal | None = None) -> list[BaseModelInfo]:
         """The base models (those ``viewer`` may see: registry.services.access.shown_to)."""
@@ -179,7 +179,7 @@ def _check_depth(config: dict[str, Any]) -> None:
             raise InvalidInput(f"{key}={str(value)[:40]} in the config is not an integer between 0 and {MAX_DEPTH}.")
 
 
-def _meta_model(config: Any) -> torch.nn.Module:
+def meta_model(config: Any) -> torch.nn.Module:
     """The model a config describes, on the meta device: shapes without weights or memory (never remote code)."""
     from transformers import AutoModel
 

@@ -45,6 +45,8 @@ from registry.services.tokens import Principal
 from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
+from vera_core.layer import layer_shape
+from vera_core.projection import ProjectionSpec
 from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base
 from vera_core.trainer import TrainingArguments
 
@@ -90,13 +92,15 @@ class Jobs:
             checked = TrainSpec(**spec)
             # checked as the worker will run it: save_every is welcome, with checkpoints in the worker's folder
             placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
-            _check_batch_split(TrainingArguments(**{**checked.training, **placed}), gpus)
-            VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key, d_initial=checked.d_initial,
-                       projection_generator=checked.projection_generator, vera_dropout=checked.vera_dropout,
-                       target_modules=checked.target_modules)
+            args = TrainingArguments(**{**checked.training, **placed})
+            _check_batch_split(args, gpus)
+            _check_sizes(checked, args)
+            vera = VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key,
+                              d_initial=checked.d_initial, projection_generator=checked.projection_generator,
+                              vera_dropout=checked.vera_dropout, target_modules=checked.target_modules)
             if not checked.demo:
                 _check_dataset(checked, dataset, dataset_name)
-            resolve_base(checked.base_model, allow_paths=False)
+            self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))
         except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
             if isinstance(exc, InvalidInput):
                 raise
@@ -118,6 +122,21 @@ class Jobs:
                                detail={"job": job.id, **({"request_id": request_id} if request_id else {})}))
             s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": "queued", "request_id": request_id}))
             return self._info(s, job)
+
+    def _check_projection(self, vera: VeraConfig, base: str) -> None:
+        """The projection the job's training generates, from the base's config on the meta device (no weights): it
+        must fit the registry's budget (VERA_MAX_PROJECTION_ELEMENTS), as a publish of the result must, and its
+        targets must match layers of the base; before a worker allocates any of it."""
+        from transformers import AutoConfig
+
+        from registry.services.base_models import meta_model
+        from vera_core.targets import find_targets, resolve_targets
+
+        model = meta_model(AutoConfig.from_pretrained(base, trust_remote_code=False))
+        shapes = [layer_shape(layer) for _, layer in find_targets(model, resolve_targets(model, vera))]
+        self.registry.budget.check(ProjectionSpec(
+            generator=vera.projection_generator, seed=vera.projection_prng_key, r=vera.r,
+            max_in=max(shape[1] for shape in shapes if shape), max_out=max(shape[0] for shape in shapes if shape)))
 
     def _checked_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A spec is data, not places: the worker chooses where files go, and trains only allowed base models."""
@@ -396,6 +415,23 @@ def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> N
                            f"(30 days); got {time_limit_s!r}.")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_JOB_GPUS:
         raise InvalidInput(f"gpus must be an integer from 0 (a CPU job) to {MAX_JOB_GPUS}; got {gpus!r}.")
+
+
+#: What one job may ask of a worker, beyond what vera_core checks: tokens per example, optimizer steps, epochs, kept
+#: checkpoints and batch sizes (the rank is bounded by the projection budget, at submission).
+MAX_JOB_LENGTH, MAX_JOB_STEPS, MAX_JOB_EPOCHS, MAX_JOB_CHECKPOINTS, MAX_JOB_BATCH = 8192, 10_000_000, 1000, 100, 65_536
+
+
+def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
+    for what, value, bound in (("max_length", checked.max_length, MAX_JOB_LENGTH),
+                               ("training.max_steps", args.max_steps or 0, MAX_JOB_STEPS),
+                               ("training.epochs", args.epochs, MAX_JOB_EPOCHS),
+                               ("training.save_total_limit", args.save_total_limit, MAX_JOB_CHECKPOINTS),
+                               ("training.batch_size", args.batch_size, MAX_JOB_BATCH),
+                               ("training.eval_batch_size", args.eval_batch_size, MAX_JOB_BATCH)):
+        if value > bound:
+            raise InvalidInput(f"{what}={value!r} is over what a job may ask of a worker ({bound:,}); ask for less, "
+                               "or train it yourself with `vera train`.")
 
 
 def _check_batch_split(args: TrainingArguments, gpus: int) -> None:

@@ -33,6 +33,18 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"task": "regression", "demo": True}, None, "task must be classification or causal-lm"),
         ({"data": "x"}, b"text\nhello\n", "has columns \\['text'\\] but not \\['label'\\]"),
         ({"demo": True, "base_model": "nobody/nothing"}, None, "train only .minilm. \\(VERA_JOB_BASE_MODELS\\)"),
+        # sizes a worker would allocate or spend (session 13's attack round: r=2**20 was a 201, ~8 GB on a worker)
+        ({"demo": True, "r": 2**20}, None, "VERA_MAX_PROJECTION_ELEMENTS"),
+        ({"demo": True, "r": 10**9}, None, "VERA_MAX_PROJECTION_ELEMENTS"),
+        ({"demo": True, "target_modules": ["nowhere"]}, None, "matched no module"),
+        ({"demo": True, "max_length": 10**9}, None, "max_length=1000000000 is over what a job may ask"),
+        ({"demo": True, "max_length": -1}, None, "max_length must be a positive number of tokens"),
+        ({"demo": True, "seed": 10**30}, None, "seed must be an integer in"),
+        ({"demo": True, "training": {"max_steps": 10**18}}, None, "training.max_steps=.* is over"),
+        ({"demo": True, "training": {"epochs": 1e300}}, None, "training.epochs=.* is over"),
+        ({"demo": True, "training": {"save_total_limit": 10**9}}, None, "save_total_limit=.* is over"),
+        ({"demo": True, "training": {"log_every": 0}}, None, "log_every must be a positive number"),
+        ({"demo": True, "training": {"eval_every": 0}}, None, "eval_every must be a positive number"),
     ]
     for spec, data, message in cases:
         with pytest.raises(InvalidInput, match=message):
