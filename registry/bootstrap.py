@@ -37,7 +37,8 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
         if (settings.database_url is None and upgrade_embedded) or (create_if_empty and db.is_empty()):
             db.upgrade()
         db.check_schema()
-        budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations)
+        budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations,
+                                  max_export_bytes=settings.max_export_bytes)
         base_configs = None
         if settings.hub_base_configs:
             use_timeout(settings.hub_timeout_s)

@@ -9,7 +9,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from registry.domain.schemas import MAX_JOB_CHECKPOINT_BYTES, MAX_PROJECTION_ELEMENTS, MAX_UPLOAD_BYTES
+from registry.domain.schemas import (
+    MAX_EXPORT_BYTES,
+    MAX_JOB_CHECKPOINT_BYTES,
+    MAX_PROJECTION_ELEMENTS,
+    MAX_UPLOAD_BYTES,
+)
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
 
 
@@ -41,6 +46,8 @@ class Settings(BaseSettings):
     max_projection_elements: int = MAX_PROJECTION_ELEMENTS
     # How many projections may be generated at once; more requests wait up to 30 s, then get 503 busy.
     concurrent_generations: int = 2
+    # The largest LoRA export built (bytes of factors), checked before any is computed; 16 GiB by default.
+    max_export_bytes: int = Field(default=MAX_EXPORT_BYTES, ge=1 << 20)
     # Downloads build a version's files once per option and keep them in memory, up to this many bytes per process
     # (least recently used out first); 0 builds them on every request.
     file_cache_bytes: int = DEFAULT_FILE_CACHE_BYTES

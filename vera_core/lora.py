@@ -155,6 +155,15 @@ def lora_file_bytes(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, expor
     return files_out
 
 
+def lora_export_bytes(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, export: LoraExport | None = None) -> int:
+    """The bytes of factors an export of ``files`` writes (lora_A and lora_B of every adapted layer, at the export's
+    rank and dtype), known before anything is computed: what a server checks against its limit first."""
+    export = export or LoraExport()
+    _, layers = _layers(files, a, b)
+    return export.rank(files.config.r) * sum(layer.n_in + layer.b.shape[0] for layer in layers) * \
+        DTYPES[export.dtype].itemsize
+
+
 def write_lora_files(folder: Path, files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
                      export: LoraExport | None = None) -> dict[str, Path]:
     """``lora_file_bytes``'s files written into ``folder`` (the same bytes), one layer at a time in row blocks of

@@ -26,6 +26,9 @@ MAX_UPLOAD_BYTES = 256 * 2**20
 #: The most numbers (r * (max_in + max_out)) of a projection the registry generates by default: 64 Mi floats, 256 MiB
 #: for A and B together. The widest layer of Llama-2-70B (28,672) at the paper's r=1024 needs 58.7 Mi.
 MAX_PROJECTION_ELEMENTS = 2**26
+#: The largest LoRA export the registry builds, in bytes of factors (VERA_MAX_EXPORT_BYTES): a 7B model's exact r=1024
+#: export on q and v is 2.1 GB in float32.
+MAX_EXPORT_BYTES = 16 << 30
 #: A fine-tune job's priority lies in [-MAX_JOB_PRIORITY, MAX_JOB_PRIORITY]; its time limit is at most 30 days.
 MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pybase64
-from sqlalchemy import Select, bindparam, delete, select
+from sqlalchemy import Select, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError as DatabaseConflict
 from sqlalchemy.orm import Session
 
@@ -202,6 +202,7 @@ class DerivedFiles:
             try:
                 with self.db.session() as s:
                     _record(s, files)
+                    _evict(s, version_id, keep=form.key)
             except DatabaseConflict:  # another replica listed them first, or the version was deleted meanwhile
                 with self.db.session() as s:
                     if listed := _listed(s, version_id, form.key):
@@ -243,6 +244,21 @@ def named(info: VersionInfo, form: FileForm, files: list[DerivedFile], filename:
         raise NotFound(f"The {form.key} download of {info.ref} has no {filename}; it has "
                        f"{', '.join(f.filename for f in files)}.")
     return found
+
+
+#: The most forms one version keeps stored (the default downloads, LoRA in a few dtypes and ranks): building one
+#: more forgets the least recently built (its blobs go at the next `vera gc`; asked for again, it is built again),
+#: so that asking for many rank-capped exports of one small adapter cannot fill the store.
+MAX_FORMS_PER_VERSION = 8
+
+
+def _evict(s: Session, version_id: int, *, keep: str) -> None:
+    """Forget the version's oldest forms beyond MAX_FORMS_PER_VERSION, never ``keep`` (the one just built)."""
+    forms = s.execute(select(m.VersionFile.form).where(m.VersionFile.version_id == version_id)
+                      .group_by(m.VersionFile.form).order_by(func.min(m.VersionFile.created_at),
+                                                             m.VersionFile.form)).scalars().all()
+    for form in [f for f in forms if f != keep][:max(0, len(forms) - MAX_FORMS_PER_VERSION)]:
+        forget(s, version_id, form)
 
 
 def forget(s: Session, version_id: int, form: str) -> None:

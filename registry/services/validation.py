@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from registry.domain.errors import Busy, InvalidInput
-from registry.domain.schemas import MAX_PROJECTION_ELEMENTS
+from registry.domain.schemas import MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS
 from vera_core import AdapterFiles, ProjectionSpec, fingerprint
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.projection import regenerated_fingerprint
@@ -33,9 +33,18 @@ class ProjectionBudget:
     requests can make the server spend (each generation holds A and B, and the bytes built from them)."""
 
     def __init__(self, max_elements: int = MAX_PROJECTION_ELEMENTS, concurrent: int = 2,
-                 wait_s: float = 30.0) -> None:
-        self.max_elements, self.wait_s = max_elements, wait_s
+                 wait_s: float = 30.0, max_export_bytes: int = MAX_EXPORT_BYTES) -> None:
+        self.max_elements, self.wait_s, self.max_export_bytes = max_elements, wait_s, max_export_bytes
         self._slots = threading.BoundedSemaphore(concurrent)
+
+    def check_export(self, nbytes: int, ref: str) -> None:
+        """Refuse, before any factor is computed, a LoRA export larger than the limit: a VeRA adapter of kilobytes
+        exports to r x (in + out) numbers per layer, so its LoRA can be thousands of times its size."""
+        if nbytes > self.max_export_bytes:
+            raise InvalidInput(
+                f"The LoRA export of {ref} would write {nbytes:,} bytes of factors; this registry builds at most "
+                f"{self.max_export_bytes:,} (VERA_MAX_EXPORT_BYTES). Ask for a lower max_rank or a 16-bit dtype, "
+                "or export it on your machine: `vera fetch REF --out DIR` then vera_core.lora.")
 
     def check(self, spec: ProjectionSpec) -> None:
         """Refuse, before anything is allocated, a projection larger than the limit."""

@@ -37,7 +37,7 @@ from vera_core.config import PEFT_GENERATOR, VeraConfig
 from vera_core.errors import VeraConfigError
 from vera_core.folders import write_adapter_files
 from vera_core.keys import PROJECTION_KEYS
-from vera_core.lora import LoraExport, lora_file_bytes, write_lora_files
+from vera_core.lora import LoraExport, lora_export_bytes, lora_file_bytes, write_lora_files
 from vera_core.projection import projection_blocks
 from vera_core.serialization import Streamed, read_rows
 
@@ -95,8 +95,10 @@ class Versions:
             config = _config(v)
         if as_lora:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
+            adapter = AdapterFiles(config, tensors, metadata)
+            self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
             with _exporting(info):
-                files = lora_file_bytes(AdapterFiles(config, tensors, metadata), a, b, lora)
+                files = lora_file_bytes(adapter, a, b, lora)
         else:
             config = config.replace(save_projection=materialise)
             files = adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
@@ -143,8 +145,10 @@ class Versions:
                 metadata = {**metadata, META_IN_FEATURES: sizes}
             config = _config(v)
         a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
+        adapter = AdapterFiles(config, tensors, metadata)
+        self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
         with _exporting(info):
-            return write_lora_files(folder, AdapterFiles(config, tensors, metadata), a, b, lora)
+            return write_lora_files(folder, adapter, a, b, lora)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: LoraExport | None = None) -> Path:

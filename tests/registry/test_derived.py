@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from safetensors.torch import load
 from sqlalchemy import func, select
 
-from registry.domain.errors import Conflict, NotFound
+from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import Ref
-from registry.services.derived import FileForm, _form_of
+from registry.services.derived import MAX_FORMS_PER_VERSION, FileForm, _form_of
 from registry.services.file_cache import FileCache
 from registry.services.registry import Registry
 from registry.store import models as m
@@ -271,3 +272,36 @@ def test_projections_stored_rather_than_regenerated_are_copied_in_row_blocks(
     assert registry.versions.write_streamed(info.ref, tmp_path, with_projection=False, seed_only=True) is None
     with pytest.raises(Conflict, match="not seed-reproducible"):
         registry.files(info.ref, seed_only=True)
+
+
+def test_a_lora_export_over_the_limit_is_refused_before_it_is_built(registry: Registry, ref: str) -> None:
+    """Session 13's attack: a 333 KB adapter exported to 513 MB stored from one request (1.4 TB at the default
+    limits). The export's size is known from the layers before any factor is computed, to the byte."""
+    _, files = registry.derived.manifest(ref, FileForm(lora=LoraExport()))  # float32, under the default limit
+    weights = next(f for f in files if f.filename == "adapter_model.safetensors")
+    factors = sum(t.nbytes for k, t in load(read(registry, weights.sha256)).items() if ".lora_" in k)
+    half = FileForm(lora=LoraExport(dtype="bfloat16"))  # the same factors in 2 bytes each
+    before = sorted(registry.blobs.digests())
+    registry.budget.max_export_bytes = factors // 2 - 1
+    with pytest.raises(InvalidInput, match=rf"would write {factors // 2:,} bytes of factors.*VERA_MAX_EXPORT_BYTES"):
+        registry.derived.manifest(ref, half)
+    with pytest.raises(InvalidInput, match="VERA_MAX_EXPORT_BYTES"):  # the in-memory path (Hub push, CLI) too
+        registry.versions.built(ref, as_lora=True, lora=half.lora)
+    assert sorted(registry.blobs.digests()) == before  # nothing stored
+    with registry.db.session() as s:
+        assert not s.scalar(select(func.count()).select_from(m.VersionFile).where(m.VersionFile.form == half.key))
+    registry.budget.max_export_bytes = factors // 2  # exactly its size: built
+    assert registry.derived.manifest(ref, half)[1]
+
+
+def test_a_version_keeps_a_bounded_number_of_stored_forms(registry: Registry, ref: str) -> None:
+    """Each distinct rank cap is a form built and stored; past MAX_FORMS_PER_VERSION the least recently built are
+    forgotten (built again if asked for), so many rank-capped exports of one adapter cannot fill the store."""
+    forms = [FileForm(lora=LoraExport(max_rank=k)) for k in range(1, 8)] + FORMS[:3] + [FileForm(lora=LoraExport())]
+    for form in forms:
+        registry.derived.manifest(ref, form)
+    with registry.db.session() as s:
+        kept = set(s.scalars(select(m.VersionFile.form).distinct()))
+    assert len(kept) == MAX_FORMS_PER_VERSION and forms[-1].key in kept and forms[0].key not in kept
+    info, files = registry.derived.manifest(ref, forms[0])  # forgotten: built again, the same bytes
+    assert info.ref == registry.get(ref).ref and files and forms[0].key in {f.form for f in files}
