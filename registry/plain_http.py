@@ -71,6 +71,11 @@ class PlainHttpTransport(httpx.BaseTransport):
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+            lengths = set(response.msg.get_all("content-length") or [])
+            if len(lengths) > 1 or any(not length.strip().isdigit() for length in lengths):  # as h11 refuses them
+                response.close()
+                conn.close()
+                raise httpx.RemoteProtocolError(f"bad Content-Length: {sorted(lengths)!r:.100}", request=request)
             version = b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1"
             # bytes as they came (latin-1 is byte for byte): httpx decodes them as its own transport's are
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.getheaders()]

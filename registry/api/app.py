@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ApiOptions
 from registry.api.gate import RequestGate
-from registry.api.metrics import install_metrics
+from registry.api.metrics import READY_TTL_S, Recent, install_metrics
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
@@ -39,6 +39,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     # middleware added later wraps what was added before: access log (outermost), metrics, the gate, the app
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
+    app.state.readiness = Recent(registry.status.readiness, ttl_s=READY_TTL_S)
     app.add_middleware(AccessLog)  # outermost: every request gets its id and one access line, refusals included
     install_problem_handlers(app)
     for router in ROUTERS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -21,21 +22,39 @@ from registry.services.status import Status
 COUNTS_TTL_S = 15.0
 
 
+T = TypeVar("T")
+
+#: How long a readiness check is reused: /ready needs no token, and each check is a database round trip, a schema
+#: check and a storage listing (a LIST request on S3); a probe every few seconds sees every change within a second.
+READY_TTL_S = 1.0
+
+
+class Recent(Generic[T]):
+    """``read()``'s last result while it is younger than ``ttl_s``, else a new one (one reading at a time: callers
+    arriving meanwhile wait for it and share it)."""
+
+    def __init__(self, read: Callable[[], T], *, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.read, self.ttl_s, self.clock = read, ttl_s, clock
+        self._reading: tuple[float, T] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        with self._lock:
+            if self._reading is None or self.clock() - self._reading[0] >= self.ttl_s:
+                self._reading = (self.clock(), self.read())
+            return self._reading[1]
+
+
 class StoreGauges:
     """Adapters, versions and stored bytes, read from the database when a scrape finds the last reading older than
-    ``ttl_s`` (one reading at a time: scrapes arriving meanwhile wait for it and share it)."""
+    ``ttl_s`` (Recent: scrapes arriving meanwhile share one reading)."""
 
     def __init__(self, status: Status, *, ttl_s: float = COUNTS_TTL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.status, self.ttl_s, self.clock = status, ttl_s, clock
-        self._reading: tuple[float, StoreCounts] | None = None
-        self._lock = threading.Lock()
+        self._counts = Recent(status.counts, ttl_s=ttl_s, clock=clock)
 
     def counts(self) -> StoreCounts:
-        with self._lock:
-            if self._reading is None or self.clock() - self._reading[0] >= self.ttl_s:
-                self._reading = (self.clock(), self.status.counts())
-            return self._reading[1]
+        return self._counts.get()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts = self.counts()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import func, select, text
 
+from registry.domain.errors import SchemaOutOfDate
 from registry.domain.schemas import StoreCounts
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
+
+log = logging.getLogger("vera.status")
 
 
 class Status:
@@ -21,7 +26,9 @@ class Status:
                                stored_bytes=s.scalar(select(func.coalesce(func.sum(m.Blob.size), 0))) or 0)
 
     def readiness(self) -> dict[str, str]:
-        """"ok" or "error: ..." for the database (reachable, schema current) and the blob storage."""
+        """"ok" or "error: <kind> (...)" for the database (reachable, schema current) and the blob storage. The
+        answer goes to callers without a token: it names the kind of failure, and the server's log has the rest
+        (hosts, users and buckets stay there)."""
         checks: dict[str, str] = {}
         try:
             with self.db.engine.connect() as conn:
@@ -29,10 +36,16 @@ class Status:
             self.db.check_schema()
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - readiness reports any failure
-            checks["database"] = f"error: {exc}"
+            checks["database"] = _failed("database", exc)
         try:
             self.blobs.check()
             checks["storage"] = "ok"
         except Exception as exc:  # noqa: BLE001
-            checks["storage"] = f"error: {exc}"
+            checks["storage"] = _failed("storage", exc)
         return checks
+
+
+def _failed(what: str, exc: Exception) -> str:
+    log.warning("readiness: the %s check failed: %s: %s", what, type(exc).__name__, exc)
+    hint = " (the schema is behind: run `vera db upgrade`)" if isinstance(exc, SchemaOutOfDate) else ""
+    return f"error: {type(exc).__name__}{hint}; the server's log says more"

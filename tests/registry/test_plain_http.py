@@ -255,3 +255,26 @@ def test_a_non_ascii_response_header_arrives(transport: type[httpx.BaseTransport
         response = c.get(url)
         assert response.text == "ok"
         assert response.headers.raw[-2][1] == b'attachment; filename="caf\xe9.bin"'
+
+
+@TRANSPORTS
+@pytest.mark.parametrize("lengths", [["-1"], ["+5"], ["5", "7"], ["five"]], ids=["negative", "plus", "two", "word"])
+def test_a_malformed_content_length_is_refused_as_h11_refuses_it(transport: type[httpx.BaseTransport],
+                                                                 lengths: list[str]) -> None:
+    """Session 13's attack round: http.client took Content-Length -1 (read to close) and the first of two that
+    disagree; h11 refuses both. Framing that intermediaries could read otherwise is an error."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        sock, _ = listener.accept()
+        with sock:
+            sock.recv(65536)
+            sock.sendall(b"HTTP/1.1 200 OK\r\n" + b"".join(f"Content-Length: {n}\r\n".encode() for n in lengths)
+                         + b"\r\nhello")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with client_of(transport, timeout=5) as c, pytest.raises(httpx.RemoteProtocolError):
+            c.get(f"http://127.0.0.1:{listener.getsockname()[1]}/")
+    finally:
+        listener.close()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from registry.api.deps import ApiOptions, Options, RegistryDep, bearer_token
+from registry.api.deps import ApiOptions, Options, bearer_token
 from registry.domain.errors import Unauthorized
 
 router = APIRouter()
@@ -23,8 +23,8 @@ def health() -> dict[str, str]:
 
 @router.get("/ready", responses={503: {"description": "Database or storage unreachable",
                                        "content": {"application/json": {}}}})
-def ready(registry: RegistryDep) -> JSONResponse:
-    checks = registry.status.readiness()
+def ready(request: Request) -> JSONResponse:
+    checks = request.app.state.readiness.get()  # at most one check a second (READY_TTL_S), whoever asks
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
