@@ -96,8 +96,8 @@ class Versions:
         if as_lora:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
             adapter = AdapterFiles(config, tensors, metadata)
-            self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
             with _exporting(info):
+                self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
                 files = lora_file_bytes(adapter, a, b, lora)
         else:
             config = config.replace(save_projection=materialise)
@@ -146,8 +146,8 @@ class Versions:
             config = _config(v)
         a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
         adapter = AdapterFiles(config, tensors, metadata)
-        self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
-        with _exporting(info):
+        with _exporting(info):  # (the size of an export whose options do not fit the version is not asked)
+            self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
             return write_lora_files(folder, adapter, a, b, lora)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
