@@ -265,6 +265,10 @@ class RegistryClient:
                                           "Is it running? Start one with `vera up`, or set VERA_REGISTRY_URL."
                                           ) from exc
             try:
+                encoding = response.headers.get("content-encoding", "").strip().lower()
+                if encoding not in ("", "identity"):  # asked for none: decoding nested layers could take gigabytes
+                    raise RegistryError(_not_the_api(self.url, f"answered with Content-Encoding {encoding[:40]!r} "
+                                                               "though asked for none"))
                 wait = self._retry_wait(response, attempt)
                 if wait is not None and not last:
                     time.sleep(wait)
@@ -435,7 +439,7 @@ class RegistryClient:
         # a presigned URL carries its own authorisation: the registry's token is not sent to the object store
         with self._storage_http.stream("GET", location) as response:
             if response.status_code >= 400:
-                raise _LinkRefused(f"{response.status_code} {response.read()[:300]!r}")
+                raise _LinkRefused(f"{response.status_code} {next(response.iter_raw(300), b'')[:300]!r}")
             return self._save(response, path, entry, ref, progress=progress)
 
     @functools.cached_property
@@ -446,7 +450,7 @@ class RegistryClient:
     def _save(response: httpx.Response, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
         digest, size = hashlib.sha256(), 0
         with new_file(path.parent, path) as out, _progress(entry.name, entry.size, progress) as bar:
-            for chunk in response.iter_bytes(CHUNK):
+            for chunk in response.iter_raw(CHUNK):  # as sent: a body the server encoded fails the hash, undecoded
                 size += len(chunk)
                 if size > entry.size:  # raised inside: the temporary file is removed; nothing past the size is kept
                     raise IntegrityError(f"{entry.name} of {ref} ran past the {entry.size:,} bytes the registry "
@@ -470,10 +474,13 @@ class RegistryClient:
         from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
         from vera_core.checkpoint import load_adapter as load
 
-        info = self.get(ref)
+        info, asked = self.get(ref), ref if isinstance(ref, Ref) else Ref.parse(ref)
         pinned = Ref.of(info.owner, info.name, version=info.version)  # the server's names, checked: no "/" or ".."
+        if (pinned.owner, pinned.name) != (asked.owner, asked.name):
+            raise IntegrityError(f"{self.url} answered {pinned} for {asked}; it is not a registry to load from.")
         root = Path(cache_dir) if cache_dir else cache_root()
-        folder = root / "adapters" / pinned.owner / pinned.name / str(pinned.version)
+        registry = hashlib.sha256(self.url.encode()).hexdigest()[:16]  # two registries' alice/x:1 differ
+        folder = root / "adapters" / registry / pinned.owner / pinned.name / str(pinned.version)
         if not ((folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()):
             self.fetch(str(pinned), folder, seed_only=info.seed_reproducible,
                        with_projection=not info.seed_reproducible)

@@ -54,6 +54,17 @@ TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS
 CLASSIFIER_HEADS = ["classifier", "score"]
 
 
+#: The most names a config's target_modules or modules_to_save may list (each is tested against every module's
+#: name; PEFT's own configs list a handful).
+MAX_MODULE_NAMES = 1000
+
+
+def _check_count(names: object, what: str) -> None:
+    if not isinstance(names, list | tuple | set) or len(names) > MAX_MODULE_NAMES:
+        size = len(names) if isinstance(names, list | tuple | set) else type(names).__name__
+        raise VeraConfigError(f"{what} must be a list of at most {MAX_MODULE_NAMES:,} module names, got {size}.")
+
+
 @dataclass
 class VeraConfig:
     """Configuration of one VeRA adapter, field-compatible with ``peft.VeraConfig``."""
@@ -128,10 +139,12 @@ class VeraConfig:
         if isinstance(self.target_modules, str):
             compile_pattern(self.target_modules)  # refused here when too long, invalid, or needing backtracking
         elif self.target_modules is not None:
+            _check_count(self.target_modules, "target_modules")
             self.target_modules = sorted({str(t) for t in self.target_modules})
             if not self.target_modules:
                 raise VeraConfigError("target_modules is an empty list; name at least one module, e.g. ['query'].")
         if self.modules_to_save is not None:
+            _check_count(self.modules_to_save, "modules_to_save")
             self.modules_to_save = list(self.modules_to_save)
         if self.task_type == "SEQ_CLS":
             extra = [h for h in CLASSIFIER_HEADS if h not in (self.modules_to_save or [])]

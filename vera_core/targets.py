@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from torch import nn
@@ -14,8 +13,10 @@ from vera_core.patterns import compile_pattern, layer_index_pattern
 
 
 def is_module_to_save(config: VeraConfig, name: str) -> bool:
-    """True for a module listed in ``modules_to_save`` or inside one (never adapted, trained in full)."""
-    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in config.modules_to_save or [])
+    r"""True for a module listed in ``modules_to_save`` or inside one (never adapted, trained in full): PEFT's
+    ``(^|.*\.)<name>($|\..*)``, as plain string tests (no regex to compile per entry and layer)."""
+    dotted = f".{name}."
+    return any(f".{m}." in dotted for m in config.modules_to_save or [])
 
 
 def _layer_index_ok(config: VeraConfig, name: str) -> bool:

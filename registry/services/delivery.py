@@ -196,7 +196,7 @@ class Sender:
             check_address(url.host, address, allow_private=self.allow_private)
         deadline = _Watchdog(self.timeout_s)
         try:
-            sock = _connect(addresses, port, self.timeout_s)
+            sock = _connect(addresses, port, time.monotonic() + self.timeout_s)
             deadline.watch(sock)
             if url.scheme == "https":
                 sock = self._tls.wrap_socket(sock, server_hostname=url.host)
@@ -246,12 +246,15 @@ class _Watchdog:
                 sock.close()
 
 
-def _connect(addresses: list[str], port: int, timeout_s: float) -> socket.socket:
-    """A TCP connection to the first of ``addresses`` (checked ones) that answers."""
+def _connect(addresses: list[str], port: int, end: float) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` (checked ones) that answers before ``end`` (time.monotonic):
+    the addresses share the attempt's deadline, so a name with many addresses that drop connections costs no more."""
     last: OSError | None = None
     for address in addresses:
+        if (left := end - time.monotonic()) <= 0:
+            raise _Deadline
         try:
-            return socket.create_connection((address, port), timeout=timeout_s)
+            return socket.create_connection((address, port), timeout=left)
         except OSError as exc:
             last = exc
     raise last or OSError("no address to connect to")

@@ -202,14 +202,31 @@ class DerivedFiles:
             try:
                 with self.db.session() as s:
                     _record(s, files)
-                    _evict(s, version_id, keep=form.key)
+                    evicted = _evict(s, version_id, keep=form.key)
             except DatabaseConflict:  # another replica listed them first, or the version was deleted meanwhile
                 with self.db.session() as s:
                     if listed := _listed(s, version_id, form.key):
                         return listed
                     resolve(s, pinned)  # NotFound if it was deleted
                 raise
+            self._collect(evicted)
             return files
+
+    def _collect(self, digests: set[str]) -> None:
+        """Remove at once the blobs of forgotten forms that nothing lists any more (rows, then bytes), instead of
+        leaving them to `vera gc`; a blob first recorded as something else (a version's vectors) is never
+        touched. A build elsewhere that stores the same bytes meanwhile may find them gone: its download rebuilds
+        them (by_digest), and `vera fsck` reports it."""
+        if not digests:
+            return
+        with self.db.session() as s:
+            listed = set(s.scalars(select(m.VersionFile.sha256).where(m.VersionFile.sha256.in_(digests))))
+            gone = [b for b in s.scalars(select(m.Blob).where(m.Blob.sha256.in_(digests - listed)))
+                    if b.kind == DERIVED]
+            for blob in gone:
+                s.delete(blob)
+        for blob in gone:
+            self.blobs.delete(blob.sha256)
 
     def _stored(self, pinned: Ref, version_id: int, form: FileForm) -> list[DerivedFile]:
         """Build the form's files and store each blob: written to a temporary folder piece by piece where the form
@@ -247,18 +264,23 @@ def named(info: VersionInfo, form: FileForm, files: list[DerivedFile], filename:
 
 
 #: The most forms one version keeps stored (the default downloads, LoRA in a few dtypes and ranks): building one
-#: more forgets the least recently built (its blobs go at the next `vera gc`; asked for again, it is built again),
-#: so that asking for many rank-capped exports of one small adapter cannot fill the store.
+#: more forgets the least recently built (its blobs, unless listed elsewhere, go at once; asked for again, it is
+#: built again), so that asking for many rank-capped exports of one small adapter cannot fill the store.
 MAX_FORMS_PER_VERSION = 8
 
 
-def _evict(s: Session, version_id: int, *, keep: str) -> None:
-    """Forget the version's oldest forms beyond MAX_FORMS_PER_VERSION, never ``keep`` (the one just built)."""
+def _evict(s: Session, version_id: int, *, keep: str) -> set[str]:
+    """Forget the version's oldest forms beyond MAX_FORMS_PER_VERSION, never ``keep`` (the one just built); the
+    digests their files had."""
     forms = s.execute(select(m.VersionFile.form).where(m.VersionFile.version_id == version_id)
                       .group_by(m.VersionFile.form).order_by(func.min(m.VersionFile.created_at),
                                                              m.VersionFile.form)).scalars().all()
+    digests: set[str] = set()
     for form in [f for f in forms if f != keep][:max(0, len(forms) - MAX_FORMS_PER_VERSION)]:
+        digests |= set(s.scalars(select(m.VersionFile.sha256).where(m.VersionFile.version_id == version_id,
+                                                                     m.VersionFile.form == form)))
         forget(s, version_id, form)
+    return digests
 
 
 def forget(s: Session, version_id: int, form: str) -> None:

@@ -420,6 +420,7 @@ def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> N
 #: What one job may ask of a worker, beyond what vera_core checks: tokens per example, optimizer steps, epochs, kept
 #: checkpoints and batch sizes (the rank is bounded by the projection budget, at submission).
 MAX_JOB_LENGTH, MAX_JOB_STEPS, MAX_JOB_EPOCHS, MAX_JOB_CHECKPOINTS, MAX_JOB_BATCH = 8192, 10_000_000, 1000, 100, 65_536
+MAX_JOB_ACCUMULATION = 1024
 
 
 def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
@@ -428,6 +429,8 @@ def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
                                ("training.epochs", args.epochs, MAX_JOB_EPOCHS),
                                ("training.save_total_limit", args.save_total_limit, MAX_JOB_CHECKPOINTS),
                                ("training.batch_size", args.batch_size, MAX_JOB_BATCH),
+                               ("training.gradient_accumulation_steps", args.gradient_accumulation_steps,
+                                MAX_JOB_ACCUMULATION),
                                ("training.eval_batch_size", args.eval_batch_size, MAX_JOB_BATCH)):
         if value > bound:
             raise InvalidInput(f"{what}={value!r} is over what a job may ask of a worker ({bound:,}); ask for less, "

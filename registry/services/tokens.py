@@ -105,6 +105,8 @@ def _hash(token: str) -> str:
 
 #: The most live (neither revoked nor expired) tokens one user may hold.
 MAX_LIVE_TOKENS = 100
+#: The most tokens one user may create in 24 hours, short-lived ones included (each is a row of the table).
+MAX_TOKENS_PER_DAY = 1000
 
 
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
@@ -135,6 +137,11 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if live >= MAX_LIVE_TOKENS:
             raise Conflict(f"{owner} holds {live:,} live tokens, the most one user may (rate limits count per user, "
                            "not per token): revoke unused ones first (`vera auth tokens`, `vera auth revoke ID`).")
+        recent = s.scalar(select(func.count()).select_from(m.AccessToken).where(
+            m.AccessToken.owner == owner, m.AccessToken.created_at > now - timedelta(days=1))) or 0
+        if recent >= MAX_TOKENS_PER_DAY:  # short-lived ones too: each is a row
+            raise Conflict(f"{owner} created {recent:,} tokens in the last 24 hours, the most one user may; use "
+                           "the ones you have, or ask again tomorrow.")
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to)
         s.add(row)

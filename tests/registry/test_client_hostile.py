@@ -100,20 +100,49 @@ def test_a_download_stops_at_the_size_the_listing_gave(listing: dict[str, Any], 
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder, no partial file beside it
 
 
-def test_a_compressed_answer_is_not_asked_for_and_cannot_balloon(listing: dict[str, Any], hostile: Any) -> None:
-    """A gzip bomb as an API answer: 1 MB on the wire, over the answer cap once decoded (3.1 GB of memory
-    before, through the plain transport); the client asks for identity and stops reading at the cap."""
+def test_a_compressed_answer_is_not_asked_for_nor_decoded(listing: dict[str, Any], hostile: Any) -> None:
+    """A gzip bomb as an API answer: 1 MB on the wire, over the answer cap once decoded (3.1 GB of memory before,
+    through the plain transport); then gzip in gzip (3.9 GB). The client asks for identity and refuses any other
+    encoding before reading a byte of the body."""
     seen: list[str] = []
 
     def bomb(handler: http.server.BaseHTTPRequestHandler) -> None:
         seen.append(handler.headers.get("Accept-Encoding", ""))
         _json(gzip.compress(b" " * (MAX_ANSWER_BYTES + (8 << 20)), compresslevel=1), compressed=True)(handler)
 
-    url = hostile({"/health": bomb})
-    with RegistryClient(url, cache=False, retries=0) as client, \
-            pytest.raises(RegistryError, match="an answer of more than 67,108,864 bytes"):
-        client.health()
+    def nested(handler: http.server.BaseHTTPRequestHandler) -> None:  # second round: gzip in gzip, decoded whole
+        data = gzip.compress(gzip.compress(b" " * (256 << 20), compresslevel=1))
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip, gzip")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    url = hostile({"/health": bomb, "/api/v1/whoami": nested})
+    with RegistryClient(url, cache=False, retries=0) as client:
+        for call in (client.health, client.whoami):
+            with pytest.raises(RegistryError, match="answered with Content-Encoding 'gzip(, gzip)?' though asked"):
+                call()
     assert seen == ["identity"]
+
+
+def test_a_download_the_server_encoded_is_refused_undecoded(listing: dict[str, Any], hostile: Any,
+                                                             tmp_path: Path) -> None:
+    files = json.loads(json.dumps(listing["files"]))
+    for entry in files["files"]:
+        entry.update(url="/bomb", content=None)
+
+    def bomb(handler: http.server.BaseHTTPRequestHandler) -> None:  # 64 MiB of zeros in 64 KB
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.end_headers()
+        handler.wfile.write(gzip.compress(b"\0" * (64 << 20), compresslevel=1))
+
+    url = hostile({"/api/v1/adapters/ann/real/versions/1/files": _json(files), "/bomb": bomb})
+    with RegistryClient(url, cache=False, retries=0) as client, \
+            pytest.raises(RegistryError, match="Content-Encoding 'gzip' though asked for none"):
+        client.fetch("ann/real:1", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_names_from_the_server_never_become_paths_outside_the_cache(listing: dict[str, Any], hostile: Any,
@@ -125,3 +154,14 @@ def test_names_from_the_server_never_become_paths_outside_the_cache(listing: dic
     with RegistryClient(url, cache=False, retries=0) as client, pytest.raises(InvalidInput, match="Owner"):
         client.load_adapter(None, "ann/real:1", cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_load_is_cached_per_registry_and_only_for_what_was_asked(listing: dict[str, Any], hostile: Any,
+                                                                   tmp_path: Path) -> None:
+    """Second attack round: a registry asked for mallory/x answering alice/pub:1 filled alice/pub:1's cache entry,
+    which a later load from the real registry used. The answer must name what was asked."""
+    url = hostile({"/api/v1/adapters/mallory/x": _json(listing["version"])})  # answers ann/real:1
+    with RegistryClient(url, cache=False, retries=0) as client, \
+            pytest.raises(IntegrityError, match="answered ann/real:1 for mallory/x"):
+        client.load_adapter(None, "mallory/x", cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+    assert not (tmp_path / "cache").exists()

@@ -298,10 +298,15 @@ def test_a_version_keeps_a_bounded_number_of_stored_forms(registry: Registry, re
     """Each distinct rank cap is a form built and stored; past MAX_FORMS_PER_VERSION the least recently built are
     forgotten (built again if asked for), so many rank-capped exports of one adapter cannot fill the store."""
     forms = [FileForm(lora=LoraExport(max_rank=k)) for k in range(1, 8)] + FORMS[:3] + [FileForm(lora=LoraExport())]
+    stored = set(registry.blobs.digests())
     for form in forms:
         registry.derived.manifest(ref, form)
     with registry.db.session() as s:
         kept = set(s.scalars(select(m.VersionFile.form).distinct()))
+        listed = set(s.scalars(select(m.VersionFile.sha256)))
+        known = set(s.scalars(select(m.Blob.sha256)))
     assert len(kept) == MAX_FORMS_PER_VERSION and forms[-1].key in kept and forms[0].key not in kept
+    # the forgotten forms' blobs went with them (second attack round: 136 files stayed until `vera gc`)
+    assert set(registry.blobs.digests()) == known == stored | listed
     info, files = registry.derived.manifest(ref, forms[0])  # forgotten: built again, the same bytes
     assert info.ref == registry.get(ref).ref and files and forms[0].key in {f.form for f in files}

@@ -44,6 +44,7 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "training": {"epochs": 1e300}}, None, "training.epochs=.* is over"),
         ({"demo": True, "training": {"save_total_limit": 10**9}}, None, "save_total_limit=.* is over"),
         ({"demo": True, "training": {"log_every": 0}}, None, "log_every must be a positive number"),
+        ({"demo": True, "training": {"gradient_accumulation_steps": 10**12}}, None, "accumulation_steps=.* is"),
         ({"demo": True, "training": {"eval_every": 0}}, None, "eval_every must be a positive number"),
     ]
     for spec, data, message in cases:

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from registry.domain.errors import Busy, Conflict, InvalidInput, Unauthorized
 from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name
+from registry.services import tokens
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.tokens import MAX_LIVE_TOKENS, authenticate, create_token, list_tokens, revoke_token
@@ -319,6 +320,15 @@ def test_a_user_holds_a_bounded_number_of_live_tokens(registry: Registry) -> Non
     revoke_token(registry.db, ids[0])  # a revoked token frees its place; another user is not counted
     create_token(registry.db, owner="many", scopes=["read"])
     create_token(registry.db, owner="other", scopes=["read"])
+
+
+def test_short_lived_tokens_count_against_a_daily_limit(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second attack round: tokens expiring at once were never live, so 300 were created past the live cap."""
+    monkeypatch.setattr(tokens, "MAX_TOKENS_PER_DAY", 5)
+    for _ in range(5):
+        create_token(registry.db, owner="brief", scopes=["read"], expires_in=timedelta(seconds=0.001))
+    with pytest.raises(Conflict, match="created 5 tokens in the last 24 hours"):
+        create_token(registry.db, owner="brief", scopes=["read"], expires_in=timedelta(seconds=0.001))
 
 
 def test_tokens_expire(registry: Registry) -> None:

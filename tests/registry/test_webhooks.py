@@ -422,3 +422,27 @@ def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch: pytest
     with pytest.raises(TimeoutError):
         listener.accept()  # nothing came
     listener.close()
+
+
+def test_a_name_with_many_silent_addresses_shares_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second attack round: each address got the whole timeout, so a name with 6 addresses that drop connection
+    attempts held an attempt for 6 x the timeout. They share the attempt's deadline now."""
+    real = socket.getaddrinfo
+    tried: list[float] = []
+
+    def many(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "many.example":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"192.0.2.{i}", 80)) for i in range(1, 7)]
+
+    def silent(address: Any, timeout: float | None = None, *args: Any, **kwargs: Any) -> socket.socket:
+        tried.append(timeout or 0)
+        time.sleep(timeout or 0)  # a dropped SYN: no answer until the timeout
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", many)
+    monkeypatch.setattr(socket, "create_connection", silent)
+    started = time.monotonic()
+    outcome = Sender(timeout_s=1, allow_private=True).send(_message("http://many.example/hook"))
+    assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
+    assert time.monotonic() - started < 2 and sum(tried) <= 1.05, tried  # not 6 s
