@@ -545,6 +545,9 @@ class RegistryClient:
         bar while weights over 4 MiB upload."""
         ref = Ref.parse_adapter(name)
         root = Path(directory)
+        if not root.is_dir():
+            raise InvalidInput(f"{root} {'is a file' if root.exists() else 'does not exist'}; expected a PEFT "
+                               "adapter folder (adapter_config.json and adapter_model.safetensors).")
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():
                 raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")

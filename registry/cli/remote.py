@@ -26,7 +26,7 @@ from registry.cli.common import (
     lora_export,
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import InvalidInput, RegistryError
 from registry.domain.schemas import Ref, json_object
 
 
@@ -66,6 +66,14 @@ def publish(
                                                               visibility=visibility, progress=True))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+    if info.version > 1:  # the same vectors as the version before: said, as a Hub commit with no change would be
+        try:
+            before = call_registry(registry, token, lambda c: c.get(f"{info.owner}/{info.name}:{info.version - 1}"))
+        except RegistryError:  # deleted, or unreadable now: nothing to compare with
+            return
+        if before.vectors_sha256 == info.vectors_sha256:
+            err_console.print(f"[yellow]note:[/] {info.ref} has the same vectors as {before.ref} (published again).",
+                              soft_wrap=True)
 
 
 def _warn_if_other_base(directory: Path, base_model: str) -> None:
@@ -125,7 +133,14 @@ def fetch(
     replaced = (out / "adapter_config.json").is_file()
     manifest = call_registry(registry, token, lambda c: c.fetch_files(
         ref, out, with_projection=with_projection, seed_only=seed_only, as_lora=lora, lora=options, progress=True))
-    console.print(f"fetched {manifest.version.ref} into {out}"
+    from vera_core.config import PEFT_GENERATOR  # (here: RE2 with it, a few ms `vera ls` need not spend)
+
+    size = sum(f.size for f in manifest.files)
+    why = ""
+    if manifest.form == "vera+projection" or (manifest.form == "vera" and manifest.version.generator != PEFT_GENERATOR):
+        why = (f"; A and B included so that PEFT loads it ({manifest.version.stored_bytes:,} bytes stored: "
+               "--seed-only for vera_core)")
+    console.print(f"fetched {manifest.version.ref} into {out}: {size:,} bytes{why}"
                   + (" (its files replaced the adapter that was there)" if replaced else ""))
 
 

@@ -63,7 +63,7 @@ def test_publish_notes_a_base_model_other_than_the_adapters_own(server: dict[str
     assert result.returncode == 0, result.stderr
     assert "names base model 'org/minilm'" in result.stderr and "published for 'roberta-base'" in result.stderr
     same = vera("publish", str(folder), "--name", "ann/based", "--base-model", "org/minilm", url=server["url"])
-    assert same.returncode == 0 and "note:" not in same.stderr
+    assert same.returncode == 0 and "names base model" not in same.stderr
 
 
 def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[str, Any], tmp_path: Path) -> None:
@@ -198,3 +198,27 @@ def test_show_sums_up_a_loss_curve_instead_of_printing_it(server: dict[str, Any]
     assert "metric train_loss  97 entries: [1, 1], ..., [97, 0.0103] (`--json` for all)" in shown.stdout
     assert "metric accuracy    0.891235" in shown.stdout and len(shown.stdout.splitlines()) < 30
     assert json.loads(vera("show", ref, "--json", url=server["url"]).stdout)["metrics"]["train_loss"] == curve
+
+
+def test_publish_says_what_is_wrong_with_the_folder_and_notes_a_repeat(server: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    refused(vera("publish", str(tmp_path / "nope"), "--name", "ann/nope", "--base-model", "tiny-llama",
+                 url=server["url"]), "nope does not exist; expected a PEFT adapter folder")
+    first = vera("publish", str(server["source"]), "--name", "ann/again", "--base-model", "tiny-llama",
+                 url=server["url"])
+    again = vera("publish", str(server["source"]), "--name", "ann/again", "--base-model", "tiny-llama",
+                 url=server["url"])
+    assert first.returncode == again.returncode == 0 and "note:" not in first.stderr
+    assert "ann/again:2 has the same vectors as ann/again:1 (published again)" in again.stderr
+
+
+def test_fetch_says_how_much_it_wrote_and_why_more_than_is_stored(server: dict[str, Any], tmp_path: Path) -> None:
+    """`vera ls` showed 120 KB stored, `vera fetch` wrote 3.3 MB without a word (newcomer walk)."""
+    with RegistryClient(server["url"], cache=False) as client:
+        info = client.publish(server["source"], "ann/sized", base_model="tiny-llama")
+    default = vera("fetch", "ann/sized", "--out", str(tmp_path / "a"), url=server["url"])
+    written = sum(p.stat().st_size for p in (tmp_path / "a").iterdir())
+    assert default.returncode == 0 and f": {written:,} bytes; A and B included so that PEFT loads it" in default.stdout
+    assert f"({info.stored_bytes:,} bytes stored: --seed-only for vera_core)" in default.stdout
+    small = vera("fetch", "ann/sized", "--out", str(tmp_path / "b"), "--seed-only", url=server["url"])
+    assert small.returncode == 0 and "A and B included" not in small.stdout
