@@ -203,8 +203,8 @@ class Sender:
                 deadline.watch(sock)
             connection = http.client.HTTPConnection(url.host, port, timeout=self.timeout_s)
             connection.sock = sock  # the checked address, already connected: http.client looks up nothing
-            target = url.raw_path.decode("ascii") or "/"
-            host = url.host if url.port is None else f"{url.host}:{url.port}"
+            target = url.raw_path.decode("ascii") or "/"  # path and query
+            host = url.netloc.decode("ascii")  # [v6]:port as written (userinfo is refused on save)
             connection.request("POST", target, body=body, headers={**headers, "Host": host})
             return connection.getresponse().status
         except (OSError, http.client.HTTPException) as exc:
