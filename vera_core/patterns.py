@@ -3,12 +3,13 @@ as PEFT matches them, but in time linear in the name: a config is data that regi
 read from strangers, and Python's backtracking engine takes exponential time on patterns such as ``(a+)+b``, holding
 the interpreter the whole while (one 1.6 KB adapter froze a registry's API for the length of its publish).
 
-With google-re2 installed (a dependency of vera-registry) every such pattern is compiled and matched by RE2, which
+With google-re2 installed (a dependency of vera-registry) every such pattern RE2 reads is matched by RE2, which
 never backtracks. RE2 reads the same syntax for what configs use (names, alternation, classes, repeats, anchors,
-named groups), with the same full-match and match semantics; a pattern that needs backtracking (lookaround,
-backreferences, possessive repeats, ``\\Z``) is refused with a message saying so and what to write instead. Without
-google-re2 (vera_core alone), Python's ``re`` matches them, as PEFT does. Either way a pattern is at most
-MAX_PATTERN_LENGTH characters.
+named groups), with the same full-match and match semantics. A pattern that needs backtracking (lookaround,
+backreferences, possessive repeats, ``\\Z``) is refused where a server takes configs from callers (``require_linear``:
+publish, job submission), with a message saying what to write instead; elsewhere (a config of one's own, or one
+accepted before that check) Python's ``re`` matches it, as PEFT does, and so it does everywhere without google-re2.
+Either way a pattern is at most MAX_PATTERN_LENGTH characters.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ def linear_time() -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def compile_pattern(text: str, what: str = "target_modules") -> Pattern:
-    """``text`` compiled, by RE2 when installed; VeraConfigError naming ``what`` when it is too long, invalid, or
-    (under RE2) needs backtracking."""
+def compile_pattern(text: str, what: str = "target_modules", *, strict: bool = False) -> Pattern:
+    """``text`` compiled, by RE2 when installed; VeraConfigError naming ``what`` when it is too long or invalid. A
+    pattern RE2 cannot match (it needs backtracking) is compiled by Python's ``re``, as PEFT does, so that configs
+    written before keep loading; with ``strict`` (what a server accepts from callers: ``require_linear``) it is
+    refused instead."""
     if len(text) > MAX_PATTERN_LENGTH:
         raise VeraConfigError(f"{what} is a regular expression of {len(text):,} characters; the limit is "
                               f"{MAX_PATTERN_LENGTH:,}. Pass a list of module names instead.")
@@ -60,13 +63,30 @@ def compile_pattern(text: str, what: str = "target_modules") -> Pattern:
     try:
         linear: Pattern = re2.compile(text, options)
     except re2.error as exc:
+        if not strict:
+            return compiled
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise VeraConfigError(
             f"{what} {text[:200]!r} needs a backtracking regular expression engine ({reason}): lookarounds, "
-            "backreferences, possessive or atomic groups and \\Z are refused, so that no pattern can take "
+            "backreferences, possessive or atomic groups and \\Z are refused here, so that no pattern can take "
             "exponential time on a server matching it. Rewrite it without them (\\z for the end, or nothing: the "
             "whole name is matched), or pass a list of module names.") from None
     return linear
+
+
+def require_linear(target_modules: object, layers_pattern: object = None) -> None:
+    """VeraConfigError unless every pattern of a config (``target_modules`` as a string, ``layers_pattern``) is
+    matched in linear time: what a registry, a model server or a worker accepts from a caller. (A config read back
+    from what was accepted before this check existed still loads: ``compile_pattern`` falls back to ``re``.)"""
+    if re2 is None:
+        return
+    if isinstance(target_modules, str):
+        compile_pattern(target_modules, strict=True)
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else \
+        list(layers_pattern) if isinstance(layers_pattern, list | tuple) else []
+    for pattern in patterns:
+        if isinstance(pattern, str):
+            compile_pattern(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", "layers_pattern", strict=True)
 
 
 def layer_index_pattern(layers_pattern: object = None) -> Pattern:

@@ -46,6 +46,7 @@ from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
 from vera_core.layer import layer_shape
+from vera_core.patterns import require_linear
 from vera_core.projection import ProjectionSpec
 from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base
 from vera_core.trainer import TrainingArguments
@@ -98,6 +99,7 @@ class Jobs:
             vera = VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key,
                               d_initial=checked.d_initial, projection_generator=checked.projection_generator,
                               vera_dropout=checked.vera_dropout, target_modules=checked.target_modules)
+            require_linear(vera.target_modules)  # a worker matches it against every module name
             if not checked.demo:
                 _check_dataset(checked, dataset, dataset_name)
             self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))

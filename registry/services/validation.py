@@ -13,7 +13,9 @@ import torch
 from registry.domain.errors import Busy, InvalidInput
 from registry.domain.schemas import MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS
 from vera_core import AdapterFiles, ProjectionSpec, fingerprint
+from vera_core.errors import VeraConfigError
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
+from vera_core.patterns import require_linear
 from vera_core.projection import regenerated_fingerprint
 from vera_core.targets import matches_target
 
@@ -86,6 +88,10 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
     cfg = files.config
     if cfg.r > MAX_RANK:
         raise InvalidInput(f"r={cfg.r} exceeds the registry's limit of {MAX_RANK}.")
+    try:  # before any pattern is matched against a layer name: linear time only (vera_core.patterns)
+        require_linear(cfg.target_modules, cfg.layers_pattern)
+    except VeraConfigError as exc:
+        raise InvalidInput(str(exc)) from None
     for key, tensor in files.tensors.items():
         if not torch.isfinite(tensor).all():
             raise InvalidInput(f"Tensor {key!r} holds NaN or infinite values; the adapter is broken.")

@@ -37,6 +37,7 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "r": 2**20}, None, "VERA_MAX_PROJECTION_ELEMENTS"),
         ({"demo": True, "r": 10**9}, None, "VERA_MAX_PROJECTION_ELEMENTS"),
         ({"demo": True, "target_modules": ["nowhere"]}, None, "matched no module"),
+        ({"demo": True, "target_modules": "(?!x).*query"}, None, "needs a backtracking regular expression"),
         ({"demo": True, "max_length": 10**9}, None, "max_length=1000000000 is over what a job may ask"),
         ({"demo": True, "max_length": -1}, None, "max_length must be a positive number of tokens"),
         ({"demo": True, "seed": 10**30}, None, "seed must be an integer in"),

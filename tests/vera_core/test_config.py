@@ -97,13 +97,37 @@ def test_a_pattern_that_backtracks_exponentially_in_python_is_matched_at_once() 
     ({"target_modules": "(?=q)q"}, "needs a backtracking regular expression engine"),
     ({"target_modules": r"(a)\1"}, "needs a backtracking regular expression engine"),
     ({"target_modules": r"q\Z"}, r"\\z for the end"),
+    ({"target_modules": ["q"], "layers_to_transform": [0], "layers_pattern": "(?<=x)layers"}, "layers_pattern"),
+])
+def test_patterns_that_need_backtracking_load_but_a_server_refuses_them(changes: dict[str, object],
+                                                                        message: str) -> None:
+    """A config read back (one's own, or one a registry accepted before the check) loads and matches as PEFT does,
+    with Python's re; what a server takes from callers must match in linear time (vera_core.patterns.require_linear:
+    publish and job submission)."""
+    from vera_core.patterns import require_linear
+
+    config = VeraConfig(**changes)  # type: ignore[arg-type]
+    with pytest.raises(VeraConfigError, match=message):
+        require_linear(config.target_modules, config.layers_pattern)
+
+
+def test_a_lookahead_pattern_of_ones_own_matches_as_peft_matches_it() -> None:
+    import re
+
+    from vera_core.targets import matches_target
+
+    pattern = r"^(?!.*lm_head).*_proj$"  # a PEFT user's usual "every projection but the head's"
+    config = VeraConfig(target_modules=pattern)
+    for name in ("model.layers.0.self_attn.q_proj", "lm_head_proj", "model.lm_head.out_proj", "x.v_proj"):
+        assert matches_target(config, name) is (re.fullmatch(pattern, name) is not None), name
+
+
+@pytest.mark.parametrize(("changes", "message"), [
     ({"target_modules": "q|" * 600 + "q"}, "1,201 characters; the limit is 1,000"),
     ({"target_modules": "(" * 400 + ")" * 399}, "must be a regular expression"),
-    ({"target_modules": ["q"], "layers_to_transform": [0], "layers_pattern": "(?<=x)layers"}, "layers_pattern"),
     ({"target_modules": ["q"], "layers_to_transform": [0], "layers_pattern": [3]}, "layers_pattern must be a string"),
 ])
-def test_config_patterns_that_would_need_backtracking_are_refused_clearly(changes: dict[str, object],
-                                                                          message: str) -> None:
+def test_config_patterns_that_cannot_be_patterns_are_refused_clearly(changes: dict[str, object], message: str) -> None:
     with pytest.raises(VeraConfigError, match=message):
         VeraConfig(**changes)  # type: ignore[arg-type]
 
