@@ -112,9 +112,9 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
 MAX_ANSWER_BYTES, MAX_ERROR_BYTES = 64 << 20, 1 << 20
 
 
-def _read_capped(response: httpx.Response, limit: int, base: str) -> bytes:
-    """The body of a streamed ``response``, or RegistryError once it passes ``limit`` bytes (a server that is not
-    the registry, or a broken one: nothing past the limit is read or kept)."""
+def _read_capped(response: httpx.Response, limit: int, base: str) -> httpx.Response:
+    """A streamed ``response`` read whole, as a response holding its body, or RegistryError once it passes
+    ``limit`` bytes (a server that is not the registry, or a broken one: nothing past the limit is read or kept)."""
     pieces, size = [], 0
     for piece in response.iter_bytes():
         size += len(piece)
@@ -122,7 +122,9 @@ def _read_capped(response: httpx.Response, limit: int, base: str) -> bytes:
             raise RegistryError(f"{base} sent an answer of more than {limit:,} bytes to a request whose answer is "
                                 "at most a few MiB; it is not the registry's API, or it is broken.")
         pieces.append(piece)
-    return b"".join(pieces)
+    kept = [(k, v) for k, v in response.headers.multi_items()  # the body is whole and decoded now
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=kept, content=b"".join(pieces), request=response.request)
 
 
 def _not_the_api(base: str, what: str) -> str:
@@ -239,10 +241,7 @@ class RegistryClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The whole answer (at most MAX_ANSWER_BYTES: a file list, an adapter's info; files come streamed)."""
         with self._send(method, path, stream=True, **kwargs) as response:
-            body = _read_capped(response, MAX_ANSWER_BYTES, self.url)
-            kept = [(k, v) for k, v in response.headers.multi_items()
-                    if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-            return httpx.Response(response.status_code, headers=kept, content=body, request=response.request)
+            return _read_capped(response, MAX_ANSWER_BYTES, self.url)
 
     @contextlib.contextmanager
     def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -274,9 +273,7 @@ class RegistryClient:
                     time.sleep(wait)
                     continue
                 if response.status_code >= 400:
-                    _raise_for(httpx.Response(response.status_code, headers=response.headers.multi_items(),
-                                              content=_read_capped(response, MAX_ERROR_BYTES, self.url),
-                                              request=response.request), self.url)
+                    _raise_for(_read_capped(response, MAX_ERROR_BYTES, self.url), self.url)
                 if response.headers.get("content-type", "").startswith("text/html"):  # the API never answers HTML
                     raise RegistryError(_not_the_api(self.url, "answered with an HTML page"))
                 yield response

@@ -85,15 +85,14 @@ def require_linear(target_modules: object, layers_pattern: object = None) -> Non
     patterns = [layers_pattern] if isinstance(layers_pattern, str) else \
         list(layers_pattern) if isinstance(layers_pattern, list | tuple) else []
     for pattern in patterns:
-        if isinstance(pattern, str):
-            compile_pattern(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", "layers_pattern", strict=True)
+        layer_index_pattern(pattern, strict=True)
 
 
-def layer_index_pattern(layers_pattern: object = None) -> Pattern:
+def layer_index_pattern(layers_pattern: object = None, *, strict: bool = False) -> Pattern:
     """PEFT's pattern for a layer's index: the number after ``layers_pattern`` in a module's name (after its second
-    name when None), as group ``idx``."""
+    name when None), as group ``idx``; ``strict`` as for compile_pattern."""
     if layers_pattern is None:
-        return compile_pattern(r".*?\.[^.]*\.(?P<idx>\d+)\.", "layers_pattern")
+        return compile_pattern(r".*?\.[^.]*\.(?P<idx>\d+)\.", "layers_pattern", strict=strict)
     if not isinstance(layers_pattern, str):
         raise VeraConfigError(f"layers_pattern must be a string or a list of strings, got {layers_pattern!r:.100}.")
-    return compile_pattern(rf"(?:^|.*?\.){layers_pattern}\.(?P<idx>\d+)\.", "layers_pattern")
+    return compile_pattern(rf"(?:^|.*?\.){layers_pattern}\.(?P<idx>\d+)\.", "layers_pattern", strict=strict)

@@ -101,10 +101,17 @@ def check_target(url: object, *, allow_private: bool) -> str:
     if parsed.userinfo:
         raise InvalidInput("The webhook url carries a user name or password, which listings would show; remove it "
                            "(receivers check the X-Vera-Signature header instead).")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    for address in resolve(parsed.host, port):
-        check_address(parsed.host, address, allow_private=allow_private)
+    allowed_addresses(parsed, allow_private=allow_private)
     return text
+
+
+def allowed_addresses(url: httpx.URL, *, allow_private: bool) -> list[str]:
+    """Every address ``url``'s host resolves to, each checked (``check_address``): one lookup, for the check and
+    for whatever connects to them."""
+    addresses = resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
+    for address in addresses:
+        check_address(url.host, address, allow_private=allow_private)
+    return addresses
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -191,9 +198,7 @@ class Sender:
         if url.scheme not in ("http", "https") or not url.host:
             raise InvalidInput("The webhook url must be http:// or https:// with a host.")
         port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = resolve(url.host, port)
-        for address in addresses:  # every address, as when the webhook was saved
-            check_address(url.host, address, allow_private=self.allow_private)
+        addresses = allowed_addresses(url, allow_private=self.allow_private)  # every one, as when it was saved
         deadline = _Watchdog(self.timeout_s)
         try:
             sock = _connect(addresses, port, time.monotonic() + self.timeout_s)
