@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.schemas import (
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
+    MAX_JOB_TIME_LIMIT_S,
     MAX_PROJECTION_ELEMENTS,
     MAX_UPLOAD_BYTES,
 )
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     # What fine-tune jobs may train: the demo alias and Hub ids the workers have in their local Hub cache, never a
     # path (a JSON list in VERA_JOB_BASE_MODELS, e.g. '["minilm", "meta-llama/Llama-3.2-1B"]').
     job_base_models: list[str] = ["minilm"]
+    # How long a job may train (seconds). A job submitted without --time-limit gets the default (unset: no limit);
+    # a job asking for more than the maximum is refused at submission, naming it. The worker applies the default to
+    # a job queued without one before it was set (docs/jobs.md, "Time limit").
+    job_default_time_limit_s: float | None = Field(default=None, gt=0, le=MAX_JOB_TIME_LIMIT_S)
+    job_max_time_limit_s: float = Field(default=MAX_JOB_TIME_LIMIT_S, gt=0, le=MAX_JOB_TIME_LIMIT_S)
     # The HuggingFace Hub: where `vera hub push|pull` goes, the token the server uses when a request brings none
     # (held as a secret: never printed, logged or stored), and how long one Hub request may take.
     hub_endpoint: str = "https://huggingface.co"
@@ -143,6 +149,14 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"VERA_HUB_ENDPOINT={value!r} must be an http(s) URL, e.g. https://huggingface.co")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Settings:
+        default, most = self.job_default_time_limit_s, self.job_max_time_limit_s
+        if default is not None and default > most:
+            raise ValueError(f"VERA_JOB_DEFAULT_TIME_LIMIT_S={default:g} is above VERA_JOB_MAX_TIME_LIMIT_S={most:g}: "
+                             "a job given the default would be refused; lower the default or raise the maximum")
+        return self
 
     def environment(self) -> dict[str, str]:
         """These settings as the VERA_* variables that give them back (for the processes `vera serve --workers`

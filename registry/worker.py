@@ -299,7 +299,7 @@ class Worker:
         return True
 
     def _run(self, job: JobInfo) -> None:
-        tracker = _Tracker(job.time_limit_s, self.releasing)
+        tracker = _Tracker(self._time_limit(job), self.releasing)
         sync = _CheckpointSync(self, job, tracker)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done, sync), daemon=True)
@@ -467,6 +467,10 @@ class Worker:
         self.jobs.finish(job.id, self.name, status="failed", error=error)
         self.log(f"job {job.id}: failed: {error}")
 
+    def _time_limit(self, job: JobInfo) -> float | None:
+        """The job's own limit; for a job queued without one before the operator set a default, the default."""
+        return job.time_limit_s if job.time_limit_s is not None else self.jobs.default_time_limit_s
+
     def _stopped_early(self, job: JobInfo, reason: object) -> bool:
         """Record a job that training stopped before its end: cancelled, let go, or out of time."""
         if reason == "cancelled":
@@ -474,7 +478,7 @@ class Worker:
         elif reason == "released":
             self.jobs.release(job.id, self.name)
         elif reason == "time_limit":
-            self.jobs.finish(job.id, self.name, status="failed", error=f"Its time limit of {job.time_limit_s:g} s "
+            self.jobs.finish(job.id, self.name, status="failed", error=f"Its time limit of {self._time_limit(job):g} s "
                              "was reached; training stopped. Submit it again with a larger --time-limit, or fewer "
                              "steps.")
         else:

@@ -58,15 +58,30 @@ class Jobs:
     def __init__(self, registry: Registry, *, lease: timedelta = timedelta(seconds=60),
                  base_models: Sequence[str] = (DEMO_MODEL,), max_attempts: int = 3,
                  retry_backoff: timedelta = timedelta(seconds=30),
-                 checkpoint_max_bytes: int = MAX_JOB_CHECKPOINT_BYTES) -> None:
+                 checkpoint_max_bytes: int = MAX_JOB_CHECKPOINT_BYTES,
+                 time_limits: tuple[float | None, float] = (None, MAX_JOB_TIME_LIMIT_S)) -> None:
         """``base_models``: what a job may train (VERA_JOB_BASE_MODELS): the demo alias or Hub ids that workers find
         in their local Hub cache. A job never names a path on a worker's disk. ``max_attempts`` and
         ``retry_backoff``: how often, and after how long, a job whose worker died is tried again
         (VERA_JOB_MAX_ATTEMPTS, VERA_JOB_RETRY_BACKOFF_S). ``checkpoint_max_bytes``: the largest checkpoint a worker
-        stores in the registry for another machine to resume from (VERA_JOB_CHECKPOINT_MAX_BYTES)."""
+        stores in the registry for another machine to resume from (VERA_JOB_CHECKPOINT_MAX_BYTES). ``time_limits``:
+        the seconds of training a job gets when it asks for none (None: no limit) and the most it may ask for
+        (VERA_JOB_DEFAULT_TIME_LIMIT_S, VERA_JOB_MAX_TIME_LIMIT_S)."""
+        self.default_time_limit_s, self.max_time_limit_s = time_limits
         self.registry, self.db, self.lease, self.base_models = registry, registry.db, lease, tuple(base_models)
         self.max_attempts, self.retry_backoff = max_attempts, retry_backoff
         self.checkpoints = JobCheckpoints(registry.db, registry.blobs, max_bytes=checkpoint_max_bytes)
+
+    def _time_limit(self, asked: float | None) -> float | None:
+        """What a job asking for ``asked`` seconds gets: the operator's default when it asks for none; over the
+        operator's maximum, refused."""
+        if asked is None:
+            return self.default_time_limit_s
+        if asked > self.max_time_limit_s:
+            raise InvalidInput(f"time_limit_s {asked:g} is above this registry's maximum of "
+                               f"{self.max_time_limit_s:g} s (VERA_JOB_MAX_TIME_LIMIT_S); ask for at most that, or "
+                               "fewer steps.")
+        return asked
 
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
@@ -77,6 +92,7 @@ class Jobs:
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
         audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given)."""
         _check_scheduling(priority, time_limit_s, gpus)
+        time_limit_s = self._time_limit(time_limit_s)
         ref = Ref.parse_adapter(target)
         check_name(owner, "Owner")
         if ref.owner != owner:

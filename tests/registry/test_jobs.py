@@ -248,6 +248,46 @@ def test_a_time_limit_stops_training_and_fails_the_job_saying_so(registry: Regis
     assert 0 < done.progress.get("step", 0) < 100_000
 
 
+def test_the_operator_default_and_maximum_time_limits(registry: Registry) -> None:
+    """VERA_JOB_DEFAULT_TIME_LIMIT_S is given to a job that asks for none (recorded, so its submitter sees it);
+    VERA_JOB_MAX_TIME_LIMIT_S refuses more; a job queued before the default was set gets it from the worker."""
+    from registry.worker import Worker
+
+    endless = {"demo": True, "r": 16, "training": {"max_steps": 100_000}}
+    before = Jobs(registry).submit(endless, owner="ann", target="ann/old")
+    assert before.time_limit_s is None
+    jobs = Jobs(registry, time_limits=(1.0, 7200.0))
+    assert jobs.submit(DEMO, owner="ann", target="ann/asks", time_limit_s=7200).time_limit_s == 7200
+    with pytest.raises(InvalidInput, match=r"time_limit_s 7201 is above this registry's maximum of 7200 s "
+                                           r"\(VERA_JOB_MAX_TIME_LIMIT_S\)"):
+        jobs.submit(DEMO, owner="ann", target="ann/greedy", time_limit_s=7201)
+    assert jobs.get(before.id).time_limit_s is None  # nothing rewritten in the queue
+    assert Worker(jobs, name="w", log=lambda line: None).run_once()
+    done = jobs.get(before.id)
+    assert done.status == "failed" and done.error is not None and "time limit of 1 s was reached" in done.error
+    assert 0 < done.progress.get("step", 0) < 100_000
+    defaulted = jobs.submit(DEMO, owner="ann", target="ann/new")
+    assert defaulted.time_limit_s == 1.0
+
+
+def test_time_limit_settings_are_checked_together(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from registry.bootstrap import job_queue
+    from registry.settings import Settings
+
+    monkeypatch.setenv("VERA_JOB_DEFAULT_TIME_LIMIT_S", "7200")
+    monkeypatch.setenv("VERA_JOB_MAX_TIME_LIMIT_S", "3600")
+    with pytest.raises(ValidationError, match="VERA_JOB_DEFAULT_TIME_LIMIT_S=7200 is above VERA_JOB_MAX_TIME_LIMIT_S"):
+        Settings()
+    monkeypatch.setenv("VERA_JOB_MAX_TIME_LIMIT_S", "86400")
+    settings = Settings()
+    assert (settings.job_default_time_limit_s, settings.job_max_time_limit_s) == (7200, 86400)
+    assert settings.environment()["VERA_JOB_DEFAULT_TIME_LIMIT_S"] == "7200.0"
+    queue = job_queue(registry, settings)
+    assert (queue.default_time_limit_s, queue.max_time_limit_s) == (7200, 86400)
+
+
 def test_a_cancelled_job_stops_after_the_step_it_is_on_not_at_its_next_heartbeat(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     """The heartbeat thread reads cancellation between heartbeats (Jobs.should_stop): with no heartbeat due for an
