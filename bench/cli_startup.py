@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import revisions  # noqa: E402 (bench/revisions.py, beside this script)
+
 from registry.client import RegistryClient  # noqa: E402
 from tests.registry.adapters import make_adapter  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
@@ -52,30 +55,22 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        trees = {"now": ROOT}
-        if args.before:
-            subprocess.run(["git", "worktree", "add", "--detach", str(root / "before"), args.before], cwd=ROOT,
-                           check=True, capture_output=True)
-            trees[args.before] = root / "before"
-        try:
-            with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
-                with RegistryClient(url, cache=False) as client:
-                    for i in range(5):
-                        client.publish(make_adapter(root / f"a{i}", seed=i), f"kim/fast{i}", base_model="tiny")
-                runs: dict[tuple[str, str], list[float]] = {}
-                for words in COMMANDS:  # once untimed: compiled modules written
-                    for tree in trees.values():
-                        timed([sys.executable, "-c", SCRIPT, *words, "--registry", url], tree)
-                for _ in range(args.runs):
-                    for words in COMMANDS:
-                        for label, tree in trees.items():
-                            command = [sys.executable, "-c", SCRIPT, *words, "--registry", url]
-                            runs.setdefault((" ".join(words), label), []).append(timed(command, tree))
-                    runs.setdefault(("python -c pass", "-"), []).append(
-                        timed([sys.executable, "-c", "pass"], ROOT))
-        finally:
-            if args.before:
-                subprocess.run(["git", "worktree", "remove", "--force", str(root / "before")], cwd=ROOT, check=False)
+        with revisions.trees(args.before, root) as trees, \
+                running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
+            with RegistryClient(url, cache=False) as client:
+                for i in range(5):
+                    client.publish(make_adapter(root / f"a{i}", seed=i), f"kim/fast{i}", base_model="tiny")
+            runs: dict[tuple[str, str], list[float]] = {}
+            for words in COMMANDS:  # once untimed: compiled modules written
+                for tree in trees.values():
+                    timed([sys.executable, "-c", SCRIPT, *words, "--registry", url], tree)
+            for _ in range(args.runs):
+                for words in COMMANDS:
+                    for label, tree in trees.items():
+                        command = [sys.executable, "-c", SCRIPT, *words, "--registry", url]
+                        runs.setdefault((" ".join(words), label), []).append(timed(command, tree))
+                runs.setdefault(("python -c pass", "-"), []).append(
+                    timed([sys.executable, "-c", "pass"], ROOT))
     load = os.getloadavg()[0]
     print(f"## {date.today()} — `vera` command start-up, {args.runs} runs each, alternated (bench/cli_startup.py"
           + (f" --before {args.before}" if args.before else "") + f"); load average {load:.2f} after\n")

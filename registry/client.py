@@ -21,7 +21,7 @@ import pybase64
 from registry.credentials import stored_token
 from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, RegistryError
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
-from registry.local_cache import CHUNK, LocalCache, cache_root, default_cache_dir, new_file, ref_key
+from registry.local_cache import LocalCache, cache_root, default_cache_dir, new_file, ref_key
 from registry.logs import HEADER, REQUEST_ID
 from registry.plain_http import IDEMPOTENT, PlainHttpTransport
 from vera_core.folders import write_adapter_files
@@ -110,17 +110,32 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
 
 #: The largest answer read whole (file lists of the largest adapters are a few MiB), and the largest error answer.
 MAX_ANSWER_BYTES, MAX_ERROR_BYTES = 64 << 20, 1 << 20
+#: The slowest average rate a download may keep, after its first ``timeout`` seconds: one trickled slower (a byte
+#: per read timeout would hold the caller for days) is cut off, and retried like a download that broke off.
+MIN_DOWNLOAD_BYTES_PER_S = 64 << 10
 
 
-def _read_capped(response: httpx.Response, limit: int, base: str) -> httpx.Response:
+class _TooSlow(httpx.ReadTimeout):
+    """A body that kept arriving, but too slowly to finish by its deadline (a transport error: retried as one)."""
+
+
+def _deadline_passed(deadline: float, what: str, request: httpx.Request) -> None:
+    if time.monotonic() > deadline:
+        raise _TooSlow(f"{what} was still arriving at its deadline; the server trickles it (or the network is far "
+                       "too slow).", request=request)
+
+
+def _read_capped(response: httpx.Response, limit: int, base: str, seconds: float) -> httpx.Response:
     """A streamed ``response`` read whole, as a response holding its body, or RegistryError once it passes
-    ``limit`` bytes (a server that is not the registry, or a broken one: nothing past the limit is read or kept)."""
-    pieces, size = [], 0
+    ``limit`` bytes (a server that is not the registry, or a broken one: nothing past the limit is read or kept),
+    or _TooSlow once it has taken more than ``seconds`` (each read has the timeout; this bounds them all)."""
+    pieces, size, deadline = [], 0, time.monotonic() + seconds
     for piece in response.iter_bytes():
         size += len(piece)
         if size > limit:
             raise RegistryError(f"{base} sent an answer of more than {limit:,} bytes to a request whose answer is "
                                 "at most a few MiB; it is not the registry's API, or it is broken.")
+        _deadline_passed(deadline, "The answer", response.request)
         pieces.append(piece)
     kept = [(k, v) for k, v in response.headers.multi_items()  # the body is whole and decoded now
             if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
@@ -225,7 +240,7 @@ class RegistryClient:
                                  PlainHttpTransport(), mounts={"https://": transport or _TlsWhenAsked()})
         root = default_cache_dir() if cache is None or cache is True else (Path(cache) if cache else None)
         self.cache = LocalCache(root) if root is not None else None
-        self.retries, self.backoff_s, self.inline = retries, backoff_s, inline
+        self.retries, self.backoff_s, self.inline, self.timeout = retries, backoff_s, inline, timeout
 
     def close(self) -> None:
         self.http.close()
@@ -239,9 +254,19 @@ class RegistryClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The whole answer (at most MAX_ANSWER_BYTES: a file list, an adapter's info; files come streamed)."""
-        with self._send(method, path, stream=True, **kwargs) as response:
-            return _read_capped(response, MAX_ANSWER_BYTES, self.url)
+        """The whole answer (at most MAX_ANSWER_BYTES: a file list, an adapter's info; files come streamed), read
+        within the timeout. An idempotent request whose answer broke off is sent again; one that trickled is not."""
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        for attempt in range(attempts):
+            try:
+                with self._send(method, path, stream=True, **kwargs) as response:
+                    return _read_capped(response, MAX_ANSWER_BYTES, self.url, self.timeout)
+            except httpx.TransportError as exc:  # while reading the body (_send reports its own as unavailable)
+                if attempt == attempts - 1 or isinstance(exc, _TooSlow):
+                    raise RegistryUnavailable(f"The registry at {self.url} did not send its whole answer "
+                                              f"({type(exc).__name__}: {exc}).") from exc
+                time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @contextlib.contextmanager
     def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -273,7 +298,7 @@ class RegistryClient:
                     time.sleep(wait)
                     continue
                 if response.status_code >= 400:
-                    _raise_for(_read_capped(response, MAX_ERROR_BYTES, self.url), self.url)
+                    _raise_for(_read_capped(response, MAX_ERROR_BYTES, self.url, self.timeout), self.url)
                 if response.headers.get("content-type", "").startswith("text/html"):  # the API never answers HTML
                     raise RegistryError(_not_the_api(self.url, "answered with an HTML page"))
                 yield response
@@ -423,6 +448,7 @@ class RegistryClient:
             except (httpx.TransportError, _LinkRefused) as exc:
                 if attempt == self.retries:
                     what = ("the object store refused its download link" if isinstance(exc, _LinkRefused)
+                            else "the download was too slow" if isinstance(exc, _TooSlow)
                             else "the download broke off")
                     raise RegistryUnavailable(f"{entry.name} of {ref}: {what} ({type(exc).__name__}: {exc}), "
                                               f"{attempt + 1} times; fetch again.") from exc
@@ -443,15 +469,18 @@ class RegistryClient:
     def _storage_http(self) -> httpx.Client:
         return httpx.Client(timeout=self.http.timeout, verify=_ssl_context())
 
-    @staticmethod
-    def _save(response: httpx.Response, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
+    def _save(self, response: httpx.Response, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
         digest, size = hashlib.sha256(), 0
+        deadline = time.monotonic() + self.timeout + entry.size / MIN_DOWNLOAD_BYTES_PER_S
         with new_file(path.parent, path) as out, _progress(entry.name, entry.size, progress) as bar:
-            for chunk in response.iter_raw(CHUNK):  # as sent: a body the server encoded fails the hash, undecoded
+            # each piece as it comes (the deadline is checked per piece), and as sent: a body the server encoded
+            # fails the hash, undecoded
+            for chunk in response.iter_raw():
                 size += len(chunk)
                 if size > entry.size:  # raised inside: the temporary file is removed; nothing past the size is kept
                     raise IntegrityError(f"{entry.name} of {ref} ran past the {entry.size:,} bytes the registry "
                                          "listed; the download was damaged or is not the registry's, fetch again.")
+                _deadline_passed(deadline, f"{entry.name} of {ref}", response.request)
                 digest.update(chunk)
                 out.write(chunk)
                 bar(len(chunk))

@@ -158,11 +158,12 @@ class _Body(httpx.SyncByteStream):
         # one piece of a compression bomb is not a gigabyte in memory
         chunk = ENCODED_READ_CHUNK if response.getheader("content-encoding") else READ_CHUNK
         try:
-            if response.length is not None and response.length <= chunk:
-                yield response.read()  # a small body of known length: one read (IncompleteRead if cut short)
-            else:
-                while piece := response.read(chunk):
-                    yield piece
+            # read1: each piece as it arrives (one system call), so that the caller can stop a body that trickles
+            # (read(n) would wait, read timeout after read timeout, until all n bytes came)
+            while piece := response.read1(chunk):
+                yield piece
+            if response.length == 0:
+                response.read()  # b"": read1 leaves a body read to its end open; read() marks it done
         except http.client.IncompleteRead as exc:
             raise _cut_short(self.request, exc.expected) from exc
         except TimeoutError as exc:

@@ -9,13 +9,14 @@ import gzip
 import http.server
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from registry.client import MAX_ANSWER_BYTES, RegistryClient
+from registry.client import MAX_ANSWER_BYTES, RegistryClient, RegistryUnavailable
 from registry.domain.errors import IntegrityError, InvalidInput, RegistryError
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
@@ -98,6 +99,48 @@ def test_a_download_stops_at_the_size_the_listing_gave(listing: dict[str, Any], 
             pytest.raises(IntegrityError, match="ran past the 10 bytes the registry listed"):
         client.fetch("ann/real:1", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder, no partial file beside it
+
+
+def _trickle(size: int, every_s: float, seen: list[float]) -> Answer:
+    """A body of ``size`` bytes sent a byte every ``every_s`` seconds: each read gets a byte well within its
+    timeout, so only a deadline over the whole body stops it. ``seen``: when each request came."""
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        seen.append(time.monotonic())
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        try:
+            for _ in range(size):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(every_s)
+        except OSError:  # the client hung up
+            pass
+    return answer
+
+
+def test_an_answer_that_trickles_is_cut_off_at_the_timeout_not_read_for_days(listing: dict[str, Any],
+                                                                            hostile: Any, tmp_path: Path) -> None:
+    """A byte every 50 ms of a 2,000-byte answer would take 100 s, and 2 MB over 120 s reads ~8 years; with a timeout
+    of 0.5 s the answer is given up after about that, once, as unavailable (not retried: trickling again would only
+    double the wait). A download listed at 2,000 bytes gets the same, plus a second per 64 KiB it lists."""
+    files = json.loads(json.dumps(listing["files"]))
+    for entry in files["files"]:
+        entry.update(url="/slow-file", size=2000, content=None)
+    answers: list[float] = []
+    url = hostile({"/api/v1/adapters/ann/real/versions/1/files": _json(files),
+                   "/api/v1/whoami": _trickle(2000, 0.05, answers), "/slow-file": _trickle(2000, 0.05, answers)})
+    with RegistryClient(url, cache=False, timeout=0.5, retries=2, backoff_s=0) as client:
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="did not send its whole answer .*still arriving at its deadl"):
+            client.whoami()
+        assert time.monotonic() - started < 5 and len(answers) == 1  # a bound, far under the 100 s of the trickle
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="the download was too slow .* 3 times; fetch again"):
+            client.fetch("ann/real:1", tmp_path / "out")
+        assert time.monotonic() - started < 15 and len(answers) == 4  # each download is retried: it may be the net
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_compressed_answer_is_not_asked_for_nor_decoded(listing: dict[str, Any], hostile: Any) -> None:
