@@ -255,7 +255,7 @@ def hub(info: VersionInfo) -> None:
 def built_file(url: str, token: str, ref: str, name: str, options: dict[str, bool]) -> bytes:
     """One file as the registry builds it; called only when its download button is clicked (on Streamlit's own
     thread, so it gets the connection as arguments, not from the session)."""
-    with RegistryClient(url, token, timeout=300) as c:
+    with session.connect(url, token, timeout=300) as c:
         return c.download(ref, name, with_projection=options.get("with_projection", False),
                           seed_only=options.get("seed_only", False), as_lora=options.get("as_lora", False))
 

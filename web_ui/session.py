@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import streamlit as st
 
 from registry.client import DEFAULT_URL, RegistryClient, RegistryUnavailable
-from registry.domain.errors import Forbidden, NotFound, RegistryError, Unauthorized
+from registry.domain.errors import Forbidden, InvalidInput, NotFound, RegistryError, Unauthorized
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -38,9 +38,27 @@ def settings() -> tuple[str, str]:
     return state["registry_url"], state["token"]
 
 
+def allowed_registries() -> frozenset[str] | None:
+    """The registries this dashboard may talk to: VERA_UI_REGISTRIES (comma-separated URLs; empty: none but the
+    default) and the default one, or None (unset): any, as a dashboard on one's own machine may. A dashboard that
+    others reach sets it, so that neither a link's ``?registry=`` nor the sidebar makes the dashboard's server send
+    requests wherever a visitor names (into the operator's network)."""
+    listed = os.environ.get("VERA_UI_REGISTRIES")
+    if listed is None:
+        return None
+    return frozenset({default_url(), *(url.strip().rstrip("/") for url in listed.split(",") if url.strip())})
+
+
+def connect(url: str, token: str, *, timeout: float = 60, retries: int = 3) -> RegistryClient:
+    """A client for the registry at ``url``; InvalidInput, sending nothing, for one this dashboard may not reach."""
+    if (problem := url_problem(url)) is not None:
+        raise InvalidInput(problem)
+    return RegistryClient(url, token, timeout=timeout, retries=retries)
+
+
 def client() -> RegistryClient:
     url, token = settings()
-    return RegistryClient(url, token, timeout=60)
+    return connect(url, token)
 
 
 def call(fn: Callable[[RegistryClient], T]) -> T:
@@ -53,7 +71,7 @@ def call(fn: Callable[[RegistryClient], T]) -> T:
 def _cached(url: str, token: str, name: str, _fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """A read through the client, cached for a few seconds per (registry, token, function ``name``, arguments);
     Streamlit does not hash ``_fn`` (its leading underscore), ``name`` stands for it."""
-    with RegistryClient(url, token, timeout=60) as c:
+    with connect(url, token) as c:
         return _fn(c, *args, **kwargs)
 
 
@@ -70,7 +88,7 @@ def read(fn: Callable[Concatenate[RegistryClient, P], T], *args: P.args, **kwarg
 @st.cache_data(ttl=3600, max_entries=200, show_spinner=False)
 def _kept(url: str, token: str, name: str, _fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """As _cached, kept an hour: for reads whose arguments pin content that does not change."""
-    with RegistryClient(url, token, timeout=60) as c:
+    with connect(url, token) as c:
         return _fn(c, *args, **kwargs)
 
 
@@ -131,18 +149,24 @@ def show_error(exc: RegistryError) -> None:
 
 
 def url_problem(url: str) -> str | None:
-    """What is wrong with a registry URL before any request is sent (a missing http://), or None."""
-    if url.startswith(("http://", "https://")):
+    """What is wrong with a registry URL before any request is sent (a missing http://, a registry this dashboard
+    may not reach: allowed_registries), or None."""
+    if not url.startswith(("http://", "https://")):
+        return (f"The registry URL {url!r} does not start with http:// or https://. Add it in the sidebar, e.g. "
+                f"http://{url.removeprefix('//') or '127.0.0.1:8765'}")
+    allowed = allowed_registries()
+    if allowed is None or url in allowed:
         return None
-    return (f"The registry URL {url!r} does not start with http:// or https://. Add it in the sidebar, e.g. "
-            f"http://{url.removeprefix('//') or '127.0.0.1:8765'}")
+    return (f"This dashboard talks only to {', '.join(sorted(allowed))} (VERA_UI_REGISTRIES, set by whoever runs it), "
+            f"not to {url[:200]}. Set one of those in the sidebar, or run your own dashboard for another registry: "
+            "`vera ui --registry URL`.")
 
 
 def registry_problem(url: str, token: str) -> str | None:
     """Why the server at ``url`` is not a vera registry (its ``/health`` does not answer ``{"status": "ok"}``), or
     None when it answers like one or cannot be reached at all (show_error says that)."""
     try:
-        with RegistryClient(url, token, timeout=10, retries=0) as c:
+        with connect(url, token, timeout=10, retries=0) as c:
             answer = c.health()
     except RegistryUnavailable:
         return None

@@ -99,8 +99,8 @@ def serve_model(
                 access_log=False, ws="none")
 
 
-def _check_free(port: int, option: str, *, other: str = "") -> None:
-    """Exit, naming ``option``, when something already listens on 127.0.0.1:``port``: before anything starts, so
+def _check_free(port: int, option: str, *, other: str = "", host: str = "127.0.0.1") -> None:
+    """Exit, naming ``option``, when something already listens on ``host``:``port``: before anything starts, so
     that nothing is announced that will not run."""
     import errno
     import socket
@@ -108,25 +108,26 @@ def _check_free(port: int, option: str, *, other: str = "") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Streamlit bind
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError as exc:
             why = "is taken (another `vera up`, or another program)" if exc.errno == errno.EADDRINUSE else \
                 f"cannot be used ({exc.strerror})"
-            fail(InvalidInput(f"Port {port} on 127.0.0.1 {why}: pass {option} with a free port{other}."))
+            fail(InvalidInput(f"Port {port} on {host} {why}: pass {option} with a free port{other}."))
 
 
-def _dashboard(port: int, registry_url: str, option: str = "--port", other: str = "") -> subprocess.Popen[bytes]:
-    """Start the Streamlit dashboard (a child process) against ``registry_url``; a port taken exits, naming the
-    command's ``option`` for it (and ``other`` ways out)."""
+def _dashboard(port: int, registry_url: str, option: str = "--port", other: str = "", *,
+               host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """Start the Streamlit dashboard (a child process) against ``registry_url`` on ``host``; a port taken exits,
+    naming the command's ``option`` for it (and ``other`` ways out)."""
     import importlib.util
 
     import web_ui
 
     if importlib.util.find_spec("streamlit") is None:
         fail(InvalidInput("The dashboard needs its extra: pip install 'vera-registry[ui]' (or run `vera up --no-ui`)."))
-    _check_free(port, option, other=other)
+    _check_free(port, option, other=other, host=host)
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
     return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -145,12 +146,24 @@ def _die_with_parent() -> None:
 def ui(
     port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
     registry: RegistryUrl = None,
+    host: Annotated[str, typer.Option(help="Bind address. On any non-loopback address the dashboard talks only to "
+                                           "its registry unless VERA_UI_REGISTRIES lists more.")] = "127.0.0.1",
 ) -> None:
-    """The dashboard (Streamlit) on http://127.0.0.1:PORT, talking to the registry's API."""
+    """The dashboard (Streamlit) on http://HOST:PORT, talking to the registry's API."""
+    from registry.api import is_loopback
+
     with RegistryClient(registry, "") as client:
         url = client.url
-    console.print(f"dashboard on http://127.0.0.1:{port} for the registry at {url}")
-    process = _dashboard(port, url)
+    shared = not is_loopback(host)
+    if shared and "VERA_UI_REGISTRIES" not in os.environ:
+        os.environ["VERA_UI_REGISTRIES"] = ""  # visitors must not point the dashboard's server anywhere they like
+        console.print(f"note: others can reach {host}: the dashboard talks only to {url} (list more in "
+                      "VERA_UI_REGISTRIES)")
+    if shared and os.environ.get("VERA_TOKEN"):
+        console.print("note: VERA_TOKEN is set: every visitor reads and acts with that token. Unset it to have "
+                      "each paste their own in the sidebar, or give the dashboard a read-only token.")
+    console.print(f"dashboard on http://{host}:{port} for the registry at {url}")
+    process = _dashboard(port, url, host=host)
     try:
         raise typer.Exit(process.wait())
     finally:

@@ -20,6 +20,7 @@ from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
+from registry.domain.errors import InvalidInput
 from registry.domain.training_spec import training_spec
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
@@ -420,6 +421,18 @@ def test_vera_ui_serves_the_dashboard_for_a_given_registry(registry: dict[str, A
         assert page.status_code == 200 and "<title>Streamlit</title>" in page.text
 
 
+def test_vera_ui_on_a_shared_address_limits_the_dashboard_to_its_registry(registry: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "ui.log"
+    with running_vera(["ui", "--port", str(port), "--registry", registry["url"], "--host", "0.0.0.0"], port,
+                      health="/_stcore/health", log_path=log, VERA_TOKEN="a-read-token") as url:
+        assert httpx.get(url, timeout=10).status_code == 200
+        said = " ".join(log.read_text().split())
+    assert f"note: others can reach 0.0.0.0: the dashboard talks only to {registry['url']}" in said
+    assert "note: VERA_TOKEN is set: every visitor reads and acts with that token" in said
+    assert f"dashboard on http://0.0.0.0:{port}" in said
+
+
 def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         at = page("browse", {"url": url, "token": ""})
@@ -481,6 +494,50 @@ def test_a_server_that_is_not_a_registry_is_named_as_such(not_a_registry: str, n
     assert "Set the registry's API URL in the sidebar" in shown and "cannot be reached" not in shown
     assert "<" not in shown and "\\n" not in shown  # an HTML page is named, never quoted
     assert "(this dashboard's default: http://127.0.0.1:18865)" in shown
+
+
+def test_a_dashboard_others_reach_talks_only_to_the_registries_its_operator_listed(
+        registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """VERA_UI_REGISTRIES (set, even empty, by `vera ui --host` on a shared address): a link's ``?registry=``, or
+    the sidebar, naming another server gets a message, and that server gets no request from the dashboard (which
+    would otherwise fetch any address a visitor names, inside the operator's network). Listed, it is reached."""
+    asked: list[str] = []
+
+    class Recording(_NotARegistry):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    inside = f"http://127.0.0.1:{server.server_address[1]}"
+    app = str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py")
+    try:
+        monkeypatch.setenv("VERA_UI_REGISTRIES", "")
+        linked = AppTest.from_file(app, default_timeout=60)
+        linked.query_params.update({"registry": inside})
+        linked.run()
+        assert not linked.exception
+        assert f"This dashboard talks only to {registry['url']} (VERA_UI_REGISTRIES" in texts(linked)
+        assert f"not to {inside}. Set one of those in the sidebar" in texts(linked)
+        linked.sidebar.text_input(key="sidebar_url").set_value(inside + "/").run()  # typed: the same refusal
+        assert not linked.exception and "This dashboard talks only to" in texts(linked)
+        with pytest.raises(InvalidInput, match="talks only to"):  # and no other way through the session
+            session.connect(inside, "")
+        assert asked == []
+        default = AppTest.from_file(app, default_timeout=60).run()  # its own registry works as ever
+        assert not default.exception and default.title[0].value == "Adapters"
+
+        monkeypatch.setenv("VERA_UI_REGISTRIES", f" {inside}/ , http://elsewhere:1")
+        assert session.allowed_registries() == {registry["url"], inside, "http://elsewhere:1"}
+        listed = AppTest.from_file(app, default_timeout=60)
+        listed.query_params.update({"registry": inside})
+        listed.run()
+        assert not listed.exception and f"{inside} answered, but it is not a vera registry" in texts(listed)
+        assert asked  # reached
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> None:
