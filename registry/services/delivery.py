@@ -107,10 +107,18 @@ def check_target(url: object, *, allow_private: bool) -> str:
 
 def allowed_addresses(url: httpx.URL, *, allow_private: bool) -> list[str]:
     """Every address ``url``'s host resolves to, each checked (``check_address``): one lookup, for the check and
-    for whatever connects to them."""
-    addresses = resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
-    for address in addresses:
-        check_address(url.host, address, allow_private=allow_private)
+    for whatever connects to them. Where inside addresses are refused, a name that does not resolve and one that
+    resolves inside get the same answer: otherwise saving webhooks would map which inside names exist."""
+    try:
+        addresses = resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
+        for address in addresses:
+            check_address(url.host, address, allow_private=allow_private)
+    except InvalidInput:
+        if allow_private:
+            raise
+        raise InvalidInput(f"The webhook host {url.host!r} does not resolve to a public address; webhooks go to "
+                           "public addresses only. Check the URL; for a receiver on the registry's own network, the "
+                           "operator sets VERA_WEBHOOK_ALLOW_PRIVATE=true.") from None
     return addresses
 
 

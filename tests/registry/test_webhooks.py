@@ -309,6 +309,21 @@ def test_check_target_checks_every_address() -> None:
     assert check_target("http://localhost:1/", allow_private=True) == "http://localhost:1/"
 
 
+def test_a_name_that_does_not_resolve_and_one_that_resolves_inside_are_refused_alike() -> None:
+    """Otherwise saving webhooks maps the operator's network: which inside names exist (session 13's attack round).
+    Where the operator allows the inside, the refusal says which it was."""
+    refusals = []
+    for host in ("localhost", "no-such-host.invalid", "169.254.169.254"):
+        with pytest.raises(InvalidInput) as refused:
+            check_target(f"http://{host}:9/x", allow_private=False)
+        refusals.append(str(refused.value).replace(repr(host), "HOST"))
+    assert refusals == ["The webhook host HOST does not resolve to a public address; webhooks go to public addresses "
+                        "only. Check the URL; for a receiver on the registry's own network, the operator sets "
+                        "VERA_WEBHOOK_ALLOW_PRIVATE=true."] * 3
+    with pytest.raises(InvalidInput, match="'no-such-host.invalid' does not resolve \\("):
+        check_target("http://no-such-host.invalid/x", allow_private=True)
+
+
 def test_two_dispatchers_on_one_database_send_each_event_once(registry: Registry, receiver: Receiver) -> None:
     """Several API processes share a database: each event is enqueued and sent once, whoever claims it (SQLite and
     PostgreSQL, dispatchers racing in threads)."""
