@@ -138,6 +138,13 @@ class AdapterBank:
             raise AdapterFormatError(
                 f"Adapter {name!r} does not fit this bank's base model: {problem}it was trained on another base."
             )
+        for key, tensor in self.model.peft_extras(files.tensors)[1].items():
+            weight = self.model.base_weight_at(key)
+            if not torch.equal(tensor.to(weight.device, weight.dtype), weight):
+                raise AdapterFormatError(
+                    f"Adapter {name!r} carries its own base weight {key!r} (PEFT's save_embedding_layers: a resized "
+                    "vocabulary), unlike this bank's base model, which every adapter of a bank shares. Load it on "
+                    "its own with load_adapter().")
 
     def _differences(self, files: AdapterFiles) -> list[str]:
         """What differs between the adapter and what this bank was built for, each as expected / found."""

@@ -378,6 +378,14 @@ def load_adapter(
                 model.projection.vera_A.copy_(a)
                 model.projection.vera_B.copy_(b)
     else:
+        recorded, needed = files.spec, model.spec
+        trained = None if recorded is None else (recorded.r, recorded.max_in, recorded.max_out)
+        if trained is not None and trained != (needed.r, needed.max_in, needed.max_out):  # no seed is at fault
+            raise AdapterFormatError(
+                f"The adapter was trained with a projection of (r, max_in, max_out) = {trained}, and this base "
+                f"model's adapted layers need {(needed.r, needed.max_in, needed.max_out)}: the adapter was made for "
+                "another base model (its layers are of other sizes) or another set of target modules. Load it on "
+                "the base it was trained on.")
         _check_fingerprint(files, *regenerated)
     model.load_adapter_state_dict(files.tensors)
     if not is_trainable:

@@ -6,6 +6,7 @@ Each field is documented once, here, with the reason for its default.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,21 +34,25 @@ _BIAS_MODES = ("none", "all", "vera_only")
 _MAX_KEY = 2**64 - 1
 
 #: Default targets when ``target_modules`` is None, by transformers ``model_type`` (PEFT's LoRA/VeRA mapping).
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "distilbert": ["q_lin", "v_lin"],
-    "gpt2": ["c_attn"],
-    "gpt_neox": ["query_key_value"],
-    "opt": ["q_proj", "v_proj"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "phi": ["q_proj", "v_proj"],
-    "t5": ["q", "v"],
+DEFAULT_TARGETS: dict[str, list[str] | str] = {  # PEFT 0.21.2's TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
+    "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
+    "bloom": ["query_key_value"], "blip-2": ["q", "v", "q_proj", "v_proj"], "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"], "gpt_neo": ["q_proj", "v_proj"],
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
+    "layoutlm": ["query", "value"], "llama": ["q_proj", "v_proj"], "llama4": ["q_proj", "v_proj"],
+    "chatglm": ["query_key_value"], "gpt_bigcode": ["c_attn"], "mpt": ["Wqkv"],
+    "RefinedWebModel": ["query_key_value"], "RefinedWeb": ["query_key_value"], "falcon": ["query_key_value"],
+    "btlm": ["c_proj", "c_attn"], "codegen": ["qkv_proj"], "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"], "stablelm": ["q_proj", "v_proj"], "phi": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"],
+    "gemma4": r".*language_model\..*\.(q_proj|v_proj)", "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"], "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "rwkv": ["key", "value", "receptance", "output"], "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
+    "distilbert": ["q_lin", "v_lin"],  # vera_core's own addition
 }
+#: PEFT's shorthand for every linear layer but the output layer (INCLUDE_LINEAR_LAYERS_SHORTHAND).
+ALL_LINEAR = "all-linear"
 
 #: ``task_type`` values PEFT knows; sequence classification adds the head to ``modules_to_save`` like PEFT does.
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
@@ -63,6 +68,10 @@ def _check_count(names: object, what: str) -> None:
     if not isinstance(names, list | tuple | set) or len(names) > MAX_MODULE_NAMES:
         size = len(names) if isinstance(names, list | tuple | set) else type(names).__name__
         raise VeraConfigError(f"{what} must be a list of at most {MAX_MODULE_NAMES:,} module names, got {size}.")
+
+
+#: Keys of PEFT's adapter_config.json that say nothing about the adapter itself.
+PEFT_BOOKKEEPING = frozenset({"auto_mapping", "peft_type", "peft_version"})
 
 
 @dataclass
@@ -217,6 +226,12 @@ class VeraConfig:
                                   "projection_generator; the file was edited or truncated.")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
+        ignored = sorted(k for k, v in data.items() if k not in names and k not in PEFT_BOOKKEEPING and v is not None)
+        if ignored:
+            warnings.warn(f"adapter_config.json sets {', '.join(ignored)[:300]}, which this vera_core does not know "
+                          f"(written by a newer PEFT?, peft_version {data.get('peft_version')!r}): ignored. If it "
+                          "changes which layers are adapted or how, the adapter will not load or compute as it did "
+                          "there.", stacklevel=2)
         kwargs.setdefault("projection_generator", PEFT_GENERATOR)
         try:
             return cls(**kwargs)

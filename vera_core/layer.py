@@ -13,6 +13,7 @@ Both give the same outputs and gradients within float32 rounding (tests/vera_cor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -60,6 +61,23 @@ class Routing:
         return ax
 
 
+def _apply_keeping_float32(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool,
+                           names: tuple[str, ...]) -> None:
+    """``nn.Module._apply`` (what ``to()``, ``cuda()``, ``half()`` run), except that the tensors ``names`` keep
+    their float32 values when ``fn`` casts: they move to the device it moved them to, never through a rounding
+    (a model cast to bfloat16 after wrapping would otherwise train and save rounded projections, whose fingerprint
+    no seed reproduces)."""
+    before = {name: tensor.data for name in names if (tensor := getattr(module, name)) is not None}
+    nn.Module._apply(module, fn, recurse)  # type: ignore[no-untyped-call]  # untyped in torch
+    for name, kept in before.items():
+        now = getattr(module, name)
+        if now.dtype != kept.dtype:
+            if isinstance(now, nn.Parameter):
+                now.data = kept.to(now.device)
+            else:
+                module._buffers[name] = kept.to(now.device)
+
+
 class SharedProjection(nn.Module):
     """The ONE pair of frozen matrices shared by every adapted layer, float32, sized to the largest layer."""
 
@@ -76,6 +94,11 @@ class SharedProjection(nn.Module):
     @property
     def r(self) -> int:
         return int(self.vera_A.shape[0])
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> SharedProjection:
+        """Moves with the model; stays float32 whatever the model is cast to."""
+        _apply_keeping_float32(self, fn, recurse, ("vera_A", "vera_B"))
+        return self
 
     def sliced(self, n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A[:, :n_in] (r, n_in) and B[:n_out, :] (n_out, r) on ``device``."""
@@ -156,6 +179,11 @@ class VeraLinear(nn.Module):
         self.register_buffer("bank_b", None, persistent=False)
 
     projection: SharedProjection
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> VeraLinear:
+        """The base layer converts as asked; the vectors move with it and stay float32."""
+        _apply_keeping_float32(self, fn, recurse, ("vera_lambda_d", "vera_lambda_b", "bank_d", "bank_b"))
+        return self
 
     @property
     def base_weight(self) -> torch.Tensor:

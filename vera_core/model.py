@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,10 +16,31 @@ from torch import nn
 from vera_core.config import VeraConfig
 from vera_core.distributed import refuse_sharded
 from vera_core.errors import AdapterFormatError, VeraError
-from vera_core.keys import PEFT_PREFIX, PROJECTION_KEYS
+from vera_core.keys import PEFT_PREFIX, PROJECTION_KEYS, module_path
 from vera_core.layer import ComputeStrategy, SharedProjection, VeraLinear, is_conv1d, layer_shape
 from vera_core.projection import ProjectionSpec, fingerprint, generate
 from vera_core.targets import find_targets, resolve_targets
+
+#: Targeted layers whose base weight PEFT also stores in the adapter (its save_embedding_layers="auto"): a
+#: vocabulary may have been resized for them.
+EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
+BASE_WEIGHT = ".base_layer.weight"
+#: PEFT's key of a head's trained copy inside its ModulesToSaveWrapper (``<head>.modules_to_save.<adapter>.``),
+#: which bias="all" also saves, beside the head's plain keys.
+_WRAPPED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.")
+
+
+def _own_config(config: object) -> VeraConfig:
+    """``config``, or a ``peft.VeraConfig`` read as its adapter_config.json would be (PEFT's generator)."""
+    if isinstance(config, VeraConfig):
+        return config
+    to_dict = getattr(config, "to_dict", None)
+    if not callable(to_dict):
+        raise VeraError(f"VeraModel needs a vera_core.VeraConfig (or PEFT's VeraConfig); got {type(config).__name__}.")
+    data = dict(to_dict())
+    if isinstance(data.get("target_modules"), set | frozenset):
+        data["target_modules"] = sorted(data["target_modules"])
+    return VeraConfig.from_peft_dict(data)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -48,6 +71,9 @@ class VeraModel(nn.Module):
         strategy: ComputeStrategy = "auto",
     ) -> None:
         super().__init__()
+        config = _own_config(config)
+        if config.base_model_name_or_path is None:  # as PEFT records it: where the base came from (Auto* loaders)
+            config = config.replace(base_model_name_or_path=getattr(model, "name_or_path", None) or None)
         config = resolve_targets(model, config)
         targets = list(find_targets(model, config))
         config = self._check_fan_in_fan_out(config, targets)
@@ -160,6 +186,49 @@ class VeraModel(nn.Module):
     # ---- introspection -------------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """What the wrapped model has (``generate``, ``device``, ``config``, ``gradient_checkpointing_enable``...),
+        as PEFT's PeftModel forwards it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("model", "_originals", "_slots") or "model" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self.__dict__["_modules"]["model"], name)
+
+    # ---- PeftModel's names for what a VeraModel does --------------------------------------------------------
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model, with the VeRA layers in it (PEFT's ``get_base_model``)."""
+        return self.model
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), as PEFT counts them."""
+        return self.num_trainable_parameters(), sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / total:.4f}")
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *, safe_serialization: bool = True,
+                        save_projection: bool | None = None) -> None:
+        """``vera_core.save_adapter`` under PEFT's name; safetensors only (never a pickle)."""
+        from vera_core.checkpoint import save_adapter
+
+        if not safe_serialization:
+            raise VeraError("vera_core writes safetensors only (a pickle would run code when loaded); leave "
+                            "safe_serialization=True.")
+        save_adapter(self, save_directory, save_projection=save_projection)
+
+    def unload(self) -> nn.Module:
+        """The base model without the VeRA layers and without merging them (PEFT's ``unload``); the trained heads
+        and biases stay in, as with ``merge_and_unload``."""
+        self._refuse_inside_disable("unload()")
+        for name, layer in list(self.named_vera_layers()):
+            layer.unmerge()
+            _set_submodule(self.model, name, layer.base_layer)
+        return self.model
 
     def vera_layers(self) -> Iterator[VeraLinear]:
         for module in self.model.modules():
@@ -280,8 +349,50 @@ class VeraModel(nn.Module):
         keep = self.config.save_projection if save_projection is None else save_projection
         return {k: v.detach().to("cpu").contiguous() for k, v in self._adapter_tensors(keep_projection=keep).items()}
 
+    def peft_extras(self, tensors: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(the adapter's own tensors, base weights) of what PEFT saved, as PEFT's loader reads it: the base weight
+        of a targeted ``lm_head`` / ``embed_tokens`` (saved with save_embedding_layers) is a base weight to load;
+        with bias="all", PEFT also saves a head's biases under its wrapper's keys, the trained copy
+        (``<head>.modules_to_save.default.<...>``, the same tensor as the head's own key) and the frozen original
+        (``<head>.original_module.<...>``, the base's own): both are left out."""
+        layers = {name for name, _ in self.named_vera_layers() if name.rpartition(".")[2] in EMBEDDING_LAYER_NAMES}
+        adapter: dict[str, torch.Tensor] = {}
+        base: dict[str, torch.Tensor] = {}
+        for key, tensor in tensors.items():
+            if ".original_module." in key:
+                continue
+            if (wrapped := _WRAPPED_COPY.search(key)) is not None:
+                plain = key[:wrapped.start()] + "." + key[wrapped.end():]
+                if plain in tensors:
+                    continue
+                key = plain
+            if key.endswith(BASE_WEIGHT) and module_path(key, BASE_WEIGHT) in layers:
+                base[key] = tensor
+            else:
+                adapter[key] = tensor
+        return adapter, base
+
+    def base_weight_at(self, key: str) -> torch.Tensor:
+        """The base weight a PEFT key ``<prefix><layer>.base_layer.weight`` of an adapted layer names."""
+        layer = self.model.get_submodule(module_path(key, BASE_WEIGHT))
+        assert isinstance(layer, VeraLinear), key  # peft_extras keeps only keys of adapted layers
+        return layer.base_weight
+
+    def _base_weight_mismatch(self, base: dict[str, torch.Tensor]) -> str | None:
+        for key, tensor in sorted(base.items()):
+            weight = self.base_weight_at(key)
+            if tuple(tensor.shape) != tuple(weight.shape):
+                return (f"it stores the base weight {key!r} (PEFT's save_embedding_layers) with shape "
+                        f"{tuple(tensor.shape)} but this model's is {tuple(weight.shape)}: resize the base model's "
+                        "embeddings to the adapter's vocabulary first (resize_token_embeddings); ")
+        return None
+
     def adapter_mismatch(self, tensors: dict[str, torch.Tensor]) -> str | None:
         """Why ``tensors`` (PEFT keys, projections ignored) do not fit this model's adapter, or None if they do."""
+        tensors, base = self.peft_extras(tensors)
+        if (problem := self._base_weight_mismatch(base)) is not None:
+            return problem
         expected = self._adapter_tensors(keep_projection=False)
         present = set(tensors) - set(PROJECTION_KEYS)
         missing, unexpected = sorted(set(expected) - present), sorted(present - set(expected))
@@ -295,7 +406,8 @@ class VeraModel(nn.Module):
         return None
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load vectors, biases and heads from PEFT-format keys; every expected key must be there, and no other.
+        """Load vectors, biases and heads from PEFT-format keys; every expected key must be there, and no other
+        (beyond what ``peft_extras`` reads: a targeted embedding layer's base weight is loaded into the base model).
 
         Everything is checked before anything is copied, so a refused adapter leaves the model as it was.
         """
@@ -305,8 +417,12 @@ class VeraModel(nn.Module):
                 f"The adapter's tensors do not fit this model: {problem}check that target_modules, modules_to_save "
                 "and bias match the base model it was trained on, and the rank."
             )
+        tensors, base = self.peft_extras(tensors)
         targets = self._adapter_tensors(keep_projection=False)
         with torch.no_grad():
             for key, target in targets.items():
                 target.copy_(tensors[key].to(target.dtype))
+            for key, tensor in base.items():  # into the base model, as PEFT's loader does
+                weight = self.base_weight_at(key)
+                weight.copy_(tensor.to(weight.dtype))
 

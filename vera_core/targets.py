@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from vera_core.config import DEFAULT_TARGETS, VeraConfig
+from vera_core.config import ALL_LINEAR, DEFAULT_TARGETS, VeraConfig
 from vera_core.errors import TargetError
 from vera_core.layer import layer_shape
 from vera_core.patterns import compile_pattern, layer_index_pattern
@@ -53,16 +53,27 @@ def matches_target(config: VeraConfig, name: str) -> bool:
 
 
 def resolve_targets(model: nn.Module, config: VeraConfig) -> VeraConfig:
-    """Fill in ``target_modules`` from the model type when it is None, as PEFT does."""
+    """Fill in ``target_modules`` as PEFT does: from the model type when it is None; "all-linear" as the names of
+    every linear layer but the output layer (and the heads of modules_to_save)."""
+    if config.target_modules == ALL_LINEAR:
+        find_output = getattr(model, "get_output_embeddings", None)
+        output = find_output() if callable(find_output) else None
+        names = {name.rpartition(".")[2] for name, module in model.named_modules()
+                 if name and module is not output and layer_shape(module) is not None
+                 and not is_module_to_save(config, name)}
+        if not names:
+            raise TargetError(f"target_modules='all-linear' found no linear layer in this {type(model).__name__}.")
+        return config.replace(target_modules=sorted(names))
     if config.target_modules is not None:
         return config
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in DEFAULT_TARGETS:
         raise TargetError(
             f"target_modules is None and there is no default for model type {model_type!r}; "
-            "set target_modules, e.g. ['q_proj', 'v_proj'] or a regex such as r'.*\\.(query|value)'."
+            "set target_modules, e.g. ['q_proj', 'v_proj'], 'all-linear', or a regex such as r'.*\\.(query|value)'."
         )
-    return config.replace(target_modules=list(DEFAULT_TARGETS[model_type]))
+    default = DEFAULT_TARGETS[model_type]
+    return config.replace(target_modules=default if isinstance(default, str) else list(default))
 
 
 def find_targets(model: nn.Module, config: VeraConfig) -> Iterator[tuple[str, nn.Module]]:
@@ -84,4 +95,7 @@ def find_targets(model: nn.Module, config: VeraConfig) -> Iterator[tuple[str, nn
             f"target_modules={config.target_modules!r} matched no module of this {type(model).__name__}. "
             f"Its linear layers are named {', '.join(leaves) or '(none)'} (last part of the module path); "
             "pass some of those names, or a regex over full module paths."
+            + (f" layers_to_transform={config.layers_to_transform!r} (layers_pattern={config.layers_pattern!r}) "
+               "kept only those layer indices: check that the model has them."
+               if config.layers_to_transform not in (None, []) and isinstance(config.target_modules, list) else "")
         )

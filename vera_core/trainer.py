@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from vera_core import distributed, numerics
 from vera_core import training_checkpoints as checkpoints
 from vera_core.callbacks import TrainerCallback
-from vera_core.checkpoint import save_adapter
+from vera_core.checkpoint import CONFIG_NAME, read_adapter, save_adapter
 from vera_core.data import Example, Task
 from vera_core.distributed import DistributedMode
 from vera_core.errors import VeraConfigError
@@ -122,6 +122,12 @@ class TrainingArguments:
             raise VeraConfigError(f"save_total_limit must be at least 1 (the checkpoint a resume needs), got "
                                   f"{self.save_total_limit!r}.")
         distributed.check_mode(self.distributed)
+
+
+#: Training arguments a resume may change, with a warning (the rest either cannot matter to what was trained, such
+#: as where checkpoints go, or are refused: Trainer._check_same_run).
+_RESUME_MAY_CHANGE = ("lr", "head_lr", "weight_decay", "head_weight_decay", "warmup_ratio", "schedule",
+                      "max_grad_norm", "gradient_accumulation_steps", "precision")
 
 
 @dataclass
@@ -239,6 +245,11 @@ class Trainer:
         if set(tensors) != set(params):
             raise VeraConfigError("The checkpoint's trainable tensors do not match this model's; "
                                   "resume with the same model and VeRA settings it was saved with.")
+        for name, value in tensors.items():
+            if value.shape != params[name].shape:
+                raise VeraConfigError(f"The checkpoint's {name} has shape {tuple(value.shape)} and this model's "
+                                      f"{tuple(params[name].shape)}; resume with the same model and VeRA settings "
+                                      "it was saved with.")
         for name, value in tensors.items():
             params[name].copy_(value)
 
@@ -511,6 +522,37 @@ class Trainer:
         if path.joinpath("best.safetensors").exists():
             self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
 
+    def _check_same_run(self, path: Path, saved_args: dict[str, Any]) -> None:
+        """What a resume must not change, refused: the projection the vectors were trained against (seed,
+        generator, rank, and through its fingerprint the layer shapes) and what the position in the epoch counts
+        (the batch order: batch size and seed). Other training arguments that differ are said in a warning."""
+        again = "; resume with the settings it was saved with, or start over without resuming (no --resume)."
+        if isinstance(self.model, VeraModel) and path.joinpath(CONFIG_NAME).is_file():
+            saved, ours = read_adapter(path), self.model
+            for label, theirs, mine in (("r", saved.config.r, ours.config.r),
+                                        ("projection_prng_key (--projection-seed)", saved.config.projection_prng_key,
+                                         ours.config.projection_prng_key),
+                                        ("projection_generator (--generator)", saved.config.projection_generator,
+                                         ours.config.projection_generator)):
+                if theirs != mine:
+                    raise VeraConfigError(f"The checkpoint {path} was trained with {label}={theirs!r} and this run "
+                                          f"has {mine!r}: its vectors fit only that projection{again}")
+            recorded = saved.recorded_fingerprint
+            if recorded is not None and recorded != ours.projection_fingerprint():
+                raise VeraConfigError(f"The checkpoint {path} was trained against the projection with fingerprint "
+                                      f"{recorded[:16]}..., and this model's is {ours.projection_fingerprint()[:16]}"
+                                      f"... (another base model or other target layers){again}")
+        for name in ("batch_size", "seed"):
+            if name in saved_args and saved_args[name] != getattr(self.args, name):
+                raise VeraConfigError(f"The checkpoint {path} was trained with {name}={saved_args[name]!r} and this "
+                                      f"run has {getattr(self.args, name)!r}: its place in the epoch counts batches "
+                                      f"of that order{again}")
+        changed = [f"{name} {saved_args[name]!r} -> {getattr(self.args, name)!r}" for name in _RESUME_MAY_CHANGE
+                   if name in saved_args and saved_args[name] != getattr(self.args, name)]
+        if changed:
+            warnings.warn(f"Resuming {path} with other training arguments than it was saved with: "
+                          f"{', '.join(changed)}.", stacklevel=3)
+
     def _check_resumable(self, path: Path, saved: dict[str, Any]) -> None:
         step, total = saved["state"]["step"], self.state.total_steps
         if step > total:
@@ -521,6 +563,7 @@ class Trainer:
                 f"({asked}): pass max_steps >= {step} (vera train --max-steps {step} or more) to continue it, or "
                 "start over without resuming (no --resume)."
             )
+        self._check_same_run(path, saved["args"])
         processes = saved.get("world_size", 1)
         if processes != self.world.size:
             raise VeraConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,13 @@ from tests.conftest import TINY_MODELS, TinyModel, output_of
 from vera_core import (
     PEFT_GENERATOR,
     PORTABLE_GENERATOR,
+    AdapterFormatError,
     PeftIncompatibleError,
     VeraConfig,
     VeraModel,
     export_peft,
     load_adapter,
+    read_adapter,
     save_adapter,
 )
 
@@ -178,3 +181,58 @@ def test_half_precision_base_with_a_seed_only_adapter_peft_rounds_the_projection
         ours.projection.vera_A.copy_(ours.projection.vera_A.to(dtype).float())
         ours.projection.vera_B.copy_(ours.projection.vera_B.to(dtype).float())
     assert torch.equal(output_of(ours, inputs), want)
+
+
+def test_what_peft_saves_beside_the_adapter_loads_as_peft_loads_it(tmp_path: Path) -> None:
+    """Two layouts PEFT 0.21.2 writes with plain save_pretrained that were refused as "unexpected" keys (a PEFT
+    user's walk, session 14): a targeted lm_head also stores its base weight (save_embedding_layers="auto"), which
+    loads into the base model; bias="all" with a head also stores the head's biases under its wrapper's keys
+    (``modules_to_save.default.`` and ``original_module.``), which are the head's own and the base's."""
+    from tests.conftest import TINY_MODELS
+
+    llama, roberta = (next(m for m in TINY_MODELS if m.name == name) for name in ("llama", "roberta"))
+    cases = ((llama, {"target_modules": ["q_proj", "lm_head"]}),
+             (roberta, {"target_modules": ["query", "value"], "bias": "all"}))
+    for tiny, settings in cases:
+        torch.manual_seed(5)
+        theirs = get_peft_model(tiny.make(), PeftVeraConfig(r=8, init_weights=False, task_type=tiny.task_type,
+                                                            **settings))
+        train_a_little(theirs, tiny)
+        if "lm_head" in settings["target_modules"]:  # as after a vocabulary change: the stored weight matters
+            with torch.no_grad():
+                theirs.base_model.model.lm_head.base_layer.weight.mul_(1.5)
+        with warnings.catch_warnings():  # PEFT: "Setting `save_embedding_layers` to `True` as embedding layers..."
+            warnings.filterwarnings("ignore", "Setting `save_embedding_layers`", UserWarning)
+            theirs.save_pretrained(tmp_path / tiny.name)
+        ours = load_adapter(tiny.make(), tmp_path / tiny.name)
+        assert_same_outputs(ours, theirs.eval(), tiny)
+    # a stored base weight of another shape (a vocabulary resized after training) names the cause
+    files = read_adapter(tmp_path / "llama")
+    key = "base_model.model.lm_head.base_layer.weight"
+    resized = {**files.tensors, key: torch.zeros(128, 32)}
+    ours = VeraModel(llama.make(), files.config)
+    with pytest.raises(AdapterFormatError, match=r"stores the base weight 'base_model.model.lm_head.base_layer.weight' "
+                                                 r"\(PEFT's save_embedding_layers\) with shape \(128, 32\) but this "
+                                                 r"model's is \(96, 32\): resize the base model's embeddings"):
+        ours.load_adapter_state_dict(resized)
+
+
+def test_all_linear_and_the_default_targets_pick_the_layers_peft_picks(tmp_path: Path) -> None:
+    """PEFT's "all-linear" shorthand (every linear layer but the output layer) and its default target modules for
+    the model types it knows (qwen3 was missing here: a PEFT user's walk, session 14)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    def qwen3() -> nn.Module:
+        return Qwen3ForCausalLM(Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+
+    def adapted_by_peft(model: nn.Module) -> list[str]:
+        return sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules()
+                      if hasattr(m, "vera_lambda_d"))
+
+    cases = [(tiny.make, "all-linear", tiny.task_type) for tiny in TINY_MODELS] + [(qwen3, None, "CAUSAL_LM")]
+    for make, targets, task in cases:
+        theirs = get_peft_model(make(), PeftVeraConfig(r=8, target_modules=targets, task_type=task))
+        ours = VeraModel(make(), VeraConfig(r=8, target_modules=targets, task_type=task))
+        assert sorted(ours.adapted) == adapted_by_peft(theirs) != []
+        assert "lm_head" not in ours.adapted

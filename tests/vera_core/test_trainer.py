@@ -155,6 +155,64 @@ def test_resume_to_a_smaller_total_is_refused(tmp_path: Path) -> None:
         by_epochs.train(resume_from=tmp_path)
 
 
+def test_a_resume_that_changes_the_projection_or_the_batch_order_is_refused(tmp_path: Path) -> None:
+    """The vectors of a checkpoint fit only the projection they trained against, and its place in the epoch only
+    its batch order: another seed, generator, rank, base model or batch size would go on training silently wrong
+    (a PEFT user's walk, session 14: `vera train --resume --projection-seed 5` trained on). Refused before anything
+    is loaded; other arguments (the learning rate) may change, with a warning."""
+    trainer(max_steps=4, save_every=4, output_dir=str(tmp_path), load_best_at_end=False).train()
+
+    def vera(**changes: Any) -> VeraModel:
+        return VeraModel(tiny_bert(), VeraConfig(**{"r": 16, "target_modules": ["query", "value"],
+                                                    "task_type": "SEQ_CLS", **changes}))
+
+    for model, args, message in (
+            (vera(projection_prng_key=5), {}, r"projection_prng_key \(--projection-seed\)=0 and this run has 5"),
+            (vera(projection_generator="torch-kaiming-uniform"), {}, r"projection_generator \(--generator\)="),
+            (vera(r=8), {}, "trained with r=16 and this run has 8"),
+            (vera(target_modules=["query", "key"]), {}, "trainable tensors do not match"),
+            (None, {"batch_size": 4}, "batch_size=8 and this run has 4: its place in the epoch"),
+            (None, {"seed": 1}, "seed=0 and this run has 1")):
+        resumed = trainer(model, max_steps=8, output_dir=str(tmp_path), **args)
+        before = vectors(resumed.model)
+        with pytest.raises(VeraConfigError, match=message):
+            resumed.train(resume_from=tmp_path)
+        assert all(torch.equal(p, before[n]) for n, p in vectors(resumed.model).items())  # nothing loaded
+    # the same rank, seed and generator on another base (wider layers): the fingerprint differs
+    from transformers import BertConfig, BertForSequenceClassification
+
+    wider = VeraModel(BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer().vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=32, num_labels=2)),
+        VeraConfig(r=16, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    with pytest.raises(VeraConfigError, match=r"against the projection with fingerprint .*\(another base model"):
+        trainer(wider, max_steps=8, output_dir=str(tmp_path)).train(resume_from=tmp_path)
+    with pytest.warns(UserWarning, match=r"other training arguments than it was saved with: lr 0.05 -> 0.01"):
+        result = trainer(max_steps=8, output_dir=str(tmp_path), lr=1e-2).train(resume_from=tmp_path)
+    assert result.state.step == 8 and result.resumed_from_step == 4
+
+
+def test_a_vera_model_cast_after_wrapping_keeps_float32_vectors_and_projections(tmp_path: Path) -> None:
+    """`VeraModel(base, cfg).to(torch.bfloat16)` rounded A and B before: the saved seed-only adapter then had a
+    fingerprint no seed reproduces, and could never be loaded again (a PEFT user's walk, session 14)."""
+    from vera_core import load_adapter, save_adapter
+
+    model = tiny_classifier()
+    fingerprint, layer = model.projection_fingerprint(), next(model.vera_layers())
+    with torch.no_grad():
+        layer.vera_lambda_b.fill_(1 / 3)  # not a bfloat16 number
+    model = model.to(torch.bfloat16)
+    assert (model.projection.vera_A.dtype, layer.vera_lambda_b.dtype, layer.base_layer.weight.dtype) == (
+        torch.float32, torch.float32, torch.bfloat16)
+    assert model.projection_fingerprint() == fingerprint and layer.vera_lambda_b[0].item() == pytest.approx(1 / 3)
+    save_adapter(model, tmp_path / "a", save_projection=False)
+    loaded = load_adapter(tiny_bert().to(torch.bfloat16), tmp_path / "a")
+    ids = torch.tensor([[101, 2204, 102]])
+    assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    model.half().float()
+    assert model.projection_fingerprint() == fingerprint
+
+
 class UsedLearningRates(TrainerCallback):
     """The learning rate of the VeRA vectors that the next optimizer step uses, before each step and at the end."""
 

@@ -1,0 +1,136 @@
+"""A VeraModel answers to what PEFT users call on a PeftModel (a PEFT user's walk, session 14, found most of these
+missing): the wrapped model's own methods and attributes, PEFT's names for counting, saving and unloading, the base
+model's name recorded as PEFT records it, and a warning for config keys a newer PEFT wrote."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM
+
+from tests.conftest import TINY_MODELS, output_of
+from vera_core import PEFT_GENERATOR, VeraConfig, VeraError, VeraModel, load_adapter, read_adapter
+
+LLAMA = next(m for m in TINY_MODELS if m.name == "llama")
+
+
+def vera(**changes: object) -> VeraModel:
+    return VeraModel(LLAMA.make(), VeraConfig(**{"r": 8, "target_modules": ["q_proj", "v_proj"], "init_weights": False,
+                                                 **changes}))
+
+
+def test_the_wrapped_models_methods_and_attributes_are_reached_through_the_vera_model(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model = vera()
+    ids = LLAMA.inputs()["input_ids"][:1]
+    assert (model.device, model.dtype) == (torch.device("cpu"), torch.float32)
+    assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False),
+                       model.model.generate(ids, max_new_tokens=3, do_sample=False))
+    assert model.get_base_model() is model.model
+    with pytest.raises(AttributeError, match="no attribute 'nowhere'"):
+        _ = model.nowhere
+    trainable, total = model.get_nb_trainable_parameters()
+    assert trainable == model.num_trainable_parameters() == 2 * (8 + 32) + 2 * (8 + 16) and total > trainable
+    model.print_trainable_parameters()
+    assert capsys.readouterr().out == (f"trainable params: {trainable:,d} || all params: {total:,d} || "
+                                       f"trainable%: {100 * trainable / total:.4f}\n")
+
+
+def test_save_pretrained_and_unload_do_what_their_peft_namesakes_do(tmp_path: Path) -> None:
+    model = vera(projection_generator=PEFT_GENERATOR)
+    inputs = LLAMA.inputs()
+    adapted = output_of(model, inputs)
+    model.save_pretrained(tmp_path / "a")
+    assert torch.equal(output_of(load_adapter(LLAMA.make(), tmp_path / "a"), inputs), adapted)
+    with pytest.raises(VeraError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "b", safe_serialization=False)
+    assert not (tmp_path / "b").exists()
+    model.merge()
+    base = model.unload()  # merged layers are taken out first: the base model as it was
+    assert not any(type(m).__name__ == "VeraLinear" for m in base.modules())
+    assert torch.allclose(output_of(base, inputs), output_of(LLAMA.make(), inputs), atol=1e-6)
+
+
+def test_the_base_models_name_is_recorded_so_peft_auto_classes_find_it(tmp_path: Path) -> None:
+    base_dir = tmp_path / "base"
+    LLAMA.make().save_pretrained(base_dir)
+    from transformers import AutoModelForCausalLM
+
+    model = VeraModel(AutoModelForCausalLM.from_pretrained(base_dir), VeraConfig(
+        r=8, target_modules=["q_proj", "v_proj"], init_weights=False, projection_generator=PEFT_GENERATOR,
+        task_type="CAUSAL_LM"))
+    assert model.config.base_model_name_or_path == str(base_dir)
+    model.save_pretrained(tmp_path / "adapter")
+    theirs = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    torch.testing.assert_close(output_of(theirs, LLAMA.inputs()), output_of(model, LLAMA.inputs()),
+                               rtol=1e-5, atol=1e-6)
+    assert vera().config.base_model_name_or_path is None  # a model built from a config names no source
+
+
+def test_config_keys_a_newer_peft_wrote_are_named_in_a_warning(tmp_path: Path) -> None:
+    model = vera(projection_generator=PEFT_GENERATOR)
+    model.save_pretrained(tmp_path / "a")
+    path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "peft_version": "0.30.0", "exclude_modules": ["v_proj"],
+                                "future_option": None}))
+    with pytest.warns(UserWarning, match=r"adapter_config.json sets exclude_modules, which this vera_core does not "
+                                         r"know \(written by a newer PEFT\?, peft_version '0.30.0'\): ignored"):
+        read_adapter(tmp_path / "a")
+    path.write_text(json.dumps({**config, "peft_version": "0.21.2", "future_option": None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # bookkeeping and options left at null: nothing to say
+        read_adapter(tmp_path / "a")
+
+
+def test_the_hf_trainer_trains_a_vera_model_and_its_adapter_saves_alone(tmp_path: Path) -> None:
+    """transformers' Trainer, as a PEFT user runs it: it drops the batch's columns that the model's forward does
+    not name, and a VeraModel's forward takes (*args, **kwargs), so remove_unused_columns=False is needed
+    (docs/vera_core.md); the adapter is then saved with save_pretrained, not the whole model."""
+    from transformers import Trainer, TrainingArguments
+
+    model = vera(init_weights=True)
+    ids = LLAMA.inputs(batch=8)["input_ids"]
+    rows = [{"input_ids": row, "labels": row} for row in ids]
+    before = {n: p.detach().clone() for n, p in model.trainable_parameters().items()}
+    Trainer(model=model, train_dataset=rows, args=TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
+        remove_unused_columns=False, use_cpu=True, report_to=[], save_strategy="no")).train()
+    after = model.trainable_parameters()
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_adapter(LLAMA.make(), tmp_path / "adapter")
+    assert torch.equal(output_of(reloaded, LLAMA.inputs()), output_of(model.eval(), LLAMA.inputs()))
+
+
+def test_a_peft_vera_config_is_taken_as_its_adapter_config_would_be() -> None:
+    from peft import VeraConfig as PeftVeraConfig
+
+    theirs = PeftVeraConfig(r=8, target_modules=["q_proj", "v_proj"], projection_prng_key=3)
+    model = VeraModel(LLAMA.make(), theirs)  # type: ignore[arg-type]  # what a PEFT script passes
+    assert (model.config.r, model.config.projection_prng_key, model.config.projection_generator) == (
+        8, 3, PEFT_GENERATOR)
+    assert sorted(model.config.target_modules or []) == ["q_proj", "v_proj"]
+    with pytest.raises(VeraError, match="needs a vera_core.VeraConfig .*; got dict"):
+        VeraModel(LLAMA.make(), {"r": 8})  # type: ignore[arg-type]
+
+
+def test_mistakes_a_porter_makes_name_their_cause(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vera_core import AdapterFormatError, TargetError
+
+    with pytest.raises(TargetError, match=r"layers_to_transform=\[7\] \(layers_pattern=None\) kept only those layer "
+                                          r"indices: check that the model has them"):
+        vera(layers_to_transform=[7])  # the tiny Llama has layers 0 and 1
+    vera().save_pretrained(tmp_path / "seed-only", save_projection=False)
+    narrower = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=16, intermediate_size=48, num_hidden_layers=2,
+                                            num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(AdapterFormatError, match=r"trained with a projection of \(r, max_in, max_out\) = \(8, 32, 32\)"
+                                                 r", and this base model's adapted layers need \(8, 16, 16\): the "
+                                                 r"adapter was made for another base model"):
+        load_adapter(narrower, tmp_path / "seed-only")
