@@ -323,6 +323,25 @@ def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     return Path(dst)
 
 
+def check_same_projection(saved: AdapterFiles, model: VeraModel, what: str, fix: str) -> None:
+    """Refuse to continue training ``saved`` (a checkpoint's adapter, ``what``) in ``model`` when its vectors were
+    trained against another projection: another rank, seed or generator, or another projection fingerprint (another
+    base model, other target layers). ``fix`` ends the message (e.g. "; resume with the same settings")."""
+    for label, theirs, mine in (("r", saved.config.r, model.config.r),
+                                ("projection_prng_key (--projection-seed)", saved.config.projection_prng_key,
+                                 model.config.projection_prng_key),
+                                ("projection_generator (--generator)", saved.config.projection_generator,
+                                 model.config.projection_generator)):
+        if theirs != mine:
+            raise VeraConfigError(f"{what} was trained with {label}={theirs!r} and this run has {mine!r}: its vectors "
+                                  f"fit only that projection{fix}")
+    recorded = saved.recorded_fingerprint
+    if recorded is not None and recorded != model.projection_fingerprint():
+        raise VeraConfigError(f"{what} was trained against the projection with fingerprint {recorded[:16]}..., and "
+                              f"this model's is {model.projection_fingerprint()[:16]}... (another base model or other "
+                              f"target layers){fix}")
+
+
 def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> None:
     recorded = files.recorded_fingerprint
     if recorded is not None and fingerprint(a, b) != recorded:

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from vera_core import distributed, numerics
 from vera_core import training_checkpoints as checkpoints
 from vera_core.callbacks import TrainerCallback
-from vera_core.checkpoint import CONFIG_NAME, read_adapter, save_adapter
+from vera_core.checkpoint import CONFIG_NAME, check_same_projection, read_adapter, save_adapter
 from vera_core.data import Example, Task
 from vera_core.distributed import DistributedMode
 from vera_core.errors import VeraConfigError
@@ -528,20 +528,7 @@ class Trainer:
         (the batch order: batch size and seed). Other training arguments that differ are said in a warning."""
         again = "; resume with the settings it was saved with, or start over without resuming (no --resume)."
         if isinstance(self.model, VeraModel) and path.joinpath(CONFIG_NAME).is_file():
-            saved, ours = read_adapter(path), self.model
-            for label, theirs, mine in (("r", saved.config.r, ours.config.r),
-                                        ("projection_prng_key (--projection-seed)", saved.config.projection_prng_key,
-                                         ours.config.projection_prng_key),
-                                        ("projection_generator (--generator)", saved.config.projection_generator,
-                                         ours.config.projection_generator)):
-                if theirs != mine:
-                    raise VeraConfigError(f"The checkpoint {path} was trained with {label}={theirs!r} and this run "
-                                          f"has {mine!r}: its vectors fit only that projection{again}")
-            recorded = saved.recorded_fingerprint
-            if recorded is not None and recorded != ours.projection_fingerprint():
-                raise VeraConfigError(f"The checkpoint {path} was trained against the projection with fingerprint "
-                                      f"{recorded[:16]}..., and this model's is {ours.projection_fingerprint()[:16]}"
-                                      f"... (another base model or other target layers){again}")
+            check_same_projection(read_adapter(path), self.model, f"The checkpoint {path}", again)
         for name in ("batch_size", "seed"):
             if name in saved_args and saved_args[name] != getattr(self.args, name):
                 raise VeraConfigError(f"The checkpoint {path} was trained with {name}={saved_args[name]!r} and this "

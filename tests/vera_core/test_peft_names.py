@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -87,19 +88,56 @@ def test_config_keys_a_newer_peft_wrote_are_named_in_a_warning(tmp_path: Path) -
         read_adapter(tmp_path / "a")
 
 
-def test_the_hf_trainer_trains_a_vera_model_and_its_adapter_saves_alone(tmp_path: Path) -> None:
-    """transformers' Trainer, as a PEFT user runs it: it drops the batch's columns that the model's forward does
-    not name, and a VeraModel's forward takes (*args, **kwargs), so remove_unused_columns=False is needed
-    (docs/vera_core.md); the adapter is then saved with save_pretrained, not the whole model."""
-    from transformers import Trainer, TrainingArguments
+def _hf_args(folder: Path, **changes: Any) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**{"output_dir": str(folder), "per_device_train_batch_size": 4, "max_steps": 4,
+                                "learning_rate": 1e-2, "use_cpu": True, "report_to": [], "save_strategy": "steps",
+                                "save_steps": 2, "seed": 3, "logging_steps": 1, **changes})
+
+
+def _rows() -> list[dict[str, Any]]:
+    ids = LLAMA.inputs(batch=8)["input_ids"]
+    return [{"input_ids": row, "labels": row, "text": "not a model input"} for row in ids]
+
+
+def test_vera_trainer_trains_checkpoints_the_adapter_alone_and_resumes_exactly(tmp_path: Path) -> None:
+    """transformers' Trainer knows PeftModel, not VeraModel: it kept no batch column (a VeraModel's forward takes
+    *args, **kwargs) and checkpointed the whole model. VeraTrainer keeps the wrapped model's columns (dropping the
+    others, "text" here), writes the adapter alone in PEFT's format, and resumes to the same vectors as a straight
+    run; a checkpoint of another projection is refused."""
+    from vera_core.hf_trainer import VeraTrainer
+
+    straight = vera(init_weights=True)
+    VeraTrainer(model=straight, train_dataset=_rows(), args=_hf_args(tmp_path / "straight")).train()
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert not list(checkpoint.glob("model*.safetensors"))  # not the base's weights
+    reloaded = load_adapter(LLAMA.make(), checkpoint.parent / "checkpoint-4")
+    assert torch.equal(output_of(reloaded, LLAMA.inputs()), output_of(straight.eval(), LLAMA.inputs()))
+
+    resumed = vera(init_weights=True)
+    VeraTrainer(model=resumed, train_dataset=_rows(), args=_hf_args(tmp_path / "resumed")).train(
+        resume_from_checkpoint=str(checkpoint))
+    mine, theirs = straight.trainable_parameters(), resumed.trainable_parameters()
+    assert all(torch.equal(mine[n], theirs[n]) for n in mine)
+    other = vera(init_weights=True, projection_prng_key=9)
+    with pytest.raises(VeraError, match=r"checkpoint-2 was trained with projection_prng_key \(--projection-seed\)="
+                                        r"0 and this run has 9"):
+        VeraTrainer(model=other, train_dataset=_rows(), args=_hf_args(tmp_path / "other")).train(
+            resume_from_checkpoint=str(checkpoint))
+
+
+def test_the_plain_hf_trainer_trains_a_vera_model_with_its_columns_kept(tmp_path: Path) -> None:
+    """What docs/vera_core.md says of transformers.Trainer itself: remove_unused_columns=False, then
+    save_pretrained for the adapter."""
+    from transformers import Trainer
 
     model = vera(init_weights=True)
-    ids = LLAMA.inputs(batch=8)["input_ids"]
-    rows = [{"input_ids": row, "labels": row} for row in ids]
     before = {n: p.detach().clone() for n, p in model.trainable_parameters().items()}
-    Trainer(model=model, train_dataset=rows, args=TrainingArguments(
-        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-        remove_unused_columns=False, use_cpu=True, report_to=[], save_strategy="no")).train()
+    rows = [{k: v for k, v in row.items() if k != "text"} for row in _rows()]
+    Trainer(model=model, train_dataset=rows, args=_hf_args(tmp_path / "hf", remove_unused_columns=False,
+                                                           save_strategy="no", max_steps=2)).train()
     after = model.trainable_parameters()
     assert any(not torch.equal(before[n], after[n]) for n in before)
     model.save_pretrained(tmp_path / "adapter")
