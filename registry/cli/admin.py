@@ -25,6 +25,7 @@ from registry.cli.common import (
 from registry.cli.output import JsonOutput, print_json
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
+from registry.domain.schemas import GC_GRACE_S
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
@@ -92,6 +93,12 @@ def gc(
     keep_days: Annotated[float | None, typer.Option(help="Retention: keep versions published in the last D days.")
                          ] = None,
     dry_run: Annotated[bool, typer.Option(help="List the versions retention would delete; delete nothing.")] = False,
+    grace_s: Annotated[float, typer.Option(min=0, help="Leave unreferenced files younger than this many seconds "
+                                           "(a publish in progress writes its bytes before it commits).")
+                       ] = GC_GRACE_S,
+    force: Annotated[bool, typer.Option(help="Collect even when the database knows no blob but the storage holds "
+                                        "some (refused otherwise: the wrong database would delete everything).")
+                     ] = False,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Delete blobs and projections that no version references. With --keep-last and/or --keep-days, first delete
@@ -105,9 +112,11 @@ def gc(
     if dry_run:
         console.print("dry run: nothing deleted (blobs are collected only by a real run)")
         return
-    result = registry.gc()
-    console.print(f"removed {result['blobs_removed']} unreferenced blobs and {result['leftovers_removed']} "
-                  "leftovers of killed publishes")
+    result = registry.gc(grace_s=grace_s, force=force)
+    console.print(f"removed {result['blobs_removed']} unreferenced blob records, {result['files_removed']} stored "
+                  f"files no record names and {result['leftovers_removed']} leftovers of killed publishes; kept "
+                  f"{result['recent_files_kept']} unreferenced files younger than {grace_s:g} s (a later run takes "
+                  "them)")
 
 
 def _print_retention(result: RetentionResult) -> None:

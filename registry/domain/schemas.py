@@ -32,6 +32,9 @@ MAX_EXPORT_BYTES = 16 << 30
 #: A fine-tune job's priority lies in [-MAX_JOB_PRIORITY, MAX_JOB_PRIORITY]; its time limit is at most 30 days.
 MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0
+#: How old an unreferenced blob file must be before garbage collection deletes it: longer than any publish takes
+#: between writing its bytes and committing (`vera gc --grace-s`; registry.services.verification).
+GC_GRACE_S = 3600.0
 #: The most GPUs a fine-tune job may ask for (a worker owns at most one device today: `vera worker --device`).
 MAX_JOB_GPUS = 64
 #: The largest training checkpoint a job's worker stores in the registry by default (VERA_JOB_CHECKPOINT_MAX_BYTES):

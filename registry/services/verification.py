@@ -13,10 +13,18 @@ from typing import Any
 
 from safetensors.torch import load as load_safetensors
 from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import IntegrityError, NotFound
-from registry.domain.schemas import UPLOAD_PREFIX, ProjectionInfo, Ref, VerificationReport, VerificationStatus
+from registry.domain.errors import IntegrityError, InvalidInput, NotFound
+from registry.domain.schemas import (
+    GC_GRACE_S,
+    UPLOAD_PREFIX,
+    ProjectionInfo,
+    Ref,
+    VerificationReport,
+    VerificationStatus,
+)
 from registry.services import job_checkpoints
 from registry.services.access import readable_versions, shown_to
 from registry.services.derived import DERIVED, forget
@@ -30,6 +38,8 @@ from registry.store.database import Database
 from vera_core import fingerprint
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.projection import regenerated_fingerprint
+
+GC_ROW_ATTEMPTS = 5
 
 #: Blob kinds that versions and projections reference (gc leaves the others, e.g. job datasets, to their owners).
 VERSION_BLOBS = ("vectors", "projection", "derived")
@@ -127,28 +137,68 @@ class Verification:
         refs |= {d for d in s.scalars(select(m.Job.dataset_sha256).distinct()) if d}  # shared bytes are kept
         return refs
 
-    def gc(self) -> dict[str, int]:
-        """Remove blobs (rows and bytes) that no version or projection references, and unused projections. The
-        rows go in one transaction; the bytes of every blob the database no longer knows go after it commits, and
-        so do the leftovers of killed publishes (see fsck)."""
-        removed = 0
+    def gc(self, *, grace_s: float = GC_GRACE_S, force: bool = False) -> dict[str, int]:
+        """Remove blobs (rows and bytes) that no version or projection references, and unused projections, while
+        the registry serves: publishes, jobs and downloads go on meanwhile.
+
+        The rows go in one transaction (again, up to GC_ROW_ATTEMPTS times, when a concurrent publish referenced a
+        blob it was deleting: the database refuses that delete). Then the files: storage is listed first and the
+        database read after, so a publish that committed before the read is known; a file the database does not
+        know is deleted only when it is older than ``grace_s`` (a publish writes its bytes before it commits, and
+        a put of bytes already there freshens them: git's rule for pruning) and still unknown on a last look just
+        before it goes. A database that knows no blob at all, over storage that holds some, is refused unless
+        ``force`` (when it has never recorded an event either, and the files are older than the grace period):
+        that is a registry pointed at the wrong database (a misspelt VERA_DATABASE_URL falls back to an
+        empty local one), and collecting would delete everything. The leftovers of killed publishes go too (fsck).
+        """
+        removed = self._collect_rows()
+        listed = list(self.blobs.digests())
         with self.db.session() as s:
-            used_projections = set(s.scalars(select(m.AdapterVersion.projection_id)))
-            for p in s.scalars(select(m.Projection)):
-                if p.id not in used_projections:
-                    s.delete(p)
-            s.flush()
-            referenced = self._referenced(s)
-            for blob in s.scalars(select(m.Blob)):
-                if blob.sha256 not in referenced and blob.kind in (*VERSION_BLOBS, job_checkpoints.CHECKPOINT):
-                    s.delete(blob)
-                    removed += 1
-            s.flush()
             known = set(s.scalars(select(m.Blob.sha256)))
-        for digest in self.blobs.digests():
-            if digest not in known:
-                self.blobs.delete(digest)
-        return {"blobs_removed": removed, "leftovers_removed": _remove_leftovers(self.blobs)}
+            fresh = not known and s.scalar(select(m.AuditEvent.id).limit(1)) is None  # nothing ever happened here
+        if fresh and not force and any((self.blobs.age_s(d) or 0) >= grace_s for d in listed):
+            raise InvalidInput(
+                f"The database knows no blob and has never recorded an event, but the storage at {self.blobs.url} "
+                f"holds {len(listed)}: this is not that storage's registry database (check VERA_DATABASE_URL: a "
+                "misspelt variable falls back to an empty local database), and collecting would delete all of "
+                "them. Nothing was deleted. If the files really are no registry's, run `vera gc --force`.")
+        deleted = recent = 0
+        for digest in (d for d in listed if d not in known):
+            age = self.blobs.age_s(digest)
+            if age is None:
+                continue
+            if age < grace_s:
+                recent += 1
+                continue
+            with self.db.session() as s:  # a last look: a publish may have referenced it since the read
+                if s.get(m.Blob, digest) is not None:
+                    continue
+            self.blobs.delete(digest)
+            deleted += 1
+        return {"blobs_removed": removed, "files_removed": deleted, "recent_files_kept": recent,
+                "leftovers_removed": _remove_leftovers(self.blobs)}
+
+    def _collect_rows(self) -> int:
+        for attempt in range(GC_ROW_ATTEMPTS):
+            removed = 0
+            try:
+                with self.db.session() as s:
+                    used_projections = set(s.scalars(select(m.AdapterVersion.projection_id)))
+                    for p in s.scalars(select(m.Projection)):
+                        if p.id not in used_projections:
+                            s.delete(p)
+                    s.flush()
+                    referenced = self._referenced(s)
+                    for blob in s.scalars(select(m.Blob)):
+                        if blob.sha256 not in referenced and blob.kind in (*VERSION_BLOBS,
+                                                                           job_checkpoints.CHECKPOINT):
+                            s.delete(blob)
+                            removed += 1
+                return removed
+            except DbIntegrityError:  # a publish referenced a blob or projection being deleted: read again
+                if attempt == GC_ROW_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def fsck(self, *, repair: bool = False) -> dict[str, list[str]]:
         """Report (and with ``repair``, fix) disagreement between the database and storage.

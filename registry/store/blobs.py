@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import IO, Protocol
 
 import fsspec
@@ -65,6 +66,8 @@ class BlobStore(Protocol):
     def delete(self, digest: str) -> None: ...
 
     def digests(self) -> Iterator[str]: ...
+
+    def age_s(self, digest: str) -> float | None: ...
 
     def check(self) -> None: ...
 
@@ -144,14 +147,30 @@ class FsspecBlobStore:
         return f"{self.root}/sha256/{digest[:2]}/{digest[2:4]}/{digest}"
 
     def put(self, data: bytes) -> str:
-        """Store ``data`` (idempotent) and return its SHA-256."""
+        """Store ``data`` (idempotent) and return its SHA-256. Bytes already there are freshened (their age starts
+        again), as git freshens the objects it writes again: garbage collection deletes only unreferenced blobs
+        older than its grace period, so a publish that reuses old unreferenced bytes does not lose them to a
+        collection running meanwhile (registry.services.verification)."""
         with _storage(self.url, "writing a blob"):
             return self._put(data)
+
+    def _freshen(self, path: str, write: Callable[[], None]) -> bool:
+        """True when ``path`` exists, its age restarted (touched on a local disk; ``write`` again on an object store,
+        whose objects keep the time they were written)."""
+        if not self.fs.exists(path):
+            return False
+        if self._local:
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: written below, as a new one
+                os.utime(path)
+                return True
+            return False
+        write()
+        return True
 
     def _put(self, data: bytes) -> str:
         digest = sha256_hex(data)
         path = self._path(digest)
-        if self.fs.exists(path):
+        if self._freshen(path, lambda: self.fs.pipe_file(path, data)):
             return digest
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if self._local:
@@ -178,7 +197,7 @@ class FsspecBlobStore:
         name = digest.hexdigest()
         target = self._path(name)
         with _storage(self.url, "writing a blob"):
-            if self.fs.exists(target):
+            if self._freshen(target, lambda: self.fs.put_file(os.fspath(path), target)):
                 return name
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             if not self._local:
@@ -256,7 +275,7 @@ class FsspecBlobStore:
 
     def delete(self, digest: str) -> None:
         path = self._path(_check_name(digest))
-        if self.fs.exists(path):
+        with contextlib.suppress(FileNotFoundError):  # gone already (another collection, fsck): what was asked
             self.fs.rm(path)
 
     def digests(self) -> Iterator[str]:
@@ -266,18 +285,32 @@ class FsspecBlobStore:
             if len(name) == 64 and set(name) <= _HEX:
                 yield name
 
+    def age_s(self, digest: str) -> float | None:
+        """Seconds since the blob was last written (or freshened by a put of the same bytes); None if it is gone."""
+        try:
+            with _storage(self.url, f"looking at blob {digest}"):
+                written: datetime = self.fs.modified(self._path(_check_name(digest)))
+                return time.time() - written.timestamp()
+        except FileNotFoundError:
+            return None
+
     def leftovers(self, min_age_s: float) -> list[str]:
         """Temporary files of writes that never finished (a process killed mid-put), older than ``min_age_s`` so
         that a write in progress is never among them. Object stores write whole objects: they leave none."""
         if not self._local:
             return []
         cutoff = time.time() - min_age_s
-        return sorted(path.rsplit("/", 1)[-1] for path in self.fs.ls(f"{self.root}/tmp", detail=False)
-                      if self.fs.modified(path).timestamp() < cutoff)
+        old = []
+        for path in self.fs.ls(f"{self.root}/tmp", detail=False):
+            with contextlib.suppress(FileNotFoundError):  # a write in progress finished meanwhile (renamed)
+                if self.fs.modified(path).timestamp() < cutoff:
+                    old.append(path.rsplit("/", 1)[-1])
+        return sorted(old)
 
     def remove_leftover(self, name: str) -> None:
         if self._local and len(name) == 32 and set(name) <= _HEX:  # the uuid4 hex names put() gives them
-            self.fs.rm(f"{self.root}/tmp/{name}")
+            with contextlib.suppress(FileNotFoundError):  # another collection took it first
+                self.fs.rm(f"{self.root}/tmp/{name}")
 
     def check(self) -> None:
         """Raise if the storage cannot be reached (readiness). An object store has no folders: an empty bucket has

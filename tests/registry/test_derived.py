@@ -159,13 +159,13 @@ def test_gc_keeps_derived_files_while_a_version_lists_them(registry: Registry, r
     _, twin_files = registry.derived.manifest(twin, FileForm(lora=LoraExport()))
     shared = {f.sha256 for f in files} & {f.sha256 for f in twin_files}
     assert shared  # the same vectors give the same LoRA: stored once, listed by both versions
-    registry.gc()
+    registry.gc(grace_s=0)
     assert all(registry.blobs.exists(f.sha256) for f in files)
     registry.delete(ref, actor="kim")
-    registry.gc()
+    registry.gc(grace_s=0)
     assert all(registry.blobs.exists(d) for d in shared)  # the twin still lists them
     registry.delete(twin, actor="kim")
-    registry.gc()
+    registry.gc(grace_s=0)
     assert not any(registry.blobs.exists(f.sha256) for f in files + twin_files)
     with registry.db.session() as s:
         assert s.scalar(select(func.count()).select_from(m.VersionFile)) == 0

@@ -96,7 +96,9 @@ def test_versions_aliases_and_dedupe(registry: Registry, tmp_path: Path) -> None
     registry.delete("alice/x:2", actor="alice")
     with pytest.raises(NotFound, match="No adapter alice/x"):
         registry.get("alice/x:2")
-    assert registry.gc() == {"blobs_removed": 1, "leftovers_removed": 0}
+    assert registry.gc() == {"blobs_removed": 1, "files_removed": 0, "recent_files_kept": 1, "leftovers_removed": 0}
+    assert registry.gc(grace_s=0) == {"blobs_removed": 0, "files_removed": 1, "recent_files_kept": 0,
+                                      "leftovers_removed": 0}
     assert counts(registry)["files"] == 0 and counts(registry)["projections"] == 0
     actions = [e.action for e in registry.audit("alice/x")]
     assert actions == ["delete", "delete", "yank", "alias", "alias", "publish", "publish"]
