@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -41,17 +43,17 @@ class Settings(BaseSettings):
     # The visibility of adapters published without saying: public (whoever may read the registry) or private (the
     # owner, its organisation's members and admins). Existing adapters keep theirs.
     default_visibility: Literal["public", "private"] = "public"
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
-    max_projection_elements: int = MAX_PROJECTION_ELEMENTS
+    max_projection_elements: int = Field(default=MAX_PROJECTION_ELEMENTS, ge=1)
     # How many projections may be generated at once; more requests wait up to 30 s, then get 503 busy.
-    concurrent_generations: int = 2
+    concurrent_generations: int = Field(default=2, ge=1, le=256)
     # The largest LoRA export built (bytes of factors), checked before any is computed; 16 GiB by default.
     max_export_bytes: int = Field(default=MAX_EXPORT_BYTES, ge=1 << 20)
     # Downloads build a version's files once per option and keep them in memory, up to this many bytes per process
     # (least recently used out first); 0 builds them on every request.
-    file_cache_bytes: int = DEFAULT_FILE_CACHE_BYTES
+    file_cache_bytes: int = Field(default=DEFAULT_FILE_CACHE_BYTES, ge=0)
     # On object storage that signs URLs (S3 and compatible ones), answer hash-addressed downloads
     # (.../versions/N/blobs/<sha256>) with a 307 to a presigned URL valid this many seconds, so that the object store
     # carries the bytes instead of the API; 0 (the default) streams them through the API. Clients must reach the
@@ -65,13 +67,13 @@ class Settings(BaseSettings):
     # job's authorization.credentials); unset, whoever reaches the port may scrape (registry-wide totals).
     metrics_token: SecretStr | None = None
     # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
-    costly_requests_per_minute: int = 120
+    costly_requests_per_minute: int = Field(default=120, ge=1)
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
-    job_lease_s: float = 60.0
+    job_lease_s: float = Field(default=60.0, gt=0)
     # A job whose worker died is queued again after this long (doubling with each attempt), at most this many
     # attempts in all; then it fails, saying why.
-    job_retry_backoff_s: float = 30.0
-    job_max_attempts: int = 3
+    job_retry_backoff_s: float = Field(default=30.0, ge=0)
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
     # The largest checkpoint (bytes, all its files) a worker stores in the registry so that an attempt of the job on
     # another machine resumes from it; a larger one stays on its machine (docs/jobs.md).
     job_checkpoint_max_bytes: int = Field(default=MAX_JOB_CHECKPOINT_BYTES, ge=1, le=2**40)
@@ -87,7 +89,7 @@ class Settings(BaseSettings):
     # (held as a secret: never printed, logged or stored), and how long one Hub request may take.
     hub_endpoint: str = "https://huggingface.co"
     hub_token: SecretStr | None = None
-    hub_timeout_s: float = 60.0
+    hub_timeout_s: float = Field(default=60.0, gt=0)
     # Read a base model's config.json from the Hub (anonymously, public repos only) when a seed-only adapter that
     # PEFT wrote is published for a base whose layer shapes nobody declared; once read, the shapes are declared.
     hub_base_configs: bool = True
@@ -179,6 +181,26 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.data_dir / "blobs")
+
+
+#: VERA_* variables that are not Settings fields but are read elsewhere (the client, the dashboard, the setup and
+#: test scripts, typer's completion): not reported as unknown.
+OTHER_VARIABLES = frozenset({
+    "VERA_REGISTRY_URL", "VERA_TOKEN", "VERA_CACHE_DIR", "VERA_NO_CACHE", "VERA_CONFIG_DIR", "VERA_UI_REGISTRIES",
+    "VERA_UPDATE_SNAPSHOTS", "VERA_SETUP_STRICT", "VERA_SKIP_BROWSER", "VERA_SKIP_POSTGRES", "VERA_FUZZ_EXAMPLES",
+    "VERA_FUZZ_RANDOM", "VERA_GPU_CHECK_BUDGET_S", "VERA_GPU_CHECK_MINILM", "VERA_GPU_CHECK_VENV", "_VERA_COMPLETE",
+})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Each VERA_* variable in ``environ`` that no part of vera reads, with the setting it was probably meant to
+    be: a misspelt VERA_DATABASE_URL is ignored, and the command then runs on the embedded default database."""
+    known = {f"VERA_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    found = []
+    for variable in sorted(v for v in environ if v.startswith("VERA_") and v not in known):
+        close = difflib.get_close_matches(variable, sorted(known), n=1, cutoff=0.8)
+        found.append(f"{variable} (did you mean {close[0]}?)" if close else variable)
+    return found
 
 
 def settings_problem(error: ValidationError) -> str:

@@ -4,6 +4,7 @@ settings, and the runner of registry client calls."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -80,14 +81,21 @@ HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN
 def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
     """The registry settings, from these options and the environment; a refused value exits with its reason."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    from registry.settings import Settings, settings_problem
+    from registry.settings import Settings, settings_problem, unknown_variables
 
+    for variable in unknown_variables(os.environ):
+        err_console.print(f"[yellow]note:[/] {variable} is set but is no vera setting: it is ignored.", soft_wrap=True)
     given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url}
     try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)
         return Settings(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
         fail(InvalidInput(settings_problem(exc)))
+    except SettingsError as exc:  # a list or object setting that is not JSON
+        field = str(exc).partition('field "')[2].partition('"')[0]
+        fail(InvalidInput(f"VERA_{field.upper()} is not JSON: give a JSON list, e.g. VERA_{field.upper()}="
+                          "'[\"minilm\", \"org/model\"]'. Fix it, or unset it for the default."))
 
 
 def call_registry(url: str | None, token: str | None, fn: Callable[[RegistryClient], T]) -> T:

@@ -104,6 +104,15 @@ def test_secrets_are_redacted_whoever_logs_them(capsys: pytest.CaptureFixture[st
     ("VERA_READ_THREADS", "0", "VERA_READ_THREADS='0': Input should be greater than or equal to 1."),
     ("VERA_JOB_LEASE_S", "soon", "VERA_JOB_LEASE_S='soon': Input should be a valid number"),
     ("VERA_DEFAULT_VISIBILITY", "secret", "VERA_DEFAULT_VISIBILITY='secret': Input should be 'public' or 'private'"),
+    # values an operator's walk (session 14) found accepted, each then failing every request its own way
+    ("VERA_COSTLY_REQUESTS_PER_MINUTE", "0", "VERA_COSTLY_REQUESTS_PER_MINUTE='0': Input should be greater than or "
+                                             "equal to 1"),  # every download a 500 (a division by zero)
+    ("VERA_MAX_UPLOAD_BYTES", "-5", "VERA_MAX_UPLOAD_BYTES='-5': Input should be greater than or equal to 1"),
+    ("VERA_CONCURRENT_GENERATIONS", "0", "VERA_CONCURRENT_GENERATIONS='0': Input should be greater than or equal"),
+    ("VERA_JOB_LEASE_S", "0", "VERA_JOB_LEASE_S='0': Input should be greater than 0"),
+    ("VERA_JOB_MAX_ATTEMPTS", "0", "VERA_JOB_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"),
+    ("VERA_JOB_BASE_MODELS", "minilm", "VERA_JOB_BASE_MODELS is not JSON: give a JSON list, e.g. "
+                                      "VERA_JOB_BASE_MODELS='[\"minilm\", \"org/model\"]'"),  # a traceback before
 ])
 def test_a_refused_setting_names_its_variable_and_value_not_the_field(variable: str, value: str, said: str) -> None:
     done = subprocess.run([str(VERA), "worker", "--once"], capture_output=True, text=True, timeout=120,
@@ -111,6 +120,18 @@ def test_a_refused_setting_names_its_variable_and_value_not_the_field(variable: 
     message = " ".join(done.stderr.split())
     assert done.returncode == 1 and said in message and "Fix it" in message, message
     assert "pydantic" not in message and "validation error for Settings" not in message
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_was_meant_to_be(tmp_path: Path) -> None:
+    """A misspelt VERA_DATABASE_URL is no setting: the command ran on the embedded default database, silently (then
+    `vera gc` emptied the shared storage: an operator's walk, session 14)."""
+    done = subprocess.run([str(VERA), "db", "status"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VERA_DATABSE_URL": "postgresql+psycopg://db/vera", "VERA_TOKENN": "x",
+                               "VERA_DATA_DIR": str(tmp_path)})
+    said = " ".join(done.stderr.split())
+    assert "note: VERA_DATABSE_URL (did you mean VERA_DATABASE_URL?) is set but is no vera setting: it is ignored" \
+        in said
+    assert "note: VERA_TOKENN (did you mean VERA_TOKEN?)" in said
 
 
 def test_a_refused_secret_setting_is_named_without_its_value() -> None:
