@@ -175,6 +175,16 @@ class Settings(BaseSettings):
         return variables
 
     @property
+    def shared_backend(self) -> str:
+        """What makes this a registry others share ("a PostgreSQL database", "object storage"), or "": the API then
+        requires tokens even on loopback (registry.cli.run)."""
+        if self.database_url is not None and not self.database_url.startswith("sqlite"):
+            return "a PostgreSQL database"
+        if self.storage_url is not None and "://" in self.storage_url and not self.storage_url.startswith("file://"):
+            return "object storage"
+        return ""
+
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
 

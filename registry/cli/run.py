@@ -39,10 +39,15 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     served: dict[str, Any] = {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
                               "access_log": False,  # registry.logs writes the access lines
                               "ws": "none"}  # no websocket routes: the websockets library is never loaded
-    require = settings.require_tokens if settings.require_tokens is not None else not is_loopback(host)
+    # local mode (no tokens) only for one user's own registry: on loopback, over the embedded kind of storage. A
+    # shared database or object store is a team's, and loopback says nothing of who reaches it through a proxy.
+    shared = settings.shared_backend
+    require = settings.require_tokens if settings.require_tokens is not None else shared or not is_loopback(host)
     settings = settings.model_copy(update={"require_tokens": require})
     if require:
         mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")
+        if settings.require_tokens and shared and is_loopback(host):
+            mode += f" ({shared}: a shared registry; VERA_REQUIRE_TOKENS=false turns them off)"
     else:
         mode = "LOCAL MODE: no token needed, every caller acts as the single local user"
         if not is_loopback(host):

@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from registry.client import RegistryClient
+from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, free_ports, running_s3, s3_objects
+from tests.registry.servers import free_port, free_ports, issued_tokens, running_s3, s3_objects
 
 BUCKET = "vera-topology"
 
@@ -72,6 +73,10 @@ def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: st
     port, ui_port = free_ports(2), free_port()
     env = {**s3, "VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": f"s3://{BUCKET}/blobs",
            "VERA_DATA_DIR": str(tmp_path / "data")}
+    db = Database(database_url)  # (cluster would create the schema; the operator's token needs it first)
+    db.upgrade()
+    db.engine.dispose()
+    token = issued_tokens(database_url, ("ops", ["read", "publish"]))[0]
     with tempfile.TemporaryFile("w+") as log:
         cluster = start_cluster(["--replicas", "2", "--workers", "2", "--port", str(port), "--ui-port",
                                  str(ui_port)], env, log)
@@ -84,7 +89,10 @@ def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: st
                 ready = httpx.get(f"{url}/ready", timeout=30)
                 assert ready.status_code == 200, ready.text  # each replica reaches PostgreSQL and the bucket
             source = make_adapter(tmp_path / "adapter")
-            with RegistryClient(first, "", cache=False) as one, RegistryClient(second, "", cache=False) as two:
+            # a shared database and object store: tokens required, though the replicas listen on loopback only
+            anonymous = httpx.post(f"{first}/api/v1/adapters/ops/anonymous/versions", timeout=30)
+            assert anonymous.status_code == 401, anonymous.text
+            with RegistryClient(first, token, cache=False) as one, RegistryClient(second, token, cache=False) as two:
                 published = one.publish(source, "ops/shared", base_model="tiny-llama")
                 assert f"blobs/sha256/{published.vectors_sha256[:2]}/{published.vectors_sha256[2:4]}/" \
                        f"{published.vectors_sha256}" in objects(s3)  # the bytes went to the object store
