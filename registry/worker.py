@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from registry.domain.errors import ContentTooLarge, InvalidInput, RegistryError
 from registry.domain.schemas import JobInfo
@@ -123,6 +124,9 @@ def checked_worker_devices(device: str, nproc: int = 1) -> list[str]:
                            "many processes as it asks GPUs (gpus=k: k processes, one per GPU). Leave --nproc out.")
     return devices
 
+
+#: The longest a worker waits between tries while its database is unavailable (it waits poll_s, doubling, up to it).
+MAX_OUTAGE_WAIT_S = 30.0
 
 class _Tracker:
     """Shared between the training loop and the heartbeat thread."""
@@ -276,8 +280,19 @@ class Worker:
         processes = f", up to {self.nproc} processes a job" if self.nproc > 1 else ""
         self.log(f"worker {self.name} polling for jobs (device {self.device}{processes}: jobs asking for up to "
                  f"{self.gpus} GPUs)")
+        failures = 0
         while not stop.is_set() and not self.draining.is_set():
-            if not self.run_once():
+            try:
+                ran = self.run_once()
+            except (OperationalError, InterfaceError) as exc:  # the database restarted, failed over, refused
+                failures += 1
+                wait = min(MAX_OUTAGE_WAIT_S, self.poll_s * 2 ** min(failures, 8))
+                self.log(f"worker {self.name}: the database is unavailable ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); trying again in {wait:g} s")
+                stop.wait(wait)
+                continue
+            failures = 0
+            if not ran:
                 stop.wait(self.poll_s)
         self.log(f"worker {self.name} stopped")
 

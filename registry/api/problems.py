@@ -3,6 +3,7 @@ exception tree maps to statuses in one table (registry.domain.errors.HTTP_STATUS
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.domain.errors import EntryNotFound, RateLimited, RegistryError, RevisionNotFound, status_of
+
+log = logging.getLogger("vera.api")
+#: What a 503 for a database that dropped the connection asks clients to wait (the client retries within 10 s).
+DATABASE_RETRY_AFTER_S = 2
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
           408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 422: "Invalid input",
@@ -37,7 +43,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Conflicts with what is stored"), (413, "Upload too large"), (422, "Invalid input"),
         (429, "Too many costly requests from this caller; retry after Retry-After seconds"),
         (500, "Stored bytes failed their hash check"), (502, "The HuggingFace Hub failed or refused"),
-        (503, "Database schema out of date, or the server is busy generating projections; retry"))
+        (503, "Database schema out of date or unavailable, or the server is busy generating projections; retry"))
 }
 
 
@@ -103,6 +109,19 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         response = problem(exc.status_code, TITLES.get(exc.status_code, "error").lower().replace(" ", "_"),
                            str(exc.detail), request.url.path)
         response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """The database dropped or refused the connection (restarted, failed over, overloaded): a 503 that clients
+        retry (the registry's retries idempotent requests after Retry-After), not a 500. Its text, which may name
+        the database's address, goes to the log only."""
+        log.warning(f"database unavailable during {request.method} {request.url.path}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        response = problem(503, "database_unavailable", "The registry's database is unavailable for the moment; "
+                           "nothing was changed. Retry in a few seconds.", request.url.path)
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
         return response
 
     @app.exception_handler(Exception)

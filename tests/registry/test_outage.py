@@ -1,0 +1,85 @@
+"""The database going away for a few seconds under a serving registry (an operator's walk, session 14): the API
+answered 500 (and /metrics too), the client gave up at once, and `vera worker` died, taking `vera cluster` down.
+Here PostgreSQL itself refuses the registry's database (ALLOW_CONNECTIONS false, its sessions terminated), then
+takes it back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from registry.client import RegistryClient
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
+from registry.worker import Worker
+from tests.registry.adapters import make_adapter
+from tests.registry.conftest import PG_ADMIN
+from tests.registry.servers import running_server
+
+
+@contextmanager
+def outage(database_url: str) -> Iterator[None]:
+    """The registry's database refuses every connection, and its open ones are cut, until the block ends."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_outage_is_a_503_that_clients_wait_out(database_url: str, tmp_path: Path) -> None:
+    with running_server(database_url, tmp_path / "blobs") as url, RegistryClient(url, "", cache=False) as client:
+        client.publish(make_adapter(tmp_path / "a"), "ann/steady", base_model="tiny-llama")
+        with outage(database_url):
+            answer = httpx.get(f"{url}/api/v1/adapters/ann/steady/versions/1", timeout=30)
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "2", answer.text
+            assert "database is unavailable for the moment; nothing was changed" in answer.json()["detail"]
+            assert "127.0.0.1" not in answer.text and "5432" not in answer.text  # its address stays in the log
+            got: list[object] = []
+            reader = threading.Thread(target=lambda: got.append(client.get("ann/steady:1").version))
+            reader.start()
+            time.sleep(1)  # the client is waiting out its first 503
+        reader.join(timeout=60)
+        assert got == [1]  # the idempotent read succeeded once the database was back
+        assert client.get("ann/steady:1").version == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_waits_out_an_outage_and_claims_jobs_after_it(database_url: str, tmp_path: Path) -> None:
+    db = Database(database_url)
+    db.upgrade()
+    jobs = Jobs(Registry(db, FsspecBlobStore(str(tmp_path / "blobs"))))
+    said: list[str] = []
+    worker = Worker(jobs, name="steady", poll_s=0.1, log=said.append)
+    runner = threading.Thread(target=worker.run_forever)
+    try:
+        with outage(database_url):
+            runner.start()
+            deadline = time.monotonic() + 60
+            while not any("the database is unavailable" in line for line in said):
+                assert runner.is_alive() and time.monotonic() < deadline, said
+                time.sleep(0.1)
+        job = jobs.submit({"demo": True, "r": 16, "training": {"max_steps": 2}}, owner="ann", target="ann/after")
+        deadline = time.monotonic() + 300
+        while jobs.get(job.id).status in ("queued", "running"):
+            assert runner.is_alive() and time.monotonic() < deadline, said
+            time.sleep(0.5)
+        assert jobs.get(job.id).status == "succeeded", said
+        assert "trying again in" in next(line for line in said if "unavailable" in line)
+    finally:
+        worker.draining.set()
+        runner.join(timeout=120)
+        db.engine.dispose()
