@@ -25,6 +25,7 @@ from registry.cli.common import (
 from registry.cli.output import JsonOutput, print_json
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
+from registry.domain.errors import InvalidInput, SchemaOutOfDate
 from registry.domain.schemas import GC_GRACE_S
 
 if TYPE_CHECKING:
@@ -52,14 +53,21 @@ def _database(database_url: str | None) -> Database:
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
     """Create or upgrade the registry schema (Alembic)."""
     db = _database(database_url)
+    db.check_not_ahead()
     db.upgrade(revision)
     console.print(f"database at revision {db.current_revision()}")
 
 
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. base.")],
+                 yes: Annotated[bool, typer.Option("--yes", help="Do not ask: drop what later revisions added.")
+                                ] = False,
                  database_url: DatabaseUrl = None) -> None:
-    """Downgrade the registry schema (destructive: drops what later revisions added)."""
+    """Downgrade the registry schema (destructive: drops what later revisions added, with their rows)."""
     db = _database(database_url)
+    where = db.engine.url.render_as_string(hide_password=True)
+    if not yes and not typer.confirm(f"Downgrade {where} from {db.current_revision()} to {revision}, dropping the "
+                                     "tables and columns of every later revision with what they hold?"):
+        raise InvalidInput(f"Not downgraded: {where} is as it was. Pass --yes to downgrade without asking.")
     db.downgrade(revision)
     console.print(f"database at revision {db.current_revision() or 'base (empty)'}")
 
@@ -68,7 +76,11 @@ def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
     db = _database(database_url)
     current, head = db.current_revision(), db.head_revision()
-    state = "up to date" if current == head else "run `vera db upgrade`"
+    try:
+        db.check_not_ahead()
+        state = "up to date" if current == head else "run `vera db upgrade`"
+    except SchemaOutOfDate:
+        state = "newer than this release: run the release that upgraded it"
     console.print(f"current: {current or 'none (empty)'}; head: {head}; {state}")
     if current != head:
         check_failed()

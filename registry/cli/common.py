@@ -60,6 +60,14 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
         except OSError as exc:  # the machine's answer (a full disk, a folder it may not write): no traceback
             where = f" ({exc.filename})" if exc.filename else ""
             fail(OSError(f"{exc.strerror or exc}{where}"))
+        except Exception as exc:
+            # the database refused or dropped the connection (sqlalchemy, not imported here: `vera ls` needs none)
+            if type(exc).__module__ == "sqlalchemy.exc" and type(exc).__name__ in ("OperationalError",
+                                                                                   "InterfaceError"):
+                first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+                fail(RegistryError(f"Cannot use the registry database: {first}. Check VERA_DATABASE_URL (or "
+                                   "--database-url), and that the database server is up and reachable."))
+            raise
 
     return reporting
 

@@ -63,7 +63,14 @@ class IntegrityError(RegistryError):
 
 
 class SchemaOutOfDate(RegistryError):
+    """The database's schema is not the one this release needs: behind (``vera db upgrade``), or ``ahead`` (a newer
+    release upgraded it)."""
+
     code = "schema_out_of_date"
+
+    def __init__(self, message: str, *, ahead: bool = False) -> None:
+        super().__init__(message)
+        self.ahead = ahead
 
 
 class Unauthorized(RegistryError):

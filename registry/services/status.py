@@ -47,5 +47,8 @@ class Status:
 
 def _failed(what: str, exc: Exception) -> str:
     log.warning("readiness: the %s check failed: %s: %s", what, type(exc).__name__, exc)
-    hint = " (the schema is behind: run `vera db upgrade`)" if isinstance(exc, SchemaOutOfDate) else ""
+    hint = ""
+    if isinstance(exc, SchemaOutOfDate):
+        hint = (" (the schema is newer than this release: run the release that upgraded it)" if exc.ahead
+                else " (the schema is behind: run `vera db upgrade`)")
     return f"error: {type(exc).__name__}{hint}; the server's log says more"

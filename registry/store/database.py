@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,6 +83,12 @@ class Database:
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
+    def _knows(self, revision: str) -> bool:
+        try:
+            return ScriptDirectory.from_config(alembic_config(self.url)).get_revision(revision) is not None
+        except CommandError:  # alembic: "Can't locate revision identified by ..."
+            return False
+
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
 
@@ -101,10 +108,23 @@ class Database:
         """No registry table and no schema revision: a database never used by the registry (or downgraded to base)."""
         return self.current_revision() is None and set(inspect(self.engine).get_table_names()) <= {"alembic_version"}
 
+    def check_not_ahead(self) -> None:
+        """Refuse a schema that a newer release upgraded (a revision this one does not know), saying so."""
+        self._check_schema(at_head=False)
+
     def check_schema(self) -> None:
         """Refuse to run on a schema that is not at head, with the command that fixes it."""
+        self._check_schema(at_head=True)
+
+    def _check_schema(self, *, at_head: bool) -> None:
         current, head = self.current_revision(), self.head_revision()
-        if current != head:
+        if current is not None and current != head and not self._knows(current):
+            raise SchemaOutOfDate(
+                f"The registry database at {self.engine.url.render_as_string(hide_password=True)} is at schema "
+                f"revision {current}, which this version of vera-registry does not know (it knows up to {head}): a "
+                "newer release upgraded it. Run that release here too; `vera db upgrade` of this one cannot help.",
+                ahead=True)
+        if at_head and current != head:
             raise SchemaOutOfDate(
                 f"The registry database at {self.engine.url.render_as_string(hide_password=True)} is at schema "
                 f"revision {current or 'none (empty)'}, but this version of vera-registry needs {head}. "

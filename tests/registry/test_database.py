@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from registry.bootstrap import open_registry
 from registry.domain.errors import SchemaOutOfDate
@@ -18,7 +19,7 @@ from registry.settings import Settings
 from registry.store.database import Database
 from registry.store.models import Base
 from tests.registry.servers import free_port, running_vera
-from tests.registry.test_cli import vera
+from tests.registry.test_cli import VERA, vera
 
 
 def test_upgrade_to_head_gives_exactly_the_orm_metadata_and_downgrade_works(database_url: str) -> None:
@@ -65,10 +66,39 @@ def test_db_commands(tmp_path: Path) -> None:
     fsck = vera("fsck", "--database-url", url, "--storage-url", str(tmp_path / "blobs"))
     assert fsck.returncode == 0 and "missing: 0" in fsck.stdout
     assert "removed 0" in vera("gc", "--database-url", url, "--storage-url", str(tmp_path / "blobs")).stdout
-    down = vera("db", "downgrade", "base", "--database-url", url)
+    asked = subprocess.run([str(VERA), "db", "downgrade", "base", "--database-url", url], input="n\n",
+                           capture_output=True, text=True, timeout=120)  # destructive: asked first
+    assert asked.returncode == 1 and "Drop" not in asked.stdout and "dropping the tables" in asked.stdout
+    assert "Not downgraded" in " ".join(asked.stderr.split()) and "Pass --yes" in " ".join(asked.stderr.split())
+    assert "up to date" in vera("db", "status", "--database-url", url).stdout
+    down = vera("db", "downgrade", "base", "--yes", "--database-url", url)
     assert down.returncode == 0 and "base (empty)" in down.stdout
     refused = vera("fsck", "--database-url", url)
     assert refused.returncode == 1 and "Run `vera db upgrade`" in " ".join(refused.stderr.split())  # however wrapped
+    unreachable = vera("db", "status", "--database-url", "postgresql+psycopg://postgres@127.0.0.1:9/none")
+    said = " ".join(unreachable.stderr.split())
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr  # ~150 lines of one before
+    assert "Cannot use the registry database: connection failed" in said and "Check VERA_DATABASE_URL" in said
+
+
+def test_a_schema_a_newer_release_upgraded_is_named_as_such(tmp_path: Path) -> None:
+    """During a rolling upgrade the old replicas' /ready said "the schema is behind: run `vera db upgrade`", and
+    running that gave an alembic traceback (an operator's walk, session 14): the schema is ahead."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
+    db.upgrade()
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    with pytest.raises(SchemaOutOfDate, match="is at schema revision 9999_from_the_future, which this version of "
+                                              "vera-registry does not know") as ahead:
+        db.check_schema()
+    assert ahead.value.ahead
+    db.engine.dispose()
+    status = vera("db", "status", "--database-url", url)
+    assert status.returncode == 3 and "newer than this release" in status.stdout
+    upgrade = vera("db", "upgrade", "--database-url", url)
+    said = " ".join(upgrade.stderr.split())
+    assert upgrade.returncode == 1 and "a newer release upgraded it" in said and "Traceback" not in said
 
 
 def test_the_server_creates_the_schema_of_an_empty_database_and_refuses_an_old_one(database_url: str,
