@@ -69,6 +69,20 @@ class _Publication:
     visibility: Visibility | None = None  # of a new adapter (None: the registry's default)
 
 
+def _next_number(s: Session, adapter: m.Adapter) -> int:
+    """The next version number of ``adapter``, recorded: never one it had before, even if that version (or the whole
+    adapter) was deleted since. A concurrent publish that takes the same number fails on the unique constraints (the
+    version's or the counter's) and is retried."""
+    counter = s.get(m.VersionCounter, (adapter.owner, adapter.name))
+    present = s.scalar(select(func.max(m.AdapterVersion.version)).where(m.AdapterVersion.adapter_id == adapter.id))
+    number = max(present or 0, counter.last_version if counter is not None else 0) + 1
+    if counter is None:
+        s.add(m.VersionCounter(owner=adapter.owner, name=adapter.name, last_version=number))
+    else:
+        counter.last_version = number
+    return number
+
+
 def _retryable(exc: Exception) -> bool:
     text = str(exc).lower()
     return isinstance(exc, DbIntegrityError) or "locked" in text or "busy" in text
@@ -189,8 +203,7 @@ class Publisher:
             raise Conflict(f"{what.owner}/{what.name} is {adapter.visibility}; a publish does not change that. Use "
                            f"`vera visibility {what.owner}/{what.name} {what.visibility}` (PATCH "
                            f"/api/v1/adapters/{what.owner}/{what.name}), or publish without saying.")
-        number = (s.scalar(select(func.max(m.AdapterVersion.version)).where(
-            m.AdapterVersion.adapter_id == adapter.id)) or 0) + 1
+        number = _next_number(s, adapter)
         version = _version_row(what, files, checked, vectors, adapter_id=adapter.id, number=number, base_id=base.id,
                                projection_id=projection.id)
         _record_sources(s, version, what.lineage)

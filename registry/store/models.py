@@ -110,6 +110,16 @@ class Adapter(Base):
     versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter", order_by="AdapterVersion.version")
 
 
+class VersionCounter(Base):
+    """The highest version number ``owner/name`` has ever had (0015): kept when versions, and the adapter, are
+    deleted, so that no number is given twice."""
+
+    __tablename__ = "version_counters"
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer)
+
+
 class AdapterCard(Base):
     """A model card as it was after an edit (0014), so that the /hf README.md of a Hub commit, which carries the
     card, is the same bytes for as long as the commit is served (registry.services.hub_view). Revision 0 is the card
