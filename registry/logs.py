@@ -29,7 +29,7 @@ LEVELS = ("debug", "info", "warning", "error")
 _SECRET = re.compile(r"vera_[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|(?i:bearer)\s+[^\s\"',]+|whsec_[A-Za-z0-9_\-]+")
 _VALID_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 #: Fields an event may carry besides its message (``logger.info(..., extra={...})``).
-FIELDS = ("request_id", "job_id", "method", "path", "status", "duration_ms", "client", "bytes")
+FIELDS = ("request_id", "job_id", "method", "path", "status", "duration_ms", "client", "bytes", "user", "token_id")
 
 log = logging.getLogger("vera")
 
@@ -59,7 +59,8 @@ class JsonLines(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
         }
-        entry.update({key: value for key in FIELDS if (value := getattr(record, key, None)) is not None})
+        entry.update({key: redact(value) if isinstance(value, str) else value  # a token pasted into a path
+                      for key in FIELDS if (value := getattr(record, key, None)) is not None})
         if record.exc_info:
             entry["error"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
@@ -142,8 +143,11 @@ class AccessLog:
             await self.app(scope, receive, sending)
         finally:
             client = scope.get("client")
+            # the caller a token named (registry.api.deps keeps it in the request's state): who did it, in the log
+            caller = (scope.get("state") or {}).get("principal")
             self.logger.info(f"{scope['method']} {scope['path']} {status}", extra={
                 "method": scope["method"], "path": scope["path"], "status": status, "bytes": sent,
                 "duration_ms": round((time.perf_counter() - start) * 1000, 1),
-                "client": client[0] if client else None})
+                "client": client[0] if client else None, "user": getattr(caller, "owner", None),
+                "token_id": getattr(caller, "token_id", None)})
             REQUEST_ID.reset(token)

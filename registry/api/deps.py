@@ -103,7 +103,9 @@ async def _principal(request: Request, authorization: Annotated[str | None, Head
     secret = bearer_token(authorization)
     if secret is None:
         raise Unauthorized("Authorization must be 'Bearer <token>'.")
-    return await run_in_threadpool(authenticate, request.app.state.registry.db, secret)
+    principal = await run_in_threadpool(authenticate, request.app.state.registry.db, secret)
+    setattr(request.state, PRINCIPAL, principal)  # the access log names who called (registry.logs)
+    return principal
 
 
 Caller = Annotated[Principal | None, Depends(_principal)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound, RegistryError, StorageUnavailable
 
+log = logging.getLogger("vera.storage")
 _HEX = frozenset("0123456789abcdef")
 #: Reads stream in pieces of this size: a download holds one piece at a time, whatever the blob's size.
 CHUNK = 1 << 20
@@ -100,7 +102,8 @@ class BlobReader:
         finally:
             self.close()
         if h.hexdigest() != self.digest:
-            raise IntegrityError(f"Blob {self.digest} in {self.url} is corrupted (its bytes hash to {h.hexdigest()});"
+            log.warning("blob %s in %s is corrupted (it hashes to %s)", self.digest, self.url, h.hexdigest())
+            raise IntegrityError(f"Blob {self.digest} is corrupted in storage (its bytes hash to {h.hexdigest()});"
                                  " the download was cut off. Run `vera fsck --repair`.")
 
     def close(self) -> None:
@@ -111,14 +114,18 @@ class BlobReader:
 @contextlib.contextmanager
 def _storage(url: str, action: str) -> Iterator[None]:
     """Failures of the storage backend itself (a folder gone, an object store down or refusing) as
-    StorageUnavailable: a 503 with what failed, never a 500. Missing files and the registry's own errors pass."""
+    StorageUnavailable: a 503 with what failed, never a 500. Missing files and the registry's own errors pass. The
+    answer names the kind of failure; where the storage is (a server's path, a bucket) and the error's own text go
+    to the log only."""
     try:
         yield
     except (RegistryError, FileNotFoundError):
         raise
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types (OSError, botocore, aiohttp)
-        raise StorageUnavailable(f"Blob storage {url} failed while {action} ({type(exc).__name__}: {exc}). Nothing "
-                                 "was changed; check that the storage is reachable (GET /ready) and retry.") from exc
+        log.warning("blob storage %s failed while %s: %s: %s", url, action, type(exc).__name__, exc)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise StorageUnavailable(f"Blob storage failed while {action} ({why}). Nothing was changed; check that the "
+                                 "storage is reachable and writable (GET /ready, the server's log) and retry.") from exc
 
 
 class FsspecBlobStore:
@@ -141,7 +148,8 @@ class FsspecBlobStore:
             self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
 
     def _missing(self, digest: str) -> NotFound:
-        return NotFound(f"Blob {digest} is missing from storage {self.url}; run `vera fsck` to report.")
+        log.warning("blob %s is missing from storage %s", digest, self.url)  # where: for the operator only
+        return NotFound(f"Blob {digest} is missing from storage; run `vera fsck` to report.")
 
     def _path(self, digest: str) -> str:
         return f"{self.root}/sha256/{digest[:2]}/{digest[2:4]}/{digest}"
@@ -222,7 +230,7 @@ class FsspecBlobStore:
             raise self._missing(digest) from None
         if sha256_hex(data) != digest:
             raise IntegrityError(
-                f"Blob {digest} in {self.url} is corrupted ({len(data)} bytes hash to {sha256_hex(data)}); it will "
+                f"Blob {digest} is corrupted in storage ({len(data)} bytes hash to {sha256_hex(data)}); it will "
                 "not be served. Run `vera fsck --repair` to quarantine it, then re-publish the version."
             )
         return data

@@ -77,9 +77,11 @@ def free_ports(count: int) -> int:
 
 @contextmanager
 def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1", **env: str) -> Iterator[str]:
-    """Start `vera serve` against an upgraded database; yield its URL; stop it afterwards. On PostgreSQL (a shared
-    database, where the API requires tokens unless told otherwise) in local mode unless ``env`` says."""
-    if database_url.startswith("postgresql") and "VERA_REQUIRE_TOKENS" not in env:
+    """Start `vera serve` against an upgraded database; yield its URL; stop it afterwards. On PostgreSQL or object
+    storage (a shared registry, where the API requires tokens unless told otherwise) in local mode on loopback
+    unless ``env`` says."""
+    shared = database_url.startswith("postgresql") or "://" in env.get("VERA_STORAGE_URL", "")
+    if shared and host == "127.0.0.1" and "VERA_REQUIRE_TOKENS" not in env:
         env = {**env, "VERA_REQUIRE_TOKENS": "false"}
     db = Database(database_url)
     db.upgrade()

@@ -32,7 +32,7 @@ def test_corrupted_and_truncated_blobs_are_never_served(store: FsspecBlobStore) 
     digest = store.put(b"some adapter bytes")
     path = store._path(digest)
     store.fs.pipe_file(path, b"some adapter byte")  # truncated in place
-    with pytest.raises(IntegrityError, match=f"Blob {digest} .* is corrupted"):
+    with pytest.raises(IntegrityError, match=f"Blob {digest} is corrupted in storage"):
         store.get(digest)
 
 
@@ -89,7 +89,7 @@ def test_a_read_that_fails_half_way_is_storage_unavailable_and_closes_its_handle
     failing = reader.handle = FailingHandle(reader.handle)
     pieces = iter(reader)
     next(pieces)
-    with pytest.raises(StorageUnavailable, match="failed while reading blob .*connection reset by peer.*retry"):
+    with pytest.raises(StorageUnavailable, match="failed while reading blob [0-9a-f]+ \\(OSError\\).*retry"):
         next(pieces)
     assert failing.closed
 

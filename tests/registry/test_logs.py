@@ -45,6 +45,8 @@ def test_server_and_worker_log_json_lines_with_request_ids_and_no_secrets(tmp_pa
             "Authorization": f"Bearer {token}", "X-Request-ID": "trace-42"})
         assert asked.headers["x-request-id"] == "trace-42"
         assert httpx.get(f"{base}/api/v1/adapters", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        pasted = httpx.get(f"{base}/api/v1/adapters/{token}/y/versions/1", headers={"Authorization": f"Bearer {token}"})
+        assert pasted.status_code in (404, 422)  # a token pasted into a path: redacted in every field of the log
         httpx.post(f"{base}/api/v1/adapters/ann/logged/versions/1/hub/push", json={"repo_id": "ann/x"},
                    headers={"Authorization": f"Bearer {token}", "X-Hub-Token": hub_secret})
         logs.REQUEST_ID.set("from-the-model-server")  # a client inside another request's work passes its id on
@@ -59,6 +61,8 @@ def test_server_and_worker_log_json_lines_with_request_ids_and_no_secrets(tmp_pa
     [traced] = [e for e in access if e.get("request_id") == "trace-42"]
     assert traced["method"] == "GET" and traced["path"] == "/api/v1/adapters/ann/logged/versions/1"
     assert traced["status"] == 200 and isinstance(traced["duration_ms"], float) and traced["client"] == "127.0.0.1"
+    assert traced["user"] == "ann" and isinstance(traced["token_id"], int)  # who called (an operator's walk)
+    assert any(e["path"] == "/api/v1/adapters/[redacted]/y/versions/1" for e in access)
     assert any(e["status"] == 401 for e in access) and any(e["status"] == 201 for e in access)
     assert any(e.get("request_id") == "from-the-model-server" for e in access)
     [submitted] = [e for e in access if e["path"] == "/api/v1/jobs" and e["method"] == "POST"]

@@ -96,6 +96,7 @@ def test_storage_that_goes_away_is_a_503_that_says_so_and_changes_nothing(s3: S3
                 assert response.status_code == 503, response.text
                 problem = response.json()
                 assert problem["type"] == "/problems/storage_unavailable" and "retry" in problem["detail"]
+                assert BUCKET not in response.text  # where the storage is stays in the server's log
             source = make_adapter(tmp_path / "b", seed=9)
             files = {part: (f"{part}.{suffix}", (source / f"{part}.{suffix}").read_bytes())
                      for part, suffix in (("adapter_config", "json"), ("adapter_model", "safetensors"))}
