@@ -109,12 +109,18 @@ MAX_LIVE_TOKENS = 100
 MAX_TOKENS_PER_DAY = 1000
 
 
+#: The actor of token events done on the registry's machine (`vera token create|revoke`), not through the API.
+OPERATOR = "operator"
+
+
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
                  expires_in: timedelta | None = None, limited_to: list[str] | None = None,
-                 expires_at: datetime | None = None) -> tuple[int, str]:
+                 expires_at: datetime | None = None, actor: str = OPERATOR) -> tuple[int, str]:
     """Create a token and return (id, secret). The secret is shown once; only its hash is stored. With
     ``expires_in`` the token stops working after that long (or at ``expires_at``); with ``limited_to`` it reads
-    private adapters and writes only under those owners."""
+    private adapters and writes only under those owners. Audited (``token-create``, by ``actor``: the operator
+    for `vera token create` on the registry's machine). A token is a user's: an organisation's name is refused
+    (its members act in it with their own tokens)."""
     check_name(owner, "Owner")
     check_text(name, "Token name", max_length=100)
     unknown = sorted(set(scopes) - set(SCOPES))
@@ -142,10 +148,16 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if recent >= MAX_TOKENS_PER_DAY:  # short-lived ones too: each is a row
             raise Conflict(f"{owner} created {recent:,} tokens in the last 24 hours, the most one user may; use "
                            "the ones you have, or ask again tomorrow.")
+        if s.scalar(select(m.Organization.id).where(m.Organization.name == owner)) is not None:
+            raise InvalidInput(f"{owner} is an organisation: a token acts for a user, who publishes in {owner} as a "
+                               f"member (`vera org add {owner} USER --role write`). Create the token for that user.")
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to)
         s.add(row)
         s.flush()
+        s.add(m.AuditEvent(actor=actor[:64], action="token-create", target=owner, detail={
+            "token": row.id, "name": name, "scopes": row.scopes, "limited_to": limited_to,
+            "expires_at": expires_at.isoformat() if expires_at is not None else None}))
         return row.id, secret
 
 
@@ -155,13 +167,17 @@ def token_not_found(token_id: int) -> NotFound:
                     "machine) shows them.")
 
 
-def revoke_token(db: Database, token_id: int, *, owner: str | None = None) -> None:
-    """Revoke a token (only ``owner``'s, when given: another user's token is not found)."""
+def revoke_token(db: Database, token_id: int, *, owner: str | None = None, actor: str = OPERATOR) -> None:
+    """Revoke a token (only ``owner``'s, when given: another user's token is not found); audited (``token-revoke``,
+    by ``actor``) the first time."""
     with db.session() as s:
         row = s.get(m.AccessToken, token_id)
         if row is None or (owner is not None and row.owner != owner):
             raise token_not_found(token_id)
-        row.revoked_at = row.revoked_at or datetime.now(UTC)
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+            s.add(m.AuditEvent(actor=actor[:64], action="token-revoke", target=row.owner,
+                               detail={"token": row.id, "name": row.name}))
 
 
 def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:

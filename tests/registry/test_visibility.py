@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, Forbidden, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.services.tokens import create_token
 from registry.store.database import Database
 from registry.store.models import AccessToken
@@ -307,6 +307,18 @@ def test_tokens_through_the_api(server: dict[str, Any]) -> None:
     assert anonymous["anonymous"] is True and anonymous["scopes"] == ["read"]
     assert get(server, None, "/api/v1/tokens").status_code == 403
     assert get(server, "expired-alice", "/api/v1/whoami").status_code == 401
+    # tokens made and revoked are audited, for the user and admins to see (an operator's walk, session 14)
+    with client(url, tokens["alice"]) as alice:
+        mine = [(e.actor, e.action, e.detail.get("token")) for e in alice.events(owner="alice").events
+                if e.action.startswith("token-")]
+    assert ("alice", "token-create", info.id) in mine and ("alice", "token-revoke", info.id) in mine
+    with client(url, tokens["mallory"]) as mallory:
+        assert not [e for e in mallory.events(owner="alice").events if e.action.startswith("token-")]
+    with client(url, tokens["root"]) as root:
+        assert any(e.action == "token-create" and e.actor == "root" and e.target == "erin"
+                   for e in root.events(owner="erin").events)
+        with pytest.raises(InvalidInput, match="acme is an organisation: a token acts for a user"):
+            root.create_token(["read"], user="acme")  # it read acme's private adapters as acme itself, unseen
 
 
 def test_login_stores_a_token_the_client_then_uses(server: dict[str, Any], tmp_path: Path,

@@ -97,7 +97,7 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
         _within_own_rights(who, user, body)
         expires_at = _within_own_life(who, expires_at)
     token_id, secret = create_token(registry.db, owner=user, scopes=list(body.scopes), name=body.name,
-                                    limited_to=body.limited_to, expires_at=expires_at)
+                                    limited_to=body.limited_to, expires_at=expires_at, actor=who.owner)
     info = next(t for t in list_tokens(registry.db, owner=user) if t.id == token_id)
     return CreatedToken(token=info, secret=secret)
 
@@ -133,7 +133,7 @@ def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_
     who = _signed_in(caller, options)
     if not who.is_admin and not any(t.id == token_id for t in tokens(caller, options, registry)):
         raise token_not_found(token_id)  # one of the user's wider tokens: not there for a limited token
-    revoke_token(registry.db, token_id, owner=None if who.is_admin else who.owner)
+    revoke_token(registry.db, token_id, owner=None if who.is_admin else who.owner, actor=who.owner)
     return Response(status_code=204)
 
 
