@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry.domain.errors import ContentTooLarge, InvalidInput, RegistryError
+from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, RegistryError
 from registry.domain.schemas import JobInfo
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID
@@ -307,6 +307,10 @@ class Worker:
         job_token, request_token = JOB_ID.set(job.id), REQUEST_ID.set(self.jobs.request_id(job.id))
         try:
             self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts}) on {self.device}")
+            if (problem := self.jobs.submitter_problem(job)) is not None:  # not trained for nothing (again at publish)
+                self.jobs.finish(job.id, self.name, status="failed", error=f"Forbidden: {problem}")
+                self.log(f"job {job.id}: failed: {problem}")
+                return True
             self._run(job)
         finally:
             JOB_ID.reset(job_token)
@@ -454,10 +458,12 @@ class Worker:
     def _publish(self, job: JobInfo, spec: TrainSpec, adapter: Path, metrics: dict[str, Any],
                  tracker: _Tracker) -> None:
         owner, name = job.target_name.split("/", 1)
+        if (problem := self.jobs.submitter_problem(job)) is not None:
+            raise Forbidden(problem)
         summary = published_metrics(metrics)
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
-            published_by=job.owner, tags=["fine-tune"], description=f"fine-tuned by job {job.id}",
+            published_by=job.submitted_by or job.owner, tags=["fine-tune"], description=f"fine-tuned by job {job.id}",
             lineage={"job_id": job.id, "code_revision": running_code_revision()})
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
                     [("log", {"message": f"published {info.ref}"})])

@@ -373,6 +373,7 @@ class JobInfo(BaseModel):
     not_before: datetime | None = None  # queued again after its worker died: claimable from then
     gpus: int = 0  # GPUs its training needs: claimed only by a worker with that many (0: any worker, CPU included)
     checkpoint: JobCheckpointInfo | None = None  # while it is queued or running: the checkpoint a new attempt resumes
+    submitted_by: str | None = None  # the member of the owning organisation who submitted it (None: owner or admin)
 
 
 class JobEventInfo(BaseModel):

@@ -83,14 +83,31 @@ class Jobs:
                                "fewer steps.")
         return asked
 
+    def submitter_problem(self, job: JobInfo) -> str | None:
+        """Why ``job`` may not publish any more, or None: the member who submitted it through their role in the
+        owning organisation no longer writes there (removed, or made a reader)."""
+        if job.submitted_by is None:
+            return None
+        with self.db.session() as s:
+            role = s.scalar(select(m.Membership.role).join(m.Organization).where(
+                m.Organization.name == job.owner, m.Membership.member == job.submitted_by))
+        if role in ("write", "admin"):
+            return None
+        now = f"is now a {role} of it" if role else "is no longer a member"
+        return (f"{job.submitted_by}, who submitted it as a member of {job.owner}, {now}: a job publishes only with "
+                f"the rights it was submitted with. Nothing was published; a writer of {job.owner} may submit it "
+                "again.")
+
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
                dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None,
-               gpus: int = 0, actor: str | None = None) -> JobInfo:
+               gpus: int = 0, actor: str | None = None, member: str | None = None) -> JobInfo:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
         (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
-        audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given)."""
+        audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given). ``member``: the
+        submitter when only their role in the organisation ``owner`` allowed it; the job then publishes only while
+        they still write there (``submitter_problem``), and names them as its publisher."""
         _check_scheduling(priority, time_limit_s, gpus)
         time_limit_s = self._time_limit(time_limit_s)
         ref = Ref.parse_adapter(target)
@@ -132,7 +149,7 @@ class Jobs:
                 s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
             job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
                         dataset_sha256=digest, status="queued", progress={}, priority=priority,
-                        time_limit_s=time_limit_s, gpus=gpus)
+                        time_limit_s=time_limit_s, gpus=gpus, submitted_by=member)
             s.add(job)
             s.flush()
             request_id = REQUEST_ID.get()
@@ -391,7 +408,7 @@ def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
                     cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
                     result_ref=refs.get(job.result_version_id) if job.result_version_id is not None else None,
                     priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
-                    checkpoint=checkpoints.get(job.id))
+                    checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by)
             for job in jobs]
 
 

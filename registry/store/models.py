@@ -277,6 +277,9 @@ class Job(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # 0011: GPUs the job's training needs; only a worker that owns that many claims it (0: any worker)
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # 0016: the member whose organisation role allowed the submission (None: the owner or an administrator); the job
+    # publishes only while that member still writes in the organisation
+    submitted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobCheckpoint(Base):

@@ -379,3 +379,34 @@ def test_sigterm_drains_the_worker_and_a_second_one_gives_the_job_back(server: t
                 worker.kill()
                 worker.wait(timeout=30)
         client.cancel_job(long.id)
+
+
+def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_organisation(
+        registry: Registry, tmp_path: Path) -> None:
+    """A member removed from an organisation (or made a reader) had their queued jobs published anyway, as the
+    organisation (an operator's walk, session 14). Checked when a worker claims the job and again before it
+    publishes; a job that may publish names its member as the publisher."""
+    from registry.services.tokens import LOCAL_USER
+    from registry.worker import Worker
+
+    jobs = Jobs(registry)
+    registry.access.create_organization("acme", creator="ann")
+    for member, role in (("bob", "write"), ("cat", "write")):
+        registry.access.set_member("acme", member, role, viewer=LOCAL_USER)
+    tiny = {"demo": True, "r": 16, "training": {"max_steps": 2}}
+    removed = jobs.submit(tiny, owner="acme", target="acme/by-bob", actor="bob", member="bob")
+    stays = jobs.submit(tiny, owner="acme", target="acme/by-cat", actor="cat", member="cat")
+    assert (removed.submitted_by, stays.submitted_by) == ("bob", "cat")
+    registry.access.remove_member("acme", "bob", viewer=LOCAL_USER)
+    worker = Worker(jobs, name="w", log=lambda line: None)
+    assert worker.run_once() and worker.run_once()
+    failed = jobs.get(removed.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert "bob, who submitted it as a member of acme, is no longer a member" in failed.error
+    assert "Nothing was published" in failed.error and registry.list_versions(owner="acme").items[0].ref == \
+        "acme/by-cat:1"
+    assert registry.get("acme/by-cat:1").published_by == "cat"
+    again = jobs.submit(tiny, owner="acme", target="acme/later", actor="cat", member="cat")
+    registry.access.set_member("acme", "cat", "read", viewer=LOCAL_USER)
+    assert "cat, who submitted it as a member of acme, is now a read of it" in (jobs.submitter_problem(
+        jobs.get(again.id)) or "")

@@ -51,7 +51,8 @@ async def submit_job(
     name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
     return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
                                            dataset_name=name, priority=priority, time_limit_s=time_limit_s,
-                                           gpus=gpus, actor=who.owner))
+                                           gpus=gpus, actor=who.owner,
+                                           member=None if who.owner == owner or who.is_admin else who.owner))
 
 
 @router.get("", response_model=list[JobInfo])
