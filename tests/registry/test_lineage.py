@@ -68,8 +68,8 @@ def test_a_deleted_parent_is_remembered_by_name_and_never_relinked(server: dict[
     client.delete(parent)
     assert client.get(child).lineage == {"parent_deleted": "ann/gone:2"}
     assert [n.ref for n in client.lineage(child).nodes] == [child]
-    again = _publish(client, src, "ann/gone")  # the number 2 is given out again: not the parent
-    assert again == "ann/gone:2" and client.get(child).lineage == {"parent_deleted": "ann/gone:2"}
+    again = _publish(client, src, "ann/gone")  # a new number (never 2 again), and not the parent either way
+    assert again == "ann/gone:3" and client.get(child).lineage == {"parent_deleted": "ann/gone:2"}
     assert [n.ref for n in client.lineage(again).nodes] == [again]
 
 
