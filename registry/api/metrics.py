@@ -4,6 +4,7 @@ scraped)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 from registry.api.gate import App, Message, Receive, Scope, Send
 from registry.domain.schemas import StoreCounts
 from registry.services.status import Status
+
+log = logging.getLogger("vera.metrics")
 
 #: How long the registry's totals are reused: counting every version and summing every blob is a scan, and
 #: /metrics may be scraped often, or by several Prometheus servers; totals a few seconds old are what a gauge is.
@@ -57,7 +60,13 @@ class StoreGauges:
         return self._counts.get()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self.counts()
+        try:
+            counts = self.counts()
+        except Exception:  # noqa: BLE001 - the database is away: the request counters still answer
+            log.warning("metrics: the registry's totals cannot be read now", exc_info=True)
+            yield GaugeMetricFamily("vera_totals_up", "Whether the totals below could be read", value=0)
+            return
+        yield GaugeMetricFamily("vera_totals_up", "Whether the totals below could be read", value=1)
         yield GaugeMetricFamily("vera_adapters", "Adapters in the registry", value=counts.adapters)
         yield GaugeMetricFamily("vera_versions", "Adapter versions in the registry", value=counts.versions)
         yield GaugeMetricFamily("vera_stored_bytes", "Bytes of blobs in storage", value=counts.stored_bytes)

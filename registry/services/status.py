@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import func, select, text
 
-from registry.domain.errors import SchemaOutOfDate
+from registry.domain.errors import SchemaOutOfDate, StorageUnavailable
 from registry.domain.schemas import StoreCounts
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -15,9 +17,15 @@ from registry.store.database import Database
 log = logging.getLogger("vera.status")
 
 
+#: How long /ready waits for one of its checks.
+READY_CHECK_TIMEOUT_S = 5.0
+
+
 class Status:
     def __init__(self, db: Database, blobs: BlobStore) -> None:
         self.db, self.blobs = db, blobs
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="vera-ready")
+        self._running: dict[str, concurrent.futures.Future[None]] = {}
 
     def counts(self) -> StoreCounts:
         with self.db.session() as s:
@@ -29,25 +37,43 @@ class Status:
         """"ok" or "error: <kind> (...)" for the database (reachable, schema current) and the blob storage. The
         answer goes to callers without a token: it names the kind of failure, and the server's log has the rest
         (hosts, users and buckets stay there)."""
-        checks: dict[str, str] = {}
+        return {"database": self._checked("database", self._database), "storage": self._checked("storage",
+                                                                                                 self._storage)}
+
+    def _database(self) -> None:
+        with self.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        self.db.check_schema()
+
+    def _storage(self) -> None:
+        """Reachable and writable (blobs.check), and not an empty folder or bucket under a database that names blobs:
+        storage that was not mounted, or a misspelt VERA_STORAGE_URL, would answer every download with a 404."""
+        self.blobs.check()
+        if not self.blobs.holds_any():
+            with self.db.session() as s:
+                if s.scalar(select(m.Blob.sha256).limit(1)) is not None:
+                    raise StorageUnavailable("the storage holds no blob, but the database names some: is it "
+                                             "mounted, and is VERA_STORAGE_URL the registry's?")
+
+    def _checked(self, what: str, check: Callable[[], None]) -> str:
+        """"ok", or why not, within READY_CHECK_TIMEOUT_S: a check that hangs (an object store that stopped
+        answering) is reported as such, and not started again until it ends, so that hung checks do not pile up."""
+        running = self._running.get(what)
+        if running is None or running.done():
+            running = self._running[what] = self._pool.submit(check)
         try:
-            with self.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            self.db.check_schema()
-            checks["database"] = "ok"
+            running.result(timeout=READY_CHECK_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            log.warning("readiness: the %s check has not answered for %s s", what, READY_CHECK_TIMEOUT_S)
+            return f"error: no answer within {READY_CHECK_TIMEOUT_S:g} s; the server's log says more"
         except Exception as exc:  # noqa: BLE001 - readiness reports any failure
-            checks["database"] = _failed("database", exc)
-        try:
-            self.blobs.check()
-            checks["storage"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["storage"] = _failed("storage", exc)
-        return checks
+            return _failed(what, exc)
+        return "ok"
 
 
 def _failed(what: str, exc: Exception) -> str:
     log.warning("readiness: the %s check failed: %s: %s", what, type(exc).__name__, exc)
-    hint = ""
+    hint = f" ({exc})" if isinstance(exc, StorageUnavailable) else ""  # its messages name no place
     if isinstance(exc, SchemaOutOfDate):
         hint = (" (the schema is newer than this release: run the release that upgraded it)" if exc.ahead
                 else " (the schema is behind: run `vera db upgrade`)")

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -24,6 +25,8 @@ from fsspec.implementations.local import LocalFileSystem
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound, RegistryError, StorageUnavailable
 
 log = logging.getLogger("vera.storage")
+#: Below this much free space a local blob folder is not ready: publishes and download files would fail.
+MIN_FREE_BYTES = 16 << 20
 _HEX = frozenset("0123456789abcdef")
 #: Reads stream in pieces of this size: a download holds one piece at a time, whatever the blob's size.
 CHUNK = 1 << 20
@@ -72,6 +75,8 @@ class BlobStore(Protocol):
     def age_s(self, digest: str) -> float | None: ...
 
     def check(self) -> None: ...
+
+    def holds_any(self) -> bool: ...
 
     def leftovers(self, min_age_s: float) -> list[str]: ...
 
@@ -321,9 +326,22 @@ class FsspecBlobStore:
                 self.fs.rm(f"{self.root}/tmp/{name}")
 
     def check(self) -> None:
-        """Raise if the storage cannot be reached (readiness). An object store has no folders: an empty bucket has
-        no ``sha256/`` prefix yet, so there the bucket itself is what must answer."""
-        if self._local:
-            self.fs.ls(f"{self.root}/sha256")
-        else:
+        """Raise if the storage cannot be reached (readiness); a local folder must also be writable and have room
+        (a read-only or full disk failed every publish and first download while /ready said ok). An object store
+        has no folders: an empty bucket has no ``sha256/`` prefix yet, so there the bucket itself is what must
+        answer (a write probe there would be a paid request a second per process)."""
+        if not self._local:
             self.fs.ls(self.root.split("/", 1)[0], detail=False)
+            return
+        self.fs.ls(f"{self.root}/sha256")
+        if not os.access(f"{self.root}/tmp", os.W_OK):
+            raise StorageUnavailable("the blob folder is not writable (a read-only disk or mount?)")
+        if (free := shutil.disk_usage(self.root).free) < MIN_FREE_BYTES:
+            raise StorageUnavailable(f"the blob folder's disk is full ({free:,} bytes free)")
+
+    def holds_any(self) -> bool:
+        """Whether any blob is stored (its first level of folders is not empty)."""
+        try:
+            return bool(self.fs.ls(f"{self.root}/sha256", detail=False))
+        except FileNotFoundError:
+            return False

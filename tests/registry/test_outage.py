@@ -44,6 +44,9 @@ def test_an_outage_is_a_503_that_clients_wait_out(database_url: str, tmp_path: P
     with running_server(database_url, tmp_path / "blobs") as url, RegistryClient(url, "", cache=False) as client:
         client.publish(make_adapter(tmp_path / "a"), "ann/steady", base_model="tiny-llama")
         with outage(database_url):
+            scraped = httpx.get(f"{url}/metrics", timeout=30)  # the request counters answer; the totals say why not
+            assert scraped.status_code == 200 and "vera_totals_up 0.0" in scraped.text
+            assert "vera_http_requests_total" in scraped.text and "vera_versions " not in scraped.text
             answer = httpx.get(f"{url}/api/v1/adapters/ann/steady/versions/1", timeout=30)
             assert answer.status_code == 503 and answer.headers["retry-after"] == "2", answer.text
             assert "database is unavailable for the moment; nothing was changed" in answer.json()["detail"]
@@ -55,6 +58,7 @@ def test_an_outage_is_a_503_that_clients_wait_out(database_url: str, tmp_path: P
         reader.join(timeout=60)
         assert got == [1]  # the idempotent read succeeded once the database was back
         assert client.get("ann/steady:1").version == 1
+        assert "vera_totals_up 1.0" in httpx.get(f"{url}/metrics", timeout=30).text
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -344,3 +344,36 @@ def test_tokens_expire(registry: Registry) -> None:
         authenticate(registry.db, secret)
     listed = {t.id: t for t in list_tokens(registry.db)}
     assert listed[token_id].expires_at is not None and not listed[token_id].revoked
+
+
+def test_ready_says_when_storage_is_empty_under_a_database_that_names_blobs_or_hangs(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/ready said ok over a blob folder that was not mounted (every download then a 404), and a hung object store
+    kept /ready from answering at all (an operator's walk, session 14)."""
+    from registry.services import status as status_module
+    from registry.services.status import Status
+    from registry.store.blobs import FsspecBlobStore
+
+    registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="a", base_model="tiny-llama")
+    assert Status(registry.db, registry.blobs).readiness() == {"database": "ok", "storage": "ok"}
+    unmounted = Status(registry.db, FsspecBlobStore(str(tmp_path / "not-mounted")))
+    assert unmounted.readiness()["storage"].startswith("error: StorageUnavailable (the storage holds no blob, but "
+                                                       "the database names some: is it mounted")
+    monkeypatch.setattr(status_module, "READY_CHECK_TIMEOUT_S", 0.5)
+    release = threading.Event()
+    hung = FsspecBlobStore(str(tmp_path / "blobs"))
+    calls: list[float] = []
+
+    def hanging() -> None:
+        calls.append(time.monotonic())
+        release.wait(30)
+
+    monkeypatch.setattr(hung, "check", hanging)
+    slow = Status(registry.db, hung)
+    started = time.monotonic()
+    for _ in range(3):  # asked again while it hangs: reported, and not started again
+        assert slow.readiness()["storage"] == "error: no answer within 0.5 s; the server's log says more"
+    assert time.monotonic() - started < 10 and len(calls) == 1
+    release.set()
+    time.sleep(0.2)
+    assert slow.readiness()["storage"] == "ok"
