@@ -32,7 +32,7 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
     A database at an older schema must be upgraded on purpose: this refuses and names the command.
     """
     settings = settings or Settings()
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_pool)
     try:
         if (settings.database_url is None and upgrade_embedded) or (create_if_empty and db.is_empty()):
             db.upgrade()

@@ -17,6 +17,7 @@ from registry.domain.schemas import (
     MAX_JOB_TIME_LIMIT_S,
     MAX_PROJECTION_ELEMENTS,
     MAX_UPLOAD_BYTES,
+    PoolSettings,
 )
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
 
@@ -34,6 +35,13 @@ class Settings(BaseSettings):
     data_dir: Path = default_data_dir()
     # SQLAlchemy URL; default: a SQLite file in data_dir. PostgreSQL: postgresql+psycopg://user@host/db
     database_url: str | None = None
+    # PostgreSQL connections per process (registry.store.database.PoolSettings): the pool's size and overflow, how
+    # long to wait for a free connection, and to open one. Replicas x processes x (size + overflow) must stay under
+    # the server's max_connections.
+    database_pool_size: int = Field(default=5, ge=1, le=500)
+    database_max_overflow: int = Field(default=10, ge=0, le=500)
+    database_pool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    database_connect_timeout_s: int = Field(default=10, ge=1, le=600)
     # fsspec URL or local path for blobs; default: data_dir/blobs. At scale: s3://bucket/prefix and the like.
     storage_url: str | None = None
     # Tokens: None decides by the bind address (not required on loopback: single-user local mode).
@@ -66,6 +74,10 @@ class Settings(BaseSettings):
     # When set, GET /metrics answers only requests that bring it ('Authorization: Bearer <it>'; Prometheus: the scrape
     # job's authorization.credentials); unset, whoever reaches the port may scrape (registry-wide totals).
     metrics_token: SecretStr | None = None
+    # The proxies (load balancers) whose X-Forwarded-For / X-Forwarded-Proto the API believes, comma-separated
+    # addresses or networks ("*": any, only where nothing else can reach the API): the caller's address in the log
+    # and in the anonymous rate-limit budget is then the client's, not the balancer's.
+    forwarded_allow_ips: str = "127.0.0.1"
     # Costly requests (verify, compare, file downloads) one caller may make a minute, per API process; then 429.
     costly_requests_per_minute: int = Field(default=120, ge=1)
     # A running job whose worker sent no heartbeat for this long can be claimed by another worker.
@@ -173,6 +185,11 @@ class Settings(BaseSettings):
                 value = json.dumps(value)
             variables[f"VERA_{name.upper()}"] = str(value)
         return variables
+
+    @property
+    def database_pool(self) -> PoolSettings:
+        return PoolSettings(size=self.database_pool_size, max_overflow=self.database_max_overflow,
+                            timeout_s=self.database_pool_timeout_s, connect_timeout_s=self.database_connect_timeout_s)
 
     @property
     def shared_backend(self) -> str:

@@ -38,7 +38,8 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
 
     served: dict[str, Any] = {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
                               "access_log": False,  # registry.logs writes the access lines
-                              "ws": "none"}  # no websocket routes: the websockets library is never loaded
+                              "ws": "none",  # no websocket routes: the websockets library is never loaded
+                              "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
     # local mode (no tokens) only for one user's own registry: on loopback, over the embedded kind of storage. A
     # shared database or object store is a team's, and loopback says nothing of who reaches it through a proxy.
     shared = settings.shared_backend

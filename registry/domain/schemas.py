@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
@@ -32,6 +33,19 @@ MAX_EXPORT_BYTES = 16 << 30
 #: A fine-tune job's priority lies in [-MAX_JOB_PRIORITY, MAX_JOB_PRIORITY]; its time limit is at most 30 days.
 MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0
+@dataclass(frozen=True)
+class PoolSettings:
+    """A PostgreSQL engine's connection pool, per process (VERA_DATABASE_POOL_SIZE and the rest): at most ``size``
+    + ``max_overflow`` connections, ``timeout_s`` to wait for a free one, ``connect_timeout_s`` to open one. Every
+    API process and worker has its own pool: replicas x processes x (size + max_overflow) must stay under the
+    server's max_connections (100 by default)."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout_s: float = 30.0
+    connect_timeout_s: int = 10
+
+
 #: How old an unreferenced blob file must be before garbage collection deletes it: longer than any publish takes
 #: between writing its bytes and committing (`vera gc --grace-s`; registry.services.verification).
 GC_GRACE_S = 3600.0

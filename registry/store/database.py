@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.domain.errors import InvalidInput, SchemaOutOfDate
+from registry.domain.schemas import PoolSettings
 
 
 def _migrations_dir() -> Path:
@@ -32,7 +33,7 @@ def _migrations_dir() -> Path:
 MIGRATIONS = _migrations_dir()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool: PoolSettings | None = None) -> Engine:
     if url.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:
         raise InvalidInput(f"{url.split('@')[-1]!r} is a PostgreSQL database, and its driver is not installed: "
                            "pip install 'vera-registry[postgres]'.")
@@ -49,7 +50,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    pool = pool or PoolSettings()
+    return create_engine(url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.max_overflow,
+                         pool_timeout=pool.timeout_s, connect_args={"connect_timeout": pool.connect_timeout_s})
 
 
 def alembic_config(url: str) -> Config:
@@ -62,9 +65,9 @@ def alembic_config(url: str) -> Config:
 class Database:
     """An engine plus the transaction boundary: ``with db.session() as s:`` commits once, or rolls back."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool: PoolSettings | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextlib.contextmanager

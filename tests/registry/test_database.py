@@ -208,3 +208,23 @@ def test_downgrading_to_0006_keeps_every_version_tag_alias_and_job_event(registr
     assert counts() == before
     registry.db.upgrade()
     assert counts() == before and registry.get("ann/kept@prod").version == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_connection_pool_is_a_setting(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Replicas x processes x 15 connections could pass PostgreSQL's max_connections with nothing to tune (an
+    operator's walk, session 14)."""
+    for variable, value in (("VERA_DATABASE_POOL_SIZE", "3"), ("VERA_DATABASE_MAX_OVERFLOW", "1"),
+                            ("VERA_DATABASE_POOL_TIMEOUT_S", "7"), ("VERA_DATABASE_CONNECT_TIMEOUT_S", "4")):
+        monkeypatch.setenv(variable, value)
+    ready = Database(database_url)
+    ready.upgrade()
+    ready.engine.dispose()
+    registry = open_registry(Settings(database_url=database_url, storage_url=str(tmp_path / "blobs")))
+    try:
+        pool: Any = registry.db.engine.pool
+        assert (pool.size(), pool._max_overflow, pool._timeout) == (3, 1, 7.0)
+        with registry.db.engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        registry.db.engine.dispose()

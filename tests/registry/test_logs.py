@@ -157,3 +157,19 @@ def test_a_bad_log_level_is_a_usage_error_naming_the_choices() -> None:
     done = subprocess.run([str(VERA), "worker", "--once", "--log-level", "loud"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1 and "use debug, info, warning or error" in done.stderr
+
+
+def test_the_proxies_whose_forwarded_headers_count_are_a_setting(tmp_path: Path) -> None:
+    """Behind a load balancer on another host every caller was the balancer (in the log and in the anonymous
+    rate-limit budget), and nothing could say otherwise (an operator's walk, session 14): VERA_FORWARDED_ALLOW_IPS
+    names the proxies to believe (default: loopback)."""
+    seen = {}
+    for trusted in ("127.0.0.1", "10.9.9.9"):
+        port, log = free_port(), tmp_path / f"{trusted}.log"
+        with running_vera(["serve", "--port", str(port)], port, log_path=log, VERA_FORWARDED_ALLOW_IPS=trusted,
+                          VERA_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", VERA_STORAGE_URL=str(tmp_path / "b"),
+                          VERA_LOG_FORMAT="json") as base:
+            httpx.get(f"{base}/api/v1/adapters", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=30)
+        [line] = [e for e in json_lines(log) if e.get("path") == "/api/v1/adapters"]
+        seen[trusted] = line["client"]
+    assert seen == {"127.0.0.1": "203.0.113.9", "10.9.9.9": "127.0.0.1"}
