@@ -693,6 +693,10 @@ class RegistryClient:
         info = self.get(ref)
         self._request("DELETE", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}")
 
+    def delete_adapter(self, adapter: str) -> None:
+        """Every version of ``owner/name``, and the adapter."""
+        self._request("DELETE", self._adapter_path(adapter))
+
     # ---- who may see what: the caller, tokens, organisations (registry.services.access) ----------------------
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self._request("GET", "/api/v1/whoami").json())

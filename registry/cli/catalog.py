@@ -182,25 +182,45 @@ def yank(
 
 
 def delete(
-    ref: Annotated[str, typer.Argument(help="owner/name:VERSION or owner/name@ALIAS (a version, named explicitly).")],
+    ref: Annotated[str, typer.Argument(help="owner/name:VERSION or owner/name@ALIAS (a version, named explicitly); "
+                                            "owner/name with --all.")],
+    every: Annotated[bool, typer.Option("--all", help="Delete every version of owner/name, and the adapter.")
+                     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Delete one version for good (its aliases go with it; latest moves back). Asks first unless --yes."""
+    """Delete one version for good (its aliases go with it; latest moves back), or with --all a whole adapter. Asks
+    first unless --yes. Version numbers are never given again."""
     parsed = Ref.parse(ref)
+    if every:
+        if parsed.version is not None or parsed.alias is not None:
+            fail(InvalidInput(f"--all deletes a whole adapter: name it as owner/name, not {ref!r}."))
+        adapter = f"{parsed.owner}/{parsed.name}"
+        count = call_registry(registry, token, lambda c: c.list_versions(
+            owner=parsed.owner, name=parsed.name, include_yanked=True, limit=1, with_total=True).total)
+        _confirm(yes, f"Delete {adapter} and all its {count} versions?", adapter)
+        call_registry(registry, token, lambda c: c.delete_adapter(adapter))
+        console.print(f"deleted {adapter} ({count} versions)")
+        return
     if parsed.version is None and parsed.alias is None:
-        fail(InvalidInput(f"{ref!r} names no version; say which to delete: {ref}:VERSION or {ref}@ALIAS."))
+        fail(InvalidInput(f"{ref!r} names no version; say which to delete: {ref}:VERSION or {ref}@ALIAS (or every "
+                          f"version: vera delete {ref} --all)."))
     info = call_registry(registry, token, lambda c: c.get(ref))
-    if not yes:
-        question = f"Delete {info.ref}" + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "") + "?"
-        try:
-            confirmed = typer.confirm(question, default=False)
-        except typer.Abort:  # no answer (stdin closed)
-            confirmed = False
-        if not confirmed:
-            fail(InvalidInput(f"{info.ref} was not deleted; pass --yes to delete without asking."))
+    _confirm(yes, f"Delete {info.ref}" + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "") + "?",
+             info.ref)
     call_registry(registry, token, lambda c: c.delete(info.ref))
     console.print(f"deleted {info.ref}")
+
+
+def _confirm(yes: bool, question: str, what: str) -> None:
+    if yes:
+        return
+    try:
+        confirmed = typer.confirm(question, default=False)
+    except typer.Abort:  # no answer (stdin closed)
+        confirmed = False
+    if not confirmed:
+        fail(InvalidInput(f"{what} was not deleted; pass --yes to delete without asking."))
 
 
 def _tree(graph: LineageGraph) -> Tree:

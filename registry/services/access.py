@@ -155,8 +155,11 @@ class Access:
             return _org_info(org)
 
     def remove_member(self, organization: str, member: str, *, viewer: Principal) -> OrganizationInfo:
+        """Remove ``member`` (an admin of the organisation removes anyone; a member may leave, removing themself);
+        audited as member-remove."""
         with self.db.session() as s:
-            org = _managed_org(s, organization, viewer)
+            leaving = member == viewer.owner and not viewer.anonymous and organization in viewer.roles
+            org = _visible_org(s, organization, viewer) if leaving else _managed_org(s, organization, viewer)
             current = next((x for x in org.members if x.member == member), None)
             if current is None:
                 raise NotFound(f"{member} is not a member of {organization}.")

@@ -80,6 +80,7 @@ class Registry:
         self.remove_alias = self.versions.remove_alias
         self.yank = self.versions.yank
         self.delete = self.versions.delete
+        self.delete_adapter = self.versions.delete_adapter
         self.audit = self.versions.audit
         self.list_versions = self.search.list_versions
         self.downloads = downloads or DownloadCounter(db)

@@ -14,7 +14,7 @@ from typing import IO
 import torch
 from sqlalchemy import delete, func, select, update
 
-from registry.domain.errors import Conflict, InvalidInput
+from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
@@ -219,6 +219,25 @@ class Versions:
             if not s.scalar(select(func.count()).select_from(m.AdapterVersion)
                             .where(m.AdapterVersion.adapter_id == adapter.id)):
                 s.delete(adapter)
+
+    def delete_adapter(self, adapter: str, *, actor: str) -> list[str]:
+        """Delete every version of ``owner/name``, newest first, each as ``delete`` does (audited one by one, so
+        webhooks hear of each), and with the last the adapter; its version numbers are not given again. Returns
+        the refs deleted; NotFound if it has none."""
+        ref = Ref.parse_adapter(adapter)
+        with self.db.session() as s:
+            row = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
+            if row is None:
+                raise NotFound(f"No adapter {ref.owner}/{ref.name}.")
+            numbers = sorted(s.scalars(select(m.AdapterVersion.version).where(
+                m.AdapterVersion.adapter_id == row.id)), reverse=True)
+        deleted = []
+        for number in numbers:
+            target = Ref.of(ref.owner, ref.name, version=number)
+            with contextlib.suppress(NotFound):  # deleted meanwhile by someone else: gone either way
+                self.delete(target, actor=actor)
+                deleted.append(str(target))
+        return deleted
 
     def audit(self, target_prefix: str = "", limit: int = 100) -> list[AuditEventInfo]:
         """The newest audit events whose target starts with ``target_prefix``."""

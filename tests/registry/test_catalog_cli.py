@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from registry.client import RegistryClient
+from registry.domain.errors import NotFound
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, running_server
 
@@ -99,7 +100,28 @@ def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
     assert f"deleted {ref}" in ok(vera(server, "delete", ref, stdin="y\n"))
     assert vera(server, "show", ref).returncode == 1
     again = _publish(server, "ann/gone")
+    assert again == "ann/gone:2"  # the deleted version's number is not given again
     assert f"deleted {again}" in ok(vera(server, "delete", again, "--yes"))
+
+
+def test_a_whole_adapter_is_deleted_with_all_after_asking(server: dict[str, Any]) -> None:
+    refs = [_publish(server, "ann/whole") for _ in range(3)]
+    ok(vera(server, "alias", refs[0], "prod"))
+    named = vera(server, "delete", "ann/whole")
+    assert named.returncode == 1 and "or every version: vera delete ann/whole --all" in " ".join(named.stderr.split())
+    refused = vera(server, "delete", "ann/whole", "--all", stdin="n\n")
+    assert refused.returncode == 1 and "Delete ann/whole and all its 3 versions?" in refused.stdout
+    assert "ann/whole was not deleted" in refused.stderr
+    assert "deleted ann/whole (3 versions)" in ok(vera(server, "delete", "ann/whole", "--all", "--yes"))
+    assert vera(server, "show", "ann/whole@prod").returncode == 1
+    with RegistryClient(server["url"], "") as client:
+        deletions = [e.target for e in client.events(adapter="ann/whole").events if e.action == "delete"]
+        assert deletions == ["ann/whole:3", "ann/whole:2", "ann/whole:1"]  # each audited, newest first
+        with pytest.raises(NotFound, match="No adapter ann/whole"):
+            client.delete_adapter("ann/whole")
+    assert _publish(server, "ann/whole") == "ann/whole:4"  # its numbers are not given again
+    mistaken = vera(server, "delete", "ann/whole:4", "--all")
+    assert mistaken.returncode == 1 and "--all deletes a whole adapter: name it as owner/name" in mistaken.stderr
 
 
 def test_lineage_prints_a_tree_and_json(server: dict[str, Any]) -> None:

@@ -240,6 +240,14 @@ def test_organisation_roles(server: dict[str, Any]) -> None:
         alice.set_member("acme", "dave", "read")
         assert {x.member: x.role for x in alice.remove_member("acme", "dave").members} == {
             "alice": "admin", "bob": "read", "carol": "write"}
+        alice.set_member("acme", "mallory", "read")
+    with client(url, tokens["mallory"]) as mallory:  # a member leaves by themself; removing another is an admin's
+        with pytest.raises(Forbidden, match="Only admins of acme manage its members"):
+            mallory.remove_member("acme", "bob")
+        assert "mallory" not in {x.member for x in mallory.remove_member("acme", "mallory").members}
+        assert mallory.organizations() == []
+    with client(url, tokens["alice"]) as alice:
+        assert any(e.action == "member-remove" and e.actor == "mallory" for e in alice.events(owner="acme").events)
 
 
 def test_visibility_changes_are_audited_and_take_effect(server: dict[str, Any]) -> None:

@@ -169,6 +169,14 @@ def update_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name:
     return registry.update_version(Ref.of(owner, name, version=version), body, actor=who.owner)
 
 
+@router.delete("/{owner}/{name}", status_code=204)
+def delete_adapter(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str) -> Response:
+    """Every version of the adapter, newest first, each audited as a version delete; then the adapter. Its version
+    numbers are never given again."""
+    registry.delete_adapter(f"{owner}/{name}", actor=who.owner)
+    return Response(status_code=204)
+
+
 @router.delete("/{owner}/{name}/versions/{version}", status_code=204)
 def delete_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId) -> Response:
     registry.delete(Ref.of(owner, name, version=version), actor=who.owner)
