@@ -70,6 +70,12 @@ class StoreGauges:
         yield GaugeMetricFamily("vera_adapters", "Adapters in the registry", value=counts.adapters)
         yield GaugeMetricFamily("vera_versions", "Adapter versions in the registry", value=counts.versions)
         yield GaugeMetricFamily("vera_stored_bytes", "Bytes of blobs in storage", value=counts.stored_bytes)
+        jobs = GaugeMetricFamily("vera_jobs", "Fine-tune jobs by status (queued: the queue's depth)",
+                                 labels=["status"])
+        for status, count in counts.jobs.items():
+            jobs.add_metric([status], count)
+        yield jobs
+        yield GaugeMetricFamily("vera_busy_workers", "Workers running a job now", value=counts.workers)
 
 
 class RequestMetrics:

@@ -209,6 +209,8 @@ class StoreCounts(BaseModel):
     adapters: int
     versions: int
     stored_bytes: int
+    jobs: dict[str, int] = {}  # jobs by status (queued, running, ...), for queue depth and stuck workers
+    workers: int = 0  # distinct workers running a job now
 
 
 class MemberInfo(BaseModel):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select, text
 
 from registry.domain.errors import SchemaOutOfDate, StorageUnavailable
-from registry.domain.schemas import StoreCounts
+from registry.domain.schemas import JOB_STATUSES, StoreCounts
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -29,9 +29,14 @@ class Status:
 
     def counts(self) -> StoreCounts:
         with self.db.session() as s:
+            jobs = {status: count for status, count in s.execute(
+                select(m.Job.status, func.count()).group_by(m.Job.status))}
+            workers = s.scalar(select(func.count(func.distinct(m.Job.claimed_by))).where(m.Job.status == "running"))
             return StoreCounts(adapters=s.scalar(select(func.count()).select_from(m.Adapter)) or 0,
                                versions=s.scalar(select(func.count()).select_from(m.AdapterVersion)) or 0,
-                               stored_bytes=s.scalar(select(func.coalesce(func.sum(m.Blob.size), 0))) or 0)
+                               stored_bytes=s.scalar(select(func.coalesce(func.sum(m.Blob.size), 0))) or 0,
+                               jobs={status: jobs.get(status, 0) for status in JOB_STATUSES},
+                               workers=workers or 0)
 
     def readiness(self) -> dict[str, str]:
         """"ok" or "error: <kind> (...)" for the database (reachable, schema current) and the blob storage. The

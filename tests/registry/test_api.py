@@ -23,7 +23,7 @@ from registry.api.metrics import COUNTS_TTL_S, StoreGauges
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.client import load_adapter as load_adapter_from_registry
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import FileManifest, StoreCounts
+from registry.domain.schemas import JOB_STATUSES, FileManifest, StoreCounts
 from registry.services.derived import FileForm
 from registry.services.registry import Registry
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
@@ -239,6 +239,7 @@ def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
     assert httpx.get(f"{url}/no/such/route").status_code == 404
     text = httpx.get(f"{url}/metrics").text
     assert "vera_versions " in text and "vera_stored_bytes " in text
+    assert 'vera_jobs{status="queued"}' in text and "vera_busy_workers " in text  # the queue, for alerts
     # counted by route template (never the path a caller sent), method and status
     assert 'vera_http_requests_total{method="GET",route="/ready",status="200"}' in text
     assert ('vera_http_requests_total{method="GET",route="/api/v1/adapters/{owner}/{name}/versions/{selector}",'
@@ -312,13 +313,14 @@ def test_store_gauges_count_at_most_once_per_interval(registry: Registry, tmp_pa
     gauges = StoreGauges(registry.status, clock=lambda: now[0])
     queries: list[str] = []
     event.listen(registry.db.engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
-    assert gauges.counts().versions == 0 and len(queries) == 3
+    assert gauges.counts().versions == 0 and len(queries) == 5  # adapters, versions, bytes, jobs, busy workers
     registry.publish(make_adapter(tmp_path / "a"), owner="ops", name="a", base_model="b")
     queries.clear()
     now[0] = COUNTS_TTL_S - 0.1
     assert [gauges.counts().versions for _ in range(50)] == [0] * 50 and queries == []
     now[0] = COUNTS_TTL_S
-    assert gauges.counts() == StoreCounts(adapters=1, versions=1, stored_bytes=registry.status.counts().stored_bytes)
+    assert gauges.counts() == StoreCounts(adapters=1, versions=1, stored_bytes=registry.status.counts().stored_bytes,
+                                          jobs=dict.fromkeys(JOB_STATUSES, 0))
     assert gauges.counts().stored_bytes > 0
 
 

@@ -208,7 +208,10 @@ def test_higher_priorities_are_claimed_first_then_the_oldest(registry: Registry)
     first, second = (jobs.submit(DEMO, owner="ann", target=f"ann/n{i}") for i in range(2))
     urgent = jobs.submit(DEMO, owner="ann", target="ann/urgent", priority=10, time_limit_s=600)
     assert urgent.priority == 10 and urgent.time_limit_s == 600
+    assert registry.status.counts().jobs["queued"] == 4  # the queue's depth, as /metrics says (vera_jobs)
     order = [job.id for job in iter(lambda: jobs.claim("w"), None)]
+    counts = registry.status.counts()
+    assert (counts.jobs["queued"], counts.jobs["running"], counts.workers) == (0, 4, 1)
     assert order == [urgent.id, first.id, second.id, low.id]
     for bad in ({"priority": 101}, {"priority": True}, {"time_limit_s": 0}, {"time_limit_s": 1e9}):
         with pytest.raises(InvalidInput, match="priority must be|time_limit_s must be"):
