@@ -43,7 +43,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     # local mode (no tokens) only for one user's own registry: on loopback, over the embedded kind of storage. A
     # shared database or object store is a team's, and loopback says nothing of who reaches it through a proxy.
     shared = settings.shared_backend
-    require = settings.require_tokens if settings.require_tokens is not None else shared or not is_loopback(host)
+    require = settings.require_tokens if settings.require_tokens is not None else bool(shared) or not is_loopback(host)
     settings = settings.model_copy(update={"require_tokens": require})
     if require:
         mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")

@@ -514,15 +514,20 @@ def _children_of_server(port: int) -> list[int]:
     return children
 
 
-def test_serve_with_several_worker_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_serve_with_several_worker_processes(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
     """`vera serve --workers 2`: two API processes on one port, each built from the settings the parent passed on
-    (tokens required here), sharing the database and the storage."""
+    (tokens required here, because the database is PostgreSQL: the parent's decision reached the children as a
+    boolean; as the text naming the backend it failed every child, a re-check in session 14), sharing the database
+    and the storage."""
     from tests.registry.servers import running_vera
 
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+    url = database_url
     port = free_port()
+    monkeypatch.delenv("VERA_REQUIRE_TOKENS", raising=False)
     with running_vera(["serve", "--port", str(port), "--workers", "2"], port, VERA_DATABASE_URL=url,
-                      VERA_STORAGE_URL=str(tmp_path / "blobs"), VERA_REQUIRE_TOKENS="true") as base:
+                      VERA_STORAGE_URL=str(tmp_path / "blobs")) as base:
         assert len(_children_of_server(port)) >= 2
         db = Database(url)
         token = create_token(db, owner="kim", scopes=["read", "publish"])[1]
