@@ -240,6 +240,7 @@ def settings_problem(error: ValidationError) -> str:
         secret = "token" in field or "secret" in field or "password" in field
         value = f"={given!r}" if isinstance(given, str | int | float) and not secret else ""
         reason = str(detail["msg"]).removeprefix("Value error, ")
-        lines.append(reason if reason.startswith(variable) else f"{variable}{value}: {reason}")
+        # a check of several settings together (no field) names its variables itself
+        lines.append(reason if reason.startswith(variable) or not detail["loc"] else f"{variable}{value}: {reason}")
     return "; ".join(lines) + (". Fix it (the environment variable, or the option that sets it), or unset it for the "
                                "default.")

@@ -65,6 +65,9 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
     """Downgrade the registry schema (destructive: drops what later revisions added, with their rows)."""
     db = _database(database_url)
     where = db.engine.url.render_as_string(hide_password=True)
+    if revision != "base" and not db.knows(revision):
+        raise InvalidInput(f"No schema revision {revision!r}: give base, or one of 0001 to {db.head_revision()} "
+                           "(`vera db status` shows the current one).")
     if not yes and not typer.confirm(f"Downgrade {where} from {db.current_revision()} to {revision}, dropping the "
                                      "tables and columns of every later revision with what they hold?"):
         raise InvalidInput(f"Not downgraded: {where} is as it was. Pass --yes to downgrade without asking.")
@@ -88,11 +91,17 @@ def db_status(database_url: DatabaseUrl = None) -> None:
 
 def fsck(
     repair: Annotated[bool, typer.Option(
-        help="Delete orphan and corrupted blobs; mark affected versions failed.")] = False,
+        help="Delete orphan (older than --grace-s) and corrupted blobs; mark affected versions failed.")] = False,
+    grace_s: Annotated[float, typer.Option(min=0, help="--repair leaves orphans younger than this many seconds (a "
+                                           "publish in progress writes its bytes before it commits).")
+                       ] = GC_GRACE_S,
+    force: Annotated[bool, typer.Option(help="--repair even when the database looks like another registry's (it "
+                                        "knows none, or under half, of the stored files).")] = False,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Report (and repair) disagreement between the database and blob storage."""
-    report = open_registry(load_settings(database_url, storage_url)).fsck(repair=repair)
+    report = open_registry(load_settings(database_url, storage_url)).fsck(repair=repair, force=force,
+                                                                          grace_s=grace_s)
     for kind, digests in report.items():
         console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
     if any(report.values()) and not repair:
@@ -108,9 +117,9 @@ def gc(
     grace_s: Annotated[float, typer.Option(min=0, help="Leave unreferenced files younger than this many seconds "
                                            "(a publish in progress writes its bytes before it commits).")
                        ] = GC_GRACE_S,
-    force: Annotated[bool, typer.Option(help="Collect even when the database knows no blob but the storage holds "
-                                        "some (refused otherwise: the wrong database would delete everything).")
-                     ] = False,
+    force: Annotated[bool, typer.Option(help="Collect even when the database looks like another registry's (it "
+                                        "knows none, or under half, of the stored files): refused otherwise, since "
+                                        "the wrong database would delete everything.")] = False,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Delete blobs and projections that no version references. With --keep-last and/or --keep-days, first delete

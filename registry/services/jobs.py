@@ -93,7 +93,7 @@ class Jobs:
                 m.Organization.name == job.owner, m.Membership.member == job.submitted_by))
         if role in ("write", "admin"):
             return None
-        now = f"is now a {role} of it" if role else "is no longer a member"
+        now = f"now has only the {role} role there" if role else "is no longer a member"
         return (f"{job.submitted_by}, who submitted it as a member of {job.owner}, {now}: a job publishes only with "
                 f"the rights it was submitted with. Nothing was published; a writer of {job.owner} may submit it "
                 "again.")

@@ -40,6 +40,8 @@ from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.projection import regenerated_fingerprint
 
 GC_ROW_ATTEMPTS = 5
+#: Below this many old unknown files, gc and fsck --repair do not suspect a wrong database (a few orphans are normal).
+SUSPICIOUS_FILES = 10
 
 #: Blob kinds that versions and projections reference (gc leaves the others, e.g. job datasets, to their owners).
 VERSION_BLOBS = ("vectors", "projection", "derived")
@@ -142,45 +144,60 @@ class Verification:
         the registry serves: publishes, jobs and downloads go on meanwhile.
 
         The rows go in one transaction (again, up to GC_ROW_ATTEMPTS times, when a concurrent publish referenced a
-        blob it was deleting: the database refuses that delete). Then the files: storage is listed first and the
-        database read after, so a publish that committed before the read is known; a file the database does not
-        know is deleted only when it is older than ``grace_s`` (a publish writes its bytes before it commits, and
-        a put of bytes already there freshens them: git's rule for pruning) and still unknown on a last look just
-        before it goes. A database that knows no blob at all, over storage that holds some, is refused unless
-        ``force`` (when it has never recorded an event either, and the files are older than the grace period):
-        that is a registry pointed at the wrong database (a misspelt VERA_DATABASE_URL falls back to an
-        empty local one), and collecting would delete everything. The leftovers of killed publishes go too (fsck).
+        blob it was deleting: the database refuses that delete). Then the files (``_delete_unknown``): storage is
+        listed first and the database read after, so a publish that committed before the read is known; a file the
+        database does not know is deleted only when it is older than ``grace_s`` (a publish writes its bytes before
+        it commits, and a put of bytes already there freshens them: git's rule for pruning) and still unknown on a
+        last look just before it goes. The leftovers of killed publishes go too (fsck).
         """
-        removed = self._collect_rows()
-        listed = list(self.blobs.digests())
+        removed, digests = self._collect_rows()
+        deleted, recent = self._delete_unknown(list(self.blobs.digests()), expected=digests, grace_s=grace_s,
+                                               force=force, command="vera gc")
+        return {"blobs_removed": removed, "files_removed": deleted, "recent_files_kept": recent,
+                "leftovers_removed": _remove_leftovers(self.blobs)}
+
+    def _delete_unknown(self, listed: list[str], *, expected: set[str], grace_s: float, force: bool,
+                        command: str) -> tuple[int, int]:
+        """Delete the files of ``listed`` that the database does not know, older than ``grace_s``, each after a last
+        look; return (deleted, kept for being younger). Refused unless ``force`` when the database looks like
+        another registry's: it knows no blob and never published a version, or half of the stored files or more
+        (at least SUSPICIOUS_FILES) are old and unknown without being ``expected`` (rows this collection removed). A
+        misspelt VERA_DATABASE_URL falls back to an empty local database, and then deleted every file."""
         with self.db.session() as s:
             known = set(s.scalars(select(m.Blob.sha256)))
-            fresh = not known and s.scalar(select(m.AuditEvent.id).limit(1)) is None  # nothing ever happened here
-        if fresh and not force and any((self.blobs.age_s(d) or 0) >= grace_s for d in listed):
-            raise InvalidInput(
-                f"The database knows no blob and has never recorded an event, but the storage at {self.blobs.url} "
-                f"holds {len(listed)}: this is not that storage's registry database (check VERA_DATABASE_URL: a "
-                "misspelt variable falls back to an empty local database), and collecting would delete all of "
-                "them. Nothing was deleted. If the files really are no registry's, run `vera gc --force`.")
-        deleted = recent = 0
+            published = s.scalar(select(m.VersionCounter.owner).limit(1)) is not None  # ever, deleted or not
+        old: list[str] = []
+        recent = 0
         for digest in (d for d in listed if d not in known):
             age = self.blobs.age_s(digest)
             if age is None:
                 continue
             if age < grace_s:
                 recent += 1
-                continue
+            else:
+                old.append(digest)
+        suspicious = [d for d in old if d not in expected]
+        foreign = (not known and not published) or len(suspicious) >= max(SUSPICIOUS_FILES, len(listed) / 2)
+        if suspicious and not force and foreign:
+            raise InvalidInput(
+                f"The database knows {len(known):,} blobs, and {len(suspicious):,} of the {len(listed):,} files in "
+                f"the storage at {self.blobs.url} are unknown to it: this looks like another registry's database "
+                "(check VERA_DATABASE_URL: a misspelt variable falls back to an empty local database), and "
+                f"deleting them could empty a registry. Nothing was deleted. If the files really are garbage (most "
+                f"versions were deleted, by hand or long ago), run `{command} --force`.")
+        deleted = 0
+        for digest in old:
             with self.db.session() as s:  # a last look: a publish may have referenced it since the read
                 if s.get(m.Blob, digest) is not None:
                     continue
             self.blobs.delete(digest)
             deleted += 1
-        return {"blobs_removed": removed, "files_removed": deleted, "recent_files_kept": recent,
-                "leftovers_removed": _remove_leftovers(self.blobs)}
+        return deleted, recent
 
-    def _collect_rows(self) -> int:
+    def _collect_rows(self) -> tuple[int, set[str]]:
+        """Delete the rows of unused projections and unreferenced blobs; (how many blobs, their digests)."""
         for attempt in range(GC_ROW_ATTEMPTS):
-            removed = 0
+            removed: set[str] = set()
             try:
                 with self.db.session() as s:
                     used_projections = set(s.scalars(select(m.AdapterVersion.projection_id)))
@@ -193,21 +210,24 @@ class Verification:
                         if blob.sha256 not in referenced and blob.kind in (*VERSION_BLOBS,
                                                                            job_checkpoints.CHECKPOINT):
                             s.delete(blob)
-                            removed += 1
-                return removed
+                            removed.add(blob.sha256)
+                return len(removed), removed
             except DbIntegrityError:  # a publish referenced a blob or projection being deleted: read again
                 if attempt == GC_ROW_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def fsck(self, *, repair: bool = False) -> dict[str, list[str]]:
+    def fsck(self, *, repair: bool = False, force: bool = False, grace_s: float = GC_GRACE_S
+             ) -> dict[str, list[str]]:
         """Report (and with ``repair``, fix) disagreement between the database and storage.
 
         missing: referenced blobs absent from storage (repair: their versions are marked verification failed; a
         download file built from a version is forgotten instead, and built again when next asked for);
         corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed, or
         forgotten as above);
-        orphans: stored blobs the database does not know (repair: deleted);
+        orphans: stored blobs the database does not know (repair: deleted as gc deletes them, beside a serving
+        registry: only those older than ``grace_s``, after a last look, and refused unless ``force`` when the
+        database looks like another registry's);
         partial_blobs, stale_uploads: what a process killed mid-publish left behind, over an hour old (storage's
         temporary files; request folders in this machine's temp directory) (repair: deleted).
         Reading every blob happens outside any transaction (storage is not transactional); the repair's marks are
@@ -226,11 +246,13 @@ class Verification:
             except IntegrityError:
                 report["corrupted"].append(digest)
         if repair:
-            self._repair(report)
+            self._repair(report, force=force, grace_s=grace_s)
         return report
 
-    def _repair(self, report: dict[str, list[str]]) -> None:
-        for digest in report["orphans"] + report["corrupted"]:
+    def _repair(self, report: dict[str, list[str]], *, force: bool, grace_s: float) -> None:
+        self._delete_unknown(report["orphans"], expected=set(), grace_s=grace_s, force=force,
+                             command="vera fsck --repair")
+        for digest in report["corrupted"]:
             self.blobs.delete(digest)
         _remove_leftovers(self.blobs)
         bad = report["missing"] + report["corrupted"]

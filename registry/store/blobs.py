@@ -133,6 +133,19 @@ def _storage(url: str, action: str) -> Iterator[None]:
                                  "storage is reachable and writable (GET /ready, the server's log) and retry.") from exc
 
 
+@contextlib.contextmanager
+def _folder_gone(root: str) -> Iterator[None]:
+    """A write whose own folder vanished (a disk unmounted, the folder removed under a running server) is storage
+    that failed, a 503, not a missing blob or a 500 (FileNotFoundError passes _storage, for missing blobs)."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        log.warning("blob storage %s: a write found its folder gone: %s", root, exc)
+        raise StorageUnavailable("Blob storage failed while writing a blob (its folder is gone: a disk unmounted, "
+                                 "or the folder removed?). Nothing was changed; check the storage (GET /ready, the "
+                                 "server's log) and retry.") from exc
+
+
 class FsspecBlobStore:
     """Blobs in a local folder (the default) or any fsspec URL: s3://, gs://, memory:// (tests), ..."""
 
@@ -148,9 +161,10 @@ class FsspecBlobStore:
         self._local = isinstance(self.fs, LocalFileSystem)
         self._verified: set[tuple[str, int, int]] = set()
         self._lock = threading.Lock()
-        self.fs.makedirs(f"{self.root}/sha256", exist_ok=True)
-        if self._local:
-            self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+        with _storage(url, "opening the blob storage"):  # an object store that cannot be reached: one line
+            self.fs.makedirs(f"{self.root}/sha256", exist_ok=True)
+            if self._local:
+                self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
 
     def _missing(self, digest: str) -> NotFound:
         log.warning("blob %s is missing from storage %s", digest, self.url)  # where: for the operator only
@@ -164,7 +178,7 @@ class FsspecBlobStore:
         again), as git freshens the objects it writes again: garbage collection deletes only unreferenced blobs
         older than its grace period, so a publish that reuses old unreferenced bytes does not lose them to a
         collection running meanwhile (registry.services.verification)."""
-        with _storage(self.url, "writing a blob"):
+        with _storage(self.url, "writing a blob"), _folder_gone(self.root):
             return self._put(data)
 
     def _freshen(self, path: str, write: Callable[[], None]) -> bool:
@@ -209,7 +223,7 @@ class FsspecBlobStore:
                 digest.update(piece)
         name = digest.hexdigest()
         target = self._path(name)
-        with _storage(self.url, "writing a blob"):
+        with _storage(self.url, "writing a blob"), _folder_gone(self.root):
             if self._freshen(target, lambda: self.fs.put_file(os.fspath(path), target)):
                 return name
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -340,8 +354,10 @@ class FsspecBlobStore:
             raise StorageUnavailable(f"the blob folder's disk is full ({free:,} bytes free)")
 
     def holds_any(self) -> bool:
-        """Whether any blob is stored (its first level of folders is not empty)."""
-        try:
+        """Whether any blob is stored: a file, not only folders (a leftover empty ``sha256/ab/cd`` is no blob)."""
+        if self._local:
+            return any(files for _folder, _subfolders, files in os.walk(f"{self.root}/sha256"))  # stops at one
+        try:  # an object store has no empty folders: a prefix is there only while an object is under it
             return bool(self.fs.ls(f"{self.root}/sha256", detail=False))
         except FileNotFoundError:
             return False

@@ -86,7 +86,8 @@ class Database:
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
-    def _knows(self, revision: str) -> bool:
+    def knows(self, revision: str) -> bool:
+        """Whether ``revision`` is one of this release's schema revisions."""
         try:
             return ScriptDirectory.from_config(alembic_config(self.url)).get_revision(revision) is not None
         except CommandError:  # alembic: "Can't locate revision identified by ..."
@@ -121,7 +122,7 @@ class Database:
 
     def _check_schema(self, *, at_head: bool) -> None:
         current, head = self.current_revision(), self.head_revision()
-        if current is not None and current != head and not self._knows(current):
+        if current is not None and current != head and not self.knows(current):
             raise SchemaOutOfDate(
                 f"The registry database at {self.engine.url.render_as_string(hide_password=True)} is at schema "
                 f"revision {current}, which this version of vera-registry does not know (it knows up to {head}): a "

@@ -103,3 +103,18 @@ def test_a_local_blob_is_checked_once_then_trusted_until_it_changes(tmp_path: Pa
     with pytest.raises(IntegrityError):
         store.verified_local_path(digest)
     assert FsspecBlobStore(f"memory://vera-{uuid.uuid4().hex}").verified_local_path(digest) is None
+
+
+def test_a_write_whose_folder_vanished_is_storage_unavailable(tmp_path: Path) -> None:
+    """The blob folder removed (or a disk unmounted) under a running server: a 503 that says so, not a 500 from a
+    FileNotFoundError (a re-check in session 14)."""
+    import shutil
+
+    store = FsspecBlobStore(str(tmp_path / "blobs"))
+    shutil.rmtree(tmp_path / "blobs")
+    with pytest.raises(StorageUnavailable, match="its folder is gone"):
+        store.put(b"a publish's bytes")
+    source = tmp_path / "file"
+    source.write_bytes(b"a built download file")
+    with pytest.raises(StorageUnavailable, match="its folder is gone"):
+        store.put_file(source)

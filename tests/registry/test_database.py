@@ -71,6 +71,9 @@ def test_db_commands(tmp_path: Path) -> None:
     assert asked.returncode == 1 and "Drop" not in asked.stdout and "dropping the tables" in asked.stdout
     assert "Not downgraded" in " ".join(asked.stderr.split()) and "Pass --yes" in " ".join(asked.stderr.split())
     assert "up to date" in vera("db", "status", "--database-url", url).stdout
+    unknown = vera("db", "downgrade", "0099", "--yes", "--database-url", url)  # an alembic traceback before
+    assert unknown.returncode == 1 and "No schema revision '0099'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
     down = vera("db", "downgrade", "base", "--yes", "--database-url", url)
     assert down.returncode == 0 and "base (empty)" in down.stdout
     refused = vera("fsck", "--database-url", url)

@@ -281,8 +281,12 @@ def test_time_limit_settings_are_checked_together(registry: Registry, monkeypatc
 
     monkeypatch.setenv("VERA_JOB_DEFAULT_TIME_LIMIT_S", "7200")
     monkeypatch.setenv("VERA_JOB_MAX_TIME_LIMIT_S", "3600")
-    with pytest.raises(ValidationError, match="VERA_JOB_DEFAULT_TIME_LIMIT_S=7200 is above VERA_JOB_MAX_TIME_LIMIT_S"):
+    with pytest.raises(ValidationError, match="VERA_JOB_DEFAULT_TIME_LIMIT_S=7200 is above VERA_JOB_MAX_TIME_LIMIT_S"
+                       ) as refused:
         Settings()
+    from registry.settings import settings_problem
+
+    assert settings_problem(refused.value).startswith("VERA_JOB_DEFAULT_TIME_LIMIT_S=7200 is above")  # no "VERA_?"
     monkeypatch.setenv("VERA_JOB_MAX_TIME_LIMIT_S", "86400")
     settings = Settings()
     assert (settings.job_default_time_limit_s, settings.job_max_time_limit_s) == (7200, 86400)
@@ -411,5 +415,5 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
     assert registry.get("acme/by-cat:1").published_by == "cat"
     again = jobs.submit(tiny, owner="acme", target="acme/later", actor="cat", member="cat")
     registry.access.set_member("acme", "cat", "read", viewer=LOCAL_USER)
-    assert "cat, who submitted it as a member of acme, is now a read of it" in (jobs.submitter_problem(
+    assert "cat, who submitted it as a member of acme, now has only the read role there" in (jobs.submitter_problem(
         jobs.get(again.id)) or "")

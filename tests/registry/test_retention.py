@@ -177,25 +177,38 @@ def test_gc_beside_publishes_and_deletes_loses_nothing(registry: Registry, tmp_p
     assert registry.fsck()["missing"] == []
 
 
-def test_gc_refuses_a_database_that_knows_none_of_the_stored_blobs(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_and_fsck_refuse_a_database_that_looks_like_another_registrys(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A misspelt VERA_DATABASE_URL falls back to an empty local database; `vera gc` over the shared storage then
-    deleted every blob (an operator's walk, session 14). Refused, naming the cause, unless --force."""
+    deleted every blob, and `vera fsck --repair` did too (an operator's walk and its re-check, session 14). Refused,
+    naming the cause, unless --force: when the database knows no blob, or when most stored files are unknown to it
+    (a token created under the typo made the first guard, "never an event", miss)."""
     url, storage = f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "blobs")
     db = Database(url)
     db.upgrade()
-    Registry(db, FsspecBlobStore(storage)).publish(make_adapter(tmp_path / "a"), owner="ann", name="a",
-                                                   base_model="tiny-llama")
+    registry = Registry(db, FsspecBlobStore(storage))
+    for i in range(12):
+        registry.publish(make_adapter(tmp_path / f"a{i}", seed=i), owner="ann", name=f"a{i}", base_model="tiny-llama")
     db.engine.dispose()
-    # VERA_DATABSE_URL=... (misspelt) is no setting: the embedded default database, created empty in VERA_DATA_DIR
+    stored = len(list(FsspecBlobStore(storage).digests()))
+    # VERA_DATABSE_URL=... (misspelt) is no setting: the embedded default database, created in VERA_DATA_DIR
     monkeypatch.setenv("VERA_DATA_DIR", str(tmp_path / "default"))
     monkeypatch.delenv("VERA_DATABASE_URL", raising=False)
-    refused = vera("gc", "--grace-s", "0", "--storage-url", storage)
-    assert refused.returncode == 1, refused.stdout
-    assert "The database knows no blob and has never recorded an event, but the storage" in refused.stderr
-    assert "holds 1" in refused.stderr
-    assert "check VERA_DATABASE_URL" in refused.stderr and "Nothing was deleted" in refused.stderr
-    assert len(list(FsspecBlobStore(storage).digests())) == 1
-    forced = vera("gc", "--grace-s", "0", "--force", "--storage-url", storage)
-    assert forced.returncode == 0 and "1 stored files no record names" in forced.stdout
+    assert vera("token", "create", "--owner", "ops", "--scope", "read").returncode == 0  # an event: not "fresh"
+    for command in (("gc",), ("fsck", "--repair")):
+        refused = vera(*command, "--grace-s", "0", "--storage-url", storage)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1, refused.stdout
+        assert f"The database knows 0 blobs, and {stored} of the {stored} files in the storage" in said
+        assert "check VERA_DATABASE_URL" in said and "Nothing was deleted" in said
+        assert f"run `vera {' '.join(command)} --force`" in said
+        assert len(list(FsspecBlobStore(storage).digests())) == stored
+    # the registry's own database over the same files: a few deleted versions are no suspicion
+    registry = Registry(Database(url), FsspecBlobStore(storage))
+    registry.delete("ann/a0:1", actor="ann")
+    assert registry.gc(grace_s=0)["files_removed"] == 1
+    registry.db.engine.dispose()
+    forced = vera("gc", "--grace-s", "0", "--force", "--storage-url", storage, "--database-url",
+                  f"sqlite:///{tmp_path / 'default' / 'registry.db'}")
+    assert forced.returncode == 0 and f"{stored - 1} stored files no record names" in forced.stdout
     assert list(FsspecBlobStore(storage).digests()) == []

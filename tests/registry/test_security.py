@@ -357,6 +357,7 @@ def test_ready_says_when_storage_is_empty_under_a_database_that_names_blobs_or_h
     registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="a", base_model="tiny-llama")
     assert Status(registry.db, registry.blobs).readiness() == {"database": "ok", "storage": "ok"}
     unmounted = Status(registry.db, FsspecBlobStore(str(tmp_path / "not-mounted")))
+    (tmp_path / "not-mounted" / "sha256" / "43" / "20").mkdir(parents=True)  # an empty leftover folder is no blob
     assert unmounted.readiness()["storage"].startswith("error: StorageUnavailable (the storage holds no blob, but "
                                                        "the database names some: is it mounted")
     monkeypatch.setattr(status_module, "READY_CHECK_TIMEOUT_S", 0.5)
