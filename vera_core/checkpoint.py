@@ -336,10 +336,9 @@ def check_same_projection(saved: AdapterFiles, model: VeraModel, what: str, fix:
             raise VeraConfigError(f"{what} was trained with {label}={theirs!r} and this run has {mine!r}: its vectors "
                                   f"fit only that projection{fix}")
     recorded = saved.recorded_fingerprint
-    if recorded is not None and recorded != model.projection_fingerprint():
+    if recorded is not None and recorded != (ours := model.projection_fingerprint()):  # a hash of A and B: once
         raise VeraConfigError(f"{what} was trained against the projection with fingerprint {recorded[:16]}..., and "
-                              f"this model's is {model.projection_fingerprint()[:16]}... (another base model or other "
-                              f"target layers){fix}")
+                              f"this model's is {ours[:16]}... (another base model or other target layers){fix}")
 
 
 def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> None:

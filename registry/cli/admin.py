@@ -25,7 +25,7 @@ from registry.cli.common import (
 from registry.cli.output import JsonOutput, print_json
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
-from registry.domain.errors import InvalidInput, SchemaOutOfDate
+from registry.domain.errors import InvalidInput
 from registry.domain.schemas import GC_GRACE_S
 
 if TYPE_CHECKING:
@@ -79,11 +79,10 @@ def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
     db = _database(database_url)
     current, head = db.current_revision(), db.head_revision()
-    try:
-        db.check_not_ahead()
-        state = "up to date" if current == head else "run `vera db upgrade`"
-    except SchemaOutOfDate:
+    if current is not None and not db.knows(current):
         state = "newer than this release: run the release that upgraded it"
+    else:
+        state = "up to date" if current == head else "run `vera db upgrade`"
     console.print(f"current: {current or 'none (empty)'}; head: {head}; {state}")
     if current != head:
         check_failed()

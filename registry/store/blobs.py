@@ -117,33 +117,28 @@ class BlobReader:
 
 
 @contextlib.contextmanager
-def _storage(url: str, action: str) -> Iterator[None]:
+def _storage(url: str, action: str, *, writing: bool = False) -> Iterator[None]:
     """Failures of the storage backend itself (a folder gone, an object store down or refusing) as
-    StorageUnavailable: a 503 with what failed, never a 500. Missing files and the registry's own errors pass. The
-    answer names the kind of failure; where the storage is (a server's path, a bucket) and the error's own text go
-    to the log only."""
+    StorageUnavailable: a 503 with what failed, never a 500. Missing files and the registry's own errors pass,
+    except while ``writing``: a write that finds no file or folder found its own folder gone (a disk unmounted, the
+    folder removed under a running server), which is storage that failed, not a missing blob. The answer names the
+    kind of failure; where the storage is (a server's path, a bucket) and the error's own text go to the log only."""
     try:
         yield
-    except (RegistryError, FileNotFoundError):
+    except FileNotFoundError as exc:
+        if not writing:
+            raise
+        log.warning("blob storage %s: a write found its folder gone: %s", url, exc)
+        raise StorageUnavailable("Blob storage failed while writing a blob (its folder is gone: a disk unmounted, "
+                                 "or the folder removed?). Nothing was changed; check the storage (GET /ready, the "
+                                 "server's log) and retry.") from exc
+    except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types (OSError, botocore, aiohttp)
         log.warning("blob storage %s failed while %s: %s: %s", url, action, type(exc).__name__, exc)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise StorageUnavailable(f"Blob storage failed while {action} ({why}). Nothing was changed; check that the "
                                  "storage is reachable and writable (GET /ready, the server's log) and retry.") from exc
-
-
-@contextlib.contextmanager
-def _folder_gone(root: str) -> Iterator[None]:
-    """A write whose own folder vanished (a disk unmounted, the folder removed under a running server) is storage
-    that failed, a 503, not a missing blob or a 500 (FileNotFoundError passes _storage, for missing blobs)."""
-    try:
-        yield
-    except FileNotFoundError as exc:
-        log.warning("blob storage %s: a write found its folder gone: %s", root, exc)
-        raise StorageUnavailable("Blob storage failed while writing a blob (its folder is gone: a disk unmounted, "
-                                 "or the folder removed?). Nothing was changed; check the storage (GET /ready, the "
-                                 "server's log) and retry.") from exc
 
 
 class FsspecBlobStore:
@@ -178,7 +173,7 @@ class FsspecBlobStore:
         again), as git freshens the objects it writes again: garbage collection deletes only unreferenced blobs
         older than its grace period, so a publish that reuses old unreferenced bytes does not lose them to a
         collection running meanwhile (registry.services.verification)."""
-        with _storage(self.url, "writing a blob"), _folder_gone(self.root):
+        with _storage(self.url, "writing a blob", writing=True):
             return self._put(data)
 
     def _freshen(self, path: str, write: Callable[[], None]) -> bool:
@@ -223,7 +218,7 @@ class FsspecBlobStore:
                 digest.update(piece)
         name = digest.hexdigest()
         target = self._path(name)
-        with _storage(self.url, "writing a blob"), _folder_gone(self.root):
+        with _storage(self.url, "writing a blob", writing=True):
             if self._freshen(target, lambda: self.fs.put_file(os.fspath(path), target)):
                 return name
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
