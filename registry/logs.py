@@ -34,6 +34,14 @@ FIELDS = ("request_id", "job_id", "method", "path", "status", "duration_ms", "cl
 log = logging.getLogger("vera")
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's text, at most ``limit`` characters: a database driver's error runs to many lines
+    (the statement, its parameters), of which the first says what happened. For SQLAlchemy's wrappers, the driver's
+    own error (``orig``)."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 def redact(text: str) -> str:
     return _SECRET.sub("[redacted]", text)
 

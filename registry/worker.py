@@ -51,7 +51,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, RegistryError
 from registry.domain.schemas import JobInfo
 from registry.job_folders import ENDED, JobFolder, sweep
-from registry.logs import JOB_ID, REQUEST_ID
+from registry.logs import JOB_ID, REQUEST_ID, first_line
 from registry.services.jobs import Jobs
 from registry.services.lineage import running_code_revision
 from vera_core import training_checkpoints
@@ -288,7 +288,7 @@ class Worker:
                 failures += 1
                 wait = min(MAX_OUTAGE_WAIT_S, self.poll_s * 2 ** min(failures, 8))
                 self.log(f"worker {self.name}: the database is unavailable ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); trying again in {wait:g} s")
+                         f"{first_line(exc, 200)}); trying again in {wait:g} s")
                 stop.wait(wait)
                 continue
             failures = 0

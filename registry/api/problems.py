@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.domain.errors import EntryNotFound, RateLimited, RegistryError, RevisionNotFound, status_of
+from registry.logs import first_line
 
 log = logging.getLogger("vera.api")
 #: What a 503 for a database that dropped the connection asks clients to wait (the client retries within 10 s).
@@ -118,7 +119,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         retry (the registry's retries idempotent requests after Retry-After), not a 500. Its text, which may name
         the database's address, goes to the log only."""
         log.warning(f"database unavailable during {request.method} {request.url.path}: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''}")
+                    f"{first_line(exc)}")
         response = problem(503, "database_unavailable", "The registry's database is unavailable for the moment; "
                            "nothing was changed. Retry in a few seconds.", request.url.path)
         response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
+from registry.logs import first_line
 from vera_core import VeraError
 
 if TYPE_CHECKING:
@@ -64,8 +65,7 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             # the database refused or dropped the connection (sqlalchemy, not imported here: `vera ls` needs none)
             if type(exc).__module__ == "sqlalchemy.exc" and type(exc).__name__ in ("OperationalError",
                                                                                    "InterfaceError"):
-                first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-                fail(RegistryError(f"Cannot use the registry database: {first}. Check VERA_DATABASE_URL (or "
+                fail(RegistryError(f"Cannot use the registry database: {first_line(exc)}. Check VERA_DATABASE_URL (or "
                                    "--database-url), and that the database server is up and reachable."))
             raise
 
