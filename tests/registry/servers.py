@@ -80,7 +80,9 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
     """Start `vera serve` against an upgraded database; yield its URL; stop it afterwards. On PostgreSQL or object
     storage (a shared registry, where the API requires tokens unless told otherwise) in local mode on loopback
     unless ``env`` says."""
-    shared = database_url.startswith("postgresql") or "://" in env.get("VERA_STORAGE_URL", "")
+    from registry.settings import Settings
+
+    shared = Settings(database_url=database_url, storage_url=env.get("VERA_STORAGE_URL", str(storage))).shared_backend
     if shared and host == "127.0.0.1" and "VERA_REQUIRE_TOKENS" not in env:
         env = {**env, "VERA_REQUIRE_TOKENS": "false"}
     db = Database(database_url)
