@@ -18,11 +18,15 @@ back to the pool only once its response was read to the end. Checked case by cas
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
+import io
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -54,6 +58,8 @@ class PlainHttpTransport(httpx.BaseTransport):
             conn, reused = self._connection(key, timeout)
             try:
                 self._send(conn, request, body, timeout)
+                conn.response_class = functools.partial(  # type: ignore[assignment]  # a factory suffices
+                    _Response, read_timeout=timeout.get("read"))
                 response = conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
@@ -64,7 +70,8 @@ class PlainHttpTransport(httpx.BaseTransport):
                                                 request=request) from exc
             except TimeoutError as exc:
                 conn.close()
-                raise httpx.ReadTimeout(f"No answer within {timeout.get('read')} s.", request=request) from exc
+                raise httpx.ReadTimeout(f"No answer (status line and headers) within {timeout.get('read')} s.",
+                                        request=request) from exc
             except ValueError as exc:  # a header http.client refuses (a line break in a value)
                 conn.close()
                 raise httpx.LocalProtocolError(str(exc), request=request) from exc
@@ -141,6 +148,53 @@ class PlainHttpTransport(httpx.BaseTransport):
         for conns in idle.values():
             for conn in conns:
                 conn.close()
+
+
+class _Response(http.client.HTTPResponse):
+    """A response whose status line and headers must all arrive within the read timeout, counted from when the
+    request was sent: a server that trickles them (a byte every few seconds, each within the timeout) is cut off
+    there instead of being read for as long as it likes (http.client reads up to 100 header lines of 64 KiB each, one
+    socket timeout per read). The body is read under the plain per-read timeout; RegistryClient bounds it as a
+    whole."""
+
+    def __init__(self, sock: socket.socket, *args: Any, read_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        if read_timeout is not None:
+            self._raw = _DeadlineIO(sock, time.monotonic() + read_timeout, read_timeout)
+            self.fp.close()  # the reader http.client made; nothing was read from it
+            self.fp = io.BufferedReader(self._raw)
+
+    def begin(self) -> None:
+        try:
+            super().begin()
+        finally:
+            if (raw := getattr(self, "_raw", None)) is not None:
+                raw.headers_read()
+
+
+class _DeadlineIO(socket.SocketIO):
+    """The socket's reader, each read given only the time left until ``deadline`` (time.monotonic()) until
+    headers_read() is called, after which reads get the per-read ``timeout`` again."""
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
+        super().__init__(sock, "rb")
+        sock._io_refs += 1  # type: ignore[attr-defined]  # as socket.makefile counts the readers it hands out
+        self.deadline: float | None = deadline
+        self.timeout = timeout
+
+    def readinto(self, b: Any) -> int | None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the status line and headers did not arrive by their deadline")
+            self._sock.settimeout(min(left, self.timeout))  # type: ignore[attr-defined]
+        return super().readinto(b)
+
+    def headers_read(self) -> None:
+        if self.deadline is not None:
+            self.deadline = None
+            if not self.closed:
+                self._sock.settimeout(self.timeout)  # type: ignore[attr-defined]
 
 
 class _Body(httpx.SyncByteStream):

@@ -143,6 +143,34 @@ def test_an_answer_that_trickles_is_cut_off_at_the_timeout_not_read_for_days(lis
     assert list(tmp_path.iterdir()) == []
 
 
+def _trickled_headers(seen: list[float]) -> Answer:
+    """A status line, then a header line a byte every 50 ms for ever: each read gets a byte within any timeout."""
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        seen.append(time.monotonic())
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while True:
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the client hung up
+            pass
+    return answer
+
+
+def test_headers_that_trickle_are_cut_off_at_the_timeout(hostile: Any) -> None:
+    """The status line and headers must all come within the read timeout: a byte every 50 ms of an endless header
+    kept a client reading for as long as the server liked before (each read was within its timeout). Given up after
+    about the timeout, on each of the tries the client makes (it may be the network)."""
+    answers: list[float] = []
+    url = hostile({"/api/v1/whoami": _trickled_headers(answers)})
+    with RegistryClient(url, cache=False, timeout=0.5, retries=1, backoff_s=0) as client:
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="status line and headers"):
+            client.whoami()
+        assert time.monotonic() - started < 4 and len(answers) == 2
+
+
 def test_a_compressed_answer_is_not_asked_for_nor_decoded(listing: dict[str, Any], hostile: Any) -> None:
     """A gzip bomb as an API answer: 1 MB on the wire, over the answer cap once decoded (3.1 GB of memory before,
     through the plain transport); then gzip in gzip (3.9 GB). The client asks for identity and refuses any other
