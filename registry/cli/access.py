@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from registry.cli.common import RegistryUrl, Token, call_registry, console, fail
+from registry.cli.common import RegistryUrl, Token, call_registry, console, err_console, fail
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
@@ -117,7 +117,7 @@ def _print_org(org: OrganizationInfo, as_json: bool) -> None:
     console.print(f"{org.name}: {org.description or '(no description)'}; created by {org.created_by}")
     table = Table("member", "role", "since")
     for x in org.members:
-        table.add_row(x.member, x.role, f"{x.added_at:%Y-%m-%d}")
+        table.add_row(x.member + (" (no token yet)" if x.has_token is False else ""), x.role, f"{x.added_at:%Y-%m-%d}")
     console.print(table)
 
 
@@ -151,8 +151,14 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
             member: Annotated[str, typer.Argument(help="User to add (or whose role to change).")],
             role: Role = "read", registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False
             ) -> None:
-    """Add a member with a role, or change a member's role (organisation admins)."""
-    _print_org(call_registry(registry, token, lambda c: c.set_member(name, member, role)), as_json)
+    """Add a member with a role, or change a member's role (organisation admins). A name no token was ever created
+    for is added too (an operator may create its token later), with a warning to check its spelling."""
+    org = call_registry(registry, token, lambda c: c.set_member(name, member, role))
+    _print_org(org, as_json)
+    if any(x.member == member and x.has_token is False for x in org.members):
+        err_console.print(f"[yellow]warning:[/] no token was ever created for {member!r} on this registry: check the "
+                          f"spelling (`vera org remove {name} {member}` undoes this). They get the role once an "
+                          f"operator runs `vera token-create {member}`.")
 
 
 def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],

@@ -217,6 +217,9 @@ class MemberInfo(BaseModel):
     member: str
     role: str  # read | write | admin
     added_at: datetime
+    # whether a token was ever created for this user on this registry (False: nobody uses the name yet; a misspelt
+    # name shows so); None from a server before this field
+    has_token: bool | None = None
 
 
 class OrganizationInfo(BaseModel):

@@ -118,13 +118,13 @@ class Access:
             s.add(org)
             s.add(m.AuditEvent(actor=creator, action="org-create", target=name, detail={}))
             s.flush()
-            return _org_info(org)
+            return _org_info(s, org)
 
     def organization(self, name: str, viewer: Principal | None = None) -> OrganizationInfo:
         """An organisation with its members (members and admins only: to anyone else it does not exist)."""
         with self.db.session() as s:
             org = _visible_org(s, name, viewer)
-            return _org_info(org)
+            return _org_info(s, org)
 
     def organizations(self, viewer: Principal | None = None) -> list[OrganizationInfo]:
         """The organisations ``viewer`` belongs to (every one for admins and the local user)."""
@@ -132,7 +132,7 @@ class Access:
         if viewer is not None and not viewer.is_admin:
             query = query.where(m.Organization.name.in_(sorted(viewer.roles)))
         with self.db.session() as s:
-            return [_org_info(o) for o in s.scalars(query)]
+            return [_org_info(s, o) for o in s.scalars(query)]
 
     def set_member(self, organization: str, member: str, role: str, *, viewer: Principal) -> OrganizationInfo:
         """Add ``member`` with ``role``, or change its role (organisation admins only)."""
@@ -141,6 +141,9 @@ class Access:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
         with self.db.session() as s:
             org = _managed_org(s, organization, viewer)
+            if s.scalar(select(m.Organization.id).where(m.Organization.name == member)) is not None:
+                raise InvalidInput(f"{member!r} is an organisation; members are users (an organisation cannot be a "
+                                   f"member of another: add its members to {organization} one by one).")
             current = next((x for x in org.members if x.member == member), None)
             if current is None:
                 if len(org.members) >= MAX_MEMBERS:
@@ -152,7 +155,7 @@ class Access:
             s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
                                detail={"member": member, "role": role}))
             s.flush()
-            return _org_info(org)
+            return _org_info(s, org)
 
     def remove_member(self, organization: str, member: str, *, viewer: Principal) -> OrganizationInfo:
         """Remove ``member`` (an admin of the organisation removes anyone; a member may leave, removing themself);
@@ -168,7 +171,7 @@ class Access:
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))
             s.flush()
-            return _org_info(org)
+            return _org_info(s, org)
 
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:
@@ -194,8 +197,11 @@ def _keep_an_admin(org: m.Organization, member: str, new_role: Role | str | None
         raise Conflict(f"{member} is the last admin of {org.name}; make another member admin first.")
 
 
-def _org_info(org: m.Organization) -> OrganizationInfo:
+def _org_info(s: Session, org: m.Organization) -> OrganizationInfo:
+    names = [x.member for x in org.members]
+    with_tokens = set(s.scalars(select(m.AccessToken.owner).where(m.AccessToken.owner.in_(names)).distinct()))
     return OrganizationInfo(name=org.name, description=org.description, created_by=org.created_by,
                             created_at=org.created_at,
-                            members=[MemberInfo(member=x.member, role=cast(Role, x.role), added_at=x.added_at)
+                            members=[MemberInfo(member=x.member, role=cast(Role, x.role), added_at=x.added_at,
+                                                has_token=x.member in with_tokens)
                                      for x in org.members])

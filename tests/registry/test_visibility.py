@@ -5,6 +5,8 @@ out, members of its organisation read it, and tokens are created, listed and rev
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -248,6 +250,29 @@ def test_organisation_roles(server: dict[str, Any]) -> None:
         assert mallory.organizations() == []
     with client(url, tokens["alice"]) as alice:
         assert any(e.action == "member-remove" and e.actor == "mallory" for e in alice.events(owner="acme").events)
+
+
+def test_members_are_users_and_a_name_nobody_holds_a_token_for_shows(server: dict[str, Any]) -> None:
+    """An organisation cannot be a member (refused, nothing changes); a name no token was ever created for is added,
+    marked has_token=False (a typo shows), and `vera org add` warns about it on stderr."""
+    url, tokens = server["url"], server["tokens"]
+    with client(url, tokens["alice"]) as alice:
+        alice.create_organization("acme-labs")
+        before = alice.organization("acme").members
+        with pytest.raises(InvalidInput, match="'acme-labs' is an organisation; members are users"):
+            alice.set_member("acme", "acme-labs", "read")
+        assert alice.organization("acme").members == before
+        assert {x.member: x.has_token for x in before} == {"alice": True, "bob": True, "carol": True}
+    cli = [sys.executable, "-m", "registry.cli", "org", "add", "acme", "bbo", "--registry", url,
+           "--token", tokens["alice"]]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "bbo (no token yet)" in done.stdout
+    assert "no token was ever created for 'bbo'" in done.stderr and "vera org remove acme bbo" in done.stderr
+    done = subprocess.run([*cli[:6], "bob", *cli[7:]], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    with client(url, tokens["alice"]) as alice:
+        assert {x.member: x.has_token for x in alice.remove_member("acme", "bbo").members}["bob"] is True
 
 
 def test_visibility_changes_are_audited_and_take_effect(server: dict[str, Any]) -> None:
