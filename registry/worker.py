@@ -243,19 +243,34 @@ class _CheckpointSync:
                               f"registry ({stored.size} bytes), for an attempt on another machine")
 
 
+#: Seconds between a running job's heartbeats (`vera worker --heartbeat`).
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+def check_heartbeat(heartbeat_s: float, lease_s: float) -> None:
+    """Refuse a heartbeat that does not keep a running job's lease (VERA_JOB_LEASE_S): another worker would claim
+    the job between two heartbeats and train it twice (`vera worker` and `vera run` check it at start)."""
+    if heartbeat_s * 2 > lease_s:
+        raise InvalidInput(f"A heartbeat every {heartbeat_s:g} s does not keep a job leased for {lease_s:g} s "
+                           "(VERA_JOB_LEASE_S): another worker would take the job from this one between two "
+                           "heartbeats. Keep the heartbeat (--heartbeat, default 5 s) under half the lease.")
+
+
 class Worker:
     """Runs jobs one at a time; several workers (processes, machines) can share one database."""
 
-    def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0, heartbeat_s: float = 5.0,
-                 work_dir: str | None = None, log: Callable[[str], None] | None = None, device: str = "cpu",
-                 nproc: int = 1, state_dir: str | Path | None = None) -> None:
+    def __init__(self, jobs: Jobs, *, name: str | None = None, poll_s: float = 2.0,
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_S, work_dir: str | None = None,
+                 log: Callable[[str], None] | None = None, device: str = "cpu", nproc: int = 1,
+                 state_dir: str | Path | None = None) -> None:
         """``log``: where the worker's lines go; by default the ``vera.worker`` logger (registry.logs), each line
-        with the job's id and the id of the request that queued it. ``device``: the device set it owns
-        (checked_devices); it claims jobs asking for up to as many GPUs as it owns (none on the CPU). ``nproc``: a
-        CPU worker trains each job in up to that many processes (torchrun, gloo); a GPU worker trains a job that
-        asks for k > 1 GPUs in k processes, one on each of its first k devices. ``state_dir``: where it keeps a
-        folder per job between attempts, so that a job's next attempt resumes from its checkpoints; None: each
-        attempt trains in a temporary folder (in ``work_dir``) and starts over."""
+        with the job's id and the id of the request that queued it (at info; a database outage at warning).
+        ``device``: the device set it owns (checked_devices); it claims jobs asking for up to as many GPUs as it
+        owns (none on the CPU). ``nproc``: a CPU worker trains each job in up to that many processes (torchrun,
+        gloo); a GPU worker trains a job that asks for k > 1 GPUs in k processes, one on each of its first k
+        devices. ``state_dir``: where it keeps a folder per job between attempts, so that a job's next attempt
+        resumes from its checkpoints; None: each attempt trains in a temporary folder (in ``work_dir``) and starts
+        over."""
         self.devices = checked_worker_devices(device, nproc)
         self.device = ",".join(self.devices)
         self.gpus = 0 if self.devices == ["cpu"] else len(self.devices)
@@ -263,6 +278,7 @@ class Worker:
         self.jobs, self.poll_s, self.heartbeat_s = jobs, poll_s, heartbeat_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.work_dir, self.log = work_dir, log or logging.getLogger("vera.worker").info
+        self.warn = log or logging.getLogger("vera.worker").warning  # what needs the operator (an outage)
         self.state_dir = None if state_dir is None else Path(state_dir)
         self.draining, self.releasing = threading.Event(), threading.Event()
 
@@ -287,7 +303,7 @@ class Worker:
             except (OperationalError, InterfaceError) as exc:  # the database restarted, failed over, refused
                 failures += 1
                 wait = min(MAX_OUTAGE_WAIT_S, self.poll_s * 2 ** min(failures, 8))
-                self.log(f"worker {self.name}: the database is unavailable ({type(exc).__name__}: "
+                self.warn(f"worker {self.name}: the database is unavailable ({type(exc).__name__}: "
                          f"{first_line(exc, 200)}); trying again in {wait:g} s")
                 stop.wait(wait)
                 continue

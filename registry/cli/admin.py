@@ -249,9 +249,10 @@ def worker(
     settings = start_logging(load_settings(database_url, storage_url), log_level)  # before the HF libraries load
 
     from registry.bootstrap import job_queue
-    from registry.worker import Worker, checked_worker_devices
+    from registry.worker import Worker, check_heartbeat, checked_worker_devices
 
     checked_worker_devices(device, nproc)  # devices this machine lacks are refused before the registry is opened
+    check_heartbeat(heartbeat, settings.job_lease_s)
 
     runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat, device=device,
                     nproc=nproc, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes

@@ -65,8 +65,9 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
         return
     if with_worker:
-        from registry.worker import Worker
+        from registry.worker import DEFAULT_HEARTBEAT_S, Worker, check_heartbeat
 
+        check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s)
         runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
         threading.Thread(target=runner.run_forever, name="vera-worker", daemon=True).start()
     uvicorn.run(app, **served)

@@ -222,3 +222,15 @@ def test_fetch_says_how_much_it_wrote_and_why_more_than_is_stored(server: dict[s
     assert f"({info.stored_bytes:,} bytes stored: --seed-only for vera_core)" in default.stdout
     small = vera("fetch", "ann/sized", "--out", str(tmp_path / "b"), "--seed-only", url=server["url"])
     assert small.returncode == 0 and "A and B included" not in small.stdout
+
+
+def test_a_heartbeat_that_cannot_keep_the_lease_is_refused_before_the_worker_starts(server: dict[str, Any],
+                                                                                    tmp_path: Path) -> None:
+    """VERA_JOB_LEASE_S=4 with a heartbeat every 5 s: every running job would look dead between two heartbeats and
+    be claimed by a second worker (trained twice). Refused at start; a lease over twice the heartbeat starts."""
+    env = {"VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "VERA_STORAGE_URL": str(tmp_path / "blobs")}
+    refused(vera("worker", "--once", url=server["url"], VERA_JOB_LEASE_S="4", **env),
+            "A heartbeat every 5 s does not keep a job leased for 4 s", "under half the lease")
+    assert vera("db", "upgrade", url=server["url"], **env).returncode == 0
+    started = vera("worker", "--once", "--heartbeat", "1", url=server["url"], VERA_JOB_LEASE_S="4", **env)
+    assert started.returncode == 0, started.stderr
