@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -156,6 +157,21 @@ class Settings(BaseSettings):
         if value not in ("auto", "json", "text"):
             raise ValueError(f"VERA_LOG_FORMAT={value!r}: use auto, json or text")
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        items = [x.strip() for x in value.split(",")]
+        if items != ["*"]:
+            for item in items:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"VERA_FORWARDED_ALLOW_IPS={value!r}: {item!r} is not an address or a network; give the "
+                        "proxies' addresses or networks, comma-separated (e.g. '10.0.0.5,10.1.0.0/16'), or '*' "
+                        "alone") from None
+        return ",".join(items)
 
     @field_validator("hub_endpoint")
     @classmethod

@@ -336,6 +336,12 @@ def test_tokens_through_the_api(server: dict[str, Any]) -> None:
     with client(url, tokens["root"]) as root:
         made, _ = root.create_token(["read"], user="erin")
         assert made.owner == "erin" and "erin" in {t.owner for t in root.tokens()}
+    for field in ("owner", "org"):  # not fields of a token: refused, naming the field, and no token is made
+        with client(url, tokens["alice"]) as alice:
+            before = alice.tokens()
+            refused = get(server, "alice", "/api/v1/tokens", "POST", json={"scopes": ["read"], field: "acme"})
+            assert refused.status_code == 422 and field in refused.text and "Extra inputs" in refused.text
+            assert [t.id for t in alice.tokens()] == [t.id for t in before]
     anonymous = get(server, None, "/api/v1/whoami").json()
     assert anonymous["anonymous"] is True and anonymous["scopes"] == ["read"]
     assert get(server, None, "/api/v1/tokens").status_code == 403
