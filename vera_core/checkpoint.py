@@ -33,6 +33,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 if TYPE_CHECKING:
+    from vera_core.base_shapes import BaseModel
     from vera_core.lora import LoraExport
 
 META_GENERATOR = "vera_core.projection_generator"
@@ -302,17 +303,36 @@ def projections_of(files: AdapterFiles, where: object = "the adapter") -> tuple[
     spec = files.spec
     if spec is None:
         raise AdapterFormatError(
-            f"{where} stores no projections and no projection shape; load it onto its base model with "
-            "load_adapter() and save it with save_projection=True instead."
+            f"{where} stores no projections and no projection shape (PEFT saved it with save_projection=False), so "
+            "their size comes from its base model: pass --base-model DIR_OR_HUB_ID (`vera export-lora` and `vera "
+            "export-peft`; base_model= in vera_core.export_lora / export_peft; only the base's config.json is "
+            "read), or load it onto its base model with load_adapter() and save it with save_projection=True."
         )
     a, b = generate(spec)
     _check_fingerprint(files, a, b)
     return a, b
 
 
-def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Copy an adapter with its projections materialised (save_projection=True), which any PEFT >= 0.21 loads."""
+def read_for_export(src: str | os.PathLike[str], base_model: BaseModel | None = None) -> AdapterFiles:
+    """``read_adapter(src)``, completed from ``base_model`` (when given) with what a seed-only adapter PEFT wrote
+    lacks: the projection shape and each layer's input size (vera_core.base_shapes.with_base_model; the base is
+    built from its config on the meta device, or inspected if a module). A base model given for an adapter that
+    records them already is checked against them, and refused if it does not fit."""
     files = read_adapter(src)
+    if base_model is None:
+        return files
+    from vera_core.base_shapes import with_base_model
+
+    return with_base_model(files, base_model)
+
+
+def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                base_model: BaseModel | None = None) -> Path:
+    """Copy an adapter with its projections materialised (save_projection=True), which any PEFT >= 0.21 loads.
+
+    ``base_model`` (a directory or Hub id that vera_core.recipes.resolve_base understands, or an nn.Module) sizes
+    the projections of a seed-only adapter PEFT wrote, which records no projection shape (read_for_export)."""
+    files = read_for_export(src, base_model)
     tensors = dict(files.tensors)
     a, b = projections_of(files, src)
     tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
@@ -351,13 +371,18 @@ def _check_fingerprint(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) ->
         )
 
 
-def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str], export: LoraExport | None = None) -> Path:
+def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str], export: LoraExport | None = None, *,
+                base_model: BaseModel | None = None) -> Path:
     """Write the equivalent rank-r LoRA of the adapter at ``src`` in PEFT's LoRA format, or with ``export`` its
     best rank-K approximation in another dtype (vera_core.lora). Written one layer at a time: besides A and B, one
-    layer's factors are held, however large the export."""
+    layer's factors are held, however large the export.
+
+    ``base_model`` (a directory or Hub id that vera_core.recipes.resolve_base understands, or an nn.Module) gives
+    the projection shape and layer input sizes an adapter PEFT wrote does not record (read_for_export). Everything
+    is checked before ``dst`` is written."""
     from vera_core.lora import write_lora_files
 
-    files = read_adapter(src)
+    files = read_for_export(src, base_model)
     root = Path(dst)
     with adapter_folder(root) as folder:  # written once, then renamed into place
         write_lora_files(folder, files, *projections_of(files, src), export)

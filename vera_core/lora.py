@@ -136,8 +136,10 @@ def _in_features(files: AdapterFiles, path: str) -> int:
         if value is not None:
             return int(value)
     raise AdapterFormatError(
-        f"The adapter does not record the input size of {module_path(path)}, which the LoRA export needs; "
-        "re-save it with this version of vera_core (or publish it again)."
+        f"The adapter does not record the input size of {module_path(path)}, which the LoRA export needs; give "
+        "its base model (`vera export-lora SRC DST --base-model DIR_OR_HUB_ID`, or base_model= in "
+        "vera_core.export_lora: only its config.json is read), or re-save it with this version of vera_core (or "
+        "publish it again)."
     )
 
 

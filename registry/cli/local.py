@@ -74,12 +74,21 @@ def _verification(files: vera_core.AdapterFiles) -> dict[str, object]:
     return {"seed_reproducible": reproducible, "regenerated_fingerprint": regenerated}
 
 
+#: For an adapter PEFT wrote: the base model whose layers size the projections and slice them (vera_core.base_shapes).
+ExportBaseModel = Annotated[str | None, typer.Option(
+    "--base-model", help="The adapter's base model: a local model directory, 'minilm' or a cached Hub id; only its "
+    "config.json is read (built on the meta device: no weights). Needed for an adapter PEFT wrote, which records "
+    "no projection shape (save_projection=False) nor layer input sizes (for LoRA); checked against the adapter "
+    "otherwise.")]
+
+
 def export_peft(
     src: Annotated[Path, typer.Argument(help="Adapter directory to read.")],
     dst: Annotated[Path, typer.Argument(help="Directory to write the PEFT-loadable copy to.")],
+    base_model: ExportBaseModel = None,
 ) -> None:
     """Write a copy with vera_A and vera_B materialised, which PEFT >= 0.21 loads whatever the generator."""
-    out = vera_core.export_peft(src, dst)
+    out = vera_core.export_peft(src, dst, base_model=base_model)
     console.print(f"wrote {out} (projections materialised; load with PeftModel.from_pretrained)")
 
 
@@ -87,11 +96,12 @@ def export_lora(
     src: Annotated[Path, typer.Argument(help="VeRA adapter directory to read.")],
     dst: Annotated[Path, typer.Argument(help="Directory to write the equivalent LoRA to.")],
     max_rank: MaxRank = None, dtype: LoraDtype = "float32", for_vllm: ForVllm = False,
+    base_model: ExportBaseModel = None,
 ) -> None:
     """Write the equivalent rank-r LoRA in PEFT's LoRA format (lora_B @ lora_A equals VeRA's delta weight), or its
     best rank-K approximation with --max-rank."""
     export = lora_export(max_rank, dtype, for_vllm)
-    out = vera_core.export_lora(src, dst, export)
+    out = vera_core.export_lora(src, dst, export, base_model=base_model)
     rank = json.loads((out / "adapter_config.json").read_text())["r"]
     console.print(f"wrote {out} (LoRA, r = lora_alpha = {rank}" + (", exact)" if export.max_rank is None else
                                                                      "; errors per layer in README.md)"))
