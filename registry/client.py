@@ -697,6 +697,12 @@ class RegistryClient:
         """Every version of ``owner/name``, and the adapter."""
         self._request("DELETE", self._adapter_path(adapter))
 
+    def move(self, adapter: str, to: str) -> AdapterInfo:
+        """Rename ``adapter`` (owner/name) to ``to`` (owner/name; another owner transfers it), with every version,
+        alias and tag; returns it under its new name. Its old name then answers NotFound naming the new one."""
+        return AdapterInfo.model_validate(self._request("POST", f"{self._adapter_path(adapter)}/move",
+                                                        json={"to": to}).json())
+
     # ---- who may see what: the caller, tokens, organisations (registry.services.access) ----------------------
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self._request("GET", "/api/v1/whoami").json())

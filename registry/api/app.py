@@ -7,21 +7,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from registry.api.deps import ApiOptions
+from registry.api.deps import PRINCIPAL, ApiOptions
 from registry.api.gate import RequestGate
 from registry.api.metrics import READY_TTL_S, Recent, install_metrics
-from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
+from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers, problem
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
+from registry.domain.errors import AdapterNotFound
 from registry.logs import AccessLog
 from registry.services.events import Events
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.outbox import Dispatcher
 from registry.services.registry import Registry
+from registry.services.tokens import ANONYMOUS
 from registry.services.webhooks import Webhooks
 
 
@@ -42,9 +45,36 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.readiness = Recent(registry.status.readiness, ttl_s=READY_TTL_S)
     app.add_middleware(AccessLog)  # outermost: every request gets its id and one access line, refusals included
     install_problem_handlers(app)
+    _install_moved_hint(app, registry)
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+#: On a 404 for an adapter's old name: the name it has now (migration 0017), for clients that follow it themselves.
+MOVED_HEADER = "X-Vera-Moved-To"
+
+
+def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
+    @app.exception_handler(AdapterNotFound)
+    async def adapter_not_found(request: Request, exc: AdapterNotFound) -> JSONResponse:
+        """404 as for any missing adapter; for a name an adapter had before it moved, the message (and MOVED_HEADER)
+        says where it is now, to a caller that may read it there (to anyone else the name is simply not there)."""
+        moved = None
+        if exc.adapter is not None:
+            options: ApiOptions = request.app.state.options
+            viewer = (getattr(request.state, PRINCIPAL, None) or ANONYMOUS) if options.require_tokens else None
+            try:
+                moved = await run_in_threadpool(registry.moves.moved_to, *exc.adapter, viewer)
+            except Exception:  # noqa: BLE001 - a hint only: the 404 stands without it (the database may be down)
+                moved = None
+        if moved is None:
+            return problem(404, exc.code, str(exc), request.url.path, exc)
+        owner, name = exc.adapter or ("", "")
+        response = problem(404, exc.code, f"No adapter {owner}/{name}: it was moved to {moved.ref} on "
+                           f"{moved.at:%Y-%m-%d}; use that name.", request.url.path, exc)
+        response.headers[MOVED_HEADER] = moved.ref
+        return response
 
 
 @asynccontextmanager

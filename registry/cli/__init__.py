@@ -45,7 +45,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "publish": "remote.publish", "fetch": "remote.fetch", "verify": "remote.verify", "ls": "remote.list_versions",
         "compare": "remote.compare", "alias": "remote.alias",
         "show": "catalog.show", "tag": "catalog.tag", "describe": "catalog.describe", "card": "catalog.card",
-        "yank": "catalog.yank", "delete": "catalog.delete", "lineage": "catalog.lineage",
+        "yank": "catalog.yank", "delete": "catalog.delete", "mv": "catalog.move", "lineage": "catalog.lineage",
         "worker": "admin.worker", "events": "events.events",
         "login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
         "visibility": "access.visibility",

@@ -212,6 +212,24 @@ def delete(
     console.print(f"deleted {info.ref}")
 
 
+def move(
+    adapter: Annotated[str, typer.Argument(help="owner/name: the adapter to move.")],
+    to: Annotated[str, typer.Argument(help="owner/name: its new name (another owner transfers it: you need to write "
+                                           "there too).")],
+    registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
+) -> None:
+    """Rename an adapter or transfer it to another owner, with every version, alias, tag and its card. Its old name
+    then answers "moved to" its new one, and publishing to the old name is refused; jobs that were to publish to it
+    publish to the new name. Version numbers go on where they were."""
+    source, destination = Ref.parse_adapter(adapter), Ref.parse_adapter(to)
+    info = call_registry(registry, token, lambda c: c.move(str(source), str(destination)))
+    if as_json:
+        print_json(info)
+        return
+    console.print(f"moved {source} to {info.owner}/{info.name} ({info.versions} versions"
+                  + (f"; aliases {', '.join(sorted(info.aliases))}" if info.aliases else "") + ")")
+
+
 def _confirm(yes: bool, question: str, what: str) -> None:
     if yes:
         return

@@ -45,6 +45,11 @@ class NotFound(RegistryError, LookupError):
 class AdapterNotFound(NotFound):
     """No adapter of that owner and name (rather than a missing version, alias or file of one that exists)."""
 
+    def __init__(self, message: str, *, adapter: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: (owner, name) asked for, when known: the API then says where an adapter of that name moved to
+        self.adapter = adapter
+
 
 class RevisionNotFound(NotFound):
     """The adapter exists but the Hub revision names no version of it (or a form it cannot take)."""

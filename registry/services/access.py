@@ -61,7 +61,8 @@ def shown_to(viewer: Principal | None, uses: InstrumentedAttribute[int], used: I
 
 def not_found(owner: str, name: str) -> AdapterNotFound:
     """The error for an adapter that does not exist, or that the caller may not see (one message for both)."""
-    return AdapterNotFound(f"No adapter {owner}/{name}; `vera ls --owner {owner}` lists that owner's.")
+    return AdapterNotFound(f"No adapter {owner}/{name}; `vera ls --owner {owner}` lists that owner's.",
+                           adapter=(owner, name))
 
 
 def require_readable(s: Session, viewer: Principal | None, ref: Ref | str, *, missing_too: bool = False) -> None:

@@ -40,6 +40,7 @@ from registry.domain.schemas import (
 from registry.logs import REQUEST_ID
 from registry.services.job_checkpoints import JobCheckpoints, forget
 from registry.services.lookup import version_ref
+from registry.services.moves import refuse_publish_to_old_name
 from registry.services.registry import Registry
 from registry.services.tokens import Principal
 from registry.store import models as m
@@ -141,6 +142,9 @@ class Jobs:
                 raise
             kind = "dataset" if isinstance(exc, DatasetError) else "spec"
             raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
+        with self.db.session() as s:  # a job trains into a name that moved: refused, before its dataset is stored
+            if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)) is None:
+                refuse_publish_to_old_name(s, ref.owner, ref.name)
         digest = None
         if dataset is not None:
             digest = self.registry.blobs.put(dataset)

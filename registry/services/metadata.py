@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import AdapterNotFound, Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
     MAX_CARD_BYTES,
     MAX_DESCRIPTION,
@@ -29,7 +29,7 @@ from registry.domain.schemas import (
     check_name,
     check_text,
 )
-from registry.services.access import check_visibility
+from registry.services.access import check_visibility, not_found
 from registry.services.lookup import LATEST, resolve, version_info, version_ref
 from registry.store import models as m
 from registry.store.database import Database
@@ -78,8 +78,7 @@ def adapter_ref(text: str) -> Ref:
 def _adapter_row(s: Session, ref: Ref) -> m.Adapter:
     row = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
     if row is None:
-        raise AdapterNotFound(f"No adapter {ref.owner}/{ref.name}; `vera ls --owner {ref.owner}` lists that "
-                              "owner's.")
+        raise not_found(ref.owner, ref.name)
     return row
 
 

@@ -35,6 +35,7 @@ from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailab
 from registry.services.base_models import BaseModels
 from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
+from registry.services.moves import refuse_publish_to_old_name
 from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -195,6 +196,7 @@ class Publisher:
         projection = _projection_row(s, checked, projection_blob)
         adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == what.owner, m.Adapter.name == what.name))
         if adapter is None:
+            refuse_publish_to_old_name(s, what.owner, what.name)
             adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description,
                                 visibility=what.visibility or self.default_visibility)
             s.add(adapter)

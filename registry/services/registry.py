@@ -33,6 +33,7 @@ from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
 from registry.services.lineage import Lineage
 from registry.services.metadata import Metadata
+from registry.services.moves import Moves
 from registry.services.publishing import Publisher
 from registry.services.retention import Retention
 from registry.services.search import Search
@@ -81,6 +82,8 @@ class Registry:
         self.yank = self.versions.yank
         self.delete = self.versions.delete
         self.delete_adapter = self.versions.delete_adapter
+        self.moves = Moves(db)
+        self.move = self.moves.move
         self.audit = self.versions.audit
         self.list_versions = self.search.list_versions
         self.downloads = downloads or DownloadCounter(db)

@@ -120,6 +120,21 @@ class VersionCounter(Base):
     last_version: Mapped[int] = mapped_column(Integer)
 
 
+class AdapterMove(Base):
+    """A name an adapter had before it moved (0017): asking for it is answered with the adapter's name now (to who
+    may read it), and publishing to it is refused, until an adapter moves back to that name."""
+
+    __tablename__ = "adapter_moves"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_adapter_moves_owner_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100))
+    adapter_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", name="fk_adapter_moves_adapter_id_adapters", ondelete="CASCADE"), index=True)
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    moved_by: Mapped[str] = mapped_column(String(64))
+
+
 class AdapterCard(Base):
     """A model card as it was after an edit (0014), so that the /hf README.md of a Hub commit, which carries the
     card, is the same bytes for as long as the commit is served (registry.services.hub_view). Revision 0 is the card

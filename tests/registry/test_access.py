@@ -37,6 +37,7 @@ ROUTES = {
     "verification": ("read", False), "compare": ("read", False), "base-models": ("read", False),
     "projections": ("read", False), "publish": ("publish", True), "alias-put": ("publish", True),
     "alias-delete": ("publish", True), "yank": ("publish", True), "delete": ("publish", True),
+    "move": ("publish", True),
     "jobs": ("read", False), "job": ("read", False), "job-events": ("read", False), "job-submit": ("publish", True),
     "job-cancel": ("publish", True), "hub-status": ("read", False), "hub-push": ("publish", True),
     "hub-pull": ("publish", True), "base-register": ("publish", False),
@@ -80,7 +81,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int,
-                webhook: int = 0, token: int = 0, blob: str = "") -> tuple[str, str, dict[str, Any]]:
+                webhook: int = 0, token: int = 0, blob: str = "", moving: str = "") -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
     hook = f"{base}/api/v1/webhooks/{webhook}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
@@ -88,6 +89,7 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
     return {
         "list": ("GET", f"{base}/api/v1/adapters", {}),
         "get": ("GET", v, {}),
+        "move": ("POST", f"{base}/api/v1/adapters/alice/{moving}/move", {"json": {"to": f"alice/{moving}-moved"}}),
         "download": ("GET", f"{v}/files/adapter_config.json", {}),
         "files": ("GET", f"{v}/files", {}),
         "files-inline": ("GET", f"{v}/files", {"params": {"inline": 1 << 20}}),
@@ -153,7 +155,11 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         if route == "member-delete":
             admin.set_member("acme", "zed", "read")
         blob = admin.files(f"alice/m:{version}").files[0].url if route == "blob" else ""
-    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token, blob)
+        moving = f"mv-{uuid.uuid4().hex[:8]}" if route == "move" else ""  # an adapter of its own to move away
+        if moving:
+            admin.publish(server["source"], f"alice/{moving}", base_model="tiny-llama")
+    method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token, blob,
+                                      moving)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     if webhook:  # an owner may have only so many webhooks

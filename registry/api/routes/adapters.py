@@ -12,9 +12,9 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from registry.api.deps import NewVersionPublisher, Options, OwnerPublisher, Reader, RegistryDep, ref_of
+from registry.api.deps import NewVersionPublisher, Options, OwnerPublisher, Reader, RegistryDep, authorize, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
 from registry.domain.schemas import (
@@ -49,6 +49,11 @@ class AliasBody(BaseModel):
 
 class YankBody(BaseModel):
     yanked: bool = True
+
+
+class MoveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(max_length=300, description="the adapter's new name, owner/name (another owner transfers it)")
 
 
 @router.get("", response_model=Page)
@@ -167,6 +172,18 @@ def update_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name:
                    body: VersionUpdate) -> VersionInfo:
     """Change a version's description or tags (its bytes never change); audited."""
     return registry.update_version(Ref.of(owner, name, version=version), body, actor=who.owner)
+
+
+@router.post("/{owner}/{name}/move", response_model=AdapterInfo)
+def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, owner: str, name: str,
+                 body: MoveBody) -> AdapterInfo:
+    """Rename the adapter, or transfer it to another owner, with all its versions, aliases, tags and card; needs
+    write rights on both owners. Its old name then answers 404 naming the new one (to whoever may read it), and a
+    publish to the old name is refused; audited (``move``)."""
+    destination = Ref.parse_adapter(body.to)
+    authorize(who, options, "publish", destination.owner)
+    _, new = registry.move(Ref.of(owner, name), destination, actor=who.owner)
+    return registry.adapter(new)
 
 
 @router.delete("/{owner}/{name}", status_code=204)

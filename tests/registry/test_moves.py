@@ -1,0 +1,184 @@
+"""Moving an adapter (renaming it, transferring it to another owner): everything it has goes with it, its old name
+says where it went (to whoever may read it there) and takes no publish, version numbers are never given to other
+bytes, jobs follow it; through the services on SQLite and PostgreSQL, through a real server with tokens, and
+`vera mv`. Migration 0017 (adapter_moves) keeps every row of a 0016 database, up and down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import inspect, select, text
+
+from registry.client import RegistryClient
+from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.services.tokens import create_token
+from registry.store import models as m
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import VERA, running_server
+from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+
+
+def _publish(registry: Registry, folder: Path, ref: str, seed: int = 0) -> int:
+    owner, name = ref.split("/")
+    return registry.publish(make_adapter(folder, seed=seed), owner=owner, name=name, base_model="tiny-llama").version
+
+
+def test_a_moved_adapter_keeps_everything_and_its_old_name_points_to_it(registry: Registry, tmp_path: Path) -> None:
+    _publish(registry, tmp_path / "a", "ann/old")
+    _publish(registry, tmp_path / "b", "ann/old", seed=1)
+    registry.set_alias("ann/old:1", "prod", actor="ann")
+    before = registry.get("ann/old:2")
+    job = Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/old")  # queued: no worker here
+
+    assert registry.move("ann/old", "team/new", actor="ann")
+    moved = registry.adapter("team/new")
+    assert (moved.versions, moved.aliases) == (2, {"latest": 2, "prod": 1})
+    after = registry.get("team/new:2")
+    assert (after.vectors_sha256, after.projection_fingerprint) == (before.vectors_sha256,
+                                                                    before.projection_fingerprint)
+    assert registry.get("team/new@prod").version == 1
+    with pytest.raises(AdapterNotFound, match="No adapter ann/old"):
+        registry.get("ann/old:1")
+    assert registry.moves.moved_to("ann", "old", None) is not None
+    assert registry.moves.moved_to("ann", "old", None).ref == "team/new"  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match="ann/old was moved to team/new on .*: publish to team/new"):
+        _publish(registry, tmp_path / "c", "ann/old", seed=2)
+    with pytest.raises(Conflict, match="was moved to team/new"):
+        Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/old")
+    assert Jobs(registry).get(job.id).target_name == "team/new"  # the queued job publishes to the new name
+    assert _publish(registry, tmp_path / "d", "team/new", seed=3) == 3  # numbers go on
+    events = [(e.action, e.target, e.detail) for e in registry.audit("team/new")]
+    assert ("move", "team/new", {"from": "ann/old"}) in events
+
+
+def test_moving_back_frees_the_old_name_and_numbers_are_never_given_twice(registry: Registry,
+                                                                          tmp_path: Path) -> None:
+    _publish(registry, tmp_path / "a", "ann/x")
+    registry.move("ann/x", "ann/y", actor="ann")
+    assert _publish(registry, tmp_path / "b", "ann/y", seed=1) == 2
+    registry.move("ann/y", "ann/x", actor="ann")  # its own old name: allowed, and no longer an old name
+    assert _publish(registry, tmp_path / "c", "ann/x", seed=2) == 3
+    with pytest.raises(Conflict, match="ann/y was moved to ann/x"):
+        _publish(registry, tmp_path / "d", "ann/y", seed=3)
+    # a name that had versions of another adapter (deleted since) is not a destination: ann/gone:1 meant other bytes
+    _publish(registry, tmp_path / "e", "ann/gone", seed=4)
+    registry.delete("ann/gone:1", actor="ann")
+    with pytest.raises(Conflict, match="ann/gone had versions once"):
+        registry.move("ann/x", "ann/gone", actor="ann")
+    _publish(registry, tmp_path / "f", "ann/taken", seed=5)
+    with pytest.raises(Conflict, match="ann/taken exists"):
+        registry.move("ann/x", "ann/taken", actor="ann")
+    with pytest.raises(InvalidInput, match="already called"):
+        registry.move("ann/x", "ann/x", actor="ann")
+    with pytest.raises(InvalidInput, match="names a version"):
+        registry.move("ann/x", "ann/z:1", actor="ann")
+    with pytest.raises(NotFound, match="No adapter ann/nothing"):
+        registry.move("ann/nothing", "ann/z", actor="ann")
+    assert registry.adapter("ann/x").versions == 3  # none of the refusals changed anything
+    # deleting the adapter forgets its old names: ann/y is free again (its numbers still are not given twice)
+    registry.delete_adapter("ann/x", actor="ann")
+    with registry.db.session() as s:
+        assert s.scalars(select(m.AdapterMove)).all() == []
+    assert _publish(registry, tmp_path / "g", "ann/y", seed=6) == 3
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("moves")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+        db = Database(url)
+        tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1]
+                  for user in ("alice", "bob", "mallory")}
+        db.engine.dispose()
+        source = make_adapter(root / "adapter")
+        with RegistryClient(base, tokens["alice"], cache=False) as alice:
+            alice.create_organization("acme")
+            alice.set_member("acme", "bob", "read")
+        yield {"url": base, "tokens": tokens, "source": source}
+
+
+def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[str, Any]) -> None:
+    url, tokens, source = server["url"], server["tokens"], server["source"]
+    with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice, \
+            RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, \
+            RegistryClient(url, tokens["mallory"], cache=False, retries=0) as mallory:
+        alice.publish(source, "alice/secret", base_model="tiny-llama", visibility="private")
+        bob.publish(source, "bob/mine", base_model="tiny-llama")
+        with pytest.raises(Forbidden, match="acme"):
+            bob.move("bob/mine", "acme/mine")  # bob only reads in acme
+        with pytest.raises(NotFound, match="No adapter alice/secret"):
+            mallory.move("alice/secret", "mallory/secret")  # not there to be seen, let alone moved
+        with pytest.raises(Forbidden):
+            mallory.move("bob/mine", "mallory/mine")  # mallory reads it but may not write under bob
+        moved = alice.move("alice/secret", "acme/secret")
+        assert (moved.owner, moved.name, moved.visibility, moved.versions) == ("acme", "secret", "private", 1)
+        assert bob.get("acme/secret:1").owner == "acme"  # acme's members read it now
+
+        # the old name answers 404 naming the new one, to who may read it there; to others it is simply not there
+        for who in (alice, bob):
+            with pytest.raises(NotFound, match="No adapter alice/secret: it was moved to acme/secret on"):
+                who.get("alice/secret:1")
+        with pytest.raises(NotFound) as hidden:
+            mallory.get("alice/secret:1")
+        assert "acme" not in str(hidden.value)
+        for who, told in (("bob", True), ("mallory", False), (None, False)):
+            headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
+            for path in ("/api/v1/adapters/alice/secret/versions/1", "/hf/api/models/alice/secret"):
+                answer = httpx.get(f"{url}{path}", headers=headers, timeout=60)
+                assert answer.status_code == 404, (who, path)
+                assert (answer.headers.get("X-Vera-Moved-To") == "acme/secret") is told, (who, path)
+                assert ("acme/secret" in answer.text) is told and ("acme/secret" in answer.headers.get(
+                    "X-Error-Message", "acme/secret" if told else "")) is told, (who, path, answer.headers)
+
+        with pytest.raises(Conflict, match="alice/secret was moved to acme/secret"):
+            alice.publish(source, "alice/secret", base_model="tiny-llama")
+        unknown = httpx.post(f"{url}/api/v1/adapters/acme/secret/move", json={"to": "alice/x", "owner": "bob"},
+                             headers={"Authorization": f"Bearer {tokens['alice']}"}, timeout=60)
+        assert unknown.status_code == 422 and "owner" in unknown.text
+        assert any(e.action == "move" and e.detail == {"from": "alice/secret"}
+                   for e in alice.events(owner="acme").events)
+
+
+def test_vera_mv(server: dict[str, Any]) -> None:
+    url, tokens, source = server["url"], server["tokens"], server["source"]
+    with RegistryClient(url, tokens["alice"], cache=False) as alice:
+        alice.publish(source, "alice/cli", base_model="tiny-llama")
+        alice.set_alias("alice/cli:1", "prod")
+    env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens["alice"],
+           "VERA_NO_CACHE": "1"}
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    done = vera("mv", "alice/cli", "alice/cli-renamed")
+    assert done.returncode == 0, done.stderr
+    assert "moved alice/cli to alice/cli-renamed (1 versions; aliases latest, prod)" in done.stdout
+    refused = vera("show", "alice/cli")
+    assert refused.returncode == 1 and "moved to alice/cli-renamed" in refused.stderr, refused.stderr
+    wrong = vera("mv", "alice/cli-renamed", "nobody")
+    assert wrong.returncode == 1 and "expected owner/name" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_migration_0017_keeps_every_row_up_and_down(database_url: str) -> None:
+    db = Database(database_url)
+    db.upgrade("0016")
+    with db.engine.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db.upgrade("0017")
+    assert _kept(db) == EXPECTED and "adapter_moves" in set(inspect(db.engine).get_table_names())
+    db.downgrade("0016")
+    assert _kept(db) == EXPECTED and "adapter_moves" not in set(inspect(db.engine).get_table_names())
+    db.upgrade()
+    assert _kept(db) == EXPECTED
+    db.engine.dispose()
