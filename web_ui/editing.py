@@ -1,5 +1,5 @@
 """Editing on the Adapter page: a version's description and tags, the adapter's description, model card and
-visibility. Shown to callers whose token may write under the adapter's owner (as ``whoami`` says); the registry
+visibility, and moving the adapter (a new name or owner). Shown to callers whose token may write under the adapter's owner (as ``whoami`` says); the registry
 decides in the end, and its refusal is shown as a message. Saving runs as the button's ``on_click``, before the
 page, so the header, badges and card already show what was saved."""
 
@@ -77,6 +77,25 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
         _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.")
 
 
+def move_adapter(ref: str, adapter: str) -> None:
+    """``on_click`` of Move adapter: the adapter gets its new name (the registry checks the name and the caller's
+    rights on both owners), and the page follows it there (the URL names the new name)."""
+    to = st.session_state[f"edit-move-{adapter}"].strip()
+    if not to or to == adapter:
+        _done(ref, "Nothing changed: type the new name, owner/name.")
+        return
+    try:
+        moved = session.call(lambda c: c.move(adapter, to))
+    except RegistryError as exc:
+        _done(ref, exc)
+        return
+    new_name = f"{moved.owner}/{moved.name}"
+    new_ref = new_name + ref[len(adapter):]  # the same version (:N or @alias) under the new name
+    st.query_params["ref"] = new_ref
+    _done(new_ref, f"Moved {adapter} to {new_name}. Its old name now answers that it moved here; publishes to the "
+                   "old name are refused.")
+
+
 def result(ref: str) -> None:
     """What the last save of this version answered: a success, or the registry's refusal as a message."""
     shown, outcome = st.session_state.get(RESULT, (None, None))
@@ -111,6 +130,15 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo) -> None:
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
 
 
+def move_form(info: VersionInfo) -> None:
+    name = f"{info.owner}/{info.name}"
+    with st.form(f"move-adapter-{name}"):
+        st.markdown(f"**Move** {name} (rename it, or transfer it to an owner you write in)")
+        st.text_input("New name", value="", placeholder="owner/name", key=f"edit-move-{name}",
+                      help="every version, alias, tag and the card go with it; version numbers go on")
+        st.form_submit_button("Move adapter", on_click=move_adapter, args=(info.ref, name))
+
+
 def section(info: VersionInfo) -> None:
     """The Edit tab: both forms for a caller who may write, else why not; then the last save's result."""
     who = session.read(RegistryClient.whoami)
@@ -123,3 +151,4 @@ def section(info: VersionInfo) -> None:
     result(info.ref)
     version_form(info)
     adapter_form(info, session.read(RegistryClient.adapter, f"{info.owner}/{info.name}"))
+    move_form(info)

@@ -52,7 +52,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 if client.get("alice/child:1").downloads:
                     break
                 time.sleep(0.1)
-        yield {"url": base, "token": token, "bob": bob}
+        yield {"url": base, "token": token, "bob": bob, "root": root}
 
 
 def click(at: AppTest, label: str) -> AppTest:
@@ -210,6 +210,24 @@ def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> No
     assert ":green-badge[:material/public: public]" in texts(at)
 
 
+def test_an_adapter_is_moved_from_the_edit_tab_and_the_page_follows_it(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.publish(make_adapter(registry["root"] / "mv", seed=2, r=4), "alice/to-move", base_model="tiny-llama")
+    at = page("adapter", registry, query={"ref": "alice/to-move:1"}, adapter_tab="Edit")
+    at.text_input(key="edit-move-alice/to-move").set_value("alice/Bad Name")
+    click(at, "Move adapter")
+    assert not at.exception
+    [error] = at.error
+    assert "Bad Name" in error.value  # the registry's refusal, shown; nothing moved
+    at.text_input(key="edit-move-alice/to-move").set_value("alice/moved-here")
+    click(at, "Move adapter")
+    assert not at.exception and not at.error
+    assert any(s.value.startswith("Moved alice/to-move to alice/moved-here.") for s in at.success)
+    assert at.query_params["ref"] == "alice/moved-here:1"
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/moved-here:1").name == "moved-here"
+
+
 def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
     at = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"}, adapter_tab="Edit")
     assert not at.exception
@@ -252,7 +270,8 @@ def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str
     at.selectbox(key="activity_action").set_value("publish").run()
     assert at.query_params["action"] == "publish"
     assert set(at.dataframe[0].value["action"]) == {"publish"}
-    assert len(at.dataframe[0].value) == 4 + FILLERS  # every publish (the newest 50: all of them)
+    published = [t for t in at.dataframe[0].value["target"] if "to-move" not in t]  # (the move test's own)
+    assert len(published) == 4 + FILLERS  # every publish (the newest 50: all of them)
 
 
 def test_activity_hides_private_adapters_from_other_readers(registry: dict[str, Any]) -> None:
