@@ -1,7 +1,7 @@
 """Editing on the Adapter page: a version's description and tags, the adapter's description, model card and
-visibility, and moving the adapter (a new name or owner). Shown to callers whose token may write under the adapter's owner (as ``whoami`` says); the registry
-decides in the end, and its refusal is shown as a message. Saving runs as the button's ``on_click``, before the
-page, so the header, badges and card already show what was saved."""
+visibility, and moving the adapter (a new name or owner). Shown to callers whose token may write under the
+adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message. Saving
+runs as the button's ``on_click``, before the page, so the header, badges and card already show what was saved."""
 
 from __future__ import annotations
 
