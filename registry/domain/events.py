@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 
 #: The audit actions a webhook can fire for (every one when a webhook names none): a version published, an alias
 #: moved or removed, a version yanked or un-yanked, a version deleted, a fine-tune job ended (succeeded, failed or
-#: cancelled: ``detail.status``).
-WEBHOOK_EVENTS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "job-end")
+#: cancelled: ``detail.status``), an adapter moved (renamed or transferred: ``detail.from``, ``detail.to``; a webhook
+#: made before "move" existed keeps the list it had, without it).
+WEBHOOK_EVENTS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "job-end", "move")
 #: The event a test delivery sends (never recorded as an audit event).
 PING = "ping"
 #: Actions whose target names no adapter but the registry as a whole: any reader may see them.

@@ -10,7 +10,8 @@ model. The names it had are kept (``adapter_moves``, migration 0017):
 - version numbers go on from the highest the adapter had, and a name that had versions of another adapter (deleted
   since) is refused as a destination: ``owner/name:N`` never names two different byte strings.
 
-The audit log keeps what happened under the names of the time (a ``move`` event, on the new name, with ``from``).
+The audit log keeps what happened under the names of the time: a ``move`` event (``detail``: ``from``, ``to``) on the
+new name, and for a transfer on the old name too, so that each owner's events and webhooks hear of it.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ class Moves:
             s.execute(update(m.Job).where(m.Job.target_name == f"{old.owner}/{old.name}",
                                           m.Job.status.in_(("queued", "running")))
                       .values(target_name=f"{new.owner}/{new.name}", owner=new.owner))
-            s.add(m.AuditEvent(actor=actor[:64], action="move", target=f"{new.owner}/{new.name}",
-                               detail={"from": f"{old.owner}/{old.name}"}))
+            detail = {"from": f"{old.owner}/{old.name}", "to": f"{new.owner}/{new.name}"}
+            # on the new name; transferred, on the old one too: each owner's events and webhooks hear of it
+            for target in dict.fromkeys((detail["to"], detail["from"] if old.owner != new.owner else detail["to"])):
+                s.add(m.AuditEvent(actor=actor[:64], action="move", target=target, detail=detail))
             s.flush()  # the unique (owner, name) constraints catch a concurrent publish or move to the name
         return old, new
 

@@ -57,7 +57,9 @@ def test_a_moved_adapter_keeps_everything_and_its_old_name_points_to_it(registry
     assert Jobs(registry).get(job.id).target_name == "team/new"  # the queued job publishes to the new name
     assert _publish(registry, tmp_path / "d", "team/new", seed=3) == 3  # numbers go on
     events = [(e.action, e.target, e.detail) for e in registry.audit("team/new")]
-    assert ("move", "team/new", {"from": "ann/old"}) in events
+    detail = {"from": "ann/old", "to": "team/new"}
+    assert ("move", "team/new", detail) in events  # a transfer: on both names, for each owner's events and webhooks
+    assert ("move", "ann/old", detail) in [(e.action, e.target, e.detail) for e in registry.audit("ann/old")]
 
 
 def test_moving_back_frees_the_old_name_and_numbers_are_never_given_twice(registry: Registry,
@@ -145,8 +147,11 @@ def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[s
         unknown = httpx.post(f"{url}/api/v1/adapters/acme/secret/move", json={"to": "alice/x", "owner": "bob"},
                              headers={"Authorization": f"Bearer {tokens['alice']}"}, timeout=60)
         assert unknown.status_code == 422 and "owner" in unknown.text
-        assert any(e.action == "move" and e.detail == {"from": "alice/secret"}
-                   for e in alice.events(owner="acme").events)
+        moves = [(e.target, e.detail) for owner in ("acme", "alice") for e in alice.events(owner=owner).events
+                 if e.action == "move"]
+        assert moves == [("acme/secret", {"from": "alice/secret", "to": "acme/secret"}),
+                         ("alice/secret", {"from": "alice/secret", "to": "acme/secret"})]
+        assert not [e for e in mallory.events(owner="alice").events if e.action == "move"]  # it was private
 
 
 def test_vera_mv(server: dict[str, Any]) -> None:
