@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.api.deps import NewVersionPublisher, Options, OwnerPublisher, Reader, RegistryDep, authorize, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
+from registry.domain.errors import Forbidden
 from registry.domain.schemas import (
     MAX_LINEAGE_DEPTH,
     MAX_LINEAGE_NODES,
@@ -178,10 +179,15 @@ def update_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name:
 def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, owner: str, name: str,
                  body: MoveBody) -> AdapterInfo:
     """Rename the adapter, or transfer it to another owner, with all its versions, aliases, tags and card; needs
-    write rights on both owners. Its old name then answers 404 naming the new one (to whoever may read it), and a
-    publish to the old name is refused; audited (``move``)."""
+    write rights on both owners (and, to transfer it out of an organisation, the organisation's admin role). Its old
+    name then answers 404 naming the new one (to whoever may read it), and a publish to the old name is refused;
+    audited (``move``)."""
     destination = Ref.parse_adapter(body.to)
     authorize(who, options, "publish", destination.owner)
+    if destination.owner != owner and owner != who.owner and not who.can_manage(owner):
+        # out of an organisation: as a repo transfer on a forge, for its admins (a writer may rename within it)
+        raise Forbidden(f"Only admins of {owner} transfer its adapters to another owner; your role there is "
+                        f"{who.roles.get(owner, 'none')!r}. Ask one of them, or rename it within {owner}/.")
     _, new = registry.move(Ref.of(owner, name), destination, actor=who.owner)
     return registry.adapter(new)
 
