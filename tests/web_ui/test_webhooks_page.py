@@ -177,3 +177,10 @@ def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tm
         assert "newteam/ has no webhooks yet" in texts(named, "info")
         assert "newteam/ has published nothing here yet" in texts(named, "caption")  # a typo would show here
         assert "local" not in owner.options  # the local user publishes nothing of its own
+
+
+def test_every_webhook_event_has_words_in_the_form() -> None:
+    from registry.domain.events import WEBHOOK_EVENTS
+    from web_ui.webhooks import EVENT_LABELS
+
+    assert set(EVENT_LABELS) == set(WEBHOOK_EVENTS)
