@@ -1,4 +1,4 @@
-"""The dashboard's router: six pages and the connection sidebar (URL, token, who you are). Run with `vera ui` (or as
+"""The dashboard's router: seven pages and the connection sidebar (URL, token, who you are). Run with `vera ui` (or as
 part of `vera up`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from streamlit.delta_generator import DeltaGenerator
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import WhoAmI
-from web_ui import activity, adapter, browse, compare, navigation, session, train, webhooks
+from web_ui import activity, adapter, browse, compare, navigation, organisations, session, train, webhooks
 
 
 def identity(who: WhoAmI) -> str:
@@ -76,6 +76,8 @@ def run() -> None:
                             url_path="activity"),
         "webhooks": st.Page(session.guarded(webhooks.page), title="Webhooks", icon=":material/webhook:",
                             url_path="webhooks"),
+        "organisations": st.Page(session.guarded(organisations.page), title="Organisations",
+                                 icon=":material/groups:", url_path="organisations"),
     }
     st.session_state["pages"] = pages
     navigation = st.navigation(list(pages.values()))

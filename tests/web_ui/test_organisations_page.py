@@ -1,0 +1,106 @@
+"""The Organisations page through streamlit.testing.v1.AppTest against a real registry server (tokens required):
+alice creates an organisation, adds bob and a misspelt name (marked), changes a role, is refused removing its last
+admin (the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and
+leaves; an anonymous caller is told to sign in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from registry.client import RegistryClient
+from registry.services.tokens import create_token
+from registry.store.database import Database
+from tests.registry.servers import running_server
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("orgs-ui")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+        db = Database(url)
+        tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1] for user in ("alice", "bob")}
+        db.engine.dispose()
+        yield {"url": base, **tokens}
+
+
+def page(registry: dict[str, Any], who: str | None, query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_string("from web_ui import organisations, session\nsession.guarded(organisations.page)()\n",
+                             default_timeout=60)
+    at.session_state["registry_url"] = registry["url"]
+    at.session_state["token"] = registry[who] if who else ""
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return " ".join(str(e.value) for e in getattr(at, kind))
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click()
+    return at.run()
+
+
+def members(registry: dict[str, Any], org: str) -> dict[str, str]:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        return {x.member: x.role for x in client.organization(org).members}
+
+
+def test_an_admin_creates_an_organisation_and_manages_its_members(registry: dict[str, Any]) -> None:
+    at = page(registry, "alice")
+    assert not at.exception
+    assert "You belong to no organisation yet" in texts(at, "info")
+    at.text_input(key="orgs_new_name").set_value("acme")
+    at.text_area(key="orgs_new_about").set_value("the team")
+    click(at, "Create")
+    assert "Created acme; you (alice) are its admin." in texts(at, "success")
+    assert at.query_params["org"] == "acme"
+    assert list(at.dataframe[0].value["member"]) == ["alice"]
+
+    for member, role in (("bob", "read"), ("bbo", "write")):
+        at.text_input(key="orgs_member").set_value(member)
+        at.radio(key="orgs_role").set_value(role)
+        click(at, "Add or change")
+        assert f"{member} is now {role} in acme." in texts(at, "success")
+    frame = at.dataframe[0].value
+    assert dict(zip(frame["member"], frame["token"], strict=True)) == {"alice": "yes", "bob": "yes",
+                                                                       "bbo": "no token yet"}
+    assert "No token was ever created on this registry for bbo" in texts(at, "warning")
+
+    at.text_input(key="orgs_member").set_value("acme")  # an organisation is not a member: the registry says so
+    click(at, "Add or change")
+    assert "'acme' is an organisation; members are users" in texts(at, "error")
+    at.selectbox(key="orgs_remove").set_value("alice")
+    click(at, "Remove")
+    assert "alice is the last admin of acme" in texts(at, "error")
+    at.selectbox(key="orgs_remove").set_value("bbo")
+    click(at, "Remove")
+    assert "Removed bbo from acme." in texts(at, "success")
+    assert members(registry, "acme") == {"alice": "admin", "bob": "read"}
+
+
+def test_a_reader_sees_the_members_and_may_leave(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("beta")
+        client.set_member("beta", "bob", "read")
+    at = page(registry, "bob", {"org": "beta"})
+    assert not at.exception
+    assert at.selectbox(key="orgs_chosen").value == "beta"
+    assert set(at.dataframe[0].value["member"]) == {"alice", "bob"}
+    assert "Your role in beta: read" in texts(at, "caption")
+    assert not [b for b in at.button if b.label in ("Add or change", "Remove")]  # no forms for a reader
+    click(at, "Leave beta")
+    assert "You left beta." in texts(at, "success")
+    assert "bob" not in members(registry, "beta")
+
+
+def test_an_anonymous_caller_is_told_to_sign_in(registry: dict[str, Any]) -> None:
+    at = page(registry, None)
+    assert not at.exception
+    assert "Sign in with a token" in texts(at, "info")

@@ -1,0 +1,154 @@
+"""Organisations: the ones you belong to (every one for an admin), each with its members and their roles; an
+organisation's admins add members, change roles and remove members there, any member may leave, and whoever may
+publish creates one (becoming its admin). A member name that no token was ever created for is marked: a misspelt
+name shows. The organisation lives in the URL (``?org=acme``). The registry decides in the end (the last admin
+cannot leave, an organisation cannot be a member); its refusals are shown as messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import streamlit as st
+
+from registry.client import RegistryClient
+from registry.domain.errors import RegistryError
+from registry.domain.schemas import OrganizationInfo, WhoAmI
+from web_ui import navigation, session, tables
+
+ROLES = ("read", "write", "admin")
+ROLE_WORDS = {"read": "read: sees the organisation's private adapters", "write": "write: also publishes and edits",
+              "admin": "admin: also manages members"}
+#: The outcome of the last change on this page (a success message, or the registry's refusal).
+RESULT = "orgs_result"
+
+
+def members_table(org: OrganizationInfo) -> pd.DataFrame:
+    return pd.DataFrame([{"member": x.member, "role": x.role, "since": x.added_at,
+                          "token": "no token yet" if x.has_token is False else "yes" if x.has_token else ""}
+                         for x in org.members])
+
+
+def manages(who: WhoAmI, org: str) -> bool:
+    """Whether ``who`` may add and remove ``org``'s members (as registry.services.tokens' ``can_manage``)."""
+    if who.anonymous or (who.limited_to is not None and org not in who.limited_to):
+        return False
+    return "admin" in who.scopes or ("publish" in who.scopes and who.organizations.get(org) == "admin")
+
+
+def _done(outcome: str | RegistryError) -> None:
+    st.session_state[RESULT] = outcome
+    st.cache_data.clear()
+
+
+def _change(action: str, fn: Callable[[RegistryClient], OrganizationInfo]) -> None:
+    try:
+        session.call(fn)
+    except RegistryError as exc:
+        _done(exc)
+    else:
+        _done(action)
+
+
+def set_member(org: str) -> None:
+    """``on_click`` of Add or change: the member and role typed."""
+    member = st.session_state["orgs_member"].strip()
+    role = st.session_state["orgs_role"]
+    if not member:
+        _done("Type the member's user name.")
+        return
+    _change(f"{member} is now {role} in {org}.", lambda c: c.set_member(org, member, role))
+
+
+def remove_member(org: str, member: str, leaving: bool) -> None:
+    """``on_click`` of Remove (an admin) or Leave (yourself)."""
+    _change(f"You left {org}." if leaving else f"Removed {member} from {org}.",
+            lambda c: c.remove_member(org, member))
+
+
+def create(who: WhoAmI) -> None:
+    """``on_click`` of Create: a new organisation, the caller its first admin; the page shows it."""
+    name, about = st.session_state["orgs_new_name"].strip(), st.session_state["orgs_new_about"]
+    if not name:
+        _done("Type the organisation's name.")
+        return
+    try:
+        session.call(lambda c: c.create_organization(name, description=about))
+    except RegistryError as exc:
+        _done(exc)
+        return
+    st.query_params["org"] = name
+    _done(f"Created {name}; you ({who.user}) are its admin.")
+
+
+def result() -> None:
+    outcome = st.session_state.pop(RESULT, None)
+    if isinstance(outcome, RegistryError):
+        session.show_error(outcome)
+    elif outcome:
+        (st.warning if outcome.startswith("Type") else st.success)(outcome)
+
+
+def unknown_members(org: OrganizationInfo) -> None:
+    unknown = [x.member for x in org.members if x.has_token is False]
+    if unknown:
+        st.warning(f"No token was ever created on this registry for {', '.join(unknown)}: check the spelling. They "
+                   "get their role once an operator runs `vera token-create NAME` for them.",
+                   icon=":material/person_alert:")
+
+
+def manage_form(org: OrganizationInfo) -> None:
+    with st.form("orgs_set_member", clear_on_submit=True):
+        st.markdown(f"**Add a member to {org.name}, or change a role**")
+        st.text_input("User", key="orgs_member", placeholder="user name")
+        st.radio("Role", ROLES, key="orgs_role", horizontal=True, format_func=lambda r: ROLE_WORDS[r])
+        st.form_submit_button("Add or change", on_click=set_member, args=(org.name,))
+    others = [x.member for x in org.members]
+    with st.form("orgs_remove_member"):
+        st.markdown("**Remove a member**")
+        st.selectbox("Member", others, key="orgs_remove")
+        st.form_submit_button("Remove", on_click=lambda: remove_member(org.name, st.session_state["orgs_remove"],
+                                                                       False))
+
+
+def create_form(who: WhoAmI) -> None:
+    with st.expander("Create an organisation", icon=":material/group_add:"), \
+            st.form("orgs_create", clear_on_submit=True):
+        st.text_input("Name", key="orgs_new_name", placeholder="acme",
+                      help="an owner namespace: adapters are published as NAME/adapter")
+        st.text_area("Description", key="orgs_new_about")
+        st.form_submit_button("Create", on_click=create, args=(who,))
+
+
+def page() -> None:
+    st.title("Organisations")
+    who = session.read(RegistryClient.whoami)
+    if who.anonymous:
+        st.info("Sign in with a token (sidebar) to see your organisations: anonymous callers belong to none.")
+        return
+    result()
+    orgs = session.read(RegistryClient.organizations)
+    names = [o.name for o in orgs]
+    if not names:
+        st.info("You belong to no organisation yet. An organisation's admin adds you, or create one below.")
+    else:
+        navigation.follow_url("org", "orgs_chosen", default=names[0])
+        if st.session_state.get("orgs_chosen") not in names:
+            st.session_state["orgs_chosen"] = names[0]
+        chosen = st.selectbox("Organisation", names, key="orgs_chosen", on_change=navigation.write_url,
+                              args=("org", "orgs_chosen"))
+        navigation.set_param("org", chosen)
+        org = next(o for o in orgs if o.name == chosen)
+        st.caption(f"{org.description or '(no description)'} · created by {org.created_by} on "
+                   f"{org.created_at:%Y-%m-%d}")
+        tables.show(members_table(org), hide_index=True, width="stretch")
+        unknown_members(org)
+        if manages(who, org.name):
+            manage_form(org)
+        else:
+            st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
+                       "members.")
+        if org.name in who.organizations:
+            st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
+    if "publish" in who.scopes or "admin" in who.scopes:
+        create_form(who)
