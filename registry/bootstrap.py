@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from registry.domain.errors import SchemaOutOfDate
 from registry.services.base_configs import HubBaseConfigs
 from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
 from registry.services.hub import HubSync, use_timeout
+from registry.services.quotas import Quotas
 from registry.services.registry import Registry
 from registry.services.validation import ProjectionBudget
 from registry.settings import Settings
@@ -29,23 +31,34 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
 
     The embedded default (a SQLite file under VERA_DATA_DIR, no VERA_DATABASE_URL) is created or upgraded at first
     start; with ``create_if_empty`` (the servers) so is any database without a schema, as there is nothing to lose.
-    A database at an older schema must be upgraded on purpose: this refuses and names the command.
+    A database at an older schema must be upgraded on purpose: this refuses and names the command. A read-only
+    registry (VERA_READ_ONLY) creates and upgrades nothing, and neither its database nor its storage takes writes.
     """
     settings = settings or Settings()
-    db = Database(settings.resolved_database_url, settings.database_pool)
+    read_only = settings.read_only
+    db = Database(settings.resolved_database_url, settings.database_pool, read_only=read_only)
     try:
-        if (settings.database_url is None and upgrade_embedded) or (create_if_empty and db.is_empty()):
+        if not read_only and ((settings.database_url is None and upgrade_embedded)
+                              or (create_if_empty and db.is_empty())):
             db.upgrade()
-        db.check_schema()
+        try:
+            db.check_schema()
+        except SchemaOutOfDate as exc:
+            if not read_only or exc.ahead:
+                raise
+            raise SchemaOutOfDate(f"{exc} (This registry is read-only, VERA_READ_ONLY: it creates and upgrades no "
+                                  "schema; run `vera db upgrade` without it, against the primary.)") from None
         budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations,
                                   max_export_bytes=settings.max_export_bytes)
         base_configs = None
         if settings.hub_base_configs:
             use_timeout(settings.hub_timeout_s)
             base_configs = HubBaseConfigs(settings.hub_endpoint, timeout_s=settings.hub_timeout_s)
-        return Registry(db, FsspecBlobStore(settings.resolved_storage_url), budget=budget, base_configs=base_configs,
+        return Registry(db, FsspecBlobStore(settings.resolved_storage_url, read_only=read_only), budget=budget,
+                        base_configs=base_configs,
                         file_cache=FileCache(settings.file_cache_bytes),
                         default_visibility=settings.default_visibility,
+                        quotas=Quotas(settings.owner_quota_bytes, settings.owner_quotas),
                         downloads=DownloadCounter(db, flush_every_s=settings.download_flush_s,
                                                   flush_every=settings.download_flush_count))
     except BaseException:
@@ -73,21 +86,22 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
                          max_upload_bytes=settings.max_upload_bytes,
                          costly_requests_per_minute=settings.costly_requests_per_minute,
                          presigned_downloads_s=settings.presigned_downloads_s, read_threads=settings.read_threads,
-                         metrics_token=settings.metrics_token)
+                         metrics_token=settings.metrics_token, read_only=settings.read_only,
+                         primary_url=settings.primary_url)
     webhooks, dispatcher = webhook_services(registry, settings)
     return create_app(registry, options, jobs, open_hub(registry, settings), webhooks, dispatcher), registry, jobs
 
 
 def webhook_services(registry: Registry, settings: Settings) -> tuple[Webhooks, Dispatcher | None]:
-    """The webhooks service and, unless VERA_WEBHOOK_DISPATCH=false, the dispatcher that sends deliveries (started
-    by the app while it serves)."""
+    """The webhooks service and, unless VERA_WEBHOOK_DISPATCH=false or the registry is read-only (a dispatcher
+    records its deliveries), the dispatcher that sends deliveries (started by the app while it serves)."""
     from registry.services.delivery import Sender
     from registry.services.outbox import Dispatcher, Outbox
     from registry.services.webhooks import Webhooks
 
     sender = Sender(timeout_s=settings.webhook_timeout_s, allow_private=settings.webhook_allow_private)
     dispatcher = None
-    if settings.webhook_dispatch:
+    if settings.webhook_dispatch and not settings.read_only:
         outbox = Outbox(registry.db, sender, max_attempts=settings.webhook_max_attempts,
                         retry_backoff=timedelta(seconds=settings.webhook_retry_backoff_s))
         dispatcher = Dispatcher(outbox, poll_s=settings.webhook_poll_s)

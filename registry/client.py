@@ -43,6 +43,7 @@ from registry.domain.schemas import (
     JobInfo,
     LineageGraph,
     OrganizationInfo,
+    OwnerUsage,
     Page,
     Ref,
     TokenInfo,
@@ -702,6 +703,11 @@ class RegistryClient:
         alias and tag; returns it under its new name. Its old name then answers NotFound naming the new one."""
         return AdapterInfo.model_validate(self._request("POST", f"{self._adapter_path(adapter)}/move",
                                                         json={"to": to}).json())
+
+    def usage(self, owner: str) -> OwnerUsage:
+        """What ``owner``'s adapters store, and its storage quota (None: none): for the user itself, the members of
+        an organisation, and admins."""
+        return OwnerUsage.model_validate(self._request("GET", f"/api/v1/owners/{_segment(owner)}/usage").json())
 
     # ---- who may see what: the caller, tokens, organisations (registry.services.access) ----------------------
     def whoami(self) -> WhoAmI:

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # The visibility of adapters published without saying: public (whoever may read the registry) or private (the
     # owner, its organisation's members and admins). Existing adapters keep theirs.
     default_visibility: Literal["public", "private"] = "public"
+    # Storage quotas per owner namespace (registry.services.quotas): the stored bytes of its versions. The quota of
+    # every owner (unset: none), and per-owner quotas over it, a JSON object ('{"acme": 50000000000, "ci": null}';
+    # null: none for that owner). A publish over its owner's quota is refused (403 quota_exceeded).
+    owner_quota_bytes: int | None = Field(default=None, ge=0)
+    owner_quotas: dict[str, int | None] = {}
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
@@ -125,6 +130,14 @@ class Settings(BaseSettings):
     # database every this many seconds, sooner once this many downloads wait, and when it stops.
     download_flush_s: float = Field(default=10.0, gt=0, le=3600)
     download_flush_count: int = Field(default=1000, ge=1, le=1_000_000)
+    # Read-only mode (docs/deployment.md, "Read replicas and maintenance windows"), for a replica on a PostgreSQL hot
+    # standby, a backup or migration window, or a public mirror: the API refuses every change (503 read_only) before
+    # doing any work, and its reads write nothing to the database or the blob storage (download counts and tokens'
+    # last use are not recorded, verify does not record its report, a download form nobody built yet is built into a
+    # temporary folder of the process); `vera worker` refuses to start, `vera up` and `vera cluster` start none.
+    read_only: bool = False
+    # Where changes go instead, named in a read-only registry's refusals: the primary registry's URL.
+    primary_url: str | None = Field(default=None, max_length=300)
 
     @field_validator("metrics_token")
     @classmethod
@@ -158,6 +171,15 @@ class Settings(BaseSettings):
             raise ValueError(f"VERA_LOG_FORMAT={value!r}: use auto, json or text")
         return value
 
+    @field_validator("owner_quotas")
+    @classmethod
+    def _quotas(cls, value: dict[str, int | None]) -> dict[str, int | None]:
+        wrong = sorted(owner for owner, quota in value.items() if quota is not None and quota < 0)
+        if wrong:
+            raise ValueError(f"VERA_OWNER_QUOTAS: the quota of {', '.join(wrong)} is negative; give bytes (0 or "
+                             "more), or null for no quota")
+        return value
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses(cls, value: str) -> str:
@@ -178,6 +200,17 @@ class Settings(BaseSettings):
     def _http_endpoint(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"VERA_HUB_ENDPOINT={value!r} must be an http(s) URL, e.g. https://huggingface.co")
+        return value.rstrip("/")
+
+    @field_validator("primary_url")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if (not value.startswith(("https://", "http://")) or not value.split("://", 1)[1].strip("/")
+                or any(not " " < c <= "~" for c in value)):  # printable ASCII: it goes into answers and headers
+            raise ValueError(f"VERA_PRIMARY_URL={value!r} must be the http(s) URL of the registry that takes changes, "
+                             "e.g. https://vera.example.org")
         return value.rstrip("/")
 
     @model_validator(mode="after")

@@ -473,6 +473,10 @@ class Worker:
 
     def _publish(self, job: JobInfo, spec: TrainSpec, adapter: Path, metrics: dict[str, Any],
                  tracker: _Tracker) -> None:
+        job = self.jobs.get(job.id)  # as it is now: renamed with its adapter (`vera mv`), or cancelled meanwhile
+        if job.cancel_requested:
+            self._stopped_early(job, "cancelled")
+            return
         owner, name = job.target_name.split("/", 1)
         if (problem := self.jobs.submitter_problem(job)) is not None:
             raise Forbidden(problem)

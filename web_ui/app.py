@@ -11,9 +11,16 @@ from registry.domain.errors import RegistryError
 from registry.domain.schemas import WhoAmI
 from web_ui import activity, adapter, browse, compare, navigation, organisations, session, train, webhooks
 
+#: Under who you are, on a registry that takes no changes (VERA_READ_ONLY): its refusals say where changes go.
+READ_ONLY_BANNER = ":orange[:material/lock: **read-only registry**: browse, fetch and compare; changes are refused]"
+
 
 def identity(who: WhoAmI) -> str:
-    """Who the registry takes this session for, in one line of Markdown."""
+    """Who the registry takes this session for, in one line of Markdown (and a second on a read-only registry)."""
+    return _caller(who) + (f"  \n{READ_ONLY_BANNER}" if who.read_only else "")
+
+
+def _caller(who: WhoAmI) -> str:
     if who.anonymous:
         return ":material/person_off: anonymous (public adapters only)"
     if who.user == "local" and who.token_id is None:

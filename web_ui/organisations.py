@@ -93,8 +93,8 @@ def unknown_members(org: OrganizationInfo) -> None:
     unknown = [x.member for x in org.members if x.has_token is False]
     if unknown:
         st.warning(f"No token was ever created on this registry for {', '.join(unknown)}: check the spelling. They "
-                   "get their role once an operator runs `vera token-create NAME` for them.",
-                   icon=":material/person_alert:")
+                   "get their role once an operator creates their token (`vera token create --owner NAME --scope "
+                   "read`).", icon=":material/person_alert:")
 
 
 def manage_form(org: OrganizationInfo) -> None:

@@ -80,7 +80,8 @@ def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """While the app serves, download counts are flushed in the background (when it stops, once more), and the
-    webhook dispatcher, if any, sends deliveries."""
+    webhook dispatcher, if any, sends deliveries; when it stops, the download files a read-only registry built for
+    itself go."""
     downloads, dispatcher = app.state.registry.downloads, app.state.dispatcher
     downloads.start()
     if dispatcher is not None:
@@ -91,3 +92,4 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if dispatcher is not None:
             await run_in_threadpool(dispatcher.stop)
         await run_in_threadpool(downloads.close)
+        await run_in_threadpool(app.state.registry.derived.close)

@@ -35,6 +35,8 @@ class ApiOptions(BaseModel):
     presigned_downloads_s: int = 0  # > 0: hash-addressed downloads redirect to presigned URLs valid this long
     read_threads: int = Field(default=8, ge=1)  # threads that serve downloads and file lists (VERA_READ_THREADS)
     metrics_token: SecretStr | None = None  # set: /metrics answers only 'Bearer <this>' (VERA_METRICS_TOKEN)
+    read_only: bool = False  # every change refused (registry.api.gate), reads write nothing (VERA_READ_ONLY)
+    primary_url: str | None = None  # where a read-only registry's refusals send changes (VERA_PRIMARY_URL)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,6 +1,8 @@
-"""The gate every request passes before the app reads its body: in token mode a request that carries a body and no
-valid token is answered 401 from its headers; a body larger than its route allows (announced by Content-Length, or
-counted as it streams) is answered 413; a body that stalls is answered 408. Nothing of a refused body is spooled.
+"""The gate every request passes before the app reads its body: on a read-only registry (VERA_READ_ONLY) a request
+that would change anything is answered 503 read_only before anything else (no token is looked up, no body read); in
+token mode a request that carries a body and no valid token is answered 401 from its headers; a body larger than its
+route allows (announced by Content-Length, or counted as it streams) is answered 413; a body that stalls is answered
+408. Nothing of a refused body is spooled.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fastapi import HTTPException  # FastAPI re-raises its own class from body p
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, ApiOptions, bearer_token
-from registry.api.problems import HUB_PREFIX, is_hub_path, problem
+from registry.api.problems import HUB_PREFIX, READ_ONLY_RETRY_AFTER_S, is_hub_path, problem
 from registry.domain.errors import RegistryError, Unauthorized, status_of
 from registry.services.registry import Registry
 from registry.services.tokens import authenticate
@@ -31,6 +33,26 @@ UPLOAD_ROUTES = re.compile(r"^/api/v1/(adapters/[^/]+/[^/]+/versions|jobs)/?$")
 SMALL_BODY = 1 << 20
 FORM_OVERHEAD = 1 << 20
 
+#: The requests with a body that a read-only registry still serves, and why each changes nothing there. Every other
+#: method than GET, HEAD and OPTIONS, on any path, is refused (tests/registry/test_read_only.py checks every route).
+READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("POST", re.compile(r"^/api/v1/compare/?$"), "compares versions: computes, stores nothing"),
+    ("POST", re.compile(r"^/api/v1/adapters/[^/]+/[^/]+/versions/[^/]+/verify/?$"),
+     "verifies a version: a read-only registry answers the report without recording it"),
+)
+
+
+def read_only_refusal(method: str, path: str, primary_url: str | None) -> str:
+    """The detail of a read-only registry's refusal: what was refused, why, and where changes go."""
+    where = (f"Send changes to the primary registry, {primary_url} (for `vera`: --registry {primary_url} or "
+             "VERA_REGISTRY_URL)." if primary_url else "Ask its operator which registry takes changes.")
+    return (f"This registry is read-only (VERA_READ_ONLY: a read replica, a maintenance window or a mirror): {method} "
+            f"{path[:200]} would change it, so it was refused and nothing was changed. {where}")
+
+
+def read_only_safe(method: str, path: str) -> bool:
+    return any(method == m and pattern.match(path) for m, pattern, _ in READ_ONLY_SAFE)
+
 
 class RequestGate:
     """Pure ASGI middleware (it must act before FastAPI reads the body, which happens before any dependency)."""
@@ -46,6 +68,11 @@ class RequestGate:
             await _send_problem(send, 405, "method_not_allowed", f"{HUB_PREFIX}/ is a read-only mirror of the "
                                 "registry in the HuggingFace Hub's protocol; publish with `vera publish` or "
                                 "POST /api/v1/adapters/{owner}/{name}/versions.", scope["path"], allow="GET, HEAD")
+            return
+        if self.options.read_only and not read_only_safe(scope["method"], scope["path"]):
+            await _send_problem(send, 503, "read_only", read_only_refusal(
+                scope["method"], scope["path"], self.options.primary_url), scope["path"],
+                retry_after=READ_ONLY_RETRY_AFTER_S)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = (2 * self.options.max_upload_bytes + FORM_OVERHEAD) if UPLOAD_ROUTES.match(scope["path"]) \
@@ -98,10 +125,13 @@ class RequestGate:
         return counted
 
 
-async def _send_problem(send: Send, status: int, code: str, detail: str, path: str, allow: str = "") -> None:
+async def _send_problem(send: Send, status: int, code: str, detail: str, path: str, allow: str = "",
+                        retry_after: int = 0) -> None:
     response = problem(status, code, detail, path)
     if allow:
         response.headers["Allow"] = allow
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": bytes(response.body)})

@@ -11,15 +11,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.domain.errors import EntryNotFound, RateLimited, RegistryError, RevisionNotFound, status_of
+from registry.domain.errors import EntryNotFound, RateLimited, ReadOnly, RegistryError, RevisionNotFound, status_of
 from registry.logs import first_line
 
 log = logging.getLogger("vera.api")
 #: What a 503 for a database that dropped the connection asks clients to wait (the client retries within 10 s).
 DATABASE_RETRY_AFTER_S = 2
+#: What a read-only registry's refusal asks clients to wait: long, since waiting does not make a replica take changes
+#: (the registry's client reports a 503 whose Retry-After is over 10 s at once instead of retrying).
+READ_ONLY_RETRY_AFTER_S = 3600
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
           408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 422: "Invalid input",
@@ -92,6 +95,8 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         response = problem(status(exc), exc.code, str(exc), request.url.path, exc)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, ReadOnly):
+            response.headers["Retry-After"] = str(READ_ONLY_RETRY_AFTER_S)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -112,12 +117,29 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         response.headers.update(exc.headers or {})
         return response
 
+    _install_database_handlers(app)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _unexpected(request, exc)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.", request.url.path)
+
+
+def _install_database_handlers(app: FastAPI) -> None:
+    """A database that is away, or that refuses writes, answers 503 (problem details), never a 500."""
+
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         """The database dropped or refused the connection (restarted, failed over, overloaded): a 503 that clients
         retry (the registry's retries idempotent requests after Retry-After), not a 500. Its text, which may name
-        the database's address, goes to the log only."""
+        the database's address, goes to the log only. A write the database refused because it is read-only is a
+        503 read_only (database_read_only)."""
+        if refused_write(exc):
+            return await database_read_only(request, exc)
         log.warning(f"database unavailable during {request.method} {request.url.path}: {type(exc).__name__}: "
                     f"{first_line(exc)}")
         response = problem(503, "database_unavailable", "The registry's database is unavailable for the moment; "
@@ -125,7 +147,23 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
         return response
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.",
-                       request.url.path)
+    @app.exception_handler(InternalError)
+    async def database_read_only(request: Request, exc: Exception) -> JSONResponse:
+        """A write the database refused because its transactions are read-only (a PostgreSQL hot standby, a database
+        with default_transaction_read_only, a read-only registry's own connections): 503 read_only, not a 500."""
+        if not refused_write(exc):
+            return _unexpected(request, exc)
+        log.warning(f"the database refused a write during {request.method} {request.url.path} (it is read-only): "
+                    f"{first_line(exc)}")
+        response = problem(503, ReadOnly.code, "The registry's database takes no writes (a read-only database or a "
+                           "hot standby; VERA_READ_ONLY makes the API refuse changes before any work): nothing was "
+                           "changed. Send changes to the primary registry.", request.url.path)
+        response.headers["Retry-After"] = str(READ_ONLY_RETRY_AFTER_S)
+        return response
+
+
+def refused_write(exc: Exception) -> bool:
+    """Whether a database error is the database refusing a write because it is read-only: PostgreSQL's
+    read_only_sql_transaction (SQLSTATE 25006), SQLite's SQLITE_READONLY."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return getattr(orig, "sqlstate", None) == "25006" or getattr(orig, "sqlite_errorname", None) == "SQLITE_READONLY"

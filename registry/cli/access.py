@@ -13,7 +13,7 @@ from registry.cli.common import RegistryUrl, Token, call_registry, console, err_
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import OrganizationInfo
+from registry.domain.schemas import OrganizationInfo, OwnerUsage
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
                                         "(also manage members).")]
@@ -65,6 +65,28 @@ def whoami(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutpu
         console.print(f"this token is limited to: {', '.join(who.limited_to)}")
     if who.expires_at is not None:
         console.print(f"this token expires {who.expires_at:%Y-%m-%d %H:%M} UTC")
+
+
+def usage(owner: Annotated[str | None, typer.Argument(help="A user or organisation (default: you).")] = None,
+          registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """What an owner's adapters store, and its storage quota (yours, an organisation's you belong to; admins:
+    anyone's)."""
+    def read(c: RegistryClient) -> OwnerUsage:
+        return c.usage(owner or c.whoami().user)
+
+    used = call_registry(registry, token, read)
+    if as_json:
+        print_json(used)
+        return
+    quota = "no quota" if used.quota_bytes is None else (
+        f"{100 * used.stored_bytes / used.quota_bytes:.0f}% of its {_bytes(used.quota_bytes)} quota"
+        if used.quota_bytes else "a quota of 0 bytes: it may publish nothing")
+    console.print(f"{used.owner}: {used.adapters} adapters, {used.versions} versions, {_bytes(used.stored_bytes)} "
+                  f"stored ({quota})")
+
+
+def _bytes(n: int) -> str:
+    return f"{n:,} bytes" if n < 10_000 else f"{n / 1e6:,.1f} MB"
 
 
 def create_token(
@@ -158,7 +180,7 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
     if any(x.member == member and x.has_token is False for x in org.members):
         err_console.print(f"[yellow]warning:[/] no token was ever created for {member!r} on this registry: check the "
                           f"spelling (`vera org remove {name} {member}` undoes this). They get the role once an "
-                          f"operator runs `vera token-create {member}`.")
+                          f"operator runs `vera token create --owner {member} --scope read`.")
 
 
 def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],

@@ -13,19 +13,21 @@ from rich.table import Table
 from registry.cli.common import (
     DatabaseUrl,
     LogLevel,
+    ReadOnlyMode,
     RegistryUrl,
     StorageUrl,
     Token,
     call_registry,
     check_failed,
     console,
+    fail,
     load_settings,
     start_logging,
 )
 from registry.cli.output import JsonOutput, print_json
 from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import InvalidInput, ReadOnly
 from registry.domain.schemas import GC_GRACE_S
 
 if TYPE_CHECKING:
@@ -44,15 +46,27 @@ def open_registry(settings: Settings) -> Registry:
     return open_configured(settings)
 
 
-def _database(database_url: str | None) -> Database:
+def _database(database_url: str | None, *, writes: str = "") -> Database:
     from registry.store.database import Database
 
-    return Database(load_settings(database_url).resolved_database_url)
+    settings = load_settings(database_url)
+    if writes:
+        refuse_read_only(settings, writes)
+    return Database(settings.resolved_database_url)
+
+
+def refuse_read_only(settings: Settings, command: str, does: str = "writes to the registry") -> Settings:
+    """``settings``, unless they make this machine a read-only one (VERA_READ_ONLY) and ``command`` writes to the
+    registry: then one line saying so, before anything is opened."""
+    if settings.read_only:
+        fail(ReadOnly(f"VERA_READ_ONLY is set, and `vera {command}` {does}: run it where VERA_READ_ONLY is not set, "
+                      "against the primary registry's database and storage."))
+    return settings
 
 
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
     """Create or upgrade the registry schema (Alembic)."""
-    db = _database(database_url)
+    db = _database(database_url, writes="db upgrade")
     db.check_not_ahead()
     db.upgrade(revision)
     console.print(f"database at revision {db.current_revision()}")
@@ -63,7 +77,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
                                 ] = False,
                  database_url: DatabaseUrl = None) -> None:
     """Downgrade the registry schema (destructive: drops what later revisions added, with their rows)."""
-    db = _database(database_url)
+    db = _database(database_url, writes="db downgrade")
     where = db.engine.url.render_as_string(hide_password=True)
     if revision != "base" and not db.knows(revision):
         raise InvalidInput(f"No schema revision {revision!r}: give base, or one of 0001 to {db.head_revision()} "
@@ -99,8 +113,9 @@ def fsck(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Report (and repair) disagreement between the database and blob storage."""
-    report = open_registry(load_settings(database_url, storage_url)).fsck(repair=repair, force=force,
-                                                                          grace_s=grace_s)
+    settings = load_settings(database_url, storage_url)
+    registry = open_registry(refuse_read_only(settings, "fsck --repair") if repair else settings)
+    report = registry.fsck(repair=repair, force=force, grace_s=grace_s)
     for kind, digests in report.items():
         console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
     if any(report.values()) and not repair:
@@ -126,7 +141,8 @@ def gc(
     from registry.services.retention import RetentionRule
 
     rule = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
-    registry = open_registry(load_settings(database_url, storage_url))
+    settings = load_settings(database_url, storage_url)
+    registry = open_registry(settings if dry_run else refuse_read_only(settings, "gc"))
     if rule is not None:
         _print_retention(registry.apply_retention(rule, dry_run=dry_run))
     if dry_run:
@@ -164,7 +180,7 @@ def token_create(
     """Create a token; the secret is printed once and only its hash is stored."""
     from registry.services.tokens import create_token
 
-    registry = open_registry(load_settings(database_url))
+    registry = open_registry(refuse_read_only(load_settings(database_url), "token create"))
     expires = timedelta(days=expires_days) if expires_days is not None else None
     token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_in=expires,
                                     limited_to=limit_to)
@@ -177,7 +193,7 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], dat
     """Revoke a token."""
     from registry.services.tokens import revoke_token
 
-    revoke_token(open_registry(load_settings(database_url)).db, token_id)
+    revoke_token(open_registry(refuse_read_only(load_settings(database_url), "token revoke")).db, token_id)
     console.print(f"revoked token {token_id}")
 
 
@@ -212,7 +228,7 @@ def base_register(
         before = {b.revision: b.shapes_source for b in known if b.name == name}
         info = call_registry(registry_url, token, lambda c: c.register_base_model(name, body, revision=revision))
     else:
-        registry = open_registry(load_settings(database_url, storage_url))
+        registry = open_registry(refuse_read_only(load_settings(database_url, storage_url), "base register"))
         before = {b.revision: b.shapes_source for b in registry.list_base_models() if b.name == name}
         info = registry.register_base_model_from_config(name=name, revision=revision, config_path=str(config))
     was = before.get(revision)
@@ -246,7 +262,9 @@ def worker(
     (--device cuda:0,cuda:1); docs/jobs.md says how."""
     import signal
 
-    settings = start_logging(load_settings(database_url, storage_url), log_level)  # before the HF libraries load
+    settings = refuse_read_only(load_settings(database_url, storage_url), "worker",
+                                "claims jobs and publishes the adapters they train")
+    settings = start_logging(settings, log_level)  # before the HF libraries load
 
     from registry.bootstrap import job_queue
     from registry.worker import Worker, check_heartbeat, checked_worker_devices
@@ -279,7 +297,8 @@ def serve(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
     workers: Annotated[int, typer.Option(min=1, help="API processes (one per core): each has its own file cache and "
                                          "rate limits; the database and storage are shared.")] = 1,
-    log_level: LogLevel = None,
+    log_level: LogLevel = None, read_only: ReadOnlyMode = False,
 ) -> None:
     """Run the registry API."""
-    run_api(host, port, load_settings(database_url, storage_url), workers=workers, log_level=log_level)
+    run_api(host, port, load_settings(database_url, storage_url, read_only=read_only), workers=workers,
+            log_level=log_level)

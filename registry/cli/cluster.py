@@ -19,7 +19,16 @@ from typing import Annotated
 import httpx
 import typer
 
-from registry.cli.common import DatabaseUrl, ExitCode, LogLevel, StorageUrl, console, fail, load_settings
+from registry.cli.common import (
+    DatabaseUrl,
+    ExitCode,
+    LogLevel,
+    ReadOnlyMode,
+    StorageUrl,
+    console,
+    fail,
+    load_settings,
+)
 from registry.domain.errors import InvalidInput
 
 MAX_REPLICAS = 16
@@ -99,12 +108,16 @@ def cluster(
                     ] = "127.0.0.1",
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
     start_timeout: Annotated[float, typer.Option(help="Seconds for every process to answer.")] = 120.0,
-    log_level: LogLevel = None,
+    log_level: LogLevel = None, read_only: ReadOnlyMode = False,
 ) -> None:
     """Run the deployment's topology as local processes: API replicas, job workers and the dashboard on one database
     and one blob store (e.g. PostgreSQL and s3://), health-checked; when one stops, all stop (exit 1); SIGTERM or
-    Ctrl-C stops them all (workers drain first)."""
-    settings = load_settings(database_url, storage_url)
+    Ctrl-C stops them all (workers drain first). Read-only (--read-only): replicas only, no worker."""
+    settings = load_settings(database_url, storage_url, read_only=read_only)
+    if settings.read_only and workers:
+        console.print(f"note: read-only (VERA_READ_ONLY): no job worker starts (--workers {workers} ignored; a worker "
+                      "publishes what it trains)")
+        workers = 0
     from registry.bootstrap import open_registry
 
     open_registry(settings, create_if_empty=True).db.engine.dispose()  # the schema, once, before the processes

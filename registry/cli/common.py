@@ -86,8 +86,9 @@ HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN
                                                  "once, never stored.")]
 
 
-def load_settings(database_url: str | None, storage_url: str | None = None) -> Settings:
-    """The registry settings, from these options and the environment; a refused value exits with its reason."""
+def load_settings(database_url: str | None, storage_url: str | None = None, *, read_only: bool = False) -> Settings:
+    """The registry settings, from these options and the environment (``read_only``: --read-only, which only turns
+    VERA_READ_ONLY on); a refused value exits with its reason."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -95,15 +96,18 @@ def load_settings(database_url: str | None, storage_url: str | None = None) -> S
 
     for variable in unknown_variables(os.environ):
         err_console.print(f"[yellow]note:[/] {variable} is set but is no vera setting: it is ignored.", soft_wrap=True)
-    given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url}
+    given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url,
+                             "read_only": True if read_only else None}
     try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)
         return Settings(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
         fail(InvalidInput(settings_problem(exc)))
     except SettingsError as exc:  # a list or object setting that is not JSON
         field = str(exc).partition('field "')[2].partition('"')[0]
-        fail(InvalidInput(f"VERA_{field.upper()} is not JSON: give a JSON list, e.g. VERA_{field.upper()}="
-                          "'[\"minilm\", \"org/model\"]'. Fix it, or unset it for the default."))
+        example = ("a JSON object, e.g. VERA_OWNER_QUOTAS='{\"acme\": 50000000000, \"ci\": null}'"
+                   if field == "owner_quotas" else
+                   f"a JSON list, e.g. VERA_{field.upper()}='[\"minilm\", \"org/model\"]'")
+        fail(InvalidInput(f"VERA_{field.upper()} is not JSON: give {example}. Fix it, or unset it for the default."))
 
 
 def call_registry(url: str | None, token: str | None, fn: Callable[[RegistryClient], T]) -> T:
@@ -133,6 +137,12 @@ def as_lora(choice: str) -> bool:
     if choice not in ("vera", "lora"):
         fail(InvalidInput(f"--as must be vera or lora, got {choice!r}."))
     return choice == "lora"
+
+
+ReadOnlyMode = Annotated[bool, typer.Option(
+    "--read-only", help="Refuse every change (503 read_only) and write nothing, reads included: a replica on a "
+    "database hot standby, a backup or migration window, a public mirror (VERA_READ_ONLY; VERA_PRIMARY_URL names where "
+    "changes go). No job worker runs.")]
 
 
 LogLevel = Annotated[str | None, typer.Option(

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.cli.common import LogLevel, RegistryUrl, console, fail, load_settings, start_logging
+from registry.cli.common import LogLevel, ReadOnlyMode, RegistryUrl, console, fail, load_settings, start_logging
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.settings import Settings
@@ -22,9 +22,9 @@ log = logging.getLogger("vera")
 
 def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False, workers: int = 1,
             log_level: str | None = None) -> None:
-    """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it;
-    with ``workers`` > 1, that many API processes (uvicorn's supervisor), each building the app from the settings,
-    which they receive as VERA_* variables."""
+    """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it
+    (none on a read-only registry: a worker publishes); with ``workers`` > 1, that many API processes (uvicorn's
+    supervisor), each building the app from the settings, which they receive as VERA_* variables."""
     import threading
 
     import uvicorn
@@ -53,6 +53,12 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         mode = "LOCAL MODE: no token needed, every caller acts as the single local user"
         if not is_loopback(host):
             log.warning(f"tokens are off on {host}, which is not loopback")
+    if settings.read_only:
+        mode += "; READ-ONLY: changes are refused" + (f" (they go to {settings.primary_url})"
+                                                      if settings.primary_url else "") + ", reads write nothing"
+        if with_worker:
+            log.info("read-only: no job worker runs here (a worker publishes what it trains)")
+            with_worker = False
     if workers > 1:
         registry = open_registry(settings, create_if_empty=True)  # the schema, once, before the processes start
         registry.db.engine.dispose()
@@ -182,12 +188,12 @@ def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
     ui_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
     with_ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Start the dashboard too.")] = True,
-    log_level: LogLevel = None,
+    log_level: LogLevel = None, read_only: ReadOnlyMode = False,
 ) -> None:
     """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1, with SQLite
-    and a local folder (VERA_DATA_DIR).
+    and a local folder (VERA_DATA_DIR). Read-only (--read-only): no worker, and the API changes nothing.
     """
-    embedded = load_settings(None)
+    embedded = load_settings(None, read_only=read_only)
     api = f"http://127.0.0.1:{port}"
     _check_free(port, "--port")
     dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui") if with_ui else None

@@ -12,9 +12,11 @@
     ├── SchemaOutOfDate           the database needs `vera db upgrade`                          (503)
     ├── Unauthorized              no valid token                                                (401)
     ├── Forbidden                 a valid token without the right to do this                    (403)
+    │   └── QuotaExceeded         the owner's storage quota would be passed                    (403)
     ├── HubError                  the HuggingFace Hub refused, failed or could not be reached   (502)
     ├── Busy                      costly work (generating projections) is at capacity; retry    (503)
     ├── StorageUnavailable        blob storage cannot be reached or failed mid-read; retry      (503)
+    ├── ReadOnly                  the registry takes no changes (VERA_READ_ONLY, a standby)     (503)
     └── RateLimited               this caller sent too many costly requests; retry after a while (429)
 
 HTTP_STATUS is the one table from this tree to HTTP statuses (the API answers with it, the client reads it back).
@@ -90,6 +92,12 @@ class Forbidden(RegistryError):
     code = "forbidden"
 
 
+class QuotaExceeded(Forbidden):
+    """The owner's storage quota would be passed (403; registry.services.quotas)."""
+
+    code = "quota_exceeded"
+
+
 class HubError(RegistryError):
     """The HuggingFace Hub answered with an error, timed out or could not be reached; nothing was recorded."""
 
@@ -108,6 +116,13 @@ class StorageUnavailable(RegistryError):
     code = "storage_unavailable"
 
 
+class ReadOnly(RegistryError):
+    """The registry is read-only (VERA_READ_ONLY: a read replica, a maintenance window, a public mirror) or its database
+    takes no writes (a hot standby); nothing was changed. Waiting does not help: send the change to the primary."""
+
+    code = "read_only"
+
+
 class RateLimited(RegistryError):
     """Too many costly requests from one caller; ``retry_after`` seconds until the next is allowed."""
 
@@ -121,8 +136,8 @@ class RateLimited(RegistryError):
 #: The one table from the exception tree to HTTP statuses (most specific first).
 HTTP_STATUS: dict[type[RegistryError], int] = {
     ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
-    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, HubError: 502, Busy: 503, StorageUnavailable: 503,
-    RateLimited: 429,
+    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, QuotaExceeded: 403, HubError: 502, Busy: 503,
+    StorageUnavailable: 503, ReadOnly: 503, RateLimited: 429,
 }
 
 

@@ -222,6 +222,16 @@ class MemberInfo(BaseModel):
     has_token: bool | None = None
 
 
+class OwnerUsage(BaseModel):
+    """What an owner namespace's adapters store (the versions' ``stored_bytes``), and its quota (None: none)."""
+
+    owner: str
+    adapters: int
+    versions: int
+    stored_bytes: int
+    quota_bytes: int | None
+
+
 class OrganizationInfo(BaseModel):
     """An organisation: an owner namespace shared by its members."""
 
@@ -242,6 +252,8 @@ class WhoAmI(BaseModel):
     token_id: int | None
     limited_to: list[str] | None
     expires_at: datetime | None = None
+    #: The registry takes no changes from anyone (VERA_READ_ONLY: a read replica, a maintenance window, a mirror).
+    read_only: bool = False
 
 
 class VersionInfo(BaseModel):

@@ -7,15 +7,23 @@ SHA-256 addresses them for good (immutable downloads, the client's cache).
 A derived blob that went missing or whose bytes no longer match its name is built again from the version's own
 blobs on the next request (``source``), and `vera fsck --repair` forgets such files so that they are rebuilt; `vera
 gc` removes derived blobs no version lists any more.
+
+A read-only registry (VERA_READ_ONLY) serves the forms the registry stored, and builds one nobody asked for yet (or
+one whose stored copy is missing or damaged) into a temporary folder of its own process (``Scratch``), listed in
+memory: neither its database nor its blob storage is written.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import shutil
 import tempfile
 import threading
+import weakref
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +39,7 @@ from registry.services.file_cache import BuiltFiles
 from registry.services.lookup import naming, naming_params, resolve, resolve_info
 from registry.services.versions import Versions
 from registry.store import models as m
-from registry.store.blobs import BlobReader, BlobStore, chunks
+from registry.store.blobs import BlobReader, BlobStore, FsspecBlobStore, chunks
 from registry.store.database import Database
 from vera_core.lora import LoraExport
 from vera_core.serialization import metadata_of
@@ -78,20 +86,123 @@ class DerivedFile:
     size: int
 
 
+def _lock_of(version_id: int, form: str) -> threading.Lock:
+    """The lock that builds of one version and form in this process take (one per bucket of keys)."""
+    return _LOCKS[zlib.crc32(f"{version_id}/{form}".encode()) % len(_LOCKS)]
+
+
+#: The most a read-only registry's process keeps of the forms it built itself (Scratch), in its temporary folder,
+#: named with this prefix and the process's id.
+SCRATCH_BYTES = 4 * 2**30
+SCRATCH_PREFIX = "vera-read-only-"
+
+
+class Scratch:
+    """The download forms a read-only registry (VERA_READ_ONLY) built itself, because the registry stored none
+    (nobody asked for them yet) or its copy is damaged: their files in a temporary folder of this process (TMPDIR),
+    never in the registry's storage, and listed in memory, never in version_files. At most ``max_bytes``: the least
+    recently used form is forgotten first (the one just built is always kept), and built again if asked for. The
+    folder goes when the process stops (``close``; that of a process that was killed, when the next one starts)."""
+
+    def __init__(self, max_bytes: int = SCRATCH_BYTES) -> None:
+        _remove_stale_scratch()
+        self.folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+        self.blobs, self.max_bytes = FsspecBlobStore(self.folder), max_bytes
+        self._forms: OrderedDict[tuple[int, str], list[DerivedFile]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def listed(self, version_id: int, form: str) -> list[DerivedFile]:
+        with self._lock:
+            files = self._forms.get((version_id, form), [])
+            if files:
+                self._forms.move_to_end((version_id, form))
+            return list(files)
+
+    def by_digest(self, version_id: int, digest: str) -> DerivedFile | None:
+        with self._lock:
+            return next((f for (held, _), files in self._forms.items() if held == version_id for f in files
+                         if f.sha256 == digest), None)
+
+    def holds(self, digest: str) -> bool:
+        with self._lock:
+            return any(f.sha256 == digest for files in self._forms.values() for f in files)
+
+    def record(self, files: list[DerivedFile]) -> None:
+        """List a form built into ``self.blobs``; forget the least recently used ones beyond ``max_bytes``."""
+        if not files:
+            return
+        with self._lock:
+            key = (files[0].version_id, files[0].form)
+            self._forms[key] = files
+            self._forms.move_to_end(key)
+            forgotten: set[str] = set()
+            while len(self._forms) > 1 and self._held() > self.max_bytes:
+                forgotten |= {f.sha256 for f in self._forms.popitem(last=False)[1]}
+            forgotten -= {f.sha256 for files in self._forms.values() for f in files}
+        for digest in forgotten:  # a read that opened it goes on reading; a later one builds it again (source)
+            self.blobs.delete(digest)
+
+    def forget(self, version_id: int, form: str) -> None:
+        with self._lock:
+            self._forms.pop((version_id, form), None)
+
+    def _held(self) -> int:
+        return sum({f.sha256: f.size for files in self._forms.values() for f in files}.values())
+
+    def close(self) -> None:
+        """Forget every form and remove the folder."""
+        with self._lock:
+            self._forms.clear()
+        self._finalizer()
+
+
+def _remove_stale_scratch() -> None:
+    """Remove the Scratch folders of processes that no longer run (killed: nothing removed them)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # another user's process, alive: not ours to touch
+            continue
+
+
 class DerivedFiles:
     def __init__(self, db: Database, blobs: BlobStore, versions: Versions) -> None:
         self.db, self.blobs, self.versions = db, blobs, versions
         self._lora_errors: dict[str, str | None] = {}
         self._git_ids: dict[str, str] = {}
+        self._scratch: Scratch | None = None  # a read-only registry's own builds, made on its first one
+        self._scratch_lock = threading.Lock()
+
+    def scratch(self) -> Scratch:
+        """Where this read-only registry builds the forms the registry has not stored (Scratch)."""
+        with self._scratch_lock:
+            if self._scratch is None:
+                self._scratch = Scratch()
+            return self._scratch
+
+    def close(self) -> None:
+        """Remove what this process built for itself (a read-only registry's Scratch), when it stops serving."""
+        with self._scratch_lock:
+            scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.close()
 
     def manifest(self, ref: str | Ref, form: FileForm, *, build: bool = True) -> tuple[VersionInfo, list[DerivedFile]]:
         """The version's files in ``form``, built and stored first if no download asked for them before (without
         ``build``, NotBuilt instead: the API's read threads leave a build, which may wait for a projection slot,
-        to its general pool)."""
+        to its general pool). A read-only registry builds them into its Scratch instead of storing them."""
         with self.db.session() as s:
             v, info = resolve_info(s, ref)
             version_id = v.id
             files = _listed(s, version_id, form.key)
+        if not files and self._scratch is not None:
+            files = self._scratch.listed(version_id, form.key)
         if files:
             return info, files
         if not build:
@@ -127,7 +238,9 @@ class DerivedFiles:
                                    m.AdapterVersion.version == ref.version, m.VersionFile.sha256 == digest)
                             .limit(1)).first()
             if row is None:
-                resolve(s, ref)  # NotFound if the adapter or the version is missing
+                v = resolve(s, ref)  # NotFound if the adapter or the version is missing
+                if self._scratch is not None and (built := self._scratch.by_digest(v.id, digest)) is not None:
+                    return built
                 raise NotFound(f"{ref} has no file with SHA-256 {digest[:64]!r}; list its files with GET "
                                f".../versions/{ref.version}/files.")
             return _derived(row)
@@ -138,6 +251,8 @@ class DerivedFiles:
         owner/name:N)."""
         for attempt in range(2):
             try:
+                if (store := self._store_of(file.sha256)) is not self.blobs:  # built here (read-only)
+                    return store.reader(file.sha256)  # opened now: read whole even if forgotten meanwhile
                 path = self.blobs.verified_local_path(file.sha256) if local else None
                 return path if path is not None else self.blobs.reader(file.sha256)
             except (NotFound, IntegrityError):
@@ -145,6 +260,18 @@ class DerivedFiles:
                     raise
                 self._rebuild(ref, file)
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def presigned_url(self, file: DerivedFile, expires_s: int) -> str | None:
+        """A URL of the object store that serves ``file`` for ``expires_s`` seconds (BlobStore.presigned_url); None
+        where the storage cannot sign, and for a file this read-only registry built itself, which only it holds."""
+        if self._store_of(file.sha256) is not self.blobs:
+            return None
+        return self.blobs.presigned_url(file.sha256, expires_s)
+
+    def _store_of(self, digest: str) -> BlobStore:
+        """Where a file's bytes are: this read-only registry's Scratch when it built them, else the storage."""
+        scratch = self._scratch
+        return scratch.blobs if scratch is not None and scratch.holds(digest) else self.blobs
 
     def read(self, ref: Ref, file: DerivedFile) -> bytes:
         """A small stored file's bytes (a config, a README), checked against its hash."""
@@ -178,7 +305,7 @@ class DerivedFiles:
         if weights is None:
             return None
         if weights.sha256 not in self._lora_errors:
-            reader = self.blobs.reader(weights.sha256)
+            reader = self._store_of(weights.sha256).reader(weights.sha256)
             try:
                 metadata = metadata_of(reader.handle)
             except ValueError:  # not a safetensors file (a damaged blob, which verify reports): no error to say
@@ -194,11 +321,13 @@ class DerivedFiles:
         """Build the files (Versions.built), store each blob, then list them; two builds of the same version and
         form in this process run one after the other, and one on another replica at the same time stores the same
         bytes (content-addressed) and the same rows (the second insert is dropped)."""
-        with _LOCKS[zlib.crc32(f"{version_id}/{form.key}".encode()) % len(_LOCKS)]:
+        with _lock_of(version_id, form.key):
             with self.db.session() as s:
                 if files := _listed(s, version_id, form.key):
                     return files
-            files = self._stored(pinned, version_id, form)
+            if self.db.read_only:
+                return self._built_here(pinned, version_id, form)
+            files = self._stored(pinned, version_id, form, self.blobs)
             try:
                 with self.db.session() as s:
                     _record(s, files)
@@ -228,30 +357,46 @@ class DerivedFiles:
         for blob in gone:
             self.blobs.delete(blob.sha256)
 
-    def _stored(self, pinned: Ref, version_id: int, form: FileForm) -> list[DerivedFile]:
-        """Build the form's files and store each blob: written to a temporary folder piece by piece where the form
-        materialises projections the seed regenerates or is a LoRA export (Versions.write_streamed: a 7B-scale
-        export never held whole), else built in memory (Versions.built)."""
+    def _built_here(self, pinned: Ref, version_id: int, form: FileForm) -> list[DerivedFile]:
+        """A read-only registry's build: into its Scratch, listed in memory (the caller holds the form's lock)."""
+        scratch = self.scratch()
+        if files := scratch.listed(version_id, form.key):
+            return files
+        files = self._stored(pinned, version_id, form, scratch.blobs)
+        scratch.record(files)
+        return files
+
+    def _stored(self, pinned: Ref, version_id: int, form: FileForm, store: BlobStore) -> list[DerivedFile]:
+        """Build the form's files and put each blob in ``store``: written to a temporary folder piece by piece where
+        the form materialises projections the seed regenerates or is a LoRA export (Versions.write_streamed: a
+        7B-scale export never held whole), else built in memory (Versions.built)."""
         with tempfile.TemporaryDirectory(prefix="vera-build-") as folder:
             paths = self.versions.write_streamed(pinned, Path(folder), with_projection=form.with_projection,
                                                  seed_only=form.seed_only, lora=form.lora)
             if paths is not None:
-                return [DerivedFile(version_id, form.key, name, self.blobs.put_file(path), path.stat().st_size)
+                return [DerivedFile(version_id, form.key, name, store.put_file(path), path.stat().st_size)
                         for name, path in paths.items()]
         _, built = self.versions.built(pinned, with_projection=form.with_projection, seed_only=form.seed_only,
                                        as_lora=form.lora is not None, lora=form.lora)
         for data in built.files.values():
-            self.blobs.put(data)
+            store.put(data)
         return [DerivedFile(version_id, form.key, name, built.sha256[name], len(data))
                 for name, data in built.files.items()]
 
     def _rebuild(self, pinned: Ref, file: DerivedFile) -> None:
         """Store ``file``'s bytes again (a damaged copy is deleted first): the same version and form build the same
-        bytes, so its name, rows and every client's cached copy stay right."""
+        bytes, so its name, rows and every client's cached copy stay right. A read-only registry leaves the stored
+        copy and its rows as they are (`vera fsck` on the primary reports them) and builds its own (Scratch)."""
+        form = _form_of(file.form)
+        if self.db.read_only:
+            with _lock_of(file.version_id, form.key):
+                self.scratch().forget(file.version_id, file.form)
+                self._built_here(pinned, file.version_id, form)
+            return
         self.blobs.delete(file.sha256)
         with self.db.session() as s:
             forget(s, file.version_id, file.form)
-        self._build(pinned, file.version_id, _form_of(file.form))
+        self._build(pinned, file.version_id, form)
 
 
 def named(info: VersionInfo, form: FileForm, files: list[DerivedFile], filename: str) -> DerivedFile:

@@ -5,7 +5,8 @@ once ``flush_every`` downloads are waiting, and once more when the process stops
 
 A download is one GET that returns a version's weights (adapter_model.safetensors) through the file route or the
 Hub protocol's resolve; revalidations (304), HEADs and redirects are not downloads. Counts are at most one flush
-interval behind, and a process killed without its shutdown loses what it had not flushed.
+interval behind, and a process killed without its shutdown loses what it had not flushed. A read-only registry
+(VERA_READ_ONLY) counts none: the downloads a read replica serves are not in the counts.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class DownloadCounter:
         self._thread: threading.Thread | None = None
 
     def count(self, owner: str, name: str, version: int) -> None:
-        """One download of ``owner/name:version`` (memory only; the flusher is woken when a batch is full)."""
+        """One download of ``owner/name:version`` (memory only; the flusher is woken when a batch is full). A
+        read-only registry (VERA_READ_ONLY) counts nothing: it could never add its counts to the database."""
+        if self.db.read_only:
+            return
         with self._lock:
             self._pending[(owner, name, version)] += 1
             self._waiting += 1

@@ -41,6 +41,7 @@ from registry.logs import REQUEST_ID
 from registry.services.job_checkpoints import JobCheckpoints, forget
 from registry.services.lookup import version_ref
 from registry.services.moves import refuse_publish_to_old_name
+from registry.services.quotas import check_room
 from registry.services.registry import Registry
 from registry.services.tokens import Principal
 from registry.store import models as m
@@ -142,9 +143,10 @@ class Jobs:
                 raise
             kind = "dataset" if isinstance(exc, DatasetError) else "spec"
             raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
-        with self.db.session() as s:  # a job trains into a name that moved: refused, before its dataset is stored
+        with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
             if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)) is None:
                 refuse_publish_to_old_name(s, ref.owner, ref.name)
+            check_room(s, self.registry.quotas, ref.owner, None, f"the adapter job {ref} would publish")
         digest = None
         if dataset is not None:
             digest = self.registry.blobs.put(dataset)
@@ -219,9 +221,9 @@ class Jobs:
             self._job(s, job_id)
             return [JobEventInfo(id=e.id, at=e.at, kind=e.kind, data=e.data) for e in s.scalars(query)]
 
-    def cancel(self, job_id: int, *, actor: str) -> JobInfo:
+    def cancel(self, job_id: int, *, actor: str, reason: str | None = None) -> JobInfo:
         """A queued job is cancelled at once; a running one stops after the training step it is on when its worker
-        reads the request (Jobs.should_stop, about twice a second)."""
+        reads the request (Jobs.should_stop, about twice a second). ``reason``: why, in the job's log."""
         dropped: set[str] = set()
         with self.db.session() as s:
             job = self._job(s, job_id)
@@ -230,7 +232,10 @@ class Jobs:
             job.cancel_requested = True
             if job.status == "queued":
                 job.status, job.finished_at = "cancelled", datetime.now(UTC)
-            s.add(m.AuditEvent(actor=actor, action="job-cancel", target=job.target_name, detail={"job": job_id}))
+            if reason is not None:
+                s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": reason}))
+            s.add(m.AuditEvent(actor=actor, action="job-cancel", target=job.target_name,
+                               detail={"job": job_id, **({"reason": reason} if reason else {})}))
             if job.status == "cancelled":
                 dropped = _ended(s, job, actor=actor)
             s.flush()

@@ -163,14 +163,17 @@ def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
 
 def _names_public_or_own(s: Session, ref_text: str, v: m.AdapterVersion) -> bool:
     """Whether a deleted parent's recorded ref may be shown to whoever reads ``v``: a version of ``v``'s own
-    adapter, or of an adapter that is still there and public. One of a private adapter, or of one deleted whole
-    (whose visibility is no longer known), is not named."""
+    adapter (under a name it has or had), or of an adapter that is still there and public. One of a private adapter,
+    or of one deleted whole (whose visibility is no longer known), is not named."""
     try:
         ref = Ref.parse(ref_text)
     except (InvalidInput, ValueError):
         return False
     if (ref.owner, ref.name) == (v.adapter.owner, v.adapter.name):
         return True
+    if s.scalar(select(m.AdapterMove.id).where(m.AdapterMove.owner == ref.owner, m.AdapterMove.name == ref.name,
+                                               m.AdapterMove.adapter_id == v.adapter_id)) is not None:
+        return True  # a name its own adapter had before it moved (`vera mv`)
     visibility = s.scalar(select(m.Adapter.visibility).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
     return visibility == "public"
 

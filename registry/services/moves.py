@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import Ref
+from registry.services.quotas import Quotas, check_room
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
@@ -52,18 +54,37 @@ def moved_from(s: Session, owner: str, name: str) -> Moved | None:
 
 
 def refuse_publish_to_old_name(s: Session, owner: str, name: str) -> None:
-    """Conflict when ``owner/name`` is the old name of an adapter that moved (and no adapter has that name now)."""
+    """Conflict when ``owner/name`` is the old name of an adapter that moved (and no adapter has that name now). The
+    new name is said when whoever may write under the old owner may know it: a rename within the owner, or a
+    public adapter; a private adapter transferred elsewhere is not named."""
     moved = moved_from(s, owner, name)
-    if moved is not None:
+    if moved is None:
+        return
+    again = f"(To use the old name again, move an adapter to it: `vera mv OWNER/NAME {owner}/{name}`.)"
+    if moved.owner == owner or moved.visibility == "public":
         raise Conflict(f"{owner}/{name} was moved to {moved.ref} on {moved.at:%Y-%m-%d}: publish to {moved.ref}. "
-                       f"(To use the old name again, move an adapter to it: `vera mv OWNER/NAME {owner}/{name}`.)")
+                       + again)
+    raise Conflict(f"{owner}/{name} was moved to another owner on {moved.at:%Y-%m-%d}; its old name takes no "
+                   f"publishes: publish where it is now (with a token that reads it there, `vera show {owner}/{name}` "
+                   f"names it). {again}")
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """A move done: the old and new names, and (for a transfer to another owner) the queued and running jobs that
+    were to publish to the adapter, which the caller cancels (their owner's rights do not follow the adapter)."""
+
+    old: Ref
+    new: Ref
+    orphaned_jobs: list[int]
+    public: bool = True  # whether the adapter is public (a private one's new name is told only to its readers)
 
 
 class Moves:
     """``move``: one transaction, audited; ``moved_to``: where an old name went, for whoever may know."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, quotas: Quotas | None = None) -> None:
+        self.db, self.quotas = db, quotas or Quotas()
 
     def moved_to(self, owner: str, name: str, viewer: Principal | None) -> Moved | None:
         """Where the adapter once called ``owner/name`` is now, if ``viewer`` may read it there (None: every
@@ -74,52 +95,80 @@ class Moves:
             return None
         return moved
 
-    def move(self, source: str | Ref, destination: str | Ref, *, actor: str) -> tuple[Ref, Ref]:
+    def move(self, source: str | Ref, destination: str | Ref, *, actor: str) -> MoveResult:
         """Give the adapter ``source`` (owner/name) the name ``destination`` (owner/name; another owner transfers
-        it). Who may do it is the API's to decide (write rights on both owners). Returns (source, destination)."""
+        it). Who may do it is the API's to decide (write rights on both owners; an organisation's admin role to
+        transfer out of it). A rename retargets the jobs that were to publish to the adapter; a transfer leaves them
+        to the caller (MoveResult.orphaned_jobs)."""
         old = source if isinstance(source, Ref) else Ref.parse_adapter(source)
         new = destination if isinstance(destination, Ref) else Ref.parse_adapter(destination)
         if (old.owner, old.name) == (new.owner, new.name):
             raise InvalidInput(f"{old} is already called {new}; give another name (owner/name) to move it to.")
-        with self.db.session() as s:
-            adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == old.owner, m.Adapter.name == old.name))
-            if adapter is None:
-                raise NotFound(f"No adapter {old.owner}/{old.name}; `vera ls --owner {old.owner}` lists that "
-                               "owner's.")
-            if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == new.owner, m.Adapter.name == new.name)):
-                raise Conflict(f"{new.owner}/{new.name} exists; move {old.owner}/{old.name} to a name that is free "
-                               "(or delete that adapter first).")
-            counters = {(c.owner, c.name): c for c in s.scalars(select(m.VersionCounter).where(
-                ((m.VersionCounter.owner == old.owner) & (m.VersionCounter.name == old.name))
-                | ((m.VersionCounter.owner == new.owner) & (m.VersionCounter.name == new.name))))}
-            came_from_there = s.scalar(select(m.AdapterMove.id).where(
-                m.AdapterMove.owner == new.owner, m.AdapterMove.name == new.name,
-                m.AdapterMove.adapter_id == adapter.id)) is not None
-            if (new.owner, new.name) in counters and not came_from_there:
-                raise Conflict(f"{new.owner}/{new.name} had versions once (of an adapter deleted since, or moved "
-                               f"away): its version numbers are never given to other bytes, so {old.owner}/{old.name} "
-                               "cannot take that name. Choose another.")
-            present = s.scalar(select(func.max(m.AdapterVersion.version))
-                               .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
-            highest = max([present, *(c.last_version for c in counters.values())])
-            if (kept := counters.get((new.owner, new.name))) is not None:
-                kept.last_version = highest
-            else:
-                s.add(m.VersionCounter(owner=new.owner, name=new.name, last_version=highest))
-            # the destination name is the adapter's again (moving back) or for the first time: no longer an old name;
-            # the source name becomes one (another adapter's old record for it, if any, is superseded)
-            s.execute(delete(m.AdapterMove).where(
-                ((m.AdapterMove.owner == new.owner) & (m.AdapterMove.name == new.name))
-                | ((m.AdapterMove.owner == old.owner) & (m.AdapterMove.name == old.name))))
-            s.add(m.AdapterMove(owner=old.owner, name=old.name, adapter_id=adapter.id, moved_by=actor[:64]))
-            adapter.owner, adapter.name = new.owner, new.name
-            s.execute(update(m.Job).where(m.Job.target_name == f"{old.owner}/{old.name}",
-                                          m.Job.status.in_(("queued", "running")))
-                      .values(target_name=f"{new.owner}/{new.name}", owner=new.owner))
-            detail = {"from": f"{old.owner}/{old.name}", "to": f"{new.owner}/{new.name}"}
-            # on the new name; transferred, on the old one too: each owner's events and webhooks hear of it
-            for target in dict.fromkeys((detail["to"], detail["from"] if old.owner != new.owner else detail["to"])):
-                s.add(m.AuditEvent(actor=actor[:64], action="move", target=target, detail=detail))
-            s.flush()  # the unique (owner, name) constraints catch a concurrent publish or move to the name
-        return old, new
+        try:
+            with self.db.session() as s:
+                return self._move(s, old, new, actor)
+        except DbIntegrityError as exc:  # a concurrent move or publish took the name between the check and the write
+            raise Conflict(f"{new.owner}/{new.name} was taken while {old.owner}/{old.name} moved; nothing was moved. "
+                           "Choose another name.") from exc
 
+    def _move(self, s: Session, old: Ref, new: Ref, actor: str) -> MoveResult:
+        adapter = lock_adapter(s, old.owner, old.name)
+        if adapter is None:
+            raise NotFound(f"No adapter {old.owner}/{old.name}; `vera ls --owner {old.owner}` lists that owner's.")
+        if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == new.owner, m.Adapter.name == new.name)):
+            raise Conflict(f"{new.owner}/{new.name} exists; move {old.owner}/{old.name} to a name that is free "
+                           "(or delete that adapter first).")
+        transfer = old.owner != new.owner
+        if transfer:  # the destination owner takes its bytes: within its quota
+            stored = s.scalar(select(func.coalesce(func.sum(m.AdapterVersion.stored_bytes), 0))
+                              .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
+            check_room(s, self.quotas, new.owner, int(stored), f"moving {old.owner}/{old.name} there")
+        counters = {(c.owner, c.name): c for c in s.scalars(select(m.VersionCounter).where(
+            ((m.VersionCounter.owner == old.owner) & (m.VersionCounter.name == old.name))
+            | ((m.VersionCounter.owner == new.owner) & (m.VersionCounter.name == new.name))))}
+        came_from_there = s.scalar(select(m.AdapterMove.id).where(
+            m.AdapterMove.owner == new.owner, m.AdapterMove.name == new.name,
+            m.AdapterMove.adapter_id == adapter.id)) is not None
+        if (new.owner, new.name) in counters and not came_from_there:
+            raise Conflict(f"{new.owner}/{new.name} had versions once (of an adapter deleted since, or moved "
+                           f"away): its version numbers are never given to other bytes, so {old.owner}/{old.name} "
+                           "cannot take that name. Choose another.")
+        present = s.scalar(select(func.max(m.AdapterVersion.version))
+                           .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
+        highest = max([present, *(c.last_version for c in counters.values())])
+        if (kept := counters.get((new.owner, new.name))) is not None:
+            kept.last_version = highest
+        else:
+            s.add(m.VersionCounter(owner=new.owner, name=new.name, last_version=highest))
+        # the destination name is the adapter's again (moving back) or for the first time: no longer an old name;
+        # the source name becomes one (another adapter's old record for it, if any, is superseded)
+        s.execute(delete(m.AdapterMove).where(
+            ((m.AdapterMove.owner == new.owner) & (m.AdapterMove.name == new.name))
+            | ((m.AdapterMove.owner == old.owner) & (m.AdapterMove.name == old.name))))
+        s.add(m.AdapterMove(owner=old.owner, name=old.name, adapter_id=adapter.id, moved_by=actor[:64]))
+        adapter.owner, adapter.name = new.owner, new.name
+        active = (m.Job.target_name == f"{old.owner}/{old.name}") & m.Job.status.in_(("queued", "running"))
+        orphaned: list[int] = []
+        if transfer:  # the jobs' owner and submitter had rights in the old owner, not necessarily in the new one
+            orphaned = sorted(s.scalars(select(m.Job.id).where(active)))
+        else:
+            s.execute(update(m.Job).where(active).values(target_name=f"{new.owner}/{new.name}"))
+        names = {"from": f"{old.owner}/{old.name}", "to": f"{new.owner}/{new.name}"}
+        s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["to"], detail=names))
+        if transfer:  # on the old name too, for the old owner's events and webhooks; a private destination unnamed
+            told = names if adapter.visibility == "public" else {"from": names["from"], "to": None}
+            s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["from"], detail=told))
+        s.flush()  # the unique (owner, name) constraints catch a concurrent publish or move to the name
+        return MoveResult(old, new, orphaned, public=adapter.visibility == "public")
+
+
+def lock_adapter(s: Session, owner: str, name: str) -> m.Adapter | None:
+    """The adapter ``owner/name``, its row locked for the rest of the transaction (SQLite: the database's write lock;
+    PostgreSQL: the row's), so that moves and publishes of one adapter take turns: each reads its version numbers
+    and name after the other's commit. None when there is no such adapter, or it was moved or deleted meanwhile."""
+    found = s.scalar(select(m.Adapter.id).where(m.Adapter.owner == owner, m.Adapter.name == name))
+    if found is None:
+        return None
+    s.execute(update(m.Adapter).where(m.Adapter.id == found).values(owner=m.Adapter.owner))  # a write: the lock
+    adapter = s.get(m.Adapter, found, populate_existing=True)
+    return adapter if adapter is not None and (adapter.owner, adapter.name) == (owner, name) else None

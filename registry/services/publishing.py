@@ -35,7 +35,8 @@ from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailab
 from registry.services.base_models import BaseModels
 from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
-from registry.services.moves import refuse_publish_to_old_name
+from registry.services.moves import lock_adapter, refuse_publish_to_old_name
+from registry.services.quotas import Quotas, check_room
 from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -92,9 +93,10 @@ def _retryable(exc: Exception) -> bool:
 class Publisher:
     def __init__(self, db: Database, blobs: BlobStore, base_models: BaseModels, *,
                  budget: ProjectionBudget, base_configs: BaseConfigSource | None = None,
-                 default_visibility: Visibility = "public") -> None:
+                 default_visibility: Visibility = "public", quotas: Quotas | None = None) -> None:
         self.db, self.blobs, self.base_models = db, blobs, base_models
         self.budget, self.base_configs, self.default_visibility = budget, base_configs, default_visibility
+        self.quotas = quotas or Quotas()
 
     def publish(
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
@@ -119,6 +121,7 @@ class Publisher:
         checked = validate(files, self.budget)
         meta = {"format": "pt", **{k: v for k, v in files.metadata.items() if k == META_IN_FEATURES}}
         vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, meta)
+        self._check_room(what, len(vectors))  # before anything is stored (and again as it is recorded)
         projection_blob = None
         if not checked.reproducible:
             a, b = (files.tensors[k].float() for k in PROJECTION_KEYS)
@@ -137,6 +140,11 @@ class Publisher:
         except BaseException:
             self._discard_unreferenced([d for d in written if d])
             raise
+
+    def _check_room(self, what: _Publication, size: int) -> None:
+        if self.quotas.any:
+            with self.db.session() as s:
+                check_room(s, self.quotas, what.owner, size, f"publishing {what.owner}/{what.name}")
 
     def _with_base_shapes(self, files: AdapterFiles, what: _Publication) -> AdapterFiles:
         """A PEFT-written seed-only adapter sized from its base model's declared shapes; undeclared, from the base's
@@ -194,7 +202,7 @@ class Publisher:
                     s.add(m.Blob(sha256=digest, size=len(data), kind=kind))
         s.flush()
         projection = _projection_row(s, checked, projection_blob)
-        adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == what.owner, m.Adapter.name == what.name))
+        adapter = lock_adapter(s, what.owner, what.name)  # numbered after a concurrent move of it, never beside it
         if adapter is None:
             refuse_publish_to_old_name(s, what.owner, what.name)
             adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description,
@@ -205,6 +213,7 @@ class Publisher:
             raise Conflict(f"{what.owner}/{what.name} is {adapter.visibility}; a publish does not change that. Use "
                            f"`vera visibility {what.owner}/{what.name} {what.visibility}` (PATCH "
                            f"/api/v1/adapters/{what.owner}/{what.name}), or publish without saying.")
+        check_room(s, self.quotas, what.owner, len(vectors), f"publishing {what.owner}/{what.name}")
         number = _next_number(s, adapter)
         version = _version_row(what, files, checked, vectors, adapter_id=adapter.id, number=number, base_id=base.id,
                                projection_id=projection.id)

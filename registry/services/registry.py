@@ -24,6 +24,7 @@ rows.
 
 from __future__ import annotations
 
+from registry.domain.schemas import OwnerUsage
 from registry.services.access import Access, Visibility
 from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
@@ -35,6 +36,7 @@ from registry.services.lineage import Lineage
 from registry.services.metadata import Metadata
 from registry.services.moves import Moves
 from registry.services.publishing import Publisher
+from registry.services.quotas import Quotas, usage
 from registry.services.retention import Retention
 from registry.services.search import Search
 from registry.services.status import Status
@@ -50,13 +52,15 @@ class Registry:
 
     def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None,
                  base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None,
-                 default_visibility: Visibility = "public", downloads: DownloadCounter | None = None) -> None:
+                 default_visibility: Visibility = "public", downloads: DownloadCounter | None = None,
+                 quotas: Quotas | None = None) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
         VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
         from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters;
         ``file_cache`` keeps built download files (default: 256 MiB); ``default_visibility`` is that of adapters
         published without saying (VERA_DEFAULT_VISIBILITY); ``downloads`` counts downloads (the API starts and
-        stops its flushing)."""
+        stops its flushing); ``quotas``: each owner's storage quota (VERA_OWNER_QUOTA_BYTES, VERA_OWNER_QUOTAS;
+        default none)."""
         self.db, self.blobs = db, blobs
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
@@ -70,8 +74,9 @@ class Registry:
         self.register_base_model_from_config = self.base_models.register_from_config
         self.register_base_model_from_config_dict = self.base_models.register_from_config_dict
         self.list_base_models = self.base_models.list
+        self.quotas = quotas = quotas or Quotas()
         self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
-                                 default_visibility=default_visibility).publish
+                                 default_visibility=default_visibility, quotas=quotas).publish
         self.access, self.default_visibility = Access(db), default_visibility
         self.get = self.versions.get
         self.files = self.versions.files
@@ -82,7 +87,7 @@ class Registry:
         self.yank = self.versions.yank
         self.delete = self.versions.delete
         self.delete_adapter = self.versions.delete_adapter
-        self.moves = Moves(db)
+        self.moves = Moves(db, quotas)
         self.move = self.moves.move
         self.audit = self.versions.audit
         self.list_versions = self.search.list_versions
@@ -99,3 +104,7 @@ class Registry:
         self.gc = self.verification.gc
         self.fsck = self.verification.fsck
         self.compare = self.analysis.compare
+
+    def usage(self, owner: str) -> OwnerUsage:
+        """What ``owner``'s adapters store, and its quota (registry.services.quotas)."""
+        return usage(self.db, self.quotas, owner)

@@ -193,7 +193,8 @@ def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:
 
 
 def authenticate(db: Database, secret: str) -> Principal:
-    """The principal of a bearer secret; compares the stored hash in constant time."""
+    """The principal of a bearer secret; compares the stored hash in constant time. Records the token's last use,
+    except on a read-only registry (VERA_READ_ONLY), which writes nothing."""
     digest = _hash(secret)
     with db.session() as s:
         row = s.scalar(select(m.AccessToken).where(m.AccessToken.token_hash == digest))
@@ -202,7 +203,8 @@ def authenticate(db: Database, secret: str) -> Principal:
         if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
             raise Unauthorized(f"The token expired at {row.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one "
                                "(`vera token create ... --expires-days N`).")
-        row.last_used_at = datetime.now(UTC)
+        if not db.read_only:
+            row.last_used_at = datetime.now(UTC)
         roles = {org: cast(Role, role) for org, role in s.execute(
             select(m.Organization.name, m.Membership.role).join(m.Membership).where(m.Membership.member == row.owner))}
         return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id, roles=roles,

@@ -53,7 +53,8 @@ class Verification:
 
     def verify(self, ref: str | Ref) -> VerificationReport:
         """Regenerate the projections and compare fingerprints; re-hash the blobs; check shapes against the base.
-        The report is recorded with the version (one transaction)."""
+        The report is recorded with the version (one transaction); a read-only registry (VERA_READ_ONLY) answers it
+        without recording it (the version keeps the report it had)."""
         with self.db.session() as s:
             v = resolve(s, ref)
             checks = {"projection": self._projection_check(v, self.budget), **self._blob_checks(v),
@@ -62,8 +63,9 @@ class Verification:
             now = datetime.now(UTC)
             report = VerificationReport(ref=version_ref(v), status=status,
                                         checked_at=now, checks=checks)
-            v.verification_status, v.verified_at = status, now
-            v.verification_report = report.model_dump(mode="json")
+            if not self.db.read_only:
+                v.verification_status, v.verified_at = status, now
+                v.verification_report = report.model_dump(mode="json")
             return report
 
     @staticmethod

@@ -22,7 +22,7 @@ from typing import IO, Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from registry.domain.errors import IntegrityError, InvalidInput, NotFound, RegistryError, StorageUnavailable
+from registry.domain.errors import IntegrityError, InvalidInput, NotFound, ReadOnly, RegistryError, StorageUnavailable
 
 log = logging.getLogger("vera.storage")
 #: Below this much free space a local blob folder is not ready: publishes and download files would fail.
@@ -142,10 +142,11 @@ def _storage(url: str, action: str, *, writing: bool = False) -> Iterator[None]:
 
 
 class FsspecBlobStore:
-    """Blobs in a local folder (the default) or any fsspec URL: s3://, gs://, memory:// (tests), ..."""
+    """Blobs in a local folder (the default) or any fsspec URL: s3://, gs://, memory:// (tests), ... A ``read_only``
+    store (VERA_READ_ONLY) creates no folder, refuses every write (ReadOnly) and needs no write access to be ready."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self.url, self.read_only = url, read_only
         try:
             # no listing cache: another replica's writes and deletes must show in the next listing (gc, fsck)
             self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
@@ -156,10 +157,19 @@ class FsspecBlobStore:
         self._local = isinstance(self.fs, LocalFileSystem)
         self._verified: set[tuple[str, int, int]] = set()
         self._lock = threading.Lock()
+        if read_only:
+            return
         with _storage(url, "opening the blob storage"):  # an object store that cannot be reached: one line
             self.fs.makedirs(f"{self.root}/sha256", exist_ok=True)
             if self._local:
                 self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+
+    def _writing(self) -> None:
+        """Refuse a write to a read-only store: the read-only mode's reads must write nothing, and one that tried
+        fails here instead of writing."""
+        if self.read_only:
+            raise ReadOnly("This registry is read-only (VERA_READ_ONLY): it writes nothing to its blob storage; "
+                           "nothing was changed.")
 
     def _missing(self, digest: str) -> NotFound:
         log.warning("blob %s is missing from storage %s", digest, self.url)  # where: for the operator only
@@ -173,6 +183,7 @@ class FsspecBlobStore:
         again), as git freshens the objects it writes again: garbage collection deletes only unreferenced blobs
         older than its grace period, so a publish that reuses old unreferenced bytes does not lose them to a
         collection running meanwhile (registry.services.verification)."""
+        self._writing()
         with _storage(self.url, "writing a blob", writing=True):
             return self._put(data)
 
@@ -212,6 +223,7 @@ class FsspecBlobStore:
         """Store the file at ``path`` (idempotent) and return its SHA-256, never reading it whole: hashed in pieces,
         then copied in (a local folder: to a temporary name, then renamed; an object store: uploaded, visible whole
         once complete)."""
+        self._writing()
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             while piece := handle.read(CHUNK):
@@ -296,6 +308,7 @@ class FsspecBlobStore:
             return str(sign(self._path(_check_name(digest)), expires=expires_s))
 
     def delete(self, digest: str) -> None:
+        self._writing()
         path = self._path(_check_name(digest))
         with contextlib.suppress(FileNotFoundError):  # gone already (another collection, fsck): what was asked
             self.fs.rm(path)
@@ -330,6 +343,7 @@ class FsspecBlobStore:
         return sorted(old)
 
     def remove_leftover(self, name: str) -> None:
+        self._writing()
         if self._local and len(name) == 32 and set(name) <= _HEX:  # the uuid4 hex names put() gives them
             with contextlib.suppress(FileNotFoundError):  # another collection took it first
                 self.fs.rm(f"{self.root}/tmp/{name}")
@@ -338,11 +352,14 @@ class FsspecBlobStore:
         """Raise if the storage cannot be reached (readiness); a local folder must also be writable and have room
         (a read-only or full disk failed every publish and first download while /ready said ok). An object store
         has no folders: an empty bucket has no ``sha256/`` prefix yet, so there the bucket itself is what must
-        answer (a write probe there would be a paid request a second per process)."""
+        answer (a write probe there would be a paid request a second per process). A read-only store needs only to
+        be read."""
         if not self._local:
             self.fs.ls(self.root.split("/", 1)[0], detail=False)
             return
         self.fs.ls(f"{self.root}/sha256")
+        if self.read_only:
+            return
         if not os.access(f"{self.root}/tmp", os.W_OK):
             raise StorageUnavailable("the blob folder is not writable (a read-only disk or mount?)")
         if (free := shutil.disk_usage(self.root).free) < MIN_FREE_BYTES:

@@ -33,12 +33,14 @@ def _migrations_dir() -> Path:
 MIGRATIONS = _migrations_dir()
 
 
-def make_engine(url: str, pool: PoolSettings | None = None) -> Engine:
+def make_engine(url: str, pool: PoolSettings | None = None, *, read_only: bool = False) -> Engine:
+    """The engine of ``url``; with ``read_only`` every connection refuses writes itself (PostgreSQL: each transaction
+    begins READ ONLY; SQLite: query_only), so that a write the read-only mode missed fails instead of writing."""
     if url.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:
         raise InvalidInput(f"{url.split('@')[-1]!r} is a PostgreSQL database, and its driver is not installed: "
                            "pip install 'vera-registry[postgres]'.")
     if url.startswith("sqlite"):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:") and not read_only:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -47,12 +49,20 @@ def make_engine(url: str, pool: PoolSettings | None = None) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
+            if read_only:
+                cursor.execute("PRAGMA query_only=ON")
             cursor.close()
 
         return engine
     pool = pool or PoolSettings()
-    return create_engine(url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.max_overflow,
-                         pool_timeout=pool.timeout_s, connect_args={"connect_timeout": pool.connect_timeout_s})
+    engine = create_engine(url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.max_overflow,
+                           pool_timeout=pool.timeout_s, connect_args={"connect_timeout": pool.connect_timeout_s})
+    if read_only:
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.read_only = True  # psycopg begins every transaction with BEGIN READ ONLY (no round trip more)
+
+    return engine
 
 
 def alembic_config(url: str) -> Config:
@@ -63,11 +73,13 @@ def alembic_config(url: str) -> Config:
 
 
 class Database:
-    """An engine plus the transaction boundary: ``with db.session() as s:`` commits once, or rolls back."""
+    """An engine plus the transaction boundary: ``with db.session() as s:`` commits once, or rolls back. A
+    ``read_only`` database (VERA_READ_ONLY) is one the services do not write to (they check ``read_only``), and
+    whose connections refuse writes besides (make_engine)."""
 
-    def __init__(self, url: str, pool: PoolSettings | None = None) -> None:
-        self.url = url
-        self.engine = make_engine(url, pool)
+    def __init__(self, url: str, pool: PoolSettings | None = None, *, read_only: bool = False) -> None:
+        self.url, self.read_only = url, read_only
+        self.engine = make_engine(url, pool, read_only=read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextlib.contextmanager

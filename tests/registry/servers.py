@@ -108,13 +108,16 @@ def issued_tokens(database_url: str, *grants: tuple[str, list[str]]) -> list[str
 
 @contextmanager
 def running_vera(args: list[str], port: int, *, health: str = "/health", also: tuple[str, ...] = (),
-                 log_path: Path | None = None, **env: str) -> Iterator[str]:
+                 log_path: Path | None = None, file_modes_bind: bool = False, **env: str) -> Iterator[str]:
     """Run `vera ARGS` (a server on ``port``) until ``health`` (and every URL in ``also``) answers; yield its URL;
     stop it afterwards. Its output goes to a file (a pipe nobody reads could fill and block it): ``log_path``, or a
-    temporary one."""
+    temporary one. ``file_modes_bind``: a test running as root runs it without root's power to override file
+    modes (a read-only folder is then read-only to it, as to any user)."""
     with open(log_path, "w+") if log_path is not None else tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen([*VERA_COMMAND, *args], env={**os.environ, **env}, stdout=log,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=_without_file_override if file_modes_bind and os.geteuid() == 0
+                                   else None)
         url = f"http://127.0.0.1:{port}"
         try:
             for target in (f"{url}{health}", *also):
@@ -126,6 +129,17 @@ def running_vera(args: list[str], port: int, *, health: str = "/health", also: t
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _without_file_override() -> None:
+    """In a child of root, before it execs: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its bounding set, so
+    that the program it runs (root still) is refused what file modes refuse."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 def wait_for(url: str, process: subprocess.Popen[str], log: IO[str], seconds: float = 120) -> None:

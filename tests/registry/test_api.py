@@ -234,7 +234,8 @@ def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], t
 
 def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
     url, _ = local
-    assert httpx.get(f"{url}/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"}}
+    assert httpx.get(f"{url}/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"},
+                                                "read_only": False}
     assert httpx.get(f"{url}/api/v1/adapters/nobody/nothing/versions/1").status_code == 404
     assert httpx.get(f"{url}/no/such/route").status_code == 404
     text = httpx.get(f"{url}/metrics").text

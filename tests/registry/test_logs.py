@@ -117,6 +117,8 @@ def test_secrets_are_redacted_whoever_logs_them(capsys: pytest.CaptureFixture[st
     ("VERA_JOB_MAX_ATTEMPTS", "0", "VERA_JOB_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"),
     ("VERA_FORWARDED_ALLOW_IPS", "10.0.0.5, proxy.internal", "VERA_FORWARDED_ALLOW_IPS='10.0.0.5, proxy.internal': "
                                                              "'proxy.internal' is not an address or a network"),
+    ("VERA_OWNER_QUOTAS", "acme=5", "VERA_OWNER_QUOTAS is not JSON: give a JSON object, e.g. VERA_OWNER_QUOTAS="),
+    ("VERA_OWNER_QUOTAS", '{"acme": -1}', "VERA_OWNER_QUOTAS: the quota of acme is negative"),
     ("VERA_JOB_BASE_MODELS", "minilm", "VERA_JOB_BASE_MODELS is not JSON: give a JSON list, e.g. "
                                       "VERA_JOB_BASE_MODELS='[\"minilm\", \"org/model\"]'"),  # a traceback before
 ])

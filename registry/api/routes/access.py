@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
-from registry.domain.errors import Forbidden
-from registry.domain.schemas import OrganizationInfo, TokenInfo, WhoAmI
+from registry.domain.errors import Forbidden, NotFound
+from registry.domain.schemas import OrganizationInfo, OwnerUsage, TokenInfo, WhoAmI
 from registry.services.tokens import (
     ANONYMOUS,
     MAX_TOKEN_OWNERS,
@@ -60,12 +60,13 @@ class MemberBody(BaseModel):
 
 @router.get("/whoami", response_model=WhoAmI)
 def whoami(caller: Caller, options: Options) -> WhoAmI:
-    """The caller: its user, scopes, organisations and token (anonymous where the registry allows it)."""
+    """The caller: its user, scopes, organisations and token (anonymous where the registry allows it), and whether
+    the registry takes changes at all (``read_only``)."""
     who = authorize(caller, options, "read") if caller is None else caller
     return WhoAmI(user=who.owner, anonymous=who is ANONYMOUS, scopes=sorted(who.scopes),
                   organizations=dict(sorted(who.roles.items())), token_id=who.token_id,
                   limited_to=sorted(who.limited_to) if who.limited_to is not None else None,
-                  expires_at=who.expires_at)
+                  expires_at=who.expires_at, read_only=options.read_only)
 
 
 def _signed_in(caller: Principal | None, options: Options) -> Principal:
@@ -171,3 +172,14 @@ def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str
 def delete_member(caller: Caller, options: Options, registry: RegistryDep, org: str,
                   member: str) -> OrganizationInfo:
     return registry.access.remove_member(org, member, viewer=_signed_in(caller, options))
+
+
+@router.get("/owners/{owner}/usage", response_model=OwnerUsage)
+def owner_usage(caller: Caller, options: Options, registry: RegistryDep, owner: str) -> OwnerUsage:
+    """What the owner namespace's adapters store, and its storage quota (null: none): for the user itself, the
+    members of the organisation, and admins; to anyone else it is not there."""
+    owners = _signed_in(caller, options).readable_owners()
+    if owners is not None and owner not in owners:
+        raise NotFound(f"No owner {owner!r} that you belong to: usage is shown to the user, an organisation's "
+                       "members, and admins.")
+    return registry.usage(owner)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -14,10 +15,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.api.deps import NewVersionPublisher, Options, OwnerPublisher, Reader, RegistryDep, authorize, ref_of
+from registry.api.deps import (
+    JobsDep,
+    NewVersionPublisher,
+    Options,
+    OwnerPublisher,
+    Reader,
+    RegistryDep,
+    authorize,
+    ref_of,
+)
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import save_upload, without_server_paths
-from registry.domain.errors import Forbidden
+from registry.domain.errors import Conflict, Forbidden
 from registry.domain.schemas import (
     MAX_LINEAGE_DEPTH,
     MAX_LINEAGE_NODES,
@@ -176,8 +186,8 @@ def update_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name:
 
 
 @router.post("/{owner}/{name}/move", response_model=AdapterInfo)
-def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, owner: str, name: str,
-                 body: MoveBody) -> AdapterInfo:
+def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, jobs: JobsDep, owner: str,
+                 name: str, body: MoveBody) -> AdapterInfo:
     """Rename the adapter, or transfer it to another owner, with all its versions, aliases, tags and card; needs
     write rights on both owners (and, to transfer it out of an organisation, the organisation's admin role). Its old
     name then answers 404 naming the new one (to whoever may read it), and a publish to the old name is refused;
@@ -188,8 +198,12 @@ def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, o
         # out of an organisation: as a repo transfer on a forge, for its admins (a writer may rename within it)
         raise Forbidden(f"Only admins of {owner} transfer its adapters to another owner; your role there is "
                         f"{who.roles.get(owner, 'none')!r}. Ask one of them, or rename it within {owner}/.")
-    _, new = registry.move(Ref.of(owner, name), destination, actor=who.owner)
-    return registry.adapter(new)
+    moved = registry.move(Ref.of(owner, name), destination, actor=who.owner)
+    for job in moved.orphaned_jobs:  # a transfer: the jobs' rights were the old owner's; cancelled, saying why
+        with contextlib.suppress(Conflict):  # it ended meanwhile
+            jobs.cancel(job, actor=who.owner, reason=f"cancelled: the adapter it trains into, {moved.old}, moved to "
+                        f"another owner{f' ({moved.new})' if moved.public else ''}; submit the job again there")
+    return registry.adapter(moved.new)
 
 
 @router.delete("/{owner}/{name}", status_code=204)

@@ -198,7 +198,7 @@ def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_non
     file = registry.derived.by_digest(ref, sha256)
     headers = {"Cache-Control": "private, max-age=31536000, immutable"}
     if options.presigned_downloads_s and (if_none_match is None) and (
-            url := registry.blobs.presigned_url(file.sha256, options.presigned_downloads_s)):
+            url := registry.derived.presigned_url(file, options.presigned_downloads_s)):
         if counted:
             _count(registry, ref, file)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store", "X-Vera-Version": str(ref)})

@@ -24,9 +24,12 @@ def health() -> dict[str, str]:
 @router.get("/ready", responses={503: {"description": "Database or storage unreachable",
                                        "content": {"application/json": {}}}})
 def ready(request: Request) -> JSONResponse:
+    """Whether the registry can serve (``ready``, and each check), and whether it takes changes: ``read_only`` true
+    on a read-only registry (VERA_READ_ONLY), ready when it can read (its storage need not be writable)."""
     checks = request.app.state.readiness.get()  # at most one check a second (READY_TTL_S), whoever asks
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    return JSONResponse({"ready": ok, "checks": checks, "read_only": request.app.state.options.read_only},
+                        status_code=200 if ok else 503)
 
 
 @router.get("/metrics", response_class=Response,

@@ -1,0 +1,35 @@
+"""The dashboard on a read-only registry (VERA_READ_ONLY): the sidebar says so under who you are, and a change it
+tries is shown as the registry's refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from registry.client import RegistryClient
+from registry.domain.errors import ReadOnly
+from registry.domain.schemas import WhoAmI
+from tests.registry.servers import running_server
+from web_ui import app
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_sidebar_says_the_registry_is_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true",
+                        VERA_PRIMARY_URL="https://primary.example.org") as url:
+        monkeypatch.setenv("VERA_REGISTRY_URL", url)
+        monkeypatch.setenv("VERA_TOKEN", "")
+        at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"),
+                               default_timeout=60).run()
+        assert any("local mode" in m.value and "read-only registry" in m.value for m in at.sidebar.markdown)
+        with RegistryClient(url, "") as client, pytest.raises(ReadOnly, match="https://primary.example.org"):
+            client.create_organization("acme")  # what the dashboard's forms show as the error's message
+
+
+def test_identity_has_the_banner_only_on_a_read_only_registry() -> None:
+    who = WhoAmI(user="bob", anonymous=False, scopes=["read"], organizations={}, token_id=3, limited_to=None)
+    assert "read-only" not in app.identity(who)
+    assert app.identity(who.model_copy(update={"read_only": True})).endswith(app.READ_ONLY_BANNER)
