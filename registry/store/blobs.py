@@ -88,6 +88,12 @@ class BlobStore(Protocol):
 
     def presigned_url(self, digest: str, expires_s: int) -> str | None: ...
 
+    def guard_writes(self, names_blobs: Callable[[], bool]) -> None: ...
+
+
+#: How long storage seen holding blobs is taken to be mounted before a write looks again (per process).
+MOUNTED_RECHECK_S = 30.0
+
 
 class BlobReader:
     """A blob read in CHUNK-sized pieces, hashed on the way: iterating yields its bytes, and a blob whose bytes do
@@ -157,6 +163,8 @@ class FsspecBlobStore:
         self._local = isinstance(self.fs, LocalFileSystem)
         self._verified: set[tuple[str, int, int]] = set()
         self._lock = threading.Lock()
+        self._names_blobs: Callable[[], bool] | None = None
+        self._mounted_until = 0.0
         if read_only:
             return
         with _storage(url, "opening the blob storage"):  # an object store that cannot be reached: one line
@@ -166,10 +174,30 @@ class FsspecBlobStore:
 
     def _writing(self) -> None:
         """Refuse a write to a read-only store: the read-only mode's reads must write nothing, and one that tried
-        fails here instead of writing."""
+        fails here instead of writing. Refuse one to storage that looks unmounted too (guard_writes)."""
         if self.read_only:
             raise ReadOnly("This registry is read-only (VERA_READ_ONLY): it writes nothing to its blob storage; "
                            "nothing was changed.")
+        if self._names_blobs is not None and time.monotonic() >= self._mounted_until:
+            self._check_mounted(self._names_blobs)
+
+    def guard_writes(self, names_blobs: Callable[[], bool]) -> None:
+        """Refuse every write while this storage holds no blob but ``names_blobs()`` (the registry's database names
+        some): a disk not mounted (the empty mount point beneath), or a VERA_STORAGE_URL that is not the registry's.
+        A publish there would land where no other replica looks, and be lost when the disk comes back (an
+        operator's walk, session 14). Storage seen holding blobs is not looked at again for MOUNTED_RECHECK_S."""
+        self._names_blobs = names_blobs
+
+    def _check_mounted(self, names_blobs: Callable[[], bool]) -> None:
+        with _storage(self.url, "looking for blobs"):
+            holds = self.holds_any()
+        if holds:
+            self._mounted_until = time.monotonic() + MOUNTED_RECHECK_S
+        elif names_blobs():
+            log.error("storage %s holds no blob, but the database names some: writes refused", self.url)
+            raise StorageUnavailable("The blob storage holds no blob, but the registry's database names some: it is "
+                                     "not mounted, or VERA_STORAGE_URL is not the registry's. Nothing was written; "
+                                     "mount it (GET /ready says when it is back) and retry.")
 
     def _missing(self, digest: str) -> NotFound:
         log.warning("blob %s is missing from storage %s", digest, self.url)  # where: for the operator only

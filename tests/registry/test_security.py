@@ -346,6 +346,28 @@ def test_tokens_expire(registry: Registry) -> None:
     assert listed[token_id].expires_at is not None and not listed[token_id].revoked
 
 
+def test_no_write_lands_on_storage_that_is_not_mounted(registry: Registry, tmp_path: Path) -> None:
+    """A replica whose blob disk was not mounted took publishes into the empty mount point beneath, where no other
+    replica looked (an operator's walk, session 14). Every write is refused while the storage holds no blob and
+    the database names some, and nothing is written there; once mounted, writes go on."""
+    import shutil
+
+    from registry.domain.errors import StorageUnavailable
+    from registry.store.blobs import FsspecBlobStore
+
+    registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="a", base_model="tiny-llama")
+    mount_point = tmp_path / "mount-point"
+    replica = Registry(registry.db, FsspecBlobStore(str(mount_point)))
+    with pytest.raises(StorageUnavailable, match="holds no blob, but the registry's database names some: it is not "
+                                                 "mounted"):
+        replica.publish(make_adapter(tmp_path / "b", seed=1), owner="ann", name="b", base_model="tiny-llama")
+    assert [p for p in mount_point.rglob("*") if p.is_file()] == []  # not a byte beneath the mount point
+    assert [v.name for v in registry.list_versions(owner="ann").items] == ["a"]  # and no row
+    shutil.copytree(registry.blobs.root, mount_point, dirs_exist_ok=True)  # mounted
+    assert replica.publish(make_adapter(tmp_path / "b", seed=1), owner="ann", name="b",
+                           base_model="tiny-llama").version == 1
+
+
 def test_ready_says_when_storage_is_empty_under_a_database_that_names_blobs_or_hangs(
         registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """/ready said ok over a blob folder that was not mounted (every download then a 404), and a hung object store
