@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, ApiOptions
 from registry.api.gate import RequestGate
 from registry.api.metrics import READY_TTL_S, Recent, install_metrics
-from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers, problem
+from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers, is_hub_path, problem
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
 from registry.domain.errors import AdapterNotFound
@@ -57,9 +57,11 @@ MOVED_HEADER = "X-Vera-Moved-To"
 
 def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
     @app.exception_handler(AdapterNotFound)
-    async def adapter_not_found(request: Request, exc: AdapterNotFound) -> JSONResponse:
+    async def adapter_not_found(request: Request, exc: AdapterNotFound) -> Response:
         """404 as for any missing adapter; for a name an adapter had before it moved, the message (and MOVED_HEADER)
-        says where it is now, to a caller that may read it there (to anyone else the name is simply not there)."""
+        says where it is now, to a caller that may read it there (to anyone else the name is simply not there). A
+        read through the Hub protocol (/hf) is redirected there instead (307, a relative Location), as the Hub
+        redirects a renamed repo: huggingface_hub follows it, so `from_pretrained("old/name")` keeps working."""
         moved = None
         if exc.adapter is not None:
             options: ApiOptions = request.app.state.options
@@ -71,10 +73,25 @@ def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
         if moved is None:
             return problem(404, exc.code, str(exc), request.url.path, exc)
         owner, name = exc.adapter or ("", "")
+        path = request.url.path
+        if request.method in ("GET", "HEAD") and is_hub_path(path) and \
+                (renamed := renamed_path(path, (owner, name), (moved.owner, moved.name))) is not None:
+            query = f"?{request.url.query}" if request.url.query else ""
+            return Response(status_code=307, headers={"Location": renamed + query, MOVED_HEADER: moved.ref})
         response = problem(404, exc.code, f"No adapter {owner}/{name}: it was moved to {moved.ref} on "
-                           f"{moved.at:%Y-%m-%d}; use that name.", request.url.path, exc)
+                           f"{moved.at:%Y-%m-%d}; use that name.", path, exc)
         response.headers[MOVED_HEADER] = moved.ref
         return response
+
+
+def renamed_path(path: str, old: tuple[str, str], new: tuple[str, str]) -> str | None:
+    """``path`` with its first ``/owner/name/`` segments (the repo id) ``old`` replaced by ``new``; None when it has
+    none."""
+    parts = path.split("/")
+    for i in range(len(parts) - 1):
+        if (parts[i], parts[i + 1]) == old:
+            return "/".join([*parts[:i], *new, *parts[i + 2:]])
+    return None
 
 
 @asynccontextmanager

@@ -195,8 +195,11 @@ def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[s
             headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
             for path in ("/api/v1/adapters/alice/secret/versions/1", "/hf/api/models/alice/secret"):
                 answer = httpx.get(f"{url}{path}", headers=headers, timeout=60)
-                assert answer.status_code == 404, (who, path)
                 assert (answer.headers.get("X-Vera-Moved-To") == "acme/secret") is told, (who, path)
+                if told and path.startswith("/hf"):  # the Hub protocol redirects, as the Hub does a renamed repo
+                    assert answer.status_code == 307 and answer.headers["Location"] == "/hf/api/models/acme/secret"
+                    continue
+                assert answer.status_code == 404, (who, path)
                 assert ("acme/secret" in answer.text) is told and ("acme/secret" in answer.headers.get(
                     "X-Error-Message", "acme/secret" if told else "")) is told, (who, path, answer.headers)
 
@@ -210,6 +213,26 @@ def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[s
         assert moves == [("acme/secret", {"from": "alice/secret", "to": "acme/secret"}),
                          ("alice/secret", {"from": "alice/secret", "to": None})]  # private: unnamed on the old
         assert not [e for e in mallory.events(owner="alice").events if e.action == "move"]  # it was private
+
+
+def test_huggingface_tools_follow_a_renamed_adapter(server: dict[str, Any], tmp_path: Path) -> None:
+    """`from_pretrained("old/name")` after a rename: the Hub protocol answers a read of the old name with a 307 to
+    the new one (to who may read it), which huggingface_hub follows, as for a repo renamed on the Hub."""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    url, tokens, source = server["url"], server["tokens"], server["source"]
+    with RegistryClient(url, tokens["alice"], cache=False) as alice:
+        alice.publish(source, "alice/hub-old", base_model="tiny-llama")
+        alice.move("alice/hub-old", "alice/hub-new")
+    endpoint = f"{url}/hf"
+    assert HfApi(endpoint=endpoint, token=tokens["alice"]).model_info("alice/hub-old").id == "alice/hub-new"
+    by_name = {repo: Path(hf_hub_download(repo, "adapter_model.safetensors", endpoint=endpoint,
+                                          token=tokens["alice"], cache_dir=tmp_path / repo.replace("/", "-")))
+               for repo in ("alice/hub-old", "alice/hub-new")}
+    assert by_name["alice/hub-old"].read_bytes() == by_name["alice/hub-new"].read_bytes()
+    folder = Path(snapshot_download("alice/hub-old", endpoint=endpoint, token=tokens["alice"],
+                                    cache_dir=tmp_path / "snap"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
 
 
 def test_vera_mv(server: dict[str, Any]) -> None:
