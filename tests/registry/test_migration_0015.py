@@ -40,7 +40,9 @@ def test_migration_0015_keeps_every_row_and_counts_from_the_highest_number_ever_
     db.downgrade("0014")
     assert _kept(db) == EXPECTED and "version_counters" not in set(inspect(db.engine).get_table_names())
     db.upgrade()
-    registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")))
+    blobs = FsspecBlobStore(str(tmp_path / "blobs"))
+    blobs.put(b"a blob of the 0014 registry")  # its rows name blobs: its storage holds some (else: not mounted)
+    registry = Registry(db, blobs)
     gone = registry.publish(make_adapter(tmp_path / "a"), owner="bob", name="gone", base_model="tiny-llama")
     assert gone.version == 5  # not 1: bob/gone:4 was fetched by someone, with other bytes
     db.engine.dispose()
