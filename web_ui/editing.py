@@ -13,6 +13,9 @@ from registry.domain.schemas import AdapterInfo, VersionInfo, WhoAmI
 from web_ui import session
 
 RESULT = "edit_result"
+#: Instead of forms on a registry that takes no changes (VERA_READ_ONLY): they would only be refused.
+READ_ONLY_EDITS = ("This registry is read-only (a replica or a maintenance window): nothing can be edited here. Point "
+                   "the sidebar's URL at the registry that takes changes to edit.")
 
 
 def may_write(who: WhoAmI, owner: str) -> bool:
@@ -90,7 +93,8 @@ def move_adapter(ref: str, adapter: str) -> None:
         _done(ref, exc)
         return
     new_name = f"{moved.owner}/{moved.name}"
-    new_ref = new_name + ref[len(adapter):]  # the same version (:N or @alias) under the new name
+    shown = st.query_params.get("ref", ref)  # as the page was asked for: an @alias stays one
+    new_ref = new_name + (shown if shown.startswith(adapter) else ref)[len(adapter):]
     st.query_params["ref"] = new_ref
     _done(new_ref, f"Moved {adapter} to {new_name}. Its old name now answers that it moved here; publishes to the "
                    "old name are refused.")
@@ -142,6 +146,9 @@ def move_form(info: VersionInfo) -> None:
 def section(info: VersionInfo) -> None:
     """The Edit tab: both forms for a caller who may write, else why not; then the last save's result."""
     who = session.read(RegistryClient.whoami)
+    if who.read_only:
+        st.info(READ_ONLY_EDITS, icon=":material/lock:")
+        return
     if not may_write(who, info.owner):
         st.info(f"Signed in as {'an anonymous reader' if who.anonymous else who.user}, who may not edit "
                 f"{info.owner}'s adapters. Paste a token with the publish scope for {info.owner} in the sidebar.",

@@ -15,6 +15,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import OrganizationInfo, WhoAmI
 from web_ui import navigation, session, tables
+from web_ui.editing import READ_ONLY_EDITS
 
 ROLES = ("read", "write", "admin")
 ROLE_WORDS = {"read": "read: sees the organisation's private adapters", "write": "write: also publishes and edits",
@@ -143,12 +144,17 @@ def page() -> None:
                    f"{org.created_at:%Y-%m-%d}")
         tables.show(members_table(org), hide_index=True, width="stretch")
         unknown_members(org)
-        if manages(who, org.name):
+        if who.read_only:
+            st.caption(READ_ONLY_EDITS)
+        elif manages(who, org.name):
             manage_form(org)
         else:
             st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
                        "members.")
-        if org.name in who.organizations:
+        if org.name in who.organizations and not who.read_only:
             st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
-    if "publish" in who.scopes or "admin" in who.scopes:
+    if who.read_only:
+        if not names:
+            st.caption(READ_ONLY_EDITS)
+    elif "publish" in who.scopes or "admin" in who.scopes:
         create_form(who)

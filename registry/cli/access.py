@@ -14,6 +14,7 @@ from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import OrganizationInfo, OwnerUsage
+from registry.domain.words import plural, size_text
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
                                         "(also manage members).")]
@@ -79,14 +80,10 @@ def usage(owner: Annotated[str | None, typer.Argument(help="A user or organisati
         print_json(used)
         return
     quota = "no quota" if used.quota_bytes is None else (
-        f"{100 * used.stored_bytes / used.quota_bytes:.0f}% of its {_bytes(used.quota_bytes)} quota"
+        f"{100 * used.stored_bytes / used.quota_bytes:.0f}% of its {size_text(used.quota_bytes)} quota"
         if used.quota_bytes else "a quota of 0 bytes: it may publish nothing")
-    console.print(f"{used.owner}: {used.adapters} adapters, {used.versions} versions, {_bytes(used.stored_bytes)} "
-                  f"stored ({quota})")
-
-
-def _bytes(n: int) -> str:
-    return f"{n:,} bytes" if n < 10_000 else f"{n / 1e6:,.1f} MB"
+    console.print(f"{used.owner}: {plural(used.adapters, 'adapter')}, {plural(used.versions, 'version')}, "
+                  f"{size_text(used.stored_bytes)} stored ({quota})")
 
 
 def create_token(
@@ -180,7 +177,8 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
     if any(x.member == member and x.has_token is False for x in org.members):
         err_console.print(f"[yellow]warning:[/] no token was ever created for {member!r} on this registry: check the "
                           f"spelling (`vera org remove {name} {member}` undoes this). They get the role once an "
-                          f"operator runs `vera token create --owner {member} --scope read`.")
+                          f"operator runs `vera token create --owner {member} --scope read"
+                          + (" --scope publish" if role != "read" else "") + "`.")
 
 
 def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],

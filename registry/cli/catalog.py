@@ -15,6 +15,7 @@ from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, c
 from registry.cli.output import JsonOutput, print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
+from registry.domain.words import plural
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
 
@@ -89,7 +90,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("aliases", ", ".join(v.aliases) or "-"),
         ("state", "YANKED (hidden from listings and latest; fetchable by number)" if v.yanked else "published"),
         ("description", v.description or "-"),
-        ("adapter", (adapter.description or "-") + f" ({adapter.versions} versions"
+        ("adapter", (adapter.description or "-") + f" ({plural(adapter.versions, 'version')}"
                     + (f", model card {len(adapter.card.splitlines())} lines: `vera card {v.owner}/{v.name}`"
                        if adapter.card else ", no model card") + ")"),
         ("base model", v.base_model + (f" @ {v.base_revision}" if v.base_revision else "")),
@@ -218,15 +219,17 @@ def move(
                                            "there too).")],
     registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
 ) -> None:
-    """Rename an adapter or transfer it to another owner, with every version, alias, tag and its card. Its old name
-    then answers "moved to" its new one, and publishing to the old name is refused; jobs that were to publish to it
-    publish to the new name. Version numbers go on where they were."""
+    """Rename an adapter or transfer it to another owner, with every version, alias, tag and its card. You need to
+    write under both owners; moving it out of an organisation needs the organisation's admin role, and the new
+    owner's storage quota must hold it. Its old name then answers "moved to" its new one (HuggingFace tools
+    follow it), and publishing to the old name is refused. After a rename, jobs that were to publish to it publish
+    to the new name; a transfer to another owner cancels them (their logs say why). Version numbers go on."""
     source, destination = Ref.parse_adapter(adapter), Ref.parse_adapter(to)
     info = call_registry(registry, token, lambda c: c.move(str(source), str(destination)))
     if as_json:
         print_json(info)
         return
-    console.print(f"moved {source} to {info.owner}/{info.name} ({info.versions} versions"
+    console.print(f"moved {source} to {info.owner}/{info.name} ({plural(info.versions, 'version')}"
                   + (f"; aliases {', '.join(sorted(info.aliases))}" if info.aliases else "") + ")")
 
 

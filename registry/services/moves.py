@@ -60,13 +60,13 @@ def refuse_publish_to_old_name(s: Session, owner: str, name: str) -> None:
     moved = moved_from(s, owner, name)
     if moved is None:
         return
-    again = f"(To use the old name again, move an adapter to it: `vera mv OWNER/NAME {owner}/{name}`.)"
     if moved.owner == owner or moved.visibility == "public":
         raise Conflict(f"{owner}/{name} was moved to {moved.ref} on {moved.at:%Y-%m-%d}: publish to {moved.ref}. "
-                       + again)
+                       f"The old name is that adapter's for good (its version numbers named its bytes); only it can "
+                       f"take the name back: `vera mv {moved.ref} {owner}/{name}`.")
     raise Conflict(f"{owner}/{name} was moved to another owner on {moved.at:%Y-%m-%d}; its old name takes no "
-                   f"publishes: publish where it is now (with a token that reads it there, `vera show {owner}/{name}` "
-                   f"names it). {again}")
+                   "publishes, and stays that adapter's (its version numbers named its bytes): publish under another "
+                   "name, or where it is now if you may (its new owner's members can say where).")
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ class Moves:
         if transfer:  # the destination owner takes its bytes: within its quota
             stored = s.scalar(select(func.coalesce(func.sum(m.AdapterVersion.stored_bytes), 0))
                               .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
-            check_room(s, self.quotas, new.owner, int(stored), f"moving {old.owner}/{old.name} there")
+            check_room(s, self.quotas, new.owner, int(stored), f"moving {old.owner}/{old.name} there",
+                       instead=f"Delete versions of {old.owner}/{old.name} first (it moves with every one)")
         counters = {(c.owner, c.name): c for c in s.scalars(select(m.VersionCounter).where(
             ((m.VersionCounter.owner == old.owner) & (m.VersionCounter.name == old.name))
             | ((m.VersionCounter.owner == new.owner) & (m.VersionCounter.name == new.name))))}
@@ -152,6 +153,9 @@ class Moves:
         if transfer:  # the jobs' owner and submitter had rights in the old owner, not necessarily in the new one
             orphaned = sorted(s.scalars(select(m.Job.id).where(active)))
         else:
+            for job in s.scalars(select(m.Job.id).where(active)).all():
+                s.add(m.JobEvent(job_id=job, kind="log", data={
+                    "message": f"its adapter was renamed: it publishes to {new.owner}/{new.name} (was {old})"}))
             s.execute(update(m.Job).where(active).values(target_name=f"{new.owner}/{new.name}"))
         names = {"from": f"{old.owner}/{old.name}", "to": f"{new.owner}/{new.name}"}
         s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["to"], detail=names))

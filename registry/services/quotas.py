@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import QuotaExceeded
 from registry.domain.schemas import OwnerUsage
+from registry.domain.words import size_text
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -48,23 +49,26 @@ def used(s: Session, owner: str) -> tuple[int, int, int]:
     return int(adapters), int(versions), int(stored)
 
 
-def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what: str) -> None:
+def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what: str, *,
+               instead: str = "") -> None:
     """QuotaExceeded when ``adding`` more bytes would take ``owner`` over its quota (``what``: what they are for);
-    ``adding`` None: when the owner has no room left at all (a job, whose adapter's size is not known yet)."""
+    ``adding`` None: when the owner has no room left at all (a job, whose adapter's size is not known yet).
+    ``instead``: another way to make room, said first (a move: fewer versions of the adapter moved)."""
     quota = quotas.of(owner)
     if quota is None:
         return
     stored = used(s, owner)[2]
     if adding is None and stored >= quota:
-        said = f"{owner}/ stores {_size(stored)}, all of its {_size(quota)} quota: {what} would not fit."
+        said = f"{owner} stores {size_text(stored)}, all of its {size_text(quota)} quota: {what} would not fit."
     elif adding is not None and stored + adding > quota:
-        said = (f"{owner}/ stores {_size(stored)} of its {_size(quota)} quota; {what} ({_size(adding)}) would take "
-                "it over.")
+        said = (f"{owner} stores {size_text(stored)} of its {size_text(quota)} quota; {what} ({size_text(adding)}) "
+                "would take it over.")
     else:
         return
-    raise QuotaExceeded(f"{said} Delete versions it no longer needs (`vera delete {owner}/NAME:N`, or `vera delete "
-                        f"{owner}/NAME --all`), or ask the registry's operator to raise the quota "
-                        "(VERA_OWNER_QUOTAS).")
+    room = (f"delete versions {owner} no longer needs (`vera delete {owner}/NAME:N`, or `vera delete {owner}/NAME "
+            "--all`)")
+    raise QuotaExceeded(f"{said} {(instead + ', ' + room) if instead else room[0].upper() + room[1:]}, or ask the "
+                        "registry's operator to raise the quota (VERA_OWNER_QUOTAS).")
 
 
 def usage(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
@@ -73,9 +77,3 @@ def usage(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
     return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
                       quota_bytes=quotas.of(owner))
 
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"

@@ -72,6 +72,8 @@ def test_moving_back_frees_the_old_name_and_numbers_are_never_given_twice(regist
     job = Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/x")
     assert registry.move("ann/x", "ann/y", actor="ann").orphaned_jobs == []
     assert Jobs(registry).get(job.id).target_name == "ann/y"  # a rename: the job publishes to the new name
+    assert "its adapter was renamed: it publishes to ann/y (was ann/x)" in [
+        e.data.get("message") for e in Jobs(registry).events(job.id)]  # and its log says so
     assert _publish(registry, tmp_path / "b", "ann/y", seed=1) == 2
     registry.move("ann/y", "ann/x", actor="ann")  # its own old name: allowed, and no longer an old name
     assert _publish(registry, tmp_path / "c", "ann/x", seed=2) == 3
@@ -248,7 +250,7 @@ def test_vera_mv(server: dict[str, Any]) -> None:
 
     done = vera("mv", "alice/cli", "alice/cli-renamed")
     assert done.returncode == 0, done.stderr
-    assert "moved alice/cli to alice/cli-renamed (1 versions; aliases latest, prod)" in done.stdout
+    assert "moved alice/cli to alice/cli-renamed (1 version; aliases latest, prod)" in done.stdout
     refused = vera("show", "alice/cli")
     assert refused.returncode == 1 and "moved to alice/cli-renamed" in refused.stderr, refused.stderr
     wrong = vera("mv", "alice/cli-renamed", "nobody")

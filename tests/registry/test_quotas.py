@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from registry.client import RegistryClient
-from registry.domain.errors import Forbidden, NotFound, QuotaExceeded
+from registry.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from registry.services.jobs import Jobs
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
@@ -50,7 +50,7 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
             registry.publish(make_adapter(tmp_path / f"a{seed}", seed=seed), owner="ann", name="x",
                              base_model="tiny-llama")
         files = sorted(blobs.digests())
-        with pytest.raises(QuotaExceeded, match=rf"ann/ stores {2 * size / 1e3:.1f} KB of its {2 * size / 1e3:.1f} KB "
+        with pytest.raises(QuotaExceeded, match=rf"ann stores {2 * size / 1e3:.1f} KB of its {2 * size / 1e3:.1f} KB "
                                                 r"quota; publishing ann/y \(.*\) would take it over\. Delete versions"):
             registry.publish(make_adapter(tmp_path / "a3", seed=3), owner="ann", name="y", base_model="tiny-llama")
         assert sorted(blobs.digests()) == files  # the refused version's vectors were not left behind
@@ -64,12 +64,16 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
         for seed in (4, 5, 6):  # no quota for big, over the default
             registry.publish(make_adapter(tmp_path / f"b{seed}", seed=seed), owner="big", name="x",
                              base_model="tiny-llama")
-        with pytest.raises(QuotaExceeded, match="none/ stores 0 bytes of its 0 bytes quota"):
+        with pytest.raises(QuotaExceeded, match="none stores 0 bytes of its 0 bytes quota"):
             registry.publish(make_adapter(tmp_path / "c", seed=7), owner="none", name="x", base_model="tiny-llama")
         assert registry.usage("big").quota_bytes is None and registry.usage("big").versions == 3
-        with pytest.raises(QuotaExceeded, match=r"moving big/x there \(.*\) would take it over"):
+        with pytest.raises(QuotaExceeded, match=r"moving big/x there \(.*\) would take it over. Delete versions of "
+                                                r"big/x first \(it moves with every one\), delete versions ann"):
             registry.move("big/x", "ann/big", actor="root")  # a transfer brings its bytes: within the new owner's quota
         assert registry.adapter("big/x").versions == 3
+        registry.move("ann/y", "ann/y2", actor="ann")  # full, and a publish to a moved name: the move is said
+        with pytest.raises(Conflict, match="ann/y was moved to ann/y2"):
+            registry.publish(make_adapter(tmp_path / "d", seed=8), owner="ann", name="y", base_model="tiny-llama")
     finally:
         db.engine.dispose()
 
@@ -95,7 +99,7 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
     with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice, \
             RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob:
         alice.publish(source, "alice/one", base_model="tiny-llama")
-        with pytest.raises(QuotaExceeded, match="alice/ stores .* quota; publishing alice/two"):
+        with pytest.raises(QuotaExceeded, match="alice stores .* quota; publishing alice/two"):
             alice.publish(make_adapter(tmp_path / "b", seed=1), "alice/two", base_model="tiny-llama")
         for seed in (2, 3):  # acme's own quota: three versions
             alice.publish(make_adapter(tmp_path / f"c{seed}", seed=seed), "acme/team", base_model="tiny-llama")
@@ -117,7 +121,7 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
 
     env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens["alice"],
            "VERA_NO_CACHE": "1"}
-    for args, said in ((["usage"], "alice: 1 adapters, 1 versions"), (["usage", "acme"], "of its")):
+    for args, said in ((["usage"], "alice: 1 adapter, 1 version"), (["usage", "acme"], "of its")):
         done = subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
         assert done.returncode == 0 and said in done.stdout and "quota" in done.stdout, done.stderr
     with RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, pytest.raises(Forbidden):

@@ -33,3 +33,18 @@ def test_identity_has_the_banner_only_on_a_read_only_registry() -> None:
     who = WhoAmI(user="bob", anonymous=False, scopes=["read"], organizations={}, token_id=3, limited_to=None)
     assert "read-only" not in app.identity(who)
     assert app.identity(who.model_copy(update={"read_only": True})).endswith(app.READ_ONLY_BANNER)
+
+
+def test_no_forms_are_offered_on_a_read_only_registry(tmp_path: Path) -> None:
+    """Forms the registry would only refuse are not drawn: the Organisations page says why instead of offering to
+    create one (a team lead's walk, session 15)."""
+    from web_ui.editing import READ_ONLY_EDITS
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
+        at = AppTest.from_string("from web_ui import organisations, session\nsession.guarded(organisations.page)()\n",
+                                 default_timeout=60)
+        at.session_state["registry_url"], at.session_state["token"] = url, ""
+        at.run()
+        assert not at.exception
+        assert READ_ONLY_EDITS in [c.value for c in at.caption]
+        assert not [b for b in at.button if b.label in ("Create", "Add or change", "Remove")]
