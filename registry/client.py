@@ -6,20 +6,21 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
 import pybase64
 
 from registry.credentials import stored_token
-from registry.domain.errors import HTTP_STATUS, IntegrityError, InvalidInput, RegistryError
+from registry.domain.errors import HTTP_STATUS, MOVED_HEADER, IntegrityError, InvalidInput, NotFound, RegistryError
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.local_cache import LocalCache, cache_root, default_cache_dir, new_file, ref_key
 from registry.logs import HEADER, REQUEST_ID
@@ -53,6 +54,8 @@ from registry.domain.schemas import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8765"
+log = logging.getLogger("vera.client")
+T = TypeVar("T")
 #: The server's problem type names the exception; the status decides when it names none we know.
 _BY_CODE: dict[str, type[RegistryError]] = {cls.code: cls for cls in HTTP_STATUS}
 _BY_STATUS: dict[int, type[RegistryError]] = {}
@@ -106,7 +109,10 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
         detail, code = _not_a_problem(response), ""
     if base and response.status_code in (404, 405) and not code and detail in ("Not Found", "Method Not Allowed"):
         detail = _not_the_api(base, f"has no such route ({detail})")  # a server's bare 404: another server
-    raise _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
+    error = _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
+    if isinstance(error, NotFound) and (moved := response.headers.get(MOVED_HEADER)):
+        error.moved_to = moved[:200]
+    raise error
 
 
 #: The largest answer read whole (file lists of the largest adapters are a few MiB), and the largest error answer.
@@ -350,7 +356,25 @@ class RegistryClient:
         return Page.model_validate(self._request("GET", "/api/v1/adapters", params=params).json())
 
     def get(self, ref: str | Ref) -> VersionInfo:
-        return VersionInfo.model_validate(self._request("GET", self._path(ref)).json())
+        return self._following_moves(ref, lambda at: VersionInfo.model_validate(
+            self._request("GET", self._path(at)).json()))
+
+    def _following_moves(self, ref: str | Ref, read: Callable[[Ref], T]) -> T:
+        """``read(ref)``; when the adapter ``ref`` names has moved (renamed or transferred: the registry says where
+        to a caller that may read it there), ``read`` once more under its new name, with a warning to update the
+        reference, as huggingface_hub follows a renamed repo. Writes never follow."""
+        ref = Ref.parse(ref) if isinstance(ref, str) else ref
+        try:
+            return read(ref)
+        except NotFound as exc:
+            owner, _, name = (exc.moved_to or "").partition("/")
+            try:
+                moved = Ref.of(owner, name, version=ref.version, alias=ref.alias)
+            except InvalidInput:
+                raise exc from None
+            log.warning("%s/%s moved to %s; update the reference (read from there now)", ref.owner, ref.name,
+                        f"{moved.owner}/{moved.name}")
+            return read(moved)
 
     def files(self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
               lora: dict[str, Any] | None = None, inline: int = 0) -> FileManifest:
@@ -383,6 +407,12 @@ class RegistryClient:
                     progress: bool = False) -> FileManifest:
         """``fetch``, returning the file list it wrote (with the version it pinned; when the cache answered, the
         version's details as they were when it was cached: ``get`` has them now)."""
+        return self._following_moves(ref, lambda at: self._fetch_files(
+            at, out_dir, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora,
+            progress=progress))
+
+    def _fetch_files(self, ref: Ref, out_dir: str | os.PathLike[str], *, with_projection: bool, seed_only: bool,
+                     as_lora: bool, lora: dict[str, Any] | None, progress: bool) -> FileManifest:
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         key = ref_key(self.url, self._path(ref), params)
         cached_list = self._cached_list(ref, key, params) if self.cache is not None else None

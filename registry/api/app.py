@@ -17,7 +17,7 @@ from registry.api.metrics import READY_TTL_S, Recent, install_metrics
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers, is_hub_path, problem
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
-from registry.domain.errors import AdapterNotFound
+from registry.domain.errors import MOVED_HEADER, AdapterNotFound
 from registry.logs import AccessLog
 from registry.services.events import Events
 from registry.services.hub import HubSync
@@ -51,8 +51,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     return app
 
 
-#: On a 404 for an adapter's old name: the name it has now (migration 0017), for clients that follow it themselves.
-MOVED_HEADER = "X-Vera-Moved-To"
 
 
 def _install_moved_hint(app: FastAPI, registry: Registry) -> None:

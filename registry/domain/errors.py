@@ -40,8 +40,14 @@ class ContentTooLarge(InvalidInput):
     code = "content_too_large"
 
 
+#: The header of a 404 for a name an adapter had before it moved: the owner/name it has now (to who may read it).
+MOVED_HEADER = "X-Vera-Moved-To"
+
+
 class NotFound(RegistryError, LookupError):
     code = "not_found"
+    #: owner/name an adapter that had the name asked for has now (the API's X-Vera-Moved-To, read by the client)
+    moved_to: str | None = None
 
 
 class AdapterNotFound(NotFound):

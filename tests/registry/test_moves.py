@@ -187,9 +187,10 @@ def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[s
         assert bob.get("acme/secret:1").owner == "acme"  # acme's members read it now
 
         # the old name answers 404 naming the new one, to who may read it there; to others it is simply not there
-        for who in (alice, bob):
-            with pytest.raises(NotFound, match="No adapter alice/secret: it was moved to acme/secret on"):
-                who.get("alice/secret:1")
+        for who in (alice, bob):  # the client reads it where it is now, warning to update the reference
+            assert who.get("alice/secret:1").ref == "acme/secret:1"
+        with pytest.raises(NotFound, match="No adapter alice/secret: it was moved to acme/secret on"):
+            httpx_get_or_raise(url, tokens["bob"], "/api/v1/adapters/alice/secret/versions/1")
         with pytest.raises(NotFound) as hidden:
             mallory.get("alice/secret:1")
         assert "acme" not in str(hidden.value)
@@ -237,7 +238,7 @@ def test_huggingface_tools_follow_a_renamed_adapter(server: dict[str, Any], tmp_
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
 
 
-def test_vera_mv(server: dict[str, Any]) -> None:
+def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
     url, tokens, source = server["url"], server["tokens"], server["source"]
     with RegistryClient(url, tokens["alice"], cache=False) as alice:
         alice.publish(source, "alice/cli", base_model="tiny-llama")
@@ -251,8 +252,13 @@ def test_vera_mv(server: dict[str, Any]) -> None:
     done = vera("mv", "alice/cli", "alice/cli-renamed")
     assert done.returncode == 0, done.stderr
     assert "moved alice/cli to alice/cli-renamed (1 version; aliases latest, prod)" in done.stdout
-    refused = vera("show", "alice/cli")
-    assert refused.returncode == 1 and "moved to alice/cli-renamed" in refused.stderr, refused.stderr
+    followed = vera("show", "alice/cli:1")  # read where it is now, with a warning to update the reference
+    assert followed.returncode == 0 and "alice/cli-renamed:1" in followed.stdout, followed.stderr
+    assert "alice/cli moved to alice/cli-renamed; update the reference" in followed.stderr
+    fetched = vera("fetch", "alice/cli@prod", "--out", str(tmp_path / "out"))
+    assert fetched.returncode == 0 and (tmp_path / "out" / "adapter_model.safetensors").is_file(), fetched.stderr
+    refused = vera("publish", str(source), "--name", "alice/cli", "--base-model", "tiny-llama")  # writes never follow
+    assert refused.returncode == 1 and "alice/cli was moved to alice/cli-renamed" in refused.stderr
     wrong = vera("mv", "alice/cli-renamed", "nobody")
     assert wrong.returncode == 1 and "expected owner/name" in wrong.stderr and "Traceback" not in wrong.stderr
 
@@ -270,3 +276,12 @@ def test_migration_0017_keeps_every_row_up_and_down(database_url: str) -> None:
     db.upgrade()
     assert _kept(db) == EXPECTED
     db.engine.dispose()
+
+
+def httpx_get_or_raise(url: str, token: str, path: str) -> None:
+    """A GET through no client that follows moves: the registry's own answer, raised as the client would."""
+    from registry.client import _raise_for
+
+    answer = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    if answer.is_error:
+        _raise_for(answer)
