@@ -531,10 +531,14 @@ class RegistryClient:
         from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
         from vera_core.checkpoint import load_adapter as load
 
-        info, asked = self.get(ref), ref if isinstance(ref, Ref) else Ref.parse(ref)
-        pinned = Ref.of(info.owner, info.name, version=info.version)  # the server's names, checked: no "/" or ".."
-        if (pinned.owner, pinned.name) != (asked.owner, asked.name):
-            raise IntegrityError(f"{self.url} answered {pinned} for {asked}; it is not a registry to load from.")
+        def pinned_at(asked: Ref) -> tuple[VersionInfo, Ref]:
+            info = VersionInfo.model_validate(self._request("GET", self._path(asked)).json())
+            pinned = Ref.of(info.owner, info.name, version=info.version)  # the server's names, checked: no "/" or ".."
+            if (pinned.owner, pinned.name) != (asked.owner, asked.name):
+                raise IntegrityError(f"{self.url} answered {pinned} for {asked}; it is not a registry to load from.")
+            return info, pinned
+
+        info, pinned = self._following_moves(ref, pinned_at)  # a moved adapter: checked under its new name
         root = Path(cache_dir) if cache_dir else cache_root()
         registry = hashlib.sha256(self.url.encode()).hexdigest()[:16]  # two registries' alice/x:1 differ
         folder = root / "adapters" / registry / pinned.owner / pinned.name / str(pinned.version)

@@ -23,7 +23,7 @@ from registry.services.registry import Registry
 from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.database import Database
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.servers import VERA, running_server
 from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
 
@@ -236,6 +236,11 @@ def test_huggingface_tools_follow_a_renamed_adapter(server: dict[str, Any], tmp_
     folder = Path(snapshot_download("alice/hub-old", endpoint=endpoint, token=tokens["alice"],
                                     cache_dir=tmp_path / "snap"))
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
+    with RegistryClient(url, tokens["alice"], cache=False) as alice:  # vera's own loader follows it too
+        model = alice.load_adapter(LLAMA.make(), "alice/hub-old:1", cache_dir=tmp_path / "vera-cache")
+        assert model.projection_fingerprint() == alice.get("alice/hub-new:1").projection_fingerprint
+    cached = tmp_path / "vera-cache"
+    assert list(cached.rglob("hub-new")) and not list(cached.rglob("hub-old"))  # cached under the name it has
 
 
 def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
