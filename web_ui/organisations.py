@@ -25,7 +25,7 @@ RESULT = "orgs_result"
 
 
 def members_table(org: OrganizationInfo) -> pd.DataFrame:
-    return pd.DataFrame([{"member": x.member, "role": x.role, "since": x.added_at,
+    return pd.DataFrame([{"member": x.member, "role": x.role, "since": f"{x.added_at:%Y-%m-%d}",
                           "token": "no token yet" if x.has_token is False else "yes" if x.has_token else ""}
                          for x in org.members])
 

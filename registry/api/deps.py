@@ -111,6 +111,9 @@ async def _principal(request: Request, authorization: Annotated[str | None, Head
 
 
 Caller = Annotated[Principal | None, Depends(_principal)]
+#: The 401 for a request without a token where tokens are required.
+TOKEN_NEEDED = ("This registry requires a token: pass 'Authorization: Bearer <token>' (VERA_TOKEN for the CLI, "
+                "HF_TOKEN for HuggingFace tools).")
 
 
 def authorize(caller: Principal | None, options: ApiOptions, scope: Scope, owner: str | None = None) -> Principal:
@@ -118,8 +121,7 @@ def authorize(caller: Principal | None, options: ApiOptions, scope: Scope, owner
     if caller is None:
         if scope == "read" and options.anonymous_read:
             return ANONYMOUS
-        raise Unauthorized("This registry requires a token: pass 'Authorization: Bearer <token>' "
-                           "(VERA_TOKEN for the CLI).")
+        raise Unauthorized(TOKEN_NEEDED)
     caller.require(scope, owner=owner)
     return caller
 

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import HTTPException  # FastAPI re-raises its own class from body parsing (not Starlette's)
 from starlette.concurrency import run_in_threadpool
 
-from registry.api.deps import PRINCIPAL, ApiOptions, bearer_token
+from registry.api.deps import PRINCIPAL, TOKEN_NEEDED, ApiOptions, bearer_token
 from registry.api.problems import HUB_PREFIX, READ_ONLY_RETRY_AFTER_S, is_hub_path, problem
 from registry.domain.errors import RegistryError, Unauthorized, status_of
 from registry.services.registry import Registry
@@ -91,8 +91,7 @@ class RequestGate:
             authorization = headers.get("authorization")
             secret = bearer_token(authorization)
             if secret is None:
-                return 401, "unauthorized", ("This registry requires a token: pass 'Authorization: Bearer <token>' "
-                                             "(VERA_TOKEN for the CLI)." if authorization is None else
+                return 401, "unauthorized", (TOKEN_NEEDED if authorization is None else
                                              "Authorization must be 'Bearer <token>'.")
             try:
                 scope.setdefault("state", {})[PRINCIPAL] = await run_in_threadpool(authenticate, self.registry.db,

@@ -57,6 +57,9 @@ def whoami(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutpu
     if as_json:
         print_json(who)
         return
+    if who.read_only:
+        console.print("this registry is read-only (VERA_READ_ONLY): reads only; changes go to the registry that "
+                      "takes them")
     if who.anonymous:
         console.print("anonymous (no token): public adapters only. `vera login` stores a token.")
         return

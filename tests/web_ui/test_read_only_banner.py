@@ -48,3 +48,15 @@ def test_no_forms_are_offered_on_a_read_only_registry(tmp_path: Path) -> None:
         assert not at.exception
         assert READ_ONLY_EDITS in [c.value for c in at.caption]
         assert not [b for b in at.button if b.label in ("Create", "Add or change", "Remove")]
+
+
+def test_vera_whoami_says_the_registry_is_read_only(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.registry.servers import VERA
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
+        done = subprocess.run([str(VERA), "whoami", "--registry", url], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "COLUMNS": "200", "VERA_TOKEN": ""}, check=False)
+    assert done.returncode == 0 and "this registry is read-only (VERA_READ_ONLY)" in done.stdout, done.stderr
