@@ -10,7 +10,9 @@ from typing import Any
 
 import streamlit as st
 
-UNITS = ("B", "KB", "MB", "GB", "TB")
+from registry.domain.words import counted as counted  # the CLI's and the messages' too
+from registry.domain.words import size as size
+
 #: A missing value (no accuracy yet, a job not started), in text and in every table's empty cells (web_ui.tables).
 MISSING = "\N{EM DASH}"
 
@@ -20,24 +22,9 @@ def count(n: int) -> str:
     return f"{n:,}"
 
 
-def counted(n: int, thing: str) -> str:
-    """(1, 'event') -> '1 event'; (1200, 'event') -> '1,200 events'."""
-    return f"{n:,} {thing}" + ("" if n == 1 else "s")
-
-
 def matching(n: int) -> str:
     """1 -> '1 version matches'; 3 -> '3 versions match'."""
     return f"{counted(n, 'version')} {'matches' if n == 1 else 'match'}"
-
-
-def size(n: int) -> str:
-    """120008 -> '120.0 KB'; under 1 KB in bytes ('512 B')."""
-    value = float(n)
-    for unit in UNITS:
-        if abs(value) < 1000 or unit == UNITS[-1]:
-            return f"{n:,} B" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable: the last unit returns")
 
 
 def number(value: object) -> str:

@@ -14,7 +14,7 @@ from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import OrganizationInfo, OwnerUsage
-from registry.domain.words import plural, size_text
+from registry.domain.words import counted, size
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
                                         "(also manage members).")]
@@ -83,10 +83,10 @@ def usage(owner: Annotated[str | None, typer.Argument(help="A user or organisati
         print_json(used)
         return
     quota = "no quota" if used.quota_bytes is None else (
-        f"{100 * used.stored_bytes / used.quota_bytes:.0f}% of its {size_text(used.quota_bytes)} quota"
+        f"{100 * used.stored_bytes / used.quota_bytes:.0f}% of its {size(used.quota_bytes)} quota"
         if used.quota_bytes else "a quota of 0 bytes: it may publish nothing")
-    console.print(f"{used.owner}: {plural(used.adapters, 'adapter')}, {plural(used.versions, 'version')}, "
-                  f"{size_text(used.stored_bytes)} stored ({quota})")
+    console.print(f"{used.owner}: {counted(used.adapters, 'adapter')}, {counted(used.versions, 'version')}, "
+                  f"{size(used.stored_bytes)} stored ({quota})")
 
 
 def create_token(

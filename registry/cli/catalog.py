@@ -15,7 +15,7 @@ from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, c
 from registry.cli.output import JsonOutput, print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
-from registry.domain.words import plural
+from registry.domain.words import counted
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
 
@@ -90,7 +90,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("aliases", ", ".join(v.aliases) or "-"),
         ("state", "YANKED (hidden from listings and latest; fetchable by number)" if v.yanked else "published"),
         ("description", v.description or "-"),
-        ("adapter", (adapter.description or "-") + f" ({plural(adapter.versions, 'version')}"
+        ("adapter", (adapter.description or "-") + f" ({counted(adapter.versions, 'version')}"
                     + (f", model card {len(adapter.card.splitlines())} lines: `vera card {v.owner}/{v.name}`"
                        if adapter.card else ", no model card") + ")"),
         ("base model", v.base_model + (f" @ {v.base_revision}" if v.base_revision else "")),
@@ -229,7 +229,7 @@ def move(
     if as_json:
         print_json(info)
         return
-    console.print(f"moved {source} to {info.owner}/{info.name} ({plural(info.versions, 'version')}"
+    console.print(f"moved {source} to {info.owner}/{info.name} ({counted(info.versions, 'version')}"
                   + (f"; aliases {', '.join(sorted(info.aliases))}" if info.aliases else "") + ")")
 
 

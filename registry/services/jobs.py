@@ -144,8 +144,7 @@ class Jobs:
             kind = "dataset" if isinstance(exc, DatasetError) else "spec"
             raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
         with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
-            if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)) is None:
-                refuse_publish_to_old_name(s, ref.owner, ref.name)
+            refuse_publish_to_old_name(s, ref.owner, ref.name)
             check_room(s, self.registry.quotas, ref.owner, None, f"the adapter job {ref} would publish")
         digest = None
         if dataset is not None:

@@ -54,7 +54,8 @@ def moved_from(s: Session, owner: str, name: str) -> Moved | None:
 
 
 def refuse_publish_to_old_name(s: Session, owner: str, name: str) -> None:
-    """Conflict when ``owner/name`` is the old name of an adapter that moved (and no adapter has that name now). The
+    """Conflict when ``owner/name`` is the old name of an adapter that moved. No adapter has that name then (a move
+    to a name drops its record, and a publish to a name with one is refused), so no other check is needed. The
     new name is said when whoever may write under the old owner may know it: a rename within the owner, or a
     public adapter; a private adapter transferred elsewhere is not named."""
     moved = moved_from(s, owner, name)

@@ -144,9 +144,7 @@ class Publisher:
     def _check_room(self, what: _Publication, size: int) -> None:
         if self.quotas.any:
             with self.db.session() as s:
-                if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == what.owner,
-                                                       m.Adapter.name == what.name)) is None:
-                    refuse_publish_to_old_name(s, what.owner, what.name)  # said first: room would not help
+                refuse_publish_to_old_name(s, what.owner, what.name)  # said first: room would not help
                 check_room(s, self.quotas, what.owner, size, f"publishing {what.owner}/{what.name}")
 
     def _with_base_shapes(self, files: AdapterFiles, what: _Publication) -> AdapterFiles:

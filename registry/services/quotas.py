@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import QuotaExceeded
 from registry.domain.schemas import OwnerUsage
-from registry.domain.words import size_text
+from registry.domain.words import size
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -59,9 +59,9 @@ def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what:
         return
     stored = used(s, owner)[2]
     if adding is None and stored >= quota:
-        said = f"{owner} stores {size_text(stored)}, all of its {size_text(quota)} quota: {what} would not fit."
+        said = f"{owner} stores {size(stored)}, all of its {size(quota)} quota: {what} would not fit."
     elif adding is not None and stored + adding > quota:
-        said = (f"{owner} stores {size_text(stored)} of its {size_text(quota)} quota; {what} ({size_text(adding)}) "
+        said = (f"{owner} stores {size(stored)} of its {size(quota)} quota; {what} ({size(adding)}) "
                 "would take it over.")
     else:
         return

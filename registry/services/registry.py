@@ -24,7 +24,7 @@ rows.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from functools import partial
 
 from registry.domain.schemas import OwnerUsage
 from registry.services.access import Access, Visibility
@@ -41,11 +41,10 @@ from registry.services.publishing import Publisher
 from registry.services.quotas import Quotas, usage
 from registry.services.retention import Retention
 from registry.services.search import Search
-from registry.services.status import Status
+from registry.services.status import Status, names_any_blob
 from registry.services.validation import ProjectionBudget
 from registry.services.verification import Verification
 from registry.services.versions import Versions
-from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
 
@@ -65,7 +64,7 @@ class Registry:
         stops its flushing); ``quotas``: each owner's storage quota (VERA_OWNER_QUOTA_BYTES, VERA_OWNER_QUOTAS;
         default none)."""
         self.db, self.blobs = db, blobs
-        blobs.guard_writes(self._names_blobs)  # no write lands on storage that is not mounted
+        blobs.guard_writes(partial(names_any_blob, db))  # no write lands on storage that is not mounted
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
         self.versions = Versions(db, blobs, budget=budget, cache=file_cache)
@@ -112,8 +111,3 @@ class Registry:
     def usage(self, owner: str) -> OwnerUsage:
         """What ``owner``'s adapters store, and its quota (registry.services.quotas)."""
         return usage(self.db, self.quotas, owner)
-
-    def _names_blobs(self) -> bool:
-        """Whether the database names any blob (then storage that holds none is not the registry's)."""
-        with self.db.session() as s:
-            return s.scalar(select(m.Blob.sha256).limit(1)) is not None

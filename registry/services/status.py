@@ -54,11 +54,9 @@ class Status:
         """Reachable and writable (blobs.check), and not an empty folder or bucket under a database that names blobs:
         storage that was not mounted, or a misspelt VERA_STORAGE_URL, would answer every download with a 404."""
         self.blobs.check()
-        if not self.blobs.holds_any():
-            with self.db.session() as s:
-                if s.scalar(select(m.Blob.sha256).limit(1)) is not None:
-                    raise StorageUnavailable("the storage holds no blob, but the database names some: is it "
-                                             "mounted, and is VERA_STORAGE_URL the registry's?")
+        if not self.blobs.holds_any() and names_any_blob(self.db):
+            raise StorageUnavailable("the storage holds no blob, but the database names some: is it mounted, and "
+                                     "is VERA_STORAGE_URL the registry's?")
 
     def _checked(self, what: str, check: Callable[[], None]) -> str:
         """"ok", or why not, within READY_CHECK_TIMEOUT_S: a check that hangs (an object store that stopped
@@ -74,6 +72,13 @@ class Status:
         except Exception as exc:  # noqa: BLE001 - readiness reports any failure
             return _failed(what, exc)
         return "ok"
+
+
+def names_any_blob(db: Database) -> bool:
+    """Whether the database names any blob: then storage that holds none is not the registry's (not mounted, or
+    another URL), for /ready and for the writes FsspecBlobStore.guard_writes refuses."""
+    with db.session() as s:
+        return s.scalar(select(m.Blob.sha256).limit(1)) is not None
 
 
 def _failed(what: str, exc: Exception) -> str:

@@ -64,7 +64,7 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
         for seed in (4, 5, 6):  # no quota for big, over the default
             registry.publish(make_adapter(tmp_path / f"b{seed}", seed=seed), owner="big", name="x",
                              base_model="tiny-llama")
-        with pytest.raises(QuotaExceeded, match="none stores 0 bytes of its 0 bytes quota"):
+        with pytest.raises(QuotaExceeded, match="none stores 0 B of its 0 B quota"):
             registry.publish(make_adapter(tmp_path / "c", seed=7), owner="none", name="x", base_model="tiny-llama")
         assert registry.usage("big").quota_bytes is None and registry.usage("big").versions == 3
         with pytest.raises(QuotaExceeded, match=r"moving big/x there \(.*\) would take it over. Delete versions of "
