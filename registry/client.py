@@ -743,6 +743,16 @@ class RegistryClient:
         an organisation, and admins."""
         return OwnerUsage.model_validate(self._request("GET", f"/api/v1/owners/{_segment(owner)}/usage").json())
 
+    def set_quota(self, owner: str, quota: int | str | None) -> OwnerUsage:
+        """Set ``owner``'s storage quota (admins): bytes, a size with a unit ("50GB", "50GiB"), or None for no quota;
+        it overrides the registry's settings until ``clear_quota``."""
+        return OwnerUsage.model_validate(self._request("PUT", f"/api/v1/owners/{_segment(owner)}/quota",
+                                                       json={"quota_bytes": quota}).json())
+
+    def clear_quota(self, owner: str) -> OwnerUsage:
+        """Drop the quota an admin set for ``owner`` (admins): the registry's settings hold again."""
+        return OwnerUsage.model_validate(self._request("DELETE", f"/api/v1/owners/{_segment(owner)}/quota").json())
+
     # ---- who may see what: the caller, tokens, organisations (registry.services.access) ----------------------
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self._request("GET", "/api/v1/whoami").json())

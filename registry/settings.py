@@ -19,6 +19,7 @@ from registry.domain.schemas import (
     MAX_PROJECTION_ELEMENTS,
     MAX_UPLOAD_BYTES,
     PoolSettings,
+    QuotaSize,
 )
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
 
@@ -53,10 +54,11 @@ class Settings(BaseSettings):
     # owner, its organisation's members and admins). Existing adapters keep theirs.
     default_visibility: Literal["public", "private"] = "public"
     # Storage quotas per owner namespace (registry.services.quotas): the stored bytes of its versions. The quota of
-    # every owner (unset: none), and per-owner quotas over it, a JSON object ('{"acme": 50000000000, "ci": null}';
-    # null: none for that owner). A publish over its owner's quota is refused (403 quota_exceeded).
-    owner_quota_bytes: int | None = Field(default=None, ge=0)
-    owner_quotas: dict[str, int | None] = {}
+    # every owner (unset: none), and per-owner quotas over it, a JSON object ('{"acme": "50GB", "ci": null}'; null:
+    # none for that owner); bytes, or sizes with a unit (50GB, 50GiB). A quota an admin sets through the API
+    # (`vera quota`) overrides both. A publish over its owner's quota is refused (403 quota_exceeded).
+    owner_quota_bytes: QuotaSize | None = None
+    owner_quotas: dict[str, QuotaSize | None] = {}
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
@@ -171,15 +173,6 @@ class Settings(BaseSettings):
             raise ValueError(f"VERA_LOG_FORMAT={value!r}: use auto, json or text")
         return value
 
-    @field_validator("owner_quotas")
-    @classmethod
-    def _quotas(cls, value: dict[str, int | None]) -> dict[str, int | None]:
-        wrong = sorted(owner for owner, quota in value.items() if quota is not None and quota < 0)
-        if wrong:
-            raise ValueError(f"VERA_OWNER_QUOTAS: the quota of {', '.join(wrong)} is negative; give bytes (0 or "
-                             "more), or null for no quota")
-        return value
-
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses(cls, value: str) -> str:
@@ -289,6 +282,8 @@ def settings_problem(error: ValidationError) -> str:
         secret = "token" in field or "secret" in field or "password" in field
         value = f"={given!r}" if isinstance(given, str | int | float) and not secret else ""
         reason = str(detail["msg"]).removeprefix("Value error, ")
+        if len(detail["loc"]) > 1 and isinstance(detail["loc"][1], str):  # an entry of a JSON object: its key
+            value, reason = "", f"the entry {detail['loc'][1]!r} ({given!r}): {reason}"
         # a check of several settings together (no field) names its variables itself
         lines.append(reason if reason.startswith(variable) or not detail["loc"] else f"{variable}{value}: {reason}")
     return "; ".join(lines) + (". Fix it (the environment variable, or the option that sets it), or unset it for the "

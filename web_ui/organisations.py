@@ -1,7 +1,8 @@
 """Organisations: the ones you belong to (every one for an admin), each with its members and their roles; an
 organisation's admins add members, change roles and remove members there, any member may leave, and whoever may
 publish creates one (becoming its admin). A member name that no token was ever created for is marked: a misspelt
-name shows. The organisation lives in the URL (``?org=acme``). The registry decides in the end (the last admin
+name shows. Each organisation's storage, and yours, is shown against its quota, which admins set or clear there. The
+organisation lives in the URL (``?org=acme``). The registry decides in the end (the last admin
 cannot leave, an organisation cannot be a member); its refusals are shown as messages."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import OrganizationInfo, WhoAmI
+from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, WhoAmI
+from registry.domain.words import parse_size, size
 from web_ui import navigation, session, tables
 from web_ui.editing import READ_ONLY_EDITS
 
@@ -42,7 +44,7 @@ def _done(outcome: str | RegistryError) -> None:
     st.cache_data.clear()
 
 
-def _change(action: str, fn: Callable[[RegistryClient], OrganizationInfo]) -> None:
+def _change(action: str, fn: Callable[[RegistryClient], object]) -> None:
     try:
         session.call(fn)
     except RegistryError as exc:
@@ -112,6 +114,42 @@ def manage_form(org: OrganizationInfo) -> None:
                                                                        False))
 
 
+def set_quota(owner: str, clear: bool) -> None:
+    """``on_click`` of Set quota / Clear (admins): the size typed (bytes, 50GB, 50GiB, or none)."""
+    if clear:
+        _change(f"The quota set for {owner} is cleared: the registry's settings hold again.",
+                lambda c: c.clear_quota(owner))
+        return
+    typed = st.session_state[f"orgs_quota_{owner}"].strip()
+    if not typed:
+        _done("Type the quota: bytes, a size with a unit (50GB, 50GiB), or none.")
+        return
+    try:
+        quota = None if typed.lower() == "none" else parse_size(typed, most=MAX_QUOTA_BYTES)
+    except ValueError as exc:
+        _done(f"Type the quota again: {exc}.")
+        return
+    _change(f"{owner}'s quota is now {'none' if quota is None else size(quota)}.", lambda c: c.set_quota(owner, quota))
+
+
+def storage(owner: str, who: WhoAmI) -> None:
+    """What ``owner``'s adapters store against its quota; an admin sets or clears the quota there."""
+    used = session.read(RegistryClient.usage, owner)
+    if used.share is None:
+        st.caption(used.summary())
+    else:
+        st.progress(min(used.share, 1.0), text=used.summary())
+    if "admin" in who.scopes and not who.read_only:
+        with st.form(f"orgs_quota_form_{owner}", clear_on_submit=True):
+            st.text_input(f"Quota of {owner}", key=f"orgs_quota_{owner}", placeholder="50GB, 50GiB, or none",
+                          help="Overrides the registry's settings (VERA_OWNER_QUOTAS, VERA_OWNER_QUOTA_BYTES) until "
+                               "cleared; nothing stored is removed by a lower one.")
+            left, right = st.columns(2)
+            left.form_submit_button("Set quota", on_click=set_quota, args=(owner, False))
+            right.form_submit_button("Clear", on_click=set_quota, args=(owner, True),
+                                     disabled=used.quota_from != "admin")
+
+
 def create_form(who: WhoAmI) -> None:
     with st.expander("Create an organisation", icon=":material/group_add:"), \
             st.form("orgs_create", clear_on_submit=True):
@@ -144,6 +182,7 @@ def page() -> None:
                    f"{org.created_at:%Y-%m-%d}")
         tables.show(members_table(org), hide_index=True, width="stretch")
         unknown_members(org)
+        storage(org.name, who)
         if who.read_only:
             st.caption(READ_ONLY_EDITS)
         elif manages(who, org.name):
@@ -158,3 +197,5 @@ def page() -> None:
             st.caption(READ_ONLY_EDITS)
     elif "publish" in who.scopes or "admin" in who.scopes:
         create_form(who)
+    st.subheader("Your storage")
+    storage(who.user, who)

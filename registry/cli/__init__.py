@@ -48,7 +48,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "yank": "catalog.yank", "delete": "catalog.delete", "mv": "catalog.move", "lineage": "catalog.lineage",
         "worker": "admin.worker", "events": "events.events",
         "login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
-        "visibility": "access.visibility", "usage": "access.usage",
+        "visibility": "access.visibility", "usage": "access.usage", "quota": "access.quota",
     },
     "auth": {"login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
              "create-token": "access.create_token", "tokens": "access.list_tokens", "revoke": "access.revoke"},

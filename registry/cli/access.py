@@ -13,8 +13,8 @@ from registry.cli.common import RegistryUrl, Token, call_registry, console, err_
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import OrganizationInfo, OwnerUsage
-from registry.domain.words import counted, size
+from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, OwnerUsage
+from registry.domain.words import parse_size
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
                                         "(also manage members).")]
@@ -78,15 +78,44 @@ def usage(owner: Annotated[str | None, typer.Argument(help="A user or organisati
     def read(c: RegistryClient) -> OwnerUsage:
         return c.usage(owner or c.whoami().user)
 
-    used = call_registry(registry, token, read)
+    _print_usage(call_registry(registry, token, read), as_json)
+
+
+def quota(owner: Annotated[str, typer.Argument(help="A user or organisation.")],
+          new: Annotated[str | None, typer.Argument(
+              metavar="[SIZE]", help="The quota: bytes, or a size with a unit (50GB = 50*10^9 bytes, 50GiB = "
+                                     "50*2^30), or none (no quota for this owner). Left out: show it.")] = None,
+          clear: Annotated[bool, typer.Option("--clear", help="Drop the quota set here: the registry's settings "
+                                                           "(VERA_OWNER_QUOTAS, VERA_OWNER_QUOTA_BYTES) hold again.")]
+          = False,
+          registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Set an owner's storage quota (admins): it overrides the registry's settings until --clear; nothing stored is
+    removed by a lower one (its next publish is refused). Shows the owner's usage after."""
+    if clear and new is not None:
+        fail(InvalidInput(f"Give a SIZE or --clear, not both: `vera quota {owner} {new}` sets it, `vera quota "
+                          f"{owner} --clear` goes back to the registry's settings."))
+    wanted = None if new is None or new.strip().lower() == "none" else _size(new)
+
+    def change(c: RegistryClient) -> OwnerUsage:
+        if clear:
+            return c.clear_quota(owner)
+        return c.usage(owner) if new is None else c.set_quota(owner, wanted)
+
+    _print_usage(call_registry(registry, token, change), as_json)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text, most=MAX_QUOTA_BYTES)
+    except ValueError as exc:
+        fail(InvalidInput(f"{exc}; or none for no quota."))
+
+
+def _print_usage(used: OwnerUsage, as_json: bool) -> None:
     if as_json:
         print_json(used)
-        return
-    quota = "no quota" if used.quota_bytes is None else (
-        f"{100 * used.stored_bytes / used.quota_bytes:.0f}% of its {size(used.quota_bytes)} quota"
-        if used.quota_bytes else "a quota of 0 bytes: it may publish nothing")
-    console.print(f"{used.owner}: {counted(used.adapters, 'adapter')}, {counted(used.versions, 'version')}, "
-                  f"{size(used.stored_bytes)} stored ({quota})")
+    else:
+        console.print(used.summary())
 
 
 def create_token(

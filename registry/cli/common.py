@@ -104,7 +104,7 @@ def load_settings(database_url: str | None, storage_url: str | None = None, *, r
         fail(InvalidInput(settings_problem(exc)))
     except SettingsError as exc:  # a list or object setting that is not JSON
         field = str(exc).partition('field "')[2].partition('"')[0]
-        example = ("a JSON object, e.g. VERA_OWNER_QUOTAS='{\"acme\": 50000000000, \"ci\": null}'"
+        example = ("a JSON object, e.g. VERA_OWNER_QUOTAS='{\"acme\": \"50GB\", \"ci\": null}'"
                    if field == "owner_quotas" else
                    f"a JSON list, e.g. VERA_{field.upper()}='[\"minilm\", \"org/model\"]'")
         fail(InvalidInput(f"VERA_{field.upper()} is not JSON: give {example}. Fix it, or unset it for the default."))

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from registry.domain.errors import InvalidInput
+from registry.domain.words import counted, parse_size, size
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
@@ -51,6 +52,12 @@ class PoolSettings:
 GC_GRACE_S = 3600.0
 #: The most GPUs a fine-tune job may ask for (a worker owns at most one device today: `vera worker --device`).
 MAX_JOB_GPUS = 64
+#: The largest storage quota (registry.services.quotas): what a 64-bit integer column holds, 8 EiB.
+MAX_QUOTA_BYTES = 2**63 - 1
+#: A storage quota: bytes, or a size with a unit ("50GB", "50GiB"), read as bytes.
+QuotaSize = Annotated[int, BeforeValidator(lambda v: parse_size(v, most=MAX_QUOTA_BYTES)),
+                      WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_QUOTA_BYTES},
+                                                {"type": "string", "examples": ["50GB", "50GiB"]}]})]
 #: The largest training checkpoint a job's worker stores in the registry by default (VERA_JOB_CHECKPOINT_MAX_BYTES):
 #: VeRA's vectors with their optimizer state are kilobytes to a few MB even at 7B scale; a job that trains a whole
 #: head (a language model's lm_head) can pass it, and then resumes only on its own machine.
@@ -222,14 +229,41 @@ class MemberInfo(BaseModel):
     has_token: bool | None = None
 
 
+#: Where an owner's storage quota comes from (registry.services.quotas): set by an admin through the API, or the
+#: settings' per-owner or every-owner quota.
+QuotaSource = Literal["admin", "VERA_OWNER_QUOTAS", "VERA_OWNER_QUOTA_BYTES"]
+
+
 class OwnerUsage(BaseModel):
-    """What an owner namespace's adapters store (the versions' ``stored_bytes``), and its quota (None: none)."""
+    """What an owner namespace's adapters store (the versions' ``stored_bytes``), and its quota (None: none), with
+    where the quota comes from (None: no quota from anywhere) and, when an admin set it, who and when."""
 
     owner: str
     adapters: int
     versions: int
     stored_bytes: int
     quota_bytes: int | None
+    quota_from: QuotaSource | None = None
+    quota_set_by: str | None = None
+    quota_set_at: datetime | None = None
+
+    @property
+    def share(self) -> float | None:
+        """The part of the quota used, 0 to 1 or more (None: no quota; a quota of 0 is full)."""
+        if self.quota_bytes is None:
+            return None
+        return self.stored_bytes / self.quota_bytes if self.quota_bytes else 1.0
+
+    def summary(self) -> str:
+        """'acme: 3 adapters, 7 versions, 1.2 MB stored (12% of its 10.0 MB quota, set by root on 2026-12-01)', as
+        `vera usage` and the dashboard say it."""
+        quota = "no quota" if self.quota_bytes is None else (
+            f"{100 * self.stored_bytes / self.quota_bytes:.0f}% of its {size(self.quota_bytes)} quota"
+            if self.quota_bytes else "a quota of 0 B: it may publish nothing")
+        source = (f"set by {self.quota_set_by} on {self.quota_set_at:%Y-%m-%d}" if self.quota_from == "admin"
+                  and self.quota_set_at else f"from {self.quota_from}" if self.quota_from else "")
+        return (f"{self.owner}: {counted(self.adapters, 'adapter')}, {counted(self.versions, 'version')}, "
+                f"{size(self.stored_bytes)} stored ({quota}{', ' + source if source else ''})")
 
 
 class OrganizationInfo(BaseModel):

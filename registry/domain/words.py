@@ -1,6 +1,9 @@
-"""Numbers in words, as the CLI, the API's messages and the dashboard (web_ui.formats) all say them."""
+"""Numbers in words, as the CLI, the API's messages and the dashboard (web_ui.formats) all say them, and sizes read
+back from words ("50GB")."""
 
 from __future__ import annotations
+
+from pydantic import ByteSize, TypeAdapter, ValidationError
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
 
@@ -18,3 +21,20 @@ def size(n: int) -> str:
             return f"{n:,} B" if unit == "B" else f"{value:,.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable: the last unit returns")
+
+
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+
+
+def parse_size(value: object, *, most: int) -> int:
+    """Bytes from an int or from words: '50GB' (50*10^9), '50GiB' (50*2^30), '1.5 TB', '512' (pydantic's ByteSize);
+    ValueError, saying what is expected, for anything else or a size outside 0..``most``."""
+    try:
+        n = value if type(value) is int else int(_BYTE_SIZE.validate_python(
+            value.strip() if isinstance(value, str) else value))
+    except ValidationError:
+        raise ValueError(f"{value!r} is not a size: give bytes (50000000000) or a number with a unit (50GB = "
+                         "50*10^9 bytes, 50GiB = 50*2^30, 1.5TB)") from None
+    if not 0 <= n <= most:
+        raise ValueError(f"{value!r} is out of range: give 0 to {most:,} bytes")
+    return n

@@ -142,10 +142,10 @@ class Publisher:
             raise
 
     def _check_room(self, what: _Publication, size: int) -> None:
-        if self.quotas.any:
-            with self.db.session() as s:
-                refuse_publish_to_old_name(s, what.owner, what.name)  # said first: room would not help
-                check_room(s, self.quotas, what.owner, size, f"publishing {what.owner}/{what.name}")
+        """Refuse early, before storing anything, what the publish's transaction would refuse for its quota."""
+        with self.db.session() as s:
+            refuse_publish_to_old_name(s, what.owner, what.name)  # said first: room would not help
+            check_room(s, self.quotas, what.owner, size, f"publishing {what.owner}/{what.name}")
 
     def _with_base_shapes(self, files: AdapterFiles, what: _Publication) -> AdapterFiles:
         """A PEFT-written seed-only adapter sized from its base model's declared shapes; undeclared, from the base's

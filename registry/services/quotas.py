@@ -2,11 +2,18 @@
 (each version's ``stored_bytes``: its d and b vectors and head, as `vera ls` shows them; the frozen projections are
 shared registry-wide and regenerated from seeds, so they count for nobody). A publish that would take an owner over
 its quota is refused (403 ``quota_exceeded``) before anything is stored, and so is a fine-tune job submitted for an
-owner already at its quota; deleting versions frees room at once. Yanked versions still count: their bytes are
-still served.
+owner already at its quota, and a transfer into an owner without room; deleting versions frees room at once. Yanked
+versions still count: their bytes are still served.
 
-The quota is ``VERA_OWNER_QUOTA_BYTES`` for every owner (unset: none), with ``VERA_OWNER_QUOTAS`` (a JSON object,
-owner -> bytes, ``null`` for none) overriding it per owner. Two publishes racing may together pass a quota by one
+An owner's quota is, first to last:
+
+1. the one an admin set through the API (`vera quota OWNER 50GiB`, PUT /api/v1/owners/{owner}/quota; ``none``
+   there: no quota for that owner), kept in ``owner_quotas`` (migration 0018) until it is cleared;
+2. its entry in ``VERA_OWNER_QUOTAS`` (a JSON object, owner -> size, ``null`` for none);
+3. ``VERA_OWNER_QUOTA_BYTES``, every owner's (unset: none).
+
+Sizes are bytes, or a number with a unit: ``50GB`` (10^9), ``50GiB`` (2^30), ``1.5 TB``. A change of quota holds
+from the next publish; nothing stored is removed by a lower one. Two publishes racing may together pass a quota by one
 version each: the check is made in each publish's transaction, not across them.
 """
 
@@ -15,29 +22,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import QuotaExceeded
-from registry.domain.schemas import OwnerUsage
+from registry.domain.errors import Conflict, NotFound, QuotaExceeded
+from registry.domain.schemas import OwnerUsage, QuotaSource
 from registry.domain.words import size
 from registry.store import models as m
 from registry.store.database import Database
 
 
 @dataclass(frozen=True)
+class Quota:
+    """An owner's quota (None: none) and where it comes from (None: nowhere; no quota)."""
+
+    bytes: int | None
+    source: QuotaSource | None
+    set: m.OwnerQuota | None = None
+
+
+@dataclass(frozen=True)
 class Quotas:
-    """The quota of each owner: ``per_owner`` first (None there: no quota), else ``default`` (None: no quota)."""
+    """The settings' quotas: ``per_owner`` first (None there: no quota), else ``default`` (None: no quota). A quota
+    an admin set (``owner_quotas``) overrides both: ``of`` reads it."""
 
     default: int | None = None
     per_owner: Mapping[str, int | None] = field(default_factory=dict)
 
-    def of(self, owner: str) -> int | None:
-        return self.per_owner.get(owner, self.default)
-
-    @property
-    def any(self) -> bool:
-        return self.default is not None or any(v is not None for v in self.per_owner.values())
+    def of(self, s: Session, owner: str) -> Quota:
+        row = s.get(m.OwnerQuota, owner)
+        if row is not None:
+            return Quota(row.quota_bytes, "admin", row)
+        if owner in self.per_owner:
+            return Quota(self.per_owner[owner], "VERA_OWNER_QUOTAS")
+        return Quota(self.default, None if self.default is None else "VERA_OWNER_QUOTA_BYTES")
 
 
 def used(s: Session, owner: str) -> tuple[int, int, int]:
@@ -54,7 +73,7 @@ def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what:
     """QuotaExceeded when ``adding`` more bytes would take ``owner`` over its quota (``what``: what they are for);
     ``adding`` None: when the owner has no room left at all (a job, whose adapter's size is not known yet).
     ``instead``: another way to make room, said first (a move: fewer versions of the adapter moved)."""
-    quota = quotas.of(owner)
+    quota = quotas.of(s, owner).bytes
     if quota is None:
         return
     stored = used(s, owner)[2]
@@ -68,12 +87,58 @@ def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what:
     room = (f"delete versions {owner} no longer needs (`vera delete {owner}/NAME:N`, or `vera delete {owner}/NAME "
             "--all`)")
     raise QuotaExceeded(f"{said} {(instead + ', ' + room) if instead else room[0].upper() + room[1:]}, or ask the "
-                        "registry's operator to raise the quota (VERA_OWNER_QUOTAS).")
+                        f"registry's admins to raise the quota (`vera quota {owner} SIZE`).")
+
+
+def require_known(s: Session, owner: str) -> None:
+    """NotFound unless ``owner`` names a user (a token was made for it), an organisation, an owner of adapters, or
+    an owner whose quota was set: a typo is said, not answered with zeros or given a quota."""
+    if not s.scalar(select(or_(
+            exists().where(m.AccessToken.owner == owner), exists().where(m.Organization.name == owner),
+            exists().where(m.Adapter.owner == owner), exists().where(m.OwnerQuota.owner == owner)))):
+        raise NotFound(f"No user or organisation is called {owner!r}: no token, organisation or adapter has that "
+                       "name. Check the spelling (`vera org ls` lists your organisations).")
+
+
+def _usage(s: Session, quotas: Quotas, owner: str) -> OwnerUsage:
+    require_known(s, owner)
+    adapters, versions, stored = used(s, owner)
+    quota = quotas.of(s, owner)
+    return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
+                      quota_bytes=quota.bytes, quota_from=quota.source,
+                      quota_set_by=quota.set.set_by if quota.set else None,
+                      quota_set_at=quota.set.set_at if quota.set else None)
 
 
 def usage(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
+    """What ``owner``'s adapters store, and its quota and where it comes from; NotFound for a name nobody has."""
     with db.session() as s:
-        adapters, versions, stored = used(s, owner)
-    return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
-                      quota_bytes=quotas.of(owner))
+        return _usage(s, quotas, owner)
 
+
+def set_quota(db: Database, quotas: Quotas, owner: str, quota_bytes: int | None, *, actor: str) -> OwnerUsage:
+    """Set ``owner``'s quota (None: no quota), over the settings', until it is cleared. Nothing stored is removed
+    when the owner stores more than that already: its next publish is refused."""
+    try:
+        with db.session() as s:
+            require_known(s, owner)
+            row = s.get(m.OwnerQuota, owner)
+            if row is None:
+                s.add(m.OwnerQuota(owner=owner, quota_bytes=quota_bytes, set_by=actor))
+            else:
+                row.quota_bytes, row.set_by, row.set_at = quota_bytes, actor, m.utcnow()
+            s.flush()
+            return _usage(s, quotas, owner)
+    except DbIntegrityError as exc:  # another admin set it first, at the same moment
+        raise Conflict(f"The quota of {owner} was set by someone else at the same moment; see it with `vera usage "
+                       f"{owner}` and set it again if need be.") from exc
+
+
+def clear_quota(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
+    """Drop the quota an admin set for ``owner``: the settings' holds again (nothing to drop: nothing changes)."""
+    with db.session() as s:
+        row = s.get(m.OwnerQuota, owner)
+        if row is not None:
+            s.delete(row)
+            s.flush()
+        return _usage(s, quotas, owner)

@@ -38,7 +38,7 @@ from registry.services.lineage import Lineage
 from registry.services.metadata import Metadata
 from registry.services.moves import Moves
 from registry.services.publishing import Publisher
-from registry.services.quotas import Quotas, usage
+from registry.services.quotas import Quotas, clear_quota, set_quota, usage
 from registry.services.retention import Retention
 from registry.services.search import Search
 from registry.services.status import Status, names_any_blob
@@ -111,3 +111,11 @@ class Registry:
     def usage(self, owner: str) -> OwnerUsage:
         """What ``owner``'s adapters store, and its quota (registry.services.quotas)."""
         return usage(self.db, self.quotas, owner)
+
+    def set_quota(self, owner: str, quota_bytes: int | None, *, actor: str) -> OwnerUsage:
+        """Set ``owner``'s quota over the settings' (None: no quota), until ``clear_quota``."""
+        return set_quota(self.db, self.quotas, owner, quota_bytes, actor=actor)
+
+    def clear_quota(self, owner: str) -> OwnerUsage:
+        """Drop the quota an admin set for ``owner``: the settings' holds again."""
+        return clear_quota(self.db, self.quotas, owner)

@@ -135,6 +135,17 @@ class AdapterMove(Base):
     moved_by: Mapped[str] = mapped_column(String(64))
 
 
+class OwnerQuota(Base):
+    """A storage quota an admin set for an owner namespace (0018; registry.services.quotas): it overrides the
+    settings' (VERA_OWNER_QUOTAS, VERA_OWNER_QUOTA_BYTES) until it is cleared; ``quota_bytes`` None: no quota."""
+
+    __tablename__ = "owner_quotas"
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    set_by: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AdapterCard(Base):
     """A model card as it was after an edit (0014), so that the /hf README.md of a Hub commit, which carries the
     card, is the same bytes for as long as the commit is served (registry.services.hub_view). Revision 0 is the card

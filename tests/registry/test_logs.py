@@ -118,7 +118,9 @@ def test_secrets_are_redacted_whoever_logs_them(capsys: pytest.CaptureFixture[st
     ("VERA_FORWARDED_ALLOW_IPS", "10.0.0.5, proxy.internal", "VERA_FORWARDED_ALLOW_IPS='10.0.0.5, proxy.internal': "
                                                              "'proxy.internal' is not an address or a network"),
     ("VERA_OWNER_QUOTAS", "acme=5", "VERA_OWNER_QUOTAS is not JSON: give a JSON object, e.g. VERA_OWNER_QUOTAS="),
-    ("VERA_OWNER_QUOTAS", '{"acme": -1}', "VERA_OWNER_QUOTAS: the quota of acme is negative"),
+    ("VERA_OWNER_QUOTAS", '{"acme": -1}', "VERA_OWNER_QUOTAS: the entry 'acme' (-1): -1 is out of range: give 0 to"),
+    ("VERA_OWNER_QUOTA_BYTES", "50 parsecs", "VERA_OWNER_QUOTA_BYTES='50 parsecs': '50 parsecs' is not a size: give "
+                                             "bytes (50000000000) or a number with a unit (50GB = 50*10^9 bytes"),
     ("VERA_JOB_BASE_MODELS", "minilm", "VERA_JOB_BASE_MODELS is not JSON: give a JSON list, e.g. "
                                       "VERA_JOB_BASE_MODELS='[\"minilm\", \"org/model\"]'"),  # a traceback before
 ])

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import inspect, text
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
@@ -21,10 +22,12 @@ from registry.services.jobs import Jobs
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
 from registry.services.tokens import create_token
+from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, running_server
+from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,9 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
             registry.publish(make_adapter(tmp_path / "a3", seed=3), owner="ann", name="y", base_model="tiny-llama")
         assert sorted(blobs.digests()) == files  # the refused version's vectors were not left behind
         assert registry.usage("ann").model_dump() == {"owner": "ann", "adapters": 1, "versions": 2,
-                                                      "stored_bytes": 2 * size, "quota_bytes": 2 * size}
+                                                      "stored_bytes": 2 * size, "quota_bytes": 2 * size,
+                                                      "quota_from": "VERA_OWNER_QUOTA_BYTES", "quota_set_by": None,
+                                                      "quota_set_at": None}
         with pytest.raises(QuotaExceeded, match="all of its .* quota: the adapter job ann/z would publish would not"):
             Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/z")
         registry.delete("ann/x:1", actor="ann")  # room again, at once
@@ -78,12 +83,72 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
         db.engine.dispose()
 
 
+def test_a_quota_an_admin_sets_overrides_the_settings_until_cleared(database_url: str, tmp_path: Path,
+                                                                     size: int) -> None:
+    db = Database(database_url)
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")),
+                        quotas=Quotas(default=size, per_owner={"acme": 3 * size}))
+    try:
+        create_token(db, owner="ann", scopes=["publish"])
+        registry.access.create_organization("acme", creator="ann")
+        assert registry.usage("ann").quota_from == "VERA_OWNER_QUOTA_BYTES"
+        assert registry.usage("acme").quota_from == "VERA_OWNER_QUOTAS"
+        registry.publish(make_adapter(tmp_path / "a1", seed=1), owner="ann", name="x", base_model="tiny-llama")
+        with pytest.raises(QuotaExceeded, match=r"ask the registry's admins to raise the quota \(`vera quota ann "):
+            registry.publish(make_adapter(tmp_path / "a2", seed=2), owner="ann", name="x", base_model="tiny-llama")
+        raised = registry.set_quota("ann", 2 * size, actor="root")  # no restart: the next publish sees it
+        assert (raised.quota_bytes, raised.quota_from, raised.quota_set_by) == (2 * size, "admin", "root")
+        assert raised.quota_set_at is not None
+        registry.publish(make_adapter(tmp_path / "a2", seed=2), owner="ann", name="x", base_model="tiny-llama")
+        lowered = registry.set_quota("ann", 0, actor="root")  # below what it stores: nothing is removed
+        assert (lowered.quota_bytes, lowered.versions, lowered.stored_bytes) == (0, 2, 2 * size)
+        with pytest.raises(QuotaExceeded, match="ann stores .* of its 0 B quota"):
+            registry.publish(make_adapter(tmp_path / "a3", seed=3), owner="ann", name="y", base_model="tiny-llama")
+        unlimited = registry.set_quota("ann", None, actor="admin2")  # none, over the settings' default
+        assert (unlimited.quota_bytes, unlimited.quota_from, unlimited.quota_set_by) == (None, "admin", "admin2")
+        registry.publish(make_adapter(tmp_path / "a3", seed=3), owner="ann", name="y", base_model="tiny-llama")
+        cleared = registry.clear_quota("ann")
+        assert (cleared.quota_bytes, cleared.quota_from, cleared.quota_set_by) == (size, "VERA_OWNER_QUOTA_BYTES",
+                                                                                    None)
+        assert registry.clear_quota("ann") == cleared  # nothing set: nothing changes
+        assert registry.set_quota("acme", 5 * size, actor="root").quota_from == "admin"  # over VERA_OWNER_QUOTAS
+        assert registry.clear_quota("acme").quota_bytes == 3 * size
+        for unknown in (lambda: registry.usage("anne"), lambda: registry.set_quota("anne", 1, actor="root")):
+            with pytest.raises(NotFound, match="No user or organisation is called 'anne'"):
+                unknown()
+        with db.session() as s:  # a refused quota for a typo left no row
+            assert s.get(m.OwnerQuota, "anne") is None
+    finally:
+        db.engine.dispose()
+
+
+def test_migration_0018_keeps_every_row_up_and_down(database_url: str) -> None:
+    db = Database(database_url)
+    db.upgrade("0017")
+    with db.engine.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db.upgrade("0018")
+    assert _kept(db) == EXPECTED and "owner_quotas" in set(inspect(db.engine).get_table_names())
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO owner_quotas (owner, quota_bytes, set_by, set_at) VALUES ('ann', :q, 'root', "
+                          "CURRENT_TIMESTAMP)"), {"q": 2**62})  # a 64-bit column: quotas past 2 GiB fit
+        assert conn.execute(text("SELECT quota_bytes FROM owner_quotas")).scalar_one() == 2**62
+    db.downgrade("0017")
+    assert _kept(db) == EXPECTED and "owner_quotas" not in set(inspect(db.engine).get_table_names())
+    db.upgrade()
+    assert _kept(db) == EXPECTED
+    db.engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, size: int) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("quotas")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
-                        VERA_OWNER_QUOTA_BYTES=str(size), VERA_OWNER_QUOTAS=json.dumps({"acme": 3 * size})) as base:
+                        VERA_OWNER_QUOTA_BYTES=str(size),
+                        VERA_OWNER_QUOTAS=json.dumps({"acme": f"{3 * size} B"})) as base:  # sizes in words too
         db = Database(url)
         tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1] for user in ("alice", "bob")}
         tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
@@ -104,7 +169,9 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
         for seed in (2, 3):  # acme's own quota: three versions
             alice.publish(make_adapter(tmp_path / f"c{seed}", seed=seed), "acme/team", base_model="tiny-llama")
         assert alice.usage("alice").model_dump() == {"owner": "alice", "adapters": 1, "versions": 1,
-                                                     "stored_bytes": size, "quota_bytes": size}
+                                                     "stored_bytes": size, "quota_bytes": size,
+                                                     "quota_from": "VERA_OWNER_QUOTA_BYTES", "quota_set_by": None,
+                                                     "quota_set_at": None}
         assert bob.usage("acme").quota_bytes == 3 * size and bob.usage("acme").versions == 2  # a member reads it
         with pytest.raises(NotFound, match="No owner 'alice' that you belong to"):
             bob.usage("alice")
@@ -126,3 +193,48 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
         assert done.returncode == 0 and said in done.stdout and "quota" in done.stdout, done.stderr
     with RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, pytest.raises(Forbidden):
         bob.publish(source, "acme/team", base_model="tiny-llama")  # a reader: refused for its role, not the quota
+
+
+def test_admins_set_quotas_through_the_api_and_vera_quota(server: dict[str, Any], size: int) -> None:
+    url, tokens = server["url"], server["tokens"]
+    env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens["root"],
+           "VERA_NO_CACHE": "1"}
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    try:
+        with RegistryClient(url, tokens["root"], cache=False, retries=0) as root:
+            assert root.set_quota("acme", "2KiB").model_dump(include={"quota_bytes", "quota_from", "quota_set_by"}) \
+                == {"quota_bytes": 2048, "quota_from": "admin", "quota_set_by": "root"}
+            assert root.usage("acme").quota_bytes == 2048  # what the settings said (3 versions) no longer holds
+            assert root.clear_quota("acme").quota_bytes == 3 * size
+            with pytest.raises(NotFound, match="No user or organisation is called 'alcie'"):
+                root.set_quota("alcie", 10**9)
+        with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice, pytest.raises(Forbidden):
+            alice.set_quota("alice", None)  # not an admin: her own quota is not hers to lift
+        for body, said in (({"quota_bytes": "lots"}, "'lots' is not a size: give bytes (50000000000) or a number "
+                                                     "with a unit (50GB"),
+                           ({"quota_bytes": -1}, "-1 is out of range: give 0 to"),
+                           ({"quota_bytes": 2**63}, "is out of range"), ({"quota": 5}, "Extra inputs")):
+            answer = httpx.put(f"{url}/api/v1/owners/alice/quota", json=body, timeout=60,
+                               headers={"Authorization": f"Bearer {tokens['root']}"})
+            assert answer.status_code == 422 and said in answer.text, (body, answer.text)
+        done = vera("quota", "alice", "50GB")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("alice: ") and "% of its 50.0 GB quota, set by root on" in done.stdout
+        done = vera("quota", "alice", "none")
+        assert done.returncode == 0 and "(no quota, set by root on" in done.stdout, done.stderr
+        shown = vera("quota", "alice", "--json")  # no SIZE: shown, not changed
+        assert shown.returncode == 0 and json.loads(shown.stdout)["quota_bytes"] is None, shown.stderr
+        done = vera("quota", "alice", "--clear")
+        assert done.returncode == 0 and "of its" in done.stdout and "from VERA_OWNER_QUOTA_BYTES" in done.stdout
+        for args, said in ((["quota", "alice", "5 parsecs"], "'5 parsecs' is not a size"),
+                           (["quota", "alice", "5GB", "--clear"], "Give a SIZE or --clear, not both"),
+                           (["quota", "nobody-here", "1GB"], "No user or organisation is called 'nobody-here'")):
+            refused = vera(*args)
+            assert refused.returncode == 1 and said in refused.stderr and "Traceback" not in refused.stderr, args
+    finally:
+        with RegistryClient(url, tokens["root"], cache=False) as root:
+            root.clear_quota("alice")
+            root.clear_quota("acme")

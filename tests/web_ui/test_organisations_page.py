@@ -1,7 +1,8 @@
 """The Organisations page through streamlit.testing.v1.AppTest against a real registry server (tokens required):
 alice creates an organisation, adds bob and a misspelt name (marked), changes a role, is refused removing its last
 admin (the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and
-leaves; an anonymous caller is told to sign in."""
+leaves; an anonymous caller is told to sign in. Storage is shown against the quota, which an admin sets (in words:
+50GB, none) and clears there."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from tests.registry.servers import running_server
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("orgs-ui")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                        VERA_OWNER_QUOTA_BYTES="1MB") as base:
         db = Database(url)
         tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1] for user in ("alice", "bob")}
+        tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
         db.engine.dispose()
         yield {"url": base, **tokens}
 
@@ -104,3 +107,37 @@ def test_an_anonymous_caller_is_told_to_sign_in(registry: dict[str, Any]) -> Non
     at = page(registry, None)
     assert not at.exception
     assert "Sign in with a token" in texts(at, "info")
+
+
+def progress(at: AppTest) -> list[str]:
+    return [e.proto.text for e in at.get("progress")]
+
+
+def test_storage_is_shown_against_the_quota_which_an_admin_sets_there(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("gamma")
+    at = page(registry, "alice", {"org": "gamma"})
+    assert not at.exception
+    assert progress(at) == ["gamma: 0 adapters, 0 versions, 0 B stored (0% of its 1.0 MB quota, from "
+                            "VERA_OWNER_QUOTA_BYTES)",
+                            "alice: 0 adapters, 0 versions, 0 B stored (0% of its 1.0 MB quota, from "
+                            "VERA_OWNER_QUOTA_BYTES)"]
+    assert not [b for b in at.button if b.label == "Set quota"]  # alice is no registry admin
+
+    at = page(registry, "root", {"org": "gamma"})
+    at.text_input(key="orgs_quota_gamma").set_value("5 parsecs")
+    click(at, "Set quota")
+    assert "Type the quota again: '5 parsecs' is not a size" in texts(at, "warning")
+    at.text_input(key="orgs_quota_gamma").set_value("2GiB")
+    click(at, "Set quota")
+    assert "gamma's quota is now 2.1 GB." in texts(at, "success")
+    assert progress(at)[0].startswith("gamma: 0 adapters, 0 versions, 0 B stored (0% of its 2.1 GB quota, set by "
+                                      "root on ")
+    with RegistryClient(registry["url"], registry["root"]) as client:
+        assert client.usage("gamma").quota_bytes == 2 * 2**30
+    at.text_input(key="orgs_quota_gamma").set_value("none")
+    click(at, "Set quota")
+    assert "gamma: 0 adapters, 0 versions, 0 B stored (no quota, set by root on " in texts(at, "caption")
+    click(at, "Clear")
+    assert "The quota set for gamma is cleared" in texts(at, "success")
+    assert progress(at)[0].endswith("(0% of its 1.0 MB quota, from VERA_OWNER_QUOTA_BYTES)")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Forbidden, NotFound
-from registry.domain.schemas import OrganizationInfo, OwnerUsage, TokenInfo, WhoAmI
+from registry.domain.schemas import OrganizationInfo, OwnerUsage, QuotaSize, TokenInfo, WhoAmI
 from registry.services.tokens import (
     ANONYMOUS,
     MAX_TOKEN_OWNERS,
@@ -183,3 +183,24 @@ def owner_usage(caller: Caller, options: Options, registry: RegistryDep, owner: 
         raise NotFound(f"No owner {owner!r} that you belong to: usage is shown to the user, an organisation's "
                        "members, and admins.")
     return registry.usage(owner)
+
+
+class QuotaBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quota_bytes: QuotaSize | None = Field(
+        description="the quota: bytes, or a size with a unit (\"50GB\", \"50GiB\"); null: no quota for this owner")
+
+
+@router.put("/owners/{owner}/quota", response_model=OwnerUsage)
+def put_quota(caller: Caller, options: Options, registry: RegistryDep, owner: str, body: QuotaBody) -> OwnerUsage:
+    """Set the owner's storage quota (admins), over the settings' (VERA_OWNER_QUOTAS, VERA_OWNER_QUOTA_BYTES) until
+    it is cleared; nothing stored is removed by a lower one."""
+    who = authorize(caller, options, "admin")
+    return registry.set_quota(owner, None if body.quota_bytes is None else int(body.quota_bytes), actor=who.owner)
+
+
+@router.delete("/owners/{owner}/quota", response_model=OwnerUsage)
+def delete_quota(caller: Caller, options: Options, registry: RegistryDep, owner: str) -> OwnerUsage:
+    """Drop the quota an admin set for the owner (admins): the settings' holds again."""
+    authorize(caller, options, "admin")
+    return registry.clear_quota(owner)
