@@ -1,20 +1,28 @@
 """Prometheus metrics of the API: requests and latency per route (a pure ASGI middleware), and what the registry
 holds (gauges read through the status service, at most once per ``COUNTS_TTL_S`` however often /metrics is
-scraped)."""
+scraped). With several API processes on one port (`vera serve --workers N`), prometheus_client's multiprocess mode
+(``MULTIPROCESS_DIR``): whichever process a scrape reaches answers with the sums over all of them."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from registry.api.gate import App, Message, Receive, Scope, Send
+from registry.domain.errors import InvalidInput
 from registry.domain.schemas import StoreCounts
 from registry.services.status import Status
 
@@ -23,6 +31,10 @@ log = logging.getLogger("vera.metrics")
 #: How long the registry's totals are reused: counting every version and summing every blob is a scan, and
 #: /metrics may be scraped often, or by several Prometheus servers; totals a few seconds old are what a gauge is.
 COUNTS_TTL_S = 15.0
+
+#: prometheus_client's multiprocess mode, by its own variable: each process writes its request counters and
+#: histograms to memory-mapped files in this directory (one per process and kind), and /metrics sums every file.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 T = TypeVar("T")
@@ -106,10 +118,63 @@ class RequestMetrics:
 
 
 def install_metrics(app: FastAPI, status: Status) -> CollectorRegistry:
-    """Count and time every request by route template; return the collector registry /metrics exposes."""
-    metrics = CollectorRegistry()
-    requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=metrics)
-    latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=metrics)
-    metrics.register(StoreGauges(status))
+    """Count and time every request by route template; return the collector registry /metrics exposes: this
+    process's counters, or in multiprocess mode (PROMETHEUS_MULTIPROC_DIR set, as `vera serve --workers N` does) the
+    sums over every process's files. The registry's totals are read by the process scraped either way: they come
+    from the database, the same whichever process answers."""
+    exposed = counting = CollectorRegistry()
+    if os.environ.get(MULTIPROCESS_DIR):
+        counting = CollectorRegistry()  # the counts live in the files, where the collector reads them: never exposed
+        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]  # registers itself
+    requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=counting)
+    latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=counting)
+    exposed.register(StoreGauges(status))
     app.add_middleware(RequestMetrics, requests=requests, latency=latency)
-    return metrics
+    return exposed
+
+
+@contextmanager
+def multiprocess_directory(processes: int) -> Iterator[Path | None]:
+    """The directory of the multiprocess mode for the API processes started in the block, named to them in
+    PROMETHEUS_MULTIPROC_DIR (None: no such mode, one process counting for itself, as before there was one):
+
+    - the operator's, when the variable is set, for any number of processes: an existing, writable directory,
+      cleared now of the files an earlier run left (as prometheus_client requires: their counts would be summed
+      into this run's, and a process given the pid an old file bears would count on from it); kept afterwards;
+    - else, for several processes, a new private temporary directory, removed when the block ends.
+
+    No process is marked dead (``prometheus_client.multiprocess.mark_process_dead``): uvicorn's supervisor replaces
+    a process that died or hangs (all of them on SIGHUP) and tells nobody, and nothing needs it: it removes the
+    files of live gauges only, and no gauge is in the files (the totals are read from the database when scraped). A
+    process that ended keeps its counts in the sums, as a counter must: a total never falls when a process goes."""
+    chosen = os.environ.get(MULTIPROCESS_DIR)
+    if chosen:
+        yield _cleared(Path(chosen))
+        return
+    if processes < 2:
+        yield None
+        return
+    made = Path(tempfile.mkdtemp(prefix="vera-metrics-"))  # private: mode 0700
+    os.environ[MULTIPROCESS_DIR] = str(made)  # the processes started from here on inherit it
+    try:
+        yield made
+    finally:
+        os.environ.pop(MULTIPROCESS_DIR, None)
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def _cleared(directory: Path) -> Path:
+    """``directory`` (the operator's PROMETHEUS_MULTIPROC_DIR) without the metric files (*.db, what the collector
+    reads) an earlier run left; anything else in it is left alone."""
+    if not directory.is_dir():
+        found = "does not exist" if not directory.exists() else "is not a directory"
+        raise InvalidInput(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r} {found}: it must name a directory where the "
+                           "API processes write their metrics. Create it (empty, writable by the server), or unset "
+                           "the variable for a private temporary one.")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InvalidInput(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r} is not writable by this user: the API "
+                           "processes write their metrics there. Make it writable, or unset the variable for a "
+                           "private temporary one.")
+    for leftover in directory.glob("*.db"):
+        leftover.unlink(missing_ok=True)
+    return directory

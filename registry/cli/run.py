@@ -24,7 +24,8 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
             log_level: str | None = None) -> None:
     """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it
     (none on a read-only registry: a worker publishes); with ``workers`` > 1, that many API processes (uvicorn's
-    supervisor), each building the app from the settings, which they receive as VERA_* variables."""
+    supervisor), each building the app from the settings, which they receive as VERA_* variables, and writing its
+    request counters where /metrics in any of them sums them (registry.api.metrics.multiprocess_directory)."""
     import threading
 
     import uvicorn
@@ -34,6 +35,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     settings = start_logging(settings, log_level)  # before the HF libraries load: they read their switches then
 
     from registry.api import is_loopback
+    from registry.api.metrics import multiprocess_directory
     from registry.bootstrap import build_api, open_registry
 
     served: dict[str, Any] = {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
@@ -59,24 +61,25 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         if with_worker:
             log.info("read-only: no job worker runs here (a worker publishes what it trains)")
             with_worker = False
-    if workers > 1:
-        registry = open_registry(settings, create_if_empty=True)  # the schema, once, before the processes start
-        registry.db.engine.dispose()
-    else:
-        app, registry, jobs = build_api(settings)
-    log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
-             + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
-    if workers > 1:
-        os.environ.update(settings.environment())
-        uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
-        return
-    if with_worker:
-        from registry.worker import DEFAULT_HEARTBEAT_S, Worker, check_heartbeat
+    with multiprocess_directory(workers):  # before any process counts: made, or the operator's one cleared
+        if workers > 1:
+            registry = open_registry(settings, create_if_empty=True)  # the schema, once, before the processes start
+            registry.db.engine.dispose()
+        else:
+            app, registry, jobs = build_api(settings)
+        log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
+                 + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
+        if workers > 1:
+            os.environ.update(settings.environment())
+            uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
+            return  # uvicorn's supervisor returns once its processes have ended: the block removes the directory
+        if with_worker:
+            from registry.worker import DEFAULT_HEARTBEAT_S, Worker, check_heartbeat
 
-        check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s)
-        runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
-        threading.Thread(target=runner.run_forever, name="vera-worker", daemon=True).start()
-    uvicorn.run(app, **served)
+            check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s)
+            runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
+            threading.Thread(target=runner.run_forever, name="vera-worker", daemon=True).start()
+        uvicorn.run(app, **served)
 
 
 def serve_model(
