@@ -43,6 +43,7 @@ from registry.domain.schemas import (
     JobEventInfo,
     JobInfo,
     LineageGraph,
+    MovedAdapter,
     OrganizationInfo,
     OwnerUsage,
     Page,
@@ -732,11 +733,13 @@ class RegistryClient:
         """Every version of ``owner/name``, and the adapter."""
         self._request("DELETE", self._adapter_path(adapter))
 
-    def move(self, adapter: str, to: str) -> AdapterInfo:
+    def move(self, adapter: str, to: str) -> MovedAdapter:
         """Rename ``adapter`` (owner/name) to ``to`` (owner/name; another owner transfers it), with every version,
-        alias and tag; returns it under its new name. Its old name then answers NotFound naming the new one."""
-        return AdapterInfo.model_validate(self._request("POST", f"{self._adapter_path(adapter)}/move",
-                                                        json={"to": to}).json())
+        alias and tag; returns it under its new name, with the jobs the move retargeted (a rename) or cancelled (a
+        transfer). Its old name then answers NotFound naming the new one."""
+        answer = self._request("POST", f"{self._adapter_path(adapter)}/move", json={"to": to}).json()
+        answer.setdefault("moved_from", adapter)  # a registry from before 2026-12 answered the adapter alone
+        return MovedAdapter.model_validate(answer)
 
     def usage(self, owner: str) -> OwnerUsage:
         """What ``owner``'s adapters store, and its storage quota (None: none): for the user itself, the members of

@@ -34,8 +34,10 @@ def split_tags(text: str) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
 
-def _done(ref: str, outcome: str | RegistryError) -> None:
-    st.session_state[RESULT] = (ref, outcome)
+def _done(ref: str, outcome: str | RegistryError, where: str = "top") -> None:
+    """Keep the outcome of a change for the next run to show, ``where`` it is seen: at the top of the tab, or under
+    the Move form (a move is the last form: its answer shown at the top would be out of view)."""
+    st.session_state[RESULT] = (ref, outcome, where)
     st.cache_data.clear()
 
 
@@ -85,25 +87,30 @@ def move_adapter(ref: str, adapter: str) -> None:
     rights on both owners), and the page follows it there (the URL names the new name)."""
     to = st.session_state[f"edit-move-{adapter}"].strip()
     if not to or to == adapter:
-        _done(ref, "Nothing changed: type the new name, owner/name.")
+        _done(ref, "Nothing changed: type the new name, owner/name.", "move")
         return
     try:
         moved = session.call(lambda c: c.move(adapter, to))
     except RegistryError as exc:
-        _done(ref, exc)
+        _done(ref, exc, "move")
         return
     new_name = f"{moved.owner}/{moved.name}"
     shown = st.query_params.get("ref", ref)  # as the page was asked for: an @alias stays one
     new_ref = new_name + (shown if shown.startswith(adapter) else ref)[len(adapter):]
     st.query_params["ref"] = new_ref
+    jobs = (f" Jobs {', '.join(map(str, moved.jobs_retargeted))} publish here now." if moved.jobs_retargeted else "")
+    if moved.jobs_cancelled:
+        jobs += (f" Jobs {', '.join(map(str, moved.jobs_cancelled))} were cancelled (their rights were "
+                 f"{adapter.split('/')[0]}'s): submit them again under {moved.owner}.")
     _done(new_ref, f"Moved {adapter} to {new_name}. Its old name now answers that it moved here; publishes to the "
-                   "old name are refused.")
+                   f"old name are refused.{jobs}", "move")
 
 
-def result(ref: str) -> None:
-    """What the last save of this version answered: a success, or the registry's refusal as a message."""
-    shown, outcome = st.session_state.get(RESULT, (None, None))
-    if shown != ref or outcome is None:
+def result(ref: str, where: str = "top") -> None:
+    """What the last change of this version answered, if it is shown ``where``: a success, or the registry's refusal
+    as a message."""
+    shown, outcome, place = st.session_state.get(RESULT, (None, None, None))
+    if shown != ref or outcome is None or place != where:
         return
     if isinstance(outcome, RegistryError):
         session.show_error(outcome)
@@ -159,3 +166,4 @@ def section(info: VersionInfo) -> None:
     version_form(info)
     adapter_form(info, session.read(RegistryClient.adapter, f"{info.owner}/{info.name}"))
     move_form(info)
+    result(info.ref, "move")

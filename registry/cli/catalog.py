@@ -231,6 +231,16 @@ def move(
         return
     console.print(f"moved {source} to {info.owner}/{info.name} ({counted(info.versions, 'version')}"
                   + (f"; aliases {', '.join(sorted(info.aliases))}" if info.aliases else "") + ")")
+    if info.jobs_retargeted:
+        console.print(f"{_jobs(info.jobs_retargeted)} "
+                      f"{'publishes' if len(info.jobs_retargeted) == 1 else 'publish'} to {info.owner}/{info.name} now")
+    if info.jobs_cancelled:
+        console.print(f"cancelled {_jobs(info.jobs_cancelled)}: their rights were {source.owner}'s; submit them "
+                      f"again under {info.owner} (`vera job show N` shows what they were)")
+
+
+def _jobs(ids: list[int]) -> str:
+    return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
 
 
 def _confirm(yes: bool, question: str, what: str) -> None:

@@ -500,6 +500,16 @@ class AdapterInfo(BaseModel):
     visibility: str = "public"  # public or private (registry.services.access)
 
 
+class MovedAdapter(AdapterInfo):
+    """A move's answer: the adapter under its new name, the name it left, and the fine-tune jobs the move changed:
+    after a rename, the queued and running jobs that now publish to the new name; after a transfer to another owner,
+    those it cancelled (their rights were the old owner's; each job's log says why)."""
+
+    moved_from: str
+    jobs_retargeted: list[int] = []
+    jobs_cancelled: list[int] = []
+
+
 class AdapterUpdate(BaseModel):
     """What to change of an adapter (``PATCH /api/v1/adapters/{owner}/{name}``): each field left out, or null, stays
     as it is. Unknown fields are refused, so that a misspelt one is never silently ignored."""

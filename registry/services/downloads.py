@@ -5,8 +5,9 @@ once ``flush_every`` downloads are waiting, and once more when the process stops
 
 A download is one GET that returns a version's weights (adapter_model.safetensors) through the file route or the
 Hub protocol's resolve; revalidations (304), HEADs and redirects are not downloads. Counts are at most one flush
-interval behind, and a process killed without its shutdown loses what it had not flushed. A read-only registry
-(VERA_READ_ONLY) counts none: the downloads a read replica serves are not in the counts.
+interval behind (a count under a name the adapter has since moved from goes where it moved), and a process killed
+without its shutdown loses what it had not flushed. A read-only registry (VERA_READ_ONLY) counts none: the downloads
+a read replica serves are not in the counts.
 """
 
 from __future__ import annotations
@@ -118,14 +119,16 @@ class DownloadCounter:
 
 def add_downloads(s: Session, counts: dict[VersionKey, int]) -> None:
     """Add ``counts`` to version_downloads: an UPSERT per version that adds to what other processes added, for the
-    versions that still exist."""
+    versions that still exist. A count under a name the adapter had before it moved (counted in this process or
+    another before the move, flushed after) goes to the adapter under its name now, through ``adapter_moves``."""
     insert: Any = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
     table = m.VersionDownloads.__table__
     now = datetime.now(UTC)
     for (owner, name, number), n in sorted(counts.items()):
+        named = select(m.Adapter.id).where(m.Adapter.owner == owner, m.Adapter.name == name).union(
+            select(m.AdapterMove.adapter_id).where(m.AdapterMove.owner == owner, m.AdapterMove.name == name))
         version = (select(m.AdapterVersion.id, literal(n), literal(now, m.VersionDownloads.updated_at.type))
-                   .join(m.Adapter).where(m.Adapter.owner == owner, m.Adapter.name == name,
-                                          m.AdapterVersion.version == number))
+                   .where(m.AdapterVersion.adapter_id.in_(named), m.AdapterVersion.version == number))
         statement = insert(table).from_select(["version_id", "downloads", "updated_at"], version)
         s.execute(statement.on_conflict_do_update(
             index_elements=["version_id"],

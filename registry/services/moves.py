@@ -16,7 +16,7 @@ new name, and for a transfer on the old name too, so that each owner's events an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
@@ -72,13 +72,15 @@ def refuse_publish_to_old_name(s: Session, owner: str, name: str) -> None:
 
 @dataclass(frozen=True)
 class MoveResult:
-    """A move done: the old and new names, and (for a transfer to another owner) the queued and running jobs that
-    were to publish to the adapter, which the caller cancels (their owner's rights do not follow the adapter)."""
+    """A move done: the old and new names, and the queued and running jobs that were to publish to the adapter: for a
+    rename, retargeted to the new name; for a transfer to another owner, orphaned, for the caller to cancel (their
+    owner's rights do not follow the adapter)."""
 
     old: Ref
     new: Ref
     orphaned_jobs: list[int]
     public: bool = True  # whether the adapter is public (a private one's new name is told only to its readers)
+    retargeted_jobs: list[int] = field(default_factory=list)
 
 
 class Moves:
@@ -150,11 +152,9 @@ class Moves:
         s.add(m.AdapterMove(owner=old.owner, name=old.name, adapter_id=adapter.id, moved_by=actor[:64]))
         adapter.owner, adapter.name = new.owner, new.name
         active = (m.Job.target_name == f"{old.owner}/{old.name}") & m.Job.status.in_(("queued", "running"))
-        orphaned: list[int] = []
-        if transfer:  # the jobs' owner and submitter had rights in the old owner, not necessarily in the new one
-            orphaned = sorted(s.scalars(select(m.Job.id).where(active)))
-        else:
-            for job in s.scalars(select(m.Job.id).where(active)).all():
+        jobs = sorted(s.scalars(select(m.Job.id).where(active)))
+        if not transfer:  # a transfer's jobs: their owner and submitter had rights in the old owner, not the new one
+            for job in jobs:
                 s.add(m.JobEvent(job_id=job, kind="log", data={
                     "message": f"its adapter was renamed: it publishes to {new.owner}/{new.name} (was {old})"}))
             s.execute(update(m.Job).where(active).values(target_name=f"{new.owner}/{new.name}"))
@@ -164,7 +164,8 @@ class Moves:
             told = names if adapter.visibility == "public" else {"from": names["from"], "to": None}
             s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["from"], detail=told))
         s.flush()  # the unique (owner, name) constraints catch a concurrent publish or move to the name
-        return MoveResult(old, new, orphaned, public=adapter.visibility == "public")
+        return MoveResult(old, new, jobs if transfer else [], public=adapter.visibility == "public",
+                          retargeted_jobs=[] if transfer else jobs)
 
 
 def lock_adapter(s: Session, owner: str, name: str) -> m.Adapter | None:

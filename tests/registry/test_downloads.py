@@ -45,6 +45,22 @@ def test_counts_stay_in_memory_until_flushed_and_processes_add_up(registry: Regi
     assert registry.get("ann/a:1").downloads == 5
 
 
+def test_counts_made_before_a_move_and_flushed_after_go_where_the_adapter_went(registry: Registry,
+                                                                              tmp_path: Path) -> None:
+    registry.publish(make_adapter(tmp_path / "s", seed=1), owner="ann", name="a", base_model="tiny-llama")
+    registry.publish(make_adapter(tmp_path / "t", seed=2), owner="ann", name="b", base_model="tiny-llama")
+    counter = DownloadCounter(registry.db, flush_every_s=3600)
+    counter.count("ann", "a", 1)
+    counter.count("ann", "a", 1)
+    counter.count("ann", "b", 1)
+    registry.move("ann/a", "ann/a2", actor="ann")
+    registry.move("ann/a2", "bob/a3", actor="root")  # moved twice: the first name still leads to it
+    registry.delete_adapter("ann/b", actor="ann")
+    registry.publish(make_adapter(tmp_path / "u", seed=3), owner="ann", name="b", base_model="tiny-llama")
+    assert counter.flush() == 3
+    assert downloads_of(registry) == {"bob/a3:1": 2, "ann/b:2": 0}  # a deleted version's count is dropped
+
+
 def test_concurrent_flushes_from_many_counters_lose_nothing(registry: Registry, tmp_path: Path) -> None:
     registry.publish(make_adapter(tmp_path / "s", seed=1), owner="ann", name="a", base_model="tiny-llama")
     errors: list[BaseException] = []

@@ -70,7 +70,8 @@ def test_moving_back_frees_the_old_name_and_numbers_are_never_given_twice(regist
                                                                           tmp_path: Path) -> None:
     _publish(registry, tmp_path / "a", "ann/x")
     job = Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/x")
-    assert registry.move("ann/x", "ann/y", actor="ann").orphaned_jobs == []
+    renamed = registry.move("ann/x", "ann/y", actor="ann")
+    assert (renamed.orphaned_jobs, renamed.retargeted_jobs) == ([], [job.id])
     assert Jobs(registry).get(job.id).target_name == "ann/y"  # a rename: the job publishes to the new name
     assert "its adapter was renamed: it publishes to ann/y (was ann/x)" in [
         e.data.get("message") for e in Jobs(registry).events(job.id)]  # and its log says so
@@ -180,6 +181,7 @@ def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[s
         alice.set_member("acme", "bob", "read")
         job = alice.submit_job("alice/secret", {"demo": True}).id  # queued (no worker): cancelled by the transfer
         moved = alice.move("alice/secret", "acme/secret")
+        assert (moved.moved_from, moved.jobs_cancelled, moved.jobs_retargeted) == ("alice/secret", [job], [])
         assert alice.job(job).status == "cancelled"
         assert any("moved to another owner; submit the job again there" in e.data.get("message", "")
                    for e in alice.job_events(job))
@@ -248,6 +250,7 @@ def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
     with RegistryClient(url, tokens["alice"], cache=False) as alice:
         alice.publish(source, "alice/cli", base_model="tiny-llama")
         alice.set_alias("alice/cli:1", "prod")
+        job = alice.submit_job("alice/cli", {"demo": True}).id  # queued (no worker): retargeted by the rename
     env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens["alice"],
            "VERA_NO_CACHE": "1"}
 
@@ -257,6 +260,7 @@ def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
     done = vera("mv", "alice/cli", "alice/cli-renamed")
     assert done.returncode == 0, done.stderr
     assert "moved alice/cli to alice/cli-renamed (1 version; aliases latest, prod)" in done.stdout
+    assert f"job {job} publishes to alice/cli-renamed now" in done.stdout
     followed = vera("show", "alice/cli:1")  # read where it is now, with a warning to update the reference
     assert followed.returncode == 0 and "alice/cli-renamed:1" in followed.stdout, followed.stderr
     assert "alice/cli moved to alice/cli-renamed; update the reference" in followed.stderr

@@ -220,9 +220,14 @@ def test_an_adapter_is_moved_from_the_edit_tab_and_the_page_follows_it(registry:
     [error] = at.error
     assert "Bad Name" in error.value  # the registry's refusal, shown; nothing moved
     at.text_input(key="edit-move-alice/to-move").set_value("alice/moved-here")
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job("alice/to-move", {"demo": True}).id  # queued (no worker): retargeted
     click(at, "Move adapter")
     assert not at.exception and not at.error
-    assert any(s.value.startswith("Moved alice/to-move to alice/moved-here.") for s in at.success)
+    [done] = [s for s in at.success if s.value.startswith("Moved alice/to-move to alice/moved-here.")]
+    assert f"Jobs {job} publish here now." in done.value
+    shown = [node for node in at.main if node.type in ("success", "text_input")]  # in page order
+    assert [n.type for n in shown] == ["text_input"] * 3 + ["success"]  # under the Move form, not above the forms
     assert at.query_params["ref"] == "alice/moved-here:1"
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert client.get("alice/moved-here:1").name == "moved-here"

@@ -35,6 +35,7 @@ from registry.domain.schemas import (
     AdapterInfo,
     AdapterUpdate,
     LineageGraph,
+    MovedAdapter,
     Page,
     Ref,
     VerificationReport,
@@ -185,13 +186,13 @@ def update_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name:
     return registry.update_version(Ref.of(owner, name, version=version), body, actor=who.owner)
 
 
-@router.post("/{owner}/{name}/move", response_model=AdapterInfo)
+@router.post("/{owner}/{name}/move", response_model=MovedAdapter)
 def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, jobs: JobsDep, owner: str,
-                 name: str, body: MoveBody) -> AdapterInfo:
+                 name: str, body: MoveBody) -> MovedAdapter:
     """Rename the adapter, or transfer it to another owner, with all its versions, aliases, tags and card; needs
     write rights on both owners (and, to transfer it out of an organisation, the organisation's admin role). Its old
     name then answers 404 naming the new one (to whoever may read it), and a publish to the old name is refused;
-    audited (``move``)."""
+    audited (``move``). Answers the adapter under its new name, with the jobs the move retargeted or cancelled."""
     destination = Ref.parse_adapter(body.to)
     authorize(who, options, "publish", destination.owner)
     if destination.owner != owner and owner != who.owner and not who.can_manage(owner):
@@ -199,11 +200,14 @@ def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, j
         raise Forbidden(f"Only admins of {owner} transfer its adapters to another owner; your role there is "
                         f"{who.roles.get(owner, 'none')!r}. Ask one of them, or rename it within {owner}/.")
     moved = registry.move(Ref.of(owner, name), destination, actor=who.owner)
+    cancelled = []
     for job in moved.orphaned_jobs:  # a transfer: the jobs' rights were the old owner's; cancelled, saying why
         with contextlib.suppress(Conflict):  # it ended meanwhile
             jobs.cancel(job, actor=who.owner, reason=f"cancelled: the adapter it trains into, {moved.old}, moved to "
                         f"another owner{f' ({moved.new})' if moved.public else ''}; submit the job again there")
-    return registry.adapter(moved.new)
+            cancelled.append(job)
+    return MovedAdapter(**registry.adapter(moved.new).model_dump(), moved_from=f"{moved.old.owner}/{moved.old.name}",
+                        jobs_retargeted=moved.retargeted_jobs, jobs_cancelled=cancelled)
 
 
 @router.delete("/{owner}/{name}", status_code=204)
