@@ -72,7 +72,10 @@ def run() -> None:
     st.set_page_config(page_title="vera-registry", page_icon=":material/hub:", layout="wide")
     pages = {
         "browse": st.Page(session.guarded(browse.page), title="Browse", icon=":material/table_view:",
-                          url_path="browse", default=True),
+                          url_path="home", default=True),  # served at /: a default page's path is not its URL
+        # the same page at /browse, as every other page is at its name (else /browse said "Page not found")
+        "browse-by-name": st.Page(session.guarded(browse.page), title="Browse", icon=":material/table_view:",
+                                  url_path="browse", visibility="hidden"),
         "adapter": st.Page(session.guarded(adapter.page), title="Adapter", icon=":material/tune:",
                            url_path="adapter"),
         "compare": st.Page(session.guarded(compare.page), title="Compare", icon=":material/compare_arrows:",

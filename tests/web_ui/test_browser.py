@@ -181,6 +181,11 @@ def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[st
     expect(page.get_by_text("cos(ΔW of each version, ΔW of alice/tiny0:1)")).to_be_visible()
     shot(page, "12-compare-from-url")
 
+    page.goto(f"{product['ui']}/browse")  # Browse by its name too, as every other page is
+    expect(page.get_by_role("heading", name="Adapters")).to_be_visible()
+    expect(page.get_by_role("button", name="Filter and sort")).to_be_visible()
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+
     page.goto(f"{product['ui']}/train")
     expect(page.get_by_label("Publish as")).to_be_visible()  # the form is drawn: Launch checks it
     page.get_by_role("button", name="Launch").click()
