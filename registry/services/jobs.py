@@ -137,7 +137,7 @@ class Jobs:
             require_linear(vera.target_modules)  # a worker matches it against every module name
             if not checked.demo:
                 _check_dataset(checked, dataset, dataset_name)
-            self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))
+            vector_bytes = self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))
         except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
             if isinstance(exc, InvalidInput):
                 raise
@@ -145,7 +145,8 @@ class Jobs:
             raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
         with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
             refuse_publish_to_old_name(s, ref.owner, ref.name)
-            check_room(s, self.registry.quotas, ref.owner, None, f"the adapter job {ref} would publish")
+            check_room(s, self.registry.quotas, ref.owner, vector_bytes, f"the adapter job {ref} would publish",
+                       at_least=True)
         digest = None
         if dataset is not None:
             digest = self.registry.blobs.put(dataset)
@@ -163,10 +164,12 @@ class Jobs:
             s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": "queued", "request_id": request_id}))
             return self._info(s, job)
 
-    def _check_projection(self, vera: VeraConfig, base: str) -> None:
+    def _check_projection(self, vera: VeraConfig, base: str) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it
         must fit the registry's budget (VERA_MAX_PROJECTION_ELEMENTS), as a publish of the result must, and its
-        targets must match layers of the base; before a worker allocates any of it."""
+        targets must match layers of the base; before a worker allocates any of it. Returns the bytes of the
+        adapter's vectors (d and b of each target, float32): what its publish stores at least (a head adds more),
+        for the owner's storage quota."""
         from transformers import AutoConfig
 
         from registry.services.base_models import meta_model
@@ -177,6 +180,7 @@ class Jobs:
         self.registry.budget.check(ProjectionSpec(
             generator=vera.projection_generator, seed=vera.projection_prng_key, r=vera.r,
             max_in=max(shape[1] for shape in shapes if shape), max_out=max(shape[0] for shape in shapes if shape)))
+        return sum(4 * (vera.r + shape[0]) for shape in shapes if shape)
 
     def _checked_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A spec is data, not places: the worker chooses where files go, and trains only allowed base models."""

@@ -1,8 +1,9 @@
 """Storage quotas per owner namespace (a user or an organisation): the stored bytes of the versions of its adapters
 (each version's ``stored_bytes``: its d and b vectors and head, as `vera ls` shows them; the frozen projections are
 shared registry-wide and regenerated from seeds, so they count for nobody). A publish that would take an owner over
-its quota is refused (403 ``quota_exceeded``) before anything is stored, and so is a fine-tune job submitted for an
-owner already at its quota, and a transfer into an owner without room; deleting versions frees room at once. Yanked
+its quota is refused (403 ``quota_exceeded``), leaving nothing stored (registry.services.publishing checks bytes
+worth sparing before it stores them), and so is a fine-tune job whose adapter's vectors (sized from the base model's
+config) would not fit, and a transfer into an owner without room; deleting versions frees room at once. Yanked
 versions still count: their bytes are still served.
 
 An owner's quota is, first to last:
@@ -69,10 +70,11 @@ def used(s: Session, owner: str) -> tuple[int, int, int]:
 
 
 def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what: str, *,
-               instead: str = "") -> None:
-    """QuotaExceeded when ``adding`` more bytes would take ``owner`` over its quota (``what``: what they are for);
-    ``adding`` None: when the owner has no room left at all (a job, whose adapter's size is not known yet).
-    ``instead``: another way to make room, said first (a move: fewer versions of the adapter moved)."""
+               instead: str = "", at_least: bool = False) -> None:
+    """QuotaExceeded when ``adding`` more bytes would take ``owner`` over its quota (``what``: what they are for;
+    ``at_least``: that many or more, as a job's vectors without its head); ``adding`` None: when the owner has no
+    room left at all. ``instead``: another way to make room, said first (a move: fewer versions of the adapter
+    moved)."""
     quota = quotas.of(s, owner).bytes
     if quota is None:
         return
@@ -80,14 +82,17 @@ def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what:
     if adding is None and stored >= quota:
         said = f"{owner} stores {size(stored)}, all of its {size(quota)} quota: {what} would not fit."
     elif adding is not None and stored + adding > quota:
-        said = (f"{owner} stores {size(stored)} of its {size(quota)} quota; {what} ({size(adding)}) "
-                "would take it over.")
+        said = (f"{owner} stores {size(stored)} of its {size(quota)} quota; {what} "
+                f"({'at least ' if at_least else ''}{size(adding)}) would take it over.")
     else:
         return
-    room = (f"delete versions {owner} no longer needs (`vera delete {owner}/NAME:N`, or `vera delete {owner}/NAME "
-            "--all`)")
-    raise QuotaExceeded(f"{said} {(instead + ', ' + room) if instead else room[0].upper() + room[1:]}, or ask the "
-                        f"registry's admins to raise the quota (`vera quota {owner} SIZE`).")
+    ask = f"ask the registry's admins to raise the quota (`vera quota {owner} SIZE`)"
+    ways = [instead] if instead else []
+    if stored:  # an owner that stores nothing has nothing to delete
+        ways.append(f"delete versions {owner} no longer needs (`vera delete {owner}/NAME:N`, or `vera delete "
+                    f"{owner}/NAME --all`)")
+    told = ", ".join(ways) + ", or " + ask if ways else ask
+    raise QuotaExceeded(f"{said} {told[0].upper() + told[1:]}.")
 
 
 def require_known(s: Session, owner: str) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import inspect, text
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
+from registry.services import publishing
 from registry.services.jobs import Jobs
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
@@ -47,7 +48,8 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
     db = Database(database_url)
     db.upgrade()
     blobs = FsspecBlobStore(str(tmp_path / "blobs"))
-    registry = Registry(db, blobs, quotas=Quotas(default=2 * size, per_owner={"big": None, "none": 0}))
+    registry = Registry(db, blobs, quotas=Quotas(default=2 * size, per_owner={"big": None, "none": 0, "tiny": 1000,
+                                                                           "roomy": 2 * size + 19_200}))
     try:
         for seed in (1, 2):
             registry.publish(make_adapter(tmp_path / f"a{seed}", seed=seed), owner="ann", name="x",
@@ -61,8 +63,14 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
                                                       "stored_bytes": 2 * size, "quota_bytes": 2 * size,
                                                       "quota_from": "VERA_OWNER_QUOTA_BYTES", "quota_set_by": None,
                                                       "quota_set_at": None}
-        with pytest.raises(QuotaExceeded, match="all of its .* quota: the adapter job ann/z would publish would not"):
+        with pytest.raises(QuotaExceeded, match=r"ann stores .* of its .* quota; the adapter job ann/z would publish "
+                                                r"\(at least .* KB\) would take it over"):
             Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/z")
+        with pytest.raises(QuotaExceeded, match=r"tiny stores 0 B of its 1.0 KB quota; the adapter job tiny/z would "
+                                                r"publish \(at least 19.2 KB\) would take it over. Ask the "
+                                                r"registry's admins"):  # its vectors alone: 12 x (16+384)
+            Jobs(registry).submit({"demo": True, "r": 16}, owner="tiny", target="tiny/z")
+        assert Jobs(registry).submit({"demo": True, "r": 16}, owner="roomy", target="roomy/z").status == "queued"
         registry.delete("ann/x:1", actor="ann")  # room again, at once
         assert registry.publish(make_adapter(tmp_path / "a3", seed=3), owner="ann", name="y",
                                 base_model="tiny-llama").version == 1
@@ -79,6 +87,30 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
         registry.move("ann/y", "ann/y2", actor="ann")  # full, and a publish to a moved name: the move is said
         with pytest.raises(Conflict, match="ann/y was moved to ann/y2"):
             registry.publish(make_adapter(tmp_path / "d", seed=8), owner="ann", name="y", base_model="tiny-llama")
+    finally:
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_refused_publish_leaves_no_blob_whether_checked_before_or_as_it_is_recorded(
+        tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch, early: bool) -> None:
+    """Bytes worth sparing (publishing.EARLY_CHECK_BYTES, 1 MiB) are never written when the quota refuses them;
+    fewer are written, and removed again when the publish's transaction refuses them."""
+    monkeypatch.setattr(publishing, "EARLY_CHECK_BYTES", 0 if early else 1 << 40)
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade()
+    blobs = FsspecBlobStore(str(tmp_path / "blobs"))
+    registry = Registry(db, blobs, quotas=Quotas(default=size))
+    written: list[int] = []
+    put = blobs.put
+    monkeypatch.setattr(blobs, "put", lambda data, *a, **k: written.append(len(data)) or put(data, *a, **k))
+    try:
+        registry.publish(make_adapter(tmp_path / "a1", seed=1), owner="ann", name="x", base_model="tiny-llama")
+        kept, written[:] = sorted(blobs.digests()), []
+        with pytest.raises(QuotaExceeded, match="ann stores .* would take it over"):
+            registry.publish(make_adapter(tmp_path / "a2", seed=2), owner="ann", name="x", base_model="tiny-llama")
+        assert sorted(blobs.digests()) == kept and registry.usage("ann").versions == 1
+        assert written == ([] if early else [size])  # stored, then removed, only when not checked first
     finally:
         db.engine.dispose()
 
