@@ -794,6 +794,11 @@ class RegistryClient:
         return OrganizationInfo.model_validate(self._request(
             "DELETE", f"/api/v1/orgs/{_segment(organization)}/members/{_segment(member)}").json())
 
+    def delete_organization(self, name: str) -> None:
+        """Delete organisation ``name`` (its admins; the registry's admins): Conflict while it owns adapters, queued
+        or running jobs or webhooks, saying which and how to clear them."""
+        self._request("DELETE", f"/api/v1/orgs/{_segment(name)}")
+
     def set_visibility(self, adapter: str, visibility: str) -> AdapterInfo:
         """Make ``owner/name`` public or private (writers of its owner)."""
         ref = Ref.parse(adapter)

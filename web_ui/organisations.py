@@ -1,9 +1,10 @@
 """Organisations: the ones you belong to (every one for an admin), each with its members and their roles; an
-organisation's admins add members, change roles and remove members there, any member may leave, and whoever may
-publish creates one (becoming its admin). A member name that no token was ever created for is marked: a misspelt
-name shows. Each organisation's storage, and yours, is shown against its quota, which admins set or clear there. The
-organisation lives in the URL (``?org=acme``). The registry decides in the end (the last admin
-cannot leave, an organisation cannot be a member); its refusals are shown as messages."""
+organisation's admins add members, change roles and remove members there, and delete it (its name typed to confirm),
+any member may leave, and whoever may publish creates one (becoming its admin). A member name that no token was ever
+created for is marked: a misspelt name shows. Each organisation's storage, and yours, is shown against its quota,
+which admins set or clear there. The organisation lives in the URL (``?org=acme``). The registry decides in the end
+(the last admin cannot leave, an organisation cannot be a member, one that owns adapters, jobs or webhooks is not
+deleted); its refusals are shown as messages."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, WhoAmI
-from registry.domain.words import parse_size, size
+from registry.domain.words import counted, parse_size, size
 from web_ui import navigation, session, tables
 from web_ui.editing import READ_ONLY_EDITS
 
@@ -84,6 +85,21 @@ def create(who: WhoAmI) -> None:
     _done(f"Created {name}; you ({who.user}) are its admin.")
 
 
+def delete(org: str) -> None:
+    """``on_click`` of Delete: only with the organisation's name typed again; the registry refuses while it owns
+    adapters, queued or running jobs or webhooks (its message says which, and how to clear them)."""
+    if st.session_state[f"orgs_delete_{org}"].strip() != org:
+        _done(f"Type {org} to delete it: its name, exactly.")
+        return
+    try:
+        session.call(lambda c: c.delete_organization(org))
+    except RegistryError as exc:
+        _done(exc)
+        return
+    st.query_params.pop("org", None)
+    _done(f"Deleted {org}: its members lost their roles in it, and its name is retired.")
+
+
 def result() -> None:
     outcome = st.session_state.pop(RESULT, None)
     if isinstance(outcome, RegistryError):
@@ -112,6 +128,17 @@ def manage_form(org: OrganizationInfo) -> None:
         st.selectbox("Member", others, key="orgs_remove")
         st.form_submit_button("Remove", on_click=lambda: remove_member(org.name, st.session_state["orgs_remove"],
                                                                        False))
+
+
+def delete_form(org: OrganizationInfo) -> None:
+    """Deleting the organisation (its admins), asked for by typing its name."""
+    with st.expander(f"Delete {org.name}", icon=":material/delete_forever:"), \
+            st.form(f"orgs_delete_form_{org.name}", clear_on_submit=True):
+        st.caption(f"Deleting it takes away the roles of its {counted(len(org.members), 'member')}, drops the quota "
+                   "set for it, and frees its name for anyone to take. The registry refuses while it owns adapters, "
+                   "queued or running jobs or webhooks, and says which.")
+        st.text_input(f"Type {org.name} to confirm", key=f"orgs_delete_{org.name}", placeholder=org.name)
+        st.form_submit_button(f"Delete {org.name}", type="primary", on_click=delete, args=(org.name,))
 
 
 def set_quota(owner: str, clear: bool) -> None:
@@ -159,6 +186,26 @@ def create_form(who: WhoAmI) -> None:
         st.form_submit_button("Create", on_click=create, args=(who,))
 
 
+def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
+    """The chosen organisation: its members, storage, and what ``who`` may do there."""
+    st.caption(f"{org.description or '(no description)'} · created by {org.created_by} on {org.created_at:%Y-%m-%d}")
+    tables.show(members_table(org), hide_index=True, width="stretch")
+    unknown_members(org)
+    storage(org.name, who)
+    if who.read_only:
+        st.caption(READ_ONLY_EDITS)
+        return
+    if manages(who, org.name):
+        manage_form(org)
+    else:
+        st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
+                   "members.")
+    if org.name in who.organizations:
+        st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
+    if manages(who, org.name):
+        delete_form(org)
+
+
 def page() -> None:
     st.title("Organisations")
     who = session.read(RegistryClient.whoami)
@@ -177,21 +224,7 @@ def page() -> None:
         chosen = st.selectbox("Organisation", names, key="orgs_chosen", on_change=navigation.write_url,
                               args=("org", "orgs_chosen"))
         navigation.set_param("org", chosen)
-        org = next(o for o in orgs if o.name == chosen)
-        st.caption(f"{org.description or '(no description)'} · created by {org.created_by} on "
-                   f"{org.created_at:%Y-%m-%d}")
-        tables.show(members_table(org), hide_index=True, width="stretch")
-        unknown_members(org)
-        storage(org.name, who)
-        if who.read_only:
-            st.caption(READ_ONLY_EDITS)
-        elif manages(who, org.name):
-            manage_form(org)
-        else:
-            st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
-                       "members.")
-        if org.name in who.organizations and not who.read_only:
-            st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
+        organisation(next(o for o in orgs if o.name == chosen), who)
     if who.read_only:
         if not names:
             st.caption(READ_ONLY_EDITS)

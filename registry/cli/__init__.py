@@ -53,7 +53,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "auth": {"login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
              "create-token": "access.create_token", "tokens": "access.list_tokens", "revoke": "access.revoke"},
     "org": {"create": "access.org_create", "ls": "access.org_ls", "show": "access.org_show", "add": "access.org_add",
-            "remove": "access.org_remove"},
+            "remove": "access.org_remove", "delete": "access.org_delete"},
     "webhook": {"add": "events.webhook_add", "ls": "events.webhook_ls", "edit": "events.webhook_edit",
                 "rm": "events.webhook_rm", "test": "events.webhook_test", "deliveries": "events.webhook_deliveries"},
     "projection": {"fingerprint": "local.projection_fingerprint"},

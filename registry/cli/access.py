@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from registry.cli.common import RegistryUrl, Token, call_registry, console, err_console, fail
+from registry.cli.common import RegistryUrl, Token, call_registry, confirm_deletion, console, err_console, fail
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, OwnerUsage
-from registry.domain.words import parse_size
+from registry.domain.words import counted, parse_size
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
                                         "(also manage members).")]
@@ -218,6 +218,20 @@ def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],
                registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
     """Remove a member (organisation admins; an organisation keeps at least one admin)."""
     _print_org(call_registry(registry, token, lambda c: c.remove_member(name, member)), as_json)
+
+
+def org_delete(name: Annotated[str, typer.Argument(help="Organisation.")],
+               yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+               registry: RegistryUrl = None, token: Token = None) -> None:
+    """Delete an organisation (its admins; the registry's admins). Asks first unless --yes. Refused while it owns
+    adapters, queued or running jobs or webhooks (the refusal names them and how to clear them); its members lose
+    their roles, the quota set for it goes, and its name is retired (no user or new organisation takes it; a
+    registry admin may revive it)."""
+    org = call_registry(registry, token, lambda c: c.organization(name))  # one that is not there: said before asking
+    confirm_deletion(yes, f"Delete organisation {name} ({counted(len(org.members), 'member')})? Its members lose "
+                          "their roles in it, and its name is retired.", f"Organisation {name}")
+    call_registry(registry, token, lambda c: c.delete_organization(name))
+    console.print(f"deleted organisation {name} ({counted(len(org.members), 'member')} removed)")
 
 
 def visibility(adapter: Annotated[str, typer.Argument(help="owner/name")],

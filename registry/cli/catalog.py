@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, console, fail
+from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, confirm_deletion, console, fail
 from registry.cli.output import JsonOutput, print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
@@ -199,7 +199,7 @@ def delete(
         adapter = f"{parsed.owner}/{parsed.name}"
         count = call_registry(registry, token, lambda c: c.list_versions(
             owner=parsed.owner, name=parsed.name, include_yanked=True, limit=1, with_total=True).total)
-        _confirm(yes, f"Delete {adapter} and all its {count} versions?", adapter)
+        confirm_deletion(yes, f"Delete {adapter} and all its {count} versions?", adapter)
         call_registry(registry, token, lambda c: c.delete_adapter(adapter))
         console.print(f"deleted {adapter} ({count} versions)")
         return
@@ -207,8 +207,8 @@ def delete(
         fail(InvalidInput(f"{ref!r} names no version; say which to delete: {ref}:VERSION or {ref}@ALIAS (or every "
                           f"version: vera delete {ref} --all)."))
     info = call_registry(registry, token, lambda c: c.get(ref))
-    _confirm(yes, f"Delete {info.ref}" + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "") + "?",
-             info.ref)
+    aliases = f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""
+    confirm_deletion(yes, f"Delete {info.ref}{aliases}?", info.ref)
     call_registry(registry, token, lambda c: c.delete(info.ref))
     console.print(f"deleted {info.ref}")
 
@@ -241,17 +241,6 @@ def move(
 
 def _jobs(ids: list[int]) -> str:
     return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
-
-
-def _confirm(yes: bool, question: str, what: str) -> None:
-    if yes:
-        return
-    try:
-        confirmed = typer.confirm(question, default=False)
-    except typer.Abort:  # no answer (stdin closed)
-        confirmed = False
-    if not confirmed:
-        fail(InvalidInput(f"{what} was not deleted; pass --yes to delete without asking."))
 
 
 def _tree(graph: LineageGraph) -> Tree:

@@ -48,6 +48,19 @@ def check_failed() -> NoReturn:
     raise typer.Exit(code=ExitCode.CHECK_FAILED)
 
 
+def confirm_deletion(yes: bool, question: str, what: str) -> None:
+    """Ask ``question`` (default no) unless ``yes``; anything but yes, or no answer (stdin closed), fails saying
+    ``what`` was not deleted and how to skip the question (--yes)."""
+    if yes:
+        return
+    try:
+        confirmed = typer.confirm(question, default=False)
+    except typer.Abort:  # no answer (stdin closed)
+        confirmed = False
+    if not confirmed:
+        fail(InvalidInput(f"{what} was not deleted; pass --yes to delete without asking."))
+
+
 def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
     """The command, with a registry or vera_core error, or the operating system's refusal (OSError), turned into
     one clear line on stderr and exit code 1 (no traceback). `registry.cli` wraps every command in it."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import ColumnElement, Select, or_, select, true
+from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
-from registry.domain.schemas import MemberInfo, OrganizationInfo, Ref, check_name, check_text
-from registry.services.tokens import ROLES, Principal, Role
+from registry.domain.schemas import ACTIVE_JOB_STATUSES, MemberInfo, OrganizationInfo, Ref, check_name, check_text
+from registry.domain.words import counted
+from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retired_since
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -101,9 +102,12 @@ class Access:
         with self.db.session() as s:
             _require_readable(s, viewer, owner, name, missing_too=missing_too)
 
-    def create_organization(self, name: str, *, creator: str, description: str = "") -> OrganizationInfo:
+    def create_organization(self, name: str, *, creator: str, description: str = "",
+                            revive: bool = False) -> OrganizationInfo:
         """A new organisation; ``creator`` becomes its first admin. Its name must not be an owner already in use
-        (users and organisations share the namespace adapters are published under)."""
+        (users and organisations share the namespace adapters are published under), nor the retired name of a
+        deleted organisation (tokens.retired_since) unless ``revive`` (a registry admin's choice: the new
+        organisation's members then see what the old one left)."""
         check_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
         with self.db.session() as s:
@@ -114,6 +118,9 @@ class Access:
             if taken or used:
                 raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
                                "choose another name for the organisation.")
+            if not revive and (since := retired_since(s, name)) is not None:
+                raise retired_refusal(name, since, revive=" (a registry admin may revive it, history and all: `vera "
+                                                          f"org create {name}` with an admin token)")
             org = m.Organization(name=name, description=description, created_by=creator)
             org.members.append(m.Membership(member=creator, role="admin", added_by=creator))
             s.add(org)
@@ -174,13 +181,55 @@ class Access:
             s.flush()
             return _org_info(s, org)
 
+    def delete_organization(self, name: str, *, viewer: Principal) -> None:
+        """Delete an organisation (its admins, with publish scope, and the registry's admins), refused (Conflict)
+        while it owns anything that would be left without an owner: adapters, queued or running jobs, webhooks. Its
+        memberships and the storage quota an admin set for it go with it; its name is retired (``retired_since``):
+        no user or new organisation takes it, except one a registry admin revives. Audited as org-delete (target:
+        the name, as org-create)."""
+        with self.db.session() as s:
+            org = _visible_org(s, name, viewer)
+            if not viewer.can_manage(name):
+                raise Forbidden(_may_not_delete(name, viewer))
+            # the organisation's row locked for the rest of the transaction (SQLite: the database's write lock, so
+            # that no publish lands between the checks below and the delete; PostgreSQL: the row's, so that two
+            # deletes, or a delete and a member change, take turns), then read again
+            if not _rows(s, update(m.Organization).where(m.Organization.id == org.id)
+                         .values(name=m.Organization.name)):
+                raise _org_not_found(name)  # deleted meanwhile
+            s.refresh(org)
+            _refuse_while_owning(s, name)
+            members = {x.member: x.role for x in org.members}
+            # Old names of adapters that moved away (adapter_moves) are dropped, not a reason to refuse: the adapters
+            # they point to live under other owners and keep working; the records only redirect reads of the old
+            # name and refuse publishes to it. Kept, they would hand the redirects and refusals to whoever takes the
+            # name next; refusing would leave no way out (only moving an adapter back onto the name clears one, and
+            # that adapter would then be the organisation's). version_counters stay: owner/name:N never names two
+            # byte strings, whoever owns the name later.
+            old_names = _rows(s, delete(m.AdapterMove).where(m.AdapterMove.owner == name))
+            quota = _rows(s, delete(m.OwnerQuota).where(m.OwnerQuota.owner == name))
+            s.delete(org)  # its memberships with it (ON DELETE CASCADE, and the relationship's delete-orphan)
+            s.add(m.AuditEvent(actor=viewer.owner, action="org-delete", target=name,
+                               detail={"members": members, "old_names": old_names, "quota": bool(quota)}))
+            s.flush()
+
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:
     org = s.scalar(select(m.Organization).where(m.Organization.name == name))
     member = viewer is None or viewer.is_admin or name in viewer.roles
     if org is None or not member:
-        raise NotFound(f"No organisation {name!r} that you belong to; `vera org ls` lists yours.")
+        raise _org_not_found(name)
     return org
+
+
+def _rows(s: Session, statement: Executable) -> int:
+    """How many rows an UPDATE or DELETE changed."""
+    return cast("CursorResult[Any]", s.execute(statement)).rowcount
+
+
+def _org_not_found(name: str) -> NotFound:
+    """The error for an organisation that does not exist, or that the caller may not see (one message for both)."""
+    return NotFound(f"No organisation {name!r} that you belong to; `vera org ls` lists yours.")
 
 
 def _managed_org(s: Session, name: str, viewer: Principal) -> m.Organization:
@@ -189,6 +238,56 @@ def _managed_org(s: Session, name: str, viewer: Principal) -> m.Organization:
         raise Forbidden(f"Only admins of {name} manage its members; your role is "
                         f"{viewer.roles.get(name, 'none')!r}.")
     return org
+
+
+def _may_not_delete(name: str, viewer: Principal) -> str:
+    """The refusal of a member who may not delete ``name``: who may, and why the caller is not among them."""
+    role = viewer.roles.get(name)
+    if viewer.limited_to is not None and name not in viewer.limited_to:
+        why = f"this token is limited to {', '.join(sorted(viewer.limited_to))}"
+    elif role == "admin":
+        why = "your token has no publish scope (create one with `vera auth create-token --scope read --scope publish`)"
+    else:
+        why = (f"your role there is {role or 'none'!r} (an admin of {name} can change it: `vera org add {name} "
+               f"{viewer.owner} --role admin`)")
+    return f"Only the admins of {name} (with a token of publish scope) and the registry's admins may delete it; {why}."
+
+
+#: How many names of each kind a refusal lists before it says how many more there are.
+_NAMED = 5
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_NAMED])
+    return shown + (f" and {len(items) - _NAMED:,} more" if len(items) > _NAMED else "")
+
+
+def _refuse_while_owning(s: Session, name: str) -> None:
+    """Conflict when organisation ``name`` owns what would be left without an owner, saying what and how to clear
+    each: its adapters (deleted or moved), its queued and running jobs (cancelled), its webhooks (removed)."""
+    adapters = list(s.scalars(select(m.Adapter.name).where(m.Adapter.owner == name).order_by(m.Adapter.name)))
+    jobs = list(s.scalars(select(m.Job.id).where(m.Job.owner == name, m.Job.status.in_(ACTIVE_JOB_STATUSES))
+                          .order_by(m.Job.id)))
+    hooks = list(s.scalars(select(m.Webhook.id).where(m.Webhook.owner == name).order_by(m.Webhook.id)))
+    owned, fixes = [], []
+    if adapters:
+        owned.append(f"{counted(len(adapters), 'adapter')} ({_listed([f'{name}/{a}' for a in adapters])})")
+        fixes.append(f"delete or move each adapter (`vera delete {name}/NAME --all`, `vera mv {name}/NAME "
+                     "OWNER/NAME`)")
+    if jobs:
+        owned.append(f"{counted(len(jobs), 'queued or running job')} ({_listed([f'#{j}' for j in jobs])})")
+        fixes.append("cancel each job (`vera job cancel ID`; a running one ends after the training step it is on)")
+    if hooks:
+        owned.append(f"{counted(len(hooks), 'webhook')} ({_listed([f'#{h}' for h in hooks])})")
+        fixes.append("remove each webhook (`vera webhook rm ID`)")
+    if owned:
+        raise Conflict(f"{name} still owns {_joined(owned)}, which would be left without an owner: nothing was "
+                       f"deleted. First {_joined(fixes)}; then delete {name} again (`vera org delete {name}`).")
+
+
+def _joined(parts: list[str]) -> str:
+    """['a'] -> 'a'; ['a', 'b', 'c'] -> 'a, b and c'."""
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def _keep_an_admin(org: m.Organization, member: str, new_role: Role | str | None) -> None:

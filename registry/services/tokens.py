@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, cast, get_args
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.schemas import TokenInfo, check_name, check_text
@@ -113,6 +114,22 @@ MAX_TOKENS_PER_DAY = 1000
 OPERATOR = "operator"
 
 
+def retired_since(s: Session, name: str) -> datetime | None:
+    """When ``name`` became retired: the name of an organisation that was deleted (``org-delete`` the last of its
+    organisation events), so that no new owner of the name is shown what the organisation left (its ended jobs and
+    their datasets and logs, its audit events, which are kept by owner name). None: not retired."""
+    last = s.execute(select(m.AuditEvent.action, m.AuditEvent.at).where(
+        m.AuditEvent.target == name, m.AuditEvent.action.in_(("org-create", "org-delete")))
+        .order_by(m.AuditEvent.id.desc()).limit(1)).first()
+    return last.at if last is not None and last.action == "org-delete" else None
+
+
+def retired_refusal(name: str, since: datetime, *, revive: str) -> Conflict:
+    return Conflict(f"{name!r} was the name of an organisation deleted on {since:%Y-%m-%d}; it is retired, so that "
+                    f"what that organisation left (its ended jobs, its audit events) is never shown to a new owner. "
+                    f"Choose another name{revive}.")
+
+
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
                  expires_in: timedelta | None = None, limited_to: list[str] | None = None,
                  expires_at: datetime | None = None, actor: str = OPERATOR) -> tuple[int, str]:
@@ -151,6 +168,8 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if s.scalar(select(m.Organization.id).where(m.Organization.name == owner)) is not None:
             raise InvalidInput(f"{owner} is an organisation: a token acts for a user, who publishes in {owner} as a "
                                f"member (`vera org add {owner} USER --role write`). Create the token for that user.")
+        if (since := retired_since(s, owner)) is not None:
+            raise retired_refusal(owner, since, revive=" for the user")
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to)
         s.add(row)

@@ -28,8 +28,8 @@ ROLES = {"none": None, "expired": ["admin"], "read": ["read"], "other-publisher"
 #: whose token each role holds: alice's, but mallory's (another user) and olga's (admin of another organisation)
 USER = {"other-publisher": "mallory", "org-outsider": "olga"}
 #: routes where another user finds nothing rather than being refused: alice's organisation, jobs and webhooks
-HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "job", "job-events", "job-cancel", "webhook-get",
-                         "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries"}
+HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "org-delete", "job", "job-events", "job-cancel",
+                         "webhook-get", "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries"}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "files": ("read", False),
@@ -49,6 +49,7 @@ ROUTES = {
     "whoami": ("read", False), "tokens": ("read", False), "token-create": ("read", False),
     "token-revoke": ("read", False), "orgs": ("read", False), "org-create": ("publish", False),
     "org-get": ("read", True), "member-put": ("publish", True), "member-delete": ("publish", True),
+    "org-delete": ("publish", True),
 }
 #: Where the matrix's webhooks point: a closed loopback port (allowed by VERA_WEBHOOK_ALLOW_PRIVATE), so that a test
 #: delivery fails at once.
@@ -81,7 +82,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int,
-                webhook: int = 0, token: int = 0, blob: str = "", moving: str = "") -> tuple[str, str, dict[str, Any]]:
+                webhook: int = 0, token: int = 0, blob: str = "", moving: str = "",
+                org: str = "") -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
     hook = f"{base}/api/v1/webhooks/{webhook}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
@@ -138,6 +140,7 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
         "org-get": ("GET", f"{base}/api/v1/orgs/acme", {}),
         "member-put": ("PUT", f"{base}/api/v1/orgs/acme/members/zed", {"json": {"role": "read"}}),
         "member-delete": ("DELETE", f"{base}/api/v1/orgs/acme/members/zed", {}),
+        "org-delete": ("DELETE", f"{base}/api/v1/orgs/{org}", {}),
     }[route]
 
 
@@ -158,8 +161,11 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         moving = f"mv-{uuid.uuid4().hex[:8]}" if route == "move" else ""  # an adapter of its own to move away
         if moving:
             admin.publish(server["source"], f"alice/{moving}", base_model="tiny-llama")
+        org = f"gone-{uuid.uuid4().hex[:8]}" if route == "org-delete" else ""  # an empty one of alice's to delete
+        if org:
+            admin.create_organization(org)
     method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token, blob,
-                                      moving)
+                                      moving, org)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     if webhook:  # an owner may have only so many webhooks

@@ -2,7 +2,8 @@
 alice creates an organisation, adds bob and a misspelt name (marked), changes a role, is refused removing its last
 admin (the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and
 leaves; an anonymous caller is told to sign in. Storage is shown against the quota, which an admin sets (in words:
-50GB, none) and clears there."""
+50GB, none) and clears there. An admin deletes an organisation by typing its name, after the registry's refusal (it
+owns a job) is shown and cleared; a registry admin gets the control too."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def test_a_reader_sees_the_members_and_may_leave(registry: dict[str, Any]) -> No
     assert at.selectbox(key="orgs_chosen").value == "beta"
     assert set(at.dataframe[0].value["member"]) == {"alice", "bob"}
     assert "Your role in beta: read" in texts(at, "caption")
-    assert not [b for b in at.button if b.label in ("Add or change", "Remove")]  # no forms for a reader
+    assert not [b for b in at.button if b.label in ("Add or change", "Remove", "Delete beta")]  # no forms for a reader
     click(at, "Leave beta")
     assert "You left beta." in texts(at, "success")
     assert "bob" not in members(registry, "beta")
@@ -141,3 +142,45 @@ def test_storage_is_shown_against_the_quota_which_an_admin_sets_there(registry: 
     click(at, "Clear")
     assert "The quota set for gamma is cleared" in texts(at, "success")
     assert progress(at)[0].endswith("(0% of its 1.0 MB quota, from VERA_OWNER_QUOTA_BYTES)")
+
+
+def test_an_admin_deletes_an_organisation_typing_its_name(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("delta")
+        client.set_member("delta", "bob", "read")
+        job = client.submit_job("delta/j", {"demo": True}).id  # no worker here: it stays queued
+    at = page(registry, "alice", {"org": "delta"})
+    assert not at.exception
+    assert "Deleting it takes away the roles of its 2 members" in texts(at, "caption")
+    at.text_input(key="orgs_delete_delta").set_value("delt")
+    click(at, "Delete delta")
+    assert "Type delta to delete it: its name, exactly." in texts(at, "warning")
+    at.text_input(key="orgs_delete_delta").set_value("delta")
+    click(at, "Delete delta")  # the registry refuses: the job is in the way, and what to do is said
+    assert f"delta still owns 1 queued or running job (#{job}), which would be left without an owner" \
+        in texts(at, "error")
+    assert "`vera job cancel ID`" in texts(at, "error")
+    assert members(registry, "delta") == {"alice": "admin", "bob": "read"}  # nothing changed
+    assert at.query_params["org"] == "delta"
+
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.cancel_job(job)
+    at.text_input(key="orgs_delete_delta").set_value("delta")
+    click(at, "Delete delta")
+    assert not at.exception
+    assert "Deleted delta: its members lost their roles in it, and its name is retired." in texts(at, "success")
+    assert "org" not in at.query_params or at.query_params["org"] != "delta"
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        assert "delta" not in [o.name for o in client.organizations()]
+
+
+def test_a_registry_admin_may_delete_any_organisation_there(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("epsilon")
+    at = page(registry, "root", {"org": "epsilon"})
+    assert not at.exception
+    at.text_input(key="orgs_delete_epsilon").set_value("epsilon")
+    click(at, "Delete epsilon")
+    assert "Deleted epsilon" in texts(at, "success")
+    with RegistryClient(registry["url"], registry["root"]) as client:
+        assert "epsilon" not in [o.name for o in client.organizations()]

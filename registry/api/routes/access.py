@@ -153,12 +153,22 @@ def create_organization(caller: Caller, options: Options, registry: RegistryDep,
                         body: OrganizationBody) -> OrganizationInfo:
     """A new organisation, with the caller as its first admin (publish scope)."""
     who = authorize(caller, options, "publish")
-    return registry.access.create_organization(body.name, creator=who.owner, description=body.description)
+    return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
+                                               revive=who.is_admin)
 
 
 @router.get("/orgs/{org}", response_model=OrganizationInfo)
 def organization(caller: Caller, options: Options, registry: RegistryDep, org: str) -> OrganizationInfo:
     return registry.access.organization(org, _signed_in(caller, options))
+
+
+@router.delete("/orgs/{org}", status_code=204)
+def delete_organization(caller: Caller, options: Options, registry: RegistryDep, org: str) -> Response:
+    """Delete the organisation (its admins, with publish scope; the registry's admins): refused (409) while it owns
+    adapters, queued or running jobs or webhooks, saying which and how to clear them; its members and the quota an
+    admin set for it go with it, and its name is free again. To anyone else it is not there (404)."""
+    registry.access.delete_organization(org, viewer=_signed_in(caller, options))
+    return Response(status_code=204)
 
 
 @router.put("/orgs/{org}/members/{member}", response_model=OrganizationInfo)
