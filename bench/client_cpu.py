@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,16 +80,8 @@ def main() -> None:
     print(f"## {date.today()} — the client's CPU per request, {args.rounds} rounds of {args.calls} calls, alternated "
           f"(bench/client_cpu.py" + (f" --before {args.before}" if args.before else "")
           + f"); load average {load:.2f} after\n")
-    print("| operation | tree | each round, ms of client CPU per call (its mean) | median of rounds |"
-          + (" now / before |" if args.before else ""))
-    print("|---|---|---|---|" + ("---|" if args.before else ""))
-    for (op, label), times in runs.items():
-        ratio = ""
-        if args.before:
-            now = statistics.median(runs[(op, "now")])
-            ratio = f" {now / statistics.median(times):.2f} |" if label != "now" else " |"
-        print(f"| {op} | {label} | {', '.join(f'{t * 1000:.3f}' for t in times)} | "
-              f"{statistics.median(times) * 1000:.3f} |{ratio}")
+    revisions.print_rounds(runs, kind="operation", unit="ms of client CPU per call (its mean)", scale=1000, digits=3,
+                           before=args.before)
 
 
 if __name__ == "__main__":

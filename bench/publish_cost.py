@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,16 +113,7 @@ def main() -> None:
     print(f"## {date.today()} — a publish in the service, {args.rounds} rounds of {args.publishes} publishes, "
           f"alternated (bench/publish_cost.py" + (f" --before {args.before}" if args.before else "")
           + f"); load average {load:.2f} after\n")
-    print("| database | tree | each round, ms per publish | median of rounds |" + (" now / before |" if args.before
-                                                                                    else ""))
-    print("|---|---|---|---|" + ("---|" if args.before else ""))
-    for (database, label), times in runs.items():
-        ratio = ""
-        if args.before:
-            now = statistics.median(runs[(database, "now")])
-            ratio = f" {now / statistics.median(times):.3f} |" if label != "now" else " |"
-        print(f"| {database} | {label} | {', '.join(f'{t * 1000:.2f}' for t in times)} | "
-              f"{statistics.median(times) * 1000:.2f} |{ratio}")
+    revisions.print_rounds(runs, kind="database", unit="ms per publish", scale=1000, digits=2, before=args.before)
 
 
 if __name__ == "__main__":
