@@ -54,6 +54,7 @@ from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID, first_line
 from registry.services.jobs import Jobs
 from registry.services.lineage import running_code_revision
+from registry.worker_status import WorkerStatus
 from vera_core import training_checkpoints
 from vera_core.callbacks import FunctionCallback
 from vera_core.distributed import DistributedError
@@ -127,6 +128,8 @@ def checked_worker_devices(device: str, nproc: int = 1) -> list[str]:
 
 #: The longest a worker waits between tries while its database is unavailable (it waits poll_s, doubling, up to it).
 MAX_OUTAGE_WAIT_S = 30.0
+#: The least time without a poll or a heartbeat after which the worker's /health says it is stuck.
+STUCK_AFTER_S = 60.0
 
 class _Tracker:
     """Shared between the training loop and the heartbeat thread."""
@@ -281,14 +284,19 @@ class Worker:
         self.warn = log or logging.getLogger("vera.worker").warning  # what needs the operator (an outage)
         self.state_dir = None if state_dir is None else Path(state_dir)
         self.draining, self.releasing = threading.Event(), threading.Event()
+        # what `vera worker --status-port` serves (registry.worker_status): stuck once neither a poll nor a
+        # heartbeat has happened for several of their intervals, and longer than the longest wait for the database
+        self.status = WorkerStatus(name=self.name, device=self.device, stuck_after_s=max(
+            STUCK_AFTER_S, 4 * poll_s, 4 * heartbeat_s, MAX_OUTAGE_WAIT_S + 2 * poll_s))
 
     def drain(self) -> None:
         """Claim no more jobs; run_forever returns once the current job has finished."""
         self.draining.set()
+        self.status.draining()
 
     def release(self) -> None:
         """Stop the current job after its training step and queue it again for another worker; then return."""
-        self.draining.set()
+        self.drain()
         self.releasing.set()
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
@@ -301,6 +309,7 @@ class Worker:
             try:
                 ran = self.run_once()
             except (OperationalError, InterfaceError) as exc:  # the database restarted, failed over, refused
+                self.status.tick(database=False)
                 failures += 1
                 wait = min(MAX_OUTAGE_WAIT_S, self.poll_s * 2 ** min(failures, 8))
                 self.warn(f"worker {self.name}: the database is unavailable ({type(exc).__name__}: "
@@ -308,6 +317,7 @@ class Worker:
                 stop.wait(wait)
                 continue
             failures = 0
+            self.status.tick()
             if not ran:
                 stop.wait(self.poll_s)
         self.log(f"worker {self.name} stopped")
@@ -321,14 +331,18 @@ class Worker:
         if job is None:
             return False
         job_token, request_token = JOB_ID.set(job.id), REQUEST_ID.set(self.jobs.request_id(job.id))
+        self.status.started(job.id)
         try:
             self.log(f"job {job.id}: {job.target_name} (attempt {job.attempts}) on {self.device}")
             if (problem := self.jobs.submitter_problem(job)) is not None:  # not trained for nothing (again at publish)
                 self.jobs.finish(job.id, self.name, status="failed", error=f"Forbidden: {problem}")
+                self.status.ended("failed")
                 self.log(f"job {job.id}: failed: {problem}")
                 return True
             self._run(job)
         finally:
+            if self.status.snapshot()["job"] == job.id:  # not recorded as ended: its lease runs out (an outage)
+                self.status.ended("lost")
             JOB_ID.reset(job_token)
             REQUEST_ID.reset(request_token)
         return True
@@ -488,6 +502,7 @@ class Worker:
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
                     [("log", {"message": f"published {info.ref}"})])
         self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
+        self.status.ended("succeeded")
         self.log(f"job {job.id}: published {info.ref}")
 
     def _failed(self, job: JobInfo, tracker: _Tracker, exc: Exception) -> None:
@@ -497,6 +512,7 @@ class Worker:
             self._flush(job.id, tracker, {"phase": "lost"}, [("log", {"message": str(exc)})])
             self.jobs.retry(job.id, self.name, lost=f"training process rank(s) {exc.silent} died without a Python "
                             "error (killed? out of memory?)")
+            self.status.ended("lost")
             self.log(f"job {job.id}: a training process died; the job goes back to the queue: {exc}")
             return
         error, details = f"{type(exc).__name__}: {exc}", traceback.format_exc()
@@ -506,6 +522,7 @@ class Worker:
             details = f"{first.traceback}\n{details}"
         self._flush(job.id, tracker, {"phase": "failed"}, [("log", {"message": details})])
         self.jobs.finish(job.id, self.name, status="failed", error=error)
+        self.status.ended("failed")
         self.log(f"job {job.id}: failed: {error}")
 
     def _time_limit(self, job: JobInfo) -> float | None:
@@ -524,14 +541,19 @@ class Worker:
                              "steps.")
         else:
             return False
+        self.status.ended({"cancelled": "cancelled", "released": "released"}.get(str(reason), "timed_out"))
         self.log(f"job {job.id}: {reason}")
         return True
 
     def _flush(self, job_id: int, tracker: _Tracker, progress: dict[str, Any] | None = None,
                extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
         current, events = tracker.drain()
-        return self.jobs.heartbeat(job_id, self.name, progress={**current, **(progress or {})},
+        if isinstance(current.get("step"), int):
+            self.status.step(current["step"])
+        stop = self.jobs.heartbeat(job_id, self.name, progress={**current, **(progress or {})},
                                    events=[*events, *extra])
+        self.status.tick()
+        return stop
 
     def _heartbeats(self, job_id: int, tracker: _Tracker, done: threading.Event, sync: _CheckpointSync) -> None:
         """Every ``heartbeat_s``: the lease, progress and events to the registry, and a new checkpoint stored; in

@@ -254,6 +254,10 @@ def worker(
                       ] = "cpu",
     nproc: Annotated[int, typer.Option(min=1, max=64, help="CPU workers: train each job in up to this many "
                                        "processes (torchrun, gloo), sharing its batch.")] = 1,
+    status_port: Annotated[int | None, typer.Option(min=0, max=65535, help="Serve GET /health (503 when stuck) and "
+                                                    "GET /metrics (Prometheus) on this port; 0: any free port (the "
+                                                    "log says which). Off when left out.")] = None,
+    status_host: Annotated[str, typer.Option(help="The status server's bind address.")] = "127.0.0.1",
 ) -> None:
     """Claim and run fine-tune jobs from the registry database (several workers may share it), one at a time. The
     first SIGTERM (or Ctrl-C) drains: no new job, exit once the current one is done; the second gives the current
@@ -274,6 +278,11 @@ def worker(
 
     runner = Worker(job_queue(open_registry(settings), settings), poll_s=poll, heartbeat_s=heartbeat, device=device,
                     nproc=nproc, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
+    if status_port is not None:
+        from registry.worker_status import serve_status
+
+        server = serve_status(runner.status, status_host, status_port)
+        runner.log(f"worker {runner.name}: status on http://{status_host}:{server.server_port}/health and /metrics")
 
     def on_signal(signum: int, _frame: object) -> None:
         if runner.draining.is_set():
