@@ -850,7 +850,11 @@ class RegistryClient:
 
 
 def _segment(name: str) -> str:
-    """A name as one URL path segment (a name with '/' or '..' would address another route)."""
+    """A name as one URL path segment (a name with '/' or '..' would address another route); '', '.' and '..',
+    which a URL drops or climbs from, are no names (refused here: they answered a redirect or another route)."""
+    if name in ("", ".", ".."):
+        raise InvalidInput(f"{name!r} is not a name: names are 1-64 of a-z, 0-9, '.', '_' and '-', starting with a "
+                           "letter or digit.")
     return quote(name, safe="")
 
 

@@ -61,6 +61,15 @@ class RequestGate:
         self.app, self.registry, self.options, self.body_timeout_s = app, registry, options, body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"].lower()
+                                        or b"\x00" in scope["query_string"]):
+            # no name or parameter holds one, and PostgreSQL refuses it in text (a 500 before): said, whatever exists;
+            # under /hf as the Hub says a repo or file is not there (404 with its X-Error-Code)
+            hub = is_hub_path(scope["path"])
+            await _send_problem(send, 404 if hub else 422, "not_found" if hub else "invalid_input",
+                                "A request's path and query may not hold a NUL byte (%00): no name or parameter of "
+                                "this registry contains one.", scope["path"][:200].replace("\x00", "%00"))
+            return
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return

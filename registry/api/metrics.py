@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -35,6 +36,11 @@ COUNTS_TTL_S = 15.0
 #: prometheus_client's multiprocess mode, by its own variable: each process writes its request counters and
 #: histograms to memory-mapped files in this directory (one per process and kind), and /metrics sums every file.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+#: The files prometheus_client writes there (its mmap values: counter_PID.db, gauge_livesum_PID.db, ...): the only
+#: *.db files a metrics directory may hold, so that one shared by mistake with other files (the registry's SQLite
+#: database in VERA_DATA_DIR) is refused, not cleared.
+METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_(all|liveall|min|livemin|max|livemax|sum|livesum|"
+                         r"mostrecent|livemostrecent))_\d+\.db")
 
 
 T = TypeVar("T")
@@ -164,8 +170,8 @@ def multiprocess_directory(processes: int) -> Iterator[Path | None]:
 
 
 def _cleared(directory: Path) -> Path:
-    """``directory`` (the operator's PROMETHEUS_MULTIPROC_DIR) without the metric files (*.db, what the collector
-    reads) an earlier run left; anything else in it is left alone."""
+    """``directory`` (the operator's PROMETHEUS_MULTIPROC_DIR) without the metric files (METRIC_FILE, what the
+    collector reads) an earlier run left; refused when it holds other *.db files (a database), which stay."""
     if not directory.is_dir():
         found = "does not exist" if not directory.exists() else "is not a directory"
         raise InvalidInput(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r} {found}: it must name a directory where the "
@@ -175,6 +181,13 @@ def _cleared(directory: Path) -> Path:
         raise InvalidInput(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r} is not writable by this user: the API "
                            "processes write their metrics there. Make it writable, or unset the variable for a "
                            "private temporary one.")
-    for leftover in directory.glob("*.db"):
+    leftovers = sorted(directory.glob("*.db"))
+    others = [path.name for path in leftovers if not METRIC_FILE.fullmatch(path.name)]
+    if others:  # the collector would read them as metrics; clearing them could delete a database
+        raise InvalidInput(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r} holds {', '.join(others[:3])}, which "
+                           "prometheus_client did not write (the collector reads every *.db file there, and the "
+                           "directory is cleared of its own at start): give the metrics a directory of their own, "
+                           "or unset the variable for a private temporary one.")
+    for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     return directory

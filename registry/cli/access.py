@@ -13,7 +13,7 @@ from registry.cli.common import RegistryUrl, Token, call_registry, confirm_delet
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, OwnerUsage
+from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, OwnerUsage, check_name
 from registry.domain.words import counted, parse_size
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
@@ -91,6 +91,7 @@ def quota(owner: Annotated[str, typer.Argument(help="A user or organisation.")],
           registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
     """Set an owner's storage quota (admins): it overrides the registry's settings until --clear; nothing stored is
     removed by a lower one (its next publish is refused). Shows the owner's usage after."""
+    check_name(owner, "Owner")  # a/b, '..', 'Bad Name!': said here, not answered "Not Found"
     if clear and new is not None:
         fail(InvalidInput(f"Give a SIZE or --clear, not both: `vera quota {owner} {new}` sets it, `vera quota "
                           f"{owner} --clear` goes back to the registry's settings."))

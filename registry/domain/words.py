@@ -3,7 +3,8 @@ back from words ("50GB")."""
 
 from __future__ import annotations
 
-from pydantic import ByteSize, TypeAdapter, ValidationError
+import re
+from fractions import Fraction
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
 
@@ -23,18 +24,31 @@ def size(n: int) -> str:
     raise AssertionError("unreachable: the last unit returns")
 
 
-_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+#: A size in words: digits (ASCII; a decimal point allowed), then a unit of bytes, nothing before or after.
+_SIZE = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtpe]i?)?b?", re.IGNORECASE | re.ASCII)
+_SCALE = {"": 1, **{p: 1000 ** (n + 1) for n, p in enumerate("kmgtpe")},
+          **{p + "i": 1024 ** (n + 1) for n, p in enumerate("kmgtpe")}}
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_size(value: object, *, most: int) -> int:
-    """Bytes from an int or from words: '50GB' (50*10^9), '50GiB' (50*2^30), '1.5 TB', '512' (pydantic's ByteSize);
-    ValueError, saying what is expected, for anything else or a size outside 0..``most``."""
-    try:
-        n = value if type(value) is int else int(_BYTE_SIZE.validate_python(
-            value.strip() if isinstance(value, str) else value))
-    except ValidationError:
-        raise ValueError(f"{value!r} is not a size: give bytes (50000000000) or a number with a unit (50GB = "
-                         "50*10^9 bytes, 50GiB = 50*2^30, 1.5TB)") from None
-    if not 0 <= n <= most:
-        raise ValueError(f"{value!r} is out of range: give 0 to {most:,} bytes")
-    return n
+    """Bytes from an int or from words: '50GB' (50*10^9), '50GiB' (50*2^30), '1.5 TB', '50g' (as 50GB), '512',
+    '512 B'; ValueError, saying what is expected, for anything else (a thousands separator, a sign, an exponent,
+    digits other than 0-9, a bool, a float) or a size outside 0..``most``."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{_shown(value)} is not a size: give bytes (50000000000) or a number with a unit (50GB = "
+                         "50*10^9 bytes, 50GiB = 50*2^30, 1.5TB)")
+    if isinstance(value, str):
+        found = _SIZE.fullmatch(value.strip()) if len(value) <= 40 else None
+        if found is None:
+            raise ValueError(f"{_shown(value)} is not a size: give bytes (50000000000) or a number with a unit (50GB "
+                             "= 50*10^9 bytes, 50GiB = 50*2^30, 1.5TB)")
+        number, prefix = found.groups()
+        value = int(Fraction(number) * _SCALE[(prefix or "").lower()])  # exact: no float rounding
+    if not 0 <= value <= most:
+        raise ValueError(f"{_shown(value)} is out of range: give 0 to {most:,} bytes")
+    return value

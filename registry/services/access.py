@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, or_, select, true, update
+from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, exists, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
 from registry.domain.schemas import ACTIVE_JOB_STATUSES, MemberInfo, OrganizationInfo, Ref, check_name, check_text
 from registry.domain.words import counted
-from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retired_since
+from registry.services.tokens import ROLES, Principal, Role, retired, retired_refusal
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -106,7 +106,7 @@ class Access:
                             revive: bool = False) -> OrganizationInfo:
         """A new organisation; ``creator`` becomes its first admin. Its name must not be an owner already in use
         (users and organisations share the namespace adapters are published under), nor the retired name of a
-        deleted organisation (tokens.retired_since) unless ``revive`` (a registry admin's choice: the new
+        deleted organisation (tokens.retired) unless ``revive`` (a registry admin's choice: the new
         organisation's members then see what the old one left)."""
         check_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
@@ -118,9 +118,9 @@ class Access:
             if taken or used:
                 raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
                                "choose another name for the organisation.")
-            if not revive and (since := retired_since(s, name)) is not None:
-                raise retired_refusal(name, since, revive=" (a registry admin may revive it, history and all: `vera "
-                                                          f"org create {name}` with an admin token)")
+            if not revive and retired(s, name):
+                raise retired_refusal(name, revive=" (a registry admin may revive it, history and all: `vera org "
+                                                   f"create {name}` with an admin token)")
             org = m.Organization(name=name, description=description, created_by=creator)
             org.members.append(m.Membership(member=creator, role="admin", added_by=creator))
             s.add(org)
@@ -184,8 +184,9 @@ class Access:
     def delete_organization(self, name: str, *, viewer: Principal) -> None:
         """Delete an organisation (its admins, with publish scope, and the registry's admins), refused (Conflict)
         while it owns anything that would be left without an owner: adapters, queued or running jobs, webhooks. Its
-        memberships and the storage quota an admin set for it go with it; its name is retired (``retired_since``):
-        no user or new organisation takes it, except one a registry admin revives. Audited as org-delete (target:
+        memberships and the storage quota an admin set for it go with it; its name is retired (``tokens.retired``):
+        no user or new organisation takes it, except one a registry admin revives, when it left a history (jobs, or
+        events of adapters under its name). Audited as org-delete (target:
         the name, as org-create)."""
         with self.db.session() as s:
             org = _visible_org(s, name, viewer)
@@ -208,9 +209,11 @@ class Access:
             # byte strings, whoever owns the name later.
             old_names = _rows(s, delete(m.AdapterMove).where(m.AdapterMove.owner == name))
             quota = _rows(s, delete(m.OwnerQuota).where(m.OwnerQuota.owner == name))
+            history = s.scalar(select(or_(exists().where(m.Job.owner == name),
+                                          exists().where(m.AuditEvent.target.startswith(f"{name}/", autoescape=True)))))
             s.delete(org)  # its memberships with it (ON DELETE CASCADE, and the relationship's delete-orphan)
-            s.add(m.AuditEvent(actor=viewer.owner, action="org-delete", target=name,
-                               detail={"members": members, "old_names": old_names, "quota": bool(quota)}))
+            s.add(m.AuditEvent(actor=viewer.owner, action="org-delete", target=name, detail={
+                "members": members, "old_names": old_names, "quota": bool(quota), "retired": bool(history)}))
             s.flush()
 
 

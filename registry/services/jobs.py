@@ -43,7 +43,7 @@ from registry.services.lookup import version_ref
 from registry.services.moves import refuse_publish_to_old_name
 from registry.services.quotas import check_room
 from registry.services.registry import Registry
-from registry.services.tokens import Principal
+from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
 from vera_core.config import VeraConfig
 from vera_core.data import DatasetError, read_examples
@@ -145,6 +145,7 @@ class Jobs:
             raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
         with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
             refuse_publish_to_old_name(s, ref.owner, ref.name)
+            lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish would be refused)
             check_room(s, self.registry.quotas, ref.owner, vector_bytes, f"the adapter job {ref} would publish",
                        at_least=True)
         digest = None

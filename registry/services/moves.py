@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import Ref
 from registry.services.quotas import Quotas, check_room
-from registry.services.tokens import Principal
+from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -118,6 +118,7 @@ class Moves:
         adapter = lock_adapter(s, old.owner, old.name)
         if adapter is None:
             raise NotFound(f"No adapter {old.owner}/{old.name}; `vera ls --owner {old.owner}` lists that owner's.")
+        lock_owner(s, new.owner)  # not into an organisation deleted meanwhile
         if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == new.owner, m.Adapter.name == new.name)):
             raise Conflict(f"{new.owner}/{new.name} exists; move {old.owner}/{old.name} to a name that is free "
                            "(or delete that adapter first).")

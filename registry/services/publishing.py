@@ -37,6 +37,7 @@ from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
 from registry.services.moves import lock_adapter, refuse_publish_to_old_name
 from registry.services.quotas import Quotas, check_room
+from registry.services.tokens import lock_owner
 from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -212,6 +213,7 @@ class Publisher:
         s.flush()
         projection = _projection_row(s, checked, projection_blob)
         adapter = lock_adapter(s, what.owner, what.name)  # numbered after a concurrent move of it, never beside it
+        lock_owner(s, what.owner)  # not into an organisation deleted meanwhile
         if adapter is None:
             refuse_publish_to_old_name(s, what.owner, what.name)
             adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description,

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import exists, func, or_, select
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, NotFound, QuotaExceeded
+from registry.domain.errors import NotFound, QuotaExceeded
 from registry.domain.schemas import OwnerUsage, QuotaSource
 from registry.domain.words import size
 from registry.store import models as m
@@ -107,6 +108,7 @@ def require_known(s: Session, owner: str) -> None:
 
 def _usage(s: Session, quotas: Quotas, owner: str) -> OwnerUsage:
     require_known(s, owner)
+    s.expire_all()  # the quota as the database has it now (an UPSERT bypasses the session's objects)
     adapters, versions, stored = used(s, owner)
     quota = quotas.of(s, owner)
     return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
@@ -123,27 +125,25 @@ def usage(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
 
 def set_quota(db: Database, quotas: Quotas, owner: str, quota_bytes: int | None, *, actor: str) -> OwnerUsage:
     """Set ``owner``'s quota (None: no quota), over the settings', until it is cleared. Nothing stored is removed
-    when the owner stores more than that already: its next publish is refused."""
-    try:
-        with db.session() as s:
-            require_known(s, owner)
-            row = s.get(m.OwnerQuota, owner)
-            if row is None:
-                s.add(m.OwnerQuota(owner=owner, quota_bytes=quota_bytes, set_by=actor))
-            else:
-                row.quota_bytes, row.set_by, row.set_at = quota_bytes, actor, m.utcnow()
-            s.flush()
-            return _usage(s, quotas, owner)
-    except DbIntegrityError as exc:  # another admin set it first, at the same moment
-        raise Conflict(f"The quota of {owner} was set by someone else at the same moment; see it with `vera usage "
-                       f"{owner}` and set it again if need be.") from exc
+    when the owner stores more than that already: its next publish is refused. One UPSERT: admins setting and
+    clearing it at the same moment take turns."""
+    insert: Any = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+    with db.session() as s:
+        require_known(s, owner)
+        values = {"owner": owner, "quota_bytes": quota_bytes, "set_by": actor[:64], "set_at": m.utcnow()}
+        statement = insert(m.OwnerQuota.__table__).values(**values)
+        s.execute(statement.on_conflict_do_update(index_elements=["owner"], set_={
+            key: statement.excluded[key] for key in ("quota_bytes", "set_by", "set_at")}))
+        return _usage(s, quotas, owner)
 
 
 def clear_quota(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
-    """Drop the quota an admin set for ``owner``: the settings' holds again (nothing to drop: nothing changes)."""
+    """Drop the quota an admin set for ``owner``: the settings' holds again (nothing set: nothing changes). An owner
+    known only by that quota is still answered: its usage, with the settings' quota."""
     with db.session() as s:
-        row = s.get(m.OwnerQuota, owner)
-        if row is not None:
-            s.delete(row)
-            s.flush()
-        return _usage(s, quotas, owner)
+        require_known(s, owner)
+        s.execute(delete(m.OwnerQuota).where(m.OwnerQuota.owner == owner))
+        adapters, versions, stored = used(s, owner)
+        quota = quotas.of(s, owner)
+        return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
+                          quota_bytes=quota.bytes, quota_from=quota.source)

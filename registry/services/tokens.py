@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -114,20 +114,49 @@ MAX_TOKENS_PER_DAY = 1000
 OPERATOR = "operator"
 
 
-def retired_since(s: Session, name: str) -> datetime | None:
-    """When ``name`` became retired: the name of an organisation that was deleted (``org-delete`` the last of its
-    organisation events), so that no new owner of the name is shown what the organisation left (its ended jobs and
-    their datasets and logs, its audit events, which are kept by owner name). None: not retired."""
-    last = s.execute(select(m.AuditEvent.action, m.AuditEvent.at).where(
+def retired(s: Session, name: str) -> bool:
+    """Whether ``name`` is retired: the name of a deleted organisation that left a history (``org-delete`` the last
+    of its organisation events, with ``retired`` in its detail: jobs or adapter events under the name), so that no
+    new owner of the name is shown what the organisation left (its ended jobs with their datasets and logs, its
+    audit events, which are kept by owner name). An organisation that owned nothing retires nothing."""
+    deletion = _deletion(s, name)
+    return deletion is not None and bool(deletion.get("retired", True))
+
+
+def _deletion(s: Session, name: str) -> dict[str, Any] | None:
+    """The detail of the org-delete event of ``name`` when it is the last of its organisation events (None: no
+    organisation of that name was deleted, or one was created again since)."""
+    last = s.execute(select(m.AuditEvent.action, m.AuditEvent.detail).where(
         m.AuditEvent.target == name, m.AuditEvent.action.in_(("org-create", "org-delete")))
         .order_by(m.AuditEvent.id.desc()).limit(1)).first()
-    return last.at if last is not None and last.action == "org-delete" else None
+    return dict(last.detail or {}) if last is not None and last.action == "org-delete" else None
 
 
-def retired_refusal(name: str, since: datetime, *, revive: str) -> Conflict:
-    return Conflict(f"{name!r} was the name of an organisation deleted on {since:%Y-%m-%d}; it is retired, so that "
-                    f"what that organisation left (its ended jobs, its audit events) is never shown to a new owner. "
-                    f"Choose another name{revive}.")
+def lock_owner(s: Session, owner: str) -> None:
+    """Conflict for a write (a publish, a move) under ``owner`` when ``owner`` is a deleted organisation's name that
+    no user holds since (retired, or without a token made for it after), read with the organisation's row, if any,
+    in share mode on PostgreSQL: a concurrent delete of the organisation waits for this transaction (and then finds
+    what it wrote, and refuses), or this one waits for the delete and then sees it. On SQLite the transaction holds
+    the database's write lock already (moves.lock_adapter), so the delete is before or after it whole."""
+    query = select(m.Organization.id).where(m.Organization.name == owner)
+    if s.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    if s.scalar(query) is not None:
+        return
+    deletion = _deletion(s, owner)
+    if deletion is None:
+        return
+    user = s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == owner).limit(1)) is not None
+    if deletion.get("retired", True) or not user:
+        raise Conflict(f"{owner} was an organisation, and it was deleted: nothing is published or moved under its "
+                       f"name. Publish under another owner (a registry admin may create {owner} again: `vera org "
+                       f"create {owner}`).")
+
+
+def retired_refusal(name: str, *, revive: str) -> Conflict:
+    return Conflict(f"{name!r} was the name of an organisation that was deleted; it is retired, so that what that "
+                    f"organisation left (its ended jobs, its audit events) is never shown to a new owner. Choose "
+                    f"another name{revive}.")
 
 
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
@@ -168,8 +197,8 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if s.scalar(select(m.Organization.id).where(m.Organization.name == owner)) is not None:
             raise InvalidInput(f"{owner} is an organisation: a token acts for a user, who publishes in {owner} as a "
                                f"member (`vera org add {owner} USER --role write`). Create the token for that user.")
-        if (since := retired_since(s, owner)) is not None:
-            raise retired_refusal(owner, since, revive=" for the user")
+        if retired(s, owner):
+            raise retired_refusal(owner, revive=" for the user")
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to)
         s.add(row)

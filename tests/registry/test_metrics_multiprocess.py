@@ -48,6 +48,19 @@ def test_the_operators_directory_is_cleared_of_an_earlier_runs_files_and_kept(
     assert os.environ[MULTIPROCESS_DIR] == str(tmp_path) and (tmp_path / "README").exists()
 
 
+def test_an_operators_directory_holding_a_database_is_refused_and_nothing_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outsider's walk (session 16): PROMETHEUS_MULTIPROC_DIR set to VERA_DATA_DIR deleted registry.db at start,
+    and the registry came up empty."""
+    (tmp_path / "registry.db").write_bytes(b"SQLite format 3\x00 the registry")
+    (tmp_path / "counter_7.db").write_bytes(b"an earlier run's counts")
+    monkeypatch.setenv(MULTIPROCESS_DIR, str(tmp_path))
+    with pytest.raises(InvalidInput, match=r"holds registry.db, which prometheus_client did not write.*a directory "
+                                           r"of their own"), multiprocess_directory(2):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_7.db", "registry.db"]
+
+
 @pytest.mark.parametrize("kind", ["missing", "file"])
 def test_an_operators_directory_that_is_none_is_refused(kind: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,7 @@ def state(db: Database, org: str) -> dict[str, Any]:
                     m.AuditEvent.action == "org-delete", m.AuditEvent.target == org))]}
 
 
-def test_an_admin_deletes_an_empty_organisation_and_its_name_is_free(registry: Registry, tmp_path: Path) -> None:
+def test_an_admin_deletes_an_empty_organisation_and_its_name_is_retired(registry: Registry, tmp_path: Path) -> None:
     db, access = registry.db, registry.access
     access.create_organization("acme", creator="ann", description="the team")
     ann = principal(db, "ann", ["read", "publish"])
@@ -65,7 +65,7 @@ def test_an_admin_deletes_an_empty_organisation_and_its_name_is_free(registry: R
 
     access.delete_organization("acme", viewer=ann)
     assert state(db, "acme") == {"members": None, "quota": False, "old_names": [], "deleted": [
-        ("ann", {"members": {"ann": "admin", "bob": "write"}, "old_names": 1, "quota": True})]}
+        ("ann", {"members": {"ann": "admin", "bob": "write"}, "old_names": 1, "quota": True, "retired": True})]}
     with db.session() as s:
         assert s.scalars(select(m.Membership)).all() == []
         assert s.get(m.VersionCounter, ("acme", "old")).last_version == 1  # acme/old:1 never names other bytes
@@ -78,12 +78,22 @@ def test_an_admin_deletes_an_empty_organisation_and_its_name_is_free(registry: R
 
     # the name is retired: no new organisation or user takes it (its history would show to them), unless a registry
     # admin revives it; then a publish to the old name is no longer refused as moved, and takes the next number
-    with pytest.raises(Conflict, match="'acme' was the name of an organisation deleted on .*; it is retired.*a "
+    with pytest.raises(Conflict, match="'acme' was the name of an organisation that was deleted; it is retired.*a "
                                        "registry admin may revive it"):
         access.create_organization("acme", creator="dave")
-    with pytest.raises(Conflict, match="'acme' was the name of an organisation deleted on .*Choose another name "
-                                       "for the user"):
+    with pytest.raises(Conflict, match="'acme' was the name of an organisation that was deleted.*Choose another "
+                                       "name for the user"):
         create_token(db, owner="acme", scopes=["read"])
+    # nor does anything land there: an in-flight publish, move or job whose rights were read before the delete
+    # (an outsider's walk, session 16, saw a slow publish and a move create acme/... after it)
+    said = "acme was an organisation, and it was deleted: nothing is published or moved under its name"
+    with pytest.raises(Conflict, match=said):
+        registry.publish(make_adapter(tmp_path / "c", seed=3), owner="acme", name="late", base_model="tiny-llama")
+    with pytest.raises(Conflict, match=said):
+        registry.move("ann/kept", "acme/kept", actor="root")
+    with pytest.raises(Conflict, match=said):
+        Jobs(registry).submit({"demo": True}, owner="acme", target="acme/job")
+    assert registry.adapter("ann/kept").versions == 1
     again = access.create_organization("acme", creator="dave", revive=True)
     assert [(x.member, x.role) for x in again.members] == [("dave", "admin")]
     assert registry.publish(make_adapter(tmp_path / "b", seed=2), owner="acme", name="old",
@@ -92,6 +102,19 @@ def test_an_admin_deletes_an_empty_organisation_and_its_name_is_free(registry: R
     access.delete_organization("acme", viewer=principal(db, "dave", ["read", "publish"]))
     with pytest.raises(Conflict, match="it is retired"):  # deleted again: retired again
         create_token(db, owner="acme", scopes=["read"])
+
+
+def test_an_organisation_that_owned_nothing_leaves_its_name_free(registry: Registry, tmp_path: Path) -> None:
+    """Retiring the names of organisations with no history would let any publisher take a user name for good
+    (create an organisation, delete it: an outsider's walk, session 16)."""
+    db, access = registry.db, registry.access
+    access.create_organization("carol", creator="mallory")
+    access.delete_organization("carol", viewer=principal(db, "mallory", ["read", "publish"]))
+    assert state(db, "carol")["deleted"][0][1]["retired"] is False
+    with pytest.raises(Conflict, match="carol was an organisation, and it was deleted"):  # no user has it yet
+        registry.publish(make_adapter(tmp_path / "a"), owner="carol", name="x", base_model="tiny-llama")
+    create_token(db, owner="carol", scopes=["read", "publish"])  # the user carol: her name
+    assert registry.publish(make_adapter(tmp_path / "a"), owner="carol", name="x", base_model="tiny-llama").version == 1
 
 
 def test_it_is_refused_while_it_owns_adapters_jobs_or_webhooks(registry: Registry, tmp_path: Path) -> None:
@@ -167,7 +190,8 @@ def test_only_its_admins_and_the_registrys_admins_may_delete_it(registry: Regist
 
     access.delete_organization("acme", viewer=principal(db, "root", ["admin"]))  # a registry admin, no member
     assert state(db, "acme")["deleted"] == [("root", {"members": {"ann": "admin", "bob": "write", "carol": "read",
-                                                                  "dave": "admin"}, "old_names": 0, "quota": False})]
+                                                                  "dave": "admin"}, "old_names": 0, "quota": False,
+                                                         "retired": False})]
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +234,7 @@ def test_delete_through_the_api(server: dict[str, Any]) -> None:
         with pytest.raises(NotFound):
             alice.organization("web")
     with RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, \
-            pytest.raises(Conflict, match="'web' was the name of an organisation deleted on .*it is retired"):
+            pytest.raises(Conflict, match="'web' was the name of an organisation that was deleted; it is retired"):
         bob.create_organization("web")  # a user may not take a deleted organisation's name (and its history)
     with RegistryClient(url, tokens["root"], cache=False, retries=0) as root:
         assert [x.member for x in root.create_organization("web").members] == ["root"]  # an admin revives it

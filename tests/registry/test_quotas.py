@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy import inspect, text
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
+from registry.domain.schemas import MAX_QUOTA_BYTES
+from registry.domain.words import parse_size
 from registry.services import publishing
 from registry.services.jobs import Jobs
 from registry.services.quotas import Quotas
@@ -151,6 +154,42 @@ def test_a_quota_an_admin_sets_overrides_the_settings_until_cleared(database_url
                 unknown()
         with db.session() as s:  # a refused quota for a typo left no row
             assert s.get(m.OwnerQuota, "anne") is None
+        # an owner known by its quota alone (its adapters deleted since) is still answered, and its quota cleared
+        registry.publish(make_adapter(tmp_path / "g", seed=9), owner="gone", name="x", base_model="tiny-llama")
+        registry.set_quota("gone", 10**6, actor="root")
+        registry.delete_adapter("gone/x", actor="root")
+        assert registry.clear_quota("gone").model_dump(include={"quota_bytes", "quota_from", "adapters"}) == {
+            "quota_bytes": size, "quota_from": "VERA_OWNER_QUOTA_BYTES", "adapters": 0}
+    finally:
+        db.engine.dispose()
+
+
+def test_admins_setting_and_clearing_one_quota_at_once_take_turns(database_url: str, tmp_path: Path) -> None:
+    """An outsider's walk (session 16): a PUT and a DELETE of one quota at the same moment answered 500
+    (StaleDataError); each is one statement now."""
+    db = Database(database_url)
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")))
+    create_token(db, owner="ann", scopes=["read"])
+    failures: list[BaseException] = []
+
+    def hammer(change: Callable[[], object]) -> None:
+        for _ in range(15):
+            try:
+                change()
+            except BaseException as exc:  # noqa: BLE001 - every failure is the test's finding
+                failures.append(exc)
+
+    try:
+        threads = [threading.Thread(target=hammer, args=(change,)) for change in (
+            lambda: registry.set_quota("ann", 10**9, actor="root"), lambda: registry.clear_quota("ann"),
+            lambda: registry.set_quota("ann", None, actor="admin2"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert registry.usage("ann").quota_from in ("admin", "VERA_OWNER_QUOTA_BYTES", None)
     finally:
         db.engine.dispose()
 
@@ -184,6 +223,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, size: int) -> Iterator[dict
         db = Database(url)
         tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1] for user in ("alice", "bob")}
         tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
+        tokens["alices-admin"] = create_token(db, owner="root", scopes=["admin"], limited_to=["alice"])[1]
         db.engine.dispose()
         with RegistryClient(base, tokens["alice"], cache=False) as alice:
             alice.create_organization("acme")
@@ -245,6 +285,19 @@ def test_admins_set_quotas_through_the_api_and_vera_quota(server: dict[str, Any]
                 root.set_quota("alcie", 10**9)
         with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice, pytest.raises(Forbidden):
             alice.set_quota("alice", None)  # not an admin: her own quota is not hers to lift
+        with RegistryClient(url, tokens["alices-admin"], cache=False, retries=0) as limited:
+            with pytest.raises(Forbidden, match="This token is limited to alice: it may not change the quota of acme"):
+                limited.set_quota("acme", 0)  # an admin token limited to alice acts on alice only (outsider, s16)
+            with pytest.raises(Forbidden, match="limited to alice"):
+                limited.clear_quota("acme")
+            assert limited.set_quota("alice", "1GB").quota_bytes == 10**9
+            limited.clear_quota("alice")
+        refused = httpx.put(f"{url}/api/v1/owners/alice/quota", json={"quota_bytes": "9" * 100_000 + "x"}, timeout=60,
+                            headers={"Authorization": f"Bearer {tokens['alice']}"})
+        assert refused.status_code == 403 and len(refused.content) < 1000  # the scope first: the body is not echoed
+        nul = httpx.get(f"{url}/api/v1/owners/a%00b/usage", headers={"Authorization": f"Bearer {tokens['root']}"},
+                        timeout=60)  # PostgreSQL refuses a NUL in text: a 500 there before
+        assert nul.status_code == 422 and "may not hold a NUL byte" in nul.json()["detail"]
         for body, said in (({"quota_bytes": "lots"}, "'lots' is not a size: give bytes (50000000000) or a number "
                                                      "with a unit (50GB"),
                            ({"quota_bytes": -1}, "-1 is out of range: give 0 to"),
@@ -263,10 +316,31 @@ def test_admins_set_quotas_through_the_api_and_vera_quota(server: dict[str, Any]
         assert done.returncode == 0 and "of its" in done.stdout and "from VERA_OWNER_QUOTA_BYTES" in done.stdout
         for args, said in ((["quota", "alice", "5 parsecs"], "'5 parsecs' is not a size"),
                            (["quota", "alice", "5GB", "--clear"], "Give a SIZE or --clear, not both"),
-                           (["quota", "nobody-here", "1GB"], "No user or organisation is called 'nobody-here'")):
+                           (["quota", "nobody-here", "1GB"], "No user or organisation is called 'nobody-here'"),
+                           (["quota", "a/b", "1GB"], "Owner 'a/b' is not a valid name"),
+                           (["quota", "alice", "1,000GB"], "'1,000GB' is not a size"),  # not 1 byte (s16)
+                           (["org", "delete", ".", "--yes"], "'.' is not a name"),  # a traceback before
+                           (["org", "show", ""], "'' is not a name")):
             refused = vera(*args)
             assert refused.returncode == 1 and said in refused.stderr and "Traceback" not in refused.stderr, args
     finally:
         with RegistryClient(url, tokens["root"], cache=False) as root:
             root.clear_quota("alice")
             root.clear_quota("acme")
+
+
+@pytest.mark.parametrize(("given", "read"), [
+    ("50GB", 50 * 10**9), ("50GiB", 50 * 2**30), ("1.5 TB", 15 * 10**11), (" 7 kb ", 7000), ("50g", 50 * 10**9),
+    ("512", 512), ("512 B", 512), ("1.5KiB", 1536), (0, 0), (2**63 - 1, 2**63 - 1),
+])
+def test_sizes_in_words(given: object, read: int) -> None:
+    assert parse_size(given, most=MAX_QUOTA_BYTES) == read
+
+
+@pytest.mark.parametrize("given", [
+    # an outsider's walk (session 16): pydantic's ByteSize read these as 1, 1 and 50 bytes, and True as 1
+    "1,000GB", "1,5TB", "50-GB", ".5", "１２", "٣", True, 1.5, "1e3", "50GBB", "-5", "9" * 30, "5" * 41, None, [],
+])
+def test_what_is_not_a_size_is_refused_saying_so(given: object) -> None:
+    with pytest.raises(ValueError, match=r"is not a size: give bytes|is out of range: give 0 to"):
+        parse_size(given, most=MAX_QUOTA_BYTES)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -154,7 +155,7 @@ def create_organization(caller: Caller, options: Options, registry: RegistryDep,
     """A new organisation, with the caller as its first admin (publish scope)."""
     who = authorize(caller, options, "publish")
     return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
-                                               revive=who.is_admin)
+                                               revive=who.is_admin and who.limited_to is None)
 
 
 @router.get("/orgs/{org}", response_model=OrganizationInfo)
@@ -201,16 +202,27 @@ class QuotaBody(BaseModel):
         description="the quota: bytes, or a size with a unit (\"50GB\", \"50GiB\"); null: no quota for this owner")
 
 
+def _quota_admin(caller: Caller, options: Options, owner: str) -> Principal:
+    """An admin whose token may act on ``owner`` (a token limited to some owners is limited here too); a dependency,
+    so that anyone else is refused before the body is read and checked."""
+    who = authorize(caller, options, "admin")
+    if who.limited_to is not None and owner not in who.limited_to:
+        raise Forbidden(f"This token is limited to {', '.join(who.limited_to)}: it may not change the quota of "
+                        f"{owner}. Use an admin token without a limit.")
+    return who
+
+
+QuotaAdmin = Annotated[Principal, Depends(_quota_admin)]
+
+
 @router.put("/owners/{owner}/quota", response_model=OwnerUsage)
-def put_quota(caller: Caller, options: Options, registry: RegistryDep, owner: str, body: QuotaBody) -> OwnerUsage:
+def put_quota(who: QuotaAdmin, registry: RegistryDep, owner: str, body: QuotaBody) -> OwnerUsage:
     """Set the owner's storage quota (admins), over the settings' (VERA_OWNER_QUOTAS, VERA_OWNER_QUOTA_BYTES) until
     it is cleared; nothing stored is removed by a lower one."""
-    who = authorize(caller, options, "admin")
     return registry.set_quota(owner, None if body.quota_bytes is None else int(body.quota_bytes), actor=who.owner)
 
 
 @router.delete("/owners/{owner}/quota", response_model=OwnerUsage)
-def delete_quota(caller: Caller, options: Options, registry: RegistryDep, owner: str) -> OwnerUsage:
+def delete_quota(who: QuotaAdmin, registry: RegistryDep, owner: str) -> OwnerUsage:
     """Drop the quota an admin set for the owner (admins): the settings' holds again."""
-    authorize(caller, options, "admin")
     return registry.clear_quota(owner)
