@@ -143,11 +143,10 @@ def lock_owner(s: Session, owner: str) -> None:
         query = query.with_for_update(read=True)
     if s.scalar(query) is not None:
         return
+    if s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == owner).limit(1)) is not None:
+        return  # a user's: an organisation refuses a name with a token, and a retired name gets no token
     deletion = _deletion(s, owner)
-    if deletion is None:
-        return
-    user = s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == owner).limit(1)) is not None
-    if deletion.get("retired", True) or not user:
+    if deletion is not None:
         raise Conflict(f"{owner} was an organisation, and it was deleted: nothing is published or moved under its "
                        f"name. Publish under another owner (a registry admin may create {owner} again: `vera org "
                        f"create {owner}`).")
