@@ -10,6 +10,7 @@ from registry.services.base_configs import HubBaseConfigs
 from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
 from registry.services.hub import HubSync, use_timeout
+from registry.services.invitations import InvitationPolicy
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
 from registry.services.validation import ProjectionBudget
@@ -59,6 +60,8 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
                         file_cache=FileCache(settings.file_cache_bytes),
                         default_visibility=settings.default_visibility,
                         quotas=Quotas(settings.owner_quota_bytes, settings.owner_quotas),
+                        invitations=InvitationPolicy(settings.org_invitations,
+                                                     timedelta(days=settings.org_invitation_days)),
                         downloads=DownloadCounter(db, flush_every_s=settings.download_flush_s,
                                                   flush_every=settings.download_flush_count))
     except BaseException:

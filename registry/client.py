@@ -40,6 +40,7 @@ from registry.domain.schemas import (
     FileManifest,
     HubSyncInfo,
     HubSyncResult,
+    InvitationInfo,
     JobEventInfo,
     JobInfo,
     LineageGraph,
@@ -787,12 +788,33 @@ class RegistryClient:
             "POST", "/api/v1/orgs", json={"name": name, "description": description}).json())
 
     def set_member(self, organization: str, member: str, role: str) -> OrganizationInfo:
+        """Add ``member`` with ``role``, or change its role. On a registry with invitations on (VERA_ORG_INVITATIONS)
+        a user who is not a member is invited instead: the answer lists them in ``invitations``, not ``members``
+        (``OrganizationInfo.invited``)."""
         return OrganizationInfo.model_validate(self._request(
             "PUT", f"/api/v1/orgs/{_segment(organization)}/members/{_segment(member)}", json={"role": role}).json())
 
     def remove_member(self, organization: str, member: str) -> OrganizationInfo:
         return OrganizationInfo.model_validate(self._request(
             "DELETE", f"/api/v1/orgs/{_segment(organization)}/members/{_segment(member)}").json())
+
+    def invitations(self) -> list[InvitationInfo]:
+        """Your pending invitations to organisations."""
+        return [InvitationInfo.model_validate(i) for i in self._request("GET", "/api/v1/invitations").json()]
+
+    def accept_invitation(self, organization: str) -> OrganizationInfo:
+        """Join ``organization`` with the role you were invited to (NotFound when no invitation is pending)."""
+        return OrganizationInfo.model_validate(self._request(
+            "POST", f"/api/v1/invitations/{_segment(organization)}").json())
+
+    def decline_invitation(self, organization: str) -> None:
+        """Decline your invitation to ``organization`` (NotFound when none is pending)."""
+        self._request("DELETE", f"/api/v1/invitations/{_segment(organization)}")
+
+    def cancel_invitation(self, organization: str, member: str) -> OrganizationInfo:
+        """Cancel ``member``'s pending invitation to ``organization`` (its admins)."""
+        return OrganizationInfo.model_validate(self._request(
+            "DELETE", f"/api/v1/orgs/{_segment(organization)}/invitations/{_segment(member)}").json())
 
     def delete_organization(self, name: str) -> None:
         """Delete organisation ``name`` (its admins; the registry's admins): Conflict while it owns adapters, queued

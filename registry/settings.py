@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # (`vera quota`) overrides both. A publish over its owner's quota is refused (403 quota_exceeded).
     owner_quota_bytes: QuotaSize | None = None
     owner_quotas: dict[str, QuotaSize | None] = {}
+    # Invitations to organisations (registry.services.invitations): on, an organisation's admin who adds a user who is
+    # not a member invites them, and they become a member only by accepting (`vera org accept ORG`) within
+    # org_invitation_days; off (the default), a user added is a member at once. Pending invitations are kept when it
+    # is turned off, and can still be answered or cancelled.
+    org_invitations: bool = False
+    org_invitation_days: float = Field(default=14.0, gt=0, le=365)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.

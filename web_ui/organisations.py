@@ -1,21 +1,24 @@
 """Organisations: the ones you belong to (every one for an admin), each with its members and their roles; an
 organisation's admins add members, change roles and remove members there, and delete it (its name typed to confirm),
 any member may leave, and whoever may publish creates one (becoming its admin). A member name that no token was ever
-created for is marked: a misspelt name shows. Each organisation's storage, and yours, is shown against its quota,
-which admins set or clear there. The organisation lives in the URL (``?org=acme``). The registry decides in the end
-(the last admin cannot leave, an organisation cannot be a member, one that owns adapters, jobs or webhooks is not
-deleted); its refusals are shown as messages."""
+created for is marked: a misspelt name shows. On a registry with invitations (VERA_ORG_INVITATIONS), adding a user
+who is not a member invites them: your own invitations are listed first, to accept or decline, and an
+organisation's admins see its pending ones and may cancel them. Each organisation's storage, and yours, is shown
+against its quota, which admins set or clear there. The organisation lives in the URL (``?org=acme``). The registry
+decides in the end (the last admin cannot leave, an organisation cannot be a member, one that owns adapters, jobs or
+webhooks is not deleted); its refusals are shown as messages."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, WhoAmI
+from registry.domain.schemas import MAX_QUOTA_BYTES, InvitationInfo, OrganizationInfo, WhoAmI
 from registry.domain.words import counted, parse_size, size
 from web_ui import navigation, session, tables
 from web_ui.editing import READ_ONLY_EDITS
@@ -25,12 +28,18 @@ ROLE_WORDS = {"read": "read: sees the organisation's private adapters", "write":
               "admin": "admin: also manages members"}
 #: The outcome of the last change on this page (a success message, or the registry's refusal).
 RESULT = "orgs_result"
+T = TypeVar("T")
 
 
 def members_table(org: OrganizationInfo) -> pd.DataFrame:
     return pd.DataFrame([{"member": x.member, "role": x.role, "since": f"{x.added_at:%Y-%m-%d}",
                           "token": "no token yet" if x.has_token is False else "yes" if x.has_token else ""}
                          for x in org.members])
+
+
+def invitations_table(invitations: list[InvitationInfo]) -> pd.DataFrame:
+    return pd.DataFrame([{"member": i.member, "role": i.role, "invited by": i.invited_by,
+                          "expires": f"{i.expires_at:%Y-%m-%d %H:%M}"} for i in invitations])
 
 
 def manages(who: WhoAmI, org: str) -> bool:
@@ -45,13 +54,14 @@ def _done(outcome: str | RegistryError) -> None:
     st.cache_data.clear()
 
 
-def _change(action: str, fn: Callable[[RegistryClient], object]) -> None:
+def _change(action: str | Callable[[T], str], fn: Callable[[RegistryClient], T]) -> None:
+    """Make the change ``fn``; say ``action`` (or what it says of the answer), or the registry's refusal."""
     try:
-        session.call(fn)
+        answer = session.call(fn)
     except RegistryError as exc:
         _done(exc)
     else:
-        _done(action)
+        _done(action if isinstance(action, str) else action(answer))
 
 
 def set_member(org: str) -> None:
@@ -61,7 +71,34 @@ def set_member(org: str) -> None:
     if not member:
         _done("Type the member's user name.")
         return
-    _change(f"{member} is now {role} in {org}.", lambda c: c.set_member(org, member, role))
+    _change(lambda info: added(info, member, role), lambda c: c.set_member(org, member, role))
+
+
+def added(org: OrganizationInfo, member: str, role: str) -> str:
+    """What adding ``member`` did: made them a member, or (invitations on) invited them."""
+    invitation = org.invited(member)
+    if invitation is None:
+        return f"{member} is now {role} in {org.name}."
+    return (f"Invited {member} as {role} to {org.name}: pending until they accept (the invitation expires "
+            f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC).")
+
+
+def accept(org: str, user: str) -> None:
+    """``on_click`` of Accept (an invitation for ``user``): they join ``org``, and the page shows it."""
+    _change(lambda info: f"You joined {org} as {info.role_of(user) or 'a member'}.", lambda c: c.accept_invitation(org))
+    if not isinstance(st.session_state[RESULT], RegistryError):
+        st.query_params["org"] = org
+
+
+def decline(org: str) -> None:
+    """``on_click`` of Decline (an invitation for you)."""
+    _change(f"You declined the invitation to {org}.", lambda c: c.decline_invitation(org))
+
+
+def cancel_invitation(org: str) -> None:
+    """``on_click`` of Cancel invitation (an organisation's admins)."""
+    member = st.session_state["orgs_uninvite"]
+    _change(f"Cancelled the invitation of {member} to {org}.", lambda c: c.cancel_invitation(org, member))
 
 
 def remove_member(org: str, member: str, leaving: bool) -> None:
@@ -128,6 +165,25 @@ def manage_form(org: OrganizationInfo) -> None:
         st.selectbox("Member", others, key="orgs_remove")
         st.form_submit_button("Remove", on_click=lambda: remove_member(org.name, st.session_state["orgs_remove"],
                                                                        False))
+    if org.invitations:
+        with st.form("orgs_cancel_invitation"):
+            st.markdown("**Cancel a pending invitation**")
+            st.selectbox("Invited user", [i.member for i in org.invitations], key="orgs_uninvite")
+            st.form_submit_button("Cancel invitation", on_click=cancel_invitation, args=(org.name,))
+
+
+def your_invitations(who: WhoAmI) -> None:
+    """The invitations waiting for ``who``'s answer, each with Accept and Decline (none on a read-only registry)."""
+    if not who.pending_invitations:  # (None: a registry before invitations)
+        return
+    st.subheader("Invitations for you")
+    for i in session.read(RegistryClient.invitations):
+        text, yes, no = st.columns([6, 1, 1], vertical_alignment="center")
+        text.markdown(f"**{i.organization}** invites you as **{i.role}** (invited by {i.invited_by}; expires "
+                      f"{i.expires_at:%Y-%m-%d %H:%M} UTC)")
+        if not who.read_only:
+            yes.button("Accept", key=f"orgs_accept_{i.organization}", on_click=accept, args=(i.organization, who.user))
+            no.button("Decline", key=f"orgs_decline_{i.organization}", on_click=decline, args=(i.organization,))
 
 
 def delete_form(org: OrganizationInfo) -> None:
@@ -191,6 +247,9 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
     st.caption(f"{org.description or '(no description)'} · created by {org.created_by} on {org.created_at:%Y-%m-%d}")
     tables.show(members_table(org), hide_index=True, width="stretch")
     unknown_members(org)
+    if org.invitations:
+        st.markdown(f"**Pending invitations** ({len(org.invitations)}): members once they accept")
+        tables.show(invitations_table(org.invitations), hide_index=True, width="stretch")
     storage(org.name, who)
     if who.read_only:
         st.caption(READ_ONLY_EDITS)
@@ -213,6 +272,7 @@ def page() -> None:
         st.info("Sign in with a token (sidebar) to see your organisations: anonymous callers belong to none.")
         return
     result()
+    your_invitations(who)
     orgs = session.read(RegistryClient.organizations)
     names = [o.name for o in orgs]
     if not names:

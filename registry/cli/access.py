@@ -13,7 +13,7 @@ from registry.cli.common import RegistryUrl, Token, call_registry, confirm_delet
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import MAX_QUOTA_BYTES, OrganizationInfo, OwnerUsage, check_name
+from registry.domain.schemas import MAX_QUOTA_BYTES, InvitationInfo, OrganizationInfo, OwnerUsage, check_name
 from registry.domain.words import counted, parse_size
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
@@ -69,6 +69,9 @@ def whoami(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutpu
         console.print(f"this token is limited to: {', '.join(who.limited_to)}")
     if who.expires_at is not None:
         console.print(f"this token expires {who.expires_at:%Y-%m-%d %H:%M} UTC")
+    if who.pending_invitations:
+        console.print(f"{counted(who.pending_invitations, 'invitation')} to organisations waiting for your answer: "
+                      "`vera org invitations`")
 
 
 def usage(owner: Annotated[str | None, typer.Argument(help="A user or organisation (default: you).")] = None,
@@ -171,6 +174,18 @@ def _print_org(org: OrganizationInfo, as_json: bool) -> None:
     for x in org.members:
         table.add_row(x.member + (" (no token yet)" if x.has_token is False else ""), x.role, f"{x.added_at:%Y-%m-%d}")
     console.print(table)
+    if org.invitations:
+        console.print(_invitations_table(org.invitations, "pending invitations", "member"))
+
+
+def _invitations_table(invitations: list[InvitationInfo], title: str, who: str) -> Table:
+    """Pending invitations, one a row: the organisation (``who`` "organisation") or the member invited, the role,
+    who invited and until when."""
+    table = Table(who, "role", "invited by", "expires", title=title, title_justify="left")
+    for i in invitations:
+        table.add_row(i.organization if who == "organisation" else i.member, i.role, i.invited_by,
+                      f"{i.expires_at:%Y-%m-%d %H:%M} UTC")
+    return table
 
 
 def org_create(name: Annotated[str, typer.Argument(help="The organisation's name (an owner namespace).")],
@@ -204,14 +219,62 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
             role: Role = "read", registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False
             ) -> None:
     """Add a member with a role, or change a member's role (organisation admins). A name no token was ever created
-    for is added too (an operator may create its token later), with a warning to check its spelling."""
+    for is added too (an operator may create its token later), with a warning to check its spelling. On a registry
+    with invitations on (VERA_ORG_INVITATIONS), a user who is not a member is invited instead, and joins by
+    accepting (`vera org accept ORG`)."""
     org = call_registry(registry, token, lambda c: c.set_member(name, member, role))
     _print_org(org, as_json)
+    invitation = org.invited(member)
+    if invitation is not None and not as_json:
+        console.print(f"invited {member} as {invitation.role} (pending until they accept: `vera org accept {name}`); "
+                      f"the invitation expires {invitation.expires_at:%Y-%m-%d %H:%M} UTC")
     if any(x.member == member and x.has_token is False for x in org.members):
         err_console.print(f"[yellow]warning:[/] no token was ever created for {member!r} on this registry: check the "
                           f"spelling (`vera org remove {name} {member}` undoes this). They get the role once an "
                           f"operator runs `vera token create --owner {member} --scope read"
                           + (" --scope publish" if role != "read" else "") + "`.")
+
+
+def org_invitations(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Your pending invitations to organisations: accept one with `vera org accept ORG`, decline with `vera org
+    decline ORG`."""
+    invitations = call_registry(registry, token, lambda c: c.invitations())
+    if as_json:
+        print_json(invitations)
+    elif not invitations:
+        console.print("no invitations to organisations wait for your answer")
+    else:
+        console.print(_invitations_table(invitations, "your invitations (`vera org accept ORG`, `vera org decline "
+                                                       "ORG`)", "organisation"))
+
+
+def org_accept(name: Annotated[str, typer.Argument(help="The organisation that invited you.")],
+               registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Accept an invitation: you become a member of the organisation, with the role you were invited to."""
+    def accept(c: RegistryClient) -> tuple[OrganizationInfo, str]:
+        return c.accept_invitation(name), c.whoami().user
+
+    org, user = call_registry(registry, token, accept)
+    if not as_json:
+        console.print(f"you joined {name} as {org.role_of(user) or 'a member'}")
+    _print_org(org, as_json)
+
+
+def org_decline(name: Annotated[str, typer.Argument(help="The organisation that invited you.")],
+                registry: RegistryUrl = None, token: Token = None) -> None:
+    """Decline an invitation to an organisation (its admins may invite you again)."""
+    call_registry(registry, token, lambda c: c.decline_invitation(name))
+    console.print(f"declined the invitation to {name}")
+
+
+def org_uninvite(name: Annotated[str, typer.Argument(help="Organisation.")],
+                 member: Annotated[str, typer.Argument(help="The user whose pending invitation to cancel.")],
+                 registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Cancel a pending invitation (organisation admins)."""
+    org = call_registry(registry, token, lambda c: c.cancel_invitation(name, member))
+    if not as_json:
+        console.print(f"cancelled the invitation of {member} to {name}")
+    _print_org(org, as_json)
 
 
 def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],

@@ -229,6 +229,18 @@ class MemberInfo(BaseModel):
     has_token: bool | None = None
 
 
+class InvitationInfo(BaseModel):
+    """A pending invitation to join an organisation (VERA_ORG_INVITATIONS): ``member`` becomes a member with
+    ``role`` by accepting it before ``expires_at``."""
+
+    organization: str
+    member: str
+    role: str  # read | write | admin
+    invited_by: str
+    invited_at: datetime
+    expires_at: datetime
+
+
 #: Where an owner's storage quota comes from (registry.services.quotas): set by an admin through the API, or the
 #: settings' per-owner or every-owner quota.
 QuotaSource = Literal["admin", "VERA_OWNER_QUOTAS", "VERA_OWNER_QUOTA_BYTES"]
@@ -274,6 +286,20 @@ class OrganizationInfo(BaseModel):
     created_by: str
     created_at: datetime
     members: list[MemberInfo]
+    # its pending invitations (VERA_ORG_INVITATIONS), shown to its admins and the registry's; empty for its other
+    # members, and from a server before this field
+    invitations: list[InvitationInfo] = Field(default_factory=list)
+
+    def role_of(self, member: str) -> str | None:
+        """``member``'s role here (None: no member)."""
+        return next((x.role for x in self.members if x.member == member), None)
+
+    def invited(self, member: str) -> InvitationInfo | None:
+        """``member``'s pending invitation when they are invited and no member yet (None otherwise): what a
+        registry with invitations on answers adding a user (`vera org add` says so)."""
+        if self.role_of(member) is not None:
+            return None
+        return next((i for i in self.invitations if i.member == member), None)
 
 
 class WhoAmI(BaseModel):
@@ -288,6 +314,9 @@ class WhoAmI(BaseModel):
     expires_at: datetime | None = None
     #: The registry takes no changes from anyone (VERA_READ_ONLY: a read replica, a maintenance window, a mirror).
     read_only: bool = False
+    #: How many invitations to organisations wait for this user's answer (`vera org invitations`); None: anonymous,
+    #: or a server before this field.
+    pending_invitations: int | None = None
 
 
 class VersionInfo(BaseModel):

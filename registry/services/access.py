@@ -15,8 +15,18 @@ from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, 
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
-from registry.domain.schemas import ACTIVE_JOB_STATUSES, MemberInfo, OrganizationInfo, Ref, check_name, check_text
+from registry.domain.schemas import (
+    ACTIVE_JOB_STATUSES,
+    InvitationInfo,
+    MemberInfo,
+    OrganizationInfo,
+    Ref,
+    check_name,
+    check_text,
+)
 from registry.domain.words import counted
+from registry.services import invitations as invites
+from registry.services.invitations import InvitationPolicy
 from registry.services.tokens import ROLES, Principal, Role, retired, retired_refusal
 from registry.store import models as m
 from registry.store.database import Database
@@ -84,10 +94,14 @@ def _require_readable(s: Session, viewer: Principal | None, owner: str, name: st
 
 
 class Access:
-    """Organisations, their members, and adapters' visibility: each method one transaction, audited."""
+    """Organisations, their members and invitations, and adapters' visibility: each method one transaction,
+    audited."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, invitations: InvitationPolicy | None = None) -> None:
+        """``invitations``: whether adding a user invites them, and for how long (default: off, a user added is a
+        member at once; registry.services.invitations)."""
         self.db = db
+        self.invitation_policy = invitations or InvitationPolicy()
 
     def check_readable(self, viewer: Principal | None, *refs: Ref | str) -> None:
         """AdapterNotFound for the first of ``refs`` that is missing or that ``viewer`` may not read (in order, so
@@ -132,18 +146,23 @@ class Access:
         """An organisation with its members (members and admins only: to anyone else it does not exist)."""
         with self.db.session() as s:
             org = _visible_org(s, name, viewer)
-            return _org_info(s, org)
+            return _org_info(s, org, invites.shown(s, org, viewer))
 
     def organizations(self, viewer: Principal | None = None) -> list[OrganizationInfo]:
-        """The organisations ``viewer`` belongs to (every one for admins and the local user)."""
+        """The organisations ``viewer`` belongs to (every one for admins and the local user), with the pending
+        invitations of those ``viewer`` administers."""
         query = select(m.Organization).order_by(m.Organization.name)
         if viewer is not None and not viewer.is_admin:
             query = query.where(m.Organization.name.in_(sorted(viewer.roles)))
         with self.db.session() as s:
-            return [_org_info(s, o) for o in s.scalars(query)]
+            orgs = list(s.scalars(query))
+            invited = invites.of_organizations(s, [o.id for o in orgs if invites.shown_to(viewer, o.name)])
+            return [_org_info(s, o, invited.get(o.id)) for o in orgs]
 
     def set_member(self, organization: str, member: str, role: str, *, viewer: Principal) -> OrganizationInfo:
-        """Add ``member`` with ``role``, or change its role (organisation admins only)."""
+        """Add ``member`` with ``role``, or change its role (organisation admins only). With invitations on
+        (VERA_ORG_INVITATIONS), a user who is not a member is invited instead (or their invitation renewed, with
+        this role), audited as org-invite; a member's role still changes at once."""
         check_name(member, "Member")
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
@@ -153,17 +172,25 @@ class Access:
                 raise InvalidInput(f"{member!r} is an organisation; members are users (an organisation cannot be a "
                                    f"member of another: add its members to {organization} one by one).")
             current = next((x for x in org.members if x.member == member), None)
+            if current is None and self.invitation_policy.required:
+                invites.invite(s, org, member, role, by=viewer.owner, policy=self.invitation_policy,
+                               most=MAX_MEMBERS)
+                s.add(m.AuditEvent(actor=viewer.owner, action="org-invite", target=organization,
+                                   detail={"member": member, "role": role}))
+                s.flush()
+                return _org_info(s, org, invites.shown(s, org, viewer))
             if current is None:
                 if len(org.members) >= MAX_MEMBERS:
                     raise InvalidInput(f"{organization} has {MAX_MEMBERS} members, the most an organisation takes.")
                 org.members.append(m.Membership(member=member, role=role, added_by=viewer.owner))
+                invites.drop(s, org, member)  # an invitation left from when invitations were on is moot
             elif current.role != role:
                 _keep_an_admin(org, member, role)
                 current.role = role
             s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
                                detail={"member": member, "role": role}))
             s.flush()
-            return _org_info(s, org)
+            return _org_info(s, org, invites.shown(s, org, viewer))
 
     def remove_member(self, organization: str, member: str, *, viewer: Principal) -> OrganizationInfo:
         """Remove ``member`` (an admin of the organisation removes anyone; a member may leave, removing themself);
@@ -179,7 +206,68 @@ class Access:
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))
             s.flush()
-            return _org_info(s, org)
+            return _org_info(s, org, invites.shown(s, org, viewer))
+
+    def invitations(self, viewer: Principal) -> list[InvitationInfo]:
+        """``viewer``'s pending invitations (a token limited to some owners: to those organisations only)."""
+        with self.db.session() as s:
+            return invites.of_member(s, viewer.owner, viewer.limited_to)
+
+    def pending_invitations(self, viewer: Principal) -> int:
+        """How many invitations wait for ``viewer``'s answer (as ``invitations`` lists them)."""
+        with self.db.session() as s:
+            return invites.count_of_member(s, viewer.owner, viewer.limited_to)
+
+    def accept_invitation(self, organization: str, *, viewer: Principal) -> OrganizationInfo:
+        """``viewer`` joins ``organization`` with the role they were invited to, which takes their invitation;
+        audited as org-join. NotFound when none is pending (never sent, expired, answered or cancelled; or to an
+        organisation outside the token's limit), as for an organisation that does not exist."""
+        with self.db.session() as s:
+            org, invitation = self._answer(s, organization, viewer)
+            current = next((x for x in org.members if x.member == viewer.owner), None)
+            if current is None:  # (a member already, added meanwhile without it: their role stays)
+                if len(org.members) >= MAX_MEMBERS:
+                    raise InvalidInput(f"{organization} has {MAX_MEMBERS} members, the most an organisation takes; "
+                                       "ask its admins to make room.")
+                org.members.append(current := m.Membership(member=viewer.owner, role=invitation.role,
+                                                           added_by=invitation.invited_by))
+            s.add(m.AuditEvent(actor=viewer.owner, action="org-join", target=organization,
+                               detail={"role": current.role, "invited_by": invitation.invited_by}))
+            s.flush()
+            return _org_info(s, org, invites.shown(s, org, viewer, role=current.role))
+
+    def decline_invitation(self, organization: str, *, viewer: Principal) -> None:
+        """``viewer`` declines their invitation to ``organization``; audited as org-decline. NotFound as for
+        ``accept_invitation``."""
+        with self.db.session() as s:
+            _, invitation = self._answer(s, organization, viewer)
+            s.add(m.AuditEvent(actor=viewer.owner, action="org-decline", target=organization,
+                               detail={"role": invitation.role, "invited_by": invitation.invited_by}))
+
+    def cancel_invitation(self, organization: str, member: str, *, viewer: Principal) -> OrganizationInfo:
+        """Cancel ``member``'s pending invitation (organisation admins only); audited as org-invite-cancel."""
+        with self.db.session() as s:
+            org = _managed_org(s, organization, viewer)
+            invitation = invites.take(s, org, member)
+            if invitation is None:
+                raise NotFound(f"No pending invitation to {organization} for {member!r}; `vera org show "
+                               f"{organization}` lists its invitations.")
+            s.add(m.AuditEvent(actor=viewer.owner, action="org-invite-cancel", target=organization,
+                               detail={"member": member, "role": invitation.role}))
+            s.flush()
+            return _org_info(s, org, invites.shown(s, org, viewer))
+
+    def _answer(self, s: Session, organization: str, viewer: Principal) -> tuple[m.Organization, InvitationInfo]:
+        """The organisation and ``viewer``'s pending invitation to it, taken (the answer, accept or decline, is given
+        once); NotFound when there is none."""
+        org = s.scalar(select(m.Organization).where(m.Organization.name == organization))
+        within = not viewer.anonymous and (viewer.limited_to is None or organization in viewer.limited_to)
+        invitation = invites.take(s, org, viewer.owner) if org is not None and within else None
+        if org is None or invitation is None:
+            raise NotFound(f"No pending invitation to {organization!r} for {viewer.owner}; `vera org invitations` "
+                           f"lists yours. An invitation expires after {self.invitation_policy.lasts()}, and goes once "
+                           f"answered or cancelled; an admin of {organization} may invite you again.")
+        return org, invitation
 
     def delete_organization(self, name: str, *, viewer: Principal) -> None:
         """Delete an organisation (its admins, with publish scope, and the registry's admins), refused (Conflict)
@@ -300,11 +388,13 @@ def _keep_an_admin(org: m.Organization, member: str, new_role: Role | str | None
         raise Conflict(f"{member} is the last admin of {org.name}; make another member admin first.")
 
 
-def _org_info(s: Session, org: m.Organization) -> OrganizationInfo:
+def _org_info(s: Session, org: m.Organization, invitations: list[InvitationInfo] | None = None) -> OrganizationInfo:
+    """``org`` with its members, and the pending ``invitations`` shown to the caller (None: none)."""
     names = [x.member for x in org.members]
     with_tokens = set(s.scalars(select(m.AccessToken.owner).where(m.AccessToken.owner.in_(names)).distinct()))
     return OrganizationInfo(name=org.name, description=org.description, created_by=org.created_by,
                             created_at=org.created_at,
                             members=[MemberInfo(member=x.member, role=cast(Role, x.role), added_at=x.added_at,
                                                 has_token=x.member in with_tokens)
-                                     for x in org.members])
+                                     for x in org.members],
+                            invitations=invitations or [])

@@ -3,7 +3,8 @@ CLI, Hub sync, jobs and tests use. Each operation belongs to one service module 
 transaction unless its docstring says why not; all return domain objects (registry.domain.schemas), never ORM
 rows.
 
-    access        registry.services.access         organisations, members, visibility, readability checks
+    access        registry.services.access         organisations, members, invitations (registry.services.
+                                                   invitations), visibility, readability checks
     base models   registry.services.base_models    register, register_from_config(_dict), list
     publish       registry.services.publishing     publish (validation: registry.services.validation; undeclared
                                                    base shapes: registry.services.base_configs)
@@ -34,6 +35,7 @@ from registry.services.base_models import BaseModels
 from registry.services.derived import DerivedFiles
 from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
+from registry.services.invitations import InvitationPolicy
 from registry.services.lineage import Lineage
 from registry.services.metadata import Metadata
 from registry.services.moves import Moves
@@ -55,14 +57,15 @@ class Registry:
     def __init__(self, db: Database, blobs: BlobStore, *, budget: ProjectionBudget | None = None,
                  base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None,
                  default_visibility: Visibility = "public", downloads: DownloadCounter | None = None,
-                 quotas: Quotas | None = None) -> None:
+                 quotas: Quotas | None = None, invitations: InvitationPolicy | None = None) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
         VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
         from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters;
         ``file_cache`` keeps built download files (default: 256 MiB); ``default_visibility`` is that of adapters
         published without saying (VERA_DEFAULT_VISIBILITY); ``downloads`` counts downloads (the API starts and
         stops its flushing); ``quotas``: each owner's storage quota (VERA_OWNER_QUOTA_BYTES, VERA_OWNER_QUOTAS;
-        default none)."""
+        default none); ``invitations``: whether adding a user to an organisation invites them, and for how long
+        (VERA_ORG_INVITATIONS, VERA_ORG_INVITATION_DAYS; default: off, a user added is a member at once)."""
         self.db, self.blobs = db, blobs
         blobs.guard_writes(partial(names_any_blob, db))  # no write lands on storage that is not mounted
         self.budget = budget = budget or ProjectionBudget()
@@ -80,7 +83,7 @@ class Registry:
         self.quotas = quotas = quotas or Quotas()
         self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
                                  default_visibility=default_visibility, quotas=quotas).publish
-        self.access, self.default_visibility = Access(db), default_visibility
+        self.access, self.default_visibility = Access(db, invitations), default_visibility
         self.get = self.versions.get
         self.files = self.versions.files
         self.built = self.versions.built

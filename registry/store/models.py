@@ -260,6 +260,8 @@ class Organization(Base):
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     members: Mapped[list[Membership]] = relationship(cascade="all, delete-orphan", order_by="Membership.member")
+    invitations: Mapped[list[OrgInvitation]] = relationship(cascade="all, delete-orphan",
+                                                            order_by="OrgInvitation.member")
 
 
 class Membership(Base):
@@ -272,6 +274,22 @@ class Membership(Base):
     role: Mapped[str] = mapped_column(String(8))
     added_by: Mapped[str] = mapped_column(String(64))
     added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OrgInvitation(Base):
+    """An invitation to join an organisation (0019; VERA_ORG_INVITATIONS, registry.services.invitations): ``member``
+    becomes a member with ``role`` by accepting it before ``expires_at``; one per organisation and user."""
+
+    __tablename__ = "org_invitations"
+    __table_args__ = (Index("ix_org_invitations_member", "member"),)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", name="fk_org_invitations_organization_id_organizations", ondelete="CASCADE"),
+        primary_key=True)
+    member: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))
+    invited_by: Mapped[str] = mapped_column(String(64))
+    invited_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Job(Base):

@@ -1,5 +1,7 @@
 """The access-control matrix: every route x {no token, an expired token, read, publish for another owner, an admin of
-another organisation, publish, admin}."""
+another organisation, publish, admin}. The matrix's registry has invitations off (VERA_ORG_INVITATIONS): the
+invitations its routes answer are written in its database (tests/registry/test_invitations.py makes them through
+the API)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from registry.api import is_loopback
 from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database
-from registry.store.models import AccessToken
+from registry.store.models import AccessToken, Organization, OrgInvitation
 from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
@@ -29,7 +31,8 @@ ROLES = {"none": None, "expired": ["admin"], "read": ["read"], "other-publisher"
 USER = {"other-publisher": "mallory", "org-outsider": "olga"}
 #: routes where another user finds nothing rather than being refused: alice's organisation, jobs and webhooks
 HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "org-delete", "job", "job-events", "job-cancel",
-                         "webhook-get", "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries"}
+                         "webhook-get", "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries",
+                         "invitation-cancel"}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "files": ("read", False),
@@ -49,7 +52,8 @@ ROUTES = {
     "whoami": ("read", False), "tokens": ("read", False), "token-create": ("read", False),
     "token-revoke": ("read", False), "orgs": ("read", False), "org-create": ("publish", False),
     "org-get": ("read", True), "member-put": ("publish", True), "member-delete": ("publish", True),
-    "org-delete": ("publish", True),
+    "org-delete": ("publish", True), "invitations": ("read", False), "invitation-accept": ("read", False),
+    "invitation-decline": ("read", False), "invitation-cancel": ("publish", True),
 }
 #: Where the matrix's webhooks point: a closed loopback port (allowed by VERA_WEBHOOK_ALLOW_PRIVATE), so that a test
 #: delivery fails at once.
@@ -78,12 +82,37 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         with RegistryClient(base, tokens["publisher"]) as alice, RegistryClient(base, tokens["org-outsider"]) as olga:
             alice.create_organization("acme")  # alice is its admin
             olga.create_organization("beta")  # olga is an admin, of another organisation
-        yield {"url": base, "tokens": tokens, "source": source, "plain_publisher": plain_publisher}
+        yield {"url": base, "tokens": tokens, "source": source, "plain_publisher": plain_publisher, "database": url}
+
+
+def invite(database_url: str, org: str, member: str) -> None:
+    """A pending invitation of ``member`` to ``org``, written in the registry's database."""
+    db = Database(database_url)
+    try:
+        with db.session() as s:
+            org_id = s.scalar(select(Organization.id).where(Organization.name == org))
+            s.merge(OrgInvitation(organization_id=org_id, member=member, role="read", invited_by="alice",
+                                  expires_at=datetime.now(UTC) + timedelta(days=1)))
+    finally:
+        db.engine.dispose()
+
+
+def invitation_for(server: dict[str, Any], route: str, role: str) -> str:
+    """What the invitation routes answer: an organisation of olga's that invited the caller's user (its name, to
+    accept or decline), or zed's invitation to acme (to cancel)."""
+    invited = f"inv-{uuid.uuid4().hex[:8]}" if route in ("invitation-accept", "invitation-decline") else ""
+    if invited:
+        with RegistryClient(server["url"], server["tokens"]["org-outsider"]) as olga:
+            olga.create_organization(invited)
+        invite(server["database"], invited, USER.get(role, "alice"))
+    elif route == "invitation-cancel":
+        invite(server["database"], "acme", "zed")
+    return invited
 
 
 def request_for(route: str, base: str, version: int, source: Path, job: int,
                 webhook: int = 0, token: int = 0, blob: str = "", moving: str = "",
-                org: str = "") -> tuple[str, str, dict[str, Any]]:
+                org: str = "", invited: str = "") -> tuple[str, str, dict[str, Any]]:
     v = f"{base}/api/v1/adapters/alice/m/versions/{version}"
     hook = f"{base}/api/v1/webhooks/{webhook}"
     files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
@@ -141,6 +170,10 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
         "member-put": ("PUT", f"{base}/api/v1/orgs/acme/members/zed", {"json": {"role": "read"}}),
         "member-delete": ("DELETE", f"{base}/api/v1/orgs/acme/members/zed", {}),
         "org-delete": ("DELETE", f"{base}/api/v1/orgs/{org}", {}),
+        "invitations": ("GET", f"{base}/api/v1/invitations", {}),
+        "invitation-accept": ("POST", f"{base}/api/v1/invitations/{invited}", {}),
+        "invitation-decline": ("DELETE", f"{base}/api/v1/invitations/{invited}", {}),
+        "invitation-cancel": ("DELETE", f"{base}/api/v1/orgs/acme/invitations/zed", {}),
     }[route]
 
 
@@ -164,8 +197,9 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         org = f"gone-{uuid.uuid4().hex[:8]}" if route == "org-delete" else ""  # an empty one of alice's to delete
         if org:
             admin.create_organization(org)
+    invited = invitation_for(server, route, role)
     method, url, kwargs = request_for(route, server["url"], version, server["source"], job, webhook, token, blob,
-                                      moving, org)
+                                      moving, org, invited)
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role in tokens else {}
     status = httpx.request(method, url, headers=headers, timeout=60, **kwargs).status_code
     if webhook:  # an owner may have only so many webhooks

@@ -3,7 +3,9 @@ alice creates an organisation, adds bob and a misspelt name (marked), changes a 
 admin (the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and
 leaves; an anonymous caller is told to sign in. Storage is shown against the quota, which an admin sets (in words:
 50GB, none) and clears there. An admin deletes an organisation by typing its name, after the registry's refusal (it
-owns a job) is shown and cleared; a registry admin gets the control too."""
+owns a job) is shown and cleared; a registry admin gets the control too. On a registry with invitations
+(VERA_ORG_INVITATIONS), adding a user invites them: they accept or decline under "Invitations for you", and the
+organisation's admins see its pending invitations and cancel one."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database
-from tests.registry.servers import running_server
+from tests.registry.servers import issued_tokens, running_server
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
         db.engine.dispose()
         yield {"url": base, **tokens}
+
+
+@pytest.fixture(scope="module")
+def inviting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A registry with invitations on."""
+    root = tmp_path_factory.mktemp("orgs-ui-invitations")
+    url = f"sqlite:///{root / 'r.db'}"
+    users = ("alice", "bob", "carol")
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORG_INVITATIONS="true") as base:
+        yield {"url": base, **dict(zip(users, issued_tokens(url, *((u, ["read", "publish"]) for u in users)),
+                                       strict=True))}
 
 
 def page(registry: dict[str, Any], who: str | None, query: dict[str, str] | None = None) -> AppTest:
@@ -98,6 +111,7 @@ def test_a_reader_sees_the_members_and_may_leave(registry: dict[str, Any]) -> No
     assert at.selectbox(key="orgs_chosen").value == "beta"
     assert set(at.dataframe[0].value["member"]) == {"alice", "bob"}
     assert "Your role in beta: read" in texts(at, "caption")
+    assert "Invitations for you" not in texts(at, "subheader")  # a registry without invitations: as before
     assert not [b for b in at.button if b.label in ("Add or change", "Remove", "Delete beta")]  # no forms for a reader
     click(at, "Leave beta")
     assert "You left beta." in texts(at, "success")
@@ -184,3 +198,55 @@ def test_a_registry_admin_may_delete_any_organisation_there(registry: dict[str, 
     assert "Deleted epsilon" in texts(at, "success")
     with RegistryClient(registry["url"], registry["root"]) as client:
         assert "epsilon" not in [o.name for o in client.organizations()]
+
+
+def test_with_invitations_adding_invites_and_the_user_accepts_or_declines(inviting: dict[str, Any]) -> None:
+    with RegistryClient(inviting["url"], inviting["alice"]) as client:
+        client.create_organization("inv")
+    at = page(inviting, "alice", {"org": "inv"})
+    for member, role in (("bob", "write"), ("carol", "read")):
+        at.text_input(key="orgs_member").set_value(member)
+        at.radio(key="orgs_role").set_value(role)
+        click(at, "Add or change")
+        assert f"Invited {member} as {role} to inv: pending until they accept" in texts(at, "success")
+    assert list(at.dataframe[0].value["member"]) == ["alice"]  # no members yet
+    pending = at.dataframe[1].value
+    assert [list(row) for row in pending[["member", "role", "invited by"]].values] == [["bob", "write", "alice"],
+                                                                                       ["carol", "read", "alice"]]
+    assert "Pending invitations" in texts(at, "markdown")
+
+    at = page(inviting, "bob")
+    assert not at.exception
+    assert "Invitations for you" in texts(at, "subheader")
+    assert "**inv** invites you as **write** (invited by alice; expires " in texts(at, "markdown")
+    assert "You belong to no organisation yet" in texts(at, "info")
+    click(at, "Accept")
+    assert not at.exception
+    assert "You joined inv as write." in texts(at, "success")
+    assert at.query_params["org"] == "inv" and at.selectbox(key="orgs_chosen").value == "inv"
+    assert set(at.dataframe[0].value["member"]) == {"alice", "bob"}
+    assert "Invitations for you" not in texts(at, "subheader")
+    assert len(at.dataframe) == 1 and "Pending invitations" not in texts(at, "markdown")  # bob is no admin there
+
+    at = page(inviting, "carol")
+    click(at, "Decline")
+    assert "You declined the invitation to inv." in texts(at, "success")
+    assert "Invitations for you" not in texts(at, "subheader")
+    with RegistryClient(inviting["url"], inviting["alice"]) as client:
+        assert {x.member: x.role for x in client.organization("inv").members} == {"alice": "admin", "bob": "write"}
+        assert client.organization("inv").invitations == []
+
+
+def test_an_admin_cancels_a_pending_invitation(inviting: dict[str, Any]) -> None:
+    with RegistryClient(inviting["url"], inviting["alice"]) as client:
+        client.create_organization("inv2")
+        client.set_member("inv2", "bob", "read")
+        client.set_member("inv2", "carol", "admin")
+    at = page(inviting, "alice", {"org": "inv2"})
+    assert not at.exception
+    at.selectbox(key="orgs_uninvite").set_value("carol")
+    click(at, "Cancel invitation")
+    assert "Cancelled the invitation of carol to inv2." in texts(at, "success")
+    assert list(at.dataframe[1].value["member"]) == ["bob"]
+    with RegistryClient(inviting["url"], inviting["carol"]) as client:
+        assert client.invitations() == []

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Forbidden, NotFound
-from registry.domain.schemas import OrganizationInfo, OwnerUsage, QuotaSize, TokenInfo, WhoAmI
+from registry.domain.schemas import InvitationInfo, OrganizationInfo, OwnerUsage, QuotaSize, TokenInfo, WhoAmI
 from registry.services.tokens import (
     ANONYMOUS,
     MAX_TOKEN_OWNERS,
@@ -60,14 +60,16 @@ class MemberBody(BaseModel):
 
 
 @router.get("/whoami", response_model=WhoAmI)
-def whoami(caller: Caller, options: Options) -> WhoAmI:
-    """The caller: its user, scopes, organisations and token (anonymous where the registry allows it), and whether
-    the registry takes changes at all (``read_only``)."""
+def whoami(caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
+    """The caller: its user, scopes, organisations and token (anonymous where the registry allows it), whether the
+    registry takes changes at all (``read_only``), and how many invitations to organisations wait for its answer."""
     who = authorize(caller, options, "read") if caller is None else caller
-    return WhoAmI(user=who.owner, anonymous=who is ANONYMOUS, scopes=sorted(who.scopes),
+    anonymous = who is ANONYMOUS
+    return WhoAmI(user=who.owner, anonymous=anonymous, scopes=sorted(who.scopes),
                   organizations=dict(sorted(who.roles.items())), token_id=who.token_id,
                   limited_to=sorted(who.limited_to) if who.limited_to is not None else None,
-                  expires_at=who.expires_at, read_only=options.read_only)
+                  expires_at=who.expires_at, read_only=options.read_only,
+                  pending_invitations=None if anonymous else registry.access.pending_invitations(who))
 
 
 def _signed_in(caller: Principal | None, options: Options) -> Principal:
@@ -175,7 +177,9 @@ def delete_organization(caller: Caller, options: Options, registry: RegistryDep,
 @router.put("/orgs/{org}/members/{member}", response_model=OrganizationInfo)
 def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str, member: str,
                body: MemberBody) -> OrganizationInfo:
-    """Add a member with a role, or change its role (the organisation's admins)."""
+    """Add a member with a role, or change its role (the organisation's admins). With invitations on
+    (VERA_ORG_INVITATIONS), a user who is not a member is invited instead: the answer lists the pending
+    invitation in ``invitations``, not in ``members``."""
     return registry.access.set_member(org, member, body.role, viewer=_signed_in(caller, options))
 
 
@@ -183,6 +187,34 @@ def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str
 def delete_member(caller: Caller, options: Options, registry: RegistryDep, org: str,
                   member: str) -> OrganizationInfo:
     return registry.access.remove_member(org, member, viewer=_signed_in(caller, options))
+
+
+@router.delete("/orgs/{org}/invitations/{member}", response_model=OrganizationInfo)
+def cancel_invitation(caller: Caller, options: Options, registry: RegistryDep, org: str,
+                      member: str) -> OrganizationInfo:
+    """Cancel a pending invitation (the organisation's admins): 404 when none is pending."""
+    return registry.access.cancel_invitation(org, member, viewer=_signed_in(caller, options))
+
+
+@router.get("/invitations", response_model=list[InvitationInfo])
+def invitations(caller: Caller, options: Options, registry: RegistryDep) -> list[InvitationInfo]:
+    """The caller's pending invitations to organisations (VERA_ORG_INVITATIONS; a token limited to some owners: to
+    those only)."""
+    return registry.access.invitations(_signed_in(caller, options))
+
+
+@router.post("/invitations/{org}", response_model=OrganizationInfo)
+def accept_invitation(caller: Caller, options: Options, registry: RegistryDep, org: str) -> OrganizationInfo:
+    """Accept the caller's invitation to ``org``: the caller is a member, with the role invited to; 404 when none is
+    pending (never sent, expired, answered or cancelled)."""
+    return registry.access.accept_invitation(org, viewer=_signed_in(caller, options))
+
+
+@router.delete("/invitations/{org}", status_code=204)
+def decline_invitation(caller: Caller, options: Options, registry: RegistryDep, org: str) -> Response:
+    """Decline the caller's invitation to ``org``: 204; 404 when none is pending."""
+    registry.access.decline_invitation(org, viewer=_signed_in(caller, options))
+    return Response(status_code=204)
 
 
 @router.get("/owners/{owner}/usage", response_model=OwnerUsage)

@@ -1,0 +1,141 @@
+"""Invitations to organisations (VERA_ORG_INVITATIONS): with them on, an organisation's admin who adds a user who is
+not a member invites them instead, and the user becomes a member, with the invited role, only by accepting before the
+invitation expires (VERA_ORG_INVITATION_DAYS), as on GitHub and the HuggingFace Hub. Off (the default), a user added
+is a member at once, as before invitations existed.
+
+One row per organisation and user in org_invitations (migration 0019); inviting again updates it (role, inviter and a
+new expiry). registry.services.access decides who may invite, accept, decline and cancel, and audits each; these
+helpers work inside its transaction (they flush, never commit). An expired invitation is no longer pending: it is not
+listed, counted or accepted, and goes at its organisation's next invitation.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import InvitationInfo
+from registry.domain.words import counted
+from registry.services.tokens import Principal
+from registry.store import models as m
+
+
+@dataclass(frozen=True)
+class InvitationPolicy:
+    """Whether adding a user who is not a member invites them (``required``, VERA_ORG_INVITATIONS; False: they are a
+    member at once), and how long an invitation waits for its answer (``lifetime``, VERA_ORG_INVITATION_DAYS)."""
+
+    required: bool = False
+    lifetime: timedelta = timedelta(days=14)
+
+    def __post_init__(self) -> None:
+        if self.lifetime <= timedelta(0):
+            raise ValueError(f"An invitation must stay open for some time; got a lifetime of {self.lifetime}.")
+
+    def lasts(self) -> str:
+        """The lifetime in words, for messages: '14 days', '12 hours'."""
+        days = self.lifetime / timedelta(days=1)
+        return f"{days:g} days" if days >= 1 else f"{self.lifetime / timedelta(hours=1):g} hours"
+
+
+def pending() -> ColumnElement[bool]:
+    """The condition on org_invitations of those still waiting for an answer (not expired)."""
+    return m.OrgInvitation.expires_at > m.utcnow()
+
+
+def _rows(*where: ColumnElement[bool]) -> Select[m.OrgInvitation, str]:
+    """Pending invitations with their organisation's name, in (organisation, member) order."""
+    return (select(m.OrgInvitation, m.Organization.name).join(m.Organization)
+            .where(pending(), *where).order_by(m.Organization.name, m.OrgInvitation.member))
+
+
+def _info(row: m.OrgInvitation, organization: str) -> InvitationInfo:
+    return InvitationInfo(organization=organization, member=row.member, role=row.role, invited_by=row.invited_by,
+                          invited_at=row.invited_at, expires_at=row.expires_at)
+
+
+def shown_to(viewer: Principal | None, name: str, role: str | None = None) -> bool:
+    """Whether ``viewer`` is shown organisation ``name``'s pending invitations: its admins (``role``: the viewer's
+    now, when it changed in this transaction) and the registry's; None is the registry itself."""
+    return viewer is None or viewer.is_admin or (role or viewer.roles.get(name)) == "admin"
+
+
+def shown(s: Session, org: m.Organization, viewer: Principal | None, role: str | None = None) -> list[InvitationInfo]:
+    """``org``'s pending invitations, when ``viewer`` is shown them (``shown_to``); else none."""
+    return of_organizations(s, [org.id]).get(org.id, []) if shown_to(viewer, org.name, role) else []
+
+
+def of_organizations(s: Session, ids: Iterable[int]) -> dict[int, list[InvitationInfo]]:
+    """The pending invitations of each organisation in ``ids`` (one query), by member."""
+    found: dict[int, list[InvitationInfo]] = defaultdict(list)
+    wanted = sorted(set(ids))
+    if wanted:
+        for row, name in s.execute(_rows(m.OrgInvitation.organization_id.in_(wanted))):
+            found[row.organization_id].append(_info(row, name))
+    return found
+
+
+def _within(member: str, owners: frozenset[str] | None) -> list[ColumnElement[bool]]:
+    """The conditions for ``member``'s invitations to organisations among ``owners`` (None: any)."""
+    where = [m.OrgInvitation.member == member]
+    if owners is not None:
+        where.append(m.Organization.name.in_(sorted(owners)))
+    return where
+
+
+def of_member(s: Session, member: str, owners: frozenset[str] | None = None) -> list[InvitationInfo]:
+    """The pending invitations of ``member``, to organisations among ``owners`` (None: any), by organisation."""
+    return [_info(row, name) for row, name in s.execute(_rows(*_within(member, owners)))]
+
+
+def count_of_member(s: Session, member: str, owners: frozenset[str] | None = None) -> int:
+    """How many invitations of ``member`` are pending (to organisations among ``owners``; None: any)."""
+    query = select(func.count()).select_from(m.OrgInvitation).join(m.Organization).where(
+        pending(), *_within(member, owners))
+    return s.scalar(query) or 0
+
+
+def invite(s: Session, org: m.Organization, member: str, role: str, *, by: str, policy: InvitationPolicy,
+           most: int) -> None:
+    """Invite ``member`` (no member yet) to ``org`` with ``role``, or renew their invitation (its role, inviter and
+    expiry): one UPSERT, so that two admins inviting the same user at once take turns. Members and pending
+    invitations together are at most ``most``. The organisation's expired invitations go first."""
+    waiting = s.scalar(select(func.count()).select_from(m.OrgInvitation).where(
+        m.OrgInvitation.organization_id == org.id, m.OrgInvitation.member != member, pending())) or 0
+    if len(org.members) + waiting >= most:
+        waits = counted(waiting, "pending invitation")
+        raise InvalidInput(f"{org.name} has {counted(len(org.members), 'member')} and {waits}, the most an "
+                           f"organisation takes ({most:,} in all); cancel an invitation (`vera org uninvite "
+                           f"{org.name} USER`) or remove a member first.")
+    s.execute(delete(m.OrgInvitation).where(m.OrgInvitation.organization_id == org.id, ~pending()))
+    now = m.utcnow()
+    insert: Any = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(m.OrgInvitation.__table__).values(
+        organization_id=org.id, member=member, role=role, invited_by=by[:64], invited_at=now,
+        expires_at=now + policy.lifetime)
+    s.execute(statement.on_conflict_do_update(index_elements=["organization_id", "member"], set_={
+        key: statement.excluded[key] for key in ("role", "invited_by", "invited_at", "expires_at")}))
+
+
+def take(s: Session, org: m.Organization, member: str) -> InvitationInfo | None:
+    """Remove ``member``'s pending invitation to ``org`` and return it (None: there is none). One DELETE ...
+    RETURNING: of two answers at once (an accept and a decline, an accept and a cancel), one takes it and the other
+    finds none."""
+    taken = s.scalars(delete(m.OrgInvitation).where(
+        m.OrgInvitation.organization_id == org.id, m.OrgInvitation.member == member, pending())
+        .returning(m.OrgInvitation)).first()
+    return _info(taken, org.name) if taken is not None else None
+
+
+def drop(s: Session, org: m.Organization, member: str) -> None:
+    """Remove ``member``'s invitation to ``org``, pending or expired (they became a member without it)."""
+    s.execute(delete(m.OrgInvitation).where(m.OrgInvitation.organization_id == org.id,
+                                            m.OrgInvitation.member == member))
