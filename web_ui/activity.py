@@ -18,6 +18,7 @@ from web_ui import formats, navigation, session, tables
 ACTIONS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "adapter-edit", "version-edit",
            "hub_push", "hub_pull", "job-submit", "job-cancel", "job-end", "base-register", "org-create",
            "org-delete", "member-set", "member-remove", "org-invite", "org-join", "org-decline", "org-invite-cancel",
+           "quota-set", "quota-clear",
            "webhook-create", "webhook-update", "webhook-delete")
 ANY = "any"
 

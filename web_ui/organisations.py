@@ -28,6 +28,8 @@ ROLE_WORDS = {"read": "read: sees the organisation's private adapters", "write":
               "admin": "admin: also manages members"}
 #: The outcome of the last change on this page (a success message, or the registry's refusal).
 RESULT = "orgs_result"
+#: A refused delete (the registry's message, or what to type), shown in the Delete section.
+DELETE_RESULT = "orgs_delete_result"
 T = TypeVar("T")
 
 
@@ -126,15 +128,15 @@ def delete(org: str) -> None:
     """``on_click`` of Delete: only with the organisation's name typed again; the registry refuses while it owns
     adapters, queued or running jobs or webhooks (its message says which, and how to clear them)."""
     if st.session_state[f"orgs_delete_{org}"].strip() != org:
-        _done(f"Type {org} to delete it: its name, exactly.")
+        st.session_state[DELETE_RESULT] = f"Type {org} to delete it: its name, exactly."
         return
     try:
         session.call(lambda c: c.delete_organization(org))
-    except RegistryError as exc:
-        _done(exc)
+    except RegistryError as exc:  # shown in the Delete section, where the button was pressed
+        st.session_state[DELETE_RESULT] = exc
         return
     st.query_params.pop("org", None)
-    _done(f"Deleted {org}: its members lost their roles in it, and its name is retired.")
+    _done(f"Deleted {org}: its members lost their roles in it.")
 
 
 def result() -> None:
@@ -187,14 +189,20 @@ def your_invitations(who: WhoAmI) -> None:
 
 
 def delete_form(org: OrganizationInfo) -> None:
-    """Deleting the organisation (its admins), asked for by typing its name."""
-    with st.expander(f"Delete {org.name}", icon=":material/delete_forever:"), \
-            st.form(f"orgs_delete_form_{org.name}", clear_on_submit=True):
-        st.caption(f"Deleting it takes away the roles of its {counted(len(org.members), 'member')}, drops the quota "
-                   "set for it, and frees its name for anyone to take. The registry refuses while it owns adapters, "
-                   "queued or running jobs or webhooks, and says which.")
-        st.text_input(f"Type {org.name} to confirm", key=f"orgs_delete_{org.name}", placeholder=org.name)
-        st.form_submit_button(f"Delete {org.name}", type="primary", on_click=delete, args=(org.name,))
+    """Deleting the organisation (its admins), asked for by typing its name; a refusal is shown here, open."""
+    refused = st.session_state.pop(DELETE_RESULT, None)
+    with st.expander(f"Delete {org.name}", icon=":material/delete_forever:", expanded=refused is not None):
+        if isinstance(refused, RegistryError):
+            session.show_error(refused)
+        elif refused:
+            st.warning(refused)
+        with st.form(f"orgs_delete_form_{org.name}", clear_on_submit=True):
+            st.caption(f"Deleting it takes away the roles of its {counted(len(org.members), 'member')} and drops the "
+                       "quota set for it. If it ever had adapters or jobs, its name is retired: no user or new "
+                       "organisation takes it (its history stays its own). The registry refuses while it owns "
+                       "adapters, queued or running jobs or webhooks, and says which.")
+            st.text_input(f"Type {org.name} to confirm", key=f"orgs_delete_{org.name}", placeholder=org.name)
+            st.form_submit_button(f"Delete {org.name}", type="primary", on_click=delete, args=(org.name,))
 
 
 def set_quota(owner: str, clear: bool) -> None:

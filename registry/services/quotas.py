@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import CursorResult, delete, exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -106,8 +106,9 @@ def require_known(s: Session, owner: str) -> None:
                        "name. Check the spelling (`vera org ls` lists your organisations).")
 
 
-def _usage(s: Session, quotas: Quotas, owner: str) -> OwnerUsage:
-    require_known(s, owner)
+def _usage(s: Session, quotas: Quotas, owner: str, *, known: bool = False) -> OwnerUsage:
+    if not known:
+        require_known(s, owner)
     s.expire_all()  # the quota as the database has it now (an UPSERT bypasses the session's objects)
     adapters, versions, stored = used(s, owner)
     quota = quotas.of(s, owner)
@@ -117,10 +118,11 @@ def _usage(s: Session, quotas: Quotas, owner: str) -> OwnerUsage:
                       quota_set_at=quota.set.set_at if quota.set else None)
 
 
-def usage(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
-    """What ``owner``'s adapters store, and its quota and where it comes from; NotFound for a name nobody has."""
+def usage(db: Database, quotas: Quotas, owner: str, *, known: bool = False) -> OwnerUsage:
+    """What ``owner``'s adapters store, and its quota and where it comes from; NotFound for a name nobody has,
+    unless ``known`` (the caller's own name: the local user of a registry without tokens has none)."""
     with db.session() as s:
-        return _usage(s, quotas, owner)
+        return _usage(s, quotas, owner, known=known)
 
 
 def set_quota(db: Database, quotas: Quotas, owner: str, quota_bytes: int | None, *, actor: str) -> OwnerUsage:
@@ -134,15 +136,18 @@ def set_quota(db: Database, quotas: Quotas, owner: str, quota_bytes: int | None,
         statement = insert(m.OwnerQuota.__table__).values(**values)
         s.execute(statement.on_conflict_do_update(index_elements=["owner"], set_={
             key: statement.excluded[key] for key in ("quota_bytes", "set_by", "set_at")}))
+        s.add(m.AuditEvent(actor=actor[:64], action="quota-set", target=owner, detail={"quota_bytes": quota_bytes}))
         return _usage(s, quotas, owner)
 
 
-def clear_quota(db: Database, quotas: Quotas, owner: str) -> OwnerUsage:
+def clear_quota(db: Database, quotas: Quotas, owner: str, *, actor: str) -> OwnerUsage:
     """Drop the quota an admin set for ``owner``: the settings' holds again (nothing set: nothing changes). An owner
-    known only by that quota is still answered: its usage, with the settings' quota."""
+    known only by that quota is still answered: its usage, with the settings' quota. Audited (``quota-clear``) when
+    there was one."""
     with db.session() as s:
         require_known(s, owner)
-        s.execute(delete(m.OwnerQuota).where(m.OwnerQuota.owner == owner))
+        if cast("CursorResult[Any]", s.execute(delete(m.OwnerQuota).where(m.OwnerQuota.owner == owner))).rowcount:
+            s.add(m.AuditEvent(actor=actor[:64], action="quota-clear", target=owner, detail={}))
         adapters, versions, stored = used(s, owner)
         quota = quotas.of(s, owner)
         return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,

@@ -111,14 +111,15 @@ class Registry:
         self.fsck = self.verification.fsck
         self.compare = self.analysis.compare
 
-    def usage(self, owner: str) -> OwnerUsage:
-        """What ``owner``'s adapters store, and its quota (registry.services.quotas)."""
-        return usage(self.db, self.quotas, owner)
+    def usage(self, owner: str, *, known: bool = False) -> OwnerUsage:
+        """What ``owner``'s adapters store, and its quota (registry.services.quotas); ``known``: the caller's own
+        name, answered even when no token, organisation or adapter has it."""
+        return usage(self.db, self.quotas, owner, known=known)
 
     def set_quota(self, owner: str, quota_bytes: int | None, *, actor: str) -> OwnerUsage:
         """Set ``owner``'s quota over the settings' (None: no quota), until ``clear_quota``."""
         return set_quota(self.db, self.quotas, owner, quota_bytes, actor=actor)
 
-    def clear_quota(self, owner: str) -> OwnerUsage:
+    def clear_quota(self, owner: str, *, actor: str = "operator") -> OwnerUsage:
         """Drop the quota an admin set for ``owner``: the settings' holds again."""
-        return clear_quota(self.db, self.quotas, owner)
+        return clear_quota(self.db, self.quotas, owner, actor=actor)

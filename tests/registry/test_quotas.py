@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, NotFound, QuotaExceeded
@@ -147,6 +147,11 @@ def test_a_quota_an_admin_sets_overrides_the_settings_until_cleared(database_url
         assert (cleared.quota_bytes, cleared.quota_from, cleared.quota_set_by) == (size, "VERA_OWNER_QUOTA_BYTES",
                                                                                     None)
         assert registry.clear_quota("ann") == cleared  # nothing set: nothing changes
+        with db.session() as s:  # each change in the audit log, as the Activity page shows it
+            assert [(e.actor, e.action, e.detail) for e in s.scalars(select(m.AuditEvent).where(
+                m.AuditEvent.target == "ann").order_by(m.AuditEvent.id)) if e.action.startswith("quota")] == [
+                ("root", "quota-set", {"quota_bytes": 2 * size}), ("root", "quota-set", {"quota_bytes": 0}),
+                ("admin2", "quota-set", {"quota_bytes": None}), ("operator", "quota-clear", {})]
         assert registry.set_quota("acme", 5 * size, actor="root").quota_from == "admin"  # over VERA_OWNER_QUOTAS
         assert registry.clear_quota("acme").quota_bytes == 3 * size
         for unknown in (lambda: registry.usage("anne"), lambda: registry.set_quota("anne", 1, actor="root")):
@@ -344,3 +349,14 @@ def test_sizes_in_words(given: object, read: int) -> None:
 def test_what_is_not_a_size_is_refused_saying_so(given: object) -> None:
     with pytest.raises(ValueError, match=r"is not a size: give bytes|is out of range: give 0 to"):
         parse_size(given, most=MAX_QUOTA_BYTES)
+
+
+def test_the_local_user_of_a_registry_without_tokens_sees_its_usage(tmp_path: Path) -> None:
+    """A team lead's walk (session 16): in local mode `vera usage` and the dashboard's Your storage said "No user or
+    organisation is called 'local'": the caller's own name is known whatever the database holds."""
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        answer = httpx.get(f"{url}/api/v1/owners/local/usage", timeout=60)
+        assert answer.status_code == 200 and answer.json()["adapters"] == 0, answer.text
+        done = subprocess.run([str(VERA), "usage"], capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1"})
+        assert done.returncode == 0 and done.stdout.startswith("local: 0 adapters, 0 versions"), done.stderr

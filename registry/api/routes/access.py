@@ -221,11 +221,12 @@ def decline_invitation(caller: Caller, options: Options, registry: RegistryDep, 
 def owner_usage(caller: Caller, options: Options, registry: RegistryDep, owner: str) -> OwnerUsage:
     """What the owner namespace's adapters store, and its storage quota (null: none): for the user itself, the
     members of the organisation, and admins; to anyone else it is not there."""
-    owners = _signed_in(caller, options).readable_owners()
+    who = _signed_in(caller, options)
+    owners = who.readable_owners()
     if owners is not None and owner not in owners:
         raise NotFound(f"No owner {owner!r} that you belong to: usage is shown to the user, an organisation's "
                        "members, and admins.")
-    return registry.usage(owner)
+    return registry.usage(owner, known=owner == who.owner)
 
 
 class QuotaBody(BaseModel):
@@ -257,4 +258,4 @@ def put_quota(who: QuotaAdmin, registry: RegistryDep, owner: str, body: QuotaBod
 @router.delete("/owners/{owner}/quota", response_model=OwnerUsage)
 def delete_quota(who: QuotaAdmin, registry: RegistryDep, owner: str) -> OwnerUsage:
     """Drop the quota an admin set for the owner (admins): the settings' holds again."""
-    return registry.clear_quota(owner)
+    return registry.clear_quota(owner, actor=who.owner)
