@@ -191,21 +191,27 @@ def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
     ui_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
     with_ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Start the dashboard too.")] = True,
+    host: Annotated[str, typer.Option(help="Bind address of the API and the dashboard: 0.0.0.0 for a team on "
+                                           "this machine's network, which requires tokens (`vera token create`; "
+                                           "docs/deployment.md, \"A small team on one machine\").")] = "127.0.0.1",
     log_level: LogLevel = None, read_only: ReadOnlyMode = False,
 ) -> None:
-    """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1, with SQLite
-    and a local folder (VERA_DATA_DIR). Read-only (--read-only): no worker, and the API changes nothing.
+    """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1 (--host), with
+    SQLite and a local folder (VERA_DATA_DIR). Read-only (--read-only): no worker, and the API changes nothing.
     """
     embedded = load_settings(None, read_only=read_only)
-    api = f"http://127.0.0.1:{port}"
-    _check_free(port, "--port")
-    dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui") if with_ui else None
+    api = f"http://127.0.0.1:{port}"  # the dashboard's way to the API, on this machine whatever the bind address
+    _check_free(port, "--port", host=host)
+    dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui", host=host) if with_ui else None
+    shown = "127.0.0.1" if host == "0.0.0.0" else host  # the address to print, not to bind
     if dashboard is not None:
-        console.print(f"dashboard on http://127.0.0.1:{ui_port}")
-    console.print(f"registry API on {api}" + ("" if api == DEFAULT_URL else
-                                              f"; for `vera` in other shells: export VERA_REGISTRY_URL={api}"))
+        console.print(f"dashboard on http://{shown}:{ui_port}" + (" (and this machine's other addresses)"
+                                                                    if host == "0.0.0.0" else ""))
+    console.print(f"registry API on http://{shown}:{port}" + ("" if f"http://{shown}:{port}" == DEFAULT_URL else
+                                                              f"; for `vera` in other shells: export "
+                                                              f"VERA_REGISTRY_URL=http://{shown}:{port}"))
     try:
-        run_api("127.0.0.1", port, embedded, with_worker=True, log_level=log_level)
+        run_api(host, port, embedded, with_worker=True, log_level=log_level)
     finally:
         if dashboard is not None and dashboard.poll() is None:
             dashboard.terminate()

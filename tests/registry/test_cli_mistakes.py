@@ -19,7 +19,7 @@ import pytest
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, free_port, running_server
+from tests.registry.servers import VERA, free_port, running_server, running_vera
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +234,20 @@ def test_a_heartbeat_that_cannot_keep_the_lease_is_refused_before_the_worker_sta
     assert vera("db", "upgrade", url=server["url"], **env).returncode == 0
     started = vera("worker", "--once", "--heartbeat", "1", url=server["url"], VERA_JOB_LEASE_S="4", **env)
     assert started.returncode == 0, started.stderr
+
+
+def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_path: Path) -> None:
+    """A team lead's walk (session 16): `vera up` bound only 127.0.0.1, so a team of several machines needed the
+    whole deployment guide. --host 0.0.0.0 serves the API (and the dashboard) to the network, tokens required."""
+    port, data = free_port(), tmp_path / "data"
+    admin = subprocess.run([str(VERA), "token", "create", "--owner", "lead", "--scope", "admin"], capture_output=True,
+                           text=True, timeout=120, check=False, env={**os.environ, "VERA_DATA_DIR": str(data)})
+    assert admin.returncode == 0, admin.stderr
+    secret = next(word for word in admin.stdout.split() if word.startswith("vera_"))
+    log = tmp_path / "up.log"
+    with running_vera(["up", "--host", "0.0.0.0", "--no-ui", "--port", str(port)], port, log_path=log,
+                      VERA_DATA_DIR=str(data), VERA_LOG_FORMAT="text") as url:
+        assert httpx.get(f"{url}/api/v1/whoami", timeout=60).status_code == 401  # not on loopback: tokens
+        who = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"}, timeout=60)
+        assert who.status_code == 200 and who.json()["user"] == "lead"
+    assert "tokens required" in log.read_text()
