@@ -40,7 +40,7 @@ def page() -> None:
         if tab.open:
             with tab:
                 if label == "Model card":
-                    st.markdown(card or "")
+                    show_card(card or "")
                 else:
                     SECTIONS[label](info)
 
@@ -59,6 +59,26 @@ def read_ahead(info: VersionInfo) -> None:
         session.prefetch(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
     elif tab == "Hub":
         session.prefetch(RegistryClient.hub_status, info.ref)
+
+
+def split_card(card: str) -> tuple[str, str]:
+    """(YAML front matter, Markdown body) of a model card: the Hub's cards open with metadata between two '---'
+    lines, which Markdown would draw as a rule and a giant heading. ('', card) when there is none."""
+    lines = card.lstrip("\ufeff").splitlines(keepends=True)
+    if lines and lines[0].strip() == "---":
+        for i, line in enumerate(lines[1:], start=1):
+            if line.strip() == "---":
+                return "".join(lines[1:i]).strip(), "".join(lines[i + 1:])
+    return "", card
+
+
+def show_card(card: str) -> None:
+    """The card's metadata as YAML, folded, then its body as Markdown."""
+    metadata, body = split_card(card)
+    if metadata:
+        with st.expander("Card metadata", icon=":material/data_object:"):
+            st.code(metadata, language="yaml")
+    st.markdown(body)
 
 
 def model_card(info: VersionInfo) -> str | None:

@@ -657,6 +657,26 @@ def test_adapter_page_shows_the_model_card_when_the_registry_has_one(registry: d
         client.update_adapter("alice/model2", card="# Polarity\n\nWord polarity on MiniLM.")
     at = page("adapter", registry, query={"ref": "alice/model2:1"})
     assert [t.label for t in at.tabs][0] == "Model card" and "Word polarity on MiniLM." in texts(at)
+    # a Hub card's YAML front matter is folded away as metadata, not drawn as a rule and a giant heading (s16 walk)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.update_adapter("alice/model2", card="---\nlicense: mit\nlibrary_name: peft\n---\n# Polarity\n")
+    st.cache_data.clear()  # the card read for the page above is cached for the process
+    at = page("adapter", registry, query={"ref": "alice/model2:1"})
+    assert [e.label for e in at.expander] == ["Card metadata"]
+    assert at.code[0].value == "license: mit\nlibrary_name: peft"
+    assert [m.value for m in at.markdown if "license" in m.value] == []
+
+
+@pytest.mark.parametrize(("card", "parts"), [
+    ("---\nlicense: mit\n---\n# Title\n", ("license: mit", "# Title\n")),
+    ("\ufeff---\r\ntags: [a]\r\n---\r\nbody", ("tags: [a]", "body")),
+    ("# No metadata\n---\nbelow a rule", ("", "# No metadata\n---\nbelow a rule")),
+    ("---\nnever closed\n", ("", "---\nnever closed\n")),
+])
+def test_a_cards_front_matter_is_split_from_its_body(card: str, parts: tuple[str, str]) -> None:
+    from web_ui.adapter import split_card
+
+    assert split_card(card) == parts
 
 
 def counted(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[Any, ...]]:
