@@ -1,18 +1,25 @@
-"""Editing on the Adapter page: a version's description and tags, the adapter's description, model card and
-visibility, and moving the adapter (a new name or owner). Shown to callers whose token may write under the
-adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message. Saving
-runs as the button's ``on_click``, before the page, so the header, badges and card already show what was saved."""
+"""Editing on the Adapter page: a version's description and tags, its aliases (``prod`` pointed here or removed),
+yanking it, the adapter's description, model card and visibility, moving the adapter (a new name or owner, once
+confirmed) and deleting the version (once its reference is typed). Shown to callers whose token may write under the
+adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message, next to
+the form it answers. Saving runs as the button's ``on_click``, before the page, so the header, badges and card
+already show what was saved; a delete runs in the page, which then goes to what is left (the adapter's latest
+version, else Browse)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.domain.errors import RegistryError
-from registry.domain.schemas import AdapterInfo, VersionInfo, WhoAmI
-from web_ui import session
+from registry.domain.errors import NotFound, RegistryError
+from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI
+from web_ui import navigation, session
 
 RESULT = "edit_result"
+#: The Move form's checkbox: unticked, the form sends nothing (Enter in the New name box submits the form).
+MOVE_CONFIRM = "I understand: the adapter's old name will answer 'moved'"
 #: Instead of forms on a registry that takes no changes (VERA_READ_ONLY): they would only be refused.
 READ_ONLY_EDITS = ("This registry is read-only (a replica or a maintenance window): nothing can be edited here. Point "
                    "the sidebar's URL at the registry that takes changes to edit.")
@@ -34,9 +41,20 @@ def split_tags(text: str) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
 
-def _done(ref: str, outcome: str | RegistryError, where: str = "top") -> None:
-    """Keep the outcome of a change for the next run to show, ``where`` it is seen: at the top of the tab, or under
-    the Move form (a move is the last form: its answer shown at the top would be out of view)."""
+@dataclass(frozen=True)
+class Unsent:
+    """A change the dashboard did not send, and what to do to send it (shown as a warning)."""
+
+    text: str
+
+
+Outcome = str | Unsent | RegistryError
+
+
+def _done(ref: str, outcome: Outcome, where: str = "top") -> None:
+    """Keep the outcome of a change of the version ``ref`` (owner/name:N, as the page shows it) for the next run to
+    show, ``where`` it is seen: at the top of the tab (the version and adapter forms), or under the form it answers
+    (``alias``, ``yank``, ``move``, ``delete``: shown at the top, it would be out of view)."""
     st.session_state[RESULT] = (ref, outcome, where)
     st.cache_data.clear()
 
@@ -83,11 +101,16 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
 
 
 def move_adapter(ref: str, adapter: str) -> None:
-    """``on_click`` of Move adapter: the adapter gets its new name (the registry checks the name and the caller's
-    rights on both owners), and the page follows it there (the URL names the new name)."""
+    """``on_click`` of Move adapter: once its checkbox is ticked, the adapter gets its new name (the registry checks
+    the name and the caller's rights on both owners), and the page follows it there: the URL names the new name as
+    the page was asked for (an @alias stays one), and the result is kept for the version shown there."""
     to = st.session_state[f"edit-move-{adapter}"].strip()
     if not to or to == adapter:
         _done(ref, "Nothing changed: type the new name, owner/name.", "move")
+        return
+    if not st.session_state.get(f"edit-move-ok-{adapter}"):
+        _done(ref, Unsent(f"Nothing moved: tick '{MOVE_CONFIRM}' under the New name box, then press Move adapter "
+                          f"to move {adapter} to {to}."), "move")
         return
     try:
         moved = session.call(lambda c: c.move(adapter, to))
@@ -95,15 +118,96 @@ def move_adapter(ref: str, adapter: str) -> None:
         _done(ref, exc, "move")
         return
     new_name = f"{moved.owner}/{moved.name}"
-    shown = st.query_params.get("ref", ref)  # as the page was asked for: an @alias stays one
-    new_ref = new_name + (shown if shown.startswith(adapter) else ref)[len(adapter):]
-    st.query_params["ref"] = new_ref
+    st.query_params["ref"] = followed(st.query_params.get("ref", ref), adapter, moved.owner, moved.name, ref)
     jobs = (f" Jobs {', '.join(map(str, moved.jobs_retargeted))} publish here now." if moved.jobs_retargeted else "")
     if moved.jobs_cancelled:
         jobs += (f" Jobs {', '.join(map(str, moved.jobs_cancelled))} were cancelled (their rights were "
                  f"{adapter.split('/')[0]}'s): submit them again under {moved.owner}.")
-    _done(new_ref, f"Moved {adapter} to {new_name}. Its old name now answers that it moved here; publishes to the "
-                   f"old name are refused.{jobs}", "move")
+    _done(new_name + ref[len(adapter):], f"Moved {adapter} to {new_name}. Its old name now answers that it moved "
+                                         f"here; publishes to the old name are refused.{jobs}", "move")
+
+
+def followed(asked: str, adapter: str, owner: str, name: str, ref: str) -> str:
+    """The reference ``asked`` (the page's ``?ref=``) under the adapter's new name ``owner/name``: the same version
+    number or alias, none when it named none; ``ref`` (owner/name:N) when it named another adapter."""
+    try:
+        parsed: Ref | None = Ref.parse(asked)
+    except RegistryError:
+        parsed = None
+    if parsed is None or f"{parsed.owner}/{parsed.name}" != adapter:
+        parsed = Ref.parse(ref)
+    return str(Ref(owner=owner, name=name, version=parsed.version, alias=parsed.alias))
+
+
+def point_alias(ref: str, adapter: str, aliases: dict[str, int]) -> None:
+    """``on_click`` of Point alias here: the alias typed (a leading '@' dropped) names this version, wherever it
+    pointed before; the registry checks the name and keeps ``latest`` to itself."""
+    alias = st.session_state[f"edit-alias-{ref}"].strip().removeprefix("@")
+    if not alias:
+        _done(ref, Unsent("Nothing changed: type an alias name, e.g. prod."), "alias")
+        return
+    try:
+        session.call(lambda c: c.set_alias(ref, alias))
+    except RegistryError as exc:
+        _done(ref, exc, "alias")
+        return
+    before = aliases.get(alias)
+    moved = f" (it pointed at {adapter}:{before})" if before is not None and f"{adapter}:{before}" != ref else ""
+    _done(ref, f"{adapter}@{alias} now points at {ref}{moved}.", "alias")
+
+
+def remove_alias(ref: str, adapter: str) -> None:
+    """``on_click`` of Remove alias: the alias chosen no longer names anything."""
+    alias = st.session_state[f"edit-unalias-{ref}"]
+    try:
+        session.call(lambda c: c.remove_alias(adapter, alias))
+    except RegistryError as exc:
+        _done(ref, exc, "alias")
+        return
+    _done(ref, f"Removed {adapter}@{alias} (it pointed at {ref}).", "alias")
+
+
+def yank_version(ref: str, yanked: bool) -> None:
+    """``on_click`` of Yank / Unyank this version."""
+    try:
+        session.call(lambda c: c.yank(ref, yanked=yanked))
+    except RegistryError as exc:
+        _done(ref, exc, "yank")
+        return
+    _done(ref, f"Yanked {ref}: hidden from listings and skipped by latest; still downloadable as {ref}." if yanked
+          else f"Unyanked {ref}: listed again, and latest points at it again if it is the newest.", "yank")
+
+
+def delete_version(info: VersionInfo) -> None:
+    """Delete the version shown, then show what is left: the adapter's latest version (its newest, when every one
+    left is yanked), else the Browse page. Runs in the page (switching pages is refused in a callback)."""
+    adapter = f"{info.owner}/{info.name}"
+    try:
+        session.call(lambda c: c.delete(info.ref))
+    except RegistryError as exc:
+        _done(info.ref, exc, "delete")
+        return
+    st.cache_data.clear()
+    left = session.call(lambda c: remaining(c, adapter))
+    if left is None:
+        st.switch_page(st.session_state["pages"]["browse"], query_params=navigation.carried())
+        return
+    _done(left, f"Deleted {info.ref}. This is what is left of {adapter}: its latest version, {left}.", "delete")
+    st.query_params["ref"] = left
+    st.rerun()
+
+
+def remaining(client: RegistryClient, adapter: str) -> str | None:
+    """The version of ``adapter`` to show after one was deleted: ``latest``, else the newest (every one left is
+    yanked), or None when the adapter is gone with its last version."""
+    try:
+        about = client.adapter(adapter)
+    except NotFound:
+        return None
+    if about.latest_version is not None:
+        return f"{adapter}:{about.latest_version}"
+    newest = client.list_versions(owner=about.owner, name=about.name, include_yanked=True, limit=1).items
+    return newest[0].ref if newest else None
 
 
 def result(ref: str, where: str = "top") -> None:
@@ -114,6 +218,8 @@ def result(ref: str, where: str = "top") -> None:
         return
     if isinstance(outcome, RegistryError):
         session.show_error(outcome)
+    elif isinstance(outcome, Unsent):
+        st.warning(outcome.text, icon=":material/warning:")
     else:
         st.success(outcome, icon=":material/check:")
 
@@ -141,17 +247,64 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo) -> None:
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
 
 
+def alias_form(info: VersionInfo, adapter: AdapterInfo) -> None:
+    name = f"{info.owner}/{info.name}"
+    st.markdown(f"**Aliases** of {info.ref}: " + (", ".join(f"`@{a}`" for a in info.aliases) or "none"))
+    with st.form(f"alias-set-{info.ref}"):
+        st.text_input("Alias", value="", placeholder="prod", key=f"edit-alias-{info.ref}",
+                      help=f"{name}@ALIAS then names this version (moved here if it named another one); "
+                           "lowercase letters, digits, '.', '_', '-'")
+        st.form_submit_button("Point alias here", on_click=point_alias, args=(info.ref, name, adapter.aliases))
+    removable = [a for a in info.aliases if a != "latest"]
+    if removable:
+        with st.form(f"alias-remove-{info.ref}"):
+            st.selectbox("Alias to remove", removable, key=f"edit-unalias-{info.ref}",
+                         help="latest is not offered: the registry keeps it on the newest version not yanked")
+            st.form_submit_button("Remove alias", on_click=remove_alias, args=(info.ref, name))
+    result(info.ref, "alias")
+
+
+def yank_form(info: VersionInfo) -> None:
+    st.markdown(f"**Yank** {info.ref}" + (" (yanked now)" if info.yanked else ""))
+    button, why = st.columns([1, 3], vertical_alignment="center")
+    button.button("Unyank this version" if info.yanked else "Yank this version", key=f"edit-yank-{info.ref}",
+                  on_click=yank_version, args=(info.ref, not info.yanked))
+    why.caption(f"Yanked, it is left out of listings and `latest` skips it; it stays downloadable by its number, "
+                f"{info.ref}, and nothing is deleted. Unyanking lists it again." if info.yanked else
+                f"Yanking leaves it out of listings and makes `latest` skip it (a bad release), while it stays "
+                f"downloadable by its number, {info.ref}; nothing is deleted, and it can be unyanked.")
+    result(info.ref, "yank")
+
+
 def move_form(info: VersionInfo) -> None:
     name = f"{info.owner}/{info.name}"
     with st.form(f"move-adapter-{name}"):
         st.markdown(f"**Move** {name} (rename it, or transfer it to an owner you write in)")
         st.text_input("New name", value="", placeholder="owner/name", key=f"edit-move-{name}",
                       help="every version, alias, tag and the card go with it; version numbers go on")
+        st.checkbox(MOVE_CONFIRM, key=f"edit-move-ok-{name}",
+                    help="its readers then find it under the new name; a publish or job to the old one is refused")
         st.form_submit_button("Move adapter", on_click=move_adapter, args=(info.ref, name))
+    result(info.ref, "move")
+
+
+def delete_form(info: VersionInfo) -> None:
+    st.markdown(f"**Delete** {info.ref} (this cannot be undone)")
+    held = [f"@{a}" for a in info.aliases if a != "latest"]
+    st.caption((f"Its aliases ({', '.join(held)}) go with it, and" if held else "Then")
+               + " `latest` moves back to the newest version not yanked; versions fine-tuned from it keep its "
+                 "reference as a deleted parent; its number is never given again. Yank it instead to keep it "
+                 "downloadable.")
+    typed = st.text_input(f"Type {info.ref} to confirm", value="", placeholder=info.ref, key=f"edit-delete-{info.ref}")
+    if st.button("Delete this version", key=f"edit-delete-button-{info.ref}", icon=":material/delete_forever:",
+                 disabled=typed.strip() != info.ref):
+        delete_version(info)
+    result(info.ref, "delete")
 
 
 def section(info: VersionInfo) -> None:
-    """The Edit tab: both forms for a caller who may write, else why not; then the last save's result."""
+    """The Edit tab for a caller who may write: the version (description and tags, aliases, yank), the adapter
+    (description, card, visibility; move), and deleting the version, each form's result beside it; else why not."""
     who = session.read(RegistryClient.whoami)
     if who.read_only:
         st.info(READ_ONLY_EDITS, icon=":material/lock:")
@@ -162,8 +315,11 @@ def section(info: VersionInfo) -> None:
                 icon=":material/edit_off:")
         result(info.ref)
         return
+    adapter = session.read(RegistryClient.adapter, f"{info.owner}/{info.name}")
     result(info.ref)
     version_form(info)
-    adapter_form(info, session.read(RegistryClient.adapter, f"{info.owner}/{info.name}"))
+    alias_form(info, adapter)
+    yank_form(info)
+    adapter_form(info, adapter)
     move_form(info)
-    result(info.ref, "move")
+    delete_form(info)

@@ -15,15 +15,18 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
+from registry.domain.errors import NotFound
 from registry.domain.schemas import LineageEdge, LineageGraph, LineageNode, WhoAmI
 from registry.services.tokens import create_token
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import field, filter_form, page, texts
-from web_ui import app, browse, lineage
+from web_ui import app, browse, editing, lineage
 
 FILLERS = 27  # more than the smallest page (25)
+#: The fixture's versions (the editing tests publish their own adapters beside them).
+SEEDED = {"base:1", "child:1", "grandchild:1", "secret:1", *(f"filler:{i}" for i in range(1, FILLERS + 1))}
 
 
 @pytest.fixture(scope="module")
@@ -210,11 +213,25 @@ def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> No
     assert ":green-badge[:material/public: public]" in texts(at)
 
 
+def publish_one(registry: dict[str, Any], name: str, times: int = 1) -> None:
+    """``times`` versions of ``alice/name`` (no metrics: left out of the metric sorts above)."""
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        for _ in range(times):
+            client.publish(registry["root"] / "a", f"alice/{name}", base_model="tiny-llama")
+
+
+def in_order(at: AppTest) -> list[str]:
+    """The Edit tab's boxes (by label) and messages (by kind), in page order."""
+    return [n.label if n.type == "text_input" else n.type for n in at.main
+            if n.type in ("text_input", "success", "warning", "error")]
+
+
 def test_an_adapter_is_moved_from_the_edit_tab_and_the_page_follows_it(registry: dict[str, Any]) -> None:
     with RegistryClient(registry["url"], registry["token"]) as client:
         client.publish(make_adapter(registry["root"] / "mv", seed=2, r=4), "alice/to-move", base_model="tiny-llama")
     at = page("adapter", registry, query={"ref": "alice/to-move:1"}, adapter_tab="Edit")
     at.text_input(key="edit-move-alice/to-move").set_value("alice/Bad Name")
+    at.checkbox(key="edit-move-ok-alice/to-move").check()
     click(at, "Move adapter")
     assert not at.exception
     [error] = at.error
@@ -226,11 +243,170 @@ def test_an_adapter_is_moved_from_the_edit_tab_and_the_page_follows_it(registry:
     assert not at.exception and not at.error
     [done] = [s for s in at.success if s.value.startswith("Moved alice/to-move to alice/moved-here.")]
     assert f"Jobs {job} publish here now." in done.value
-    shown = [node for node in at.main if node.type in ("success", "text_input")]  # in page order
-    assert [n.type for n in shown] == ["text_input"] * 3 + ["success"]  # under the Move form, not above the forms
+    shown = in_order(at)
+    assert shown[shown.index("New name") + 1] == "success"  # under the Move form, not above the forms
     assert at.query_params["ref"] == "alice/moved-here:1"
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert client.get("alice/moved-here:1").name == "moved-here"
+
+
+def test_a_move_is_sent_only_once_confirmed(registry: dict[str, Any]) -> None:
+    """Enter in the New name box submits the Move form: without its checkbox ticked, nothing is moved."""
+    publish_one(registry, "stay-put")
+    at = page("adapter", registry, query={"ref": "alice/stay-put:1"}, adapter_tab="Edit")
+    at.text_input(key="edit-move-alice/stay-put").set_value("alice/gone-away")
+    click(at, "Move adapter")
+    assert not at.exception and not at.success
+    [warning] = at.warning
+    assert warning.value == (f"Nothing moved: tick '{editing.MOVE_CONFIRM}' under the New name box, then press Move "
+                             "adapter to move alice/stay-put to alice/gone-away.")
+    shown = in_order(at)
+    assert shown[shown.index("New name") + 1] == "warning"
+    assert at.query_params["ref"] == "alice/stay-put:1"
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/stay-put:1").name == "stay-put"
+        with pytest.raises(NotFound):
+            client.get("alice/gone-away")
+
+
+def test_a_move_opened_through_an_alias_says_it_moved(registry: dict[str, Any]) -> None:
+    publish_one(registry, "by-alias")
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.set_alias("alice/by-alias:1", "prod")
+    at = page("adapter", registry, query={"ref": "alice/by-alias@prod"}, adapter_tab="Edit")
+    at.text_input(key="edit-move-alice/by-alias").set_value("alice/by-alias-2")
+    at.checkbox(key="edit-move-ok-alice/by-alias").check()
+    click(at, "Move adapter")
+    assert not at.exception and not at.error
+    assert at.query_params["ref"] == "alice/by-alias-2@prod"  # still an alias
+    assert at.subheader[0].value == "alice/by-alias-2:1"
+    [done] = at.success
+    assert done.value.startswith("Moved alice/by-alias to alice/by-alias-2.")
+    plain = page("adapter", registry, query={"ref": "alice/by-alias-2"}, adapter_tab="Edit")
+    plain.text_input(key="edit-move-alice/by-alias-2").set_value("alice/by-alias-3")
+    plain.checkbox(key="edit-move-ok-alice/by-alias-2").check()
+    click(plain, "Move adapter")
+    assert plain.query_params["ref"] == "alice/by-alias-3"  # no selector: the latest version, as asked
+    assert [s.value.split(".")[0] for s in plain.success] == ["Moved alice/by-alias-2 to alice/by-alias-3"]
+
+
+def test_an_alias_is_pointed_here_moved_and_removed(registry: dict[str, Any]) -> None:
+    publish_one(registry, "aliased", times=2)
+    at = page("adapter", registry, query={"ref": "alice/aliased:1"}, adapter_tab="Edit")
+    assert "**Aliases** of alice/aliased:1: none" in texts(at)
+    assert "Remove alias" not in [b.label for b in at.button]  # nothing to remove here
+    at.text_input(key="edit-alias-alice/aliased:1").set_value("prod")
+    click(at, "Point alias here")
+    assert not at.exception
+    assert [s.value for s in at.success] == ["alice/aliased@prod now points at alice/aliased:1."]
+    shown = in_order(at)
+    assert shown[shown.index("Alias") + 1] == "success"  # beside the alias form
+    assert "**Aliases** of alice/aliased:1: `@prod`" in texts(at)  # read again after the change
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/aliased@prod").version == 1
+
+    at = page("adapter", registry, query={"ref": "alice/aliased:2"}, adapter_tab="Edit")
+    at.text_input(key="edit-alias-alice/aliased:2").set_value("@prod")  # as a reference writes it
+    click(at, "Point alias here")
+    assert [s.value for s in at.success] == [
+        "alice/aliased@prod now points at alice/aliased:2 (it pointed at alice/aliased:1)."]
+    assert "**Aliases** of alice/aliased:2: `@latest`, `@prod`" in texts(at)
+    assert at.selectbox(key="edit-unalias-alice/aliased:2").options == ["prod"]  # latest is the registry's
+    click(at, "Remove alias")
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Removed alice/aliased@prod (it pointed at alice/aliased:2)."]
+    assert "Remove alias" not in [b.label for b in at.button]  # only latest is left
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.adapter("alice/aliased").aliases == {"latest": 2}
+
+
+@pytest.mark.parametrize(("typed", "said"), [
+    ("Prod!", "Alias 'Prod!' is not a valid name: use 1-64 lowercase letters"),
+    ("latest", "'latest' always points at the newest version that is not yanked; pick another alias."),
+], ids=["bad-name", "latest"])
+def test_an_alias_the_registry_refuses_shows_its_message(registry: dict[str, Any], typed: str, said: str) -> None:
+    at = page("adapter", registry, query={"ref": "alice/base:1"}, adapter_tab="Edit")
+    at.text_input(key="edit-alias-alice/base:1").set_value(typed)
+    click(at, "Point alias here")
+    assert not at.exception and not at.success
+    [error] = at.error
+    assert error.value.startswith(said)
+    shown = in_order(at)
+    assert shown[shown.index("Alias") + 1] == "error"
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.adapter("alice/base").aliases == {"latest": 1}
+
+
+def test_a_version_is_yanked_and_unyanked(registry: dict[str, Any]) -> None:
+    publish_one(registry, "yankable", times=2)
+    at = page("adapter", registry, query={"ref": "alice/yankable:2"}, adapter_tab="Edit")
+    assert "stays downloadable by its number, alice/yankable:2" in texts(at)  # what yanking does, by the button
+    click(at, "Yank this version")
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Yanked alice/yankable:2: hidden from listings and skipped by latest; "
+                                             "still downloadable as alice/yankable:2."]
+    assert at.subheader[0].value == "alice/yankable:2  (yanked)"  # the header shows it at once
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/yankable:2").yanked
+        assert client.adapter("alice/yankable").latest_version == 1
+    click(at, "Unyank this version")
+    assert [s.value for s in at.success] == ["Unyanked alice/yankable:2: listed again, and latest points at it "
+                                             "again if it is the newest."]
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert not client.get("alice/yankable:2").yanked
+        assert client.adapter("alice/yankable").latest_version == 2
+
+
+def delete_button(at: AppTest) -> Any:
+    return next(b for b in at.button if b.label == "Delete this version")
+
+
+#: The dashboard's router with Adapter first (AppTest opens the default page): where a delete goes on to Browse.
+ADAPTER_FIRST = """
+import streamlit as st
+from web_ui import adapter, browse, session
+pages = {"adapter": st.Page(session.guarded(adapter.page), title="Adapter", url_path="adapter", default=True),
+         "browse": st.Page(session.guarded(browse.page), title="Browse", url_path="browse")}
+st.session_state["pages"] = pages
+st.navigation(list(pages.values())).run()
+"""
+
+
+def test_a_version_is_deleted_once_its_reference_is_typed(registry: dict[str, Any]) -> None:
+    publish_one(registry, "doomed", times=2)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.set_alias("alice/doomed:2", "prod")
+    at = page("adapter", registry, query={"ref": "alice/doomed@prod"}, adapter_tab="Edit")
+    assert delete_button(at).disabled
+    assert "Its aliases (@prod) go with it, and `latest` moves back" in texts(at)
+    at.text_input(key="edit-delete-alice/doomed:2").set_value("alice/doomed:1").run()  # another version's
+    assert delete_button(at).disabled
+    at.text_input(key="edit-delete-alice/doomed:2").set_value("alice/doomed:2").run()
+    assert not delete_button(at).disabled
+    click(at, "Delete this version")
+    assert not at.exception
+    assert at.query_params["ref"] == "alice/doomed:1" and at.subheader[0].value == "alice/doomed:1"  # what is left
+    [done] = at.success
+    assert done.value == ("Deleted alice/doomed:2. This is what is left of alice/doomed: its latest version, "
+                          "alice/doomed:1.")
+    shown = in_order(at)
+    assert shown[shown.index("Type alice/doomed:1 to confirm") + 1] == "success"
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        with pytest.raises(NotFound):
+            client.get("alice/doomed:2")
+        assert client.adapter("alice/doomed").aliases == {"latest": 1}  # prod went with it
+
+    last = AppTest.from_string(ADAPTER_FIRST, default_timeout=60)
+    last.session_state["registry_url"], last.session_state["token"] = registry["url"], registry["token"]
+    last.session_state["adapter_tab"] = "Edit"
+    last.query_params["ref"] = "alice/doomed:1"
+    last.run()
+    last.text_input(key="edit-delete-alice/doomed:1").set_value("alice/doomed:1").run()
+    click(last, "Delete this version")
+    assert not last.exception
+    assert last.title[0].value == "Adapters" and "ref" not in last.query_params  # on to Browse: nothing left
+    with RegistryClient(registry["url"], registry["token"]) as client, pytest.raises(NotFound):
+        client.adapter("alice/doomed")
 
 
 def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
@@ -275,7 +451,7 @@ def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str
     at.selectbox(key="activity_action").set_value("publish").run()
     assert at.query_params["action"] == "publish"
     assert set(at.dataframe[0].value["action"]) == {"publish"}
-    published = [t for t in at.dataframe[0].value["target"] if "to-move" not in t]  # (the move test's own)
+    published = [t for t in at.dataframe[0].value["target"] if t.removeprefix("adapter?ref=alice/") in SEEDED]
     assert len(published) == 4 + FILLERS  # every publish (the newest 50: all of them)
 
 
