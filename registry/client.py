@@ -696,12 +696,12 @@ class RegistryClient:
     def set_alias(self, ref: str, alias: str) -> VersionInfo:
         parsed = Ref.parse(ref)
         version = parsed.version if parsed.version is not None else self.get(parsed).version
-        return VersionInfo.model_validate(self._request(
-            "PUT", f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{alias}", json={"version": version}).json())
+        path = f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{_segment(alias)}"  # a '/' in it: refused
+        return VersionInfo.model_validate(self._request("PUT", path, json={"version": version}).json())
 
     def remove_alias(self, adapter: str, alias: str) -> None:
         parsed = Ref.parse(adapter)
-        self._request("DELETE", f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{alias}")
+        self._request("DELETE", f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{_segment(alias)}")
 
     def yank(self, ref: str, *, yanked: bool = True) -> VersionInfo:
         info = self.get(ref)

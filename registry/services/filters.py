@@ -105,7 +105,8 @@ def _number(text: str, at: int) -> int | float:
 
 
 def _error(at: int, expected: str, found: str) -> FilterError:
-    return FilterError(f"filter, at character {at}: expected {expected}, found {found}. Example: {EXAMPLE}")
+    # the example as code: Markdown (the dashboard's messages) would draw <= as ≤, which cannot be pasted back
+    return FilterError(f"filter, at character {at}: expected {expected}, found {found}. Example: `{EXAMPLE}`")
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------------

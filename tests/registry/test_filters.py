@@ -66,6 +66,8 @@ def test_clauses_join_with_and_in_any_case() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("r <=", r"at character 5: expected a literal: 'text', a number, true or false, found the end of the filter"),
     ("r 8", r"at character 3: expected an operator \(=, !=, <, <=, >, >=, like, in\) after 'r', found '8'"),
+    # the example as code, which Markdown leaves as it is (the dashboard drew <= as ≤, refused when pasted back)
+    ("r >> 1", r"Example: `metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'`$"),
     ("r = 1 or r = 2", r"at character 7: only 'and' joins clauses \('or' is not supported"),
     ("r = 1 r = 2", r"at character 7: expected 'and' or the end of the filter, found 'r'"),
     ("colour = 'red'", r"at character 1: expected a field \(r, seed, generator, .*metrics.<key>\), found 'colour'"),
