@@ -8,7 +8,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,17 +17,19 @@ from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.settings import Settings
 
+if TYPE_CHECKING:
+    from registry.services.jobs import Jobs
+
 log = logging.getLogger("vera")
 
 
 def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False, workers: int = 1,
-            log_level: str | None = None) -> None:
+            log_level: str | None = None, worker_status_port: int | None = None) -> None:
     """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it
-    (none on a read-only registry: a worker publishes); with ``workers`` > 1, that many API processes (uvicorn's
+    (none on a read-only registry: a worker publishes), its /health and /metrics on 127.0.0.1:``worker_status_port``
+    when given (registry.worker_status); with ``workers`` > 1, that many API processes (uvicorn's
     supervisor), each building the app from the settings, which they receive as VERA_* variables, and writing its
     request counters where /metrics in any of them sums them (registry.api.metrics.multiprocess_directory)."""
-    import threading
-
     import uvicorn
 
     if with_worker and workers > 1:
@@ -74,12 +76,24 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
             uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
             return  # uvicorn's supervisor returns once its processes have ended: the block removes the directory
         if with_worker:
-            from registry.worker import DEFAULT_HEARTBEAT_S, Worker, check_heartbeat
-
-            check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s)
-            runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
-            threading.Thread(target=runner.run_forever, name="vera-worker", daemon=True).start()
+            _start_worker(jobs, settings, worker_status_port)
         uvicorn.run(app, **served)
+
+
+def _start_worker(jobs: Jobs, settings: Settings, status_port: int | None) -> None:
+    """A job worker in a daemon thread of this process, its status served on 127.0.0.1:``status_port`` if given."""
+    import threading
+
+    from registry.worker import DEFAULT_HEARTBEAT_S, Worker, check_heartbeat
+
+    check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s)
+    runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
+    if status_port is not None:
+        from registry.worker_status import serve_status
+
+        status = serve_status(runner.status, "127.0.0.1", status_port)
+        log.info(f"worker status on http://127.0.0.1:{status.server_port}/health and /metrics")
+    threading.Thread(target=runner.run_forever, name="vera-worker", daemon=True).start()
 
 
 def serve_model(
@@ -194,6 +208,9 @@ def up(
     host: Annotated[str, typer.Option(help="Bind address of the API and the dashboard: 0.0.0.0 for a team on "
                                            "this machine's network, which requires tokens (`vera token create`; "
                                            "docs/deployment.md, \"A small team on one machine\").")] = "127.0.0.1",
+    worker_status_port: Annotated[int | None, typer.Option(min=0, max=65535, help="Serve the job worker's GET "
+                                                           "/health and GET /metrics on 127.0.0.1 at this port (as "
+                                                           "`vera worker --status-port`).")] = None,
     log_level: LogLevel = None, read_only: ReadOnlyMode = False,
 ) -> None:
     """The product on the embedded default: the API, one job worker and the dashboard on 127.0.0.1 (--host), with
@@ -211,7 +228,7 @@ def up(
                                                               f"; for `vera` in other shells: export "
                                                               f"VERA_REGISTRY_URL=http://{shown}:{port}"))
     try:
-        run_api(host, port, embedded, with_worker=True, log_level=log_level)
+        run_api(host, port, embedded, with_worker=True, log_level=log_level, worker_status_port=worker_status_port)
     finally:
         if dashboard is not None and dashboard.poll() is None:
             dashboard.terminate()

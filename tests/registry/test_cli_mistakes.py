@@ -238,16 +238,19 @@ def test_a_heartbeat_that_cannot_keep_the_lease_is_refused_before_the_worker_sta
 
 def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_path: Path) -> None:
     """A team lead's walk (session 16): `vera up` bound only 127.0.0.1, so a team of several machines needed the
-    whole deployment guide. --host 0.0.0.0 serves the API (and the dashboard) to the network, tokens required."""
+    whole deployment guide. --host 0.0.0.0 serves the API (and the dashboard) to the network, tokens required; and
+    its worker's health had no address (--worker-status-port)."""
     port, data = free_port(), tmp_path / "data"
     admin = subprocess.run([str(VERA), "token", "create", "--owner", "lead", "--scope", "admin"], capture_output=True,
                            text=True, timeout=120, check=False, env={**os.environ, "VERA_DATA_DIR": str(data)})
     assert admin.returncode == 0, admin.stderr
     secret = next(word for word in admin.stdout.split() if word.startswith("vera_"))
-    log = tmp_path / "up.log"
-    with running_vera(["up", "--host", "0.0.0.0", "--no-ui", "--port", str(port)], port, log_path=log,
-                      VERA_DATA_DIR=str(data), VERA_LOG_FORMAT="text") as url:
+    log, status = tmp_path / "up.log", free_port()
+    with running_vera(["up", "--host", "0.0.0.0", "--no-ui", "--port", str(port), "--worker-status-port",
+                       str(status)], port, log_path=log, VERA_DATA_DIR=str(data), VERA_LOG_FORMAT="text") as url:
         assert httpx.get(f"{url}/api/v1/whoami", timeout=60).status_code == 401  # not on loopback: tokens
         who = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"}, timeout=60)
         assert who.status_code == 200 and who.json()["user"] == "lead"
+        health = httpx.get(f"http://127.0.0.1:{status}/health", timeout=60)  # its worker's, as `vera worker`'s
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
     assert "tokens required" in log.read_text()
