@@ -67,7 +67,7 @@ def save_version(ref: str, description: str, tags: list[str]) -> None:
     changes = (["description"] if new_description != description else []) + [f"+{t}" for t in added] + [
         f"-{t}" for t in removed]
     if not changes:
-        _done(ref, "Nothing changed.")
+        _done(ref, Unsent("Nothing changed."))
         return
     try:
         session.call(lambda c: c.update_version(
@@ -84,7 +84,7 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
     after = {field: st.session_state[f"edit-{field}-{adapter}"] for field in ("about", "card", "visibility")}
     changed = [field for field in after if after[field] != before[field]]
     if not changed:
-        _done(ref, "Nothing changed.")
+        _done(ref, Unsent("Nothing changed."))
         return
     try:
         if "about" in changed or "card" in changed:
@@ -106,7 +106,7 @@ def move_adapter(ref: str, adapter: str) -> None:
     the page was asked for (an @alias stays one), and the result is kept for the version shown there."""
     to = st.session_state[f"edit-move-{adapter}"].strip()
     if not to or to == adapter:
-        _done(ref, "Nothing changed: type the new name, owner/name.", "move")
+        _done(ref, Unsent("Nothing changed: type the new name, owner/name."), "move")
         return
     if not st.session_state.get(f"edit-move-ok-{adapter}"):
         _done(ref, Unsent(f"Nothing moved: tick '{MOVE_CONFIRM}' under the New name box, then press Move adapter "

@@ -172,6 +172,8 @@ def test_the_adapter_page_says_private_or_public_and_counts_downloads(registry: 
 
 def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, query={"ref": "alice/grandchild:1"}, adapter_tab="Edit")
+    click(at, "Save version")  # nothing typed: a warning, not a green success (a team lead's walk, s16)
+    assert [w.value for w in at.warning if w.value == "Nothing changed."] and not at.success
     at.text_area(key="edit-description-alice/grandchild:1").set_value("Grandchild, tuned twice.")
     at.text_input(key="edit-tags-alice/grandchild:1").set_value("prod-ready, wip")
     click(at, "Save version")
