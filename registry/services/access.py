@@ -274,8 +274,7 @@ class Access:
         while it owns anything that would be left without an owner: adapters, queued or running jobs, webhooks. Its
         memberships and the storage quota an admin set for it go with it; its name is retired (``tokens.retired``):
         no user or new organisation takes it, except one a registry admin revives, when it left a history (jobs, or
-        events of adapters under its name). Audited as org-delete (target:
-        the name, as org-create)."""
+        events of adapters under its name). Audited as org-delete (target: the name, as org-create)."""
         with self.db.session() as s:
             org = _visible_org(s, name, viewer)
             if not viewer.can_manage(name):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -138,14 +138,19 @@ def lock_owner(s: Session, owner: str) -> None:
     in share mode on PostgreSQL: a concurrent delete of the organisation waits for this transaction (and then finds
     what it wrote, and refuses), or this one waits for the delete and then sees it. On SQLite the transaction holds
     the database's write lock already (moves.lock_adapter), so the delete is before or after it whole."""
-    query = select(m.Organization.id).where(m.Organization.name == owner)
-    if s.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    if s.scalar(query) is not None:
-        return
-    if s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == owner).limit(1)) is not None:
+    last = (select(m.AuditEvent.id).where(m.AuditEvent.target == owner,
+                                          m.AuditEvent.action.in_(("org-create", "org-delete")))
+            .order_by(m.AuditEvent.id.desc()).limit(1).scalar_subquery())
+    organization, user, deleted = s.execute(select(  # one round trip for what most publishes need to know
+        exists().where(m.Organization.name == owner), exists().where(m.AccessToken.owner == owner),
+        exists().where(m.AuditEvent.id == last, m.AuditEvent.action == "org-delete"))).one()
+    if organization:
+        if s.get_bind().dialect.name != "postgresql" or s.scalar(  # its row in share mode: a delete waits, or is
+                select(m.Organization.id).where(m.Organization.name == owner).with_for_update(read=True)):  # seen
+            return
+    elif user or not deleted:
         return  # a user's: an organisation refuses a name with a token, and a retired name gets no token
-    deletion = _deletion(s, owner)
+    deletion = _deletion(s, owner)  # read again: a delete committed while this waited for the row is seen now
     if deletion is not None:
         raise Conflict(f"{owner} was an organisation, and it was deleted: nothing is published or moved under its "
                        f"name. Publish under another owner (a registry admin may create {owner} again: `vera org "
