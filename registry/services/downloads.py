@@ -16,16 +16,14 @@ import logging
 import threading
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import InvalidInput
 from registry.store import models as m
-from registry.store.database import Database
+from registry.store.database import Database, dialect_insert
 
 log = logging.getLogger("vera.downloads")
 
@@ -121,7 +119,7 @@ def add_downloads(s: Session, counts: dict[VersionKey, int]) -> None:
     """Add ``counts`` to version_downloads: an UPSERT per version that adds to what other processes added, for the
     versions that still exist. A count under a name the adapter had before it moved (counted in this process or
     another before the move, flushed after) goes to the adapter under its name now, through ``adapter_moves``."""
-    insert: Any = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = dialect_insert(s)
     table = m.VersionDownloads.__table__
     now = datetime.now(UTC)
     for (owner, name, number), n in sorted(counts.items()):

@@ -15,10 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import InvalidInput
@@ -26,6 +24,7 @@ from registry.domain.schemas import InvitationInfo
 from registry.domain.words import counted
 from registry.services.tokens import Principal
 from registry.store import models as m
+from registry.store.database import upsert
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,9 @@ def invite(s: Session, org: m.Organization, member: str, role: str, *, by: str, 
                            f"{org.name} USER`) or remove a member first.")
     s.execute(delete(m.OrgInvitation).where(m.OrgInvitation.organization_id == org.id, ~pending()))
     now = m.utcnow()
-    insert: Any = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(m.OrgInvitation.__table__).values(
-        organization_id=org.id, member=member, role=role, invited_by=by[:64], invited_at=now,
-        expires_at=now + policy.lifetime)
-    s.execute(statement.on_conflict_do_update(index_elements=["organization_id", "member"], set_={
-        key: statement.excluded[key] for key in ("role", "invited_by", "invited_at", "expires_at")}))
+    upsert(s, m.OrgInvitation.__table__, {"organization_id": org.id, "member": member, "role": role,
+                                          "invited_by": by[:64], "invited_at": now,
+                                          "expires_at": now + policy.lifetime}, ["organization_id", "member"])
 
 
 def take(s: Session, org: m.Organization, member: str) -> InvitationInfo | None:

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, exists, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import NotFound, QuotaExceeded
 from registry.domain.schemas import OwnerUsage, QuotaSource
 from registry.domain.words import size
 from registry.store import models as m
-from registry.store.database import Database
+from registry.store.database import Database, upsert
 
 
 @dataclass(frozen=True)
@@ -129,13 +128,10 @@ def set_quota(db: Database, quotas: Quotas, owner: str, quota_bytes: int | None,
     """Set ``owner``'s quota (None: no quota), over the settings', until it is cleared. Nothing stored is removed
     when the owner stores more than that already: its next publish is refused. One UPSERT: admins setting and
     clearing it at the same moment take turns."""
-    insert: Any = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
     with db.session() as s:
         require_known(s, owner)
-        values = {"owner": owner, "quota_bytes": quota_bytes, "set_by": actor[:64], "set_at": m.utcnow()}
-        statement = insert(m.OwnerQuota.__table__).values(**values)
-        s.execute(statement.on_conflict_do_update(index_elements=["owner"], set_={
-            key: statement.excluded[key] for key in ("quota_bytes", "set_by", "set_at")}))
+        upsert(s, m.OwnerQuota.__table__, {"owner": owner, "quota_bytes": quota_bytes, "set_by": actor[:64],
+                                           "set_at": m.utcnow()}, ["owner"])
         s.add(m.AuditEvent(actor=actor[:64], action="quota-set", target=owner, detail={"quota_bytes": quota_bytes}))
         return _usage(s, quotas, owner)
 
@@ -148,7 +144,4 @@ def clear_quota(db: Database, quotas: Quotas, owner: str, *, actor: str) -> Owne
         require_known(s, owner)
         if cast("CursorResult[Any]", s.execute(delete(m.OwnerQuota).where(m.OwnerQuota.owner == owner))).rowcount:
             s.add(m.AuditEvent(actor=actor[:64], action="quota-clear", target=owner, detail={}))
-        adapters, versions, stored = used(s, owner)
-        quota = quotas.of(s, owner)
-        return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
-                          quota_bytes=quota.bytes, quota_from=quota.source)
+        return _usage(s, quotas, owner, known=True)  # known: checked before its quota row went

@@ -126,10 +126,14 @@ def retired(s: Session, name: str) -> bool:
 def _deletion(s: Session, name: str) -> dict[str, Any] | None:
     """The detail of the org-delete event of ``name`` when it is the last of its organisation events (None: no
     organisation of that name was deleted, or one was created again since)."""
-    last = s.execute(select(m.AuditEvent.action, m.AuditEvent.detail).where(
-        m.AuditEvent.target == name, m.AuditEvent.action.in_(("org-create", "org-delete")))
-        .order_by(m.AuditEvent.id.desc()).limit(1)).first()
+    last = s.execute(_last_org_event(name, m.AuditEvent.action, m.AuditEvent.detail)).first()
     return dict(last.detail or {}) if last is not None and last.action == "org-delete" else None
+
+
+def _last_org_event(name: str, *columns: Any) -> Any:
+    """``columns`` of the newest org-create or org-delete event of ``name``."""
+    return (select(*columns).where(m.AuditEvent.target == name, m.AuditEvent.action.in_(("org-create", "org-delete")))
+            .order_by(m.AuditEvent.id.desc()).limit(1))
 
 
 def lock_owner(s: Session, owner: str) -> None:
@@ -138,9 +142,7 @@ def lock_owner(s: Session, owner: str) -> None:
     in share mode on PostgreSQL: a concurrent delete of the organisation waits for this transaction (and then finds
     what it wrote, and refuses), or this one waits for the delete and then sees it. On SQLite the transaction holds
     the database's write lock already (moves.lock_adapter), so the delete is before or after it whole."""
-    last = (select(m.AuditEvent.id).where(m.AuditEvent.target == owner,
-                                          m.AuditEvent.action.in_(("org-create", "org-delete")))
-            .order_by(m.AuditEvent.id.desc()).limit(1).scalar_subquery())
+    last = _last_org_event(owner, m.AuditEvent.id).scalar_subquery()
     organization, user, deleted = s.execute(select(  # one round trip for what most publishes need to know
         exists().where(m.Organization.name == owner), exists().where(m.AccessToken.owner == owner),
         exists().where(m.AuditEvent.id == last, m.AuditEvent.action == "org-delete"))).one()

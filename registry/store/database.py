@@ -33,6 +33,21 @@ def _migrations_dir() -> Path:
 MIGRATIONS = _migrations_dir()
 
 
+def dialect_insert(s: Session) -> Any:
+    """The INSERT construct of the session's database, with its ON CONFLICT clause (PostgreSQL's or SQLite's)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def upsert(s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> None:
+    """One statement: INSERT ``values`` into ``table``, or, where a row with the same ``keys`` exists, set its other
+    columns to them (concurrent writers take turns instead of failing on the key or on a row deleted meanwhile)."""
+    statement = dialect_insert(s)(table).values(**values)
+    s.execute(statement.on_conflict_do_update(index_elements=keys, set_={
+        key: statement.excluded[key] for key in values if key not in keys}))
+
+
 def make_engine(url: str, pool: PoolSettings | None = None, *, read_only: bool = False) -> Engine:
     """The engine of ``url``; with ``read_only`` every connection refuses writes itself (PostgreSQL: each transaction
     begins READ ONLY; SQLite: query_only), so that a write the read-only mode missed fails instead of writing."""
