@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +104,13 @@ def issued_tokens(database_url: str, *grants: tuple[str, list[str]]) -> list[str
         return [create_token(db, owner=owner, scopes=scopes)[1] for owner, scopes in grants]
     finally:
         db.engine.dispose()
+
+
+def team_tokens(database_url: str, members: Iterable[str], admins: Iterable[str] = ()) -> dict[str, str]:
+    """{name: token}: read and publish scopes for each of ``members``, the admin scope for each of ``admins``
+    (issued_tokens)."""
+    grants = [(user, ["read", "publish"]) for user in members] + [(user, ["admin"]) for user in admins]
+    return dict(zip([user for user, _ in grants], issued_tokens(database_url, *grants), strict=True))
 
 
 @contextmanager

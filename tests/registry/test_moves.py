@@ -20,11 +20,10 @@ from registry.client import RegistryClient
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.database import Database
 from tests.registry.adapters import LLAMA, make_adapter
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import VERA, running_server, team_tokens
 from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
 
 
@@ -148,10 +147,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("moves")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
-        db = Database(url)
-        tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1]
-                  for user in ("alice", "bob", "mallory")}
-        db.engine.dispose()
+        tokens = team_tokens(url, ("alice", "bob", "mallory"))
         source = make_adapter(root / "adapter")
         with RegistryClient(base, tokens["alice"], cache=False) as alice:
             alice.create_organization("acme")

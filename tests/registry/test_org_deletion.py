@@ -29,7 +29,7 @@ from registry.services.webhooks import Webhooks
 from registry.store import models as m
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import VERA, running_server, team_tokens
 
 #: Where webhooks point: a closed loopback port (allowed by allow_private), never called here.
 HOOK_URL = "http://127.0.0.1:9/hook"
@@ -199,11 +199,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("org-deletion")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_WEBHOOK_ALLOW_PRIVATE="true") as base:
-        db = Database(url)
-        tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1]
-                  for user in ("alice", "bob", "mallory")}
-        tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
-        db.engine.dispose()
+        tokens = team_tokens(url, ("alice", "bob", "mallory"), admins=("root",))
         yield {"url": base, "tokens": tokens, "source": make_adapter(root / "a")}
 
 

@@ -30,7 +30,7 @@ from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import VERA, running_server, team_tokens
 from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
 
 
@@ -225,9 +225,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, size: int) -> Iterator[dict
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
                         VERA_OWNER_QUOTA_BYTES=str(size),
                         VERA_OWNER_QUOTAS=json.dumps({"acme": f"{3 * size} B"})) as base:  # sizes in words too
+        tokens = team_tokens(url, ("alice", "bob"), admins=("root",))
         db = Database(url)
-        tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1] for user in ("alice", "bob")}
-        tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
         tokens["alices-admin"] = create_token(db, owner="root", scopes=["admin"], limited_to=["alice"])[1]
         db.engine.dispose()
         with RegistryClient(base, tokens["alice"], cache=False) as alice:

@@ -16,9 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
-from registry.services.tokens import create_token
-from registry.store.database import Database
-from tests.registry.servers import issued_tokens, running_server
+from tests.registry.servers import running_server, team_tokens
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +25,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
                         VERA_OWNER_QUOTA_BYTES="1MB") as base:
-        db = Database(url)
-        tokens = {user: create_token(db, owner=user, scopes=["read", "publish"])[1] for user in ("alice", "bob")}
-        tokens["root"] = create_token(db, owner="root", scopes=["admin"])[1]
-        db.engine.dispose()
-        yield {"url": base, **tokens}
+        yield {"url": base, **team_tokens(url, ("alice", "bob"), admins=("root",))}
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +33,8 @@ def inviting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     """A registry with invitations on."""
     root = tmp_path_factory.mktemp("orgs-ui-invitations")
     url = f"sqlite:///{root / 'r.db'}"
-    users = ("alice", "bob", "carol")
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORG_INVITATIONS="true") as base:
-        yield {"url": base, **dict(zip(users, issued_tokens(url, *((u, ["read", "publish"]) for u in users)),
-                                       strict=True))}
+        yield {"url": base, **team_tokens(url, ("alice", "bob", "carol"))}
 
 
 def page(registry: dict[str, Any], who: str | None, query: dict[str, str] | None = None) -> AppTest:
