@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.domain.errors import InvalidInput
 from registry.domain.schemas import (
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
@@ -262,9 +264,23 @@ class Settings(BaseSettings):
 #: test scripts, typer's completion): not reported as unknown.
 OTHER_VARIABLES = frozenset({
     "VERA_REGISTRY_URL", "VERA_TOKEN", "VERA_CACHE_DIR", "VERA_NO_CACHE", "VERA_CONFIG_DIR", "VERA_UI_REGISTRIES",
+    "VERA_UI_REMEMBER_DAYS",
     "VERA_UPDATE_SNAPSHOTS", "VERA_SETUP_STRICT", "VERA_SKIP_BROWSER", "VERA_SKIP_POSTGRES", "VERA_FUZZ_EXAMPLES",
     "VERA_FUZZ_RANDOM", "VERA_GPU_CHECK_BUDGET_S", "VERA_GPU_CHECK_MINILM", "VERA_GPU_CHECK_VENV", "_VERA_COMPLETE",
 })
+
+
+def ui_remember_days(environ: Mapping[str, str]) -> float:
+    """VERA_UI_REMEMBER_DAYS: how long the dashboard's remembered sign-in lasts (web_ui.remember; default 7, more
+    than 0 and at most 365 days)."""
+    raw = environ.get("VERA_UI_REMEMBER_DAYS", "7")
+    try:
+        days = float(raw)
+    except ValueError:
+        raise InvalidInput(f"VERA_UI_REMEMBER_DAYS must be a number of days (e.g. 7); got {raw!r}.") from None
+    if not (math.isfinite(days) and 0 < days <= 365):
+        raise InvalidInput(f"VERA_UI_REMEMBER_DAYS must be more than 0 and at most 365 days; got {raw!r}.")
+    return days
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -9,7 +9,7 @@ from streamlit.delta_generator import DeltaGenerator
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import WhoAmI
-from web_ui import activity, adapter, browse, compare, navigation, organisations, session, train, webhooks
+from web_ui import activity, adapter, browse, compare, navigation, organisations, remember, session, train, webhooks
 
 #: Under who you are, on a registry that takes no changes (VERA_READ_ONLY): its refusals say where changes go.
 READ_ONLY_BANNER = ":orange[:material/lock: **read-only registry**: browse, fetch and compare; changes are refused]"
@@ -47,17 +47,25 @@ def sidebar() -> DeltaGenerator:
     """The registry's URL and token, and Refresh; returns the place of the line saying who you are, filled after
     the page has drawn (its request, started ahead, must not hold the page up)."""
     url, token = session.settings()
+    if session.url_problem(url) is None:
+        remember.check(url)  # a sign-in from this browser's cookie that has ended: signed out, saying why
+        url, token = session.settings()
     navigation.keep_registry()
     with st.sidebar:
         st.markdown("**Registry**")
         # keyed boxes set through session state (never value=): a box whose value= changes is a new widget, drawn
         # beside the old one until the run ends
         st.session_state.setdefault("sidebar_url", url)
+        if remember.BOX in st.session_state:
+            st.session_state["sidebar_token"] = st.session_state.pop(remember.BOX)
         st.session_state.setdefault("sidebar_token", token)
         new_url = st.text_input("URL", key="sidebar_url")
         new_token = st.text_input("Token", key="sidebar_token", type="password",
-                                  help="Needed when the registry requires tokens; kept in this browser session only.")
+                                  help="Needed when the registry requires tokens. Kept in this tab only, unless "
+                                       "you ask below to be remembered on this browser; empty it to sign out.")
+        remember.controls(url, token)
         if (new_url.rstrip("/"), new_token) != (url, token):
+            new_token = remember.switched(url, token, new_url.rstrip("/"), new_token)
             st.session_state["registry_url"], st.session_state["token"] = new_url.rstrip("/"), new_token
             st.cache_data.clear()
             st.session_state["browse_cursors"] = [None]
@@ -69,7 +77,9 @@ def sidebar() -> DeltaGenerator:
 
 
 def run() -> None:
-    st.set_page_config(page_title="vera-registry", page_icon=":material/hub:", layout="wide")
+    # An emoji: Streamlit draws it into the tab's icon in the browser. A ":material/...:" favicon (the page's, or each
+    # st.Page's icon when none is set here) is an SVG its frontend fetches from fonts.gstatic.com, which fails offline.
+    st.set_page_config(page_title="vera-registry", page_icon="🧩", layout="wide")
     pages = {
         "browse": st.Page(session.guarded(browse.page), title="Browse", icon=":material/table_view:",
                           url_path="home", default=True),  # served at /: a default page's path is not its URL

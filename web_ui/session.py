@@ -15,6 +15,7 @@ import streamlit as st
 
 from registry.client import DEFAULT_URL, RegistryClient, RegistryUnavailable
 from registry.domain.errors import Forbidden, InvalidInput, NotFound, RegistryError, Unauthorized
+from web_ui import remember
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -29,12 +30,14 @@ def settings() -> tuple[str, str]:
     """(registry URL, token) of this browser session. A new session takes the registry its address names
     (``?registry=``, written by links of a session pointed at another registry: web_ui.navigation), else
     default_url(); its token is VERA_TOKEN only for the default registry: a link naming another registry must not
-    make the dashboard send that token elsewhere (paste one in the sidebar)."""
+    make the dashboard send that token elsewhere (paste one in the sidebar). A sign-in this browser remembers for
+    that registry (web_ui.remember) comes before VERA_TOKEN."""
     state = st.session_state
     if "registry_url" not in state:
         state["registry_url"] = (st.query_params.get("registry") or default_url()).rstrip("/")
-    if "token" not in state:
-        state["token"] = os.environ.get("VERA_TOKEN", "") if state["registry_url"] == default_url() else ""
+    if "token" not in state:  # this browser's remembered sign-in for the registry (web_ui.remember), else VERA_TOKEN
+        state["token"] = (remember.adopt(state["registry_url"])
+                          or (os.environ.get("VERA_TOKEN", "") if state["registry_url"] == default_url() else ""))
     return state["registry_url"], state["token"]
 
 

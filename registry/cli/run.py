@@ -15,7 +15,7 @@ import typer
 from registry.cli.common import LogLevel, ReadOnlyMode, RegistryUrl, console, fail, load_settings, start_logging
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.settings import Settings
+from registry.settings import Settings, ui_remember_days
 
 if TYPE_CHECKING:
     from registry.services.jobs import Jobs
@@ -156,6 +156,10 @@ def _dashboard(port: int, registry_url: str, option: str = "--port", other: str 
     if importlib.util.find_spec("streamlit") is None:
         fail(InvalidInput("The dashboard needs its extra: pip install 'vera-registry[ui]' (or run `vera up --no-ui`)."))
     _check_free(port, option, other=other, host=host)
+    try:
+        ui_remember_days(os.environ)  # a bad VERA_UI_REMEMBER_DAYS stops here, not on every page
+    except InvalidInput as exc:
+        fail(exc)
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
                "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
@@ -192,8 +196,8 @@ def ui(
     if shared and os.environ.get("VERA_TOKEN"):
         console.print("note: VERA_TOKEN is set: every visitor reads and acts with that token. Unset it to have "
                       "each paste their own in the sidebar, or give the dashboard a read-only token.")
-    console.print(f"dashboard on http://{host}:{port} for the registry at {url}")
     process = _dashboard(port, url, host=host)
+    console.print(f"dashboard on http://{host}:{port} for the registry at {url}")
     try:
         raise typer.Exit(process.wait())
     finally:

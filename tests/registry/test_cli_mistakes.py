@@ -164,6 +164,13 @@ def test_an_alias_on_a_bare_name_says_which_version_it_took(server: dict[str, An
     assert pinned.returncode == 0 and "latest" not in pinned.stdout
 
 
+@pytest.mark.parametrize("days", ["abc", "0", "400", "nan"])
+def test_vera_ui_refuses_a_remembered_sign_in_length_it_cannot_use(days: str) -> None:
+    result = vera("ui", "--port", str(free_port()), url="http://127.0.0.1:9", VERA_UI_REMEMBER_DAYS=days)
+    refused(result, "VERA_UI_REMEMBER_DAYS must be")
+    assert "dashboard on" not in result.stdout  # said before the dashboard failed to start
+
+
 def test_vera_up_stops_before_starting_when_a_port_is_taken(tmp_path: Path) -> None:
     """The dashboard's port taken: `vera up` announced "dashboard on ..." and ran on without one."""
     with socket.socket() as taken:

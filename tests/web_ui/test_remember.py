@@ -1,0 +1,171 @@
+"""Signed in on this browser (web_ui.remember), in a real browser against a registry that requires tokens: a pasted
+token is kept in the tab only; "Remember me" keeps a new, expiring token of the same user and scopes in a cookie,
+which reloads and new tabs use; "Forget me", typing another token over it, or revoking it on the registry end it
+(revoked there, the cookie gone); a link naming the registry by another URL does not get it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+
+from registry.client import RegistryClient
+from registry.domain.schemas import TokenInfo
+from tests.registry.servers import free_port, running_server, running_vera, team_tokens
+from tests.web_ui.test_browser import ARTIFACTS, CHROMIUM, FLAGS, shot
+
+DAYS = 2  # VERA_UI_REMEMBER_DAYS of the dashboard under test
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("remember")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+        tokens = team_tokens(url, ("alice", "bob"))
+        port = free_port()
+        with running_vera(["ui", "--port", str(port), "--registry", base], port, health="/_stcore/health",
+                          VERA_UI_REMEMBER_DAYS=str(DAYS), VERA_TOKEN="") as ui:
+            yield {"url": base, "ui": ui, **tokens}
+
+
+@pytest.fixture()
+def browser(registry: dict[str, Any]) -> Iterator[BrowserContext]:
+    """A fresh browser profile per test (its own cookies)."""
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)
+        yield context
+        chromium.close()
+
+
+def sidebar(page: Page) -> Any:
+    return page.get_by_test_id("stSidebar")
+
+
+def signed_in(page: Page, user: str) -> None:
+    expect(sidebar(page).get_by_text(user, exact=True)).to_be_visible()
+
+
+def anonymous(page: Page) -> None:
+    expect(sidebar(page).get_by_text("anonymous (public adapters only)")).to_be_visible()
+
+
+def paste(page: Page, token: str) -> None:
+    box = page.get_by_role("textbox", name="Token", exact=True)
+    box.fill(token)
+    box.press("Enter")
+
+
+def sign_in_remembered(context: BrowserContext, registry: dict[str, Any], user: str) -> tuple[Page, str, int]:
+    """A tab where ``user`` pasted their token and asked to be remembered: the tab, the sign-in's secret (from the
+    browser's cookie) and its token id."""
+    page = context.new_page()
+    page.goto(registry["ui"])
+    anonymous(page)
+    paste(page, registry[user])
+    signed_in(page, user)
+    page.get_by_role("button", name="Remember me on this browser").click()
+    expect(sidebar(page).get_by_text("remembered on this browser until")).to_be_visible()
+    page.wait_for_function("() => document.cookie.includes('vera_signin_')")  # written as the run's page draws
+    kept = cookie(context, registry["url"])
+    assert kept is not None
+    with RegistryClient(registry["url"], kept["value"]) as client:
+        token_id = client.whoami().token_id
+    assert token_id is not None
+    return page, kept["value"], token_id
+
+
+def cookie_gone(page: Page) -> None:
+    page.wait_for_function("() => !document.cookie.includes('vera_signin_')")
+
+
+def cookie(context: BrowserContext, url: str) -> dict[str, Any] | None:
+    name = "vera_signin_" + hashlib.sha256(url.encode()).hexdigest()[:16]
+    return next((dict(c) for c in context.cookies() if c["name"] == name), None)
+
+
+def sign_ins(registry: dict[str, Any], user: str) -> list[TokenInfo]:
+    with RegistryClient(registry["url"], registry[user]) as client:
+        return [t for t in client.tokens() if t.name == "dashboard sign-in"]
+
+
+def test_a_pasted_token_lasts_the_tab_only(browser: BrowserContext, registry: dict[str, Any]) -> None:
+    page = browser.new_page()
+    page.goto(registry["ui"])
+    paste(page, registry["bob"])
+    signed_in(page, "bob")
+    page.reload()
+    anonymous(page)
+    assert cookie(browser, registry["url"]) is None
+
+
+def test_remembered_across_reloads_and_tabs_then_forgotten(browser: BrowserContext, registry: dict[str, Any]) -> None:
+    before = {t.id for t in sign_ins(registry, "alice")}
+    page, secret, _ = sign_in_remembered(browser, registry, "alice")
+    kept = cookie(browser, registry["url"])
+    assert kept is not None and kept["value"] == secret
+    assert secret != registry["alice"], "the pasted token itself was stored in the browser"
+    assert kept["sameSite"] == "Strict" and kept["path"] == "/"
+    lasts = datetime.fromtimestamp(kept["expires"], UTC) - datetime.now(UTC)
+    assert timedelta(days=DAYS) - timedelta(minutes=5) < lasts <= timedelta(days=DAYS)
+    (made,) = [t for t in sign_ins(registry, "alice") if t.id not in before]
+    assert made.expires_at is not None and not made.revoked and sorted(made.scopes) == ["publish", "read"]
+    with RegistryClient(registry["url"], secret) as client:
+        assert client.whoami().user == "alice"
+
+    page.reload()
+    signed_in(page, "alice")
+    expect(sidebar(page).get_by_text("remembered on this browser until")).to_be_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot(page, "40-signed-in-remembered-on-this-browser")
+    tab = browser.new_page()
+    tab.goto(registry["ui"] + "/activity")
+    signed_in(tab, "alice")
+    tab.close()
+
+    page.get_by_role("button", name="Forget me on this browser").click()
+    anonymous(page)
+    cookie_gone(page)
+    assert cookie(browser, registry["url"]) is None
+    assert next(t for t in sign_ins(registry, "alice") if t.id == made.id).revoked
+    page.reload()
+    anonymous(page)
+
+
+def test_typing_another_token_over_a_remembered_one_signs_it_out(browser: BrowserContext,
+                                                                 registry: dict[str, Any]) -> None:
+    page, _, made = sign_in_remembered(browser, registry, "alice")
+    paste(page, registry["bob"])
+    signed_in(page, "bob")
+    cookie_gone(page)
+    assert next(t for t in sign_ins(registry, "alice") if t.id == made).revoked
+    page.reload()
+    anonymous(page)
+
+
+def test_a_sign_in_revoked_on_the_registry_ends_with_a_message(browser: BrowserContext,
+                                                              registry: dict[str, Any]) -> None:
+    page, secret, token_id = sign_in_remembered(browser, registry, "alice")
+    with RegistryClient(registry["url"], secret) as client:
+        client.revoke_token(token_id)
+    page.reload()
+    expect(sidebar(page).get_by_text("has ended (expired or revoked); paste a token")).to_be_visible()
+    anonymous(page)
+    cookie_gone(page)
+
+
+def test_a_link_to_the_registry_by_another_url_does_not_get_the_sign_in(browser: BrowserContext,
+                                                                       registry: dict[str, Any]) -> None:
+    sign_in_remembered(browser, registry, "alice")
+    other = registry["url"].replace("127.0.0.1", "localhost")
+    tab = browser.new_page()
+    tab.goto(f"{registry['ui']}/?registry={other}")
+    expect(tab.get_by_role("textbox", name="URL", exact=True)).to_have_value(other)
+    anonymous(tab)
