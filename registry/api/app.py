@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, ApiOptions
@@ -32,8 +33,10 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
                hub: HubSync | None = None, webhooks: Webhooks | None = None,
                dispatcher: Dispatcher | None = None) -> FastAPI:
     """The API over ``registry``; with ``dispatcher``, webhooks are sent from a thread while the app serves."""
-    app = FastAPI(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.",
-                  responses=PROBLEM_RESPONSES, lifespan=_lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from this server (/static-offline-docs/), not from a CDN: they work
+    # on a machine without internet, and the browser asks no other host for anything
+    app = FastAPIOffline(title="vera-registry", version="1", description="Publish, fetch and verify VeRA adapters.",
+                         responses=PROBLEM_RESPONSES, lifespan=_lifespan)
     app.state.registry, app.state.options = registry, options or ApiOptions()
     app.state.jobs, app.state.hub = jobs or Jobs(registry), hub or HubSync(registry)
     app.state.events, app.state.webhooks = Events(registry.db), webhooks or Webhooks(registry.db)

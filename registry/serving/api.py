@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from registry.api.deps import bearer_token
@@ -51,8 +52,8 @@ def _status(exc: RegistryError) -> int:
 
 
 def create_serving_app(server: ModelServer) -> FastAPI:
-    app = FastAPI(title="vera serve-model", version="1", responses=PROBLEM_RESPONSES,
-                  description=f"Many VeRA adapters of the registry on one base model ({server.base_name}).")
+    app = FastAPIOffline(title="vera serve-model", version="1", responses=PROBLEM_RESPONSES,  # docs without a CDN
+                         description=f"Many VeRA adapters of the registry on one base model ({server.base_name}).")
     app.state.server = server
     install_problem_handlers(app, _status)
     app.include_router(router)

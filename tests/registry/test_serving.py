@@ -19,6 +19,7 @@ from registry.services.tokens import Unauthorized
 from registry.serving.server import ModelServer
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
+from tests.registry.test_api_docs import assert_docs_served_here
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, load_adapter, save_adapter
 from vera_core.recipes import resolve_base
 
@@ -196,6 +197,7 @@ def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
         evicted = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, headers=auth, timeout=10)
         assert evicted.status_code == 200
         assert {a["ref"] for a in httpx.get(f"{url}/v1/adapters", timeout=10).json()["adapters"]} == {"alice/clf1:1"}
+        assert_docs_served_here(url)  # its /docs and /redoc too need no CDN
 
 
 def test_generation_batches_adapters_and_equals_each_alone(tmp_path: Path, registry_server: dict[str, Any]) -> None:

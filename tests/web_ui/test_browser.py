@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
@@ -117,6 +117,48 @@ def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[st
     page.goto(product["ui"])
     expect(page.get_by_text("3 versions match")).to_be_visible()
     shot(page, "8-browse-after-training")
+
+
+#: The tab icons a page names (Streamlit sets its favicon as ``<link rel="shortcut icon">``).
+ICONS_JS = "() => [...document.querySelectorAll('link[rel~=icon]')].map(link => link.href)"
+#: The one outside URL allowed: ReDoc 2 draws Redocly's logo under its menu from Redocly's CDN (hard-coded in
+#: redoc.standalone.js, no option); offline the image fails, ReDoc leaves it out, and the page is whole without it.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def test_the_dashboard_and_the_api_docs_ask_no_other_host_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """On a cluster without internet: loading the dashboard's main pages and the API's /docs and /redoc, the browser
+    asks only the dashboard and the registry for anything (fonts, icons, scripts), and each tab icon is theirs or
+    drawn in the page (a data: URL). A ':material/...:' page icon was an SVG fetched from fonts.gstatic.com."""
+    ours = {urlsplit(product["ui"]).netloc, urlsplit(product["api"]).netloc}
+    asked: list[str] = []
+
+    def record(request: Any) -> None:
+        asked.append(request.url)
+
+    page.on("request", record)
+    try:
+        use_product_registry(page, product)
+        for path, shown in (("", "versions match"), ("/adapter?ref=alice/tiny0:1", "Adapter parameters"),
+                            ("/compare?refs=alice/tiny0:1,alice/tiny1:1", "optimizer step")):
+            page.goto(product["ui"] + path)
+            expect(page.get_by_text(shown).first).to_be_visible()
+            page.wait_for_timeout(1_000)  # what the drawn page asks for next (fonts, icons)
+            asked.extend(page.evaluate(ICONS_JS))
+        page.goto(f"{product['api']}/docs")
+        expect(page.locator(".swagger-ui .opblock").first).to_be_visible()  # the script ran, the schema was read
+        shot(page, "60-api-docs")
+        asked.extend(page.evaluate(ICONS_JS))
+        page.goto(f"{product['api']}/redoc")
+        expect(page.get_by_role("heading", name=re.compile(r"^vera-registry")).first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "61-api-redoc.png"))  # its top: the whole page is 70,000 px tall
+        asked.extend(page.evaluate(ICONS_JS))
+    finally:
+        page.remove_listener("request", record)
+    assert any(url.startswith("data:image/svg+xml") for url in asked)  # the dashboard's emoji icon, drawn
+    elsewhere = [url for url in asked if urlsplit(url).scheme in ("http", "https", "ws", "wss")
+                 and urlsplit(url).netloc not in ours and url != REDOC_LOGO]
+    assert elsewhere == [], elsewhere
 
 
 def address(path: str, **params: str) -> re.Pattern[str]:
