@@ -54,8 +54,6 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     return app
 
 
-
-
 def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
     @app.exception_handler(AdapterNotFound)
     async def adapter_not_found(request: Request, exc: AdapterNotFound) -> Response:
@@ -99,7 +97,7 @@ def renamed_path(path: str, old: tuple[str, str], new: tuple[str, str]) -> str |
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """While the app serves, download counts are flushed in the background (when it stops, once more), and the
     webhook dispatcher, if any, sends deliveries; when it stops, the download files a read-only registry built for
-    itself go."""
+    itself go, and the database's connections are closed (Database.close)."""
     downloads, dispatcher = app.state.registry.downloads, app.state.dispatcher
     downloads.start()
     if dispatcher is not None:
@@ -111,3 +109,4 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(dispatcher.stop)
         await run_in_threadpool(downloads.close)
         await run_in_threadpool(app.state.registry.derived.close)
+        await run_in_threadpool(app.state.registry.db.close)  # last: the flush above writes (SQLite: checkpointed)

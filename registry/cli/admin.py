@@ -89,6 +89,21 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
     console.print(f"database at revision {db.current_revision() or 'base (empty)'}")
 
 
+def db_backup(destination: Annotated[Path, typer.Argument(help="A new file, e.g. backup/registry.db.")],
+              database_url: DatabaseUrl = None) -> None:
+    """Copy a SQLite registry database to a new file while the registry runs (SQLite's online backup); then copy
+    the blob folder. PostgreSQL: use pg_dump."""
+    settings = load_settings(database_url)
+    db = _database(database_url)
+    try:
+        db.backup(destination)
+        revision = db.current_revision()
+    finally:
+        db.close()
+    console.print(f"backed up the database (revision {revision}) to {destination}; now copy the blobs, e.g. "
+                  f"`rsync -a {settings.resolved_storage_url}/ BACKUP/blobs/` (and no `vera gc` before that)")
+
+
 def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
     db = _database(database_url)
@@ -294,10 +309,13 @@ def worker(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    if once:
-        runner.run_once()
-    else:
-        runner.run_forever()
+    try:
+        if once:
+            runner.run_once()
+        else:
+            runner.run_forever()
+    finally:
+        runner.jobs.db.close()
 
 
 def serve(

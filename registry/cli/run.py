@@ -78,6 +78,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         if with_worker:
             _start_worker(jobs, settings, worker_status_port)
         uvicorn.run(app, **served)
+        registry.db.close()  # again: `vera up`'s worker thread may have used it after the app's own close
 
 
 def _start_worker(jobs: Jobs, settings: Settings, status_port: int | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.domain.errors import InvalidInput, SchemaOutOfDate
@@ -108,6 +110,42 @@ class Database:
             raise
         finally:
             session.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (a later session opens new ones). On a SQLite file, first copy what the
+        write-ahead log holds into the database file (a checkpoint that empties the log): else registry.db alone
+        can stay a 4 KB shell with everything in registry.db-wal, and a copy of it alone is an empty registry."""
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
+            with contextlib.suppress(SQLAlchemyError), self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.engine.dispose()
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy of a SQLite registry database at ``destination`` (a file that must not exist), taken
+        while the registry runs (SQLite's online backup: the write-ahead log's pages included), written beside
+        the destination first and renamed into place, so that a failed backup leaves no file. InvalidInput for
+        PostgreSQL (pg_dump backs it up) and for a destination that exists or whose folder does not."""
+        if self.engine.dialect.name != "sqlite" or self.url.startswith("sqlite:///:memory:"):
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise InvalidInput(f"`vera db backup` copies a SQLite file; {where} is not one. Back up PostgreSQL with "
+                               "its own tools, e.g. `pg_dump -Fc DBNAME > vera.dump` (docs/deployment.md, Backups).")
+        if destination.exists():
+            raise InvalidInput(f"{destination} exists; give a new file name (a backup never overwrites a file).")
+        if not destination.parent.is_dir():
+            raise InvalidInput(f"{destination.parent} is not a folder; create it first (mkdir -p "
+                               f"{destination.parent}).")
+        partial = destination.with_name(f".{destination.name}.partial")
+        raw = self.engine.raw_connection()
+        try:
+            target = sqlite3.connect(partial)
+            try:
+                raw.driver_connection.backup(target)  # type: ignore[union-attr]
+            finally:
+                target.close()
+            partial.rename(destination)
+        finally:
+            raw.close()
+            partial.unlink(missing_ok=True)
 
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:

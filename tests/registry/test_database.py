@@ -231,3 +231,67 @@ def test_the_connection_pool_is_a_setting(database_url: str, monkeypatch: pytest
             assert conn.execute(text("SELECT 1")).scalar_one() == 1
     finally:
         registry.db.engine.dispose()
+
+
+def test_a_stopped_registry_leaves_everything_in_its_sqlite_file(tmp_path: Path) -> None:
+    """A newcomer's backup copied registry.db alone after stopping the registry and got an empty one: everything was
+    still in registry.db-wal. Stopped, the server checkpoints the log into the file (Database.close, which `vera
+    worker` calls too when it exits), so the file alone is the whole registry."""
+    from registry.client import RegistryClient
+    from tests.registry.adapters import make_adapter
+    from tests.registry.servers import running_server
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs") as server, RegistryClient(server) as client:
+        client.publish(make_adapter(tmp_path / "a"), "ann/kept", base_model="tiny-llama")
+        assert (tmp_path / "r.db-wal").stat().st_size > 0  # while it runs, the log holds what is new
+    assert not (tmp_path / "r.db-wal").exists() or (tmp_path / "r.db-wal").stat().st_size == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "r.db").write_bytes((tmp_path / "r.db").read_bytes())  # the file alone, as a careless backup takes it
+    db = Database(f"sqlite:///{copy / 'r.db'}")
+    try:
+        db.check_schema()
+        with db.session() as s:
+            assert s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars().all() == ["ann/kept"]
+    finally:
+        db.close()
+
+
+def test_vera_db_backup_copies_a_running_registry_whole_and_never_overwrites(tmp_path: Path) -> None:
+    """`vera db backup FILE` while the server runs: the copy alone (no -wal beside it) is the whole registry; a
+    destination that exists, a missing folder and a PostgreSQL database are refused, saying what to do, and leave no
+    file."""
+    import os
+
+    from registry.client import RegistryClient
+    from tests.registry.adapters import make_adapter
+    from tests.registry.servers import running_server
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": url, "VERA_STORAGE_URL": str(tmp_path / "blobs")}
+
+    def backup(destination: Path, **more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), "db", "backup", str(destination)], capture_output=True, text=True,
+                              timeout=120, env={**env, **more}, check=False)
+
+    with running_server(url, tmp_path / "blobs") as server, RegistryClient(server) as client:
+        client.publish(make_adapter(tmp_path / "a"), "ann/saved", base_model="tiny-llama")
+        (tmp_path / "backup").mkdir()
+        done = backup(tmp_path / "backup" / "r.db")
+        assert done.returncode == 0 and "backed up the database (revision" in done.stdout, done.stderr
+        assert "rsync -a" in done.stdout
+        again = backup(tmp_path / "backup" / "r.db")
+        assert again.returncode == 1 and "exists; give a new file name" in again.stderr
+        nowhere = backup(tmp_path / "missing" / "r.db")
+        assert nowhere.returncode == 1 and "is not a folder; create it first" in nowhere.stderr
+        postgres = backup(tmp_path / "backup" / "pg.db", VERA_DATABASE_URL="postgresql+psycopg://u@127.0.0.1:9/x")
+        assert postgres.returncode == 1 and "pg_dump" in postgres.stderr
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["r.db"]  # no partial file, no -wal
+    copy = Database(f"sqlite:///{tmp_path / 'backup' / 'r.db'}")
+    try:
+        copy.check_schema()
+        with copy.session() as s:
+            assert s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars().all() == ["ann/saved"]
+    finally:
+        copy.close()
