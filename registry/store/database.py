@@ -115,9 +115,12 @@ class Database:
         """Close the pooled connections (a later session opens new ones). On a SQLite file, first copy what the
         write-ahead log holds into the database file (a checkpoint that empties the log): else registry.db alone
         can stay a 4 KB shell with everything in registry.db-wal, and a copy of it alone is an empty registry."""
-        if self.engine.dialect.name == "sqlite" and not self.read_only:
-            with contextlib.suppress(SQLAlchemyError), self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.engine.dialect.name == "sqlite":
+            if self.engine.url.database in (None, "", ":memory:"):
+                return  # its one connection is the database: closing it would lose everything
+            if not self.read_only:
+                with contextlib.suppress(SQLAlchemyError), self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         self.engine.dispose()
 
     def backup(self, destination: Path) -> None:
