@@ -38,18 +38,18 @@ def _text_of(text: str | None, file: Path | None, what: str) -> str:
                       "both and not neither."))
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flat_metrics(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """Nested metrics as dotted keys."""
     items: list[tuple[str, Any]] = []
     for key, value in sorted(data.items()):
         if isinstance(value, dict):
-            items += _flat(value, f"{prefix}{key}.")
+            items += flat_metrics(value, f"{prefix}{key}.")
         else:
             items.append((f"{prefix}{key}", value))
     return items
 
 
-def _metric_text(value: Any) -> str:
+def metric_text(value: Any) -> str:
     """A metric's value in a line: a number to 6 significant digits; a series (a loss curve: [[step, loss], ...]
     or values) as its length, first and last entries (`--json` has it whole)."""
     if isinstance(value, float):
@@ -57,7 +57,7 @@ def _metric_text(value: Any) -> str:
     if isinstance(value, list) and len(value) > 4:
         def entry(item: Any) -> str:
             if isinstance(item, list):
-                return "[" + ", ".join(_metric_text(x) for x in item) + "]"
+                return "[" + ", ".join(metric_text(x) for x in item) + "]"
             return str(item) if not isinstance(item, dict) else "{...}"
         return f"{len(value):,} entries: {entry(value[0])}, ..., {entry(value[-1])} (`--json` for all)"
     return str(value)
@@ -106,7 +106,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("published", f"by {v.published_by} at {v.created_at:%Y-%m-%d %H:%M:%S %Z}"),
         ("lineage", _lineage_text(v.lineage)),
     ]
-    rows += [(f"metric {key}", _metric_text(value)) for key, value in _flat(v.metrics)]
+    rows += [(f"metric {key}", metric_text(value)) for key, value in flat_metrics(v.metrics)]
     for key, value in rows:
         grid.add_row(key, value)
     return grid

@@ -196,14 +196,26 @@ LS_COLUMNS = (Column("ref"), Column("aliases", 3), Column("base model", 2), Colu
 
 def compare(
     refs: Annotated[list[str], typer.Argument(help="Two to eight versions.")],
-    registry: RegistryUrl = None, token: Token = None,
+    as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Compare versions: parameters, bytes, metrics, and per-layer cosine similarity of their weight deltas."""
+    """Compare versions: parameters, bytes, metrics side by side, and per-layer cosine similarity of their weight
+    deltas (--json: the comparison as the API gives it)."""
+    from registry.cli.catalog import flat_metrics, metric_text
+
     result = call_registry(registry, token, lambda c: c.compare(refs))
-    summary = Table("ref", "params", "bytes", "metrics")
+    if as_json:
+        print_json(result)
+        return
+    summary = Table("ref", "params", "bytes")
     for v in result.versions:
-        summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", json.dumps(v.metrics)[:60])
+        summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}")
     console.print(summary)
+    metrics = [dict(flat_metrics(v.metrics)) for v in result.versions]
+    if names := sorted(set().union(*metrics)):  # one row per metric, a column per version: whole, not cut
+        table = Table("metric", *[v.ref for v in result.versions], caption="- where a version does not record it")
+        for name in names:
+            table.add_row(name, *[metric_text(m[name]) if name in m else "-" for m in metrics])
+        console.print(table)
     # the first version's layers that another version adapts too (with_first): a version on another base model
     # shares none, and leaves the others theirs; a registry older than the field answers the layers all share
     rows = ([(w.module, w.cosine) for w in result.with_first] if result.with_first is not None

@@ -192,11 +192,14 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         with RegistryClient(url) as client:
             for seed in (1, 2):
-                client.publish(make_adapter(tmp_path / f"l{seed}", seed=seed), f"jo/l{seed}", base_model="tiny-llama")
+                client.publish(make_adapter(tmp_path / f"l{seed}", seed=seed), f"jo/l{seed}", base_model="tiny-llama",
+                               metrics={"test": {"accuracy": 0.9 + seed / 1000}, **({"a_long_metric_name": 1234.5678}
+                                                                                      if seed == 1 else {})})
             client.publish(make_adapter(tmp_path / "rob", seed=3, tiny=TINY_MODELS[0]), "jo/rob",
                            base_model="tiny-roberta")
             expected = client.compare(["jo/l1:1", "jo/l2:1"]).layers
         done = vera("compare", "jo/l1:1", "jo/l2:1", "jo/rob:1", "--registry", url)
+        as_json = vera("compare", "jo/l1:1", "jo/l2:1", "--json", "--registry", url)
     assert done.returncode == 0, done.stderr
     rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in done.stdout.splitlines()
             if line.count("│") >= 4 and "layers." in line}
@@ -205,3 +208,10 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
         assert [c.strip() for c in rows[layer.module]] == [f"{layer.delta_cosine[0][1]:.3f}", "-"]
     assert "jo/rob:1 adapts none of jo/l1:1's layers (another base model, or other modules)." in " ".join(
         done.stdout.split())
+    # metrics side by side, a row each, whole (they were one JSON string per version cut at 60 characters)
+    metrics = {cells[0]: cells[1:] for line in done.stdout.splitlines()
+               if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 4}
+    assert metrics["test.accuracy"] == ["0.901", "0.902", "-"]
+    assert metrics["a_long_metric_name"] == ["1234.57", "-", "-"]
+    compared = json.loads(as_json.stdout)
+    assert [v["metrics"]["test"]["accuracy"] for v in compared["versions"]] == [0.901, 0.902]
