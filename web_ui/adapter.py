@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.domain.errors import RegistryError
+from registry.domain.errors import NotFound, RegistryError
 from registry.domain.schemas import ADAPTER_FILES, Ref, VerificationReport, VersionInfo
 from web_ui import analysis, charts, editing, formats, lineage, navigation, session, tables, views
 
@@ -25,7 +25,11 @@ def page() -> None:
         st.info("Pick a version on the Browse page, or type one above.")
         return
     Ref.parse(ref_text)  # a malformed reference is an InvalidInput message, not a request
-    info = session.read(RegistryClient.get, ref_text)
+    try:
+        info = session.read(RegistryClient.get, ref_text)
+    except NotFound as exc:
+        missing(ref_text, exc)
+        return
     read_ahead(info)
     navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
@@ -43,6 +47,30 @@ def page() -> None:
                     show_card(card or "")
                 else:
                     SECTIONS[label](info)
+
+
+def missing(ref_text: str, exc: NotFound) -> None:
+    """A version the registry does not have, whose adapter has no versions left (its last one deleted: the
+    registry then removes the adapter, 404, or keeps it empty): that said, with the way back to Browse, instead of
+    a blank page. Any other missing version is the registry's message (``exc``, shown by session.guarded)."""
+    ref = Ref.parse(ref_text)
+    adapter = f"{ref.owner}/{ref.name}"
+    deleted = editing.deleted_last(adapter)
+    try:
+        about = session.read(RegistryClient.adapter, adapter)
+    except NotFound:
+        about = None
+    if (about.versions if about is not None else deleted is None):  # other versions, or not deleted here: unknown
+        raise exc
+    if deleted is not None:
+        st.success(deleted, icon=":material/check:")
+    st.info(f"{adapter} has no versions left: " + ("the registry removed it with its last one, so there is nothing "
+                                                   "more to show here." if about is None else
+                                                   "there is nothing to show here until one is published."),
+            icon=":material/inventory_2:")
+    if "browse" in (pages := st.session_state.get("pages", {})):
+        st.page_link(pages["browse"], label="Back to Browse", icon=":material/table_view:",
+                     query_params=navigation.carried())
 
 
 def read_ahead(info: VersionInfo) -> None:

@@ -62,10 +62,25 @@ VERSION_MIN_PX = 120
 #: The base model column grows from WIDTHS' 90 px to show the page's longest name whole, up to this (session 12's
 #: walk: 'tiny-roberta' was cut to 'tiny-robe…' beside room to spare).
 BASE_MODEL_MAX_PX = 170
+#: The labels column grows from WIDTHS' 120 px to show every alias of the page's versions whole (with '+N' for
+#: their tags), up to what leaves the version column VERSION_MIN_PX beside the widest base model column.
+LABELS_MAX_PX = TABLE_PX - VERSION_MIN_PX - (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["labels"]
+                                             - WIDTHS["base model"] + BASE_MODEL_MAX_PX)
 
 
 def base_model_width(items: list[VersionInfo]) -> int:
     return formats.text_width((v.base_model for v in items), WIDTHS["base model"], BASE_MODEL_MAX_PX)
+
+
+def labels_width(items: list[VersionInfo]) -> int:
+    """The labels column's px: room for each version's lock and aliases whole, and the '+N' of its tags (a team
+    lead's walk: '@latest +5' hid @prod), at least WIDTHS' and at most LABELS_MAX_PX."""
+    return formats.text_width(map(kept_labels, items), WIDTHS["labels"], LABELS_MAX_PX)
+
+
+def kept_labels(v: VersionInfo) -> str:
+    """What of a version's labels Browse's column makes room for: its lock and aliases, then '+N' for its tags."""
+    return ", ".join(labels(v)[:(v.visibility == "private") + len(v.aliases)]) + (f" +{len(v.tags)}" if v.tags else "")
 
 
 def size_column(sort: str) -> str:
@@ -73,9 +88,16 @@ def size_column(sort: str) -> str:
     return "params" if sort.lstrip("-") == "trainable_parameters" else "stored"
 
 
+def alias_order(alias: str) -> tuple[bool, bool, str]:
+    """Sort key of a version's aliases as Browse shows them: ``prod`` first (what is deployed), ``latest`` (which
+    every adapter's newest version has) last, the others by name between them."""
+    return alias != "prod", alias == "latest", alias
+
+
 def labels(v: VersionInfo) -> list[str]:
-    """A lock for a private adapter, then its aliases (@prod) and tags."""
-    return [LOCK] * (v.visibility == "private") + [f"@{a}" for a in v.aliases] + list(v.tags)
+    """A lock for a private adapter, then its aliases (@prod first, @latest last) and its tags."""
+    return ([LOCK] * (v.visibility == "private") + [f"@{a}" for a in sorted(v.aliases, key=alias_order)]
+            + list(v.tags))
 
 
 def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-created") -> pd.DataFrame:
@@ -83,7 +105,7 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
     (projection, trainable parameters, eval loss and exact bytes are on the Adapter and Compare pages). Labels are
     a lock for a private adapter, its aliases and its tags; sorted by a metric, that metric's column takes the place
     of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
-    size, base_px = size_column(sort), base_model_width(items)
+    size, base_px, labels_px = size_column(sort), base_model_width(items), labels_width(items)
 
     def score(v: VersionInfo) -> dict[str, float | None]:
         return {metric: metric_value(v, metric)} if metric else {"accuracy": key_metrics(v)["accuracy"]}
@@ -92,7 +114,7 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
         "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
         "r": v.r, size: v.stored_bytes if size == "stored" else v.trainable_parameters, **score(v),
         "downloads": v.downloads, "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
-        "labels": formats.fit_list(labels(v), WIDTHS["labels"]), "created": v.created_at,
+        "labels": formats.fit_list(labels(v), labels_px), "created": v.created_at,
     } for v in items])
 
 
@@ -100,17 +122,21 @@ def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, An
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
     metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
     metric_px = max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric else WIDTHS["accuracy"]
-    base_px = base_model_width(items)
-    others = sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px - WIDTHS["base model"] + base_px
+    base_px, labels_px = base_model_width(items), labels_width(items)
+    others = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px - WIDTHS["base model"] + base_px
+              - WIDTHS["labels"] + labels_px)
     needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)
     version = max(VERSION_MIN_PX, min(needed, TABLE_PX - others))
     return COLUMNS | {"version": navigation.version_column(version),
-                      "base model": st.column_config.TextColumn(width=base_px)} | (
+                      "base model": st.column_config.TextColumn(width=base_px),
+                      "labels": st.column_config.TextColumn(width=labels_px, help=LABELS_HELP)} | (
         {metric: formats.metric_column((metric_value(v, metric) for v in items), width=metric_px)} if metric else
         {"accuracy": formats.metric_column((key_metrics(v)["accuracy"] for v in items), **ACCURACY)})
 
 
 ACCURACY = {"width": WIDTHS["accuracy"], "help": "test accuracy (else eval accuracy)"}
+LABELS_HELP = (f"{LOCK}: private, seen only by its owner, the owning organisation's members and admins; @name: an "
+               "alias (every one, @prod first); then its tags. +N: more, on its Adapter page")
 COLUMNS: dict[str, Any] = {
     "r": st.column_config.NumberColumn(width=WIDTHS["r"]),
     "stored": st.column_config.NumberColumn(width=WIDTHS["stored"]),  # written by formats.size: web_ui.tables
@@ -121,9 +147,6 @@ COLUMNS: dict[str, Any] = {
                                                help="downloads of its weights (counted in batches: may lag ~10 s)"),
     "verified": st.column_config.TextColumn(width=WIDTHS["verified"], help="verification status (Verify on the "
                                                                            "Adapter page): passed, failed or not yet"),
-    "labels": st.column_config.TextColumn(width=WIDTHS["labels"], help=f"{LOCK}: private, seen only by its owner, "
-                                          "the owning organisation's members and admins; @name: an alias; then its "
-                                          "tags. +N: more, on its Adapter page"),
     "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=WIDTHS["created"], help="published on"),
 }
 

@@ -67,9 +67,11 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     kinds = ["training", "eval"] if dashed else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(
         # Steps are whole numbers: ticks at least 1 apart, written without decimals (never 1.5, 2.5).
-        # padding: a dot at the first or last step is drawn whole, not cut by the plot's edge
+        # padding: a dot at the first or last step is drawn whole, not cut by the plot's edge. The axis spans the
+        # recorded steps: no zero (steps 100-200 of a resumed run start at 100) and no nice (Vega rounds the padded
+        # domain outwards to round ticks: steps 1-300 drew an axis from -20, a negative step)
         x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d"),
-                scale=alt.Scale(padding=EDGE_PX)),
+                scale=alt.Scale(padding=EDGE_PX, zero=False, nice=False)),
         y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
     # The dash is the lines' own: the dots do not take part in its legend, whose samples are then strokes (a legend

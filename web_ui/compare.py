@@ -117,13 +117,23 @@ def page() -> None:
     st.subheader("Per-layer cosine similarity of the weight deltas")
     layers = session.read_pinned(layer_comparison, pinned)
     alone = charts.without_cosine(layers, len(versions))
-    cosine = charts.cosine_heatmap(layers, [v.ref for v in versions])
+    apart = [j for j in range(1, len(versions)) if j not in alone and projection_differences(versions[0], versions[j])]
+    cosine = charts.cosine_heatmap(without(layers, apart), [v.ref for v in versions])
     if cosine is not None:
-        st.caption(cosine_caption([v for j, v in enumerate(versions) if j not in alone]))
+        st.caption(cosine_caption([v for j, v in enumerate(versions) if j not in alone + apart], bool(apart)))
+    if apart:
+        st.caption(other_projection_caption(versions[0], [versions[j] for j in apart]))
     if alone:
         st.caption(without_cosine_caption(versions[0], [versions[j] for j in alone]))
     if cosine is not None:
         st.altair_chart(cosine, width="content")
+
+
+def without(layers: list[dict[str, Any]], apart: list[int]) -> list[dict[str, Any]]:
+    """``layers`` (as charts.cosine_heatmap takes them) without the cosines of the versions at the positions
+    ``apart``: no grid is drawn for them."""
+    return [{**layer, "cosine": [None if j in apart else c for j, c in enumerate(layer["cosine"])]}
+            for layer in layers]
 
 
 #: Compare's table at 1,400 px beside the sidebar (measured in chromium: 939 px): the px each column but the
@@ -196,20 +206,27 @@ def side_by_side(versions: list[VersionInfo]) -> None:
         st.caption(f"No loss curve was recorded for {', '.join(none)} (versions trained by a job record one).")
 
 
-def cosine_caption(versions: list[VersionInfo]) -> str:
-    """What the cosine grid shows, and why versions on another projection than the first's score about 0."""
-    first, others = versions[0], versions[1:]
+def cosine_caption(versions: list[VersionInfo], others_apart: bool = False) -> str:
+    """What the cosine grid shows, and why it is meaningful for ``versions`` (the first, then those drawn against
+    it: each shares its projection); ``others_apart``: some versions compared are left out for another projection."""
+    first, drawn = versions[0], versions[1:]
     text = (f"cos(ΔW of each version, ΔW of {first.ref}) per layer, where ΔW = diag(b) B diag(d) A: 1 = the same "
             "direction, 0 = unrelated, -1 = opposite.")
-    apart = [f"{v.ref} ({', '.join(projection_differences(first, v))})" for v in others
-             if projection_differences(first, v)]
-    if not apart:
-        return text + (" All share the first's projection (generator, seed and rank), so A and B are the same "
-                       "matrices and the cosine compares what d and b learned.")
-    return text + (f" {'; '.join(apart)}: a projection other than the first's (generator {first.generator}, "
-                   f"seed {first.seed}, r {first.r}) means other random A and B, and deltas built on independent "
-                   "random matrices are nearly orthogonal, so they score about 0 whatever they learned. Compare "
-                   "those by their metrics; the cosine is meaningful between versions sharing a projection.")
+    shared = (f"{formats.listed([v.ref for v in drawn])} {'shares' if len(drawn) == 1 else 'share'} the first's "
+              "projection (generator, seed and rank)" if others_apart else
+              "All share the first's projection (generator, seed and rank)")
+    return text + f" {shared}, so A and B are the same matrices and the cosine compares what d and b learned."
+
+
+def other_projection_caption(first: VersionInfo, apart: list[VersionInfo]) -> str:
+    """Why the versions ``apart`` (on another projection than the first's) get no grid, in one sentence."""
+    named = "; ".join(f"{v.ref} ({', '.join(projection_differences(first, v))})" for v in apart)
+    it, its = ("it", "its") if len(apart) == 1 else ("they", "their")
+    return (f"No cosine grid for {named}: on another projection than {first.ref}'s (generator {first.generator}, "
+            f"seed {first.seed}, r {first.r}), {its} A and B are other random matrices, and deltas built on "
+            f"independent random matrices are nearly orthogonal, so {its} cosine would be about 0 whatever {it} "
+            f"learned; compare {'it' if len(apart) == 1 else 'them'} by the metrics above, or with versions on "
+            f"{its} own projection.")
 
 
 def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:

@@ -4,7 +4,7 @@ confirmed) and deleting the version (once its reference is typed). Shown to call
 adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message, next to
 the form it answers. Saving runs as the button's ``on_click``, before the page, so the header, badges and card
 already show what was saved; a delete runs in the page, which then goes to what is left (the adapter's latest
-version, else Browse)."""
+version; after its last, the page says the adapter has no versions left)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound, RegistryError
 from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI
-from web_ui import navigation, session
+from web_ui import session
 
 RESULT = "edit_result"
 #: The Move form's checkbox: unticked, the form sends nothing (Enter in the New name box submits the form).
@@ -178,9 +178,16 @@ def yank_version(ref: str, yanked: bool) -> None:
           else f"Unyanked {ref}: listed again, and latest points at it again if it is the newest.", "yank")
 
 
+#: Where the result of deleting an adapter's last version is shown: on the Adapter page in place of the version
+#: (web_ui.adapter.missing), which says the adapter has no versions left.
+GONE = "gone"
+
+
 def delete_version(info: VersionInfo) -> None:
     """Delete the version shown, then show what is left: the adapter's latest version (its newest, when every one
-    left is yanked), else the Browse page. Runs in the page (switching pages is refused in a callback)."""
+    left is yanked); after its last, the page shows the deleted reference, saying the adapter has no versions left
+    (a team lead's walk: going on to Browse said nothing). Runs in the page (Streamlit refuses a rerun in a
+    callback)."""
     adapter = f"{info.owner}/{info.name}"
     try:
         session.call(lambda c: c.delete(info.ref))
@@ -190,11 +197,18 @@ def delete_version(info: VersionInfo) -> None:
     st.cache_data.clear()
     left = session.call(lambda c: remaining(c, adapter))
     if left is None:
-        st.switch_page(st.session_state["pages"]["browse"], query_params=navigation.carried())
-        return
-    _done(left, f"Deleted {info.ref}. This is what is left of {adapter}: its latest version, {left}.", "delete")
-    st.query_params["ref"] = left
+        _done(info.ref, f"Deleted {info.ref}, the last version of {adapter}.", GONE)
+        st.query_params["ref"] = info.ref
+    else:
+        _done(left, f"Deleted {info.ref}. This is what is left of {adapter}: its latest version, {left}.", "delete")
+        st.query_params["ref"] = left
     st.rerun()
+
+
+def deleted_last(adapter: str) -> str | None:
+    """What this session's delete of ``adapter``'s last version answered, if that was the last change made here."""
+    ref, outcome, where = st.session_state.get(RESULT, (None, None, None))
+    return outcome if where == GONE and isinstance(outcome, str) and str(ref).startswith(f"{adapter}:") else None
 
 
 def remaining(client: RegistryClient, adapter: str) -> str | None:

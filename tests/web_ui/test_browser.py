@@ -416,6 +416,7 @@ def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, produc
         client.set_alias(f"{long_name}:1", "prod")
         listed = client.list_versions(limit=50, with_total=True)
         items = listed.items
+    page.add_init_script(DRAWN_TEXTS_JS)
     use_product_registry(page, product)
     page.get_by_role("button", name="Refresh").click()  # the listing read a moment ago is cached for 5 s
     grid = page.get_by_test_id("stDataFrame").first
@@ -424,6 +425,10 @@ def test_tables_show_every_cell_whole_at_1400_px_in_a_browser(page: Page, produc
     shot(page, "29-browse-cells-whole")
     fits(page, grid)
     frame = browse.table(items)
+    # a team lead's walk: '@latest +5' hid @prod; every alias is shown, @prod first, and the tags are '+4'
+    labels = frame.set_index("version")["labels"][f"adapter?ref={long_name}:1"]
+    assert labels == "@prod, @latest +4"
+    assert labels in drawn_texts(page, labels)
     widths = {name: config["width"] for name, config in browse.columns(items).items() if name in frame.columns}
     assert clipped(page, frame, widths, ("version", "base model", "verified", "labels")) == []
 
@@ -542,8 +547,10 @@ AXIS_LABELS_JS = """title => [...document.querySelectorAll("g.role-axis")]
   .flatMap(axis => [...axis.querySelectorAll(".role-axis-label text")].map(t => t.textContent))"""
 
 
-def test_loss_chart_steps_are_whole_numbers_in_a_browser(page: Page, product: dict[str, str]) -> None:
-    """Issue 20: three recorded steps are ticked 1, 2, 3 (not 1.5, 2.5)."""
+def test_loss_chart_steps_are_whole_numbers_in_a_browser(page: Page, product: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """Issue 20: three recorded steps are ticked 1, 2, 3 (not 1.5, 2.5). A team lead's walk: 300 steps drew an
+    axis from -20 (Vega rounded the padded domain outwards); it starts at the first step, with no negative tick."""
     use_product_registry(page, product)
     page.goto(f"{product['ui']}/compare?refs=alice/tiny0:1,alice/tiny1:1")
     expect(page.get_by_text("optimizer step", exact=True)).to_be_visible()
@@ -551,6 +558,16 @@ def test_loss_chart_steps_are_whole_numbers_in_a_browser(page: Page, product: di
     assert ticks and all(t.isdigit() for t in ticks), f"step ticks {ticks}"
     assert ticks == sorted(set(ticks), key=int)
     shot(page, "33-loss-chart-whole-steps")
+    with RegistryClient(product["api"]) as client:  # no test accuracy: the filter test's count stays
+        client.publish(make_adapter(tmp_path / "long-run", seed=12), "alice/long-run", base_model="tiny-llama",
+                       metrics={"train_loss": [[s, 1 / s + 0.1] for s in range(1, 301)]})
+    page.goto(f"{product['ui']}/adapter?ref=alice/long-run:1")
+    page.get_by_role("tab", name="Metrics").click()
+    expect(page.get_by_text("optimizer step", exact=True)).to_be_visible()
+    ticks = page.evaluate(AXIS_LABELS_JS, "optimizer step")
+    assert ticks and all(t.isdigit() for t in ticks), f"step ticks {ticks}"  # no '-20'
+    assert ticks[0] in ("0", "1") and int(ticks[-1]) <= 300, f"step ticks {ticks}"
+    shot(page, "33b-loss-chart-300-steps")
 
 
 def test_the_generator_box_shows_its_whole_name_in_a_browser(page: Page, product: dict[str, str]) -> None:
@@ -752,3 +769,34 @@ def test_the_first_walks_bugs_in_a_browser_404_page_parameter_count_and_download
     while downloads_of(product, info.ref, settle_s=0.3) == before and time.monotonic() < deadline:
         pass
     assert downloads_of(product, info.ref) == before + 1  # the click, once
+
+
+def test_a_team_leads_walk_compare_projections_and_the_last_version_deleted_in_a_browser(
+        page: Page, product: dict[str, str], tmp_path: Path) -> None:
+    """A team lead's walk: Compare drew the cosine grid of a version on another projection under a caption saying
+    it scores about 0 whatever it learned (now: no grid, and why); deleting an adapter's last version in the Edit
+    tab went on to Browse without a word (now: what happened, and a link back to Browse). Last in the file: it
+    deletes a version."""
+    with RegistryClient(product["api"]) as client:  # no metrics: the filter test's count stays
+        client.publish(make_adapter(tmp_path / "reseeded", seed=13, projection_prng_key=7), "alice/reseeded",
+                       base_model="tiny-llama")
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/compare?refs=alice/tiny0:1,alice/reseeded:1")
+    expect(page.get_by_text("No cosine grid for alice/reseeded:1 (another seed)")).to_be_visible()
+    expect(page.get_by_text("optimizer step", exact=True)).to_be_visible()  # tiny0's loss curve
+    page.wait_for_timeout(1_000)  # the rest of the run
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)  # the loss curves, no cosine grid
+    expect(page.get_by_text("cos(ΔW of each version")).to_have_count(0)
+    shot(page, "53-compare-another-projection")
+
+    page.goto(f"{product['ui']}/adapter?ref=alice/reseeded:1")
+    page.get_by_role("tab", name="Edit").click()
+    page.get_by_role("textbox", name="Type alice/reseeded:1 to confirm").fill("alice/reseeded:1")
+    page.get_by_role("textbox", name="Type alice/reseeded:1 to confirm").press("Enter")
+    page.get_by_role("button", name=re.compile("Delete this version$")).click()
+    expect(page.get_by_text("Deleted alice/reseeded:1, the last version of alice/reseeded.")).to_be_visible()
+    expect(page.get_by_text("alice/reseeded has no versions left")).to_be_visible()
+    shot(page, "54-adapter-last-version-deleted")
+    page.get_by_role("link", name="Back to Browse").click()
+    expect(page.get_by_text(re.compile(r"versions match"))).to_be_visible()
+    expect(page).not_to_have_url(re.compile(r"[?&]ref="))

@@ -150,6 +150,10 @@ def test_steps_are_whole_numbers_on_the_loss_chart() -> None:
     for layer in chart["layer"]:
         axis = (layer.get("encoding") or chart["encoding"])["x"]["axis"]
         assert axis["tickMinStep"] == 1 and axis["format"] == "d"  # ticks 1, 2, 3: never 1.5 or 2.5
+    # a team lead's walk: 300 steps drew an axis from -20 (zero, then the padded domain made nice): the axis spans
+    # the recorded steps, padded by a few px only
+    scale = chart["layer"][0]["encoding"]["x"]["scale"]
+    assert scale == {"padding": charts.EDGE_PX, "zero": False, "nice": False}
 
 
 def test_a_version_without_a_curve_is_not_in_the_legend() -> None:

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
-from registry.domain.schemas import LineageEdge, LineageGraph, LineageNode, WhoAmI
+from registry.domain.schemas import AdapterInfo, LineageEdge, LineageGraph, LineageNode, WhoAmI
 from registry.services.tokens import create_token
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
@@ -406,9 +406,31 @@ def test_a_version_is_deleted_once_its_reference_is_typed(registry: dict[str, An
     last.text_input(key="edit-delete-alice/doomed:1").set_value("alice/doomed:1").run()
     click(last, "Delete this version")
     assert not last.exception
-    assert last.title[0].value == "Adapters" and "ref" not in last.query_params  # on to Browse: nothing left
+    # a team lead's walk: going on to Browse said nothing; the page says what happened, and links back to Browse
+    assert last.title[0].value == "Adapter" and last.query_params["ref"] == "alice/doomed:1"
+    assert [s.value for s in last.success] == ["Deleted alice/doomed:1, the last version of alice/doomed."]
+    assert [i.value for i in last.info] == ["alice/doomed has no versions left: the registry removed it with its last "
+                                            "one, so there is nothing more to show here."]
+    [back] = last.get("page_link")
+    assert back.proto.label == "Back to Browse" and back.proto.page == "browse"
     with RegistryClient(registry["url"], registry["token"]) as client, pytest.raises(NotFound):
-        client.adapter("alice/doomed")
+        client.adapter("alice/doomed")  # the registry removed the adapter with its last version
+
+
+def test_an_adapter_left_without_versions_says_so(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that keeps an adapter with no versions (``versions`` 0) gets the same message; an address of an
+    adapter this session did not delete gets the registry's own message."""
+    stale = page("adapter", registry, query={"ref": "alice/never-published:1"})
+    assert not stale.exception and not stale.info
+    assert [w.value for w in stale.warning] == ["No adapter alice/never-published; `vera ls --owner alice` lists "
+                                                "that owner's."]
+    kept = AdapterInfo(owner="alice", name="emptied", description="", card="", created_at=datetime.now(UTC),
+                       versions=0, latest_version=None, aliases={})
+    monkeypatch.setattr(RegistryClient, "adapter", lambda self, name: kept)
+    at = page("adapter", registry, query={"ref": "alice/emptied@prod"})
+    assert not at.exception and not at.warning
+    assert [i.value for i in at.info] == ["alice/emptied has no versions left: there is nothing to show here until "
+                                          "one is published."]
 
 
 def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:

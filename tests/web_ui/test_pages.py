@@ -580,13 +580,30 @@ def test_compare_picker_searches_every_version_on_the_server(registry: dict[str,
     assert "0 versions match 'no such adapter'." in texts(at)
 
 
-def test_compare_says_why_versions_on_another_projection_score_about_zero(registry: dict[str, Any]) -> None:
+def cosine_grids(at: AppTest) -> list[str]:
+    """The titles of Compare's cosine grids (one per version drawn against the first), as the browser gets them."""
+    return [grid["title"]["text"] for chart in at.get("vega_lite_chart")
+            for grid in json.loads(chart.proto.spec).get("vconcat", [])]
+
+
+def test_compare_draws_no_cosine_grid_for_a_version_on_another_projection(registry: dict[str, Any]) -> None:
+    """A team lead's walk: the grid of a version on another projection was drawn under a caption saying its cosine
+    is about 0 whatever it learned. Now only versions sharing the first's projection get a grid, captioned with
+    why it means something; the others are named, in one sentence saying why they have none."""
     same = page("compare", registry, query={"refs": "alice/model0:1,alice/model2:1"})  # r 8 both, one seed
     assert "All share the first's projection" in texts(same)
+    assert cosine_grids(same) == ["alice/model2:1  vs  alice/model0:1"]
     apart = page("compare", registry, query={"refs": "alice/model0:1,alice/model1:1,alice/model2:1"})
     shown = texts(apart)
-    assert "alice/model1:1 (another rank): a projection other than the first's" in shown
-    assert "nearly orthogonal, so they score about 0" in shown and "alice/model2:1 (" not in shown
+    assert cosine_grids(apart) == ["alice/model2:1  vs  alice/model0:1"]  # none for model1 (r 4)
+    assert ("alice/model2:1 shares the first's projection (generator, seed and rank), so A and B are the same "
+            "matrices and the cosine compares what d and b learned.") in shown
+    assert ("No cosine grid for alice/model1:1 (another rank): on another projection than alice/model0:1's "
+            "(generator philox4x32-10-kaiming-uniform-v1, seed 0, r 8), its A and B are other random matrices") in shown
+    assert "score about 0" not in shown and "alice/model2:1 (" not in shown
+    alone = page("compare", registry, query={"refs": "alice/model1:1,alice/model0:1"})
+    assert cosine_grids(alone) == [] and "cos(ΔW of each version" not in texts(alone)
+    assert "No cosine grid for alice/model0:1 (another rank)" in texts(alone)
 
 
 def worker_jobs(registry: dict[str, Any]) -> Any:
