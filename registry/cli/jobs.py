@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from registry.cli import training_options as opt
-from registry.cli.common import RegistryUrl, Token, call_registry, console
+from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_GPUS, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
@@ -152,10 +152,12 @@ def _events_after(job_id: int, after: int, client: RegistryClient) -> list[JobEv
 
 
 def job_logs(
-    job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
+    job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends; then exit 3 if it "
+                                                       "failed or was cancelled (0: succeeded).")] = False,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Print a job's progress, evaluations and log lines."""
+    """Print a job's progress, evaluations and log lines. With --follow, wait for the job to end: the exit status
+    says how (0 succeeded, 3 failed or cancelled), so a script can stop on a failed job."""
     after = 0
     while True:
         for e in call_registry(registry, token, partial(_events_after, job_id, after)):
@@ -167,5 +169,7 @@ def job_logs(
         if not follow or job.status in FINAL_JOB_STATUSES:
             console.print(f"job {job_id}: {job.status}" + (f" -> {job.result_ref}" if job.result_ref else "")
                           + (f" ({job.error})" if job.error else ""))
+            if follow and job.status != "succeeded":
+                check_failed()
             return
         time.sleep(2)

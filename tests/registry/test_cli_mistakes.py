@@ -90,6 +90,11 @@ def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[s
     for words in ("base_model=minilm", '"text_column": "sentence"',
                   '"schedule": "cosine"', "priority 0, 0 GPU(s)"):
         assert words in shown.stdout, (words, shown.stdout)
+    # `vera job logs --follow` exited 0 whatever became of the job: a script could not stop on a failed one
+    followed = vera("job", "logs", str(job.id), "--follow", url=server["url"])
+    assert followed.returncode == 3 and f"job {job.id}: cancelled" in followed.stdout, followed
+    read = vera("job", "logs", str(job.id), url=server["url"])  # without --follow, reading the log is what it does
+    assert read.returncode == 0 and f"job {job.id}: cancelled" in read.stdout, read
     assert json.loads(vera("job", "show", str(job.id), "--json", url=server["url"]).stdout)["id"] == job.id
 
 
