@@ -172,8 +172,13 @@ class Versions:
                 s.add(m.Alias(adapter_id=v.adapter_id, name=alias, version_id=v.id))
             else:
                 before, row.version_id, row.updated_at = row.version_id, v.id, datetime.now(UTC)
+            previous = None if before is None else s.scalar(
+                select(m.AdapterVersion.version).where(m.AdapterVersion.id == before))
+            # previous_version: the number it named before (what a rollback needs); previous_version_id: its row id,
+            # kept for readers of the audit log from before previous_version was added
             s.add(m.AuditEvent(actor=actor, action="alias", target=f"{v.adapter.owner}/{v.adapter.name}@{alias}",
-                               detail={"version": v.version, "previous_version_id": before}))
+                               detail={"version": v.version, "previous_version": previous,
+                                       "previous_version_id": before}))
             s.flush()
             return version_info(s, v)
 
@@ -185,7 +190,8 @@ class Versions:
             v = resolve(s, Ref(owner=ref.owner, name=ref.name, alias=alias))
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             s.delete(row)
-            s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}", detail={}))
+            s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}",
+                               detail={"version": v.version}))  # the version it named
 
     def yank(self, ref: str | Ref, *, actor: str, yanked: bool = True) -> VersionInfo:
         """Hide a version from listings and from ``latest``; it stays fetchable by number."""

@@ -73,6 +73,22 @@ def test_default_files_are_what_peft_loads_correctly(registry: Registry, tmp_pat
     assert registry.blobs.get(info.vectors_sha256) == vectors_before  # what is stored never changes
 
 
+def test_alias_events_say_which_version_it_named_before(registry: Registry, tmp_path: Path) -> None:
+    """A rollback needs the version an alias named before a move: the event said only its row id (a guide's walk)."""
+    source = make_adapter(tmp_path / "a", seed=1)
+    for _ in range(2):
+        registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
+    registry.set_alias("alice/x:1", "prod", actor="alice")
+    registry.set_alias("alice/x:2", "prod", actor="alice")
+    registry.remove_alias("alice/x", "prod", actor="alice")
+    with registry.db.session() as s:
+        details = [e.detail for e in s.scalars(select(m.AuditEvent).where(m.AuditEvent.target == "alice/x@prod")
+                                               .order_by(m.AuditEvent.id))]
+    assert [{k: d[k] for k in ("version", "previous_version") if k in d} for d in details] == [
+        {"version": 1, "previous_version": None}, {"version": 2, "previous_version": 1}, {"version": 2}]
+    assert details[1]["previous_version_id"] is not None  # kept for readers of the older field
+
+
 def test_versions_aliases_and_dedupe(registry: Registry, tmp_path: Path) -> None:
     source = make_adapter(tmp_path / "a", seed=1)
     registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
