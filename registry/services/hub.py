@@ -232,6 +232,10 @@ class HubSync:
             if not base:
                 raise InvalidInput(f"{where}'s adapter_config.json names no base_model_name_or_path; pass the base "
                                    "model (--base-model).")
+            if base_model is None and _local_path(str(base)):
+                raise InvalidInput(f"{where}'s adapter_config.json names base model {base!r}, a folder on the machine "
+                                   "that trained it (PEFT records where it loaded the base from), not a name servers "
+                                   "of that base know; pass the base model's name (--base-model, e.g. its Hub id).")
             card = _card_record(root / CARD_NAME)
 
             recorded: list[int] = []
@@ -410,3 +414,7 @@ def _finite(metrics: object) -> dict[str, Any]:
         or (isinstance(v, str) and len(v) <= 200))}
 
 
+def _local_path(name: str) -> bool:
+    """Whether a base model's name is plainly a local folder (absolute, home-relative or ./, ../), which PEFT writes
+    into adapter_config.json when the base was loaded from disk. "org/model" may be a Hub id: not judged."""
+    return name.startswith(("/", "~", "./", "../", "\\")) or (len(name) > 2 and name[1] == ":" and name[2] in "/\\")

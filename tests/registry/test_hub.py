@@ -208,6 +208,25 @@ def test_pull_records_a_peft_adapter_as_a_version_with_its_repo_and_commit(
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_pull_refuses_a_base_model_that_is_the_trainers_local_folder(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """PEFT writes the folder it loaded the base from into adapter_config.json; taken as the base model's name, the
+    version was keyed by '/home/.../model', which no server of that base serves (a guide's walk). Refused, saying to
+    pass --base-model, which is then used."""
+    files, _ = peft_repo_files(tmp_path)
+    config = json.loads(files["adapter_config.json"])
+    for folder in ("/home/ann/models/tiny-llama", "./tiny-llama", "~/tiny", "C:\\models\\tiny"):
+        hub.seed_repo("someone/local-base", {**files, "adapter_config.json": json.dumps(
+            {**config, "base_model_name_or_path": folder}).encode()})
+        before = snapshot(registry)
+        with pytest.raises(InvalidInput, match="a folder on the machine that trained it .* pass the base model's name"):
+            sync.pull("someone/local-base", target="alice/local-base", actor="alice")
+        assert snapshot(registry) == before
+    pulled = sync.pull("someone/local-base", target="alice/local-base", actor="alice", base_model="org/tiny-llama")
+    assert pulled.version.base_model == "org/tiny-llama"
+
+
 def test_pulling_an_unchanged_revision_or_unchanged_files_makes_no_new_version(
     registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
 ) -> None:
