@@ -1,5 +1,7 @@
-"""The gate every request passes before the app reads its body: on a read-only registry (VERA_READ_ONLY) a request
-that would change anything is answered 503 read_only before anything else (no token is looked up, no body read); in
+"""The gate every request passes before the app reads its body: a path or query value that holds a control character
+(which no name of this registry holds) is answered 422 before any route (under /hf: the Hub's 404); on a read-only
+registry (VERA_READ_ONLY) a request that would change anything is answered 503 read_only before anything else (no
+token is looked up, no body read); in
 token mode a request that carries a body and no valid token is answered 401 from its headers; a body larger than its
 route allows (announced by Content-Length, or counted as it streams) is answered 413; a body that stalls is answered
 408. Nothing of a refused body is spooled.
@@ -11,6 +13,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 from fastapi import HTTPException  # FastAPI re-raises its own class from body parsing (not Starlette's)
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +45,54 @@ READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
 )
 
 
+#: Control characters: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F). No owner, adapter, alias, tag or file name
+#: holds one (registry.domain.schemas.check_name), nor does a version number, selector, id, sort or cursor.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: A query string that may hold one, percent-encoded (C1 as UTF-8: %C2%80-%C2%9F) or raw: only such are parsed.
+_QUERY_CONTROL = re.compile(rb"%(?:[01][0-9a-f]|7f|c2%[89][0-9a-f])|[\x00-\x1f\x7f-\x9f]", re.IGNORECASE)
+#: The query parameters of free text, with the control characters each may hold. The services check them as they
+#: check stored text (registry.domain.schemas.check_text), which may hold C1 characters but no C0 or DEL: a search
+#: (``q``) and a base model's name are one line (no tab: the services refuse it there too); a ``filter`` may span
+#: lines, tabs and newlines included (a dashboard text area, a query pasted from a script). Every other value (names,
+#: numbers, cursors, sorts, times) holds no control character at all.
+FREE_TEXT = {"q": "", "base_model": "", "filter": "\t\n"}
+_TEXT_CONTROL = re.compile("[\x00-\x1f\x7f]")
+NUL_REFUSAL = ("A request's path and query may not hold a NUL byte (%00): no name or parameter of this registry "
+               "contains one.")
+
+
+def _shown(text: str) -> str:
+    """``text`` for a message: at most 100 characters, control characters written as escapes."""
+    return ascii(text[:100])[1:-1] if CONTROL.search(text) else text[:100]
+
+
+def control_refusal(path: str, query_string: bytes) -> str | None:
+    """Why a request's path (decoded) or query values hold a character no name or value of this registry holds: a
+    NUL anywhere (PostgreSQL refuses it in text: a 500 there before), or another control character in a path segment
+    or a query value beyond what FREE_TEXT allows; None when neither does. Checked before any route or query runs."""
+    if "\x00" in path or b"\x00" in query_string or b"%00" in query_string.lower():
+        return NUL_REFUSAL
+    bad = CONTROL.search(path)
+    if bad is not None:
+        segment = next(s for s in path.split("/") if CONTROL.search(s))
+        return (f"The path segment '{_shown(segment)}' holds the control character U+{ord(bad[0]):04X}: no owner, "
+                "adapter, alias or file name of this registry holds one (names are 1-64 lowercase letters, digits, "
+                "'.', '_' or '-'), so nothing is there. Check the name, and percent-encode the path as URLs do.")
+    if not _QUERY_CONTROL.search(query_string):
+        return None
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):  # as Starlette reads it
+        allowed = FREE_TEXT.get(key)
+        rule = CONTROL if allowed is None else _TEXT_CONTROL
+        found = next((c for c in value if rule.match(c) and c not in (allowed or "")), None)
+        if found is not None:
+            takes = ("a name or value without control characters (U+0000-U+001F, U+007F-U+009F)" if allowed is None
+                     else "text that may span lines (tabs and newlines) but holds no other control character"
+                     if allowed else "one line of text without control characters (U+0000-U+001F, U+007F)")
+            return (f"The query parameter {_shown(key)} ('{_shown(value)}') holds the control character "
+                    f"U+{ord(found):04X}; {_shown(key)} takes {takes}. Remove it.")
+    return None
+
+
 def read_only_refusal(method: str, path: str, primary_url: str | None) -> str:
     """The detail of a read-only registry's refusal: what was refused, why, and where changes go."""
     where = (f"Send changes to the primary registry, {primary_url} (for `vera`: --registry {primary_url} or "
@@ -61,14 +112,13 @@ class RequestGate:
         self.app, self.registry, self.options, self.body_timeout_s = app, registry, options, body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"].lower()
-                                        or b"\x00" in scope["query_string"]):
-            # no name or parameter holds one, and PostgreSQL refuses it in text (a 500 before): said, whatever exists;
-            # under /hf as the Hub says a repo or file is not there (404 with its X-Error-Code)
+        control = control_refusal(scope["path"], scope["query_string"]) if scope["type"] == "http" else None
+        if control is not None:
+            # said whatever exists, before any route or query; under /hf as the Hub says a repo or file is not there
+            # (404 with its X-Error-Code)
             hub = is_hub_path(scope["path"])
-            await _send_problem(send, 404 if hub else 422, "not_found" if hub else "invalid_input",
-                                "A request's path and query may not hold a NUL byte (%00): no name or parameter of "
-                                "this registry contains one.", scope["path"][:200].replace("\x00", "%00"))
+            await _send_problem(send, 404 if hub else 422, "not_found" if hub else "invalid_input", control,
+                                CONTROL.sub(lambda c: quote(c[0]), scope["path"][:200]))
             return
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)

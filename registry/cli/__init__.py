@@ -10,7 +10,9 @@ does not pay for importing and building the other sixty-odd commands.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,18 +24,27 @@ if TYPE_CHECKING:
 
 HELP = ("VeRA adapters: train, inspect and convert them; publish, fetch, verify and serve them from the registry; sync "
         "with the HuggingFace Hub; `vera up` runs the whole product.")
-#: The sub-apps (`vera job ...`), in the order `--help` lists them.
+#: The sub-apps (`vera job ...`), in the order `--help` lists them: `auth` and `token` side by side, each saying when
+#: to use the other (both make tokens; scripts use both, so neither is renamed).
 GROUPS = {
     "projection": "The shared random projections A and B.",
     "db": "The registry database (VERA_DATABASE_URL).",
-    "token": "Access tokens (run on the registry's machine: it writes the database).",
     "hub": "Sync with the HuggingFace Hub (the registry server talks to the Hub).",
     "base": "Base models and their layer shapes.",
     "job": "Fine-tune jobs (run by `vera worker`).",
-    "auth": "You on a registry: log in (store a token), who you are, your tokens.",
+    "auth": "You, over HTTP from any machine: log in, who you are, your own tokens (any user's, on the registry's "
+            "machine: `vera token`).",
+    "token": "Any user's tokens, on the registry's machine, written straight into its database: the first admin token "
+             "too (your own, from anywhere: `vera auth`).",
     "org": "Organisations: owner namespaces shared by members with roles (read, write, admin).",
     "webhook": "Webhooks: an owner's adapter events POSTed, signed, to a URL (docs/webhooks.md).",
 }
+#: How help is laid out: click's plain layout, which wraps each paragraph and each option's help to the terminal (up
+#: to 100 columns) and keeps option names whole. Typer's rich panels split an 80-column terminal into six columns (a
+#: dozen characters were left for an option's help) and kept a docstring's line breaks where its source had them.
+HELP_LAYOUT: dict[str, Any] = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}}
+#: The end of a help text's first sentence (not the dot of "e.g." or "i.e.").
+_SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[A-Z`(])")
 #: Each group's commands by name ("" is `vera` itself), in the order `--help` lists them: module.function in
 #: registry.cli, imported when the command is registered.
 COMMANDS: dict[str, dict[str, str]] = {
@@ -104,18 +115,27 @@ def named(argv: Sequence[str]) -> dict[str, dict[str, str]]:
     return COMMANDS
 
 
+def summary(help_text: str | None) -> str:
+    """A command's line in its group's list: the first sentence of its help, whole (click would cut it at the
+    terminal's width, mid-phrase, with '...'); the list wraps it."""
+    paragraph = " ".join(inspect.cleandoc(help_text or "").split("\n\n")[0].split())
+    return _SENTENCE_END.split(paragraph, maxsplit=1)[0]
+
+
 def build(commands: dict[str, dict[str, str]] = COMMANDS) -> typer.Typer:
     """A `vera` app with ``commands`` (by default, all of them)."""
     from registry.cli.common import reports_errors
 
-    root = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False)
+    root = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, **HELP_LAYOUT)
     root.callback()(_options)  # a callback keeps `vera` a group even when it holds a single command
-    groups = {name: typer.Typer(help=GROUPS[name], no_args_is_help=True) for name in GROUPS if name in commands}
+    groups = {name: typer.Typer(help=GROUPS[name], short_help=summary(GROUPS[name]), no_args_is_help=True,
+                                **HELP_LAYOUT) for name in GROUPS if name in commands}
     for group_name, group_commands in commands.items():
         group = groups[group_name] if group_name else root
         for name, target in group_commands.items():
             module, function = target.split(".")
-            group.command(name)(reports_errors(getattr(importlib.import_module(f"registry.cli.{module}"), function)))
+            command = getattr(importlib.import_module(f"registry.cli.{module}"), function)
+            group.command(name, short_help=summary(command.__doc__))(reports_errors(command))
     for group_name, group in groups.items():  # in GROUPS' order
         root.add_typer(group, name=group_name)
     return root

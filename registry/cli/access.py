@@ -133,7 +133,10 @@ def create_token(
     user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Create a token through the registry; its secret is printed once."""
+    """Create a token through the registry; its secret is printed once.
+
+    As you, from any machine: at most your own token's scopes and limit (admins: for any --user). On the registry's
+    machine, without a token (the first admin's): `vera token create`."""
     info, secret = call_registry(registry, token, lambda c: c.create_token(
         scope, name=name, expires_days=expires_days, limited_to=limit_to, user=user))
     console.print(f"token {info.id} for {info.owner} {info.scopes}"
@@ -221,7 +224,7 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
     """Add a member with a role, or change a member's role (organisation admins). A name no token was ever created
     for is added too (an operator may create its token later), with a warning to check its spelling. On a registry
     with invitations on (VERA_ORG_INVITATIONS), a user who is not a member is invited instead, and joins by
-    accepting (`vera org accept ORG`)."""
+    accepting (`vera org accept ORG`); in local mode (no tokens, nobody else to accept) they are added at once."""
     org = call_registry(registry, token, lambda c: c.set_member(name, member, role))
     _print_org(org, as_json)
     invitation = org.invited(member)

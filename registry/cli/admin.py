@@ -192,7 +192,10 @@ def token_create(
                                                             "writes); repeat for several.")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Create a token; the secret is printed once and only its hash is stored."""
+    """Create a token; the secret is printed once and only its hash is stored.
+
+    On the registry's machine, for any --owner, with no server or token needed (the way to the first admin token).
+    To make one of your own from any machine, through the registry: `vera auth create-token`."""
     from registry.services.tokens import create_token
 
     registry = open_registry(refuse_read_only(load_settings(database_url), "token create"))

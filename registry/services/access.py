@@ -102,6 +102,7 @@ class Access:
         member at once; registry.services.invitations)."""
         self.db = db
         self.invitation_policy = invitations or InvitationPolicy()
+        self.leftovers = invites.Leftovers()  # with invitations off: whether any is still pending
 
     def check_readable(self, viewer: Principal | None, *refs: Ref | str) -> None:
         """AdapterNotFound for the first of ``refs`` that is missing or that ``viewer`` may not read (in order, so
@@ -162,7 +163,9 @@ class Access:
     def set_member(self, organization: str, member: str, role: str, *, viewer: Principal) -> OrganizationInfo:
         """Add ``member`` with ``role``, or change its role (organisation admins only). With invitations on
         (VERA_ORG_INVITATIONS), a user who is not a member is invited instead (or their invitation renewed, with
-        this role), audited as org-invite; a member's role still changes at once."""
+        this role), audited as org-invite; a member's role still changes at once. The local user of a registry
+        without tokens adds at once all the same: there nobody but it can sign in, so no invitation could ever be
+        accepted (whoever runs it holds the database; consent is asked where tokens are)."""
         check_name(member, "Member")
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
@@ -172,7 +175,7 @@ class Access:
                 raise InvalidInput(f"{member!r} is an organisation; members are users (an organisation cannot be a "
                                    f"member of another: add its members to {organization} one by one).")
             current = next((x for x in org.members if x.member == member), None)
-            if current is None and self.invitation_policy.required:
+            if current is None and self.invitation_policy.required and not viewer.local:
                 invites.invite(s, org, member, role, by=viewer.owner, policy=self.invitation_policy,
                                most=MAX_MEMBERS)
                 s.add(m.AuditEvent(actor=viewer.owner, action="org-invite", target=organization,
@@ -214,9 +217,15 @@ class Access:
             return invites.of_member(s, viewer.owner, viewer.limited_to)
 
     def pending_invitations(self, viewer: Principal) -> int:
-        """How many invitations wait for ``viewer``'s answer (as ``invitations`` lists them)."""
+        """How many invitations wait for ``viewer``'s answer (as ``invitations`` lists them): one query; with
+        invitations off, none while none is pending for anyone (invitations.Leftovers), since none is sent then."""
+        if self.invitation_policy.required:
+            with self.db.session() as s:
+                return invites.count_of_member(s, viewer.owner, viewer.limited_to)
+        if self.leftovers.none_pending():
+            return 0
         with self.db.session() as s:
-            return invites.count_of_member(s, viewer.owner, viewer.limited_to)
+            return self.leftovers.count(s, viewer.owner, viewer.limited_to)
 
     def accept_invitation(self, organization: str, *, viewer: Principal) -> OrganizationInfo:
         """``viewer`` joins ``organization`` with the role they were invited to, which takes their invitation;

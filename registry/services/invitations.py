@@ -7,16 +7,21 @@ One row per organisation and user in org_invitations (migration 0019); inviting 
 new expiry). registry.services.access decides who may invite, accept, decline and cancel, and audits each; these
 helpers work inside its transaction (they flush, never commit). An expired invitation is no longer pending: it is not
 listed, counted or accepted, and goes at its organisation's next invitation.
+
+Off, nothing sends an invitation, so those left from when it was on only go (answered, cancelled, expired); they can
+still be answered, so a user's count (`GET /api/v1/whoami`, on every page of the dashboard) still holds them. Once
+none is pending for anyone, ``Leftovers`` answers 0 without a query for a while.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import InvalidInput
@@ -95,11 +100,38 @@ def of_member(s: Session, member: str, owners: frozenset[str] | None = None) -> 
     return [_info(row, name) for row, name in s.execute(_rows(*_within(member, owners)))]
 
 
+def _counted(member: str, owners: frozenset[str] | None) -> Select[int]:
+    """The count of ``member``'s pending invitations (to organisations among ``owners``; None: any): a search of
+    ix_org_invitations_member, joined to organizations only to name those of ``owners``."""
+    query = select(func.count()).select_from(m.OrgInvitation).where(pending(), m.OrgInvitation.member == member)
+    if owners is not None:
+        query = query.join(m.Organization).where(m.Organization.name.in_(sorted(owners)))
+    return query
+
+
 def count_of_member(s: Session, member: str, owners: frozenset[str] | None = None) -> int:
-    """How many invitations of ``member`` are pending (to organisations among ``owners``; None: any)."""
-    query = select(func.count()).select_from(m.OrgInvitation).join(m.Organization).where(
-        pending(), *_within(member, owners))
-    return s.scalar(query) or 0
+    """How many invitations of ``member`` are pending (to organisations among ``owners``; None: any): one query."""
+    return s.scalar(_counted(member, owners)) or 0
+
+
+class Leftovers:
+    """With invitations off, whether any is still pending for anyone, as last seen: while none is, no new one
+    appears (nothing sends one), so a user's count is 0 without a query. It is asked again after ``recheck_s`` all
+    the same, for an invitation sent meanwhile by a process with the setting still on (replicas restarted one by one
+    to turn it off); that bounds how long a count may lag behind such a process."""
+
+    def __init__(self, recheck_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.recheck_s, self.clock = recheck_s, clock
+        self._none_until: float | None = None  # the clock's time until which none is pending, as far as known
+
+    def none_pending(self) -> bool:
+        return self._none_until is not None and self.clock() < self._none_until
+
+    def count(self, s: Session, member: str, owners: frozenset[str] | None = None) -> int:
+        """``count_of_member``, asked with whether any invitation is pending for anyone: one statement."""
+        count, anyone = s.execute(select(_counted(member, owners).scalar_subquery(), exists().where(pending()))).one()
+        self._none_until = None if anyone else self.clock() + self.recheck_s
+        return int(count or 0)
 
 
 def invite(s: Session, org: m.Organization, member: str, role: str, *, by: str, policy: InvitationPolicy,

@@ -45,6 +45,8 @@ class Principal:
     limited_to: frozenset[str] | None = None
     anonymous: bool = False
     expires_at: datetime | None = None
+    #: the single user of a registry without tokens (local mode): nobody else can sign in there
+    local: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -96,7 +98,7 @@ class Principal:
             raise Forbidden(f"{self.owner!r} cannot write under {owner}/: this token writes under {where}.")
 
 
-LOCAL_USER = Principal(owner="local", scopes=frozenset(SCOPES))
+LOCAL_USER = Principal(owner="local", scopes=frozenset(SCOPES), local=True)
 ANONYMOUS = Principal(owner="anonymous", scopes=frozenset({"read"}), anonymous=True)
 
 

@@ -180,6 +180,27 @@ def test_the_vera_script_builds_only_the_command_its_arguments_name(monkeypatch:
     assert named(["ls"]) is COMMANDS
 
 
+def test_help_reads_on_80_columns_and_tells_vera_auth_from_vera_token() -> None:
+    """Every line within the terminal, option names whole, a command's summary wrapped where the terminal ends (not
+    where its docstring's source broke lines), and `vera auth` and `vera token` listed together, each pointing at
+    the other."""
+    helps = {}
+    for args in (["--help"], ["auth", "--help"], ["token", "--help"], ["job", "submit", "--help"], ["train", "--help"],
+                 ["token", "create", "--help"], ["auth", "create-token", "--help"]):
+        done = subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "COLUMNS": "80"})
+        assert done.returncode == 0 and done.stderr == "", (args, done.stderr)
+        assert max(len(line) for line in done.stdout.splitlines()) <= 80, args
+        helps[" ".join(args[:-1])] = done.stdout
+    assert "--save-projection / --no-save-projection" in helps["train"] and "--text-column <str>" in helps["job submit"]
+    listed = " ".join(helps[""].split())
+    assert ("auth You, over HTTP from any machine: log in, who you are, your own tokens (any user's, on the "
+            "registry's machine: `vera token`). token Any user's tokens, on the registry's machine") in listed
+    assert "gc Delete blobs and projections that no version references. serve Run" in listed  # the first sentence
+    assert "`vera auth`" in helps["token"] and "`vera token`" in helps["auth"]
+    assert "`vera auth create-token`" in helps["token create"] and "`vera token create`" in helps["auth create-token"]
+
+
 def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_another_base_model(
         tmp_path: Path) -> None:
     """One version on another base model shares no layer with the first: the others' cosines are still shown

@@ -227,7 +227,8 @@ def test_hostile_paths_tokens_and_write_verbs(served: Served) -> None:
                  "/alice/%2E%2E/resolve/main/README.md", "/api/models/alice/demo/tree/main/..%2F..%2Fetc",
                  "/%2E%2E/%2E%2E/api/v1/tokens", "/alice/demo/resolve/main/README.md%00",
                  "/alice/" + "x" * 5000 + "/resolve/main/README.md", "/api/models/" + "o" * 3000 + "/demo",
-                 "/api/models/%08/0", "/api/models/alice/%0D%0Aset-cookie:x=1/tree/main"):
+                 "/api/models/%08/0", "/api/models/alice/%0D%0Aset-cookie:x=1/tree/main",
+                 "/alice/demo%C2%85/resolve/main/README.md", "/api/models/alice/demo?blobs=%7F"):
         answer = httpx.get(served.endpoint + path, headers=headers)
         assert answer.status_code == 404, (path, answer.status_code)
         code = answer.headers.get("x-error-code")

@@ -11,18 +11,20 @@ import os
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import event, inspect, select, text, update
 
 from registry.client import RegistryClient
 from registry.domain.errors import Forbidden, InvalidInput, NotFound
 from registry.services import access as access_module
 from registry.services.access import Access
-from registry.services.invitations import InvitationPolicy
+from registry.services.invitations import InvitationPolicy, Leftovers
 from registry.services.registry import Registry
+from registry.services.tokens import LOCAL_USER
 from registry.store import models as m
 from registry.store.database import Database
 from tests.registry.servers import VERA, issued_tokens, running_server
@@ -233,6 +235,81 @@ def test_invitations_left_from_when_they_were_on_can_still_be_answered(registry:
     assert [i.member for i in info.invitations] == ["carol"]
     assert [x.member for x in off.accept_invitation("acme", viewer=principal(db, "carol", ["read"])).members] == [
         "ann", "bob", "carol"]
+
+
+def test_whoami_counts_with_one_indexed_query_and_none_once_invitations_are_off_and_answered(
+        registry: Registry, access: Access) -> None:
+    """On, a user's count (whoami, on every page of the dashboard) is one query. Off, nothing sends an invitation,
+    but those left from when they were on can still be accepted, so they are counted (one query) until none is
+    pending for anyone; then the count is 0 without a query, until Leftovers asks again (a process with the setting
+    still on may have sent one)."""
+    db = registry.db
+    now = [0.0]
+    off = Access(db)
+    off.leftovers = Leftovers(recheck_s=60.0, clock=lambda: now[0])
+    access.create_organization("acme", creator="ann")
+    ann, bob, carol = (principal(db, "ann", ["read", "publish"]), principal(db, "bob", ["read"]),
+                       principal(db, "carol", ["read"]))
+    access.set_member("acme", "bob", "write", viewer=ann)
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        assert [access.pending_invitations(bob), access.pending_invitations(carol)] == [1, 0]
+        assert len(statements) == 2 and "JOIN" not in statements[0]  # no join: ix_org_invitations_member alone
+        statements.clear()
+        assert [off.pending_invitations(bob), off.pending_invitations(carol), off.pending_invitations(bob)] == [1, 0, 1]
+        assert len(statements) == 3  # a leftover is pending: counted, each call one statement
+        off.accept_invitation("acme", viewer=bob)  # off, it can still be accepted
+        statements.clear()
+        assert off.pending_invitations(bob) == 0 and len(statements) == 1  # ... and sees that none is left
+        assert [off.pending_invitations(carol) for _ in range(50)] == [0] * 50 and len(statements) == 1
+        access.set_member("acme", "carol", "read", viewer=ann)  # a process with invitations still on sends one
+        statements.clear()
+        now[0] = 59.9
+        assert off.pending_invitations(carol) == 0 and statements == []  # not seen yet ...
+        now[0] = 60.0
+        assert off.pending_invitations(carol) == 1 and len(statements) == 1  # ... but within a minute
+        assert off.pending_invitations(carol) == 1 and len(statements) == 2
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert off.pending_invitations(principal(db, "carol", ["read"], limited_to=["carol"])) == 0  # within its limit
+    assert off.pending_invitations(principal(db, "carol", ["read"], limited_to=["acme"])) == 1
+
+
+def test_in_local_mode_an_admin_adds_at_once_for_nobody_could_accept(registry: Registry, access: Access) -> None:
+    """Without tokens every caller is the local user, so an invitation could never be accepted: the local user's add
+    makes a member at once, as with invitations off, and drops an invitation left from token mode."""
+    db = registry.db
+    access.create_organization("lab", creator="ann")
+    ann = principal(db, "ann", ["read", "publish"])
+    access.set_member("lab", "bob", "write", viewer=ann)  # sent while the registry had tokens
+    access.set_member("lab", "local", "admin", viewer=ann)
+    access.accept_invitation("lab", viewer=LOCAL_USER)  # "local" may be a name invited in token mode
+    for member in ("bob", "carol"):
+        info = access.set_member("lab", member, "write", viewer=LOCAL_USER)
+        assert member in {x.member for x in info.members} and info.invited(member) is None
+    assert access.organization("lab").invitations == []
+    assert events(db, "member-set")[-2:] == [("local", "member-set", "lab", {"member": m, "role": "write"})
+                                             for m in ("bob", "carol")]
+
+
+def test_local_mode_with_invitations_on_adds_members_through_the_api(tmp_path: Path) -> None:
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_ORG_INVITATIONS="true") as url:
+        env = {**os.environ, "COLUMNS": "300", "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1"}
+        env.pop("VERA_TOKEN", None)
+        with RegistryClient(url, cache=False, retries=0) as local:
+            local.create_organization("lab")
+            added = subprocess.run([str(VERA), "org", "add", "lab", "bob", "--role", "write"], capture_output=True,
+                                   text=True, timeout=120, env=env, check=False)
+            assert added.returncode == 0 and "invited" not in added.stdout, (added.stdout, added.stderr)
+            org = local.organization("lab")
+            assert ({x.member: x.role for x in org.members}, org.invitations) == (
+                {"local": "admin", "bob": "write"}, [])
+            assert local.whoami().pending_invitations == 0
 
 
 def test_migration_0019_keeps_every_row_up_and_down(database_url: str) -> None:

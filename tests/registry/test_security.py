@@ -20,7 +20,10 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import save_file
+from sqlalchemy import event
+from starlette.testclient import TestClient
 
+from registry.api import ApiOptions, create_app
 from registry.domain.errors import Busy, Conflict, InvalidInput, Unauthorized
 from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name
 from registry.services import tokens
@@ -250,6 +253,62 @@ def test_control_characters_are_refused_on_every_database(registry: Registry, tm
     with pytest.raises(InvalidInput, match="q contains the control character"):
         registry.list_versions(text="a\x00b")
     assert registry.list_versions().items == []
+
+
+#: (method, path and query, the part the refusal names): control characters where no name or value holds one.
+CONTROLLED = [
+    ("GET", "/api/v1/adapters/eve/x%01y", "path segment 'x\\x01y' holds the control character U+0001"),
+    ("GET", "/api/v1/orgs/ac%7Fme", "path segment 'ac\\x7fme' holds the control character U+007F"),
+    ("GET", "/api/v1/adapters/eve/x/versions/pr%C2%85od/files", "holds the control character U+0085"),
+    ("POST", "/api/v1/adapters/eve/x%0A/versions", "path segment 'x\\n' holds"),  # before 401 and 413
+    ("GET", "/api/v1/adapters?owner=ev%09e", "query parameter owner ('ev\\te') holds the control character U+0009; "
+                                             "owner takes a name or value without control characters"),
+    ("GET", "/api/v1/adapters?sort=-metrics.a%C2%9Fb", "query parameter sort"),
+    ("GET", "/api/v1/adapters?q=a%0Ab", "q takes one line of text without control characters"),
+    ("GET", "/api/v1/adapters?filter=r%20%3C%203%0D", "filter takes text that may span lines (tabs and newlines)"),
+    ("GET", "/api/v1/events?action=pub%1Blish", "query parameter action"),
+    ("GET", "/api/v1/jobs?owner=eve&status=que%08ued", "query parameter status"),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "said"), CONTROLLED, ids=[t for _, t, _ in CONTROLLED])
+def test_control_characters_in_a_path_or_query_are_refused_before_anything(guarded: dict[str, Any], method: str,
+                                                                           target: str, said: str) -> None:
+    """As a NUL byte: 422 saying which part holds which character and what it takes, before the token is checked
+    (none is sent here) or a body read; under /hf the Hub's 404 (below)."""
+    answer = httpx.request(method, f"{guarded['url']}{target}", content=b"x" * 100 if method == "POST" else None)
+    assert answer.status_code == 422 and answer.json()["type"] == "/problems/invalid_input", answer.text
+    assert said in answer.json()["detail"], answer.json()["detail"]
+    assert answer.json()["instance"].isprintable()
+
+
+def test_free_text_may_hold_what_stored_text_may(guarded: dict[str, Any]) -> None:
+    """A filter spans lines (tabs and newlines), and search text holds C1 characters, as descriptions and base model
+    names may; the services check the rest."""
+    headers = {"Authorization": f"Bearer {guarded['token']}"}
+    for query in ("filter=r%20%3E%201%0Aand%09r%20%3C%2010", "q=caf%C2%85", "base_model=tiny%C2%85"):
+        answer = httpx.get(f"{guarded['url']}/api/v1/adapters?{query}", headers=headers)
+        assert answer.status_code == 200, (query, answer.text)
+    for query, said in (("q=a%09b", "q takes one line of text"), ("base_model=a%7F", "base_model takes one line")):
+        answer = httpx.get(f"{guarded['url']}/api/v1/adapters?{query}", headers=headers)
+        assert answer.status_code == 422 and said in answer.json()["detail"], (query, answer.text)
+    hub = httpx.get(f"{guarded['url']}/hf/eve/x%01/resolve/main/README.md", headers=headers)
+    assert hub.status_code == 404 and hub.headers["x-error-code"] == "RepoNotFound", hub.headers
+    assert hub.headers["x-error-message"].isprintable() and "U+0001" in hub.headers["x-error-message"]
+
+
+def test_a_refused_control_character_runs_no_query(registry: Registry) -> None:
+    """In the app over each database: the refusal comes before the token's lookup and any route's query."""
+    token = create_token(registry.db, owner="eve", scopes=["read", "publish"])[1]
+    client = TestClient(create_app(registry, ApiOptions(require_tokens=True)),
+                        headers={"Authorization": f"Bearer {token}"})
+    statements: list[str] = []
+    event.listen(registry.db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for method, target, said in CONTROLLED:
+        answer = client.request(method, target)
+        assert answer.status_code == 422 and said in answer.json()["detail"], (target, answer.text)
+    assert statements == []
+    assert client.get("/api/v1/adapters/eve/xy").status_code == 404 and statements  # a name: looked up
 
 
 def test_a_job_spec_names_no_place_on_the_worker(registry: Registry, tmp_path: Path) -> None:

@@ -179,7 +179,8 @@ def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str
                body: MemberBody) -> OrganizationInfo:
     """Add a member with a role, or change its role (the organisation's admins). With invitations on
     (VERA_ORG_INVITATIONS), a user who is not a member is invited instead: the answer lists the pending
-    invitation in ``invitations``, not in ``members``."""
+    invitation in ``invitations``, not in ``members``; in local mode (no tokens, where nobody else can sign in to
+    accept) the user is added at once all the same."""
     return registry.access.set_member(org, member, body.role, viewer=_signed_in(caller, options))
 
 
