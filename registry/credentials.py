@@ -73,9 +73,14 @@ def forget_token(url: str) -> bool:
 
 
 def _write(data: dict[str, Any]) -> None:
-    path = credentials_path()
+    write_private_json(credentials_path(), data)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as the JSON file ``path``, written whole and atomically, readable by its owner only (mode 0600, in a
+    folder made 0700): the credentials, and the dashboard's remembered sign-ins (web_ui.remember)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")  # created 0600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")  # created 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)

@@ -56,16 +56,14 @@ def sidebar() -> DeltaGenerator:
         # keyed boxes set through session state (never value=): a box whose value= changes is a new widget, drawn
         # beside the old one until the run ends
         st.session_state.setdefault("sidebar_url", url)
-        if remember.BOX in st.session_state:
-            st.session_state["sidebar_token"] = st.session_state.pop(remember.BOX)
-        st.session_state.setdefault("sidebar_token", token)
+        st.session_state.setdefault("sidebar_token", remember.shown())
         new_url = st.text_input("URL", key="sidebar_url")
-        new_token = st.text_input("Token", key="sidebar_token", type="password",
-                                  help="Needed when the registry requires tokens. Kept in this tab only, unless "
-                                       "you ask below to be remembered on this browser; empty it to sign out.")
+        box = st.text_input("Token", key="sidebar_token", type="password",
+                            help="Needed when the registry requires tokens. Kept in this tab only, unless you ask "
+                                 "below to be remembered on this browser; empty it to sign out.")
         remember.controls(url, token)
-        if (new_url.rstrip("/"), new_token) != (url, token):
-            new_token = remember.switched(url, token, new_url.rstrip("/"), new_token)
+        if (new_url.rstrip("/"), box) != (url, remember.shown()):
+            new_token = remember.after_change(url, token, new_url.rstrip("/"), box)
             st.session_state["registry_url"], st.session_state["token"] = new_url.rstrip("/"), new_token
             st.cache_data.clear()
             st.session_state["browse_cursors"] = [None]

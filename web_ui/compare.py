@@ -69,10 +69,15 @@ def options(found: Page) -> list[str]:
 
 def picker() -> list[str]:
     """The search box, the chosen versions and the reference box; the chosen references."""
-    for ref in navigation.split_refs(st.query_params.get("refs", "")):  # read below: meanwhile, the search
+    linked = navigation.split_refs(st.query_params.get("refs", ""))
+    for ref in linked[:MOST]:  # read below: meanwhile, the search (a link's first MOST only: a link is anyone's)
         session.prefetch(RegistryClient.get, ref)
     found = matches()
-    navigation.follow_url("refs", BOX, decode=navigation.split_refs, default=lambda: newest_two(found))
+    navigation.follow_url("refs", BOX, decode=lambda text: navigation.split_refs(text)[:MOST],
+                          default=lambda: newest_two(found))
+    if len(linked) > MOST:
+        st.warning(f"The address names {len(linked)} versions; Compare shows {MOST} at most: the first {MOST}.",
+                   icon=":material/playlist_remove:")
     st.text_input("Search versions", key=SEARCH, live=True, type="search", placeholder="owner, name or description",
                   help="Searches every version in the registry as you type.")
     offered = options(found)

@@ -36,8 +36,7 @@ def settings() -> tuple[str, str]:
     if "registry_url" not in state:
         state["registry_url"] = (st.query_params.get("registry") or default_url()).rstrip("/")
     if "token" not in state:  # this browser's remembered sign-in for the registry (web_ui.remember), else VERA_TOKEN
-        state["token"] = (remember.adopt(state["registry_url"])
-                          or (os.environ.get("VERA_TOKEN", "") if state["registry_url"] == default_url() else ""))
+        state["token"] = remember.adopt(state["registry_url"]) or remember.default_token(state["registry_url"])
     return state["registry_url"], state["token"]
 
 
@@ -157,6 +156,9 @@ def url_problem(url: str) -> str | None:
     if not url.startswith(("http://", "https://")):
         return (f"The registry URL {url!r} does not start with http:// or https://. Add it in the sidebar, e.g. "
                 f"http://{url.removeprefix('//') or '127.0.0.1:8765'}")
+    if len(url) > 2000 or any(not c.isprintable() or c.isspace() for c in url):
+        return (f"The registry URL {url[:200]!r} holds a space or a control character (or is over 2,000 "
+                "characters); type the registry's address, e.g. http://127.0.0.1:8765")
     allowed = allowed_registries()
     if allowed is None or url in allowed:
         return None

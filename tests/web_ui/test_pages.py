@@ -289,6 +289,21 @@ def test_compare_page_puts_versions_side_by_side(registry: dict[str, Any]) -> No
     assert "Choose two to four versions" in texts(at) and at.query_params["refs"] == "alice/model0:1"
 
 
+def test_a_compare_link_naming_more_than_four_versions_shows_the_first_four(registry: dict[str, Any]) -> None:
+    """An outsider's link with 5 references showed a traceback (more than the picker holds), and one with 1,500
+    made the dashboard read 1,500 versions: the first four are taken, saying so."""
+    many = ",".join(f"alice/model{i % 3}:1" if i < 3 else f"alice/none{i}:1" for i in range(1500))
+    at = page("compare", registry, query={"refs": many})
+    assert not at.exception
+    assert "The address names 1500 versions; Compare shows 4 at most: the first 4." in texts(at)
+    assert at.multiselect[0].value == ["alice/model0:1", "alice/model1:1", "alice/model2:1", "alice/none3:1"]
+
+
+def test_a_registry_url_with_a_control_character_is_refused_before_any_request(registry: dict[str, Any]) -> None:
+    at = page("browse", registry, registry_url="http://127.0.0.1:9/\x00x")
+    assert not at.exception and "holds a space or a control character" in texts(at)
+
+
 def test_compare_url_round_trip_and_typed_references_join_the_chosen(registry: dict[str, Any]) -> None:
     at = page("compare", registry)
     assert at.query_params["refs"] == "alice/model2:1,alice/model1:1"  # the newest two, written to the URL

@@ -1,19 +1,25 @@
 """Signed in on this browser (web_ui.remember), in a real browser against a registry that requires tokens: a pasted
-token is kept in the tab only; "Remember me" keeps a new, expiring token of the same user and scopes in a cookie,
-which reloads and new tabs use; "Forget me", typing another token over it, or revoking it on the registry end it
-(revoked there, the cookie gone); a link naming the registry by another URL does not get it."""
+token is kept in the tab only; "Remember me" makes a new, expiring token of the same user and scopes, kept by the
+dashboard's server (a file of mode 0600), and gives the browser a handle to it in a cookie, which reloads and new tabs
+use, and which the registry does not take; "Forget me", typing another token over it, or revoking it on the registry
+end it (revoked there, the handle and the cookie gone); a link naming the registry by another URL does not get it.
+The Token box never shows a token the dashboard chose (a remembered one, or its own VERA_TOKEN)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
+from registry.domain.errors import Unauthorized
 from registry.domain.schemas import TokenInfo
 from tests.registry.servers import free_port, running_server, running_vera, team_tokens
 from tests.web_ui.test_browser import ARTIFACTS, CHROMIUM, FLAGS, shot
@@ -29,8 +35,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         tokens = team_tokens(url, ("alice", "bob"))
         port = free_port()
         with running_vera(["ui", "--port", str(port), "--registry", base], port, health="/_stcore/health",
-                          VERA_UI_REMEMBER_DAYS=str(DAYS), VERA_TOKEN="") as ui:
-            yield {"url": base, "ui": ui, **tokens}
+                          VERA_UI_REMEMBER_DAYS=str(DAYS), VERA_TOKEN="", VERA_CONFIG_DIR=str(root / "ui")) as ui:
+            yield {"url": base, "ui": ui, "store": root / "ui" / "dashboard-signins.json", **tokens}
 
 
 @pytest.fixture()
@@ -76,10 +82,16 @@ def sign_in_remembered(context: BrowserContext, registry: dict[str, Any], user: 
     page.wait_for_function("() => document.cookie.includes('vera_signin_')")  # written as the run's page draws
     kept = cookie(context, registry["url"])
     assert kept is not None
-    with RegistryClient(registry["url"], kept["value"]) as client:
-        token_id = client.whoami().token_id
-    assert token_id is not None
-    return page, kept["value"], token_id
+    expect(page.get_by_role("textbox", name="Token", exact=True)).to_have_value("")  # not the sign-in's token
+    with RegistryClient(registry["url"], kept["value"]) as client, pytest.raises(Unauthorized):
+        client.whoami()  # a handle, which the registry does not take
+    entries = json.loads(registry["store"].read_text())["signins"]
+    entry = entries[hashlib.sha256(kept["value"].encode()).hexdigest()]
+    assert entry["url"] == registry["url"] and registry["store"].stat().st_mode & 0o077 == 0
+    with RegistryClient(registry["url"], entry["token"]) as client:
+        who = client.whoami()
+    assert who.user == user and who.token_id is not None
+    return page, entry["token"], who.token_id
 
 
 def cookie_gone(page: Page) -> None:
@@ -110,8 +122,7 @@ def test_remembered_across_reloads_and_tabs_then_forgotten(browser: BrowserConte
     before = {t.id for t in sign_ins(registry, "alice")}
     page, secret, _ = sign_in_remembered(browser, registry, "alice")
     kept = cookie(browser, registry["url"])
-    assert kept is not None and kept["value"] == secret
-    assert secret != registry["alice"], "the pasted token itself was stored in the browser"
+    assert kept is not None and secret not in kept["value"] and registry["alice"] not in json.dumps(browser.cookies())
     assert kept["sameSite"] == "Strict" and kept["path"] == "/"
     lasts = datetime.fromtimestamp(kept["expires"], UTC) - datetime.now(UTC)
     assert timedelta(days=DAYS) - timedelta(minutes=5) < lasts <= timedelta(days=DAYS)
@@ -135,6 +146,7 @@ def test_remembered_across_reloads_and_tabs_then_forgotten(browser: BrowserConte
     cookie_gone(page)
     assert cookie(browser, registry["url"]) is None
     assert next(t for t in sign_ins(registry, "alice") if t.id == made.id).revoked
+    assert secret not in registry["store"].read_text()  # and the dashboard no longer keeps it
     page.reload()
     anonymous(page)
 
@@ -159,6 +171,22 @@ def test_a_sign_in_revoked_on_the_registry_ends_with_a_message(browser: BrowserC
     expect(sidebar(page).get_by_text("has ended (expired or revoked); paste a token")).to_be_visible()
     anonymous(page)
     cookie_gone(page)
+
+
+def test_the_token_box_never_shows_the_dashboards_own_token(registry: dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared dashboard's VERA_TOKEN was every visitor's to read: it was the value of their Token box."""
+    monkeypatch.setenv("VERA_TOKEN", registry["alice"])
+    at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
+    assert not at.exception and at.session_state["token"] == registry["alice"]  # used: it is the default
+    assert at.sidebar.text_input(key="sidebar_token").value == ""  # not shown
+    assert any("the dashboard's own token (VERA_TOKEN)" in c.value for c in at.sidebar.caption)
+    assert not [b for b in at.sidebar.button if b.label == "Remember me on this browser"]
+    at.sidebar.text_input(key="sidebar_token").set_value(registry["bob"]).run()  # a visitor's own, typed: theirs
+    assert at.session_state["token"] == registry["bob"]
+    assert [b for b in at.sidebar.button if b.label == "Remember me on this browser"]
+    at.sidebar.text_input(key="sidebar_token").set_value("").run()  # emptied: back to the dashboard's
+    assert at.session_state["token"] == registry["alice"]
 
 
 def test_a_link_to_the_registry_by_another_url_does_not_get_the_sign_in(browser: BrowserContext,
