@@ -127,16 +127,20 @@ def remember(client: RegistryClient, who: WhoAmI, now: datetime | None = None) -
     registry, too many tokens) come through as they are."""
     now = now or datetime.now(UTC)
     lasts = timedelta(days=remember_days())
-    if who.expires_at is not None:
-        left = who.expires_at - now - timedelta(minutes=1)  # the registry refuses a token outliving its maker
+    if (expires := _aware(who.expires_at)) is not None:
+        left = expires - now - timedelta(minutes=1)  # the registry refuses a token outliving its maker
         if left < SHORTEST:
-            raise InvalidInput(f"This token expires at {who.expires_at:%Y-%m-%d %H:%M} UTC, too soon to remember a "
+            raise InvalidInput(f"This token expires at {expires:%Y-%m-%d %H:%M} UTC, too soon to remember a "
                                "sign-in; paste a token that lasts longer.")
         lasts = min(lasts, left)
     info, secret = client.create_token(list(who.scopes), name=TOKEN_NAME, expires_days=lasts / timedelta(days=1),
                                        limited_to=sorted(who.limited_to) if who.limited_to is not None else None)
-    until = info.expires_at or now + lasts
-    return secret, info.id, until if until.tzinfo is not None else until.replace(tzinfo=UTC)  # a registry's naive: UTC
+    return secret, info.id, _aware(info.expires_at) or now + lasts
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """``moment`` with its time zone; a registry's time without one is UTC (as every registry writes them)."""
+    return moment if moment is None or moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def write_cookie(url: str, handle: str, expires_at: datetime) -> None:

@@ -248,9 +248,14 @@ def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:
                 for t in s.scalars(query)]
 
 
+#: How stale a token's recorded last use may get: a request within this long of the recorded one writes nothing.
+LAST_USED_EVERY = timedelta(minutes=1)
+
+
 def authenticate(db: Database, secret: str) -> Principal:
-    """The principal of a bearer secret; compares the stored hash in constant time. Records the token's last use,
-    except on a read-only registry (VERA_READ_ONLY), which writes nothing."""
+    """The principal of a bearer secret; compares the stored hash in constant time. Records the token's last use to
+    the minute (LAST_USED_EVERY: a write, which on SQLite takes the database's write lock, once a minute per token
+    instead of on every request), except on a read-only registry (VERA_READ_ONLY), which writes nothing."""
     digest = _hash(secret)
     with db.session() as s:
         row = s.scalar(select(m.AccessToken).where(m.AccessToken.token_hash == digest))
@@ -259,8 +264,9 @@ def authenticate(db: Database, secret: str) -> Principal:
         if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
             raise Unauthorized(f"The token expired at {row.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one "
                                "(`vera token create ... --expires-days N`).")
-        if not db.read_only:
-            row.last_used_at = datetime.now(UTC)
+        now = datetime.now(UTC)
+        if not db.read_only and (row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY):
+            row.last_used_at = now
         roles = {org: cast(Role, role) for org, role in s.execute(
             select(m.Organization.name, m.Membership.role).join(m.Membership).where(m.Membership.member == row.owner))}
         return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id, roles=roles,

@@ -18,7 +18,8 @@ from sqlalchemy import select, update
 
 from registry.api import is_loopback
 from registry.client import RegistryClient
-from registry.services.tokens import create_token
+from registry.services.registry import Registry
+from registry.services.tokens import LAST_USED_EVERY, authenticate, create_token
 from registry.store.database import Database
 from registry.store.models import AccessToken, Organization, OrgInvitation
 from tests.registry.adapters import LLAMA, make_adapter
@@ -255,3 +256,42 @@ def test_the_servers_hub_token_is_only_for_the_hub_scope(server: dict[str, Any])
 def test_job_ids_are_not_revealed_to_callers_without_a_token(server: dict[str, Any]) -> None:
     response = httpx.post(f"{server['url']}/api/v1/jobs/999999/cancel")
     assert response.status_code == 401
+
+
+def test_a_tokens_last_use_is_written_once_a_minute_not_on_every_request(registry: Registry) -> None:
+    """Every authenticated request wrote last_used_at (on SQLite, the database's write lock for every read): now a
+    request within LAST_USED_EVERY of the recorded use writes nothing, and a later one records it."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import event, update
+
+    from registry.store import models as m
+
+    db = registry.db
+    token_id, secret = create_token(db, owner="ann", scopes=["read"])
+    authenticate(db, secret)
+    with db.session() as s:
+        first = s.get(m.AccessToken, token_id).last_used_at
+    assert first is not None
+    writes: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE", "INSERT", "DELETE")):
+            writes.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        for _ in range(5):
+            authenticate(db, secret)
+        assert writes == []
+        with db.session() as s:  # as if the last use were older than the interval
+            s.execute(update(m.AccessToken).where(m.AccessToken.id == token_id)
+                      .values(last_used_at=first - LAST_USED_EVERY - timedelta(seconds=1)))
+        writes.clear()
+        authenticate(db, secret)
+        assert len(writes) == 1
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    with db.session() as s:
+        assert s.get(m.AccessToken, token_id).last_used_at >= first - timedelta(seconds=1)
+        assert datetime.now(UTC) - s.get(m.AccessToken, token_id).last_used_at < LAST_USED_EVERY
