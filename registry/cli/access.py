@@ -163,9 +163,10 @@ def list_tokens(user: Annotated[str | None, typer.Option(help="Admins: this user
 
 def revoke(token_id: Annotated[int, typer.Argument(help="The token's id (`vera auth tokens`).")],
            registry: RegistryUrl = None, token: Token = None) -> None:
-    """Revoke one of your tokens."""
+    """Revoke one of your tokens, and the tokens made from it (its dashboard sign-ins, those `vera auth
+    create-token` made with it)."""
     call_registry(registry, token, lambda c: c.revoke_token(token_id))
-    console.print(f"revoked token {token_id}")
+    console.print(f"revoked token {token_id} and any token made from it")
 
 
 def _print_org(org: OrganizationInfo, as_json: bool) -> None:

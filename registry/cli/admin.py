@@ -207,12 +207,26 @@ def token_create(
     print(secret)
 
 
-def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id.")], database_url: DatabaseUrl = None) -> None:
-    """Revoke a token."""
-    from registry.services.tokens import revoke_token
+def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id.")] = None,
+                 owner: Annotated[str | None, typer.Option(help="Revoke every live token of this user instead "
+                                                           "(signed out everywhere).")] = None,
+                 database_url: DatabaseUrl = None) -> None:
+    """Revoke a token, and the tokens made from it through the API (its dashboard sign-ins, the tokens `vera auth
+    create-token` made with it); or, with --owner, every token of a user."""
+    from registry.services.tokens import revoke_all, revoke_token
 
-    revoke_token(open_registry(refuse_read_only(load_settings(database_url), "token revoke")).db, token_id)
-    console.print(f"revoked token {token_id}")
+    if (token_id is None) == (owner is None):
+        fail(InvalidInput("Give a token id (`vera token list` shows them) or --owner USER, not both and not neither."))
+    db = open_registry(refuse_read_only(load_settings(database_url), "token revoke")).db
+    if owner is not None:
+        revoked = revoke_all(db, owner)
+        console.print(f"revoked every token of {owner}: " + (f"ids {', '.join(map(str, revoked))}" if revoked
+                                                             else "none was live"))
+        return
+    assert token_id is not None  # one of the two, checked above
+    made = [t for t in revoke_token(db, token_id) if t != token_id]
+    console.print(f"revoked token {token_id}" + (f" and {len(made)} made from it (ids {', '.join(map(str, made))})"
+                                                 if made else ""))
 
 
 def token_list(database_url: DatabaseUrl = None, as_json: JsonOutput = False) -> None:

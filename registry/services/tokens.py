@@ -169,10 +169,12 @@ def retired_refusal(name: str, *, revive: str) -> Conflict:
 
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
                  expires_in: timedelta | None = None, limited_to: list[str] | None = None,
-                 expires_at: datetime | None = None, actor: str = OPERATOR) -> tuple[int, str]:
+                 expires_at: datetime | None = None, actor: str = OPERATOR,
+                 parent_id: int | None = None) -> tuple[int, str]:
     """Create a token and return (id, secret). The secret is shown once; only its hash is stored. With
     ``expires_in`` the token stops working after that long (or at ``expires_at``); with ``limited_to`` it reads
-    private adapters and writes only under those owners. Audited (``token-create``, by ``actor``: the operator
+    private adapters and writes only under those owners; ``parent_id``: the caller's own token that made it (through
+    the API, for the caller), revoked with it (revoke_token). Audited (``token-create``, by ``actor``: the operator
     for `vera token create` on the registry's machine). A token is a user's: an organisation's name is refused
     (its members act in it with their own tokens)."""
     check_name(owner, "Owner")
@@ -208,12 +210,12 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if retired(s, owner):
             raise retired_refusal(owner, revive=" for the user")
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
-                            expires_at=expires_at, limited_to=limited_to)
+                            expires_at=expires_at, limited_to=limited_to, parent_id=parent_id)
         s.add(row)
         s.flush()
         s.add(m.AuditEvent(actor=actor[:64], action="token-create", target=owner, detail={
             "token": row.id, "name": name, "scopes": row.scopes, "limited_to": limited_to,
-            "expires_at": expires_at.isoformat() if expires_at is not None else None}))
+            "expires_at": expires_at.isoformat() if expires_at is not None else None, "parent": parent_id}))
         return row.id, secret
 
 
@@ -223,17 +225,37 @@ def token_not_found(token_id: int) -> NotFound:
                     "machine) shows them.")
 
 
-def revoke_token(db: Database, token_id: int, *, owner: str | None = None, actor: str = OPERATOR) -> None:
-    """Revoke a token (only ``owner``'s, when given: another user's token is not found); audited (``token-revoke``,
-    by ``actor``) the first time."""
+def revoke_token(db: Database, token_id: int, *, owner: str | None = None, actor: str = OPERATOR) -> list[int]:
+    """Revoke a token (only ``owner``'s, when given: another user's token is not found) and the live tokens made from
+    it, and from those (``parent_id``: a leaked token's offspring go with it, as their expiry already follows it);
+    each audited (``token-revoke``, by ``actor``; ``detail.with`` names the token an offspring went with) the first
+    time. The ids revoked now (none when it was already)."""
     with db.session() as s:
         row = s.get(m.AccessToken, token_id)
         if row is None or (owner is not None and row.owner != owner):
             raise token_not_found(token_id)
-        if row.revoked_at is None:
-            row.revoked_at = datetime.now(UTC)
-            s.add(m.AuditEvent(actor=actor[:64], action="token-revoke", target=row.owner,
-                               detail={"token": row.id, "name": row.name}))
+        return _revoke(s, [row], actor)
+
+
+def revoke_all(db: Database, owner: str, *, actor: str = OPERATOR) -> list[int]:
+    """Revoke every live token of ``owner`` (and their offspring): signed out everywhere. The ids revoked."""
+    with db.session() as s:
+        return _revoke(s, list(s.scalars(select(m.AccessToken).where(
+            m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None)).order_by(m.AccessToken.id))), actor)
+
+
+def _revoke(s: Session, rows: list[m.AccessToken], actor: str) -> list[int]:
+    now, revoked, given = datetime.now(UTC), [], {row.id for row in rows}
+    while rows:
+        for row in rows:
+            if row.revoked_at is None:
+                row.revoked_at = now
+                revoked.append(row.id)
+                s.add(m.AuditEvent(actor=actor[:64], action="token-revoke", target=row.owner, detail={
+                    "token": row.id, "name": row.name, **({} if row.id in given else {"with": row.parent_id})}))
+        rows = list(s.scalars(select(m.AccessToken).where(  # the next generation (revoked ones' offspring too)
+            m.AccessToken.parent_id.in_([row.id for row in rows]), m.AccessToken.revoked_at.is_(None))))
+    return revoked
 
 
 def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:

@@ -248,6 +248,9 @@ class AccessToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # None: never (migration 0005)
     # 0007: the owner namespaces the token is limited to (None: all the user may reach)
     limited_to: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # 0020: the token whose caller made this one through the API (None: the operator's, or made before 0020);
+    # revoking a token revokes those made from it
+    parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class Organization(Base):

@@ -18,10 +18,11 @@ from sqlalchemy import select, update
 
 from registry.api import is_loopback
 from registry.client import RegistryClient
+from registry.domain.errors import Unauthorized
 from registry.services.registry import Registry
-from registry.services.tokens import LAST_USED_EVERY, authenticate, create_token
+from registry.services.tokens import LAST_USED_EVERY, authenticate, create_token, revoke_all, revoke_token
 from registry.store.database import Database
-from registry.store.models import AccessToken, Organization, OrgInvitation
+from registry.store.models import AccessToken, AuditEvent, Organization, OrgInvitation
 from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
@@ -295,3 +296,77 @@ def test_a_tokens_last_use_is_written_once_a_minute_not_on_every_request(registr
     with db.session() as s:
         assert s.get(m.AccessToken, token_id).last_used_at >= first - timedelta(seconds=1)
         assert datetime.now(UTC) - s.get(m.AccessToken, token_id).last_used_at < LAST_USED_EVERY
+
+
+def test_revoking_a_token_revokes_the_tokens_made_from_it(registry: Registry) -> None:
+    """A token a caller's token made (the dashboard's remembered sign-in, `vera auth create-token`) went on working
+    after the token that made it was revoked (an outsider's finding): a leaked token's offspring now go with it,
+    grandchildren too; a token made for another user by an admin's token, or by the operator, does not."""
+    db = registry.db
+    pasted, _ = create_token(db, owner="ann", scopes=["read", "publish"])
+    signin, _ = create_token(db, owner="ann", scopes=["read"], parent_id=pasted, actor="ann")
+    minted, _ = create_token(db, owner="ann", scopes=["read"], parent_id=signin, actor="ann")
+    other, _ = create_token(db, owner="ann", scopes=["read"])
+    assert revoke_token(db, pasted, owner="ann", actor="ann") == [pasted, signin, minted]
+    assert revoke_token(db, pasted, owner="ann", actor="ann") == []  # once
+    with db.session() as s:
+        live = {t.id for t in s.scalars(select(AccessToken).where(AccessToken.revoked_at.is_(None)))}
+        withs = [e.detail.get("with") for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "token-revoke").order_by(AuditEvent.id))]
+    assert live == {other} and withs == [None, pasted, signin]
+    third, _ = create_token(db, owner="bob", scopes=["read"])
+    assert revoke_all(db, "ann", actor="root") == [other] and revoke_all(db, "ann") == []
+    assert revoke_all(db, "bob") == [third]
+
+
+def test_a_revoked_tokens_offspring_stop_working_through_the_api(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        db = Database(url)
+        (ann_id, ann), (_, root) = [create_token(db, owner=o, scopes=s) for o, s in
+                                    (("ann", ["read", "publish"]), ("root", ["admin"]))]
+        db.engine.dispose()
+        with RegistryClient(base, ann) as client:
+            made, made_secret = client.create_token(["read"], name="dashboard sign-in", expires_days=7)
+        with RegistryClient(base, root) as admin:
+            _, for_ann = admin.create_token(["read"], user="ann")  # an admin's, for another user: no parent
+        with RegistryClient(base, made_secret) as child:
+            assert child.whoami().user == "ann"
+        with RegistryClient(base, ann) as client:
+            client.revoke_token(ann_id)
+        for secret in (ann, made_secret):
+            with RegistryClient(base, secret) as gone, pytest.raises(Unauthorized):
+                gone.whoami()
+        with RegistryClient(base, for_ann) as kept:
+            assert kept.whoami().user == "ann"
+        with RegistryClient(base, root) as admin:
+            assert next(t for t in admin.tokens(user="ann") if t.id == made.id).revoked
+
+
+def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.registry.servers import VERA
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
+    db.upgrade()
+    laptop, _ = create_token(db, owner="ann", scopes=["read"])
+    signin, _ = create_token(db, owner="ann", scopes=["read"], parent_id=laptop)
+    ci, _ = create_token(db, owner="ann", scopes=["read"])
+    db.engine.dispose()
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), "token", "revoke", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"}, check=False)
+
+    for wrong in ((), (str(laptop), "--owner", "ann")):
+        refused = vera(*wrong)
+        assert refused.returncode == 1 and "Give a token id" in refused.stderr, refused
+    one = vera(str(laptop))
+    assert one.returncode == 0 and f"revoked token {laptop} and 1 made from it (ids {signin})" in one.stdout, one
+    every = vera("--owner", "ann")
+    assert every.returncode == 0 and f"revoked every token of ann: ids {ci}" in every.stdout, every
+    again = vera("--owner", "ann")
+    assert "none was live" in again.stdout

@@ -105,7 +105,8 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
         _within_own_rights(who, user, body)
         expires_at = _within_own_life(who, expires_at)
     token_id, secret = create_token(registry.db, owner=user, scopes=list(body.scopes), name=body.name,
-                                    limited_to=body.limited_to, expires_at=expires_at, actor=who.owner)
+                                    limited_to=body.limited_to, expires_at=expires_at, actor=who.owner,
+                                    parent_id=who.token_id if user == who.owner else None)  # yours: revoked with it
     info = next(t for t in list_tokens(registry.db, owner=user) if t.id == token_id)
     return CreatedToken(token=info, secret=secret)
 
@@ -137,7 +138,9 @@ def _within_own_life(who: Principal, expires_at: datetime | None) -> datetime | 
 
 @router.delete("/tokens/{token_id}", status_code=204)
 def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_id: RowId) -> Response:
-    """Revoke one of the caller's tokens (admins: any token); another user's token is not found."""
+    """Revoke one of the caller's tokens (admins: any token), and the tokens made from it through this API (its
+    remembered dashboard sign-ins, the tokens `vera auth create-token` made with it); another user's token is not
+    found."""
     who = _signed_in(caller, options)
     if not who.is_admin and not any(t.id == token_id for t in tokens(caller, options, registry)):
         raise token_not_found(token_id)  # one of the user's wider tokens: not there for a limited token
