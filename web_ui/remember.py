@@ -8,9 +8,9 @@ than the pasted token). No token goes to the browser: the dashboard's server kee
 handle in a cookie, one per registry URL. Scripts can read that cookie (Streamlit sets no HttpOnly ones), and so can
 pages of other ports of the same host name (cookies are not kept apart by port), so the handle is worth only what
 this dashboard does with it: it is not a token, the registry does not take it, and "Forget me" (or revoking the
-sign-in token, or the pasted token that made it: `vera auth revoke ID`) ends it. A remembered sign-in is listed with the user's tokens (`vera auth
-tokens`) and ends by itself. Neither a pasted token, nor the sign-in, nor the dashboard's own VERA_TOKEN is ever put
-back into the Token box, which shows only what its user typed.
+sign-in token, or the pasted token that made it: `vera auth revoke ID`) ends it. A remembered sign-in is listed
+with the user's tokens (`vera auth tokens`) and ends by itself. Neither a pasted token, nor the sign-in, nor the
+dashboard's own VERA_TOKEN is ever put back into the Token box, which shows only what its user typed.
 """
 
 from __future__ import annotations
