@@ -387,10 +387,14 @@ class Trainer:
                     "enabled": self.autocast_dtype is not None}
         origin = numerics.first_non_finite_output(self.model, batches, autocast)
         args, state = self.args, self.state
-        hint = (f"Usual causes: a learning rate too high (lr={args.lr:g}, head_lr={args.head_lr:g}; VeRA's vectors "
-                f"train well at 1e-2 to 4e-3), no gradient clipping (max_grad_norm={args.max_grad_norm}), "
-                f"fp16 overflow (precision={args.precision}: use bf16 or fp32), or bad values in the data of this "
-                f"step (epoch {state.epoch}, batch {state.batch_in_epoch}).")
+        causes = [f"a learning rate too high (lr={args.lr:g}, head_lr={args.head_lr:g}; VeRA's vectors train well "
+                  "at 1e-2 to 4e-3)"]
+        if not args.max_grad_norm:  # only a cause when it is off (a guide's walk: named while clipping was on)
+            causes.append(f"no gradient clipping (max_grad_norm={args.max_grad_norm}: set it, e.g. 1.0)")
+        if self.autocast_dtype is torch.float16:
+            causes.append(f"fp16 overflow (precision={args.precision}: use bf16 or fp32)")
+        causes.append(f"bad values in the data of this step (epoch {state.epoch}, batch {state.batch_in_epoch})")
+        hint = f"Usual causes: {', '.join(causes[:-1])}, or {causes[-1]}."
         raise numerics.NonFiniteLossError(numerics.describe(
             step=state.step + 1, total=state.total_steps, loss=loss, norm=norm,
             origins=distributed.gather(self.world, origin), parameters=numerics.non_finite_parameters(self.model),

@@ -343,6 +343,11 @@ def test_a_diverging_learning_rate_stops_at_the_step_naming_the_layer(tmp_path: 
                        r"'model\.bert\.encoder\.layer\.0\.attention\.self\.(query|value)\.vera_lambda_b'.*lr=1e\+30"):
         t.train()
     assert t.state.step == 1
+    with pytest.raises(NonFiniteLossError) as stopped:  # its hint names the causes that apply, not clipping while on
+        trainer(lr=1e30).train()
+    assert "no gradient clipping" not in str(stopped.value) and "fp16 overflow" not in str(stopped.value)
+    with pytest.raises(NonFiniteLossError, match=r"no gradient clipping \(max_grad_norm=None: set it"):
+        trainer(lr=1e30, max_grad_norm=None).train()
     saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert saved == ["step-00000001"]  # the step that went wrong wrote nothing
     kept = load_file(str(tmp_path / "checkpoints/step-00000001/trainable.safetensors"))
