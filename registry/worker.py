@@ -42,6 +42,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, Reg
 from registry.domain.schemas import JobInfo
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID, first_line
-from registry.services.jobs import Jobs
+from registry.services.jobs import EventRecord, Jobs
 from registry.services.lineage import running_code_revision
 from registry.worker_status import WorkerStatus
 from vera_core import training_checkpoints
@@ -136,7 +137,7 @@ class _Tracker:
 
     def __init__(self, time_limit_s: float | None = None, release: threading.Event | None = None) -> None:
         self.lock = threading.Lock()
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[EventRecord] = []  # each with the time it happened: a heartbeat writes several at once
         self.progress: dict[str, Any] = {"phase": "starting"}
         self.stop = False
         self.time_limit_s, self.release = time_limit_s, release or threading.Event()
@@ -148,9 +149,10 @@ class _Tracker:
                              "eta_s": None if state.eta_s is None else round(state.eta_s, 1),
                              "elapsed_s": round(state.elapsed_s, 1)}
             if event == "step":
-                self.events.append(("step", {"step": state.step, "loss": data["loss"], "lr": data["lr"]}))
+                self.events.append(("step", {"step": state.step, "loss": data["loss"], "lr": data["lr"]},
+                                    datetime.now(UTC)))
             elif event == "evaluate":
-                self.events.append(("evaluate", dict(data)))
+                self.events.append(("evaluate", dict(data), datetime.now(UTC)))
             if self.stop:
                 state.should_stop, state.stop_reason = True, "cancelled"
             elif self.release.is_set():
@@ -158,7 +160,7 @@ class _Tracker:
             elif self.time_limit_s is not None and state.elapsed_s >= self.time_limit_s:
                 state.should_stop, state.stop_reason = True, "time_limit"
 
-    def drain(self) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    def drain(self) -> tuple[dict[str, Any], list[EventRecord]]:
         with self.lock:
             events, self.events = self.events, []
             return dict(self.progress), events
@@ -394,7 +396,7 @@ class Worker:
         """A line for this worker's log and the job's."""
         self.log(message)
         with tracker.lock:
-            tracker.events.append(("log", {"message": message}))
+            tracker.events.append(("log", {"message": message}, datetime.now(UTC)))
 
     def _resume_point(self, job: JobInfo, out: Path, processes: int, tracker: _Tracker) -> int | None:
         """The step this attempt resumes from, or None: the newest intact checkpoint that an earlier attempt left in

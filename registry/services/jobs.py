@@ -53,6 +53,9 @@ from vera_core.projection import ProjectionSpec
 from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base
 from vera_core.trainer import TrainingArguments
 
+#: A job event as a worker reports it: (kind, data), or (kind, data, when it happened).
+EventRecord = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], datetime]
+
 
 class Jobs:
     """The job queue over a Registry's database and blob store."""
@@ -310,8 +313,10 @@ class Jobs:
             self._lost(s, job, f"{worker}: {lost} during attempt {job.attempts}", datetime.now(UTC))
 
     def heartbeat(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None,
-                  events: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
-        """Record liveness, progress and events; returns True if the job should stop (cancelled or lost)."""
+                  events: Sequence[EventRecord] = ()) -> bool:
+        """Record liveness, progress and events ((kind, data), or (kind, data, when it happened): a heartbeat
+        brings the steps of several seconds, each at its own time); returns True if the job should stop (cancelled
+        or lost)."""
         with self.db.session() as s:
             job = self._job(s, job_id)
             if job.claimed_by != worker or job.status != "running":
@@ -319,8 +324,8 @@ class Jobs:
             job.heartbeat_at = datetime.now(UTC)
             if progress is not None:
                 job.progress = progress
-            for kind, data in events:
-                s.add(m.JobEvent(job_id=job_id, kind=kind, data=data))
+            for kind, data, *when in events:
+                s.add(m.JobEvent(job_id=job_id, kind=kind, data=data, **({"at": when[0]} if when else {})))
             return job.cancel_requested
 
     def should_stop(self, job_id: int, worker: str) -> bool:

@@ -61,6 +61,22 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
     assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
 
 
+def test_events_a_heartbeat_brings_keep_the_times_they_happened(registry: Registry) -> None:
+    """A heartbeat brings several seconds of steps at once: `vera job logs` showed them all at the heartbeat's time
+    (a guide's walk). Each keeps the time the worker saw it; an event without one takes the heartbeat's."""
+    from datetime import UTC, datetime
+
+    jobs = Jobs(registry)
+    job = jobs.submit(DEMO, owner="ann", target="ann/timed")
+    assert jobs.claim("w1") is not None
+    at = [datetime(2026, 12, 1, 10, 0, second, tzinfo=UTC) for second in (1, 3)]
+    jobs.heartbeat(job.id, "w1", events=[("step", {"step": 1, "loss": 0.9}, at[0]),
+                                          ("step", {"step": 2, "loss": 0.8}, at[1]), ("log", {"message": "now"})])
+    steps = [e for e in jobs.events(job.id) if e.kind == "step"]
+    assert [e.at for e in steps] == at
+    assert jobs.events(job.id)[-1].at > at[1]
+
+
 def test_queue_claims_cancellation_and_leases(registry: Registry) -> None:
     jobs = Jobs(registry, lease=timedelta(seconds=30))
     first, second, third = (jobs.submit(DEMO, owner="ann", target=f"ann/j{i}") for i in range(3))
