@@ -33,12 +33,19 @@ def _normalised(url: str) -> str:
 
 def _read() -> dict[str, Any]:
     """The stored credentials; an unreadable or malformed file counts as none (`vera login` rewrites it)."""
+    registries = read_private_json(credentials_path(), "registries")
+    return {"registries": registries} if registries else {}
+
+
+def read_private_json(path: Path, key: str) -> dict[str, Any]:
+    """The object under ``key`` in the JSON file ``path`` (written by write_private_json); empty when the file is
+    missing, unreadable or malformed (its writer rewrites it whole)."""
     try:
-        data = json.loads(credentials_path().read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    registries = data.get("registries") if isinstance(data, dict) else None
-    return {"registries": registries} if isinstance(registries, dict) else {}
+    found = data.get(key) if isinstance(data, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def stored_token(url: str) -> str | None:

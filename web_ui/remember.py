@@ -16,7 +16,6 @@ dashboard's own VERA_TOKEN is ever put back into the Token box, which shows only
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -28,7 +27,7 @@ from typing import Any
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.credentials import config_root, write_private_json
+from registry.credentials import config_root, read_private_json, write_private_json
 from registry.domain.errors import InvalidInput, RegistryError, Unauthorized
 from registry.domain.schemas import WhoAmI
 from registry.settings import ui_remember_days
@@ -80,12 +79,7 @@ def _key(handle: str) -> str:
 
 
 def _entries() -> dict[str, Any]:
-    try:
-        data = json.loads(store_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    entries = data.get("signins") if isinstance(data, dict) else None
-    return entries if isinstance(entries, dict) else {}
+    return read_private_json(store_path(), "signins")
 
 
 def _save(entries: dict[str, Any]) -> None:

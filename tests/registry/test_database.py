@@ -249,13 +249,7 @@ def test_a_stopped_registry_leaves_everything_in_its_sqlite_file(tmp_path: Path)
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "r.db").write_bytes((tmp_path / "r.db").read_bytes())  # the file alone, as a careless backup takes it
-    db = Database(f"sqlite:///{copy / 'r.db'}")
-    try:
-        db.check_schema()
-        with db.session() as s:
-            assert s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars().all() == ["ann/kept"]
-    finally:
-        db.close()
+    assert adapters_in(copy / "r.db") == ["ann/kept"]
 
 
 def test_vera_db_backup_copies_a_running_registry_whole_and_never_overwrites(tmp_path: Path) -> None:
@@ -288,10 +282,15 @@ def test_vera_db_backup_copies_a_running_registry_whole_and_never_overwrites(tmp
         postgres = backup(tmp_path / "backup" / "pg.db", VERA_DATABASE_URL="postgresql+psycopg://u@127.0.0.1:9/x")
         assert postgres.returncode == 1 and "pg_dump" in postgres.stderr
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["r.db"]  # no partial file, no -wal
-    copy = Database(f"sqlite:///{tmp_path / 'backup' / 'r.db'}")
+    assert adapters_in(tmp_path / "backup" / "r.db") == ["ann/saved"]
+
+
+def adapters_in(path: Path) -> list[str]:
+    """The adapters (owner/name) a SQLite registry file holds by itself, after checking its schema is current."""
+    db = Database(f"sqlite:///{path}")
     try:
-        copy.check_schema()
-        with copy.session() as s:
-            assert s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars().all() == ["ann/saved"]
+        db.check_schema()
+        with db.session() as s:
+            return list(s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars())
     finally:
-        copy.close()
+        db.close()
