@@ -148,11 +148,13 @@ def page() -> None:
     if not found.events:
         st.info("No events match." if chosen["adapter"] or chosen["action"] else "Nothing has happened yet.")
         return
-    st.caption(f"The newest {formats.counted(len(found.events), 'event')} you may see, newest first. An adapter's "
-               "target opens its page; tick a row to read its detail in full; `vera events` pages through them all.")
+    # short: the table's hover toolbar covers the right end of the line above it (a walk read "pages through t")
+    st.caption(f"The newest {formats.counted(len(found.events), 'event')} you may see, newest first.")
     events = sorted(found.events, key=lambda e: e.id, reverse=True)
     target_px, detail_px = widths(events)
     shown = tables.show(table(events, detail_px), hide_index=True, width="stretch", whole=True, key="events_table",
                         column_config=columns(target_px, detail_px), on_select="rerun", selection_mode="single-row")
+    st.caption("An adapter's target opens its page; tick a row to read its detail in full; `vera events` pages "
+               "through them all.")
     for row in shown.selection.rows if shown is not None else []:
         show_event(events[row])

@@ -156,7 +156,8 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
     worker = start_worker(database, root / "blobs")
     try:
         with RegistryClient(url) as client:
-            job = client.submit_job("ann/polarity", {"demo": True, "r": 16})  # as good as 256 here, far cheaper
+            # 60 of the demo's 189 steps: test_recipes.py trains it whole (`vera train --demo`) and checks its accuracy
+            job = client.submit_job("ann/polarity", {"demo": True, "r": 16, "training": {"max_steps": 60}})
             wait_for(lambda: client.job(job.id).status in ("succeeded", "failed"), 600, "the job to finish")
             done = client.job(job.id)
             assert done.status == "succeeded", done.error
@@ -165,11 +166,12 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             # the job and the code that trained it (the demo uploads no dataset, so no dataset hash)
             assert version.lineage.keys() == {"job_id", "code_revision"} and version.lineage["job_id"] == job.id
             assert version.lineage["code_revision"].startswith("vera-registry ") and "fine-tune" in version.tags
-            # head-only training reaches 0.53 (0.77 at a 10x head learning rate) on this budget, VeRA r=16 0.885-0.894
-            # over three seeds (bench/RESULTS.md, the paper's claims)
-            assert version.metrics["test"]["accuracy"] >= 0.85
+            # the metrics the worker's training measured (what the demo reaches on its whole budget is checked there)
+            losses = [loss for _, loss in version.metrics["train_loss"]]
+            assert losses[-1] < losses[0] and 0.0 <= version.metrics["test"]["accuracy"] <= 1.0
+            assert version.metrics["steps"] == 60 and version.metrics["examples"]["test"] == 766
             events = client.job_events(job.id)
-            assert sum(e.kind == "step" for e in events) == 189 and any(e.kind == "evaluate" for e in events)
+            assert sum(e.kind == "step" for e in events) == 60 and any(e.kind == "evaluate" for e in events)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
