@@ -3,7 +3,7 @@ status, fsck, gc, token create / revoke / list, base register, worker and serve.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,6 +29,7 @@ from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
 from registry.domain.errors import InvalidInput, ReadOnly
 from registry.domain.schemas import GC_GRACE_S
+from registry.domain.words import counted
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
@@ -242,6 +243,28 @@ def token_list(database_url: DatabaseUrl = None, as_json: JsonOutput = False) ->
         table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
                       str(t.revoked), str(t.last_used_at or "-"), str(t.expires_at or "never"))
     console.print(table)
+
+
+def token_purge(
+    days: Annotated[float, typer.Option(help="Purge the tokens that ended (were revoked or expired) more than this "
+                                             "many days ago.", min=0)] = 30,
+    owner: Annotated[str | None, typer.Option(help="Only this user's tokens.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List the tokens it would delete; delete nothing.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete the tokens that ended long ago (revoked or expired: they authenticate nothing, and each browser that
+    remembers a dashboard sign-in adds one a week). Their audit events stay; the purge is audited (`token-purge`)."""
+    from registry.services.tokens import purge_tokens
+
+    settings = load_settings(database_url)
+    db = open_registry(settings if dry_run else refuse_read_only(settings, "token purge")).db
+    before = datetime.now(UTC) - timedelta(days=days)
+    gone = purge_tokens(db, before=before, owner=owner, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for t in gone:
+        ended = "revoked" if t.revoked else f"expired {t.expires_at:%Y-%m-%d}"
+        console.print(f"{verb} token {t.id} of {t.owner}" + (f" ({t.name})" if t.name else "") + f": {ended}")
+    console.print(f"{verb} {counted(len(gone), 'token')} that ended before {before:%Y-%m-%d %H:%M} UTC")
 
 
 def base_register(

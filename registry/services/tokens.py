@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -264,10 +264,46 @@ def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:
     if owner is not None:
         query = query.where(m.AccessToken.owner == owner)
     with db.session() as s:
-        return [TokenInfo(id=t.id, owner=t.owner, name=t.name, scopes=t.scopes, created_at=t.created_at,
-                          revoked=t.revoked_at is not None, last_used_at=t.last_used_at, expires_at=t.expires_at,
-                          limited_to=t.limited_to)
-                for t in s.scalars(query)]
+        return [_info(t) for t in s.scalars(query)]
+
+
+def _info(t: m.AccessToken) -> TokenInfo:
+    return TokenInfo(id=t.id, owner=t.owner, name=t.name, scopes=t.scopes, created_at=t.created_at,
+                     revoked=t.revoked_at is not None, last_used_at=t.last_used_at, expires_at=t.expires_at,
+                     limited_to=t.limited_to)
+
+
+def ended_tokens(s: Session, before: datetime, owner: str | None = None) -> list[m.AccessToken]:
+    """The rows of tokens revoked or expired before ``before`` (``owner``'s only, when given), oldest first; never
+    the newest row of all (SQLite hands the highest id out again once it is deleted, and a token id must never
+    name two tokens: `vera auth revoke ID`, audit events and ``parent_id`` keep it)."""
+    newest = select(func.max(m.AccessToken.id)).scalar_subquery()
+    query = select(m.AccessToken).where(
+        or_(m.AccessToken.revoked_at < before, m.AccessToken.expires_at < before), m.AccessToken.id < newest)
+    if owner is not None:
+        query = query.where(m.AccessToken.owner == owner)
+    return list(s.scalars(query.order_by(m.AccessToken.id)))
+
+
+def purge_tokens(db: Database, *, before: datetime, owner: str | None = None, dry_run: bool = False,
+                 actor: str = OPERATOR) -> list[TokenInfo]:
+    """Delete the tokens that ended before ``before`` (revoked or expired: they authenticate nothing, and a
+    dashboard's remembered sign-ins add one per browser each week), all owners' or ``owner``'s; ``dry_run`` only
+    lists them. Their audit events stay (``token-revoke`` says who revoked which); each owner's purge is audited too
+    (``token-purge``, ``detail.tokens``: the ids). A live token made from a purged one (none should be: revoking or
+    expiring a token ends those made from it) forgets its parent. The tokens deleted (or that would be)."""
+    with db.session() as s:
+        rows = ended_tokens(s, before, owner)
+        gone = [_info(row) for row in rows]
+        if dry_run or not rows:
+            return gone
+        ids = [row.id for row in rows]
+        s.execute(update(m.AccessToken).where(m.AccessToken.parent_id.in_(ids)).values(parent_id=None))
+        s.execute(delete(m.AccessToken).where(m.AccessToken.id.in_(ids)))
+        for name in sorted({row.owner for row in rows}):
+            s.add(m.AuditEvent(actor=actor[:64], action="token-purge", target=name, detail={
+                "tokens": [row.id for row in rows if row.owner == name], "ended_before": before.isoformat()}))
+    return gone
 
 
 #: How stale a token's recorded last use may get: a request within this long of the recorded one writes nothing.

@@ -20,7 +20,14 @@ from registry.api import is_loopback
 from registry.client import RegistryClient
 from registry.domain.errors import Unauthorized
 from registry.services.registry import Registry
-from registry.services.tokens import LAST_USED_EVERY, authenticate, create_token, revoke_all, revoke_token
+from registry.services.tokens import (
+    LAST_USED_EVERY,
+    authenticate,
+    create_token,
+    purge_tokens,
+    revoke_all,
+    revoke_token,
+)
 from registry.store.database import Database
 from registry.store.models import AccessToken, AuditEvent, Organization, OrgInvitation
 from tests.registry.adapters import LLAMA, make_adapter
@@ -319,6 +326,46 @@ def test_revoking_a_token_revokes_the_tokens_made_from_it(registry: Registry) ->
     assert revoke_all(db, "bob") == [third]
 
 
+def test_purge_deletes_the_tokens_that_ended_before_the_cutoff_and_keeps_the_newest_row(registry: Registry) -> None:
+    """Revoked and expired tokens piled up for good (a dashboard's sign-ins add one per browser and week): `vera
+    token purge` deletes those that ended before a cutoff, audited per owner; a token made from a purged one forgets
+    its parent, and the newest row stays whatever it is (SQLite would hand its id out again)."""
+    db, now = registry.db, datetime.now(UTC)
+    long_ago, lately = now - timedelta(days=40), now - timedelta(days=2)
+    made = {label: create_token(db, owner=owner, scopes=["read"], name=label) for label, owner in (
+        ("live", "ann"), ("revoked-long-ago", "ann"), ("revoked-lately", "ann"), ("expired-long-ago", "ann"),
+        ("child", "ann"), ("bobs-revoked", "bob"), ("newest-revoked", "ann"))}
+    ids = {label: token_id for label, (token_id, _) in made.items()}
+    with db.session() as s:
+        for label, values in (("revoked-long-ago", {"revoked_at": long_ago}),
+                              ("revoked-lately", {"revoked_at": lately}),
+                              ("expired-long-ago", {"expires_at": long_ago}),
+                              ("bobs-revoked", {"revoked_at": long_ago}),
+                              ("newest-revoked", {"revoked_at": long_ago}),
+                              ("child", {"parent_id": ids["revoked-long-ago"]})):
+            s.execute(update(AccessToken).where(AccessToken.id == ids[label]).values(**values))
+    cutoff = now - timedelta(days=30)
+
+    def remaining() -> set[str]:
+        with db.session() as s:
+            return set(s.scalars(select(AccessToken.name)))
+
+    listed = purge_tokens(db, before=cutoff, dry_run=True)
+    assert [t.name for t in listed] == ["revoked-long-ago", "expired-long-ago", "bobs-revoked"]
+    assert remaining() == set(made)  # a dry run deletes nothing
+    assert [t.name for t in purge_tokens(db, before=cutoff, owner="bob")] == ["bobs-revoked"]
+    assert [t.name for t in purge_tokens(db, before=cutoff)] == ["revoked-long-ago", "expired-long-ago"]
+    assert remaining() == {"live", "revoked-lately", "child", "newest-revoked"}  # the newest row kept, though revoked
+    assert purge_tokens(db, before=cutoff) == []
+    with db.session() as s:
+        assert s.scalar(select(AccessToken.parent_id).where(AccessToken.id == ids["child"])) is None
+        purges = [(e.actor, e.target, e.detail["tokens"]) for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "token-purge").order_by(AuditEvent.id))]
+    assert purges == [("operator", "bob", [ids["bobs-revoked"]]),
+                      ("operator", "ann", [ids["revoked-long-ago"], ids["expired-long-ago"]])]
+    assert authenticate(db, made["live"][1]).owner == authenticate(db, made["child"][1]).owner == "ann"
+
+
 def test_a_revoked_tokens_offspring_stop_working_through_the_api(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
@@ -370,3 +417,34 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
     assert every.returncode == 0 and f"revoked every token of ann: ids {ci}" in every.stdout, every
     again = vera("--owner", "ann")
     assert "none was live" in again.stdout
+
+
+def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.registry.servers import VERA
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
+    db.upgrade()
+    old, _ = create_token(db, owner="ann", scopes=["read"], name="laptop")
+    kept, _ = create_token(db, owner="ann", scopes=["read"])
+    revoke_token(db, old)
+    db.engine.dispose()
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), "token", "purge", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"}, check=False)
+
+    assert "deleted 0 tokens that ended before" in vera().stdout  # revoked a moment ago: not 30 days
+    listed = vera("--days", "0", "--dry-run")
+    assert listed.returncode == 0 and f"would delete token {old} of ann (laptop): revoked" in listed.stdout, listed
+    assert "would delete 1 token that ended" in listed.stdout
+    done = vera("--days", "0")
+    assert done.returncode == 0 and f"deleted token {old} of ann (laptop): revoked" in done.stdout, done
+    with Database(url).session() as s:
+        assert list(s.scalars(select(AccessToken.id))) == [kept]
+    negative = vera("--days", "-1")
+    assert negative.returncode == 2 and "greater than or equal to 0" in negative.stderr, negative
+
