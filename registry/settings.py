@@ -20,6 +20,7 @@ from registry.domain.schemas import (
     MAX_JOB_TIME_LIMIT_S,
     MAX_PROJECTION_ELEMENTS,
     MAX_UPLOAD_BYTES,
+    SCRATCH_BYTES,
     PoolSettings,
     QuotaSize,
 )
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     concurrent_generations: int = Field(default=2, ge=1, le=256)
     # The largest LoRA export built (bytes of factors), checked before any is computed; 16 GiB by default.
     max_export_bytes: int = Field(default=MAX_EXPORT_BYTES, ge=1 << 20)
+    # A read-only registry (read_only) builds the download forms the registry never stored into a temporary folder of
+    # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size
+    # with a unit: 10GB, 10GiB); the form just built is always kept, whatever its size.
+    read_only_scratch_bytes: QuotaSize = SCRATCH_BYTES
     # Downloads build a version's files once per option and keep them in memory, up to this many bytes per process
     # (least recently used out first); 0 builds them on every request.
     file_cache_bytes: int = Field(default=DEFAULT_FILE_CACHE_BYTES, ge=0)

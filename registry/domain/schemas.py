@@ -62,6 +62,9 @@ QuotaSize = Annotated[int, BeforeValidator(lambda v: parse_size(v, most=MAX_QUOT
 #: VeRA's vectors with their optimizer state are kilobytes to a few MB even at 7B scale; a job that trains a whole
 #: head (a language model's lm_head) can pass it, and then resumes only on its own machine.
 MAX_JOB_CHECKPOINT_BYTES = 256 * 2**20
+#: The most a read-only registry's process keeps of the download forms it built itself (registry.services.derived's
+#: Scratch) unless VERA_READ_ONLY_SCRATCH_BYTES says otherwise.
+SCRATCH_BYTES = 4 * 2**30
 #: Request temp folders are named with this prefix, so that `vera fsck` can find those a killed server left behind.
 UPLOAD_PREFIX = "vera-upload-"
 #: The files of an adapter version, as PEFT's directory format names them.

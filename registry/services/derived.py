@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError as DatabaseConflict
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
-from registry.domain.schemas import ADAPTER_FILES, Ref, VersionInfo
+from registry.domain.schemas import ADAPTER_FILES, SCRATCH_BYTES, Ref, VersionInfo
 from registry.services.file_cache import BuiltFiles
 from registry.services.lookup import naming, naming_params, resolve, resolve_info
 from registry.services.versions import Versions
@@ -91,9 +91,8 @@ def _lock_of(version_id: int, form: str) -> threading.Lock:
     return _LOCKS[zlib.crc32(f"{version_id}/{form}".encode()) % len(_LOCKS)]
 
 
-#: The most a read-only registry's process keeps of the forms it built itself (Scratch), in its temporary folder,
-#: named with this prefix and the process's id.
-SCRATCH_BYTES = 4 * 2**30
+#: A read-only registry's process keeps the forms it built itself (Scratch) in a temporary folder named with this
+#: prefix and the process's id, at most SCRATCH_BYTES unless VERA_READ_ONLY_SCRATCH_BYTES says otherwise.
 SCRATCH_PREFIX = "vera-read-only-"
 
 
@@ -172,8 +171,9 @@ def _remove_stale_scratch() -> None:
 
 
 class DerivedFiles:
-    def __init__(self, db: Database, blobs: BlobStore, versions: Versions) -> None:
-        self.db, self.blobs, self.versions = db, blobs, versions
+    def __init__(self, db: Database, blobs: BlobStore, versions: Versions, *, scratch_bytes: int = SCRATCH_BYTES
+                 ) -> None:
+        self.db, self.blobs, self.versions, self.scratch_bytes = db, blobs, versions, scratch_bytes
         self._lora_errors: dict[str, str | None] = {}
         self._git_ids: dict[str, str] = {}
         self._scratch: Scratch | None = None  # a read-only registry's own builds, made on its first one
@@ -183,7 +183,7 @@ class DerivedFiles:
         """Where this read-only registry builds the forms the registry has not stored (Scratch)."""
         with self._scratch_lock:
             if self._scratch is None:
-                self._scratch = Scratch()
+                self._scratch = Scratch(self.scratch_bytes)
             return self._scratch
 
     def close(self) -> None:

@@ -437,6 +437,30 @@ def test_scratch_forgets_the_least_recently_used_form_beyond_its_size(tmp_path: 
     assert not Path(folder).exists()  # the folder goes with the process's use of it
 
 
+def test_the_scratch_size_is_a_setting(tmp_path: Path) -> None:
+    """VERA_READ_ONLY_SCRATCH_BYTES (4 GiB unless set): a replica keeping 1 KB of its own builds holds one form."""
+    data = tmp_path / "data"
+    primary = open_registry(Settings(data_dir=data))
+    primary.publish(str(make_adapter(tmp_path / "a", seed=1)), owner="local", name="m", base_model="org/tiny-llama",
+                    published_by="local")
+    primary.db.engine.dispose()
+    assert Settings().read_only_scratch_bytes == 4 * 2**30
+    with pytest.raises(ValueError, match="'lots' is not a size: give bytes"):
+        Settings(read_only_scratch_bytes="lots")
+    replica = open_registry(Settings(data_dir=data, read_only=True, read_only_scratch_bytes="1KB"))
+    try:
+        lora, whole = FileForm(lora=LoraExport()), FileForm(with_projection=True)
+        _, first = replica.derived.manifest("local/m:1", lora)
+        replica.derived.manifest("local/m:1", whole)
+        version = first[0].version_id
+        scratch = replica.derived.scratch()
+        assert scratch.max_bytes == 1000 and sum(f.size for f in first) > 1000
+        assert scratch.listed(version, lora.key) == [] and scratch.listed(version, whole.key) != []
+    finally:
+        replica.derived.close()
+        replica.db.engine.dispose()
+
+
 # ---- commands ----------------------------------------------------------------------------------------------------
 
 
