@@ -273,7 +273,7 @@ def _info(t: m.AccessToken) -> TokenInfo:
                      limited_to=t.limited_to)
 
 
-def ended_tokens(s: Session, before: datetime, owner: str | None = None) -> list[m.AccessToken]:
+def _ended(s: Session, before: datetime, owner: str | None = None) -> list[m.AccessToken]:
     """The rows of tokens revoked or expired before ``before`` (``owner``'s only, when given), oldest first; never
     the newest row of all (SQLite hands the highest id out again once it is deleted, and a token id must never
     name two tokens: `vera auth revoke ID`, audit events and ``parent_id`` keep it)."""
@@ -293,7 +293,7 @@ def purge_tokens(db: Database, *, before: datetime, owner: str | None = None, dr
     (``token-purge``, ``detail.tokens``: the ids). A live token made from a purged one (none should be: revoking or
     expiring a token ends those made from it) forgets its parent. The tokens deleted (or that would be)."""
     with db.session() as s:
-        rows = ended_tokens(s, before, owner)
+        rows = _ended(s, before, owner)
         gone = [_info(row) for row in rows]
         if dry_run or not rows:
             return gone
