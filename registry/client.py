@@ -821,6 +821,13 @@ class RegistryClient:
         or running jobs or webhooks, saying which and how to clear them."""
         self._request("DELETE", f"/api/v1/orgs/{_segment(name)}")
 
+    def rename_organization(self, name: str, new_name: str) -> OrganizationInfo:
+        """Rename organisation ``name`` to ``new_name`` (its admins; the registry's admins): its adapters, ended
+        jobs, webhooks, quota and the tokens limited to it follow, and ``name`` is retired; Conflict while it has
+        queued or running jobs, or when ``new_name`` is taken or retired. The organisation under its new name."""
+        return OrganizationInfo.model_validate(self._request(
+            "POST", f"/api/v1/orgs/{_segment(name)}/rename", json={"new_name": new_name}).json())
+
     def set_visibility(self, adapter: str, visibility: str) -> AdapterInfo:
         """Make ``owner/name`` public or private (writers of its owner)."""
         ref = Ref.parse(adapter)

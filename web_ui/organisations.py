@@ -1,5 +1,6 @@
 """Organisations: the ones you belong to (every one for an admin), each with its members and their roles; an
-organisation's admins add members, change roles and remove members there, and delete it (its name typed to confirm),
+organisation's admins add members, change roles and remove members there, rename it, and delete it (its name typed
+to confirm),
 any member may leave, and whoever may publish creates one (becoming its admin). A member name that no token was ever
 created for is marked: a misspelt name shows. On a registry with invitations (VERA_ORG_INVITATIONS), adding a user
 who is not a member invites them: your own invitations are listed first, to accept or decline, and an
@@ -124,6 +125,21 @@ def create(who: WhoAmI) -> None:
     _done(f"Created {name}; you ({who.user}) are its admin.")
 
 
+def rename(org: str) -> None:
+    """``on_click`` of Rename: the new name typed; the page follows the organisation there. The registry refuses a
+    name taken, retired or invalid, and while it has queued or running jobs (its message says so)."""
+    new = st.session_state[f"orgs_rename_{org}"].strip()
+    if not new:
+        _done(f"Type the name {org} should have from now on.")
+        return
+
+    def renamed(info: OrganizationInfo) -> str:
+        st.query_params["org"] = info.name
+        return f"Renamed {org} to {info.name}: its adapters are {info.name}/NAME now, and their old names point there."
+
+    _change(renamed, lambda c: c.rename_organization(org, new))
+
+
 def delete(org: str) -> None:
     """``on_click`` of Delete: only with the organisation's name typed again; the registry refuses while it owns
     adapters, queued or running jobs or webhooks (its message says which, and how to clear them)."""
@@ -186,6 +202,17 @@ def your_invitations(who: WhoAmI) -> None:
         if not who.read_only:
             yes.button("Accept", key=f"orgs_accept_{i.organization}", on_click=accept, args=(i.organization, who.user))
             no.button("Decline", key=f"orgs_decline_{i.organization}", on_click=decline, args=(i.organization,))
+
+
+def rename_form(org: OrganizationInfo) -> None:
+    """Renaming the organisation (its admins); the outcome is shown at the top of the page."""
+    with st.expander(f"Rename {org.name}", icon=":material/edit:"), \
+            st.form(f"orgs_rename_form_{org.name}", clear_on_submit=True):
+        st.caption("Its members, adapters (each keeps its name under the new one), ended jobs, webhooks, quota and "
+                   "the tokens limited to it follow; its adapters' old names point to the new ones, and its old name "
+                   "is retired. The registry refuses while it has queued or running jobs.")
+        st.text_input("New name", key=f"orgs_rename_{org.name}", placeholder=org.name)
+        st.form_submit_button(f"Rename {org.name}", on_click=rename, args=(org.name,))
 
 
 def delete_form(org: OrganizationInfo) -> None:
@@ -271,6 +298,7 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
         st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
     if manages(who, org.name):
         delete_form(org)
+        rename_form(org)
 
 
 def page() -> None:

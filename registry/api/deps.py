@@ -152,6 +152,11 @@ async def _owner_publisher(request: Request, owner: str, caller: Caller) -> Prin
 
 
 async def _new_version_publisher(request: Request, owner: str, caller: Caller) -> Principal:
+    name = request.path_params.get("name")
+    if caller is not None and isinstance(name, str) and not caller.can_write(owner):
+        # an old name whose adapter the caller may publish to where it is now (an organisation renamed): 409 saying
+        # where, as a writer of the old owner is told, rather than a bare 403
+        await run_in_threadpool(request.app.state.registry.moves.refuse_publish_where_moved, owner, name, caller)
     return authorize(caller, request.app.state.options, "publish", owner)
 
 

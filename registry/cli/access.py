@@ -302,6 +302,22 @@ def org_delete(name: Annotated[str, typer.Argument(help="Organisation.")],
     console.print(f"deleted organisation {name} ({counted(len(org.members), 'member')} removed)")
 
 
+def org_rename(name: Annotated[str, typer.Argument(metavar="OLD", help="The organisation's name now.")],
+               new_name: Annotated[str, typer.Argument(metavar="NEW", help="Its name from now on (an owner name "
+                                                                         "nobody has).")],
+               registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Rename an organisation (its admins; the registry's admins). Its members, adapters (OLD/NAME becomes
+    NEW/NAME, with every version, alias and tag), ended jobs, webhooks, quota and the tokens limited to it follow;
+    OLD/NAME then answers "moved to NEW/NAME" (`vera fetch` follows it, with a warning), publishes to it are
+    refused, and OLD is retired (no user or new organisation takes it). Refused while it has queued or running
+    jobs."""
+    check_name(new_name, "New organisation name")  # a/b, 'Bad Name!': said here, before any request
+    org = call_registry(registry, token, lambda c: c.rename_organization(name, new_name))
+    if not as_json:
+        console.print(f"renamed organisation {name} to {org.name}: its adapters are {org.name}/NAME now")
+    _print_org(org, as_json)
+
+
 def visibility(adapter: Annotated[str, typer.Argument(help="owner/name")],
                choice: Annotated[str, typer.Argument(metavar="public|private", help="public: whoever may read the "
                                                      "registry; private: the owner's members and admins.")],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, exists, or_, select, true, update
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
@@ -27,7 +28,8 @@ from registry.domain.schemas import (
 from registry.domain.words import counted
 from registry.services import invitations as invites
 from registry.services.invitations import InvitationPolicy
-from registry.services.tokens import ROLES, Principal, Role, retired, retired_refusal
+from registry.services.moves import move_owner
+from registry.services.tokens import ROLES, Principal, Role, renamed_to, retired, retired_refusal
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -126,16 +128,8 @@ class Access:
         check_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
         with self.db.session() as s:
-            taken = s.scalar(select(m.Organization.id).where(m.Organization.name == name)) is not None
-            used = name == creator or s.scalar(select(m.Adapter.id).where(m.Adapter.owner == name).limit(1)) \
-                is not None or s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == name).limit(1)) \
-                is not None
-            if taken or used:
-                raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
-                               "choose another name for the organisation.")
-            if not revive and retired(s, name):
-                raise retired_refusal(name, revive=" (a registry admin may revive it, history and all: `vera org "
-                                                   f"create {name}` with an admin token)")
+            _refuse_taken(s, name, user=creator, revive=revive,
+                          how=f"`vera org create {name}` with an admin token")
             org = m.Organization(name=name, description=description, created_by=creator)
             org.members.append(m.Membership(member=creator, role="admin", added_by=creator))
             s.add(org)
@@ -287,14 +281,8 @@ class Access:
         with self.db.session() as s:
             org = _visible_org(s, name, viewer)
             if not viewer.can_manage(name):
-                raise Forbidden(_may_not_delete(name, viewer))
-            # the organisation's row locked for the rest of the transaction (SQLite: the database's write lock, so
-            # that no publish lands between the checks below and the delete; PostgreSQL: the row's, so that two
-            # deletes, or a delete and a member change, take turns), then read again
-            if not _rows(s, update(m.Organization).where(m.Organization.id == org.id)
-                         .values(name=m.Organization.name)):
-                raise _org_not_found(name)  # deleted meanwhile
-            s.refresh(org)
+                raise Forbidden(_may_not(name, viewer, "delete"))
+            _lock_org(s, org, name)
             _refuse_while_owning(s, name)
             members = {x.member: x.role for x in org.members}
             # Old names of adapters that moved away (adapter_moves) are dropped, not a reason to refuse: the adapters
@@ -311,6 +299,42 @@ class Access:
             s.add(m.AuditEvent(actor=viewer.owner, action="org-delete", target=name, detail={
                 "members": members, "old_names": old_names, "quota": bool(quota), "retired": bool(history)}))
             s.flush()
+
+    def rename_organization(self, name: str, new_name: str, *, viewer: Principal,
+                            revive: bool = False) -> OrganizationInfo:
+        """Rename an organisation (its admins, with publish scope, and the registry's admins), as the Hub and GitHub
+        rename one: its members, invitations, adapters (each moved to the same name under ``new_name``, with every
+        version, alias, tag and download: moves.move_owner), ended jobs, webhooks, quota and the tokens limited to
+        it follow. Its old name is retired (tokens.retired): no user or new organisation takes it, and its adapters'
+        old names answer with their new ones, as after a move. ``new_name`` must be a valid owner name that nobody
+        has, nor a retired one unless ``revive`` (a registry admin's choice, as for create_organization). Refused
+        (Conflict) while it has queued or running jobs: their workers publish to the old name. Audited as
+        org-rename (``detail``: ``from``, ``to``) on both names, and as a ``move`` of each adapter."""
+        check_name(new_name, "New organisation name")
+        if new_name == name:
+            raise InvalidInput(f"{name} is already called {new_name}; give the name it should have now.")
+        try:
+            with self.db.session() as s:
+                org = _visible_org(s, name, viewer)
+                if not viewer.can_manage(name):
+                    raise Forbidden(_may_not(name, viewer, "rename"))
+                # PostgreSQL: its adapters' rows first, then its own, in the order a publish or move locks them (the
+                # adapter, then its owner), so that neither waits for the other's second lock
+                s.execute(select(m.Adapter.id).where(m.Adapter.owner == name).with_for_update())
+                _lock_org(s, org, name)
+                _refuse_taken(s, new_name, user=None, revive=revive,
+                              how=f"`vera org rename {name} {new_name}` with an admin token")
+                _refuse_while_training(s, name, new_name)
+                move_owner(s, name, new_name, actor=viewer.owner)
+                org.name = new_name
+                names = {"from": name, "to": new_name}
+                for target in (new_name, name):  # each name's events (and tokens.retired) hear of it
+                    s.add(m.AuditEvent(actor=viewer.owner, action="org-rename", target=target, detail=names))
+                s.flush()
+                return _org_info(s, org, invites.shown(s, org, viewer))
+        except DbIntegrityError as exc:  # a concurrent create took the name between the check and the write
+            raise Conflict(f"The owner name {new_name!r} was taken while {name} was renamed; nothing was renamed. "
+                           "Choose another name.") from exc
 
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:
@@ -339,8 +363,45 @@ def _managed_org(s: Session, name: str, viewer: Principal) -> m.Organization:
     return org
 
 
-def _may_not_delete(name: str, viewer: Principal) -> str:
-    """The refusal of a member who may not delete ``name``: who may, and why the caller is not among them."""
+def _lock_org(s: Session, org: m.Organization, name: str) -> None:
+    """Lock the organisation's row for the rest of the transaction (SQLite: the database's write lock, so that no
+    publish lands between the checks that follow and the change; PostgreSQL: the row's, so that two deletes or
+    renames, or one and a member change or publish, take turns), then read it again."""
+    if not _rows(s, update(m.Organization).where(m.Organization.id == org.id).values(name=m.Organization.name)):
+        raise _org_not_found(name)  # deleted meanwhile
+    s.refresh(org)
+    if org.name != name:  # renamed meanwhile
+        raise _org_not_found(name)
+
+
+def _refuse_taken(s: Session, name: str, *, user: str | None, revive: bool, how: str) -> None:
+    """Conflict when owner name ``name`` is an organisation's or a user's (``user``, or one with adapters or tokens
+    under it), or retired (tokens.retired) unless ``revive``; ``how``: the command a registry admin reruns to
+    revive it."""
+    taken = s.scalar(select(m.Organization.id).where(m.Organization.name == name)) is not None
+    used = name == user or s.scalar(select(m.Adapter.id).where(m.Adapter.owner == name).limit(1)) is not None \
+        or s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == name).limit(1)) is not None
+    if taken or used:
+        raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
+                       "choose another name for the organisation.")
+    if not revive and retired(s, name):
+        raise retired_refusal(name, revive=f" (a registry admin may revive it, history and all: {how})",
+                              renamed=renamed_to(s, name))
+
+
+def _refuse_while_training(s: Session, name: str, new_name: str) -> None:
+    """Conflict while organisation ``name`` has queued or running jobs: their workers publish to the old name."""
+    jobs = _active_jobs(s, name)
+    if jobs:
+        raise Conflict(f"{name} has {counted(len(jobs), 'queued or running job')} ({_listed([f'#{j}' for j in jobs])}),"
+                       f" which would publish under its old name: nothing was renamed. Wait for them to end, or "
+                       f"cancel them (`vera job cancel ID`; a running one ends after the training step it is on); "
+                       f"then rename {name} again (`vera org rename {name} {new_name}`).")
+
+
+def _may_not(name: str, viewer: Principal, verb: str) -> str:
+    """The refusal of a member who may not ``verb`` (delete, rename) ``name``: who may, and why the caller is not
+    among them."""
     role = viewer.roles.get(name)
     if viewer.limited_to is not None and name not in viewer.limited_to:
         why = f"this token is limited to {', '.join(sorted(viewer.limited_to))}"
@@ -349,7 +410,7 @@ def _may_not_delete(name: str, viewer: Principal) -> str:
     else:
         why = (f"your role there is {role or 'none'!r} (an admin of {name} can change it: `vera org add {name} "
                f"{viewer.owner} --role admin`)")
-    return f"Only the admins of {name} (with a token of publish scope) and the registry's admins may delete it; {why}."
+    return f"Only the admins of {name} (with a token of publish scope) and the registry's admins may {verb} it; {why}."
 
 
 #: How many names of each kind a refusal lists before it says how many more there are.
@@ -365,8 +426,7 @@ def _refuse_while_owning(s: Session, name: str) -> None:
     """Conflict when organisation ``name`` owns what would be left without an owner, saying what and how to clear
     each: its adapters (deleted or moved), its queued and running jobs (cancelled), its webhooks (removed)."""
     adapters = list(s.scalars(select(m.Adapter.name).where(m.Adapter.owner == name).order_by(m.Adapter.name)))
-    jobs = list(s.scalars(select(m.Job.id).where(m.Job.owner == name, m.Job.status.in_(ACTIVE_JOB_STATUSES))
-                          .order_by(m.Job.id)))
+    jobs = _active_jobs(s, name)
     hooks = list(s.scalars(select(m.Webhook.id).where(m.Webhook.owner == name).order_by(m.Webhook.id)))
     owned, fixes = [], []
     if adapters:
@@ -382,6 +442,12 @@ def _refuse_while_owning(s: Session, name: str) -> None:
     if owned:
         raise Conflict(f"{name} still owns {_joined(owned)}, which would be left without an owner: nothing was "
                        f"deleted. First {_joined(fixes)}; then delete {name} again (`vera org delete {name}`).")
+
+
+def _active_jobs(s: Session, owner: str) -> list[int]:
+    """The ids of ``owner``'s queued and running jobs, in order."""
+    return list(s.scalars(select(m.Job.id).where(m.Job.owner == owner, m.Job.status.in_(ACTIVE_JOB_STATUSES))
+                          .order_by(m.Job.id)))
 
 
 def _joined(parts: list[str]) -> str:

@@ -10,6 +10,9 @@ model. The names it had are kept (``adapter_moves``, migration 0017):
 - version numbers go on from the highest the adapter had, and a name that had versions of another adapter (deleted
   since) is refused as a destination: ``owner/name:N`` never names two different byte strings.
 
+Renaming an organisation (registry.services.access) moves each of its adapters this way at once (``move_owner``),
+with every other row that names the owner.
+
 The audit log keeps what happened under the names of the time: a ``move`` event (``detail``: ``from``, ``to``) on the
 new name, and for a transfer on the old name too, so that each owner's events and webhooks hear of it.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, cast, delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,12 +65,16 @@ def refuse_publish_to_old_name(s: Session, owner: str, name: str) -> None:
     if moved is None:
         return
     if moved.owner == owner or moved.visibility == "public":
-        raise Conflict(f"{owner}/{name} was moved to {moved.ref} on {moved.at:%Y-%m-%d}: publish to {moved.ref}. "
-                       f"The old name is that adapter's for good (its version numbers named its bytes); only it can "
-                       f"take the name back: `vera mv {moved.ref} {owner}/{name}`.")
+        raise _moved_away(owner, name, moved)
     raise Conflict(f"{owner}/{name} was moved to another owner on {moved.at:%Y-%m-%d}; its old name takes no "
                    "publishes, and stays that adapter's (its version numbers named its bytes): publish under another "
                    "name, or where it is now if you may (its new owner's members can say where).")
+
+
+def _moved_away(owner: str, name: str, moved: Moved) -> Conflict:
+    return Conflict(f"{owner}/{name} was moved to {moved.ref} on {moved.at:%Y-%m-%d}: publish to {moved.ref}. The "
+                    f"old name is that adapter's for good (its version numbers named its bytes); only it can take "
+                    f"the name back: `vera mv {moved.ref} {owner}/{name}`.")
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,14 @@ class Moves:
         if moved is None or (viewer is not None and not viewer.can_read(moved.owner, moved.visibility)):
             return None
         return moved
+
+    def refuse_publish_where_moved(self, owner: str, name: str, viewer: Principal) -> None:
+        """Conflict naming where the adapter once called ``owner/name`` is now, when ``viewer`` may publish there:
+        the API asks before it refuses (403) a caller who may not write under ``owner`` (the members of a renamed
+        organisation write under no owner of its old name), so that they are told where to publish instead."""
+        moved = self.moved_to(owner, name, viewer)
+        if moved is not None and viewer.can_write(moved.owner):
+            raise _moved_away(owner, name, moved)
 
     def move(self, source: str | Ref, destination: str | Ref, *, actor: str) -> MoveResult:
         """Give the adapter ``source`` (owner/name) the name ``destination`` (owner/name; another owner transfers
@@ -128,30 +143,7 @@ class Moves:
                               .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
             check_room(s, self.quotas, new.owner, int(stored), f"moving {old.owner}/{old.name} there",
                        instead=f"Delete versions of {old.owner}/{old.name} first (it moves with every one)")
-        counters = {(c.owner, c.name): c for c in s.scalars(select(m.VersionCounter).where(
-            ((m.VersionCounter.owner == old.owner) & (m.VersionCounter.name == old.name))
-            | ((m.VersionCounter.owner == new.owner) & (m.VersionCounter.name == new.name))))}
-        came_from_there = s.scalar(select(m.AdapterMove.id).where(
-            m.AdapterMove.owner == new.owner, m.AdapterMove.name == new.name,
-            m.AdapterMove.adapter_id == adapter.id)) is not None
-        if (new.owner, new.name) in counters and not came_from_there:
-            raise Conflict(f"{new.owner}/{new.name} had versions once (of an adapter deleted since, or moved "
-                           f"away): its version numbers are never given to other bytes, so {old.owner}/{old.name} "
-                           "cannot take that name. Choose another.")
-        present = s.scalar(select(func.max(m.AdapterVersion.version))
-                           .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
-        highest = max([present, *(c.last_version for c in counters.values())])
-        if (kept := counters.get((new.owner, new.name))) is not None:
-            kept.last_version = highest
-        else:
-            s.add(m.VersionCounter(owner=new.owner, name=new.name, last_version=highest))
-        # the destination name is the adapter's again (moving back) or for the first time: no longer an old name;
-        # the source name becomes one (another adapter's old record for it, if any, is superseded)
-        s.execute(delete(m.AdapterMove).where(
-            ((m.AdapterMove.owner == new.owner) & (m.AdapterMove.name == new.name))
-            | ((m.AdapterMove.owner == old.owner) & (m.AdapterMove.name == old.name))))
-        s.add(m.AdapterMove(owner=old.owner, name=old.name, adapter_id=adapter.id, moved_by=actor[:64]))
-        adapter.owner, adapter.name = new.owner, new.name
+        names = _rename(s, adapter, old, new, actor)
         active = (m.Job.target_name == f"{old.owner}/{old.name}") & m.Job.status.in_(("queued", "running"))
         jobs = sorted(s.scalars(select(m.Job.id).where(active)))
         if not transfer:  # a transfer's jobs: their owner and submitter had rights in the old owner, not the new one
@@ -159,14 +151,71 @@ class Moves:
                 s.add(m.JobEvent(job_id=job, kind="log", data={
                     "message": f"its adapter was renamed: it publishes to {new.owner}/{new.name} (was {old})"}))
             s.execute(update(m.Job).where(active).values(target_name=f"{new.owner}/{new.name}"))
-        names = {"from": f"{old.owner}/{old.name}", "to": f"{new.owner}/{new.name}"}
-        s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["to"], detail=names))
         if transfer:  # on the old name too, for the old owner's events and webhooks; a private destination unnamed
             told = names if adapter.visibility == "public" else {"from": names["from"], "to": None}
             s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["from"], detail=told))
         s.flush()  # the unique (owner, name) constraints catch a concurrent publish or move to the name
         return MoveResult(old, new, jobs if transfer else [], public=adapter.visibility == "public",
                           retargeted_jobs=[] if transfer else jobs)
+
+
+def _rename(s: Session, adapter: m.Adapter, old: Ref, new: Ref, actor: str) -> dict[str, str]:
+    """Give ``adapter`` (called ``old``, its row locked) the free name ``new``: its version numbers go on there,
+    ``old`` is remembered as its old name, and a ``move`` event on the new name says so. Conflict when ``new`` had
+    versions of another adapter. The event's from and to."""
+    counters = {(c.owner, c.name): c for c in s.scalars(select(m.VersionCounter).where(
+        ((m.VersionCounter.owner == old.owner) & (m.VersionCounter.name == old.name))
+        | ((m.VersionCounter.owner == new.owner) & (m.VersionCounter.name == new.name))))}
+    came_from_there = s.scalar(select(m.AdapterMove.id).where(
+        m.AdapterMove.owner == new.owner, m.AdapterMove.name == new.name,
+        m.AdapterMove.adapter_id == adapter.id)) is not None
+    if (new.owner, new.name) in counters and not came_from_there:
+        raise Conflict(f"{new.owner}/{new.name} had versions once (of an adapter deleted since, or moved "
+                       f"away): its version numbers are never given to other bytes, so {old.owner}/{old.name} "
+                       "cannot take that name. Choose another.")
+    present = s.scalar(select(func.max(m.AdapterVersion.version))
+                       .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
+    highest = max([present, *(c.last_version for c in counters.values())])
+    if (kept := counters.get((new.owner, new.name))) is not None:
+        kept.last_version = highest
+    else:
+        s.add(m.VersionCounter(owner=new.owner, name=new.name, last_version=highest))
+    # the destination name is the adapter's again (moving back) or for the first time: no longer an old name;
+    # the source name becomes one (another adapter's old record for it, if any, is superseded)
+    s.execute(delete(m.AdapterMove).where(
+        ((m.AdapterMove.owner == new.owner) & (m.AdapterMove.name == new.name))
+        | ((m.AdapterMove.owner == old.owner) & (m.AdapterMove.name == old.name))))
+    s.add(m.AdapterMove(owner=old.owner, name=old.name, adapter_id=adapter.id, moved_by=actor[:64]))
+    adapter.owner, adapter.name = new.owner, new.name
+    names = {"from": f"{old.owner}/{old.name}", "to": f"{new.owner}/{new.name}"}
+    s.add(m.AuditEvent(actor=actor[:64], action="move", target=names["to"], detail=names))
+    return names
+
+
+def move_owner(s: Session, old: str, new: str, *, actor: str) -> list[str]:
+    """Move everything owner ``old`` has to the free owner name ``new`` (an organisation renamed:
+    registry.services.access): each adapter to the same name under ``new`` as a move does (its old name
+    remembered, its version numbers going on, a ``move`` event), and every other row that names the owner: jobs
+    (their owner and target; the caller refuses while any is queued or running), the quota an admin set for it
+    (replacing one set for ``new``, if it has one), webhooks, and tokens limited to it (limited to ``new`` instead).
+    Audit events keep the names of their time, as do the old names of adapters that left ``old`` before. The caller
+    locks the owner's adapters and checks ``new``; the adapters' old names, as moved."""
+    adapters = list(s.scalars(select(m.Adapter).where(m.Adapter.owner == old).order_by(m.Adapter.name)
+                              .with_for_update().execution_options(populate_existing=True)))
+    for adapter in adapters:
+        _rename(s, adapter, Ref(owner=old, name=adapter.name), Ref(owner=new, name=adapter.name), actor)
+    s.execute(update(m.Job).where(m.Job.owner == old).values(owner=new))
+    s.execute(update(m.Job).where(m.Job.target_name.startswith(f"{old}/", autoescape=True))
+              .values(target_name=literal(f"{new}/") + func.substr(m.Job.target_name, len(old) + 2)))
+    if s.scalar(select(m.OwnerQuota.owner).where(m.OwnerQuota.owner == old)) is not None:
+        s.execute(delete(m.OwnerQuota).where(m.OwnerQuota.owner == new))
+        s.execute(update(m.OwnerQuota).where(m.OwnerQuota.owner == old).values(owner=new))
+    s.execute(update(m.Webhook).where(m.Webhook.owner == old).values(owner=new))
+    limited = cast(m.AccessToken.limited_to, String).contains(f'"{old}"', autoescape=True)  # JSON text: a prefilter
+    for token in s.scalars(select(m.AccessToken).where(limited)):
+        if token.limited_to is not None and old in token.limited_to:
+            token.limited_to = sorted({new if o == old else o for o in token.limited_to})
+    return [f"{old}/{a.name}" for a in adapters]
 
 
 def lock_adapter(s: Session, owner: str, name: str) -> m.Adapter | None:

@@ -213,9 +213,10 @@ class Publisher:
         s.flush()
         projection = _projection_row(s, checked, projection_blob)
         adapter = lock_adapter(s, what.owner, what.name)  # numbered after a concurrent move of it, never beside it
-        lock_owner(s, what.owner)  # not into an organisation deleted meanwhile
-        if adapter is None:
+        if adapter is None:  # an old name says where its adapter went (an organisation renamed, too) before all else
             refuse_publish_to_old_name(s, what.owner, what.name)
+        lock_owner(s, what.owner)  # not into an organisation deleted (or renamed) meanwhile
+        if adapter is None:
             adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description,
                                 visibility=what.visibility or self.default_visibility)
             s.add(adapter)

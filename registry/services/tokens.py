@@ -120,21 +120,39 @@ def retired(s: Session, name: str) -> bool:
     """Whether ``name`` is retired: the name of a deleted organisation that left a history (``org-delete`` the last
     of its organisation events, with ``retired`` in its detail: jobs or adapter events under the name), so that no
     new owner of the name is shown what the organisation left (its ended jobs with their datasets and logs, its
-    audit events, which are kept by owner name). An organisation that owned nothing retires nothing."""
+    audit events, which are kept by owner name); or the old name of a renamed organisation (``org-rename`` away from
+    it the last), whose adapters' old names point to the new one. An organisation that owned nothing, deleted,
+    retires nothing."""
     deletion = _deletion(s, name)
     return deletion is not None and bool(deletion.get("retired", True))
 
 
+def renamed_to(s: Session, name: str) -> str | None:
+    """The name organisation ``name`` was renamed to, when that rename is the last of its organisation events."""
+    deletion = _deletion(s, name)
+    return str(deletion["to"]) if deletion is not None and deletion.get("from") == name else None
+
+
+#: The organisation events that begin or end an organisation's life under a name: org-rename is recorded on both
+#: names (``detail``: ``from``, ``to``), ending the old one's and beginning the new one's.
+_ORG_LIFE = ("org-create", "org-delete", "org-rename")
+
+
 def _deletion(s: Session, name: str) -> dict[str, Any] | None:
-    """The detail of the org-delete event of ``name`` when it is the last of its organisation events (None: no
-    organisation of that name was deleted, or one was created again since)."""
+    """The detail of the event that ended organisation ``name`` (its org-delete, or an org-rename away from it) when
+    it is the last of its organisation events (None: no organisation of that name was deleted or renamed, or one
+    was created, or renamed to it, since)."""
     last = s.execute(_last_org_event(name, m.AuditEvent.action, m.AuditEvent.detail)).first()
-    return dict(last.detail or {}) if last is not None and last.action == "org-delete" else None
+    if last is None:
+        return None
+    detail = dict(last.detail or {})
+    ended = last.action == "org-delete" or (last.action == "org-rename" and detail.get("from") == name)
+    return detail if ended else None
 
 
 def _last_org_event(name: str, *columns: Any) -> Any:
-    """``columns`` of the newest org-create or org-delete event of ``name``."""
-    return (select(*columns).where(m.AuditEvent.target == name, m.AuditEvent.action.in_(("org-create", "org-delete")))
+    """``columns`` of the newest org-create, org-delete or org-rename event of ``name``."""
+    return (select(*columns).where(m.AuditEvent.target == name, m.AuditEvent.action.in_(_ORG_LIFE))
             .order_by(m.AuditEvent.id.desc()).limit(1))
 
 
@@ -147,7 +165,7 @@ def lock_owner(s: Session, owner: str) -> None:
     last = _last_org_event(owner, m.AuditEvent.id).scalar_subquery()
     organization, user, deleted = s.execute(select(  # one round trip for what most publishes need to know
         exists().where(m.Organization.name == owner), exists().where(m.AccessToken.owner == owner),
-        exists().where(m.AuditEvent.id == last, m.AuditEvent.action == "org-delete"))).one()
+        exists().where(m.AuditEvent.id == last, m.AuditEvent.action.in_(("org-delete", "org-rename"))))).one()
     if organization:
         if s.get_bind().dialect.name != "postgresql" or s.scalar(  # its row in share mode: a delete waits, or is
                 select(m.Organization.id).where(m.Organization.name == owner).with_for_update(read=True)):  # seen
@@ -155,13 +173,21 @@ def lock_owner(s: Session, owner: str) -> None:
     elif user or not deleted:
         return  # a user's: an organisation refuses a name with a token, and a retired name gets no token
     deletion = _deletion(s, owner)  # read again: a delete committed while this waited for the row is seen now
+    if deletion is not None and deletion.get("from") == owner:
+        raise Conflict(f"{owner} was an organisation, and it was renamed to {deletion['to']}: nothing is published "
+                       f"or moved under its old name. Publish under {deletion['to']}/ instead.")
     if deletion is not None:
         raise Conflict(f"{owner} was an organisation, and it was deleted: nothing is published or moved under its "
                        f"name. Publish under another owner (a registry admin may create {owner} again: `vera org "
                        f"create {owner}`).")
 
 
-def retired_refusal(name: str, *, revive: str) -> Conflict:
+def retired_refusal(name: str, *, revive: str, renamed: str | None = None) -> Conflict:
+    """The refusal of retired ``name`` as a new owner's; ``renamed``: the name its organisation was renamed to."""
+    if renamed is not None:
+        return Conflict(f"{name!r} was the name of an organisation that was renamed to {renamed!r}; it is retired, so "
+                        f"that old references to its adapters keep answering with their names under {renamed}. "
+                        f"Choose another name{revive}.")
     return Conflict(f"{name!r} was the name of an organisation that was deleted; it is retired, so that what that "
                     f"organisation left (its ended jobs, its audit events) is never shown to a new owner. Choose "
                     f"another name{revive}.")
@@ -208,7 +234,7 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
             raise InvalidInput(f"{owner} is an organisation: a token acts for a user, who publishes in {owner} as a "
                                f"member (`vera org add {owner} USER --role write`). Create the token for that user.")
         if retired(s, owner):
-            raise retired_refusal(owner, revive=" for the user")
+            raise retired_refusal(owner, revive=" for the user", renamed=renamed_to(s, owner))
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to, parent_id=parent_id)
         s.add(row)

@@ -3,7 +3,8 @@ alice creates an organisation, adds bob and a misspelt name (marked), changes a 
 admin (the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and
 leaves; an anonymous caller is told to sign in. Storage is shown against the quota, which an admin sets (in words:
 50GB, none) and clears there. An admin deletes an organisation by typing its name, after the registry's refusal (it
-owns a job) is shown and cleared; a registry admin gets the control too. On a registry with invitations
+owns a job) is shown and cleared; a registry admin gets the control too. An admin renames one, and the page follows
+it to its new name. On a registry with invitations
 (VERA_ORG_INVITATIONS), adding a user invites them: they accept or decline under "Invitations for you", and the
 organisation's admins see its pending invitations and cancel one."""
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
@@ -180,6 +182,29 @@ def test_an_admin_deletes_an_organisation_typing_its_name(registry: dict[str, An
     assert "org" not in at.query_params or at.query_params["org"] != "delta"
     with RegistryClient(registry["url"], registry["alice"]) as client:
         assert "delta" not in [o.name for o in client.organizations()]
+
+
+def test_an_admin_renames_an_organisation(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("zeta")
+        client.set_member("zeta", "bob", "read")
+    st.cache_data.clear()  # alice's roles as they are now, not as an earlier test's page cached them
+    at = page(registry, "alice", {"org": "zeta"})
+    assert not at.exception
+    click(at, "Rename zeta")
+    assert "Type the name zeta should have from now on." in texts(at, "warning")
+    at.text_input(key="orgs_rename_zeta").set_value("bob")
+    click(at, "Rename zeta")  # the registry refuses: the name is a user's
+    assert "The owner name 'bob' is taken (by a user)" in texts(at, "error")
+    at.text_input(key="orgs_rename_zeta").set_value("zeta-two")
+    click(at, "Rename zeta")
+    assert not at.exception
+    assert "Renamed zeta to zeta-two: its adapters are zeta-two/NAME now" in texts(at, "success")
+    assert at.query_params["org"] == "zeta-two"
+    assert members(registry, "zeta-two") == {"alice": "admin", "bob": "read"}
+    assert "Rename zeta-two" in [e.label for e in at.expander]  # the page shows it under its new name
+    bob = page(registry, "bob", {"org": "zeta-two"})
+    assert "Rename zeta-two" not in [e.label for e in bob.expander]  # a reader there gets no form
 
 
 def test_a_registry_admin_may_delete_any_organisation_there(registry: dict[str, Any]) -> None:

@@ -59,6 +59,11 @@ class MemberBody(BaseModel):
     role: Role
 
 
+class RenameBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # {"name": ...} is refused, not read as no new name
+    new_name: str = Field(max_length=64, description="the organisation's name from now on: an owner name nobody has")
+
+
 @router.get("/whoami", response_model=WhoAmI)
 def whoami(caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
     """The caller: its user, scopes, organisations and token (anonymous where the registry allows it), whether the
@@ -175,6 +180,20 @@ def delete_organization(caller: Caller, options: Options, registry: RegistryDep,
     admin set for it go with it, and its name is free again. To anyone else it is not there (404)."""
     registry.access.delete_organization(org, viewer=_signed_in(caller, options))
     return Response(status_code=204)
+
+
+@router.post("/orgs/{org}/rename", response_model=OrganizationInfo)
+def rename_organization(caller: Caller, options: Options, registry: RegistryDep, org: str,
+                        body: RenameBody) -> OrganizationInfo:
+    """Rename the organisation (its admins, with publish scope; the registry's admins): its members, adapters (each
+    to the same name under the new one), ended jobs, webhooks, quota and the tokens limited to it follow; answers
+    the organisation under its new name. Its adapters' old names answer 404 with ``X-Vera-Moved-To`` (as after a
+    move), publishes there are refused (409), and the old name is retired. Refused (409) while it has queued or
+    running jobs, or when the new name is taken or retired (a registry admin whose token has no owner limit may take
+    a retired one); 422 for an invalid name. To anyone else it is not there (404)."""
+    who = _signed_in(caller, options)
+    return registry.access.rename_organization(org, body.new_name, viewer=who,
+                                               revive=who.is_admin and who.limited_to is None)
 
 
 @router.put("/orgs/{org}/members/{member}", response_model=OrganizationInfo)

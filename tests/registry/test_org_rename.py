@@ -1,0 +1,302 @@
+"""Renaming an organisation: its admins (with publish scope) and the registry's admins may; its adapters move to the
+same names under the new one with everything they have, their old names answer with the new ones and take no
+publish, its ended jobs, webhooks, quota and the tokens limited to it follow, and its old name is retired. Refused
+(nothing changes) for a member who is not an admin, a name taken or retired or invalid, and while it has queued or
+running jobs. Through the services on SQLite and PostgreSQL, through a real server, and `vera org rename`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from registry.client import RegistryClient
+from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
+from registry.domain.events import WebhookForm
+from registry.services.delivery import Sender
+from registry.services.events import Events
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.services.tokens import authenticate, create_token
+from registry.services.webhooks import Webhooks
+from registry.store import models as m
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import VERA, running_server, team_tokens
+from tests.registry.test_org_deletion import HOOK_URL, principal
+
+
+def _publish(registry: Registry, folder: Path, ref: str, seed: int = 0, **kwargs: Any) -> int:
+    owner, name = ref.split("/")
+    return registry.publish(make_adapter(folder, seed=seed), owner=owner, name=name, base_model="tiny-llama",
+                            **kwargs).version
+
+
+def everything(db: Database) -> dict[str, Any]:
+    """Every row a rename would change (and the number of audit events), to see that a refusal changed nothing."""
+    with db.session() as s:
+        return {"orgs": sorted(s.scalars(select(m.Organization.name))),
+                "adapters": sorted((a.owner, a.name) for a in s.scalars(select(m.Adapter))),
+                "old_names": sorted((x.owner, x.name) for x in s.scalars(select(m.AdapterMove))),
+                "counters": sorted((c.owner, c.name, c.last_version) for c in s.scalars(select(m.VersionCounter))),
+                "jobs": sorted((j.id, j.owner, j.target_name) for j in s.scalars(select(m.Job))),
+                "quotas": sorted(s.scalars(select(m.OwnerQuota.owner))),
+                "webhooks": sorted(s.scalars(select(m.Webhook.owner))),
+                "limits": sorted((t.id, tuple(t.limited_to or ())) for t in s.scalars(select(m.AccessToken))),
+                "events": s.scalar(select(func.count()).select_from(m.AuditEvent))}
+
+
+def test_a_renamed_organisation_takes_everything_with_it(registry: Registry, tmp_path: Path) -> None:
+    db, access, jobs = registry.db, registry.access, Jobs(registry)
+    access.create_organization("acme", creator="ann", description="the team")
+    ann = principal(db, "ann", ["read", "publish"])
+    access.set_member("acme", "bob", "write", viewer=ann)
+    _publish(registry, tmp_path / "a1", "acme/a", tags=["nlp"])
+    _publish(registry, tmp_path / "a2", "acme/a", seed=1)
+    registry.set_alias("acme/a:1", "prod", actor="ann")
+    _publish(registry, tmp_path / "p", "acme/secret", seed=2, visibility="private")
+    _publish(registry, tmp_path / "g", "acme/gone", seed=3)
+    registry.delete_adapter("acme/gone", actor="ann")  # acme/gone:1 named bytes once
+    before = {ref: registry.get(ref) for ref in ("acme/a:1", "acme/a:2", "acme/secret:1")}
+    ended = jobs.submit({"demo": True}, owner="acme", target="acme/trained").id
+    jobs.cancel(ended, actor="ann")  # queued: cancelled at once, an ended job (history)
+    hook = Webhooks(db, Sender(allow_private=True)).create(WebhookForm(owner="acme", url=HOOK_URL), actor="ann").id
+    registry.set_quota("acme", 10**9, actor="root")
+    _, limited = create_token(db, owner="bob", scopes=["read", "publish"], limited_to=["acme", "bob"])
+    outsider = principal(db, "mallory", ["read", "publish"])
+
+    renamed = access.rename_organization("acme", "acme-ai", viewer=ann)
+    assert (renamed.name, renamed.description, renamed.created_by) == ("acme-ai", "the team", "ann")
+    assert [(x.member, x.role) for x in renamed.members] == [("ann", "admin"), ("bob", "write")]
+    assert [o.name for o in access.organizations()] == ["acme-ai"]
+
+    # every adapter under its new name, with the same versions, bytes, aliases and tags
+    info = registry.adapter("acme-ai/a")
+    assert (info.versions, info.aliases) == (2, {"latest": 2, "prod": 1})
+    for ref, version in before.items():
+        now = registry.get(ref.replace("acme/", "acme-ai/"))
+        assert (now.version, now.vectors_sha256, now.projection_fingerprint, now.tags) == (
+            version.version, version.vectors_sha256, version.projection_fingerprint, version.tags)
+    assert registry.get("acme-ai/a@prod").version == 1
+    assert registry.adapter("acme-ai/secret").visibility == "private"
+    # the old names point to the new ones (for who may read there) and take no publish, as after a move
+    with pytest.raises(AdapterNotFound, match="No adapter acme/a"):
+        registry.get("acme/a:1")
+    bob = authenticate(db, limited)
+    assert registry.moves.moved_to("acme", "secret", bob).ref == "acme-ai/secret"  # type: ignore[union-attr]
+    assert registry.moves.moved_to("acme", "secret", outsider) is None  # private: not named to an outsider
+    with pytest.raises(Conflict, match="acme/a was moved to acme-ai/a on .*: publish to acme-ai/a"):
+        _publish(registry, tmp_path / "x", "acme/a", seed=4)
+    with pytest.raises(Conflict, match="acme was an organisation, and it was renamed to acme-ai: .*Publish under "
+                                       "acme-ai/ instead"):
+        _publish(registry, tmp_path / "x", "acme/brand-new", seed=4)
+    with pytest.raises(Conflict, match="acme was an organisation, and it was renamed to acme-ai"):
+        jobs.submit({"demo": True}, owner="acme", target="acme/j")
+    assert _publish(registry, tmp_path / "n", "acme-ai/a", seed=5) == 3  # numbers go on under the new name
+
+    # the rest follows: ended jobs, webhooks, quota, tokens limited to it (which now write in the new name)
+    with db.session() as s:
+        job = s.get(m.Job, ended)
+        assert (job.owner, job.target_name) == ("acme-ai", "acme-ai/trained")
+        assert s.get(m.Webhook, hook).owner == "acme-ai"
+        assert s.get(m.OwnerQuota, "acme-ai").quota_bytes == 10**9 and s.get(m.OwnerQuota, "acme") is None
+        assert s.get(m.VersionCounter, ("acme", "gone")).last_version == 1  # acme/gone:1 still names its bytes
+    assert registry.usage("acme-ai").quota_bytes == 10**9
+    assert (bob.limited_to, bob.can_write("acme-ai"), bob.can_write("acme")) == (
+        frozenset({"acme-ai", "bob"}), True, False)
+    assert [j.id for j in jobs.list_jobs(owner="acme-ai")] == [ended]
+
+    # the old name is retired: no new organisation or user takes it (a registry admin may revive it)
+    with pytest.raises(Conflict, match="'acme' was the name of an organisation that was renamed to 'acme-ai'; it is "
+                                       "retired.*a registry admin may revive it"):
+        access.create_organization("acme", creator="mallory")
+    with pytest.raises(Conflict, match="'acme' was the name of an organisation that was renamed to 'acme-ai'; it is "
+                                       "retired.*Choose another name for the user"):
+        create_token(db, owner="acme", scopes=["read"])
+
+    # audited: org-rename on both names (the old one's for tokens.retired), and a move of each adapter
+    with db.session() as s:
+        renames = [(e.actor, e.target, e.detail) for e in s.scalars(
+            select(m.AuditEvent).where(m.AuditEvent.action == "org-rename").order_by(m.AuditEvent.id))]
+        moves = sorted((e.target, e.detail["from"]) for e in s.scalars(
+            select(m.AuditEvent).where(m.AuditEvent.action == "move")))
+    assert renames == [("ann", "acme-ai", {"from": "acme", "to": "acme-ai"}),
+                       ("ann", "acme", {"from": "acme", "to": "acme-ai"})]
+    assert moves == [("acme-ai/a", "acme/a"), ("acme-ai/secret", "acme/secret")]
+    ann = principal(db, "ann", ["read", "publish"])  # signed in again: her roles as they are now
+    shown = [e for e in Events(db).page(ann, owner="acme-ai").events if e.action == "org-rename"]
+    assert [(e.owner, e.detail) for e in shown] == [("acme-ai", {"from": "acme", "to": "acme-ai"})]
+
+    # renamed again, and back: the name it had is its own history
+    access.rename_organization("acme-ai", "acme-labs", viewer=ann)
+    assert registry.moves.moved_to("acme", "a", None).ref == "acme-labs/a"  # type: ignore[union-attr]
+    root = principal(db, "root", ["admin"])
+    back = access.rename_organization("acme-labs", "acme", viewer=root, revive=True)
+    assert back.name == "acme" and registry.get("acme/a:1").vectors_sha256 == before["acme/a:1"].vectors_sha256
+    assert registry.moves.moved_to("acme", "a", None) is None  # its own name again: no longer an old one
+    assert _publish(registry, tmp_path / "b", "acme/a", seed=6) == 4
+
+
+def test_refusals_change_nothing(registry: Registry, tmp_path: Path) -> None:
+    db, access, jobs = registry.db, registry.access, Jobs(registry)
+    access.create_organization("acme", creator="ann")
+    ann = principal(db, "ann", ["read", "publish"])
+    for member, role in (("bob", "write"), ("carol", "read")):
+        access.set_member("acme", member, role, viewer=ann)
+    _publish(registry, tmp_path / "a", "acme/a")
+    access.create_organization("other", creator="dave")
+    create_token(db, owner="erin", scopes=["read"])  # a user's name
+    access.create_organization("old-team", creator="dave")
+    _publish(registry, tmp_path / "o", "old-team/x", seed=1)
+    registry.delete_adapter("old-team/x", actor="dave")
+    access.delete_organization("old-team", viewer=principal(db, "dave", ["read", "publish"]))  # retired
+    queued = jobs.submit({"demo": True}, owner="acme", target="acme/j").id
+    bob, carol = principal(db, "bob", ["read", "publish"]), principal(db, "carol", ["read", "publish"])
+    ann_reading, mallory = principal(db, "ann", ["read"]), principal(db, "mallory", ["read", "publish"])
+    root_limited = principal(db, "root", ["admin"], limited_to=["ann"])
+    before = everything(db)
+
+    def refused(error: type[Exception], match: str, new: str, *, who: Any = ann, org: str = "acme") -> None:
+        with pytest.raises(error, match=match):
+            access.rename_organization(org, new, viewer=who)
+        assert everything(db) == before
+
+    refused(Conflict, f"acme has 1 queued or running job \\(#{queued}\\), which would publish under its old name: "
+                      "nothing was renamed. Wait for them to end, or cancel them \\(`vera job cancel ID`.*then rename "
+                      "acme again \\(`vera org rename acme acme-ai`\\)", "acme-ai")
+    jobs.cancel(queued, actor="ann")
+    before = everything(db)
+    refused(Conflict, "The owner name 'other' is taken \\(by an organisation\\); choose another name", "other")
+    refused(Conflict, "The owner name 'erin' is taken \\(by a user\\)", "erin")
+    refused(Conflict, "'old-team' was the name of an organisation that was deleted; it is retired.*`vera org rename "
+                      "acme old-team` with an admin token", "old-team")
+    refused(InvalidInput, "New organisation name 'Bad Name' is not a valid name", "Bad Name")
+    refused(InvalidInput, "New organisation name 'a/b' is not a valid name", "a/b")
+    refused(InvalidInput, "acme is already called acme; give the name it should have now", "acme")
+    said = "Only the admins of acme \\(with a token of publish scope\\) and the registry's admins may rename it; "
+    refused(Forbidden, said + "your role there is 'write'", "acme-ai", who=bob)
+    refused(Forbidden, said + "your role there is 'read'", "acme-ai", who=carol)
+    refused(Forbidden, said + "your token has no publish scope", "acme-ai", who=ann_reading)
+    refused(Forbidden, said + "this token is limited to ann", "acme-ai", who=root_limited)
+    with pytest.raises(NotFound) as missing:
+        access.rename_organization("nope", "acme-ai", viewer=mallory)
+    with pytest.raises(NotFound) as hidden:  # another's organisation answers as a missing one
+        access.rename_organization("acme", "acme-ai", viewer=mallory)
+    assert str(hidden.value) == str(missing.value).replace("'nope'", "'acme'")
+    assert everything(db) == before
+    # a registry admin renames any organisation, and may take a retired name
+    assert access.rename_organization("acme", "old-team", viewer=principal(db, "root", ["admin"]),
+                                      revive=True).name == "old-team"
+    assert registry.get("old-team/a:1").version == 1
+
+
+def test_publishes_racing_a_rename_land_before_it_or_are_refused(registry: Registry, tmp_path: Path) -> None:
+    """A publish of a new version, and of a new adapter, under the organisation while it is renamed: each waits for
+    the rename or the rename for it (PostgreSQL: they lock the adapter, then the organisation, as the rename does,
+    so neither deadlocks), and either lands before it (and moves with it) or is refused naming the new name."""
+    first, second = make_adapter(tmp_path / "first"), make_adapter(tmp_path / "second", seed=1)
+    ann = "ann"
+    for round_ in range(4):
+        org, new = f"race{round_}", f"race{round_}-new"
+        registry.access.create_organization(org, creator=ann)
+        registry.publish(first, owner=org, name="a", base_model="tiny-llama")
+        outcomes: dict[str, object] = {}
+
+        def publish(name: str, org: str = org, outcomes: dict[str, object] = outcomes) -> None:
+            try:
+                outcomes[name] = registry.publish(second, owner=org, name=name, base_model="tiny-llama").version
+            except Conflict as exc:
+                outcomes[name] = str(exc)
+
+        racers = [threading.Thread(target=publish, args=(name,)) for name in ("a", "b")]
+        for racer in racers:
+            racer.start()
+        registry.access.rename_organization(org, new, viewer=principal(registry.db, ann, ["read", "publish"]))
+        for racer in racers:
+            racer.join(timeout=120)
+        assert outcomes["a"] == 2 or f"{org}/a was moved to {new}/a" in str(outcomes["a"]), outcomes
+        assert outcomes["b"] == 1 or f"renamed to {new}" in str(outcomes["b"]), outcomes
+        with registry.db.session() as s:
+            assert s.scalar(select(func.count()).select_from(m.Adapter).where(m.Adapter.owner == org)) == 0
+        assert registry.adapter(f"{new}/a").versions == (2 if outcomes["a"] == 2 else 1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("org-rename")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        tokens = team_tokens(url, ("alice", "bob", "mallory"), admins=("root",))
+        yield {"url": base, "tokens": tokens, "source": make_adapter(root / "a")}
+
+
+def test_rename_through_the_api(server: dict[str, Any]) -> None:
+    url, tokens = server["url"], server["tokens"]
+
+    def rename(org: str, who: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{url}/api/v1/orgs/{org}/rename", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {tokens[who]}"})
+
+    with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice:
+        alice.create_organization("web")
+        alice.set_member("web", "bob", "write")
+        alice.publish(server["source"], "web/a", base_model="tiny-llama")
+        sha = alice.get("web/a:1").vectors_sha256
+        refused = rename("web", "bob", {"new_name": "web2"})
+        assert refused.status_code == 403 and refused.json()["type"] == "/problems/forbidden"
+        assert "Only the admins of web" in refused.json()["detail"]
+        hidden, missing = rename("web", "mallory", {"new_name": "web2"}), rename("nope", "mallory", {"new_name": "x"})
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json()["detail"] == missing.json()["detail"].replace("'nope'", "'web'")
+        for body in ({"new_name": "Web 2"}, {"name": "web2"}, {}):
+            bad = rename("web", "alice", body)
+            assert bad.status_code == 422, (body, bad.text)
+        taken = rename("web", "alice", {"new_name": "bob"})
+        assert taken.status_code == 409 and taken.json()["type"] == "/problems/conflict"
+
+        done = alice.rename_organization("web", "web2")
+        assert (done.name, [x.member for x in done.members]) == ("web2", ["alice", "bob"])
+        assert alice.get("web2/a:1").vectors_sha256 == sha
+        assert alice.get("web/a:1").ref == "web2/a:1"  # the client follows the old name, warning
+        old = httpx.get(f"{url}/api/v1/adapters/web/a/versions/1", timeout=60,
+                        headers={"Authorization": f"Bearer {tokens['bob']}"})
+        assert old.status_code == 404 and old.headers["X-Vera-Moved-To"] == "web2/a"
+        with pytest.raises(Conflict, match="web/a was moved to web2/a"):
+            alice.publish(server["source"], "web/a", base_model="tiny-llama")
+        with pytest.raises(NotFound):
+            alice.organization("web")
+    with RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, \
+            pytest.raises(Conflict, match="'web' was the name of an organisation that was renamed to 'web2'"):
+        bob.create_organization("web")
+
+
+def test_vera_org_rename(server: dict[str, Any]) -> None:
+    url, tokens = server["url"], server["tokens"]
+    env = {**os.environ, "COLUMNS": "300", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens["alice"],
+           "VERA_NO_CACHE": "1"}
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), "org", "rename", *args], capture_output=True, text=True, timeout=120,
+                              env=env, check=False)
+
+    with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice:
+        alice.create_organization("cli-org")
+        alice.publish(server["source"], "cli-org/a", base_model="tiny-llama")
+    bad = vera("cli-org", "Not Valid")
+    assert bad.returncode != 0 and "New organisation name 'Not Valid' is not a valid name" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    done = vera("cli-org", "cli-team")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("renamed organisation cli-org to cli-team: its adapters are cli-team/NAME now\n")
+    again = vera("cli-org", "cli-x")
+    assert again.returncode == 1 and "No organisation 'cli-org' that you belong to" in again.stderr
+    with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice:
+        assert alice.get("cli-team/a:1").version == 1
