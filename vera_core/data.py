@@ -108,7 +108,13 @@ def _read_rows(file: Path) -> list[dict[str, Any]]:
         raise DatasetError(f"Dataset file {file} does not exist.")
     if file.suffix.lower() == ".csv":
         with file.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            try:
+                return list(reader)
+            except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL byte, a broken quote
+                raise DatasetError(f"{file} cannot be read as CSV after line {reader.line_num} ({exc}); expected "
+                                   f"comma-separated rows under a header line, each field under "
+                                   f"{csv.field_size_limit():,} characters.") from exc
     if file.suffix.lower() not in (".jsonl", ".ndjson"):
         raise DatasetError(f"{file} has suffix {file.suffix!r}; expected .csv or .jsonl.")
     rows = []

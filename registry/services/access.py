@@ -128,7 +128,7 @@ class Access:
         check_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
         with self.db.session() as s:
-            _refuse_taken(s, name, user=creator, revive=revive,
+            _refuse_taken(s, name, user=creator, asker=creator, revive=revive,
                           how=f"`vera org create {name}` with an admin token")
             org = m.Organization(name=name, description=description, created_by=creator)
             org.members.append(m.Membership(member=creator, role="admin", added_by=creator))
@@ -293,8 +293,7 @@ class Access:
             # byte strings, whoever owns the name later.
             old_names = _rows(s, delete(m.AdapterMove).where(m.AdapterMove.owner == name))
             quota = _rows(s, delete(m.OwnerQuota).where(m.OwnerQuota.owner == name))
-            history = s.scalar(select(or_(exists().where(m.Job.owner == name),
-                                          exists().where(m.AuditEvent.target.startswith(f"{name}/", autoescape=True)))))
+            history = _history(s, name)
             s.delete(org)  # its memberships with it (ON DELETE CASCADE, and the relationship's delete-orphan)
             s.add(m.AuditEvent(actor=viewer.owner, action="org-delete", target=name, detail={
                 "members": members, "old_names": old_names, "quota": bool(quota), "retired": bool(history)}))
@@ -322,12 +321,15 @@ class Access:
                 # adapter, then its owner), so that neither waits for the other's second lock
                 s.execute(select(m.Adapter.id).where(m.Adapter.owner == name).with_for_update())
                 _lock_org(s, org, name)
-                _refuse_taken(s, new_name, user=None, revive=revive,
+                _refuse_taken(s, new_name, user=None, asker=viewer.owner, revive=revive,
                               how=f"`vera org rename {name} {new_name}` with an admin token")
                 _refuse_while_training(s, name, new_name)
+                history = _history(s, name)
                 move_owner(s, name, new_name, actor=viewer.owner)
                 org.name = new_name
-                names = {"from": name, "to": new_name}
+                # the old name retired as a deleted organisation's is: when it left a history (an organisation
+                # that owned nothing, renamed, leaves its name free, or renaming one would retire names at will)
+                names: dict[str, object] = {"from": name, "to": new_name, "retired": history}
                 for target in (new_name, name):  # each name's events (and tokens.retired) hear of it
                     s.add(m.AuditEvent(actor=viewer.owner, action="org-rename", target=target, detail=names))
                 s.flush()
@@ -374,10 +376,12 @@ def _lock_org(s: Session, org: m.Organization, name: str) -> None:
         raise _org_not_found(name)
 
 
-def _refuse_taken(s: Session, name: str, *, user: str | None, revive: bool, how: str) -> None:
+def _refuse_taken(s: Session, name: str, *, user: str | None, asker: str, revive: bool, how: str) -> None:
     """Conflict when owner name ``name`` is an organisation's or a user's (``user``, or one with adapters or tokens
-    under it), or retired (tokens.retired) unless ``revive``; ``how``: the command a registry admin reruns to
-    revive it."""
+    under it), or retired (tokens.retired) unless ``revive`` (a registry admin's request); ``how``: the command a
+    registry admin reruns to revive it. A retired name that an organisation was renamed away from is said to be so;
+    its new name only to a registry admin or a member of it (``asker``): an outsider trying names learns nothing of a
+    private organisation's new one."""
     taken = s.scalar(select(m.Organization.id).where(m.Organization.name == name)) is not None
     used = name == user or s.scalar(select(m.Adapter.id).where(m.Adapter.owner == name).limit(1)) is not None \
         or s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == name).limit(1)) is not None
@@ -385,8 +389,11 @@ def _refuse_taken(s: Session, name: str, *, user: str | None, revive: bool, how:
         raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
                        "choose another name for the organisation.")
     if not revive and retired(s, name):
+        renamed = renamed_to(s, name)
+        told = renamed is not None and s.scalar(select(m.Membership.member).join(m.Organization).where(
+            m.Organization.name == renamed, m.Membership.member == asker)) is not None
         raise retired_refusal(name, revive=f" (a registry admin may revive it, history and all: {how})",
-                              renamed=renamed_to(s, name))
+                              renamed=renamed if told or renamed is None else "")
 
 
 def _refuse_while_training(s: Session, name: str, new_name: str) -> None:
@@ -442,6 +449,13 @@ def _refuse_while_owning(s: Session, name: str) -> None:
     if owned:
         raise Conflict(f"{name} still owns {_joined(owned)}, which would be left without an owner: nothing was "
                        f"deleted. First {_joined(fixes)}; then delete {name} again (`vera org delete {name}`).")
+
+
+def _history(s: Session, name: str) -> bool:
+    """Whether organisation ``name`` left a history a new owner of the name must not see: jobs, or events of
+    adapters under its name (what retires its name when it is deleted or renamed)."""
+    return bool(s.scalar(select(or_(exists().where(m.Job.owner == name),
+                                    exists().where(m.AuditEvent.target.startswith(f"{name}/", autoescape=True))))))
 
 
 def _active_jobs(s: Session, owner: str) -> list[int]:

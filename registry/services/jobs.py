@@ -11,6 +11,7 @@ worker.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -40,7 +41,8 @@ from registry.domain.schemas import (
 from registry.logs import REQUEST_ID
 from registry.services.job_checkpoints import JobCheckpoints, forget
 from registry.services.lookup import version_ref
-from registry.services.moves import refuse_publish_to_old_name
+from registry.services.moves import lock_adapter, refuse_publish_to_old_name
+from registry.services.publishing import discard_unreferenced, put_new
 from registry.services.quotas import check_room
 from registry.services.registry import Registry
 from registry.services.tokens import Principal, lock_owner
@@ -151,22 +153,32 @@ class Jobs:
             lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish would be refused)
             check_room(s, self.registry.quotas, ref.owner, vector_bytes, f"the adapter job {ref} would publish",
                        at_least=True)
-        digest = None
-        if dataset is not None:
-            digest = self.registry.blobs.put(dataset)
-        with self.db.session() as s:
-            if digest is not None and s.get(m.Blob, digest) is None:
-                s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
-            job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
-                        dataset_sha256=digest, status="queued", progress={}, priority=priority,
-                        time_limit_s=time_limit_s, gpus=gpus, submitted_by=member)
-            s.add(job)
-            s.flush()
-            request_id = REQUEST_ID.get()
-            s.add(m.AuditEvent(actor=(actor or owner)[:64], action="job-submit", target=job.target_name,
-                               detail={"job": job.id, **({"request_id": request_id} if request_id else {})}))
-            s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": "queued", "request_id": request_id}))
-            return self._info(s, job)
+        written = put_new(self.registry.blobs, dataset) if dataset is not None else ""
+        digest = hashlib.sha256(dataset).hexdigest() if dataset is not None else None
+        try:
+            with self.db.session() as s:
+                # checked again where the job is written, with the locks a publish and an organisation's rename or
+                # delete take (the adapter's row, then its owner's): one that committed while the dataset was stored
+                # is seen now, and one that comes later sees this job (an outsider's race left a job queued under a
+                # renamed organisation's old name, and under a deleted one's)
+                lock_adapter(s, ref.owner, ref.name)  # SQLite: the database's write lock, before any read
+                refuse_publish_to_old_name(s, ref.owner, ref.name)
+                lock_owner(s, ref.owner)
+                if digest is not None and s.get(m.Blob, digest) is None:
+                    s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
+                job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
+                            dataset_sha256=digest, status="queued", progress={}, priority=priority,
+                            time_limit_s=time_limit_s, gpus=gpus, submitted_by=member)
+                s.add(job)
+                s.flush()
+                request_id = REQUEST_ID.get()
+                s.add(m.AuditEvent(actor=(actor or owner)[:64], action="job-submit", target=job.target_name,
+                                   detail={"job": job.id, **({"request_id": request_id} if request_id else {})}))
+                s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": "queued", "request_id": request_id}))
+                return self._info(s, job)
+        except BaseException:
+            discard_unreferenced(self.db, self.registry.blobs, [written])  # the dataset this request stored alone
+            raise
 
     def _check_projection(self, vera: VeraConfig, base: str) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it

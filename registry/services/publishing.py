@@ -187,20 +187,10 @@ class Publisher:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _put_new(self, data: bytes) -> str:
-        """Store a blob; return its digest if this call created it (so a failure can remove it), else ''."""
-        digest = hashlib.sha256(data).hexdigest()
-        existed = self.blobs.exists(digest)
-        self.blobs.put(data)
-        return "" if existed else digest
+        return put_new(self.blobs, data)
 
     def _discard_unreferenced(self, digests: list[str]) -> None:
-        if not digests:
-            return
-        with self.db.session() as s:
-            known = set(s.scalars(select(m.Blob.sha256).where(m.Blob.sha256.in_(digests))))
-        for digest in digests:
-            if digest not in known:
-                self.blobs.delete(digest)
+        discard_unreferenced(self.db, self.blobs, digests)
 
     def _record(self, s: Session, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
                 projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:
@@ -334,3 +324,23 @@ def _projection_row(s: Session, checked: CheckedAdapter, blob: bytes | None) -> 
             if row is None:
                 raise
     return row
+
+
+def put_new(blobs: BlobStore, data: bytes) -> str:
+    """Store a blob; return its digest if this call created it (so a failure can remove it), else ''."""
+    digest = hashlib.sha256(data).hexdigest()
+    existed = blobs.exists(digest)
+    blobs.put(data)
+    return "" if existed else digest
+
+
+def discard_unreferenced(db: Database, blobs: BlobStore, digests: list[str]) -> None:
+    """Remove the blobs of ``digests`` (written by a request that then failed) that no row names."""
+    digests = [d for d in digests if d]
+    if not digests:
+        return
+    with db.session() as s:
+        known = set(s.scalars(select(m.Blob.sha256).where(m.Blob.sha256.in_(digests))))
+    for digest in digests:
+        if digest not in known:
+            blobs.delete(digest)

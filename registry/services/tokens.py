@@ -183,7 +183,12 @@ def lock_owner(s: Session, owner: str) -> None:
 
 
 def retired_refusal(name: str, *, revive: str, renamed: str | None = None) -> Conflict:
-    """The refusal of retired ``name`` as a new owner's; ``renamed``: the name its organisation was renamed to."""
+    """The refusal of retired ``name`` as a new owner's; ``renamed``: the name its organisation was renamed to ('':
+    renamed, to a name the caller is not told)."""
+    if renamed == "":
+        return Conflict(f"{name!r} was the name of an organisation that was renamed; it is retired, so that old "
+                        f"references to its adapters keep answering with their new names. Choose another "
+                        f"name{revive}.")
     if renamed is not None:
         return Conflict(f"{name!r} was the name of an organisation that was renamed to {renamed!r}; it is retired, so "
                         f"that old references to its adapters keep answering with their names under {renamed}. "

@@ -7,6 +7,7 @@ running jobs. Through the services on SQLite and PostgreSQL, through a real serv
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -115,8 +116,8 @@ def test_a_renamed_organisation_takes_everything_with_it(registry: Registry, tmp
     assert [j.id for j in jobs.list_jobs(owner="acme-ai")] == [ended]
 
     # the old name is retired: no new organisation or user takes it (a registry admin may revive it)
-    with pytest.raises(Conflict, match="'acme' was the name of an organisation that was renamed to 'acme-ai'; it is "
-                                       "retired.*a registry admin may revive it"):
+    with pytest.raises(Conflict, match="'acme' was the name of an organisation that was renamed; it is "
+                                       "retired.*a registry admin may revive it"):  # to where: not to an outsider
         access.create_organization("acme", creator="mallory")
     with pytest.raises(Conflict, match="'acme' was the name of an organisation that was renamed to 'acme-ai'; it is "
                                        "retired.*Choose another name for the user"):
@@ -128,12 +129,12 @@ def test_a_renamed_organisation_takes_everything_with_it(registry: Registry, tmp
             select(m.AuditEvent).where(m.AuditEvent.action == "org-rename").order_by(m.AuditEvent.id))]
         moves = sorted((e.target, e.detail["from"]) for e in s.scalars(
             select(m.AuditEvent).where(m.AuditEvent.action == "move")))
-    assert renames == [("ann", "acme-ai", {"from": "acme", "to": "acme-ai"}),
-                       ("ann", "acme", {"from": "acme", "to": "acme-ai"})]
+    assert renames == [("ann", "acme-ai", {"from": "acme", "to": "acme-ai", "retired": True}),
+                       ("ann", "acme", {"from": "acme", "to": "acme-ai", "retired": True})]
     assert moves == [("acme-ai/a", "acme/a"), ("acme-ai/secret", "acme/secret")]
     ann = principal(db, "ann", ["read", "publish"])  # signed in again: her roles as they are now
     shown = [e for e in Events(db).page(ann, owner="acme-ai").events if e.action == "org-rename"]
-    assert [(e.owner, e.detail) for e in shown] == [("acme-ai", {"from": "acme", "to": "acme-ai"})]
+    assert [(e.owner, e.detail) for e in shown] == [("acme-ai", {"from": "acme", "to": "acme-ai", "retired": True})]
 
     # renamed again, and back: the name it had is its own history
     access.rename_organization("acme-ai", "acme-labs", viewer=ann)
@@ -271,6 +272,8 @@ def test_rename_through_the_api(server: dict[str, Any]) -> None:
         assert old.status_code == 404 and old.headers["X-Vera-Moved-To"] == "web2/a"
         with pytest.raises(Conflict, match="web/a was moved to web2/a"):
             alice.publish(server["source"], "web/a", base_model="tiny-llama")
+        with pytest.raises(Conflict, match="web/a was moved to web2/a"):  # a job too (an outsider saw a bare 403)
+            alice.submit_job("web/a", {"demo": True})
         with pytest.raises(NotFound):
             alice.organization("web")
     with RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, \
@@ -300,3 +303,61 @@ def test_vera_org_rename(server: dict[str, Any]) -> None:
     assert again.returncode == 1 and "No organisation 'cli-org' that you belong to" in again.stderr
     with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice:
         assert alice.get("cli-team/a:1").version == 1
+
+
+def test_an_empty_organisation_renamed_frees_its_name_and_outsiders_are_not_told_the_new_one(
+        registry: Registry, tmp_path: Path) -> None:
+    """An outsider's findings: renaming an organisation that owned nothing retired its old name (so that anyone with a
+    publish token could retire user names one request each, where a delete leaves such a name free), and the refusal
+    of a retired name told anyone the new name of a private organisation."""
+    db, access = registry.db, registry.access
+    access.create_organization("dave", creator="mallory")
+    mallory = principal(db, "mallory", ["read", "publish"])
+    access.rename_organization("dave", "dave-tmp", viewer=mallory)
+    create_token(db, owner="dave", scopes=["read"])  # a user's name again: it retired nothing
+    with db.session() as s:
+        assert [e.detail["retired"] for e in s.scalars(select(m.AuditEvent).where(
+            m.AuditEvent.action == "org-rename"))] == [False, False]
+
+    access.create_organization("secretorg", creator="alice")
+    _publish(registry, tmp_path / "s", "secretorg/model", visibility="private")
+    alice = principal(db, "alice", ["read", "publish"])
+    access.rename_organization("secretorg", "stealth-lab", viewer=alice)
+    with pytest.raises(Conflict) as outsider:
+        access.create_organization("secretorg", creator="mallory")
+    assert "renamed; it is retired" in str(outsider.value) and "stealth-lab" not in str(outsider.value)
+    with pytest.raises(Conflict) as renaming_onto_it:
+        access.rename_organization("dave-tmp", "secretorg", viewer=principal(db, "mallory", ["read", "publish"]))
+    assert "stealth-lab" not in str(renaming_onto_it.value)
+    with pytest.raises(Conflict, match="renamed to 'stealth-lab'"):  # a member is told
+        access.create_organization("secretorg", creator="alice")
+
+
+def test_a_job_submitted_while_its_organisation_is_renamed_or_deleted_is_refused(registry: Registry) -> None:
+    """An outsider's race: a job's owner was checked, then its dataset stored, then the job written; a rename (or a
+    delete) that committed while the dataset was stored left the job queued under the old name. The rename lands
+    exactly there now (in the dataset's store), and the job is refused, its dataset not kept."""
+    db, access, jobs = registry.db, registry.access, Jobs(registry)
+    for org in ("acme", "gone"):
+        access.create_organization(org, creator="ann")
+    ann = principal(db, "ann", ["read", "publish"])
+    dataset = b"text,label\n" + b"".join(b"example %d,%d\n" % (i, i % 2) for i in range(40))
+    store = registry.blobs.put
+    for org, meanwhile, refusal in (
+            ("acme", lambda: access.rename_organization("acme", "acme-ai", viewer=ann), "renamed to acme-ai"),
+            ("gone", lambda: access.delete_organization("gone", viewer=ann), "it was deleted")):
+        def put_then_change(data: bytes, change: Any = meanwhile) -> str:
+            digest = store(data)
+            change()  # committed between the job's first check and its write
+            return digest
+
+        registry.blobs.put = put_then_change  # type: ignore[method-assign]
+        try:
+            with pytest.raises(Conflict, match=refusal):
+                jobs.submit({"base_model": "minilm", "task": "classification"}, owner=org,
+                            target=f"{org}/model", dataset=dataset, dataset_name="d.csv")
+        finally:
+            registry.blobs.put = store  # type: ignore[method-assign]
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(m.Job)) == 0
+        assert not registry.blobs.exists(hashlib.sha256(dataset).hexdigest())  # stored for the job alone: removed

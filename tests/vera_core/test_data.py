@@ -47,7 +47,10 @@ def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
      ("d.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"d.jsonl:2 is not a JSON object"),
      ("d.jsonl", '[1, 2]\n', "is a JSON list; expected an object"),
      ("d.csv", "text,label\na,1\nb,1\n", "single label value"),
-     ("d.csv", "", "holds no examples")],
+     ("d.csv", "", "holds no examples"),
+     # csv's own error was a 500 through a job's upload (an outsider's finding): a DatasetError, a 422 there
+     ("d.csv", 'text,label\n"' + "a" * 200_000 + '",1\n', r"cannot be read as CSV after line 1 \(field larger than "
+                                                           r"field limit \(131072\)\); expected comma-separated")],
 )
 def test_bad_files_are_refused_clearly(tmp_path: Path, name: str, content: str, message: str) -> None:
     (tmp_path / name).write_text(content)

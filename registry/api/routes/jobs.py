@@ -39,7 +39,10 @@ async def submit_job(
     gpus: Annotated[int, Form(ge=0, le=MAX_JOB_GPUS, description="GPUs its training needs; only a worker that owns "
                               "them claims it (0: any worker, a CPU one included)")] = 0,
 ) -> JobInfo:
-    owner = Ref.parse(target).owner
+    ref = Ref.parse(target)
+    owner = ref.owner
+    if caller is not None and not caller.can_write(ref.owner):  # an old name: 409 saying where, as a publish is told
+        await run_in_threadpool(jobs.registry.moves.refuse_publish_where_moved, ref.owner, ref.name, caller)
     who = authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
     parsed = json_object(spec, "spec")
     data = None
