@@ -378,13 +378,16 @@ def _lock_org(s: Session, org: m.Organization, name: str) -> None:
 
 def _refuse_taken(s: Session, name: str, *, user: str | None, asker: str, revive: bool, how: str) -> None:
     """Conflict when owner name ``name`` is an organisation's or a user's (``user``, or one with adapters or tokens
-    under it), or retired (tokens.retired) unless ``revive`` (a registry admin's request); ``how``: the command a
-    registry admin reruns to revive it. A retired name that an organisation was renamed away from is said to be so;
-    its new name only to a registry admin or a member of it (``asker``): an outsider trying names learns nothing of a
-    private organisation's new one."""
+    under it, or a member or invitee of an organisation), or retired (tokens.retired) unless ``revive`` (a registry
+    admin's request); ``how``: the command a registry admin reruns to revive it. A retired name that an organisation
+    was renamed away from is said to be so; its new name only to a registry admin or a member of it (``asker``): an
+    outsider trying names learns nothing of a private organisation's new one."""
     taken = s.scalar(select(m.Organization.id).where(m.Organization.name == name)) is not None
-    used = name == user or s.scalar(select(m.Adapter.id).where(m.Adapter.owner == name).limit(1)) is not None \
-        or s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == name).limit(1)) is not None
+    # a user's: one with adapters or tokens, or one an organisation counts as a member or has invited (a user whose
+    # token comes later: an organisation of that name would leave them none; an outsider's finding)
+    used = name == user or bool(s.scalar(select(or_(
+        exists().where(m.Adapter.owner == name), exists().where(m.AccessToken.owner == name),
+        exists().where(m.Membership.member == name), exists().where(m.OrgInvitation.member == name)))))
     if taken or used:
         raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
                        "choose another name for the organisation.")

@@ -12,6 +12,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,24 @@ def test_a_job_submitted_while_its_organisation_is_renamed_or_deleted_is_refused
         with db.session() as s:
             assert s.scalar(select(func.count()).select_from(m.Job)) == 0
         assert not registry.blobs.exists(hashlib.sha256(dataset).hexdigest())  # stored for the job alone: removed
+
+
+def test_an_organisation_cannot_take_the_name_of_a_member_or_invitee_without_a_token(registry: Registry) -> None:
+    """An outsider's finding: alice added zed (no token yet) to her organisation; mallory renamed hers to zed (and
+    could have created one), and zed could then never get a token. A member's or invitee's name is a user's."""
+    db, access = registry.db, registry.access
+    access.create_organization("lab", creator="alice")
+    alice = principal(db, "alice", ["read", "publish"])
+    access.set_member("lab", "zed", "admin", viewer=alice)
+    with db.session() as s:  # a pending invitation (VERA_ORG_INVITATIONS) names a user too
+        org = s.scalar(select(m.Organization).where(m.Organization.name == "lab"))
+        s.add(m.OrgInvitation(organization_id=org.id, member="yan", role="read", invited_by="alice",
+                              expires_at=datetime.now(UTC) + timedelta(days=1)))
+    access.create_organization("mine", creator="mallory")
+    mallory = principal(db, "mallory", ["read", "publish"])
+    for name in ("zed", "yan"):
+        with pytest.raises(Conflict, match=f"The owner name '{name}' is taken \\(by a user\\)"):
+            access.rename_organization("mine", name, viewer=mallory)
+        with pytest.raises(Conflict, match=f"The owner name '{name}' is taken \\(by a user\\)"):
+            access.create_organization(name, creator="mallory")
+    create_token(db, owner="zed", scopes=["read"])
