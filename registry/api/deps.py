@@ -151,13 +151,21 @@ async def _owner_publisher(request: Request, owner: str, caller: Caller) -> Prin
     return authorize(caller, request.app.state.options, "publish", owner)
 
 
+async def authorize_new_version(registry: Registry, options: ApiOptions, caller: Principal | None, owner: str,
+                                name: str) -> Principal:
+    """The publish rights a new version of ``owner/name`` (a publish, a job's result) needs. To a caller that may not
+    write under ``owner`` but may where the adapter once called ``owner/name`` is now (an organisation renamed): 409
+    saying where, as a writer of the old owner is told, rather than a bare 403."""
+    if caller is not None and not caller.can_write(owner):
+        await run_in_threadpool(registry.moves.refuse_publish_where_moved, owner, name, caller)
+    return authorize(caller, options, "publish", owner)
+
+
 async def _new_version_publisher(request: Request, owner: str, caller: Caller) -> Principal:
-    name = request.path_params.get("name")
-    if caller is not None and isinstance(name, str) and not caller.can_write(owner):
-        # an old name whose adapter the caller may publish to where it is now (an organisation renamed): 409 saying
-        # where, as a writer of the old owner is told, rather than a bare 403
-        await run_in_threadpool(request.app.state.registry.moves.refuse_publish_where_moved, owner, name, caller)
-    return authorize(caller, request.app.state.options, "publish", owner)
+    name, options = request.path_params.get("name"), request.app.state.options
+    if not isinstance(name, str):
+        return authorize(caller, options, "publish", owner)
+    return await authorize_new_version(request.app.state.registry, options, caller, owner, name)
 
 
 #: A caller with the read scope (or anonymous, where the registry allows anonymous reads).

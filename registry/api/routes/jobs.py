@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from registry.api.deps import Caller, JobsDep, Options, Reader, authorize
+from registry.api.deps import Caller, JobsDep, Options, Reader, authorize, authorize_new_version
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
 from registry.domain.schemas import (
@@ -41,9 +41,7 @@ async def submit_job(
 ) -> JobInfo:
     ref = Ref.parse(target)
     owner = ref.owner
-    if caller is not None and not caller.can_write(ref.owner):  # an old name: 409 saying where, as a publish is told
-        await run_in_threadpool(jobs.registry.moves.refuse_publish_where_moved, ref.owner, ref.name, caller)
-    who = authorize(caller, options, "publish", owner)  # the job belongs to the target's owner
+    who = await authorize_new_version(jobs.registry, options, caller, owner, ref.name)  # the target's owner's job
     parsed = json_object(spec, "spec")
     data = None
     if dataset is not None:
