@@ -13,6 +13,7 @@ windows (a 429 is only injected), and CDN redirects on download.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -142,8 +143,11 @@ class HubStandIn:
             for fault in self.faults:
                 if fault.times > 0 and request.method == fault.method and fault.path_part in request.url.path:
                     fault.times -= 1
-                    if fault.status == 0:
-                        time.sleep(fault.seconds)  # blocks this worker thread: a hung server
+                    if fault.status == 0:  # a hung request: the others are still answered, as by the Hub
+                        deadline = time.monotonic() + fault.seconds
+                        # until the next test clears the faults, so that no hang outlasts its test
+                        while time.monotonic() < deadline and any(f is fault for f in self.faults):
+                            await asyncio.sleep(0.05)
                         break
                     return JSONResponse({"error": f"injected {fault.status}"}, status_code=fault.status,
                                         headers={"X-Error-Message": f"injected {fault.status}", **fault.headers})
