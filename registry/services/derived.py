@@ -474,9 +474,7 @@ def _derived(row: m.VersionFile) -> DerivedFile:
 
 def _record(s: Session, files: list[DerivedFile]) -> None:
     for f in files:
-        if s.get(m.Blob, f.sha256) is None:
-            s.add(m.Blob(sha256=f.sha256, size=f.size, kind=DERIVED))
-            s.flush()
+        m.record_blob(s, f.sha256, f.size, DERIVED)
         s.add(m.VersionFile(version_id=f.version_id, form=f.form, filename=f.filename, sha256=f.sha256, size=f.size))
     s.flush()
 

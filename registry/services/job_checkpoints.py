@@ -94,8 +94,7 @@ class JobCheckpoints:
             job = self._holder(job_id, worker, s)
             dropped = self._drop_rows(s, job_id)
             for digest, size in dict(files.values()).items():  # two files of the same bytes are one blob
-                if s.get(m.Blob, digest) is None:
-                    s.add(m.Blob(sha256=digest, size=size, kind=CHECKPOINT))
+                m.record_blob(s, digest, size, CHECKPOINT)
             s.flush()
             row = m.JobCheckpoint(job_id=job_id, step=state[0], world_size=state[1], attempt=job.attempts,
                                   worker=worker, size=sum(size for _, size in files.values()),

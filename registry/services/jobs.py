@@ -164,8 +164,8 @@ class Jobs:
                 lock_adapter(s, ref.owner, ref.name)  # SQLite: the database's write lock, before any read
                 refuse_publish_to_old_name(s, ref.owner, ref.name)
                 lock_owner(s, ref.owner)
-                if digest is not None and s.get(m.Blob, digest) is None:
-                    s.add(m.Blob(sha256=digest, size=len(dataset or b""), kind="dataset"))
+                if digest is not None:
+                    m.record_blob(s, digest, len(dataset or b""), "dataset")
                 job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
                             dataset_sha256=digest, status="queued", progress={}, priority=priority,
                             time_limit_s=time_limit_s, gpus=gpus, submitted_by=member)

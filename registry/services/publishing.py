@@ -197,9 +197,7 @@ class Publisher:
         base = self.base_models.for_publish(s, what.base_model, what.base_revision, checked)
         for data, kind in ((vectors, "vectors"), (projection_blob, "projection")):
             if data is not None:
-                digest = hashlib.sha256(data).hexdigest()
-                if s.get(m.Blob, digest) is None:
-                    s.add(m.Blob(sha256=digest, size=len(data), kind=kind))
+                m.record_blob(s, hashlib.sha256(data).hexdigest(), len(data), kind)
         s.flush()
         projection = _projection_row(s, checked, projection_blob)
         adapter = lock_adapter(s, what.owner, what.name)  # numbered after a concurrent move of it, never beside it

@@ -50,6 +50,13 @@ def upsert(s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> N
         key: statement.excluded[key] for key in values if key not in keys}))
 
 
+def insert_missing(s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> None:
+    """One statement: INSERT ``values`` into ``table`` unless a row with the same ``keys`` exists (or is being
+    inserted by a concurrent writer, which is then waited for): for content-addressed rows, which two writers of
+    the same bytes record alike (a blob: two versions' equal derived files built at once no longer collide)."""
+    s.execute(dialect_insert(s)(table).values(**values).on_conflict_do_nothing(index_elements=keys))
+
+
 def make_engine(url: str, pool: PoolSettings | None = None, *, read_only: bool = False) -> Engine:
     """The engine of ``url``; with ``read_only`` every connection refuses writes itself (PostgreSQL: each transaction
     begins READ ONLY; SQLite: query_only), so that a write the read-only mode missed fails instead of writing."""

@@ -22,9 +22,10 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from registry.domain.schemas import JobStatus, VerificationStatus
+from registry.store.database import insert_missing
 
 
 def utcnow() -> datetime:
@@ -53,6 +54,13 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(32))  # vectors | projection | dataset | derived | checkpoint
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+def record_blob(s: Session, sha256: str, size: int, kind: str) -> None:
+    """Record blob ``sha256`` unless it is recorded (its first kind stays): one statement, so that two writers
+    recording the same bytes at once (two versions' equal derived files built together, one dataset sent twice)
+    both succeed instead of one failing on the key."""
+    insert_missing(s, Blob.__table__, {"sha256": sha256, "size": size, "kind": kind}, ["sha256"])
 
 
 class BaseModelShapes(Base):

@@ -6,6 +6,7 @@ fsck know derived blobs."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,32 @@ def test_a_version_keeps_a_bounded_number_of_stored_forms(registry: Registry, re
     assert set(registry.blobs.digests()) == known == stored | listed
     info, files = registry.derived.manifest(ref, forms[0])  # forgotten: built again, the same bytes
     assert info.ref == registry.get(ref).ref and files and forms[0].key in {f.form for f in files}
+
+
+def test_equal_files_of_different_versions_built_at_once_are_recorded_once(registry: Registry,
+                                                                           tmp_path: Path) -> None:
+    """Versions whose derived files share bytes (a seed-only adapter_config.json is the same for every adapter of one
+    configuration), built at the same moment by concurrent first downloads: each succeeds, and the blob is recorded
+    once (the model server's first requests for two adapters at once found one a 500 on the blob's key)."""
+    refs = [registry.publish(make_adapter(tmp_path / f"v{i}", seed=i), owner="kim", name=f"c{i}",
+                             base_model="tiny").ref for i in range(6)]
+    start, errors = threading.Barrier(len(refs)), []
+
+    def first_download(ref: str) -> None:
+        start.wait()
+        try:
+            registry.derived.manifest(ref, FileForm(seed_only=True))
+        except Exception as exc:  # noqa: BLE001 - the test reports every failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_download, args=(ref,)) for ref in refs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    configs = {f.sha256 for ref in refs for f in registry.derived.manifest(ref, FileForm(seed_only=True))[1]
+               if f.filename == "adapter_config.json"}
+    assert len(configs) == 1
+    with registry.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(m.Blob).where(m.Blob.sha256.in_(configs))) == 1
