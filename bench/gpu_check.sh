@@ -22,8 +22,9 @@
 # Steps: set-up, device, projection (portable generator on the device = CPU, bit for bit), cuda-tests (pytest -k
 # cuda in tests/vera_core: the tests that skip with "needs a CUDA device"), train (ours vs PEFT VeRA vs PEFT LoRA r=8:
 # same losses, step time, peak memory), mixed (mixed-adapter batch vs PEFT), serve (vera serve-model --device).
-# Output: OUT/gpu_check.md (the fragment), OUT/<step>.md and OUT/<step>.log. Exit 0 when every step passed, 1 when
-# one failed or timed out (the fragment says which), 2 on a bad option.
+# Output: OUT/gpu_check.md (the fragment), OUT/<step>.md and OUT/<step>.log; with --offline the .md and .log files
+# other than the fragment end up in OUT/gpu_check_logs.tar.gz (the device tool brings back at most 8 files from $OUT).
+# Exit 0 when every step passed, 1 when one failed or timed out (the fragment says which), 2 on a bad option.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
         --assets) ASSETS=${2:?--assets needs a folder}; shift ;;
         --out) OUT_DIR=${2:?--out needs a folder}; shift ;;
         --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (expected --cpu, --quick, --venv DIR, --offline, --python PY," \
                 "--prepare, --no-wheels, --assets DIR, --out DIR, --budget S)" >&2
            exit 2 ;;
@@ -59,7 +60,7 @@ fi
 # huggingface_hub and peft this project is tested with.
 CARRIED="fastapi starlette opentelemetry-api pydantic pydantic_core annotated-types typing-inspection pydantic-settings
 python-dotenv uvicorn SQLAlchemy greenlet alembic Mako python-multipart transformers huggingface_hub httpx2 httpcore2
-truststore tokenizers peft google-re2"
+truststore tokenizers peft google-re2 fastapi_offline pybase64 httptools"
 if [ -n "$PREPARE" ]; then
     mkdir -p "$ASSETS/minilm" || exit 1
     minilm=$(python3 -c "from vera_core.recipes import resolve_base; print(resolve_base('minilm'))" 2>/dev/null \
@@ -86,6 +87,12 @@ mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 FRAGMENT="$OUT_DIR/gpu_check.md"
 START=$SECONDS FAILED=0
+bundle() {  # the device tool brings back at most 8 files from $OUT: the fragment and one archive of the rest
+    local files
+    files=$(cd "$OUT_DIR" && ls -- *.log *.md 2>/dev/null | grep -vx gpu_check.md)
+    if [ -n "$files" ]; then (cd "$OUT_DIR" && tar -czf gpu_check_logs.tar.gz $files && rm -f $files); fi
+}
+[ -n "$OFFLINE" ] && trap bundle EXIT
 : > "$OUT_DIR/sections.md"
 
 remaining() { echo $((BUDGET - (SECONDS - START))); }

@@ -6,13 +6,21 @@ this virtualenv and writes the fragment for bench/RESULTS.md.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+#: This project's dependencies that the lent GPU machine has (its image's package list, in the device tool's notes);
+#: `--prepare` must carry the others as wheels, or `--offline` fails there on an import.
+ON_THE_GPU_MACHINE = {"torch", "safetensors", "typer", "rich", "tqdm", "fsspec", "anyio", "uvloop", "httpx",
+                      "prometheus-client", "jinja2"}
 
 
 def gpu_check(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
@@ -70,6 +78,10 @@ def test_prepare_and_the_offline_set_up_for_the_lent_gpu_machine(tmp_path: Path)
     fragment = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "offline: python 3." in fragment and "the MiniLM architecture with random weights" in fragment
     assert result.returncode == 1 and "not run**: the budget of 3 s was spent" in fragment
+    # what the device tool brings back (8 files at most): the fragment, and the logs in one archive
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"gpu_check.md", "gpu_check_logs.tar.gz"}
+    with tarfile.open(tmp_path / "out" / "gpu_check_logs.tar.gz") as logs:
+        assert "setup.log" in logs.getnames()
 
 
 def test_minilm_from_carried_assets_has_the_demo_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -93,3 +105,20 @@ def test_minilm_from_carried_assets_has_the_demo_architecture(tmp_path: Path, mo
     assert (got.hidden_size, got.num_hidden_layers, got.vocab_size) == (want.hidden_size, want.num_hidden_layers,
                                                                        want.vocab_size)
     assert AutoTokenizer.from_pretrained(built)("a sentence")["input_ids"][0] == 101  # MiniLM's [CLS]
+
+
+def test_prepare_carries_every_dependency_the_gpu_machine_lacks_at_the_locked_version() -> None:
+    def name(requirement: str) -> str:
+        found = re.match(r"[A-Za-z0-9_.-]+", requirement)
+        assert found is not None, requirement
+        return re.sub(r"[-_.]+", "-", found.group(0)).lower()
+
+    listed = re.search(r'^CARRIED="([^"]*)"', SCRIPT.read_text(), re.MULTILINE)
+    assert listed is not None
+    carried = listed.group(1).split()
+    needed = {name(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert needed - {name(c) for c in carried} - ON_THE_GPU_MACHINE == set()
+    # --prepare downloads each at its pin in requirements.lock (grep -i "^NAME=="): a name not spelled as pinned there
+    # would be left out without a word
+    pins = [line.lower() for line in (ROOT / "requirements.lock").read_text().splitlines()]
+    assert [c for c in carried if not any(p.startswith(f"{c.lower()}==") for p in pins)] == []

@@ -139,16 +139,27 @@ def test_training_changes_only_the_vectors() -> None:
     assert any(not torch.all(layer.vera_lambda_d == layer.vera_lambda_d[0]) for layer in model.vera_layers())
 
 
+def step_with_base_in(device: str, dtype: torch.dtype) -> None:
+    """One backward with the base cast to ``dtype``: the vectors stay float32 (VeraLinear._apply) and get gradients.
+    (Casting the VeRA layers back with ``layer.float()`` would make their base layers float32 too, fed ``dtype``.)"""
+    model = vera(LLAMA, init_weights=False).to(device)
+    model.model.to(dtype)
+    assert all(layer.base_weight.dtype == dtype and layer.vera_lambda_d.dtype == torch.float32
+               for layer in model.vera_layers())
+    inputs = {k: v.to(device) for k, v in LLAMA.inputs().items()}
+    model(**inputs).logits.float().pow(2).mean().backward()
+    assert all(layer.vera_lambda_d.grad is not None for layer in model.vera_layers())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_training_step_on_a_half_precision_base(dtype: torch.dtype) -> None:
+    step_with_base_in("cpu", dtype)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_training_step(dtype: torch.dtype) -> None:
-    model = vera(LLAMA, init_weights=False).to("cuda")
-    model.model.to(dtype)
-    for layer in model.vera_layers():
-        layer.float()
-    inputs = {k: v.cuda() for k, v in LLAMA.inputs().items()}
-    model(**inputs).logits.float().pow(2).mean().backward()
-    assert all(layer.vera_lambda_d.grad is not None for layer in model.vera_layers())
+    step_with_base_in("cuda", dtype)
 
 
 def test_peft_merge_and_unload_fails_where_ours_works() -> None:
