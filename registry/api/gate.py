@@ -141,7 +141,7 @@ class RequestGate:
             status, code, detail = refusal
             await _send_problem(send, status, code, detail, scope["path"])
             return
-        await self.app(scope, self._counted(receive, limit), send)
+        await self.app(scope, limited(receive, limit, self.body_timeout_s), send)
 
     async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int) -> tuple[int, str, str] | None:
         """Why the request is refused from its headers, or None; a token checked here is kept in the request's
@@ -165,22 +165,45 @@ class RequestGate:
                                               "bytes (VERA_MAX_UPLOAD_BYTES for uploads).")
         return None
 
-    def _counted(self, receive: Receive, limit: int) -> Receive:
-        received = 0
 
-        async def counted() -> Message:
-            nonlocal received
-            try:
-                message = await asyncio.wait_for(receive(), timeout=self.body_timeout_s)
-            except TimeoutError:
-                raise HTTPException(408, f"The body stalled for {self.body_timeout_s:.0f} s; send it again.") from None
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise HTTPException(413, f"The body is over this route's limit of {limit:,} bytes "
-                                         "(VERA_MAX_UPLOAD_BYTES for uploads).")
-            return message
+def limited(receive: Receive, limit: int, timeout_s: float, *,
+            hint: str = " (VERA_MAX_UPLOAD_BYTES for uploads)") -> Receive:
+    """``receive`` that ends a body over ``limit`` bytes (413, its message ending with ``hint``) or one that stalls
+    for ``timeout_s`` (408)."""
+    received = 0
 
-        return counted
+    async def counted() -> Message:
+        nonlocal received
+        try:
+            message = await asyncio.wait_for(receive(), timeout=timeout_s)
+        except TimeoutError:
+            raise HTTPException(408, f"The body stalled for {timeout_s:.0f} s; send it again.") from None
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise HTTPException(413, f"The body is over this route's limit of {limit:,} bytes{hint}.")
+        return message
+
+    return counted
+
+
+class BodyLimit:
+    """Pure ASGI middleware for an app without RequestGate (`vera serve-model`): a body over ``limit`` bytes is a
+    413, from its Content-Length before any of it is read, else once it has streamed past the limit; a body that
+    stalls for ``timeout_s`` is a 408."""
+
+    def __init__(self, app: App, *, limit: int, timeout_s: float = 60.0) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if length and (not length.isdigit() or int(length) > self.limit):
+            await _send_problem(send, 413, "content_too_large", f"The body ({length} bytes) is over this "
+                                f"server's limit of {self.limit:,} bytes.", scope["path"])
+            return
+        await self.app(scope, limited(receive, self.limit, self.timeout_s, hint=""), send)
 
 
 async def _send_problem(send: Send, status: int, code: str, detail: str, path: str, allow: str = "",

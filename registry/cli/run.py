@@ -109,10 +109,13 @@ def serve_model(
                                               "never).")] = 10_000,
     max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
     max_batch: Annotated[int, typer.Option(help="Rows per forward.")] = 64,
+    max_queue: Annotated[int, typer.Option(help="Requests (rows) waiting at most; beyond, a 503 to retry.")] = 1024,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     registry: RegistryUrl = None, log_level: LogLevel = None,
 ) -> None:
-    """Serve many registry adapters on one base model: hot-loaded on first use, batched together."""
+    """Serve many registry adapters on one base model: hot-loaded on first use, batched together; its own API
+    (/v1/classify, /v1/generate) and OpenAI's (/v1/completions, /v1/chat/completions, /v1/models), where `model`
+    names the adapter."""
     import uvicorn
 
     from registry.serving.api import create_serving_app
@@ -123,7 +126,8 @@ def serve_model(
     settings = start_logging(load_settings(None), log_level)
     server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
-                         max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device)
+                         max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device,
+                         max_queue=max_queue)
     with RegistryClient(registry, "") as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")
     uvicorn.run(create_serving_app(server), host=host, port=port, log_config=None, log_level=settings.log_level,

@@ -1,6 +1,7 @@
 """The inference API of `vera serve-model`: classify or generate with any registry adapter, and manage the
-resident set (list, pin, unpin, evict). Errors are the registry's problem details; the caller's bearer token is
-passed on to the registry, which decides what it may read."""
+resident set (list, pin, unpin, evict); OpenAI's API beside it (registry.serving.openai). Errors are the registry's
+problem details (OpenAI's error objects on OpenAI's routes); the caller's bearer token is passed on to the registry,
+which decides what it may read. Bodies are bounded (MAX_BODY_BYTES) before they are read."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from registry.api.deps import bearer_token
+from registry.api.gate import BodyLimit
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.client import RegistryUnavailable
 from registry.domain.errors import RegistryError, status_of
 from registry.logs import AccessLog
+from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Sampling
+from registry.serving.openai import MAX_TOKENS
+from registry.serving.openai import router as openai_router
 from registry.serving.server import ModelServer
+
+#: The largest request body: a classification of 256 texts of 20,000 characters, or a chat of 100,000 characters,
+#: with room for JSON's escapes.
+MAX_BODY_BYTES = 8 * 2**20
 
 
 class ClassifyBody(BaseModel):
@@ -26,7 +35,13 @@ class ClassifyBody(BaseModel):
 class GenerateBody(BaseModel):
     adapter: str = Field(max_length=300)
     prompt: str = Field(max_length=20_000)
-    max_new_tokens: int = Field(32, ge=1, le=512)
+    max_new_tokens: int = Field(32, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 (the default): greedy; above: sampled")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=1_000_000, description="sample from the k likeliest tokens (0: all)")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="the same seed, prompt and server: the same "
+                             "text, whatever else shares the batch (None: a random one)")
+    stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field([], max_length=MAX_STOPS)
 
 
 class PinBody(BaseModel):
@@ -57,6 +72,8 @@ def create_serving_app(server: ModelServer) -> FastAPI:
     app.state.server = server
     install_problem_handlers(app, _status)
     app.include_router(router)
+    app.include_router(openai_router)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # before any body is read
     app.add_middleware(AccessLog)  # the request id also goes with the registry requests made for this request
     return app
 
@@ -74,7 +91,8 @@ def classify(server: Server, body: ClassifyBody, authorization: Auth = None) -> 
 @router.post("/v1/generate")
 def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> dict[str, Any]:
     return server.generate(body.adapter, body.prompt, max_new_tokens=body.max_new_tokens,
-                           token=bearer_token(authorization))
+                           token=bearer_token(authorization), stops=body.stop,
+                           sampling=Sampling(body.temperature, body.top_p, body.top_k, body.seed))
 
 
 @router.get("/v1/adapters")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
@@ -23,8 +24,9 @@ from typing import Any, Literal, NamedTuple, cast
 import torch
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from registry.domain.errors import Busy, Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.schemas import Ref, VersionInfo
+from registry.serving.decode import FinishReason, Row, RowSampler, RowStops, Sampling
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.keys import module_path
 from vera_core.recipes import resolve_base
@@ -61,9 +63,18 @@ class Resident:
 class _Work:
     kind: Literal["classify", "generate"]
     resident: Resident
-    payload: Any
-    options: dict[str, Any]
+    payload: Any  # classify: the texts; generate: its Row
     future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generated row: its new token ids (the end-of-sequence token included when it ended there), its text
+    (without that token, cut before a stop string) and why it ended."""
+
+    tokens: list[int]
+    text: str
+    finish_reason: FinishReason
 
 
 class ModelServer:
@@ -73,16 +84,26 @@ class ModelServer:
         self, base: str, *, task: Task = "classification", base_name: str | None = None,
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
+        max_queue: int = 1024, timeout_s: float = 600.0,
     ) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         self.base_path, self.task, self.base_name = resolve_base(base), task, base_name or base
         self.client_for, self.max_resident, self.max_banks = client_for, max_resident, max_banks
         self.max_batch, self.batch_window_s, self.resolve_ttl_s = max_batch, batch_window_s, resolve_ttl_s
+        self.max_queue, self.timeout_s = max_queue, timeout_s
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if task == "causal-lm":
+            self.tokenizer.padding_side = "left"  # generation continues every row from the batch's right edge
+        # a Rust tokenizer refuses to be used from two threads while one changes its padding ("Already borrowed")
+        self._tokenizer_lock = threading.Lock()
+        config = AutoConfig.from_pretrained(self.base_path, local_files_only=True)
+        #: prompt plus new tokens may not exceed the positions the base was trained for (None: it sets no limit)
+        self.context_length: int | None = next((int(v) for v in (getattr(config, "max_position_embeddings", None),
+                                                                  getattr(config, "n_positions", None)) if v), None)
         self.banks: dict[BankKey, AdapterBank] = {}
         self.residents: dict[str, Resident] = {}
         self._resolved: dict[tuple[str | None, str], tuple[float, VersionInfo]] = {}
@@ -234,18 +255,87 @@ class ModelServer:
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
         resident = self.activate(name, token)
-        return self._submit(_Work("classify", resident, list(texts), {}))
+        return self._submit(_Work("classify", resident, list(texts)))
 
-    def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None
-                 ) -> dict[str, Any]:
+    def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
+                 sampling: Sampling | None = None, stops: Sequence[str] = ()) -> dict[str, Any]:
+        """``prompt`` continued by adapter ``name``: greedy unless ``sampling`` says otherwise, up to
+        ``max_new_tokens``, the end-of-sequence token or one of ``stops``."""
+        resident = self.generator_for(name, token)
+        row = Row(self.prompt_ids(prompt, max_new_tokens), max_new_tokens, sampling or Sampling(), tuple(stops))
+        done = self.wait(self.start(resident, [row]))[0]
+        return {"adapter": resident.ref, "tokens": done.tokens, "text": done.text,
+                "finish_reason": done.finish_reason}
+
+    def generator_for(self, name: str, token: str | None) -> Resident:
+        """The resident adapter ``name`` means, on a server that generates (the caller must be able to read it)."""
         if self.task != "causal-lm":
             raise InvalidInput(f"This server serves {self.task}; use /v1/classify.")
-        resident = self.activate(name, token)
-        return self._submit(_Work("generate", resident, prompt, {"max_new_tokens": max_new_tokens}))
+        return self.activate(name, token)
+
+    def prompt_ids(self, prompt: str, max_new_tokens: int | None = None, *, special_tokens: bool = True
+                   ) -> list[int]:
+        """``prompt``'s token ids (with the tokenizer's special tokens unless ``special_tokens`` is False: a chat
+        template writes them itself), checked to leave room for ``max_new_tokens`` in the base's context."""
+        with self._tokenizer_lock:
+            ids: list[int] = self.tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
+        if not ids:
+            start = self.tokenizer.bos_token_id
+            if start is None:
+                raise InvalidInput("The prompt is empty (no tokens), and this base model's tokenizer has no "
+                                   "beginning-of-sequence token to start from: send some text.")
+            ids = [int(start)]
+        if max_new_tokens is not None:
+            self.check_room(len(ids), max_new_tokens)
+        return ids
+
+    def room(self, prompt_tokens: int) -> int:
+        """How many tokens the base's context leaves after a prompt of ``prompt_tokens`` (no limit: 2**31)."""
+        return 2**31 if self.context_length is None else self.context_length - prompt_tokens
+
+    def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if max_new_tokens > self.room(prompt_tokens):
+            raise InvalidInput(f"The prompt is {prompt_tokens} tokens and {max_new_tokens} new tokens were asked "
+                               f"for: {prompt_tokens + max_new_tokens} in all, over this base model's context of "
+                               f"{self.context_length} tokens. Shorten the prompt or ask for fewer tokens.")
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """``messages`` written as the base model's chat template writes them, ready for the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidInput(f"The tokenizer of this server's base model ({self.base_name}) has no chat template, "
+                               "so chat messages cannot be written as its prompt: use /v1/completions with a "
+                               "prompt instead.")
+        with self._tokenizer_lock:
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def start(self, resident: Resident, rows: Sequence[Row]) -> list[Future[Generated]]:
+        """Queue ``rows`` for ``resident``'s adapter; each future holds its row's answer once the row ends (a
+        row's ``on_text`` hears of its text meanwhile). Busy when the queue is full."""
+        self._admit(len(rows))
+        works = [_Work("generate", resident, row) for row in rows]
+        for work in works:
+            self._queue.put(work)
+        return [work.future for work in works]
+
+    def _admit(self, count: int) -> None:
+        """Busy when ``count`` more requests would make the queue longer than ``max_queue``."""
+        if self._queue.qsize() + count > self.max_queue:
+            raise Busy(f"{self._queue.qsize()} requests are waiting for this model server (at most "
+                       f"{self.max_queue}); retry in a moment.")
+
+    def wait(self, futures: Sequence[Future[Any]]) -> list[Any]:
+        """The results of ``futures``, within this server's time limit for a request."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in futures]
+        except FutureTimeout:
+            raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting work); "
+                       "retry later.") from None
 
     def _submit(self, work: _Work) -> dict[str, Any]:
+        self._admit(1)
         self._queue.put(work)
-        result: dict[str, Any] = work.future.result(timeout=600)
+        result: dict[str, Any] = self.wait([work.future])[0]
         return result
 
     def _run(self) -> None:
@@ -300,7 +390,9 @@ class ModelServer:
             return
         texts = [text for work in works for text in work.payload]
         names = [work.resident.ref for work in works for _ in work.payload]
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        enc = enc.to(self.device)
         probs = bank(names, **enc).logits.float().softmax(-1).cpu()  # (rows, labels)
         start = 0
         for work in works:
@@ -313,20 +405,53 @@ class ModelServer:
                                                                         strict=True))} for row in part]})
 
     def _generate(self, key: BankKey, works: list[_Work]) -> None:
+        """One ``generate`` for rows of many adapters, each with its own sampling, budget and stops
+        (registry.serving.decode); each row's future is answered as soon as that row ends."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
         bank, works = self._routable(key, works)
         if not works:
             return
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer([w.payload for w in works], padding=True, return_tensors="pt").to(self.device)
-        longest = max(int(w.options["max_new_tokens"]) for w in works)
+        rows: list[Row] = [w.payload for w in works]
+        for work, row in zip(works, rows, strict=True):
+            row.on_end = _answer(work.future, row.on_end)
+        with self._tokenizer_lock:
+            enc = self.tokenizer.pad({"input_ids": [r.prompt_ids for r in rows]}, padding=True, return_tensors="pt")
+        enc = enc.to(self.device)
+        model = cast(Any, bank.model.model)
+        eos = {self.tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None}
+        start = int(enc["input_ids"].shape[1])
+        sampler = RowSampler(rows, self.device)
+        stops = RowStops(rows, start=start, eos=eos, decode=self._decode, sampler=sampler)
+        settings = GenerationConfig(  # type: ignore[no-untyped-call]
+            max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
         with torch.no_grad(), bank.route([w.resident.ref for w in works]):
-            out = cast(Any, bank.model.model).generate(**enc, max_new_tokens=longest, do_sample=False,
-                                            pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        for work, row in zip(works, new, strict=True):
-            ids = row[: int(work.options["max_new_tokens"])]
-            work.future.set_result({"adapter": work.resident.ref, "tokens": ids.tolist(),
-                                    "text": self.tokenizer.decode(ids, skip_special_tokens=True)})
+            out = model.generate(**enc, generation_config=settings, logits_processor=LogitsProcessorList([sampler]),
+                                 stopping_criteria=StoppingCriteriaList([stops]))
+        for i, (row, tokens) in enumerate(zip(rows, out[:, start:].tolist(), strict=True)):
+            if not stops.ended[i]:  # generate stopped before this row's own end (its budget was the longest)
+                stops.finish(i, row, tokens[:row.max_new_tokens], self._decode(tokens[:row.max_new_tokens]),
+                             "length")
+
+    def _decode(self, tokens: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def _answer(future: Future[Generated], then: Callable[[list[int], str, FinishReason], None] | None
+            ) -> Callable[[list[int], str, FinishReason], None]:
+    """A row's ``on_end`` that answers its request's ``future`` (after the row's own ``then``)."""
+    def end(tokens: list[int], text: str, reason: FinishReason) -> None:
+        if then is not None:
+            then(tokens, text, reason)
+        if not future.done():
+            future.set_result(Generated(tokens, text, reason))
+    return end
+
+
+def _ids(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 def _rows(work: _Work) -> int:

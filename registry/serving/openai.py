@@ -1,0 +1,321 @@
+"""OpenAI's API on `vera serve-model`: ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models``, so that
+OpenAI's client libraries, and what is built on them, use any registry adapter by name as they use a LoRA that vLLM
+serves: ``model`` is ``owner/name``, ``owner/name:N`` or ``owner/name@alias``, resolved through the registry with
+the caller's token (the client's ``api_key``), hot-loaded, and batched with every other request whatever adapter
+it names (registry.serving.server).
+
+What is OpenAI's here: the request fields below, the answers' shapes (``text_completion``, ``chat.completion``,
+their ``.chunk`` streams as server-sent events ending in ``data: [DONE]``, ``usage``), and errors as OpenAI's
+error object (``{"error": {"message", "type", "param", "code"}}``: its clients show that message). Sampling:
+``temperature`` (0: greedy), ``top_p``, vLLM's ``top_k``, ``seed`` (the same seed, prompt and server give the same
+text, whatever else is in the batch), ``n``, ``stop``, ``max_tokens``, ``echo``. A field this server cannot honour
+(``logprobs``, penalties, ``logit_bias``, ``suffix``, ``best_of``, tools) is a 400 naming it, never silently
+ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from registry.api.deps import bearer_token
+from registry.client import RegistryUnavailable
+from registry.domain.errors import Busy, ContentTooLarge, InvalidInput, RegistryError, status_of
+from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Row, Sampling
+from registry.serving.server import Generated, ModelServer, Resident
+
+#: the most tokens one choice may generate, and choices one request may ask for (prompts times n)
+MAX_TOKENS, MAX_CHOICES = 512, 64
+_SEED = Field(None, ge=-(2**63), lt=2**64, description="the same seed, prompt and server: the same text")
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors are OpenAI's error objects (what OpenAI's clients read), its invalid requests 400s as
+    OpenAI's are, instead of the registry's problem documents."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                first = exc.errors()[0]
+                where = [str(part) for part in first.get("loc", ()) if part != "body"]
+                return openai_error(400, f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}",
+                                    param=".".join(where) or None)
+            except HTTPException as exc:  # the body over its limit or stalled (registry.api.gate.BodyLimit)
+                return openai_error(exc.status_code, str(exc.detail))
+            except RegistryError as exc:
+                return openai_error(_status(exc), str(exc), code=exc.code)
+
+        return route
+
+
+def _status(exc: RegistryError) -> int:
+    """OpenAI's status for ``exc``: an invalid request is a 400 (the registry's 422), the registry out of reach
+    a 503."""
+    if isinstance(exc, RegistryUnavailable):
+        return 503
+    return 400 if isinstance(exc, InvalidInput) and not isinstance(exc, ContentTooLarge) else status_of(exc)
+
+
+def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param,
+                                   "code": code}}, status_code=status)
+
+
+class _Sampled(BaseModel):
+    """The fields both completion routes share."""
+
+    model_config = ConfigDict(extra="ignore")  # as OpenAI's own API: a newer client's extra fields do no harm
+
+    model: str = Field(max_length=300, description="the adapter: owner/name, owner/name:N or owner/name@alias")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, le=1_000_000, description="vLLM's: sample from the k likeliest (0 or -1: all)")
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    stop: str | list[str] | None = None
+    seed: int | None = _SEED
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = Field(None, max_length=256)
+    # accepted at their defaults only: a value this server would not honour is refused (never silently ignored)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    logprobs: Any = None
+
+    @model_validator(mode="after")
+    def _honoured(self) -> _Sampled:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise ValueError(f"{name} is not supported by vera serve-model: leave it out or send 0")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported by vera serve-model: leave it out")
+        if self.logprobs not in (None, False, 0):
+            raise ValueError("logprobs are not returned by vera serve-model: leave logprobs out")
+        stops = self.stops
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop must be at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters")
+        return self
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def sampling(self, index: int) -> Sampling:
+        """Choice ``index``'s sampling (its seed the request's plus the index: n choices differ, reproducibly)."""
+        seed = None if self.seed is None else (self.seed + index) % 2**64
+        return Sampling(self.temperature, self.top_p, max(self.top_k, 0), seed)
+
+
+class CompletionBody(_Sampled):
+    prompt: str | list[Annotated[str, Field(max_length=20_000)]] = Field(
+        description="a text, or a list of texts (token ids are not taken)")
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _completion_only(self) -> CompletionBody:
+        if isinstance(self.prompt, str) and len(self.prompt) > 20_000:
+            raise ValueError("prompt must be at most 20,000 characters")
+        if not self.prompts:
+            raise ValueError("prompt must be a text or a non-empty list of texts")
+        if self.suffix:
+            raise ValueError("suffix is not supported by vera serve-model: leave it out")
+        if self.best_of not in (None, self.n):
+            raise ValueError("best_of is not supported by vera serve-model: leave it out")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]] = Field(description="a text, or text parts ({'type': 'text', 'text': ...})")
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in self.content):
+            raise InvalidInput("Only text message parts ({'type': 'text', 'text': ...}) are taken by vera "
+                               "serve-model.")
+        return "".join(part["text"] for part in self.content)
+
+
+class ChatBody(_Sampled):
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    tools: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_only(self) -> ChatBody:
+        if self.tools:
+            raise ValueError("tools are not supported by vera serve-model: leave them out")
+        if sum(len(m.content) if isinstance(m.content, str) else len(json.dumps(m.content)) for m in self.messages
+               ) > 100_000:
+            raise ValueError("messages must hold at most 100,000 characters in all")
+        return self
+
+
+async def _server(request: Request) -> ModelServer:
+    server: ModelServer = request.app.state.server
+    return server
+
+
+Server = Annotated[ModelServer, Depends(_server)]
+Auth = Annotated[str | None, Header(description="Bearer token (the OpenAI client's api_key), checked by the registry")]
+router = APIRouter(route_class=OpenAIRoute)
+
+
+@router.get("/v1/models")
+def models(server: Server, authorization: Auth = None) -> dict[str, Any]:
+    """The adapters loaded now (private ones only to callers whose token reads them); any other adapter of the
+    registry for this base model is loaded on its first request."""
+    return {"object": "list", "data": [
+        {"id": r["ref"], "object": "model", "created": int(r["loaded_at"]), "owned_by": r["ref"].split("/")[0]}
+        for r in server.listing(bearer_token(authorization))]}
+
+
+@router.post("/v1/completions", response_model=None)
+def completions(server: Server, body: CompletionBody, authorization: Auth = None) -> dict[str, Any] | Response:
+    resident = server.generator_for(body.model, bearer_token(authorization))
+    prompts = body.prompts
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise InvalidInput(f"{len(prompts)} prompts times n={body.n} is {len(prompts) * body.n} choices; at most "
+                           f"{MAX_CHOICES} per request.")
+    ids = [server.prompt_ids(p, body.max_tokens) for p in prompts]
+    rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j), body.stops)
+            for i in range(len(prompts)) for j in range(body.n)]
+    echoed = [prompts[k // body.n] if body.echo else "" for k in range(len(rows))]
+    reply = _Reply("cmpl", "text_completion", resident, sum(map(len, ids)), chunks="text_completion")
+
+    def choice(k: int, text: str, reason: str | None) -> dict[str, Any]:
+        return {"index": k, "text": text, "logprobs": None, "finish_reason": reason}
+
+    if body.stream:
+        return reply.stream(server, rows, body, lambda k, delta, reason: choice(k, delta, reason),
+                            first=lambda k: choice(k, echoed[k], None) if echoed[k] else None)
+    done = server.wait(server.start(resident, rows))
+    return reply.body([choice(k, echoed[k] + g.text, g.finish_reason) for k, g in enumerate(done)], done)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+def chat_completions(server: Server, body: ChatBody, authorization: Auth = None) -> dict[str, Any] | Response:
+    resident = server.generator_for(body.model, bearer_token(authorization))
+    if body.n > MAX_CHOICES:
+        raise InvalidInput(f"n is at most {MAX_CHOICES}.")
+    # the template writes the special tokens itself (a second beginning-of-sequence token would change the answer)
+    ids = server.prompt_ids(server.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages]),
+                            special_tokens=False)
+    # without max_tokens: as many as the context leaves, up to MAX_TOKENS
+    wanted = body.max_completion_tokens or body.max_tokens or max(1, min(MAX_TOKENS, server.room(len(ids))))
+    server.check_room(len(ids), wanted)
+    rows = [Row(ids, wanted, body.sampling(j), body.stops) for j in range(body.n)]
+    reply = _Reply("chatcmpl", "chat.completion", resident, len(ids), chunks="chat.completion.chunk")
+    if body.stream:
+        return reply.stream(server, rows, body, lambda k, delta, reason: {
+            "index": k, "delta": {"content": delta} if delta else {}, "logprobs": None, "finish_reason": reason},
+            first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None})
+    done = server.wait(server.start(resident, rows))
+    return reply.body([{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": None,
+                        "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)
+
+
+class _Reply:
+    """One answer's identity (id, object, created, model) and its two forms: a body, or a stream of chunks."""
+
+    def __init__(self, prefix: str, kind: str, resident: Resident, prompt_tokens: int, *, chunks: str) -> None:
+        self.head = {"id": f"{prefix}-{secrets.token_hex(12)}", "object": kind, "created": int(time.time()),
+                     "model": resident.ref}
+        self.resident, self.prompt_tokens, self.chunks = resident, prompt_tokens, chunks
+
+    def usage(self, done: list[Generated]) -> dict[str, int]:
+        completion = sum(len(g.tokens) for g in done)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    def body(self, choices: list[dict[str, Any]], done: list[Generated]) -> dict[str, Any]:
+        return {**self.head, "choices": choices, "usage": self.usage(done)}
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        return f"data: {json.dumps({**self.head, 'object': self.chunks, 'choices': choices, **extra})}\n\n"
+
+    def stream(self, server: ModelServer, rows: list[Row], body: _Sampled,
+               chunk: Callable[[int, str, str | None], dict[str, Any]],
+               first: Callable[[int], dict[str, Any] | None]) -> StreamingResponse:
+        """Server-sent events: each choice's text as it is decided, its finish_reason as soon as it ends, usage
+        last when ``stream_options.include_usage``, then ``[DONE]``; an error after the first event is an event
+        with OpenAI's error object. A client that goes away ends its rows at their next token."""
+        events: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        for k, row in enumerate(rows):
+            row.on_text = _teller(events, k)
+        futures = server.start(self.resident, rows)
+        for k, future in enumerate(futures):
+            future.add_done_callback(_ender(events, k))
+        with_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(self._events(server, rows, futures, events, chunk, first, with_usage=with_usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def _events(self, server: ModelServer, rows: list[Row], futures: list[Future[Generated]],
+                events: queue.Queue[tuple[int, str | None]], chunk: Callable[[int, str, str | None], dict[str, Any]],
+                first: Callable[[int], dict[str, Any] | None], *, with_usage: bool) -> Iterator[str]:
+        deadline = time.monotonic() + server.timeout_s
+        try:
+            openings = [c for c in map(first, range(len(rows))) if c is not None]
+            if openings:
+                yield self._event(openings)
+            done: dict[int, Generated] = {}
+            while len(done) < len(rows):
+                try:
+                    k, delta = events.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise Busy(f"This model server did not finish within {server.timeout_s:.0f} s; retry "
+                               "later.") from None
+                if delta is None:
+                    done[k] = futures[k].result()
+                    yield self._event([chunk(k, "", done[k].finish_reason)])
+                else:
+                    yield self._event([chunk(k, delta, None)])
+            if with_usage:
+                yield self._event([], usage=self.usage(list(done.values())))
+            yield "data: [DONE]\n\n"
+        except Exception as exc:  # noqa: BLE001 - the stream has begun, its status sent: the error is an event
+            status = _status(exc) if isinstance(exc, RegistryError) else 500
+            message = str(exc) if isinstance(exc, RegistryError) else f"Generation failed: {type(exc).__name__}: {exc}"
+            error = {"message": message, "type": _TYPES.get(status, "server_error"), "param": None, "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+        finally:
+            for row in rows:
+                row.cancelled = True
+
+
+def _teller(events: queue.Queue[tuple[int, str | None]], k: int) -> Callable[[str], None]:
+    """Row ``k``'s ``on_text``: its new text onto ``events``."""
+    return lambda delta: events.put((k, delta))
+
+
+def _ender(events: queue.Queue[tuple[int, str | None]], k: int) -> Callable[[Future[Generated]], None]:
+    """Row ``k``'s future's done-callback: its end (answer or failure) onto ``events``."""
+    return lambda _: events.put((k, None))

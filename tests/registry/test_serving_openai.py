@@ -1,0 +1,270 @@
+"""`vera serve-model` in OpenAI's API, driven by OpenAI's own Python client over real HTTP: registry adapters by
+name as ``model``, completions and chat completions, greedy and seeded sampling, stop strings, streaming, and
+OpenAI's errors; plus the per-row decoding underneath (registry/serving/decode.py), checked against transformers'
+own ``generate`` of each adapter loaded alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from registry.client import RegistryClient
+from registry.serving.api import MAX_BODY_BYTES, create_serving_app
+from registry.serving.decode import Row, Sampling, _draw
+from registry.serving.server import ModelServer
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import in_thread, issued_tokens, running_server
+from tests.registry.tiny_lm import save_tiny_llama
+from vera_core import PEFT_GENERATOR, load_adapter
+
+#: a chat template of the simplest kind (the tiny tokenizer's words only, so every message is plain tokens)
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}the {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A registry (tokens required) with two adapters of a tiny Llama, one private, and one for another base; a
+    model server for the tiny Llama (its tokenizer with a chat template) in OpenAI's API."""
+    root = tmp_path_factory.mktemp("openai")
+    base = save_tiny_llama(root / "base")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(base)
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as registry:
+        writer, reader = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read"]))
+        dirs = {}
+        with RegistryClient(registry, writer) as client:
+            for seed in range(2):
+                dirs[seed] = make_adapter(root / f"gen{seed}", seed=seed, projection_generator=PEFT_GENERATOR)
+                client.publish(dirs[seed], f"alice/gen{seed}", base_model="tiny-lm")
+            client.publish(make_adapter(root / "secret", seed=5), "alice/secret", base_model="tiny-lm",
+                           visibility="private")
+            client.publish(make_adapter(root / "foreign", seed=6), "alice/foreign", base_model="org/other")
+        server = ModelServer(str(base), task="causal-lm", base_name="tiny-lm", batch_window_s=0.2,
+                             client_for=lambda token: RegistryClient(registry, token or ""))
+        try:
+            with in_thread(create_serving_app(server), "the model server") as serving:
+                yield {"url": serving, "server": server, "base": base, "dirs": dirs, "writer": writer,
+                       "reader": reader}
+        finally:
+            server.close()
+
+
+def oa(served: dict[str, Any], who: str = "writer") -> openai.OpenAI:
+    """OpenAI's client for the model server, its api_key a registry token."""
+    return openai.OpenAI(base_url=f"{served['url']}/v1", api_key=served[who], max_retries=0, timeout=60)
+
+
+def alone(served: dict[str, Any], seed: int, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy tokens of adapter ``alice/gen{seed}`` loaded alone on the base, by transformers' own generate."""
+    tokenizer = AutoTokenizer.from_pretrained(served["base"])
+    model = load_adapter(AutoModelForCausalLM.from_pretrained(served["base"]), served["dirs"][seed]).eval()
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=1,
+                                   eos_token_id=2)
+    return [int(t) for t in out[0, ids["input_ids"].shape[1]:]]
+
+
+def text_of(served: dict[str, Any], tokens: list[int]) -> str:
+    return str(AutoTokenizer.from_pretrained(served["base"]).decode([t for t in tokens if t != 2],
+                                                                    skip_special_tokens=True))
+
+
+def test_completions_by_adapter_name_equal_each_adapter_alone(served: dict[str, Any]) -> None:
+    """Greedy completions of two adapters sent at once (one batch) equal transformers' generate of each alone;
+    `model` answers with the version served, usage counts the tokens."""
+    client, answers = oa(served), {}
+    prompts = {0: "the cat sits on", 1: "a dog runs far and"}
+
+    def ask(seed: int) -> None:
+        answers[seed] = client.completions.create(model=f"alice/gen{seed}", prompt=prompts[seed], max_tokens=8,
+                                                  temperature=0)
+
+    threads = [threading.Thread(target=ask, args=(seed,)) for seed in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed in (0, 1):
+        want = alone(served, seed, prompts[seed], 8)
+        got = answers[seed]
+        assert got.model == f"alice/gen{seed}:1" and got.object == "text_completion" and got.id.startswith("cmpl-")
+        assert got.choices[0].text == text_of(served, want)
+        ended_at_eos = 2 in want
+        assert got.choices[0].finish_reason == ("stop" if ended_at_eos else "length")
+        assert got.usage is not None and got.usage.prompt_tokens == len(prompts[seed].split())
+        assert got.usage.completion_tokens == (want.index(2) + 1 if ended_at_eos else 8)
+    assert answers[0].choices[0].text != answers[1].choices[0].text
+
+
+def test_a_seed_gives_the_same_text_alone_or_in_any_batch_and_n_choices_differ(served: dict[str, Any]) -> None:
+    client = oa(served)
+    settings: dict[str, Any] = {"model": "alice/gen0", "prompt": "the cat", "max_tokens": 10, "temperature": 1.5,
+                                "top_p": 0.95, "seed": 1234}
+    first = client.completions.create(**settings).choices[0].text
+    crowd: dict[int, str] = {}
+
+    def other(i: int) -> None:  # the same batch window, other adapters, prompts and settings
+        crowd[i] = client.completions.create(model=f"alice/gen{i % 2}", prompt="a big red " * (i + 1),
+                                             max_tokens=12, temperature=1.0).choices[0].text
+
+    threads = [threading.Thread(target=other, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    again = client.completions.create(**settings).choices[0].text
+    for thread in threads:
+        thread.join()
+    assert again == first and len(crowd) == 3
+    four = client.completions.create(**{**settings, "n": 4})
+    texts = [c.text for c in sorted(four.choices, key=lambda c: c.index)]
+    assert texts[0] == first  # choice i samples with seed + i
+    assert len(set(texts)) > 1
+    assert client.completions.create(**{**settings, "seed": 99}).choices[0].text != first or \
+        client.completions.create(**{**settings, "seed": 100}).choices[0].text != first
+
+
+def test_streams_add_up_to_the_answer_and_stop_strings_cut_it(served: dict[str, Any]) -> None:
+    client = oa(served)
+    settings: dict[str, Any] = {"model": "alice/gen1", "prompt": "the sun and the moon", "max_tokens": 12,
+                                "temperature": 0.8, "seed": 7}
+    whole = client.completions.create(**settings).choices[0]
+    chunks = list(client.completions.create(**settings, stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == whole.text and len(whole.text.split()) > 2
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    # a stop string: the text cut just before it, in the whole answer and in the stream
+    words = whole.text.split()
+    stop = words[2]
+    cut = whole.text[:whole.text.find(stop)]
+    stopped = client.completions.create(**settings, stop=[stop, "zzz never"]).choices[0]
+    assert stopped.text == cut and stopped.finish_reason == "stop"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**settings, stop=stop, stream=True)
+                       if c.choices)
+    assert streamed == cut
+    echoed = client.completions.create(**settings, echo=True).choices[0].text
+    assert echoed == settings["prompt"] + whole.text
+
+
+def test_chat_completions_use_the_base_models_chat_template(served: dict[str, Any]) -> None:
+    client = oa(served)
+    messages: Any = [{"role": "system", "content": "the cat"}, {"role": "user", "content": "runs far"}]
+    chat = client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=6, temperature=0)
+    # the template writes "the cat runs far the " and the assistant's turn continues it
+    completion = client.completions.create(model="alice/gen0", prompt="the cat runs far the ", max_tokens=6,
+                                           temperature=0)
+    assert chat.object == "chat.completion" and chat.model == "alice/gen0:1"
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content == completion.choices[0].text
+    streamed = list(client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=6,
+                                                   temperature=0, stream=True))
+    assert streamed[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == chat.choices[0].message.content
+    assert streamed[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+    # without max_tokens: what the context (40 tokens) leaves
+    assert client.chat.completions.create(model="alice/gen0", messages=messages, temperature=0).usage is not None
+
+
+def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> None:
+    client = oa(served)
+    cases: list[tuple[type[Exception], dict[str, Any], str]] = [
+        (openai.BadRequestError, {"logprobs": 2}, "logprobs are not returned"),
+        (openai.BadRequestError, {"presence_penalty": 0.5}, "presence_penalty is not supported"),
+        (openai.BadRequestError, {"temperature": 3}, "temperature"),
+        (openai.BadRequestError, {"max_tokens": 513}, "max_tokens"),
+        (openai.BadRequestError, {"prompt": " ".join(["cat"] * 30), "max_tokens": 16},
+         "30 tokens and 16 new tokens were asked for: 46 in all, over this base model's context of 40"),
+        (openai.BadRequestError, {"prompt": ["the cat"] * 20, "n": 4}, "80 choices; at most 64"),
+        (openai.BadRequestError, {"stop": ["a", "b", "c", "d", "e"]}, "at most 4 strings"),
+        (openai.NotFoundError, {"model": "alice/nothing"}, "alice/nothing"),
+        (openai.ConflictError, {"model": "alice/foreign"}, "published for base model 'org/other'"),
+    ]
+    for error, change, says in cases:
+        with pytest.raises(error) as raised:
+            client.completions.create(**{"model": "alice/gen0", "prompt": "the cat", "max_tokens": 4, **change})
+        assert says in raised.value.message, (change, raised.value.message)
+        assert isinstance(raised.value.body, dict) and raised.value.body.get("message"), raised.value.body
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{served['url']}/v1", api_key="vera_wrong", max_retries=0).completions.create(
+            model="alice/gen0", prompt="the cat", max_tokens=2)
+    with pytest.raises(openai.NotFoundError):  # bob may not read alice's private adapter: it does not exist
+        oa(served, "reader").completions.create(model="alice/secret", prompt="the cat", max_tokens=2)
+    assert oa(served, "writer").completions.create(model="alice/secret", prompt="the cat", max_tokens=2).choices
+    server: ModelServer = served["server"]
+    template, server.tokenizer.chat_template = server.tokenizer.chat_template, None  # a base without one
+    try:
+        with pytest.raises(openai.BadRequestError, match="has no chat template"):
+            client.chat.completions.create(model="alice/gen0", messages=[{"role": "user", "content": "cat"}])
+    finally:
+        server.tokenizer.chat_template = template
+    big = httpx.post(f"{served['url']}/v1/completions", content=b"x" * (MAX_BODY_BYTES + 1),
+                     headers={"Authorization": f"Bearer {served['writer']}", "Content-Type": "application/json"})
+    assert big.status_code == 413
+
+
+def test_models_lists_the_adapters_loaded_for_the_caller(served: dict[str, Any]) -> None:
+    oa(served).completions.create(model="alice/secret", prompt="the cat", max_tokens=1)
+    mine = {m.id for m in oa(served).models.list()}
+    theirs = {m.id for m in oa(served, "reader").models.list()}
+    assert "alice/secret:1" in mine and "alice/secret:1" not in theirs and "alice/gen0:1" in theirs
+
+
+def test_a_short_row_is_answered_before_its_batch_ends_and_a_bad_prompt_fails_only_its_own_request(
+        served: dict[str, Any]) -> None:
+    server: ModelServer = served["server"]
+    resident = server.generator_for("alice/gen0", served["writer"])
+    seen: list[bool] = []
+    ids = server.prompt_ids("the cat")
+    short = Row(ids, 2, Sampling(temperature=1.0, seed=1))
+    futures: list[Any] = []
+    long = Row(ids, 20, Sampling(temperature=1.0, seed=2), on_text=lambda _: seen.append(futures[0].done()))
+    futures.extend(server.start(resident, [short, long]))
+    done = server.wait(futures)
+    assert len(done[0].tokens) <= 2 and len(done[1].tokens) > 2
+    assert seen and seen[-1]  # the long row was still speaking when the short one's answer was out
+    # an over-long prompt is refused before it is queued, so nothing it shares a window with fails
+    answers: dict[str, Any] = {}
+
+    def ask(name: str, prompt: str) -> None:
+        try:
+            answers[name] = server.generate("alice/gen1", prompt, max_new_tokens=4, token=served["writer"])
+        except Exception as exc:  # noqa: BLE001 - the test looks at which request failed
+            answers[name] = exc
+
+    threads = [threading.Thread(target=ask, args=("bad", "cat " * 39)), threading.Thread(target=ask,
+                                                                                      args=("good", "the dog"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "over this base model's context" in str(answers["bad"]) and answers["good"]["text"] is not None
+
+
+def test_a_cancelled_row_ends_at_its_next_token(served: dict[str, Any]) -> None:
+    server: ModelServer = served["server"]
+    resident = server.generator_for("alice/gen1", served["writer"])
+    row = Row(server.prompt_ids("the"), 30, Sampling(temperature=1.0, seed=3))
+    row.on_text = lambda _: setattr(row, "cancelled", True)  # a client that hangs up after the first words
+    done = server.wait(server.start(resident, [row]))[0]
+    assert done.finish_reason == "stop" and 1 <= len(done.tokens) < 30
+
+
+def test_sampling_draws_what_its_settings_allow() -> None:
+    logits = torch.tensor([0.0, torch.log(torch.tensor(3.0)), -1.0, -2.0])
+    generator = torch.Generator().manual_seed(0)
+    draws = [_draw(logits, Sampling(temperature=1.0, top_k=2), generator) for _ in range(4000)]
+    assert set(draws) == {0, 1} and 0.72 < draws.count(1) / 4000 < 0.78  # 0.25 : 0.75 among the top two
+    assert {_draw(logits, Sampling(temperature=1.0, top_p=0.5), generator) for _ in range(200)} == {1}
+    assert {_draw(logits, Sampling(temperature=0.05), generator) for _ in range(200)} == {1}
+    spread = {_draw(logits, Sampling(temperature=2.0), generator) for _ in range(400)}
+    assert spread == {0, 1, 2, 3}
