@@ -6,6 +6,9 @@ Steps: device, projection, train, mixed, serve (the CUDA tests are run by the sh
 prints its section and writes it to DIR/<step>.md; a check that fails exits 1 after writing what it found, so the
 fragment says which figure is wrong. ``--quick`` uses small shapes (the CPU run the test suite makes); the full run
 uses the issue's shapes: 7B projections at r=1024, RoBERTa-base r=1024 fp32 and a ~1B Llama-shaped LM in bf16.
+A bf16 case trains as mixed precision does (vera_core's Trainer, accelerate): the base cast to bf16, every adapter
+float32 (PEFT's default too), each step under autocast; casting whole PEFT models to bf16 instead would race PEFT's
+pure-bf16 vectors against vera_core's float32 ones (an earlier version of this script did).
 """
 
 from __future__ import annotations
@@ -114,11 +117,14 @@ class Case:
     tolerance: float
 
     def base(self) -> torch.nn.Module:
-        """The same random weights for every contestant: made once (a 1B model takes a while on a CPU), copied."""
+        """The same random weights for every contestant: made once (a 1B model takes a while on a CPU), copied, in
+        the case's dtype. Adapters are added to it afterwards, so that they stay float32 (PEFT's default,
+        autocast_adapter_dtype, and vera_core's), and every contestant trains under autocast in that dtype, as
+        vera_core's Trainer and accelerate's mixed precision do."""
         if self.name not in _BASES:
             _BASES.clear()
             _BASES[self.name] = self._make()
-        return copy.deepcopy(_BASES[self.name])
+        return copy.deepcopy(_BASES[self.name]).to(self.dtype)
 
     def _make(self) -> torch.nn.Module:
         torch.manual_seed(0)
@@ -157,11 +163,11 @@ LLAMA_1B = {"vocab_size": 32000, "hidden_size": 2048, "num_hidden_layers": 22, "
             "intermediate_size": 5632, "num_key_value_heads": 4}
 
 
-def cases(quick: bool, device: str) -> list[Case]:
+def cases(quick: bool) -> list[Case]:
     if quick:
         return [Case("tiny RoBERTa fp32", "roberta", TINY_ROBERTA, 64, torch.float32, 4, 16, 1e-4),
-                Case("tiny Llama bf16" if device != "cpu" else "tiny Llama fp32", "llama", TINY_LLAMA, 32,
-                     torch.bfloat16 if device != "cpu" else torch.float32, 2, 16, 2e-2)]
+                # bf16 on the CPU too (autocast runs there): the suite walks the path a GPU run takes
+                Case("tiny Llama bf16", "llama", TINY_LLAMA, 32, torch.bfloat16, 2, 16, 2e-2)]
     return [Case("RoBERTa-base fp32", "roberta", {}, 1024, torch.float32, 32, 128, 1e-4),
             Case("Llama ~1.1B bf16", "llama", LLAMA_1B, 256, torch.bfloat16, 4, 512, 2e-2)]
 
@@ -185,7 +191,7 @@ def contestant(case: Case, kind: str, device: str) -> torch.nn.Module:
                                                       task_type=case.task_type, init_weights=False,
                                                       projection_generator=PEFT_GENERATOR))
             model.load_adapter_state_dict(peft_state)
-    return model.to(device=device, dtype=case.dtype).train()
+    return model.to(device=device).train()  # not cast: that would round PEFT's adapters to the base's dtype
 
 
 class Contestant:
@@ -193,6 +199,8 @@ class Contestant:
 
     def __init__(self, case: Case, kind: str, device: str) -> None:
         self.model, self.device = contestant(case, kind, device), device
+        self.autocast = {"device_type": device.split(":")[0], "dtype": case.dtype,
+                         "enabled": case.dtype != torch.float32}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(self.params, lr=1e-2)  # plain SGD: the first update is the gradient, comparable
         self.inputs = case.inputs(device)
@@ -203,7 +211,8 @@ class Contestant:
     def step(self) -> None:
         sync(self.device)
         start = time.perf_counter()
-        loss = self.model(**self.inputs).loss
+        with torch.autocast(**self.autocast):
+            loss = self.model(**self.inputs).loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -243,7 +252,7 @@ def race(case: Case, device: str, steps: int) -> dict[str, Contestant]:
 def step_train(device: str, quick: bool) -> tuple[Lines, bool]:
     steps = 3 if quick else 6
     ok, lines = True, []
-    for case in cases(quick, device):
+    for case in cases(quick):
         runs = race(case, device, steps)
         ours, peft, lora = runs["ours"], runs["peft-vera"], runs["peft-lora-r8"]
         first = abs(ours.losses[0] - peft.losses[0]) / max(1e-8, abs(peft.losses[0]))
