@@ -61,8 +61,9 @@ class Row:
     cancelled: bool = False
 
 
-def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """One token from ``logits`` (1-D, float32) as ``sampling`` says."""
+def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """One token from ``logits`` (1-D, float32) as ``sampling`` says: a 1-element tensor on their device (read
+    nothing back, so a GPU is not waited for row by row)."""
     logits = logits / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k).values[-1]
@@ -72,8 +73,8 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
         probs = ordered.softmax(-1)
         # drop a token when the ones before it already add up to top_p (the first always stays)
         drop = probs.cumsum(-1) - probs >= sampling.top_p
-        logits = logits.index_fill(0, order[drop], float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+        logits = torch.empty_like(logits).scatter_(0, order, ordered.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
 class RowSampler(LogitsProcessor):
@@ -96,7 +97,7 @@ class RowSampler(LogitsProcessor):
                 continue
             token = _draw(scores[i].float(), row.sampling, generator)
             scores[i] = float("-inf")
-            scores[i, token] = 0.0
+            scores[i].index_fill_(0, token, 0.0)
         return scores
 
 

@@ -262,9 +262,9 @@ def test_a_cancelled_row_ends_at_its_next_token(served: dict[str, Any]) -> None:
 def test_sampling_draws_what_its_settings_allow() -> None:
     logits = torch.tensor([0.0, torch.log(torch.tensor(3.0)), -1.0, -2.0])
     generator = torch.Generator().manual_seed(0)
-    draws = [_draw(logits, Sampling(temperature=1.0, top_k=2), generator) for _ in range(4000)]
+    draws = [int(_draw(logits, Sampling(temperature=1.0, top_k=2), generator)) for _ in range(4000)]
     assert set(draws) == {0, 1} and 0.72 < draws.count(1) / 4000 < 0.78  # 0.25 : 0.75 among the top two
-    assert {_draw(logits, Sampling(temperature=1.0, top_p=0.5), generator) for _ in range(200)} == {1}
-    assert {_draw(logits, Sampling(temperature=0.05), generator) for _ in range(200)} == {1}
-    spread = {_draw(logits, Sampling(temperature=2.0), generator) for _ in range(400)}
+    assert {int(_draw(logits, Sampling(temperature=1.0, top_p=0.5), generator)) for _ in range(200)} == {1}
+    assert {int(_draw(logits, Sampling(temperature=0.05), generator)) for _ in range(200)} == {1}
+    spread = {int(_draw(logits, Sampling(temperature=2.0), generator)) for _ in range(400)}
     assert spread == {0, 1, 2, 3}
