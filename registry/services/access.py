@@ -29,7 +29,7 @@ from registry.domain.words import counted
 from registry.services import invitations as invites
 from registry.services.invitations import InvitationPolicy
 from registry.services.moves import move_owner
-from registry.services.tokens import ROLES, Principal, Role, renamed_to, retired, retired_refusal
+from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retirement
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -123,7 +123,7 @@ class Access:
                             revive: bool = False) -> OrganizationInfo:
         """A new organisation; ``creator`` becomes its first admin. Its name must not be an owner already in use
         (users and organisations share the namespace adapters are published under), nor the retired name of a
-        deleted organisation (tokens.retired) unless ``revive`` (a registry admin's choice: the new
+        deleted organisation (tokens.retirement) unless ``revive`` (a registry admin's choice: the new
         organisation's members then see what the old one left)."""
         check_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
@@ -275,7 +275,7 @@ class Access:
     def delete_organization(self, name: str, *, viewer: Principal) -> None:
         """Delete an organisation (its admins, with publish scope, and the registry's admins), refused (Conflict)
         while it owns anything that would be left without an owner: adapters, queued or running jobs, webhooks. Its
-        memberships and the storage quota an admin set for it go with it; its name is retired (``tokens.retired``):
+        memberships and the storage quota an admin set for it go with it; its name is retired (``tokens.retirement``):
         no user or new organisation takes it, except one a registry admin revives, when it left a history (jobs, or
         events of adapters under its name). Audited as org-delete (target: the name, as org-create)."""
         with self.db.session() as s:
@@ -304,7 +304,7 @@ class Access:
         """Rename an organisation (its admins, with publish scope, and the registry's admins), as the Hub and GitHub
         rename one: its members, invitations, adapters (each moved to the same name under ``new_name``, with every
         version, alias, tag and download: moves.move_owner), ended jobs, webhooks, quota and the tokens limited to
-        it follow. Its old name is retired (tokens.retired): no user or new organisation takes it, and its adapters'
+        it follow. Its old name is retired (tokens.retirement): no user or new organisation takes it, and its adapters'
         old names answer with their new ones, as after a move. ``new_name`` must be a valid owner name that nobody
         has, nor a retired one unless ``revive`` (a registry admin's choice, as for create_organization). Refused
         (Conflict) while it has queued or running jobs: their workers publish to the old name. Audited as
@@ -330,7 +330,7 @@ class Access:
                 # the old name retired as a deleted organisation's is: when it left a history (an organisation
                 # that owned nothing, renamed, leaves its name free, or renaming one would retire names at will)
                 names: dict[str, object] = {"from": name, "to": new_name, "retired": history}
-                for target in (new_name, name):  # each name's events (and tokens.retired) hear of it
+                for target in (new_name, name):  # each name's events (and tokens.retirement) hear of it
                     s.add(m.AuditEvent(actor=viewer.owner, action="org-rename", target=target, detail=names))
                 s.flush()
                 return _org_info(s, org, invites.shown(s, org, viewer))
@@ -378,7 +378,7 @@ def _lock_org(s: Session, org: m.Organization, name: str) -> None:
 
 def _refuse_taken(s: Session, name: str, *, user: str | None, asker: str, revive: bool, how: str) -> None:
     """Conflict when owner name ``name`` is an organisation's or a user's (``user``, or one with adapters or tokens
-    under it, or a member or invitee of an organisation), or retired (tokens.retired) unless ``revive`` (a registry
+    under it, or a member or invitee of an organisation), or retired (tokens.retirement) unless ``revive`` (a registry
     admin's request); ``how``: the command a registry admin reruns to revive it. A retired name that an organisation
     was renamed away from is said to be so; its new name only to a registry admin or a member of it (``asker``): an
     outsider trying names learns nothing of a private organisation's new one."""
@@ -391,8 +391,8 @@ def _refuse_taken(s: Session, name: str, *, user: str | None, asker: str, revive
     if taken or used:
         raise Conflict(f"The owner name {name!r} is taken (by {'an organisation' if taken else 'a user'}); "
                        "choose another name for the organisation.")
-    if not revive and retired(s, name):
-        renamed = renamed_to(s, name)
+    ended, renamed = (False, None) if revive else retirement(s, name)
+    if ended:
         told = renamed is not None and s.scalar(select(m.Membership.member).join(m.Organization).where(
             m.Organization.name == renamed, m.Membership.member == asker)) is not None
         raise retired_refusal(name, revive=f" (a registry admin may revive it, history and all: {how})",

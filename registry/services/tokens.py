@@ -116,21 +116,20 @@ MAX_TOKENS_PER_DAY = 1000
 OPERATOR = "operator"
 
 
-def retired(s: Session, name: str) -> bool:
-    """Whether ``name`` is retired: the name of a deleted organisation that left a history (``org-delete`` the last
+def retirement(s: Session, name: str) -> tuple[bool, str | None]:
+    """Whether ``name`` is retired, and the name its organisation was renamed to (when the rename is the last of
+    its organisation events), from one read of that event.
+
+    Retired: the name of a deleted organisation that left a history (``org-delete`` the last
     of its organisation events, with ``retired`` in its detail: jobs or adapter events under the name), so that no
     new owner of the name is shown what the organisation left (its ended jobs with their datasets and logs, its
     audit events, which are kept by owner name); or the old name of a renamed organisation (``org-rename`` away from
     it the last), whose adapters' old names point to the new one. An organisation that owned nothing, deleted,
     retires nothing."""
     deletion = _deletion(s, name)
-    return deletion is not None and bool(deletion.get("retired", True))
-
-
-def renamed_to(s: Session, name: str) -> str | None:
-    """The name organisation ``name`` was renamed to, when that rename is the last of its organisation events."""
-    deletion = _deletion(s, name)
-    return str(deletion["to"]) if deletion is not None and deletion.get("from") == name else None
+    if deletion is None:
+        return False, None
+    return bool(deletion.get("retired", True)), str(deletion["to"]) if deletion.get("from") == name else None
 
 
 #: The organisation events that begin or end an organisation's life under a name: org-rename is recorded on both
@@ -238,8 +237,9 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if s.scalar(select(m.Organization.id).where(m.Organization.name == owner)) is not None:
             raise InvalidInput(f"{owner} is an organisation: a token acts for a user, who publishes in {owner} as a "
                                f"member (`vera org add {owner} USER --role write`). Create the token for that user.")
-        if retired(s, owner):
-            raise retired_refusal(owner, revive=" for the user", renamed=renamed_to(s, owner))
+        ended, renamed = retirement(s, owner)
+        if ended:
+            raise retired_refusal(owner, revive=" for the user", renamed=renamed)
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to, parent_id=parent_id)
         s.add(row)
