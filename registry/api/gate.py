@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -167,17 +168,21 @@ class RequestGate:
 
 
 def limited(receive: Receive, limit: int, timeout_s: float, *,
-            hint: str = " (VERA_MAX_UPLOAD_BYTES for uploads)") -> Receive:
-    """``receive`` that ends a body over ``limit`` bytes (413, its message ending with ``hint``) or one that stalls
-    for ``timeout_s`` (408)."""
+            hint: str = " (VERA_MAX_UPLOAD_BYTES for uploads)", whole_s: float | None = None) -> Receive:
+    """``receive`` that ends a body over ``limit`` bytes (413, its message ending with ``hint``), one that stalls
+    for ``timeout_s`` (408), and, with ``whole_s``, one not whole within ``whole_s`` of its start (408: a byte
+    every few seconds would hold the connection for ever)."""
     received = 0
+    started = time.monotonic()
 
     async def counted() -> Message:
         nonlocal received
+        wait = timeout_s if whole_s is None else min(timeout_s, max(0.0, started + whole_s - time.monotonic()))
         try:
-            message = await asyncio.wait_for(receive(), timeout=timeout_s)
+            message = await asyncio.wait_for(receive(), timeout=wait)
         except TimeoutError:
-            raise HTTPException(408, f"The body stalled for {timeout_s:.0f} s; send it again.") from None
+            why = f"stalled for {timeout_s:.0f} s" if whole_s is None else f"was not whole within {whole_s:.0f} s"
+            raise HTTPException(408, f"The body {why}; send it again.") from None
         received += len(message.get("body", b""))
         if received > limit:
             raise HTTPException(413, f"The body is over this route's limit of {limit:,} bytes{hint}.")
@@ -188,8 +193,8 @@ def limited(receive: Receive, limit: int, timeout_s: float, *,
 
 class BodyLimit:
     """Pure ASGI middleware for an app without RequestGate (`vera serve-model`): a body over ``limit`` bytes is a
-    413, from its Content-Length before any of it is read, else once it has streamed past the limit; a body that
-    stalls for ``timeout_s`` is a 408."""
+    413, from its Content-Length before any of it is read, else once it has streamed past the limit; a body not
+    whole within ``timeout_s`` is a 408."""
 
     def __init__(self, app: App, *, limit: int, timeout_s: float = 60.0) -> None:
         self.app, self.limit, self.timeout_s = app, limit, timeout_s
@@ -203,7 +208,7 @@ class BodyLimit:
             await _send_problem(send, 413, "content_too_large", f"The body ({length} bytes) is over this "
                                 f"server's limit of {self.limit:,} bytes.", scope["path"])
             return
-        await self.app(scope, limited(receive, self.limit, self.timeout_s, hint=""), send)
+        await self.app(scope, limited(receive, self.limit, self.timeout_s, hint="", whole_s=self.timeout_s), send)
 
 
 async def _send_problem(send: Send, status: int, code: str, detail: str, path: str, allow: str = "",

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from registry.api.deps import bearer_token
 from registry.api.gate import BodyLimit
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.client import RegistryUnavailable
@@ -20,7 +19,7 @@ from registry.logs import AccessLog
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Sampling
 from registry.serving.openai import MAX_TOKENS
 from registry.serving.openai import router as openai_router
-from registry.serving.server import ModelServer
+from registry.serving.server import ModelServer, caller_token
 
 #: The largest request body: a classification of 256 texts of 20,000 characters, or a chat of 100,000 characters,
 #: with room for JSON's escapes.
@@ -79,19 +78,19 @@ def create_serving_app(server: ModelServer) -> FastAPI:
 
 
 @router.get("/health")
-def health(server: Server) -> dict[str, Any]:
+async def health(server: Server) -> dict[str, Any]:  # on the event loop: answered while every thread generates
     return {"status": "ok", "base_model": server.base_name, "task": server.task}
 
 
 @router.post("/v1/classify")
 def classify(server: Server, body: ClassifyBody, authorization: Auth = None) -> dict[str, Any]:
-    return server.classify(body.adapter, body.inputs, token=bearer_token(authorization))
+    return server.classify(body.adapter, body.inputs, token=caller_token(authorization))
 
 
 @router.post("/v1/generate")
 def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> dict[str, Any]:
     return server.generate(body.adapter, body.prompt, max_new_tokens=body.max_new_tokens,
-                           token=bearer_token(authorization), stops=body.stop,
+                           token=caller_token(authorization), stops=body.stop,
                            sampling=Sampling(body.temperature, body.top_p, body.top_k, body.seed))
 
 
@@ -99,28 +98,27 @@ def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> 
 def adapters(server: Server, authorization: Auth = None) -> dict[str, Any]:
     """What is resident: version, base model, family, pinned, requests served, load time (private adapters only
     to callers whose token reads them)."""
-    return {"base_model": server.base_name, "task": server.task, "adapters": server.listing(
-        bearer_token(authorization)),
-            "bytes_per_adapter": server.bytes_per_adapter()}
+    listed = server.listing(caller_token(authorization))
+    return {"base_model": server.base_name, "task": server.task, "adapters": listed,
+            "bytes_per_adapter": server.bytes_per_adapter(listed)}
 
 
 @router.post("/v1/adapters/pin")
 def pin(server: Server, body: PinBody, authorization: Auth = None) -> dict[str, Any]:
-    """Load (if needed) and pin: a pinned adapter is never evicted."""
-    resident = server.activate(body.adapter, bearer_token(authorization), pin=True)
+    """Load (if needed) and pin: a pinned adapter is never evicted. For those who may publish under the adapter's
+    owner (and registry admins)."""
+    resident = server.pin(body.adapter, caller_token(authorization))
     return {"ref": resident.ref, "pinned": True}
 
 
 @router.post("/v1/adapters/unpin")
 def unpin(server: Server, body: PinBody, authorization: Auth = None) -> dict[str, Any]:
-    ref = server.resolve(body.adapter, bearer_token(authorization)).ref
-    server.unpin(ref)
-    return {"ref": ref, "pinned": False}
+    """For those who may publish under the adapter's owner (and registry admins)."""
+    return {"ref": server.unpin(body.adapter, caller_token(authorization)), "pinned": False}
 
 
 @router.post("/v1/adapters/evict")
 def evict(server: Server, body: PinBody, authorization: Auth = None) -> dict[str, Any]:
-    """Evict now; like every route that names an adapter, the caller must be able to read it."""
-    ref = server.resolve(body.adapter, bearer_token(authorization)).ref
-    server.evict(ref)
-    return {"ref": ref, "evicted": True}
+    """Evict now (a pinned adapter: unpin it first); for those who may publish under the adapter's owner (and
+    registry admins)."""
+    return {"ref": server.evict_for(body.adapter, caller_token(authorization)), "evicted": True}

@@ -28,6 +28,8 @@ FinishReason = Literal["stop", "length"]
 
 #: What a caller may ask of one row (the HTTP layer checks them against these bounds before anything is queued).
 MAX_STOPS, MAX_STOP_CHARS = 4, 200
+#: Temperatures below this are greedy (vLLM's bound): dividing logits by less overflows float32.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -59,12 +61,15 @@ class Row:
     on_text: Callable[[str], None] | None = None
     on_end: Callable[[list[int], str, FinishReason], None] | None = None
     cancelled: bool = False
+    said: str = ""  # the text ``on_text`` has had
 
 
 def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
     """One token from ``logits`` (1-D, float32) as ``sampling`` says: a 1-element tensor on their device (read
-    nothing back, so a GPU is not waited for row by row)."""
-    logits = logits / sampling.temperature
+    nothing back, so a GPU is not waited for row by row). It cannot fail on the numbers it is given: NaN is never
+    drawn, +inf is the largest float, and a row left with nothing to draw from (all -inf: an adapter with absurd
+    vectors) takes its likeliest token, so that one row's numbers never fail the batch it shares."""
+    logits = torch.nan_to_num(logits / sampling.temperature, nan=float("-inf"), neginf=float("-inf"))
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -74,7 +79,11 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
         # drop a token when the ones before it already add up to top_p (the first always stays)
         drop = probs.cumsum(-1) - probs >= sampling.top_p
         logits = torch.empty_like(logits).scatter_(0, order, ordered.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    probs = logits.softmax(-1)
+    usable = torch.isfinite(probs).all() & (probs.sum() > 0)
+    likeliest = torch.nn.functional.one_hot(logits.argmax(), logits.shape[-1]).to(probs.dtype)
+    return torch.multinomial(torch.where(usable, torch.nan_to_num(probs, nan=0.0), likeliest), 1,
+                             generator=generator)
 
 
 class RowSampler(LogitsProcessor):
@@ -108,7 +117,6 @@ class RowStops(StoppingCriteria):
     def __init__(self, rows: Sequence[Row], *, start: int, eos: set[int], decode: Callable[[list[int]], str],
                  sampler: RowSampler) -> None:
         self.rows, self.start, self.eos, self.decode, self.sampler = rows, start, eos, decode, sampler
-        self.sent = [""] * len(rows)  # the text each row's consumer has had
         self.ended = [False] * len(rows)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
@@ -120,7 +128,7 @@ class RowStops(StoppingCriteria):
 
     def _advance(self, i: int, row: Row, tokens: list[int]) -> None:
         if row.cancelled:
-            return self.finish(i, row, tokens, self.sent[i], "stop")
+            return self.finish(i, row, tokens, row.said, "stop")
         if tokens and tokens[-1] in self.eos:
             return self.finish(i, row, tokens, self.decode(tokens[:-1]), "stop")
         if row.on_text is None and not row.stops and len(tokens) < row.max_new_tokens:
@@ -134,15 +142,15 @@ class RowStops(StoppingCriteria):
         # hold back what might begin a stop string, and an incomplete character (decoded as U+FFFD)
         held = max((k for s in row.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         ready = text[:len(text) - held].rstrip("\ufffd")
-        if row.on_text is not None and len(ready) > len(self.sent[i]) and ready.startswith(self.sent[i]):
-            row.on_text(ready[len(self.sent[i]):])
-            self.sent[i] = ready
+        if row.on_text is not None and len(ready) > len(row.said) and ready.startswith(row.said):
+            row.on_text(ready[len(row.said):])
+            row.said = ready
         return None
 
     def finish(self, i: int, row: Row, tokens: list[int], text: str, reason: FinishReason) -> None:
         self.ended[i] = self.sampler.ended[i] = True
-        if row.on_text is not None and text.startswith(self.sent[i]) and len(text) > len(self.sent[i]):
-            row.on_text(text[len(self.sent[i]):])
-            self.sent[i] = text
+        if row.on_text is not None and text.startswith(row.said) and len(text) > len(row.said):
+            row.on_text(text[len(row.said):])
+            row.said = text
         if row.on_end is not None:
             row.on_end(tokens, text, reason)

@@ -16,6 +16,7 @@ ignored.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import secrets
 import time
@@ -29,12 +30,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from registry.api.deps import bearer_token
 from registry.client import RegistryUnavailable
-from registry.domain.errors import Busy, ContentTooLarge, InvalidInput, RegistryError, status_of
+from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError, status_of
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Row, Sampling
-from registry.serving.server import Generated, ModelServer, Resident
+from registry.serving.server import Evicted, Generated, ModelServer, Resident, caller_token
 
+log = logging.getLogger("vera.serving")
 #: the most tokens one choice may generate, and choices one request may ask for (prompts times n)
 MAX_TOKENS, MAX_CHOICES = 512, 64
 _SEED = Field(None, ge=-(2**63), lt=2**64, description="the same seed, prompt and server: the same text")
@@ -62,15 +63,21 @@ class OpenAIRoute(APIRoute):
                 return openai_error(exc.status_code, str(exc.detail))
             except RegistryError as exc:
                 return openai_error(_status(exc), str(exc), code=exc.code)
+            except Exception:  # noqa: BLE001 - OpenAI's clients read only OpenAI's error object
+                log.exception(f"{request.method} {request.url.path} failed")
+                return openai_error(500, "The model server failed on this request (its log says why).")
 
         return route
 
 
 def _status(exc: RegistryError) -> int:
-    """OpenAI's status for ``exc``: an invalid request is a 400 (the registry's 422), the registry out of reach
-    a 503."""
+    """OpenAI's status for ``exc``: an invalid request is a 400 (the registry's 422), and so is a conflict that
+    sending again cannot resolve (an adapter for another base, every bank pinned): OpenAI's clients retry a 409
+    by themselves, right for an adapter evicted meanwhile only; the registry out of reach is a 503."""
     if isinstance(exc, RegistryUnavailable):
         return 503
+    if isinstance(exc, Conflict) and not isinstance(exc, Evicted):
+        return 400
     return 400 if isinstance(exc, InvalidInput) and not isinstance(exc, ContentTooLarge) else status_of(exc)
 
 
@@ -99,6 +106,21 @@ class _Sampled(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
+    top_logprobs: Any = None
+    response_format: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    modalities: Any = None
+    audio: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        """An explicit null is the field's default, as in OpenAI's API (clients send unset options as null)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _honoured(self) -> _Sampled:
@@ -107,8 +129,20 @@ class _Sampled(BaseModel):
                 raise ValueError(f"{name} is not supported by vera serve-model: leave it out or send 0")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by vera serve-model: leave it out")
-        if self.logprobs not in (None, False, 0):
-            raise ValueError("logprobs are not returned by vera serve-model: leave logprobs out")
+        if self.logprobs is not None and self.logprobs is not False or self.top_logprobs:
+            raise ValueError("logprobs are not returned by vera serve-model: leave logprobs and top_logprobs out")
+        unsupported = {  # what each may be when it asks for nothing this server does not do
+            "response_format": self.response_format in (None, {"type": "text"}),
+            "tool_choice": self.tool_choice in (None, "none"), "functions": not self.functions,
+            "function_call": self.function_call in (None, "none"), "modalities": self.modalities in (None, ["text"]),
+            "audio": self.audio is None, "prediction": self.prediction is None,
+            "reasoning_effort": self.reasoning_effort is None}
+        refused = [name for name, fine in unsupported.items() if not fine]
+        if refused:
+            raise ValueError(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not supported by vera "
+                             "serve-model (plain text generation only): leave it out")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
         stops = self.stops
         if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
             raise ValueError(f"stop must be at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters")
@@ -194,12 +228,12 @@ def models(server: Server, authorization: Auth = None) -> dict[str, Any]:
     registry for this base model is loaded on its first request."""
     return {"object": "list", "data": [
         {"id": r["ref"], "object": "model", "created": int(r["loaded_at"]), "owned_by": r["ref"].split("/")[0]}
-        for r in server.listing(bearer_token(authorization))]}
+        for r in server.listing(caller_token(authorization))]}
 
 
 @router.post("/v1/completions", response_model=None)
 def completions(server: Server, body: CompletionBody, authorization: Auth = None) -> dict[str, Any] | Response:
-    resident = server.generator_for(body.model, bearer_token(authorization))
+    resident = server.generator_for(body.model, caller_token(authorization))
     prompts = body.prompts
     if len(prompts) * body.n > MAX_CHOICES:
         raise InvalidInput(f"{len(prompts)} prompts times n={body.n} is {len(prompts) * body.n} choices; at most "
@@ -222,7 +256,7 @@ def completions(server: Server, body: CompletionBody, authorization: Auth = None
 
 @router.post("/v1/chat/completions", response_model=None)
 def chat_completions(server: Server, body: ChatBody, authorization: Auth = None) -> dict[str, Any] | Response:
-    resident = server.generator_for(body.model, bearer_token(authorization))
+    resident = server.generator_for(body.model, caller_token(authorization))
     if body.n > MAX_CHOICES:
         raise InvalidInput(f"n is at most {MAX_CHOICES}.")
     # the template writes the special tokens itself (a second beginning-of-sequence token would change the answer)

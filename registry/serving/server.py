@@ -10,6 +10,7 @@ name is resolved through the registry with the caller's token (so the caller nee
 
 from __future__ import annotations
 
+import logging
 import queue
 import tempfile
 import threading
@@ -24,14 +25,47 @@ from typing import Any, Literal, NamedTuple, cast
 import torch
 
 from registry.client import RegistryClient
-from registry.domain.errors import Busy, Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from registry.domain.schemas import Ref, VersionInfo
+from registry.domain.errors import Busy, Conflict, Forbidden, InvalidInput, NotFound, RegistryError, Unauthorized
+from registry.domain.schemas import Ref, VersionInfo, WhoAmI
 from registry.serving.decode import FinishReason, Row, RowSampler, RowStops, Sampling
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.keys import module_path
 from vera_core.recipes import resolve_base
 
 Task = Literal["classification", "causal-lm"]
+log = logging.getLogger("vera.serving")
+
+
+class GenerationFailed(RegistryError):
+    """``generate`` failed for a row even on its own (the server's log has the exception)."""
+
+    code = "generation_failed"
+
+
+class Evicted(Conflict):
+    """The adapter was evicted between its activation and its forward: sending the request again loads it again
+    (the one conflict worth retrying)."""
+
+
+def caller_token(authorization: str | None) -> str | None:
+    """The bearer secret of an ``Authorization`` header, refused (401) unless it is printable ASCII, as every token
+    is: anything else could not even be passed on to the registry in a header."""
+    from registry.api.deps import bearer_token
+
+    secret = bearer_token(authorization)
+    if secret is not None and not (secret.isascii() and secret.isprintable()):
+        raise Unauthorized("The token is unknown or revoked; pass a valid one with VERA_TOKEN or --token.")
+    return secret
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if it is Unicode that UTF-8 can write (not a lone surrogate, which JSON's \\ud800 escapes allow)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} holds a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff without its "
+                           "pair), which is not text: send UTF-8.") from None
+    return text
 #: A bank's identity: adapters with equal keys share its projection and its base copy.
 class BankKey(NamedTuple):
     """What adapters must share to sit in one AdapterBank (one projection, one copy of the base with its heads)."""
@@ -107,7 +141,10 @@ class ModelServer:
         self.banks: dict[BankKey, AdapterBank] = {}
         self.residents: dict[str, Resident] = {}
         self._resolved: dict[tuple[str | None, str], tuple[float, VersionInfo]] = {}
+        self._unreadable: dict[tuple[str | None, str], float] = {}  # (token, ref) the registry refused, and when
+        self._who: dict[str | None, tuple[float, WhoAmI]] = {}
         self._loading: dict[str, threading.Lock] = {}
+        self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
@@ -132,7 +169,7 @@ class ModelServer:
         self._resolved[key] = (time.monotonic(), info)
         return info
 
-    def activate(self, name: str, token: str | None, *, pin: bool = False) -> Resident:
+    def activate(self, name: str, token: str | None) -> Resident:
         """The resident adapter ``name`` resolves to, loading it from the registry on first use."""
         info = self.resolve(name, token)
         if info.base_model != self.base_name:
@@ -144,11 +181,56 @@ class ModelServer:
         if resident is None:
             with gate:  # one download per version, however many requests ask at once
                 resident = self.residents.get(info.ref) or self._load(info, token)
-        resident.pinned = resident.pinned or pin
+        resident.private = info.visibility != "public"  # made private since it loaded: listed no more
         resident.last_used = time.monotonic()
         return resident
 
+    def _whoami(self, token: str | None) -> WhoAmI:
+        hit = self._who.get(token)
+        if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s:
+            return hit[1]
+        with self.client_for(token) as client:
+            who = client.whoami()
+        if len(self._who) > 10_000:
+            self._who.clear()
+        self._who[token] = (time.monotonic(), who)
+        return who
+
+    def _managed(self, name: str, token: str | None, verb: str) -> VersionInfo:
+        """The version ``name`` means, if the caller may ``verb`` it: pinning, unpinning and evicting change what
+        every caller of this server waits for, so they are for those who may publish under its owner (as the
+        registry's rules say: the owner, an organisation's writers, registry admins), not for every reader."""
+        info = self.resolve(name, token)
+        owner = info.ref.split("/")[0]
+        who = self._whoami(token)
+        admin = "admin" in who.scopes
+        within = who.limited_to is None or owner in who.limited_to
+        writer = "publish" in who.scopes and (owner == who.user or who.organizations.get(owner) in ("write", "admin"))
+        if who.anonymous or not within or not (admin or writer):
+            raise Forbidden(f"Only those who may publish under {owner}/ (and registry admins) may {verb} {info.ref}; "
+                            "your token may read it.")
+        return info
+
+    def pin(self, name: str, token: str | None) -> Resident:
+        """Load (if needed) and pin ``name``: never evicted. At most half of ``max_resident`` adapters are pinned,
+        and pins hold at most ``max_banks - 1`` banks, so that adapters nobody pinned always have one."""
+        self._managed(name, token, "pin")
+        resident = self.activate(name, token)
+        with self.lock:
+            if not resident.pinned:
+                pinned = [r for r in self.residents.values() if r.pinned]
+                families = {r.bank for r in pinned}
+                if len(pinned) >= max(1, self.max_resident // 2):
+                    raise Conflict(f"{len(pinned)} adapters are pinned, the most this server pins (half of "
+                                   "--max-resident); unpin one first.")
+                if self.max_banks > 1 and resident.bank not in families and len(families) >= self.max_banks - 1:
+                    raise Conflict(f"Pinned adapters hold {len(families)} of this server's {self.max_banks} banks; "
+                                   "the last is kept for adapters nobody pinned. Unpin one of another projection "
+                                   "family, or raise --max-banks.")
+                resident.pinned = True
+        return resident
     def _load(self, info: VersionInfo, token: str | None) -> Resident:
+        """Download ``info``'s files and add it to its family's bank (built first if the family is new)."""
         started = time.perf_counter()
         with self.client_for(token) as client, tempfile.TemporaryDirectory(prefix="vera-serve-") as tmp:
             projection = not info.seed_reproducible  # the seed regenerates them here: never download them for nothing
@@ -162,37 +244,61 @@ class ModelServer:
         key = _bank_key(files)
         labels = [str(x) for x in info.metrics.get("labels", [])] if isinstance(info.metrics.get("labels"), list) \
             else []
+        bank, added = self._bank_for(key, files, info.ref)
         with self.lock:
-            bank = self.banks.get(key) or self._new_bank(key, files, info.ref)
-            try:
-                bank.add(info.ref, files)
-            except VeraError as exc:
-                raise Conflict(f"{info.ref} does not fit the served base {self.base_name!r}: {exc}") from exc
+            if self.banks.get(key) is not bank:
+                raise Evicted(f"{info.ref}'s projection family was dropped while it loaded; send it again.")
+            if not added:
+                self._add(bank, files, info.ref)
             resident = Resident(ref=info.ref, base_model=info.base_model, bank=key, labels=labels,
                                 load_s=time.perf_counter() - started, private=info.visibility != "public")
             self.residents[info.ref] = resident
             self._evict_over_capacity(keep=info.ref)
         return resident
 
-    def _new_bank(self, key: BankKey, files: AdapterFiles, ref: str) -> AdapterBank:
-        if len(self.banks) >= self.max_banks:
-            idle = [k for k in self.banks if not any(r.pinned for r in self.residents.values() if r.bank == k)]
-            if not idle:
-                raise Conflict(f"{ref} needs a projection family of its own (generator, seed, rank, targets or "
-                               f"heads differ) and all {self.max_banks} banks hold pinned adapters; unpin some or "
-                               "raise --max-banks.")
-            oldest = min(idle, key=lambda k: max((r.last_used for r in self.residents.values() if r.bank == k),
-                                                 default=0.0))
-            self._drop_bank(oldest)
-        config = files.config.replace(inference_mode=True)
-        heads = dict(key.heads)
+    def _bank_for(self, key: BankKey, files: AdapterFiles, ref: str) -> tuple[AdapterBank, bool]:
+        """``key``'s bank, and whether ``ref`` was added to it: a new family's bank is built (a copy of the base:
+        seconds for a big one) and ``ref`` added to it outside ``lock``, which every forward holds, one build at a
+        time; an adapter that does not fit fails there, having dropped no other bank."""
+        with self.lock:
+            if (bank := self.banks.get(key)) is not None:
+                return bank, False
+            self._room_for_bank(ref, drop=False)  # refused before any work when no bank may go
+        with self._building:
+            with self.lock:
+                if (bank := self.banks.get(key)) is not None:
+                    return bank, False
+            config = files.config.replace(inference_mode=True)
+            try:
+                model = VeraModel(self._base_model(dict(key.heads)), config).to(self.device).eval()
+            except VeraError as exc:
+                raise Conflict(f"{ref} does not fit the served base {self.base_name!r}: {exc}") from exc
+            bank = AdapterBank(model)
+            self._add(bank, files, ref)
+            with self.lock:
+                self._room_for_bank(ref, drop=True)
+                self.banks[key] = bank
+            return bank, True
+
+    def _add(self, bank: AdapterBank, files: AdapterFiles, ref: str) -> None:
         try:
-            model = VeraModel(self._base_model(heads), config).to(self.device).eval()
+            bank.add(ref, files)
         except VeraError as exc:
             raise Conflict(f"{ref} does not fit the served base {self.base_name!r}: {exc}") from exc
-        bank = AdapterBank(model)
-        self.banks[key] = bank
-        return bank
+
+    def _room_for_bank(self, ref: str, *, drop: bool) -> None:
+        """Conflict when all ``max_banks`` banks hold pinned adapters; with ``drop``, make room for one more bank
+        by dropping the least recently used bank that holds no pinned adapter."""
+        if len(self.banks) < self.max_banks:
+            return
+        idle = [k for k in self.banks if not any(r.pinned for r in self.residents.values() if r.bank == k)]
+        if not idle:
+            raise Conflict(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads "
+                           f"differ) and every bank holds pinned adapters; retry once some are unpinned, or ask "
+                           "the operator for more --max-banks.")
+        if drop:
+            self._drop_bank(min(idle, key=lambda k: max(
+                (r.last_used for r in self.residents.values() if r.bank == k), default=0.0)))
 
     def _base_model(self, heads: dict[str, tuple[int, ...]]) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -218,17 +324,29 @@ class ModelServer:
             self.evict(min(victims, key=lambda r: r.last_used).ref)
 
     def evict(self, ref: str) -> None:
+        """Unload ``ref`` now (its pin too: the server's own capacity rule; a caller's eviction is ``evict_for``)."""
         with self.lock:
             resident = self.residents.pop(ref, None)
             if resident is None:
                 raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
             self.banks[resident.bank].remove(ref)
 
-    def unpin(self, ref: str) -> None:
+    def evict_for(self, name: str, token: str | None) -> str:
+        """Evict ``name`` for a caller who may publish under its owner; a pinned adapter is unpinned first."""
+        ref = self._managed(name, token, "evict").ref
+        with self.lock:
+            if ref in self.residents and self.residents[ref].pinned:
+                raise Conflict(f"{ref} is pinned; unpin it first (POST /v1/adapters/unpin).")
+            self.evict(ref)
+        return ref
+
+    def unpin(self, name: str, token: str | None) -> str:
+        ref = self._managed(name, token, "unpin").ref
         with self.lock:
             if ref not in self.residents:
                 raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
             self.residents[ref].pinned = False
+        return ref
 
     def listing(self, token: str | None = None) -> list[dict[str, Any]]:
         """The residents: public ones, and private ones that ``token`` reads (asked of the registry, cached)."""
@@ -240,15 +358,28 @@ class ModelServer:
                 for r in residents if not r.private or self._readable(r.ref, token)]
 
     def _readable(self, ref: str, token: str | None) -> bool:
+        """Whether ``token`` reads ``ref`` (a refusal remembered for ``resolve_ttl_s``, as an answer is, so that
+        listings do not ask the registry again for every private resident on every call)."""
+        refused = self._unreadable.get((token, ref))
+        if refused is not None and time.monotonic() - refused < self.resolve_ttl_s:
+            return False
         try:
             self.resolve(ref, token)
         except (NotFound, Unauthorized, Forbidden):
+            if len(self._unreadable) > 100_000:
+                self._unreadable.clear()
+            self._unreadable[(token, ref)] = time.monotonic()
             return False
         return True
 
-    def bytes_per_adapter(self) -> dict[str, int]:
+    def bytes_per_adapter(self, listed: Sequence[dict[str, Any]] | None = None) -> dict[str, int]:
+        """Bytes per adapter of each bank; with ``listed`` (a listing's entries) only the banks of those residents,
+        so that nobody learns the family (its projection seed) of a private adapter it cannot see."""
+        families = None if listed is None else {(e["family"]["generator"], e["family"]["seed"], e["family"]["r"])
+                                                for e in listed}
         with self.lock:
-            return {f"{k.generator}/seed={k.seed}/r={k.r}": bank.bytes_per_adapter() for k, bank in self.banks.items()}
+            return {f"{k.generator}/seed={k.seed}/r={k.r}": bank.bytes_per_adapter() for k, bank in self.banks.items()
+                    if families is None or (k.generator, k.seed, k.r) in families}
 
     # ---- requests ----------------------------------------------------------------------------------------------
     def classify(self, name: str, texts: Sequence[str], token: str | None = None) -> dict[str, Any]:
@@ -277,6 +408,7 @@ class ModelServer:
                    ) -> list[int]:
         """``prompt``'s token ids (with the tokenizer's special tokens unless ``special_tokens`` is False: a chat
         template writes them itself), checked to leave room for ``max_new_tokens`` in the base's context."""
+        check_text(prompt, "The prompt")
         with self._tokenizer_lock:
             ids: list[int] = self.tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
         if not ids:
@@ -305,8 +437,15 @@ class ModelServer:
             raise InvalidInput(f"The tokenizer of this server's base model ({self.base_name}) has no chat template, "
                                "so chat messages cannot be written as its prompt: use /v1/completions with a "
                                "prompt instead.")
-        with self._tokenizer_lock:
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        from jinja2 import TemplateError
+
+        for message in messages:
+            check_text(message["content"], "A message")
+        try:
+            with self._tokenizer_lock:
+                return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except TemplateError as exc:  # the template's own refusal ("Conversation roles must alternate ...")
+            raise InvalidInput(f"This base model's chat template refused the messages: {exc}") from exc
 
     def start(self, resident: Resident, rows: Sequence[Row]) -> list[Future[Generated]]:
         """Queue ``rows`` for ``resident``'s adapter; each future holds its row's answer once the row ends (a
@@ -377,7 +516,7 @@ class ModelServer:
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and the forward
-                work.future.set_exception(Conflict(f"{work.resident.ref} was evicted meanwhile; send it again."))
+                work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
             else:
                 work.resident.requests += 1
                 ready.append(work)
@@ -405,34 +544,78 @@ class ModelServer:
                                                                         strict=True))} for row in part]})
 
     def _generate(self, key: BankKey, works: list[_Work]) -> None:
-        """One ``generate`` for rows of many adapters, each with its own sampling, budget and stops
-        (registry.serving.decode); each row's future is answered as soon as that row ends."""
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
+        """Rows of many adapters, each with its own sampling, budget and stops (registry.serving.decode), in as few
+        ``generate`` calls as the base's context allows; each row's future is answered as soon as that row ends.
+        A failed call fails only the rows that fail alone: the others that had sent no text yet run again, each on
+        its own (a seeded row gives the same text), so that one caller's request never fails another's."""
         bank, works = self._routable(key, works)
         if not works:
             return
+        for work in works:
+            work.payload.on_end = _answer(work.future, work.payload.on_end)
+        for part in self._fitting(works):
+            failure = self._generate_rows(bank, part)
+            if failure is None:
+                continue
+            for work in part:
+                if work.future.done():
+                    continue
+                if len(part) > 1 and not work.payload.said:
+                    failure = self._generate_rows(bank, [work])
+                    if failure is None:
+                        continue
+                work.future.set_exception(failure)
+
+    def _fitting(self, works: list[_Work]) -> list[list[_Work]]:
+        """``works`` cut into batches whose longest prompt plus largest budget fits the base's context: a batch is
+        left-padded to its longest prompt and runs to its largest budget, so rows that each fit may not together
+        (a base with learned positions, GPT-2's, fails past its table)."""
+        if self.context_length is None:
+            return [works]
+        parts: list[list[_Work]] = []
+        longest = budget = 0
+        for work in sorted(works, key=lambda w: len(w.payload.prompt_ids)):
+            row: Row = work.payload
+            if parts and max(longest, len(row.prompt_ids)) + max(budget, row.max_new_tokens) <= self.context_length:
+                parts[-1].append(work)
+                longest, budget = max(longest, len(row.prompt_ids)), max(budget, row.max_new_tokens)
+            else:
+                parts.append([work])
+                longest, budget = len(row.prompt_ids), row.max_new_tokens
+        return parts
+
+    def _generate_rows(self, bank: AdapterBank, works: list[_Work]) -> Exception | None:
+        """One ``generate`` of ``works``' rows; the exception it raised (logged), or None."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
         rows: list[Row] = [w.payload for w in works]
-        for work, row in zip(works, rows, strict=True):
-            row.on_end = _answer(work.future, row.on_end)
-        with self._tokenizer_lock:
-            enc = self.tokenizer.pad({"input_ids": [r.prompt_ids for r in rows]}, padding=True, return_tensors="pt")
-        enc = enc.to(self.device)
-        model = cast(Any, bank.model.model)
-        eos = {self.tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None}
-        start = int(enc["input_ids"].shape[1])
-        sampler = RowSampler(rows, self.device)
-        stops = RowStops(rows, start=start, eos=eos, decode=self._decode, sampler=sampler)
-        settings = GenerationConfig(  # type: ignore[no-untyped-call]
-            max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
-        with torch.no_grad(), bank.route([w.resident.ref for w in works]):
-            out = model.generate(**enc, generation_config=settings, logits_processor=LogitsProcessorList([sampler]),
-                                 stopping_criteria=StoppingCriteriaList([stops]))
-        for i, (row, tokens) in enumerate(zip(rows, out[:, start:].tolist(), strict=True)):
-            if not stops.ended[i]:  # generate stopped before this row's own end (its budget was the longest)
-                stops.finish(i, row, tokens[:row.max_new_tokens], self._decode(tokens[:row.max_new_tokens]),
-                             "length")
+        try:
+            with self._tokenizer_lock:
+                enc = self.tokenizer.pad({"input_ids": [r.prompt_ids for r in rows]}, padding=True,
+                                         return_tensors="pt")
+            enc = enc.to(self.device)
+            model = cast(Any, bank.model.model)
+            eos = {self.tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None}
+            start = int(enc["input_ids"].shape[1])
+            sampler = RowSampler(rows, self.device)
+            stops = RowStops(rows, start=start, eos=eos, decode=self._decode, sampler=sampler)
+            settings = GenerationConfig(  # type: ignore[no-untyped-call]
+                max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
+            with torch.no_grad(), bank.route([w.resident.ref for w in works]):
+                out = model.generate(**enc, generation_config=settings,
+                                     logits_processor=LogitsProcessorList([sampler]),
+                                     stopping_criteria=StoppingCriteriaList([stops]))
+            for i, (row, tokens) in enumerate(zip(rows, out[:, start:].tolist(), strict=True)):
+                if not stops.ended[i]:  # generate stopped before this row's own end (its budget was the largest)
+                    kept = tokens[:row.max_new_tokens]
+                    stops.finish(i, row, kept, self._decode(kept), "length")
+        except Exception:  # noqa: BLE001 - the caller decides whose rows it fails
+            log.exception(f"generation of {len(rows)} rows ({', '.join(sorted({w.resident.ref for w in works}))}) "
+                          f"failed")
+            return GenerationFailed("This model server failed to generate this answer (its log says why); retry, "
+                                    "or change the request.")
+        return None
 
     def _decode(self, tokens: list[int]) -> str:
         with self._tokenizer_lock:

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, NotFound
+from registry.domain.errors import Conflict, Forbidden, NotFound
 from registry.services.tokens import Unauthorized
 from registry.serving.server import ModelServer
 from tests.registry.adapters import make_adapter
@@ -112,7 +112,7 @@ def test_adapters_hot_load_list_pin_evict_and_follow_an_alias(
     server.classify("alice/clf0@prod", TEXTS[:1], token)
     (entry,) = server.listing()
     assert entry["ref"] == "alice/clf0:1" and entry["base_model"] == "minilm" and entry["load_s"] > 0
-    server.activate("alice/clf1", token, pin=True)
+    server.pin("alice/clf1", token)
     server.classify("alice/clf2", TEXTS[:1], token)
     server.classify("alice/other-seed", TEXTS[:1], token)  # a 4th adapter, another family: the LRU unpinned goes
     resident = {e["ref"]: e for e in server.listing()}
@@ -141,6 +141,37 @@ def test_adapters_for_another_base_or_matching_no_module_are_refused(
     with pytest.raises(Conflict, match="does not fit the served base 'minilm-b'"):
         server.classify("alice/llama", TEXTS, token)
     assert server.listing() == [] and server.banks == {}
+
+
+def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
+    registry_server: dict[str, Any]
+) -> None:
+    """An outsider's attack: any reader could pin, unpin and evict anyone's adapters (evicting in a loop failed
+    most of the owner's requests), and pinning four families locked every other family out for good."""
+    writer, reader = registry_server["writer"], registry_server["reader"]
+    server = ModelServer("minilm", client_for=lambda token: RegistryClient(registry_server["url"], token or ""),
+                         max_resident=4, max_banks=2, resolve_ttl_s=0.0)
+    try:
+        server.classify("alice/clf1", TEXTS[:1], reader)
+        for verb in (server.pin, server.unpin, server.evict_for):
+            with pytest.raises(Forbidden, match="Only those who may publish under alice/"):
+                verb("alice/clf1", reader)
+        server.pin("alice/clf1", writer)
+        with pytest.raises(Conflict, match="the last is kept for adapters nobody pinned"):
+            server.pin("alice/other-seed", writer)  # another family: pins may not hold both banks
+        server.pin("alice/clf2", writer)  # clf1's family
+        with pytest.raises(Conflict, match="the most this server pins"):
+            server.pin("alice/clf0", writer)  # half of --max-resident are pinned already
+        server.base_name = "minilm-b"  # an adapter whose modules MiniLM lacks: refused, dropping no bank
+        with pytest.raises(Conflict, match="does not fit the served base"):
+            server.classify("alice/llama", TEXTS, reader)
+        assert {e["ref"] for e in server.listing(writer)} >= {"alice/clf1:1", "alice/clf2:1", "alice/other-seed:1"}
+        with pytest.raises(Conflict, match="unpin it first"):
+            server.evict_for("alice/clf1", writer)
+        assert server.unpin("alice/clf1", writer) == "alice/clf1:1"
+        assert server.evict_for("alice/clf1", writer) == "alice/clf1:1"
+    finally:
+        server.close()
 
 
 def test_requests_need_a_token_that_may_read_the_adapter(server: ModelServer,
@@ -187,14 +218,21 @@ def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
         assert anonymous.status_code == 401
         assert httpx.post(f"{url}/v1/classify", json={"adapter": "alice/clf2", "inputs": []}, headers=auth,
                           timeout=60).status_code == 422
-        pinned = httpx.post(f"{url}/v1/adapters/pin", json={"adapter": "alice/clf1"}, headers=auth, timeout=60)
+        owner = {"Authorization": f"Bearer {registry_server['writer']}"}
+        for route in ("pin", "unpin", "evict"):  # what every caller of the server waits for: alice's to decide
+            refused = httpx.post(f"{url}/v1/adapters/{route}", json={"adapter": "alice/clf1"}, headers=auth,
+                                 timeout=60)
+            assert refused.status_code == 403 and "may publish under alice/" in refused.json()["detail"], route
+        pinned = httpx.post(f"{url}/v1/adapters/pin", json={"adapter": "alice/clf1"}, headers=owner, timeout=60)
         assert pinned.json() == {"ref": "alice/clf1:1", "pinned": True}
+        still = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf1"}, headers=owner, timeout=60)
+        assert still.status_code == 409 and "unpin it first" in still.json()["detail"]
         listing = httpx.get(f"{url}/v1/adapters", timeout=10).json()
         assert {a["ref"] for a in listing["adapters"]} == {"alice/clf1:1", "alice/clf2:1"}
         assert listing["base_model"] == "minilm" and list(listing["bytes_per_adapter"].values())[0] > 0
         anonymous_evict = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, timeout=10)
         assert anonymous_evict.status_code == 401
-        evicted = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, headers=auth, timeout=10)
+        evicted = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, headers=owner, timeout=10)
         assert evicted.status_code == 200
         assert {a["ref"] for a in httpx.get(f"{url}/v1/adapters", timeout=10).json()["adapters"]} == {"alice/clf1:1"}
         assert_docs_served_here(url)  # its /docs and /redoc too need no CDN

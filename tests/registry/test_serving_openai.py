@@ -5,7 +5,9 @@ own ``generate`` of each adapter loaded alone."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,16 +15,19 @@ import httpx
 import openai
 import pytest
 import torch
+from fastapi import FastAPI, Request
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from registry.api.gate import BodyLimit
 from registry.client import RegistryClient
 from registry.serving.api import MAX_BODY_BYTES, create_serving_app
 from registry.serving.decode import Row, Sampling, _draw
 from registry.serving.server import ModelServer
-from tests.registry.adapters import make_adapter
+from tests.conftest import TINY_MODELS
+from tests.registry.adapters import make_adapter, make_model
 from tests.registry.servers import in_thread, issued_tokens, running_server
 from tests.registry.tiny_lm import save_tiny_llama
-from vera_core import PEFT_GENERATOR, load_adapter
+from vera_core import PEFT_GENERATOR, load_adapter, save_adapter
 
 #: a chat template of the simplest kind (the tiny tokenizer's words only, so every message is plain tokens)
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
@@ -49,12 +54,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             client.publish(make_adapter(root / "secret", seed=5), "alice/secret", base_model="tiny-lm",
                            visibility="private")
             client.publish(make_adapter(root / "foreign", seed=6), "alice/foreign", base_model="org/other")
+            huge = make_model(7, projection_generator=PEFT_GENERATOR)  # gen0's family: they share batches
+            with torch.no_grad():
+                for vector in huge.trainable_parameters().values():
+                    vector.mul_(1e37)  # finite, so the registry takes it; its logits are not
+            client.publish(save_adapter(huge, root / "huge"), "alice/huge", base_model="tiny-lm")
         server = ModelServer(str(base), task="causal-lm", base_name="tiny-lm", batch_window_s=0.2,
                              client_for=lambda token: RegistryClient(registry, token or ""))
         try:
             with in_thread(create_serving_app(server), "the model server") as serving:
                 yield {"url": serving, "server": server, "base": base, "dirs": dirs, "writer": writer,
-                       "reader": reader}
+                       "reader": reader, "registry": registry}
         finally:
             server.close()
 
@@ -187,13 +197,32 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
         (openai.BadRequestError, {"prompt": ["the cat"] * 20, "n": 4}, "80 choices; at most 64"),
         (openai.BadRequestError, {"stop": ["a", "b", "c", "d", "e"]}, "at most 4 strings"),
         (openai.NotFoundError, {"model": "alice/nothing"}, "alice/nothing"),
-        (openai.ConflictError, {"model": "alice/foreign"}, "published for base model 'org/other'"),
+        # a conflict that sending again cannot resolve is a 400: OpenAI's clients retry a 409 by themselves
+        (openai.BadRequestError, {"model": "alice/foreign"}, "published for base model 'org/other'"),
+        (openai.BadRequestError, {"extra_body": {"response_format": {"type": "json_object"}}},
+         "response_format is not supported"),
+        (openai.BadRequestError, {"logprobs": 0}, "logprobs are not returned"),
+        (openai.BadRequestError, {"stream_options": {"include_usage": True}}, "only allowed with stream: true"),
     ]
     for error, change, says in cases:
         with pytest.raises(error) as raised:
             client.completions.create(**{"model": "alice/gen0", "prompt": "the cat", "max_tokens": 4, **change})
         assert says in raised.value.message, (change, raised.value.message)
         assert isinstance(raised.value.body, dict) and raised.value.body.get("message"), raised.value.body
+    nulls = httpx.post(f"{served['url']}/v1/completions", headers={"Authorization": f"Bearer {served['writer']}"},
+                       json={"model": "alice/gen0", "prompt": "the cat", "max_tokens": None, "temperature": None,
+                             "top_p": None, "n": None, "stream": None, "echo": None, "presence_penalty": None})
+    assert nulls.status_code == 200 and nulls.json()["usage"]["completion_tokens"] <= 16  # null: the default
+    writer = {"Authorization": f"Bearer {served['writer']}", "Content-Type": "application/json"}
+    for route, body in (("completions", b'{"model": "alice/gen0", "prompt": "the \\ud800 cat"}'),
+                        ("chat/completions", b'{"model": "alice/gen0", "messages": [{"role": "user", '
+                                             b'"content": "\\udfff"}]}')):  # JSON escapes no encoder writes
+        surrogate = httpx.post(f"{served['url']}/v1/{route}", content=body, headers=writer)
+        assert surrogate.status_code == 400 and "lone UTF-16 surrogate" in surrogate.json()["error"]["message"]
+    for token in ("vera_wrong", "vera_\u00e9t\u00e9"):  # unknown, and not even ASCII: 401 both, never a 500
+        answer = httpx.post(f"{served['url']}/v1/completions", json={"model": "alice/gen0", "prompt": "the"},
+                            headers={"Authorization": f"Bearer {token}".encode()})
+        assert answer.status_code == 401 and answer.json()["error"]["type"] == "authentication_error"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{served['url']}/v1", api_key="vera_wrong", max_retries=0).completions.create(
             model="alice/gen0", prompt="the cat", max_tokens=2)
@@ -268,3 +297,128 @@ def test_sampling_draws_what_its_settings_allow() -> None:
     assert {int(_draw(logits, Sampling(temperature=0.05), generator)) for _ in range(200)} == {1}
     spread = {int(_draw(logits, Sampling(temperature=2.0), generator)) for _ in range(400)}
     assert spread == {0, 1, 2, 3}
+
+
+def test_one_callers_numbers_never_fail_another_callers_request_in_the_same_batch(served: dict[str, Any]) -> None:
+    """An outsider's attack: a temperature that overflows float32, and an adapter whose (finite) vectors make its
+    logits infinite, sampled beside a victim's request in one batch: every request is answered (the victim's as
+    alone). And a row that fails even alone (a token id the model does not have) fails alone: its batchmate, that
+    sent no text yet, runs again on its own."""
+    client, server = oa(served), served["server"]
+    want = client.completions.create(model="alice/gen0", prompt="the cat", max_tokens=6, temperature=0)
+    answers: dict[str, Any] = {}
+
+    def ask(name: str, **settings: Any) -> None:
+        try:
+            answers[name] = client.completions.create(prompt="the cat", max_tokens=6, **settings)
+        except openai.APIError as exc:
+            answers[name] = exc
+
+    threads = [threading.Thread(target=ask, args=("victim",), kwargs={"model": "alice/gen0", "temperature": 0}),
+               threading.Thread(target=ask, args=("tiny",), kwargs={"model": "alice/gen1", "temperature": 1e-300}),
+               threading.Thread(target=ask, args=("huge",), kwargs={"model": "alice/huge", "temperature": 1.0})]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers["victim"].choices[0].text == want.choices[0].text
+    assert all(not isinstance(a, Exception) for a in answers.values()), answers
+    resident = server.generator_for("alice/gen0", served["writer"])
+    broken = Row([server.tokenizer.eos_token_id, 10_000], 3)  # an id past the vocabulary: generate fails
+    fine = Row(server.prompt_ids("the cat"), 6)
+    futures = server.start(resident, [broken, fine])
+    assert futures[1].result(timeout=60).text == want.choices[0].text
+    with pytest.raises(Exception, match="failed to generate this answer"):
+        futures[0].result(timeout=60)
+
+
+def test_rows_that_each_fit_the_context_are_batched_so_that_together_they_fit(
+        served: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On a base with learned positions (GPT-2: 40), a 1-token prompt asking for 39 tokens and a 30-token prompt
+    asking for 8 each fit; in one batch they would need 30 + 39 positions. They run as two batches."""
+    root = tmp_path_factory.mktemp("gpt2")
+    model = TINY_MODELS[1].make(seed=3)
+    model.config.pad_token_id, model.config.eos_token_id = 1, 2
+    model.save_pretrained(root / "base")
+    AutoTokenizer.from_pretrained(served["base"]).save_pretrained(root / "base")
+    registry = served["registry"]
+    with RegistryClient(registry, served["writer"]) as client:
+        client.publish(make_adapter(root / "a", seed=1, tiny=TINY_MODELS[1]), "alice/gpt", base_model="tiny-gpt2")
+    server = ModelServer(str(root / "base"), task="causal-lm", base_name="tiny-gpt2", batch_window_s=0.3,
+                         client_for=lambda token: RegistryClient(registry, token or ""))
+    try:
+        resident = server.generator_for("alice/gpt", served["writer"])
+        rows = [Row(server.prompt_ids("the"), 39), Row(server.prompt_ids(" ".join(["cat"] * 30)), 8)]
+        assert [len(r.prompt_ids) + r.max_new_tokens for r in rows] == [40, 38]
+        done = server.wait(server.start(resident, rows))  # raises for a row that failed
+        assert len(done) == 2 and all(g.tokens for g in done)
+    finally:
+        server.close()
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_400_with_its_words(served: dict[str, Any]) -> None:
+    server: ModelServer = served["server"]
+    template = server.tokenizer.chat_template
+    server.tokenizer.chat_template = ("{% for m in messages %}{% if loop.index0 % 2 == 1 and m['role'] == 'user' %}"
+                                      "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+                                      "{{ m['content'] }} {% endfor %}")
+    try:
+        with pytest.raises(openai.BadRequestError, match="refused the messages: Conversation roles must alternate"):
+            oa(served).chat.completions.create(model="alice/gen0", max_tokens=2, messages=[
+                {"role": "user", "content": "cat"}, {"role": "user", "content": "dog"}])
+    finally:
+        server.tokenizer.chat_template = template
+
+
+def test_listings_show_only_what_the_caller_may_read_now(served: dict[str, Any]) -> None:
+    """A version made private after it loaded leaves the listings of those who may not read it once it is
+    requested again; nobody learns the projection family (its seed) of a private adapter from /v1/adapters."""
+    server: ModelServer = served["server"]
+    writer, reader = served["writer"], served["reader"]
+    oa(served).completions.create(model="alice/secret", prompt="the cat", max_tokens=1)  # portable generator
+    oa(served).completions.create(model="alice/gen1", prompt="the cat", max_tokens=1)
+    theirs = httpx.get(f"{served['url']}/v1/adapters", headers={"Authorization": f"Bearer {reader}"}).json()
+    mine = httpx.get(f"{served['url']}/v1/adapters", headers={"Authorization": f"Bearer {writer}"}).json()
+    assert any(k.startswith("philox4x32-10") for k in mine["bytes_per_adapter"])  # alice/secret's family
+    assert not any(k.startswith("philox4x32-10") for k in theirs["bytes_per_adapter"]) and theirs["bytes_per_adapter"]
+    with RegistryClient(served["registry"], writer) as client:
+        client.set_visibility("alice/gen1", "private")
+        try:
+            server.resolve_ttl_s = 0.0
+            oa(served).completions.create(model="alice/gen1", prompt="the cat", max_tokens=1)
+            assert "alice/gen1:1" not in {m.id for m in oa(served, "reader").models.list()}
+            assert "alice/gen1:1" in {m.id for m in oa(served).models.list()}
+        finally:
+            server.resolve_ttl_s = 2.0
+            client.set_visibility("alice/gen1", "public")
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off_when_its_time_is_up() -> None:
+    """A byte every half second never stalls 1 s, but the whole body must arrive within 1 s (the model server's
+    BodyLimit: 60 s); before, each byte reset the clock and the connection was held for as long as it trickled."""
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    with in_thread(BodyLimit(app, limit=1000, timeout_s=1.0)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        assert httpx.post(f"{url}/echo", content=b"x" * 10).json() == {"bytes": 10}
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            started, answer = time.monotonic(), b""
+            for _ in range(100):
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                sock.settimeout(0.5)
+                try:
+                    answer += sock.recv(4096)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+            assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within 1 s" in answer
+            assert time.monotonic() - started < 5
