@@ -81,13 +81,19 @@ def plain(server: ModelServer, names: list[str], prompts: list[list[int]], token
     return time.perf_counter() - started
 
 
+#: four long stop strings no random text contains: every token of every row is checked, none ends early
+STOPS = tuple(f"zz{i} " + "never " * 30 for i in range(4))
+
+
 def per_row(server: ModelServer, names: list[str], prompts: list[list[int]], budgets: list[int],
-            sampled: bool) -> tuple[float, list[float], float]:
+            sampled: bool, streamed: bool = False) -> tuple[float, list[float], float]:
     """The server's batch (one window: every row queued at once), each row to its own budget; the batch's time,
-    each row's time to its answer, and the tokens a row made on average (a row ends early at EOS)."""
+    each row's time to its answer, and the tokens a row made on average (a row ends early at EOS). ``streamed``:
+    each row's text is decoded as it grows and checked against four long stop strings (STOPS)."""
     answered: dict[int, float] = {}
     started = time.perf_counter()
-    rows = [Row(p, n, Sampling(temperature=0.8, seed=i) if sampled else Sampling())
+    rows = [Row(p, n, Sampling(temperature=0.8, seed=i) if sampled else Sampling(), STOPS if streamed else (),
+                on_text=(lambda _: None) if streamed else None)
             for i, (p, n) in enumerate(zip(prompts, budgets, strict=True))]
     futures = [f for name, row in zip(names, rows, strict=True)
                for f in server.start(server.residents[name], [row])]
@@ -126,10 +132,11 @@ def main() -> None:
             short = max(1, args.tokens // 8)
             mixed = [short if i % 2 else args.tokens for i in range(args.rows)]
             times: dict[str, list[float]] = {"plain greedy": [], "per-row greedy": [], "per-row sampled": [],
+                                             "per-row greedy, streamed, 4 stop strings": [],
                                              "mixed: short rows answered": [], "mixed: long rows answered": []}
             made: dict[str, list[float]] = {k: [] for k in times}
             for round_ in range(args.rounds):
-                order = ["plain", "greedy", "sampled", "mixed"]
+                order = ["plain", "greedy", "sampled", "streamed", "mixed"]
                 for kind in order if round_ % 2 == 0 else order[::-1]:
                     if kind == "plain":
                         times["plain greedy"].append(plain(server, refs, prompts, args.tokens))
@@ -139,9 +146,10 @@ def main() -> None:
                         times["mixed: long rows answered"].append(statistics.mean(answered[0::2]))
                     else:
                         batch, _, tokens = per_row(server, refs, prompts, [args.tokens] * args.rows,
-                                                   kind == "sampled")
-                        times[f"per-row {kind}"].append(batch)
-                        made[f"per-row {kind}"].append(tokens)
+                                                   kind == "sampled", streamed=kind == "streamed")
+                        name = "per-row greedy, streamed, 4 stop strings" if kind == "streamed" else f"per-row {kind}"
+                        times[name].append(batch)
+                        made[name].append(tokens)
         finally:
             server.close()
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -66,6 +66,8 @@ def check_text(text: str, what: str) -> str:
         raise InvalidInput(f"{what} holds a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff without its "
                            "pair), which is not text: send UTF-8.") from None
     return text
+
+
 #: A bank's identity: adapters with equal keys share its projection and its base copy.
 class BankKey(NamedTuple):
     """What adapters must share to sit in one AdapterBank (one projection, one copy of the base with its heads)."""

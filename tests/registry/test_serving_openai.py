@@ -422,3 +422,31 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_when_its_time_is_up() -> None:
                     break
             assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within 1 s" in answer
             assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("stops", [(), ("ran",), ("far", "ünï")])
+def test_text_is_decoded_a_few_tokens_at_a_time_and_never_shows_half_a_character(stops: tuple[str, ...]) -> None:
+    """A byte-level BPE (GPT-2's kind, trained here on a few words) splits an emoji over several tokens: the
+    streamed pieces never hold U+FFFD, add up to the answer, and the answer is the whole decode cut before the
+    first stop string (RowStops decodes only the last tokens at each step, not the whole row)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from registry.serving.decode import RowSampler, RowStops
+
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(["the cat sat on the mat", "a dog ran far", "héllo wörld ünïcode"] * 5,
+                                  vocab_size=300, min_frequency=1, show_progress=False)
+    text = "the cat 😺 sat on the mat, héllo wörld 🐶 ran far ünïcode"
+    ids = tokenizer.encode(text).ids
+    assert tokenizer.decode(ids) == text and len(ids) > len(text.split())
+    pieces: list[str] = []
+    ended: dict[str, str] = {}
+    row = Row([0], len(ids), stops=stops, on_text=pieces.append,
+              on_end=lambda tokens, answer, reason: ended.update(text=answer, reason=reason))
+    rows = RowStops([row], start=1, eos={-1}, decode=tokenizer.decode, sampler=RowSampler([row], torch.device("cpu")))
+    for n in range(1, len(ids) + 1):
+        if rows(torch.tensor([[0, *ids[:n]]]), None).all():
+            break
+    cut = min((text.find(s) for s in stops), default=len(text))
+    assert ended == {"text": text[:cut], "reason": "stop" if stops else "length"}
+    assert "".join(pieces) == text[:cut] and not any("\ufffd" in piece for piece in pieces) and len(pieces) > 5
