@@ -233,7 +233,8 @@ def models(server: Server, authorization: Auth = None) -> dict[str, Any]:
 
 @router.post("/v1/completions", response_model=None)
 def completions(server: Server, body: CompletionBody, authorization: Auth = None) -> dict[str, Any] | Response:
-    resident = server.generator_for(body.model, caller_token(authorization))
+    token = caller_token(authorization)
+    resident = server.generator_for(body.model, token)
     prompts = body.prompts
     if len(prompts) * body.n > MAX_CHOICES:
         raise InvalidInput(f"{len(prompts)} prompts times n={body.n} is {len(prompts) * body.n} choices; at most "
@@ -248,15 +249,16 @@ def completions(server: Server, body: CompletionBody, authorization: Auth = None
         return {"index": k, "text": text, "logprobs": None, "finish_reason": reason}
 
     if body.stream:
-        return reply.stream(server, rows, body, lambda k, delta, reason: choice(k, delta, reason),
+        return reply.stream(server, rows, body, token, lambda k, delta, reason: choice(k, delta, reason),
                             first=lambda k: choice(k, echoed[k], None) if echoed[k] else None)
-    done = server.wait(server.start(resident, rows))
+    done = server.wait(server.start(resident, rows, token))
     return reply.body([choice(k, echoed[k] + g.text, g.finish_reason) for k, g in enumerate(done)], done)
 
 
 @router.post("/v1/chat/completions", response_model=None)
 def chat_completions(server: Server, body: ChatBody, authorization: Auth = None) -> dict[str, Any] | Response:
-    resident = server.generator_for(body.model, caller_token(authorization))
+    token = caller_token(authorization)
+    resident = server.generator_for(body.model, token)
     if body.n > MAX_CHOICES:
         raise InvalidInput(f"n is at most {MAX_CHOICES}.")
     # the template writes the special tokens itself (a second beginning-of-sequence token would change the answer)
@@ -268,11 +270,11 @@ def chat_completions(server: Server, body: ChatBody, authorization: Auth = None)
     rows = [Row(ids, wanted, body.sampling(j), body.stops) for j in range(body.n)]
     reply = _Reply("chatcmpl", "chat.completion", resident, len(ids), chunks="chat.completion.chunk")
     if body.stream:
-        return reply.stream(server, rows, body, lambda k, delta, reason: {
+        return reply.stream(server, rows, body, token, lambda k, delta, reason: {
             "index": k, "delta": {"content": delta} if delta else {}, "logprobs": None, "finish_reason": reason},
             first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None})
-    done = server.wait(server.start(resident, rows))
+    done = server.wait(server.start(resident, rows, token))
     return reply.body([{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": None,
                         "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)
 
@@ -296,7 +298,7 @@ class _Reply:
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {json.dumps({**self.head, 'object': self.chunks, 'choices': choices, **extra})}\n\n"
 
-    def stream(self, server: ModelServer, rows: list[Row], body: _Sampled,
+    def stream(self, server: ModelServer, rows: list[Row], body: _Sampled, caller: str | None,
                chunk: Callable[[int, str, str | None], dict[str, Any]],
                first: Callable[[int], dict[str, Any] | None]) -> StreamingResponse:
         """Server-sent events: each choice's text as it is decided, its finish_reason as soon as it ends, usage
@@ -305,7 +307,7 @@ class _Reply:
         events: queue.Queue[tuple[int, str | None]] = queue.Queue()
         for k, row in enumerate(rows):
             row.on_text = _teller(events, k)
-        futures = server.start(self.resident, rows)
+        futures = server.start(self.resident, rows, caller)
         for k, future in enumerate(futures):
             future.add_done_callback(_ender(events, k))
         with_usage = bool((body.stream_options or {}).get("include_usage"))

@@ -11,10 +11,10 @@ name is resolved through the registry with the caller's token (so the caller nee
 from __future__ import annotations
 
 import logging
-import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -113,6 +113,56 @@ class Generated:
     finish_reason: FinishReason
 
 
+class _Waiting:
+    """The rows waiting for the batcher: a first-in-first-out queue per caller (its token), taken in turn, so that
+    a caller who sends many rows delays others by at most one row per turn instead of all of them; at most
+    ``limit`` rows wait, at most ``per_caller`` of one caller's (the rest are a 503 to retry: room is always left
+    for the others)."""
+
+    def __init__(self, limit: int, per_caller: int) -> None:
+        self.limit, self.per_caller = limit, per_caller
+        self._by: dict[str, deque[_Work]] = {}
+        self._turns: deque[str] = deque()  # callers with rows waiting, the next to be served first
+        self._count, self._closed = 0, False
+        self._ready = threading.Condition()
+
+    def qsize(self) -> int:
+        return self._count
+
+    def put(self, caller: str, works: Sequence[_Work]) -> None:
+        with self._ready:
+            mine = len(self._by.get(caller, ()))
+            if self._count + len(works) > self.limit or mine + len(works) > self.per_caller:
+                raise Busy(f"{self._count} requests are waiting for this model server ({mine} of them yours; at "
+                           f"most {self.limit}, {self.per_caller} of one caller's); retry in a moment.")
+            if caller not in self._by:
+                self._by[caller] = deque()
+                self._turns.append(caller)
+            self._by[caller].extend(works)
+            self._count += len(works)
+            self._ready.notify()
+
+    def get(self, timeout: float | None = None) -> _Work | None:
+        """The next caller's oldest row; None once closed, or when ``timeout`` passes with nothing waiting."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._count > 0 or self._closed, timeout=timeout) or self._closed:
+                return None
+            caller = self._turns.popleft()
+            rows = self._by[caller]
+            work = rows.popleft()
+            self._count -= 1
+            if rows:
+                self._turns.append(caller)  # its next row after every other caller's
+            else:
+                del self._by[caller]
+            return work
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
 class ModelServer:
     """One base model, many adapters. ``client_for(token)`` gives a registry client acting as the caller."""
 
@@ -148,12 +198,13 @@ class ModelServer:
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
-        self._queue: queue.Queue[_Work | None] = queue.Queue()
+        # half of the queue for any one caller: room is always left for the others
+        self._queue = _Waiting(max_queue, per_caller=max(1, max_queue // 2))
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._queue.close()
         self._thread.join(timeout=10)
 
     # ---- resolving and loading ---------------------------------------------------------------------------------
@@ -388,7 +439,7 @@ class ModelServer:
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
         resident = self.activate(name, token)
-        return self._submit(_Work("classify", resident, list(texts)))
+        return self._submit(_Work("classify", resident, list(texts)), token)
 
     def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
                  sampling: Sampling | None = None, stops: Sequence[str] = ()) -> dict[str, Any]:
@@ -396,7 +447,7 @@ class ModelServer:
         ``max_new_tokens``, the end-of-sequence token or one of ``stops``."""
         resident = self.generator_for(name, token)
         row = Row(self.prompt_ids(prompt, max_new_tokens), max_new_tokens, sampling or Sampling(), tuple(stops))
-        done = self.wait(self.start(resident, [row]))[0]
+        done = self.wait(self.start(resident, [row], token))[0]
         return {"adapter": resident.ref, "tokens": done.tokens, "text": done.text,
                 "finish_reason": done.finish_reason}
 
@@ -449,20 +500,13 @@ class ModelServer:
         except TemplateError as exc:  # the template's own refusal ("Conversation roles must alternate ...")
             raise InvalidInput(f"This base model's chat template refused the messages: {exc}") from exc
 
-    def start(self, resident: Resident, rows: Sequence[Row]) -> list[Future[Generated]]:
-        """Queue ``rows`` for ``resident``'s adapter; each future holds its row's answer once the row ends (a
-        row's ``on_text`` hears of its text meanwhile). Busy when the queue is full."""
-        self._admit(len(rows))
+    def start(self, resident: Resident, rows: Sequence[Row], caller: str | None = None) -> list[Future[Generated]]:
+        """Queue ``rows`` for ``resident``'s adapter, as ``caller``'s (its token: callers take turns); each future
+        holds its row's answer once the row ends (a row's ``on_text`` hears of its text meanwhile). Busy when the
+        queue, or the caller's share of it, is full."""
         works = [_Work("generate", resident, row) for row in rows]
-        for work in works:
-            self._queue.put(work)
+        self._queue.put(caller or "", works)
         return [work.future for work in works]
-
-    def _admit(self, count: int) -> None:
-        """Busy when ``count`` more requests would make the queue longer than ``max_queue``."""
-        if self._queue.qsize() + count > self.max_queue:
-            raise Busy(f"{self._queue.qsize()} requests are waiting for this model server (at most "
-                       f"{self.max_queue}); retry in a moment.")
 
     def wait(self, futures: Sequence[Future[Any]]) -> list[Any]:
         """The results of ``futures``, within this server's time limit for a request."""
@@ -473,9 +517,8 @@ class ModelServer:
             raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting work); "
                        "retry later.") from None
 
-    def _submit(self, work: _Work) -> dict[str, Any]:
-        self._admit(1)
-        self._queue.put(work)
+    def _submit(self, work: _Work, caller: str | None) -> dict[str, Any]:
+        self._queue.put(caller or "", [work])
         result: dict[str, Any] = self.wait([work.future])[0]
         return result
 
@@ -498,16 +541,12 @@ class ModelServer:
                             work.future.set_exception(exc)
 
     def _window(self, first: _Work) -> list[_Work]:
-        """``first`` and what else arrives within batch_window_s, up to max_batch rows (a shutdown mark stays)."""
+        """``first`` and what else arrives within batch_window_s, up to max_batch rows, callers in turn."""
         batch, rows = [first], _rows(first)
         deadline = time.monotonic() + self.batch_window_s
         while rows < self.max_batch:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)
+            item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            if item is None:  # the window closed (or the server did)
                 break
             batch.append(item)
             rows += _rows(item)

@@ -450,3 +450,35 @@ def test_text_is_decoded_a_few_tokens_at_a_time_and_never_shows_half_a_character
     cut = min((text.find(s) for s in stops), default=len(text))
     assert ended == {"text": text[:cut], "reason": "stop" if stops else "length"}
     assert "".join(pieces) == text[:cut] and not any("\ufffd" in piece for piece in pieces) and len(pieces) > 5
+
+
+def test_callers_take_turns_and_none_fills_the_queue_alone(served: dict[str, Any]) -> None:
+    """A caller with many rows waiting delays another's by at most a row per turn (first in, first out kept the
+    other waiting behind all of them), and may fill at most half of the queue."""
+    from registry.domain.errors import Busy
+    from registry.serving.server import _Waiting, _Work
+
+    server = ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_batch=2,
+                         batch_window_s=0.05, client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    try:
+        resident = server.generator_for("alice/gen0", served["writer"])
+        ids, finished = server.prompt_ids("the cat"), []
+        with server.lock:  # the batcher takes its first window, then waits for the lock: everything queues
+            many = server.start(resident, [Row(ids, 3) for _ in range(8)], "mallory")
+            mine = server.start(resident, [Row(ids, 3)], "alice")
+            for name, futures in (("mallory", many), ("alice", mine)):
+                for future in futures:
+                    future.add_done_callback(lambda _, name=name: finished.append(name))
+            time.sleep(0.2)
+        server.wait([*many, *mine])
+        assert finished.index("alice") <= 3, finished  # the second batch at the latest, not the fifth
+    finally:
+        server.close()
+    waiting = _Waiting(limit=4, per_caller=2)
+    waiting.put("mallory", [_Work("generate", resident, Row(ids, 1)) for _ in range(2)])
+    with pytest.raises(Busy, match="2 of them yours"):
+        waiting.put("mallory", [_Work("generate", resident, Row(ids, 1))])
+    waiting.put("alice", [_Work("generate", resident, Row(ids, 1)) for _ in range(2)])
+    with pytest.raises(Busy, match="4 requests are waiting"):
+        waiting.put("bob", [_Work("generate", resident, Row(ids, 1))])
+    assert [waiting.get(0) is not None for _ in range(5)] == [True, True, True, True, False]
