@@ -172,11 +172,13 @@ def limited(receive: Receive, limit: int, timeout_s: float, *,
     """``receive`` that ends a body over ``limit`` bytes (413, its message ending with ``hint``), one that stalls
     for ``timeout_s`` (408), and, with ``whole_s``, one not whole within ``whole_s`` of its start (408: a byte
     every few seconds would hold the connection for ever)."""
-    received = 0
+    received, whole = 0, False
     started = time.monotonic()
 
     async def counted() -> Message:
-        nonlocal received
+        nonlocal received, whole
+        if whole:  # the body is in: what follows is the server watching for a disconnect (during a stream), unbounded
+            return await receive()
         wait = timeout_s if whole_s is None else min(timeout_s, max(0.0, started + whole_s - time.monotonic()))
         try:
             message = await asyncio.wait_for(receive(), timeout=wait)
@@ -184,6 +186,7 @@ def limited(receive: Receive, limit: int, timeout_s: float, *,
             why = f"stalled for {timeout_s:.0f} s" if whole_s is None else f"was not whole within {whole_s:.0f} s"
             raise HTTPException(408, f"The body {why}; send it again.") from None
         received += len(message.get("body", b""))
+        whole = message["type"] != "http.request" or not message.get("more_body", False)
         if received > limit:
             raise HTTPException(413, f"The body is over this route's limit of {limit:,} bytes{hint}.")
         return message

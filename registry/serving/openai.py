@@ -24,11 +24,12 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a body that does not parse raises this
 
 from registry.client import RegistryUnavailable
 from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError, status_of
@@ -59,7 +60,7 @@ class OpenAIRoute(APIRoute):
                 where = [str(part) for part in first.get("loc", ()) if part != "body"]
                 return openai_error(400, f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}",
                                     param=".".join(where) or None)
-            except HTTPException as exc:  # the body over its limit or stalled (registry.api.gate.BodyLimit)
+            except HTTPException as exc:  # a body that does not parse, is over its limit or stalled (gate.BodyLimit)
                 return openai_error(exc.status_code, str(exc.detail))
             except RegistryError as exc:
                 return openai_error(_status(exc), str(exc), code=exc.code)
@@ -339,7 +340,10 @@ class _Reply:
             yield "data: [DONE]\n\n"
         except Exception as exc:  # noqa: BLE001 - the stream has begun, its status sent: the error is an event
             status = _status(exc) if isinstance(exc, RegistryError) else 500
-            message = str(exc) if isinstance(exc, RegistryError) else f"Generation failed: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, RegistryError):
+                log.exception("a stream failed")
+            message = str(exc) if isinstance(exc, RegistryError) else \
+                "The model server failed on this request (its log says why)."
             error = {"message": message, "type": _TYPES.get(status, "server_error"), "param": None, "code": None}
             yield f"data: {json.dumps({'error': error})}\n\n"
         finally:

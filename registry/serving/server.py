@@ -228,9 +228,10 @@ class ModelServer:
         if info.base_model != self.base_name:
             raise Conflict(f"{info.ref} was published for base model {info.base_model!r}; this server serves "
                            f"{self.base_name!r}. Its vectors would not fit (or would silently mean nothing) here.")
-        with self.lock:
-            resident = self.residents.get(info.ref)
-            gate = self._loading.setdefault(info.ref, threading.Lock())
+        # no ``lock`` here (dict reads and setdefault are atomic): a request must not wait for the running batch to
+        # join the queue, where callers take turns
+        resident = self.residents.get(info.ref)
+        gate = self._loading.setdefault(info.ref, threading.Lock())
         if resident is None:
             with gate:  # one download per version, however many requests ask at once
                 resident = self.residents.get(info.ref) or self._load(info, token)
@@ -249,11 +250,17 @@ class ModelServer:
         self._who[token] = (time.monotonic(), who)
         return who
 
-    def _managed(self, name: str, token: str | None, verb: str) -> VersionInfo:
-        """The version ``name`` means, if the caller may ``verb`` it: pinning, unpinning and evicting change what
-        every caller of this server waits for, so they are for those who may publish under its owner (as the
-        registry's rules say: the owner, an organisation's writers, registry admins), not for every reader."""
-        info = self.resolve(name, token)
+    def _managed(self, name: str, token: str | None, verb: str) -> str:
+        """The version ``name`` means (owner/name:N), if the caller may ``verb`` it: pinning, unpinning and evicting
+        change what every caller of this server waits for, so they are for those who may publish under its owner
+        (as the registry's rules say: the owner, an organisation's writers, registry admins), not for every reader.
+        A resident the registry no longer has (deleted, or moved) is a registry admin's, by its exact ref."""
+        try:
+            info = self.resolve(name, token)
+        except NotFound:
+            if name in self.residents and "admin" in self._whoami(token).scopes:
+                return name
+            raise
         owner = info.ref.split("/")[0]
         who = self._whoami(token)
         admin = "admin" in who.scopes
@@ -262,7 +269,7 @@ class ModelServer:
         if who.anonymous or not within or not (admin or writer):
             raise Forbidden(f"Only those who may publish under {owner}/ (and registry admins) may {verb} {info.ref}; "
                             "your token may read it.")
-        return info
+        return info.ref
 
     def pin(self, name: str, token: str | None) -> Resident:
         """Load (if needed) and pin ``name``: never evicted. At most half of ``max_resident`` adapters are pinned,
@@ -386,7 +393,7 @@ class ModelServer:
 
     def evict_for(self, name: str, token: str | None) -> str:
         """Evict ``name`` for a caller who may publish under its owner; a pinned adapter is unpinned first."""
-        ref = self._managed(name, token, "evict").ref
+        ref = self._managed(name, token, "evict")
         with self.lock:
             if ref in self.residents and self.residents[ref].pinned:
                 raise Conflict(f"{ref} is pinned; unpin it first (POST /v1/adapters/unpin).")
@@ -394,7 +401,7 @@ class ModelServer:
         return ref
 
     def unpin(self, name: str, token: str | None) -> str:
-        ref = self._managed(name, token, "unpin").ref
+        ref = self._managed(name, token, "unpin")
         with self.lock:
             if ref not in self.residents:
                 raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
@@ -601,11 +608,9 @@ class ModelServer:
             for work in part:
                 if work.future.done():
                     continue
-                if len(part) > 1 and not work.payload.said:
-                    failure = self._generate_rows(bank, [work])
-                    if failure is None:
-                        continue
-                work.future.set_exception(failure)
+                alone = self._generate_rows(bank, [work]) if len(part) > 1 and not work.payload.said else failure
+                if alone is not None:
+                    work.future.set_exception(alone)
 
     def _fitting(self, works: list[_Work]) -> list[list[_Work]]:
         """``works`` cut into batches whose longest prompt plus largest budget fits the base's context: a batch is

@@ -54,7 +54,8 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     root = tmp_path_factory.mktemp("serving")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
-        writer, reader = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read"]))
+        writer, reader, admin = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read"]),
+                                              ("root", ["admin"]))
         dirs = {}
         with RegistryClient(base, writer) as client:
             for i in range(3):
@@ -68,7 +69,7 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
             client.publish(dirs["alice/other-seed"], "alice/other-seed", base_model="minilm")
             client.publish(minilm_adapter(root / "foreign", seed=5), "alice/foreign", base_model="org/other-base")
             client.publish(make_adapter(root / "llama"), "alice/llama", base_model="minilm-b")
-        yield {"url": base, "writer": writer, "reader": reader, "dirs": dirs}
+        yield {"url": base, "writer": writer, "reader": reader, "admin": admin, "dirs": dirs, "root": root}
 
 
 @pytest.fixture
@@ -170,6 +171,17 @@ def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
             server.evict_for("alice/clf1", writer)
         assert server.unpin("alice/clf1", writer) == "alice/clf1:1"
         assert server.evict_for("alice/clf1", writer) == "alice/clf1:1"
+        # pinned, then deleted from the registry: its name is a 404 to everyone, and a registry admin still
+        # unpins and evicts the resident by its exact ref (it would hold a bank until a restart otherwise)
+        server.base_name = "minilm"
+        with RegistryClient(registry_server["url"], writer) as client:
+            client.publish(minilm_adapter(registry_server["root"] / "gone", seed=8), "alice/gone", base_model="minilm")
+            server.pin("alice/gone", writer)
+            client.delete_adapter("alice/gone")
+        with pytest.raises(NotFound):
+            server.unpin("alice/gone:1", writer)
+        assert server.unpin("alice/gone:1", registry_server["admin"]) == "alice/gone:1"
+        assert server.evict_for("alice/gone:1", registry_server["admin"]) == "alice/gone:1"
     finally:
         server.close()
 

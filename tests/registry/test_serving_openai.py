@@ -16,6 +16,7 @@ import openai
 import pytest
 import torch
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from registry.api.gate import BodyLimit
@@ -219,6 +220,9 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
                                              b'"content": "\\udfff"}]}')):  # JSON escapes no encoder writes
         surrogate = httpx.post(f"{served['url']}/v1/{route}", content=body, headers=writer)
         assert surrogate.status_code == 400 and "lone UTF-16 surrogate" in surrogate.json()["error"]["message"]
+    for body in (b"{not json", b'{"model": "\xff\xfe"}', b'{"n": ' + b"9" * 5000 + b"}"):  # a re-attack's finding
+        unparsed = httpx.post(f"{served['url']}/v1/completions", content=body, headers=writer)
+        assert unparsed.status_code in (400, 422) and unparsed.json()["error"]["message"], unparsed.text
     for token in ("vera_wrong", "vera_\u00e9t\u00e9"):  # unknown, and not even ASCII: 401 both, never a 500
         answer = httpx.post(f"{served['url']}/v1/completions", json={"model": "alice/gen0", "prompt": "the"},
                             headers={"Authorization": f"Bearer {token}".encode()})
@@ -402,7 +406,18 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_when_its_time_is_up() -> None:
     async def echo(request: Request) -> dict[str, int]:
         return {"bytes": len(await request.body())}
 
+    @app.post("/slow")
+    def slow() -> StreamingResponse:  # answers for longer than the body may take to arrive
+        def pieces() -> Iterator[bytes]:
+            for i in range(5):
+                time.sleep(0.5)
+                yield f"{i}\n".encode()
+        return StreamingResponse(pieces(), media_type="text/plain")
+
     with in_thread(BodyLimit(app, limit=1000, timeout_s=1.0)) as url:
+        # the deadline ends with the body: a stream that outlasts it is not cut (a re-attack's finding: every
+        # stream was dropped 60 s after its request began)
+        assert httpx.post(f"{url}/slow", content=b"{}").text == "0\n1\n2\n3\n4\n"
         port = int(url.rsplit(":", 1)[1])
         assert httpx.post(f"{url}/echo", content=b"x" * 10).json() == {"bytes": 10}
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -482,3 +497,26 @@ def test_callers_take_turns_and_none_fills_the_queue_alone(served: dict[str, Any
     with pytest.raises(Busy, match="4 requests are waiting"):
         waiting.put("bob", [_Work("generate", resident, Row(ids, 1))])
     assert [waiting.get(0) is not None for _ in range(5)] == [True, True, True, True, False]
+
+
+def test_a_failure_mid_batch_fails_the_streams_that_spoke_and_reruns_the_others(served: dict[str, Any]) -> None:
+    """A row's consumer that raises after its first words fails the batch's generate mid-way: that row (its text
+    already sent) gets the error, and each row that had sent nothing yet runs again alone and gets its own answer
+    (a re-attack found the streamed row answered with no error at all once a rerun before it had succeeded)."""
+    server: ModelServer = served["server"]
+    resident = server.generator_for("alice/gen0", served["writer"])
+    heard: list[str] = []
+
+    def speaks_once(text: str) -> None:
+        heard.append(text)
+        if len(heard) > 1:
+            raise RuntimeError("the consumer broke")
+
+    quiet = [Row(server.prompt_ids("the"), 4), Row(server.prompt_ids("a dog"), 4)]  # shorter prompts: rerun first
+    loud = Row(server.prompt_ids("the cat sits on the mat"), 8, on_text=speaks_once)
+    alone = [server.wait(server.start(resident, [Row(r.prompt_ids, 4)]))[0].text for r in quiet]
+    futures = server.start(resident, [*quiet, loud])
+    assert [f.result(timeout=60).text for f in futures[:2]] == alone
+    with pytest.raises(Exception, match="failed to generate this answer") as failed:
+        futures[2].result(timeout=60)
+    assert failed.value is not None and heard
