@@ -13,13 +13,11 @@ from pydantic import BaseModel, Field
 
 from registry.api.gate import BodyLimit
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
-from registry.client import RegistryUnavailable
-from registry.domain.errors import RegistryError, status_of
 from registry.logs import AccessLog
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Sampling
 from registry.serving.openai import MAX_TOKENS
 from registry.serving.openai import router as openai_router
-from registry.serving.server import ModelServer, caller_token
+from registry.serving.server import ModelServer, caller_token, serving_status
 
 #: The largest request body: a classification of 256 texts of 20,000 characters, or a chat of 100,000 characters,
 #: with room for JSON's escapes.
@@ -60,16 +58,11 @@ Server = Annotated[ModelServer, Depends(_server)]
 router = APIRouter()
 
 
-def _status(exc: RegistryError) -> int:
-    """The registry being unreachable is this server's 503; other registry errors keep their status."""
-    return 503 if isinstance(exc, RegistryUnavailable) else status_of(exc)
-
-
 def create_serving_app(server: ModelServer) -> FastAPI:
     app = FastAPIOffline(title="vera serve-model", version="1", responses=PROBLEM_RESPONSES,  # docs without a CDN
                          description=f"Many VeRA adapters of the registry on one base model ({server.base_name}).")
     app.state.server = server
-    install_problem_handlers(app, _status)
+    install_problem_handlers(app, serving_status)
     app.include_router(router)
     app.include_router(openai_router)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # before any body is read

@@ -31,10 +31,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a body that does not parse raises this
 
-from registry.client import RegistryUnavailable
-from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError, status_of
+from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Row, Sampling
-from registry.serving.server import Evicted, Generated, ModelServer, Resident, caller_token
+from registry.serving.server import Evicted, Generated, ModelServer, Resident, caller_token, serving_status
 
 log = logging.getLogger("vera.serving")
 #: the most tokens one choice may generate, and choices one request may ask for (prompts times n)
@@ -75,16 +74,17 @@ def _status(exc: RegistryError) -> int:
     """OpenAI's status for ``exc``: an invalid request is a 400 (the registry's 422), and so is a conflict that
     sending again cannot resolve (an adapter for another base, every bank pinned): OpenAI's clients retry a 409
     by themselves, right for an adapter evicted meanwhile only; the registry out of reach is a 503."""
-    if isinstance(exc, RegistryUnavailable):
-        return 503
     if isinstance(exc, Conflict) and not isinstance(exc, Evicted):
         return 400
-    return 400 if isinstance(exc, InvalidInput) and not isinstance(exc, ContentTooLarge) else status_of(exc)
+    return 400 if isinstance(exc, InvalidInput) and not isinstance(exc, ContentTooLarge) else serving_status(exc)
+
+
+def _error_object(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param,
-                                   "code": code}}, status_code=status)
+    return JSONResponse(_error_object(status, message, param=param, code=code), status_code=status)
 
 
 class _Sampled(BaseModel):
@@ -344,8 +344,7 @@ class _Reply:
                 log.exception("a stream failed")
             message = str(exc) if isinstance(exc, RegistryError) else \
                 "The model server failed on this request (its log says why)."
-            error = {"message": message, "type": _TYPES.get(status, "server_error"), "param": None, "code": None}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield f"data: {json.dumps(_error_object(status, message))}\n\n"
         finally:
             for row in rows:
                 row.cancelled = True

@@ -25,8 +25,18 @@ from typing import Any, Literal, NamedTuple, cast
 import torch
 
 from registry.client import RegistryClient
-from registry.domain.errors import Busy, Conflict, Forbidden, InvalidInput, NotFound, RegistryError, Unauthorized
+from registry.domain.errors import (
+    Busy,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RegistryError,
+    Unauthorized,
+    status_of,
+)
 from registry.domain.schemas import Ref, VersionInfo, WhoAmI
+from registry.services.tokens import Principal, Role
 from registry.serving.decode import FinishReason, Row, RowSampler, RowStops, Sampling
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.keys import module_path
@@ -47,6 +57,13 @@ class Evicted(Conflict):
     (the one conflict worth retrying)."""
 
 
+def serving_status(exc: RegistryError) -> int:
+    """The model server's status for ``exc``: the registry out of reach is its 503; other errors keep theirs."""
+    from registry.client import RegistryUnavailable
+
+    return 503 if isinstance(exc, RegistryUnavailable) else status_of(exc)
+
+
 def caller_token(authorization: str | None) -> str | None:
     """The bearer secret of an ``Authorization`` header, refused (401) unless it is printable ASCII, as every token
     is: anything else could not even be passed on to the registry in a header."""
@@ -58,7 +75,7 @@ def caller_token(authorization: str | None) -> str | None:
     return secret
 
 
-def check_text(text: str, what: str) -> str:
+def check_unicode(text: str, what: str) -> str:
     """``text`` if it is Unicode that UTF-8 can write (not a lone surrogate, which JSON's \\ud800 escapes allow)."""
     try:
         text.encode("utf-8")
@@ -125,9 +142,6 @@ class _Waiting:
         self._turns: deque[str] = deque()  # callers with rows waiting, the next to be served first
         self._count, self._closed = 0, False
         self._ready = threading.Condition()
-
-    def qsize(self) -> int:
-        return self._count
 
     def put(self, caller: str, works: Sequence[_Work]) -> None:
         with self._ready:
@@ -263,10 +277,10 @@ class ModelServer:
             raise
         owner = info.ref.split("/")[0]
         who = self._whoami(token)
-        admin = "admin" in who.scopes
-        within = who.limited_to is None or owner in who.limited_to
-        writer = "publish" in who.scopes and (owner == who.user or who.organizations.get(owner) in ("write", "admin"))
-        if who.anonymous or not within or not (admin or writer):
+        caller = Principal(owner=who.user, scopes=frozenset(who.scopes), roles=cast(dict[str, Role], who.organizations),
+                           limited_to=None if who.limited_to is None else frozenset(who.limited_to),
+                           anonymous=who.anonymous)
+        if not caller.can_write(owner):  # the registry's own rule for who publishes under an owner
             raise Forbidden(f"Only those who may publish under {owner}/ (and registry admins) may {verb} {info.ref}; "
                             "your token may read it.")
         return info.ref
@@ -468,7 +482,7 @@ class ModelServer:
                    ) -> list[int]:
         """``prompt``'s token ids (with the tokenizer's special tokens unless ``special_tokens`` is False: a chat
         template writes them itself), checked to leave room for ``max_new_tokens`` in the base's context."""
-        check_text(prompt, "The prompt")
+        check_unicode(prompt, "The prompt")
         with self._tokenizer_lock:
             ids: list[int] = self.tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
         if not ids:
@@ -500,7 +514,7 @@ class ModelServer:
         from jinja2 import TemplateError
 
         for message in messages:
-            check_text(message["content"], "A message")
+            check_unicode(message["content"], "A message")
         try:
             with self._tokenizer_lock:
                 return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
