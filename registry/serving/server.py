@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import torch
 
@@ -43,6 +43,8 @@ from vera_core.keys import module_path
 from vera_core.recipes import resolve_base
 
 Task = Literal["classification", "causal-lm"]
+K = TypeVar("K")
+V = TypeVar("V")
 log = logging.getLogger("vera.serving")
 
 
@@ -130,6 +132,24 @@ class Generated:
     finish_reason: FinishReason
 
 
+class _Recent(Generic[K, V]):
+    """Answers kept for a while: ``get`` gives one younger than ``ttl_s`` seconds, or None; past ``most`` keys it
+    starts over rather than grow (many callers times many names)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._kept: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K, ttl_s: float) -> V | None:
+        hit = self._kept.get(key)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < ttl_s else None
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._kept) >= self.most:
+            self._kept.clear()
+        self._kept[key] = (time.monotonic(), value)
+
+
 class _Waiting:
     """The rows waiting for the batcher: a first-in-first-out queue per caller (its token), taken in turn, so that
     a caller who sends many rows delays others by at most one row per turn instead of all of them; at most
@@ -206,9 +226,11 @@ class ModelServer:
                                                                   getattr(config, "n_positions", None)) if v), None)
         self.banks: dict[BankKey, AdapterBank] = {}
         self.residents: dict[str, Resident] = {}
-        self._resolved: dict[tuple[str | None, str], tuple[float, VersionInfo]] = {}
-        self._unreadable: dict[tuple[str | None, str], float] = {}  # (token, ref) the registry refused, and when
-        self._who: dict[str | None, tuple[float, WhoAmI]] = {}
+        # the registry's answers, each kept resolve_ttl_s: (token, ref) -> its version, (token, ref) it refused,
+        # token -> its caller
+        self._resolved: _Recent[tuple[str | None, str], VersionInfo] = _Recent(100_000)
+        self._unreadable: _Recent[tuple[str | None, str], bool] = _Recent(100_000)
+        self._who: _Recent[str | None, WhoAmI] = _Recent(10_000)
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
@@ -226,14 +248,12 @@ class ModelServer:
         """The version ``name`` means now, checked with the caller's token (cached for ``resolve_ttl_s``)."""
         ref = Ref.parse(name)
         key = (token, str(ref))
-        hit = self._resolved.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s:
-            return hit[1]
+        hit = self._resolved.get(key, self.resolve_ttl_s)
+        if hit is not None:
+            return hit
         with self.client_for(token) as client:
             info = client.get(ref)
-        if len(self._resolved) > 100_000:  # many callers times many names: start over rather than grow
-            self._resolved.clear()
-        self._resolved[key] = (time.monotonic(), info)
+        self._resolved.put(key, info)
         return info
 
     def activate(self, name: str, token: str | None) -> Resident:
@@ -254,14 +274,12 @@ class ModelServer:
         return resident
 
     def _whoami(self, token: str | None) -> WhoAmI:
-        hit = self._who.get(token)
-        if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s:
-            return hit[1]
+        hit = self._who.get(token, self.resolve_ttl_s)
+        if hit is not None:
+            return hit
         with self.client_for(token) as client:
             who = client.whoami()
-        if len(self._who) > 10_000:
-            self._who.clear()
-        self._who[token] = (time.monotonic(), who)
+        self._who.put(token, who)
         return who
 
     def _managed(self, name: str, token: str | None, verb: str) -> str:
@@ -434,15 +452,12 @@ class ModelServer:
     def _readable(self, ref: str, token: str | None) -> bool:
         """Whether ``token`` reads ``ref`` (a refusal remembered for ``resolve_ttl_s``, as an answer is, so that
         listings do not ask the registry again for every private resident on every call)."""
-        refused = self._unreadable.get((token, ref))
-        if refused is not None and time.monotonic() - refused < self.resolve_ttl_s:
+        if self._unreadable.get((token, ref), self.resolve_ttl_s):
             return False
         try:
             self.resolve(ref, token)
         except (NotFound, Unauthorized, Forbidden):
-            if len(self._unreadable) > 100_000:
-                self._unreadable.clear()
-            self._unreadable[(token, ref)] = time.monotonic()
+            self._unreadable.put((token, ref), True)
             return False
         return True
 
