@@ -57,8 +57,8 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 first = exc.errors()[0]
                 where = [str(part) for part in first.get("loc", ()) if part != "body"]
-                return openai_error(400, f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}",
-                                    param=".".join(where) or None)
+                said = str(first.get("msg", "invalid")).removeprefix("Value error, ")  # pydantic's, for a validator
+                return openai_error(400, f"{'.'.join(where)}: {said}" if where else said, param=".".join(where) or None)
             except HTTPException as exc:  # a body that does not parse, is over its limit or stalled (gate.BodyLimit)
                 return openai_error(exc.status_code, str(exc.detail))
             except RegistryError as exc:
