@@ -13,6 +13,11 @@ grows and gets its answer the moment its row ends, not when the batch's longest 
   text cut before it, as OpenAI's ``stop``) or at its token budget, and hands each row's new text to its ``Row``
   as it is decoded: its last characters wait while a stop string could still begin there (the longest stop's length
   less one, as vLLM does), as does an incomplete UTF-8 character.
+- Log-probabilities, for rows that ask (``Row.logprobs``): ``RowSampler`` keeps, at each step, the log-probability
+  of the token the row takes and of the ``logprobs`` likeliest, under the distribution the model gave (before
+  temperature, top-k and top-p: vLLM's default, "raw" log-probabilities), on the device, read back once when the
+  row ends. ``PromptScorer`` gives a prompt's own tokens theirs from the prefill's logits (``Row.score_prompt``:
+  OpenAI's ``echo`` with ``logprobs``, how lm-evaluation-harness scores a continuation).
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ FinishReason = Literal["stop", "length"]
 MAX_STOPS, MAX_STOP_CHARS = 4, 200
 #: Temperatures below this are greedy (vLLM's bound): dividing logits by less overflows float32.
 GREEDY_BELOW = 1e-5
+#: The most likeliest tokens a row may ask log-probabilities of, at each place (vLLM's default ``max_logprobs``).
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One token of a row and its log-probability under the model at its place, with the ``top`` likeliest
+    tokens' (id, log-probability), likeliest first. ``logprob`` is None for a prompt's first token (nothing came
+    before it to predict it); a log-probability may be -inf (a token the base's own settings rule out)."""
+
+    token: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,13 @@ class Row:
     on_end: Callable[[list[int], str, FinishReason], None] | None = None
     cancelled: bool = False
     said: str = ""  # the text ``on_text`` has had
+    #: None: no log-probabilities; k (0 to MAX_LOGPROBS): each new token's, with the k likeliest at its place
+    logprobs: int | None = None
+    #: also the prompt's own tokens' log-probabilities (``logprobs`` likeliest with each), from its prefill
+    score_prompt: bool = False
+    #: set before ``on_end`` is called, for a row that asked: its prompt's tokens, and its new tokens, scored
+    prompt_scores: list[Scored] | None = None
+    scores: list[Scored] | None = None
 
 
 def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
@@ -100,15 +125,50 @@ class RowSampler(LogitsProcessor):
                 generator = torch.Generator(device=device).manual_seed(seed)
             self.generators.append(generator)
         self.ended = [False] * len(rows)  # RowStops marks them: an ended row draws nothing more
+        # log-probabilities, when a row asks: per row and step, the taken token's, and the top ones' (ids, values)
+        self.top = max((row.logprobs for row in rows if row.logprobs is not None), default=None)
+        self.steps = max((row.max_new_tokens for row in rows), default=0)
+        self.step = 0
+        self._taken = self._top_values = self._top_ids = torch.empty(0)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        model = scores.float().log_softmax(-1) if self.top is not None and self.step < self.steps else None
         for i, (row, generator) in enumerate(zip(self.rows, self.generators, strict=True)):
             if generator is None or self.ended[i]:
                 continue
             token = _draw(scores[i].float(), row.sampling, generator)
             scores[i] = float("-inf")
             scores[i].index_fill_(0, token, 0.0)
+        if model is not None:
+            self._keep(model, scores.argmax(-1))  # generate takes the argmax next: each row's own token
         return scores
+
+    def _keep(self, model: torch.Tensor, taken: torch.Tensor) -> None:
+        """Step ``self.step``'s log-probabilities (``model``: rows x vocabulary) of the tokens ``taken`` and of each
+        row's likeliest, written on the device (nothing is read back before a row ends)."""
+        assert self.top is not None
+        if self.step == 0:
+            rows, top = len(self.rows), min(self.top, model.shape[-1])
+            self._taken = torch.empty(rows, self.steps, device=model.device)
+            self._top_values = torch.empty(rows, self.steps, top, device=model.device)
+            self._top_ids = torch.empty(rows, self.steps, top, dtype=torch.long, device=model.device)
+        self._taken[:, self.step] = model.gather(1, taken[:, None])[:, 0]
+        if self._top_ids.shape[-1]:
+            values, ids = model.topk(self._top_ids.shape[-1], dim=-1)
+            self._top_values[:, self.step], self._top_ids[:, self.step] = values, ids
+        self.step += 1
+
+    def scored(self, i: int, tokens: list[int]) -> list[Scored] | None:
+        """Row ``i``'s new ``tokens`` with their log-probabilities (None when the row asked for none)."""
+        row = self.rows[i]
+        if row.logprobs is None:
+            return None
+        n = min(len(tokens), self.step)
+        taken = self._taken[i, :n].tolist()
+        values = self._top_values[i, :n, :row.logprobs].tolist()
+        ids = self._top_ids[i, :n, :row.logprobs].tolist()
+        return [Scored(token, taken[j], tuple(zip(ids[j], values[j], strict=True))) for j, token in
+                enumerate(tokens[:n])]
 
 
 class RowStops(StoppingCriteria):
@@ -176,8 +236,44 @@ class RowStops(StoppingCriteria):
 
     def finish(self, i: int, row: Row, tokens: list[int], text: str, reason: FinishReason) -> None:
         self.ended[i] = self.sampler.ended[i] = True
+        row.scores = self.sampler.scored(i, tokens)
         if row.on_text is not None and text.startswith(row.said) and len(text) > len(row.said):
             row.on_text(text[len(row.said):])
             row.said = text
         if row.on_end is not None:
             row.on_end(tokens, text, reason)
+
+
+class PromptScorer:
+    """Scores the prompts of rows that ask (``Row.score_prompt``) from the logits of ``generate``'s first forward,
+    the prefill, which then keeps every position's logits (``logits_to_keep=0``) instead of the last one only: a
+    forward hook on the model reads them, once, and lets them go. ``start``: the padded prompts' length (prompts
+    are left-padded, so row i's prompt fills the last ``len(prompt_ids)`` positions)."""
+
+    def __init__(self, rows: Sequence[Row], *, start: int) -> None:
+        self.rows, self.start, self.done = rows, start, False
+
+    def __call__(self, module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        logits = output.logits
+        if logits.shape[1] != self.start:
+            raise RuntimeError(f"the prefill kept {logits.shape[1]} positions' logits, not the prompt's {self.start}")
+        for i, row in enumerate(self.rows):
+            if row.score_prompt:
+                ids = row.prompt_ids
+                row.prompt_scores = score_prompt(logits[i, self.start - len(ids):], ids, row.logprobs or 0)
+
+
+def score_prompt(logits: torch.Tensor, ids: list[int], top: int) -> list[Scored]:
+    """Each of ``ids`` (a prompt) with its log-probability after the ones before it, from ``logits`` (its
+    positions', ``len(ids)`` x vocabulary: position p's predict token p + 1), and the ``top`` likeliest there;
+    the first token has none."""
+    model = logits[:-1].float().log_softmax(-1)
+    following = torch.tensor(ids[1:], dtype=torch.long, device=model.device)
+    taken = model.gather(1, following[:, None])[:, 0].tolist()
+    values, indices = model.topk(min(top, model.shape[-1]), dim=-1) if top else (model[:, :0], model[:, :0].long())
+    values_l, ids_l = values.tolist(), indices.tolist()
+    return [Scored(ids[0], None)] + [Scored(token, taken[j], tuple(zip(ids_l[j], values_l[j], strict=True)))
+                                     for j, token in enumerate(ids[1:])]

@@ -8,15 +8,18 @@ What is OpenAI's here: the request fields below, the answers' shapes (``text_com
 their ``.chunk`` streams as server-sent events ending in ``data: [DONE]``, ``usage``), and errors as OpenAI's
 error object (``{"error": {"message", "type", "param", "code"}}``: its clients show that message). Sampling:
 ``temperature`` (0: greedy), ``top_p``, vLLM's ``top_k``, ``seed`` (the same seed, prompt and server give the same
-text, whatever else is in the batch), ``n``, ``stop``, ``max_tokens``, ``echo``. A field this server cannot honour
-(``logprobs``, penalties, ``logit_bias``, ``suffix``, ``best_of``, tools) is a 400 naming it, never silently
-ignored.
+text, whatever else is in the batch), ``n``, ``stop``, ``max_tokens``, ``echo``, ``logprobs`` (with ``echo``: the
+prompt's tokens' too, as lm-evaluation-harness scores a continuation), prompts as token ids. A field this server
+cannot honour (penalties, ``logit_bias``, ``suffix``, ``best_of``, tools) is a 400 naming it, never silently ignored.
+vLLM's ``/tokenize``, ``/detokenize`` and ``/tokenizer_info`` give the base model's tokenizer to clients that ask
+(lm-evaluation-harness's ``local-completions`` then needs no tokenizer of its own).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import secrets
 import time
@@ -32,12 +35,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a body that does not parse raises this
 
 from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
-from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Row, Sampling
+from registry.serving.decode import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, Row, Sampling, Scored
 from registry.serving.server import Evicted, Generated, ModelServer, Resident, caller_token, serving_status
 
 log = logging.getLogger("vera.serving")
 #: the most tokens one choice may generate, and choices one request may ask for (prompts times n)
 MAX_TOKENS, MAX_CHOICES = 512, 64
+#: the most characters of a prompt sent as text, and ids of one sent as token ids
+MAX_PROMPT_CHARS, MAX_PROMPT_IDS = 20_000, 32_768
+#: the most characters /tokenize takes (the tokenizer is shared with generation: a long text would stall it)
+MAX_TOKENIZE_CHARS = 100_000
+#: what JSON carries for a log-probability of -inf (or NaN): vLLM's stand-in, a number every client parses
+NO_CHANCE = -9999.0
 _SEED = Field(None, ge=-(2**63), lt=2**64, description="the same seed, prompt and server: the same text")
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -106,8 +115,6 @@ class _Sampled(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    logprobs: Any = None
-    top_logprobs: Any = None
     response_format: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -130,8 +137,6 @@ class _Sampled(BaseModel):
                 raise ValueError(f"{name} is not supported by vera serve-model: leave it out or send 0")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by vera serve-model: leave it out")
-        if self.logprobs is not None and self.logprobs is not False or self.top_logprobs:
-            raise ValueError("logprobs are not returned by vera serve-model: leave logprobs and top_logprobs out")
         unsupported = {  # what each may be when it asks for nothing this server does not do
             "response_format": self.response_format in (None, {"type": "text"}),
             "tool_choice": self.tool_choice in (None, "none"), "functions": not self.functions,
@@ -159,20 +164,29 @@ class _Sampled(BaseModel):
         return Sampling(self.temperature, self.top_p, max(self.top_k, 0), seed)
 
 
+_Ids = Annotated[list[int], Field(max_length=MAX_PROMPT_IDS)]
+
+
 class CompletionBody(_Sampled):
-    prompt: str | list[Annotated[str, Field(max_length=20_000)]] = Field(
-        description="a text, or a list of texts (token ids are not taken)")
+    prompt: str | list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] | _Ids | list[_Ids] = Field(
+        description="a text, a list of texts, a prompt's token ids, or a list of them")
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
+        "each token's log-probability, and the N likeliest at its place; with echo, the prompt's tokens' too"))
+    top_logprobs: Any = None
     suffix: str | None = None
     best_of: int | None = None
 
     @model_validator(mode="after")
     def _completion_only(self) -> CompletionBody:
-        if isinstance(self.prompt, str) and len(self.prompt) > 20_000:
-            raise ValueError("prompt must be at most 20,000 characters")
+        if isinstance(self.prompt, str) and len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt must be at most {MAX_PROMPT_CHARS:,} characters")
         if not self.prompts:
-            raise ValueError("prompt must be a text or a non-empty list of texts")
+            raise ValueError("prompt must be a text, a list of texts, token ids or a list of them, not empty")
+        if self.top_logprobs is not None:
+            raise ValueError("top_logprobs is the chat API's: on /v1/completions send logprobs: N (the N "
+                             "likeliest tokens at each place)")
         if self.suffix:
             raise ValueError("suffix is not supported by vera serve-model: leave it out")
         if self.best_of not in (None, self.n):
@@ -180,8 +194,10 @@ class CompletionBody(_Sampled):
         return self
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or self.prompt and isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 class Message(BaseModel):
@@ -201,12 +217,16 @@ class ChatBody(_Sampled):
     messages: list[Message] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: bool = Field(False, description="each new token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="and the N likeliest at its place")
     tools: list[Any] | None = None
 
     @model_validator(mode="after")
     def _chat_only(self) -> ChatBody:
         if self.tools:
             raise ValueError("tools are not supported by vera serve-model: leave them out")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if sum(len(m.content) if isinstance(m.content, str) else len(json.dumps(m.content)) for m in self.messages
                ) > 100_000:
             raise ValueError("messages must hold at most 100,000 characters in all")
@@ -240,20 +260,24 @@ def completions(server: Server, body: CompletionBody, authorization: Auth = None
     if len(prompts) * body.n > MAX_CHOICES:
         raise InvalidInput(f"{len(prompts)} prompts times n={body.n} is {len(prompts) * body.n} choices; at most "
                            f"{MAX_CHOICES} per request.")
-    ids = [server.prompt_ids(p, body.max_tokens) for p in prompts]
-    rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j), body.stops)
-            for i in range(len(prompts)) for j in range(body.n)]
-    echoed = [prompts[k // body.n] if body.echo else "" for k in range(len(rows))]
+    ids = [server.given_ids(p, body.max_tokens) if isinstance(p, list) else server.prompt_ids(p, body.max_tokens)
+           for p in prompts]
+    scoring = body.echo and body.logprobs is not None
+    rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j), body.stops, logprobs=body.logprobs,
+                score_prompt=scoring) for i in range(len(prompts)) for j in range(body.n)]
+    echoed = [(p if isinstance(p, str) else server.decode_ids(p)) if body.echo else "" for p in prompts]
     reply = _Reply("cmpl", "text_completion", resident, sum(map(len, ids)), chunks="text_completion")
 
-    def choice(k: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": k, "text": text, "logprobs": None, "finish_reason": reason}
+    def choice(k: int, text: str, ended: Generated | None) -> dict[str, Any]:
+        scored = None if ended is None or ended.scores is None else (ended.prompt_scores or []) + ended.scores
+        return {"index": k, "text": text, "logprobs": None if scored is None else _completion_logprobs(server, scored),
+                "finish_reason": None if ended is None else ended.finish_reason}
 
     if body.stream:
-        return reply.stream(server, rows, body, token, lambda k, delta, reason: choice(k, delta, reason),
-                            first=lambda k: choice(k, echoed[k], None) if echoed[k] else None)
+        return reply.stream(server, rows, body, token, choice,
+                            first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
     done = server.wait(server.start(resident, rows, token))
-    return reply.body([choice(k, echoed[k] + g.text, g.finish_reason) for k, g in enumerate(done)], done)
+    return reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)], done)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -268,16 +292,125 @@ def chat_completions(server: Server, body: ChatBody, authorization: Auth = None)
     # without max_tokens: as many as the context leaves, up to MAX_TOKENS
     wanted = body.max_completion_tokens or body.max_tokens or max(1, min(MAX_TOKENS, server.room(len(ids))))
     server.check_room(len(ids), wanted)
-    rows = [Row(ids, wanted, body.sampling(j), body.stops) for j in range(body.n)]
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    rows = [Row(ids, wanted, body.sampling(j), body.stops, logprobs=top) for j in range(body.n)]
     reply = _Reply("chatcmpl", "chat.completion", resident, len(ids), chunks="chat.completion.chunk")
+
+    def logprobs(ended: Generated | None) -> dict[str, Any] | None:
+        return None if ended is None or ended.scores is None else _chat_logprobs(server, ended.scores)
+
     if body.stream:
-        return reply.stream(server, rows, body, token, lambda k, delta, reason: {
-            "index": k, "delta": {"content": delta} if delta else {}, "logprobs": None, "finish_reason": reason},
+        return reply.stream(server, rows, body, token, lambda k, delta, ended: {
+            "index": k, "delta": {"content": delta} if delta else {}, "logprobs": logprobs(ended),
+            "finish_reason": None if ended is None else ended.finish_reason},
             first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None})
     done = server.wait(server.start(resident, rows, token))
-    return reply.body([{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": None,
+    return reply.body([{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
                         "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)
+
+
+def _number(logprob: float) -> float:
+    """A log-probability JSON can carry: -inf (a token ruled out) and NaN are NO_CHANCE, as vLLM sends them."""
+    return logprob if math.isfinite(logprob) else NO_CHANCE
+
+
+def _completion_logprobs(server: ModelServer, scored: list[Scored]) -> dict[str, Any]:
+    """OpenAI's completions ``logprobs``: each token's text, log-probability (None for a prompt's first), the
+    likeliest tokens' at its place by text (the token itself among them: up to logprobs + 1, as OpenAI's), and
+    where its text begins in the choice's text (running from 0)."""
+    texts = server.token_texts([s.token for s in scored] + [t for s in scored for t, _ in s.top])
+    tokens: list[str] = []
+    logprobs: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    at = 0
+    for s in scored:
+        text = texts[s.token]
+        tokens.append(text)
+        offsets.append(at)
+        at += len(text)
+        if s.logprob is None:
+            logprobs.append(None)
+            tops.append(None)
+            continue
+        logprobs.append(_number(s.logprob))
+        top: dict[str, float] = {}
+        for t, value in s.top:  # two tokens of one text (bytes of a character): the likelier one's
+            top.setdefault(texts[t], _number(value))
+        top.setdefault(text, _number(s.logprob))
+        tops.append(top)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _chat_logprobs(server: ModelServer, scored: list[Scored]) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: each new token's text, UTF-8 bytes and log-probability, with the likeliest."""
+    texts = server.token_texts([s.token for s in scored] + [t for s in scored for t, _ in s.top])
+
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        text = texts[token]
+        return {"token": text, "logprob": _number(logprob), "bytes": list(text.encode("utf-8", "replace"))}
+
+    return {"content": [{**entry(s.token, s.logprob if s.logprob is not None else NO_CHANCE),
+                         "top_logprobs": [entry(t, v) for t, v in s.top]} for s in scored], "refusal": None}
+
+
+class TokenizeBody(BaseModel):
+    """vLLM's ``/tokenize``: a ``prompt``, or chat ``messages`` written with the base's chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, max_length=300, description="ignored: every adapter shares the base's tokenizer")
+    prompt: str | None = Field(None, max_length=MAX_TOKENIZE_CHARS)
+    add_special_tokens: bool = True
+    messages: list[Message] | None = Field(None, min_length=1, max_length=256)
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> TokenizeBody:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send a prompt or messages (one of them)")
+        if self.messages and sum(len(m.text()) for m in self.messages) > MAX_TOKENIZE_CHARS:
+            raise ValueError(f"messages must hold at most {MAX_TOKENIZE_CHARS:,} characters in all")
+        return self
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, max_length=300, description="ignored: every adapter shares the base's tokenizer")
+    tokens: _Ids
+
+
+@router.post("/tokenize")
+def tokenize(server: Server, body: TokenizeBody) -> dict[str, Any]:
+    """The base model's token ids for a text (vLLM's route: clients such as lm-evaluation-harness tokenize here
+    instead of loading the tokenizer themselves)."""
+    if body.messages is not None:
+        text = server.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages],
+                                  generation_prompt=body.add_generation_prompt)
+        ids = server.prompt_ids(text, special_tokens=False)
+    else:
+        ids = server.prompt_ids(str(body.prompt), special_tokens=body.add_special_tokens, allow_empty=True)
+    strs = list(map(server.token_texts(ids).__getitem__, ids)) if body.return_token_strs else None
+    return {"count": len(ids), "max_model_len": server.context_length, "tokens": ids, "token_strs": strs}
+
+
+@router.post("/detokenize")
+def detokenize(server: Server, body: DetokenizeBody) -> dict[str, Any]:
+    """The text of token ids (vLLM's route), special tokens' text included."""
+    return {"prompt": server.decode_ids(server.given_ids(body.tokens, allow_empty=True))}
+
+
+@router.get("/tokenizer_info")
+def tokenizer_info(server: Server) -> dict[str, Any]:
+    """The base model's tokenizer in brief (vLLM's route): its special tokens, chat template and context."""
+    tokenizer = server.tokenizer
+    return {"tokenizer_class": type(tokenizer).__name__, "eos_token": tokenizer.eos_token,
+            "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token, "unk_token": tokenizer.unk_token,
+            "chat_template": getattr(tokenizer, "chat_template", None) or None,
+            "model_max_length": server.context_length, "vocab_size": server.vocab_size}
 
 
 class _Reply:
@@ -300,9 +433,10 @@ class _Reply:
         return f"data: {json.dumps({**self.head, 'object': self.chunks, 'choices': choices, **extra})}\n\n"
 
     def stream(self, server: ModelServer, rows: list[Row], body: _Sampled, caller: str | None,
-               chunk: Callable[[int, str, str | None], dict[str, Any]],
+               chunk: Callable[[int, str, Generated | None], dict[str, Any]],
                first: Callable[[int], dict[str, Any] | None]) -> StreamingResponse:
-        """Server-sent events: each choice's text as it is decided, its finish_reason as soon as it ends, usage
+        """Server-sent events: each choice's text as it is decided, its finish_reason (and its log-probabilities,
+        all at once, when asked for) as soon as it ends, usage
         last when ``stream_options.include_usage``, then ``[DONE]``; an error after the first event is an event
         with OpenAI's error object. A client that goes away ends its rows at their next token."""
         events: queue.Queue[tuple[int, str | None]] = queue.Queue()
@@ -316,7 +450,8 @@ class _Reply:
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def _events(self, server: ModelServer, rows: list[Row], futures: list[Future[Generated]],
-                events: queue.Queue[tuple[int, str | None]], chunk: Callable[[int, str, str | None], dict[str, Any]],
+                events: queue.Queue[tuple[int, str | None]],
+                chunk: Callable[[int, str, Generated | None], dict[str, Any]],
                 first: Callable[[int], dict[str, Any] | None], *, with_usage: bool) -> Iterator[str]:
         deadline = time.monotonic() + server.timeout_s
         try:
@@ -332,7 +467,7 @@ class _Reply:
                                "later.") from None
                 if delta is None:
                     done[k] = futures[k].result()
-                    yield self._event([chunk(k, "", done[k].finish_reason)])
+                    yield self._event([chunk(k, "", done[k])])
                 else:
                     yield self._event([chunk(k, delta, None)])
             if with_usage:

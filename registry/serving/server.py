@@ -10,6 +10,7 @@ name is resolved through the registry with the caller's token (so the caller nee
 
 from __future__ import annotations
 
+import inspect
 import logging
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from registry.domain.errors import (
 )
 from registry.domain.schemas import Ref, VersionInfo, WhoAmI
 from registry.services.tokens import Principal, Role
-from registry.serving.decode import FinishReason, Row, RowSampler, RowStops, Sampling
+from registry.serving.decode import FinishReason, PromptScorer, Row, RowSampler, RowStops, Sampling, Scored
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.keys import module_path
 from vera_core.recipes import resolve_base
@@ -46,6 +47,9 @@ Task = Literal["classification", "causal-lm"]
 K = TypeVar("K")
 V = TypeVar("V")
 log = logging.getLogger("vera.serving")
+#: Rows that score their prompts (``echo`` with ``logprobs``) keep every prompt position's logits in their prefill:
+#: such rows are batched so that rows x longest prompt x vocabulary stays under this (2**28: 1 GiB of float32).
+SCORING_LOGITS = 2**28
 
 
 class GenerationFailed(RegistryError):
@@ -125,11 +129,14 @@ class _Work:
 @dataclass(frozen=True)
 class Generated:
     """One generated row: its new token ids (the end-of-sequence token included when it ended there), its text
-    (without that token, cut before a stop string) and why it ended."""
+    (without that token, cut before a stop string) and why it ended; with their log-probabilities, and its
+    prompt's, when the row asked (decode.Row.logprobs, score_prompt)."""
 
     tokens: list[int]
     text: str
     finish_reason: FinishReason
+    scores: list[Scored] | None = None
+    prompt_scores: list[Scored] | None = None
 
 
 class _Recent(Generic[K, V]):
@@ -224,6 +231,9 @@ class ModelServer:
         #: prompt plus new tokens may not exceed the positions the base was trained for (None: it sets no limit)
         self.context_length: int | None = next((int(v) for v in (getattr(config, "max_position_embeddings", None),
                                                                   getattr(config, "n_positions", None)) if v), None)
+        #: the token ids a prompt may hold: those both the tokenizer and the model's embedding know
+        self.logits_width = int(getattr(config, "vocab_size", None) or len(self.tokenizer))
+        self.vocab_size = min(len(self.tokenizer), self.logits_width)
         self.banks: dict[BankKey, AdapterBank] = {}
         self.residents: dict[str, Resident] = {}
         # the registry's answers, each kept resolve_ttl_s: (token, ref) -> its version, (token, ref) it refused,
@@ -493,14 +503,15 @@ class ModelServer:
             raise InvalidInput(f"This server serves {self.task}; use /v1/classify.")
         return self.activate(name, token)
 
-    def prompt_ids(self, prompt: str, max_new_tokens: int | None = None, *, special_tokens: bool = True
-                   ) -> list[int]:
+    def prompt_ids(self, prompt: str, max_new_tokens: int | None = None, *, special_tokens: bool = True,
+                   allow_empty: bool = False) -> list[int]:
         """``prompt``'s token ids (with the tokenizer's special tokens unless ``special_tokens`` is False: a chat
-        template writes them itself), checked to leave room for ``max_new_tokens`` in the base's context."""
+        template writes them itself), checked to leave room for ``max_new_tokens`` in the base's context; a prompt
+        of no tokens starts from the beginning-of-sequence token (no tokens at all if ``allow_empty``)."""
         check_unicode(prompt, "The prompt")
         with self._tokenizer_lock:
             ids: list[int] = self.tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
-        if not ids:
+        if not ids and not allow_empty:
             start = self.tokenizer.bos_token_id
             if start is None:
                 raise InvalidInput("The prompt is empty (no tokens), and this base model's tokenizer has no "
@@ -509,6 +520,33 @@ class ModelServer:
         if max_new_tokens is not None:
             self.check_room(len(ids), max_new_tokens)
         return ids
+
+    def given_ids(self, ids: Sequence[int], max_new_tokens: int | None = None, *, allow_empty: bool = False
+                  ) -> list[int]:
+        """A prompt sent as token ids (OpenAI's API takes them; lm-evaluation-harness sends them), checked: at
+        least one (unless ``allow_empty``), each one this base's tokenizer and model know, room left for
+        ``max_new_tokens``."""
+        if not ids and not allow_empty:
+            raise InvalidInput("A prompt of token ids must hold at least one id.")
+        wrong = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if wrong is not None:
+            raise InvalidInput(f"Token id {wrong} is not one of this base model's: ids run from 0 to "
+                               f"{self.vocab_size - 1}. Tokenize with the server's /tokenize, or send text.")
+        if max_new_tokens is not None:
+            self.check_room(len(ids), max_new_tokens)
+        return list(ids)
+
+    def decode_ids(self, ids: Sequence[int], *, special_tokens: bool = True) -> str:
+        """The text of ``ids`` (with the special tokens' text unless ``special_tokens`` is False)."""
+        with self._tokenizer_lock:
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=not special_tokens))
+
+    def token_texts(self, ids: Sequence[int]) -> dict[int, str]:
+        """Each distinct token id of ``ids`` with its own text (special tokens' included), in one tokenizer call."""
+        distinct = sorted(set(ids))
+        with self._tokenizer_lock:
+            texts = self.tokenizer.batch_decode([[t] for t in distinct], skip_special_tokens=False)
+        return dict(zip(distinct, map(str, texts), strict=True))
 
     def room(self, prompt_tokens: int) -> int:
         """How many tokens the base's context leaves after a prompt of ``prompt_tokens`` (no limit: 2**31)."""
@@ -520,8 +558,9 @@ class ModelServer:
                                f"for: {prompt_tokens + max_new_tokens} in all, over this base model's context of "
                                f"{self.context_length} tokens. Shorten the prompt or ask for fewer tokens.")
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """``messages`` written as the base model's chat template writes them, ready for the assistant's turn."""
+    def chat_prompt(self, messages: list[dict[str, str]], *, generation_prompt: bool = True) -> str:
+        """``messages`` written as the base model's chat template writes them, ready for the assistant's turn
+        (unless ``generation_prompt`` is False)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidInput(f"The tokenizer of this server's base model ({self.base_name}) has no chat template, "
                                "so chat messages cannot be written as its prompt: use /v1/completions with a "
@@ -532,7 +571,8 @@ class ModelServer:
             check_unicode(message["content"], "A message")
         try:
             with self._tokenizer_lock:
-                return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+                return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                              add_generation_prompt=generation_prompt))
         except TemplateError as exc:  # the template's own refusal ("Conversation roles must alternate ...")
             raise InvalidInput(f"This base model's chat template refused the messages: {exc}") from exc
 
@@ -629,7 +669,7 @@ class ModelServer:
         if not works:
             return
         for work in works:
-            work.payload.on_end = _answer(work.future, work.payload.on_end)
+            work.payload.on_end = _answer(work.future, work.payload)
         for part in self._fitting(works):
             failure = self._generate_rows(bank, part)
             if failure is None:
@@ -645,13 +685,22 @@ class ModelServer:
         """``works`` cut into batches whose longest prompt plus largest budget fits the base's context: a batch is
         left-padded to its longest prompt and runs to its largest budget, so rows that each fit may not together
         (a base with learned positions, GPT-2's, fails past its table)."""
-        if self.context_length is None:
-            return [works]
+        scoring = [w for w in works if w.payload.score_prompt]
+        plain = [w for w in works if not w.payload.score_prompt]
+        return self._fitted(plain) + self._fitted(scoring, logits_budget=SCORING_LOGITS)
+
+    def _fitted(self, works: list[_Work], *, logits_budget: int | None = None) -> list[list[_Work]]:
+        """``works`` (sorted by prompt length) in batches that fit the context, and whose prefill logits (rows x
+        longest prompt x vocabulary) stay within ``logits_budget`` (a row alone may exceed it)."""
         parts: list[list[_Work]] = []
         longest = budget = 0
         for work in sorted(works, key=lambda w: len(w.payload.prompt_ids)):
             row: Row = work.payload
-            if parts and max(longest, len(row.prompt_ids)) + max(budget, row.max_new_tokens) <= self.context_length:
+            within = self.context_length is None or \
+                max(longest, len(row.prompt_ids)) + max(budget, row.max_new_tokens) <= self.context_length
+            if logits_budget is not None and parts:
+                within = within and (len(parts[-1]) + 1) * len(row.prompt_ids) * self.logits_width <= logits_budget
+            if parts and within:
                 parts[-1].append(work)
                 longest, budget = max(longest, len(row.prompt_ids)), max(budget, row.max_new_tokens)
             else:
@@ -677,10 +726,19 @@ class ModelServer:
             settings = GenerationConfig(  # type: ignore[no-untyped-call]
                 max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
-            with torch.no_grad(), bank.route([w.resident.ref for w in works]):
-                out = model.generate(**enc, generation_config=settings,
-                                     logits_processor=LogitsProcessorList([sampler]),
-                                     stopping_criteria=StoppingCriteriaList([stops]))
+            scoring = any(r.score_prompt for r in rows)  # then all are (_fitting): the prefill keeps every logit
+            keep_all = {"logits_to_keep": 0} if scoring and "logits_to_keep" in \
+                inspect.signature(model.forward).parameters else {}
+            hook = model.register_forward_hook(PromptScorer(rows, start=start), with_kwargs=True) if scoring \
+                else None
+            try:
+                with torch.no_grad(), bank.route([w.resident.ref for w in works]):
+                    out = model.generate(**enc, **keep_all, generation_config=settings,
+                                         logits_processor=LogitsProcessorList([sampler]),
+                                         stopping_criteria=StoppingCriteriaList([stops]))
+            finally:
+                if hook is not None:
+                    hook.remove()
             for i, (row, tokens) in enumerate(zip(rows, out[:, start:].tolist(), strict=True)):
                 if not stops.ended[i]:  # generate stopped before this row's own end (its budget was the largest)
                     kept = tokens[:row.max_new_tokens]
@@ -693,18 +751,18 @@ class ModelServer:
         return None
 
     def _decode(self, tokens: list[int]) -> str:
-        with self._tokenizer_lock:
-            return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        return self.decode_ids(tokens, special_tokens=False)
 
 
-def _answer(future: Future[Generated], then: Callable[[list[int], str, FinishReason], None] | None
-            ) -> Callable[[list[int], str, FinishReason], None]:
-    """A row's ``on_end`` that answers its request's ``future`` (after the row's own ``then``)."""
+def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, FinishReason], None]:
+    """A row's ``on_end`` that answers its request's ``future`` (after the row's own ``on_end``)."""
+    then = row.on_end
+
     def end(tokens: list[int], text: str, reason: FinishReason) -> None:
         if then is not None:
             then(tokens, text, reason)
         if not future.done():
-            future.set_result(Generated(tokens, text, reason))
+            future.set_result(Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
 
 

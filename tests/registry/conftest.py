@@ -12,6 +12,7 @@ import pytest
 from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.registry.served_lm import served  # noqa: F401 - a module-scoped fixture: a tiny LM served in OpenAI's API
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

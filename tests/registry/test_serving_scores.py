@@ -1,0 +1,270 @@
+"""Log-probabilities from `vera serve-model`, and what evaluates adapters with them: OpenAI's ``logprobs`` on
+completions (with ``echo``: the prompt's tokens' too) and chat, token-id prompts, vLLM's tokenizer routes, and
+lm-evaluation-harness's own ``local-completions`` model scoring and generating with a registry adapter by name,
+each checked against the adapter loaded alone in transformers."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from registry.serving.openai import MAX_TOKENIZE_CHARS, NO_CHANCE
+from tests.registry.served_lm import alone, oa, text_of
+from vera_core import load_adapter
+
+
+def model_logprobs(served: dict[str, Any], seed: int, ids: list[int]) -> torch.Tensor:
+    """Adapter ``alice/gen{seed}`` loaded alone: the log-probabilities after each of ``ids`` (len(ids) x vocab)."""
+    model = load_adapter(AutoModelForCausalLM.from_pretrained(served["base"]), served["dirs"][seed]).eval()
+    with torch.no_grad():
+        return model.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+
+def ids_of(served: dict[str, Any], text: str) -> list[int]:
+    return list(AutoTokenizer.from_pretrained(served["base"])(text)["input_ids"])
+
+
+def words(served: dict[str, Any], ids: list[int]) -> list[str]:
+    tokenizer = AutoTokenizer.from_pretrained(served["base"])
+    return [tokenizer.decode([t]) for t in ids]
+
+
+def check_scored(served: dict[str, Any], seed: int, ids: list[int], logprobs: Any, *, top: int,
+                 first: int = 0) -> None:
+    """``logprobs`` (a completion's) holds ``ids[first:]``'s log-probabilities under the adapter alone, and at each
+    place the ``top`` likeliest tokens' (with the token itself), within float tolerance."""
+    truth = model_logprobs(served, seed, ids)
+    assert logprobs.tokens == words(served, ids[first:])
+    offsets = [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    assert logprobs.text_offset == offsets
+    for j, (token, got, tops) in enumerate(zip(ids[first:], logprobs.token_logprobs, logprobs.top_logprobs,
+                                               strict=True)):
+        at = first + j
+        if at == 0:  # the prompt's first token: nothing before it
+            assert got is None and tops is None
+            continue
+        want = truth[at - 1]
+        assert got == pytest.approx(float(want[token]), abs=1e-4)
+        values, likeliest = want.topk(top)
+        expected = dict(zip(words(served, likeliest.tolist()), values.tolist(), strict=True))
+        expected.setdefault(words(served, [token])[0], float(want[token]))
+        assert tops.keys() == expected.keys() and all(tops[k] == pytest.approx(v, abs=1e-4)
+                                                      for k, v in expected.items())
+
+
+def test_echo_with_logprobs_scores_each_prompt_as_the_adapter_alone_whatever_its_padding(
+        served: dict[str, Any]) -> None:
+    """Two prompts of different lengths in one request share one left-padded batch: each prompt's tokens, and
+    the new ones, get the log-probabilities the adapter alone gives them (lm-evaluation-harness's scoring)."""
+    prompts = ["the cat sits on the", "a dog"]
+    done = oa(served).completions.create(model="alice/gen0", prompt=prompts, max_tokens=3, temperature=0,
+                                         logprobs=2, echo=True)
+    assert len(done.choices) == 2
+    for choice in done.choices:
+        prompt = prompts[choice.index]
+        new = alone(served, 0, prompt, 3)
+        assert choice.text == prompt + text_of(served, new)
+        ids = ids_of(served, prompt) + new
+        check_scored(served, 0, ids, choice.logprobs, top=2)
+        greedy = choice.logprobs.token_logprobs[len(ids_of(served, prompt)):]
+        tops = choice.logprobs.top_logprobs[len(ids_of(served, prompt)):]
+        assert all(lp == max(top.values()) for lp, top in zip(greedy, tops, strict=True))  # greedy took the top
+    # without echo: the new tokens only, their offsets in the new text
+    plain = oa(served).completions.create(model="alice/gen0", prompt=prompts[0], max_tokens=3, temperature=0,
+                                          logprobs=0)
+    new = alone(served, 0, prompts[0], 3)
+    check_scored(served, 0, ids_of(served, prompts[0]) + new, plain.choices[0].logprobs, top=0,
+                 first=len(ids_of(served, prompts[0])))
+    assert all(len(top) == 1 for top in plain.choices[0].logprobs.top_logprobs)  # logprobs 0: the token itself
+
+
+def test_a_sampled_token_is_scored_under_the_models_distribution_not_the_sampling_one(
+        served: dict[str, Any]) -> None:
+    prompt = "the big red"
+    done = oa(served).completions.create(model="alice/gen1", prompt=prompt, max_tokens=6, temperature=1.7,
+                                         extra_body={"top_k": 5}, seed=11, logprobs=1).choices[0]
+    start = len(ids_of(served, prompt))
+    tokens = ids_of(served, prompt) + AutoTokenizer.from_pretrained(served["base"]).convert_tokens_to_ids(
+        done.logprobs.tokens)  # a word-level vocabulary: each token's text is its entry
+    assert len(tokens) > start + 2
+    truth = model_logprobs(served, 1, tokens)
+    for j, got in enumerate(done.logprobs.token_logprobs):  # the raw model's, before temperature and top_k
+        assert got == pytest.approx(float(truth[start + j - 1][tokens[start + j]]), abs=1e-4)
+
+
+def test_token_id_prompts_are_the_text_prompts_they_spell(served: dict[str, Any]) -> None:
+    client = oa(served)
+    ids = ids_of(served, "the cat sits")
+    by_text = client.completions.create(model="alice/gen1", prompt="the cat sits", max_tokens=5, temperature=0,
+                                        logprobs=1, echo=True).choices[0]
+    by_ids = client.completions.create(model="alice/gen1", prompt=ids, max_tokens=5, temperature=0, logprobs=1,
+                                       echo=True).choices[0]
+    assert by_ids.text == by_text.text and by_ids.logprobs.tokens == by_text.logprobs.tokens
+    assert by_ids.logprobs.token_logprobs[0] is None
+    assert by_ids.logprobs.token_logprobs[1:] == pytest.approx(by_text.logprobs.token_logprobs[1:], abs=1e-5)
+    several = client.completions.create(model="alice/gen1", prompt=[ids, ids[:2]], max_tokens=2, temperature=0)
+    assert sorted(c.index for c in several.choices) == [0, 1]
+    assert several.usage is not None and several.usage.prompt_tokens == len(ids) + 2
+
+
+def test_chat_logprobs_come_with_each_new_token_and_with_a_streams_last_chunk(served: dict[str, Any]) -> None:
+    client = oa(served)
+    messages: Any = [{"role": "user", "content": "the cat runs"}]
+    chat = client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=4, temperature=0,
+                                          logprobs=True, top_logprobs=3).choices[0]
+    assert chat.logprobs is not None and chat.logprobs.content is not None
+    prompt = ids_of(served, "the cat runs the ")  # the template's words, then the assistant's turn
+    new = alone(served, 0, "the cat runs the", 4)
+    truth = model_logprobs(served, 0, prompt + new)
+    assert [c.token for c in chat.logprobs.content] == words(served, new)
+    for j, entry in enumerate(chat.logprobs.content):
+        want = truth[len(prompt) + j - 1]
+        assert entry.logprob == pytest.approx(float(want[new[j]]), abs=1e-4)
+        assert entry.bytes == list(entry.token.encode())
+        assert [t.token for t in entry.top_logprobs] == words(served, want.topk(3).indices.tolist())
+    streamed = list(client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=4,
+                                                   temperature=0, logprobs=True, top_logprobs=3, stream=True))
+    carrying = [c for c in streamed if c.choices and c.choices[0].logprobs is not None]
+    assert len(carrying) == 1 and carrying[0].choices[0].finish_reason == chat.finish_reason
+    assert carrying[0].choices[0].logprobs.model_dump() == chat.logprobs.model_dump()
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs: true"):
+        client.chat.completions.create(model="alice/gen0", messages=messages, top_logprobs=2)
+
+
+def test_a_ruled_out_token_reads_as_vllms_stand_in_number() -> None:
+    from registry.serving.openai import _number
+
+    assert _number(float("-inf")) == NO_CHANCE and _number(float("nan")) == NO_CHANCE and _number(-1.5) == -1.5
+
+
+def test_vllms_tokenizer_routes(served: dict[str, Any]) -> None:
+    url = served["url"]
+    said = httpx.post(f"{url}/tokenize", json={"prompt": "the cat sits", "return_token_strs": True}).json()
+    assert said == {"count": 3, "max_model_len": 40, "tokens": ids_of(served, "the cat sits"),
+                    "token_strs": ["the", "cat", "sits"]}
+    chat = httpx.post(f"{url}/tokenize", json={"messages": [{"role": "user", "content": "the cat"}]}).json()
+    assert chat["tokens"] == ids_of(served, "the cat the ")
+    assert httpx.post(f"{url}/detokenize", json={"tokens": said["tokens"]}).json() == {"prompt": "the cat sits"}
+    info = httpx.get(f"{url}/tokenizer_info").json()
+    assert info["eos_token"] == "[EOS]" and info["pad_token"] == "[PAD]" and info["model_max_length"] == 40
+    assert info["chat_template"] and info["vocab_size"] == 96
+    for route, body, says in (
+            ("tokenize", {"prompt": "x" * (MAX_TOKENIZE_CHARS + 1)}, "at most 100000 characters"),
+            ("tokenize", {}, "send a prompt or messages"),
+            ("tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, "send a prompt or messages"),
+            ("detokenize", {"tokens": [5, -1]}, "Token id -1 is not one of this base model's"),
+            ("detokenize", {"tokens": list(range(40_000))}, "at most 32768 items")):
+        refused = httpx.post(f"{url}/{route}", json=body)
+        assert refused.status_code == 400 and says in refused.json()["error"]["message"], refused.text
+
+
+def test_lm_evaluation_harness_scores_and_generates_with_a_registry_adapter_by_name(
+        served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-evaluation-harness's own OpenAI-completions model, given only the server's URL and an adapter's name
+    (its tokenizer is the server's, through /tokenize), scores continuations as the adapter alone does and
+    generates its greedy text."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    monkeypatch.setenv("OPENAI_API_KEY", served["writer"])  # how lm-eval sends its token
+    lm = LocalCompletionsAPI(base_url=f"{served['url']}/v1/completions", model="alice/gen1", batch_size=3,
+                             max_length=40, num_concurrent=1, max_retries=1)
+    assert lm.tokenizer_backend == "remote"  # found /tokenize and /tokenizer_info: no tokenizer of its own
+    pairs = [("the cat sits", " on the mat"), ("a dog", " runs far"), ("the sun and the", " moon"),
+             ("big red", " house near the tree")]
+    scored = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)],
+                              disable_tqdm=True)
+    for (context, continuation), (logprob, greedy) in zip(pairs, scored, strict=True):
+        ctx, cont = ids_of(served, context), ids_of(served, continuation)
+        truth = model_logprobs(served, 1, ctx + cont)
+        steps = [truth[len(ctx) + j - 1] for j in range(len(cont))]
+        assert logprob == pytest.approx(sum(float(s[t]) for s, t in zip(steps, cont, strict=True)), abs=1e-3)
+        assert greedy == all(int(s.argmax()) == t for s, t in zip(steps, cont, strict=True))
+    assert not math.isclose(scored[0][0], scored[1][0])
+    generated = lm.generate_until([Instance("generate_until", {}, ("the cat sits", {"until": ["zzz"],
+                                                                                      "max_gen_toks": 6}), 0)],
+                                  disable_tqdm=True)
+    assert generated == [text_of(served, alone(served, 1, "the cat sits", 6))]
+
+
+def test_scoring_rows_share_the_batcher_with_plain_ones(served: dict[str, Any]) -> None:
+    """Scoring and plain rows sent together: each gets its own answer (scoring rows run in their own generate
+    calls, whose prefill keeps every position's logits)."""
+    client, answers = oa(served), {}
+
+    def ask(k: int) -> None:
+        settings: dict[str, Any] = {"logprobs": 1, "echo": True} if k % 2 else {}
+        answers[k] = client.completions.create(model=f"alice/gen{k % 2}", prompt="the cat " * (k + 1),
+                                               max_tokens=3, temperature=0, **settings).choices[0]
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k, choice in answers.items():
+        prompt = "the cat " * (k + 1)
+        assert choice.text == (prompt if k % 2 else "") + text_of(served, alone(served, k % 2, prompt, 3))
+        assert (choice.logprobs is not None) == bool(k % 2)
+
+
+def test_scoring_rows_are_batched_within_the_logits_budget(served: dict[str, Any],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scoring row's prefill keeps rows x longest prompt x vocabulary logits: its batches stay within
+    SCORING_LOGITS (a row alone may exceed it), and plain rows never share a call with scoring ones."""
+    from registry.serving import server as serving
+    from registry.serving.decode import Row
+
+    monkeypatch.setattr(serving, "SCORING_LOGITS", 96 * 8 * 3)  # three rows of 8 tokens at this base's 96 ids
+    server: serving.ModelServer = served["server"]
+    works = [serving._Work("generate", None, Row([5] * 8, 2, score_prompt=True)) for _ in range(5)]  # type: ignore
+    works += [serving._Work("generate", None, Row([5] * 30, 2, score_prompt=True)),  # type: ignore
+              serving._Work("generate", None, Row([5] * 8, 2))]  # type: ignore
+    parts = server._fitting(works)
+    assert [[len(w.payload.prompt_ids) for w in part] for part in parts] == [[8], [8, 8, 8], [8, 8], [30]]
+    assert [[w.payload.score_prompt for w in part] for part in parts][0] == [False]
+
+
+def test_an_lm_evaluation_harness_task_scores_a_registry_adapter_as_the_adapter_alone_would(
+        served: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole multiple-choice task (a YAML and a local JSONL, as any custom lm-eval task) through
+    ``simple_evaluate`` with ``local-completions``, as `lm_eval --model local-completions` runs it: its accuracy is
+    the one the adapter loaded alone gives, and so is each choice's log-likelihood."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    docs = [("the cat sits on the", [" mat", " tree", " sun"], 0), ("a dog", [" runs", " eats", " moon"], 1),
+            ("the sun and the", [" moon", " cat"], 0), ("big red", [" house", " dog", " far"], 2),
+            ("the small green", [" tree", " cat"], 1), ("a cat eats", [" the mat", " a big dog"], 0)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"context": c, "choices": ch, "answer": a}) + "\n"
+                                                 for c, ch, a in docs))
+    (tmp_path / "tiny_choice.yaml").write_text(
+        "task: tiny_choice\ndataset_path: json\ndataset_kwargs:\n"
+        f"  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n  cache_dir: {tmp_path / 'cache'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+    monkeypatch.setenv("OPENAI_API_KEY", served["writer"])
+    out = simple_evaluate(model="local-completions", tasks=["tiny_choice"], log_samples=True,
+                          model_args=f"model=alice/gen1,base_url={served['url']}/v1/completions,num_concurrent=2,"
+                                     "max_length=40", task_manager=TaskManager(include_path=str(tmp_path)))
+    assert out is not None
+    right = 0
+    for sample in sorted(out["samples"]["tiny_choice"], key=lambda s: s["doc_id"]):
+        context, choices, answer = docs[sample["doc_id"]]
+        truth = []
+        for choice in choices:
+            ctx, cont = ids_of(served, context), ids_of(served, context + choice)[len(ids_of(served, context)):]
+            logprobs = model_logprobs(served, 1, ctx + cont)
+            truth.append(sum(float(logprobs[len(ctx) + j - 1][t]) for j, t in enumerate(cont)))
+        assert [r[0][0] for r in sample["resps"]] == pytest.approx(truth, abs=1e-3)
+        right += int(max(range(len(truth)), key=truth.__getitem__) == answer)
+    assert out["results"]["tiny_choice"]["acc,none"] == pytest.approx(right / len(docs))
