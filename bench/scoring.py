@@ -16,12 +16,12 @@ installed. Rounds alternate the ways, so that drift falls on both; ratios are re
 from __future__ import annotations
 
 import argparse
-import warnings
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import Any
