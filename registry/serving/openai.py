@@ -43,6 +43,9 @@ log = logging.getLogger("vera.serving")
 MAX_TOKENS, MAX_CHOICES = 512, 64
 #: the most characters of a prompt sent as text, and ids of one sent as token ids
 MAX_PROMPT_CHARS, MAX_PROMPT_IDS = 20_000, 32_768
+#: the most log-probabilities one completions answer may carry (choices x tokens scored x (logprobs + 1)): its JSON
+#: stays within tens of MB (lm-evaluation-harness's largest, 64 prompts of 2,048 tokens with logprobs 1, is 262,272)
+MAX_LOGPROB_ENTRIES = 500_000
 #: the most characters /tokenize takes (the tokenizer is shared with generation: a long text would stall it)
 MAX_TOKENIZE_CHARS = 100_000
 #: what JSON carries for a log-probability of -inf (or NaN): vLLM's stand-in, a number every client parses
@@ -263,6 +266,12 @@ def completions(server: Server, body: CompletionBody, authorization: Auth = None
     ids = [server.given_ids(p, body.max_tokens) if isinstance(p, list) else server.prompt_ids(p, body.max_tokens)
            for p in prompts]
     scoring = body.echo and body.logprobs is not None
+    if body.logprobs is not None:  # each scored token and its likeliest are entries of the answer: bounded
+        entries = body.n * sum((len(i) if scoring else 0) + body.max_tokens for i in ids) * (body.logprobs + 1)
+        if entries > MAX_LOGPROB_ENTRIES:
+            raise InvalidInput(f"This request asks for up to {entries:,} log-probabilities (choices x tokens scored x "
+                               f"(logprobs + 1)); at most {MAX_LOGPROB_ENTRIES:,} per request: send fewer prompts "
+                               "or choices at a time, or a smaller logprobs.")
     rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j), body.stops, logprobs=body.logprobs,
                 score_prompt=scoring) for i in range(len(prompts)) for j in range(body.n)]
     echoed = [(p if isinstance(p, str) else server.decode_ids(p)) if body.echo else "" for p in prompts]

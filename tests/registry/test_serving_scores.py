@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from registry.serving import openai as openai_routes
 from registry.serving.openai import MAX_TOKENIZE_CHARS, NO_CHANCE
 from tests.registry.served_lm import alone, oa, text_of
 from vera_core import load_adapter
@@ -101,7 +102,8 @@ def test_a_sampled_token_is_scored_under_the_models_distribution_not_the_samplin
         assert got == pytest.approx(float(truth[start + j - 1][tokens[start + j]]), abs=1e-4)
 
 
-def test_token_id_prompts_are_the_text_prompts_they_spell(served: dict[str, Any]) -> None:
+def test_token_id_prompts_are_the_text_prompts_they_spell_and_answers_are_bounded(
+        served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     client = oa(served)
     ids = ids_of(served, "the cat sits")
     by_text = client.completions.create(model="alice/gen1", prompt="the cat sits", max_tokens=5, temperature=0,
@@ -111,6 +113,10 @@ def test_token_id_prompts_are_the_text_prompts_they_spell(served: dict[str, Any]
     assert by_ids.text == by_text.text and by_ids.logprobs.tokens == by_text.logprobs.tokens
     assert by_ids.logprobs.token_logprobs[0] is None
     assert by_ids.logprobs.token_logprobs[1:] == pytest.approx(by_text.logprobs.token_logprobs[1:], abs=1e-5)
+    monkeypatch.setattr(openai_routes, "MAX_LOGPROB_ENTRIES", 40_000)  # this base's 40 positions reach no more
+    with pytest.raises(openai.BadRequestError, match=r"up to 43,008 log-probabilities .* at most 40,000 per"):
+        client.completions.create(model="alice/gen1", prompt=[[5] * 30] * 16, n=4, max_tokens=2, logprobs=20,
+                                  echo=True)  # 64 choices x 32 tokens scored x 21 entries
     several = client.completions.create(model="alice/gen1", prompt=[ids, ids[:2]], max_tokens=2, temperature=0)
     assert sorted(c.index for c in several.choices) == [0, 1]
     assert several.usage is not None and several.usage.prompt_tokens == len(ids) + 2
