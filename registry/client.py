@@ -36,6 +36,7 @@ from registry.domain.schemas import (
     AdapterInfo,
     BaseModelInfo,
     Comparison,
+    EvaluationInfo,
     FileEntry,
     FileManifest,
     HubSyncInfo,
@@ -725,6 +726,27 @@ class RegistryClient:
             body["tags"] = {"set": tags, "add": add_tags or [], "remove": remove_tags or []}
         return VersionInfo.model_validate(self._request(
             "PATCH", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}", json=body).json())
+
+    def record_evaluation(self, ref: str, name: str, metrics: dict[str, Any], *,
+                          details: dict[str, Any] | None = None) -> EvaluationInfo:
+        """Record what the version ``ref`` names scored (an alias: the version it names now): ``metrics`` join its
+        metrics under ``name``; ``details`` say how they were measured. Conflict if the name is taken there."""
+        info = self.get(ref)
+        return EvaluationInfo.model_validate(self._request(
+            "POST", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/evaluations",
+            json={"name": name, "metrics": metrics, "details": details or {}}).json())
+
+    def evaluations(self, ref: str) -> list[EvaluationInfo]:
+        """The evaluations recorded on the version ``ref`` names, oldest first."""
+        info = self.get(ref)
+        answer = self._request("GET", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/"
+                                      "evaluations").json()
+        return [EvaluationInfo.model_validate(item) for item in answer]
+
+    def delete_evaluation(self, ref: str, name: str) -> None:
+        info = self.get(ref)
+        self._request("DELETE", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/evaluations/"
+                                f"{quote(name, safe='')}")
 
     def delete(self, ref: str) -> None:
         info = self.get(ref)

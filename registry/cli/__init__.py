@@ -32,6 +32,8 @@ GROUPS = {
     "hub": "Sync with the HuggingFace Hub (the registry server talks to the Hub).",
     "base": "Base models and their layer shapes.",
     "job": "Fine-tune jobs (run by `vera worker`).",
+    "eval": "Evaluations recorded on versions after publish (lm-evaluation-harness's results, or any numbers): they "
+            "join the version's metrics.",
     "auth": "You, over HTTP from any machine: log in, who you are, your own tokens (any user's, on the registry's "
             "machine: `vera token`).",
     "token": "Any user's tokens, on the registry's machine, written straight into its database: the first admin token "
@@ -76,6 +78,7 @@ COMMANDS: dict[str, dict[str, str]] = {
               "purge": "admin.token_purge"},
     "hub": {"push": "hub.hub_push", "pull": "hub.hub_pull", "status": "hub.hub_status"},
     "base": {"register": "admin.base_register", "ls": "remote.base_ls"},
+    "eval": {"record": "evals.record", "ls": "evals.ls", "delete": "evals.delete"},
     "job": {"submit": "jobs.job_submit", "ls": "jobs.job_ls", "show": "jobs.job_show", "cancel": "jobs.job_cancel",
             "logs": "jobs.job_logs"},
 }

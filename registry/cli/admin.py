@@ -22,10 +22,10 @@ from registry.cli.common import (
     console,
     fail,
     load_settings,
+    read_json_object,
     start_logging,
 )
 from registry.cli.output import JsonOutput, print_json
-from registry.cli.remote import read_json_object
 from registry.cli.run import run_api
 from registry.domain.errors import InvalidInput, ReadOnly
 from registry.domain.schemas import GC_GRACE_S

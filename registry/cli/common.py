@@ -7,6 +7,7 @@ import functools
 import os
 from collections.abc import Callable
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
+from registry.domain.schemas import json_object
 from registry.logs import first_line
 from vera_core import VeraError
 
@@ -176,3 +178,12 @@ def start_logging(settings: Settings, level: str | None) -> Settings:
             fail(InvalidInput(f"--log-level {level!r}: use debug, info, warning or error ({exc.__class__.__name__})."))
     logs.configure(settings.log_level, settings.log_format)
     return settings
+
+
+def read_json_object(path: Path, what: str) -> dict[str, object]:
+    """A JSON object from a file the caller names, or InvalidInput saying what is wrong with it."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{what} {path}: not a readable file ({exc}).") from exc
+    return json_object(text, f"{what} {path}")

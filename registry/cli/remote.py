@@ -24,10 +24,11 @@ from registry.cli.common import (
     err_console,
     fail,
     lora_export,
+    read_json_object,
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref, json_object
+from registry.domain.schemas import Ref
 
 
 def publish(
@@ -88,15 +89,6 @@ def _warn_if_other_base(directory: Path, base_model: str) -> None:
         err_console.print(f"[yellow]note:[/] {directory}/adapter_config.json names base model {named!r}, and "
                           f"--base-model is {base_model!r}: the version is published for {base_model!r}.",
                           soft_wrap=True)
-
-
-def read_json_object(path: Path, what: str) -> dict[str, object]:
-    """A JSON object from a file the caller names, or InvalidInput saying what is wrong with it."""
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"{what} {path}: not a readable file ({exc}).") from exc
-    return json_object(text, f"{what} {path}")
 
 
 def _metrics_file(path: Path | None) -> dict[str, object]:

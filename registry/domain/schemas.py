@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from registry.domain.errors import InvalidInput
 from registry.domain.words import counted, parse_size, size
@@ -568,6 +568,42 @@ class VersionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str | None = None
     tags: TagChange | None = None
+
+
+#: An evaluation's numbers and its details, each at most this many bytes as JSON.
+MAX_EVALUATION_BYTES = 64 * 1024
+_EVALUATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class EvaluationRecord(BaseModel):
+    """An evaluation of a version, recorded after publish (``POST .../versions/{version}/evaluations``): its
+    numbers join the version's metrics under ``name`` (searchable as ``metrics.<name>.<key>``); ``details`` say how
+    they were measured (harness, its version, tasks and their settings). Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="1-64 of a-z, 0-9, '_' and '-' (a task's name: hellaswag, arc_easy, ...)")
+    metrics: dict[str, Any] = Field(description="what was measured: numbers, nested objects of numbers, text")
+    details: dict[str, Any] = Field(default_factory=dict, description="how it was measured")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _EVALUATION_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an evaluation name: use 1-64 lowercase letters, digits, '_' or '-', "
+                             "starting with a letter or digit (no '.': the name is one level of the metrics)")
+        return value
+
+
+class EvaluationInfo(BaseModel):
+    """An evaluation recorded on a version: its numbers (as in the version's metrics, under its name), how they
+    were measured, who recorded them and when."""
+
+    ref: str
+    name: str
+    metrics: dict[str, Any]
+    details: dict[str, Any]
+    recorded_by: str
+    recorded_at: datetime
 
 
 class LineageNode(BaseModel):

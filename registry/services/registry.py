@@ -18,6 +18,8 @@ rows.
     metadata      registry.services.metadata       adapter, update_adapter, update_version (description, card,
                                                    tags; audited)
     lineage       registry.services.lineage        lineage (ancestors and descendants of a version)
+    evaluations   registry.services.evaluations    evaluations.record, evaluations, delete (results measured
+                                                   after publish, joining the version's metrics; audited)
     verification  registry.services.verification   verify, last_verification, list_projections, gc, fsck
     analysis      registry.services.analysis       compare
     status        registry.services.status         counts, readiness
@@ -34,6 +36,7 @@ from registry.services.base_configs import BaseConfigSource
 from registry.services.base_models import BaseModels
 from registry.services.derived import DerivedFiles
 from registry.services.downloads import DownloadCounter
+from registry.services.evaluations import Evaluations
 from registry.services.file_cache import FileCache
 from registry.services.invitations import InvitationPolicy
 from registry.services.lineage import Lineage
@@ -103,6 +106,7 @@ class Registry:
         self.downloads = downloads or DownloadCounter(db)
         self.apply_retention = Retention(db, self.versions).apply
         self.metadata = Metadata(db)
+        self.evaluations = Evaluations(db)
         self.adapter = self.metadata.adapter
         self.update_adapter = self.metadata.update_adapter
         self.update_version = self.metadata.update_version

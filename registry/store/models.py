@@ -485,6 +485,18 @@ class VersionMetric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class VersionEvaluation(Base):
+    """An evaluation recorded after publish: its numbers are in AdapterVersion.metrics under ``name`` (and in
+    version_metrics, dotted), this row says who recorded them, when, and how they were measured (0021)."""
+
+    __tablename__ = "version_evaluations"
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class VersionDownloads(Base):
     """How many times a version's weights were downloaded: API processes count in memory and add their counts here
     in batches (0010)."""

@@ -134,21 +134,21 @@ VERA_MAIN = ("import atexit, sys; atexit.register(lambda: print('COMMAND MODULES
 
 
 def test_registry_commands_start_without_torch_or_the_database_layer(tmp_path: Path) -> None:
-    """`vera ls`, `vera fetch` (of a LoRA export too) and `vera job ls` talk HTTP only: they import neither torch
-    nor SQLAlchemy (torch alone is a second of start-up), nor the modules of the other commands, so they start in a
-    fraction of a second (`vera ls`: 0.42 s here, bench/RESULTS.md)."""
+    """`vera ls`, `vera fetch` (of a LoRA export too), `vera job ls` and `vera eval ls` talk HTTP only: they import
+    neither torch nor SQLAlchemy (torch alone is a second of start-up), nor the modules of the other commands, so they
+    start in a fraction of a second (`vera ls`: 0.42 s here, bench/RESULTS.md)."""
     from registry.cli import COMMANDS
     from registry.client import RegistryClient
     from tests.registry.adapters import make_adapter
     from tests.registry.servers import running_server
 
     command_modules = {target.split(".")[0] for group in COMMANDS.values() for target in group.values()}
-    assert len(command_modules) == 10  # access, admin, catalog, cluster, events, hub, jobs, local, remote, run
+    assert len(command_modules) == 11  # access, admin, catalog, cluster, evals, events, hub, jobs, local, remote, run
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         with RegistryClient(url) as client:
             client.publish(make_adapter(tmp_path / "a"), "kim/fast", base_model="tiny")
         for args in (["ls"], ["fetch", "kim/fast", "--out", str(tmp_path / "out")], ["job", "ls"],
-                     ["alias", "kim/fast:1", "prod"],
+                     ["alias", "kim/fast:1", "prod"], ["eval", "ls", "kim/fast"],
                      ["fetch", "kim/fast", "--as", "lora", "--max-rank", "2", "--out", str(tmp_path / "lora")]):
             run = subprocess.run([sys.executable, "-X", "importtime", "-c", VERA_MAIN, *args, "--registry", url],
                                  capture_output=True, text=True, check=False)
@@ -157,7 +157,8 @@ def test_registry_commands_start_without_torch_or_the_database_layer(tmp_path: P
             assert not {"torch", "sqlalchemy", "transformers"} & imported, args
             # of the commands' modules, only the named command's is imported (registry.cli.named)
             modules = set(run.stderr.rsplit("COMMAND MODULES", 1)[1].split())
-            assert modules & command_modules == {"jobs" if args[0] == "job" else "remote"}, (args, modules)
+            assert modules & command_modules == {{"job": "jobs", "eval": "evals"}.get(args[0], "remote")}, (
+                args, modules)
         assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
         assert (tmp_path / "lora" / "README.md").is_file()  # a rank-capped LoRA export, its options checked here
 

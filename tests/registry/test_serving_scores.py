@@ -16,7 +16,10 @@ import openai
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
 
+from registry.cli import app
+from registry.client import RegistryClient
 from registry.serving import openai as openai_routes
 from registry.serving.openai import MAX_TOKENIZE_CHARS, NO_CHANCE
 from tests.registry.served_lm import alone, oa, text_of
@@ -274,3 +277,15 @@ def test_an_lm_evaluation_harness_task_scores_a_registry_adapter_as_the_adapter_
         assert [r[0][0] for r in sample["resps"]] == pytest.approx(truth, abs=1e-3)
         right += int(max(range(len(truth)), key=truth.__getitem__) == answer)
     assert out["results"]["tiny_choice"]["acc,none"] == pytest.approx(right / len(docs))
+    # and recorded on the version as lm_eval --output_path writes it: a searchable metric
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({k: v for k, v in out.items() if k != "samples"}, default=str))
+    recorded = CliRunner().invoke(app, ["eval", "record", "alice/gen1:1", "--lm-eval", str(results), "--registry",
+                                        served["registry"], "--token", served["writer"]])
+    assert recorded.exit_code == 0, recorded.output
+    with RegistryClient(served["registry"], served["reader"]) as client:
+        assert client.get("alice/gen1:1").metrics["tiny_choice"]["acc"] == pytest.approx(right / len(docs))
+        found = client.list_versions(filter=f"metrics.tiny_choice.acc = {right / len(docs)}").items
+        assert [v.ref for v in found] == ["alice/gen1:1"]
+        evaluation = client.evaluations("alice/gen1:1")[0]
+        assert evaluation.details["model"] == "local-completions" and "alice/gen1" in evaluation.details["model_args"]

@@ -34,6 +34,8 @@ from registry.domain.schemas import (
     UPLOAD_PREFIX,
     AdapterInfo,
     AdapterUpdate,
+    EvaluationInfo,
+    EvaluationRecord,
     LineageGraph,
     MovedAdapter,
     Page,
@@ -149,6 +151,30 @@ def lineage(
     parent -> child edges."""
     return registry.lineage(ref_of(owner, name, selector), depth=depth, limit=limit,
                             include=lambda adapter: who.can_read(adapter.owner, adapter.visibility))
+
+
+@router.get(f"{VERSION}/evaluations", response_model=list[EvaluationInfo])
+def evaluations(_: Reader, registry: RegistryDep, owner: str, name: str, selector: str) -> list[EvaluationInfo]:
+    """Evaluations recorded after publish, oldest first: their numbers (also in the version's metrics, under each
+    evaluation's name), how they were measured, who recorded them and when."""
+    return registry.evaluations.evaluations(ref_of(owner, name, selector))
+
+
+@router.post(f"{VERSION}/evaluations", response_model=EvaluationInfo, status_code=201)
+def record_evaluation(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, selector: str,
+                      body: EvaluationRecord) -> EvaluationInfo:
+    """Record what the version scored (e.g. an lm-evaluation-harness task): the numbers join its metrics under
+    ``name`` (searchable as ``metrics.<name>.<key>``); a name already there (published, or recorded) is a 409.
+    Audited as ``version-evaluate``."""
+    return registry.evaluations.record(ref_of(owner, name, selector), body, actor=who.owner)
+
+
+@router.delete(f"{VERSION}/evaluations/{{evaluation}}", status_code=204)
+def delete_evaluation(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, selector: str,
+                      evaluation: Annotated[str, PathParam(max_length=64)]) -> Response:
+    """Remove an evaluation (its numbers leave the version's metrics); published metrics never change."""
+    registry.evaluations.delete(ref_of(owner, name, selector), evaluation, actor=who.owner)
+    return Response(status_code=204)
 
 
 @router.post(f"{VERSION}/verify", response_model=VerificationReport)

@@ -1,0 +1,114 @@
+"""`vera eval`: evaluations recorded on versions after publish (registry.services.evaluations), by hand or from
+lm-evaluation-harness's results file (`lm_eval ... --output_path DIR` writes one per run)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, console, read_json_object
+from registry.domain.errors import InvalidInput
+
+Name = Annotated[str, typer.Argument(help="The evaluation's name (1-64 of a-z, 0-9, '_', '-'): its metrics' key.")]
+
+
+def lm_eval_results(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each task of an lm-evaluation-harness results file as (metrics, details), by an evaluation name made of
+    the task's: ``"acc,none": 0.41`` becomes ``acc``, another filter's ``"exact_match,strict-match"`` becomes
+    ``exact_match_strict-match``; "N/A" (a standard error lm-eval could not compute) is left out."""
+    results = data.get("results")
+    if not isinstance(results, dict) or not results:
+        raise InvalidInput("This is not an lm-evaluation-harness results file: it has no \"results\" object (lm_eval "
+                           "--output_path DIR writes DIR/<model>/results_<date>.json).")
+    config: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
+    shared: dict[str, Any] = {"harness": "lm-evaluation-harness"}
+    shared.update({k: data[k] for k in ("lm_eval_version", "git_hash", "date") if k in data})
+    shared.update({k: config[k] for k in ("model", "model_args", "limit", "batch_size", "bootstrap_iters")
+                   if k in config})
+    tasks: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for task, scores in results.items():
+        if not isinstance(scores, dict):
+            continue
+        metrics: dict[str, Any] = {}
+        for key, value in scores.items():
+            if key == "alias" or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            metric, _, applied = key.partition(",")
+            metrics[metric if applied in ("", "none") else f"{metric}_{applied}"] = float(value)
+        name = re.sub(r"[^a-z0-9_-]", "_", str(task).lower()).lstrip("_-")[:64] or "task"
+        details = {**shared, "task": task, **{field: data[part][task] for part, field in (
+            ("versions", "task_version"), ("n-shot", "n_shot"), ("n-samples", "samples"))
+            if isinstance(data.get(part), dict) and task in data[part]}}
+        tasks[name] = (metrics, details)
+    return tasks
+
+
+def record(
+    ref: VersionRef,
+    name: Annotated[str | None, typer.Argument(help="The evaluation's name (with --metrics); with --lm-eval, each "
+                                                     "task's own.")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="A JSON object of what was measured, e.g. {\"acc\": 0.41}.")
+                       ] = None,
+    details: Annotated[Path | None, typer.Option(help="A JSON object of how it was measured (harness, settings).")
+                       ] = None,
+    lm_eval: Annotated[Path | None, typer.Option("--lm-eval", help="lm-evaluation-harness's results file: one "
+                                                 "evaluation per task in it.")] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Record what a version scored: its numbers join the version's metrics under the evaluation's name (search
+    them as metrics.NAME.KEY); a name it already has is refused. An alias records on the version it names now."""
+    if (lm_eval is None) == (metrics is None):
+        raise InvalidInput("Give --metrics FILE with a NAME, or --lm-eval RESULTS_FILE (one evaluation per task).")
+    if lm_eval is not None:
+        if name is not None or details is not None:
+            raise InvalidInput("--lm-eval names each evaluation after its task and takes its details from the file: "
+                               "leave NAME and --details out.")
+        recorded = lm_eval_results(read_json_object(lm_eval, "--lm-eval"))
+    else:
+        assert metrics is not None
+        if name is None:
+            raise InvalidInput("Name the evaluation: vera eval record REF NAME --metrics FILE.")
+        recorded = {name: (dict(read_json_object(metrics, "--metrics")),
+                           dict(read_json_object(details, "--details")) if details is not None else {})}
+
+    def send(client: Any) -> None:
+        version = client.get(ref).ref  # every task on the one version the alias names now
+        for task, (values, how) in recorded.items():
+            info = client.record_evaluation(version, task, values, details=how)
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else k for k, v in list(values.items())[:6])
+            console.print(f"{info.ref}: recorded {info.name} ({shown}{', ...' if len(values) > 6 else ''})")
+
+    call_registry(registry, token, send)
+
+
+def ls(ref: VersionRef, json_output: Annotated[bool, typer.Option("--json", help="Print them as the API gives them.")
+                                               ] = False,
+       registry: RegistryUrl = None, token: Token = None) -> None:
+    """The evaluations recorded on a version: name, numbers, who recorded them and when."""
+    found = call_registry(registry, token, lambda c: c.evaluations(ref))
+    if json_output:
+        import json
+
+        typer.echo(json.dumps([e.model_dump(mode="json") for e in found], indent=2))
+        return
+    if not found:
+        console.print(f"No evaluation is recorded on {ref}; add one with `vera eval record`.")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Evaluations of {found[0].ref}")
+    for column in ("name", "metrics", "recorded by", "at"):
+        table.add_column(column)
+    for e in found:
+        numbers = ", ".join(f"{k} {v:.4g}" for k, v in e.metrics.items() if isinstance(v, int | float))
+        table.add_row(e.name, numbers or "(nested)", e.recorded_by, f"{e.recorded_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+def delete(ref: VersionRef, name: Name, registry: RegistryUrl = None, token: Token = None) -> None:
+    """Remove an evaluation: its numbers leave the version's metrics (published metrics never change)."""
+    call_registry(registry, token, lambda c: c.delete_evaluation(ref, name))
+    console.print(f"{ref}: evaluation {name} deleted")
