@@ -38,6 +38,8 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 200
 GREEDY_BELOW = 1e-5
 #: The most likeliest tokens a row may ask log-probabilities of, at each place (vLLM's default ``max_logprobs``).
 MAX_LOGPROBS = 20
+#: A prompt is scored this many positions at a time (each a float32 copy of the vocabulary's logits).
+SCORE_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -270,10 +272,15 @@ def score_prompt(logits: torch.Tensor, ids: list[int], top: int) -> list[Scored]
     """Each of ``ids`` (a prompt) with its log-probability after the ones before it, from ``logits`` (its
     positions', ``len(ids)`` x vocabulary: position p's predict token p + 1), and the ``top`` likeliest there;
     the first token has none."""
-    model = logits[:-1].float().log_softmax(-1)
-    following = torch.tensor(ids[1:], dtype=torch.long, device=model.device)
-    taken = model.gather(1, following[:, None])[:, 0].tolist()
-    values, indices = model.topk(min(top, model.shape[-1]), dim=-1) if top else (model[:, :0], model[:, :0].long())
-    values_l, ids_l = values.tolist(), indices.tolist()
-    return [Scored(ids[0], None)] + [Scored(token, taken[j], tuple(zip(ids_l[j], values_l[j], strict=True)))
-                                     for j, token in enumerate(ids[1:])]
+    scored = [Scored(ids[0], None)]
+    for start in range(0, len(ids) - 1, SCORE_CHUNK):  # a float32 copy of SCORE_CHUNK positions' logits at a time
+        end = min(start + SCORE_CHUNK, len(ids) - 1)
+        model = logits[start:end].float().log_softmax(-1)
+        following = torch.tensor(ids[start + 1:end + 1], dtype=torch.long, device=model.device)
+        taken = model.gather(1, following[:, None])[:, 0].tolist()
+        values, indices = model.topk(min(top, model.shape[-1]), dim=-1) if top else (model[:, :0],
+                                                                                    model[:, :0].long())
+        values_l, ids_l = values.tolist(), indices.tolist()
+        scored += [Scored(token, taken[j], tuple(zip(ids_l[j], values_l[j], strict=True)))
+                   for j, token in enumerate(ids[start + 1:end + 1])]
+    return scored

@@ -25,13 +25,22 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a body that does not parse raises this
 
 from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
@@ -99,25 +108,47 @@ def openai_error(status: int, message: str, *, param: str | None = None, code: s
     return JSONResponse(_error_object(status, message, param=param, code=code), status_code=status)
 
 
+#: vLLM's own request fields, each with the values that ask for nothing this server does not do (none listed: any
+#: value but null is refused). A vLLM client sends them (this server takes vLLM's top_k): a value that would change
+#: vLLM's answer is a 400 naming the field, never silently ignored.
+VLLM_FIELDS: dict[str, tuple[Any, ...]] = {
+    "repetition_penalty": (1,), "length_penalty": (1,), "min_p": (0,), "typical_p": (1,), "min_tokens": (0,),
+    "ignore_eos": (False,), "stop_token_ids": ([],), "bad_words": ([],), "allowed_token_ids": (),
+    "prompt_logprobs": (), "include_stop_str_in_output": (False,), "skip_special_tokens": (True,),
+    "spaces_between_special_tokens": (True,), "use_beam_search": (False,), "truncate_prompt_tokens": (),
+    "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (), "structural_tag": (),
+    "structured_outputs": (), "logprobs_mode": (), "return_tokens_as_token_ids": (False,),
+    "return_token_ids": (False,), "mm_processor_kwargs": (), "vllm_xargs": (),
+}
+_SHAPES = "expected a text, a list of texts, a list of token ids, or a list of lists of token ids"
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class _Sampled(BaseModel):
     """The fields both completion routes share."""
 
     model_config = ConfigDict(extra="ignore")  # as OpenAI's own API: a newer client's extra fields do no harm
+    #: fields (vLLM's, another route's) refused unless null or one of their values here (none: always refused)
+    REFUSED: ClassVar[dict[str, tuple[Any, ...]]] = VLLM_FIELDS
 
     model: str = Field(max_length=300, description="the adapter: owner/name, owner/name:N or owner/name@alias")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, le=1_000_000, description="vLLM's: sample from the k likeliest (0 or -1: all)")
     n: int = Field(1, ge=1, le=MAX_CHOICES)
-    stop: str | list[str] | None = None
+    stop: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {
+        "type": "string"}, "maxItems": MAX_STOPS}]})] = Field(None, description=f"up to {MAX_STOPS} texts")
     seed: int | None = _SEED
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
     # accepted at their defaults only: a value this server would not honour is refused (never silently ignored)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Any = None
     response_format: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -130,8 +161,31 @@ class _Sampled(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _nulls(cls, data: Any) -> Any:
-        """An explicit null is the field's default, as in OpenAI's API (clients send unset options as null)."""
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+        """An explicit null is the field's default, as in OpenAI's API (clients send unset options as null); a
+        field of REFUSED with a value it does not allow is refused by name."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None}
+        refused = sorted(k for k in cls.REFUSED.keys() & data.keys() if data[k] not in cls.REFUSED[k])
+        if refused:
+            raise ValueError(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not supported by vera "
+                             f"serve-model{' with the value sent' if any(cls.REFUSED[k] for k in refused) else ''}:"
+                             " leave it out")
+        options = data.get("stream_options")
+        if isinstance(options, dict) and options.get("continuous_usage_stats"):
+            raise ValueError("stream_options.continuous_usage_stats is not supported by vera serve-model: leave it "
+                             "out (include_usage sends the usage at the end)")
+        return data
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        texts = [value] if isinstance(value, str) else value
+        if value is not None and (not isinstance(texts, list) or len(texts) > MAX_STOPS or any(
+                not isinstance(t, str) or not 1 <= len(t) <= MAX_STOP_CHARS for t in texts)):
+            raise ValueError(f"stop must be a text or a list of at most {MAX_STOPS} texts, each of 1 to "
+                             f"{MAX_STOP_CHARS} characters")
+        return value
 
     @model_validator(mode="after")
     def _honoured(self) -> _Sampled:
@@ -139,7 +193,7 @@ class _Sampled(BaseModel):
             if getattr(self, name):
                 raise ValueError(f"{name} is not supported by vera serve-model: leave it out or send 0")
         if self.logit_bias:
-            raise ValueError("logit_bias is not supported by vera serve-model: leave it out")
+            raise ValueError("logit_bias is not supported by vera serve-model: leave it out")  # its size: the body's
         unsupported = {  # what each may be when it asks for nothing this server does not do
             "response_format": self.response_format in (None, {"type": "text"}),
             "tool_choice": self.tool_choice in (None, "none"), "functions": not self.functions,
@@ -152,9 +206,6 @@ class _Sampled(BaseModel):
                              "serve-model (plain text generation only): leave it out")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
-        stops = self.stops
-        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"stop must be at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters")
         return self
 
     @property
@@ -167,26 +218,76 @@ class _Sampled(BaseModel):
         return Sampling(self.temperature, self.top_p, max(self.top_k, 0), seed)
 
 
-_Ids = Annotated[list[int], Field(max_length=MAX_PROMPT_IDS)]
+_Ids = Annotated[list[StrictInt], Field(max_length=MAX_PROMPT_IDS)]
+_IDS_SCHEMA = {"type": "array", "items": {"type": "integer"}, "maxItems": MAX_PROMPT_IDS}
+_PROMPT_SCHEMA = {"anyOf": [
+    {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+    {"type": "array", "items": {"type": "string", "maxLength": MAX_PROMPT_CHARS}, "maxItems": MAX_CHOICES},
+    _IDS_SCHEMA, {"type": "array", "items": _IDS_SCHEMA, "maxItems": MAX_CHOICES}]}
+
+
+def _check_text(text: Any, where: str) -> None:
+    if not isinstance(text, str):
+        raise ValueError(f"{_SHAPES}; {where} is a {type(text).__name__}, not a text as the first is")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{where} is {len(text):,} characters; at most {MAX_PROMPT_CHARS:,}")
+
+
+def _check_ids(ids: Any, where: str) -> None:
+    if not isinstance(ids, list):
+        raise ValueError(f"{_SHAPES}; {where} is a {type(ids).__name__}")
+    if len(ids) > MAX_PROMPT_IDS:
+        raise ValueError(f"{where} is {len(ids):,} token ids; at most {MAX_PROMPT_IDS:,}")
+    if not all(map(_is_id, ids)):
+        raise ValueError(f"{_SHAPES}; {where} holds something other than whole numbers")
+
+
+def check_prompt(value: Any) -> Any:
+    """``prompt`` in one of its four shapes, within its limits, its items looked at only once its length is known
+    to be within them (a union's errors, one per item of a long list, cost seconds and gigabytes); each failure is
+    one sentence naming the shape or limit (OpenAIRoute puts "prompt: " before it)."""
+    if isinstance(value, str):
+        _check_text(value, "the text")
+    elif not isinstance(value, list) or not value:
+        got = "an empty list" if value == [] else type(value).__name__
+        raise ValueError(f"{_SHAPES}; got {got}")
+    elif _is_id(value[0]):
+        _check_ids(value, "the list of token ids")
+    elif len(value) > MAX_CHOICES:
+        raise ValueError(f"a list of {len(value):,} prompts; at most {MAX_CHOICES}")
+    else:
+        for i, item in enumerate(value):
+            if isinstance(value[0], str):
+                _check_text(item, f"prompt[{i}]")
+            else:
+                _check_ids(item, f"prompt[{i}]")
+    return value
 
 
 class CompletionBody(_Sampled):
-    prompt: str | list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] | _Ids | list[_Ids] = Field(
+    REFUSED: ClassVar[dict[str, tuple[Any, ...]]] = {**VLLM_FIELDS, "add_special_tokens": (True,),
+                                                     "max_completion_tokens": ()}
+
+    # checked by hand (_prompt): a union's errors, one per item of a long list, cost seconds and gigabytes
+    prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)] = Field(
         description="a text, a list of texts, a prompt's token ids, or a list of them")
-    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
+    max_tokens: int = Field(16, ge=0, le=MAX_TOKENS, description="0: none (with echo and logprobs: score only)")
+    echo: StrictBool = False
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
         "each token's log-probability, and the N likeliest at its place; with echo, the prompt's tokens' too"))
     top_logprobs: Any = None
     suffix: str | None = None
     best_of: int | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        return check_prompt(value)
+
     @model_validator(mode="after")
     def _completion_only(self) -> CompletionBody:
-        if isinstance(self.prompt, str) and len(self.prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt must be at most {MAX_PROMPT_CHARS:,} characters")
-        if not self.prompts:
-            raise ValueError("prompt must be a text, a list of texts, token ids or a list of them, not empty")
+        if self.max_tokens == 0 and not (self.echo and self.logprobs is not None):
+            raise ValueError("max_tokens 0 asks for nothing: it scores the prompt only, with echo: true and logprobs")
         if self.top_logprobs is not None:
             raise ValueError("top_logprobs is the chat API's: on /v1/completions send logprobs: N (the N "
                              "likeliest tokens at each place)")
@@ -200,12 +301,23 @@ class CompletionBody(_Sampled):
     def prompts(self) -> list[str | list[int]]:
         if isinstance(self.prompt, str) or self.prompt and isinstance(self.prompt[0], int):
             return [self.prompt]
-        return list(self.prompt)  # type: ignore[arg-type]
+        return list(self.prompt)
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]] = Field(description="a text, or text parts ({'type': 'text', 'text': ...})")
+    content: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {
+        "type": "object"}, "maxItems": 256}]})] = Field(
+        description="a text, or text parts ({'type': 'text', 'text': ...})")
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        if not isinstance(value, str) and not (isinstance(value, list) and len(value) <= 256 and all(
+                isinstance(part, dict) for part in value)):
+            raise ValueError("content must be a text or a list of at most 256 text parts ({'type': 'text', "
+                             "'text': ...})")
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -217,10 +329,14 @@ class Message(BaseModel):
 
 
 class ChatBody(_Sampled):
+    REFUSED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **VLLM_FIELDS, "echo": (False,), "add_generation_prompt": (True,), "continue_final_message": (False,),
+        "add_special_tokens": (False,), "chat_template": (), "chat_template_kwargs": (), "documents": ()}
+
     messages: list[Message] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: bool = Field(False, description="each new token's log-probability")
+    logprobs: StrictBool = Field(False, description="each new token's log-probability")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="and the N likeliest at its place")
     tools: list[Any] | None = None
 
@@ -267,19 +383,19 @@ def completions(server: Server, body: CompletionBody, authorization: Auth = None
            for p in prompts]
     scoring = body.echo and body.logprobs is not None
     if body.logprobs is not None:  # each scored token and its likeliest are entries of the answer: bounded
-        entries = body.n * sum((len(i) if scoring else 0) + body.max_tokens for i in ids) * (body.logprobs + 1)
-        if entries > MAX_LOGPROB_ENTRIES:
-            raise InvalidInput(f"This request asks for up to {entries:,} log-probabilities (choices x tokens scored x "
-                               f"(logprobs + 1)); at most {MAX_LOGPROB_ENTRIES:,} per request: send fewer prompts "
-                               "or choices at a time, or a smaller logprobs.")
+        _check_entries(body.n * sum((len(i) if scoring else 0) + body.max_tokens for i in ids), body.logprobs)
+    if scoring:
+        for prompt_ids in ids:
+            server.check_scoring(len(prompt_ids))
     rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j), body.stops, logprobs=body.logprobs,
                 score_prompt=scoring) for i in range(len(prompts)) for j in range(body.n)]
     echoed = [(p if isinstance(p, str) else server.decode_ids(p)) if body.echo else "" for p in prompts]
     reply = _Reply("cmpl", "text_completion", resident, sum(map(len, ids)), chunks="text_completion")
 
     def choice(k: int, text: str, ended: Generated | None) -> dict[str, Any]:
-        scored = None if ended is None or ended.scores is None else (ended.prompt_scores or []) + ended.scores
-        return {"index": k, "text": text, "logprobs": None if scored is None else _completion_logprobs(server, scored),
+        parts = None if ended is None or ended.scores is None else \
+            [p for p in (ended.prompt_scores, ended.scores) if p is not None]
+        return {"index": k, "text": text, "logprobs": None if parts is None else _completion_logprobs(server, parts),
                 "finish_reason": None if ended is None else ended.finish_reason}
 
     if body.stream:
@@ -302,6 +418,8 @@ def chat_completions(server: Server, body: ChatBody, authorization: Auth = None)
     wanted = body.max_completion_tokens or body.max_tokens or max(1, min(MAX_TOKENS, server.room(len(ids))))
     server.check_room(len(ids), wanted)
     top = (body.top_logprobs or 0) if body.logprobs else None
+    if top is not None:
+        _check_entries(body.n * wanted, top)
     rows = [Row(ids, wanted, body.sampling(j), body.stops, logprobs=top) for j in range(body.n)]
     reply = _Reply("chatcmpl", "chat.completion", resident, len(ids), chunks="chat.completion.chunk")
 
@@ -319,49 +437,64 @@ def chat_completions(server: Server, body: ChatBody, authorization: Auth = None)
                         "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)
 
 
+def _check_entries(tokens: int, top: int) -> None:
+    """An answer with ``tokens`` scored tokens, each with its ``top`` likeliest, within MAX_LOGPROB_ENTRIES."""
+    entries = tokens * (top + 1)
+    if entries > MAX_LOGPROB_ENTRIES:
+        raise InvalidInput(f"This request asks for up to {entries:,} log-probabilities (choices x tokens scored x "
+                           f"(logprobs + 1)); at most {MAX_LOGPROB_ENTRIES:,} per request: send fewer prompts or "
+                           "choices at a time, fewer tokens, or fewer likeliest tokens.")
+
+
 def _number(logprob: float) -> float:
     """A log-probability JSON can carry: -inf (a token ruled out) and NaN are NO_CHANCE, as vLLM sends them."""
     return logprob if math.isfinite(logprob) else NO_CHANCE
 
 
-def _completion_logprobs(server: ModelServer, scored: list[Scored]) -> dict[str, Any]:
-    """OpenAI's completions ``logprobs``: each token's text, log-probability (None for a prompt's first), the
-    likeliest tokens' at its place by text (the token itself among them: up to logprobs + 1, as OpenAI's), and
-    where its text begins in the choice's text (running from 0)."""
-    texts = server.token_texts([s.token for s in scored] + [t for s in scored for t, _ in s.top])
+def _texts(server: ModelServer, scored: list[Scored]) -> list[tuple[str, list[str]]]:
+    """Each scored token's text where it stands, and each of its likeliest alternatives' text in its place."""
+    pieces = server.token_pieces([s.token for s in scored], [[s.token, *(t for t, _ in s.top)] for s in scored])
+    return [(piece[0], piece[1:]) for piece in pieces]
+
+
+def _completion_logprobs(server: ModelServer, parts: list[list[Scored]]) -> dict[str, Any]:
+    """OpenAI's completions ``logprobs`` over ``parts`` (the prompt's tokens, then the new ones, each read as its
+    own text: they join into the prompt's text, and into the new text): each token's text, log-probability (None
+    for a prompt's first), the likeliest tokens' at its place by text (the token itself among them: up to logprobs
+    + 1, as OpenAI's), and where its text begins counting from the first token's."""
     tokens: list[str] = []
     logprobs: list[float | None] = []
     tops: list[dict[str, float] | None] = []
     offsets: list[int] = []
     at = 0
-    for s in scored:
-        text = texts[s.token]
-        tokens.append(text)
-        offsets.append(at)
-        at += len(text)
-        if s.logprob is None:
-            logprobs.append(None)
-            tops.append(None)
-            continue
-        logprobs.append(_number(s.logprob))
-        top: dict[str, float] = {}
-        for t, value in s.top:  # two tokens of one text (bytes of a character): the likelier one's
-            top.setdefault(texts[t], _number(value))
-        top.setdefault(text, _number(s.logprob))
-        tops.append(top)
+    for scored in parts:
+        for s, (text, alternatives) in zip(scored, _texts(server, scored), strict=True):
+            tokens.append(text)
+            offsets.append(at)
+            at += len(text)
+            if s.logprob is None:
+                logprobs.append(None)
+                tops.append(None)
+                continue
+            logprobs.append(_number(s.logprob))
+            top: dict[str, float] = {}
+            for (_, value), alternative in zip(s.top, alternatives, strict=True):  # two of one text: the likelier
+                top.setdefault(alternative, _number(value))
+            top.setdefault(text, _number(s.logprob))
+            tops.append(top)
     return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
 def _chat_logprobs(server: ModelServer, scored: list[Scored]) -> dict[str, Any]:
-    """OpenAI's chat ``logprobs``: each new token's text, UTF-8 bytes and log-probability, with the likeliest."""
-    texts = server.token_texts([s.token for s in scored] + [t for s in scored for t, _ in s.top])
-
-    def entry(token: int, logprob: float) -> dict[str, Any]:
-        text = texts[token]
+    """OpenAI's chat ``logprobs``: each new token's text where it stands, its UTF-8 bytes and log-probability,
+    with the likeliest tokens' in its place."""
+    def entry(text: str, logprob: float) -> dict[str, Any]:
         return {"token": text, "logprob": _number(logprob), "bytes": list(text.encode("utf-8", "replace"))}
 
-    return {"content": [{**entry(s.token, s.logprob if s.logprob is not None else NO_CHANCE),
-                         "top_logprobs": [entry(t, v) for t, v in s.top]} for s in scored], "refusal": None}
+    return {"content": [{**entry(text, s.logprob if s.logprob is not None else NO_CHANCE),
+                         "top_logprobs": [entry(alt, v) for (_, v), alt in zip(s.top, alternatives, strict=True)]}
+                        for s, (text, alternatives) in zip(scored, _texts(server, scored), strict=True)],
+            "refusal": None}
 
 
 class TokenizeBody(BaseModel):

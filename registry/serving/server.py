@@ -38,7 +38,16 @@ from registry.domain.errors import (
 )
 from registry.domain.schemas import Ref, VersionInfo, WhoAmI
 from registry.services.tokens import Principal, Role
-from registry.serving.decode import FinishReason, PromptScorer, Row, RowSampler, RowStops, Sampling, Scored
+from registry.serving.decode import (
+    FinishReason,
+    PromptScorer,
+    Row,
+    RowSampler,
+    RowStops,
+    Sampling,
+    Scored,
+    score_prompt,
+)
 from vera_core import AdapterBank, AdapterFiles, VeraConfig, VeraError, VeraModel, read_adapter
 from vera_core.keys import module_path
 from vera_core.recipes import resolve_base
@@ -48,8 +57,11 @@ K = TypeVar("K")
 V = TypeVar("V")
 log = logging.getLogger("vera.serving")
 #: Rows that score their prompts (``echo`` with ``logprobs``) keep every prompt position's logits in their prefill:
-#: such rows are batched so that rows x longest prompt x vocabulary stays under this (2**28: 1 GiB of float32).
-SCORING_LOGITS = 2**28
+#: such rows are batched so that rows x longest prompt x vocabulary stays under this (2**28: 1 GiB of float32), and
+#: one prompt alone may hold at most SCORING_ROW_LOGITS (2**30: 4 GiB of float32; 8,192 tokens of a 128k vocabulary).
+SCORING_LOGITS, SCORING_ROW_LOGITS = 2**28, 2**30
+#: A token's text in a log-probability answer is read with this many tokens before it (token_pieces).
+PIECE_CONTEXT = 4
 
 
 class GenerationFailed(RegistryError):
@@ -454,10 +466,22 @@ class ModelServer:
         """The residents: public ones, and private ones that ``token`` reads (asked of the registry, cached)."""
         with self.lock:
             residents = sorted(self.residents.values(), key=lambda r: r.ref)
+        if any(r.private for r in residents) and not self._known(token):  # a caller the registry does not know
+            residents = [r for r in residents if not r.private]          # is asked about once, not per resident
         return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
                  "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
                  "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
                 for r in residents if not r.private or self._readable(r.ref, token)]
+
+    def _known(self, token: str | None) -> bool:
+        """Whether ``token`` is one the registry takes (None, no token, reads no private adapter)."""
+        if token is None:
+            return False
+        try:
+            self._whoami(token)
+        except Unauthorized:
+            return False
+        return True
 
     def _readable(self, ref: str, token: str | None) -> bool:
         """Whether ``token`` reads ``ref`` (a refusal remembered for ``resolve_ttl_s``, as an answer is, so that
@@ -544,9 +568,40 @@ class ModelServer:
     def token_texts(self, ids: Sequence[int]) -> dict[int, str]:
         """Each distinct token id of ``ids`` with its own text (special tokens' included), in one tokenizer call."""
         distinct = sorted(set(ids))
+        if not distinct:
+            return {}
         with self._tokenizer_lock:
             texts = self.tokenizer.batch_decode([[t] for t in distinct], skip_special_tokens=False)
         return dict(zip(distinct, map(str, texts), strict=True))
+
+    def token_pieces(self, sequence: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[list[str]]:
+        """For each place j of ``sequence``, the text each token of ``candidates[j]`` adds there: the decode of the
+        few tokens before it and that token, less the decode of those before it (as vLLM's detokenizer reads a
+        token in context: its space included, a special token's text empty), so that the pieces of the tokens
+        taken join into the sequence's text. In one tokenizer call."""
+        texts: list[list[int]] = []
+        for j, tokens in enumerate(candidates):
+            before = list(sequence[max(0, j - PIECE_CONTEXT):j])
+            texts += [before] + [before + [t] for t in tokens]
+        if not texts:
+            return []
+        with self._tokenizer_lock:
+            decoded = [str(t) for t in self.tokenizer.batch_decode(texts, skip_special_tokens=True)]
+        pieces, at = [], 0
+        for tokens in candidates:
+            base = decoded[at]
+            pieces.append([full[len(base):] if full.startswith(base) else full
+                           for full in decoded[at + 1:at + 1 + len(tokens)]])
+            at += 1 + len(tokens)
+        return pieces
+
+    def check_scoring(self, prompt_tokens: int) -> None:
+        """A prompt of ``prompt_tokens`` whose own tokens are scored keeps that many positions' logits: at most
+        SCORING_ROW_LOGITS."""
+        if prompt_tokens * self.logits_width > SCORING_ROW_LOGITS:
+            raise InvalidInput(f"Scoring a prompt of {prompt_tokens:,} tokens keeps {prompt_tokens:,} x "
+                               f"{self.logits_width:,} logits (this base's vocabulary); at most {SCORING_ROW_LOGITS:,}"
+                               f": score at most {SCORING_ROW_LOGITS // self.logits_width:,} tokens per prompt.")
 
     def room(self, prompt_tokens: int) -> int:
         """How many tokens the base's context leaves after a prompt of ``prompt_tokens`` (no limit: 2**31)."""
@@ -685,9 +740,11 @@ class ModelServer:
         """``works`` cut into batches whose longest prompt plus largest budget fits the base's context: a batch is
         left-padded to its longest prompt and runs to its largest budget, so rows that each fit may not together
         (a base with learned positions, GPT-2's, fails past its table)."""
-        scoring = [w for w in works if w.payload.score_prompt]
         plain = [w for w in works if not w.payload.score_prompt]
-        return self._fitted(plain) + self._fitted(scoring, logits_budget=SCORING_LOGITS)
+        scoring = [w for w in works if w.payload.score_prompt and w.payload.max_new_tokens]
+        only = [w for w in works if w.payload.score_prompt and not w.payload.max_new_tokens]  # score, generate nothing
+        return self._fitted(plain) + self._fitted(scoring, logits_budget=SCORING_LOGITS) + \
+            self._fitted(only, logits_budget=SCORING_LOGITS)
 
     def _fitted(self, works: list[_Work], *, logits_budget: int | None = None) -> list[list[_Work]]:
         """``works`` (sorted by prompt length) in batches that fit the context, and whose prefill logits (rows x
@@ -713,6 +770,8 @@ class ModelServer:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         rows: list[Row] = [w.payload for w in works]
+        if not any(r.max_new_tokens for r in rows):
+            return self._score_rows(bank, works)
         try:
             with self._tokenizer_lock:
                 enc = self.tokenizer.pad({"input_ids": [r.prompt_ids for r in rows]}, padding=True,
@@ -748,6 +807,33 @@ class ModelServer:
                           f"failed")
             return GenerationFailed("This model server failed to generate this answer (its log says why); retry, "
                                     "or change the request.")
+        return None
+
+    def _score_rows(self, bank: AdapterBank, works: list[_Work]) -> Exception | None:
+        """Rows that score their prompts and generate nothing (``max_tokens`` 0): one forward of the batch, padded
+        on the right (a causal model's real positions never see the padding, and count from 0 as alone), each
+        prompt scored from its own positions' logits; the exception it raised (logged), or None."""
+        rows: list[Row] = [w.payload for w in works]
+        try:
+            longest = max(len(r.prompt_ids) for r in rows)
+            pad = int(self.tokenizer.pad_token_id or 0)
+            ids = torch.tensor([r.prompt_ids + [pad] * (longest - len(r.prompt_ids)) for r in rows], device=self.device)
+            mask = torch.tensor([[1] * len(r.prompt_ids) + [0] * (longest - len(r.prompt_ids)) for r in rows],
+                                device=self.device)
+            with torch.no_grad(), bank.route([w.resident.ref for w in works]):
+                logits = cast(Any, bank.model.model)(input_ids=ids, attention_mask=mask).logits
+                for i, row in enumerate(rows):
+                    row.prompt_scores = score_prompt(logits[i, :len(row.prompt_ids)], row.prompt_ids,
+                                                     row.logprobs or 0)
+            del logits
+        except Exception:  # noqa: BLE001 - the caller decides whose rows it fails
+            log.exception(f"scoring {len(rows)} prompts ({', '.join(sorted({w.resident.ref for w in works}))}) failed")
+            return GenerationFailed("This model server failed to score this prompt (its log says why); retry, or "
+                                    "change the request.")
+        for row in rows:
+            row.scores = []
+            if row.on_end is not None:
+                row.on_end([], "", "length")
         return None
 
     def _decode(self, tokens: list[int]) -> str:

@@ -139,7 +139,7 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
         (openai.BadRequestError, {"prompt": " ".join(["cat"] * 30), "max_tokens": 16},
          "30 tokens and 16 new tokens were asked for: 46 in all, over this base model's context of 40"),
         (openai.BadRequestError, {"prompt": ["the cat"] * 20, "n": 4}, "80 choices; at most 64"),
-        (openai.BadRequestError, {"stop": ["a", "b", "c", "d", "e"]}, "at most 4 strings"),
+        (openai.BadRequestError, {"stop": ["a", "b", "c", "d", "e"]}, "a list of at most 4 texts"),
         (openai.NotFoundError, {"model": "alice/nothing"}, "alice/nothing"),
         # a conflict that sending again cannot resolve is a 400: OpenAI's clients retry a 409 by themselves
         (openai.BadRequestError, {"model": "alice/foreign"}, "published for base model 'org/other'"),

@@ -47,7 +47,7 @@ def check_scored(served: dict[str, Any], seed: int, ids: list[int], logprobs: An
     """``logprobs`` (a completion's) holds ``ids[first:]``'s log-probabilities under the adapter alone, and at each
     place the ``top`` likeliest tokens' (with the token itself), within float tolerance."""
     truth = model_logprobs(served, seed, ids)
-    assert logprobs.tokens == words(served, ids[first:])
+    assert [t.strip() for t in logprobs.tokens] == words(served, ids[first:])  # each read in place: " cat"
     offsets = [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
     assert logprobs.text_offset == offsets
     for j, (token, got, tops) in enumerate(zip(ids[first:], logprobs.token_logprobs, logprobs.top_logprobs,
@@ -61,6 +61,7 @@ def check_scored(served: dict[str, Any], seed: int, ids: list[int], logprobs: An
         values, likeliest = want.topk(top)
         expected = dict(zip(words(served, likeliest.tolist()), values.tolist(), strict=True))
         expected.setdefault(words(served, [token])[0], float(want[token]))
+        tops = {k.strip(): v for k, v in tops.items()}
         assert tops.keys() == expected.keys() and all(tops[k] == pytest.approx(v, abs=1e-4)
                                                       for k, v in expected.items())
 
@@ -98,7 +99,7 @@ def test_a_sampled_token_is_scored_under_the_models_distribution_not_the_samplin
                                          extra_body={"top_k": 5}, seed=11, logprobs=1).choices[0]
     start = len(ids_of(served, prompt))
     tokens = ids_of(served, prompt) + AutoTokenizer.from_pretrained(served["base"]).convert_tokens_to_ids(
-        done.logprobs.tokens)  # a word-level vocabulary: each token's text is its entry
+        [t.strip() for t in done.logprobs.tokens])  # a word-level vocabulary: each token's text is its entry
     assert len(tokens) > start + 2
     truth = model_logprobs(served, 1, tokens)
     for j, got in enumerate(done.logprobs.token_logprobs):  # the raw model's, before temperature and top_k
@@ -134,12 +135,12 @@ def test_chat_logprobs_come_with_each_new_token_and_with_a_streams_last_chunk(se
     prompt = ids_of(served, "the cat runs the ")  # the template's words, then the assistant's turn
     new = alone(served, 0, "the cat runs the", 4)
     truth = model_logprobs(served, 0, prompt + new)
-    assert [c.token for c in chat.logprobs.content] == words(served, new)
+    assert [c.token.strip() for c in chat.logprobs.content] == words(served, new)
     for j, entry in enumerate(chat.logprobs.content):
         want = truth[len(prompt) + j - 1]
         assert entry.logprob == pytest.approx(float(want[new[j]]), abs=1e-4)
         assert entry.bytes == list(entry.token.encode())
-        assert [t.token for t in entry.top_logprobs] == words(served, want.topk(3).indices.tolist())
+        assert [t.token.strip() for t in entry.top_logprobs] == words(served, want.topk(3).indices.tolist())
     streamed = list(client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=4,
                                                    temperature=0, logprobs=True, top_logprobs=3, stream=True))
     carrying = [c for c in streamed if c.choices and c.choices[0].logprobs is not None]
@@ -289,3 +290,114 @@ def test_an_lm_evaluation_harness_task_scores_a_registry_adapter_as_the_adapter_
         assert [v.ref for v in found] == ["alice/gen1:1"]
         evaluation = client.evaluations("alice/gen1:1")[0]
         assert evaluation.details["model"] == "local-completions" and "alice/gen1" in evaluation.details["model_args"]
+
+
+def test_token_texts_join_into_the_text_and_offsets_index_it(served: dict[str, Any]) -> None:
+    """Each token's text is read where it stands (its space included), so that a choice's tokens join into its
+    text and each offset points at its token (an outsider's finding: each token decoded alone lost the spaces)."""
+    client = oa(served)
+    for settings in ({"echo": True}, {}):
+        choice = client.completions.create(model="alice/gen0", prompt="the cat sits", max_tokens=4, temperature=0,
+                                           logprobs=2, **settings).choices[0]
+        tokens, offsets = choice.logprobs.tokens, choice.logprobs.text_offset
+        new = alone(served, 0, "the cat sits", 4)
+        generated = text_of(served, new)
+        assert "".join(tokens) == ("the cat sits" if settings else "") + generated
+        assert all(choice.text[at:at + len(token)] == token for at, token in zip(offsets, tokens, strict=True))
+        assert " cat" in tokens or not settings
+        for top in choice.logprobs.top_logprobs[1:]:
+            assert all(key == key.strip() or key.startswith(" ") for key in top)  # alternatives read in place
+    chat = client.chat.completions.create(model="alice/gen0", messages=[{"role": "user", "content": "the cat"}],
+                                          max_tokens=4, temperature=0, logprobs=True).choices[0]
+    assert "".join(c.token for c in chat.logprobs.content) == chat.message.content
+
+
+def test_scoring_alone_with_max_tokens_0_costs_one_forward_and_matches(served: dict[str, Any]) -> None:
+    """max_tokens 0 with echo and logprobs (OpenAI's old way, and older lm-eval's) scores the prompt and generates
+    nothing; its numbers are the adapter's alone, as with max_tokens 1; without echo and logprobs it is refused."""
+    client = oa(served)
+    prompts = ["the cat sits on the mat", "a dog"]
+    scored = client.completions.create(model="alice/gen1", prompt=prompts, max_tokens=0, logprobs=1, echo=True)
+    for choice in scored.choices:
+        prompt = prompts[choice.index]
+        assert choice.text == prompt and choice.finish_reason == "length"
+        check_scored(served, 1, ids_of(served, prompt), choice.logprobs, top=1)
+    assert scored.usage is not None and scored.usage.completion_tokens == 0
+    with pytest.raises(openai.BadRequestError, match="max_tokens 0 asks for nothing"):
+        client.completions.create(model="alice/gen1", prompt="the cat", max_tokens=0)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"prompt": [1] * 1_000_001}, "prompt: the list of token ids is 1,000,001 token ids; at most 32,768"),
+    ({"prompt": ["the cat"] * 65}, "prompt: a list of 65 prompts; at most 64"),
+    ({"prompt": [[1] * 40_000]}, "prompt: prompt[0] is 40,000 token ids; at most 32,768"),
+    ({"prompt": "x" * 20_001}, "prompt: the text is 20,001 characters; at most 20,000"),
+    ({"prompt": [1, "a"]}, "of token ids; the list of token ids holds something other than whole numbers"),
+    ({"prompt": [True, False]}, "; prompt[0] is a bool"),
+    ({"prompt": 5}, "prompt: expected a text, a list of texts, a list of token ids, or a list of lists of token "
+                    "ids; got int"),
+    ({"prompt": [[1], ["a"]]}, "prompt[1] holds something other than whole numbers"),
+    ({"stop": [1] * 100_000}, "stop must be a text or a list of at most 4 texts"),
+    ({"logit_bias": {str(i): 1 for i in range(100_000)}}, "logit_bias is not supported"),
+    ({"repetition_penalty": 1.3}, "repetition_penalty is not supported by vera serve-model with the value sent"),
+    ({"min_tokens": 3, "ignore_eos": True}, "ignore_eos, min_tokens are not supported"),
+    ({"prompt_logprobs": 1}, "prompt_logprobs is not supported"),
+    ({"add_special_tokens": False}, "add_special_tokens is not supported"),
+    ({"max_completion_tokens": 2}, "max_completion_tokens is not supported"),
+    ({"echo": "yes"}, "echo: Input should be a valid boolean"),
+    ({"logprobs": True}, "logprobs: Input should be a valid integer"),
+    ({"stream": True, "stream_options": {"continuous_usage_stats": True}}, "continuous_usage_stats is not supported"),
+])
+def test_bad_completions_are_refused_in_one_sentence_at_little_cost(served: dict[str, Any], change: dict[str, Any],
+                                                                     says: str) -> None:
+    """Each bad field is a 400 saying what was expected; a long list is refused by its length, not item by item
+    (an outsider's finding: a million-item prompt of the wrong shape cost 20 s of the event loop and 2.6 GB)."""
+    answer = httpx.post(f"{served['url']}/v1/completions", timeout=60,
+                        headers={"Authorization": f"Bearer {served['reader']}"},
+                        json={"model": "alice/gen0", "prompt": "the cat", "max_tokens": 2,
+                              "repetition_penalty": 1.0, **change})  # vLLM's fields at their defaults are fine
+    assert answer.status_code == 400 and says in answer.json()["error"]["message"], answer.text
+
+
+def test_vllms_fields_at_their_defaults_and_chats_own_refusals(served: dict[str, Any]) -> None:
+    client = oa(served)
+    plain = client.completions.create(model="alice/gen0", prompt="the cat", max_tokens=3, temperature=0)
+    defaults = client.completions.create(model="alice/gen0", prompt="the cat", max_tokens=3, temperature=0,
+                                         extra_body={"repetition_penalty": 1.0, "min_p": 0, "ignore_eos": False,
+                                                     "skip_special_tokens": True, "stop_token_ids": []})
+    assert defaults.choices[0].text == plain.choices[0].text
+    for field in ({"echo": True}, {"chat_template": "{{ messages }}"}, {"add_generation_prompt": False},
+                  {"repetition_penalty": 2.0}):
+        with pytest.raises(openai.BadRequestError, match=f"{next(iter(field))} is not supported"):
+            client.chat.completions.create(model="alice/gen0", messages=[{"role": "user", "content": "the cat"}],
+                                           max_tokens=2, extra_body=field)
+    with pytest.raises(openai.BadRequestError, match="content must be a text or a list of at most 256 text parts"):
+        client.chat.completions.create(model="alice/gen0", messages=[{"role": "user", "content": 5}])  # type: ignore
+
+
+def test_chat_log_probabilities_are_bounded_too(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_routes, "MAX_LOGPROB_ENTRIES", 1_000)  # this base's 40 positions reach no more
+    with pytest.raises(openai.BadRequestError, match=r"up to 1,260 log-probabilities .* at most 1,000"):
+        oa(served).chat.completions.create(model="alice/gen0", messages=[{"role": "user", "content": "the"}],
+                                           max_tokens=30, n=2, logprobs=True, top_logprobs=20)
+
+
+def test_an_unknown_token_costs_one_registry_call_in_listings(served: dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A junk token's listing asks the registry who it is once, not about every private resident (an outsider's
+    finding: one call per private resident per fresh token)."""
+    server = served["server"]
+    oa(served).completions.create(model="alice/secret", prompt="the cat", max_tokens=1)  # a private resident
+    calls: list[str | None] = []
+    making = server.client_for
+    monkeypatch.setattr(server, "client_for", lambda token: calls.append(token) or making(token))
+    for i in range(3):
+        listed = httpx.get(f"{served['url']}/v1/models", headers={"Authorization": f"Bearer vera_junk{i}"})
+        assert listed.status_code == 200 and "alice/secret:1" not in {m["id"] for m in listed.json()["data"]}
+    assert calls == ["vera_junk0", "vera_junk1", "vera_junk2"]
+    assert "alice/secret:1" in {m.id for m in oa(served).models.list()}
+
+
+def test_tokenizing_nothing_is_nothing(served: dict[str, Any]) -> None:
+    empty = httpx.post(f"{served['url']}/tokenize", json={"prompt": "", "return_token_strs": True})
+    assert empty.status_code == 200 and empty.json()["tokens"] == [] and empty.json()["token_strs"] == []
