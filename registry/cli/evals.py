@@ -1,8 +1,11 @@
-"""`vera eval`: evaluations recorded on versions after publish (registry.services.evaluations), by hand or from
-lm-evaluation-harness's results file (`lm_eval ... --output_path DIR` writes one per run)."""
+"""`vera eval`: evaluations recorded on versions after publish (registry.services.evaluations), by hand, from
+lm-evaluation-harness's results file (`lm_eval ... --output_path DIR` writes one per run), or run by `vera eval run`:
+lm-evaluation-harness's tasks against a `vera serve-model`, the version pinned, its results recorded."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, console, read_json_object
+from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 
 Name = Annotated[str, typer.Argument(help="The evaluation's name (1-64 of a-z, 0-9, '_', '-'): its metrics' key.")]
@@ -34,14 +38,17 @@ def lm_eval_results(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dic
             continue
         metrics: dict[str, Any] = {}
         for key, value in scores.items():
-            if key == "alias" or not isinstance(value, int | float) or isinstance(value, bool):
-                continue
+            if key in ("alias", "sample_len") or not isinstance(value, int | float) or isinstance(value, bool):
+                continue  # sample_len (documents scored): a detail
             metric, _, applied = key.partition(",")
             metrics[metric if applied in ("", "none") else f"{metric}_{applied}"] = float(value)
         name = re.sub(r"[^a-z0-9_-]", "_", str(task).lower()).lstrip("_-")[:64] or "task"
-        details = {**shared, "task": task, **{field: data[part][task] for part, field in (
-            ("versions", "task_version"), ("n-shot", "n_shot"), ("n-samples", "samples"))
-            if isinstance(data.get(part), dict) and task in data[part]}}
+        details = {**shared, "task": task}
+        if "sample_len" in scores:
+            details["sample_len"] = scores["sample_len"]
+        for part, field in (("versions", "task_version"), ("n-shot", "n_shot"), ("n-samples", "samples")):
+            if isinstance(data.get(part), dict) and task in data[part]:
+                details[field] = data[part][task]
         tasks[name] = (metrics, details)
     return tasks
 
@@ -90,8 +97,6 @@ def ls(ref: VersionRef, json_output: Annotated[bool, typer.Option("--json", help
     """The evaluations recorded on a version: name, numbers, who recorded them and when."""
     found = call_registry(registry, token, lambda c: c.evaluations(ref))
     if json_output:
-        import json
-
         typer.echo(json.dumps([e.model_dump(mode="json") for e in found], indent=2))
         return
     if not found:
@@ -112,3 +117,60 @@ def delete(ref: VersionRef, name: Name, registry: RegistryUrl = None, token: Tok
     """Remove an evaluation: its numbers leave the version's metrics (published metrics never change)."""
     call_registry(registry, token, lambda c: c.delete_evaluation(ref, name))
     console.print(f"{ref}: evaluation {name} deleted")
+
+
+def run(
+    ref: VersionRef,
+    tasks: Annotated[str, typer.Option(help="lm-evaluation-harness tasks, comma-separated (hellaswag,arc_easy).")],
+    server: Annotated[str, typer.Option(help="The `vera serve-model` serving the version's base model.")
+                      ] = "http://127.0.0.1:8766",
+    include_path: Annotated[Path | None, typer.Option(help="A folder of your own task YAMLs (lm_eval's "
+                                                      "--include_path).")] = None,
+    limit: Annotated[float | None, typer.Option(help="At most this many documents per task (below 1: a "
+                                                "fraction); a trial run, not a score to publish.")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="Examples in each prompt (default: the task's).")] = None,
+    num_concurrent: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight: they share the server's "
+                                                "batches.")] = 8,
+    max_length: Annotated[int, typer.Option(min=2, help="The base model's context, in tokens.")] = 2048,
+    output: Annotated[Path | None, typer.Option(help="Also write lm_eval's whole results (JSON) here.")] = None,
+    record_results: Annotated[bool, typer.Option("--record/--no-record", help="Record each task's results on the "
+                                                 "version (default) or only print them.")] = True,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Evaluate a version with lm-evaluation-harness through a `vera serve-model` (the version pinned: an alias is
+    resolved first), then record each task's results on it (metrics.TASK.METRIC). Needs lm_eval installed (pip
+    install 'vera-registry[eval]')."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise InvalidInput("vera eval run drives lm-evaluation-harness, which is not installed: pip install "
+                           "'vera-registry[eval]' (or 'lm_eval[api]>=0.4.13').") from exc
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise InvalidInput("--tasks names no task: give one or more, comma-separated (hellaswag,arc_easy).")
+    with RegistryClient(registry, token) as client:
+        version = client.get(ref).ref  # the number: an alias moved meanwhile does not change what is scored
+        bearer = str(client.http.headers.get("Authorization", "")).removeprefix("Bearer ")
+        os.environ["OPENAI_API_KEY"] = bearer  # what lm-eval sends to the server, which passes it to the registry
+        console.print(f"Evaluating {version} on {', '.join(names)} through {server} ...")
+        results = simple_evaluate(
+            model="local-completions", tasks=names, limit=limit, num_fewshot=num_fewshot,
+            task_manager=TaskManager(include_path=str(include_path) if include_path else None),
+            model_args=f"model={version},base_url={server.rstrip('/')}/v1/completions,"
+                       f"num_concurrent={num_concurrent},max_length={max_length},max_retries=3")
+        if results is None:  # lm-eval answers None on the ranks that are not its first: not ours
+            raise InvalidInput("lm-evaluation-harness returned no results.")
+        whole = {k: v for k, v in results.items() if k != "samples"}
+        if output is not None:
+            output.write_text(json.dumps(whole, indent=2, default=str))
+        evaluated = lm_eval_results(json.loads(json.dumps(whole, default=str)))
+        for task, (values, how) in evaluated.items():
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float))
+            if record_results:
+                if limit is not None:
+                    how = {**how, "limit": limit}
+                info = client.record_evaluation(version, task, values, details=how)
+                console.print(f"{info.ref}: recorded {info.name} ({shown})")
+            else:
+                console.print(f"{version} {task}: {shown}")

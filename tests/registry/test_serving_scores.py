@@ -244,40 +244,57 @@ def test_scoring_rows_are_batched_within_the_logits_budget(served: dict[str, Any
     assert [[w.payload.score_prompt for w in part] for part in parts][0] == [False]
 
 
+#: a multiple-choice task's documents: context, choices, the right one
+DOCS = [("the cat sits on the", [" mat", " tree", " sun"], 0), ("a dog", [" runs", " eats", " moon"], 1),
+        ("the sun and the", [" moon", " cat"], 0), ("big red", [" house", " dog", " far"], 2),
+        ("the small green", [" tree", " cat"], 1), ("a cat eats", [" the mat", " a big dog"], 0)]
+
+
+def tiny_task(folder: Path) -> Path:
+    """DOCS as a custom lm-eval task, ``tiny_choice`` (a YAML and a local JSONL, as any team's own task)."""
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"context": c, "choices": ch, "answer": a}) + "\n"
+                                               for c, ch, a in DOCS))
+    (folder / "tiny_choice.yaml").write_text(
+        "task: tiny_choice\ndataset_path: json\ndataset_kwargs:\n"
+        f"  data_files:\n    test: {folder / 'docs.jsonl'}\n  cache_dir: {folder / 'cache'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+    return folder
+
+
+def choice_logprobs(served: dict[str, Any], seed: int) -> list[list[float]]:
+    """Each document's choices' log-likelihoods under adapter ``alice/gen{seed}`` loaded alone."""
+    truth = []
+    for context, choices, _ in DOCS:
+        truth.append([])
+        for choice in choices:
+            ctx, cont = ids_of(served, context), ids_of(served, context + choice)[len(ids_of(served, context)):]
+            logprobs = model_logprobs(served, seed, ctx + cont)
+            truth[-1].append(sum(float(logprobs[len(ctx) + j - 1][t]) for j, t in enumerate(cont)))
+    return truth
+
+
+def accuracy(truth: list[list[float]]) -> float:
+    return sum(max(range(len(t)), key=t.__getitem__) == doc[2] for t, doc in zip(truth, DOCS, strict=True)) / len(DOCS)
+
+
 def test_an_lm_evaluation_harness_task_scores_a_registry_adapter_as_the_adapter_alone_would(
         served: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A whole multiple-choice task (a YAML and a local JSONL, as any custom lm-eval task) through
-    ``simple_evaluate`` with ``local-completions``, as `lm_eval --model local-completions` runs it: its accuracy is
-    the one the adapter loaded alone gives, and so is each choice's log-likelihood."""
+    """A whole multiple-choice task through ``simple_evaluate`` with ``local-completions``, as `lm_eval --model
+    local-completions` runs it: its accuracy is the one the adapter loaded alone gives, and so is each choice's
+    log-likelihood; its results file recorded with `vera eval record --lm-eval` is a searchable metric."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    docs = [("the cat sits on the", [" mat", " tree", " sun"], 0), ("a dog", [" runs", " eats", " moon"], 1),
-            ("the sun and the", [" moon", " cat"], 0), ("big red", [" house", " dog", " far"], 2),
-            ("the small green", [" tree", " cat"], 1), ("a cat eats", [" the mat", " a big dog"], 0)]
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"context": c, "choices": ch, "answer": a}) + "\n"
-                                                 for c, ch, a in docs))
-    (tmp_path / "tiny_choice.yaml").write_text(
-        "task: tiny_choice\ndataset_path: json\ndataset_kwargs:\n"
-        f"  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n  cache_dir: {tmp_path / 'cache'}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
-        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
     monkeypatch.setenv("OPENAI_API_KEY", served["writer"])
     out = simple_evaluate(model="local-completions", tasks=["tiny_choice"], log_samples=True,
                           model_args=f"model=alice/gen1,base_url={served['url']}/v1/completions,num_concurrent=2,"
-                                     "max_length=40", task_manager=TaskManager(include_path=str(tmp_path)))
+                                     "max_length=40", task_manager=TaskManager(include_path=str(tiny_task(tmp_path))))
     assert out is not None
-    right = 0
+    truth = choice_logprobs(served, 1)
     for sample in sorted(out["samples"]["tiny_choice"], key=lambda s: s["doc_id"]):
-        context, choices, answer = docs[sample["doc_id"]]
-        truth = []
-        for choice in choices:
-            ctx, cont = ids_of(served, context), ids_of(served, context + choice)[len(ids_of(served, context)):]
-            logprobs = model_logprobs(served, 1, ctx + cont)
-            truth.append(sum(float(logprobs[len(ctx) + j - 1][t]) for j, t in enumerate(cont)))
-        assert [r[0][0] for r in sample["resps"]] == pytest.approx(truth, abs=1e-3)
-        right += int(max(range(len(truth)), key=truth.__getitem__) == answer)
-    assert out["results"]["tiny_choice"]["acc,none"] == pytest.approx(right / len(docs))
+        assert [r[0][0] for r in sample["resps"]] == pytest.approx(truth[sample["doc_id"]], abs=1e-3)
+    assert out["results"]["tiny_choice"]["acc,none"] == pytest.approx(accuracy(truth))
     # and recorded on the version as lm_eval --output_path writes it: a searchable metric
     results = tmp_path / "results.json"
     results.write_text(json.dumps({k: v for k, v in out.items() if k != "samples"}, default=str))
@@ -285,12 +302,40 @@ def test_an_lm_evaluation_harness_task_scores_a_registry_adapter_as_the_adapter_
                                         served["registry"], "--token", served["writer"]])
     assert recorded.exit_code == 0, recorded.output
     with RegistryClient(served["registry"], served["reader"]) as client:
-        assert client.get("alice/gen1:1").metrics["tiny_choice"]["acc"] == pytest.approx(right / len(docs))
-        found = client.list_versions(filter=f"metrics.tiny_choice.acc = {right / len(docs)}").items
-        assert [v.ref for v in found] == ["alice/gen1:1"]
+        assert client.get("alice/gen1:1").metrics["tiny_choice"]["acc"] == pytest.approx(accuracy(truth))
+        found = client.list_versions(filter=f"metrics.tiny_choice.acc = {accuracy(truth)}").items
+        assert "alice/gen1:1" in [v.ref for v in found]
         evaluation = client.evaluations("alice/gen1:1")[0]
         assert evaluation.details["model"] == "local-completions" and "alice/gen1" in evaluation.details["model_args"]
 
+
+def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
+        served: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vera eval run REF --tasks ... --server URL`: lm-evaluation-harness through the model server, the alias
+    resolved to its version first, each task's results recorded on that version (the adapter alone's accuracy);
+    --no-record only prints; without lm_eval's tasks named, a clear refusal."""
+    monkeypatch.setenv("OPENAI_API_KEY", "")  # restored afterwards: the command sets it for lm-eval
+    with RegistryClient(served["registry"], served["writer"]) as client:
+        client.set_alias("alice/gen0:1", "eval-me")
+    common = ["--server", served["url"], "--include-path", str(tiny_task(tmp_path)), "--max-length", "40",
+              "--num-concurrent", "2", "--registry", served["registry"], "--token", served["writer"]]
+    trial = CliRunner().invoke(app, ["eval", "run", "alice/gen0@eval-me", "--tasks", "tiny_choice", "--no-record",
+                                     "--output", str(tmp_path / "out.json"), *common])
+    assert trial.exit_code == 0, trial.output
+    assert "alice/gen0:1 tiny_choice: acc" in trial.output
+    assert json.loads((tmp_path / "out.json").read_text())["results"]["tiny_choice"]["acc,none"] == pytest.approx(
+        accuracy(choice_logprobs(served, 0)))
+    with RegistryClient(served["registry"], served["reader"]) as client:
+        assert "tiny_choice" not in client.get("alice/gen0:1").metrics
+    done = CliRunner().invoke(app, ["eval", "run", "alice/gen0@eval-me", "--tasks", "tiny_choice", *common])
+    assert done.exit_code == 0, done.output
+    assert "alice/gen0:1: recorded tiny_choice (acc " in done.output
+    with RegistryClient(served["registry"], served["reader"]) as client:
+        assert client.get("alice/gen0:1").metrics["tiny_choice"]["acc"] == pytest.approx(
+            accuracy(choice_logprobs(served, 0)))
+        assert client.evaluations("alice/gen0:1")[0].details["harness"] == "lm-evaluation-harness"
+    empty = CliRunner().invoke(app, ["eval", "run", "alice/gen0:1", "--tasks", " , ", *common])
+    assert empty.exit_code != 0 and "--tasks names no task" in empty.output
 
 def test_token_texts_join_into_the_text_and_offsets_index_it(served: dict[str, Any]) -> None:
     """Each token's text is read where it stands (its space included), so that a choice's tokens join into its
