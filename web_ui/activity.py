@@ -16,6 +16,7 @@ from web_ui import formats, navigation, session, tables
 
 #: Actions offered in the filter (others can be typed): what the registry records today.
 ACTIONS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "adapter-edit", "version-edit",
+           "version-evaluate", "version-evaluation-delete",
            "hub_push", "hub_pull", "job-submit", "job-cancel", "job-end", "base-register", "org-create",
            "org-delete", "member-set", "member-remove", "org-invite", "org-join", "org-decline", "org-invite-cancel",
            "quota-set", "quota-clear",

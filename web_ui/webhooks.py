@@ -17,7 +17,8 @@ from web_ui import navigation, session, tables
 EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", "alias-remove": "an alias is removed",
                 "yank": "a version is yanked", "unyank": "a version is un-yanked", "delete": "a version is deleted",
                 "job-end": "a fine-tune job ends", "move": "an adapter is renamed or transferred",
-                "version-evaluate": "an evaluation is recorded on a version"}
+                "version-evaluate": "an evaluation is recorded on a version",
+                "version-evaluation-delete": "an evaluation is deleted from a version"}
 
 
 def owners(who: WhoAmI, published: list[str] | None = None) -> list[str]:

@@ -5,8 +5,10 @@ lm-evaluation-harness's tasks against a `vera serve-model`, the version pinned, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,9 +16,49 @@ import typer
 
 from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, console, read_json_object
 from registry.client import RegistryClient
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import Conflict, InvalidInput, RegistryError
 
 Name = Annotated[str, typer.Argument(help="The evaluation's name (1-64 of a-z, 0-9, '_', '-'): its metrics' key.")]
+#: model_args entries that carry a credential (token=..., api_key=...): masked in what is recorded
+_SECRET = re.compile(r"(?i)\b([a-z_]*(?:token|key|secret|password)[a-z_]*)=([^,]*)")
+
+
+def _free(client: RegistryClient, version: str, names: list[str], *, otherwise: str = "") -> None:
+    """Conflict, before anything is run or recorded, when the version already has any of ``names``."""
+    taken = sorted(set(names) & set(client.get(version).metrics))
+    if taken:
+        raise Conflict(f"{version} already has {', '.join(taken)}: delete those evaluations first (vera eval delete "
+                       f"{version} NAME){otherwise}.")
+
+
+def _record_all(client: RegistryClient, version: str,
+                recorded: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Record each evaluation; one refused does not stop the others, and the command fails naming those refused."""
+    refused = []
+    for task, (values, how) in recorded.items():
+        try:
+            info = client.record_evaluation(version, task, values, details=how)
+        except RegistryError as exc:
+            refused.append(task)
+            console.print(f"{version}: {task} not recorded: {exc}")
+            continue
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else k for k, v in list(values.items())[:6])
+        console.print(f"{info.ref}: recorded {info.name} ({shown}{', ...' if len(values) > 6 else ''})")
+    if refused:
+        raise InvalidInput(f"{len(refused)} of {len(recorded)} evaluations were not recorded: {', '.join(refused)}.")
+
+
+def _task_metrics(scores: dict[str, Any]) -> dict[str, float]:
+    """One task's numbers: ``"acc,none"`` as ``acc``, ``"exact_match,strict-match"`` as ``exact_match_strict-match``;
+    "N/A" and NaN (lm-eval's mean of nothing) are no numbers; sample_len (documents scored) is a detail."""
+    metrics: dict[str, float] = {}
+    for key, value in scores.items():
+        if key in ("alias", "sample_len") or not isinstance(value, int | float) or isinstance(value, bool) or \
+                not math.isfinite(value):
+            continue
+        metric, _, applied = key.partition(",")
+        metrics[metric if applied in ("", "none") else f"{metric}_{applied}"] = float(value)
+    return metrics
 
 
 def lm_eval_results(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -30,19 +72,20 @@ def lm_eval_results(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dic
     config: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
     shared: dict[str, Any] = {"harness": "lm-evaluation-harness"}
     shared.update({k: data[k] for k in ("lm_eval_version", "git_hash", "date") if k in data})
-    shared.update({k: config[k] for k in ("model", "model_args", "limit", "batch_size", "bootstrap_iters")
-                   if k in config})
+    shared.update({k: config[k] for k in ("model", "limit", "batch_size", "bootstrap_iters") if k in config})
+    if "model_args" in config:  # readers of the adapter see the details: no credential goes with them
+        shared["model_args"] = _SECRET.sub(r"\1=***", str(config["model_args"]))
     tasks: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    named: dict[str, str] = {}
     for task, scores in results.items():
         if not isinstance(scores, dict):
             continue
-        metrics: dict[str, Any] = {}
-        for key, value in scores.items():
-            if key in ("alias", "sample_len") or not isinstance(value, int | float) or isinstance(value, bool):
-                continue  # sample_len (documents scored): a detail
-            metric, _, applied = key.partition(",")
-            metrics[metric if applied in ("", "none") else f"{metric}_{applied}"] = float(value)
+        metrics = _task_metrics(scores)
         name = re.sub(r"[^a-z0-9_-]", "_", str(task).lower()).lstrip("_-")[:64] or "task"
+        if name in named:
+            raise InvalidInput(f"Tasks {named[name]!r} and {task!r} would both be recorded as {name!r} (names are "
+                               "lowercase a-z, 0-9, '_', '-', at most 64): record them from separate results files.")
+        named[name] = str(task)
         details = {**shared, "task": task}
         if "sample_len" in scores:
             details["sample_len"] = scores["sample_len"]
@@ -80,13 +123,17 @@ def record(
             raise InvalidInput("Name the evaluation: vera eval record REF NAME --metrics FILE.")
         recorded = {name: (dict(read_json_object(metrics, "--metrics")),
                            dict(read_json_object(details, "--details")) if details is not None else {})}
+    for values, how in recorded.values():
+        try:
+            json.dumps([values, how], allow_nan=False)
+        except ValueError as exc:
+            raise InvalidInput(f"--metrics and --details hold finite numbers only (no NaN or Infinity): {exc}."
+                               ) from exc
 
-    def send(client: Any) -> None:
+    def send(client: RegistryClient) -> None:
         version = client.get(ref).ref  # every task on the one version the alias names now
-        for task, (values, how) in recorded.items():
-            info = client.record_evaluation(version, task, values, details=how)
-            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else k for k, v in list(values.items())[:6])
-            console.print(f"{info.ref}: recorded {info.name} ({shown}{', ...' if len(values) > 6 else ''})")
+        _free(client, version, list(recorded))
+        _record_all(client, version, recorded)
 
     call_registry(registry, token, send)
 
@@ -132,7 +179,8 @@ def run(
     num_concurrent: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight: they share the server's "
                                                 "batches.")] = 8,
     max_length: Annotated[int, typer.Option(min=2, help="The base model's context, in tokens.")] = 2048,
-    output: Annotated[Path | None, typer.Option(help="Also write lm_eval's whole results (JSON) here.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write lm_eval's whole results (JSON) here (default: "
+                                                "vera-eval-OWNER-NAME-N-TIME.json in this folder).")] = None,
     record_results: Annotated[bool, typer.Option("--record/--no-record", help="Record each task's results on the "
                                                  "version (default) or only print them.")] = True,
     registry: RegistryUrl = None, token: Token = None,
@@ -151,6 +199,9 @@ def run(
         raise InvalidInput("--tasks names no task: give one or more, comma-separated (hellaswag,arc_easy).")
     with RegistryClient(registry, token) as client:
         version = client.get(ref).ref  # the number: an alias moved meanwhile does not change what is scored
+        if record_results:  # before hours of evaluation, not after
+            _free(client, version, [re.sub(r"[^a-z0-9_-]", "_", t.lower()) for t in names],
+                  otherwise=", or run with --no-record")
         bearer = str(client.http.headers.get("Authorization", "")).removeprefix("Bearer ")
         os.environ["OPENAI_API_KEY"] = bearer  # what lm-eval sends to the server, which passes it to the registry
         console.print(f"Evaluating {version} on {', '.join(names)} through {server} ...")
@@ -162,15 +213,15 @@ def run(
         if results is None:  # lm-eval answers None on the ranks that are not its first: not ours
             raise InvalidInput("lm-evaluation-harness returned no results.")
         whole = {k: v for k, v in results.items() if k != "samples"}
-        if output is not None:
-            output.write_text(json.dumps(whole, indent=2, default=str))
+        if output is None:  # the results are kept whatever happens next
+            output = Path(f"vera-eval-{version.replace('/', '-').replace(':', '-')}-"
+                          f"{datetime.now():%Y%m%d-%H%M%S}.json")
+        output.write_text(json.dumps(whole, indent=2, default=str))
+        console.print(f"lm-eval's results: {output}")
         evaluated = lm_eval_results(json.loads(json.dumps(whole, default=str)))
-        for task, (values, how) in evaluated.items():
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float))
-            if record_results:
-                if limit is not None:
-                    how = {**how, "limit": limit}
-                info = client.record_evaluation(version, task, values, details=how)
-                console.print(f"{info.ref}: recorded {info.name} ({shown})")
-            else:
-                console.print(f"{version} {task}: {shown}")
+        if record_results:
+            _record_all(client, version, {task: (values, {**how, **({"limit": limit} if limit else {})})
+                                          for task, (values, how) in evaluated.items()})
+        else:
+            for task, (values, _) in evaluated.items():
+                console.print(f"{version} {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))

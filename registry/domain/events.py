@@ -16,10 +16,10 @@ from pydantic import BaseModel, Field
 #: The audit actions a webhook can fire for (every one when a webhook names none): a version published, an alias
 #: moved or removed, a version yanked or un-yanked, a version deleted, a fine-tune job ended (succeeded, failed or
 #: cancelled: ``detail.status``), an adapter moved (renamed or transferred: ``detail.from``, ``detail.to``), an
-#: evaluation recorded on a version (``detail.name``, ``metrics``, ``details``). A webhook made before "move" or
-#: "version-evaluate" existed keeps the list it had, without them.
+#: evaluation recorded on a version or deleted from it (``detail.name``, ``metrics``, ``details``). A webhook made
+#: before "move" or the evaluation events existed keeps the list it had, without them.
 WEBHOOK_EVENTS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "job-end", "move",
-                  "version-evaluate")
+                  "version-evaluate", "version-evaluation-delete")
 #: The event a test delivery sends (never recorded as an audit event).
 PING = "ping"
 #: Actions whose target names no adapter but the registry as a whole: any reader may see them.

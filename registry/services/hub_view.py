@@ -157,7 +157,11 @@ class HubView:
         stored = {f.filename: f for f in files if f.filename != CARD_NAME}
         config = self.registry.derived.read(info.pinned, stored[CONFIG_NAME])
         with_projection = bool(json.loads(config).get("save_projection", True))
-        card = model_card(info, with_projection=with_projection or variant == "lora", as_lora=variant == "lora",
+        # a commit's bytes never change: its card shows the metrics the version was published with, not the
+        # evaluations recorded since (they join a Hub push's card, a new commit)
+        recorded = self.registry.evaluations.names(info.pinned)
+        published = info.model_copy(update={"metrics": {k: v for k, v in info.metrics.items() if k not in recorded}})
+        card = model_card(published, with_projection=with_projection or variant == "lora", as_lora=variant == "lora",
                           card=card_text, stable=True).encode("utf-8")
         return HubRevision(repo_id, commit, variant, info, stored, card, self.registry.derived)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from registry.cli import app
@@ -20,6 +21,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import EvaluationRecord
 from registry.services.registry import Registry
+from registry.store.models import VersionEvaluation
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import issued_tokens, running_server
 
@@ -40,7 +42,8 @@ LM_EVAL_RESULTS: dict[str, Any] = {
 @pytest.fixture
 def published(registry: Registry, tmp_path: Path) -> Registry:
     source = make_adapter(tmp_path / "a")
-    registry.publish(source, owner="alice", name="e", base_model="tiny-llama", metrics={"accuracy": 0.9})
+    registry.publish(source, owner="alice", name="e", base_model="tiny-llama",
+                     metrics={"accuracy": 0.9, "arc.easy": 0.5, "mmlu": 0.3})  # arc.easy: a dotted published key
     registry.publish(source, owner="alice", name="f", base_model="tiny-llama")
     return registry
 
@@ -51,7 +54,8 @@ def test_an_evaluation_joins_the_versions_metrics_where_search_and_sort_find_it(
         details={"harness": "lm-evaluation-harness", "n_shot": 0}), actor="alice")
     assert (info.ref, info.name, info.recorded_by, info.details["n_shot"]) == ("alice/e:1", "hellaswag", "alice", 0)
     assert published.get("alice/e:1").metrics == {
-        "accuracy": 0.9, "hellaswag": {"acc": 0.41, "acc_norm": 0.53, "by_split": {"val": 0.4}, "note": "zero-shot"}}
+        "accuracy": 0.9, "arc.easy": 0.5, "mmlu": 0.3,
+        "hellaswag": {"acc": 0.41, "acc_norm": 0.53, "by_split": {"val": 0.4}, "note": "zero-shot"}}
     published.evaluations.record("alice/f:1", EvaluationRecord(name="hellaswag", metrics={"acc": 0.3}),
                                  actor="alice")
     found = published.list_versions(filter_text="metrics.hellaswag.acc > 0.35")
@@ -71,13 +75,17 @@ def test_a_name_is_taken_once_and_published_metrics_never_change(published: Regi
                                        r"evaluation first \(vera eval delete alice/e:1 arc_easy\)"):
         published.evaluations.record("alice/e:1", EvaluationRecord(name="arc_easy", metrics={"acc": 0.9}),
                                      actor="bob")
-    with pytest.raises(Conflict, match="'accuracy': a metric it was published with.*published metrics never change"):
-        published.evaluations.record("alice/e:1", EvaluationRecord(name="accuracy", metrics={"x": 1}), actor="alice")
-    with pytest.raises(NotFound, match="no evaluation named 'accuracy' \\(it is a metric the version was published"):
-        published.evaluations.delete("alice/e:1", "accuracy", actor="alice")
-    assert published.get("alice/e:1").metrics == {"accuracy": 0.9, "arc_easy": {"acc": 0.6}}
+    with pytest.raises(Conflict, match="'mmlu': a metric it was published with.*published metrics never change"):
+        published.evaluations.record("alice/e:1", EvaluationRecord(name="mmlu", metrics={"x": 1}), actor="alice")
+    with pytest.raises(NotFound, match="no evaluation named 'mmlu' \\(it is a metric the version was published"):
+        published.evaluations.delete("alice/e:1", "mmlu", actor="alice")
+    assert published.get("alice/e:1").metrics == {"accuracy": 0.9, "arc.easy": 0.5, "mmlu": 0.3,
+                                                  "arc_easy": {"acc": 0.6}}
+    with pytest.raises(Conflict, match="was published with the metric 'arc.easy', under the name 'arc'"):
+        published.evaluations.record("alice/e:1", EvaluationRecord(name="arc", metrics={"easy": 1}), actor="alice")
     published.evaluations.delete("alice/e:1", "arc_easy", actor="alice")
-    assert published.get("alice/e:1").metrics == {"accuracy": 0.9}
+    assert published.get("alice/e:1").metrics == {"accuracy": 0.9, "arc.easy": 0.5, "mmlu": 0.3}
+    assert [v.ref for v in published.list_versions(filter_text="metrics.`arc.easy` = 0.5").items] == ["alice/e:1"]
     assert published.list_versions(filter_text="metrics.arc_easy.acc > 0").items == []
     assert [v.ref for v in published.list_versions(filter_text="metrics.accuracy > 0.5").items] == ["alice/e:1"]
     published.evaluations.record("alice/e:1", EvaluationRecord(name="arc_easy", metrics={"acc": 0.7}),
@@ -89,10 +97,12 @@ def test_a_name_is_taken_once_and_published_metrics_never_change(published: Regi
 
 @pytest.mark.parametrize(("metrics", "details", "says"), [
     ({"note": "no numbers"}, {}, "metrics holds no number"),
-    ({"a": {"b": {"c": {"d": 1}}}}, {}, "nested at most 3 levels deep"),
+    ({"a": {"b": {"c": {"d": 1}}}}, {}, "a.b.c.d is nested 4 levels deep; numbers may be at most 3 levels deep"),
     ({"acc": 1, "blob": "x" * 70_000}, {}, "the limit is 65,536"),
     ({"acc": 1}, {"log": "x" * 70_000}, "details is 70,"),
-    ({f"m{i}": i for i in range(1001)}, {}, "at most 1,000 per version"),
+    ({f"m{i}": i for i in range(1001)}, {}, "has 3 numeric metrics and this evaluation adds 1,001: at most 1,000"),
+    ({"acc": float("nan")}, {}, "metrics must be JSON of finite numbers"),
+    ({"a": {"b" * 200: 1}}, {}, r"characters as a dotted key \(name included\); at most 200"),
 ])
 def test_bad_evaluations_are_refused_and_change_nothing(published: Registry, metrics: dict[str, Any],
                                                         details: dict[str, Any], says: str) -> None:
@@ -103,10 +113,27 @@ def test_bad_evaluations_are_refused_and_change_nothing(published: Registry, met
     assert published.get("alice/e:1").metrics == before and published.evaluations.evaluations("alice/e:1") == []
 
 
+def test_names_the_registry_reads_are_reserved_and_limits_are_exact(published: Registry) -> None:
+    """train_loss, eval, labels and the like are read by the registry and the dashboard (a loss curve, labels):
+    an evaluation may not take them, even on a version published without them. A version takes exactly 1,000
+    numbers; its evaluations are deleted with it."""
+    for name in ("train_loss", "eval", "labels", "final_eval"):
+        with pytest.raises(InvalidInput, match=f"'{name}' is a name the registry reads in metrics itself"):
+            published.evaluations.record("alice/f:1", EvaluationRecord(name=name, metrics={"acc": 1}), actor="alice")
+    published.evaluations.record("alice/f:1", EvaluationRecord(name="wide", metrics={f"m{i}": i for i in range(1000)}),
+                                 actor="alice")
+    assert len(published.get("alice/f:1").metrics["wide"]) == 1000
+    published.delete("alice/f:1", actor="alice")
+    with published.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(VersionEvaluation)) == 0
+
+
 def test_recordings_at_the_same_moment_lose_none_of_each_others_numbers(published: Registry) -> None:
     errors: list[BaseException] = []
+    together = threading.Barrier(6)
 
     def record(i: int) -> None:
+        together.wait()
         try:
             published.evaluations.record("alice/f:1", EvaluationRecord(name=f"task{i}", metrics={"acc": i / 10}),
                                          actor="alice")
@@ -148,6 +175,10 @@ def test_evaluations_over_http_and_the_command_line(tmp_path: Path) -> None:
         assert [(e["ref"], e["name"], e["metrics"]) for e in listed] == [("alice/e:1", "x", {"acc": 1})]
         hidden = "/api/v1/adapters/alice/hidden/versions/1/evaluations"
         assert httpx.get(f"{base}{hidden}", headers=as_bob).status_code == 404
+        assert httpx.post(f"{base}{hidden}", json={"name": "x", "metrics": {"a": 1}}, headers=as_bob).status_code in (
+            403, 404)  # as any write to another's adapter
+        conflict = httpx.post(f"{base}{path}", json={"name": "x", "metrics": {"acc": 3}}, headers=as_alice)
+        assert "already has 'x': an evaluation recorded by alice" in conflict.json()["detail"]
         assert httpx.get(f"{base}{hidden}", headers=as_alice).json() == []
         assert httpx.delete(f"{base}{path}/x", headers=as_bob).status_code == 403
         assert httpx.delete(f"{base}{path}/x", headers=as_alice).status_code == 204
@@ -173,7 +204,7 @@ def test_evaluations_over_http_and_the_command_line(tmp_path: Path) -> None:
         assert listing.exit_code == 0 and "hellaswag" in listing.output and "gsm8k" in listing.output
         again = runner.invoke(app, ["eval", "record", "alice/e:1", "--lm-eval", str(results), "--registry", base,
                                     "--token", alice])
-        assert again.exit_code != 0 and "already has 'hellaswag'" in again.output
+        assert again.exit_code != 0 and "alice/e:1 already has gsm8k, hellaswag: delete those" in again.output
         for args, says in ((["alice/e:1", "--lm-eval", str(results), "name"], "leave NAME and --details out"),
                            (["alice/e:1"], "Give --metrics FILE with a NAME, or --lm-eval"),
                            (["alice/e:1", "--metrics", str(results)], "Name the evaluation")):
@@ -187,3 +218,20 @@ def test_evaluations_over_http_and_the_command_line(tmp_path: Path) -> None:
         assert gone.exit_code == 0
         with RegistryClient(base, alice) as client:
             assert "gsm8k" not in client.get("alice/e:1").metrics
+
+
+def test_lm_eval_results_keep_numbers_only_and_no_credentials() -> None:
+    """NaN (lm-eval's mean of nothing) and "N/A" are no numbers; a credential in model_args is masked (readers of
+    the adapter see the details); two tasks that would share one name are refused, not merged."""
+    from registry.cli.evals import lm_eval_results
+
+    data = {"results": {"tiny": {"alias": "tiny", "acc,none": 0.5, "ppl,none": float("nan"), "sample_len": 6,
+                                 "acc_stderr,none": "N/A"}},
+            "config": {"model": "local-completions",
+                       "model_args": "model=a/b:1,base_url=http://h/v1/completions,api_key=sk-secret,auth_token=t0k"}}
+    metrics, details = lm_eval_results(data)["tiny"]
+    assert metrics == {"acc": 0.5} and details["sample_len"] == 6
+    assert "sk-secret" not in details["model_args"] and "t0k" not in details["model_args"]
+    assert details["model_args"].startswith("model=a/b:1,base_url=http://h/v1/completions,api_key=***")
+    with pytest.raises(InvalidInput, match="Tasks 'ARC' and 'arc' would both be recorded as 'arc'"):
+        lm_eval_results({"results": {"ARC": {"acc,none": 1.0}, "arc": {"acc,none": 0.5}}})

@@ -158,8 +158,8 @@ def test_yanked_and_deleted_versions(served: Served) -> None:
 
 def test_a_commit_keeps_its_readme_when_the_card_is_edited_or_the_parent_deleted(served: Served) -> None:
     """A commit's files are served as immutable, so README.md (the adapter's card, then the version's record) must
-    not change under it: a card edit makes new commits and keeps the old ones' READMEs; a deleted parent changes
-    nothing."""
+    not change under it: a card edit makes new commits and keeps the old ones' READMEs; an evaluation recorded on
+    the version and a deleted parent change nothing."""
     repo, headers = "alice/carded", {"Authorization": f"Bearer {served.token}"}
 
     def readme(revision: str) -> bytes:
@@ -179,6 +179,10 @@ def test_a_commit_keeps_its_readme_when_the_card_is_edited_or_the_parent_deleted
         before, child = readme(first), api.model_info(repo, revision="2").sha
         assert child is not None and f"parent: {repo}:1" in readme(child).decode()
         child_readme = readme(child)
+        client.record_evaluation(f"{repo}:2", "hellaswag", {"acc": 0.41})  # numbers recorded after publish: the
+        assert api.model_info(repo, revision="2").sha == child and readme(child) == child_readme  # commit's bytes stay
+        assert client.get(f"{repo}:2").metrics["hellaswag"] == {"acc": 0.41}
+        client.delete_evaluation(f"{repo}:2", "hellaswag")
 
         client.update_adapter(repo, card="# Carded\n\nFirst words.\n")
         edited = api.model_info(repo, revision="1").sha

@@ -4,10 +4,19 @@ the version (its metrics included) stays."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from sqlalchemy import inspect, text
 
 from registry.store.database import Database
 from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+
+
+def _metrics(db: Database) -> list[Any]:
+    with db.engine.connect() as conn:
+        return [json.loads(m) if isinstance(m, str) else m
+                for (m,) in conn.execute(text("SELECT metrics FROM adapter_versions ORDER BY id"))]
 
 
 def test_migration_0021_keeps_every_row_up_and_down(database_url: str) -> None:
@@ -16,8 +25,10 @@ def test_migration_0021_keeps_every_row_up_and_down(database_url: str) -> None:
     with db.engine.begin() as conn:
         for statement in ROWS:
             conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE adapter_versions SET metrics = '{\"accuracy\": 0.9}' WHERE id = 1"))
     db.upgrade("0021")
-    assert _kept(db) == EXPECTED
+    assert _kept(db) == EXPECTED and _metrics(db) == [{"accuracy": 0.9}]
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO version_evaluations (version_id, name, details, recorded_by, recorded_at) "
                           "VALUES (1, 'hellaswag', '{}', 'ann', CURRENT_TIMESTAMP)"))
@@ -25,6 +36,7 @@ def test_migration_0021_keeps_every_row_up_and_down(database_url: str) -> None:
         "version_id", "name", "details", "recorded_by", "recorded_at"}
     db.downgrade("0020")
     assert _kept(db) == EXPECTED and "version_evaluations" not in inspect(db.engine).get_table_names()
+    assert _metrics(db) == [{"accuracy": 0.9}]
     db.upgrade()
     assert _kept(db) == EXPECTED
     db.engine.dispose()

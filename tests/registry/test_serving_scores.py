@@ -333,7 +333,9 @@ def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
     with RegistryClient(served["registry"], served["reader"]) as client:
         assert client.get("alice/gen0:1").metrics["tiny_choice"]["acc"] == pytest.approx(
             accuracy(choice_logprobs(served, 0)))
-        assert client.evaluations("alice/gen0:1")[0].details["harness"] == "lm-evaluation-harness"
+        details = client.evaluations("alice/gen0:1")[0].details
+        assert details["harness"] == "lm-evaluation-harness"
+        assert "model=alice/gen0:1," in details["model_args"]  # lm-eval was given the number, not the alias
     empty = CliRunner().invoke(app, ["eval", "run", "alice/gen0:1", "--tasks", " , ", *common])
     assert empty.exit_code != 0 and "--tasks names no task" in empty.output
 

@@ -73,7 +73,7 @@ def test_an_owners_events_reach_its_webhook_signed(server: dict[str, Any], recei
         other = mallory.create_webhook("mallory", receiver.url("/mallory"))
         assert hook.secret.startswith("whsec_") and hook.events == ["publish", "alias", "alias-remove", "yank",
                                                                      "unyank", "delete", "job-end", "move",
-                                                                     "version-evaluate"]
+                                                                     "version-evaluate", "version-evaluation-delete"]
         version = alice.publish(server["source"], "alice/signed", base_model="tiny-llama").version
         alice.set_alias(f"alice/signed:{version}", "prod")
         alice.record_evaluation("alice/signed@prod", "hellaswag", {"acc": 0.41})
