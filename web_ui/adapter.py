@@ -12,7 +12,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound, RegistryError
-from registry.domain.schemas import ADAPTER_FILES, Ref, VerificationReport, VersionInfo
+from registry.domain.schemas import ADAPTER_FILES, EvaluationInfo, Ref, VerificationReport, VersionInfo
 from web_ui import analysis, charts, editing, formats, lineage, navigation, session, tables, views
 
 
@@ -85,6 +85,8 @@ def read_ahead(info: VersionInfo) -> None:
         session.prefetch(RegistryClient.lineage, info.ref)
     elif tab in ("Metrics", "Layers"):
         session.prefetch(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
+        if tab == "Metrics":
+            session.prefetch(RegistryClient.evaluations, info.ref)
     elif tab == "Hub":
         session.prefetch(RegistryClient.hub_status, info.ref)
 
@@ -181,6 +183,12 @@ def metrics(info: VersionInfo) -> None:
                                {info.ref: charts.eval_points(info.metrics.get("eval") or [])})
     if rows:
         tables.show(pd.DataFrame(rows), hide_index=True, width="content", whole=True)
+        recorded = evaluations(info)
+        if recorded:
+            st.caption("Recorded after publish: " + "; ".join(
+                f"**{e.name}** by {e.recorded_by} on {e.recorded_at:%Y-%m-%d}"
+                + (f" ({e.details['harness']})" if isinstance(e.details.get("harness"), str) else "")
+                for e in recorded) + ". The other metrics came with the version.")
     elif chart is not None:
         st.caption("No final metrics (test or eval results) were recorded with this version: only the loss curve.")
     else:
@@ -189,6 +197,14 @@ def metrics(info: VersionInfo) -> None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")
     views.checklist(storage_items(tensor_summary(info), info))
+
+
+def evaluations(info: VersionInfo) -> list[EvaluationInfo]:
+    """The evaluations recorded on the version after publish (none from a registry that predates them)."""
+    try:
+        return session.read(RegistryClient.evaluations, info.ref)
+    except NotFound:
+        return []
 
 
 def tensor_summary(info: VersionInfo) -> dict[str, Any]:

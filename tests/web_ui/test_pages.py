@@ -184,6 +184,23 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert not at.json
 
 
+def test_adapter_page_shows_evaluations_recorded_after_publish_and_who_recorded_them(
+        registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.record_evaluation("alice/model2:1", "hellaswag", {"acc": 0.41, "acc_norm": 0.5},
+                                 details={"harness": "lm-evaluation-harness"})
+    at = tab(page("adapter", registry, query={"ref": "alice/model2:1"}), "Metrics")
+    assert not at.exception
+    metrics = next(d.value for d in at.dataframe if list(d.value.columns) == ["metric", "value"])
+    assert dict(zip(metrics["metric"], metrics["value"], strict=True)) == {
+        "test.accuracy": "0.8200", "final_eval.loss": "0.3000", "hellaswag.acc": "0.4100",
+        "hellaswag.acc_norm": "0.5000"}
+    caption = " ".join(c.value for c in at.caption)
+    assert "Recorded after publish: **hellaswag** by alice on " in caption and "(lm-evaluation-harness)" in caption
+    plain = tab(page("adapter", registry, query={"ref": "alice/model1:1"}), "Metrics")
+    assert "Recorded after publish" not in " ".join(c.value for c in plain.caption)
+
+
 def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A first visit draws the header and the first tab: no chart, graph, download button or form of the others,
     and no download of the tensors (the Metrics and Layers tabs' summary) until one of those tabs is opened."""
