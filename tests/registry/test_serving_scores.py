@@ -313,7 +313,8 @@ def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
         served: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`vera eval run REF --tasks ... --server URL`: lm-evaluation-harness through the model server, the alias
     resolved to its version first, each task's results recorded on that version (the adapter alone's accuracy);
-    --no-record only prints; without lm_eval's tasks named, a clear refusal."""
+    --no-record only prints; a task already recorded is refused before anything runs; without tasks named, a
+    clear refusal."""
     monkeypatch.setenv("OPENAI_API_KEY", "")  # restored afterwards: the command sets it for lm-eval
     with RegistryClient(served["registry"], served["writer"]) as client:
         client.set_alias("alice/gen0:1", "eval-me")
@@ -336,8 +337,12 @@ def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
         details = client.evaluations("alice/gen0:1")[0].details
         assert details["harness"] == "lm-evaluation-harness"
         assert "model=alice/gen0:1," in details["model_args"]  # lm-eval was given the number, not the alias
+    again = CliRunner().invoke(app, ["eval", "run", "alice/gen0:1", "--tasks", "tiny_choice", *common])
+    assert again.exit_code != 0 and "alice/gen0:1 already has tiny_choice" in again.output  # before running
+    assert "Evaluating" not in again.output
     empty = CliRunner().invoke(app, ["eval", "run", "alice/gen0:1", "--tasks", " , ", *common])
     assert empty.exit_code != 0 and "--tasks names no task" in empty.output
+
 
 def test_token_texts_join_into_the_text_and_offsets_index_it(served: dict[str, Any]) -> None:
     """Each token's text is read where it stands (its space included), so that a choice's tokens join into its
