@@ -31,6 +31,23 @@ def _free(client: RegistryClient, version: str, names: list[str], *, otherwise: 
                        f"{version} NAME){otherwise}.")
 
 
+def _serving(server: str, base_model: str) -> None:
+    """InvalidInput unless ``server`` is a `vera serve-model` that answers and serves ``base_model`` (every request
+    would be refused otherwise, after lm-eval had loaded its tasks)."""
+    import httpx
+
+    try:
+        health = httpx.get(f"{server.rstrip('/')}/health", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise InvalidInput(f"No vera serve-model answers at {server} ({type(exc).__name__}): start one for the "
+                           f"version's base model (vera serve-model --base ... --base-name {base_model}) or give "
+                           "its address with --server.") from exc
+    served = health.get("base_model") if isinstance(health, dict) else None
+    if served != base_model or health.get("task") != "causal-lm":
+        raise InvalidInput(f"The model server at {server} serves {served!r} ({health.get('task')}); this version "
+                           f"is for {base_model!r}, and lm-evaluation-harness needs a causal-lm server of it.")
+
+
 def _record_all(client: RegistryClient, version: str,
                 recorded: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
     """Record each evaluation; one refused does not stop the others, and the command fails naming those refused."""
@@ -198,7 +215,9 @@ def run(
     if not names:
         raise InvalidInput("--tasks names no task: give one or more, comma-separated (hellaswag,arc_easy).")
     with RegistryClient(registry, token) as client:
-        version = client.get(ref).ref  # the number: an alias moved meanwhile does not change what is scored
+        info = client.get(ref)
+        version = info.ref  # the number: an alias moved meanwhile does not change what is scored
+        _serving(server, info.base_model)
         if record_results:  # before hours of evaluation, not after
             _free(client, version, [re.sub(r"[^a-z0-9_-]", "_", t.lower()) for t in names],
                   otherwise=", or run with --no-record")

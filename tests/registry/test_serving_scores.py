@@ -342,6 +342,13 @@ def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
     assert "Evaluating" not in again.output
     empty = CliRunner().invoke(app, ["eval", "run", "alice/gen0:1", "--tasks", " , ", *common])
     assert empty.exit_code != 0 and "--tasks names no task" in empty.output
+    foreign = CliRunner().invoke(app, ["eval", "run", "alice/foreign", "--tasks", "tiny_choice", *common])
+    assert foreign.exit_code != 0 and "serves 'tiny-lm' (causal-lm); this version is for 'org/other'" in \
+        " ".join(foreign.output.split())  # the console wraps lines
+    nowhere = CliRunner().invoke(app, ["eval", "run", "alice/gen0:1", "--tasks", "tiny_choice", *common,
+                                       "--server", "http://127.0.0.1:9"])
+    assert nowhere.exit_code != 0 and "No vera serve-model answers at http://127.0.0.1:9" in \
+        " ".join(nowhere.output.split())
 
 
 def test_token_texts_join_into_the_text_and_offsets_index_it(served: dict[str, Any]) -> None:
