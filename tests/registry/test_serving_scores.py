@@ -316,6 +316,7 @@ def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
     --no-record only prints; a task already recorded is refused before anything runs; without tasks named, a
     clear refusal."""
     monkeypatch.setenv("OPENAI_API_KEY", "")  # restored afterwards: the command sets it for lm-eval
+    monkeypatch.chdir(tmp_path)  # where the results file goes when --output is not given
     with RegistryClient(served["registry"], served["writer"]) as client:
         client.set_alias("alice/gen0:1", "eval-me")
     common = ["--server", served["url"], "--include-path", str(tiny_task(tmp_path)), "--max-length", "40",
@@ -331,6 +332,8 @@ def test_vera_eval_run_evaluates_the_pinned_version_and_records_each_task(
     done = CliRunner().invoke(app, ["eval", "run", "alice/gen0@eval-me", "--tasks", "tiny_choice", *common])
     assert done.exit_code == 0, done.output
     assert "alice/gen0:1: recorded tiny_choice (acc " in done.output
+    kept = list(tmp_path.glob("vera-eval-alice-gen0-1-*.json"))  # lm-eval's results, written before recording
+    assert len(kept) == 1 and "tiny_choice" in json.loads(kept[0].read_text())["results"]
     with RegistryClient(served["registry"], served["reader"]) as client:
         assert client.get("alice/gen0:1").metrics["tiny_choice"]["acc"] == pytest.approx(
             accuracy(choice_logprobs(served, 0)))
