@@ -33,14 +33,15 @@ from tests.registry.tiny_lm import WORDS  # noqa: E402
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, save_adapter  # noqa: E402
 
 
-def save_base(directory: Path, hidden: int, layers: int) -> Path:
-    """A Llama-shaped causal LM (random weights) with the tests' word-level tokenizer, saved like any HF model."""
+def save_base(directory: Path, hidden: int, layers: int, words: list[str] = WORDS) -> Path:
+    """A Llama-shaped causal LM (random weights) with a word-level tokenizer of ``words`` (the tests' by default;
+    ids 0-2 are [UNK], [PAD], [EOS]), saved like any HF model."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    vocab = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    vocab = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(words)}}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = Whitespace()
     torch.manual_seed(0)
@@ -53,19 +54,23 @@ def save_base(directory: Path, hidden: int, layers: int) -> Path:
     return directory
 
 
-def publish(client: RegistryClient, base: Path, root: Path, count: int, r: int) -> list[str]:
+def publish(client: RegistryClient, base: Path, root: Path, count: int, r: int, *, scale: float = 0.1,
+            prefix: str = "g") -> list[tuple[str, Path]]:
+    """``count`` adapters of one family (PEFT's generator, one seed), vectors drawn N(0, ``scale``), published as
+    bench/PREFIXi; their refs and folders."""
     from transformers import AutoModelForCausalLM
 
     model = VeraModel(AutoModelForCausalLM.from_pretrained(base), VeraConfig(
         r=r, target_modules=["q_proj", "v_proj"], save_projection=False, projection_generator=PEFT_GENERATOR))
     gen = torch.Generator().manual_seed(0)
-    names = []
+    published = []
     for i in range(count):
         with torch.no_grad():
             for p in model.trainable_parameters().values():
-                p.normal_(0, 0.1, generator=gen)
-        names.append(client.publish(save_adapter(model, root / f"g{i}"), f"bench/g{i}", base_model="bench").ref)
-    return names
+                p.normal_(0, scale, generator=gen)
+        folder = save_adapter(model, root / f"{prefix}{i}")
+        published.append((client.publish(folder, f"bench/{prefix}{i}", base_model="bench").ref, folder))
+    return published
 
 
 def plain(server: ModelServer, names: list[str], prompts: list[list[int]], tokens: int) -> float:
@@ -117,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, running_server(f"sqlite:///{tmp}/r.db", Path(tmp) / "blobs") as url:
         base = save_base(Path(tmp) / "base", args.hidden, args.layers)
         with RegistryClient(url) as client:
-            adapters = publish(client, base, Path(tmp), 4, args.r)
+            adapters = [ref for ref, _ in publish(client, base, Path(tmp), 4, args.r)]
         server = ModelServer(str(base), task="causal-lm", base_name="bench", batch_window_s=0.5, max_batch=args.rows,
                              client_for=lambda token: RegistryClient(url, token or ""), resolve_ttl_s=3600)
         try:

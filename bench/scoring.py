@@ -29,48 +29,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.generation import publish, save_base  # noqa: E402
 from registry.client import RegistryClient  # noqa: E402
 from registry.serving.decode import Row  # noqa: E402
 from registry.serving.server import ModelServer  # noqa: E402
 from tests.registry.servers import running_server  # noqa: E402
-from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, save_adapter  # noqa: E402
-
-
-def save_base(directory: Path, hidden: int, layers: int, vocab: int) -> Path:
-    """A Llama-shaped causal LM (random weights) whose word-level tokenizer has ``vocab`` words (w0, w1, ...)."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2, **{f"w{i}": i for i in range(3, vocab)}}
-    tokenizer = Tokenizer(WordLevel(words, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = Whitespace()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
-                                         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
-                                         max_position_embeddings=1024, pad_token_id=1, eos_token_id=2))
-    model.save_pretrained(directory)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                            eos_token="[EOS]").save_pretrained(directory)
-    return directory
-
-
-def publish(client: RegistryClient, base: Path, root: Path, count: int, r: int) -> list[tuple[str, Path]]:
-    """``count`` adapters (PEFT's generator, one seed: one family) published; their names and folders."""
-    from transformers import AutoModelForCausalLM
-
-    model = VeraModel(AutoModelForCausalLM.from_pretrained(base), VeraConfig(
-        r=r, target_modules=["q_proj", "v_proj"], save_projection=False, projection_generator=PEFT_GENERATOR))
-    gen = torch.Generator().manual_seed(0)
-    published = []
-    for i in range(count):
-        with torch.no_grad():
-            for p in model.trainable_parameters().values():
-                p.normal_(0, 0.3, generator=gen)
-        folder = save_adapter(model, root / f"s{i}")
-        published.append((client.publish(folder, f"bench/s{i}", base_model="bench").ref, folder))
-    return published
 
 
 def ours(url: str, base: Path, names: list[str], requests: list[tuple[list[int], list[int]]],
@@ -159,9 +122,9 @@ def main() -> None:
                                      "generation, no logprobs": [], "generation, logprobs 5": []}
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp, running_server(f"sqlite:///{tmp}/r.db", Path(tmp) / "blobs") as url:
-        base = save_base(Path(tmp) / "base", args.hidden, args.layers, args.vocab)
+        base = save_base(Path(tmp) / "base", args.hidden, args.layers, [f"w{i}" for i in range(3, args.vocab)])
         with RegistryClient(url) as client:
-            adapters = publish(client, base, Path(tmp), args.adapters, args.r)
+            adapters = publish(client, base, Path(tmp), args.adapters, args.r, scale=0.3, prefix="s")
         names = [name for name, _ in adapters]
         server = ModelServer(str(base), task="causal-lm", base_name="bench", batch_window_s=0.5, max_batch=16,
                              client_for=lambda token: RegistryClient(url, token or ""), resolve_ttl_s=3600)

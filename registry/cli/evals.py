@@ -65,6 +65,11 @@ def _record_all(client: RegistryClient, version: str,
         raise InvalidInput(f"{len(refused)} of {len(recorded)} evaluations were not recorded: {', '.join(refused)}.")
 
 
+def evaluation_name(task: str) -> str:
+    """The evaluation name an lm-eval task is recorded under: lowercase, other characters '_', at most 64."""
+    return re.sub(r"[^a-z0-9_-]", "_", task.lower()).lstrip("_-")[:64] or "task"
+
+
 def _task_metrics(scores: dict[str, Any]) -> dict[str, float]:
     """One task's numbers: ``"acc,none"`` as ``acc``, ``"exact_match,strict-match"`` as ``exact_match_strict-match``;
     "N/A" and NaN (lm-eval's mean of nothing) are no numbers; sample_len (documents scored) is a detail."""
@@ -98,7 +103,7 @@ def lm_eval_results(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dic
         if not isinstance(scores, dict):
             continue
         metrics = _task_metrics(scores)
-        name = re.sub(r"[^a-z0-9_-]", "_", str(task).lower()).lstrip("_-")[:64] or "task"
+        name = evaluation_name(str(task))
         if name in named:
             raise InvalidInput(f"Tasks {named[name]!r} and {task!r} would both be recorded as {name!r} (names are "
                                "lowercase a-z, 0-9, '_', '-', at most 64): record them from separate results files.")
@@ -219,7 +224,7 @@ def run(
         version = info.ref  # the number: an alias moved meanwhile does not change what is scored
         _serving(server, info.base_model)
         if record_results:  # before hours of evaluation, not after
-            _free(client, version, [re.sub(r"[^a-z0-9_-]", "_", t.lower()) for t in names],
+            _free(client, version, [evaluation_name(t) for t in names],
                   otherwise=", or run with --no-record")
         bearer = str(client.http.headers.get("Authorization", "")).removeprefix("Bearer ")
         os.environ["OPENAI_API_KEY"] = bearer  # what lm-eval sends to the server, which passes it to the registry
