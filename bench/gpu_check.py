@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py STEP --device cuda|cpu [--quick] --out DIR
 
-Steps: device, projection, train, mixed, serve (the CUDA tests are run by the shell script through pytest). Each
+Steps: device, projection, train, mixed, decode, serve (the CUDA tests are run by the shell script through pytest). Each
 prints its section and writes it to DIR/<step>.md; a check that fails exits 1 after writing what it found, so the
 fragment says which figure is wrong. ``--quick`` uses small shapes (the CPU run the test suite makes); the full run
 uses the issue's shapes: 7B projections at r=1024, RoBERTa-base r=1024 fp32 and a ~1B Llama-shaped LM in bf16.
@@ -356,6 +356,83 @@ def step_mixed(device: str, quick: bool) -> tuple[Lines, bool]:
             f"({peft_s / mixed_s:.1f}x)"], same
 
 
+# ---- continuous batching -----------------------------------------------------------------------------------------
+def step_decode(device: str, quick: bool) -> tuple[Lines, bool]:
+    """The model server's decode loop (registry/serving/batching.py) on ``device``: rows of 8 adapters, half of
+    them joining the running batch mid-flight, each choose the tokens their adapter alone does (every token is, in a
+    forward of the row alone, the likeliest or within 1e-3 of it: a near tie may go either way on a GPU); and the
+    batch queued at once, against transformers' ``generate`` of it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from registry.serving.batching import RunningBatch
+    from registry.serving.decode import Row
+
+    hidden, layers, vocab, count, new = (64, 2, 96, 4, 8) if quick else (1024, 8, 32000, 32, 64)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
+                                        num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
+                                        max_position_embeddings=512)).eval()
+    model = VeraModel(base, VeraConfig(r=256, target_modules=["q_proj", "v_proj"], save_projection=False,
+                                       projection_generator=PEFT_GENERATOR))
+    gen = torch.Generator().manual_seed(0)
+    names = [f"a{i}" for i in range(8)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            with torch.no_grad():
+                for p in model.trainable_parameters().values():
+                    p.normal_(0, 0.1, generator=gen)
+            save_adapter(model, Path(tmp) / name)
+        bank = AdapterBank(model.to(device).eval())
+        for name in names:
+            bank.add(name, Path(tmp) / name)
+    refs = [names[i % len(names)] for i in range(count)]
+    prompts = [torch.randint(3, vocab, (8 + (5 * i) % 33,), generator=gen).tolist() for i in range(count)]
+    on = torch.device(device)
+
+    def continuous(join_at: int) -> list[list[int]]:
+        """Every row decoded to ``new`` tokens; the second half joins after ``join_at`` steps."""
+        done: dict[int, list[int]] = {}
+        batch = RunningBatch(bank, pad_id=0, eos=set(), decode=lambda ids: "", device=on)
+        rows = [Row(p, new, on_end=lambda t, *_, i=i: done.__setitem__(i, t)) for i, p in enumerate(prompts)]
+        half = count // 2 if join_at else count
+        batch.join(rows[:half], refs[:half], list(range(half)))
+        for step in range(10 * new):
+            if step == join_at and half < count:
+                batch.join(rows[half:], refs[half:], list(range(half, count)))
+            if not batch:
+                break
+            batch.step()
+        return [done[i] for i in range(count)]
+
+    joined = continuous(new // 2)
+    worst, chose = 0.0, 0
+    with torch.no_grad():
+        for ref, prompt, tokens in zip(refs, prompts, joined, strict=True):
+            with bank.route([ref]):
+                logits = bank.model.model(input_ids=torch.tensor([prompt + tokens[:-1]], device=on)).logits[0].float()
+            at = logits[len(prompt) - 1:]
+            gap = (at.max(-1).values - at.gather(1, torch.tensor(tokens, device=on)[:, None])[:, 0]).max().item()
+            worst, chose = max(worst, gap), chose + int(gap <= 1e-3)
+    ours_s = timed(lambda: continuous(0), device, 3)
+    ids = torch.tensor([[0] * (max(map(len, prompts)) - len(p)) + p for p in prompts], device=on)
+    mask = (torch.arange(ids.shape[1], device=on)[None, :] >= (ids.shape[1] - torch.tensor(
+        [len(p) for p in prompts], device=on))[:, None]).long()
+
+    def plain() -> None:
+        with torch.no_grad(), bank.route(refs):
+            bank.model.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                                      do_sample=False, pad_token_id=0)
+
+    plain_s = timed(plain, device, 3)
+    same = chose == count
+    return [f"continuous batching on {device}: {count} rows of 8 VeRA r=256 adapters on a Llama-shaped base ({layers} "
+            f"layers of {hidden}, vocabulary {vocab}), half joining after {new // 2} of {new} steps: {chose} of "
+            f"{count} rows chose their adapter's likeliest token at every step (largest gap {worst:.1e}): "
+            f"{'**same**' if same else '**DIFFERENT**'}; the batch queued at once {ours_s * 1e3:.0f} ms vs "
+            f"transformers' generate {plain_s * 1e3:.0f} ms ({plain_s / ours_s:.2f}x), "
+            f"{count * new / ours_s:.0f} tokens/s"], same
+
+
 # ---- serve-model -------------------------------------------------------------------------------------------------
 def classify(url: str, adapter: str, texts: list[str]) -> dict[str, Any]:
     body = json.dumps({"adapter": adapter, "inputs": texts}).encode()
@@ -399,7 +476,8 @@ def step_serve(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
             f"client, 8 texts per request for {seconds:g} s: {rate:.0f} texts/s"], ok
 
 
-STEPS = {"device": step_device, "projection": step_projection, "train": step_train, "mixed": step_mixed}
+STEPS = {"device": step_device, "projection": step_projection, "train": step_train, "mixed": step_mixed,
+         "decode": step_decode}
 
 
 def main() -> None:

@@ -21,7 +21,8 @@
 # --budget S (seconds for everything, set-up included; default 470, also VERA_GPU_CHECK_BUDGET_S).
 # Steps: set-up, device, projection (portable generator on the device = CPU, bit for bit), cuda-tests (pytest -k
 # cuda in tests/vera_core: the tests that skip with "needs a CUDA device"), train (ours vs PEFT VeRA vs PEFT LoRA r=8:
-# same losses, step time, peak memory), mixed (mixed-adapter batch vs PEFT), serve (vera serve-model --device).
+# same losses, step time, peak memory), mixed (mixed-adapter batch vs PEFT), decode (continuous batching: rows
+# joining mid-flight choose their adapter's tokens; vs generate), serve (vera serve-model --device).
 # Output: OUT/gpu_check.md (the fragment), OUT/<step>.md and OUT/<step>.log; with --offline the .md and .log files
 # other than the fragment end up in OUT/gpu_check_logs.tar.gz (the device tool brings back at most 8 files from $OUT).
 # Exit 0 when every step passed, 1 when one failed or timed out (the fragment says which), 2 on a bad option.
@@ -206,6 +207,9 @@ step train 200
 
 section "Mixed-adapter batches"
 step mixed 120
+
+section "Continuous batching"
+step decode 120
 
 section "vera serve-model"
 step serve 120

@@ -1,22 +1,21 @@
-"""Per-row decoding for the model server's generation batches, on top of transformers' ``generate``.
+"""Per-row decoding for the model server's generation batches (registry/serving/batching.py runs the batches).
 
-``generate`` decodes one batch with one set of settings. A serving batch mixes requests: each row has its own
-adapter (vera_core.AdapterBank routes that), and here its own sampling (greedy, or temperature, top-k and top-p
-with a seed of its own), its own token budget and stop strings, and its own consumer, which hears of its text as it
-grows and gets its answer the moment its row ends, not when the batch's longest row does.
+A serving batch mixes requests: each row has its own adapter (vera_core.AdapterBank routes that), and here its own
+sampling (greedy, or temperature, top-k and top-p with a seed of its own), its own token budget and stop strings,
+and its own consumer, which hears of its text as it grows and gets its answer the moment its row ends, not when the
+batch's longest row does.
 
-- ``RowSampler`` (a logits processor) draws each sampling row's token from that row's own ``torch.Generator`` and
-  leaves the row's scores -inf but for the token drawn; ``generate`` runs greedy, so its argmax takes it. A greedy
-  row's scores pass unchanged (exactly what a greedy ``generate`` of the row gives). A row draws once per token it
-  generates, so a seeded row gives the same text whatever else shares its batch.
-- ``RowStops`` (a stopping criterion) ends each row at the end-of-sequence token, at one of its stop strings (the
-  text cut before it, as OpenAI's ``stop``) or at its token budget, and hands each row's new text to its ``Row``
-  as it is decoded: its last characters wait while a stop string could still begin there (the longest stop's length
-  less one, as vLLM does), as does an incomplete UTF-8 character.
-- Log-probabilities, for rows that ask (``Row.logprobs``): ``RowSampler`` keeps, at each step, the log-probability
-  of the token the row takes and of the ``logprobs`` likeliest, under the distribution the model gave (before
+- ``pick`` takes each row's next token from the batch's logits: a greedy row's likeliest (what a greedy
+  ``generate`` of the row gives), a sampling row's drawn from its own ``torch.Generator``. A row draws once per
+  token it generates, so a seeded row gives the same text whatever else shares its batch, and whenever it joined.
+- ``RowState`` ends its row at the end-of-sequence token, at one of its stop strings (the text cut before it, as
+  OpenAI's ``stop``) or at its token budget, and hands the row's new text to its ``Row`` as it is decoded: its last
+  characters wait while a stop string could still begin there (the longest stop's length less one, as vLLM does),
+  as does an incomplete UTF-8 character.
+- Log-probabilities, for rows that ask (``Row.logprobs``): ``pick`` keeps, at each step, the log-probability of the
+  token the row takes and of the ``logprobs`` likeliest, under the distribution the model gave (before
   temperature, top-k and top-p: vLLM's default, "raw" log-probabilities), on the device, read back once when the
-  row ends. ``PromptScorer`` gives a prompt's own tokens theirs from the prefill's logits (``Row.score_prompt``:
+  row ends. ``score_prompt`` gives a prompt's own tokens theirs from the prefill's logits (``Row.score_prompt``:
   OpenAI's ``echo`` with ``logprobs``, how lm-evaluation-harness scores a continuation).
 """
 
@@ -25,10 +24,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
 FinishReason = Literal["stop", "length"]
 
@@ -114,100 +112,71 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
                              generator=generator)
 
 
-class RowSampler(LogitsProcessor):
-    """Samples each sampling row with its own settings and generator (see the module's docstring)."""
+class RowState:
+    """One row while it decodes: its generator, its tokens, its text so far and its log-probabilities (kept on the
+    device until it ends); ``advance`` takes each new token and ends the row on its own terms (see the module's
+    docstring). ``decode`` turns token ids into text; ``eos``: the ids that end a row."""
 
-    def __init__(self, rows: Sequence[Row], device: torch.device) -> None:
-        self.rows = rows
-        self.generators: list[torch.Generator | None] = []
-        for row in rows:
-            generator = None
-            if not row.sampling.greedy:
-                seed = row.sampling.seed if row.sampling.seed is not None else secrets.randbits(63)
-                generator = torch.Generator(device=device).manual_seed(seed)
-            self.generators.append(generator)
-        self.ended = [False] * len(rows)  # RowStops marks them: an ended row draws nothing more
-        # log-probabilities, when a row asks: per row and step, the taken token's, and the top ones' (ids, values)
-        self.top = max((row.logprobs for row in rows if row.logprobs is not None), default=None)
-        self.steps = max((row.max_new_tokens for row in rows), default=0)
-        self.step = 0
-        self._taken = self._top_values = self._top_ids = torch.empty(0)
+    def __init__(self, row: Row, device: torch.device, *, eos: set[int],
+                 decode: Callable[[list[int]], str]) -> None:
+        self.row, self.eos, self.decode = row, eos, decode
+        self.seed = None if row.sampling.greedy else \
+            row.sampling.seed if row.sampling.seed is not None else secrets.randbits(63)
+        self.generator = None if self.seed is None else torch.Generator(device=device).manual_seed(self.seed)
+        self.tokens: list[int] = []
+        self.ended = False
+        # the text so far, decoded a few tokens at a time (``_grow``): tokens[prefix:read] gave its end
+        self._text, self._prefix, self._read = "", 0, 0
+        # log-probabilities, when the row asks: per step, the taken token's and the likeliest ones' (values, ids)
+        self._taken: list[torch.Tensor] = []
+        self._top: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        model = scores.float().log_softmax(-1) if self.top is not None and self.step < self.steps else None
-        for i, (row, generator) in enumerate(zip(self.rows, self.generators, strict=True)):
-            if generator is None or self.ended[i]:
-                continue
-            token = _draw(scores[i].float(), row.sampling, generator)
-            scores[i] = float("-inf")
-            scores[i].index_fill_(0, token, 0.0)
-        if model is not None:
-            self._keep(model, scores.argmax(-1))  # generate takes the argmax next: each row's own token
-        return scores
+    def keep(self, taken: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> None:
+        """This step's log-probability of the token taken, and of the likeliest tokens (``values``, ``ids``,
+        likeliest first), still on the device: nothing is read back before the row ends."""
+        self._taken.append(taken)
+        self._top.append((values[:self.row.logprobs], ids[:self.row.logprobs]))
 
-    def _keep(self, model: torch.Tensor, taken: torch.Tensor) -> None:
-        """Step ``self.step``'s log-probabilities (``model``: rows x vocabulary) of the tokens ``taken`` and of each
-        row's likeliest, written on the device (nothing is read back before a row ends)."""
-        assert self.top is not None
-        if self.step == 0:
-            rows, top = len(self.rows), min(self.top, model.shape[-1])
-            self._taken = torch.empty(rows, self.steps, device=model.device)
-            self._top_values = torch.empty(rows, self.steps, top, device=model.device)
-            self._top_ids = torch.empty(rows, self.steps, top, dtype=torch.long, device=model.device)
-        self._taken[:, self.step] = model.gather(1, taken[:, None])[:, 0]
-        if self._top_ids.shape[-1]:
-            values, ids = model.topk(self._top_ids.shape[-1], dim=-1)
-            self._top_values[:, self.step], self._top_ids[:, self.step] = values, ids
-        self.step += 1
-
-    def scored(self, i: int, tokens: list[int]) -> list[Scored] | None:
-        """Row ``i``'s new ``tokens`` with their log-probabilities (None when the row asked for none)."""
-        row = self.rows[i]
-        if row.logprobs is None:
+    def scored(self) -> list[Scored] | None:
+        """The row's new tokens with their log-probabilities (None when it asked for none)."""
+        if self.row.logprobs is None:
             return None
-        n = min(len(tokens), self.step)
-        taken = self._taken[i, :n].tolist()
-        values = self._top_values[i, :n, :row.logprobs].tolist()
-        ids = self._top_ids[i, :n, :row.logprobs].tolist()
+        n = min(len(self.tokens), len(self._taken))
+        if not n:
+            return []
+        taken = torch.stack(self._taken[:n]).tolist()
+        values = torch.stack([v for v, _ in self._top[:n]]).tolist()
+        ids = torch.stack([i for _, i in self._top[:n]]).tolist()
         return [Scored(token, taken[j], tuple(zip(ids[j], values[j], strict=True))) for j, token in
-                enumerate(tokens[:n])]
+                enumerate(self.tokens[:n])]
 
-
-class RowStops(StoppingCriteria):
-    """Ends each row on its own terms and tells its consumer (see the module's docstring). ``start``: where the
-    generated tokens begin in ``input_ids`` (the padded prompt's length)."""
-
-    def __init__(self, rows: Sequence[Row], *, start: int, eos: set[int], decode: Callable[[list[int]], str],
-                 sampler: RowSampler) -> None:
-        self.rows, self.start, self.eos, self.decode, self.sampler = rows, start, eos, decode, sampler
-        self.ended = [False] * len(rows)
-        # each row's text so far, decoded a few tokens at a time (``_grow``): tokens[prefix:read] gave its end
-        self._text, self._prefix, self._read = [""] * len(rows), [0] * len(rows), [0] * len(rows)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        new = input_ids[:, self.start:].tolist()
-        for i, row in enumerate(self.rows):
-            if not self.ended[i]:
-                self._advance(i, row, new[i])
-        return torch.tensor(self.ended, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-    def _advance(self, i: int, row: Row, tokens: list[int]) -> None:
+    def advance(self, token: int) -> bool:
+        """Take the row's next ``token``; True once the row has ended (its ``on_end`` called)."""
+        self.tokens.append(token)
+        row, tokens = self.row, self.tokens
         if row.cancelled:
-            return self.finish(i, row, tokens, row.said, "stop")
-        if tokens and tokens[-1] in self.eos:
-            return self.finish(i, row, tokens, self.decode(tokens[:-1]), "stop")
-        if row.on_text is None and not row.stops and len(tokens) < row.max_new_tokens:
-            return None  # nobody reads its text before the end: decode it once, then
-        if len(tokens) >= row.max_new_tokens and not row.stops:
-            return self.finish(i, row, tokens, self.decode(tokens), "length")
-        searched = len(self._text[i])
-        text = self._grow(i, tokens)
+            self.finish(row.said, "stop")
+        elif tokens[-1] in self.eos:
+            self.finish(self.decode(tokens[:-1]), "stop")
+        elif row.on_text is None and not row.stops and len(tokens) < row.max_new_tokens:
+            pass  # nobody reads its text before the end: decode it once, then
+        elif len(tokens) >= row.max_new_tokens and not row.stops:
+            self.finish(self.decode(tokens), "length")
+        else:
+            self._search()
+        return self.ended
+
+    def _search(self) -> None:
+        """Grow the text, end the row at a stop string or its budget, else hand its consumer what is decided."""
+        row, tokens = self.row, self.tokens
+        searched = len(self._text)
+        text = self._grow()
         cut = min((at for at in (text.find(s, max(0, searched - len(s) + 1)) for s in row.stops) if at >= 0),
                   default=-1)  # only where the new text could have completed one
         if cut >= 0:
-            return self.finish(i, row, tokens, text[:cut], "stop")
+            return self.finish(text[:cut], "stop")
         if len(tokens) >= row.max_new_tokens:
-            return self.finish(i, row, tokens, self.decode(tokens), "length")
+            return self.finish(self.decode(tokens), "length")
         # hold back what might begin a stop string (as vLLM does: the longest stop's length less one, not a search
         # for its prefixes, which cost most of a batch's time with long stops), and an incomplete character
         held = max((len(s) - 1 for s in row.stops), default=0)
@@ -217,55 +186,57 @@ class RowStops(StoppingCriteria):
             row.said = ready
         return None
 
-    def _grow(self, i: int, tokens: list[int]) -> str:
-        """Row ``i``'s text with ``tokens``' new ones, decoding only the last few (as vLLM's detokenizer): the
-        tokens since the last decided text, with the one or two before them for context, whose own text is then
-        cut off; text that ends in an incomplete character (U+FFFD) waits for the next token. Decoding the whole
-        row at every token cost time quadratic in its length (an outsider's finding: 5x a batch's time)."""
-        prefix, read = self._prefix[i], self._read[i]
+    def _grow(self) -> str:
+        """The row's text with its new tokens, decoding only the last few (as vLLM's detokenizer): the tokens
+        since the last decided text, with the one or two before them for context, whose own text is then cut off;
+        text that ends in an incomplete character (U+FFFD) waits for the next token. Decoding the whole row at
+        every token cost time quadratic in its length (an outsider's finding: 5x a batch's time)."""
+        tokens, prefix, read = self.tokens, self._prefix, self._read
         window = self.decode(tokens[prefix:])
         before = self.decode(tokens[prefix:read]) if read > prefix else ""
         if window.endswith("\ufffd") or len(window) <= len(before):
-            return self._text[i]
+            return self._text
         if window.startswith(before):
-            self._text[i] += window[len(before):]
-            self._prefix[i] = read
+            self._text += window[len(before):]
+            self._prefix = read
         else:  # a tokenizer whose pieces read otherwise in context: decode the whole row, this once
-            self._text[i] = self.decode(tokens)
-            self._prefix[i] = len(tokens) - 1
-        self._read[i] = len(tokens)
-        return self._text[i]
+            self._text = self.decode(tokens)
+            self._prefix = len(tokens) - 1
+        self._read = len(tokens)
+        return self._text
 
-    def finish(self, i: int, row: Row, tokens: list[int], text: str, reason: FinishReason) -> None:
-        self.ended[i] = self.sampler.ended[i] = True
-        row.scores = self.sampler.scored(i, tokens)
+    def finish(self, text: str, reason: FinishReason) -> None:
+        """End the row: its consumer gets the rest of ``text``, then its ``on_end``."""
+        self.ended = True
+        row = self.row
+        row.scores = self.scored()
         if row.on_text is not None and text.startswith(row.said) and len(text) > len(row.said):
             row.on_text(text[len(row.said):])
             row.said = text
         if row.on_end is not None:
-            row.on_end(tokens, text, reason)
+            row.on_end(self.tokens, text, reason)
 
 
-class PromptScorer:
-    """Scores the prompts of rows that ask (``Row.score_prompt``) from the logits of ``generate``'s first forward,
-    the prefill, which then keeps every position's logits (``logits_to_keep=0``) instead of the last one only: a
-    forward hook on the model reads them, once, and lets them go. ``start``: the padded prompts' length (prompts
-    are left-padded, so row i's prompt fills the last ``len(prompt_ids)`` positions)."""
-
-    def __init__(self, rows: Sequence[Row], *, start: int) -> None:
-        self.rows, self.start, self.done = rows, start, False
-
-    def __call__(self, module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if self.done:
-            return
-        self.done = True
-        logits = output.logits
-        if logits.shape[1] != self.start:
-            raise RuntimeError(f"the prefill kept {logits.shape[1]} positions' logits, not the prompt's {self.start}")
-        for i, row in enumerate(self.rows):
-            if row.score_prompt:
-                ids = row.prompt_ids
-                row.prompt_scores = score_prompt(logits[i, self.start - len(ids):], ids, row.logprobs or 0)
+def pick(states: Sequence[RowState], logits: torch.Tensor) -> torch.Tensor:
+    """The next token of each row (``logits``: rows x vocabulary, the rows of ``states`` in order): a greedy
+    row's likeliest, a sampling row's drawn from its own generator; the log-probabilities of rows that ask are
+    kept (``RowState.keep``, under the model's distribution, before temperature, top-k and top-p: vLLM's "raw"
+    log-probabilities). A 1-D tensor of token ids, on the logits' device."""
+    logits = logits.float()
+    taken = logits.argmax(-1)
+    for i, state in enumerate(states):
+        if state.generator is not None:
+            taken[i] = _draw(logits[i], state.row.sampling, state.generator)[0]
+    asking = [i for i, state in enumerate(states) if state.row.logprobs is not None]
+    if asking:
+        index = torch.tensor(asking, device=logits.device)
+        model = logits.index_select(0, index).log_softmax(-1)
+        chosen = model.gather(1, taken.index_select(0, index)[:, None])[:, 0]
+        top = min(max(states[i].row.logprobs or 0 for i in asking), model.shape[-1])
+        values, ids = model.topk(top, dim=-1) if top else (model[:, :0], model[:, :0].long())
+        for j, i in enumerate(asking):
+            states[i].keep(chosen[j], values[j], ids[j])
+    return taken
 
 
 def score_prompt(logits: torch.Tensor, ids: list[int], top: int) -> list[Scored]:

@@ -10,7 +10,6 @@ name is resolved through the registry with the caller's token (so the caller nee
 
 from __future__ import annotations
 
-import inspect
 import logging
 import tempfile
 import threading
@@ -38,12 +37,10 @@ from registry.domain.errors import (
 )
 from registry.domain.schemas import Ref, VersionInfo, WhoAmI
 from registry.services.tokens import Principal, Role
+from registry.serving.batching import Left, PrefillFailed, RunningBatch
 from registry.serving.decode import (
     FinishReason,
-    PromptScorer,
     Row,
-    RowSampler,
-    RowStops,
     Sampling,
     Scored,
     score_prompt,
@@ -136,6 +133,7 @@ class _Work:
     resident: Resident
     payload: Any  # classify: the texts; generate: its Row
     future: Future[Any] = field(default_factory=Future)
+    alone: bool = False  # a generation row that failed in company: it runs again in a batch of its own
 
 
 @dataclass(frozen=True)
@@ -215,6 +213,10 @@ class _Waiting:
             self._closed = True
             self._ready.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
 
 class ModelServer:
     """One base model, many adapters. ``client_for(token)`` gives a registry client acting as the caller."""
@@ -258,6 +260,10 @@ class ModelServer:
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
         # half of the queue for any one caller: room is always left for the others
         self._queue = _Waiting(max_queue, per_caller=max(1, max_queue // 2))
+        # the batcher's: each bank's rows being decoded, and generation rows taken from the queue that have not
+        # joined yet (at most max_batch); changed under ``lock`` only
+        self._running: dict[BankKey, RunningBatch] = {}
+        self._joining: list[_Work] = []
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
         self._thread.start()
 
@@ -410,7 +416,8 @@ class ModelServer:
             raise Conflict(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads "
                            f"differ) and every bank holds pinned adapters; retry once some are unpinned, or ask "
                            "the operator for more --max-banks.")
-        if drop:
+        if drop:  # a bank whose rows are being decoded goes only when every other holds pinned adapters
+            idle = [k for k in idle if k not in self._running] or idle
             self._drop_bank(min(idle, key=lambda k: max(
                 (r.last_used for r in self.residents.values() if r.bank == k), default=0.0)))
 
@@ -435,6 +442,8 @@ class ModelServer:
             victims = [r for r in self.residents.values() if not r.pinned and r.ref != keep]
             if not victims:
                 return
+            busy = self._busy()  # adapters whose rows are being decoded go last
+            victims = [r for r in victims if r.ref not in busy] or victims
             self.evict(min(victims, key=lambda r: r.last_used).ref)
 
     def evict(self, ref: str) -> None:
@@ -654,22 +663,29 @@ class ModelServer:
         return result
 
     def _run(self) -> None:
-        """The batcher: take what arrived within one window (up to max_batch rows), one forward per bank."""
+        """The batcher. Classification, and prompts scored without generating, run as they arrive; generation rows
+        join their bank's running batch between its steps (registry.serving.batching), and the running batches
+        take a step each in turn: a request that arrives while others decode starts at the next step, not after
+        them, and each row leaves (and is answered) the moment it ends."""
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            groups: dict[tuple[BankKey, str], list[_Work]] = {}
-            for work in self._window(first):
-                groups.setdefault((work.resident.bank, work.kind), []).append(work)
-            for (key, kind), works in groups.items():
-                try:
-                    with self.lock:
-                        (self._classify if kind == "classify" else self._generate)(key, works)
-                except Exception as exc:  # noqa: BLE001 - the caller gets the error, the batcher lives on
-                    for work in works:
-                        if not work.future.done():
-                            work.future.set_exception(exc)
+            if self._running or self._joining:
+                arrived = self._arrivals(block=not self._running)
+            else:
+                first = self._queue.get()
+                arrived = None if first is None else self._window(first)
+            if arrived is None:  # closed
+                break
+            self._sort(arrived)
+            self._admit()
+            self._step_all()
+            time.sleep(0)  # let a thread waiting for ``lock`` (a load, an eviction) take it between steps
+        stopped = Busy("This model server stopped before answering; retry.")
+        with self.lock:
+            for work in [w for batch in self._running.values() for w in batch.owners] + self._joining:
+                if not work.future.done():
+                    work.future.set_exception(stopped)
+            self._running.clear()
+            self._joining.clear()
 
     def _window(self, first: _Work) -> list[_Work]:
         """``first`` and what else arrives within batch_window_s, up to max_batch rows, callers in turn."""
@@ -683,13 +699,43 @@ class ModelServer:
             rows += _rows(item)
         return batch
 
+    def _arrivals(self, *, block: bool) -> list[_Work] | None:
+        """What waits now (callers in turn), while fewer than max_batch generation rows wait to join; None once
+        the server closed. The rest stays in the queue, whose limits (``max_queue``, a caller's share) hold."""
+        arrived: list[_Work] = []
+        while len(self._joining) + len(arrived) < self.max_batch:
+            item = self._queue.get(timeout=0.05 if block and not arrived else 0)
+            if item is None:
+                break
+            arrived.append(item)
+        return None if self._queue.closed else arrived
+
+    def _sort(self, arrived: list[_Work]) -> None:
+        """Classify and score-only rows now, one forward per bank; generation rows to those waiting to join."""
+        groups: dict[tuple[BankKey, str], list[_Work]] = {}
+        for work in arrived:
+            if work.kind == "generate":
+                work.payload.on_end = _answer(work.future, work.payload)
+            if work.kind == "generate" and work.payload.max_new_tokens:
+                self._joining.append(work)
+            else:
+                groups.setdefault((work.resident.bank, work.kind), []).append(work)
+        for (key, kind), works in groups.items():
+            try:
+                with self.lock:
+                    (self._classify if kind == "classify" else self._score)(key, works)
+            except Exception as exc:  # noqa: BLE001 - the caller gets the error, the batcher lives on
+                for work in works:
+                    if not work.future.done():
+                        work.future.set_exception(exc)
+
     def _routable(self, key: BankKey, works: list[_Work]) -> tuple[AdapterBank, list[_Work]]:
         bank = self.banks.get(key)
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and the forward
                 work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
-            else:
+            elif not work.future.done():
                 work.resident.requests += 1
                 ready.append(work)
         assert bank is not None or not ready
@@ -715,99 +761,148 @@ class ModelServer:
                 {"label": labels[int(row.argmax())], "scores": dict(zip(labels, (round(float(p), 6) for p in row),
                                                                         strict=True))} for row in part]})
 
-    def _generate(self, key: BankKey, works: list[_Work]) -> None:
-        """Rows of many adapters, each with its own sampling, budget and stops (registry.serving.decode), in as few
-        ``generate`` calls as the base's context allows; each row's future is answered as soon as that row ends.
-        A failed call fails only the rows that fail alone: the others that had sent no text yet run again, each on
-        its own (a seeded row gives the same text), so that one caller's request never fails another's."""
+    def _score(self, key: BankKey, works: list[_Work]) -> None:
+        """Rows that score their prompts and generate nothing, in forwards within the logits budget; a failed
+        forward of several rows runs each of them again alone, so that only a row that fails alone fails."""
         bank, works = self._routable(key, works)
-        if not works:
-            return
-        for work in works:
-            work.payload.on_end = _answer(work.future, work.payload)
-        for part in self._fitting(works):
-            failure = self._generate_rows(bank, part)
-            if failure is None:
-                continue
-            for work in part:
-                if work.future.done():
-                    continue
-                alone = self._generate_rows(bank, [work]) if len(part) > 1 and not work.payload.said else failure
+        for part in self._fitted(works, logits_budget=SCORING_LOGITS):
+            failure = self._score_rows(bank, part)
+            for work in part if failure is not None else ():
+                alone = self._score_rows(bank, [work]) if len(part) > 1 else failure
                 if alone is not None:
                     work.future.set_exception(alone)
 
-    def _fitting(self, works: list[_Work]) -> list[list[_Work]]:
-        """``works`` cut into batches whose longest prompt plus largest budget fits the base's context: a batch is
-        left-padded to its longest prompt and runs to its largest budget, so rows that each fit may not together
-        (a base with learned positions, GPT-2's, fails past its table)."""
-        plain = [w for w in works if not w.payload.score_prompt]
-        scoring = [w for w in works if w.payload.score_prompt and w.payload.max_new_tokens]
-        only = [w for w in works if w.payload.score_prompt and not w.payload.max_new_tokens]  # score, generate nothing
-        return self._fitted(plain) + self._fitted(scoring, logits_budget=SCORING_LOGITS) + \
-            self._fitted(only, logits_budget=SCORING_LOGITS)
-
-    def _fitted(self, works: list[_Work], *, logits_budget: int | None = None) -> list[list[_Work]]:
-        """``works`` (sorted by prompt length) in batches that fit the context, and whose prefill logits (rows x
-        longest prompt x vocabulary) stay within ``logits_budget`` (a row alone may exceed it)."""
+    def _fitted(self, works: list[_Work], *, logits_budget: int) -> list[list[_Work]]:
+        """``works`` (sorted by prompt length) in groups whose prefill logits (rows x longest prompt x vocabulary)
+        stay within ``logits_budget`` (a row alone may exceed it)."""
         parts: list[list[_Work]] = []
-        longest = budget = 0
         for work in sorted(works, key=lambda w: len(w.payload.prompt_ids)):
-            row: Row = work.payload
-            within = self.context_length is None or \
-                max(longest, len(row.prompt_ids)) + max(budget, row.max_new_tokens) <= self.context_length
-            if logits_budget is not None and parts:
-                within = within and (len(parts[-1]) + 1) * len(row.prompt_ids) * self.logits_width <= logits_budget
-            if parts and within:
+            if parts and (len(parts[-1]) + 1) * len(work.payload.prompt_ids) * self.logits_width <= logits_budget:
                 parts[-1].append(work)
-                longest, budget = max(longest, len(row.prompt_ids)), max(budget, row.max_new_tokens)
             else:
                 parts.append([work])
-                longest, budget = len(row.prompt_ids), row.max_new_tokens
         return parts
 
-    def _generate_rows(self, bank: AdapterBank, works: list[_Work]) -> Exception | None:
-        """One ``generate`` of ``works``' rows; the exception it raised (logged), or None."""
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+    def _admit(self) -> None:
+        """Rows waiting to join go into their bank's running batch while it is open and has room (max_batch
+        rows): rows that score their prompts in prefills within the logits budget, the others in one prefill."""
+        joining, self._joining = self._joining, []
+        by_bank: dict[BankKey, list[_Work]] = {}
+        for work in joining:
+            by_bank.setdefault(work.resident.bank, []).append(work)
+        for key, works in by_bank.items():
+            with self.lock:
+                self._joining += self._admit_to(key, works)
 
-        rows: list[Row] = [w.payload for w in works]
-        if not any(r.max_new_tokens for r in rows):
-            return self._score_rows(bank, works)
-        try:
-            with self._tokenizer_lock:
-                enc = self.tokenizer.pad({"input_ids": [r.prompt_ids for r in rows]}, padding=True,
-                                         return_tensors="pt")
-            enc = enc.to(self.device)
+    def _admit_to(self, key: BankKey, works: list[_Work]) -> list[_Work]:
+        """Admit ``works`` to ``key``'s running batch (made if none runs); those that must wait, in order. A row
+        that failed in company (``_Work.alone``) runs only in a batch of its own."""
+        batch = self._running.get(key)
+        bank = self.banks.get(key)
+        if batch is not None and batch.bank is not bank:  # its bank was dropped under it
+            self._evicted(key, batch, range(len(batch)))
+            batch = None
+        ready = []
+        for work in works:
+            if bank is None or work.resident.ref not in bank:  # evicted between activation and now
+                work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
+            elif not work.future.done():
+                ready.append(work)
+        if bank is None or not ready:
+            return []
+        if batch is None:
             model = cast(Any, bank.model.model)
             eos = {self.tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None}
-            start = int(enc["input_ids"].shape[1])
-            sampler = RowSampler(rows, self.device)
-            stops = RowStops(rows, start=start, eos=eos, decode=self._decode, sampler=sampler)
-            settings = GenerationConfig(  # type: ignore[no-untyped-call]
-                max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
-            scoring = any(r.score_prompt for r in rows)  # then all are (_fitting): the prefill keeps every logit
-            keep_all = {"logits_to_keep": 0} if scoring and "logits_to_keep" in \
-                inspect.signature(model.forward).parameters else {}
-            hook = model.register_forward_hook(PromptScorer(rows, start=start), with_kwargs=True) if scoring \
-                else None
-            try:
-                with torch.no_grad(), bank.route([w.resident.ref for w in works]):
-                    out = model.generate(**enc, **keep_all, generation_config=settings,
-                                         logits_processor=LogitsProcessorList([sampler]),
-                                         stopping_criteria=StoppingCriteriaList([stops]))
-            finally:
-                if hook is not None:
-                    hook.remove()
-            for i, (row, tokens) in enumerate(zip(rows, out[:, start:].tolist(), strict=True)):
-                if not stops.ended[i]:  # generate stopped before this row's own end (its budget was the largest)
-                    kept = tokens[:row.max_new_tokens]
-                    stops.finish(i, row, kept, self._decode(kept), "length")
-        except Exception:  # noqa: BLE001 - the caller decides whose rows it fails
-            log.exception(f"generation of {len(rows)} rows ({', '.join(sorted({w.resident.ref for w in works}))}) "
-                          f"failed")
-            return GenerationFailed("This model server failed to generate this answer (its log says why); retry, "
-                                    "or change the request.")
-        return None
+            batch = self._running[key] = RunningBatch(bank, pad_id=int(self.tokenizer.pad_token_id or 0), eos=eos,
+                                                      decode=self._decode, device=self.device)
+        alone = next((w for w in ready if w.alone), None)
+        if alone is not None and not batch:
+            batch.sealed = True
+            self._join(key, batch, [alone])
+            return [w for w in ready if w is not alone]
+        company = [w for w in ready if not w.alone][:self.max_batch - len(batch)] if batch.open else []
+        plain = [w for w in company if not w.payload.score_prompt]
+        scoring = [w for w in company if w.payload.score_prompt]
+        joined: list[_Work] = []
+        for group in ([plain] if plain else []) + self._fitted(scoring, logits_budget=SCORING_LOGITS):
+            if self._running.get(key) is not batch or not batch.open:  # it failed, or cannot take more now
+                break
+            self._join(key, batch, group)
+            joined += group
+        return [w for w in ready if not any(w is j for j in joined)]
+
+    def _join(self, key: BankKey, batch: RunningBatch, group: list[_Work]) -> None:
+        for work in group:
+            work.resident.requests += 1
+        try:
+            self._left(batch.join([w.payload for w in group], [w.resident.ref for w in group], group))
+        except PrefillFailed:  # only the joining rows: the running ones go on as they were
+            self._failed(group)
+        except Exception:  # noqa: BLE001 - the rows' callers get the error, the batcher lives on
+            self._running.pop(key, None)
+            self._failed([*batch.owners, *group])
+
+    def _step_all(self) -> None:
+        """One step of every running batch, each under ``lock`` (loads and evictions go between steps)."""
+        for key, batch in list(self._running.items()):
+            with self.lock:
+                if not batch:  # every row ended (or failed) as it joined
+                    del self._running[key]
+                    continue
+                if batch.bank is not self.banks.get(key):  # its bank was dropped under it
+                    self._evicted(key, batch, range(len(batch)))
+                    continue
+                gone = [i for i, ref in enumerate(batch.refs) if ref not in batch.bank]
+                if gone:
+                    self._evicted(key, batch, gone)
+                if not batch:
+                    continue
+                try:
+                    self._left(batch.step())
+                except Exception:  # noqa: BLE001 - the rows' callers get the error, the batcher lives on
+                    self._running.pop(key, None)
+                    self._failed(list(batch.owners))
+                    continue
+                if not batch:
+                    del self._running[key]
+
+    def _evicted(self, key: BankKey, batch: RunningBatch, rows: Sequence[int]) -> None:
+        """Rows (indices) of ``batch`` whose adapter (or bank) went meanwhile: they fail, saying to send again."""
+        for i in rows:
+            work = batch.owners[i]
+            if not work.future.done():
+                work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
+        if len(rows) == len(batch):
+            self._running.pop(key, None)
+        else:
+            batch.drop(rows)
+
+    def _failed(self, works: list[_Work]) -> None:
+        """A forward of ``works``' rows failed (logged): each that has sent no text yet runs again alone (a seeded
+        row gives the same text), the others fail, so that one caller's request never fails another's."""
+        log.exception(f"generation of {len(works)} rows ({', '.join(sorted({w.resident.ref for w in works}))}) "
+                      "failed")
+        works = list({id(w): w for w in works}.values())
+        for work in works:
+            if work.future.done():
+                continue
+            if len(works) > 1 and not work.payload.said and not work.alone:
+                work.alone = True
+                self._joining.insert(0, work)
+            else:
+                work.future.set_exception(_generation_failed())
+
+    @staticmethod
+    def _left(left: list[Left]) -> None:
+        """Rows that left a batch: one whose consumer raised fails (logged); the others have their answers."""
+        for row in left:
+            if row.error is not None and not row.owner.future.done():
+                log.error(f"a consumer of {row.owner.resident.ref}'s row failed", exc_info=row.error)
+                row.owner.future.set_exception(_generation_failed())
+
+    def _busy(self) -> set[str]:
+        """The adapters of rows being decoded (under ``lock``): evicted only when nothing else can go."""
+        return {ref for batch in self._running.values() for ref in batch.refs}
 
     def _score_rows(self, bank: AdapterBank, works: list[_Work]) -> Exception | None:
         """Rows that score their prompts and generate nothing (``max_tokens`` 0): one forward of the batch, padded
@@ -850,6 +945,11 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
         if not future.done():
             future.set_result(Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
+
+
+def _generation_failed() -> GenerationFailed:
+    return GenerationFailed("This model server failed to generate this answer (its log says why); retry, or "
+                            "change the request.")
 
 
 def _ids(value: int | list[int] | None) -> list[int]:

@@ -385,10 +385,10 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_when_its_time_is_up() -> None:
 def test_text_is_decoded_a_few_tokens_at_a_time_and_never_shows_half_a_character(stops: tuple[str, ...]) -> None:
     """A byte-level BPE (GPT-2's kind, trained here on a few words) splits an emoji over several tokens: the
     streamed pieces never hold U+FFFD, add up to the answer, and the answer is the whole decode cut before the
-    first stop string (RowStops decodes only the last tokens at each step, not the whole row)."""
+    first stop string (RowState decodes only the last tokens at each step, not the whole row)."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from registry.serving.decode import RowSampler, RowStops
+    from registry.serving.decode import RowState
 
     tokenizer = ByteLevelBPETokenizer()
     tokenizer.train_from_iterator(["the cat sat on the mat", "a dog ran far", "héllo wörld ünïcode"] * 5,
@@ -400,9 +400,9 @@ def test_text_is_decoded_a_few_tokens_at_a_time_and_never_shows_half_a_character
     ended: dict[str, str] = {}
     row = Row([0], len(ids), stops=stops, on_text=pieces.append,
               on_end=lambda tokens, answer, reason: ended.update(text=answer, reason=reason))
-    rows = RowStops([row], start=1, eos={-1}, decode=tokenizer.decode, sampler=RowSampler([row], torch.device("cpu")))
-    for n in range(1, len(ids) + 1):
-        if rows(torch.tensor([[0, *ids[:n]]]), None).all():
+    state = RowState(row, torch.device("cpu"), eos={-1}, decode=tokenizer.decode)
+    for token in ids:
+        if state.advance(token):
             break
     cut = min((text.find(s) for s in stops), default=len(text))
     assert ended == {"text": text[:cut], "reason": "stop" if stops else "length"}

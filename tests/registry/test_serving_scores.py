@@ -227,21 +227,17 @@ def test_scoring_rows_share_the_batcher_with_plain_ones(served: dict[str, Any]) 
         assert (choice.logprobs is not None) == bool(k % 2)
 
 
-def test_scoring_rows_are_batched_within_the_logits_budget(served: dict[str, Any],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scoring row's prefill keeps rows x longest prompt x vocabulary logits: its batches stay within
-    SCORING_LOGITS (a row alone may exceed it), and plain rows never share a call with scoring ones."""
+def test_scoring_rows_are_prefilled_within_the_logits_budget(served: dict[str, Any]) -> None:
+    """A scoring row's prefill keeps rows x longest prompt x vocabulary logits: rows join in prefills that stay
+    within SCORING_LOGITS (a row alone may exceed it)."""
     from registry.serving import server as serving
     from registry.serving.decode import Row
 
-    monkeypatch.setattr(serving, "SCORING_LOGITS", 96 * 8 * 3)  # three rows of 8 tokens at this base's 96 ids
     server: serving.ModelServer = served["server"]
     works = [serving._Work("generate", None, Row([5] * 8, 2, score_prompt=True)) for _ in range(5)]  # type: ignore
-    works += [serving._Work("generate", None, Row([5] * 30, 2, score_prompt=True)),  # type: ignore
-              serving._Work("generate", None, Row([5] * 8, 2))]  # type: ignore
-    parts = server._fitting(works)
-    assert [[len(w.payload.prompt_ids) for w in part] for part in parts] == [[8], [8, 8, 8], [8, 8], [30]]
-    assert [[w.payload.score_prompt for w in part] for part in parts][0] == [False]
+    works += [serving._Work("generate", None, Row([5] * 30, 2, score_prompt=True))]  # type: ignore
+    parts = server._fitted(works, logits_budget=96 * 8 * 3)  # three rows of 8 tokens at this base's 96 ids
+    assert [[len(w.payload.prompt_ids) for w in part] for part in parts] == [[8, 8, 8], [8, 8], [30]]
 
 
 #: a multiple-choice task's documents: context, choices, the right one

@@ -34,17 +34,20 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, fragment + result.stderr[-3000:]
     assert fragment.startswith("## bench/gpu_check.sh, ") and "cpu (quick shapes)" in fragment.splitlines()[0]
     assert "Not every step passed" not in fragment and "FAILED" not in fragment and "TIMED OUT" not in fragment
-    headings = ("Set-up", "Device", "Projections", "CUDA tests", "Training step", "Mixed-adapter", "vera serve-model")
+    headings = ("Set-up", "Device", "Projections", "CUDA tests", "Training step", "Mixed-adapter",
+                "Continuous batching", "vera serve-model")
     for heading in headings:
         assert f"\n### {heading}" in fragment
     assert "--cpu: no GPU asked for; nvidia-smi not run" in fragment
     assert "**equal bit for bit**" in fragment and "the CPU against itself" in fragment
     assert "skipped on the CPU (needs a CUDA device)" in fragment  # what needs CUDA says so
     assert fragment.count("| peft-vera |") == 2 and fragment.count("| ours |") == 2  # both models, three contestants
-    assert fragment.count("**same**") == 3  # two training cases and the mixed batch agree with PEFT
+    assert fragment.count("**same**") == 4  # two training cases and the mixed batch agree with PEFT; rows that
+    assert "continuous batching on cpu: 4 rows" in fragment  # joined a running batch chose their adapter's tokens
     assert "`vera serve-model --device cpu`: a classify request for bench/gpu:1 answered" in fragment
     assert {p.name for p in tmp_path.glob("*.log")} >= {"device.log", "projection.log", "cuda-tests.log",
-                                                         "train.log", "mixed.log", "serve.log", "serve-model.log"}
+                                                         "train.log", "mixed.log", "decode.log", "serve.log",
+                                                         "serve-model.log"}
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,0 +1,198 @@
+"""Continuous batching for the model server's generation: rows join a running batch between its steps and leave
+it the moment they end, instead of waiting for the batch before them to finish.
+
+A ``RunningBatch`` decodes the rows of one ``AdapterBank`` (rows of many adapters, vera_core routes each row to its
+own), one token per row per ``step``. Rows that arrive meanwhile are prefilled (``join``: their prompts, left-padded
+among themselves, in one forward) and their key/value cache is merged into the batch's: caches are left-padded to a
+common length (the padding masked out) and stacked, so every row's tokens end at the batch's right edge and the next
+step feeds one token per row. A row that ends is dropped from the cache at once, and so are the columns no row
+still uses: the cache is never longer than its longest row. Positions are each row's own (its tokens counted, as
+transformers' ``generate`` counts them for a left-padded batch), so a row decodes as it would alone.
+
+Merging needs the cache's tensors: transformers' ``DynamicCache`` of full-attention layers. A model whose cache is
+another kind (sliding-window layers, recurrent state) still decodes here, but only rows that start together share a
+batch (``joinable`` False): the next rows wait for the batch to end, as with ``generate``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
+
+import torch
+
+from registry.serving.decode import Row, RowState, pick, score_prompt
+from vera_core import AdapterBank
+
+
+class Left(NamedTuple):
+    """A row that left the batch: its index then, its owner, and the exception its consumer raised (None: it
+    ended on its own terms and its ``on_end`` was called)."""
+
+    row: int
+    owner: Any
+    error: Exception | None = None
+
+
+class PrefillFailed(Exception):
+    """A joining rows' prefill failed (the exception is its cause): the running batch is as it was."""
+
+
+class RunningBatch:
+    """The rows of one bank being decoded (see the module's docstring): row i uses adapter ``refs[i]`` and belongs
+    to ``owners[i]`` (whatever the caller keeps per row: the server, its request)."""
+
+    def __init__(self, bank: AdapterBank, *, pad_id: int, eos: set[int], decode: Callable[[list[int]], str],
+                 device: torch.device) -> None:
+        self.bank, self.pad_id, self.eos, self.decode, self.device = bank, pad_id, eos, decode, device
+        self.model = cast(Any, bank.model.model)
+        self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.states: list[RowState]
+        self.refs: list[str]
+        self.owners: list[Any]
+        #: False once a prefill gave a cache that cannot be merged: then rows join only an empty batch
+        self.joinable = True
+        self._empty()
+
+    def _empty(self) -> None:
+        self.states, self.refs, self.owners = [], [], []
+        #: set by the caller for a row that must run alone: nothing joins until the batch is empty
+        self.sealed = False
+        self._cache: Any = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # rows x cache length: 1 real, 0 pad
+        self._next = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next token to feed
+        self._position = torch.zeros(0, dtype=torch.long, device=self.device)  # and its position in its row
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def length(self) -> int:
+        """The cache's length: the longest row's tokens so far."""
+        return int(self._mask.shape[1])
+
+    @property
+    def open(self) -> bool:
+        """Whether rows may join now."""
+        return not self.states or (self.joinable and not self.sealed)
+
+    def join(self, rows: Sequence[Row], refs: Sequence[str], owners: Sequence[Any]) -> list[Left]:
+        """Prefill ``rows`` (of adapters ``refs``) in one forward, score the prompts of rows that ask, take each
+        row's first token and merge the rows into the batch; the rows that this first token ended (``Left``).
+        ``PrefillFailed`` when the prefill fails (nothing changed); any other exception leaves the batch unusable."""
+        try:
+            states, tokens, cache, mask = self._prefill(rows, refs)
+        except Exception as exc:
+            raise PrefillFailed(str(exc)) from exc
+        first = len(self.states)
+        if first:
+            self._merge(cache, mask, tokens)
+        else:
+            self._cache, self._mask, self._next = cache, mask, tokens
+            self._position = mask.sum(-1)
+            self.joinable = _mergeable(cache)
+        self.states += states
+        self.refs += refs
+        self.owners += owners
+        return self._advance(range(first, len(self.states)), tokens)
+
+    def _prefill(self, rows: Sequence[Row], refs: Sequence[str]
+                 ) -> tuple[list[RowState], torch.Tensor, Any, torch.Tensor]:
+        longest = max(len(r.prompt_ids) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in rows],
+                           device=self.device)
+        mask = torch.tensor([[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+                            device=self.device)
+        keep = {"logits_to_keep": 0 if any(r.score_prompt for r in rows) else 1} if self._keep_arg else {}
+        with torch.no_grad(), self.bank.route(list(refs)):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                             **keep)
+            for i, row in enumerate(rows):
+                if row.score_prompt:  # left-padded: row i's prompt fills its last positions
+                    row.prompt_scores = score_prompt(out.logits[i, longest - len(row.prompt_ids):], row.prompt_ids,
+                                                     row.logprobs or 0)
+            states = [RowState(r, self.device, eos=self.eos, decode=self.decode) for r in rows]
+            tokens = pick(states, out.logits[:, -1])
+        return states, tokens, out.past_key_values, mask
+
+    def step(self) -> list[Left]:
+        """One token for every row (one forward of the batch); the rows that ended (``Left``)."""
+        mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        with torch.no_grad(), self.bank.route(self.refs):
+            out = self.model(input_ids=self._next[:, None], attention_mask=mask, position_ids=self._position[:, None],
+                             past_key_values=self._cache, use_cache=True)
+            tokens = pick(self.states, out.logits[:, -1])
+        self._cache, self._mask, self._next, self._position = out.past_key_values, mask, tokens, self._position + 1
+        return self._advance(range(len(self.states)), tokens)
+
+    def drop(self, rows: Sequence[int]) -> None:
+        """Take rows (indices) out of the batch, and the cache's columns no remaining row uses."""
+        gone = set(rows)
+        kept = [i for i in range(len(self.states)) if i not in gone]
+        if not kept:
+            self._empty()
+            return
+        index = torch.tensor(kept, dtype=torch.long, device=self.device)
+        self._cache.batch_select_indices(index)
+        self._mask, self._next, self._position = self._mask[index], self._next[index], self._position[index]
+        self.states = [self.states[i] for i in kept]
+        self.refs = [self.refs[i] for i in kept]
+        self.owners = [self.owners[i] for i in kept]
+        if self.joinable:
+            unused = int(self._mask.any(0).int().argmax())  # leading columns only padding now
+            if unused:
+                for layer in self._cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+                self._mask = self._mask[:, unused:]
+
+    def _advance(self, rows: range, tokens: torch.Tensor) -> list[Left]:
+        """Rows ``rows`` take their ``tokens`` (in that order); those that end leave, and so does a row whose
+        consumer raised (only that row fails: ``Left.error``)."""
+        left: list[Left] = []
+        for i, token in zip(rows, tokens.tolist(), strict=True):
+            try:
+                if self.states[i].advance(token):
+                    left.append(Left(i, self.owners[i]))
+            except Exception as exc:  # noqa: BLE001 - its caller's consumer: that row fails, not the batch
+                left.append(Left(i, self.owners[i], exc))
+        if left:
+            self.drop([x.row for x in left])
+        return left
+
+    def _merge(self, cache: Any, mask: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Stack rows (their ``cache``, ``mask`` and next ``tokens``) under the batch's, both left-padded to the
+        longer of the two."""
+        if not (self.joinable and _mergeable(cache)):
+            raise RuntimeError("rows joined a batch whose cache cannot be merged")
+        length = max(self.length, int(mask.shape[1]))
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad(old.keys, length), _pad(new.keys, length)])
+            old.values = torch.cat([_pad(old.values, length), _pad(new.values, length)])
+        self._mask = torch.cat([_pad_mask(self._mask, length), _pad_mask(mask, length)])
+        self._next = torch.cat([self._next, tokens])
+        self._position = torch.cat([self._position, mask.sum(-1)])
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its own row of a left-padded batch, as ``generate`` counts them (padding: 1)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def _pad(states: torch.Tensor, length: int) -> torch.Tensor:
+    """Keys or values (rows x heads x tokens x head size) left-padded with zeros to ``length`` tokens."""
+    return torch.nn.functional.pad(states, (0, 0, length - states.shape[-2], 0))
+
+
+def _pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))
+
+
+def _mergeable(cache: Any) -> bool:
+    """Whether ``cache`` is transformers' ``DynamicCache`` of full-attention layers (rows x heads x tokens x size
+    tensors, nothing else), whose rows can be padded and stacked."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers: list[Any] = list(getattr(cache, "layers", None) or [])
+    return isinstance(cache, DynamicCache) and bool(layers) and all(
+        type(layer) is DynamicLayer and isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)

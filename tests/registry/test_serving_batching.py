@@ -1,0 +1,188 @@
+"""Continuous batching (registry/serving/batching.py): rows join a running batch between its steps and leave it
+when they end, each decoding as it would alone; and the model server built on it answers a request that arrives
+while others decode without waiting for them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from registry.serving.batching import RunningBatch
+from registry.serving.decode import Row, Sampling
+from registry.serving.server import Evicted, ModelServer
+from tests.conftest import TINY_MODELS, TinyModel
+from tests.registry.adapters import make_model
+from vera_core import AdapterBank, save_adapter
+
+
+def _mistral() -> nn.Module:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM(MistralConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=40, sliding_window=4))
+
+
+MISTRAL = TinyModel("mistral-sliding", _mistral, ["q_proj", "v_proj"], "CAUSAL_LM")
+CPU = torch.device("cpu")
+
+
+def bank_of(tiny: TinyModel, folder: Path) -> AdapterBank:
+    """A bank on ``tiny``'s base with adapters ``a`` and ``b`` (one projection family, other vectors)."""
+    bank = AdapterBank(make_model(0, tiny))
+    for name, seed in (("a", 1), ("b", 2)):
+        bank.add(name, save_adapter(make_model(seed, tiny), folder / name))
+    return bank
+
+
+def alone(bank: AdapterBank, ref: str, prompt: list[int], new: int) -> list[int]:
+    """Greedy tokens of adapter ``ref`` by transformers' own generate, the row alone."""
+    model: Any = bank.model.model
+    with torch.no_grad(), bank.route([ref]):
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=new, do_sample=False, pad_token_id=1, eos_token_id=None)
+    return [int(t) for t in out[0, len(prompt):]]
+
+
+def batch_of(bank: AdapterBank) -> RunningBatch:
+    return RunningBatch(bank, pad_id=1, eos=set(), decode=lambda ids: " ".join(map(str, ids)), device=CPU)
+
+
+@pytest.mark.parametrize("tiny", [TINY_MODELS[1], TINY_MODELS[2]], ids=["gpt2", "llama"])
+def test_rows_that_join_mid_flight_decode_as_each_alone_and_the_cache_never_outgrows_its_longest_row(
+        tiny: TinyModel, tmp_path: Path) -> None:
+    """Rows of two adapters join a running batch at three moments, with prompts of other lengths (so both the
+    batch's cache and theirs are padded to merge) and other budgets (so they leave at other steps): every greedy
+    row's tokens equal generate's of its adapter alone (GPT-2's learned positions and Llama's rotary ones count
+    from each row's own start), and after every step the cache is as long as the longest row it holds, no more."""
+    bank = bank_of(tiny, tmp_path)
+    batch = batch_of(bank)
+    answers: dict[int, list[int]] = {}
+    plan = {0: [([5, 6, 7], "a", 9)], 2: [([8, 9, 10, 11, 12, 13, 14], "b", 4), ([4], "a", 12)],
+            5: [([20, 21], "b", 6), ([30, 31, 32, 33, 34], "a", 3)]}
+    rows: list[tuple[list[int], str, int]] = []
+    for step in range(40):
+        for prompt, ref, new in plan.get(step, []):
+            i = len(rows)
+            rows.append((prompt, ref, new))
+            row = Row(prompt, new, on_end=lambda tokens, text, reason, i=i: answers.__setitem__(i, tokens))
+            batch.join([row], [ref], [i])
+        if not batch:
+            break
+        assert batch.length == max(len(s.row.prompt_ids) + len(s.tokens) - 1 for s in batch.states)
+        batch.step()
+    assert not batch and sorted(answers) == list(range(len(rows)))
+    assert batch.joinable  # GPT-2's and Llama's caches merge
+    for i, (prompt, ref, new) in enumerate(rows):
+        assert answers[i] == alone(bank, ref, prompt, new), (i, ref)
+
+
+def test_a_seeded_row_draws_the_same_tokens_whenever_it_joins(tmp_path: Path) -> None:
+    """A sampled row with a seed gives the same tokens alone and joining a crowded batch mid-flight (it draws once
+    per token from its own generator, whatever else is in the batch)."""
+    bank = bank_of(TINY_MODELS[2], tmp_path)
+    sampling = Sampling(temperature=1.3, top_k=20, top_p=0.9, seed=7)
+
+    def seeded(batch: RunningBatch, before: int) -> list[int]:
+        got: list[list[int]] = []
+        for step in range(before):
+            batch.join([Row([7 + step, 8], 20, sampling=Sampling(temperature=1.0, seed=step))], ["b"], [step])
+            batch.step()
+        batch.join([Row([5, 6, 7], 10, sampling=sampling, on_end=lambda t, *_: got.append(t))], ["a"], ["it"])
+        while not got:
+            batch.step()
+        return got[0]
+
+    assert seeded(batch_of(bank), 0) == seeded(batch_of(bank), 4)
+
+
+def test_a_cache_that_cannot_merge_decodes_its_rows_and_takes_no_more_until_it_is_empty(tmp_path: Path) -> None:
+    """A sliding-window model's cache (transformers' DynamicSlidingWindowLayer) cannot be padded and stacked: its
+    batch decodes the rows that started together (as generate would) and is closed to others until it is empty;
+    then it takes rows again."""
+    bank = bank_of(MISTRAL, tmp_path)
+    batch = batch_of(bank)
+    answers: dict[int, list[int]] = {}
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12]]
+    batch.join([Row(p, 8, on_end=lambda t, *_, i=i: answers.__setitem__(i, t)) for i, p in enumerate(prompts)],
+               ["a", "b"], [0, 1])
+    assert not batch.joinable and not batch.open
+    while batch:
+        batch.step()
+    assert batch.open
+    assert answers == {0: alone(bank, "a", prompts[0], 8), 1: alone(bank, "b", prompts[1], 8)}
+
+
+def test_a_consumer_that_raises_fails_its_own_row_only(tmp_path: Path) -> None:
+    """A row whose consumer raises leaves the batch with that error; the others decode on, as alone."""
+    bank = bank_of(TINY_MODELS[2], tmp_path)
+    batch = batch_of(bank)
+    answers: dict[int, list[int]] = {}
+
+    def breaks(text: str) -> None:
+        raise RuntimeError("the consumer broke")
+
+    left = batch.join([Row([5, 6], 6, on_end=lambda t, *_: answers.__setitem__(0, t)),
+                       Row([7, 8], 6, on_text=breaks)], ["a", "b"], [0, 1])  # it raises at its first token
+    while batch:
+        left += batch.step()
+    assert [(x.owner, str(x.error)) for x in left] == [(1, "the consumer broke"), (0, "None")]
+    assert answers == {0: alone(bank, "a", [5, 6], 6)}
+
+
+def test_a_request_that_arrives_while_another_decodes_is_answered_before_that_one_ends(
+        served: dict[str, Any]) -> None:
+    """Continuous batching in the server: a short request sent while a long one decodes joins it at the next step
+    and is answered long before the long one ends (a batch at a time, it waited for all of it), each with its
+    adapter's text alone. The long row's consumer is slow on purpose (30 ms a piece), so that it decodes for
+    about a second."""
+    server: ModelServer = served["server"]
+    long_row_ids = server.prompt_ids("the cat sits on the mat")
+    started, ended = threading.Event(), []
+
+    def slowly(text: str) -> None:
+        started.set()
+        time.sleep(0.03)
+
+    long_row = Row(long_row_ids, 30, on_text=slowly, on_end=lambda *_: ended.append("long"))
+    short_row = Row(server.prompt_ids("a dog"), 3, on_end=lambda *_: ended.append("short"))
+    long_future = server.start(server.generator_for("alice/gen0", served["writer"]), [long_row])[0]
+    assert started.wait(30)
+    short_future = server.start(server.generator_for("alice/gen1", served["writer"]), [short_row])[0]
+    short = short_future.result(timeout=30)
+    assert not long_future.done()
+    long = long_future.result(timeout=60)
+    assert ended == ["short", "long"] and long.finish_reason == "length" and len(long.tokens) == 30
+    want_long = server.wait(server.start(server.generator_for("alice/gen0", served["writer"]),
+                                         [Row(long_row_ids, 30)]))[0]
+    want_short = server.wait(server.start(server.generator_for("alice/gen1", served["writer"]),
+                                          [Row(short_row.prompt_ids, 3)]))[0]
+    assert (long.tokens, short.tokens) == (want_long.tokens, want_short.tokens)
+
+
+def test_an_adapter_evicted_while_its_row_decodes_fails_that_row_only(served: dict[str, Any]) -> None:
+    """Evicting an adapter between two steps of a batch: its row fails saying to send it again; the other
+    adapter's row decodes on to the text it has alone."""
+    server: ModelServer = served["server"]
+    started = threading.Event()
+
+    def slowly(text: str) -> None:
+        started.set()
+        time.sleep(0.03)
+
+    victim = server.generator_for("alice/gen1", served["writer"])  # gen0's family: one batch
+    keeper = server.generator_for("alice/gen0", served["writer"])
+    doomed = server.start(victim, [Row(server.prompt_ids("the cat"), 30, on_text=slowly)])[0]
+    kept = server.start(keeper, [Row(server.prompt_ids("a dog runs"), 12)])[0]
+    assert started.wait(30)
+    server.evict(victim.ref)
+    with pytest.raises(Evicted, match="evicted meanwhile; send it again"):
+        doomed.result(timeout=30)
+    want = server.wait(server.start(keeper, [Row(server.prompt_ids("a dog runs"), 12)]))[0]
+    assert kept.result(timeout=30).tokens == want.tokens
