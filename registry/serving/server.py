@@ -675,15 +675,22 @@ class ModelServer:
                 arrived = None if first is None else self._window(first)
             if arrived is None:  # closed
                 break
-            self._sort(arrived)
-            self._admit()
-            self._step_all()
+            try:
+                self._sort(arrived)
+                self._admit()
+                self._step_all()
+            except Exception:  # noqa: BLE001 - a bug of ours: the rows in flight fail, the batcher lives on
+                log.exception("the batcher failed; the rows it held fail")
+                self._drop_all(_generation_failed())
             time.sleep(0)  # let a thread waiting for ``lock`` (a load, an eviction) take it between steps
-        stopped = Busy("This model server stopped before answering; retry.")
+        self._drop_all(Busy("This model server stopped before answering; retry."))
+
+    def _drop_all(self, error: RegistryError) -> None:
+        """Every row running or waiting to join fails with ``error``."""
         with self.lock:
             for work in [w for batch in self._running.values() for w in batch.owners] + self._joining:
                 if not work.future.done():
-                    work.future.set_exception(stopped)
+                    work.future.set_exception(error)
             self._running.clear()
             self._joining.clear()
 

@@ -186,3 +186,28 @@ def test_an_adapter_evicted_while_its_row_decodes_fails_that_row_only(served: di
         doomed.result(timeout=30)
     want = server.wait(server.start(keeper, [Row(server.prompt_ids("a dog runs"), 12)]))[0]
     assert kept.result(timeout=30).tokens == want.tokens
+
+
+def test_a_bug_in_the_batcher_fails_the_rows_it_held_and_the_batcher_lives_on(served: dict[str, Any],
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A safety net: an exception the batcher did not expect (here put into its step) fails the rows it held with
+    the generic 500, and the next request is answered (a dead batcher thread would leave every request hanging)."""
+    from registry.serving.server import GenerationFailed
+
+    server: ModelServer = served["server"]
+    resident = server.generator_for("alice/gen0", served["writer"])
+    real, calls = server._step_all, []
+
+    def broken_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        real()
+
+    monkeypatch.setattr(server, "_step_all", broken_once)
+    first = server.start(resident, [Row(server.prompt_ids("the cat"), 4)])[0]
+    with pytest.raises(GenerationFailed, match="failed to generate this answer"):
+        first.result(timeout=30)
+    again = server.wait(server.start(resident, [Row(server.prompt_ids("the cat"), 4)]))[0]
+    want = server.wait(server.start(resident, [Row(server.prompt_ids("the cat"), 4)]))[0]
+    assert again.tokens == want.tokens and len(calls) > 1
