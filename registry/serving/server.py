@@ -261,7 +261,7 @@ class ModelServer:
         # half of the queue for any one caller: room is always left for the others
         self._queue = _Waiting(max_queue, per_caller=max(1, max_queue // 2))
         # the batcher's: each bank's rows being decoded, and generation rows taken from the queue that have not
-        # joined yet (at most max_batch); changed under ``lock`` only
+        # joined yet (at most max_batch x max_banks); changed under ``lock`` only
         self._running: dict[BankKey, RunningBatch] = {}
         self._joining: list[_Work] = []
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
@@ -707,10 +707,11 @@ class ModelServer:
         return batch
 
     def _arrivals(self, *, block: bool) -> list[_Work] | None:
-        """What waits now (callers in turn), while fewer than max_batch generation rows wait to join; None once
-        the server closed. The rest stays in the queue, whose limits (``max_queue``, a caller's share) hold."""
+        """What waits now (callers in turn), while fewer than max_batch x max_banks rows wait to join (a full
+        batch's waiting rows never keep another family's rows in the queue); None once the server closed. The rest
+        stays in the queue, whose limits (``max_queue``, a caller's share) hold."""
         arrived: list[_Work] = []
-        while len(self._joining) + len(arrived) < self.max_batch:
+        while len(self._joining) + len(arrived) < self.max_batch * self.max_banks:
             item = self._queue.get(timeout=0.05 if block and not arrived else 0)
             if item is None:
                 break

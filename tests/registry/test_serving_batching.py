@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from registry.client import RegistryClient
 from registry.serving.batching import RunningBatch
 from registry.serving.decode import Row, Sampling
 from registry.serving.server import Evicted, ModelServer
@@ -211,3 +212,26 @@ def test_a_bug_in_the_batcher_fails_the_rows_it_held_and_the_batcher_lives_on(se
     again = server.wait(server.start(resident, [Row(server.prompt_ids("the cat"), 4)]))[0]
     want = server.wait(server.start(resident, [Row(server.prompt_ids("the cat"), 4)]))[0]
     assert again.tokens == want.tokens and len(calls) > 1
+
+
+def test_a_full_batch_of_one_family_never_keeps_another_familys_request_waiting(served: dict[str, Any]) -> None:
+    """With a family's batch full (max_batch rows) and more of its rows waiting to join, a request for an adapter
+    of another family is taken from the queue at once and decodes in its own batch, the batches stepping in turn:
+    it is answered before any of the full family's rows."""
+    server = ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_batch=2,
+                         batch_window_s=0.05, client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    try:
+        busy = server.generator_for("alice/gen0", served["writer"])
+        other = server.generator_for("alice/secret", served["writer"])  # another projection family: its own bank
+        assert other.bank != busy.bank
+        finished: list[str] = []
+        flood = server.start(busy, [Row(server.prompt_ids("the cat"), 30) for _ in range(6)], "mallory")
+        time.sleep(0.1)
+        mine = server.start(other, [Row(server.prompt_ids("a dog"), 3)], "alice")
+        for name, futures in (("mallory", flood), ("alice", mine)):
+            for future in futures:
+                future.add_done_callback(lambda _, name=name: finished.append(name))
+        server.wait([*flood, *mine])
+        assert finished[0] == "alice", finished
+    finally:
+        server.close()
