@@ -108,12 +108,14 @@ def serve_model(
     max_resident: Annotated[int, typer.Option(help="Adapters kept loaded (least recently used go first; pinned "
                                               "never).")] = 10_000,
     max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
-    max_batch: Annotated[int, typer.Option(help="Rows per forward.")] = 64,
+    max_batch: Annotated[int, typer.Option(help="Rows per forward: texts classified at once, and generation rows "
+                                           "decoded together per projection family (continuous batching).")] = 64,
     max_queue: Annotated[int, typer.Option(help="Requests (rows) waiting at most; beyond, a 503 to retry.")] = 1024,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     registry: RegistryUrl = None, log_level: LogLevel = None,
 ) -> None:
-    """Serve many registry adapters on one base model: hot-loaded on first use, batched together; its own API
+    """Serve many registry adapters on one base model: hot-loaded on first use, batched together (generation
+    continuously: a request joins the rows decoding at their next token); its own API
     (/v1/classify, /v1/generate) and OpenAI's (/v1/completions, /v1/chat/completions, /v1/models), where `model`
     names the adapter."""
     import uvicorn
