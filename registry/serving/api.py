@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from registry.api.gate import BodyLimit
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
@@ -17,7 +18,7 @@ from registry.logs import AccessLog
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Sampling
 from registry.serving.openai import MAX_TOKENS
 from registry.serving.openai import router as openai_router
-from registry.serving.server import ModelServer, caller_token, serving_status
+from registry.serving.server import ModelServer, caller_token, generated, serving_status
 
 #: The largest request body: a classification of 256 texts of 20,000 characters, or a chat of 100,000 characters,
 #: with room for JSON's escapes.
@@ -75,16 +76,23 @@ async def health(server: Server) -> dict[str, Any]:  # on the event loop: answer
     return {"status": "ok", "base_model": server.base_name, "task": server.task}
 
 
+# classify and generate wait on the event loop (ModelServer.gather), not in a thread each: what blocks (resolving
+# the adapter, loading it, tokenizing) runs in the thread pool first
+
 @router.post("/v1/classify")
-def classify(server: Server, body: ClassifyBody, authorization: Auth = None) -> dict[str, Any]:
-    return server.classify(body.adapter, body.inputs, token=caller_token(authorization))
+async def classify(server: Server, body: ClassifyBody, authorization: Auth = None) -> dict[str, Any]:
+    future = await run_in_threadpool(server.start_classify, body.adapter, body.inputs, caller_token(authorization))
+    result: dict[str, Any] = (await server.gather([future]))[0]
+    return result
 
 
 @router.post("/v1/generate")
-def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> dict[str, Any]:
-    return server.generate(body.adapter, body.prompt, max_new_tokens=body.max_new_tokens,
-                           token=caller_token(authorization), stops=body.stop,
-                           sampling=Sampling(body.temperature, body.top_p, body.top_k, body.seed))
+async def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> dict[str, Any]:
+    resident, future = await run_in_threadpool(
+        lambda: server.start_generate(body.adapter, body.prompt, max_new_tokens=body.max_new_tokens,
+                                      token=caller_token(authorization), stops=body.stop,
+                                      sampling=Sampling(body.temperature, body.top_p, body.top_k, body.seed)))
+    return generated(resident, (await server.gather([future]))[0])
 
 
 @router.get("/v1/adapters")

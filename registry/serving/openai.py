@@ -17,13 +17,13 @@ vLLM's ``/tokenize``, ``/detokenize`` and ``/tokenizer_info`` give the base mode
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
-import queue
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -41,6 +41,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a body that does not parse raises this
 
 from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
@@ -371,9 +372,26 @@ def models(server: Server, authorization: Auth = None) -> dict[str, Any]:
         for r in server.listing(caller_token(authorization))]}
 
 
+# completions wait on the event loop (ModelServer.gather, an asyncio queue for a stream), not in a thread each: what
+# blocks (resolving and loading the adapter, tokenizing, a chat template, reading log-probabilities' texts) runs in
+# the thread pool
+
 @router.post("/v1/completions", response_model=None)
-def completions(server: Server, body: CompletionBody, authorization: Auth = None) -> dict[str, Any] | Response:
+async def completions(server: Server, body: CompletionBody, authorization: Auth = None) -> dict[str, Any] | Response:
     token = caller_token(authorization)
+    resident, rows, reply, choice, echoed = await run_in_threadpool(_completion, server, body, token)
+    if body.stream:
+        return reply.stream(server, rows, body, token, choice,
+                            first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
+    done = await server.gather(server.start(resident, rows, token))
+    return await run_in_threadpool(
+        lambda: reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)], done))
+
+
+def _completion(server: ModelServer, body: CompletionBody, token: str | None) -> tuple[
+        Resident, list[Row], _Reply, Callable[[int, str, Generated | None], dict[str, Any]], list[str]]:
+    """A completion's rows, checked, and how its choices read: its resident, rows, reply, ``choice(k, text,
+    ended)`` and each prompt's echo."""
     resident = server.generator_for(body.model, token)
     prompts = body.prompts
     if len(prompts) * body.n > MAX_CHOICES:
@@ -398,16 +416,28 @@ def completions(server: Server, body: CompletionBody, authorization: Auth = None
         return {"index": k, "text": text, "logprobs": None if parts is None else _completion_logprobs(server, parts),
                 "finish_reason": None if ended is None else ended.finish_reason}
 
-    if body.stream:
-        return reply.stream(server, rows, body, token, choice,
-                            first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
-    done = server.wait(server.start(resident, rows, token))
-    return reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)], done)
+    return resident, rows, reply, choice, echoed
 
 
 @router.post("/v1/chat/completions", response_model=None)
-def chat_completions(server: Server, body: ChatBody, authorization: Auth = None) -> dict[str, Any] | Response:
+async def chat_completions(server: Server, body: ChatBody, authorization: Auth = None) -> dict[str, Any] | Response:
     token = caller_token(authorization)
+    resident, rows, reply, logprobs = await run_in_threadpool(_chat, server, body, token)
+    if body.stream:
+        return reply.stream(server, rows, body, token, lambda k, delta, ended: {
+            "index": k, "delta": {"content": delta} if delta else {}, "logprobs": logprobs(ended),
+            "finish_reason": None if ended is None else ended.finish_reason},
+            first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None})
+    done = await server.gather(server.start(resident, rows, token))
+    return await run_in_threadpool(lambda: reply.body(
+        [{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
+          "finish_reason": g.finish_reason} for k, g in enumerate(done)], done))
+
+
+def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
+        Resident, list[Row], _Reply, Callable[[Generated | None], dict[str, Any] | None]]:
+    """A chat's rows, checked: its resident, rows, reply and how a choice's log-probabilities read."""
     resident = server.generator_for(body.model, token)
     if body.n > MAX_CHOICES:
         raise InvalidInput(f"n is at most {MAX_CHOICES}.")
@@ -426,15 +456,7 @@ def chat_completions(server: Server, body: ChatBody, authorization: Auth = None)
     def logprobs(ended: Generated | None) -> dict[str, Any] | None:
         return None if ended is None or ended.scores is None else _chat_logprobs(server, ended.scores)
 
-    if body.stream:
-        return reply.stream(server, rows, body, token, lambda k, delta, ended: {
-            "index": k, "delta": {"content": delta} if delta else {}, "logprobs": logprobs(ended),
-            "finish_reason": None if ended is None else ended.finish_reason},
-            first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None})
-    done = server.wait(server.start(resident, rows, token))
-    return reply.body([{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
-                        "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)
+    return resident, rows, reply, logprobs
 
 
 def _check_entries(tokens: int, top: int) -> None:
@@ -580,21 +602,23 @@ class _Reply:
         """Server-sent events: each choice's text as it is decided, its finish_reason (and its log-probabilities,
         all at once, when asked for) as soon as it ends, usage
         last when ``stream_options.include_usage``, then ``[DONE]``; an error after the first event is an event
-        with OpenAI's error object. A client that goes away ends its rows at their next token."""
-        events: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        with OpenAI's error object. A client that goes away ends its rows at their next token. Called on the event
+        loop: the batcher's thread hands each row's text to it (``call_soon_threadsafe``), and no thread waits."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
         for k, row in enumerate(rows):
-            row.on_text = _teller(events, k)
+            row.on_text = _teller(loop, events, k)
         futures = server.start(self.resident, rows, caller)
         for k, future in enumerate(futures):
-            future.add_done_callback(_ender(events, k))
+            future.add_done_callback(_ender(loop, events, k))
         with_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(self._events(server, rows, futures, events, chunk, first, with_usage=with_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    def _events(self, server: ModelServer, rows: list[Row], futures: list[Future[Generated]],
-                events: queue.Queue[tuple[int, str | None]],
-                chunk: Callable[[int, str, Generated | None], dict[str, Any]],
-                first: Callable[[int], dict[str, Any] | None], *, with_usage: bool) -> Iterator[str]:
+    async def _events(self, server: ModelServer, rows: list[Row], futures: list[Future[Generated]],
+                      events: asyncio.Queue[tuple[int, str | None]],
+                      chunk: Callable[[int, str, Generated | None], dict[str, Any]],
+                      first: Callable[[int], dict[str, Any] | None], *, with_usage: bool) -> AsyncIterator[str]:
         deadline = time.monotonic() + server.timeout_s
         try:
             openings = [c for c in map(first, range(len(rows))) if c is not None]
@@ -603,13 +627,14 @@ class _Reply:
             done: dict[int, Generated] = {}
             while len(done) < len(rows):
                 try:
-                    k, delta = events.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
+                    k, delta = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
                     raise Busy(f"This model server did not finish within {server.timeout_s:.0f} s; retry "
                                "later.") from None
                 if delta is None:
                     done[k] = futures[k].result()
-                    yield self._event([chunk(k, "", done[k])])
+                    # a choice's last chunk carries its log-probabilities: their texts are read in the thread pool
+                    yield self._event([await run_in_threadpool(chunk, k, "", done[k])])
                 else:
                     yield self._event([chunk(k, delta, None)])
             if with_usage:
@@ -627,11 +652,17 @@ class _Reply:
                 row.cancelled = True
 
 
-def _teller(events: queue.Queue[tuple[int, str | None]], k: int) -> Callable[[str], None]:
-    """Row ``k``'s ``on_text``: its new text onto ``events``."""
-    return lambda delta: events.put((k, delta))
+def _teller(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[tuple[int, str | None]], k: int
+            ) -> Callable[[str], None]:
+    """Row ``k``'s ``on_text`` (called in the batcher's thread): its new text onto ``events``, on ``loop``."""
+    def tell(delta: str) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, (k, delta))
+    return tell
 
 
-def _ender(events: queue.Queue[tuple[int, str | None]], k: int) -> Callable[[Future[Generated]], None]:
-    """Row ``k``'s future's done-callback: its end (answer or failure) onto ``events``."""
-    return lambda _: events.put((k, None))
+def _ender(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[tuple[int, str | None]], k: int
+           ) -> Callable[[Future[Generated]], None]:
+    """Row ``k``'s future's done-callback: its end (answer or failure) onto ``events``, on ``loop``."""
+    def end(_: Future[Generated]) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, (k, None))
+    return end

@@ -10,6 +10,7 @@ name is resolved through the registry with the caller's token (so the caller nee
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import threading
@@ -515,20 +516,32 @@ class ModelServer:
 
     # ---- requests ----------------------------------------------------------------------------------------------
     def classify(self, name: str, texts: Sequence[str], token: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.wait([self.start_classify(name, texts, token)])[0]
+        return result
+
+    def start_classify(self, name: str, texts: Sequence[str], token: str | None = None) -> Future[dict[str, Any]]:
+        """Queue ``texts`` for adapter ``name`` (loaded first if need be); the future holds the answer."""
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
-        resident = self.activate(name, token)
-        return self._submit(_Work("classify", resident, list(texts)), token)
+        work = _Work("classify", self.activate(name, token), list(texts))
+        self._queue.put(token or "", [work])
+        return work.future
 
     def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
                  sampling: Sampling | None = None, stops: Sequence[str] = ()) -> dict[str, Any]:
         """``prompt`` continued by adapter ``name``: greedy unless ``sampling`` says otherwise, up to
         ``max_new_tokens``, the end-of-sequence token or one of ``stops``."""
+        resident, future = self.start_generate(name, prompt, max_new_tokens=max_new_tokens, token=token,
+                                               sampling=sampling, stops=stops)
+        return generated(resident, self.wait([future])[0])
+
+    def start_generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
+                       sampling: Sampling | None = None, stops: Sequence[str] = ()
+                       ) -> tuple[Resident, Future[Generated]]:
+        """``generate``'s row queued: the adapter's resident and the row's future."""
         resident = self.generator_for(name, token)
         row = Row(self.prompt_ids(prompt, max_new_tokens), max_new_tokens, sampling or Sampling(), tuple(stops))
-        done = self.wait(self.start(resident, [row], token))[0]
-        return {"adapter": resident.ref, "tokens": done.tokens, "text": done.text,
-                "finish_reason": done.finish_reason}
+        return resident, self.start(resident, [row], token)[0]
 
     def generator_for(self, name: str, token: str | None) -> Resident:
         """The resident adapter ``name`` means, on a server that generates (the caller must be able to read it)."""
@@ -657,10 +670,14 @@ class ModelServer:
             raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting work); "
                        "retry later.") from None
 
-    def _submit(self, work: _Work, caller: str | None) -> dict[str, Any]:
-        self._queue.put(caller or "", [work])
-        result: dict[str, Any] = self.wait([work.future])[0]
-        return result
+    async def gather(self, futures: Sequence[Future[Any]]) -> list[Any]:
+        """``wait`` for the event loop: the results of ``futures`` awaited, no thread held meanwhile (a thread per
+        waiting request capped the requests in flight at the thread pool's 40)."""
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), self.timeout_s))
+        except TimeoutError:
+            raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting work); "
+                       "retry later.") from None
 
     def _run(self) -> None:
         """The batcher. Classification, and prompts scored without generating, run as they arrive; generation rows
@@ -941,6 +958,11 @@ class ModelServer:
 
     def _decode(self, tokens: list[int]) -> str:
         return self.decode_ids(tokens, special_tokens=False)
+
+
+def generated(resident: Resident, done: Generated) -> dict[str, Any]:
+    """``/v1/generate``'s answer."""
+    return {"adapter": resident.ref, "tokens": done.tokens, "text": done.text, "finish_reason": done.finish_reason}
 
 
 def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, FinishReason], None]:

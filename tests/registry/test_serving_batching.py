@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,46 @@ def test_a_full_batch_of_one_family_never_keeps_another_familys_request_waiting(
         assert finished[0] == "alice", finished
     finally:
         server.close()
+
+
+def test_more_requests_than_the_thread_pool_has_threads_decode_at_once(served: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """60 completion requests at once over HTTP (OpenAI's route) all decode in one batch: requests wait on the
+    event loop. Before, each waiting request held one of the thread pool's 40 threads, so no more than 40 were
+    ever in flight whatever --max-batch allowed (this test saw 40 then)."""
+    import httpx
+
+    from registry.serving.api import create_serving_app
+    from tests.registry.servers import in_thread
+    from tests.registry.tiny_lm import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", positions=1024)  # room for long rows: they overlap in time
+    server = ModelServer(str(base), task="causal-lm", base_name="tiny-lm", batch_window_s=0.05,
+                         client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    widest, watching = [0], threading.Event()
+
+    def watch() -> None:
+        while not watching.is_set():
+            widest[0] = max([widest[0], *(len(batch) for batch in list(server._running.values()))])
+            time.sleep(0.001)
+
+    try:
+        with in_thread(create_serving_app(server), "the model server") as url:
+            server.generator_for("alice/gen0", served["writer"])
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+
+            def ask(i: int) -> tuple[int, Any]:
+                body = {"model": "alice/gen0", "prompt": "the cat", "max_tokens": 400, "temperature": 0}
+                answer = httpx.post(f"{url}/v1/completions", json=body, timeout=120,
+                                    headers={"Authorization": f"Bearer {served['writer']}"})
+                return answer.status_code, answer.json()["choices"][0]["text"]
+
+            with ThreadPoolExecutor(60) as pool:
+                answers = list(pool.map(ask, range(60)))
+            watching.set()
+            watcher.join()
+    finally:
+        server.close()
+    assert {status for status, _ in answers} == {200} and len({text for _, text in answers}) == 1
+    assert widest[0] > 40, widest

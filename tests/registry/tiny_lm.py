@@ -15,8 +15,9 @@ WORDS = ["the", "a", "cat", "dog", "runs", "far", "sits", "on", "mat", "and", "r
          "house", "tree", "sun", "moon", "eats", "sleeps", "jumps", "over", "under", "near", "fast", "slow", "green"]
 
 
-def save_tiny_llama(directory: Path) -> Path:
-    """TINY_MODELS' Llama (vocabulary 96) with a word-level tokenizer over WORDS, saved like any HF model."""
+def save_tiny_llama(directory: Path, *, positions: int = 40) -> Path:
+    """TINY_MODELS' Llama (vocabulary 96) with a word-level tokenizer over WORDS, saved like any HF model; its
+    context ``positions`` tokens (rotary positions: the weights are the same whatever it is)."""
     vocab = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
     vocab.update({f"w{i}": i for i in range(len(vocab), 96)})  # the rest of the model's 96 ids, as words
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
@@ -25,6 +26,7 @@ def save_tiny_llama(directory: Path) -> Path:
                                    eos_token="[EOS]")
     model = TINY_MODELS[2].make(seed=3)
     model.config.pad_token_id, model.config.eos_token_id = 1, 2
+    model.config.max_position_embeddings = positions
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
