@@ -87,12 +87,13 @@ async def classify(server: Server, body: ClassifyBody, authorization: Auth = Non
 
 
 @router.post("/v1/generate")
-async def generate(server: Server, body: GenerateBody, authorization: Auth = None) -> dict[str, Any]:
-    resident, future = await run_in_threadpool(
+async def generate(server: Server, body: GenerateBody, request: Request, authorization: Auth = None
+                   ) -> dict[str, Any]:
+    resident, row, future = await run_in_threadpool(
         lambda: server.start_generate(body.adapter, body.prompt, max_new_tokens=body.max_new_tokens,
                                       token=caller_token(authorization), stops=body.stop,
                                       sampling=Sampling(body.temperature, body.top_p, body.top_k, body.seed)))
-    return generated(resident, (await server.gather([future]))[0])
+    return generated(resident, (await server.gather([future], [row], request.is_disconnected))[0])
 
 
 @router.get("/v1/adapters")

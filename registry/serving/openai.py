@@ -377,13 +377,14 @@ def models(server: Server, authorization: Auth = None) -> dict[str, Any]:
 # the thread pool
 
 @router.post("/v1/completions", response_model=None)
-async def completions(server: Server, body: CompletionBody, authorization: Auth = None) -> dict[str, Any] | Response:
+async def completions(server: Server, body: CompletionBody, request: Request, authorization: Auth = None
+                      ) -> dict[str, Any] | Response:
     token = caller_token(authorization)
     resident, rows, reply, choice, echoed = await run_in_threadpool(_completion, server, body, token)
     if body.stream:
         return reply.stream(server, rows, body, token, choice,
                             first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
-    done = await server.gather(server.start(resident, rows, token))
+    done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
     return await run_in_threadpool(
         lambda: reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)], done))
 
@@ -420,7 +421,8 @@ def _completion(server: ModelServer, body: CompletionBody, token: str | None) ->
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(server: Server, body: ChatBody, authorization: Auth = None) -> dict[str, Any] | Response:
+async def chat_completions(server: Server, body: ChatBody, request: Request, authorization: Auth = None
+                           ) -> dict[str, Any] | Response:
     token = caller_token(authorization)
     resident, rows, reply, logprobs = await run_in_threadpool(_chat, server, body, token)
     if body.stream:
@@ -429,7 +431,7 @@ async def chat_completions(server: Server, body: ChatBody, authorization: Auth =
             "finish_reason": None if ended is None else ended.finish_reason},
             first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None})
-    done = await server.gather(server.start(resident, rows, token))
+    done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
     return await run_in_threadpool(lambda: reply.body(
         [{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
           "finish_reason": g.finish_reason} for k, g in enumerate(done)], done))

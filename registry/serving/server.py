@@ -15,8 +15,8 @@ import logging
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -60,6 +60,8 @@ log = logging.getLogger("vera.serving")
 SCORING_LOGITS, SCORING_ROW_LOGITS = 2**28, 2**30
 #: A token's text in a log-probability answer is read with this many tokens before it (token_pieces).
 PIECE_CONTEXT = 4
+#: How often a request waiting for its answer asks whether its client is still there (ModelServer.gather).
+GONE_POLL_S = 0.2
 
 
 class GenerationFailed(RegistryError):
@@ -194,12 +196,19 @@ class _Waiting:
             self._count += len(works)
             self._ready.notify()
 
-    def get(self, timeout: float | None = None) -> _Work | None:
-        """The next caller's oldest row; None once closed, or when ``timeout`` passes with nothing waiting."""
+    def get(self, timeout: float | None = None, *, taking: Callable[[_Work], bool] | None = None) -> _Work | None:
+        """The next caller's oldest row; None once closed, or when ``timeout`` passes with nothing waiting. With
+        ``taking``, the next caller whose oldest row it takes (the others keep their turn and their rows), or None
+        when it takes none of those waiting."""
         with self._ready:
             if not self._ready.wait_for(lambda: self._count > 0 or self._closed, timeout=timeout) or self._closed:
                 return None
-            caller = self._turns.popleft()
+            turn = next((i for i, caller in enumerate(self._turns) if taking is None or taking(self._by[caller][0])),
+                        None)
+            if turn is None:
+                return None
+            caller = self._turns[turn]
+            del self._turns[turn]
             rows = self._by[caller]
             work = rows.popleft()
             self._count -= 1
@@ -262,7 +271,7 @@ class ModelServer:
         # half of the queue for any one caller: room is always left for the others
         self._queue = _Waiting(max_queue, per_caller=max(1, max_queue // 2))
         # the batcher's: each bank's rows being decoded, and generation rows taken from the queue that have not
-        # joined yet (at most max_batch x max_banks); changed under ``lock`` only
+        # joined yet (at most max_batch per family); changed under ``lock`` only
         self._running: dict[BankKey, RunningBatch] = {}
         self._joining: list[_Work] = []
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
@@ -417,8 +426,12 @@ class ModelServer:
             raise Conflict(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads "
                            f"differ) and every bank holds pinned adapters; retry once some are unpinned, or ask "
                            "the operator for more --max-banks.")
-        if drop:  # a bank whose rows are being decoded goes only when every other holds pinned adapters
-            idle = [k for k in idle if k not in self._running] or idle
+        idle = [k for k in idle if k not in self._running]  # a bank whose rows are being decoded never goes
+        if not idle:
+            raise Busy(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads differ) "
+                       f"and each of this server's {self.max_banks} banks is decoding other requests; retry in a "
+                       "moment, or ask the operator for more --max-banks.")
+        if drop:
             self._drop_bank(min(idle, key=lambda k: max(
                 (r.last_used for r in self.residents.values() if r.bank == k), default=0.0)))
 
@@ -531,17 +544,17 @@ class ModelServer:
                  sampling: Sampling | None = None, stops: Sequence[str] = ()) -> dict[str, Any]:
         """``prompt`` continued by adapter ``name``: greedy unless ``sampling`` says otherwise, up to
         ``max_new_tokens``, the end-of-sequence token or one of ``stops``."""
-        resident, future = self.start_generate(name, prompt, max_new_tokens=max_new_tokens, token=token,
-                                               sampling=sampling, stops=stops)
+        resident, _, future = self.start_generate(name, prompt, max_new_tokens=max_new_tokens, token=token,
+                                                  sampling=sampling, stops=stops)
         return generated(resident, self.wait([future])[0])
 
     def start_generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
                        sampling: Sampling | None = None, stops: Sequence[str] = ()
-                       ) -> tuple[Resident, Future[Generated]]:
-        """``generate``'s row queued: the adapter's resident and the row's future."""
+                       ) -> tuple[Resident, Row, Future[Generated]]:
+        """``generate``'s row queued: the adapter's resident, the row and its future."""
         resident = self.generator_for(name, token)
         row = Row(self.prompt_ids(prompt, max_new_tokens), max_new_tokens, sampling or Sampling(), tuple(stops))
-        return resident, self.start(resident, [row], token)[0]
+        return resident, row, self.start(resident, [row], token)[0]
 
     def generator_for(self, name: str, token: str | None) -> Resident:
         """The resident adapter ``name`` means, on a server that generates (the caller must be able to read it)."""
@@ -670,14 +683,27 @@ class ModelServer:
             raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting work); "
                        "retry later.") from None
 
-    async def gather(self, futures: Sequence[Future[Any]]) -> list[Any]:
+    async def gather(self, futures: Sequence[Future[Any]], rows: Sequence[Row] = (),
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> list[Any]:
         """``wait`` for the event loop: the results of ``futures`` awaited, no thread held meanwhile (a thread per
-        waiting request capped the requests in flight at the thread pool's 40)."""
+        waiting request capped the requests in flight at the thread pool's 40). When the time limit passes, or
+        ``gone`` says the client went away (asked every GONE_POLL_S), ``rows`` are cancelled: they end at their
+        next token instead of decoding for nobody."""
+        waiting = asyncio.ensure_future(asyncio.gather(*map(asyncio.wrap_future, futures)))
+        deadline = time.monotonic() + self.timeout_s
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), self.timeout_s))
-        except TimeoutError:
-            raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting work); "
-                       "retry later.") from None
+            while not (await asyncio.wait({waiting}, timeout=min(GONE_POLL_S, deadline - time.monotonic())))[0]:
+                if time.monotonic() >= deadline:
+                    raise Busy(f"This model server did not answer within {self.timeout_s:.0f} s (too much waiting "
+                               "work); retry later.")
+                if gone is not None and await gone():
+                    raise Busy("The client went away before its answer was ready.")
+            return list(waiting.result())
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                for row in rows:
+                    row.cancelled = True
 
     def _run(self) -> None:
         """The batcher. Classification, and prompts scored without generating, run as they arrive; generation rows
@@ -724,15 +750,19 @@ class ModelServer:
         return batch
 
     def _arrivals(self, *, block: bool) -> list[_Work] | None:
-        """What waits now (callers in turn), while fewer than max_batch x max_banks rows wait to join (a full
-        batch's waiting rows never keep another family's rows in the queue); None once the server closed. The rest
-        stays in the queue, whose limits (``max_queue``, a caller's share) hold."""
+        """What waits now (callers in turn), but for generation rows of a family that already has max_batch rows
+        waiting to join: those stay in the queue (whose limits, ``max_queue`` and a caller's share, hold), and never
+        keep another family's rows there. None once the server closed."""
+        waiting = Counter(w.resident.bank for w in self._joining)
+
+        def taking(work: _Work) -> bool:
+            return work.kind != "generate" or waiting[work.resident.bank] < self.max_batch
+
         arrived: list[_Work] = []
-        while len(self._joining) + len(arrived) < self.max_batch * self.max_banks:
-            item = self._queue.get(timeout=0.05 if block and not arrived else 0)
-            if item is None:
-                break
+        while (item := self._queue.get(timeout=0.05 if block and not arrived else 0, taking=taking)) is not None:
             arrived.append(item)
+            if item.kind == "generate":
+                waiting[item.resident.bank] += 1
         return None if self._queue.closed else arrived
 
     def _sort(self, arrived: list[_Work]) -> None:
@@ -822,27 +852,21 @@ class ModelServer:
     def _admit_to(self, key: BankKey, works: list[_Work]) -> list[_Work]:
         """Admit ``works`` to ``key``'s running batch (made if none runs); those that must wait, in order. A row
         that failed in company (``_Work.alone``) runs only in a batch of its own."""
-        batch = self._running.get(key)
         bank = self.banks.get(key)
-        if batch is not None and batch.bank is not bank:  # its bank was dropped under it
-            self._evicted(key, batch, range(len(batch)))
-            batch = None
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and now
                 work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
             elif not work.future.done():
                 ready.append(work)
-        if bank is None or not ready:
+        batch = self._batch_for(key)
+        if batch is None or not ready:
             return []
-        if batch is None:
-            model = cast(Any, bank.model.model)
-            eos = {self.tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None}
-            batch = self._running[key] = RunningBatch(bank, pad_id=int(self.tokenizer.pad_token_id or 0), eos=eos,
-                                                      decode=self._decode, device=self.device)
         alone = next((w for w in ready if w.alone), None)
-        if alone is not None and not batch:
+        if alone is not None:  # it runs as soon as the batch has drained: nothing else joins meanwhile
             batch.sealed = True
+            if batch:
+                return ready
             self._join(key, batch, [alone])
             return [w for w in ready if w is not alone]
         company = [w for w in ready if not w.alone][:self.max_batch - len(batch)] if batch.open else []
@@ -855,6 +879,20 @@ class ModelServer:
             self._join(key, batch, group)
             joined += group
         return [w for w in ready if not any(w is j for j in joined)]
+
+    def _batch_for(self, key: BankKey) -> RunningBatch | None:
+        """``key``'s running batch, made if none runs (None when its bank is gone); one whose bank was dropped
+        under it is dropped, its rows told so."""
+        batch, bank = self._running.get(key), self.banks.get(key)
+        if batch is not None and batch.bank is not bank:
+            self._evicted(key, batch, range(len(batch)))
+            batch = None
+        if batch is None and bank is not None:
+            model = cast(Any, bank.model.model)
+            eos = {self.tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None}
+            batch = self._running[key] = RunningBatch(bank, pad_id=int(self.tokenizer.pad_token_id or 0), eos=eos,
+                                                      decode=self._decode, device=self.device)
+        return batch
 
     def _join(self, key: BankKey, batch: RunningBatch, group: list[_Work]) -> None:
         for work in group:
@@ -880,7 +918,7 @@ class ModelServer:
                 gone = [i for i, ref in enumerate(batch.refs) if ref not in batch.bank]
                 if gone:
                     self._evicted(key, batch, gone)
-                if not batch:
+                if self._running.get(key) is not batch or not batch:  # every row was evicted
                     continue
                 try:
                     self._left(batch.step())

@@ -4,6 +4,7 @@ while others decode without waiting for them."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -216,9 +217,10 @@ def test_a_bug_in_the_batcher_fails_the_rows_it_held_and_the_batcher_lives_on(se
 
 
 def test_a_full_batch_of_one_family_never_keeps_another_familys_request_waiting(served: dict[str, Any]) -> None:
-    """With a family's batch full (max_batch rows) and more of its rows waiting to join, a request for an adapter
-    of another family is taken from the queue at once and decodes in its own batch, the batches stepping in turn:
-    it is answered before any of the full family's rows."""
+    """With a family's batch full (max_batch rows) and more of its rows waiting to join than max_batch x max_banks,
+    a request for an adapter of another family is taken from the queue at once (a family's rows beyond max_batch
+    waiting stay in the queue) and decodes in its own batch, the batches stepping in turn: it is answered before any
+    of the full family's rows."""
     server = ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_batch=2,
                          batch_window_s=0.05, client_for=lambda token: RegistryClient(served["registry"], token or ""))
     try:
@@ -226,7 +228,9 @@ def test_a_full_batch_of_one_family_never_keeps_another_familys_request_waiting(
         other = server.generator_for("alice/secret", served["writer"])  # another projection family: its own bank
         assert other.bank != busy.bank
         finished: list[str] = []
-        flood = server.start(busy, [Row(server.prompt_ids("the cat"), 30) for _ in range(6)], "mallory")
+        # more rows than max_batch x max_banks (the cap on rows taken from the queue was global before: 8 rows of
+        # one family filled it)
+        flood = server.start(busy, [Row(server.prompt_ids("the cat"), 30) for _ in range(12)], "mallory")
         time.sleep(0.1)
         mine = server.start(other, [Row(server.prompt_ids("a dog"), 3)], "alice")
         for name, futures in (("mallory", flood), ("alice", mine)):
@@ -279,3 +283,131 @@ def test_more_requests_than_the_thread_pool_has_threads_decode_at_once(served: d
         server.close()
     assert {status for status, _ in answers} == {200} and len({text for _, text in answers}) == 1
     assert widest[0] > 40, widest
+
+
+def _slowly(started: threading.Event) -> Any:
+    def consume(text: str) -> None:
+        started.set()
+        time.sleep(0.03)
+    return consume
+
+
+def test_a_new_family_never_drops_a_bank_whose_rows_are_decoding(served: dict[str, Any], tmp_path: Path) -> None:
+    """With every bank decoding, an adapter that needs a bank of its own is a 503 to retry (it dropped the least
+    recently used bank before, failing another caller's rows mid-answer); once a bank is idle, it loads."""
+    from registry.domain.errors import Busy
+    from tests.registry.adapters import make_adapter
+
+    with RegistryClient(served["registry"], served["writer"]) as client:
+        client.publish(make_adapter(tmp_path / "third", seed=3, projection_prng_key=99), "alice/third-family",
+                       base_model="tiny-lm")
+    server = ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_banks=2,
+                         batch_window_s=0.01, client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    try:
+        first, second = (server.generator_for(name, served["writer"]) for name in ("alice/gen0", "alice/secret"))
+        started = [threading.Event(), threading.Event()]
+        futures = [server.start(resident, [Row(server.prompt_ids("the cat"), 25, on_text=_slowly(event))])[0]
+                   for resident, event in zip((first, second), started, strict=True)]
+        assert all(event.wait(30) for event in started)
+        with pytest.raises(Busy, match="each of this server's 2 banks is decoding other requests; retry"):
+            server.generator_for("alice/third-family", served["writer"])
+        answers = server.wait(futures)
+        assert [len(a.tokens) for a in answers] == [25, 25]
+        third = server.generator_for("alice/third-family", served["writer"])  # a bank is idle now: it goes
+        assert server.wait(server.start(third, [Row(server.prompt_ids("a dog"), 3)]))[0].tokens
+    finally:
+        server.close()
+
+
+def test_rows_that_failed_in_company_run_alone_before_newcomers_join(served: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rows whose prefill failed together (a failure put in here; none could be caused from outside) run again
+    one at a time once the running batch drains, and rows that arrive meanwhile wait for them: before, newcomers
+    kept joining, the batch never drained under steady traffic, and the failed rows waited for a lull."""
+    server: ModelServer = served["server"]
+    resident = server.generator_for("alice/gen0", served["writer"])
+    real, failed = RunningBatch._prefill, list[bool]()
+
+    def fails_once(self: RunningBatch, rows: Any, refs: Any) -> Any:
+        if len(rows) == 2 and not failed:
+            failed.append(True)
+            raise RuntimeError("a prefill that failed")
+        return real(self, rows, refs)
+
+    monkeypatch.setattr(RunningBatch, "_prefill", fails_once)
+    ended: list[str] = []
+    started = threading.Event()
+    long_row = Row(server.prompt_ids("the cat"), 25, on_text=_slowly(started), on_end=lambda *_: ended.append("L"))
+    futures = server.start(resident, [long_row])
+    assert started.wait(30)
+    futures += server.start(resident, [Row(server.prompt_ids("a dog"), 3, on_end=lambda *_, v=v: ended.append(v))
+                                       for v in ("V1", "V2")])
+    for i in range(4):
+        time.sleep(0.1)
+        futures += server.start(resident, [Row(server.prompt_ids("the sun"), 3,
+                                               on_end=lambda *_, i=i: ended.append(f"N{i}"))])
+    server.wait(futures)
+    assert failed and ended.index("V1") < ended.index("N0") and ended.index("V2") < ended.index("N0"), ended
+
+
+def test_evicting_the_only_adapter_of_a_batch_fails_its_row_and_logs_no_failure(
+        served: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A batch whose every row's adapter was evicted is gone: its rows are told to send again, and nothing runs a
+    step of it (which failed on the missing adapter and logged a generation failure)."""
+    server: ModelServer = served["server"]
+    started = threading.Event()
+    victim = server.generator_for("alice/gen1", served["writer"])
+    doomed = server.start(victim, [Row(server.prompt_ids("the cat"), 30, on_text=_slowly(started))])[0]
+    assert started.wait(30)
+    with caplog.at_level("ERROR", logger="vera.serving"):
+        server.evict(victim.ref)
+        with pytest.raises(Evicted, match="evicted meanwhile; send it again"):
+            doomed.result(timeout=30)
+        server.wait(server.start(server.generator_for("alice/gen0", served["writer"]),
+                                 [Row(server.prompt_ids("a dog"), 3)]))
+    assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
+
+
+def test_a_client_that_hangs_up_ends_its_rows_at_their_next_token(served: dict[str, Any], tmp_path: Path) -> None:
+    """A completion's client (not streamed) that closes its connection while its 64 rows decode: the rows end at
+    their next token (cancelled: OpenAI's route asks every 0.2 s whether the client is there), instead of decoding
+    512 tokens each for nobody."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from registry.serving.api import create_serving_app
+    from tests.registry.servers import in_thread
+    from tests.registry.tiny_lm import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", positions=1024)
+    server = ModelServer(str(base), task="causal-lm", base_name="tiny-lm", batch_window_s=0.01,
+                         client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    ended: list[tuple[int, str]] = []
+    real_start = server.start
+
+    def start(resident: Any, rows: Any, caller: Any = None) -> Any:  # hears how each row ended
+        for row in rows:
+            row.on_end = lambda tokens, text, reason: ended.append((len(tokens), reason))
+        return real_start(resident, rows, caller)
+
+    server.start = start  # type: ignore[method-assign]
+    try:
+        with in_thread(create_serving_app(server), "the model server") as url:
+            server.generator_for("alice/gen0", served["writer"])
+            body = json.dumps({"model": "alice/gen0", "prompt": "the cat", "max_tokens": 512, "n": 64,
+                               "temperature": 0}).encode()
+            where = urlsplit(url)
+            with socket.create_connection((where.hostname, where.port)) as client:
+                client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               + f"Authorization: Bearer {served['writer']}\r\n".encode()
+                               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                deadline = time.monotonic() + 30
+                while not any(len(b) for b in list(server._running.values())) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            deadline = time.monotonic() + 30
+            while len(ended) < 64 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        server.close()
+    assert len(ended) == 64 and {reason for _, reason in ended} == {"stop"}
+    assert max(tokens for tokens, _ in ended) < 512, ended
