@@ -385,8 +385,9 @@ async def completions(server: Server, body: CompletionBody, request: Request, au
         return reply.stream(server, rows, body, token, choice,
                             first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
-    return await run_in_threadpool(
-        lambda: reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)], done))
+    return await run_in_threadpool(  # the answer's JSON too: 500,000 log-probabilities take a second to write
+        lambda: JSONResponse(reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)],
+                                        done)))
 
 
 def _completion(server: ModelServer, body: CompletionBody, token: str | None) -> tuple[
@@ -432,9 +433,9 @@ async def chat_completions(server: Server, body: ChatBody, request: Request, aut
             first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None})
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
-    return await run_in_threadpool(lambda: reply.body(
+    return await run_in_threadpool(lambda: JSONResponse(reply.body(
         [{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
-          "finish_reason": g.finish_reason} for k, g in enumerate(done)], done))
+          "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)))
 
 
 def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[

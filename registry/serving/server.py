@@ -19,6 +19,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
@@ -62,6 +63,8 @@ SCORING_LOGITS, SCORING_ROW_LOGITS = 2**28, 2**30
 PIECE_CONTEXT = 4
 #: How often a request waiting for its answer asks whether its client is still there (ModelServer.gather).
 GONE_POLL_S = 0.2
+#: How long the registry's word on whose a token is counts for the queue's turns (ModelServer._turn_of).
+TURN_TTL_S = 60.0
 
 
 class GenerationFailed(RegistryError):
@@ -198,19 +201,21 @@ class _Waiting:
 
     def get(self, timeout: float | None = None, *, taking: Callable[[_Work], bool] | None = None) -> _Work | None:
         """The next caller's oldest row; None once closed, or when ``timeout`` passes with nothing waiting. With
-        ``taking``, the next caller whose oldest row it takes (the others keep their turn and their rows), or None
+        ``taking``, the oldest row it takes of the next caller who has one (a caller's rows of a family whose batch
+        is full wait, in order, while its rows of another family go; callers without one keep their turn), or None
         when it takes none of those waiting."""
         with self._ready:
             if not self._ready.wait_for(lambda: self._count > 0 or self._closed, timeout=timeout) or self._closed:
                 return None
-            turn = next((i for i, caller in enumerate(self._turns) if taking is None or taking(self._by[caller][0])),
-                        None)
-            if turn is None:
+            turn, at = next(((i, j) for i, caller in enumerate(self._turns)
+                             for j, row in enumerate(self._by[caller]) if taking is None or taking(row)), (-1, -1))
+            if turn < 0:
                 return None
             caller = self._turns[turn]
             del self._turns[turn]
             rows = self._by[caller]
-            work = rows.popleft()
+            work = rows[at]
+            del rows[at]
             self._count -= 1
             if rows:
                 self._turns.append(caller)  # its next row after every other caller's
@@ -274,6 +279,7 @@ class ModelServer:
         # joined yet (at most max_batch per family); changed under ``lock`` only
         self._running: dict[BankKey, RunningBatch] = {}
         self._joining: list[_Work] = []
+        self._draining: set[BankKey | None] = set()  # banks to go for a new family: they take no rows meanwhile
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
         self._thread.start()
 
@@ -297,6 +303,9 @@ class ModelServer:
     def activate(self, name: str, token: str | None) -> Resident:
         """The resident adapter ``name`` resolves to, loading it from the registry on first use."""
         info = self.resolve(name, token)
+        if token is not None and self._who.get(token, TURN_TTL_S) is None:
+            with suppress(RegistryError):  # who the caller is, for its turns in the queue (_turn_of), once a minute
+                self._whoami(token)
         if info.base_model != self.base_name:
             raise Conflict(f"{info.ref} was published for base model {info.base_model!r}; this server serves "
                            f"{self.base_name!r}. Its vectors would not fit (or would silently mean nothing) here.")
@@ -310,6 +319,16 @@ class ModelServer:
         resident.private = info.visibility != "public"  # made private since it loaded: listed no more
         resident.last_used = time.monotonic()
         return resident
+
+    def _turn_of(self, token: str | None) -> str:
+        """Whose turn ``token``'s rows take in the queue: its user's (as the registry named it when the token's
+        adapter was resolved), so that a user's several tokens share one turn and one share of the queue (minting
+        tokens gave more); a token not seen within a minute stands for itself. Never asks the registry: this runs
+        on the event loop."""
+        if token is None:
+            return ""
+        who = self._who.get(token, TURN_TTL_S)
+        return f"user:{who.user}" if who is not None and not who.anonymous else f"token:{token}"
 
     def _whoami(self, token: str | None) -> WhoAmI:
         hit = self._who.get(token, self.resolve_ttl_s)
@@ -405,10 +424,44 @@ class ModelServer:
                 raise Conflict(f"{ref} does not fit the served base {self.base_name!r}: {exc}") from exc
             bank = AdapterBank(model)
             self._add(bank, files, ref)
-            with self.lock:
-                self._room_for_bank(ref, drop=True)
-                self.banks[key] = bank
+            draining = self._drain_for(ref)
+            try:
+                with self.lock:
+                    self._room_for_bank(ref, drop=True)
+                    self.banks[key] = bank
+            finally:
+                with self.lock:
+                    self._draining.discard(draining)
             return bank, True
+
+    def _drain_for(self, ref: str) -> BankKey | None:
+        """When every bank is taken and each one that may go is decoding, the least recently used of those takes no
+        more rows (its rows waiting to join are told to send again once it goes) and this waits, up to the
+        server's time limit, for its rows to end: a new family gets a bank in turn instead of a 503 for as long as
+        others keep every bank busy, and no row is cut off mid-answer. The bank drained (None: none needed)."""
+        with self.lock:
+            if len(self.banks) < self.max_banks:
+                return None
+            idle = self._droppable()
+            if not idle or any(not self._running.get(k) for k in idle):
+                return None
+            victim = min(idle, key=self._last_used)
+            self._draining.add(victim)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self._running.get(victim):
+                    log.info(f"{ref} needed a bank: {victim.generator}/seed={victim.seed}/r={victim.r} drained")
+                    break
+            time.sleep(0.02)
+        return victim
+
+    def _droppable(self) -> list[BankKey]:
+        """Banks that hold no pinned adapter."""
+        return [k for k in self.banks if not any(r.pinned for r in self.residents.values() if r.bank == k)]
+
+    def _last_used(self, key: BankKey) -> float:
+        return max((r.last_used for r in self.residents.values() if r.bank == key), default=0.0)
 
     def _add(self, bank: AdapterBank, files: AdapterFiles, ref: str) -> None:
         try:
@@ -421,19 +474,19 @@ class ModelServer:
         by dropping the least recently used bank that holds no pinned adapter."""
         if len(self.banks) < self.max_banks:
             return
-        idle = [k for k in self.banks if not any(r.pinned for r in self.residents.values() if r.bank == k)]
+        idle = self._droppable()
         if not idle:
             raise Conflict(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads "
                            f"differ) and every bank holds pinned adapters; retry once some are unpinned, or ask "
                            "the operator for more --max-banks.")
-        idle = [k for k in idle if k not in self._running]  # a bank whose rows are being decoded never goes
-        if not idle:
+        if not drop:
+            return
+        idle = [k for k in idle if not self._running.get(k)]  # a bank whose rows are being decoded never goes
+        if not idle:  # none drained within the time limit (_drain_for)
             raise Busy(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads differ) "
-                       f"and each of this server's {self.max_banks} banks is decoding other requests; retry in a "
-                       "moment, or ask the operator for more --max-banks.")
-        if drop:
-            self._drop_bank(min(idle, key=lambda k: max(
-                (r.last_used for r in self.residents.values() if r.bank == k), default=0.0)))
+                       f"and each of this server's {self.max_banks} banks kept decoding other requests for "
+                       f"{self.timeout_s:.0f} s; retry later, or ask the operator for more --max-banks.")
+        self._drop_bank(min(idle, key=self._last_used))
 
     def _base_model(self, heads: dict[str, tuple[int, ...]]) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -537,7 +590,7 @@ class ModelServer:
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
         work = _Work("classify", self.activate(name, token), list(texts))
-        self._queue.put(token or "", [work])
+        self._queue.put(self._turn_of(token), [work])
         return work.future
 
     def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
@@ -667,11 +720,11 @@ class ModelServer:
             raise InvalidInput(f"This base model's chat template refused the messages: {exc}") from exc
 
     def start(self, resident: Resident, rows: Sequence[Row], caller: str | None = None) -> list[Future[Generated]]:
-        """Queue ``rows`` for ``resident``'s adapter, as ``caller``'s (its token: callers take turns); each future
+        """Queue ``rows`` for ``resident``'s adapter, as ``caller``'s (its token: users take turns); each future
         holds its row's answer once the row ends (a row's ``on_text`` hears of its text meanwhile). Busy when the
         queue, or the caller's share of it, is full."""
         works = [_Work("generate", resident, row) for row in rows]
-        self._queue.put(caller or "", works)
+        self._queue.put(self._turn_of(caller), works)
         return [work.future for work in works]
 
     def wait(self, futures: Sequence[Future[Any]]) -> list[Any]:
@@ -702,6 +755,7 @@ class ModelServer:
         finally:
             if not waiting.done():
                 waiting.cancel()
+                waiting.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # read: no log
                 for row in rows:
                     row.cancelled = True
 
@@ -862,6 +916,8 @@ class ModelServer:
         batch = self._batch_for(key)
         if batch is None or not ready:
             return []
+        if key in self._draining:  # it is to go for a new family: its rows end, nothing joins
+            return ready
         alone = next((w for w in ready if w.alone), None)
         if alone is not None:  # it runs as soon as the batch has drained: nothing else joins meanwhile
             batch.sealed = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,10 @@ def test_a_full_batch_of_one_family_never_keeps_another_familys_request_waiting(
         finished: list[str] = []
         # more rows than max_batch x max_banks (the cap on rows taken from the queue was global before: 8 rows of
         # one family filled it)
-        flood = server.start(busy, [Row(server.prompt_ids("the cat"), 30) for _ in range(12)], "mallory")
-        time.sleep(0.1)
+        started = threading.Event()  # the flood's consumers are slow (30 ms a token): its rows last, whatever the
+        flood = server.start(busy, [Row(server.prompt_ids("the cat"), 30, on_text=_slowly(started))  # machine
+                                    for _ in range(12)], "mallory")
+        assert started.wait(30)
         mine = server.start(other, [Row(server.prompt_ids("a dog"), 3)], "alice")
         for name, futures in (("mallory", flood), ("alice", mine)):
             for future in futures:
@@ -285,17 +288,30 @@ def test_more_requests_than_the_thread_pool_has_threads_decode_at_once(served: d
     assert widest[0] > 40, widest
 
 
-def _slowly(started: threading.Event) -> Any:
+def _slowly(started: threading.Event, pause: float = 0.03) -> Any:
+    """A row's consumer that takes ``pause`` seconds a piece (in the batcher's thread: the batch steps that slowly),
+    setting ``started`` at the first."""
     def consume(text: str) -> None:
         started.set()
-        time.sleep(0.03)
+        time.sleep(pause)
     return consume
 
 
-def test_a_new_family_never_drops_a_bank_whose_rows_are_decoding(served: dict[str, Any], tmp_path: Path) -> None:
-    """With every bank decoding, an adapter that needs a bank of its own is a 503 to retry (it dropped the least
-    recently used bank before, failing another caller's rows mid-answer); once a bank is idle, it loads."""
-    from registry.domain.errors import Busy
+def _soon(what: Callable[[], bool], within: float = 30) -> bool:
+    """Whether ``what`` holds within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not what() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return what()
+
+
+def test_a_new_family_waits_for_a_bank_to_drain_and_never_cuts_a_row_off(served: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """With every bank decoding, an adapter that needs a bank of its own waits: the least recently used bank takes
+    no more rows, and once its rows end it goes for the new family. Before, the bank was dropped at once (another
+    caller's answer failed mid-stream), and then a 503 to retry (a caller who kept every bank busy kept new
+    families out for as long as it liked: an outsider's finding). A row waiting to join the drained bank is told
+    to send again."""
     from tests.registry.adapters import make_adapter
 
     with RegistryClient(served["registry"], served["writer"]) as client:
@@ -306,15 +322,48 @@ def test_a_new_family_never_drops_a_bank_whose_rows_are_decoding(served: dict[st
     try:
         first, second = (server.generator_for(name, served["writer"]) for name in ("alice/gen0", "alice/secret"))
         started = [threading.Event(), threading.Event()]
-        futures = [server.start(resident, [Row(server.prompt_ids("the cat"), 25, on_text=_slowly(event))])[0]
-                   for resident, event in zip((first, second), started, strict=True)]
+        ended: list[str] = []
+        futures = [server.start(resident, [Row(server.prompt_ids("the cat"), 35, on_text=_slowly(event, 0.05),
+                                               on_end=lambda *_, n=name: ended.append(n))])[0]
+                   for resident, event, name in zip((first, second), started, ("gen0", "secret"), strict=True)]
         assert all(event.wait(30) for event in started)
-        with pytest.raises(Busy, match="each of this server's 2 banks is decoding other requests; retry"):
-            server.generator_for("alice/third-family", served["writer"])
+        loaded: list[Any] = []
+        loader = threading.Thread(target=lambda: loaded.append(
+            server.generator_for("alice/third-family", served["writer"])))
+        loader.start()
+        assert _soon(lambda: bool(server._draining))  # the least recently used bank (gen0's) drains: a row sent
+        late = server.start(first, [Row(server.prompt_ids("a dog"), 3)])[0]  # to it now waits, then is refused
+        loader.join(60)
+        ended.append("third loaded")
         answers = server.wait(futures)
-        assert [len(a.tokens) for a in answers] == [25, 25]
-        third = server.generator_for("alice/third-family", served["writer"])  # a bank is idle now: it goes
-        assert server.wait(server.start(third, [Row(server.prompt_ids("a dog"), 3)]))[0].tokens
+        assert [len(a.tokens) for a in answers] == [35, 35]  # nobody's row was cut off
+        assert ended.index("gen0") < ended.index("third loaded"), ended
+        with pytest.raises(Evicted, match="evicted meanwhile; send it again"):
+            late.result(timeout=30)
+        assert server.wait(server.start(loaded[0], [Row(server.prompt_ids("a dog"), 3)]))[0].tokens
+    finally:
+        server.close()
+
+
+def test_a_callers_rows_of_a_full_family_never_hold_its_rows_of_another(served: dict[str, Any]) -> None:
+    """A caller's backlog for a full family stays in the queue, in order, while its own request for another family
+    is taken past it (only the oldest row of each caller was looked at before: it waited for the backlog)."""
+    server = ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_batch=2,
+                         batch_window_s=0.05, client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    try:
+        busy = server.generator_for("alice/gen0", served["writer"])
+        other = server.generator_for("alice/secret", served["writer"])
+        finished: list[str] = []
+        started = threading.Event()  # slow consumers (30 ms a token): the backlog's rows last, whatever the machine
+        backlog = server.start(busy, [Row(server.prompt_ids("the cat"), 30, on_text=_slowly(started),
+                                          on_end=lambda *_, i=i: finished.append(f"backlog{i}")) for i in range(8)],
+                               "mallory")
+        assert started.wait(30)
+        mine = server.start(other, [Row(server.prompt_ids("a dog"), 3, on_end=lambda *_: finished.append("other"))],
+                            "mallory")
+        server.wait([*backlog, *mine])
+        assert finished[0] == "other", finished
+        assert [f for f in finished if f.startswith("backlog")][::2] == [f"backlog{i}" for i in range(0, 8, 2)]
     finally:
         server.close()
 
@@ -342,6 +391,7 @@ def test_rows_that_failed_in_company_run_alone_before_newcomers_join(served: dic
     assert started.wait(30)
     futures += server.start(resident, [Row(server.prompt_ids("a dog"), 3, on_end=lambda *_, v=v: ended.append(v))
                                        for v in ("V1", "V2")])
+    assert _soon(lambda: bool(failed))  # newcomers arrive after the failure
     for i in range(4):
         time.sleep(0.1)
         futures += server.start(resident, [Row(server.prompt_ids("the sun"), 3,
@@ -411,3 +461,17 @@ def test_a_client_that_hangs_up_ends_its_rows_at_their_next_token(served: dict[s
         server.close()
     assert len(ended) == 64 and {reason for _, reason in ended} == {"stop"}
     assert max(tokens for tokens, _ in ended) < 512, ended
+
+
+def test_a_users_tokens_share_one_turn_in_the_queue(served: dict[str, Any]) -> None:
+    """Rows queue under their user (the registry's whoami, asked once a minute per token when its adapter is
+    resolved), not their token: a user who mints more tokens gets no more turns, nor a larger share of the queue
+    (an outsider filled it with two minted tokens). Another user has a turn of its own."""
+    server: ModelServer = served["server"]
+    with RegistryClient(served["registry"], served["writer"]) as client:
+        _, minted = client.create_token(["read"], name="a second token")
+    for token in (served["writer"], minted, served["reader"]):
+        server.generator_for("alice/gen0", token)
+    assert server._turn_of(served["writer"]) == server._turn_of(minted) == "user:alice"
+    assert server._turn_of(served["reader"]) == "user:bob" and server._turn_of(None) == ""
+    assert server._turn_of("vera_never_seen") == "token:vera_never_seen"
