@@ -204,13 +204,18 @@ class _Waiting:
         ``taking``, the oldest row it takes of the next caller who has one (a caller's rows of a family whose batch
         is full wait, in order, while its rows of another family go; callers without one keep their turn), or None
         when it takes none of those waiting."""
+        found = (-1, -1)
+
+        def ready() -> bool:  # a row to take (its caller's turn, its place), or closed
+            nonlocal found
+            found = next(((i, j) for i, caller in enumerate(self._turns) for j, row in enumerate(self._by[caller])
+                          if taking is None or taking(row)), (-1, -1))
+            return found[0] >= 0 or self._closed
+
         with self._ready:
-            if not self._ready.wait_for(lambda: self._count > 0 or self._closed, timeout=timeout) or self._closed:
+            if not self._ready.wait_for(ready, timeout=timeout) or self._closed:
                 return None
-            turn, at = next(((i, j) for i, caller in enumerate(self._turns)
-                             for j, row in enumerate(self._by[caller]) if taking is None or taking(row)), (-1, -1))
-            if turn < 0:
-                return None
+            turn, at = found
             caller = self._turns[turn]
             del self._turns[turn]
             rows = self._by[caller]
