@@ -91,6 +91,8 @@ def tick_row(page: Page, row: int = 0, showing: str | None = None) -> None:
     the grid did not take (its handlers not yet attached) is made again, never one it took (that would untick)."""
     line = grid_row(page, row, showing)
     for _ in range(3):
+        # a click while the app reruns (the last tick's rerun redraws the table) is lost: wait for it to finish
+        expect(page.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=30_000)
         page.mouse.click(*row_point(page, row, 18))
         try:
             expect(line).to_have_attribute("aria-selected", "true", timeout=10_000)
