@@ -284,7 +284,7 @@ class ModelServer:
         # joined yet (at most max_batch per family); changed under ``lock`` only
         self._running: dict[BankKey, RunningBatch] = {}
         self._joining: list[_Work] = []
-        self._draining: set[BankKey | None] = set()  # banks to go for a new family: they take no rows meanwhile
+        self._draining: set[BankKey] = set()  # banks to go for a new family: they take no rows meanwhile
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
         self._thread.start()
 
@@ -435,8 +435,9 @@ class ModelServer:
                     self._room_for_bank(ref, drop=True)
                     self.banks[key] = bank
             finally:
-                with self.lock:
-                    self._draining.discard(draining)
+                if draining is not None:
+                    with self.lock:
+                        self._draining.discard(draining)
             return bank, True
 
     def _drain_for(self, ref: str) -> BankKey | None:
@@ -848,7 +849,7 @@ class ModelServer:
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and the forward
-                work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
+                work.future.set_exception(_evicted_meanwhile(work))
             elif not work.future.done():
                 work.resident.requests += 1
                 ready.append(work)
@@ -915,7 +916,7 @@ class ModelServer:
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and now
-                work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
+                work.future.set_exception(_evicted_meanwhile(work))
             elif not work.future.done():
                 ready.append(work)
         batch = self._batch_for(key)
@@ -995,7 +996,7 @@ class ModelServer:
         for i in rows:
             work = batch.owners[i]
             if not work.future.done():
-                work.future.set_exception(Evicted(f"{work.resident.ref} was evicted meanwhile; send it again."))
+                work.future.set_exception(_evicted_meanwhile(work))
         if len(rows) == len(batch):
             self._running.pop(key, None)
         else:
@@ -1074,6 +1075,10 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
         if not future.done():
             future.set_result(Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
+
+
+def _evicted_meanwhile(work: _Work) -> Evicted:
+    return Evicted(f"{work.resident.ref} was evicted meanwhile; send it again.")
 
 
 def _generation_failed() -> GenerationFailed:
