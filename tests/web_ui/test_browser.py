@@ -86,6 +86,18 @@ def row_point(page: Page, row: int, x: float) -> tuple[float, float]:
     return box["x"] + x, box["y"] + 35 + 35 * row + 35 // 2
 
 
+def close_popovers(page: Page) -> None:
+    """Close an open popover as a user would (Escape) before clicking under it. Twice in fresh-clone CI under load
+    (never here: 7 runs, cores kept busy) Browse's filter form was found open over the table after Apply had closed
+    it and the first row's tick had rerun the app, and the second tick landed on the form. Presumably Streamlit 1.67's
+    stateful popover sent a stale 'open' on that rerun (streamlit/streamlit#14945 fixed such a race for another path);
+    a user closes it and ticks again, and so does this."""
+    body = page.get_by_test_id("stPopoverBody")
+    if body.count() and body.first.is_visible():
+        page.keyboard.press("Escape")
+        expect(body).to_have_count(0)
+
+
 def tick_row(page: Page, row: int = 0, showing: str | None = None) -> None:
     """Tick the tick box of a table's row (drawn on a canvas) and wait until the grid says it is selected; a click
     the grid did not take (its handlers not yet attached) is made again, never one it took (that would untick)."""
@@ -93,6 +105,7 @@ def tick_row(page: Page, row: int = 0, showing: str | None = None) -> None:
     for _ in range(3):
         # a click while the app reruns (the last tick's rerun redraws the table) is lost: wait for it to finish
         expect(page.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=30_000)
+        close_popovers(page)
         page.mouse.click(*row_point(page, row, 18))
         try:
             expect(line).to_have_attribute("aria-selected", "true", timeout=10_000)
@@ -376,6 +389,7 @@ def test_browse_fits_and_sends_ticked_rows_to_compare_in_a_browser(page: Page, p
     page.get_by_role("textbox", name="Search", exact=True).fill("tiny")  # the two tiny-llama versions
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("2 versions match")).to_be_visible()
+    expect(page.get_by_role("textbox", name="Owner", exact=True)).to_have_count(0)  # Apply closed the form
     scroller = page.get_by_test_id("stDataFrame").first.locator(".dvn-scroller")
     widths = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
     assert widths[0] <= widths[1], f"the table is {widths[0]} px wide in {widths[1]} px: columns cut off"
