@@ -111,6 +111,9 @@ def serve_model(
     max_batch: Annotated[int, typer.Option(help="Rows per forward: texts classified at once, and generation rows "
                                            "decoded together per projection family (continuous batching).")] = 64,
     max_queue: Annotated[int, typer.Option(help="Requests (rows) waiting at most; beyond, a 503 to retry.")] = 1024,
+    prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens per prefill forward (rows x tokens); a longer "
+                                               "prefill runs in chunks, the rows decoding taking a step between "
+                                               "two. 0: whole.", min=0)] = 512,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     registry: RegistryUrl = None, log_level: LogLevel = None,
 ) -> None:
@@ -129,7 +132,7 @@ def serve_model(
     server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
                          max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device,
-                         max_queue=max_queue)
+                         max_queue=max_queue, prefill_chunk=prefill_chunk or None)
     with RegistryClient(registry, "") as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")
     uvicorn.run(create_serving_app(server), host=host, port=port, log_config=None, log_level=settings.log_level,

@@ -9,6 +9,12 @@ step feeds one token per row. A row that ends is dropped from the cache at once,
 still uses: the cache is never longer than its longest row. Positions are each row's own (its tokens counted, as
 transformers' ``generate`` counts them for a left-padded batch), so a row decodes as it would alone.
 
+A long prompt is prefilled a chunk at a time (``join``'s ``chunk``: at most that many tokens, rows x columns, per
+forward; ``prefill`` runs the next chunk) and the running rows take a step between two chunks: a row streaming its
+answer pauses for one chunk's forward, not for a whole long prompt's (vLLM's chunked prefill). The rows being
+prefilled join the batch when their last chunk is done. Rows that score their prompts are prefilled whole (their
+scores need every position's logits, which ``SCORING_LOGITS`` bounds).
+
 Merging needs the cache's tensors: transformers' ``DynamicCache`` of full-attention layers. A model whose cache is
 another kind (sliding-window layers, recurrent state) still decodes here, but only rows that start together share a
 batch (``joinable`` False): the next rows wait for the batch to end, as with ``generate``.
@@ -39,6 +45,29 @@ class PrefillFailed(Exception):
     """A joining rows' prefill failed (the exception is its cause): the running batch is as it was."""
 
 
+class _Prefill:
+    """Rows being prefilled (``RunningBatch.join``): their prompts left-padded among themselves, prefilled
+    ``columns`` columns per forward; ``done`` columns so far, whose keys and values are in ``cache``."""
+
+    def __init__(self, rows: Sequence[Row], refs: Sequence[str], owners: Sequence[Any], *, pad_id: int,
+                 chunk: int | None, device: torch.device) -> None:
+        self.rows, self.refs, self.owners = list(rows), list(refs), list(owners)
+        longest = max(len(r.prompt_ids) for r in rows)
+        self.ids = torch.tensor([[pad_id] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in rows],
+                                device=device)
+        self.mask = torch.tensor([[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+                                 device=device)
+        self.scoring = any(r.score_prompt for r in rows)
+        whole = chunk is None or self.scoring
+        self.columns = longest if whole else max(1, cast(int, chunk) // len(rows))
+        self.done = 0
+        self.cache: Any = None
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[1])
+
+
 class RunningBatch:
     """The rows of one bank being decoded (see the module's docstring): row i uses adapter ``refs[i]`` and belongs
     to ``owners[i]`` (whatever the caller keeps per row: the server, its request)."""
@@ -53,6 +82,8 @@ class RunningBatch:
         self.owners: list[Any]
         #: False once a prefill gave a cache that cannot be merged: then rows join only an empty batch
         self.joinable = True
+        #: rows being prefilled a chunk at a time (``join``), not yet in the batch; None when none are
+        self.pending: _Prefill | None = None
         self._empty()
 
     def _empty(self) -> None:
@@ -65,7 +96,12 @@ class RunningBatch:
         self._position = torch.zeros(0, dtype=torch.long, device=self.device)  # and its position in its row
 
     def __len__(self) -> int:
+        """The rows being decoded (not those being prefilled)."""
         return len(self.states)
+
+    def __bool__(self) -> bool:
+        """Whether the batch holds any row: one being decoded, or being prefilled to join."""
+        return bool(self.states) or self.pending is not None
 
     @property
     def length(self) -> int:
@@ -74,47 +110,71 @@ class RunningBatch:
 
     @property
     def open(self) -> bool:
-        """Whether rows may join now."""
-        return not self.states or (self.joinable and not self.sealed)
+        """Whether rows may join now (none are being prefilled, and the batch is empty or may take more)."""
+        return self.pending is None and (not self.states or (self.joinable and not self.sealed))
 
-    def join(self, rows: Sequence[Row], refs: Sequence[str], owners: Sequence[Any]) -> list[Left]:
-        """Prefill ``rows`` (of adapters ``refs``) in one forward, score the prompts of rows that ask, take each
-        row's first token and merge the rows into the batch; the rows that this first token ended (``Left``).
-        ``PrefillFailed`` when the prefill fails (nothing changed); any other exception leaves the batch unusable."""
+    def join(self, rows: Sequence[Row], refs: Sequence[str], owners: Sequence[Any], *, chunk: int | None = None
+             ) -> list[Left]:
+        """Prefill ``rows`` (of adapters ``refs``), left-padded among themselves, score the prompts of rows that ask,
+        take each row's first token and merge the rows into the batch; the rows that this first token ended
+        (``Left``). With ``chunk``, the prefill runs at most ``chunk`` tokens (rows x columns) per forward: the first
+        chunk now, the next ones each time ``prefill`` is called, and the rows join after their last (``pending``
+        meanwhile; nothing else joins). ``PrefillFailed`` when a chunk fails (those rows are dropped, the running
+        ones are as they were); any other exception leaves the batch unusable."""
+        if self.pending is not None:
+            raise RuntimeError("rows joined a batch whose last rows are still being prefilled")
+        self.pending = _Prefill(rows, refs, owners, pad_id=self.pad_id, chunk=chunk, device=self.device)
+        return self.prefill()
+
+    def prefill(self) -> list[Left]:
+        """The next chunk of the rows being prefilled; when it was their last, they join (see ``join``)."""
+        pending = self.pending
+        if pending is None:
+            return []
         try:
-            states, tokens, cache, mask = self._prefill(rows, refs)
+            ready = self._prefill(pending)
         except Exception as exc:
+            self.pending = None
             raise PrefillFailed(str(exc)) from exc
+        if ready is None:
+            return []
+        self.pending = None
+        states, tokens = ready
         first = len(self.states)
         if first:
-            self._merge(cache, mask, tokens)
+            self._merge(pending.cache, pending.mask, tokens)
         else:
-            self._cache, self._mask, self._next = cache, mask, tokens
-            self._position = mask.sum(-1)
-            self.joinable = _mergeable(cache)
+            self._cache, self._mask, self._next = pending.cache, pending.mask, tokens
+            self._position = pending.mask.sum(-1)
+            self.joinable = _mergeable(pending.cache)
         self.states += states
-        self.refs += refs
-        self.owners += owners
+        self.refs += pending.refs
+        self.owners += pending.owners
         return self._advance(range(first, len(self.states)), tokens)
 
-    def _prefill(self, rows: Sequence[Row], refs: Sequence[str]
-                 ) -> tuple[list[RowState], torch.Tensor, Any, torch.Tensor]:
-        longest = max(len(r.prompt_ids) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in rows],
-                           device=self.device)
-        mask = torch.tensor([[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
-                            device=self.device)
-        keep = {"logits_to_keep": 0 if any(r.score_prompt for r in rows) else 1} if self._keep_arg else {}
-        with torch.no_grad(), self.bank.route(list(refs)):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                             **keep)
-            for i, row in enumerate(rows):
-                if row.score_prompt:  # left-padded: row i's prompt fills its last positions
-                    row.prompt_scores = score_prompt(out.logits[i, longest - len(row.prompt_ids):], row.prompt_ids,
-                                                     row.logprobs or 0)
-            states = [RowState(r, self.device, eos=self.eos, decode=self.decode) for r in rows]
-            tokens = pick(states, out.logits[:, -1])
-        return states, tokens, out.past_key_values, mask
+    def abandon(self) -> list[Any]:
+        """Stop prefilling the pending rows (their adapter went, or the batch does): their owners."""
+        owners, self.pending = (self.pending.owners if self.pending else []), None
+        return owners
+
+    def _prefill(self, pending: _Prefill) -> tuple[list[RowState], torch.Tensor] | None:
+        """One forward of ``pending``'s next columns; after the last, each row's state and first token (else None)."""
+        start, end = pending.done, min(pending.done + pending.columns, pending.length)
+        last = end == pending.length
+        keep = {"logits_to_keep": 0 if pending.scoring else 1} if self._keep_arg else {}
+        with torch.no_grad(), self.bank.route(pending.refs):
+            out = self.model(input_ids=pending.ids[:, start:end], attention_mask=pending.mask[:, :end],
+                             position_ids=_positions(pending.mask)[:, start:end], past_key_values=pending.cache,
+                             use_cache=True, **keep)
+            pending.cache, pending.done = out.past_key_values, end
+            if not last:
+                return None
+            for i, row in enumerate(pending.rows):
+                if row.score_prompt:  # prefilled whole, left-padded: row i's prompt fills its last positions
+                    row.prompt_scores = score_prompt(out.logits[i, pending.length - len(row.prompt_ids):],
+                                                     row.prompt_ids, row.logprobs or 0)
+            states = [RowState(r, self.device, eos=self.eos, decode=self.decode) for r in pending.rows]
+            return states, pick(states, out.logits[:, -1])
 
     def step(self) -> list[Left]:
         """One token for every row (one forward of the batch); the rows that ended (``Left``)."""

@@ -245,7 +245,7 @@ class ModelServer:
         self, base: str, *, task: Task = "classification", base_name: str | None = None,
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
-        max_queue: int = 1024, timeout_s: float = 600.0,
+        max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -253,6 +253,9 @@ class ModelServer:
         self.client_for, self.max_resident, self.max_banks = client_for, max_resident, max_banks
         self.max_batch, self.batch_window_s, self.resolve_ttl_s = max_batch, batch_window_s, resolve_ttl_s
         self.max_queue, self.timeout_s = max_queue, timeout_s
+        #: tokens per prefill forward (rows x columns): a longer prompt is prefilled in chunks, the running rows
+        #: taking a step between two (None: whole)
+        self.prefill_chunk = prefill_chunk
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
         if self.tokenizer.pad_token is None:
@@ -285,6 +288,7 @@ class ModelServer:
         self._running: dict[BankKey, RunningBatch] = {}
         self._joining: list[_Work] = []
         self._draining: set[BankKey] = set()  # banks to go for a new family: they take no rows meanwhile
+        self._prefilled: set[BankKey] = set()  # banks whose rows began a prefill this turn (``_admit``)
         self._thread = threading.Thread(target=self._run, name="vera-batcher", daemon=True)
         self._thread.start()
 
@@ -791,7 +795,8 @@ class ModelServer:
     def _drop_all(self, error: RegistryError) -> None:
         """Every row running or waiting to join fails with ``error``."""
         with self.lock:
-            for work in [w for batch in self._running.values() for w in batch.owners] + self._joining:
+            held = [w for batch in self._running.values() for w in [*batch.owners, *batch.abandon()]]
+            for work in held + self._joining:
                 if not work.future.done():
                     work.future.set_exception(error)
             self._running.clear()
@@ -900,8 +905,10 @@ class ModelServer:
 
     def _admit(self) -> None:
         """Rows waiting to join go into their bank's running batch while it is open and has room (max_batch
-        rows): rows that score their prompts in prefills within the logits budget, the others in one prefill."""
+        rows): rows that score their prompts in prefills within the logits budget, the others in one prefill
+        (its first chunk now: see ``prefill_chunk``)."""
         joining, self._joining = self._joining, []
+        self._prefilled.clear()
         by_bank: dict[BankKey, list[_Work]] = {}
         for work in joining:
             by_bank.setdefault(work.resident.bank, []).append(work)
@@ -947,6 +954,7 @@ class ModelServer:
         under it is dropped, its rows told so."""
         batch, bank = self._running.get(key), self.banks.get(key)
         if batch is not None and batch.bank is not bank:
+            self._evict_pending(key, batch)
             self._evicted(key, batch, range(len(batch)))
             batch = None
         if batch is None and bank is not None:
@@ -959,37 +967,62 @@ class ModelServer:
     def _join(self, key: BankKey, batch: RunningBatch, group: list[_Work]) -> None:
         for work in group:
             work.resident.requests += 1
+        self._prefilled.add(key)
+        self._prefill(key, batch, group, lambda: batch.join(
+            [w.payload for w in group], [w.resident.ref for w in group], group, chunk=self.prefill_chunk))
+
+    def _prefill(self, key: BankKey, batch: RunningBatch, group: list[_Work], chunk: Callable[[], list[Left]]
+                 ) -> None:
+        """Run ``chunk`` (a chunk of ``group``'s prefill); when it fails, only the joining rows fail."""
         try:
-            self._left(batch.join([w.payload for w in group], [w.resident.ref for w in group], group))
+            self._left(chunk())
         except PrefillFailed:  # only the joining rows: the running ones go on as they were
             self._failed(group)
         except Exception:  # noqa: BLE001 - the rows' callers get the error, the batcher lives on
             self._running.pop(key, None)
-            self._failed([*batch.owners, *group])
+            self._failed([*batch.owners, *batch.abandon(), *group])
 
     def _step_all(self) -> None:
-        """One step of every running batch, each under ``lock`` (loads and evictions go between steps)."""
+        """A turn of every running batch, each under ``lock`` (loads and evictions go between turns): the next
+        chunk of the rows it is prefilling (unless a prefill began this turn), then one step of its rows."""
         for key, batch in list(self._running.items()):
             with self.lock:
                 if not batch:  # every row ended (or failed) as it joined
                     del self._running[key]
                     continue
+                self._evict_pending(key, batch)
                 if batch.bank is not self.banks.get(key):  # its bank was dropped under it
                     self._evicted(key, batch, range(len(batch)))
                     continue
                 gone = [i for i, ref in enumerate(batch.refs) if ref not in batch.bank]
                 if gone:
                     self._evicted(key, batch, gone)
-                if self._running.get(key) is not batch or not batch:  # every row was evicted
+                if batch.pending is not None and key not in self._prefilled:
+                    self._prefill(key, batch, list(batch.pending.owners), batch.prefill)
+                if self._running.get(key) is not batch:  # every row was evicted, or the batch failed
                     continue
-                try:
-                    self._left(batch.step())
-                except Exception:  # noqa: BLE001 - the rows' callers get the error, the batcher lives on
-                    self._running.pop(key, None)
-                    self._failed(list(batch.owners))
-                    continue
+                if len(batch):
+                    try:
+                        self._left(batch.step())
+                    except Exception:  # noqa: BLE001 - the rows' callers get the error, the batcher lives on
+                        self._running.pop(key, None)
+                        self._failed([*batch.owners, *batch.abandon()])
+                        continue
                 if not batch:
                     del self._running[key]
+
+    def _evict_pending(self, key: BankKey, batch: RunningBatch) -> None:
+        """Rows being prefilled when an adapter of theirs (or their bank) went: those whose adapter went fail,
+        saying to send again; the others wait to be prefilled again."""
+        pending, bank = batch.pending, self.banks.get(key)
+        if pending is None or (batch.bank is bank and all(ref in bank for ref in pending.refs)):
+            return
+        for work in reversed(batch.abandon()):
+            work.resident.requests -= 1
+            if batch.bank is bank and work.resident.ref in bank:
+                self._joining.insert(0, work)
+            elif not work.future.done():
+                work.future.set_exception(_evicted_meanwhile(work))
 
     def _evicted(self, key: BankKey, batch: RunningBatch, rows: Sequence[int]) -> None:
         """Rows (indices) of ``batch`` whose adapter (or bank) went meanwhile: they fail, saying to send again."""
@@ -997,7 +1030,7 @@ class ModelServer:
             work = batch.owners[i]
             if not work.future.done():
                 work.future.set_exception(_evicted_meanwhile(work))
-        if len(rows) == len(batch):
+        if len(rows) == len(batch) and batch.pending is None:
             self._running.pop(key, None)
         else:
             batch.drop(rows)
@@ -1027,7 +1060,8 @@ class ModelServer:
 
     def _busy(self) -> set[str]:
         """The adapters of rows being decoded (under ``lock``): evicted only when nothing else can go."""
-        return {ref for batch in self._running.values() for ref in batch.refs}
+        return {ref for batch in self._running.values()
+                for ref in [*batch.refs, *(batch.pending.refs if batch.pending else [])]}
 
     def _score_rows(self, bank: AdapterBank, works: list[_Work]) -> Exception | None:
         """Rows that score their prompts and generate nothing (``max_tokens`` 0): one forward of the batch, padded

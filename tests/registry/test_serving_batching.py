@@ -4,6 +4,7 @@ while others decode without waiting for them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -121,6 +122,45 @@ def test_a_cache_that_cannot_merge_decodes_its_rows_and_takes_no_more_until_it_i
         batch.step()
     assert batch.open
     assert answers == {0: alone(bank, "a", prompts[0], 8), 1: alone(bank, "b", prompts[1], 8)}
+
+
+@pytest.mark.parametrize("tiny", [TINY_MODELS[1], TINY_MODELS[2], MISTRAL], ids=["gpt2", "llama", "mistral"])
+def test_a_prompt_prefilled_in_chunks_decodes_as_alone_and_the_running_rows_step_between_its_chunks(
+        tiny: TinyModel, tmp_path: Path) -> None:
+    """Chunked prefill: two rows whose prompts (11 and 7 tokens) are prefilled 6 tokens a forward (3 columns of
+    the two rows) take four forwards, not one; the row already decoding takes a step between two of them, and
+    every row's tokens equal generate's of its adapter alone. The sliding-window Mistral (window 4, shorter than a
+    prompt, so its cache rolls between chunks) has no running row: its cache never merges."""
+    bank = bank_of(tiny, tmp_path)
+    batch = batch_of(bank)
+    answers: dict[int, list[int]] = {}
+
+    def row(prompt: list[int], new: int, i: int) -> Row:
+        return Row(prompt, new, on_end=lambda tokens, *_: answers.__setitem__(i, tokens))
+
+    plan = [([5, 6, 7], "a", 12), ([8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], "b", 6), ([4, 20, 21, 22, 23, 24, 25],
+                                                                                         "a", 5)]
+    running = tiny is not MISTRAL
+    if running:
+        batch.join([row(*plan[0][::2], 0)], ["a"], [0], chunk=6)  # 3 tokens: one forward
+        assert batch.pending is None and len(batch) == 1
+        batch.step()
+    batch.join([row(plan[1][0], plan[1][2], 1), row(plan[2][0], plan[2][2], 2)], ["b", "a"], [1, 2], chunk=6)
+    forwards, steps = 1, 0
+    while batch.pending is not None:
+        assert not batch.open and len(batch) == int(running)  # nothing joins meanwhile; the rows wait outside it
+        if len(batch):
+            batch.step()
+            steps += 1
+        batch.prefill()
+        forwards += 1
+    assert forwards == 4 and steps == 3 * int(running)
+    while batch:
+        batch.step()
+    assert batch.joinable is running
+    for i, (prompt, ref, new) in enumerate(plan):
+        if i or running:
+            assert answers[i] == alone(bank, ref, prompt, new), (i, ref)
 
 
 def test_a_consumer_that_raises_fails_its_own_row_only(tmp_path: Path) -> None:
@@ -377,11 +417,11 @@ def test_rows_that_failed_in_company_run_alone_before_newcomers_join(served: dic
     resident = server.generator_for("alice/gen0", served["writer"])
     real, failed = RunningBatch._prefill, list[bool]()
 
-    def fails_once(self: RunningBatch, rows: Any, refs: Any) -> Any:
-        if len(rows) == 2 and not failed:
+    def fails_once(self: RunningBatch, pending: Any) -> Any:
+        if len(pending.rows) == 2 and not failed:
             failed.append(True)
             raise RuntimeError("a prefill that failed")
-        return real(self, rows, refs)
+        return real(self, pending)
 
     monkeypatch.setattr(RunningBatch, "_prefill", fails_once)
     ended: list[str] = []
@@ -475,3 +515,62 @@ def test_a_users_tokens_share_one_turn_in_the_queue(served: dict[str, Any]) -> N
     assert server._turn_of(served["writer"]) == server._turn_of(minted) == "user:alice"
     assert server._turn_of(served["reader"]) == "user:bob" and server._turn_of(None) == ""
     assert server._turn_of("vera_never_seen") == "token:vera_never_seen"
+
+
+def test_a_long_prompt_is_prefilled_between_the_steps_of_a_streaming_row(served: dict[str, Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the server, with prefill_chunk 2: a prompt sent while another row decodes is prefilled two tokens a
+    turn, the decoding row taking a step in each turn (before, it paused for the whole prefill), and both answers
+    are their adapters' texts alone."""
+    server: ModelServer = served["server"]
+    monkeypatch.setattr(server, "prefill_chunk", 2)
+    calls: list[str] = []
+    for name in ("prefill", "step"):
+        real = getattr(RunningBatch, name)
+        monkeypatch.setattr(RunningBatch, name, lambda self, real=real, name=name: (calls.append(name), real(self))[1])
+    started = threading.Event()
+    first, second = (server.generator_for(f"alice/gen{i}", served["writer"]) for i in range(2))  # one family
+    streaming = server.start(first, [Row(server.prompt_ids("a dog"), 40, on_text=_slowly(started, 0.02))])[0]
+    assert started.wait(30)
+    calls.clear()
+    long_ids = server.prompt_ids("the cat sits on the mat and the dog sits on the rug")
+    late = server.start(second, [Row(long_ids, 4)])[0]
+    got = late.result(timeout=60)
+    prefills = [i for i, call in enumerate(calls) if call == "prefill"]  # the first chunk's as the row joins too
+    assert len(long_ids) > 8 and len(prefills) == -(-len(long_ids) // 2), calls
+    for a, b in itertools.pairwise(prefills):
+        assert calls[a + 1:b] == ["step"], calls  # one step of the streaming row between two chunks
+    assert not streaming.done()
+    monkeypatch.setattr(server, "prefill_chunk", None)
+    assert got.tokens == server.wait(server.start(second, [Row(long_ids, 4)]))[0].tokens
+    assert streaming.result(timeout=60).tokens == server.wait(server.start(first, [Row(server.prompt_ids("a dog"),
+                                                                                        40)]))[0].tokens
+
+
+def test_rows_being_prefilled_when_an_adapter_goes_fail_for_it_alone(
+        served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Two rows prefilled in chunks together; one's adapter is evicted between two chunks: that row is told to
+    send again, the other is prefilled again from its start and answers its text alone; nothing logs a failure."""
+    server: ModelServer = served["server"]
+    monkeypatch.setattr(server, "prefill_chunk", 4)
+    victim = server.generator_for("alice/gen1", served["writer"])
+    keeper = server.generator_for("alice/gen0", served["writer"])
+    prompt = server.prompt_ids("the cat sits on the mat and the dog sits on the rug")
+    real, chunks = RunningBatch.prefill, []
+
+    def evicting(self: RunningBatch) -> Any:  # once, between the pair's first and second chunks
+        if not chunks and self.pending is not None and len(self.pending.rows) == 2 and self.pending.done:
+            chunks.append(self.pending.done)
+            server.evict(victim.ref)
+            return []
+        return real(self)
+
+    monkeypatch.setattr(RunningBatch, "prefill", evicting)
+    with caplog.at_level("ERROR", logger="vera.serving"):
+        doomed, kept = server.start(victim, [Row(prompt, 5)])[0], server.start(keeper, [Row(prompt, 5)])[0]
+        with pytest.raises(Evicted, match="evicted meanwhile; send it again"):
+            doomed.result(timeout=30)
+        got = kept.result(timeout=30)
+    assert chunks and not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
+    monkeypatch.setattr(RunningBatch, "prefill", real)
+    assert got.tokens == server.wait(server.start(keeper, [Row(prompt, 5)]))[0].tokens
