@@ -359,15 +359,15 @@ def step_mixed(device: str, quick: bool) -> tuple[Lines, bool]:
 # ---- continuous batching -----------------------------------------------------------------------------------------
 def step_decode(device: str, quick: bool) -> tuple[Lines, bool]:
     """The model server's decode loop (registry/serving/batching.py) on ``device``: rows of 8 adapters, half of
-    them joining the running batch mid-flight, each choose the tokens their adapter alone does (every token is, in a
-    forward of the row alone, the likeliest or within 1e-3 of it: a near tie may go either way on a GPU); and the
-    batch queued at once, against transformers' ``generate`` of it."""
+    them joining the running batch mid-flight (prefilled in chunks between its steps), each choose the tokens their
+    adapter alone does (every token is, in a forward of the row alone, the likeliest or within 1e-3 of it: a near
+    tie may go either way on a GPU); and the batch queued at once, against transformers' ``generate`` of it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from registry.serving.batching import RunningBatch
-    from registry.serving.decode import Row
 
     hidden, layers, vocab, count, new = (64, 2, 96, 4, 8) if quick else (1024, 8, 32000, 32, 64)
+    chunk = 8 if quick else 64  # prefill tokens per forward of the rows that join: several chunks each
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
                                         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
@@ -390,19 +390,8 @@ def step_decode(device: str, quick: bool) -> tuple[Lines, bool]:
     on = torch.device(device)
 
     def continuous(join_at: int) -> list[list[int]]:
-        """Every row decoded to ``new`` tokens; the second half joins after ``join_at`` steps."""
-        done: dict[int, list[int]] = {}
-        batch = RunningBatch(bank, pad_id=0, eos=set(), decode=lambda ids: "", device=on)
-        rows = [Row(p, new, on_end=lambda t, *_, i=i: done.__setitem__(i, t)) for i, p in enumerate(prompts)]
-        half = count // 2 if join_at else count
-        batch.join(rows[:half], refs[:half], list(range(half)))
-        for step in range(10 * new):
-            if step == join_at and half < count:
-                batch.join(rows[half:], refs[half:], list(range(half, count)))
-            if not batch:
-                break
-            batch.step()
-        return [done[i] for i in range(count)]
+        return _decode_rows(RunningBatch(bank, pad_id=0, eos=set(), decode=lambda ids: "", device=on), prompts,
+                            refs, new=new, join_at=join_at, chunk=chunk)
 
     joined = continuous(new // 2)
     worst, chose = 0.0, 0
@@ -426,11 +415,34 @@ def step_decode(device: str, quick: bool) -> tuple[Lines, bool]:
     plain_s = timed(plain, device, 3)
     same = chose == count
     return [f"continuous batching on {device}: {count} rows of 8 VeRA r=256 adapters on a Llama-shaped base ({layers} "
-            f"layers of {hidden}, vocabulary {vocab}), half joining after {new // 2} of {new} steps: {chose} of "
+            f"layers of {hidden}, vocabulary {vocab}), half joining after {new // 2} of {new} steps (prefilled "
+            f"{chunk} tokens a forward between steps): {chose} of "
             f"{count} rows chose their adapter's likeliest token at every step (largest gap {worst:.1e}): "
             f"{'**same**' if same else '**DIFFERENT**'}; the batch queued at once {ours_s * 1e3:.0f} ms vs "
             f"transformers' generate {plain_s * 1e3:.0f} ms ({plain_s / ours_s:.2f}x), "
             f"{count * new / ours_s:.0f} tokens/s"], same
+
+
+def _decode_rows(batch: Any, prompts: list[list[int]], refs: list[str], *, new: int, join_at: int, chunk: int
+                 ) -> list[list[int]]:
+    """Every row decoded to ``new`` tokens by ``batch`` (a RunningBatch); with ``join_at``, the second half joins
+    after that many steps, a chunk of its prefill (``chunk`` tokens) before each step, as the server runs them."""
+    from registry.serving.decode import Row
+
+    done: dict[int, list[int]] = {}
+    rows = [Row(p, new, on_end=lambda t, *_, i=i: done.__setitem__(i, t)) for i, p in enumerate(prompts)]
+    half = len(rows) // 2 if join_at else len(rows)
+    batch.join(rows[:half], refs[:half], list(range(half)))
+    for step in range(10 * new):
+        if step == join_at and half < len(rows):
+            batch.join(rows[half:], refs[half:], list(range(half, len(rows))), chunk=chunk)
+        else:
+            batch.prefill()  # the next chunk of rows still being prefilled, if any
+        if not batch:
+            break
+        if len(batch):
+            batch.step()
+    return [done[i] for i in range(len(rows))]
 
 
 # ---- serve-model -------------------------------------------------------------------------------------------------
