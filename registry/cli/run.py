@@ -115,6 +115,10 @@ def serve_model(
                                                "prefill runs in chunks, the rows decoding taking a step between "
                                                "two. 0: whole.", min=0)] = 512,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    generation_config: Annotated[str, typer.Option(help="auto: OpenAI's routes sample with the base's "
+                                                   "generation_config.json temperature, top_p and top_k where a "
+                                                   "request leaves them out (as vLLM's auto); none: OpenAI's "
+                                                   "defaults.")] = "none",
     registry: RegistryUrl = None, log_level: LogLevel = None,
 ) -> None:
     """Serve many registry adapters on one base model: hot-loaded on first use, batched together (generation
@@ -128,11 +132,14 @@ def serve_model(
 
     if task not in ("classification", "causal-lm"):
         fail(InvalidInput(f"--task must be classification or causal-lm, got {task!r}."))
+    if generation_config not in ("auto", "none"):
+        fail(InvalidInput(f"--generation-config must be auto or none, got {generation_config!r}."))
     settings = start_logging(load_settings(None), log_level)
     server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
                          max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device,
-                         max_queue=max_queue, prefill_chunk=prefill_chunk or None)
+                         max_queue=max_queue, prefill_chunk=prefill_chunk or None,
+                         generation_config=generation_config)  # type: ignore[arg-type]
     with RegistryClient(registry, "") as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")
     uvicorn.run(create_serving_app(server), host=host, port=port, log_config=None, log_level=settings.log_level,

@@ -23,7 +23,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -213,10 +213,14 @@ class _Sampled(BaseModel):
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
-    def sampling(self, index: int) -> Sampling:
-        """Choice ``index``'s sampling (its seed the request's plus the index: n choices differ, reproducibly)."""
+    def sampling(self, index: int, defaults: Mapping[str, float]) -> Sampling:
+        """Choice ``index``'s sampling (its seed the request's plus the index: n choices differ, reproducibly); a
+        field the request leaves out (or sends as null) takes its value in ``defaults`` where there is one (the
+        server's ``sampling_defaults``: its base's generation config), else OpenAI's."""
         seed = None if self.seed is None else (self.seed + index) % 2**64
-        return Sampling(self.temperature, self.top_p, max(self.top_k, 0), seed)
+        value = {name: getattr(self, name) if name in self.model_fields_set else defaults.get(name, getattr(self, name))
+                 for name in ("temperature", "top_p", "top_k")}
+        return Sampling(float(value["temperature"]), float(value["top_p"]), max(int(value["top_k"]), 0), seed)
 
 
 _Ids = Annotated[list[StrictInt], Field(max_length=MAX_PROMPT_IDS)]
@@ -407,8 +411,8 @@ def _completion(server: ModelServer, body: CompletionBody, token: str | None) ->
     if scoring:
         for prompt_ids in ids:
             server.check_scoring(len(prompt_ids))
-    rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j), body.stops, logprobs=body.logprobs,
-                score_prompt=scoring) for i in range(len(prompts)) for j in range(body.n)]
+    rows = [Row(ids[i], body.max_tokens, body.sampling(i * body.n + j, server.sampling_defaults), body.stops,
+                logprobs=body.logprobs, score_prompt=scoring) for i in range(len(prompts)) for j in range(body.n)]
     echoed = [(p if isinstance(p, str) else server.decode_ids(p)) if body.echo else "" for p in prompts]
     reply = _Reply("cmpl", "text_completion", resident, sum(map(len, ids)), chunks="text_completion")
 
@@ -453,7 +457,8 @@ def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
     top = (body.top_logprobs or 0) if body.logprobs else None
     if top is not None:
         _check_entries(body.n * wanted, top)
-    rows = [Row(ids, wanted, body.sampling(j), body.stops, logprobs=top) for j in range(body.n)]
+    rows = [Row(ids, wanted, body.sampling(j, server.sampling_defaults), body.stops, logprobs=top)
+            for j in range(body.n)]
     reply = _Reply("chatcmpl", "chat.completion", resident, len(ids), chunks="chat.completion.chunk")
 
     def logprobs(ended: Generated | None) -> dict[str, Any] | None:

@@ -246,6 +246,7 @@ class ModelServer:
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
         max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512,
+        generation_config: Literal["auto", "none"] = "none",
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -257,6 +258,9 @@ class ModelServer:
         #: taking a step between two (None: whole)
         self.prefill_chunk = prefill_chunk
         self.device = torch.device(device)
+        #: OpenAI's routes' sampling for what a request leaves out: the base's generation_config.json values with
+        #: ``generation_config="auto"`` (vLLM's ``--generation-config auto``), else OpenAI's defaults (empty)
+        self.sampling_defaults = sampling_defaults(self.base_path) if generation_config == "auto" else {}
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -1092,6 +1096,40 @@ class ModelServer:
 
     def _decode(self, tokens: list[int]) -> str:
         return self.decode_ids(tokens, special_tokens=False)
+
+
+#: what ``sampling_defaults`` takes from a base's generation_config.json, and the values each may have
+SAMPLING_DEFAULTS: dict[str, tuple[float, float]] = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
+                                                     "top_k": (0, 1_000_000)}
+
+
+def sampling_defaults(base_path: str) -> dict[str, float]:
+    """The sampling values (``SAMPLING_DEFAULTS``) that the base's generation_config.json sets, as vLLM's
+    ``--generation-config auto`` reads them (``do_sample`` aside, as there); the other sampling settings it sets,
+    which this server does not do (repetition_penalty, min_p, ...), are named in a warning. None there: empty. A
+    value out of range is refused, saying how to go on."""
+    from transformers import GenerationConfig
+
+    if not (Path(base_path) / "generation_config.json").is_file():
+        log.warning(f"--generation-config auto: {base_path} has no generation_config.json; OpenAI's sampling "
+                    "defaults apply")
+        return {}
+    config = GenerationConfig.from_pretrained(base_path, local_files_only=True).to_diff_dict()
+    found = {name: config[name] for name in SAMPLING_DEFAULTS if config.get(name) is not None}
+    for name, value in found.items():
+        low, high = SAMPLING_DEFAULTS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high or (
+                name == "top_p" and value == 0):
+            raise InvalidInput(f"{base_path}/generation_config.json sets {name} {value!r}, outside what a request "
+                               f"may send ({low} to {high}): correct it there, or serve with --generation-config "
+                               "none.")
+    ignored = sorted({"repetition_penalty", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+                      "no_repeat_ngram_size", "length_penalty", "max_new_tokens"} & config.keys())
+    if ignored:
+        log.warning(f"--generation-config auto: {', '.join(ignored)} in generation_config.json are not applied "
+                    "(vera serve-model does not do them)")
+    log.info(f"--generation-config auto: requests that leave them out sample with {found or 'OpenAI defaults'}")
+    return {name: float(value) for name, value in found.items()}
 
 
 def generated(resident: Resident, done: Generated) -> dict[str, Any]:

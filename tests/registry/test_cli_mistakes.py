@@ -266,3 +266,9 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
         health = httpx.get(f"http://127.0.0.1:{status}/health", timeout=60)  # its worker's, as `vera worker`'s
         assert health.status_code == 200 and health.json()["status"] == "ok", health.text
     assert "tokens required" in log.read_text()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--task", "chat"), ("--generation-config", "vllm")])
+def test_vera_serve_model_refuses_an_option_value_it_does_not_know(option: str, value: str) -> None:
+    """Before it loads anything, one line naming the values it takes."""
+    refused(vera("serve-model", option, value, url="http://127.0.0.1:9"), f"{option} must be", repr(value))

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from transformers import AutoTokenizer
 
 from registry.api.gate import BodyLimit
 from registry.client import RegistryClient
-from registry.serving.api import MAX_BODY_BYTES
+from registry.serving.api import MAX_BODY_BYTES, create_serving_app
 from registry.serving.decode import Row, Sampling, _draw
 from registry.serving.server import ModelServer
 from tests.conftest import TINY_MODELS
@@ -462,3 +463,45 @@ def test_a_failure_mid_batch_fails_the_streams_that_spoke_and_reruns_the_others(
     with pytest.raises(Exception, match="failed to generate this answer") as failed:
         futures[2].result(timeout=60)
     assert failed.value is not None and heard
+
+
+def test_generation_config_auto_samples_with_the_bases_defaults_where_a_request_leaves_them_out(
+        served: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`--generation-config auto` (vLLM's): a base whose generation_config.json sets temperature 0.7 and top_k 5
+    samples a request that leaves them out (or sends null) as one that sends them; a request's own values win;
+    what the server does not do (repetition_penalty) is named in a warning. With none (the default), a request
+    that leaves them out samples as OpenAI's defaults (temperature 1, all tokens). A value a request could not
+    send is refused when the server starts, saying how to go on."""
+    from transformers import GenerationConfig
+
+    from registry.domain.errors import InvalidInput
+    from tests.registry.tiny_lm import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base")
+    GenerationConfig(do_sample=True, temperature=0.7, top_k=5, repetition_penalty=1.2).save_pretrained(base)
+    texts: dict[str, list[str]] = {}
+    for mode in ("auto", "none"):
+        with caplog.at_level("WARNING", logger="vera.serving"):
+            server = ModelServer(str(base), task="causal-lm", base_name="tiny-lm", generation_config=mode,
+                                 client_for=lambda token: RegistryClient(served["registry"], token or ""))
+        try:
+            with in_thread(create_serving_app(server), "the model server") as url:
+                client = openai.OpenAI(base_url=f"{url}/v1", api_key=served["writer"], max_retries=0, timeout=60)
+                asks = [{}, {"temperature": None, "top_k": None}, {"temperature": 0.7, "top_k": 5},
+                        {"temperature": 1.0, "top_k": 0}, {"temperature": 0.7, "top_p": 1.0, "top_k": 5}]
+                texts[mode] = [client.completions.create(model="alice/gen0", prompt="the cat", max_tokens=12,
+                                                         seed=7, extra_body={k: v for k, v in ask.items()
+                                                                             if k == "top_k"},
+                                                         **{k: v for k, v in ask.items() if k != "top_k"}
+                                                         ).choices[0].text for ask in asks]
+        finally:
+            server.close()
+        assert server.sampling_defaults == ({"temperature": 0.7, "top_k": 5.0} if mode == "auto" else {})
+    auto, plain = texts["auto"], texts["none"]
+    assert auto[0] == auto[1] == auto[2] == auto[4] and auto[3] == plain[3]  # left out or null: the base's
+    assert plain[0] == plain[1] == plain[3]  # none: OpenAI's defaults
+    assert auto[2] != auto[3]  # the settings change this prompt's sampled text: the equalities above tell apart
+    assert "repetition_penalty in generation_config.json are not applied" in caplog.text
+    GenerationConfig(do_sample=True, temperature=3.0).save_pretrained(base)
+    with pytest.raises(InvalidInput, match=r"sets temperature 3.0, outside .* --generation-config none"):
+        ModelServer(str(base), task="causal-lm", generation_config="auto", client_for=lambda token: None)
