@@ -33,8 +33,8 @@ from vera_core import AdapterBank
 
 
 class Left(NamedTuple):
-    """A row that left the batch: its index then, its owner, and the exception its consumer raised (None: it
-    ended on its own terms and its ``on_end`` was called)."""
+    """A row that left the batch: its index then (-1: one that never joined it), its owner, and the exception its
+    consumer raised (None: it ended on its own terms and its ``on_end`` was called)."""
 
     row: int
     owner: Any
@@ -131,6 +131,9 @@ class RunningBatch:
         pending = self.pending
         if pending is None:
             return []
+        if all(row.cancelled for row in pending.rows):  # their callers left: no more chunks for nobody
+            self.pending = None
+            return self._end_unjoined(pending)
         try:
             ready = self._prefill(pending)
         except Exception as exc:
@@ -151,6 +154,17 @@ class RunningBatch:
         self.refs += pending.refs
         self.owners += pending.owners
         return self._advance(range(first, len(self.states)), tokens)
+
+    def _end_unjoined(self, pending: _Prefill) -> list[Left]:
+        """End rows that never joined (their prefill stopped: cancelled) with what they said, nothing."""
+        left = []
+        for row, owner in zip(pending.rows, pending.owners, strict=True):
+            try:
+                RowState(row, self.device, eos=self.eos, decode=self.decode).finish(row.said, "stop")
+                left.append(Left(-1, owner))
+            except Exception as exc:  # noqa: BLE001 - its caller's consumer: that row fails
+                left.append(Left(-1, owner, exc))
+        return left
 
     def abandon(self) -> list[Any]:
         """Stop prefilling the pending rows (their adapter went, or the batch does): their owners."""

@@ -163,6 +163,32 @@ def test_a_prompt_prefilled_in_chunks_decodes_as_alone_and_the_running_rows_step
             assert answers[i] == alone(bank, ref, prompt, new), (i, ref)
 
 
+def test_rows_whose_callers_left_during_their_prefill_end_without_another_chunk(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """Rows prefilled in chunks whose callers all left (``cancelled``) end at the next turn, answered with nothing
+    and no further forward; the row decoding beside them goes on."""
+    bank = bank_of(TINY_MODELS[2], tmp_path)
+    batch = batch_of(bank)
+    ended: dict[int, tuple[list[int], str]] = {}
+    batch.join([Row([5, 6], 6, on_end=lambda t, _, reason: ended.__setitem__(0, (t, reason)))], ["a"], [0])
+    rows = [Row(list(range(3, 15)), 6, on_end=lambda t, _, reason, i=i: ended.__setitem__(i, (t, reason)))
+            for i in (1, 2)]
+    batch.join(rows, ["a", "b"], [1, 2], chunk=4)
+    assert batch.pending is not None and batch.pending.done == 2
+    forwards = []
+    real = batch._prefill
+    monkeypatch.setattr(batch, "_prefill", lambda pending: (forwards.append(1), real(pending))[1])
+    for row in rows:
+        row.cancelled = True
+    left = batch.prefill()
+    assert [(x.row, x.owner, x.error) for x in left] == [(-1, 1, None), (-1, 2, None)] and not forwards
+    assert batch.pending is None and len(batch) == 1 and ended == {1: ([], "stop"), 2: ([], "stop")}
+    while batch:
+        batch.step()
+    assert ended[0] == (alone(bank, "a", [5, 6], 6), "length")
+
+
 def test_a_consumer_that_raises_fails_its_own_row_only(tmp_path: Path) -> None:
     """A row whose consumer raises leaves the batch with that error; the others decode on, as alone."""
     bank = bank_of(TINY_MODELS[2], tmp_path)
