@@ -71,7 +71,9 @@ class Sampling:
 class Row:
     """One row of a generation batch: its prompt's token ids, settings, and what hears of its progress.
     ``on_text(delta)`` gets text as it is decided; ``on_end(tokens, text, reason)`` once, when the row ends;
-    ``cancelled`` (set by its consumer, e.g. a client that hung up) ends it at the next token."""
+    ``cancelled`` (set by its consumer, e.g. a client that hung up) ends it at the next token. ``on_scores``, for
+    a row that asks for log-probabilities, gets those of the tokens decided since its last call just before each
+    ``on_text`` (a stream's chunk carries them); what it has not had by the end is in ``scores``' tail."""
 
     prompt_ids: list[int]
     max_new_tokens: int
@@ -79,6 +81,7 @@ class Row:
     stops: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None
     on_end: Callable[[list[int], str, FinishReason], None] | None = None
+    on_scores: Callable[[list[Scored]], None] | None = None
     cancelled: bool = False
     said: str = ""  # the text ``on_text`` has had
     #: None: no log-probabilities; k (0 to MAX_LOGPROBS): each new token's, with the k likeliest at its place
@@ -130,6 +133,7 @@ class RowState:
         # log-probabilities, when the row asks: per step, the taken token's and the likeliest ones' (values, ids)
         self._taken: list[torch.Tensor] = []
         self._top: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._told = 0  # the tokens whose log-probabilities ``on_scores`` has had
 
     def keep(self, taken: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> None:
         """This step's log-probability of the token taken, and of the likeliest tokens (``values``, ``ids``,
@@ -137,18 +141,19 @@ class RowState:
         self._taken.append(taken)
         self._top.append((values[:self.row.logprobs], ids[:self.row.logprobs]))
 
-    def scored(self) -> list[Scored] | None:
-        """The row's new tokens with their log-probabilities (None when it asked for none)."""
+    def scored(self, start: int = 0) -> list[Scored] | None:
+        """The row's new tokens (from the ``start``-th) with their log-probabilities (None when it asked for
+        none)."""
         if self.row.logprobs is None:
             return None
         n = min(len(self.tokens), len(self._taken))
-        if not n:
+        if n <= start:
             return []
-        taken = torch.stack(self._taken[:n]).tolist()
-        values = torch.stack([v for v, _ in self._top[:n]]).tolist()
-        ids = torch.stack([i for _, i in self._top[:n]]).tolist()
+        taken = torch.stack(self._taken[start:n]).tolist()
+        values = torch.stack([v for v, _ in self._top[start:n]]).tolist()
+        ids = torch.stack([i for _, i in self._top[start:n]]).tolist()
         return [Scored(token, taken[j], tuple(zip(ids[j], values[j], strict=True))) for j, token in
-                enumerate(self.tokens[:n])]
+                enumerate(self.tokens[start:n])]
 
     def advance(self, token: int) -> bool:
         """Take the row's next ``token``; True once the row has ended (its ``on_end`` called)."""
@@ -182,8 +187,7 @@ class RowState:
         held = max((len(s) - 1 for s in row.stops), default=0)
         ready = text[:max(0, len(text) - held)].rstrip("\ufffd")
         if row.on_text is not None and len(ready) > len(row.said) and ready.startswith(row.said):
-            row.on_text(ready[len(row.said):])
-            row.said = ready
+            self._tell(ready)
         return None
 
     def _grow(self) -> str:
@@ -205,14 +209,25 @@ class RowState:
         self._read = len(tokens)
         return self._text
 
+    def _tell(self, text: str) -> None:
+        """Hand the consumer ``text``'s part after what it has had, with the log-probabilities of the tokens
+        decided since it last had some (``on_scores``, first)."""
+        row, on_text = self.row, self.row.on_text
+        if on_text is None:
+            return
+        if row.on_scores is not None:
+            told, self._told = self._told, len(self.tokens)
+            row.on_scores(self.scored(told) or [])
+        on_text(text[len(row.said):])
+        row.said = text
+
     def finish(self, text: str, reason: FinishReason) -> None:
         """End the row: its consumer gets the rest of ``text``, then its ``on_end``."""
         self.ended = True
         row = self.row
         row.scores = self.scored()
         if row.on_text is not None and text.startswith(row.said) and len(text) > len(row.said):
-            row.on_text(text[len(row.said):])
-            row.said = text
+            self._tell(text)
         if row.on_end is not None:
             row.on_end(self.tokens, text, reason)
 

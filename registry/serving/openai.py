@@ -23,7 +23,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -46,7 +46,15 @@ from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a bod
 
 from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
 from registry.serving.decode import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, Row, Sampling, Scored
-from registry.serving.server import Evicted, Generated, ModelServer, Resident, caller_token, serving_status
+from registry.serving.server import (
+    PIECE_CONTEXT,
+    Evicted,
+    Generated,
+    ModelServer,
+    Resident,
+    caller_token,
+    serving_status,
+)
 
 log = logging.getLogger("vera.serving")
 #: the most tokens one choice may generate, and choices one request may ask for (prompts times n)
@@ -386,7 +394,7 @@ async def completions(server: Server, body: CompletionBody, request: Request, au
     token = caller_token(authorization)
     resident, rows, reply, choice, echoed = await run_in_threadpool(_completion, server, body, token)
     if body.stream:
-        return reply.stream(server, rows, body, token, choice,
+        return reply.stream(server, rows, body, token, _completion_chunks(server, rows),
                             first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
     return await run_in_threadpool(  # the answer's JSON too: 500,000 log-probabilities take a second to write
@@ -431,11 +439,9 @@ async def chat_completions(server: Server, body: ChatBody, request: Request, aut
     token = caller_token(authorization)
     resident, rows, reply, logprobs = await run_in_threadpool(_chat, server, body, token)
     if body.stream:
-        return reply.stream(server, rows, body, token, lambda k, delta, ended: {
-            "index": k, "delta": {"content": delta} if delta else {}, "logprobs": logprobs(ended),
-            "finish_reason": None if ended is None else ended.finish_reason},
-            first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None})
+        return reply.stream(server, rows, body, token, _chat_chunks(server),
+                            first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""},
+                                             "logprobs": None, "finish_reason": None})
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
     return await run_in_threadpool(lambda: JSONResponse(reply.body(
         [{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
@@ -467,6 +473,43 @@ def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
     return resident, rows, reply, logprobs
 
 
+def _completion_chunks(server: ModelServer, rows: list[Row]) -> _Chunk:
+    """A streamed completion's chunks: each carries the log-probabilities of its choice's tokens decided since the
+    one before (with ``echo``, the prompt's come first, in the first chunk that carries any), read in context and
+    with text offsets going on from there, so that together they are the answer's ``logprobs``."""
+    before: dict[int, list[int]] = {}
+    at: dict[int, int] = {}
+
+    def chunk(k: int, text: str, ended: Generated | None, scores: list[Scored] | None) -> dict[str, Any]:
+        logprobs = None
+        if scores:
+            prompt = rows[k].prompt_scores if k not in at else None
+            logprobs = _completion_logprobs(server, [p for p in (prompt, scores) if p], before=before.get(k, []),
+                                            at=at.get(k, 0))
+            before.setdefault(k, []).extend(s.token for s in scores)
+            at[k] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        return {"index": k, "text": text, "logprobs": logprobs,
+                "finish_reason": None if ended is None else ended.finish_reason}
+
+    return chunk
+
+
+def _chat_chunks(server: ModelServer) -> _Chunk:
+    """A streamed chat completion's chunks: each carries the log-probabilities of its choice's tokens decided since
+    the one before (read in context), so that together they are the answer's ``logprobs.content``."""
+    before: dict[int, list[int]] = {}
+
+    def chunk(k: int, delta: str, ended: Generated | None, scores: list[Scored] | None) -> dict[str, Any]:
+        logprobs = None
+        if scores:
+            logprobs = _chat_logprobs(server, scores, before.get(k, []))
+            before.setdefault(k, []).extend(s.token for s in scores)
+        return {"index": k, "delta": {"content": delta} if delta else {}, "logprobs": logprobs,
+                "finish_reason": None if ended is None else ended.finish_reason}
+
+    return chunk
+
+
 def _check_entries(tokens: int, top: int) -> None:
     """An answer with ``tokens`` scored tokens, each with its ``top`` likeliest, within MAX_LOGPROB_ENTRIES."""
     entries = tokens * (top + 1)
@@ -481,24 +524,29 @@ def _number(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else NO_CHANCE
 
 
-def _texts(server: ModelServer, scored: list[Scored]) -> list[tuple[str, list[str]]]:
-    """Each scored token's text where it stands, and each of its likeliest alternatives' text in its place."""
-    pieces = server.token_pieces([s.token for s in scored], [[s.token, *(t for t, _ in s.top)] for s in scored])
-    return [(piece[0], piece[1:]) for piece in pieces]
+def _texts(server: ModelServer, scored: list[Scored], before: Sequence[int] = ()) -> list[tuple[str, list[str]]]:
+    """Each scored token's text where it stands (after ``before``, the tokens of the same text before them: a
+    stream's earlier chunks), and each of its likeliest alternatives' text in its place."""
+    context = list(before[max(0, len(before) - PIECE_CONTEXT):])
+    pieces = server.token_pieces([*context, *(s.token for s in scored)],
+                                 [[]] * len(context) + [[s.token, *(t for t, _ in s.top)] for s in scored])
+    return [(piece[0], piece[1:]) for piece in pieces[len(context):]]
 
 
-def _completion_logprobs(server: ModelServer, parts: list[list[Scored]]) -> dict[str, Any]:
+def _completion_logprobs(server: ModelServer, parts: list[list[Scored]], *, before: Sequence[int] = (), at: int = 0
+                         ) -> dict[str, Any]:
     """OpenAI's completions ``logprobs`` over ``parts`` (the prompt's tokens, then the new ones, each read as its
     own text: they join into the prompt's text, and into the new text): each token's text, log-probability (None
     for a prompt's first), the likeliest tokens' at its place by text (the token itself among them: up to logprobs
-    + 1, as OpenAI's), and where its text begins counting from the first token's."""
+    + 1, as OpenAI's), and where its text begins counting from the first token's. A stream's later chunk passes
+    the new tokens before its own (``before``) and where its first token's text begins (``at``)."""
     tokens: list[str] = []
     logprobs: list[float | None] = []
     tops: list[dict[str, float] | None] = []
     offsets: list[int] = []
-    at = 0
     for scored in parts:
-        for s, (text, alternatives) in zip(scored, _texts(server, scored), strict=True):
+        for s, (text, alternatives) in zip(scored, _texts(server, scored, before if scored is parts[-1] else ()),
+                                           strict=True):
             tokens.append(text)
             offsets.append(at)
             at += len(text)
@@ -515,15 +563,15 @@ def _completion_logprobs(server: ModelServer, parts: list[list[Scored]]) -> dict
     return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
-def _chat_logprobs(server: ModelServer, scored: list[Scored]) -> dict[str, Any]:
-    """OpenAI's chat ``logprobs``: each new token's text where it stands, its UTF-8 bytes and log-probability,
-    with the likeliest tokens' in its place."""
+def _chat_logprobs(server: ModelServer, scored: list[Scored], before: Sequence[int] = ()) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: each new token's text where it stands (after ``before``: see ``_texts``), its
+    UTF-8 bytes and log-probability, with the likeliest tokens' in its place."""
     def entry(text: str, logprob: float) -> dict[str, Any]:
         return {"token": text, "logprob": _number(logprob), "bytes": list(text.encode("utf-8", "replace"))}
 
     return {"content": [{**entry(text, s.logprob if s.logprob is not None else NO_CHANCE),
                          "top_logprobs": [entry(alt, v) for (_, v), alt in zip(s.top, alternatives, strict=True)]}
-                        for s, (text, alternatives) in zip(scored, _texts(server, scored), strict=True)],
+                        for s, (text, alternatives) in zip(scored, _texts(server, scored, before), strict=True)],
             "refusal": None}
 
 
@@ -604,18 +652,20 @@ class _Reply:
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {json.dumps({**self.head, 'object': self.chunks, 'choices': choices, **extra})}\n\n"
 
-    def stream(self, server: ModelServer, rows: list[Row], body: _Sampled, caller: str | None,
-               chunk: Callable[[int, str, Generated | None], dict[str, Any]],
+    def stream(self, server: ModelServer, rows: list[Row], body: _Sampled, caller: str | None, chunk: _Chunk,
                first: Callable[[int], dict[str, Any] | None]) -> StreamingResponse:
-        """Server-sent events: each choice's text as it is decided, its finish_reason (and its log-probabilities,
-        all at once, when asked for) as soon as it ends, usage
-        last when ``stream_options.include_usage``, then ``[DONE]``; an error after the first event is an event
-        with OpenAI's error object. A client that goes away ends its rows at their next token. Called on the event
-        loop: the batcher's thread hands each row's text to it (``call_soon_threadsafe``), and no thread waits."""
+        """Server-sent events: each choice's text as it is decided (with the log-probabilities of the tokens decided
+        since its last chunk, when asked for), its finish_reason as soon as it ends (with the log-probabilities
+        not sent yet), usage last when ``stream_options.include_usage``, then ``[DONE]``; an error after the first
+        event is an event with OpenAI's error object. A client that goes away ends its rows at their next token.
+        Called on the event loop: the batcher's thread hands each row's text to it (``call_soon_threadsafe``), and
+        no thread waits. ``chunk(k, text, ended, scores)`` writes choice k's chunk."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
+        events: asyncio.Queue[_Event] = asyncio.Queue()
         for k, row in enumerate(rows):
-            row.on_text = _teller(loop, events, k)
+            row.on_text, on_scores = _teller(loop, events, k)
+            if row.logprobs is not None:
+                row.on_scores = on_scores
         futures = server.start(self.resident, rows, caller)
         for k, future in enumerate(futures):
             future.add_done_callback(_ender(loop, events, k))
@@ -624,27 +674,30 @@ class _Reply:
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def _events(self, server: ModelServer, rows: list[Row], futures: list[Future[Generated]],
-                      events: asyncio.Queue[tuple[int, str | None]],
-                      chunk: Callable[[int, str, Generated | None], dict[str, Any]],
-                      first: Callable[[int], dict[str, Any] | None], *, with_usage: bool) -> AsyncIterator[str]:
+                      events: asyncio.Queue[_Event], chunk: _Chunk, first: Callable[[int], dict[str, Any] | None],
+                      *, with_usage: bool) -> AsyncIterator[str]:
         deadline = time.monotonic() + server.timeout_s
         try:
             openings = [c for c in map(first, range(len(rows))) if c is not None]
             if openings:
                 yield self._event(openings)
             done: dict[int, Generated] = {}
+            sent = [0] * len(rows)  # each choice's tokens whose log-probabilities went out
             while len(done) < len(rows):
                 try:
-                    k, delta = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+                    k, delta, scores = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
                     raise Busy(f"This model server did not finish within {server.timeout_s:.0f} s; retry "
                                "later.") from None
                 if delta is None:
-                    done[k] = futures[k].result()
-                    # a choice's last chunk carries its log-probabilities: their texts are read in the thread pool
-                    yield self._event([await run_in_threadpool(chunk, k, "", done[k])])
-                else:
-                    yield self._event([chunk(k, delta, None)])
+                    done[k] = ended = futures[k].result()
+                    scores = None if ended.scores is None else ended.scores[sent[k]:]
+                    delta = ""
+                elif scores is not None:
+                    sent[k] += len(scores)
+                # log-probabilities' texts are read in the thread pool (a tokenizer call)
+                yield self._event([await run_in_threadpool(chunk, k, delta, done.get(k), scores) if scores else
+                                   chunk(k, delta, done.get(k), None)])
             if with_usage:
                 yield self._event([], usage=self.usage(list(done.values())))
             yield "data: [DONE]\n\n"
@@ -660,17 +713,28 @@ class _Reply:
                 row.cancelled = True
 
 
-def _teller(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[tuple[int, str | None]], k: int
-            ) -> Callable[[str], None]:
-    """Row ``k``'s ``on_text`` (called in the batcher's thread): its new text onto ``events``, on ``loop``."""
+#: a stream's event: choice k's new text and the log-probabilities of the tokens decided since its last (None: it
+#: asked for none), or (k, None, None): it ended
+_Event = tuple[int, str | None, list[Scored] | None]
+#: writes choice k's chunk: ``(k, text, ended or None, its log-probabilities in this chunk or None)``
+_Chunk = Callable[[int, str, Generated | None, list[Scored] | None], dict[str, Any]]
+
+
+def _teller(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[_Event], k: int
+            ) -> tuple[Callable[[str], None], Callable[[list[Scored]], None]]:
+    """Row ``k``'s ``on_text`` and ``on_scores`` (called in the batcher's thread, log-probabilities just before the
+    text they go with): its new text, with them, onto ``events``, on ``loop``."""
+    heard: list[list[Scored]] = []
+
     def tell(delta: str) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (k, delta))
-    return tell
+        loop.call_soon_threadsafe(events.put_nowait, (k, delta, heard.pop() if heard else None))
+
+    return tell, heard.append
 
 
-def _ender(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[tuple[int, str | None]], k: int
+def _ender(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[_Event], k: int
            ) -> Callable[[Future[Generated]], None]:
     """Row ``k``'s future's done-callback: its end (answer or failure) onto ``events``, on ``loop``."""
     def end(_: Future[Generated]) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (k, None))
+        loop.call_soon_threadsafe(events.put_nowait, (k, None, None))
     return end

@@ -92,6 +92,20 @@ def test_echo_with_logprobs_scores_each_prompt_as_the_adapter_alone_whatever_its
     assert all(len(top) == 1 for top in plain.choices[0].logprobs.top_logprobs)  # logprobs 0: the token itself
 
 
+def test_a_streamed_completions_logprobs_come_chunk_by_chunk_and_add_up_to_the_answers(
+        served: dict[str, Any]) -> None:
+    """A streamed completion with echo and logprobs: chunks carry the log-probabilities of the tokens they bring
+    (the prompt's with the first), with text offsets going on, and together they are the unstreamed answer's."""
+    settings: dict[str, Any] = {"model": "alice/gen0", "prompt": "the cat sits on the", "max_tokens": 6,
+                                "temperature": 0, "logprobs": 2, "echo": True}
+    whole = oa(served).completions.create(**settings).choices[0]
+    chunks = [c.choices[0] for c in oa(served).completions.create(**settings, stream=True) if c.choices]
+    carrying = [c.logprobs for c in chunks if c.logprobs is not None]
+    assert len(carrying) > 1 and "".join(c.text for c in chunks) == whole.text
+    for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for part in carrying for x in getattr(part, field)] == getattr(whole.logprobs, field), field
+
+
 def test_a_sampled_token_is_scored_under_the_models_distribution_not_the_sampling_one(
         served: dict[str, Any]) -> None:
     prompt = "the big red"
@@ -126,7 +140,7 @@ def test_token_id_prompts_are_the_text_prompts_they_spell_and_answers_are_bounde
     assert several.usage is not None and several.usage.prompt_tokens == len(ids) + 2
 
 
-def test_chat_logprobs_come_with_each_new_token_and_with_a_streams_last_chunk(served: dict[str, Any]) -> None:
+def test_chat_logprobs_come_with_each_new_token_and_chunk_by_chunk_in_a_stream(served: dict[str, Any]) -> None:
     client = oa(served)
     messages: Any = [{"role": "user", "content": "the cat runs"}]
     chat = client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=4, temperature=0,
@@ -141,11 +155,14 @@ def test_chat_logprobs_come_with_each_new_token_and_with_a_streams_last_chunk(se
         assert entry.logprob == pytest.approx(float(want[new[j]]), abs=1e-4)
         assert entry.bytes == list(entry.token.encode())
         assert [t.token.strip() for t in entry.top_logprobs] == words(served, want.topk(3).indices.tolist())
+    # streamed: each chunk carries its tokens' (as OpenAI's), together the answer's, each read in its context
     streamed = list(client.chat.completions.create(model="alice/gen0", messages=messages, max_tokens=4,
                                                    temperature=0, logprobs=True, top_logprobs=3, stream=True))
-    carrying = [c for c in streamed if c.choices and c.choices[0].logprobs is not None]
-    assert len(carrying) == 1 and carrying[0].choices[0].finish_reason == chat.finish_reason
-    assert carrying[0].choices[0].logprobs.model_dump() == chat.logprobs.model_dump()
+    carrying = [c.choices[0] for c in streamed if c.choices and c.choices[0].logprobs is not None]
+    assert len(carrying) > 1 and streamed[-1].choices[0].finish_reason == chat.finish_reason
+    assert [e.model_dump() for c in carrying for e in c.logprobs.content] == \
+        [e.model_dump() for e in chat.logprobs.content]
+    assert "".join(c.delta.content or "" for c in carrying) == chat.message.content  # each with its tokens' text
     with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs: true"):
         client.chat.completions.create(model="alice/gen0", messages=messages, top_logprobs=2)
 
