@@ -80,9 +80,11 @@ async def health(server: Server) -> dict[str, Any]:  # on the event loop: answer
 # the adapter, loading it, tokenizing) runs in the thread pool first
 
 @router.post("/v1/classify")
-async def classify(server: Server, body: ClassifyBody, authorization: Auth = None) -> dict[str, Any]:
+async def classify(server: Server, body: ClassifyBody, request: Request, authorization: Auth = None
+                   ) -> dict[str, Any]:
     future = await run_in_threadpool(server.start_classify, body.adapter, body.inputs, caller_token(authorization))
-    result: dict[str, Any] = (await server.gather([future]))[0]
+    # a client that goes away takes its texts out of the queue (an outsider queued costly ones and hung up)
+    result: dict[str, Any] = (await server.gather([future], gone=request.is_disconnected))[0]
     return result
 
 

@@ -11,13 +11,14 @@ name is resolved through the registry with the caller's token (so the caller nee
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import tempfile
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -59,8 +60,13 @@ log = logging.getLogger("vera.serving")
 #: such rows are batched so that rows x longest prompt x vocabulary stays under this (2**28: 1 GiB of float32), and
 #: one prompt alone may hold at most SCORING_ROW_LOGITS (2**30: 4 GiB of float32; 8,192 tokens of a 128k vocabulary).
 SCORING_LOGITS, SCORING_ROW_LOGITS = 2**28, 2**30
-#: A token's text in a log-probability answer is read with this many tokens before it (token_pieces).
-PIECE_CONTEXT = 4
+#: A token's text in a log-probability answer is read with this many tokens before it (token_pieces), and the
+#: pieces are decoded this many at a time, the tokenizer taken for each slice (a few milliseconds)
+PIECE_CONTEXT, PIECES_PER_LOCK = 4, 4_096
+#: A classified text's tokens read (special ones included): its first CLASSIFY_TOKENS. It is tokenized a prefix of
+#: CLASSIFY_PREFIX characters at a time (doubled until that prefix holds CUT_MARGIN more tokens, so that where it is
+#: cut cannot change the tokens read, or is the whole text).
+CLASSIFY_TOKENS, CLASSIFY_PREFIX, CUT_MARGIN = 256, 2_048, 8
 #: How often a request waiting for its answer asks whether its client is still there (ModelServer.gather).
 GONE_POLL_S = 0.2
 #: How long the registry's word on whose a token is counts for the queue's turns (ModelServer._turn_of).
@@ -182,21 +188,25 @@ class _Waiting:
     def __init__(self, limit: int, per_caller: int) -> None:
         self.limit, self.per_caller = limit, per_caller
         self._by: dict[str, deque[_Work]] = {}
+        self._mine: dict[str, int] = {}  # each caller's rows waiting (a classify request's texts are rows each)
         self._turns: deque[str] = deque()  # callers with rows waiting, the next to be served first
         self._count, self._closed = 0, False
         self._ready = threading.Condition()
 
     def put(self, caller: str, works: Sequence[_Work]) -> None:
+        rows = sum(map(_rows, works))
         with self._ready:
-            mine = len(self._by.get(caller, ()))
-            if self._count + len(works) > self.limit or mine + len(works) > self.per_caller:
-                raise Busy(f"{self._count} requests are waiting for this model server ({mine} of them yours; at "
-                           f"most {self.limit}, {self.per_caller} of one caller's); retry in a moment.")
+            mine = self._mine.get(caller, 0)
+            if self._count + rows > self.limit or mine + rows > self.per_caller:
+                raise Busy(f"{self._count} rows are waiting for this model server ({mine} of them yours; at most "
+                           f"{self.limit}, {self.per_caller} of one caller's; this request has {rows}); retry in a "
+                           "moment.")
             if caller not in self._by:
                 self._by[caller] = deque()
                 self._turns.append(caller)
             self._by[caller].extend(works)
-            self._count += len(works)
+            self._count += rows
+            self._mine[caller] = mine + rows
             self._ready.notify()
 
     def get(self, timeout: float | None = None, *, taking: Callable[[_Work], bool] | None = None) -> _Work | None:
@@ -221,11 +231,12 @@ class _Waiting:
             rows = self._by[caller]
             work = rows[at]
             del rows[at]
-            self._count -= 1
+            self._count -= _rows(work)
+            self._mine[caller] -= _rows(work)
             if rows:
                 self._turns.append(caller)  # its next row after every other caller's
             else:
-                del self._by[caller]
+                del self._by[caller], self._mine[caller]
             return work
 
     def close(self) -> None:
@@ -268,6 +279,9 @@ class ModelServer:
             self.tokenizer.padding_side = "left"  # generation continues every row from the batch's right edge
         # a Rust tokenizer refuses to be used from two threads while one changes its padding ("Already borrowed")
         self._tokenizer_lock = threading.Lock()
+        # the batcher's own copy, for the text it decodes between steps: it never waits for a request's
+        # tokenizing or reading of log-probabilities (an outsider's 500,000 of them held every stream 5 to 11 s)
+        self._decoder = copy.deepcopy(self.tokenizer)
         config = AutoConfig.from_pretrained(self.base_path, local_files_only=True)
         #: prompt plus new tokens may not exceed the positions the base was trained for (None: it sets no limit)
         self.context_length: int | None = next((int(v) for v in (getattr(config, "max_position_embeddings", None),
@@ -603,9 +617,27 @@ class ModelServer:
         """Queue ``texts`` for adapter ``name`` (loaded first if need be); the future holds the answer."""
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
-        work = _Work("classify", self.activate(name, token), list(texts))
+        resident = self.activate(name, token)
+        work = _Work("classify", resident, [self._classify_ids(text) for text in texts])
         self._queue.put(self._turn_of(token), [work])
         return work.future
+
+    def _classify_ids(self, text: str) -> list[int]:
+        """What the classifier reads of ``text``: its first CLASSIFY_TOKENS tokens (special ones included), as the
+        whole text truncated gives them, tokenized here (the caller's thread, the tokenizer taken text by text, so
+        that callers' texts interleave) and only as far as needed: a prefix of CLASSIFY_PREFIX characters, doubled
+        until it holds more tokens than that or is the whole text. An outsider's 256 texts of 20,000 one-token
+        characters were tokenized whole, in the batcher, and held every other caller's request for 10 to 36 s."""
+        size = CLASSIFY_PREFIX
+        while True:
+            part = text[:size]
+            with self._tokenizer_lock:
+                ids = self.tokenizer(part, truncation=True, max_length=CLASSIFY_TOKENS + CUT_MARGIN)["input_ids"]
+            if size >= len(text) or len(ids) == CLASSIFY_TOKENS + CUT_MARGIN:  # the cut is past what is read
+                break
+            size *= 2
+        with self._tokenizer_lock:
+            return list(self.tokenizer(part, truncation=True, max_length=CLASSIFY_TOKENS)["input_ids"])
 
     def generate(self, name: str, prompt: str, *, max_new_tokens: int = 32, token: str | None = None,
                  sampling: Sampling | None = None, stops: Sequence[str] = ()) -> dict[str, Any]:
@@ -687,8 +719,11 @@ class ModelServer:
             texts += [before] + [before + [t] for t in tokens]
         if not texts:
             return []
-        with self._tokenizer_lock:
-            decoded = [str(t) for t in self.tokenizer.batch_decode(texts, skip_special_tokens=True)]
+        decoded: list[str] = []
+        for start in range(0, len(texts), PIECES_PER_LOCK):  # others' tokenizing goes between two slices
+            with self._tokenizer_lock:
+                decoded += map(str, self.tokenizer.batch_decode(texts[start:start + PIECES_PER_LOCK],
+                                                                skip_special_tokens=True))
         pieces, at = [], 0
         for tokens in candidates:
             base = decoded[at]
@@ -802,7 +837,7 @@ class ModelServer:
             held = [w for batch in self._running.values() for w in [*batch.owners, *batch.abandon()]]
             for work in held + self._joining:
                 if not work.future.done():
-                    work.future.set_exception(error)
+                    _settle(work.future, error=error)
             self._running.clear()
             self._joining.clear()
 
@@ -851,14 +886,14 @@ class ModelServer:
             except Exception as exc:  # noqa: BLE001 - the caller gets the error, the batcher lives on
                 for work in works:
                     if not work.future.done():
-                        work.future.set_exception(exc)
+                        _settle(work.future, error=exc)
 
     def _routable(self, key: BankKey, works: list[_Work]) -> tuple[AdapterBank, list[_Work]]:
         bank = self.banks.get(key)
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and the forward
-                work.future.set_exception(_evicted_meanwhile(work))
+                _settle(work.future, error=_evicted_meanwhile(work))
             elif not work.future.done():
                 work.resident.requests += 1
                 ready.append(work)
@@ -866,22 +901,29 @@ class ModelServer:
         return bank, ready  # type: ignore[return-value]
 
     def _classify(self, key: BankKey, works: list[_Work]) -> None:
+        """Classify ``works``' texts (token ids) in forwards of at most max_batch rows."""
         bank, works = self._routable(key, works)
         if not works:
             return
-        texts = [text for work in works for text in work.payload]
+        texts = [ids for work in works for ids in work.payload]
         names = [work.resident.ref for work in works for _ in work.payload]
-        with self._tokenizer_lock:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        enc = enc.to(self.device)
-        probs = bank(names, **enc).logits.float().softmax(-1).cpu()  # (rows, labels)
+        pad = int(self.tokenizer.pad_token_id or 0)
+        parts = []
+        for start in range(0, len(texts), self.max_batch):
+            forward = texts[start:start + self.max_batch]
+            longest = max(map(len, forward))
+            ids = torch.tensor([t + [pad] * (longest - len(t)) for t in forward], device=self.device)
+            mask = torch.tensor([[1] * len(t) + [0] * (longest - len(t)) for t in forward], device=self.device)
+            parts.append(bank(names[start:start + self.max_batch], input_ids=ids, attention_mask=mask
+                              ).logits.float().softmax(-1).cpu())  # (rows, labels)
+        probs = torch.cat(parts)
         start = 0
         for work in works:
             part = probs[start:start + len(work.payload)]
             start += len(work.payload)
             labels = work.resident.labels if len(work.resident.labels) == part.shape[1] else \
                 [str(i) for i in range(part.shape[1])]
-            work.future.set_result({"adapter": work.resident.ref, "predictions": [
+            _settle(work.future, result={"adapter": work.resident.ref, "predictions": [
                 {"label": labels[int(row.argmax())], "scores": dict(zip(labels, (round(float(p), 6) for p in row),
                                                                         strict=True))} for row in part]})
 
@@ -894,7 +936,7 @@ class ModelServer:
             for work in part if failure is not None else ():
                 alone = self._score_rows(bank, [work]) if len(part) > 1 else failure
                 if alone is not None:
-                    work.future.set_exception(alone)
+                    _settle(work.future, error=alone)
 
     def _fitted(self, works: list[_Work], *, logits_budget: int) -> list[list[_Work]]:
         """``works`` (sorted by prompt length) in groups whose prefill logits (rows x longest prompt x vocabulary)
@@ -927,7 +969,7 @@ class ModelServer:
         ready = []
         for work in works:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and now
-                work.future.set_exception(_evicted_meanwhile(work))
+                _settle(work.future, error=_evicted_meanwhile(work))
             elif not work.future.done():
                 ready.append(work)
         batch = self._batch_for(key)
@@ -1026,14 +1068,14 @@ class ModelServer:
             if batch.bank is bank and work.resident.ref in bank:
                 self._joining.insert(0, work)
             elif not work.future.done():
-                work.future.set_exception(_evicted_meanwhile(work))
+                _settle(work.future, error=_evicted_meanwhile(work))
 
     def _evicted(self, key: BankKey, batch: RunningBatch, rows: Sequence[int]) -> None:
         """Rows (indices) of ``batch`` whose adapter (or bank) went meanwhile: they fail, saying to send again."""
         for i in rows:
             work = batch.owners[i]
             if not work.future.done():
-                work.future.set_exception(_evicted_meanwhile(work))
+                _settle(work.future, error=_evicted_meanwhile(work))
         if len(rows) == len(batch) and batch.pending is None:
             self._running.pop(key, None)
         else:
@@ -1052,7 +1094,7 @@ class ModelServer:
                 work.alone = True
                 self._joining.insert(0, work)
             else:
-                work.future.set_exception(_generation_failed())
+                _settle(work.future, error=_generation_failed())
 
     @staticmethod
     def _left(left: list[Left]) -> None:
@@ -1060,7 +1102,7 @@ class ModelServer:
         for row in left:
             if row.error is not None and not row.owner.future.done():
                 log.error(f"a consumer of {row.owner.resident.ref}'s row failed", exc_info=row.error)
-                row.owner.future.set_exception(_generation_failed())
+                _settle(row.owner.future, error=_generation_failed())
 
     def _busy(self) -> set[str]:
         """The adapters of rows being decoded (under ``lock``): evicted only when nothing else can go."""
@@ -1095,7 +1137,8 @@ class ModelServer:
         return None
 
     def _decode(self, tokens: list[int]) -> str:
-        return self.decode_ids(tokens, special_tokens=False)
+        """A row's text (the batcher's: its own tokenizer, no lock)."""
+        return str(self._decoder.decode(tokens, skip_special_tokens=True))
 
 
 #: what ``sampling_defaults`` takes from a base's generation_config.json, and the values each may have
@@ -1145,8 +1188,22 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
         if then is not None:
             then(tokens, text, reason)
         if not future.done():
-            future.set_result(Generated(tokens, text, reason, row.scores, row.prompt_scores))
+            _settle(future, result=Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
+
+
+def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    """Answer ``future`` (its ``result``, or its ``error``), unless it has its answer or was cancelled meanwhile:
+    a caller that hung up or ran out of time cancels its futures from the event loop's thread, at any moment, even
+    during the forward that answers them (an outsider's finding: the error of setting a cancelled future's result
+    failed the other callers' requests of that forward with a 500)."""
+    try:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 def _evicted_meanwhile(work: _Work) -> Evicted:

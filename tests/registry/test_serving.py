@@ -284,3 +284,117 @@ def test_generation_batches_adapters_and_equals_each_alone(tmp_path: Path, regis
         assert results[0]["tokens"] != results[1]["tokens"] or prompts[0] != prompts[1]
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("text", ["!" * 20_000, "hello world " * 1_700, " " * 19_990 + "good", "a" * 20_000,
+                                  "a short one", "ünïcödé 日本語 " * 900, "!" * 2_050, ""],
+                         ids=["one-token-chars", "words", "spaces-then-a-word", "one-long-word", "short", "unicode",
+                              "just-past-the-prefix", "empty"])
+def test_a_classified_text_is_read_as_its_whole_text_truncated_tokenizing_only_what_it_needs(
+        server: ModelServer, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids classified are those of the whole text truncated to 256 tokens, whatever the text; a long text's
+    tokenizer calls see a prefix only (an outsider's 256 texts of 20,000 one-token characters were tokenized whole
+    in the batcher and held every other caller for 10 to 36 s)."""
+    seen: list[int] = []
+    real = type(server.tokenizer).__call__
+
+    def counting(self: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(len(text))
+        return real(self, text, *args, **kwargs)
+
+    want = server.tokenizer(text, truncation=True, max_length=256)["input_ids"]
+    monkeypatch.setattr(type(server.tokenizer), "__call__", counting)
+    assert server._classify_ids(text) == want
+    if text.startswith("!"):
+        assert max(seen) <= 4_096, seen  # 256 tokens need 256 of its 20,000 characters: 2,048 then 4,096
+
+
+def test_a_request_of_more_texts_than_a_forward_takes_is_answered_in_several(
+        server: ModelServer, registry_server: dict[str, Any]) -> None:
+    """max_batch bounds a classify forward's rows too: 7 texts with max_batch 3 go in three forwards, each text
+    scored as the adapter alone scores it."""
+    texts = [*TEXTS, "the end", "a glorious win", "a dreadful loss", "neutral words"]
+    server.max_batch = 3
+    calls: list[int] = []
+    token = registry_server["reader"]
+    bank = server.banks[server.activate("alice/clf1", token).bank]
+    real = type(bank).__call__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(bank), "__call__", lambda self, names, **kw: (calls.append(len(names)),
+                                                                         real(self, names, **kw))[1])
+        result = server.classify("alice/clf1", texts, token)
+    assert calls == [3, 3, 1]
+    got = torch.tensor([[p["scores"]["negative"], p["scores"]["positive"]] for p in result["predictions"]])
+    torch.testing.assert_close(got, reference_probs(registry_server["dirs"]["alice/clf1"], texts), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_a_request_cancelled_during_its_forward_never_fails_anothers(
+        server: ModelServer, registry_server: dict[str, Any]) -> None:
+    """Two callers' texts in one forward; the first caller's request is cancelled during it (its client gone, or
+    its time up): the second gets its answer. Before, setting the cancelled one's result raised, and that error
+    went to every request of the forward as a 500 (an outsider's finding)."""
+    token = registry_server["reader"]
+    first, second = (server.activate(name, token) for name in ("alice/clf1", "alice/clf2"))
+    server.batch_window_s = 0.5
+    bank = server.banks[first.bank]
+    real, futures = type(bank).__call__, []
+
+    def cancelling(self: Any, names: Any, **kw: Any) -> Any:
+        futures[0].cancel()
+        return real(self, names, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(bank), "__call__", cancelling)
+        futures += [server.start_classify("alice/clf1", TEXTS[:1], token),
+                    server.start_classify("alice/clf2", TEXTS[1:], token)]
+        answer = futures[1].result(timeout=60)
+    assert futures[0].cancelled() and answer["adapter"] == "alice/clf2:1" and len(answer["predictions"]) == 2
+    assert second.requests == 1
+
+
+def test_the_queue_counts_a_classify_requests_texts_as_rows() -> None:
+    """--max-queue counts rows, a classify request's texts each (it counted a request of 256 texts as one: an
+    outsider's share of the queue held 131,000 texts); a caller's share frees as its rows are taken."""
+    from registry.serving.server import Busy, _Waiting, _Work
+
+    queue = _Waiting(10, per_caller=6)
+    resident: Any = None
+    queue.put("bob", [_Work("classify", resident, [[1]] * 4)])
+    with pytest.raises(Busy, match=r"4 rows are waiting .*4 of them yours; at most 10, 6 of one caller's; this "
+                                   r"request has 3"):
+        queue.put("bob", [_Work("classify", resident, [[1]] * 3)])
+    queue.put("carol", [_Work("classify", resident, [[1]] * 6)])
+    with pytest.raises(Busy, match="10 rows are waiting"):
+        queue.put("dave", [_Work("generate", resident, None)])
+    assert queue.get(0) is not None  # bob's 4
+    queue.put("bob", [_Work("classify", resident, [[1]] * 3), _Work("generate", resident, None)])
+
+
+def test_a_classify_client_that_hangs_up_takes_its_texts_out_of_the_queue(
+        server: ModelServer, registry_server: dict[str, Any]) -> None:
+    """A client that closes its connection while its texts wait: they are never classified (before, every such
+    request was worked through and logged 200 for nobody: an outsider queued costly ones and hung up)."""
+    import json
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    from registry.serving.api import create_serving_app
+    from tests.registry.servers import in_thread
+
+    token = registry_server["reader"]
+    resident = server.activate("alice/clf1", token)
+    server.batch_window_s = 1.5  # the texts wait that long for company: time for the client to go
+    with in_thread(create_serving_app(server), "the model server") as url:
+        body = json.dumps({"adapter": "alice/clf1", "inputs": TEXTS}).encode()
+        where = urlsplit(url)
+        with socket.create_connection((where.hostname, where.port)) as client:
+            client.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.3)
+        time.sleep(2.0)
+        assert resident.requests == 0  # skipped, not classified
+        answered = httpx.post(f"{url}/v1/classify", json={"adapter": "alice/clf1", "inputs": TEXTS},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert answered.status_code == 200 and resident.requests == 1

@@ -600,3 +600,24 @@ def test_rows_being_prefilled_when_an_adapter_goes_fail_for_it_alone(
     assert chunks and not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
     monkeypatch.setattr(RunningBatch, "prefill", real)
     assert got.tokens == server.wait(server.start(keeper, [Row(prompt, 5)]))[0].tokens
+
+
+def test_the_batcher_decodes_while_a_request_holds_the_tokenizer(served: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batcher decodes rows' text with a tokenizer of its own: a request's tokenizing or reading of
+    log-probabilities (which holds the shared one; an outsider's 500,000 held it 1.6 s a request, and every
+    stream with it) never pauses the decoding rows. token_pieces takes the shared one a slice at a time, and
+    reads the same pieces whatever the slice."""
+    import registry.serving.server as serving
+
+    server: ModelServer = served["server"]
+    resident = server.generator_for("alice/gen0", served["writer"])
+    ids = server.prompt_ids("the cat sits")
+    sequence = server.prompt_ids("the cat sits on the mat and the dog sits on the rug")
+    candidates = [[t, 5, 6] for t in sequence]
+    whole = server.token_pieces(sequence, candidates)
+    monkeypatch.setattr(serving, "PIECES_PER_LOCK", 5)
+    assert server.token_pieces(sequence, candidates) == whole
+    with server._tokenizer_lock:  # as a request reading 500,000 log-probabilities' texts would
+        done = server.start(resident, [Row(ids, 8, on_text=lambda text: None)])[0].result(timeout=30)
+    assert len(done.tokens) == 8 and done.text

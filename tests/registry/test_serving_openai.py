@@ -437,7 +437,7 @@ def test_callers_take_turns_and_none_fills_the_queue_alone(served: dict[str, Any
     with pytest.raises(Busy, match="2 of them yours"):
         waiting.put("mallory", [_Work("generate", resident, Row(ids, 1))])
     waiting.put("alice", [_Work("generate", resident, Row(ids, 1)) for _ in range(2)])
-    with pytest.raises(Busy, match="4 requests are waiting"):
+    with pytest.raises(Busy, match="4 rows are waiting"):
         waiting.put("bob", [_Work("generate", resident, Row(ids, 1))])
     assert [waiting.get(0) is not None for _ in range(5)] == [True, True, True, True, False]
 
