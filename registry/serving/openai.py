@@ -146,11 +146,11 @@ class _Sampled(BaseModel):
     model: str = Field(max_length=300, description="the adapter: owner/name, owner/name:N or owner/name@alias")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1, le=1_000_000, description="vLLM's: sample from the k likeliest (0 or -1: all)")
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    top_k: StrictInt = Field(0, ge=-1, le=1_000_000, description="vLLM's: sample from the k likeliest (0 or -1: all)")
+    n: StrictInt = Field(1, ge=1, le=MAX_CHOICES)
     stop: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {
         "type": "string"}, "maxItems": MAX_STOPS}]})] = Field(None, description=f"up to {MAX_STOPS} texts")
-    seed: int | None = _SEED
+    seed: StrictInt | None = _SEED
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
@@ -284,7 +284,7 @@ class CompletionBody(_Sampled):
     # checked by hand (_prompt): a union's errors, one per item of a long list, cost seconds and gigabytes
     prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)] = Field(
         description="a text, a list of texts, a prompt's token ids, or a list of them")
-    max_tokens: int = Field(16, ge=0, le=MAX_TOKENS, description="0: none (with echo and logprobs: score only)")
+    max_tokens: StrictInt = Field(16, ge=0, le=MAX_TOKENS, description="0: none (with echo and logprobs: score only)")
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
         "each token's log-probability, and the N likeliest at its place; with echo, the prompt's tokens' too"))
@@ -347,10 +347,10 @@ class ChatBody(_Sampled):
         "add_special_tokens": (False,), "chat_template": (), "chat_template_kwargs": (), "documents": ()}
 
     messages: list[Message] = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: StrictBool = Field(False, description="each new token's log-probability")
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="and the N likeliest at its place")
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS, description="and the N likeliest at its place")
     tools: list[Any] | None = None
 
     @model_validator(mode="after")

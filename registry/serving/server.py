@@ -636,6 +636,8 @@ class ModelServer:
             if size >= len(text) or len(ids) == CLASSIFY_TOKENS + CUT_MARGIN:  # the cut is past what is read
                 break
             size *= 2
+        if len(ids) <= CLASSIFY_TOKENS:  # the whole text, within what is read
+            return list(ids)
         with self._tokenizer_lock:
             return list(self.tokenizer(part, truncation=True, max_length=CLASSIFY_TOKENS)["input_ids"])
 

@@ -421,6 +421,10 @@ def test_scoring_alone_with_max_tokens_0_costs_one_forward_and_matches(served: d
     ({"max_completion_tokens": 2}, "max_completion_tokens is not supported"),
     ({"echo": "yes"}, "echo: Input should be a valid boolean"),
     ({"logprobs": True}, "logprobs: Input should be a valid integer"),
+    ({"max_tokens": True}, "max_tokens: Input should be a valid integer"),  # was 1 token (an outsider's finding)
+    ({"max_tokens": "3"}, "max_tokens: Input should be a valid integer"),  # was 3, as OpenAI's API never takes
+    ({"n": 2.0}, "n: Input should be a valid integer"),
+    ({"seed": "7"}, "seed: Input should be a valid integer"),
     ({"stream": True, "stream_options": {"continuous_usage_stats": True}}, "continuous_usage_stats is not supported"),
 ])
 def test_bad_completions_are_refused_in_one_sentence_at_little_cost(served: dict[str, Any], change: dict[str, Any],
