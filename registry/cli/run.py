@@ -135,6 +135,10 @@ def serve_model(
     if generation_config not in ("auto", "none"):
         fail(InvalidInput(f"--generation-config must be auto or none, got {generation_config!r}."))
     settings = start_logging(load_settings(None), log_level)
+    # the batcher releases the interpreter's lock at every torch op and waits for it after each: with another
+    # thread busy in Python (a request's 500,000 log-probabilities written as JSON) it waited up to the switch
+    # interval (5 ms) per op, every stream pausing 4-6 s; at 0.5 ms the longest pause measured 0.96 s
+    sys.setswitchinterval(0.0005)
     server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
                          max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device,

@@ -14,8 +14,9 @@ batch's longest row does.
   as does an incomplete UTF-8 character.
 - Log-probabilities, for rows that ask (``Row.logprobs``): ``pick`` keeps, at each step, the log-probability of the
   token the row takes and of the ``logprobs`` likeliest, under the distribution the model gave (before
-  temperature, top-k and top-p: vLLM's default, "raw" log-probabilities), on the device, read back once when the
-  row ends. ``score_prompt`` gives a prompt's own tokens theirs from the prefill's logits (``Row.score_prompt``:
+  temperature, top-k and top-p: vLLM's default, "raw" log-probabilities), reduced on the device and read back
+  once a step for all the rows that ask (kept as plain numbers: a row's 512 steps of tensors cost seconds to
+  free). ``score_prompt`` gives a prompt's own tokens theirs from the prefill's logits (``Row.score_prompt``:
   OpenAI's ``echo`` with ``logprobs``, how lm-evaluation-harness scores a continuation).
 """
 
@@ -130,30 +131,23 @@ class RowState:
         self.ended = False
         # the text so far, decoded a few tokens at a time (``_grow``): tokens[prefix:read] gave its end
         self._text, self._prefix, self._read = "", 0, 0
-        # log-probabilities, when the row asks: per step, the taken token's and the likeliest ones' (values, ids)
-        self._taken: list[torch.Tensor] = []
-        self._top: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # log-probabilities, when the row asks: per step, the taken token's and the likeliest ones' (id, value)
+        self._scores: list[tuple[float, tuple[tuple[int, float], ...]]] = []
         self._told = 0  # the tokens whose log-probabilities ``on_scores`` has had
 
-    def keep(self, taken: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> None:
+    def keep(self, taken: float, values: Sequence[float], ids: Sequence[float]) -> None:
         """This step's log-probability of the token taken, and of the likeliest tokens (``values``, ``ids``,
-        likeliest first), still on the device: nothing is read back before the row ends."""
-        self._taken.append(taken)
-        self._top.append((values[:self.row.logprobs], ids[:self.row.logprobs]))
+        likeliest first)."""
+        top = self.row.logprobs or 0
+        self._scores.append((taken, tuple(zip(map(int, ids[:top]), values[:top], strict=True))))
 
     def scored(self, start: int = 0) -> list[Scored] | None:
         """The row's new tokens (from the ``start``-th) with their log-probabilities (None when it asked for
         none)."""
         if self.row.logprobs is None:
             return None
-        n = min(len(self.tokens), len(self._taken))
-        if n <= start:
-            return []
-        taken = torch.stack(self._taken[start:n]).tolist()
-        values = torch.stack([v for v, _ in self._top[start:n]]).tolist()
-        ids = torch.stack([i for _, i in self._top[start:n]]).tolist()
-        return [Scored(token, taken[j], tuple(zip(ids[j], values[j], strict=True))) for j, token in
-                enumerate(self.tokens[start:n])]
+        n = min(len(self.tokens), len(self._scores))
+        return [Scored(token, *self._scores[start + j]) for j, token in enumerate(self.tokens[start:n])]
 
     def advance(self, token: int) -> bool:
         """Take the row's next ``token``; True once the row has ended (its ``on_end`` called)."""
@@ -246,11 +240,14 @@ def pick(states: Sequence[RowState], logits: torch.Tensor) -> torch.Tensor:
     if asking:
         index = torch.tensor(asking, device=logits.device)
         model = logits.index_select(0, index).log_softmax(-1)
-        chosen = model.gather(1, taken.index_select(0, index)[:, None])[:, 0]
+        chosen = model.gather(1, taken.index_select(0, index)[:, None])
         top = min(max(states[i].row.logprobs or 0 for i in asking), model.shape[-1])
         values, ids = model.topk(top, dim=-1) if top else (model[:, :0], model[:, :0].long())
+        # read back once for every asking row (float64 holds the ids exactly): plain numbers, not a row's tensor
+        # per step, which took seconds to free when 46 rows of 512 steps ended together (an outsider's finding)
+        read = torch.cat([chosen.double(), values.double(), ids.double()], 1).tolist()
         for j, i in enumerate(asking):
-            states[i].keep(chosen[j], values[j], ids[j])
+            states[i].keep(read[j][0], read[j][1:1 + top], read[j][1 + top:])
     return taken
 
 

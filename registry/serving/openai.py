@@ -398,8 +398,7 @@ async def completions(server: Server, body: CompletionBody, request: Request, au
                             first=lambda k: choice(k, echoed[k // body.n], None) if body.echo else None)
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
     return await run_in_threadpool(  # the answer's JSON too: 500,000 log-probabilities take a second to write
-        lambda: JSONResponse(reply.body([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)],
-                                        done)))
+        lambda: reply.response([choice(k, echoed[k // body.n] + g.text, g) for k, g in enumerate(done)], done))
 
 
 def _completion(server: ModelServer, body: CompletionBody, token: str | None) -> tuple[
@@ -443,9 +442,9 @@ async def chat_completions(server: Server, body: ChatBody, request: Request, aut
                             first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""},
                                              "logprobs": None, "finish_reason": None})
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
-    return await run_in_threadpool(lambda: JSONResponse(reply.body(
+    return await run_in_threadpool(lambda: reply.response(
         [{"index": k, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs(g),
-          "finish_reason": g.finish_reason} for k, g in enumerate(done)], done)))
+          "finish_reason": g.finish_reason} for k, g in enumerate(done)], done))
 
 
 def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
@@ -648,6 +647,17 @@ class _Reply:
 
     def body(self, choices: list[dict[str, Any]], done: list[Generated]) -> dict[str, Any]:
         return {**self.head, "choices": choices, "usage": self.usage(done)}
+
+    def response(self, choices: list[dict[str, Any]], done: list[Generated]) -> Response:
+        """``body`` as JSON, written a choice at a time: one ``json.dumps`` of an answer with 500,000
+        log-probabilities (35 MB) holds the interpreter's lock for most of a second, and every other caller's
+        stream with it (an outsider's finding); a choice's takes milliseconds."""
+        def dump(value: Any) -> str:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+        text = (f'{dump(self.head)[:-1]},"choices":[{",".join(dump(c) for c in choices)}],'
+                f'"usage":{dump(self.usage(done))}}}')
+        return Response(text.encode(), media_type="application/json")
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {json.dumps({**self.head, 'object': self.chunks, 'choices': choices, **extra})}\n\n"

@@ -61,8 +61,8 @@ log = logging.getLogger("vera.serving")
 #: one prompt alone may hold at most SCORING_ROW_LOGITS (2**30: 4 GiB of float32; 8,192 tokens of a 128k vocabulary).
 SCORING_LOGITS, SCORING_ROW_LOGITS = 2**28, 2**30
 #: A token's text in a log-probability answer is read with this many tokens before it (token_pieces), and the
-#: pieces are decoded this many at a time, the tokenizer taken for each slice (a few milliseconds)
-PIECE_CONTEXT, PIECES_PER_LOCK = 4, 4_096
+#: pieces are decoded this many a call (a few milliseconds)
+PIECE_CONTEXT, PIECES_PER_CALL = 4, 4_096
 #: A classified text's tokens read (special ones included): its first CLASSIFY_TOKENS. It is tokenized a prefix of
 #: CLASSIFY_PREFIX characters at a time (doubled until that prefix holds CUT_MARGIN more tokens, so that where it is
 #: cut cannot change the tokens read, or is the whole text).
@@ -146,6 +146,7 @@ class _Work:
     payload: Any  # classify: the texts; generate: its Row
     future: Future[Any] = field(default_factory=Future)
     alone: bool = False  # a generation row that failed in company: it runs again in a batch of its own
+    counted: bool = True  # counts as a request served (a classify request's later forwards do not)
 
 
 @dataclass(frozen=True)
@@ -279,8 +280,9 @@ class ModelServer:
             self.tokenizer.padding_side = "left"  # generation continues every row from the batch's right edge
         # a Rust tokenizer refuses to be used from two threads while one changes its padding ("Already borrowed")
         self._tokenizer_lock = threading.Lock()
-        # the batcher's own copy, for the text it decodes between steps: it never waits for a request's
-        # tokenizing or reading of log-probabilities (an outsider's 500,000 of them held every stream 5 to 11 s)
+        # a copy that only decodes (its padding and truncation never change, so threads share it without the
+        # lock): the batcher's text between steps and log-probabilities' texts never wait for a request's
+        # tokenizing, nor for one another (an outsider's 500,000 log-probabilities held every stream 5 to 11 s)
         self._decoder = copy.deepcopy(self.tokenizer)
         config = AutoConfig.from_pretrained(self.base_path, local_files_only=True)
         #: prompt plus new tokens may not exceed the positions the base was trained for (None: it sets no limit)
@@ -618,9 +620,13 @@ class ModelServer:
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
         resident = self.activate(name, token)
-        work = _Work("classify", resident, [self._classify_ids(text) for text in texts])
-        self._queue.put(self._turn_of(token), [work])
-        return work.future
+        ids = [self._classify_ids(text) for text in texts]
+        # a forward's worth (max_batch texts) per queued work: callers take turns between two of a request's
+        # forwards (an outsider's 256 texts ran as four forwards in a row, others waiting for all of them)
+        works = [_Work("classify", resident, ids[at:at + self.max_batch], counted=not at)
+                 for at in range(0, len(ids), self.max_batch)]
+        self._queue.put(self._turn_of(token), works)
+        return _all_of(resident.ref, [work.future for work in works])
 
     def _classify_ids(self, text: str) -> list[int]:
         """What the classifier reads of ``text``: its first CLASSIFY_TOKENS tokens (special ones included), as the
@@ -698,16 +704,14 @@ class ModelServer:
 
     def decode_ids(self, ids: Sequence[int], *, special_tokens: bool = True) -> str:
         """The text of ``ids`` (with the special tokens' text unless ``special_tokens`` is False)."""
-        with self._tokenizer_lock:
-            return str(self.tokenizer.decode(list(ids), skip_special_tokens=not special_tokens))
+        return str(self._decoder.decode(list(ids), skip_special_tokens=not special_tokens))
 
     def token_texts(self, ids: Sequence[int]) -> dict[int, str]:
         """Each distinct token id of ``ids`` with its own text (special tokens' included), in one tokenizer call."""
         distinct = sorted(set(ids))
         if not distinct:
             return {}
-        with self._tokenizer_lock:
-            texts = self.tokenizer.batch_decode([[t] for t in distinct], skip_special_tokens=False)
+        texts = self._decoder.batch_decode([[t] for t in distinct], skip_special_tokens=False)
         return dict(zip(distinct, map(str, texts), strict=True))
 
     def token_pieces(self, sequence: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[list[str]]:
@@ -722,10 +726,9 @@ class ModelServer:
         if not texts:
             return []
         decoded: list[str] = []
-        for start in range(0, len(texts), PIECES_PER_LOCK):  # others' tokenizing goes between two slices
-            with self._tokenizer_lock:
-                decoded += map(str, self.tokenizer.batch_decode(texts[start:start + PIECES_PER_LOCK],
-                                                                skip_special_tokens=True))
+        for start in range(0, len(texts), PIECES_PER_CALL):  # other threads run between two calls
+            decoded += map(str, self._decoder.batch_decode(texts[start:start + PIECES_PER_CALL],
+                                                           skip_special_tokens=True))
         pieces, at = [], 0
         for tokens in candidates:
             base = decoded[at]
@@ -897,7 +900,7 @@ class ModelServer:
             if bank is None or work.resident.ref not in bank:  # evicted between activation and the forward
                 _settle(work.future, error=_evicted_meanwhile(work))
             elif not work.future.done():
-                work.resident.requests += 1
+                work.resident.requests += work.counted
                 ready.append(work)
         assert bank is not None or not ready
         return bank, ready  # type: ignore[return-value]
@@ -1139,8 +1142,7 @@ class ModelServer:
         return None
 
     def _decode(self, tokens: list[int]) -> str:
-        """A row's text (the batcher's: its own tokenizer, no lock)."""
-        return str(self._decoder.decode(tokens, skip_special_tokens=True))
+        return self.decode_ids(tokens, special_tokens=False)
 
 
 #: what ``sampling_defaults`` takes from a base's generation_config.json, and the values each may have
@@ -1192,6 +1194,30 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
         if not future.done():
             _settle(future, result=Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
+
+
+def _all_of(ref: str, parts: list[Future[dict[str, Any]]]) -> Future[dict[str, Any]]:
+    """One classify answer from its parts' (the predictions in order): the first failure of a part fails it, and
+    cancelling it (its client gone, its time up) cancels the parts not yet done."""
+    if len(parts) == 1:
+        return parts[0]
+    whole: Future[dict[str, Any]] = Future()
+
+    def part_done(_: Future[dict[str, Any]]) -> None:
+        failed = next((p for p in parts if p.done() and (p.cancelled() or p.exception() is not None)), None)
+        if failed is not None:
+            if failed.cancelled():
+                whole.cancel()
+            else:
+                _settle(whole, error=failed.exception())
+        elif all(p.done() for p in parts):
+            predictions = [x for p in parts for x in p.result()["predictions"]]
+            _settle(whole, result={"adapter": ref, "predictions": predictions})
+
+    for part in parts:
+        part.add_done_callback(part_done)
+    whole.add_done_callback(lambda w: [p.cancel() for p in parts] if w.cancelled() else None)
+    return whole
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

@@ -398,3 +398,33 @@ def test_a_classify_client_that_hangs_up_takes_its_texts_out_of_the_queue(
         answered = httpx.post(f"{url}/v1/classify", json={"adapter": "alice/clf1", "inputs": TEXTS},
                               headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert answered.status_code == 200 and resident.requests == 1
+
+
+def test_callers_take_turns_between_the_forwards_of_a_long_classify_request(
+        server: ModelServer, registry_server: dict[str, Any]) -> None:
+    """A request of more texts than a forward takes queues a forward's worth at a time, so another caller's request
+    goes between two of its forwards (an outsider's 256 texts ran as four forwards in a row, another caller waiting
+    7 s for all of them); the long request's answer is its texts' in order, counted as one request."""
+    bob, carol = registry_server["writer"], registry_server["reader"]
+    long_one, short_one = server.activate("alice/clf1", bob), server.activate("alice/clf2", carol)
+    server.max_batch = 2
+    bank = server.banks[long_one.bank]
+    real, order, carol_queued = type(bank).__call__, [], threading.Event()
+
+    def recording(self: Any, names: Any, **kw: Any) -> Any:
+        carol_queued.wait(30)  # the first forward waits until carol's request is queued
+        order.append(names[0])
+        return real(self, names, **kw)
+
+    texts = [*TEXTS, "the end", "a glorious win", "a dreadful loss", "neutral words", "more words"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(bank), "__call__", recording)
+        long_future = server.start_classify("alice/clf1", texts, bob)
+        short_future = server.start_classify("alice/clf2", TEXTS[:1], carol)
+        carol_queued.set()
+        long_answer, short_answer = long_future.result(timeout=60), short_future.result(timeout=60)
+    assert order.index("alice/clf2:1") < len(order) - 1 and order.count("alice/clf1:1") == 4, order
+    assert short_answer["adapter"] == "alice/clf2:1" and long_one.requests == 1 and short_one.requests == 1
+    got = torch.tensor([[p["scores"]["negative"], p["scores"]["positive"]] for p in long_answer["predictions"]])
+    torch.testing.assert_close(got, reference_probs(registry_server["dirs"]["alice/clf1"], texts), rtol=1e-4,
+                               atol=1e-4)

@@ -604,10 +604,10 @@ def test_rows_being_prefilled_when_an_adapter_goes_fail_for_it_alone(
 
 def test_the_batcher_decodes_while_a_request_holds_the_tokenizer(served: dict[str, Any],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The batcher decodes rows' text with a tokenizer of its own: a request's tokenizing or reading of
-    log-probabilities (which holds the shared one; an outsider's 500,000 held it 1.6 s a request, and every
-    stream with it) never pauses the decoding rows. token_pieces takes the shared one a slice at a time, and
-    reads the same pieces whatever the slice."""
+    """Decoding (the batcher's rows' text, log-probabilities' texts) uses a tokenizer copy that only decodes, never
+    the lock a request's tokenizing holds (reading an outsider's 500,000 log-probabilities held it 1.6 s a request,
+    and every stream with it): rows decode while the lock is held. token_pieces decodes a slice a call, and reads
+    the same pieces whatever the slice."""
     import registry.serving.server as serving
 
     server: ModelServer = served["server"]
@@ -616,7 +616,7 @@ def test_the_batcher_decodes_while_a_request_holds_the_tokenizer(served: dict[st
     sequence = server.prompt_ids("the cat sits on the mat and the dog sits on the rug")
     candidates = [[t, 5, 6] for t in sequence]
     whole = server.token_pieces(sequence, candidates)
-    monkeypatch.setattr(serving, "PIECES_PER_LOCK", 5)
+    monkeypatch.setattr(serving, "PIECES_PER_CALL", 5)
     assert server.token_pieces(sequence, candidates) == whole
     with server._tokenizer_lock:  # as a request reading 500,000 log-probabilities' texts would
         done = server.start(resident, [Row(ids, 8, on_text=lambda text: None)])[0].result(timeout=30)
