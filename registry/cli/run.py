@@ -110,7 +110,8 @@ def serve_model(
     max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
     max_batch: Annotated[int, typer.Option(help="Rows per forward: texts classified at once, and generation rows "
                                            "decoded together per projection family (continuous batching).")] = 64,
-    max_queue: Annotated[int, typer.Option(help="Requests (rows) waiting at most; beyond, a 503 to retry.")] = 1024,
+    max_queue: Annotated[int, typer.Option(help="Rows waiting at most (a generation row, or a text to classify); "
+                                           "beyond, a 503 to retry.")] = 1024,
     prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens per prefill forward (rows x tokens); a longer "
                                                "prefill runs in chunks, the rows decoding taking a step between "
                                                "two. 0: whole.", min=0)] = 512,
@@ -137,7 +138,7 @@ def serve_model(
     settings = start_logging(load_settings(None), log_level)
     # the batcher releases the interpreter's lock at every torch op and waits for it after each: with another
     # thread busy in Python (a request's 500,000 log-probabilities written as JSON) it waited up to the switch
-    # interval (5 ms) per op, every stream pausing 4-6 s; at 0.5 ms the longest pause measured 0.96 s
+    # interval (5 ms) per op, every stream pausing 4-6 s; at 0.5 ms the longest pause measured 1.0-1.5 s
     sys.setswitchinterval(0.0005)
     server = ModelServer(base, task=task, base_name=base_name,  # type: ignore[arg-type]
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours

@@ -906,31 +906,25 @@ class ModelServer:
         return bank, ready  # type: ignore[return-value]
 
     def _classify(self, key: BankKey, works: list[_Work]) -> None:
-        """Classify ``works``' texts (token ids) in forwards of at most max_batch rows."""
+        """Classify ``works``' texts (token ids) in forwards of at most max_batch rows, in order; each request is
+        answered after the forward that holds its last text (not after the last forward: a caller's one text that
+        shared a window with another's 64 waited for all of their forwards)."""
         bank, works = self._routable(key, works)
-        if not works:
-            return
-        texts = [ids for work in works for ids in work.payload]
-        names = [work.resident.ref for work in works for _ in work.payload]
+        rows = [(work, ids) for work in works for ids in work.payload]
         pad = int(self.tokenizer.pad_token_id or 0)
-        parts = []
-        for start in range(0, len(texts), self.max_batch):
-            forward = texts[start:start + self.max_batch]
-            longest = max(map(len, forward))
-            ids = torch.tensor([t + [pad] * (longest - len(t)) for t in forward], device=self.device)
-            mask = torch.tensor([[1] * len(t) + [0] * (longest - len(t)) for t in forward], device=self.device)
-            parts.append(bank(names[start:start + self.max_batch], input_ids=ids, attention_mask=mask
-                              ).logits.float().softmax(-1).cpu())  # (rows, labels)
-        probs = torch.cat(parts)
-        start = 0
-        for work in works:
-            part = probs[start:start + len(work.payload)]
-            start += len(work.payload)
-            labels = work.resident.labels if len(work.resident.labels) == part.shape[1] else \
-                [str(i) for i in range(part.shape[1])]
-            _settle(work.future, result={"adapter": work.resident.ref, "predictions": [
-                {"label": labels[int(row.argmax())], "scores": dict(zip(labels, (round(float(p), 6) for p in row),
-                                                                        strict=True))} for row in part]})
+        got: dict[int, list[torch.Tensor]] = {}
+        for start in range(0, len(rows), self.max_batch):
+            forward = rows[start:start + self.max_batch]
+            longest = max(len(ids) for _, ids in forward)
+            ids = torch.tensor([t + [pad] * (longest - len(t)) for _, t in forward], device=self.device)
+            mask = torch.tensor([[1] * len(t) + [0] * (longest - len(t)) for _, t in forward], device=self.device)
+            probs = bank([work.resident.ref for work, _ in forward], input_ids=ids, attention_mask=mask
+                         ).logits.float().softmax(-1).cpu()  # (rows, labels)
+            for (work, _), row in zip(forward, probs, strict=True):
+                mine = got.setdefault(id(work), [])
+                mine.append(row)
+                if len(mine) == len(work.payload):
+                    _settle(work.future, result=_classified(work.resident, torch.stack(got.pop(id(work)))))
 
     def _score(self, key: BankKey, works: list[_Work]) -> None:
         """Rows that score their prompts and generate nothing, in forwards within the logits budget; a failed
@@ -1194,6 +1188,15 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
         if not future.done():
             _settle(future, result=Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
+
+
+def _classified(resident: Resident, probs: torch.Tensor) -> dict[str, Any]:
+    """A classify answer: each text's likeliest label and every label's probability (``probs``: texts x labels;
+    labels are the version's ``labels`` metric, else their indices)."""
+    labels = resident.labels if len(resident.labels) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+    return {"adapter": resident.ref, "predictions": [
+        {"label": labels[int(row.argmax())], "scores": dict(zip(labels, (round(float(p), 6) for p in row),
+                                                                strict=True))} for row in probs]}
 
 
 def _all_of(ref: str, parts: list[Future[dict[str, Any]]]) -> Future[dict[str, Any]]:

@@ -428,3 +428,28 @@ def test_callers_take_turns_between_the_forwards_of_a_long_classify_request(
     got = torch.tensor([[p["scores"]["negative"], p["scores"]["positive"]] for p in long_answer["predictions"]])
     torch.testing.assert_close(got, reference_probs(registry_server["dirs"]["alice/clf1"], texts), rtol=1e-4,
                                atol=1e-4)
+
+
+def test_a_request_is_answered_after_the_forward_that_holds_its_last_text(
+        server: ModelServer, registry_server: dict[str, Any]) -> None:
+    """A caller's one text that shares a window with another's texts is answered once its own forward is done, not
+    after every forward of the window (an outsider's 64-text works kept another caller's one text waiting for all
+    of their forwards, about 8 s)."""
+    carol, bob = registry_server["reader"], registry_server["writer"]
+    short_one, long_one = server.activate("alice/clf2", carol), server.activate("alice/clf1", bob)
+    server.max_batch, server.batch_window_s = 2, 0.5
+    bank = server.banks[long_one.bank]
+    real, seen, futures = type(bank).__call__, [], []
+
+    def recording(self: Any, names: Any, **kw: Any) -> Any:
+        seen.append((list(names), futures[0].done()))
+        return real(self, names, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(bank), "__call__", recording)
+        futures.append(server.start_classify("alice/clf2", TEXTS[:1], carol))
+        futures.append(server.start_classify("alice/clf1", TEXTS, bob))
+        short_answer, long_answer = (f.result(timeout=60) for f in futures)
+    assert seen[0] == (["alice/clf2:1", "alice/clf1:1"], False) and seen[1][1], seen  # answered before the 2nd
+    assert len(short_answer["predictions"]) == 1 and len(long_answer["predictions"]) == 3
+    assert short_one.requests == 1 and long_one.requests == 1
