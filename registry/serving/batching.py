@@ -57,6 +57,7 @@ class _Prefill:
                                 device=device)
         self.mask = torch.tensor([[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
                                  device=device)
+        self.positions = _positions(self.mask)  # each token's position in its own row
         self.scoring = any(r.score_prompt for r in rows)
         whole = chunk is None or self.scoring
         self.columns = longest if whole else max(1, cast(int, chunk) // len(rows))
@@ -178,7 +179,7 @@ class RunningBatch:
         keep = {"logits_to_keep": 0 if pending.scoring else 1} if self._keep_arg else {}
         with torch.no_grad(), self.bank.route(pending.refs):
             out = self.model(input_ids=pending.ids[:, start:end], attention_mask=pending.mask[:, :end],
-                             position_ids=_positions(pending.mask)[:, start:end], past_key_values=pending.cache,
+                             position_ids=pending.positions[:, start:end], past_key_values=pending.cache,
                              use_cache=True, **keep)
             pending.cache, pending.done = out.past_key_values, end
             if not last:

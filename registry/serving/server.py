@@ -841,8 +841,7 @@ class ModelServer:
         with self.lock:
             held = [w for batch in self._running.values() for w in [*batch.owners, *batch.abandon()]]
             for work in held + self._joining:
-                if not work.future.done():
-                    _settle(work.future, error=error)
+                _settle(work.future, error=error)
             self._running.clear()
             self._joining.clear()
 
@@ -890,8 +889,7 @@ class ModelServer:
                     (self._classify if kind == "classify" else self._score)(key, works)
             except Exception as exc:  # noqa: BLE001 - the caller gets the error, the batcher lives on
                 for work in works:
-                    if not work.future.done():
-                        _settle(work.future, error=exc)
+                    _settle(work.future, error=exc)
 
     def _routable(self, key: BankKey, works: list[_Work]) -> tuple[AdapterBank, list[_Work]]:
         bank = self.banks.get(key)
@@ -1066,15 +1064,14 @@ class ModelServer:
             work.resident.requests -= 1
             if batch.bank is bank and work.resident.ref in bank:
                 self._joining.insert(0, work)
-            elif not work.future.done():
+            else:
                 _settle(work.future, error=_evicted_meanwhile(work))
 
     def _evicted(self, key: BankKey, batch: RunningBatch, rows: Sequence[int]) -> None:
         """Rows (indices) of ``batch`` whose adapter (or bank) went meanwhile: they fail, saying to send again."""
         for i in rows:
             work = batch.owners[i]
-            if not work.future.done():
-                _settle(work.future, error=_evicted_meanwhile(work))
+            _settle(work.future, error=_evicted_meanwhile(work))
         if len(rows) == len(batch) and batch.pending is None:
             self._running.pop(key, None)
         else:
@@ -1185,8 +1182,7 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
     def end(tokens: list[int], text: str, reason: FinishReason) -> None:
         if then is not None:
             then(tokens, text, reason)
-        if not future.done():
-            _settle(future, result=Generated(tokens, text, reason, row.scores, row.prompt_scores))
+        _settle(future, result=Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
 
 
