@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.gate import BodyLimit
@@ -25,6 +25,20 @@ from registry.serving.server import ModelServer, caller_token, generated, servin
 MAX_BODY_BYTES = 8 * 2**20
 
 
+def _not_a_bool(value: Any) -> Any:
+    """JSON's true and false are not numbers (pydantic reads them as 1 and 0: ``max_new_tokens: true`` was one
+    token, ``temperature: true`` 1.0). Numbers and numeric strings pass, as they did, for the clients that send them."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
+#: Numbers, never true or false (OpenAI's routes take JSON numbers only; this older API stays as lenient as it was
+#: otherwise).
+Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Real = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
 class ClassifyBody(BaseModel):
     adapter: str = Field(max_length=300, description="owner/name, owner/name:VERSION or owner/name@ALIAS")
     inputs: list[Annotated[str, Field(max_length=20_000)]] = Field(min_length=1, max_length=256)
@@ -33,11 +47,11 @@ class ClassifyBody(BaseModel):
 class GenerateBody(BaseModel):
     adapter: str = Field(max_length=300)
     prompt: str = Field(max_length=20_000)
-    max_new_tokens: int = Field(32, ge=1, le=MAX_TOKENS)
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 (the default): greedy; above: sampled")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, le=1_000_000, description="sample from the k likeliest tokens (0: all)")
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="the same seed, prompt and server: the same "
+    max_new_tokens: Whole = Field(32, ge=1, le=MAX_TOKENS)
+    temperature: Real = Field(0.0, ge=0.0, le=2.0, description="0 (the default): greedy; above: sampled")
+    top_p: Real = Field(1.0, gt=0.0, le=1.0)
+    top_k: Whole = Field(0, ge=0, le=1_000_000, description="sample from the k likeliest tokens (0: all)")
+    seed: Whole | None = Field(None, ge=-(2**63), lt=2**64, description="the same seed, prompt and server: the same "
                              "text, whatever else shares the batch (None: a random one)")
     stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field([], max_length=MAX_STOPS)
 

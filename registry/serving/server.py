@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import tempfile
 import threading
@@ -67,6 +68,9 @@ PIECE_CONTEXT, PIECES_PER_CALL = 4, 4_096
 #: CLASSIFY_PREFIX characters at a time (doubled until that prefix holds CUT_MARGIN more tokens, so that where it is
 #: cut cannot change the tokens read, or is the whole text).
 CLASSIFY_TOKENS, CLASSIFY_PREFIX, CUT_MARGIN = 256, 2_048, 8
+#: How many callers the queue remembers when it last served (the rest count as never served: they were served before
+#: every one it remembers, so they keep their place).
+SERVED_KEPT = 4_096
 #: How often a request waiting for its answer asks whether its client is still there (ModelServer.gather).
 GONE_POLL_S = 0.2
 #: How long the registry's word on whose a token is counts for the queue's turns (ModelServer._turn_of).
@@ -184,14 +188,19 @@ class _Waiting:
     """The rows waiting for the batcher: a first-in-first-out queue per caller (its token), taken in turn, so that
     a caller who sends many rows delays others by at most one row per turn instead of all of them; at most
     ``limit`` rows wait, at most ``per_caller`` of one caller's (the rest are a 503 to retry: room is always left
-    for the others)."""
+    for the others). The turn is the waiting caller served longest ago (one never served, or not within the last
+    SERVED_KEPT turns, first; then in order of arrival): a caller who arrives while another's row is being worked
+    on goes before that caller's next row (it went after it: behind an outsider's 64-text forwards, another caller's
+    one text waited for two of them, 12 s on a CPU), and a caller whose rows all went and who sends again at once
+    keeps its place behind those it was served before."""
 
     def __init__(self, limit: int, per_caller: int) -> None:
         self.limit, self.per_caller = limit, per_caller
         self._by: dict[str, deque[_Work]] = {}
         self._mine: dict[str, int] = {}  # each caller's rows waiting (a classify request's texts are rows each)
-        self._turns: deque[str] = deque()  # callers with rows waiting, the next to be served first
-        self._count, self._closed = 0, False
+        self._turns: list[str] = []  # callers with rows waiting, in order of arrival
+        self._served: dict[str, int] = {}  # the last turn of each caller served lately (the oldest first)
+        self._count, self._closed, self._turn = 0, False, 0
         self._ready = threading.Condition()
 
     def put(self, caller: str, works: Sequence[_Work]) -> None:
@@ -210,34 +219,39 @@ class _Waiting:
             self._mine[caller] = mine + rows
             self._ready.notify()
 
-    def get(self, timeout: float | None = None, *, taking: Callable[[_Work], bool] | None = None) -> _Work | None:
+    def get(self, timeout: float | None = None, *, taking: Callable[[_Work], bool] | None = None,
+            oldest: bool = False) -> _Work | None:
         """The next caller's oldest row; None once closed, or when ``timeout`` passes with nothing waiting. With
         ``taking``, the oldest row it takes of the next caller who has one (a caller's rows of a family whose batch
         is full wait, in order, while its rows of another family go; callers without one keep their turn), or None
-        when it takes none of those waiting."""
-        found = (-1, -1)
+        when it takes none of those waiting; with ``oldest`` too, only each caller's oldest row is looked at."""
+        found: tuple[str, int] | None = None
 
-        def ready() -> bool:  # a row to take (its caller's turn, its place), or closed
+        def ready() -> bool:  # a row to take (its caller, its place), or closed
             nonlocal found
-            found = next(((i, j) for i, caller in enumerate(self._turns) for j, row in enumerate(self._by[caller])
-                          if taking is None or taking(row)), (-1, -1))
-            return found[0] >= 0 or self._closed
+            order = sorted(self._turns, key=lambda caller: self._served.get(caller, -1))  # stable: then arrival
+            found = next(((caller, j) for caller in order
+                          for j, row in enumerate(itertools.islice(self._by[caller], 1 if oldest else None))
+                          if taking is None or taking(row)), None)
+            return found is not None or self._closed
 
         with self._ready:
-            if not self._ready.wait_for(ready, timeout=timeout) or self._closed:
+            if not self._ready.wait_for(ready, timeout=timeout) or self._closed or found is None:
                 return None
-            turn, at = found
-            caller = self._turns[turn]
-            del self._turns[turn]
+            caller, at = found
             rows = self._by[caller]
             work = rows[at]
             del rows[at]
             self._count -= _rows(work)
             self._mine[caller] -= _rows(work)
-            if rows:
-                self._turns.append(caller)  # its next row after every other caller's
-            else:
+            if not rows:
                 del self._by[caller], self._mine[caller]
+                self._turns.remove(caller)
+            self._turn += 1
+            self._served.pop(caller, None)
+            self._served[caller] = self._turn  # the most recent last
+            if len(self._served) > SERVED_KEPT:
+                del self._served[next(iter(self._served))]
             return work
 
     def close(self) -> None:
@@ -258,6 +272,7 @@ class ModelServer:
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
         max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512,
+        classify_tokens: int | None = 2048,
         generation_config: Literal["auto", "none"] = "none",
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -269,6 +284,9 @@ class ModelServer:
         #: tokens per prefill forward (rows x columns): a longer prompt is prefilled in chunks, the running rows
         #: taking a step between two (None: whole)
         self.prefill_chunk = prefill_chunk
+        #: tokens per classification forward (texts x the longest; a text alone may hold more): another caller's
+        #: text waits for one such forward at most (None: max_batch texts, whatever their length)
+        self.classify_tokens = classify_tokens
         self.device = torch.device(device)
         #: OpenAI's routes' sampling for what a request leaves out: the base's generation_config.json values with
         #: ``generation_config="auto"`` (vLLM's ``--generation-config auto``), else OpenAI's defaults (empty)
@@ -407,6 +425,7 @@ class ModelServer:
                                    "family, or raise --max-banks.")
                 resident.pinned = True
         return resident
+
     def _load(self, info: VersionInfo, token: str | None) -> Resident:
         """Download ``info``'s files and add it to its family's bank (built first if the family is new)."""
         started = time.perf_counter()
@@ -621,10 +640,9 @@ class ModelServer:
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
         resident = self.activate(name, token)
         ids = [self._classify_ids(text) for text in texts]
-        # a forward's worth (max_batch texts) per queued work: callers take turns between two of a request's
-        # forwards (an outsider's 256 texts ran as four forwards in a row, others waiting for all of them)
-        works = [_Work("classify", resident, ids[at:at + self.max_batch], counted=not at)
-                 for at in range(0, len(ids), self.max_batch)]
+        # a forward's worth (max_batch texts, classify_tokens) per queued work: callers take turns between two of a
+        # request's forwards (an outsider's 256 texts ran as four forwards in a row, others waiting for all of them)
+        works = [_Work("classify", resident, part, counted=not at) for at, part in enumerate(self._forwards(ids))]
         self._queue.put(self._turn_of(token), works)
         return _all_of(resident.ref, [work.future for work in works])
 
@@ -845,16 +863,37 @@ class ModelServer:
             self._running.clear()
             self._joining.clear()
 
+    def _forwards(self, texts: list[list[int]]) -> list[list[list[int]]]:
+        """``texts`` (token ids) in order, in forwards of at most max_batch texts and classify_tokens tokens (texts
+        x the longest; a text alone may hold more)."""
+        parts: list[list[list[int]]] = []
+        for ids in texts:
+            if parts and self._fits(len(parts[-1]) + 1, max(len(ids), *map(len, parts[-1]))):
+                parts[-1].append(ids)
+            else:
+                parts.append([ids])
+        return parts
+
+    def _fits(self, rows: int, longest: int) -> bool:
+        return rows <= self.max_batch and (self.classify_tokens is None or rows * longest <= self.classify_tokens)
+
     def _window(self, first: _Work) -> list[_Work]:
-        """``first`` and what else arrives within batch_window_s, up to max_batch rows, callers in turn."""
-        batch, rows = [first], _rows(first)
+        """``first`` and what else arrives within batch_window_s that fits in one forward with it (max_batch rows;
+        texts to classify within classify_tokens too), callers in turn: a caller's work that does not fit waits
+        for the next forward, its turn kept (a caller's one text went in a window with another's 64, and waited
+        for both forwards)."""
+        batch, rows, longest = [first], _rows(first), _longest(first)
+
+        def fitting(work: _Work) -> bool:
+            return self._fits(rows + _rows(work), max(longest, _longest(work)))
+
         deadline = time.monotonic() + self.batch_window_s
         while rows < self.max_batch:
-            item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()), taking=fitting, oldest=True)
             if item is None:  # the window closed (or the server did)
                 break
             batch.append(item)
-            rows += _rows(item)
+            rows, longest = rows + _rows(item), max(longest, _longest(item))
         return batch
 
     def _arrivals(self, *, block: bool) -> list[_Work] | None:
@@ -904,15 +943,16 @@ class ModelServer:
         return bank, ready  # type: ignore[return-value]
 
     def _classify(self, key: BankKey, works: list[_Work]) -> None:
-        """Classify ``works``' texts (token ids) in forwards of at most max_batch rows, in order; each request is
-        answered after the forward that holds its last text (not after the last forward: a caller's one text that
-        shared a window with another's 64 waited for all of their forwards)."""
+        """Classify ``works``' texts (token ids) in forwards of at most max_batch rows and classify_tokens tokens,
+        in order; each request is answered after the forward that holds its last text (not after the last forward:
+        a caller's one text that shared a window with another's 64 waited for all of their forwards)."""
         bank, works = self._routable(key, works)
         rows = [(work, ids) for work in works for ids in work.payload]
         pad = int(self.tokenizer.pad_token_id or 0)
         got: dict[int, list[torch.Tensor]] = {}
-        for start in range(0, len(rows), self.max_batch):
-            forward = rows[start:start + self.max_batch]
+        start = 0
+        for part in self._forwards([ids for _, ids in rows]):
+            forward, start = rows[start:start + len(part)], start + len(part)
             longest = max(len(ids) for _, ids in forward)
             ids = torch.tensor([t + [pad] * (longest - len(t)) for _, t in forward], device=self.device)
             mask = torch.tensor([[1] * len(t) + [0] * (longest - len(t)) for _, t in forward], device=self.device)
@@ -1188,8 +1228,10 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
 
 def _classified(resident: Resident, probs: torch.Tensor) -> dict[str, Any]:
     """A classify answer: each text's likeliest label and every label's probability (``probs``: texts x labels;
-    labels are the version's ``labels`` metric, else their indices)."""
-    labels = resident.labels if len(resident.labels) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+    labels are the version's ``labels`` metric when it names each output once, else their indices: a name given
+    twice lost one of its scores)."""
+    named = len(resident.labels) == probs.shape[1] == len(set(resident.labels))
+    labels = resident.labels if named else [str(i) for i in range(probs.shape[1])]
     return {"adapter": resident.ref, "predictions": [
         {"label": labels[int(row.argmax())], "scores": dict(zip(labels, (round(float(p), 6) for p in row),
                                                                 strict=True))} for row in probs]}
@@ -1248,6 +1290,11 @@ def _ids(value: int | list[int] | None) -> list[int]:
 
 def _rows(work: _Work) -> int:
     return len(work.payload) if work.kind == "classify" else 1
+
+
+def _longest(work: _Work) -> int:
+    """The longest text of a classify work, in tokens (0 for a generation row: only its row counts in a window)."""
+    return max(map(len, work.payload)) if work.kind == "classify" else 0
 
 
 def _bank_key(files: AdapterFiles) -> BankKey:

@@ -329,6 +329,36 @@ def test_a_request_of_more_texts_than_a_forward_takes_is_answered_in_several(
                                atol=1e-4)
 
 
+def test_a_classify_forward_holds_at_most_classify_tokens(server: ModelServer,
+                                                         registry_server: dict[str, Any]) -> None:
+    """classify_tokens bounds a forward's texts x its longest text (a text alone may hold more): another caller's
+    text waits for one such forward at most (64 texts of 256 tokens were one forward, 4 to 6 s on a CPU, and the
+    smaller forwards were faster in all). Each text is scored as the adapter alone scores it."""
+    texts = ["short", "a little longer than that", "short", "short", "short", "the longest text of them all, by far"]
+    lengths = [len(server._classify_ids(text)) for text in texts]
+    server.classify_tokens = 3 * lengths[0]  # three short texts in a forward; a longer one alone
+    calls: list[list[int]] = []
+    token = registry_server["reader"]
+    bank = server.banks[server.activate("alice/clf1", token).bank]
+    real = type(bank).__call__
+
+    def recording(self: Any, names: Any, input_ids: torch.Tensor, **kw: Any) -> Any:
+        calls.append(list(input_ids.shape))
+        return real(self, names, input_ids=input_ids, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(bank), "__call__", recording)
+        result = server.classify("alice/clf1", texts, token)
+        server.classify_tokens = None
+        server.classify("alice/clf1", texts, token)
+    short, longer, longest = lengths[0], lengths[1], lengths[-1]
+    assert 2 * longer > 3 * short and 2 * longest > 3 * short, lengths  # the texts are what this test needs
+    assert calls == [[1, short], [1, longer], [3, short], [1, longest], [6, longest]], (calls, lengths)
+    got = torch.tensor([[p["scores"]["negative"], p["scores"]["positive"]] for p in result["predictions"]])
+    torch.testing.assert_close(got, reference_probs(registry_server["dirs"]["alice/clf1"], texts), rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_a_request_cancelled_during_its_forward_never_fails_anothers(
         server: ModelServer, registry_server: dict[str, Any]) -> None:
     """Two callers' texts in one forward; the first caller's request is cancelled during it (its client gone, or
@@ -369,6 +399,35 @@ def test_the_queue_counts_a_classify_requests_texts_as_rows() -> None:
         queue.put("dave", [_Work("generate", resident, None)])
     assert queue.get(0) is not None  # bob's 4
     queue.put("bob", [_Work("classify", resident, [[1]] * 3), _Work("generate", resident, None)])
+
+
+def test_the_queues_turn_is_the_caller_served_longest_ago() -> None:
+    """Callers with rows waiting take turns; one who arrives while another's row is being worked on goes before
+    that caller's next row (it went after: behind an outsider's 64-text forwards another caller's one text waited
+    for two of them), and a caller whose rows all went and who sends again at once gets no fresh turn."""
+    from registry.serving.server import _Waiting, _Work
+
+    queue = _Waiting(100, per_caller=50)
+    resident: Any = None
+
+    def work(name: str) -> _Work:
+        return _Work("classify", resident, [[1]])
+
+    made = {name: work(name) for name in ("m1", "m2", "m3", "v1", "a1", "a2", "b1", "b2")}
+    names = {id(w): name for name, w in made.items()}
+
+    def taken(count: int) -> list[str]:
+        return [names[id(queue.get(0))] for _ in range(count)]
+
+    queue.put("mallory", [made["m1"], made["m2"]])
+    assert taken(1) == ["m1"]  # being worked on, mallory's next waiting
+    queue.put("victim", [made["v1"]])
+    assert taken(2) == ["v1", "m2"]
+    queue.put("victim", [made["a1"], made["a2"]])
+    queue.put("mallory", [made["m3"]])  # mallory was served last, and comes back at once: after the victim
+    queue.put("bob", [made["b1"], made["b2"]])  # never served: first
+    assert taken(5) == ["b1", "a1", "m3", "b2", "a2"]
+    assert queue.get(0) is None
 
 
 def test_a_classify_client_that_hangs_up_takes_its_texts_out_of_the_queue(
@@ -423,18 +482,19 @@ def test_callers_take_turns_between_the_forwards_of_a_long_classify_request(
         short_future = server.start_classify("alice/clf2", TEXTS[:1], carol)
         carol_queued.set()
         long_answer, short_answer = long_future.result(timeout=60), short_future.result(timeout=60)
-    assert order.index("alice/clf2:1") < len(order) - 1 and order.count("alice/clf1:1") == 4, order
+    # carol's text goes right after the forward that was running when it came (it went after the next one too)
+    assert order.index("alice/clf2:1") == 1 and order.count("alice/clf1:1") == 4, order
     assert short_answer["adapter"] == "alice/clf2:1" and long_one.requests == 1 and short_one.requests == 1
     got = torch.tensor([[p["scores"]["negative"], p["scores"]["positive"]] for p in long_answer["predictions"]])
     torch.testing.assert_close(got, reference_probs(registry_server["dirs"]["alice/clf1"], texts), rtol=1e-4,
                                atol=1e-4)
 
 
-def test_a_request_is_answered_after_the_forward_that_holds_its_last_text(
+def test_a_window_takes_only_what_fits_one_forward_and_answers_each_request_after_its_own(
         server: ModelServer, registry_server: dict[str, Any]) -> None:
-    """A caller's one text that shares a window with another's texts is answered once its own forward is done, not
-    after every forward of the window (an outsider's 64-text works kept another caller's one text waiting for all
-    of their forwards, about 8 s)."""
+    """A caller's one text is answered once its own forward is done: another caller's texts that would not fit in
+    that forward (max_batch rows) wait for the next (they went in its window, and an outsider's 64-text works kept
+    another caller's one text waiting for their forwards, about 8 s); a caller's texts go in order."""
     carol, bob = registry_server["reader"], registry_server["writer"]
     short_one, long_one = server.activate("alice/clf2", carol), server.activate("alice/clf1", bob)
     server.max_batch, server.batch_window_s = 2, 0.5
@@ -450,6 +510,22 @@ def test_a_request_is_answered_after_the_forward_that_holds_its_last_text(
         futures.append(server.start_classify("alice/clf2", TEXTS[:1], carol))
         futures.append(server.start_classify("alice/clf1", TEXTS, bob))
         short_answer, long_answer = (f.result(timeout=60) for f in futures)
-    assert seen[0] == (["alice/clf2:1", "alice/clf1:1"], False) and seen[1][1], seen  # answered before the 2nd
+    assert seen == [(["alice/clf2:1"], False), (["alice/clf1:1"] * 2, True), (["alice/clf1:1"], True)], seen
     assert len(short_answer["predictions"]) == 1 and len(long_answer["predictions"]) == 3
     assert short_one.requests == 1 and long_one.requests == 1
+
+
+def test_labels_that_name_an_output_twice_give_way_to_indices() -> None:
+    """A version's `labels` metric names the outputs when it names each once; a name given twice (or a count that
+    is not the head's) falls back to the indices, so that no score is lost (a dict kept one of two)."""
+    from types import SimpleNamespace
+
+    from registry.serving.server import _classified
+
+    probs = torch.tensor([[0.2, 0.5, 0.3]])
+    for labels, want in ((["neg", "pos", "mixed"], ["neg", "pos", "mixed"]), (["neg", "pos", "pos"], ["0", "1", "2"]),
+                         (["neg", "pos"], ["0", "1", "2"])):
+        answer = _classified(SimpleNamespace(ref="a/b:1", labels=labels), probs)  # type: ignore[arg-type]
+        [prediction] = answer["predictions"]
+        assert list(prediction["scores"]) == want and prediction["label"] == want[1], answer
+        assert sum(prediction["scores"].values()) == pytest.approx(1.0)

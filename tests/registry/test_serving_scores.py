@@ -480,3 +480,19 @@ def test_an_unknown_token_costs_one_registry_call_in_listings(served: dict[str, 
 def test_tokenizing_nothing_is_nothing(served: dict[str, Any]) -> None:
     empty = httpx.post(f"{served['url']}/tokenize", json={"prompt": "", "return_token_strs": True})
     assert empty.status_code == 200 and empty.json()["tokens"] == [] and empty.json()["token_strs"] == []
+
+
+def test_the_generate_route_takes_numbers_and_numeric_texts_but_never_true_or_false(served: dict[str, Any]) -> None:
+    """`/v1/generate` over HTTP: its number fields take numbers, and numeric texts as they always did (a client may
+    send them), but JSON's true and false are refused (`max_new_tokens: true` was one token); the answer
+    is the greedy continuation, as `generate` in process gives it."""
+    url, auth = f"{served['url']}/v1/generate", {"Authorization": f"Bearer {served['reader']}"}
+    body = {"adapter": "alice/gen0", "prompt": "the cat"}
+    answer = httpx.post(url, json={**body, "max_new_tokens": "3", "seed": 4}, headers=auth, timeout=60)
+    assert answer.status_code == 200, answer.text
+    want = served["server"].generate("alice/gen0", "the cat", max_new_tokens=3, token=served["reader"])
+    assert answer.json()["tokens"] == want["tokens"] and len(want["tokens"]) <= 3
+    for field in ("max_new_tokens", "top_k", "seed", "temperature", "top_p"):
+        refused = httpx.post(url, json={**body, field: True}, headers=auth, timeout=60)
+        assert refused.status_code == 422 and "expected a number, not true or false" in refused.text, (
+            field, refused.text)
