@@ -119,6 +119,9 @@ def serve_model(
                                                  "text read to its first 256); a request's other texts go in the "
                                                  "next forwards, other callers' between two. 0: --max-batch texts "
                                                  "whatever their length.", min=0)] = 2048,
+    max_tokens: Annotated[int, typer.Option(help="New tokens one choice may ask for at most (OpenAI's max_tokens, "
+                                            "/v1/generate's max_new_tokens), within the base's context too.",
+                                            min=1, max=32_768)] = 512,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     generation_config: Annotated[str, typer.Option(help="auto: OpenAI's routes sample with the base's "
                                                    "generation_config.json temperature, top_p and top_k where a "
@@ -148,7 +151,7 @@ def serve_model(
                          client_for=lambda caller: RegistryClient(registry, caller or ""),  # never ours
                          max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device,
                          max_queue=max_queue, prefill_chunk=prefill_chunk or None,
-                         classify_tokens=classify_tokens or None,
+                         classify_tokens=classify_tokens or None, max_tokens=max_tokens,
                          generation_config=generation_config)  # type: ignore[arg-type]
     with RegistryClient(registry, "") as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")

@@ -16,9 +16,8 @@ from registry.api.gate import BodyLimit
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.logs import AccessLog
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Sampling
-from registry.serving.openai import MAX_TOKENS
 from registry.serving.openai import router as openai_router
-from registry.serving.server import ModelServer, caller_token, generated, serving_status
+from registry.serving.server import NEW_TOKENS_CEILING, ModelServer, caller_token, generated, serving_status
 
 #: The largest request body: a classification of 256 texts of 20,000 characters, or a chat of 100,000 characters,
 #: with room for JSON's escapes.
@@ -47,7 +46,8 @@ class ClassifyBody(BaseModel):
 class GenerateBody(BaseModel):
     adapter: str = Field(max_length=300)
     prompt: str = Field(max_length=20_000)
-    max_new_tokens: Whole = Field(32, ge=1, le=MAX_TOKENS)
+    max_new_tokens: Whole = Field(32, ge=1, le=NEW_TOKENS_CEILING, description="at most the server's --max-tokens "
+                                  "(512 by default)")
     temperature: Real = Field(0.0, ge=0.0, le=2.0, description="0 (the default): greedy; above: sampled")
     top_p: Real = Field(1.0, gt=0.0, le=1.0)
     top_k: Whole = Field(0, ge=0, le=1_000_000, description="sample from the k likeliest tokens (0: all)")

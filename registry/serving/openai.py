@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a bod
 from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
 from registry.serving.decode import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, Row, Sampling, Scored
 from registry.serving.server import (
+    NEW_TOKENS_CEILING,
     PIECE_CONTEXT,
     Evicted,
     Generated,
@@ -57,8 +58,9 @@ from registry.serving.server import (
 )
 
 log = logging.getLogger("vera.serving")
-#: the most tokens one choice may generate, and choices one request may ask for (prompts times n)
-MAX_TOKENS, MAX_CHOICES = 512, 64
+#: the most choices one request may ask for (prompts times n); the most tokens one choice may generate is the
+#: server's ``max_tokens`` (vera serve-model --max-tokens), checked with the prompt against the context
+MAX_CHOICES = 64
 #: the most characters of a prompt sent as text, and ids of one sent as token ids
 MAX_PROMPT_CHARS, MAX_PROMPT_IDS = 20_000, 32_768
 #: the most log-probabilities one completions answer may carry (choices x tokens scored x (logprobs + 1)): its JSON
@@ -284,7 +286,8 @@ class CompletionBody(_Sampled):
     # checked by hand (_prompt): a union's errors, one per item of a long list, cost seconds and gigabytes
     prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)] = Field(
         description="a text, a list of texts, a prompt's token ids, or a list of them")
-    max_tokens: StrictInt = Field(16, ge=0, le=MAX_TOKENS, description="0: none (with echo and logprobs: score only)")
+    max_tokens: StrictInt = Field(16, ge=0, le=NEW_TOKENS_CEILING, description=(
+        "0: none (with echo and logprobs: score only); at most the server's --max-tokens (512 by default)"))
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
         "each token's log-probability, and the N likeliest at its place; with echo, the prompt's tokens' too"))
@@ -347,8 +350,9 @@ class ChatBody(_Sampled):
         "add_special_tokens": (False,), "chat_template": (), "chat_template_kwargs": (), "documents": ()}
 
     messages: list[Message] = Field(min_length=1, max_length=256)
-    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=NEW_TOKENS_CEILING, description=(
+        "at most the server's --max-tokens (512 by default); left out: as many as the context leaves, up to that"))
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=NEW_TOKENS_CEILING)
     logprobs: StrictBool = Field(False, description="each new token's log-probability")
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS, description="and the N likeliest at its place")
     tools: list[Any] | None = None
@@ -410,6 +414,7 @@ def _completion(server: ModelServer, body: CompletionBody, token: str | None) ->
     if len(prompts) * body.n > MAX_CHOICES:
         raise InvalidInput(f"{len(prompts)} prompts times n={body.n} is {len(prompts) * body.n} choices; at most "
                            f"{MAX_CHOICES} per request.")
+    server.check_tokens(body.max_tokens, "max_tokens")
     ids = [server.given_ids(p, body.max_tokens) if isinstance(p, list) else server.prompt_ids(p, body.max_tokens)
            for p in prompts]
     scoring = body.echo and body.logprobs is not None
@@ -453,11 +458,14 @@ def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
     resident = server.generator_for(body.model, token)
     if body.n > MAX_CHOICES:
         raise InvalidInput(f"n is at most {MAX_CHOICES}.")
+    if body.max_completion_tokens or body.max_tokens:
+        server.check_tokens(body.max_completion_tokens or body.max_tokens or 0,
+                            "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     # the template writes the special tokens itself (a second beginning-of-sequence token would change the answer)
     ids = server.prompt_ids(server.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages]),
                             special_tokens=False)
-    # without max_tokens: as many as the context leaves, up to MAX_TOKENS
-    wanted = body.max_completion_tokens or body.max_tokens or max(1, min(MAX_TOKENS, server.room(len(ids))))
+    # without max_tokens: as many as the context leaves, up to the server's max_tokens
+    wanted = body.max_completion_tokens or body.max_tokens or max(1, min(server.max_tokens, server.room(len(ids))))
     server.check_room(len(ids), wanted)
     top = (body.top_logprobs or 0) if body.logprobs else None
     if top is not None:

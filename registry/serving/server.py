@@ -68,6 +68,9 @@ PIECE_CONTEXT, PIECES_PER_CALL = 4, 4_096
 #: CLASSIFY_PREFIX characters at a time (doubled until that prefix holds CUT_MARGIN more tokens, so that where it is
 #: cut cannot change the tokens read, or is the whole text).
 CLASSIFY_TOKENS, CLASSIFY_PREFIX, CUT_MARGIN = 256, 2_048, 8
+#: The most new tokens a row may ask for, by default (vera serve-model --max-tokens), and whatever the setting: the
+#: schema's bound, checked before a request's rows are built.
+MAX_NEW_TOKENS, NEW_TOKENS_CEILING = 512, 32_768
 #: How many callers the queue remembers when it last served (the rest count as never served: they were served before
 #: every one it remembers, so they keep their place).
 SERVED_KEPT = 4_096
@@ -272,7 +275,7 @@ class ModelServer:
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
         max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512,
-        classify_tokens: int | None = 2048,
+        classify_tokens: int | None = 2048, max_tokens: int = MAX_NEW_TOKENS,
         generation_config: Literal["auto", "none"] = "none",
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -287,6 +290,8 @@ class ModelServer:
         #: tokens per classification forward (texts x the longest; a text alone may hold more): another caller's
         #: text waits for one such forward at most (None: max_batch texts, whatever their length)
         self.classify_tokens = classify_tokens
+        #: the most new tokens one row (a choice) may ask for
+        self.max_tokens = max_tokens
         self.device = torch.device(device)
         #: OpenAI's routes' sampling for what a request leaves out: the base's generation_config.json values with
         #: ``generation_config="auto"`` (vLLM's ``--generation-config auto``), else OpenAI's defaults (empty)
@@ -767,7 +772,16 @@ class ModelServer:
         """How many tokens the base's context leaves after a prompt of ``prompt_tokens`` (no limit: 2**31)."""
         return 2**31 if self.context_length is None else self.context_length - prompt_tokens
 
+    def check_tokens(self, count: int, field: str = "max_new_tokens") -> None:
+        """``count`` new tokens (the request's ``field``) are no more than this server gives a row."""
+        if count > self.max_tokens:
+            raise InvalidInput(f"{field} is {count}; this server generates at most {self.max_tokens} new tokens per "
+                               "choice (vera serve-model --max-tokens). Ask for fewer.")
+
     def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """A prompt of ``prompt_tokens`` may be continued by ``max_new_tokens``: no more than this server gives a row,
+        and within the base's context."""
+        self.check_tokens(max_new_tokens)
         if max_new_tokens > self.room(prompt_tokens):
             raise InvalidInput(f"The prompt is {prompt_tokens} tokens and {max_new_tokens} new tokens were asked "
                                f"for: {prompt_tokens + max_new_tokens} in all, over this base model's context of "

@@ -136,7 +136,7 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
         (openai.BadRequestError, {"prompt": [[3, 4], []]}, "must hold at least one id"),
         (openai.BadRequestError, {"presence_penalty": 0.5}, "presence_penalty is not supported"),
         (openai.BadRequestError, {"temperature": 3}, "temperature"),
-        (openai.BadRequestError, {"max_tokens": 513}, "max_tokens"),
+        (openai.BadRequestError, {"max_tokens": 513}, "max_tokens is 513; this server generates at most 512"),
         (openai.BadRequestError, {"prompt": " ".join(["cat"] * 30), "max_tokens": 16},
          "30 tokens and 16 new tokens were asked for: 46 in all, over this base model's context of 40"),
         (openai.BadRequestError, {"prompt": ["the cat"] * 20, "n": 4}, "80 choices; at most 64"),

@@ -496,3 +496,32 @@ def test_the_generate_route_takes_numbers_and_numeric_texts_but_never_true_or_fa
         refused = httpx.post(url, json={**body, field: True}, headers=auth, timeout=60)
         assert refused.status_code == 422 and "expected a number, not true or false" in refused.text, (
             field, refused.text)
+
+
+def test_a_choice_generates_at_most_the_servers_max_tokens(served: dict[str, Any]) -> None:
+    """--max-tokens bounds what one choice may ask for on every route (512 by default; it was a fixed 512): more is a
+    refusal naming the setting, and a chat that leaves max_tokens out gets what the context leaves up to it."""
+    server = served["server"]
+    auth = {"Authorization": f"Bearer {served['reader']}"}
+    url = served["url"]
+    before = server.max_tokens
+    try:
+        server.max_tokens = 3
+        for route, body in (("completions", {"model": "alice/gen0", "prompt": "the cat", "max_tokens": 4}),
+                            ("chat/completions", {"model": "alice/gen0", "max_tokens": 4,
+                                                  "messages": [{"role": "user", "content": "the cat"}]}),
+                            ("generate", {"adapter": "alice/gen0", "prompt": "the cat", "max_new_tokens": 4})):
+            refused = httpx.post(f"{url}/v1/{route}", json=body, headers=auth, timeout=60)
+            assert refused.status_code == (422 if route == "generate" else 400), refused.text  # its own API: 422
+            field = "max_new_tokens" if route == "generate" else "max_tokens"
+            assert f"{field} is 4; this server generates at most 3 new tokens per choice (vera serve-model " \
+                   "--max-tokens)" in refused.text, refused.text
+        chat = httpx.post(f"{url}/v1/chat/completions", headers=auth, timeout=60, json={
+            "model": "alice/gen0", "temperature": 0, "messages": [{"role": "user", "content": "the cat"}]})
+        assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] <= 3, chat.text
+        server.max_tokens = 600  # past the old fixed 512 (refused by the schema then): now the context decides
+        long = httpx.post(f"{url}/v1/completions", headers=auth, timeout=60, json={
+            "model": "alice/gen0", "prompt": "the cat", "max_tokens": 600})
+        assert long.status_code == 400 and "over this base model's context of 40 tokens" in long.text, long.text
+    finally:
+        server.max_tokens = before
