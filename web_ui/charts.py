@@ -72,7 +72,9 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         # domain outwards to round ticks: steps 1-300 drew an axis from -20, a negative step)
         x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d"),
                 scale=alt.Scale(padding=EDGE_PX, zero=False, nice=False)),
-        y=alt.Y("loss:Q", title="loss"), color=version_colours(refs),
+        # the loss axis spans the losses, not down to zero: losses of 0.60-0.70 were squeezed into the plot's top
+        # sixth, one version's curve hidden under the others' (session 23's walk)
+        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(zero=False)), color=version_colours(refs),
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
     # The dash is the lines' own: the dots do not take part in its legend, whose samples are then strokes (a legend
     # merged with the filled dots draws each sample as a filled line: nothing).

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
+from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import Page, VersionInfo
 from web_ui import charts, formats, navigation, session, tables
 from web_ui.browse import key_metrics
@@ -106,6 +107,25 @@ def layer_comparison(client: RegistryClient, pinned: Pinned) -> list[dict[str, A
     return [layer.model_dump() for layer in result.with_first]
 
 
+def readable(refs: list[str]) -> list[VersionInfo]:
+    """The versions ``refs`` name, each once: a reference the registry refuses (a typo, an adapter not there) is
+    said beside the others, which are still compared (it replaced the whole page), and a reference that names a
+    version already chosen (``@prod`` is ``:1``) is said and dropped (the page compared a version with itself)."""
+    versions: dict[str, tuple[str, VersionInfo]] = {}  # owner/name:N -> the reference that named it first
+    for ref in refs:
+        try:
+            info = session.read(RegistryClient.get, ref)
+        except (NotFound, InvalidInput) as exc:
+            st.warning(f"{ref}: {exc} Remove it from the box above to compare the others.", icon=":material/error:")
+            continue
+        if info.ref in versions:
+            st.warning(f"{ref} is {info.ref}, the version {versions[info.ref][0]} names too: it is compared once. "
+                       "Choose another version to compare with.", icon=":material/content_copy:")
+            continue
+        versions[info.ref] = (ref, info)
+    return [info for _, info in versions.values()]
+
+
 def page() -> None:
     st.title("Compare")
     refs = picker()
@@ -114,7 +134,10 @@ def page() -> None:
         return
     for ref in refs:
         session.prefetch(RegistryClient.get, ref)
-    versions = [session.read(RegistryClient.get, ref) for ref in refs]
+    versions = readable(refs)
+    if len(versions) < 2:
+        st.info("Choose two to four different versions.")
+        return
     pinned = tuple((v.ref, v.vectors_sha256, v.projection_fingerprint) for v in versions)
     session.prefetch_pinned(layer_comparison, pinned)  # the slow part: computed while the table and curves draw
     navigation.set_param("refs", navigation.join_refs(refs))

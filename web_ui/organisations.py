@@ -23,6 +23,7 @@ from registry.domain.schemas import MAX_QUOTA_BYTES, InvitationInfo, Organizatio
 from registry.domain.words import counted, parse_size, size
 from web_ui import navigation, session, tables
 from web_ui.editing import READ_ONLY_EDITS
+from web_ui.webhooks import OWNERS_FROM, owners
 
 ROLES = ("read", "write", "admin")
 ROLE_WORDS = {"read": "read: sees the organisation's private adapters", "write": "write: also publishes and edits",
@@ -326,5 +327,32 @@ def page() -> None:
             st.caption(READ_ONLY_EDITS)
     elif "publish" in who.scopes or "admin" in who.scopes:
         create_form(who)
-    st.subheader("Your storage")
-    storage(who.user, who)
+    if "admin" in who.scopes:  # as the local user of a registry without tokens is: every owner's storage
+        st.subheader("Storage")
+        storage(storage_owner(who), who)
+    else:
+        st.subheader("Your storage")
+        storage(who.user, who)
+
+
+def storage_owner(who: WhoAmI) -> str:
+    """The owner whose storage an admin sees: those that published lately are offered, newest first, another can be
+    typed. In local mode Your storage showed the local user's, always 0 B: adapters are published under other
+    owners' names there (session 23's walk)."""
+    published = [v.owner for v in session.read(RegistryClient.list_versions, limit=OWNERS_FROM).items]
+    mine = [who.user] if who.token_id is not None else []  # an admin signed in: its own first
+    choices = list(dict.fromkeys([*mine, *owners(who, published)])) or [who.user]
+    navigation.follow_url("storage", STORAGE_OWNER, default=choices[0])
+    if not st.session_state.get(STORAGE_OWNER):
+        st.session_state[STORAGE_OWNER] = choices[0]
+    if st.session_state[STORAGE_OWNER] not in choices:
+        choices = [st.session_state[STORAGE_OWNER], *choices]  # typed, or named by the URL
+    chosen: str = st.selectbox("Owner", choices, key=STORAGE_OWNER, accept_new_options=True,
+                               on_change=navigation.write_url, args=("storage", STORAGE_OWNER),
+                               help="Any owner: those that published here lately are listed, another can be typed.")
+    navigation.set_param("storage", chosen)
+    return chosen
+
+
+#: The session key of the owner whose storage an admin sees.
+STORAGE_OWNER = "orgs_storage_owner"

@@ -87,6 +87,10 @@ def launch() -> bool:
                                                                 "on the worker")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)
         upload = st.file_uploader("Or a dataset (.csv or .jsonl with text and label columns)", type=["csv", "jsonl"])
+        # a dataset whose columns have other names (sentence, sentiment) was refused with no way on from here
+        u1, u2, _ = st.columns([1, 1, 2])
+        text_column = u1.text_input("Text column", value="text", help="the uploaded dataset's column of texts")
+        label_column = u2.text_input("Label column", value="label", help="its column of labels (names or numbers)")
         # The generator's names are long (philox4x32-10-kaiming-uniform-v1): its box gets the room to show one whole.
         c3, c4, c5 = st.columns([1, 1.4, 2.6])
         r = c3.number_input("Rank r", 1, 4096, 256)
@@ -104,9 +108,16 @@ def launch() -> bool:
     if (problem := target_problem(target)) is not None:  # the browser's checks were bypassed
         st.error(problem, icon=":material/edit:")
         return False
-    spec = training_spec(base_model=base, demo=demo and upload is None, r=int(r), projection_seed=int(prng),
-                         generator=generator, d_initial=float(d_initial), epochs=float(epochs), lr=float(lr),
-                         head_lr=float(head_lr), batch_size=int(batch))
+    uploaded = upload is not None
+    if not demo and not uploaded:  # the registry's words for this name command-line options
+        st.error("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.",
+                 icon=":material/dataset:")
+        return False
+    spec = training_spec(base_model=base, demo=demo and not uploaded, r=int(r), projection_seed=int(prng),
+                         text_column=(text_column.strip() or None) if uploaded else None,
+                         label_column=(label_column.strip() or None) if uploaded else None, generator=generator,
+                         d_initial=float(d_initial), epochs=float(epochs), lr=float(lr), head_lr=float(head_lr),
+                         batch_size=int(batch))
     dataset = None if upload is None else (upload.name, upload.getvalue())
     job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
     navigation.set_param("job", str(job.id))  # the jobs below follow it

@@ -453,7 +453,11 @@ def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str)
         try:
             read_examples(path, text_column=checked.text_column, label_column=label)
         except DatasetError as exc:  # named as the caller named it, not by this scratch path
-            raise DatasetError(str(exc).replace(str(path), Path(dataset_name).name[:200])) from None
+            said = str(exc).replace(str(path), Path(dataset_name).name[:200])
+            # the spec's fields, and where each client sets them (the dashboard has no command-line options)
+            raise DatasetError(said.replace("pass --text-column / --label-column.", (
+                "name its columns: the spec's text_column and label_column (`vera job submit --text-column / "
+                "--label-column`; the dashboard's Text column and Label column)."))) from None
 
 
 def _ended(s: Any, job: m.Job, *, actor: str) -> set[str]:

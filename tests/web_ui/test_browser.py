@@ -828,6 +828,40 @@ def test_the_first_walks_bugs_in_a_browser_404_page_parameter_count_and_download
     assert downloads_of(product, info.ref) == before + 1  # the click, once
 
 
+def test_train_takes_a_dataset_whose_columns_have_other_names_in_a_browser(page: Page, product: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """A dataset of `sentence,sentiment` was refused from the Train page with "pass --text-column / --label-column",
+    options it does not have (session 23's walk): the page has Text column and Label column boxes, the message names
+    them, and a job launched with them reads the right columns. With no dataset at all the page says what to do in
+    its own words, not the command line's."""
+    data = tmp_path / "reviews.csv"
+    data.write_text("sentence,sentiment\n" + "".join(f"review {i} was {'good' if i % 2 else 'bad'},"
+                                                     f"{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/train")
+    page.get_by_label("Publish as").fill("alice/columns")
+    page.get_by_text("Demo task (word polarity, offline)").click()  # unticked
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("No dataset: tick Demo task for the offline demo, or upload a .csv or .jsonl file."
+                            )).to_be_visible()
+    page.locator("input[type=file]").set_input_files(str(data))
+    expect(page.get_by_text("reviews.csv")).to_be_visible()
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text(re.compile(r"reviews\.csv has columns \['sentence', 'sentiment'\] but not \['text', "
+                                       r"'label'\]; name its columns: .*the dashboard's Text column and Label column"
+                                       ))).to_be_visible()
+    page.get_by_role("textbox", name="Text column").fill("sentence")
+    page.get_by_role("textbox", name="Label column").fill("sentiment")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text(re.compile(r"Queued job \d+ for alice/columns"))).to_be_visible()
+    shot(page, "55-train-other-columns")
+    with RegistryClient(product["api"]) as client:
+        [job] = [j for j in client.jobs(owner="alice") if j.target_name == "alice/columns"]
+        client.cancel_job(job.id)  # its columns are what this test checks, not its training
+    assert job.spec["text_column"] == "sentence" and job.spec["label_column"] == "sentiment", job.spec
+    assert job.spec["demo"] is False
+
+
 def test_a_team_leads_walk_compare_projections_and_the_last_version_deleted_in_a_browser(
         page: Page, product: dict[str, str], tmp_path: Path) -> None:
     """A team lead's walk: Compare drew the cosine grid of a version on another projection under a caption saying

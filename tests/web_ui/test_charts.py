@@ -74,6 +74,7 @@ def test_the_loss_chart_has_a_title_and_the_eval_curve_over_the_training_curve()
     # a lone eval point is a dot large enough to see, kept off the plot's edge (session 12's walk)
     assert chart["layer"][1]["mark"]["size"] == charts.DOT_SIZE > 40
     assert chart["layer"][0]["encoding"]["x"]["scale"]["padding"] == charts.EDGE_PX > 0
+    assert chart["layer"][0]["encoding"]["y"]["scale"]["zero"] is False  # losses 0.60-0.70 filled a sixth of it
     data = next(iter(chart["datasets"].values()))
     assert sorted({r["curve"] for r in data}) == ["eval", "training"]
     assert chart["layer"][0]["encoding"]["strokeDash"]["field"] == "curve"

@@ -11,6 +11,7 @@ organisation's admins see its pending invitations and cancel one."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
+from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server, team_tokens
 
 
@@ -269,3 +271,20 @@ def test_an_admin_cancels_a_pending_invitation(inviting: dict[str, Any]) -> None
     assert list(at.dataframe[1].value["member"]) == ["bob"]
     with RegistryClient(inviting["url"], inviting["carol"]) as client:
         assert client.invitations() == []
+
+
+def test_in_local_mode_storage_is_shown_for_the_owners_that_published(tmp_path: Path) -> None:
+    """A new user's walk (session 23): on a registry without tokens Your storage showed the local user's, "local: 0
+    adapters ... 0 B", while the adapters they published under their own name stored 240 KB. The local user is an
+    admin there: the page offers the owners that published (newest first) and shows the chosen one's storage."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs") as base:
+        with RegistryClient(base) as client:
+            client.publish(make_adapter(tmp_path / "a", seed=1), "you/polarity", base_model="tiny-llama")
+            stored = client.usage("you").stored_bytes
+        at = page({"url": base}, None)
+        assert not at.exception
+        assert [s.value for s in at.subheader][-1] == "Storage"
+        assert at.selectbox(key="orgs_storage_owner").value == "you"
+        assert texts(at, "caption").count("you: 1 adapter, 1 version, ") == 1 and stored > 0
+        assert at.query_params["storage"] == "you"

@@ -331,7 +331,24 @@ def test_compare_url_round_trip_and_typed_references_join_the_chosen(registry: d
     at.text_input(key="compare_typed").set_value("alice/model0@prod, alice/model2").run()
     assert at.multiselect[0].value == ["alice/model0:1", "alice/model1:1", "alice/model0@prod", "alice/model2"]
     assert at.query_params["refs"] == "alice/model0:1,alice/model1:1,alice/model0@prod,alice/model2"
-    assert at.text_input(key="compare_typed").value == "" and len(at.dataframe[0].value) == 4
+    assert at.text_input(key="compare_typed").value == ""
+    # @prod is :1, already chosen: compared once, said (the page compared a version with itself: session 23's walk)
+    assert list(at.dataframe[0].value["version"]) == [f"adapter?ref=alice/model{i}:1" for i in (0, 1, 2)]
+    assert "alice/model0@prod is alice/model0:1, the version alice/model0:1 names too: it is compared once" in \
+        texts(at)
+
+
+def test_a_compared_reference_the_registry_refuses_is_said_and_the_others_compared(registry: dict[str, Any]) -> None:
+    """One typo among the chosen references (an adapter not there, a version not there) is a warning naming it and
+    the way on; the others are still compared (the whole page was replaced by its error: session 23's walk)."""
+    at = page("compare", registry, query={"refs": "alice/model0:1,bob/x:1,alice/model1:9,alice/model1:1"})
+    assert not at.exception
+    assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model0:1", "adapter?ref=alice/model1:1"]
+    warned = [w.value for w in at.warning]
+    assert any(w.startswith("bob/x:1: No adapter bob/x") and "Remove it from the box above" in w for w in warned)
+    assert any(w.startswith("alice/model1:9: ") and "no version 9" in w for w in warned), warned
+    alone = page("compare", registry, query={"refs": "alice/model0:1,bob/x:1"})
+    assert not alone.exception and "Choose two to four different versions" in texts(alone)
 
 
 def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> None:
