@@ -4,6 +4,7 @@ URL (``?adapter=alice/polarity&action=publish``), so a view can be shared."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any
 
@@ -148,6 +149,10 @@ def page() -> None:
     found = session.read(RegistryClient.events, **chosen)
     if not found.events:
         st.info("No events match." if chosen["adapter"] or chosen["action"] else "Nothing has happened yet.")
+        if chosen["action"] and chosen["action"] not in ACTIONS:  # typed, or from a link: a misspelt one said
+            close = difflib.get_close_matches(chosen["action"], ACTIONS, n=1)
+            st.caption(f"{chosen['action']!r} is not an action this dashboard knows"
+                       + (f"; did you mean {close[0]!r}?" if close else "; the Action box lists them."))
         return
     # short: the table's hover toolbar covers the right end of the line above it (a walk read "pages through t")
     st.caption(f"The newest {formats.counted(len(found.events), 'event')} you may see, newest first.")

@@ -116,7 +116,8 @@ def readable(refs: list[str]) -> list[VersionInfo]:
         try:
             info = session.read(RegistryClient.get, ref)
         except (NotFound, InvalidInput) as exc:
-            st.warning(f"{ref}: {exc} Remove it from the box above to compare the others.", icon=":material/error:")
+            st.warning(f"{ref}: {session.dashboard_words(str(exc))} Remove it from the box above to compare the "
+                       "others.", icon=":material/error:")
             continue
         if info.ref in versions:
             st.warning(f"{ref} is {info.ref}, the version {versions[info.ref][0]} names too: it is compared once. "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -133,6 +134,15 @@ def prefetch_pinned(fn: Callable[Concatenate[RegistryClient, P], Any], *args: P.
     _AHEAD.submit(_kept, url, token, _name(fn), fn, *args, **kwargs)
 
 
+def dashboard_words(message: str) -> str:
+    """A registry message whose way on is a command (`vera ls --owner alice`) with the dashboard's way instead (a
+    new user's walk, session 23: the dashboard told them to run commands)."""
+    return _LS_OWNER.sub(r"Browse (Filter and sort, Owner: \1) lists that owner's adapters.", message)
+
+
+_LS_OWNER = re.compile(r"`vera ls --owner ([^`\s]{1,100})` lists that owner's\.")
+
+
 def show_error(exc: RegistryError) -> None:
     url, token = settings()
     if isinstance(exc, RegistryUnavailable):
@@ -145,7 +155,7 @@ def show_error(exc: RegistryError) -> None:
     elif isinstance(exc, Forbidden):
         st.error(f"The token may not do this: {exc}", icon=":material/block:")
     elif isinstance(exc, NotFound):
-        st.warning(str(exc), icon=":material/search_off:")
+        st.warning(dashboard_words(str(exc)), icon=":material/search_off:")
     else:
         st.error(str(exc), icon=":material/error:")
 

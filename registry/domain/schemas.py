@@ -142,8 +142,12 @@ class Ref(BaseModel):
     def parse(cls, text: str) -> Ref:
         match = _REF.fullmatch(text) if isinstance(text, str) and len(text) <= 300 else None
         if not match:
+            # owner/name:prod (an alias written as a version): say how to write it (a new user's walk)
+            head, colon, tail = text.rpartition(":") if isinstance(text, str) and len(text) <= 300 else ("", "", "")
+            hint = (f" An alias follows '@': {head}@{tail}." if colon and not tail.isdigit()
+                    and _REF.fullmatch(f"{head}@{tail}") else "")
             raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
-                               "(1 to 999999999) or owner/name@ALIAS.")
+                               f"(1 to 999999999) or owner/name@ALIAS.{hint}")
         owner, name = check_name(match["owner"], "Owner"), check_name(match["name"], "Adapter name")
         version = int(match["version"]) if match["version"] else None
         alias = check_name(match["alias"], "Alias") if match["alias"] else None

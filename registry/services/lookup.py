@@ -100,16 +100,38 @@ def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
         version = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id,
                                                           m.AdapterVersion.version == ref.version))
         if version is None:
-            raise NotFound(f"{ref.owner}/{ref.name} has no version {ref.version}.")
+            raise NotFound(f"{ref.owner}/{ref.name} has no version {ref.version}; {_versions_held(s, adapter.id)}.")
         return version
     alias_name = ref.alias or LATEST
     alias = s.scalar(select(m.Alias).where(m.Alias.adapter_id == adapter.id, m.Alias.name == alias_name))
     if alias is None:
-        raise NotFound(f"{ref.owner}/{ref.name} has no alias {alias_name!r}.")
+        names = s.scalars(select(m.Alias.name).where(m.Alias.adapter_id == adapter.id).order_by(m.Alias.name)
+                          .limit(NAMES_SAID + 1)).all()
+        held = (f"its aliases: {', '.join(names[:NAMES_SAID])}{', ...' if len(names) > NAMES_SAID else ''}" if names
+                else "it has none (its versions have no alias: name one by number)")
+        raise NotFound(f"{ref.owner}/{ref.name} has no alias {alias_name!r}; {held}.")
     version = s.get(m.AdapterVersion, alias.version_id)
     if version is None:  # the foreign key forbids it
         raise NotFound(f"{ref.owner}/{ref.name}@{alias_name} points at a version that no longer exists.")
     return version
+
+
+#: How many aliases (or version numbers) a message about a missing one names at most.
+NAMES_SAID = 10
+
+
+def _versions_held(s: Session, adapter_id: int) -> str:
+    """The versions an adapter has, in words for a message about one it lacks: each number when there are few,
+    else the range and how many (numbers of deleted versions are never reused, so there may be gaps)."""
+    low, high, count = s.execute(select(func.min(m.AdapterVersion.version), func.max(m.AdapterVersion.version),
+                                        func.count()).where(m.AdapterVersion.adapter_id == adapter_id)).one()
+    if not count:
+        return "it has no versions left"
+    if count <= NAMES_SAID:
+        numbers = s.scalars(select(m.AdapterVersion.version).where(m.AdapterVersion.adapter_id == adapter_id)
+                            .order_by(m.AdapterVersion.version)).all()
+        return f"its version{'s' if count > 1 else ''}: {', '.join(map(str, numbers))}"
+    return f"its versions: {count:,} of them, {low} to {high}"
 
 
 def version_ref(v: m.AdapterVersion) -> str:

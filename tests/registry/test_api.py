@@ -232,6 +232,24 @@ def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], t
         clients(f"http://127.0.0.1:{free_port()}").get("a/b")
 
 
+def test_a_missing_version_or_alias_is_said_with_those_there_are(clients: Clients, local: tuple[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A new user's walk (session 23): "has no version 9" and "has no alias 'staging'" said nothing of what there
+    is, and owner/name:prod was only "not an adapter reference": now the versions or aliases are named, and an
+    alias written after ':' is shown written after '@'."""
+    url, _ = local
+    client = clients(url)
+    for seed in (1, 2):
+        client.publish(make_adapter(tmp_path / f"m{seed}", seed=seed), "said/a", base_model="b")
+    client.set_alias("said/a:1", "prod")
+    with pytest.raises(NotFound, match=r"^said/a has no version 9; its versions: 1, 2\.$"):
+        client.get("said/a:9")
+    with pytest.raises(NotFound, match=r"^said/a has no alias 'staging'; its aliases: latest, prod\.$"):
+        client.get("said/a@staging")
+    with pytest.raises(InvalidInput, match=r"An alias follows '@': said/a@prod\.$"):
+        client.get("said/a:prod")
+
+
 def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
     url, _ = local
     assert httpx.get(f"{url}/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"},

@@ -76,7 +76,7 @@ def test_a_deleted_parent_is_remembered_by_name_and_never_relinked(server: dict[
 @pytest.mark.parametrize(("form", "message"), [
     ({"parent": "ann/nobody:1"}, "parent ann/nobody:1: No adapter ann/nobody"),
     ({"parent": "not a ref"}, "is not an adapter reference"),
-    ({"parent": "ann/root:7"}, "parent ann/root:7: ann/root has no version 7."),
+    ({"parent": "ann/root:7"}, "parent ann/root:7: ann/root has no version 7; its version: 1."),
     ({"code_revision": "x" * 201}, "code_revision must be text of at most 200 characters"),
     ({"code_revision": "two\nlines"}, "code_revision contains the control character"),
 ], ids=["missing-adapter", "malformed", "missing-version", "long-revision", "newline"])

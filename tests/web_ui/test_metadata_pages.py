@@ -422,8 +422,9 @@ def test_an_adapter_left_without_versions_says_so(registry: dict[str, Any], monk
     adapter this session did not delete gets the registry's own message."""
     stale = page("adapter", registry, query={"ref": "alice/never-published:1"})
     assert not stale.exception and not stale.info
-    assert [w.value for w in stale.warning] == ["No adapter alice/never-published; `vera ls --owner alice` lists "
-                                                "that owner's."]
+    # in the dashboard's words, not the command line's (session 23's walk)
+    assert [w.value for w in stale.warning] == ["No adapter alice/never-published; Browse (Filter and sort, Owner: "
+                                                "alice) lists that owner's adapters."]
     kept = AdapterInfo(owner="alice", name="emptied", description="", card="", created_at=datetime.now(UTC),
                        versions=0, latest_version=None, aliases={})
     monkeypatch.setattr(RegistryClient, "adapter", lambda self, name: kept)
@@ -477,6 +478,15 @@ def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str
     assert set(at.dataframe[0].value["action"]) == {"publish"}
     published = [t for t in at.dataframe[0].value["target"] if t.removeprefix("adapter?ref=alice/") in SEEDED]
     assert len(published) == 4 + FILLERS  # every publish (the newest 50: all of them)
+
+
+def test_activity_names_a_misspelt_action(registry: dict[str, Any]) -> None:
+    """A link with ?action=publsh said only "No events match." (session 23's walk): the nearest action is offered."""
+    at = page("activity", registry, query={"action": "publsh"})
+    assert not at.exception and [i.value for i in at.info] == ["No events match."]
+    assert "'publsh' is not an action this dashboard knows; did you mean 'publish'?" in [c.value for c in at.caption]
+    at = page("activity", registry, query={"action": "zzzz"})
+    assert "'zzzz' is not an action this dashboard knows; the Action box lists them." in [c.value for c in at.caption]
 
 
 def test_activity_hides_private_adapters_from_other_readers(registry: dict[str, Any]) -> None:

@@ -345,7 +345,8 @@ def test_a_compared_reference_the_registry_refuses_is_said_and_the_others_compar
     assert not at.exception
     assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model0:1", "adapter?ref=alice/model1:1"]
     warned = [w.value for w in at.warning]
-    assert any(w.startswith("bob/x:1: No adapter bob/x") and "Remove it from the box above" in w for w in warned)
+    assert "bob/x:1: No adapter bob/x; Browse (Filter and sort, Owner: bob) lists that owner's adapters. Remove it " \
+           "from the box above to compare the others." in warned, warned
     assert any(w.startswith("alice/model1:9: ") and "no version 9" in w for w in warned), warned
     alone = page("compare", registry, query={"refs": "alice/model0:1,bob/x:1"})
     assert not alone.exception and "Choose two to four different versions" in texts(alone)
