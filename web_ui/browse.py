@@ -310,10 +310,10 @@ def page() -> None:
     metric = sorted_metric(chosen["sort"])
     how = applied(chosen)
     total = result.total if result.total is not None else len(result.items)  # (asked for: with_total)
-    st.caption(formats.matching(total) + (f" ({how})" if how else "") + f"; showing "
-               f"{first + 1 if result.items else 0:,}-{first + len(result.items):,}. Click a name to open it, tick "
-               "rows to open or compare them; clicking a column sorts this page only (Filter and sort sorts them "
-               "all).")
+    # with nothing shown, no "showing 0-0" and no word of rows to click (session 23's walk)
+    st.caption(formats.matching(total) + (f" ({how})" if how else "") + (
+        f"; showing {first + 1:,}-{first + len(result.items):,}. Click a name to open it, tick rows to open or compare "
+        "them; clicking a column sorts this page only (Filter and sort sorts them all)." if result.items else "."))
     if not result.items:
         st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
         return

@@ -305,10 +305,20 @@ def move_form(info: VersionInfo) -> None:
 def delete_form(info: VersionInfo) -> None:
     st.markdown(f"**Delete** {info.ref} (this cannot be undone)")
     held = [f"@{a}" for a in info.aliases if a != "latest"]
-    st.caption((f"Its aliases ({', '.join(held)}) go with it, and" if held else "Then")
-               + " `latest` moves back to the newest version not yanked; versions fine-tuned from it keep its "
-                 "reference as a deleted parent; its number is never given again. Yank it instead to keep it "
-                 "downloadable.")
+    adapter = f"{info.owner}/{info.name}"
+    try:
+        only = session.read(RegistryClient.adapter, adapter).versions <= 1
+    except RegistryError:  # a registry without adapter pages: said as for any version
+        only = False
+    aliases = f"Its aliases ({', '.join(held)}) go with it" if held else ""
+    after = ("versions fine-tuned from it keep its reference as a deleted parent; its number is never given again. "
+             "Yank it instead to keep it downloadable.")
+    if only:  # no 'latest moves back' to a version that is not there (session 23's walk)
+        st.caption((aliases + "; it" if aliases else "It") + f" is {adapter}'s only version: {adapter} is left with "
+                   f"none, nothing to download. {after[0].upper()}{after[1:]}")
+    else:
+        st.caption((aliases + ", and" if aliases else "Then") + " `latest` moves back to the newest version not "
+                   f"yanked; {after}")
     typed = st.text_input(f"Type {info.ref} to confirm", value="", placeholder=info.ref, key=f"edit-delete-{info.ref}")
     if st.button("Delete this version", key=f"edit-delete-button-{info.ref}", icon=":material/delete_forever:",
                  disabled=typed.strip() != info.ref):

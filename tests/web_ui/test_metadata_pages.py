@@ -403,6 +403,9 @@ def test_a_version_is_deleted_once_its_reference_is_typed(registry: dict[str, An
     last.session_state["adapter_tab"] = "Edit"
     last.query_params["ref"] = "alice/doomed:1"
     last.run()
+    # the only version: no `latest` to move back to (session 23's walk read "Then latest moves back")
+    assert "It is alice/doomed's only version: alice/doomed is left with none, nothing to download. Versions " \
+           "fine-tuned from it keep" in texts(last) and "moves back" not in texts(last)
     last.text_input(key="edit-delete-alice/doomed:1").set_value("alice/doomed:1").run()
     click(last, "Delete this version")
     assert not last.exception

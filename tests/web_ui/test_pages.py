@@ -110,6 +110,17 @@ def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str,
     assert list(at.dataframe[0].value["version"])[0] == "adapter?ref=alice/model1:1"  # r=4: fewest parameters
 
 
+def test_browse_with_no_match_says_so_without_rows_to_click(registry: dict[str, Any]) -> None:
+    """Filters that match nothing: "0 versions match (owner nobody)." and why, not "showing 0-0. Click a name to
+    open it, tick rows..." over a table that is not there (session 23's walk)."""
+    at = page("browse", registry)
+    field(filter_form(at), "Owner").set_value("nobody")
+    apply(at)
+    assert not at.exception and not at.dataframe
+    assert [c.value for c in at.caption][0] == "0 versions match (owner nobody)."
+    assert [i.value for i in at.info] == ["No adapter matches these filters."]
+
+
 def test_browse_caption_says_what_the_closed_form_applies(registry: dict[str, Any]) -> None:
     """The filter form waits closed in a popover, so the caption names what it narrows and sorts by; a rank or
     seed that is not a whole number is named, on the page, and ignored."""
