@@ -145,7 +145,9 @@ class _Tracker:
     def on_event(self, event: str, state: TrainerState, data: dict[str, float]) -> None:
         with self.lock:
             self.progress = {"phase": "training", "step": state.step, "total_steps": state.total_steps,
-                             "epoch": round(data.get("epoch", state.epoch), 4), "loss": data.get("loss"),
+                             "epoch": round(data.get("epoch", state.epoch), 4),
+                             # the last step's loss, kept through an evaluation or a save (it went blank there)
+                             "loss": data["loss"] if event == "step" else self.progress.get("loss"),
                              "eta_s": None if state.eta_s is None else round(state.eta_s, 1),
                              "elapsed_s": round(state.elapsed_s, 1)}
             if event == "step":

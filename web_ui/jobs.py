@@ -167,7 +167,12 @@ def header(job: JobInfo) -> None:
     cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total else "starting")
     active = job.status in ACTIVE_JOB_STATUSES
     cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else formats.MISSING)
-    cols[3].metric("Loss", formats.number(p["loss"]) if isinstance(p.get("loss"), int | float) else formats.MISSING)
+    # a finished job's progress holds its final eval metrics: its loss is the eval set's, named so (a new user read
+    # an unlabelled "Loss" tile as the training loss: session 23's walk)
+    done = p.get("phase") == "done"
+    cols[3].metric("Eval loss" if done else "Training loss",
+                   formats.number(p["loss"]) if isinstance(p.get("loss"), int | float) else formats.MISSING,
+                   help="the published version's loss on the eval set" if done else "the last step's mean loss")
     cols[4].metric("Duration", duration(job))
     if active and total:
         st.progress(min(1.0, p.get("step", 0) / total))

@@ -435,3 +435,19 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
     registry.access.set_member("acme", "cat", "read", viewer=LOCAL_USER)
     assert "cat, who submitted it as a member of acme, now has only the read role there" in (jobs.submitter_problem(
         jobs.get(again.id)) or "")
+
+
+def test_a_jobs_progress_keeps_the_last_training_loss_through_an_evaluation() -> None:
+    """Progress's loss is the last step's: an evaluation or a save between two steps left it blank (the dashboard's
+    Training loss tile flickered to '—'), and an evaluation's own metrics never take its place."""
+    from registry import worker as worker_module
+    from vera_core.trainer import TrainerState
+
+    tracker = worker_module._Tracker()
+    state = TrainerState(step=3, total_steps=10)
+    tracker.on_event("step", state, {"loss": 0.5, "lr": 0.01})
+    tracker.on_event("evaluate", state, {"eval_loss": 0.9, "eval_accuracy": 0.6})
+    tracker.on_event("save", state, {})
+    progress, events = tracker.drain()
+    assert progress["loss"] == 0.5 and progress["step"] == 3
+    assert [kind for kind, _, _ in events] == ["step", "evaluate"]

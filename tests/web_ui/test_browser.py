@@ -175,6 +175,7 @@ def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[st
     expect(page.get_by_text("Queued job 1 for alice/polarity")).to_be_visible()
     shot(page, "5-train-launched")
     expect(page.get_by_text("Published alice/polarity:1", exact=True)).to_be_visible(timeout=300_000)
+    expect(page.get_by_text("Eval loss", exact=True)).to_be_visible()  # the finished job's loss tile, named
     shot(page, "6-train-finished")
     page.get_by_role("button", name="Open alice/polarity:1").click()
     expect(page.get_by_role("heading", name="alice/polarity:1")).to_be_visible()

@@ -373,6 +373,7 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     assert any("Queued job" in s.value and "alice/from-ui" in s.value for s in at.success)
     shown = {m.label: m.value for m in at.metric}
     assert shown["Status"] == "queued" and shown["Step"] == "starting"  # no worker here: no step count yet
+    assert shown["Training loss"] == "—"  # named: a finished job's tile is its eval loss (session 23's walk)
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.jobs()[0]
         assert at.query_params["job"] == str(job.id)  # the URL follows the job just queued
