@@ -148,7 +148,8 @@ def header(info: VersionInfo) -> None:
     cols[1].metric("Adapter parameters", formats.count(info.adapter_parameters),
                    help="The d and b vectors of every adapted layer: what `vera ls` counts.")
     cols[2].metric("Stored", formats.size(info.stored_bytes), help=f"{info.stored_bytes:,} bytes")
-    cols[3].metric("Verification", info.verification_status)
+    # in Browse's words ("not yet", not "unverified": session 23's walk read two terms for one state)
+    cols[3].metric("Verification", formats.VERIFIED.get(info.verification_status, info.verification_status))
     cols[4].metric("Base model", info.base_model, help=f"`{info.base_model}`")  # whole, when the column cuts it
     if info.trainable_parameters != info.adapter_parameters:
         st.caption(f"{formats.count(info.trainable_parameters)} trainable with the task head "

@@ -255,7 +255,7 @@ def test_typed_references_urls_verify_and_downloads_in_a_browser(page: Page, pro
     page.get_by_role("tab", name="Metrics").click()
     expect(page.get_by_text("Storage", exact=True)).to_be_visible()
     shot(page, "9b-adapter-metrics-table")
-    expect(header_metric(page, "Verification")).to_contain_text("unverified")
+    expect(header_metric(page, "Verification")).to_contain_text("not yet")
     page.get_by_role("tab", name="Verify").click()
     page.get_by_role("button", name="Verify now").click()
     expect(page.get_by_text("alice/tiny0:1: passed")).to_be_visible()

@@ -256,11 +256,11 @@ def test_adapter_page_opens_the_version_in_the_url(registry: dict[str, Any]) -> 
 
 def test_adapter_header_shows_the_new_status_after_verify(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, query={"ref": "alice/model1:1"}, adapter_tab="Verify")
-    assert {m.label: m.value for m in at.metric}["Verification"] == "unverified"
+    assert {m.label: m.value for m in at.metric}["Verification"] == "not yet"  # Browse's words
     next(b for b in at.button if b.label == "Verify now").click()
     at.run()
     assert any("alice/model1:1: passed" in s.value for s in at.success)
-    assert {m.label: m.value for m in at.metric}["Verification"] == "passed"
+    assert {m.label: m.value for m in at.metric}["Verification"] == "✓ passed"
 
 
 def test_adapter_header_says_which_parameters_it_counts(registry: dict[str, Any]) -> None:
