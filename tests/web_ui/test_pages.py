@@ -284,9 +284,15 @@ def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, A
     assert any(c.value == "vera fetch alice/model2:1 --out model2" for c in at.code)
     loading = next(c.value for c in at.caption if c.value.startswith("Load it"))
     assert "onto `tiny-llama`" in loading and "It adapts `" in loading and "[" not in loading  # words, not JSON
+    # its generator is not PEFT's: the default carries A and B, larger than what is stored (session 23's walk)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        stored = formats.size(client.get("alice/model2:1").stored_bytes)
+    assert (f"Each file is built by the registry when its button is clicked; this form holds the projection A and "
+            f"B, so it is larger than the {stored} stored.") in [c.value for c in at.caption]
     form.set_value("seed-only (vera_core)")
     at.run()
     assert not at.exception and any(c.value.endswith("--seed-only") for c in at.code)
+    assert "Each file is built by the registry when its button is clicked." in [c.value for c in at.caption]
 
 
 def test_adapter_page_pushes_to_the_hub_and_shows_the_sync_state(registry: dict[str, Any]) -> None:
