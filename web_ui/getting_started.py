@@ -21,10 +21,10 @@ def panel() -> None:
         st.code(f"export VERA_REGISTRY_URL={url}\n"
                 "# train the demo (or bring any PEFT VeRA adapter folder):\n"
                 "vera train --demo --out polarity\n"
-                "vera publish polarity --name alice/polarity \\\n"
+                "vera publish polarity --name demo/polarity \\\n"
                 "    --base-model minilm --metrics polarity/metrics.json\n"
                 "# or let the registry's worker train it:\n"
-                "vera job submit --name alice/polarity --demo", language="bash", wrap_lines=True)
+                "vera job submit --name demo/polarity --demo", language="bash", wrap_lines=True)
     with demo:
         st.markdown("**From here**")
         target = st.text_input("Publish the demo as", value="demo/polarity", key="demo_target")

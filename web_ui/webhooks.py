@@ -176,6 +176,7 @@ def page() -> None:
         if chosen is not None:
             manage(chosen)
     else:
-        st.info(f"{owner}/ has no webhooks yet. Add one below: it receives a signed POST for each event of "
-                f"{owner}'s adapters.")
+        # "you/ has no webhooks ... each event of you's adapters" read oddly (session 23's walk)
+        st.info(f"No webhooks for the adapters under {owner}/ yet. Add one below: it receives a signed POST for each "
+                f"event of an adapter under {owner}/.")
     add_form(owner)

@@ -508,7 +508,7 @@ def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
         assert "versions match" not in texts(at) and not at.dataframe
         commands = at.code[0].value
         assert f"export VERA_REGISTRY_URL={url}" in commands
-        assert "vera job submit --name alice/polarity --demo" in commands
+        assert "vera job submit --name demo/polarity --demo" in commands  # the name the button offers too
         at.text_input(key="demo_target").set_value("").run()
         next(b for b in at.button if b.label == "Train the demo adapter").click()
         at.run()

@@ -82,7 +82,7 @@ def test_add_test_pause_and_remove_a_webhook(registry: dict[str, Any]) -> None:
     assert not at.exception
     owner = next(s for s in at.selectbox if s.label == "Owner")
     assert owner.options == ["alice", "acme"]  # yours, and the organisation you administer
-    assert "has no webhooks yet" in texts(at, "info")
+    assert "No webhooks for the adapters under " in texts(at, "info")
     next(t for t in at.text_input if t.label == "URL").set_value("ftp://nowhere")
     button(at, "Add webhook").click()
     at.run()
@@ -167,14 +167,14 @@ def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tm
         owner = at.selectbox(key="webhooks_owner")
         assert owner.value == "carol" and owner.options[0] == "carol", owner.options
         assert at.query_params["owner"] == "carol"  # opened from the menu, the address still names the owner
-        assert "carol/ has no webhooks yet" in texts(at, "info")
+        assert "No webhooks for the adapters under carol/ yet." in texts(at, "info")
         named = AppTest.from_string("from web_ui import session, webhooks\nsession.guarded(webhooks.page)()\n",
                                     default_timeout=60)
         named.session_state["registry_url"], named.session_state["token"] = url, ""
         named.query_params["owner"] = "newteam"  # an owner nobody published under yet, as a link or typing names it
         named.run()
         assert not named.exception and named.selectbox(key="webhooks_owner").value == "newteam"
-        assert "newteam/ has no webhooks yet" in texts(named, "info")
+        assert "No webhooks for the adapters under newteam/ yet." in texts(named, "info")
         assert "newteam/ has published nothing here yet" in texts(named, "caption")  # a typo would show here
         assert "local" not in owner.options  # the local user publishes nothing of its own
 
