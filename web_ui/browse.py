@@ -79,8 +79,10 @@ def labels_width(items: list[VersionInfo]) -> int:
 
 
 def kept_labels(v: VersionInfo) -> str:
-    """What of a version's labels Browse's column makes room for: its lock and aliases, then '+N' for its tags."""
-    return ", ".join(labels(v)[:(v.visibility == "private") + len(v.aliases)]) + (f" +{len(v.tags)}" if v.tags else "")
+    """What of a version's labels Browse's column makes room for: its lock and aliases, then its one tag whole, or
+    '+N' for its tags (a new user's walk: '@latest +1' hid the only tag, as long as the '+1')."""
+    kept = labels(v)[:(v.visibility == "private") + len(v.aliases) + (len(v.tags) == 1)]
+    return ", ".join(kept) + (f" +{len(v.tags)}" if len(v.tags) > 1 else "")
 
 
 def size_column(sort: str) -> str:

@@ -100,6 +100,8 @@ def test_browse_lists_filters_and_sorts_through_the_registry(registry: dict[str,
     assert list(frame["version"]) == [f"adapter?ref=alice/model{i}:1" for i in (2, 1, 0)]  # names link to the page
     assert "3 versions match" in texts(at)
     assert list(frame["accuracy"]) == pytest.approx([0.82, 0.81, 0.8])
+    # a version's one tag is shown whole, not as '+1' (as long as the tag: session 23's walk)
+    assert list(frame["labels"]) == ["@latest, demo", "@latest, demo", "@prod, @latest"]
     field(filter_form(at), "Rank").set_value("4")
     apply(at)
     assert list(at.dataframe[0].value["version"]) == ["adapter?ref=alice/model1:1"]
