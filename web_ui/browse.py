@@ -317,7 +317,10 @@ def page() -> None:
         f"; showing {first + 1:,}-{first + len(result.items):,}. Click a name to open it, tick rows to open or compare "
         "them; clicking a column sorts this page only (Filter and sort sorts them all)." if result.items else "."))
     if not result.items:
-        st.info("No adapter matches these filters" + (f" with the metric {metric}." if metric else "."))
+        # a misspelt metric (test.acc) matched nothing, with no word of what the names are (session 23's walk)
+        st.info("No adapter matches these filters" + (
+            f" with the metric {metric}. A metric is named by its path in a version's metrics (test.accuracy, "
+            "final_eval.loss): the Adapter page's Metrics tab shows a version's." if metric else "."))
         return
     selection = tables.show(table(result.items, metric, chosen["sort"]), sizes=("stored",), hide_index=True,
                             width="stretch", whole=True, on_select="rerun", selection_mode="multi-row",
