@@ -796,6 +796,14 @@ class RegistryClient:
         created = self._request("POST", "/api/v1/tokens", json=body).json()
         return TokenInfo.model_validate(created["token"]), str(created["secret"])
 
+    def exchange_identity_token(self, id_token: str) -> tuple[TokenInfo, str]:
+        """Trusted publishing: a short-lived registry token (and its secret) for a CI job's OpenID Connect identity
+        token, as a trusted publisher of the registry (VERA_TRUSTED_PUBLISHERS) allows. Sent without this client's
+        own token: the identity token is the credential."""
+        created = self._request("POST", "/api/v1/tokens/oidc", json={"token": id_token},
+                                headers={"Authorization": ""}).json()
+        return TokenInfo.model_validate(created["token"]), str(created["secret"])
+
     def revoke_token(self, token_id: int) -> None:
         self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.errors import InvalidInput
@@ -25,6 +26,7 @@ from registry.domain.schemas import (
     QuotaSize,
 )
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
+from registry.services.trusted import TrustedPublisher, check_publishers
 
 
 def default_data_dir() -> Path:
@@ -153,6 +155,10 @@ class Settings(BaseSettings):
     read_only: bool = False
     # Where changes go instead, named in a read-only registry's refusals: the primary registry's URL.
     primary_url: str | None = Field(default=None, max_length=300)
+    # Trusted publishing (registry.services.trusted, docs/security.md): the OpenID Connect issuers whose identity
+    # tokens (a CI job's: GitHub Actions, GitLab CI) POST /api/v1/tokens/oidc trades for a short-lived registry
+    # token, a JSON list of {name, issuer, audience, claims, user, owners, scopes, minutes}; none by default.
+    trusted_publishers: list[TrustedPublisher] = []
 
     @field_validator("metrics_token")
     @classmethod
@@ -161,6 +167,11 @@ class Settings(BaseSettings):
             raise ValueError("VERA_METRICS_TOKEN is shorter than 16 characters: use a random secret, e.g. the output "
                              "of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return value
+
+    @field_validator("trusted_publishers")
+    @classmethod
+    def _publishers(cls, value: list[TrustedPublisher]) -> list[TrustedPublisher]:
+        return check_publishers(value)
 
     @field_validator("database_url")
     @classmethod
@@ -237,7 +248,7 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             elif isinstance(value, list | dict):
-                value = json.dumps(value)
+                value = json.dumps(to_jsonable_python(value))
             variables[f"VERA_{name.upper()}"] = str(value)
         return variables
 

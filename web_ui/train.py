@@ -121,5 +121,8 @@ def launch() -> bool:
     dataset = None if upload is None else (upload.name, upload.getvalue())
     job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
     navigation.set_param("job", str(job.id))  # the jobs below follow it
-    st.success(f"Queued job {job.id} for {job.target_name}.")
+    # the message stays until the page's next run, while the job below goes on and ends: it says when, and where
+    # the job is followed, so that it does not read as "still queued" after the job is done
+    st.success(f"Queued job {job.id} for {job.target_name} at {job.created_at:%H:%M:%S}; followed below (its status "
+               "is there). Launch again queues another job.")
     return True

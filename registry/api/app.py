@@ -26,6 +26,7 @@ from registry.services.jobs import Jobs
 from registry.services.outbox import Dispatcher
 from registry.services.registry import Registry
 from registry.services.tokens import ANONYMOUS
+from registry.services.trusted import TrustedPublishing
 from registry.services.webhooks import Webhooks
 
 
@@ -42,6 +43,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.events, app.state.webhooks = Events(registry.db), webhooks or Webhooks(registry.db)
     app.state.dispatcher = dispatcher
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
+    app.state.trusted = TrustedPublishing(registry.db, app.state.options.trusted_publishers)
     # middleware added later wraps what was added before: access log (outermost), metrics, the gate, the app
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)

@@ -23,6 +23,7 @@ from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.tokens import ANONYMOUS, LOCAL_USER, Principal, Scope, authenticate
+from registry.services.trusted import TrustedPublisher
 
 
 class ApiOptions(BaseModel):
@@ -37,6 +38,7 @@ class ApiOptions(BaseModel):
     metrics_token: SecretStr | None = None  # set: /metrics answers only 'Bearer <this>' (VERA_METRICS_TOKEN)
     read_only: bool = False  # every change refused (registry.api.gate), reads write nothing (VERA_READ_ONLY)
     primary_url: str | None = None  # where a read-only registry's refusals send changes (VERA_PRIMARY_URL)
+    trusted_publishers: list[TrustedPublisher] = []  # identity tokens traded for registry tokens (VERA_TRUSTED_...)
 
 
 def is_loopback(host: str) -> bool:

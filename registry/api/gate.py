@@ -46,6 +46,12 @@ READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
 )
 
 
+#: The one request with a body that needs no registry token, where tokens are required: trusted publishing's exchange,
+#: whose body (an identity token, registry.services.trusted) is the credential; its body is small.
+TOKENLESS = re.compile(r"^/api/v1/tokens/oidc/?$")
+TOKENLESS_BODY = 64 << 10
+
+
 #: Control characters: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F). No owner, adapter, alias, tag or file name
 #: holds one (registry.domain.schemas.check_name), nor does a version number, selector, id, sort or cursor.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -135,19 +141,22 @@ class RequestGate:
                 retry_after=READ_ONLY_RETRY_AFTER_S)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        tokenless = scope["method"] == "POST" and TOKENLESS.match(scope["path"]) is not None
         limit = (2 * self.options.max_upload_bytes + FORM_OVERHEAD) if UPLOAD_ROUTES.match(scope["path"]) \
-            else SMALL_BODY
-        refusal = await self._refusal(scope, headers, limit)
+            else TOKENLESS_BODY if tokenless else SMALL_BODY
+        refusal = await self._refusal(scope, headers, limit, tokenless=tokenless)
         if refusal is not None:
             status, code, detail = refusal
             await _send_problem(send, status, code, detail, scope["path"])
             return
         await self.app(scope, limited(receive, limit, self.body_timeout_s), send)
 
-    async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int) -> tuple[int, str, str] | None:
+    async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int, *, tokenless: bool = False
+                       ) -> tuple[int, str, str] | None:
         """Why the request is refused from its headers, or None; a token checked here is kept in the request's
-        state (``principal``), so the route's Caller dependency does not look it up again."""
-        if self.options.require_tokens:
+        state (``principal``), so the route's Caller dependency does not look it up again. ``tokenless``: a route
+        whose body is its credential (no Authorization is looked at)."""
+        if self.options.require_tokens and not tokenless:
             authorization = headers.get("authorization")
             secret = bearer_token(authorization)
             if secret is None:

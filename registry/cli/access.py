@@ -145,6 +145,54 @@ def create_token(
     typer.echo(secret)
 
 
+#: What a GitHub Actions runner gives a job with `permissions: id-token: write`: where to ask for its identity token.
+GITHUB_REQUEST_URL, GITHUB_REQUEST_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
+
+
+def exchange(
+    id_token: Annotated[str | None, typer.Option("--id-token", envvar="VERA_ID_TOKEN", show_envvar=True, help=(
+        "The CI job's OpenID Connect identity token (GitLab CI: an `id_tokens:` entry). Default on GitHub Actions: "
+        "asked of the runner."))] = None,
+    audience: Annotated[str, typer.Option(help="The audience asked of GitHub Actions: the trusted publisher's "
+                                               "(VERA_TRUSTED_PUBLISHERS' `audience`).")] = "vera",
+    registry: RegistryUrl = None,
+) -> None:
+    """Trusted publishing: trade this CI job's identity token for a short-lived registry token, printed alone on
+    stdout (`export VERA_TOKEN=$(vera auth exchange)`), so that CI keeps no registry secret.
+
+    The registry's administrator declares which CI jobs may (VERA_TRUSTED_PUBLISHERS: issuer, audience, claims such as
+    the repository and branch) and what their tokens may do (user, owners, scopes, minutes); docs/security.md,
+    "Trusted publishing"."""
+    secret = id_token.strip() if id_token else _github_identity_token(audience)
+    info, registry_token = call_registry(registry, "", lambda c: c.exchange_identity_token(secret))
+    err_console.print(f"token {info.id} for {info.owner} {info.scopes}, limited to {', '.join(info.limited_to or [])}"
+                      + (f", expires {info.expires_at:%H:%M:%S} UTC" if info.expires_at else ""))
+    typer.echo(registry_token)
+
+
+def _github_identity_token(audience: str) -> str:
+    """The job's identity token for ``audience``, asked of the GitHub Actions runner; exits saying what to do
+    anywhere else."""
+    import httpx
+
+    url, bearer = os.environ.get(GITHUB_REQUEST_URL), os.environ.get(GITHUB_REQUEST_TOKEN)
+    if not url or not bearer:
+        fail(InvalidInput(f"No identity token: give one with --id-token or VERA_ID_TOKEN (GitLab CI: an `id_tokens:` "
+                          f"entry), or run on GitHub Actions with `permissions: id-token: write` (which sets "
+                          f"{GITHUB_REQUEST_URL} and {GITHUB_REQUEST_TOKEN})."))
+    try:
+        answer = httpx.get(url, params={"audience": audience}, headers={"Authorization": f"bearer {bearer}"},
+                           timeout=30)
+        answer.raise_for_status()
+        value = answer.json()["value"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        fail(InvalidInput(f"GitHub Actions did not give an identity token ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "does the job have `permissions: id-token: write`?"))
+    if not isinstance(value, str) or not value:
+        fail(InvalidInput("GitHub Actions answered an empty identity token."))
+    return value
+
+
 def list_tokens(user: Annotated[str | None, typer.Option(help="Admins: this user's tokens.")] = None,
                 registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
     """Your tokens (never their secrets)."""

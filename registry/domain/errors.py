@@ -110,6 +110,13 @@ class HubError(RegistryError):
     code = "hub_error"
 
 
+class IssuerUnavailable(RegistryError):
+    """A trusted publisher's OpenID Connect issuer (its discovery document, its keys) could not be read; nothing was
+    done, retry shortly (registry.services.trusted)."""
+
+    code = "issuer_unavailable"
+
+
 class Busy(RegistryError):
     """The server is already doing as much costly work as it allows at once; nothing was done, retry shortly."""
 
@@ -142,7 +149,8 @@ class RateLimited(RegistryError):
 #: The one table from the exception tree to HTTP statuses (most specific first).
 HTTP_STATUS: dict[type[RegistryError], int] = {
     ContentTooLarge: 413, InvalidInput: 422, NotFound: 404, Conflict: 409, IntegrityError: 500,
-    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, QuotaExceeded: 403, HubError: 502, Busy: 503,
+    SchemaOutOfDate: 503, Unauthorized: 401, Forbidden: 403, QuotaExceeded: 403, HubError: 502, IssuerUnavailable: 502,
+    Busy: 503,
     StorageUnavailable: 503, ReadOnly: 503, RateLimited: 429,
 }
 

@@ -200,13 +200,13 @@ def retired_refusal(name: str, *, revive: str, renamed: str | None = None) -> Co
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
                  expires_in: timedelta | None = None, limited_to: list[str] | None = None,
                  expires_at: datetime | None = None, actor: str = OPERATOR,
-                 parent_id: int | None = None) -> tuple[int, str]:
+                 parent_id: int | None = None, audit: Mapping[str, Any] | None = None) -> tuple[int, str]:
     """Create a token and return (id, secret). The secret is shown once; only its hash is stored. With
     ``expires_in`` the token stops working after that long (or at ``expires_at``); with ``limited_to`` it reads
     private adapters and writes only under those owners; ``parent_id``: the caller's own token that made it (through
     the API, for the caller), revoked with it (revoke_token). Audited (``token-create``, by ``actor``: the operator
     for `vera token create` on the registry's machine). A token is a user's: an organisation's name is refused
-    (its members act in it with their own tokens)."""
+    (its members act in it with their own tokens). ``audit``: more of the event's detail (how it was made)."""
     check_name(owner, "Owner")
     check_text(name, "Token name", max_length=100)
     unknown = sorted(set(scopes) - set(SCOPES))
@@ -246,7 +246,8 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         s.flush()
         s.add(m.AuditEvent(actor=actor[:64], action="token-create", target=owner, detail={
             "token": row.id, "name": name, "scopes": row.scopes, "limited_to": limited_to,
-            "expires_at": expires_at.isoformat() if expires_at is not None else None, "parent": parent_id}))
+            "expires_at": expires_at.isoformat() if expires_at is not None else None, "parent": parent_id,
+            **(audit or {})}))
         return row.id, secret
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
-from registry.domain.errors import Forbidden, NotFound
+from registry.domain.errors import Forbidden, InvalidInput, NotFound
 from registry.domain.schemas import InvitationInfo, OrganizationInfo, OwnerUsage, QuotaSize, TokenInfo, WhoAmI
 from registry.services.tokens import (
     ANONYMOUS,
@@ -24,6 +24,7 @@ from registry.services.tokens import (
     revoke_token,
     token_not_found,
 )
+from registry.services.trusted import MAX_ID_TOKEN_CHARS, TrustedPublishing
 
 router = APIRouter(prefix="/api/v1")
 
@@ -114,6 +115,37 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
                                     parent_id=who.token_id if user == who.owner else None)  # yours: revoked with it
     info = next(t for t in list_tokens(registry.db, owner=user) if t.id == token_id)
     return CreatedToken(token=info, secret=secret)
+
+
+class IdentityTokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=MAX_ID_TOKEN_CHARS,
+                       description="an OpenID Connect identity token (a JWT) from a trusted publisher's issuer")
+
+
+class ExchangedToken(CreatedToken):
+    """A registry token minted for a trusted publisher's identity token: ``secret`` is shown this once."""
+
+    publisher: str
+    expires_in: int = Field(description="seconds the token lives")
+
+
+@router.post("/tokens/oidc", response_model=ExchangedToken, status_code=201)
+def exchange_identity_token(request: Request, options: Options, registry: RegistryDep, body: IdentityTokenBody
+                            ) -> ExchangedToken:
+    """Trusted publishing: a short-lived registry token for a CI job's OpenID Connect identity token (GitHub Actions,
+    GitLab CI), for the user, owners and scopes of the trusted publisher (VERA_TRUSTED_PUBLISHERS) whose issuer,
+    audience and claims it matches. No Authorization header is needed: the identity token is the credential. Each
+    identity token is exchanged once; audited as `token-create` with the publisher, issuer and subject."""
+    if not options.require_tokens:
+        raise InvalidInput("This registry does not require tokens (single-user local mode): publish without one.")
+    client = request.client.host if request.client else "unknown"
+    request.app.state.rate_limiter.take(f"oidc@{client}")  # each exchange may fetch an issuer's keys
+    trusted: TrustedPublishing = request.app.state.trusted
+    token_id, secret, publisher, lifetime_s = trusted.exchange(body.token)
+    info = next(t for t in list_tokens(registry.db, owner=publisher.user) if t.id == token_id)
+    return ExchangedToken(token=info, secret=secret, publisher=publisher.name, expires_in=round(lifetime_s))
 
 
 def _within_own_rights(who: Principal, user: str, body: TokenBody) -> None:

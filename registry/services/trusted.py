@@ -1,0 +1,299 @@
+"""Trusted publishing: a CI job trades the short-lived OpenID Connect identity token its platform gives it (GitHub
+Actions, GitLab CI, Google Cloud, any issuer with a discovery document) for a short-lived registry token, as PyPI's
+trusted publishers do, so that no lasting registry secret is kept in CI.
+
+An administrator declares the publishers (VERA_TRUSTED_PUBLISHERS): an issuer, the audience its tokens must name, the
+claims they must carry (``repository: acme/adapters``, ``ref: refs/heads/main``), and what a token minted for them
+may do: the user it acts for, the owners it is limited to, its scopes, how many minutes it lives. The identity token's
+signature is checked with the issuer's published keys (fetched from its discovery document's ``jwks_uri``, kept a
+few minutes), with an asymmetric algorithm only, and its issuer, audience, expiry and issue time; an issuer that no
+publisher names is refused without any request to it. Each identity token is exchanged once (its ``jti``, or its
+hash, is in the minted token's name). The exchange is audited as the minted token's ``token-create`` with the
+publisher, issuer, subject and matched claims."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, IssuerUnavailable, Unauthorized
+from registry.domain.schemas import check_name
+from registry.store import models as m
+from registry.store.database import Database
+
+#: The longest identity token taken (GitHub's are about 1,300 characters; Google's about 1,000).
+MAX_ID_TOKEN_CHARS = 16_384
+#: Signatures checked only with public keys: an HMAC ("HS256") or "none" token is refused before any key is chosen,
+#: so that an issuer's public key can never be used as a shared secret.
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+#: Clock skew allowed on exp, nbf and iat, in seconds.
+LEEWAY_S = 60
+#: How long an issuer's discovery document and its keys are kept; a token signed with a key id not among them fetches
+#: the keys again (a rotation), at most once per KEYS_REFETCH_S per issuer (tokens naming made-up key ids make the
+#: registry ask the issuer no more often than that).
+DISCOVERY_TTL_S, KEYS_TTL_S, KEYS_REFETCH_S = 3600.0, 300.0, 5.0
+MAX_DOCUMENT_BYTES = 1 << 20
+MAX_PUBLISHERS, MAX_CLAIMS, MAX_CLAIM_CHARS = 100, 20, 512
+#: Claims every identity token must carry; the publisher's own claims are checked on top.
+REQUIRED = ("iss", "aud", "sub", "exp", "iat")
+#: Checked by the exchange itself, not by a publisher's ``claims``.
+RESERVED = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti"})
+NAME_PREFIX = "trusted publisher"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_issuer(value: str) -> str:
+    """An issuer URL as tokens write it (``iss``): https, or http on a loopback host (an issuer on the same machine)."""
+    parts = urlsplit(value)
+    if (parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment
+            or (parts.scheme == "http" and not _loopback(parts.hostname)) or any(not " " < c <= "~" for c in value)):
+        raise ValueError(f"issuer {value!r} must be an https URL as the identity tokens write it in 'iss' (GitHub "
+                         "Actions: https://token.actions.githubusercontent.com; GitLab: https://gitlab.com); plain "
+                         "http only on a loopback address")
+    return value
+
+
+class TrustedPublisher(BaseModel):
+    """One entry of VERA_TRUSTED_PUBLISHERS: whose identity tokens are trusted, and what they are traded for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                      description="a label: in the minted tokens' names and in the audit log")
+    issuer: str = Field(max_length=300)
+    audience: str = Field("vera", min_length=1, max_length=200, description="what the tokens' 'aud' must name")
+    claims: dict[str, str | list[str]] = Field(min_length=1, max_length=MAX_CLAIMS, description=(
+        "claim -> the value it must have (a list: any of them); every one must match"))
+    user: str = Field(description="the registry user the minted token acts for")
+    owners: list[str] = Field(min_length=1, max_length=20, description="the owners the minted token is limited to")
+    scopes: list[Literal["read", "publish"]] = Field(["read", "publish"], min_length=1)
+    minutes: float = Field(15.0, gt=0, le=60, description="how long a minted token lives")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        return check_issuer(value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        return _name(value, "user")
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        return sorted({_name(owner, "owner") for owner in value})
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for claim, wanted in value.items():
+            if claim in RESERVED:
+                raise ValueError(f"claim {claim!r} is checked by the exchange itself (issuer, audience, times, "
+                                 "token id); name the claims that say who the caller is (sub, repository, ref, ...)")
+            choices = wanted if isinstance(wanted, list) else [wanted]
+            if not choices or not all(0 < len(c) <= MAX_CLAIM_CHARS for c in choices) or not 0 < len(claim) <= 100:
+                raise ValueError(f"claim {claim!r} must be given one value or a non-empty list of values, each "
+                                 f"1 to {MAX_CLAIM_CHARS} characters")
+        return value
+
+    def matches(self, claims: Mapping[str, Any]) -> bool:
+        """Whether an identity token's verified ``claims`` are this publisher's (issuer and audience included)."""
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if claims.get("iss") != self.issuer or self.audience not in audiences:
+            return False
+        return all(isinstance(claims.get(claim), str) and claims[claim] in (wanted if isinstance(wanted, list)
+                                                                              else [wanted])
+                   for claim, wanted in self.claims.items())
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what.capitalize())
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_publishers(publishers: Sequence[TrustedPublisher]) -> list[TrustedPublisher]:
+    """The settings' list, its names distinct and at most MAX_PUBLISHERS of them."""
+    if len(publishers) > MAX_PUBLISHERS:
+        raise ValueError(f"VERA_TRUSTED_PUBLISHERS lists {len(publishers)} publishers; at most {MAX_PUBLISHERS}")
+    names = [p.name for p in publishers]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"VERA_TRUSTED_PUBLISHERS names {twice} more than once; give each publisher its own name")
+    return list(publishers)
+
+
+class TrustedPublishing:
+    """The exchange of identity tokens for registry tokens, with each issuer's keys kept a while (thread-safe)."""
+
+    def __init__(self, db: Database, publishers: Sequence[TrustedPublisher], *, timeout_s: float = 10.0) -> None:
+        self.db = db
+        self.publishers = list(publishers)
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._jwks_uri: dict[str, tuple[float, str]] = {}  # issuer -> (fetched at, its jwks_uri)
+        self._keys: dict[str, tuple[float, dict[str, jwt.PyJWK]]] = {}  # issuer -> (fetched at, key id -> key)
+
+    def exchange(self, id_token: str) -> tuple[int, str, TrustedPublisher, float]:
+        """A registry token (id, secret) for ``id_token``, the publisher it matched and its lifetime in seconds; or
+        InvalidInput (not a JWT), Unauthorized (not a valid token of a trusted issuer), Forbidden (valid, but no
+        publisher matches its claims: the message says which it carries), Conflict (exchanged already),
+        IssuerUnavailable (the issuer's keys could not be read). Nothing is recorded unless a token is minted."""
+        from registry.services.tokens import create_token
+
+        if not self.publishers:
+            raise Unauthorized("This registry trusts no identity tokens: its administrator declares trusted "
+                               "publishers in VERA_TRUSTED_PUBLISHERS (docs/security.md, \"Trusted publishing\").")
+        issuer, header = _unverified(id_token)
+        if not any(p.issuer == issuer for p in self.publishers):  # never a request to an issuer nobody trusts
+            raise Unauthorized(f"Identity tokens of {issuer[:200]!r} are not trusted here: no trusted publisher names "
+                               f"that issuer (VERA_TRUSTED_PUBLISHERS; trusted: "
+                               f"{sorted({p.issuer for p in self.publishers})}).")
+        claims = self._verified(id_token, issuer, header)
+        publisher = next((p for p in self.publishers if p.matches(claims)), None)
+        if publisher is None:
+            shown = {k: claims[k] for k in sorted({c for p in self.publishers if p.issuer == issuer for c in p.claims})
+                     if isinstance(claims.get(k), str)}
+            raise Forbidden(f"No trusted publisher matches this identity token (aud {claims.get('aud')!r}, "
+                               f"{json.dumps(shown)[:1000]}): an administrator adds one for these claims to "
+                               "VERA_TRUSTED_PUBLISHERS, or ask your CI platform for a token with the audience the "
+                               "registry expects.")
+        once = claims["jti"] if isinstance(claims.get("jti"), str) else id_token
+        name = f"{NAME_PREFIX} {publisher.name} {hashlib.sha256(f'{issuer} {once}'.encode()).hexdigest()[:24]}"
+        with self.db.session() as s:
+            used = s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == publisher.user,
+                                                           m.AccessToken.name == name))
+        if used is not None:
+            raise Conflict(f"This identity token was exchanged already (token {used}); each is exchanged once. Ask "
+                           "your CI platform for a new one (a GitHub Actions job: run `vera auth exchange` again).")
+        lifetime = timedelta(minutes=publisher.minutes)
+        detail = {"via": "trusted-publisher", "publisher": publisher.name, "issuer": issuer,
+                  "subject": str(claims["sub"])[:300], "claims": {k: claims[k] for k in publisher.claims}}
+        token_id, secret = create_token(self.db, owner=publisher.user, scopes=list(publisher.scopes), name=name,
+                                        expires_in=lifetime, limited_to=list(publisher.owners),
+                                        actor=f"trusted-publisher:{publisher.name}", audit=detail)
+        return token_id, secret, publisher, lifetime.total_seconds()
+
+    def _verified(self, id_token: str, issuer: str, header: Mapping[str, Any]) -> dict[str, Any]:
+        key = self._key(issuer, header.get("kid"))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                id_token, key.key, algorithms=[header["alg"]], issuer=issuer, leeway=LEEWAY_S,
+                options={"require": list(REQUIRED), "verify_aud": False})  # the audience: per publisher (matches)
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The identity token has expired: ask your CI platform for a new one just before "
+                               "exchanging it.") from None
+        except jwt.PyJWTError as exc:  # a bad signature, issuer, time; a key of another type than the algorithm
+            raise Unauthorized(f"The identity token is not valid: {str(exc)[:300]}.") from None
+        return claims
+
+    def _key(self, issuer: str, kid: Any) -> jwt.PyJWK:
+        """The issuer's key ``kid`` (the only key when the token names none and the issuer has one)."""
+        for refresh in (False, True):
+            keys = self._keys_of(issuer, refresh=refresh)
+            if kid is None and len(keys) == 1:
+                return next(iter(keys.values()))
+            if isinstance(kid, str) and kid in keys:
+                return keys[kid]
+        raise Unauthorized(f"The identity token is signed with key {str(kid)[:100]!r}, which is not among "
+                           f"{issuer}'s published keys ({sorted(keys)[:10]}).")
+
+    def _keys_of(self, issuer: str, *, refresh: bool) -> dict[str, jwt.PyJWK]:
+        now = time.monotonic()
+        with self._lock:
+            kept = self._keys.get(issuer)
+        if kept is not None and (now - kept[0] < (KEYS_REFETCH_S if refresh else KEYS_TTL_S)):
+            return kept[1]
+        keys = self._fetch_keys(issuer)
+        with self._lock:
+            self._keys[issuer] = (time.monotonic(), keys)
+        return keys
+
+    def _fetch_keys(self, issuer: str) -> dict[str, jwt.PyJWK]:
+        with self._lock:
+            found = self._jwks_uri.get(issuer)
+        if found is None or time.monotonic() - found[0] > DISCOVERY_TTL_S:
+            document = _document(f"{issuer.rstrip('/')}/.well-known/openid-configuration", self.timeout_s)
+            uri = document.get("jwks_uri")
+            if document.get("issuer") != issuer or not isinstance(uri, str) or not uri.startswith(
+                    ("https://", "http://")):
+                raise IssuerUnavailable(f"{issuer}'s discovery document does not name itself as the issuer with a "
+                                        "jwks_uri; check the publisher's issuer in VERA_TRUSTED_PUBLISHERS.")
+            found = (time.monotonic(), uri)
+            with self._lock:
+                self._jwks_uri[issuer] = found
+        keys: dict[str, jwt.PyJWK] = {}
+        listed = _document(found[1], self.timeout_s).get("keys")
+        for entry in listed if isinstance(listed, list) else []:
+            try:
+                key = jwt.PyJWK.from_dict(entry)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
+                continue  # a key of a type this registry does not use (or an encryption key): skipped
+            if key.algorithm_name in ALGORITHMS or entry.get("alg") is None:
+                keys[str(entry.get("kid", ""))] = key
+        if not keys:
+            raise IssuerUnavailable(f"{issuer} publishes no signing key this registry can use at {found[1]}.")
+        return keys
+
+
+def _unverified(id_token: str) -> tuple[str, dict[str, Any]]:
+    """The issuer and header of ``id_token``, read before its signature is checked (to pick the issuer's keys);
+    its form and algorithm checked."""
+    if not isinstance(id_token, str) or not 0 < len(id_token) <= MAX_ID_TOKEN_CHARS or id_token.count(".") != 2:
+        raise InvalidInput(f"Expected an OpenID Connect identity token (a JWT: three base64url parts joined by '.', "
+                           f"at most {MAX_ID_TOKEN_CHARS:,} characters), as your CI platform issues it.")
+    try:
+        header = jwt.get_unverified_header(id_token)
+        issuer = jwt.decode(id_token, options={"verify_signature": False}).get("iss")
+    except jwt.InvalidTokenError as exc:
+        raise InvalidInput(f"The identity token cannot be read: {str(exc)[:300]}. Expected a JWT as your CI "
+                           "platform issues it.") from None
+    if header.get("alg") not in ALGORITHMS:
+        raise Unauthorized(f"The identity token is signed with {str(header.get('alg'))[:40]!r}; only public-key "
+                           f"signatures are taken ({', '.join(ALGORITHMS)}).")
+    if not isinstance(issuer, str) or not issuer:
+        raise Unauthorized("The identity token names no issuer ('iss').")
+    return issuer, header
+
+
+def _document(url: str, timeout_s: float) -> dict[str, Any]:
+    """A JSON document of a trusted issuer (at most MAX_DOCUMENT_BYTES), or IssuerUnavailable."""
+    try:
+        with httpx.Client(timeout=timeout_s, follow_redirects=False) as http, http.stream("GET", url) as answer:
+            if answer.status_code != 200:
+                raise IssuerUnavailable(f"{url} answered {answer.status_code}; the trusted issuer's keys cannot be "
+                                        "read now. Retry shortly.")
+            body = b""
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise IssuerUnavailable(f"{url} answered more than {MAX_DOCUMENT_BYTES:,} bytes.")
+        document = json.loads(body)
+    except httpx.HTTPError as exc:
+        raise IssuerUnavailable(f"Cannot reach {url} ({type(exc).__name__}); the trusted issuer's keys cannot be read "
+                                "now. Retry shortly.") from None
+    except ValueError:
+        raise IssuerUnavailable(f"{url} did not answer a JSON document.") from None
+    if not isinstance(document, dict):
+        raise IssuerUnavailable(f"{url} did not answer a JSON object.")
+    return document

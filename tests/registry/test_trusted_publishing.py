@@ -1,0 +1,255 @@
+"""Trusted publishing (registry.services.trusted): a CI job's OpenID Connect identity token traded for a short-lived
+registry token over real HTTP, against a real issuer on loopback (tests/registry/oidc_issuer.py, standing in for
+GitHub Actions' issuer and runner), through `vera serve`, RegistryClient and `vera auth exchange`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import ValidationError
+
+from registry.client import RegistryClient
+from registry.domain.errors import Conflict, Forbidden, IssuerUnavailable, Unauthorized
+from registry.services.trusted import KEYS_REFETCH_S
+from registry.settings import Settings
+from tests.registry.adapters import make_adapter
+from tests.registry.oidc_issuer import Issuer, running_issuer
+from tests.registry.servers import VERA_COMMAND, issued_tokens, running_server
+
+EXCHANGE = "/api/v1/tokens/oidc"
+
+
+def publishers(issuer: Issuer, **changes: Any) -> str:
+    """VERA_TRUSTED_PUBLISHERS: acme/adapters' main branch publishes as ci-bot under acme, for 15 minutes."""
+    return json.dumps([{"name": "acme-main", "issuer": issuer.url, "audience": "vera",
+                        "claims": {"repository": "acme/adapters", "ref": ["refs/heads/main", "refs/tags/release"]},
+                        "user": "ci-bot", "owners": ["acme"], "scopes": ["read", "publish"], **changes}])
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    with running_issuer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def served(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("trusted")
+    url = f"sqlite:///{root / 'r.db'}"
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+                        VERA_TRUSTED_PUBLISHERS=publishers(issuer)) as base:
+        admin, bot = issued_tokens(url, ("root", ["admin"]), ("ci-bot", ["read", "publish"]))
+        with RegistryClient(base, admin) as client:
+            client.create_organization("acme")
+            client.set_member("acme", "ci-bot", "write")
+        yield {"url": base, "admin": admin, "bot": bot, "adapter": make_adapter(root / "adapter")}
+
+
+def exchange(served: dict[str, Any], token: str) -> httpx.Response:
+    return httpx.post(f"{served['url']}{EXCHANGE}", json={"token": token}, timeout=30)
+
+
+def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_within_its_owners(
+        served: dict[str, Any], issuer: Issuer) -> None:
+    before = datetime.now(UTC)
+    answer = exchange(served, issuer.token())
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["publisher"] == "acme-main" and body["expires_in"] == 900 and body["secret"].startswith("vera_")
+    token = body["token"]
+    assert token["owner"] == "ci-bot" and token["scopes"] == ["publish", "read"] and token["limited_to"] == ["acme"]
+    expires = datetime.fromisoformat(token["expires_at"])
+    assert before + timedelta(minutes=14) < expires < datetime.now(UTC) + timedelta(minutes=16)
+    with RegistryClient(served["url"], body["secret"]) as ci:
+        who = ci.whoami()
+        assert who.user == "ci-bot" and who.limited_to == ["acme"]
+        published = ci.publish(served["adapter"], "acme/polarity", base_model="tiny-llama")
+        assert published.ref == "acme/polarity:1"
+        with pytest.raises(Forbidden):  # the user's own namespace is outside the token's owners
+            ci.publish(served["adapter"], "ci-bot/polarity", base_model="tiny-llama")
+        with pytest.raises(Forbidden):  # it cannot make itself a lasting token
+            ci.create_token(["read"], limited_to=["acme"], expires_days=30)
+    with RegistryClient(served["url"], served["admin"]) as admin:
+        made = [e for e in admin.events(action="token-create").events if e.detail.get("token") == token["id"]]
+    assert len(made) == 1 and made[0].actor == "trusted-publisher:acme-main"
+    assert made[0].detail["issuer"] == issuer.url and made[0].detail["subject"] == issuer.runner_claims["sub"]
+    assert made[0].detail["claims"] == {"repository": "acme/adapters", "ref": "refs/heads/main"}
+
+
+def test_each_identity_token_is_exchanged_once(served: dict[str, Any], issuer: Issuer) -> None:
+    token = issuer.token(ref="refs/tags/release")  # any of the listed refs
+    assert exchange(served, token).status_code == 201
+    again = exchange(served, token)
+    assert again.status_code == 409 and "exchanged already" in again.json()["detail"]
+
+
+@pytest.mark.parametrize(("claims", "status", "words"), [
+    ({"aud": "https://github.com/acme"}, 403, "No trusted publisher matches"),  # GitHub's default audience
+    ({"repository": "mallory/adapters"}, 403, '"repository": "mallory/adapters"'),
+    ({"ref": "refs/heads/feature"}, 403, "No trusted publisher matches"),
+    ({"repository": None}, 403, "No trusted publisher matches"),  # the claim absent
+    ({"lifetime_s": 300, "issued_ago_s": 3600}, 401, "has expired"),
+    ({"issued_ago_s": -3600}, 401, "not valid"),  # issued in the future (nbf, iat)
+    ({"sub": None}, 401, "sub"),  # a required claim absent
+])
+def test_tokens_of_other_repositories_audiences_or_times_are_refused_and_mint_nothing(
+        served: dict[str, Any], issuer: Issuer, claims: dict[str, Any], status: int, words: str) -> None:
+    audience = claims.pop("aud", "vera")
+    timing = {k: claims.pop(k) for k in ("lifetime_s", "issued_ago_s") if k in claims}
+    count = len(admin_tokens(served))
+    answer = exchange(served, issuer.token(audience, **timing, **claims))
+    assert answer.status_code == status and words in answer.json()["detail"], answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert len(admin_tokens(served)) == count
+
+
+def admin_tokens(served: dict[str, Any]) -> list[Any]:
+    with RegistryClient(served["url"], served["admin"]) as admin:
+        return admin.tokens(user="ci-bot")
+
+
+def test_forged_and_unsigned_tokens_are_refused(served: dict[str, Any], issuer: Issuer) -> None:
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = issuer.token(key=stranger)  # the issuer's key id, another key
+    answer = exchange(served, forged)
+    assert answer.status_code == 401 and "Signature verification failed" in answer.json()["detail"]
+    public_pem = issuer.keys[issuer.signing].public_key().public_bytes(
+        encoding=serialization.Encoding.PEM, format=serialization.PublicFormat.SubjectPublicKeyInfo)
+    payload = jwt.decode(issuer.token(), options={"verify_signature": False})
+    confused = hmac_token(payload, public_pem, issuer.signing)  # the public key as an HMAC secret
+    unsigned = jwt.encode(payload, None, algorithm="none")
+    for token, words in ((confused, "'HS256'"), (unsigned, "'none'")):
+        answer = exchange(served, token)
+        assert answer.status_code == 401 and words in answer.json()["detail"], answer.text
+    tampered = issuer.token().split(".")
+    tampered[1] = jwt.utils.base64url_encode(json.dumps({**payload, "repository": "acme/adapters",
+                                                         "jti": "other"}).encode()).decode()
+    assert exchange(served, ".".join(tampered)).status_code == 401
+    for garbage, words in (("not-a-jwt", "three base64url parts"), ("a.b.c", "cannot be read"),
+                           ("x.y.z" * 4000, "16384 characters")):
+        answer = exchange(served, garbage)
+        assert answer.status_code == 422 and words in answer.text, answer.text
+
+
+def hmac_token(payload: dict[str, Any], secret: bytes, kid: str) -> str:
+    """A JWT signed with HS256 by hand (PyJWT refuses a PEM key as an HMAC secret, as an attacker would not)."""
+    def part(value: dict[str, Any]) -> str:
+        return jwt.utils.base64url_encode(json.dumps(value).encode()).decode()
+
+    signed = f"{part({'alg': 'HS256', 'typ': 'JWT', 'kid': kid})}.{part(payload)}"
+    mac = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{jwt.utils.base64url_encode(mac).decode()}"
+
+
+def test_an_issuer_nobody_trusts_is_never_asked_for_its_keys(served: dict[str, Any], issuer: Issuer) -> None:
+    asked = len(issuer.requests)
+    answer = exchange(served, issuer.token(issuer="https://evil.example/oidc"))
+    assert answer.status_code == 401 and "not trusted here" in answer.json()["detail"]
+    assert issuer.url in answer.json()["detail"]  # which issuers are
+    assert len(issuer.requests) == asked
+
+
+def test_a_rotated_key_is_fetched_and_an_unreachable_issuer_is_a_502_that_mints_nothing(
+        served: dict[str, Any], issuer: Issuer) -> None:
+    assert exchange(served, issuer.token()).status_code == 201  # the keys are kept now
+    asked = len(issuer.requests)
+    old = issuer.signing
+    issuer.rotate()
+    made_up = [exchange(served, issuer.token(kid=f"made-up-{i}")) for i in range(5)]
+    assert {a.status_code for a in made_up} == {401} and "not among" in made_up[0].json()["detail"]
+    assert len(issuer.requests) <= asked + 1  # the keys asked for again at most once, however many made-up ids
+    time.sleep(KEYS_REFETCH_S + 0.2)
+    assert exchange(served, issuer.token()).status_code == 201  # a key id it did not have: fetched again
+    issuer.retire(old)
+    issuer.down = True
+    try:
+        count = len(admin_tokens(served))
+        time.sleep(KEYS_REFETCH_S + 0.2)
+        answer = exchange(served, issuer.token(kid="rotated-since"))  # not among the kept keys: asked again
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["type"] == "/problems/issuer_unavailable" and "Retry" in answer.json()["detail"]
+        assert len(admin_tokens(served)) == count
+    finally:
+        issuer.down = False
+
+
+def test_vera_auth_exchange_asks_the_github_actions_runner_and_prints_the_token(
+        served: dict[str, Any], issuer: Issuer, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERA_", "ACTIONS_"))}
+    env.update(VERA_REGISTRY_URL=served["url"], VERA_CONFIG_DIR=str(tmp_path), VERA_TOKEN=served["admin"],
+               ACTIONS_ID_TOKEN_REQUEST_URL=f"{issuer.url}/runner/token?api-version=2.0",
+               ACTIONS_ID_TOKEN_REQUEST_TOKEN=issuer.runner_secret)
+    done = subprocess.run([*VERA_COMMAND, "auth", "exchange"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    secret = done.stdout.strip()
+    assert secret.startswith("vera_") and "\n" not in secret  # alone on stdout: export VERA_TOKEN=$(...)
+    assert "ci-bot" in done.stderr and "limited to acme" in done.stderr
+    with RegistryClient(served["url"], secret) as ci:
+        assert ci.whoami().user == "ci-bot"
+    wrong = subprocess.run([*VERA_COMMAND, "auth", "exchange", "--audience", "other"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode != 0 and "No trusted publisher matches" in wrong.stderr
+    elsewhere = {k: v for k, v in env.items() if not k.startswith("ACTIONS_")}
+    missing = subprocess.run([*VERA_COMMAND, "auth", "exchange"], env=elsewhere, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode != 0 and "--id-token or VERA_ID_TOKEN" in missing.stderr
+    given = subprocess.run([*VERA_COMMAND, "auth", "exchange"], capture_output=True, text=True, timeout=120,
+                           env={**elsewhere, "VERA_ID_TOKEN": issuer.token()})
+    assert given.returncode == 0 and given.stdout.strip().startswith("vera_"), given.stderr
+
+
+def test_the_client_raises_the_registrys_errors(served: dict[str, Any], issuer: Issuer) -> None:
+    with RegistryClient(served["url"], served["admin"]) as client:  # its own token is not sent
+        info, secret = client.exchange_identity_token(issuer.token())
+        assert info.owner == "ci-bot" and secret.startswith("vera_")
+        with pytest.raises(Forbidden, match="No trusted publisher"):
+            client.exchange_identity_token(issuer.token(repository="acme/other"))
+        token = issuer.token()
+        client.exchange_identity_token(token)
+        with pytest.raises(Conflict):
+            client.exchange_identity_token(token)
+    assert IssuerUnavailable.code == "issuer_unavailable" and Unauthorized.code == "unauthorized"
+
+
+def test_a_registry_with_no_publishers_or_no_tokens_says_so(tmp_path: Path, issuer: Issuer) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        answer = httpx.post(f"{base}{EXCHANGE}", json={"token": issuer.token()})
+        assert answer.status_code == 401 and "VERA_TRUSTED_PUBLISHERS" in answer.json()["detail"]
+    with running_server(url, tmp_path / "blobs", VERA_TRUSTED_PUBLISHERS=publishers(issuer)) as local:
+        answer = httpx.post(f"{local}{EXCHANGE}", json={"token": issuer.token()})
+        assert answer.status_code == 422 and "does not require tokens" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    ({"issuer": "http://example.com"}, "must be an https URL"),
+    ({"claims": {}}, "at least 1 item"),
+    ({"claims": {"aud": "vera"}}, "checked by the exchange itself"),
+    ({"claims": {"repository": []}}, "one value or a non-empty list"),
+    ({"owners": ["Acme"]}, "not a valid name"),
+    ({"user": "ci bot"}, "not a valid name"),
+    ({"scopes": ["admin"]}, "'read' or 'publish'"),
+    ({"minutes": 600}, "less than or equal to 60"),
+    ({"repository": "acme/adapters"}, "Extra inputs are not permitted"),  # a claim written beside claims
+])
+def test_a_malformed_publisher_is_refused_when_the_settings_are_read(entry: dict[str, Any], words: str) -> None:
+    good = {"name": "gh", "issuer": "https://token.actions.githubusercontent.com", "claims": {"repository": "a/b"},
+            "user": "ci", "owners": ["acme"]}
+    with pytest.raises(ValidationError, match=words):
+        Settings(trusted_publishers=[{**good, **entry}])
+    with pytest.raises(ValidationError, match="more than once"):
+        Settings(trusted_publishers=[good, good])
