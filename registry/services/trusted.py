@@ -150,7 +150,7 @@ class TrustedPublishing:
         self.db = db
         self.publishers = list(publishers)
         self.timeout_s = timeout_s
-        self._lock = threading.Lock()
+        self._lock, self._minting = threading.Lock(), threading.Lock()
         self._jwks_uri: dict[str, tuple[float, str]] = {}  # issuer -> (fetched at, its jwks_uri)
         self._keys: dict[str, tuple[float, dict[str, jwt.PyJWK]]] = {}  # issuer -> (fetched at, key id -> key)
 
@@ -180,18 +180,22 @@ class TrustedPublishing:
                                "registry expects.")
         once = claims["jti"] if isinstance(claims.get("jti"), str) else id_token
         name = f"{NAME_PREFIX} {publisher.name} {hashlib.sha256(f'{issuer} {once}'.encode()).hexdigest()[:24]}"
-        with self.db.session() as s:
-            used = s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == publisher.user,
-                                                           m.AccessToken.name == name))
-        if used is not None:
-            raise Conflict(f"This identity token was exchanged already (token {used}); each is exchanged once. Ask "
-                           "your CI platform for a new one (a GitHub Actions job: run `vera auth exchange` again).")
         lifetime = timedelta(minutes=publisher.minutes)
         detail = {"via": "trusted-publisher", "publisher": publisher.name, "issuer": issuer,
                   "subject": str(claims["sub"])[:300], "claims": {k: claims[k] for k in publisher.claims}}
-        token_id, secret = create_token(self.db, owner=publisher.user, scopes=list(publisher.scopes), name=name,
-                                        expires_in=lifetime, limited_to=list(publisher.owners),
-                                        actor=f"trusted-publisher:{publisher.name}", audit=detail)
+        # looked up and minted under one lock: two exchanges of one identity token at once in this process mint one
+        # token (on two replicas at the same instant both may: each is still a token of the publisher's, expiring)
+        with self._minting:
+            with self.db.session() as s:
+                used = s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == publisher.user,
+                                                               m.AccessToken.name == name))
+            if used is not None:
+                raise Conflict(f"This identity token was exchanged already (token {used}); each is exchanged once. "
+                               "Ask your CI platform for a new one (a GitHub Actions job: run `vera auth exchange` "
+                               "again).")
+            token_id, secret = create_token(self.db, owner=publisher.user, scopes=list(publisher.scopes), name=name,
+                                            expires_in=lifetime, limited_to=list(publisher.owners),
+                                            actor=f"trusted-publisher:{publisher.name}", audit=detail)
         return token_id, secret, publisher, lifetime.total_seconds()
 
     def _verified(self, id_token: str, issuer: str, header: Mapping[str, Any]) -> dict[str, Any]:

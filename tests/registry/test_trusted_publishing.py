@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,10 @@ def test_each_identity_token_is_exchanged_once(served: dict[str, Any], issuer: I
     assert exchange(served, token).status_code == 201
     again = exchange(served, token)
     assert again.status_code == 409 and "exchanged already" in again.json()["detail"]
+    racing = issuer.token()
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(a.status_code for a in pool.map(lambda _: exchange(served, racing), range(4)))
+    assert statuses == [201, 409, 409, 409]
 
 
 @pytest.mark.parametrize(("claims", "status", "words"), [
