@@ -11,6 +11,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.schemas import LineageGraph, LineageNode, VersionInfo
 from web_ui import formats, navigation, session, views
+from web_ui.activity import markdown_text
 
 #: The version shown: filled with Streamlit's primary red; its relatives in the light grey of Streamlit's widgets.
 SELF_COLOUR, OTHER_COLOUR = "#ff4b4b", "#f0f2f6"
@@ -88,11 +89,37 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
         commit = lineage.get("hub_commit")
         items.append(views.Item(None, "Pulled from the Hub", f"`{lineage['hub_repo']}`"
                                 + (f" at commit `{commit}`" if commit else "")))
+    if isinstance(via := lineage.get("published_via"), dict):
+        items.append(views.Item(None, "Published by CI", ci_run(via)))
     known = {"parent", "parent_deleted", "parent_private", "job_id", "dataset_sha256", "dataset_bytes",
-             "code_revision", "hub_repo", "hub_commit"}
+             "code_revision", "hub_repo", "hub_commit", "published_via"}
     items += [views.Item(None, key.replace("_", " "), views.cell(value))
               for key, value in lineage.items() if key not in known]
     return items
+
+
+#: The claims that say which run published a version, in the order they are said (GitHub Actions', then GitLab
+#: CI's names): the repository, its ref, the commit, the workflow, the run.
+RUN_CLAIMS = (("repository", "project_path"), ("ref",), ("sha",), ("workflow", "job_workflow_ref"),
+              ("run_id", "pipeline_id"))
+
+
+def ci_run(via: dict[str, Any]) -> str:
+    """A trusted publisher's run in words: ``acme/adapters`` ``refs/heads/main`` at ``1a2b3c4``, workflow publish, run
+    1234 (trusted publisher acme-main, issuer ...), each value as text (claims are the issuer's words, not Markdown).
+    """
+    claims = via.get("claims") if isinstance(via.get("claims"), dict) else {}
+    said = []
+    for names in RUN_CLAIMS:
+        value = next((claims[n] for n in names if isinstance(claims.get(n), str)), None)
+        if value is not None:
+            shown = markdown_text(value[:12] if names == ("sha",) else value)
+            said.append({"sha": f" at {shown}", "workflow": f", workflow {shown}",
+                         "run_id": f", run {shown}"}.get(names[0], f" {shown}"))
+    if not said and isinstance(via.get("subject"), str):
+        said.append(f" {markdown_text(via['subject'])}")
+    return ("".join(said).strip(" ,") + f" (trusted publisher {markdown_text(str(via.get('publisher', '?')))}, "
+            f"{markdown_text(str(via.get('issuer', '?')))})")
 
 
 def section(info: VersionInfo) -> None:

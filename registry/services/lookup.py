@@ -168,7 +168,7 @@ def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
     ``parent_private`` instead when it is a version of another adapter that is private, since whoever reads this
     version may not read that one: the lineage graph, which knows the caller, names it to those who may),
     ``job_id``, ``dataset_sha256`` and ``dataset_bytes`` (its job's upload), ``code_revision``, ``hub_repo`` and
-    ``hub_commit`` (pulled from the Hub)."""
+    ``hub_commit`` (pulled from the Hub), ``published_via`` (the trusted publisher's CI run that published it)."""
     parent = s.get(m.AdapterVersion, v.parent_version_id) if v.parent_version_id is not None else None
     hidden = parent is not None and parent.adapter_id != v.adapter_id and parent.adapter.visibility != "public"
     deleted = v.parent_ref if parent is None else None
@@ -179,7 +179,7 @@ def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
                 ("parent_deleted", deleted), ("job_id", v.source_job_id),
                 ("dataset_sha256", v.dataset_sha256), ("dataset_bytes", v.dataset_bytes),
                 ("code_revision", v.code_revision), ("hub_repo", v.source_hub_repo),
-                ("hub_commit", v.source_hub_commit))
+                ("hub_commit", v.source_hub_commit), ("published_via", v.published_via))
     return {key: value for key, value in recorded if value is not None}
 
 

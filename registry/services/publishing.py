@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,7 +52,7 @@ MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
 #: Called in the publish's transaction once the version row exists (Hub sync records its pull there).
 OnRecord = Callable[[Session, m.AdapterVersion], None]
 #: What a publish may say of where the version came from (``lineage``), and the longest code revision.
-LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision"})
+LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision", "published_via"})
 MAX_CODE_REVISION = 200
 #: From how many bytes to store a publish's quota is checked before they are stored, not only as it is recorded.
 EARLY_CHECK_BYTES = 1 << 20
@@ -262,6 +262,9 @@ def _checked_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
         given["parent"] = parent
     if "code_revision" in given:
         check_text(given["code_revision"], "code_revision", max_length=MAX_CODE_REVISION)
+    if "published_via" in given and not isinstance(given["published_via"], Mapping):
+        raise InvalidInput("published_via is what a trusted publisher's token was minted for (a mapping); it comes "
+                           "from the publishing token, not from the caller.")
     return given
 
 
@@ -277,6 +280,8 @@ def _record_sources(s: Session, version: m.AdapterVersion, lineage: dict[str, An
                                "owner/name@ALIAS), or publish without a parent.") from exc
         version.parent_version_id, version.parent_ref = row.id, version_ref(row)
     version.code_revision = lineage.get("code_revision")
+    via = lineage.get("published_via")
+    version.published_via = dict(via) if via is not None else None
     job = s.get(m.Job, version.source_job_id) if version.source_job_id is not None else None
     if job is not None and job.dataset_sha256 is not None:
         blob = s.get(m.Blob, job.dataset_sha256)

@@ -47,6 +47,9 @@ class Principal:
     expires_at: datetime | None = None
     #: the single user of a registry without tokens (local mode): nobody else can sign in there
     local: bool = False
+    #: a token minted by trusted publishing: what for (publisher, issuer, subject, claims), recorded on what it
+    #: publishes (registry.services.trusted)
+    provenance: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -200,13 +203,15 @@ def retired_refusal(name: str, *, revive: str, renamed: str | None = None) -> Co
 def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
                  expires_in: timedelta | None = None, limited_to: list[str] | None = None,
                  expires_at: datetime | None = None, actor: str = OPERATOR,
-                 parent_id: int | None = None, audit: Mapping[str, Any] | None = None) -> tuple[int, str]:
+                 parent_id: int | None = None, audit: Mapping[str, Any] | None = None,
+                 provenance: dict[str, Any] | None = None) -> tuple[int, str]:
     """Create a token and return (id, secret). The secret is shown once; only its hash is stored. With
     ``expires_in`` the token stops working after that long (or at ``expires_at``); with ``limited_to`` it reads
     private adapters and writes only under those owners; ``parent_id``: the caller's own token that made it (through
     the API, for the caller), revoked with it (revoke_token). Audited (``token-create``, by ``actor``: the operator
     for `vera token create` on the registry's machine). A token is a user's: an organisation's name is refused
-    (its members act in it with their own tokens). ``audit``: more of the event's detail (how it was made)."""
+    (its members act in it with their own tokens). ``audit``: more of the event's detail (how it was made);
+    ``provenance``: what a trusted publisher's token was minted for, recorded on the versions it publishes."""
     check_name(owner, "Owner")
     check_text(name, "Token name", max_length=100)
     unknown = sorted(set(scopes) - set(SCOPES))
@@ -241,7 +246,8 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         if ended:
             raise retired_refusal(owner, revive=" for the user", renamed=renamed)
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
-                            expires_at=expires_at, limited_to=limited_to, parent_id=parent_id)
+                            expires_at=expires_at, limited_to=limited_to, parent_id=parent_id,
+                            provenance=provenance)
         s.add(row)
         s.flush()
         s.add(m.AuditEvent(actor=actor[:64], action="token-create", target=owner, detail={
@@ -361,4 +367,4 @@ def authenticate(db: Database, secret: str) -> Principal:
             select(m.Organization.name, m.Membership.role).join(m.Membership).where(m.Membership.member == row.owner))}
         return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id, roles=roles,
                          limited_to=frozenset(row.limited_to) if row.limited_to is not None else None,
-                         expires_at=row.expires_at)
+                         expires_at=row.expires_at, provenance=row.provenance)

@@ -46,6 +46,8 @@ LEEWAY_S = 60
 DISCOVERY_TTL_S, KEYS_TTL_S, KEYS_REFETCH_S = 3600.0, 300.0, 5.0
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_PUBLISHERS, MAX_CLAIMS, MAX_CLAIM_CHARS = 100, 20, 512
+#: The most claims a minted token's provenance keeps (GitHub Actions' tokens carry about 25).
+RECORDED_CLAIMS = 40
 #: Claims every identity token must carry; the publisher's own claims are checked on top.
 REQUIRED = ("iss", "aud", "sub", "exp", "iat")
 #: Checked by the exchange itself, not by a publisher's ``claims``.
@@ -174,7 +176,7 @@ class TrustedPublishing:
         if publisher is None:
             shown = {k: claims[k] for k in sorted({c for p in self.publishers if p.issuer == issuer for c in p.claims})
                      if isinstance(claims.get(k), str)}
-            raise Forbidden(f"No trusted publisher matches this identity token (aud {claims.get('aud')!r}, "
+            raise Forbidden(f"No trusted publisher matches this identity token (aud {str(claims.get('aud'))[:200]!r}, "
                                f"{json.dumps(shown)[:1000]}): an administrator adds one for these claims to "
                                "VERA_TRUSTED_PUBLISHERS, or ask your CI platform for a token with the audience the "
                                "registry expects.")
@@ -183,6 +185,8 @@ class TrustedPublishing:
         lifetime = timedelta(minutes=publisher.minutes)
         detail = {"via": "trusted-publisher", "publisher": publisher.name, "issuer": issuer,
                   "subject": str(claims["sub"])[:300], "claims": {k: claims[k] for k in publisher.claims}}
+        provenance = {"publisher": publisher.name, "issuer": issuer, "subject": str(claims["sub"])[:300],
+                      "claims": recorded_claims(claims)}
         # looked up and minted under one lock: two exchanges of one identity token at once in this process mint one
         # token (on two replicas at the same instant both may: each is still a token of the publisher's, expiring)
         with self._minting:
@@ -195,7 +199,8 @@ class TrustedPublishing:
                                "again).")
             token_id, secret = create_token(self.db, owner=publisher.user, scopes=list(publisher.scopes), name=name,
                                             expires_in=lifetime, limited_to=list(publisher.owners),
-                                            actor=f"trusted-publisher:{publisher.name}", audit=detail)
+                                            actor=f"trusted-publisher:{publisher.name}", audit=detail,
+                                            provenance=provenance)
         return token_id, secret, publisher, lifetime.total_seconds()
 
     def _verified(self, id_token: str, issuer: str, header: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +254,8 @@ class TrustedPublishing:
         keys: dict[str, jwt.PyJWK] = {}
         listed = _document(found[1], self.timeout_s).get("keys")
         for entry in listed if isinstance(listed, list) else []:
+            if not isinstance(entry, dict):
+                continue
             try:
                 key = jwt.PyJWK.from_dict(entry)
             except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
@@ -258,6 +265,16 @@ class TrustedPublishing:
         if not keys:
             raise IssuerUnavailable(f"{issuer} publishes no signing key this registry can use at {found[1]}.")
         return keys
+
+
+def recorded_claims(claims: Mapping[str, Any]) -> dict[str, str]:
+    """What a minted token's provenance keeps of its identity token's claims: the text ones that say which run of
+    which code it was (GitHub: repository, ref, sha, workflow_ref, run_id, actor; GitLab: project_path, ref,
+    pipeline_id, sha), at most RECORDED_CLAIMS of MAX_CLAIM_CHARS each, in name order; not the ones the exchange
+    itself checks (issuer, audience, times, token id), which say nothing of the run."""
+    kept = {k: v for k, v in sorted(claims.items()) if isinstance(v, str) and k not in RESERVED and k != "sub"
+            and 0 < len(k) <= 100}
+    return {k: v[:MAX_CLAIM_CHARS] for k, v in list(kept.items())[:RECORDED_CLAIMS]}
 
 
 def _unverified(id_token: str) -> tuple[str, dict[str, Any]]:

@@ -215,6 +215,8 @@ class AdapterVersion(Base):
     code_revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
     dataset_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     dataset_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # 0022: the trusted publisher's CI run that published it (its token's provenance), None otherwise
+    published_via: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
     base_model: Mapped[BaseModelShapes] = relationship()
@@ -259,6 +261,8 @@ class AccessToken(Base):
     # 0020: the token whose caller made this one through the API (None: the operator's, or made before 0020);
     # revoking a token revokes those made from it
     parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # 0022: for a token minted by trusted publishing, what it was minted for (publisher, issuer, subject, claims)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Organization(Base):

@@ -30,6 +30,7 @@ from registry.settings import Settings
 from tests.registry.adapters import make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
 from tests.registry.servers import VERA_COMMAND, issued_tokens, running_server
+from web_ui.lineage import ci_run
 
 EXCHANGE = "/api/v1/tokens/oidc"
 
@@ -86,6 +87,17 @@ def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_wit
             ci.create_token(["read"], limited_to=["acme"], expires_days=30)
     with RegistryClient(served["url"], served["admin"]) as admin:
         made = [e for e in admin.events(action="token-create").events if e.detail.get("token") == token["id"]]
+        by_hand = admin.publish(served["adapter"], "acme/polarity", base_model="tiny-llama")
+        lineage = admin.get("acme/polarity:1").lineage
+        assert "published_via" not in by_hand.lineage  # an ordinary token's publish says nothing of CI
+    via = lineage["published_via"]  # the version says which run published it, from claims the issuer signed
+    assert via["publisher"] == "acme-main" and via["issuer"] == issuer.url
+    assert via["subject"] == "repo:acme/adapters:ref:refs/heads/main"
+    assert {k: via["claims"][k] for k in ("repository", "ref", "run_id", "workflow", "actor")} == {
+        "repository": "acme/adapters", "ref": "refs/heads/main", "run_id": "1234", "workflow": "publish",
+        "actor": "alice"}
+    assert not {"iss", "aud", "exp", "iat", "jti", "sub"} & set(via["claims"])
+    assert ci_run(via).startswith("acme/adapters refs/heads/main, workflow publish, run 1234 (trusted publisher")
     assert len(made) == 1 and made[0].actor == "trusted-publisher:acme-main"
     assert made[0].detail["issuer"] == issuer.url and made[0].detail["subject"] == issuer.runner_claims["sub"]
     assert made[0].detail["claims"] == {"repository": "acme/adapters", "ref": "refs/heads/main"}

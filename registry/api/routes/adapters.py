@@ -117,7 +117,8 @@ async def publish(
         publish = partial(registry.publish, tmp, owner=owner, name=name, base_model=base_model,
                           base_revision=base_revision, metrics=parsed,
                           tags=[t.strip() for t in tags.split(",") if t.strip()], description=description,
-                          published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision},
+                          published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision,
+                                                            "published_via": who.provenance},
                           visibility=visibility or None)
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop

@@ -1,0 +1,39 @@
+"""Migration 0022 (trusted publishing's provenance: access_tokens.provenance, adapter_versions.published_via) keeps
+every row of a 0021 database, up and down, on SQLite and PostgreSQL: every token and version as it was, with no
+provenance; provenance recorded after the upgrade goes with the columns on downgrade, and the rows stay."""
+
+from __future__ import annotations
+
+from sqlalchemy import inspect, text
+
+from registry.store.database import Database
+from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0020 import TOKENS, _tokens
+
+
+def _columns(db: Database, table: str) -> set[str]:
+    return {c["name"] for c in inspect(db.engine).get_columns(table)}
+
+
+def test_migration_0022_keeps_every_token_and_version_up_and_down(database_url: str) -> None:
+    db = Database(database_url)
+    db.upgrade("0021")
+    with db.engine.begin() as conn:
+        for statement in [*ROWS, *TOKENS]:
+            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    before = _tokens(db)
+    db.upgrade("0022")
+    assert _kept(db) == EXPECTED and _tokens(db) == before
+    with db.engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM access_tokens WHERE provenance IS NULL")).scalar_one() == 3
+        assert conn.execute(text("SELECT count(*) FROM adapter_versions WHERE published_via IS NULL")
+                            ).scalar_one() == 1
+        conn.execute(text("UPDATE access_tokens SET provenance = '{\"publisher\": \"ci\"}' WHERE id = 1"))
+        conn.execute(text("UPDATE adapter_versions SET published_via = '{\"publisher\": \"ci\"}' WHERE id = 1"))
+    db.downgrade("0021")
+    assert _kept(db) == EXPECTED and _tokens(db) == before
+    assert "provenance" not in _columns(db, "access_tokens")
+    assert "published_via" not in _columns(db, "adapter_versions")
+    db.upgrade()
+    assert _kept(db) == EXPECTED and _tokens(db) == before
+    db.engine.dispose()
