@@ -108,7 +108,8 @@ def ci_run(via: dict[str, Any]) -> str:
     """A trusted publisher's run in words: ``acme/adapters`` ``refs/heads/main`` at ``1a2b3c4``, workflow publish, run
     1234 (trusted publisher acme-main, issuer ...), each value as text (claims are the issuer's words, not Markdown).
     """
-    claims = via.get("claims") if isinstance(via.get("claims"), dict) else {}
+    given = via.get("claims")
+    claims: dict[str, Any] = given if isinstance(given, dict) else {}
     said = []
     for names in RUN_CLAIMS:
         value = next((claims[n] for n in names if isinstance(claims.get(n), str)), None)

@@ -23,8 +23,9 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill)
         self._lock = threading.Lock()
 
-    def take(self, caller: str) -> None:
-        """Spend one request of ``caller``'s budget, or raise RateLimited saying when to retry."""
+    def take(self, caller: str, what: str = "costly requests (verify, compare, downloads)") -> None:
+        """Spend one request of ``caller``'s budget, or raise RateLimited saying when to retry (``what``: the
+        requests counted, in the message)."""
         now = time.monotonic()
         with self._lock:
             tokens, last = self._buckets.get(caller, (self.capacity, now))
@@ -32,8 +33,8 @@ class RateLimiter:
             if tokens < 1:
                 self._buckets[caller] = (tokens, now)
                 retry = max(1, round((1 - tokens) / self.rate))
-                raise RateLimited(f"More than {self.capacity:.0f} costly requests (verify, compare, downloads) a "
-                                  f"minute from this caller (VERA_COSTLY_REQUESTS_PER_MINUTE); retry in {retry} s.",
+                raise RateLimited(f"More than {self.capacity:.0f} {what} a minute from this caller "
+                                  f"(VERA_COSTLY_REQUESTS_PER_MINUTE); retry in {retry} s.",
                                   retry_after=retry)
             self._buckets[caller] = (tokens - 1, now)
             if len(self._buckets) > 100_000:  # forget callers idle long enough to be full again

@@ -360,6 +360,9 @@ def _org_not_found(name: str) -> NotFound:
 def _managed_org(s: Session, name: str, viewer: Principal) -> m.Organization:
     org = _visible_org(s, name, viewer)
     if not viewer.can_manage(name):
+        if viewer.limited_to is not None and name not in viewer.limited_to:  # the limit, not the role, refuses
+            raise Forbidden(f"This token is limited to {sorted(viewer.limited_to)}; managing {name}'s members needs "
+                            "a token that reaches it.")
         raise Forbidden(f"Only admins of {name} manage its members; your role is "
                         f"{viewer.roles.get(name, 'none')!r}.")
     return org

@@ -13,20 +13,26 @@ publisher, issuer, subject and matched claims."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, IssuerUnavailable, Unauthorized
 from registry.domain.schemas import check_name
@@ -44,6 +50,10 @@ LEEWAY_S = 60
 #: the keys again (a rotation), at most once per KEYS_REFETCH_S per issuer (tokens naming made-up key ids make the
 #: registry ask the issuer no more often than that).
 DISCOVERY_TTL_S, KEYS_TTL_S, KEYS_REFETCH_S = 3600.0, 300.0, 5.0
+#: While the issuer cannot be reached, keys fetched within this long still verify.
+KEYS_STALE_S = 3600.0
+#: The longest-lived identity token taken (GitHub's live 5 to 10 minutes, GitLab's as long as the job's timeout).
+MAX_ID_TOKEN_LIFE_S = 24 * 3600
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_PUBLISHERS, MAX_CLAIMS, MAX_CLAIM_CHARS = 100, 20, 512
 #: The most claims a minted token's provenance keeps (GitHub Actions' tokens carry about 25).
@@ -53,6 +63,7 @@ REQUIRED = ("iss", "aud", "sub", "exp", "iat")
 #: Checked by the exchange itself, not by a publisher's ``claims``.
 RESERVED = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti"})
 NAME_PREFIX = "trusted publisher"
+log = logging.getLogger("vera.trusted")
 
 
 def _loopback(host: str) -> bool:
@@ -145,24 +156,38 @@ def check_publishers(publishers: Sequence[TrustedPublisher]) -> list[TrustedPubl
     return list(publishers)
 
 
+@dataclass
+class _Keys:
+    """One issuer's signing keys as this process knows them, and the fetch under way (one at a time)."""
+
+    keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
+    fetched: float = -math.inf  # time.monotonic() of the last fetch that succeeded
+    attempted: float = -math.inf  # ... of the last fetch begun, whatever became of it
+    error: str = ""  # why the last fetch failed ("" when it succeeded)
+    jwks_uri: str = ""
+    discovered: float = -math.inf
+    fetching: asyncio.Future[None] | None = None
+
+
 class TrustedPublishing:
-    """The exchange of identity tokens for registry tokens, with each issuer's keys kept a while (thread-safe)."""
+    """The exchange of identity tokens for registry tokens. Each issuer's keys are fetched on the event loop, one
+    fetch at a time that every request needing it awaits (a request waiting on a slow issuer holds no thread: an
+    outsider's made-up key ids stalled every route while fetches held the thread pool), at most once per
+    KEYS_REFETCH_S whatever became of the last (a failure is remembered as long), and used KEYS_TTL_S; while the
+    issuer cannot be reached, keys fetched within KEYS_STALE_S still verify."""
 
     def __init__(self, db: Database, publishers: Sequence[TrustedPublisher], *, timeout_s: float = 10.0) -> None:
         self.db = db
         self.publishers = list(publishers)
         self.timeout_s = timeout_s
-        self._lock, self._minting = threading.Lock(), threading.Lock()
-        self._jwks_uri: dict[str, tuple[float, str]] = {}  # issuer -> (fetched at, its jwks_uri)
-        self._keys: dict[str, tuple[float, dict[str, jwt.PyJWK]]] = {}  # issuer -> (fetched at, key id -> key)
+        self._minting = threading.Lock()
+        self._issuers: dict[str, _Keys] = {}
 
-    def exchange(self, id_token: str) -> tuple[int, str, TrustedPublisher, float]:
+    async def exchange(self, id_token: str) -> tuple[int, str, TrustedPublisher, float]:
         """A registry token (id, secret) for ``id_token``, the publisher it matched and its lifetime in seconds; or
         InvalidInput (not a JWT), Unauthorized (not a valid token of a trusted issuer), Forbidden (valid, but no
         publisher matches its claims: the message says which it carries), Conflict (exchanged already),
         IssuerUnavailable (the issuer's keys could not be read). Nothing is recorded unless a token is minted."""
-        from registry.services.tokens import create_token
-
         if not self.publishers:
             raise Unauthorized("This registry trusts no identity tokens: its administrator declares trusted "
                                "publishers in VERA_TRUSTED_PUBLISHERS (docs/security.md, \"Trusted publishing\").")
@@ -171,16 +196,25 @@ class TrustedPublishing:
             raise Unauthorized(f"Identity tokens of {issuer[:200]!r} are not trusted here: no trusted publisher names "
                                f"that issuer (VERA_TRUSTED_PUBLISHERS; trusted: "
                                f"{sorted({p.issuer for p in self.publishers})}).")
-        claims = self._verified(id_token, issuer, header)
+        key = await self._key(issuer, header.get("kid"))
+        claims = _verified(id_token, issuer, header, key)
         publisher = next((p for p in self.publishers if p.matches(claims)), None)
         if publisher is None:
             shown = {k: claims[k] for k in sorted({c for p in self.publishers if p.issuer == issuer for c in p.claims})
                      if isinstance(claims.get(k), str)}
             raise Forbidden(f"No trusted publisher matches this identity token (aud {str(claims.get('aud'))[:200]!r}, "
-                               f"{json.dumps(shown)[:1000]}): an administrator adds one for these claims to "
-                               "VERA_TRUSTED_PUBLISHERS, or ask your CI platform for a token with the audience the "
-                               "registry expects.")
-        once = claims["jti"] if isinstance(claims.get("jti"), str) else id_token
+                            f"{json.dumps(shown)[:1000]}): an administrator adds one for these claims to "
+                            "VERA_TRUSTED_PUBLISHERS, or ask your CI platform for a token with the audience the "
+                            "registry expects.")
+        return await run_in_threadpool(self._mint, id_token, issuer, claims, publisher)
+
+    def _mint(self, id_token: str, issuer: str, claims: dict[str, Any], publisher: TrustedPublisher
+              ) -> tuple[int, str, TrustedPublisher, float]:
+        from registry.services.tokens import create_token
+
+        # once per identity token: its jti, or what its issuer signed (header and payload: a signature can be written
+        # in more than one way, padded base64 or, with ECDSA, another valid signature of the same bytes)
+        once = claims["jti"] if isinstance(claims.get("jti"), str) else id_token.rsplit(".", 1)[0]
         name = f"{NAME_PREFIX} {publisher.name} {hashlib.sha256(f'{issuer} {once}'.encode()).hexdigest()[:24]}"
         lifetime = timedelta(minutes=publisher.minutes)
         detail = {"via": "trusted-publisher", "publisher": publisher.name, "issuer": issuer,
@@ -203,68 +237,109 @@ class TrustedPublishing:
                                             provenance=provenance)
         return token_id, secret, publisher, lifetime.total_seconds()
 
-    def _verified(self, id_token: str, issuer: str, header: Mapping[str, Any]) -> dict[str, Any]:
-        key = self._key(issuer, header.get("kid"))
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                id_token, key.key, algorithms=[header["alg"]], issuer=issuer, leeway=LEEWAY_S,
-                options={"require": list(REQUIRED), "verify_aud": False})  # the audience: per publisher (matches)
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The identity token has expired: ask your CI platform for a new one just before "
-                               "exchanging it.") from None
-        except jwt.PyJWTError as exc:  # a bad signature, issuer, time; a key of another type than the algorithm
-            raise Unauthorized(f"The identity token is not valid: {str(exc)[:300]}.") from None
-        return claims
-
-    def _key(self, issuer: str, kid: Any) -> jwt.PyJWK:
-        """The issuer's key ``kid`` (the only key when the token names none and the issuer has one)."""
-        for refresh in (False, True):
-            keys = self._keys_of(issuer, refresh=refresh)
-            if kid is None and len(keys) == 1:
-                return next(iter(keys.values()))
-            if isinstance(kid, str) and kid in keys:
-                return keys[kid]
-        raise Unauthorized(f"The identity token is signed with key {str(kid)[:100]!r}, which is not among "
-                           f"{issuer}'s published keys ({sorted(keys)[:10]}).")
-
-    def _keys_of(self, issuer: str, *, refresh: bool) -> dict[str, jwt.PyJWK]:
+    async def _key(self, issuer: str, kid: Any) -> jwt.PyJWK:
+        """The issuer's key ``kid`` (the only key when the token names none and the issuer has one): from the keys
+        kept, else after a fetch (one at a time; none sooner than KEYS_REFETCH_S after the last)."""
+        known = self._issuers.setdefault(issuer, _Keys())
         now = time.monotonic()
-        with self._lock:
-            kept = self._keys.get(issuer)
-        if kept is not None and (now - kept[0] < (KEYS_REFETCH_S if refresh else KEYS_TTL_S)):
-            return kept[1]
-        keys = self._fetch_keys(issuer)
-        with self._lock:
-            self._keys[issuer] = (time.monotonic(), keys)
-        return keys
+        if now - known.fetched >= KEYS_TTL_S or _pick(known.keys, kid) is None:
+            if known.fetching is None and now - known.attempted >= KEYS_REFETCH_S:
+                known.attempted = now
+                known.fetching = asyncio.ensure_future(self._fetch(issuer, known))
+            if known.fetching is not None:
+                await asyncio.shield(known.fetching)  # one fetch, however many requests wait on it
+        if time.monotonic() - known.fetched >= KEYS_STALE_S:  # nothing fetched, or long ago, and the issuer is down
+            raise IssuerUnavailable(f"{issuer}'s signing keys cannot be read now ({known.error or 'not yet read'}). "
+                                    "Retry shortly.")
+        key = _pick(known.keys, kid)
+        if key is None:
+            raise Unauthorized(f"The identity token is signed with key {str(kid)[:100]!r}, which is not among "
+                               f"{issuer}'s published keys ({sorted(known.keys)[:10]}).")
+        return key
 
-    def _fetch_keys(self, issuer: str) -> dict[str, jwt.PyJWK]:
-        with self._lock:
-            found = self._jwks_uri.get(issuer)
-        if found is None or time.monotonic() - found[0] > DISCOVERY_TTL_S:
-            document = _document(f"{issuer.rstrip('/')}/.well-known/openid-configuration", self.timeout_s)
-            uri = document.get("jwks_uri")
-            if document.get("issuer") != issuer or not isinstance(uri, str) or not uri.startswith(
-                    ("https://", "http://")):
-                raise IssuerUnavailable(f"{issuer}'s discovery document does not name itself as the issuer with a "
-                                        "jwks_uri; check the publisher's issuer in VERA_TRUSTED_PUBLISHERS.")
-            found = (time.monotonic(), uri)
-            with self._lock:
-                self._jwks_uri[issuer] = found
-        keys: dict[str, jwt.PyJWK] = {}
-        listed = _document(found[1], self.timeout_s).get("keys")
-        for entry in listed if isinstance(listed, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            try:
-                key = jwt.PyJWK.from_dict(entry)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
-                continue  # a key of a type this registry does not use (or an encryption key): skipped
-            if key.algorithm_name in ALGORITHMS or entry.get("alg") is None:
-                keys[str(entry.get("kid", ""))] = key
-        if not keys:
-            raise IssuerUnavailable(f"{issuer} publishes no signing key this registry can use at {found[1]}.")
-        return keys
+    async def _fetch(self, issuer: str, known: _Keys) -> None:
+        """Fetch ``issuer``'s keys into ``known`` (its discovery document first, kept DISCOVERY_TTL_S); a failure is
+        kept in ``known.error``, never raised (every waiting request reads the outcome from ``known``)."""
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as http:
+                if not known.jwks_uri or time.monotonic() - known.discovered > DISCOVERY_TTL_S:
+                    document = await _document(http, f"{issuer.rstrip('/')}/.well-known/openid-configuration")
+                    uri = document.get("jwks_uri")
+                    if document.get("issuer") != issuer or not isinstance(uri, str) or not uri.startswith(
+                            ("https://", "http://")):
+                        raise IssuerUnavailable(f"{issuer}'s discovery document does not name itself as the issuer "
+                                                "with a jwks_uri; check the publisher's issuer in "
+                                                "VERA_TRUSTED_PUBLISHERS.")
+                    known.jwks_uri, known.discovered = uri, time.monotonic()
+                listed = (await _document(http, known.jwks_uri)).get("keys")
+            keys = _signing_keys(listed)
+            if not keys:
+                raise IssuerUnavailable(f"{issuer} publishes no signing key this registry can use at "
+                                        f"{known.jwks_uri}.")
+            known.keys, known.fetched, known.error = keys, time.monotonic(), ""
+        except IssuerUnavailable as exc:
+            known.error = str(exc)
+            log.warning("trusted publishing: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - kept for the waiting requests, which answer 502
+            known.error = f"{type(exc).__name__}"
+            log.exception("trusted publishing: fetching %s's keys failed", issuer)
+        finally:
+            known.fetching = None
+
+
+def _pick(keys: Mapping[str, jwt.PyJWK], kid: Any) -> jwt.PyJWK | None:
+    if kid is None and len(keys) == 1:
+        return next(iter(keys.values()))
+    return keys.get(kid) if isinstance(kid, str) else None
+
+
+def _signing_keys(listed: Any) -> dict[str, jwt.PyJWK]:
+    """A key set's signing keys by key id, of the types this registry verifies with; others are skipped."""
+    keys: dict[str, jwt.PyJWK] = {}
+    for entry in listed if isinstance(listed, list) else []:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        try:
+            key = jwt.PyJWK.from_dict(entry)
+        except (jwt.PyJWTError, TypeError, ValueError, KeyError):
+            continue  # a key of a type this registry does not use: skipped
+        if key.algorithm_name in ALGORITHMS or entry.get("alg") is None:
+            keys[str(entry.get("kid", ""))] = key
+    return keys
+
+
+#: The key types each algorithm verifies with (a token whose header names another algorithm than its key's is
+#: refused before PyJWT sees it: an EC algorithm with the issuer's RSA key raised a TypeError, a 500).
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), (rsa.RSAPublicKey,)),
+    **dict.fromkeys(("ES256", "ES384", "ES512"), (ec.EllipticCurvePublicKey,)),
+    "EdDSA": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
+}
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+
+
+def _verified(id_token: str, issuer: str, header: Mapping[str, Any], key: jwt.PyJWK) -> dict[str, Any]:
+    """``id_token``'s claims, its signature checked with ``key`` and its issuer, times and required claims."""
+    algorithm = header["alg"]
+    public: Any = key.key
+    if not isinstance(public, _KEY_TYPES[algorithm]) or (
+            algorithm in _CURVES and getattr(getattr(public, "curve", None), "name", None) != _CURVES[algorithm]):
+        raise Unauthorized(f"The identity token names {algorithm}, which is not the algorithm of the issuer's key "
+                           f"{str(header.get('kid'))[:100]!r} ({key.algorithm_name}).")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            id_token, key.key, algorithms=[algorithm], issuer=issuer, leeway=LEEWAY_S,
+            options={"require": list(REQUIRED), "verify_aud": False})  # the audience: per publisher (matches)
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("The identity token has expired: ask your CI platform for a new one just before "
+                           "exchanging it.") from None
+    except (jwt.PyJWTError, TypeError, ValueError) as exc:  # a bad signature, issuer, time
+        raise Unauthorized(f"The identity token is not valid: {str(exc)[:300]}.") from None
+    lived = claims["exp"] - claims["iat"] if all(isinstance(claims[k], int | float) for k in ("exp", "iat")) else 0
+    if lived > MAX_ID_TOKEN_LIFE_S:  # each is exchanged once only while its minted token's row is kept (30 days)
+        raise Unauthorized(f"The identity token lives {lived / 3600:,.1f} hours; at most "
+                           f"{MAX_ID_TOKEN_LIFE_S // 3600} are taken. Ask your CI platform for a shorter-lived one.")
+    return claims
 
 
 def recorded_claims(claims: Mapping[str, Any]) -> dict[str, str]:
@@ -297,15 +372,15 @@ def _unverified(id_token: str) -> tuple[str, dict[str, Any]]:
     return issuer, header
 
 
-def _document(url: str, timeout_s: float) -> dict[str, Any]:
+async def _document(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     """A JSON document of a trusted issuer (at most MAX_DOCUMENT_BYTES), or IssuerUnavailable."""
     try:
-        with httpx.Client(timeout=timeout_s, follow_redirects=False) as http, http.stream("GET", url) as answer:
+        async with http.stream("GET", url) as answer:
             if answer.status_code != 200:
                 raise IssuerUnavailable(f"{url} answered {answer.status_code}; the trusted issuer's keys cannot be "
                                         "read now. Retry shortly.")
             body = b""
-            for chunk in answer.iter_bytes():
+            async for chunk in answer.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise IssuerUnavailable(f"{url} answered more than {MAX_DOCUMENT_BYTES:,} bytes.")

@@ -33,6 +33,8 @@ class Issuer:
         self.runner_secret = uuid.uuid4().hex  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
         self.runner_claims: dict[str, Any] = dict(GITHUB_CLAIMS)
         self.down = False  # answer 503 to everything
+        self.hanging = False  # answer nothing until ``released`` is set
+        self.released = threading.Event()
         self.rotate()
 
     def rotate(self) -> str:
@@ -71,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         issuer, parts = self.issuer, urlsplit(self.path)
         issuer.requests.append(parts.path)
+        if issuer.hanging:
+            issuer.released.wait(60)
         if issuer.down:
             return self._answer(503, {"message": "down"})
         if parts.path == "/.well-known/openid-configuration":

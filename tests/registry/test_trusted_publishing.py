@@ -20,7 +20,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import ValidationError
 
 from registry.client import RegistryClient
@@ -35,11 +35,14 @@ from web_ui.lineage import ci_run
 EXCHANGE = "/api/v1/tokens/oidc"
 
 
-def publishers(issuer: Issuer, **changes: Any) -> str:
-    """VERA_TRUSTED_PUBLISHERS: acme/adapters' main branch publishes as ci-bot under acme, for 15 minutes."""
-    return json.dumps([{"name": "acme-main", "issuer": issuer.url, "audience": "vera",
-                        "claims": {"repository": "acme/adapters", "ref": ["refs/heads/main", "refs/tags/release"]},
-                        "user": "ci-bot", "owners": ["acme"], "scopes": ["read", "publish"], **changes}])
+def publishers(issuer: Issuer, *others: Issuer) -> str:
+    """VERA_TRUSTED_PUBLISHERS: acme/adapters' main branch publishes as ci-bot under acme, for 15 minutes; the same
+    repository's tokens of each of ``others`` as ci-bot too (publishers other-1, ...)."""
+    claims = {"repository": "acme/adapters", "ref": ["refs/heads/main", "refs/tags/release"]}
+    return json.dumps([{"name": "acme-main", "issuer": issuer.url, "audience": "vera", "claims": claims,
+                        "user": "ci-bot", "owners": ["acme"], "scopes": ["read", "publish"]},
+                       *({"name": f"other-{i}", "issuer": other.url, "claims": claims, "user": "ci-bot",
+                          "owners": ["acme"]} for i, other in enumerate(others, 1))])
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +52,18 @@ def issuer() -> Iterator[Issuer]:
 
 
 @pytest.fixture(scope="module")
-def served(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def spare() -> Iterator[Issuer]:
+    """A second trusted issuer, whose keys the registry has not fetched before a test makes it."""
+    with running_issuer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def served(issuer: Issuer, spare: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("trusted")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
-                        VERA_TRUSTED_PUBLISHERS=publishers(issuer)) as base:
+                        VERA_TRUSTED_PUBLISHERS=publishers(issuer, spare)) as base:
         admin, bot = issued_tokens(url, ("root", ["admin"]), ("ci-bot", ["read", "publish"]))
         with RegistryClient(base, admin) as client:
             client.create_organization("acme")
@@ -194,14 +204,71 @@ def test_a_rotated_key_is_fetched_and_an_unreachable_issuer_is_a_502_that_mints_
     issuer.retire(old)
     issuer.down = True
     try:
-        count = len(admin_tokens(served))
         time.sleep(KEYS_REFETCH_S + 0.2)
-        answer = exchange(served, issuer.token(kid="rotated-since"))  # not among the kept keys: asked again
-        assert answer.status_code == 502, answer.text
-        assert answer.json()["type"] == "/problems/issuer_unavailable" and "Retry" in answer.json()["detail"]
-        assert len(admin_tokens(served)) == count
+        asked = len(issuer.requests)
+        assert exchange(served, issuer.token(kid="rotated-since")).status_code == 401  # asked again: down
+        assert len(issuer.requests) == asked + 1
+        assert exchange(served, issuer.token()).status_code == 201  # the keys it has still verify meanwhile
     finally:
         issuer.down = False
+
+
+def test_an_issuer_whose_keys_cannot_be_read_is_a_502_asked_once_and_no_thread_waits_on_it(
+        served: dict[str, Any], spare: Issuer) -> None:
+    count = len(admin_tokens(served))
+    spare.hanging = True  # the registry has none of its keys yet: every exchange waits on one fetch
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            waiting = [pool.submit(exchange, served, spare.token(kid=f"k{i}")) for i in range(24)]
+            deadline = time.monotonic() + 30
+            while not spare.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # the other exchanges arrive and wait too
+            # 24 exchanges wait on the issuer: they hold none of the API's threads, which answer others meanwhile
+            with RegistryClient(served["url"], served["admin"]) as admin:
+                assert admin.whoami().user == "root" and len(admin.tokens(user="ci-bot")) == count
+            assert not any(w.done() for w in waiting) and len(spare.requests) == 1  # one fetch for all of them
+            spare.down = True
+            spare.released.set()
+            answers = [w.result(timeout=60) for w in waiting]
+    finally:
+        spare.hanging = False
+    assert {a.status_code for a in answers} == {502}, {a.text for a in answers}
+    assert answers[0].json()["type"] == "/problems/issuer_unavailable" and "Retry" in answers[0].json()["detail"]
+    asked = len(spare.requests)
+    assert exchange(served, spare.token()).status_code == 502 and len(spare.requests) == asked  # failure remembered
+    spare.down = False
+    time.sleep(KEYS_REFETCH_S + 0.2)
+    assert exchange(served, spare.token()).status_code == 201
+    assert len(admin_tokens(served)) == count + 1
+
+
+def test_a_token_naming_another_algorithm_than_its_key_or_living_too_long_is_refused(
+        served: dict[str, Any], issuer: Issuer) -> None:
+    for algorithm, key in (("ES256", ec.generate_private_key(ec.SECP256R1())),
+                           ("ES384", ec.generate_private_key(ec.SECP384R1())),
+                           ("EdDSA", ed25519.Ed25519PrivateKey.generate())):
+        answer = exchange(served, issuer.token(key=key, algorithm=algorithm))  # the issuer's RSA key id
+        assert answer.status_code == 401 and f"names {algorithm}, which is not the algorithm" in answer.text
+    answer = exchange(served, issuer.token(lifetime_s=3 * 24 * 3600))
+    assert answer.status_code == 401 and "lives 72.0 hours" in answer.json()["detail"]
+
+
+def test_a_token_without_jti_is_exchanged_once_however_its_signature_is_written(
+        served: dict[str, Any], issuer: Issuer) -> None:
+    token = issuer.token(jti=None)  # Google's identity tokens carry none
+    assert exchange(served, token).status_code == 201
+    padded = exchange(served, token + "==")  # the same signature, padded: PyJWT decodes it alike
+    assert padded.status_code == 409 and "exchanged already" in padded.json()["detail"]
+
+
+def test_a_minted_token_claims_no_namespace_outside_its_owners(served: dict[str, Any], issuer: Issuer) -> None:
+    secret = exchange(served, issuer.token()).json()["secret"]
+    with RegistryClient(served["url"], secret) as ci, pytest.raises(
+            Forbidden, match="creating the organisation 'squat' makes a new owner outside"):
+        ci.create_organization("squat")
+    with RegistryClient(served["url"], served["admin"]) as admin:
+        assert "squat" not in [o.name for o in admin.organizations()]
 
 
 def test_vera_auth_exchange_asks_the_github_actions_runner_and_prints_the_token(

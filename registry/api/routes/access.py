@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
@@ -132,8 +133,8 @@ class ExchangedToken(CreatedToken):
 
 
 @router.post("/tokens/oidc", response_model=ExchangedToken, status_code=201)
-def exchange_identity_token(request: Request, options: Options, registry: RegistryDep, body: IdentityTokenBody
-                            ) -> ExchangedToken:
+async def exchange_identity_token(request: Request, options: Options, registry: RegistryDep, body: IdentityTokenBody
+                                  ) -> ExchangedToken:
     """Trusted publishing: a short-lived registry token for a CI job's OpenID Connect identity token (GitHub Actions,
     GitLab CI), for the user, owners and scopes of the trusted publisher (VERA_TRUSTED_PUBLISHERS) whose issuer,
     audience and claims it matches. No Authorization header is needed: the identity token is the credential. Each
@@ -141,10 +142,12 @@ def exchange_identity_token(request: Request, options: Options, registry: Regist
     if not options.require_tokens:
         raise InvalidInput("This registry does not require tokens (single-user local mode): publish without one.")
     client = request.client.host if request.client else "unknown"
-    request.app.state.rate_limiter.take(f"oidc@{client}")  # each exchange may fetch an issuer's keys
+    request.app.state.rate_limiter.take(f"oidc@{client}", "identity token exchanges")
     trusted: TrustedPublishing = request.app.state.trusted
-    token_id, secret, publisher, lifetime_s = trusted.exchange(body.token)
-    info = next(t for t in list_tokens(registry.db, owner=publisher.user) if t.id == token_id)
+    # on the event loop: waiting on an issuer's keys holds no thread (the database work goes to the thread pool)
+    token_id, secret, publisher, lifetime_s = await trusted.exchange(body.token)
+    listed = await run_in_threadpool(list_tokens, registry.db, owner=publisher.user)
+    info = next(t for t in listed if t.id == token_id)
     return ExchangedToken(token=info, secret=secret, publisher=publisher.name, expires_in=round(lifetime_s))
 
 
@@ -196,6 +199,12 @@ def create_organization(caller: Caller, options: Options, registry: RegistryDep,
                         body: OrganizationBody) -> OrganizationInfo:
     """A new organisation, with the caller as its first admin (publish scope)."""
     who = authorize(caller, options, "publish")
+    if who.limited_to is not None and body.name not in who.limited_to:
+        # a new organisation is a new owner namespace: a token limited to some owners (a CI job's, minted by trusted
+        # publishing, claimed namespaces for good) makes none outside them
+        raise Forbidden(f"This token is limited to {sorted(who.limited_to)}; creating the organisation {body.name!r} "
+                        "makes a new owner outside that limit. Use a token without a limit (`vera auth "
+                        "create-token` from one, or `vera login` with yours).")
     return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
                                                revive=who.is_admin and who.limited_to is None)
 
