@@ -14,6 +14,7 @@ import asyncio
 import copy
 import itertools
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -379,7 +380,9 @@ class ModelServer:
         on the event loop."""
         if token is None:
             return ""
-        who = self._who.get(token, TURN_TTL_S)
+        # whatever its age: a token's user never changes, and an entry activate() refreshed may pass TURN_TTL_S
+        # while the request's texts are tokenized (an outsider's minted token then stood for itself: a second share)
+        who = self._who.get(token, math.inf)
         return f"user:{who.user}" if who is not None and not who.anonymous else f"token:{token}"
 
     def _whoami(self, token: str | None) -> WhoAmI:
@@ -911,20 +914,33 @@ class ModelServer:
         return batch
 
     def _arrivals(self, *, block: bool) -> list[_Work] | None:
-        """What waits now (callers in turn), but for generation rows of a family that already has max_batch rows
-        waiting to join: those stay in the queue (whose limits, ``max_queue`` and a caller's share, hold), and never
-        keep another family's rows there. None once the server closed."""
+        """What waits now (callers in turn), but for generation rows of a family whose running batch has no room for
+        them: those stay in the queue (whose limits, ``max_queue`` and a caller's share, hold, and where callers take
+        turns), and never keep another family's rows there. Rows taken ahead of the room waited to join first come,
+        first served: an outsider's 64 rows taken while the batch ran full went before another caller's one that
+        arrived a moment later, which waited a whole batch of theirs. None once the server closed."""
         waiting = Counter(w.resident.bank for w in self._joining)
 
         def taking(work: _Work) -> bool:
-            return work.kind != "generate" or waiting[work.resident.bank] < self.max_batch
+            joins = work.kind == "generate" and bool(work.payload.max_new_tokens)  # score-only rows join nothing
+            return not joins or waiting[work.resident.bank] < self._room(work.resident.bank)
 
         arrived: list[_Work] = []
         while (item := self._queue.get(timeout=0.05 if block and not arrived else 0, taking=taking)) is not None:
             arrived.append(item)
-            if item.kind == "generate":
+            if item.kind == "generate" and item.payload.max_new_tokens:
                 waiting[item.resident.bank] += 1
         return None if self._queue.closed else arrived
+
+    def _room(self, key: BankKey) -> int:
+        """How many rows ``key``'s running batch takes now: max_batch less those running; none while it is closed
+        to joins (prefilling, sealed for a row that runs alone, or draining for another family)."""
+        batch = self._running.get(key)
+        if batch is None:
+            return self.max_batch
+        if not batch.open or key in self._draining:
+            return 0
+        return max(0, self.max_batch - len(batch))
 
     def _sort(self, arrived: list[_Work]) -> None:
         """Classify and score-only rows now, one forward per bank; generation rows to those waiting to join."""
