@@ -10,6 +10,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.schemas import LineageGraph, LineageNode, VersionInfo
+from registry.domain.words import ci_run
 from web_ui import formats, navigation, session, views
 from web_ui.activity import markdown_text
 
@@ -90,37 +91,12 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
         items.append(views.Item(None, "Pulled from the Hub", f"`{lineage['hub_repo']}`"
                                 + (f" at commit `{commit}`" if commit else "")))
     if isinstance(via := lineage.get("published_via"), dict):
-        items.append(views.Item(None, "Published by CI", ci_run(via)))
+        items.append(views.Item(None, "Published by CI", markdown_text(ci_run(via))))
     known = {"parent", "parent_deleted", "parent_private", "job_id", "dataset_sha256", "dataset_bytes",
              "code_revision", "hub_repo", "hub_commit", "published_via"}
     items += [views.Item(None, key.replace("_", " "), views.cell(value))
               for key, value in lineage.items() if key not in known]
     return items
-
-
-#: The claims that say which run published a version, in the order they are said (GitHub Actions', then GitLab
-#: CI's names): the repository, its ref, the commit, the workflow, the run.
-RUN_CLAIMS = (("repository", "project_path"), ("ref",), ("sha",), ("workflow", "job_workflow_ref"),
-              ("run_id", "pipeline_id"))
-
-
-def ci_run(via: dict[str, Any]) -> str:
-    """A trusted publisher's run in words: ``acme/adapters`` ``refs/heads/main`` at ``1a2b3c4``, workflow publish, run
-    1234 (trusted publisher acme-main, issuer ...), each value as text (claims are the issuer's words, not Markdown).
-    """
-    given = via.get("claims")
-    claims: dict[str, Any] = given if isinstance(given, dict) else {}
-    said = []
-    for names in RUN_CLAIMS:
-        value = next((claims[n] for n in names if isinstance(claims.get(n), str)), None)
-        if value is not None:
-            shown = markdown_text(value[:12] if names == ("sha",) else value)
-            said.append({"sha": f" at {shown}", "workflow": f", workflow {shown}",
-                         "run_id": f", run {shown}"}.get(names[0], f" {shown}"))
-    if not said and isinstance(via.get("subject"), str):
-        said.append(f" {markdown_text(via['subject'])}")
-    return ("".join(said).strip(" ,") + f" (trusted publisher {markdown_text(str(via.get('publisher', '?')))}, "
-            f"{markdown_text(str(via.get('issuer', '?')))})")
 
 
 def section(info: VersionInfo) -> None:

@@ -15,7 +15,7 @@ from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, c
 from registry.cli.output import JsonOutput, print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
-from registry.domain.words import counted
+from registry.domain.words import ci_run, counted
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
 
@@ -78,6 +78,8 @@ def _lineage_text(lineage: dict[str, Any]) -> str:
         parts.append(f"code {lineage['code_revision']}")
     if "hub_repo" in lineage:
         parts.append(f"pulled from {lineage['hub_repo']}@{str(lineage.get('hub_commit', ''))[:12]}")
+    if isinstance(lineage.get("published_via"), dict):
+        parts.append(f"published by CI: {ci_run(lineage['published_via'])}")
     return "; ".join(parts) or "-"
 
 

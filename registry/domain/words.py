@@ -1,10 +1,11 @@
-"""Numbers in words, as the CLI, the API's messages and the dashboard (web_ui.formats) all say them, and sizes read
-back from words ("50GB")."""
+"""Numbers in words, as the CLI, the API's messages and the dashboard (web_ui.formats) all say them, sizes read
+back from words ("50GB"), and a trusted publisher's CI run in words."""
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
+from typing import Any
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
 
@@ -52,3 +53,26 @@ def parse_size(value: object, *, most: int) -> int:
     if not 0 <= value <= most:
         raise ValueError(f"{_shown(value)} is out of range: give 0 to {most:,} bytes")
     return value
+
+
+#: The claims that say which run published a version, in the order they are said (GitHub Actions', then GitLab
+#: CI's names): the repository, its ref, the commit, the workflow, the run.
+RUN_CLAIMS = (("repository", "project_path"), ("ref",), ("sha",), ("workflow", "job_workflow_ref"),
+              ("run_id", "pipeline_id"))
+
+
+def ci_run(via: dict[str, Any]) -> str:
+    """A version's ``published_via`` (trusted publishing's provenance) in words: 'acme/adapters refs/heads/main at
+    1a2b3c4d5e6f, workflow publish, run 1234 (trusted publisher acme-main, https://token.actions...)'; the
+    subject when the token carried none of RUN_CLAIMS."""
+    given = via.get("claims")
+    claims: dict[str, Any] = given if isinstance(given, dict) else {}
+    said = ""
+    for names in RUN_CLAIMS:
+        value = next((claims[n] for n in names if isinstance(claims.get(n), str)), None)
+        if value is not None:
+            said += {"sha": f" at {value[:12]}", "workflow": f", workflow {value}",
+                     "run_id": f", run {value}"}.get(names[0], f" {value}")
+    if not said and isinstance(via.get("subject"), str):
+        said = via["subject"]
+    return f"{said.strip(' ,')} (trusted publisher {via.get('publisher', '?')}, {via.get('issuer', '?')})"

@@ -25,12 +25,12 @@ from pydantic import ValidationError
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, IssuerUnavailable, Unauthorized
+from registry.domain.words import ci_run
 from registry.services.trusted import KEYS_REFETCH_S
 from registry.settings import Settings
 from tests.registry.adapters import make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
 from tests.registry.servers import VERA_COMMAND, issued_tokens, running_server
-from web_ui.lineage import ci_run
 
 EXCHANGE = "/api/v1/tokens/oidc"
 
@@ -282,8 +282,14 @@ def test_vera_auth_exchange_asks_the_github_actions_runner_and_prints_the_token(
     secret = done.stdout.strip()
     assert secret.startswith("vera_") and "\n" not in secret  # alone on stdout: export VERA_TOKEN=$(...)
     assert "ci-bot" in done.stderr and "limited to acme" in done.stderr
-    with RegistryClient(served["url"], secret) as ci:
-        assert ci.whoami().user == "ci-bot"
+    ci_env = {**env, "VERA_TOKEN": secret}  # the CI job's next steps: publish with it, and the version says so
+    published = subprocess.run([*VERA_COMMAND, "publish", str(served["adapter"]), "--name", "acme/from-ci",
+                                "--base-model", "tiny-llama"], env=ci_env, capture_output=True, text=True, timeout=120)
+    assert published.returncode == 0, published.stderr
+    shown = subprocess.run([*VERA_COMMAND, "show", "acme/from-ci:1"], env={**ci_env, "COLUMNS": "300"},
+                           capture_output=True, text=True, timeout=120)
+    assert "published by CI: acme/adapters refs/heads/main, workflow publish, run 1234 (trusted publisher " \
+           "acme-main" in " ".join(shown.stdout.split()), shown.stdout
     wrong = subprocess.run([*VERA_COMMAND, "auth", "exchange", "--audience", "other"], env=env, capture_output=True,
                            text=True, timeout=120)
     assert wrong.returncode != 0 and "No trusted publisher matches" in wrong.stderr
