@@ -152,6 +152,14 @@ def test_lineage_facts_read_as_a_list() -> None:
         ("Dataset", f"SHA-256 `{'ab' * 32}`, 12.3 KB"), ("Code revision", "`vera-registry 1.0 git 1234abc`"),
         ("Pulled from the Hub", "`acme/polarity` at commit `c0ffee`"), ("extra", "1, 2")]
     assert lineage.facts({"parent_private": True})[0].detail == "a private version this token may not read"
+    via = {"publisher": "acme-main", "issuer": "https://token.actions.githubusercontent.com",
+           "subject": "repo:acme/x:ref:refs/heads/main",
+           "claims": {"repository": "acme/x_y", "ref": "refs/heads/main", "sha": "0123456789abcdef", "run_id": "42",
+                      "workflow": "*publish*"}}
+    [ci] = lineage.facts({"published_via": via})
+    assert (ci.what, ci.detail) == ("Published by CI", r"acme/x\_y refs/heads/main at 0123456789ab, workflow "
+                                    r"\*publish\*, run 42 \(trusted publisher acme\-main, "
+                                    r"https://token.actions.githubusercontent.com\)")  # the issuer's words as text
 
 
 def test_lineage_dot_marks_yanked_versions() -> None:
