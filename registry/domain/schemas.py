@@ -475,6 +475,9 @@ class JobInfo(BaseModel):
     gpus: int = 0  # GPUs its training needs: claimed only by a worker with that many (0: any worker, CPU included)
     checkpoint: JobCheckpointInfo | None = None  # while it is queued or running: the checkpoint a new attempt resumes
     submitted_by: str | None = None  # the member of the owning organisation who submitted it (None: owner or admin)
+    # submitted with a token that trusted publishing minted: what for (publisher, issuer, subject, claims); its
+    # result records it as lineage published_via
+    submitted_via: dict[str, Any] | None = None
 
 
 class JobEventInfo(BaseModel):

@@ -108,13 +108,15 @@ class Jobs:
     # ---- submission ------------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
                dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None,
-               gpus: int = 0, actor: str | None = None, member: str | None = None) -> JobInfo:
+               gpus: int = 0, actor: str | None = None, member: str | None = None,
+               provenance: dict[str, Any] | None = None) -> JobInfo:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
         (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
         audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given). ``member``: the
         submitter when only their role in the organisation ``owner`` allowed it; the job then publishes only while
-        they still write there (``submitter_problem``), and names them as its publisher."""
+        they still write there (``submitter_problem``), and names them as its publisher. ``provenance``: the
+        submitting token's, when trusted publishing minted it (its result records it as ``published_via``)."""
         _check_scheduling(priority, time_limit_s, gpus)
         time_limit_s = self._time_limit(time_limit_s)
         ref = Ref.parse_adapter(target)
@@ -168,7 +170,8 @@ class Jobs:
                     m.record_blob(s, digest, len(dataset or b""), "dataset")
                 job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
                             dataset_sha256=digest, status="queued", progress={}, priority=priority,
-                            time_limit_s=time_limit_s, gpus=gpus, submitted_by=member)
+                            time_limit_s=time_limit_s, gpus=gpus, submitted_by=member,
+                            submitted_via=dict(provenance) if provenance is not None else None)
                 s.add(job)
                 s.flush()
                 request_id = REQUEST_ID.get()
@@ -438,7 +441,8 @@ def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
                     cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
                     result_ref=refs.get(job.result_version_id) if job.result_version_id is not None else None,
                     priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
-                    checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by)
+                    checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by,
+                    submitted_via=job.submitted_via)
             for job in jobs]
 
 

@@ -339,6 +339,9 @@ class Job(Base):
     # 0016: the member whose organisation role allowed the submission (None: the owner or an administrator); the job
     # publishes only while that member still writes in the organisation
     submitted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # 0022: for a job submitted with a token minted by trusted publishing, that token's provenance: its result
+    # records it as published_via
+    submitted_via: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobCheckpoint(Base):

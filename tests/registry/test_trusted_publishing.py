@@ -95,6 +95,8 @@ def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_wit
             ci.publish(served["adapter"], "ci-bot/polarity", base_model="tiny-llama")
         with pytest.raises(Forbidden):  # it cannot make itself a lasting token
             ci.create_token(["read"], limited_to=["acme"], expires_days=30)
+        job = ci.submit_job("acme/trained", {"demo": True, "r": 16, "training": {"max_steps": 4}})
+        assert job.submitted_via is not None and job.submitted_via["claims"]["run_id"] == "1234"  # its result says so
     with RegistryClient(served["url"], served["admin"]) as admin:
         made = [e for e in admin.events(action="token-create").events if e.detail.get("token") == token["id"]]
         by_hand = admin.publish(served["adapter"], "acme/polarity", base_model="tiny-llama")

@@ -246,6 +246,24 @@ def published_vectors(jobs: Jobs, ref: str, tmp_path: Path) -> dict[str, torch.T
     return load_file(str(tmp_path / ref.replace("/", "-") / "adapter_model.safetensors"))
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_submitted_by_a_ci_run_publishes_a_version_that_says_so(tiny_jobs: Jobs) -> None:
+    """A job submitted with a token that trusted publishing minted keeps that token's provenance, and the version
+    its worker publishes records it as published_via; a job submitted otherwise records none."""
+    via = {"publisher": "acme-main", "issuer": "https://token.actions.githubusercontent.com",
+           "subject": "repo:acme/adapters:ref:refs/heads/main", "claims": {"repository": "acme/adapters"}}
+    spec, data = tiny_job(max_steps=2)
+    from_ci = tiny_jobs.submit(spec, owner="ann", target="ann/from-ci", dataset=data, dataset_name="data.jsonl",
+                               provenance=via)
+    by_hand = submit_tiny(tiny_jobs, "ann/by-hand", max_steps=2)
+    assert tiny_jobs.get(from_ci.id).submitted_via == via and tiny_jobs.get(by_hand).submitted_via is None
+    worker = Worker(tiny_jobs, name="w1", heartbeat_s=0.2, log=lambda line: None)
+    assert worker.run_once() and worker.run_once()
+    lineage = tiny_jobs.registry.get("ann/from-ci:1").lineage
+    assert lineage["published_via"] == via and lineage["job_id"] == from_ci.id
+    assert "published_via" not in tiny_jobs.registry.get("ann/by-hand:1").lineage
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_job_in_two_processes_publishes_the_vectors_of_one_process(tiny_jobs: Jobs, tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ async def submit_job(
     return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
                                            dataset_name=name, priority=priority, time_limit_s=time_limit_s,
                                            gpus=gpus, actor=who.owner,
-                                           member=None if who.owner == owner or who.is_admin else who.owner))
+                                           member=None if who.owner == owner or who.is_admin else who.owner,
+                                           provenance=dict(who.provenance) if who.provenance else None))
 
 
 @router.get("", response_model=list[JobInfo])
