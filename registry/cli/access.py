@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from registry.cli.common import RegistryUrl, Token, call_registry, confirm_deletion, console, err_console, fail
+from registry.cli.common import RegistryUrl, Token, call_registry, confirm_deletion, console, err_console, fail, styled
 from registry.cli.output import JsonOutput, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
@@ -281,10 +281,10 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
         console.print(f"invited {member} as {invitation.role} (pending until they accept: `vera org accept {name}`); "
                       f"the invitation expires {invitation.expires_at:%Y-%m-%d %H:%M} UTC")
     if any(x.member == member and x.has_token is False for x in org.members):
-        err_console.print(f"[yellow]warning:[/] no token was ever created for {member!r} on this registry: check the "
-                          f"spelling (`vera org remove {name} {member}` undoes this). They get the role once an "
-                          f"operator runs `vera token create --owner {member} --scope read"
-                          + (" --scope publish" if role != "read" else "") + "`.")
+        err_console.print(styled("warning:", "yellow", f" no token was ever created for {member!r} on this registry: "
+                                 f"check the spelling (`vera org remove {name} {member}` undoes this). They get the "
+                                 f"role once an operator runs `vera token create --owner {member} --scope read"
+                                 + (" --scope publish" if role != "read" else "") + "`."))
 
 
 def org_invitations(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:

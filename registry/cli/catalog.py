@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, confirm_deletion, console, fail
@@ -122,7 +123,7 @@ def show(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = N
         print_json(info)
         return
     adapter = call_registry(registry, token, lambda c: c.adapter(f"{info.owner}/{info.name}"))
-    console.print(f"[bold]{info.ref}[/]")
+    console.print(Text(info.ref, style="bold"))
     console.print(_show_table(info, adapter))
 
 
@@ -252,10 +253,10 @@ def _tree(graph: LineageGraph) -> Tree:
     for edge in graph.edges:
         children.setdefault(edge.parent, []).append(edge.child)
 
-    def label(ref: str) -> str:
+    def label(ref: str) -> Text:
         node = by_ref[ref]
-        mark = " [bold]<- this version[/]" if node.depth == 0 else ""
-        return f"{ref}{' (yanked)' if node.yanked else ''}{mark}"
+        return Text.assemble(f"{ref}{' (yanked)' if node.yanked else ''}",
+                             (" <- this version", "bold") if node.depth == 0 else "")
 
     root_ref = min(graph.nodes, key=lambda n: n.depth).ref
     tree = Tree(label(root_ref))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
@@ -23,8 +24,16 @@ if TYPE_CHECKING:
     from registry.settings import Settings  # imported when used: the commands that talk HTTP never load settings
     from vera_core.lora_options import LoraExport
 
-console = Console()
-err_console = Console(stderr=True)
+# No console markup: what is printed holds names, descriptions, filters and messages that echo them, and a caller's
+# "[/x]" (`vera show 'a/b[/x]'`) raised rich's MarkupError, a traceback instead of the error, while "[bold]" in a
+# description was swallowed. Styles are given as Text (``styled``), never parsed out of strings.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def styled(label: str, style: str, rest: str = "") -> Text:
+    """``label`` in ``style``, then ``rest`` as it is: ``styled("error:", "bold red", " a message")``."""
+    return Text.assemble((label, style), rest)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -41,7 +50,7 @@ class ExitCode(IntEnum):
 
 def fail(exc: Exception) -> NoReturn:
     """Report ``exc`` as one line on stderr and exit with ExitCode.ERROR."""
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(styled("error:", "bold red", f" {exc}"))
     raise typer.Exit(code=ExitCode.ERROR)
 
 
@@ -110,7 +119,8 @@ def load_settings(database_url: str | None, storage_url: str | None = None, *, r
     from registry.settings import Settings, settings_problem, unknown_variables
 
     for variable in unknown_variables(os.environ):
-        err_console.print(f"[yellow]note:[/] {variable} is set but is no vera setting: it is ignored.", soft_wrap=True)
+        err_console.print(styled("note:", "yellow", f" {variable} is set but is no vera setting: it is ignored."),
+                          soft_wrap=True)
     given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url,
                              "read_only": True if read_only else None}
     try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)

@@ -16,6 +16,7 @@ from registry.cli.common import (
     call_registry,
     console,
     err_console,
+    styled,
 )
 from registry.cli.output import JsonOutput, print_json
 
@@ -40,7 +41,7 @@ def hub_push(
     console.print(f"{what} {result.version.ref} -> {result.sync.repo_id}@{result.sync.commit_sha[:12]} "
                   f"({result.sync.commit_url})")
     for note in result.notes:
-        err_console.print(f"[bold yellow]warning:[/] {note}")
+        err_console.print(styled("warning:", "bold yellow", f" {note}"))
 
 
 def hub_pull(

@@ -9,8 +9,8 @@ from functools import partial
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from registry.cli import training_options as opt
 from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console
@@ -114,7 +114,7 @@ def _job_table(job: JobInfo) -> Table:
     table = Table(show_header=False, box=None)
     for label, value in rows:
         if value:
-            table.add_row(f"[bold]{label}[/]", escape(str(value)))
+            table.add_row(Text(label, style="bold"), str(value))
     return table
 
 

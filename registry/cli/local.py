@@ -9,10 +9,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 import vera_core
 from registry.cli import training_options as opt
-from registry.cli.common import ForVllm, LoraDtype, MaxRank, check_failed, console, lora_export
+from registry.cli.common import ForVllm, LoraDtype, MaxRank, check_failed, console, lora_export, styled
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR  # vera_core loads torch lazily: only the commands that compute import it
 
@@ -29,7 +30,7 @@ def inspect(
         return
     table = Table(show_header=False, box=None)
     for key, value in report.items():
-        table.add_row(f"[bold]{key}[/]", str(value))
+        table.add_row(Text(key, style="bold"), str(value))
     console.print(table)
     if verify and report.get("seed_reproducible") is False:
         check_failed()
@@ -193,15 +194,15 @@ def train(
             return
     _print_summary(metrics, out)
     if replaced:
-        console.print(f"[yellow]note:[/] {out} held an adapter before this run; this run's replaced it (`--resume` "
-                      "continues a run's checkpoints instead).")
+        console.print(styled("note:", "yellow", f" {out} held an adapter before this run; this run's replaced it "
+                             "(`--resume` continues a run's checkpoints instead)."))
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     summary = Table(show_header=False, box=None)
     for key in ("final_eval", "test", "trainable_parameters", "adapter_parameters", "steps", "train_wall_time_s"):
         value = f"{metrics[key]} of {metrics['total_steps']}" if key == "steps" else metrics[key]
-        summary.add_row(f"[bold]{key}[/]", ", ".join(f"{k}={v:.4f}" for k, v in value.items())
+        summary.add_row(Text(key, style="bold"), ", ".join(f"{k}={v:.4f}" for k, v in value.items())
                         if isinstance(value, dict) else str(value))
-    summary.add_row("[bold]adapter[/]", str(out))
+    summary.add_row(Text("adapter", style="bold"), str(out))
     console.print(summary)

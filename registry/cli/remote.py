@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from registry.cli.common import (
     ForVllm,
@@ -25,6 +26,7 @@ from registry.cli.common import (
     fail,
     lora_export,
     read_json_object,
+    styled,
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
@@ -73,8 +75,8 @@ def publish(
         except RegistryError:  # deleted, or unreadable now: nothing to compare with
             return
         if before.vectors_sha256 == info.vectors_sha256:
-            err_console.print(f"[yellow]note:[/] {info.ref} has the same vectors as {before.ref} (published again).",
-                              soft_wrap=True)
+            err_console.print(styled("note:", "yellow", f" {info.ref} has the same vectors as {before.ref} "
+                                     "(published again)."), soft_wrap=True)
 
 
 def _warn_if_other_base(directory: Path, base_model: str) -> None:
@@ -86,9 +88,9 @@ def _warn_if_other_base(directory: Path, base_model: str) -> None:
     except (OSError, ValueError, AttributeError):
         return  # the publish itself says what is wrong with the folder
     if isinstance(named, str) and named and named != base_model and not Path(named).is_dir():
-        err_console.print(f"[yellow]note:[/] {directory}/adapter_config.json names base model {named!r}, and "
-                          f"--base-model is {base_model!r}: the version is published for {base_model!r}.",
-                          soft_wrap=True)
+        err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
+                                 f"and --base-model is {base_model!r}: the version is published for "
+                                 f"{base_model!r}."), soft_wrap=True)
 
 
 def _metrics_file(path: Path | None) -> dict[str, object]:
@@ -139,7 +141,7 @@ def fetch(
 def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:
     """Regenerate the projections from the seed, re-hash the blobs, check shapes; exit 3 if a check fails."""
     report = call_registry(registry, token, lambda c: c.verify(ref))
-    console.print(f"{report.ref}: [bold]{report.status}[/]")
+    console.print(Text.assemble(f"{report.ref}: ", (report.status, "bold")))
     for check, result in report.checks.items():
         console.print(f"  {check}: {'ok' if result.get('ok') else 'FAILED'} "
                       + ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok"))

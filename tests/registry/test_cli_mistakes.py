@@ -55,6 +55,17 @@ def test_publish_to_a_version_is_refused_not_numbered_otherwise(server: dict[str
         assert client.list_versions(owner="ann").items == []
 
 
+def test_text_that_looks_like_markup_is_printed_as_it_is(server: dict[str, Any]) -> None:
+    """`vera show 'a/b[/x]'` raised rich's MarkupError (a traceback, not the error): what the CLI prints holds what
+    callers typed, and a description written '[bold]x[/bold]' was shown without its brackets."""
+    refused(vera("show", "a/b[/x]", url=server["url"]), "'a/b[/x]' is not an adapter reference")
+    published = vera("publish", str(server["source"]), "--name", "bea/markup", "--base-model", "tiny-llama",
+                     "--description", "[bold]x[/bold] and [/oops]", url=server["url"])
+    assert published.returncode == 0, published.stderr
+    shown = vera("show", "bea/markup:1", url=server["url"])
+    assert shown.returncode == 0 and "[bold]x[/bold] and [/oops]" in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_publish_notes_a_base_model_other_than_the_adapters_own(server: dict[str, Any], tmp_path: Path) -> None:
     folder = make_adapter(tmp_path / "named")
     config = json.loads((folder / "adapter_config.json").read_text())

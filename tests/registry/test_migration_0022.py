@@ -11,7 +11,6 @@ from registry.store.database import Database
 from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
 from tests.registry.test_migration_0020 import TOKENS, _tokens
 
-
 #: A queued job, as a 0021 registry wrote it.
 JOB = ("INSERT INTO jobs (id, spec, owner, target_name, status, progress, created_at, attempts, cancel_requested, "
        "priority, gpus) VALUES (7, '{\"demo\": true}', 'ann', 'ann/new', 'queued', '{}', CURRENT_TIMESTAMP, 0, "
