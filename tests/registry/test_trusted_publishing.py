@@ -345,3 +345,16 @@ def test_a_malformed_publisher_is_refused_when_the_settings_are_read(entry: dict
         Settings(trusted_publishers=[{**good, **entry}])
     with pytest.raises(ValidationError, match="more than once"):
         Settings(trusted_publishers=[good, good])
+
+
+def test_the_publishers_reach_the_processes_vera_up_and_vera_serve_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vera serve --workers` and `vera up` pass the settings on as VERA_* variables (Settings.environment): the
+    publishers go as the JSON they were read from (models, not text, before: json.dumps could not write them)."""
+    given = [{"name": "gh", "issuer": "https://token.actions.githubusercontent.com", "claims": {"ref": ["a", "b"]},
+              "user": "ci", "owners": ["acme"], "minutes": 5}]
+    variables = Settings(trusted_publishers=given).environment()
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    again = Settings().trusted_publishers
+    assert [p.model_dump() for p in again] == [p.model_dump() for p in Settings(trusted_publishers=given)
+                                               .trusted_publishers] and again[0].minutes == 5
