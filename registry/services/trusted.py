@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -56,8 +57,16 @@ KEYS_STALE_S = 3600.0
 MAX_ID_TOKEN_LIFE_S = 24 * 3600
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_PUBLISHERS, MAX_CLAIMS, MAX_CLAIM_CHARS = 100, 20, 512
-#: The most claims a minted token's provenance keeps (GitHub Actions' tokens carry about 25).
-RECORDED_CLAIMS = 40
+#: The claims a minted token's provenance keeps besides a publisher's own (recorded_claims): those that say which run
+#: of which code published, as GitHub Actions, GitLab CI and Buildkite name them; not personal ones (emails, ids).
+RUN_CLAIMS = frozenset({
+    "repository", "repository_owner", "ref", "ref_type", "sha", "workflow", "workflow_ref", "job_workflow_ref",
+    "job_workflow_sha", "run_id", "run_number", "run_attempt", "event_name", "environment", "actor",
+    "runner_environment",  # GitHub Actions
+    "project_path", "namespace_path", "pipeline_id", "pipeline_source", "job_id", "user_login", "ci_config_ref_uri",
+    "ci_config_sha",  # GitLab CI (ref, ref_type, sha, environment as GitHub's)
+    "organization_slug", "pipeline_slug", "build_number", "build_branch", "build_commit",  # Buildkite
+})
 #: Claims every identity token must carry; the publisher's own claims are checked on top.
 REQUIRED = ("iss", "aud", "sub", "exp", "iat")
 #: Checked by the exchange itself, not by a publisher's ``claims``.
@@ -99,6 +108,9 @@ class TrustedPublisher(BaseModel):
     owners: list[str] = Field(min_length=1, max_length=20, description="the owners the minted token is limited to")
     scopes: list[Literal["read", "publish"]] = Field(["read", "publish"], min_length=1)
     minutes: float = Field(15.0, gt=0, le=60, description="how long a minted token lives")
+    record: list[str] = Field([], max_length=MAX_CLAIMS, description=(
+        "more claims to keep in the provenance of what its tokens publish (shown to every reader of those versions), "
+        "beside RUN_CLAIMS and its own claims"))
 
     @field_validator("issuer")
     @classmethod
@@ -126,6 +138,14 @@ class TrustedPublisher(BaseModel):
             if not choices or not all(0 < len(c) <= MAX_CLAIM_CHARS for c in choices) or not 0 < len(claim) <= 100:
                 raise ValueError(f"claim {claim!r} must be given one value or a non-empty list of values, each "
                                  f"1 to {MAX_CLAIM_CHARS} characters")
+        return value
+
+    @field_validator("record")
+    @classmethod
+    def _record(cls, value: list[str]) -> list[str]:
+        if bad := [c for c in value if c in RESERVED or not 0 < len(c) <= 100]:
+            raise ValueError(f"record lists {bad}: name claims of 1 to 100 characters that say who ran what, not the "
+                             "ones the exchange checks (issuer, audience, times, token id)")
         return value
 
     def matches(self, claims: Mapping[str, Any]) -> bool:
@@ -219,8 +239,8 @@ class TrustedPublishing:
         lifetime = timedelta(minutes=publisher.minutes)
         detail = {"via": "trusted-publisher", "publisher": publisher.name, "issuer": issuer,
                   "subject": str(claims["sub"])[:300], "claims": {k: claims[k] for k in publisher.claims}}
-        provenance = {"publisher": publisher.name, "issuer": issuer, "subject": str(claims["sub"])[:300],
-                      "claims": recorded_claims(claims)}
+        provenance = {"publisher": publisher.name, "issuer": issuer, "subject": clean_text(str(claims["sub"]))[:300],
+                      "claims": recorded_claims(claims, publisher)}
         # looked up and minted under one lock: two exchanges of one identity token at once in this process mint one
         # token (on two replicas at the same instant both may: each is still a token of the publisher's, expiring)
         with self._minting:
@@ -335,21 +355,36 @@ def _verified(id_token: str, issuer: str, header: Mapping[str, Any], key: jwt.Py
                            "exchanging it.") from None
     except (jwt.PyJWTError, TypeError, ValueError) as exc:  # a bad signature, issuer, time
         raise Unauthorized(f"The identity token is not valid: {str(exc)[:300]}.") from None
-    lived = claims["exp"] - claims["iat"] if all(isinstance(claims[k], int | float) for k in ("exp", "iat")) else 0
+    if not all(isinstance(claims[k], int | float) and not isinstance(claims[k], bool) for k in ("exp", "iat")):
+        # PyJWT takes numeric texts ("1767225600"); a lifetime must be counted, so numbers only (NumericDate)
+        raise Unauthorized("The identity token's exp and iat must be numbers of seconds (JSON numbers, as RFC 7519's "
+                           "NumericDate), not texts.")
+    lived = claims["exp"] - claims["iat"]
     if lived > MAX_ID_TOKEN_LIFE_S:  # each is exchanged once only while its minted token's row is kept (30 days)
         raise Unauthorized(f"The identity token lives {lived / 3600:,.1f} hours; at most "
                            f"{MAX_ID_TOKEN_LIFE_S // 3600} are taken. Ask your CI platform for a shorter-lived one.")
     return claims
 
 
-def recorded_claims(claims: Mapping[str, Any]) -> dict[str, str]:
-    """What a minted token's provenance keeps of its identity token's claims: the text ones that say which run of
-    which code it was (GitHub: repository, ref, sha, workflow_ref, run_id, actor; GitLab: project_path, ref,
-    pipeline_id, sha), at most RECORDED_CLAIMS of MAX_CLAIM_CHARS each, in name order; not the ones the exchange
-    itself checks (issuer, audience, times, token id), which say nothing of the run."""
-    kept = {k: v for k, v in sorted(claims.items()) if isinstance(v, str) and k not in RESERVED and k != "sub"
-            and 0 < len(k) <= 100}
-    return {k: v[:MAX_CLAIM_CHARS] for k, v in list(kept.items())[:RECORDED_CLAIMS]}
+def recorded_claims(claims: Mapping[str, Any], publisher: TrustedPublisher) -> dict[str, str]:
+    """What a minted token's provenance keeps of its identity token's claims, which every reader of the versions it
+    publishes sees: those that say which run of which code it was (RUN_CLAIMS: GitHub's repository, ref, sha,
+    workflow, run_id, actor...; GitLab's project_path, pipeline_id, user_login...), the publisher's own matched
+    claims and those it lists in ``record``; never the others (GitLab's user_email, an issuer's email: an outsider
+    read them on a public version), in name order, text values only, each cut to MAX_CLAIM_CHARS with control
+    characters replaced (a terminal's escape sequences, a Markdown paragraph break)."""
+    wanted = RUN_CLAIMS | set(publisher.claims) | set(publisher.record)
+    return {k: clean_text(v)[:MAX_CLAIM_CHARS] for k, v in sorted(claims.items())
+            if k in wanted and isinstance(v, str)}
+
+
+#: Control characters (C0, DEL, C1): replaced in what provenance keeps.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: str) -> str:
+    """``value`` with each control character replaced by U+FFFD: shown as itself by a terminal or a Markdown page."""
+    return _CONTROL.sub("\ufffd", value)
 
 
 def _unverified(id_token: str) -> tuple[str, dict[str, Any]]:

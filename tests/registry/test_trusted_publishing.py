@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, IssuerUnavailable, Unauthorized
 from registry.domain.words import ci_run
-from registry.services.trusted import KEYS_REFETCH_S
+from registry.services.trusted import KEYS_REFETCH_S, TrustedPublisher, recorded_claims
 from registry.settings import Settings
 from tests.registry.adapters import make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
@@ -254,6 +254,10 @@ def test_a_token_naming_another_algorithm_than_its_key_or_living_too_long_is_ref
         assert answer.status_code == 401 and f"names {algorithm}, which is not the algorithm" in answer.text
     answer = exchange(served, issuer.token(lifetime_s=3 * 24 * 3600))
     assert answer.status_code == 401 and "lives 72.0 hours" in answer.json()["detail"]
+    now = int(time.time())  # PyJWT takes numeric texts; the lifetime is counted on numbers only
+    for times in ({"iat": str(now), "exp": str(now + 10 * 365 * 86400)}, {"exp": str(now + 99_999_999)}):
+        answer = exchange(served, issuer.token(**times))
+        assert answer.status_code == 401 and "must be numbers" in answer.json()["detail"], answer.text
 
 
 def test_a_token_without_jti_is_exchanged_once_however_its_signature_is_written(
@@ -271,6 +275,30 @@ def test_a_minted_token_claims_no_namespace_outside_its_owners(served: dict[str,
         ci.create_organization("squat")
     with RegistryClient(served["url"], served["admin"]) as admin:
         assert "squat" not in [o.name for o in admin.organizations()]
+        admin.set_member("acme", "ci-bot", "admin")  # an organisation's admin may rename it, not with this token
+    try:
+        with RegistryClient(served["url"], secret) as ci, pytest.raises(
+                Forbidden, match="renaming acme to 'brandnew' makes a new owner outside"):
+            ci._request("POST", "/api/v1/orgs/acme/rename", json={"new_name": "brandnew"})
+    finally:
+        with RegistryClient(served["url"], served["admin"]) as admin:
+            admin.set_member("acme", "ci-bot", "write")
+            assert "acme" in [o.name for o in admin.organizations()]
+
+
+def test_provenance_keeps_what_says_which_run_as_text_and_nothing_personal(
+        served: dict[str, Any], issuer: Issuer) -> None:
+    """What a version says of its CI run is public to its readers: the run's claims, control characters replaced
+    (an outsider's ref held a terminal's escape sequences, which `vera show` wrote out), and not the personal ones an
+    issuer adds (GitLab's user_email)."""
+    token = issuer.token(workflow="publish\x1b[2J\x1b]0;pwned\x07\n\nmore", user_email="alice@example.org",
+                         user_id="42", sha="0123abcd")
+    secret = exchange(served, token).json()["secret"]
+    with RegistryClient(served["url"], secret) as ci:
+        via = ci.publish(served["adapter"], "acme/run-words", base_model="tiny-llama").lineage["published_via"]
+    assert via["claims"]["workflow"] == "publish\ufffd[2J\ufffd]0;pwned\ufffd\ufffd\ufffdmore"
+    assert {"user_email", "user_id"}.isdisjoint(via["claims"]) and via["claims"]["sha"] == "0123abcd"
+    assert not any(ord(c) < 32 for value in via["claims"].values() for c in value)
 
 
 def test_vera_auth_exchange_asks_the_github_actions_runner_and_prints_the_token(
@@ -337,6 +365,7 @@ def test_a_registry_with_no_publishers_or_no_tokens_says_so(tmp_path: Path, issu
     ({"scopes": ["admin"]}, "'read' or 'publish'"),
     ({"minutes": 600}, "less than or equal to 60"),
     ({"repository": "acme/adapters"}, "Extra inputs are not permitted"),  # a claim written beside claims
+    ({"record": ["exp"]}, "record lists \\['exp'\\]"),
 ])
 def test_a_malformed_publisher_is_refused_when_the_settings_are_read(entry: dict[str, Any], words: str) -> None:
     good = {"name": "gh", "issuer": "https://token.actions.githubusercontent.com", "claims": {"repository": "a/b"},
@@ -358,3 +387,13 @@ def test_the_publishers_reach_the_processes_vera_up_and_vera_serve_start(monkeyp
     again = Settings().trusted_publishers
     assert [p.model_dump() for p in again] == [p.model_dump() for p in Settings(trusted_publishers=given)
                                                .trusted_publishers] and again[0].minutes == 5
+
+
+def test_a_publisher_may_keep_more_claims_in_what_its_tokens_publish() -> None:
+    """``record`` names claims beyond the run's to keep (shown to every reader of the versions); others are not."""
+    publisher = TrustedPublisher(name="gl", issuer="https://gitlab.com", claims={"project_path": "acme/x"},
+                                 user="ci", owners=["acme"], record=["merge_request_iid"])
+    kept = recorded_claims({"project_path": "acme/x", "pipeline_id": "7", "merge_request_iid": "12",
+                            "user_email": "a@example.org", "iss": "https://gitlab.com", "exp": 1, "ref": 5},
+                           publisher)
+    assert kept == {"merge_request_iid": "12", "pipeline_id": "7", "project_path": "acme/x"}

@@ -199,12 +199,7 @@ def create_organization(caller: Caller, options: Options, registry: RegistryDep,
                         body: OrganizationBody) -> OrganizationInfo:
     """A new organisation, with the caller as its first admin (publish scope)."""
     who = authorize(caller, options, "publish")
-    if who.limited_to is not None and body.name not in who.limited_to:
-        # a new organisation is a new owner namespace: a token limited to some owners (a CI job's, minted by trusted
-        # publishing, claimed namespaces for good) makes none outside them
-        raise Forbidden(f"This token is limited to {sorted(who.limited_to)}; creating the organisation {body.name!r} "
-                        "makes a new owner outside that limit. Use a token without a limit (`vera auth "
-                        "create-token` from one, or `vera login` with yours).")
+    _within_limit_to_name(who, body.name, f"creating the organisation {body.name!r}")
     return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
                                                revive=who.is_admin and who.limited_to is None)
 
@@ -223,6 +218,15 @@ def delete_organization(caller: Caller, options: Options, registry: RegistryDep,
     return Response(status_code=204)
 
 
+def _within_limit_to_name(who: Principal, name: str, doing: str) -> None:
+    """A token limited to some owners (a CI job's, minted by trusted publishing, claimed names for good: a new
+    organisation, an organisation renamed to a new name) makes no owner name outside its limit."""
+    if who.limited_to is not None and name not in who.limited_to:
+        raise Forbidden(f"This token is limited to {sorted(who.limited_to)}; {doing} makes a new owner outside that "
+                        "limit. Use a token without a limit (`vera auth create-token` from one, or `vera login` "
+                        "with yours).")
+
+
 @router.post("/orgs/{org}/rename", response_model=OrganizationInfo)
 def rename_organization(caller: Caller, options: Options, registry: RegistryDep, org: str,
                         body: RenameBody) -> OrganizationInfo:
@@ -233,6 +237,7 @@ def rename_organization(caller: Caller, options: Options, registry: RegistryDep,
     running jobs, or when the new name is taken or retired (a registry admin whose token has no owner limit may take
     a retired one); 422 for an invalid name. To anyone else it is not there (404)."""
     who = _signed_in(caller, options)
+    _within_limit_to_name(who, body.new_name, f"renaming {org} to {body.new_name!r}")
     return registry.access.rename_organization(org, body.new_name, viewer=who,
                                                revive=who.is_admin and who.limited_to is None)
 
