@@ -113,10 +113,11 @@ def unpack(commit: str, folder: Path) -> Path:
     return folder
 
 
-def side(code: Path, config: dict[str, Any], folder: Path) -> dict[str, Any]:
+def side(code: Path, config: dict[str, Any], folder: Path, script: str = __file__) -> dict[str, Any]:
+    """``script --side`` run with ``code`` first on the path (an earlier commit's, or this checkout's): its result."""
     (folder / "config.json").write_text(json.dumps(config))
     env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{HERE}"}
-    out = subprocess.run([sys.executable, __file__, "--side", str(folder / "config.json")], env=env, check=True,
+    out = subprocess.run([sys.executable, script, "--side", str(folder / "config.json")], env=env, check=True,
                          capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -73,14 +71,6 @@ def run_side(config: dict[str, Any]) -> dict[str, Any]:
         server.close()
 
 
-def side(code: Path, config: dict[str, Any], folder: Path) -> dict[str, Any]:
-    (folder / "config.json").write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{HERE}"}
-    out = subprocess.run([sys.executable, __file__, "--side", str(folder / "config.json")], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return dict(json.loads(out.strip().splitlines()[-1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidden", type=int, default=256)
@@ -104,7 +94,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import torch
 
-    from bench.continuous import pct, save_base, unpack
+    from bench.continuous import pct, save_base, side, unpack
     from bench.generation import publish
     from registry.client import RegistryClient
     from tests.registry.servers import running_server
@@ -121,7 +111,7 @@ def main() -> None:
                   "victim_tokens": args.victim_tokens, "every_s": args.every_s, "seconds": args.seconds}
         for round_ in range(args.rounds):
             for name in ("before", "now") if round_ % 2 == 0 else ("now", "before"):
-                results[name].append(side(before if name == "before" else HERE, config, root))
+                results[name].append(side(before if name == "before" else HERE, config, root, __file__))
 
     def figure(name: str, what: str) -> tuple[float, float, float]:
         values = [run["tokens_per_s"] if what == "attacker tokens/s" else
