@@ -4,6 +4,7 @@ of links, and the recorded facts (parent, job, dataset, code revision, Hub sourc
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -12,7 +13,6 @@ from registry.client import RegistryClient
 from registry.domain.schemas import LineageGraph, LineageNode, VersionInfo
 from registry.domain.words import ci_run
 from web_ui import formats, navigation, session, views
-from web_ui.activity import markdown_text
 
 #: The version shown: filled with Streamlit's primary red; its relatives in the light grey of Streamlit's widgets.
 SELF_COLOUR, OTHER_COLOUR = "#ff4b4b", "#f0f2f6"
@@ -91,12 +91,19 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
         items.append(views.Item(None, "Pulled from the Hub", f"`{lineage['hub_repo']}`"
                                 + (f" at commit `{commit}`" if commit else "")))
     if isinstance(via := lineage.get("published_via"), dict):
-        items.append(views.Item(None, "Published by CI", markdown_text(ci_run(via))))
+        items.append(views.Item(None, "Published by CI", ci_run(via, code_span)))
     known = {"parent", "parent_deleted", "parent_private", "job_id", "dataset_sha256", "dataset_bytes",
              "code_revision", "hub_repo", "hub_commit", "published_via"}
     items += [views.Item(None, key.replace("_", " "), views.cell(value))
               for key, value in lineage.items() if key not in known]
     return items
+
+
+def code_span(text: str) -> str:
+    """``text`` as Markdown code, whatever backticks it holds (a fence longer than its longest run of them): never
+    a link, emphasis or a line break (a CI run's claims are its issuer's words; controls were replaced on record)."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"`{text}`"
 
 
 def section(info: VersionInfo) -> None:

@@ -157,9 +157,10 @@ def test_lineage_facts_read_as_a_list() -> None:
            "claims": {"repository": "acme/x_y", "ref": "refs/heads/main", "sha": "0123456789abcdef", "run_id": "42",
                       "workflow": "*publish*"}}
     [ci] = lineage.facts({"published_via": via})
-    assert (ci.what, ci.detail) == ("Published by CI", r"acme/x\_y refs/heads/main at 0123456789ab, workflow "
-                                    r"\*publish\*, run 42 \(trusted publisher acme\-main, "
-                                    r"https://token.actions.githubusercontent.com\)")  # the issuer's words as text
+    assert (ci.what, ci.detail) == ("Published by CI", "`acme/x_y` `refs/heads/main` at `0123456789ab`, workflow "
+                                    "`*publish*`, run `42` (trusted publisher `acme-main`, "
+                                    "`https://token.actions.githubusercontent.com`)")  # the issuer's words as code
+    assert lineage.code_span("a`b") == "`` a`b ``" and lineage.code_span("https://x.example") == "`https://x.example`"
 
 
 def test_lineage_dot_marks_yanked_versions() -> None:
