@@ -61,7 +61,7 @@ fi
 # huggingface_hub and peft this project is tested with.
 CARRIED="fastapi starlette opentelemetry-api pydantic pydantic_core annotated-types typing-inspection pydantic-settings
 python-dotenv uvicorn SQLAlchemy greenlet alembic Mako python-multipart transformers huggingface_hub httpx2 httpcore2
-truststore tokenizers peft google-re2 fastapi_offline pybase64 httptools"
+truststore tokenizers peft google-re2 fastapi_offline pybase64 httptools pyjwt"
 if [ -n "$PREPARE" ]; then
     mkdir -p "$ASSETS/minilm" || exit 1
     minilm=$(python3 -c "from vera_core.recipes import resolve_base; print(resolve_base('minilm'))" 2>/dev/null \

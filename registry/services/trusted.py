@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -328,13 +327,17 @@ def _signing_keys(listed: Any) -> dict[str, jwt.PyJWK]:
     return keys
 
 
-#: The key types each algorithm verifies with (a token whose header names another algorithm than its key's is
-#: refused before PyJWT sees it: an EC algorithm with the issuer's RSA key raised a TypeError, a 500).
-_KEY_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), (rsa.RSAPublicKey,)),
-    **dict.fromkeys(("ES256", "ES384", "ES512"), (ec.EllipticCurvePublicKey,)),
-    "EdDSA": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
-}
+def _key_types(algorithm: str) -> tuple[type, ...]:
+    """The key types ``algorithm`` verifies with (a token whose header names another algorithm than its key's is
+    refused before PyJWT sees it: an EC algorithm with the issuer's RSA key raised a TypeError, a 500). cryptography
+    is imported here, not with the settings that name this module (the GPU check's machine carries no more)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if algorithm.startswith(("RS", "PS")):
+        return (rsa.RSAPublicKey,)
+    if algorithm.startswith("ES"):
+        return (ec.EllipticCurvePublicKey,)
+    return (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 
@@ -342,7 +345,7 @@ def _verified(id_token: str, issuer: str, header: Mapping[str, Any], key: jwt.Py
     """``id_token``'s claims, its signature checked with ``key`` and its issuer, times and required claims."""
     algorithm = header["alg"]
     public: Any = key.key
-    if not isinstance(public, _KEY_TYPES[algorithm]) or (
+    if not isinstance(public, _key_types(algorithm)) or (
             algorithm in _CURVES and getattr(getattr(public, "curve", None), "name", None) != _CURVES[algorithm]):
         raise Unauthorized(f"The identity token names {algorithm}, which is not the algorithm of the issuer's key "
                            f"{str(header.get('kid'))[:100]!r} ({key.algorithm_name}).")

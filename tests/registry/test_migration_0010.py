@@ -56,6 +56,7 @@ def test_migration_0010_keeps_every_version_of_a_0009_database_and_backfills_its
         (1, "accuracy", 0.91), (1, "final_eval.accuracy", 0.9), (1, "final_eval.loss", 0.25), (1, "steps", 300.0),
         (2, "accuracy", 0.72),  # booleans, strings, lists and keys nested over 4 levels are not searchable
     ]
+    db.upgrade()  # the services read the schema of the head (columns added since 0010)
     registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")))
     page = registry.list_versions(filter_text="metrics.final_eval.accuracy >= 0.9", sort="-metrics.accuracy")
     assert [v.ref for v in page.items] == ["ann/old:1"]
