@@ -122,6 +122,18 @@ def side(code: Path, config: dict[str, Any], folder: Path, script: str = __file_
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def alternated(commit: str, config: dict[str, Any], root: Path, rounds: int, script: str = __file__
+               ) -> dict[str, list[dict[str, Any]]]:
+    """``script``'s sides, ``commit``'s code ("before") and this checkout's ("now"), each in a process of its own,
+    ``rounds`` times, the order alternating round by round (the machine is noisy): their results by side."""
+    before = unpack(commit, root / "before")
+    results: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
+    for round_ in range(rounds):
+        for name in ("before", "now") if round_ % 2 == 0 else ("now", "before"):
+            results[name].append(side(before if name == "before" else HERE, config, root, script))
+    return results
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -153,17 +165,13 @@ def main() -> None:
     from tests.registry.servers import running_server
 
     plan = schedule(args.requests, args.rate, args.short, args.long, args.long_share)
-    results: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
     with tempfile.TemporaryDirectory() as tmp, running_server(f"sqlite:///{tmp}/r.db", Path(tmp) / "blobs") as url:
         root = Path(tmp)
         base = save_base(root / "base", args.hidden, args.layers, words=200)
         with RegistryClient(url) as client:
             adapters = [ref for ref, _ in publish(client, base, root, 4, args.r)]
-        before = unpack(args.before, root / "before")
         config = {"registry": url, "base": str(base), "adapters": adapters, "plan": plan}
-        for round_ in range(args.rounds):
-            for name in ("before", "now") if round_ % 2 == 0 else ("now", "before"):
-                results[name].append(side(before if name == "before" else HERE, config, root))
+        results = alternated(args.before, config, root, args.rounds)
     for name, runs in results.items():
         made = {t for run in runs for t in run["tokens"]}
         if made - {args.short, args.long}:

@@ -94,24 +94,20 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import torch
 
-    from bench.continuous import pct, save_base, side, unpack
+    from bench.continuous import alternated, pct, save_base
     from bench.generation import publish
     from registry.client import RegistryClient
     from tests.registry.servers import running_server
 
-    results: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
     with tempfile.TemporaryDirectory() as tmp, running_server(f"sqlite:///{tmp}/r.db", Path(tmp) / "blobs") as url:
         root = Path(tmp)
         base = save_base(root / "base", args.hidden, args.layers, words=200)
         with RegistryClient(url) as client:
             adapter = publish(client, base, root, 1, args.r)[0][0]
-        before = unpack(args.before, root / "before")
         config = {"registry": url, "base": str(base), "adapter": adapter, "max_batch": args.max_batch,
                   "rows": args.rows, "tokens": args.tokens, "attackers": args.attackers,
                   "victim_tokens": args.victim_tokens, "every_s": args.every_s, "seconds": args.seconds}
-        for round_ in range(args.rounds):
-            for name in ("before", "now") if round_ % 2 == 0 else ("now", "before"):
-                results[name].append(side(before if name == "before" else HERE, config, root, __file__))
+        results = alternated(args.before, config, root, args.rounds, __file__)
 
     def figure(name: str, what: str) -> tuple[float, float, float]:
         values = [run["tokens_per_s"] if what == "attacker tokens/s" else
