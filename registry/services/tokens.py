@@ -305,6 +305,15 @@ def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:
         return [_info(t) for t in s.scalars(query)]
 
 
+def token_info(db: Database, token_id: int) -> TokenInfo:
+    """One token, never its secret (a token just created: one row read, not its user's every token)."""
+    with db.session() as s:
+        row = s.get(m.AccessToken, token_id)
+        if row is None:
+            raise token_not_found(token_id)
+        return _info(row)
+
+
 def _info(t: m.AccessToken) -> TokenInfo:
     return TokenInfo(id=t.id, owner=t.owner, name=t.name, scopes=t.scopes, created_at=t.created_at,
                      revoked=t.revoked_at is not None, last_used_at=t.last_used_at, expires_at=t.expires_at,

@@ -23,6 +23,7 @@ from registry.services.tokens import (
     create_token,
     list_tokens,
     revoke_token,
+    token_info,
     token_not_found,
 )
 from registry.services.trusted import MAX_ID_TOKEN_CHARS, TrustedPublishing
@@ -114,8 +115,7 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
     token_id, secret = create_token(registry.db, owner=user, scopes=list(body.scopes), name=body.name,
                                     limited_to=body.limited_to, expires_at=expires_at, actor=who.owner,
                                     parent_id=who.token_id if user == who.owner else None)  # yours: revoked with it
-    info = next(t for t in list_tokens(registry.db, owner=user) if t.id == token_id)
-    return CreatedToken(token=info, secret=secret)
+    return CreatedToken(token=token_info(registry.db, token_id), secret=secret)
 
 
 class IdentityTokenBody(BaseModel):
@@ -146,8 +146,7 @@ async def exchange_identity_token(request: Request, options: Options, registry: 
     trusted: TrustedPublishing = request.app.state.trusted
     # on the event loop: waiting on an issuer's keys holds no thread (the database work goes to the thread pool)
     token_id, secret, publisher, lifetime_s = await trusted.exchange(body.token)
-    listed = await run_in_threadpool(list_tokens, registry.db, owner=publisher.user)
-    info = next(t for t in listed if t.id == token_id)
+    info = await run_in_threadpool(token_info, registry.db, token_id)  # a CI user holds a token per exchange
     return ExchangedToken(token=info, secret=secret, publisher=publisher.name, expires_in=round(lifetime_s))
 
 
