@@ -15,6 +15,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.errors import InvalidInput
+from registry.domain.publishers import TrustedPublisher, check_publishers
 from registry.domain.schemas import (
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
@@ -26,7 +27,6 @@ from registry.domain.schemas import (
     QuotaSize,
 )
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
-from registry.services.trusted import TrustedPublisher, check_publishers
 
 
 def default_data_dir() -> Path:

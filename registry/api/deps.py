@@ -18,12 +18,12 @@ from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Unauthorized
+from registry.domain.publishers import TrustedPublisher
 from registry.domain.schemas import MAX_UPLOAD_BYTES, Ref
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.tokens import ANONYMOUS, LOCAL_USER, Principal, Scope, authenticate
-from registry.services.trusted import TrustedPublisher
 
 
 class ApiOptions(BaseModel):

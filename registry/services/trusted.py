@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -25,17 +24,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
 import jwt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, IssuerUnavailable, Unauthorized
-from registry.domain.schemas import check_name
+from registry.domain.publishers import MAX_CLAIM_CHARS, TrustedPublisher
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -55,7 +52,6 @@ KEYS_STALE_S = 3600.0
 #: The longest-lived identity token taken (GitHub's live 5 to 10 minutes, GitLab's as long as the job's timeout).
 MAX_ID_TOKEN_LIFE_S = 24 * 3600
 MAX_DOCUMENT_BYTES = 1 << 20
-MAX_PUBLISHERS, MAX_CLAIMS, MAX_CLAIM_CHARS = 100, 20, 512
 #: The claims a minted token's provenance keeps besides a publisher's own (recorded_claims): those that say which run
 #: of which code published, as GitHub Actions, GitLab CI and Buildkite name them; not personal ones (emails, ids).
 RUN_CLAIMS = frozenset({
@@ -68,111 +64,8 @@ RUN_CLAIMS = frozenset({
 })
 #: Claims every identity token must carry; the publisher's own claims are checked on top.
 REQUIRED = ("iss", "aud", "sub", "exp", "iat")
-#: Checked by the exchange itself, not by a publisher's ``claims``.
-RESERVED = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti"})
 NAME_PREFIX = "trusted publisher"
 log = logging.getLogger("vera.trusted")
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_issuer(value: str) -> str:
-    """An issuer URL as tokens write it (``iss``): https, or http on a loopback host (an issuer on the same machine)."""
-    parts = urlsplit(value)
-    if (parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment
-            or (parts.scheme == "http" and not _loopback(parts.hostname)) or any(not " " < c <= "~" for c in value)):
-        raise ValueError(f"issuer {value!r} must be an https URL as the identity tokens write it in 'iss' (GitHub "
-                         "Actions: https://token.actions.githubusercontent.com; GitLab: https://gitlab.com); plain "
-                         "http only on a loopback address")
-    return value
-
-
-class TrustedPublisher(BaseModel):
-    """One entry of VERA_TRUSTED_PUBLISHERS: whose identity tokens are trusted, and what they are traded for."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9._-]*$",
-                      description="a label: in the minted tokens' names and in the audit log")
-    issuer: str = Field(max_length=300)
-    audience: str = Field("vera", min_length=1, max_length=200, description="what the tokens' 'aud' must name")
-    claims: dict[str, str | list[str]] = Field(min_length=1, max_length=MAX_CLAIMS, description=(
-        "claim -> the value it must have (a list: any of them); every one must match"))
-    user: str = Field(description="the registry user the minted token acts for")
-    owners: list[str] = Field(min_length=1, max_length=20, description="the owners the minted token is limited to")
-    scopes: list[Literal["read", "publish"]] = Field(["read", "publish"], min_length=1)
-    minutes: float = Field(15.0, gt=0, le=60, description="how long a minted token lives")
-    record: list[str] = Field([], max_length=MAX_CLAIMS, description=(
-        "more claims to keep in the provenance of what its tokens publish (shown to every reader of those versions), "
-        "beside RUN_CLAIMS and its own claims"))
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str) -> str:
-        return check_issuer(value)
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str) -> str:
-        return _name(value, "user")
-
-    @field_validator("owners")
-    @classmethod
-    def _owners(cls, value: list[str]) -> list[str]:
-        return sorted({_name(owner, "owner") for owner in value})
-
-    @field_validator("claims")
-    @classmethod
-    def _claims(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
-        for claim, wanted in value.items():
-            if claim in RESERVED:
-                raise ValueError(f"claim {claim!r} is checked by the exchange itself (issuer, audience, times, "
-                                 "token id); name the claims that say who the caller is (sub, repository, ref, ...)")
-            choices = wanted if isinstance(wanted, list) else [wanted]
-            if not choices or not all(0 < len(c) <= MAX_CLAIM_CHARS for c in choices) or not 0 < len(claim) <= 100:
-                raise ValueError(f"claim {claim!r} must be given one value or a non-empty list of values, each "
-                                 f"1 to {MAX_CLAIM_CHARS} characters")
-        return value
-
-    @field_validator("record")
-    @classmethod
-    def _record(cls, value: list[str]) -> list[str]:
-        if bad := [c for c in value if c in RESERVED or not 0 < len(c) <= 100]:
-            raise ValueError(f"record lists {bad}: name claims of 1 to 100 characters that say who ran what, not the "
-                             "ones the exchange checks (issuer, audience, times, token id)")
-        return value
-
-    def matches(self, claims: Mapping[str, Any]) -> bool:
-        """Whether an identity token's verified ``claims`` are this publisher's (issuer and audience included)."""
-        audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if claims.get("iss") != self.issuer or self.audience not in audiences:
-            return False
-        return all(isinstance(claims.get(claim), str) and claims[claim] in (wanted if isinstance(wanted, list)
-                                                                              else [wanted])
-                   for claim, wanted in self.claims.items())
-
-
-def _name(value: str, what: str) -> str:
-    try:
-        return check_name(value, what.capitalize())
-    except InvalidInput as exc:
-        raise ValueError(str(exc)) from None
-
-
-def check_publishers(publishers: Sequence[TrustedPublisher]) -> list[TrustedPublisher]:
-    """The settings' list, its names distinct and at most MAX_PUBLISHERS of them."""
-    if len(publishers) > MAX_PUBLISHERS:
-        raise ValueError(f"VERA_TRUSTED_PUBLISHERS lists {len(publishers)} publishers; at most {MAX_PUBLISHERS}")
-    names = [p.name for p in publishers]
-    if twice := sorted({n for n in names if names.count(n) > 1}):
-        raise ValueError(f"VERA_TRUSTED_PUBLISHERS names {twice} more than once; give each publisher its own name")
-    return list(publishers)
 
 
 @dataclass

@@ -25,8 +25,9 @@ from pydantic import ValidationError
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, IssuerUnavailable, Unauthorized
+from registry.domain.publishers import TrustedPublisher
 from registry.domain.words import ci_run
-from registry.services.trusted import KEYS_REFETCH_S, TrustedPublisher, recorded_claims
+from registry.services.trusted import KEYS_REFETCH_S, recorded_claims
 from registry.settings import Settings
 from tests.registry.adapters import make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
