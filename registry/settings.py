@@ -15,7 +15,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.domain.errors import InvalidInput
-from registry.domain.publishers import TrustedPublisher, check_publishers
+from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS, TrustedPublisher, check_publishers
 from registry.domain.schemas import (
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # is turned off, and can still be answered or cancelled.
     org_invitations: bool = False
     org_invitation_days: float = Field(default=14.0, gt=0, le=365)
+    # Housekeeping (registry.services.housekeeping): every API process deletes, about hourly, the access tokens that
+    # ended (revoked or expired) more than this many days ago, as `vera token purge --days N` does (their audit events
+    # stay); 0: only by hand. At least 1: a CI identity token is refused a second exchange while its token is kept.
+    token_purge_days: float = Field(default=30.0, ge=0, le=3650)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
@@ -166,6 +170,14 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("VERA_METRICS_TOKEN is shorter than 16 characters: use a random secret, e.g. the output "
                              "of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return value
+
+    @field_validator("token_purge_days")
+    @classmethod
+    def _purge_after_a_day(cls, value: float) -> float:
+        if 0 < value < MIN_TOKEN_PURGE_DAYS:
+            raise ValueError(f"tokens are purged at least {MIN_TOKEN_PURGE_DAYS:g} day after they end (a CI job's "
+                             "identity token must not be exchanged twice); set 1 or more, or 0 to purge by hand only")
         return value
 
     @field_validator("trusted_publishers")

@@ -21,6 +21,7 @@ from registry.api.routes import ROUTERS
 from registry.domain.errors import MOVED_HEADER, AdapterNotFound
 from registry.logs import AccessLog
 from registry.services.events import Events
+from registry.services.housekeeping import Housekeeping
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.outbox import Dispatcher
@@ -44,6 +45,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.dispatcher = dispatcher
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
     app.state.trusted = TrustedPublishing(registry.db, app.state.options.trusted_publishers)
+    app.state.housekeeping = Housekeeping(registry.db, token_purge_days=app.state.options.token_purge_days)
     # middleware added later wraps what was added before: access log (outermost), metrics, the gate, the app
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
@@ -97,16 +99,18 @@ def renamed_path(path: str, old: tuple[str, str], new: tuple[str, str]) -> str |
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app serves, download counts are flushed in the background (when it stops, once more), and the
-    webhook dispatcher, if any, sends deliveries; when it stops, the download files a read-only registry built for
-    itself go, and the database's connections are closed (Database.close)."""
-    downloads, dispatcher = app.state.registry.downloads, app.state.dispatcher
+    """While the app serves, download counts are flushed in the background (when it stops, once more), the
+    webhook dispatcher, if any, sends deliveries, and housekeeping purges ended tokens; when it stops, the download
+    files a read-only registry built for itself go, and the database's connections are closed (Database.close)."""
+    downloads, dispatcher, housekeeping = app.state.registry.downloads, app.state.dispatcher, app.state.housekeeping
     downloads.start()
     if dispatcher is not None:
         dispatcher.start()
+    housekeeping.start()
     try:
         yield
     finally:
+        await run_in_threadpool(housekeeping.stop)
         if dispatcher is not None:
             await run_in_threadpool(dispatcher.stop)
         await run_in_threadpool(downloads.close)

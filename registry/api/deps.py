@@ -39,6 +39,7 @@ class ApiOptions(BaseModel):
     read_only: bool = False  # every change refused (registry.api.gate), reads write nothing (VERA_READ_ONLY)
     primary_url: str | None = None  # where a read-only registry's refusals send changes (VERA_PRIMARY_URL)
     trusted_publishers: list[TrustedPublisher] = []  # identity tokens traded for registry tokens (VERA_TRUSTED_...)
+    token_purge_days: float = 0  # > 0: tokens that ended this long ago are deleted hourly (VERA_TOKEN_PURGE_DAYS)
 
 
 def is_loopback(host: str) -> bool:

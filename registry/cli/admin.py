@@ -253,7 +253,8 @@ def token_purge(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Delete the tokens that ended long ago (revoked or expired: they authenticate nothing, and each browser that
-    remembers a dashboard sign-in adds one a week). Their audit events stay; the purge is audited (`token-purge`)."""
+    remembers a dashboard sign-in adds one a week). Their audit events stay; the purge is audited (`token-purge`).
+    The API does it hourly on its own after VERA_TOKEN_PURGE_DAYS (30); a trusted publisher's token stays a day."""
     from registry.services.tokens import purge_tokens
 
     settings = load_settings(database_url)

@@ -17,6 +17,11 @@ from registry.domain.schemas import check_name
 MAX_PUBLISHERS, MAX_CLAIMS, MAX_CLAIM_CHARS = 100, 20, 512
 #: Checked by the exchange itself, not by a publisher's ``claims``.
 RESERVED = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti"})
+#: An ended token is kept at least this long before a purge deletes it: an identity token (its lifetime at most
+#: 24 h) is refused a second exchange only while the token minted from it is kept (registry.services.trusted).
+MIN_TOKEN_PURGE_DAYS = 1.0
+#: How a minted token's name begins: "trusted publisher NAME HASH", the hash of the identity token exchanged.
+MINTED_NAME_PREFIX = "trusted publisher"
 
 
 def _loopback(host: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.domain.events import WEBHOOK_EVENTS, adapter_of
+from registry.services.background import BackgroundThread
 from registry.services.delivery import Message, Outcome, Sender
 from registry.services.events import event_info
 from registry.store import models as m
@@ -188,28 +188,17 @@ class Outbox:
         return self.deliver(worker)
 
 
-class Dispatcher:
+class Dispatcher(BackgroundThread):
     """Runs an Outbox in a background thread every ``poll_s`` seconds until ``stop()`` (the API process starts one;
-    tests stop it). An error in one round is logged and the next round runs as usual."""
+    tests stop it; a round's attempts end within the receivers' timeout). An error in one round is logged and the
+    next round runs as usual."""
+
+    thread_name = "vera-webhook-dispatcher"
 
     def __init__(self, outbox: Outbox, *, poll_s: float = 1.0, name: str | None = None) -> None:
+        super().__init__()
         self.outbox, self.poll_s = outbox, poll_s
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="vera-webhook-dispatcher", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current round (its attempts end within the receivers' timeout)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def _run(self) -> None:
         while not self._stop.is_set():

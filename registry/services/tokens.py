@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS, MINTED_NAME_PREFIX
 from registry.domain.schemas import TokenInfo, check_name, check_text
 from registry.store import models as m
 from registry.store.database import Database
@@ -323,10 +324,16 @@ def _info(t: m.AccessToken) -> TokenInfo:
 def _ended(s: Session, before: datetime, owner: str | None = None) -> list[m.AccessToken]:
     """The rows of tokens revoked or expired before ``before`` (``owner``'s only, when given), oldest first; never
     the newest row of all (SQLite hands the highest id out again once it is deleted, and a token id must never
-    name two tokens: `vera auth revoke ID`, audit events and ``parent_id`` keep it)."""
+    name two tokens: `vera auth revoke ID`, audit events and ``parent_id`` keep it), nor a trusted publisher's
+    token minted less than MIN_TOKEN_PURGE_DAYS ago (its name refuses a second exchange of the identity token it
+    was minted from while that may still be valid: registry.services.trusted)."""
     newest = select(func.max(m.AccessToken.id)).scalar_subquery()
+    minted_recently = and_(m.AccessToken.name.startswith(f"{MINTED_NAME_PREFIX} ", autoescape=True),
+                           m.AccessToken.created_at > datetime.now(UTC) - timedelta(days=MIN_TOKEN_PURGE_DAYS,
+                                                                                    minutes=1))
     query = select(m.AccessToken).where(
-        or_(m.AccessToken.revoked_at < before, m.AccessToken.expires_at < before), m.AccessToken.id < newest)
+        or_(m.AccessToken.revoked_at < before, m.AccessToken.expires_at < before), m.AccessToken.id < newest,
+        not_(minted_recently))
     if owner is not None:
         query = query.where(m.AccessToken.owner == owner)
     return list(s.scalars(query.order_by(m.AccessToken.id)))
@@ -346,11 +353,14 @@ def purge_tokens(db: Database, *, before: datetime, owner: str | None = None, dr
             return gone
         ids = [row.id for row in rows]
         s.execute(update(m.AccessToken).where(m.AccessToken.parent_id.in_(ids)).values(parent_id=None))
-        s.execute(delete(m.AccessToken).where(m.AccessToken.id.in_(ids)))
+        # what this purge deleted: another process purging at the same moment (each API replica does, hourly:
+        # registry.services.housekeeping) may have deleted some of the same rows first; each is audited once
+        deleted = set(s.scalars(delete(m.AccessToken).where(m.AccessToken.id.in_(ids)).returning(m.AccessToken.id)))
+        rows = [row for row in rows if row.id in deleted]
         for name in sorted({row.owner for row in rows}):
             s.add(m.AuditEvent(actor=actor[:64], action="token-purge", target=name, detail={
                 "tokens": [row.id for row in rows if row.owner == name], "ended_before": before.isoformat()}))
-    return gone
+    return [info for info in gone if info.id in deleted]
 
 
 #: How stale a token's recorded last use may get: a request within this long of the recorded one writes nothing.

@@ -32,7 +32,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, IssuerUnavailable, Unauthorized
-from registry.domain.publishers import MAX_CLAIM_CHARS, TrustedPublisher
+from registry.domain.publishers import MAX_CLAIM_CHARS, MINTED_NAME_PREFIX, TrustedPublisher
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -64,7 +64,6 @@ RUN_CLAIMS = frozenset({
 })
 #: Claims every identity token must carry; the publisher's own claims are checked on top.
 REQUIRED = ("iss", "aud", "sub", "exp", "iat")
-NAME_PREFIX = "trusted publisher"
 log = logging.getLogger("vera.trusted")
 
 
@@ -127,7 +126,7 @@ class TrustedPublishing:
         # once per identity token: its jti, or what its issuer signed (header and payload: a signature can be written
         # in more than one way, padded base64 or, with ECDSA, another valid signature of the same bytes)
         once = claims["jti"] if isinstance(claims.get("jti"), str) else id_token.rsplit(".", 1)[0]
-        name = f"{NAME_PREFIX} {publisher.name} {hashlib.sha256(f'{issuer} {once}'.encode()).hexdigest()[:24]}"
+        name = f"{MINTED_NAME_PREFIX} {publisher.name} {hashlib.sha256(f'{issuer} {once}'.encode()).hexdigest()[:24]}"
         lifetime = timedelta(minutes=publisher.minutes)
         detail = {"via": "trusted-publisher", "publisher": publisher.name, "issuer": issuer,
                   "subject": str(claims["sub"])[:300], "claims": {k: claims[k] for k in publisher.claims}}

@@ -1,0 +1,71 @@
+"""Maintenance the API runs in the background while it serves, so that an operator need not remember a cron line:
+deleting the access tokens that ended (revoked or expired) more than ``token_purge_days`` ago, as `vera token purge
+--days N` does by hand. Each exchange of a CI job's identity token (trusted publishing) and each browser that
+remembers a dashboard sign-in adds a token row that ends within minutes or a week; without this the table only grows.
+
+Every API process runs it (about once an hour, the first time a minute after it starts): with several replicas on
+one database each round finds what the others left, and a row two of them delete at once is deleted and audited
+once (``token-purge``, by ``registry``). A read-only registry (VERA_READ_ONLY) runs none. A round that fails (the
+database away) is logged and the next one tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from registry.domain.errors import InvalidInput
+from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS
+from registry.services.background import BackgroundThread
+from registry.services.tokens import purge_tokens
+from registry.store.database import Database
+
+log = logging.getLogger("vera.housekeeping")
+
+#: The audit events' actor for what the registry does on its own.
+ACTOR = "registry"
+EVERY_S = 3600.0
+FIRST_AFTER_S = 60.0
+
+
+class Housekeeping(BackgroundThread):
+    """Purges ended tokens every ``every_s`` seconds (``first_after_s`` after start) until ``stop()``; see the module's
+    docstring. ``token_purge_days`` 0 purges nothing (nothing runs)."""
+
+    thread_name = "vera-housekeeping"
+
+    def __init__(self, db: Database, *, token_purge_days: float, every_s: float = EVERY_S,
+                 first_after_s: float = FIRST_AFTER_S) -> None:
+        if token_purge_days and token_purge_days < MIN_TOKEN_PURGE_DAYS:
+            raise InvalidInput(f"Tokens are purged at least {MIN_TOKEN_PURGE_DAYS:g} day after they end (a CI "
+                               f"job's identity token must not be exchanged twice); got {token_purge_days:g}. "
+                               "Set VERA_TOKEN_PURGE_DAYS to 1 or more, or 0 to purge only by hand.")
+        super().__init__()
+        self.db, self.token_purge_days = db, token_purge_days
+        self.every_s, self.first_after_s = every_s, first_after_s
+
+    @property
+    def active(self) -> bool:
+        return bool(self.token_purge_days) and not self.db.read_only
+
+    def start(self) -> None:
+        if self.active:
+            super().start()
+
+    def run_once(self) -> int:
+        """One round now: the number of tokens deleted."""
+        before = datetime.now(UTC) - timedelta(days=self.token_purge_days)
+        gone = purge_tokens(self.db, before=before, actor=ACTOR)
+        if gone:
+            log.info(f"purged {len(gone)} tokens that ended before {before:%Y-%m-%d %H:%M} UTC "
+                     f"(VERA_TOKEN_PURGE_DAYS={self.token_purge_days:g})")
+        return len(gone)
+
+    def _run(self) -> None:
+        wait = self.first_after_s
+        while not self._stop.wait(wait):
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping
+                log.exception("housekeeping round failed; trying again in the next one")
+            wait = self.every_s
