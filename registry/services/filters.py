@@ -3,8 +3,8 @@ and a literal, e.g. ``metrics.accuracy > 0.9 and r <= 256 and base_model = 'mini
 
     filter  := clause ("and" clause)*
     clause  := field op literal | field "in" "(" literal ("," literal)* ")"
-    field   := metrics.<key> | r | seed | generator | base_model | owner | name | tag | trainable_parameters
-               | stored_bytes | created | verification_status | yanked
+    field   := metrics.<key> | published_via.<key> | r | seed | generator | base_model | owner | name | tag
+               | trainable_parameters | stored_bytes | created | verification_status | yanked
     op      := = | != | < | <= | > | >= | like
     literal := 'text' ('' inside is one quote) | number | true | false
 
@@ -12,6 +12,9 @@ A small tokenizer and a recursive-descent parser read the text (never eval); eac
 expression with its literal as a bound parameter (never SQL built from strings). Metric clauses and metric sorts read
 the normalised table ``version_metrics`` (one row per numeric metric, index (key, value, version_id)), which
 ``metric_rows`` fills at publish; a metric clause matches only versions that record that metric, as in MLflow.
+``published_via.<key>`` reads the lineage a trusted publisher's token records (the CI run that published a version:
+``publisher``, ``issuer``, ``subject``, or one of its recorded claims, such as ``repository`` or ``sha``) from its JSON
+column; it matches only versions published that way.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ MAX_METRIC_KEY = 200
 MAX_METRIC_DEPTH = 4
 MAX_METRICS_PER_VERSION = 1000
 METRIC_PREFIX = "metrics."
+PROVENANCE_PREFIX = "published_via."
+#: published_via's own keys; any other key of a published_via clause names one of its recorded claims.
+PROVENANCE_KEYS = ("publisher", "issuer", "subject")
+_CLAIM_KEY = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 EXAMPLE = "metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
 _INT_RANGE = 2**63  # what a BIGINT holds (SQLite refuses larger Python ints)
 _SEED_RANGE = 2**64
@@ -152,7 +159,7 @@ class _Parser:
     def clause(self) -> Clause:
         field = self.take()
         if field.kind != "field":
-            raise _error(field.at, f"a field ({', '.join(FIELDS)} or metrics.<key>)", _shown(field))
+            raise _error(field.at, _FIELD_LIST, _shown(field))
         name, key = _field_name(field)
         op = self.take()
         if op.kind == "op":
@@ -201,8 +208,15 @@ def _field_name(token: Token) -> tuple[str, str | None]:
         if not key or len(key) > MAX_METRIC_KEY:
             raise _error(token.at, f"metrics.<key> with a key of 1-{MAX_METRIC_KEY} characters", repr(text[:60]))
         return "metrics", key
+    if text.lower().startswith(PROVENANCE_PREFIX):
+        key = text[len(PROVENANCE_PREFIX):]
+        if not _CLAIM_KEY.fullmatch(key):
+            raise _error(token.at, f"published_via.<key> with a key of 1-100 letters, digits, '_' or '-' (one of "
+                                   f"{', '.join(PROVENANCE_KEYS)}, or a claim such as repository, ref or sha)",
+                         repr(text[:60]))
+        return "published_via", key
     if text.lower() not in FIELDS:
-        raise _error(token.at, f"a field ({', '.join(FIELDS)} or metrics.<key>)", repr(text[:60]))
+        raise _error(token.at, _FIELD_LIST, repr(text[:60]))
     return text.lower(), None
 
 
@@ -223,7 +237,7 @@ def parse_filter(text: str) -> list[Clause]:
         raise FilterError(str(exc)) from None
     clauses = _Parser(text).clauses()
     for clause in clauses:
-        FIELDS.get(clause.field, METRIC).check(clause)
+        _field(clause).check(clause)
     return clauses
 
 
@@ -237,7 +251,7 @@ class Field:
     column: Any = None
 
     def check(self, clause: Clause) -> None:
-        name = f"metrics.{clause.key}" if clause.key is not None else clause.field
+        name = f"{clause.field}.{clause.key}" if clause.key is not None else clause.field
         if clause.op not in self.ops:
             raise FilterError(f"filter, at character {clause.at}: {name} takes {', '.join(self.ops)}, not "
                               f"{clause.op}.")
@@ -259,6 +273,10 @@ class Field:
             if clause.op == "!=":
                 return ~m.AdapterVersion.tags.any(tag == converted[0])
             return m.AdapterVersion.tags.any(_compare(tag, clause.op, converted))
+        if self.kind == "provenance":
+            key = str(clause.key)
+            path = (key,) if key in PROVENANCE_KEYS else ("claims", key)
+            return _compare(m.AdapterVersion.published_via[path].as_string(), clause.op, converted)
         test = _compare(self.column, clause.op, converted)
         if self.column in (m.Adapter.owner, m.Adapter.name):
             return m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(test))
@@ -268,6 +286,7 @@ class Field:
 
 
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
+          "provenance": "a 'string'",
           "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false", "metric": "a number",
           "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
 
@@ -334,6 +353,14 @@ FIELDS: dict[str, Field] = {
     "yanked": Field("flag", ("=", "!="), m.AdapterVersion.yanked),
 }
 METRIC = Field("metric", (*ORDERING, "in"))
+PROVENANCE = Field("provenance", _TEXT_OPS)
+
+
+_FIELD_LIST = f"a field ({', '.join(FIELDS)}, metrics.<key> or published_via.<key>)"
+
+
+def _field(clause: Clause) -> Field:
+    return {"metrics": METRIC, "published_via": PROVENANCE}.get(clause.field) or FIELDS[clause.field]
 
 
 def filter_conditions(clauses: list[Clause], sorted_by: MetricOrder | None = None) -> list[ColumnElement[bool]]:
@@ -345,7 +372,7 @@ def filter_conditions(clauses: list[Clause], sorted_by: MetricOrder | None = Non
             values = [float(v) for v in (c.value if isinstance(c.value, tuple) else (c.value,))]
             conditions.append(_compare(sorted_by.column, c.op, values))
         else:
-            conditions.append(FIELDS.get(c.field, METRIC).where(c))
+            conditions.append(_field(c).where(c))
     return conditions
 
 

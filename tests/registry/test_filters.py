@@ -51,6 +51,8 @@ from vera_core import PORTABLE_GENERATOR
     ("seed in (0, 18446744073709551615)", Clause("seed", "in", (0, 18446744073709551615), 1)),
     ("created >= '2026-01-31'", Clause("created", ">=", "2026-01-31", 1)),
     ("tag != 'demo'", Clause("tag", "!=", "demo", 1)),
+    ("published_via.publisher = 'nlp-main'", Clause("published_via", "=", "nlp-main", 1, key="publisher")),
+    ("published_via.run_id in ('1', '2')", Clause("published_via", "in", ("1", "2"), 1, key="run_id")),
 ])
 def test_every_operator_and_literal_parses(text: str, clause: Clause) -> None:
     assert parse_filter(text) == [clause]
@@ -70,7 +72,8 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("r >> 1", r"Example: `metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'`$"),
     ("r = 1 or r = 2", r"at character 7: only 'and' joins clauses \('or' is not supported"),
     ("r = 1 r = 2", r"at character 7: expected 'and' or the end of the filter, found 'r'"),
-    ("colour = 'red'", r"at character 1: expected a field \(r, seed, generator, .*metrics.<key>\), found 'colour'"),
+    ("colour = 'red'", r"at character 1: expected a field \(r, seed, .*, metrics.<key> or published_via.<key>\), "
+                        "found 'colour'"),
     ("= 3", r"at character 1: expected a field"),
     ("name = minilm", r"at character 8: expected a literal: .* \(strings go in single quotes\), found 'minilm'"),
     ("name = 'minilm", r"at character 8: expected a field, an operator or a literal, found \"'minilm\""),
@@ -94,6 +97,11 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("name = '\x1b[31m'", r"filter contains the control character '\\x1b'"),
     ("name = '\ud800'", r"filter is not valid Unicode text \(at character 9\)"),
     ("created < '0001-01-01T00:00:00+05:00'", r"created compares with a date or time in quotes"),
+    ("published_via.sha > 'a'", r"published_via.sha takes =, !=, like, in, not >"),
+    ("published_via.run_id = 1234", r"published_via.run_id compares with a 'string', found 1234"),
+    ("published_via. = 'x'", r"at character 14: expected a field, an operator or a literal, found \". = 'x'\""),
+    ("published_via.`a b` = 'x'", r"expected published_via.<key> with a key of 1-100 letters, digits"),
+    ("published_via.a.b = 'x'", r"one of publisher, issuer, subject, or a claim such as repository"),
 ])
 def test_bad_filters_say_where_and_what_was_expected(text: str, message: str) -> None:
     with pytest.raises(FilterError, match=message):
@@ -122,6 +130,7 @@ INJECTIONS = [
     "r = (select 1)",
     "__import__('os').system('true') = 1",
     "metrics.`a') or 1=1 --` > 0",  # a metric key is a bound value, never SQL
+    "published_via.x-- = 'a'",  # a claim's name is a bound JSON path, never SQL
 ]
 
 
@@ -157,6 +166,12 @@ PUBLISHED = [
     ("carol", "x", 8, "minilm", {"accuracy": 0.95}, []),
 ]
 REFS = ["alice/sent:1", "alice/sent:2", "bob/qa:1", "bob/qa:2", "carol/x:1"]
+#: what trusted publishers' tokens recorded on two of them (registry.services.trusted's provenance)
+VIA = {"alice/sent:2": {"publisher": "nlp-main", "issuer": "https://token.actions.githubusercontent.com",
+                        "subject": "repo:acme/nlp:ref:refs/heads/main",
+                        "claims": {"repository": "acme/nlp", "ref": "refs/heads/main", "sha": "1a2b3c4d" * 5}},
+       "bob/qa:2": {"publisher": "qa-release", "issuer": "https://gitlab.com", "subject": "project_path:bob/qa",
+                    "claims": {"project_path": "bob/qa", "ref": "v2", "sha": "9f" * 20}}}
 SEARCHES = [  # (filter, sort, refs in order)
     ("metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'", "-metrics.accuracy",
      ["carol/x:1", "alice/sent:1"]),  # a tie: the newer first
@@ -185,6 +200,16 @@ SEARCHES = [  # (filter, sort, refs in order)
     ("created > '2999-01-01'", "created", []),
     ("yanked = true", "created", ["carol/x:2"]),
     ("yanked = false and owner = 'carol'", "created", ["carol/x:1"]),
+    ("published_via.publisher = 'nlp-main'", "created", ["alice/sent:2"]),
+    ("published_via.publisher like '%'", "created", ["alice/sent:2", "bob/qa:2"]),  # published by any CI
+    ("published_via.publisher != 'nlp-main'", "created", ["bob/qa:2"]),  # only versions CI published match
+    ("published_via.issuer like '%gitlab%' and r = 4", "created", ["bob/qa:2"]),
+    ("published_via.subject = 'project_path:bob/qa'", "created", ["bob/qa:2"]),
+    (f"published_via.sha = '{'1a2b3c4d' * 5}'", "created", ["alice/sent:2"]),  # which version did this commit make?
+    ("published_via.sha like '1a2b3c4d%'", "created", ["alice/sent:2"]),
+    ("published_via.ref in ('v2', 'refs/heads/main')", "-created", ["bob/qa:2", "alice/sent:2"]),
+    ("published_via.repository = 'bob/qa'", "created", []),  # GitLab's run says project_path
+    ("published_via.claims = 'x'", "created", []),  # a claim named claims, not the claims' object
 ]
 
 
@@ -192,7 +217,9 @@ SEARCHES = [  # (filter, sort, refs in order)
 def published(registry: Registry, tmp_path: Path) -> Registry:
     for i, (owner, name, r, base, metrics, tags) in enumerate(PUBLISHED):
         source = make_adapter(tmp_path / f"s{i}", seed=i, r=r, projection_prng_key=0)
-        registry.publish(source, owner=owner, name=name, base_model=base, metrics=metrics, tags=tags)
+        via = VIA.get(REFS[i])  # REFS name PUBLISHED in order
+        registry.publish(source, owner=owner, name=name, base_model=base, metrics=metrics, tags=tags,
+                         lineage={"published_via": via} if via else None)
     source = make_adapter(tmp_path / "yanked", seed=9, projection_prng_key=0)
     registry.publish(source, owner="carol", name="x", base_model="minilm", metrics={"accuracy": 0.99})
     registry.yank("carol/x:2", actor="carol")

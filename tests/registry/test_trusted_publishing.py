@@ -103,6 +103,9 @@ def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_wit
         by_hand = admin.publish(served["adapter"], "acme/polarity", base_model="tiny-llama")
         lineage = admin.get("acme/polarity:1").lineage
         assert "published_via" not in by_hand.lineage  # an ordinary token's publish says nothing of CI
+        found = admin.list_versions(name="polarity", filter="published_via.repository = 'acme/adapters' and "
+                                                            "published_via.publisher = 'acme-main'")
+        assert [v.ref for v in found.items] == ["acme/polarity:1"]  # searchable by the run that published it
     via = lineage["published_via"]  # the version says which run published it, from claims the issuer signed
     assert via["publisher"] == "acme-main" and via["issuer"] == issuer.url
     assert via["subject"] == "repo:acme/adapters:ref:refs/heads/main"
