@@ -501,7 +501,8 @@ class Worker:
         summary = published_metrics(metrics)
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
-            published_by=job.submitted_by or job.owner, tags=["fine-tune"], description=f"fine-tuned by job {job.id}",
+            published_by=job.requested_by or job.submitted_by or job.owner, tags=["fine-tune"],
+            description=f"fine-tuned by job {job.id}",
             lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via})
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
                     [("log", {"message": f"published {info.ref}"})])

@@ -478,6 +478,7 @@ class JobInfo(BaseModel):
     # submitted with a token that trusted publishing minted: what for (publisher, issuer, subject, claims); its
     # result records it as lineage published_via
     submitted_via: dict[str, Any] | None = None
+    requested_by: str | None = None  # who submitted it, named as its result's publisher (None: before 0023)
 
 
 class JobEventInfo(BaseModel):

@@ -113,10 +113,11 @@ class Jobs:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
         (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
-        audit log (a member of the organisation ``owner``, an admin; ``owner`` when not given). ``member``: the
-        submitter when only their role in the organisation ``owner`` allowed it; the job then publishes only while
-        they still write there (``submitter_problem``), and names them as its publisher. ``provenance``: the
-        submitting token's, when trusted publishing minted it (its result records it as ``published_via``)."""
+        audit log and the publisher its result names (a member of the organisation ``owner``, an admin, the local
+        user; ``owner`` when not given). ``member``: the submitter when only their role in the organisation
+        ``owner`` allowed it; the job then publishes only while they still write there (``submitter_problem``).
+        ``provenance``: the submitting token's, when trusted publishing minted it (its result records it as
+        ``published_via``)."""
         _check_scheduling(priority, time_limit_s, gpus)
         time_limit_s = self._time_limit(time_limit_s)
         ref = Ref.parse_adapter(target)
@@ -171,7 +172,8 @@ class Jobs:
                 job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
                             dataset_sha256=digest, status="queued", progress={}, priority=priority,
                             time_limit_s=time_limit_s, gpus=gpus, submitted_by=member,
-                            submitted_via=dict(provenance) if provenance is not None else None)
+                            submitted_via=dict(provenance) if provenance is not None else None,
+                            requested_by=(actor or owner)[:64])
                 s.add(job)
                 s.flush()
                 request_id = REQUEST_ID.get()
@@ -442,7 +444,7 @@ def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
                     result_ref=refs.get(job.result_version_id) if job.result_version_id is not None else None,
                     priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
                     checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by,
-                    submitted_via=job.submitted_via)
+                    submitted_via=job.submitted_via, requested_by=job.requested_by)
             for job in jobs]
 
 

@@ -342,6 +342,9 @@ class Job(Base):
     # 0022: for a job submitted with a token minted by trusted publishing, that token's provenance: its result
     # records it as published_via
     submitted_via: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # 0023: who submitted it (a token's user, an administrator, `local`): named as the publisher of what it publishes
+    # (None: submitted before 0023, published as submitted_by or else the owner)
+    requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobCheckpoint(Base):

@@ -110,7 +110,16 @@ def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[s
 
 
 class _Other(http.server.BaseHTTPRequestHandler):
-    """Not the registry: a page of HTML at every path (the dashboard's port), or a bare 404 (a model server's)."""
+    """Not the registry: a page of HTML at every path (the dashboard's port), or a bare 404 (a model server's); to
+    a POST, a plain-text 405 (as the dashboard's server answers one)."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = b"Method Not Allowed"
+        self.send_response(405)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         html = self.server.server_port == _Other.html_port  # type: ignore[attr-defined]
@@ -135,7 +144,8 @@ def test_a_url_that_is_not_the_registrys_api_is_said_so(kind: str) -> None:
     threading.Thread(target=other.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{other.server_port}"
-        for args in (["ls"], ["job", "ls"], ["show", "ann/x"]):
+        for args in (["ls"], ["job", "ls"], ["show", "ann/x"], ["auth", "exchange", "--id-token", "a.b.c"]):
+            # (a CI job's exchange at the dashboard's address said only "HTTP 405 Method Not Allowed")
             refused(vera(*args, url=url), url, "does not look like the registry's API", "VERA_REGISTRY_URL")
     finally:
         other.shutdown()

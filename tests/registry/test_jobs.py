@@ -163,6 +163,9 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             assert done.status == "succeeded", done.error
             assert done.result_ref == "ann/polarity:1" and done.progress["phase"] == "done"
             version = client.get("ann/polarity")
+            # local mode's one user submitted it: named as a version it publishes by hand is (it said "ann", the
+            # namespace, beside "local" on the version published by hand: one person as two in Activity)
+            assert done.requested_by == version.published_by == "local"
             # the job and the code that trained it (the demo uploads no dataset, so no dataset hash)
             assert version.lineage.keys() == {"job_id", "code_revision"} and version.lineage["job_id"] == job.id
             assert version.lineage["code_revision"].startswith("vera-registry ") and "fine-tune" in version.tags
@@ -431,6 +434,9 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
     assert "Nothing was published" in failed.error and registry.list_versions(owner="acme").items[0].ref == \
         "acme/by-cat:1"
     assert registry.get("acme/by-cat:1").published_by == "cat"
+    by_admin = jobs.submit(tiny, owner="acme", target="acme/by-root", actor="root")  # an administrator's, for acme
+    assert by_admin.requested_by == "root" and by_admin.submitted_by is None and worker.run_once()
+    assert registry.get("acme/by-root:1").published_by == "root"  # not "acme": who asked for it
     again = jobs.submit(tiny, owner="acme", target="acme/later", actor="cat", member="cat")
     registry.access.set_member("acme", "cat", "read", viewer=LOCAL_USER)
     assert "cat, who submitted it as a member of acme, now has only the read role there" in (jobs.submitter_problem(
