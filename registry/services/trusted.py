@@ -111,12 +111,7 @@ class TrustedPublishing:
         claims = _verified(id_token, issuer, header, key)
         publisher = next((p for p in self.publishers if p.matches(claims)), None)
         if publisher is None:
-            shown = {k: claims[k] for k in sorted({c for p in self.publishers if p.issuer == issuer for c in p.claims})
-                     if isinstance(claims.get(k), str)}
-            raise Forbidden(f"No trusted publisher matches this identity token (aud {str(claims.get('aud'))[:200]!r}, "
-                            f"{json.dumps(shown)[:1000]}): an administrator adds one for these claims to "
-                            "VERA_TRUSTED_PUBLISHERS, or ask your CI platform for a token with the audience the "
-                            "registry expects.")
+            raise Forbidden(_unmatched(issuer, claims, self.publishers))
         return await run_in_threadpool(self._mint, id_token, issuer, claims, publisher)
 
     def _mint(self, id_token: str, issuer: str, claims: dict[str, Any], publisher: TrustedPublisher
@@ -259,6 +254,25 @@ def _verified(id_token: str, issuer: str, header: Mapping[str, Any], key: jwt.Py
         raise Unauthorized(f"The identity token lives {lived / 3600:,.1f} hours; at most "
                            f"{MAX_ID_TOKEN_LIFE_S // 3600} are taken. Ask your CI platform for a shorter-lived one.")
     return claims
+
+
+def _unmatched(issuer: str, claims: Mapping[str, Any], publishers: list[TrustedPublisher]) -> str:
+    """Why no publisher takes a verified identity token, in the words that fix it: the audience the issuer's
+    publishers expect (no secret: it is in the workflow file), or the claims they look at, as the token carries them
+    (never what they must be: which repositories may publish stays the administrator's)."""
+    audience = claims.get("aud")
+    sent = audience if isinstance(audience, list) else [audience]
+    expected = sorted({p.audience for p in publishers if p.issuer == issuer})
+    if not set(expected) & set(sent):
+        return (f"No trusted publisher of {issuer[:200]} takes identity tokens for the audience "
+                f"{json.dumps(sent)[:300]}; they expect {' or '.join(repr(a[:200]) for a in expected)}. Ask your CI "
+                f"platform for a token with that audience (`vera auth exchange --audience {expected[0][:200]}` on "
+                "GitHub Actions; GitLab CI: the job's id_tokens `aud:`).")
+    shown = {k: claims[k] for k in sorted({c for p in publishers if p.issuer == issuer for c in p.claims})
+             if isinstance(claims.get(k), str)}
+    return (f"No trusted publisher matches this identity token's claims ({json.dumps(shown)[:1000]}): it was issued "
+            "to a repository, branch or workflow that may not publish here. Publish from one a trusted publisher "
+            "names, or ask an administrator to add a publisher for these claims to VERA_TRUSTED_PUBLISHERS.")
 
 
 def recorded_claims(claims: Mapping[str, Any], publisher: TrustedPublisher) -> dict[str, str]:

@@ -131,9 +131,11 @@ def test_each_identity_token_is_exchanged_once(served: dict[str, Any], issuer: I
 
 
 @pytest.mark.parametrize(("claims", "status", "words"), [
-    ({"aud": "https://github.com/acme"}, 403, "No trusted publisher matches"),  # GitHub's default audience
+    # GitHub's default audience: what to ask for instead (a new user's walk: the refusal named none)
+    ({"aud": "https://github.com/acme"}, 403, "audience [\"https://github.com/acme\"]; they expect 'vera'. Ask "),
     ({"repository": "mallory/adapters"}, 403, '"repository": "mallory/adapters"'),
-    ({"ref": "refs/heads/feature"}, 403, "No trusted publisher matches"),
+    ({"ref": "refs/heads/feature"}, 403, "claims ({\"ref\": \"refs/heads/feature\", \"repository\": "
+                                         "\"acme/adapters\"}): it was issued to a repository, branch or workflow"),
     ({"repository": None}, 403, "No trusted publisher matches"),  # the claim absent
     ({"lifetime_s": 300, "issued_ago_s": 3600}, 401, "has expired"),
     ({"issued_ago_s": -3600}, 401, "not valid"),  # issued in the future (nbf, iat)
@@ -326,7 +328,7 @@ def test_vera_auth_exchange_asks_the_github_actions_runner_and_prints_the_token(
            "acme-main" in " ".join(shown.stdout.split()), shown.stdout
     wrong = subprocess.run([*VERA_COMMAND, "auth", "exchange", "--audience", "other"], env=env, capture_output=True,
                            text=True, timeout=120)
-    assert wrong.returncode != 0 and "No trusted publisher matches" in wrong.stderr
+    assert wrong.returncode != 0 and "`vera auth exchange --audience vera`" in " ".join(wrong.stderr.split())
     elsewhere = {k: v for k, v in env.items() if not k.startswith("ACTIONS_")}
     missing = subprocess.run([*VERA_COMMAND, "auth", "exchange"], env=elsewhere, capture_output=True, text=True,
                              timeout=120)
