@@ -4,6 +4,7 @@ server, the dashboard as a child process, and `vera up`, which runs them togethe
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -71,6 +72,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
             app, registry, jobs = build_api(settings)
         log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
                  + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
+        _log_publishers(settings)
         if workers > 1:
             os.environ.update(settings.environment())
             uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
@@ -79,6 +81,15 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
             _start_worker(jobs, settings, worker_status_port)
         uvicorn.run(app, **served)
         registry.db.close()  # again: `vera up`'s worker thread may have used it after the app's own close
+
+
+def _log_publishers(settings: Settings) -> None:
+    """The trusted publishers read from VERA_TRUSTED_PUBLISHERS: what an operator checks first when CI's exchange is
+    refused."""
+    for publisher in settings.trusted_publishers:
+        log.info(f"trusted publisher {publisher.name}: identity tokens of {publisher.issuer} for the audience "
+                 f"{publisher.audience!r} with {json.dumps(publisher.claims)} become {publisher.minutes:g}-minute "
+                 f"tokens of {publisher.user} ({', '.join(publisher.scopes)}) for {', '.join(publisher.owners)}")
 
 
 def _start_worker(jobs: Jobs, settings: Settings, status_port: int | None) -> None:

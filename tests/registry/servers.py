@@ -76,10 +76,11 @@ def free_ports(count: int) -> int:
 
 
 @contextmanager
-def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1", **env: str) -> Iterator[str]:
+def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1", log_path: Path | None = None,
+                   **env: str) -> Iterator[str]:
     """Start `vera serve` against an upgraded database; yield its URL; stop it afterwards. On PostgreSQL or object
     storage (a shared registry, where the API requires tokens unless told otherwise) in local mode on loopback
-    unless ``env`` says."""
+    unless ``env`` says. Its output goes to ``log_path`` if given."""
     from registry.settings import Settings
 
     shared = Settings(database_url=database_url, storage_url=env.get("VERA_STORAGE_URL", str(storage))).shared_backend
@@ -90,7 +91,7 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
     db.engine.dispose()
     port = free_port()
     environment = {"VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(storage), **env}
-    with running_vera(["serve", "--host", host, "--port", str(port)], port, **environment) as url:
+    with running_vera(["serve", "--host", host, "--port", str(port)], port, log_path=log_path, **environment) as url:
         yield url
 
 

@@ -63,13 +63,14 @@ def spare() -> Iterator[Issuer]:
 def served(issuer: Issuer, spare: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("trusted")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", log_path=root / "serve.log",
                         VERA_TRUSTED_PUBLISHERS=publishers(issuer, spare)) as base:
         admin, bot = issued_tokens(url, ("root", ["admin"]), ("ci-bot", ["read", "publish"]))
         with RegistryClient(base, admin) as client:
             client.create_organization("acme")
             client.set_member("acme", "ci-bot", "write")
-        yield {"url": base, "admin": admin, "bot": bot, "adapter": make_adapter(root / "adapter")}
+        yield {"url": base, "admin": admin, "bot": bot, "adapter": make_adapter(root / "adapter"),
+               "log": root / "serve.log"}
 
 
 def exchange(served: dict[str, Any], token: str) -> httpx.Response:
@@ -117,6 +118,14 @@ def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_wit
     assert len(made) == 1 and made[0].actor == "trusted-publisher:acme-main"
     assert made[0].detail["issuer"] == issuer.url and made[0].detail["subject"] == issuer.runner_claims["sub"]
     assert made[0].detail["claims"] == {"repository": "acme/adapters", "ref": "refs/heads/main"}
+
+
+def test_the_server_says_at_start_which_publishers_it_trusts(served: dict[str, Any], issuer: Issuer) -> None:
+    started = "\n".join(json.loads(line)["message"] for line in served["log"].read_text().splitlines()
+                        if line.startswith("{"))
+    assert (f"trusted publisher acme-main: identity tokens of {issuer.url} for the audience 'vera' with "
+            '{"repository": "acme/adapters", "ref": ') in started, started
+    assert "become 15-minute tokens of ci-bot (read, publish) for acme" in started, started
 
 
 def test_each_identity_token_is_exchanged_once(served: dict[str, Any], issuer: Issuer) -> None:
