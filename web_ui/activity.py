@@ -115,7 +115,10 @@ def table(events: list[EventInfo], detail_px: int = DETAIL_PX) -> pd.DataFrame:
 
 COLUMNS: dict[str, Any] = {
     "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", width=150),
-    "who": st.column_config.TextColumn(width=90),
+    "who": st.column_config.TextColumn(width=90, help=(
+        "a user (a token's); local: the one user of a registry without tokens; registry: the registry itself (an "
+        "expired job lease, the hourly purge of ended tokens); trusted-publisher:NAME: a CI run's token exchange; "
+        "any other name: the job worker that ended a job")),
     "action": st.column_config.TextColumn(width=110),
 }
 

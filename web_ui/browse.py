@@ -27,16 +27,42 @@ METRIC_SORT_HELP = ("A metric's dotted name, e.g. `test.accuracy` (highest first
                     "first). The registry sorts every page by it; versions without that metric are left out.")
 
 
+def accuracy_of(info: VersionInfo) -> tuple[float | None, str]:
+    """The accuracy people compare and where it comes from: the test split's ("test"), else the final evaluation's
+    ("eval"), else a flat 'accuracy' metric (""); (None, "") when the version records none."""
+    metrics: dict[str, Any] = info.metrics
+    test, final = metrics.get("test"), metrics.get("final_eval")
+    for value, source in ((test.get("accuracy") if isinstance(test, dict) else None, "test"),
+                          (final.get("accuracy") if isinstance(final, dict) else metrics.get("accuracy"),
+                           "eval" if isinstance(final, dict) else "")):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), source
+    return None, ""
+
+
 def key_metrics(info: VersionInfo) -> dict[str, float | None]:
     """The numbers people compare: test and eval accuracy (or any flat 'accuracy'), final eval loss."""
     metrics: dict[str, Any] = info.metrics
-    test, final = metrics.get("test") or {}, metrics.get("final_eval") or {}
-    accuracy = test.get("accuracy") if isinstance(test, dict) else None
-    if accuracy is None:
-        accuracy = final.get("accuracy") if isinstance(final, dict) else metrics.get("accuracy")
+    final = metrics.get("final_eval") or {}
     loss = final.get("loss") if isinstance(final, dict) else metrics.get("loss")
-    return {"accuracy": accuracy if isinstance(accuracy, int | float) else None,
-            "eval loss": loss if isinstance(loss, int | float) else None}
+    return {"accuracy": accuracy_of(info)[0], "eval loss": loss if isinstance(loss, int | float) else None}
+
+
+#: The accuracy column's header and help by where a page's accuracies come from; on a page mixing test and eval
+#: accuracies the eval ones say so in their cell ("0.5622 eval"): the header alone let an eval-only version look best.
+ACCURACY_LABELS = {frozenset({"test"}): ("test acc.", "accuracy on the test split"),
+                   frozenset({"eval"}): ("eval acc.", "accuracy of the final evaluation (these versions record no "
+                                                      "test accuracy)")}
+MIXED_ACCURACY = ("accuracy", "accuracy on the test split; 'eval': the version records none, this is its final "
+                  "evaluation's accuracy (not comparable with the others)")
+
+
+def accuracy_sources(items: list[VersionInfo]) -> frozenset[str]:
+    return frozenset(source for v in items if (found := accuracy_of(v))[0] is not None for source in [found[1]])
+
+
+def _mixed(items: list[VersionInfo]) -> bool:
+    return {"test", "eval"} <= accuracy_sources(items)
 
 
 def metric_value(info: VersionInfo, dotted: str) -> float | None:
@@ -110,8 +136,15 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
     of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
     size, base_px, labels_px = size_column(sort), base_model_width(items), labels_width(items)
 
-    def score(v: VersionInfo) -> dict[str, float | None]:
-        return {metric: metric_value(v, metric)} if metric else {"accuracy": key_metrics(v)["accuracy"]}
+    mixed, decimals = _mixed(items), formats.metric_format(accuracy_of(v)[0] for v in items)
+
+    def score(v: VersionInfo) -> dict[str, float | str | None]:
+        if metric:
+            return {metric: metric_value(v, metric)}
+        value, source = accuracy_of(v)
+        if mixed and value is not None:  # text, so that the eval ones can say so
+            return {"accuracy": decimals % value + (" eval" if source == "eval" else "")}
+        return {"accuracy": value}
 
     return pd.DataFrame([{
         "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
@@ -124,7 +157,9 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
 def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
     metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
-    metric_px = max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric else WIDTHS["accuracy"]
+    mixed = _mixed(items)
+    metric_px = (max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric
+                 else MIXED_ACCURACY_PX if mixed else WIDTHS["accuracy"])
     base_px, labels_px = base_model_width(items), labels_width(items)
     others = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px - WIDTHS["base model"] + base_px
               - WIDTHS["labels"] + labels_px)
@@ -134,10 +169,19 @@ def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, An
                       "base model": st.column_config.TextColumn(width=base_px),
                       "labels": st.column_config.TextColumn(width=labels_px, help=LABELS_HELP)} | (
         {metric: formats.metric_column((metric_value(v, metric) for v in items), width=metric_px)} if metric else
-        {"accuracy": formats.metric_column((key_metrics(v)["accuracy"] for v in items), **ACCURACY)})
+        {"accuracy": _accuracy_column(items, metric_px, mixed)})
 
 
-ACCURACY = {"width": WIDTHS["accuracy"], "help": "test accuracy (else eval accuracy)"}
+def _accuracy_column(items: list[VersionInfo], width: int, mixed: bool) -> Any:
+    """The accuracy column, named for where its values come from (test, eval, or both: then as text)."""
+    label, help_text = MIXED_ACCURACY if mixed else ACCURACY_LABELS.get(
+        accuracy_sources(items), ("accuracy", "test accuracy, else the final evaluation's"))
+    if mixed:
+        return st.column_config.TextColumn(label, width=width, help=help_text)
+    return formats.metric_column((accuracy_of(v)[0] for v in items), label=label, width=width, help=help_text)
+
+
+MIXED_ACCURACY_PX = 100
 LABELS_HELP = (f"{LOCK}: private, seen only by its owner, the owning organisation's members and admins; @name: an "
                "alias (every one, @prod first); then its tags. +N: more, on its Adapter page")
 COLUMNS: dict[str, Any] = {

@@ -58,8 +58,8 @@ def relatives(graph: LineageGraph) -> list[views.Item]:
     """The graph in words: what the version came from (nearest first) and what was made from it, as links."""
     ancestors = sorted((n for n in graph.nodes if n.depth < 0), key=lambda n: -n.depth)
     descendants = sorted((n for n in graph.nodes if n.depth > 0), key=lambda n: (n.depth, n.ref))
-    return [views.Item(None, "Came from", _links(ancestors) if ancestors else "nothing recorded"),
-            views.Item(None, "Made from it", _links(descendants) if descendants else "nothing yet")]
+    return [views.Item(None, "Parent versions", _links(ancestors) if ancestors else "none recorded"),
+            views.Item(None, "Derived versions", _links(descendants) if descendants else "none yet")]
 
 
 def _parent(lineage: dict[str, Any]) -> views.Item | None:
@@ -99,6 +99,56 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
     return items
 
 
+#: What a CI run's recorded claims are called on the page, in this order (GitHub Actions', then GitLab CI's names).
+CI_LABELS = (("Repository", ("repository", "project_path")), ("Ref", ("ref",)), ("Commit", ("sha",)),
+             ("Workflow", ("workflow", "job_workflow_ref")), ("Run", ("run_id", "pipeline_id")),
+             ("Triggered by", ("actor", "user_login")), ("Event", ("event_name", "pipeline_source")))
+#: The issuers whose runs have pages at a known address: their repository, commit and run become links.
+_GITHUB, _GITLAB = "https://token.actions.githubusercontent.com", "https://gitlab.com"
+_PATTERNS = {"repository": re.compile(r"[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}"),
+             "project_path": re.compile(r"[A-Za-z0-9._-]{1,100}(/[A-Za-z0-9._-]{1,100}){1,20}"),
+             "sha": re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}"), "run_id": re.compile(r"[0-9]{1,20}"),
+             "pipeline_id": re.compile(r"[0-9]{1,20}")}
+
+
+def _ci_links(issuer: Any, claims: dict[str, Any]) -> dict[str, str]:
+    """{claim: the URL of its page} for a run of GitHub Actions or gitlab.com whose values have the forms those
+    hosts use (anything else is shown as text: a link is built only from values that cannot leave the host)."""
+    def fits(name: str) -> bool:
+        return isinstance(claims.get(name), str) and bool(_PATTERNS[name].fullmatch(claims[name]))
+
+    if issuer == _GITHUB and fits("repository"):
+        home = f"https://github.com/{claims['repository']}"
+        return {"repository": home, **({"sha": f"{home}/commit/{claims['sha']}"} if fits("sha") else {}),
+                **({"run_id": f"{home}/actions/runs/{claims['run_id']}"} if fits("run_id") else {})}
+    if issuer == _GITLAB and fits("project_path"):
+        home = f"https://gitlab.com/{claims['project_path']}"
+        return {"project_path": home, **({"sha": f"{home}/-/commit/{claims['sha']}"} if fits("sha") else {}),
+                **({"pipeline_id": f"{home}/-/pipelines/{claims['pipeline_id']}"} if fits("pipeline_id") else {})}
+    return {}
+
+
+def ci_details(via: dict[str, Any]) -> list[views.Item]:
+    """The CI run that published a version, one labelled line per recorded claim (the commit whole), each value as
+    code, linked to its page on GitHub or gitlab.com; then the trusted publisher and the issuer."""
+    given = via.get("claims")
+    claims: dict[str, Any] = given if isinstance(given, dict) else {}
+    links = _ci_links(via.get("issuer"), claims)
+    items, said = [], set()
+    for label, names in CI_LABELS:
+        name = next((n for n in names if isinstance(claims.get(n), str)), None)
+        if name is not None:
+            said.add(name)
+            shown = code_span(claims[name])
+            items.append(views.Item(None, label, f"[{shown}]({links[name]})" if name in links else shown))
+    items += [views.Item(None, name.replace("_", " "), code_span(value)) for name, value in sorted(claims.items())
+              if name not in said and isinstance(value, str)]
+    if not said and isinstance(via.get("subject"), str):
+        items.append(views.Item(None, "Subject", code_span(via["subject"])))
+    return [*items, views.Item(None, "Trusted publisher", code_span(str(via.get("publisher", "?")))),
+            views.Item(None, "Issuer", code_span(str(via.get("issuer", "?"))))]
+
+
 def code_span(text: str) -> str:
     """``text`` as Markdown code, whatever backticks it holds (a fence longer than its longest run of them): never
     a link, emphasis or a line break (a CI run's claims are its issuer's words; controls were replaced on record)."""
@@ -115,8 +165,11 @@ def section(info: VersionInfo) -> None:
         st.caption(f"{info.ref} is highlighted; click a version to open it."
                    + (" The walk stopped at the registry's bounds: more lie beyond." if graph.truncated else ""))
     views.checklist(relatives(graph))
-    st.markdown("**Where it came from**")
+    st.markdown("**How it was made**")
     if info.lineage:
         views.checklist(facts(info.lineage))
     else:
         st.caption("Published directly (no parent, job or Hub source recorded).")
+    if isinstance(via := info.lineage.get("published_via"), dict):
+        st.markdown("**The CI run that published it**")
+        views.checklist(ci_details(via))

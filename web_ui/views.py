@@ -50,10 +50,16 @@ def fields(mapping: dict[str, Any]) -> None:
 
 
 def checklist(items: list[Item]) -> None:
-    """One line per item: a green tick, a red cross or an information mark, then what and what was found."""
-    st.markdown("\n".join(
-        f"- {PASSED if i.ok else FAILED if i.ok is not None else NOTE} **{i.what}**"
-        + (f": {i.detail}" if i.detail else "") for i in items))
+    """One line per item: a green tick, a red cross or (among checks) an information mark, then what and what was
+    found. A list of facts only is a plain list (a bullet and a mark on each line said the same twice)."""
+    checks = any(i.ok is not None for i in items)
+
+    def mark(item: Item) -> str:
+        if item.ok is None:
+            return f"{NOTE} " if checks else ""
+        return f"{PASSED if item.ok else FAILED} "
+
+    st.markdown("\n".join(f"- {mark(i)}**{i.what}**" + (f": {i.detail}" if i.detail else "") for i in items))
 
 
 CHECK_NAMES = {"projection": "Projection regenerated from the seed", "vectors_blob": "Vectors blob re-hashed",

@@ -25,6 +25,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         for seed, (name, accuracy) in enumerate(ACCURACY.items()):
             client.publish(make_adapter(root / name.replace("/", "-"), seed=seed), name, base_model="tiny-llama",
                            metrics={"test": {"accuracy": accuracy}, "final_eval": {"loss": 0.4 + seed / 10}})
+        # a version whose run recorded no test split: its accuracy is the final evaluation's
+        client.publish(make_adapter(root / "bob-eval", seed=7), "bob/eval-only", base_model="tiny-llama",
+                       metrics={"final_eval": {"accuracy": 0.9}})
         yield {"url": url, "token": ""}
 
 
@@ -53,9 +56,25 @@ def test_the_sorted_metric_is_written_with_one_precision_and_its_order_said(regi
 
 def test_the_accuracy_column_is_written_as_the_adapter_page_writes_it(registry: dict[str, Any]) -> None:
     """The session-11 walk: Browse wrote 0.846 where the Adapter page writes 0.8460 (four significant digits)."""
+    at = page("browse", registry, **{browse.APPLIED_FORM: {"owner": "alice"}})
+    assert not at.exception
+    column = json.loads(at.dataframe[0].proto.columns)["accuracy"]
+    assert column["type_config"]["format"] == "%.4f" and column["label"] == "test acc."  # named for its source
+
+
+def test_an_eval_accuracy_beside_test_accuracies_says_so(registry: dict[str, Any]) -> None:
+    """Walks of sessions 23 and 25: an eval-only version's 0.9 stood beside test accuracies under one header (its
+    help said 'test, else eval', cut off on hover): it looked like the best version."""
     at = page("browse", registry)
     assert not at.exception
-    assert json.loads(at.dataframe[0].proto.columns)["accuracy"]["type_config"]["format"] == "%.4f"
+    table = at.dataframe[0]
+    cells = dict(zip(table.value["version"], table.value["accuracy"], strict=True))
+    assert {ref.rpartition("=")[2]: cell for ref, cell in cells.items()} == {
+        "bob/eval-only:1": "0.9000 eval", "alice/b:1": "0.8355", "alice/a:1": "0.8460"}
+    column = json.loads(table.proto.columns)["accuracy"]
+    assert column["label"] == "accuracy" and "'eval': the version records none" in column["help"]
+    alone = page("browse", registry, **{browse.APPLIED_FORM: {"owner": "bob"}})
+    assert json.loads(alone.dataframe[0].proto.columns)["accuracy"]["label"] == "eval acc."
 
 
 def test_the_page_of_versions_is_shown_whole_not_in_a_ten_row_box(registry: dict[str, Any],
@@ -71,8 +90,8 @@ def test_the_page_of_versions_is_shown_whole_not_in_a_ten_row_box(registry: dict
 
     monkeypatch.setattr(tables.st, "dataframe", spy)
     at = page("browse", registry)
-    assert not at.exception and len(at.dataframe[0].value) == len(ACCURACY)
-    assert heights == [tables.whole_height(len(ACCURACY))]
+    assert not at.exception and len(at.dataframe[0].value) == len(ACCURACY) + 1  # and bob's eval-only version
+    assert heights == [tables.whole_height(len(ACCURACY) + 1)]
 
 
 def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, Any]) -> None:
@@ -80,5 +99,5 @@ def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, An
     (links opened from it show the same registry)."""
     at = page("browse", registry, query={"ref": "alice/a:1", "refs": "alice/a:1,alice/b:1", "job": "3",
                                          navigation.REGISTRY: registry["url"]})
-    assert not at.exception and "2 versions match" in texts(at)
+    assert not at.exception and "3 versions match" in texts(at)
     assert dict(at.query_params) == {navigation.REGISTRY: registry["url"]}

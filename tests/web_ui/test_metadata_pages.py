@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
@@ -19,12 +20,14 @@ from registry.domain.errors import NotFound
 from registry.domain.schemas import AdapterInfo, LineageEdge, LineageGraph, LineageNode, WhoAmI
 from registry.services.tokens import create_token
 from registry.store.database import Database
+from registry.store.models import Adapter, AdapterVersion
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import field, filter_form, page, texts
 from web_ui import app, browse, editing, lineage
 
 FILLERS = 27  # more than the smallest page (25)
+SHA = "1a2b3c4d" * 5
 #: The fixture's versions (the editing tests publish their own adapters beside them).
 SEEDED = {"base:1", "child:1", "grandchild:1", "secret:1", *(f"filler:{i}" for i in range(1, FILLERS + 1))}
 
@@ -55,6 +58,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 if client.get("alice/child:1").downloads:
                     break
                 time.sleep(0.1)
+        db = Database(url)  # as a trusted publisher's token records it (tests/registry/test_trusted_publishing.py)
+        with db.session() as s:
+            grandchild = select(AdapterVersion.id).join(Adapter).where(Adapter.name == "grandchild").scalar_subquery()
+            s.execute(update(AdapterVersion).where(AdapterVersion.id == grandchild).values(published_via={
+                "publisher": "nlp-main", "issuer": "https://token.actions.githubusercontent.com",
+                "subject": "repo:acme/nlp:ref:refs/heads/main",
+                "claims": {"repository": "acme/nlp", "sha": SHA, "run_id": "1234", "actor": "alice"}}))
+        db.engine.dispose()
         yield {"url": base, "token": token, "bob": bob, "root": root}
 
 
@@ -134,13 +145,18 @@ def test_the_lineage_graph_shows_both_ways_with_links_and_the_version_highlighte
     assert f'fillcolor="{lineage.SELF_COLOUR}"' in own
     assert spec.count(lineage.SELF_COLOUR) == 1
     shown = texts(at)
-    assert "**Came from**: [alice/base:1](adapter?ref=alice/base:1)" in shown
-    assert "**Made from it**: [alice/grandchild:1](adapter?ref=alice/grandchild:1)" in shown
+    assert "**Parent versions**: [alice/base:1](adapter?ref=alice/base:1)" in shown
+    assert "**Derived versions**: [alice/grandchild:1](adapter?ref=alice/grandchild:1)" in shown
     assert "**Fine-tuned from**: [alice/base:1](adapter?ref=alice/base:1)" in shown
     assert "**Code revision**: `abc123`" in shown
     alone = page("adapter", registry, query={"ref": "alice/secret:1"}, adapter_tab="Lineage")
-    assert not alone.get("graphviz_chart") and "**Came from**: nothing recorded" in texts(alone)
-    assert "Published directly" in texts(alone)
+    # (a new user's walk: "Came from: nothing recorded" over "Where it came from", then facts, read as a contradiction)
+    assert not alone.get("graphviz_chart") and "**Parent versions**: none recorded" in texts(alone)
+    assert "Published directly" in texts(alone) and "The CI run that published it" not in texts(alone)
+    by_ci = texts(page("adapter", registry, query={"ref": "alice/grandchild:1"}, adapter_tab="Lineage"))
+    assert "**The CI run that published it**" in by_ci
+    assert f"**Commit**: [`{SHA}`](https://github.com/acme/nlp/commit/{SHA})" in by_ci
+    assert "**Triggered by**: `alice`" in by_ci and "**Trusted publisher**: `nlp-main`" in by_ci
 
 
 def test_lineage_facts_read_as_a_list() -> None:
@@ -161,6 +177,41 @@ def test_lineage_facts_read_as_a_list() -> None:
                                     "`*publish*`, run `42` (trusted publisher `acme-main`, "
                                     "`https://token.actions.githubusercontent.com`)")  # the issuer's words as code
     assert lineage.code_span("a`b") == "`` a`b ``" and lineage.code_span("https://x.example") == "`https://x.example`"
+
+
+def test_the_ci_run_is_labelled_with_the_whole_commit_and_links_to_its_pages() -> None:
+    """A new user's walk: one sentence of seven unlabelled code spans, the commit cut to 12 characters, the run not
+    a link, who triggered it not shown."""
+    via = {"publisher": "nlp-main", "issuer": "https://token.actions.githubusercontent.com", "subject": "repo:x",
+           "claims": {"repository": "acme/nlp", "ref": "refs/heads/main", "sha": SHA, "workflow": "publish",
+                      "run_id": "1234", "actor": "alice", "event_name": "push", "runner_environment": "github-hosted"}}
+    assert [(i.what, i.detail) for i in lineage.ci_details(via)] == [
+        ("Repository", "[`acme/nlp`](https://github.com/acme/nlp)"), ("Ref", "`refs/heads/main`"),
+        ("Commit", f"[`{SHA}`](https://github.com/acme/nlp/commit/{SHA})"), ("Workflow", "`publish`"),
+        ("Run", "[`1234`](https://github.com/acme/nlp/actions/runs/1234)"), ("Triggered by", "`alice`"),
+        ("Event", "`push`"), ("runner environment", "`github-hosted`"), ("Trusted publisher", "`nlp-main`"),
+        ("Issuer", "`https://token.actions.githubusercontent.com`")]
+    gitlab = {"publisher": "p", "issuer": "https://gitlab.com", "claims": {
+        "project_path": "group/sub/proj", "sha": SHA, "pipeline_id": "99", "user_login": "bob"}}
+    assert {i.what: i.detail for i in lineage.ci_details(gitlab)} == {
+        "Repository": "[`group/sub/proj`](https://gitlab.com/group/sub/proj)",
+        "Commit": f"[`{SHA}`](https://gitlab.com/group/sub/proj/-/commit/{SHA})",
+        "Run": "[`99`](https://gitlab.com/group/sub/proj/-/pipelines/99)", "Triggered by": "`bob`",
+        "Trusted publisher": "`p`", "Issuer": "`https://gitlab.com`"}
+
+
+@pytest.mark.parametrize("claims", [
+    {"repository": "acme/nlp/../../evil.example", "sha": SHA, "run_id": "1"},  # not owner/name: no link at all
+    {"repository": "acme/nlp", "sha": "javascript:alert(1)", "run_id": "1 or 2"},  # only the repository links
+])
+def test_only_values_of_the_hosts_forms_become_links(claims: dict[str, str]) -> None:
+    via = {"publisher": "p", "issuer": "https://token.actions.githubusercontent.com", "claims": claims}
+    details = {i.what: i.detail for i in lineage.ci_details(via)}
+    links = [what for what, detail in details.items() if detail.startswith("[")]
+    assert links == (["Repository"] if claims["repository"] == "acme/nlp" else [])
+    assert details["Commit"] == lineage.code_span(claims["sha"])
+    elsewhere = {**via, "issuer": "https://ghe.example.org"}  # a self-hosted issuer: its pages' addresses unknown
+    assert not any(i.detail.startswith("[") for i in lineage.ci_details(elsewhere))
 
 
 def test_lineage_dot_marks_yanked_versions() -> None:

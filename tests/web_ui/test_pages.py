@@ -445,6 +445,9 @@ def test_messages_instead_of_tracebacks_when_unreachable_or_refused(registry: di
     assert not refused.exception and "refused the token" in texts(refused)
     anonymous = page("adapter", {"url": registry["url"], "token": ""}, adapter_ref="alice/model0")
     assert "requires a token" in texts(anonymous)
+    # a new user's walk: an adapter link opened in a new tab came without the pasted token, unexplained
+    assert "A link opened in a new tab starts without the token" in texts(anonymous)
+    assert "Remember me on this browser" in texts(anonymous) and "Remember me" not in texts(refused)
     missing = page("adapter", registry, adapter_ref="alice/nothing")
     assert not missing.exception and "nothing" in texts(missing)
     malformed = page("adapter", registry, adapter_ref="not a ref")
