@@ -203,7 +203,7 @@ def list_tokens(user: Annotated[str | None, typer.Option(help="Admins: this user
     table = Table("id", "user", "name", "scopes", "limited to", "expires", "last used", "state")
     for t in tokens:
         table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
-                      f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "never",
+                      f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",  # a CI token lives minutes
                       f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
                       "revoked" if t.revoked else "active")
     console.print(table)
@@ -284,7 +284,9 @@ def org_add(name: Annotated[str, typer.Argument(help="Organisation.")],
         err_console.print(styled("warning:", "yellow", f" no token was ever created for {member!r} on this registry: "
                                  f"check the spelling (`vera org remove {name} {member}` undoes this). They get the "
                                  f"role once an operator runs `vera token create --owner {member} --scope read"
-                                 + (" --scope publish" if role != "read" else "") + "`."))
+                                 + (" --scope publish" if role != "read" else "") + "`, or, for a CI user, once its "
+                                 "trusted publisher's first exchange mints one (docs/deployment.md, \"Publishing from "
+                                 "CI\")."))
 
 
 def org_invitations(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:

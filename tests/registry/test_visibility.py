@@ -269,6 +269,7 @@ def test_members_are_users_and_a_name_nobody_holds_a_token_for_shows(server: dic
     assert done.returncode == 0, done.stderr
     assert "bbo (no token yet)" in done.stdout
     assert "no token was ever created for 'bbo'" in done.stderr and "vera org remove acme bbo" in done.stderr
+    assert "for a CI user, once its trusted publisher's first exchange" in " ".join(done.stderr.split())
     done = subprocess.run([*cli[:6], "bob", *cli[7:]], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
     with client(url, tokens["alice"]) as alice:
