@@ -166,11 +166,17 @@ def versions_query(info: VersionInfo) -> dict[str, Any]:
     return {"owner": info.owner, "name": info.name, "include_yanked": True, "limit": 100}
 
 
+def published_by(v: VersionInfo) -> str:
+    """Who published ``v``, and through which trusted publisher when a CI run did (its Lineage tab says which)."""
+    via = v.lineage.get("published_via")
+    return f"{v.published_by} (CI: {via.get('publisher', '?')})" if isinstance(via, dict) else v.published_by
+
+
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
     tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
                                "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
-                               "published by": v.published_by} for v in page.items]),
+                               "published by": published_by(v)} for v in page.items]),
                 hide_index=True, width="stretch", column_config={
                     "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
     st.markdown("**Base model and projection**")

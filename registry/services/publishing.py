@@ -224,8 +224,10 @@ class Publisher:
         if on_record is not None:
             on_record(s, version)
         move_latest(s, adapter)
+        via = version.published_via
         s.add(m.AuditEvent(actor=what.published_by, action="publish", target=version_ref(version),
-                           detail={"vectors": version.vectors_sha256, "base_model": what.base_model}))
+                           detail={"vectors": version.vectors_sha256, "base_model": what.base_model,
+                                   **({"trusted_publisher": via.get("publisher")} if via else {})}))
         s.flush()
         return version_info(s, version)
 

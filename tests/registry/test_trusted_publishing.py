@@ -107,6 +107,9 @@ def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_wit
         found = admin.list_versions(name="polarity", filter="published_via.repository = 'acme/adapters' and "
                                                             "published_via.publisher = 'acme-main'")
         assert [v.ref for v in found.items] == ["acme/polarity:1"]  # searchable by the run that published it
+        published_events = {e.target: e.detail for e in admin.events(action="publish").events}
+        assert published_events["acme/polarity:1"]["trusted_publisher"] == "acme-main"  # Activity says CI did it
+        assert "trusted_publisher" not in published_events["acme/polarity:2"]
     via = lineage["published_via"]  # the version says which run published it, from claims the issuer signed
     assert via["publisher"] == "acme-main" and via["issuer"] == issuer.url
     assert via["subject"] == "repo:acme/adapters:ref:refs/heads/main"

@@ -24,7 +24,7 @@ from registry.store.models import Adapter, AdapterVersion
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import field, filter_form, page, texts
-from web_ui import app, browse, editing, lineage
+from web_ui import adapter, app, browse, editing, lineage
 
 FILLERS = 27  # more than the smallest page (25)
 SHA = "1a2b3c4d" * 5
@@ -157,6 +157,9 @@ def test_the_lineage_graph_shows_both_ways_with_links_and_the_version_highlighte
     assert "**The CI run that published it**" in by_ci
     assert f"**Commit**: [`{SHA}`](https://github.com/acme/nlp/commit/{SHA})" in by_ci
     assert "**Triggered by**: `alice`" in by_ci and "**Trusted publisher**: `nlp-main`" in by_ci
+    with RegistryClient(registry["url"], registry["token"]) as client:  # the versions table says CI published it
+        assert adapter.published_by(client.get("alice/grandchild:1")) == "alice (CI: nlp-main)"
+        assert adapter.published_by(client.get("alice/child:1")) == "alice"
 
 
 def test_lineage_facts_read_as_a_list() -> None:
