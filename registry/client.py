@@ -22,6 +22,7 @@ import pybase64
 from registry.credentials import stored_token
 from registry.domain.errors import HTTP_STATUS, MOVED_HEADER, IntegrityError, InvalidInput, NotFound, RegistryError
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
+from registry.domain.publishers import PublisherInfo
 from registry.local_cache import LocalCache, cache_root, default_cache_dir, new_file, ref_key
 from registry.logs import HEADER, REQUEST_ID
 from registry.plain_http import IDEMPOTENT, PlainHttpTransport
@@ -805,6 +806,11 @@ class RegistryClient:
         created = self._request("POST", "/api/v1/tokens/oidc", json={"token": id_token},
                                 headers={"Authorization": ""}).json()
         return TokenInfo.model_validate(created["token"]), str(created["secret"])
+
+    def trusted_publishers(self) -> list[PublisherInfo]:
+        """The registry's trusted publishers this token may see (an administrator's: all; an organisation admin's:
+        those publishing into it), with their recent use."""
+        return [PublisherInfo.model_validate(p) for p in self._request("GET", "/api/v1/trusted-publishers").json()]
 
     def revoke_token(self, token_id: int) -> None:
         self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")

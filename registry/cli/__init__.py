@@ -65,7 +65,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     },
     "auth": {"login": "access.login", "logout": "access.logout", "whoami": "access.whoami",
              "create-token": "access.create_token", "tokens": "access.list_tokens", "revoke": "access.revoke",
-             "exchange": "access.exchange"},
+             "exchange": "access.exchange", "publishers": "access.publishers"},
     "org": {"create": "access.org_create", "ls": "access.org_ls", "show": "access.org_show", "add": "access.org_add",
             "remove": "access.org_remove", "rename": "access.org_rename", "delete": "access.org_delete",
             "invitations": "access.org_invitations",

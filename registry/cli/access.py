@@ -170,6 +170,27 @@ def exchange(
     typer.echo(registry_token)
 
 
+def publishers(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """The registry's trusted publishers (VERA_TRUSTED_PUBLISHERS) you may see: which CI runs' identity tokens it
+    trades for tokens of which user, for which owners, and when each last did (administrators see every one; an
+    organisation's admins those that publish into it)."""
+    found = call_registry(registry, token, lambda c: c.trusted_publishers())
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        console.print("no trusted publisher you may see (an administrator declares them in VERA_TRUSTED_PUBLISHERS: "
+                      "docs/deployment.md, \"Publishing from CI\")")
+        return
+    table = Table("name", "issuer", "audience", "claims", "tokens of", "for", "minutes", "last exchange", "kept")
+    for p in found:
+        claims = "; ".join(f"{k}={v if isinstance(v, str) else ' | '.join(v)}" for k, v in p.claims.items())
+        table.add_row(p.name, p.issuer, p.audience, claims, f"{p.user} ({','.join(p.scopes)})", ", ".join(p.owners),
+                      f"{p.minutes:g}", f"{p.last_exchange_at:%Y-%m-%d %H:%M}" if p.last_exchange_at else "never",
+                      str(p.tokens_kept))
+    console.print(table)
+
+
 def _github_identity_token(audience: str) -> str:
     """The job's identity token for ``audience``, asked of the GitHub Actions runner; exits saying what to do
     anywhere else."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -123,3 +124,11 @@ def check_publishers(publishers: Sequence[TrustedPublisher]) -> list[TrustedPubl
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"VERA_TRUSTED_PUBLISHERS names {twice} more than once; give each publisher its own name")
     return list(publishers)
+
+
+class PublisherInfo(TrustedPublisher):
+    """A trusted publisher as `GET /api/v1/trusted-publishers` lists it: its declaration, and its recent use (from
+    the tokens it minted that are still kept: VERA_TOKEN_PURGE_DAYS)."""
+
+    last_exchange_at: datetime | None = Field(None, description="when it last minted a token (of those kept)")
+    tokens_kept: int = Field(0, description="the tokens it minted that are kept (live or ended, not yet purged)")

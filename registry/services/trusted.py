@@ -24,17 +24,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, IssuerUnavailable, Unauthorized
-from registry.domain.publishers import MAX_CLAIM_CHARS, MINTED_NAME_PREFIX, TrustedPublisher
+from registry.domain.publishers import MAX_CLAIM_CHARS, MINTED_NAME_PREFIX, PublisherInfo, TrustedPublisher
 from registry.store import models as m
 from registry.store.database import Database
+
+if TYPE_CHECKING:
+    from registry.services.tokens import Principal
 
 #: The longest identity token taken (GitHub's are about 1,300 characters; Google's about 1,000).
 MAX_ID_TOKEN_CHARS = 16_384
@@ -93,6 +97,26 @@ class TrustedPublishing:
         self.timeout_s = timeout_s
         self._minting = threading.Lock()
         self._issuers: dict[str, _Keys] = {}
+
+    def listed(self, who: Principal) -> list[PublisherInfo]:
+        """The publishers ``who`` may see, with their recent use: a registry administrator, every one; anyone else,
+        those that publish into an owner they manage (their own name, an organisation they are an admin of), within
+        their token's limit. Which CI runs may publish where is the administrators' to read, not every member's."""
+        managed = {who.owner} | {org for org, role in who.roles.items() if role == "admin"}
+        if who.limited_to is not None:
+            managed &= who.limited_to
+        visible = [p for p in self.publishers if who.is_admin or managed & set(p.owners)]
+        if not visible:
+            return []
+        with self.db.session() as s:
+            return [PublisherInfo(**p.model_dump(), **self._use(s, p)) for p in visible]
+
+    @staticmethod
+    def _use(s: Session, publisher: TrustedPublisher) -> dict[str, Any]:
+        minted = s.execute(select(func.count(), func.max(m.AccessToken.created_at)).where(
+            m.AccessToken.owner == publisher.user,
+            m.AccessToken.name.startswith(f"{MINTED_NAME_PREFIX} {publisher.name} ", autoescape=True))).one()
+        return {"tokens_kept": minted[0], "last_exchange_at": minted[1]}
 
     async def exchange(self, id_token: str) -> tuple[int, str, TrustedPublisher, float]:
         """A registry token (id, secret) for ``id_token``, the publisher it matched and its lifetime in seconds; or

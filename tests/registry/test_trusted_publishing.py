@@ -70,7 +70,7 @@ def served(issuer: Issuer, spare: Issuer, tmp_path_factory: pytest.TempPathFacto
             client.create_organization("acme")
             client.set_member("acme", "ci-bot", "write")
         yield {"url": base, "admin": admin, "bot": bot, "adapter": make_adapter(root / "adapter"),
-               "log": root / "serve.log"}
+               "log": root / "serve.log", "database": url}
 
 
 def exchange(served: dict[str, Any], token: str) -> httpx.Response:
@@ -129,6 +129,43 @@ def test_the_server_says_at_start_which_publishers_it_trusts(served: dict[str, A
     assert (f"trusted publisher acme-main: identity tokens of {issuer.url} for the audience 'vera' with "
             '{"repository": "acme/adapters", "ref": ') in started, started
     assert "become 15-minute tokens of ci-bot (read, publish) for acme" in started, started
+
+
+def test_publishers_are_listed_to_admins_and_to_the_admins_of_the_owners_they_publish_into(
+        served: dict[str, Any], issuer: Issuer) -> None:
+    """An administrator on another machine read VERA_TRUSTED_PUBLISHERS nowhere but in the servers' environment."""
+    made = exchange(served, issuer.token())
+    assert made.status_code == 201, made.text
+    ann, bob = issued_tokens(served["database"], ("ann", ["read", "publish"]), ("bob", ["read", "publish"]))
+    with RegistryClient(served["url"], served["admin"]) as admin:
+        admin.set_member("acme", "ann", "admin")
+        admin.set_member("acme", "bob", "write")
+        listed = {p.name: p for p in admin.trusted_publishers()}
+        minted = [t for t in admin.tokens(user="ci-bot") if t.name.startswith("trusted publisher acme-main ")]
+    assert set(listed) == {"acme-main", "other-1"}
+    main = listed["acme-main"]
+    assert (main.issuer, main.audience, main.user, main.owners, main.minutes) == (issuer.url, "vera", "ci-bot",
+                                                                                  ["acme"], 15)
+    assert main.claims == {"repository": "acme/adapters", "ref": ["refs/heads/main", "refs/tags/release"]}
+    assert main.tokens_kept == len(minted) >= 1
+    assert main.last_exchange_at == max(t.created_at for t in minted)
+    assert listed["other-1"].tokens_kept == 0 and listed["other-1"].last_exchange_at is None  # ("other-10" would
+    # also start with "trusted publisher other-1": the name ends with a space in the count)
+    with RegistryClient(served["url"], ann) as org_admin:
+        assert [p.name for p in org_admin.trusted_publishers()] == ["acme-main", "other-1"]  # they publish into acme
+    for secret in (bob, served["bot"], made.json()["secret"]):  # a writer of acme, the CI user, a CI token
+        with RegistryClient(served["url"], secret) as other:
+            assert other.trusted_publishers() == []
+    anonymous = httpx.get(f"{served['url']}/api/v1/trusted-publishers", timeout=30)
+    assert anonymous.status_code == 401, anonymous.text
+    shown = subprocess.run([*VERA_COMMAND, "auth", "publishers", "--registry", served["url"], "--token", ann],
+                           env={**os.environ, "COLUMNS": "300"}, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if "acme-main" in line)
+    assert "repository=acme/adapters; ref=refs/heads/main | refs/tags/release" in row and "ci-bot (read,publish)" in row
+    none = subprocess.run([*VERA_COMMAND, "auth", "publishers", "--registry", served["url"], "--token", bob],
+                          capture_output=True, text=True, timeout=120)
+    assert none.returncode == 0 and "no trusted publisher you may see" in none.stdout
 
 
 def test_each_identity_token_is_exchanged_once(served: dict[str, Any], issuer: Issuer) -> None:

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Forbidden, InvalidInput, NotFound
+from registry.domain.publishers import PublisherInfo
 from registry.domain.schemas import InvitationInfo, OrganizationInfo, OwnerUsage, QuotaSize, TokenInfo, WhoAmI
 from registry.services.tokens import (
     ANONYMOUS,
@@ -148,6 +149,16 @@ async def exchange_identity_token(request: Request, options: Options, registry: 
     token_id, secret, publisher, lifetime_s = await trusted.exchange(body.token)
     info = await run_in_threadpool(token_info, registry.db, token_id)  # a CI user holds a token per exchange
     return ExchangedToken(token=info, secret=secret, publisher=publisher.name, expires_in=round(lifetime_s))
+
+
+@router.get("/trusted-publishers", response_model=list[PublisherInfo])
+async def trusted_publishers(request: Request, caller: Caller, options: Options) -> list[PublisherInfo]:
+    """The trusted publishers (VERA_TRUSTED_PUBLISHERS) the caller may see, with when each last minted a token and
+    how many of its tokens are kept: registry administrators see every one; anyone else those that publish into an
+    owner they manage (their own name, an organisation they are an admin of)."""
+    who = _signed_in(caller, options)
+    trusted: TrustedPublishing = request.app.state.trusted
+    return await run_in_threadpool(trusted.listed, who)
 
 
 def _within_own_rights(who: Principal, user: str, body: TokenBody) -> None:
