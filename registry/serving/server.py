@@ -268,6 +268,38 @@ class _Waiting:
         return self._closed
 
 
+Specials = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def _specials_added_alike(tokenizer: Any) -> Specials | None:
+    """The special tokens the tokenizer puts before and after one text's (a BERT tokenizer's [CLS] and [SEP]), if
+    putting them around ids it truncated without them gives what its own truncation with them gives, so that a
+    classified text is tokenized once; None otherwise (truncation from the left, specials that depend on the text)."""
+    if getattr(tokenizer, "truncation_side", "right") != "right":
+        return None
+    empty = list(tokenizer("")["input_ids"])
+    one = list(tokenizer("a")["input_ids"])
+    plain_one = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    cut = next((i for i in range(len(one) - len(plain_one) + 1) if one[i:i + len(plain_one)] == plain_one), None)
+    if not plain_one or cut is None:
+        return None
+    specials = (tuple(one[:cut]), tuple(one[cut + len(plain_one):]))
+    if list(specials[0] + specials[1]) != empty:
+        return None
+    added = len(specials[0]) + len(specials[1])
+    for text in ("a", "two words, and more: 123 ünï", "ab " * 40):
+        plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        for keep in {len(plain), max(len(plain) - 1, 1), max(len(plain) // 2, 1)}:
+            built = [*specials[0], *plain[:keep], *specials[1]]
+            try:
+                truncated = list(tokenizer(text, truncation=True, max_length=keep + added)["input_ids"])
+            except (ValueError, TypeError):  # a tokenizer that cannot truncate so far: read as before
+                return None
+            if built != truncated:
+                return None
+    return specials
+
+
 class ModelServer:
     """One base model, many adapters. ``client_for(token)`` gives a registry client acting as the caller."""
 
@@ -308,6 +340,9 @@ class ModelServer:
         # lock): the batcher's text between steps and log-probabilities' texts never wait for a request's
         # tokenizing, nor for one another (an outsider's 500,000 log-probabilities held every stream 5 to 11 s)
         self._decoder = copy.deepcopy(self.tokenizer)
+        #: the special tokens a classified text gets, when adding them to truncated ids gives what the tokenizer's
+        #: own truncation does (checked here: a tokenizer whose post-processing differs is asked twice instead)
+        self._classify_specials = _specials_added_alike(self.tokenizer)
         config = AutoConfig.from_pretrained(self.base_path, local_files_only=True)
         #: prompt plus new tokens may not exceed the positions the base was trained for (None: it sets no limit)
         self.context_length: int | None = next((int(v) for v in (getattr(config, "max_position_embeddings", None),
@@ -660,14 +695,19 @@ class ModelServer:
         that callers' texts interleave) and only as far as needed: a prefix of CLASSIFY_PREFIX characters, doubled
         until it holds more tokens than that or is the whole text. An outsider's 256 texts of 20,000 one-token
         characters were tokenized whole, in the batcher, and held every other caller's request for 10 to 36 s."""
+        specials = self._classify_specials
+        words = CLASSIFY_TOKENS - (len(specials[0]) + len(specials[1]) if specials is not None else 0)  # its own
         size = CLASSIFY_PREFIX
         while True:
             part = text[:size]
             with self._tokenizer_lock:
-                ids = self.tokenizer(part, truncation=True, max_length=CLASSIFY_TOKENS + CUT_MARGIN)["input_ids"]
-            if size >= len(text) or len(ids) == CLASSIFY_TOKENS + CUT_MARGIN:  # the cut is past what is read
+                ids = self.tokenizer(part, truncation=True, max_length=words + CUT_MARGIN,
+                                     add_special_tokens=specials is None)["input_ids"]
+            if size >= len(text) or len(ids) == words + CUT_MARGIN:  # the cut is past what is read
                 break
             size *= 2
+        if specials is not None:  # the text's first tokens with the special ones around them, as truncation adds
+            return [*specials[0], *ids[:words], *specials[1]]
         if len(ids) <= CLASSIFY_TOKENS:  # the whole text, within what is read
             return list(ids)
         with self._tokenizer_lock:

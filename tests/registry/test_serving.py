@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, NotFound
 from registry.services.tokens import Unauthorized
+from registry.serving import server as server_module
 from registry.serving.server import ModelServer
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
@@ -307,6 +308,26 @@ def test_a_classified_text_is_read_as_its_whole_text_truncated_tokenizing_only_w
     assert server._classify_ids(text) == want
     if text.startswith("!"):
         assert max(seen) <= 4_096, seen  # 256 tokens need 256 of its 20,000 characters: 2,048 then 4,096
+    assert len(seen) == len(set(seen)), seen  # each prefix tokenized once (a long text's last one was twice)
+
+
+def test_a_tokenizer_whose_specials_cannot_be_added_after_truncation_is_asked_twice(server: ModelServer) -> None:
+    """The one-pass reading needs the tokenizer's truncation from the right and its special tokens built as its
+    own truncation builds them; otherwise the text is tokenized again, truncated by the tokenizer itself."""
+    import copy
+
+    specials = server._classify_specials
+    assert specials == ((101,), (102,))  # MiniLM's [CLS] ... [SEP]
+    left = copy.deepcopy(server.tokenizer)
+    left.truncation_side = "left"
+    assert server_module._specials_added_alike(left) is None
+    text = "!" * 5_000
+    want = server.tokenizer(text, truncation=True, max_length=256)["input_ids"]
+    server._classify_specials = None
+    try:
+        assert server._classify_ids(text) == want
+    finally:
+        server._classify_specials = specials
 
 
 def test_a_request_of_more_texts_than_a_forward_takes_is_answered_in_several(
