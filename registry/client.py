@@ -109,7 +109,7 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
     try:
         body = response.json()
         detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not UTF-8, not an object, nested too deep
         detail, code = _not_a_problem(response), ""
     if base and response.status_code in (404, 405) and not code:
         # every error of the registry's API names its problem type: a bare 404 or 405 (a model server's JSON, the

@@ -152,6 +152,8 @@ def ci_details(via: dict[str, Any]) -> list[views.Item]:
 def code_span(text: str) -> str:
     """``text`` as Markdown code, whatever backticks it holds (a fence longer than its longest run of them): never
     a link, emphasis or a line break (a CI run's claims are its issuer's words; controls were replaced on record)."""
+    if not text:  # "``" is drawn as two backticks
+        return "(empty)"
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     return f"{fence} {text} {fence}" if "`" in text else f"`{text}`"
 

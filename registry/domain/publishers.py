@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -21,6 +21,10 @@ RESERVED = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti"})
 #: An ended token is kept at least this long before a purge deletes it: an identity token (its lifetime at most
 #: 24 h) is refused a second exchange only while the token minted from it is kept (registry.services.trusted).
 MIN_TOKEN_PURGE_DAYS = 1.0
+#: How long a minted token is kept whatever a purge is told: its identity token (at most 24 hours from its iat, which
+#: may be up to 60 s after the exchange, and taken until 60 s after its exp) may still be valid for 24 h and 2 min
+#: after the exchange (an outsider replayed one in that last minute); 5 minutes to spare.
+MINTED_KEPT = timedelta(days=MIN_TOKEN_PURGE_DAYS, minutes=5)
 #: How a minted token's name begins: "trusted publisher NAME HASH", the hash of the identity token exchanged.
 MINTED_NAME_PREFIX = "trusted publisher"
 

@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS, MINTED_NAME_PREFIX
+from registry.domain.publishers import MINTED_KEPT, MINTED_NAME_PREFIX
 from registry.domain.schemas import TokenInfo, check_name, check_text
 from registry.store import models as m
 from registry.store.database import Database
@@ -325,12 +325,11 @@ def _ended(s: Session, before: datetime, owner: str | None = None) -> list[m.Acc
     """The rows of tokens revoked or expired before ``before`` (``owner``'s only, when given), oldest first; never
     the newest row of all (SQLite hands the highest id out again once it is deleted, and a token id must never
     name two tokens: `vera auth revoke ID`, audit events and ``parent_id`` keep it), nor a trusted publisher's
-    token minted less than MIN_TOKEN_PURGE_DAYS ago (its name refuses a second exchange of the identity token it
+    token minted less than MINTED_KEPT ago (its name refuses a second exchange of the identity token it
     was minted from while that may still be valid: registry.services.trusted)."""
     newest = select(func.max(m.AccessToken.id)).scalar_subquery()
     minted_recently = and_(m.AccessToken.name.startswith(f"{MINTED_NAME_PREFIX} ", autoescape=True),
-                           m.AccessToken.created_at > datetime.now(UTC) - timedelta(days=MIN_TOKEN_PURGE_DAYS,
-                                                                                    minutes=1))
+                           m.AccessToken.created_at > datetime.now(UTC) - MINTED_KEPT)
     query = select(m.AccessToken).where(
         or_(m.AccessToken.revoked_at < before, m.AccessToken.expires_at < before), m.AccessToken.id < newest,
         not_(minted_recently))

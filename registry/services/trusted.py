@@ -128,9 +128,11 @@ class TrustedPublishing:
                                "publishers in VERA_TRUSTED_PUBLISHERS (docs/security.md, \"Trusted publishing\").")
         issuer, header = _unverified(id_token)
         if not any(p.issuer == issuer for p in self.publishers):  # never a request to an issuer nobody trusts
+            # the trusted issuers are not listed to a caller nobody has authenticated yet (an internal GitLab's
+            # address); administrators read them with `vera auth publishers`
             raise Unauthorized(f"Identity tokens of {issuer[:200]!r} are not trusted here: no trusted publisher names "
-                               f"that issuer (VERA_TRUSTED_PUBLISHERS; trusted: "
-                               f"{sorted({p.issuer for p in self.publishers})}).")
+                               "that issuer (VERA_TRUSTED_PUBLISHERS). Ask the registry's administrators which "
+                               "issuers it trusts (`vera auth publishers`).")
         key = await self._key(issuer, header.get("kid"))
         claims = _verified(id_token, issuer, header, key)
         publisher = next((p for p in self.publishers if p.matches(claims)), None)
@@ -273,6 +275,11 @@ def _verified(id_token: str, issuer: str, header: Mapping[str, Any], key: jwt.Py
         # PyJWT takes numeric texts ("1767225600"); a lifetime must be counted, so numbers only (NumericDate)
         raise Unauthorized("The identity token's exp and iat must be numbers of seconds (JSON numbers, as RFC 7519's "
                            "NumericDate), not texts.")
+    audience = claims.get("aud")
+    if not (isinstance(audience, str) or (isinstance(audience, list) and audience
+                                          and all(isinstance(a, str) for a in audience))):
+        # RFC 7519: one text or a list of texts (an object or a nested list was a 500 in the refusal's words)
+        raise Unauthorized("The identity token's aud must be a text or a list of texts (RFC 7519).")
     lived = claims["exp"] - claims["iat"]
     if lived > MAX_ID_TOKEN_LIFE_S:  # each is exchanged once only while its minted token's row is kept (30 days)
         raise Unauthorized(f"The identity token lives {lived / 3600:,.1f} hours; at most "

@@ -236,3 +236,19 @@ def test_a_load_is_cached_per_registry_and_only_for_what_was_asked(listing: dict
             pytest.raises(IntegrityError, match="answered ann/real:1 for mallory/x"):
         client.load_adapter(None, "mallory/x", cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("body", [b"\x80abc", b"[" * 100_000, b'"a text"', b"null"],
+                         ids=["not-utf8", "nested-too-deep", "a-json-text", "json-null"])
+def test_an_error_answer_of_any_body_is_a_registry_error_not_a_traceback(hostile: Any, body: bytes) -> None:
+    """An outsider's server answered errors whose bodies crashed the client (UnicodeDecodeError, RecursionError)."""
+    def failing(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(500)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    url = hostile({"/api/v1/whoami": failing})
+    with RegistryClient(url, cache=False, retries=0) as client, pytest.raises(RegistryError, match="HTTP 500"):
+        client.whoami()

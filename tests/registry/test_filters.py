@@ -98,6 +98,11 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("name = '\ud800'", r"filter is not valid Unicode text \(at character 9\)"),
     ("created < '0001-01-01T00:00:00+05:00'", r"created compares with a date or time in quotes"),
     ("published_via.sha > 'a'", r"published_via.sha takes =, !=, like, in, not >"),
+    # PostgreSQL's 500 ("LIKE pattern must not end with escape character"), where SQLite took it
+    ("published_via.repository like 'acme\\'", r"at character 1: published_via.repository like takes a pattern "
+                                                 r"whose '\\' escapes .* this one ends with a lone '\\'"),
+    ("name like 'pub\\\\\\'", r"name like takes a pattern .* ends with a lone"),  # three backslashes
+    (" and ".join(["published_via.ref = 'x'"] * 5), r"at most 4 published_via clauses"),
     ("published_via.run_id = 1234", r"published_via.run_id compares with a 'string', found 1234"),
     ("published_via. = 'x'", r"at character 14: expected a field, an operator or a literal, found \". = 'x'\""),
     ("published_via.`a b` = 'x'", r"expected published_via.<key> with a key of 1-100 letters, digits"),
@@ -210,6 +215,11 @@ SEARCHES = [  # (filter, sort, refs in order)
     ("published_via.ref in ('v2', 'refs/heads/main')", "-created", ["bob/qa:2", "alice/sent:2"]),
     ("published_via.repository = 'bob/qa'", "created", []),  # GitLab's run says project_path
     ("published_via.claims = 'x'", "created", []),  # a claim named claims, not the claims' object
+    # '\' escapes % and _ alike on both databases (PostgreSQL's default; SQLite had no escape at all)
+    ("name like 'q_'", "created", ["bob/qa:1", "bob/qa:2"]),
+    ("name like 'q\\_'", "created", []),
+    ("name like 'qa\\%'", "created", []),
+    ("name like 'qa\\\\'", "created", []),  # an escaped backslash: a name 'qa\', which none is
 ]
 
 

@@ -64,11 +64,14 @@ def test_a_trusted_publishers_token_outlives_any_purge_for_a_day(registry: Regis
     db, now = registry.db, datetime.now(UTC)
     minted = {"expires_at": now - timedelta(minutes=5)}
     ids = _tokens(db, **{"trusted_publisher_ci_0123": minted,
-                         "trusted_publisher_ci_4567": {**minted, "created_at": now - timedelta(days=1, minutes=2)},
+                         "trusted_publisher_ci_4567": {**minted, "created_at": now - timedelta(days=1, minutes=6)},
+                         # an identity token minted from 24 h 2 min ago may still be valid (iat 60 s ahead, 60 s of
+                         # leeway past its exp): an outsider replayed one a purge had let go after 24 h 1 min
+                         "trusted_publisher_ci_89ab": {**minted, "created_at": now - timedelta(days=1, minutes=3)},
                          "trusted_publisherless": minted})  # a person's token named alike, without the space
     assert [t.id for t in purge_tokens(db, before=now)] == [ids["trusted_publisher_ci_4567"],
                                                            ids["trusted_publisherless"]]
-    assert _names(db) == {"trusted publisher ci 0123", "last"}
+    assert _names(db) == {"trusted publisher ci 0123", "trusted publisher ci 89ab", "last"}
 
 
 def test_purges_at_the_same_moment_audit_each_token_once(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -180,6 +180,7 @@ def test_lineage_facts_read_as_a_list() -> None:
                                     "`*publish*`, run `42` (trusted publisher `acme-main`, "
                                     "`https://token.actions.githubusercontent.com`)")  # the issuer's words as code
     assert lineage.code_span("a`b") == "`` a`b ``" and lineage.code_span("https://x.example") == "`https://x.example`"
+    assert lineage.code_span("") == "(empty)"  # an empty claim was drawn as two backticks
 
 
 def test_the_ci_run_is_labelled_with_the_whole_commit_and_links_to_its_pages() -> None:
