@@ -107,10 +107,9 @@ def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r:
     query = query.where(*(column == value for column, value in equal.items() if value not in (None, "")))
     if tag:
         query = query.where(m.AdapterVersion.tags.any(m.VersionTag.tag == tag))
-    if text:
-        like = f"%{text.lower()}%"
-        query = query.where(or_(func.lower(m.Adapter.name).like(like), func.lower(m.Adapter.owner).like(like),
-                                func.lower(m.AdapterVersion.description).like(like)))
+    if text:  # the text as it is: its % and _ are characters, not wildcards ('50%' found every 50...)
+        query = query.where(or_(*(func.lower(column).contains(text.lower(), autoescape=True) for column in (
+            m.Adapter.name, m.Adapter.owner, m.AdapterVersion.description))))
     if not include_yanked:
         query = query.where(m.AdapterVersion.yanked.is_(False))
     return query

@@ -256,6 +256,12 @@ def test_filters_and_metric_sorts_select_across_every_page(published: Registry) 
     assert [v.ref for v in combined.items] == ["alice/sent:1", "alice/sent:2"]  # with the older query parameters
 
 
+def test_the_text_search_reads_wildcards_and_backslashes_as_characters(published: Registry) -> None:
+    for text in ("%", "_", "\\", "s_nt", "q%"):  # the names are sent, qa, x: none holds these
+        assert published.list_versions(text=text).items == [], text
+    assert {v.ref for v in published.list_versions(text="EN").items} == {"alice/sent:1", "alice/sent:2"}
+
+
 def test_bad_sorts_and_cursors_are_refused(published: Registry) -> None:
     with pytest.raises(InvalidInput, match=r"sort 'accuracy' is not one of created, .* or metrics.<key>"):
         published.list_versions(sort="accuracy")
