@@ -61,8 +61,19 @@ def accuracy_sources(items: list[VersionInfo]) -> frozenset[str]:
     return frozenset(source for v in items if (found := accuracy_of(v))[0] is not None for source in [found[1]])
 
 
-def _mixed(items: list[VersionInfo]) -> bool:
+def mixed_accuracies(items: list[VersionInfo]) -> bool:
     return {"test", "eval"} <= accuracy_sources(items)
+
+
+def accuracy_cells(items: list[VersionInfo]) -> list[float | str | None]:
+    """Each version's accuracy for a table: a number, or, on a page that mixes test and eval accuracies, text in
+    one number of decimals with the eval ones saying so ("0.9000 eval")."""
+    values = [accuracy_of(v) for v in items]
+    if not mixed_accuracies(items):
+        return [value for value, _ in values]
+    decimals = formats.metric_format(value for value, _ in values)
+    return [None if value is None else decimals % value + (" eval" if source == "eval" else "")
+            for value, source in values]
 
 
 def metric_value(info: VersionInfo, dotted: str) -> float | None:
@@ -136,28 +147,21 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
     of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
     size, base_px, labels_px = size_column(sort), base_model_width(items), labels_width(items)
 
-    mixed, decimals = _mixed(items), formats.metric_format(accuracy_of(v)[0] for v in items)
-
-    def score(v: VersionInfo) -> dict[str, float | str | None]:
-        if metric:
-            return {metric: metric_value(v, metric)}
-        value, source = accuracy_of(v)
-        if mixed and value is not None:  # text, so that the eval ones can say so
-            return {"accuracy": decimals % value + (" eval" if source == "eval" else "")}
-        return {"accuracy": value}
-
+    scores: list[dict[str, float | str | None]] = (
+        [{metric: metric_value(v, metric)} for v in items] if metric
+        else [{"accuracy": cell} for cell in accuracy_cells(items)])
     return pd.DataFrame([{
         "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
-        "r": v.r, size: v.stored_bytes if size == "stored" else v.trainable_parameters, **score(v),
+        "r": v.r, size: v.stored_bytes if size == "stored" else v.trainable_parameters, **score,
         "downloads": v.downloads, "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
         "labels": formats.fit_list(labels(v), labels_px), "created": v.created_at,
-    } for v in items])
+    } for v, score in zip(items, scores, strict=True)])
 
 
 def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
     metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
-    mixed = _mixed(items)
+    mixed = mixed_accuracies(items)
     metric_px = (max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric
                  else MIXED_ACCURACY_PX if mixed else WIDTHS["accuracy"])
     base_px, labels_px = base_model_width(items), labels_width(items)
@@ -169,11 +173,12 @@ def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, An
                       "base model": st.column_config.TextColumn(width=base_px),
                       "labels": st.column_config.TextColumn(width=labels_px, help=LABELS_HELP)} | (
         {metric: formats.metric_column((metric_value(v, metric) for v in items), width=metric_px)} if metric else
-        {"accuracy": _accuracy_column(items, metric_px, mixed)})
+        {"accuracy": accuracy_column(items, metric_px)})
 
 
-def _accuracy_column(items: list[VersionInfo], width: int, mixed: bool) -> Any:
+def accuracy_column(items: list[VersionInfo], width: int) -> Any:
     """The accuracy column, named for where its values come from (test, eval, or both: then as text)."""
+    mixed = mixed_accuracies(items)
     label, help_text = MIXED_ACCURACY if mixed else ACCURACY_LABELS.get(
         accuracy_sources(items), ("accuracy", "test accuracy, else the final evaluation's"))
     if mixed:

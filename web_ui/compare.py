@@ -12,7 +12,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import Page, VersionInfo
 from web_ui import charts, formats, navigation, session, tables
-from web_ui.browse import key_metrics
+from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
 BOX = "compare_box"
 SEARCH = "compare_search"
@@ -192,9 +192,10 @@ def table(versions: list[VersionInfo]) -> pd.DataFrame:
     return pd.DataFrame([{
         "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
         "r": v.r, "projection": formats.fit(formats.projection(v.generator, v.seed), WIDTHS["projection"]),
-        "adapter params": v.adapter_parameters, "stored": v.stored_bytes, **key_metrics(v),
+        "adapter params": v.adapter_parameters, "stored": v.stored_bytes, "accuracy": accuracy,
+        "eval loss": key_metrics(v)["eval loss"],
         "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
-    } for v in versions])
+    } for v, accuracy in zip(versions, accuracy_cells(versions), strict=True)])
 
 
 def base_model_width(versions: list[VersionInfo]) -> int:
@@ -204,7 +205,8 @@ def base_model_width(versions: list[VersionInfo]) -> int:
 def widths(versions: list[VersionInfo]) -> dict[str, int]:
     """Each column's px: the base model as wide as the longest name needs (up to BASE_MODEL_MAX_PX), the version
     what the longest reference needs within what the other columns leave."""
-    fixed = WIDTHS | {"base model": base_model_width(versions)}
+    fixed = WIDTHS | {"base model": base_model_width(versions)} | (
+        {"accuracy": MIXED_ACCURACY_PX} if mixed_accuracies(versions) else {})  # "0.9000 eval"
     return fixed | {"version": min(max(formats.cell_width(v.ref) for v in versions), TABLE_PX - sum(fixed.values()))}
 
 
@@ -220,8 +222,7 @@ def side_by_side(versions: list[VersionInfo]) -> None:
     tables.show(frame, sizes=("stored",), hide_index=True, width="stretch", column_config=COLUMNS | {
         "version": navigation.version_column(px["version"]),
         "base model": st.column_config.TextColumn(width=px["base model"]),
-        "accuracy": formats.metric_column(frame["accuracy"], width=WIDTHS["accuracy"],
-                                          help="test accuracy (else eval accuracy)"),
+        "accuracy": accuracy_column(versions, px["accuracy"]),
         "eval loss": formats.metric_column(frame["eval loss"], width=WIDTHS["eval loss"], help="final eval loss")})
     train = {v.ref: v.metrics.get("train_loss") or [] for v in versions}
     evals = {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions}

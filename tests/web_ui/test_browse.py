@@ -101,3 +101,15 @@ def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, An
                                          navigation.REGISTRY: registry["url"]})
     assert not at.exception and "3 versions match" in texts(at)
     assert dict(at.query_params) == {navigation.REGISTRY: registry["url"]}
+
+
+def test_compare_marks_an_eval_accuracy_beside_test_ones_too(registry: dict[str, Any]) -> None:
+    from web_ui import compare
+
+    with RegistryClient(registry["url"]) as client:
+        both = [client.get("alice/a:1"), client.get("bob/eval-only:1")]
+        tested = [client.get("alice/a:1"), client.get("alice/b:1")]
+    assert list(compare.table(both)["accuracy"]) == ["0.8460", "0.9000 eval"]
+    assert list(compare.table(tested)["accuracy"]) == pytest.approx([0.846, 0.8355])  # numbers, sortable
+    assert compare.widths(both)["accuracy"] == browse.MIXED_ACCURACY_PX  # room for "eval", taken from the version
+    assert sum(compare.widths(both).values()) <= compare.TABLE_PX
