@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -25,9 +26,13 @@ ACTIONS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "adap
 ANY = "any"
 
 
-def target_link(event: EventInfo) -> str | None:
-    """The Adapter page of the event's target when it names an adapter or one of its versions, else None."""
-    return navigation.version_link(event.target) if event.adapter is not None else None
+def target_link(event: EventInfo) -> str:
+    """Where the event's target leads: an adapter or version to its Adapter page, anything else about an owner (an
+    organisation, a user's tokens or quota) to this page filtered to that owner's events. (A bare name in the link
+    column was a link to /NAME: "Page not found".)"""
+    if event.adapter is not None:
+        return navigation.version_link(event.target)
+    return navigation.activity_link(event.owner or event.target)
 
 
 #: A content digest (SHA-256, a git commit): shortened in the table, whole in an event's detail.
@@ -35,7 +40,7 @@ DIGEST = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 #: The table's room at 1,400 px beside the sidebar, less its tick column (measured in chromium: 939 px); the target
 #: takes what its longest name needs (within TARGET_PX), the detail the rest, at least DETAIL_PX (the whole detail
 #: is under the table when its row is ticked).
-TABLE_PX, TARGET_PX, DETAIL_PX = 890, (140, 300), 240
+TABLE_PX, TARGET_PX, DETAIL_PX, WHO_PX = 890, (140, 300), 240, (90, 200)
 
 
 def value_text(value: Any, *, short: bool = True) -> str:
@@ -86,11 +91,15 @@ def detail(value: dict[str, Any], width: int = DETAIL_PX) -> str:
     return formats.fit("; ".join(lines(value, short=True)), width)
 
 
-def widths(events: list[EventInfo]) -> tuple[int, int]:
-    """The target's and the detail's px: the target as wide as its longest name needs, the detail the rest."""
-    needed = max((formats.cell_width(e.target) for e in events), default=TARGET_PX[0])
-    target = max(TARGET_PX[0], min(needed, TARGET_PX[1]))
-    return target, TABLE_PX - sum(c["width"] for c in COLUMNS.values()) - target
+def widths(events: list[EventInfo]) -> tuple[int, int, int]:
+    """The who's, the target's and the detail's px: who and the target as wide as their longest names need (within
+    WHO_PX and TARGET_PX: "trusted-publisher:nlp-main" was cut to "trusted-publisl" with no sign of it), the detail
+    the rest."""
+    def fitted(texts: Iterable[str], bounds: tuple[int, int]) -> int:
+        return max(bounds[0], min(max((formats.cell_width(t) for t in texts), default=bounds[0]), bounds[1]))
+
+    who, target = fitted((e.actor for e in events), WHO_PX), fitted((e.target for e in events), TARGET_PX)
+    return who, target, TABLE_PX - sum(c["width"] for c in COLUMNS.values()) - who - target
 
 
 def show_event(event: EventInfo) -> None:
@@ -106,27 +115,29 @@ def markdown_text(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]<>()#+!|~$-])", r"\\\1", text)
 
 
-def table(events: list[EventInfo], detail_px: int = DETAIL_PX) -> pd.DataFrame:
-    """One row per event, in the order given: when, who, what, the target (a link when it is an adapter), the
-    detail in words, cut to ``detail_px``."""
-    return pd.DataFrame([{"when": e.at, "who": e.actor, "action": e.action, "target": target_link(e) or e.target,
+def table(events: list[EventInfo], detail_px: int = DETAIL_PX, who_px: int | None = None) -> pd.DataFrame:
+    """One row per event, in the order given: when, who (cut with '…' to ``who_px``), what, the target (a link),
+    the detail in words, cut to ``detail_px``."""
+    return pd.DataFrame([{"when": e.at, "who": formats.fit(e.actor, who_px or WHO_PX[1]), "action": e.action,
+                          "target": target_link(e),
                           "detail": detail(e.detail, detail_px)} for e in events])
 
 
 COLUMNS: dict[str, Any] = {
     "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", width=150),
-    "who": st.column_config.TextColumn(width=90, help=(
-        "a user (a token's); local: the one user of a registry without tokens; registry: the registry itself (an "
-        "expired job lease, the hourly purge of ended tokens); trusted-publisher:NAME: a CI run's token exchange; "
-        "any other name: the job worker that ended a job")),
     "action": st.column_config.TextColumn(width=110),
 }
+WHO_HELP = ("a user (a token's); local: the one user of a registry without tokens; registry: the registry itself (an "
+            "expired job lease, the hourly purge of ended tokens); trusted-publisher:NAME: a CI run's token exchange; "
+            "any other name: the job worker that ended a job")
 
 
-def columns(target_px: int, detail_px: int) -> dict[str, Any]:
-    """The table's column settings, the target and the detail ``widths`` wide."""
+def columns(who_px: int, target_px: int, detail_px: int) -> dict[str, Any]:
+    """The table's column settings, who, the target and the detail ``widths`` wide."""
     return COLUMNS | {
-        "target": st.column_config.LinkColumn(width=target_px, help="an adapter or version opens its page"),
+        "who": st.column_config.TextColumn(width=who_px, help=WHO_HELP),
+        "target": st.column_config.LinkColumn(width=target_px, help=(
+            "an adapter or version opens its page; an organisation or user, its events here")),
         "detail": st.column_config.TextColumn(width=detail_px, help="what changed (before → after for edits); tick "
                                                                     "the row to read it whole")}
 
@@ -136,14 +147,16 @@ def filters() -> dict[str, Any]:
     navigation.follow_url("adapter", "activity_adapter")
     navigation.follow_url("action", "activity_action", default=ANY, decode=lambda text: text or ANY)
     adapter_box, action_box, size_box = st.columns([3, 2, 1])
-    adapter = adapter_box.text_input("Adapter", key="activity_adapter", placeholder="owner/name (any when empty)",
+    adapter = adapter_box.text_input("Adapter or owner", key="activity_adapter",
+                                     placeholder="owner/name, or an owner (any when empty)",
                                      on_change=navigation.write_url, args=("adapter", "activity_adapter"))
     action = action_box.selectbox("Action", [ANY, *ACTIONS], key="activity_action", accept_new_options=True,
                                   on_change=navigation.write_url, args=("action", "activity_action",
                                                                         lambda a: "" if a == ANY else a))
     limit = size_box.selectbox("Events", [50, 100, 200, 500])
-    return {"adapter": adapter.strip() or None, "action": None if action in (ANY, None) else action.strip(),
-            "limit": limit}
+    about = adapter.strip() or None
+    return {"adapter": about if about and "/" in about else None, "owner": about if about and "/" not in about
+            else None, "action": None if action in (ANY, None) else action.strip(), "limit": limit}
 
 
 def page() -> None:
@@ -151,7 +164,8 @@ def page() -> None:
     chosen = filters()
     found = session.read(RegistryClient.events, **chosen)
     if not found.events:
-        st.info("No events match." if chosen["adapter"] or chosen["action"] else "Nothing has happened yet.")
+        st.info("No events match." if chosen["adapter"] or chosen["owner"] or chosen["action"]
+                else "Nothing has happened yet.")
         if chosen["action"] and chosen["action"] not in ACTIONS:  # typed, or from a link: a misspelt one said
             close = difflib.get_close_matches(chosen["action"], ACTIONS, n=1)
             st.caption(f"{chosen['action']!r} is not an action this dashboard knows"
@@ -160,10 +174,11 @@ def page() -> None:
     # short: the table's hover toolbar covers the right end of the line above it (a walk read "pages through t")
     st.caption(f"The newest {formats.counted(len(found.events), 'event')} you may see, newest first.")
     events = sorted(found.events, key=lambda e: e.id, reverse=True)
-    target_px, detail_px = widths(events)
-    shown = tables.show(table(events, detail_px), hide_index=True, width="stretch", whole=True, key="events_table",
-                        column_config=columns(target_px, detail_px), on_select="rerun", selection_mode="single-row")
-    st.caption("An adapter's target opens its page; tick a row to read its detail in full; `vera events` pages "
-               "through them all.")
+    who_px, target_px, detail_px = widths(events)
+    shown = tables.show(table(events, detail_px, who_px), hide_index=True, width="stretch", whole=True,
+                        key="events_table", column_config=columns(who_px, target_px, detail_px), on_select="rerun",
+                        selection_mode="single-row")
+    st.caption("An adapter's target opens its page, an owner's its events; tick a row to read its detail in full; "
+               "`vera events` pages through them all.")
     for row in shown.selection.rows if shown is not None else []:
         show_event(events[row])

@@ -11,7 +11,6 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.schemas import LineageGraph, LineageNode, VersionInfo
-from registry.domain.words import ci_run
 from web_ui import formats, navigation, session, views
 
 #: The version shown: filled with Streamlit's primary red; its relatives in the light grey of Streamlit's widgets.
@@ -90,8 +89,9 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
         commit = lineage.get("hub_commit")
         items.append(views.Item(None, "Pulled from the Hub", f"`{lineage['hub_repo']}`"
                                 + (f" at commit `{commit}`" if commit else "")))
-    if isinstance(via := lineage.get("published_via"), dict):
-        items.append(views.Item(None, "Published by CI", ci_run(via, code_span)))
+    if isinstance(via := lineage.get("published_via"), dict):  # the run itself: its own section, below
+        items.append(views.Item(None, "Published by CI", f"a run of trusted publisher "
+                                f"{code_span(str(via.get('publisher', '?')))} (below)"))
     known = {"parent", "parent_deleted", "parent_private", "job_id", "dataset_sha256", "dataset_bytes",
              "code_revision", "hub_repo", "hub_commit", "published_via"}
     items += [views.Item(None, key.replace("_", " "), views.cell(value))
@@ -141,8 +141,8 @@ def ci_details(via: dict[str, Any]) -> list[views.Item]:
             said.add(name)
             shown = code_span(claims[name])
             items.append(views.Item(None, label, f"[{shown}]({links[name]})" if name in links else shown))
-    items += [views.Item(None, name.replace("_", " "), code_span(value)) for name, value in sorted(claims.items())
-              if name not in said and isinstance(value, str)]
+    items += [views.Item(None, name.replace("_", " ").capitalize(), code_span(value))
+              for name, value in sorted(claims.items()) if name not in said and isinstance(value, str)]
     if not said and isinstance(via.get("subject"), str):
         items.append(views.Item(None, "Subject", code_span(via["subject"])))
     return [*items, views.Item(None, "Trusted publisher", code_span(str(via.get("publisher", "?")))),

@@ -63,6 +63,7 @@ def split_refs(text: str) -> list[str]:
 
 #: How the Adapter page's address of a version starts, relative to the dashboard's root.
 ADAPTER_PAGE = "adapter?ref="
+ACTIVITY_PAGE = "activity?adapter="  # the box reads an owner, or owner/name
 #: The query parameter naming the registry a view is of, when it is not the dashboard's default registry.
 REGISTRY = "registry"
 
@@ -85,6 +86,11 @@ def _suffix() -> str:
 def version_link(ref: str) -> str:
     """The Adapter page's address for ``ref``, relative to the dashboard's root (a link in a table)."""
     return ADAPTER_PAGE + quote(ref, safe="/:@") + _suffix()
+
+
+def activity_link(owner: str) -> str:
+    """The Activity page's address listing the events about ``owner``, relative to the dashboard's root."""
+    return ACTIVITY_PAGE + quote(owner, safe="") + _suffix()
 
 
 def job_link(job_id: int) -> str:

@@ -150,9 +150,11 @@ def show_error(exc: RegistryError) -> None:
                  "URL in the sidebar.", icon=":material/cloud_off:")
     elif isinstance(exc, Unauthorized):
         st.error(("The registry refused the token. " if token else "This registry requires a token. ")
-                 + "Paste a valid one in the sidebar (`vera token create --owner NAME --scope read`)."
-                 + ("" if token else " A link opened in a new tab starts without the token pasted in another: press "
-                                     "**Remember me on this browser** under the Token box to keep it across tabs."),
+                 + "Paste a valid one in the sidebar's Token box (`vera auth create-token` makes one from a token "
+                   "you have; an administrator gives you your first)."
+                 + ("" if token else " A link opened in a new tab starts without the token pasted in another: once "
+                                     "it is pasted, **Remember me on this browser** under the Token box keeps it "
+                                     "across tabs."),
                  icon=":material/key_off:")
     elif isinstance(exc, Forbidden):
         st.error(f"The token may not do this: {exc}", icon=":material/block:")

@@ -179,8 +179,9 @@ def publishers(registry: RegistryUrl = None, token: Token = None, as_json: JsonO
         print_json(found)
         return
     if not found:
-        console.print("no trusted publisher you may see (an administrator declares them in VERA_TRUSTED_PUBLISHERS: "
-                      "docs/deployment.md, \"Publishing from CI\")")
+        console.print("no trusted publisher you may see: the registry's administrators see every one, an "
+                      "organisation's admins those that publish into it (an administrator declares them in "
+                      "VERA_TRUSTED_PUBLISHERS: docs/deployment.md, \"Publishing from CI\")")
         return
     table = Table("name", "issuer", "audience", "claims", "tokens of", "for", "minutes", "last exchange", "kept")
     for p in found:

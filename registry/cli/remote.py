@@ -59,6 +59,9 @@ def publish(
     visibility = None if private is None else "private" if private else "public"
     _warn_if_other_base(directory, base_model)
     values = _metrics_file(metrics)
+    if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
+        err_console.print(styled("note:", "yellow", f" {left} is not published without --metrics {left} (the "
+                                 "version then has no loss curve or accuracy)."), soft_wrap=True)
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
         call_registry(registry, token, lambda c: c.register_base_model(base_model, config, revision=base_revision))
@@ -174,6 +177,12 @@ def list_versions(
         cursor=cursor, filter=filter_text, sort=sort))
     if as_json:
         print_json(page)
+        return
+    if not page.items and cursor is None:  # an empty table said nothing (a misspelt filter key reads alike)
+        asked = any(x is not None for x in (owner, base_model, r, seed, generator, tag, q, filter_text))
+        console.print("no versions match" + (" (published_via.<key> and metrics.<key> clauses match only versions "
+                                             "that record that key)" if filter_text else "") if asked
+                      else "no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
         return
     rows = [[v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
              f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags), f"{v.downloads:,}"] for v in page.items]

@@ -4,7 +4,6 @@ back from words ("50GB"), and a trusted publisher's CI run in words."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -62,21 +61,20 @@ RUN_CLAIMS = (("repository", "project_path"), ("ref",), ("sha",), ("workflow", "
               ("run_id", "pipeline_id"))
 
 
-def ci_run(via: dict[str, Any], value: Callable[[str], str] = str) -> str:
-    """A version's ``published_via`` (trusted publishing's provenance) in words: 'acme/adapters refs/heads/main at
-    1a2b3c4d5e6f, workflow publish, run 1234 (trusted publisher acme-main, https://token.actions...)'; the
-    subject when the token carried none of RUN_CLAIMS. ``value`` writes each claim's value (the dashboard: as code,
-    so that Markdown never reads one as a link or emphasis)."""
+def ci_run(via: dict[str, Any]) -> str:
+    """A version's ``published_via`` (trusted publishing's provenance) in words, for `vera show`: 'acme/adapters
+    refs/heads/main at 1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d, workflow publish, run 1234 (trusted publisher
+    acme-main, https://token.actions...)' (the commit whole: `vera ls --filter "published_via.sha = '...'"` takes
+    it); the subject when the token carried none of RUN_CLAIMS. (The dashboard labels each claim:
+    web_ui.lineage.ci_details.)"""
     given = via.get("claims")
     claims: dict[str, Any] = given if isinstance(given, dict) else {}
     said = ""
     for names in RUN_CLAIMS:
         found = next((claims[n] for n in names if isinstance(claims.get(n), str)), None)
         if found is not None:
-            shown = value(found[:12] if names == ("sha",) else found)
-            said += {"sha": f" at {shown}", "workflow": f", workflow {shown}",
-                     "run_id": f", run {shown}"}.get(names[0], f" {shown}")
+            said += {"sha": f" at {found}", "workflow": f", workflow {found}",
+                     "run_id": f", run {found}"}.get(names[0], f" {found}")
     if not said and isinstance(via.get("subject"), str):
-        said = value(via["subject"])
-    return (f"{said.strip(' ,')} (trusted publisher {value(str(via.get('publisher', '?')))}, "
-            f"{value(str(via.get('issuer', '?')))})")
+        said = via["subject"]
+    return f"{said.strip(' ,')} (trusted publisher {via.get('publisher', '?')}, {via.get('issuer', '?')})"

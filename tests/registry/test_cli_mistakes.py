@@ -77,6 +77,18 @@ def test_publish_notes_a_base_model_other_than_the_adapters_own(server: dict[str
     assert same.returncode == 0 and "names base model" not in same.stderr
 
 
+def test_publish_notes_the_metrics_json_it_leaves_out(server: dict[str, Any], tmp_path: Path) -> None:
+    """A new user's walk: the CI example published without --metrics, and every accuracy read "—"."""
+    folder = make_adapter(tmp_path / "trained")
+    (folder / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.8}}))
+    left = vera("publish", str(folder), "--name", "ann/trained", "--base-model", "tiny-llama", url=server["url"])
+    assert left.returncode == 0, left.stderr
+    assert f"{folder / 'metrics.json'} is not published without --metrics" in " ".join(left.stderr.split())
+    given = vera("publish", str(folder), "--name", "ann/trained", "--base-model", "tiny-llama", "--metrics",
+                 str(folder / "metrics.json"), url=server["url"])
+    assert given.returncode == 0 and "is not published" not in given.stderr, given.stderr
+
+
 def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[str, Any], tmp_path: Path) -> None:
     """`vera job submit` said "pass --text-column", an option it did not have, naming the server's scratch file."""
     data = tmp_path / "sentences.csv"

@@ -319,6 +319,10 @@ def test_search_through_http_the_client_and_vera_ls(database_url: str, tmp_path:
         assert shown.stdout.index("team/m2:1") < shown.stdout.index("team/m1:1") and "team/m0" not in shown.stdout
         refused = vera("ls", "--filter", "r = 1 or r = 2", "--registry", url)
         assert refused.returncode == 1 and "only 'and' joins clauses" in refused.stderr
+        # a new user's walk: a misspelt key printed an empty table, as if the search had not run
+        none = vera("ls", "--filter", "published_via.publsher = 'nlp-main'", "--registry", url)
+        assert none.returncode == 0 and "no versions match (published_via.<key> and metrics.<key> clauses match " \
+            "only versions that record that key)" in " ".join(none.stdout.split()), none.stdout
 
 
 def test_created_filters_compare_in_utc(published: Registry) -> None:

@@ -41,12 +41,24 @@ def event(target: str) -> EventInfo:
                      owner=target.split("/")[0], adapter=target.split(":")[0], detail={})
 
 
-@pytest.mark.parametrize(("target", "px"), [("a/b:1", (140, 400)), ("alice/sentiment-review:1", (185, 355)),
-                                           ("o" * 30 + "/" + "n" * 30 + ":1", (300, 240))],
+@pytest.mark.parametrize(("target", "px"), [("a/b:1", (90, 140, 400)), ("alice/sentiment-review:1", (90, 185, 355)),
+                                           ("o" * 30 + "/" + "n" * 30 + ":1", (90, 300, 240))],
                          ids=["short", "middling", "long"])
-def test_the_target_is_as_wide_as_its_names_and_the_detail_takes_the_rest(target: str, px: tuple[int, int]) -> None:
+def test_the_target_is_as_wide_as_its_names_and_the_detail_takes_the_rest(target: str,
+                                                                          px: tuple[int, int, int]) -> None:
     assert activity.widths([event(target)]) == px
     assert sum(c["width"] for c in activity.columns(*px).values()) == activity.TABLE_PX  # what fits 1,400 px
+
+
+def test_who_is_as_wide_as_its_longest_name_within_bounds() -> None:
+    """A new user's walk: "trusted-publisher:nlp-main" was cut to "trusted-publisl", with no sign of it."""
+    ci = event("a/b:1").model_copy(update={"actor": "trusted-publisher:nlp-main"})
+    who, target, detail = activity.widths([event("a/b:1"), ci])
+    assert who >= formats.cell_width("trusted-publisher:nlp-main") and who + target + detail < activity.TABLE_PX
+    assert list(activity.table([ci], who_px=who)["who"]) == ["trusted-publisher:nlp-main"]  # whole
+    huge = event("a/b:1").model_copy(update={"actor": "w" * 64})
+    assert activity.widths([huge])[0] == activity.WHO_PX[1]
+    assert activity.table([huge], who_px=activity.WHO_PX[1])["who"][0].endswith("…")  # cut, and says so
 
 
 def test_markdown_in_a_detail_is_shown_as_text() -> None:

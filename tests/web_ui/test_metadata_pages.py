@@ -18,13 +18,14 @@ from streamlit.testing.v1 import AppTest
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from registry.domain.schemas import AdapterInfo, LineageEdge, LineageGraph, LineageNode, WhoAmI
+from registry.domain.words import ci_run
 from registry.services.tokens import create_token
 from registry.store.database import Database
 from registry.store.models import Adapter, AdapterVersion
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import field, filter_form, page, texts
-from web_ui import adapter, app, browse, editing, lineage
+from web_ui import adapter, app, browse, editing, lineage, tables
 
 FILLERS = 27  # more than the smallest page (25)
 SHA = "1a2b3c4d" * 5
@@ -176,9 +177,11 @@ def test_lineage_facts_read_as_a_list() -> None:
            "claims": {"repository": "acme/x_y", "ref": "refs/heads/main", "sha": "0123456789abcdef", "run_id": "42",
                       "workflow": "*publish*"}}
     [ci] = lineage.facts({"published_via": via})
-    assert (ci.what, ci.detail) == ("Published by CI", "`acme/x_y` `refs/heads/main` at `0123456789ab`, workflow "
-                                    "`*publish*`, run `42` (trusted publisher `acme-main`, "
-                                    "`https://token.actions.githubusercontent.com`)")  # the issuer's words as code
+    # the run has its own labelled section below (a new user's walk read it twice, the first time as one dense line)
+    assert (ci.what, ci.detail) == ("Published by CI", "a run of trusted publisher `acme-main` (below)")
+    # `vera show`'s words: the commit whole (cut to 12 characters, it could not be pasted into a published_via filter)
+    assert ci_run(via) == ("acme/x_y refs/heads/main at 0123456789abcdef, workflow *publish*, run 42 (trusted "
+                           "publisher acme-main, https://token.actions.githubusercontent.com)")
     assert lineage.code_span("a`b") == "`` a`b ``" and lineage.code_span("https://x.example") == "`https://x.example`"
     assert lineage.code_span("") == "(empty)"  # an empty claim was drawn as two backticks
 
@@ -193,7 +196,7 @@ def test_the_ci_run_is_labelled_with_the_whole_commit_and_links_to_its_pages() -
         ("Repository", "[`acme/nlp`](https://github.com/acme/nlp)"), ("Ref", "`refs/heads/main`"),
         ("Commit", f"[`{SHA}`](https://github.com/acme/nlp/commit/{SHA})"), ("Workflow", "`publish`"),
         ("Run", "[`1234`](https://github.com/acme/nlp/actions/runs/1234)"), ("Triggered by", "`alice`"),
-        ("Event", "`push`"), ("runner environment", "`github-hosted`"), ("Trusted publisher", "`nlp-main`"),
+        ("Event", "`push`"), ("Runner environment", "`github-hosted`"), ("Trusted publisher", "`nlp-main`"),
         ("Issuer", "`https://token.actions.githubusercontent.com`")]
     gitlab = {"publisher": "p", "issuer": "https://gitlab.com", "claims": {
         "project_path": "group/sub/proj", "sha": SHA, "pipeline_id": "99", "user_login": "bob"}}
@@ -545,6 +548,17 @@ def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str
     assert set(at.dataframe[0].value["action"]) == {"publish"}
     published = [t for t in at.dataframe[0].value["target"] if t.removeprefix("adapter?ref=alice/") in SEEDED]
     assert len(published) == 4 + FILLERS  # every publish (the newest 50: all of them)
+
+
+def test_an_owners_events_are_listed_and_linked_from_their_targets(registry: dict[str, Any]) -> None:
+    """A new user's walk: an organisation's name in the target column was a link to /team-nlp, "Page not found"."""
+    at = page("activity", registry, query={"adapter": "alice"})  # a bare owner: everything about alice
+    assert not at.exception
+    frame = at.dataframe[0].value
+    assert {"token-create", "publish"} <= set(frame["action"])
+    assert {tables.link_text(target).split("/")[0] for target in frame["target"]} == {"alice"}
+    [about_alice] = {t for a, t in zip(frame["action"], frame["target"], strict=True) if a == "token-create"}
+    assert about_alice.startswith("activity?adapter=alice") and tables.link_text(about_alice) == "alice"
 
 
 def test_activity_names_a_misspelt_action(registry: dict[str, Any]) -> None:
