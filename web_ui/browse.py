@@ -182,7 +182,7 @@ def accuracy_column(items: list[VersionInfo], width: int) -> Any:
     label, help_text = MIXED_ACCURACY if mixed else ACCURACY_LABELS.get(
         accuracy_sources(items), ("accuracy", "test accuracy, else the final evaluation's"))
     if mixed:
-        return st.column_config.TextColumn(label, width=width, help=help_text)
+        return st.column_config.TextColumn(label, width=width, help=help_text, alignment="right")  # as numbers
     return formats.metric_column((accuracy_of(v)[0] for v in items), label=label, width=width, help=help_text)
 
 

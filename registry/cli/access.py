@@ -184,6 +184,8 @@ def publishers(registry: RegistryUrl = None, token: Token = None, as_json: JsonO
                       "VERA_TRUSTED_PUBLISHERS: docs/deployment.md, \"Publishing from CI\")")
         return
     table = Table("name", "issuer", "audience", "claims", "tokens of", "for", "minutes", "last exchange", "kept")
+    for column in table.columns[1:4]:  # an issuer's URL and the claims are read whole, wrapped, never cut
+        column.overflow = "fold"
     for p in found:
         claims = "; ".join(f"{k}={v if isinstance(v, str) else ' | '.join(v)}" for k, v in p.claims.items())
         table.add_row(p.name, p.issuer, p.audience, claims, f"{p.user} ({','.join(p.scopes)})", ", ".join(p.owners),

@@ -73,6 +73,7 @@ def test_an_eval_accuracy_beside_test_accuracies_says_so(registry: dict[str, Any
         "bob/eval-only:1": "0.9000 eval", "alice/b:1": "0.8355", "alice/a:1": "0.8460"}
     column = json.loads(table.proto.columns)["accuracy"]
     assert column["label"] == "accuracy" and "'eval': the version records none" in column["help"]
+    assert column["alignment"] == "right"  # lined up as the number columns beside it (a second walk)
     alone = page("browse", registry, **{browse.APPLIED_FORM: {"owner": "bob"}})
     assert json.loads(alone.dataframe[0].proto.columns)["accuracy"]["label"] == "eval acc."
 
