@@ -114,7 +114,7 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
     if base and response.status_code in (404, 405) and not code:
         # every error of the registry's API names its problem type: a bare 404 or 405 (a model server's JSON, the
         # dashboard's plain-text 405 to a POST) is another server's
-        detail = _not_the_api(base, f"has no such route (HTTP {response.status_code})")
+        detail = _not_the_api(base, f"has no such route ({detail})")
     error = _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
     if isinstance(error, NotFound) and (moved := response.headers.get(MOVED_HEADER)):
         error.moved_to = moved[:200]

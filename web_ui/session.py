@@ -190,7 +190,7 @@ def registry_problem(url: str, token: str) -> str | None:
     except RegistryUnavailable:
         return None
     except RegistryError as exc:
-        found = f"the error {str(exc)[:80]!r}"
+        found = f"the error {str(exc)[:160]!r}"  # (what the answer was: "an HTML page, not the registry's ...")
     except (ValueError, TypeError):
         found = "a page that is not JSON"
     else:
