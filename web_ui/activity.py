@@ -28,11 +28,14 @@ ANY = "any"
 
 def target_link(event: EventInfo) -> str:
     """Where the event's target leads: an adapter or version to its Adapter page, anything else about an owner (an
-    organisation, a user's tokens or quota) to this page filtered to that owner's events. (A bare name in the link
-    column was a link to /NAME: "Page not found".)"""
+    organisation, a user's tokens or quota) to this page filtered to that owner's events, anything else (a base
+    model registered) to this page's events of that kind. (A bare name in the link column was a link to /NAME:
+    "Page not found".)"""
     if event.adapter is not None:
         return navigation.version_link(event.target)
-    return navigation.activity_link(event.owner or event.target)
+    if event.owner is not None:
+        return navigation.activity_link(event.owner)
+    return navigation.activity_link(None, action=event.action, named=event.target)
 
 
 #: A content digest (SHA-256, a git commit): shortened in the table, whole in an event's detail.

@@ -64,6 +64,7 @@ def split_refs(text: str) -> list[str]:
 #: How the Adapter page's address of a version starts, relative to the dashboard's root.
 ADAPTER_PAGE = "adapter?ref="
 ACTIVITY_PAGE = "activity?adapter="  # the box reads an owner, or owner/name
+ACTIVITY_ACTION_PAGE = "activity?action="
 #: The query parameter naming the registry a view is of, when it is not the dashboard's default registry.
 REGISTRY = "registry"
 
@@ -88,9 +89,12 @@ def version_link(ref: str) -> str:
     return ADAPTER_PAGE + quote(ref, safe="/:@") + _suffix()
 
 
-def activity_link(owner: str) -> str:
-    """The Activity page's address listing the events about ``owner``, relative to the dashboard's root."""
-    return ACTIVITY_PAGE + quote(owner, safe="") + _suffix()
+def activity_link(owner: str | None, *, action: str = "", named: str = "") -> str:
+    """The Activity page's address listing the events about ``owner`` (or every owner's ``action`` events, the link
+    ``named`` in its fragment: what a table's link cell shows), relative to the dashboard's root."""
+    if owner is not None:
+        return ACTIVITY_PAGE + quote(owner, safe="") + _suffix()
+    return ACTIVITY_ACTION_PAGE + quote(action, safe="") + _suffix() + "#" + quote(named, safe="")
 
 
 def job_link(job_id: int) -> str:

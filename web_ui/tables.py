@@ -23,10 +23,12 @@ from web_ui import formats, navigation
 def link_text(value: str) -> str:
     """What a link cell names: the reference of an Adapter page's address (``adapter?ref=alice/x:1`` ->
     'alice/x:1', without the parameters it carries), the owner of an Activity page's (``activity?adapter=acme``),
-    any other text as it is."""
+    the name after an Activity link's '#', any other text as it is."""
     for page in (navigation.ADAPTER_PAGE, navigation.ACTIVITY_PAGE):
         if value.startswith(page):
             return unquote(value.removeprefix(page).split("&", 1)[0])
+    if value.startswith(navigation.ACTIVITY_ACTION_PAGE) and "#" in value:  # events of a kind: named after the #
+        return unquote(value.rpartition("#")[2])
     return value
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from registry.domain.events import EventInfo
-from web_ui import activity, formats
+from web_ui import activity, formats, tables
 
 SHA = "ab" * 32
 
@@ -63,3 +63,12 @@ def test_who_is_as_wide_as_its_longest_name_within_bounds() -> None:
 
 def test_markdown_in_a_detail_is_shown_as_text() -> None:
     assert activity.markdown_text("a *b* [c](d) $x #h") == r"a \*b\* \[c\]\(d\) \$x \#h"
+
+
+def test_every_target_links_somewhere_the_dashboard_has() -> None:
+    """A bare name in the link column was a link to /NAME ("Page not found", a new user's walk)."""
+    org = event("acme").model_copy(update={"action": "org-create", "owner": "acme", "adapter": None})
+    base = event("llama-7b@main").model_copy(update={"action": "base-register", "owner": None, "adapter": None})
+    assert activity.target_link(org).startswith("activity?adapter=acme")
+    assert activity.target_link(base).startswith("activity?action=base-register")
+    assert [tables.link_text(activity.target_link(e)) for e in (org, base)] == ["acme", "llama-7b@main"]
