@@ -58,7 +58,7 @@ MIXED_ACCURACY = ("accuracy", "accuracy on the test split; 'eval': the version r
 
 
 def accuracy_sources(items: list[VersionInfo]) -> frozenset[str]:
-    return frozenset(source for v in items if (found := accuracy_of(v))[0] is not None for source in [found[1]])
+    return frozenset(source for value, source in map(accuracy_of, items) if value is not None)
 
 
 def mixed_accuracies(items: list[VersionInfo]) -> bool:
@@ -178,9 +178,10 @@ def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, An
 
 def accuracy_column(items: list[VersionInfo], width: int) -> Any:
     """The accuracy column, named for where its values come from (test, eval, or both: then as text)."""
-    mixed = mixed_accuracies(items)
+    sources = accuracy_sources(items)
+    mixed = {"test", "eval"} <= sources  # mixed_accuracies, from the sources read once
     label, help_text = MIXED_ACCURACY if mixed else ACCURACY_LABELS.get(
-        accuracy_sources(items), ("accuracy", "test accuracy, else the final evaluation's"))
+        sources, ("accuracy", "test accuracy, else the final evaluation's"))
     if mixed:
         return st.column_config.TextColumn(label, width=width, help=help_text, alignment="right")  # as numbers
     return formats.metric_column((accuracy_of(v)[0] for v in items), label=label, width=width, help=help_text)
