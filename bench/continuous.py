@@ -200,6 +200,10 @@ def main() -> None:
     print("| seconds | before (a batch at a time) | now (continuous) | now / before |")
     print("|---|---|---|---|")
     for what in ("short p50", "short p95", "long p50", "long p95", "makespan"):
+        if what != "makespan" and not (shorts if what.startswith("short") else longs):
+            # a small --requests or an extreme --long-share can draw no request of a kind: its row has no figure
+            print(f"| {what} | — | — | — (no {what.split()[0]} request in this plan) |")
+            continue
         b, n = figure("before", what), figure("now", what)
         print(f"| {what} | {b[0]:.2f} ({b[1]:.2f}-{b[2]:.2f}) | {n[0]:.2f} ({n[1]:.2f}-{n[2]:.2f}) | "
               f"{n[0] / b[0]:.2f}x |")

@@ -291,7 +291,8 @@ class Settings(BaseSettings):
 #: VERA_* variables that are not Settings fields but are read elsewhere (the client, the dashboard, the setup and
 #: test scripts, typer's completion): not reported as unknown.
 OTHER_VARIABLES = frozenset({
-    "VERA_REGISTRY_URL", "VERA_TOKEN", "VERA_CACHE_DIR", "VERA_NO_CACHE", "VERA_CONFIG_DIR", "VERA_UI_REGISTRIES",
+    "VERA_REGISTRY_URL", "VERA_TOKEN", "VERA_ID_TOKEN", "VERA_TORCH_INDEX", "VERA_CACHE_DIR", "VERA_NO_CACHE",
+    "VERA_CONFIG_DIR", "VERA_UI_REGISTRIES",
     "VERA_UI_REMEMBER_DAYS",
     "VERA_UPDATE_SNAPSHOTS", "VERA_SETUP_STRICT", "VERA_SKIP_BROWSER", "VERA_SKIP_POSTGRES", "VERA_FUZZ_EXAMPLES",
     "VERA_FUZZ_RANDOM", "VERA_GPU_CHECK_BUDGET_S", "VERA_GPU_CHECK_MINILM", "VERA_GPU_CHECK_VENV", "_VERA_COMPLETE",

@@ -41,6 +41,11 @@ def login(
         who = client.whoami()
     path = store_token(url, secret.strip(), user=who.user)
     console.print(f"logged in to {url} as {who.user} {sorted(who.scopes)}; token stored in {path}")
+    if url != _url(None):
+        # the token is kept for this URL, but commands still go to VERA_REGISTRY_URL or the default (a newcomer's
+        # next `vera whoami` reached 127.0.0.1): say how to make this registry theirs
+        console.print(f"other commands go to {_url(None)} unless told: `export VERA_REGISTRY_URL={url}` (or pass "
+                      f"--registry {url} to each)", soft_wrap=True)
 
 
 def logout(registry: RegistryUrl = None) -> None:

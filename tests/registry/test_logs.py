@@ -144,6 +144,28 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_was_meant_to_be(tmp_pa
     assert "note: VERA_TOKENN (did you mean VERA_TOKEN?)" in said
 
 
+def test_every_variable_the_code_reads_is_known_to_the_unknown_variable_note() -> None:
+    """A VERA_* variable that some part of vera reads (os.environ, typer's envvar=, the set-up scripts) is a Settings
+    field or in OTHER_VARIABLES: `vera auth exchange`'s VERA_ID_TOKEN was noted as "no vera setting: it is ignored
+    (did you mean VERA_TOKEN?)" (a reader of deployment.md's GitLab recipe, session 26)."""
+    import re
+
+    from registry.settings import OTHER_VARIABLES, Settings
+
+    root = Path(__file__).resolve().parents[2]
+    known = {f"VERA_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    read = re.compile(r"""(?:environ(?:\.get)?\(\s*|environ\[|getenv\(\s*|envvar=\(?|setdefault\(\s*)"""
+                      r"""["'](VERA_[A-Z0-9_]+)|\$\{?(VERA_[A-Z0-9_]+)""")
+    found: dict[str, str] = {}
+    files = [*(root / ".ci").iterdir(), *(p for part in ("registry", "vera_core", "web_ui", "bench")
+                                          for p in (root / part).rglob("*") if p.suffix in {".py", ".sh"})]
+    for path in files:
+        for match in read.finditer(path.read_text()):
+            found.setdefault(match.group(1) or match.group(2), str(path.relative_to(root)))
+    assert {"VERA_ID_TOKEN", "VERA_REGISTRY_URL", "VERA_SETUP_STRICT", "VERA_TORCH_INDEX"} <= set(found)  # it reads
+    assert {name: path for name, path in found.items() if name not in known} == {}
+
+
 def test_a_refused_secret_setting_is_named_without_its_value() -> None:
     from pydantic import ValidationError
 

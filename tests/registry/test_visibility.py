@@ -373,6 +373,12 @@ def test_login_stores_a_token_the_client_then_uses(server: dict[str, Any], tmp_p
     assert refused.returncode == 1 and "unknown or revoked" in refused.stderr and not credentials_path().exists()
     done = vera("login", "--registry", url, "--token", server["tokens"]["bob"])
     assert "logged in" in done.stdout and "bob" in done.stdout
+    # commands other than login still go to the default address: it says how to make this registry the default
+    assert f"`export VERA_REGISTRY_URL={url}`" in done.stdout
+    monkeypatch.setenv("VERA_REGISTRY_URL", url)
+    again = vera("login", "--token", server["tokens"]["bob"])
+    assert "logged in" in again.stdout and "VERA_REGISTRY_URL" not in again.stdout  # already the default: no advice
+    monkeypatch.delenv("VERA_REGISTRY_URL")
     assert credentials_path().stat().st_mode & 0o777 == 0o600
     assert "bob" in vera("whoami", "--registry", url).stdout  # no --token: the stored one
     assert "acme (read)" in vera("whoami", "--registry", url).stdout
