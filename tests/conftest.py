@@ -7,9 +7,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pytest
-import torch
-from torch import nn
+# Each pytest-xdist worker gets its share of the cores for torch's threads, and so do the processes it starts
+# (servers, workers, `vera train`: they inherit the variables): two workers each running 2-thread torch on 2 cores
+# made a demo fine-tune 3x slower (137 s against 47 s, session 26) as their OpenMP threads fought for the cores.
+# Set before torch is imported; a variable already set is kept.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _THREADS)
+
+import pytest  # noqa: E402 - after the thread variables
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 # Nothing in the tests may reach the real HuggingFace Hub: code that would (Hub sync, the base-config lookup) talks to
 # a port where nothing listens, refused at once, unless a test points it at the Hub stand-in. Servers that tests
