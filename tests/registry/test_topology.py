@@ -39,7 +39,9 @@ def objects(env: dict[str, str]) -> list[str]:
 
 
 def start_cluster(args: list[str], env: dict[str, str], log: IO[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(Path(sys.executable).parent / "vera"), "cluster", *args], env={**os.environ, **env},
+    # as an operator starts it: without the thread count the test run gives its own processes (tests/conftest.py)
+    environment = {k: v for k, v in os.environ.items() if k not in {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}}
+    return subprocess.Popen([str(Path(sys.executable).parent / "vera"), "cluster", *args], env={**environment, **env},
                             stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -84,6 +86,12 @@ def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: st
             text = wait_ready(cluster, log)
             roles = pids(text)
             assert set(roles) == {"api-0", "api-1", "worker-0", "worker-1", "dashboard"}, text
+            # two workers share the cores: each one's torch takes its share (none was set for the cluster)
+            threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+            for worker in ("worker-0", "worker-1"):
+                environ = Path(f"/proc/{roles[worker]}/environ").read_bytes().split(b"\0")
+                assert f"OMP_NUM_THREADS={threads}".encode() in environ
+            assert f"workers: {threads} torch thread(s) each" in text
             first, second = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
             for url in (first, second):
                 ready = httpx.get(f"{url}/ready", timeout=30)
@@ -160,3 +168,15 @@ def test_cluster_refuses_bad_counts() -> None:
 
     result: Any = vera("cluster", "--replicas", "0")
     assert result.returncode == 2 and "replicas" in result.stderr
+
+
+def test_workers_share_the_cores_unless_the_operator_chose() -> None:
+    from registry.cli.cluster import worker_environment
+
+    cores = len(os.sched_getaffinity(0))
+    env = {"PATH": "/usr/bin"}
+    assert worker_environment(env, 2) == {"PATH": "/usr/bin", "OMP_NUM_THREADS": str(max(1, cores // 2))}
+    assert worker_environment(env, 4 * cores)["OMP_NUM_THREADS"] == "1"  # never none
+    assert worker_environment(env, 1) is env  # one worker: torch's own default, every core
+    chosen = {**env, "OMP_NUM_THREADS": "3"}
+    assert worker_environment(chosen, 2) is chosen
