@@ -30,7 +30,8 @@ from registry.domain.schemas import (
     check_text,
 )
 from registry.services.access import check_visibility, not_found
-from registry.services.lookup import LATEST, resolve, version_info, version_ref
+from registry.services.lookup import LATEST, version_info, version_ref
+from registry.services.moves import resolve_locked
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -171,7 +172,7 @@ class Metadata:
                                "'remove': [...]}).")
         description = check_description(changes.description) if changes.description is not None else None
         with self.db.session() as s:
-            v = resolve(s, ref)
+            v = resolve_locked(s, ref)
             tags = [t.tag for t in v.tags]
             before: dict[str, Any] = {}
             after: dict[str, Any] = {}

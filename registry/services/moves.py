@@ -218,6 +218,19 @@ def move_owner(s: Session, old: str, new: str, *, actor: str) -> list[str]:
     return [f"{old}/{a.name}" for a in adapters]
 
 
+def resolve_locked(s: Session, ref: str | Ref) -> m.AdapterVersion:
+    """``lookup.resolve`` after its adapter's row is locked (``lock_adapter``): changes to one adapter's versions
+    (delete, yank, aliases, edits) take turns with its publishes and moves and with one another. A delete of the last
+    version counted none while a publish of the next one was not committed yet, then deleted the adapter and the new
+    version with it (PostgreSQL); an alias set on a version being deleted was a 500 (an outsider's races, session
+    26). NotFound as ``resolve`` says it."""
+    from registry.services.lookup import resolve  # lookup imports access, which imports this module
+
+    parsed = Ref.parse(ref) if isinstance(ref, str) else ref
+    lock_adapter(s, parsed.owner, parsed.name)
+    return resolve(s, parsed)
+
+
 def lock_adapter(s: Session, owner: str, name: str) -> m.Adapter | None:
     """The adapter ``owner/name``, its row locked for the rest of the transaction (SQLite: the database's write lock;
     PostgreSQL: the row's), so that moves and publishes of one adapter take turns: each reads its version numbers

@@ -27,6 +27,7 @@ from registry.services.lookup import (
     version_ref,
     version_tensors,
 )
+from registry.services.moves import resolve_locked
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -165,7 +166,7 @@ class Versions:
         if alias == LATEST:
             raise InvalidInput("'latest' always points at the newest version that is not yanked; pick another alias.")
         with self.db.session() as s:
-            v = resolve(s, ref)
+            v = resolve_locked(s, ref)
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             before = None
             if row is None:
@@ -187,7 +188,7 @@ class Versions:
         if alias == LATEST:
             raise InvalidInput("'latest' is managed by the registry and cannot be removed.")
         with self.db.session() as s:
-            v = resolve(s, Ref(owner=ref.owner, name=ref.name, alias=alias))
+            v = resolve_locked(s, Ref(owner=ref.owner, name=ref.name, alias=alias))
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             s.delete(row)
             s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}",
@@ -196,7 +197,7 @@ class Versions:
     def yank(self, ref: str | Ref, *, actor: str, yanked: bool = True) -> VersionInfo:
         """Hide a version from listings and from ``latest``; it stays fetchable by number."""
         with self.db.session() as s:
-            v = resolve(s, ref)
+            v = resolve_locked(s, ref)
             v.yanked = yanked
             s.flush()
             move_latest(s, v.adapter)
@@ -210,7 +211,7 @@ class Versions:
         ref it had, as ``parent_deleted``). Blobs go at the next gc(). ``keep_aliased`` (retention) refuses, with
         Conflict, a version that an alias other than ``latest`` points at."""
         with self.db.session() as s:
-            v = resolve(s, ref)
+            v = resolve_locked(s, ref)
             adapter, target = v.adapter, version_ref(v)
             if keep_aliased and (held := s.scalars(select(m.Alias.name).where(
                     m.Alias.version_id == v.id, m.Alias.name != LATEST)).all()):
