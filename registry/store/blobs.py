@@ -215,23 +215,34 @@ class FsspecBlobStore:
         with _storage(self.url, "writing a blob", writing=True):
             return self._put(data)
 
-    def _freshen(self, path: str, write: Callable[[], None]) -> bool:
+    def _freshen(self, path: str, size: int, write: Callable[[], None]) -> bool:
         """True when ``path`` exists, its age restarted (touched on a local disk; ``write`` again on an object store,
-        whose objects keep the time they were written)."""
+        whose objects keep the time they were written). A local file of another size than the ``size`` bytes being
+        stored is damaged (cut short by a crash, emptied): False, and the caller writes it again whole (a publish of
+        the same bytes reported success over a 0-byte file, which fetch then refused; an outsider's finding)."""
         if not self.fs.exists(path):
             return False
         if self._local:
             with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: written below, as a new one
+                if os.stat(path).st_size != size:
+                    return False
                 os.utime(path)
                 return True
             return False
         write()
         return True
 
+    @staticmethod
+    def _durable(tmp: str) -> None:
+        """Flush a local temporary file's bytes to the disk before it is renamed into place: after a power loss a
+        blob's name never holds fewer bytes than it names (the rows that point at it are committed after)."""
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+
     def _put(self, data: bytes) -> str:
         digest = sha256_hex(data)
         path = self._path(digest)
-        if self._freshen(path, lambda: self.fs.pipe_file(path, data)):
+        if self._freshen(path, len(data), lambda: self.fs.pipe_file(path, data)):
             return digest
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if self._local:
@@ -239,6 +250,7 @@ class FsspecBlobStore:
             try:
                 with self.fs.open(tmp, "wb") as handle:
                     handle.write(data)
+                self._durable(tmp)
                 self.fs.mv(tmp, path)  # a rename on one filesystem: atomic
             finally:
                 if self.fs.exists(tmp):
@@ -259,7 +271,7 @@ class FsspecBlobStore:
         name = digest.hexdigest()
         target = self._path(name)
         with _storage(self.url, "writing a blob", writing=True):
-            if self._freshen(target, lambda: self.fs.put_file(os.fspath(path), target)):
+            if self._freshen(target, os.path.getsize(path), lambda: self.fs.put_file(os.fspath(path), target)):
                 return name
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             if not self._local:
@@ -268,6 +280,7 @@ class FsspecBlobStore:
             tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
             try:
                 self.fs.put_file(os.fspath(path), tmp)
+                self._durable(tmp)
                 self.fs.mv(tmp, target)  # a rename on one filesystem: atomic
             finally:
                 if self.fs.exists(tmp):

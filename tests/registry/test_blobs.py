@@ -36,6 +36,23 @@ def test_corrupted_and_truncated_blobs_are_never_served(store: FsspecBlobStore) 
         store.get(digest)
 
 
+def test_storing_the_same_bytes_again_repairs_a_damaged_copy(store: FsspecBlobStore, tmp_path: Path) -> None:
+    """A blob cut short (a crash before its bytes reached the disk) or emptied was only freshened by a publish of
+    the same bytes, which reported success and left the version unfetchable (an outsider's finding, session 26):
+    storing them again writes them whole, from bytes and from a file."""
+    data = b"some adapter bytes"
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    for put in (store.put, lambda _: store.put_file(source)):
+        digest = store.put(data)
+        for damage in (b"", b"some adapter"):
+            store.fs.pipe_file(store._path(digest), damage)
+            with pytest.raises(IntegrityError):
+                store.get(digest)
+            assert put(data) == digest
+            assert store.get(digest) == data
+
+
 def test_names_are_checked(store: FsspecBlobStore) -> None:
     for bad in ("../../etc/passwd", "A" * 64, "abc"):
         with pytest.raises(NotFound, match="is not a blob name"):
