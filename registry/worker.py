@@ -247,7 +247,8 @@ class _CheckpointSync:
                 return
             self.step = stored.step
             self.worker._note(self.job, self.tracker, f"job {job}: stored the checkpoint at step {stored.step} in the "
-                              f"registry ({stored.size} bytes), for an attempt on another machine")
+                              f"registry ({stored.size} bytes): a later attempt resumes from it, on this worker or "
+                              "another")
 
 
 #: Seconds between a running job's heartbeats (`vera worker --heartbeat`).

@@ -101,7 +101,8 @@ VERSION_MIN_PX = 120
 #: walk: 'tiny-roberta' was cut to 'tiny-robe…' beside room to spare).
 BASE_MODEL_MAX_PX = 170
 #: The labels column grows from WIDTHS' 120 px to show every alias of the page's versions whole (with '+N' for
-#: their tags), up to what leaves the version column VERSION_MIN_PX beside the widest base model column.
+#: their tags), up to what leaves the version column VERSION_MIN_PX beside the page's base model and score columns:
+#: at least this, beside the widest base model column.
 LABELS_MAX_PX = TABLE_PX - VERSION_MIN_PX - (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["labels"]
                                              - WIDTHS["base model"] + BASE_MODEL_MAX_PX)
 
@@ -110,10 +111,22 @@ def base_model_width(items: list[VersionInfo]) -> int:
     return formats.text_width((v.base_model for v in items), WIDTHS["base model"], BASE_MODEL_MAX_PX)
 
 
-def labels_width(items: list[VersionInfo]) -> int:
+def labels_width(items: list[VersionInfo], metric: str | None = None) -> int:
     """The labels column's px: room for each version's lock and aliases whole, and the '+N' of its tags (a team
-    lead's walk: '@latest +5' hid @prod), at least WIDTHS' and at most LABELS_MAX_PX."""
-    return formats.text_width(map(kept_labels, items), WIDTHS["labels"], LABELS_MAX_PX)
+    lead's walk: '@latest +5' hid @prod), at least WIDTHS' and at most what the page's other columns leave the version
+    column VERSION_MIN_PX of (a new user's walk: '@prod, @latest, fine-tune' needs 192 px, more than LABELS_MAX_PX,
+    and hid the tag beside a short base model name)."""
+    others = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["labels"] - WIDTHS["base model"]
+              + base_model_width(items) - WIDTHS["accuracy"] + score_width(items, metric))
+    room = max(LABELS_MAX_PX, TABLE_PX - VERSION_MIN_PX - others)
+    return formats.text_width(map(kept_labels, items), WIDTHS["labels"], room)
+
+
+def score_width(items: list[VersionInfo], metric: str | None = None) -> int:
+    """The px of the accuracy column, or of the metric sorted by that takes its place."""
+    if metric:
+        return max(WIDTHS["accuracy"], formats.cell_width(metric) + 20)
+    return MIXED_ACCURACY_PX if mixed_accuracies(items) else WIDTHS["accuracy"]
 
 
 def kept_labels(v: VersionInfo) -> str:
@@ -145,7 +158,7 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
     (projection, trainable parameters, eval loss and exact bytes are on the Adapter and Compare pages). Labels are
     a lock for a private adapter, its aliases and its tags; sorted by a metric, that metric's column takes the place
     of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
-    size, base_px, labels_px = size_column(sort), base_model_width(items), labels_width(items)
+    size, base_px, labels_px = size_column(sort), base_model_width(items), labels_width(items, metric)
 
     scores: list[dict[str, float | str | None]] = (
         [{metric: metric_value(v, metric)} for v in items] if metric
@@ -161,10 +174,8 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
 def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
     metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
-    mixed = mixed_accuracies(items)
-    metric_px = (max(WIDTHS["accuracy"], formats.cell_width(metric) + 20) if metric
-                 else MIXED_ACCURACY_PX if mixed else WIDTHS["accuracy"])
-    base_px, labels_px = base_model_width(items), labels_width(items)
+    metric_px = score_width(items, metric)
+    base_px, labels_px = base_model_width(items), labels_width(items, metric)
     others = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px - WIDTHS["base model"] + base_px
               - WIDTHS["labels"] + labels_px)
     needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)

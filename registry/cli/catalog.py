@@ -53,14 +53,20 @@ def flat_metrics(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
 def metric_text(value: Any) -> str:
     """A metric's value in a line: a number to 6 significant digits; a series (a loss curve: [[step, loss], ...]
     or values) as its length, first and last entries (`--json` has it whole)."""
+    if isinstance(value, list) and len(value) > 4:
+        return f"{len(value):,} entries: {_short(value[0])}, ..., {_short(value[-1])} (`--json` for all)"
+    return _short(value)
+
+
+def _short(value: Any) -> str:
+    """Numbers to 6 significant digits inside lists and objects too (a run's evaluations, [{step, eval_loss,
+    eval_accuracy}], were Python's repr: 'step': 189.0, 0.3091912467323152; a new user's walk)."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, list) and len(value) > 4:
-        def entry(item: Any) -> str:
-            if isinstance(item, list):
-                return "[" + ", ".join(metric_text(x) for x in item) + "]"
-            return str(item) if not isinstance(item, dict) else "{...}"
-        return f"{len(value):,} entries: {entry(value[0])}, ..., {entry(value[-1])} (`--json` for all)"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_short(item)}" for key, item in value.items()) + "}"
     return str(value)
 
 

@@ -154,6 +154,8 @@ def _events_after(job_id: int, after: int, client: RegistryClient) -> list[JobEv
 def job_logs(
     job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends; then exit 3 if it "
                                                        "failed or was cancelled (0: succeeded).")] = False,
+    steps: Annotated[bool, typer.Option("--steps/--no-steps", help="Print a line per optimizer step (--no-steps: "
+                                        "evaluations and log lines only).")] = True,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Print a job's progress, evaluations and log lines. With --follow, wait for the job to end: the exit status
@@ -164,7 +166,8 @@ def job_logs(
             after = e.id
             text = e.data.get("message") if e.kind == "log" else ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
-            console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}")
+            if steps or e.kind != "step":
+                console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}", soft_wrap=True)  # a line each, piped too
         job = call_registry(registry, token, lambda c: c.job(job_id))
         if not follow or job.status in FINAL_JOB_STATUSES:
             console.print(f"job {job_id}: {job.status}" + (f" -> {job.result_ref}" if job.result_ref else "")

@@ -147,7 +147,7 @@ def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -
     console.print(Text.assemble(f"{report.ref}: ", (report.status, "bold")))
     for check, result in report.checks.items():
         console.print(f"  {check}: {'ok' if result.get('ok') else 'FAILED'} "
-                      + ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok"))
+                      + ", ".join(f"{k}={v}" for k, v in result.items() if k != "ok"), soft_wrap=True)
     if report.status != "passed":
         check_failed()
 

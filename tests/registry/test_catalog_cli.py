@@ -151,3 +151,15 @@ def test_ls_stays_readable_in_80_columns(server: dict[str, Any]) -> None:
     assert long_ref in narrow and "…" not in narrow  # the whole reference, nothing cut short
     assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
     assert " r " in narrow and "not shown (narrow terminal): " in narrow and "--json has everything" in narrow
+
+
+def test_a_metrics_lists_and_objects_are_written_as_its_numbers_are() -> None:
+    """`vera show` wrote a run's evaluations as Python's repr ([{'step': 189.0, 'eval_loss': 0.3091912467323152,
+    ...}]), beside numbers to 6 significant digits (a new user's walk, session 26)."""
+    from registry.cli.catalog import metric_text
+
+    evaluations = [{"step": 189.0, "eval_loss": 0.3091912467323152, "eval_accuracy": 0.8714090287277702}]
+    assert metric_text(evaluations) == "[{step: 189, eval_loss: 0.309191, eval_accuracy: 0.871409}]"
+    assert metric_text(0.8714090287277702) == "0.871409" and metric_text(3) == "3" and metric_text("x") == "x"
+    curve = [[step, 1 / step] for step in range(1, 8)]
+    assert metric_text(curve) == "7 entries: [1, 1], ..., [7, 0.142857] (`--json` for all)"

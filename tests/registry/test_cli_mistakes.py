@@ -121,6 +121,31 @@ def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[s
     assert json.loads(vera("job", "show", str(job.id), "--json", url=server["url"]).stdout)["id"] == job.id
 
 
+def test_job_logs_lines_stay_whole_when_piped_and_steps_can_be_left_out(server: dict[str, Any]) -> None:
+    """A new user's walk (session 26): `vera job logs --follow | tee` cut its log lines at 80 columns, mid-word, and
+    the demo's 189 step lines buried its evaluations and "published"."""
+    from registry.services.jobs import Jobs
+    from registry.services.registry import Registry
+    from registry.store.blobs import FsspecBlobStore
+    from registry.store.database import Database
+
+    db = Database(f"sqlite:///{server['root'] / 'r.db'}")
+    try:
+        jobs = Jobs(Registry(db, FsspecBlobStore(str(server["root"] / "blobs"))))
+        job = jobs.submit({"demo": True}, owner="ann", target="ann/piped")
+        assert jobs.claim("w1") is not None
+        message = "job: stored the checkpoint at step 50 in the registry (484589 bytes): " + "words " * 20
+        jobs.heartbeat(job.id, "w1", events=[("step", {"step": 1, "loss": 0.9}), ("log", {"message": message}),
+                                              ("evaluate", {"step": 1, "eval_loss": 0.5})])
+    finally:
+        db.engine.dispose()
+    every = vera("job", "logs", str(job.id), url=server["url"], COLUMNS="80")
+    assert every.returncode == 0, every.stderr
+    assert message.strip() in every.stdout and "step=1, loss=0.9" in every.stdout  # one line, however wide
+    quiet = vera("job", "logs", str(job.id), "--no-steps", url=server["url"], COLUMNS="80")
+    assert "loss=0.9" not in quiet.stdout and "eval_loss=0.5" in quiet.stdout and message.strip() in quiet.stdout
+
+
 class _Other(http.server.BaseHTTPRequestHandler):
     """Not the registry: a page of HTML at every path (the dashboard's port), or a bare 404 (a model server's); to
     a POST, a plain-text 405 (as the dashboard's server answers one)."""

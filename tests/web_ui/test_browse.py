@@ -114,3 +114,21 @@ def test_compare_marks_an_eval_accuracy_beside_test_ones_too(registry: dict[str,
     assert list(compare.table(tested)["accuracy"]) == pytest.approx([0.846, 0.8355])  # numbers, sortable
     assert compare.widths(both)["accuracy"] == browse.MIXED_ACCURACY_PX  # room for "eval", taken from the version
     assert sum(compare.widths(both).values()) <= compare.TABLE_PX
+
+
+def test_an_adapters_one_tag_beside_prod_and_latest_is_shown_whole_beside_a_short_base_model(
+        registry: dict[str, Any]) -> None:
+    """A new user's walk (session 26), the README's own flow: the demo job's `fine-tune` tag, then `prod` set:
+    '@prod, @latest +1' (the labels column stopped at 186 px, 192 needed) beside a base model column of 90 px."""
+    with RegistryClient(registry["url"]) as client:
+        version = client.get("alice/a:1").model_copy(update={"aliases": ["latest", "prod"], "tags": ["fine-tune"],
+                                                            "base_model": "minilm"})
+    frame = browse.table([version])
+    assert list(frame["labels"]) == ["@prod, @latest, fine-tune"]
+    settings = browse.columns([version])
+    assert settings["labels"]["width"] > browse.LABELS_MAX_PX
+    assert settings["version"]["width"] >= browse.VERSION_MIN_PX  # the version column keeps its room in the table
+    assert sum(settings[name]["width"] for name in frame.columns) <= browse.TABLE_PX
+    # beside the widest base model column, as before: the most the table has room for
+    wide = version.model_copy(update={"base_model": "x" * 60})
+    assert browse.labels_width([wide]) == browse.LABELS_MAX_PX

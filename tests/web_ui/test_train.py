@@ -35,8 +35,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         yield {"url": base, "token": token, "db": url, "blobs": root / "blobs"}
 
 
-LOGGED = [("log", {"message": "job 1: stored the checkpoint at step 50 in the registry (365296 bytes), for an "
-                              "attempt on another machine"}),
+LOGGED = [("log", {"message": "job 1: stored the checkpoint at step 50 in the registry (365296 bytes): a later "
+                              "attempt resumes from it, on this worker or another"}),
           ("step", {"step": 50, "loss": 0.7123456789, "lr": 0.01}),
           ("evaluate", {"step": 50.0, "eval_loss": 0.637899894476263, "eval_accuracy": 0.8125}),
           ("log", {"message": "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
@@ -56,7 +56,8 @@ def test_a_jobs_log_is_a_table_in_words_and_the_raw_log_stays_reachable(registry
     rows = jobs.log_rows(events)  # after what the registry logged at submission
     assert list(rows.columns) == ["time", "event", "details"] and list(rows["event"])[-3:] == ["log", "evaluate", "log"]
     assert list(rows["details"])[-3:] == [
-        "job 1: stored the checkpoint at step 50 in the registry (365.3 KB), for an attempt on another machine",
+        "job 1: stored the checkpoint at step 50 in the registry (365.3 KB): a later attempt resumes from it, on this "
+        "worker or another",
         "step 50, eval loss 0.6379, eval accuracy 0.8125",  # four significant digits, the step first
         "RuntimeError: out of memory on purpose (and 2 more lines in the raw log)"]  # a traceback's error
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in rows["time"])
