@@ -3,7 +3,7 @@ run on the server, over every page)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -111,15 +111,28 @@ def base_model_width(items: list[VersionInfo]) -> int:
     return formats.text_width((v.base_model for v in items), WIDTHS["base model"], BASE_MODEL_MAX_PX)
 
 
-def labels_width(items: list[VersionInfo], metric: str | None = None) -> int:
-    """The labels column's px: room for each version's lock and aliases whole, and the '+N' of its tags (a team
-    lead's walk: '@latest +5' hid @prod), at least WIDTHS' and at most what the page's other columns leave the version
-    column VERSION_MIN_PX of (a new user's walk: '@prod, @latest, fine-tune' needs 192 px, more than LABELS_MAX_PX,
-    and hid the tag beside a short base model name)."""
-    others = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["labels"] - WIDTHS["base model"]
-              + base_model_width(items) - WIDTHS["accuracy"] + score_width(items, metric))
-    room = max(LABELS_MAX_PX, TABLE_PX - VERSION_MIN_PX - others)
-    return formats.text_width(map(kept_labels, items), WIDTHS["labels"], room)
+class Widths(NamedTuple):
+    """The px of the columns that grow with the page (base model, score, labels), and of every column but the
+    version together (what the version column's room is TABLE_PX less)."""
+
+    base_model: int
+    score: int
+    labels: int
+    others: int
+
+
+def widths(items: list[VersionInfo], metric: str | None = None) -> Widths:
+    """The page's growing columns, each computed once (the labels from what the others leave). The labels: room for
+    each version's lock and aliases whole, and the '+N' of its tags (a team lead's walk: '@latest +5' hid @prod), at
+    least WIDTHS' and at most what the page's other columns leave the version column VERSION_MIN_PX of (a new user's
+    walk: '@prod, @latest, fine-tune' needs 192 px, more than LABELS_MAX_PX, and hid the tag beside a short base
+    model name)."""
+    base_px, score_px = base_model_width(items), score_width(items, metric)
+    fixed = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["labels"] - WIDTHS["base model"] - WIDTHS["accuracy"]
+             + base_px + score_px)
+    room = max(LABELS_MAX_PX, TABLE_PX - VERSION_MIN_PX - fixed)
+    labels_px = formats.text_width(map(kept_labels, items), WIDTHS["labels"], room)
+    return Widths(base_px, score_px, labels_px, fixed + labels_px)
 
 
 def score_width(items: list[VersionInfo], metric: str | None = None) -> int:
@@ -158,33 +171,30 @@ def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-cre
     (projection, trainable parameters, eval loss and exact bytes are on the Adapter and Compare pages). Labels are
     a lock for a private adapter, its aliases and its tags; sorted by a metric, that metric's column takes the place
     of accuracy, and sorted by trainable parameters, they take the place of the stored size."""
-    size, base_px, labels_px = size_column(sort), base_model_width(items), labels_width(items, metric)
+    size, page = size_column(sort), widths(items, metric)
 
     scores: list[dict[str, float | str | None]] = (
         [{metric: metric_value(v, metric)} for v in items] if metric
         else [{"accuracy": cell} for cell in accuracy_cells(items)])
     return pd.DataFrame([{
-        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, base_px),
+        "version": navigation.version_link(v.ref), "base model": formats.fit(v.base_model, page.base_model),
         "r": v.r, size: v.stored_bytes if size == "stored" else v.trainable_parameters, **score,
         "downloads": v.downloads, "verified": formats.VERIFIED.get(v.verification_status, v.verification_status),
-        "labels": formats.fit_list(labels(v), labels_px), "created": v.created_at,
+        "labels": formats.fit_list(labels(v), page.labels), "created": v.created_at,
     } for v, score in zip(items, scores, strict=True)])
 
 
 def columns(items: list[VersionInfo], metric: str | None = None) -> dict[str, Any]:
     """The table's column settings: the version as wide as its longest name needs, in what the others leave; a
     metric, the accuracy otherwise, with one number of decimals in every row (formats.metric_format)."""
-    metric_px = score_width(items, metric)
-    base_px, labels_px = base_model_width(items), labels_width(items, metric)
-    others = (sum(WIDTHS.values()) - WIDTHS["params"] - WIDTHS["accuracy"] + metric_px - WIDTHS["base model"] + base_px
-              - WIDTHS["labels"] + labels_px)
+    page = widths(items, metric)
     needed = max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX)
-    version = max(VERSION_MIN_PX, min(needed, TABLE_PX - others))
+    version = max(VERSION_MIN_PX, min(needed, TABLE_PX - page.others))
     return COLUMNS | {"version": navigation.version_column(version),
-                      "base model": st.column_config.TextColumn(width=base_px),
-                      "labels": st.column_config.TextColumn(width=labels_px, help=LABELS_HELP)} | (
-        {metric: formats.metric_column((metric_value(v, metric) for v in items), width=metric_px)} if metric else
-        {"accuracy": accuracy_column(items, metric_px)})
+                      "base model": st.column_config.TextColumn(width=page.base_model),
+                      "labels": st.column_config.TextColumn(width=page.labels, help=LABELS_HELP)} | (
+        {metric: formats.metric_column((metric_value(v, metric) for v in items), width=page.score)} if metric else
+        {"accuracy": accuracy_column(items, page.score)})
 
 
 def accuracy_column(items: list[VersionInfo], width: int) -> Any:

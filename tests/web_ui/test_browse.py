@@ -131,4 +131,4 @@ def test_an_adapters_one_tag_beside_prod_and_latest_is_shown_whole_beside_a_shor
     assert sum(settings[name]["width"] for name in frame.columns) <= browse.TABLE_PX
     # beside the widest base model column, as before: the most the table has room for
     wide = version.model_copy(update={"base_model": "x" * 60})
-    assert browse.labels_width([wide]) == browse.LABELS_MAX_PX
+    assert browse.widths([wide]).labels == browse.LABELS_MAX_PX
