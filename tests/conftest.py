@@ -8,13 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Each pytest-xdist worker gets its share of the cores for torch's threads, and so do the processes it starts
-# (servers, workers, `vera train`: they inherit the variables): two workers each running 2-thread torch on 2 cores
-# made a demo fine-tune 3x slower (137 s against 47 s, session 26) as their OpenMP threads fought for the cores.
-# Set before torch is imported; a variable already set is kept.
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_variable, _THREADS)
+# (servers, workers, `vera train`: they inherit the variables); registry.cpu_share says why. Set before torch is
+# imported; OMP_NUM_THREADS already set is kept.
+from registry.cpu_share import share_cores  # noqa: E402 - imports nothing heavy
+
+os.environ.update(share_cores(dict(os.environ), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 import pytest  # noqa: E402 - after the thread variables
 import torch  # noqa: E402

@@ -29,6 +29,7 @@ from registry.cli.common import (
     fail,
     load_settings,
 )
+from registry.cpu_share import share_cores
 from registry.domain.errors import InvalidInput
 
 MAX_REPLICAS = 16
@@ -47,17 +48,6 @@ class Child:
 
 def _vera(*args: str) -> list[str]:
     return [sys.executable, "-m", "registry.cli", *args]
-
-
-def worker_environment(env: dict[str, str], workers: int) -> dict[str, str]:
-    """``env`` for ``workers`` job workers on this machine's cores: each one's torch takes its share of the cores
-    (OMP_NUM_THREADS), unless the caller set it or one worker has them all. Each worker's torch would otherwise run as
-    many threads as there are cores: two workers training on 2 cores took 3x as long as with a thread each
-    (bench/RESULTS.md, session 26)."""
-    if workers < 2 or "OMP_NUM_THREADS" in env:
-        return env
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {**env, "OMP_NUM_THREADS": str(max(1, cores // workers))}
 
 
 def _start(role: str, command: list[str], env: dict[str, str], url: str = "") -> Child:
@@ -145,7 +135,7 @@ def cluster(
         for i in range(replicas):
             url = f"http://127.0.0.1:{port + i}"
             children.append(_start(f"api-{i}", _vera("serve", "--host", host, "--port", str(port + i)), env, url))
-        worker_env = worker_environment(env, workers)
+        worker_env = share_cores(env, workers)
         if worker_env is not env:
             console.print(f"workers: {worker_env['OMP_NUM_THREADS']} torch thread(s) each, their share of this "
                           "machine's cores (set OMP_NUM_THREADS to choose)")

@@ -171,12 +171,13 @@ def test_cluster_refuses_bad_counts() -> None:
 
 
 def test_workers_share_the_cores_unless_the_operator_chose() -> None:
-    from registry.cli.cluster import worker_environment
+    from registry.cpu_share import cores, share_cores
 
-    cores = len(os.sched_getaffinity(0))
     env = {"PATH": "/usr/bin"}
-    assert worker_environment(env, 2) == {"PATH": "/usr/bin", "OMP_NUM_THREADS": str(max(1, cores // 2))}
-    assert worker_environment(env, 4 * cores)["OMP_NUM_THREADS"] == "1"  # never none
-    assert worker_environment(env, 1) is env  # one worker: torch's own default, every core
+    share = str(max(1, cores() // 2))
+    assert share_cores(env, 2) == {"PATH": "/usr/bin", "OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
+    assert share_cores(env, 4 * cores())["OMP_NUM_THREADS"] == "1"  # never none
+    assert share_cores(env, 1) is env  # one worker: torch's own default, every core
     chosen = {**env, "OMP_NUM_THREADS": "3"}
-    assert worker_environment(chosen, 2) is chosen
+    assert share_cores(chosen, 2) is chosen
+    assert share_cores({**env, "MKL_NUM_THREADS": "4"}, 2)["MKL_NUM_THREADS"] == "4"  # the operator's MKL kept
