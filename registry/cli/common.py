@@ -45,7 +45,8 @@ class ExitCode(IntEnum):
     OK = 0
     ERROR = 1  # the command could not do what was asked; one line on stderr says why
     USAGE = 2  # wrong options or arguments (Click)
-    CHECK_FAILED = 3  # a check ran and found a problem: verify, fsck, inspect --verify, db status
+    CHECK_FAILED = 3  # a check ran and found a problem: verify, fsck, inspect --verify, db status, job logs --follow,
+    # webhook test
 
 
 def fail(exc: Exception) -> NoReturn:

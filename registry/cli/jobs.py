@@ -25,7 +25,7 @@ def job_submit(
     name: Annotated[str, typer.Option("--name", help="owner/name to publish the adapter as.")],
     demo: opt.Demo = False,
     data: opt.Data = None,
-    base_model: opt.BaseModel = "minilm",
+    base_model: opt.JobBaseModel = "minilm",
     task: opt.Task = "classification",
     text_column: opt.TextColumn = "text",
     label_column: opt.LabelColumn = "label",

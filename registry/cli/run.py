@@ -109,8 +109,8 @@ def _start_worker(jobs: Jobs, settings: Settings, status_port: int | None) -> No
 
 
 def serve_model(
-    base: Annotated[str, typer.Option(help="Base model: 'minilm' (the offline demo model) or a local directory.")
-                    ] = "minilm",
+    base: Annotated[str, typer.Option(help="Base model: 'minilm' (the offline demo model), a local directory, or a "
+                                       "Hub id in this machine's Hugging Face cache.")] = "minilm",
     base_name: Annotated[str | None, typer.Option(help="The base model's name in the registry; adapters published "
                                                   "for another base are refused. Default: --base.")] = None,
     task: Annotated[str, typer.Option(help="classification or causal-lm.")] = "classification",

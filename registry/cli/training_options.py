@@ -13,9 +13,11 @@ import typer
 Demo = Annotated[bool, typer.Option(help="The offline demo: word polarity on the bundled MiniLM.")]
 Data = Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns (a job "
                                           "uploads it).")]
-BaseModel = Annotated[str, typer.Option(help="'minilm' (bundled), a local model directory, or a cached Hub id, on "
-                                        "the machine that trains (a job: one the registry allows, "
-                                        "VERA_JOB_BASE_MODELS; 'minilm' by default).")]
+BaseModel = Annotated[str, typer.Option(help="'minilm' (bundled), a local model directory, or a Hub id in this "
+                                        "machine's Hugging Face cache.")]
+JobBaseModel = Annotated[str, typer.Option(help="One the registry allows (VERA_JOB_BASE_MODELS: 'minilm', the "
+                                           "bundled demo model, by default; an operator adds Hub ids the workers "
+                                           "have cached), never a local directory.")]
 Task = Annotated[str, typer.Option(help="classification or causal-lm.")]
 Rank = Annotated[int, typer.Option(help="VeRA rank.")]
 TargetModules = Annotated[str | None, typer.Option(
