@@ -836,6 +836,16 @@ class RegistryClient:
         return OrganizationInfo.model_validate(self._request(
             "DELETE", f"/api/v1/orgs/{_segment(organization)}/members/{_segment(member)}").json())
 
+    def protect_alias(self, organization: str, alias: str) -> OrganizationInfo:
+        """Protect ``alias`` in every adapter of the organisation: only its admins move it from then on."""
+        return OrganizationInfo.model_validate(self._request(
+            "PUT", f"/api/v1/orgs/{_segment(organization)}/protected-aliases/{_segment(alias)}").json())
+
+    def unprotect_alias(self, organization: str, alias: str) -> OrganizationInfo:
+        """Let the organisation's writers move ``alias`` again."""
+        return OrganizationInfo.model_validate(self._request(
+            "DELETE", f"/api/v1/orgs/{_segment(organization)}/protected-aliases/{_segment(alias)}").json())
+
     def invitations(self) -> list[InvitationInfo]:
         """Your pending invitations to organisations."""
         return [InvitationInfo.model_validate(i) for i in self._request("GET", "/api/v1/invitations").json()]

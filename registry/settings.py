@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # ended (revoked or expired) more than this many days ago, as `vera token purge --days N` does (their audit events
     # stay); 0: only by hand. At least 1: a CI identity token is refused a second exchange while its token is kept.
     token_purge_days: float = Field(default=30.0, ge=0, le=3650)
+    # The longest a new access token may live, in days (`vera auth create-token`, POST /api/v1/tokens, `vera token
+    # create`): one asked for without an expiry gets this one, a longer one is refused; tokens made before keep
+    # theirs. None: tokens may never expire (their maker chooses).
+    max_token_days: float | None = Field(default=None, gt=0, le=3650)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.

@@ -1,13 +1,13 @@
 """Organisations: the ones you belong to (every one for an admin), each with its members and their roles; an
-organisation's admins add members, change roles and remove members there, rename it, and delete it (its name typed
-to confirm),
-any member may leave, and whoever may publish creates one (becoming its admin). A member name that no token was ever
-created for is marked: a misspelt name shows. On a registry with invitations (VERA_ORG_INVITATIONS), adding a user
-who is not a member invites them: your own invitations are listed first, to accept or decline, and an
-organisation's admins see its pending ones and may cancel them. Each organisation's storage, and yours, is shown
-against its quota, which admins set or clear there. The organisation lives in the URL (``?org=acme``). The registry
-decides in the end (the last admin cannot leave, an organisation cannot be a member, one that owns adapters, jobs or
-webhooks is not deleted); its refusals are shown as messages."""
+organisation's admins add members, change roles and remove members there, protect aliases (only admins then move
+them), rename it, and delete it (its name typed to confirm), any member may leave, and whoever may publish creates
+one (becoming its admin). A member name that no token was ever created for is marked: a misspelt name shows. On a
+registry with invitations (VERA_ORG_INVITATIONS), adding a user who is not a member invites them: your own
+invitations are listed first, to accept or decline, and an organisation's admins see its pending ones and may cancel
+them. Each organisation's storage, and yours, is shown against its quota, which admins set or clear there. The
+organisation lives in the URL (``?org=acme``). The registry decides in the end (the last admin cannot leave, an
+organisation cannot be a member, one that owns adapters, jobs or webhooks is not deleted); its refusals are shown as
+messages."""
 
 from __future__ import annotations
 
@@ -139,6 +139,38 @@ def rename(org: str) -> None:
         return f"Renamed {org} to {info.name}: its adapters are {info.name}/NAME now, and their old names point there."
 
     _change(renamed, lambda c: c.rename_organization(org, new))
+
+
+def protect(org: str) -> None:
+    """``on_click`` of Protect: the alias typed (the registry refuses 'latest' and invalid names)."""
+    alias = st.session_state[f"orgs_protect_{org}"].strip()
+    if not alias:
+        _done("Type the alias to protect, e.g. prod.")
+        return
+    _change(f"{alias} is protected in {org}: only its admins move it from now on.",
+            lambda c: c.protect_alias(org, alias))
+
+
+def unprotect(org: str) -> None:
+    """``on_click`` of Unprotect: the protected alias chosen."""
+    alias = st.session_state[f"orgs_unprotect_{org}"]
+    _change(f"{alias} is no longer protected in {org}: its writers move it again.",
+            lambda c: c.unprotect_alias(org, alias))
+
+
+def protected_aliases_form(org: OrganizationInfo) -> None:
+    """Protecting aliases (its admins): in every adapter of the organisation, only admins then move them."""
+    with st.expander("Protected aliases", icon=":material/lock:"):
+        st.caption("A protected alias (a release alias such as prod) is pointed at a version, removed, or has its "
+                   "version deleted only by this organisation's admins, in every adapter of it; writers still "
+                   "publish and move other aliases.")
+        with st.form(f"orgs_protect_form_{org.name}", clear_on_submit=True):
+            st.text_input("Alias", key=f"orgs_protect_{org.name}", placeholder="prod")
+            st.form_submit_button("Protect", on_click=protect, args=(org.name,))
+        if org.protected_aliases:
+            with st.form(f"orgs_unprotect_form_{org.name}"):
+                st.selectbox("Protected alias", org.protected_aliases, key=f"orgs_unprotect_{org.name}")
+                st.form_submit_button("Unprotect", on_click=unprotect, args=(org.name,))
 
 
 def delete(org: str) -> None:
@@ -286,6 +318,8 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
     if org.invitations:
         st.markdown(f"**Pending invitations** ({len(org.invitations)}): members once they accept")
         tables.show(invitations_table(org.invitations), hide_index=True, width="stretch")
+    if org.protected_aliases:
+        st.markdown(f"**Protected aliases**: {', '.join(org.protected_aliases)} (only its admins move them)")
     storage(org.name, who)
     if who.read_only:
         st.caption(READ_ONLY_EDITS)
@@ -298,6 +332,7 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
     if org.name in who.organizations:
         st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
     if manages(who, org.name):
+        protected_aliases_form(org)
         delete_form(org)
         rename_form(org)
 

@@ -131,8 +131,9 @@ def create_token(
     scope: Annotated[list[str], typer.Option(help="read, publish, hub or admin; repeat for several (at most "
                                                   "your own token's).")],
     name: Annotated[str, typer.Option(help="What the token is for.")] = "",
-    expires_days: Annotated[float | None, typer.Option(help="Days until it stops working (default: never).")
-                            ] = None,
+    expires_days: Annotated[float | None, typer.Option(
+        help="Days until it stops working (default: never, or the registry's longest token life where it sets one, "
+             "VERA_MAX_TOKEN_DAYS).")] = None,
     limit_to: Annotated[list[str] | None, typer.Option(help="Only these owner namespaces (you or your "
                                                             "organisations); repeat for several.")] = None,
     user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
@@ -246,10 +247,13 @@ def revoke(token_id: Annotated[int, typer.Argument(help="The token's id (`vera a
     console.print(f"revoked token {token_id} and any token made from it")
 
 
-def _print_org(org: OrganizationInfo, as_json: bool) -> None:
+def _print_org(org: OrganizationInfo, as_json: bool, *, said: str = "") -> None:
+    """The organisation as JSON, or as a table of members after ``said`` (what the command did)."""
     if as_json:
         print_json(org)
         return
+    if said:
+        console.print(said)
     console.print(f"{org.name}: {org.description or '(no description)'}; created by {org.created_by}")
     table = Table("member", "role", "since")
     for x in org.members:
@@ -257,6 +261,8 @@ def _print_org(org: OrganizationInfo, as_json: bool) -> None:
     console.print(table)
     if org.invitations:
         console.print(_invitations_table(org.invitations, "pending invitations", "member"))
+    if org.protected_aliases:
+        console.print(f"protected aliases (only admins move them): {', '.join(org.protected_aliases)}")
 
 
 def _invitations_table(invitations: list[InvitationInfo], title: str, who: str) -> Table:
@@ -338,9 +344,7 @@ def org_accept(name: Annotated[str, typer.Argument(help="The organisation that i
         return c.accept_invitation(name), c.whoami().user
 
     org, user = call_registry(registry, token, accept)
-    if not as_json:
-        console.print(f"you joined {name} as {org.role_of(user) or 'a member'}")
-    _print_org(org, as_json)
+    _print_org(org, as_json, said=f"you joined {name} as {org.role_of(user) or 'a member'}")
 
 
 def org_decline(name: Annotated[str, typer.Argument(help="The organisation that invited you.")],
@@ -354,10 +358,25 @@ def org_uninvite(name: Annotated[str, typer.Argument(help="Organisation.")],
                  member: Annotated[str, typer.Argument(help="The user whose pending invitation to cancel.")],
                  registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
     """Cancel a pending invitation (organisation admins)."""
-    org = call_registry(registry, token, lambda c: c.cancel_invitation(name, member))
-    if not as_json:
-        console.print(f"cancelled the invitation of {member} to {name}")
-    _print_org(org, as_json)
+    _print_org(call_registry(registry, token, lambda c: c.cancel_invitation(name, member)), as_json,
+               said=f"cancelled the invitation of {member} to {name}")
+
+
+def org_protect(name: Annotated[str, typer.Argument(help="Organisation.")],
+                alias: Annotated[str, typer.Argument(help="The alias name, e.g. prod.")],
+                registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Protect an alias in every adapter of the organisation (its admins): only admins then point it at a version,
+    remove it, or delete the version it names; writers still publish and move other aliases."""
+    _print_org(call_registry(registry, token, lambda c: c.protect_alias(name, alias)), as_json,
+               said=f"{alias} is protected in {name}: only its admins move it")
+
+
+def org_unprotect(name: Annotated[str, typer.Argument(help="Organisation.")],
+                  alias: Annotated[str, typer.Argument(help="A protected alias name.")],
+                  registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
+    """Let the organisation's writers move an alias again (its admins)."""
+    _print_org(call_registry(registry, token, lambda c: c.unprotect_alias(name, alias)), as_json,
+               said=f"{alias} is no longer protected in {name}")
 
 
 def org_remove(name: Annotated[str, typer.Argument(help="Organisation.")],
@@ -392,9 +411,7 @@ def org_rename(name: Annotated[str, typer.Argument(metavar="OLD", help="The orga
     jobs."""
     check_name(new_name, "New organisation name")  # a/b, 'Bad Name!': said here, before any request
     org = call_registry(registry, token, lambda c: c.rename_organization(name, new_name))
-    if not as_json:
-        console.print(f"renamed organisation {name} to {org.name}: its adapters are {org.name}/NAME now")
-    _print_org(org, as_json)
+    _print_org(org, as_json, said=f"renamed organisation {name} to {org.name}: its adapters are {org.name}/NAME now")
 
 
 def visibility(adapter: Annotated[str, typer.Argument(help="owner/name")],

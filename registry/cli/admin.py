@@ -187,8 +187,8 @@ def token_create(
     scope: Annotated[list[str], typer.Option(help="read, publish, hub (may use the server's VERA_HUB_TOKEN) or admin; "
                                              "repeat for several.")],
     name: Annotated[str, typer.Option(help="A label.")] = "",
-    expires_days: Annotated[float | None, typer.Option(help="Days until the token stops working (default: never).")
-                            ] = None,
+    expires_days: Annotated[float | None, typer.Option(
+        help="Days until the token stops working (default: never, or VERA_MAX_TOKEN_DAYS where it is set).")] = None,
     limit_to: Annotated[list[str] | None, typer.Option(help="Only these owner namespaces (private reads and "
                                                             "writes); repeat for several.")] = None,
     database_url: DatabaseUrl = None,
@@ -197,14 +197,19 @@ def token_create(
 
     On the registry's machine, for any --owner, with no server or token needed (the way to the first admin token).
     To make one of your own from any machine, through the registry: `vera auth create-token`."""
-    from registry.services.tokens import create_token
+    from registry.services.tokens import create_token, within_max_life
 
-    registry = open_registry(refuse_read_only(load_settings(database_url), "token create"))
-    expires = timedelta(days=expires_days) if expires_days is not None else None
-    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_in=expires,
+    settings = refuse_read_only(load_settings(database_url), "token create")
+    registry = open_registry(settings)
+    asked = datetime.now(UTC) + timedelta(days=expires_days) if expires_days is not None else None
+    try:
+        expires_at = within_max_life(asked, settings.max_token_days)
+    except InvalidInput as exc:
+        fail(exc)
+    token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_at=expires_at,
                                     limited_to=limit_to)
     console.print(f"token {token_id} for {owner} {sorted(set(scope))}"
-                  + (f", expires in {expires_days:g} days" if expires_days is not None else "") + ":")
+                  + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at is not None else "") + ":")
     print(secret)
 
 
@@ -360,7 +365,9 @@ def worker(
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Bind address; any non-loopback address requires tokens.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Bind address. Tokens are required on any non-loopback address, and on "
+                                           "loopback too over PostgreSQL or object storage (VERA_REQUIRE_TOKENS "
+                                           "overrides).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8765,
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
     workers: Annotated[int, typer.Option(min=1, help="API processes (one per core): each has its own file cache and "

@@ -12,7 +12,16 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from registry.cli.common import RegistryUrl, Token, VersionRef, call_registry, confirm_deletion, console, fail
+from registry.cli.common import (
+    RegistryUrl,
+    Token,
+    VersionRef,
+    call_registry,
+    confirm_deletion,
+    console,
+    fail,
+    styled,
+)
 from registry.cli.output import JsonOutput, print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
@@ -189,6 +198,12 @@ def yank(
     """Yank a version: hidden from listings and from latest, still fetchable by number (--undo reverses it)."""
     info = call_registry(registry, token, lambda c: c.yank(ref, yanked=not undo))
     console.print(f"{info.ref} {'yanked' if info.yanked else 'no longer yanked'}")
+    if info.yanked and (held := [a for a in info.aliases if a != "latest"]):
+        adapter = f"{info.owner}/{info.name}"
+        console.print(styled(f"{adapter}@{held[0]}", "yellow", f"{' and ' + ', '.join(held[1:]) if held[1:] else ''}"
+                             f" still point{'s' if len(held) == 1 else ''} at it: a yank moves only latest. Move "
+                             f"{'it' if len(held) == 1 else 'them'} with `vera alias {adapter}:N {held[0]}`."),
+                      soft_wrap=True)
 
 
 def delete(

@@ -105,7 +105,8 @@ def cluster(
     port: Annotated[int, typer.Option(help="The first replica's port.")] = 8765,
     ui_port: Annotated[int, typer.Option(help="Dashboard port (it talks to the first replica).")] = 8501,
     with_ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Start the dashboard too.")] = True,
-    host: Annotated[str, typer.Option(help="The replicas' bind address; any non-loopback address requires tokens.")
+    host: Annotated[str, typer.Option(help="The replicas' bind address. Tokens are required on any non-loopback "
+                                           "address, and on loopback too over PostgreSQL or object storage.")
                     ] = "127.0.0.1",
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
     start_timeout: Annotated[float, typer.Option(help="Seconds for every process to answer.")] = 120.0,

@@ -36,7 +36,9 @@ from registry.domain.schemas import Ref
 def publish(
     directory: Annotated[Path, typer.Argument(help="A PEFT-format VeRA adapter directory.")],
     name: Annotated[str, typer.Option("--name", help="owner/name")],
-    base_model: Annotated[str, typer.Option(help="Base model (Hub id or name).")],
+    base_model: Annotated[str | None, typer.Option(
+        help="Base model (Hub id or name). Default: the one adapter_config.json names (base_model_name_or_path), "
+             "unless that is a local folder.", show_default=False)] = None,
     base_revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
     metrics: Annotated[Path | None, typer.Option(help="A JSON file of metrics (e.g. vera train's metrics.json).")
                        ] = None,
@@ -57,7 +59,21 @@ def publish(
 ) -> None:
     """Publish an adapter directory as the next version of owner/name."""
     visibility = None if private is None else "private" if private else "public"
-    _warn_if_other_base(directory, base_model)
+    named = _config_base(directory)
+    if base_model is None:
+        if not (directory / "adapter_config.json").is_file():
+            fail(InvalidInput(f"{directory} has no adapter_config.json: publish a PEFT-format adapter folder (`vera "
+                              "train` and PEFT's save_pretrained write one)."))
+        if not named or Path(named).is_dir():
+            fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names "
+                              f"{repr(named) + ', a local folder' if named else 'no base model'}. Give the base's "
+                              "Hub id or registry name, e.g. --base-model minilm."))
+        base_model = named
+        err_console.print(f"base model: {base_model} (from adapter_config.json)")
+    elif named and named != base_model and not Path(named).is_dir():
+        err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
+                                 f"and --base-model is {base_model!r}: the version is published for "
+                                 f"{base_model!r}."), soft_wrap=True)
     values = _metrics_file(metrics)
     if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
         err_console.print(styled("note:", "yellow", f" {left} is not published without --metrics {left} (the "
@@ -82,18 +98,16 @@ def publish(
                                      "(published again)."), soft_wrap=True)
 
 
-def _warn_if_other_base(directory: Path, base_model: str) -> None:
-    """A note on stderr when the adapter's own config names another base model (not a local folder, which a Hub id
-    or a registry name may well stand for): the registry keys the version by --base-model, and servers of the base
-    the config names would refuse it."""
+def _config_base(directory: Path) -> str:
+    """The base model the adapter's own config names (base_model_name_or_path), or "" (none, or no readable config:
+    the publish itself then says what is wrong with the folder). Published without --base-model, the version is
+    keyed by it; with another --base-model, a note says so, since servers of the base the config names would refuse
+    the version (a local folder is not compared: a Hub id or a registry name may well stand for it)."""
     try:
         named = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError, AttributeError):
-        return  # the publish itself says what is wrong with the folder
-    if isinstance(named, str) and named and named != base_model and not Path(named).is_dir():
-        err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
-                                 f"and --base-model is {base_model!r}: the version is published for "
-                                 f"{base_model!r}."), soft_wrap=True)
+        return ""
+    return named if isinstance(named, str) else ""
 
 
 def _metrics_file(path: Path | None) -> dict[str, object]:
@@ -153,6 +167,8 @@ def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -
 
 
 def list_versions(
+    adapter: Annotated[str | None, typer.Argument(metavar="OWNER[/NAME]", help=(
+        "Only this owner's versions, or one adapter's (owner/name)."), show_default=False)] = None,
     owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
     base_model: Annotated[str | None, typer.Option(help="Base model.")] = None,
     r: Annotated[int | None, typer.Option(help="Rank.")] = None,
@@ -168,24 +184,33 @@ def list_versions(
         "record it); '-' prefix: descending. Default: -created."))] = None,
     limit: Annotated[int, typer.Option(help="Rows per page.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
+    include_yanked: Annotated[bool, typer.Option("--include-yanked", help="Yanked versions too, marked so.")
+                              ] = False,
     as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """List adapter versions, newest first (columns that do not fit the terminal are left out, least useful first;
     --json prints the page as the API gives it)."""
+    name = None
+    if adapter is not None:
+        named_owner, _, name = adapter.partition("/")
+        if owner is not None and owner != named_owner:
+            fail(InvalidInput(f"{adapter!r} and --owner {owner} name two owners; give one of them."))
+        owner, name = named_owner, name or None
     page = call_registry(registry, token, lambda c: c.list_versions(
-        owner=owner, base_model=base_model, r=r, seed=seed, generator=generator, tag=tag, q=q, limit=limit,
-        cursor=cursor, filter=filter_text, sort=sort))
+        owner=owner, name=name, base_model=base_model, r=r, seed=seed, generator=generator, tag=tag, q=q,
+        limit=limit, cursor=cursor, filter=filter_text, sort=sort, include_yanked=include_yanked or None))
     if as_json:
         print_json(page)
         return
     if not page.items and cursor is None:  # an empty table said nothing (a misspelt filter key reads alike)
-        asked = any(x is not None for x in (owner, base_model, r, seed, generator, tag, q, filter_text))
+        asked = any(x is not None for x in (owner, name, base_model, r, seed, generator, tag, q, filter_text))
         console.print("no versions match" + (" (published_via.<key> and metrics.<key> clauses match only versions "
                                              "that record that key)" if filter_text else "") if asked
                       else "no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
         return
-    rows = [[v.ref, ",".join(v.aliases), v.base_model, str(v.r), str(v.seed), f"{v.adapter_parameters:,}",
-             f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags), f"{v.downloads:,}"] for v in page.items]
+    rows = [[v.ref + (" (yanked)" if v.yanked else ""), ",".join(v.aliases), v.base_model, str(v.r), str(v.seed),
+             f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags),
+             f"{v.downloads:,}"] for v in page.items]
     console.print(fitted_table(LS_COLUMNS, rows))
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
@@ -250,6 +275,10 @@ def alias(
             f" ({ref} names {'the latest version' if given.alias is None else '@' + given.alias}; "
             f"{info.owner}/{info.name}:N names one)")
         console.print(f"{info.owner}/{info.name}@{name} -> {info.version}{implied}")
+        if info.yanked:
+            err_console.print(styled("note:", "yellow", f" {info.ref} is yanked: whoever fetches "
+                                     f"{info.owner}/{info.name}@{name} gets a version taken out of listings "
+                                     f"(`vera yank {info.ref} --undo` lists it again)."), soft_wrap=True)
 
 
 def base_ls(as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:

@@ -296,6 +296,9 @@ class OrganizationInfo(BaseModel):
     # its pending invitations (VERA_ORG_INVITATIONS), shown to its admins and the registry's; empty for its other
     # members, and from a server before this field
     invitations: list[InvitationInfo] = Field(default_factory=list)
+    # alias names that, in every adapter of the organisation, only its admins move (empty from a server before this
+    # field)
+    protected_aliases: list[str] = Field(default_factory=list)
 
     def role_of(self, member: str) -> str | None:
         """``member``'s role here (None: no member)."""

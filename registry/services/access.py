@@ -36,6 +36,8 @@ from registry.store.database import Database
 Visibility = Literal["public", "private"]
 VISIBILITIES: tuple[Visibility, ...] = get_args(Visibility)
 MAX_MEMBERS = 1000
+#: The most alias names one organisation protects.
+MAX_PROTECTED_ALIASES = 64
 
 
 def check_visibility(value: str) -> Visibility:
@@ -205,6 +207,43 @@ class Access:
             s.flush()
             return _org_info(s, org, invites.shown(s, org, viewer))
 
+    def protect_alias(self, organization: str, alias: str, *, viewer: Principal) -> OrganizationInfo:
+        """Protect ``alias`` in every adapter of the organisation (its admins only): from now on only its admins
+        (and the registry's) point it at a version, remove it, or delete the version it names (enforced by
+        versions.refuse_protected); audited as alias-protect. Protecting an alias already protected changes nothing."""
+        from registry.services.lookup import LATEST  # lookup imports this module
+
+        check_name(alias, "Alias")
+        if alias == LATEST:
+            raise InvalidInput("'latest' is moved by the registry itself (the newest version that is not yanked), "
+                               "never by a member: protect a release alias such as 'prod' instead.")
+        with self.db.session() as s:
+            org = _managed_org(s, organization, viewer, "protect its aliases")
+            if alias not in {p.name for p in org.protected_aliases}:
+                if len(org.protected_aliases) >= MAX_PROTECTED_ALIASES:
+                    raise InvalidInput(f"{organization} protects {MAX_PROTECTED_ALIASES} aliases, the most an "
+                                       "organisation may; unprotect one first (`vera org unprotect`).")
+                org.protected_aliases.append(m.ProtectedAlias(name=alias, created_by=viewer.owner))
+                s.add(m.AuditEvent(actor=viewer.owner, action="alias-protect", target=organization,
+                                   detail={"alias": alias}))
+                s.flush()
+            return _org_info(s, org, invites.shown(s, org, viewer))
+
+    def unprotect_alias(self, organization: str, alias: str, *, viewer: Principal) -> OrganizationInfo:
+        """Let the organisation's writers move ``alias`` again (its admins only); audited as alias-unprotect.
+        NotFound when it is not protected."""
+        with self.db.session() as s:
+            org = _managed_org(s, organization, viewer, "unprotect its aliases")
+            row = next((p for p in org.protected_aliases if p.name == alias), None)
+            if row is None:
+                protected = ", ".join(p.name for p in org.protected_aliases) or "none"
+                raise NotFound(f"{organization} does not protect the alias {alias!r} (it protects: {protected}).")
+            org.protected_aliases.remove(row)
+            s.add(m.AuditEvent(actor=viewer.owner, action="alias-unprotect", target=organization,
+                               detail={"alias": alias}))
+            s.flush()
+            return _org_info(s, org, invites.shown(s, org, viewer))
+
     def invitations(self, viewer: Principal) -> list[InvitationInfo]:
         """``viewer``'s pending invitations (a token limited to some owners: to those organisations only)."""
         with self.db.session() as s:
@@ -357,14 +396,15 @@ def _org_not_found(name: str) -> NotFound:
     return NotFound(f"No organisation {name!r} that you belong to; `vera org ls` lists yours.")
 
 
-def _managed_org(s: Session, name: str, viewer: Principal) -> m.Organization:
+def _managed_org(s: Session, name: str, viewer: Principal, doing: str = "manage its members") -> m.Organization:
+    """The organisation ``viewer`` administers; NotFound if it may not see it, Forbidden if it may not manage it
+    (``doing``: what it asked to do, for the message)."""
     org = _visible_org(s, name, viewer)
     if not viewer.can_manage(name):
         if viewer.limited_to is not None and name not in viewer.limited_to:  # the limit, not the role, refuses
-            raise Forbidden(f"This token is limited to {sorted(viewer.limited_to)}; managing {name}'s members needs "
-                            "a token that reaches it.")
-        raise Forbidden(f"Only admins of {name} manage its members; your role is "
-                        f"{viewer.roles.get(name, 'none')!r}.")
+            raise Forbidden(f"This token is limited to {sorted(viewer.limited_to)}, which leaves out {name}; use a "
+                            f"token that reaches {name} to {doing}.")
+        raise Forbidden(f"Only admins of {name} {doing}; your role is {viewer.roles.get(name, 'none')!r}.")
     return org
 
 
@@ -491,4 +531,4 @@ def _org_info(s: Session, org: m.Organization, invitations: list[InvitationInfo]
                             members=[MemberInfo(member=x.member, role=cast(Role, x.role), added_at=x.added_at,
                                                 has_token=x.member in with_tokens)
                                      for x in org.members],
-                            invitations=invitations or [])
+                            invitations=invitations or [], protected_aliases=[p.name for p in org.protected_aliases])

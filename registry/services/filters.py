@@ -252,7 +252,7 @@ def parse_filter(text: str) -> list[Clause]:
 class Field:
     """What a field accepts (operators, literal type) and how a clause on it becomes SQL."""
 
-    kind: str  # number | text | seed | time | flag | tag | metric
+    kind: str  # number | text | seed | time | flag | tag | alias | metric | provenance
     ops: tuple[str, ...]
     column: Any = None
 
@@ -284,6 +284,11 @@ class Field:
             if clause.op == "!=":
                 return ~m.AdapterVersion.tags.any(tag == converted[0])
             return m.AdapterVersion.tags.any(_compare(tag, clause.op, converted))
+        if self.kind == "alias":  # the versions an alias of their adapter names (latest: each adapter's newest)
+            name = m.Alias.name
+            if clause.op == "!=":
+                return m.AdapterVersion.id.not_in(select(m.Alias.version_id).where(name == converted[0]))
+            return m.AdapterVersion.id.in_(select(m.Alias.version_id).where(_compare(name, clause.op, converted)))
         if self.kind == "provenance":
             key = str(clause.key)
             path = (key,) if key in PROVENANCE_KEYS else ("claims", key)
@@ -297,6 +302,7 @@ class Field:
 
 
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
+          "alias": "a 'string'",
           "provenance": "a 'string'",
           "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false", "metric": "a number",
           "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
@@ -357,6 +363,7 @@ FIELDS: dict[str, Field] = {
     "owner": Field("text", _TEXT_OPS, m.Adapter.owner),
     "name": Field("text", _TEXT_OPS, m.Adapter.name),
     "tag": Field("tag", _TEXT_OPS),
+    "alias": Field("alias", _TEXT_OPS),
     "trainable_parameters": Field("number", (*ORDERING, "in"), m.AdapterVersion.trainable_parameters),
     "stored_bytes": Field("number", (*ORDERING, "in"), m.AdapterVersion.stored_bytes),
     "created": Field("time", ORDERING, m.AdapterVersion.created_at),

@@ -258,6 +258,21 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         return row.id, secret
 
 
+def within_max_life(expires_at: datetime | None, max_days: float | None) -> datetime | None:
+    """A new token's expiry under the registry's longest token life (VERA_MAX_TOKEN_DAYS; None: no limit): a token
+    asked for without one gets that life, one asked to live longer is refused (InvalidInput, naming the limit)."""
+    if max_days is None:
+        return expires_at
+    latest = datetime.now(UTC) + timedelta(days=max_days)
+    if expires_at is None:
+        return latest
+    if expires_at > latest + timedelta(seconds=1):  # a second for the time between the request and this check
+        raise InvalidInput(f"Tokens on this registry live at most {max_days:g} days (VERA_MAX_TOKEN_DAYS); ask for "
+                           f"{max_days:g} or fewer (expires_days, --expires-days), or leave it out to get "
+                           f"{max_days:g}.")
+    return expires_at
+
+
 def token_not_found(token_id: int) -> NotFound:
     """The error for a token that does not exist, or that the caller may not see (one message for both)."""
     return NotFound(f"No token with id {token_id}; `vera auth tokens` (or `vera token list` on the registry's "

@@ -6,15 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import torch
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
@@ -160,13 +161,17 @@ class Versions:
         write_adapter_files(root, files)
         return root
 
-    def set_alias(self, ref: str | Ref, alias: str, *, actor: str) -> VersionInfo:
-        """Point ``alias`` of the adapter at the version ``ref`` names (``latest`` is managed by the registry)."""
+    def set_alias(self, ref: str | Ref, alias: str, *, actor: str, protected_too: bool = True) -> VersionInfo:
+        """Point ``alias`` of the adapter at the version ``ref`` names (``latest`` is managed by the registry).
+        Without ``protected_too`` (a caller who does not administer the owner) an alias the owner protects is
+        refused (Forbidden: refuse_protected)."""
         check_name(alias, "Alias")
         if alias == LATEST:
             raise InvalidInput("'latest' always points at the newest version that is not yanked; pick another alias.")
         with self.db.session() as s:
             v = resolve_locked(s, ref)
+            if not protected_too:
+                refuse_protected(s, v.adapter, [alias], f"point it at a version (here {version_ref(v)})")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             before = None
             if row is None:
@@ -183,12 +188,15 @@ class Versions:
             s.flush()
             return version_info(s, v)
 
-    def remove_alias(self, adapter: str, alias: str, *, actor: str) -> None:
+    def remove_alias(self, adapter: str, alias: str, *, actor: str, protected_too: bool = True) -> None:
+        """Remove ``alias`` of the adapter; without ``protected_too``, one the owner protects is refused."""
         ref = Ref.parse(adapter)
         if alias == LATEST:
             raise InvalidInput("'latest' is managed by the registry and cannot be removed.")
         with self.db.session() as s:
             v = resolve_locked(s, Ref(owner=ref.owner, name=ref.name, alias=alias))
+            if not protected_too:
+                refuse_protected(s, v.adapter, [alias], "remove it")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             s.delete(row)
             s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}",
@@ -206,13 +214,17 @@ class Versions:
             s.flush()
             return version_info(s, v)
 
-    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False) -> None:
+    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False, protected_too: bool = True) -> None:
         """Delete one version (its aliases go with it; ``latest`` moves back; versions fine-tuned from it keep the
         ref it had, as ``parent_deleted``). Blobs go at the next gc(). ``keep_aliased`` (retention) refuses, with
-        Conflict, a version that an alias other than ``latest`` points at."""
+        Conflict, a version that an alias other than ``latest`` points at; without ``protected_too``, one that an
+        alias the owner protects points at is refused (Forbidden)."""
         with self.db.session() as s:
             v = resolve_locked(s, ref)
             adapter, target = v.adapter, version_ref(v)
+            if not protected_too:
+                refuse_protected(s, adapter, s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)),
+                                 f"delete the version it names ({target})")
             if keep_aliased and (held := s.scalars(select(m.Alias.name).where(
                     m.Alias.version_id == v.id, m.Alias.name != LATEST)).all()):
                 raise Conflict(f"{target} is kept: alias {', '.join(sorted(held))} points at it.")
@@ -227,22 +239,26 @@ class Versions:
                             .where(m.AdapterVersion.adapter_id == adapter.id)):
                 s.delete(adapter)
 
-    def delete_adapter(self, adapter: str, *, actor: str) -> list[str]:
+    def delete_adapter(self, adapter: str, *, actor: str, protected_too: bool = True) -> list[str]:
         """Delete every version of ``owner/name``, newest first, each as ``delete`` does (audited one by one, so
         webhooks hear of each), and with the last the adapter; its version numbers are not given again. Returns
-        the refs deleted; NotFound if it has none."""
+        the refs deleted; NotFound if it has none. Without ``protected_too``, an adapter with an alias its owner
+        protects is refused whole (Forbidden) before any version goes."""
         ref = Ref.parse_adapter(adapter)
         with self.db.session() as s:
             row = s.scalar(select(m.Adapter).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name))
             if row is None:
                 raise NotFound(f"No adapter {ref.owner}/{ref.name}.")
+            if not protected_too:
+                refuse_protected(s, row, s.scalars(select(m.Alias.name).where(m.Alias.adapter_id == row.id)),
+                                 "delete the adapter, and with it the version it names")
             numbers = sorted(s.scalars(select(m.AdapterVersion.version).where(
                 m.AdapterVersion.adapter_id == row.id)), reverse=True)
         deleted = []
         for number in numbers:
             target = Ref.of(ref.owner, ref.name, version=number)
             with contextlib.suppress(NotFound):  # deleted meanwhile by someone else: gone either way
-                self.delete(target, actor=actor)
+                self.delete(target, actor=actor, protected_too=protected_too)
                 deleted.append(str(target))
         return deleted
 
@@ -307,3 +323,19 @@ def _exporting(info: VersionInfo) -> Iterator[None]:
 def _check_options(*, with_projection: bool, seed_only: bool) -> None:
     if with_projection and seed_only:
         raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
+
+
+def refuse_protected(s: Session, adapter: m.Adapter, aliases: Iterable[str], doing: str) -> None:
+    """Forbidden when the adapter's owner, an organisation, protects one of ``aliases`` (``vera org protect``,
+    Access.protect_alias): only its admins may ``doing`` (what the caller asked, for the message)."""
+    names = set(aliases) - {LATEST}
+    if not names:
+        return
+    protected = s.scalar(select(m.ProtectedAlias.name)
+                         .join(m.Organization, m.Organization.id == m.ProtectedAlias.organization_id)
+                         .where(m.Organization.name == adapter.owner, m.ProtectedAlias.name.in_(names))
+                         .order_by(m.ProtectedAlias.name).limit(1))
+    if protected is not None:
+        raise Forbidden(f"The alias {protected!r} is protected in {adapter.owner}: only its admins {doing}. Ask one "
+                        f"of them (`vera org show {adapter.owner}` lists them), or have them unprotect it (`vera org "
+                        f"unprotect {adapter.owner} {protected}`).")

@@ -277,6 +277,20 @@ class Organization(Base):
     members: Mapped[list[Membership]] = relationship(cascade="all, delete-orphan", order_by="Membership.member")
     invitations: Mapped[list[OrgInvitation]] = relationship(cascade="all, delete-orphan",
                                                             order_by="OrgInvitation.member")
+    protected_aliases: Mapped[list[ProtectedAlias]] = relationship(cascade="all, delete-orphan",
+                                                                   order_by="ProtectedAlias.name")
+
+
+class ProtectedAlias(Base):
+    """An alias name that, in every adapter of the organisation, only its admins point, remove or take away by
+    deleting the version it names (migration 0024; registry.services.access.Access.protect_alias): a release
+    alias such as ``prod`` that writers may not move."""
+
+    __tablename__ = "protected_aliases"
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Membership(Base):

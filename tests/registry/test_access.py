@@ -41,7 +41,7 @@ USER = {"other-publisher": "mallory", "org-outsider": "olga"}
 #: routes where another user finds nothing rather than being refused: alice's organisation, jobs and webhooks
 HIDDEN_FROM_OUTSIDERS = {"org-get", "member-put", "member-delete", "org-delete", "job", "job-events", "job-cancel",
                          "webhook-get", "webhook-update", "webhook-delete", "webhook-test", "webhook-deliveries",
-                         "invitation-cancel"}
+                         "invitation-cancel", "alias-protect", "alias-unprotect"}
 # route name -> (scope needed, owner-sensitive)
 ROUTES = {
     "list": ("read", False), "get": ("read", False), "download": ("read", False), "files": ("read", False),
@@ -63,6 +63,7 @@ ROUTES = {
     "org-get": ("read", True), "member-put": ("publish", True), "member-delete": ("publish", True),
     "org-delete": ("publish", True), "invitations": ("read", False), "invitation-accept": ("read", False),
     "invitation-decline": ("read", False), "invitation-cancel": ("publish", True),
+    "alias-protect": ("publish", True), "alias-unprotect": ("publish", True),
 }
 #: Where the matrix's webhooks point: a closed loopback port (allowed by VERA_WEBHOOK_ALLOW_PRIVATE), so that a test
 #: delivery fails at once.
@@ -183,6 +184,8 @@ def request_for(route: str, base: str, version: int, source: Path, job: int,
         "invitation-accept": ("POST", f"{base}/api/v1/invitations/{invited}", {}),
         "invitation-decline": ("DELETE", f"{base}/api/v1/invitations/{invited}", {}),
         "invitation-cancel": ("DELETE", f"{base}/api/v1/orgs/acme/invitations/zed", {}),
+        "alias-protect": ("PUT", f"{base}/api/v1/orgs/acme/protected-aliases/gold", {}),
+        "alias-unprotect": ("DELETE", f"{base}/api/v1/orgs/acme/protected-aliases/gold", {}),
     }[route]
 
 
@@ -199,6 +202,8 @@ def test_access_matrix(server: dict[str, Any], route: str, role: str) -> None:
         token = admin.create_token(["read"], user=USER.get(role, "alice"))[0].id if route == "token-revoke" else 0
         if route == "member-delete":
             admin.set_member("acme", "zed", "read")
+        if route == "alias-unprotect":
+            admin.protect_alias("acme", "gold")
         blob = admin.files(f"alice/m:{version}").files[0].url if route == "blob" else ""
         moving = f"mv-{uuid.uuid4().hex[:8]}" if route == "move" else ""  # an adapter of its own to move away
         if moving:
@@ -448,3 +453,51 @@ def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path
     negative = vera("--days", "-1")
     assert negative.returncode == 2 and "greater than or equal to 0" in negative.stderr, negative
 
+
+
+def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path) -> None:
+    """VERA_MAX_TOKEN_DAYS: a token made without an expiry gets that life, a longer one is refused and not made, a
+    shorter one keeps its own; through the API (as a user and as an admin) and the operator's `vera token create`."""
+    import os
+    import subprocess
+
+    from registry.domain.errors import InvalidInput
+    from tests.registry.servers import VERA
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
+    db.upgrade()
+    _, ann = create_token(db, owner="ann", scopes=["read", "publish"])  # made before the limit: keeps no expiry
+    _, root = create_token(db, owner="root", scopes=["admin"])
+    db.engine.dispose()
+    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_MAX_TOKEN_DAYS="90") as base:
+        for secret in (ann, root):
+            with RegistryClient(base, secret, cache=False, retries=0) as client:
+                before = len(client.tokens())
+                made, _ = client.create_token(["read"], name="laptop")
+                assert made.expires_at is not None
+                assert abs(made.expires_at - (datetime.now(UTC) + timedelta(days=90))) < timedelta(minutes=5)
+                short, _ = client.create_token(["read"], expires_days=7)
+                assert short.expires_at is not None and short.expires_at < datetime.now(UTC) + timedelta(days=8)
+                with pytest.raises(InvalidInput, match=r"Tokens on this registry live at most 90 days "
+                                                       r"\(VERA_MAX_TOKEN_DAYS\); ask for 90 or fewer"):
+                    client.create_token(["read"], expires_days=91)
+                assert len(client.tokens()) == before + 2  # the refused one was not made
+    env = {**os.environ, "VERA_DATABASE_URL": url, "VERA_MAX_TOKEN_DAYS": "90", "COLUMNS": "200"}
+
+    def vera(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VERA), "token", "create", "--owner", "bob", "--scope", "read", *args],
+                              capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    refused = vera("--expires-days", "365")
+    assert refused.returncode == 1 and "live at most 90 days" in refused.stderr, refused
+    made = vera()
+    expected = (datetime.now(UTC) + timedelta(days=90)).strftime("%Y-%m-%d")
+    assert made.returncode == 0 and f"expires {expected}" in made.stdout, made
+    db = Database(url)
+    try:
+        with db.session() as s:
+            bob = s.scalars(select(AccessToken).where(AccessToken.owner == "bob")).all()
+            assert len(bob) == 1 and bob[0].expires_at is not None
+    finally:
+        db.engine.dispose()

@@ -92,6 +92,20 @@ def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
     assert f"{ref} yanked" in ok(vera(server, "yank", ref))
     assert ok(vera(server, "ls", "--owner", "ann", "--json")).count(f'"{ref}"') == 0  # hidden from listings
     assert f"{ref} no longer yanked" in ok(vera(server, "yank", ref, "--undo"))
+    ok(vera(server, "alias", ref, "prod"))
+    yanked = " ".join(ok(vera(server, "yank", ref)).split())  # a yank moves latest only: it says so of prod
+    assert "ann/gone@prod still points at it: a yank moves only latest. Move it with `vera alias ann/gone:N prod`" \
+        in yanked
+    onto_yanked = vera(server, "alias", ref, "canary")  # an alias may name a yanked version, with a note
+    assert onto_yanked.returncode == 0 and f"note: {ref} is yanked: whoever fetches ann/gone@canary" in \
+        " ".join(onto_yanked.stderr.split())
+    listed = ok(vera(server, "ls", "ann/gone", "--include-yanked"))
+    assert f"{ref} (yanked)" in listed and "prod" in listed
+    assert "no versions match" in ok(vera(server, "ls", "ann/gone"))  # hidden from listings by default
+    assert "ann/gone:" not in ok(vera(server, "ls", "ann/other", "--include-yanked"))  # the name is a filter
+    clash = vera(server, "ls", "ann/gone", "--owner", "bob")
+    assert clash.returncode == 1 and "'ann/gone' and --owner bob name two owners" in clash.stderr
+    ok(vera(server, "yank", ref, "--undo"))
     refused = vera(server, "delete", ref, stdin="n\n")
     assert refused.returncode == 1 and "was not deleted; pass --yes" in refused.stderr
     unanswered = vera(server, "delete", ref)  # stdin closed: no answer is no

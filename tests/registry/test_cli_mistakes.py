@@ -77,6 +77,25 @@ def test_publish_notes_a_base_model_other_than_the_adapters_own(server: dict[str
     assert same.returncode == 0 and "names base model" not in same.stderr
 
 
+def test_publish_without_base_model_takes_the_one_the_adapters_config_names(server: dict[str, Any],
+                                                                            tmp_path: Path) -> None:
+    folder = make_adapter(tmp_path / "named")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "tiny-llama"}))
+    result = vera("publish", str(folder), "--name", "ann/implied", url=server["url"])
+    assert result.returncode == 0, result.stderr
+    assert "base model: tiny-llama (from adapter_config.json)" in result.stderr
+    with RegistryClient(server["url"], cache=False) as client:
+        assert client.get("ann/implied:1").base_model == "tiny-llama"
+    for named, words in ((str(tmp_path), ("a local folder", "--base-model is needed")), (None, ("no base model",))):
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": named}))
+        refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]), *words)
+    refused(vera("publish", str(tmp_path), "--name", "ann/implied", url=server["url"]),
+            "has no adapter_config.json: publish a PEFT-format adapter folder")
+    with RegistryClient(server["url"], cache=False) as client:
+        assert [v.version for v in client.list_versions(owner="ann", name="implied").items] == [1]
+
+
 def test_publish_notes_the_metrics_json_it_leaves_out(server: dict[str, Any], tmp_path: Path) -> None:
     """A new user's walk: the CI example published without --metrics, and every accuracy read "—"."""
     folder = make_adapter(tmp_path / "trained")

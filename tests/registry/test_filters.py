@@ -196,6 +196,11 @@ SEARCHES = [  # (filter, sort, refs in order)
     ("tag != 'demo'", "created", ["alice/sent:2", "bob/qa:1", "carol/x:1"]),
     ("tag in ('qa')", "created", ["bob/qa:1", "bob/qa:2"]),
     ("tag like 'de%' and owner = 'bob'", "created", ["bob/qa:2"]),
+    ("alias = 'latest'", "created", ["alice/sent:2", "bob/qa:2", "carol/x:1"]),  # one row per adapter: its newest
+    ("alias = 'prod'", "created", ["bob/qa:1"]),
+    ("alias != 'latest' and owner = 'alice'", "created", ["alice/sent:1"]),
+    ("alias like 'PR%'", "created", ["bob/qa:1"]),
+    ("alias in ('prod', 'nothing')", "created", ["bob/qa:1"]),
     (f"generator = '{PORTABLE_GENERATOR}'", "created", REFS),
     ("generator = 'torch-kaiming-uniform'", "created", []),
     ("seed = 0", "created", REFS),
@@ -233,6 +238,7 @@ def published(registry: Registry, tmp_path: Path) -> Registry:
     source = make_adapter(tmp_path / "yanked", seed=9, projection_prng_key=0)
     registry.publish(source, owner="carol", name="x", base_model="minilm", metrics={"accuracy": 0.99})
     registry.yank("carol/x:2", actor="carol")
+    registry.set_alias("bob/qa:1", "prod", actor="bob")
     return registry
 
 

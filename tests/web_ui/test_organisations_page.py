@@ -1,12 +1,13 @@
-"""The Organisations page through streamlit.testing.v1.AppTest against a real registry server (tokens required):
-alice creates an organisation, adds bob and a misspelt name (marked), changes a role, is refused removing its last
-admin (the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and
-leaves; an anonymous caller is told to sign in. Storage is shown against the quota, which an admin sets (in words:
-50GB, none) and clears there. An admin deletes an organisation by typing its name, after the registry's refusal (it
-owns a job) is shown and cleared; a registry admin gets the control too. An admin renames one, and the page follows
-it to its new name. On a registry with invitations
-(VERA_ORG_INVITATIONS), adding a user invites them: they accept or decline under "Invitations for you", and the
-organisation's admins see its pending invitations and cancel one."""
+"""The Organisations page through streamlit.testing.v1.AppTest against a real registry server (tokens required): alice
+creates an organisation, adds bob and a misspelt name (marked), changes a role, is refused removing its last admin
+(the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and leaves; an
+anonymous caller is told to sign in. An admin protects an alias (the registry's refusal of 'latest' shown), a reader
+sees it listed without the forms, and the admin unprotects it. Storage is shown against the quota, which an admin
+sets (in words: 50GB, none) and clears there. An admin deletes an organisation by typing its name, after the
+registry's refusal (it owns a job) is shown and cleared; a registry admin gets the control too. An admin renames one,
+and the page follows it to its new name. On a registry with invitations (VERA_ORG_INVITATIONS), adding a user invites
+them: they accept or decline under "Invitations for you", and the organisation's admins see its pending invitations
+and cancel one."""
 
 from __future__ import annotations
 
@@ -154,6 +155,33 @@ def test_storage_is_shown_against_the_quota_which_an_admin_sets_there(registry: 
     assert progress(at)[0].endswith("(0% of its 1.0 MB quota, from VERA_OWNER_QUOTA_BYTES)")
 
 
+def test_an_admin_protects_an_alias_and_a_reader_sees_it(registry: dict[str, Any]) -> None:
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("shield")
+        client.set_member("shield", "bob", "read")
+    at = page(registry, "alice", {"org": "shield"})
+    assert not at.exception
+    click(at, "Protect")  # nothing typed: said, nothing asked of the registry
+    assert "Type the alias to protect, e.g. prod." in texts(at, "warning")
+    at.text_input(key="orgs_protect_shield").set_value("latest")
+    click(at, "Protect")
+    assert "'latest' is moved by the registry itself" in texts(at, "error")
+    at.text_input(key="orgs_protect_shield").set_value("prod")
+    click(at, "Protect")
+    assert "prod is protected in shield: only its admins move it from now on." in texts(at, "success")
+    assert "**Protected aliases**: prod (only its admins move them)" in texts(at, "markdown")
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        assert client.organization("shield").protected_aliases == ["prod"]
+    reader = page(registry, "bob", {"org": "shield"})
+    assert "prod (only its admins move them)" in texts(reader, "markdown")
+    assert not [b for b in reader.button if b.label in ("Protect", "Unprotect")]  # no forms for a reader
+    at.selectbox(key="orgs_unprotect_shield").set_value("prod")
+    click(at, "Unprotect")
+    assert "prod is no longer protected in shield" in texts(at, "success")
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        assert client.organization("shield").protected_aliases == []
+
+
 def test_an_admin_deletes_an_organisation_typing_its_name(registry: dict[str, Any]) -> None:
     with RegistryClient(registry["url"], registry["alice"]) as client:
         client.create_organization("delta")
@@ -171,7 +199,8 @@ def test_an_admin_deletes_an_organisation_typing_its_name(registry: dict[str, An
         in texts(at, "error")
     assert "`vera job cancel ID`" in texts(at, "error")
     shown = [(node.type, getattr(node, "label", "")) for node in at.main if node.type in ("error", "expander")]
-    assert shown[:2] == [("expander", "Delete delta"), ("error", "")]  # in the Delete section, not at the top
+    section = shown.index(("expander", "Delete delta"))  # the error is in the Delete section, not at the top
+    assert shown[section + 1] == ("error", "") and ("error", "") not in shown[:section], shown
     assert members(registry, "delta") == {"alice": "admin", "bob": "read"}  # nothing changed
     assert at.query_params["org"] == "delta"
 

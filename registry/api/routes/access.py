@@ -26,6 +26,7 @@ from registry.services.tokens import (
     revoke_token,
     token_info,
     token_not_found,
+    within_max_life,
 )
 from registry.services.trusted import MAX_ID_TOKEN_CHARS, TrustedPublishing
 
@@ -41,7 +42,8 @@ class TokenBody(BaseModel):
 
     scopes: list[Scope] = Field(min_length=1, max_length=4)
     name: str = Field("", max_length=100)
-    expires_days: float | None = Field(None, gt=0, le=MAX_TOKEN_DAYS, description="default: never")
+    expires_days: float | None = Field(None, gt=0, le=MAX_TOKEN_DAYS, description=(
+        "default: never, or the registry's longest token life (VERA_MAX_TOKEN_DAYS) where it sets one"))
     limited_to: list[str] | None = Field(None, min_length=1, max_length=MAX_TOKEN_OWNERS,
                                          description="owner namespaces the token is limited to")
     user: str | None = Field(None, max_length=64, description="admins only: create the token for this user")
@@ -113,6 +115,7 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
     if not who.is_admin:
         _within_own_rights(who, user, body)
         expires_at = _within_own_life(who, expires_at)
+    expires_at = within_max_life(expires_at, options.max_token_days)
     token_id, secret = create_token(registry.db, owner=user, scopes=list(body.scopes), name=body.name,
                                     limited_to=body.limited_to, expires_at=expires_at, actor=who.owner,
                                     parent_id=who.token_id if user == who.owner else None)  # yours: revoked with it
@@ -266,6 +269,24 @@ def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str
 def delete_member(caller: Caller, options: Options, registry: RegistryDep, org: str,
                   member: str) -> OrganizationInfo:
     return registry.access.remove_member(org, member, viewer=_signed_in(caller, options))
+
+
+@router.put("/orgs/{org}/protected-aliases/{alias}", response_model=OrganizationInfo)
+def protect_alias(caller: Caller, options: Options, registry: RegistryDep, org: str, alias: str
+                  ) -> OrganizationInfo:
+    """Protect an alias name in every adapter of the organisation (its admins; the registry's admins): from then on
+    only they point it at a version, remove it, or delete the version (or the adapter) it names; its writers get 403
+    saying so. Answers the organisation, with ``protected_aliases``; protecting one already protected is a no-op.
+    Audited as ``alias-protect``."""
+    return registry.access.protect_alias(org, alias, viewer=_signed_in(caller, options))
+
+
+@router.delete("/orgs/{org}/protected-aliases/{alias}", response_model=OrganizationInfo)
+def unprotect_alias(caller: Caller, options: Options, registry: RegistryDep, org: str, alias: str
+                    ) -> OrganizationInfo:
+    """Let the organisation's writers move the alias again (its admins): 404 when it is not protected. Audited as
+    ``alias-unprotect``."""
+    return registry.access.unprotect_alias(org, alias, viewer=_signed_in(caller, options))
 
 
 @router.delete("/orgs/{org}/invitations/{member}", response_model=OrganizationInfo)

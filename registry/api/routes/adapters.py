@@ -47,6 +47,7 @@ from registry.domain.schemas import (
 )
 from registry.services.filters import FIELDS, MAX_FILTER_LENGTH, OPERATORS
 from registry.services.search import MAX_PAGE, SORTS
+from registry.services.tokens import Principal
 from registry.services.validation import MAX_RANK
 
 router = APIRouter(prefix="/api/v1/adapters")
@@ -192,12 +193,13 @@ def verification(_: Reader, registry: RegistryDep, owner: str, name: str, select
 @router.put("/{owner}/{name}/aliases/{alias}", response_model=VersionInfo)
 def put_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, alias: str,
               body: AliasBody) -> VersionInfo:
-    return registry.set_alias(Ref.of(owner, name, version=body.version), alias, actor=who.owner)
+    return registry.set_alias(Ref.of(owner, name, version=body.version), alias, actor=who.owner,
+                              protected_too=administers(who, owner))
 
 
 @router.delete("/{owner}/{name}/aliases/{alias}", status_code=204)
 def delete_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, alias: str) -> Response:
-    registry.remove_alias(f"{owner}/{name}", alias, actor=who.owner)
+    registry.remove_alias(f"{owner}/{name}", alias, actor=who.owner, protected_too=administers(who, owner))
     return Response(status_code=204)
 
 
@@ -242,11 +244,17 @@ def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, j
 def delete_adapter(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str) -> Response:
     """Every version of the adapter, newest first, each audited as a version delete; then the adapter. Its version
     numbers are never given again."""
-    registry.delete_adapter(f"{owner}/{name}", actor=who.owner)
+    registry.delete_adapter(f"{owner}/{name}", actor=who.owner, protected_too=administers(who, owner))
     return Response(status_code=204)
 
 
 @router.delete("/{owner}/{name}/versions/{version}", status_code=204)
 def delete_version(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId) -> Response:
-    registry.delete(Ref.of(owner, name, version=version), actor=who.owner)
+    registry.delete(Ref.of(owner, name, version=version), actor=who.owner, protected_too=administers(who, owner))
     return Response(status_code=204)
+
+
+def administers(who: Principal, owner: str) -> bool:
+    """Whether the caller may move the aliases ``owner`` protects (registry.services.versions.refuse_protected):
+    the owner itself, an admin of the organisation, or a registry admin."""
+    return who.owner == owner or who.can_manage(owner)

@@ -1,0 +1,135 @@
+"""Protected aliases (`vera org protect ORG ALIAS`): in every adapter of an organisation, only its admins (and the
+registry's) point a protected alias such as ``prod`` at a version, remove it, or delete the version or the adapter
+it names; its writers get 403 saying who may, and nothing changes. Through a real server and the real client, then
+the service on SQLite and PostgreSQL (an organisation's rename keeps its protections, its deletion drops them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from registry.client import RegistryClient
+from registry.domain.errors import Forbidden, InvalidInput, NotFound
+from registry.services.registry import Registry
+from registry.services.tokens import Principal, Role, create_token
+from registry.store import models as m
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+from tests.registry.test_cli import vera
+
+USERS = {"alice": ["read", "publish"], "bob": ["read", "publish"], "alice-read": ["read"], "root": ["admin"]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("protected")
+    url = f"sqlite:///{root / 'r.db'}"
+    source = make_adapter(root / "adapter")
+    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        db = Database(url)
+        tokens = {user: create_token(db, owner=user.removesuffix("-read"), scopes=scopes)[1]
+                  for user, scopes in USERS.items()}
+        db.engine.dispose()
+        with RegistryClient(base, tokens["alice"], cache=False) as alice:
+            alice.create_organization("acme")
+            alice.set_member("acme", "bob", "write")
+        yield {"url": base, "tokens": tokens, "source": source, "database": url}
+
+
+def client(server: dict[str, Any], who: str) -> RegistryClient:
+    return RegistryClient(server["url"], server["tokens"][who], cache=False, retries=0)
+
+
+def versions_of(client_: RegistryClient, adapter: str) -> list[int]:
+    owner, name = adapter.split("/")
+    return sorted(v.version for v in client_.list_versions(owner=owner, name=name).items)
+
+
+def test_only_admins_move_remove_or_delete_under_a_protected_alias(server: dict[str, Any]) -> None:
+    with client(server, "alice") as alice, client(server, "bob") as bob:
+        for _ in range(3):
+            bob.publish(server["source"], "acme/clf", base_model="tiny-llama")
+        bob.set_alias("acme/clf:1", "prod")  # not protected yet: a writer moves it
+        bob.set_alias("acme/clf:1", "staging")
+        org = alice.protect_alias("acme", "prod")
+        assert org.protected_aliases == ["prod"]
+        assert alice.protect_alias("acme", "prod").protected_aliases == ["prod"]  # again: no change
+
+        with pytest.raises(Forbidden, match=r"The alias 'prod' is protected in acme: only its admins point it at a "
+                                            r"version \(here acme/clf:2\)\. Ask one of them"):
+            bob.set_alias("acme/clf:2", "prod")
+        with pytest.raises(Forbidden, match="only its admins remove it"):
+            bob.remove_alias("acme/clf", "prod")
+        with pytest.raises(Forbidden, match=r"only its admins delete the version it names \(acme/clf:1\)"):
+            bob.delete("acme/clf:1")
+        with pytest.raises(Forbidden, match="only its admins delete the adapter"):
+            bob.delete_adapter("acme/clf")
+        # nothing changed: every version is there (the adapter's delete refused whole, not newest first), prod on 1
+        assert versions_of(alice, "acme/clf") == [1, 2, 3]
+        assert alice.get("acme/clf@prod").version == 1
+
+        bob.set_alias("acme/clf:3", "staging")  # other aliases, and versions prod does not name, stay the writers'
+        bob.delete("acme/clf:3")
+        alice.set_alias("acme/clf:2", "prod")  # an admin moves it
+        assert alice.get("acme/clf@prod").version == 2
+        events = alice.events(owner="acme", action="alias-protect").events
+        assert [(e.actor, e.target, e.detail) for e in events] == [("alice", "acme", {"alias": "prod"})]
+
+        alice.unprotect_alias("acme", "prod")
+        bob.set_alias("acme/clf:1", "prod")  # writers move it again
+        assert alice.organization("acme").protected_aliases == []
+
+
+def test_protecting_is_for_the_organisations_admins_and_says_what_is_wrong(server: dict[str, Any]) -> None:
+    with client(server, "alice") as alice, client(server, "bob") as bob, client(server, "alice-read") as reader, \
+            client(server, "root") as root:
+        with pytest.raises(Forbidden, match="Only admins of acme protect its aliases; your role is 'write'"):
+            bob.protect_alias("acme", "prod")
+        with pytest.raises(Forbidden, match="Only admins of acme protect its aliases"):  # alice, with a read token
+            reader.protect_alias("acme", "prod")
+        with pytest.raises(InvalidInput, match="'latest' is moved by the registry itself"):
+            alice.protect_alias("acme", "latest")
+        with pytest.raises(InvalidInput, match="Alias"):
+            alice.protect_alias("acme", "Not An Alias!")
+        with pytest.raises(NotFound, match="No organisation 'alice'"):  # a user's own namespace: only they write
+            alice.protect_alias("alice", "prod")
+        with pytest.raises(NotFound, match=r"acme does not protect the alias 'gold' \(it protects: none\)"):
+            alice.unprotect_alias("acme", "gold")
+        assert root.protect_alias("acme", "gold").protected_aliases == ["gold"]  # the registry's admins may
+        with pytest.raises(Forbidden, match="Only admins of acme unprotect its aliases"):
+            bob.unprotect_alias("acme", "gold")
+        assert alice.unprotect_alias("acme", "gold").protected_aliases == []
+
+
+def test_vera_org_protect_and_show(server: dict[str, Any]) -> None:
+    def as_(who: str, *args: str) -> Any:
+        return vera(*args, "--registry", server["url"], "--token", server["tokens"][who])
+
+    protected = as_("alice", "org", "protect", "acme", "release")
+    assert protected.returncode == 0, protected.stderr
+    assert "release is protected in acme: only its admins move it" in protected.stdout
+    assert "protected aliases (only admins move them): release" in as_("alice", "org", "show", "acme").stdout
+    refused = as_("bob", "org", "protect", "acme", "release")
+    assert refused.returncode == 1 and "Only admins of acme protect its aliases" in refused.stderr
+    assert as_("alice", "org", "unprotect", "acme", "release").returncode == 0
+
+
+def test_protections_follow_a_rename_and_go_with_the_organisation(registry: Registry) -> None:
+    def member(org: str, role: Role) -> Principal:
+        return Principal(owner="alice" if role == "admin" else "bob", scopes=frozenset({"read", "publish"}),
+                         roles={org: role})
+
+    registry.access.create_organization("team", creator="alice")
+    registry.access.set_member("team", "bob", "write", viewer=member("team", "admin"))
+    assert registry.access.protect_alias("team", "prod", viewer=member("team", "admin")).protected_aliases == ["prod"]
+    with pytest.raises(Forbidden, match="Only admins of team protect its aliases; your role is 'write'"):
+        registry.access.protect_alias("team", "canary", viewer=member("team", "write"))
+    renamed = registry.access.rename_organization("team", "crew", viewer=member("team", "admin"))
+    assert renamed.protected_aliases == ["prod"]
+    registry.access.delete_organization("crew", viewer=member("crew", "admin"))
+    with registry.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(m.ProtectedAlias)) == 0
