@@ -225,6 +225,18 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
 
 
+def _dataset_fields(path: Path) -> dict[str, str]:
+    """The publish form's lineage of a training data file: its SHA-256 and size, read here in pieces."""
+    if not path.is_file():
+        raise InvalidInput(f"The dataset {path} {'is a folder' if path.is_dir() else 'does not exist'}; give the file "
+                           "the adapter was trained on (its SHA-256 and size are recorded, the data is not uploaded).")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while piece := f.read(1 << 20):
+            digest.update(piece)
+    return {"dataset_sha256": digest.hexdigest(), "dataset_bytes": str(path.stat().st_size)}
+
+
 class RegistryClient:
     """``RegistryClient(url, token)``; defaults from VERA_REGISTRY_URL and VERA_TOKEN.
 
@@ -605,10 +617,11 @@ class RegistryClient:
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
         parent: str | None = None, code_revision: str | None = None, visibility: str | None = None,
-        progress: bool = False,
+        progress: bool = False, dataset: str | os.PathLike[str] | None = None,
     ) -> VersionInfo:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
-        it was fine-tuned from and ``code_revision`` the code that trained it (its lineage). ``progress`` shows a
+        it was fine-tuned from, ``code_revision`` the code that trained it and ``dataset`` the file it was trained
+        on, hashed here (SHA-256 and size recorded; the data is not uploaded): its lineage. ``progress`` shows a
         bar while weights over 4 MiB upload."""
         ref = Ref.parse_adapter(name)
         root = Path(directory)
@@ -618,6 +631,7 @@ class RegistryClient:
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():
                 raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")
+        data = _dataset_fields(Path(dataset)) if dataset is not None else {}
         size = (root / "adapter_model.safetensors").stat().st_size
         with (root / "adapter_config.json").open("rb") as config, \
                 (root / "adapter_model.safetensors").open("rb") as file, \
@@ -630,7 +644,7 @@ class RegistryClient:
                 data={"base_model": base_model, "base_revision": base_revision,
                       "metrics": json.dumps(metrics or {}), "tags": ",".join(tags or []),
                       "description": description, "parent": parent or "", "code_revision": code_revision or "",
-                      "visibility": visibility or ""},
+                      "visibility": visibility or "", **data},
             )
         return VersionInfo.model_validate(response.json())
 

@@ -51,6 +51,8 @@ def publish(
                                                "(owner/name:N or owner/name@ALIAS).")] = None,
     code_revision: Annotated[str | None, typer.Option(help="Lineage: the code that trained it (a git commit, a "
                                                       "release).")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="Lineage: the file it was trained on, hashed here (its SHA-256 "
+                                                 "and size are recorded; the data is not uploaded).")] = None,
     private: Annotated[bool | None, typer.Option(
         "--private/--public", help="Who may read a NEW adapter: its owner's members only, or whoever may read the "
         "registry (default: the registry's, VERA_DEFAULT_VISIBILITY). `vera visibility` changes it later.",
@@ -85,7 +87,8 @@ def publish(
                                                               base_revision=base_revision, metrics=values,
                                                               tags=tag or [], description=description,
                                                               parent=parent, code_revision=code_revision,
-                                                              visibility=visibility, progress=True))
+                                                              visibility=visibility, progress=True,
+                                                              dataset=dataset))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
     if info.version > 1:  # the same vectors as the version before: said, as a Hub commit with no change would be

@@ -368,6 +368,7 @@ FIELDS: dict[str, Field] = {
     "stored_bytes": Field("number", (*ORDERING, "in"), m.AdapterVersion.stored_bytes),
     "created": Field("time", ORDERING, m.AdapterVersion.created_at),
     "verification_status": Field("text", _TEXT_OPS, m.AdapterVersion.verification_status),
+    "dataset_sha256": Field("text", ("=", "!=", "in"), m.AdapterVersion.dataset_sha256),
     "yanked": Field("flag", ("=", "!="), m.AdapterVersion.yanked),
 }
 METRIC = Field("metric", (*ORDERING, "in"))

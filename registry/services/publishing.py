@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -52,7 +53,8 @@ MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
 #: Called in the publish's transaction once the version row exists (Hub sync records its pull there).
 OnRecord = Callable[[Session, m.AdapterVersion], None]
 #: What a publish may say of where the version came from (``lineage``), and the longest code revision.
-LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision", "published_via"})
+LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision", "published_via",
+                          "dataset_sha256", "dataset_bytes"})
 MAX_CODE_REVISION = 200
 #: From how many bytes to store a publish's quota is checked before they are stored, not only as it is recorded.
 EARLY_CHECK_BYTES = 1 << 20
@@ -264,15 +266,34 @@ def _checked_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
         given["parent"] = parent
     if "code_revision" in given:
         check_text(given["code_revision"], "code_revision", max_length=MAX_CODE_REVISION)
+    _check_dataset(given)
     if "published_via" in given and not isinstance(given["published_via"], Mapping):
         raise InvalidInput("published_via is what a trusted publisher's token was minted for (a mapping); it comes "
                            "from the publishing token, not from the caller.")
     return given
 
 
+def _check_dataset(given: dict[str, Any]) -> None:
+    """The training data a publisher states (its SHA-256, lower-cased here, and size in bytes), checked in place."""
+    if "dataset_sha256" in given:
+        digest = given["dataset_sha256"]
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise InvalidInput("dataset_sha256 must be the training data's SHA-256: 64 hexadecimal digits (`sha256sum "
+                               "train.jsonl`, or `vera publish --dataset train.jsonl`, which hashes it here).")
+        given["dataset_sha256"] = digest.lower()
+    if "dataset_bytes" in given:
+        size = given["dataset_bytes"]
+        if "dataset_sha256" not in given:
+            raise InvalidInput("dataset_bytes goes with dataset_sha256: state the data's hash too, or neither.")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
+            raise InvalidInput(f"dataset_bytes must be the training data's size in bytes, 0 to 2**63 - 1; got "
+                               f"{size!r}.")
+
+
 def _record_sources(s: Session, version: m.AdapterVersion, lineage: dict[str, Any]) -> None:
     """Link the new version to its parent (resolved now: an alias names the version it points at today) and copy
-    its job's dataset hash and size, so that the version keeps them whatever happens to the job."""
+    its job's dataset hash and size, so that the version keeps them whatever happens to the job; a version published
+    from outside records the hash and size its publisher stated (``dataset_sha256``, ``dataset_bytes``)."""
     parent: Ref | None = lineage.get("parent")
     if parent is not None:
         try:
@@ -285,9 +306,11 @@ def _record_sources(s: Session, version: m.AdapterVersion, lineage: dict[str, An
     via = lineage.get("published_via")
     version.published_via = dict(via) if via is not None else None
     job = s.get(m.Job, version.source_job_id) if version.source_job_id is not None else None
-    if job is not None and job.dataset_sha256 is not None:
+    if job is not None and job.dataset_sha256 is not None:  # what the registry holds wins over what is stated
         blob = s.get(m.Blob, job.dataset_sha256)
         version.dataset_sha256, version.dataset_bytes = job.dataset_sha256, blob.size if blob else None
+    elif lineage.get("dataset_sha256") is not None:  # the publisher's statement: the data stays where it is
+        version.dataset_sha256, version.dataset_bytes = lineage["dataset_sha256"], lineage.get("dataset_bytes")
 
 
 def _version_row(what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes, *,

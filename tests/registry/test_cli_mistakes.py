@@ -3,6 +3,7 @@ was expected and how to go on, and nothing changed: the installed `vera` in a su
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -40,8 +41,9 @@ def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
     """The command failed with one line on stderr holding ``words``, and no traceback."""
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), result.stderr
+    flat = " ".join(result.stderr.split())  # a long line may wrap at the terminal's width
     for word in words:
-        assert word in result.stderr, (word, result.stderr)
+        assert word in flat, (word, result.stderr)
     return result.stderr
 
 
@@ -82,11 +84,16 @@ def test_publish_without_base_model_takes_the_one_the_adapters_config_names(serv
     folder = make_adapter(tmp_path / "named")
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "tiny-llama"}))
-    result = vera("publish", str(folder), "--name", "ann/implied", url=server["url"])
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\ngood,1\n")
+    result = vera("publish", str(folder), "--name", "ann/implied", "--dataset", str(data), url=server["url"])
     assert result.returncode == 0, result.stderr
     assert "base model: tiny-llama (from adapter_config.json)" in result.stderr
     with RegistryClient(server["url"], cache=False) as client:
-        assert client.get("ann/implied:1").base_model == "tiny-llama"
+        info = client.get("ann/implied:1")
+        assert info.base_model == "tiny-llama"
+        assert info.lineage == {"dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+                                "dataset_bytes": data.stat().st_size}  # hashed by the CLI; the data stays here
     for named, words in ((str(tmp_path), ("a local folder", "--base-model is needed")), (None, ("no base model",))):
         (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": named}))
         refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]), *words)

@@ -79,7 +79,12 @@ def test_a_deleted_parent_is_remembered_by_name_and_never_relinked(server: dict[
     ({"parent": "ann/root:7"}, "parent ann/root:7: ann/root has no version 7; its version: 1."),
     ({"code_revision": "x" * 201}, "code_revision must be text of at most 200 characters"),
     ({"code_revision": "two\nlines"}, "code_revision contains the control character"),
-], ids=["missing-adapter", "malformed", "missing-version", "long-revision", "newline"])
+    ({"dataset_sha256": "abc"}, "dataset_sha256 must be the training data's SHA-256: 64 hexadecimal digits"),
+    ({"dataset_sha256": "g" * 64}, "64 hexadecimal digits"),
+    ({"dataset_bytes": "10"}, "dataset_bytes goes with dataset_sha256"),
+    ({"dataset_sha256": "a" * 64, "dataset_bytes": "-1"}, "dataset_bytes must be the training data's size in bytes"),
+], ids=["missing-adapter", "malformed", "missing-version", "long-revision", "newline", "short-hash", "not-hex",
+        "size-alone", "negative-size"])
 def test_bad_lineage_at_publish_is_refused_and_records_nothing(server: dict[str, Any], client: RegistryClient,
                                                                form: dict[str, str], message: str) -> None:
     if not client.list_versions(name="root").items:
@@ -113,6 +118,27 @@ def test_a_jobs_version_keeps_its_datasets_hash_and_size(registry: Registry, tmp
     with pytest.raises(InvalidInput, match=r"Unknown lineage \['dataset'\]"):
         registry.publish(tmp_path / "a", owner="ann", name="tuned", base_model="tiny-llama",
                          lineage={"dataset": "x"})
+
+
+def test_a_version_published_from_outside_records_the_data_it_names_and_is_found_by_it(
+        server: dict[str, Any], client: RegistryClient, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b'{"text": "good", "label": 1}\n' * 1000)
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    ref = _publish(client, server["source"], "ann/outside", dataset=data)
+    assert client.get(ref).lineage == {"dataset_sha256": digest, "dataset_bytes": data.stat().st_size}
+    _publish(client, server["source"], "ann/outside")  # another version, on no stated data
+    found = client.list_versions(filter=f"dataset_sha256 = '{digest}'").items
+    assert [v.ref for v in found] == [ref]  # which versions were trained on this data?
+    stated = {"dataset_sha256": digest.upper()}  # through the form, in capitals: recorded lower-case, no size
+    source = server["source"]
+    files = {"adapter_config": ("adapter_config.json", (source / "adapter_config.json").read_bytes()),
+             "adapter_model": ("adapter_model.safetensors", (source / "adapter_model.safetensors").read_bytes())}
+    answer = httpx.post(f"{server['url']}/api/v1/adapters/ann/outside/versions", files=files,
+                        data={"base_model": "tiny-llama", **stated}, timeout=60)
+    assert answer.status_code == 201 and answer.json()["lineage"] == {"dataset_sha256": digest}, answer.text
+    with pytest.raises(InvalidInput, match=r"The dataset .*missing.jsonl does not exist"):
+        client.publish(source, "ann/outside", base_model="tiny-llama", dataset=tmp_path / "missing.jsonl")
 
 
 def test_the_running_code_revision_names_the_package_and_its_commit() -> None:

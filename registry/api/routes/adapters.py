@@ -108,6 +108,9 @@ async def publish(
     visibility: Annotated[str, Form(description="public or private, for a new adapter (default: the registry's, "
                                     "VERA_DEFAULT_VISIBILITY); an existing one keeps its own")] = "",
     code_revision: Annotated[str, Form(description="the code that trained it, e.g. a git commit (lineage)")] = "",
+    dataset_sha256: Annotated[str, Form(description="the SHA-256 of the data it was trained on (lineage; the data is "
+                                        "not uploaded)")] = "",
+    dataset_bytes: Annotated[int | None, Form(description="that data's size in bytes (with dataset_sha256)")] = None,
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
     if parent:  # a parent the publisher may not read does not exist for it (nor its versions and aliases)
@@ -120,7 +123,9 @@ async def publish(
                           base_revision=base_revision, metrics=parsed,
                           tags=[t.strip() for t in tags.split(",") if t.strip()], description=description,
                           published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision,
-                                                            "published_via": who.provenance},
+                                                            "published_via": who.provenance,
+                                                            "dataset_sha256": dataset_sha256,
+                                                            "dataset_bytes": dataset_bytes},
                           visibility=visibility or None)
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop
