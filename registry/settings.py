@@ -184,6 +184,14 @@ class Settings(BaseSettings):
                              "identity token must not be exchanged twice); set 1 or more, or 0 to purge by hand only")
         return value
 
+    @field_validator("max_token_days")
+    @classmethod
+    def _at_least_an_hour(cls, value: float | None) -> float | None:
+        if value is not None and value < 1 / 24:
+            raise ValueError("tokens may not be limited to less than an hour (1/24 day, about 0.042): a token trusted "
+                             "publishing mints lives up to 60 minutes, and a sign-in shorter than that is of no use")
+        return value
+
     @field_validator("trusted_publishers")
     @classmethod
     def _publishers(cls, value: list[TrustedPublisher]) -> list[TrustedPublisher]:

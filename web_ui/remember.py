@@ -121,6 +121,8 @@ def remember(client: RegistryClient, who: WhoAmI, now: datetime | None = None) -
     registry, too many tokens) come through as they are."""
     now = now or datetime.now(UTC)
     lasts = timedelta(days=remember_days())
+    if who.max_token_days is not None:  # the registry's longest token life (VERA_MAX_TOKEN_DAYS)
+        lasts = min(lasts, timedelta(days=who.max_token_days) - timedelta(minutes=1))
     if (expires := _aware(who.expires_at)) is not None:
         left = expires - now - timedelta(minutes=1)  # the registry refuses a token outliving its maker
         if left < SHORTEST:

@@ -143,6 +143,12 @@ def create_token(
 
     As you, from any machine: at most your own token's scopes and limit (admins: for any --user). On the registry's
     machine, without a token (the first admin's): `vera token create`."""
+    from registry.domain.schemas import expiry_in
+
+    try:
+        expiry_in(expires_days)  # NaN, infinities and negatives said here, not as a JSON error
+    except InvalidInput as exc:
+        fail(exc)
     info, secret = call_registry(registry, token, lambda c: c.create_token(
         scope, name=name, expires_days=expires_days, limited_to=limit_to, user=user))
     console.print(f"token {info.id} for {info.owner} {info.scopes}"

@@ -197,15 +197,15 @@ def token_create(
 
     On the registry's machine, for any --owner, with no server or token needed (the way to the first admin token).
     To make one of your own from any machine, through the registry: `vera auth create-token`."""
+    from registry.domain.schemas import expiry_in
     from registry.services.tokens import create_token, within_max_life
 
     settings = refuse_read_only(load_settings(database_url), "token create")
-    registry = open_registry(settings)
-    asked = datetime.now(UTC) + timedelta(days=expires_days) if expires_days is not None else None
     try:
-        expires_at = within_max_life(asked, settings.max_token_days)
+        expires_at = within_max_life(expiry_in(expires_days), settings.max_token_days)
     except InvalidInput as exc:
         fail(exc)
+    registry = open_registry(settings)
     token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_at=expires_at,
                                     limited_to=limit_to)
     console.print(f"token {token_id} for {owner} {sorted(set(scope))}"

@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
@@ -203,6 +203,20 @@ class AuditEventInfo(BaseModel):
     detail: dict[str, Any]
 
 
+#: The longest life a token may be given, in days (ten years).
+MAX_TOKEN_DAYS = 3650
+
+
+def expiry_in(days: float | None) -> datetime | None:
+    """When a token asked to live ``days`` days expires (None: never); InvalidInput unless 0 < days <=
+    MAX_TOKEN_DAYS (NaN and infinities included), as `vera token create --expires-days` and the API take it."""
+    if days is None:
+        return None
+    if not 0 < days <= MAX_TOKEN_DAYS:  # false for NaN too
+        raise InvalidInput(f"--expires-days must be more than 0 and at most {MAX_TOKEN_DAYS} (ten years); got {days}.")
+    return datetime.now(UTC) + timedelta(days=days)
+
+
 class TokenInfo(BaseModel):
     """An access token as `vera token list` shows it: never its secret."""
 
@@ -327,6 +341,9 @@ class WhoAmI(BaseModel):
     #: How many invitations to organisations wait for this user's answer (`vera org invitations`); None: anonymous,
     #: or a server before this field.
     pending_invitations: int | None = None
+    #: The longest a new token lives on this registry (VERA_MAX_TOKEN_DAYS); None: no limit, or a server before
+    #: this field.
+    max_token_days: float | None = None
 
 
 class VersionInfo(BaseModel):

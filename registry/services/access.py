@@ -210,7 +210,7 @@ class Access:
     def protect_alias(self, organization: str, alias: str, *, viewer: Principal) -> OrganizationInfo:
         """Protect ``alias`` in every adapter of the organisation (its admins only): from now on only its admins
         (and the registry's) point it at a version, remove it, or delete the version it names (enforced by
-        versions.refuse_protected); audited as alias-protect. Protecting an alias already protected changes nothing."""
+        moves.refuse_protected); audited as alias-protect. Protecting an alias already protected changes nothing."""
         from registry.services.lookup import LATEST  # lookup imports this module
 
         check_name(alias, "Alias")

@@ -19,6 +19,7 @@ new name, and for a transfer on the old name too, so that each owner's events an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,7 +27,7 @@ from sqlalchemy import String, cast, delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.domain.schemas import Ref
 from registry.services.quotas import Quotas, check_room
 from registry.services.tokens import Principal, lock_owner
@@ -113,26 +114,35 @@ class Moves:
         if moved is not None and viewer.can_write(moved.owner):
             raise _moved_away(owner, name, moved)
 
-    def move(self, source: str | Ref, destination: str | Ref, *, actor: str) -> MoveResult:
+    def move(self, source: str | Ref, destination: str | Ref, *, actor: str, protected_at: frozenset[str] | None = None
+             ) -> MoveResult:
         """Give the adapter ``source`` (owner/name) the name ``destination`` (owner/name; another owner transfers
         it). Who may do it is the API's to decide (write rights on both owners; an organisation's admin role to
         transfer out of it). A rename retargets the jobs that were to publish to the adapter; a transfer leaves them
-        to the caller (MoveResult.orphaned_jobs)."""
+        to the caller (MoveResult.orphaned_jobs). ``protected_at``: the owners (of the two) whose protected aliases
+        the caller may not move (None: none): an adapter with an alias protected there is refused, since a rename
+        takes ``owner/name@prod`` away from its consumers and a transfer brings in a ``prod`` no admin chose."""
         old = source if isinstance(source, Ref) else Ref.parse_adapter(source)
         new = destination if isinstance(destination, Ref) else Ref.parse_adapter(destination)
         if (old.owner, old.name) == (new.owner, new.name):
             raise InvalidInput(f"{old} is already called {new}; give another name (owner/name) to move it to.")
         try:
             with self.db.session() as s:
-                return self._move(s, old, new, actor)
+                return self._move(s, old, new, actor, protected_at or frozenset())
         except DbIntegrityError as exc:  # a concurrent move or publish took the name between the check and the write
             raise Conflict(f"{new.owner}/{new.name} was taken while {old.owner}/{old.name} moved; nothing was moved. "
                            "Choose another name.") from exc
 
-    def _move(self, s: Session, old: Ref, new: Ref, actor: str) -> MoveResult:
+    def _move(self, s: Session, old: Ref, new: Ref, actor: str, protected_at: frozenset[str]) -> MoveResult:
         adapter = lock_adapter(s, old.owner, old.name)
         if adapter is None:
             raise NotFound(f"No adapter {old.owner}/{old.name}; `vera ls --owner {old.owner}` lists that owner's.")
+        aliases = list(s.scalars(select(m.Alias.name).where(m.Alias.adapter_id == adapter.id)))
+        if old.owner in protected_at:
+            refuse_protected(s, old.owner, aliases, f"rename or move {old.owner}/{old.name}, which holds it")
+        if new.owner in protected_at and new.owner != old.owner:
+            refuse_protected(s, new.owner, aliases, f"bring in an adapter that holds it (remove the alias from "
+                                                    f"{old.owner}/{old.name} first)")
         lock_owner(s, new.owner)  # not into an organisation deleted meanwhile
         if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == new.owner, m.Adapter.name == new.name)):
             raise Conflict(f"{new.owner}/{new.name} exists; move {old.owner}/{old.name} to a name that is free "
@@ -251,3 +261,21 @@ def lock_adapter(s: Session, owner: str, name: str) -> m.Adapter | None:
             s.execute(touch.where(m.Adapter.id == found))
             adapter = s.get(m.Adapter, found, populate_existing=True)
     return adapter if adapter is not None and (adapter.owner, adapter.name) == (owner, name) else None
+
+
+def refuse_protected(s: Session, owner: str, aliases: Iterable[str], doing: str) -> None:
+    """Forbidden when ``owner``, an organisation, protects one of ``aliases`` (``vera org protect``,
+    Access.protect_alias): only its admins may ``doing`` (what the caller asked, for the message)."""
+    from registry.services.lookup import LATEST  # lookup imports access, which imports this module
+
+    names = set(aliases) - {LATEST}
+    if not names:
+        return
+    protected = s.scalar(select(m.ProtectedAlias.name)
+                         .join(m.Organization, m.Organization.id == m.ProtectedAlias.organization_id)
+                         .where(m.Organization.name == owner, m.ProtectedAlias.name.in_(names))
+                         .order_by(m.ProtectedAlias.name).limit(1))
+    if protected is not None:
+        raise Forbidden(f"The alias {protected!r} is protected in {owner}: only its admins {doing}. Ask one of them "
+                        f"(`vera org show {owner}` lists them), or have them unprotect it (`vera org unprotect "
+                        f"{owner} {protected}`).")

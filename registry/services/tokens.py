@@ -218,15 +218,12 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise InvalidInput(f"Scopes must be a non-empty subset of {list(SCOPES)}, got {scopes}.")
-    if expires_in is not None and expires_in <= timedelta(0):
-        raise InvalidInput(f"A token must live a positive time; got {expires_in}.")
+    expires_at = _expiry(expires_in, expires_at)
     if limited_to is not None:
         if not 1 <= len(limited_to) <= MAX_TOKEN_OWNERS:
             raise InvalidInput(f"A token may be limited to 1 to {MAX_TOKEN_OWNERS} owners, got {len(limited_to)}.")
         limited_to = sorted({check_name(o, "Owner") for o in limited_to})
     secret = PREFIX + secrets.token_urlsafe(32)
-    if expires_at is None and expires_in is not None:
-        expires_at = datetime.now(UTC) + expires_in
     with db.session() as s:
         now = datetime.now(UTC)
         live = s.scalar(select(func.count()).select_from(m.AccessToken).where(
@@ -256,6 +253,19 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
             "expires_at": expires_at.isoformat() if expires_at is not None else None, "parent": parent_id,
             **(audit or {})}))
         return row.id, secret
+
+
+def _expiry(expires_in: timedelta | None, expires_at: datetime | None) -> datetime | None:
+    """When a new token expires: at ``expires_at``, else ``expires_in`` from now, else never; InvalidInput for a
+    time that is not in the future."""
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise InvalidInput(f"A token must live a positive time; got {expires_in}.")
+    if expires_at is None and expires_in is not None:
+        expires_at = datetime.now(UTC) + expires_in
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise InvalidInput(f"A token must live a positive time; it would have expired at {expires_at:%Y-%m-%d %H:%M} "
+                           "UTC.")
+    return expires_at
 
 
 def within_max_life(expires_at: datetime | None, max_days: float | None) -> datetime | None:

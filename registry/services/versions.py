@@ -6,16 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import torch
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
@@ -28,7 +27,7 @@ from registry.services.lookup import (
     version_ref,
     version_tensors,
 )
-from registry.services.moves import resolve_locked
+from registry.services.moves import refuse_protected, resolve_locked
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -171,7 +170,7 @@ class Versions:
         with self.db.session() as s:
             v = resolve_locked(s, ref)
             if not protected_too:
-                refuse_protected(s, v.adapter, [alias], f"point it at a version (here {version_ref(v)})")
+                refuse_protected(s, v.adapter.owner, [alias], f"point it at a version (here {version_ref(v)})")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             before = None
             if row is None:
@@ -196,7 +195,7 @@ class Versions:
         with self.db.session() as s:
             v = resolve_locked(s, Ref(owner=ref.owner, name=ref.name, alias=alias))
             if not protected_too:
-                refuse_protected(s, v.adapter, [alias], "remove it")
+                refuse_protected(s, v.adapter.owner, [alias], "remove it")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             s.delete(row)
             s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}",
@@ -223,7 +222,7 @@ class Versions:
             v = resolve_locked(s, ref)
             adapter, target = v.adapter, version_ref(v)
             if not protected_too:
-                refuse_protected(s, adapter, s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)),
+                refuse_protected(s, adapter.owner, s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)),
                                  f"delete the version it names ({target})")
             if keep_aliased and (held := s.scalars(select(m.Alias.name).where(
                     m.Alias.version_id == v.id, m.Alias.name != LATEST)).all()):
@@ -250,7 +249,7 @@ class Versions:
             if row is None:
                 raise NotFound(f"No adapter {ref.owner}/{ref.name}.")
             if not protected_too:
-                refuse_protected(s, row, s.scalars(select(m.Alias.name).where(m.Alias.adapter_id == row.id)),
+                refuse_protected(s, row.owner, s.scalars(select(m.Alias.name).where(m.Alias.adapter_id == row.id)),
                                  "delete the adapter, and with it the version it names")
             numbers = sorted(s.scalars(select(m.AdapterVersion.version).where(
                 m.AdapterVersion.adapter_id == row.id)), reverse=True)
@@ -324,18 +323,3 @@ def _check_options(*, with_projection: bool, seed_only: bool) -> None:
     if with_projection and seed_only:
         raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
 
-
-def refuse_protected(s: Session, adapter: m.Adapter, aliases: Iterable[str], doing: str) -> None:
-    """Forbidden when the adapter's owner, an organisation, protects one of ``aliases`` (``vera org protect``,
-    Access.protect_alias): only its admins may ``doing`` (what the caller asked, for the message)."""
-    names = set(aliases) - {LATEST}
-    if not names:
-        return
-    protected = s.scalar(select(m.ProtectedAlias.name)
-                         .join(m.Organization, m.Organization.id == m.ProtectedAlias.organization_id)
-                         .where(m.Organization.name == adapter.owner, m.ProtectedAlias.name.in_(names))
-                         .order_by(m.ProtectedAlias.name).limit(1))
-    if protected is not None:
-        raise Forbidden(f"The alias {protected!r} is protected in {adapter.owner}: only its admins {doing}. Ask one "
-                        f"of them (`vera org show {adapter.owner}` lists them), or have them unprotect it (`vera org "
-                        f"unprotect {adapter.owner} {protected}`).")

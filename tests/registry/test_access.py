@@ -455,14 +455,22 @@ def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path
 
 
 
-def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path) -> None:
+def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """VERA_MAX_TOKEN_DAYS: a token made without an expiry gets that life, a longer one is refused and not made, a
-    shorter one keeps its own; through the API (as a user and as an admin) and the operator's `vera token create`."""
+    shorter one keeps its own; through the API (as a user and as an admin), the dashboard's remembered sign-in (which
+    asks for no more than the registry allows) and the operator's `vera token create`, which also refuses a life
+    that is not a positive number of days (it made an expired token, and NaN was a traceback)."""
     import os
     import subprocess
 
+    from pydantic import ValidationError
+
     from registry.domain.errors import InvalidInput
+    from registry.settings import Settings
     from tests.registry.servers import VERA
+
+    with pytest.raises(ValidationError, match="tokens may not be limited to less than an hour"):
+        Settings(max_token_days=0.01)  # a minted CI token lives up to an hour
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db = Database(url)
@@ -482,7 +490,20 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path) -> None:
                 with pytest.raises(InvalidInput, match=r"Tokens on this registry live at most 90 days "
                                                        r"\(VERA_MAX_TOKEN_DAYS\); ask for 90 or fewer"):
                     client.create_token(["read"], expires_days=91)
-                assert len(client.tokens()) == before + 2  # the refused one was not made
+                for wrong in ("NaN", "Infinity", "true", "-1"):  # Python's json reads NaN and Infinity
+                    answer = httpx.post(f"{base}/api/v1/tokens", content=f'{{"scopes": ["read"], "expires_days": '
+                                        f'{wrong}}}', headers={"Authorization": f"Bearer {secret}",
+                                                                "Content-Type": "application/json"}, timeout=30)
+                    assert answer.status_code == 422, (wrong, answer.text)
+                assert len(client.tokens()) == before + 2  # the refused ones were not made
+        from web_ui.remember import remember
+
+        monkeypatch.setenv("VERA_UI_REMEMBER_DAYS", "120")  # longer than the registry allows: asks for 90 at most
+        with RegistryClient(base, ann, cache=False, retries=0) as client:
+            who = client.whoami()
+            assert who.max_token_days == 90
+            _, _, until = remember(client, who)
+            assert timedelta(days=89) < until - datetime.now(UTC) <= timedelta(days=90)
     env = {**os.environ, "VERA_DATABASE_URL": url, "VERA_MAX_TOKEN_DAYS": "90", "COLUMNS": "200"}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
@@ -491,6 +512,9 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path) -> None:
 
     refused = vera("--expires-days", "365")
     assert refused.returncode == 1 and "live at most 90 days" in refused.stderr, refused
+    for wrong in ("-5", "0", "nan", "inf", "1e10"):
+        bad = vera("--expires-days", wrong)
+        assert bad.returncode == 1 and "--expires-days must be more than 0 and at most 3650" in bad.stderr, bad
     made = vera()
     expected = (datetime.now(UTC) + timedelta(days=90)).strftime("%Y-%m-%d")
     assert made.returncode == 0 and f"expires {expected}" in made.stdout, made

@@ -68,6 +68,15 @@ def test_only_admins_move_remove_or_delete_under_a_protected_alias(server: dict[
             bob.delete("acme/clf:1")
         with pytest.raises(Forbidden, match="only its admins delete the adapter"):
             bob.delete_adapter("acme/clf")
+        with pytest.raises(Forbidden, match="only its admins rename or move acme/clf, which holds it"):
+            bob.move("acme/clf", "acme/clf-renamed")  # acme/clf@prod would answer 404 to its consumers
+        bob.publish(server["source"], "bob/own", base_model="tiny-llama")
+        bob.set_alias("bob/own:1", "prod")  # his own prod, brought into acme, would be acme's production
+        with pytest.raises(Forbidden, match=r"only its admins bring in an adapter that holds it \(remove the alias "
+                                            r"from bob/own first\)"):
+            bob.move("bob/own", "acme/own")
+        bob.remove_alias("bob/own", "prod")
+        bob.move("bob/own", "acme/own")  # without it, a writer moves it in as before
         # nothing changed: every version is there (the adapter's delete refused whole, not newest first), prod on 1
         assert versions_of(alice, "acme/clf") == [1, 2, 3]
         assert alice.get("acme/clf@prod").version == 1

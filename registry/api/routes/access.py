@@ -7,14 +7,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Forbidden, InvalidInput, NotFound
 from registry.domain.publishers import PublisherInfo
-from registry.domain.schemas import InvitationInfo, OrganizationInfo, OwnerUsage, QuotaSize, TokenInfo, WhoAmI
+from registry.domain.schemas import (
+    MAX_TOKEN_DAYS,
+    InvitationInfo,
+    OrganizationInfo,
+    OwnerUsage,
+    QuotaSize,
+    TokenInfo,
+    WhoAmI,
+)
 from registry.services.tokens import (
     ANONYMOUS,
     MAX_TOKEN_OWNERS,
@@ -32,7 +40,6 @@ from registry.services.trusted import MAX_ID_TOKEN_CHARS, TrustedPublishing
 
 router = APIRouter(prefix="/api/v1")
 
-MAX_TOKEN_DAYS = 3650
 
 
 class TokenBody(BaseModel):
@@ -42,11 +49,18 @@ class TokenBody(BaseModel):
 
     scopes: list[Scope] = Field(min_length=1, max_length=4)
     name: str = Field("", max_length=100)
-    expires_days: float | None = Field(None, gt=0, le=MAX_TOKEN_DAYS, description=(
+    expires_days: float | None = Field(None, gt=0, le=MAX_TOKEN_DAYS, allow_inf_nan=False, description=(
         "default: never, or the registry's longest token life (VERA_MAX_TOKEN_DAYS) where it sets one"))
     limited_to: list[str] | None = Field(None, min_length=1, max_length=MAX_TOKEN_OWNERS,
                                          description="owner namespaces the token is limited to")
     user: str | None = Field(None, max_length=64, description="admins only: create the token for this user")
+
+    @field_validator("expires_days", mode="before")
+    @classmethod
+    def _days_not_a_flag(cls, value: object) -> object:
+        if isinstance(value, bool):  # true was taken as 1 day
+            raise ValueError("expires_days is a number of days, not true or false")
+        return value
 
 
 class CreatedToken(BaseModel):
@@ -80,7 +94,8 @@ def whoami(caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
                   organizations=dict(sorted(who.roles.items())), token_id=who.token_id,
                   limited_to=sorted(who.limited_to) if who.limited_to is not None else None,
                   expires_at=who.expires_at, read_only=options.read_only,
-                  pending_invitations=None if anonymous else registry.access.pending_invitations(who))
+                  pending_invitations=None if anonymous else registry.access.pending_invitations(who),
+                  max_token_days=options.max_token_days)
 
 
 def _signed_in(caller: Principal | None, options: Options) -> Principal:

@@ -234,7 +234,8 @@ def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, j
         # out of an organisation: as a repo transfer on a forge, for its admins (a writer may rename within it)
         raise Forbidden(f"Only admins of {owner} transfer its adapters to another owner; your role there is "
                         f"{who.roles.get(owner, 'none')!r}. Ask one of them, or rename it within {owner}/.")
-    moved = registry.move(Ref.of(owner, name), destination, actor=who.owner)
+    protected_at = frozenset(o for o in (owner, destination.owner) if not administers(who, o))
+    moved = registry.move(Ref.of(owner, name), destination, actor=who.owner, protected_at=protected_at)
     cancelled = []
     for job in moved.orphaned_jobs:  # a transfer: the jobs' rights were the old owner's; cancelled, saying why
         with contextlib.suppress(Conflict):  # it ended meanwhile
