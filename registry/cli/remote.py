@@ -66,9 +66,9 @@ def publish(
         if not (directory / "adapter_config.json").is_file():
             fail(InvalidInput(f"{directory} has no adapter_config.json: publish a PEFT-format adapter folder (`vera "
                               "train` and PEFT's save_pretrained write one)."))
-        if not named or Path(named).is_dir():
+        if not named or _a_path(named):
             fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names "
-                              f"{repr(named) + ', a local folder' if named else 'no base model'}. Give the base's "
+                              f"{repr(named) + ', a folder path' if named else 'no base model'}. Give the base's "
                               "Hub id or registry name, e.g. --base-model minilm."))
         base_model = named
         err_console.print(f"base model: {base_model} (from adapter_config.json)")
@@ -99,6 +99,13 @@ def publish(
         if before.vectors_sha256 == info.vectors_sha256:
             err_console.print(styled("note:", "yellow", f" {info.ref} has the same vectors as {before.ref} "
                                      "(published again)."), soft_wrap=True)
+
+
+def _a_path(name: str) -> bool:
+    """Whether a config's base model reads as a folder path (of this machine or the one that trained it), not a Hub
+    id (``org/name``) or a registry name."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or ":" in name
+            or Path(name).is_dir())
 
 
 def _config_base(directory: Path) -> str:
@@ -195,6 +202,11 @@ def list_versions(
     --json prints the page as the API gives it)."""
     name = None
     if adapter is not None:
+        if "/" in adapter:
+            try:
+                Ref.parse_adapter(adapter)  # owner/name only: a version or alias lists nothing
+            except InvalidInput as exc:
+                fail(exc)
         named_owner, _, name = adapter.partition("/")
         if owner is not None and owner != named_owner:
             fail(InvalidInput(f"{adapter!r} and --owner {owner} name two owners; give one of them."))

@@ -219,6 +219,7 @@ class Access:
                                "never by a member: protect a release alias such as 'prod' instead.")
         with self.db.session() as s:
             org = _managed_org(s, organization, viewer, "protect its aliases")
+            _lock_org(s, org, organization)  # two at once take turns: the second finds it protected
             if alias not in {p.name for p in org.protected_aliases}:
                 if len(org.protected_aliases) >= MAX_PROTECTED_ALIASES:
                     raise InvalidInput(f"{organization} protects {MAX_PROTECTED_ALIASES} aliases, the most an "
@@ -234,6 +235,7 @@ class Access:
         NotFound when it is not protected."""
         with self.db.session() as s:
             org = _managed_org(s, organization, viewer, "unprotect its aliases")
+            _lock_org(s, org, organization)
             row = next((p for p in org.protected_aliases if p.name == alias), None)
             if row is None:
                 protected = ", ".join(p.name for p in org.protected_aliases) or "none"

@@ -293,6 +293,8 @@ class Field:
             key = str(clause.key)
             path = (key,) if key in PROVENANCE_KEYS else ("claims", key)
             return _compare(m.AdapterVersion.published_via[path].as_string(), clause.op, converted)
+        if self.column is m.AdapterVersion.dataset_sha256:  # recorded lower-case
+            converted = [str(v).lower() for v in converted]
         test = _compare(self.column, clause.op, converted)
         if self.column in (m.Adapter.owner, m.Adapter.name):
             return m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(test))

@@ -59,7 +59,8 @@ class Search:
                                "descending).")
         descending = sort.startswith("-")
         query = _filtered(owner=owner, name=name, base_model=base_model, r=r, seed=seed, generator=generator,
-                          tag=tag, text=text, include_yanked=include_yanked or mentions(clauses, "yanked"))
+                          tag=tag, text=text, include_yanked=include_yanked or mentions(clauses, "yanked")
+                          or mentions(clauses, "alias"))  # an alias may name a yanked version: shown, as it is
         query = _narrowed(query, clauses, metric)
         if viewer is not None and viewer.readable_owners() is not None:
             query = query.where(m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(readable_clause(viewer))))

@@ -287,7 +287,9 @@ class ProtectedAlias(Base):
     alias such as ``prod`` that writers may not move."""
 
     __tablename__ = "protected_aliases"
-    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey(
+        "organizations.id", name="fk_protected_aliases_organization_id_organizations", ondelete="CASCADE"),
+        primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -496,6 +496,11 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path, monkeypatch:
                                                                 "Content-Type": "application/json"}, timeout=30)
                     assert answer.status_code == 422, (wrong, answer.text)
                 assert len(client.tokens()) == before + 2  # the refused ones were not made
+        with RegistryClient(base, ann, cache=False, retries=0) as client:  # a child of a short-lived token
+            _, short_secret = client.create_token(["read"], expires_days=7)
+        with RegistryClient(base, short_secret, cache=False, retries=0) as short_lived:
+            child, _ = short_lived.create_token(["read"])  # none asked: its maker's expiry, not a refusal
+            assert child.expires_at is not None and child.expires_at < datetime.now(UTC) + timedelta(days=8)
         from web_ui.remember import remember
 
         monkeypatch.setenv("VERA_UI_REMEMBER_DAYS", "120")  # longer than the registry allows: asks for 90 at most
@@ -515,9 +520,10 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path, monkeypatch:
     for wrong in ("-5", "0", "nan", "inf", "1e10"):
         bad = vera("--expires-days", wrong)
         assert bad.returncode == 1 and "--expires-days must be more than 0 and at most 3650" in bad.stderr, bad
+    before_run = datetime.now(UTC) + timedelta(days=90)
     made = vera()
-    expected = (datetime.now(UTC) + timedelta(days=90)).strftime("%Y-%m-%d")
-    assert made.returncode == 0 and f"expires {expected}" in made.stdout, made
+    dates = {(before_run + timedelta(seconds=s)).strftime("%Y-%m-%d") for s in (0, 120)}  # across midnight too
+    assert made.returncode == 0 and any(f"expires {d}" in made.stdout for d in dates), made
     db = Database(url)
     try:
         with db.session() as s:

@@ -102,7 +102,10 @@ def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
     listed = ok(vera(server, "ls", "ann/gone", "--include-yanked"))
     assert f"{ref} (yanked)" in listed and "prod" in listed
     assert "no versions match" in ok(vera(server, "ls", "ann/gone"))  # hidden from listings by default
-    assert "ann/gone:" not in ok(vera(server, "ls", "ann/other", "--include-yanked"))  # the name is a filter
+    _publish(server, "ann/other")
+    other = ok(vera(server, "ls", "ann/other", "--include-yanked"))
+    assert "ann/other:1" in other and "ann/gone:" not in other  # the name is a filter
+    assert vera(server, "ls", "ann/gone:1").returncode == 1  # a version lists nothing: refused, saying so
     clash = vera(server, "ls", "ann/gone", "--owner", "bob")
     assert clash.returncode == 1 and "'ann/gone' and --owner bob name two owners" in clash.stderr
     ok(vera(server, "yank", ref, "--undo"))

@@ -94,7 +94,9 @@ def test_publish_without_base_model_takes_the_one_the_adapters_config_names(serv
         assert info.base_model == "tiny-llama"
         assert info.lineage == {"dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
                                 "dataset_bytes": data.stat().st_size}  # hashed by the CLI; the data stays here
-    for named, words in ((str(tmp_path), ("a local folder", "--base-model is needed")), (None, ("no base model",))):
+    for named, words in ((str(tmp_path), ("a folder path", "--base-model is needed")), (None, ("no base model",)),
+                         ("/models/llama", ("'/models/llama', a folder path",)), ("./base", ("a folder path",)),
+                         ("org/sub/model", ("a folder path",))):  # paths of the machine that trained it
         (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": named}))
         refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]), *words)
     refused(vera("publish", str(tmp_path), "--name", "ann/implied", url=server["url"]),

@@ -201,6 +201,7 @@ SEARCHES = [  # (filter, sort, refs in order)
     ("alias != 'latest' and owner = 'alice'", "created", ["alice/sent:1"]),
     ("alias like 'PR%'", "created", ["bob/qa:1"]),
     ("alias in ('prod', 'nothing')", "created", ["bob/qa:1"]),
+    ("alias = 'old'", "created", ["carol/x:2"]),  # an alias on a yanked version: listed, as it is what it names
     (f"generator = '{PORTABLE_GENERATOR}'", "created", REFS),
     ("generator = 'torch-kaiming-uniform'", "created", []),
     ("seed = 0", "created", REFS),
@@ -239,6 +240,7 @@ def published(registry: Registry, tmp_path: Path) -> Registry:
     registry.publish(source, owner="carol", name="x", base_model="minilm", metrics={"accuracy": 0.99})
     registry.yank("carol/x:2", actor="carol")
     registry.set_alias("bob/qa:1", "prod", actor="bob")
+    registry.set_alias("carol/x:2", "old", actor="carol")
     return registry
 
 

@@ -77,6 +77,11 @@ def test_only_admins_move_remove_or_delete_under_a_protected_alias(server: dict[
             bob.move("bob/own", "acme/own")
         bob.remove_alias("bob/own", "prod")
         bob.move("bob/own", "acme/own")  # without it, a writer moves it in as before
+        with client(server, "root") as root:  # the registry's admins may, as the organisation's do
+            root.set_alias("acme/clf:2", "prod")
+            root.set_alias("acme/clf:1", "prod")
+        alice.move("acme/clf", "acme/clf-renamed")
+        alice.move("acme/clf-renamed", "acme/clf")
         # nothing changed: every version is there (the adapter's delete refused whole, not newest first), prod on 1
         assert versions_of(alice, "acme/clf") == [1, 2, 3]
         assert alice.get("acme/clf@prod").version == 1
