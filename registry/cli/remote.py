@@ -38,7 +38,7 @@ def publish(
     name: Annotated[str, typer.Option("--name", help="owner/name")],
     base_model: Annotated[str | None, typer.Option(
         help="Base model (Hub id or name). Default: the one adapter_config.json names (base_model_name_or_path), "
-             "unless that is a local folder.", show_default=False)] = None,
+             "unless that is a folder path.", show_default=False)] = None,
     base_revision: Annotated[str, typer.Option(help="Base model revision.")] = "",
     metrics: Annotated[Path | None, typer.Option(help="A JSON file of metrics (e.g. vera train's metrics.json).")
                        ] = None,
@@ -72,7 +72,7 @@ def publish(
                               "Hub id or registry name, e.g. --base-model minilm."))
         base_model = named
         err_console.print(f"base model: {base_model} (from adapter_config.json)")
-    elif named and named != base_model and not Path(named).is_dir():
+    elif named and named != base_model and not _a_path(named):
         err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
                                  f"and --base-model is {base_model!r}: the version is published for "
                                  f"{base_model!r}."), soft_wrap=True)
@@ -112,7 +112,7 @@ def _config_base(directory: Path) -> str:
     """The base model the adapter's own config names (base_model_name_or_path), or "" (none, or no readable config:
     the publish itself then says what is wrong with the folder). Published without --base-model, the version is
     keyed by it; with another --base-model, a note says so, since servers of the base the config names would refuse
-    the version (a local folder is not compared: a Hub id or a registry name may well stand for it)."""
+    the version (a folder path is not compared: a Hub id or a registry name may well stand for it)."""
     try:
         named = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError, AttributeError):
