@@ -41,7 +41,6 @@ from registry.services.trusted import MAX_ID_TOKEN_CHARS, TrustedPublishing
 router = APIRouter(prefix="/api/v1")
 
 
-
 class TokenBody(BaseModel):
     # a field this body does not know is refused, never ignored: {"owner": "acme"} made a token for the caller
     # (an operator's walk, session 14), who believed it made one for acme
@@ -293,9 +292,10 @@ def delete_member(caller: Caller, options: Options, registry: RegistryDep, org: 
 def protect_alias(caller: Caller, options: Options, registry: RegistryDep, org: str, alias: str
                   ) -> OrganizationInfo:
     """Protect an alias name in every adapter of the organisation (its admins; the registry's admins): from then on
-    only they point it at a version, remove it, or delete the version (or the adapter) it names; its writers get 403
-    saying so. Answers the organisation, with ``protected_aliases``; protecting one already protected is a no-op.
-    Audited as ``alias-protect``."""
+    only they point it at a version, remove it, delete the version (or the adapter) it names, rename or move an
+    adapter that holds it, or move in one holding an alias of that name; its writers get 403 saying so. Answers
+    the organisation, with ``protected_aliases``; protecting one already protected is a no-op. Audited as
+    ``alias-protect``."""
     return registry.access.protect_alias(org, alias, viewer=_signed_in(caller, options))
 
 
