@@ -346,6 +346,11 @@ def page() -> None:
     result()
     your_invitations(who)
     orgs = session.read(RegistryClient.organizations)
+    if (wanted := st.query_params.get("org")) and wanted not in {o.name for o in orgs}:
+        # created or joined in the last seconds (reads are cached for 5 s): asked again before another is shown
+        orgs = session.call(RegistryClient.organizations)
+        if wanted not in {o.name for o in orgs}:
+            st.warning(f"You belong to no organisation {wanted!r} (or it was renamed or deleted): showing yours.")
     names = [o.name for o in orgs]
     if not names:
         st.info("You belong to no organisation yet. An organisation's admin adds you, or create one below.")

@@ -180,6 +180,12 @@ def test_an_admin_protects_an_alias_and_a_reader_sees_it(registry: dict[str, Any
     assert "prod is no longer protected in shield" in texts(at, "success")
     with RegistryClient(registry["url"], registry["alice"]) as client:
         assert client.organization("shield").protected_aliases == []
+        client.create_organization("fresh")  # within the 5 s the page's reads are cached: a link to it still opens it
+    linked = page(registry, "alice", {"org": "fresh"})
+    assert linked.selectbox(key="orgs_chosen").value == "fresh" and linked.query_params["org"] == "fresh"
+    assert "You belong to no organisation" not in texts(linked, "warning")
+    missing = page(registry, "alice", {"org": "nowhere"})
+    assert "You belong to no organisation 'nowhere'" in texts(missing, "warning")
 
 
 def test_an_admin_deletes_an_organisation_typing_its_name(registry: dict[str, Any]) -> None:
