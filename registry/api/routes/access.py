@@ -130,7 +130,7 @@ def new_token(caller: Caller, options: Options, registry: RegistryDep, body: Tok
         _within_own_rights(who, user, body)
         expires_at = _within_own_life(who, expires_at)  # none asked: its maker's expiry
     if body.expires_days is None and expires_at is not None and options.max_token_days is not None:
-        expires_at = min(expires_at, within_max_life(None, options.max_token_days) or expires_at)  # the sooner
+        expires_at = min(expires_at, datetime.now(UTC) + timedelta(days=options.max_token_days))  # the sooner
     else:
         expires_at = within_max_life(expires_at, options.max_token_days)
     token_id, secret = create_token(registry.db, owner=user, scopes=list(body.scopes), name=body.name,
