@@ -261,9 +261,28 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo) -> None:
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
 
 
-def alias_form(info: VersionInfo, adapter: AdapterInfo) -> None:
+def protected_aliases(who: WhoAmI, owner: str) -> tuple[list[str], bool]:
+    """The aliases the organisation ``owner`` protects (none for a user, or an organisation the caller cannot
+    read) and whether ``who`` may change them anyway (the organisation's admins, registry admins)."""
+    if owner == who.user or (owner not in who.organizations and "admin" not in who.scopes):
+        return [], True
+    try:
+        org = session.read(RegistryClient.organization, owner)
+    except RegistryError:  # a user's name (a registry admin's view), or gone meanwhile
+        return [], True
+    return org.protected_aliases, "admin" in who.scopes or who.organizations.get(owner) == "admin"
+
+
+def alias_form(info: VersionInfo, adapter: AdapterInfo, protected: list[str], may_override: bool) -> None:
     name = f"{info.owner}/{info.name}"
-    st.markdown(f"**Aliases** of {info.ref}: " + (", ".join(f"`@{a}`" for a in info.aliases) or "none"))
+    st.markdown(f"**Aliases** of {info.ref}: " + (", ".join(
+        f"`@{a}`" + (" :material/lock: protected" if a in protected else "") for a in info.aliases) or "none"))
+    if protected:
+        listed = ", ".join(f"`@{a}`" for a in protected)
+        st.caption(f"{info.owner} protects {listed}: " + (
+            "you administer it, so you may point, remove, or delete what they name." if may_override else
+            f"only {info.owner}'s admins may point or remove them, or delete, rename or move what they name; "
+            f"ask one of them (the Organisations page lists them)."))
     with st.form(f"alias-set-{info.ref}"):
         st.text_input("Alias", value="", placeholder="prod", key=f"edit-alias-{info.ref}",
                       help=f"{name}@ALIAS then names this version (moved here if it named another one); "
@@ -342,7 +361,7 @@ def section(info: VersionInfo) -> None:
     adapter = session.read(RegistryClient.adapter, f"{info.owner}/{info.name}")
     result(info.ref)
     version_form(info)
-    alias_form(info, adapter)
+    alias_form(info, adapter, *protected_aliases(who, info.owner))
     yank_form(info)
     adapter_form(info, adapter)
     move_form(info)

@@ -18,7 +18,9 @@ EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", 
                 "yank": "a version is yanked", "unyank": "a version is un-yanked", "delete": "a version is deleted",
                 "job-end": "a fine-tune job ends", "move": "an adapter is renamed or transferred",
                 "version-evaluate": "an evaluation is recorded on a version",
-                "version-evaluation-delete": "an evaluation is deleted from a version"}
+                "version-evaluation-delete": "an evaluation is deleted from a version",
+                "adapter-edit": "an adapter's description, card or visibility changes",
+                "version-edit": "a version's description or tags change"}
 
 
 def owners(who: WhoAmI, published: list[str] | None = None) -> list[str]:

@@ -30,7 +30,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref
+from registry.domain.schemas import Ref, VersionInfo
 
 
 def publish(
@@ -91,6 +91,16 @@ def publish(
                                                               dataset=dataset))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+    _after_publish(info, dataset, registry, token)
+
+
+def _after_publish(info: VersionInfo, dataset: Path | None, registry: str | None, token: str | None) -> None:
+    """What a publish's caller should know beyond its line: a --dataset the registry did not keep, a version with
+    the same vectors as the one before."""
+    if dataset is not None and info.lineage.get("dataset_sha256") is None:  # a registry from before dataset lineage
+        err_console.print(styled("warning:", "yellow", f" the registry did not record --dataset {dataset} in "
+                                 f"{info.ref}'s lineage (it is older than dataset lineage); upgrade it to keep "
+                                 "the data's hash with the version."), soft_wrap=True)
     if info.version > 1:  # the same vectors as the version before: said, as a Hub commit with no change would be
         try:
             before = call_registry(registry, token, lambda c: c.get(f"{info.owner}/{info.name}:{info.version - 1}"))

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 #: evaluation recorded on a version or deleted from it (``detail.name``, ``metrics``, ``details``). A webhook made
 #: before "move" or the evaluation events existed keeps the list it had, without them.
 WEBHOOK_EVENTS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "job-end", "move",
-                  "version-evaluate", "version-evaluation-delete")
+                  "version-evaluate", "version-evaluation-delete", "adapter-edit", "version-edit")
 #: The event a test delivery sends (never recorded as an audit event).
 PING = "ping"
 #: Actions whose target names no adapter but the registry as a whole: any reader may see them.

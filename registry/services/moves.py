@@ -120,15 +120,17 @@ class Moves:
         it). Who may do it is the API's to decide (write rights on both owners; an organisation's admin role to
         transfer out of it). A rename retargets the jobs that were to publish to the adapter; a transfer leaves them
         to the caller (MoveResult.orphaned_jobs). ``protected_at``: the owners (of the two) whose protected aliases
-        the caller may not move (None: none): an adapter with an alias protected there is refused, since a rename
-        takes ``owner/name@prod`` away from its consumers and a transfer brings in a ``prod`` no admin chose."""
+        the caller may not move (None, the safe default: both; an empty set for a caller who administers both): an
+        adapter with an alias protected there is refused, since a rename takes ``owner/name@prod`` away from its
+        consumers and a transfer brings in a ``prod`` no admin chose."""
         old = source if isinstance(source, Ref) else Ref.parse_adapter(source)
         new = destination if isinstance(destination, Ref) else Ref.parse_adapter(destination)
         if (old.owner, old.name) == (new.owner, new.name):
             raise InvalidInput(f"{old} is already called {new}; give another name (owner/name) to move it to.")
         try:
             with self.db.session() as s:
-                return self._move(s, old, new, actor, protected_at or frozenset())
+                return self._move(s, old, new, actor,
+                                  frozenset((old.owner, new.owner)) if protected_at is None else protected_at)
         except DbIntegrityError as exc:  # a concurrent move or publish took the name between the check and the write
             raise Conflict(f"{new.owner}/{new.name} was taken while {old.owner}/{old.name} moved; nothing was moved. "
                            "Choose another name.") from exc

@@ -81,7 +81,8 @@ class Retention:
             return result
         for version in retired:
             try:
-                self.versions.delete(version.ref, actor=actor, keep_aliased=True)
+                self.versions.delete(version.ref, actor=actor, keep_aliased=True,
+                                     protected_too=True)  # keep_aliased already keeps every aliased version
                 result.deleted.append(version)
             except (NotFound, Conflict) as exc:  # deleted, or given an alias, since the plan
                 result.skipped[version.ref] = str(exc)

@@ -160,10 +160,10 @@ class Versions:
         write_adapter_files(root, files)
         return root
 
-    def set_alias(self, ref: str | Ref, alias: str, *, actor: str, protected_too: bool = True) -> VersionInfo:
+    def set_alias(self, ref: str | Ref, alias: str, *, actor: str, protected_too: bool = False) -> VersionInfo:
         """Point ``alias`` of the adapter at the version ``ref`` names (``latest`` is managed by the registry).
-        Without ``protected_too`` (a caller who does not administer the owner) an alias the owner protects is
-        refused (Forbidden: refuse_protected)."""
+        An alias the owner protects is refused (Forbidden: refuse_protected) unless ``protected_too`` says the caller
+        administers the owner: the safe default, so that a caller who forgets to decide cannot bypass protection."""
         check_name(alias, "Alias")
         if alias == LATEST:
             raise InvalidInput("'latest' always points at the newest version that is not yanked; pick another alias.")
@@ -187,7 +187,7 @@ class Versions:
             s.flush()
             return version_info(s, v)
 
-    def remove_alias(self, adapter: str, alias: str, *, actor: str, protected_too: bool = True) -> None:
+    def remove_alias(self, adapter: str, alias: str, *, actor: str, protected_too: bool = False) -> None:
         """Remove ``alias`` of the adapter; without ``protected_too``, one the owner protects is refused."""
         ref = Ref.parse(adapter)
         if alias == LATEST:
@@ -213,7 +213,7 @@ class Versions:
             s.flush()
             return version_info(s, v)
 
-    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False, protected_too: bool = True) -> None:
+    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False, protected_too: bool = False) -> None:
         """Delete one version (its aliases go with it; ``latest`` moves back; versions fine-tuned from it keep the
         ref it had, as ``parent_deleted``). Blobs go at the next gc(). ``keep_aliased`` (retention) refuses, with
         Conflict, a version that an alias other than ``latest`` points at; without ``protected_too``, one that an
@@ -238,7 +238,7 @@ class Versions:
                             .where(m.AdapterVersion.adapter_id == adapter.id)):
                 s.delete(adapter)
 
-    def delete_adapter(self, adapter: str, *, actor: str, protected_too: bool = True) -> list[str]:
+    def delete_adapter(self, adapter: str, *, actor: str, protected_too: bool = False) -> list[str]:
         """Delete every version of ``owner/name``, newest first, each as ``delete`` does (audited one by one, so
         webhooks hear of each), and with the last the adapter; its version numbers are not given again. Returns
         the refs deleted; NotFound if it has none. Without ``protected_too``, an adapter with an alias its owner

@@ -73,21 +73,28 @@ def test_an_owners_events_reach_its_webhook_signed(server: dict[str, Any], recei
         other = mallory.create_webhook("mallory", receiver.url("/mallory"))
         assert hook.secret.startswith("whsec_") and hook.events == ["publish", "alias", "alias-remove", "yank",
                                                                      "unyank", "delete", "job-end", "move",
-                                                                     "version-evaluate", "version-evaluation-delete"]
+                                                                     "version-evaluate", "version-evaluation-delete",
+                                                                     "adapter-edit", "version-edit"]
         version = alice.publish(server["source"], "alice/signed", base_model="tiny-llama").version
         alice.set_alias(f"alice/signed:{version}", "prod")
         alice.record_evaluation("alice/signed@prod", "hellaswag", {"acc": 0.41})
+        alice.update_version(f"alice/signed:{version}", add_tags=["nightly"])
+        alice.update_adapter("alice/signed", description="sentiment, MiniLM")
         alice.yank(f"alice/signed:{version}")
         alice.move("alice/signed", "alice/signed-moved")
         alice.delete(f"alice/signed-moved:{version}")
-        got = receiver.wait_for("/signed", 6)
+        got = receiver.wait_for("/signed", 8)
     # deliveries may arrive out of order (a retried one comes later); the event ids give the order
     got = sorted(got, key=lambda r: int(r.headers["x-vera-event-id"]))
     bodies = [json.loads(r.body) for r in got]
-    assert [b["event"]["action"] for b in bodies] == ["publish", "alias", "version-evaluate", "yank", "move", "delete"]
+    assert [b["event"]["action"] for b in bodies] == ["publish", "alias", "version-evaluate", "version-edit",
+                                                      "adapter-edit", "yank", "move", "delete"]
+    assert bodies[3]["event"]["detail"] == {"before": {"tags": []}, "after": {"tags": ["nightly"]}}
+    assert bodies[4]["event"]["target"] == "alice/signed" and bodies[4]["event"]["adapter"] == "alice/signed"
+    assert bodies[4]["event"]["detail"]["after"] == {"description": "sentiment, MiniLM"}
     assert bodies[2]["event"]["detail"] == {"name": "hellaswag", "metrics": {"acc": 0.41}, "details": {}}
     assert bodies[2]["event"]["target"] == f"alice/signed:{version}"
-    assert bodies[4]["event"]["detail"] == {"from": "alice/signed", "to": "alice/signed-moved"}  # a rename: once
+    assert bodies[6]["event"]["detail"] == {"from": "alice/signed", "to": "alice/signed-moved"}  # a rename: once
     assert bodies[0]["event"]["target"] == f"alice/signed:{version}" and bodies[0]["event"]["actor"] == "alice"
     assert bodies[0]["event"]["adapter"] == "alice/signed" and bodies[0]["webhook"] == {"id": hook.id,
                                                                                          "owner": "alice"}
@@ -101,7 +108,7 @@ def test_an_owners_events_reach_its_webhook_signed(server: dict[str, Any], recei
     assert not signature_ok(hook.secret, tampered)
     time.sleep(1)
     assert receiver.at("/mallory") == []  # alice's events never go to mallory's webhook
-    assert len(receiver.at("/signed")) == 6  # each event once
+    assert len(receiver.at("/signed")) == 8  # each event once
 
 
 def test_a_failing_receiver_is_retried_with_backoff_and_logged(server: dict[str, Any], receiver: Receiver) -> None:

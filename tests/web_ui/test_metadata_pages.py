@@ -389,6 +389,41 @@ def test_an_alias_is_pointed_here_moved_and_removed(registry: dict[str, Any]) ->
         assert client.adapter("alice/aliased").aliases == {"latest": 2}
 
 
+def test_a_protected_alias_is_marked_and_a_writers_move_of_it_refused(registry: dict[str, Any]) -> None:
+    """In an organisation that protects @prod, its writer sees which aliases are protected and whom to ask, and a
+    Point alias here of @prod shows the registry's refusal (nothing moves); the organisation's admin is told it may."""
+    db = Database(f"sqlite:///{registry['root'] / 'r.db'}")
+    carol = create_token(db, owner="carol", scopes=["read", "publish"])[1]
+    writer = create_token(db, owner="alice", scopes=["read", "publish"])[1]  # its own whoami, not one cached
+    db.engine.dispose()
+    with RegistryClient(registry["url"], carol) as admin:
+        admin.create_organization("guarded")
+        admin.set_member("guarded", "alice", "write")
+        for _ in range(2):
+            admin.publish(registry["root"] / "a", "guarded/clf", base_model="tiny-llama")
+        admin.set_alias("guarded/clf:1", "prod")
+        admin.protect_alias("guarded", "prod")
+        admin.protect_alias("guarded", "stable")  # protected, but names no version here
+
+    at = page("adapter", {**registry, "token": writer}, query={"ref": "guarded/clf:1"}, adapter_tab="Edit")
+    assert not at.exception
+    assert "**Aliases** of guarded/clf:1: `@prod` :material/lock: protected" in texts(at)
+    [said] = [c.value for c in at.caption if c.value.startswith("guarded protects")]
+    assert said.startswith("guarded protects `@prod`, `@stable`: only guarded's admins may point or remove them")
+    at = page("adapter", {**registry, "token": writer}, query={"ref": "guarded/clf:2"}, adapter_tab="Edit")
+    assert "**Aliases** of guarded/clf:2: `@latest`" in texts(at)  # latest is never protected
+    at.text_input(key="edit-alias-guarded/clf:2").set_value("prod")
+    click(at, "Point alias here")
+    assert not at.exception and not at.success
+    assert "The alias 'prod' is protected in guarded: only its admins point it at a version" in texts(at)
+    with RegistryClient(registry["url"], carol) as admin:
+        assert admin.get("guarded/clf@prod").version == 1  # nothing moved
+
+    owner_view = page("adapter", {**registry, "token": carol}, query={"ref": "guarded/clf:1"}, adapter_tab="Edit")
+    assert any(c.value.endswith("you administer it, so you may point, remove, or delete what they name.")
+               for c in owner_view.caption)
+
+
 @pytest.mark.parametrize(("typed", "said"), [
     ("Prod!", "Alias 'Prod!' is not a valid name: use 1-64 lowercase letters"),
     ("latest", "'latest' always points at the newest version that is not yanked; pick another alias."),

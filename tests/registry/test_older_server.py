@@ -1,0 +1,97 @@
+"""Today's client and `vera` against the registry server of an earlier release, as when a team's registry has not
+been upgraded yet while its users' clients have (`pip install -U`): the everyday calls work, since the HTTP API
+changes only compatibly, and what the older server cannot keep is said, not silently lost.
+
+The older server is the real one: its code and its migrations are taken from this repository's history (``git
+archive``) and run first on the path; it creates its own schema, as that release did."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load, load_file
+
+from registry.client import RegistryClient
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import VERA_COMMAND, free_port, running_vera
+from tests.registry.test_cli_mistakes import vera
+
+REPO = Path(__file__).resolve().parents[2]
+#: The last commit before dataset lineage (publish's dataset_sha256 and dataset_bytes form fields, 5b70991).
+OLDER = "9226ebd5683f9c4b22cc42c2f2e25a41c38280f6"
+
+
+@pytest.fixture(scope="module")
+def older(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("older")
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLDER}^{{commit}}"], capture_output=True,
+                           check=False)
+    assert found.returncode == 0, (f"commit {OLDER} is not in {REPO}: the suite runs from a clone with its history "
+                                   "(git clone, not a shallow one or an archive)")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", OLDER, "registry", "vera_core", "migrations"],
+                             capture_output=True, check=True).stdout
+    code = root / "code"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(code, filter="data")
+    # where an installed release keeps its migrations (registry.migrations), ahead of this checkout's own
+    (code / "migrations").rename(code / "registry" / "migrations")
+    url = f"sqlite:///{root / 'r.db'}"
+    env = {"PYTHONPATH": str(code), "VERA_DATABASE_URL": url, "VERA_STORAGE_URL": str(root / "blobs")}
+    upgraded = subprocess.run([*VERA_COMMAND, "db", "upgrade"], capture_output=True, text=True, check=False,
+                              env={**os.environ, **env}, timeout=300)
+    assert upgraded.returncode == 0, upgraded.stderr
+    port = free_port()
+    with running_vera(["serve", "--host", "127.0.0.1", "--port", str(port)], port, **env) as base:
+        yield {"url": base, "root": root, "source": make_adapter(root / "adapter"), "code": code, "database": url}
+
+
+def test_it_is_the_older_code_that_answers(older: dict[str, Any]) -> None:
+    """The server under test runs the archived code (its publish form has no dataset fields), not today's, on the
+    schema its own migrations made."""
+    with RegistryClient(older["url"], cache=False) as client:
+        form = client._request("GET", "/openapi.json").json()["components"]["schemas"]
+    publish_forms = [schema for name, schema in form.items() if name.startswith("Body_publish")]
+    assert publish_forms and all("dataset_sha256" not in s["properties"] for s in publish_forms)
+    assert (older["code"] / "registry" / "api").is_dir()
+    heads = [p.name for p in (older["code"] / "registry" / "migrations" / "versions").glob("0*.py")]
+    db = Database(older["database"])
+    assert db.current_revision() == max(heads).split("_")[0]
+    db.engine.dispose()
+
+
+def test_everyday_calls_of_todays_client_work_against_it(older: dict[str, Any], tmp_path: Path) -> None:
+    with RegistryClient(older["url"], cache=False) as client:
+        first = client.publish(older["source"], "alice/clf", base_model="tiny-llama", tags=["nightly"],
+                               metrics={"test": {"accuracy": 0.9}})
+        client.publish(older["source"], "alice/clf", base_model="tiny-llama")
+        client.set_alias(first.ref, "prod")
+        assert client.get("alice/clf@prod").version == 1
+        assert [v.version for v in client.list_versions(owner="alice", name="clf").items] == [2, 1]
+        assert [v.ref for v in client.list_versions(filter="metrics.test.accuracy > 0.5").items] == ["alice/clf:1"]
+        got = load(client.download(first.ref, "adapter_model.safetensors"))
+        sent = load_file(older["source"] / "adapter_model.safetensors")
+        assert sent.keys() <= got.keys() and all(torch.equal(got[k], sent[k]) for k in sent)  # + the projection
+        client.yank("alice/clf:2")
+        assert client.get("alice/clf").version == 1  # latest skips the yanked
+
+
+def test_publish_with_a_dataset_warns_that_the_older_server_did_not_keep_it(older: dict[str, Any],
+                                                                           tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "good", "label": 1}\n')
+    result = vera("publish", str(older["source"]), "--name", "alice/lineage", "--base-model", "tiny-llama",
+                  "--dataset", str(data), url=older["url"])
+    assert result.returncode == 0, result.stderr  # published: the version is there, without the data's hash
+    assert "published alice/lineage:1" in result.stdout
+    assert f"the registry did not record --dataset {data} in alice/lineage:1's lineage" in result.stderr
+    with RegistryClient(older["url"], cache=False) as client:
+        assert "dataset_sha256" not in client.get("alice/lineage:1").lineage
