@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, RegistryError
+from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, NotFound, RegistryError
 from registry.domain.schemas import JobInfo
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID, first_line
@@ -447,6 +447,13 @@ class Worker:
             path = tmp / Path(spec.data or "uploaded.csv").name
             path.write_bytes(data)
             spec = replace(spec, data=str(path))
+        if spec.init_from is not None:  # the version it starts from (pinned at submission), as its files
+            try:
+                start = self.jobs.registry.fetch(spec.init_from, tmp / "start")
+            except NotFound as exc:
+                raise NotFound(f"{spec.init_from}, which the job starts from (init_from), was deleted after it was "
+                               f"queued ({exc}); submit it again from another version.") from exc
+            spec = replace(spec, init_from=str(start))
         return spec
 
     def _processes(self, job: JobInfo, batch_size: int) -> int:
@@ -500,16 +507,29 @@ class Worker:
         if (problem := self.jobs.submitter_problem(job)) is not None:
             raise Forbidden(problem)
         summary = published_metrics(metrics)
+        parent = job.spec.get("init_from")
+        if parent is not None and not self._still_there(parent):
+            self.log(f"job {job.id}: {parent}, which it started from, was deleted meanwhile; publishing without it "
+                     "as its parent")
+            parent = None
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
             published_by=job.requested_by or job.submitted_by or job.owner, tags=["fine-tune"],
             description=f"fine-tuned by job {job.id}",
-            lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via})
+            lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via,
+                     **({"parent": parent} if parent is not None else {})})
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
                     [("log", {"message": f"published {info.ref}"})])
         self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
         self.status.ended("succeeded")
         self.log(f"job {job.id}: published {info.ref}")
+
+    def _still_there(self, ref: str) -> bool:
+        try:
+            self.jobs.registry.get(ref)
+        except NotFound:
+            return False
+        return True
 
     def _failed(self, job: JobInfo, tracker: _Tracker, exc: Exception) -> None:
         """Record a failure on the job: a training process that died (killed, out of memory) loses the attempt, and

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ import torch
 
 from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, distributed, save_adapter
 from vera_core.callbacks import FileRelay, ProgressBar, TrainerCallback
+from vera_core.checkpoint import load_adapter, read_adapter
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.trainer import Trainer, TrainingArguments
@@ -53,6 +54,10 @@ class TrainSpec:
     save_projection: bool = False
     max_length: int = 64
     training: dict[str, Any] = field(default_factory=dict)
+    #: A PEFT VeRA adapter folder whose vectors and head training starts from (a warm start, e.g. to go on
+    #: fine-tuning a published version on new data); its config decides the VeRA fields (started_spec). A job names
+    #: a registry version here instead (owner/name:N), which its worker fetches.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
@@ -98,6 +103,35 @@ def _cached_hub_model(reference: str) -> str:
         ) from exc
 
 
+#: The spec's fields that the adapter training starts from decides (its VeRA config's own names).
+STARTED_FIELDS = ("r", "projection_prng_key", "projection_generator", "target_modules", "vera_dropout")
+_TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+
+
+def started_spec(spec: TrainSpec, config: VeraConfig, where: str) -> TrainSpec:
+    """``spec`` with the VeRA fields and base model of ``config``, the adapter at ``where`` that it starts from:
+    each that the spec gives must be left at TrainSpec's default or equal the adapter's (its vectors fit only its
+    own base, rank, projection and layers), and its task must be the spec's. TrainingSpecError says which differs."""
+    defaults = {f.name: f.default for f in fields(TrainSpec)}
+    for name in STARTED_FIELDS:
+        given, kept = getattr(spec, name), getattr(config, name)
+        if given != defaults[name] and given != kept:
+            raise TrainingSpecError(f"{name}={given!r} differs from the adapter it starts from ({where}: {kept!r}); "
+                                    f"leave {name} out: a warm start keeps the adapter's.")
+    base = config.base_model_name_or_path
+    if base is not None and spec.base_model == defaults["base_model"]:
+        spec = replace(spec, base_model=base)  # left out: the adapter's own base
+    elif base not in (None, spec.base_model):
+        raise TrainingSpecError(f"The adapter it starts from ({where}) was trained on base model {base!r}, not "
+                                f"{spec.base_model!r}: its vectors fit only that base. Leave base_model out to train "
+                                "on it (if both name one model, as two paths of it, set base_model_name_or_path in "
+                                "its adapter_config.json to this one).")
+    if config.task_type not in (None, _TASK_TYPES[spec.task]):
+        raise TrainingSpecError(f"The adapter it starts from ({where}) is a {config.task_type} adapter; this is a "
+                                f"{spec.task} task ({_TASK_TYPES[spec.task]}).")
+    return replace(spec, **{name: getattr(config, name) for name in STARTED_FIELDS})
+
+
 def load_splits(spec: TrainSpec) -> Splits:
     if spec.demo:
         return demo_splits()
@@ -126,6 +160,8 @@ def build(spec: TrainSpec, num_labels: int, *, allow_paths: bool = True) -> tupl
                                                                       local_files_only=True)
         else:
             base = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    if spec.init_from is not None:
+        return _started(base, spec.init_from), tokenizer
     targets = spec.target_modules or (DEMO_TARGETS if spec.base_model == DEMO_MODEL else None)
     config = VeraConfig(
         r=spec.r, target_modules=targets, projection_prng_key=spec.projection_prng_key,
@@ -134,6 +170,16 @@ def build(spec: TrainSpec, num_labels: int, *, allow_paths: bool = True) -> tupl
         task_type="SEQ_CLS" if spec.task == "classification" else "CAUSAL_LM",
     )
     return VeraModel(base, config), tokenizer
+
+
+def _started(base: torch.nn.Module, folder: str) -> VeraModel:
+    """``base`` with the adapter at ``folder`` loaded to train on (vectors and head); a head of another size (a
+    dataset with other labels) is a TrainingSpecError."""
+    try:
+        return load_adapter(base, folder, is_trainable=True)
+    except VeraError as exc:
+        raise TrainingSpecError(f"Cannot start from {folder}: {exc} (a classification head has one output per "
+                                "label: start from an adapter trained on the same labels)") from exc
 
 
 def run(
@@ -149,6 +195,8 @@ def run(
     Under torchrun every process calls this with the same spec; they train together and rank 0 alone writes.
     """
     started = time.perf_counter()
+    if spec.init_from is not None:
+        spec = started_spec(spec, read_adapter(spec.init_from).config, spec.init_from)
     splits = load_splits(spec)
     model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)), allow_paths=allow_paths)
     task = (SequenceClassification(tokenizer, max_length=spec.max_length) if spec.task == "classification"
@@ -189,7 +237,7 @@ def run(
         "global_batch_size": args.batch_size * args.gradient_accumulation_steps * processes,
     }
     if trainer.world.is_main:
-        save_adapter(model, out)
+        save_adapter(model, out, save_projection=spec.save_projection)
         out.joinpath("metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
 

@@ -85,6 +85,9 @@ def launch() -> bool:
         c1.caption("owner/name in lowercase letters, digits, '.', '_' or '-'; the job publishes its next version")
         base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a local directory "
                                                                 "on the worker")
+        start = c2.text_input("Start from (optional)", placeholder="owner/name@prod",
+                              help="a version to go on fine-tuning (its vectors and head): its rank, projection "
+                                   "and base model are kept, and the result names it as its parent")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)
         upload = st.file_uploader("Or a dataset (.csv or .jsonl with text and label columns)", type=["csv", "jsonl"])
         # a dataset whose columns have other names (sentence, sentiment) was refused with no way on from here
@@ -117,7 +120,7 @@ def launch() -> bool:
                          text_column=(text_column.strip() or None) if uploaded else None,
                          label_column=(label_column.strip() or None) if uploaded else None, generator=generator,
                          d_initial=float(d_initial), epochs=float(epochs), lr=float(lr), head_lr=float(head_lr),
-                         batch_size=int(batch))
+                         batch_size=int(batch), init_from=start.strip() or None)
     dataset = None if upload is None else (upload.name, upload.getvalue())
     job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
     navigation.set_param("job", str(job.id))  # the jobs below follow it

@@ -57,6 +57,10 @@ def job_submit(
     gpus: Annotated[int, typer.Option(min=0, max=MAX_JOB_GPUS, help="GPUs its training needs: only a worker that "
                                       "owns them (`vera worker --device cuda`) claims it. Default: 0, any worker.")
                     ] = 0,
+    start_from: Annotated[str | None, typer.Option(
+        "--from", help="A version of this registry to start from (owner/name:N or @ALIAS; a warm start: its "
+        "vectors and head, rank, projection, targets and base model). The result records it as its parent.")
+                          ] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Queue a fine-tune; a worker trains it and publishes the result under --name."""
@@ -66,7 +70,7 @@ def job_submit(
                          save_projection=save_projection, max_length=max_length, epochs=epochs, max_steps=max_steps,
                          batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule, warmup_ratio=warmup_ratio,
                          grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
-                         patience=patience, save_every=save_every, precision=precision)
+                         patience=patience, save_every=save_every, precision=precision, init_from=start_from)
     info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data, priority=priority,
                                                                  time_limit_s=time_limit, gpus=gpus))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "

@@ -14,6 +14,8 @@ from rich.text import Text
 import vera_core
 from registry.cli import training_options as opt
 from registry.cli.common import ForVllm, LoraDtype, MaxRank, check_failed, console, lora_export, styled
+from registry.domain.errors import InvalidInput
+from registry.domain.schemas import Ref
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR  # vera_core loads torch lazily: only the commands that compute import it
 
@@ -169,6 +171,10 @@ def train(
     nproc: Annotated[int, typer.Option(min=1, help="Processes to train in on this machine, through torchrun (DDP; "
                                        "one GPU each on CUDA). --batch-size is per process: a step sees batch size "
                                        "x grad-accum x nproc examples.")] = 1,
+    start_from: Annotated[Path | None, typer.Option(
+        "--from", help="Start from this adapter folder's vectors and head (a warm start: go on fine-tuning it, e.g. "
+        "on new data); its rank, projection, targets and base model are kept. A registry version: `vera fetch REF "
+        "-o DIR` first, and publish the result with --parent REF.")] = None,
 ) -> None:
     """Fine-tune a model with VeRA; writes a PEFT-format adapter and metrics.json to --out."""
     from vera_core.callbacks import ProgressBar
@@ -182,7 +188,7 @@ def train(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule,
         warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
         patience=patience, save_every=save_every, output_dir=str(out) if save_every or resume else None,
-        precision=precision,
+        precision=precision, init_from=_start_folder(start_from),
     )
     replaced = not resume and (out / "adapter_config.json").is_file()
     if nproc > 1:
@@ -196,6 +202,26 @@ def train(
     if replaced:
         console.print(styled("note:", "yellow", f" {out} held an adapter before this run; this run's replaced it "
                              "(`--resume` continues a run's checkpoints instead)."))
+
+
+def _start_folder(given: Path | None) -> str | None:
+    """`vera train --from`: an adapter folder; a registry reference is answered with how to fetch it first."""
+    if given is None or given.is_dir():
+        return None if given is None else str(given)
+    if not given.exists() and _a_reference(str(given)):
+        raise InvalidInput(f"--from {given}: there is no such folder here. To start from a registry version, fetch "
+                           f"it first: `vera fetch {given} -o start` then `--from start` (and publish the result "
+                           f"with `--parent {given}`).")
+    raise InvalidInput(f"--from {given}: {'a file' if given.exists() else 'no such folder'}; give the folder of a "
+                       "PEFT VeRA adapter (adapter_config.json and adapter_model.safetensors).")
+
+
+def _a_reference(text: str) -> bool:
+    try:
+        Ref.parse(text)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

@@ -50,18 +50,20 @@ def training_spec(
     save_every: int | None = None,
     output_dir: str | None = None,
     precision: str | None = None,
+    init_from: str | None = None,
 ) -> dict[str, Any]:
     """The spec for these options (named as the command line names them).
 
     ``data`` is a local dataset path (`vera train`); leave it None where the dataset is uploaded with the job (the
     registry names the upload). ``target_modules`` is read by `parse_target_modules`. ``max_grad_norm`` 0 turns
     gradient clipping off (None in the spec); ``output_dir`` is where resumable checkpoints go (``save_every``).
+    ``init_from``: what training starts from, an adapter folder (`vera train`) or a version of the registry (a job).
     """
     spec = _given({
         "base_model": base_model, "task": task, "demo": demo, "data": data, "text_column": text_column,
         "label_column": label_column, "r": r, "seed": seed, "projection_prng_key": projection_seed,
         "projection_generator": generator, "target_modules": parse_target_modules(target_modules),
-        "d_initial": d_initial, "save_projection": save_projection, "max_length": max_length,
+        "d_initial": d_initial, "save_projection": save_projection, "max_length": max_length, "init_from": init_from,
     })
     training = _given({
         "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,

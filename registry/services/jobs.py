@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from vera_core.data import DatasetError, read_examples
 from vera_core.layer import layer_shape
 from vera_core.patterns import require_linear
 from vera_core.projection import ProjectionSpec
-from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base
+from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base, started_spec
 from vera_core.trainer import TrainingArguments
 
 #: A job event as a worker reports it: (kind, data), or (kind, data, when it happened).
@@ -109,7 +109,7 @@ class Jobs:
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
                dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None,
                gpus: int = 0, actor: str | None = None, member: str | None = None,
-               provenance: dict[str, Any] | None = None) -> JobInfo:
+               provenance: dict[str, Any] | None = None, viewer: Principal | None = None) -> JobInfo:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
         (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
@@ -117,7 +117,8 @@ class Jobs:
         user; ``owner`` when not given). ``member``: the submitter when only their role in the organisation
         ``owner`` allowed it; the job then publishes only while they still write there (``submitter_problem``).
         ``provenance``: the submitting token's, when trusted publishing minted it (its result records it as
-        ``published_via``)."""
+        ``published_via``). ``init_from``, in the spec: a version (owner/name:N or @alias) training starts from, that
+        ``viewer`` may read (None: the operator, who reads all); pinned to its number now."""
         _check_scheduling(priority, time_limit_s, gpus)
         time_limit_s = self._time_limit(time_limit_s)
         ref = Ref.parse_adapter(target)
@@ -132,8 +133,12 @@ class Jobs:
             if suffix not in (".csv", ".jsonl"):
                 raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
             spec["data"] = f"uploaded{suffix}"
+        start = self._start(spec.get("init_from"), viewer) if spec.get("init_from") is not None else None
         try:
             checked = TrainSpec(**spec)
+            if start is not None:
+                checked = started_spec(replace(checked, init_from=start[0]), start[1], start[0])
+                self._checked_fields({"base_model": checked.base_model})  # the version's base, when left out
             # checked as the worker will run it: save_every is welcome, with checkpoints in the worker's folder
             placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
             args = TrainingArguments(**{**checked.training, **placed})
@@ -184,6 +189,22 @@ class Jobs:
         except BaseException:
             discard_unreferenced(self.db, self.registry.blobs, [written])  # the dataset this request stored alone
             raise
+
+    def _start(self, given: Any, viewer: Principal | None) -> tuple[str, VeraConfig]:
+        """The version (owner/name:N) a job's ``init_from`` names and its VeRA config: one ``viewer`` may read, or
+        NotFound as if it did not exist."""
+        if not isinstance(given, str):
+            raise InvalidInput(f"init_from must name a version of this registry (owner/name:N or owner/name@ALIAS) "
+                               f"to start training from; got {str(given)[:100]!r}.")
+        ref = Ref.parse(given)
+        try:
+            info, config = self.registry.vera_config(ref)
+            if viewer is not None and not viewer.can_read(info.owner, info.visibility):
+                raise NotFound("hidden")
+        except NotFound:
+            raise NotFound(f"init_from {given}: no such version that you may read. Name one that `vera ls` lists "
+                           "(owner/name:N or owner/name@ALIAS).") from None
+        return info.ref, config  # a publish writes its base model into the config it stores
 
     def _check_projection(self, vera: VeraConfig, base: str) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it

@@ -91,6 +91,7 @@ class Registry:
                                  default_visibility=default_visibility, quotas=quotas).publish
         self.access, self.default_visibility = Access(db, invitations), default_visibility
         self.get = self.versions.get
+        self.vera_config = self.versions.vera_config
         self.files = self.versions.files
         self.built = self.versions.built
         self.fetch = self.versions.fetch

@@ -53,6 +53,12 @@ class Versions:
         with self.db.session() as s:
             return version_info(s, resolve(s, ref))
 
+    def vera_config(self, ref: str | Ref) -> tuple[VersionInfo, VeraConfig]:
+        """The version and its VeRA config (as its adapter_config.json says, with its projection's generator)."""
+        with self.db.session() as s:
+            v = resolve(s, ref)
+            return version_info(s, v), _config(v)
+
     def files(
         self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
         lora: LoraExport | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound
@@ -441,6 +442,63 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
     registry.access.set_member("acme", "cat", "read", viewer=LOCAL_USER)
     assert "cat, who submitted it as a member of acme, now has only the read role there" in (jobs.submitter_problem(
         jobs.get(again.id)) or "")
+
+
+def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(registry: Registry,
+                                                                             tmp_path: Path) -> None:
+    """init_from (`vera job submit --from`): pinned to the version's number at submission; the worker trains from its
+    vectors and head (at a learning rate of ~0 they stay the version's, far from a cold start's d=0.1, b=0) at its
+    rank, and the result names it as its parent. A version the submitter may not read is as if it did not exist;
+    a spec that contradicts the version is refused before anything is queued."""
+    from registry.services.tokens import Principal
+    from registry.worker import Worker
+    from vera_core import read_adapter, save_adapter
+    from vera_core.recipes import TrainSpec, build
+
+    model, _ = build(TrainSpec(demo=True, r=16), num_labels=2)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "vera_lambda" in name:
+                parameter.uniform_(-1, 1)
+    save_adapter(model, tmp_path / "start")
+    registry.publish(tmp_path / "start", owner="ann", name="clf", base_model="minilm")
+    registry.set_alias("ann/clf:1", "prod", actor="ann")
+    registry.publish(tmp_path / "start", owner="ann", name="secret", base_model="minilm", visibility="private")
+    jobs = Jobs(registry)
+    bob = Principal(owner="bob", scopes=frozenset({"read", "publish"}))
+    ann = Principal(owner="ann", scopes=frozenset({"read", "publish"}))
+    warm = {"demo": True, "init_from": "ann/clf@prod", "training": {"max_steps": 1, "lr": 1e-12, "head_lr": 1e-12}}
+    for given, error, message in (
+            ({**warm, "init_from": "ann/secret:1"}, NotFound, "init_from ann/secret:1: no such version that you "
+                                                              "may read"),
+            ({**warm, "init_from": "ann/none:1"}, NotFound, "init_from ann/none:1: no such version"),
+            ({**warm, "init_from": 7}, InvalidInput, "init_from must name a version of this registry"),
+            ({**warm, "r": 8}, InvalidInput, r"r=8 differs from the adapter it starts from \(ann/clf:1: 16\)")):
+        with pytest.raises(error, match=message):
+            jobs.submit(given, owner="bob", target="bob/x", viewer=bob)
+    assert jobs.list_jobs() == []
+    job = jobs.submit(warm, owner="bob", target="bob/warm", viewer=bob)
+    assert job.spec["init_from"] == "ann/clf:1" and job.spec["r"] == 16  # pinned; the version's rank
+    assert jobs.submit({**warm, "init_from": "ann/secret:1"}, owner="ann", target="ann/x", viewer=ann).spec[
+        "init_from"] == "ann/secret:1"  # its owner reads it
+    jobs.cancel(jobs.list_jobs(owner="ann")[0].id, actor="ann")
+    registry.publish(tmp_path / "start", owner="ann", name="clf", base_model="minilm")
+    registry.set_alias("ann/clf:2", "prod", actor="ann")  # @prod moving after submission changes nothing
+    assert Worker(jobs, name="w", log=lambda line: None).run_once()
+    done = jobs.get(job.id)
+    assert done.status == "succeeded", done.error
+    result = registry.get("bob/warm:1")
+    assert result.lineage["parent"] == "ann/clf:1" and result.r == 16
+    trained, started = read_adapter(registry.fetch("bob/warm:1", tmp_path / "got")), read_adapter(tmp_path / "start")
+    vectors = [k for k in started.tensors if "vera_lambda" in k]
+    assert vectors and all(torch.allclose(trained.tensors[k], started.tensors[k], atol=1e-6) for k in vectors)
+    gone = jobs.submit(warm, owner="bob", target="bob/gone", viewer=bob)
+    assert gone.spec["init_from"] == "ann/clf:2"
+    registry.delete("ann/clf:2", actor="ann")
+    assert Worker(jobs, name="w", log=lambda line: None).run_once()
+    failed = jobs.get(gone.id)
+    assert failed.status == "failed" and "ann/clf:2, which the job starts from (init_from), was deleted after it " \
+                                         "was queued" in (failed.error or "")
 
 
 def test_a_jobs_progress_keeps_the_last_training_loss_through_an_evaluation() -> None:

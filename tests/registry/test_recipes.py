@@ -20,6 +20,7 @@ from vera_core.recipes import (
     build,
     published_metrics,
     resolve_base,
+    started_spec,
 )
 
 
@@ -113,6 +114,46 @@ def test_resume_with_a_larger_max_steps_trains_to_it_and_says_so(tmp_path: Path)
     again = vera(*common[:-5], "--out", str(out), "--no-progress", "--max-steps", "2")  # a new run in the same folder
     assert again.returncode == 0, again.stderr[-2000:]
     assert "held an adapter before this run; this run's replaced it" in " ".join(again.stdout.split())
+
+
+def test_a_warm_start_goes_on_from_the_adapters_vectors_and_head(demo_run: Path, tmp_path: Path) -> None:
+    """`vera train --from`: two steps at a learning rate of ~0 keep the demo's accuracy (a cold start's two steps
+    are near chance, ~0.5: test_a_real_job_end_to_end), at the adapter's rank (16), not the default 256."""
+    out = tmp_path / "warm"
+    result = vera("train", "--demo", "--from", str(demo_run), "--max-steps", "2", "--lr", "1e-12", "--head-lr",
+                  "1e-12", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    warm, demo = (json.loads((p / "metrics.json").read_text()) for p in (out, demo_run))
+    assert warm["test"]["accuracy"] == pytest.approx(demo["test"]["accuracy"], abs=0.005)
+    assert warm["spec"]["r"] == 16 and warm["spec"]["init_from"] == str(demo_run) and warm["steps"] == 2
+    started, before = read_adapter(out), read_adapter(demo_run)
+    assert started.config.r == 16 and started.config.target_modules == before.config.target_modules
+    assert started.tensors.keys() == before.tensors.keys()
+    assert all(torch.allclose(started.tensors[k], before.tensors[k], atol=1e-6) for k in before.tensors)
+
+
+def test_a_warm_start_refuses_what_the_adapter_does_not_fit(demo_run: Path, tmp_path: Path) -> None:
+    config = read_adapter(demo_run).config
+    with pytest.raises(TrainingSpecError, match=r"r=8 differs from the adapter it starts from \(here: 16\); leave r "
+                                                r"out: a warm start keeps the adapter's"):
+        started_spec(TrainSpec(demo=True, r=8), config, "here")
+    kept = started_spec(TrainSpec(demo=True, r=16, projection_prng_key=config.projection_prng_key), config, "here")
+    assert (kept.r, kept.target_modules, kept.base_model) == (16, config.target_modules, "minilm")
+    with pytest.raises(TrainingSpecError, match="was trained on base model 'minilm', not 'other/base': its vectors "
+                                                "fit only that base"):
+        started_spec(TrainSpec(demo=True, base_model="other/base"), config, "here")
+    lm = config.replace(task_type="CAUSAL_LM")
+    with pytest.raises(TrainingSpecError, match="is a CAUSAL_LM adapter; this is a classification task"):
+        started_spec(TrainSpec(demo=True), lm, "here")
+    three = tmp_path / "three.csv"
+    three.write_text("text,label\n" + "".join(f"w{i},{'abc'[i % 3]}\n" for i in range(60)))
+    result = vera("train", "--data", str(three), "--from", str(demo_run), "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and "Cannot start from" in result.stderr
+    assert "start from an adapter trained on the same labels" in " ".join(result.stderr.split())
+    ref = vera("train", "--demo", "--from", "alice/clf@prod", "--out", str(tmp_path / "x"))
+    assert ref.returncode == 1
+    assert "fetch it first: `vera fetch alice/clf@prod -o start`" in " ".join(ref.stderr.split())
+    assert not (tmp_path / "x").exists()
 
 
 def test_spec_validation() -> None:

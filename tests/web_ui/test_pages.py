@@ -407,6 +407,24 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     assert {m.label: m.value for m in at.metric}["Status"] == "cancelled"
 
 
+def test_train_page_starts_a_job_from_a_version_and_shows_a_refusal(registry: dict[str, Any]) -> None:
+    """Start from: the version is pinned and decides the rank (the form's 256 is the default: not a contradiction);
+    one the registry refuses (a base model its jobs do not train) is said on the page and queues nothing."""
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        before = len(client.jobs())
+        not_minilm = client.get("alice/model0:1").base_model
+    at = page("train", registry)
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/warm-ui")
+    next(t for t in at.text_input if t.label == "Start from (optional)").set_value("alice/model0@latest")
+    next(b for b in at.button if b.label == "Launch").click()
+    at.run()
+    assert not at.exception and not at.success
+    assert f"Jobs on this registry train only 'minilm' (VERA_JOB_BASE_MODELS); got base_model='{not_minilm}'" in \
+        texts(at)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert len(client.jobs()) == before
+
+
 @pytest.mark.parametrize(("target", "message"), [
     ("", "Publish as is empty: type the name to publish the adapter as, owner/name"),
     ("  ", "Publish as is empty"),

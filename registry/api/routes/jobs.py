@@ -54,7 +54,8 @@ async def submit_job(
                                            dataset_name=name, priority=priority, time_limit_s=time_limit_s,
                                            gpus=gpus, actor=who.owner,
                                            member=None if who.owner == owner or who.is_admin else who.owner,
-                                           provenance=dict(who.provenance) if who.provenance else None))
+                                           provenance=dict(who.provenance) if who.provenance else None,
+                                           viewer=who))
 
 
 @router.get("", response_model=list[JobInfo])
