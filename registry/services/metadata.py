@@ -31,7 +31,7 @@ from registry.domain.schemas import (
 )
 from registry.services.access import check_visibility, not_found
 from registry.services.lookup import LATEST, version_info, version_ref
-from registry.services.moves import resolve_locked
+from registry.services.moves import refuse_protected, resolve_locked
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -127,8 +127,11 @@ class Metadata:
         """The adapter's model card ("" when none was written)."""
         return self.adapter(Ref.of(owner, name)).card
 
-    def update_adapter(self, adapter: str | Ref, changes: AdapterUpdate, *, actor: str) -> AdapterInfo:
-        """Change an adapter's description and card (the fields ``changes`` sets); audited as ``adapter-edit``."""
+    def update_adapter(self, adapter: str | Ref, changes: AdapterUpdate, *, actor: str, protected_too: bool = False
+                       ) -> AdapterInfo:
+        """Change an adapter's description, card and visibility (the fields ``changes`` sets); audited as
+        ``adapter-edit``. Making private an adapter that holds an alias its owner protects is refused (Forbidden:
+        its readers would lose ``owner/name@prod``) unless ``protected_too`` says the caller administers the owner."""
         ref = adapter_ref(adapter) if isinstance(adapter, str) else adapter
         given = changes.model_dump(exclude_none=True)
         if not given:
@@ -138,6 +141,10 @@ class Metadata:
             row = _adapter_row(s, ref)
             before = {f: getattr(row, f) for f, v in checked.items() if getattr(row, f) != v}
             after = {f: checked[f] for f in before}
+            if after.get("visibility") == "private" and not protected_too:
+                refuse_protected(s, row.owner, s.scalars(select(m.Alias.name).where(m.Alias.adapter_id == row.id)),
+                                 f"make private the adapter that holds it ({ref.owner}/{ref.name}: its readers "
+                                 "would lose it)")
             if after:
                 for field, value in after.items():
                     setattr(row, field, value)

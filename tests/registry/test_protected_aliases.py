@@ -70,6 +70,11 @@ def test_only_admins_move_remove_or_delete_under_a_protected_alias(server: dict[
             bob.delete_adapter("acme/clf")
         with pytest.raises(Forbidden, match="only its admins rename or move acme/clf, which holds it"):
             bob.move("acme/clf", "acme/clf-renamed")  # acme/clf@prod would answer 404 to its consumers
+        with pytest.raises(Forbidden, match=r"only its admins make private the adapter that holds it \(acme/clf: its "
+                                            r"readers would lose it\)"):
+            bob.set_visibility("acme/clf", "private")  # outsiders reading acme/clf@prod would get 404
+        bob.update_adapter("acme/clf", description="sentiment")  # the rest of the adapter stays the writers'
+        assert bob.adapter("acme/clf").visibility == "public"
         bob.publish(server["source"], "bob/own", base_model="tiny-llama")
         bob.set_alias("bob/own:1", "prod")  # his own prod, brought into acme, would be acme's production
         with pytest.raises(Forbidden, match=r"only its admins bring in an adapter that holds it \(remove the alias "
@@ -82,6 +87,8 @@ def test_only_admins_move_remove_or_delete_under_a_protected_alias(server: dict[
             root.set_alias("acme/clf:1", "prod")
         alice.move("acme/clf", "acme/clf-renamed")
         alice.move("acme/clf-renamed", "acme/clf")
+        assert alice.set_visibility("acme/clf", "private").visibility == "private"  # an admin may
+        assert bob.set_visibility("acme/clf", "public").visibility == "public"  # making it public takes nothing away
         # nothing changed: every version is there (the adapter's delete refused whole, not newest first), prod on 1
         assert versions_of(alice, "acme/clf") == [1, 2, 3]
         assert alice.get("acme/clf@prod").version == 1

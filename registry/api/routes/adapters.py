@@ -140,8 +140,9 @@ def get_adapter(_: Reader, registry: RegistryDep, owner: str, name: str) -> Adap
 @router.patch("/{owner}/{name}", response_model=AdapterInfo)
 def update_adapter(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str,
                    body: AdapterUpdate) -> AdapterInfo:
-    """Change the description or the model card (fields left out stay); audited."""
-    return registry.update_adapter(Ref.of(owner, name), body, actor=who.owner)
+    """Change the description, the model card or the visibility (fields left out stay); audited. Making private
+    an adapter that holds an alias its organisation protects needs an admin of it (403 otherwise)."""
+    return registry.update_adapter(Ref.of(owner, name), body, actor=who.owner, protected_too=administers(who, owner))
 
 
 @router.get(VERSION, response_model=VersionInfo)
