@@ -618,11 +618,12 @@ class RegistryClient:
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
         parent: str | None = None, code_revision: str | None = None, visibility: str | None = None,
         progress: bool = False, dataset: str | os.PathLike[str] | None = None,
+        properties: dict[str, str] | None = None,
     ) -> VersionInfo:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
         it was fine-tuned from, ``code_revision`` the code that trained it and ``dataset`` the file it was trained
-        on, hashed here (SHA-256 and size recorded; the data is not uploaded): its lineage. ``progress`` shows a
-        bar while weights over 4 MiB upload."""
+        on, hashed here (SHA-256 and size recorded; the data is not uploaded): its lineage. ``properties``: its
+        key=value properties. ``progress`` shows a bar while weights over 4 MiB upload."""
         ref = Ref.parse_adapter(name)
         root = Path(directory)
         if not root.is_dir():
@@ -644,7 +645,8 @@ class RegistryClient:
                 data={"base_model": base_model, "base_revision": base_revision,
                       "metrics": json.dumps(metrics or {}), "tags": ",".join(tags or []),
                       "description": description, "parent": parent or "", "code_revision": code_revision or "",
-                      "visibility": visibility or "", **data},
+                      "visibility": visibility or "", **data,
+                      **({"properties": json.dumps(properties)} if properties else {})},
             )
         return VersionInfo.model_validate(response.json())
 
@@ -734,13 +736,18 @@ class RegistryClient:
         return AdapterInfo.model_validate(self._request("PATCH", self._adapter_path(adapter), json=body).json())
 
     def update_version(self, ref: str, *, description: str | None = None, tags: list[str] | None = None,
-                       add_tags: list[str] | None = None, remove_tags: list[str] | None = None) -> VersionInfo:
-        """Change a version's description and tags: ``tags`` replaces them all, or ``add_tags``/``remove_tags``
-        (None: unchanged). Its bytes never change."""
+                       add_tags: list[str] | None = None, remove_tags: list[str] | None = None,
+                       set_properties: dict[str, str] | None = None, remove_properties: list[str] | None = None
+                       ) -> VersionInfo:
+        """Change a version's description, tags and key=value properties: ``tags`` replaces them all, or
+        ``add_tags``/``remove_tags``; ``set_properties`` gives keys values, ``remove_properties`` drops keys (None:
+        unchanged). Its bytes never change."""
         info = self.get(ref)
         body: dict[str, Any] = {} if description is None else {"description": description}
         if tags is not None or add_tags or remove_tags:
             body["tags"] = {"set": tags, "add": add_tags or [], "remove": remove_tags or []}
+        if set_properties or remove_properties:
+            body["properties"] = {"set": set_properties or {}, "remove": remove_properties or []}
         return VersionInfo.model_validate(self._request(
             "PATCH", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}", json=body).json())
 

@@ -20,6 +20,7 @@ from registry.cli.common import (
     confirm_deletion,
     console,
     fail,
+    key_values,
     styled,
 )
 from registry.cli.output import JsonOutput, print_json
@@ -121,6 +122,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
          or "-"),
         ("verified", verified),
         ("tags", ", ".join(v.tags) or "-"),
+        ("properties", ", ".join(f"{k}={value}" for k, value in v.properties.items()) or "-"),
         ("published", f"by {v.published_by} at {v.created_at:%Y-%m-%d %H:%M:%S %Z}"),
         ("lineage", _lineage_text(v.lineage)),
     ]
@@ -152,6 +154,26 @@ def tag(
     info = call_registry(registry, token, lambda c: c.update_version(
         ref, add_tags=None if remove else tags, remove_tags=tags if remove else None))
     console.print(f"{info.ref} tags: {', '.join(info.tags) or '(none)'}")
+
+
+def property_(
+    ref: VersionRef,
+    pairs: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE properties to set (a key set again takes "
+                                                      "the new value).", show_default=False)] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="A key to remove; repeat for several.")
+                      ] = None,
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Set key=value properties of a version (validation=passed, ticket=ML-42), or remove some; its bytes never
+    change. Without either, print them. Filter on them with `vera ls --filter "properties.KEY = 'VALUE'"`."""
+    setting = key_values(pairs or [])
+    if setting or remove:
+        info = call_registry(registry, token, lambda c: c.update_version(ref, set_properties=setting,
+                                                                          remove_properties=remove))
+    else:
+        info = call_registry(registry, token, lambda c: c.get(ref))
+    shown = ", ".join(f"{k}={value}" for k, value in info.properties.items())
+    console.print(f"{info.ref} properties: {shown or '(none)'}")
 
 
 def describe(

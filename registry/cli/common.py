@@ -55,6 +55,18 @@ def fail(exc: Exception) -> NoReturn:
     raise typer.Exit(code=ExitCode.ERROR)
 
 
+def key_values(pairs: list[str], what: str = "property") -> dict[str, str]:
+    """``["validation=passed", "ticket=ML-42"]`` as a dict (the first '=' splits: a value may hold more); a pair
+    without '=' or key fails, saying the form expected. The registry checks keys and values."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            fail(InvalidInput(f"{what} {pair!r}: expected KEY=VALUE, e.g. validation=passed."))
+        parsed[key] = value
+    return parsed
+
+
 def check_failed() -> NoReturn:
     """Exit with ExitCode.CHECK_FAILED (the command has printed what the check found)."""
     raise typer.Exit(code=ExitCode.CHECK_FAILED)

@@ -24,6 +24,7 @@ from registry.cli.common import (
     console,
     err_console,
     fail,
+    key_values,
     lora_export,
     read_json_object,
     styled,
@@ -43,6 +44,8 @@ def publish(
     metrics: Annotated[Path | None, typer.Option(help="A JSON file of metrics (e.g. vera train's metrics.json).")
                        ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag; repeat for several.")] = None,
+    prop: Annotated[list[str] | None, typer.Option("--property", help="A key=value property (e.g. "
+                                                   "validation=passed); repeat for several.")] = None,
     description: Annotated[str, typer.Option(help="Description.")] = "",
     base_config: Annotated[Path | None, typer.Option(
         help="The base model's transformers config.json: declares its layer shapes first (needed for seed-only "
@@ -77,6 +80,7 @@ def publish(
                                  f"and --base-model is {base_model!r}: the version is published for "
                                  f"{base_model!r}."), soft_wrap=True)
     values = _metrics_file(metrics)
+    properties = key_values(prop or [])
     if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
         err_console.print(styled("note:", "yellow", f" {left} is not published without --metrics {left} (the "
                                  "version then has no loss curve or accuracy)."), soft_wrap=True)
@@ -88,19 +92,24 @@ def publish(
                                                               tags=tag or [], description=description,
                                                               parent=parent, code_revision=code_revision,
                                                               visibility=visibility, progress=True,
-                                                              dataset=dataset))
+                                                              dataset=dataset, properties=properties))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
-    _after_publish(info, dataset, registry, token)
+    _after_publish(info, dataset, properties, registry, token)
 
 
-def _after_publish(info: VersionInfo, dataset: Path | None, registry: str | None, token: str | None) -> None:
-    """What a publish's caller should know beyond its line: a --dataset the registry did not keep, a version with
-    the same vectors as the one before."""
+def _after_publish(info: VersionInfo, dataset: Path | None, properties: dict[str, str], registry: str | None,
+                   token: str | None) -> None:
+    """What a publish's caller should know beyond its line: a --dataset or --property the registry did not keep
+    (one older than them), a version with the same vectors as the one before."""
     if dataset is not None and info.lineage.get("dataset_sha256") is None:  # a registry from before dataset lineage
         err_console.print(styled("warning:", "yellow", f" the registry did not record --dataset {dataset} in "
                                  f"{info.ref}'s lineage (it is older than dataset lineage); upgrade it to keep "
                                  "the data's hash with the version."), soft_wrap=True)
+    if properties and info.properties != properties:  # a registry from before properties
+        err_console.print(styled("warning:", "yellow", f" the registry did not record the --property values on "
+                                 f"{info.ref} (it is older than properties); upgrade it, then set them with "
+                                 f"`vera property {info.ref} KEY=VALUE`."), soft_wrap=True)
     if info.version > 1:  # the same vectors as the version before: said, as a Hub commit with no change would be
         try:
             before = call_registry(registry, token, lambda c: c.get(f"{info.owner}/{info.name}:{info.version - 1}"))

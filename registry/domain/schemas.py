@@ -375,6 +375,8 @@ class VersionInfo(BaseModel):
     lineage: dict[str, Any]
     downloads: int = 0  # weights downloads, counted in batches (registry.services.downloads)
     visibility: str = "public"  # the adapter's: public or private (registry.services.access)
+    #: key=value properties (``validation=passed``), set at publish or after (``PATCH``, `vera property`)
+    properties: dict[str, str] = {}
 
     @property
     def pinned(self) -> Ref:
@@ -540,6 +542,9 @@ class HubSyncResult(BaseModel):
 #: Hub repo's README.md), measured in UTF-8 bytes.
 MAX_DESCRIPTION = 10_000
 MAX_TAGS = 64
+#: A version's key=value properties: at most this many, each value at most this many characters of one line.
+MAX_PROPERTIES = 64
+MAX_PROPERTY_VALUE = 500
 MAX_CARD_BYTES = 64 * 1024
 #: How far, and how many versions, a lineage graph reaches at most in each direction.
 MAX_LINEAGE_DEPTH = 20
@@ -589,6 +594,15 @@ class TagChange(BaseModel):
     remove: list[str] = []
 
 
+class PropertyChange(BaseModel):
+    """A version's key=value properties: ``set`` gives keys their values (new ones added, others changed), ``remove``
+    drops keys; a key in both is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: dict[str, str] = {}
+    remove: list[str] = []
+
+
 class VersionUpdate(BaseModel):
     """What to change of a version's metadata (``PATCH .../versions/{version}``); its bytes never change. Each field
     left out, or null, stays as it is; unknown fields are refused."""
@@ -596,6 +610,20 @@ class VersionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str | None = None
     tags: TagChange | None = None
+    properties: PropertyChange | None = None
+
+
+def check_properties(given: object, what: str = "properties") -> dict[str, str]:
+    """Key=value properties as given (a JSON object of strings): keys are names (check_name), values one line of at
+    most MAX_PROPERTY_VALUE characters, at most MAX_PROPERTIES of them."""
+    if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+        raise InvalidInput(f"{what} must be a JSON object of text values, e.g. {{\"validation\": \"passed\"}}.")
+    if len(given) > MAX_PROPERTIES:
+        raise InvalidInput(f"A version takes at most {MAX_PROPERTIES} properties; {what} has {len(given)}.")
+    for key, value in given.items():
+        check_name(key, "Property key")
+        check_text(value, f"property {key!r}", max_length=MAX_PROPERTY_VALUE)
+    return dict(sorted(given.items()))
 
 
 #: An evaluation's numbers and its details, each at most this many bytes as JSON.

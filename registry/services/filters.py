@@ -3,8 +3,8 @@ and a literal, e.g. ``metrics.accuracy > 0.9 and r <= 256 and base_model = 'mini
 
     filter  := clause ("and" clause)*
     clause  := field op literal | field "in" "(" literal ("," literal)* ")"
-    field   := metrics.<key> | published_via.<key> | r | seed | generator | base_model | owner | name | tag
-               | trainable_parameters | stored_bytes | created | verification_status | yanked
+    field   := metrics.<key> | published_via.<key> | properties.<key> | r | seed | generator | base_model | owner
+               | name | tag | trainable_parameters | stored_bytes | created | verification_status | yanked
     op      := = | != | < | <= | > | >= | like
     literal := 'text' ('' inside is one quote) | number | true | false
 
@@ -14,7 +14,8 @@ the normalised table ``version_metrics`` (one row per numeric metric, index (key
 ``metric_rows`` fills at publish; a metric clause matches only versions that record that metric, as in MLflow.
 ``published_via.<key>`` reads the lineage a trusted publisher's token records (the CI run that published a version:
 ``publisher``, ``issuer``, ``subject``, or one of its recorded claims, such as ``repository`` or ``sha``) from its JSON
-column; it matches only versions published that way.
+column; it matches only versions published that way. ``properties.<key>`` reads a version's key=value properties
+(``version_properties``, index (key, value)); as a metric clause, it matches only versions that have that key.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ PROVENANCE_PREFIX = "published_via."
 #: published_via's own keys; any other key of a published_via clause names one of its recorded claims.
 PROVENANCE_KEYS = ("publisher", "issuer", "subject")
 _CLAIM_KEY = re.compile(r"[A-Za-z0-9_\-]{1,100}")
+PROPERTY_PREFIX = "properties."
+_PROPERTY_KEY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # as check_name: a property key is a name
 EXAMPLE = "metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
 _INT_RANGE = 2**63  # what a BIGINT holds (SQLite refuses larger Python ints)
 _SEED_RANGE = 2**64
@@ -218,6 +221,12 @@ def _field_name(token: Token) -> tuple[str, str | None]:
                                    f"{', '.join(PROVENANCE_KEYS)}, or a claim such as repository, ref or sha)",
                          repr(text[:60]))
         return "published_via", key
+    if text.lower().startswith(PROPERTY_PREFIX):
+        key = text[len(PROPERTY_PREFIX):]
+        if not _PROPERTY_KEY.fullmatch(key):
+            raise _error(token.at, "properties.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or '-'",
+                         repr(text[:60]))
+        return "properties", key
     if text.lower() not in FIELDS:
         raise _error(token.at, _FIELD_LIST, repr(text[:60]))
     return text.lower(), None
@@ -275,10 +284,10 @@ class Field:
     def where(self, clause: Clause) -> ColumnElement[bool]:
         values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
         converted = [_converted(self.kind, v) for v in values]
-        if self.kind == "metric":
-            metric = m.VersionMetric
-            test = _compare(metric.value, clause.op, converted)
-            return m.AdapterVersion.id.in_(select(metric.version_id).where(metric.key == clause.key, test))
+        if self.kind in ("metric", "property"):  # a row per (version, key): only versions that have the key match
+            held: Any = m.VersionMetric if self.kind == "metric" else m.VersionProperty
+            test = _compare(held.value, clause.op, converted)
+            return m.AdapterVersion.id.in_(select(held.version_id).where(held.key == clause.key, test))
         if self.kind == "tag":
             tag = m.VersionTag.tag
             if clause.op == "!=":
@@ -305,7 +314,7 @@ class Field:
 
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
           "alias": "a 'string'",
-          "provenance": "a 'string'",
+          "provenance": "a 'string'", "property": "a 'string'",
           "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false", "metric": "a number",
           "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
 
@@ -375,13 +384,15 @@ FIELDS: dict[str, Field] = {
 }
 METRIC = Field("metric", (*ORDERING, "in"))
 PROVENANCE = Field("provenance", _TEXT_OPS)
+PROPERTY = Field("property", _TEXT_OPS)
 
 
-_FIELD_LIST = f"a field ({', '.join(FIELDS)}, metrics.<key> or published_via.<key>)"
+_FIELD_LIST = f"a field ({', '.join(FIELDS)}, metrics.<key>, published_via.<key> or properties.<key>)"
 
 
 def _field(clause: Clause) -> Field:
-    return {"metrics": METRIC, "published_via": PROVENANCE}.get(clause.field) or FIELDS[clause.field]
+    return {"metrics": METRIC, "published_via": PROVENANCE, "properties": PROPERTY}.get(clause.field) or \
+        FIELDS[clause.field]
 
 
 def filter_conditions(clauses: list[Clause], sorted_by: MetricOrder | None = None) -> list[ColumnElement[bool]]:

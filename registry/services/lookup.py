@@ -47,9 +47,10 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
     if row is None:
         v = _missing(s, ref)
         return v, version_info(s, v)
-    v, alias_names, tag_names, count = row
+    v, alias_names, tag_names, count, property_lines = row
+    held = (line.partition("=") for line in (property_lines or "").split("\n") if line)
     return v, version_info(s, v, sorted((alias_names or "").split()), count or 0,
-                           tags=sorted((tag_names or "").split()))
+                           tags=sorted((tag_names or "").split()), properties=dict(sorted((k, v) for k, _, v in held)))
 
 
 # The hot queries are built once, with the reference as bound parameters (naming_params): building a statement and
@@ -64,14 +65,18 @@ def _resolving(by_number: bool) -> Select[m.AdapterVersion]:
 
 
 @functools.cache
-def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str | None, int | None]:
-    """``_resolving`` with the version's aliases, tags and download count."""
+def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str | None, int | None, str | None]:
+    """``_resolving`` with the version's aliases, tags, download count and properties."""
     joined = func.aggregate_strings  # names and tags are [a-z0-9._-]: a space separates them
     aliases = select(joined(m.Alias.name, " ")).where(m.Alias.version_id == m.AdapterVersion.id)
     tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
     downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
-    aliases_, tags_, downloads_ = (q.correlate(m.AdapterVersion).scalar_subquery() for q in (aliases, tags, downloads))
-    return _resolving(by_number).add_columns(aliases_, tags_, downloads_)  # (the query may join aliases too)
+    held = m.VersionProperty  # key=value lines: a key has no '=', a value no newline (check_properties)
+    properties = select(joined(held.key + "=" + held.value, "\n")).where(held.version_id == m.AdapterVersion.id)
+    aliases_, tags_, downloads_, properties_ = (q.correlate(m.AdapterVersion).scalar_subquery()
+                                                for q in (aliases, tags, downloads, properties))
+    # (the query may join aliases too)
+    return _resolving(by_number).add_columns(aliases_, tags_, downloads_, properties_)
 
 
 def naming(query: Select[*_Row], by_number: bool) -> Select[*_Row]:
@@ -140,9 +145,10 @@ def version_ref(v: m.AdapterVersion) -> str:
 
 
 def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None,
-                 downloads: int | None = None, *, tags: list[str] | None = None) -> VersionInfo:
-    """The domain object of a version row (``aliases``, ``downloads`` and ``tags`` when the caller already loaded
-    them)."""
+                 downloads: int | None = None, *, tags: list[str] | None = None,
+                 properties: dict[str, str] | None = None) -> VersionInfo:
+    """The domain object of a version row (``aliases``, ``downloads``, ``tags`` and ``properties`` when the caller
+    already loaded them)."""
     if aliases is None:
         aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
     if downloads is None:
@@ -159,6 +165,7 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
         verification_status=v.verification_status, verified_at=v.verified_at,
         lineage=lineage_block(s, v),
         downloads=downloads, visibility=v.adapter.visibility,
+        properties=dict(sorted((p.key, p.value) for p in v.properties)) if properties is None else properties,
     )
 
 

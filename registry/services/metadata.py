@@ -19,6 +19,7 @@ from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
     MAX_CARD_BYTES,
     MAX_DESCRIPTION,
+    MAX_PROPERTIES,
     MAX_TAGS,
     AdapterInfo,
     AdapterUpdate,
@@ -27,6 +28,7 @@ from registry.domain.schemas import (
     VersionInfo,
     VersionUpdate,
     check_name,
+    check_properties,
     check_text,
 )
 from registry.services.access import check_visibility, not_found
@@ -108,6 +110,28 @@ def _tags_after(current: list[str], change: TagChange) -> list[str]:
     return sorted(tags)
 
 
+def _change_properties(v: m.AdapterVersion, setting: dict[str, str], removing: list[str]
+                       ) -> tuple[dict[str, str], dict[str, str]] | None:
+    """Set and remove the version's properties (keys not there are not removed); (before, after) if they changed.
+    Rows of keys kept stay (a value set again is rewritten in place)."""
+    held = {p.key: p.value for p in v.properties}
+    kept = dict(sorted({**{k: value for k, value in held.items() if k not in removing}, **setting}.items()))
+    if len(kept) > MAX_PROPERTIES:
+        raise InvalidInput(f"A version takes at most {MAX_PROPERTIES} properties; this change would leave "
+                           f"{len(kept)}. Remove some first.")
+    if kept == held:
+        return None
+    rows = {p.key: p for p in v.properties}
+    for key in set(held) - set(kept):
+        v.properties.remove(rows[key])
+    for key, value in setting.items():
+        if key in rows:
+            rows[key].value = value
+        else:
+            v.properties.append(m.VersionProperty(key=key, value=value))
+    return held, kept
+
+
 def _audit(s: Session, *, actor: str, action: str, target: str, before: dict[str, Any],
            after: dict[str, Any]) -> None:
     s.add(m.AuditEvent(actor=actor, action=action, target=target, detail={"before": before, "after": after}))
@@ -173,10 +197,16 @@ class Metadata:
             return revision, kept.card
 
     def update_version(self, ref: str | Ref, changes: VersionUpdate, *, actor: str) -> VersionInfo:
-        """Change a version's description and tags (never its bytes); audited as ``version-edit``."""
-        if changes.description is None and changes.tags is None:
-            raise InvalidInput("Nothing to change: send description, or tags ({'set': [...]} or {'add': [...], "
-                               "'remove': [...]}).")
+        """Change a version's description, tags and properties (never its bytes); audited as ``version-edit``."""
+        if changes.description is None and changes.tags is None and changes.properties is None:
+            raise InvalidInput("Nothing to change: send description, tags ({'set': [...]} or {'add': [...], "
+                               "'remove': [...]}), or properties ({'set': {key: value}, 'remove': [key]}).")
+        setting = check_properties(changes.properties.set) if changes.properties is not None else {}
+        removing = changes.properties.remove if changes.properties is not None else []
+        for key in removing:
+            check_name(key, "Property key")
+        if both := sorted(set(setting) & set(removing)):
+            raise InvalidInput(f"properties: {', '.join(both)} both set and removed; say one or the other.")
         description = check_description(changes.description) if changes.description is not None else None
         with self.db.session() as s:
             v = resolve_locked(s, ref)
@@ -191,6 +221,8 @@ class Metadata:
                 before["tags"], after["tags"] = tags, new_tags
                 rows = {t.tag: t for t in v.tags}
                 v.tags = [rows.get(tag) or m.VersionTag(tag=tag) for tag in new_tags]
+            if (changed := _change_properties(v, setting, removing)) is not None:
+                before["properties"], after["properties"] = changed
             if after:
                 _audit(s, actor=actor, action="version-edit", target=version_ref(v), before=before, after=after)
                 s.flush()

@@ -29,6 +29,7 @@ from registry.domain.schemas import (
     VersionInfo,
     check_json,
     check_name,
+    check_properties,
     check_text,
 )
 from registry.services.access import Visibility, check_visibility
@@ -74,6 +75,7 @@ class _Publication:
     published_by: str
     lineage: dict[str, Any] = field(default_factory=dict)
     visibility: Visibility | None = None  # of a new adapter (None: the registry's default)
+    properties: dict[str, str] = field(default_factory=dict)
 
 
 def _next_number(s: Session, adapter: m.Adapter) -> int:
@@ -107,14 +109,16 @@ class Publisher:
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
         published_by: str | None = None, lineage: dict[str, Any] | None = None, on_record: OnRecord | None = None,
-        visibility: str | None = None,
+        visibility: str | None = None, properties: dict[str, str] | None = None,
     ) -> VersionInfo:
         """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``.
         ``visibility`` (public or private) applies when this creates the adapter (default: the registry's,
-        VERA_DEFAULT_VISIBILITY); an existing adapter keeps its own, and saying otherwise is refused."""
+        VERA_DEFAULT_VISIBILITY); an existing adapter keeps its own, and saying otherwise is refused.
+        ``properties``: the version's key=value properties (check_properties)."""
         what = _checked_publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision,
                                     metrics=metrics, tags=tags, description=description,
                                     published_by=published_by or owner, lineage=lineage or {})
+        what = replace(what, properties=check_properties(properties or {}))
         if visibility is not None:
             what = replace(what, visibility=check_visibility(visibility))
         try:
@@ -329,6 +333,7 @@ def _version_row(what: _Publication, files: AdapterFiles, checked: CheckedAdapte
         source_hub_repo=what.lineage.get("hub_repo"), source_hub_commit=what.lineage.get("hub_commit"),
     )
     version.tags = [m.VersionTag(tag=t) for t in what.tags]
+    version.properties = [m.VersionProperty(key=k, value=v) for k, v in what.properties.items()]
     return version
 
 

@@ -75,7 +75,7 @@ class Search:
         order = (column.desc(), m.AdapterVersion.id.desc()) if descending else (column.asc(), m.AdapterVersion.id.asc())
         query = query.order_by(*order).limit(limit + 1).options(
             selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
-            selectinload(m.AdapterVersion.tags))
+            selectinload(m.AdapterVersion.tags), selectinload(m.AdapterVersion.properties))
         with self.db.session() as s:
             total = s.scalar(counting) if with_total else None
             rows = list(s.scalars(query))

@@ -222,6 +222,8 @@ class AdapterVersion(Base):
     base_model: Mapped[BaseModelShapes] = relationship()
     projection: Mapped[Projection] = relationship()
     tags: Mapped[list[VersionTag]] = relationship(cascade="all, delete-orphan", order_by="VersionTag.tag")
+    properties: Mapped[list[VersionProperty]] = relationship(cascade="all, delete-orphan",
+                                                             order_by="VersionProperty.key")
 
 
 class VersionTag(Base):
@@ -229,6 +231,19 @@ class VersionTag(Base):
     __table_args__ = (Index("ix_version_tags_tag", "tag"),)
     version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class VersionProperty(Base):
+    """A key=value property of a version (MLflow's model-version tags, SageMaker's metadata properties): what a team
+    records after the fact, such as ``validation=passed``; filtered as ``properties.<key>``."""
+
+    __tablename__ = "version_properties"
+    __table_args__ = (Index("ix_version_properties_key_value", "key", "value"),)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", name="fk_version_properties_version_id_adapter_versions",
+                   ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
 
 
 class Alias(Base):

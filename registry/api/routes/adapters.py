@@ -111,8 +111,11 @@ async def publish(
     dataset_sha256: Annotated[str, Form(description="the SHA-256 of the data it was trained on (lineage; the data is "
                                         "not uploaded)")] = "",
     dataset_bytes: Annotated[int | None, Form(description="that data's size in bytes (with dataset_sha256)")] = None,
+    properties: Annotated[str, Form(description="key=value properties, a JSON object of text values (e.g. "
+                                    "{\"validation\": \"passed\"})")] = "{}",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
+    held = json_object(properties, "properties")
     if parent:  # a parent the publisher may not read does not exist for it (nor its versions and aliases)
         await run_in_threadpool(registry.access.check_readable, who, Ref.parse(parent))
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
@@ -126,7 +129,7 @@ async def publish(
                                                             "published_via": who.provenance,
                                                             "dataset_sha256": dataset_sha256,
                                                             "dataset_bytes": dataset_bytes},
-                          visibility=visibility or None)
+                          visibility=visibility or None, properties=held)
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop
 
