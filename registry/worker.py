@@ -50,7 +50,7 @@ import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, NotFound, RegistryError
-from registry.domain.schemas import JobInfo
+from registry.domain.schemas import JobInfo, Ref
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID, first_line
 from registry.services.jobs import EventRecord, Jobs
@@ -448,13 +448,28 @@ class Worker:
             path.write_bytes(data)
             spec = replace(spec, data=str(path))
         if spec.init_from is not None:  # the version it starts from (pinned at submission), as its files
-            try:
-                start = self.jobs.registry.fetch(spec.init_from, tmp / "start")
-            except NotFound as exc:
-                raise NotFound(f"{spec.init_from}, which the job starts from (init_from), was deleted after it was "
-                               f"queued ({exc}); submit it again from another version.") from exc
-            spec = replace(spec, init_from=str(start))
+            current = self._current(spec.init_from)
+            if current is None:  # not named: the job's readers may not read it (Jobs' _shown_spec)
+                raise NotFound("The version the job starts from (init_from) was deleted after the job was queued; "
+                               "submit it again from another version.")
+            spec = replace(spec, init_from=str(self.jobs.registry.fetch(current, tmp / "start")))
         return spec
+
+    def _current(self, pinned: str) -> str | None:
+        """The version ``pinned`` (owner/name:N, as a job's submission pinned it) under its adapter's name now (it
+        may have been renamed or transferred since: version numbers go with it), or None once it is deleted."""
+        ref = Ref.parse(pinned)
+        moved = None
+        try:
+            return self.jobs.registry.get(ref).ref
+        except NotFound:
+            moved = self.jobs.registry.moves.moved_to(ref.owner, ref.name, None)
+        if moved is None:
+            return None
+        try:
+            return self.jobs.registry.get(Ref.of(moved.owner, moved.name, version=ref.version)).ref
+        except NotFound:
+            return None
 
     def _processes(self, job: JobInfo, batch_size: int) -> int:
         """How many processes train ``job``: one per GPU it asks for on a GPU worker; on the CPU, up to nproc, as
@@ -507,29 +522,20 @@ class Worker:
         if (problem := self.jobs.submitter_problem(job)) is not None:
             raise Forbidden(problem)
         summary = published_metrics(metrics)
-        parent = job.spec.get("init_from")
-        if parent is not None and not self._still_there(parent):
-            self.log(f"job {job.id}: {parent}, which it started from, was deleted meanwhile; publishing without it "
-                     "as its parent")
-            parent = None
+        start = job.spec.get("init_from")
+        # its parent: the version it started from, under its name now; deleted meanwhile, recorded as deleted
+        parent = {"parent": self._current(start) or start, "parent_may_be_gone": True} if start is not None else {}
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
             published_by=job.requested_by or job.submitted_by or job.owner, tags=["fine-tune"],
             description=f"fine-tuned by job {job.id}",
             lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via,
-                     **({"parent": parent} if parent is not None else {})})
+                     **parent})
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
                     [("log", {"message": f"published {info.ref}"})])
         self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
         self.status.ended("succeeded")
         self.log(f"job {job.id}: published {info.ref}")
-
-    def _still_there(self, ref: str) -> bool:
-        try:
-            self.jobs.registry.get(ref)
-        except NotFound:
-            return False
-        return True
 
     def _failed(self, job: JobInfo, tracker: _Tracker, exc: Exception) -> None:
         """Record a failure on the job: a training process that died (killed, out of memory) loses the attempt, and

@@ -115,6 +115,8 @@ def started_spec(spec: TrainSpec, config: VeraConfig, where: str) -> TrainSpec:
     defaults = {f.name: f.default for f in fields(TrainSpec)}
     for name in STARTED_FIELDS:
         given, kept = getattr(spec, name), getattr(config, name)
+        if isinstance(given, list) and isinstance(kept, list):  # target names: a set, in any order
+            given, kept = sorted(given), sorted(kept)
         if given != defaults[name] and given != kept:
             raise TrainingSpecError(f"{name}={given!r} differs from the adapter it starts from ({where}: {kept!r}); "
                                     f"leave {name} out: a warm start keeps the adapter's.")
@@ -174,12 +176,23 @@ def build(spec: TrainSpec, num_labels: int, *, allow_paths: bool = True) -> tupl
 
 def _started(base: torch.nn.Module, folder: str) -> VeraModel:
     """``base`` with the adapter at ``folder`` loaded to train on (vectors and head); a head of another size (a
-    dataset with other labels) is a TrainingSpecError."""
+    dataset with other labels) is a TrainingSpecError, which names no folder (a worker's is its own)."""
     try:
         return load_adapter(base, folder, is_trainable=True)
     except VeraError as exc:
-        raise TrainingSpecError(f"Cannot start from {folder}: {exc} (a classification head has one output per "
-                                "label: start from an adapter trained on the same labels)") from exc
+        raise TrainingSpecError(f"Cannot start from the adapter (init_from): {exc} (a classification head has one "
+                                "output per label: start from an adapter trained on the same labels)") from exc
+
+
+def _check_start_labels(spec: TrainSpec, labels: list[str]) -> None:
+    """The labels a classification head was trained on, as the metrics.json beside its adapter records them (`vera
+    train` writes one; a job's start was checked at submission), must be the dataset's, in order."""
+    recorded = Path(str(spec.init_from), "metrics.json")
+    trained = json.loads(recorded.read_text(encoding="utf-8")).get("labels") if recorded.is_file() else None
+    if spec.task == "classification" and isinstance(trained, list) and [str(x) for x in trained] != labels:
+        raise TrainingSpecError(f"The dataset's labels {labels[:20]} are not those the adapter it starts from was "
+                                f"trained on {trained[:20]} ({recorded}): its head has one output per label, in "
+                                "that order. Start from an adapter trained on the same labels.")
 
 
 def run(
@@ -198,6 +211,8 @@ def run(
     if spec.init_from is not None:
         spec = started_spec(spec, read_adapter(spec.init_from).config, spec.init_from)
     splits = load_splits(spec)
+    if spec.init_from is not None:
+        _check_start_labels(spec, splits.labels)
     model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)), allow_paths=allow_paths)
     task = (SequenceClassification(tokenizer, max_length=spec.max_length) if spec.task == "classification"
             else CausalLM(tokenizer, max_length=spec.max_length))
@@ -237,7 +252,8 @@ def run(
         "global_batch_size": args.batch_size * args.gradient_accumulation_steps * processes,
     }
     if trainer.world.is_main:
-        save_adapter(model, out, save_projection=spec.save_projection)
+        # a start whose projections were stored (not the seed's) is trained on them: they are saved with it
+        save_adapter(model, out, save_projection=spec.save_projection or not model.projection_reproducible)
         out.joinpath("metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
 

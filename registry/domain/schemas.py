@@ -80,6 +80,8 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not JSON ({exc}); send a JSON object.") from exc
+    except RecursionError:  # nested deeper than the parser goes (about a thousand levels): no spec is
+        raise InvalidInput(f"{what} nests too deeply; send a JSON object a few levels deep.") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
     return value

@@ -39,6 +39,7 @@ from registry.domain.schemas import (
     check_name,
 )
 from registry.logs import REQUEST_ID
+from registry.services.access import require_readable
 from registry.services.job_checkpoints import JobCheckpoints, forget
 from registry.services.lookup import version_ref
 from registry.services.moves import lock_adapter, refuse_publish_to_old_name
@@ -134,28 +135,7 @@ class Jobs:
                 raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
             spec["data"] = f"uploaded{suffix}"
         start = self._start(spec.get("init_from"), viewer) if spec.get("init_from") is not None else None
-        try:
-            checked = TrainSpec(**spec)
-            if start is not None:
-                checked = started_spec(replace(checked, init_from=start[0]), start[1], start[0])
-                self._checked_fields({"base_model": checked.base_model})  # the version's base, when left out
-            # checked as the worker will run it: save_every is welcome, with checkpoints in the worker's folder
-            placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
-            args = TrainingArguments(**{**checked.training, **placed})
-            _check_batch_split(args, gpus)
-            _check_sizes(checked, args)
-            vera = VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key,
-                              d_initial=checked.d_initial, projection_generator=checked.projection_generator,
-                              vera_dropout=checked.vera_dropout, target_modules=checked.target_modules)
-            require_linear(vera.target_modules)  # a worker matches it against every module name
-            if not checked.demo:
-                _check_dataset(checked, dataset, dataset_name)
-            vector_bytes = self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))
-        except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
-            if isinstance(exc, InvalidInput):
-                raise
-            kind = "dataset" if isinstance(exc, DatasetError) else "spec"
-            raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
+        checked, vector_bytes = self._checked_spec(spec, start, dataset, dataset_name, gpus)
         with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
             refuse_publish_to_old_name(s, ref.owner, ref.name)
             lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish would be refused)
@@ -190,21 +170,60 @@ class Jobs:
             discard_unreferenced(self.db, self.registry.blobs, [written])  # the dataset this request stored alone
             raise
 
-    def _start(self, given: Any, viewer: Principal | None) -> tuple[str, VeraConfig]:
-        """The version (owner/name:N) a job's ``init_from`` names and its VeRA config: one ``viewer`` may read, or
+    def _checked_spec(self, spec: dict[str, Any], start: tuple[str, VeraConfig, list[str] | None] | None,
+                      dataset: bytes | None, dataset_name: str, gpus: int) -> tuple[TrainSpec, int]:
+        """The spec as the worker will run it (a warm start's VeRA fields and base taken from ``start``), checked:
+        its training and VeRA settings, sizes, dataset, base model and projection; and the bytes of the adapter's
+        vectors (``_check_projection``)."""
+        try:
+            checked = TrainSpec(**spec)
+            if start is not None:
+                checked = started_spec(replace(checked, init_from=start[0]), start[1], f"init_from {start[0]}")
+                self._checked_fields({"base_model": checked.base_model})  # the version's base, when left out
+            # checked as the worker will run it: save_every is welcome, with checkpoints in the worker's folder
+            placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
+            args = TrainingArguments(**{**checked.training, **placed})
+            _check_batch_split(args, gpus)
+            _check_sizes(checked, args)
+            vera = VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key,
+                              d_initial=checked.d_initial, projection_generator=checked.projection_generator,
+                              vera_dropout=checked.vera_dropout, target_modules=checked.target_modules)
+            require_linear(vera.target_modules)  # a worker matches it against every module name
+            if not checked.demo:
+                labels = _check_dataset(checked, dataset, dataset_name)
+                if start is not None and checked.task == "classification":
+                    _check_start_labels(start, labels)
+            return checked, self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))
+        except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
+            if isinstance(exc, InvalidInput):
+                raise
+            kind = "dataset" if isinstance(exc, DatasetError) else "spec"
+            raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
+
+    def _start(self, given: Any, viewer: Principal | None) -> tuple[str, VeraConfig, list[str] | None]:
+        """The version (owner/name:N) a job's ``init_from`` names, its VeRA config and the labels its metrics
+        recorded: one ``viewer`` may read (as a GET of it, the read scope included; None: the operator), or
         NotFound as if it did not exist."""
+        wanted = "a version of this registry (owner/name:N or owner/name@ALIAS) to start training from"
         if not isinstance(given, str):
-            raise InvalidInput(f"init_from must name a version of this registry (owner/name:N or owner/name@ALIAS) "
-                               f"to start training from; got {str(given)[:100]!r}.")
-        ref = Ref.parse(given)
+            raise InvalidInput(f"init_from must name {wanted}; got {str(given)[:100]!r}.")
+        try:
+            ref = Ref.parse(given)
+        except InvalidInput as exc:
+            raise InvalidInput(f"init_from must name {wanted}: {str(exc)[:300]}") from None
+        try:
+            if viewer is not None:
+                self.registry.access.check_readable(viewer, ref)
+        except NotFound:
+            raise NotFound(f"init_from {ref}: no such adapter that you may read. Name a version that `vera ls` lists "
+                           "(owner/name:N or owner/name@ALIAS).") from None
         try:
             info, config = self.registry.vera_config(ref)
-            if viewer is not None and not viewer.can_read(info.owner, info.visibility):
-                raise NotFound("hidden")
-        except NotFound:
-            raise NotFound(f"init_from {given}: no such version that you may read. Name one that `vera ls` lists "
-                           "(owner/name:N or owner/name@ALIAS).") from None
-        return info.ref, config  # a publish writes its base model into the config it stores
+        except NotFound as exc:  # an adapter it may read: the registry's own words (its versions, its aliases)
+            raise NotFound(f"init_from {ref}: {exc}") from None
+        labels = info.metrics.get("labels")
+        # a publish writes its base model into the config it stores
+        return info.ref, config, [str(label) for label in labels] if isinstance(labels, list) else None
 
     def _check_projection(self, vera: VeraConfig, base: str) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it
@@ -243,7 +262,7 @@ class Jobs:
     def get(self, job_id: int, *, viewer: Principal | None = None) -> JobInfo:
         """A job (not found for a ``viewer`` that may not read the adapter it publishes: job_visible)."""
         with self.db.session() as s:
-            return self._info(s, self._visible_job(s, job_id, viewer))
+            return _infos(s, [self._visible_job(s, job_id, viewer)], viewer)[0]
 
     def list_jobs(self, *, owner: str | None = None, status: str | None = None, limit: int = 100,
                   viewer: Principal | None = None) -> list[JobInfo]:
@@ -253,7 +272,7 @@ class Jobs:
         if status:
             query = query.where(m.Job.status == status)
         with self.db.session() as s:
-            return _infos(s, list(s.scalars(query)))
+            return _infos(s, list(s.scalars(query)), viewer)
 
     def events(self, job_id: int, *, after: int = 0, kind: str | None = None,
                viewer: Principal | None = None) -> list[JobEventInfo]:
@@ -445,10 +464,28 @@ class Jobs:
         return _infos(s, [job])[0]
 
 
-def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
+#: What a job's spec says of the version it starts from to a reader of the job who may not read that version.
+HIDDEN_START = "(a version you may not read)"
+
+
+def _shown_spec(s: Any, spec: dict[str, Any], viewer: Principal | None) -> dict[str, Any]:
+    """The job's spec as ``viewer`` may see it: the version it starts from (``init_from``) named only to those who
+    may read it (a job's readers are its target's; a private start elsewhere stays unnamed, as lineage does)."""
+    start = spec.get("init_from")
+    if start is None or viewer is None:
+        return spec
+    try:
+        require_readable(s, viewer, start, missing_too=True)
+    except (NotFound, InvalidInput):
+        return {**spec, "init_from": HIDDEN_START}
+    return spec
+
+
+def _infos(s: Any, jobs: Sequence[m.Job], viewer: Principal | None = None) -> list[JobInfo]:
     """The domain objects of job rows, in order, with two queries whatever their number: the versions they published
     (with their adapters, for the ref) and the stored checkpoints of those still queued or running (only those have
-    one: it goes when the job ends)."""
+    one: it goes when the job ends); and one for each that starts from a version, shown to ``viewer`` only if it
+    may read that version (None: the operator, who reads all)."""
     versions = {job.result_version_id for job in jobs if job.result_version_id is not None}
     refs = {v.id: version_ref(v) for v in s.scalars(
         select(m.AdapterVersion).where(m.AdapterVersion.id.in_(sorted(versions)))
@@ -458,7 +495,8 @@ def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
                                                  worker=row.worker, size=row.size, saved_at=row.created_at)
                    for row in s.scalars(select(m.JobCheckpoint).where(m.JobCheckpoint.job_id.in_(active)))
                    } if active else {}
-    return [JobInfo(id=job.id, status=job.status, owner=job.owner, target_name=job.target_name, spec=job.spec,
+    return [JobInfo(id=job.id, status=job.status, owner=job.owner, target_name=job.target_name,
+                    spec=_shown_spec(s, job.spec, viewer),
                     created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                     claimed_by=job.claimed_by, heartbeat_at=job.heartbeat_at, attempts=job.attempts,
                     cancel_requested=job.cancel_requested, progress=job.progress, error=job.error,
@@ -469,8 +507,19 @@ def _infos(s: Any, jobs: Sequence[m.Job]) -> list[JobInfo]:
             for job in jobs]
 
 
-def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> None:
-    """The uploaded dataset reads as the spec says (its columns, its labels); errors name it as the caller did."""
+def _check_start_labels(start: tuple[str, VeraConfig, list[str] | None], labels: list[str]) -> None:
+    """A classification head trained on ``start``'s labels (as its metrics recorded them) fits only those: one
+    output per label, in that order."""
+    ref, _, trained = start
+    if trained is not None and trained != labels:
+        raise InvalidInput(f"The dataset's labels {labels[:20]} are not those {ref} was trained on {trained[:20]}: "
+                           "its classification head has one output per label, in that order. Start from a "
+                           "version trained on the same labels, or train without init_from.")
+
+
+def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> list[str]:
+    """The uploaded dataset reads as the spec says (its columns, its labels); errors name it as the caller did.
+    Returns its labels (sorted; none for a causal-lm task)."""
     if dataset is None:
         raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
     with tempfile.TemporaryDirectory() as tmp:
@@ -478,7 +527,7 @@ def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str)
         path.write_bytes(dataset)
         label = checked.label_column if checked.task == "classification" else None
         try:
-            read_examples(path, text_column=checked.text_column, label_column=label)
+            return read_examples(path, text_column=checked.text_column, label_column=label)[1]
         except DatasetError as exc:  # named as the caller named it, not by this scratch path
             said = str(exc).replace(str(path), Path(dataset_name).name[:200])
             # the spec's fields, and where each client sets them (the dashboard has no command-line options)

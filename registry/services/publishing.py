@@ -55,7 +55,7 @@ MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
 OnRecord = Callable[[Session, m.AdapterVersion], None]
 #: What a publish may say of where the version came from (``lineage``), and the longest code revision.
 LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision", "published_via",
-                          "dataset_sha256", "dataset_bytes"})
+                          "dataset_sha256", "dataset_bytes", "parent_may_be_gone"})
 MAX_CODE_REVISION = 200
 #: From how many bytes to store a publish's quota is checked before they are stored, not only as it is recorded.
 EARLY_CHECK_BYTES = 1 << 20
@@ -303,9 +303,13 @@ def _record_sources(s: Session, version: m.AdapterVersion, lineage: dict[str, An
         try:
             row = resolve(s, parent)
         except NotFound as exc:
-            raise InvalidInput(f"parent {parent}: {exc} Name an existing version (owner/name:N or "
-                               "owner/name@ALIAS), or publish without a parent.") from exc
-        version.parent_version_id, version.parent_ref = row.id, version_ref(row)
+            if not lineage.get("parent_may_be_gone"):
+                raise InvalidInput(f"parent {parent}: {exc} Name an existing version (owner/name:N or "
+                                   "owner/name@ALIAS), or publish without a parent.") from exc
+            # a job's start, deleted while it trained: recorded by the ref it had (lineage: parent_deleted)
+            version.parent_ref = str(parent)
+        else:
+            version.parent_version_id, version.parent_ref = row.id, version_ref(row)
     version.code_revision = lineage.get("code_revision")
     via = lineage.get("published_via")
     version.published_via = dict(via) if via is not None else None

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -444,13 +445,21 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
         jobs.get(again.id)) or "")
 
 
+def test_a_spec_nested_too_deeply_is_a_422_in_words(server: tuple[str, str, Path]) -> None:
+    """Nested past the JSON parser's depth (an outsider's spec, session 28): a 500 before."""
+    url, _, _ = server
+    deep = '{"a": ' * 5000 + "1" + "}" * 5000
+    answer = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/deep", "spec": deep}, timeout=30)
+    assert answer.status_code == 422 and "spec nests too deeply" in answer.json()["detail"]
+
+
 def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(registry: Registry,
                                                                              tmp_path: Path) -> None:
     """init_from (`vera job submit --from`): pinned to the version's number at submission; the worker trains from its
     vectors and head (at a learning rate of ~0 they stay the version's, far from a cold start's d=0.1, b=0) at its
     rank, and the result names it as its parent. A version the submitter may not read is as if it did not exist;
     a spec that contradicts the version is refused before anything is queued."""
-    from registry.services.tokens import Principal
+    from registry.services.tokens import LOCAL_USER, Principal
     from registry.worker import Worker
     from vera_core import read_adapter, save_adapter
     from vera_core.recipes import TrainSpec, build
@@ -461,7 +470,8 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
             if "vera_lambda" in name:
                 parameter.uniform_(-1, 1)
     save_adapter(model, tmp_path / "start")
-    registry.publish(tmp_path / "start", owner="ann", name="clf", base_model="minilm")
+    registry.publish(tmp_path / "start", owner="ann", name="clf", base_model="minilm",
+                     metrics={"labels": ["negative", "positive"]})
     registry.set_alias("ann/clf:1", "prod", actor="ann")
     registry.publish(tmp_path / "start", owner="ann", name="secret", base_model="minilm", visibility="private")
     jobs = Jobs(registry)
@@ -469,19 +479,35 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
     ann = Principal(owner="ann", scopes=frozenset({"read", "publish"}))
     warm = {"demo": True, "init_from": "ann/clf@prod", "training": {"max_steps": 1, "lr": 1e-12, "head_lr": 1e-12}}
     for given, error, message in (
-            ({**warm, "init_from": "ann/secret:1"}, NotFound, "init_from ann/secret:1: no such version that you "
+            ({**warm, "init_from": "ann/secret:1"}, NotFound, "init_from ann/secret:1: no such adapter that you "
                                                               "may read"),
-            ({**warm, "init_from": "ann/none:1"}, NotFound, "init_from ann/none:1: no such version"),
+            ({**warm, "init_from": "ann/none:1"}, NotFound, "init_from ann/none:1: no such adapter that you may"),
+            ({**warm, "init_from": "ann/clf:9"}, NotFound, "init_from ann/clf:9: .*9"),  # readable: its versions said
             ({**warm, "init_from": 7}, InvalidInput, "init_from must name a version of this registry"),
-            ({**warm, "r": 8}, InvalidInput, r"r=8 differs from the adapter it starts from \(ann/clf:1: 16\)")):
+            ({**warm, "init_from": "/etc/passwd"}, InvalidInput, "init_from must name a version of this registry"),
+            ({**warm, "r": 8}, InvalidInput, r"r=8 differs from the adapter it starts from \(init_from ann/clf:1: "
+                                             r"16\)")):
         with pytest.raises(error, match=message):
             jobs.submit(given, owner="bob", target="bob/x", viewer=bob)
-    assert jobs.list_jobs() == []
+    blobs = set(registry.blobs.digests())
+    three = b"text,label\n" + b"".join(b"w%d,%s\n" % (i, b"xyz"[i % 3:i % 3 + 1]) for i in range(30))
+    with pytest.raises(InvalidInput, match=r"The dataset's labels \['x', 'y', 'z'\] are not those ann/clf:1 was "
+                                           r"trained on \['negative', 'positive'\]"):
+        jobs.submit({"data": "x", "init_from": "ann/clf:1"}, owner="bob", target="bob/x", viewer=bob, dataset=three)
+    assert jobs.list_jobs() == [] and set(registry.blobs.digests()) == blobs  # no job, no dataset kept
     job = jobs.submit(warm, owner="bob", target="bob/warm", viewer=bob)
     assert job.spec["init_from"] == "ann/clf:1" and job.spec["r"] == 16  # pinned; the version's rank
-    assert jobs.submit({**warm, "init_from": "ann/secret:1"}, owner="ann", target="ann/x", viewer=ann).spec[
-        "init_from"] == "ann/secret:1"  # its owner reads it
-    jobs.cancel(jobs.list_jobs(owner="ann")[0].id, actor="ann")
+    # acme's members see acme's jobs; eve, its reader, may not read ann's private start
+    registry.access.create_organization("acme", creator="ann")
+    registry.access.set_member("acme", "eve", "read", viewer=LOCAL_USER)
+    eve = Principal(owner="eve", scopes=frozenset({"read"}), roles={"acme": "read"})
+    private_start = jobs.submit({**warm, "init_from": "ann/secret:1"}, owner="acme", target="acme/x", viewer=ann)
+    assert jobs.get(private_start.id, viewer=eve).spec["init_from"] == "(a version you may not read)"
+    assert [j.spec["init_from"] for j in jobs.list_jobs(owner="acme", viewer=eve)] == [
+        "(a version you may not read)"]
+    acme_ann = Principal(owner="ann", scopes=frozenset({"read", "publish"}), roles={"acme": "admin"})
+    assert jobs.get(private_start.id, viewer=acme_ann).spec["init_from"] == "ann/secret:1"
+    jobs.cancel(private_start.id, actor="ann")
     registry.publish(tmp_path / "start", owner="ann", name="clf", base_model="minilm")
     registry.set_alias("ann/clf:2", "prod", actor="ann")  # @prod moving after submission changes nothing
     assert Worker(jobs, name="w", log=lambda line: None).run_once()
@@ -492,13 +518,19 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
     trained, started = read_adapter(registry.fetch("bob/warm:1", tmp_path / "got")), read_adapter(tmp_path / "start")
     vectors = [k for k in started.tensors if "vera_lambda" in k]
     assert vectors and all(torch.allclose(trained.tensors[k], started.tensors[k], atol=1e-6) for k in vectors)
-    gone = jobs.submit(warm, owner="bob", target="bob/gone", viewer=bob)
-    assert gone.spec["init_from"] == "ann/clf:2"
-    registry.delete("ann/clf:2", actor="ann")
+    # renamed after submission: followed to its new name (its version numbers go with it), which the result names
+    moved = jobs.submit(warm, owner="bob", target="bob/moved", viewer=bob)
+    registry.move("ann/clf", "ann/renamed", actor="ann")
+    assert Worker(jobs, name="w", log=lambda line: None).run_once()
+    assert jobs.get(moved.id).status == "succeeded" and registry.get("bob/moved:1").lineage["parent"] == \
+        "ann/renamed:2"
+    gone = jobs.submit({**warm, "init_from": "ann/renamed:2"}, owner="bob", target="bob/gone", viewer=bob)
+    registry.delete("ann/renamed:2", actor="ann")
     assert Worker(jobs, name="w", log=lambda line: None).run_once()
     failed = jobs.get(gone.id)
-    assert failed.status == "failed" and "ann/clf:2, which the job starts from (init_from), was deleted after it " \
+    assert failed.status == "failed" and "The version the job starts from (init_from) was deleted after the job " \
                                          "was queued" in (failed.error or "")
+    assert "ann/renamed" not in (failed.error or "")  # the job's readers may not read the version it named
 
 
 def test_a_jobs_progress_keeps_the_last_training_loss_through_an_evaluation() -> None:

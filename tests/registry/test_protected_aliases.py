@@ -5,7 +5,8 @@ the service on SQLite and PostgreSQL (an organisation's rename keeps its protect
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import Forbidden, InvalidInput, NotFound
+from registry.domain.schemas import AdapterUpdate
 from registry.services.registry import Registry
 from registry.services.tokens import Principal, Role, create_token
 from registry.store import models as m
@@ -154,3 +156,31 @@ def test_protections_follow_a_rename_and_go_with_the_organisation(registry: Regi
     registry.access.delete_organization("crew", viewer=member("crew", "admin"))
     with registry.db.session() as s:
         assert s.scalar(select(func.count()).select_from(m.ProtectedAlias)) == 0
+
+
+def test_the_services_refuse_unless_told_the_caller_administers_the_owner(registry: Registry,
+                                                                          tmp_path: Path) -> None:
+    """The safe default: a service call that does not say the caller administers the owner (a route that forgot
+    to decide) is refused as a writer's would be; told so (protected_too, protected_at), it goes ahead."""
+    admin = Principal(owner="alice", scopes=frozenset({"read", "publish"}), roles={"team": "admin"})
+    registry.access.create_organization("team", creator="alice")
+    source = make_adapter(tmp_path / "a")
+    for _ in range(2):
+        registry.publish(source, owner="team", name="clf", base_model="tiny-llama")
+    registry.set_alias("team/clf:1", "prod", actor="alice")
+    registry.access.protect_alias("team", "prod", viewer=admin)
+    refusals: list[Callable[[], object]] = [
+        lambda: registry.set_alias("team/clf:2", "prod", actor="bob"),
+        lambda: registry.remove_alias("team/clf", "prod", actor="bob"),
+        lambda: registry.delete("team/clf:1", actor="bob"),
+        lambda: registry.delete_adapter("team/clf", actor="bob"),
+        lambda: registry.move("team/clf", "team/other", actor="bob"),
+        lambda: registry.update_adapter("team/clf", AdapterUpdate(visibility="private"), actor="bob"),
+    ]
+    for refused in refusals:
+        with pytest.raises(Forbidden, match="The alias 'prod' is protected in team"):
+            refused()
+    assert registry.get("team/clf@prod").version == 1 and registry.adapter("team/clf").visibility == "public"
+    assert registry.set_alias("team/clf:2", "prod", actor="alice", protected_too=True).version == 2
+    registry.move("team/clf", "team/other", actor="alice", protected_at=frozenset())
+    assert registry.get("team/other@prod").version == 2

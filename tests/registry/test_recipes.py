@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from tests.registry.test_cli import vera
 from tests.registry.tiny_lm import WORDS, save_tiny_llama
-from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter
+from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter
 from vera_core.data import SequenceClassification, word_polarity
 from vera_core.recipes import (
     DEMO_TARGETS,
@@ -20,6 +21,7 @@ from vera_core.recipes import (
     build,
     published_metrics,
     resolve_base,
+    run,
     started_spec,
 )
 
@@ -148,12 +150,38 @@ def test_a_warm_start_refuses_what_the_adapter_does_not_fit(demo_run: Path, tmp_
     three = tmp_path / "three.csv"
     three.write_text("text,label\n" + "".join(f"w{i},{'abc'[i % 3]}\n" for i in range(60)))
     result = vera("train", "--data", str(three), "--from", str(demo_run), "--out", str(tmp_path / "x"))
-    assert result.returncode == 1 and "Cannot start from" in result.stderr
-    assert "start from an adapter trained on the same labels" in " ".join(result.stderr.split())
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "The dataset's labels ['a', 'b', 'c'] are not those the adapter it starts " \
+                                      "from was trained on ['negative', 'positive']" in said
+    assert "Start from an adapter trained on the same labels" in said
     ref = vera("train", "--demo", "--from", "alice/clf@prod", "--out", str(tmp_path / "x"))
     assert ref.returncode == 1
     assert "fetch it first: `vera fetch alice/clf@prod -o start`" in " ".join(ref.stderr.split())
     assert not (tmp_path / "x").exists()
+
+
+def test_a_warm_start_from_stored_projections_keeps_them(demo_run: Path, tmp_path: Path) -> None:
+    """An adapter whose A and B are stored, not the seed's, is trained on those: the result stores them too (saved
+    seed-only, it could not be loaded: the seed gives other matrices)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = load_adapter(AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"), num_labels=2),
+                         demo_run, is_trainable=True)
+    with torch.no_grad():
+        model.projection.vera_A.neg_()
+    stored = save_adapter(model, tmp_path / "stored", save_projection=True)
+    shutil.copy(demo_run / "metrics.json", stored / "metrics.json")
+    differ = "The stored projections differ from what seed 0"
+    with pytest.warns(UserWarning, match=differ):
+        run(TrainSpec(demo=True, init_from=str(stored), training={"max_steps": 1, "lr": 1e-12, "head_lr": 1e-12}),
+            tmp_path / "out")
+    result = read_adapter(tmp_path / "out")
+    assert result.has_projection and torch.equal(result.tensors["base_model.vera_A"],
+                                                 read_adapter(stored).tensors["base_model.vera_A"])
+    with pytest.warns(UserWarning, match=differ):
+        again = load_adapter(AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"),
+                                                                                num_labels=2), tmp_path / "out")
+    assert not again.projection_reproducible  # loaded, with its own A and B
 
 
 def test_spec_validation() -> None:
