@@ -138,6 +138,9 @@ def about(info: VersionInfo) -> None:
         st.markdown(" ".join(f":blue-badge[{tag}]" for tag in info.tags))
     else:
         st.caption("No tags.")
+    if info.properties:  # key=value, as MLflow shows a model version's tags; a table: values are any text
+        tables.show(pd.DataFrame({"property": list(info.properties), "value": list(info.properties.values())}),
+                    whole=True, hide_index=True, key=f"properties-{info.ref}")
     st.markdown(f"{VISIBILITY_BADGES.get(info.visibility, info.visibility)} "
                 f":gray-badge[:material/download: {formats.counted(info.downloads, 'download')}]",
                 help="private: only its owner, the owning organisation's members and admins see it")

@@ -59,20 +59,43 @@ def _done(ref: str, outcome: Outcome, where: str = "top") -> None:
     st.cache_data.clear()
 
 
-def save_version(ref: str, description: str, tags: list[str]) -> None:
-    """``on_click`` of Save version: sends what changed (description; tags added and removed)."""
+def split_properties(text: str) -> dict[str, str] | Unsent:
+    """'validation=passed' per line -> {'validation': 'passed'} (blank lines skipped; the first '=' splits, the key
+    trimmed); a line without '=' is an Unsent saying which."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, equals, value = line.partition("=")
+        if not equals or not key.strip():
+            return Unsent(f"Nothing saved: the properties line {line.strip()[:80]!r} is not KEY=VALUE (one "
+                          "property a line, e.g. validation=passed).")
+        found[key.strip()] = value
+    return found
+
+
+def save_version(ref: str, description: str, tags: list[str], properties: dict[str, str]) -> None:
+    """``on_click`` of Save version: sends what changed (description; tags added and removed; properties set and
+    removed)."""
     new_description = st.session_state[f"edit-description-{ref}"]
     new_tags = split_tags(st.session_state[f"edit-tags-{ref}"])
+    new_properties = split_properties(st.session_state.get(f"edit-properties-{ref}", ""))
+    if isinstance(new_properties, Unsent):
+        _done(ref, new_properties)
+        return
     added, removed = [t for t in new_tags if t not in tags], [t for t in tags if t not in new_tags]
+    setting = {k: v for k, v in new_properties.items() if properties.get(k) != v}
+    dropping = [k for k in properties if k not in new_properties]
     changes = (["description"] if new_description != description else []) + [f"+{t}" for t in added] + [
-        f"-{t}" for t in removed]
+        f"-{t}" for t in removed] + [f"{k}={v}" for k, v in setting.items()] + [f"-{k}" for k in dropping]
     if not changes:
         _done(ref, Unsent("Nothing changed."))
         return
     try:
         session.call(lambda c: c.update_version(
             ref, description=new_description if new_description != description else None,
-            add_tags=added or None, remove_tags=removed or None))
+            add_tags=added or None, remove_tags=removed or None, set_properties=setting or None,
+            remove_properties=dropping or None))
     except RegistryError as exc:
         _done(ref, exc)
     else:
@@ -244,7 +267,12 @@ def version_form(info: VersionInfo) -> None:
         st.text_area("Version description", value=info.description, key=f"edit-description-{info.ref}")
         st.text_input("Tags", value=", ".join(info.tags), key=f"edit-tags-{info.ref}",
                       help="comma-separated; lowercase letters, digits, '.', '_', '-'")
-        st.form_submit_button("Save version", on_click=save_version, args=(info.ref, info.description, info.tags))
+        st.text_area("Properties", value="\n".join(f"{k}={v}" for k, v in info.properties.items()),
+                     key=f"edit-properties-{info.ref}", placeholder="validation=passed",
+                     help="KEY=VALUE, one a line (keys: lowercase letters, digits, '.', '_', '-'); a line removed "
+                          "removes its property")
+        st.form_submit_button("Save version", on_click=save_version,
+                              args=(info.ref, info.description, info.tags, info.properties))
 
 
 def adapter_form(info: VersionInfo, adapter: AdapterInfo) -> None:

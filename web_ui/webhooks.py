@@ -20,7 +20,7 @@ EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", 
                 "version-evaluate": "an evaluation is recorded on a version",
                 "version-evaluation-delete": "an evaluation is deleted from a version",
                 "adapter-edit": "an adapter's description, card or visibility changes",
-                "version-edit": "a version's description or tags change"}
+                "version-edit": "a version's description, tags or properties change"}
 
 
 def owners(who: WhoAmI, published: list[str] | None = None) -> list[str]:

@@ -260,6 +260,29 @@ def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> N
         assert client.adapter("alice/grandchild").card == "# Grandchild\n\nA card."
 
 
+def test_a_writer_sets_and_removes_properties_and_the_page_shows_them(registry: dict[str, Any]) -> None:
+    publish_one(registry, "propertied")
+    ref = "alice/propertied:1"
+    at = page("adapter", registry, query={"ref": ref}, adapter_tab="Edit")
+    at.text_area(key=f"edit-properties-{ref}").set_value("validation=passed\n\nreviewer = bob [lead](x)\n")
+    click(at, "Save version")
+    assert not at.exception
+    assert any(s.value == f"Saved {ref}: validation=passed, reviewer= bob [lead](x)." for s in at.success)
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["property", "value"])
+    assert shown.to_dict("list") == {"property": ["reviewer", "validation"], "value": [" bob [lead](x)", "passed"]}
+    at.text_area(key=f"edit-properties-{ref}").set_value("validation=passed")
+    click(at, "Save version")
+    assert any(s.value == f"Saved {ref}: -reviewer." for s in at.success)
+    at.text_area(key=f"edit-properties-{ref}").set_value("validation passed")  # no '=': nothing is sent
+    click(at, "Save version")
+    assert [w.value for w in at.warning if "is not KEY=VALUE" in w.value] and not at.success
+    at.text_area(key=f"edit-properties-{ref}").set_value("Bad Key=1")  # the registry's refusal, shown
+    click(at, "Save version")
+    assert any("Property key 'Bad Key' is not a valid name" in e.value for e in at.error)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get(ref).properties == {"validation": "passed"}
+
+
 def test_a_refused_edit_shows_the_registrys_message(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, query={"ref": "alice/base:1"}, adapter_tab="Edit")
     at.text_input(key="edit-tags-alice/base:1").set_value("Not A Tag!")
