@@ -298,7 +298,9 @@ def protected_aliases(who: WhoAmI, owner: str) -> tuple[list[str], bool]:
         org = session.read(RegistryClient.organization, owner)
     except RegistryError:  # a user's name (a registry admin's view), or gone meanwhile
         return [], True
-    return org.protected_aliases, "admin" in who.scopes or who.organizations.get(owner) == "admin"
+    # as the registry decides it (administers): a token that may write here, an admin of it or of the registry
+    return org.protected_aliases, may_write(who, owner) and ("admin" in who.scopes
+                                                              or who.organizations.get(owner) == "admin")
 
 
 def alias_form(info: VersionInfo, adapter: AdapterInfo, protected: list[str], may_override: bool) -> None:

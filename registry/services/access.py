@@ -9,6 +9,7 @@ push, jobs and the model server alike. The rights themselves are decided by regi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, exists, or_, select, true, update
@@ -186,6 +187,8 @@ class Access:
             elif current.role != role:
                 _keep_an_admin(org, member, role)
                 current.role = role
+                if role == "read":
+                    _pause_webhooks_of(s, organization, member, viewer.owner, "its creator may no longer write here")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
                                detail={"member": member, "role": role}))
             s.flush()
@@ -202,6 +205,7 @@ class Access:
                 raise NotFound(f"{member} is not a member of {organization}.")
             _keep_an_admin(org, member, None)
             org.members.remove(current)
+            _pause_webhooks_of(s, organization, member, viewer.owner, "its creator left the organisation")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))
             s.flush()
@@ -378,6 +382,18 @@ class Access:
         except DbIntegrityError as exc:  # a concurrent create took the name between the check and the write
             raise Conflict(f"The owner name {new_name!r} was taken while {name} was renamed; nothing was renamed. "
                            "Choose another name.") from exc
+
+
+def _pause_webhooks_of(s: Session, organization: str, member: str, actor: str, why: str) -> None:
+    """Pause the organisation's webhooks that ``member`` created, now that it may no longer manage them: their URLs
+    are its, and the events they carry (descriptions, cards, private adapters' names) are the organisation's. Each is
+    audited as webhook-update (``detail.active`` false, ``detail.reason``); an admin reviews it and resumes it
+    (`vera webhook edit ID --active`) or removes it."""
+    for hook in s.scalars(select(m.Webhook).where(m.Webhook.owner == organization, m.Webhook.created_by == member,
+                                                  m.Webhook.active.is_(True))):
+        hook.active, hook.updated_at = False, datetime.now(UTC)
+        s.add(m.AuditEvent(actor=actor, action="webhook-update", target=f"{organization}/webhooks/{hook.id}",
+                           detail={"active": False, "reason": f"paused: {why} ({member})"}))
 
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:

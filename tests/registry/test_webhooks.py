@@ -474,3 +474,32 @@ def test_a_name_with_many_silent_addresses_shares_one_deadline(monkeypatch: pyte
     outcome = Sender(timeout_s=1, allow_private=True).send(_message("http://many.example/hook"))
     assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
     assert time.monotonic() - started < 2 and sum(tried) <= 1.05, tried  # not 6 s
+
+
+def test_a_members_webhooks_pause_when_it_leaves_or_may_only_read(server: dict[str, Any],
+                                                                   receiver: Receiver) -> None:
+    """A writer's webhook for its organisation went on receiving the organisation's events (descriptions, cards)
+    after the writer was removed (an outsider's walk, session 28): removed or made a reader, its webhooks pause,
+    audited with the reason; an admin resumes one."""
+    with client(server) as alice, client(server, "mallory") as mallory:
+        alice.create_organization("hooked")
+        alice.set_member("hooked", "mallory", "write")
+        removed = mallory.create_webhook("hooked", receiver.url("/removed"), events=["adapter-edit", "publish"])
+        kept = alice.create_webhook("hooked", receiver.url("/kept"), events=["publish"])
+        alice.remove_member("hooked", "mallory")
+        alice.publish(server["source"], "hooked/secret", base_model="tiny-llama")
+        alice.update_adapter("hooked/secret", description="the plan")
+        receiver.wait_for("/kept", 1)
+        hooks = {h.id: h for h in alice.webhooks("hooked")}
+        assert not hooks[removed.id].active and hooks[kept.id].active
+        events = alice.events(owner="hooked", action="webhook-update").events
+        assert [(e.target, e.actor, e.detail) for e in events] == [
+            (f"hooked/webhooks/{removed.id}", "alice",
+             {"active": False, "reason": "paused: its creator left the organisation (mallory)"})]
+        alice.set_member("hooked", "mallory", "write")
+        demoted = mallory.create_webhook("hooked", receiver.url("/demoted"), events=["publish"])
+        alice.set_member("hooked", "mallory", "read")
+        assert not next(h for h in alice.webhooks("hooked") if h.id == demoted.id).active
+        assert alice.update_webhook(removed.id, active=True).active  # an admin may resume it
+        time.sleep(1)
+    assert receiver.at("/removed") == [] and receiver.at("/demoted") == []

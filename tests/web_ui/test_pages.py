@@ -408,8 +408,9 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
 
 
 def test_train_page_starts_a_job_from_a_version_and_shows_a_refusal(registry: dict[str, Any]) -> None:
-    """Start from: the version is pinned and decides the rank (the form's 256 is the default: not a contradiction);
-    one the registry refuses (a base model its jobs do not train) is said on the page and queues nothing."""
+    """Start from reaches the registry, which takes the version's base model (the form's minilm is the default, as
+    its 256 rank is: not a contradiction) and refuses it here (a base model its jobs do not train): said on the
+    page, nothing queued. A warm-start job queued and run: tests/registry/test_jobs.py."""
     with RegistryClient(registry["url"], registry["token"]) as client:
         before = len(client.jobs())
         not_minilm = client.get("alice/model0:1").base_model
