@@ -221,8 +221,7 @@ class Jobs:
             info, config = self.registry.vera_config(ref)
         except NotFound as exc:  # an adapter it may read: the registry's own words (its versions, its aliases)
             raise NotFound(f"init_from {ref}: {exc}") from None
-        labels = info.metrics.get("labels")
-        # a publish writes its base model into the config it stores
+        labels = info.metrics.get("labels")  # (its config names its base model: a publish writes it there)
         return info.ref, config, [str(label) for label in labels] if isinstance(labels, list) else None
 
     def _check_projection(self, vera: VeraConfig, base: str) -> int:
