@@ -362,7 +362,7 @@ class Worker:
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
                 out = folder.output if folder else Path(tmp) / "adapter"
-                spec = self._local_spec(job, Path(tmp))
+                spec = self._local_spec(job, folder.path / "start" if folder else Path(tmp) / "start", Path(tmp))
                 metrics = self._train(job, spec, Path(tmp), out, tracker, sync if folder is not None else None)
                 done.set()
                 beat.join()
@@ -439,21 +439,27 @@ class Worker:
                    f"(stored by {stored.worker} during attempt {stored.attempt})")
         return training_checkpoints.info(path)
 
-    def _local_spec(self, job: JobInfo, tmp: Path) -> TrainSpec:
-        """The job's spec with its uploaded dataset written into this worker's work area."""
+    def _local_spec(self, job: JobInfo, start: Path, tmp: Path) -> TrainSpec:
+        """The job's spec with its uploaded dataset written into this worker's work area, and the version it starts
+        from (if any) in ``start``: fetched there once (its bytes never change), so that a later attempt in the
+        job's folder has it even if the version was deleted meanwhile."""
         spec = TrainSpec(**job.spec)
         data = self.jobs.dataset(job)
         if data is not None:
             path = tmp / Path(spec.data or "uploaded.csv").name
             path.write_bytes(data)
             spec = replace(spec, data=str(path))
-        if spec.init_from is not None:  # the version it starts from (pinned at submission), as its files
+        if spec.init_from is None:
+            return spec
+        if not (start / "adapter_config.json").is_file():  # (the version pinned at submission)
             current = self._current(spec.init_from)
             if current is None:  # not named: the job's readers may not read it (Jobs' _shown_spec)
                 raise NotFound("The version the job starts from (init_from) was deleted after the job was queued; "
                                "submit it again from another version.")
-            spec = replace(spec, init_from=str(self.jobs.registry.fetch(current, tmp / "start")))
-        return spec
+            part = start.with_name(start.name + ".part")  # whole or not there: a fetch cut short leaves only this
+            shutil.rmtree(part, ignore_errors=True)
+            self.jobs.registry.fetch(current, part).rename(start)
+        return replace(spec, init_from=str(start))
 
     def _current(self, pinned: str) -> str | None:
         """The version ``pinned`` (owner/name:N, as a job's submission pinned it) under its adapter's name now (it

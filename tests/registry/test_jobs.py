@@ -531,6 +531,16 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
     assert failed.status == "failed" and "The version the job starts from (init_from) was deleted after the job " \
                                          "was queued" in (failed.error or "")
     assert "ann/renamed" not in (failed.error or "")  # the job's readers may not read the version it named
+    # a job's folder keeps the start it fetched: a later attempt there has it, deleted meanwhile or not
+    kept = jobs.submit({**warm, "init_from": "ann/renamed:1"}, owner="bob", target="bob/kept", viewer=bob)
+    worker = Worker(jobs, name="w", log=lambda line: None)
+    first = worker._local_spec(kept, tmp_path / "folder" / "start", tmp_path / "work")
+    registry.delete("ann/renamed:1", actor="ann")
+    again = worker._local_spec(kept, tmp_path / "folder" / "start", tmp_path / "work")
+    assert first.init_from == again.init_from == str(tmp_path / "folder" / "start")
+    assert read_adapter(tmp_path / "folder" / "start").config.r == 16
+    with pytest.raises(NotFound, match="The version the job starts from"):  # another machine: not kept there
+        worker._local_spec(kept, tmp_path / "elsewhere" / "start", tmp_path / "work")
 
 
 def test_a_jobs_progress_keeps_the_last_training_loss_through_an_evaluation() -> None:
