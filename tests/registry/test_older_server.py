@@ -84,14 +84,17 @@ def test_everyday_calls_of_todays_client_work_against_it(older: dict[str, Any], 
         assert client.get("alice/clf").version == 1  # latest skips the yanked
 
 
-def test_publish_with_a_dataset_warns_that_the_older_server_did_not_keep_it(older: dict[str, Any],
-                                                                           tmp_path: Path) -> None:
+def test_publish_warns_of_what_the_older_server_did_not_keep(older: dict[str, Any], tmp_path: Path) -> None:
+    """A dataset's hash and properties, fields the older server does not know (it ignores them)."""
     data = tmp_path / "train.jsonl"
     data.write_text('{"text": "good", "label": 1}\n')
     result = vera("publish", str(older["source"]), "--name", "alice/lineage", "--base-model", "tiny-llama",
-                  "--dataset", str(data), url=older["url"])
-    assert result.returncode == 0, result.stderr  # published: the version is there, without the data's hash
+                  "--dataset", str(data), "--property", "validation=passed", url=older["url"])
+    assert result.returncode == 0, result.stderr  # published: the version is there, without them
     assert "published alice/lineage:1" in result.stdout
-    assert f"the registry did not record --dataset {data} in alice/lineage:1's lineage" in result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"the registry did not record --dataset {data} in alice/lineage:1's lineage" in said
+    assert "the registry did not record the --property values on alice/lineage:1 (it is older than properties)" in said
     with RegistryClient(older["url"], cache=False) as client:
-        assert "dataset_sha256" not in client.get("alice/lineage:1").lineage
+        got = client.get("alice/lineage:1")
+        assert "dataset_sha256" not in got.lineage and got.properties == {}
