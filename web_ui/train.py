@@ -83,8 +83,9 @@ def launch() -> bool:
         # message of the page's can stay on screen about a name the box no longer holds
         target = c1.text_input("Publish as", placeholder="owner/name", required=True, validate=TARGET_PATTERN)
         c1.caption("owner/name in lowercase letters, digits, '.', '_' or '-'; the job publishes its next version")
-        base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a local directory "
-                                                                "on the worker")
+        base = c2.text_input("Base model", value="minilm", help="'minilm' (offline demo model) or a Hub id the "
+                                                                "registry's jobs train (VERA_JOB_BASE_MODELS), "
+                                                                "never a local directory")
         start = c2.text_input("Start from (optional)", placeholder="owner/name@prod",
                               help="a version to go on fine-tuning (its vectors and head): its rank, projection "
                                    "and base model are kept, and the result names it as its parent")

@@ -133,8 +133,8 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
 
 
 def show(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:
-    """Everything about a version: identity, aliases, projection, sizes, verification, tags, description,
-    metrics and lineage (--json: the version as the API gives it)."""
+    """Everything about a version: identity, aliases, projection, sizes, verification, tags, properties,
+    description, metrics and lineage (--json: the version as the API gives it)."""
     info = call_registry(registry, token, lambda c: c.get(ref))
     if as_json:
         print_json(info)

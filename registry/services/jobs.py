@@ -253,6 +253,8 @@ class Jobs:
                                "(`vera worker --device`). Leave it out; ask for a GPU with gpus=1 (`vera job submit "
                                "--gpus 1`).")
         base = spec.get("base_model", DEMO_MODEL)
+        if spec.get("init_from") is not None and base == DEMO_MODEL:  # the default: the start's base, checked then
+            return dict(spec)
         if base not in self.base_models:
             raise InvalidInput(f"Jobs on this registry train only {', '.join(map(repr, self.base_models))} "
                                f"(VERA_JOB_BASE_MODELS); got base_model={str(base)[:200]!r}.")

@@ -20,6 +20,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
+from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, running_server
 
 DEMO = {"demo": True}
@@ -489,6 +490,13 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
                                              r"16\)")):
         with pytest.raises(error, match=message):
             jobs.submit(given, owner="bob", target="bob/x", viewer=bob)
+    # a registry whose jobs train only another base: the form's default 'minilm' is not held against a warm start,
+    # whose base is the version's (here refused further on, tiny-llama being in no Hub cache of this machine)
+    registry.publish(make_adapter(tmp_path / "llama"), owner="ann", name="llama", base_model="tiny-llama")
+    with pytest.raises(InvalidInput, match="Base model 'tiny-llama' is neither 'minilm', a local directory, nor"):
+        Jobs(registry, base_models=("tiny-llama",)).submit({"demo": True, "base_model": "minilm",
+                                                            "init_from": "ann/llama:1"},
+                                                           owner="bob", target="bob/y", viewer=bob)
     blobs = set(registry.blobs.digests())
     three = b"text,label\n" + b"".join(b"w%d,%s\n" % (i, b"xyz"[i % 3:i % 3 + 1]) for i in range(30))
     with pytest.raises(InvalidInput, match=r"The dataset's labels \['x', 'y', 'z'\] are not those ann/clf:1 was "
