@@ -351,6 +351,8 @@ def page() -> None:
         orgs = session.call(RegistryClient.organizations)
         if wanted not in {o.name for o in orgs}:
             st.warning(f"You belong to no organisation {wanted!r} (or it was renamed or deleted): showing yours.")
+    if "admin" not in who.scopes and any(o.name not in who.organizations for o in orgs):
+        who = session.call(RegistryClient.whoami)  # a role given in the last seconds: the cached one lacks it
     names = [o.name for o in orgs]
     if not names:
         st.info("You belong to no organisation yet. An organisation's admin adds you, or create one below.")

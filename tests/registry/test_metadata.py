@@ -94,7 +94,9 @@ BAD = [
     ("version", {"tags": {"add": [f"t{i}" for i in range(70)]}}, "at most 64 tags; this change would leave 71"),
     ("version", {"tags": ["a"]}, "tags: Input should be a valid dictionary"),
     ("version", {"description": "d" * 10_001}, "description must be text of at most 10,000 characters"),
-    ("version", {}, "Nothing to change: send description, or tags"),
+    ("version", {}, "Nothing to change: send description, tags ("),
+    ("version", {"properties": {"set": {"a": "x"}, "remove": ["a"]}}, "properties: a both set and removed"),
+    ("version", {"properties": {"set": {"a": 1}}}, "properties.set.a: Input should be a valid string"),
     ("version", {"yanked": True}, "yanked: Extra inputs are not permitted"),
 ]
 

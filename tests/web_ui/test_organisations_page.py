@@ -323,3 +323,17 @@ def test_in_local_mode_storage_is_shown_for_the_owners_that_published(tmp_path: 
         assert at.selectbox(key="orgs_storage_owner").value == "you"
         assert texts(at, "caption").count("you: 1 adapter, 1 version, ") == 1 and stored > 0
         assert at.query_params["storage"] == "you"
+
+
+def test_an_organisation_made_seconds_ago_shows_its_creators_role(registry: dict[str, Any]) -> None:
+    """The page's reads are cached 5 s: an organisation created (or joined) just after the page was last read was
+    shown with "Your role in it: none" and no admin forms (the final CI of session 28)."""
+    assert not page(registry, "alice").exception  # whoami read and cached, before the organisation exists
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.create_organization("fresh")
+    at = page(registry, "alice", {"org": "fresh"})
+    assert not at.exception
+    assert "**Add a member to fresh, or change a role**" in texts(at, "markdown")  # its admin's forms
+    assert "Your role in fresh: none" not in texts(at, "caption")
+    with RegistryClient(registry["url"], registry["alice"]) as client:
+        client.delete_organization("fresh")
