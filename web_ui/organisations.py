@@ -337,6 +337,20 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
         rename_form(org)
 
 
+def current(who: WhoAmI) -> tuple[list[OrganizationInfo], WhoAmI]:
+    """The caller's organisations and whoami, asked again (uncached) when the URL names an organisation the cached
+    list lacks, or the list one the cached whoami lacks: created or joined in the last seconds (reads are cached
+    for 5 s), which showed another organisation, or this one with "Your role: none" and no admin forms."""
+    orgs = session.read(RegistryClient.organizations)
+    if (wanted := st.query_params.get("org")) and wanted not in {o.name for o in orgs}:
+        orgs = session.call(RegistryClient.organizations)
+        if wanted not in {o.name for o in orgs}:
+            st.warning(f"You belong to no organisation {wanted!r} (or it was renamed or deleted): showing yours.")
+    if "admin" not in who.scopes and any(o.name not in who.organizations for o in orgs):
+        who = session.call(RegistryClient.whoami)
+    return orgs, who
+
+
 def page() -> None:
     st.title("Organisations")
     who = session.read(RegistryClient.whoami)
@@ -345,14 +359,7 @@ def page() -> None:
         return
     result()
     your_invitations(who)
-    orgs = session.read(RegistryClient.organizations)
-    if (wanted := st.query_params.get("org")) and wanted not in {o.name for o in orgs}:
-        # created or joined in the last seconds (reads are cached for 5 s): asked again before another is shown
-        orgs = session.call(RegistryClient.organizations)
-        if wanted not in {o.name for o in orgs}:
-            st.warning(f"You belong to no organisation {wanted!r} (or it was renamed or deleted): showing yours.")
-    if "admin" not in who.scopes and any(o.name not in who.organizations for o in orgs):
-        who = session.call(RegistryClient.whoami)  # a role given in the last seconds: the cached one lacks it
+    orgs, who = current(who)
     names = [o.name for o in orgs]
     if not names:
         st.info("You belong to no organisation yet. An organisation's admin adds you, or create one below.")
