@@ -330,10 +330,10 @@ def test_an_organisation_made_seconds_ago_shows_its_creators_role(registry: dict
     shown with "Your role in it: none" and no admin forms (the final CI of session 28)."""
     assert not page(registry, "alice").exception  # whoami read and cached, before the organisation exists
     with RegistryClient(registry["url"], registry["alice"]) as client:
-        client.create_organization("fresh")
-    at = page(registry, "alice", {"org": "fresh"})
+        client.create_organization("newest")
+    at = page(registry, "alice", {"org": "newest"})
     assert not at.exception
-    assert "**Add a member to fresh, or change a role**" in texts(at, "markdown")  # its admin's forms
-    assert "Your role in fresh: none" not in texts(at, "caption")
+    assert "**Add a member to newest, or change a role**" in texts(at, "markdown")  # its admin's forms
+    assert "Your role in newest: none" not in texts(at, "caption")
     with RegistryClient(registry["url"], registry["alice"]) as client:
-        client.delete_organization("fresh")
+        client.delete_organization("newest")
