@@ -8,10 +8,10 @@ import json
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import Page, check_text
+from registry.domain.schemas import Page, VersionInfo, check_text
 from registry.services.access import readable_clause
 from registry.services.downloads import download_counts
 from registry.services.filters import MetricOrder, filter_conditions, mentions, metric_order, parse_filter
@@ -75,21 +75,34 @@ class Search:
         order = (column.desc(), m.AdapterVersion.id.desc()) if descending else (column.asc(), m.AdapterVersion.id.asc())
         query = query.order_by(*order).limit(limit + 1).options(
             selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
-            selectinload(m.AdapterVersion.tags), selectinload(m.AdapterVersion.properties))
+            selectinload(m.AdapterVersion.tags))
         with self.db.session() as s:
             total = s.scalar(counting) if with_total else None
             rows = list(s.scalars(query))
-            aliases: dict[int, list[str]] = {}
-            for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name).where(
-                    m.Alias.version_id.in_([v.id for v in rows])).order_by(m.Alias.name)):
-                aliases.setdefault(version_id, []).append(alias)
-            downloads = download_counts(s, [v.id for v in rows[:limit]])
-            items = [version_info(s, v, aliases.get(v.id, []), downloads.get(v.id, 0)) for v in rows[:limit]]
+            items = _infos(s, rows[:limit])
             last, next_cursor = (rows[limit - 1] if len(rows) > limit else None), None
             if last is not None:  # the sorted value of the page's last row, and its id
                 last_value = metric.value_of(s, last.id) if metric is not None else getattr(last, column.key)
                 next_cursor = _encode_cursor(sort, last_value, last.id)
         return Page(items=items, next_cursor=next_cursor, total=total)
+
+
+def _infos(s: Session, rows: list[m.AdapterVersion]) -> list[VersionInfo]:
+    """The page's versions with their aliases, download counts and properties, a query each for the whole page
+    (as rows, not ORM objects: cheaper than loading relationships)."""
+    ids = [v.id for v in rows]
+    aliases: dict[int, list[str]] = {}
+    for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name).where(
+            m.Alias.version_id.in_(ids)).order_by(m.Alias.name)):
+        aliases.setdefault(version_id, []).append(alias)
+    downloads = download_counts(s, ids)
+    held: dict[int, dict[str, str]] = {}
+    for version_id, key, value in s.execute(select(
+            m.VersionProperty.version_id, m.VersionProperty.key, m.VersionProperty.value).where(
+            m.VersionProperty.version_id.in_(ids)).order_by(m.VersionProperty.key)):
+        held.setdefault(version_id, {})[key] = value
+    return [version_info(s, v, aliases.get(v.id, []), downloads.get(v.id, 0), properties=held.get(v.id, {}))
+            for v in rows]
 
 
 def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r: int | None, seed: int | None,

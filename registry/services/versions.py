@@ -23,6 +23,7 @@ from registry.services.lookup import (
     move_latest,
     projection_spec,
     resolve,
+    resolve_info,
     version_info,
     version_ref,
     version_tensors,
@@ -51,7 +52,7 @@ class Versions:
 
     def get(self, ref: str | Ref) -> VersionInfo:
         with self.db.session() as s:
-            return version_info(s, resolve(s, ref))
+            return resolve_info(s, ref)[1]  # its aliases, tags, downloads and properties in the version's query
 
     def vera_config(self, ref: str | Ref) -> tuple[VersionInfo, VeraConfig]:
         """The version and its VeRA config (as its adapter_config.json says, with its projection's generator)."""
