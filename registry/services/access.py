@@ -387,8 +387,8 @@ class Access:
 def _pause_webhooks_of(s: Session, organization: str, member: str, actor: str, why: str) -> None:
     """Pause the organisation's webhooks that ``member`` created, now that it may no longer manage them: their URLs
     are its, and the events they carry (descriptions, cards, private adapters' names) are the organisation's. Each is
-    audited as webhook-update (``detail.active`` false, ``detail.reason``); an admin reviews it and resumes it
-    (`vera webhook edit ID --active`) or removes it."""
+    audited as webhook-update (``detail.active`` false, ``detail.reason``); whoever manages the organisation's
+    webhooks (its writers) reviews it, and resumes it (`vera webhook edit ID --active`) or removes it."""
     for hook in s.scalars(select(m.Webhook).where(m.Webhook.owner == organization, m.Webhook.created_by == member,
                                                   m.Webhook.active.is_(True))):
         hook.active, hook.updated_at = False, datetime.now(UTC)
