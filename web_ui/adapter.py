@@ -134,6 +134,9 @@ def about(info: VersionInfo) -> None:
     often its weights were downloaded."""
     if info.description:
         st.markdown(info.description)
+    if info.aliases:  # which version is prod, said where the version is (Browse shows it; this page did not)
+        st.markdown(" ".join(f":green-badge[@{alias}]" for alias in info.aliases),
+                    help="Its aliases: owner/name@ALIAS names this version")
     if info.tags:
         st.markdown(" ".join(f":blue-badge[{tag}]" for tag in info.tags))
     else:

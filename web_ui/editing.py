@@ -70,6 +70,8 @@ def split_properties(text: str) -> dict[str, str] | Unsent:
         if not equals or not key.strip():
             return Unsent(f"Nothing saved: the properties line {line.strip()[:80]!r} is not KEY=VALUE (one "
                           "property a line, e.g. validation=passed).")
+        if key.strip() in found:  # collapsed, the box would no longer show what is stored
+            return Unsent(f"Nothing saved: the property {key.strip()[:64]!r} is given twice; keep one line of it.")
         found[key.strip()] = value
     return found
 
@@ -309,16 +311,17 @@ def alias_form(info: VersionInfo, adapter: AdapterInfo, protected: list[str], ma
         f"`@{a}`" + (" :material/lock: protected" if a in protected else "") for a in info.aliases) or "none"))
     if protected:
         listed = ", ".join(f"`@{a}`" for a in protected)
+        them, they_name = ("it", "it names") if len(protected) == 1 else ("them", "they name")
         st.caption(f"{info.owner} protects {listed}: " + (
-            "you administer it, so you may point, remove, or delete what they name." if may_override else
-            f"only {info.owner}'s admins may point or remove them, or delete, rename or move what they name; "
-            f"ask one of them (the Organisations page lists them)."))
+            f"you administer it, so you may point, remove, or delete what {they_name}." if may_override else
+            f"only {info.owner}'s admins may point or remove {them}, or delete, rename, move or make private what "
+            f"{they_name}; ask one of them (the Organisations page lists them)."))
     with st.form(f"alias-set-{info.ref}"):
         st.text_input("Alias", value="", placeholder="prod", key=f"edit-alias-{info.ref}",
                       help=f"{name}@ALIAS then names this version (moved here if it named another one); "
                            "lowercase letters, digits, '.', '_', '-'")
         st.form_submit_button("Point alias here", on_click=point_alias, args=(info.ref, name, adapter.aliases))
-    removable = [a for a in info.aliases if a != "latest"]
+    removable = [a for a in info.aliases if a != "latest" and (may_override or a not in protected)]
     if removable:
         with st.form(f"alias-remove-{info.ref}"):
             st.selectbox("Alias to remove", removable, key=f"edit-unalias-{info.ref}",
@@ -351,8 +354,14 @@ def move_form(info: VersionInfo) -> None:
     result(info.ref, "move")
 
 
-def delete_form(info: VersionInfo) -> None:
+def delete_form(info: VersionInfo, guarded: list[str]) -> None:
+    """Deleting the version, once its reference is typed; ``guarded``: the protected aliases that name it, which
+    only its owner's admins take away (the button is then off, and says so)."""
     st.markdown(f"**Delete** {info.ref} (this cannot be undone)")
+    if guarded:
+        st.caption(f"{info.owner} protects {', '.join(f'@{a}' for a in guarded)}, which names {info.ref}: only "
+                   f"{info.owner}'s admins delete it (or point the alias elsewhere first).")
+        return
     held = [f"@{a}" for a in info.aliases if a != "latest"]
     adapter = f"{info.owner}/{info.name}"
     try:
@@ -390,9 +399,10 @@ def section(info: VersionInfo) -> None:
         return
     adapter = session.read(RegistryClient.adapter, f"{info.owner}/{info.name}")
     result(info.ref)
+    protected, may_override = protected_aliases(who, info.owner)
     version_form(info)
-    alias_form(info, adapter, *protected_aliases(who, info.owner))
+    alias_form(info, adapter, protected, may_override)
     yank_form(info)
     adapter_form(info, adapter)
     move_form(info)
-    delete_form(info)
+    delete_form(info, [] if may_override else [a for a in info.aliases if a in protected])

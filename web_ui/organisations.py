@@ -106,9 +106,12 @@ def cancel_invitation(org: str) -> None:
 
 
 def remove_member(org: str, member: str, leaving: bool) -> None:
-    """``on_click`` of Remove (an admin) or Leave (yourself)."""
+    """``on_click`` of Remove (an admin) or Leave (yourself; the URL then stops naming the organisation, which the
+    page would otherwise say you do not belong to)."""
     _change(f"You left {org}." if leaving else f"Removed {member} from {org}.",
             lambda c: c.remove_member(org, member))
+    if leaving and st.query_params.get("org") == org and not isinstance(st.session_state.get(RESULT), Exception):
+        del st.query_params["org"]
 
 
 def create(who: WhoAmI) -> None:

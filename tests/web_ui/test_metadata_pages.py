@@ -276,6 +276,9 @@ def test_a_writer_sets_and_removes_properties_and_the_page_shows_them(registry: 
     at.text_area(key=f"edit-properties-{ref}").set_value("validation passed")  # no '=': nothing is sent
     click(at, "Save version")
     assert [w.value for w in at.warning if "is not KEY=VALUE" in w.value] and not at.success
+    at.text_area(key=f"edit-properties-{ref}").set_value("validation=passed\nvalidation=failed")
+    click(at, "Save version")
+    assert [w.value for w in at.warning if "the property 'validation' is given twice" in w.value]
     at.text_area(key=f"edit-properties-{ref}").set_value("Bad Key=1")  # the registry's refusal, shown
     click(at, "Save version")
     assert any("Property key 'Bad Key' is not a valid name" in e.value for e in at.error)
@@ -431,8 +434,13 @@ def test_a_protected_alias_is_marked_and_a_writers_move_of_it_refused(registry: 
     at = page("adapter", {**registry, "token": writer}, query={"ref": "guarded/clf:1"}, adapter_tab="Edit")
     assert not at.exception
     assert "**Aliases** of guarded/clf:1: `@prod` :material/lock: protected" in texts(at)
-    [said] = [c.value for c in at.caption if c.value.startswith("guarded protects")]
+    [said] = [c.value for c in at.caption if c.value.startswith("guarded protects `@prod`, `@stable`")]
     assert said.startswith("guarded protects `@prod`, `@stable`: only guarded's admins may point or remove them")
+    assert "Remove alias" not in [b.label for b in at.button]  # prod is its only alias: not offered to a writer
+    assert "Delete this version" not in [b.label for b in at.button]  # prod names it: said instead
+    assert any(c.value.startswith("guarded protects @prod, which names guarded/clf:1: only guarded's admins delete "
+                                  "it") for c in at.caption)
+    assert ":green-badge[@prod]" in texts(at)  # the header says which version is prod
     at = page("adapter", {**registry, "token": writer}, query={"ref": "guarded/clf:2"}, adapter_tab="Edit")
     assert "**Aliases** of guarded/clf:2: `@latest`" in texts(at)  # latest is never protected
     at.text_input(key="edit-alias-guarded/clf:2").set_value("prod")
@@ -445,6 +453,7 @@ def test_a_protected_alias_is_marked_and_a_writers_move_of_it_refused(registry: 
     owner_view = page("adapter", {**registry, "token": carol}, query={"ref": "guarded/clf:1"}, adapter_tab="Edit")
     assert any(c.value.endswith("you administer it, so you may point, remove, or delete what they name.")
                for c in owner_view.caption)
+    assert {"Remove alias", "Delete this version"} <= {b.label for b in owner_view.button}  # its admin's
 
 
 @pytest.mark.parametrize(("typed", "said"), [
