@@ -32,7 +32,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import check_text
+from registry.domain.schemas import check_name, check_text
 from registry.store import models as m
 
 MAX_FILTER_LENGTH = 1000
@@ -52,7 +52,6 @@ PROVENANCE_PREFIX = "published_via."
 PROVENANCE_KEYS = ("publisher", "issuer", "subject")
 _CLAIM_KEY = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 PROPERTY_PREFIX = "properties."
-_PROPERTY_KEY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # as check_name: a property key is a name
 EXAMPLE = "metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
 _INT_RANGE = 2**63  # what a BIGINT holds (SQLite refuses larger Python ints)
 _SEED_RANGE = 2**64
@@ -223,9 +222,11 @@ def _field_name(token: Token) -> tuple[str, str | None]:
         return "published_via", key
     if text.lower().startswith(PROPERTY_PREFIX):
         key = text[len(PROPERTY_PREFIX):]
-        if not _PROPERTY_KEY.fullmatch(key):
+        try:
+            check_name(key, "Property key")  # a property key is a name, as publish and PATCH check it
+        except InvalidInput:
             raise _error(token.at, "properties.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or '-'",
-                         repr(text[:60]))
+                         repr(text[:60])) from None
         return "properties", key
     if text.lower() not in FIELDS:
         raise _error(token.at, _FIELD_LIST, repr(text[:60]))

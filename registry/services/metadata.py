@@ -114,14 +114,14 @@ def _change_properties(v: m.AdapterVersion, setting: dict[str, str], removing: l
                        ) -> tuple[dict[str, str], dict[str, str]] | None:
     """Set and remove the version's properties (keys not there are not removed); (before, after) if they changed.
     Rows of keys kept stay (a value set again is rewritten in place)."""
-    held = {p.key: p.value for p in v.properties}
+    rows = {p.key: p for p in v.properties}
+    held = {key: row.value for key, row in rows.items()}
     kept = dict(sorted({**{k: value for k, value in held.items() if k not in removing}, **setting}.items()))
     if len(kept) > MAX_PROPERTIES:
         raise InvalidInput(f"A version takes at most {MAX_PROPERTIES} properties; this change would leave "
                            f"{len(kept)}. Remove some first.")
     if kept == held:
         return None
-    rows = {p.key: p for p in v.properties}
     for key in set(held) - set(kept):
         v.properties.remove(rows[key])
     for key, value in setting.items():

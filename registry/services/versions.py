@@ -57,8 +57,8 @@ class Versions:
     def vera_config(self, ref: str | Ref) -> tuple[VersionInfo, VeraConfig]:
         """The version and its VeRA config (as its adapter_config.json says, with its projection's generator)."""
         with self.db.session() as s:
-            v = resolve(s, ref)
-            return version_info(s, v), _config(v)
+            v, info = resolve_info(s, ref)
+            return info, _config(v)
 
     def files(
         self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
