@@ -85,8 +85,8 @@ def _read_json(path: Path) -> dict[str, object]:
     return data
 
 
-def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
-    """Parse and check an adapter directory: config, tensors (safetensors only) and metadata."""
+def _adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The adapter folder's config and weights files, both there (AdapterFormatError saying what is missing)."""
     root = Path(path)
     if not root.is_dir():
         raise AdapterFormatError(f"{root} is not a directory; expected a PEFT adapter folder with {CONFIG_NAME}.")
@@ -100,12 +100,11 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
             if (root / PICKLE_NAME).exists() else ""
         )
         raise AdapterFormatError(f"{root} has no {WEIGHTS_NAME}.{hint}")
-    try:
-        with safe_open(str(weights_path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
+    return config_path, weights_path
+
+
+def _config_of(config_path: Path, weights_path: Path, metadata: dict[str, str]) -> VeraConfig:
+    """The config file's VeraConfig, with the generator the weights' metadata records (they must agree)."""
     raw = _read_json(config_path)
     recorded = metadata.get(META_GENERATOR)
     if recorded is not None and raw.get("projection_generator", recorded) != recorded:
@@ -116,10 +115,33 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
     if recorded is not None:
         raw = {**raw, "projection_generator": recorded}
     try:
-        config = VeraConfig.from_peft_dict(raw)
+        return VeraConfig.from_peft_dict(raw)
     except VeraConfigError as exc:
         raise AdapterFormatError(f"{config_path}: {exc}") from exc
-    files = AdapterFiles(config, tensors, metadata)
+
+
+def read_adapter_config(path: str | os.PathLike[str]) -> VeraConfig:
+    """The adapter folder's VeraConfig as read_adapter gives it, without reading its tensors (only the weights'
+    metadata): what a warm start needs to know before it loads them."""
+    config_path, weights_path = _adapter_paths(path)
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
+    return _config_of(config_path, weights_path, metadata)
+
+
+def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
+    """Parse and check an adapter directory: config, tensors (safetensors only) and metadata."""
+    config_path, weights_path = _adapter_paths(path)
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
+    files = AdapterFiles(_config_of(config_path, weights_path, metadata), tensors, metadata)
     _check_consistency(files, weights_path)
     return files
 

@@ -19,7 +19,7 @@ import torch
 
 from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, distributed, save_adapter
 from vera_core.callbacks import FileRelay, ProgressBar, TrainerCallback
-from vera_core.checkpoint import load_adapter, read_adapter
+from vera_core.checkpoint import load_adapter, read_adapter_config
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.trainer import Trainer, TrainingArguments
@@ -209,7 +209,7 @@ def run(
     """
     started = time.perf_counter()
     if spec.init_from is not None:
-        spec = started_spec(spec, read_adapter(spec.init_from).config, spec.init_from)
+        spec = started_spec(spec, read_adapter_config(spec.init_from), spec.init_from)  # tensors: loaded in build
     splits = load_splits(spec)
     if spec.init_from is not None:
         _check_start_labels(spec, splits.labels)
