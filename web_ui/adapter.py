@@ -181,7 +181,8 @@ def published_by(v: VersionInfo) -> str:
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
     tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
-                               "created": v.created_at, "yanked": v.yanked, "verification": v.verification_status,
+                               "created": v.created_at, "yanked": v.yanked,
+                               "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                                "published by": published_by(v)} for v in page.items]),
                 hide_index=True, width="stretch", column_config={
                     "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.domain.errors import NotFound, RegistryError
-from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI
+from registry.domain.errors import InvalidInput, NotFound, RegistryError
+from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI, parse_properties
 from web_ui import session
 
 RESULT = "edit_result"
@@ -60,20 +60,13 @@ def _done(ref: str, outcome: Outcome, where: str = "top") -> None:
 
 
 def split_properties(text: str) -> dict[str, str] | Unsent:
-    """'validation=passed' per line -> {'validation': 'passed'} (blank lines skipped; the first '=' splits, the key
-    trimmed); a line without '=' is an Unsent saying which."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        key, equals, value = line.partition("=")
-        if not equals or not key.strip():
-            return Unsent(f"Nothing saved: the properties line {line.strip()[:80]!r} is not KEY=VALUE (one "
-                          "property a line, e.g. validation=passed).")
-        if key.strip() in found:  # collapsed, the box would no longer show what is stored
-            return Unsent(f"Nothing saved: the property {key.strip()[:64]!r} is given twice; keep one line of it.")
-        found[key.strip()] = value
-    return found
+    """'validation=passed' per line -> {'validation': 'passed'}, blank lines skipped, as `vera publish --property`
+    reads them (registry.domain.schemas.parse_properties); a line without '=', or a key given twice, is an Unsent
+    saying which."""
+    try:
+        return parse_properties(line for line in text.splitlines() if line.strip())
+    except InvalidInput as exc:
+        return Unsent(f"Nothing saved: {exc} One property a line.")
 
 
 def save_version(ref: str, description: str, tags: list[str], properties: dict[str, str]) -> None:

@@ -164,8 +164,10 @@ def header(job: JobInfo) -> None:
     cols = st.columns(5)
     cols[0].metric("Status", status(job))
     total = p.get("total_steps")
-    cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total else "starting")
     active = job.status in ACTIVE_JOB_STATUSES
+    # a queued job read "Step: starting" while no worker had it yet (session 28's walk)
+    cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total
+                   else "waiting for a worker" if job.status == "queued" else "starting" if active else formats.MISSING)
     cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else formats.MISSING)
     # a finished job's progress holds its final eval metrics: its loss is the eval set's, named so (a new user read
     # an unlabelled "Loss" tile as the training loss: session 23's walk)
@@ -216,6 +218,11 @@ def _follow(job_id: int) -> None:
         st.warning(f"Cannot refresh job {job_id}: {exc}")
         return
     header(job)
+    if (start := job.spec.get("init_from")) is not None:  # the log never names it (readers of the job may not
+        # read it: the registry shows it to those who may, and "(a version you may not read)" to the others)
+        named = start.strip("()") if start.startswith("(") else start
+        st.caption(f"Starts from {named}: its d and b vectors and head, at its rank and projection (a warm start; "
+                   "the published version names it as its parent).")
     if (hint := unclaimed_hint(job)) is not None:
         st.warning(hint, icon=":material/engineering:")
     cancel_controls(job)

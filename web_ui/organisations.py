@@ -37,7 +37,10 @@ T = TypeVar("T")
 
 def members_table(org: OrganizationInfo) -> pd.DataFrame:
     return pd.DataFrame([{"member": x.member, "role": x.role, "since": f"{x.added_at:%Y-%m-%d}",
-                          "token": "no token yet" if x.has_token is False else "yes" if x.has_token else ""}
+                          # "token: yes" read as cryptic (session 28's walk): whether a token was ever made for the
+                          # name (none: nobody uses it yet, perhaps misspelt)
+                          "registry token": "none yet" if x.has_token is False else "created" if x.has_token
+                          else ""}
                          for x in org.members])
 
 
@@ -105,9 +108,29 @@ def cancel_invitation(org: str) -> None:
     _change(f"Cancelled the invitation of {member} to {org}.", lambda c: c.cancel_invitation(org, member))
 
 
+#: The organisation whose Leave was clicked and is asked about (Leave was one click: session 28's walk).
+LEAVE_ASKED = "orgs_leave_asked"
+
+
+def leave_controls(org: str, who: WhoAmI) -> None:
+    """Leave, asking first (as Cancel job does): leaving takes away the caller's role, which only an admin gives
+    back."""
+    if st.session_state.get(LEAVE_ASKED) != org:
+        st.button(f"Leave {org}", on_click=st.session_state.__setitem__, args=(LEAVE_ASKED, org))
+        return
+    st.warning(f"Leave {org}? You lose your {who.organizations.get(org, 'member')} role: its private adapters, jobs "
+               "and settings are no longer yours to see or change, and only one of its admins can add you again.")
+    yes, no, _ = st.columns([1, 1, 4])
+    yes.button(f"Yes, leave {org}", key="orgs-confirm-leave", type="primary", on_click=remove_member,
+               args=(org, who.user, True))
+    no.button("Stay", key="orgs-stay", on_click=st.session_state.pop, args=(LEAVE_ASKED, None))
+
+
 def remove_member(org: str, member: str, leaving: bool) -> None:
     """``on_click`` of Remove (an admin) or Leave (yourself; the URL then stops naming the organisation, which the
     page would otherwise say you do not belong to)."""
+    if leaving:
+        st.session_state.pop(LEAVE_ASKED, None)
     _change(f"You left {org}." if leaving else f"Removed {member} from {org}.",
             lambda c: c.remove_member(org, member))
     if leaving and st.query_params.get("org") == org and not isinstance(st.session_state.get(RESULT), Exception):
@@ -333,7 +356,7 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
         st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
                    "members.")
     if org.name in who.organizations:
-        st.button(f"Leave {org.name}", on_click=remove_member, args=(org.name, who.user, True))
+        leave_controls(org.name, who)
     if manages(who, org.name):
         protected_aliases_form(org)
         delete_form(org)

@@ -157,7 +157,9 @@ def show_error(exc: RegistryError) -> None:
                                      "across tabs."),
                  icon=":material/key_off:")
     elif isinstance(exc, Forbidden):
-        st.error(f"The token may not do this: {exc}", icon=":material/block:")
+        # the registry's message says why (a role, a token's scope or owners, a protected alias, a quota): "The token
+        # may not do this" read as a bad token where the role was the reason (session 28's walk)
+        st.error(f"Not allowed: {exc}", icon=":material/block:")
     elif isinstance(exc, NotFound):
         st.warning(dashboard_words(str(exc)), icon=":material/search_off:")
     else:

@@ -97,10 +97,13 @@ def launch() -> bool:
         label_column = u2.text_input("Label column", value="label", help="its column of labels (names or numbers)")
         # The generator's names are long (philox4x32-10-kaiming-uniform-v1): its box gets the room to show one whole.
         c3, c4, c5 = st.columns([1, 1.4, 2.6])
-        r = c3.number_input("Rank r", 1, 4096, 256)
+        # with Start from, these three are the version's (the form read "Rank r 256" beside a start of another rank:
+        # session 28's walk); left at their defaults they are taken from it, another value is refused
+        from_start = " With **Start from**, the version's own is used (leave this as it is)."
+        r = c3.number_input("Rank r", 1, 4096, 256, help="the rank of A and B." + from_start)
         prng = c4.number_input("Projection seed", 0, 2**53 - 1, 0,
-                               help="up to 2^53 - 1 here; any uint64 with `vera job submit`")
-        generator = c5.selectbox("Generator", KNOWN_GENERATORS, help=GENERATOR_HELP)
+                               help="up to 2^53 - 1 here; any uint64 with `vera job submit`." + from_start)
+        generator = c5.selectbox("Generator", KNOWN_GENERATORS, help=GENERATOR_HELP + from_start)
         c6, c7, c8, c9, c10 = st.columns(5)
         d_initial = c6.number_input("d initial", 0.0, 10.0, 0.1)
         epochs = c7.number_input("Epochs", 0.05, 100.0, 1.0)
@@ -127,6 +130,8 @@ def launch() -> bool:
     navigation.set_param("job", str(job.id))  # the jobs below follow it
     # the message stays until the page's next run, while the job below goes on and ends: it says when, and where
     # the job is followed, so that it does not read as "still queued" after the job is done
-    st.success(f"Queued job {job.id} for {job.target_name} at {job.created_at:%H:%M:%S}; followed below (its status "
-               "is there). Launch again queues another job.")
+    start_line = (f", starting from {job.spec['init_from']} (its rank, projection and base)"
+                  if job.spec.get("init_from") else "")
+    st.success(f"Queued job {job.id} for {job.target_name} at {job.created_at:%H:%M:%S}{start_line}; followed below "
+               "(its status is there). Launch again queues another job.")
     return True

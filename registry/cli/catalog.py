@@ -158,8 +158,9 @@ def tag(
 
 def property_(
     ref: VersionRef,
-    pairs: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE properties to set (a key set again takes "
-                                                      "the new value).", show_default=False)] = None,
+    pairs: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE properties to set (a key the version has "
+                                                      "takes the new value; each key once).",
+                                                      show_default=False)] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", help="A key to remove; repeat for several.")
                       ] = None,
     registry: RegistryUrl = None, token: Token = None,

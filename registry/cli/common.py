@@ -16,7 +16,7 @@ from rich.text import Text
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import json_object
+from registry.domain.schemas import json_object, parse_properties
 from registry.logs import first_line
 from vera_core import VeraError
 
@@ -55,16 +55,13 @@ def fail(exc: Exception) -> NoReturn:
     raise typer.Exit(code=ExitCode.ERROR)
 
 
-def key_values(pairs: list[str], what: str = "property") -> dict[str, str]:
-    """``["validation=passed", "ticket=ML-42"]`` as a dict (the first '=' splits: a value may hold more); a pair
-    without '=' or key fails, saying the form expected. The registry checks keys and values."""
-    parsed: dict[str, str] = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            fail(InvalidInput(f"{what} {pair!r}: expected KEY=VALUE, e.g. validation=passed."))
-        parsed[key] = value
-    return parsed
+def key_values(pairs: list[str]) -> dict[str, str]:
+    """``["validation=passed", "ticket=ML-42"]`` as a dict (registry.domain.schemas.parse_properties: as the
+    dashboard reads them); a pair without '=' or key, or a key given twice, fails saying which."""
+    try:
+        return parse_properties(pairs)
+    except InvalidInput as exc:
+        fail(exc)
 
 
 def check_failed() -> NoReturn:

@@ -628,6 +628,24 @@ def check_properties(given: object, what: str = "properties") -> dict[str, str]:
     return dict(sorted(given.items()))
 
 
+def parse_properties(pairs: Iterable[str]) -> dict[str, str]:
+    """KEY=VALUE texts as a dict, as `vera publish --property`, `vera property` and the dashboard's Properties box
+    (one a line) read them: the first '=' splits (a value may hold more), the key is trimmed; a text without '=' or
+    key, or a key given twice (collapsed, one value would be dropped unseen), is refused saying which. The registry
+    checks keys and values (check_properties)."""
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise InvalidInput(f"Property {pair.strip()[:80]!r} is not KEY=VALUE, e.g. validation=passed.")
+        if key in found:
+            raise InvalidInput(f"Property {key[:64]!r} is given twice ({found[key][:40]!r} and {value[:40]!r}); "
+                               "give it once.")
+        found[key] = value
+    return found
+
+
 #: An evaluation's numbers and its details, each at most this many bytes as JSON.
 MAX_EVALUATION_BYTES = 64 * 1024
 _EVALUATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")

@@ -128,7 +128,10 @@ def test_properties_through_http_the_client_and_vera(server: dict[str, Any]) -> 
     assert re.search(r"^properties +reviewed-by=ann, validation=passed", vera("show", "ann/http:1",
                                                                            url=server["url"]).stdout, re.M)
     malformed = vera("property", "ann/http:1", "novalue", url=server["url"])
-    assert malformed.returncode == 1 and "property 'novalue': expected KEY=VALUE" in malformed.stderr
+    assert malformed.returncode == 1 and "Property 'novalue' is not KEY=VALUE, e.g. validation=passed" in \
+        malformed.stderr
+    twice = vera("property", "ann/http:1", "validation=failed", " validation=passed", url=server["url"])
+    assert twice.returncode == 1 and "Property 'validation' is given twice ('failed' and 'passed')" in twice.stderr
     refused = vera("property", "ann/http:1", "Bad Key=1", url=server["url"])
     assert refused.returncode == 1 and "Property key 'Bad Key' is not a valid name" in refused.stderr
     with RegistryClient(server["url"], cache=False) as client:

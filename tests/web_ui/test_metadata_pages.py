@@ -278,7 +278,7 @@ def test_a_writer_sets_and_removes_properties_and_the_page_shows_them(registry: 
     assert [w.value for w in at.warning if "is not KEY=VALUE" in w.value] and not at.success
     at.text_area(key=f"edit-properties-{ref}").set_value("validation=passed\nvalidation=failed")
     click(at, "Save version")
-    assert [w.value for w in at.warning if "the property 'validation' is given twice" in w.value]
+    assert [w.value for w in at.warning if "Property 'validation' is given twice" in w.value]
     at.text_area(key=f"edit-properties-{ref}").set_value("Bad Key=1")  # the registry's refusal, shown
     click(at, "Save version")
     assert any("Property key 'Bad Key' is not a valid name" in e.value for e in at.error)

@@ -83,8 +83,8 @@ def test_an_admin_creates_an_organisation_and_manages_its_members(registry: dict
         click(at, "Add or change")
         assert f"{member} is now {role} in acme." in texts(at, "success")
     frame = at.dataframe[0].value
-    assert dict(zip(frame["member"], frame["token"], strict=True)) == {"alice": "yes", "bob": "yes",
-                                                                       "bbo": "no token yet"}
+    assert dict(zip(frame["member"], frame["registry token"], strict=True)) == {"alice": "created", "bob": "created",
+                                                                                "bbo": "none yet"}
     assert "No token was ever created on this registry for bbo" in texts(at, "warning")
 
     at.text_input(key="orgs_member").set_value("acme")  # an organisation is not a member: the registry says so
@@ -110,7 +110,12 @@ def test_a_reader_sees_the_members_and_may_leave(registry: dict[str, Any]) -> No
     assert "Your role in beta: read" in texts(at, "caption")
     assert "Invitations for you" not in texts(at, "subheader")  # a registry without invitations: as before
     assert not [b for b in at.button if b.label in ("Add or change", "Remove", "Delete beta")]  # no forms for a reader
+    click(at, "Leave beta")  # asks first: Stay changes nothing
+    assert "Leave beta? You lose your read role" in texts(at, "warning") and "bob" in members(registry, "beta")
+    click(at, "Stay")
+    assert "bob" in members(registry, "beta") and "Leave beta?" not in texts(at, "warning")
     click(at, "Leave beta")
+    click(at, "Yes, leave beta")
     assert "You left beta." in texts(at, "success")
     assert "bob" not in members(registry, "beta")
     assert at.query_params.get("org") != "beta"  # another of bob's, or none: not "You belong to no organisation"

@@ -386,7 +386,7 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     at.run()
     assert any("Queued job" in s.value and "alice/from-ui" in s.value for s in at.success)
     shown = {m.label: m.value for m in at.metric}
-    assert shown["Status"] == "queued" and shown["Step"] == "starting"  # no worker here: no step count yet
+    assert shown["Status"] == "queued" and shown["Step"] == "waiting for a worker"  # no worker here: no step count yet
     assert shown["Training loss"] == "—"  # named: a finished job's tile is its eval loss (session 23's walk)
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.jobs()[0]
@@ -424,6 +424,32 @@ def test_train_page_starts_a_job_from_a_version_and_shows_a_refusal(registry: di
         texts(at)
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert len(client.jobs()) == before
+
+
+def test_train_page_says_which_version_a_queued_job_starts_from(registry: dict[str, Any], tmp_path: Path) -> None:
+    """A start the registry accepts: the page names the version it was pinned to (an alias moved later changes
+    nothing), and the job's spec has it."""
+    from vera_core import save_adapter
+    from vera_core.recipes import TrainSpec, build
+
+    model, _ = build(TrainSpec(demo=True, r=16), num_labels=2)
+    save_adapter(model, tmp_path / "start")
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.publish(tmp_path / "start", "alice/warm-start", base_model="minilm",
+                       metrics={"labels": ["negative", "positive"]})
+    at = page("train", registry)
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/warm-ui-2")
+    next(t for t in at.text_input if t.label == "Start from (optional)").set_value("alice/warm-start@latest")
+    next(b for b in at.button if b.label == "Launch").click()
+    at.run()
+    assert not at.exception
+    queued = [s.value for s in at.success if s.value.startswith("Queued job")]
+    assert len(queued) == 1 and "starting from alice/warm-start:1 (its rank, projection and base)" in queued[0]
+    assert any(c.value.startswith("Starts from alice/warm-start:1: its d and b vectors") for c in at.caption)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = next(j for j in client.jobs() if j.target_name == "alice/warm-ui-2")
+        assert job.spec["init_from"] == "alice/warm-start:1" and job.spec["r"] == 16
+        client.cancel_job(job.id)
 
 
 @pytest.mark.parametrize(("target", "message"), [
