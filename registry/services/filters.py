@@ -2,9 +2,10 @@
 and a literal, e.g. ``metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'``.
 
     filter  := clause ("and" clause)*
-    clause  := field op literal | field "in" "(" literal ("," literal)* ")"
+    clause  := field op literal | field "in" "(" literal ("," literal)* ")" | keyed "is" ["not"] "null"
     field   := metrics.<key> | published_via.<key> | properties.<key> | r | seed | generator | base_model | owner
                | name | tag | trainable_parameters | stored_bytes | created | verification_status | yanked
+    keyed   := metrics.<key> | published_via.<key> | properties.<key>
     op      := = | != | < | <= | > | >= | like
     literal := 'text' ('' inside is one quote) | number | true | false
 
@@ -16,6 +17,8 @@ the normalised table ``version_metrics`` (one row per numeric metric, index (key
 ``publisher``, ``issuer``, ``subject``, or one of its recorded claims, such as ``repository`` or ``sha``) from its JSON
 column; it matches only versions published that way. ``properties.<key>`` reads a version's key=value properties
 (``version_properties``, index (key, value)); as a metric clause, it matches only versions that have that key.
+``<keyed> is null`` matches the versions without that key (``properties.validation is null``: not yet reviewed), and
+``is not null`` those with it, whatever its value (MLflow's ``tags.<key> IS NULL``).
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ _SEED_RANGE = 2**64
 
 Literal = str | int | float | bool
 ORDERING = ("=", "!=", "<", "<=", ">", ">=")
-OPERATORS = (*ORDERING, "like", "in")
+#: A keyed field's key missing, or there: ``properties.validation is null`` (MLflow's ``tags.<key> IS NULL``).
+NULL_TESTS = ("is null", "is not null")
+OPERATORS = (*ORDERING, "like", "in", *NULL_TESTS)
 
 
 class FilterError(InvalidInput):
@@ -82,7 +87,7 @@ _TOKEN = re.compile(r"""
   | (?P<punct>[(),])
   | (?P<field>[A-Za-z_][\w\-]*(?:\.(?:[\w\-:/]+|`[^`]+`))*)
 """, re.VERBOSE)
-_WORDS = {"and", "or", "not", "like", "ilike", "in", "true", "false"}
+_WORDS = {"and", "or", "not", "like", "ilike", "in", "true", "false", "is", "null"}
 
 
 def _tokens(text: str) -> Iterator[Token]:
@@ -171,10 +176,23 @@ class _Parser:
             operator = {"==": "=", "<>": "!="}.get(op.text, op.text)
         elif op.kind == "word" and op.text in ("like", "in"):
             operator = op.text
+        elif op.kind == "word" and op.text == "is":
+            return Clause(field=name, op=self.null_test(), value=(), at=field.at, key=key)
         else:
             raise _error(op.at, f"an operator ({', '.join(OPERATORS)}) after {field.text!r}", _shown(op))
         value = self.values() if operator == "in" else self.literal()
         return Clause(field=name, op=operator, value=value, at=field.at, key=key)
+
+    def null_test(self) -> str:
+        """What follows ``is``: ``null`` or ``not null``."""
+        negated = self.peek().kind == "word" and self.peek().text == "not"
+        if negated:
+            self.take()
+        token = self.take()
+        if token.kind != "word" or token.text != "null":
+            raise _error(token.at, "'null' after 'is not'" if negated else "'null' or 'not null' after 'is'",
+                         _shown(token))
+        return "is not null" if negated else "is null"
 
     def literal(self) -> Literal:
         token = self.take()
@@ -285,10 +303,8 @@ class Field:
     def where(self, clause: Clause) -> ColumnElement[bool]:
         values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
         converted = [_converted(self.kind, v) for v in values]
-        if self.kind in ("metric", "property"):  # a row per (version, key): only versions that have the key match
-            held: Any = m.VersionMetric if self.kind == "metric" else m.VersionProperty
-            test = _compare(held.value, clause.op, converted)
-            return m.AdapterVersion.id.in_(select(held.version_id).where(held.key == clause.key, test))
+        if self.kind in ("metric", "property", "provenance"):
+            return self._keyed(clause, converted)
         if self.kind == "tag":
             tag = m.VersionTag.tag
             if clause.op == "!=":
@@ -299,10 +315,6 @@ class Field:
             if clause.op == "!=":
                 return m.AdapterVersion.id.not_in(select(m.Alias.version_id).where(name == converted[0]))
             return m.AdapterVersion.id.in_(select(m.Alias.version_id).where(_compare(name, clause.op, converted)))
-        if self.kind == "provenance":
-            key = str(clause.key)
-            path = (key,) if key in PROVENANCE_KEYS else ("claims", key)
-            return _compare(m.AdapterVersion.published_via[path].as_string(), clause.op, converted)
         if self.column is m.AdapterVersion.dataset_sha256:  # recorded lower-case
             converted = [str(v).lower() for v in converted]
         test = _compare(self.column, clause.op, converted)
@@ -312,6 +324,24 @@ class Field:
             return m.AdapterVersion.base_model_id.in_(select(m.BaseModelShapes.id).where(test))
         return test
 
+    @staticmethod
+    def _keyed(clause: Clause, converted: list[Any]) -> ColumnElement[bool]:
+        """A clause on metrics.<key>, properties.<key> or published_via.<key>: only versions that have the key match
+        a comparison; ``is null`` matches those without it."""
+        if clause.field in ("metrics", "properties"):  # a row per (version, key)
+            held: Any = m.VersionMetric if clause.field == "metrics" else m.VersionProperty
+            if clause.op in NULL_TESTS:
+                having = select(held.version_id).where(held.key == clause.key)
+                return m.AdapterVersion.id.not_in(having) if clause.op == "is null" else \
+                    m.AdapterVersion.id.in_(having)
+            test = _compare(held.value, clause.op, converted)
+            return m.AdapterVersion.id.in_(select(held.version_id).where(held.key == clause.key, test))
+        key = str(clause.key)
+        path = (key,) if key in PROVENANCE_KEYS else ("claims", key)
+        claim: ColumnElement[str] = m.AdapterVersion.published_via[path].as_string()
+        if clause.op in NULL_TESTS:  # (a version not published by a trusted publisher has none)
+            return claim.is_(None) if clause.op == "is null" else claim.is_not(None)
+        return _compare(claim, clause.op, converted)
 
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
           "alias": "a 'string'",
@@ -383,9 +413,9 @@ FIELDS: dict[str, Field] = {
     "dataset_sha256": Field("text", ("=", "!=", "in"), m.AdapterVersion.dataset_sha256),
     "yanked": Field("flag", ("=", "!="), m.AdapterVersion.yanked),
 }
-METRIC = Field("metric", (*ORDERING, "in"))
-PROVENANCE = Field("provenance", _TEXT_OPS)
-PROPERTY = Field("property", _TEXT_OPS)
+METRIC = Field("metric", (*ORDERING, "in", *NULL_TESTS))
+PROVENANCE = Field("provenance", (*_TEXT_OPS, *NULL_TESTS))
+PROPERTY = Field("property", (*_TEXT_OPS, *NULL_TESTS))
 
 
 _FIELD_LIST = f"a field ({', '.join(FIELDS)}, metrics.<key>, published_via.<key> or properties.<key>)"
@@ -401,7 +431,7 @@ def filter_conditions(clauses: list[Clause], sorted_by: MetricOrder | None = Non
     the listing is sorted by tests the sort's join directly, so that one index range walk does both."""
     conditions = []
     for c in clauses:
-        if sorted_by is not None and c.field == "metrics" and c.key == sorted_by.key:
+        if sorted_by is not None and c.field == "metrics" and c.key == sorted_by.key and c.op not in NULL_TESTS:
             values = [float(v) for v in (c.value if isinstance(c.value, tuple) else (c.value,))]
             conditions.append(_compare(sorted_by.column, c.op, values))
         else:

@@ -53,6 +53,8 @@ from vera_core import PORTABLE_GENERATOR
     ("tag != 'demo'", Clause("tag", "!=", "demo", 1)),
     ("published_via.publisher = 'nlp-main'", Clause("published_via", "=", "nlp-main", 1, key="publisher")),
     ("published_via.run_id in ('1', '2')", Clause("published_via", "in", ("1", "2"), 1, key="run_id")),
+    ("properties.validation IS NULL", Clause("properties", "is null", (), 1, key="validation")),
+    ("metrics.f1 is  not\nnull", Clause("metrics", "is not null", (), 1, key="f1")),
 ])
 def test_every_operator_and_literal_parses(text: str, clause: Clause) -> None:
     assert parse_filter(text) == [clause]
@@ -67,7 +69,12 @@ def test_clauses_join_with_and_in_any_case() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("r <=", r"at character 5: expected a literal: 'text', a number, true or false, found the end of the filter"),
-    ("r 8", r"at character 3: expected an operator \(=, !=, <, <=, >, >=, like, in\) after 'r', found '8'"),
+    ("r 8", r"at character 3: expected an operator \(=, !=, <, <=, >, >=, like, in, is null, is not null\) after "
+            r"'r', found '8'"),
+    ("r is null", r"at character 1: r takes =, !=, <, <=, >, >=, in, not is null"),  # only keyed fields lack keys
+    ("properties.x is 'a'", r"at character 17: expected 'null' or 'not null' after 'is', found \"'a'\""),
+    ("properties.x is not", r"at character 20: expected 'null' after 'is not', found the end of the filter"),
+    ("properties.x = null", r"at character 16: expected a literal: 'text', a number, true or false, found 'null'"),
     # the example as code, which Markdown leaves as it is (the dashboard drew <= as ≤, refused when pasted back)
     ("r >> 1", r"Example: `metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'`$"),
     ("r = 1 or r = 2", r"at character 7: only 'and' joins clauses \('or' is not supported"),
@@ -81,7 +88,7 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ('name = "minilm"', r"at character 8: expected a field, an operator or a literal"),
     ("r = 'eight'", r"at character 1: r compares with a number \(below 2\*\*63 in magnitude\), found 'eight'"),
     ("owner > 'a'", r"owner takes =, !=, like, in, not >"),
-    ("metrics.accuracy like '9%'", r"metrics.accuracy takes =, !=, <, <=, >, >=, in, not like"),
+    ("metrics.accuracy like '9%'", r"metrics.accuracy takes =, !=, <, <=, >, >=, in, is null, is not null, not like"),
     ("metrics.accuracy = 'high'", r"metrics.accuracy compares with a number, found 'high'"),
     ("seed = -1", r"seed compares with a whole number from 0 to 2\*\*64 - 1, found -1"),
     ("seed < 5", r"seed takes =, !=, in, not <"),
@@ -98,7 +105,7 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("name = '\x1b[31m'", r"filter contains the control character '\\x1b'"),
     ("name = '\ud800'", r"filter is not valid Unicode text \(at character 9\)"),
     ("created < '0001-01-01T00:00:00+05:00'", r"created compares with a date or time in quotes"),
-    ("published_via.sha > 'a'", r"published_via.sha takes =, !=, like, in, not >"),
+    ("published_via.sha > 'a'", r"published_via.sha takes =, !=, like, in, is null, is not null, not >"),
     # PostgreSQL's 500 ("LIKE pattern must not end with escape character"), where SQLite took it
     ("published_via.repository like 'acme\\'", r"at character 1: published_via.repository like takes a pattern "
                                                  r"whose '\\' escapes .* this one ends with a lone '\\'"),
@@ -227,6 +234,14 @@ SEARCHES = [  # (filter, sort, refs in order)
     ("name like 'q\\_'", "created", []),
     ("name like 'qa\\%'", "created", []),
     ("name like 'qa\\\\'", "created", []),  # an escaped backslash: a name 'qa\', which none is
+    # a key missing (MLflow's tags.<key> IS NULL), or there whatever its value
+    ("metrics.f1 is null and owner = 'bob'", "created", ["bob/qa:1"]),
+    ("metrics.accuracy is not null", "created", ["alice/sent:1", "alice/sent:2", "bob/qa:1", "carol/x:1"]),
+    ("metrics.final_eval.loss is null", "-created", ["carol/x:1", "bob/qa:2", "bob/qa:1", "alice/sent:2"]),
+    ("metrics.accuracy is null", "-metrics.accuracy", []),  # the sort lists only versions that have it
+    ("metrics.accuracy is not null and metrics.accuracy < 0.9", "-metrics.accuracy", ["alice/sent:2"]),
+    ("published_via.publisher is null", "created", ["alice/sent:1", "bob/qa:1", "carol/x:1"]),
+    ("published_via.repository is not null", "created", ["alice/sent:2"]),  # GitLab's run records no repository
 ]
 
 

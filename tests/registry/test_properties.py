@@ -46,6 +46,8 @@ def test_properties_are_set_changed_removed_filtered_and_audited(registry: Regis
     assert refs(registry, "properties.validation in ('passed', 'failed')") == ["ann/clf:1", "ann/clf:2"]
     assert refs(registry, "properties.ticket like 'ml-%'") == ["ann/clf:1"]  # like ignores case, as elsewhere
     assert refs(registry, "properties.nobody = 'x'") == []
+    assert refs(registry, "properties.ticket is null") == ["ann/clf:2", "ann/other:1"]  # not (yet) given one
+    assert refs(registry, "properties.validation is not null and properties.ticket is null") == ["ann/clf:2"]
     listed = {v.ref: v.properties for v in registry.list_versions(owner="ann").items}
     assert listed == {"ann/clf:1": {"ticket": "ML-42", "validation": "passed"},
                       "ann/clf:2": {"validation": "failed"}, "ann/other:1": {}}

@@ -85,8 +85,9 @@ def list_adapters(
     filter_text: Annotated[str | None, Query(alias="filter", max_length=MAX_FILTER_LENGTH, description=(
         "clauses joined by 'and' (MLflow's search syntax), e.g. metrics.accuracy > 0.9 and r <= 256 and "
         "base_model = 'minilm'; fields: metrics.<key>, published_via.<key> (publisher, issuer, subject or a claim "
-        "of the CI run that published it: repository, ref, sha...), " + ", ".join(FIELDS) + "; operators: "
-        + ", ".join(OPERATORS) + "; strings in single quotes"))] = None,
+        "of the CI run that published it: repository, ref, sha...), properties.<key>, " + ", ".join(FIELDS)
+        + "; operators: " + ", ".join(OPERATORS) + " (is null and is not null after a <key> field: the key missing, "
+        "or there); strings in single quotes"))] = None,
 ) -> Page:
     return registry.list_versions(owner=owner, name=name, base_model=base_model, r=r, seed=seed,
                                   generator=generator, tag=tag, text=q, include_yanked=include_yanked,
