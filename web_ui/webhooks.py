@@ -9,7 +9,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.events import WEBHOOK_EVENTS, DeliveryInfo, WebhookInfo
+from registry.domain.events import EVERY_OWNER, WEBHOOK_EVENTS, DeliveryInfo, WebhookInfo
 from registry.domain.schemas import WhoAmI
 from web_ui import navigation, session, tables
 
@@ -26,12 +26,19 @@ EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", 
 def owners(who: WhoAmI, published: list[str] | None = None) -> list[str]:
     """The namespaces whose webhooks this caller may manage: its own and its organisations where it may write. An
     admin (as the local user of a registry without tokens is) manages every owner's: those that ``published``
-    first, newest first, then its organisations (its own name when there is neither); it may also type another."""
+    first, newest first, then its organisations (its own name when there is neither), then the registry-wide webhooks
+    (EVERY_OWNER, unless its token is limited to some owners); it may also type another."""
     own = [] if who.anonymous else [who.user]
     writable = [org for org, role in who.organizations.items() if role in ("write", "admin")]
     if "admin" in who.scopes:  # its own name only when nothing else is known ("local" publishes nothing)
-        return list(dict.fromkeys([*(published or []), *writable])) or own
+        every = [EVERY_OWNER] if who.limited_to is None else []
+        return (list(dict.fromkeys([*(published or []), *writable])) or own) + every
     return own + writable
+
+
+def under(owner: str) -> str:
+    """Whose adapters a webhook of ``owner`` is about, in words."""
+    return "every owner's adapters (registry-wide)" if owner == EVERY_OWNER else f"the adapters under {owner}/"
 
 
 #: How many of the newest versions name the owners an admin is offered (anyone else's can be typed).
@@ -72,7 +79,7 @@ def choose_owner() -> str | None:
         choices = [st.session_state["webhooks_owner"], *choices]  # typed, or named by the URL
     chosen: str | None = st.selectbox(
         "Owner", choices, key="webhooks_owner", on_change=navigation.write_url, args=("owner", "webhooks_owner"),
-        accept_new_options=admin,
+        accept_new_options=admin, format_func=lambda o: "* (every owner: registry-wide)" if o == EVERY_OWNER else o,
         help="Any owner: those that published here are listed, another can be typed." if admin else
         "Your namespace, or an organisation where your role is write or admin.")
     if admin and chosen is not None and chosen not in known:
@@ -85,7 +92,7 @@ def choose_owner() -> str | None:
 
 def add_form(owner: str) -> None:
     with st.form("add_webhook", clear_on_submit=True):
-        st.markdown(f"**Add a webhook for {owner}/**")
+        st.markdown(f"**Add a webhook for {under(owner)}**")
         url = st.text_input("URL", placeholder="https://ci.example.org/hooks/vera")
         events = st.multiselect("Send when", list(WEBHOOK_EVENTS), default=list(WEBHOOK_EVENTS),
                                 format_func=lambda e: EVENT_LABELS.get(e, e))
@@ -179,6 +186,6 @@ def page() -> None:
             manage(chosen)
     else:
         # "you/ has no webhooks ... each event of you's adapters" read oddly (session 23's walk)
-        st.info(f"No webhooks for the adapters under {owner}/ yet. Add one below: it receives a signed POST for each "
-                f"event of an adapter under {owner}/.")
+        st.info(f"No webhooks for {under(owner)} yet. Add one below: it receives a signed POST for each of their "
+                "events that it is sent.")
     add_form(owner)

@@ -2,7 +2,8 @@
 
 An audit event says who did what to which target, when; its ``id`` only grows, so a reader pages through events
 (and follows new ones) by passing the last id it saw as ``after``. A webhook belongs to an owner namespace (a user
-or an organisation) and receives that owner's adapter events whose action it lists in ``events``.
+or an organisation) and receives that owner's adapter events whose action it lists in ``events``; a registry-wide
+webhook (owner ``*``, made and managed by the registry's administrators) receives every owner's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ PING = "ping"
 PUBLIC_ACTIONS = frozenset({"base-register"})
 #: Changes to an owner's webhooks (target ``owner/webhooks/ID``): seen by those who may manage them.
 WEBHOOK_ACTIONS = frozenset({"webhook-create", "webhook-update", "webhook-delete"})
+#: The owner of a registry-wide webhook: every owner's adapter events (not a name anyone can have: check_name).
+EVERY_OWNER = "*"
 #: The most events one page holds, and webhooks one owner may have.
 MAX_EVENTS_PAGE = 500
 MAX_WEBHOOKS_PER_OWNER = 50
@@ -79,7 +82,8 @@ class EventPage(BaseModel):
 class WebhookForm(BaseModel):
     """A new webhook: whose adapters, where to, which events (default: every one of WEBHOOK_EVENTS)."""
 
-    owner: str = Field(description="the user or organisation whose adapters' events are sent")
+    owner: str = Field(description="the user or organisation whose adapters' events are sent; '*': every owner's "
+                                   "(a registry-wide webhook: registry administrators only)")
     url: str = Field(description="http(s) URL that receives a signed POST per event")
     events: list[str] | None = Field(default=None, description=f"any of {', '.join(WEBHOOK_EVENTS)}; default all")
     description: str = ""

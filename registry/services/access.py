@@ -188,7 +188,7 @@ class Access:
                 _keep_an_admin(org, member, role)
                 current.role = role
                 if role == "read":
-                    _pause_webhooks_of(s, organization, member, viewer.owner, "its creator may no longer write here")
+                    _pause_webhooks_of(s, organization, member, viewer.owner, "may no longer write here")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
                                detail={"member": member, "role": role}))
             s.flush()
@@ -205,7 +205,7 @@ class Access:
                 raise NotFound(f"{member} is not a member of {organization}.")
             _keep_an_admin(org, member, None)
             org.members.remove(current)
-            _pause_webhooks_of(s, organization, member, viewer.owner, "its creator left the organisation")
+            _pause_webhooks_of(s, organization, member, viewer.owner, "left the organisation")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))
             s.flush()
@@ -385,15 +385,23 @@ class Access:
 
 
 def _pause_webhooks_of(s: Session, organization: str, member: str, actor: str, why: str) -> None:
-    """Pause the organisation's webhooks that ``member`` created, now that it may no longer manage them: their URLs
-    are its, and the events they carry (descriptions, cards, private adapters' names) are the organisation's. Each is
-    audited as webhook-update (``detail.active`` false, ``detail.reason``); whoever manages the organisation's
-    webhooks (its writers) reviews it, and resumes it (`vera webhook edit ID --active`) or removes it."""
-    for hook in s.scalars(select(m.Webhook).where(m.Webhook.owner == organization, m.Webhook.created_by == member,
-                                                  m.Webhook.active.is_(True))):
+    """Pause the organisation's webhooks that ``member`` created or ever changed (its URL may be one it pointed
+    elsewhere: an outsider's walk, session 29), now that it may no longer manage them: their URLs may be its, and the
+    events they carry (descriptions, cards, private adapters' names) are the organisation's. Each is audited as
+    webhook-update (``detail.active`` false, ``detail.reason``); whoever manages the organisation's webhooks (its
+    writers) reviews it, and resumes it (`vera webhook edit ID --active`) or removes it."""
+    hooks = {h.id: h for h in s.scalars(select(m.Webhook).where(m.Webhook.owner == organization,
+                                                                 m.Webhook.active.is_(True)))}
+    changed = {int(target.rpartition("/")[2]) for target in s.scalars(
+        select(m.AuditEvent.target).where(m.AuditEvent.action == "webhook-update", m.AuditEvent.actor == member,
+                                          m.AuditEvent.target.in_([f"{organization}/webhooks/{i}" for i in hooks])))}
+    for hook in hooks.values():
+        if hook.created_by != member and hook.id not in changed:
+            continue
+        role = "creator" if hook.created_by == member else "editor"
         hook.active, hook.updated_at = False, datetime.now(UTC)
         s.add(m.AuditEvent(actor=actor, action="webhook-update", target=f"{organization}/webhooks/{hook.id}",
-                           detail={"active": False, "reason": f"paused: {why} ({member})"}))
+                           detail={"active": False, "reason": f"paused: its {role} {why} ({member})"}))
 
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:

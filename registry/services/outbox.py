@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from registry.domain.events import WEBHOOK_EVENTS, adapter_of
+from registry.domain.events import EVERY_OWNER, WEBHOOK_EVENTS, adapter_of
 from registry.services.background import BackgroundThread
 from registry.services.delivery import Message, Outcome, Sender
 from registry.services.events import event_info
@@ -117,8 +117,8 @@ class Outbox:
         if moved != 1:
             return 0  # another dispatcher took these events
         owners = {about[0] for row in rows if (about := adapter_of(row.action, row.target)) is not None}
-        hooks = list(s.scalars(select(m.Webhook).where(m.Webhook.owner.in_(owners), m.Webhook.active.is_(True)))
-                     ) if owners else []
+        hooks = list(s.scalars(select(m.Webhook).where(m.Webhook.owner.in_(sorted(owners | {EVERY_OWNER})),
+                                                       m.Webhook.active.is_(True)))) if owners else []
         made = 0
         for row in rows:
             about = adapter_of(row.action, row.target)
@@ -126,7 +126,8 @@ class Outbox:
                 continue
             event = event_info(row).model_dump(mode="json")
             for hook in hooks:
-                if hook.owner == about[0] and row.action in hook.events and row.id > hook.after_event_id:
+                if hook.owner in (about[0], EVERY_OWNER) and row.action in hook.events and \
+                        row.id > hook.after_event_id:
                     s.add(m.WebhookDelivery(webhook_id=hook.id, event_id=row.id, event=row.action,
                                             payload=payload(event, hook), status=PENDING, attempts=0,
                                             next_attempt_at=now, created_at=now))

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.events import (
+    EVERY_OWNER,
     MAX_WEBHOOKS_PER_OWNER,
     PING,
     WEBHOOK_EVENTS,
@@ -64,8 +65,9 @@ class Webhooks:
         return check_target(url, allow_private=self.sender.allow_private)
 
     def create(self, form: WebhookForm, *, actor: str) -> WebhookCreated:
-        """A new webhook for ``form.owner``'s adapter events, with its secret (shown this once)."""
-        check_name(form.owner, "owner")
+        """A new webhook for ``form.owner``'s adapter events (every owner's for EVERY_OWNER: the caller checks that
+        an administrator asks), with its secret (shown this once)."""
+        _check_owner(form.owner)
         events = _checked_events(form.events)
         description = check_text(form.description, "description", max_length=MAX_DESCRIPTION)
         url = self._url(form.url)
@@ -86,7 +88,7 @@ class Webhooks:
             return WebhookCreated(**webhook_info(row).model_dump(), secret=secret)
 
     def for_owner(self, owner: str) -> list[WebhookInfo]:
-        check_name(owner, "owner")
+        _check_owner(owner)
         with self.db.session() as s:
             return [webhook_info(w) for w in s.scalars(select(m.Webhook).where(m.Webhook.owner == owner)
                                                        .order_by(m.Webhook.id))]
@@ -179,6 +181,12 @@ def _delivery_infos(s: Any, rows: list[m.WebhookDelivery]) -> list[DeliveryInfo]
     return [DeliveryInfo(id=r.id, webhook_id=r.webhook_id, event_id=r.event_id, event=r.event, status=r.status,
                          attempts=r.attempts, next_attempt_at=r.next_attempt_at, created_at=r.created_at,
                          finished_at=r.finished_at, payload=r.payload, log=attempts[r.id]) for r in rows]
+
+
+def _check_owner(owner: str) -> None:
+    """A webhook's owner is a name (check_name) or EVERY_OWNER."""
+    if owner != EVERY_OWNER:
+        check_name(owner, "owner")
 
 
 def webhook_not_found(webhook_id: int) -> NotFound:

@@ -50,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     root = tmp_path_factory.mktemp("webhooks")
     url = f"sqlite:///{root / 'r.db'}"
     with running_server(url, root / "blobs", VERA_WEBHOOK_ALLOW_PRIVATE="true", **FAST) as base:
-        yield {"url": base, "tokens": make_tokens(url), "source": make_adapter(root / "adapter")}
+        yield {"url": base, "tokens": make_tokens(url), "source": make_adapter(root / "adapter"), "database": url}
 
 
 def make_tokens(database_url: str) -> dict[str, str]:
@@ -501,5 +501,50 @@ def test_a_members_webhooks_pause_when_it_leaves_or_may_only_read(server: dict[s
         alice.set_member("hooked", "mallory", "read")
         assert not next(h for h in alice.webhooks("hooked") if h.id == demoted.id).active
         assert alice.update_webhook(removed.id, active=True).active  # an admin may resume it
+        # a webhook someone else created, which the member pointed at its own URL before leaving (an outsider's
+        # walk, session 29: only the creator's were paused)
+        alice.set_member("hooked", "mallory", "write")
+        repointed = alice.create_webhook("hooked", receiver.url("/alices"), events=["adapter-edit"])
+        mallory.update_webhook(repointed.id, url=receiver.url("/repointed"))
+        untouched = alice.create_webhook("hooked", receiver.url("/untouched"), events=["adapter-edit"])
+        alice.remove_member("hooked", "mallory")
+        hooks = {h.id: h for h in alice.webhooks("hooked")}
+        assert not hooks[repointed.id].active and hooks[untouched.id].active
+        assert alice.events(owner="hooked", action="webhook-update").events[-1].detail == {
+            "active": False, "reason": "paused: its editor left the organisation (mallory)"}
+        alice.update_adapter("hooked/secret", description="the new plan")
+        receiver.wait_for("/untouched", 1)
         time.sleep(1)
-    assert receiver.at("/removed") == [] and receiver.at("/demoted") == []
+    assert receiver.at("/removed") == [] and receiver.at("/demoted") == [] and receiver.at("/repointed") == []
+
+
+def test_a_registry_wide_webhook_receives_every_owners_events_and_only_admins_manage_it(
+        server: dict[str, Any], receiver: Receiver) -> None:
+    """Owner '*': an operator's feed of every owner's adapter events (private ones too: only the registry's
+    administrators create, list, read or change such a webhook; to anyone else it does not exist)."""
+    with client(server, "admin") as admin, client(server) as alice, client(server, "mallory") as mallory:
+        every = admin.create_webhook("*", receiver.url("/every"), events=["publish"])
+        assert every.owner == "*" and [h.id for h in admin.webhooks("*")] == [every.id]
+        for who in (alice, mallory):
+            with pytest.raises(Forbidden, match=r"Only the registry's administrators manage registry-wide webhooks"):
+                who.create_webhook("*", receiver.url("/x"))
+            with pytest.raises(Forbidden, match=r"Only the registry's administrators"):
+                who.webhooks("*")
+            with pytest.raises(NotFound):
+                who.update_webhook(every.id, active=False)
+        alice.publish(server["source"], "alice/everywhere", base_model="tiny-llama", visibility="private")
+        mallory.publish(server["source"], "mallory/everywhere", base_model="tiny-llama")
+        got = receiver.wait_for("/every", 2)
+        assert sorted(json.loads(r.body)["event"]["adapter"] for r in got) == ["alice/everywhere",
+                                                                               "mallory/everywhere"]
+        assert all(signature_ok(every.secret, r) and json.loads(r.body)["webhook"]["owner"] == "*" for r in got)
+        assert [e.target for e in admin.events(action="webhook-create").events if e.target.startswith("*/")] == [
+            f"*/webhooks/{every.id}"]
+        assert not [e for e in alice.events(action="webhook-create").events if e.target.startswith("*/")]
+        admin.delete_webhook(every.id)
+    db = Database(server["database"])
+    limited_token = create_token(db, owner="ops", scopes=["admin"], limited_to=["alice"])[1]
+    db.engine.dispose()
+    with RegistryClient(server["url"], limited_token, cache=False) as limited, \
+            pytest.raises(Forbidden, match="Only the registry's administrators"):
+        limited.webhooks("*")  # an admin token limited to some owners is not the whole registry's

@@ -149,9 +149,11 @@ def test_an_admin_is_offered_every_owner_that_published(registry: dict[str, Any]
 
     admin = WhoAmI(user="ops", anonymous=False, scopes=["admin"], organizations={"acme": "admin"}, token_id=2,
                    limited_to=None)
-    assert owners(admin, ["carol", "bob", "carol"]) == ["carol", "bob", "acme"]
+    assert owners(admin, ["carol", "bob", "carol"]) == ["carol", "bob", "acme", "*"]  # *: registry-wide
     alone = admin.model_copy(update={"organizations": {}})
-    assert owners(alone, []) == ["ops"]  # its own name only when nothing else is known
+    assert owners(alone, []) == ["ops", "*"]  # its own name only when nothing else is known
+    limited = admin.model_copy(update={"limited_to": ["acme"]})
+    assert owners(limited, []) == ["acme"]  # a token limited to owners manages no registry-wide webhook
 
 
 def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tmp_path: Any) -> None:

@@ -1,5 +1,6 @@
 """Webhooks of an owner namespace: create, list, read, change, delete, test-deliver, and the delivery log. Managing
-an owner's webhooks needs the publish scope for that owner (as publishing under it does)."""
+an owner's webhooks needs the publish scope for that owner (as publishing under it does); the registry-wide ones
+(owner ``*``), an administrator."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from fastapi.responses import Response
 from registry.api.deps import Caller, Options, authorize
 from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID
-from registry.domain.events import DeliveryInfo, WebhookChange, WebhookCreated, WebhookForm, WebhookInfo
+from registry.domain.errors import Forbidden
+from registry.domain.events import (
+    EVERY_OWNER,
+    DeliveryInfo,
+    WebhookChange,
+    WebhookCreated,
+    WebhookForm,
+    WebhookInfo,
+)
 from registry.services.tokens import Principal
 from registry.services.webhooks import MAX_LOG_PAGE, Webhooks, webhook_not_found
 
@@ -47,15 +56,27 @@ def list_webhooks(caller: Caller, options: Options, webhooks: WebhooksDep,
                   ) -> list[WebhookInfo]:
     who = authorize(caller, options, "publish")
     owner = owner or who.owner
-    authorize(caller, options, "publish", owner)
+    _authorize_owner(caller, options, owner)
     return webhooks.for_owner(owner)
 
 
 @router.post("", response_model=WebhookCreated, status_code=201,
              description="The answer holds the webhook's signing secret: the only time it is shown.")
 def create_webhook(caller: Caller, options: Options, webhooks: WebhooksDep, form: WebhookForm) -> WebhookCreated:
-    who = authorize(caller, options, "publish", form.owner)
+    who = _authorize_owner(caller, options, form.owner)
     return webhooks.create(form, actor=who.owner)
+
+
+def _authorize_owner(caller: Caller, options: Options, owner: str) -> Principal:
+    """A caller that may manage ``owner``'s webhooks: one with the publish scope there; for the registry-wide
+    webhooks (EVERY_OWNER), an administrator (whose token no --owner limits)."""
+    if owner == EVERY_OWNER:
+        who = authorize(caller, options, "publish")
+        if not who.can_write(EVERY_OWNER):
+            raise Forbidden("Only the registry's administrators manage registry-wide webhooks (owner '*': every "
+                            "owner's adapter events); name an owner whose adapters you publish instead.")
+        return who
+    return authorize(caller, options, "publish", owner)
 
 
 @router.get("/{webhook_id}", response_model=WebhookInfo)
