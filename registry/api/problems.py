@@ -117,6 +117,13 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         response.headers.update(exc.headers or {})
         return response
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def not_unicode(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        """Text the checks missed that is not Unicode (a lone UTF-16 surrogate, as JSON's "\\ud800" writes one),
+        refused where it is written (SQLite, PostgreSQL's driver): nothing was stored, so a 422, not a 500."""
+        return problem(422, "invalid_input", "The request holds text that is not valid Unicode (half of a UTF-16 "
+                       f"surrogate pair, {exc.object[exc.start:exc.end]!r}); send valid Unicode.", request.url.path)
+
     _install_database_handlers(app)
 
     @app.exception_handler(Exception)

@@ -84,7 +84,18 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
         raise InvalidInput(f"{what} nests too deeply; send a JSON object a few levels deep.") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
+    _check_unicode(json.dumps(value, ensure_ascii=False), what)
     return value
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """Refuse a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one): stored, it made every later read of the
+    listing and the audit log a 500, as no response can encode it (an outsider's walk, session 29)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} holds {text[exc.start]!r} (at character {exc.start + 1}), half of a UTF-16 "
+                           "surrogate pair, which is not text; send valid Unicode.") from None
 
 
 def check_text(value: object, what: str, *, max_length: int, multiline: bool = False) -> str:
@@ -94,10 +105,19 @@ def check_text(value: object, what: str, *, max_length: int, multiline: bool = F
     allowed = "\n\t" if multiline else ""
     if not isinstance(value, str) or len(value) > max_length:
         raise InvalidInput(f"{what} must be text of at most {max_length:,} characters.")
-    bad = next((c for c in value if (ord(c) < 32 and c not in allowed) or ord(c) == 127), None)
-    if bad is not None:
+    bad = next((c for c in value if (ord(c) < 32 and c not in allowed) or 127 <= ord(c) <= 159), None)
+    if bad is not None:  # C0, DEL and C1 (\x9b is a terminal's CSI, as ESC [ is)
         raise InvalidInput(f"{what} contains the control character {bad!r}; remove it.")
+    if not multiline and (bad := next((c for c in value if c in _ONE_LINE_REFUSED), None)) is not None:
+        raise InvalidInput(f"{what} contains {bad!r}, a line separator or a bidirectional override that makes "
+                           "text show other than it reads; remove it (this field is one line of plain text).")
+    _check_unicode(value, what)
     return value
+
+
+#: What one line of plain text may not hold beyond control characters: line and paragraph separators, and the
+#: bidirectional embeddings, overrides and isolates that reorder what a terminal or page shows ("Trojan Source").
+_ONE_LINE_REFUSED = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def check_json(value: Any, what: str, *, max_bytes: int) -> str:
@@ -110,6 +130,7 @@ def check_json(value: Any, what: str, *, max_bytes: int) -> str:
         raise InvalidInput(f"{what} contains a NUL character (\\u0000); remove it.")
     if len(text.encode()) > max_bytes:
         raise InvalidInput(f"{what} is {len(text.encode()):,} bytes as JSON; the limit is {max_bytes:,}.")
+    _check_unicode(json.dumps(value, ensure_ascii=False), what)
     return text
 
 

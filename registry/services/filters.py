@@ -461,12 +461,6 @@ class MetricOrder:
         return s.scalar(select(m.VersionMetric.value).where(m.VersionMetric.version_id == version_id,
                                                             m.VersionMetric.key == self.key))
 
-    @staticmethod
-    def check_cursor_value(value: Any, sort: str) -> None:
-        """A decoded cursor's value, which for a metric sort must be a number."""
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise InvalidInput(f"cursor is not one this registry issued for sort={sort!r}; start again without it.")
-
 
 def metric_order(sort: str) -> MetricOrder | None:
     """The metric a ``sort`` names (``metrics.<key>``, '-' prefix for descending), or None for another sort."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -27,6 +28,9 @@ SORTS: dict[str, Any] = {
     "verification_status": m.AdapterVersion.verification_status,
 }
 MAX_PAGE = 500
+#: A BIGINT's range (SQLite refuses a larger Python int), and the longest text a cursor's sorted value may be.
+_BIGINT = 2**63
+MAX_CURSOR_TEXT = 64
 
 
 class Search:
@@ -66,9 +70,8 @@ class Search:
             query = query.where(m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(readable_clause(viewer))))
         counting = select(func.count()).select_from(query.with_only_columns(m.AdapterVersion.id).subquery())
         if cursor:
-            value, last_id = _decode_cursor(cursor, sort)
-            if metric is not None:
-                MetricOrder.check_cursor_value(value, sort)
+            value, last_id = _decode_cursor(cursor, sort, "metric" if metric is not None else
+                                            "text" if column is m.AdapterVersion.verification_status else "whole")
             after = (column < value) if descending else (column > value)
             tie = (m.AdapterVersion.id < last_id) if descending else (m.AdapterVersion.id > last_id)
             query = query.where(or_(after, (column == value) & tie))
@@ -142,12 +145,28 @@ def _encode_cursor(sort: str, value: Any, last_id: int) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
+def _decode_cursor(cursor: str, sort: str, kind: str) -> tuple[Any, int]:
+    """A cursor's sorted value and last id, each of the type and range ``sort`` gives them (``kind``: ``metric``, a
+    finite number; ``whole``, a BIGINT; ``text``): a crafted one (2**70, null, true) was a 500 (an outsider's walk,
+    session 29)."""
     try:
         version, for_sort, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if version != "v2" or for_sort != sort or not isinstance(last_id, int) or isinstance(value, (dict, list)):
+        if version != "v2" or for_sort != sort or not _whole(last_id) or last_id < 0 or not _fits(value, kind):
             raise ValueError(version)
-        return value, last_id
-    except (ValueError, TypeError, UnicodeDecodeError):
+        return (float(value) if kind == "metric" else value), last_id
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidInput(f"cursor {cursor!r} is not one this registry issued for sort={sort!r}; start again "
                            "without it.") from None
+
+
+def _whole(value: Any) -> bool:
+    """An int a BIGINT holds (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -_BIGINT <= value < _BIGINT
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "metric":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
+    if kind == "text":
+        return isinstance(value, str) and len(value) <= MAX_CURSOR_TEXT
+    return _whole(value)

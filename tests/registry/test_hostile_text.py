@@ -1,0 +1,109 @@
+"""Text that is not what it claims, through a real server: a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one),
+C1 control characters, line separators and bidirectional overrides in one-line fields, and crafted listing cursors.
+Each is a 422 that says what is wrong and stores nothing; the listing and the audit log stay readable for everyone
+(a surrogate once stored made both a 500 for every caller: an outsider's walk, session 29)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from registry.client import RegistryClient
+from registry.domain.errors import InvalidInput
+from tests.registry.adapters import make_adapter
+from tests.registry.servers import running_server
+
+SURROGATE = "\ud800"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("hostile-text")
+    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
+        source = make_adapter(root / "adapter")
+        with RegistryClient(url, cache=False) as client:
+            client.publish(source, "ann/clf", base_model="tiny-llama", properties={"validation": "passed"})
+        yield {"url": url, "source": source}
+
+
+def raw(server: dict[str, Any], method: str, path: str, body: str) -> httpx.Response:
+    """``body`` sent as it is: JSON text whose escapes the server decodes (httpx would refuse a lone surrogate)."""
+    return httpx.request(method, f"{server['url']}{path}", content=body.encode(),
+                         headers={"Content-Type": "application/json"})
+
+
+VERSION = "/api/v1/adapters/ann/clf/versions/1"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "message"), [
+    ("POST", f"{VERSION}/evaluations", '{"name": "ev", "metrics": {"a": 1, "note": "\\udc00"}}',
+     r"metrics holds '\\udc00' .*half of a UTF-16 surrogate pair"),
+    ("PATCH", VERSION, '{"properties": {"set": {"k": "x\\ud800"}}}', r"property 'k' holds '\\ud800'"),
+    ("PATCH", VERSION, '{"description": "\\ud800"}', r"holds '\\ud800'"),
+    ("PATCH", "/api/v1/adapters/ann/clf", '{"card": "# Card\\n\\udfff"}', r"holds '\\udfff'"),
+    ("PATCH", "/api/v1/adapters/ann/clf", '{"description": "\\ud800"}', r"holds '\\ud800'"),
+    # one line of plain text: no C1 control (\x9b is a terminal's CSI), line separator or bidi override
+    ("PATCH", VERSION, '{"properties": {"set": {"k": "a\\u009b31mred"}}}', r"the control character '\\x9b'"),
+    ("PATCH", VERSION, '{"properties": {"set": {"k": "abc\\u202edef"}}}', r"'\\u202e', a line separator or a bidi"),
+    ("PATCH", VERSION, '{"properties": {"set": {"k": "one\\u2028two"}}}', r"'\\u2028', a line separator"),
+    ("PATCH", VERSION, '{"properties": {"set": {"k": "a\\u0085b"}}}', r"the control character '\\x85'"),
+    ("PATCH", "/api/v1/adapters/ann/clf", '{"card": "# Card\\n\\u009b2J"}', r"the control character '\\x9b'"),
+], ids=["evaluation", "property", "version-description", "card", "adapter-description", "c1-csi", "bidi-override",
+        "line-separator", "next-line", "c1-in-card"])
+def test_text_that_is_not_plain_unicode_is_refused_and_changes_nothing(server: dict[str, Any], method: str, path: str,
+                                                                       body: str, message: str) -> None:
+    before = httpx.get(f"{server['url']}{VERSION}").json()
+    answer = raw(server, method, path, body)
+    assert answer.status_code == 422, answer.text
+    assert re.search(message, answer.json()["detail"]), answer.json()["detail"]
+    assert httpx.get(f"{server['url']}{VERSION}").json() == before
+    assert httpx.get(f"{server['url']}{VERSION}/evaluations").json() == []
+    for path_ in ("/api/v1/adapters", "/api/v1/events", "/api/v1/adapters/ann/clf"):
+        assert httpx.get(f"{server['url']}{path_}").status_code == 200, path_
+
+
+def test_a_publish_with_a_surrogate_in_its_metrics_or_properties_stores_nothing(server: dict[str, Any]) -> None:
+    with RegistryClient(server["url"], cache=False) as client:
+        for fields in ({"metrics": {"accuracy": 0.5, "note": SURROGATE}}, {"properties": {"k": SURROGATE}}):
+            with pytest.raises(InvalidInput, match="half of a UTF-16 surrogate pair"):
+                client.publish(server["source"], "ann/clf", base_model="tiny-llama", **fields)
+        assert [v.version for v in client.list_versions(owner="ann").items] == [1]  # no number used up
+        assert client.events().events  # the audit log reads
+
+
+def test_right_to_left_text_stays_where_several_lines_are_allowed(server: dict[str, Any]) -> None:
+    """A card may hold right-to-left text with its isolates (a Hebrew or Arabic model card): only one-line fields
+    refuse bidirectional controls."""
+    card = "# מודל\n\u2067نموذج\u2069 for reviews"
+    with RegistryClient(server["url"], cache=False) as client:
+        assert client.update_adapter("ann/clf", card=card).card == card
+        assert client.update_version("ann/clf:1", set_properties={"language": "עברית"}).properties["language"] == \
+            "עברית"
+
+
+def cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(("sort", "crafted"), [
+    ("-created", cursor("v2", "-created", 2**70, 5)),
+    ("-created", cursor("v2", "-created", None, 5)),
+    ("-created", cursor("v2", "-created", True, 5)),
+    ("-created", cursor("v2", "-created", 5, 2**70)),
+    ("-created", cursor("v2", "-created", 5, -1)),
+    ("r", cursor("v2", "r", "eight", 1)),
+    ("verification_status", cursor("v2", "verification_status", 3, 1)),
+    ("-metrics.accuracy", cursor("v2", "-metrics.accuracy", 10**309, 1)),
+    ("-metrics.accuracy", cursor("v2", "-metrics.accuracy", None, 1)),
+], ids=["huge-value", "null", "bool", "huge-id", "negative-id", "text-for-rank", "number-for-text", "huge-metric",
+        "null-metric"])
+def test_a_crafted_cursor_is_a_422(server: dict[str, Any], sort: str, crafted: str) -> None:
+    answer = httpx.get(f"{server['url']}/api/v1/adapters", params={"sort": sort, "cursor": crafted})
+    assert answer.status_code == 422, answer.text
+    assert "is not one this registry issued" in answer.json()["detail"]
