@@ -87,7 +87,7 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
     registry = open_registry(settings, create_if_empty=create_if_empty)
     jobs = job_queue(registry, settings)
     options = ApiOptions(require_tokens=bool(settings.require_tokens), anonymous_read=settings.anonymous_read,
-                         max_upload_bytes=settings.max_upload_bytes,
+                         max_upload_bytes=settings.max_upload_bytes, max_dataset_bytes=settings.max_dataset_bytes,
                          costly_requests_per_minute=settings.costly_requests_per_minute,
                          presigned_downloads_s=settings.presigned_downloads_s, read_threads=settings.read_threads,
                          metrics_token=settings.metrics_token, read_only=settings.read_only,

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from registry.domain.errors import InvalidInput
 from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS, TrustedPublisher, check_publishers
 from registry.domain.schemas import (
+    MAX_DATASET_BYTES,
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_TIME_LIMIT_S,
@@ -79,6 +80,8 @@ class Settings(BaseSettings):
     # theirs. None: tokens may never expire (their maker chooses).
     max_token_days: float | None = Field(default=None, gt=0, le=3650)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
+    # The largest dataset a job submission uploads (read whole and parsed by the API, stored until the job ends).
+    max_dataset_bytes: int = Field(default=MAX_DATASET_BYTES, ge=1)
     # The largest projection (r * (max_in + max_out) numbers) the registry generates: publishes, downloads with
     # projections, LoRA exports, verify and compare of anything larger are refused before allocating.
     max_projection_elements: int = Field(default=MAX_PROJECTION_ELEMENTS, ge=1)

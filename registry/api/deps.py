@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.domain.errors import Unauthorized
 from registry.domain.publishers import TrustedPublisher
-from registry.domain.schemas import MAX_UPLOAD_BYTES, Ref
+from registry.domain.schemas import MAX_DATASET_BYTES, MAX_UPLOAD_BYTES, Ref
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
@@ -32,6 +32,7 @@ class ApiOptions(BaseModel):
     require_tokens: bool = True
     anonymous_read: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    max_dataset_bytes: int = MAX_DATASET_BYTES  # a job submission's dataset (VERA_MAX_DATASET_BYTES)
     costly_requests_per_minute: int = 120
     presigned_downloads_s: int = 0  # > 0: hash-addressed downloads redirect to presigned URLs valid this long
     read_threads: int = Field(default=8, ge=1)  # threads that serve downloads and file lists (VERA_READ_THREADS)

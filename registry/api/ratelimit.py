@@ -23,7 +23,7 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill)
         self._lock = threading.Lock()
 
-    def take(self, caller: str, what: str = "costly requests (verify, compare, downloads)") -> None:
+    def take(self, caller: str, what: str = "costly requests (verify, compare, downloads, job submissions)") -> None:
         """Spend one request of ``caller``'s budget, or raise RateLimited saying when to retry (``what``: the
         requests counted, in the message)."""
         now = time.monotonic()

@@ -32,14 +32,15 @@ def file_response(source: bytes | str | BlobReader, size: int, media_type: str, 
     return StreamingResponse(iter(source), media_type=media_type, headers={**headers, "Content-Length": str(size)})
 
 
-async def save_upload(upload: UploadFile, path: Path, limit: int) -> None:
+async def save_upload(upload: UploadFile, path: Path, limit: int, setting: str = "VERA_MAX_UPLOAD_BYTES") -> None:
+    """Write ``upload`` to ``path``, ContentTooLarge once it passes ``limit`` bytes (``setting``: what sets it)."""
     size = 0
     with path.open("wb") as handle:
         while chunk := await upload.read(CHUNK):
             size += len(chunk)
             if size > limit:
                 raise ContentTooLarge(f"{upload.filename or path.name} exceeds the upload limit of {limit:,} bytes "
-                                      "(VERA_MAX_UPLOAD_BYTES).")
+                                      f"({setting}).")
             handle.write(chunk)
 
 

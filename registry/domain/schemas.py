@@ -25,6 +25,9 @@ _Str = WithJsonSchema({"type": "string"})
 
 #: The largest upload the API accepts by default (VERA_MAX_UPLOAD_BYTES).
 MAX_UPLOAD_BYTES = 256 * 2**20
+#: The largest dataset a fine-tune job's submission uploads (VERA_MAX_DATASET_BYTES): the API reads it whole and
+#: parses it to check its columns and labels, and stores it until the job ends.
+MAX_DATASET_BYTES = 64 * 2**20
 #: The most numbers (r * (max_in + max_out)) of a projection the registry generates by default: 64 Mi floats, 256 MiB
 #: for A and B together. The widest layer of Llama-2-70B (28,672) at the paper's r=1024 needs 58.7 Mi.
 MAX_PROJECTION_ELEMENTS = 2**26

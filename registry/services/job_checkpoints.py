@@ -46,6 +46,8 @@ from registry.store.database import Database
 from vera_core import training_checkpoints as checkpoints
 
 CHECKPOINT = "checkpoint"
+#: The kind of a job's uploaded dataset's blob (registry.services.jobs), dropped when its job ends.
+DATASET = "dataset"
 #: The files a checkpoint may hold (vera_core.trainer.Trainer.save_checkpoint), besides its manifest.
 CHECKPOINT_FILES = frozenset({*ADAPTER_FILES, checkpoints.STATE, "trainable.safetensors", "optimizer.safetensors",
                               "best.safetensors"})
@@ -230,11 +232,17 @@ class JobCheckpoints:
 
 
 def forget(s: Session, job_id: int) -> set[str]:
-    """Drop job ``job_id``'s stored checkpoint in session ``s`` (its job ended), with the rows of the blobs no one
-    else uses; their digests, whose bytes go once ``s`` commits (JobCheckpoints.delete_bytes; `vera gc` otherwise)."""
+    """Drop job ``job_id``'s stored checkpoint in session ``s`` (its job ended), and its uploaded dataset (no attempt
+    reads it again; kept, it was storage no quota counted and nothing ever collected: an outsider's walk, session
+    29), with the rows of the blobs no one else uses; their digests, whose bytes go once ``s`` commits
+    (JobCheckpoints.delete_bytes; `vera gc` otherwise)."""
     dropped = JobCheckpoints._drop_rows(s, job_id)
+    job = s.get(m.Job, job_id)
+    dataset = job.dataset_sha256 if job is not None else None
+    if job is not None:
+        job.dataset_sha256 = None
     s.flush()
-    return _drop_unused_blobs(s, dropped)
+    return _drop_unused_blobs(s, dropped) | (_drop_unused_blobs(s, {dataset}, DATASET) if dataset else set())
 
 
 def referenced(s: Session) -> set[str]:
@@ -242,8 +250,9 @@ def referenced(s: Session) -> set[str]:
     return set(s.scalars(select(m.JobCheckpointFile.sha256).distinct()))
 
 
-def _drop_unused_blobs(s: Session, digests: set[str]) -> set[str]:
-    """Delete the rows of the checkpoint blobs among ``digests`` that nothing uses any more; their digests."""
+def _drop_unused_blobs(s: Session, digests: set[str], kind: str = CHECKPOINT) -> set[str]:
+    """Delete the rows of the blobs of ``kind`` (a checkpoint's, a job's dataset) among ``digests`` that nothing uses
+    any more; their digests."""
     if not digests:
         return set()
     wanted = sorted(digests)
@@ -255,7 +264,7 @@ def _drop_unused_blobs(s: Session, digests: set[str]) -> set[str]:
     unused = sorted(digests - used)
     if not unused:
         return set()
-    gone = set(s.scalars(select(m.Blob.sha256).where(m.Blob.sha256.in_(unused), m.Blob.kind == CHECKPOINT)))
+    gone = set(s.scalars(select(m.Blob.sha256).where(m.Blob.sha256.in_(unused), m.Blob.kind == kind)))
     s.execute(delete(m.Blob).where(m.Blob.sha256.in_(sorted(gone))))
     return gone
 

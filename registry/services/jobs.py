@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, false, or_, select, true, update
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import Session, joinedload
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
@@ -38,13 +38,14 @@ from registry.domain.schemas import (
     check_json,
     check_name,
 )
+from registry.domain.words import size
 from registry.logs import REQUEST_ID
 from registry.services.access import require_readable
 from registry.services.job_checkpoints import JobCheckpoints, forget
 from registry.services.lookup import version_ref
 from registry.services.moves import lock_adapter, refuse_publish_to_old_name
 from registry.services.publishing import discard_unreferenced, put_new
-from registry.services.quotas import check_room
+from registry.services.quotas import check_room, held_by_jobs
 from registry.services.registry import Registry
 from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
@@ -135,12 +136,14 @@ class Jobs:
                 raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
             spec["data"] = f"uploaded{suffix}"
         start = self._start(spec.get("init_from"), viewer) if spec.get("init_from") is not None else None
+        if dataset is not None:  # before the dataset is parsed: its bytes are stored until the job ends
+            with self.db.session() as s:
+                self._check_dataset_room(s, ref, len(dataset), 0)
         checked, vector_bytes = self._checked_spec(spec, start, dataset, dataset_name, gpus)
         with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
             refuse_publish_to_old_name(s, ref.owner, ref.name)
             lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish would be refused)
-            check_room(s, self.registry.quotas, ref.owner, vector_bytes, f"the adapter job {ref} would publish",
-                       at_least=True)
+            self._check_dataset_room(s, ref, len(dataset or b""), vector_bytes)
         written = put_new(self.registry.blobs, dataset) if dataset is not None else ""
         digest = hashlib.sha256(dataset).hexdigest() if dataset is not None else None
         try:
@@ -169,6 +172,18 @@ class Jobs:
         except BaseException:
             discard_unreferenced(self.db, self.registry.blobs, [written])  # the dataset this request stored alone
             raise
+
+    def _check_dataset_room(self, s: Session, ref: Ref, dataset_bytes: int, vector_bytes: int) -> None:
+        """QuotaExceeded unless the owner has room for the adapter the job publishes (``vector_bytes``, at least), its
+        dataset, and the datasets its queued and running jobs hold (each is stored until its job ends)."""
+        held = held_by_jobs(s, ref.owner) if dataset_bytes else 0
+        what = f"the adapter job {ref} would publish" if vector_bytes else f"job {ref}'s dataset"
+        if vector_bytes and dataset_bytes:
+            what += f" and its {size(dataset_bytes)} dataset"
+        if held:
+            what += f", with the {size(held)} of datasets its queued and running jobs hold"
+        check_room(s, self.registry.quotas, ref.owner, vector_bytes + dataset_bytes + held, what,
+                   at_least=bool(vector_bytes))
 
     def _checked_spec(self, spec: dict[str, Any], start: tuple[str, VeraConfig, list[str] | None] | None,
                       dataset: bytes | None, dataset_name: str, gpus: int) -> tuple[TrainSpec, int]:

@@ -69,6 +69,14 @@ def used(s: Session, owner: str) -> tuple[int, int, int]:
     return int(adapters), int(versions), int(stored)
 
 
+def held_by_jobs(s: Session, owner: str) -> int:
+    """The bytes of the uploaded datasets that ``owner``'s queued and running jobs hold (each stored once): counted
+    against its quota when it submits another (a job's dataset goes when the job ends)."""
+    held = select(m.Blob.sha256, m.Blob.size).join(m.Job, m.Job.dataset_sha256 == m.Blob.sha256).where(
+        m.Job.owner == owner, m.Job.status.in_(("queued", "running"))).distinct()
+    return sum(size for _, size in s.execute(held))
+
+
 def check_room(s: Session, quotas: Quotas, owner: str, adding: int | None, what: str, *,
                instead: str = "", at_least: bool = False) -> None:
     """QuotaExceeded when ``adding`` more bytes would take ``owner`` over its quota (``what``: what they are for;

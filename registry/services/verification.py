@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import (
+    FINAL_JOB_STATUSES,
     GC_GRACE_S,
     UPLOAD_PREFIX,
     ProjectionInfo,
@@ -206,11 +207,14 @@ class Verification:
                     for p in s.scalars(select(m.Projection)):
                         if p.id not in used_projections:
                             s.delete(p)
+                    # the datasets of jobs that ended before a job's end dropped its dataset (forget)
+                    s.execute(update(m.Job).where(m.Job.status.in_(FINAL_JOB_STATUSES), m.Job.dataset_sha256
+                                                  .is_not(None)).values(dataset_sha256=None))
                     s.flush()
                     referenced = self._referenced(s)
                     for blob in s.scalars(select(m.Blob)):
-                        if blob.sha256 not in referenced and blob.kind in (*VERSION_BLOBS,
-                                                                           job_checkpoints.CHECKPOINT):
+                        if blob.sha256 not in referenced and blob.kind in (*VERSION_BLOBS, job_checkpoints.CHECKPOINT,
+                                                                           job_checkpoints.DATASET):
                             s.delete(blob)
                             removed.add(blob.sha256)
                 return len(removed), removed

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from tests.registry.adapters import make_adapter
@@ -565,3 +565,66 @@ def test_a_jobs_progress_keeps_the_last_training_loss_through_an_evaluation() ->
     progress, events = tracker.drain()
     assert progress["loss"] == 0.5 and progress["step"] == 3
     assert [kind for kind, _, _ in events] == ["step", "evaluate"]
+
+
+def _dataset(rows: int, word: str) -> bytes:
+    return b"text,label\n" + b"".join(f"{word} {i},{'positive' if i % 2 else 'negative'}\n".encode()
+                                       for i in range(rows))
+
+
+def test_a_jobs_dataset_counts_against_the_quota_and_goes_when_the_job_ends(database_url: str,
+                                                                            tmp_path: Path) -> None:
+    """An uploaded dataset is stored until its job ends: counted against its owner's quota meanwhile (with those its
+    other queued and running jobs hold), then dropped, rows and bytes; `vera gc` drops those of jobs that ended
+    before a job's end did (an outsider queued 15 MB of datasets past a 1 MB quota, never collected)."""
+    from registry.services.quotas import Quotas
+    from registry.store import models as m
+    from registry.store.blobs import FsspecBlobStore
+    from registry.store.database import Database
+
+    first, second = _dataset(400, "good"), _dataset(400, "fine")
+    db = Database(database_url)
+    db.upgrade()
+    blobs = FsspecBlobStore(str(tmp_path / "blobs"))
+    registry = Registry(db, blobs, quotas=Quotas(default=None, per_owner={"ann": 19_200 + len(first) * 3 // 2}))
+    try:
+        jobs = Jobs(registry)
+        spec = {"data": "x", "r": 16}
+        job = jobs.submit(spec, owner="ann", target="ann/a", dataset=first, dataset_name="a.csv")
+        stored = set(blobs.digests())
+        assert len(stored) == 1
+        with pytest.raises(QuotaExceeded, match=r"ann stores 0 B of its .* quota; the adapter job ann/b would publish "
+                                                r"and its .* KB dataset, with the .* KB of datasets its queued and "
+                                                r"running jobs hold \(at least .*\) would take it over"):
+            jobs.submit(spec, owner="ann", target="ann/b", dataset=second, dataset_name="b.csv")
+        assert set(blobs.digests()) == stored and len(jobs.list_jobs()) == 1  # nothing stored, nothing queued
+        jobs.cancel(job.id, actor="ann")
+        assert list(blobs.digests()) == []  # the ended job's dataset: bytes and row
+        with db.session() as s:
+            assert s.get(m.Job, job.id).dataset_sha256 is None and s.query(m.Blob).count() == 0
+        again = jobs.submit(spec, owner="ann", target="ann/b", dataset=second, dataset_name="b.csv")
+        with db.session() as s:  # a job that ended before a job's end dropped its dataset
+            s.get(m.Job, again.id).status = "failed"
+        assert len(list(blobs.digests())) == 1
+        assert registry.verification.gc(grace_s=0)["blobs_removed"] == 1
+        assert list(blobs.digests()) == []
+    finally:
+        db.engine.dispose()
+
+
+def test_a_dataset_over_its_limit_is_refused_before_it_is_read_and_submissions_are_costly(tmp_path: Path) -> None:
+    """VERA_MAX_DATASET_BYTES bounds what a submission uploads (the API reads and parses it whole); a submission
+    counts against the caller's costly-request budget (VERA_COSTLY_REQUESTS_PER_MINUTE)."""
+    from registry.domain.errors import ContentTooLarge, RateLimited
+
+    data = _dataset(400, "good")
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_MAX_DATASET_BYTES=str(len(data) - 1),
+                        VERA_COSTLY_REQUESTS_PER_MINUTE="3") as url, RegistryClient(url, cache=False) as client:
+        with pytest.raises(ContentTooLarge, match=r"a\.csv exceeds the upload limit of .* bytes "
+                                                  r"\(VERA_MAX_DATASET_BYTES\)"):
+            client.submit_job("ann/a", {"data": "x"}, dataset=("a.csv", data))
+        client.submit_job("ann/a", {"data": "x"}, dataset=("a.csv", _dataset(100, "good")))
+        client.submit_job("ann/a", DEMO)
+        with pytest.raises(RateLimited, match="job submissions"):
+            client.submit_job("ann/a", DEMO)
+        assert len(client.jobs()) == 2

@@ -7,10 +7,11 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from registry.api.deps import Caller, JobsDep, Options, Reader, authorize, authorize_new_version
+from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
 from registry.domain.schemas import (
@@ -29,7 +30,7 @@ router = APIRouter(prefix="/api/v1/jobs")
 
 @router.post("", response_model=JobInfo, status_code=201)
 async def submit_job(
-    caller: Caller, options: Options, jobs: JobsDep,
+    request: Request, caller: Caller, options: Options, jobs: JobsDep,
     target: Annotated[str, Form(description="owner/name to publish the result as")],
     spec: Annotated[str, Form(description="the training spec, a JSON object (vera_core.recipes.TrainSpec)")],
     dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
@@ -42,12 +43,15 @@ async def submit_job(
     ref = Ref.parse(target)
     owner = ref.owner
     who = await authorize_new_version(jobs.registry, options, caller, owner, ref.name)  # the target's owner's job
+    spend(request, who)  # it stores and parses a dataset of up to VERA_MAX_DATASET_BYTES: a costly request
     parsed = json_object(spec, "spec")
     data = None
     if dataset is not None:
         with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
             path = Path(tmp) / "upload"
-            await save_upload(dataset, path, options.max_upload_bytes)
+            small = options.max_dataset_bytes <= options.max_upload_bytes
+            await save_upload(dataset, path, min(options.max_dataset_bytes, options.max_upload_bytes),
+                              "VERA_MAX_DATASET_BYTES" if small else "VERA_MAX_UPLOAD_BYTES")
             data = path.read_bytes()
     name = (dataset.filename or "data.csv") if dataset is not None else "data.csv"
     return await run_in_threadpool(partial(jobs.submit, parsed, owner=owner, target=target, dataset=data,
