@@ -127,6 +127,11 @@ def _read_rows(file: Path) -> list[dict[str, Any]]:
             raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
         if not isinstance(row, dict):
             raise DatasetError(f"{file}:{number} is a JSON {type(row).__name__}; expected an object per line.")
+        try:  # "\ud800" decodes to half of a surrogate pair: no tokenizer reads it, no registry stores it as a label
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DatasetError(f"{file}:{number} holds {exc.object[exc.start:exc.end]!r}, half of a UTF-16 surrogate "
+                               "pair, which is not text; expected valid Unicode.") from None
         rows.append(row)
     return rows
 

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from registry.client import RegistryClient
-from registry.domain.events import EventInfo
+from registry.domain.events import EVERY_OWNER, EventInfo
 from web_ui import formats, navigation, session, tables
 
 #: Actions offered in the filter (others can be typed): what the registry records today.
@@ -33,7 +33,7 @@ def target_link(event: EventInfo) -> str:
     "Page not found".)"""
     if event.adapter is not None:
         return navigation.version_link(event.target)
-    if event.owner is not None:
+    if event.owner is not None and event.owner != EVERY_OWNER:  # '*': a registry-wide webhook, no owner's page
         return navigation.activity_link(event.owner)
     return navigation.activity_link(None, action=event.action, named=event.target)
 

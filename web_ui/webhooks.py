@@ -82,7 +82,7 @@ def choose_owner() -> str | None:
         accept_new_options=admin, format_func=lambda o: "* (every owner: registry-wide)" if o == EVERY_OWNER else o,
         help="Any owner: those that published here are listed, another can be typed." if admin else
         "Your namespace, or an organisation where your role is write or admin.")
-    if admin and chosen is not None and chosen not in known:
+    if admin and chosen is not None and chosen not in known and chosen != EVERY_OWNER:
         st.caption(f"{chosen}/ has published nothing here yet (among the newest {OWNERS_FROM} versions): a webhook "
                    "added for it fires once it does. Check the name if you meant one of the owners listed.")
     if chosen is not None:
@@ -149,7 +149,8 @@ def confirm_removal(hook: WebhookInfo) -> None:
 def delivery_log(hook: WebhookInfo) -> None:
     deliveries = session.read(RegistryClient.webhook_deliveries, hook.id)
     if not deliveries:
-        st.caption("No deliveries yet: send a test delivery, or publish under this owner.")
+        st.caption("No deliveries yet: send a test delivery, or publish " + (
+            "anywhere." if hook.owner == EVERY_OWNER else f"under {hook.owner}/."))
         return
     tables.show(deliveries_table(deliveries), hide_index=True, width="stretch")
     failed = sum(d.status == "failed" for d in deliveries)

@@ -57,11 +57,12 @@ TOKENLESS_BODY = 64 << 10
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: A query string that may hold one, percent-encoded (C1 as UTF-8: %C2%80-%C2%9F) or raw: only such are parsed.
 _QUERY_CONTROL = re.compile(rb"%(?:[01][0-9a-f]|7f|c2%[89][0-9a-f])|[\x00-\x1f\x7f-\x9f]", re.IGNORECASE)
-#: The query parameters of free text, with the control characters each may hold. The services check them as they
-#: check stored text (registry.domain.schemas.check_text), which may hold C1 characters but no C0 or DEL: a search
-#: (``q``) and a base model's name are one line (no tab: the services refuse it there too); a ``filter`` may span
-#: lines, tabs and newlines included (a dashboard text area, a query pasted from a script). Every other value (names,
-#: numbers, cursors, sorts, times) holds no control character at all.
+#: The query parameters of free text, with the C0 control characters each may hold here. The services then check
+#: them as they check stored text (registry.domain.schemas.check_text, whose message names the C1 character it
+#: refuses): a search (``q``) and a base model's name are one line (no tab, no C1); a ``filter`` may span lines, tabs
+#: and newlines included (a dashboard text area, a query pasted from a script), and holds no C1 character that starts
+#: a terminal's control sequence. Every other value (names, numbers, cursors, sorts, times) holds no control
+#: character at all.
 FREE_TEXT = {"q": "", "base_model": "", "filter": "\t\n"}
 _TEXT_CONTROL = re.compile("[\x00-\x1f\x7f]")
 NUL_REFUSAL = ("A request's path and query may not hold a NUL byte (%00): no name or parameter of this registry "

@@ -120,9 +120,14 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     @app.exception_handler(UnicodeEncodeError)
     async def not_unicode(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
         """Text the checks missed that is not Unicode (a lone UTF-16 surrogate, as JSON's "\\ud800" writes one),
-        refused where it is written (SQLite, PostgreSQL's driver): nothing was stored, so a 422, not a 500."""
+        refused where it is written (SQLite, PostgreSQL's driver): nothing was stored, so a 422, not a 500. Any
+        other encoding error is the server's (a 500, logged)."""
+        bad = exc.object[exc.start:exc.end]
+        if not bad or not all(0xD800 <= ord(c) <= 0xDFFF for c in bad):
+            log.exception(f"unexpected error during {request.method} {request.url.path}", exc_info=exc)
+            return _unexpected(request, exc)
         return problem(422, "invalid_input", "The request holds text that is not valid Unicode (half of a UTF-16 "
-                       f"surrogate pair, {exc.object[exc.start:exc.end]!r}); send valid Unicode.", request.url.path)
+                       f"surrogate pair, {bad!r}); send valid Unicode.", request.url.path)
 
     _install_database_handlers(app)
 

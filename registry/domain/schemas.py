@@ -108,8 +108,9 @@ def check_text(value: object, what: str, *, max_length: int, multiline: bool = F
     allowed = "\n\t" if multiline else ""
     if not isinstance(value, str) or len(value) > max_length:
         raise InvalidInput(f"{what} must be text of at most {max_length:,} characters.")
-    bad = next((c for c in value if (ord(c) < 32 and c not in allowed) or 127 <= ord(c) <= 159), None)
-    if bad is not None:  # C0, DEL and C1 (\x9b is a terminal's CSI, as ESC [ is)
+    c1 = _C1_INTRODUCERS if multiline else _C1
+    bad = next((c for c in value if (ord(c) < 32 and c not in allowed) or ord(c) == 127 or c in c1), None)
+    if bad is not None:
         raise InvalidInput(f"{what} contains the control character {bad!r}; remove it.")
     if not multiline and (bad := next((c for c in value if c in _ONE_LINE_REFUSED), None)) is not None:
         raise InvalidInput(f"{what} contains {bad!r}, a line separator or a bidirectional override that makes "
@@ -118,6 +119,11 @@ def check_text(value: object, what: str, *, max_length: int, multiline: bool = F
     return value
 
 
+#: C1 control characters: refused in one line of plain text. Text of several lines (descriptions, cards) refuses only
+#: those that start a terminal's control sequence (\x9b is CSI, as ESC [ is; DCS, SOS, OSC, PM, APC): pasted text
+#: holds the others (Windows-1252 quotes read as Latin-1, NEL), which stored descriptions may have.
+_C1 = frozenset(chr(c) for c in range(0x80, 0xA0))
+_C1_INTRODUCERS = frozenset("\x90\x98\x9b\x9d\x9e\x9f")
 #: What one line of plain text may not hold beyond control characters: line and paragraph separators, and the
 #: bidirectional embeddings, overrides and isolates that reorder what a terminal or page shows ("Trojan Source").
 _ONE_LINE_REFUSED = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

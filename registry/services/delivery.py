@@ -101,6 +101,8 @@ def check_target(url: object, *, allow_private: bool) -> str:
     if parsed.userinfo:
         raise InvalidInput("The webhook url carries a user name or password, which listings would show; remove it "
                            "(receivers check the X-Vera-Signature header instead).")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:  # saved, it could never be delivered
+        raise InvalidInput(f"The webhook url's port {parsed.port} is not a TCP port (1 to 65535).")
     allowed_addresses(parsed, allow_private=allow_private)
     return text
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.domain.errors import InvalidInput
@@ -313,7 +313,7 @@ class Field:
         if self.kind == "alias":  # the versions an alias of their adapter names (latest: each adapter's newest)
             name = m.Alias.name
             if clause.op == "!=":
-                return m.AdapterVersion.id.not_in(select(m.Alias.version_id).where(name == converted[0]))
+                return ~exists().where(m.Alias.version_id == m.AdapterVersion.id, name == converted[0])
             return m.AdapterVersion.id.in_(select(m.Alias.version_id).where(_compare(name, clause.op, converted)))
         if self.column is m.AdapterVersion.dataset_sha256:  # recorded lower-case
             converted = [str(v).lower() for v in converted]
@@ -330,10 +330,9 @@ class Field:
         a comparison; ``is null`` matches those without it."""
         if clause.field in ("metrics", "properties"):  # a row per (version, key)
             held: Any = m.VersionMetric if clause.field == "metrics" else m.VersionProperty
-            if clause.op in NULL_TESTS:
-                having = select(held.version_id).where(held.key == clause.key)
-                return m.AdapterVersion.id.not_in(having) if clause.op == "is null" else \
-                    m.AdapterVersion.id.in_(having)
+            if clause.op in NULL_TESTS:  # (NOT EXISTS: PostgreSQL plans NOT IN over a big subquery per row)
+                having = exists().where(held.version_id == m.AdapterVersion.id, held.key == clause.key)
+                return ~having if clause.op == "is null" else having
             test = _compare(held.value, clause.op, converted)
             return m.AdapterVersion.id.in_(select(held.version_id).where(held.key == clause.key, test))
         key = str(clause.key)

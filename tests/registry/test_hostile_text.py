@@ -78,9 +78,10 @@ def test_a_publish_with_a_surrogate_in_its_metrics_or_properties_stores_nothing(
 
 
 def test_right_to_left_text_stays_where_several_lines_are_allowed(server: dict[str, Any]) -> None:
-    """A card may hold right-to-left text with its isolates (a Hebrew or Arabic model card): only one-line fields
-    refuse bidirectional controls."""
-    card = "# מודל\n\u2067نموذج\u2069 for reviews"
+    """A card may hold right-to-left text with its isolates (a Hebrew or Arabic model card), and the C1 characters
+    that pasted text holds (only those that start a terminal's control sequence are refused there): one-line fields
+    refuse both."""
+    card = "# מודל\n\u2067نموذج\u2069 for reviews; \x93pasted\x94 from Windows-1252"  # C1 other than CSI & co
     with RegistryClient(server["url"], cache=False) as client:
         assert client.update_adapter("ann/clf", card=card).card == card
         assert client.update_version("ann/clf:1", set_properties={"language": "עברית"}).properties["language"] == \
@@ -107,3 +108,30 @@ def test_a_crafted_cursor_is_a_422(server: dict[str, Any], sort: str, crafted: s
     answer = httpx.get(f"{server['url']}/api/v1/adapters", params={"sort": sort, "cursor": crafted})
     assert answer.status_code == 422, answer.text
     assert "is not one this registry issued" in answer.json()["detail"]
+
+
+def test_only_an_encoding_error_of_a_surrogate_is_the_callers() -> None:
+    """The last line of defence: a surrogate that reaches a database driver unchecked is a 422 (nothing was stored);
+    any other encoding error is the server's own bug, a 500 that says nothing of the text."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from registry.api.problems import install_problem_handlers
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/surrogate")
+    def surrogate() -> None:
+        ("text " + SURROGATE).encode()
+
+    @app.get("/latin")
+    def latin() -> None:
+        "€".encode("latin-1")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        refused = client.get("/surrogate")
+        assert refused.status_code == 422 and "'\\ud800'); send valid Unicode" in refused.json()["detail"]
+        failed = client.get("/latin")
+        assert failed.status_code == 500 and failed.json()["detail"] == "Unexpected UnicodeEncodeError; see the " \
+            "server log."

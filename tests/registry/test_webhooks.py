@@ -240,6 +240,8 @@ def test_metadata_addresses_are_refused_even_where_private_ones_are_allowed(serv
 @pytest.mark.parametrize(("url", "message"), [
     ("ftp://example.org/x", "must be http:// or https://"),
     ("https://user:pw@example.org/x", "user name or password"),
+    ("http://127.0.0.1:99999/x", "port 99999 is not a TCP port (1 to 65535)"),
+    ("http://127.0.0.1:0/x", "port 0 is not a TCP port"),
     ("http://no-such-host.invalid/x", "does not resolve"),
     ("not a url", "must be http:// or https://"),
     ("", "must be http:// or https://"),
@@ -514,8 +516,17 @@ def test_a_members_webhooks_pause_when_it_leaves_or_may_only_read(server: dict[s
             "active": False, "reason": "paused: its editor left the organisation (mallory)"}
         alice.update_adapter("hooked/secret", description="the new plan")
         receiver.wait_for("/untouched", 1)
+        # the organisation renamed between the member's change and its removal: its audit events keep the old name
+        alice.create_organization("renamed")
+        alice.set_member("renamed", "mallory", "write")
+        later = alice.create_webhook("renamed", receiver.url("/alices"), events=["adapter-edit"])
+        mallory.update_webhook(later.id, url=receiver.url("/after-rename"))
+        alice.rename_organization("renamed", "renamed-ai")
+        alice.remove_member("renamed-ai", "mallory")
+        assert not next(h for h in alice.webhooks("renamed-ai") if h.id == later.id).active
         time.sleep(1)
     assert receiver.at("/removed") == [] and receiver.at("/demoted") == [] and receiver.at("/repointed") == []
+    assert receiver.at("/after-rename") == []
 
 
 def test_a_registry_wide_webhook_receives_every_owners_events_and_only_admins_manage_it(
@@ -530,8 +541,11 @@ def test_a_registry_wide_webhook_receives_every_owners_events_and_only_admins_ma
                 who.create_webhook("*", receiver.url("/x"))
             with pytest.raises(Forbidden, match=r"Only the registry's administrators"):
                 who.webhooks("*")
-            with pytest.raises(NotFound):
-                who.update_webhook(every.id, active=False)
+            for call in (lambda c: c.webhook(every.id), lambda c: c.update_webhook(every.id, active=False),
+                         lambda c: c.test_webhook(every.id), lambda c: c.webhook_deliveries(every.id),
+                         lambda c: c.delete_webhook(every.id)):
+                with pytest.raises(NotFound):
+                    call(who)
         alice.publish(server["source"], "alice/everywhere", base_model="tiny-llama", visibility="private")
         mallory.publish(server["source"], "mallory/everywhere", base_model="tiny-llama")
         got = receiver.wait_for("/every", 2)
@@ -545,6 +559,12 @@ def test_a_registry_wide_webhook_receives_every_owners_events_and_only_admins_ma
     db = Database(server["database"])
     limited_token = create_token(db, owner="ops", scopes=["admin"], limited_to=["alice"])[1]
     db.engine.dispose()
-    with RegistryClient(server["url"], limited_token, cache=False) as limited, \
-            pytest.raises(Forbidden, match="Only the registry's administrators"):
-        limited.webhooks("*")  # an admin token limited to some owners is not the whole registry's
+    with client(server, "admin") as admin:
+        kept = admin.create_webhook("*", receiver.url("/every"), events=["publish"])
+    with RegistryClient(server["url"], limited_token, cache=False) as limited:  # not the whole registry's
+        with pytest.raises(Forbidden, match="Only the registry's administrators"):
+            limited.webhooks("*")
+        with pytest.raises(NotFound):
+            limited.webhook(kept.id)
+    with client(server, "admin") as admin:
+        admin.delete_webhook(kept.id)

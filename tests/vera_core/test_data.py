@@ -46,6 +46,9 @@ def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
      ("d.csv", "text\nhello\n", r"has columns \['text'\] but not \['label'\]"),
      ("d.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"d.jsonl:2 is not a JSON object"),
      ("d.jsonl", '[1, 2]\n', "is a JSON list; expected an object"),
+     # a label the registry would refuse to store only after the job trained (a reviewer's finding)
+     ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "\\ud800"}\n',
+      r"d.jsonl:2 holds '\\ud800', half of a UTF-16 surrogate pair, which is not text"),
      ("d.csv", "text,label\na,1\nb,1\n", "single label value"),
      ("d.csv", "", "holds no examples"),
      # csv's own error was a 500 through a job's upload (an outsider's finding): a DatasetError, a 422 there

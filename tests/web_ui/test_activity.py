@@ -72,3 +72,6 @@ def test_every_target_links_somewhere_the_dashboard_has() -> None:
     assert activity.target_link(org).startswith("activity?adapter=acme")
     assert activity.target_link(base).startswith("activity?action=base-register")
     assert [tables.link_text(activity.target_link(e)) for e in (org, base)] == ["acme", "llama-7b@main"]
+    # a registry-wide webhook's change: no owner's events to open (?adapter=* is refused), its kind's instead
+    every = event("*/webhooks/3").model_copy(update={"action": "webhook-create", "owner": "*", "adapter": None})
+    assert activity.target_link(every).startswith("activity?action=webhook-create")
