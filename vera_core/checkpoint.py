@@ -82,6 +82,11 @@ def _read_json(path: Path) -> dict[str, object]:
         raise AdapterFormatError(f"{path} is not readable JSON ({exc}); expected PEFT's adapter_config.json.") from exc
     if not isinstance(data, dict):
         raise AdapterFormatError(f"{path} must hold a JSON object, found {type(data).__name__}.")
+    try:  # "\ud800" decodes to half of a surrogate pair, which no registry can store or answer with
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AdapterFormatError(f"{path} holds {exc.object[exc.start:exc.end]!r}, half of a UTF-16 surrogate pair, "
+                                 "which is not text; expected valid Unicode.") from None
     return data
 
 

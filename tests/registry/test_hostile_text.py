@@ -135,3 +135,17 @@ def test_only_an_encoding_error_of_a_surrogate_is_the_callers() -> None:
         failed = client.get("/latin")
         assert failed.status_code == 500 and failed.json()["detail"] == "Unexpected UnicodeEncodeError; see the " \
             "server log."
+
+
+def test_an_adapter_config_with_a_surrogate_is_refused(server: dict[str, Any]) -> None:
+    """adapter_config.json is JSON too: a "\\ud800" in it is refused at publish, not stored into every listing."""
+    config = json.loads((server["source"] / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "tiny\\ud800"  # written as the escape, as a crafted file would
+    text = json.dumps(config).replace("\\\\ud800", "\\ud800")
+    answer = httpx.post(f"{server['url']}/api/v1/adapters/ann/clf/versions", data={"base_model": "tiny-llama"},
+                        files={"adapter_config": ("adapter_config.json", text.encode()),
+                               "adapter_model": ("adapter_model.safetensors",
+                                                 (server["source"] / "adapter_model.safetensors").read_bytes())})
+    assert answer.status_code == 422, answer.text
+    assert "half of a UTF-16 surrogate pair" in answer.json()["detail"]
+    assert [v["version"] for v in httpx.get(f"{server['url']}/api/v1/adapters").json()["items"]] == [1]
