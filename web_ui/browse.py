@@ -21,8 +21,10 @@ SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters
                "-metrics.final_eval.accuracy": "highest eval accuracy", "metrics.final_eval.loss": "lowest eval loss"}
 FILTER_HELP = ("MLflow-style clauses joined by `and`, run by the registry over every version: "
                "`metrics.test.accuracy > 0.9 and r <= 256`, `base_model = 'minilm'`, `tag in ('prod', 'demo')`, "
-               "`created > '2026-11-01'`, `published_via.repository = 'acme/adapters'` (what a CI run published: "
-               "also `published_via.sha`, `.ref`, `.publisher`). Strings in single quotes.")
+               "`created > '2026-11-01'`, `properties.validation = 'passed'` (a version's key=value properties), "
+               "`published_via.repository = 'acme/adapters'` (what a CI run published: also `published_via.sha`, "
+               "`.ref`, `.publisher`). `properties.validation is null`: the versions without that property (`is not "
+               "null`: with it; also on `metrics.<key>`). Strings in single quotes.")
 METRIC_SORT_HELP = ("A metric's dotted name, e.g. `test.accuracy` (highest first) or `+final_eval.loss` (lowest "
                     "first). The registry sorts every page by it; versions without that metric are left out.")
 

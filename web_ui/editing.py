@@ -377,6 +377,27 @@ def delete_form(info: VersionInfo, guarded: list[str]) -> None:
     result(info.ref, "delete")
 
 
+def why_not_writer(who: WhoAmI, owner: str) -> str:
+    """Why ``who`` may not edit ``owner``'s adapters, and who can change that: the role an organisation gives, or the
+    token's scope or owners (a reader of an organisation was told to paste a token with the publish scope, which it
+    had: session 29's walk)."""
+    if who.anonymous:
+        return (f"Signed in as an anonymous reader, who may not edit {owner}'s adapters. Paste a token that may "
+                f"publish under {owner} in the sidebar.")
+    role = who.organizations.get(owner)
+    if who.limited_to is not None and owner not in who.limited_to:
+        why = f"this token is limited to {', '.join(sorted(who.limited_to))}; use one that is not, or one for {owner}"
+    elif "publish" not in who.scopes and "admin" not in who.scopes:
+        why = "this token has no publish scope; use one that has it"
+    elif role == "read":
+        why = (f"your role in the organisation {owner} is read: one of its admins makes you a writer (Organisations "
+               "page)")
+    else:
+        why = (f"{owner} is neither your namespace nor an organisation you belong to" if role is None
+               else f"your role in {owner} is {role}")
+    return f"Signed in as {who.user}, who may not edit {owner}'s adapters: {why}."
+
+
 def section(info: VersionInfo) -> None:
     """The Edit tab for a caller who may write: the version (description and tags, aliases, yank), the adapter
     (description, card, visibility; move), and deleting the version, each form's result beside it; else why not."""
@@ -385,9 +406,7 @@ def section(info: VersionInfo) -> None:
         st.info(READ_ONLY_EDITS, icon=":material/lock:")
         return
     if not may_write(who, info.owner):
-        st.info(f"Signed in as {'an anonymous reader' if who.anonymous else who.user}, who may not edit "
-                f"{info.owner}'s adapters. Paste a token with the publish scope for {info.owner} in the sidebar.",
-                icon=":material/edit_off:")
+        st.info(why_not_writer(who, info.owner), icon=":material/edit_off:")
         result(info.ref)
         return
     adapter = session.read(RegistryClient.adapter, f"{info.owner}/{info.name}")

@@ -165,9 +165,13 @@ def header(job: JobInfo) -> None:
     cols[0].metric("Status", status(job))
     total = p.get("total_steps")
     active = job.status in ACTIVE_JOB_STATUSES
-    # a queued job read "Step: starting" while no worker had it yet (session 28's walk)
+    # a queued job read "Step: starting" while no worker had it yet (session 28's walk); "waiting for a worker" was
+    # cut to "waiting f…" in the tile (session 29's): the tile says little, its help the rest
+    queued = job.status == "queued"
     cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total
-                   else "waiting for a worker" if job.status == "queued" else "starting" if active else formats.MISSING)
+                   else "none yet" if queued else "starting" if active else formats.MISSING,
+                   help="No worker has claimed the job yet: its steps start when one does." if queued and not total
+                   else None)
     cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else formats.MISSING)
     # a finished job's progress holds its final eval metrics: its loss is the eval set's, named so (a new user read
     # an unlabelled "Loss" tile as the training loss: session 23's walk)

@@ -56,19 +56,30 @@ def manages(who: WhoAmI, org: str) -> bool:
     return "admin" in who.scopes or ("publish" in who.scopes and who.organizations.get(org) == "admin")
 
 
-def _done(outcome: str | RegistryError) -> None:
-    st.session_state[RESULT] = outcome
+#: Where an outcome is shown: at the top of the page, under the member forms, or under Leave (a refusal of a button
+#: far down the page was drawn at its top, out of view: session 29's walk).
+TOP, MEMBERS, LEAVE = "top", "members", "leave"
+
+
+def _done(outcome: str | RegistryError, place: str = TOP) -> None:
+    st.session_state[RESULT] = (place, outcome)
     st.cache_data.clear()
 
 
-def _change(action: str | Callable[[T], str], fn: Callable[[RegistryClient], T]) -> None:
-    """Make the change ``fn``; say ``action`` (or what it says of the answer), or the registry's refusal."""
+def _change(action: str | Callable[[T], str], fn: Callable[[RegistryClient], T], place: str = TOP) -> None:
+    """Make the change ``fn``; say ``action`` (or what it says of the answer), or the registry's refusal, at
+    ``place``."""
     try:
         answer = session.call(fn)
     except RegistryError as exc:
-        _done(exc)
+        _done(exc, place)
     else:
-        _done(action if isinstance(action, str) else action(answer))
+        _done(action if isinstance(action, str) else action(answer), place)
+
+
+def _refused() -> bool:
+    """Whether the last change was refused."""
+    return isinstance(st.session_state.get(RESULT, (TOP, None))[1], RegistryError)
 
 
 def set_member(org: str) -> None:
@@ -76,16 +87,16 @@ def set_member(org: str) -> None:
     member = st.session_state["orgs_member"].strip()
     role = st.session_state["orgs_role"]
     if not member:
-        _done("Type the member's user name.")
+        _done("Type the member's user name.", MEMBERS)
         return
-    _change(lambda info: added(info, member, role), lambda c: c.set_member(org, member, role))
+    _change(lambda info: added(info, member, role), lambda c: c.set_member(org, member, role), MEMBERS)
 
 
 def added(org: OrganizationInfo, member: str, role: str) -> str:
     """What adding ``member`` did: made them a member, or (invitations on) invited them."""
     invitation = org.invited(member)
     if invitation is None:
-        return f"{member} is now {role} in {org.name}."
+        return f"{member}'s role in {org.name} is now {role}."
     return (f"Invited {member} as {role} to {org.name}: pending until they accept (the invitation expires "
             f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC).")
 
@@ -93,7 +104,7 @@ def added(org: OrganizationInfo, member: str, role: str) -> str:
 def accept(org: str, user: str) -> None:
     """``on_click`` of Accept (an invitation for ``user``): they join ``org``, and the page shows it."""
     _change(lambda info: f"You joined {org} as {info.role_of(user) or 'a member'}.", lambda c: c.accept_invitation(org))
-    if not isinstance(st.session_state[RESULT], RegistryError):
+    if not _refused():
         st.query_params["org"] = org
 
 
@@ -105,7 +116,7 @@ def decline(org: str) -> None:
 def cancel_invitation(org: str) -> None:
     """``on_click`` of Cancel invitation (an organisation's admins)."""
     member = st.session_state["orgs_uninvite"]
-    _change(f"Cancelled the invitation of {member} to {org}.", lambda c: c.cancel_invitation(org, member))
+    _change(f"Cancelled the invitation of {member} to {org}.", lambda c: c.cancel_invitation(org, member), MEMBERS)
 
 
 #: The organisation whose Leave was clicked and is asked about (Leave was one click: session 28's walk).
@@ -132,8 +143,8 @@ def remove_member(org: str, member: str, leaving: bool) -> None:
     if leaving:
         st.session_state.pop(LEAVE_ASKED, None)
     _change(f"You left {org}." if leaving else f"Removed {member} from {org}.",
-            lambda c: c.remove_member(org, member))
-    if leaving and st.query_params.get("org") == org and not isinstance(st.session_state.get(RESULT), Exception):
+            lambda c: c.remove_member(org, member), LEAVE if leaving else MEMBERS)
+    if leaving and st.query_params.get("org") == org and not _refused():
         del st.query_params["org"]
 
 
@@ -214,8 +225,13 @@ def delete(org: str) -> None:
     _done(f"Deleted {org}: its members lost their roles in it.")
 
 
-def result() -> None:
-    outcome = st.session_state.pop(RESULT, None)
+def result(place: str = TOP) -> None:
+    """The last change's outcome, if it is to be shown at ``place`` (a success after leaving: at the top, as the
+    organisation left is no longer shown)."""
+    where, outcome = st.session_state.get(RESULT, (place, None))
+    if where != place and not (where == LEAVE and place == TOP and not isinstance(outcome, RegistryError)):
+        return
+    st.session_state.pop(RESULT, None)
     if isinstance(outcome, RegistryError):
         session.show_error(outcome)
     elif outcome:
@@ -230,18 +246,19 @@ def unknown_members(org: OrganizationInfo) -> None:
                    "read`).", icon=":material/person_alert:")
 
 
-def manage_form(org: OrganizationInfo) -> None:
+def manage_form(org: OrganizationInfo, who: WhoAmI) -> None:
     with st.form("orgs_set_member", clear_on_submit=True):
         st.markdown(f"**Add a member to {org.name}, or change a role**")
         st.text_input("User", key="orgs_member", placeholder="user name")
         st.radio("Role", ROLES, key="orgs_role", horizontal=True, format_func=lambda r: ROLE_WORDS[r])
         st.form_submit_button("Add or change", on_click=set_member, args=(org.name,))
-    others = [x.member for x in org.members]
-    with st.form("orgs_remove_member"):
-        st.markdown("**Remove a member**")
-        st.selectbox("Member", others, key="orgs_remove")
-        st.form_submit_button("Remove", on_click=lambda: remove_member(org.name, st.session_state["orgs_remove"],
-                                                                       False))
+    others = [x.member for x in org.members if x.member != who.user]  # yourself: Leave (it asks first)
+    if others:
+        with st.form("orgs_remove_member"):
+            st.markdown("**Remove a member**")
+            st.selectbox("Member", others, key="orgs_remove")
+            st.form_submit_button("Remove", on_click=lambda: remove_member(
+                org.name, st.session_state["orgs_remove"], False))
     if org.invitations:
         with st.form("orgs_cancel_invitation"):
             st.markdown("**Cancel a pending invitation**")
@@ -351,12 +368,14 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
         st.caption(READ_ONLY_EDITS)
         return
     if manages(who, org.name):
-        manage_form(org)
+        manage_form(org, who)
+        result(MEMBERS)
     else:
         st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
                    "members.")
     if org.name in who.organizations:
         leave_controls(org.name, who)
+        result(LEAVE)
     if manages(who, org.name):
         protected_aliases_form(org)
         delete_form(org)

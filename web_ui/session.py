@@ -143,7 +143,8 @@ def dashboard_words(message: str) -> str:
 _LS_OWNER = re.compile(r"`vera ls --owner ([^`\s]{1,100})` lists that owner's\.")
 
 
-def show_error(exc: RegistryError) -> None:
+def show_error(exc: RegistryError, words: Callable[[str], str] = dashboard_words) -> None:
+    """``exc`` as the page says it; ``words``: the registry's message in the page's words (its ways on)."""
     url, token = settings()
     if isinstance(exc, RegistryUnavailable):
         st.error(f"The registry at {url} cannot be reached. Start one with `vera up` (or `vera serve`), or set its "
@@ -159,11 +160,11 @@ def show_error(exc: RegistryError) -> None:
     elif isinstance(exc, Forbidden):
         # the registry's message says why (a role, a token's scope or owners, a protected alias, a quota): "The token
         # may not do this" read as a bad token where the role was the reason (session 28's walk)
-        st.error(f"Not allowed: {exc}", icon=":material/block:")
+        st.error(f"Not allowed: {words(str(exc))}", icon=":material/block:")
     elif isinstance(exc, NotFound):
-        st.warning(dashboard_words(str(exc)), icon=":material/search_off:")
+        st.warning(words(str(exc)), icon=":material/search_off:")
     else:
-        st.error(str(exc), icon=":material/error:")
+        st.error(words(str(exc)), icon=":material/error:")
 
 
 def url_problem(url: str) -> str | None:

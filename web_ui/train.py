@@ -3,6 +3,8 @@ live (web_ui.jobs)."""
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from registry.domain.errors import RegistryError
@@ -69,6 +71,21 @@ TARGET_PATTERN = (r"^\s*(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{
                   "without a version or alias: the job publishes the next version.")
 
 
+#: The registry's words for the spec's fields, and the form's (a refusal said "init_from", "leave r out").
+_FORM_WORDS = ((re.compile(r"\binit_from\b"), "Start from"),
+               (re.compile(r"leave (r|projection_prng_key|projection_generator) out: a warm start keeps the "
+                           r"adapter's\."),
+                "leave Rank r, Projection seed and Generator at their defaults: a warm start keeps the version's."),
+               (re.compile(r"Name a version that `vera ls` lists"), "Name a version that Browse lists"))
+
+
+def form_words(message: str) -> str:
+    """A refusal of the job in the Train form's words (Start from, Rank r, Browse), not the spec's and the CLI's."""
+    for pattern, words in _FORM_WORDS:
+        message = pattern.sub(words, message)
+    return session.dashboard_words(message)
+
+
 GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-uniform-v1 (the default): the same "
                   "bits on any device or torch version (docs/projections.md). torch-kaiming-uniform: PEFT's own, "
                   "so PEFT regenerates A and B from a seed-only adapter.")
@@ -126,7 +143,11 @@ def launch() -> bool:
                          d_initial=float(d_initial), epochs=float(epochs), lr=float(lr), head_lr=float(head_lr),
                          batch_size=int(batch), init_from=start.strip() or None)
     dataset = None if upload is None else (upload.name, upload.getvalue())
-    job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
+    try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
+        job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
+    except RegistryError as exc:
+        session.show_error(exc, form_words)
+        return False
     navigation.set_param("job", str(job.id))  # the jobs below follow it
     # the message stays until the page's next run, while the job below goes on and ends: it says when, and where
     # the job is followed, so that it does not read as "still queued" after the job is done

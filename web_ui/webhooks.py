@@ -111,10 +111,25 @@ def add_form(owner: str) -> None:
     except RegistryError as exc:
         st.error(str(exc))
         return
+    # drawn again, the list above has it (it said "No webhooks ... yet" over the new one: session 29's walk); the
+    # secret is shown once, where the form was sent
+    st.session_state[ADDED] = (owner, created.id, created.secret)
     st.cache_data.clear()
-    st.success(f"Webhook {created.id} added. Its signing secret is shown this once: keep it with the receiver "
+    st.rerun()
+
+
+#: The webhook the Add form just created, and its secret, for the page's next drawing (once).
+ADDED = "webhooks_added"
+
+
+def added(owner: str) -> None:
+    """The webhook just added for ``owner`` and its secret, shown this once, above the Add form."""
+    shown = st.session_state.pop(ADDED, None)
+    if shown is None or shown[0] != owner:
+        return
+    st.success(f"Webhook {shown[1]} added. Its signing secret is shown this once: keep it with the receiver "
                "(docs/webhooks.md says how to check the X-Vera-Signature header with it).")
-    st.code(created.secret, language=None)
+    st.code(shown[2], language=None)
 
 
 def send_test(hook: WebhookInfo) -> None:
@@ -189,4 +204,5 @@ def page() -> None:
         # "you/ has no webhooks ... each event of you's adapters" read oddly (session 23's walk)
         st.info(f"No webhooks for {under(owner)} yet. Add one below: it receives a signed POST for each of their "
                 "events that it is sent.")
+    added(owner)
     add_form(owner)

@@ -574,8 +574,26 @@ def test_an_adapter_left_without_versions_says_so(registry: dict[str, Any], monk
 def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
     at = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"}, adapter_tab="Edit")
     assert not at.exception
-    assert "Signed in as bob, who may not edit alice's adapters." in texts(at)
+    assert "Signed in as bob, who may not edit alice's adapters: this token has no publish scope; use one that " \
+        "has it." in texts(at)  # bob's token reads only
     assert not [b for b in at.button if b.label in ("Save version", "Save adapter")]
+
+
+def test_why_a_caller_may_not_edit_names_the_role_or_the_token() -> None:
+    """A reader of an organisation was told to paste a token with the publish scope, which it had (session 29's
+    walk): the reason is its role, which an admin changes."""
+    from registry.domain.schemas import WhoAmI
+    from web_ui.editing import why_not_writer
+
+    bob = WhoAmI(user="bob", anonymous=False, scopes=["read", "publish"], organizations={"acme": "read"},
+                 token_id=1, limited_to=None)
+    assert why_not_writer(bob, "acme").endswith("your role in the organisation acme is read: one of its admins makes "
+                                                "you a writer (Organisations page).")
+    assert why_not_writer(bob.model_copy(update={"scopes": ["read"], "organizations": {"acme": "write"}}),
+                          "acme").endswith("this token has no publish scope; use one that has it.")
+    assert why_not_writer(bob, "carol").endswith("carol is neither your namespace nor an organisation you belong to.")
+    assert why_not_writer(bob.model_copy(update={"limited_to": ["bob"]}), "acme").endswith(
+        "this token is limited to bob; use one that is not, or one for acme.")
 
 
 @pytest.mark.parametrize(("who", "owner", "allowed"), [

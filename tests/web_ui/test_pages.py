@@ -386,7 +386,7 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     at.run()
     assert any("Queued job" in s.value and "alice/from-ui" in s.value for s in at.success)
     shown = {m.label: m.value for m in at.metric}
-    assert shown["Status"] == "queued" and shown["Step"] == "waiting for a worker"  # no worker here: no step count yet
+    assert shown["Status"] == "queued" and shown["Step"] == "none yet"  # no worker here: no step count yet
     assert shown["Training loss"] == "—"  # named: a finished job's tile is its eval loss (session 23's walk)
     with RegistryClient(registry["url"], registry["token"]) as client:
         job = client.jobs()[0]
@@ -422,6 +422,8 @@ def test_train_page_starts_a_job_from_a_version_and_shows_a_refusal(registry: di
     assert not at.exception and not at.success
     assert f"Jobs on this registry train only 'minilm' (VERA_JOB_BASE_MODELS); got base_model='{not_minilm}'" in \
         texts(at)
+    # said beside the form; the jobs below stay (the refusal stopped the whole page: session 29's walk)
+    assert "Jobs" in [h.value for h in at.subheader] or "No jobs yet." in texts(at)
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert len(client.jobs()) == before
 
@@ -437,19 +439,36 @@ def test_train_page_says_which_version_a_queued_job_starts_from(registry: dict[s
     with RegistryClient(registry["url"], registry["token"]) as client:
         client.publish(tmp_path / "start", "alice/warm-start", base_model="minilm",
                        metrics={"labels": ["negative", "positive"]})
-    at = page("train", registry)
-    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/warm-ui-2")
-    next(t for t in at.text_input if t.label == "Start from (optional)").set_value("alice/warm-start@latest")
-    next(b for b in at.button if b.label == "Launch").click()
-    at.run()
-    assert not at.exception
-    queued = [s.value for s in at.success if s.value.startswith("Queued job")]
-    assert len(queued) == 1 and "starting from alice/warm-start:1 (its rank, projection and base)" in queued[0]
-    assert any(c.value.startswith("Starts from alice/warm-start:1: its d and b vectors") for c in at.caption)
-    with RegistryClient(registry["url"], registry["token"]) as client:
-        job = next(j for j in client.jobs() if j.target_name == "alice/warm-ui-2")
-        assert job.spec["init_from"] == "alice/warm-start:1" and job.spec["r"] == 16
-        client.cancel_job(job.id)
+    try:
+        at = page("train", registry)
+        next(t for t in at.text_input if t.label == "Publish as").set_value("alice/warm-ui-2")
+        next(t for t in at.text_input if t.label == "Start from (optional)").set_value("alice/warm-start@latest")
+        next(b for b in at.button if b.label == "Launch").click()
+        at.run()
+        assert not at.exception
+        queued = [s.value for s in at.success if s.value.startswith("Queued job")]
+        assert len(queued) == 1 and "starting from alice/warm-start:1 (its rank, projection and base)" in queued[0]
+        assert any(c.value.startswith("Starts from alice/warm-start:1: its d and b vectors") for c in at.caption)
+        with RegistryClient(registry["url"], registry["token"]) as client:
+            job = next(j for j in client.jobs() if j.target_name == "alice/warm-ui-2")
+            assert job.spec["init_from"] == "alice/warm-start:1" and job.spec["r"] == 16
+            client.cancel_job(job.id)
+    finally:  # the module's registry lists what its other tests published, and nothing else
+        with RegistryClient(registry["url"], registry["token"]) as client:
+            client.delete("alice/warm-start:1")
+
+
+def test_a_refused_warm_start_is_said_in_the_forms_words() -> None:
+    from web_ui.train import form_words
+
+    said = form_words("Invalid job spec: r=8 differs from the adapter it starts from (init_from ann/clf:1: 16); "
+                      "leave r out: a warm start keeps the adapter's.")
+    assert said == ("Invalid job spec: r=8 differs from the adapter it starts from (Start from ann/clf:1: 16); leave "
+                    "Rank r, Projection seed and Generator at their defaults: a warm start keeps the version's.")
+    assert form_words("init_from ann/x@prod: no such adapter that you may read. Name a version that `vera ls` lists "
+                      "(owner/name:N or owner/name@ALIAS).") == (
+        "Start from ann/x@prod: no such adapter that you may read. Name a version that Browse lists (owner/name:N or "
+        "owner/name@ALIAS).")
 
 
 @pytest.mark.parametrize(("target", "message"), [

@@ -94,6 +94,8 @@ def test_add_test_pause_and_remove_a_webhook(registry: dict[str, Any]) -> None:
     at.run()
     assert "shown this once" in texts(at, "success")
     secret = at.code[0].value
+    # the list above has it at once (it said "No webhooks ... yet" over the new one: session 29's walk)
+    assert "No webhooks" not in texts(at, "info") and list(at.dataframe[0].value["url"]) == [registry["hook"]]
     with RegistryClient(registry["url"], registry["token"]) as client:
         [hook] = client.webhooks("alice")
     assert hook.url == registry["hook"] and set(hook.events) == {"publish", "job-end"}
