@@ -135,7 +135,7 @@ def about(info: VersionInfo) -> None:
     if info.description:
         st.markdown(info.description)
     if info.aliases:  # which version is prod, said where the version is (Browse shows it; this page did not)
-        st.markdown(" ".join(f":green-badge[@{alias}]" for alias in info.aliases),
+        st.markdown(" ".join(f":green-badge[@{alias}]" for alias in formats.ordered_aliases(info.aliases)),
                     help="Its aliases: owner/name@ALIAS names this version")
     if info.tags:
         st.markdown(" ".join(f":blue-badge[{tag}]" for tag in info.tags))
@@ -180,7 +180,8 @@ def published_by(v: VersionInfo) -> str:
 
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
-    tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref), "aliases": ", ".join(v.aliases),
+    tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref),
+                               "aliases": ", ".join(formats.ordered_aliases(v.aliases)),
                                "created": v.created_at, "yanked": v.yanked,
                                "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                                "published by": published_by(v)} for v in page.items]),

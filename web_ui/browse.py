@@ -156,15 +156,9 @@ def size_column(sort: str) -> str:
     return "params" if sort.lstrip("-") == "trainable_parameters" else "stored"
 
 
-def alias_order(alias: str) -> tuple[bool, bool, str]:
-    """Sort key of a version's aliases as Browse shows them: ``prod`` first (what is deployed), ``latest`` (which
-    every adapter's newest version has) last, the others by name between them."""
-    return alias != "prod", alias == "latest", alias
-
-
 def labels(v: VersionInfo) -> list[str]:
     """A lock for a private adapter, then its aliases (@prod first, @latest last) and its tags."""
-    return ([LOCK] * (v.visibility == "private") + [f"@{a}" for a in sorted(v.aliases, key=alias_order)]
+    return ([LOCK] * (v.visibility == "private") + [f"@{a}" for a in formats.ordered_aliases(v.aliases)]
             + list(v.tags))
 
 

@@ -130,3 +130,10 @@ def metric_column(values: Iterable[float | None], **settings: Any) -> Any:
 def listed(items: list[str]) -> str:
     """['a'] -> 'a'; ['a', 'b'] -> 'a and b'; ['a', 'b', 'c'] -> 'a, b and c'."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def ordered_aliases(aliases: list[str]) -> list[str]:
+    """A version's aliases as every page shows them: ``prod`` first (what is deployed), ``latest`` (which every
+    adapter's newest version has) last, the others by name between them (the header, Browse and the versions table
+    each had their own order: session 29's walk)."""
+    return sorted(aliases, key=lambda alias: (alias != "prod", alias == "latest", alias))

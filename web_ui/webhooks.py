@@ -80,7 +80,8 @@ def choose_owner() -> str | None:
     chosen: str | None = st.selectbox(
         "Owner", choices, key="webhooks_owner", on_change=navigation.write_url, args=("owner", "webhooks_owner"),
         accept_new_options=admin, format_func=lambda o: "* (every owner: registry-wide)" if o == EVERY_OWNER else o,
-        help="Any owner: those that published here are listed, another can be typed." if admin else
+        help="Any owner: those that published here are listed, another can be typed; * (every owner): the "
+        "registry-wide webhooks, which receive every owner's adapter events." if admin else
         "Your namespace, or an organisation where your role is write or admin.")
     if admin and chosen is not None and chosen not in known and chosen != EVERY_OWNER:
         st.caption(f"{chosen}/ has published nothing here yet (among the newest {OWNERS_FROM} versions): a webhook "

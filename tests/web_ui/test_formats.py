@@ -74,3 +74,10 @@ def test_counts_of_things_agree_in_number(n: int, shown: str) -> None:
                                           (1200, "1,200 versions match")], ids=["none", "one", "many"])
 def test_how_many_versions_match_reads_as_english(n: int, shown: str) -> None:
     assert formats.matching(n) == shown
+
+
+def test_aliases_are_ordered_alike_on_every_page() -> None:
+    """prod first (what is deployed), latest last, the others by name: the header, Browse and the versions table
+    each had their own order (session 29's walk)."""
+    assert formats.ordered_aliases(["latest", "staging", "prod", "canary"]) == ["prod", "canary", "staging", "latest"]
+    assert formats.ordered_aliases(["latest"]) == ["latest"]
