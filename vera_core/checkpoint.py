@@ -20,7 +20,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vera_core.config import VeraConfig
-from vera_core.errors import AdapterFormatError, PeftIncompatibleError, ProjectionMismatchError, VeraConfigError
+from vera_core.errors import (
+    AdapterFormatError,
+    PeftIncompatibleError,
+    ProjectionMismatchError,
+    VeraConfigError,
+    not_unicode,
+)
 from vera_core.folders import adapter_folder
 from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
 from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
@@ -82,11 +88,9 @@ def _read_json(path: Path) -> dict[str, object]:
         raise AdapterFormatError(f"{path} is not readable JSON ({exc}); expected PEFT's adapter_config.json.") from exc
     if not isinstance(data, dict):
         raise AdapterFormatError(f"{path} must hold a JSON object, found {type(data).__name__}.")
-    try:  # "\ud800" decodes to half of a surrogate pair, which no registry can store or answer with
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise AdapterFormatError(f"{path} holds {exc.object[exc.start:exc.end]!r}, half of a UTF-16 surrogate pair, "
-                                 "which is not text; expected valid Unicode.") from None
+    if (bad := not_unicode(data)) is not None:
+        raise AdapterFormatError(f"{path} holds {bad!r}, half of a UTF-16 surrogate pair, which is not text; expected "
+                                 "valid Unicode.")
     return data
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from vera_core.errors import VeraError
+from vera_core.errors import VeraError, not_unicode
 
 
 class DatasetError(VeraError, ValueError):
@@ -127,11 +127,9 @@ def _read_rows(file: Path) -> list[dict[str, Any]]:
             raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
         if not isinstance(row, dict):
             raise DatasetError(f"{file}:{number} is a JSON {type(row).__name__}; expected an object per line.")
-        try:  # "\ud800" decodes to half of a surrogate pair: no tokenizer reads it, no registry stores it as a label
-            json.dumps(row, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise DatasetError(f"{file}:{number} holds {exc.object[exc.start:exc.end]!r}, half of a UTF-16 surrogate "
-                               "pair, which is not text; expected valid Unicode.") from None
+        if (bad := not_unicode(row)) is not None:  # no tokenizer reads it, no registry stores it as a label
+            raise DatasetError(f"{file}:{number} holds {bad!r}, half of a UTF-16 surrogate pair, which is not text; "
+                               "expected valid Unicode.")
         rows.append(row)
     return rows
 

@@ -15,6 +15,9 @@ Every message says what was expected, what was found, and how to fix it.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 
 class VeraError(Exception):
     """Base class of every error vera_core raises on purpose."""
@@ -51,3 +54,13 @@ class OutputFolderError(VeraError, OSError):
 class NonFiniteLossError(VeraError, FloatingPointError):
     """Training produced a NaN or infinite loss or gradient; the message names the step and the first layer
     (vera_core.numerics finds it)."""
+
+
+def not_unicode(value: Any) -> str | None:
+    """The lone UTF-16 surrogate in a value read from JSON ("\\ud800" decodes to half of a pair, which no registry
+    can store or answer with), or None: what the config and dataset readers refuse."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return str(exc.object[exc.start:exc.end])
+    return None
