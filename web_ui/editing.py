@@ -248,7 +248,10 @@ def result(ref: str, where: str = "top") -> None:
     shown, outcome, place = st.session_state.get(RESULT, (None, None, None))
     if shown != ref or outcome is None or place != where:
         return
-    if isinstance(outcome, RegistryError):
+    if isinstance(outcome, InvalidInput):  # the registry refused the whole request: say that nothing of it stayed
+        session.show_error(outcome, lambda message: ("Nothing saved: " if where == "top" else "Nothing changed: ")
+                           + session.dashboard_words(message))
+    elif isinstance(outcome, RegistryError):
         session.show_error(outcome)
     elif isinstance(outcome, Unsent):
         st.warning(outcome.text, icon=":material/warning:")
@@ -270,17 +273,27 @@ def version_form(info: VersionInfo) -> None:
                               args=(info.ref, info.description, info.tags, info.properties))
 
 
-def adapter_form(info: VersionInfo, adapter: AdapterInfo) -> None:
+def guarded_words(owner: str, aliases: list[str]) -> str:
+    """'acme protects @prod, which names a version of it' (the aliases of an adapter its owner protects)."""
+    listed = ", ".join(f"@{a}" for a in aliases)
+    return f"{owner} protects {listed}, which {'names a version' if len(aliases) == 1 else 'name versions'} of it"
+
+
+def adapter_form(info: VersionInfo, adapter: AdapterInfo, guarded: list[str]) -> None:
+    """Description, card and visibility; ``guarded``: the protected aliases that name one of its versions, which
+    keep a public adapter public unless its owner's admins make it private (the choice is then off, and says so)."""
     name = f"{info.owner}/{info.name}"
     before = {"about": adapter.description, "card": adapter.card, "visibility": adapter.visibility}
+    stays_public = bool(guarded) and adapter.visibility == "public"
     with st.form(f"edit-adapter-{name}"):
         st.markdown(f"**The adapter** ({name}, every version)")
         st.text_area("Adapter description", value=adapter.description, key=f"edit-about-{name}")
         st.text_area("Model card (Markdown)", value=adapter.card, height=240, key=f"edit-card-{name}",
                      help="Shown in the Model card tab and pushed to the Hub as README.md")
         st.radio("Visibility", ["public", "private"], index=int(adapter.visibility == "private"), horizontal=True,
-                 key=f"edit-visibility-{name}",
-                 help="private: only the owner, its organisation's members and admins see it")
+                 key=f"edit-visibility-{name}", disabled=stays_public,
+                 help=f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins make it private"
+                 if stays_public else "private: only the owner, its organisation's members and admins see it")
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
 
 
@@ -310,7 +323,9 @@ def alias_form(info: VersionInfo, adapter: AdapterInfo, protected: list[str], ma
             f"only {info.owner}'s admins may point or remove {them}, or delete, rename, move or make private what "
             f"{they_name}; ask one of them (the Organisations page lists them)."))
     with st.form(f"alias-set-{info.ref}"):
-        st.text_input("Alias", value="", placeholder="prod", key=f"edit-alias-{info.ref}",
+        # a writer's example is an alias it may point (session 29's walk: "prod" is what organisations protect)
+        example = "prod" if may_override or "prod" not in protected else "staging"
+        st.text_input("Alias", value="", placeholder=example, key=f"edit-alias-{info.ref}",
                       help=f"{name}@ALIAS then names this version (moved here if it named another one); "
                            "lowercase letters, digits, '.', '_', '-'")
         st.form_submit_button("Point alias here", on_click=point_alias, args=(info.ref, name, adapter.aliases))
@@ -335,8 +350,13 @@ def yank_form(info: VersionInfo) -> None:
     result(info.ref, "yank")
 
 
-def move_form(info: VersionInfo) -> None:
+def move_form(info: VersionInfo, guarded: list[str]) -> None:
+    """Renaming or transferring the adapter, once confirmed; ``guarded`` as for adapter_form: not offered then."""
     name = f"{info.owner}/{info.name}"
+    if guarded:  # a writer was offered the form and refused after the click (session 29's walk)
+        st.markdown(f"**Move** {name}")
+        st.caption(f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins move or rename it.")
+        return
     with st.form(f"move-adapter-{name}"):
         st.markdown(f"**Move** {name} (rename it, or transfer it to an owner you write in)")
         st.text_input("New name", value="", placeholder="owner/name", key=f"edit-move-{name}",
@@ -415,6 +435,7 @@ def section(info: VersionInfo) -> None:
     version_form(info)
     alias_form(info, adapter, protected, may_override)
     yank_form(info)
-    adapter_form(info, adapter)
-    move_form(info)
+    held = [] if may_override else [a for a in adapter.aliases if a in protected]
+    adapter_form(info, adapter, held)
+    move_form(info, held)
     delete_form(info, [] if may_override else [a for a in info.aliases if a in protected])

@@ -123,9 +123,15 @@ def cancel_invitation(org: str) -> None:
 LEAVE_ASKED = "orgs_leave_asked"
 
 
-def leave_controls(org: str, who: WhoAmI) -> None:
+def leave_controls(info: OrganizationInfo, who: WhoAmI) -> None:
     """Leave, asking first (as Cancel job does): leaving takes away the caller's role, which only an admin gives
-    back."""
+    back. Its last admin is told what to do instead (the registry refuses that Leave: session 29's walk)."""
+    org = info.name
+    admins = [x.member for x in info.members if x.role == "admin"]
+    if admins == [who.user]:
+        st.caption(f"You are {org}'s only admin, so you cannot leave it: make another member an admin first (Add or "
+                   "change, above), or delete the organisation.")
+        return
     if st.session_state.get(LEAVE_ASKED) != org:
         st.button(f"Leave {org}", on_click=st.session_state.__setitem__, args=(LEAVE_ASKED, org))
         return
@@ -373,8 +379,9 @@ def organisation(org: OrganizationInfo, who: WhoAmI) -> None:
     else:
         st.caption(f"Your role in {org.name}: {who.organizations.get(org.name, 'none')}. Its admins manage its "
                    "members.")
+        result(MEMBERS)  # the outcome of a member form the caller no longer sees (an admin who made itself a reader)
     if org.name in who.organizations:
-        leave_controls(org.name, who)
+        leave_controls(org, who)
         result(LEAVE)
     if manages(who, org.name):
         protected_aliases_form(org)

@@ -22,7 +22,7 @@ def job_number(text: str) -> int | None:
 
 def page() -> None:
     ahead = session.start(lambda c: c.jobs())  # the jobs are listed (uncached) while the form is built
-    st.title("Fine-tune")
+    st.title("Train: fine-tune jobs")
     queued = launch()
     st.divider()
     # a listing started before this run queued a job may lack it: then the jobs are listed again

@@ -15,7 +15,7 @@ from web_ui import navigation, session, tables
 
 #: What to call each event in the form.
 EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", "alias-remove": "an alias is removed",
-                "yank": "a version is yanked", "unyank": "a version is un-yanked", "delete": "a version is deleted",
+                "yank": "a version is yanked", "unyank": "a version is unyanked", "delete": "a version is deleted",
                 "job-end": "a fine-tune job ends", "move": "an adapter is renamed or transferred",
                 "version-evaluate": "an evaluation is recorded on a version",
                 "version-evaluation-delete": "an evaluation is deleted from a version",

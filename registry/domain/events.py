@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 #: The audit actions a webhook can fire for (every one when a webhook names none): a version published, an alias
-#: moved or removed, a version yanked or un-yanked, a version deleted, a fine-tune job ended (succeeded, failed or
+#: moved or removed, a version yanked or unyanked, a version deleted, a fine-tune job ended (succeeded, failed or
 #: cancelled: ``detail.status``), an adapter moved (renamed or transferred: ``detail.from``, ``detail.to``), an
 #: evaluation recorded on a version or deleted from it (``detail.name``, ``metrics``, ``details``). A webhook made
 #: before "move" or the evaluation events existed keeps the list it had, without them.

@@ -55,7 +55,8 @@ PROVENANCE_PREFIX = "published_via."
 PROVENANCE_KEYS = ("publisher", "issuer", "subject")
 _CLAIM_KEY = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 PROPERTY_PREFIX = "properties."
-EXAMPLE = "metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
+#: In the words of what `vera train` and fine-tune jobs record (``test.accuracy``; the demo's adapters have it).
+EXAMPLE = "metrics.test.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
 _INT_RANGE = 2**63  # what a BIGINT holds (SQLite refuses larger Python ints)
 _SEED_RANGE = 2**64
 

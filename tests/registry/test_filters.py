@@ -76,7 +76,7 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("properties.x is not", r"at character 20: expected 'null' after 'is not', found the end of the filter"),
     ("properties.x = null", r"at character 16: expected a literal: 'text', a number, true or false, found 'null'"),
     # the example as code, which Markdown leaves as it is (the dashboard drew <= as ≤, refused when pasted back)
-    ("r >> 1", r"Example: `metrics.accuracy > 0.9 and r <= 256 and base_model = 'minilm'`$"),
+    ("r >> 1", r"Example: `metrics.test.accuracy > 0.9 and r <= 256 and base_model = 'minilm'`$"),
     ("r = 1 or r = 2", r"at character 7: only 'and' joins clauses \('or' is not supported"),
     ("r = 1 r = 2", r"at character 7: expected 'and' or the end of the filter, found 'r'"),
     ("colour = 'red'", r"at character 1: expected a field \(r, seed, .*, metrics.<key>, published_via.<key> or "

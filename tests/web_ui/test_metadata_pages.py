@@ -281,7 +281,8 @@ def test_a_writer_sets_and_removes_properties_and_the_page_shows_them(registry: 
     assert [w.value for w in at.warning if "Property 'validation' is given twice" in w.value]
     at.text_area(key=f"edit-properties-{ref}").set_value("Bad Key=1")  # the registry's refusal, shown
     click(at, "Save version")
-    assert any("Property key 'Bad Key' is not a valid name" in e.value for e in at.error)
+    [refused] = at.error  # the registry's refusal, and that nothing of the save stayed
+    assert refused.value.startswith("Nothing saved: Property key 'Bad Key' is not a valid name")
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert client.get(ref).properties == {"validation": "passed"}
 
@@ -441,8 +442,14 @@ def test_a_protected_alias_is_marked_and_a_writers_move_of_it_refused(registry: 
     assert any(c.value.startswith("guarded protects @prod, which names guarded/clf:1: only guarded's admins delete "
                                   "it") for c in at.caption)
     assert ":green-badge[@prod]" in texts(at)  # the header says which version is prod
+    # the adapter stays public and in place unless an admin changes that: said, not offered and refused after
+    assert at.radio(key="edit-visibility-guarded/clf").disabled
+    assert "Move adapter" not in [b.label for b in at.button]
+    assert "guarded protects @prod, which names a version of it: only guarded's admins move or rename it." in [
+        c.value for c in at.caption]
     at = page("adapter", {**registry, "token": writer}, query={"ref": "guarded/clf:2"}, adapter_tab="Edit")
     assert "**Aliases** of guarded/clf:2: `@latest`" in texts(at)  # latest is never protected
+    assert at.text_input(key="edit-alias-guarded/clf:2").placeholder == "staging"  # not prod: protected for it
     at.text_input(key="edit-alias-guarded/clf:2").set_value("prod")
     click(at, "Point alias here")
     assert not at.exception and not at.success
@@ -453,12 +460,13 @@ def test_a_protected_alias_is_marked_and_a_writers_move_of_it_refused(registry: 
     owner_view = page("adapter", {**registry, "token": carol}, query={"ref": "guarded/clf:1"}, adapter_tab="Edit")
     assert any(c.value.endswith("you administer it, so you may point, remove, or delete what they name.")
                for c in owner_view.caption)
-    assert {"Remove alias", "Delete this version"} <= {b.label for b in owner_view.button}  # its admin's
+    assert {"Remove alias", "Delete this version", "Move adapter"} <= {b.label for b in owner_view.button}
+    assert not owner_view.radio(key="edit-visibility-guarded/clf").disabled  # its admin's
 
 
 @pytest.mark.parametrize(("typed", "said"), [
-    ("Prod!", "Alias 'Prod!' is not a valid name: use 1-64 lowercase letters"),
-    ("latest", "'latest' always points at the newest version that is not yanked; pick another alias."),
+    ("Prod!", "Nothing changed: Alias 'Prod!' is not a valid name: use 1-64 lowercase letters"),
+    ("latest", "Nothing changed: 'latest' always points at the newest version that is not yanked; pick another alias."),
 ], ids=["bad-name", "latest"])
 def test_an_alias_the_registry_refuses_shows_its_message(registry: dict[str, Any], typed: str, said: str) -> None:
     at = page("adapter", registry, query={"ref": "alice/base:1"}, adapter_tab="Edit")

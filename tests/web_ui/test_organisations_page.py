@@ -1,13 +1,13 @@
 """The Organisations page through streamlit.testing.v1.AppTest against a real registry server (tokens required): alice
-creates an organisation, adds bob and a misspelt name (marked), changes a role, is refused removing its last admin
-(the registry's message shown), removes a member; bob, a reader there, sees the members but no forms, and leaves; an
-anonymous caller is told to sign in. An admin protects an alias (the registry's refusal of 'latest' shown), a reader
-sees it listed without the forms, and the admin unprotects it. Storage is shown against the quota, which an admin
-sets (in words: 50GB, none) and clears there. An admin deletes an organisation by typing its name, after the
-registry's refusal (it owns a job) is shown and cleared; a registry admin gets the control too. An admin renames one,
-and the page follows it to its new name. On a registry with invitations (VERA_ORG_INVITATIONS), adding a user invites
-them: they accept or decline under "Invitations for you", and the organisation's admins see its pending invitations
-and cancel one."""
+creates an organisation, adds bob and a misspelt name (marked), changes a role, is not offered Leave as its last admin
+(told what to do instead), removes a member, makes herself a reader (the outcome said without the forms); bob, a reader
+there, sees the members but no forms, and leaves; an anonymous caller is told to sign in. An admin protects an alias
+(the registry's refusal of 'latest' shown), a reader sees it listed without the forms, and the admin unprotects it.
+Storage is shown against the quota, which an admin sets (in words: 50GB, none) and clears there. An admin deletes an
+organisation by typing its name, after the registry's refusal (it owns a job) is shown and cleared; a registry admin
+gets the control too. An admin renames one, and the page follows it to its new name. On a registry with invitations
+(VERA_ORG_INVITATIONS), adding a user invites them: they accept or decline under "Invitations for you", and the
+organisation's admins see its pending invitations and cancel one."""
 
 from __future__ import annotations
 
@@ -91,13 +91,22 @@ def test_an_admin_creates_an_organisation_and_manages_its_members(registry: dict
     click(at, "Add or change")
     assert "'acme' is an organisation; members are users" in texts(at, "error")
     assert sorted(at.selectbox(key="orgs_remove").options) == ["bbo", "bob"]  # not yourself: Leave is for that
-    click(at, "Leave acme")
-    click(at, "Yes, leave acme")
-    assert "alice is the last admin of acme" in texts(at, "error")  # said under Leave, where it was clicked
+    # its only admin is not offered Leave (the registry would refuse it) and is told what to do instead
+    assert "Leave acme" not in [b.label for b in at.button]
+    assert "You are acme's only admin, so you cannot leave it: make another member an admin" in texts(at, "caption")
     at.selectbox(key="orgs_remove").set_value("bbo")
     click(at, "Remove")
     assert "Removed bbo from acme." in texts(at, "success")
     assert members(registry, "acme") == {"alice": "admin", "bob": "read"}
+
+    # with a second admin, alice makes herself a reader: the outcome is said though the forms are gone with her role
+    for member, role in (("bob", "admin"), ("alice", "read")):
+        at.text_input(key="orgs_member").set_value(member)
+        at.radio(key="orgs_role").set_value(role)
+        click(at, "Add or change")
+    assert "alice's role in acme is now read." in texts(at, "success")
+    assert "Add or change" not in [b.label for b in at.button] and "Leave acme" in [b.label for b in at.button]
+    assert members(registry, "acme") == {"alice": "read", "bob": "admin"}
 
 
 def test_a_reader_sees_the_members_and_may_leave(registry: dict[str, Any]) -> None:
