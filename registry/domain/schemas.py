@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from registry.domain.errors import InvalidInput
 from registry.domain.words import counted, parse_size, size
+from vera_core.errors import not_unicode
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
@@ -87,18 +88,17 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
         raise InvalidInput(f"{what} nests too deeply; send a JSON object a few levels deep.") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
-    _check_unicode(json.dumps(value, ensure_ascii=False), what)
+    _check_unicode(value, what)
     return value
 
 
-def _check_unicode(text: str, what: str) -> None:
+def _check_unicode(value: object, what: str) -> None:
     """Refuse a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one): stored, it made every later read of the
-    listing and the audit log a 500, as no response can encode it (an outsider's walk, session 29)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{what} holds {text[exc.start]!r} (at character {exc.start + 1}), half of a UTF-16 "
-                           "surrogate pair, which is not text; send valid Unicode.") from None
+    listing and the audit log a 500, as no response can encode it (an outsider's walk, session 29). The same check as
+    vera_core's config and dataset readers."""
+    if (bad := not_unicode(value)) is not None:
+        raise InvalidInput(f"{what} holds {bad!r}, half of a UTF-16 surrogate pair, which is not text; send valid "
+                           "Unicode.")
 
 
 def check_text(value: object, what: str, *, max_length: int, multiline: bool = False) -> str:
@@ -139,7 +139,7 @@ def check_json(value: Any, what: str, *, max_bytes: int) -> str:
         raise InvalidInput(f"{what} contains a NUL character (\\u0000); remove it.")
     if len(text.encode()) > max_bytes:
         raise InvalidInput(f"{what} is {len(text.encode()):,} bytes as JSON; the limit is {max_bytes:,}.")
-    _check_unicode(json.dumps(value, ensure_ascii=False), what)
+    _check_unicode(value, what)
     return text
 
 
