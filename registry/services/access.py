@@ -9,7 +9,6 @@ push, jobs and the model server alike. The rights themselves are decided by regi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, exists, or_, select, true, update
@@ -31,6 +30,7 @@ from registry.services import invitations as invites
 from registry.services.invitations import InvitationPolicy
 from registry.services.moves import move_owner
 from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retirement
+from registry.services.webhooks import pause_webhooks_of
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -188,7 +188,7 @@ class Access:
                 _keep_an_admin(org, member, role)
                 current.role = role
                 if role == "read":
-                    _pause_webhooks_of(s, organization, member, viewer.owner, "may no longer write here")
+                    pause_webhooks_of(s, organization, member, viewer.owner, "may no longer write here")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
                                detail={"member": member, "role": role}))
             s.flush()
@@ -205,7 +205,7 @@ class Access:
                 raise NotFound(f"{member} is not a member of {organization}.")
             _keep_an_admin(org, member, None)
             org.members.remove(current)
-            _pause_webhooks_of(s, organization, member, viewer.owner, "left the organisation")
+            pause_webhooks_of(s, organization, member, viewer.owner, "left the organisation")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))
             s.flush()
@@ -382,29 +382,6 @@ class Access:
         except DbIntegrityError as exc:  # a concurrent create took the name between the check and the write
             raise Conflict(f"The owner name {new_name!r} was taken while {name} was renamed; nothing was renamed. "
                            "Choose another name.") from exc
-
-
-def _pause_webhooks_of(s: Session, organization: str, member: str, actor: str, why: str) -> None:
-    """Pause the organisation's webhooks that ``member`` created or ever changed (its URL may be one it pointed
-    elsewhere: an outsider's walk, session 29), now that it may no longer manage them: their URLs may be its, and the
-    events they carry (descriptions, cards, private adapters' names) are the organisation's. Each is audited as
-    webhook-update (``detail.active`` false, ``detail.reason``); whoever manages the organisation's webhooks (its
-    writers) reviews it, and resumes it (`vera webhook edit ID --active`) or removes it."""
-    hooks = {h.id: h for h in s.scalars(select(m.Webhook).where(m.Webhook.owner == organization,
-                                                                 m.Webhook.active.is_(True)))}
-    # by id, whatever owner name the event was recorded under (an organisation renamed since keeps its webhooks,
-    # and its audit events their old names: a reviewer's bypass, session 29)
-    changed = {int(target.rpartition("/")[2]) for target in s.scalars(
-        select(m.AuditEvent.target).where(m.AuditEvent.action == "webhook-update", m.AuditEvent.actor == member,
-                                          or_(*[m.AuditEvent.target.endswith(f"/webhooks/{i}", autoescape=True)
-                                                for i in hooks])))} if hooks else set()
-    for hook in hooks.values():
-        if hook.created_by != member and hook.id not in changed:
-            continue
-        role = "creator" if hook.created_by == member else "editor"
-        hook.active, hook.updated_at = False, datetime.now(UTC)
-        s.add(m.AuditEvent(actor=actor, action="webhook-update", target=f"{organization}/webhooks/{hook.id}",
-                           detail={"active": False, "reason": f"paused: its {role} {why} ({member})"}))
 
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:

@@ -18,6 +18,7 @@ from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from registry.domain.events import EVERY_OWNER
 from registry.domain.publishers import MINTED_KEPT, MINTED_NAME_PREFIX
 from registry.domain.schemas import TokenInfo, check_name, check_text
 from registry.store import models as m
@@ -319,7 +320,29 @@ def _revoke(s: Session, rows: list[m.AccessToken], actor: str) -> list[int]:
                     "token": row.id, "name": row.name, **({} if row.id in given else {"with": row.parent_id})}))
         rows = list(s.scalars(select(m.AccessToken).where(  # the next generation (revoked ones' offspring too)
             m.AccessToken.parent_id.in_([row.id for row in rows]), m.AccessToken.revoked_at.is_(None))))
+    _pause_registry_webhooks(s, revoked, now, actor)
     return revoked
+
+
+def _pause_registry_webhooks(s: Session, revoked: list[int], now: datetime, actor: str) -> None:
+    """An administrator left with no live administrator's token (one that no --owner limits) may no longer manage the
+    registry-wide webhooks: those it created or changed pause (webhooks.pause_webhooks_of), as an organisation's do
+    when a member goes, since their URLs may be its and they carry every owner's events, private ones included."""
+    from registry.services.webhooks import pause_webhooks_of  # webhooks -> outbox; kept out of the token's import
+
+    if not revoked:
+        return
+    rows = s.scalars(select(m.AccessToken).where(m.AccessToken.id.in_(revoked)))
+    for owner in sorted({row.owner for row in rows if "admin" in row.scopes and row.limited_to is None}):
+        if not _still_admin(s, owner, now):
+            pause_webhooks_of(s, EVERY_OWNER, owner, actor, "holds no administrator's token any more")
+
+
+def _still_admin(s: Session, owner: str, now: datetime) -> bool:
+    """Whether ``owner`` holds a live token of the admin scope that no --owner limits."""
+    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None)))
+    return any("admin" in row.scopes and row.limited_to is None and (row.expires_at is None or row.expires_at > now)
+               for row in live)
 
 
 def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:

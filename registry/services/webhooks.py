@@ -13,7 +13,8 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.events import (
@@ -192,3 +193,27 @@ def _check_owner(owner: str) -> None:
 def webhook_not_found(webhook_id: int) -> NotFound:
     """The error for a webhook that does not exist, or that the caller may not manage (one message for both)."""
     return NotFound(f"No webhook {webhook_id}; `vera webhook ls --owner OWNER` lists an owner's webhooks.")
+
+
+def pause_webhooks_of(s: Session, organization: str, member: str, actor: str, why: str) -> None:
+    """Pause the webhooks of the owner ``organization`` (an organisation, or EVERY_OWNER: the registry-wide ones)
+    that ``member`` created or ever changed (its URL may be one it pointed elsewhere: an outsider's walk, session 29),
+    now that it may no longer manage them: their URLs may be its, and the events they carry (descriptions, cards,
+    private adapters' names) are the owner's. Each is audited as webhook-update (``detail.active`` false,
+    ``detail.reason``); whoever manages those webhooks (the organisation's writers; the registry's administrators)
+    reviews it, and resumes it (`vera webhook edit ID --active`) or removes it."""
+    hooks = {h.id: h for h in s.scalars(select(m.Webhook).where(m.Webhook.owner == organization,
+                                                                 m.Webhook.active.is_(True)))}
+    # by id, whatever owner name the event was recorded under (an organisation renamed since keeps its webhooks,
+    # and its audit events their old names: a reviewer's bypass, session 29)
+    changed = {int(target.rpartition("/")[2]) for target in s.scalars(
+        select(m.AuditEvent.target).where(m.AuditEvent.action == "webhook-update", m.AuditEvent.actor == member,
+                                          or_(*[m.AuditEvent.target.endswith(f"/webhooks/{i}", autoescape=True)
+                                                for i in hooks])))} if hooks else set()
+    for hook in hooks.values():
+        if hook.created_by != member and hook.id not in changed:
+            continue
+        role = "creator" if hook.created_by == member else "editor"
+        hook.active, hook.updated_at = False, datetime.now(UTC)
+        s.add(m.AuditEvent(actor=actor, action="webhook-update", target=f"{organization}/webhooks/{hook.id}",
+                           detail={"active": False, "reason": f"paused: its {role} {why} ({member})"}))

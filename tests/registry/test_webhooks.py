@@ -25,7 +25,7 @@ from registry.domain.events import WebhookForm
 from registry.services.delivery import Message, Sender, check_target
 from registry.services.outbox import Outbox
 from registry.services.registry import Registry
-from registry.services.tokens import create_token
+from registry.services.tokens import create_token, revoke_token
 from registry.services.webhooks import Webhooks
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
@@ -568,3 +568,38 @@ def test_a_registry_wide_webhook_receives_every_owners_events_and_only_admins_ma
             limited.webhook(kept.id)
     with client(server, "admin") as admin:
         admin.delete_webhook(kept.id)
+
+
+def test_an_administrators_registry_wide_webhooks_pause_when_its_last_admin_token_is_revoked(
+        server: dict[str, Any], receiver: Receiver) -> None:
+    """An operator who leaves (its tokens revoked) keeps no feed of every owner's private events: the registry-wide
+    webhooks it created or changed pause once it holds no administrator's token (one limited to some owners does
+    not count), audited with the reason; another administrator's own stay active."""
+    db = Database(server["database"])
+    first, ops1 = create_token(db, owner="ops1", scopes=["admin"])
+    second = create_token(db, owner="ops1", scopes=["admin"])[0]
+    create_token(db, owner="ops1", scopes=["admin"], limited_to=["alice"])  # not the whole registry's: no matter
+    ops2 = create_token(db, owner="ops2", scopes=["admin"])[1]
+    try:
+        with RegistryClient(server["url"], ops1, cache=False) as one, \
+                RegistryClient(server["url"], ops2, cache=False) as two:
+            created = one.create_webhook("*", receiver.url("/ops1"), events=["publish"])
+            edited = two.create_webhook("*", receiver.url("/ops2"), events=["publish"])
+            one.update_webhook(edited.id, url=receiver.url("/ops1-too"))
+            untouched = two.create_webhook("*", receiver.url("/ops2-own"), events=["publish"])
+            revoke_token(db, first)  # ops1 holds another administrator's token: nothing pauses
+            assert all(h.active for h in two.webhooks("*"))
+            revoke_token(db, second, actor="root")
+            hooks = {h.id: h for h in two.webhooks("*")}
+            assert (hooks[created.id].active, hooks[edited.id].active, hooks[untouched.id].active) == (
+                False, False, True)
+            reasons = {e.target: e.detail for e in two.events(action="webhook-update").events if e.actor == "root"}
+            assert reasons == {
+                f"*/webhooks/{created.id}": {"active": False, "reason": "paused: its creator holds no "
+                                                                        "administrator's token any more (ops1)"},
+                f"*/webhooks/{edited.id}": {"active": False, "reason": "paused: its editor holds no "
+                                                                       "administrator's token any more (ops1)"}}
+            for hook in hooks.values():
+                two.delete_webhook(hook.id)
+    finally:
+        db.engine.dispose()
