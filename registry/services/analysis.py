@@ -4,8 +4,7 @@ maths of the registry, kept apart from storage and lookups)."""
 from __future__ import annotations
 
 import json
-
-import torch
+from typing import TYPE_CHECKING
 
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Comparison, LayerComparison, LayerWithFirst
@@ -14,9 +13,12 @@ from registry.services.validation import ProjectionBudget
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PEFT_PREFIX, PROJECTION_KEYS, module_path
-from vera_core.lora import delta_factors
 
-Loaded = tuple[dict[str, torch.Tensor], dict[str, int]]  # a version's tensors (with A and B), its layers' in sizes
+if TYPE_CHECKING:  # torch: imported when versions are compared, not when a server starts
+    import torch
+
+    Loaded = tuple[dict[str, torch.Tensor], dict[str, int]]  # a version's tensors (with A and B), its layers' in sizes
+    Factors = tuple[torch.Tensor, torch.Tensor]  # (lora_A (r, in), lora_B (out, r)) of one layer's delta, float64
 
 
 #: The most versions one comparison takes.
@@ -55,9 +57,6 @@ class Analysis:
                                                      _with_first(path, loaded, adapted)) for path in shared])
 
 
-Factors = tuple[torch.Tensor, torch.Tensor]  # (lora_A (r, in), lora_B (out, r)) of one layer's delta, float64
-
-
 def _compare_layer(path: str, loaded: list[Loaded]) -> LayerComparison:
     """A layer every version adapts: each one's norms of d and b, and the cosines of every pair of deltas."""
     factors = [_factors(path, version) for version in loaded]
@@ -78,6 +77,8 @@ def _with_first(path: str, loaded: list[Loaded], adapted: list[set[str]]) -> lis
 def _factors(path: str, version: Loaded) -> Factors | None:
     """The layer's delta as two factors (A and B sliced to its shape, scaled by d and b); None when its input
     size is unknown."""
+    from vera_core.lora import delta_factors
+
     tensors, in_features = version
     width = in_features.get(path)
     if width is None:

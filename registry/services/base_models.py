@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,11 +15,13 @@ from registry.services.shapes import declared_layers, in_features_json, match_pa
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
-from vera_core import AdapterFiles
-from vera_core.checkpoint import META_IN_FEATURES, META_SHAPE
+from vera_core.keys import META_IN_FEATURES, META_SHAPE
 
 if TYPE_CHECKING:
+    import torch
+
     from registry.services.validation import CheckedAdapter
+    from vera_core import AdapterFiles
 
 
 def _row(s: Session, name: str, revision: str) -> m.BaseModelShapes | None:
@@ -128,6 +129,8 @@ class BaseModels:
         max_out, max_in = max(o for o, _ in sizes.values()), max(i for _, i in sizes.values())
         metadata = {**files.metadata, META_SHAPE: f"{files.config.r},{max_in},{max_out}",
                     META_IN_FEATURES: in_features_json(sizes)}
+        from vera_core import AdapterFiles  # torch: this is a publish, which has imported it
+
         return AdapterFiles(files.config, files.tensors, metadata)
 
     @staticmethod
@@ -181,6 +184,7 @@ def _check_depth(config: dict[str, Any]) -> None:
 
 def meta_model(config: Any) -> torch.nn.Module:
     """The model a config describes, on the meta device: shapes without weights or memory (never remote code)."""
+    import torch
     from transformers import AutoModel
 
     try:

@@ -41,8 +41,8 @@ from registry.services.versions import Versions
 from registry.store import models as m
 from registry.store.blobs import BlobReader, BlobStore, FsspecBlobStore, chunks
 from registry.store.database import Database
-from vera_core.lora import LoraExport
-from vera_core.serialization import metadata_of
+from vera_core.headers import metadata_of
+from vera_core.lora_options import LoraExport
 
 DERIVED = "derived"
 #: Builds of the same version and form in one process wait for each other (one lock per bucket of keys).

@@ -32,8 +32,8 @@ from registry.domain.schemas import MAX_UPLOAD_BYTES, HubSyncInfo, HubSyncResult
 from registry.services.lookup import version_info
 from registry.services.registry import Registry
 from registry.store import models as m
-from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, peft_problems
 from vera_core.config import PEFT_GENERATOR, VERA_PEFT_TYPES, VeraConfig
+from vera_core.keys import CONFIG_NAME, WEIGHTS_NAME
 
 CARD_NAME = "README.md"
 PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -163,6 +163,8 @@ class HubSync:
         info, files = self.registry.files(ref, with_projection=with_projection and not as_lora,
                                           seed_only=not with_projection, as_lora=as_lora)
         card = self.registry.adapter(Ref(owner=info.owner, name=info.name)).card
+        from vera_core.checkpoint import peft_problems  # torch, which building the files has imported
+
         files[CARD_NAME] = model_card(info, with_projection=with_projection, as_lora=as_lora, card=card).encode()
         problems = [] if as_lora else peft_problems(VeraConfig.from_peft_dict(json.loads(files[CONFIG_NAME])))
         notes = [f"PEFT cannot load this copy (it stops with a message saying so): {p}" for p in problems]

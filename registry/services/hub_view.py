@@ -34,8 +34,8 @@ from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
 from registry.services.registry import Registry
 from registry.store.blobs import BlobReader
-from vera_core.checkpoint import CONFIG_NAME
-from vera_core.lora import LoraExport
+from vera_core.keys import CONFIG_NAME
+from vera_core.lora_options import LoraExport
 
 #: Revision suffixes, in the order their number is written into commit shas (never reorder; only append).
 VARIANTS = ("", "lora", "seed-only", "projection")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, false, or_, select, true, update
 from sqlalchemy.orm import Session, joinedload
@@ -49,13 +49,12 @@ from registry.services.quotas import check_room, held_by_jobs
 from registry.services.registry import Registry
 from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
-from vera_core.config import VeraConfig
-from vera_core.data import DatasetError, read_examples
-from vera_core.layer import layer_shape
+from vera_core.config import DEMO_MODEL, VeraConfig
 from vera_core.patterns import require_linear
-from vera_core.projection import ProjectionSpec
-from vera_core.recipes import DEMO_MODEL, TrainSpec, resolve_base, started_spec
-from vera_core.trainer import TrainingArguments
+
+if TYPE_CHECKING:  # torch: imported by the first job submitted (its spec is checked as the worker runs it)
+    from vera_core.recipes import TrainSpec
+    from vera_core.trainer import TrainingArguments
 
 #: A job event as a worker reports it: (kind, data), or (kind, data, when it happened).
 EventRecord = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], datetime]
@@ -190,6 +189,10 @@ class Jobs:
         """The spec as the worker will run it (a warm start's VeRA fields and base taken from ``start``), checked:
         its training and VeRA settings, sizes, dataset, base model and projection; and the bytes of the adapter's
         vectors (``_check_projection``)."""
+        from vera_core.data import DatasetError
+        from vera_core.recipes import TrainSpec, resolve_base, started_spec
+        from vera_core.trainer import TrainingArguments
+
         try:
             checked = TrainSpec(**spec)
             if start is not None:
@@ -248,6 +251,8 @@ class Jobs:
         from transformers import AutoConfig
 
         from registry.services.base_models import meta_model
+        from vera_core.layer import layer_shape
+        from vera_core.projection import ProjectionSpec
         from vera_core.targets import find_targets, resolve_targets
 
         model = meta_model(AutoConfig.from_pretrained(base, trust_remote_code=False))
@@ -536,6 +541,8 @@ def _check_start_labels(start: tuple[str, VeraConfig, list[str] | None], labels:
 def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> list[str]:
     """The uploaded dataset reads as the spec says (its columns, its labels); errors name it as the caller did.
     Returns its labels (sorted; none for a causal-lm task)."""
+    from vera_core.data import DatasetError, read_examples
+
     if dataset is None:
         raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
     with tempfile.TemporaryDirectory() as tmp:

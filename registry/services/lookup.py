@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime
-from typing import Any, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVarTuple
 
-import torch
-from safetensors.torch import load as load_safetensors
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
@@ -20,10 +18,13 @@ from registry.services.shapes import declared_layers, in_features_json
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
-from vera_core import ProjectionSpec, generate
-from vera_core.checkpoint import META_IN_FEATURES, adapter_metadata
-from vera_core.keys import PROJECTION_KEYS
-from vera_core.serialization import metadata_of
+from vera_core.headers import metadata_of
+from vera_core.keys import META_IN_FEATURES, PROJECTION_KEYS
+
+if TYPE_CHECKING:  # torch is imported by what reads tensors, not by the metadata paths (a server starts without it)
+    import torch
+
+    from vera_core import ProjectionSpec
 
 _Row = TypeVarTuple("_Row")
 #: The alias the registry keeps on the newest version that is not yanked.
@@ -224,6 +225,8 @@ def move_latest(s: Session, adapter: m.Adapter) -> None:
 
 
 def projection_spec(p: m.Projection) -> ProjectionSpec:
+    from vera_core import ProjectionSpec
+
     return ProjectionSpec(p.generator, int(p.seed), p.r, p.max_in, p.max_out)
 
 
@@ -231,6 +234,11 @@ def version_tensors(blobs: BlobStore, v: m.AdapterVersion, *, with_projection: b
                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The version's tensors (with A and B if asked: stored, or regenerated from the seed) and the safetensors
     metadata its files carry (the same whatever base shapes are declared later)."""
+    from safetensors.torch import load as load_safetensors
+
+    from vera_core import generate
+    from vera_core.checkpoint import adapter_metadata
+
     data = blobs.get(v.vectors_sha256)
     tensors = load_safetensors(data)
     p = v.projection

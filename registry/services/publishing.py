@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
@@ -44,10 +44,11 @@ from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, Pr
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
-from vera_core import AdapterFiles, VeraError, read_adapter
-from vera_core.checkpoint import META_IN_FEATURES
-from vera_core.keys import PROJECTION_KEYS
-from vera_core.serialization import to_bytes
+from vera_core.errors import VeraError
+from vera_core.keys import META_IN_FEATURES, PROJECTION_KEYS
+
+if TYPE_CHECKING:  # torch: imported by the first publish, not when a server or command starts
+    from vera_core import AdapterFiles
 
 PUBLISH_ATTEMPTS = 8
 MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
@@ -121,6 +122,9 @@ class Publisher:
         what = replace(what, properties=check_properties(properties or {}))
         if visibility is not None:
             what = replace(what, visibility=check_visibility(visibility))
+        from vera_core import read_adapter
+        from vera_core.serialization import to_bytes
+
         try:
             files = read_adapter(source)
         except VeraError as exc:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vera_core.keys import LAMBDA_B, module_path
-from vera_core.layer import layer_shape
+
+if TYPE_CHECKING:
+    import torch
 
 
 def shapes_fingerprint(shapes: dict[str, Any]) -> str:
@@ -22,6 +22,8 @@ def shapes_fingerprint(shapes: dict[str, Any]) -> str:
 
 def shapes_of(model: torch.nn.Module) -> dict[str, list[int]]:
     """{module path: [out, in]} of every layer VeRA can adapt."""
+    from vera_core.layer import layer_shape
+
     return {name: list(shape) for name, mod in model.named_modules() if name and (shape := layer_shape(mod))}
 
 

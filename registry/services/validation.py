@@ -7,17 +7,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from registry.domain.errors import Busy, InvalidInput
 from registry.domain.schemas import MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS
-from vera_core import AdapterFiles, ProjectionSpec, fingerprint
 from vera_core.errors import VeraConfigError
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.patterns import require_linear
-from vera_core.projection import regenerated_fingerprint
-from vera_core.targets import matches_target
+
+if TYPE_CHECKING:  # torch: imported by what validates an adapter, not when a server or command starts
+    import torch
+
+    from vera_core import AdapterFiles, ProjectionSpec
 
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
@@ -85,6 +86,10 @@ class CheckedAdapter:
 def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
     """Check ``files`` (already parsed by vera_core, which checked the recorded shapes against the config and the
     vectors) as the registry needs; InvalidInput says what is wrong. Nothing is generated before the size check."""
+    import torch
+
+    from vera_core.targets import matches_target
+
     cfg = files.config
     if cfg.r > MAX_RANK:
         raise InvalidInput(f"r={cfg.r} exceeds the registry's limit of {MAX_RANK}.")
@@ -118,6 +123,8 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
 
 def _projection_fingerprint(files: AdapterFiles, spec: ProjectionSpec) -> tuple[str, bool]:
     """The fingerprint of the projections the adapter was trained with, and whether its seed regenerates them."""
+    from vera_core.projection import fingerprint, regenerated_fingerprint
+
     regenerated = regenerated_fingerprint(spec)  # A and B hashed as generated, never whole
     if files.has_projection:
         stored = fingerprint(*(files.tensors[k] for k in PROJECTION_KEYS))

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load as load_safetensors
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
@@ -36,9 +35,7 @@ from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
-from vera_core import fingerprint
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
-from vera_core.projection import regenerated_fingerprint
 
 GC_ROW_ATTEMPTS = 5
 #: Below this many old unknown files, gc and fsck --repair do not suspect a wrong database (a few orphans are normal).
@@ -71,6 +68,8 @@ class Verification:
 
     @staticmethod
     def _projection_check(v: m.AdapterVersion, budget: ProjectionBudget) -> dict[str, Any]:
+        from vera_core.projection import regenerated_fingerprint  # torch: imported by verifying, not at start
+
         spec = projection_spec(v.projection)
         with budget.generating(spec):  # also bounds versions recorded before the limit existed
             regenerated = regenerated_fingerprint(spec)  # A and B hashed as generated, never whole
@@ -93,11 +92,17 @@ class Verification:
                 continue
             checks[label] = {"ok": True, "sha256": digest, "bytes": len(data)}
             if label == "projection_blob":
+                from safetensors.torch import load as load_safetensors
+
+                from vera_core import fingerprint
+
                 stored = load_safetensors(data)
                 checks[label]["ok"] = fingerprint(*(stored[k] for k in PROJECTION_KEYS)) == v.projection_fingerprint
         return checks
 
     def _check_shapes(self, v: m.AdapterVersion) -> dict[str, Any]:
+        from safetensors.torch import load as load_safetensors
+
         try:
             tensors = load_safetensors(self.blobs.get(v.vectors_sha256))
         except (NotFound, IntegrityError) as exc:

@@ -9,9 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import torch
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
@@ -33,15 +32,14 @@ from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
-from vera_core import AdapterFiles, VeraError
-from vera_core.checkpoint import META_IN_FEATURES, adapter_file_bytes, write_adapter_files_streamed
 from vera_core.config import PEFT_GENERATOR, VeraConfig
-from vera_core.errors import VeraConfigError
+from vera_core.errors import VeraConfigError, VeraError
 from vera_core.folders import write_adapter_files
-from vera_core.keys import PROJECTION_KEYS
-from vera_core.lora import LoraExport, lora_export_bytes, lora_file_bytes, write_lora_files
-from vera_core.projection import projection_blocks
-from vera_core.serialization import Streamed, read_rows
+from vera_core.keys import META_IN_FEATURES, PROJECTION_KEYS
+from vera_core.lora_options import LoraExport
+
+if TYPE_CHECKING:  # torch: imported by what builds files, not when a server or command starts
+    from vera_core.serialization import Streamed
 
 
 class Versions:
@@ -82,6 +80,10 @@ class Versions:
         ``lora`` caps its rank and sets its dtype). The same version and options always give the same bytes, so they are
         built once and then served from the file cache (registry.services.file_cache) until evicted.
         """
+        from vera_core import AdapterFiles
+        from vera_core.checkpoint import adapter_file_bytes
+        from vera_core.lora import lora_export_bytes, lora_file_bytes
+
         _check_options(with_projection=with_projection, seed_only=seed_only)
         with self.db.session() as s:
             v = resolve(s, ref)
@@ -122,6 +124,12 @@ class Versions:
         computed and written in row blocks (vera_core.lora.write_lora_files: A and B plus one layer held). None for
         every other form (``built`` builds those: small). Projections stored rather than regenerated (a version
         whose seed does not give its A and B) are copied from their blob in row blocks the same way."""
+        import torch
+
+        from vera_core.checkpoint import write_adapter_files_streamed
+        from vera_core.projection import projection_blocks
+        from vera_core.serialization import Streamed
+
         _check_options(with_projection=with_projection, seed_only=seed_only)
         if lora is not None:
             return self._write_lora(ref, folder, lora)
@@ -145,6 +153,9 @@ class Versions:
             return write_adapter_files_streamed(folder, config, streamed, metadata, fingerprint)
 
     def _write_lora(self, ref: str | Ref, folder: Path, lora: LoraExport) -> dict[str, Path]:
+        from vera_core import AdapterFiles
+        from vera_core.lora import lora_export_bytes, write_lora_files
+
         with self.db.session() as s:
             v = resolve(s, ref)
             info = version_info(s, v)
@@ -299,6 +310,8 @@ STORED_BLOCK_BYTES = 1 << 20
 def stored_rows(projections: IO[bytes], key: str) -> Streamed:
     """Tensor ``key`` of a stored projections file open for reading, as row blocks of about STORED_BLOCK_BYTES
     read as they are written (vera_core.serialization.read_rows: plain reads, no memory map)."""
+    from vera_core.serialization import read_rows
+
     return read_rows(projections, key, STORED_BLOCK_BYTES)
 
 

@@ -29,7 +29,7 @@ from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref,
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
-from vera_core.lora import LoraExport
+from vera_core.lora_options import LoraExport
 
 router = APIRouter(prefix="/api/v1/adapters")
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
