@@ -652,10 +652,31 @@ def check_properties(given: object, what: str = "properties") -> dict[str, str]:
         raise InvalidInput(f"{what} must be a JSON object of text values, e.g. {{\"validation\": \"passed\"}}.")
     if len(given) > MAX_PROPERTIES:
         raise InvalidInput(f"A version takes at most {MAX_PROPERTIES} properties; {what} has {len(given)}.")
-    for key, value in given.items():
-        check_name(key, "Property key")
-        check_text(value, f"property {key!r}", max_length=MAX_PROPERTY_VALUE)
+    problems: list[str] = []
+    bad_keys: list[str] = []
+    for key, value in given.items():  # every problem in one answer, not one per attempt (session 29's walk)
+        try:
+            check_name(key, "Property key")
+        except InvalidInput as exc:
+            if not bad_keys:
+                problems.append(str(exc))  # the first says what a name may be; the others are named after it
+            bad_keys.append(key)
+        try:
+            check_text(value, f"property {key!r}", max_length=MAX_PROPERTY_VALUE)
+        except InvalidInput as exc:
+            problems.append(str(exc))
+    if len(bad_keys) > 1:
+        listed = ", ".join(repr(k[:64]) for k in bad_keys[1:6])
+        problems.insert(1, f"Nor are {listed}" + (f" and {len(bad_keys) - 6} more." if len(bad_keys) > 6 else "."))
+    _refuse_all(problems)
     return dict(sorted(given.items()))
+
+
+def _refuse_all(problems: list[str], shown: int = 5) -> None:
+    """One InvalidInput saying the first ``shown`` of ``problems`` (and how many more), if there are any."""
+    if problems:
+        more = len(problems) - shown
+        raise InvalidInput(" ".join(problems[:shown]) + (f" ({more} more like these.)" if more > 0 else ""))
 
 
 def parse_properties(pairs: Iterable[str]) -> dict[str, str]:
@@ -664,15 +685,18 @@ def parse_properties(pairs: Iterable[str]) -> dict[str, str]:
     key, or a key given twice (collapsed, one value would be dropped unseen), is refused saying which. The registry
     checks keys and values (check_properties)."""
     found: dict[str, str] = {}
+    problems = []
     for pair in pairs:
         key, equals, value = pair.partition("=")
         key = key.strip()
         if not equals or not key:
-            raise InvalidInput(f"Property {pair.strip()[:80]!r} is not KEY=VALUE, e.g. validation=passed.")
-        if key in found:
-            raise InvalidInput(f"Property {key[:64]!r} is given twice ({found[key][:40]!r} and {value[:40]!r}); "
-                               "give it once.")
-        found[key] = value
+            problems.append(f"Property {pair.strip()[:80]!r} is not KEY=VALUE, e.g. validation=passed.")
+        elif key in found:
+            problems.append(f"Property {key[:64]!r} is given twice ({found[key][:40]!r} and {value[:40]!r}); give "
+                            "it once.")
+        else:
+            found[key] = value
+    _refuse_all(problems)
     return found
 
 

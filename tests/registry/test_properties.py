@@ -93,6 +93,25 @@ def test_bad_properties_are_refused_and_change_nothing(registry: Registry, tmp_p
     assert registry.get("ann/ok:1").properties == {"a": "1"}
 
 
+def test_every_bad_property_is_named_in_one_refusal() -> None:
+    """A box of properties with several problems says them all at once (it said one a save: session 29's walk): the
+    first five, and how many more; what a key may be is said once, the other bad keys named after it."""
+    from registry.domain.schemas import check_properties, parse_properties
+
+    with pytest.raises(InvalidInput) as refused:
+        parse_properties(["ok=1", "novalue", "ok=2", " =x"])
+    assert str(refused.value) == ("Property 'novalue' is not KEY=VALUE, e.g. validation=passed. Property 'ok' is "
+                                  "given twice ('1' and '2'); give it once. Property '=x' is not KEY=VALUE, e.g. "
+                                  "validation=passed.")
+    with pytest.raises(InvalidInput) as refused:
+        check_properties({"Upper": "x", "fine": "y", "notes": "two\nlines"})
+    said = str(refused.value)
+    assert said.startswith("Property key 'Upper' is not a valid name") and "property 'notes' contains" in said
+    with pytest.raises(InvalidInput, match=r"^Property key 'K0' is not a valid name: use .* Nor are 'K1', 'K2', "
+                                           r"'K3', 'K4', 'K5' and 2 more\.$"):
+        check_properties({f"K{i}": "x" for i in range(8)})
+
+
 def test_a_change_may_not_set_and_remove_one_key_nor_leave_too_many(registry: Registry, tmp_path: Path) -> None:
     registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="full", base_model="tiny-llama",
                      properties={f"k{i}": "v" for i in range(MAX_PROPERTIES)})
