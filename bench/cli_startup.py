@@ -110,7 +110,8 @@ def main() -> None:
                     timed([sys.executable, "-c", "pass"], ROOT))
     load = os.getloadavg()[0]
     print(f"## {date.today()} — `vera` command start-up, {args.runs} runs each, alternated (bench/cli_startup.py"
-          + (f" --before {args.before}" if args.before else "") + f"); load average {load:.2f} after\n")
+          + (f" --before {args.before}" if args.before else "") + (" --operator" if args.operator else "")
+          + f"); load average {load:.2f} after\n")
     print("| command | tree | median s | best s |")
     print("|---|---|---|---|")
     for (words, label), times in runs.items():
