@@ -116,12 +116,15 @@ def table(jobs: list[JobInfo]) -> None:
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "test accuracy": formats.metric_column(s["test accuracy"] for s in scores),
         "eval loss": formats.metric_column((s["eval loss"] for s in scores), help=EVAL_LOSS_HELP),
-        "result": st.column_config.LinkColumn(display_text=r"adapter\?ref=([^&]*)", help="Open the published version"),
+        # a fixed width, so a long reference is cut with '…' (web_ui.tables), not clipped mid-letter at the edge
+        "result": st.column_config.LinkColumn(help="Open the published version", width=RESULT_PX),
     })
     if len(jobs) > TABLE_ROWS:
         st.caption(f"The newest {TABLE_ROWS} of {len(jobs):,} jobs; `vera job list` shows them all.")
 
 
+#: The px of the jobs table's result column: 'alice/polarity-v2:12' whole, a longer reference cut with '…'.
+RESULT_PX = 180
 #: What the jobs table's eval loss is (final_metrics).
 EVAL_LOSS_HELP = ("The published version's loss on the eval set, with the weights it was published with: the best "
                   "evaluation's (highest eval accuracy for a classifier) unless training was told not to keep the best")

@@ -14,6 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
 from registry.domain.training_spec import training_spec
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import page, shown
@@ -78,6 +82,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         client.publish(make_adapter(root / "short", seed=2), "alice/short", base_model="tiny-llama",
                        metrics={"test": {"accuracy": 0.75}, "final_eval": {"loss": 0.5}})
         client.submit_job("alice/queued", training_spec(demo=True, epochs=0.5))
+        done = client.submit_job(LONG, training_spec(demo=True, epochs=0.5), priority=100)
+        queue = Jobs(Registry(Database(f"sqlite:///{root / 'r.db'}"), FsspecBlobStore(str(root / "blobs"))))
+        queue.claim("test-worker")
+        queue.finish(done.id, "test-worker", status="succeeded", result_version=(LONG, 1))  # published LONG:1
+        queue.registry.db.engine.dispose()
         yield {"url": url, "token": "", "versions": {v.ref: v for v in client.list_versions().items}}
 
 
@@ -112,9 +121,9 @@ def test_activity_cuts_a_long_target_with_an_ellipsis(registry: dict[str, Any]) 
     at = page("activity", registry, query={"adapter": LONG})
     assert not at.exception
     table = at.dataframe[0]
-    assert list(table.value["target"]) == [navigation.version_link(f"{LONG}:1")]
-    assert list(shown(table)["target"]) == [formats.fit(f"{LONG}:1", activity.TARGET_PX[1])]
-    assert shown(table)["target"][0].endswith("…")
+    published = list(table.value["target"]).index(navigation.version_link(f"{LONG}:1"))  # (its job's events too)
+    assert shown(table)["target"][published] == formats.fit(f"{LONG}:1", activity.TARGET_PX[1])
+    assert shown(table)["target"][published].endswith("…")
 
 
 @pytest.mark.parametrize(("name", "query"), [("browse", {}), ("compare", {"refs": f"{LONG}:1,alice/short:1"}),
@@ -128,9 +137,21 @@ def test_every_table_shows_a_missing_value_as_a_dash(registry: dict[str, Any], n
 
 def test_a_queued_job_has_no_duration_or_metrics_and_says_so_with_dashes(registry: dict[str, Any]) -> None:
     at = page("train", registry)
-    row = next(d.value for d in at.dataframe if "status" in d.value.columns).iloc[0]
+    rows = next(d.value for d in at.dataframe if "status" in d.value.columns).set_index("publishes")
+    row = rows.loc["alice/queued"]
     assert row["status"] == "queued" and row["duration"] == "—"
     assert row[["test accuracy", "eval loss", "result"]].isna().all()  # drawn as the placeholder, '—'
+
+
+def test_the_jobs_table_cuts_a_long_result_with_an_ellipsis(registry: dict[str, Any]) -> None:
+    from web_ui.jobs import RESULT_PX
+
+    at = page("train", registry)
+    table = next(d for d in at.dataframe if "status" in d.value.columns)
+    done = list(table.value["publishes"]).index(LONG)
+    assert table.value["result"][done] == navigation.version_link(f"{LONG}:1")  # the link stays whole
+    assert shown(table)["result"][done] == formats.fit(f"{LONG}:1", RESULT_PX) and \
+        shown(table)["result"][done].endswith("…")  # its label cut to the column (it was clipped mid-letter)
 
 
 @pytest.mark.parametrize(("rows", "height"), [(2, 3 * 35 + 3), (12, 13 * 35 + 3), (500, 41 * 35 + 3)])
