@@ -61,6 +61,6 @@ def not_unicode(value: Any) -> str | None:
     can store or answer with), or None: what the config and dataset readers refuse."""
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return str(exc.object[exc.start:exc.end])
+    except UnicodeEncodeError as exc:  # the encoder reports a run of them as one: the first is said, not the run
+        return str(exc.object[exc.start])
     return None

@@ -104,17 +104,23 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
     if not changed:
         _done(ref, Unsent("Nothing changed."))
         return
+    names = {"about": "description", "card": "model card", "visibility": f"now {after['visibility']}"}
+    texts = [f for f in changed if f != "visibility"]
     try:
-        if "about" in changed or "card" in changed:
+        if texts:
             session.call(lambda c: c.update_adapter(
                 adapter, description=after["about"] if "about" in changed else None,
                 card=after["card"] if "card" in changed else None))
-        if "visibility" in changed:
-            session.call(lambda c: c.set_visibility(adapter, after["visibility"]))
     except RegistryError as exc:
         _done(ref, exc)
+        return
+    try:
+        if "visibility" in changed:
+            session.call(lambda c: c.set_visibility(adapter, after["visibility"]))
+    except RegistryError as exc:  # the texts were saved by then: "Nothing saved" would be untrue
+        _done(ref, Unsent(f"Saved {adapter}: {', '.join(names[f] for f in texts)}; its visibility was not changed: "
+                          f"{exc}") if texts else exc)
     else:
-        names = {"about": "description", "card": "model card", "visibility": f"now {after['visibility']}"}
         _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.")
 
 

@@ -129,8 +129,9 @@ def leave_controls(info: OrganizationInfo, who: WhoAmI) -> None:
     org = info.name
     admins = [x.member for x in info.members if x.role == "admin"]
     if admins == [who.user]:
-        st.caption(f"You are {org}'s only admin, so you cannot leave it: make another member an admin first (Add or "
-                   "change, above), or delete the organisation.")
+        how = ("(Add or change, above), or delete the organisation" if manages(who, org) else
+               "or delete the organisation, with a token that may manage it (this one may not)")
+        st.caption(f"You are {org}'s only admin, so you cannot leave it: make another member an admin first {how}.")
         return
     if st.session_state.get(LEAVE_ASKED) != org:
         st.button(f"Leave {org}", on_click=st.session_state.__setitem__, args=(LEAVE_ASKED, org))

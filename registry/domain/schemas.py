@@ -654,20 +654,23 @@ def check_properties(given: object, what: str = "properties") -> dict[str, str]:
         raise InvalidInput(f"A version takes at most {MAX_PROPERTIES} properties; {what} has {len(given)}.")
     problems: list[str] = []
     bad_keys: list[str] = []
+    first_key = 0  # where the first bad key's message is: the others are named right after it
     for key, value in given.items():  # every problem in one answer, not one per attempt (session 29's walk)
         try:
             check_name(key, "Property key")
         except InvalidInput as exc:
             if not bad_keys:
-                problems.append(str(exc))  # the first says what a name may be; the others are named after it
+                first_key = len(problems)
+                problems.append(str(exc))  # the first says what a name may be
             bad_keys.append(key)
         try:
-            check_text(value, f"property {key!r}", max_length=MAX_PROPERTY_VALUE)
+            check_text(value, f"property {key[:64]!r}", max_length=MAX_PROPERTY_VALUE)
         except InvalidInput as exc:
             problems.append(str(exc))
     if len(bad_keys) > 1:
         listed = ", ".join(repr(k[:64]) for k in bad_keys[1:6])
-        problems.insert(1, f"Nor are {listed}" + (f" and {len(bad_keys) - 6} more." if len(bad_keys) > 6 else "."))
+        problems.insert(first_key + 1, f"Nor are {listed}" + (
+            f" and {len(bad_keys) - 6} more." if len(bad_keys) > 6 else "."))
     _refuse_all(problems)
     return dict(sorted(given.items()))
 
@@ -685,15 +688,17 @@ def parse_properties(pairs: Iterable[str]) -> dict[str, str]:
     key, or a key given twice (collapsed, one value would be dropped unseen), is refused saying which. The registry
     checks keys and values (check_properties)."""
     found: dict[str, str] = {}
-    problems = []
+    problems, repeated = [], set()
     for pair in pairs:
         key, equals, value = pair.partition("=")
         key = key.strip()
         if not equals or not key:
             problems.append(f"Property {pair.strip()[:80]!r} is not KEY=VALUE, e.g. validation=passed.")
         elif key in found:
-            problems.append(f"Property {key[:64]!r} is given twice ({found[key][:40]!r} and {value[:40]!r}); give "
-                            "it once.")
+            if key not in repeated:  # said once, however often it comes
+                repeated.add(key)
+                problems.append(f"Property {key[:64]!r} is given more than once ({found[key][:40]!r} and "
+                                f"{value[:40]!r}); give it once.")
         else:
             found[key] = value
     _refuse_all(problems)

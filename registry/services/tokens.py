@@ -339,8 +339,10 @@ def _pause_registry_webhooks(s: Session, revoked: list[int], now: datetime, acto
 
 
 def _still_admin(s: Session, owner: str, now: datetime) -> bool:
-    """Whether ``owner`` holds a live token of the admin scope that no --owner limits."""
-    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None)))
+    """Whether ``owner`` holds a live token of the admin scope that no --owner limits. Its tokens are locked (on
+    PostgreSQL) so that two revocations at once of its last two such tokens do not each see the other one live."""
+    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None))
+                     .with_for_update())
     return any("admin" in row.scopes and row.limited_to is None and (row.expires_at is None or row.expires_at > now)
                for row in live)
 

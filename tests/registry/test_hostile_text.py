@@ -110,6 +110,17 @@ def test_a_crafted_cursor_is_a_422(server: dict[str, Any], sort: str, crafted: s
     assert "is not one this registry issued" in answer.json()["detail"]
 
 
+def test_a_run_of_surrogates_is_refused_naming_one_not_echoing_the_run() -> None:
+    """The encoder reports consecutive surrogates as one error: the refusal names the first, and stays short however
+    long the run (it echoed 900 KB of a request back: a reviewer's find, session 30)."""
+    from registry.domain.schemas import json_object
+
+    with pytest.raises(InvalidInput) as refused:
+        json_object('{"a": "' + "\\udc80" * 150_000 + '"}', "metrics")
+    assert str(refused.value) == ("metrics holds '\\udc80', half of a UTF-16 surrogate pair, which is not text; send "
+                                  "valid Unicode.")
+
+
 def test_only_an_encoding_error_of_a_surrogate_is_the_callers() -> None:
     """The last line of defence: a surrogate that reaches a database driver unchecked is a 422 (nothing was stored);
     any other encoding error is the server's own bug, a 500 that says nothing of the text."""

@@ -278,7 +278,7 @@ def test_a_writer_sets_and_removes_properties_and_the_page_shows_them(registry: 
     assert [w.value for w in at.warning if "is not KEY=VALUE" in w.value] and not at.success
     at.text_area(key=f"edit-properties-{ref}").set_value("validation=passed\nvalidation=failed")
     click(at, "Save version")
-    assert [w.value for w in at.warning if "Property 'validation' is given twice" in w.value]
+    assert [w.value for w in at.warning if "Property 'validation' is given more than once" in w.value]
     at.text_area(key=f"edit-properties-{ref}").set_value("Bad Key=1")  # the registry's refusal, shown
     click(at, "Save version")
     [refused] = at.error  # the registry's refusal, and that nothing of the save stayed
@@ -462,6 +462,36 @@ def test_a_protected_alias_is_marked_and_a_writers_move_of_it_refused(registry: 
                for c in owner_view.caption)
     assert {"Remove alias", "Delete this version", "Move adapter"} <= {b.label for b in owner_view.button}
     assert not owner_view.radio(key="edit-visibility-guarded/clf").disabled  # its admin's
+
+
+def test_a_save_whose_visibility_is_refused_after_its_description_was_saved_says_both(
+        registry: dict[str, Any]) -> None:
+    """Description and visibility are two requests: when the second is refused (here an admin protected the alias
+    naming the adapter after the writer's page was drawn), the page says what was saved and what was not, not
+    "Nothing saved"."""
+    db = Database(f"sqlite:///{registry['root'] / 'r.db'}")
+    carol = create_token(db, owner="carol", scopes=["read", "publish"])[1]
+    writer = create_token(db, owner="alice", scopes=["read", "publish"])[1]
+    db.engine.dispose()
+    with RegistryClient(registry["url"], carol) as admin:
+        admin.create_organization("halfway")
+        admin.set_member("halfway", "alice", "write")
+        admin.publish(registry["root"] / "a", "halfway/clf", base_model="tiny-llama")
+    at = page("adapter", {**registry, "token": writer}, query={"ref": "halfway/clf:1"}, adapter_tab="Edit")
+    at.text_area(key="edit-about-halfway/clf").set_value("Half saved.")
+    at.radio(key="edit-visibility-halfway/clf").set_value("private")
+    with RegistryClient(registry["url"], carol) as admin:  # meanwhile
+        admin.set_alias("halfway/clf:1", "prod")
+        admin.protect_alias("halfway", "prod")
+    click(at, "Save adapter")
+    assert not at.exception and not at.success
+    [partly] = [w.value for w in at.warning if w.value.startswith("Saved halfway/clf: description; its visibility "
+                                                                  "was not changed: ")]
+    assert "protected" in partly and not [e for e in at.error if "Nothing saved" in e.value]
+    with RegistryClient(registry["url"], carol) as admin:
+        info = admin.adapter("halfway/clf")
+        assert (info.description, info.visibility) == ("Half saved.", "public")
+        admin.delete("halfway/clf:1")
 
 
 @pytest.mark.parametrize(("typed", "said"), [
