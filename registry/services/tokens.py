@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -228,8 +228,7 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
     with db.session() as s:
         now = datetime.now(UTC)
         live = s.scalar(select(func.count()).select_from(m.AccessToken).where(
-            m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None),
-            or_(m.AccessToken.expires_at.is_(None), m.AccessToken.expires_at > now))) or 0
+            m.AccessToken.owner == owner, _live(now))) or 0
         if live >= MAX_LIVE_TOKENS:
             raise Conflict(f"{owner} holds {live:,} live tokens, the most one user may (rate limits count per user, "
                            "not per token): revoke unused ones first (`vera auth tokens`, `vera auth revoke ID`).")
@@ -311,29 +310,35 @@ def revoke_all(db: Database, owner: str, *, actor: str = OPERATOR) -> list[int]:
 
 def _revoke(s: Session, rows: list[m.AccessToken], actor: str) -> list[int]:
     now, revoked, given = datetime.now(UTC), [], {row.id for row in rows}
+    admins: set[str] = set()  # the owners of the administrators' tokens (no --owner limit) revoked now
     while rows:
         for row in rows:
             if row.revoked_at is None:
                 row.revoked_at = now
                 revoked.append(row.id)
+                if "admin" in row.scopes and row.limited_to is None:
+                    admins.add(row.owner)
                 s.add(m.AuditEvent(actor=actor[:64], action="token-revoke", target=row.owner, detail={
                     "token": row.id, "name": row.name, **({} if row.id in given else {"with": row.parent_id})}))
         rows = list(s.scalars(select(m.AccessToken).where(  # the next generation (revoked ones' offspring too)
             m.AccessToken.parent_id.in_([row.id for row in rows]), m.AccessToken.revoked_at.is_(None))))
-    _pause_registry_webhooks(s, revoked, now, actor)
+    _pause_registry_webhooks(s, admins, now, actor)
     return revoked
 
 
-def _pause_registry_webhooks(s: Session, revoked: list[int], now: datetime, actor: str) -> None:
+def _live(now: datetime) -> ColumnElement[bool]:
+    """A token neither revoked nor expired at ``now``."""
+    return and_(m.AccessToken.revoked_at.is_(None),
+                or_(m.AccessToken.expires_at.is_(None), m.AccessToken.expires_at > now))
+
+
+def _pause_registry_webhooks(s: Session, admins: set[str], now: datetime, actor: str) -> None:
     """An administrator left with no live administrator's token (one that no --owner limits) may no longer manage the
     registry-wide webhooks: those it created or changed pause (webhooks.pause_webhooks_of), as an organisation's do
     when a member goes, since their URLs may be its and they carry every owner's events, private ones included."""
     from registry.services.webhooks import pause_webhooks_of  # webhooks -> outbox; kept out of the token's import
 
-    if not revoked:
-        return
-    rows = s.scalars(select(m.AccessToken).where(m.AccessToken.id.in_(revoked)))
-    for owner in sorted({row.owner for row in rows if "admin" in row.scopes and row.limited_to is None}):
+    for owner in sorted(admins):
         if not _still_admin(s, owner, now):
             pause_webhooks_of(s, EVERY_OWNER, owner, actor, "holds no administrator's token any more")
 
@@ -341,10 +346,8 @@ def _pause_registry_webhooks(s: Session, revoked: list[int], now: datetime, acto
 def _still_admin(s: Session, owner: str, now: datetime) -> bool:
     """Whether ``owner`` holds a live token of the admin scope that no --owner limits. Its tokens are locked (on
     PostgreSQL) so that two revocations at once of its last two such tokens do not each see the other one live."""
-    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, m.AccessToken.revoked_at.is_(None))
-                     .with_for_update())
-    return any("admin" in row.scopes and row.limited_to is None and (row.expires_at is None or row.expires_at > now)
-               for row in live)
+    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, _live(now)).with_for_update())
+    return any("admin" in row.scopes and row.limited_to is None for row in live)
 
 
 def list_tokens(db: Database, *, owner: str | None = None) -> list[TokenInfo]:
