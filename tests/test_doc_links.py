@@ -57,3 +57,17 @@ def test_every_relative_link_reaches_a_file_and_a_heading(document: Path) -> Non
     assert not broken, f"{document.name}: " + "; ".join(broken)
     if document.name in {"README.md", "guide.md"}:
         assert links, "the check found no links at all: its pattern is wrong"
+
+
+def test_the_guides_backup_and_upgrade_examples_show_the_newest_migration() -> None:
+    """The outputs the guide shows for `vera db backup/status/upgrade` name the head revision, as a fresh registry
+    prints it, and the 'behind' example the one before (they said 0023 three migrations later: found by a reader,
+    session 31)."""
+    head = max(int(p.name[:4]) for p in (ROOT / "migrations" / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    guide = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
+    at_head = [int(r) for r in re.findall(r"(?:revision|head:) (\d{4})", guide)]
+    at_head += [int(r) for r in re.findall(r"current: (\d{4}); head: \d{4}; up to date", guide)]
+    behind = [int(r) for r in re.findall(r"current: (\d{4}); head: \d{4}; run `vera db upgrade`", guide)]
+    assert len(at_head) >= 4 and behind, "the guide's backup and upgrade examples show no revisions"
+    assert set(at_head) == {head}, f"the guide's examples show revisions {sorted(set(at_head))}; the head is {head}"
+    assert set(behind) == {head - 1}, f"the 'behind' example shows {behind}; one behind the head is {head - 1}"
