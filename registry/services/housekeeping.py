@@ -1,7 +1,9 @@
 """Maintenance the API runs in the background while it serves, so that an operator need not remember a cron line:
 deleting the access tokens that ended (revoked or expired) more than ``token_purge_days`` ago, as `vera token purge
---days N` does by hand. Each exchange of a CI job's identity token (trusted publishing) and each browser that
-remembers a dashboard sign-in adds a token row that ends within minutes or a week; without this the table only grows.
+--days N` does by hand (each exchange of a CI job's identity token (trusted publishing) and each browser that
+remembers a dashboard sign-in adds a token row that ends within minutes or a week; without this the table only
+grows), and pausing the registry-wide webhooks of an administrator whose last administrator's token expired
+(webhooks.pause_webhooks_of_departed_admins: a revocation pauses them at once, an expiry has no moment of its own).
 
 Every API process runs it (about once an hour, the first time a minute after it starts): with several replicas on
 one database each round finds what the others left, and a row two of them delete at once is deleted and audited
@@ -18,6 +20,7 @@ from registry.domain.errors import InvalidInput
 from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS
 from registry.services.background import BackgroundThread
 from registry.services.tokens import purge_tokens
+from registry.services.webhooks import pause_webhooks_of_departed_admins
 from registry.store.database import Database
 
 log = logging.getLogger("vera.housekeeping")
@@ -29,8 +32,9 @@ FIRST_AFTER_S = 60.0
 
 
 class Housekeeping(BackgroundThread):
-    """Purges ended tokens every ``every_s`` seconds (``first_after_s`` after start) until ``stop()``; see the module's
-    docstring. ``token_purge_days`` 0 purges nothing (nothing runs)."""
+    """Purges ended tokens and pauses departed administrators' registry-wide webhooks every ``every_s`` seconds
+    (``first_after_s`` after start) until ``stop()``; see the module's docstring. ``token_purge_days`` 0 purges
+    nothing (the webhooks are still looked after)."""
 
     thread_name = "vera-housekeeping"
 
@@ -46,14 +50,22 @@ class Housekeeping(BackgroundThread):
 
     @property
     def active(self) -> bool:
-        return bool(self.token_purge_days) and not self.db.read_only
+        return not self.db.read_only
 
     def start(self) -> None:
         if self.active:
             super().start()
 
     def run_once(self) -> int:
-        """One round now: the number of tokens deleted."""
+        """One round now: the registry-wide webhooks of departed administrators paused, then the ended tokens
+        purged (with ``token_purge_days``); the number of tokens deleted."""
+        paused = pause_webhooks_of_departed_admins(self.db, actor=ACTOR)
+        if paused:
+            log.info(f"paused registry-wide webhooks {paused}: their creator or an editor holds no administrator's "
+                     "token any more (its last one expired); an administrator resumes them (`vera webhook edit ID "
+                     "--active`)")
+        if not self.token_purge_days:
+            return 0
         before = datetime.now(UTC) - timedelta(days=self.token_purge_days)
         gone = purge_tokens(self.db, before=before, actor=ACTOR)
         if gone:

@@ -316,8 +316,9 @@ def _revoke(s: Session, rows: list[m.AccessToken], actor: str) -> list[int]:
             if row.revoked_at is None:
                 row.revoked_at = now
                 revoked.append(row.id)
-                if "admin" in row.scopes and row.limited_to is None:
-                    admins.add(row.owner)
+                if "admin" in row.scopes and row.limited_to is None and (row.expires_at is None or
+                                                                         row.expires_at > now):
+                    admins.add(row.owner)  # (one that had expired ended its administrator's time before: no news)
                 s.add(m.AuditEvent(actor=actor[:64], action="token-revoke", target=row.owner, detail={
                     "token": row.id, "name": row.name, **({} if row.id in given else {"with": row.parent_id})}))
         rows = list(s.scalars(select(m.AccessToken).where(  # the next generation (revoked ones' offspring too)
@@ -341,6 +342,22 @@ def _pause_registry_webhooks(s: Session, admins: set[str], now: datetime, actor:
     for owner in sorted(admins):
         if not _still_admin(s, owner, now):
             pause_webhooks_of(s, EVERY_OWNER, owner, actor, "holds no administrator's token any more")
+
+
+def admin_ended(s: Session, owner: str, now: datetime) -> datetime | None:
+    """When ``owner`` stopped holding a live administrator's token (one that no --owner limits): the latest end
+    (revocation or expiry) of its such tokens; None while one is live, and when it holds none (never did, or they
+    were purged). Its tokens are locked (on PostgreSQL), as _still_admin does."""
+    rows = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner).with_for_update())
+    ends: list[datetime] = []
+    for row in rows:
+        if "admin" not in row.scopes or row.limited_to is not None:
+            continue
+        end = min((t for t in (row.revoked_at, row.expires_at) if t is not None), default=None)
+        if end is None or end > now:
+            return None
+        ends.append(end)
+    return max(ends, default=None)
 
 
 def _still_admin(s: Session, owner: str, now: datetime) -> bool:

@@ -32,6 +32,7 @@ from registry.domain.events import (
 from registry.domain.schemas import check_name, check_text
 from registry.services.delivery import Message, Sender, check_target
 from registry.services.outbox import SENDING, payload, record
+from registry.services.tokens import admin_ended
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -211,9 +212,46 @@ def pause_webhooks_of(s: Session, organization: str, member: str, actor: str, wh
                                           or_(*[m.AuditEvent.target.endswith(f"/webhooks/{i}", autoescape=True)
                                                 for i in hooks])))} if hooks else set()
     for hook in hooks.values():
-        if hook.created_by != member and hook.id not in changed:
-            continue
-        role = "creator" if hook.created_by == member else "editor"
-        hook.active, hook.updated_at = False, datetime.now(UTC)
-        s.add(m.AuditEvent(actor=actor, action="webhook-update", target=f"{organization}/webhooks/{hook.id}",
-                           detail={"active": False, "reason": f"paused: its {role} {why} ({member})"}))
+        if hook.created_by == member or hook.id in changed:
+            _pause(s, hook, organization, member, actor, f"{why} ({member})")
+
+
+def _pause(s: Session, hook: m.Webhook, owner: str, member: str, actor: str, why: str) -> None:
+    role = "creator" if hook.created_by == member else "editor"
+    hook.active, hook.updated_at = False, datetime.now(UTC)
+    s.add(m.AuditEvent(actor=actor, action="webhook-update", target=f"{owner}/webhooks/{hook.id}",
+                       detail={"active": False, "reason": f"paused: its {role} {why}"}))
+
+
+def pause_webhooks_of_departed_admins(db: Database, *, actor: str) -> list[int]:
+    """Pause each active registry-wide webhook whose creator or an editor stopped holding an administrator's token
+    (tokens.admin_ended: its last one expired; a revocation pauses them at once) since the webhook was created or
+    last resumed: an administrator who resumed it after that took it over, and it stays. Whoever holds no such
+    token row (the operator's commands, a registry without tokens, tokens purged long after their end) pauses
+    nothing. Housekeeping runs it every round. The ids paused now."""
+    now = datetime.now(UTC)
+    with db.session() as s:
+        hooks = {h.id: h for h in s.scalars(select(m.Webhook).where(m.Webhook.owner == EVERY_OWNER,
+                                                                     m.Webhook.active.is_(True)))}
+        if not hooks:
+            return []
+        targets = {f"{EVERY_OWNER}/webhooks/{i}": i for i in hooks}
+        editors: dict[int, set[str]] = {i: {hook.created_by} for i, hook in hooks.items()}
+        resumed: dict[int, datetime] = {i: hook.created_at for i, hook in hooks.items()}
+        for event in s.scalars(select(m.AuditEvent).where(m.AuditEvent.action == "webhook-update",
+                                                          m.AuditEvent.target.in_(targets))):
+            hook_id = targets[event.target]
+            editors[hook_id].add(event.actor)
+            if event.detail.get("active") is True:
+                resumed[hook_id] = max(resumed[hook_id], event.at)
+        ended = {member: admin_ended(s, member, now) for member in sorted(set[str]().union(*editors.values()))}
+        paused = []
+        for hook_id, hook in hooks.items():
+            gone = sorted(member for member in editors[hook_id]
+                          if (end := ended[member]) is not None and end > resumed[hook_id])
+            if gone:
+                member = hook.created_by if hook.created_by in gone else gone[0]
+                _pause(s, hook, EVERY_OWNER, member, actor,
+                       f"holds no administrator's token any more, its last one expired ({member})")
+                paused.append(hook_id)
+        return paused

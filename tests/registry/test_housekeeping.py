@@ -1,6 +1,7 @@
 """Housekeeping (registry.services.housekeeping): the API purges ended tokens on its own, keeps what a purge must
-keep (a trusted publisher's token while its identity token may still be valid), audits each deletion once, and runs
-nothing on a read-only registry."""
+keep (a trusted publisher's token while its identity token may still be valid), audits each deletion once, pauses the
+registry-wide webhooks of an administrator whose last administrator's token expired, and runs nothing on a
+read-only registry."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from sqlalchemy import select, update
 
 from registry.bootstrap import build_api
 from registry.domain.errors import InvalidInput
+from registry.domain.events import WebhookChange, WebhookForm
 from registry.services import tokens
+from registry.services.delivery import Sender
 from registry.services.housekeeping import Housekeeping
 from registry.services.registry import Registry
-from registry.services.tokens import create_token, purge_tokens
+from registry.services.tokens import create_token, purge_tokens, revoke_token
+from registry.services.webhooks import Webhooks
 from registry.settings import Settings
 from registry.store.database import Database
-from registry.store.models import AccessToken, AuditEvent
+from registry.store.models import AccessToken, AuditEvent, Webhook
 
 
 def _tokens(db: Database, **ended: dict[str, datetime]) -> dict[str, int]:
@@ -124,9 +128,9 @@ def test_it_runs_in_the_background_until_stopped_and_survives_a_failed_round(reg
     assert len(rounds) == count  # stopped
 
 
-def test_the_api_purges_unless_told_not_to_or_read_only(tmp_path: Path) -> None:
+def test_the_api_keeps_house_unless_read_only_and_purges_unless_told_not_to(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    for env, active in (({}, True), ({"token_purge_days": 0}, False), ({"read_only": True}, False)):
+    for env, active in (({}, True), ({"token_purge_days": 0}, True), ({"read_only": True}, False)):
         settings = Settings(database_url=url, storage_url=str(tmp_path / "blobs"), require_tokens=False, **env)
         app, registry, _ = build_api(settings)
         with TestClient(app) as client:
@@ -145,3 +149,50 @@ def test_a_purge_within_a_day_of_the_end_is_refused_with_the_fix() -> None:
     assert Settings().token_purge_days == 30
     with pytest.raises(InvalidInput, match="VERA_TOKEN_PURGE_DAYS to 1 or more"):
         Housekeeping(Database("sqlite://"), token_purge_days=0.1)
+
+
+def test_a_round_pauses_the_registry_wide_webhooks_of_an_administrator_whose_last_admin_token_expired(
+        registry: Registry) -> None:
+    """A revocation pauses an administrator's registry-wide webhooks at once; an expiry has no moment of its own, so
+    each housekeeping round looks (the guide left it to the operator's review). An administrator who resumes one
+    afterwards takes it over: the next rounds leave it running."""
+    db, now = registry.db, datetime.now(UTC)
+    hooks = Webhooks(db, Sender(allow_private=True))
+    ops1 = create_token(db, owner="ops1", scopes=["admin"], expires_in=timedelta(hours=1))[0]
+    create_token(db, owner="ops1", scopes=["admin"], limited_to=["alice"])  # not the whole registry's: no matter
+    create_token(db, owner="ops2", scopes=["admin"])
+    create_token(db, owner="ops3", scopes=["admin"], expires_in=timedelta(hours=1))
+    made = {name: hooks.create(WebhookForm(owner="*", url=f"http://127.0.0.1:9/{name}"), actor=actor).id
+            for name, actor in (("ops1s", "ops1"), ("ops2s", "ops2"), ("edited", "ops2"), ("operator", "operator"),
+                                ("ops3s", "ops3"), ("ops1s2", "ops1"))}
+    hooks.change(made["edited"], WebhookChange(url="http://127.0.0.1:9/edited-by-ops1"), actor="ops1")
+    hooks.create(WebhookForm(owner="alice", url="http://127.0.0.1:9/own"), actor="ops1")  # an owner's: not this
+    keeper = Housekeeping(db, token_purge_days=0)
+    assert keeper.run_once() == 0 and all(h.active for h in hooks.for_owner("*"))  # everyone's token is live
+
+    with db.session() as s:  # all that was two hours ago; ops1's unlimited administrator's token ran out since
+        s.execute(update(Webhook).values(created_at=now - timedelta(hours=2)))
+        s.execute(update(AuditEvent).values(at=now - timedelta(hours=2)))
+        s.execute(update(AccessToken).where(AccessToken.id == ops1).values(expires_at=now - timedelta(minutes=1)))
+    keeper.run_once()
+    active = {h.id: h.active for h in hooks.for_owner("*")}
+    assert {name: active[i] for name, i in made.items()} == {
+        "ops1s": False, "ops2s": True, "edited": False, "operator": True, "ops3s": True, "ops1s2": False}
+    with db.session() as s:
+        reasons = {e.target: (e.actor, e.detail) for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "webhook-update", AuditEvent.actor == "registry"))}
+    expired = "holds no administrator's token any more, its last one expired (ops1)"
+    assert reasons == {f"*/webhooks/{made[name]}": ("registry", {"active": False,
+                                                                  "reason": f"paused: its {role} {expired}"})
+                       for name, role in (("ops1s", "creator"), ("ops1s2", "creator"), ("edited", "editor"))}
+
+    hooks.change(made["ops1s"], WebhookChange(active=True), actor="ops2")  # reviewed and resumed: ops2's now
+    keeper.run_once()
+    keeper.run_once()
+    active = {h.id: h.active for h in hooks.for_owner("*")}
+    assert (active[made["ops1s"]], active[made["ops1s2"]]) == (True, False)
+    with db.session() as s:
+        assert len(list(s.scalars(select(AuditEvent).where(AuditEvent.actor == "registry")))) == 3  # once each
+
+    revoke_token(db, ops1)  # it had expired: its revocation pauses nothing, and the resumed one stays
+    assert hooks.get(made["ops1s"]).active
