@@ -121,10 +121,11 @@ class Case:
         the case's dtype. Adapters are added to it afterwards, so that they stay float32 (PEFT's default,
         autocast_adapter_dtype, and vera_core's), and every contestant trains under autocast in that dtype, as
         vera_core's Trainer and accelerate's mixed precision do."""
-        if self.name not in _BASES:
+        key = f"{self.family} {sorted(self.sizes.items())}"  # the cases of one base (a rank sweep) share it
+        if key not in _BASES:
             _BASES.clear()
-            _BASES[self.name] = self._make()
-        return copy.deepcopy(_BASES[self.name]).to(self.dtype)
+            _BASES[key] = self._make()
+        return copy.deepcopy(_BASES[key]).to(self.dtype)
 
     def _make(self) -> torch.nn.Module:
         torch.manual_seed(0)
@@ -168,7 +169,8 @@ def cases(quick: bool) -> list[Case]:
         return [Case("tiny RoBERTa fp32", "roberta", TINY_ROBERTA, 64, torch.float32, 4, 16, 1e-4),
                 # bf16 on the CPU too (autocast runs there): the suite walks the path a GPU run takes
                 Case("tiny Llama bf16", "llama", TINY_LLAMA, 32, torch.bfloat16, 2, 16, 2e-2)]
-    return [Case("RoBERTa-base fp32", "roberta", {}, 1024, torch.float32, 32, 128, 1e-4),
+    # the issue's two cases, and RoBERTa-base at lower ranks too ("never slower than PEFT at any rank")
+    return [*(Case("RoBERTa-base fp32", "roberta", {}, r, torch.float32, 32, 128, 1e-4) for r in (1024, 256, 16)),
             Case("Llama ~1.1B bf16", "llama", LLAMA_1B, 256, torch.bfloat16, 4, 512, 2e-2)]
 
 
@@ -185,12 +187,14 @@ def contestant(case: Case, kind: str, device: str) -> torch.nn.Module:
         torch.manual_seed(5)  # after the base: PEFT draws the initial vectors from the global generator
         model = get_peft_model(base, PeftVeraConfig(r=case.r, target_modules=case.targets, init_weights=False,
                                                            task_type=case.task_type))
-        if kind == "ours":
+        if kind.startswith("ours"):
             peft_state = get_peft_model_state_dict(model)
             model = VeraModel(case.base(), VeraConfig(r=case.r, target_modules=case.targets,
                                                       task_type=case.task_type, init_weights=False,
                                                       projection_generator=PEFT_GENERATOR))
             model.load_adapter_state_dict(peft_state)
+            if kind != "ours":  # ours-factored, ours-fused: one order forced instead of the cheaper one per call
+                model.set_strategy(kind.removeprefix("ours-"))
     return model.to(device=device).train()  # not cast: that would round PEFT's adapters to the base's dtype
 
 
@@ -234,17 +238,21 @@ class Contestant:
 
 
 KINDS = ("peft-vera", "ours", "peft-lora-r8")
+#: vera_core with each order forced (``auto`` picks per call): which order pays on this device. Float32 cases only:
+#: under autocast the fused order does not apply (vera_core/layer.py), so both would run the factored one.
+ORDERS = ("ours-factored", "ours-fused")
 
 
 def race(case: Case, device: str, steps: int) -> dict[str, Contestant]:
     """Every contestant resident at once, one warm-up step each, then ``steps`` rounds with one step of each,
     alternating the order, so that drift and warm-up effects fall on all of them alike."""
-    runs = {kind: Contestant(case, kind, device) for kind in KINDS}
+    kinds = KINDS + (ORDERS if case.dtype == torch.float32 else ())
+    runs = {kind: Contestant(case, kind, device) for kind in kinds}
     for run in runs.values():
         run.first_step()
         run.times.clear()
     for round_ in range(steps):
-        for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
+        for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
             runs[kind].step()
     return runs
 
@@ -258,6 +266,12 @@ def step_train(device: str, quick: bool) -> tuple[Lines, bool]:
         first = abs(ours.losses[0] - peft.losses[0]) / max(1e-8, abs(peft.losses[0]))
         after = abs(ours.losses[1] - peft.losses[1]) / max(1e-8, abs(peft.losses[1]))
         same = first <= case.tolerance and after <= case.tolerance * 10
+        for kind in set(runs) & set(ORDERS):  # each forced order trains the same function too
+            pairs = zip(runs[kind].losses[:2], peft.losses[:2], strict=True)
+            worst = max(abs(a - b) / max(1e-8, abs(b)) for a, b in pairs)
+            if worst > case.tolerance * 10:
+                same = False
+                lines.append(f"**{kind} DIFFERENT** from PEFT VeRA: loss rel. diff {worst:.1e} in the first two steps")
         ok &= same
         lines += [f"**{case.name}**, VeRA r={case.r} on {'+'.join(case.targets)}, batch {case.batch} x seq "
                   f"{case.seq}, SGD, median of {steps} alternated rounds on {device}: ours vs PEFT VeRA loss at step "

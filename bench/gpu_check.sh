@@ -203,7 +203,7 @@ if [ -f "$OUT_DIR/cuda-tests.log" ]; then
 fi
 
 section "Training step: ours vs PEFT VeRA vs PEFT LoRA r=8"
-step train 200
+step train 240
 
 section "Mixed-adapter batches"
 step mixed 120

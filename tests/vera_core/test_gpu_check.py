@@ -42,6 +42,9 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert "**equal bit for bit**" in fragment and "the CPU against itself" in fragment
     assert "skipped on the CPU (needs a CUDA device)" in fragment  # what needs CUDA says so
     assert fragment.count("| peft-vera |") == 2 and fragment.count("| ours |") == 2  # both models, three contestants
+    # and on the float32 model each order forced, training the same function as PEFT
+    assert fragment.count("| ours-fused |") == 1 and fragment.count("| ours-factored |") == 1
+    assert "DIFFERENT" not in fragment
     assert fragment.count("**same**") == 4  # two training cases and the mixed batch agree with PEFT; rows that
     assert "continuous batching on cpu: 4 rows" in fragment  # joined a running batch chose their adapter's tokens
     assert "`vera serve-model --device cpu`: a classify request for bench/gpu:1 answered" in fragment
