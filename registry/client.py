@@ -345,7 +345,7 @@ class RegistryClient:
         if response.status_code not in RETRY_STATUSES:
             return None
         retry_after = response.headers.get("retry-after", "")
-        if retry_after.isdigit():
+        if retry_after.isascii() and retry_after.isdigit():
             return float(retry_after) if float(retry_after) <= MAX_RETRY_AFTER_S else None
         return None if response.status_code == 429 else self.backoff_s * 2**attempt
 

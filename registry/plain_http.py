@@ -21,6 +21,7 @@ import contextlib
 import functools
 import http.client
 import io
+import re
 import select
 import socket
 import threading
@@ -79,7 +80,8 @@ class PlainHttpTransport(httpx.BaseTransport):
                 conn.close()
                 raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
             lengths = set(response.msg.get_all("content-length") or [])
-            if len(lengths) > 1 or any(not length.strip().isdigit() for length in lengths):  # as h11 refuses them
+            # several lengths, or one not in ASCII digits ('²'.isdigit()): as h11 refuses them
+            if len(lengths) > 1 or not all(re.fullmatch(r"[0-9]+", length.strip()) for length in lengths):
                 response.close()
                 conn.close()
                 raise httpx.RemoteProtocolError(f"bad Content-Length: {sorted(lengths)!r:.100}", request=request)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,12 @@ def _read_json(path: Path) -> dict[str, object]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdapterFormatError(f"{path} is not readable JSON ({exc}); expected PEFT's adapter_config.json.") from exc
+    except RecursionError:  # nested deeper than the parser goes (about a thousand levels)
+        raise AdapterFormatError(f"{path} nests too deeply to be PEFT's adapter_config.json (a flat object of a few "
+                                 "fields).") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise AdapterFormatError(f"{path} holds an integer of over {sys.get_int_max_str_digits():,} digits; expected "
+                                 "PEFT's adapter_config.json (r, seeds and sizes are small integers).") from None
     if not isinstance(data, dict):
         raise AdapterFormatError(f"{path} must hold a JSON object, found {type(data).__name__}.")
     if (bad := not_unicode(data)) is not None:
@@ -219,8 +226,8 @@ def _check_recorded_shapes(files: AdapterFiles) -> None:
         return
     try:
         layers = json.loads(sizes)
-    except json.JSONDecodeError as exc:
-        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} is not JSON ({exc.msg}).") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, an integer of thousands of digits, nested too deep
+        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} is not JSON of sizes ({str(exc)[:100]}).") from None
     if not isinstance(layers, dict) or set(layers) != set(outs) or not all(
             type(v) is int and v > 0 for v in layers.values()):
         raise AdapterFormatError(f"Metadata {META_IN_FEATURES} must give a positive input size for each adapted "

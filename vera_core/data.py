@@ -102,6 +102,16 @@ def read_examples(
     return [Example(str(r[text_column]), index[v]) for r, v in zip(rows, raw, strict=True)], names
 
 
+def _json_line(file: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
+    except (ValueError, RecursionError):  # an integer of thousands of digits; nested deeper than the parser goes
+        raise DatasetError(f"{file}:{number} holds an integer of thousands of digits or nests too deeply; "
+                           "expected a flat JSON object per line (text and label).") from None
+
+
 def _read_rows(file: Path) -> list[dict[str, Any]]:
     """The rows of a .csv or .jsonl file, as dicts of column -> value."""
     if not file.is_file():
@@ -121,10 +131,7 @@ def _read_rows(file: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
+        row = _json_line(file, number, line)
         if not isinstance(row, dict):
             raise DatasetError(f"{file}:{number} is a JSON {type(row).__name__}; expected an object per line.")
         if (bad := not_unicode(row)) is not None:  # no tokenizer reads it, no registry stores it as a label

@@ -26,8 +26,8 @@ def read_header(file: IO[bytes], size: int | None = None) -> tuple[dict[str, obj
     text = file.read(length)
     try:
         header = json.loads(text) if len(text) == length else None
-    except ValueError as exc:
-        raise ValueError(f"not a safetensors file: its header is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, an integer of thousands of digits, nested too deep
+        raise ValueError(f"not a safetensors file: its header is not JSON ({str(exc)[:100]})") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file: its header is not a JSON object (or ends early)")
     return header, length

@@ -171,7 +171,7 @@ class RequestGate:
             except RegistryError as exc:
                 return status_of(exc), exc.code, str(exc)
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > limit):
             return 413, "content_too_large", (f"The body ({length} bytes) is over this route's limit of {limit:,} "
                                               "bytes (VERA_MAX_UPLOAD_BYTES for uploads).")
         return None
@@ -217,7 +217,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
-        if length and (not length.isdigit() or int(length) > self.limit):
+        if length and (not (length.isascii() and length.isdigit()) or int(length) > self.limit):
             await _send_problem(send, 413, "content_too_large", f"The body ({length} bytes) is over this "
                                 f"server's limit of {self.limit:,} bytes.", scope["path"])
             return

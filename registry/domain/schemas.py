@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -84,6 +85,9 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not JSON ({exc}); send a JSON object.") from exc
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits: 4,300)
+        raise InvalidInput(f"{what} holds an integer of over {sys.get_int_max_str_digits():,} digits; send numbers "
+                           "of fewer digits (a metric is stored as a float: at most about 1.8e308).") from None
     except RecursionError:  # nested deeper than the parser goes (about a thousand levels): no spec is
         raise InvalidInput(f"{what} nests too deeply; send a JSON object a few levels deep.") from None
     if not isinstance(value, dict):

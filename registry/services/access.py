@@ -144,14 +144,17 @@ class Access:
         """An organisation with its members (members and admins only: to anyone else it does not exist)."""
         with self.db.session() as s:
             org = _visible_org(s, name, viewer)
+            _refuse_outside_limit(viewer, name, "read it")
             return _org_info(s, org, invites.shown(s, org, viewer))
 
     def organizations(self, viewer: Principal | None = None) -> list[OrganizationInfo]:
-        """The organisations ``viewer`` belongs to (every one for admins and the local user), with the pending
-        invitations of those ``viewer`` administers."""
+        """The organisations ``viewer`` belongs to (every one for admins and the local user), within its token's
+        limit, with the pending invitations of those ``viewer`` administers."""
         query = select(m.Organization).order_by(m.Organization.name)
         if viewer is not None and not viewer.is_admin:
             query = query.where(m.Organization.name.in_(sorted(viewer.roles)))
+        if viewer is not None and viewer.limited_to is not None:
+            query = query.where(m.Organization.name.in_(sorted(viewer.limited_to)))
         with self.db.session() as s:
             orgs = list(s.scalars(query))
             invited = invites.of_organizations(s, [o.id for o in orgs if invites.shown_to(viewer, o.name)])
@@ -200,6 +203,7 @@ class Access:
         with self.db.session() as s:
             leaving = member == viewer.owner and not viewer.anonymous and organization in viewer.roles
             org = _visible_org(s, organization, viewer) if leaving else _managed_org(s, organization, viewer)
+            _refuse_outside_limit(viewer, organization, "leave it")  # (a leaked CI token leaves nothing elsewhere)
             current = next((x for x in org.members if x.member == member), None)
             if current is None:
                 raise NotFound(f"{member} is not a member of {organization}.")
@@ -386,8 +390,7 @@ class Access:
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:
     org = s.scalar(select(m.Organization).where(m.Organization.name == name))
-    member = viewer is None or viewer.is_admin or name in viewer.roles
-    if org is None or not member:
+    if org is None or not (viewer is None or viewer.is_admin or name in viewer.roles):
         raise _org_not_found(name)
     return org
 
@@ -407,11 +410,17 @@ def _managed_org(s: Session, name: str, viewer: Principal, doing: str = "manage 
     (``doing``: what it asked to do, for the message)."""
     org = _visible_org(s, name, viewer)
     if not viewer.can_manage(name):
-        if viewer.limited_to is not None and name not in viewer.limited_to:  # the limit, not the role, refuses
-            raise Forbidden(f"This token is limited to {sorted(viewer.limited_to)}, which leaves out {name}; use a "
-                            f"token that reaches {name} to {doing}.")
+        _refuse_outside_limit(viewer, name, doing)  # the limit, not the role, refuses
         raise Forbidden(f"Only admins of {name} {doing}; your role is {viewer.roles.get(name, 'none')!r}.")
     return org
+
+
+def _refuse_outside_limit(viewer: Principal | None, name: str, doing: str) -> None:
+    """Forbidden when ``viewer``'s token is limited to owners that leave out organisation ``name`` (a member's token:
+    the organisation exists for them, the token does not reach it); ``doing``: what it asked to do."""
+    if viewer is not None and viewer.limited_to is not None and name not in viewer.limited_to:
+        raise Forbidden(f"This token is limited to {sorted(viewer.limited_to)}, which leaves out {name}; use a "
+                        f"token that reaches {name} to {doing}.")
 
 
 def _lock_org(s: Session, org: m.Organization, name: str) -> None:

@@ -95,6 +95,7 @@ class BaseModels:
                                   actor: str, source: str | None = None) -> BaseModelInfo:
         """Exact shapes from the content of a transformers config.json sent by a caller (any architecture
         transformers knows; never remote code), built on the meta device; audited."""
+        from huggingface_hub.errors import StrictDataclassError
         from transformers import AutoConfig
 
         _check_depth(config)
@@ -103,7 +104,7 @@ class BaseModels:
             raise InvalidInput("The config has no model_type; send the base model's transformers config.json.")
         try:
             parsed = AutoConfig.for_model(kind, **{k: v for k, v in config.items() if k != "model_type"})
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:  # (hidden_size=1e400: the last)
             raise InvalidInput(f"Not a transformers config transformers knows ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from exc
         return self.register(name=name, revision=revision, model=meta_model(parsed), actor=actor, source=source)
@@ -190,7 +191,7 @@ def meta_model(config: Any) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             model: torch.nn.Module = AutoModel.from_config(config, trust_remote_code=False)  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:  # (a negative size: RuntimeError)
         raise InvalidInput(f"transformers cannot build a model from this config ({type(exc).__name__}: "
                            f"{str(exc)[:200]}).") from exc
     return model

@@ -92,10 +92,11 @@ def check_target(url: object, *, allow_private: bool) -> str:
     text = check_text(url, "The webhook url", max_length=MAX_URL_LENGTH).strip()
     try:
         parsed = httpx.URL(text)
+        host = parsed.host  # decoded from IDNA here: 'xn--' raises (idna.IDNAError, a ValueError)
     except (httpx.InvalidURL, ValueError) as exc:
         raise InvalidInput(f"The webhook url {text[:200]!r} is not a URL ({exc}); give one like "
                            "https://example.org/hooks/vera.") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not host:
         raise InvalidInput(f"The webhook url must be http:// or https:// with a host, like "
                            f"https://example.org/hooks/vera; got {text[:200]!r}.")
     if parsed.userinfo:

@@ -11,7 +11,6 @@ change is one transaction with one audit event (``version-evaluate``, ``version-
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import MAX_EVALUATION_BYTES, EvaluationInfo, EvaluationRecord, Ref, check_json
-from registry.services.filters import MAX_METRIC_DEPTH, MAX_METRIC_KEY, MAX_METRICS_PER_VERSION
+from registry.services.filters import MAX_METRIC_DEPTH, MAX_METRIC_KEY, MAX_METRICS_PER_VERSION, finite_float
 from registry.services.lookup import resolve, version_ref
 from registry.services.publishing import MAX_METRICS_BYTES
 from registry.store import models as m
@@ -61,9 +60,12 @@ def _numbers(name: str, metrics: dict[str, Any]) -> dict[str, float]:
             if len(prefix) > MAX_METRIC_KEY:
                 raise InvalidInput(f"metrics: {prefix[:60]}... is {len(prefix)} characters as a dotted key (name "
                                    f"included); at most {MAX_METRIC_KEY}.")
-            if not math.isfinite(value):
-                raise InvalidInput(f"metrics: {prefix[len(name) + 1:]} is {value}: only finite numbers.")
-            found[prefix] = float(value)
+            number = finite_float(value)
+            if number is None:
+                shown = str(value) if isinstance(value, float) else "an integer beyond that range"
+                raise InvalidInput(f"metrics: {prefix[len(name) + 1:]} is {shown}: only finite numbers within a "
+                                   "float's range (about 1.8e308 in magnitude).")
+            found[prefix] = number
 
     walk(name, metrics, 0)
     return found

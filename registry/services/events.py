@@ -37,7 +37,7 @@ class Viewer(Protocol):
     """Who reads the events (registry.services.tokens.Principal): what it may see."""
 
     @property
-    def is_admin(self) -> bool: ...
+    def is_registry_admin(self) -> bool: ...
 
     def can_read(self, owner: str, visibility: str) -> bool: ...
 
@@ -140,8 +140,8 @@ class _Sight:
         if (namespace := namespace_of(action, target)) is not None:
             return self.viewer.can_read(namespace, "private")
         about = adapter_of(action, target)
-        if about is None:
-            return self.viewer.is_admin
+        if about is None:  # tokens, registry-wide webhooks, ...: not for an admin token limited to some owners
+            return self.viewer.is_registry_admin
         if self.viewer.can_read(about[0], "private"):
             return True
         if about not in self.known:

@@ -346,7 +346,8 @@ class Field:
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
           "alias": "a 'string'",
           "provenance": "a 'string'", "property": "a 'string'",
-          "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false", "metric": "a number",
+          "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false",
+          "metric": "a number within a float's range (about 1.8e308 in magnitude)",
           "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
 
 
@@ -354,7 +355,7 @@ def _fits(kind: str, value: Literal) -> bool:
     if kind == "number":  # (a column holds below 2**63; SQLite refuses larger Python ints)
         return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < _INT_RANGE
     if kind == "metric":
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return finite_float(value) is not None
     if kind == "seed":
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _SEED_RANGE
     if kind == "time":
@@ -362,6 +363,18 @@ def _fits(kind: str, value: Literal) -> bool:
     if kind == "flag":
         return isinstance(value, bool)
     return isinstance(value, str)
+
+
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float; None for a bool, a non-number, NaN, an infinity, or an int beyond a float's range
+    (float() of one raises OverflowError: a metric of 10**400 is not a number the registry can store or compare)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _timestamp(text: str) -> datetime | None:
@@ -485,10 +498,10 @@ def metric_rows(metrics: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, dict) and depth < MAX_METRIC_DEPTH:
             for key, item in value.items():
                 walk(f"{prefix}{key}.", item, depth + 1)
-        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        elif (number := finite_float(value)) is not None:
             key = prefix[:-1]
             if key and len(key) <= MAX_METRIC_KEY:
-                found[key] = float(value)
+                found[key] = number
 
     walk("", metrics, 0)
     return {key: found[key] for key in sorted(found)[:MAX_METRICS_PER_VERSION]}

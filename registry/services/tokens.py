@@ -57,6 +57,13 @@ class Principal:
     def is_admin(self) -> bool:
         return "admin" in self.scopes
 
+    @property
+    def is_registry_admin(self) -> bool:
+        """An administrator's token without an owner limit: what only the whole registry's administrator does
+        (tokens for other users, every organisation, the events about no owner). An admin token limited to some
+        owners administers those owners alone."""
+        return self.is_admin and self.limited_to is None
+
     def _within_limit(self, owner: str) -> bool:
         return self.limited_to is None or owner in self.limited_to
 

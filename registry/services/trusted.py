@@ -101,11 +101,13 @@ class TrustedPublishing:
     def listed(self, who: Principal) -> list[PublisherInfo]:
         """The publishers ``who`` may see, with their recent use: a registry administrator, every one; anyone else,
         those that publish into an owner they manage (their own name, an organisation they are an admin of), within
-        their token's limit. Which CI runs may publish where is the administrators' to read, not every member's."""
-        managed = {who.owner} | {org for org, role in who.roles.items() if role == "admin"}
+        their token's limit (an admin token limited to some owners manages those owners). Which CI runs may publish
+        where is the administrators' to read, not every member's."""
+        managed = set(who.limited_to or ()) if who.is_admin else (
+            {who.owner} | {org for org, role in who.roles.items() if role == "admin"})
         if who.limited_to is not None:
             managed &= who.limited_to
-        visible = [p for p in self.publishers if who.is_admin or managed & set(p.owners)]
+        visible = [p for p in self.publishers if who.is_registry_admin or managed & set(p.owners)]
         if not visible:
             return []
         with self.db.session() as s:

@@ -461,3 +461,58 @@ def test_ready_says_when_storage_is_empty_under_a_database_that_names_blobs_or_h
     release.set()
     time.sleep(0.2)
     assert slow.readiness()["storage"] == "ok"
+
+
+def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, Any], tmp_path: Path) -> None:
+    """An outsider's findings (session 31): each of these was a 500 (an OverflowError, ValueError, IDNAError,
+    RuntimeError or a dataclass error escaping), some to anonymous callers. Each is now a 4xx saying what was
+    expected, and changes nothing."""
+    url, auth = guarded["url"], {"Authorization": f"Bearer {guarded['token']}"}
+    source = make_adapter(tmp_path / "a")
+    files = {part: (f, (source / f).read_bytes()) for part, f in (("adapter_config", "adapter_config.json"),
+                                                                   ("adapter_model", "adapter_model.safetensors"))}
+
+    def post(path: str, json_text: str | None = None, **kwargs: Any) -> httpx.Response:
+        if json_text is not None:
+            kwargs.update(content=json_text, headers={**auth, "Content-Type": "application/json"})
+        return httpx.post(f"{url}/api/v1{path}", **{"headers": auth, "timeout": 60, **kwargs})
+
+    huge = "1" + "0" * 400  # an integer beyond a float's range
+    listed = httpx.get(f"{url}/api/v1/adapters", params={"filter": f"metrics.acc > {huge}"}, headers=auth, timeout=60)
+    assert listed.status_code == 422 and "a number within a float's range" in listed.json()["detail"], listed.text
+    # a publish whose metrics hold one: stored, left out of the searchable metrics (as infinities are)
+    made = post("/adapters/eve/numbers/versions", files=files,
+                data={"base_model": "tiny", "metrics": f'{{"acc": 0.5, "big": {huge}}}'})
+    assert made.status_code == 201, made.text
+    found = httpx.get(f"{url}/api/v1/adapters", params={"filter": "metrics.acc = 0.5"}, headers=auth, timeout=60)
+    assert [v["name"] for v in found.json()["items"]] == ["numbers"], found.text
+    digits = "9" * 5000  # more digits than Python converts
+    refused = post("/adapters/eve/digits/versions", files=files,
+                   data={"base_model": "tiny", "metrics": f'{{"acc": {digits}}}'})
+    assert refused.status_code == 422 and "an integer of over 4,300 digits" in refused.json()["detail"], refused.text
+    assert httpx.get(f"{url}/api/v1/adapters/eve/digits", headers=auth, timeout=60).status_code == 404
+    scored = post("/adapters/eve/numbers/versions/1/evaluations", json={"name": "task", "metrics": {"acc": 10**400}})
+    assert scored.status_code == 422 and "only finite numbers within a float's range" in scored.text, scored.text
+    long_int = post("/adapters/eve/numbers/versions/1/evaluations", f'{{"name": "t", "metrics": {{"a": {digits}}}}}')
+    assert long_int.status_code == 400 and "parsing the body" in long_int.text  # FastAPI's own JSON reading
+    for selector in ("²", "١"):  # digits to str.isdigit(), and int('١') is 1: not version numbers
+        answer = httpx.get(f"{url}/api/v1/adapters/eve/numbers/versions/{selector}", headers=auth, timeout=60)
+        assert answer.status_code in (404, 422) and answer.headers["content-type"] == "application/problem+json"
+    hook = post("/webhooks", json={"owner": "eve", "url": "http://xn--/x"})
+    assert hook.status_code == 422 and "is not a URL" in hook.json()["detail"], hook.text
+    for config in ({"model_type": "bert", "hidden_size": -5, "num_hidden_layers": 1},
+                   {"model_type": "bert", "hidden_size": 1e400, "num_hidden_layers": 1}):
+        base = post("/base-models", json.dumps({"name": "odd-base", "config": config}))
+        assert base.status_code == 422 and "config" in base.json()["detail"], base.text
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    (nested / "adapter_config.json").write_text("[" * 12000 + "]" * 12000)
+    (nested / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
+    assert publish(guarded, nested, "nested").status_code == 422
+    big_int = tmp_path / "bigint"
+    big_int.mkdir()
+    (big_int / "adapter_config.json").write_text(f'{{"r": {digits}}}')
+    (big_int / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
+    assert publish(guarded, big_int, "bigint").status_code == 422
+    names = {v["name"] for v in httpx.get(f"{url}/api/v1/adapters", headers=auth, timeout=60).json()["items"]}
+    assert not names & {"digits", "nested", "bigint"}

@@ -153,6 +153,13 @@ def test_publishers_are_listed_to_admins_and_to_the_admins_of_the_owners_they_pu
     # also start with "trusted publisher other-1": the name ends with a space in the count)
     with RegistryClient(served["url"], ann) as org_admin:
         assert [p.name for p in org_admin.trusted_publishers()] == ["acme-main", "other-1"]  # they publish into acme
+    with RegistryClient(served["url"], served["admin"]) as admin:  # an admin token limited to some owners: theirs
+        acme_admin = admin.create_token(["admin"], limited_to=["acme"], expires_days=1)[1]
+        elsewhere_admin = admin.create_token(["admin"], limited_to=["elsewhere"], expires_days=1)[1]
+    with RegistryClient(served["url"], acme_admin) as limited:
+        assert [p.name for p in limited.trusted_publishers()] == ["acme-main", "other-1"]
+    with RegistryClient(served["url"], elsewhere_admin) as limited:
+        assert limited.trusted_publishers() == []
     for secret in (bob, served["bot"], made.json()["secret"]):  # a writer of acme, the CI user, a CI token
         with RegistryClient(served["url"], secret) as other:
             assert other.trusted_publishers() == []

@@ -20,7 +20,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.services.tokens import create_token
 from registry.store.database import Database
-from registry.store.models import AccessToken
+from registry.store.models import AccessToken, AuditEvent
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 
@@ -57,7 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             alice.publish(source, "acme/team", base_model="tiny-llama", visibility="private")
             job = alice.submit_job("alice/secret", {"demo": True}).id  # no worker: it stays queued
             planned = alice.submit_job("alice/not-yet-published", {"demo": True}).id
-        yield {"url": base, "tokens": tokens, "source": source, "job": job, "planned": planned}
+        yield {"url": base, "tokens": tokens, "source": source, "job": job, "planned": planned, "database": url}
 
 
 def client(url: str, token: str | None) -> RegistryClient:
@@ -295,6 +295,56 @@ def test_visibility_changes_are_audited_and_take_effect(server: dict[str, Any]) 
     assert changes == [({"visibility": "public"}, {"visibility": "private"}),
                        ({"visibility": "private"}, {"visibility": "public"})]  # who, and from what to what
     assert {e["actor"] for e in events.json()["events"]} == {"alice"}
+
+
+def test_an_admin_token_limited_to_some_owners_administers_those_alone(server: dict[str, Any]) -> None:
+    """An outsider's finding: an admin token made with --limit-to minted unlimited, lasting admin tokens, revoked
+    anyone's, and listed every organisation and the events about no owner."""
+    url, tokens = server["url"], server["tokens"]
+    with client(url, tokens["carol"]) as carol:
+        carol.create_organization("carols-band")  # outside the limits below
+        carol.set_member("carols-band", "alice", "read")
+    with client(url, tokens["alice"]) as alice:
+        alice_wide = next(t.id for t in alice.tokens() if t.limited_to is None)
+        alice_ci, _ = alice.create_token(["read"], name="acme ci", limited_to=["acme"])
+    with client(url, tokens["root"]) as root:
+        limited_info, limited = root.create_token(["admin"], name="acme admin", limited_to=["acme"], expires_days=1)
+    db = Database(server["database"])  # an event about no owner: a registry-wide webhook paused
+    with db.session() as s:
+        s.add(AuditEvent(actor="registry", action="webhook-pause", target="*/webhooks/999", detail={}))
+    db.engine.dispose()
+    with client(url, limited) as acme_admin:
+        with pytest.raises(Forbidden, match="must be limited"):
+            acme_admin.create_token(["admin"])  # no wider than itself
+        with pytest.raises(Forbidden, match=r"limited to \['acme'\]: it creates tokens for 'root' alone"):
+            acme_admin.create_token(["admin"], user="mallory", limited_to=["acme"])
+        with pytest.raises(Forbidden, match="cannot outlive it"):
+            acme_admin.create_token(["admin"], limited_to=["acme"], expires_days=30)
+        child, _ = acme_admin.create_token(["admin"], limited_to=["acme"])
+        assert child.expires_at is not None and child.expires_at <= limited_info.expires_at  # expires with its maker
+        with pytest.raises(NotFound, match=f"No token with id {alice_wide}"):
+            acme_admin.revoke_token(alice_wide)  # a token that reaches beyond acme
+        assert alice_ci.id in {t.id for t in acme_admin.tokens(user="alice")}
+        acme_admin.revoke_token(alice_ci.id)  # one limited within acme: its to revoke
+        assert [o.name for o in acme_admin.organizations()] == ["acme"]
+        with pytest.raises(Forbidden, match=r"limited to \['acme'\], which leaves out carols-band; use a token"):
+            acme_admin.organization("carols-band")
+        assert "*/webhooks/999" not in {e.target for e in acme_admin.events(limit=500).events}
+    with client(url, tokens["alice-acme-only"]) as acme_only:  # a member's token limited elsewhere: not there
+        assert [o.name for o in acme_only.organizations()] == ["acme"]
+        with pytest.raises(Forbidden, match="which leaves out carols-band; use a token that reaches carols-band to "
+                                            "read it"):
+            acme_only.organization("carols-band")
+        with pytest.raises(Forbidden, match="to leave it"):
+            acme_only.remove_member("carols-band", "alice")
+    with client(url, tokens["alice"]) as alice:
+        assert next(t for t in alice.tokens() if t.id == alice_ci.id).revoked
+        assert any(t.id == alice_wide and not t.revoked for t in alice.tokens())
+        assert "alice" in {x.member for x in alice.organization("carols-band").members}  # still a member
+        alice.remove_member("carols-band", "alice")  # her own token leaves
+    with client(url, tokens["root"]) as root:
+        assert {"acme", "carols-band"} <= {o.name for o in root.organizations()}
+        assert "*/webhooks/999" in {e.target for e in root.events(limit=500).events}
 
 
 def test_tokens_through_the_api(server: dict[str, Any]) -> None:

@@ -122,13 +122,14 @@ def _within_limit(who: Principal, token: TokenInfo) -> bool:
 
 @router.post("/tokens", response_model=CreatedToken, status_code=201)
 def new_token(caller: Caller, options: Options, registry: RegistryDep, body: TokenBody) -> CreatedToken:
-    """A new token for the caller, with at most the caller's own scopes and no wider limit (admins: for anyone)."""
+    """A new token for the caller, with at most the caller's own scopes, no wider limit and no longer life (the
+    registry's admins, with a token not limited to some owners: for anyone, any scopes and limit)."""
     who = _signed_in(caller, options)
     user = body.user or who.owner
     expires_at = datetime.now(UTC) + timedelta(days=body.expires_days) if body.expires_days is not None else None
-    if not who.is_admin:
+    if not who.is_registry_admin:  # an admin token limited to some owners mints within that limit, like any other
         _within_own_rights(who, user, body)
-        expires_at = _within_own_life(who, expires_at)  # none asked: its maker's expiry
+    expires_at = _within_own_life(who, expires_at)  # none asked: its maker's expiry (an admin's expiring one too)
     if body.expires_days is None and expires_at is not None and options.max_token_days is not None:
         expires_at = min(expires_at, datetime.now(UTC) + timedelta(days=options.max_token_days))  # the sooner
     else:
@@ -183,6 +184,10 @@ async def trusted_publishers(request: Request, caller: Caller, options: Options)
 
 def _within_own_rights(who: Principal, user: str, body: TokenBody) -> None:
     if user != who.owner:
+        if who.is_admin:
+            raise Forbidden(f"This admin token is limited to {sorted(who.limited_to or ())}: it creates tokens for "
+                            f"{who.owner!r} alone. Create tokens for other users with an admin token without a "
+                            "limit.")
         raise Forbidden(f"Only admins create tokens for other users; yours are for {who.owner!r}.")
     wider = sorted(set(body.scopes) - who.scopes)
     if wider:
@@ -208,12 +213,12 @@ def _within_own_life(who: Principal, expires_at: datetime | None) -> datetime | 
 
 @router.delete("/tokens/{token_id}", status_code=204)
 def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_id: RowId) -> Response:
-    """Revoke one of the caller's tokens (admins: any token), and the tokens made from it through this API (its
-    remembered dashboard sign-ins, the tokens `vera auth create-token` made with it); another user's token is not
-    found."""
+    """Revoke one of the caller's tokens (admins: any token; an admin token limited to some owners: the tokens limited
+    within its limit), and the tokens made from it through this API (its remembered dashboard sign-ins, the tokens
+    `vera auth create-token` made with it); a token the caller may not revoke is not found."""
     who = _signed_in(caller, options)
-    if not who.is_admin and not any(t.id == token_id for t in tokens(caller, options, registry)):
-        raise token_not_found(token_id)  # one of the user's wider tokens: not there for a limited token
+    if not who.is_registry_admin and not any(t.id == token_id for t in tokens(caller, options, registry)):
+        raise token_not_found(token_id)  # another user's, or one of the user's wider tokens for a limited token
     revoke_token(registry.db, token_id, owner=None if who.is_admin else who.owner, actor=who.owner)
     return Response(status_code=204)
 
