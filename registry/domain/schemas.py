@@ -625,9 +625,11 @@ class TagChange(BaseModel):
     """A version's tags: replace them all (``set``), or ``add`` and ``remove`` some (not both ways at once)."""
 
     model_config = ConfigDict(extra="forbid")
-    set: list[str] | None = None
-    add: list[str] = []
-    remove: list[str] = []
+    # bounded work before anything is looked at: a version holds at most MAX_TAGS, so longer lists say nothing more
+    # (up to 4x, the refusal counts what the change would leave)
+    set: list[str] | None = Field(None, max_length=4 * MAX_TAGS)
+    add: list[str] = Field([], max_length=4 * MAX_TAGS)
+    remove: list[str] = Field([], max_length=4 * MAX_TAGS)
 
 
 class PropertyChange(BaseModel):
@@ -635,8 +637,9 @@ class PropertyChange(BaseModel):
     drops keys; a key in both is refused."""
 
     model_config = ConfigDict(extra="forbid")
-    set: dict[str, str] = {}
-    remove: list[str] = []
+    # bounded as TagChange's lists are (a version holds at most MAX_PROPERTIES)
+    set: dict[str, str] = Field({}, max_length=4 * MAX_PROPERTIES)
+    remove: list[str] = Field([], max_length=4 * MAX_PROPERTIES)
 
 
 class VersionUpdate(BaseModel):

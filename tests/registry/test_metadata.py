@@ -92,6 +92,8 @@ BAD = [
     ("version", {"tags": {"set": ["a"], "add": ["b"]}}, "either set them all"),
     ("version", {"tags": {"add": ["Not A Tag"]}}, "Tag 'Not A Tag' is not a valid name"),
     ("version", {"tags": {"add": [f"t{i}" for i in range(70)]}}, "at most 64 tags; this change would leave 71"),
+    ("version", {"tags": {"remove": ["t"] * 100_000}}, "tags.remove: List should have at most 256 items"),  # bounded
+    ("version", {"properties": {"remove": ["k"] * 100_000}}, "properties.remove: List should have at most 256"),
     ("version", {"tags": ["a"]}, "tags: Input should be a valid dictionary"),
     ("version", {"description": "d" * 10_001}, "description must be text of at most 10,000 characters"),
     ("version", {}, "Nothing to change: send description, tags ("),
