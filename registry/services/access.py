@@ -189,6 +189,8 @@ class Access:
                 invites.drop(s, org, member)  # an invitation left from when invitations were on is moot
             elif current.role != role:
                 _keep_an_admin(org, member, role)
+                if current.role == "admin":
+                    invites.withdraw_by(s, org, member, actor=viewer.owner, why="is no longer an admin here")
                 current.role = role
                 if role == "read":
                     pause_webhooks_of(s, organization, member, viewer.owner, "may no longer write here")
@@ -209,6 +211,8 @@ class Access:
                 raise NotFound(f"{member} is not a member of {organization}.")
             _keep_an_admin(org, member, None)
             org.members.remove(current)
+            if current.role == "admin":
+                invites.withdraw_by(s, org, member, actor=viewer.owner, why="left the organisation")
             pause_webhooks_of(s, organization, member, viewer.owner, "left the organisation")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))

@@ -163,6 +163,20 @@ def take(s: Session, org: m.Organization, member: str) -> InvitationInfo | None:
     return _info(taken, org.name) if taken is not None else None
 
 
+def withdraw_by(s: Session, org: m.Organization, inviter: str, *, actor: str, why: str) -> list[str]:
+    """Withdraw the pending invitations to ``org`` that ``inviter`` made (or last renewed), now that ``inviter`` is no
+    longer an admin there (``why``): an invitation is an admin's act, and should not outlive the admin's rights (an
+    outsider's finding: one removed admin's invitations let accomplices in afterwards). Each is audited as
+    org-invite-cancel (``detail.reason``); the users invited, returned, may be invited again by an admin."""
+    withdrawn = list(s.scalars(delete(m.OrgInvitation).where(
+        m.OrgInvitation.organization_id == org.id, m.OrgInvitation.invited_by == inviter[:64], pending())
+        .returning(m.OrgInvitation)))
+    for row in withdrawn:
+        s.add(m.AuditEvent(actor=actor[:64], action="org-invite-cancel", target=org.name, detail={
+            "member": row.member, "role": row.role, "reason": f"withdrawn: {inviter}, who invited them, {why}"}))
+    return sorted(row.member for row in withdrawn)
+
+
 def drop(s: Session, org: m.Organization, member: str) -> None:
     """Remove ``member``'s invitation to ``org``, pending or expired (they became a member without it)."""
     s.execute(delete(m.OrgInvitation).where(m.OrgInvitation.organization_id == org.id,

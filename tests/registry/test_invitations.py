@@ -159,6 +159,40 @@ def test_decline_cancel_and_who_may_answer_or_invite(registry: Registry, access:
     assert {x.member: x.role for x in access.organization("acme").members} == {"ann": "admin", "bob": "write"}
 
 
+def test_an_admin_who_leaves_or_is_demoted_takes_their_pending_invitations_along(registry: Registry,
+                                                                                 access: Access) -> None:
+    """An outsider's finding: a removed admin's invitations let the people they invited in afterwards. Each pending
+    invitation an admin made is withdrawn (audited, saying why) when they stop being an admin; others' stay."""
+    db = registry.db
+    access.create_organization("acme", creator="ann")
+    ann = principal(db, "ann", PUBLISHER)
+    for member in ("bob", "cy"):
+        access.set_member("acme", member, "admin", viewer=ann)
+        access.accept_invitation("acme", viewer=principal(db, member, PUBLISHER))
+    bob, cy = principal(db, "bob", PUBLISHER), principal(db, "cy", PUBLISHER)
+    access.set_member("acme", "mallory", "admin", viewer=bob)
+    access.set_member("acme", "trent", "write", viewer=bob)
+    access.set_member("acme", "carol", "read", viewer=cy)
+    access.set_member("acme", "bob", "write", viewer=ann)  # demoted: his two invitations go
+    assert {i.member: i.invited_by for i in access.organization("acme").invitations} == {"carol": "cy"}
+    with pytest.raises(NotFound):
+        access.accept_invitation("acme", viewer=principal(db, "mallory", PUBLISHER))
+    access.set_member("acme", "dan", "read", viewer=cy)
+    access.remove_member("acme", "cy", viewer=ann)  # removed: hers go
+    assert access.organization("acme").invitations == []
+    assert [(a, t, d) for a, _, t, d in events(db, "org-invite-cancel")] == [
+        ("ann", "acme", {"member": "mallory", "role": "admin",
+                         "reason": "withdrawn: bob, who invited them, is no longer an admin here"}),
+        ("ann", "acme", {"member": "trent", "role": "write",
+                         "reason": "withdrawn: bob, who invited them, is no longer an admin here"}),
+        ("ann", "acme", {"member": "carol", "role": "read",
+                         "reason": "withdrawn: cy, who invited them, left the organisation"}),
+        ("ann", "acme", {"member": "dan", "role": "read",
+                         "reason": "withdrawn: cy, who invited them, left the organisation"})]
+    access.set_member("acme", "mallory", "read", viewer=ann)  # an admin may invite them again
+    assert [i.member for i in access.organization("acme").invitations] == ["mallory"]
+
+
 def test_an_expired_invitation_is_not_pending_and_can_be_renewed(registry: Registry, access: Access) -> None:
     db = registry.db
     access.create_organization("acme", creator="ann")
