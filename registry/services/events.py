@@ -122,14 +122,16 @@ def _filtered(*, owner: str | None, adapter: str | None, action: str | None,
 
 class _Sight:
     """Whether ``viewer`` may see an event. One about an adapter: when it may read that adapter (one that no longer
-    exists counts as private: its owner's readers only). About the registry (a base model): always. About an owner's
+    exists counts as private: its owner's readers only; so does an event older than the adapter that has its name
+    now, from one deleted before it). About the registry (a base model): always. About an owner's
     webhooks: when it may manage them. About an owner namespace (an organisation's members): when it may read the
     owner's private adapters. Anything else (an action this module does not know): as an administrator only.
     Adapter visibilities are looked up once per page."""
 
     def __init__(self, s: Any, viewer: Viewer) -> None:
         self.s, self.viewer = s, viewer
-        self.known: dict[tuple[str, str], str] = {}
+        #: (owner, name) -> the visibility of the adapter called so now, and when it was created (None: no adapter)
+        self.known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
 
     def __call__(self, event: m.AuditEvent) -> bool:
         action, target = event.action, event.target
@@ -145,6 +147,10 @@ class _Sight:
         if self.viewer.can_read(about[0], "private"):
             return True
         if about not in self.known:
-            self.known[about] = self.s.scalar(select(m.Adapter.visibility).where(
-                and_(m.Adapter.owner == about[0], m.Adapter.name == about[1]))) or "private"
-        return self.viewer.can_read(about[0], self.known[about])
+            row = self.s.execute(select(m.Adapter.visibility, m.Adapter.created_at).where(
+                and_(m.Adapter.owner == about[0], m.Adapter.name == about[1]))).first()
+            self.known[about] = (row[0], row[1]) if row is not None else ("private", None)
+        visibility, since = self.known[about]
+        if since is not None and event.at < since:  # a deleted adapter's, whose name a new one took (an outsider's
+            visibility = "private"  # finding: a private adapter's history went public with a public successor)
+        return self.viewer.can_read(about[0], visibility)

@@ -108,6 +108,23 @@ def test_those_who_may_read_a_private_adapter_see_its_events(server: dict[str, A
     assert {"alice/priv:1", "alice/priv@prod"} <= {e.target for e in all_events(server, who)}
 
 
+def test_a_deleted_private_adapters_history_stays_private_when_its_name_is_published_again(
+        server: dict[str, Any]) -> None:
+    """An outsider's finding: events were judged by the visibility of the adapter holding the name now, so a public
+    adapter published under a deleted private one's name made the deleted one's history public."""
+    with RegistryClient(server["url"], server["tokens"]["mallory"], cache=False) as mallory:
+        mallory.publish(server["source"], "mallory/reborn", base_model="tiny-llama", visibility="private",
+                        description="the secret plan")
+        mallory.set_alias("mallory/reborn:1", "prod")
+        mallory.delete_adapter("mallory/reborn")
+        mallory.publish(server["source"], "mallory/reborn", base_model="tiny-llama")  # public: version 2
+    for who in ("alice", None):
+        seen = {e.target for e in all_events(server, who, adapter="mallory/reborn")}
+        assert seen == {"mallory/reborn:2"}, seen  # the public one's publish, nothing of the deleted one
+    assert {"mallory/reborn:1", "mallory/reborn@prod", "mallory/reborn:2"} <= {
+        e.target for e in all_events(server, "mallory", adapter="mallory/reborn")}  # its owner sees the whole history
+
+
 def test_webhook_changes_are_seen_by_those_who_manage_them_only(server: dict[str, Any], receiver: Receiver) -> None:
     with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
         hook = alice.create_webhook("alice", receiver.url("/audit"), events=["publish"])
