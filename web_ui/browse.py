@@ -354,7 +354,7 @@ def own_url() -> None:
 
 
 def page() -> None:
-    st.title("Adapters")
+    st.title("Browse adapters")  # the sidebar says Browse (a walk: "Adapters" here, Browse there)
     own_url()
     form = st.empty()
     values = form_values()

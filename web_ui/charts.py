@@ -15,7 +15,9 @@ import pandas as pd
 #: Okabe-Ito colours, most distinct first: blue, orange, green, vermillion, purple, sky blue, yellow, black.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 ROW_PX = 24  # one grid row: tall enough for every label at Altair's 11 px font
-NO_DEPTH = "-"  # the depth of a layer outside the numbered blocks (a head, an embedding)
+#: the depth of a layer outside the numbered blocks (a pooler, a head): its column's heading ("-" read as nothing: a
+#: walk's finding, session 31)
+NO_DEPTH = "other"
 
 
 def version_colours(refs: list[str]) -> alt.Color:
@@ -146,7 +148,9 @@ def _grid(frame: pd.DataFrame, value: str, title: str, depths: list[str], module
     """One depth x module heat grid: depth across (short labels, never rotated), modules down (full names)."""
     return cast(alt.Chart, alt.Chart(frame, title=alt.TitleParams(title, anchor="start")).mark_rect(
         stroke="white", strokeWidth=1).encode(
-        x=alt.X("depth:O", sort=depths, title="block (depth)", axis=alt.Axis(labelAngle=0, orient="top")),
+        x=alt.X("depth:O", sort=depths, title="block (depth)" + (f"; {NO_DEPTH}: outside the blocks" if NO_DEPTH
+                                                                  in depths else ""),
+                axis=alt.Axis(labelAngle=0, orient="top")),
         y=alt.Y("module:N", sort=modules, title=None, axis=alt.Axis(labelLimit=0, labelOverlap=False)),
         color=alt.Color(f"{value}:Q", scale=scale, title=None, legend=alt.Legend(orient="right", format=fmt)),
         tooltip=["depth", "module", alt.Tooltip(f"{value}:Q", format=fmt)],

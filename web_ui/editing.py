@@ -15,7 +15,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound, RegistryError
 from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI, parse_properties
-from web_ui import session
+from web_ui import formats, session
 
 RESULT = "edit_result"
 #: The Move form's checkbox: unticked, the form sends nothing (Enter in the New name box submits the form).
@@ -119,7 +119,7 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
             session.call(lambda c: c.set_visibility(adapter, after["visibility"]))
     except RegistryError as exc:  # the texts were saved by then: "Nothing saved" would be untrue
         _done(ref, Unsent(f"Saved {adapter}: {', '.join(names[f] for f in texts)}; its visibility was not changed: "
-                          f"{exc}") if texts else exc)
+                          f"{session.dashboard_words(str(exc))}") if texts else exc)
     else:
         _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.")
 
@@ -298,8 +298,10 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo, guarded: list[str]) ->
                      help="Shown in the Model card tab and pushed to the Hub as README.md")
         st.radio("Visibility", ["public", "private"], index=int(adapter.visibility == "private"), horizontal=True,
                  key=f"edit-visibility-{name}", disabled=stays_public,
-                 help=f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins make it private"
-                 if stays_public else "private: only the owner, its organisation's members and admins see it")
+                 help=None if stays_public else "private: only the owner, its organisation's members and admins see "
+                                                "it")
+        if stays_public:  # said where it is read, not in a tooltip (a walk's finding, session 31)
+            st.caption(f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins make it private.")
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
 
 
@@ -320,7 +322,8 @@ def protected_aliases(who: WhoAmI, owner: str) -> tuple[list[str], bool]:
 def alias_form(info: VersionInfo, adapter: AdapterInfo, protected: list[str], may_override: bool) -> None:
     name = f"{info.owner}/{info.name}"
     st.markdown(f"**Aliases** of {info.ref}: " + (", ".join(
-        f"`@{a}`" + (" :material/lock: protected" if a in protected else "") for a in info.aliases) or "none"))
+        f"`@{a}`" + (" :material/lock: protected" if a in protected else "")
+        for a in formats.ordered_aliases(info.aliases)) or "none"))  # the header's order (a walk, session 31)
     if protected:
         listed = ", ".join(f"`@{a}`" for a in protected)
         them, they_name = ("it", "it names") if len(protected) == 1 else ("them", "they name")
@@ -393,9 +396,11 @@ def delete_form(info: VersionInfo, guarded: list[str]) -> None:
     if only:  # no 'latest moves back' to a version that is not there (session 23's walk)
         st.caption((aliases + "; it" if aliases else "It") + f" is {adapter}'s only version: {adapter} is left with "
                    f"none, nothing to download. {after[0].upper()}{after[1:]}")
-    else:
+    elif "latest" in info.aliases:
         st.caption((aliases + ", and" if aliases else "Then") + " `latest` moves back to the newest version not "
                    f"yanked; {after}")
+    else:  # an older version: `latest` names another and stays (a walk's finding: the caption said it moved back)
+        st.caption((aliases + "; " if aliases else "") + (after if aliases else f"{after[0].upper()}{after[1:]}"))
     typed = st.text_input(f"Type {info.ref} to confirm", value="", placeholder=info.ref, key=f"edit-delete-{info.ref}")
     if st.button("Delete this version", key=f"edit-delete-button-{info.ref}", icon=":material/delete_forever:",
                  disabled=typed.strip() != info.ref):

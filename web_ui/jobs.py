@@ -107,12 +107,18 @@ def table(jobs: list[JobInfo]) -> None:
     for ref in {j.result_ref for j in jobs[:TABLE_ROWS] if j.result_ref}:  # final_metrics reads them: side by side
         session.prefetch(RegistryClient.get, ref)
     scores = [final_metrics(j) for j in jobs[:TABLE_ROWS]]
-    rows = [{"job": navigation.job_link(j.id), "publishes": j.target_name, "status": status(j),
+    # as wide as the longest name needs up to PUBLISHES_PX, a longer one cut with '…': a 100-character name pushed the
+    # result column out of the frame, clipped with no sign of it (a walk's finding, session 31)
+    publishes_px = formats.text_width((j.target_name for j in jobs[:TABLE_ROWS]), 100, PUBLISHES_PX)
+    rows = [{"job": navigation.job_link(j.id), "publishes": formats.fit(j.target_name, publishes_px),
+             "status": status(j),
              "submitted": j.created_at, "duration": duration(j), **score,
              "result": navigation.version_link(j.result_ref) if j.result_ref else None}
             for j, score in zip(jobs[:TABLE_ROWS], scores, strict=True)]
     tables.show(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table", column_config={
         "job": st.column_config.LinkColumn(display_text=r"train\?job=(\d+)", help="Follow this job", width=60),
+        "publishes": st.column_config.TextColumn(width=publishes_px, help="The adapter the job publishes a version "
+                                                 "of (a long name cut with '…': the job's page shows it whole)"),
         "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "test accuracy": formats.metric_column(s["test accuracy"] for s in scores),
         "eval loss": formats.metric_column((s["eval loss"] for s in scores), help=EVAL_LOSS_HELP),
@@ -125,6 +131,8 @@ def table(jobs: list[JobInfo]) -> None:
 
 #: The px of the jobs table's result column: 'alice/polarity-v2:12' whole, a longer reference cut with '…'.
 RESULT_PX = 180
+#: The most px of its publishes column ('alice/polarity-sentiment-v2' whole).
+PUBLISHES_PX = 230
 #: What the jobs table's eval loss is (final_metrics).
 EVAL_LOSS_HELP = ("The published version's loss on the eval set, with the weights it was published with: the best "
                   "evaluation's (highest eval accuracy for a classifier) unless training was told not to keep the best")

@@ -137,10 +137,14 @@ def prefetch_pinned(fn: Callable[Concatenate[RegistryClient, P], Any], *args: P.
 def dashboard_words(message: str) -> str:
     """A registry message whose way on is a command (`vera ls --owner alice`) with the dashboard's way instead (a
     new user's walk, session 23: the dashboard told them to run commands)."""
-    return _LS_OWNER.sub(r"Browse (Filter and sort, Owner: \1) lists that owner's adapters.", message)
+    message = _LS_OWNER.sub(r"Browse (Filter and sort, Owner: \1) lists that owner's adapters.", message)
+    return _ORG_ADMINS.sub(r"(the Organisations page lists them, under \1), or have them unprotect it there.", message)
 
 
 _LS_OWNER = re.compile(r"`vera ls --owner ([^`\s]{1,100})` lists that owner's\.")
+#: a protected alias's refusal (registry.services.moves.refuse_protected): who to ask, and how they unprotect it
+_ORG_ADMINS = re.compile(r"\(`vera org show ([^`\s]{1,100})` lists them\), or have them unprotect it "
+                         r"\(`vera org unprotect [^`]{1,200}`\)\.")
 
 
 def show_error(exc: RegistryError, words: Callable[[str], str] = dashboard_words) -> None:

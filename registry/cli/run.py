@@ -20,6 +20,7 @@ from registry.settings import Settings, ui_remember_days
 
 if TYPE_CHECKING:
     from registry.services.jobs import Jobs
+    from registry.services.registry import Registry
 
 log = logging.getLogger("vera")
 
@@ -72,8 +73,9 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
             app, registry, jobs = build_api(settings)
         log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
                  + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
-        _log_publishers(settings)
+        _log_publishers(settings, registry)
         if workers > 1:
+            registry.db.engine.dispose()  # (the publishers' check may have opened a connection: not for the workers)
             os.environ.update(settings.environment())
             uvicorn.run("registry.bootstrap:api_from_environment", factory=True, workers=workers, **served)
             return  # uvicorn's supervisor returns once its processes have ended: the block removes the directory
@@ -83,13 +85,21 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         registry.db.close()  # again: `vera up`'s worker thread may have used it after the app's own close
 
 
-def _log_publishers(settings: Settings) -> None:
+def _log_publishers(settings: Settings, registry: Registry) -> None:
     """The trusted publishers read from VERA_TRUSTED_PUBLISHERS: what an operator checks first when CI's exchange is
-    refused."""
+    refused; a warning for one whose user is an organisation's name (its tokens would act in that organisation's
+    namespace as their own: organisations cannot take such a name once it is configured, but one may have before)."""
+    if not settings.trusted_publishers:
+        return
+    organisations = {o.name for o in registry.access.organizations()}
     for publisher in settings.trusted_publishers:
         log.info(f"trusted publisher {publisher.name}: identity tokens of {publisher.issuer} for the audience "
                  f"{publisher.audience!r} with {json.dumps(publisher.claims)} become {publisher.minutes:g}-minute "
                  f"tokens of {publisher.user} ({', '.join(publisher.scopes)}) for {', '.join(publisher.owners)}")
+        if publisher.user in organisations:
+            log.warning(f"trusted publisher {publisher.name}: its user {publisher.user!r} is an organisation's name; "
+                        "its tokens would write and read under that organisation as their own. Give it another "
+                        "user in VERA_TRUSTED_PUBLISHERS.")
 
 
 def _start_worker(jobs: Jobs, settings: Settings, status_port: int | None) -> None:

@@ -459,6 +459,21 @@ def _refuse_taken(s: Session, name: str, *, user: str | None, asker: str, revive
             m.Organization.name == renamed, m.Membership.member == asker)) is not None
         raise retired_refusal(name, revive=f" (a registry admin may revive it, history and all: {how})",
                               renamed=renamed if told or renamed is None else "")
+    if not revive and _a_users_past(s, name):
+        raise Conflict(f"The owner name {name!r} was a user's, whose history the registry keeps (jobs, adapters' "
+                       f"version numbers and events, tokens' events), which the members of an organisation of that "
+                       f"name would read; choose another name (a registry admin may take it, history and all: "
+                       f"{how}).")
+
+
+def _a_users_past(s: Session, name: str) -> bool:
+    """Whether a user who holds nothing under ``name`` any more (no adapters, no tokens: purged) left a history there
+    that an organisation of that name would show its members (an outsider's finding): jobs owned by it, version
+    numbers of deleted adapters, events about its adapters or its tokens."""
+    return bool(s.scalar(select(or_(
+        exists().where(m.Job.owner == name), exists().where(m.VersionCounter.owner == name),
+        exists().where(m.AuditEvent.target == name, m.AuditEvent.action.startswith("token-")),
+        exists().where(m.AuditEvent.target.startswith(f"{name}/", autoescape=True))))))
 
 
 def _refuse_while_training(s: Session, name: str, new_name: str) -> None:

@@ -10,7 +10,7 @@ more entry there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -36,6 +36,8 @@ from registry.services.lookup import LATEST, version_info, version_ref
 from registry.services.moves import refuse_protected, resolve_locked
 from registry.store import models as m
 from registry.store.database import Database
+
+T = TypeVar("T")
 
 #: The most card revisions an adapter keeps: a /hf commit id names its card revision in six hex digits.
 MAX_CARD_REVISIONS = 0xFFFFFF
@@ -96,13 +98,47 @@ def _adapter_info(s: Session, row: m.Adapter) -> AdapterInfo:
                        aliases=aliases, visibility=row.visibility)
 
 
-def _tags_after(current: list[str], change: TagChange) -> list[str]:
-    """The tags a change leaves, checked: names, at most MAX_TAGS, and ``set`` not mixed with add/remove."""
+def _checked_changes(changes: VersionUpdate) -> tuple[dict[str, str], list[str], str | None]:
+    """A version change's properties to set and remove and its description, checked; every field's problem in one
+    refusal (a walk's finding, session 31: two bad fields in one save, one named)."""
+    problems: list[str] = []
+
+    def checked(check: Callable[[], T], default: T) -> T:
+        try:
+            return check()
+        except InvalidInput as exc:
+            problems.append(str(exc))
+            return default
+
+    props, tag_change, text = changes.properties, changes.tags, changes.description
+    nothing: dict[str, str] = {}
+    setting = checked(lambda: check_properties(props.set), nothing) if props is not None else nothing
+    removing = props.remove if props is not None else []
+    checked(lambda: _check_names(removing, "Property key"), None)
+    if both := sorted(set(setting) & set(removing)):
+        problems.append(f"properties: {', '.join(both)} both set and removed; say one or the other.")
+    description = checked(lambda: check_description(text), None) if text is not None else None
+    if tag_change is not None:
+        checked(lambda: _check_tag_change(tag_change), None)
+    if problems:
+        raise InvalidInput(" ".join(problems))
+    return setting, removing, description
+
+
+def _check_tag_change(change: TagChange) -> None:
+    """``set`` not mixed with add/remove, and every tag named a valid name."""
     if change.set is not None and (change.add or change.remove):
         raise InvalidInput("tags: either set them all ('set') or add and remove some ('add', 'remove'), not both.")
-    named = [*(change.set or []), *change.add, *change.remove]
-    for tag in named:
-        check_name(tag, "Tag")
+    _check_names([*(change.set or []), *change.add, *change.remove], "Tag")
+
+
+def _check_names(names: list[str], what: str) -> None:
+    for name in names:
+        check_name(name, what)
+
+
+def _tags_after(current: list[str], change: TagChange) -> list[str]:
+    """The tags a change leaves (checked by _check_tag_change), at most MAX_TAGS."""
     tags = set(change.set) if change.set is not None else (set(current) | set(change.add)) - set(change.remove)
     if len(tags) > MAX_TAGS:
         raise InvalidInput(f"A version takes at most {MAX_TAGS} tags; this change would leave {len(tags)}. Remove "
@@ -201,13 +237,7 @@ class Metadata:
         if changes.description is None and changes.tags is None and changes.properties is None:
             raise InvalidInput("Nothing to change: send description, tags ({'set': [...]} or {'add': [...], "
                                "'remove': [...]}), or properties ({'set': {key: value}, 'remove': [key]}).")
-        setting = check_properties(changes.properties.set) if changes.properties is not None else {}
-        removing = changes.properties.remove if changes.properties is not None else []
-        for key in removing:
-            check_name(key, "Property key")
-        if both := sorted(set(setting) & set(removing)):
-            raise InvalidInput(f"properties: {', '.join(both)} both set and removed; say one or the other.")
-        description = check_description(changes.description) if changes.description is not None else None
+        setting, removing, description = _checked_changes(changes)
         with self.db.session() as s:
             v = resolve_locked(s, ref)
             tags = [t.tag for t in v.tags]

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
@@ -27,7 +27,7 @@ from registry.services.delivery import Sender
 from registry.services.events import Events
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from registry.services.tokens import authenticate, create_token
+from registry.services.tokens import authenticate, create_token, revoke_token
 from registry.services.webhooks import Webhooks
 from registry.store import models as m
 from registry.store.database import Database
@@ -383,3 +383,29 @@ def test_an_organisation_cannot_take_the_name_of_a_member_or_invitee_without_a_t
         with pytest.raises(Conflict, match=f"The owner name '{name}' is taken \\(by a user\\)"):
             access.create_organization(name, creator="mallory")
     create_token(db, owner="zed", scopes=["read"])
+
+
+def test_an_organisation_cannot_take_a_departed_users_name_and_history(registry: Registry, tmp_path: Path) -> None:
+    """An outsider's finding: a user whose tokens were purged and adapters deleted held nothing under their name, so
+    an organisation could be created with it, and its members read the user's old jobs and events. A name with a
+    user's history is refused, except to a registry admin reviving it on purpose."""
+    db, access = registry.db, registry.access
+    registry.publish(make_adapter(tmp_path / "a"), owner="gone", name="old", base_model="tiny-llama")
+    Jobs(registry).submit({"demo": True}, owner="gone", target="gone/next")
+    registry.delete_adapter("gone/old", actor="gone")
+    assert registry.list_versions(owner="gone").items == []  # nothing of theirs left to see, but the history
+    for name in ("gone", "tokened"):
+        if name == "tokened":  # a user who only ever held a token, since revoked and purged
+            token_id, _ = create_token(db, owner="tokened", scopes=["read"])
+            revoke_token(db, token_id)
+            with db.session() as s:
+                s.execute(delete(m.AccessToken).where(m.AccessToken.owner == "tokened"))
+        with pytest.raises(Conflict, match=f"The owner name '{name}' was a user's, whose history the registry keeps"):
+            access.create_organization(name, creator="mallory")
+        access.create_organization("mine", creator="mallory")
+        with pytest.raises(Conflict, match="was a user's"):
+            access.rename_organization("mine", name, viewer=principal(db, "mallory", ["read", "publish"]))
+        access.delete_organization("mine", viewer=principal(db, "mallory", ["read", "publish"]))
+        access.create_organization(name, creator="root", revive=True)  # an admin's deliberate choice
+    access.create_organization("never-used", creator="mallory")  # a name without a past stays free
+

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import MAX_PROPERTIES, PropertyChange, VersionUpdate
+from registry.domain.schemas import MAX_PROPERTIES, PropertyChange, TagChange, VersionUpdate
 from registry.services.derived import FileForm
 from registry.services.registry import Registry
 from registry.store import models as m
@@ -163,3 +163,16 @@ def test_properties_through_http_the_client_and_vera(server: dict[str, Any]) -> 
     assert refused.returncode == 1 and "Property key 'Bad Key' is not a valid name" in refused.stderr
     with RegistryClient(server["url"], cache=False) as client:
         assert client.get("ann/http:1").properties == {"reviewed-by": "ann", "validation": "passed"}
+
+
+def test_every_bad_field_of_a_version_edit_is_named_in_one_refusal(registry: Registry, tmp_path: Path) -> None:
+    """A walk's finding (session 31): a save with a bad tag and a bad property named only the first."""
+    registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="ok", base_model="tiny-llama")
+    edit = VersionUpdate(description="bad\x00nul", tags=TagChange(add=["Bad Tag"]),
+                         properties=PropertyChange(set={"Bad Key": "v"}, remove=["Also Bad"]))
+    with pytest.raises(InvalidInput) as refused:
+        registry.update_version("ann/ok:1", edit, actor="ann")
+    said = str(refused.value)
+    assert all(part in said for part in ("Property key 'Bad Key'", "Property key 'Also Bad'", "control character",
+                                         "Tag 'Bad Tag'")), said
+    assert registry.get("ann/ok:1").tags == []

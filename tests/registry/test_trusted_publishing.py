@@ -27,6 +27,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import Conflict, Forbidden, IssuerUnavailable, Unauthorized
 from registry.domain.publishers import TrustedPublisher
 from registry.domain.words import ci_run
+from registry.services.registry import Registry
 from registry.services.trusted import KEYS_REFETCH_S, recorded_claims
 from registry.settings import Settings
 from tests.registry.adapters import make_adapter
@@ -465,3 +466,29 @@ def test_a_publisher_may_keep_more_claims_in_what_its_tokens_publish() -> None:
                             "user_email": "a@example.org", "iss": "https://gitlab.com", "exp": 1, "ref": 5},
                            publisher)
     assert kept == {"merge_request_iid": "12", "pipeline_id": "7", "project_path": "acme/x"}
+
+
+def test_no_organisation_takes_the_name_a_publisher_publishes_as(served: dict[str, Any]) -> None:
+    """An outsider's finding: an organisation named as a publisher's user (free until the first exchange made a token
+    for it) would have every trusted CI run write in the organisation's namespace as its own."""
+    with RegistryClient(served["url"], served["admin"]) as admin:
+        with pytest.raises(Conflict, match="'ci-bot' is the user that the trusted publisher.s. acme-main, other-1 "
+                                           "publish as"):
+            admin.create_organization("ci-bot")
+        admin.create_organization("lab")
+        with pytest.raises(Conflict, match="is the user that the trusted publisher"):
+            admin.rename_organization("lab", "ci-bot")
+        assert "ci-bot" not in {o.name for o in admin.organizations()}
+        admin.delete_organization("lab")
+
+
+def test_the_server_warns_at_start_of_a_publisher_whose_user_is_an_organisation(
+        registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
+    from registry.cli.run import _log_publishers
+
+    registry.access.create_organization("ci", creator="ann")  # made before the operator configured the publisher
+    settings = Settings(trusted_publishers=[TrustedPublisher(name="gl", issuer="https://gitlab.com", user="ci",
+                                                             claims={"project_path": "acme/x"}, owners=["acme"])])
+    with caplog.at_level("WARNING", logger="vera"):
+        _log_publishers(settings, registry)
+    assert "trusted publisher gl: its user 'ci' is an organisation's name" in caplog.text

@@ -291,7 +291,7 @@ def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[st
     shot(page, "12-compare-from-url")
 
     page.goto(f"{product['ui']}/browse")  # Browse by its name too, as every other page is
-    expect(page.get_by_role("heading", name="Adapters")).to_be_visible()
+    expect(page.get_by_role("heading", name="Browse adapters")).to_be_visible()
     expect(page.get_by_role("button", name="Filter and sort")).to_be_visible()
     expect(page.get_by_text("Page not found")).to_have_count(0)
 

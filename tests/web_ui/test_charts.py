@@ -38,6 +38,7 @@ def test_the_grid_is_in_model_order_with_every_label() -> None:
         y, x = grid["encoding"]["y"], grid["encoding"]["x"]
         assert y["sort"] == modules and y["axis"]["labelOverlap"] is False and y["axis"]["labelLimit"] == 0
         assert x["sort"] == depths and x["axis"]["labelAngle"] == 0  # never rotated
+        assert x["title"] == "block (depth); other: outside the blocks"  # the head's column, headed in words
         assert grid["height"] >= charts.ROW_PX * len(modules)  # a row per module: no label skipped
 
 

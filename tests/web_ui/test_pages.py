@@ -524,7 +524,7 @@ def test_the_router_runs_the_browse_page_by_default(registry: dict[str, Any], mo
     monkeypatch.setenv("VERA_TOKEN", registry["token"])
     at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
-    assert at.title[0].value == "Adapters"
+    assert at.title[0].value == "Browse adapters"
 
 
 def test_a_session_on_another_registry_carries_it_in_links_and_a_linked_session_opens_it_without_the_token(
@@ -552,7 +552,7 @@ def test_a_session_on_another_registry_carries_it_in_links_and_a_linked_session_
 
     monkeypatch.setenv("VERA_REGISTRY_URL", registry["url"])  # the default registry gets the default token
     default = AppTest.from_file(str(app), default_timeout=60).run()
-    assert not default.exception and default.title[0].value == "Adapters"
+    assert not default.exception and default.title[0].value == "Browse adapters"
     assert "registry" not in default.query_params
 
 
@@ -669,7 +669,7 @@ def test_a_dashboard_others_reach_talks_only_to_the_registries_its_operator_list
             session.connect(inside, "")
         assert asked == []
         default = AppTest.from_file(app, default_timeout=60).run()  # its own registry works as ever
-        assert not default.exception and default.title[0].value == "Adapters"
+        assert not default.exception and default.title[0].value == "Browse adapters"
 
         monkeypatch.setenv("VERA_UI_REGISTRIES", f" {inside}/ , http://elsewhere:1")
         assert session.allowed_registries() == {registry["url"], inside, "http://elsewhere:1"}

@@ -133,6 +133,22 @@ def test_the_jobs_table_eval_loss_is_the_published_versions(registry: dict[str, 
     assert "best evaluation" in jobs.EVAL_LOSS_HELP and "last" not in jobs.EVAL_LOSS_HELP
 
 
+def test_a_long_name_in_the_jobs_table_is_cut_with_an_ellipsis(registry: dict[str, Any]) -> None:
+    """A walk's finding (session 31): a long name filled the publishes column and pushed the result link out of the
+    frame, clipped with no sign of it. The column is at most PUBLISHES_PX wide, the name cut with '…'."""
+    long_name = "alice/" + "a-very-long-adapter-name-" * 2 + "that-ends-here"  # 64 characters
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        job = client.submit_job(long_name, training_spec(demo=True))
+    at = page("train", registry, query={"job": str(job.id)})
+    table = next(d for d in at.dataframe if "publishes" in d.value.columns)
+    shown = table.value.set_index("job")["publishes"]
+    [cut] = [name for name in shown if name.startswith("alice/a-very-long")]
+    assert cut.endswith("…") and long_name.startswith(cut[:-1]) and len(cut) < len(long_name)
+    assert json.loads(table.proto.columns)["publishes"]["width"] == jobs.PUBLISHES_PX
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.cancel_job(job.id)
+
+
 @pytest.mark.parametrize("target", ["alice/polarity", " alice/polarity ", "a/b", "alice/pol.v2", "alice/x_y-z",
                                     "alice/pol arity", "Alice/polarity", "alice/x:2", "alice/x@prod", "no slash",
                                     "alice/a..b", "alice/.x", "alice/" + "x" * 65, "a/b/c", "alice/", "/x"])

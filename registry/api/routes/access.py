@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
-from registry.domain.errors import Forbidden, InvalidInput, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.domain.publishers import PublisherInfo
 from registry.domain.schemas import (
     MAX_TOKEN_DAYS,
@@ -230,11 +230,12 @@ def organizations(caller: Caller, options: Options, registry: RegistryDep) -> li
 
 
 @router.post("/orgs", response_model=OrganizationInfo, status_code=201)
-def create_organization(caller: Caller, options: Options, registry: RegistryDep,
+def create_organization(request: Request, caller: Caller, options: Options, registry: RegistryDep,
                         body: OrganizationBody) -> OrganizationInfo:
     """A new organisation, with the caller as its first admin (publish scope)."""
     who = authorize(caller, options, "publish")
     _within_limit_to_name(who, body.name, f"creating the organisation {body.name!r}")
+    _not_a_publishers_user(request, body.name)
     return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
                                                revive=who.is_admin and who.limited_to is None)
 
@@ -253,6 +254,18 @@ def delete_organization(caller: Caller, options: Options, registry: RegistryDep,
     return Response(status_code=204)
 
 
+def _not_a_publishers_user(request: Request, name: str) -> None:
+    """Conflict when ``name`` is the user a trusted publisher (VERA_TRUSTED_PUBLISHERS) mints tokens for: an
+    organisation of that name would make every CI run it trusts write in the organisation's namespace, and its
+    members read what the CI user publishes as its own (an outsider's finding: the name is free until the first
+    exchange creates a token for it)."""
+    trusted: TrustedPublishing = request.app.state.trusted
+    publishers = sorted({p.name for p in trusted.publishers if p.user == name})
+    if publishers:
+        raise Conflict(f"The owner name {name!r} is the user that the trusted publisher(s) {', '.join(publishers)} "
+                       "publish as (VERA_TRUSTED_PUBLISHERS); choose another name for the organisation.")
+
+
 def _within_limit_to_name(who: Principal, name: str, doing: str) -> None:
     """A token limited to some owners (a CI job's, minted by trusted publishing, claimed names for good: a new
     organisation, an organisation renamed to a new name) makes no owner name outside its limit."""
@@ -263,7 +276,7 @@ def _within_limit_to_name(who: Principal, name: str, doing: str) -> None:
 
 
 @router.post("/orgs/{org}/rename", response_model=OrganizationInfo)
-def rename_organization(caller: Caller, options: Options, registry: RegistryDep, org: str,
+def rename_organization(request: Request, caller: Caller, options: Options, registry: RegistryDep, org: str,
                         body: RenameBody) -> OrganizationInfo:
     """Rename the organisation (its admins, with publish scope; the registry's admins): its members, adapters (each
     to the same name under the new one), ended jobs, webhooks, quota and the tokens limited to it follow; answers
@@ -273,6 +286,7 @@ def rename_organization(caller: Caller, options: Options, registry: RegistryDep,
     a retired one); 422 for an invalid name. To anyone else it is not there (404)."""
     who = _signed_in(caller, options)
     _within_limit_to_name(who, body.new_name, f"renaming {org} to {body.new_name!r}")
+    _not_a_publishers_user(request, body.new_name)
     return registry.access.rename_organization(org, body.new_name, viewer=who,
                                                revive=who.is_admin and who.limited_to is None)
 
