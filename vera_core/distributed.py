@@ -198,6 +198,12 @@ def setup(mode: str, device: str | None = None) -> tuple[World, torch.device]:
     if world.size == 1:
         return world, chosen
     if chosen.type == "cuda":
+        if chosen.index is None and world.local_rank >= (count := torch.cuda.device_count()):
+            raise VeraConfigError(  # not torch's "invalid device ordinal" (seen on a machine with one GPU)
+                f"This is process {world.local_rank} on this machine, which has {count} CUDA device(s): each process "
+                f"trains on the GPU numbered LOCAL_RANK. Start at most {count} process(es) per machine "
+                f"(torchrun --nproc-per-node {count}, `vera train --nproc {count}`), or train on the CPU "
+                "(device='cpu', or CUDA_VISIBLE_DEVICES='' for gloo processes).")
         chosen = chosen if chosen.index is not None else torch.device("cuda", world.local_rank)
         torch.cuda.set_device(chosen)
     if dist.is_initialized():

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.vera_core.test_distributed import CPU_ONLY
 from tests.vera_core.test_trainer import DATA, tiny_classifier, tokenizer, trainer, vectors
 from vera_core import distributed
 from vera_core.data import SequenceClassification
@@ -127,7 +128,7 @@ def test_accelerate_launch_in_two_processes_equals_one_process(
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "tests.vera_core.test_accelerate", json.dumps(options)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", **CPU_ONLY}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_vectors(reference, load_file(options["loop"]))

@@ -64,10 +64,16 @@ def main(options: dict[str, Any]) -> None:
     t.close()
 
 
+#: The multi-process tests train on the CPU (gloo) on any machine: on one with CUDA, the processes' default device
+#: would be the GPU numbered LOCAL_RANK, and a machine with one GPU has no cuda:1 (the first run on an H200 machine,
+#: session 32: "invalid device ordinal"), nor would the figures be the CPU's that the tests compare with.
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def torchrun(**options: Any) -> subprocess.CompletedProcess[str]:
     command = distributed.launch_command(2, "tests.vera_core.test_distributed", [json.dumps(options)])
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **CPU_ONLY})
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------
@@ -134,7 +140,8 @@ def two_machines(args: list[str], outs: list[Path]) -> list[subprocess.Completed
             agents.append(subprocess.Popen(
                 [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                  "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), "--no-python",
-                 "--", str(VERA), *args, "--out", str(out)], stdout=handle, stderr=subprocess.STDOUT, text=True))
+                 "--", str(VERA), *args, "--out", str(out)], stdout=handle, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, **CPU_ONLY}))
     for agent, log in zip(agents, logs, strict=True):
         try:
             agent.wait(timeout=600)
@@ -258,3 +265,16 @@ def test_a_report_torn_by_a_kill_counts_as_a_rank_that_said_nothing(
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+
+
+def test_more_processes_than_gpus_on_a_machine_is_refused_saying_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on an H200 machine (one GPU): a second process asked torch for cuda:1 and died with "invalid device
+    ordinal". Before any process group is made, it is refused saying how many processes the machine takes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(VeraConfigError, match=r"process 1 on this machine, which has 1 CUDA device\(s\).*"
+                                              r"torchrun --nproc-per-node 1.*device='cpu'"):
+        distributed.setup("auto")
+    assert not torch.distributed.is_initialized()

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.vera_core.test_distributed import CPU_ONLY
 from tests.vera_core.test_trainer import DATA, tiny_bert, tiny_classifier, tokenizer, trainer, vectors
 from vera_core import VeraConfigError, distributed, load_adapter, save_adapter
 from vera_core.data import SequenceClassification
@@ -90,7 +91,7 @@ def test_fsdp_trains_a_vera_model_in_ones_own_loop_and_vera_core_refuses_the_sha
                "said": str(tmp_path / "said.json")}
     command = distributed.launch_command(2, "tests.vera_core.test_fsdp", [json.dumps(options)])
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **CPU_ONLY})
     assert result.returncode == 0, result.stderr[-3000:]
     said = json.loads(Path(options["said"]).read_text())
     advice = r"vera_core does not gather FSDP shards.*Train with DDP instead.*vera train --nproc N.*full_tensor\(\)"
