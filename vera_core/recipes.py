@@ -142,7 +142,11 @@ def load_splits(spec: TrainSpec) -> Splits:
     examples, labels = read_examples(spec.data, text_column=spec.text_column, label_column=label_column)
     train, eval_, test = split(examples)
     if not train or not eval_:
-        raise DatasetError(f"{spec.data} has {len(examples)} examples: too few for a train/eval split.")
+        distinct = len({e.text for e in examples})
+        raise DatasetError(
+            f"{spec.data} has {len(examples)} examples, {distinct} distinct texts: too few for a train/eval split, "
+            "which goes by a hash of each text (10% to eval, 10% to test; copies of one text stay together). Give "
+            "more distinct texts: a few dozen at least.")
     return Splits(train, eval_, test, labels)
 
 

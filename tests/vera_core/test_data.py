@@ -64,3 +64,16 @@ def test_bad_files_are_refused_clearly(tmp_path: Path, name: str, content: str, 
 def test_missing_file() -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         read_examples("/nonexistent/data.csv")
+
+
+def test_too_few_distinct_texts_for_a_split_says_that_the_split_goes_by_text(tmp_path: Path) -> None:
+    """300 rows of 12 texts: every copy of a text lands in one split, and eval was empty; the refusal said "300
+    examples: too few", which read as nonsense (a session's own GPU run, 2026-12-04)."""
+    from vera_core.recipes import TrainSpec, load_splits
+
+    words = ["good", "great", "happy", "love", "nice", "fine", "bad", "awful", "sad", "hate", "poor", "ugly"]
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"{w} day,{int(i < 6)}\n" for i, w in enumerate(words)) * 25)
+    with pytest.raises(DatasetError, match="has 300 examples, 12 distinct texts: too few for a train/eval split, "
+                                           "which goes by a hash of each text"):
+        load_splits(TrainSpec(data=str(data)))
