@@ -50,6 +50,17 @@ def test_the_target_is_as_wide_as_its_names_and_the_detail_takes_the_rest(target
     assert sum(c["width"] for c in activity.columns(*px).values()) == activity.TABLE_PX  # what fits 1,400 px
 
 
+def test_the_target_is_sized_by_what_its_link_reads() -> None:
+    """A walk's finding (session 31): a webhook's event ('alice/webhooks/12') links to alice's events and reads
+    'alice', but its column was sized for the whole target, and the detail beside it was cut."""
+    hook = event("a/b:1").model_copy(update={"action": "webhook-update", "adapter": None, "owner": "some-team-name",
+                                             "target": "some-team-name/webhooks/123456"})
+    _, target, detail = activity.widths([hook])
+    assert target == max(activity.TARGET_PX[0], formats.cell_width("some-team-name")) < formats.cell_width(hook.target)
+    fixed = sum(c["width"] for c in activity.COLUMNS.values())
+    assert detail == activity.TABLE_PX - fixed - activity.WHO_PX[0] - target  # the rest: the detail's
+
+
 def test_who_is_as_wide_as_its_longest_name_within_bounds() -> None:
     """A new user's walk: "trusted-publisher:nlp-main" was cut to "trusted-publisl", with no sign of it."""
     ci = event("a/b:1").model_copy(update={"actor": "trusted-publisher:nlp-main"})
