@@ -613,6 +613,11 @@ class RegistryClient:
         body = {"name": name, "revision": revision, "config": config}
         return BaseModelInfo.model_validate(self._request("POST", "/api/v1/base-models", json=body).json())
 
+    def remove_base_model(self, name: str, *, revision: str = "") -> BaseModelInfo:
+        """Forget a base model's shapes that no version uses (registry admins): wrong shapes declared under a name."""
+        return BaseModelInfo.model_validate(self._request(
+            "DELETE", "/api/v1/base-models", params={"name": name, "revision": revision}).json())
+
     def publish(
         self, directory: str | os.PathLike[str], name: str, *, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",

@@ -6,6 +6,7 @@ Each field is documented once, here, with the reason for its default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,6 +78,25 @@ def _check_count(names: object, what: str) -> None:
 PEFT_BOOKKEEPING = frozenset({"auto_mapping", "peft_type", "peft_version"})
 
 
+def _shown(value: object) -> str:
+    """``value`` as a message quotes it: its repr, cut to 40 characters (an integer of thousands of digits has none)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int over sys.get_int_max_str_digits
+        return "an integer of thousands of digits"
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _number(value: object, otherwise: float) -> float:
+    """``value`` as a float if it is an int or a float (not a bool) within a float's range, else ``otherwise``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return otherwise
+    try:
+        return float(value)
+    except OverflowError:
+        return otherwise
+
+
 @dataclass
 class VeraConfig:
     """Configuration of one VeRA adapter, field-compatible with ``peft.VeraConfig``."""
@@ -130,8 +150,11 @@ class VeraConfig:
             raise VeraConfigError(
                 f"projection_prng_key must be an integer in [0, 2**64 - 1], got {key!r}; pick any non-negative seed."
             )
-        if not 0.0 <= float(self.vera_dropout) < 1.0:
-            raise VeraConfigError(f"vera_dropout must be in [0, 1), got {self.vera_dropout!r}.")
+        if not 0.0 <= _number(self.vera_dropout, float("nan")) < 1.0:  # (NaN, and what is no number, fail both)
+            raise VeraConfigError(f"vera_dropout must be in [0, 1), got {_shown(self.vera_dropout)}.")
+        if not math.isfinite(_number(self.d_initial, float("nan"))):  # Infinity was stored, and served as non-JSON
+            raise VeraConfigError(f"d_initial must be a finite number (d's initial value; PEFT's default is 0.1), got "
+                                  f"{_shown(self.d_initial)}.")
         if self.bias not in _BIAS_MODES:
             raise VeraConfigError(f"bias must be one of {', '.join(_BIAS_MODES)}, got {self.bias!r}.")
         if self.projection_generator not in KNOWN_GENERATORS:

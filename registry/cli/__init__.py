@@ -80,7 +80,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "token": {"create": "admin.token_create", "revoke": "admin.token_revoke", "list": "admin.token_list",
               "purge": "admin.token_purge"},
     "hub": {"push": "hub.hub_push", "pull": "hub.hub_pull", "status": "hub.hub_status"},
-    "base": {"register": "admin.base_register", "ls": "remote.base_ls"},
+    "base": {"register": "admin.base_register", "ls": "remote.base_ls", "rm": "remote.base_rm"},
     "eval": {"run": "evals.run", "record": "evals.record", "ls": "evals.ls", "delete": "evals.delete"},
     "job": {"submit": "jobs.job_submit", "ls": "jobs.job_ls", "show": "jobs.job_show", "cancel": "jobs.job_cancel",
             "logs": "jobs.job_logs"},

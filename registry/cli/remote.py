@@ -315,6 +315,17 @@ def alias(
                                      f"(`vera yank {info.ref} --undo` lists it again)."), soft_wrap=True)
 
 
+def base_rm(
+    name: Annotated[str, typer.Argument(help="The base model's name as adapters are published with it.")],
+    revision: Annotated[str, typer.Option(help="Its revision (default: none).")] = "",
+    registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Forget a base model's layer shapes that no version was published against (a registry admin's token): the way
+    to undo wrong shapes declared under a name others publish with; declare them again with `vera base register`."""
+    gone = call_registry(registry, token, lambda c: c.remove_base_model(name, revision=revision))
+    console.print(f"removed {gone.name}@{gone.revision or 'default'} ({gone.layers} layers, {gone.shapes_source})")
+
+
 def base_ls(as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:
     """Base models the registry knows, with how their shapes are known."""
     bases = call_registry(registry, token, lambda c: c.base_models())

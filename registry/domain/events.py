@@ -24,7 +24,7 @@ WEBHOOK_EVENTS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete"
 #: The event a test delivery sends (never recorded as an audit event).
 PING = "ping"
 #: Actions whose target names no adapter but the registry as a whole: any reader may see them.
-PUBLIC_ACTIONS = frozenset({"base-register"})
+PUBLIC_ACTIONS = frozenset({"base-register", "base-remove"})
 #: Changes to an owner's webhooks (target ``owner/webhooks/ID``): seen by those who may manage them.
 WEBHOOK_ACTIONS = frozenset({"webhook-create", "webhook-update", "webhook-delete"})
 #: The owner of a registry-wide webhook: every owner's adapter events (not a name anyone can have: check_name).

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, InvalidInput
+from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import BaseModelInfo, check_text
+from registry.domain.words import counted
 from registry.services.access import shown_to
 from registry.services.shapes import declared_layers, in_features_json, match_path, shapes_fingerprint, shapes_of
 from registry.services.tokens import Principal
@@ -95,7 +96,6 @@ class BaseModels:
                                   actor: str, source: str | None = None) -> BaseModelInfo:
         """Exact shapes from the content of a transformers config.json sent by a caller (any architecture
         transformers knows; never remote code), built on the meta device; audited."""
-        from huggingface_hub.errors import StrictDataclassError
         from transformers import AutoConfig
 
         _check_depth(config)
@@ -104,10 +104,36 @@ class BaseModels:
             raise InvalidInput("The config has no model_type; send the base model's transformers config.json.")
         try:
             parsed = AutoConfig.for_model(kind, **{k: v for k, v in config.items() if k != "model_type"})
-        except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:  # (hidden_size=1e400: the last)
+        except Exception as exc:  # noqa: BLE001 - a caller's config runs transformers' own checks, whose errors
+            # are of every kind (ValueError, a dataclass error for hidden_size=1e400, ZeroDivisionError for
+            # num_attention_heads=0, AttributeError for torch_dtype='float128', AssertionError): each a 422 here
             raise InvalidInput(f"Not a transformers config transformers knows ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from exc
         return self.register(name=name, revision=revision, model=meta_model(parsed), actor=actor, source=source)
+
+    def remove(self, *, name: str, revision: str = "", actor: str) -> BaseModelInfo:
+        """Forget the shapes of ``name@revision`` that no version was published against (a registry admin's remedy
+        when a publisher declared wrong shapes for a name others publish with: declared shapes cannot change, and
+        honest publishes were refused against them; an outsider's finding). NotFound if unknown; Conflict while a
+        version uses it (its shapes are those versions'). Audited as ``base-remove``, seen by every reader, as
+        ``base-register`` is. The name can then be declared again, or implied by the next publish."""
+        with self.db.session() as s:
+            row = s.scalar(select(m.BaseModelShapes).where(m.BaseModelShapes.name == name,
+                                                           m.BaseModelShapes.revision == revision).with_for_update())
+            if row is None:
+                raise NotFound(f"No base model {name}@{revision or 'default'}; `vera base ls` lists them.")
+            used = s.scalar(select(func.count()).select_from(m.AdapterVersion).where(
+                m.AdapterVersion.base_model_id == row.id)) or 0
+            if used:
+                raise Conflict(f"{name}@{revision or 'default'} has {counted(used, 'version')} published against it: "
+                               "its shapes are theirs, and stay while they do (delete those versions first to change "
+                               "its shapes).")
+            info = base_info(row)
+            s.delete(row)
+            s.add(m.AuditEvent(actor=actor[:64], action="base-remove", target=name, detail={
+                "revision": revision, "layers": info.layers, "fingerprint": info.shapes_fingerprint,
+                "source": info.shapes_source}))
+            return info
 
     def list(self, viewer: Principal | None = None) -> list[BaseModelInfo]:
         """The base models (those ``viewer`` may see: registry.services.access.shown_to)."""
@@ -191,7 +217,8 @@ def meta_model(config: Any) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             model: torch.nn.Module = AutoModel.from_config(config, trust_remote_code=False)  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:  # (a negative size: RuntimeError)
+    except Exception as exc:  # noqa: BLE001 - as for_model's: a config's sizes fail in every way (a negative one:
+        # RuntimeError; zero heads: ZeroDivisionError), never a 500
         raise InvalidInput(f"transformers cannot build a model from this config ({type(exc).__name__}: "
                            f"{str(exc)[:200]}).") from exc
     return model

@@ -86,6 +86,7 @@ class Registry:
         self.register_base_model_from_config = self.base_models.register_from_config
         self.register_base_model_from_config_dict = self.base_models.register_from_config_dict
         self.list_base_models = self.base_models.list
+        self.remove_base_model = self.base_models.remove
         self.quotas = quotas = quotas or Quotas()
         self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
                                  default_visibility=default_visibility, quotas=quotas).publish

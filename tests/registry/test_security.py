@@ -500,8 +500,13 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
         assert answer.status_code in (404, 422) and answer.headers["content-type"] == "application/problem+json"
     hook = post("/webhooks", json={"owner": "eve", "url": "http://xn--/x"})
     assert hook.status_code == 422 and "is not a URL" in hook.json()["detail"], hook.text
+    llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "vocab_size": 100}
     for config in ({"model_type": "bert", "hidden_size": -5, "num_hidden_layers": 1},
-                   {"model_type": "bert", "hidden_size": 1e400, "num_hidden_layers": 1}):
+                   {"model_type": "bert", "hidden_size": 1e400, "num_hidden_layers": 1},
+                   # helper-84's: ZeroDivisionError, AttributeError, AssertionError from transformers' own checks
+                   {**llama, "num_attention_heads": 0}, {**llama, "num_key_value_heads": 0},
+                   {**llama, "torch_dtype": "float128"}, {**llama, "model_type": "whisper"}):
         base = post("/base-models", json.dumps({"name": "odd-base", "config": config}))
         assert base.status_code == 422 and "config" in base.json()["detail"], base.text
     nested = tmp_path / "nested"
@@ -514,5 +519,12 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
     (big_int / "adapter_config.json").write_text(f'{{"r": {digits}}}')
     (big_int / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
     assert publish(guarded, big_int, "bigint").status_code == 422
+    infinite = tmp_path / "infinite"  # stored, Infinity was served back as JSON no strict parser reads
+    infinite.mkdir()
+    config = json.loads((source / "adapter_config.json").read_text())
+    (infinite / "adapter_config.json").write_text(json.dumps({**config, "d_initial": float("inf")}))
+    (infinite / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
+    refused = publish(guarded, infinite, "infinite")
+    assert refused.status_code == 422 and "d_initial must be a finite number" in refused.text, refused.text
     names = {v["name"] for v in httpx.get(f"{url}/api/v1/adapters", headers=auth, timeout=60).json()["items"]}
-    assert not names & {"digits", "nested", "bigint"}
+    assert not names & {"digits", "nested", "bigint", "infinite"}

@@ -474,3 +474,37 @@ def test_operator_token_commands(tmp_path: Path) -> None:
     assert json.loads(vera("token", "list", "--json", *db).stdout)[0]["revoked"] is True
     refused = vera("token", "create", "--owner", "ci", "--scope", "read", "--limit-to", "Not A Name", *db)
     assert refused.returncode == 1 and "not a valid name" in refused.stderr
+
+
+def test_wrong_shapes_declared_under_a_name_are_removed_by_an_admin_only(server: dict[str, Any]) -> None:
+    """An outsider's finding (session 32): anyone with publish declared shapes under a name others publish with
+    (a Hub id, say), and every honest publish against it was refused, with no way back. A registry admin removes
+    shapes that no version uses (audited for every reader); the name then serves the next publish."""
+    from tests.registry.adapters import LLAMA
+    from tests.registry.test_cli import vera
+
+    url, tokens = server["url"], server["tokens"]
+    wrong = {**LLAMA.make().config.to_dict(), "hidden_size": 128, "intermediate_size": 96}
+    with client(url, tokens["mallory"]) as mallory:
+        mallory.register_base_model("popular/base", wrong)
+        with pytest.raises(Forbidden):
+            mallory.remove_base_model("popular/base")
+    with client(url, tokens["alice"]) as alice, pytest.raises(InvalidInput, match="popular/base"):
+        alice.publish(server["source"], "alice/honest", base_model="popular/base")  # the squatted shapes refuse it
+    with client(url, tokens["root"]) as root:
+        limited = root.create_token(["admin"], limited_to=["alice"], expires_days=1)[1]
+    with client(url, limited) as acme_admin, pytest.raises(Forbidden, match="base models are every owner's"):
+        acme_admin.remove_base_model("popular/base")
+    removed = vera("base", "rm", "popular/base", "--registry", url, "--token", tokens["root"])
+    assert removed.returncode == 0 and "removed popular/base@default (" in removed.stdout, removed.stderr
+    with client(url, None) as anonymous:
+        assert any(e.action == "base-remove" and e.target == "popular/base" and e.actor == "root"
+                   for e in anonymous.events(action="base-remove").events)  # every reader sees it, as base-register
+    with client(url, tokens["alice"]) as alice:
+        alice.publish(server["source"], "alice/honest", base_model="popular/base")  # now its shapes are implied
+    with client(url, tokens["root"]) as root:
+        with pytest.raises(Conflict, match="popular/base@default has 1 version published against it"):
+            root.remove_base_model("popular/base")
+        with pytest.raises(NotFound, match="No base model never/declared@default"):
+            root.remove_base_model("never/declared")
+        assert "popular/base" in {b.name for b in root.base_models()}

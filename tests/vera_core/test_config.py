@@ -35,6 +35,11 @@ def test_reads_a_config_written_by_peft(tmp_path: object) -> None:
         ({"projection_prng_key": -3}, r"projection_prng_key must be an integer in \[0, 2\*\*64 - 1\]"),
         ({"projection_prng_key": 2**64}, "projection_prng_key must be"),
         ({"vera_dropout": 1.0}, r"vera_dropout must be in \[0, 1\)"),
+        ({"vera_dropout": "0.1"}, r"vera_dropout must be in \[0, 1\), got '0.1'"),  # (float() read it: a 500 to come)
+        # stored, Infinity was served back in adapter_config.json as JSON no strict parser reads (an outsider's find)
+        ({"d_initial": float("inf")}, r"d_initial must be a finite number .*got inf"),
+        ({"d_initial": 10**400}, r"d_initial must be a finite number .*got 10000000000+…\.$"),  # cut
+        ({"d_initial": "0.1"}, "d_initial must be a finite number"),
         ({"bias": "some"}, "bias must be one of none, all, vera_only"),
         ({"projection_generator": "xorshift"}, "Unknown projection_generator 'xorshift'.*Upgrade vera-registry"),
         ({"task_type": "CLS"}, "task_type must be one of"),

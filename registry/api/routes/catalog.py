@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from registry.api.deps import Caller, Options, Reader, RegistryDep, authorize
 from registry.api.ratelimit import CostlyReader
+from registry.domain.errors import Forbidden
 from registry.domain.schemas import BaseModelInfo, Comparison
 from registry.services.analysis import MAX_COMPARED
 
@@ -38,6 +39,20 @@ def register_base_model(caller: Caller, options: Options, registry: RegistryDep,
     who = authorize(caller, options, "publish")
     return registry.register_base_model_from_config_dict(name=body.name, revision=body.revision, config=body.config,
                                                          actor=who.owner)
+
+
+@router.delete("/base-models", response_model=BaseModelInfo)
+def remove_base_model(caller: Caller, options: Options, registry: RegistryDep,
+                      name: Annotated[str, Query(min_length=1, max_length=200)],
+                      revision: Annotated[str, Query(max_length=100)] = "") -> BaseModelInfo:
+    """Forget a base model's shapes that no version was published against (the registry's admins, with a token not
+    limited to some owners: base models are every owner's): the remedy for wrong shapes declared under a name others
+    publish with. 404 if unknown, 409 while a version uses it; audited (``base-remove``). Answers what was removed."""
+    who = authorize(caller, options, "admin")
+    if not who.is_registry_admin:
+        raise Forbidden(f"This admin token is limited to {sorted(who.limited_to or ())}; base models are every "
+                        "owner's: remove one with an admin token without a limit.")
+    return registry.remove_base_model(name=name, revision=revision, actor=who.owner)
 
 
 @router.get("/base-models", response_model=list[BaseModelInfo])
