@@ -83,7 +83,7 @@ class Token:
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<string>'(?:[^']|'')*')
-  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.]))
+  | (?P<number>[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?(?![\w.]))
   | (?P<op>!=|<>|<=|>=|==|=|<|>)
   | (?P<punct>[(),])
   | (?P<field>[A-Za-z_][\w\-]*(?:\.(?:[\w\-:/]+|`[^`]+`))*)
@@ -116,7 +116,7 @@ def _tokens(text: str) -> Iterator[Token]:
 
 
 def _number(text: str, at: int) -> int | float:
-    value: int | float = int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    value: int | float = int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else float(text)  # ASCII digits only
     if isinstance(value, float) and not math.isfinite(value):
         raise _error(at, "a finite number", text)
     return value

@@ -89,6 +89,7 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("r = 'eight'", r"at character 1: r compares with a number \(below 2\*\*63 in magnitude\), found 'eight'"),
     ("owner > 'a'", r"owner takes =, !=, like, in, not >"),
     ("metrics.accuracy like '9%'", r"metrics.accuracy takes =, !=, <, <=, >, >=, in, is null, is not null, not like"),
+    ("metrics.accuracy > \u0663", "expected a field, an operator or a literal, found '\u0663'"),  # float() reads it
     ("metrics.accuracy = 'high'", r"metrics.accuracy compares with a number within a float's range \(about "
                                   r"1.8e308 in magnitude\), found 'high'"),
     ("seed = -1", r"seed compares with a whole number from 0 to 2\*\*64 - 1, found -1"),
