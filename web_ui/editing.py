@@ -53,8 +53,8 @@ Outcome = str | Unsent | RegistryError
 
 def _done(ref: str, outcome: Outcome, where: str = "top") -> None:
     """Keep the outcome of a change of the version ``ref`` (owner/name:N, as the page shows it) for the next run to
-    show, ``where`` it is seen: at the top of the tab (the version and adapter forms), or under the form it answers
-    (``alias``, ``yank``, ``move``, ``delete``: shown at the top, it would be out of view)."""
+    show, ``where`` it is seen: at the top of the tab (the version form, the first), or under the form it answers
+    (``alias``, ``yank``, ``adapter``, ``move``, ``delete``: shown at the top, it would be out of view)."""
     st.session_state[RESULT] = (ref, outcome, where)
     st.cache_data.clear()
 
@@ -102,7 +102,7 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
     after = {field: st.session_state[f"edit-{field}-{adapter}"] for field in ("about", "card", "visibility")}
     changed = [field for field in after if after[field] != before[field]]
     if not changed:
-        _done(ref, Unsent("Nothing changed."))
+        _done(ref, Unsent("Nothing changed."), ADAPTER_FORM)
         return
     names = {"about": "description", "card": "model card", "visibility": f"now {after['visibility']}"}
     texts = [f for f in changed if f != "visibility"]
@@ -112,16 +112,21 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
                 adapter, description=after["about"] if "about" in changed else None,
                 card=after["card"] if "card" in changed else None))
     except RegistryError as exc:
-        _done(ref, exc)
+        _done(ref, exc, ADAPTER_FORM)
         return
     try:
         if "visibility" in changed:
             session.call(lambda c: c.set_visibility(adapter, after["visibility"]))
     except RegistryError as exc:  # the texts were saved by then: "Nothing saved" would be untrue
         _done(ref, Unsent(f"Saved {adapter}: {', '.join(names[f] for f in texts)}; its visibility was not changed: "
-                          f"{session.dashboard_words(str(exc))}") if texts else exc)
+                          f"{session.dashboard_words(str(exc))}") if texts else exc, ADAPTER_FORM)
     else:
-        _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.")
+        _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.", ADAPTER_FORM)
+
+
+#: Where Save adapter's outcome is shown: under its form, the fourth of the tab (at the top, ~1,000 px above the
+#: button, a click seemed to do nothing: a walk's finding, session 32)
+ADAPTER_FORM = "adapter"
 
 
 def move_adapter(ref: str, adapter: str) -> None:
@@ -255,7 +260,8 @@ def result(ref: str, where: str = "top") -> None:
     if shown != ref or outcome is None or place != where:
         return
     if isinstance(outcome, InvalidInput):  # the registry refused the whole request: say that nothing of it stayed
-        session.show_error(outcome, lambda message: ("Nothing saved: " if where == "top" else "Nothing changed: ")
+        saved = where in ("top", ADAPTER_FORM)  # the forms that save (the others change one thing)
+        session.show_error(outcome, lambda message: ("Nothing saved: " if saved else "Nothing changed: ")
                            + session.dashboard_words(message))
     elif isinstance(outcome, RegistryError):
         session.show_error(outcome)
@@ -303,6 +309,7 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo, guarded: list[str]) ->
         if stays_public:  # said where it is read, not in a tooltip (a walk's finding, session 31)
             st.caption(f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins make it private.")
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
+    result(info.ref, ADAPTER_FORM)
 
 
 def protected_aliases(who: WhoAmI, owner: str) -> tuple[list[str], bool]:
@@ -397,11 +404,12 @@ def delete_form(info: VersionInfo, guarded: list[str]) -> None:
         st.caption((aliases + "; it" if aliases else "It") + f" is {adapter}'s only version: {adapter} is left with "
                    f"none, nothing to download. {after[0].upper()}{after[1:]}")
     elif "latest" in info.aliases:
-        st.caption((aliases + ", and" if aliases else "Then") + " `latest` moves back to the newest version not "
-                   f"yanked; {after}")
+        st.caption((aliases + ", and" if aliases else "Deleting it moves") + " `latest` "
+                   + ("moves " if aliases else "") + f"back to the newest version not yanked; {after}")
     else:  # an older version: `latest` names another and stays (a walk's finding: the caption said it moved back)
         st.caption((aliases + "; " if aliases else "") + (after if aliases else f"{after[0].upper()}{after[1:]}"))
-    typed = st.text_input(f"Type {info.ref} to confirm", value="", placeholder=info.ref, key=f"edit-delete-{info.ref}")
+    typed = st.text_input(f"Type {info.ref} to confirm", value="", key=f"edit-delete-{info.ref}")  # (a grey
+    # placeholder of the reference itself read as already typed, the button still off: a walk, session 32)
     if st.button("Delete this version", key=f"edit-delete-button-{info.ref}", icon=":material/delete_forever:",
                  disabled=typed.strip() != info.ref):
         delete_version(info)

@@ -253,6 +253,8 @@ def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> N
     at.text_area(key="edit-card-alice/grandchild").set_value("# Grandchild\n\nA card.")
     click(at, "Save adapter")
     assert any(s.value == "Saved alice/grandchild: model card." for s in at.success)
+    shown = in_order(at)  # under the adapter's form, where the click was (at the top it was out of view: a walk)
+    assert shown.index("Alias") < shown.index("success") < shown.index("New name")
     assert at.tabs[0].label == "Model card"
     with RegistryClient(registry["url"], registry["token"]) as client:
         info = client.get("alice/grandchild:1")
@@ -558,6 +560,9 @@ def test_a_version_is_deleted_once_its_reference_is_typed(registry: dict[str, An
     at = page("adapter", registry, query={"ref": "alice/doomed@prod"}, adapter_tab="Edit")
     assert delete_button(at).disabled
     assert "Its aliases (@prod) go with it, and `latest` moves back" in texts(at)
+    publish_one(registry, "twice", times=2)
+    newest = page("adapter", registry, query={"ref": "alice/twice:2"}, adapter_tab="Edit")
+    assert "Deleting it moves `latest` back to the newest version not yanked" in texts(newest)  # ("Then" began it)
     older = page("adapter", registry, query={"ref": "alice/doomed:1"}, adapter_tab="Edit")
     # `latest` names :2 and stays (a walk's finding, session 31: the caption of an older version said it moved back)
     assert "Versions fine-tuned from it keep its reference" in texts(older) and "moves back" not in texts(older)
