@@ -6,12 +6,11 @@ Each field is documented once, here, with the reason for its default.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vera_core.errors import VeraConfigError
+from vera_core.errors import VeraConfigError, finite_number
 from vera_core.patterns import compile_pattern, layer_index_pattern
 
 #: Generator that reproduces PEFT bit for bit (CPU ``torch.Generator`` + kaiming uniform).
@@ -87,16 +86,6 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
-def _number(value: object, otherwise: float) -> float:
-    """``value`` as a float if it is an int or a float (not a bool) within a float's range, else ``otherwise``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return otherwise
-    try:
-        return float(value)
-    except OverflowError:
-        return otherwise
-
-
 @dataclass
 class VeraConfig:
     """Configuration of one VeRA adapter, field-compatible with ``peft.VeraConfig``."""
@@ -150,9 +139,10 @@ class VeraConfig:
             raise VeraConfigError(
                 f"projection_prng_key must be an integer in [0, 2**64 - 1], got {key!r}; pick any non-negative seed."
             )
-        if not 0.0 <= _number(self.vera_dropout, float("nan")) < 1.0:  # (NaN, and what is no number, fail both)
+        dropout = finite_number(self.vera_dropout)
+        if dropout is None or not 0.0 <= dropout < 1.0:
             raise VeraConfigError(f"vera_dropout must be in [0, 1), got {_shown(self.vera_dropout)}.")
-        if not math.isfinite(_number(self.d_initial, float("nan"))):  # Infinity was stored, and served as non-JSON
+        if finite_number(self.d_initial) is None:  # Infinity was stored, and served as non-JSON
             raise VeraConfigError(f"d_initial must be a finite number (d's initial value; PEFT's default is 0.1), got "
                                   f"{_shown(self.d_initial)}.")
         if self.bias not in _BIAS_MODES:

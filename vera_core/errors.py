@@ -16,6 +16,7 @@ Every message says what was expected, what was found, and how to fix it.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -64,3 +65,16 @@ def not_unicode(value: Any) -> str | None:
     except UnicodeEncodeError as exc:  # the encoder reports a run of them as one: the first is said, not the run
         return str(exc.object[exc.start])
     return None
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a finite float; None for a bool, a non-number, NaN, an infinity, or an int beyond a float's range
+    (float() of one raises OverflowError): what a number read from a caller's JSON must be to be stored, compared or
+    served back as JSON (a metric of 10**400, a config's d_initial of Infinity)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import MAX_EVALUATION_BYTES, EvaluationInfo, EvaluationRecord, Ref, check_json
-from registry.services.filters import MAX_METRIC_DEPTH, MAX_METRIC_KEY, MAX_METRICS_PER_VERSION, finite_float
+from registry.services.filters import MAX_METRIC_DEPTH, MAX_METRIC_KEY, MAX_METRICS_PER_VERSION
 from registry.services.lookup import resolve, version_ref
 from registry.services.publishing import MAX_METRICS_BYTES
 from registry.store import models as m
 from registry.store.database import Database
+from vera_core.errors import finite_number
 
 #: Names the registry and the dashboard read in a version's metrics themselves (loss curves, labels, the accuracy
 #: and loss columns): an evaluation may not take them, even on a version published without them.
@@ -60,7 +61,7 @@ def _numbers(name: str, metrics: dict[str, Any]) -> dict[str, float]:
             if len(prefix) > MAX_METRIC_KEY:
                 raise InvalidInput(f"metrics: {prefix[:60]}... is {len(prefix)} characters as a dotted key (name "
                                    f"included); at most {MAX_METRIC_KEY}.")
-            number = finite_float(value)
+            number = finite_number(value)
             if number is None:
                 shown = str(value) if isinstance(value, float) else "an integer beyond that range"
                 raise InvalidInput(f"metrics: {prefix[len(name) + 1:]} is {shown}: only finite numbers within a "

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, aliased
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import check_name, check_text
 from registry.store import models as m
+from vera_core.errors import finite_number
 
 MAX_FILTER_LENGTH = 1000
 MAX_CLAUSES = 16
@@ -355,7 +356,7 @@ def _fits(kind: str, value: Literal) -> bool:
     if kind == "number":  # (a column holds below 2**63; SQLite refuses larger Python ints)
         return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < _INT_RANGE
     if kind == "metric":
-        return finite_float(value) is not None
+        return finite_number(value) is not None
     if kind == "seed":
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _SEED_RANGE
     if kind == "time":
@@ -363,18 +364,6 @@ def _fits(kind: str, value: Literal) -> bool:
     if kind == "flag":
         return isinstance(value, bool)
     return isinstance(value, str)
-
-
-def finite_float(value: object) -> float | None:
-    """``value`` as a finite float; None for a bool, a non-number, NaN, an infinity, or an int beyond a float's range
-    (float() of one raises OverflowError: a metric of 10**400 is not a number the registry can store or compare)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _timestamp(text: str) -> datetime | None:
@@ -498,7 +487,7 @@ def metric_rows(metrics: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, dict) and depth < MAX_METRIC_DEPTH:
             for key, item in value.items():
                 walk(f"{prefix}{key}.", item, depth + 1)
-        elif (number := finite_float(value)) is not None:
+        elif (number := finite_number(value)) is not None:
             key = prefix[:-1]
             if key and len(key) <= MAX_METRIC_KEY:
                 found[key] = number

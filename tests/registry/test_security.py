@@ -509,22 +509,18 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
                    {**llama, "torch_dtype": "float128"}, {**llama, "model_type": "whisper"}):
         base = post("/base-models", json.dumps({"name": "odd-base", "config": config}))
         assert base.status_code == 422 and "config" in base.json()["detail"], base.text
-    nested = tmp_path / "nested"
-    nested.mkdir()
-    (nested / "adapter_config.json").write_text("[" * 12000 + "]" * 12000)
-    (nested / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
-    assert publish(guarded, nested, "nested").status_code == 422
-    big_int = tmp_path / "bigint"
-    big_int.mkdir()
-    (big_int / "adapter_config.json").write_text(f'{{"r": {digits}}}')
-    (big_int / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
-    assert publish(guarded, big_int, "bigint").status_code == 422
-    infinite = tmp_path / "infinite"  # stored, Infinity was served back as JSON no strict parser reads
-    infinite.mkdir()
-    config = json.loads((source / "adapter_config.json").read_text())
-    (infinite / "adapter_config.json").write_text(json.dumps({**config, "d_initial": float("inf")}))
-    (infinite / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
-    refused = publish(guarded, infinite, "infinite")
+    def with_config(name: str, config_text: str) -> httpx.Response:
+        """A publish of the same vectors under ``config_text`` as adapter_config.json."""
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(config_text)
+        (folder / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
+        return publish(guarded, folder, name)
+
+    assert with_config("nested", "[" * 12000 + "]" * 12000).status_code == 422
+    assert with_config("bigint", f'{{"r": {digits}}}').status_code == 422
+    config = json.loads((source / "adapter_config.json").read_text())  # Infinity, stored, was served back as JSON
+    refused = with_config("infinite", json.dumps({**config, "d_initial": float("inf")}))  # no strict parser reads
     assert refused.status_code == 422 and "d_initial must be a finite number" in refused.text, refused.text
     names = {v["name"] for v in httpx.get(f"{url}/api/v1/adapters", headers=auth, timeout=60).json()["items"]}
     assert not names & {"digits", "nested", "bigint", "infinite"}
