@@ -2,10 +2,11 @@
 
     python bench/gpu_check.py STEP --device cuda|cpu [--quick] --out DIR
 
-Steps: device, projection, train, mixed, decode, serve (the CUDA tests are run by the shell script through pytest). Each
-prints its section and writes it to DIR/<step>.md; a check that fails exits 1 after writing what it found, so the
-fragment says which figure is wrong. ``--quick`` uses small shapes (the CPU run the test suite makes); the full run
-uses the issue's shapes: 7B projections at r=1024, RoBERTa-base r=1024 fp32 and a ~1B Llama-shaped LM in bf16.
+Steps: device, projection, train, mixed, decode, serve, worker (the CUDA tests are run by the shell script through
+pytest). Each prints its section and writes it to DIR/<step>.md; a check that fails exits 1 after writing what it
+found, so the fragment says which figure is wrong. ``--quick`` uses small shapes (the CPU run the test suite makes);
+the full run uses the issue's shapes: 7B projections at r=1024, RoBERTa-base r=1024 fp32 and a ~1B Llama-shaped LM
+in bf16.
 A bf16 case trains as mixed precision does (vera_core's Trainer, accelerate): the base cast to bf16, every adapter
 float32 (PEFT's default too), each step under autocast; casting whole PEFT models to bf16 instead would race PEFT's
 pure-bf16 vectors against vera_core's float32 ones (an earlier version of this script did).
@@ -502,13 +503,118 @@ def step_serve(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
             f"client, 8 texts per request for {seconds:g} s: {rate:.0f} texts/s"], ok
 
 
+# ---- vera worker --device ----------------------------------------------------------------------------------------
+WORKER_BASE = "tiny/llama"  # jobs train a Hub id, never a path: the test suite's tiny Llama in a Hub cache made here
+
+
+def _vera_once(args: list[str], env: dict[str, str], log: Path) -> tuple[int, str]:
+    """`vera ARGS` to its end (at most 240 s); its exit code and output, also written to ``log``."""
+    import os
+    import subprocess
+
+    from tests.registry.servers import VERA_COMMAND
+
+    done = subprocess.run([*VERA_COMMAND, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=240, check=False)
+    log.write_text(done.stdout + done.stderr)
+    return done.returncode, done.stdout + done.stderr
+
+
+def step_worker(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
+    """`vera worker --device` owning the device, against a real registry (`vera serve`, SQLite, a blob folder): it
+    claims the job asking for the GPU it owns and trains it there, leaves a job asking for more GPUs than it owns
+    queued, and a worker naming a device this machine lacks is refused before it opens the registry. In the full
+    run a CPU worker then trains the same job (float32): the vectors published from the device and the CPU agree."""
+    from safetensors.torch import load_file
+
+    from registry.client import RegistryClient
+    from tests.registry.servers import running_server
+    from tests.registry.tiny_lm import WORDS, save_tiny_llama
+
+    gpu = device.startswith("cuda")
+    count = torch.cuda.device_count() if gpu else 0
+    owns = "cuda:0" if gpu else "cpu"
+    texts = [f"{WORDS[i % 27]} {WORDS[(i // 3) % 27]} {WORDS[(i // 9) % 27]} on the mat" for i in range(60)]
+    data = "".join(json.dumps({"text": text}) + "\n" for text in texts).encode()
+    spec = {"base_model": WORKER_BASE, "task": "causal-lm", "r": 8,
+            "training": {"batch_size": 4, "max_steps": 8, "precision": "fp32"}}
+    lines: Lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        snapshot = root / "hub" / "models--tiny--llama" / "snapshots" / ("0" * 40)
+        save_tiny_llama(snapshot)
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+        env = {"VERA_DATABASE_URL": f"sqlite:///{tmp}/r.db", "VERA_STORAGE_URL": str(root / "blobs"),
+               "VERA_JOB_BASE_MODELS": json.dumps([WORKER_BASE]), "HF_HUB_CACHE": str(root / "hub"),
+               "HF_HUB_OFFLINE": "1", "VERA_LOG_FORMAT": "text"}
+        with running_server(env["VERA_DATABASE_URL"], root / "blobs", log_path=out / "worker-serve.log",
+                            **env) as url, RegistryClient(url) as client:
+            def submit(name: str, gpus: int, priority: int) -> int:
+                return client.submit_job(name, spec, dataset=("data.jsonl", data), gpus=gpus, priority=priority).id
+
+            too_big = submit("bench/too-big", count + 1, 50)  # first in line, but asks for more than the machine has
+            owned = submit("bench/on-device", 1 if gpu else 0, 10)
+            compared = None if quick else submit("bench/on-cpu", 0, 0)
+            code, said = _vera_once(["worker", "--device", owns, "--once", "--poll", "0.2"],
+                                    {**env, "VERA_DATA_DIR": str(root / "w1")}, out / f"worker-{owns}.log")
+            job = client.job(owned)
+            trained = job.status == "succeeded" and code == 0 and f"on {owns}" in said
+            lines.append(f"`vera worker --device {owns} --once` (exit {code}): job {owned} asking for "
+                         f"{job.gpus} GPU(s) **{job.status}** on {owns} in {_job_seconds(job)}, "
+                         f"published {job.result_ref}" + ("" if trained else f"; error: {job.error}"))
+            waiting = client.job(too_big)
+            queued = waiting.status == "queued" and waiting.attempts == 0
+            lines.append(f"job {too_big} asking for {count + 1} GPU(s), first in line: "
+                         f"{'**still queued**, never attempted' if queued else f'**{waiting.status}** (wrong)'}")
+            missing = f"cuda:{count}"
+            refused_code, refusal = _vera_once(["worker", "--device", missing, "--once"],
+                                               {**env, "VERA_DATA_DIR": str(root / "w0")},
+                                               out / "worker-missing-device.log")
+            refused = refused_code != 0 and "CUDA device" in refusal and client.job(too_big).status == "queued"
+            said_all = " ".join(refusal.split())  # the console wraps long lines
+            reason = said_all[said_all.find("Device '"):][:240] if "Device '" in said_all else said_all[-240:]
+            lines.append(f"`vera worker --device {missing}` on this machine of {count} GPU(s): exit {refused_code}, "
+                         f"{'**refused**' if refused else '**not refused** (wrong)'}: {reason}")
+            same = True
+            if compared is not None and trained:
+                code, _ = _vera_once(["worker", "--device", "cpu", "--once", "--poll", "0.2"],
+                                     {**env, "VERA_DATA_DIR": str(root / "w2")}, out / "worker-cpu.log")
+                cpu_job = client.job(compared)
+                vectors = {}
+                for ref in (job.result_ref, cpu_job.result_ref):
+                    if ref is not None:
+                        client.fetch(ref, root / ref.replace("/", "-"))
+                        vectors[ref] = load_file(str(root / ref.replace("/", "-") / "adapter_model.safetensors"))
+                same = cpu_job.status == "succeeded" and len(vectors) == 2
+                if same:
+                    ours, theirs = vectors[job.result_ref], vectors[cpu_job.result_ref]
+                    moved = max(float((t - 0.1 if "lambda_d" in k else t).abs().max()) for k, t in theirs.items())
+                    gap = max(float((ours[k] - t).abs().max()) for k, t in theirs.items())
+                    same = set(ours) == set(theirs) and gap <= 1e-3 * max(moved, 1e-6)
+                    lines.append(f"the same job (float32) on a CPU worker: {cpu_job.status} in {_job_seconds(cpu_job)};"
+                                 f" its {len(theirs)} vectors vs those trained on {owns}: largest difference "
+                                 f"{gap:.1e}, {gap / max(moved, 1e-12):.1e} of the largest move from the start "
+                                 f"({moved:.2e}): "
+                                 f"{'**same**' if same else '**differ**'} (tolerance 1e-3 of the move)")
+                else:
+                    lines.append(f"the same job on a CPU worker: **{cpu_job.status}** ({cpu_job.error})")
+    return lines, trained and queued and refused and same
+
+
+def _job_seconds(job: Any) -> str:
+    if job.started_at is None or job.finished_at is None:
+        return "(not finished)"
+    return f"{(job.finished_at - job.started_at).total_seconds():.1f} s"
+
+
 STEPS = {"device": step_device, "projection": step_projection, "train": step_train, "mixed": step_mixed,
          "decode": step_decode}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=[*STEPS, "serve"])
+    parser.add_argument("step", choices=[*STEPS, "serve", "worker"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"))
@@ -516,8 +622,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.device == "cpu":
         torch.set_num_threads(min(4, torch.get_num_threads()))
-    if args.step == "serve":
-        lines, ok = step_serve(args.device, args.quick, args.out)
+    if args.step in ("serve", "worker"):
+        lines, ok = {"serve": step_serve, "worker": step_worker}[args.step](args.device, args.quick, args.out)
     else:
         lines, ok = STEPS[args.step](args.device, args.quick)
     text = "\n".join(lines) + "\n"

@@ -22,7 +22,9 @@
 # Steps: set-up, device, projection (portable generator on the device = CPU, bit for bit), cuda-tests (pytest -k
 # cuda in tests/vera_core: the tests that skip with "needs a CUDA device"), train (ours vs PEFT VeRA vs PEFT LoRA r=8:
 # same losses, step time, peak memory), mixed (mixed-adapter batch vs PEFT), decode (continuous batching: rows
-# joining mid-flight choose their adapter's tokens; vs generate), serve (vera serve-model --device).
+# joining mid-flight choose their adapter's tokens; vs generate), serve (vera serve-model --device), worker (vera
+# worker --device: trains the job asking for its GPU there, leaves one asking for more queued, refuses a missing
+# device; in the full run on a GPU the same job on a CPU worker publishes the same vectors).
 # Output: OUT/gpu_check.md (the fragment), OUT/<step>.md and OUT/<step>.log; with --offline the .md and .log files
 # other than the fragment end up in OUT/gpu_check_logs.tar.gz (the device tool brings back at most 8 files from $OUT).
 # Exit 0 when every step passed, 1 when one failed or timed out (the fragment says which), 2 on a bad option.
@@ -213,6 +215,9 @@ step decode 120
 
 section "vera serve-model"
 step serve 120
+
+section "vera worker --device"
+step worker 150
 
 {
     echo "## bench/gpu_check.sh, $(date -u +%Y-%m-%d): $DEVICE${QUICK:+ (quick shapes)}, $((SECONDS - START)) s in all"

@@ -55,7 +55,8 @@ def main(options: dict[str, Any]) -> None:
             model.projection.vera_A.neg_()
     callbacks = (KillAt(options["kill_at"]),) if rank == 1 and options.get("kill_at") else ()
     out = options["out"] if rank == 0 else f"{options['out']}-rank{rank}"
-    t = trainer(model, callbacks, batch_size=4, output_dir=out, distributed="ddp", **SAME)
+    on = {"device": "cuda", "precision": "fp32"} if options.get("cuda") else {}  # else the CPU (the helper's default)
+    t = trainer(model, callbacks, batch_size=4, output_dir=out, distributed="ddp", **on, **SAME)
     t.train(resume_from=options.get("resume"))
     if rank == 1 and not torch.equal(unread[1].detach(), before + MARKED):
         raise SystemExit("rank 1's frozen base was overwritten by rank 0's: DDP synchronised a frozen parameter")
@@ -71,9 +72,10 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def torchrun(**options: Any) -> subprocess.CompletedProcess[str]:
+    """2 processes of ``main``: on the CPU (gloo), or with ``cuda=True`` one GPU each (NCCL)."""
     command = distributed.launch_command(2, "tests.vera_core.test_distributed", [json.dumps(options)])
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **CPU_ONLY})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **({} if options.get("cuda") else CPU_ONLY)})
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------
@@ -150,6 +152,26 @@ def two_machines(args: list[str], outs: list[Path]) -> list[subprocess.Completed
                 agent.kill()
         done.append(subprocess.CompletedProcess(agent.args, agent.returncode, log.read_text(), ""))
     return done
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL between 2 processes)")
+def test_two_processes_on_two_cuda_devices_equal_one_with_the_global_batch(tmp_path: Path) -> None:
+    """DDP over NCCL, one GPU a process (cuda:LOCAL_RANK), in float32: the vectors of one GPU with the global batch,
+    the frozen base never synchronised (rank 1's marked row kept, checked in ``main``), only rank 0 writing."""
+    kept = str(tmp_path / "vectors.safetensors")
+    done = torchrun(out=str(tmp_path / "run"), vectors=kept, cuda=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = trainer(batch_size=8, device="cuda", precision="fp32", **{k: v for k, v in SAME.items()
+                                                                          if k != "save_every"})
+    reference.train()
+    expected = vectors(reference.model)
+    found = load_file(kept)
+    assert set(found) == set(expected) and sum("vera_lambda_" in name for name in found) == 8
+    for name in expected:  # GPU reductions differ with the batch's split more than the CPU's do
+        torch.testing.assert_close(found[name], expected[name].cpu(), rtol=1e-4, atol=1e-5, msg=name)
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-00000012" / "trainer_state.json").read_text())
+    assert saved["world_size"] == 2 and not (tmp_path / "run-rank1").exists()
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert fragment.startswith("## bench/gpu_check.sh, ") and "cpu (quick shapes)" in fragment.splitlines()[0]
     assert "Not every step passed" not in fragment and "FAILED" not in fragment and "TIMED OUT" not in fragment
     headings = ("Set-up", "Device", "Projections", "CUDA tests", "Training step", "Mixed-adapter",
-                "Continuous batching", "vera serve-model")
+                "Continuous batching", "vera serve-model", "vera worker --device")
     for heading in headings:
         assert f"\n### {heading}" in fragment
     assert "--cpu: no GPU asked for; nvidia-smi not run" in fragment
@@ -48,9 +48,17 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert fragment.count("**same**") == 4  # two training cases and the mixed batch agree with PEFT; rows that
     assert "continuous batching on cpu: 4 rows" in fragment  # joined a running batch chose their adapter's tokens
     assert "`vera serve-model --device cpu`: a classify request for bench/gpu:1 answered" in fragment
+    # the worker owns its device: trains the job asking for none, leaves the one asking for a GPU queued, and a
+    # worker asking for a CUDA device this machine lacks is refused, saying why
+    assert re.search(r"`vera worker --device cpu --once` \(exit 0\): job \d+ asking for 0 GPU\(s\) \*\*succeeded\*\* "
+                     r"on cpu in [\d.]+ s, published bench/on-device:1", fragment), fragment
+    assert re.search(r"job \d+ asking for 1 GPU\(s\), first in line: \*\*still queued\*\*, never attempted", fragment)
+    assert "`vera worker --device cuda:0` on this machine of 0 GPU(s): exit 1, **refused**: Device 'cuda:0': this " \
+        "machine has no CUDA device" in fragment
     assert {p.name for p in tmp_path.glob("*.log")} >= {"device.log", "projection.log", "cuda-tests.log",
                                                          "train.log", "mixed.log", "decode.log", "serve.log",
-                                                         "serve-model.log"}
+                                                         "serve-model.log", "worker.log", "worker-cpu.log",
+                                                         "worker-missing-device.log", "worker-serve.log"}
 
 
 @pytest.mark.parametrize(("args", "message"), [
