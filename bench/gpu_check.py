@@ -557,7 +557,8 @@ def step_worker(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
             owned = submit("bench/on-device", 1 if gpu else 0, 10)
             compared = None if quick else submit("bench/on-cpu", 0, 0)
             code, said = _vera_once(["worker", "--device", owns, "--once", "--poll", "0.2"],
-                                    {**env, "VERA_DATA_DIR": str(root / "w1")}, out / f"worker-{owns}.log")
+                                    {**env, "VERA_DATA_DIR": str(root / "w1")},
+                                    out / f"worker-{owns.replace(':', '')}.log")
             job = client.job(owned)
             trained = job.status == "succeeded" and code == 0 and f"on {owns}" in said
             lines.append(f"`vera worker --device {owns} --once` (exit {code}): job {owned} asking for "
@@ -579,7 +580,7 @@ def step_worker(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
             same = True
             if compared is not None and trained:
                 code, _ = _vera_once(["worker", "--device", "cpu", "--once", "--poll", "0.2"],
-                                     {**env, "VERA_DATA_DIR": str(root / "w2")}, out / "worker-cpu.log")
+                                     {**env, "VERA_DATA_DIR": str(root / "w2")}, out / "worker-cpu-same-job.log")
                 cpu_job = client.job(compared)
                 vectors = {}
                 for ref in (job.result_ref, cpu_job.result_ref):

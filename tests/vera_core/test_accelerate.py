@@ -64,7 +64,7 @@ def accelerate_loop(accelerator: Any, batch_size: int, steps: int = STEPS,
             step += 1
             if step == steps:
                 break
-    if not torch.equal(unread[1].detach(), marked):
+    if not torch.equal(unread[1].detach().cpu(), marked.cpu()):  # prepare moved the model to its device
         raise SystemExit("a frozen parameter was synchronised between the processes")
     return vectors(accelerator.unwrap_model(prepared))
 
