@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,10 +22,12 @@ from safetensors import SafetensorError, safe_open
 from vera_core.config import VeraConfig
 from vera_core.errors import (
     AdapterFormatError,
+    JSONTextError,
     PeftIncompatibleError,
     ProjectionMismatchError,
     VeraConfigError,
     not_unicode,
+    parse_json,
 )
 from vera_core.folders import adapter_folder
 from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
@@ -84,15 +85,12 @@ class AdapterFiles:
 
 def _read_json(path: Path) -> dict[str, object]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFormatError(f"{path} is not readable JSON ({exc}); expected PEFT's adapter_config.json.") from exc
-    except RecursionError:  # nested deeper than the parser goes (about a thousand levels)
-        raise AdapterFormatError(f"{path} nests too deeply to be PEFT's adapter_config.json (a flat object of a few "
-                                 "fields).") from None
-    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise AdapterFormatError(f"{path} holds an integer of over {sys.get_int_max_str_digits():,} digits; expected "
-                                 "PEFT's adapter_config.json (r, seeds and sizes are small integers).") from None
+        data = parse_json(path.read_bytes())
+    except OSError as exc:
+        raise AdapterFormatError(f"{path} cannot be read ({exc}); expected PEFT's adapter_config.json.") from exc
+    except JSONTextError as exc:
+        raise AdapterFormatError(f"{path} {exc}; expected PEFT's adapter_config.json (a flat object of a few fields: "
+                                 "r, seeds and sizes are small integers).") from None
     if not isinstance(data, dict):
         raise AdapterFormatError(f"{path} must hold a JSON object, found {type(data).__name__}.")
     if (bad := not_unicode(data)) is not None:
@@ -225,9 +223,10 @@ def _check_recorded_shapes(files: AdapterFiles) -> None:
     if sizes is None:
         return
     try:
-        layers = json.loads(sizes)
-    except (ValueError, RecursionError) as exc:  # not JSON, an integer of thousands of digits, nested too deep
-        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} is not JSON of sizes ({str(exc)[:100]}).") from None
+        layers = parse_json(sizes)
+    except JSONTextError as exc:
+        raise AdapterFormatError(f"Metadata {META_IN_FEATURES} {str(exc)[:200]}; expected a JSON object of layer "
+                                 "sizes.") from None
     if not isinstance(layers, dict) or set(layers) != set(outs) or not all(
             type(v) is int and v > 0 for v in layers.values()):
         raise AdapterFormatError(f"Metadata {META_IN_FEATURES} must give a positive input size for each adapted "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.resources
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from vera_core.errors import VeraError, not_unicode
+from vera_core.errors import JSONTextError, VeraError, not_unicode, parse_json
 
 
 class DatasetError(VeraError, ValueError):
@@ -104,12 +103,9 @@ def read_examples(
 
 def _json_line(file: Path, number: int, line: str) -> Any:
     try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{file}:{number} is not a JSON object ({exc.msg}); expected one per line.") from exc
-    except (ValueError, RecursionError):  # an integer of thousands of digits; nested deeper than the parser goes
-        raise DatasetError(f"{file}:{number} holds an integer of thousands of digits or nests too deeply; "
-                           "expected a flat JSON object per line (text and label).") from None
+        return parse_json(line)
+    except JSONTextError as exc:
+        raise DatasetError(f"{file}:{number} {exc}; expected a flat JSON object per line (text and label).") from None
 
 
 def _read_rows(file: Path) -> list[dict[str, Any]]:

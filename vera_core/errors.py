@@ -10,6 +10,9 @@
     ├── OutputFolderError         an adapter folder cannot be written where asked (also an OSError)
     └── NonFiniteLossError        training produced a NaN or infinite loss or gradient (also a FloatingPointError)
 
+    JSONTextError                 JSON text from outside that parse_json cannot read (a ValueError, not a VeraError:
+                                  the reader's callers raise their own error naming the text)
+
 Every message says what was expected, what was found, and how to fix it.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 
@@ -52,9 +56,33 @@ class OutputFolderError(VeraError, OSError):
     """An adapter folder cannot be written where it was asked for: the path is a file, or cannot be created."""
 
 
+class JSONTextError(ValueError):
+    """JSON text from outside that cannot be read (``parse_json``); its message completes a sentence that names the
+    text: "is not JSON (...)", "is not UTF-8 text (...)", "holds an integer of over 4,300 digits", "nests too
+    deeply (...)"."""
+
+
 class NonFiniteLossError(VeraError, FloatingPointError):
     """Training produced a NaN or infinite loss or gradient; the message names the step and the first layer
     (vera_core.numerics finds it)."""
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` for text a caller, a file or another server sent: every way it fails is one JSONTextError (a
+    ValueError) saying why, for the caller to name the text and say what it expected. The one reader of untrusted
+    JSON: ``json.loads`` alone raises RecursionError for nesting deeper than the parser goes (about a thousand
+    levels), which code catching ValueError lets through as a crash (a 500 on a server), and a bare ValueError for
+    an integer of more digits than Python converts (``sys.get_int_max_str_digits``)."""
+    try:  # bytes: UTF-8 (RFC 8259), a leading byte-order mark allowed; json.loads alone would guess UTF-16 or -32
+        return json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text)
+    except RecursionError:
+        raise JSONTextError("nests too deeply (arrays or objects over about a thousand levels deep)") from None
+    except UnicodeDecodeError as exc:
+        raise JSONTextError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise JSONTextError(f"is not JSON ({exc})") from None
+    except ValueError:
+        raise JSONTextError(f"holds an integer of over {sys.get_int_max_str_digits():,} digits") from None
 
 
 def not_unicode(value: Any) -> str | None:

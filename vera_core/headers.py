@@ -5,9 +5,10 @@ server that only lists and serves never imports torch (vera_core.serialization w
 from __future__ import annotations
 
 import io
-import json
 import struct
 from typing import IO
+
+from vera_core.errors import JSONTextError, parse_json
 
 #: The longest safetensors header read (safetensors' own limit is 100 MB).
 MAX_HEADER_BYTES = 100 << 20
@@ -25,9 +26,9 @@ def read_header(file: IO[bytes], size: int | None = None) -> tuple[dict[str, obj
                          + (f"its {size:,} bytes" if size is not None else f"the {MAX_HEADER_BYTES:,}-byte limit"))
     text = file.read(length)
     try:
-        header = json.loads(text) if len(text) == length else None
-    except (ValueError, RecursionError) as exc:  # not JSON, an integer of thousands of digits, nested too deep
-        raise ValueError(f"not a safetensors file: its header is not JSON ({str(exc)[:100]})") from None
+        header = parse_json(text) if len(text) == length else None
+    except JSONTextError as exc:
+        raise ValueError(f"not a safetensors file: its header {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file: its header is not a JSON object (or ends early)")
     return header, length

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from registry.domain.errors import InvalidInput
 from registry.domain.words import counted, parse_size, size
-from vera_core.errors import not_unicode
+from vera_core.errors import JSONTextError, not_unicode, parse_json
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
@@ -82,14 +81,10 @@ _REF = re.compile(r"(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9][0-
 def json_object(text: str | bytes, what: str) -> dict[str, Any]:
     """``text`` parsed as a JSON object, or InvalidInput naming ``what`` (a form field, a file)."""
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{what} is not JSON ({exc}); send a JSON object.") from exc
-    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits: 4,300)
-        raise InvalidInput(f"{what} holds an integer of over {sys.get_int_max_str_digits():,} digits; send numbers "
-                           "of fewer digits (a metric is stored as a float: at most about 1.8e308).") from None
-    except RecursionError:  # nested deeper than the parser goes (about a thousand levels): no spec is
-        raise InvalidInput(f"{what} nests too deeply; send a JSON object a few levels deep.") from None
+        value = parse_json(text)
+    except JSONTextError as exc:
+        raise InvalidInput(f"{what} {exc}; send a JSON object a few levels deep, its numbers of a float's size (at "
+                           "most about 1.8e308).") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
     _check_unicode(value, what)

@@ -14,7 +14,6 @@ of publishes naming an unreachable base costs one Hub timeout, not one each.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
@@ -24,6 +23,8 @@ import httpx2
 from huggingface_hub import errors as hub_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.utils._validators import validate_repo_id
+
+from vera_core.errors import JSONTextError, parse_json
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 1 << 20  # real configs are 1-10 KB
@@ -81,9 +82,9 @@ class HubBaseConfigs:
         at = f"{name}@{revision or 'main'}"
         data = self._download(name, revision, at)
         try:
-            config = json.loads(data)
-        except ValueError as exc:
-            raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} is not JSON") from exc
+            config = parse_json(data)
+        except JSONTextError as exc:
+            raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} {exc}") from None
         if not isinstance(config, dict):
             raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} is not a JSON object")
         return config

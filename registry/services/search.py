@@ -20,6 +20,7 @@ from registry.services.lookup import version_info
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
+from vera_core.errors import parse_json
 
 #: Sortable columns of version listings (the key metrics are sorted by the dashboard within a page).
 SORTS: dict[str, Any] = {
@@ -150,7 +151,7 @@ def _decode_cursor(cursor: str, sort: str, kind: str) -> tuple[Any, int]:
     finite number; ``whole``, a BIGINT; ``text``): a crafted one (2**70, null, true) was a 500 (an outsider's walk,
     session 29)."""
     try:
-        version, for_sort, value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        version, for_sort, value, last_id = parse_json(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if version != "v2" or for_sort != sort or not _whole(last_id) or last_id < 0 or not _fits(value, kind):
             raise ValueError(version)
         return (float(value) if kind == "metric" else value), last_id

@@ -36,6 +36,7 @@ from registry.domain.errors import Conflict, Forbidden, InvalidInput, IssuerUnav
 from registry.domain.publishers import MAX_CLAIM_CHARS, MINTED_NAME_PREFIX, PublisherInfo, TrustedPublisher
 from registry.store import models as m
 from registry.store.database import Database
+from vera_core.errors import parse_json
 
 if TYPE_CHECKING:
     from registry.services.tokens import Principal
@@ -361,7 +362,7 @@ async def _document(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise IssuerUnavailable(f"{url} answered more than {MAX_DOCUMENT_BYTES:,} bytes.")
-        document = json.loads(body)
+        document = parse_json(body)
     except httpx.HTTPError as exc:
         raise IssuerUnavailable(f"Cannot reach {url} ({type(exc).__name__}); the trusted issuer's keys cannot be read "
                                 "now. Retry shortly.") from None

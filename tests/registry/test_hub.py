@@ -486,6 +486,8 @@ def test_seed_only_peft_adapters_publish_with_the_base_config_read_once_from_the
     ("org/private-base", "private", "no public Hub repo org/private-base"),
     ("org/no-config", {"README.md": b"# no config"}, "org/no-config@main has no config.json"),
     ("org/not-json", {"config.json": b"{not json"}, "org/not-json@main's config.json is not JSON"),
+    # json's RecursionError passed the ValueError this caught: a 500 for a publish naming a hostile Hub repo
+    ("org/nested", {"config.json": b"[" * 5000 + b"]" * 5000}, "org/nested@main's config.json nests too deeply"),
     ("org/odd", {"config.json": b'{"model_type": "no-such-architecture"}'}, "Not a transformers config"),
     ("../../etc/passwd", None, "'../../etc/passwd' is not a Hub repo id"),
 ])

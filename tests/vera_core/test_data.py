@@ -44,7 +44,10 @@ def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
     ("name", "content", "message"),
     [("d.txt", "x", r"suffix '.txt'; expected .csv or .jsonl"),
      ("d.csv", "text\nhello\n", r"has columns \['text'\] but not \['label'\]"),
-     ("d.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"d.jsonl:2 is not a JSON object"),
+     ("d.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"d.jsonl:2 is not JSON \(Expecting value: line 1 "
+                                                           r"column 1 \(char 0\)\); expected a flat JSON object"),
+     ("d.jsonl", '{"text": "a", "label": 1}\n' + "[" * 5000 + "]" * 5000 + "\n", r"d.jsonl:2 nests too deeply"),
+     ("d.jsonl", '{"text": "a", "label": ' + "9" * 5000 + "}\n", r"d.jsonl:1 holds an integer of over 4,300 digits"),
      ("d.jsonl", '[1, 2]\n', "is a JSON list; expected an object"),
      # a label the registry would refuse to store only after the job trained (a reviewer's finding)
      ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "\\ud800"}\n',

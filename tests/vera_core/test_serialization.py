@@ -104,8 +104,12 @@ def test_rows_of_a_file_that_does_not_fit_its_header_are_refused() -> None:
         read_rows(with_header({"a": {"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]}}), "a", 16)
     with pytest.raises(ValueError, match="needs a shape of at least one dimension"):
         read_rows(with_header({"a": {"dtype": "F32", "shape": [2]}}), "a", 16)
-    with pytest.raises(ValueError, match="header is not JSON"):
+    with pytest.raises(ValueError, match=r"header is not UTF-8 text \(invalid start byte at byte 0\)"):
         read_rows(io.BytesIO(struct.pack("<Q", 4) + b"\xff\xfe{]" + bytes(8)), "a", 16)
+    with pytest.raises(ValueError, match=r"header is not JSON \(Expecting"):
+        read_rows(io.BytesIO(struct.pack("<Q", 2) + b"{]" + bytes(8)), "a", 16)
+    with pytest.raises(ValueError, match="header nests too deeply"):
+        read_rows(io.BytesIO(struct.pack("<Q", 10_000) + b"[" * 5000 + b"]" * 5000 + bytes(8)), "a", 16)
 
 
 def test_metadata_is_read_from_the_header_alone_and_a_header_that_is_not_one_is_refused() -> None:
