@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.domain.errors import EntryNotFound, RateLimited, ReadOnly, RegistryError, RevisionNotFound, status_of
 from registry.logs import first_line
+from vera_core.errors import JSONTextError, parse_json
 
 log = logging.getLogger("vera.api")
 #: What a 503 for a database that dropped the connection asks clients to wait (the client retries within 10 s).
@@ -113,7 +114,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """400, 404 (no route), 405, 408, 413 ... from FastAPI and Starlette: problem details too."""
         response = problem(exc.status_code, TITLES.get(exc.status_code, "error").lower().replace(" ", "_"),
-                           str(exc.detail), request.url.path)
+                           await _unreadable_json_body(request, exc) or str(exc.detail), request.url.path)
         response.headers.update(exc.headers or {})
         return response
 
@@ -134,6 +135,23 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected(request, exc)
+
+
+async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -> str | None:
+    """What is wrong with a JSON body FastAPI could not read, which it answers only with "There was an error parsing
+    the body" (400): an integer of over 4,300 digits, or nesting deeper than the parser goes. The body is the one
+    FastAPI already read (Starlette keeps it for the request); None for any other error, a body that is not JSON or
+    one that reads after all."""
+    if exc.status_code != 400 or not isinstance(exc.__cause__, ValueError | RecursionError) \
+            or "json" not in request.headers.get("content-type", ""):
+        return None
+    try:
+        parse_json(await request.body())
+    except JSONTextError as exc:
+        return f"The JSON body {exc}; send JSON a few levels deep, its numbers of a float's size."
+    except Exception:  # noqa: BLE001 - the body cannot be read again: FastAPI's own message stands
+        return None
+    return None
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:

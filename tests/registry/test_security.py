@@ -494,7 +494,10 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
     scored = post("/adapters/eve/numbers/versions/1/evaluations", json={"name": "task", "metrics": {"acc": 10**400}})
     assert scored.status_code == 422 and "only finite numbers within a float's range" in scored.text, scored.text
     long_int = post("/adapters/eve/numbers/versions/1/evaluations", f'{{"name": "t", "metrics": {{"a": {digits}}}}}')
-    assert long_int.status_code == 400 and "parsing the body" in long_int.text  # FastAPI's own JSON reading
+    # FastAPI's own JSON reading, which says only "There was an error parsing the body": the problem says why
+    assert long_int.status_code == 400 and "The JSON body holds an integer of over 4,300 digits" in long_int.text
+    nested = post("/adapters/eve/numbers/versions/1/evaluations", '{"name": "t", "metrics": ' + "[" * 5000)
+    assert nested.status_code == 400 and "The JSON body nests too deeply" in nested.text, nested.text
     for selector in ("²", "١"):  # digits to str.isdigit(), and int('١') is 1: not version numbers
         answer = httpx.get(f"{url}/api/v1/adapters/eve/numbers/versions/{selector}", headers=auth, timeout=60)
         assert answer.status_code in (404, 422) and answer.headers["content-type"] == "application/problem+json"
