@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.resources
+import io
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,22 +86,44 @@ def read_examples(
 ) -> tuple[list[Example], list[str]]:
     """Read a CSV or JSONL file of text (and labels). Labels may be names or integers; returns the label names."""
     file = Path(path)
-    rows = _read_rows(file)
-    if not rows:
+    numbered = _read_rows(file)
+    if not numbered:
         raise DatasetError(f"{file} holds no examples.")
-    missing = [c for c in (text_column, label_column) if c and c not in rows[0]]
+    first = numbered[0][1]
+    missing = [c for c in (text_column, label_column) if c and c not in first]
     if missing:
         raise DatasetError(
-            f"{file} has columns {sorted(rows[0])} but not {missing}; pass --text-column / --label-column."
+            f"{file} has columns {sorted(first)} but not {missing}; pass --text-column / --label-column."
         )
+    for line, row in numbered:  # every row, not just the first: a later one without a column crashed (a KeyError)
+        for column, what in ((text_column, "a string"), (label_column, "a string or a number")):
+            value = row.get(column) if column else ""
+            if not (isinstance(value, str) or (column == label_column and type(value) in (int, float))):
+                found = "no such column" if column not in row else _shown(value)
+                raise DatasetError(f"{file}:{line}: column {column!r} must be {what}; found {found}. Every row "
+                                   "needs it.")
+    rows = [row for _, row in numbered]
     if label_column is None:
         return [Example(str(r[text_column])) for r in rows], []
     raw = [str(r[label_column]) for r in rows]
-    names = sorted(set(raw), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+    names = sorted(set(raw), key=_label_order)
     if len(names) < 2:
         raise DatasetError(f"{file} has a single label value {names}; classification needs at least two.")
     index = {name: i for i, name in enumerate(names)}
     return [Example(str(r[text_column]), index[v]) for r, v in zip(rows, raw, strict=True)], names
+
+
+def _label_order(name: str) -> tuple[bool, int, str]:
+    """Integer labels first, by value (-1, 2, 10), then names: ASCII digits only (int() of '²' fails, and of 5,000
+    digits is refused)."""
+    whole = re.fullmatch(r"-?[0-9]{1,18}", name) is not None
+    return not whole, int(name) if whole else 0, name
+
+
+def _shown(value: object) -> str:
+    """A JSON value as the file wrote it (null, true, [1]), cut to 60 characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _json_line(file: Path, number: int, line: str) -> Any:
@@ -108,23 +133,43 @@ def _json_line(file: Path, number: int, line: str) -> Any:
         raise DatasetError(f"{file}:{number} {exc}; expected a flat JSON object per line (text and label).") from None
 
 
-def _read_rows(file: Path) -> list[dict[str, Any]]:
-    """The rows of a .csv or .jsonl file, as dicts of column -> value."""
+def _read_rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a .csv or .jsonl file, as dicts of column -> value, each with its line number."""
     if not file.is_file():
         raise DatasetError(f"Dataset file {file} does not exist.")
-    if file.suffix.lower() == ".csv":
-        with file.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            try:
-                return list(reader)
-            except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL byte, a broken quote
-                raise DatasetError(f"{file} cannot be read as CSV after line {reader.line_num} ({exc}); expected "
-                                   f"comma-separated rows under a header line, each field under "
-                                   f"{csv.field_size_limit():,} characters.") from exc
-    if file.suffix.lower() not in (".jsonl", ".ndjson"):
+    suffix = file.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise DatasetError(f"{file} has suffix {file.suffix!r}; expected .csv or .jsonl.")
+    try:  # UTF-8, with or without the byte-order mark spreadsheets write
+        text = file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DatasetError(f"{file}:{line} is not UTF-8 text ({exc.reason} at byte {exc.start:,}); save the file "
+                           "as UTF-8.") from None
+    return _csv_rows(file, text) if suffix == ".csv" else _jsonl_rows(file, text)
+
+
+def _csv_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        for row in reader:
+            if None in row or None in row.values():  # more fields than the header (restkey None), or fewer
+                fields = len(reader.fieldnames or ())
+                raise DatasetError(f"{file}:{reader.line_num} has {'more' if None in row else 'fewer'} fields than "
+                                   f"the header's {fields}; expected {fields} comma-separated fields on each line "
+                                   "(quote a field that holds a comma).")
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL byte, a broken quote
+        raise DatasetError(f"{file} cannot be read as CSV after line {reader.line_num} ({exc}); expected "
+                           f"comma-separated rows under a header line, each field under "
+                           f"{csv.field_size_limit():,} characters.") from exc
+    return rows
+
+
+def _jsonl_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         row = _json_line(file, number, line)
@@ -133,7 +178,7 @@ def _read_rows(file: Path) -> list[dict[str, Any]]:
         if (bad := not_unicode(row)) is not None:  # no tokenizer reads it, no registry stores it as a label
             raise DatasetError(f"{file}:{number} holds {bad!r}, half of a UTF-16 surrogate pair, which is not text; "
                                "expected valid Unicode.")
-        rows.append(row)
+        rows.append((number, row))
     return rows
 
 

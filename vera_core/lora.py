@@ -108,12 +108,13 @@ def truncated_factors(lora_a: torch.Tensor, lora_b: torch.Tensor, k: int) -> tup
     QR factorisations of the factors and the SVD of their r x r core: memory (out + in) * r, never out * in."""
     qb, rb = torch.linalg.qr(lora_b.double())  # (out, p), (p, r)
     qa, ra = torch.linalg.qr(lora_a.double().T)  # (in, q), (q, r)
-    u, s, vh = torch.linalg.svd(rb @ ra.T)  # core (p, q)
+    u, s, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)  # core (p, q): min(p, q) singular values
     total = float(s.square().sum())
     error = (float(s[k:].square().sum()) / total) ** 0.5 if total > 0 else 0.0
-    root = s[:k].sqrt()
-    b_k = (qb @ u[:, :k]) * root  # (out, <=k)
-    a_k = root[:, None] * (vh[:k] @ qa.T)  # (<=k, in)
+    kept = min(k, s.shape[0])  # a core that is not square (out != in, both under r) has fewer than either side
+    root = s[:kept].sqrt()
+    b_k = (qb @ u[:, :kept]) * root  # (out, <=k)
+    a_k = root[:, None] * (vh[:kept] @ qa.T)  # (<=k, in)
     if b_k.shape[1] < k:  # a layer narrower than k: pad with zeros, every layer of a LoRA file has one rank
         b_k = torch.nn.functional.pad(b_k, (0, k - b_k.shape[1]))
         a_k = torch.nn.functional.pad(a_k, (0, 0, 0, k - a_k.shape[0]))

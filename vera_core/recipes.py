@@ -59,6 +59,7 @@ class TrainSpec:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
             raise TrainingSpecError(f"max_length must be a positive number of tokens, got {self.max_length!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -71,6 +72,22 @@ class TrainSpec:
             raise TrainingSpecError("No dataset: pass --data FILE (.csv or .jsonl) or --demo for the offline demo.")
         if self.demo and self.task != "classification":
             raise TrainingSpecError("The demo task (word polarity) is a classification task.")
+
+    def _check_types(self) -> None:
+        """The fields a job's JSON spec could give another type of: a string "yes" for demo was a demo, a list for
+        training a crash (an outsider's findings, session 33); the VeRA fields are VeraConfig's to check."""
+        for name in ("demo", "save_projection"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainingSpecError(f"{name} must be true or false, got {getattr(self, name)!r:.100}.")
+        for name in ("base_model", "text_column", "label_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TrainingSpecError(f"{name} must be a non-empty string, got {getattr(self, name)!r:.100}.")
+        for name in ("data", "init_from"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise TrainingSpecError(f"{name} must be a string or null, got {getattr(self, name)!r:.100}.")
+        if not isinstance(self.training, dict):
+            raise TrainingSpecError(f"training must be a JSON object of training settings (lr, epochs, batch_size, "
+                                    f"...: vera_core.TrainingArguments), got {self.training!r:.100}.")
 
 
 def resolve_base(reference: str, *, allow_paths: bool = True) -> str:

@@ -38,7 +38,7 @@ from vera_core.callbacks import TrainerCallback
 from vera_core.checkpoint import CONFIG_NAME, check_same_projection, read_adapter, save_adapter
 from vera_core.data import Example, Task
 from vera_core.distributed import DistributedMode
-from vera_core.errors import VeraConfigError
+from vera_core.errors import VeraConfigError, finite_number
 from vera_core.model import VeraModel
 
 Schedule = Literal["linear", "cosine", "constant"]
@@ -99,7 +99,43 @@ class TrainingArguments:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise VeraConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}.")
 
+    def _check_types(self) -> None:
+        """Numbers where numbers belong, whole ones where counts do, true/false for switches and text for names: a
+        job's spec is JSON, where `"epochs": true` counted as 1 and `"max_grad_norm": -1` turned clipping into
+        nonsense (an outsider's findings, session 33)."""
+        numbers = ("lr", "head_lr", "weight_decay", "head_weight_decay", "epochs", "warmup_ratio", "max_grad_norm")
+        counts = ("max_steps", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                  "early_stopping_patience", "save_total_limit")
+        optional = ("max_grad_norm", "max_steps", "early_stopping_patience")
+        for name in numbers + counts:
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if (finite_number(value) is None) if name in numbers else (isinstance(value, bool)
+                                                                        or not isinstance(value, int)):
+                kind = "a finite number" if name in numbers else "a whole number"
+                raise VeraConfigError(f"{name} must be {kind}{' or None' if name in optional else ''}, got "
+                                      f"{value!r:.100}.")
+        for name in ("greater_is_better", "load_best_at_end"):
+            if not isinstance(getattr(self, name), bool):
+                raise VeraConfigError(f"{name} must be true or false, got {getattr(self, name)!r:.100}.")
+        if not isinstance(self.metric_for_best, str):
+            raise VeraConfigError(f"metric_for_best must be a metric's name, got {self.metric_for_best!r:.100}.")
+
+    def _check_ranges(self) -> None:
+        for name in ("weight_decay", "head_weight_decay"):
+            if getattr(self, name) < 0:
+                raise VeraConfigError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise VeraConfigError(f"max_grad_norm must be positive (the gradients' largest norm) or None (no "
+                                  f"clipping), got {self.max_grad_norm!r}.")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise VeraConfigError(f"early_stopping_patience must be at least 1 evaluation or None, got "
+                                  f"{self.early_stopping_patience!r}.")
+
     def __post_init__(self) -> None:
+        self._check_types()
+        self._check_ranges()
         for name in ("lr", "head_lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs"):
             if not getattr(self, name) > 0:
                 raise VeraConfigError(f"{name} must be positive, got {getattr(self, name)!r}.")

@@ -12,6 +12,7 @@ worker.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -207,11 +208,16 @@ class Jobs:
                               d_initial=checked.d_initial, projection_generator=checked.projection_generator,
                               vera_dropout=checked.vera_dropout, target_modules=checked.target_modules)
             require_linear(vera.target_modules)  # a worker matches it against every module name
+            _check_metric(args, checked.task)
+            labels = 2  # the demo's
             if not checked.demo:
-                labels = _check_dataset(checked, dataset, dataset_name)
+                named = _check_dataset(checked, dataset, dataset_name)
+                _check_labels(named)
+                labels = len(named)
                 if start is not None and checked.task == "classification":
-                    _check_start_labels(start, labels)
-            return checked, self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False))
+                    _check_start_labels(start, named)
+            return checked, self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False), checked,
+                                                   labels if checked.task == "classification" else 0)
         except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
             if isinstance(exc, InvalidInput):
                 raise
@@ -242,12 +248,13 @@ class Jobs:
         labels = info.metrics.get("labels")  # (its config names its base model: a publish writes it there)
         return info.ref, config, [str(label) for label in labels] if isinstance(labels, list) else None
 
-    def _check_projection(self, vera: VeraConfig, base: str) -> int:
+    def _check_projection(self, vera: VeraConfig, base: str, spec: TrainSpec, labels: int) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it
         must fit the registry's budget (VERA_MAX_PROJECTION_ELEMENTS), as a publish of the result must, and its
-        targets must match layers of the base; before a worker allocates any of it. Returns the bytes of the
-        adapter's vectors (d and b of each target, float32): what its publish stores at least (a head adds more),
-        for the owner's storage quota."""
+        targets must match layers of the base; before a worker allocates any of it. ``spec.max_length`` must fit the
+        base's learned positions. Returns the bytes of the adapter's vectors (d and b of each target, float32) and of the
+        last layer of its classification head (``labels`` outputs, none for a causal LM): what its publish stores at
+        least, for the owner's storage quota."""
         from transformers import AutoConfig
 
         from registry.services.base_models import meta_model
@@ -255,12 +262,22 @@ class Jobs:
         from vera_core.projection import ProjectionSpec
         from vera_core.targets import find_targets, resolve_targets
 
-        model = meta_model(AutoConfig.from_pretrained(base, trust_remote_code=False))
+        config = AutoConfig.from_pretrained(base, trust_remote_code=False)
+        # learned positions (BERT's family, GPT-2) end where their table does: an index error mid-training; rotary
+        # ones (Llama's) have no such end, whatever max_position_embeddings says
+        learned = getattr(config, "position_embedding_type", None) == "absolute" or hasattr(config, "n_positions")
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if learned and isinstance(positions, int) and spec.max_length > positions:
+            raise InvalidInput(f"max_length={spec.max_length} is more tokens than {spec.base_model} reads "
+                               f"({positions:,} positions); ask for at most {positions:,}.")
+        model = meta_model(config)
         shapes = [layer_shape(layer) for _, layer in find_targets(model, resolve_targets(model, vera))]
         self.registry.budget.check(ProjectionSpec(
             generator=vera.projection_generator, seed=vera.projection_prng_key, r=vera.r,
             max_in=max(shape[1] for shape in shapes if shape), max_out=max(shape[0] for shape in shapes if shape)))
-        return sum(4 * (vera.r + shape[0]) for shape in shapes if shape)
+        hidden = getattr(config, "hidden_size", 0)
+        head = 4 * labels * (hidden + 1) if isinstance(hidden, int) else 0
+        return sum(4 * (vera.r + shape[0]) for shape in shapes if shape) + head
 
     def _checked_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A spec is data, not places: the worker chooses where files go, and trains only allowed base models."""
@@ -536,6 +553,34 @@ def _check_start_labels(start: tuple[str, VeraConfig, list[str] | None], labels:
         raise InvalidInput(f"The dataset's labels {labels[:20]} are not those {ref} was trained on {trained[:20]}: "
                            "its classification head has one output per label, in that order. Start from a "
                            "version trained on the same labels, or train without init_from.")
+
+
+#: The most distinct labels a classification job trains (one output each; its version's metrics list them all), and
+#: the most bytes they take as JSON (a version's metrics hold at most MAX_METRICS_BYTES, its loss curve too).
+MAX_JOB_LABELS, MAX_JOB_LABEL_BYTES = 10_000, 256 << 10
+#: The metrics each task's evaluation reports, which metric_for_best may name (with or without "eval_").
+TASK_METRICS = {"classification": ("loss", "accuracy"), "causal-lm": ("loss", "perplexity")}
+
+
+def _check_labels(labels: list[str]) -> None:
+    """A head a worker can train and a version can record: 300,000 labels kept a worker busy for 10 minutes and 3 GB
+    after its one step, and ignoring SIGTERM (an outsider's finding, session 33)."""
+    if len(labels) > MAX_JOB_LABELS:
+        raise InvalidInput(f"The dataset has {len(labels):,} distinct labels; a job trains at most "
+                           f"{MAX_JOB_LABELS:,} (its classification head has an output for each, and its version's "
+                           "metrics list them). Check that label_column names the labels, or train it yourself with "
+                           "`vera train`.")
+    if (size := len(json.dumps(labels))) > MAX_JOB_LABEL_BYTES:
+        raise InvalidInput(f"The dataset's {len(labels):,} label names take {size:,} bytes as JSON; its version's "
+                           f"metrics list them, within {MAX_JOB_LABEL_BYTES:,}. Use shorter label names.")
+
+
+def _check_metric(args: TrainingArguments, task: str) -> None:
+    """metric_for_best names a metric the task's evaluation reports (else the job failed at its first evaluation)."""
+    known = TASK_METRICS.get(task, ())
+    if known and args.metric_for_best.removeprefix("eval_") not in known:
+        raise InvalidInput(f"training.metric_for_best={args.metric_for_best[:100]!r} is not a metric a {task} job "
+                           f"reports; name one of {', '.join(known)}.")
 
 
 def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> list[str]:

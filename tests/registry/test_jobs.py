@@ -50,6 +50,20 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "training": {"log_every": 0}}, None, "log_every must be a positive number"),
         ({"demo": True, "training": {"gradient_accumulation_steps": 10**12}}, None, "accumulation_steps=.* is"),
         ({"demo": True, "training": {"eval_every": 0}}, None, "eval_every must be a positive number"),
+        # an outsider's findings (session 33): a 500, then types and values that made no sense, all 201s
+        ({"demo": True, "training": [1]}, None, "training must be a JSON object of training settings"),
+        ({"demo": "yes"}, None, "demo must be true or false, got 'yes'"),
+        ({"demo": True, "text_column": ["a"]}, None, "text_column must be a non-empty string"),
+        ({"demo": True, "training": {"max_steps": True}}, None, "max_steps must be a whole number or None, got True"),
+        ({"demo": True, "training": {"epochs": True}}, None, "epochs must be a finite number, got True"),
+        ({"demo": True, "training": {"max_grad_norm": -1}}, None, "max_grad_norm must be positive"),
+        ({"demo": True, "training": {"weight_decay": -1e300}}, None, "weight_decay must be 0 or more"),
+        ({"demo": True, "training": {"metric_for_best": "nonexistent"}}, None,
+         "metric_for_best='nonexistent' is not a metric a classification job reports; name one of loss, accuracy"),
+        ({"demo": True, "max_length": 8192}, None, r"max_length=8192 is more tokens than minilm reads \(512 "),
+        ({"data": "x"}, b"text,label\na,x\nb\n", "data.csv:3 has fewer fields than the header's 2"),
+        ({"data": "x"}, b"text,label\n" + "".join(f"t{i},L{i}\n" for i in range(10_001)).encode(),
+         "The dataset has 10,001 distinct labels; a job trains at most 10,000"),
     ]
     for spec, data, message in cases:
         with pytest.raises(InvalidInput, match=message):
@@ -61,6 +75,10 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=b"sentence,label\nhi,1\n",
                     dataset_name="/home/ann/mine.csv")
     assert "/tmp" not in str(e.value)
+    with pytest.raises(InvalidInput, match=r"^Invalid job dataset: rows\.jsonl:2: column 'text' must be a string; "
+                                           r"found no such column\."):  # a KeyError, a 500, until session 33
+        jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=b'{"text": "a", "label": "x"}\n{"label": 1}\n',
+                    dataset_name="rows.jsonl")
     assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
 
 
@@ -628,3 +646,25 @@ def test_a_dataset_over_its_limit_is_refused_before_it_is_read_and_submissions_a
         with pytest.raises(RateLimited, match="job submissions"):
             client.submit_job("ann/a", DEMO)
         assert len(client.jobs()) == 2
+
+
+def test_a_classification_heads_size_counts_against_the_quota_at_submission(tmp_path: Path) -> None:
+    """The quota check at submission counts the last layer of the head a job's result publishes (hidden x labels
+    floats), not only its vectors: a dataset of thousands of labels past its owner's quota is refused before any
+    worker trains it (an outsider's finding, session 33: the head was not sized)."""
+    from registry.services.quotas import Quotas
+    from registry.store.blobs import FsspecBlobStore
+    from registry.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path}/r.db")
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")), quotas=Quotas(default=None,
+                                                                                    per_owner={"ann": 1_000_000}))
+    jobs = Jobs(registry)
+    few = "text,label\n" + "".join(f"t{i},L{i % 2}\n" for i in range(100))
+    many = "text,label\n" + "".join(f"t{i},L{i}\n" for i in range(2_000))  # 2,000 x (384 + 1) x 4 B: 3 MB
+    assert jobs.submit({"data": "x", "r": 16}, owner="ann", target="ann/few", dataset=few.encode()).status == "queued"
+    with pytest.raises(QuotaExceeded, match="the adapter job ann/many would publish"):
+        jobs.submit({"data": "x", "r": 16}, owner="ann", target="ann/many", dataset=many.encode())
+    assert [job.target_name for job in jobs.list_jobs()] == ["ann/few"]
+    db.engine.dispose()

@@ -53,6 +53,16 @@ def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
      ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "\\ud800"}\n',
       r"d.jsonl:2 holds '\\ud800', half of a UTF-16 surrogate pair, which is not text"),
      ("d.csv", "text,label\na,1\nb,1\n", "single label value"),
+     # each row, not only the first (an outsider's findings, session 33: a later row without a column was a
+     # KeyError, a 500 through a job; a short CSV row and a null text became the texts "None")
+     ("d.jsonl", '{"text": "a", "label": "x"}\n{"label": "y"}\n',
+      r"d.jsonl:2: column 'text' must be a string; found no such column\. Every row needs it\."),
+     ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": null, "label": "y"}\n', r"d.jsonl:2: column 'text' must be "
+                                                                                r"a string; found null"),
+     ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": [1]}\n', r"d.jsonl:2: column 'label' must "
+                                                                               r"be a string or a number; found \[1\]"),
+     ("d.csv", "text,label\na,1\nb\n", r"d.csv:3 has fewer fields than the header's 2; expected 2 comma-separated"),
+     ("d.csv", "text,label\na,1\nb,2,3\n", r"d.csv:3 has more fields than the header's 2"),
      ("d.csv", "", "holds no examples"),
      # csv's own error was a 500 through a job's upload (an outsider's finding): a DatasetError, a 422 there
      ("d.csv", 'text,label\n"' + "a" * 200_000 + '",1\n', r"cannot be read as CSV after line 1 \(field larger than "
@@ -80,3 +90,18 @@ def test_too_few_distinct_texts_for_a_split_says_that_the_split_goes_by_text(tmp
     with pytest.raises(DatasetError, match="has 300 examples, 12 distinct texts: too few for a train/eval split, "
                                            "which goes by a hash of each text"):
         load_splits(TrainSpec(data=str(data)))
+
+
+def test_encodings_and_labels_spreadsheets_write(tmp_path: Path) -> None:
+    """A CSV with the byte-order mark spreadsheets write reads as UTF-8; one in Latin-1 is refused naming the line,
+    not with Python's codec message; labels that only look like integers ('²', thousands of digits) sort as names
+    instead of crashing int()."""
+    (tmp_path / "bom.csv").write_text("\ufefftext,label\na,1\nb,2\n", encoding="utf-8")
+    assert read_examples(tmp_path / "bom.csv")[1] == ["1", "2"]
+    (tmp_path / "latin.csv").write_bytes("text,label\na,1\ncafé,2\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin.csv:3 is not UTF-8 text \(invalid continuation byte at byte 18\); "
+                                           r"save the file as UTF-8\."):
+        read_examples(tmp_path / "latin.csv")
+    many = "9" * 5000
+    (tmp_path / "odd.csv").write_text(f"text,label\na,²\nb,10\nc,-2\nd,{many}\ne,x\n", encoding="utf-8")
+    assert read_examples(tmp_path / "odd.csv")[1] == ["-2", "10", many, "x", "²"]

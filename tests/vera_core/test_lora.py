@@ -83,3 +83,30 @@ def test_a_rank_capped_export_is_the_best_approximation_and_says_how_good(tmp_pa
         export_lora(source, tmp_path / "bad", LoraExport(max_rank=32))
     with pytest.raises(VeraConfigError, match="max_rank must be a positive integer"):
         LoraExport(max_rank=0)
+
+
+def test_a_cap_above_a_narrow_layers_rank_pads_it(tmp_path: Path) -> None:
+    """r=64 over the tiny Llama, whose k_proj and v_proj map 32 inputs to 16 outputs: their delta has rank <= 16, and
+    a cap between 16 and 32 crashed ("The size of tensor a (32) must match the size of tensor b (48)": the QR core
+    is 16 x 32, with 16 singular values, not k), a 500 through the registry for any reader (an outsider's finding,
+    session 33). Each layer now keeps what it has and pads to the file's one rank, exactly: the cap loses nothing."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import TINY_MODELS
+    from vera_core.lora import LoraExport
+
+    llama = TINY_MODELS[2]
+    model, source = _trained_llama(tmp_path, r=64)
+    rank = {name: min(layer.base_layer.in_features, layer.base_layer.out_features, 64)
+            for name, layer in model.named_vera_layers()}
+    assert min(rank.values()) == 16 and max(rank.values()) == 32  # k_proj, v_proj: 32 -> 16; the rest wider
+    for k in (17, 24, 40):
+        capped = export_lora(source, tmp_path / f"k{k}", LoraExport(max_rank=k))
+        tensors = load_file(str(capped / "adapter_model.safetensors"))
+        for name, layer in model.named_vera_layers():
+            a_k, b_k = (tensors[f"base_model.model.{name}.lora_{x}.weight"] for x in ("A", "B"))
+            assert a_k.shape[0] == k and b_k.shape[1] == k
+            if rank[name] <= k:  # the delta's whole rank fits: exact
+                torch.testing.assert_close(b_k @ a_k, layer.get_delta_weight().detach(), rtol=1e-4, atol=1e-5)
+        same = PeftModel.from_pretrained(llama.make(), capped).eval()
+        assert torch.isfinite(output_of(same, llama.inputs())).all()
