@@ -289,8 +289,8 @@ class Field:
     def check(self, clause: Clause) -> None:
         name = f"{clause.field}.{clause.key}" if clause.key is not None else clause.field
         if clause.op not in self.ops:
-            raise FilterError(f"filter, at character {clause.at}: {name} takes {', '.join(self.ops)}, not "
-                              f"{clause.op}.")
+            raise FilterError(f"filter, at character {clause.at}: {name} takes {', '.join(self.ops)}; "
+                              f"{clause.op!r} is not among them.")
         values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
         for value in values:
             if not _fits(self.kind, value):

@@ -28,7 +28,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import ContentTooLarge, HubError, InvalidInput
-from registry.domain.schemas import MAX_UPLOAD_BYTES, HubSyncInfo, HubSyncResult, Ref, VersionInfo, json_object
+from registry.domain.schemas import (
+    MAX_UPLOAD_BYTES,
+    HubSyncInfo,
+    HubSyncResult,
+    Ref,
+    VersionInfo,
+    check_text,
+    json_object,
+)
 from registry.services.lookup import version_info
 from registry.services.registry import Registry
 from registry.store import models as m
@@ -157,7 +165,7 @@ class HubSync:
         """Push a version to ``repo_id`` in PEFT's format (A and B materialised unless ``with_projection=False``;
         ``as_lora``: the equivalent LoRA) with a model card. Re-pushing what the repo holds makes no commit.
         Without ``token``, the server's Hub token is used if ``server_token``."""
-        _check_repo_id(repo_id)
+        _check_repo(repo_id, revision)
         token = self._token(token, server_token)
         with_projection = with_projection or as_lora
         info, files = self.registry.files(ref, with_projection=with_projection and not as_lora,
@@ -204,7 +212,7 @@ class HubSync:
         """Record the PEFT VeRA adapter in ``repo_id`` at ``revision`` as the next version of ``target``
         (``owner/name``). A revision already pulled, or files equal to a version already pulled, make no version.
         Without ``token``, the server's Hub token is used if ``server_token``."""
-        _check_repo_id(repo_id)
+        _check_repo(repo_id, revision)
         token = self._token(token, server_token)
         ref = Ref.parse(target)
         if ref.version is not None or ref.alias is not None:
@@ -366,13 +374,19 @@ def _http_problem(exc: hub_errors.HfHubHTTPError) -> str:
     return f"the Hub answered {status}.{said}"
 
 
-def _check_repo_id(repo_id: str) -> None:
+def _check_repo(repo_id: str, revision: str) -> None:
+    """A Hub repo id as namespace/name, in the Hub's own terms (its words for the parts; its hints about Python
+    arguments left out: this is an API, not huggingface_hub), and a revision of one line of plain text (echoed in
+    errors and stored with the sync: a newline in one was taken, an outsider's finding, session 33)."""
+    expected = "expected namespace/name, e.g. my-org/my-adapter"
     try:
         validate_repo_id(repo_id)
     except hub_errors.HFValidationError as exc:
-        raise InvalidInput(f"{repo_id!r} is not a Hub repo id: {exc}") from exc
+        said = str(exc).split(" Use `repo_type`")[0].split(" Use 'repo_type'")[0].strip()
+        raise InvalidInput(f"{repo_id[:200]!r} is not a Hub repo id ({said[:300]}); {expected}.") from None
     if "/" not in repo_id:
-        raise InvalidInput(f"{repo_id!r} is not a Hub repo id; expected namespace/name, e.g. my-org/my-adapter.")
+        raise InvalidInput(f"{repo_id!r} is not a Hub repo id; {expected}.")
+    check_text(revision, "revision", max_length=200)
 
 
 def _check_is_vera_repo(where: str, names: set[str]) -> None:

@@ -251,10 +251,10 @@ class Jobs:
     def _check_projection(self, vera: VeraConfig, base: str, spec: TrainSpec, labels: int) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it
         must fit the registry's budget (VERA_MAX_PROJECTION_ELEMENTS), as a publish of the result must, and its
-        targets must match layers of the base; before a worker allocates any of it. ``spec.max_length`` must fit the
-        base's learned positions. Returns the bytes of the adapter's vectors (d and b of each target, float32) and of the
-        last layer of its classification head (``labels`` outputs, none for a causal LM): what its publish stores at
-        least, for the owner's storage quota."""
+        targets must match layers of the base; before a worker allocates any of it. ``spec.max_length`` must fit
+        the base's learned positions. Returns the bytes of the adapter's vectors (d and b of each target, float32)
+        and of the last layer of its classification head (``labels`` outputs, none for a causal LM): what its
+        publish stores at least, for the owner's storage quota."""
         from transformers import AutoConfig
 
         from registry.services.base_models import meta_model

@@ -554,3 +554,22 @@ def test_the_hub_lookup_is_a_setting_and_hub_pull_uses_it(hub: HubStandIn, tmp_p
         assert fetched.returncode == 0, fetched.stderr
         ours = load_adapter(LLAMA.make(), tmp_path / enabled / "out")
         torch.testing.assert_close(output_of(ours, LLAMA.inputs()), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("repo_id", "revision", "match"), [
+    ("../../etc/passwd", "main", r"^'\.\./\.\./etc/passwd' is not a Hub repo id \(Repo id must be in the form "
+                                 r"'repo_name' or 'namespace/repo_name': '\.\./\.\./etc/passwd'\.\); expected "
+                                 r"namespace/name, e\.g\. my-org/my-adapter\.$"),
+    ("someone/other", "main\n", r"^revision contains the control character '\\n'; remove it\.$"),
+], ids=["repo-id", "revision"])
+def test_pull_and_push_refuse_what_is_no_repo_or_revision_in_the_apis_words(
+    registry: Registry, sync: HubSync, hub: HubStandIn, repo_id: str, revision: str, match: str
+) -> None:
+    """An outsider's findings (session 33): a revision with a newline was taken (and echoed back in the Hub's
+    error); a bad repo id's message told an API caller to use huggingface_hub's `repo_type` argument."""
+    before = snapshot(registry)
+    with pytest.raises(InvalidInput, match=match):
+        sync.pull(repo_id, target="alice/other", actor="alice", revision=revision, base_model="org/tiny-llama")
+    with pytest.raises(InvalidInput, match=match):
+        sync.push("alice/anything:1", repo_id, actor="alice", revision=revision)
+    assert snapshot(registry) == before and hub.requests == []
