@@ -32,6 +32,7 @@ from registry.cli.common import (
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
 from registry.domain.schemas import Ref, VersionInfo
+from vera_core.config import VERA_PEFT_TYPES
 
 
 def publish(
@@ -65,6 +66,10 @@ def publish(
     """Publish an adapter directory as the next version of owner/name."""
     visibility = None if private is None else "private" if private else "public"
     named = _config_base(directory)
+    if (kind := _config_field(directory, "peft_type")) and kind not in VERA_PEFT_TYPES:  # before uploading it all
+        fail(InvalidInput(f"{directory} holds a PEFT {kind} adapter (adapter_config.json's peft_type), not VeRA: "
+                          "this registry stores VeRA adapters, and exports them as LoRA (`vera fetch REF --as "
+                          "lora`). Nothing was uploaded."))
     if base_model is None:
         if not (directory / "adapter_config.json").is_file():
             fail(InvalidInput(f"{directory} has no adapter_config.json: publish a PEFT-format adapter folder (`vera "
@@ -79,11 +84,16 @@ def publish(
         err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
                                  f"and --base-model is {base_model!r}: the version is published for "
                                  f"{base_model!r}."), soft_wrap=True)
+    if _path_like(base_model):
+        fail(InvalidInput(f"--base-model {base_model!r} is a folder path; a version is keyed by its base model's Hub "
+                          "id or registry name, the same on every machine (`vera base ls` lists those this registry "
+                          "knows), e.g. --base-model minilm."))
     values = _metrics_file(metrics)
     properties = key_values(prop or [])
     if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
         err_console.print(styled("note:", "yellow", f" {left} is not published without --metrics {left} (the "
                                  "version then has no loss curve or accuracy)."), soft_wrap=True)
+    known = _known_bases(registry, token) if base_config is None else set()
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
         call_registry(registry, token, lambda c: c.register_base_model(base_model, config, revision=base_revision))
@@ -95,6 +105,11 @@ def publish(
                                                               dataset=dataset, properties=properties))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+    if known and base_model not in known:  # a typo makes a base name for good: only an admin removes one
+        err_console.print(styled("note:", "yellow", f" base model {base_model!r} is new to this registry (it knew "
+                                 f"{', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}); servers of "
+                                 "another name refuse this version. If that was a typo, `vera rm` the version and "
+                                 "publish it again with the right --base-model (`vera base ls`)."), soft_wrap=True)
     _after_publish(info, dataset, properties, registry, token)
 
 
@@ -120,11 +135,24 @@ def _after_publish(info: VersionInfo, dataset: Path | None, properties: dict[str
                                      "(published again)."), soft_wrap=True)
 
 
+def _known_bases(registry: str | None, token: str | None) -> set[str]:
+    """The base model names the registry knows, for the note on a new one; none when it cannot say (the publish
+    itself then says what is wrong)."""
+    try:
+        return {base.name for base in call_registry(registry, token, lambda c: c.base_models())}
+    except RegistryError:
+        return set()
+
+
+def _path_like(name: str) -> bool:
+    """Whether a base model name reads as a folder path (not a Hub id, org/name, or a registry name)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or ":" in name
+
+
 def _a_path(name: str) -> bool:
     """Whether a config's base model reads as a folder path (of this machine or the one that trained it), not a Hub
     id (``org/name``) or a registry name."""
-    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or ":" in name
-            or Path(name).is_dir())
+    return _path_like(name) or Path(name).is_dir()
 
 
 def _config_base(directory: Path) -> str:
@@ -132,11 +160,16 @@ def _config_base(directory: Path) -> str:
     the publish itself then says what is wrong with the folder). Published without --base-model, the version is
     keyed by it; with another --base-model, a note says so, since servers of the base the config names would refuse
     the version (a folder path is not compared: a Hub id or a registry name may well stand for it)."""
+    return _config_field(directory, "base_model_name_or_path")
+
+
+def _config_field(directory: Path, key: str) -> str:
+    """A text field of the folder's adapter_config.json, or "" (none, or no readable config)."""
     try:
-        named = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
+        value = json.loads((directory / "adapter_config.json").read_text()).get(key)
+    except (OSError, ValueError, AttributeError, RecursionError):
         return ""
-    return named if isinstance(named, str) else ""
+    return value if isinstance(value, str) else ""
 
 
 def _metrics_file(path: Path | None) -> dict[str, object]:

@@ -359,3 +359,34 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
 def test_vera_serve_model_refuses_an_option_value_it_does_not_know(option: str, value: str) -> None:
     """Before it loads anything, one line naming the values it takes."""
     refused(vera("serve-model", option, value, url="http://127.0.0.1:9"), f"{option} must be", repr(value))
+
+
+def test_publish_refuses_a_path_and_a_lora_and_notes_a_base_name_new_to_the_registry(
+    server: dict[str, Any], tmp_path: Path,
+) -> None:
+    """A newcomer's walk (session 33): `--base-model ./models/minilm` and a typo (`minilm-l6`) each became a base
+    model name for good (only an admin removes one), and servers of the real name refused those versions; a LoRA
+    folder was uploaded whole before the registry refused it."""
+    for path in ("./models/minilm", "/models/minilm", "~/minilm", "C:\\models\\minilm"):
+        refused(vera("publish", str(server["source"]), "--name", "ann/pathed", "--base-model", path,
+                     url=server["url"]), f"--base-model {path!r} is a folder path", "e.g. --base-model minilm")
+    first = vera("publish", str(server["source"]), "--name", "ann/based2", "--base-model", "tiny-llama",
+                 url=server["url"])
+    assert first.returncode == 0, first.stderr
+    typo = vera("publish", str(server["source"]), "--name", "ann/based2", "--base-model", "tiny-lama",
+                url=server["url"])
+    flat = " ".join(typo.stderr.split())
+    assert typo.returncode == 0 and "note: base model 'tiny-lama' is new to this registry (it knew " in flat, flat
+    assert "tiny-llama" in flat and "`vera rm` the version" in flat
+    again = vera("publish", str(server["source"]), "--name", "ann/based2", "--base-model", "tiny-lama",
+                 url=server["url"])
+    assert again.returncode == 0 and "is new to this registry" not in again.stderr
+    lora = tmp_path / "lora"
+    shutil.copytree(server["source"], lora)
+    config = json.loads((lora / "adapter_config.json").read_text())
+    (lora / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LORA"}))
+    refused(vera("publish", str(lora), "--name", "ann/lora", "--base-model", "tiny-llama", url=server["url"]),
+            "holds a PEFT LORA adapter (adapter_config.json's peft_type), not VeRA", "Nothing was uploaded.")
+    with RegistryClient(server["url"], cache=False) as client:
+        assert {v.name for v in client.list_versions(owner="ann").items} >= {"based2"}
+        assert not {"pathed", "lora"} & {v.name for v in client.list_versions(owner="ann").items}
