@@ -50,8 +50,9 @@ class ExitCode(IntEnum):
 
 
 def fail(exc: Exception) -> NoReturn:
-    """Report ``exc`` as one line on stderr and exit with ExitCode.ERROR."""
-    err_console.print(styled("error:", "bold red", f" {exc}"))
+    """Report ``exc`` as one line on stderr (unbroken: logs, CI output and grep hold it whole; the terminal wraps it
+    on screen) and exit with ExitCode.ERROR."""
+    err_console.print(styled("error:", "bold red", f" {exc}"), soft_wrap=True)
     raise typer.Exit(code=ExitCode.ERROR)
 
 

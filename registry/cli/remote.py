@@ -214,7 +214,15 @@ def fetch(
         why = (f"; A and B included so that PEFT loads it ({manifest.version.stored_bytes:,} bytes stored: "
                "--seed-only for vera_core)")
     console.print(f"fetched {manifest.version.ref} into {out}: {size:,} bytes{why}"
-                  + (" (its files replaced the adapter that was there)" if replaced else ""))
+                  + (" (its files replaced the adapter that was there)" if replaced else ""), soft_wrap=True)
+    fetched = {f.name for f in manifest.files}
+    if replaced and (left := sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in fetched)):
+        # a training folder's metrics.json stays, and `vera publish --metrics` of that folder would record another
+        # adapter's figures with these vectors (a newcomer's walk, session 33)
+        err_console.print(styled("warning:", "yellow", f" {out} still holds {', '.join(left[:6])}"
+                                 f"{', ...' if len(left) > 6 else ''} from before, which did not come with "
+                                 f"{manifest.version.ref}: fetch into an empty folder to keep them apart."),
+                          soft_wrap=True)
 
 
 def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:

@@ -279,9 +279,9 @@ def up(
     if dashboard is not None:
         console.print(f"dashboard on http://{shown}:{ui_port}" + (" (and this machine's other addresses)"
                                                                     if host == "0.0.0.0" else ""))
-    console.print(f"registry API on http://{shown}:{port}" + ("" if f"http://{shown}:{port}" == DEFAULT_URL else
-                                                              f"; for `vera` in other shells: export "
-                                                              f"VERA_REGISTRY_URL=http://{shown}:{port}"))
+    console.print(f"registry API on http://{shown}:{port}")
+    if f"http://{shown}:{port}" != DEFAULT_URL:  # a line of its own, unbroken, to paste whole (a newcomer's walk)
+        console.print(f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}", soft_wrap=True)
     try:
         run_api(host, port, embedded, with_worker=True, log_level=log_level, worker_status_port=worker_status_port)
     finally:

@@ -21,7 +21,8 @@ JobBaseModel = Annotated[str, typer.Option(help="One the registry allows (VERA_J
 Task = Annotated[str, typer.Option(help="classification or causal-lm.")]
 Rank = Annotated[int, typer.Option(help="VeRA rank.")]
 TargetModules = Annotated[str | None, typer.Option(
-    help="Comma-separated module names, or a regex if it starts with '^'. Default: by model type.")]
+    help="Comma-separated module names, or a regex if it starts with '^'. Default: by model type (PEFT's), except "
+         "the demo's MiniLM (by name or folder): query, value and dense.")]
 Seed = Annotated[int, typer.Option(help="Training seed (data order, head init, dropout).")]
 ProjectionSeed = Annotated[int, typer.Option(help="projection_prng_key: the seed of A and B.")]
 Generator = Annotated[str, typer.Option(help="Projection generator.")]

@@ -353,6 +353,8 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
         health = httpx.get(f"http://127.0.0.1:{status}/health", timeout=60)  # its worker's, as `vera worker`'s
         assert health.status_code == 200 and health.json()["status"] == "ok", health.text
     assert "tokens required" in log.read_text()
+    # the line to paste, whole, on a line of its own (it broke at 80 columns: a newcomer's walk, session 33)
+    assert f"\nfor `vera` in other shells: export VERA_REGISTRY_URL=http://127.0.0.1:{port}\n" in log.read_text()
 
 
 @pytest.mark.parametrize(("option", "value"), [("--task", "chat"), ("--generation-config", "vllm")])
@@ -390,3 +392,21 @@ def test_publish_refuses_a_path_and_a_lora_and_notes_a_base_name_new_to_the_regi
     with RegistryClient(server["url"], cache=False) as client:
         assert {v.name for v in client.list_versions(owner="ann").items} >= {"based2"}
         assert not {"pathed", "lora"} & {v.name for v in client.list_versions(owner="ann").items}
+
+
+def test_fetch_over_a_training_folder_warns_of_the_files_it_leaves(server: dict[str, Any], tmp_path: Path) -> None:
+    """A newcomer's walk (session 33): `vera fetch REF --out runs/demo` over a `vera train` folder replaced the
+    adapter and kept its metrics.json; publishing that folder with --metrics then recorded the old run's figures
+    with the fetched vectors, without a word."""
+    published = vera("publish", str(server["source"]), "--name", "cat/fetched", "--base-model", "tiny-llama",
+                     url=server["url"])
+    assert published.returncode == 0, published.stderr
+    run = tmp_path / "run"
+    shutil.copytree(server["source"], run)
+    (run / "metrics.json").write_text('{"steps": 20}')
+    over = vera("fetch", "cat/fetched:1", "--out", str(run), url=server["url"])
+    flat = " ".join(over.stderr.split())
+    assert over.returncode == 0 and "its files replaced the adapter that was there" in over.stdout, over.stdout
+    assert f"warning: {run} still holds metrics.json from before, which did not come with cat/fetched:1" in flat
+    fresh = vera("fetch", "cat/fetched:1", "--out", str(tmp_path / "fresh"), url=server["url"])
+    assert fresh.returncode == 0 and "warning" not in fresh.stderr, fresh.stderr

@@ -56,6 +56,10 @@ def test_the_demo_at_its_default_rank_has_the_documented_parameter_counts() -> N
     model, _ = build(TrainSpec(demo=True), num_labels=2)
     assert TrainSpec(demo=True).r == 256 and model.num_adapter_parameters() == 26_752
     assert model.num_trainable_parameters() == 26_752 + 770
+    # the same model named by its folder gets the same targets (it got PEFT's query and value: 7,680, a newcomer's
+    # walk, session 33); another model by path keeps PEFT's defaults
+    by_path, _ = build(TrainSpec(demo=True, base_model=resolve_base("minilm")), num_labels=2)
+    assert by_path.num_adapter_parameters() == 26_752 and by_path.config.target_modules == sorted(DEMO_TARGETS)
 
 
 def test_demo_adapter_reloads_with_the_same_accuracy(demo_run: Path) -> None:
