@@ -111,9 +111,10 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
         detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
     except (ValueError, AttributeError, RecursionError):  # not JSON, not UTF-8, not an object, nested too deep
         detail, code = _not_a_problem(response), ""
-    if base and response.status_code in (404, 405) and not code:
-        # every error of the registry's API names its problem type: a bare 404 or 405 (a model server's JSON, the
-        # dashboard's plain-text 405 to a POST) is another server's
+    if base and response.status_code in (404, 405) and (not code or detail in ("Not Found", "Method Not Allowed")):
+        # every error of the registry's API names its problem type and says what is missing: a bare 404 or 405 (a
+        # model server's, even in problem details: it shares the registry's error handlers; the dashboard's
+        # plain-text 405 to a POST) is another server's, or a registry older than the route
         detail = _not_the_api(base, f"has no such route ({detail})")
     error = _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
     if isinstance(error, NotFound) and (moved := response.headers.get(MOVED_HEADER)):
@@ -156,9 +157,9 @@ def _read_capped(response: httpx.Response, limit: int, base: str, seconds: float
 
 
 def _not_the_api(base: str, what: str) -> str:
-    return (f"{base} {what}: it does not look like the registry's API. Is it the dashboard's or a model server's "
-            "address? The API listens where `vera up --port` / `vera serve --port` says (default "
-            f"{DEFAULT_URL}); set --registry or VERA_REGISTRY_URL to it.")
+    return (f"{base} {what}: it does not look like the registry's API (or it is a registry older than this client). "
+            "Is it the dashboard's or a model server's address? The API listens where `vera up --port` / `vera serve "
+            f"--port` says (default {DEFAULT_URL}); set --registry or VERA_REGISTRY_URL to it.")
 
 
 def _not_a_problem(response: httpx.Response) -> str:

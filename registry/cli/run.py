@@ -15,7 +15,8 @@ import typer
 
 from registry.cli.common import LogLevel, ReadOnlyMode, RegistryUrl, console, fail, load_settings, start_logging
 from registry.client import DEFAULT_URL, RegistryClient
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import InvalidInput, RegistryError
+from registry.logs import first_line
 from registry.settings import Settings, ui_remember_days
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ def serve_model(
         fail(InvalidInput(f"--task must be classification or causal-lm, got {task!r}."))
     if generation_config not in ("auto", "none"):
         fail(InvalidInput(f"--generation-config must be auto or none, got {generation_config!r}."))
+    _check_free(port, "--port", host=host)  # before the model loads (it died after, with uvicorn's log line)
     settings = start_logging(load_settings(None), log_level)
     # the batcher releases the interpreter's lock at every torch op and waits for it after each: with another
     # thread busy in Python (a request's 500,000 log-probabilities written as JSON) it waited up to the switch
@@ -174,8 +176,13 @@ def serve_model(
                          max_queue=max_queue, prefill_chunk=prefill_chunk or None,
                          classify_tokens=classify_tokens or None, max_tokens=max_tokens,
                          generation_config=generation_config)  # type: ignore[arg-type]
-    with RegistryClient(registry, "") as client:
+    with RegistryClient(registry, "", timeout=10, retries=0, cache=False) as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")
+        try:
+            client.health()
+        except RegistryError as exc:  # served anyway: the registry may come up later; every request says so meanwhile
+            log.warning(f"the registry at {client.url} does not answer now ({first_line(exc, 300)}): requests for "
+                        "adapters fail with 503 until it does. Set --registry or VERA_REGISTRY_URL to its address.")
     uvicorn.run(create_serving_app(server), host=host, port=port, log_config=None, log_level=settings.log_level,
                 access_log=False, ws="none")
 

@@ -396,7 +396,9 @@ class ModelServer:
                 self._whoami(token)
         if info.base_model != self.base_name:
             raise Conflict(f"{info.ref} was published for base model {info.base_model!r}; this server serves "
-                           f"{self.base_name!r}. Its vectors would not fit (or would silently mean nothing) here.")
+                           f"{self.base_name!r}. Its vectors would not fit (or would silently mean nothing) on another "
+                           f"model. If {self.base_name!r} is that model under another name (a folder of it), start "
+                           f"the server with --base-name {info.base_model}.")
         # no ``lock`` here (dict reads and setdefault are atomic): a request must not wait for the running batch to
         # join the queue, where callers take turns
         resident = self.residents.get(info.ref)

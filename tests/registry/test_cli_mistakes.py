@@ -189,7 +189,7 @@ class _Other(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         html = self.server.server_port == _Other.html_port  # type: ignore[attr-defined]
-        body = b"<!doctype html><html>a dashboard</html>" if html else b'{"detail":"Not Found"}'
+        body = b"<!doctype html><html>a dashboard</html>" if html else _Other.not_found
         self.send_response(200 if html else 404)
         self.send_header("Content-Type", "text/html" if html else "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -200,13 +200,18 @@ class _Other(http.server.BaseHTTPRequestHandler):
         pass
 
     html_port = 0
+    not_found = b'{"detail":"Not Found"}'
 
 
-@pytest.mark.parametrize("kind", ["html", "bare-404"])
+@pytest.mark.parametrize("kind", ["html", "bare-404", "model-server-404"])
 def test_a_url_that_is_not_the_registrys_api_is_said_so(kind: str) -> None:
-    """With VERA_REGISTRY_URL on the dashboard's port, `vera ls` printed a JSONDecodeError traceback."""
+    """With VERA_REGISTRY_URL on the dashboard's port, `vera ls` printed a JSONDecodeError traceback. A model
+    server's 404 is problem details, as the registry's are (the same handlers), but says only "Not Found" where the
+    registry names what is missing: it printed "error: Not Found" (a newcomer's walk, session 33)."""
     other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Other)
     _Other.html_port = other.server_port if kind == "html" else -1
+    _Other.not_found = (b'{"type": "/problems/not_found", "title": "Not Found", "status": 404, "detail": "Not Found", '
+                        b'"instance": "/api/v1/versions"}' if kind == "model-server-404" else b'{"detail":"Not Found"}')
     threading.Thread(target=other.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{other.server_port}"
@@ -275,6 +280,24 @@ def test_vera_up_stops_before_starting_when_a_port_is_taken(tmp_path: Path) -> N
         api = refused(vera("up", "--port", str(busy), "--no-ui", url="http://x", **env), "--port")
     assert "dashboard on" not in ui and "--ui-port" not in api
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_vera_serve_model_checks_its_port_before_loading_and_warns_of_a_registry_not_there(tmp_path: Path) -> None:
+    """A newcomer's walk (session 33): on a taken port `vera serve-model` loaded the model, then died with uvicorn's
+    log line (exit 3, "a check found a problem"); pointed at a registry that was not running, it started without a
+    word and answered every request 503."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        refused(vera("serve-model", "--port", str(busy), url="http://127.0.0.1:9"),
+                f"Port {busy} on 127.0.0.1 is taken", "pass --port with a free port")
+    port, log = free_port(), tmp_path / "serve.log"
+    with running_vera(["serve-model", "--port", str(port), "--registry", f"http://127.0.0.1:{free_port()}"], port,
+                      log_path=log, VERA_LOG_FORMAT="text"):
+        pass
+    said = " ".join(log.read_text().split())
+    assert "does not answer now" in said and "requests for adapters fail with 503 until it does" in said, said
 
 
 def test_a_json_body_sent_as_a_form_is_told_its_content_type(server: dict[str, Any]) -> None:

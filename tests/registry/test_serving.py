@@ -137,7 +137,8 @@ def test_adapters_for_another_base_or_matching_no_module_are_refused(
     server: ModelServer, registry_server: dict[str, Any]
 ) -> None:
     token = registry_server["reader"]
-    with pytest.raises(Conflict, match="published for base model 'org/other-base'; this server serves 'minilm'"):
+    with pytest.raises(Conflict, match="published for base model 'org/other-base'; this server serves 'minilm'.* start "
+                       "the server with --base-name org/other-base\\."):
         server.classify("alice/foreign", TEXTS, token)
     server.base_name = "minilm-b"  # the Llama adapter claims this base: its modules exist nowhere in MiniLM
     with pytest.raises(Conflict, match="does not fit the served base 'minilm-b'"):
