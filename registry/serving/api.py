@@ -38,9 +38,15 @@ Whole = Annotated[int, BeforeValidator(_not_a_bool)]
 Real = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
+def _one_or_many(value: object) -> object:
+    """One text as a list of one, as HuggingFace's inference API takes ``inputs`` (a newcomer's walk, session 33)."""
+    return [value] if isinstance(value, str) else value
+
+
 class ClassifyBody(BaseModel):
     adapter: str = Field(max_length=300, description="owner/name, owner/name:VERSION or owner/name@ALIAS")
-    inputs: list[Annotated[str, Field(max_length=20_000)]] = Field(min_length=1, max_length=256)
+    inputs: Annotated[list[Annotated[str, Field(max_length=20_000)]], BeforeValidator(_one_or_many)] = Field(
+        min_length=1, max_length=256, description="the texts to classify (one text alone is a list of one)")
 
 
 class GenerateBody(BaseModel):

@@ -232,6 +232,10 @@ def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
         assert anonymous.status_code == 401
         assert httpx.post(f"{url}/v1/classify", json={"adapter": "alice/clf2", "inputs": []}, headers=auth,
                           timeout=60).status_code == 422
+        # one text alone, as HuggingFace's inference API takes it: a list of one (a newcomer's walk, session 33)
+        one = httpx.post(f"{url}/v1/classify", json={"adapter": "alice/clf2", "inputs": TEXTS[0]}, headers=auth,
+                         timeout=60)
+        assert one.status_code == 200 and one.json()["predictions"] == response.json()["predictions"][:1], one.text
         owner = {"Authorization": f"Bearer {registry_server['writer']}"}
         for route in ("pin", "unpin", "evict"):  # what every caller of the server waits for: alice's to decide
             refused = httpx.post(f"{url}/v1/adapters/{route}", json={"adapter": "alice/clf1"}, headers=auth,
