@@ -120,7 +120,8 @@ def job_queue(registry: Registry, settings: Settings) -> Jobs:
     return Jobs(registry, lease=timedelta(seconds=settings.job_lease_s), base_models=settings.job_base_models,
                 max_attempts=settings.job_max_attempts, retry_backoff=timedelta(seconds=settings.job_retry_backoff_s),
                 checkpoint_max_bytes=settings.job_checkpoint_max_bytes,
-                time_limits=(settings.job_default_time_limit_s, settings.job_max_time_limit_s))
+                time_limits=(settings.job_default_time_limit_s, settings.job_max_time_limit_s),
+                max_pending=settings.job_max_pending_per_owner)
 
 
 def api_from_environment() -> FastAPI:

@@ -21,6 +21,7 @@ from registry.domain.schemas import (
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_TIME_LIMIT_S,
+    MAX_PENDING_JOBS,
     MAX_PROJECTION_ELEMENTS,
     MAX_UPLOAD_BYTES,
     SCRATCH_BYTES,
@@ -131,6 +132,9 @@ class Settings(BaseSettings):
     # a job queued without one before it was set (docs/jobs.md, "Time limit").
     job_default_time_limit_s: float | None = Field(default=None, gt=0, le=MAX_JOB_TIME_LIMIT_S)
     job_max_time_limit_s: float = Field(default=MAX_JOB_TIME_LIMIT_S, gt=0, le=MAX_JOB_TIME_LIMIT_S)
+    # The most jobs one owner (a user or an organisation) may have queued or running at once; one more is refused
+    # (403 quota_exceeded), so that one token cannot fill the queue every owner's jobs wait in.
+    job_max_pending_per_owner: int = Field(default=MAX_PENDING_JOBS, ge=1, le=1_000_000)
     # The HuggingFace Hub: where `vera hub push|pull` goes, the token the server uses when a request brings none
     # (held as a secret: never printed, logged or stored), and how long one Hub request may take.
     hub_endpoint: str = "https://huggingface.co"

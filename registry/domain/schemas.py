@@ -38,6 +38,8 @@ MAX_EXPORT_BYTES = 16 << 30
 #: A fine-tune job's priority lies in [-MAX_JOB_PRIORITY, MAX_JOB_PRIORITY]; its time limit is at most 30 days.
 MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0
+#: The most jobs one owner may have queued or running at once (VERA_JOB_MAX_PENDING_PER_OWNER's default).
+MAX_PENDING_JOBS = 100
 @dataclass(frozen=True)
 class PoolSettings:
     """A PostgreSQL engine's connection pool, per process (VERA_DATABASE_POOL_SIZE and the rest): at most ``size``

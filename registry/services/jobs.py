@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, false, or_, select, true, update
+from sqlalchemy import ColumnElement, false, func, or_, select, true, update
 from sqlalchemy.orm import Session, joinedload
 
-from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from registry.domain.schemas import (
     ACTIVE_JOB_STATUSES,
     FINAL_JOB_STATUSES,
@@ -31,6 +31,7 @@ from registry.domain.schemas import (
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
+    MAX_PENDING_JOBS,
     JobCheckpointInfo,
     JobEventInfo,
     JobInfo,
@@ -68,14 +69,17 @@ class Jobs:
                  base_models: Sequence[str] = (DEMO_MODEL,), max_attempts: int = 3,
                  retry_backoff: timedelta = timedelta(seconds=30),
                  checkpoint_max_bytes: int = MAX_JOB_CHECKPOINT_BYTES,
-                 time_limits: tuple[float | None, float] = (None, MAX_JOB_TIME_LIMIT_S)) -> None:
+                 time_limits: tuple[float | None, float] = (None, MAX_JOB_TIME_LIMIT_S),
+                 max_pending: int = MAX_PENDING_JOBS) -> None:
         """``base_models``: what a job may train (VERA_JOB_BASE_MODELS): the demo alias or Hub ids that workers find
         in their local Hub cache. A job never names a path on a worker's disk. ``max_attempts`` and
         ``retry_backoff``: how often, and after how long, a job whose worker died is tried again
         (VERA_JOB_MAX_ATTEMPTS, VERA_JOB_RETRY_BACKOFF_S). ``checkpoint_max_bytes``: the largest checkpoint a worker
         stores in the registry for another machine to resume from (VERA_JOB_CHECKPOINT_MAX_BYTES). ``time_limits``:
         the seconds of training a job gets when it asks for none (None: no limit) and the most it may ask for
-        (VERA_JOB_DEFAULT_TIME_LIMIT_S, VERA_JOB_MAX_TIME_LIMIT_S)."""
+        (VERA_JOB_DEFAULT_TIME_LIMIT_S, VERA_JOB_MAX_TIME_LIMIT_S). ``max_pending``: the most jobs one owner may have
+        queued or running at once (VERA_JOB_MAX_PENDING_PER_OWNER)."""
+        self.max_pending = max_pending
         self.default_time_limit_s, self.max_time_limit_s = time_limits
         self.registry, self.db, self.lease, self.base_models = registry, registry.db, lease, tuple(base_models)
         self.max_attempts, self.retry_backoff = max_attempts, retry_backoff
@@ -143,6 +147,7 @@ class Jobs:
         with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
             refuse_publish_to_old_name(s, ref.owner, ref.name)
             lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish would be refused)
+            self._check_pending(s, ref.owner)
             self._check_dataset_room(s, ref, len(dataset or b""), vector_bytes)
         written = put_new(self.registry.blobs, dataset) if dataset is not None else ""
         digest = hashlib.sha256(dataset).hexdigest() if dataset is not None else None
@@ -155,6 +160,7 @@ class Jobs:
                 lock_adapter(s, ref.owner, ref.name)  # SQLite: the database's write lock, before any read
                 refuse_publish_to_old_name(s, ref.owner, ref.name)
                 lock_owner(s, ref.owner)
+                self._check_pending(s, ref.owner)  # again under the owner's lock: two submissions at once
                 if digest is not None:
                     m.record_blob(s, digest, len(dataset or b""), "dataset")
                 job = m.Job(spec=asdict(checked), owner=owner, target_name=f"{ref.owner}/{ref.name}",
@@ -172,6 +178,16 @@ class Jobs:
         except BaseException:
             discard_unreferenced(self.db, self.registry.blobs, [written])  # the dataset this request stored alone
             raise
+
+    def _check_pending(self, s: Session, owner: str) -> None:
+        """QuotaExceeded when ``owner`` has max_pending jobs queued or running: one token filled the queue that every
+        owner's jobs wait in (an outsider's finding, session 33)."""
+        pending = s.scalar(select(func.count()).select_from(m.Job).where(
+            m.Job.owner == owner, m.Job.status.in_(("queued", "running")))) or 0
+        if pending >= self.max_pending:
+            raise QuotaExceeded(f"{owner} has {pending:,} jobs queued or running, the most one owner may have at once "
+                                f"(VERA_JOB_MAX_PENDING_PER_OWNER={self.max_pending:,}); wait for some to end, or "
+                                f"cancel some (`vera job ls --owner {owner}`, `vera job cancel ID`).")
 
     def _check_dataset_room(self, s: Session, ref: Ref, dataset_bytes: int, vector_bytes: int) -> None:
         """QuotaExceeded unless the owner has room for the adapter the job publishes (``vector_bytes``, at least), its

@@ -668,3 +668,22 @@ def test_a_classification_heads_size_counts_against_the_quota_at_submission(tmp_
         jobs.submit({"data": "x", "r": 16}, owner="ann", target="ann/many", dataset=many.encode())
     assert [job.target_name for job in jobs.list_jobs()] == ["ann/few"]
     db.engine.dispose()
+
+
+def test_an_owner_has_at_most_max_pending_jobs_queued_or_running(registry: Registry) -> None:
+    """An outsider's finding (session 33): any token could queue jobs without end, at any priority, ahead of every
+    other owner's. One over VERA_JOB_MAX_PENDING_PER_OWNER is refused (403 quota_exceeded), saying what to do;
+    jobs that ended make room, and another owner's queue is its own."""
+    jobs = Jobs(registry, max_pending=2)
+    for i in range(2):
+        jobs.submit(DEMO, owner="ann", target=f"ann/j{i}")
+    with pytest.raises(QuotaExceeded, match=r"^ann has 2 jobs queued or running, the most one owner may have at once "
+                                            r"\(VERA_JOB_MAX_PENDING_PER_OWNER=2\); wait for some to end, or cancel"):
+        jobs.submit(DEMO, owner="ann", target="ann/j2")
+    assert len(jobs.list_jobs(owner="ann")) == 2 and jobs.submit(DEMO, owner="bob", target="bob/j").owner == "bob"
+    assert jobs.claim("w1") is not None  # running still counts
+    with pytest.raises(QuotaExceeded):
+        jobs.submit(DEMO, owner="ann", target="ann/j2")
+    queued = next(job for job in jobs.list_jobs(owner="ann") if job.status == "queued")
+    jobs.cancel(queued.id, actor="ann")
+    assert jobs.submit(DEMO, owner="ann", target="ann/j2").status == "queued"
