@@ -59,6 +59,7 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
                         base_configs=base_configs,
                         file_cache=FileCache(settings.file_cache_bytes),
                         scratch_bytes=settings.read_only_scratch_bytes,
+                        derived_bytes=settings.derived_max_bytes,
                         default_visibility=settings.default_visibility,
                         quotas=Quotas(settings.owner_quota_bytes, settings.owner_quotas),
                         invitations=InvitationPolicy(settings.org_invitations,

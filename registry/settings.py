@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from registry.domain.errors import InvalidInput
 from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS, TrustedPublisher, check_publishers
 from registry.domain.schemas import (
+    DERIVED_MAX_BYTES,
     MAX_DATASET_BYTES,
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
@@ -94,6 +95,11 @@ class Settings(BaseSettings):
     # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size
     # with a unit: 10GB, 10GiB); the form just built is always kept, whatever its size.
     read_only_scratch_bytes: QuotaSize = SCRATCH_BYTES
+    # The download forms a registry builds (LoRA exports, folders with A and B materialised) are stored and served
+    # from storage; all versions together keep at most this much (bytes, or 32GiB), the least recently built
+    # forgotten first (built again when asked for), the one just built always kept. Any reader of a public version
+    # may have them built, and they count against no owner's quota: this bounds what readers can make it store.
+    derived_max_bytes: QuotaSize = DERIVED_MAX_BYTES
     # Downloads build a version's files once per option and keep them in memory, up to this many bytes per process
     # (least recently used out first); 0 builds them on every request.
     file_cache_bytes: int = Field(default=DEFAULT_FILE_CACHE_BYTES, ge=0)

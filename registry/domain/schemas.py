@@ -71,6 +71,9 @@ MAX_JOB_CHECKPOINT_BYTES = 256 * 2**20
 #: The most a read-only registry's process keeps of the download forms it built itself (registry.services.derived's
 #: Scratch) unless VERA_READ_ONLY_SCRATCH_BYTES says otherwise.
 SCRATCH_BYTES = 4 * 2**30
+#: The most bytes of built download forms (LoRA exports, folders with A and B) the registry keeps stored, all
+#: versions together (VERA_DERIVED_MAX_BYTES's default); the least recently built go first.
+DERIVED_MAX_BYTES = 32 * 2**30
 #: Request temp folders are named with this prefix, so that `vera fsck` can find those a killed server left behind.
 UPLOAD_PREFIX = "vera-upload-"
 #: The files of an adapter version, as PEFT's directory format names them.

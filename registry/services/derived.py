@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError as DatabaseConflict
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import IntegrityError, InvalidInput, NotFound
-from registry.domain.schemas import ADAPTER_FILES, SCRATCH_BYTES, Ref, VersionInfo
+from registry.domain.schemas import ADAPTER_FILES, DERIVED_MAX_BYTES, SCRATCH_BYTES, Ref, VersionInfo
 from registry.services.file_cache import BuiltFiles
 from registry.services.lookup import naming, naming_params, resolve, resolve_info
 from registry.services.versions import Versions
@@ -171,9 +171,10 @@ def _remove_stale_scratch() -> None:
 
 
 class DerivedFiles:
-    def __init__(self, db: Database, blobs: BlobStore, versions: Versions, *, scratch_bytes: int = SCRATCH_BYTES
-                 ) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, versions: Versions, *, scratch_bytes: int = SCRATCH_BYTES,
+                 max_bytes: int = DERIVED_MAX_BYTES) -> None:
         self.db, self.blobs, self.versions, self.scratch_bytes = db, blobs, versions, scratch_bytes
+        self.max_bytes = max_bytes
         self._lora_errors: dict[str, str | None] = {}
         self._git_ids: dict[str, str] = {}
         self._scratch: Scratch | None = None  # a read-only registry's own builds, made on its first one
@@ -332,6 +333,7 @@ class DerivedFiles:
                 with self.db.session() as s:
                     _record(s, files)
                     evicted = _evict(s, version_id, keep=form.key)
+                    evicted |= _evict_over(s, self.max_bytes, keep=(version_id, form.key))
             except DatabaseConflict:  # another replica listed them first, or the version was deleted meanwhile
                 with self.db.session() as s:
                     if listed := _listed(s, version_id, form.key):
@@ -425,6 +427,29 @@ def _evict(s: Session, version_id: int, *, keep: str) -> set[str]:
         digests |= set(s.scalars(select(m.VersionFile.sha256).where(m.VersionFile.version_id == version_id,
                                                                      m.VersionFile.form == form)))
         forget(s, version_id, form)
+    return digests
+
+
+def _evict_over(s: Session, max_bytes: int, *, keep: tuple[int, str]) -> set[str]:
+    """Forget the least recently built forms of any version while all stored forms together hold more than
+    ``max_bytes``, never ``keep`` (the one just built, whatever its size); the digests their files had. A file
+    listed by two forms counts twice: the bound errs on the side of storing less."""
+    total = s.scalar(select(func.coalesce(func.sum(m.VersionFile.size), 0))) or 0
+    digests: set[str] = set()
+    if total <= max_bytes:
+        return digests
+    forms = s.execute(select(m.VersionFile.version_id, m.VersionFile.form, func.sum(m.VersionFile.size))
+                      .group_by(m.VersionFile.version_id, m.VersionFile.form)
+                      .order_by(func.min(m.VersionFile.created_at), m.VersionFile.version_id, m.VersionFile.form)).all()
+    for version_id, form, size in forms:
+        if total <= max_bytes:
+            break
+        if (version_id, form) == keep:
+            continue
+        digests |= set(s.scalars(select(m.VersionFile.sha256).where(m.VersionFile.version_id == version_id,
+                                                                     m.VersionFile.form == form)))
+        forget(s, version_id, form)
+        total -= size
     return digests
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from registry.domain.schemas import SCRATCH_BYTES, OwnerUsage
+from registry.domain.schemas import DERIVED_MAX_BYTES, SCRATCH_BYTES, OwnerUsage
 from registry.services.access import Access, Visibility
 from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
@@ -61,7 +61,7 @@ class Registry:
                  base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None,
                  default_visibility: Visibility = "public", downloads: DownloadCounter | None = None,
                  quotas: Quotas | None = None, invitations: InvitationPolicy | None = None,
-                 scratch_bytes: int = SCRATCH_BYTES) -> None:
+                 scratch_bytes: int = SCRATCH_BYTES, derived_bytes: int = DERIVED_MAX_BYTES) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
         VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
         from open_registry) gives the layer shapes of base models nobody declared, for PEFT's seed-only adapters;
@@ -71,13 +71,14 @@ class Registry:
         default none); ``invitations``: whether adding a user to an organisation invites them, and for how long
         (VERA_ORG_INVITATIONS, VERA_ORG_INVITATION_DAYS; default: off, a user added is a member at once);
         ``scratch_bytes``: what a read-only registry keeps of the forms it builds itself (VERA_READ_ONLY_SCRATCH_BYTES,
-        default 4 GiB)."""
+        default 4 GiB); ``derived_bytes``: the most the built download forms of all versions keep stored
+        (VERA_DERIVED_MAX_BYTES, default 32 GiB)."""
         self.db, self.blobs = db, blobs
         blobs.guard_writes(partial(names_any_blob, db))  # no write lands on storage that is not mounted
         self.budget = budget = budget or ProjectionBudget()
         self.base_models = BaseModels(db)
         self.versions = Versions(db, blobs, budget=budget, cache=file_cache)
-        self.derived = DerivedFiles(db, blobs, self.versions, scratch_bytes=scratch_bytes)
+        self.derived = DerivedFiles(db, blobs, self.versions, scratch_bytes=scratch_bytes, max_bytes=derived_bytes)
         self.search = Search(db)
         self.verification = Verification(db, blobs, budget=budget)
         self.analysis = Analysis(db, blobs, budget=budget)

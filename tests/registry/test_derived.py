@@ -313,6 +313,36 @@ def test_a_version_keeps_a_bounded_number_of_stored_forms(registry: Registry, re
     assert info.ref == registry.get(ref).ref and files and forms[0].key in {f.form for f in files}
 
 
+def test_all_versions_together_keep_at_most_derived_max_bytes_of_built_forms(registry: Registry, tmp_path: Path
+                                                                             ) -> None:
+    """An outsider's finding (session 33): an anonymous reader had 137x a public adapter's size built and stored (LoRA
+    exports in three dtypes, A and B), counted against no quota, up to 8 forms of every version. All versions'
+    forms together now keep at most VERA_DERIVED_MAX_BYTES, the least recently built forgotten first (its blobs at
+    once), the one just built always kept, whatever its size."""
+    from registry.services.derived import NotBuilt
+
+    refs = [registry.publish(make_adapter(tmp_path / f"a{i}", seed=i), owner="kim", name=f"v{i}",
+                             base_model="tiny").ref for i in range(3)]
+    form = FileForm(with_projection=True)
+    first = sum(f.size for f in registry.derived.manifest(refs[0], form)[1])
+    capped = Registry(registry.db, registry.blobs, derived_bytes=int(first * 1.5))  # room for one form
+    with registry.db.session() as s:
+        assert s.scalar(select(func.count(func.distinct(m.VersionFile.version_id)))) == 1
+    capped.derived.manifest(refs[1], form)
+    capped.derived.manifest(refs[2], form)
+    with registry.db.session() as s:
+        held = set(s.execute(select(m.VersionFile.version_id, m.VersionFile.form).distinct()).all())
+        listed = set(s.scalars(select(m.VersionFile.sha256)))
+        derived = set(s.scalars(select(m.Blob.sha256).where(m.Blob.kind == "derived")))
+    assert len(held) == 1 and capped.derived.manifest(refs[2], form, build=False)[1]  # the newest, alone
+    for older in refs[:2]:
+        with pytest.raises(NotBuilt):
+            capped.derived.manifest(older, form, build=False)
+    assert derived == listed  # the forgotten forms' blobs went with them
+    tiny = Registry(registry.db, registry.blobs, derived_bytes=1)  # smaller than any form: the new one stays
+    assert tiny.derived.manifest(refs[0], form)[1]
+
+
 def test_equal_files_of_different_versions_built_at_once_are_recorded_once(registry: Registry,
                                                                            tmp_path: Path) -> None:
     """Versions whose derived files share bytes (a seed-only adapter_config.json is the same for every adapter of one
