@@ -266,6 +266,12 @@ def test_the_servers_hub_token_is_only_for_the_hub_scope(server: dict[str, Any])
     granted = httpx.post(push, json={"repo_id": "alice/by-hub-scope"}, timeout=60,
                          headers={"Authorization": f"Bearer {server['tokens']['publisher']}"})
     assert granted.status_code == 200, granted.text  # the hub scope uses the server's token
+    # a Hub token sent as a field of the body (its place is X-Hub-Token) was ignored without a word (an outsider's
+    # finding, session 33): fields the bodies have not are refused, before anything reaches the Hub
+    for route, body in ((push, {"repo_id": "alice/x", "hub_token": "hf_mine"}),
+                        (f"{base}/api/v1/hub/pull", {"repo_id": "alice/x", "target": "alice/m", "subfolder": "a"})):
+        extra = httpx.post(route, json=body, timeout=60, headers={"Authorization": f"Bearer {plain}"})
+        assert extra.status_code == 422 and "Extra inputs are not permitted" in extra.json()["detail"], extra.text
 
 
 def test_job_ids_are_not_revealed_to_callers_without_a_token(server: dict[str, Any]) -> None:

@@ -603,3 +603,15 @@ def test_an_administrators_registry_wide_webhooks_pause_when_its_last_admin_toke
                 two.delete_webhook(hook.id)
     finally:
         db.engine.dispose()
+
+
+def test_a_change_naming_a_field_a_webhook_has_not_is_refused(server: dict[str, Any], receiver: Receiver) -> None:
+    """`PATCH {"owner": "mallory"}` answered 200 and changed nothing, as if it had (an outsider's finding, session
+    33): a field other than url, events, description and active is a 422 naming it, and nothing changes."""
+    with client(server) as alice:
+        hook = alice.create_webhook("alice", receiver.url("/kept"))
+    answer = httpx.patch(f"{server['url']}/api/v1/webhooks/{hook.id}", json={"owner": "mallory", "active": False},
+                         headers={"Authorization": f"Bearer {server['tokens']['alice']}"})
+    assert answer.status_code == 422 and "owner: Extra inputs are not permitted" in answer.json()["detail"]
+    with client(server) as alice:
+        assert alice.webhook(hook.id).owner == "alice" and alice.webhook(hook.id).active

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from registry.api.deps import Caller, HubDep, Options, OwnerPublisher, Reader, authorize, ref_of
 from registry.domain.schemas import HubSyncInfo, HubSyncResult, Ref
@@ -25,6 +25,7 @@ HubToken = Annotated[str | None, Header(alias="X-Hub-Token", description="a Hugg
 
 
 class HubPushBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a field it has not (hub_token, subfolder) is refused, not ignored
     repo_id: str = Field(max_length=200, description="namespace/name on the Hub")
     revision: str = Field("main", max_length=200)
     private: bool = False
@@ -33,6 +34,7 @@ class HubPushBody(BaseModel):
 
 
 class HubPullBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     repo_id: str = Field(max_length=200)
     target: str = Field(max_length=200, description="owner/name to record the adapter as")
     revision: str = Field("main", max_length=200)
