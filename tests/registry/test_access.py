@@ -78,8 +78,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
                                               VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TOKEN="hf_server",
                                               VERA_WEBHOOK_ALLOW_PRIVATE="true",
-                                              # the matrix submits a job per case: more than a minute's budget
-                                              VERA_COSTLY_REQUESTS_PER_MINUTE="100000") as base:
+                                              # the matrix submits a job per case: more than a minute's budget,
+                                              # and more jobs for alice than one owner may have queued
+                                              VERA_COSTLY_REQUESTS_PER_MINUTE="100000",
+                                              VERA_JOB_MAX_PENDING_PER_OWNER="100000") as base:
         hub.tokens["hf_server"] = "alice"
         hub.seed_repo("alice/source", {p.name: p.read_bytes() for p in source.iterdir()})
         db = Database(url)

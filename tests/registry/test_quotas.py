@@ -70,8 +70,9 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
                                                 r"\(at least .* KB\) would take it over"):
             Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/z")
         with pytest.raises(QuotaExceeded, match=r"tiny stores 0 B of its 1.0 KB quota; the adapter job tiny/z would "
-                                                r"publish \(at least 19.2 KB\) would take it over. Ask the "
-                                                r"registry's admins"):  # its vectors alone: 12 x (16+384)
+                                                r"publish \(at least 22.3 KB\) would take it over. Ask the "
+                                                r"registry's admins"):  # its vectors, 12 x (16+384) x 4 B, and its
+            # head's last layer, 2 labels x (384+1) x 4 B
             Jobs(registry).submit({"demo": True, "r": 16}, owner="tiny", target="tiny/z")
         assert Jobs(registry).submit({"demo": True, "r": 16}, owner="roomy", target="roomy/z").status == "queued"
         registry.delete("ann/x:1", actor="ann")  # room again, at once
