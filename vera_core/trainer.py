@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers as numbers_
 import shutil
 import time
 import warnings
@@ -111,8 +112,8 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
-            if (finite_number(value) is None) if name in numbers else (isinstance(value, bool)
-                                                                        or not isinstance(value, int)):
+            if (_finite(value) is None) if name in numbers else (isinstance(value, bool)
+                                                                  or not isinstance(value, numbers_.Integral)):
                 kind = "a finite number" if name in numbers else "a whole number"
                 raise VeraConfigError(f"{name} must be {kind}{' or None' if name in optional else ''}, got "
                                       f"{value!r:.100}.")
@@ -158,6 +159,13 @@ class TrainingArguments:
             raise VeraConfigError(f"save_total_limit must be at least 1 (the checkpoint a resume needs), got "
                                   f"{self.save_total_limit!r}.")
         distributed.check_mode(self.distributed)
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float (finite_number), numpy's scalars included."""
+    if isinstance(value, numbers_.Real) and not isinstance(value, int | float | bool):
+        value = float(value)
+    return finite_number(value)
 
 
 #: Training arguments a resume may change, with a warning (the rest either cannot matter to what was trained, such
