@@ -31,7 +31,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref, VersionInfo
+from registry.domain.schemas import Ref, VersionInfo, path_like
 from vera_core.config import VERA_PEFT_TYPES
 
 
@@ -84,7 +84,7 @@ def publish(
         err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
                                  f"and --base-model is {base_model!r}: the version is published for "
                                  f"{base_model!r}."), soft_wrap=True)
-    if _path_like(base_model):
+    if path_like(base_model):
         fail(InvalidInput(f"--base-model {base_model!r} is a folder path; a version is keyed by its base model's Hub "
                           "id or registry name, the same on every machine (`vera base ls` lists those this registry "
                           "knows), e.g. --base-model minilm."))
@@ -144,15 +144,10 @@ def _known_bases(registry: str | None, token: str | None) -> set[str]:
         return set()
 
 
-def _path_like(name: str) -> bool:
-    """Whether a base model name reads as a folder path (not a Hub id, org/name, or a registry name)."""
-    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or ":" in name
-
-
 def _a_path(name: str) -> bool:
     """Whether a config's base model reads as a folder path (of this machine or the one that trained it), not a Hub
     id (``org/name``) or a registry name."""
-    return _path_like(name) or Path(name).is_dir()
+    return path_like(name) or Path(name).is_dir()
 
 
 def _config_base(directory: Path) -> str:

@@ -133,8 +133,30 @@ _C1_INTRODUCERS = frozenset("\x90\x98\x9b\x9d\x9e\x9f")
 _ONE_LINE_REFUSED = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+#: The deepest JSON the registry stores (metrics, evaluation details, job specs): the parser reads about 1,000
+#: levels, but pydantic writes replies of at most 255, so deeper JSON, once stored, made every listing that showed it
+#: a 500 (an outsider's re-check, session 33).
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests more than MAX_JSON_DEPTH lists and objects deep (walked without recursion, and no
+    further than that depth)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def check_json(value: Any, what: str, *, max_bytes: int) -> str:
-    """``value`` as JSON text: finite numbers only, no NUL character, at most ``max_bytes``."""
+    """``value`` as JSON text: finite numbers only, no NUL character, at most ``max_bytes`` and MAX_JSON_DEPTH levels
+    of lists and objects."""
+    if _too_deep(value):
+        raise InvalidInput(f"{what} nests lists and objects more than {MAX_JSON_DEPTH} levels deep; flatten it.")
     try:
         text = json.dumps(value, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -145,6 +167,13 @@ def check_json(value: Any, what: str, *, max_bytes: int) -> str:
         raise InvalidInput(f"{what} is {len(text.encode()):,} bytes as JSON; the limit is {max_bytes:,}.")
     _check_unicode(value, what)
     return text
+
+
+def path_like(name: str) -> bool:
+    """Whether a base model name reads as a folder path (a machine's), not a Hub id (org/name) or a registry name:
+    such a name became a base for good, and servers of the real name refuse its versions (a newcomer's walk and an
+    outsider's re-check, session 33: the CLI refused it, the API took it)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or ":" in name
 
 
 def check_name(value: str, what: str) -> str:

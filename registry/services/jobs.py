@@ -586,6 +586,9 @@ def _check_labels(labels: list[str]) -> None:
                            f"{MAX_JOB_LABELS:,} (its classification head has an output for each, and its version's "
                            "metrics list them). Check that label_column names the labels, or train it yourself with "
                            "`vera train`.")
+    if (bad := next((label for label in labels if any(ord(c) < 32 or ord(c) == 127 for c in label)), None)):
+        raise InvalidInput(f"The dataset's label {bad[:100]!r} holds a control character; its version's metrics list "
+                           "the labels, as text without them. Remove it from the label column.")
     if (size := len(json.dumps(labels))) > MAX_JOB_LABEL_BYTES:
         raise InvalidInput(f"The dataset's {len(labels):,} label names take {size:,} bytes as JSON; its version's "
                            f"metrics list them, within {MAX_JOB_LABEL_BYTES:,}. Use shorter label names.")
@@ -600,18 +603,19 @@ def _check_metric(args: TrainingArguments, task: str) -> None:
 
 
 def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> list[str]:
-    """The uploaded dataset reads as the spec says (its columns, its labels); errors name it as the caller did.
+    """The uploaded dataset reads as the spec says (its columns, its labels) and splits as the worker will split it
+    (two rows were a 201, then a failed job: an outsider's re-check, session 33); errors name it as the caller did.
     Returns its labels (sorted; none for a causal-lm task)."""
-    from vera_core.data import DatasetError, read_examples
+    from vera_core.data import DatasetError
+    from vera_core.recipes import load_splits
 
     if dataset is None:
         raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"uploaded{Path(dataset_name).suffix.lower()}"
         path.write_bytes(dataset)
-        label = checked.label_column if checked.task == "classification" else None
         try:
-            return read_examples(path, text_column=checked.text_column, label_column=label)[1]
+            return load_splits(replace(checked, data=str(path))).labels
         except DatasetError as exc:  # named as the caller named it, not by this scratch path
             said = str(exc).replace(str(path), Path(dataset_name).name[:200])
             # the spec's fields, and where each client sets them (the dashboard has no command-line options)

@@ -31,6 +31,7 @@ from registry.domain.schemas import (
     check_name,
     check_properties,
     check_text,
+    path_like,
 )
 from registry.services.access import Visibility, check_visibility
 from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailable
@@ -106,6 +107,18 @@ class Publisher:
         self.budget, self.base_configs, self.default_visibility = budget, base_configs, default_visibility
         self.quotas = quotas or Quotas()
 
+    def _refuse_a_new_path(self, base_model: str) -> None:
+        """A base model name that reads as a folder path is refused, unless a base is named so already (published
+        before this check: it keeps taking versions)."""
+        if not path_like(base_model):
+            return
+        with self.db.session() as s:
+            known = s.scalar(select(m.BaseModelShapes.id).where(m.BaseModelShapes.name == base_model).limit(1))
+        if known is None:
+            raise InvalidInput(f"base_model {base_model[:200]!r} is a folder path; a version is keyed by its base "
+                               "model's Hub id or registry name, the same on every machine (`vera base ls` lists "
+                               "those this registry knows), e.g. minilm.")
+
     def publish(
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",
         metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
@@ -120,6 +133,7 @@ class Publisher:
                                     metrics=metrics, tags=tags, description=description,
                                     published_by=published_by or owner, lineage=lineage or {})
         what = replace(what, properties=check_properties(properties or {}))
+        self._refuse_a_new_path(base_model)
         if visibility is not None:
             what = replace(what, visibility=check_visibility(visibility))
         from vera_core import read_adapter

@@ -62,6 +62,12 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
          "metric_for_best='nonexistent' is not a metric a classification job reports; name one of loss, accuracy"),
         ({"demo": True, "max_length": 8192}, None, r"max_length=8192 is more tokens than minilm reads \(512 "),
         ({"data": "x"}, b"text,label\na,x\nb\n", "data.csv:3 has fewer fields than the header's 2"),
+        # a re-check's (session 33): a 201, then a job that failed on its worker
+        ({"data": "x"}, b"text,label\na,x\nb,y\n", "data.csv has 2 examples, 2 distinct texts: too few for a "
+                                                    "train/eval split"),
+        ({"data": "x"}, b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"p\x00s" if i % 2 else b"n")
+                                                    for i in range(80)),
+         "The dataset's label 'p.x00s' holds a control character"),
         ({"data": "x"}, b"text,label\n" + "".join(f"t{i},L{i}\n" for i in range(10_001)).encode(),
          "The dataset has 10,001 distinct labels; a job trains at most 10,000"),
     ]

@@ -498,6 +498,18 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
     assert long_int.status_code == 400 and "The JSON body holds an integer of over 4,300 digits" in long_int.text
     nested = post("/adapters/eve/numbers/versions/1/evaluations", '{"name": "t", "metrics": ' + "[" * 5000)
     assert nested.status_code == 400 and "The JSON body nests too deeply" in nested.text, nested.text
+    # 300 deep: read, but deeper than replies can be written (pydantic stops at 255): it was stored, then every
+    # listing that showed it answered 500, anonymous ones and the webhook dispatcher too (an outsider's re-check)
+    deep = '{"a": ' * 300 + "1" + "}" * 300
+    details = post("/adapters/eve/numbers/versions/1/evaluations", '{"name": "deep", "metrics": {"acc": 1}, '
+                   f'"details": {deep}}}')
+    assert details.status_code == 422 and "nests lists and objects more than 64 levels deep" in details.text
+    deep_metrics = post("/adapters/eve/deep/versions", files=files, data={"base_model": "tiny", "metrics": deep})
+    assert deep_metrics.status_code == 422 and "more than 64 levels deep" in deep_metrics.text, deep_metrics.text
+    assert httpx.get(f"{url}/api/v1/adapters/eve/deep", headers=auth, timeout=60).status_code == 404
+    listed_all = httpx.get(f"{url}/api/v1/adapters", headers=auth, timeout=60)
+    evaluated = httpx.get(f"{url}/api/v1/adapters/eve/numbers/versions/1/evaluations", headers=auth, timeout=60)
+    assert listed_all.status_code == evaluated.status_code == 200 and "deep" not in evaluated.text
     for selector in ("²", "١"):  # digits to str.isdigit(), and int('١') is 1: not version numbers
         answer = httpx.get(f"{url}/api/v1/adapters/eve/numbers/versions/{selector}", headers=auth, timeout=60)
         assert answer.status_code in (404, 422) and answer.headers["content-type"] == "application/problem+json"
