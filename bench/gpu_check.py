@@ -529,7 +529,7 @@ def step_worker(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
 
     from registry.client import RegistryClient
     from tests.registry.servers import running_server
-    from tests.registry.tiny_lm import WORDS, save_tiny_llama
+    from tests.registry.tiny_lm import WORDS, save_tiny_llama_in_hub_cache
 
     gpu = device.startswith("cuda")
     count = torch.cuda.device_count() if gpu else 0
@@ -541,10 +541,7 @@ def step_worker(device: str, quick: bool, out: Path) -> tuple[Lines, bool]:
     lines: Lines = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        snapshot = root / "hub" / "models--tiny--llama" / "snapshots" / ("0" * 40)
-        save_tiny_llama(snapshot)
-        (snapshot.parent.parent / "refs").mkdir()
-        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+        save_tiny_llama_in_hub_cache(root / "hub", WORKER_BASE)
         env = {"VERA_DATABASE_URL": f"sqlite:///{tmp}/r.db", "VERA_STORAGE_URL": str(root / "blobs"),
                "VERA_JOB_BASE_MODELS": json.dumps([WORKER_BASE]), "HF_HUB_CACHE": str(root / "hub"),
                "HF_HUB_OFFLINE": "1", "VERA_LOG_FORMAT": "text"}
@@ -611,11 +608,13 @@ def _job_seconds(job: Any) -> str:
 
 STEPS = {"device": step_device, "projection": step_projection, "train": step_train, "mixed": step_mixed,
          "decode": step_decode}
+#: The steps that also write logs of their own into the output folder.
+OUT_STEPS = {"serve": step_serve, "worker": step_worker}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=[*STEPS, "serve", "worker"])
+    parser.add_argument("step", choices=[*STEPS, *OUT_STEPS])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"))
@@ -623,8 +622,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.device == "cpu":
         torch.set_num_threads(min(4, torch.get_num_threads()))
-    if args.step in ("serve", "worker"):
-        lines, ok = {"serve": step_serve, "worker": step_worker}[args.step](args.device, args.quick, args.out)
+    if args.step in OUT_STEPS:
+        lines, ok = OUT_STEPS[args.step](args.device, args.quick, args.out)
     else:
         lines, ok = STEPS[args.step](args.device, args.quick)
     text = "\n".join(lines) + "\n"

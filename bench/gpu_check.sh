@@ -24,7 +24,7 @@
 # same losses, step time, peak memory), mixed (mixed-adapter batch vs PEFT), decode (continuous batching: rows
 # joining mid-flight choose their adapter's tokens; vs generate), serve (vera serve-model --device), worker (vera
 # worker --device: trains the job asking for its GPU there, leaves one asking for more queued, refuses a missing
-# device; in the full run on a GPU the same job on a CPU worker publishes the same vectors).
+# device; in the full run the same job on a CPU worker publishes the same vectors).
 # Output: OUT/gpu_check.md (the fragment), OUT/<step>.md and OUT/<step>.log; with --offline the .md and .log files
 # other than the fragment end up in OUT/gpu_check_logs.tar.gz (the device tool brings back at most 8 files from $OUT).
 # Exit 0 when every step passed, 1 when one failed or timed out (the fragment says which), 2 on a bad option.

@@ -140,10 +140,11 @@ def _read_rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
     suffix = file.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise DatasetError(f"{file} has suffix {file.suffix!r}; expected .csv or .jsonl.")
+    raw = file.read_bytes()
     try:  # UTF-8, with or without the byte-order mark spreadsheets write
-        text = file.read_bytes().decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise DatasetError(f"{file}:{line} is not UTF-8 text ({exc.reason} at byte {exc.start:,}); save the file "
                            "as UTF-8.") from None
     return _csv_rows(file, text) if suffix == ".csv" else _jsonl_rows(file, text)

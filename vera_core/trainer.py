@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import numbers as numbers_
+import numbers
 import shutil
 import time
 import warnings
@@ -104,17 +104,17 @@ class TrainingArguments:
         """Numbers where numbers belong, whole ones where counts do, true/false for switches and text for names: a
         job's spec is JSON, where `"epochs": true` counted as 1 and `"max_grad_norm": -1` turned clipping into
         nonsense (an outsider's findings, session 33)."""
-        numbers = ("lr", "head_lr", "weight_decay", "head_weight_decay", "epochs", "warmup_ratio", "max_grad_norm")
+        reals = ("lr", "head_lr", "weight_decay", "head_weight_decay", "epochs", "warmup_ratio", "max_grad_norm")
         counts = ("max_steps", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
                   "early_stopping_patience", "save_total_limit")
         optional = ("max_grad_norm", "max_steps", "early_stopping_patience")
-        for name in numbers + counts:
+        for name in reals + counts:
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
-            if (_finite(value) is None) if name in numbers else (isinstance(value, bool)
-                                                                  or not isinstance(value, numbers_.Integral)):
-                kind = "a finite number" if name in numbers else "a whole number"
+            if (_finite(value) is None) if name in reals else (isinstance(value, bool)
+                                                                or not isinstance(value, numbers.Integral)):
+                kind = "a finite number" if name in reals else "a whole number"
                 raise VeraConfigError(f"{name} must be {kind}{' or None' if name in optional else ''}, got "
                                       f"{value!r:.100}.")
         for name in ("greater_is_better", "load_best_at_end"):
@@ -163,7 +163,7 @@ class TrainingArguments:
 
 def _finite(value: object) -> float | None:
     """``value`` as a finite float (finite_number), numpy's scalars included."""
-    if isinstance(value, numbers_.Real) and not isinstance(value, int | float | bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, int | float | bool):
         value = float(value)
     return finite_number(value)
 

@@ -65,8 +65,8 @@ def publish(
 ) -> None:
     """Publish an adapter directory as the next version of owner/name."""
     visibility = None if private is None else "private" if private else "public"
-    named = _config_base(directory)
-    if (kind := _config_field(directory, "peft_type")) and kind not in VERA_PEFT_TYPES:  # before uploading it all
+    named, kind = _config_fields(directory, "base_model_name_or_path", "peft_type")
+    if kind and kind not in VERA_PEFT_TYPES:  # before uploading it all
         fail(InvalidInput(f"{directory} holds a PEFT {kind} adapter (adapter_config.json's peft_type), not VeRA: "
                           "this registry stores VeRA adapters, and exports them as LoRA (`vera fetch REF --as "
                           "lora`). Nothing was uploaded."))
@@ -150,21 +150,18 @@ def _a_path(name: str) -> bool:
     return path_like(name) or Path(name).is_dir()
 
 
-def _config_base(directory: Path) -> str:
-    """The base model the adapter's own config names (base_model_name_or_path), or "" (none, or no readable config:
-    the publish itself then says what is wrong with the folder). Published without --base-model, the version is
-    keyed by it; with another --base-model, a note says so, since servers of the base the config names would refuse
-    the version (a folder path is not compared: a Hub id or a registry name may well stand for it)."""
-    return _config_field(directory, "base_model_name_or_path")
-
-
-def _config_field(directory: Path, key: str) -> str:
-    """A text field of the folder's adapter_config.json, or "" (none, or no readable config)."""
+def _config_fields(directory: Path, *keys: str) -> list[str]:
+    """Text fields of the folder's adapter_config.json, read once, each "" where it has none (or the config is not
+    readable: the publish itself then says what is wrong with the folder). Its base model (base_model_name_or_path)
+    keys a version published without --base-model; with another --base-model, a note says so, since servers of the
+    base the config names would refuse the version (a folder path is not compared: a Hub id or a registry name may
+    well stand for it)."""
     try:
-        value = json.loads((directory / "adapter_config.json").read_text()).get(key)
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return ""
-    return value if isinstance(value, str) else ""
+        config = json.loads((directory / "adapter_config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        config = {}
+    values = [config.get(key) if isinstance(config, dict) else None for key in keys]
+    return [value if isinstance(value, str) else "" for value in values]
 
 
 def _metrics_file(path: Path | None) -> dict[str, object]:

@@ -183,7 +183,7 @@ class Jobs:
         """QuotaExceeded when ``owner`` has max_pending jobs queued or running: one token filled the queue that every
         owner's jobs wait in (an outsider's finding, session 33)."""
         pending = s.scalar(select(func.count()).select_from(m.Job).where(
-            m.Job.owner == owner, m.Job.status.in_(("queued", "running")))) or 0
+            m.Job.owner == owner, m.Job.status.in_(ACTIVE_JOB_STATUSES))) or 0
         if pending >= self.max_pending:
             raise QuotaExceeded(f"{owner} has {pending:,} jobs queued or running, the most one owner may have at once "
                                 f"(VERA_JOB_MAX_PENDING_PER_OWNER={self.max_pending:,}); wait for some to end, or "

@@ -211,12 +211,10 @@ def tiny_jobs(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     vectors), found as TINY in a Hub cache that this process and the training processes both read."""
     from huggingface_hub import constants
 
-    from tests.registry.tiny_lm import save_tiny_llama
+    from tests.registry.tiny_lm import save_tiny_llama_in_hub_cache
 
-    cache, commit = tmp_path / "hub", "0" * 40
-    save_tiny_llama(cache / "models--tiny--llama" / "snapshots" / commit)
-    (cache / "models--tiny--llama" / "refs").mkdir()
-    (cache / "models--tiny--llama" / "refs" / "main").write_text(commit)
+    cache = tmp_path / "hub"
+    save_tiny_llama_in_hub_cache(cache, TINY)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return Jobs(registry, base_models=[TINY])

@@ -15,6 +15,16 @@ WORDS = ["the", "a", "cat", "dog", "runs", "far", "sits", "on", "mat", "and", "r
          "house", "tree", "sun", "moon", "eats", "sleeps", "jumps", "over", "under", "near", "fast", "slow", "green"]
 
 
+def save_tiny_llama_in_hub_cache(cache: Path, repo_id: str = "tiny/llama") -> str:
+    """save_tiny_llama as the one snapshot of ``repo_id`` in a Hub cache at ``cache`` (what `HF_HUB_CACHE` names),
+    so that jobs, which train Hub ids and never paths, find it offline; returns the repo id."""
+    folder, commit = cache / f"models--{repo_id.replace('/', '--')}", "0" * 40
+    save_tiny_llama(folder / "snapshots" / commit)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return repo_id
+
+
 def save_tiny_llama(directory: Path, *, positions: int = 40) -> Path:
     """TINY_MODELS' Llama (vocabulary 96) with a word-level tokenizer over WORDS, saved like any HF model; its
     context ``positions`` tokens (rotary positions: the weights are the same whatever it is)."""
