@@ -129,7 +129,15 @@ class VeraConfig:
 
     def __post_init__(self) -> None:
         self._check_values()
+        self._plain_numbers()
         self._normalise_modules()
+
+    def _plain_numbers(self) -> None:
+        """numpy's scalars (a sweep's float32) as plain floats, which JSON writes; an int stays as given, as PEFT
+        writes it."""
+        for name in ("vera_dropout", "d_initial"):
+            if type(value := getattr(self, name)) not in (int, float):
+                setattr(self, name, float(value))
 
     def _check_values(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:

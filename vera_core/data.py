@@ -14,6 +14,7 @@ import io
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,9 @@ def read_examples(
                 found = "no such column" if column not in row else _shown(value)
                 raise DatasetError(f"{file}:{line}: column {column!r} must be {what}; found {found}. Every row "
                                    "needs it.")
+            if column and column == label_column and _no_label(value):  # was a class named "" (or "nan")
+                raise DatasetError(f"{file}:{line}: column {column!r} is {'empty' if value == '' else _shown(value)}; "
+                                   "every row needs a label, a name or a number. Fill it in or drop the row.")
     rows = [row for _, row in numbered]
     if label_column is None:
         return [Example(str(r[text_column])) for r in rows], []
@@ -111,6 +115,11 @@ def read_examples(
         raise DatasetError(f"{file} has a single label value {names}; classification needs at least two.")
     index = {name: i for i, name in enumerate(names)}
     return [Example(str(r[text_column]), index[v]) for r, v in zip(rows, raw, strict=True)], names
+
+
+def _no_label(value: object) -> bool:
+    """An empty cell, or a JSON NaN or infinity: a missing label, not a class."""
+    return value == "" or (type(value) is float and not math.isfinite(value))
 
 
 def _label_order(name: str) -> tuple[bool, int, str]:
@@ -154,6 +163,11 @@ def _csv_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
     try:
+        header = reader.fieldnames or []
+        if (twice := sorted(name for name, n in Counter(header).items() if n > 1)):  # csv keeps the last silently
+            raise DatasetError(f"{file}:1 names the column{'s' if len(twice) > 1 else ''} "
+                               f"{', '.join(map(repr, twice))} more than once; expected one header line of distinct "
+                               "column names.")
         for row in reader:
             if None in row or None in row.values():  # more fields than the header (restkey None), or fewer
                 fields = len(reader.fieldnames or ())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
 from typing import Any
 
@@ -98,11 +99,12 @@ def not_unicode(value: Any) -> str | None:
 def finite_number(value: object) -> float | None:
     """``value`` as a finite float; None for a bool, a non-number, NaN, an infinity, or an int beyond a float's range
     (float() of one raises OverflowError): what a number read from a caller's JSON must be to be stored, compared or
-    served back as JSON (a metric of 10**400, a config's d_initial of Infinity)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    served back as JSON (a metric of 10**400, a config's d_initial of Infinity). numpy's scalars (a float32 from a
+    sweep) are numbers too."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy's scalars are Real, its bool is not
         return None
     try:
         number = float(value)
-    except OverflowError:
+    except (OverflowError, TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None

@@ -112,7 +112,7 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
-            if (_finite(value) is None) if name in reals else (isinstance(value, bool)
+            if (finite_number(value) is None) if name in reals else (isinstance(value, bool)
                                                                 or not isinstance(value, numbers.Integral)):
                 kind = "a finite number" if name in reals else "a whole number"
                 raise VeraConfigError(f"{name} must be {kind}{' or None' if name in optional else ''}, got "
@@ -159,13 +159,6 @@ class TrainingArguments:
             raise VeraConfigError(f"save_total_limit must be at least 1 (the checkpoint a resume needs), got "
                                   f"{self.save_total_limit!r}.")
         distributed.check_mode(self.distributed)
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a finite float (finite_number), numpy's scalars included."""
-    if isinstance(value, numbers.Real) and not isinstance(value, int | float | bool):
-        value = float(value)
-    return finite_number(value)
 
 
 #: Training arguments a resume may change, with a warning (the rest either cannot matter to what was trained, such

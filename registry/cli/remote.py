@@ -84,7 +84,8 @@ def publish(
         err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
                                  f"and --base-model is {base_model!r}: the version is published for "
                                  f"{base_model!r}."), soft_wrap=True)
-    if path_like(base_model):
+    known = _known_bases(registry, token)
+    if path_like(base_model) and base_model not in known:  # one named so before the registry refused them is kept
         fail(InvalidInput(f"--base-model {base_model!r} is a folder path; a version is keyed by its base model's Hub "
                           "id or registry name, the same on every machine (`vera base ls` lists those this registry "
                           "knows), e.g. --base-model minilm."))
@@ -93,7 +94,6 @@ def publish(
     if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
         err_console.print(styled("note:", "yellow", f" {left} is not published without --metrics {left} (the "
                                  "version then has no loss curve or accuracy)."), soft_wrap=True)
-    known = _known_bases(registry, token) if base_config is None else set()
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
         call_registry(registry, token, lambda c: c.register_base_model(base_model, config, revision=base_revision))
@@ -105,7 +105,8 @@ def publish(
                                                               dataset=dataset, properties=properties))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
-    if known and base_model not in known:  # a typo makes a base name for good: only an admin removes one
+    if known and base_model not in known and base_config is None:  # a typo makes a base for good: only an admin
+        # removes one (--base-config declares a new base on purpose)
         err_console.print(styled("note:", "yellow", f" base model {base_model!r} is new to this registry (it knew "
                                  f"{', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}); servers of "
                                  "another name refuse this version. If that was a typo, `vera rm` the version and "

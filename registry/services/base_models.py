@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import BaseModelInfo, check_text
+from registry.domain.schemas import BaseModelInfo, check_text, path_like
 from registry.domain.words import counted
 from registry.services.access import shown_to
 from registry.services.shapes import declared_layers, in_features_json, match_path, shapes_fingerprint, shapes_of
@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 def _row(s: Session, name: str, revision: str) -> m.BaseModelShapes | None:
     return s.scalar(select(m.BaseModelShapes).where(m.BaseModelShapes.name == name,
                                                     m.BaseModelShapes.revision == revision))
+
+
+def refuse_a_new_path(s: Session, name: str) -> None:
+    """A base model name that reads as a folder path is refused, unless a base is named so already (published before
+    this check: it keeps taking versions and declarations). Publishing and declaring alike: a path declared first
+    was a base a publish then took."""
+    if path_like(name) and s.scalar(select(m.BaseModelShapes.id).where(m.BaseModelShapes.name == name)
+                                    .limit(1)) is None:
+        raise InvalidInput(f"base_model {name[:200]!r} is a folder path; a version is keyed by its base model's Hub "
+                           "id or registry name, the same on every machine (`vera base ls` lists those this "
+                           "registry knows), e.g. minilm.")
 
 
 def base_info(row: m.BaseModelShapes) -> BaseModelInfo:
@@ -59,6 +70,7 @@ class BaseModels:
         if not declared:
             raise InvalidInput(f"Base model {name!r} has no nn.Linear or Conv1D layer; nothing could be adapted.")
         with self.db.session() as s:
+            refuse_a_new_path(s, name)
             row = _row(s, name, revision)
             fp = shapes_fingerprint(declared)
             if row is None:

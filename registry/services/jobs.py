@@ -39,6 +39,7 @@ from registry.domain.schemas import (
     Ref,
     check_json,
     check_name,
+    check_text,
 )
 from registry.domain.words import size
 from registry.logs import REQUEST_ID
@@ -586,9 +587,8 @@ def _check_labels(labels: list[str]) -> None:
                            f"{MAX_JOB_LABELS:,} (its classification head has an output for each, and its version's "
                            "metrics list them). Check that label_column names the labels, or train it yourself with "
                            "`vera train`.")
-    if (bad := next((label for label in labels if any(ord(c) < 32 or ord(c) == 127 for c in label)), None)):
-        raise InvalidInput(f"The dataset's label {bad[:100]!r} holds a control character; its version's metrics list "
-                           "the labels, as text without them. Remove it from the label column.")
+    for label in labels:  # its version's metrics list them, each one line of plain text, as other names are
+        check_text(label, f"The dataset's label {label[:100]!r}", max_length=MAX_JOB_LABEL_BYTES)
     if (size := len(json.dumps(labels))) > MAX_JOB_LABEL_BYTES:
         raise InvalidInput(f"The dataset's {len(labels):,} label names take {size:,} bytes as JSON; its version's "
                            f"metrics list them, within {MAX_JOB_LABEL_BYTES:,}. Use shorter label names.")

@@ -31,11 +31,10 @@ from registry.domain.schemas import (
     check_name,
     check_properties,
     check_text,
-    path_like,
 )
 from registry.services.access import Visibility, check_visibility
 from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailable
-from registry.services.base_models import BaseModels
+from registry.services.base_models import BaseModels, refuse_a_new_path
 from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
 from registry.services.moves import lock_adapter, refuse_publish_to_old_name
@@ -108,16 +107,8 @@ class Publisher:
         self.quotas = quotas or Quotas()
 
     def _refuse_a_new_path(self, base_model: str) -> None:
-        """A base model name that reads as a folder path is refused, unless a base is named so already (published
-        before this check: it keeps taking versions)."""
-        if not path_like(base_model):
-            return
         with self.db.session() as s:
-            known = s.scalar(select(m.BaseModelShapes.id).where(m.BaseModelShapes.name == base_model).limit(1))
-        if known is None:
-            raise InvalidInput(f"base_model {base_model[:200]!r} is a folder path; a version is keyed by its base "
-                               "model's Hub id or registry name, the same on every machine (`vera base ls` lists "
-                               "those this registry knows), e.g. minilm.")
+            refuse_a_new_path(s, base_model)
 
     def publish(
         self, source: str | os.PathLike[str], *, owner: str, name: str, base_model: str, base_revision: str = "",

@@ -417,6 +417,23 @@ def test_publish_refuses_a_path_and_a_lora_and_notes_a_base_name_new_to_the_regi
         assert not {"pathed", "lora"} & {v.name for v in client.list_versions(owner="ann").items}
 
 
+def test_publish_takes_a_path_named_base_the_registry_already_has(server: dict[str, Any]) -> None:
+    """A base named by a folder path before the registry refused new ones keeps taking versions through `vera
+    publish` too, as through the API (the review of session 33: only the API took them)."""
+    import sqlite3
+
+    first = vera("publish", str(server["source"]), "--name", "dan/old", "--base-model", "old-base", url=server["url"])
+    assert first.returncode == 0, first.stderr
+    with sqlite3.connect(server["root"] / "r.db") as db:  # as a registry from before the check recorded it
+        db.execute("UPDATE base_models SET name = './models/old' WHERE name = 'old-base'")
+    again = vera("publish", str(server["source"]), "--name", "dan/old", "--base-model", "./models/old",
+                 url=server["url"])
+    assert again.returncode == 0 and "dan/old:2" in again.stdout, again.stdout + again.stderr
+    assert "new to this registry" not in again.stderr
+    refused(vera("publish", str(server["source"]), "--name", "dan/old", "--base-model", "./models/other",
+                 url=server["url"]), "--base-model './models/other' is a folder path")
+
+
 def test_fetch_over_a_training_folder_warns_of_the_files_it_leaves(server: dict[str, Any], tmp_path: Path) -> None:
     """A newcomer's walk (session 33): `vera fetch REF --out runs/demo` over a `vera train` folder replaced the
     adapter and kept its metrics.json; publishing that folder with --metrics then recorded the old run's figures

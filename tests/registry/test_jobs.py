@@ -24,6 +24,7 @@ from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, running_server
 
 DEMO = {"demo": True}
+OVERRIDDEN = "p\u202es"  # a label with a right-to-left override: shows as another text than it is
 
 
 def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: Path) -> None:
@@ -67,7 +68,11 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
                                                     "train/eval split"),
         ({"data": "x"}, b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"p\x00s" if i % 2 else b"n")
                                                     for i in range(80)),
-         "The dataset's label 'p.x00s' holds a control character"),
+         r"The dataset's label 'p.x00s' contains the control character '.x00'; remove it"),
+        # one line of plain text, as every other name: C1 controls and bidirectional overrides too
+        ({"data": "x"}, b"text,label\n" + "".join(f"t{i},{OVERRIDDEN if i % 2 else 'n'}\n"
+                                                            for i in range(80)).encode(),
+         r"The dataset's label 'p.u202es' contains '.u202e', a line separator or a bidirectional override"),
         ({"data": "x"}, b"text,label\n" + "".join(f"t{i},L{i}\n" for i in range(10_001)).encode(),
          "The dataset has 10,001 distinct labels; a job trains at most 10,000"),
     ]
@@ -476,6 +481,11 @@ def test_a_spec_nested_too_deeply_is_a_422_in_words(server: tuple[str, str, Path
     deep = '{"a": ' * 5000 + "1" + "}" * 5000
     answer = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/deep", "spec": deep}, timeout=30)
     assert answer.status_code == 422 and "spec nests too deeply" in answer.json()["detail"]
+    # a time limit of NaN was refused as "should be less than or equal to 2592000" (a re-check's, session 33)
+    for limit in ("nan", "inf"):
+        answer = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/t", "spec": "{}", "time_limit_s": limit})
+        assert answer.status_code == 422 and "time_limit_s" in answer.text and "finite number" in answer.text, \
+            answer.text
 
 
 def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(registry: Registry,

@@ -30,3 +30,19 @@ def test_a_base_named_by_a_path_before_the_check_keeps_taking_versions(registry:
         s.query(m.BaseModelShapes).filter_by(name="tiny").update({"name": "./models/tiny"})
     again = registry.publish(make_adapter(tmp_path / "b", seed=2), owner="ann", name="p", base_model="./models/tiny")
     assert (first.version, again.version) == (1, 2) and again.base_model == "./models/tiny"
+
+
+def test_a_folder_path_is_not_declared_as_a_base_either(registry: Registry, tmp_path: Path) -> None:
+    """Declaring a base by a path name, then publishing for it, took the path as a base (the review of session 33):
+    refused at the declaration too; a base named so before the check still takes declarations."""
+    from registry.store import models as m
+
+    shapes = {"model.layers.0.q_proj": [8, 8]}
+    with pytest.raises(InvalidInput, match=r"'\./models/x' is a folder path"):
+        registry.base_models.register(name="./models/x", shapes=shapes)
+    assert registry.list_base_models() == []
+    registry.base_models.register(name="tiny", shapes=shapes)
+    with registry.db.session() as s:
+        s.query(m.BaseModelShapes).filter_by(name="tiny").update({"name": "./models/tiny"})
+    declared = registry.base_models.register(name="./models/tiny", revision="v2", shapes=shapes)
+    assert declared.name == "./models/tiny" and declared.revision == "v2"

@@ -373,6 +373,36 @@ def test_two_dispatchers_on_one_database_send_each_event_once(registry: Registry
     assert len({json.loads(r.body)["event"]["id"] for r in got}) == 12
 
 
+def test_an_event_that_cannot_be_written_as_json_is_skipped_not_stalled_on(
+    registry: Registry, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Detail nested 300 deep (stored before check_json refused over 64 levels, an outsider's re-check, session 33)
+    cannot be written as JSON by pydantic: the dispatcher sent nothing after it, ever. Now it says so and goes on."""
+    from datetime import UTC, datetime
+
+    from registry.store import models as m
+
+    path = f"/deep-{registry.db.engine.dialect.name}"
+    hooks = Webhooks(registry.db, Sender(allow_private=True))
+    outbox = Outbox(registry.db, Sender(allow_private=True), settle=timedelta(0))
+    outbox.enqueue()
+    hooks.create(WebhookForm(owner="ann", url=receiver.url(path), events=["alias"]), actor="ann")
+    source = make_adapter(Path(registry.blobs.url).parent / "adapter")
+    version = registry.publish(source, owner="ann", name="deep", base_model="tiny-llama", published_by="ann")
+    deep: dict[str, Any] = {"version": 1}
+    for _ in range(300):
+        deep = {"a": deep}
+    with registry.db.session() as s:
+        s.add(m.AuditEvent(actor="ann", action="alias", target="ann/deep@old", detail=deep, at=datetime.now(UTC)))
+    registry.set_alias(version.ref, "after", actor="ann")
+    with caplog.at_level("ERROR", logger="vera.webhooks"):
+        outbox.run_once("d")
+    got = receiver.wait_for(path, 1)
+    assert [json.loads(r.body)["event"]["target"] for r in got] == ["ann/deep@after"]
+    assert any("cannot be written as JSON" in r.getMessage() and "ann/deep@old" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
 def test_migration_0008_keeps_every_row_of_a_0007_database(database_url: str) -> None:
     db = Database(database_url)
     db.upgrade("0007")

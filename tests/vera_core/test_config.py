@@ -53,6 +53,23 @@ def test_invalid_values_raise_clear_errors(changes: dict[str, object], message: 
         VeraConfig(**changes)  # type: ignore[arg-type]
 
 
+def test_numpy_scalars_are_numbers_and_are_written_as_plain_json_numbers() -> None:
+    """A sweep's numpy float32 is a number (it was refused as "not a finite number"), stored as a float so that
+    adapter_config.json can be written; numpy's bool is not a number, as Python's is not."""
+    import json
+
+    import numpy as np
+
+    config = VeraConfig(d_initial=np.float32(0.25), vera_dropout=np.float64(0.1))
+    assert type(config.d_initial) is float and config.d_initial == 0.25
+    assert type(config.vera_dropout) is float and config.vera_dropout == 0.1
+    assert json.loads(json.dumps(config.to_peft_dict()))["d_initial"] == 0.25
+    assert VeraConfig(d_initial=1).to_peft_dict()["d_initial"] == 1  # a plain int is written as given, as PEFT does
+    for bad in (np.float32("nan"), np.bool_(True)):
+        with pytest.raises(VeraConfigError, match="d_initial must be a finite number"):
+            VeraConfig(d_initial=bad)  # type: ignore[arg-type]
+
+
 def test_non_vera_configs_are_refused() -> None:
     with pytest.raises(VeraConfigError, match="peft_type='LORA'; expected 'VERA'"):
         VeraConfig.from_peft_dict(peft.LoraConfig().to_dict())

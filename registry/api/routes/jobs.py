@@ -35,8 +35,9 @@ async def submit_job(
     spec: Annotated[str, Form(description="the training spec, a JSON object (vera_core.recipes.TrainSpec)")],
     dataset: Annotated[UploadFile | None, File(description=".csv or .jsonl")] = None,
     priority: Annotated[int, Form(ge=-MAX_JOB_PRIORITY, le=MAX_JOB_PRIORITY, description="higher runs first")] = 0,
-    time_limit_s: Annotated[float | None, Form(gt=0, le=MAX_JOB_TIME_LIMIT_S, description="training stops (the job "
-                                               "fails, saying so) after this many seconds")] = None,
+    time_limit_s: Annotated[float | None, Form(gt=0, le=MAX_JOB_TIME_LIMIT_S, allow_inf_nan=False,
+                                               description="training stops (the job fails, saying so) after this "
+                                               "many seconds")] = None,
     gpus: Annotated[int, Form(ge=0, le=MAX_JOB_GPUS, description="GPUs its training needs; only a worker that owns "
                               "them claims it (0: any worker, a CPU one included)")] = 0,
 ) -> JobInfo:
