@@ -436,29 +436,42 @@ class RegistryClient:
         key = ref_key(self.url, self._path(ref), params)
         cached_list = self._cached_list(ref, key, params) if self.cache is not None else None
         # else the list with the small files' bytes (inline): a small adapter in one request
-        manifest = cached_list or self._list(ref, {**params, "inline": str(self.inline)} if self.inline else params)
-        files: dict[str, bytes | Path] = {}
-        scratch: Path | None = None  # a temporary folder, made only when something is downloaded
+        listed = {**params, "inline": str(self.inline)} if self.inline else params
+        manifest = cached_list or self._list(ref, listed)
         with contextlib.ExitStack() as stack:
-            for entry in manifest.files:
-                _check_listed(entry)
-                cached = self.cache.blob(entry.sha256) if self.cache is not None else None
-                if cached is not None:
-                    files[entry.name] = cached
-                elif entry.content is not None:  # checked in memory; written to the cache and the folder
-                    files[entry.name] = data = _inline_bytes(entry, manifest.version.ref)
-                    if self.cache is not None:
-                        self.cache.put(entry.sha256, data)
-                else:
-                    if scratch is None:
-                        parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
-                        parent.mkdir(parents=True, exist_ok=True)
-                        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".fetch-", dir=parent)))
-                    files[entry.name] = self._obtain(entry, scratch, manifest.version.ref, progress=progress)
+            try:
+                files = self._gather(manifest, out_dir, stack, progress=progress)
+            except NotFound:  # the form forgotten between its listing and the download (VERA_DERIVED_MAX_BYTES
+                # keeps the registry's download forms within a size): listed again, which builds the same bytes
+                manifest, cached_list = self._list(ref, listed), None
+                files = self._gather(manifest, out_dir, stack, progress=progress)
             write_adapter_files(Path(out_dir), files)
         if self.cache is not None and cached_list is None:
             self.cache.remember(key, manifest)
         return manifest
+
+    def _gather(self, manifest: FileManifest, out_dir: str | os.PathLike[str], stack: contextlib.ExitStack, *,
+                progress: bool) -> dict[str, bytes | Path]:
+        """The listed files: from the cache, inline in the list, or downloaded into a temporary folder that
+        ``stack`` removes."""
+        files: dict[str, bytes | Path] = {}
+        scratch: Path | None = None  # a temporary folder, made only when something is downloaded
+        for entry in manifest.files:
+            _check_listed(entry)
+            cached = self.cache.blob(entry.sha256) if self.cache is not None else None
+            if cached is not None:
+                files[entry.name] = cached
+            elif entry.content is not None:  # checked in memory; written to the cache and the folder
+                files[entry.name] = data = _inline_bytes(entry, manifest.version.ref)
+                if self.cache is not None:
+                    self.cache.put(entry.sha256, data)
+            else:
+                if scratch is None:
+                    parent = self.cache.blobs if self.cache is not None else Path(out_dir).resolve().parent
+                    parent.mkdir(parents=True, exist_ok=True)
+                    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".fetch-", dir=parent)))
+                files[entry.name] = self._obtain(entry, scratch, manifest.version.ref, progress=progress)
+        return files
 
     def _cached_list(self, ref: str | Ref, key: str, params: dict[str, str]) -> FileManifest | None:
         """The cached file list this reference gives today, if the cache holds it: one HEAD request names the

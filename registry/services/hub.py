@@ -217,6 +217,10 @@ class HubSync:
         ref = Ref.parse(target)
         if ref.version is not None or ref.alias is not None:
             raise InvalidInput(f"Pull into an adapter, owner/name, not a version ({target!r}).")
+        if base_model is not None:  # refused here, before the Hub is asked anything, as the publish would refuse it
+            check_text(base_model, "base_model", max_length=200)
+        if base_revision is not None:
+            check_text(base_revision, "base_revision", max_length=100)
         where = f"{repo_id}@{revision}"
         commit, names = self._vera_repo_at(repo_id, revision, token)
         with self.registry.db.session() as s:

@@ -244,3 +244,30 @@ def test_a_registry_without_head_is_asked_with_get(server: str, tmp_path: Path) 
     with RegistryClient(server, cache=False, inline=0) as direct:
         direct.fetch(REF, tmp_path / "direct")
     assert folder(tmp_path / "one") == folder(tmp_path / "two") == folder(tmp_path / "direct")
+
+
+def test_a_form_forgotten_between_its_listing_and_its_download_is_listed_again(tmp_path: Path) -> None:
+    """VERA_DERIVED_MAX_BYTES forgets the least recently built download forms (an outsider's finding, session 33):
+    one forgotten after a client listed it answered the client's download with a 404. The client lists it again
+    (which builds the same bytes) and fetches it, once."""
+    import sqlite3
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
+            RegistryClient(url, cache=False, inline=0) as client:
+        client.publish(make_adapter(tmp_path / "a", seed=4), "kim/evicted", base_model="tiny")
+        wanted = client.fetch_files("kim/evicted", tmp_path / "first", as_lora=True)
+        obtain, forgotten = client._obtain, []
+
+        def forget_then_obtain(*args: object, **kwargs: object) -> Path:
+            if not forgotten:  # as the eviction of another version's build would, after the listing
+                with sqlite3.connect(tmp_path / "r.db") as db:
+                    forgotten.extend(db.execute("SELECT sha256 FROM version_files WHERE form = 'lora'").fetchall())
+                    db.execute("DELETE FROM version_files WHERE form = 'lora'")
+                for (digest,) in forgotten:
+                    (tmp_path / "blobs" / "sha256" / digest[:2] / digest[2:4] / digest).unlink()
+            return obtain(*args, **kwargs)  # type: ignore[arg-type]
+
+        client._obtain = forget_then_obtain  # type: ignore[method-assign]
+        again = client.fetch_files("kim/evicted", tmp_path / "second", as_lora=True)
+        assert forgotten and again.files == wanted.files
+        assert folder(tmp_path / "second") == folder(tmp_path / "first")

@@ -573,3 +573,17 @@ def test_pull_and_push_refuse_what_is_no_repo_or_revision_in_the_apis_words(
     with pytest.raises(InvalidInput, match=match):
         sync.push("alice/anything:1", repo_id, actor="alice", revision=revision)
     assert snapshot(registry) == before and hub.requests == []
+
+
+@pytest.mark.parametrize(("base", "base_revision", "match"), [
+    ("org/tiny\nllama", None, r"^base_model contains the control character '\\n'; remove it\.$"),
+    ("org/tiny-llama", "v1\r", r"^base_revision contains the control character '\\r'; remove it\.$"),
+])
+def test_pull_refuses_a_bad_base_before_asking_the_hub(
+    registry: Registry, sync: HubSync, hub: HubStandIn, base: str, base_revision: str | None, match: str
+) -> None:
+    """Refused only after downloading the adapter (a re-check's finding, session 33): now before any Hub request."""
+    before = snapshot(registry)
+    with pytest.raises(InvalidInput, match=match):
+        sync.pull("someone/other", target="alice/other", actor="alice", base_model=base, base_revision=base_revision)
+    assert snapshot(registry) == before and hub.requests == []
