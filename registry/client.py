@@ -193,6 +193,19 @@ class RegistryUnavailable(RegistryError):
     code = "unavailable"
 
 
+class RegistryOffline(RegistryUnavailable):
+    """Offline (VERA_OFFLINE=1, or ``RegistryClient(offline=True)``): no request is sent, and what is asked for is
+    not in the local cache."""
+
+    code = "offline"
+
+
+def offline_from_env() -> bool:
+    """VERA_OFFLINE=1 (or true, yes): clients send no request and read what they fetched before from the cache, as
+    HF_HUB_OFFLINE does for huggingface_hub."""
+    return os.environ.get("VERA_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
 def _inline_bytes(entry: FileEntry, ref: str) -> bytes:
     """A listed file's inline content, checked against its size and SHA-256."""
     assert entry.content is not None
@@ -206,6 +219,13 @@ def _inline_bytes(entry: FileEntry, ref: str) -> bytes:
         raise IntegrityError(f"{entry.name} of {ref} came inline with {len(data):,} bytes that do not match the "
                              f"{entry.size:,} bytes and SHA-256 {entry.sha256[:16]}... listed; fetch again.")
     return data
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds an adapter (its config and its weights)."""
+    from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
 
 
 def _check_listed(entry: FileEntry) -> None:
@@ -246,11 +266,14 @@ class RegistryClient:
     an idempotent request is sent again after a connection error or a 502/503/504, with exponential backoff from
     ``backoff_s``, and after a 429 (too many costly requests) once its Retry-After (up to 10 s) has passed.
     ``inline``: ``fetch`` gets files of at most this many bytes (up to 1 MiB) inside the file list's answer, so a
-    small adapter is one request; 0 downloads every file on its own by hash."""
+    small adapter is one request; 0 downloads every file on its own by hash. ``offline`` (default: VERA_OFFLINE):
+    send no request at all; ``fetch`` and ``load_adapter`` answer from the cache what this machine fetched before
+    (a reference by alias or ``latest`` as it was pinned then), anything else raises RegistryOffline."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 120.0,
                  transport: httpx.BaseTransport | None = None, cache: str | os.PathLike[str] | bool | None = None,
-                 retries: int = 3, backoff_s: float = 0.25, inline: int = INLINE_BYTES) -> None:
+                 retries: int = 3, backoff_s: float = 0.25, inline: int = INLINE_BYTES,
+                 offline: bool | None = None) -> None:
         self.url = (url or os.environ.get("VERA_REGISTRY_URL") or DEFAULT_URL).rstrip("/")
         if not self.url.lower().startswith(("http://", "https://")):
             raise InvalidInput(f"The registry URL {self.url!r} does not start with http:// or https://; did you mean "
@@ -267,6 +290,7 @@ class RegistryClient:
         root = default_cache_dir() if cache is None or cache is True else (Path(cache) if cache else None)
         self.cache = LocalCache(root) if root is not None else None
         self.retries, self.backoff_s, self.inline, self.timeout = retries, backoff_s, inline, timeout
+        self.offline = offline_from_env() if offline is None else offline
 
     def close(self) -> None:
         self.http.close()
@@ -298,6 +322,10 @@ class RegistryClient:
     def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
         """The response to a request (its body not yet read when ``stream``), an error status raised as the
         registry's exception; idempotent requests are retried on connection errors and 502/503/504."""
+        if self.offline:
+            raise RegistryOffline(f"Offline (VERA_OFFLINE): {method} {path.split('?')[0][:200]} was not sent to "
+                                  f"{self.url}. Only fetching and loading what this machine fetched before works "
+                                  "offline; unset VERA_OFFLINE to reach the registry.")
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)  # (sent again on 502/503/504 too)
         url = self._url(path, kwargs.pop("params", None))
         for attempt in range(attempts):
@@ -434,6 +462,8 @@ class RegistryClient:
                      as_lora: bool, lora: dict[str, Any] | None, progress: bool) -> FileManifest:
         params = self._file_params(with_projection=with_projection, seed_only=seed_only, as_lora=as_lora, lora=lora)
         key = ref_key(self.url, self._path(ref), params)
+        if self.offline:
+            return self._fetch_cached(ref, self._remembered(ref, [params]), out_dir)
         cached_list = self._cached_list(ref, key, params) if self.cache is not None else None
         # else the list with the small files' bytes (inline): a small adapter in one request
         listed = {**params, "inline": str(self.inline)} if self.inline else params
@@ -448,6 +478,30 @@ class RegistryClient:
             write_adapter_files(Path(out_dir), files)
         if self.cache is not None and cached_list is None:
             self.cache.remember(key, manifest)
+        return manifest
+
+    def _remembered(self, ref: Ref, forms: list[dict[str, str]]) -> FileManifest:
+        """Offline: the file list the cache last kept for ``ref`` in the first of ``forms`` it has one for."""
+        for params in forms:
+            if self.cache is not None and (manifest := self.cache.last(ref_key(self.url, self._path(ref), params))):
+                return manifest
+        where = f"the cache at {self.cache.root}" if self.cache is not None else "no cache (VERA_NO_CACHE)"
+        raise RegistryOffline(f"Offline (VERA_OFFLINE): {ref} was never fetched from {self.url} into {where} in "
+                              "this form; fetch it once with the registry reachable, or unset VERA_OFFLINE.")
+
+    def _fetch_cached(self, ref: Ref, manifest: FileManifest, out_dir: str | os.PathLike[str]) -> FileManifest:
+        """Offline: ``manifest``'s files written from the cache (each re-hashed), or RegistryOffline naming what the
+        cache lacks; nothing is written then."""
+        assert self.cache is not None  # (_remembered found the list there)
+        files: dict[str, bytes | Path] = {}
+        for entry in manifest.files:
+            _check_listed(entry)
+            if (cached := self.cache.blob(entry.sha256)) is None:
+                raise RegistryOffline(f"Offline (VERA_OFFLINE): {entry.name} of {manifest.version.ref} (as {ref} "
+                                      f"gave it) is no longer in the cache at {self.cache.root}; fetch it again with "
+                                      "the registry reachable.")
+            files[entry.name] = cached
+        write_adapter_files(Path(out_dir), files)
         return manifest
 
     def _gather(self, manifest: FileManifest, out_dir: str | os.PathLike[str], stack: contextlib.ExitStack, *,
@@ -560,7 +614,6 @@ class RegistryClient:
         by version number, as versions never change; the next load of the same version downloads nothing. A
         seed-reproducible version is fetched seed-only and its projections regenerated here, checked against the
         recorded fingerprint (vera_core.load_adapter), so what runs is proven to be what was trained."""
-        from vera_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
         from vera_core.checkpoint import load_adapter as load
 
         def pinned_at(asked: Ref) -> tuple[VersionInfo, Ref]:
@@ -570,14 +623,39 @@ class RegistryClient:
                 raise IntegrityError(f"{self.url} answered {pinned} for {asked}; it is not a registry to load from.")
             return info, pinned
 
-        info, pinned = self._following_moves(ref, pinned_at)  # a moved adapter: checked under its new name
+        asked = Ref.parse(ref) if isinstance(ref, str) else ref
         root = Path(cache_dir) if cache_dir else cache_root()
-        registry = hashlib.sha256(self.url.encode()).hexdigest()[:16]  # two registries' alice/x:1 differ
-        folder = root / "adapters" / registry / pinned.owner / pinned.name / str(pinned.version)
-        if not ((folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()):
-            self.fetch(str(pinned), folder, seed_only=info.seed_reproducible,
-                       with_projection=not info.seed_reproducible)
+        if self.offline:  # a version loaded before, or the files the cache kept for this reference
+            return load(base_model, self._offline_folder(asked, root), is_trainable=is_trainable)
+        info, pinned = self._following_moves(asked, pinned_at)  # a moved adapter: checked under its new name
+        params = self._file_params(seed_only=info.seed_reproducible, with_projection=not info.seed_reproducible)
+        folder = self._version_folder(root, pinned)
+        listed: FileManifest | None = None
+        if not _complete(folder):
+            listed = self.fetch_files(str(pinned), folder, seed_only=info.seed_reproducible,
+                                      with_projection=not info.seed_reproducible)
+        elif self.cache is not None:
+            listed = self.cache.last(ref_key(self.url, self._path(pinned), params))
+        if listed is not None and self.cache is not None and self._path(asked) != self._path(pinned):
+            # what an alias or latest gave, for an offline load by the same reference
+            self.cache.remember(ref_key(self.url, self._path(asked), params), listed)
         return load(base_model, folder, is_trainable=is_trainable)
+
+    def _version_folder(self, root: Path, pinned: Ref) -> Path:
+        """Where ``load_adapter`` keeps a version's files (two registries' alice/x:1 differ)."""
+        registry = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return root / "adapters" / registry / pinned.owner / pinned.name / str(pinned.version)
+
+    def _offline_folder(self, asked: Ref, root: Path) -> Path:
+        """Offline: the folder of the version ``asked`` named when this machine loaded or fetched it before, written
+        from the cache if needed; RegistryOffline if neither has it."""
+        if asked.version is not None and _complete(folder := self._version_folder(root, asked)):
+            return folder
+        manifest = self._remembered(asked, [self._file_params(seed_only=True), self._file_params(with_projection=True),
+                                            self._file_params()])
+        if not _complete(folder := self._version_folder(root, Ref.parse(manifest.version.ref))):
+            self._fetch_cached(asked, manifest, folder)
+        return folder
 
     @staticmethod
     def _file_params(*, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,

@@ -106,6 +106,15 @@ class LocalCache:
             return None
         return manifest
 
+    def last(self, key: str) -> FileManifest | None:
+        """The file list reference ``key`` gave when it was last fetched; None if it never was (or the list is gone
+        or damaged). Offline clients answer from it without asking the registry."""
+        try:
+            digest = (self.refs / key).read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            return None
+        return self.listing(digest)
+
     def remember(self, key: str, manifest: FileManifest) -> None:
         """Keep ``manifest`` (without file contents) and note it as what reference ``key`` gave last."""
         with new_file(self.lists, self.lists / f"{manifest.digest}.json") as out:

@@ -271,3 +271,48 @@ def test_a_form_forgotten_between_its_listing_and_its_download_is_listed_again(t
         again = client.fetch_files("kim/evicted", tmp_path / "second", as_lora=True)
         assert forgotten and again.files == wanted.files
         assert folder(tmp_path / "second") == folder(tmp_path / "first")
+
+
+def test_offline_fetches_and_loads_what_this_machine_fetched_before_and_sends_nothing(
+    server: str, tmp_path: Path,
+) -> None:
+    """VERA_OFFLINE=1, as HF_HUB_OFFLINE for huggingface_hub: no request at all (the offline client's connections
+    are closed, so any request would fail); fetch and load_adapter by the reference used before (an alias or latest
+    as it was pinned then), from the cache, re-hashed; anything else refused naming what to do."""
+    import subprocess
+
+    from registry.client import RegistryOffline
+    from tests.registry.adapters import LLAMA, vera_logits
+    from tests.registry.servers import VERA
+
+    cache, models = tmp_path / "cache", tmp_path / "models"
+    with RegistryClient(server, cache=cache) as online:
+        online.set_alias(f"{REF}:1", "offline-test")
+        online.fetch(REF, tmp_path / "online")
+        want = vera_logits(online.load_adapter(LLAMA.make(), f"{REF}@offline-test", cache_dir=models))
+    with RegistryClient(server, cache=cache, offline=True) as offline:
+        offline.http.close()  # a request would fail here, not reach the registry
+        offline.fetch(REF, tmp_path / "offline")
+        assert folder(tmp_path / "offline") == folder(tmp_path / "online")
+        for ref in (f"{REF}@offline-test", f"{REF}:1"):
+            assert vera_logits(offline.load_adapter(LLAMA.make(), ref, cache_dir=models)).equal(want)
+        fresh = tmp_path / "fresh-models"  # the version's folder not there yet: written from the cache
+        assert vera_logits(offline.load_adapter(LLAMA.make(), f"{REF}@offline-test", cache_dir=fresh)).equal(want)
+        with pytest.raises(RegistryOffline, match=r"kim/cached:7 was never fetched from .* into the cache at "):
+            offline.fetch(f"{REF}:7", tmp_path / "never")
+        with pytest.raises(RegistryOffline, match=r"Offline \(VERA_OFFLINE\): GET /api/v1/adapters was not sent"):
+            offline.list_versions()
+        assert not (tmp_path / "never").exists()
+    # the CLI, by the environment variable alone
+    env = {**os.environ, "VERA_OFFLINE": "1", "VERA_CACHE_DIR": str(cache), "VERA_REGISTRY_URL": server}
+    env.pop("VERA_NO_CACHE", None)
+    fetched = subprocess.run([str(VERA), "fetch", REF, "--out", str(tmp_path / "cli")], capture_output=True,
+                             text=True, env=env, timeout=60, check=False)
+    assert fetched.returncode == 0 and folder(tmp_path / "cli") == folder(tmp_path / "online"), fetched.stderr
+    listing = subprocess.run([str(VERA), "ls"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert listing.returncode == 1 and "Offline (VERA_OFFLINE)" in listing.stderr, listing.stderr
+    for blob in (cache / "blobs").iterdir():  # a cache emptied meanwhile: said, not downloaded
+        blob.unlink()
+    with RegistryClient(server, cache=cache, offline=True) as offline, \
+            pytest.raises(RegistryOffline, match="is no longer in the cache at"):
+        offline.fetch(REF, tmp_path / "emptied")
