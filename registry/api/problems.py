@@ -76,6 +76,14 @@ def hub_error_headers(status: int, detail: str, exc: Exception | None) -> dict[s
     return {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
 
 
+def _message(error: Any) -> str:
+    """A validation error's message; an unknown query parameter's says so (pydantic's "Extra inputs are not
+    permitted" reads as if the value were wrong)."""
+    if error.get("type") == "extra_forbidden" and error.get("loc", ("",))[0] == "query":
+        return "not a query parameter this route takes (the API reference lists them: /docs); leave it out"
+    return str(error.get("msg", ""))
+
+
 def problem(status: int, code: str, detail: str, instance: str, exc: Exception | None = None) -> JSONResponse:
     """The problem document; under HUB_PREFIX also the Hub's error headers, and the message as ``error``."""
     body: dict[str, object] = {"type": f"/problems/{code}", "title": TITLES.get(status, "Error"), "status": status,
@@ -102,7 +110,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in exc.errors())
         sent = request.headers.get("content-type", "")
         if any(tuple(e["loc"]) == ("body",) for e in exc.errors()) and "json" not in sent:
             # e.g. `curl -d '{...}'`, which sends application/x-www-form-urlencoded: the JSON was never read

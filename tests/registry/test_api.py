@@ -163,7 +163,9 @@ def test_a_version_lists_its_files_and_serves_each_by_hash_for_good(
     for params, said in (({"max_rank": "2"}, "max_rank, dtype and for shape a LoRA export: add format=lora"),
                          ({"dtype": "bfloat16"}, "add format=lora"), ({"for": "vllm"}, "add format=lora"),
                          ({"format": "lora", "projection": "true"}, "a LoRA export (format=lora) has no A and B"),
-                         ({"format": "lora", "seed_only": "true"}, "has no A and B")):
+                         ({"format": "lora", "seed_only": "true"}, "has no A and B"),
+                         # an unknown parameter is refused too: `?as=lora`, the CLI's option, answered VeRA files
+                         ({"as": "lora"}, "query.as: not a query parameter this route takes")):
         for path in ("files", "files/adapter_model.safetensors"):
             refused = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/{path}", params=params)
             assert refused.status_code == 422 and said in refused.json()["detail"], (params, refused.text)

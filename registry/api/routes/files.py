@@ -18,7 +18,7 @@ from typing import Annotated, Literal, TypeVar
 import anyio
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import RedirectResponse, Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
@@ -42,7 +42,11 @@ _FILE_RESPONSES: dict[int | str, dict[str, object]] = {
 class FileQuery(BaseModel):
     """The download form a request asks for, as query parameters: one model, validated in one pass, where FastAPI
     checks separate parameters one by one (with the cheaper auth dependencies: a file list 1.116 -> 1.073 ms of
-    server CPU in-process; bench/RESULTS.md, session 12). The OpenAPI document is the same."""
+    server CPU in-process; bench/RESULTS.md, session 12). The OpenAPI document is the same. A parameter it does not
+    know is refused: `?as=lora` (the CLI's option, not the API's) answered the VeRA files (an outsider's finding,
+    session 33)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     projection: bool = Field(False, description="always materialise A and B (by default they are included unless "
                              "PEFT's own generator regenerates them)")
