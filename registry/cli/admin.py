@@ -120,7 +120,8 @@ def db_status(database_url: DatabaseUrl = None) -> None:
 
 def fsck(
     repair: Annotated[bool, typer.Option(
-        help="Delete orphan (older than --grace-s) and corrupted blobs; mark affected versions failed.")] = False,
+        help="Delete orphan (older than --grace-s) and corrupted blobs; mark affected versions failed; cut JSON "
+        "stored nested past 64 levels (before the registry refused it), which replies cannot carry.")] = False,
     grace_s: Annotated[float, typer.Option(min=0, help="--repair leaves orphans younger than this many seconds (a "
                                            "publish in progress writes its bytes before it commits).")
                        ] = GC_GRACE_S,

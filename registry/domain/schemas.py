@@ -139,7 +139,7 @@ _ONE_LINE_REFUSED = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\
 MAX_JSON_DEPTH = 64
 
 
-def _too_deep(value: Any) -> bool:
+def too_deep(value: Any) -> bool:
     """Whether ``value`` nests more than MAX_JSON_DEPTH lists and objects deep (walked without recursion, and no
     further than that depth)."""
     stack = [(value, 1)]
@@ -155,7 +155,7 @@ def _too_deep(value: Any) -> bool:
 def check_json(value: Any, what: str, *, max_bytes: int) -> str:
     """``value`` as JSON text: finite numbers only, no NUL character, at most ``max_bytes`` and MAX_JSON_DEPTH levels
     of lists and objects."""
-    if _too_deep(value):
+    if too_deep(value):
         raise InvalidInput(f"{what} nests lists and objects more than {MAX_JSON_DEPTH} levels deep; flatten it.")
     try:
         text = json.dumps(value, allow_nan=False, sort_keys=True)

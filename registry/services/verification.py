@@ -30,6 +30,7 @@ from registry.services.access import readable_versions, shown_to
 from registry.services.derived import DERIVED, forget
 from registry.services.lookup import projection_spec, resolve, version_ref
 from registry.services.shapes import match_path
+from registry.services.stored_json import cut_too_deep, too_deep_rows
 from registry.services.tokens import Principal
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
@@ -236,6 +237,8 @@ class Verification:
         download file built from a version is forgotten instead, and built again when next asked for);
         corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed, or
         forgotten as above);
+        deep_json: stored JSON (metrics, evaluation or audit details, ...) nested more than MAX_JSON_DEPTH levels,
+        taken before that limit, which replies cannot carry (repair: cut there, registry.services.stored_json);
         orphans: stored blobs the database does not know (repair: deleted as gc deletes them, beside a serving
         registry: only those older than ``grace_s``, after a last look, and refused unless ``force`` when the
         database looks like another registry's);
@@ -248,7 +251,7 @@ class Verification:
             known = set(s.scalars(select(m.Blob.sha256)))
         present = set(self.blobs.digests())
         report: dict[str, list[str]] = {"missing": sorted(known - present), "corrupted": [],
-                                        "orphans": sorted(present - known),
+                                        "orphans": sorted(present - known), "deep_json": too_deep_rows(self.db),
                                         "partial_blobs": self.blobs.leftovers(LEFTOVER_AGE_S),
                                         "stale_uploads": [p.name for p in _stale_uploads()]}
         for digest in sorted(known & present):
@@ -266,6 +269,8 @@ class Verification:
         for digest in report["corrupted"]:
             self.blobs.delete(digest)
         _remove_leftovers(self.blobs)
+        if report["deep_json"]:
+            cut_too_deep(self.db)
         bad = report["missing"] + report["corrupted"]
         if not bad:
             return
