@@ -130,6 +130,8 @@ def serve_model(
     max_resident: Annotated[int, typer.Option(help="Adapters kept loaded (least recently used go first; pinned "
                                               "never).")] = 10_000,
     max_banks: Annotated[int, typer.Option(help="Projection families (each holds a copy of the base).")] = 4,
+    pinned_banks_per_user: Annotated[int, typer.Option(help="Banks one user's pins may hold (registry admins: any "
+                                                       "but the last, as all pins together).", min=1)] = 1,
     max_batch: Annotated[int, typer.Option(help="Rows per forward: texts classified at once, and generation rows "
                                            "decoded together per projection family (continuous batching).")] = 64,
     max_queue: Annotated[int, typer.Option(help="Rows waiting at most (a generation row, or a text to classify); "
@@ -175,6 +177,7 @@ def serve_model(
                          max_resident=max_resident, max_banks=max_banks, max_batch=max_batch, device=device,
                          max_queue=max_queue, prefill_chunk=prefill_chunk or None,
                          classify_tokens=classify_tokens or None, max_tokens=max_tokens,
+                         pinned_banks_per_user=pinned_banks_per_user,
                          generation_config=generation_config)  # type: ignore[arg-type]
     with RegistryClient(registry, "", timeout=10, retries=0, cache=False) as client:
         log.info(f"vera serve-model on http://{host}:{port}: {server.base_name} ({task}), adapters from {client.url}")

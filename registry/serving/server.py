@@ -142,6 +142,7 @@ class Resident:
     load_s: float
     private: bool = False  # listed only to callers whose token reads it
     pinned: bool = False
+    pinned_by: str | None = None  # the user whose pin it is: who may unpin it once the registry no longer has it
     requests: int = 0
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
@@ -307,7 +308,7 @@ class ModelServer:
         self, base: str, *, task: Task = "classification", base_name: str | None = None,
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
-        max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512,
+        max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512, pinned_banks_per_user: int = 1,
         classify_tokens: int | None = 2048, max_tokens: int = MAX_NEW_TOKENS,
         generation_config: Literal["auto", "none"] = "none",
     ) -> None:
@@ -317,6 +318,9 @@ class ModelServer:
         self.client_for, self.max_resident, self.max_banks = client_for, max_resident, max_banks
         self.max_batch, self.batch_window_s, self.resolve_ttl_s = max_batch, batch_window_s, resolve_ttl_s
         self.max_queue, self.timeout_s = max_queue, timeout_s
+        #: the banks one user's pins may hold (registry admins: up to max_banks - 1, as all pins together): one
+        #: publisher pinning three families kept three copies of the base and left every other caller one bank
+        self.pinned_banks_per_user = pinned_banks_per_user
         #: tokens per prefill forward (rows x columns): a longer prompt is prefilled in chunks, the running rows
         #: taking a step between two (None: whole)
         self.prefill_chunk = prefill_chunk
@@ -357,6 +361,7 @@ class ModelServer:
         self._resolved: _Recent[tuple[str | None, str], VersionInfo] = _Recent(100_000)
         self._unreadable: _Recent[tuple[str | None, str], bool] = _Recent(100_000)
         self._who: _Recent[str | None, WhoAmI] = _Recent(10_000)
+        self._refused: _Recent[str | None, bool] = _Recent(10_000)
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
@@ -390,7 +395,11 @@ class ModelServer:
 
     def activate(self, name: str, token: str | None) -> Resident:
         """The resident adapter ``name`` resolves to, loading it from the registry on first use."""
-        info = self.resolve(name, token)
+        try:
+            info = self.resolve(name, token)
+        except (NotFound, Forbidden):
+            self._hide(name)
+            raise
         if token is not None and self._who.get(token, TURN_TTL_S) is None:
             with suppress(RegistryError):  # who the caller is, for its turns in the queue (_turn_of), once a minute
                 self._whoami(token)
@@ -409,6 +418,24 @@ class ModelServer:
         resident.private = info.visibility != "public"  # made private since it loaded: listed no more
         resident.last_used = time.monotonic()
         return resident
+
+    def _hide(self, name: str) -> None:
+        """A caller was refused ``name`` (a version, or an adapter's latest): the residents it names may have been
+        made private or deleted since they loaded, so they are listed only to callers the registry lets read them
+        (asked then) until a request that may read them comes again (an outsider saw a version made private, and
+        one deleted, listed to everyone for good)."""
+        try:
+            ref = Ref.parse(name)
+        except InvalidInput:
+            return
+        if ref.alias is not None:  # a missing alias says nothing of the versions resident
+            return
+        with self.lock:
+            for resident in self.residents.values():
+                owner, _, rest = resident.ref.partition("/")
+                adapter, _, number = rest.partition(":")
+                if (owner, adapter) == (ref.owner, ref.name) and ref.version in (None, int(number)):
+                    resident.private = True
 
     def _turn_of(self, token: str | None) -> str:
         """Whose turn ``token``'s rows take in the queue: its user's (as the registry named it when the token's
@@ -431,16 +458,21 @@ class ModelServer:
         self._who.put(token, who)
         return who
 
-    def _managed(self, name: str, token: str | None, verb: str) -> str:
-        """The version ``name`` means (owner/name:N), if the caller may ``verb`` it: pinning, unpinning and evicting
-        change what every caller of this server waits for, so they are for those who may publish under its owner
-        (as the registry's rules say: the owner, an organisation's writers, registry admins), not for every reader.
-        A resident the registry no longer has (deleted, or moved) is a registry admin's, by its exact ref."""
+    def _managed(self, name: str, token: str | None, verb: str) -> tuple[str, WhoAmI]:
+        """The version ``name`` means (owner/name:N) and the caller, if the caller may ``verb`` it: pinning,
+        unpinning and evicting change what every caller of this server waits for, so they are for those who may
+        publish under its owner (as the registry's rules say: the owner, an organisation's writers, registry
+        admins), not for every reader. A resident the registry no longer has (deleted, or moved) is a registry
+        admin's, and its pinner's, by its exact ref."""
         try:
             info = self.resolve(name, token)
         except NotFound:
-            if name in self.residents and "admin" in self._whoami(token).scopes:
-                return name
+            resident = self.residents.get(name)
+            if resident is not None:
+                who = self._whoami(token)
+                if "admin" in who.scopes or (resident.pinned_by is not None and resident.pinned_by == who.user
+                                             and not who.anonymous):
+                    return name, who
             raise
         owner = info.ref.split("/")[0]
         who = self._whoami(token)
@@ -450,12 +482,12 @@ class ModelServer:
         if not caller.can_write(owner):  # the registry's own rule for who publishes under an owner
             raise Forbidden(f"Only those who may publish under {owner}/ (and registry admins) may {verb} {info.ref}; "
                             "your token may read it.")
-        return info.ref
+        return info.ref, who
 
     def pin(self, name: str, token: str | None) -> Resident:
         """Load (if needed) and pin ``name``: never evicted. At most half of ``max_resident`` adapters are pinned,
         and pins hold at most ``max_banks - 1`` banks, so that adapters nobody pinned always have one."""
-        self._managed(name, token, "pin")
+        _, who = self._managed(name, token, "pin")
         resident = self.activate(name, token)
         with self.lock:
             if not resident.pinned:
@@ -468,7 +500,13 @@ class ModelServer:
                     raise Conflict(f"Pinned adapters hold {len(families)} of this server's {self.max_banks} banks; "
                                    "the last is kept for adapters nobody pinned. Unpin one of another projection "
                                    "family, or raise --max-banks.")
-                resident.pinned = True
+                own = {r.bank for r in pinned if r.pinned_by == who.user}
+                if "admin" not in who.scopes and resident.bank not in own and len(own) >= self.pinned_banks_per_user:
+                    raise Conflict(f"Your pins hold {len(own)} of this server's banks, the most one user's pins may "
+                                   f"(--pinned-banks-per-user {self.pinned_banks_per_user}; each is a copy of the "
+                                   f"base): {resident.ref} is of another projection family. Unpin one of yours, or "
+                                   "ask the operator.")
+                resident.pinned, resident.pinned_by = True, who.user
         return resident
 
     def _load(self, info: VersionInfo, token: str | None) -> Resident:
@@ -617,7 +655,7 @@ class ModelServer:
 
     def evict_for(self, name: str, token: str | None) -> str:
         """Evict ``name`` for a caller who may publish under its owner; a pinned adapter is unpinned first."""
-        ref = self._managed(name, token, "evict")
+        ref, _ = self._managed(name, token, "evict")
         with self.lock:
             if ref in self.residents and self.residents[ref].pinned:
                 raise Conflict(f"{ref} is pinned; unpin it first (POST /v1/adapters/unpin).")
@@ -625,31 +663,35 @@ class ModelServer:
         return ref
 
     def unpin(self, name: str, token: str | None) -> str:
-        ref = self._managed(name, token, "unpin")
+        ref, _ = self._managed(name, token, "unpin")
         with self.lock:
             if ref not in self.residents:
                 raise NotFound(f"{ref} is not loaded; GET /v1/adapters lists what is.")
-            self.residents[ref].pinned = False
+            self.residents[ref].pinned, self.residents[ref].pinned_by = False, None
         return ref
 
     def listing(self, token: str | None = None) -> list[dict[str, Any]]:
         """The residents: public ones, and private ones that ``token`` reads (asked of the registry, cached)."""
         with self.lock:
             residents = sorted(self.residents.values(), key=lambda r: r.ref)
-        if any(r.private for r in residents) and not self._known(token):  # a caller the registry does not know
-            residents = [r for r in residents if not r.private]          # is asked about once, not per resident
+        if token is None or not self._known(token):  # a caller the registry does not know is asked about once
+            if not self._known(None):  # tokens required: such a caller reads nothing there, and nothing here
+                return []
+            residents = [r for r in residents if not r.private]  # (not asked of the registry per resident)
         return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
                  "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
                  "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
                 for r in residents if not r.private or self._readable(r.ref, token)]
 
     def _known(self, token: str | None) -> bool:
-        """Whether ``token`` is one the registry takes (None, no token, reads no private adapter)."""
-        if token is None:
+        """Whether the registry takes ``token`` (None: whether it takes callers without one, as its local mode and
+        VERA_REQUIRE_TOKENS=false do), a refusal remembered for ``resolve_ttl_s`` as an answer is."""
+        if self._refused.get(token, self.resolve_ttl_s):
             return False
         try:
             self._whoami(token)
         except Unauthorized:
+            self._refused.put(token, True)
             return False
         return True
 

@@ -103,21 +103,21 @@ def test_concurrent_requests_for_different_adapters_batch_together_and_equal_eac
         got = torch.tensor([[p["scores"]["negative"], p["scores"]["positive"]] for p in results[i]["predictions"]])
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         assert results[i]["predictions"][0]["label"] in ("negative", "positive")
-    assert sum(r["requests"] for r in server.listing()) == 4
+    assert sum(r["requests"] for r in server.listing(token)) == 4
 
 
 def test_adapters_hot_load_list_pin_evict_and_follow_an_alias(
     server: ModelServer, registry_server: dict[str, Any]
 ) -> None:
     token = registry_server["writer"]
-    assert server.listing() == []
+    assert server.listing(token) == []
     server.classify("alice/clf0@prod", TEXTS[:1], token)
-    (entry,) = server.listing()
+    (entry,) = server.listing(token)
     assert entry["ref"] == "alice/clf0:1" and entry["base_model"] == "minilm" and entry["load_s"] > 0
     server.pin("alice/clf1", token)
     server.classify("alice/clf2", TEXTS[:1], token)
     server.classify("alice/other-seed", TEXTS[:1], token)  # a 4th adapter, another family: the LRU unpinned goes
-    resident = {e["ref"]: e for e in server.listing()}
+    resident = {e["ref"]: e for e in server.listing(token)}
     assert set(resident) == {"alice/clf1:1", "alice/clf2:1", "alice/other-seed:1"}
     assert resident["alice/clf1:1"]["pinned"] and resident["alice/other-seed:1"]["family"]["seed"] == 99
     assert len(server.banks) == 2
@@ -128,7 +128,7 @@ def test_adapters_hot_load_list_pin_evict_and_follow_an_alias(
         finally:
             client.set_alias("alice/clf0:1", "prod")
     server.evict("alice/clf1:1")
-    assert "alice/clf1:1" not in {e["ref"] for e in server.listing()}
+    assert "alice/clf1:1" not in {e["ref"] for e in server.listing(token)}
     with pytest.raises(NotFound, match="not loaded"):
         server.evict("alice/clf1:1")
 
@@ -143,7 +143,7 @@ def test_adapters_for_another_base_or_matching_no_module_are_refused(
     server.base_name = "minilm-b"  # the Llama adapter claims this base: its modules exist nowhere in MiniLM
     with pytest.raises(Conflict, match="does not fit the served base 'minilm-b'"):
         server.classify("alice/llama", TEXTS, token)
-    assert server.listing() == [] and server.banks == {}
+    assert server.listing(token) == [] and server.banks == {}
 
 
 def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
@@ -173,17 +173,42 @@ def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
             server.evict_for("alice/clf1", writer)
         assert server.unpin("alice/clf1", writer) == "alice/clf1:1"
         assert server.evict_for("alice/clf1", writer) == "alice/clf1:1"
-        # pinned, then deleted from the registry: its name is a 404 to everyone, and a registry admin still
-        # unpins and evicts the resident by its exact ref (it would hold a bank until a restart otherwise)
+        # pinned, then deleted from the registry: its name is a 404 to everyone, and its pinner and a registry
+        # admin still unpin and evict the resident by its exact ref (it would hold a bank until a restart otherwise;
+        # an outsider's pins of deleted adapters held banks no one but an admin could free)
         server.base_name = "minilm"
         with RegistryClient(registry_server["url"], writer) as client:
             client.publish(minilm_adapter(registry_server["root"] / "gone", seed=8), "alice/gone", base_model="minilm")
             server.pin("alice/gone", writer)
             client.delete_adapter("alice/gone")
+        for who in (reader, writer):
+            with pytest.raises(NotFound):
+                server.unpin("alice/gone", who)  # its name resolves to nothing: the exact ref is asked for
         with pytest.raises(NotFound):
-            server.unpin("alice/gone:1", writer)
-        assert server.unpin("alice/gone:1", registry_server["admin"]) == "alice/gone:1"
+            server.unpin("alice/gone:1", reader)  # not bob's pin
+        assert server.unpin("alice/gone:1", writer) == "alice/gone:1"
         assert server.evict_for("alice/gone:1", registry_server["admin"]) == "alice/gone:1"
+    finally:
+        server.close()
+
+
+def test_one_users_pins_hold_one_bank_and_an_admins_more(registry_server: dict[str, Any]) -> None:
+    """An outsider pinned three projection families of its own on a server of four banks: three copies of the base
+    for good, and every other caller's families sharing the last bank (a 2-token request waited 3.7 s instead of
+    0.27). One user's pins hold at most --pinned-banks-per-user banks (1); registry admins' as all pins together."""
+    writer, admin = registry_server["writer"], registry_server["admin"]
+    server = ModelServer("minilm", client_for=lambda token: RegistryClient(registry_server["url"], token or ""),
+                         max_resident=8, max_banks=4, resolve_ttl_s=0.0)
+    try:
+        server.pin("alice/clf1", writer)
+        server.pin("alice/clf2", writer)  # the same family: the same bank
+        with pytest.raises(Conflict, match=r"Your pins hold 1 of this server's banks, the most one user's pins may "
+                                           r"\(--pinned-banks-per-user 1; each is a copy of the base\): "
+                                           r"alice/other-seed:1 is of another projection family"):
+            server.pin("alice/other-seed", writer)
+        assert server.pin("alice/other-seed", admin).pinned_by == "root"
+        assert {(e["ref"], e["pinned"]) for e in server.listing(writer)} >= {
+            ("alice/clf1:1", True), ("alice/clf2:1", True), ("alice/other-seed:1", True)}
     finally:
         server.close()
 
@@ -211,7 +236,19 @@ def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
     server.classify("alice/clf1", TEXTS, reader)
     assert {a["ref"] for a in server.listing(writer)} == {"alice/private-clf:1", "alice/clf1:1"}
     assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1"}
-    assert {a["ref"] for a in server.listing(None)} == {"alice/clf1:1"}
+    # a caller the registry does not know reads nothing there (tokens required), and nothing here: an outsider
+    # listed the residents (names, requests, families) anonymously and with a junk token
+    assert server.listing(None) == [] and server.listing("vera_junk") == []
+    # made private after it loaded: listed to bob until a request of it was refused (any caller's), then no more
+    with RegistryClient(registry_server["url"], writer) as client:
+        client.publish(minilm_adapter(tmp_path / "later", seed=9), "alice/later", base_model="minilm")
+        server.classify("alice/later", TEXTS, reader)
+        client.set_visibility("alice/later", "private")
+    assert "alice/later:1" in {a["ref"] for a in server.listing(reader)}
+    with pytest.raises(NotFound):
+        server.classify("alice/later", TEXTS, reader)
+    assert "alice/later:1" not in {a["ref"] for a in server.listing(reader)}
+    assert "alice/later:1" in {a["ref"] for a in server.listing(writer)}
 
 
 def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
@@ -245,14 +282,16 @@ def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
         assert pinned.json() == {"ref": "alice/clf1:1", "pinned": True}
         still = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf1"}, headers=owner, timeout=60)
         assert still.status_code == 409 and "unpin it first" in still.json()["detail"]
-        listing = httpx.get(f"{url}/v1/adapters", timeout=10).json()
+        assert httpx.get(f"{url}/v1/adapters", timeout=10).json()["adapters"] == []  # tokens required: none, none
+        listing = httpx.get(f"{url}/v1/adapters", headers=auth, timeout=10).json()
         assert {a["ref"] for a in listing["adapters"]} == {"alice/clf1:1", "alice/clf2:1"}
         assert listing["base_model"] == "minilm" and list(listing["bytes_per_adapter"].values())[0] > 0
         anonymous_evict = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, timeout=10)
         assert anonymous_evict.status_code == 401
         evicted = httpx.post(f"{url}/v1/adapters/evict", json={"adapter": "alice/clf2:1"}, headers=owner, timeout=10)
         assert evicted.status_code == 200
-        assert {a["ref"] for a in httpx.get(f"{url}/v1/adapters", timeout=10).json()["adapters"]} == {"alice/clf1:1"}
+        assert {a["ref"] for a in httpx.get(f"{url}/v1/adapters", headers=auth, timeout=10).json()["adapters"]} \
+            == {"alice/clf1:1"}
         assert_docs_served_here(url)  # its /docs and /redoc too need no CDN
 
 
