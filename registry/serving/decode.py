@@ -116,6 +116,10 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
                              generator=generator)
 
 
+#: The prompt's tokens a row's new tokens are decoded after (vLLM's detokenizer starts with its last five too).
+PROMPT_CONTEXT = 5
+
+
 class RowState:
     """One row while it decodes: its generator, its tokens, its text so far and its log-probabilities (kept on the
     device until it ends); ``advance`` takes each new token and ends the row on its own terms (see the module's
@@ -129,8 +133,14 @@ class RowState:
         self.generator = None if self.seed is None else torch.Generator(device=device).manual_seed(self.seed)
         self.tokens: list[int] = []
         self.ended = False
-        # the text so far, decoded a few tokens at a time (``_grow``): tokens[prefix:read] gave its end
-        self._text, self._prefix, self._read = "", 0, 0
+        # the prompt's last tokens, before the new ones when they are decoded (as vLLM's detokenizer starts): a
+        # SentencePiece or WordPiece decoder drops the space of the first token it decodes, so the new text began
+        # "time" after "Once upon a" (an outsider's finding: prompt and completion ran together with echo)
+        self._context = list(row.prompt_ids[-PROMPT_CONTEXT:])
+        self._context_text = decode(self._context) if self._context else ""
+        # the text so far, decoded a few tokens at a time (``_grow``): tokens[prefix:read] of the context and the
+        # new tokens gave its end
+        self._text, self._prefix, self._read = "", 0, len(self._context)
         # log-probabilities, when the row asks: per step, the taken token's and the likeliest ones' (id, value)
         self._scores: list[tuple[float, tuple[tuple[int, float], ...]]] = []
         self._told = 0  # the tokens whose log-probabilities ``on_scores`` has had
@@ -156,11 +166,11 @@ class RowState:
         if row.cancelled:
             self.finish(row.said, "stop")
         elif tokens[-1] in self.eos:
-            self.finish(self.decode(tokens[:-1]), "stop")
+            self.finish(self.text_of(tokens[:-1]), "stop")
         elif row.on_text is None and not row.stops and len(tokens) < row.max_new_tokens:
             pass  # nobody reads its text before the end: decode it once, then
         elif len(tokens) >= row.max_new_tokens and not row.stops:
-            self.finish(self.decode(tokens), "length")
+            self.finish(self.text_of(tokens), "length")
         else:
             self._search()
         return self.ended
@@ -175,7 +185,7 @@ class RowState:
         if cut >= 0:
             return self.finish(text[:cut], "stop")
         if len(tokens) >= row.max_new_tokens:
-            return self.finish(self.decode(tokens), "length")
+            return self.finish(self.text_of(tokens), "length")
         # hold back what might begin a stop string (as vLLM does: the longest stop's length less one, not a search
         # for its prefixes, which cost most of a batch's time with long stops), and an incomplete character
         held = max((len(s) - 1 for s in row.stops), default=0)
@@ -189,19 +199,32 @@ class RowState:
         since the last decided text, with the one or two before them for context, whose own text is then cut off;
         text that ends in an incomplete character (U+FFFD) waits for the next token. Decoding the whole row at
         every token cost time quadratic in its length (an outsider's finding: 5x a batch's time)."""
-        tokens, prefix, read = self.tokens, self._prefix, self._read
-        window = self.decode(tokens[prefix:])
-        before = self.decode(tokens[prefix:read]) if read > prefix else ""
+        prefix, read, end = self._prefix, self._read, len(self._context) + len(self.tokens)
+        window = self.decode(self._span(prefix, end))
+        before = self.decode(self._span(prefix, read)) if read > prefix else ""
         if window.endswith("\ufffd") or len(window) <= len(before):
             return self._text
         if window.startswith(before):
             self._text += window[len(before):]
             self._prefix = read
         else:  # a tokenizer whose pieces read otherwise in context: decode the whole row, this once
-            self._text = self.decode(tokens)
-            self._prefix = len(tokens) - 1
-        self._read = len(tokens)
+            self._text = self.text_of(self.tokens)
+            self._prefix = end - 1
+        self._read = end
         return self._text
+
+    def _span(self, start: int, end: int) -> list[int]:
+        """Tokens ``start:end`` of the prompt's context followed by the new tokens (without joining the two)."""
+        skip = len(self._context)
+        return self._context[start:end] + self.tokens[max(0, start - skip):max(0, end - skip)]
+
+    def text_of(self, tokens: list[int]) -> str:
+        """The text ``tokens`` add after the prompt: decoded after its last few tokens, less their own text (alone
+        where they read otherwise in company)."""
+        if not self._context:
+            return self.decode(tokens)
+        whole = self.decode(self._context + tokens)
+        return whole[len(self._context_text):] if whole.startswith(self._context_text) else self.decode(tokens)
 
     def _tell(self, text: str) -> None:
         """Hand the consumer ``text``'s part after what it has had, with the log-probabilities of the tokens

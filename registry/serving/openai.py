@@ -431,7 +431,8 @@ def _completion(server: ModelServer, body: CompletionBody, token: str | None) ->
     def choice(k: int, text: str, ended: Generated | None) -> dict[str, Any]:
         parts = None if ended is None or ended.scores is None else \
             [p for p in (ended.prompt_scores, ended.scores) if p is not None]
-        return {"index": k, "text": text, "logprobs": None if parts is None else _completion_logprobs(server, parts),
+        logprobs = None if parts is None else _completion_logprobs(server, parts, before=rows[k].prompt_ids)
+        return {"index": k, "text": text, "logprobs": logprobs,
                 "finish_reason": None if ended is None else ended.finish_reason}
 
     return resident, rows, reply, choice, echoed
@@ -443,7 +444,7 @@ async def chat_completions(server: Server, body: ChatBody, request: Request, aut
     token = caller_token(authorization)
     resident, rows, reply, logprobs = await run_in_threadpool(_chat, server, body, token)
     if body.stream:
-        return reply.stream(server, rows, body, token, _chat_chunks(server),
+        return reply.stream(server, rows, body, token, _chat_chunks(server, rows),
                             first=lambda k: {"index": k, "delta": {"role": "assistant", "content": ""},
                                              "logprobs": None, "finish_reason": None})
     done = await server.gather(server.start(resident, rows, token), rows, request.is_disconnected)
@@ -475,7 +476,7 @@ def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
     reply = _Reply("chatcmpl", "chat.completion", resident, len(ids), chunks="chat.completion.chunk")
 
     def logprobs(ended: Generated | None) -> dict[str, Any] | None:
-        return None if ended is None or ended.scores is None else _chat_logprobs(server, ended.scores)
+        return None if ended is None or ended.scores is None else _chat_logprobs(server, ended.scores, ids)
 
     return resident, rows, reply, logprobs
 
@@ -491,9 +492,9 @@ def _completion_chunks(server: ModelServer, rows: list[Row]) -> _Chunk:
         logprobs = None
         if scores:
             prompt = rows[k].prompt_scores if k not in at else None
-            logprobs = _completion_logprobs(server, [p for p in (prompt, scores) if p], before=before.get(k, []),
-                                            at=at.get(k, 0))
-            before.setdefault(k, []).extend(s.token for s in scores)
+            logprobs = _completion_logprobs(server, [p for p in (prompt, scores) if p],
+                                            before=before.get(k, rows[k].prompt_ids), at=at.get(k, 0))
+            before.setdefault(k, rows[k].prompt_ids[-PIECE_CONTEXT:]).extend(s.token for s in scores)
             at[k] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
         return {"index": k, "text": text, "logprobs": logprobs,
                 "finish_reason": None if ended is None else ended.finish_reason}
@@ -501,16 +502,17 @@ def _completion_chunks(server: ModelServer, rows: list[Row]) -> _Chunk:
     return chunk
 
 
-def _chat_chunks(server: ModelServer) -> _Chunk:
+def _chat_chunks(server: ModelServer, rows: list[Row]) -> _Chunk:
     """A streamed chat completion's chunks: each carries the log-probabilities of its choice's tokens decided since
-    the one before (read in context), so that together they are the answer's ``logprobs.content``."""
+    the one before (read in context: the prompt's, then theirs), so that together they are the answer's
+    ``logprobs.content``."""
     before: dict[int, list[int]] = {}
 
     def chunk(k: int, delta: str, ended: Generated | None, scores: list[Scored] | None) -> dict[str, Any]:
         logprobs = None
         if scores:
-            logprobs = _chat_logprobs(server, scores, before.get(k, []))
-            before.setdefault(k, []).extend(s.token for s in scores)
+            logprobs = _chat_logprobs(server, scores, before.get(k, rows[k].prompt_ids))
+            before.setdefault(k, rows[k].prompt_ids[-PIECE_CONTEXT:]).extend(s.token for s in scores)
         return {"index": k, "delta": {"content": delta} if delta else {}, "logprobs": logprobs,
                 "finish_reason": None if ended is None else ended.finish_reason}
 

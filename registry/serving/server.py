@@ -308,8 +308,8 @@ class ModelServer:
         self, base: str, *, task: Task = "classification", base_name: str | None = None,
         client_for: Callable[[str | None], RegistryClient], max_resident: int = 10_000, max_banks: int = 4,
         max_batch: int = 64, batch_window_s: float = 0.004, resolve_ttl_s: float = 2.0, device: str = "cpu",
-        max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512, pinned_banks_per_user: int = 1,
-        classify_tokens: int | None = 2048, max_tokens: int = MAX_NEW_TOKENS,
+        max_queue: int = 1024, timeout_s: float = 600.0, prefill_chunk: int | None = 512,
+        classify_tokens: int | None = 2048, max_tokens: int = MAX_NEW_TOKENS, pinned_banks_per_user: int = 1,
         generation_config: Literal["auto", "none"] = "none",
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer

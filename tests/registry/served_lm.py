@@ -75,8 +75,14 @@ def alone(served: dict[str, Any], seed: int, prompt: str, max_new_tokens: int) -
     return [int(t) for t in out[0, ids["input_ids"].shape[1]:]]
 
 
-def text_of(served: dict[str, Any], tokens: list[int]) -> str:
-    return str(AutoTokenizer.from_pretrained(served["base"]).decode([t for t in tokens if t != 2],
-                                                                    skip_special_tokens=True))
+def text_of(served: dict[str, Any], tokens: list[int], *, prompt: str) -> str:
+    """The text ``tokens`` add after ``prompt``, as the whole decodes (the test tokenizer, as SentencePiece's, drops
+    the space of the first token it decodes: decoded alone, the completion ran into the prompt)."""
+    tokenizer = AutoTokenizer.from_pretrained(served["base"])
+    ids = list(tokenizer(prompt)["input_ids"])
+    head = str(tokenizer.decode(ids, skip_special_tokens=True))
+    whole = str(tokenizer.decode(ids + [t for t in tokens if t != 2], skip_special_tokens=True))
+    assert whole.startswith(head)
+    return whole[len(head):]
 
 

@@ -50,7 +50,7 @@ def test_completions_by_adapter_name_equal_each_adapter_alone(served: dict[str, 
         want = alone(served, seed, prompts[seed], 8)
         got = answers[seed]
         assert got.model == f"alice/gen{seed}:1" and got.object == "text_completion" and got.id.startswith("cmpl-")
-        assert got.choices[0].text == text_of(served, want)
+        assert got.choices[0].text == text_of(served, want, prompt=prompts[seed])
         ended_at_eos = 2 in want
         assert got.choices[0].finish_reason == ("stop" if ended_at_eos else "length")
         assert got.usage is not None and got.usage.prompt_tokens == len(prompts[seed].split())

@@ -77,7 +77,7 @@ def test_echo_with_logprobs_scores_each_prompt_as_the_adapter_alone_whatever_its
     for choice in done.choices:
         prompt = prompts[choice.index]
         new = alone(served, 0, prompt, 3)
-        assert choice.text == prompt + text_of(served, new)
+        assert choice.text == prompt + text_of(served, new, prompt=prompt)
         ids = ids_of(served, prompt) + new
         check_scored(served, 0, ids, choice.logprobs, top=2)
         greedy = choice.logprobs.token_logprobs[len(ids_of(served, prompt)):]
@@ -220,7 +220,7 @@ def test_lm_evaluation_harness_scores_and_generates_with_a_registry_adapter_by_n
     generated = lm.generate_until([Instance("generate_until", {}, ("the cat sits", {"until": ["zzz"],
                                                                                       "max_gen_toks": 6}), 0)],
                                   disable_tqdm=True)
-    assert generated == [text_of(served, alone(served, 1, "the cat sits", 6))]
+    assert generated == [text_of(served, alone(served, 1, "the cat sits", 6), prompt="the cat sits")]
 
 
 def test_scoring_rows_share_the_batcher_with_plain_ones(served: dict[str, Any]) -> None:
@@ -240,7 +240,8 @@ def test_scoring_rows_share_the_batcher_with_plain_ones(served: dict[str, Any]) 
         thread.join()
     for k, choice in answers.items():
         prompt = "the cat " * (k + 1)
-        assert choice.text == (prompt if k % 2 else "") + text_of(served, alone(served, k % 2, prompt, 3))
+        assert choice.text == (prompt if k % 2 else "") + text_of(served, alone(served, k % 2, prompt, 3),
+                                                                  prompt=prompt)
         assert (choice.logprobs is not None) == bool(k % 2)
 
 
@@ -376,7 +377,7 @@ def test_token_texts_join_into_the_text_and_offsets_index_it(served: dict[str, A
                                            logprobs=2, **settings).choices[0]
         tokens, offsets = choice.logprobs.tokens, choice.logprobs.text_offset
         new = alone(served, 0, "the cat sits", 4)
-        generated = text_of(served, new)
+        generated = text_of(served, new, prompt="the cat sits")
         assert "".join(tokens) == ("the cat sits" if settings else "") + generated
         assert all(choice.text[at:at + len(token)] == token for at, token in zip(offsets, tokens, strict=True))
         assert " cat" in tokens or not settings
