@@ -100,6 +100,9 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
     drawn, +inf is the largest float, and a row left with nothing to draw from (all -inf: an adapter with absurd
     vectors) takes its likeliest token, so that one row's numbers never fail the batch it shares."""
     logits = torch.nan_to_num(logits / sampling.temperature, nan=float("-inf"), neginf=float("-inf"))
+    # what a row left with nothing to draw from takes: its likeliest before top-k and top-p (after them, an argmax
+    # of all -inf was token 0: a top_p of 1e-300, zero in float32, dropped even the first token)
+    likeliest = torch.nn.functional.one_hot(logits.argmax(), logits.shape[-1])
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -108,11 +111,11 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
         probs = ordered.softmax(-1)
         # drop a token when the ones before it already add up to top_p (the first always stays)
         drop = probs.cumsum(-1) - probs >= sampling.top_p
+        drop[0] = False
         logits = torch.empty_like(logits).scatter_(0, order, ordered.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     usable = torch.isfinite(probs).all() & (probs.sum() > 0)
-    likeliest = torch.nn.functional.one_hot(logits.argmax(), logits.shape[-1]).to(probs.dtype)
-    return torch.multinomial(torch.where(usable, torch.nan_to_num(probs, nan=0.0), likeliest), 1,
+    return torch.multinomial(torch.where(usable, torch.nan_to_num(probs, nan=0.0), likeliest.to(probs.dtype)), 1,
                              generator=generator)
 
 

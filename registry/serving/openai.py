@@ -54,6 +54,7 @@ from registry.serving.server import (
     ModelServer,
     Resident,
     caller_token,
+    check_unicode,
     serving_status,
 )
 
@@ -196,6 +197,8 @@ class _Sampled(BaseModel):
                 not isinstance(t, str) or not 1 <= len(t) <= MAX_STOP_CHARS for t in texts)):
             raise ValueError(f"stop must be a text or a list of at most {MAX_STOPS} texts, each of 1 to "
                              f"{MAX_STOP_CHARS} characters")
+        for text in texts or []:  # as prompts and messages are (a lone surrogate never matched: taken, in vain)
+            check_unicode(text, "A stop string")
         return value
 
     @model_validator(mode="after")

@@ -1076,7 +1076,11 @@ class ModelServer:
                 mine = got.setdefault(id(work), [])
                 mine.append(row)
                 if len(mine) == len(work.payload):
-                    _settle(work.future, result=_classified(work.resident, torch.stack(got.pop(id(work)))))
+                    scores = torch.stack(got.pop(id(work)))
+                    if not bool(torch.isfinite(scores).all()):  # NaN was "null" and its label an argmax of NaN
+                        _settle(work.future, error=_not_finite(work.resident.ref, scores))
+                    else:
+                        _settle(work.future, result=_classified(work.resident, scores))
 
     def _score(self, key: BankKey, works: list[_Work]) -> None:
         """Rows that score their prompts and generate nothing, in forwards within the logits budget; a failed
@@ -1338,6 +1342,14 @@ def _answer(future: Future[Generated], row: Row) -> Callable[[list[int], str, Fi
             then(tokens, text, reason)
         _settle(future, result=Generated(tokens, text, reason, row.scores, row.prompt_scores))
     return end
+
+
+def _not_finite(ref: str, probs: torch.Tensor) -> Conflict:
+    """An adapter whose scores for a text are not numbers (vectors that overflow float32 on this base): refused, its
+    text named, rather than answered with null scores and a label picked among them."""
+    text = int((~torch.isfinite(probs)).any(-1).nonzero()[0])
+    return Conflict(f"{ref} gave scores that are not finite numbers for text {text} (its vectors overflow on this "
+                    "base): it cannot classify it. Check the version's vectors (`vera inspect`), or use another.")
 
 
 def _classified(resident: Resident, probs: torch.Tensor) -> dict[str, Any]:

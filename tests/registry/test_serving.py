@@ -594,3 +594,23 @@ def test_labels_that_name_an_output_twice_give_way_to_indices() -> None:
         [prediction] = answer["predictions"]
         assert list(prediction["scores"]) == want and prediction["label"] == want[1], answer
         assert sum(prediction["scores"].values()) == pytest.approx(1.0)
+
+
+def test_an_adapter_whose_scores_are_not_numbers_is_refused_saying_so(
+        server: ModelServer, registry_server: dict[str, Any], tmp_path: Path) -> None:
+    """Vectors that overflow on the base (x 1e30) gave NaN: answered 200 with null scores and a label picked among
+    them (an outsider's finding). Refused now, naming the text; other adapters' answers are as before."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = minilm_adapter(tmp_path / "huge", seed=11)
+    weights_file = folder / "adapter_model.safetensors"
+    with safe_open(weights_file, "pt") as handle:
+        metadata, weights = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    save_file({k: v * 1e30 if "vera_lambda" in k else v for k, v in weights.items()}, weights_file, metadata=metadata)
+    with RegistryClient(registry_server["url"], registry_server["writer"]) as client:
+        client.publish(folder, "alice/huge", base_model="minilm")
+    with pytest.raises(Conflict, match=r"alice/huge:1 gave scores that are not finite numbers for text 0 \(its "
+                                       r"vectors overflow on this base\): it cannot classify it"):
+        server.classify("alice/huge", TEXTS[:2], registry_server["reader"])
+    assert server.classify("alice/clf1", TEXTS[:2], registry_server["reader"])["adapter"] == "alice/clf1:1"

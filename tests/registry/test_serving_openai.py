@@ -163,6 +163,9 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
                                              b'"content": "\\udfff"}]}')):  # JSON escapes no encoder writes
         surrogate = httpx.post(f"{served['url']}/v1/{route}", content=body, headers=writer)
         assert surrogate.status_code == 400 and "lone UTF-16 surrogate" in surrogate.json()["error"]["message"]
+    stop = httpx.post(f"{served['url']}/v1/completions", headers=writer,  # taken, and never matched (an outsider's)
+                      content=b'{"model": "alice/gen0", "prompt": "the cat", "stop": ["x", "\\ud800"]}')
+    assert stop.status_code == 400 and "A stop string holds a lone UTF-16 surrogate" in stop.json()["error"]["message"]
     for body in (b"{not json", b'{"model": "\xff\xfe"}', b'{"n": ' + b"9" * 5000 + b"}"):  # a re-attack's finding
         unparsed = httpx.post(f"{served['url']}/v1/completions", content=body, headers=writer)
         assert unparsed.status_code in (400, 422) and unparsed.json()["error"]["message"], unparsed.text
@@ -190,6 +193,7 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
 
 def test_models_lists_the_adapters_loaded_for_the_caller(served: dict[str, Any]) -> None:
     oa(served).completions.create(model="alice/secret", prompt="the cat", max_tokens=1)
+    oa(served, "reader").completions.create(model="alice/gen0", prompt="the cat", max_tokens=1)  # (loaded here)
     mine = {m.id for m in oa(served).models.list()}
     theirs = {m.id for m in oa(served, "reader").models.list()}
     assert "alice/secret:1" in mine and "alice/secret:1" not in theirs and "alice/gen0:1" in theirs
@@ -244,6 +248,8 @@ def test_sampling_draws_what_its_settings_allow() -> None:
     assert {int(_draw(logits, Sampling(temperature=0.05), generator)) for _ in range(200)} == {1}
     spread = {int(_draw(logits, Sampling(temperature=2.0), generator)) for _ in range(400)}
     assert spread == {0, 1, 2, 3}
+    # a top_p that is zero in float32 keeps the likeliest token (an outsider's 1e-300 drew token 0, [UNK])
+    assert {int(_draw(logits, Sampling(temperature=1.0, top_p=1e-300), generator)) for _ in range(50)} == {1}
 
 
 def test_one_callers_numbers_never_fail_another_callers_request_in_the_same_batch(served: dict[str, Any]) -> None:
