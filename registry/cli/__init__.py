@@ -76,7 +76,7 @@ COMMANDS: dict[str, dict[str, str]] = {
                 "rm": "events.webhook_rm", "test": "events.webhook_test", "deliveries": "events.webhook_deliveries"},
     "projection": {"fingerprint": "local.projection_fingerprint"},
     "db": {"upgrade": "admin.db_upgrade", "downgrade": "admin.db_downgrade", "status": "admin.db_status",
-           "backup": "admin.db_backup"},
+           "backup": "admin.db_backup", "copy": "admin.db_copy"},
     "token": {"create": "admin.token_create", "revoke": "admin.token_revoke", "list": "admin.token_list",
               "purge": "admin.token_purge"},
     "hub": {"push": "hub.hub_push", "pull": "hub.hub_pull", "status": "hub.hub_status"},

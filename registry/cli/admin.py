@@ -105,6 +105,29 @@ def db_backup(destination: Annotated[Path, typer.Argument(help="A new file, e.g.
                   f"`rsync -a {settings.resolved_storage_url}/ BACKUP/blobs/` (and no `vera gc` before that)")
 
 
+def db_copy(target: Annotated[str, typer.Argument(help="The database to copy into, empty: e.g. "
+                                                "postgresql+psycopg://vera@db.example/vera.")],
+            database_url: DatabaseUrl = None) -> None:
+    """Copy every row of the registry database (default: VERA_DATABASE_URL, else `vera up`'s SQLite file) into an
+    empty one, e.g. from SQLite to PostgreSQL; blobs stay where they are. Stop the registry first (or run it with
+    VERA_READ_ONLY=true): what it writes during the copy is not copied."""
+    from registry.store.copying import copy_database
+    from registry.store.database import Database
+
+    source = _database(database_url)
+    destination = Database(target)
+    try:
+        copied = copy_database(source, destination, progress=lambda table, rows: console.print(
+            f"  {table}: {rows:,} rows"))
+    finally:
+        source.close()
+        destination.close()
+    where = destination.engine.url.render_as_string(hide_password=True)
+    console.print(f"copied {sum(copied.values()):,} rows of {len(copied)} tables into {where} (revision "
+                  f"{source.head_revision()}); serve it with VERA_DATABASE_URL=<that URL> and the same "
+                  "VERA_STORAGE_URL (or a copy of the blob folder), then `vera fsck`.", soft_wrap=True)
+
+
 def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
     db = _database(database_url)

@@ -237,6 +237,8 @@ class Verification:
         download file built from a version is forgotten instead, and built again when next asked for);
         corrupted: blobs whose bytes do not match their name (repair: deleted and their versions marked failed, or
         forgotten as above);
+        database: what the database's own check finds (SQLite's quick_check: a file copied over a running
+        registry, or damaged; no repair: restore a backup);
         deep_json: stored JSON (metrics, evaluation or audit details, ...) nested more than MAX_JSON_DEPTH levels,
         taken before that limit, which replies cannot carry (repair: cut there, registry.services.stored_json);
         orphans: stored blobs the database does not know (repair: deleted as gc deletes them, beside a serving
@@ -251,7 +253,8 @@ class Verification:
             known = set(s.scalars(select(m.Blob.sha256)))
         present = set(self.blobs.digests())
         report: dict[str, list[str]] = {"missing": sorted(known - present), "corrupted": [],
-                                        "orphans": sorted(present - known), "deep_json": too_deep_rows(self.db),
+                                        "orphans": sorted(present - known), "database": self.db.integrity_problems(),
+                                        "deep_json": too_deep_rows(self.db),
                                         "partial_blobs": self.blobs.leftovers(LEFTOVER_AGE_S),
                                         "stale_uploads": [p.name for p in _stale_uploads()]}
         for digest in sorted(known & present):

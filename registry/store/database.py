@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.domain.errors import InvalidInput, SchemaOutOfDate
 from registry.domain.schemas import PoolSettings
+from registry.logs import first_line
 
 
 def _migrations_dir() -> Path:
@@ -157,9 +158,31 @@ class Database:
             raw.close()
             partial.unlink(missing_ok=True)
 
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's quick_check finds wrong in the file (an index missing rows, pages out of place: a file
+        copied over a running registry showed both, while every blob check passed); none on PostgreSQL, which keeps
+        its own files consistent."""
+        if self.engine.dialect.name != "sqlite":
+            return []
+        try:
+            with self.engine.connect() as conn:
+                found = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        except SQLAlchemyError as exc:  # too damaged to be checked at all
+            return [f"the check itself failed: {first_line(exc)}"]
+        return [] if found == ["ok"] else [line for text in found for line in text.splitlines()][:100]
+
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            try:
+                return MigrationContext.configure(conn).get_current_revision()
+            except CommandError as exc:  # alembic_version names several revisions
+                heads = MigrationContext.configure(conn).get_current_heads()
+                where = self.engine.url.render_as_string(hide_password=True)
+                raise SchemaOutOfDate(f"{where} records several schema revisions at once ({', '.join(heads)}): two "
+                                      "registries' tables mixed, as a backup restored into a database that was not "
+                                      "empty leaves them. Drop the database, create it empty, restore the backup "
+                                      "into it, then `vera db upgrade` and `vera fsck` (docs/deployment.md, "
+                                      "Restoring).") from exc
 
     def knows(self, revision: str) -> bool:
         """Whether ``revision`` is one of this release's schema revisions."""

@@ -294,3 +294,40 @@ def adapters_in(path: Path) -> list[str]:
             return list(s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars())
     finally:
         db.close()
+
+
+def test_fsck_checks_the_sqlite_file_itself_and_mixed_revisions_are_one_line(tmp_path: Path) -> None:
+    """A team admin's walk (session 34): a registry.db copied over a running registry had an index missing rows,
+    and `vera fsck` said "missing: 0" (it checked only blobs); a PostgreSQL backup restored into a database that was
+    not empty left two revisions in alembic_version, and `vera db status` answered a traceback."""
+    import os
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    db = Database(f"sqlite:///{path}")
+    db.upgrade()
+    with db.session() as s:
+        s.execute(text("INSERT INTO audit_events (at, actor, action, target, detail) VALUES (:at, 'a', 'publish', :t,"
+                       " '{}')"), [{"at": "2026-12-01 00:00:00", "t": f"ann/x:{i}"} for i in range(300)])
+    registry_before = open_registry(Settings(database_url=f"sqlite:///{path}", storage_url=str(tmp_path / "blobs")))
+    assert registry_before.fsck()["database"] == []
+    db.close()
+    with sqlite3.connect(path) as raw:  # an index's root page lost, as a half-copied file loses pages
+        page = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'ix_audit_events_target'").fetchone()[0]
+        size = raw.execute("PRAGMA page_size").fetchone()[0]
+    with open(path, "r+b") as file:
+        file.seek((page - 1) * size)
+        file.write(b"\0" * size)
+    env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": f"sqlite:///{path}",
+           "VERA_STORAGE_URL": str(tmp_path / "blobs")}
+    checked = subprocess.run([str(VERA), "fsck"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert checked.returncode == 3 and "database: " in checked.stdout and "Page " in checked.stdout, checked.stdout
+    mixed = Database(f"sqlite:///{tmp_path / 'mixed.db'}")
+    mixed.upgrade()
+    with mixed.session() as s:
+        s.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0020')"))
+    mixed.close()
+    status = subprocess.run([str(VERA), "db", "status"], capture_output=True, text=True, timeout=120, check=False,
+                            env={**env, "VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'mixed.db'}"})
+    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+    assert "records several schema revisions at once (" in status.stderr and "Drop the database" in status.stderr

@@ -1,0 +1,127 @@
+"""`vera db copy`: a team moves from `vera up`'s SQLite file to PostgreSQL with every row (a team admin's walk,
+session 34: the docs said "move to PostgreSQL" and nothing moved the data), through the installed `vera` against
+the local PostgreSQL; what it refuses leaves the target as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select
+
+from registry.client import RegistryClient
+from registry.domain.events import WebhookForm
+from registry.domain.schemas import EvaluationRecord
+from registry.services.delivery import Sender
+from registry.services.derived import FileForm
+from registry.services.jobs import Jobs
+from registry.services.registry import Registry
+from registry.services.tokens import LOCAL_USER, create_token
+from registry.services.webhooks import Webhooks
+from registry.store import models as m
+from registry.store.blobs import FsspecBlobStore
+from registry.store.database import Database
+from tests.registry.adapters import make_adapter
+from tests.registry.conftest import PG_ADMIN
+from tests.registry.servers import VERA, running_server
+
+
+@pytest.fixture
+def empty_postgres() -> Iterator[str]:
+    name = f"vera_copy_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def a_used_registry(tmp_path: Path) -> tuple[str, Path]:
+    """A SQLite registry with rows in most tables: versions, aliases, tags, properties, evaluations, tokens, an
+    organisation, a job, a webhook, downloads and the audit log."""
+    url, blobs = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs"
+    db = Database(url)
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(str(blobs)))
+    first = registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="clf", base_model="tiny-llama",
+                             metrics={"accuracy": 0.8}, tags=["demo"], properties={"ticket": "ML-1"})
+    registry.publish(make_adapter(tmp_path / "b", seed=2), owner="ann", name="clf", base_model="tiny-llama")
+    registry.set_alias(first.ref, "prod", actor="ann")
+    registry.evaluations.record(first.ref, EvaluationRecord(name="hellaswag", metrics={"acc": 0.3}), actor="ann")
+    create_token(db, owner="ann", scopes=["read", "publish"], name="laptop")
+    registry.access.create_organization("team", creator="ann")
+    registry.access.set_member("team", "bob", "write", viewer=LOCAL_USER)
+    registry.publish(make_adapter(tmp_path / "c", seed=3), owner="team", name="shared", base_model="tiny-llama")
+    Jobs(registry).submit({"demo": True}, owner="ann", target="ann/trained")
+    Webhooks(db, Sender(allow_private=True)).create(WebhookForm(owner="ann", url="http://127.0.0.1:9/hook",
+                                                                events=["publish"]), actor="ann")
+    registry.derived.manifest(first.ref, FileForm())
+    db.close()
+    return url, blobs
+
+
+def rows_of(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            return {table.name: [tuple(row) for row in conn.execute(
+                select(table).order_by(*table.primary_key.columns))] for table in m.Base.metadata.sorted_tables}
+    finally:
+        db.close()
+
+
+def copy(source: str, target: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": source}
+    return subprocess.run([str(VERA), "db", "copy", target], capture_output=True, text=True, timeout=300, env=env,
+                          check=False)
+
+
+def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, empty_postgres: str) -> None:
+    source, blobs = a_used_registry(tmp_path)
+    done = copy(source, empty_postgres)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "copied " in done.stdout and "rows of 31 tables into postgresql+psycopg://" in " ".join(done.stdout.split())
+    before, after = rows_of(source), rows_of(empty_postgres)
+    assert sum(map(len, before.values())) > 30 and {t for t, rows in before.items() if rows} >= {
+        "adapters", "adapter_versions", "aliases", "version_tags", "version_properties", "version_evaluations",
+        "access_tokens", "organizations", "memberships", "jobs", "webhooks", "audit_events", "version_files"}
+    assert after == before  # every row, every value
+    # the copy is a registry: served on the same blobs, it gives the same bytes, and new rows take new ids
+    with running_server(empty_postgres, blobs, VERA_REQUIRE_TOKENS="false") as url, \
+            RegistryClient(url, cache=False) as client:
+        manifest = client.fetch_files("ann/clf@prod", tmp_path / "fetched")
+        built = {(name, sha256) for _, form, name, sha256, *_ in before["version_files"] if form == "vera"}
+        assert manifest.version.ref == "ann/clf:1" and {(f.name, f.sha256) for f in manifest.files} == built
+        assert client.verify("ann/clf:1").status == "passed"
+        third = client.publish(make_adapter(tmp_path / "d", seed=4), "ann/clf", base_model="tiny-llama")
+        assert third.ref == "ann/clf:3"
+        client.set_alias("ann/clf:3", "staging")  # an audit row and an alias row, after the copied ids
+    # refused, changing nothing: a target that holds rows, the source itself
+    again = copy(source, empty_postgres)
+    assert again.returncode == 1 and "already holds rows (access_tokens, adapters" in again.stderr, again.stderr
+    assert "Nothing was copied" in again.stderr
+    itself = copy(source, source)
+    assert itself.returncode == 1 and "the same database" in itself.stderr
+
+
+def test_vera_db_copy_refuses_a_source_behind_this_release(tmp_path: Path, empty_postgres: str) -> None:
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    db = Database(source)
+    db.upgrade("0020")
+    db.close()
+    refused = copy(source, empty_postgres)
+    assert refused.returncode == 1 and "is at schema revision 0020" in refused.stderr
+    assert "run `vera db upgrade` on it first" in refused.stderr
+    target = Database(empty_postgres)
+    try:
+        assert target.current_revision() is None  # not even upgraded
+    finally:
+        target.close()
