@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -292,6 +293,9 @@ def up(
     console.print(f"registry API on http://{shown}:{port}")
     if f"http://{shown}:{port}" != DEFAULT_URL:  # a line of its own, unbroken, to paste whole (a newcomer's walk)
         console.print(f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}", soft_wrap=True)
+    if host == "0.0.0.0":  # 127.0.0.1 is of no use to teammates (a team admin's walk)
+        console.print(f"for teammates: export VERA_REGISTRY_URL=http://{socket.getfqdn()}:{port} (this machine's "
+                      "name; its address if their machines do not resolve it)", soft_wrap=True)
     try:
         run_api(host, port, embedded, with_worker=True, log_level=log_level, worker_status_port=worker_status_port)
     finally:

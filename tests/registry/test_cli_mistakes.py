@@ -378,6 +378,8 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
     assert "tokens required" in log.read_text()
     # the line to paste, whole, on a line of its own (it broke at 80 columns: a newcomer's walk, session 33)
     assert f"\nfor `vera` in other shells: export VERA_REGISTRY_URL=http://127.0.0.1:{port}\n" in log.read_text()
+    # and one for teammates, whom 127.0.0.1 does not reach (a team admin's walk, session 34)
+    assert f"\nfor teammates: export VERA_REGISTRY_URL=http://{socket.getfqdn()}:{port} (" in log.read_text()
 
 
 @pytest.mark.parametrize(("option", "value"), [("--task", "chat"), ("--generation-config", "vllm")])
