@@ -20,7 +20,15 @@ import httpx
 import pybase64
 
 from registry.credentials import stored_token
-from registry.domain.errors import HTTP_STATUS, MOVED_HEADER, IntegrityError, InvalidInput, NotFound, RegistryError
+from registry.domain.errors import (
+    HTTP_STATUS,
+    MOVED_HEADER,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    RegistryError,
+    Unauthorized,
+)
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.domain.publishers import PublisherInfo
 from registry.local_cache import LocalCache, cache_root, default_cache_dir, new_file, ref_key
@@ -279,6 +287,9 @@ class RegistryClient:
             raise InvalidInput(f"The registry URL {self.url!r} does not start with http:// or https://; did you mean "
                                f"http://{self.url.partition('://')[2] or self.url}? (--registry or VERA_REGISTRY_URL)")
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
+        #: the token is the one `vera login` stored: a refusal of it says so (a team admin's walk: a revoked stored
+        #: token answered "pass a valid one with VERA_TOKEN or --token", which the user had not passed)
+        self._stored = token is None and stored_token(self.url) is not None
         if token is None:
             token = stored_token(self.url)  # `vera login`
         # identity: the registry never compresses, and a compressed answer would be decoded whole in memory
@@ -318,6 +329,16 @@ class RegistryClient:
                 time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _refused(self, answer: httpx.Response) -> NoReturn:
+        """An error answer raised as the registry's exception; a refused token that `vera login` stored says so."""
+        try:
+            _raise_for(answer, self.url)
+        except Unauthorized as exc:
+            if not self._stored:
+                raise
+            raise Unauthorized(f"{exc} (The token was the one `vera login` stored for {self.url}: `vera login` with "
+                               "a valid one, or `vera logout` to send none.)") from None
+
     @contextlib.contextmanager
     def _send(self, method: str, path: str, *, stream: bool, **kwargs: Any) -> Iterator[httpx.Response]:
         """The response to a request (its body not yet read when ``stream``), an error status raised as the
@@ -352,7 +373,7 @@ class RegistryClient:
                     time.sleep(wait)
                     continue
                 if response.status_code >= 400:
-                    _raise_for(_read_capped(response, MAX_ERROR_BYTES, self.url, self.timeout), self.url)
+                    self._refused(_read_capped(response, MAX_ERROR_BYTES, self.url, self.timeout))
                 if response.headers.get("content-type", "").startswith("text/html"):  # the API never answers HTML
                     raise RegistryError(_not_the_api(self.url, "answered with an HTML page"))
                 yield response

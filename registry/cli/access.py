@@ -249,8 +249,29 @@ def revoke(token_id: Annotated[int, typer.Argument(help="The token's id (`vera a
            registry: RegistryUrl = None, token: Token = None) -> None:
     """Revoke one of your tokens, and the tokens made from it (its dashboard sign-ins, those `vera auth
     create-token` made with it)."""
-    call_registry(registry, token, lambda c: c.revoke_token(token_id))
-    console.print(f"revoked token {token_id} and any token made from it")
+
+    def revoked(client: RegistryClient) -> tuple[list[int], int | None]:
+        """The live tokens that go (``token_id`` and those made from it, and from those), and the one this command
+        runs with; both asked before the revocation, which may sign this command out."""
+        live = {t.id: t.parent_id for t in client.tokens() if not t.revoked}
+        going, grown = {token_id}, True
+        while grown:
+            more = {child for child, parent in live.items() if parent in going} - going
+            going, grown = going | more, bool(more)
+        current = client.whoami().token_id
+        client.revoke_token(token_id)
+        return sorted(going - {token_id}), current
+
+    offspring, current = call_registry(registry, token, revoked)
+    console.print(f"revoked token {token_id}" + (f" and the tokens made from it: {', '.join(map(str, offspring))}"
+                                                 if offspring else ""), soft_wrap=True)
+    if current is not None and (current == token_id or current in offspring):
+        # a token made with `vera auth create-token` is its maker's child: rotating by making one, logging in with
+        # it and revoking the old one signed its user out (a team admin's walk)
+        err_console.print(styled("warning:", "yellow", f" token {current}, which this command ran with (the one "
+                                 "`vera login` stored, or VERA_TOKEN), was among them: you are signed out. Ask an "
+                                 "administrator for a new token (`vera auth create-token --user YOU`: not made from "
+                                 "yours), then `vera login` with it (docs/api.md, Rotating a token)."), soft_wrap=True)
 
 
 def _print_org(org: OrganizationInfo, as_json: bool, *, said: str = "") -> None:

@@ -294,6 +294,9 @@ class TokenInfo(BaseModel):
     last_used_at: datetime | None
     expires_at: datetime | None
     limited_to: list[str] | None = None
+    #: The token it was made with (`vera auth create-token`, a dashboard sign-in): revoking that revokes this too.
+    #: None: made by an administrator or the operator (or a server before this field).
+    parent_id: int | None = None
 
 
 class StoreCounts(BaseModel):

@@ -395,7 +395,7 @@ def token_info(db: Database, token_id: int) -> TokenInfo:
 def _info(t: m.AccessToken) -> TokenInfo:
     return TokenInfo(id=t.id, owner=t.owner, name=t.name, scopes=t.scopes, created_at=t.created_at,
                      revoked=t.revoked_at is not None, last_used_at=t.last_used_at, expires_at=t.expires_at,
-                     limited_to=t.limited_to)
+                     limited_to=t.limited_to, parent_id=t.parent_id)
 
 
 def _ended(s: Session, before: datetime, owner: str | None = None) -> list[m.AccessToken]:

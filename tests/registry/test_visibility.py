@@ -438,6 +438,33 @@ def test_login_stores_a_token_the_client_then_uses(server: dict[str, Any], tmp_p
     assert "anonymous" in vera("whoami", "--registry", url).stdout
 
 
+def test_rotating_by_a_token_made_from_the_stored_one_says_what_it_revoked(
+        server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A team admin's walk (session 34): bob made a token with his stored one (`vera auth create-token`), logged in
+    with it and revoked the old one; the new one, its child, went too, unsaid, and `vera whoami` then asked for
+    "VERA_TOKEN or --token", which he had not passed."""
+    from tests.registry.test_cli import vera
+
+    monkeypatch.setenv("VERA_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("VERA_TOKEN", raising=False)
+    monkeypatch.setenv("VERA_REGISTRY_URL", server["url"])
+    db = Database(server["database"])
+    old_id, old = create_token(db, owner="dora", scopes=["read", "publish"])
+    db.engine.dispose()
+    assert vera("login", "--token", old).returncode == 0
+    made = vera("auth", "create-token", "--scope", "read", "--name", "laptop-2027")
+    new = next(word for word in made.stdout.split() if word.startswith("vera_"))
+    assert vera("login", "--token", new).returncode == 0
+    revoked = vera("auth", "revoke", str(old_id))
+    flat = " ".join(revoked.stdout.split() + revoked.stderr.split())
+    assert revoked.returncode == 0 and f"revoked token {old_id} and the tokens made from it: " in flat, flat
+    assert "which this command ran with (the one `vera login` stored, or VERA_TOKEN), was among them: you are " \
+           "signed out" in flat and "--user YOU" in flat
+    refused = vera("whoami")
+    assert refused.returncode == 1 and "The token was the one `vera login` stored for" in " ".join(
+        refused.stderr.split())
+
+
 def test_default_visibility_private(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     source = make_adapter(tmp_path / "adapter")
