@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry.domain.errors import SchemaOutOfDate
@@ -26,6 +29,30 @@ if TYPE_CHECKING:
     from registry.services.webhooks import Webhooks
 
 
+log = logging.getLogger("vera.registry")
+
+
+def _upgrade_embedded(db: Database) -> None:
+    """Create or upgrade the embedded SQLite file; before upgrading one that holds a registry, keep a copy of it as
+    it was beside it (registry.db.before-REVISION), and say so: the upgrade was silent, and a release older than it
+    then refused the file, with no copy to go back to (a team admin's walk, session 34)."""
+    current, head = db.current_revision(), db.head_revision()
+    if current is not None and not db.knows(current):
+        return  # a newer release upgraded it: refused just after, untouched
+    if current is None or current == head:
+        db.upgrade()  # a new file (or one at head: nothing to do)
+        return
+    path = Path(str(db.engine.url.database))
+    kept = path.with_name(f"{path.name}.before-{head}")
+    if kept.exists():
+        kept = path.with_name(f"{path.name}.before-{head}.{time.strftime('%Y%m%dT%H%M%S')}")
+    db.backup(kept)
+    db.upgrade()
+    log.warning(f"upgraded the registry database {path} from schema revision {current} to {head}; the file as it "
+                f"was is kept as {kept} (a release before this one runs on that copy; delete it once this one "
+                "runs well)")
+
+
 def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = True,
                   create_if_empty: bool = False) -> Registry:
     """A Registry over the configured database and storage.
@@ -39,8 +66,9 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
     read_only = settings.read_only
     db = Database(settings.resolved_database_url, settings.database_pool, read_only=read_only)
     try:
-        if not read_only and ((settings.database_url is None and upgrade_embedded)
-                              or (create_if_empty and db.is_empty())):
+        if not read_only and settings.database_url is None and upgrade_embedded:
+            _upgrade_embedded(db)
+        elif not read_only and create_if_empty and db.is_empty():
             db.upgrade()
         try:
             db.check_schema()

@@ -331,3 +331,37 @@ def test_fsck_checks_the_sqlite_file_itself_and_mixed_revisions_are_one_line(tmp
                             env={**env, "VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'mixed.db'}"})
     assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
     assert "records several schema revisions at once (" in status.stderr and "Drop the database" in status.stderr
+
+
+def test_the_embedded_registry_keeps_its_file_as_it_was_before_an_upgrade(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """`vera up` upgraded an older release's registry.db without a word, and the older release then refused it,
+    with no copy to go back to (a team admin's walk, session 34): the file as it was is kept beside it, said in the
+    log; the older schema's copy is whole."""
+    data = tmp_path / "data"
+    data.mkdir()
+    old = Database(f"sqlite:///{data / 'registry.db'}")
+    old.upgrade("0024")
+    with old.session() as s:
+        s.execute(text("INSERT INTO adapters (owner, name, description, created_at, visibility) VALUES "
+                       "('ann', 'kept', '', '2026-12-01 00:00:00', 'public')"))
+    old.close()
+    settings = Settings(data_dir=data)
+    with caplog.at_level("WARNING", logger="vera.registry"):
+        registry = open_registry(settings)
+    head = registry.db.head_revision()
+    assert registry.db.current_revision() == head
+    kept = data / f"registry.db.before-{head}"
+    assert f"from schema revision 0024 to {head}; the file as it was is kept as {kept}" in caplog.text
+    copy = Database(f"sqlite:///{kept}")
+    try:
+        assert copy.current_revision() == "0024"
+        with copy.session() as s:
+            assert s.execute(text("SELECT owner || '/' || name FROM adapters")).scalars().all() == ["ann/kept"]
+    finally:
+        copy.close()
+    registry.db.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vera.registry"):
+        open_registry(settings).db.close()  # at head now: nothing kept, nothing said
+    assert "upgraded" not in caplog.text and sorted(p.name for p in data.glob("registry.db.before-*")) == [kept.name]
