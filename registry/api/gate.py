@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, TOKEN_NEEDED, ApiOptions, bearer_token
 from registry.api.problems import HUB_PREFIX, READ_ONLY_RETRY_AFTER_S, is_hub_path, problem
-from registry.domain.errors import RegistryError, Unauthorized, status_of
+from registry.domain.errors import RegistryError, SchemaOutOfDate, Unauthorized, status_of
 from registry.services.registry import Registry
 from registry.services.tokens import authenticate
 
@@ -45,6 +45,9 @@ READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
      "verifies a version: a read-only registry answers the report without recording it"),
 )
 
+
+#: How long a look at the database's schema revision holds for the gate (writes refused once it moved on).
+SCHEMA_RECHECK_S = 2.0
 
 #: The one request with a body that needs no registry token, where tokens are required: trusted publishing's exchange,
 #: whose body (an identity token, registry.services.trusted) is the credential; its body is small.
@@ -118,6 +121,8 @@ class RequestGate:
 
     def __init__(self, app: App, *, registry: Registry, options: ApiOptions, body_timeout_s: float = 60.0) -> None:
         self.app, self.registry, self.options, self.body_timeout_s = app, registry, options, body_timeout_s
+        # the schema's revision as last looked at (time.monotonic() of the look, the refusal it gave or None)
+        self._schema: tuple[float, str | None] = (-SCHEMA_RECHECK_S, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         control = control_refusal(scope["path"], scope["query_string"]) if scope["type"] == "http" else None
@@ -141,6 +146,11 @@ class RequestGate:
                 scope["method"], scope["path"], self.options.primary_url), scope["path"],
                 retry_after=READ_ONLY_RETRY_AFTER_S)
             return
+        if (changed := await self._schema_changed()) is not None and not read_only_safe(scope["method"],
+                                                                                        scope["path"]):
+            await _send_problem(send, 503, SchemaOutOfDate.code, changed, scope["path"],
+                                retry_after=READ_ONLY_RETRY_AFTER_S)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         tokenless = scope["method"] == "POST" and TOKENLESS.match(scope["path"]) is not None
         limit = (2 * self.options.max_upload_bytes + FORM_OVERHEAD) if UPLOAD_ROUTES.match(scope["path"]) \
@@ -151,6 +161,24 @@ class RequestGate:
             await _send_problem(send, status, code, detail, scope["path"])
             return
         await self.app(scope, limited(receive, limit, self.body_timeout_s), send)
+
+    async def _schema_changed(self) -> str | None:
+        """Why this server takes no changes since its database's schema moved on (a newer release's `vera db
+        upgrade` while it ran: its /ready said 503, but its writes went on, behind no load balancer; a team admin's
+        walk, session 34), or None. Looked at no more than every SCHEMA_RECHECK_S, whatever the traffic."""
+        looked, refusal = self._schema
+        if time.monotonic() - looked < SCHEMA_RECHECK_S:
+            return refusal
+        try:
+            await run_in_threadpool(self.registry.db.check_schema)
+            refusal = None
+        except SchemaOutOfDate as exc:
+            refusal = (f"This server takes no changes: {exc} Reads go on; start the release that matches the "
+                       "database, and send this again there.")
+        except Exception:  # noqa: BLE001 - the database unreachable: the request itself says so, as before
+            refusal = None
+        self._schema = (time.monotonic(), refusal)
+        return refusal
 
     async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int, *, tokenless: bool = False
                        ) -> tuple[int, str, str] | None:

@@ -365,3 +365,34 @@ def test_the_embedded_registry_keeps_its_file_as_it_was_before_an_upgrade(tmp_pa
     with caplog.at_level("WARNING", logger="vera.registry"):
         open_registry(settings).db.close()  # at head now: nothing kept, nothing said
     assert "upgraded" not in caplog.text and sorted(p.name for p in data.glob("registry.db.before-*")) == [kept.name]
+
+
+def test_a_server_takes_no_changes_once_a_newer_release_upgraded_its_database(tmp_path: Path) -> None:
+    """A team admin's walk (session 34): after `vera db upgrade` by a newer release, the old release's server said
+    503 on /ready but went on taking publishes and alias moves (no load balancer in front of it). Its writes are
+    refused now, saying why, within SCHEMA_RECHECK_S; its reads go on; and they are taken again once the schema is
+    what it knows."""
+    import time
+
+    from registry.api.gate import SCHEMA_RECHECK_S
+    from registry.client import RegistryClient
+    from tests.registry.adapters import make_adapter
+    from tests.registry.servers import running_server
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs") as server, RegistryClient(server, cache=False, retries=0) as client:
+        client.publish(make_adapter(tmp_path / "a"), "ann/x", base_model="tiny-llama")
+        db = Database(url)
+        head = db.head_revision()
+        with db.session() as s:
+            s.execute(text("UPDATE alembic_version SET version_num = '9999'"))  # as a newer release's upgrade
+        time.sleep(SCHEMA_RECHECK_S + 0.5)
+        with pytest.raises(SchemaOutOfDate, match=r"This server takes no changes: .* is at schema revision 9999, "
+                                                  r"which this version of vera-registry does not know"):
+            client.set_alias("ann/x:1", "prod")
+        assert client.get("ann/x:1").ref == "ann/x:1"  # reads go on
+        with db.session() as s:
+            s.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+        db.close()
+        time.sleep(SCHEMA_RECHECK_S + 0.5)
+        assert client.set_alias("ann/x:1", "prod").version == 1
