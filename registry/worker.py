@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, NotFound, RegistryError
+from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, NotFound, RegistryError, SchemaOutOfDate
 from registry.domain.schemas import JobInfo, Ref
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID, first_line
@@ -321,6 +321,11 @@ class Worker:
                          f"{first_line(exc, 200)}); trying again in {wait:g} s")
                 stop.wait(wait)
                 continue
+            except SchemaOutOfDate as exc:  # a newer release upgraded the database: this one claims nothing
+                self.status.tick(database=False)
+                self.warn(f"worker {self.name} claims no job: {exc}")
+                stop.wait(MAX_OUTAGE_WAIT_S)
+                continue
             failures = 0
             self.status.tick()
             if not ran:
@@ -332,6 +337,7 @@ class Worker:
         if self.state_dir is not None:
             for job_id in sweep(self.state_dir, self.jobs):
                 self.log(f"removed the folder of job {job_id}, which has ended")
+        self.jobs.registry.db.check_schema()  # (a newer release's upgrade meanwhile: its jobs are not for this one)
         job = self.jobs.claim(self.name, gpus=self.gpus)
         if job is None:
             return False

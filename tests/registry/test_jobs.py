@@ -703,3 +703,28 @@ def test_an_owner_has_at_most_max_pending_jobs_queued_or_running(registry: Regis
     queued = next(job for job in jobs.list_jobs(owner="ann") if job.status == "queued")
     jobs.cancel(queued.id, actor="ann")
     assert jobs.submit(DEMO, owner="ann", target="ann/j2").status == "queued"
+
+
+def test_a_worker_claims_nothing_once_a_newer_release_upgraded_the_database(registry: Registry) -> None:
+    """A team admin's walk (session 34): an old release's processes went on changing a database a newer release had
+    upgraded. Its worker claims no job then (the job waits for the new release's workers), saying why."""
+    from sqlalchemy import text
+
+    from registry.domain.errors import SchemaOutOfDate
+    from registry.worker import Worker
+
+    job = Jobs(registry).submit(DEMO, owner="ann", target="ann/later")
+    with registry.db.session() as s:
+        head = s.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        s.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    said: list[str] = []
+    worker = Worker(Jobs(registry), name="old", log=said.append)
+    with pytest.raises(SchemaOutOfDate, match="a newer release upgraded it"):
+        worker.run_once()
+    stop = threading.Event()
+    worker.warn = lambda line: (said.append(line), stop.set())  # type: ignore[method-assign, func-returns-value]
+    worker.run_forever(stop)
+    assert any("worker old claims no job: " in line and "9999" in line for line in said), said
+    assert Jobs(registry).get(job.id).status == "queued"
+    with registry.db.session() as s:
+        s.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
