@@ -158,7 +158,8 @@ class FsspecBlobStore:
             self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
         except ImportError as exc:  # e.g. s3:// without s3fs
             raise InvalidInput(f"VERA_STORAGE_URL={url!r} needs a package that is not installed ({exc}); for S3: "
-                               "pip install 'vera-registry[s3]'.") from exc
+                               "in the clone, `VERA_EXTRAS=s3 bash .ci/setup` (or `pip install -c requirements.lock -e "
+                               "'.[s3]'`; with a wheel, its [s3] extra).") from exc
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         self._verified: set[tuple[str, int, int]] = set()
