@@ -28,6 +28,7 @@ from registry.domain.schemas import (
 from registry.domain.words import counted
 from registry.services import invitations as invites
 from registry.services.invitations import InvitationPolicy
+from registry.services.member_jobs import cancel_jobs_of
 from registry.services.moves import move_owner
 from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retirement
 from registry.services.webhooks import pause_webhooks_of
@@ -194,6 +195,7 @@ class Access:
                 current.role = role
                 if role == "read":
                     pause_webhooks_of(s, organization, member, viewer.owner, "may no longer write here")
+                    cancel_jobs_of(s, organization, member, viewer.owner, "now has only the read role there")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-set", target=organization,
                                detail={"member": member, "role": role}))
             s.flush()
@@ -214,6 +216,7 @@ class Access:
             if current.role == "admin":
                 invites.withdraw_by(s, org, member, actor=viewer.owner, why="left the organisation")
             pause_webhooks_of(s, organization, member, viewer.owner, "left the organisation")
+            cancel_jobs_of(s, organization, member, viewer.owner, "is no longer a member")
             s.add(m.AuditEvent(actor=viewer.owner, action="member-remove", target=organization,
                                detail={"member": member}))
             s.flush()

@@ -63,8 +63,8 @@ def make_engine(url: str, pool: PoolSettings | None = None, *, read_only: bool =
     begins READ ONLY; SQLite: query_only), so that a write the read-only mode missed fails instead of writing."""
     if url.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:
         raise InvalidInput(f"{url.split('@')[-1]!r} is a PostgreSQL database, and its driver is not installed: "
-                           "in the clone, `VERA_EXTRAS=postgres bash .ci/setup` (or `pip install -c requirements.lock -e "
-                           "'.[postgres]'`; with a wheel, its [postgres] extra).")
+                           "in the clone, `VERA_EXTRAS=postgres bash .ci/setup` (or `pip install -c "
+                           "requirements.lock -e '.[postgres]'`; with a wheel, its [postgres] extra).")
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:") and not read_only:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
