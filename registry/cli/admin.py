@@ -41,6 +41,21 @@ if TYPE_CHECKING:
 # without them (`vera ls` needs none).
 
 
+def operator() -> str:
+    """Who runs a command on the registry's machine, for the audit log: ``operator (USER)``, the machine's user (the
+    events of tokens minted there named only "operator", not who minted an administrator's token: a team admin's
+    walk, session 34)."""
+    import getpass
+
+    from registry.services.tokens import OPERATOR
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name, no passwd entry (a container's uid)
+        return OPERATOR
+    return f"{OPERATOR} ({user})"[:64]
+
+
 def open_registry(settings: Settings) -> Registry:
     from registry.bootstrap import open_registry as open_configured
 
@@ -231,7 +246,7 @@ def token_create(
         fail(exc)
     registry = open_registry(settings)
     token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_at=expires_at,
-                                    limited_to=limit_to)
+                                    limited_to=limit_to, actor=operator())
     console.print(f"token {token_id} for {owner} {sorted(set(scope))}"
                   + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at is not None else "") + ":")
     print(secret)
@@ -249,12 +264,12 @@ def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id."
         fail(InvalidInput("Give a token id (`vera token list` shows them) or --owner USER, not both and not neither."))
     db = open_registry(refuse_read_only(load_settings(database_url), "token revoke")).db
     if owner is not None:
-        revoked = revoke_all(db, owner)
+        revoked = revoke_all(db, owner, actor=operator())
         console.print(f"revoked every token of {owner}: " + (f"ids {', '.join(map(str, revoked))}" if revoked
                                                              else "none was live"))
         return
     assert token_id is not None  # one of the two, checked above
-    made = [t for t in revoke_token(db, token_id) if t != token_id]
+    made = [t for t in revoke_token(db, token_id, actor=operator()) if t != token_id]
     console.print(f"revoked token {token_id}" + (f" and {len(made)} made from it (ids {', '.join(map(str, made))})"
                                                  if made else ""))
 
@@ -289,7 +304,7 @@ def token_purge(
     settings = load_settings(database_url)
     db = open_registry(settings if dry_run else refuse_read_only(settings, "token purge")).db
     before = datetime.now(UTC) - timedelta(days=days)
-    gone = purge_tokens(db, before=before, owner=owner, dry_run=dry_run)
+    gone = purge_tokens(db, before=before, owner=owner, dry_run=dry_run, actor=operator())
     verb = "would delete" if dry_run else "deleted"
     for t in gone:
         ended = "revoked" if t.revoked else f"expired {t.expires_at:%Y-%m-%d}"

@@ -432,6 +432,14 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
     assert every.returncode == 0 and f"revoked every token of ann: ids {ci}" in every.stdout, every
     again = vera("--owner", "ann")
     assert "none was live" in again.stdout
+    # the audit log names the machine's user who ran them, not only "operator" (a team admin's walk, session 34)
+    import getpass
+
+    db = Database(url)
+    with db.session() as s:
+        actors = set(s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "token-revoke")))
+    db.engine.dispose()
+    assert actors == {f"operator ({getpass.getuser()})"}
 
 
 def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path: Path) -> None:
