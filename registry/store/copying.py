@@ -4,7 +4,7 @@
 The target is brought to this release's schema and must hold no row. The source is read in one transaction (one
 snapshot, whatever writes meanwhile: stop the registry, or let it read only, for a copy that misses none) and the
 target written in one, table after table in the order their foreign keys need, each in key order and in batches;
-a failure leaves the target as empty as it was. On PostgreSQL the id sequences then continue after the copied ids.
+a failure leaves the target without a row (its schema made: the same copy can run again). On PostgreSQL the id sequences then continue after the copied ids.
 Blobs are not in the database: keep VERA_STORAGE_URL, or copy the blob folder beside the database.
 """
 
