@@ -46,6 +46,15 @@ def redact(text: str) -> str:
     return _SECRET.sub("[redacted]", text)
 
 
+#: A URL's password (scheme://user:PASSWORD@host).
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password written as ***, as SQLAlchemy renders a URL (any URL, one it cannot parse too)."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
+
+
 def new_request_id(offered: str | None = None) -> str:
     """The caller's id if it is a sane one (letters, digits, . _ -; at most 64), else a fresh one."""
     return offered if offered and _VALID_ID.fullmatch(offered) else uuid.uuid4().hex

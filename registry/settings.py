@@ -29,6 +29,7 @@ from registry.domain.schemas import (
     PoolSettings,
     QuotaSize,
 )
+from registry.logs import masked_url
 from registry.services.file_cache import DEFAULT_FILE_CACHE_BYTES
 
 
@@ -215,7 +216,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError(
-                f"VERA_DATABASE_URL={value!r} is not supported; use sqlite:///path/registry.db or "
+                f"VERA_DATABASE_URL={masked_url(value)!r} is not supported; use sqlite:///path/registry.db or "
                 "postgresql+psycopg://user@host:5432/db"
             )
         return value

@@ -3,6 +3,8 @@ status, fsck, gc, token create / revoke / list, base register, worker and serve.
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -20,10 +22,12 @@ from registry.cli.common import (
     call_registry,
     check_failed,
     console,
+    err_console,
     fail,
     load_settings,
     read_json_object,
     start_logging,
+    styled,
 )
 from registry.cli.output import JsonOutput, print_json
 from registry.cli.run import run_api
@@ -45,15 +49,16 @@ def operator() -> str:
     """Who runs a command on the registry's machine, for the audit log: ``operator (USER)``, the machine's user (the
     events of tokens minted there named only "operator", not who minted an administrator's token: a team admin's
     walk, session 34)."""
-    import getpass
+    import pwd
 
     from registry.services.tokens import OPERATOR
 
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name, no passwd entry (a container's uid)
+    try:  # the account of the process, not LOGNAME (which any caller sets to anything: a re-check's finding)
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry (a container's uid)
         return OPERATOR
-    return f"{OPERATOR} ({user})"[:64]
+    user = re.sub(r"[^A-Za-z0-9._-]", "?", user)[:64 - len(OPERATOR) - 3]
+    return f"{OPERATOR} ({user})"
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -126,11 +131,29 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
     """Copy every row of the registry database (default: VERA_DATABASE_URL, else `vera up`'s SQLite file) into an
     empty one, e.g. from SQLite to PostgreSQL; blobs stay where they are. Stop the registry first (or run it with
     VERA_READ_ONLY=true): what it writes during the copy is not copied."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from registry.logs import first_line, masked_url
     from registry.store.copying import copy_database
     from registry.store.database import Database
 
+    settings = load_settings(database_url)
+    embedded = Path(settings.resolved_database_url.removeprefix("sqlite:///"))
+    if settings.database_url is None and not embedded.is_file():  # (opening it would make an empty one)
+        fail(InvalidInput(f"There is no registry to copy at {embedded} (VERA_DATA_DIR's registry.db); give the "
+                          "source with --database-url or VERA_DATABASE_URL."))
+    shown = masked_url(target)
+    if not target.startswith(("sqlite", "postgresql")):
+        fail(InvalidInput(f"The target {shown!r} is not a database this release opens; give e.g. "
+                          "postgresql+psycopg://USER:PASSWORD@HOST/DB or sqlite:////path/registry.db."))
+    try:
+        destination = Database(target)
+        with destination.engine.connect():
+            pass
+    except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+        fail(InvalidInput(f"The target {shown!r} cannot be opened ({first_line(exc)}); check its URL, and that the "
+                          "database exists (PostgreSQL: createdb) and takes this user. Nothing was copied."))
     source = _database(database_url)
-    destination = Database(target)
     try:
         copied = copy_database(source, destination, progress=lambda table, rows: console.print(
             f"  {table}: {rows:,} rows"))
@@ -173,6 +196,11 @@ def fsck(
     report = registry.fsck(repair=repair, force=force, grace_s=grace_s)
     for kind, digests in report.items():
         console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
+    if repair and report["database"]:  # nothing --repair mends: a script's `fsck --repair && vera up` must stop
+        err_console.print(styled("error:", "red", " the database file itself is damaged, which --repair does not "
+                                 "mend: stop the registry and restore a backup (docs/deployment.md, Restoring)."),
+                          soft_wrap=True)
+        check_failed()
     if any(report.values()) and not repair:
         check_failed()
 

@@ -4,8 +4,9 @@
 The target is brought to this release's schema and must hold no row. The source is read in one transaction (one
 snapshot, whatever writes meanwhile: stop the registry, or let it read only, for a copy that misses none) and the
 target written in one, table after table in the order their foreign keys need, each in key order and in batches;
-a failure leaves the target without a row (its schema made: the same copy can run again). On PostgreSQL the id sequences then continue after the copied ids.
-Blobs are not in the database: keep VERA_STORAGE_URL, or copy the blob folder beside the database.
+a failure leaves the target without a row (its schema made: the same copy can run again). On PostgreSQL the id
+sequences then continue after the copied ids. Blobs are not in the database: keep VERA_STORAGE_URL, or copy the blob
+folder beside the database.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def copy_database(source: Database, target: Database, *, progress: Callable[[str
     snapshot = {"isolation_level": "REPEATABLE READ"} if source.engine.dialect.name == "postgresql" else {}
     with source.engine.connect().execution_options(**snapshot) as reading, target.engine.begin() as writing:
         with reading.begin():
+            if source.engine.dialect.name == "sqlite":  # its driver starts no transaction for reads: each SELECT
+                reading.exec_driver_sql("BEGIN")        # saw the file as it was then, rows written meanwhile included
             for table in m.Base.metadata.sorted_tables:
                 rows = reading.execution_options(yield_per=BATCH).execute(
                     select(table).order_by(*table.primary_key.columns))

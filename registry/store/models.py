@@ -33,13 +33,21 @@ def utcnow() -> datetime:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC timestamp on every backend (SQLite stores none: it is re-attached on read)."""
+    """A timezone-aware UTC timestamp on every backend (SQLite stores none: it is re-attached on read). Written and
+    read as UTC whatever the session's time zone: PostgreSQL answers in its own (a database set to America/New_York
+    gave 14:39-05:00), which SQLite, storing no zone, kept as 14:39 UTC, five hours off (`vera db copy` from such a
+    database; a re-check's finding, session 34)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None and value.tzinfo is not None else value
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

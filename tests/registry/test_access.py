@@ -421,7 +421,8 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(VERA), "token", "revoke", *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"}, check=False)
+                              env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200",
+                                   "LOGNAME": "someone\nelse", "USER": "someone"}, check=False)
 
     for wrong in ((), (str(laptop), "--owner", "ann")):
         refused = vera(*wrong)
@@ -432,14 +433,15 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
     assert every.returncode == 0 and f"revoked every token of ann: ids {ci}" in every.stdout, every
     again = vera("--owner", "ann")
     assert "none was live" in again.stdout
-    # the audit log names the machine's user who ran them, not only "operator" (a team admin's walk, session 34)
-    import getpass
+    # the audit log names the machine's user who ran them, not only "operator" (a team admin's walk, session 34):
+    # the process's account, not LOGNAME, which a caller sets to anything (a re-check's finding)
+    import pwd
 
     db = Database(url)
     with db.session() as s:
         actors = set(s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "token-revoke")))
     db.engine.dispose()
-    assert actors == {f"operator ({getpass.getuser()})"}
+    assert actors == {f"operator ({pwd.getpwuid(os.getuid()).pw_name})"}
 
 
 def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path: Path) -> None:

@@ -322,6 +322,10 @@ def test_fsck_checks_the_sqlite_file_itself_and_mixed_revisions_are_one_line(tmp
            "VERA_STORAGE_URL": str(tmp_path / "blobs")}
     checked = subprocess.run([str(VERA), "fsck"], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert checked.returncode == 3 and "database: " in checked.stdout and "Page " in checked.stdout, checked.stdout
+    # --repair mends blobs, not the file: it fails too, saying so (it answered 0, and `fsck --repair && vera up` ran)
+    repaired = subprocess.run([str(VERA), "fsck", "--repair"], capture_output=True, text=True, timeout=120, env=env,
+                              check=False)
+    assert repaired.returncode == 3 and "the database file itself is damaged" in " ".join(repaired.stderr.split())
     mixed = Database(f"sqlite:///{tmp_path / 'mixed.db'}")
     mixed.upgrade()
     with mixed.session() as s:

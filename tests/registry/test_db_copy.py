@@ -110,6 +110,20 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     assert "Nothing was copied" in again.stderr
     itself = copy(source, source)
     assert itself.returncode == 1 and "the same database" in itself.stderr
+    # targets it cannot open: one line each (tracebacks before), never the password
+    for target, said in (("notaurl", "is not a database this release opens"),
+                         ("mysql://u:TopSecret@h/x", "'mysql://u:***@h/x' is not a database this release opens"),
+                         ("postgresql+psycopg://u:TopSecret@127.0.0.1:9/x", "cannot be opened (")):
+        refused = copy(source, target)
+        assert refused.returncode == 1 and said in " ".join(refused.stderr.split()), refused.stderr
+        assert "Traceback" not in refused.stderr and "TopSecret" not in refused.stderr + refused.stdout
+    # no registry where the default source would be: said, and no empty file made there
+    env = {**os.environ, "VERA_DATA_DIR": str(tmp_path / "nothing-here")}
+    env.pop("VERA_DATABASE_URL", None)
+    nothing = subprocess.run([str(VERA), "db", "copy", empty_postgres], capture_output=True, text=True, timeout=120,
+                             env=env, check=False)
+    assert nothing.returncode == 1 and "There is no registry to copy at" in " ".join(nothing.stderr.split())
+    assert not (tmp_path / "nothing-here" / "registry.db").exists()
 
 
 def test_vera_db_copy_refuses_a_source_behind_this_release(tmp_path: Path, empty_postgres: str) -> None:
@@ -125,3 +139,45 @@ def test_vera_db_copy_refuses_a_source_behind_this_release(tmp_path: Path, empty
         assert target.current_revision() is None  # not even upgraded
     finally:
         target.close()
+
+
+def test_the_copy_reads_one_snapshot_of_a_sqlite_source(tmp_path: Path) -> None:
+    """A re-check's finding (session 34): each table of a SQLite source was read as it was when its SELECT ran, so a
+    row written during the copy was copied (and could be one whose parent row was not). One snapshot now."""
+    import sqlite3
+
+    from registry.store.copying import copy_database
+
+    source_url, _ = a_used_registry(tmp_path)
+    before = len(rows_of(source_url)["audit_events"])
+
+    def write_meanwhile(table: str, rows: int) -> None:
+        if table == "access_tokens":  # audit_events come later in the order
+            with sqlite3.connect(tmp_path / "r.db") as other:
+                other.execute("INSERT INTO audit_events (at, actor, action, target, detail) VALUES "
+                              "('2026-12-04 00:00:00', 'ann', 'publish', 'ann/late:1', '{}')")
+
+    source, target = Database(source_url), Database(f"sqlite:///{tmp_path / 'copy.db'}")
+    try:
+        copied = copy_database(source, target, progress=write_meanwhile)
+    finally:
+        source.close()
+        target.close()
+    assert copied["audit_events"] == before and len(rows_of(source_url)["audit_events"]) == before + 1
+    assert rows_of(f"sqlite:///{tmp_path / 'copy.db'}")["audit_events"] == rows_of(source_url)["audit_events"][:-1]
+
+
+def test_a_copy_from_postgresql_in_another_time_zone_keeps_the_instants(tmp_path: Path, empty_postgres: str) -> None:
+    """A re-check's finding (session 34): PostgreSQL answers timestamps in its session's zone, and SQLite, storing
+    none, kept the wall-clock time: every time 5 hours off after a copy from a database set to New York."""
+    source, _ = a_used_registry(tmp_path)
+    assert copy(source, empty_postgres).returncode == 0
+    name = empty_postgres.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'")
+    back = f"sqlite:///{tmp_path / 'back.db'}"
+    env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": empty_postgres}
+    done = subprocess.run([str(VERA), "db", "copy", back], capture_output=True, text=True, timeout=300, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rows_of(back) == rows_of(source)  # every timestamp the same instant, in UTC
