@@ -104,8 +104,9 @@ def read_examples(
                 raise DatasetError(f"{file}:{line}: column {column!r} must be {what}; found {found}. Every row "
                                    "needs it.")
             if column and column == label_column and _no_label(value):  # was a class named "" (or "nan")
-                raise DatasetError(f"{file}:{line}: column {column!r} is {'empty' if value == '' else _shown(value)}; "
-                                   "every row needs a label, a name or a number. Fill it in or drop the row.")
+                shown = "empty" if isinstance(value, str) and not value.strip() else _shown(value)
+                raise DatasetError(f"{file}:{line}: column {column!r} is {shown}, a missing value; every row needs a "
+                                   "label, a name or a number. Fill it in or drop the row.")
     rows = [row for _, row in numbered]
     if label_column is None:
         return [Example(str(r[text_column])) for r in rows], []
@@ -118,8 +119,11 @@ def read_examples(
 
 
 def _no_label(value: object) -> bool:
-    """An empty cell, or a JSON NaN or infinity: a missing label, not a class."""
-    return value == "" or (type(value) is float and not math.isfinite(value))
+    """An empty (or blank) cell, "NaN" (as a missing float is written), or a JSON NaN or infinity: a missing label,
+    not a class."""
+    if isinstance(value, str):
+        return not value.strip() or value.strip().lower() == "nan"
+    return type(value) is float and not math.isfinite(value)
 
 
 def _label_order(name: str) -> tuple[bool, int, str]:
@@ -174,6 +178,9 @@ def _csv_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
                 raise DatasetError(f"{file}:{reader.line_num} has {'more' if None in row else 'fewer'} fields than "
                                    f"the header's {fields}; expected {fields} comma-separated fields on each line "
                                    "(quote a field that holds a comma).")
+            if header and list(row.values()) == header:  # two files joined: the second's header became a row
+                raise DatasetError(f"{file}:{reader.line_num} repeats the header line ({','.join(header)}); remove "
+                                   "it (files joined with their headers?).")
             rows.append((reader.line_num, row))
     except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL byte, a broken quote
         raise DatasetError(f"{file} cannot be read as CSV after line {reader.line_num} ({exc}); expected "

@@ -66,7 +66,11 @@ def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
      ("d.csv", "", "holds no examples"),
      # a missing label was a class of its own (named "" or "nan"), and of two columns named alike csv kept the last
      # (an outsider's re-check, session 33)
-     ("d.csv", "text,label\na,1\nb,\nc,2\n", r"d.csv:3: column 'label' is empty; every row needs a label"),
+     ("d.csv", "text,label\na,1\nb,\nc,2\n", r"d.csv:3: column 'label' is empty, a missing value; every row needs"),
+     ("d.csv", "text,label\na,1\nb,  \nc,2\n", r"d.csv:3: column 'label' is empty, a missing value"),
+     ("d.csv", "text,label\na,1\nb,NaN\nc,2\n", r"d.csv:3: column 'label' is \"NaN\", a missing value"),
+     ("d.csv", "text,label\na,1\nb,2\ntext,label\nc,2\n", r"d.csv:4 repeats the header line \(text,label\); "
+                                                          r"remove it \(files joined"),
      ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": NaN}\n', r"d.jsonl:2: column 'label' is NaN"),
      ("d.csv", "text,label,label\na,1,2\n", r"d.csv:1 names the column 'label' more than once; expected one header"),
      # csv's own error was a 500 through a job's upload (an outsider's finding): a DatasetError, a 422 there
