@@ -467,6 +467,7 @@ class ModelServer:
         try:
             info = self.resolve(name, token)
         except NotFound:
+            self._hide(name)  # (deleted, or unreadable to this caller: listed only to those it may read it for)
             resident = self.residents.get(name)
             if resident is not None:
                 who = self._whoami(token)

@@ -187,6 +187,8 @@ def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
         with pytest.raises(NotFound):
             server.unpin("alice/gone:1", reader)  # not bob's pin
         assert server.unpin("alice/gone:1", writer) == "alice/gone:1"
+        # and it is listed no more, to its owner either (a re-check's finding): the registry has it no more
+        assert "alice/gone:1" not in {e["ref"] for e in server.listing(writer)}
         assert server.evict_for("alice/gone:1", registry_server["admin"]) == "alice/gone:1"
     finally:
         server.close()
