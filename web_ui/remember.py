@@ -119,6 +119,10 @@ def remember(client: RegistryClient, who: WhoAmI, now: datetime | None = None) -
     """A new sign-in token for the caller (``client``'s token, who is ``who``): its secret, id and expiry.
     InvalidInput when the pasted token expires too soon to be worth it; the registry's own refusals (a read-only
     registry, too many tokens) come through as they are."""
+    if who.user == "local" and who.token_id is None:  # a made-up token "remembered" as a real admin token (a
+        # newcomer's walk, session 34): a local-mode registry takes no tokens, so there is nothing to remember
+        raise InvalidInput("This registry runs in local mode: it takes no tokens (whoever reaches it may do "
+                           "everything), so there is no sign-in to remember; a token typed here changes nothing.")
     now = now or datetime.now(UTC)
     lasts = timedelta(days=remember_days())
     if who.max_token_days is not None:  # the registry's longest token life (VERA_MAX_TOKEN_DAYS)

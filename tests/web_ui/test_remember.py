@@ -197,3 +197,18 @@ def test_a_link_to_the_registry_by_another_url_does_not_get_the_sign_in(browser:
     tab.goto(f"{registry['ui']}/?registry={other}")
     expect(tab.get_by_role("textbox", name="URL", exact=True)).to_have_value(other)
     anonymous(tab)
+
+
+def test_a_local_mode_registry_has_no_sign_in_to_remember(tmp_path: Path) -> None:
+    """A newcomer's walk (session 34): in local mode the Token box took "garbage-token", and Remember me turned it
+    into a real token with the local user's admin scope, kept for 7 days. Refused now, saying why; no token made."""
+    from registry.domain.errors import InvalidInput
+    from web_ui.remember import remember
+
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
+            RegistryClient(url, "garbage-token", cache=False) as client:
+        who = client.whoami()
+        assert who.user == "local" and who.token_id is None
+        with pytest.raises(InvalidInput, match="runs in local mode: it takes no tokens"):
+            remember(client, who)
+        assert client.tokens() == []
