@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from registry.client import RegistryClient
+from registry.domain.errors import RegistryError
 from registry.domain.training_spec import training_spec
 from web_ui import navigation, session
 from web_ui.train import target_problem
@@ -13,6 +15,7 @@ from web_ui.train import target_problem
 def panel() -> None:
     url, _ = session.settings()
     st.subheader("This registry has no adapters yet")
+    training()
     st.markdown("Publish one you trained, or let a worker train the demo adapter (word polarity on the bundled "
                 "MiniLM; a few minutes on a CPU).")
     cli, demo = st.columns([3, 2])  # the commands' longest line whole at 1,400 px (a long URL wraps)
@@ -30,6 +33,21 @@ def panel() -> None:
         target = st.text_input("Publish the demo as", value="demo/polarity", key="demo_target")
         if st.button("Train the demo adapter", type="primary", icon=":material/model_training:"):
             queue_demo(target)
+
+
+def training() -> None:
+    """The jobs that will publish the first adapters: a newcomer who queued the demo from a terminal was offered
+    to queue it again, its job unmentioned (a newcomer's walk, session 34)."""
+    try:
+        active = [*session.read(RegistryClient.jobs, status="running"), *session.read(RegistryClient.jobs,
+                                                                                      status="queued")]
+    except (RegistryError, ValueError):  # jobs this caller may not list, or a registry without them: nothing said
+        return
+    for job in sorted(active, key=lambda j: j.id)[:3]:
+        st.info(f"Job {job.id} ({job.status}) will publish {job.target_name} when it ends.",
+                icon=":material/model_training:")
+        if st.button(f"Follow job {job.id} on Train", key=f"follow_{job.id}"):
+            navigation.open_job(job.id)
 
 
 def queue_demo(target: str) -> None:

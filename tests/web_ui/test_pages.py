@@ -590,6 +590,12 @@ def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
         assert "Publish as is empty" in texts(at)
         with RegistryClient(url, "") as client:
             assert client.jobs() == []  # the empty name was refused here, not by the server
+            # a job queued from a terminal is named, with a way to follow it (it was offered to queue it again)
+            job = client.submit_job("you/polarity", {"demo": True})
+        st.cache_data.clear()  # (reads are cached 5 s: the first run's empty job list)
+        at = page("browse", {"url": url, "token": ""})
+        assert not at.exception and f"Job {job.id} (queued) will publish you/polarity when it ends." in texts(at)
+        assert any(b.label == f"Follow job {job.id} on Train" for b in at.button)
 
 
 class _NotARegistry(BaseHTTPRequestHandler):
