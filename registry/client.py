@@ -287,11 +287,13 @@ class RegistryClient:
             raise InvalidInput(f"The registry URL {self.url!r} does not start with http:// or https://; did you mean "
                                f"http://{self.url.partition('://')[2] or self.url}? (--registry or VERA_REGISTRY_URL)")
         token = os.environ.get("VERA_TOKEN") if token is None else token  # "" means: no token, not even VERA_TOKEN
-        #: the token is the one `vera login` stored: a refusal of it says so (a team admin's walk: a revoked stored
-        #: token answered "pass a valid one with VERA_TOKEN or --token", which the user had not passed)
-        self._stored = token is None and stored_token(self.url) is not None
         if token is None:
             token = stored_token(self.url)  # `vera login`
+            #: a refusal of the token `vera login` stored says so (a team admin's walk: a revoked stored token
+            #: answered "pass a valid one with VERA_TOKEN or --token", which the user had not passed)
+            self._stored = token is not None
+        else:
+            self._stored = False
         # identity: the registry never compresses, and a compressed answer would be decoded whole in memory
         headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {token}"} if token else {})}
         # http:// and https:// on transports of their own, so that only the latter loads certificates (when used)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,14 @@ from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.conftest import PG_ADMIN
+from tests.registry.conftest import PG_ADMIN, fresh_postgres
 from tests.registry.servers import VERA, running_server
 
 
 @pytest.fixture
 def empty_postgres() -> Iterator[str]:
-    name = f"vera_copy_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres("vera_copy") as url:
+        yield url
 
 
 def a_used_registry(tmp_path: Path) -> tuple[str, Path]:
