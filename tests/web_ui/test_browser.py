@@ -860,7 +860,8 @@ def test_train_takes_a_dataset_whose_columns_have_other_names_in_a_browser(page:
     shot(page, "55-train-other-columns")
     with RegistryClient(product["api"]) as client:
         [job] = [j for j in client.jobs(owner="alice") if j.target_name == "alice/columns"]
-        client.cancel_job(job.id)  # its columns are what this test checks, not its training
+        if job.status in ("queued", "running"):  # (on a fast day it has finished already: a 409 to cancel)
+            client.cancel_job(job.id)  # its columns are what this test checks, not its training
     assert job.spec["text_column"] == "sentence" and job.spec["label_column"] == "sentiment", job.spec
     assert job.spec["demo"] is False
 
