@@ -28,7 +28,7 @@ from registry.domain.schemas import (
 from registry.domain.words import counted
 from registry.services import invitations as invites
 from registry.services.invitations import InvitationPolicy
-from registry.services.member_jobs import cancel_jobs_of
+from registry.services.job_endings import cancel_jobs_of
 from registry.services.moves import move_owner
 from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retirement
 from registry.services.webhooks import pause_webhooks_of

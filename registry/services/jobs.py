@@ -44,7 +44,8 @@ from registry.domain.schemas import (
 from registry.domain.words import size
 from registry.logs import REQUEST_ID
 from registry.services.access import require_readable
-from registry.services.job_checkpoints import JobCheckpoints, forget
+from registry.services.job_checkpoints import JobCheckpoints
+from registry.services.job_endings import cancel, record_end
 from registry.services.lookup import version_ref
 from registry.services.moves import lock_adapter, refuse_publish_to_old_name
 from registry.services.publishing import discard_unreferenced, put_new
@@ -343,20 +344,11 @@ class Jobs:
     def cancel(self, job_id: int, *, actor: str, reason: str | None = None) -> JobInfo:
         """A queued job is cancelled at once; a running one stops after the training step it is on when its worker
         reads the request (Jobs.should_stop, about twice a second). ``reason``: why, in the job's log."""
-        dropped: set[str] = set()
         with self.db.session() as s:
             job = self._job(s, job_id)
             if job.status in FINAL_JOB_STATUSES:
                 raise Conflict(f"Job {job_id} is already {job.status}.")
-            job.cancel_requested = True
-            if job.status == "queued":
-                job.status, job.finished_at = "cancelled", datetime.now(UTC)
-            if reason is not None:
-                s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": reason}))
-            s.add(m.AuditEvent(actor=actor, action="job-cancel", target=job.target_name,
-                               detail={"job": job_id, **({"reason": reason} if reason else {})}))
-            if job.status == "cancelled":
-                dropped = _ended(s, job, actor=actor)
+            dropped = cancel(s, job, actor=actor, reason=reason)
             s.flush()
             info = self._info(s, job)
         self.checkpoints.delete_bytes(dropped)
@@ -377,7 +369,7 @@ class Jobs:
             cancelled = s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
                                   .values(status="cancelled", finished_at=now).returning(m.Job.id)).scalars().all()
             for job_id in cancelled:
-                _ended(s, self._job(s, job_id), actor="registry")
+                record_end(s, self._job(s, job_id), actor="registry")
             # the UPDATE above also takes SQLite's write lock first, so that two claims there serialise
             locking = self.db.engine.dialect.name == "postgresql"
             self._requeue_lost(s, stale, now, locking)
@@ -407,7 +399,7 @@ class Jobs:
             job.error = (f"{lost} of {self.max_attempts}: every attempt of this job was lost, its worker or a training "
                          "process died (out of memory? killed?); not tried again (VERA_JOB_MAX_ATTEMPTS).")
             s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": job.error}))
-            _ended(s, job, actor="registry")
+            record_end(s, job, actor="registry")
             return
         delay = self.retry_backoff * 2 ** max(job.attempts - 1, 0)
         job.status, job.claimed_by, job.not_before = "queued", None, now + delay
@@ -464,7 +456,7 @@ class Jobs:
                 version = s.scalar(select(m.AdapterVersion).join(m.Adapter).where(
                     m.Adapter.owner == ref.owner, m.Adapter.name == ref.name, m.AdapterVersion.version == ref.version))
                 job.result_version_id = version.id if version else None
-            dropped = _ended(s, job, actor=worker)
+            dropped = record_end(s, job, actor=worker)
         self.checkpoints.delete_bytes(dropped)
 
     def request_id(self, job_id: int) -> str | None:
@@ -622,19 +614,6 @@ def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str)
             raise DatasetError(said.replace("pass --text-column / --label-column.", (
                 "name its columns: the spec's text_column and label_column (`vera job submit --text-column / "
                 "--label-column`; the dashboard's Text column and Label column)."))) from None
-
-
-def _ended(s: Any, job: m.Job, *, actor: str) -> set[str]:
-    """The audit event of a job that ended (succeeded, failed or cancelled): the event `vera events` lists and
-    webhooks fire on (job-end); its stored checkpoint goes. Returns the digests of the checkpoint blobs dropped, whose
-    bytes the caller deletes once ``s`` has committed (or `vera gc` later)."""
-    detail: dict[str, Any] = {"job": job.id, "status": job.status}
-    if job.error:
-        detail["error"] = job.error[:1000]
-    if job.result_version_id is not None and (version := s.get(m.AdapterVersion, job.result_version_id)) is not None:
-        detail["result"] = version_ref(version)
-    s.add(m.AuditEvent(actor=actor[:64], action="job-end", target=job.target_name, detail=detail))
-    return forget(s, job.id)
 
 
 def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> None:
