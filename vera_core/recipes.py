@@ -57,9 +57,19 @@ class TrainSpec:
     #: fine-tuning a published version on new data); its config decides the VeRA fields (started_spec). A job names
     #: a registry version here instead (owner/name:N), which its worker fetches.
     init_from: str | None = None
+    #: At most this many examples of the training split, and of each of the eval and test splits (None: all): the
+    #: first ones (splits go by a hash of each text, so they are a fixed sample), for a quick run of a recipe before
+    #: the real one, as run_glue's --max_train_samples / --max_eval_samples. The labels are the whole dataset's.
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
 
     def __post_init__(self) -> None:
         self._check_types()
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TrainingSpecError(f"{name} must be a positive number of examples or null (all), got "
+                                        f"{value!r:.100}.")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
             raise TrainingSpecError(f"max_length must be a positive number of tokens, got {self.max_length!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -151,6 +161,13 @@ def started_spec(spec: TrainSpec, config: VeraConfig, where: str) -> TrainSpec:
 
 
 def load_splits(spec: TrainSpec) -> Splits:
+    """The dataset's splits, each cut to the spec's max_train_examples / max_eval_examples."""
+    splits = _whole_splits(spec)
+    train, eval_ = spec.max_train_examples, spec.max_eval_examples
+    return Splits(splits.train[:train], splits.eval[:eval_], splits.test[:eval_], splits.labels)
+
+
+def _whole_splits(spec: TrainSpec) -> Splits:
     if spec.demo:
         return demo_splits()
     if spec.data is None:  # TrainSpec refuses this already; kept for callers that build one by hand

@@ -48,6 +48,8 @@ def job_submit(
     eval_every: opt.EvalEvery = None,
     patience: opt.Patience = None,
     max_length: opt.MaxLength = 64,
+    max_train_examples: opt.MaxTrainExamples = None,
+    max_eval_examples: opt.MaxEvalExamples = None,
     save_every: opt.SaveEvery = None,
     precision: opt.Precision = "auto",
     priority: Annotated[int, typer.Option(min=-MAX_JOB_PRIORITY, max=MAX_JOB_PRIORITY, help="Higher runs first.")
@@ -68,6 +70,7 @@ def job_submit(
                          label_column=label_column, r=r, seed=seed, projection_seed=projection_seed,
                          generator=generator, target_modules=target_modules, d_initial=d_initial,
                          save_projection=save_projection, max_length=max_length, epochs=epochs, max_steps=max_steps,
+                         max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
                          batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule, warmup_ratio=warmup_ratio,
                          grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
                          patience=patience, save_every=save_every, precision=precision, init_from=start_from)

@@ -42,5 +42,10 @@ MaxGradNorm = Annotated[float, typer.Option(help="Gradient clipping norm (0: off
 EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
 Patience = Annotated[int | None, typer.Option(help="Early stopping patience, in evaluations.")]
 MaxLength = Annotated[int, typer.Option(help="Max tokens per example.")]
+MaxTrainExamples = Annotated[int | None, typer.Option(
+    min=1, help="Train on at most this many examples (the first of the training split; default: all): a quick run "
+    "of a recipe before the real one.")]
+MaxEvalExamples = Annotated[int | None, typer.Option(
+    min=1, help="Evaluate on at most this many examples of the eval split, and of the test split (default: all).")]
 SaveEvery = Annotated[int | None, typer.Option(help="Resumable checkpoint every N steps.")]
 Precision = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (mixed precision needs CUDA).")]

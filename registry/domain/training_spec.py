@@ -51,6 +51,8 @@ def training_spec(
     output_dir: str | None = None,
     precision: str | None = None,
     init_from: str | None = None,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
 ) -> dict[str, Any]:
     """The spec for these options (named as the command line names them).
 
@@ -64,6 +66,7 @@ def training_spec(
         "label_column": label_column, "r": r, "seed": seed, "projection_prng_key": projection_seed,
         "projection_generator": generator, "target_modules": parse_target_modules(target_modules),
         "d_initial": d_initial, "save_projection": save_projection, "max_length": max_length, "init_from": init_from,
+        "max_train_examples": max_train_examples, "max_eval_examples": max_eval_examples,
     })
     training = _given({
         "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,

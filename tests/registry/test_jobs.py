@@ -55,6 +55,8 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "training": [1]}, None, "training must be a JSON object of training settings"),
         ({"demo": "yes"}, None, "demo must be true or false, got 'yes'"),
         ({"demo": True, "text_column": ["a"]}, None, "text_column must be a non-empty string"),
+        ({"demo": True, "max_eval_examples": 0}, None, "max_eval_examples must be a positive number of examples"),
+        ({"demo": True, "max_train_examples": "64"}, None, "max_train_examples must be a positive number of examp"),
         ({"demo": True, "training": {"max_steps": True}}, None, "max_steps must be a whole number or None, got True"),
         ({"demo": True, "training": {"epochs": True}}, None, "epochs must be a finite number, got True"),
         ({"demo": True, "training": {"max_grad_norm": -1}}, None, "max_grad_norm must be positive"),

@@ -19,6 +19,7 @@ from vera_core.recipes import (
     TrainingSpecError,
     TrainSpec,
     build,
+    load_splits,
     published_metrics,
     resolve_base,
     run,
@@ -188,7 +189,31 @@ def test_a_warm_start_from_stored_projections_keeps_them(demo_run: Path, tmp_pat
     assert not again.projection_reproducible  # loaded, with its own A and B
 
 
+def test_a_trial_run_trains_and_evaluates_on_the_first_examples_of_each_split(tmp_path: Path) -> None:
+    """`--max-train-examples` / `--max-eval-examples` (run_glue's --max_train_samples): the first examples of each
+    split (a fixed sample: splits go by a hash of each text), the labels still the whole dataset's."""
+    out = tmp_path / "trial"
+    result = vera("train", "--demo", "--r", "8", "--max-train-examples", "48", "--max-eval-examples", "20",
+                  "--batch-size", "16", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples"] == {"train": 48, "eval": 20, "test": 20} and metrics["steps"] == 3  # one epoch
+    assert metrics["labels"] == ["negative", "positive"]
+    assert (metrics["spec"]["max_train_examples"], metrics["spec"]["max_eval_examples"]) == (48, 20)
+    whole, cut = word_polarity(), load_splits(TrainSpec(demo=True, max_train_examples=48, max_eval_examples=20))
+    assert (cut.train, cut.eval, cut.test) == (whole.train[:48], whole.eval[:20], whole.test[:20])
+    for flag in ("--max-train-examples", "--max-eval-examples"):
+        refused = vera("train", "--demo", flag, "0", "--out", str(tmp_path / "x"))
+        assert refused.returncode == 2 and f"Invalid value for {flag!r}: Input should be greater than or equal to 1" \
+            in " ".join(refused.stderr.split())
+    assert not (tmp_path / "x").exists()
+
+
 def test_spec_validation() -> None:
+    for field in ("max_train_examples", "max_eval_examples"):
+        for bad in (0, -1, True, 2.5, "10"):
+            with pytest.raises(TrainingSpecError, match=f"{field} must be a positive number of examples or null"):
+                TrainSpec(demo=True, **{field: bad})
     with pytest.raises(TrainingSpecError, match="either --demo or --data"):
         TrainSpec(demo=True, data="x.csv")
     with pytest.raises(TrainingSpecError, match="task must be classification or causal-lm"):
