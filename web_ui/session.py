@@ -6,12 +6,15 @@ reached or refuses the token."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from urllib.parse import urlsplit
 
+import httpx
 import streamlit as st
 
 from registry.client import DEFAULT_URL, RegistryClient, RegistryUnavailable
@@ -188,25 +191,61 @@ def url_problem(url: str) -> str | None:
             "`vera ui --registry URL`.")
 
 
+#: The largest answer to GET /health read to tell what the server is (the registry's is 16 bytes).
+HEALTH_BYTES = 64 << 10
+#: The first part of a path on the registry's own server (its API, docs and probes): a URL ending in one of them
+#: names a page of the registry, not the registry, whose URL is its root (http://127.0.0.1:8765, not .../api/v1).
+REGISTRY_PATHS = ("api", "docs", "redoc", "openapi.json", "health", "ready", "metrics")
+
+
 def registry_problem(url: str, token: str) -> str | None:
-    """Why the server at ``url`` is not a vera registry (its ``/health`` does not answer ``{"status": "ok"}``), or
-    None when it answers like one or cannot be reached at all (show_error says that)."""
-    try:
-        with connect(url, token, timeout=10, retries=0) as c:
-            answer = c.health()
-    except RegistryUnavailable:
+    """Why the server at ``url`` is not a vera registry (its ``/health`` does not answer ``{"status": "ok"}``), as
+    one message: what the server answered, in a few words, and what to set instead (the URL's root when it ends in
+    one of the registry's own paths, such as /api/v1); None when it answers like one or cannot be reached at all
+    (show_error says that)."""
+    found = health_answer(url, token)
+    if found is None:
         return None
-    except RegistryError as exc:
-        found = f"the error {str(exc)[:160]!r}"  # (what the answer was: "an HTML page, not the registry's ...")
-    except (ValueError, TypeError):
-        found = "a page that is not JSON"
-    else:
-        if answer == {"status": "ok"}:
-            return None
-        found = f"{str(answer)[:80]}"
-    return (f"{url} answered, but it is not a vera registry (GET /health gave {found}, not {{'status': 'ok'}}). "
-            "Is it the dashboard's own address or another service? Set the registry's API URL in the sidebar: "
-            f"`vera up` prints it (this dashboard's default: {default_url()}).")
+    problem = (f"{url} answered, but it is not a vera registry: GET /health there gave {found}, where a registry "
+               'answers {"status": "ok"}.')
+    if (root := registry_root(url)) is not None:
+        return (f"{problem} The registry's URL is its root, without {url.removeprefix(root)}: set {root} in the "
+                "sidebar (the dashboard adds /api/v1 and the rest itself).")
+    return (f"{problem} Is it the dashboard's own address or another service? Set the registry's API URL in the "
+            f"sidebar: `vera up` prints it (this dashboard's default: {default_url()}).")
+
+
+def health_answer(url: str, token: str) -> str | None:
+    """What GET ``url``/health answered, in a few words of the dashboard's ("HTTP 404 Not Found", "an HTML page,
+    not the registry's answer"), never quoted; None when it answered ``{"status": "ok"}`` or nothing answered."""
+    try:
+        with connect(url, token, timeout=10, retries=0) as c, c.http.stream("GET", f"{url}/health") as response:
+            body = b""
+            for piece in response.iter_bytes():
+                body += piece
+                if len(body) > HEALTH_BYTES:
+                    break
+    except httpx.TransportError:
+        return None
+    html = response.headers.get("content-type", "").startswith("text/html") or body.lstrip().startswith(b"<")
+    status = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    if response.status_code >= 300:  # an error, or a redirect elsewhere (the registry's /health has none)
+        return f"{status} (an HTML page, not the registry's answer)" if html else status
+    if html:
+        return "an HTML page, not the registry's answer"
+    try:
+        answer = json.loads(body)
+    except ValueError:  # (UnicodeDecodeError too)
+        return "an answer that is not JSON"
+    return None if answer == {"status": "ok"} else 'JSON without "status": "ok"'
+
+
+def registry_root(url: str) -> str | None:
+    """The URL's root (scheme://host:port) when its path starts with one of the registry's own paths
+    (REGISTRY_PATHS: http://127.0.0.1:8000/api/v1 -> http://127.0.0.1:8000), else None."""
+    parts = urlsplit(url)
+    first = parts.path.strip("/").split("/")[0]
+    return f"{parts.scheme}://{parts.netloc}" if first in REGISTRY_PATHS else None
 
 
 def guarded(page: Callable[[], None]) -> Callable[[], None]:

@@ -314,6 +314,11 @@ def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, produ
     expect(page.get_by_text(f"{product['ui']} answered, but it is not a vera registry")).to_be_visible()
     expect(page.get_by_text("Traceback")).to_have_count(0)
     shot(page, "14-not-a-registry")
+    url.fill(product["api"] + "/api/v1")  # the API's own path, as its docs show it: the root is named instead
+    url.press("Enter")
+    expect(page.get_by_text(f"The registry's URL is its root, without /api/v1: set {product['api']} in the sidebar"
+                            )).to_be_visible()
+    shot(page, "14b-registry-url-with-api-path")
     bare = product["api"].removeprefix("http://")
     url.fill(bare)
     url.press("Enter")

@@ -642,7 +642,22 @@ def test_a_server_that_is_not_a_registry_is_named_as_such(not_a_registry: str, n
     assert f"http://{not_a_registry} answered, but it is not a vera registry" in shown, shown
     assert "Set the registry's API URL in the sidebar" in shown and "cannot be reached" not in shown
     assert "<" not in shown and "\\n" not in shown  # an HTML page is named, never quoted
-    assert "(this dashboard's default: http://127.0.0.1:18865)" in shown
+    assert "(this dashboard's default: http://127.0.0.1:18865)." in shown
+    # one message of the dashboard's: the client's own ("... it does not look like the registry's API ...") was
+    # nested in it, cut mid-word (a newcomer's walk)
+    assert "does not look like" not in shown and "the error '" not in shown
+
+
+def test_a_registry_url_ending_in_its_api_path_says_to_drop_it(registry: dict[str, Any]) -> None:
+    """http://127.0.0.1:8000/api/v1 (what the API's docs show) in the sidebar: one whole message, naming what /health
+    answered there and the URL to set instead (a newcomer's walk: no word of /api/v1)."""
+    for path in ("/api/v1", "/docs"):
+        at = page("browse", {"url": registry["url"] + path, "token": registry["token"]})
+        assert not at.exception and [e.value for e in at.error] == [
+            f"{registry['url']}{path} answered, but it is not a vera registry: GET /health there gave HTTP 404 Not "
+            f'Found, where a registry answers {{"status": "ok"}}. The registry\'s URL is its root, without {path}: '
+            f"set {registry['url']} in the sidebar (the dashboard adds /api/v1 and the rest itself)."]
+    assert session.registry_root("http://h:1/vera") is None and session.registry_root("http://h:1") is None
 
 
 def test_a_dashboard_others_reach_talks_only_to_the_registries_its_operator_listed(
