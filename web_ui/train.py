@@ -4,6 +4,7 @@ live (web_ui.jobs)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import streamlit as st
 
@@ -91,6 +92,35 @@ GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-un
                   "so PEFT regenerates A and B from a seed-only adapter.")
 
 
+#: The form's numbers, each from its lowest to its highest value (the form's own ranges: `vera job submit` takes
+#: more), checked together on Launch.
+NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
+    "Rank r": (1, 4096), "Projection seed": (0, 2**53 - 1), "d initial": (0.0, 10.0), "Epochs": (0.05, 100.0),
+    "Vector learning rate": (1e-5, 1.0), "Head learning rate": (1e-6, 1.0), "Batch size": (1, 1024)}
+
+
+def _shown(number: float) -> str:
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
+
+
+def bounds_help(label: str) -> str:
+    low, high = NUMBER_BOUNDS[label]
+    return f"{_shown(low)} to {_shown(high)}."
+
+
+def number_problems(numbers: Mapping[str, float | None]) -> list[str]:
+    """What is wrong with each of the form's numbers (by label: NUMBER_BOUNDS), every one, in the form's order."""
+    problems = []
+    for label, value in numbers.items():
+        low, high = NUMBER_BOUNDS[label]
+        if value is None:
+            problems.append(f"{label} is empty: type a number from {_shown(low)} to {_shown(high)}.")
+        elif not low <= value <= high:
+            problems.append(f"{label} {_shown(value)} is out of range: type a number from {_shown(low)} to "
+                            f"{_shown(high)}.")
+    return problems
+
+
 def launch() -> bool:
     """The form for a new job; whether this run queued one."""
     with st.form("train"):
@@ -117,26 +147,30 @@ def launch() -> bool:
         # with Start from, these three are the version's (the form read "Rank r 256" beside a start of another rank:
         # session 28's walk); left at their defaults they are taken from it, another value is refused
         from_start = " With **Start from**, the version's own is used (leave this as it is)."
-        r = c3.number_input("Rank r", 1, 4096, 256, help="the rank of A and B." + from_start)
-        prng = c4.number_input("Projection seed", 0, 2**53 - 1, 0,
-                               help="up to 2^53 - 1 here; any uint64 with `vera job submit`." + from_start)
+        # no min_value/max_value: the browser would refuse an out-of-range number with its reason only in a tooltip
+        # (a newcomer's walk); the page checks every number on Launch and says each problem under the button
+        r = c3.number_input("Rank r", value=256, help="the rank of A and B, " + bounds_help("Rank r") + from_start)
+        prng = c4.number_input("Projection seed", value=0,
+                               help="0 to 2^53 - 1 here; any uint64 with `vera job submit`." + from_start)
         generator = c5.selectbox("Generator", KNOWN_GENERATORS, help=GENERATOR_HELP + from_start)
         c6, c7, c8, c9, c10 = st.columns(5)
-        d_initial = c6.number_input("d initial", 0.0, 10.0, 0.1)
-        epochs = c7.number_input("Epochs", 0.05, 100.0, 1.0)
-        lr = c8.number_input("Vector learning rate", 1e-5, 1.0, 1e-2, format="%.4f")
-        head_lr = c9.number_input("Head learning rate", 1e-6, 1.0, 1e-3, format="%.5f")
-        batch = c10.number_input("Batch size", 1, 1024, 32)
+        # their ranges (NUMBER_BOUNDS) are said on Launch when a number is outside them
+        d_initial = c6.number_input("d initial", value=0.1)
+        epochs = c7.number_input("Epochs", value=1.0)
+        lr = c8.number_input("Vector learning rate", value=1e-2, format="%.4f")
+        head_lr = c9.number_input("Head learning rate", value=1e-3, format="%.5f")
+        batch = c10.number_input("Batch size", value=32)
         if not st.form_submit_button("Launch", type="primary"):
             return False
-    if (problem := target_problem(target)) is not None:  # the browser's checks were bypassed
-        st.error(problem, icon=":material/edit:")
-        return False
+        numbers = {"Rank r": r, "Projection seed": prng, "d initial": d_initial, "Epochs": epochs,
+                   "Vector learning rate": lr, "Head learning rate": head_lr, "Batch size": batch}
+        problems = [*filter(None, [target_problem(target)]), *number_problems(numbers)]
+        if not demo and upload is None:  # the registry's words for this name command-line options
+            problems.append("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.")
+        if problems:  # every one at once, beside the button (the browser's checks were bypassed, or a number is out)
+            st.error("Not launched:\n" + "\n".join(f"- {problem}" for problem in problems), icon=":material/edit:")
+            return False
     uploaded = upload is not None
-    if not demo and not uploaded:  # the registry's words for this name command-line options
-        st.error("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.",
-                 icon=":material/dataset:")
-        return False
     spec = training_spec(base_model=base, demo=demo and not uploaded, r=int(r), projection_seed=int(prng),
                          text_column=(text_column.strip() or None) if uploaded else None,
                          label_column=(label_column.strip() or None) if uploaded else None, generator=generator,

@@ -635,6 +635,23 @@ def test_loss_chart_steps_are_whole_numbers_in_a_browser(page: Page, product: di
     shot(page, "33b-loss-chart-300-steps")
 
 
+def test_out_of_range_numbers_are_said_under_launch_in_a_browser(page: Page, product: dict[str, str]) -> None:
+    """A newcomer's walk: an out-of-range number was refused by the browser with its reason only in a tooltip, and
+    Launch did nothing visible. Every problem is written under the button, in the page."""
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/train")
+    page.get_by_label("Publish as").fill("alice/ranged")
+    for label, value in (("Rank r", "5000"), ("Epochs", "0")):
+        box = page.get_by_role("spinbutton", name=label, exact=True)
+        box.fill(value)
+        box.press("Tab")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("Rank r 5,000 is out of range: type a number from 1 to 4,096.")).to_be_visible()
+    expect(page.get_by_text("Epochs 0 is out of range: type a number from 0.05 to 100.")).to_be_visible()
+    expect(page.get_by_text("Queued job")).to_have_count(0)
+    shot(page, "32b-train-numbers-out-of-range")
+
+
 def test_the_generator_box_shows_its_whole_name_in_a_browser(page: Page, product: dict[str, str]) -> None:
     """Issue 20: on the Train page the Generator box is wide enough for the longest generator's name."""
     use_product_registry(page, product)

@@ -149,6 +149,34 @@ def test_a_long_name_in_the_jobs_table_is_cut_with_an_ellipsis(registry: dict[st
         client.cancel_job(job.id)
 
 
+def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any]) -> None:
+    """A newcomer's walk: the browser refused an out-of-range number with its reason in a tooltip only, and a refusal
+    named one problem per Launch. The boxes take any number; Launch says every problem at once, under the button,
+    and sends nothing."""
+    at = page("train", registry)
+    numbers = {n.label: n for n in at.number_input}
+    assert set(numbers) == set(train.NUMBER_BOUNDS)
+    assert not any(n.proto.has_min or n.proto.has_max for n in numbers.values())  # no tooltip-only refusal
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/ranged")
+    numbers["Rank r"].set_value(5000)
+    numbers["Epochs"].set_value(0.0)
+    numbers["Head learning rate"].set_value(2.5)
+    next(c for c in at.checkbox if c.label.startswith("Demo task")).uncheck()
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        before = len(client.jobs())
+        next(b for b in at.button if b.label == "Launch").click()
+        at.run()
+        assert len(client.jobs()) == before  # nothing was sent
+    assert not at.exception and [e.value for e in at.error] == [
+        "Not launched:\n"
+        "- Rank r 5,000 is out of range: type a number from 1 to 4,096.\n"
+        "- Epochs 0 is out of range: type a number from 0.05 to 100.\n"
+        "- Head learning rate 2.5 is out of range: type a number from 1e-06 to 1.\n"
+        "- No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file."]
+    shown = [n.type if n.type != "button" else n.label for n in at.main if n.type in ("button", "error")]
+    assert shown.index("Launch") + 1 == shown.index("error")  # right under the button
+
+
 @pytest.mark.parametrize("target", ["alice/polarity", " alice/polarity ", "a/b", "alice/pol.v2", "alice/x_y-z",
                                     "alice/pol arity", "Alice/polarity", "alice/x:2", "alice/x@prod", "no slash",
                                     "alice/a..b", "alice/.x", "alice/" + "x" * 65, "a/b/c", "alice/", "/x"])
