@@ -133,7 +133,7 @@ def about(info: VersionInfo) -> None:
     """The description and the tags, under the name (as a Hub model page shows them), then who may see it and how
     often its weights were downloaded."""
     if info.description:
-        st.markdown(info.description)
+        description(info.description)
     if info.aliases:  # which version is prod, said where the version is (Browse shows it; this page did not)
         st.markdown(" ".join(f":green-badge[@{alias}]" for alias in formats.ordered_aliases(info.aliases)),
                     help="Its aliases: owner/name@ALIAS names this version")
@@ -147,6 +147,57 @@ def about(info: VersionInfo) -> None:
     st.markdown(f"{VISIBILITY_BADGES.get(info.visibility, info.visibility)} "
                 f":gray-badge[:material/download: {formats.counted(info.downloads, 'download')}]",
                 help="private: only its owner, the owning organisation's members and admins see it")
+
+
+#: How much of a description the page shows before "Show more": lines, and characters (a long paragraph is one line).
+DESCRIPTION_LINES, DESCRIPTION_CHARS = 5, 500
+#: How far past DESCRIPTION_CHARS a line may go before it is cut (at a space) rather than shown whole.
+DESCRIPTION_SLACK = 150
+
+
+def description(text: str) -> None:
+    """The description's first lines (description_parts), the rest behind "Show more": a long one pushed the
+    version's numbers and tabs out of view (a newcomer's walk)."""
+    head, rest = description_parts(text)
+    st.markdown(head)
+    if rest:
+        with st.expander("Show more", icon=":material/expand_more:"):
+            st.markdown(rest)
+
+
+def description_parts(text: str) -> tuple[str, str]:
+    """(what is shown, the rest): the first DESCRIPTION_LINES lines, fewer when they pass DESCRIPTION_CHARS
+    characters; ('text', '') when that is all of it. A code block or a table is never cut (the rest would lose its
+    fence or header); a line much longer than DESCRIPTION_CHARS is cut at a space, with '…' at the end of what is
+    shown and the start of the rest."""
+    head, rest = _cut(text.strip())
+    if len(rest) <= 80 and "\n" not in rest:  # a short line more: shown, not folded away on its own
+        return text.strip(), ""
+    return head, rest
+
+
+def _cut(text: str) -> tuple[str, str]:
+    lines = text.splitlines()
+    fenced, size = False, 0
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        before, size = size, size + len(line) + 1
+        last = i + 1 == len(lines)
+        in_block = fenced or (not last and line.lstrip().startswith("|") and lines[i + 1].lstrip().startswith("|"))
+        if in_block or (size <= DESCRIPTION_CHARS and (last or i + 1 < DESCRIPTION_LINES)):
+            continue
+        if size > DESCRIPTION_CHARS + DESCRIPTION_SLACK and not fenced:  # a long paragraph: cut it at a space
+            at = line.rfind(" ", 0, max(DESCRIPTION_CHARS - before, 80))
+            if at > 0:
+                return _joined([*lines[:i], line[:at] + " …"]), _joined(["… " + line[at + 1:], *lines[i + 1:]])
+        if not last:
+            return _joined(lines[:i + 1]), _joined(lines[i + 1:])
+    return text, ""
+
+
+def _joined(lines: list[str]) -> str:
+    return "\n".join(lines).strip("\n")
 
 
 def header(info: VersionInfo) -> None:

@@ -262,6 +262,37 @@ def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> N
         assert client.adapter("alice/grandchild").card == "# Grandchild\n\nA card."
 
 
+def test_a_long_description_shows_its_first_lines_and_the_rest_behind_show_more(registry: dict[str, Any]) -> None:
+    """A newcomer's walk: a long version description pushed the version's numbers and tabs out of view."""
+    long = "\n".join(f"Line {i} of what was done." for i in range(1, 31))
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.publish(registry["root"] / "a", "alice/wordy", base_model="tiny-llama", description=long)
+    at = page("adapter", registry, query={"ref": "alice/wordy:1"})
+    assert not at.exception
+    head = next(m.value for m in at.markdown if m.value.startswith("Line 1 "))
+    assert head == "\n".join(f"Line {i} of what was done." for i in range(1, adapter.DESCRIPTION_LINES + 1))
+    [more] = [e for e in at.expander if e.label == "Show more"]
+    assert more.markdown[0].value == "\n".join(f"Line {i} of what was done." for i in
+                                               range(adapter.DESCRIPTION_LINES + 1, 31))
+    short = page("adapter", registry, query={"ref": "alice/child:1"})  # no description: nothing folded
+    assert not [e for e in short.expander if e.label == "Show more"]
+
+
+LONG_LINE = "word " * 200
+FENCE = "\n".join(["Before:", "```", *["code"] * 8, "```", "after", "and more", "and more still"])
+
+
+@pytest.mark.parametrize(("text", "parts"), [
+    ("One line.", ("One line.", "")),
+    ("\n".join("abcdef"), ("\n".join("abcdef"), "")),  # one short line more: shown, not folded alone
+    (LONG_LINE, (LONG_LINE[:adapter.DESCRIPTION_CHARS - 1] + " …",  # cut at the space before the 500th character
+                 "… " + LONG_LINE[adapter.DESCRIPTION_CHARS:].strip())),
+    (FENCE, ("\n".join(["Before:", "```", *["code"] * 8, "```"]), "after\nand more\nand more still")),
+], ids=["short", "six-lines", "long-paragraph", "code-block-whole"])
+def test_description_parts(text: str, parts: tuple[str, str]) -> None:
+    assert adapter.description_parts(text) == parts
+
+
 def test_a_writer_sets_and_removes_properties_and_the_page_shows_them(registry: dict[str, Any]) -> None:
     publish_one(registry, "propertied")
     ref = "alice/propertied:1"
