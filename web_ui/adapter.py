@@ -233,7 +233,9 @@ def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
     tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref),
                                "aliases": ", ".join(formats.ordered_aliases(v.aliases)),
-                               "created": v.created_at, "yanked": v.yanked,
+                               # words, not a bool: the grid draws a bool as a checkbox, which reads as one to
+                               # click (a newcomer's walk); yanking is the Edit tab's
+                               "created": v.created_at, "yanked": "yanked" if v.yanked else "",
                                "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                                "published by": published_by(v)} for v in page.items]),
                 hide_index=True, width="stretch", column_config={

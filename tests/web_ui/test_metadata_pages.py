@@ -561,6 +561,11 @@ def test_a_version_is_yanked_and_unyanked(registry: dict[str, Any]) -> None:
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert client.get("alice/yankable:2").yanked
         assert client.adapter("alice/yankable").latest_version == 1
+    # the Versions table says so in words: a bool column was drawn as checkboxes, which read as ones to click
+    listed = page("adapter", registry, query={"ref": "alice/yankable:1"})
+    table = next(d.value for d in listed.dataframe if "yanked" in d.value.columns)
+    assert dict(zip(table["version"], table["yanked"], strict=True)) == {
+        "adapter?ref=alice/yankable:2": "yanked", "adapter?ref=alice/yankable:1": ""}
     click(at, "Unyank this version")
     assert [s.value for s in at.success] == ["Unyanked alice/yankable:2: listed again, and latest points at it "
                                              "again if it is the newest."]
