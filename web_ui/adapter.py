@@ -14,7 +14,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import NotFound, RegistryError
 from registry.domain.schemas import ADAPTER_FILES, EvaluationInfo, Ref, VerificationReport, VersionInfo
 from vera_core.config import PEFT_GENERATOR
-from web_ui import analysis, charts, editing, formats, lineage, navigation, session, tables, views
+from web_ui import analysis, charts, editing, formats, layers, lineage, navigation, session, tables, views
 
 
 def page() -> None:
@@ -265,7 +265,7 @@ def metrics(info: VersionInfo) -> None:
     if chart is not None:
         st.altair_chart(chart, width="stretch")
     st.markdown("**Storage**")
-    views.checklist(storage_items(tensor_summary(info), info))
+    views.checklist(storage_items(layers.tensor_summary(info), info))
 
 
 def evaluations(info: VersionInfo) -> list[EvaluationInfo]:
@@ -274,11 +274,6 @@ def evaluations(info: VersionInfo) -> list[EvaluationInfo]:
         return session.read(RegistryClient.evaluations, info.ref)
     except NotFound:
         return []
-
-
-def tensor_summary(info: VersionInfo) -> dict[str, Any]:
-    """analysis.summary of the version (one download for the Metrics and Layers tabs)."""
-    return session.read(analysis.summary, info.ref, seed_reproducible=info.seed_reproducible)
 
 
 def storage_items(found: dict[str, Any], info: VersionInfo) -> list[views.Item]:
@@ -292,26 +287,6 @@ def storage_items(found: dict[str, Any], info: VersionInfo) -> list[views.Item]:
                   f"stored once, shared ({formats.size(4 * found['projection_parameters'])})")
     items.append(views.Item(True if info.seed_reproducible else None, "Projection A and B", projection))
     return items
-
-
-def layers(info: VersionInfo) -> None:
-    rows = tensor_summary(info)["layers"]
-    st.caption("Mean |d| and |b| per adapted layer: where the adaptation concentrates (the paper's Figure 4).")
-    chart = charts.magnitude_heatmap(rows)
-    if chart is not None:
-        st.altair_chart(chart, width="stretch")
-    tables.show(layer_table(rows), hide_index=True, width="stretch", numbers=LAYER_COLUMNS.values())
-
-
-#: The Layers table's columns: analysis.layer_magnitudes' keys, as people read them.
-LAYER_COLUMNS = {"d_mean_abs": "mean |d|", "b_mean_abs": "mean |b|", "d_norm": "‖d‖", "b_norm": "‖b‖"}
-
-
-def layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The per-layer magnitudes in model order (as the grids above), each layer's block and module in columns of
-    their own."""
-    frame, _, _ = charts.grid_frame(rows)
-    return frame.rename(columns={"depth": "block", **LAYER_COLUMNS})[["block", "module", *LAYER_COLUMNS.values()]]
 
 
 def run_verify(ref: str) -> None:
@@ -424,5 +399,5 @@ def downloads(info: VersionInfo) -> None:
 #: The tab that is open (st.session_state), and what each tab but the model card shows, in order.
 TAB = "adapter_tab"
 SECTIONS: dict[str, Callable[[VersionInfo], None]] = {
-    "Versions and config": versions, "Lineage": lineage.section, "Metrics": metrics, "Layers": layers,
+    "Versions and config": versions, "Lineage": lineage.section, "Metrics": metrics, "Layers": layers.section,
     "Verify": verify, "Hub": hub, "Download": downloads, "Edit": editing.section}

@@ -1,8 +1,10 @@
 """What the dashboard draws from a version's tensors, read with safetensors' NumPy loader (the dashboard never
-imports torch): where the bytes go, and the per-layer magnitudes of d and b. One download serves both (``summary``)."""
+imports torch): where the bytes go, the per-layer magnitudes of d and b, and the modules saved whole (a task head). One
+download serves them all (``summary``)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -41,8 +43,26 @@ def parameter_counts(found: dict[str, np.ndarray]) -> dict[str, int]:
             "projection_parameters": sum(found[k].size for k in PROJECTION_KEYS if k in found)}
 
 
+#: A head's trained copy inside PEFT's ModulesToSaveWrapper (``<head>.modules_to_save.<adapter>.``), which
+#: ``bias="all"`` saves beside the head's own keys: the same module, counted once.
+_WRAPPED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.")
+
+
+def saved_whole(found: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The modules stored whole rather than as d and b (``modules_to_save``: a task head; biases with
+    ``bias="all"``), each with its parameter count, in the file's order: what the layers of ``layer_magnitudes`` are
+    not."""
+    modules: dict[str, int] = {}
+    for key, tensor in found.items():
+        if ".vera_lambda_" in key or key in PROJECTION_KEYS or _WRAPPED_COPY.search(key):
+            continue
+        module = module_path(key).rpartition(".")[0] or module_path(key)  # its weight, its bias: one module
+        modules[module] = modules.get(module, 0) + int(tensor.size)
+    return [{"module": module, "parameters": count} for module, count in modules.items()]
+
+
 def summary(client: RegistryClient, ref: str, *, seed_reproducible: bool) -> dict[str, Any]:
     """``parameter_counts`` and, as ``layers``, ``layer_magnitudes`` of the version ``ref`` (pinned,
-    owner/name:N), from one download of its tensors."""
+    owner/name:N), and, as ``saved_whole``, the modules stored whole, from one download of its tensors."""
     found = tensors(client, ref, seed_reproducible=seed_reproducible)
-    return {**parameter_counts(found), "layers": layer_magnitudes(found)}
+    return {**parameter_counts(found), "layers": layer_magnitudes(found), "saved_whole": saved_whole(found)}

@@ -181,7 +181,12 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert "Never pushed to or pulled from the HuggingFace Hub" in texts(tab(at, "Hub"))
     table = next(d for d in tab(at, "Layers").dataframe if "mean |d|" in d.value.columns)
     layers = table.value
-    assert list(layers.columns) == ["block", "module", "mean |d|", "mean |b|", "‖d‖", "‖b‖"]
+    assert list(layers.columns) == ["block", "module", "target", "mean |d|", "mean |b|", "‖d‖", "‖b‖"]
+    assert list(layers["target"]) == [module.rpartition(".")[2] for module in layers["module"]]  # q_proj: q_proj
+    # the head trained in full is apart from the VeRA layers, with what it holds (a newcomer's walk)
+    whole = next(d.value for d in tab(at, "Layers").dataframe if list(d.value.columns) == ["module", "parameters"])
+    assert list(whole["module"]) == ["lm_head"] and "lm_head" not in list(layers["module"])
+    assert "**Saved whole (modules_to_save)**" in texts(at)
     assert list(layers["block"]) == ["0"] * 7 + ["1"] * 7 and (layers["mean |d|"] > 0).all()  # model order
     assert list(layers["module"])[:7] == list(layers["module"])[7:]  # each block's modules, in one order
     drawn = shown(table)  # four significant digits, the values themselves kept for sorting
