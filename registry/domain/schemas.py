@@ -205,12 +205,24 @@ class Ref(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Ref:
+        try:
+            return cls._parse(text)
+        except InvalidInput as exc:
+            if (mended := _mended(text)) is not None:  # only spaces or capital letters are wrong: say that
+                raise InvalidInput(mended) from None
+            raise exc from None
+
+    @classmethod
+    def _parse(cls, text: str) -> Ref:
         match = _REF.fullmatch(text) if isinstance(text, str) and len(text) <= 300 else None
         if not match:
             # owner/name:prod (an alias written as a version): say how to write it (a new user's walk)
             head, colon, tail = text.rpartition(":") if isinstance(text, str) and len(text) <= 300 else ("", "", "")
-            hint = (f" An alias follows '@': {head}@{tail}." if colon and not tail.isdigit()
-                    and _REF.fullmatch(f"{head}@{tail}") else "")
+            as_alias = f"{head}@{tail}"
+            if as_alias != as_alias.lower() and _REF.fullmatch(as_alias) and _parses(as_alias.lower()):
+                as_alias = as_alias.lower()  # owner/name:Prod: names are lowercase
+            hint = (f" An alias follows '@': {as_alias}." if colon and not tail.isdigit()
+                    and _REF.fullmatch(as_alias) else "")
             raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
                                f"(1 to 999999999) or owner/name@ALIAS.{hint}")
         owner, name = check_name(match["owner"], "Owner"), check_name(match["name"], "Adapter name")
@@ -233,6 +245,45 @@ class Ref(BaseModel):
     def __str__(self) -> str:
         suffix = f":{self.version}" if self.version is not None else f"@{self.alias}" if self.alias else ""
         return f"{self.owner}/{self.name}{suffix}"
+
+
+def _parses(text: str) -> bool:
+    try:
+        Ref._parse(text)
+    except InvalidInput:
+        return False
+    return True
+
+
+def _mended(text: str) -> str | None:
+    """What is wrong with a reference that Ref.parse refuses, when it is only spaces at its ends or around '/', ':'
+    and '@' (``you/polarity @latest``: the name was blamed for its trailing space) or capital letters (``@Prod``:
+    names are lowercase, so no alias is called that): the message naming it and the reference meant. None when the
+    reference is valid as it is, or more is wrong (a space inside a name: check_name's message names the name)."""
+    if not isinstance(text, str) or len(text) > 300:
+        return None
+    squeezed = re.sub(r"\s*([/:@])\s*", r"\1", text.strip())
+    for candidate in (squeezed, squeezed.lower()):
+        try:
+            meant = Ref._parse(candidate)
+        except InvalidInput:
+            continue
+        if candidate == text:
+            return None
+        parts = _REF.fullmatch(squeezed)
+        capitals = [f"{what} {parts[what]!r}" for what in ("owner", "name", "alias")
+                    if parts is not None and parts[what] and parts[what] != parts[what].lower()]
+        space = "a space" if {c for c in text if c.isspace()} <= {" "} else "white space (a tab or line break)"
+        called = "alias" if capitals and capitals[-1].startswith("alias") else "adapter"
+        lowercase = f"names are lowercase, so no {called} is called that"
+        if not capitals:
+            wrong = f"holds {space}: a reference has none"
+        elif squeezed == text:
+            wrong = f"has capital letters ({', '.join(capitals)}): {lowercase}"
+        else:
+            wrong = f"holds {space} (a reference has none) and capital letters ({', '.join(capitals)}: {lowercase})"
+        return f"{text!r} {wrong}. Did you mean {meant}?"
+    return None
 
 
 class BaseModelInfo(BaseModel):

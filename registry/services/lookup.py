@@ -4,6 +4,7 @@ from its blobs. Helpers only: they flush, never commit."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVarTuple
@@ -115,7 +116,9 @@ def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
                           .limit(NAMES_SAID + 1)).all()
         held = (f"its aliases: {', '.join(names[:NAMES_SAID])}{', ...' if len(names) > NAMES_SAID else ''}" if names
                 else "it has none (its versions have no alias: name one by number)")
-        raise NotFound(f"{ref.owner}/{ref.name} has no alias {alias_name!r}; {held}.")
+        close = difflib.get_close_matches(alias_name, names, n=1, cutoff=0.6)  # @prdo, @staging-: a typo
+        meant = f" Did you mean {ref.owner}/{ref.name}@{close[0]}?" if close else ""
+        raise NotFound(f"{ref.owner}/{ref.name} has no alias {alias_name!r}; {held}.{meant}")
     version = s.get(m.AdapterVersion, alias.version_id)
     if version is None:  # the foreign key forbids it
         raise NotFound(f"{ref.owner}/{ref.name}@{alias_name} points at a version that no longer exists.")

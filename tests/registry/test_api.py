@@ -259,6 +259,20 @@ def test_a_missing_version_or_alias_is_said_with_those_there_are(clients: Client
         client.get("said/a@staging")
     with pytest.raises(InvalidInput, match=r"An alias follows '@': said/a@prod\.$"):
         client.get("said/a:prod")
+    with pytest.raises(NotFound, match=r"^said/a has no alias 'prdo'; its aliases: latest, prod\. Did you mean "
+                                       r"said/a@prod\?$"):  # a typo: the close alias named
+        client.get("said/a@prdo")
+    # a space, or capitals (names are lowercase: no alias is called Prod), named as what is wrong, not the name
+    with pytest.raises(InvalidInput, match=r"^'said/a @prod' holds a space: a reference has none\. Did you mean "
+                                           r"said/a@prod\?$"):
+        client.get("said/a @prod")
+    with pytest.raises(InvalidInput, match=r"^'said/a@Prod' has capital letters \(alias 'Prod'\): names are "
+                                           r"lowercase, so no alias is called that\. Did you mean said/a@prod\?$"):
+        client.get("said/a@Prod")
+    with pytest.raises(InvalidInput, match=r"An alias follows '@': said/a@prod\.$"):  # lowercase, as names are
+        client.get("said/a:Prod")
+    with pytest.raises(InvalidInput, match=r"^Adapter name 'a b' is not a valid name"):  # inside a name: its own
+        client.get("said/a b")
 
 
 def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:

@@ -232,7 +232,8 @@ def test_generation_is_bounded_in_size_and_in_number_at_once() -> None:
 def test_names_are_checked_whole(value: str) -> None:
     with pytest.raises(InvalidInput, match="is not a valid name"):
         check_name(value, "Alias")
-    with pytest.raises(InvalidInput, match="not an adapter reference|not a valid name"):
+    # refused, saying what is wrong: white space or capitals alone are named as such, with the reference meant
+    with pytest.raises(InvalidInput, match="not an adapter reference|not a valid name|holds white space|capital let"):
         Ref.parse(f"alice/{value}")
 
 

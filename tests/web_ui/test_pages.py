@@ -523,6 +523,21 @@ def test_messages_instead_of_tracebacks_when_unreachable_or_refused(registry: di
     assert not malformed.exception and "not an adapter reference" in texts(malformed)
 
 
+@pytest.mark.parametrize(("typed", "said"), [
+    ("alice/model0 @prod", "'alice/model0 @prod' holds a space: a reference has none. Did you mean alice/model0@prod?"),
+    ("alice/model0@Prod", "'alice/model0@Prod' has capital letters (alias 'Prod'): names are lowercase, so no alias is "
+                          "called that. Did you mean alice/model0@prod?"),
+    ("alice/model0@prdo", "alice/model0 has no alias 'prdo'; its aliases: latest, prod. Did you mean "
+                          "alice/model0@prod?"),
+], ids=["space", "capitals", "typo"])
+def test_a_near_miss_reference_names_what_is_wrong_and_the_one_meant(registry: dict[str, Any], typed: str,
+                                                                     said: str) -> None:
+    """A newcomer's walk: `alice/model0 @latest` blamed the adapter's name ("Adapter name 'model0 ' is not a valid
+    name"), and `@Prod` suggested no `prod` (names are lowercase: no alias is called Prod)."""
+    at = page("adapter", registry, query={"ref": typed})
+    assert not at.exception and said in texts(at)
+
+
 def test_the_router_runs_the_browse_page_by_default(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch
                                                     ) -> None:
     monkeypatch.setenv("VERA_REGISTRY_URL", registry["url"])
