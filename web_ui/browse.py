@@ -12,7 +12,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Page, VersionInfo
 from vera_core.config import KNOWN_GENERATORS
-from web_ui import formats, getting_started, navigation, session, tables
+from web_ui import formats, getting_started, metric_names, navigation, session, tables
 
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
                "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
@@ -385,10 +385,11 @@ def page() -> None:
         f"; showing {first + 1:,}-{first + len(result.items):,}. Click a name to open it, tick rows to open or compare "
         "them; clicking a column sorts this page only (Filter and sort sorts them all)." if result.items else "."))
     if not result.items:
-        # a misspelt metric (test.acc) matched nothing, with no word of what the names are (session 23's walk)
-        st.info("No adapter matches these filters" + (
-            f" with the metric {metric}. A metric is named by its path in a version's metrics (test.accuracy, "
-            "final_eval.loss): the Adapter page's Metrics tab shows a version's." if metric else "."))
+        # a misspelt metric (test.acc), sorted by or in the filter, matched nothing, with no word of what the names
+        # are (session 23's walk; a newcomer's, for the filter)
+        absent = metric_names.missing(metric_names.named(chosen["filter"], metric))
+        st.info(metric_names.message(absent) if absent else "No adapter matches these filters" + (
+            f" with the metric {metric}." if metric else "."))
         return
     selection = tables.show(table(result.items, metric, chosen["sort"]), sizes=("stored",), hide_index=True,
                             width="stretch", whole=True, on_select="rerun", selection_mode="multi-row",

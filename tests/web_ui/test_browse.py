@@ -13,7 +13,7 @@ from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import page, texts
-from web_ui import browse, formats, navigation, tables
+from web_ui import browse, formats, metric_names, navigation, tables
 
 ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846 beside 0.8355
 
@@ -52,6 +52,30 @@ def test_the_sorted_metric_is_written_with_one_precision_and_its_order_said(regi
     assert "sorted by final_eval.loss, lowest first, over every page" in texts(lowest)
     chosen = page("browse", registry, **{browse.APPLIED_FORM: {"sort": "metrics.final_eval.loss"}})
     assert "sorted by final_eval.loss, lowest first, over every page" in texts(chosen)  # the Sort box's choice
+
+
+def test_a_filter_naming_a_metric_no_version_has_says_so_and_names_those_there_are(registry: dict[str, Any]) -> None:
+    """A newcomer's walk: a Filter on a misspelt metric matched nothing, and the page said only "No adapter matches
+    these filters"."""
+    at = page("browse", registry, **{browse.APPLIED_FORM: {
+        "filter": "metrics.test.acc > 0.5 and metrics.final_eval.loss < 1 and metrics.`eval`.los < 1"}})
+    assert not at.exception and not at.dataframe
+    assert [i.value for i in at.info] == [
+        "No version has a metric named `test.acc` or `eval.los`. Metrics the newest versions record: "
+        "`final_eval.accuracy`, `final_eval.loss`, `test.accuracy`. A metric is named by its path in a version's "
+        "metrics (`test.accuracy`, `final_eval.loss`): the Adapter page's Metrics tab shows a version's."]
+    there = page("browse", registry, **{browse.APPLIED_FORM: {"filter": "metrics.test.accuracy > 0.99"}})
+    assert [i.value for i in there.info] == ["No adapter matches these filters."]  # a metric there is: no more said
+
+
+@pytest.mark.parametrize(("text", "sort", "keys"), [
+    ("metrics.test.acc > 0.5 and r <= 8", None, ["test.acc"]),
+    ("METRICS.a = 1 and metrics.`b c`.d > 0 and metrics.a < 2", "e.f", ["a", "`b c`.d", "e.f"]),
+    ("name = 'metrics.x' and properties.metrics.y = 'z'", None, []),  # a text, a property's key: no metric
+    (None, None, []),
+], ids=["one", "quoted-repeated-and-sorted", "not-metrics", "none"])
+def test_the_metrics_a_filter_names(text: str | None, sort: str | None, keys: list[str]) -> None:
+    assert metric_names.named(text, sort) == keys
 
 
 def test_the_accuracy_column_is_written_as_the_adapter_page_writes_it(registry: dict[str, Any]) -> None:

@@ -125,8 +125,9 @@ def test_browse_with_no_match_says_so_without_rows_to_click(registry: dict[str, 
     field(at, "Sort by metric").set_value("test.acc")  # misspelt: no version has it
     apply(at)
     assert [i.value for i in at.info] == [
-        "No adapter matches these filters with the metric test.acc. A metric is named by its path in a version's "
-        "metrics (test.accuracy, final_eval.loss): the Adapter page's Metrics tab shows a version's."]
+        "No version has a metric named `test.acc`. Metrics the newest versions record: `final_eval.loss`, "
+        "`test.accuracy`. A metric is named by its path in a version's metrics (`test.accuracy`, `final_eval.loss`): "
+        "the Adapter page's Metrics tab shows a version's."]
 
 
 def test_browse_caption_says_what_the_closed_form_applies(registry: dict[str, Any]) -> None:
