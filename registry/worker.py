@@ -540,7 +540,8 @@ class Worker:
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
             published_by=job.requested_by or job.submitted_by or job.owner, tags=["fine-tune"],
-            description=f"fine-tuned by job {job.id}",
+            # how the version was made, not what the adapter is: a new adapter starts without a description
+            description=f"fine-tuned by job {job.id}", adapter_description="",
             lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via,
                      **parent})
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},

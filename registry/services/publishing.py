@@ -77,6 +77,7 @@ class _Publication:
     lineage: dict[str, Any] = field(default_factory=dict)
     visibility: Visibility | None = None  # of a new adapter (None: the registry's default)
     properties: dict[str, str] = field(default_factory=dict)
+    adapter_description: str | None = None  # of a new adapter (None: the version's description)
 
 
 def _next_number(s: Session, adapter: m.Adapter) -> int:
@@ -115,15 +116,20 @@ class Publisher:
         metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
         published_by: str | None = None, lineage: dict[str, Any] | None = None, on_record: OnRecord | None = None,
         visibility: str | None = None, properties: dict[str, str] | None = None,
+        adapter_description: str | None = None,
     ) -> VersionInfo:
         """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``.
         ``visibility`` (public or private) applies when this creates the adapter (default: the registry's,
         VERA_DEFAULT_VISIBILITY); an existing adapter keeps its own, and saying otherwise is refused.
-        ``properties``: the version's key=value properties (check_properties)."""
+        ``properties``: the version's key=value properties (check_properties). ``adapter_description``: the
+        adapter's description when this creates it (None: the version's ``description``, as `vera publish` and the
+        API give it; a job's worker gives '', since its "fine-tuned by job N" says how the version was made, not
+        what the adapter is)."""
         what = _checked_publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision,
                                     metrics=metrics, tags=tags, description=description,
                                     published_by=published_by or owner, lineage=lineage or {})
-        what = replace(what, properties=check_properties(properties or {}))
+        what = replace(what, properties=check_properties(properties or {}),
+                       adapter_description=_checked_description(adapter_description))
         self._refuse_a_new_path(base_model)
         if visibility is not None:
             what = replace(what, visibility=check_visibility(visibility))
@@ -220,7 +226,8 @@ class Publisher:
             refuse_publish_to_old_name(s, what.owner, what.name)
         lock_owner(s, what.owner)  # not into an organisation deleted (or renamed) meanwhile
         if adapter is None:
-            adapter = m.Adapter(owner=what.owner, name=what.name, description=what.description,
+            about = what.description if what.adapter_description is None else what.adapter_description
+            adapter = m.Adapter(owner=what.owner, name=what.name, description=about,
                                 visibility=what.visibility or self.default_visibility)
             s.add(adapter)
             s.flush()
@@ -245,6 +252,12 @@ class Publisher:
                                    **({"trusted_publisher": via.get("publisher")} if via else {})}))
         s.flush()
         return version_info(s, version)
+
+
+def _checked_description(description: str | None) -> str | None:
+    if description is not None:
+        check_text(description, "adapter description", max_length=MAX_DESCRIPTION, multiline=True)
+    return description
 
 
 def _checked_publication(*, owner: str, name: str, base_model: str, base_revision: str,

@@ -260,6 +260,10 @@ def test_a_job_submitted_by_a_ci_run_publishes_a_version_that_says_so(tiny_jobs:
     lineage = tiny_jobs.registry.get("ann/from-ci:1").lineage
     assert lineage["published_via"] == via and lineage["job_id"] == from_ci.id
     assert "published_via" not in tiny_jobs.registry.get("ann/by-hand:1").lineage
+    # "fine-tuned by job N" is the version's: an adapter a job creates has no description until one is given (it
+    # stayed on the adapter, in the Edit tab, after later versions: a newcomer's walk)
+    assert tiny_jobs.registry.get("ann/by-hand:1").description == f"fine-tuned by job {by_hand}"
+    assert tiny_jobs.registry.adapter("ann/by-hand").description == ""
 
 
 @pytest.mark.slow
