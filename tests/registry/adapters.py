@@ -11,6 +11,9 @@ from tests.conftest import TINY_MODELS, TinyModel
 from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraModel, save_adapter
 
 LLAMA = TINY_MODELS[2]
+#: A job spec's start for the offline demo where what it learns is not the test's point: evaluated on 32 examples of
+#: each split, not the demo's 731 and 766 (most of a short demo job's time; test_recipes trains the demo whole).
+TRIAL_DEMO = {"demo": True, "max_eval_examples": 32}
 
 
 def make_model(seed: int = 0, tiny: TinyModel = LLAMA, **changes: object) -> VeraModel:

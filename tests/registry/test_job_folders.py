@@ -19,10 +19,11 @@ from registry.job_folders import JobFolder, sweep
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.worker import JOB_SAVE_EVERY, Worker
+from tests.registry.adapters import TRIAL_DEMO
 from vera_core import training_checkpoints
 from vera_core.distributed import DistributedError
 
-SPEC = {"demo": True, "training": {"max_steps": 10, "batch_size": 4}}
+SPEC = {**TRIAL_DEMO, "training": {"max_steps": 10, "batch_size": 4}}
 
 
 @pytest.fixture

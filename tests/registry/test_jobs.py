@@ -20,7 +20,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import VERA, running_server
 
 DEMO = {"demo": True}
@@ -415,7 +415,7 @@ def test_a_released_job_goes_back_to_the_queue_without_counting_the_attempt(regi
 def test_sigterm_drains_the_worker_and_a_second_one_gives_the_job_back(server: tuple[str, str, Path]) -> None:
     url, database, root = server
     with RegistryClient(url) as client:
-        short = client.submit_job("ann/drained", {"demo": True, "r": 16, "training": {"max_steps": 40}},
+        short = client.submit_job("ann/drained", {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 40}},
                                   priority=50, time_limit_s=3600)
         assert short.priority == 50 and short.time_limit_s == 3600
         worker = start_worker(database, root / "blobs")
@@ -457,7 +457,7 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
     registry.access.create_organization("acme", creator="ann")
     for member, role in (("bob", "write"), ("cat", "write")):
         registry.access.set_member("acme", member, role, viewer=LOCAL_USER)
-    tiny = {"demo": True, "r": 16, "training": {"max_steps": 2}}
+    tiny = {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 2}}
     removed = jobs.submit(tiny, owner="acme", target="acme/by-bob", actor="bob", member="bob")
     stays = jobs.submit(tiny, owner="acme", target="acme/by-cat", actor="cat", member="cat")
     assert (removed.submitted_by, stays.submitted_by) == ("bob", "cat")
@@ -522,7 +522,7 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
     jobs = Jobs(registry)
     bob = Principal(owner="bob", scopes=frozenset({"read", "publish"}))
     ann = Principal(owner="ann", scopes=frozenset({"read", "publish"}))
-    warm = {"demo": True, "init_from": "ann/clf@prod", "training": {"max_steps": 1, "lr": 1e-12, "head_lr": 1e-12}}
+    warm = {**TRIAL_DEMO, "init_from": "ann/clf@prod", "training": {"max_steps": 1, "lr": 1e-12, "head_lr": 1e-12}}
     for given, error, message in (
             ({**warm, "init_from": "ann/secret:1"}, NotFound, "init_from ann/secret:1: no such adapter that you "
                                                               "may read"),

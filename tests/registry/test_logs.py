@@ -18,7 +18,7 @@ from registry import logs
 from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import VERA, free_port, running_vera
 
 
@@ -40,7 +40,7 @@ def test_server_and_worker_log_json_lines_with_request_ids_and_no_secrets(tmp_pa
         db.engine.dispose()
         with RegistryClient(base, token, cache=False) as client:
             client.publish(make_adapter(tmp_path / "a"), "ann/logged", base_model="tiny")
-            job = client.submit_job("ann/job", {"demo": True, "r": 16, "training": {"max_steps": 2}})
+            job = client.submit_job("ann/job", {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 2}})
         asked = httpx.get(f"{base}/api/v1/adapters/ann/logged/versions/1", headers={
             "Authorization": f"Bearer {token}", "X-Request-ID": "trace-42"})
         assert asked.headers["x-request-id"] == "trace-42"

@@ -22,7 +22,7 @@ from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from registry.worker import Worker
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.conftest import PG_ADMIN
 from tests.registry.servers import running_server
 
@@ -81,7 +81,7 @@ def test_a_worker_waits_out_an_outage_and_claims_jobs_after_it(database_url: str
             while not any("the database is unavailable" in r.getMessage() for r in records):
                 assert runner.is_alive() and time.monotonic() < deadline, _lines(records)
                 time.sleep(0.1)
-        job = jobs.submit({"demo": True, "r": 16, "training": {"max_steps": 2}}, owner="ann", target="ann/after")
+        job = jobs.submit({**TRIAL_DEMO, "r": 16, "training": {"max_steps": 2}}, owner="ann", target="ann/after")
         deadline = time.monotonic() + 300
         while jobs.get(job.id).status in ("queued", "running"):
             assert runner.is_alive() and time.monotonic() < deadline, _lines(records)

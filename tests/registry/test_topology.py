@@ -20,7 +20,7 @@ import pytest
 
 from registry.client import RegistryClient
 from registry.store.database import Database
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import free_port, free_ports, issued_tokens, running_s3, s3_objects
 
 BUCKET = "vera-topology"
@@ -108,7 +108,7 @@ def test_replicas_workers_and_dashboard_share_postgresql_and_s3(database_url: st
                 assert (fetched / "adapter_model.safetensors").stat().st_size > 0
                 # a short run: what is tested here is that a worker of the topology claims, trains and publishes
                 # (the demo's accuracy is test_jobs' and test_recipes' to prove)
-                job = two.submit_job("ops/trained", {"demo": True, "r": 16, "training": {"max_steps": 10}})
+                job = two.submit_job("ops/trained", {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 10}})
                 deadline = time.monotonic() + 600
                 while (state := one.job(job.id)).status not in ("succeeded", "failed", "cancelled"):
                     assert time.monotonic() < deadline, f"job still {state.status}"

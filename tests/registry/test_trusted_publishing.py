@@ -30,7 +30,7 @@ from registry.domain.words import ci_run
 from registry.services.registry import Registry
 from registry.services.trusted import KEYS_REFETCH_S, recorded_claims
 from registry.settings import Settings
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
 from tests.registry.servers import VERA_COMMAND, issued_tokens, running_server
 
@@ -98,7 +98,7 @@ def test_a_ci_jobs_identity_token_becomes_a_short_lived_token_that_publishes_wit
             ci.publish(served["adapter"], "ci-bot/polarity", base_model="tiny-llama")
         with pytest.raises(Forbidden):  # it cannot make itself a lasting token
             ci.create_token(["read"], limited_to=["acme"], expires_days=30)
-        job = ci.submit_job("acme/trained", {"demo": True, "r": 16, "training": {"max_steps": 4}})
+        job = ci.submit_job("acme/trained", {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 4}})
         assert job.submitted_via is not None and job.submitted_via["claims"]["run_id"] == "1234"  # its result says so
     with RegistryClient(served["url"], served["admin"]) as admin:
         made = [e for e in admin.events(action="token-create").events if e.detail.get("token") == token["id"]]

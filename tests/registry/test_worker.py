@@ -21,6 +21,7 @@ from registry.domain.errors import InvalidInput
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.worker import Worker, checked_device, checked_devices, checked_worker_devices
+from tests.registry.adapters import TRIAL_DEMO
 from tests.registry.servers import VERA, VERA_COMMAND
 
 DEMO = {"demo": True}
@@ -57,7 +58,7 @@ def test_a_gpu_worker_claims_both_highest_priority_first(registry: Registry) -> 
 
 def test_the_worker_trains_on_its_own_device(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = Jobs(registry)
-    job = jobs.submit({"demo": True, "training": {"max_steps": 1}}, owner="ann", target="ann/x")
+    job = jobs.submit({**TRIAL_DEMO, "training": {"max_steps": 1}}, owner="ann", target="ann/x")
     seen: dict[str, Any] = {}
 
     def fake_run(spec: Any, out: Path, **kwargs: Any) -> dict[str, Any]:
@@ -179,7 +180,7 @@ def test_a_k_gpu_job_trains_in_k_processes_each_on_one_of_the_first_k_gpus(
     """CUDA_VISIBLE_DEVICES gives each process one of the worker's first k GPUs, named through the worker's own
     CUDA_VISIBLE_DEVICES (its cuda:2 is the machine's GPU 6 here); the job's batch is split among them."""
     jobs = Jobs(registry)
-    job = jobs.submit({"demo": True, "training": {"max_steps": 1, "batch_size": 32}}, owner="ann", target="ann/x",
+    job = jobs.submit({**TRIAL_DEMO, "training": {"max_steps": 1, "batch_size": 32}}, owner="ann", target="ann/x",
                       gpus=2)
     seen: dict[str, Any] = {}
 

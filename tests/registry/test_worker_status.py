@@ -21,6 +21,7 @@ from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.worker import Worker
 from registry.worker_status import WorkerStatus, serve_status
+from tests.registry.adapters import TRIAL_DEMO
 from tests.registry.servers import VERA
 
 
@@ -81,7 +82,7 @@ def test_health_says_ok_draining_or_stuck_and_metrics_count_what_ended() -> None
 
 def test_the_worker_records_how_each_job_ended(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = Jobs(registry)
-    failing = jobs.submit({"demo": True, "training": {"max_steps": 1}}, owner="ann", target="ann/x").id
+    failing = jobs.submit({**TRIAL_DEMO, "training": {"max_steps": 1}}, owner="ann", target="ann/x").id
     worker = Worker(jobs, name="w", log=lambda line: None)
 
     def fake_run(spec: Any, out: Path, **kwargs: Any) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def test_the_worker_records_how_each_job_ended(registry: Registry, monkeypatch: 
 
     monkeypatch.setattr(worker_module, "run", fake_run)
     assert worker.run_once() and jobs.get(failing).status == "failed"
-    cancelled = jobs.submit({"demo": True, "training": {"max_steps": 1}}, owner="ann", target="ann/y").id
+    cancelled = jobs.submit({**TRIAL_DEMO, "training": {"max_steps": 1}}, owner="ann", target="ann/y").id
     jobs.cancel(cancelled, actor="ann")  # claimed by nobody: never runs
     assert not worker.run_once()
     now = worker.status.snapshot()
@@ -118,7 +119,7 @@ def test_a_worker_process_serves_its_status_while_it_trains(registry: Registry, 
         base = found.group(1)
         assert httpx.get(f"{base}/health", timeout=10).json()["status"] == "ok"
         jobs = Jobs(registry)
-        job = jobs.submit({"demo": True, "training": {"max_steps": 2}}, owner="ann", target="ann/status").id
+        job = jobs.submit({**TRIAL_DEMO, "training": {"max_steps": 2}}, owner="ann", target="ann/status").id
         while jobs.get(job).status != "succeeded":
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)

@@ -20,7 +20,7 @@ from playwright.sync_api import FloatRect, Locator, Page, expect, sync_playwrigh
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from registry.client import RegistryClient
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import free_port, running_server, running_vera
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -720,7 +720,7 @@ def test_publish_as_messages_follow_the_box_and_a_jobs_log_reads_in_words_in_a_b
     shot(page, "40-train-publish-as-message-follows-the-box")
 
     with RegistryClient(product["api"]) as client:  # a short job for the product's worker
-        job = client.submit_job("alice/logged", {"demo": True, "r": 16, "training": {"max_steps": 20}})
+        job = client.submit_job("alice/logged", {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 20}})
     page.goto(f"{product['ui']}/train?job={job.id}")
     expect(page.get_by_text("Published alice/logged:1", exact=True)).to_be_visible(timeout=300_000)
     log = page.get_by_test_id("stTable")
