@@ -4,12 +4,14 @@ showed such a row answered 500 and the webhook dispatcher skipped its event. `ve
 `vera fsck --repair` cuts them at MAX_JSON_DEPTH levels, each container below replaced by a note (CUT), so that they
 are served again; every other row, and every shallower part of a cut one, stays as it was.
 
-Every JSON column of every table is read (streamed, a few hundred rows at a time), as fsck reads every blob.
+Every JSON column of every table is read (streamed, a few hundred rows at a time), as fsck reads every blob; the
+repair reads again only the rows that report found.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import JSON, Column, Table, select, update
@@ -38,12 +40,24 @@ def _rows(s: Session, table: Table, column: Column[Any]) -> Iterator[tuple[dict[
         yield {c.name: v for c, v in zip(keys, key, strict=True)}, value
 
 
-def too_deep_rows(db: Database) -> list[str]:
-    """``table.column key=value`` of each stored JSON value nested more than MAX_JSON_DEPTH levels deep."""
+@dataclass(frozen=True)
+class DeepValue:
+    """Where a stored JSON value nested more than MAX_JSON_DEPTH levels is: its table, column and row key."""
+
+    table: str
+    column: str
+    key: tuple[tuple[str, Any], ...]
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column} {', '.join(f'{k}={v}' for k, v in self.key)}"
+
+
+def too_deep_values(db: Database) -> list[DeepValue]:
+    """Each stored JSON value nested more than MAX_JSON_DEPTH levels deep (`vera fsck`'s deep_json: their str)."""
     found = []
     for table, column in _json_columns():
         with db.session() as s:
-            found += [f"{table.name}.{column.name} {', '.join(f'{k}={v}' for k, v in key.items())}"
+            found += [DeepValue(table.name, column.name, tuple(key.items()))
                       for key, value in _rows(s, table, column) if too_deep(value)]
     return found
 
@@ -60,14 +74,17 @@ def cut(value: Any, depth: int = 1) -> Any:
     return value
 
 
-def cut_too_deep(db: Database) -> int:
-    """Cut every stored JSON value nested more than MAX_JSON_DEPTH deep (one transaction per column); how many."""
+def cut_too_deep(db: Database, found: list[DeepValue]) -> int:
+    """Cut the values ``found`` (too_deep_values: the report's, so every column is not read again) at MAX_JSON_DEPTH
+    levels, each read again by its key and cut only if it is still too deep, in one transaction; how many."""
+    tables = m.Base.metadata.tables
     done = 0
-    for table, column in _json_columns():
-        with db.session() as s:
-            deep = [(key, value) for key, value in _rows(s, table, column) if too_deep(value)]
-            for key, value in deep:
-                s.execute(update(table).where(*(table.c[k] == v for k, v in key.items()))
-                          .values({column.name: cut(value)}))
-            done += len(deep)
+    with db.session() as s:
+        for where in found:
+            table = tables[where.table]
+            match = [table.c[k] == v for k, v in where.key]
+            value = s.execute(select(table.c[where.column]).where(*match)).scalar_one_or_none()
+            if too_deep(value):
+                s.execute(update(table).where(*match).values({where.column: cut(value)}))
+                done += 1
     return done

@@ -30,7 +30,7 @@ from registry.services.access import readable_versions, shown_to
 from registry.services.derived import DERIVED, forget
 from registry.services.lookup import projection_spec, resolve, version_ref
 from registry.services.shapes import match_path
-from registry.services.stored_json import cut_too_deep, too_deep_rows
+from registry.services.stored_json import DeepValue, cut_too_deep, too_deep_values
 from registry.services.tokens import Principal
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
@@ -252,9 +252,10 @@ class Verification:
         with self.db.session() as s:
             known = set(s.scalars(select(m.Blob.sha256)))
         present = set(self.blobs.digests())
+        deep = too_deep_values(self.db)
         report: dict[str, list[str]] = {"missing": sorted(known - present), "corrupted": [],
                                         "orphans": sorted(present - known), "database": self.db.integrity_problems(),
-                                        "deep_json": too_deep_rows(self.db),
+                                        "deep_json": [str(value) for value in deep],
                                         "partial_blobs": self.blobs.leftovers(LEFTOVER_AGE_S),
                                         "stale_uploads": [p.name for p in _stale_uploads()]}
         for digest in sorted(known & present):
@@ -263,17 +264,16 @@ class Verification:
             except IntegrityError:
                 report["corrupted"].append(digest)
         if repair:
-            self._repair(report, force=force, grace_s=grace_s)
+            self._repair(report, deep, force=force, grace_s=grace_s)
         return report
 
-    def _repair(self, report: dict[str, list[str]], *, force: bool, grace_s: float) -> None:
+    def _repair(self, report: dict[str, list[str]], deep: list[DeepValue], *, force: bool, grace_s: float) -> None:
         self._delete_unknown(report["orphans"], expected=set(), grace_s=grace_s, force=force,
                              command="vera fsck --repair")
         for digest in report["corrupted"]:
             self.blobs.delete(digest)
         _remove_leftovers(self.blobs)
-        if report["deep_json"]:
-            cut_too_deep(self.db)
+        cut_too_deep(self.db, deep)
         bad = report["missing"] + report["corrupted"]
         if not bad:
             return
