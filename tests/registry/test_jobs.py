@@ -229,9 +229,10 @@ def test_killed_worker_job_is_picked_up_again_and_cancellation_is_prompt(server:
                      300, "the job to be re-claimed and training again")
             assert client.job(job.id).status == "running"
             client.cancel_job(job.id)
-            started = time.monotonic()
-            wait_for(lambda: client.job(job.id).status == "cancelled", 60, "the cancellation")
-            assert time.monotonic() - started < 30
+            # a bound, not a timing (its 20 epochs would take hours; "after the step it is on" is proved by steps in
+            # test_a_cancelled_job_stops_after_the_step_it_is_on_not_at_its_next_heartbeat): a bound of 30 s failed
+            # at 32 s on a machine running at 2.3x its usual pace (session 35)
+            wait_for(lambda: client.job(job.id).status == "cancelled", 180, "the cancellation")
             assert client.jobs(status="cancelled")[0].id == job.id
     finally:
         for process in (first, second):

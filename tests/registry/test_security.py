@@ -94,11 +94,18 @@ def publish(guarded: dict[str, Any], folder: Path, name: str = "x") -> httpx.Res
                       data={"base_model": "tiny"}, headers={"Authorization": f"Bearer {guarded['token']}"}, timeout=60)
 
 
+#: What "at once" means where the work refused would take minutes or hours: far below that, far above what a slow,
+#: busy machine needs for a refusal.
+BOUNDED_S = 60
+
+
 def test_a_few_bytes_cannot_buy_a_huge_projection(guarded: dict[str, Any], tmp_path: Path) -> None:
     started = time.perf_counter()
     huge = publish(guarded, hostile_adapter(tmp_path / "huge", shape="4,50000000,16"))
     assert huge.status_code == 422 and "VERA_MAX_PROJECTION_ELEMENTS" in huge.json()["detail"], huge.text
-    assert time.perf_counter() - started < 5
+    # refused before anything is drawn: 3.2 billion numbers would take minutes and 12.8 GB (a bound, not a timing:
+    # 5 s failed at 5.06 s on a machine running at 2.3x its usual pace with three test workers, session 35)
+    assert time.perf_counter() - started < BOUNDED_S
     assert server_peak_rss_kb(guarded["url"]) < MEMORY_CAP_KB
 
 
@@ -111,7 +118,7 @@ def test_a_config_regex_cannot_hold_the_server(guarded: dict[str, Any], tmp_path
     slow = publish(guarded, hostile_adapter(tmp_path / "redos", shape="4,16,16", layer="a" * 40, targets="(a+)+b"),
                    "redos")
     assert slow.status_code == 422 and "target_modules" in slow.json()["detail"], slow.text
-    assert time.perf_counter() - started < 5  # bounded work: 2^40 steps would be hours
+    assert time.perf_counter() - started < BOUNDED_S  # bounded work: 2^40 steps would be hours
     for name, targets, message in (("look", "(?=q)q", "needs a backtracking regular expression engine"),
                                    ("nest", "(" * 5000 + "q" + ")" * 5000, "regular expression"),
                                    ("long", "q|" * 600 + "q", "the limit is 1,000")):
