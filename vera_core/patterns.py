@@ -74,6 +74,12 @@ def compile_pattern(text: str, what: str = "target_modules", *, strict: bool = F
     return linear
 
 
+def list_entry(targets: list[str], name: str) -> str | None:
+    """The entry of a target_modules list that names the module ``name``, as PEFT matches a list: the whole name, or
+    its end after a '.' (``dense``: ``bert.pooler.dense`` too); None when no entry does."""
+    return next((t for t in targets if name == t or name.endswith(f".{t}")), None)
+
+
 def require_linear(target_modules: object, layers_pattern: object = None) -> None:
     """VeraConfigError unless every pattern of a config (``target_modules`` as a string, ``layers_pattern``) is
     matched in linear time: what a registry, a model server or a worker accepts from a caller. (A config read back

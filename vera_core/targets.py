@@ -9,7 +9,7 @@ from torch import nn
 from vera_core.config import ALL_LINEAR, DEFAULT_TARGETS, VeraConfig
 from vera_core.errors import TargetError
 from vera_core.layer import layer_shape
-from vera_core.patterns import compile_pattern, layer_index_pattern
+from vera_core.patterns import compile_pattern, layer_index_pattern, list_entry
 
 
 def is_module_to_save(config: VeraConfig, name: str) -> bool:
@@ -49,7 +49,7 @@ def matches_target(config: VeraConfig, name: str) -> bool:
         return compile_pattern(targets).fullmatch(name) is not None  # linear time, whoever wrote the pattern
     if name in targets:
         return True
-    return any(name.endswith(f".{t}") for t in targets) and _layer_index_ok(config, name)
+    return list_entry(targets, name) is not None and _layer_index_ok(config, name)
 
 
 def resolve_targets(model: nn.Module, config: VeraConfig) -> VeraConfig:

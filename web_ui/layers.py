@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from registry.domain.schemas import VersionInfo
+from vera_core.patterns import list_entry
 from web_ui import analysis, charts, formats, session, tables
 
 #: The Layers table's columns: analysis.layer_magnitudes' keys, as people read them.
@@ -51,7 +52,7 @@ def matched_by(path: str, targets: list[str] | str | None) -> str:
         return "(the model's defaults)"
     if isinstance(targets, str):
         return f"regex {targets}"
-    return next((t for t in targets if path == t or path.endswith(f".{t}")), formats.MISSING)
+    return list_entry(targets, path) or formats.MISSING
 
 
 def layer_table(rows: list[dict[str, Any]], targets: list[str] | str | None = None) -> pd.DataFrame:

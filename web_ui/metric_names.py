@@ -10,7 +10,7 @@ from typing import Any
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
-from web_ui import session
+from web_ui import session, views
 
 #: A ``metrics.<key>`` field of a filter (registry.services.filters' field token: dotted parts, a part may be quoted
 #: in backticks), and a quoted text literal (skipped: ``q = 'metrics.x'`` names no metric).
@@ -47,14 +47,11 @@ def recorded() -> list[str]:
     return sorted({key for version in page.items for key in numeric_keys(version.metrics)})
 
 
-def numeric_keys(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    """The dotted names of the numbers in ``metrics`` (nested objects joined by dots; curves, lists, text and
-    booleans left out), as the registry's filters and sorts name them."""
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            yield from numeric_keys(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            yield prefix + key
+def numeric_keys(metrics: dict[str, Any]) -> Iterator[str]:
+    """The dotted names of the numbers in ``metrics`` (nested objects joined by dots, views.flat; curves, lists, text
+    and booleans left out), as the registry's filters and sorts name them."""
+    return (key for key, value in views.flat(metrics).items()
+            if isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def message(absent: list[str]) -> str:
