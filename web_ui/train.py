@@ -96,7 +96,11 @@ GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-un
 #: more), checked together on Launch.
 NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "Rank r": (1, 4096), "Projection seed": (0, 2**53 - 1), "d initial": (0.0, 10.0), "Epochs": (0.05, 100.0),
-    "Vector learning rate": (1e-5, 1.0), "Head learning rate": (1e-6, 1.0), "Batch size": (1, 1024)}
+    "Vector learning rate": (1e-5, 1.0), "Head learning rate": (1e-6, 1.0), "Batch size": (1, 1024),
+    "Train examples": (1, 10**9), "Eval examples": (1, 10**9)}
+
+#: The numbers the form may leave empty: a trial run's (empty: the whole split).
+OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples"})
 
 
 def _shown(number: float) -> str:
@@ -113,6 +117,8 @@ def number_problems(numbers: Mapping[str, float | None]) -> list[str]:
     problems = []
     for label, value in numbers.items():
         low, high = NUMBER_BOUNDS[label]
+        if value is None and label in OPTIONAL_NUMBERS:
+            continue
         if value is None:
             problems.append(f"{label} is empty: type a number from {_shown(low)} to {_shown(high)}.")
         elif not low <= value <= high:
@@ -160,10 +166,21 @@ def launch() -> bool:
         lr = c8.number_input("Vector learning rate", value=1e-2, format="%.4f")
         head_lr = c9.number_input("Head learning rate", value=1e-3, format="%.5f")
         batch = c10.number_input("Batch size", value=32)
+        # a trial run (the spec's max_train_examples / max_eval_examples): minutes of evaluating the whole demo
+        # split is not what a first try of a recipe wants
+        t1, t2, _ = st.columns([1, 1, 2])
+        trial = ("Empty: all of it. A number: a trial run on the first ones (the splits are a fixed sample); the "
+                 "labels stay the whole dataset's.")
+        # step 1: whole numbers only (the box refuses 2.5 as it is typed)
+        max_train = t1.number_input("Train examples", value=None, step=1, placeholder="all",
+                                    help="How many examples of the training split to train on. " + trial)
+        max_eval = t2.number_input("Eval examples", value=None, step=1, placeholder="all",
+                                   help="How many of the eval split, and of the test split, to score. " + trial)
         if not st.form_submit_button("Launch", type="primary"):
             return False
         numbers = {"Rank r": r, "Projection seed": prng, "d initial": d_initial, "Epochs": epochs,
-                   "Vector learning rate": lr, "Head learning rate": head_lr, "Batch size": batch}
+                   "Vector learning rate": lr, "Head learning rate": head_lr, "Batch size": batch,
+                   "Train examples": max_train, "Eval examples": max_eval}
         problems = [*filter(None, [target_problem(target)]), *number_problems(numbers)]
         if not demo and upload is None:  # the registry's words for this name command-line options
             problems.append("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.")
@@ -175,7 +192,9 @@ def launch() -> bool:
                          text_column=(text_column.strip() or None) if uploaded else None,
                          label_column=(label_column.strip() or None) if uploaded else None, generator=generator,
                          d_initial=float(d_initial), epochs=float(epochs), lr=float(lr), head_lr=float(head_lr),
-                         batch_size=int(batch), init_from=start.strip() or None)
+                         batch_size=int(batch), init_from=start.strip() or None,
+                         max_train_examples=None if max_train is None else int(max_train),
+                         max_eval_examples=None if max_eval is None else int(max_eval))
     dataset = None if upload is None else (upload.name, upload.getvalue())
     try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
         job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))

@@ -26,7 +26,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
-from web_ui import browse, formats, session, tables
+from web_ui import browse, formats, session, tables, train
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 
@@ -388,6 +388,11 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     assert not at.exception
     next(t for t in at.text_input if t.label == "Publish as").set_value("alice/from-ui")
     next(n for n in at.number_input if n.label == "Epochs").set_value(0.1)
+    # a trial run: the first 48 training examples, the first 20 of eval and test; empty boxes say "all"
+    trial = {n.label: n for n in at.number_input if n.label in train.OPTIONAL_NUMBERS}
+    assert [(n.value, n.proto.placeholder) for n in trial.values()] == [(None, "all"), (None, "all")]
+    trial["Train examples"].set_value(48)
+    trial["Eval examples"].set_value(20)
     next(b for b in at.button if b.label == "Launch").click()
     at.run()
     assert any("Queued job" in s.value and "alice/from-ui" in s.value for s in at.success)
@@ -398,6 +403,7 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
         job = client.jobs()[0]
         assert at.query_params["job"] == str(job.id)  # the URL follows the job just queued
         assert job.target_name == "alice/from-ui" and job.spec["demo"] and job.spec["training"]["epochs"] == 0.1
+        assert (job.spec["max_train_examples"], job.spec["max_eval_examples"]) == (48, 20)
         next(b for b in at.button if b.label == "Cancel job").click()
         at.run()
         assert client.job(job.id).status == "queued"  # asked first

@@ -161,6 +161,7 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
     numbers["Rank r"].set_value(5000)
     numbers["Epochs"].set_value(0.0)
     numbers["Head learning rate"].set_value(2.5)
+    numbers["Eval examples"].set_value(0)  # may be empty (all), never 0
     next(c for c in at.checkbox if c.label.startswith("Demo task")).uncheck()
     with RegistryClient(registry["url"], registry["token"]) as client:
         before = len(client.jobs())
@@ -172,6 +173,7 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
         "- Rank r 5,000 is out of range: type a number from 1 to 4,096.\n"
         "- Epochs 0 is out of range: type a number from 0.05 to 100.\n"
         "- Head learning rate 2.5 is out of range: type a number from 1e-06 to 1.\n"
+        "- Eval examples 0 is out of range: type a number from 1 to 1,000,000,000.\n"
         "- No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file."]
     shown = [n.type if n.type != "button" else n.label for n in at.main if n.type in ("button", "error")]
     assert shown.index("Launch") + 1 == shown.index("error")  # right under the button
