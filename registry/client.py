@@ -11,7 +11,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch is imported only by the methods that need it: the das
     from vera_core.model import VeraModel
 from registry.domain.schemas import (
     ADAPTER_FILES,
+    MAX_LOOKUP,
     AdapterInfo,
     BaseModelInfo,
     Comparison,
@@ -54,6 +55,7 @@ from registry.domain.schemas import (
     JobEventInfo,
     JobInfo,
     LineageGraph,
+    Lookup,
     MovedAdapter,
     OrganizationInfo,
     OwnerUsage,
@@ -428,6 +430,23 @@ class RegistryClient:
     def get(self, ref: str | Ref) -> VersionInfo:
         return self._following_moves(ref, lambda at: VersionInfo.model_validate(
             self._request("GET", self._path(at)).json()))
+
+    def lookup(self, refs: Iterable[str | Ref]) -> dict[str, VersionInfo | None]:
+        """What each reference names now (owner/name:N, owner/name@ALIAS, owner/name), keyed by the reference as
+        given: its version, or None where the registry has none this client may read. MAX_LOOKUP a request
+        (POST /api/v1/adapters/lookup), however many are given; moves are not followed (``get`` follows them)."""
+        texts = list(dict.fromkeys(str(ref) for ref in refs))
+        found: dict[str, VersionInfo | None] = {}
+        for start in range(0, len(texts), MAX_LOOKUP):
+            try:
+                answer = self._request("POST", "/api/v1/adapters/lookup",
+                                       json={"refs": texts[start:start + MAX_LOOKUP]})
+            except NotFound:  # the route answers no 404 of its own: a registry of a release before it
+                raise NotFound(f"The registry at {self.url} has no lookup (POST /api/v1/adapters/lookup, "
+                               "2026-12): it runs an older release. Upgrade it, or read each version (`vera show "
+                               "REF`, RegistryClient.get).") from None
+            found.update((r.requested, r.version) for r in Lookup.model_validate_json(answer.content).results)
+        return found
 
     def _following_moves(self, ref: str | Ref, read: Callable[[Ref], T]) -> T:
         """``read(ref)``; when the adapter ``ref`` names has moved (renamed or transferred: the registry says where

@@ -41,6 +41,7 @@ FORM_OVERHEAD = 1 << 20
 #: method than GET, HEAD and OPTIONS, on any path, is refused (tests/registry/test_read_only.py checks every route).
 READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(r"^/api/v1/compare/?$"), "compares versions: computes, stores nothing"),
+    ("POST", re.compile(r"^/api/v1/adapters/lookup/?$"), "resolves references: reads, stores nothing"),
     ("POST", re.compile(r"^/api/v1/adapters/[^/]+/[^/]+/versions/[^/]+/verify/?$"),
      "verifies a version: a read-only registry answers the report without recording it"),
 )
@@ -53,6 +54,9 @@ SCHEMA_RECHECK_S = 2.0
 #: whose body (an identity token, registry.services.trusted) is the credential; its body is small.
 TOKENLESS = re.compile(r"^/api/v1/tokens/oidc/?$")
 TOKENLESS_BODY = 64 << 10
+#: The read whose question is its body (a lookup of up to 500 references): asked without a token where the registry
+#: lets anonymous callers read (VERA_ANONYMOUS_READ), as a GET is; it answers only public versions to them.
+ANONYMOUS_BODY_READ = re.compile(r"^/api/v1/adapters/lookup/?$")
 
 
 #: Control characters: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F). No owner, adapter, alias, tag or file name
@@ -185,8 +189,10 @@ class RequestGate:
         """Why the request is refused from its headers, or None; a token checked here is kept in the request's
         state (``principal``), so the route's Caller dependency does not look it up again. ``tokenless``: a route
         whose body is its credential (no Authorization is looked at)."""
-        if self.options.require_tokens and not tokenless:
-            authorization = headers.get("authorization")
+        authorization = headers.get("authorization")
+        anonymous_read = (authorization is None and self.options.anonymous_read and scope["method"] == "POST"
+                          and ANONYMOUS_BODY_READ.match(scope["path"]) is not None)
+        if self.options.require_tokens and not tokenless and not anonymous_read:
             secret = bearer_token(authorization)
             if secret is None:
                 return 401, "unauthorized", (TOKEN_NEEDED if authorization is None else

@@ -24,7 +24,7 @@ from registry.cli.common import (
     styled,
 )
 from registry.cli.output import JsonOutput, print_json
-from registry.domain.errors import InvalidInput
+from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
 from registry.domain.words import ci_run, counted
 
@@ -142,6 +142,28 @@ def show(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = N
     adapter = call_registry(registry, token, lambda c: c.adapter(f"{info.owner}/{info.name}"))
     console.print(Text(info.ref, style="bold"))
     console.print(_show_table(info, adapter))
+
+
+def resolve(
+    refs: Annotated[list[str], typer.Argument(metavar="REF", show_default=False, help=(
+        "owner/name:VERSION, owner/name@ALIAS or owner/name (its latest), as many as you like."))],
+    as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
+) -> None:
+    """Print the version each reference names now, one "REF<TAB>owner/name:N" line each (owner/name@prod ->
+    owner/name:3), asked in one request per 500: pin a deployment to exact versions. Exit 1, naming them, when any
+    names no version you may read ('-' in its line)."""
+    found = call_registry(registry, token, lambda c: c.lookup(refs))
+    if as_json:  # as the API answers it (POST /api/v1/adapters/lookup)
+        print_json({"results": [{"requested": ref, "version": None if v is None else v.model_dump(mode="json")}
+                                for ref, v in found.items()]})
+    else:
+        for ref, version in found.items():
+            typer.echo(f"{ref}\t{version.ref if version is not None else '-'}")
+    missing = [ref for ref, version in found.items() if version is None]
+    if missing:
+        fail(NotFound(f"No version you may read for {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}"
+                      f" ({counted(len(missing), 'reference')} of {len(found)}). `vera ls OWNER/NAME` lists an "
+                      "adapter's versions; `vera show OWNER/NAME` its aliases."))
 
 
 def tag(

@@ -544,6 +544,26 @@ class Page(BaseModel):
     total: int | None = None  # all matches, when asked for (with_total)
 
 
+#: The most references one lookup (POST /api/v1/adapters/lookup) resolves: a listing page's worth.
+MAX_LOOKUP = 500
+
+
+class LookupBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    refs: list[Annotated[str, Field(max_length=300)]] = Field(
+        min_length=1, max_length=MAX_LOOKUP,
+        description=f"1 to {MAX_LOOKUP} references: owner/name:N, owner/name@ALIAS or owner/name (its latest)")
+
+
+class LookedUp(BaseModel):
+    requested: str  # the reference as it was sent
+    version: VersionInfo | None  # None: no such version, or one the caller may not read (alike, as a GET's 404)
+
+
+class Lookup(BaseModel):
+    results: list[LookedUp]  # one per reference sent, in that order
+
+
 class VerificationReport(BaseModel):
     ref: str
     status: Annotated[VerificationStatus, _Str]  # passed or failed

@@ -12,7 +12,7 @@ rows.
                                                    audit
     derived       registry.services.derived        derived.manifest, file, by_digest, source (download files built
                                                    once per version and form, stored as blobs)
-    search        registry.services.search         list_versions (filters: registry.services.filters)
+    search        registry.services.search         list_versions (filters: registry.services.filters), lookup
     downloads     registry.services.downloads      downloads.count (in memory; flushed in batches by the API)
     retention     registry.services.retention      apply_retention (through versions.delete)
     metadata      registry.services.metadata       adapter, update_adapter, update_version (description, card,
@@ -106,6 +106,7 @@ class Registry:
         self.move = self.moves.move
         self.audit = self.versions.audit
         self.list_versions = self.search.list_versions
+        self.lookup = self.search.lookup
         self.downloads = downloads or DownloadCounter(db)
         self.apply_retention = Retention(db, self.versions).apply
         self.metadata = Metadata(db)

@@ -8,15 +8,15 @@ import json
 import math
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Select, func, or_, select, tuple_
+from sqlalchemy.orm import Session, contains_eager, selectinload
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import Page, VersionInfo, check_text
+from registry.domain.schemas import MAX_LOOKUP, LookedUp, Page, Ref, VersionInfo, check_text
 from registry.services.access import readable_clause
 from registry.services.downloads import download_counts
 from registry.services.filters import MetricOrder, filter_conditions, mentions, metric_order, parse_filter
-from registry.services.lookup import version_info
+from registry.services.lookup import LATEST, version_info, version_ref
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
@@ -89,6 +89,49 @@ class Search:
                 last_value = metric.value_of(s, last.id) if metric is not None else getattr(last, column.key)
                 next_cursor = _encode_cursor(sort, last_value, last.id)
         return Page(items=items, next_cursor=next_cursor, total=total)
+
+
+    def lookup(self, refs: list[str], *, viewer: Principal | None = None) -> list[LookedUp]:
+        """What each of ``refs`` names now (owner/name:N, owner/name@ALIAS, owner/name: its latest), in their order:
+        the version, or None where there is none that ``viewer`` may read (missing and unreadable alike, as a GET of
+        one answers 404 to both). Two queries for all of them (numbers; aliases) and one page's worth for the
+        versions found, however many refs up to MAX_LOOKUP: a server holding thousands of versions re-checks them
+        at the cost of a few listings, not a request each. Moves (`vera mv`) are not followed: a moved name is None.
+        """
+        if not 1 <= len(refs) <= MAX_LOOKUP:
+            raise InvalidInput(f"refs must list 1 to {MAX_LOOKUP} references, got {len(refs)}; split a longer list "
+                               f"into requests of {MAX_LOOKUP}.")
+        parsed: list[Ref] = []
+        for i, text in enumerate(refs):
+            try:
+                parsed.append(Ref.parse(text))
+            except InvalidInput as exc:
+                raise InvalidInput(f"refs[{i}]: {exc}") from None
+        numbered = {(r.owner, r.name, r.version) for r in parsed if r.version is not None}
+        aliased = {(r.owner, r.name, r.alias or LATEST) for r in parsed if r.version is None}
+        readable = readable_clause(viewer)
+        found: dict[tuple[str, str, int | str], m.AdapterVersion] = {}
+        joined = (select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                  .where(readable).options(contains_eager(m.AdapterVersion.adapter),
+                                           selectinload(m.AdapterVersion.base_model),
+                                           selectinload(m.AdapterVersion.tags)))
+        with self.db.session() as s:
+            if numbered:
+                for v in s.scalars(joined.where(tuple_(m.Adapter.owner, m.Adapter.name, m.AdapterVersion.version)
+                                                .in_(sorted(numbered)))):
+                    found[(v.adapter.owner, v.adapter.name, v.version)] = v
+            if aliased:
+                named = tuple_(m.Adapter.owner, m.Adapter.name, m.Alias.name).in_(sorted(aliased))
+                through = joined.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
+                    m.Alias.adapter_id == m.Adapter.id, named).add_columns(m.Alias.name)
+                for v, alias in s.execute(through).unique():
+                    found[(v.adapter.owner, v.adapter.name, alias)] = v
+            rows = list({v.id: v for v in found.values()}.values())
+            infos = {info.ref: info for info in _infos(s, rows)}
+            by_key = {key: infos[version_ref(v)] for key, v in found.items()}
+        return [LookedUp(requested=text, version=by_key.get(
+                    (r.owner, r.name, r.version if r.version is not None else (r.alias or LATEST))))
+                for text, r in zip(refs, parsed, strict=True)]
 
 
 def _infos(s: Session, rows: list[m.AdapterVersion]) -> list[VersionInfo]:

@@ -58,6 +58,9 @@ Task = Literal["classification", "causal-lm"]
 K = TypeVar("K")
 V = TypeVar("V")
 log = logging.getLogger("vera.serving")
+#: After a registry could not look the residents up (an older release, an outage): how long listings go on without
+#: asking it again (each private resident is then asked about alone, as before the lookup existed).
+LOOKUP_RETRY_S = 60
 #: Rows that score their prompts (``echo`` with ``logprobs``) keep every prompt position's logits in their prefill:
 #: such rows are batched so that rows x longest prompt x vocabulary stays under this (2**28: 1 GiB of float32), and
 #: one prompt alone may hold at most SCORING_ROW_LOGITS (2**30: 4 GiB of float32; 8,192 tokens of a 128k vocabulary).
@@ -146,6 +149,8 @@ class Resident:
     requests: int = 0
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
+    #: when the registry last said what it is (loaded, asked for, or looked up by a listing: time.monotonic())
+    checked: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -362,6 +367,7 @@ class ModelServer:
         self._unreadable: _Recent[tuple[str | None, str], bool] = _Recent(100_000)
         self._who: _Recent[str | None, WhoAmI] = _Recent(10_000)
         self._refused: _Recent[str | None, bool] = _Recent(10_000)
+        self._lookup_again_at = 0.0  # (time.monotonic()) a registry that could not look residents up: when to again
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
@@ -416,7 +422,7 @@ class ModelServer:
             with gate:  # one download per version, however many requests ask at once
                 resident = self.residents.get(info.ref) or self._load(info, token)
         resident.private = info.visibility != "public"  # made private since it loaded: listed no more
-        resident.last_used = time.monotonic()
+        resident.last_used = resident.checked = time.monotonic()
         return resident
 
     def _hide(self, name: str) -> None:
@@ -672,17 +678,63 @@ class ModelServer:
         return ref
 
     def listing(self, token: str | None = None) -> list[dict[str, Any]]:
-        """The residents: public ones, and private ones that ``token`` reads (asked of the registry, cached)."""
+        """The residents ``token`` may read: public ones, and private ones it reads. What the registry said of
+        each is kept ``resolve_ttl_s``; older answers are asked again in one lookup for all of them (so a version
+        made private or deleted after it loaded is listed no more, though nobody asks for it)."""
         with self.lock:
             residents = sorted(self.residents.values(), key=lambda r: r.ref)
-        if token is None or not self._known(token):  # a caller the registry does not know is asked about once
-            if not self._known(None):  # tokens required: such a caller reads nothing there, and nothing here
-                return []
-            residents = [r for r in residents if not r.private]  # (not asked of the registry per resident)
+        if token is not None and not self._known(token):  # a caller the registry does not know is asked about once
+            token = None  # and sees what a caller without a token sees
+        if token is None and not self._known(None):  # tokens required: such a caller reads nothing there, or here
+            return []
+        answered = self._look_up(residents, token)
+
+        def shown(r: Resident) -> bool:
+            readable = answered.get(r.ref)
+            return readable if readable is not None else not r.private or self._readable(r.ref, token)
+
         return [{"ref": r.ref, "base_model": r.base_model, "pinned": r.pinned, "requests": r.requests,
                  "load_s": round(r.load_s, 4), "loaded_at": r.loaded_at,
                  "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
-                for r in residents if not r.private or self._readable(r.ref, token)]
+                for r in residents if shown(r)]
+
+    def _look_up(self, residents: Sequence[Resident], token: str | None) -> dict[str, bool]:
+        """Ask the registry in one lookup (POST /api/v1/adapters/lookup, 500 a request) about the residents whose
+        answer is older than ``resolve_ttl_s``: public ones (still public? any reader is told) and private ones that
+        ``token`` was not told of lately. Their answers are cached as a request's are; a version ``token`` may not
+        read (missing, or not public any more) is hidden as a refused request hides it. Whether ``token`` reads
+        each one asked about. A registry that cannot answer (an older release without the route, an outage) leaves
+        them as they were: each private one is then asked about alone (``_readable``)."""
+        now, ttl = time.monotonic(), self.resolve_ttl_s
+
+        def stale(r: Resident) -> bool:
+            if not r.private:
+                return now - r.checked > ttl
+            return self._resolved.get((token, r.ref), ttl) is None and not self._unreadable.get((token, r.ref), ttl)
+
+        asked = [r for r in residents if stale(r)]
+        if not asked or now < self._lookup_again_at:
+            return {}
+        try:
+            with self.client_for(token) as client:
+                found = client.lookup(r.ref for r in asked)
+        except (Unauthorized, Forbidden):  # this caller's token (revoked meanwhile, or without read): not asked again
+            return {}
+        except RegistryError as exc:  # an older registry, an outage: said once, and not asked again for a while
+            self._lookup_again_at = now + LOOKUP_RETRY_S
+            log.warning("the registry could not look up %d resident adapters (%s); listing them from what it said "
+                        "before, for %d s", len(asked), exc, LOOKUP_RETRY_S)
+            return {}
+        for resident in asked:
+            info = found.get(resident.ref)
+            if info is None:
+                self._unreadable.put((token, resident.ref), True)
+                resident.private = True  # (not public now: any reader would be told of a public one)
+            else:
+                self._resolved.put((token, resident.ref), info)
+                resident.private = info.visibility != "public"
+            resident.checked = now
+        return {r.ref: found.get(r.ref) is not None for r in asked}
 
     def _known(self, token: str | None) -> bool:
         """Whether the registry takes ``token`` (None: whether it takes callers without one, as its local mode and

@@ -54,6 +54,25 @@ def test_show_tells_everything_readably_and_as_json(server: dict[str, Any]) -> N
     assert data["ref"] == ref and data["lineage"] == {"parent": parent, "code_revision": "git 0123abc"}
 
 
+def test_resolve_pins_references_to_versions_and_names_the_missing(server: dict[str, Any]) -> None:
+    """`vera resolve`: a "REF<TAB>owner/name:N" line per reference (an alias, latest, a number), one request for all;
+    a reference naming nothing is '-' in its line and named on stderr, exit 1; --json as the API answers."""
+    first = _publish(server, "ann/pin")
+    second = _publish(server, "ann/pin")
+    ok(vera(server, "alias", first, "prod"))
+    out = ok(vera(server, "resolve", "ann/pin@prod", "ann/pin", second))
+    assert out.splitlines() == [f"ann/pin@prod\t{first}", f"ann/pin\t{second}", f"{second}\t{second}"]
+    missing = vera(server, "resolve", "ann/pin@prod", "ann/pin@staging", "ann/nope:1")
+    assert missing.returncode == 1
+    assert missing.stdout.splitlines() == [f"ann/pin@prod\t{first}", "ann/pin@staging\t-", "ann/nope:1\t-"]
+    assert "No version you may read for ann/pin@staging, ann/nope:1 (2 references of 3)" in missing.stderr
+    data = json.loads(vera(server, "resolve", "ann/pin@prod", "ann/nope:1", "--json").stdout)
+    assert [(r["requested"], r["version"] and r["version"]["ref"]) for r in data["results"]] == [
+        ("ann/pin@prod", first), ("ann/nope:1", None)]
+    bad = vera(server, "resolve", "ann/pin@prod", "Ann/Pin")
+    assert bad.returncode == 1 and "refs[1]:" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
 def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path: Path) -> None:
     ref = _publish(server, "ann/meta", "--tag", "old")
     assert "tags: new, old, other" in ok(vera(server, "tag", ref, "new", "other"))

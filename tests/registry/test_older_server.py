@@ -98,3 +98,30 @@ def test_publish_warns_of_what_the_older_server_did_not_keep(older: dict[str, An
     with RegistryClient(older["url"], cache=False) as client:
         got = client.get("alice/lineage:1")
         assert "dataset_sha256" not in got.lineage and got.properties == {}
+
+
+def test_a_lookup_says_the_older_server_has_none_and_a_model_server_lists_without_it(
+        older: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """POST /api/v1/adapters/lookup is new: against an older registry the client says so (not a bare 404), and
+    `vera serve-model` lists its residents from what the registry said before, saying once why, and asking again
+    only after LOOKUP_RETRY_S."""
+    from registry.domain.errors import NotFound
+    from registry.serving.server import LOOKUP_RETRY_S, ModelServer
+    from tests.registry.test_serving import TEXTS, minilm_adapter
+
+    with RegistryClient(older["url"], cache=False) as client:
+        with pytest.raises(NotFound, match=r"has no lookup \(POST /api/v1/adapters/lookup, 2026-12\): it runs an "
+                                           r"older release\. Upgrade it"):
+            client.lookup(["alice/clf:1"])
+        client.publish(minilm_adapter(tmp_path / "clf", seed=1), "alice/served", base_model="minilm")
+    server = ModelServer("minilm", client_for=lambda token: RegistryClient(older["url"], cache=False),
+                         resolve_ttl_s=0.0)
+    try:
+        assert server.classify("alice/served", TEXTS)["adapter"] == "alice/served:1"
+        with caplog.at_level("WARNING", logger="vera.serving"):
+            assert [e["ref"] for e in server.listing()] == ["alice/served:1"]
+            assert [e["ref"] for e in server.listing()] == ["alice/served:1"]
+        said = [r.getMessage() for r in caplog.records if "could not look up" in r.getMessage()]
+        assert len(said) == 1 and f"for {LOOKUP_RETRY_S} s" in said[0], said
+    finally:
+        server.close()

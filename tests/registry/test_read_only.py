@@ -204,7 +204,8 @@ def test_every_route_that_changes_anything_is_refused_before_any_work(replica: R
     routes = _write_routes()
     assert len(routes) >= 25, routes  # publish, aliases, yank, delete, edits, move, jobs, tokens, orgs, webhooks, ...
     safe = [(method, path) for method, path in routes if read_only_safe(method, _concrete(path))]
-    assert sorted(safe) == [("POST", "/api/v1/adapters/{owner}/{name}/versions/{selector}/verify"),
+    assert sorted(safe) == [("POST", "/api/v1/adapters/lookup"),
+                            ("POST", "/api/v1/adapters/{owner}/{name}/versions/{selector}/verify"),
                             ("POST", "/api/v1/compare")]
     for method, pattern, why in READ_ONLY_SAFE:  # no stale entry: each names a route that exists
         assert why and any(m_ == method and pattern.match(_concrete(p)) for m_, p in routes), pattern
@@ -277,6 +278,8 @@ def test_every_read_answers_what_the_primary_stored(replica: Replica) -> None:
         assert client.get("alice/m:1").verification_status == "passed"  # the primary's record
         comparison = client.compare(["alice/m:1", "alice/m:2"])
         assert comparison.refs == ["alice/m:1", "alice/m:2"] and comparison.layers
+        looked = client.lookup(["alice/m@prod", "alice/m", "bob/draft:1"])  # (a moved name is not followed)
+        assert [v.ref if v else None for v in looked.values()] == ["alice/m:1", "alice/m:2", None]
         actions = [e.action for e in client.events(limit=200).events]
         assert actions.count("publish") >= 3 and {"alias", "move", "token-create"} <= set(actions)
         assert [b.name for b in client.base_models()] == ["org/tiny-llama"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from registry.domain.errors import Conflict, IntegrityError, InvalidInput, NotFound
 from registry.services.registry import Registry
@@ -531,3 +531,47 @@ def test_base_shapes_from_a_config_sent_by_a_caller_are_audited(registry: Regist
                                                          actor="ann")
     assert (info.shapes_source, info.layers) == ("declared", 14)
     assert [(e.actor, e.action) for e in registry.audit("llama-sent@")] == [("ann", "base-register")]
+
+
+def test_lookup_answers_many_references_at_once_in_their_order(registry: Registry, tmp_path: Path) -> None:
+    """POST /api/v1/adapters/lookup's service, on SQLite and PostgreSQL (row-value IN): numbers, aliases and an
+    adapter's latest in one call, each answered in the order sent; a missing one and one the caller may not read
+    alike None; a yanked version by number (as GET answers it) but not as latest; duplicates answered each time."""
+    from registry.services.tokens import Principal
+
+    source = make_adapter(tmp_path / "a")
+    for _ in range(3):
+        registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
+    registry.publish(source, owner="alice", name="hidden", base_model="tiny-llama", visibility="private")
+    registry.set_alias("alice/x:2", "prod", actor="alice")
+    registry.yank("alice/x:3", actor="alice")
+    registry.delete("alice/x:1", actor="alice")
+    asked = ["alice/x@prod", "alice/x", "alice/x:3", "alice/x:1", "alice/x:9", "alice/x@staging", "nobody/x:1",
+             "alice/hidden:1", "alice/hidden", "alice/x:2", "alice/x@prod"]
+    answers = registry.lookup(asked)  # no viewer: everything (an admin, the local user)
+    assert [a.requested for a in answers] == asked
+    assert [a.version.ref if a.version else None for a in answers] == [
+        "alice/x:2", "alice/x:2", "alice/x:3", None, None, None, None, "alice/hidden:1", "alice/hidden:1",
+        "alice/x:2", "alice/x:2"]
+    whole = registry.get("alice/x:2")
+    assert answers[0].version == whole  # the same VersionInfo a GET gives: aliases, downloads, lineage...
+    assert answers[2].version is not None and answers[2].version.yanked
+    bob = Principal(owner="bob", scopes=frozenset({"read"}))
+    seen = registry.lookup(["alice/hidden:1", "alice/hidden", "alice/x:2"], viewer=bob)
+    assert [a.version.ref if a.version else None for a in seen] == [None, None, "alice/x:2"]
+    with pytest.raises(InvalidInput, match=r"refs\[1\]: 'alice x' is not an adapter reference"):
+        registry.lookup(["alice/x:2", "alice x"])
+    with pytest.raises(InvalidInput, match="refs must list 1 to 500 references, got 501; split"):
+        registry.lookup([f"alice/x:{n}" for n in range(1, 502)])
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(registry.db.engine, "before_cursor_execute", seen)
+    try:
+        many = registry.lookup([f"alice/x:{n}" for n in range(1, 499)] + ["alice/x", "alice/x@prod"])  # the most
+    finally:
+        event.remove(registry.db.engine, "before_cursor_execute", seen)
+    assert [a.version.ref for a in many if a.version] == ["alice/x:2", "alice/x:3", "alice/x:2", "alice/x:2"]
+    assert len(statements) < 15, statements  # a few per kind of reference and of what a version shows, not 500

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -23,6 +24,8 @@ from tests.registry.servers import free_port, issued_tokens, running_server, run
 from tests.registry.test_api_docs import assert_docs_served_here
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, load_adapter, save_adapter
 from vera_core.recipes import resolve_base
+
+T = TypeVar("T")
 
 TEXTS = ["a wonderful, joyful day", "terrible and sad news", "an ordinary table"]
 
@@ -224,8 +227,16 @@ def test_requests_need_a_token_that_may_read_the_adapter(server: ModelServer,
     assert server.classify("alice/clf1", TEXTS, registry_server["reader"])["adapter"] == "alice/clf1:1"
 
 
+def counting(method: Callable[..., T], name: str, calls: Counter[str]) -> Callable[..., T]:
+    """``method``, counting its calls in ``calls[name]``."""
+    def counted(*args: Any, **kwargs: Any) -> T:
+        calls[name] += 1
+        return method(*args, **kwargs)
+    return counted
+
+
 def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
-        server: ModelServer, registry_server: dict[str, Any], tmp_path: Path) -> None:
+        server: ModelServer, registry_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writer, reader = registry_server["writer"], registry_server["reader"]
     with RegistryClient(registry_server["url"], writer) as client:
         client.publish(minilm_adapter(tmp_path / "private", seed=7), "alice/private-clf", base_model="minilm",
@@ -241,16 +252,26 @@ def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
     # a caller the registry does not know reads nothing there (tokens required), and nothing here: an outsider
     # listed the residents (names, requests, families) anonymously and with a junk token
     assert server.listing(None) == [] and server.listing("vera_junk") == []
-    # made private after it loaded: listed to bob until a request of it was refused (any caller's), then no more
+    # made private after it loaded: listed to bob no more at his next listing, though nobody asked for it (it was
+    # listed to everyone until a request of it was refused), and still to alice; public again, listed again;
+    # deleted, listed to nobody. Each listing asks the registry once for all residents whose answer is older than
+    # resolve_ttl_s (0 here), not once each
+    asked: Counter[str] = Counter()
+    for method in ("lookup", "get"):
+        monkeypatch.setattr(RegistryClient, method, counting(getattr(RegistryClient, method), method, asked))
     with RegistryClient(registry_server["url"], writer) as client:
         client.publish(minilm_adapter(tmp_path / "later", seed=9), "alice/later", base_model="minilm")
         server.classify("alice/later", TEXTS, reader)
         client.set_visibility("alice/later", "private")
-    assert "alice/later:1" in {a["ref"] for a in server.listing(reader)}
-    with pytest.raises(NotFound):
-        server.classify("alice/later", TEXTS, reader)
-    assert "alice/later:1" not in {a["ref"] for a in server.listing(reader)}
-    assert "alice/later:1" in {a["ref"] for a in server.listing(writer)}
+        asked.clear()
+        assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1"}
+        assert asked == {"lookup": 1}  # three residents, one question
+        assert {a["ref"] for a in server.listing(writer)} == {"alice/private-clf:1", "alice/clf1:1", "alice/later:1"}
+        client.set_visibility("alice/later", "public")
+        assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1", "alice/later:1"}
+        client.delete("alice/later:1")
+        assert "alice/later:1" not in {a["ref"] for a in server.listing(writer)}
+        assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1"}
 
 
 def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:

@@ -164,6 +164,43 @@ def test_listings_search_and_jobs_leave_private_adapters_out(server: dict[str, A
     assert job in {j["id"] for j in get(server, "alice", "/api/v1/jobs").json()}
 
 
+def test_a_lookup_answers_private_versions_as_missing_to_outsiders(server: dict[str, Any]) -> None:
+    """POST /api/v1/adapters/lookup: what each reference names, in one request; a private version (by number, by
+    alias, as latest) is null to whoever may not read it, exactly as a missing one is, and there to its readers."""
+    asked = ["alice/secret:1", "alice/secret@prod", "alice/secret", "alice/open", "acme/team:1", "alice/nope:1"]
+
+    def found(who: str | None) -> list[str | None]:
+        response = get(server, who, "/api/v1/adapters/lookup", "POST", json={"refs": asked})
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r["requested"] for r in results] == asked
+        return [r["version"]["ref"] if r["version"] else None for r in results]
+
+    assert found("alice") == ["alice/secret:1"] * 3 + ["alice/open:1", "acme/team:1", None]
+    assert found("root") == found("alice")
+    assert found("bob") == [None, None, None, "alice/open:1", "acme/team:1", None]  # a member of acme only
+    for outsider in (None, "mallory"):
+        assert found(outsider) == [None, None, None, "alice/open:1", None, None], outsider
+    with client(server["url"], server["tokens"]["mallory"]) as mallory:
+        seen = mallory.lookup(asked)
+    assert [v.ref if v else None for v in seen.values()] == [None, None, None, "alice/open:1", None, None]
+    assert get(server, "expired-alice", "/api/v1/adapters/lookup", "POST", json={"refs": asked}).status_code == 401
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ({"refs": []}, "at least 1 item"),
+    ({"refs": ["alice/open:1"] * 501}, "at most 500 items"),
+    ({"refs": ["alice/open:1", "alice open"]}, "refs[1]: 'alice open' is not an adapter reference; expected"),
+    ({"refs": ["x" * 301]}, "at most 300 characters"),
+    ({"refs": "alice/open:1"}, "valid list"),
+    ({"refs": ["alice/open:1"], "limit": 5}, "Extra inputs are not permitted"),
+], ids=["empty", "too-many", "malformed", "too-long", "not-a-list", "unknown-field"])
+def test_a_lookup_of_bad_references_is_refused_saying_why(server: dict[str, Any], body: dict[str, Any],
+                                                          said: str) -> None:
+    response = get(server, "alice", "/api/v1/adapters/lookup", "POST", json=body)
+    assert response.status_code == 422 and said in response.text, response.text
+
+
 def test_lineage_and_parents_do_not_reveal_private_versions(server: dict[str, Any]) -> None:
     """A public version fine-tuned from a private one: outsiders see neither the parent's name in its lineage nor a
     node for it in the graph, and cannot name it as a parent (which would resolve its versions and aliases)."""

@@ -37,6 +37,8 @@ from registry.domain.schemas import (
     EvaluationInfo,
     EvaluationRecord,
     LineageGraph,
+    Lookup,
+    LookupBody,
     MovedAdapter,
     Page,
     Ref,
@@ -94,6 +96,15 @@ def list_adapters(
                                   cursor=cursor, limit=limit, sort=sort, with_total=with_total,
                                   filter_text=filter_text,
                                   viewer=who)
+
+
+@router.post("/lookup", response_model=Lookup)
+def lookup(who: Reader, registry: RegistryDep, body: LookupBody) -> Lookup:
+    """What each reference names now, in one request: up to 500 of owner/name:N, owner/name@ALIAS or owner/name
+    (its latest), each answered with its version or null where there is none the caller may read (as a GET's 404:
+    missing and unreadable alike). For whoever holds many versions (a serving fleet, a deployment manifest of
+    @prod aliases) and re-checks them: one request, not one each."""
+    return Lookup(results=registry.lookup(body.refs, viewer=who))
 
 
 @router.post("/{owner}/{name}/versions", response_model=VersionInfo, status_code=201)
