@@ -172,7 +172,7 @@ def test_browse_open_compare_and_train_in_a_browser(page: Page, product: dict[st
     epochs.fill("0.2")
     epochs.press("Tab")
     # a trial run: the demo's whole eval and test splits (about 1,500 texts) are scored otherwise
-    evals = page.get_by_label("Eval examples")
+    evals = page.get_by_role("spinbutton", name="Eval examples")
     evals.fill("64")
     evals.press("Tab")
     page.get_by_role("button", name="Launch").click()
