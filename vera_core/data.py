@@ -118,6 +118,12 @@ def read_examples(
     return [Example(str(r[text_column]), index[v]) for r, v in zip(rows, raw, strict=True)], names
 
 
+def label_line(path: str | Path, label_column: str, label: str) -> int | None:
+    """The line of ``path`` (a dataset read_examples reads) where the label ``label`` first appears, for a message
+    about that label; None if none does."""
+    return next((line for line, row in _read_rows(Path(path)) if str(row.get(label_column)) == label), None)
+
+
 def _no_label(value: object) -> bool:
     """An empty (or blank) cell, "NaN" (as a missing float is written), or a JSON NaN or infinity: a missing label,
     not a class."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -230,7 +230,6 @@ class Jobs:
             labels = 2  # the demo's
             if not checked.demo:
                 named = _check_dataset(checked, dataset, dataset_name)
-                _check_labels(named)
                 labels = len(named)
                 if start is not None and checked.task == "classification":
                     _check_start_labels(start, named)
@@ -571,16 +570,20 @@ MAX_JOB_LABELS, MAX_JOB_LABEL_BYTES = 10_000, 256 << 10
 TASK_METRICS = {"classification": ("loss", "accuracy"), "causal-lm": ("loss", "perplexity")}
 
 
-def _check_labels(labels: list[str]) -> None:
+def _check_labels(labels: list[str], where: Callable[[str], str]) -> None:
     """A head a worker can train and a version can record: 300,000 labels kept a worker busy for 10 minutes and 3 GB
-    after its one step, and ignoring SIGTERM (an outsider's finding, session 33)."""
+    after its one step, and ignoring SIGTERM (an outsider's finding, session 33). ``where(label)``: the file and
+    line where a label first appears, for a message about it."""
     if len(labels) > MAX_JOB_LABELS:
         raise InvalidInput(f"The dataset has {len(labels):,} distinct labels; a job trains at most "
                            f"{MAX_JOB_LABELS:,} (its classification head has an output for each, and its version's "
                            "metrics list them). Check that label_column names the labels, or train it yourself with "
                            "`vera train`.")
     for label in labels:  # its version's metrics list them, each one line of plain text, as other names are
-        check_text(label, f"The dataset's label {label[:100]!r}", max_length=MAX_JOB_LABEL_BYTES)
+        try:
+            check_text(label, f"The dataset's label {label[:100]!r}", max_length=MAX_JOB_LABEL_BYTES)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where(label)}: {exc}") from None
     if (size := len(json.dumps(labels))) > MAX_JOB_LABEL_BYTES:
         raise InvalidInput(f"The dataset's {len(labels):,} label names take {size:,} bytes as JSON; its version's "
                            f"metrics list them, within {MAX_JOB_LABEL_BYTES:,}. Use shorter label names.")
@@ -598,18 +601,21 @@ def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str)
     """The uploaded dataset reads as the spec says (its columns, its labels) and splits as the worker will split it
     (two rows were a 201, then a failed job: an outsider's re-check, session 33); errors name it as the caller did.
     Returns its labels (sorted; none for a causal-lm task)."""
-    from vera_core.data import DatasetError
+    from vera_core.data import DatasetError, label_line
     from vera_core.recipes import load_splits
 
     if dataset is None:
         raise InvalidInput("The job names no dataset: upload a .csv/.jsonl file or set demo=true.")
+    shown = Path(dataset_name).name[:200]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"uploaded{Path(dataset_name).suffix.lower()}"
         path.write_bytes(dataset)
         try:
-            return load_splits(replace(checked, data=str(path))).labels
+            labels = load_splits(replace(checked, data=str(path))).labels
+            _check_labels(labels, lambda label: f"{shown}:{label_line(path, checked.label_column, label) or '?'}")
+            return labels
         except DatasetError as exc:  # named as the caller named it, not by this scratch path
-            said = str(exc).replace(str(path), Path(dataset_name).name[:200])
+            said = str(exc).replace(str(path), shown)
             # the spec's fields, and where each client sets them (the dashboard has no command-line options)
             raise DatasetError(said.replace("pass --text-column / --label-column.", (
                 "name its columns: the spec's text_column and label_column (`vera job submit --text-column / "

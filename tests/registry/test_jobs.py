@@ -70,11 +70,13 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
                                                     "train/eval split"),
         ({"data": "x"}, b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"p\x00s" if i % 2 else b"n")
                                                     for i in range(80)),
-         r"The dataset's label 'p.x00s' contains the control character '.x00'; remove it"),
+         r"^data\.csv:3: The dataset's label 'p.x00s' contains the control character '.x00'; "
+         r"remove it"),  # its line named (session 35's note)
         # one line of plain text, as every other name: C1 controls and bidirectional overrides too
         ({"data": "x"}, b"text,label\n" + "".join(f"t{i},{OVERRIDDEN if i % 2 else 'n'}\n"
                                                             for i in range(80)).encode(),
-         r"The dataset's label 'p.u202es' contains '.u202e', a line separator or a bidirectional override"),
+         r"data\.csv:3: The dataset's label 'p.u202es' contains '.u202e', a line separator or a bidirectional "
+         r"override"),
         ({"data": "x"}, b"text,label\n" + "".join(f"t{i},L{i}\n" for i in range(10_001)).encode(),
          "The dataset has 10,001 distinct labels; a job trains at most 10,000"),
     ]
