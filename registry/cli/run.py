@@ -224,7 +224,10 @@ def _dashboard(port: int, registry_url: str, option: str = "--port", other: str 
         fail(exc)
     command = [sys.executable, "-m", "streamlit", "run", str(web_ui.ENTRY), "--server.port", str(port),
                "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
+               "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+               # vera prints the dashboard's URL itself; Streamlit's own lines asked checkip.amazonaws.com for an
+               # "External URL" on every start with a wildcard --host (offline: "Did not auto detect external IP")
+               "--logger.hideWelcomeMessage", "true"]
     return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 

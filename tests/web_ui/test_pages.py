@@ -601,6 +601,9 @@ def test_vera_ui_on_a_shared_address_limits_the_dashboard_to_its_registry(regist
     assert f"note: others can reach 0.0.0.0: the dashboard talks only to {registry['url']}" in said
     assert "note: VERA_TOKEN is set: every visitor reads and acts with that token" in said
     assert f"dashboard on http://0.0.0.0:{port}" in said
+    # vera's own line, not Streamlit's, whose "External URL" asked checkip.amazonaws.com (offline: a warning line)
+    said = " ".join(log.read_text().split())  # (once it stopped: all it wrote)
+    assert "Streamlit app" not in said and "External URL" not in said and "external IP" not in said, said
 
 
 def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
