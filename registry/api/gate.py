@@ -164,7 +164,12 @@ class RequestGate:
             status, code, detail = refusal
             await _send_problem(send, status, code, detail, scope["path"])
             return
-        await self.app(scope, limited(receive, limit, self.body_timeout_s), send)
+        # a body sent without a token (anonymous lookups, trusted publishing's exchange) must be whole within the
+        # same time its stalls are bounded by: a byte every few seconds held a connection for as long as it trickled
+        # (an outsider's finding, session 36); uploads, whose time grows with their size, only stall-bounded
+        unsigned = "authorization" not in headers and not UPLOAD_ROUTES.match(scope["path"])
+        await self.app(scope, limited(receive, limit, self.body_timeout_s,
+                                      whole_s=self.body_timeout_s if unsigned else None), send)
 
     async def _schema_changed(self) -> str | None:
         """Why this server takes no changes since its database's schema moved on (a newer release's `vera db

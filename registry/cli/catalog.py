@@ -152,12 +152,19 @@ def resolve(
     """Print the version each reference names now, one "REF<TAB>owner/name:N" line each (owner/name@prod ->
     owner/name:3), asked in one request per 500: pin a deployment to exact versions. Exit 1, naming them, when any
     names no version you may read ('-' in its line)."""
+    for i, ref in enumerate(refs, 1):  # all checked before any is sent (the server counts within each 500)
+        try:
+            Ref.parse(ref)
+        except InvalidInput as exc:
+            fail(InvalidInput(f"REF {i} of {len(refs)}: {exc}"))
     found = call_registry(registry, token, lambda c: c.lookup(refs))
-    if as_json:  # as the API answers it (POST /api/v1/adapters/lookup)
+    if as_json:  # as the API answers it (POST /api/v1/adapters/lookup): one result per reference given
+        versions = [found[ref] for ref in refs]
         print_json({"results": [{"requested": ref, "version": None if v is None else v.model_dump(mode="json")}
-                                for ref, v in found.items()]})
+                                for ref, v in zip(refs, versions, strict=True)]})
     else:
-        for ref, version in found.items():
+        for ref in refs:  # a line per reference given, in their order (one given twice: twice)
+            version = found[ref]
             typer.echo(f"{ref}\t{version.ref if version is not None else '-'}")
     missing = [ref for ref, version in found.items() if version is None]
     if missing:

@@ -688,6 +688,8 @@ class ModelServer:
         if token is None and not self._known(None):  # tokens required: such a caller reads nothing there, or here
             return []
         answered = self._look_up(residents, token)
+        if answered is None:  # the registry refused the token meanwhile (revoked): a caller without one
+            return self.listing(None) if token is not None else []
 
         def shown(r: Resident) -> bool:
             readable = answered.get(r.ref)
@@ -698,13 +700,14 @@ class ModelServer:
                  "family": {"generator": r.bank.generator, "seed": r.bank.seed, "r": r.bank.r}}
                 for r in residents if shown(r)]
 
-    def _look_up(self, residents: Sequence[Resident], token: str | None) -> dict[str, bool]:
+    def _look_up(self, residents: Sequence[Resident], token: str | None) -> dict[str, bool] | None:
         """Ask the registry in one lookup (POST /api/v1/adapters/lookup, 500 a request) about the residents whose
         answer is older than ``resolve_ttl_s``: public ones (still public? any reader is told) and private ones that
         ``token`` was not told of lately. Their answers are cached as a request's are; a version ``token`` may not
         read (missing, or not public any more) is hidden as a refused request hides it. Whether ``token`` reads
-        each one asked about. A registry that cannot answer (an older release without the route, an outage) leaves
-        them as they were: each private one is then asked about alone (``_readable``)."""
+        each one asked about; None when the registry refused ``token`` itself (remembered). A registry that cannot
+        answer (an older release without the route, an outage) leaves them as they were: each private one is then
+        asked about alone (``_readable``)."""
         now, ttl = time.monotonic(), self.resolve_ttl_s
 
         def stale(r: Resident) -> bool:
@@ -718,8 +721,9 @@ class ModelServer:
         try:
             with self.client_for(token) as client:
                 found = client.lookup(r.ref for r in asked)
-        except (Unauthorized, Forbidden):  # this caller's token (revoked meanwhile, or without read): not asked again
-            return {}
+        except (Unauthorized, Forbidden):  # this caller's token (revoked meanwhile): unknown for resolve_ttl_s
+            self._refused.put(token, True)
+            return None
         except RegistryError as exc:  # an older registry, an outage: said once, and not asked again for a while
             self._lookup_again_at = now + LOOKUP_RETRY_S
             log.warning("the registry could not look up %d resident adapters (%s); listing them from what it said "
@@ -737,13 +741,19 @@ class ModelServer:
         return {r.ref: found.get(r.ref) is not None for r in asked}
 
     def _known(self, token: str | None) -> bool:
-        """Whether the registry takes ``token`` (None: whether it takes callers without one, as its local mode and
-        VERA_REQUIRE_TOKENS=false do), a refusal remembered for ``resolve_ttl_s`` as an answer is."""
+        """Whether the registry lets ``token`` read (None: whether it takes callers without one, as its local mode,
+        VERA_REQUIRE_TOKENS=false and VERA_ANONYMOUS_READ do), a refusal remembered for ``resolve_ttl_s`` as an
+        answer is. A token without the read scope (publish or hub only) reads nothing there, so it is not known
+        here either: its listings are an anonymous caller's (a publish-only token's listing asked the registry,
+        and was refused, on every call: an outsider's finding, session 36)."""
         if self._refused.get(token, self.resolve_ttl_s):
             return False
         try:
-            self._whoami(token)
+            who = self._whoami(token)
         except Unauthorized:
+            self._refused.put(token, True)
+            return False
+        if not {"read", "admin"} & set(who.scopes):
             self._refused.put(token, True)
             return False
         return True

@@ -69,8 +69,11 @@ def test_resolve_pins_references_to_versions_and_names_the_missing(server: dict[
     data = json.loads(vera(server, "resolve", "ann/pin@prod", "ann/nope:1", "--json").stdout)
     assert [(r["requested"], r["version"] and r["version"]["ref"]) for r in data["results"]] == [
         ("ann/pin@prod", first), ("ann/nope:1", None)]
-    bad = vera(server, "resolve", "ann/pin@prod", "Ann/Pin")
-    assert bad.returncode == 1 and "refs[1]:" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    twice = ok(vera(server, "resolve", "ann/pin", "ann/pin@prod", "ann/pin"))  # a line per argument, in order
+    assert twice.splitlines() == [f"ann/pin\t{second}", f"ann/pin@prod\t{first}", f"ann/pin\t{second}"]
+    bad = vera(server, "resolve", "ann/pin@prod", "Ann/Pin")  # checked before anything is sent, by its place
+    assert bad.returncode == 1 and "REF 2 of 2: 'Ann/Pin'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.stdout == ""
 
 
 def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path: Path) -> None:

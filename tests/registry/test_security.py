@@ -31,10 +31,11 @@ from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.tokens import MAX_LIVE_TOKENS, authenticate, create_token, list_tokens, revoke_token
 from registry.services.validation import ProjectionBudget
+from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from registry.store.models import AccessToken
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import in_thread, running_server
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig
 from vera_core.checkpoint import META_GENERATOR, META_IN_FEATURES, META_SHAPE
 
@@ -547,3 +548,52 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
     assert refused.status_code == 422 and "d_initial must be a finite number" in refused.text, refused.text
     names = {v["name"] for v in httpx.get(f"{url}/api/v1/adapters", headers=auth, timeout=60).json()["items"]}
     assert not names & {"digits", "nested", "bigint", "infinite"}
+
+
+def trickle(url: str, path: str, body: bytes, every_s: float, headers: str = "") -> tuple[bytes, float]:
+    """``body`` POSTed to ``path`` a byte every ``every_s`` (its length declared): the answer's first bytes, and the
+    seconds until it came."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode())
+        started, answer = time.monotonic(), b""
+        sock.settimeout(every_s)
+        for i in range(len(body) + 1):
+            if i < len(body):
+                try:
+                    sock.sendall(body[i:i + 1])
+                except OSError:
+                    break
+            try:
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        sock.settimeout(10)
+        if not answer:
+            answer = sock.recv(4096)
+        return answer, time.monotonic() - started
+
+
+def test_a_body_sent_without_a_token_must_be_whole_in_time(tmp_path: Path) -> None:
+    """An anonymous lookup (the one POST a caller without a token may send, with VERA_ANONYMOUS_READ) trickled a
+    byte every 2.5 s was answered after 155 s (an outsider's finding, session 36): a body without a token must be
+    whole within the stall bound (60 s; 1 s here), while a token holder's is bounded by its stalls only."""
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade()
+    registry = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")))
+    _, token = create_token(db, owner="ann", scopes=["read"])
+    app = create_app(registry, ApiOptions(require_tokens=True, anonymous_read=True))
+    [gate] = [m for m in app.user_middleware if m.cls.__name__ == "RequestGate"]
+    gate.kwargs["body_timeout_s"] = 1.0
+    body = json.dumps({"refs": ["ann/nothing:1"]}).encode()
+    with in_thread(app) as url:
+        answer, took = trickle(url, "/api/v1/adapters/lookup", body, every_s=0.2)
+        assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within 1 s" in answer, answer
+        assert took < 3 < len(body) * 0.2  # cut off long before the trickle would end
+        signed, _ = trickle(url, "/api/v1/adapters/lookup", body, every_s=0.05,
+                            headers=f"Authorization: Bearer {token}\r\n")
+    assert signed.startswith(b"HTTP/1.1 200"), signed
+    db.engine.dispose()

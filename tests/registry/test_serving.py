@@ -274,6 +274,24 @@ def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
         assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1"}
 
 
+def test_a_token_that_may_not_read_lists_what_a_caller_without_one_does(
+        server: ModelServer, registry_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish-only token reads nothing in the registry: its listings are a caller's without a token (here, with
+    tokens required, none), and asked of the registry once per resolve_ttl_s, not once per listing (an outsider's
+    finding, session 36: one refused lookup per listing, and the public residents shown)."""
+    [publisher] = issued_tokens(f"sqlite:///{registry_server['root'] / 'r.db'}", ("carol", ["publish"]))
+    server.classify("alice/clf1", TEXTS, registry_server["reader"])
+    server.resolve_ttl_s = 60.0
+    asked: Counter[str] = Counter()
+    for method in ("lookup", "get", "whoami"):
+        monkeypatch.setattr(RegistryClient, method, counting(getattr(RegistryClient, method), method, asked))
+    try:
+        assert [server.listing(publisher) for _ in range(5)] == [[]] * 5
+    finally:
+        server.resolve_ttl_s = 0.0
+    assert asked == {"whoami": 2}, asked  # the token's, then a caller's without one: each once
+
+
 def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:
     port = free_port()
     args = ["serve-model", "--base", "minilm", "--port", str(port), "--registry", registry_server["url"]]
