@@ -211,3 +211,31 @@ def running_s3(*buckets: str) -> Iterator[S3Server]:
         finally:
             if process.poll() is None:
                 server.stop()
+
+
+def trickle(url: str, path: str, body: bytes, every_s: float, headers: str = "") -> tuple[bytes, float]:
+    """``body`` POSTed to ``path`` a byte every ``every_s`` (its length declared): the answer's first bytes, and the
+    seconds until it came."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode())
+        started, answer = time.monotonic(), b""
+        sock.settimeout(every_s)
+        for i in range(len(body) + 1):
+            if i < len(body):
+                try:
+                    sock.sendall(body[i:i + 1])
+                except OSError:
+                    break
+            try:
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        sock.settimeout(10)
+        if not answer:
+            answer = sock.recv(4096)
+        return answer, time.monotonic() - started
+

@@ -35,7 +35,7 @@ from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from registry.store.models import AccessToken
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import in_thread, running_server
+from tests.registry.servers import in_thread, running_server, trickle
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig
 from vera_core.checkpoint import META_GENERATOR, META_IN_FEATURES, META_SHAPE
 
@@ -550,31 +550,7 @@ def test_numbers_and_names_that_made_500s_are_clear_refusals(guarded: dict[str, 
     assert not names & {"digits", "nested", "bigint", "infinite"}
 
 
-def trickle(url: str, path: str, body: bytes, every_s: float, headers: str = "") -> tuple[bytes, float]:
-    """``body`` POSTed to ``path`` a byte every ``every_s`` (its length declared): the answer's first bytes, and the
-    seconds until it came."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode())
-        started, answer = time.monotonic(), b""
-        sock.settimeout(every_s)
-        for i in range(len(body) + 1):
-            if i < len(body):
-                try:
-                    sock.sendall(body[i:i + 1])
-                except OSError:
-                    break
-            try:
-                answer += sock.recv(4096)
-            except TimeoutError:
-                continue
-            if answer:
-                break
-        sock.settimeout(10)
-        if not answer:
-            answer = sock.recv(4096)
-        return answer, time.monotonic() - started
+JSON = "Content-Type: application/json\r\n"
 
 
 def test_a_body_sent_without_a_token_must_be_whole_in_time(tmp_path: Path) -> None:
@@ -590,10 +566,10 @@ def test_a_body_sent_without_a_token_must_be_whole_in_time(tmp_path: Path) -> No
     gate.kwargs["body_timeout_s"] = 1.0
     body = json.dumps({"refs": ["ann/nothing:1"]}).encode()
     with in_thread(app) as url:
-        answer, took = trickle(url, "/api/v1/adapters/lookup", body, every_s=0.2)
+        answer, took = trickle(url, "/api/v1/adapters/lookup", body, every_s=0.2, headers=JSON)
         assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within 1 s" in answer, answer
         assert took < 3 < len(body) * 0.2  # cut off long before the trickle would end
         signed, _ = trickle(url, "/api/v1/adapters/lookup", body, every_s=0.05,
-                            headers=f"Authorization: Bearer {token}\r\n")
+                            headers=f"{JSON}Authorization: Bearer {token}\r\n")
     assert signed.startswith(b"HTTP/1.1 200"), signed
     db.engine.dispose()

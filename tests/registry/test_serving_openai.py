@@ -5,7 +5,6 @@ own ``generate`` of each adapter loaded alone."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from registry.serving.server import ModelServer
 from tests.conftest import TINY_MODELS
 from tests.registry.adapters import make_adapter
 from tests.registry.served_lm import alone, oa, text_of
-from tests.registry.servers import in_thread
+from tests.registry.servers import in_thread, trickle
 
 
 def test_completions_by_adapter_name_equal_each_adapter_alone(served: dict[str, Any]) -> None:
@@ -367,25 +366,10 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_when_its_time_is_up() -> None:
         # the deadline ends with the body: a stream that outlasts it is not cut (a re-attack's finding: every
         # stream was dropped 60 s after its request began)
         assert httpx.post(f"{url}/slow", content=b"{}").text == "0\n1\n2\n3\n4\n"
-        port = int(url.rsplit(":", 1)[1])
         assert httpx.post(f"{url}/echo", content=b"x" * 10).json() == {"bytes": 10}
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-            started, answer = time.monotonic(), b""
-            for _ in range(100):
-                try:
-                    sock.sendall(b"x")
-                except OSError:
-                    break
-                sock.settimeout(0.5)
-                try:
-                    answer += sock.recv(4096)
-                except TimeoutError:
-                    continue
-                if answer:
-                    break
-            assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within 1 s" in answer
-            assert time.monotonic() - started < 5
+        answer, took = trickle(url, "/echo", b"x" * 100, every_s=0.5)
+        assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within 1 s" in answer
+        assert took < 5
 
 
 @pytest.mark.parametrize("stops", [(), ("ran",), ("far", "ünï")])
