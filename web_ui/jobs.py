@@ -4,7 +4,6 @@ asks first and says "cancelling" until the worker has stopped the job, and a hin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
-from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobCheckpointInfo, JobEventInfo, JobInfo
+from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobCheckpointInfo, JobEventInfo, JobInfo, VersionInfo
 from web_ui import charts, formats, navigation, session, tables, views
 from web_ui.activity import markdown_text
 
@@ -63,14 +62,33 @@ def unclaimed_hint(job: JobInfo, now: datetime | None = None) -> str | None:
             f"(or `vera up`, which runs the API, a worker and this dashboard together).{gpus}")
 
 
-def final_metrics(job: JobInfo) -> dict[str, float | None]:
+def published(jobs: list[JobInfo]) -> dict[str, VersionInfo | None]:
+    """The versions ``jobs`` published, by reference, read in one lookup (the table refreshes every few seconds: it
+    asked a GET per finished job each time); None for one deleted since. A registry older than the lookup (2026-12)
+    is asked a GET each, side by side."""
+    refs = tuple(sorted({j.result_ref for j in jobs if j.result_ref}))
+    if not refs:
+        return {}
+    try:
+        return session.read(RegistryClient.lookup, refs)
+    except NotFound:  # "has no lookup": an older registry
+        for ref in refs:
+            session.prefetch(RegistryClient.get, ref)
+        found: dict[str, VersionInfo | None] = {}
+        for ref in refs:
+            try:
+                found[ref] = session.read(RegistryClient.get, ref)
+            except NotFound:  # the version was deleted since
+                found[ref] = None
+        return found
+
+
+def final_metrics(job: JobInfo, versions: dict[str, VersionInfo | None]) -> dict[str, float | None]:
     """The published version's test accuracy and eval loss (its ``test`` and ``final_eval`` metrics: the weights it
     was published with, which are the best evaluation's when training keeps the best, as it does by default); None
-    where there is none (no version yet, or deleted since)."""
-    metrics: dict[str, Any] = {}
-    if job.result_ref:
-        with contextlib.suppress(NotFound):  # the version was deleted since
-            metrics = session.read(RegistryClient.get, job.result_ref).metrics
+    where there is none (no version yet, or deleted since). ``versions``: ``published``'s."""
+    version = versions.get(job.result_ref) if job.result_ref else None
+    metrics: dict[str, Any] = version.metrics if version is not None else {}
     return {"test accuracy": _metric(metrics, "test", "accuracy"), "eval loss": _metric(metrics, "final_eval", "loss")}
 
 
@@ -104,9 +122,8 @@ def _live_table() -> None:
 
 def table(jobs: list[JobInfo]) -> None:
     """Every job (the newest TABLE_ROWS), each linked to its own view (``?job=``)."""
-    for ref in {j.result_ref for j in jobs[:TABLE_ROWS] if j.result_ref}:  # final_metrics reads them: side by side
-        session.prefetch(RegistryClient.get, ref)
-    scores = [final_metrics(j) for j in jobs[:TABLE_ROWS]]
+    versions = published(jobs[:TABLE_ROWS])
+    scores = [final_metrics(j, versions) for j in jobs[:TABLE_ROWS]]
     # as wide as the longest name needs up to PUBLISHES_PX, a longer one cut with '…': a 100-character name pushed the
     # result column out of the frame, clipped with no sign of it (a walk's finding, session 31)
     publishes_px = formats.text_width((j.target_name for j in jobs[:TABLE_ROWS]), 100, PUBLISHES_PX)

@@ -125,3 +125,24 @@ def test_a_lookup_says_the_older_server_has_none_and_a_model_server_lists_withou
         assert len(said) == 1 and f"for {LOOKUP_RETRY_S} s" in said[0], said
     finally:
         server.close()
+
+
+def test_the_dashboards_jobs_table_reads_an_older_registry_a_version_at_a_time(older: dict[str, Any]) -> None:
+    """The Train page's jobs table reads the versions jobs published in one lookup; a registry without the lookup
+    is asked a GET each instead, and a version deleted since is no metrics, not an error."""
+    from streamlit.testing.v1 import AppTest
+
+    with RegistryClient(older["url"], cache=False) as client:
+        client.publish(older["source"], "alice/table", base_model="tiny-llama", metrics={"test": {"accuracy": 0.75}})
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from registry.domain.schemas import JobInfo\n"
+        "from web_ui import jobs\n"
+        "done = [JobInfo.model_construct(result_ref=ref) for ref in ('alice/table:1', 'alice/table:9')]\n"
+        "versions = jobs.published(done)\n"
+        "st.write(repr([jobs.final_metrics(job, versions) for job in done]))\n", default_timeout=60)
+    at.session_state["registry_url"], at.session_state["token"] = older["url"], ""
+    at.run()
+    assert not at.exception, at.exception
+    assert at.markdown[0].value == repr([{"test accuracy": 0.75, "eval loss": None},
+                                         {"test accuracy": None, "eval loss": None}])

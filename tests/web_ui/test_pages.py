@@ -835,14 +835,21 @@ def test_a_running_job_says_cancelling_until_the_worker_stops_it(registry: dict[
         assert "Cancelling job" not in texts(at)
 
 
-def test_the_jobs_table_shows_status_duration_and_final_metrics(registry: dict[str, Any]) -> None:
+def test_the_jobs_table_shows_status_duration_and_final_metrics(registry: dict[str, Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     queue = worker_jobs(registry)
     with RegistryClient(registry["url"], registry["token"]) as client:
-        job = client.submit_job("alice/model0", training_spec(demo=True, epochs=0.5), priority=100)
-        queue.claim("test-worker")
-        queue.heartbeat(job.id, "test-worker", progress={"phase": "done", "loss": 0.4321, "accuracy": 0.9})
-        queue.finish(job.id, "test-worker", status="succeeded", result_version=("alice/model0", 1))
+        jobs = [client.submit_job(f"alice/model{i}", training_spec(demo=True, epochs=0.5), priority=100)
+                for i in (0, 1)]
+        for job, i in zip(jobs, (0, 1), strict=True):
+            assert queue.claim("test-worker").id == job.id
+            queue.heartbeat(job.id, "test-worker", progress={"phase": "done", "loss": 0.4321, "accuracy": 0.9})
+            queue.finish(job.id, "test-worker", status="succeeded", result_version=(f"alice/model{i}", 1))
+        job = jobs[0]
+        lookups, gets = counted(monkeypatch, "lookup"), counted(monkeypatch, "get")
         at = page("train", registry, query={"job": str(job.id)})
+    # the published versions' metrics in one lookup, not a GET per finished job at every refresh of the table
+    assert lookups == [(("alice/model0:1", "alice/model1:1"),)] and ("alice/model1:1",) not in gets, (lookups, gets)
     table = next(d.value for d in at.dataframe if "status" in d.value.columns).set_index("job")
     row = table.loc[f"train?job={job.id}"]  # each job a link to its view
     assert row["status"] == "succeeded" and row["result"] == "adapter?ref=alice/model0:1"
