@@ -168,9 +168,10 @@ def resolve(
             typer.echo(f"{ref}\t{version.ref if version is not None else '-'}")
     missing = [ref for ref, version in found.items() if version is None]
     if missing:
-        fail(NotFound(f"No version you may read for {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}"
-                      f" ({counted(len(missing), 'reference')} of {len(found)}). `vera ls OWNER/NAME` lists an "
-                      "adapter's versions; `vera show OWNER/NAME` its aliases."))
+        listed = f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}"
+        fail(NotFound(f"No version you may read for {listed} ({counted(len(missing), 'distinct reference')} of "
+                      f"{len(found)}). `vera ls OWNER/NAME` lists an adapter's versions; `vera show OWNER/NAME` its "
+                      "aliases."))
 
 
 def tag(

@@ -721,14 +721,15 @@ class ModelServer:
         try:
             with self.client_for(token) as client:
                 found = client.lookup(r.ref for r in asked)
-        except (Unauthorized, Forbidden):  # this caller's token (revoked meanwhile): unknown for resolve_ttl_s
-            self._refused.put(token, True)
-            return None
-        except RegistryError as exc:  # an older registry, an outage: said once, and not asked again for a while
-            self._lookup_again_at = now + LOOKUP_RETRY_S
-            log.warning("the registry could not look up %d resident adapters (%s); listing them from what it said "
-                        "before, for %d s", len(asked), exc, LOOKUP_RETRY_S)
-            return {}
+        except (Unauthorized, Forbidden) as exc:
+            if token is not None:  # this caller's token (revoked meanwhile): unknown for resolve_ttl_s
+                self._refused.put(token, True)
+                return None
+            # without a token, where the registry answers anonymous reads (_known): one older than the lookup,
+            # whose gate takes no POST without a token (a reviewer's finding, session 36)
+            return self._without_lookup(exc, len(asked), now)
+        except RegistryError as exc:  # an older registry, an outage
+            return self._without_lookup(exc, len(asked), now)
         for resident in asked:
             info = found.get(resident.ref)
             if info is None:
@@ -739,6 +740,13 @@ class ModelServer:
                 resident.private = info.visibility != "public"
             resident.checked = now
         return {r.ref: found.get(r.ref) is not None for r in asked}
+
+    def _without_lookup(self, exc: RegistryError, count: int, now: float) -> dict[str, bool]:
+        """Listings go on from what the registry said before, not asking it again for LOOKUP_RETRY_S; said once."""
+        self._lookup_again_at = now + LOOKUP_RETRY_S
+        log.warning("the registry could not look up %d resident adapters (%s); listing them from what it said "
+                    "before, for %d s", count, exc, LOOKUP_RETRY_S)
+        return {}
 
     def _known(self, token: str | None) -> bool:
         """Whether the registry lets ``token`` read (None: whether it takes callers without one, as its local mode,

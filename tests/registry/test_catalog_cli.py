@@ -65,7 +65,7 @@ def test_resolve_pins_references_to_versions_and_names_the_missing(server: dict[
     missing = vera(server, "resolve", "ann/pin@prod", "ann/pin@staging", "ann/nope:1")
     assert missing.returncode == 1
     assert missing.stdout.splitlines() == [f"ann/pin@prod\t{first}", "ann/pin@staging\t-", "ann/nope:1\t-"]
-    assert "No version you may read for ann/pin@staging, ann/nope:1 (2 references of 3)" in missing.stderr
+    assert "No version you may read for ann/pin@staging, ann/nope:1 (2 distinct references of 3)" in missing.stderr
     data = json.loads(vera(server, "resolve", "ann/pin@prod", "ann/nope:1", "--json").stdout)
     assert [(r["requested"], r["version"] and r["version"]["ref"]) for r in data["results"]] == [
         ("ann/pin@prod", first), ("ann/nope:1", None)]

@@ -146,3 +146,28 @@ def test_the_dashboards_jobs_table_reads_an_older_registry_a_version_at_a_time(o
     assert not at.exception, at.exception
     assert at.markdown[0].value == repr([{"test accuracy": 0.75, "eval loss": None},
                                          {"test accuracy": None, "eval loss": None}])
+
+
+def test_a_model_server_lists_to_callers_without_a_token_of_an_older_registry_with_anonymous_reads(
+        older: dict[str, Any], tmp_path: Path) -> None:
+    """An older registry answers anonymous GETs (VERA_ANONYMOUS_READ) but no POST without a token: the lookup's
+    401 there means "no lookup", not "this caller reads nothing" (every such listing was empty: a reviewer's
+    finding, session 36)."""
+    from registry.serving.server import ModelServer
+    from tests.registry.test_serving import TEXTS, minilm_adapter
+
+    with RegistryClient(older["url"], cache=False) as client:
+        client.publish(minilm_adapter(tmp_path / "clf", seed=2), "alice/open-clf", base_model="minilm")
+    port = free_port()
+    env = {"PYTHONPATH": str(older["code"]), "VERA_DATABASE_URL": older["database"],
+           "VERA_STORAGE_URL": str(older["root"] / "blobs"), "VERA_REQUIRE_TOKENS": "true",
+           "VERA_ANONYMOUS_READ": "true"}
+    with running_vera(["serve", "--host", "127.0.0.1", "--port", str(port)], port, **env) as base:
+        server = ModelServer("minilm", client_for=lambda token: RegistryClient(base, token or "", cache=False),
+                             resolve_ttl_s=0.0)
+        try:
+            assert server.classify("alice/open-clf", TEXTS)["adapter"] == "alice/open-clf:1"
+            assert [e["ref"] for e in server.listing()] == ["alice/open-clf:1"]
+            assert [e["ref"] for e in server.listing()] == ["alice/open-clf:1"]  # and again, not refused for good
+        finally:
+            server.close()

@@ -557,8 +557,8 @@ def test_lookup_answers_many_references_at_once_in_their_order(registry: Registr
     assert answers[0].version == whole  # the same VersionInfo a GET gives: aliases, downloads, lineage...
     assert answers[2].version is not None and answers[2].version.yanked
     bob = Principal(owner="bob", scopes=frozenset({"read"}))
-    seen = registry.lookup(["alice/hidden:1", "alice/hidden", "alice/x:2"], viewer=bob)
-    assert [a.version.ref if a.version else None for a in seen] == [None, None, "alice/x:2"]
+    to_bob = registry.lookup(["alice/hidden:1", "alice/hidden", "alice/x:2"], viewer=bob)
+    assert [a.version.ref if a.version else None for a in to_bob] == [None, None, "alice/x:2"]
     with pytest.raises(InvalidInput, match=r"refs\[1\]: 'alice x' is not an adapter reference"):
         registry.lookup(["alice/x:2", "alice x"])
     with pytest.raises(InvalidInput, match="refs must list 1 to 500 references, got 501; split"):
