@@ -91,7 +91,6 @@ class Search:
                 next_cursor = _encode_cursor(sort, last_value, last.id)
         return Page(items=items, next_cursor=next_cursor, total=total)
 
-
     def lookup(self, refs: list[str], *, viewer: Principal | None = None) -> list[LookedUp]:
         """What each of ``refs`` names now (owner/name:N, owner/name@ALIAS, owner/name: its latest), in their order:
         the version, or None where there is none that ``viewer`` may read (missing and unreadable alike, as a GET of
@@ -135,7 +134,8 @@ class Search:
                 m.AdapterVersion.id.in_(set(keyed.values()))).options(
                 selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
                 selectinload(m.AdapterVersion.tags)))} if keyed else {}
-            found = {key: loaded[version_id] for key, version_id in keyed.items()}
+            # (one deleted between the two statements, which PostgreSQL's READ COMMITTED may show: not found)
+            found = {key: loaded[version_id] for key, version_id in keyed.items() if version_id in loaded}
             rows = list({v.id: v for v in found.values()}.values())
             infos = {info.ref: info for info in _infos(s, rows)}
             by_key = {key: infos[version_ref(v)] for key, v in found.items()}
