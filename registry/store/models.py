@@ -258,7 +258,9 @@ class Alias(Base):
     """A movable name for a version of one adapter (``latest`` always exists while a version does)."""
 
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("adapter_id", "name", name="uq_aliases_adapter_name"),)
+    __table_args__ = (UniqueConstraint("adapter_id", "name", name="uq_aliases_adapter_name"),
+                      # a version's aliases by its id: every listing page, and a version's delete (migration 0027)
+                      Index("ix_aliases_version_id", "version_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
