@@ -3,6 +3,7 @@ in a thread of the test process (in_thread)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import pytest
 
 from registry.store.database import Database
 
@@ -239,3 +241,19 @@ def trickle(url: str, path: str, body: bytes, every_s: float, headers: str = "")
             answer = sock.recv(4096)
         return answer, time.monotonic() - started
 
+
+def client_calls(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[Any, ...]]:
+    """The arguments of every call of ``RegistryClient.<method>`` from now on, in this process (a page, a model
+    server, their reads ahead alike)."""
+    from registry.client import RegistryClient
+
+    calls: list[tuple[Any, ...]] = []
+    original = getattr(RegistryClient, method)
+
+    @functools.wraps(original)
+    def recorded(self: RegistryClient, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RegistryClient, method, recorded)
+    return calls

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -20,12 +19,10 @@ from registry.services.tokens import Unauthorized
 from registry.serving import server as server_module
 from registry.serving.server import ModelServer
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
+from tests.registry.servers import client_calls, free_port, issued_tokens, running_server, running_vera
 from tests.registry.test_api_docs import assert_docs_served_here
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, load_adapter, save_adapter
 from vera_core.recipes import resolve_base
-
-T = TypeVar("T")
 
 TEXTS = ["a wonderful, joyful day", "terrible and sad news", "an ordinary table"]
 
@@ -227,12 +224,9 @@ def test_requests_need_a_token_that_may_read_the_adapter(server: ModelServer,
     assert server.classify("alice/clf1", TEXTS, registry_server["reader"])["adapter"] == "alice/clf1:1"
 
 
-def counting(method: Callable[..., T], name: str, calls: Counter[str]) -> Callable[..., T]:
-    """``method``, counting its calls in ``calls[name]``."""
-    def counted(*args: Any, **kwargs: Any) -> T:
-        calls[name] += 1
-        return method(*args, **kwargs)
-    return counted
+def counts(calls: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
+    """How many calls of each method were made (client_calls' lists), those made."""
+    return {method: len(made) for method, made in calls.items() if made}
 
 
 def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
@@ -256,16 +250,15 @@ def test_a_private_adapter_is_served_and_listed_only_to_callers_who_may_read_it(
     # listed to everyone until a request of it was refused), and still to alice; public again, listed again;
     # deleted, listed to nobody. Each listing asks the registry once for all residents whose answer is older than
     # resolve_ttl_s (0 here), not once each
-    asked: Counter[str] = Counter()
-    for method in ("lookup", "get"):
-        monkeypatch.setattr(RegistryClient, method, counting(getattr(RegistryClient, method), method, asked))
+    asked = {method: client_calls(monkeypatch, method) for method in ("lookup", "get")}
     with RegistryClient(registry_server["url"], writer) as client:
         client.publish(minilm_adapter(tmp_path / "later", seed=9), "alice/later", base_model="minilm")
         server.classify("alice/later", TEXTS, reader)
         client.set_visibility("alice/later", "private")
-        asked.clear()
+        for made in asked.values():
+            made.clear()
         assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1"}
-        assert asked == {"lookup": 1}  # three residents, one question
+        assert counts(asked) == {"lookup": 1}  # three residents, one question
         assert {a["ref"] for a in server.listing(writer)} == {"alice/private-clf:1", "alice/clf1:1", "alice/later:1"}
         client.set_visibility("alice/later", "public")
         assert {a["ref"] for a in server.listing(reader)} == {"alice/clf1:1", "alice/later:1"}
@@ -282,14 +275,12 @@ def test_a_token_that_may_not_read_lists_what_a_caller_without_one_does(
     [publisher] = issued_tokens(f"sqlite:///{registry_server['root'] / 'r.db'}", ("carol", ["publish"]))
     server.classify("alice/clf1", TEXTS, registry_server["reader"])
     server.resolve_ttl_s = 60.0
-    asked: Counter[str] = Counter()
-    for method in ("lookup", "get", "whoami"):
-        monkeypatch.setattr(RegistryClient, method, counting(getattr(RegistryClient, method), method, asked))
+    asked = {method: client_calls(monkeypatch, method) for method in ("lookup", "get", "whoami")}
     try:
         assert [server.listing(publisher) for _ in range(5)] == [[]] * 5
     finally:
         server.resolve_ttl_s = 0.0
-    assert asked == {"whoami": 2}, asked  # the token's, then a caller's without one: each once
+    assert counts(asked) == {"whoami": 2}, asked  # the token's, then a caller's without one: each once
 
 
 def test_vera_serve_model_over_http(registry_server: dict[str, Any]) -> None:

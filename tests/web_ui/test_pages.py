@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from registry.domain.training_spec import training_spec
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
-from tests.registry.servers import free_port, issued_tokens, running_server, running_vera
+from tests.registry.servers import client_calls, free_port, issued_tokens, running_server, running_vera
 from web_ui import browse, formats, session, tables, train
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
@@ -900,15 +899,7 @@ def test_a_cards_front_matter_is_split_from_its_body(card: str, parts: tuple[str
 def counted(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[Any, ...]]:
     """The arguments of every call of ``RegistryClient.<method>`` from now on (pages and their reads ahead alike),
     with Streamlit's read caches emptied first."""
-    calls: list[tuple[Any, ...]] = []
-    original = getattr(RegistryClient, method)
-
-    @functools.wraps(original)
-    def counting(self: RegistryClient, *args: Any, **kwargs: Any) -> Any:
-        calls.append(args)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(RegistryClient, method, counting)
+    calls = client_calls(monkeypatch, method)
     st.cache_data.clear()
     return calls
 
