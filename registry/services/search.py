@@ -17,7 +17,7 @@ from registry.domain.schemas import MAX_LOOKUP, LookedUp, Page, Ref, VersionInfo
 from registry.services.access import readable_clause
 from registry.services.downloads import download_counts
 from registry.services.filters import MetricOrder, filter_conditions, mentions, metric_order, parse_filter
-from registry.services.lookup import LATEST, version_info, version_ref
+from registry.services.lookup import LATEST, version_info
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
@@ -130,15 +130,13 @@ class Search:
             for version_id, adapter_id, alias in _joined(s, m.Alias.__tablename__, ("adapter_id", "name"), named,
                                                          ("version_id", "adapter_id", "name")):
                 keyed[(*adapters[adapter_id], alias)] = version_id
-            loaded = {v.id: v for v in s.scalars(select(m.AdapterVersion).where(
-                m.AdapterVersion.id.in_(set(keyed.values()))).options(
-                selectinload(m.AdapterVersion.adapter), selectinload(m.AdapterVersion.base_model),
-                selectinload(m.AdapterVersion.tags)))} if keyed else {}
+            rows = list(s.scalars(select(m.AdapterVersion).where(m.AdapterVersion.id.in_(set(keyed.values())))
+                                  .options(selectinload(m.AdapterVersion.adapter),
+                                           selectinload(m.AdapterVersion.base_model),
+                                           selectinload(m.AdapterVersion.tags)))) if keyed else []
+            infos = dict(zip((v.id for v in rows), _infos(s, rows), strict=True))
             # (one deleted between the two statements, which PostgreSQL's READ COMMITTED may show: not found)
-            found = {key: loaded[version_id] for key, version_id in keyed.items() if version_id in loaded}
-            rows = list({v.id: v for v in found.values()}.values())
-            infos = {info.ref: info for info in _infos(s, rows)}
-            by_key = {key: infos[version_ref(v)] for key, v in found.items()}
+            by_key = {key: infos[version_id] for key, version_id in keyed.items() if version_id in infos}
         return [LookedUp(requested=text, version=by_key.get(
                     (r.owner, r.name, r.version if r.version is not None else (r.alias or LATEST))))
                 for text, r in zip(refs, parsed, strict=True)]
