@@ -112,6 +112,11 @@ class Webhooks:
             fields["active"] = change.active
         with self.db.session() as s:
             row = self._row(s, webhook_id)
+            if change.active and not row.active:
+                # resumed: it fires for events from now on, as a new one does. Events while it was paused are never
+                # sent later, even those the dispatcher had not read yet (it reads each event once, a moment after
+                # it happens: on a slow machine after the resume, which sent them: a CI run, session 37)
+                row.after_event_id = max(row.after_event_id, s.scalar(select(func.max(m.AuditEvent.id))) or 0)
             for name, value in fields.items():
                 setattr(row, name, value)
             row.updated_at = datetime.now(UTC)

@@ -403,6 +403,34 @@ def test_an_event_that_cannot_be_written_as_json_is_skipped_not_stalled_on(
                for r in caplog.records), caplog.text
 
 
+def test_events_of_a_pause_are_not_sent_when_the_webhook_resumes_before_the_dispatcher_reads_them(
+        registry: Registry, receiver: Receiver) -> None:
+    """The dispatcher reads each event a moment after it happens. A webhook paused, then resumed before it read the
+    events of the pause, was sent them (a CI run on a slow machine, session 37: a removed member's webhook received
+    the organisation's publish after an admin resumed it). A resumed webhook fires for events from its resume on,
+    as a new one does, and events while it was paused are never sent (docs/webhooks.md)."""
+    from registry.domain.events import WebhookChange
+
+    path = f"/resumed-{registry.db.engine.dialect.name}"
+    hooks = Webhooks(registry.db, Sender(allow_private=True))
+    outbox = Outbox(registry.db, Sender(allow_private=True), settle=timedelta(0))
+    outbox.enqueue()
+    hook = hooks.create(WebhookForm(owner="ann", url=receiver.url(path), events=["alias"]), actor="ann")
+    version = registry.publish(make_adapter(Path(registry.blobs.url).parent / "adapter"), owner="ann",
+                               name="resumed", base_model="tiny-llama", published_by="ann")
+    registry.set_alias(version.ref, "before", actor="ann")
+    outbox.enqueue()  # read while it was active: sent after the resume, as a delivery due then
+    hooks.change(hook.id, WebhookChange(active=False), actor="ann")
+    registry.set_alias(version.ref, "paused", actor="ann")  # not read by the dispatcher until after the resume
+    hooks.change(hook.id, WebhookChange(active=True), actor="ann")
+    registry.set_alias(version.ref, "after", actor="ann")
+    outbox.run_once("d")
+    receiver.wait_for(path, 2)
+    time.sleep(0.2)
+    assert sorted(json.loads(r.body)["event"]["target"] for r in receiver.at(path)) == [
+        "ann/resumed@after", "ann/resumed@before"]
+
+
 def test_migration_0008_keeps_every_row_of_a_0007_database(database_url: str) -> None:
     db = Database(database_url)
     db.upgrade("0007")
