@@ -28,7 +28,7 @@ from registry.services.tokens import LOCAL_USER
 from registry.store import models as m
 from registry.store.database import Database
 from tests.registry.servers import VERA, issued_tokens, running_server
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 from tests.registry.test_migration_0016 import ORGANISATION
 from tests.registry.test_org_deletion import principal
 
@@ -347,11 +347,7 @@ def test_local_mode_with_invitations_on_adds_members_through_the_api(tmp_path: P
 
 
 def test_migration_0019_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0018")
-    with db.engine.begin() as conn:
-        for statement in [*ROWS, *ORGANISATION]:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0018", *ORGANISATION)
 
     def memberships() -> list[tuple[Any, ...]]:
         with db.engine.connect() as conn:

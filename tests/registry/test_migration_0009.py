@@ -42,17 +42,24 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
 }
 
 
+def filled_at(database_url: str, revision: str, *more: str) -> Database:
+    """The database at ``database_url`` upgraded to ``revision`` and holding ROWS, then ``more`` statements (with
+    ROWS' parameters), as a registry of that release left it: where a migration's test starts."""
+    db = Database(database_url)
+    db.upgrade(revision)
+    with db.engine.begin() as conn:
+        for statement in (*ROWS, *more):
+            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    return db
+
+
 def _kept(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     with db.engine.connect() as conn:
         return {table: [tuple(r) for r in conn.execute(text(query))] for table, query in KEPT.items()}
 
 
 def test_migration_0009_keeps_every_row_of_a_0008_database_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0008")
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0008")
     db.upgrade("0009")
     assert _kept(db) == EXPECTED
     with db.engine.connect() as conn:

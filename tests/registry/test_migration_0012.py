@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect, text
 
-from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 DERIVED = [
     "INSERT INTO blobs (sha256, size, kind, created_at) VALUES (:derived, 3, 'derived', CURRENT_TIMESTAMP)",
@@ -17,12 +16,8 @@ DERIVED = [
 
 
 def test_migration_0012_keeps_every_row_of_a_0011_database_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0011")
     values = {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False, "derived": "d" * 64}
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), values)
+    db = filled_at(database_url, "0011")
     db.upgrade("0012")
     assert _kept(db) == EXPECTED
     with db.engine.begin() as conn:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect, text
 
-from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 JOB = ("INSERT INTO jobs (id, status, spec, owner, target_name, created_at, progress, cancel_requested, attempts, "
        "priority, gpus) VALUES (7, 'running', '{\"demo\": true}', 'ann', 'ann/x', CURRENT_TIMESTAMP, '{}', :false, 1, "
@@ -21,12 +20,8 @@ CHECKPOINT = [
 
 
 def test_migration_0013_keeps_every_row_of_a_0012_database_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0012")
-    values = {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False, "ck": "c" * 64}
-    with db.engine.begin() as conn:
-        for statement in [*ROWS, JOB]:
-            conn.execute(text(statement), values)
+    values = {"ck": "c" * 64}
+    db = filled_at(database_url, "0012", JOB)
     db.upgrade("0013")
     assert _kept(db) == EXPECTED
     with db.engine.begin() as conn:

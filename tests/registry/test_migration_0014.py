@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import inspect, text
 
-from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
 def test_migration_0014_keeps_every_row_of_a_0013_database_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0013")
-    values = {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False}
+    db = filled_at(database_url, "0013")
     with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), values)
         adapter = conn.execute(text("SELECT min(id) FROM adapters")).scalar_one()
     db.upgrade("0014")
     assert _kept(db) == EXPECTED

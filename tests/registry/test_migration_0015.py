@@ -11,9 +11,8 @@ from sqlalchemy import inspect, text
 
 from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
-from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 #: audit events of a 0014 registry: ann/old had versions 2 and 3 once (deleted since), bob/gone had 4 (and no
 #: adapter row any more); an event that names no version is passed over
@@ -26,11 +25,7 @@ EVENTS = [
 
 def test_migration_0015_keeps_every_row_and_counts_from_the_highest_number_ever_given(database_url: str,
                                                                                       tmp_path: Path) -> None:
-    db = Database(database_url)
-    db.upgrade("0014")
-    with db.engine.begin() as conn:
-        for statement in ROWS + EVENTS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0014", *EVENTS)
     db.upgrade("0015")
     assert _kept(db) == EXPECTED
     with db.engine.connect() as conn:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 JOBS = [
     "INSERT INTO jobs (id, status, spec, owner, target_name, created_at, progress, cancel_requested, attempts, "
@@ -29,11 +28,7 @@ SUBMITTED = [  # bob (a member) submitted 7, root (an administrator) 8, ann her 
 
 
 def test_migration_0016_keeps_every_row_and_names_the_members_who_submitted_jobs(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0015")
-    with db.engine.begin() as conn:
-        for statement in [*ROWS, *ORGANISATION, *JOBS, *SUBMITTED]:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0015", *ORGANISATION, *JOBS, *SUBMITTED)
     db.upgrade("0016")
     assert _kept(db) == EXPECTED
     with db.engine.connect() as conn:

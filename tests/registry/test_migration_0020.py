@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import inspect, text
 
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 TOKENS = [  # a live token, a revoked one, one limited to an owner
     "INSERT INTO access_tokens (id, token_hash, owner, name, scopes, created_at, revoked_at, limited_to) VALUES "
@@ -25,11 +25,7 @@ def _tokens(db: Database) -> list[tuple[Any, ...]]:
 
 
 def test_migration_0020_keeps_every_token_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0019")
-    with db.engine.begin() as conn:
-        for statement in [*ROWS, *TOKENS]:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0019", *TOKENS)
     before = _tokens(db)
     assert len(before) == 3
     db.upgrade("0020")

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import inspect, text
 
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
 def _metrics(db: Database) -> list[Any]:
@@ -20,11 +20,7 @@ def _metrics(db: Database) -> list[Any]:
 
 
 def test_migration_0021_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0020")
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0020")
     with db.engine.begin() as conn:
         conn.execute(text("UPDATE adapter_versions SET metrics = '{\"accuracy\": 0.9}' WHERE id = 1"))
     db.upgrade("0021")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import inspect, text
 
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 from tests.registry.test_migration_0020 import TOKENS, _tokens
 
 #: A queued job, as a 0021 registry wrote it.
@@ -27,11 +27,7 @@ def _columns(db: Database, table: str) -> set[str]:
 
 
 def test_migration_0022_keeps_every_token_and_version_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0021")
-    with db.engine.begin() as conn:
-        for statement in [*ROWS, *TOKENS, JOB]:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0021", *TOKENS, JOB)
     before = _tokens(db)
     job = _job(db)
     db.upgrade("0022")

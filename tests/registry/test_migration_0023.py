@@ -9,17 +9,13 @@ from sqlalchemy import text
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
-from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 from tests.registry.test_migration_0022 import JOB, _columns, _job
 
 
 def test_migration_0023_keeps_every_job_up_and_down(database_url: str, tmp_path: object) -> None:
-    db = Database(database_url)
-    db.upgrade("0022")
+    db = filled_at(database_url, "0022", JOB)
     with db.engine.begin() as conn:
-        for statement in [*ROWS, JOB]:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
         conn.execute(text("UPDATE jobs SET submitted_by = 'bob'"))
     job = _job(db)
     db.upgrade("0023")

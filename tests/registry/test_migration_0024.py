@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import inspect, text
 
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 ORGS = [
     "INSERT INTO organizations (id, name, description, created_by, created_at) VALUES "
@@ -32,11 +32,7 @@ def _protected(db: Database) -> list[tuple[object, ...]]:
 
 
 def test_migration_0024_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0023")
-    with db.engine.begin() as conn:
-        for statement in [*ROWS, *ORGS]:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0023", *ORGS)
     orgs = _orgs(db)
     assert orgs == [("acme", "a team", "ann", "admin"), ("beta", "", "ann", "admin")]
     db.upgrade("0024")

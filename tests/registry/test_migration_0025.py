@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import inspect, text
 
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
 def _properties(db: Database) -> list[tuple[object, ...]]:
@@ -17,11 +17,7 @@ def _properties(db: Database) -> list[tuple[object, ...]]:
 
 
 def test_migration_0025_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0024")
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0024")
     db.upgrade("0025")
     assert _kept(db) == EXPECTED and _properties(db) == []  # no property until one is set
     with db.engine.begin() as conn:

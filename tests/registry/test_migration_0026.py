@@ -13,7 +13,7 @@ from sqlalchemy import text
 from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 #: Stored as the JSON columns stored them: the surrogate escaped.
 BROKEN_METRICS = ('{"accuracy": 0.5, "note": "bad \\ud800 text", "emoji": "\\ud83d\\ude00", '
@@ -27,11 +27,8 @@ def _json(db: Database, query: str) -> list[object]:
 
 
 def test_migration_0026_replaces_stored_lone_surrogates_and_nothing_else(database_url: str, tmp_path: Path) -> None:
-    db = Database(database_url)
-    db.upgrade("0025")
+    db = filled_at(database_url, "0025")
     with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
         conn.execute(text("UPDATE adapter_versions SET metrics = :m WHERE id = 1"), {"m": BROKEN_METRICS})
         conn.execute(text("INSERT INTO audit_events (actor, action, target, detail, at) VALUES "
                           "('ann', 'version-evaluate', 'ann/old:1', :d, CURRENT_TIMESTAMP), "

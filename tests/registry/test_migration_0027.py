@@ -3,10 +3,10 @@ PostgreSQL: an index only, which the upgrade adds and the downgrade drops."""
 
 from __future__ import annotations
 
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 
 from registry.store.database import Database
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
 def _indexes(db: Database) -> set[str]:
@@ -14,11 +14,7 @@ def _indexes(db: Database) -> set[str]:
 
 
 def test_migration_0027_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0026")
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0026")
     assert "ix_aliases_version_id" not in _indexes(db)
     db.upgrade("0027")
     assert _kept(db) == EXPECTED and "ix_aliases_version_id" in _indexes(db)

@@ -31,7 +31,7 @@ from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, running_server, team_tokens
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
 @pytest.fixture(scope="module")
@@ -201,11 +201,7 @@ def test_admins_setting_and_clearing_one_quota_at_once_take_turns(database_url: 
 
 
 def test_migration_0018_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0017")
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0017")
     db.upgrade("0018")
     assert _kept(db) == EXPECTED and "owner_quotas" in set(inspect(db.engine).get_table_names())
     with db.engine.begin() as conn:
