@@ -55,6 +55,7 @@ from registry.domain.schemas import (
     JobEventInfo,
     JobInfo,
     LineageGraph,
+    LookedUp,
     Lookup,
     MovedAdapter,
     OrganizationInfo,
@@ -431,12 +432,33 @@ class RegistryClient:
         return self._following_moves(ref, lambda at: VersionInfo.model_validate(
             self._request("GET", self._path(at)).json()))
 
-    def lookup(self, refs: Iterable[str | Ref]) -> dict[str, VersionInfo | None]:
+    def lookup(self, refs: Iterable[str | Ref], *, follow_moves: bool = True) -> dict[str, VersionInfo | None]:
         """What each reference names now (owner/name:N, owner/name@ALIAS, owner/name), keyed by the reference as
         given: its version, or None where the registry has none this client may read. MAX_LOOKUP a request
-        (POST /api/v1/adapters/lookup), however many are given; moves are not followed (``get`` follows them)."""
+        (POST /api/v1/adapters/lookup), however many are given. A name an adapter had before it moved (`vera mv`) is
+        looked up where the registry says it is now, with a warning to update the reference, as ``get`` follows it
+        (one more request for them all); ``follow_moves=False``: None for it."""
         texts = list(dict.fromkeys(str(ref) for ref in refs))
-        found: dict[str, VersionInfo | None] = {}
+        answers = self._looked_up(texts)
+        found = {r.requested: r.version for r in answers}
+        moved: dict[str, str] = {}  # reference asked -> the same reference under the adapter's name now
+        renames: set[tuple[str, str]] = set()
+        for answer in answers:
+            if follow_moves and answer.version is None and answer.moved_to:
+                ref, (owner, _, name) = Ref.parse(answer.requested), answer.moved_to.partition("/")
+                with contextlib.suppress(InvalidInput):  # (a name no reference could hold: not followed)
+                    moved[answer.requested] = str(Ref.of(owner, name, version=ref.version, alias=ref.alias))
+                    renames.add((f"{ref.owner}/{ref.name}", f"{owner}/{name}"))
+        if moved:
+            for old, new in sorted(renames):  # one warning an adapter, however many of its references
+                _moved_warning(old, new)
+            there = {r.requested: r.version for r in self._looked_up(list(dict.fromkeys(moved.values())))}
+            found.update((asked, there.get(new)) for asked, new in moved.items())
+        return found
+
+    def _looked_up(self, texts: list[str]) -> list[LookedUp]:
+        """The registry's answers for ``texts`` (distinct references), MAX_LOOKUP a request."""
+        answers: list[LookedUp] = []
         for start in range(0, len(texts), MAX_LOOKUP):
             try:
                 answer = self._request("POST", "/api/v1/adapters/lookup",
@@ -445,8 +467,8 @@ class RegistryClient:
                 raise NotFound(f"The registry at {self.url} has no lookup (POST /api/v1/adapters/lookup, "
                                "2026-12): it runs an older release. Upgrade it, or read each version (`vera show "
                                "REF`, RegistryClient.get).") from None
-            found.update((r.requested, r.version) for r in Lookup.model_validate_json(answer.content).results)
-        return found
+            answers.extend(Lookup.model_validate_json(answer.content).results)
+        return answers
 
     def _following_moves(self, ref: str | Ref, read: Callable[[Ref], T]) -> T:
         """``read(ref)``; when the adapter ``ref`` names has moved (renamed or transferred: the registry says where
@@ -461,8 +483,7 @@ class RegistryClient:
                 moved = Ref.of(owner, name, version=ref.version, alias=ref.alias)
             except InvalidInput:
                 raise exc from None
-            log.warning("%s/%s moved to %s; update the reference (read from there now)", ref.owner, ref.name,
-                        f"{moved.owner}/{moved.name}")
+            _moved_warning(f"{ref.owner}/{ref.name}", f"{moved.owner}/{moved.name}")
             return read(moved)
 
     def files(self, ref: str | Ref, *, with_projection: bool = False, seed_only: bool = False, as_lora: bool = False,
@@ -1100,3 +1121,9 @@ def load_adapter(base_model: torch.nn.Module, ref: str | Ref, *, registry: str |
     """``load_adapter(base, "you/polarity@prod")``: RegistryClient(registry, token).load_adapter(base, ref)."""
     with RegistryClient(registry, token) as client:
         return client.load_adapter(base_model, ref, is_trainable=is_trainable)
+
+
+def _moved_warning(old: str, new: str) -> None:
+    """A read of ``old`` (owner/name) followed the adapter's move to ``new``: said once a read, for the caller to
+    update the reference."""
+    log.warning("%s moved to %s; update the reference (read from there now)", old, new)

@@ -13,6 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from registry.cli.common import (
+    ExitCode,
     RegistryUrl,
     Token,
     VersionRef,
@@ -150,15 +151,16 @@ def resolve(
     as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Print the version each reference names now, one "REF<TAB>owner/name:N" line each (owner/name@prod ->
-    owner/name:3), asked in one request per 500: pin a deployment to exact versions. Exit 1, naming them, when any
-    names no version you may read ('-' in its line)."""
+    owner/name:3), asked in one request per 500: pin a deployment to exact versions. An adapter's old name (`vera
+    mv`) gives its version under the name it has now, with a warning. Exit 3, naming them, when any names no version
+    you may read ('-' in its line); 1 when the registry could not answer."""
     for i, ref in enumerate(refs, 1):  # all checked before any is sent (the server counts within each 500)
         try:
             Ref.parse(ref)
         except InvalidInput as exc:
             fail(InvalidInput(f"REF {i} of {len(refs)}: {exc}"))
     found = call_registry(registry, token, lambda c: c.lookup(refs))
-    if as_json:  # as the API answers it (POST /api/v1/adapters/lookup): one result per reference given
+    if as_json:  # the API's shape (POST /api/v1/adapters/lookup), moves followed: one result per reference given
         versions = [found[ref] for ref in refs]
         print_json({"results": [{"requested": ref, "version": None if v is None else v.model_dump(mode="json")}
                                 for ref, v in zip(refs, versions, strict=True)]})
@@ -171,7 +173,7 @@ def resolve(
         listed = f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}"
         fail(NotFound(f"No version you may read for {listed} ({counted(len(missing), 'distinct reference')} of "
                       f"{len(found)}). `vera ls OWNER/NAME` lists an adapter's versions; `vera show OWNER/NAME` its "
-                      "aliases."))
+                      "aliases."), ExitCode.CHECK_FAILED)
 
 
 def tag(

@@ -46,14 +46,14 @@ class ExitCode(IntEnum):
     ERROR = 1  # the command could not do what was asked; one line on stderr says why
     USAGE = 2  # wrong options or arguments (Click)
     CHECK_FAILED = 3  # a check ran and found a problem: verify, fsck, inspect --verify, db status, job logs --follow,
-    # webhook test
+    # webhook test, resolve (a reference naming no version)
 
 
-def fail(exc: Exception) -> NoReturn:
+def fail(exc: Exception, code: ExitCode = ExitCode.ERROR) -> NoReturn:
     """Report ``exc`` as one line on stderr (unbroken: logs, CI output and grep hold it whole; the terminal wraps it
-    on screen) and exit with ExitCode.ERROR."""
+    on screen) and exit with ``code`` (CHECK_FAILED where what was asked was done and found a problem)."""
     err_console.print(styled("error:", "bold red", f" {exc}"), soft_wrap=True)
-    raise typer.Exit(code=ExitCode.ERROR)
+    raise typer.Exit(code=code)
 
 
 def key_values(pairs: list[str]) -> dict[str, str]:

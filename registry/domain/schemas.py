@@ -558,6 +558,9 @@ class LookupBody(BaseModel):
 class LookedUp(BaseModel):
     requested: str  # the reference as it was sent
     version: VersionInfo | None  # None: no such version, or one the caller may not read (alike, as a GET's 404)
+    #: with ``version`` None: owner/name the adapter that had the name asked for has now (`vera mv`), told to a
+    #: caller that may read it there, as a GET's X-Vera-Moved-To; the client looks it up there
+    moved_to: str | None = None
 
 
 class Lookup(BaseModel):

@@ -97,7 +97,8 @@ class Search:
         one answers 404 to both). Three queries for all of them (the adapters; versions by number; by alias), then a
         listing page's worth for the versions found, however many refs up to MAX_LOOKUP: a server holding thousands
         of versions re-checks them at the cost of a few listings, not a request each. Moves (`vera mv`) are not
-        followed: a moved name is None.
+        followed, as a GET follows none: a name an adapter had before it moved is None, with ``moved_to`` its name
+        now where ``viewer`` may read it there (a GET's ``X-Vera-Moved-To``), for the client to follow.
         """
         if not 1 <= len(refs) <= MAX_LOOKUP:
             raise InvalidInput(f"refs must list 1 to {MAX_LOOKUP} references, got {len(refs)}; split a longer list "
@@ -137,9 +138,27 @@ class Search:
             infos = dict(zip((v.id for v in rows), _infos(s, rows), strict=True))
             # (one deleted between the two statements, which PostgreSQL's READ COMMITTED may show: not found)
             by_key = {key: infos[version_id] for key, version_id in keyed.items() if version_id in infos}
-        return [LookedUp(requested=text, version=by_key.get(
-                    (r.owner, r.name, r.version if r.version is not None else (r.alias or LATEST))))
-                for text, r in zip(refs, parsed, strict=True)]
+            moved = _moved(s, sorted({(r.owner, r.name) for r in parsed} - ids.keys()), viewer)
+        answers = []
+        for text, r in zip(refs, parsed, strict=True):
+            version = by_key.get((r.owner, r.name, r.version if r.version is not None else (r.alias or LATEST)))
+            answers.append(LookedUp(requested=text, version=version,
+                                    moved_to=moved.get((r.owner, r.name)) if version is None else None))
+        return answers
+
+
+def _moved(s: Session, names: list[tuple[str, str]], viewer: Principal | None) -> dict[tuple[str, str], str]:
+    """owner/name now of each adapter that had one of ``names`` (owner, name) before it moved, where ``viewer`` may
+    read it there (moves.Moves.moved_to's rule, for many names in two queries)."""
+    went = {(owner, name): adapter_id for owner, name, adapter_id in _joined(
+        s, m.AdapterMove.__tablename__, ("owner", "name"), names, ("owner", "name", "adapter_id"))}
+    if not went:
+        return {}
+    now = {adapter_id: (owner, name) for adapter_id, owner, name, visibility in s.execute(
+        select(m.Adapter.id, m.Adapter.owner, m.Adapter.name, m.Adapter.visibility).where(
+            m.Adapter.id.in_(set(went.values()))))
+        if viewer is None or viewer.can_read(owner, visibility)}
+    return {old: "/".join(now[adapter_id]) for old, adapter_id in went.items() if adapter_id in now}
 
 
 def _joined(s: Session, table: str, key: tuple[str, str], rows: list[tuple[Any, Any]], columns: tuple[str, ...]

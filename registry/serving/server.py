@@ -720,7 +720,7 @@ class ModelServer:
             return {}
         try:
             with self.client_for(token) as client:
-                found = client.lookup(r.ref for r in asked)
+                found = client.lookup((r.ref for r in asked), follow_moves=False)  # (an old name is no resident's)
         except (Unauthorized, Forbidden) as exc:
             if token is not None:  # this caller's token (revoked meanwhile): unknown for resolve_ttl_s
                 self._refused.put(token, True)

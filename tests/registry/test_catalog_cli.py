@@ -15,7 +15,7 @@ import pytest
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import VERA, free_port, running_server
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,15 @@ def test_show_tells_everything_readably_and_as_json(server: dict[str, Any]) -> N
 
 def test_resolve_pins_references_to_versions_and_names_the_missing(server: dict[str, Any]) -> None:
     """`vera resolve`: a "REF<TAB>owner/name:N" line per reference (an alias, latest, a number), one request for all;
-    a reference naming nothing is '-' in its line and named on stderr, exit 1; --json as the API answers."""
+    a reference naming nothing is '-' in its line and named on stderr, exit 3 (a check that found a problem; 1: the
+    registry could not answer); --json as the API answers."""
     first = _publish(server, "ann/pin")
     second = _publish(server, "ann/pin")
     ok(vera(server, "alias", first, "prod"))
     out = ok(vera(server, "resolve", "ann/pin@prod", "ann/pin", second))
     assert out.splitlines() == [f"ann/pin@prod\t{first}", f"ann/pin\t{second}", f"{second}\t{second}"]
     missing = vera(server, "resolve", "ann/pin@prod", "ann/pin@staging", "ann/nope:1")
-    assert missing.returncode == 1
+    assert missing.returncode == 3
     assert missing.stdout.splitlines() == [f"ann/pin@prod\t{first}", "ann/pin@staging\t-", "ann/nope:1\t-"]
     assert "No version you may read for ann/pin@staging, ann/nope:1 (2 distinct references of 3)" in missing.stderr
     data = json.loads(vera(server, "resolve", "ann/pin@prod", "ann/nope:1", "--json").stdout)
@@ -74,6 +75,8 @@ def test_resolve_pins_references_to_versions_and_names_the_missing(server: dict[
     bad = vera(server, "resolve", "ann/pin@prod", "Ann/Pin")  # checked before anything is sent, by its place
     assert bad.returncode == 1 and "REF 2 of 2: 'Ann/Pin'" in bad.stderr and "Traceback" not in bad.stderr
     assert bad.stdout == ""
+    unreachable = vera({**server, "url": f"http://127.0.0.1:{free_port()}"}, "resolve", "ann/pin@prod")
+    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: ") and unreachable.stdout == ""
 
 
 def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path: Path) -> None:

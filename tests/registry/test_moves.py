@@ -5,6 +5,7 @@ bytes, jobs follow it; through the services on SQLite and PostgreSQL, through a 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -14,17 +15,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, inspect, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.store import models as m
-from registry.store.database import Database
 from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.servers import VERA, running_server, team_tokens
-from tests.registry.test_migration_0009 import EXPECTED, ROWS, _kept
+from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
 def _publish(registry: Registry, folder: Path, ref: str, seed: int = 0) -> int:
@@ -155,7 +155,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         yield {"url": base, "tokens": tokens, "source": source}
 
 
-def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[str, Any]) -> None:
+def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[str, Any],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     url, tokens, source = server["url"], server["tokens"], server["source"]
     with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice, \
             RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, \
@@ -203,6 +204,25 @@ def test_moving_through_the_api_needs_write_rights_on_both_owners(server: dict[s
                 assert answer.status_code == 404, (who, path)
                 assert ("acme/secret" in answer.text) is told and ("acme/secret" in answer.headers.get(
                     "X-Error-Message", "acme/secret" if told else "")) is told, (who, path, answer.headers)
+
+        # a lookup of the old name: null, with moved_to to who may read it there (as the GET's header above)
+        for who, told in (("bob", True), ("mallory", False), (None, False)):
+            headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
+            answer = httpx.post(f"{url}/api/v1/adapters/lookup", json={"refs": ["alice/secret@latest", "bob/mine:1"]},
+                                headers=headers, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert [(r["version"], r.get("moved_to")) for r in answer.json()["results"]][0] == (
+                None, "acme/secret" if told else None), who
+        caplog.clear()  # (the gets above warned too)
+        with caplog.at_level(logging.WARNING, logger="vera.client"):  # the client follows it, as get does
+            found = bob.lookup(["alice/secret:1", "alice/secret", "alice/secret@latest", "acme/secret:1"])
+        assert {ref: v.ref if v else None for ref, v in found.items()} == {
+            "alice/secret:1": "acme/secret:1", "alice/secret": "acme/secret:1", "alice/secret@latest": "acme/secret:1",
+            "acme/secret:1": "acme/secret:1"}
+        assert [r.getMessage() for r in caplog.records if r.name == "vera.client"] == [
+            "alice/secret moved to acme/secret; update the reference (read from there now)"]  # one an adapter
+        assert bob.lookup(["alice/secret:1"], follow_moves=False) == {"alice/secret:1": None}
+        assert mallory.lookup(["alice/secret:1", "alice/secret"]) == {"alice/secret:1": None, "alice/secret": None}
 
         with pytest.raises(Conflict, match="alice/secret was moved to another owner on .*takes no publishes"):
             alice.publish(source, "alice/secret", base_model="tiny-llama")  # private elsewhere: not named here
@@ -260,6 +280,10 @@ def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
     followed = vera("show", "alice/cli:1")  # read where it is now, with a warning to update the reference
     assert followed.returncode == 0 and "alice/cli-renamed:1" in followed.stdout, followed.stderr
     assert "alice/cli moved to alice/cli-renamed; update the reference" in followed.stderr
+    pinned = vera("resolve", "alice/cli@prod", "alice/cli-renamed:1")  # a manifest's old name: the version now
+    assert pinned.returncode == 0 and pinned.stdout.splitlines() == [
+        "alice/cli@prod\talice/cli-renamed:1", "alice/cli-renamed:1\talice/cli-renamed:1"], pinned.stderr
+    assert "alice/cli moved to alice/cli-renamed; update the reference" in pinned.stderr
     fetched = vera("fetch", "alice/cli@prod", "--out", str(tmp_path / "out"))
     assert fetched.returncode == 0 and (tmp_path / "out" / "adapter_model.safetensors").is_file(), fetched.stderr
     refused = vera("publish", str(source), "--name", "alice/cli", "--base-model", "tiny-llama")  # writes never follow
@@ -269,11 +293,7 @@ def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_migration_0017_keeps_every_row_up_and_down(database_url: str) -> None:
-    db = Database(database_url)
-    db.upgrade("0016")
-    with db.engine.begin() as conn:
-        for statement in ROWS:
-            conn.execute(text(statement), {"sha": "a" * 64, "fp": "f" * 64, "true": True, "false": False})
+    db = filled_at(database_url, "0016")
     db.upgrade("0017")
     assert _kept(db) == EXPECTED and "adapter_moves" in set(inspect(db.engine).get_table_names())
     db.downgrade("0016")

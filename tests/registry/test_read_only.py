@@ -278,8 +278,9 @@ def test_every_read_answers_what_the_primary_stored(replica: Replica) -> None:
         assert client.get("alice/m:1").verification_status == "passed"  # the primary's record
         comparison = client.compare(["alice/m:1", "alice/m:2"])
         assert comparison.refs == ["alice/m:1", "alice/m:2"] and comparison.layers
-        looked = client.lookup(["alice/m@prod", "alice/m", "bob/draft:1"])  # (a moved name is not followed)
-        assert [v.ref if v else None for v in looked.values()] == ["alice/m:1", "alice/m:2", None]
+        looked = client.lookup(["alice/m@prod", "alice/m", "bob/draft:1"])  # a moved name followed, as get does
+        assert [v.ref if v else None for v in looked.values()] == ["alice/m:1", "alice/m:2", "bob/other:1"]
+        assert client.lookup(["bob/draft:1"], follow_moves=False) == {"bob/draft:1": None}
         actions = [e.action for e in client.events(limit=200).events]
         assert actions.count("publish") >= 3 and {"alias", "move", "token-create"} <= set(actions)
         assert [b.name for b in client.base_models()] == ["org/tiny-llama"]

@@ -575,3 +575,27 @@ def test_lookup_answers_many_references_at_once_in_their_order(registry: Registr
         event.remove(registry.db.engine, "before_cursor_execute", seen)
     assert [a.version.ref for a in many if a.version] == ["alice/x:2", "alice/x:3", "alice/x:2", "alice/x:2"]
     assert len(statements) < 15, statements  # a few per kind of reference and of what a version shows, not 500
+
+
+def test_lookup_says_where_a_moved_adapter_is_now_to_whoever_may_read_it_there(registry: Registry,
+                                                                           tmp_path: Path) -> None:
+    """A name an adapter had before `vera mv` answers None with ``moved_to``, its name now, as a GET's 404 carries
+    X-Vera-Moved-To: to a viewer that may read it there only (a private adapter's new name is nobody else's), and
+    never beside a version found or for a name nothing left."""
+    from registry.services.tokens import Principal
+
+    source = make_adapter(tmp_path / "a")
+    for name, visibility in (("open", "public"), ("secret", "private")):
+        registry.publish(source, owner="alice", name=name, base_model="tiny-llama", visibility=visibility)
+        registry.set_alias(f"alice/{name}:1", "prod", actor="alice")
+        registry.move(f"alice/{name}", f"alice/{name}-now", actor="alice")
+    asked = ["alice/open:1", "alice/open@prod", "alice/open", "alice/open:2", "alice/secret:1", "alice/open-now:1",
+             "alice/never:1"]
+
+    def answered(viewer: Principal | None) -> list[tuple[str | None, str | None]]:
+        return [(a.version.ref if a.version else None, a.moved_to) for a in registry.lookup(asked, viewer=viewer)]
+
+    owner = [(None, "alice/open-now")] * 4 + [(None, "alice/secret-now"), ("alice/open-now:1", None), (None, None)]
+    assert answered(None) == owner  # (no viewer: the registry's admins, the local user)
+    assert answered(Principal(owner="alice", scopes=frozenset({"read"}))) == owner
+    assert answered(Principal(owner="bob", scopes=frozenset({"read"}))) == owner[:4] + [(None, None)] + owner[5:]
