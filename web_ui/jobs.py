@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,11 @@ from web_ui.activity import markdown_text
 
 #: Jobs listed in the table, newest first.
 TABLE_ROWS = 50
+#: A registry older than the lookup is read a GET each for this long before the lookup is tried again (the table
+#: refreshes every few seconds; an upgrade meanwhile is noticed after it).
+NO_LOOKUP_S = 600
+#: session_state: registry URL -> time.monotonic() until which it is known to have no lookup
+NO_LOOKUP = "registries_without_lookup"
 
 
 def status(job: JobInfo) -> str:
@@ -65,22 +71,25 @@ def unclaimed_hint(job: JobInfo, now: datetime | None = None) -> str | None:
 def published(jobs: list[JobInfo]) -> dict[str, VersionInfo | None]:
     """The versions ``jobs`` published, by reference, read in one lookup (the table refreshes every few seconds: it
     asked a GET per finished job each time); None for one deleted since. A registry older than the lookup (2026-12)
-    is asked a GET each, side by side."""
+    is asked a GET each, side by side, and the lookup is not tried again there for NO_LOOKUP_S."""
     refs = tuple(sorted({j.result_ref for j in jobs if j.result_ref}))
     if not refs:
         return {}
-    try:
-        return session.read(RegistryClient.lookup, refs)
-    except NotFound:  # "has no lookup": an older registry
-        for ref in refs:
-            session.prefetch(RegistryClient.get, ref)
-        found: dict[str, VersionInfo | None] = {}
-        for ref in refs:
-            try:
-                found[ref] = session.read(RegistryClient.get, ref)
-            except NotFound:  # the version was deleted since
-                found[ref] = None
-        return found
+    url, without = session.settings()[0], st.session_state.setdefault(NO_LOOKUP, {})
+    if without.get(url, 0.0) <= time.monotonic():
+        try:
+            return session.read(RegistryClient.lookup, refs)
+        except NotFound:  # "has no lookup": an older registry
+            without[url] = time.monotonic() + NO_LOOKUP_S
+    for ref in refs:
+        session.prefetch(RegistryClient.get, ref)
+    found: dict[str, VersionInfo | None] = {}
+    for ref in refs:
+        try:
+            found[ref] = session.read(RegistryClient.get, ref)
+        except NotFound:  # the version was deleted since
+            found[ref] = None
+    return found
 
 
 def final_metrics(job: JobInfo, versions: dict[str, VersionInfo | None]) -> dict[str, float | None]:
@@ -261,8 +270,7 @@ def _follow(job_id: int) -> None:
     curves(job_id, events)
     if job.result_ref:
         st.success(f"Published {job.result_ref}")
-        if st.button(f"Open {job.result_ref}", key=f"open-{job_id}"):
-            navigation.open_version(job.result_ref)
+        navigation.version_page_link(job.result_ref, f"Open {job.result_ref}")
     if job.error:
         st.error("The job failed:")
         st.code(job.error[-4000:])

@@ -119,6 +119,16 @@ def open_version(ref: str) -> None:
     st.switch_page(st.session_state["pages"]["adapter"], query_params={"ref": ref, **carried()})
 
 
+def version_page_link(ref: str, label: str) -> None:
+    """A link to the Adapter page showing ``ref``: the browser goes there at once, as from the sidebar. (A button
+    whose run called ``open_version`` from the Train page's live panel, a fragment refreshed every 2 s, left the
+    page empty for over 3 minutes after the click in a CI run on a loaded machine, session 37.) Nothing outside the
+    dashboard's navigation (a page's function run alone)."""
+    if "adapter" in (pages := st.session_state.get("pages", {})):
+        st.page_link(pages["adapter"], label=label, icon=":material/open_in_new:",
+                     query_params={"ref": ref, **carried()})
+
+
 def open_compare(refs: list[str]) -> None:
     """Go to the Compare page showing ``refs`` (``?refs=a,b``)."""
     st.switch_page(st.session_state["pages"]["compare"], query_params={"refs": join_refs(refs), **carried()})

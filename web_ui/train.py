@@ -3,8 +3,11 @@ live (web_ui.jobs)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import streamlit as st
 
@@ -12,6 +15,7 @@ from registry.domain.errors import RegistryError
 from registry.domain.schemas import Ref, check_name
 from registry.domain.training_spec import training_spec
 from vera_core.config import KNOWN_GENERATORS
+from vera_core.errors import parse_json
 from web_ui import jobs, navigation, session
 
 JOB_BOX = "job_box"
@@ -127,6 +131,39 @@ def number_problems(numbers: Mapping[str, float | None]) -> list[str]:
     return problems
 
 
+#: How much of an upload the page reads for its columns (its first row) before Launch sends it; the registry reads
+#: the whole file and says anything else that is wrong with it.
+HEAD_BYTES = 64 << 10
+
+
+def column_problem(name: str, data: bytes, text_column: str, label_column: str) -> str | None:
+    """What the upload ``name`` lacks of the columns the form names (blank: ``text`` and ``label``), read from its
+    first row (a CSV's header, a JSONL file's first object), so that it is said on Launch with the form's other
+    problems, not after them as the registry's one refusal; None where it has them, or where its first row does not
+    read as one within HEAD_BYTES of UTF-8 (the registry then says what is wrong: it reads the file as this does,
+    vera_core.data)."""
+    whole = len(data) <= HEAD_BYTES
+    head = data if whole else data[:data.rfind(b"\n", 0, HEAD_BYTES) + 1]  # whole lines
+    try:
+        text = head.decode("utf-8-sig")
+        if Path(name).suffix.lower() in (".jsonl", ".ndjson"):
+            first = parse_json(next((line for line in text.splitlines() if line.strip()), "null"))
+            columns = sorted(first) if isinstance(first, dict) else []
+        else:
+            reader = csv.reader(io.StringIO(text, newline=""))
+            columns = sorted(next(reader, []))
+            if not whole and reader.line_num >= text.count("\n"):  # the header may go on past what was read
+                return None
+    except (ValueError, csv.Error):  # (UnicodeDecodeError and parse_json's JSONTextError are ValueErrors)
+        return None
+    wanted = [text_column.strip() or "text", label_column.strip() or "label"]
+    missing = [column for column in wanted if column not in columns]
+    if not columns or not missing:
+        return None
+    return (f"{Path(name).name[:200]} has columns {columns[:20]}{' ...' if len(columns) > 20 else ''} but not "
+            f"{missing}: type its column of texts in **Text column** and of labels in **Label column**.")
+
+
 def launch() -> bool:
     """The form for a new job; whether this run queued one."""
     with st.form("train"):
@@ -184,6 +221,9 @@ def launch() -> bool:
         problems = [*filter(None, [target_problem(target)]), *number_problems(numbers)]
         if not demo and upload is None:  # the registry's words for this name command-line options
             problems.append("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.")
+        if upload is not None and (lacking := column_problem(upload.name, upload.getvalue(), text_column,
+                                                             label_column)):
+            problems.append(lacking)
         if problems:  # every one at once, beside the button (the browser's checks were bypassed, or a number is out)
             st.error("Not launched:\n" + "\n".join(f"- {problem}" for problem in problems), icon=":material/edit:")
             return False

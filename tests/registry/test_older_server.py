@@ -22,7 +22,7 @@ from safetensors.torch import load, load_file
 from registry.client import RegistryClient
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA_COMMAND, free_port, running_vera
+from tests.registry.servers import VERA_COMMAND, client_calls, free_port, running_vera
 from tests.registry.test_cli_mistakes import vera
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,9 +127,12 @@ def test_a_lookup_says_the_older_server_has_none_and_a_model_server_lists_withou
         server.close()
 
 
-def test_the_dashboards_jobs_table_reads_an_older_registry_a_version_at_a_time(older: dict[str, Any]) -> None:
+def test_the_dashboards_jobs_table_reads_an_older_registry_a_version_at_a_time(
+        older: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The Train page's jobs table reads the versions jobs published in one lookup; a registry without the lookup
-    is asked a GET each instead, and a version deleted since is no metrics, not an error."""
+    is asked a GET each instead, and a version deleted since is no metrics, not an error. The lookup is not tried
+    again at each refresh (every 5 s) once the registry said it has none."""
+    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     with RegistryClient(older["url"], cache=False) as client:
@@ -142,10 +145,15 @@ def test_the_dashboards_jobs_table_reads_an_older_registry_a_version_at_a_time(o
         "versions = jobs.published(done)\n"
         "st.write(repr([jobs.final_metrics(job, versions) for job in done]))\n", default_timeout=60)
     at.session_state["registry_url"], at.session_state["token"] = older["url"], ""
-    at.run()
-    assert not at.exception, at.exception
-    assert at.markdown[0].value == repr([{"test accuracy": 0.75, "eval loss": None},
-                                         {"test accuracy": None, "eval loss": None}])
+    lookups, gets = client_calls(monkeypatch, "lookup"), client_calls(monkeypatch, "get")
+    for refresh in range(2):
+        st.cache_data.clear()  # (the few-second read cache: each refresh asks the registry again)
+        at.run()
+        assert not at.exception, at.exception
+        assert at.markdown[0].value == repr([{"test accuracy": 0.75, "eval loss": None},
+                                             {"test accuracy": None, "eval loss": None}]), refresh
+    # the lookup once (refused), then GETs, at each refresh, for NO_LOOKUP_S
+    assert len(lookups) == 1 and len(gets) >= 4 and set(gets) == {("alice/table:1",), ("alice/table:9",)}, gets
 
 
 def test_a_model_server_lists_to_callers_without_a_token_of_an_older_registry_with_anonymous_reads(

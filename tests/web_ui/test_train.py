@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,50 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
         "- No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file."]
     shown = [n.type if n.type != "button" else n.label for n in at.main if n.type in ("button", "error")]
     assert shown.index("Launch") + 1 == shown.index("error")  # right under the button
+
+
+ROWS = b"hi,1\nho,0\n"  # two labels: a dataset the registry's reader takes
+
+
+@pytest.mark.parametrize(("name", "data", "columns", "said"), [
+    ("a.csv", b"text,label\n" + ROWS, ("", ""), None),
+    ("a.csv", b"\xef\xbb\xbftext,label\n" + ROWS, ("text", "label"), None),  # a spreadsheet's byte-order mark
+    ("reviews.csv", b"sentence,sentiment\n" + ROWS, ("", ""),
+     "reviews.csv has columns ['sentence', 'sentiment'] but not ['text', 'label']: type its column of texts in "
+     "**Text column** and of labels in **Label column**."),
+    ("reviews.csv", b"sentence,sentiment\n" + ROWS, (" sentence ", "sentiment"), None),
+    ("r.csv", b"sentence,label\n" + ROWS, ("", "label"), "r.csv has columns ['label', 'sentence'] but not ['text']"),
+    ("r.csv", b"sentence,label\n" + ROWS * 20_000, ("", ""), "r.csv has columns"),  # larger than the page reads
+    ("r.csv", b'"sen\ntence",label\n' + ROWS, ("sen\ntence", ""), None),  # a quoted header field over two lines
+    ("r.csv", b'"' + b"x\n" * (train.HEAD_BYTES // 2) + b'",label\n' + ROWS, ("", ""), None),  # a header past it
+    ("r.csv", b"x" * (train.HEAD_BYTES + 1), ("", ""), None),  # a first line longer than the page reads
+    ("r.csv", "text,label\nhi,1\nho,0\n".encode("utf-16"), ("", ""), None),  # not UTF-8: the registry says so
+    ("r.csv", b"", ("", ""), None),  # no rows: the registry says so
+    ("r.jsonl", b'\n{"sentence": "good", "label": "pos"}\n{"sentence": "bad", "label": "neg"}\n',
+     ("sentence", "label"), None),
+    ("r.JSONL", b'{"body": "good", "label": "pos"}\n', ("", ""),
+     "r.JSONL has columns ['body', 'label'] but not ['text']"),
+    ("r.jsonl", b'["good", "pos"]\n', ("", ""), None),  # not an object a line: the registry says so
+    ("r.jsonl", b"{not json\n", ("", ""), None),
+    ("r.jsonl", b"[" * 5000 + b"]" * 5000 + b"\n", ("", ""), None),  # nested past the parser (a RecursionError)
+])
+def test_launch_says_which_columns_an_upload_lacks_with_the_other_problems(
+        name: str, data: bytes, columns: tuple[str, str], said: str | None, tmp_path: Path) -> None:
+    """The columns the form names are looked for in the upload's first row on Launch, so that a dataset of other
+    columns is said with every other problem of the form at once (it was the registry's refusal, one per Launch);
+    the page refuses only what the registry's own reader (vera_core.data) refuses too."""
+    from vera_core.data import DatasetError, read_examples
+
+    problem = train.column_problem(name, data, *columns)
+    assert (problem is None) if said is None else (problem is not None and problem.startswith(said)), problem
+    (tmp_path / name).write_bytes(data)
+    try:
+        read_examples(tmp_path / name, text_column=columns[0].strip() or "text",
+                      label_column=columns[1].strip() or "label")
+    except DatasetError as exc:
+        assert problem is None or "but not" in str(exc), exc  # the registry refuses it for its columns too
+    else:
+        assert problem is None
 
 
 @pytest.mark.parametrize("target", ["alice/polarity", " alice/polarity ", "a/b", "alice/pol.v2", "alice/x_y-z",
