@@ -122,8 +122,8 @@ def open_version(ref: str) -> None:
 def version_page_link(ref: str, label: str) -> None:
     """A link to the Adapter page showing ``ref``: the browser goes there at once, as from the sidebar. (A button
     whose run called ``open_version`` from the Train page's live panel, a fragment refreshed every 2 s, left the
-    page empty for over 3 minutes after the click in a CI run on a loaded machine, session 37.) Nothing outside the
-    dashboard's navigation (a page's function run alone)."""
+    page empty for the 3 minutes a browser walk waited after the click, in a CI run on a loaded machine: session
+    37.) Nothing outside the dashboard's navigation (a page's function run alone)."""
     if "adapter" in (pages := st.session_state.get("pages", {})):
         st.page_link(pages["adapter"], label=label, icon=":material/open_in_new:",
                      query_params={"ref": ref, **carried()})
