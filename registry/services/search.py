@@ -94,9 +94,10 @@ class Search:
     def lookup(self, refs: list[str], *, viewer: Principal | None = None) -> list[LookedUp]:
         """What each of ``refs`` names now (owner/name:N, owner/name@ALIAS, owner/name: its latest), in their order:
         the version, or None where there is none that ``viewer`` may read (missing and unreadable alike, as a GET of
-        one answers 404 to both). Three queries for all of them (the adapters; versions by number; by alias), then a
-        listing page's worth for the versions found, however many refs up to MAX_LOOKUP: a server holding thousands
-        of versions re-checks them at the cost of a few listings, not a request each. Moves (`vera mv`) are not
+        one answers 404 to both). Three queries for all of them (the adapters; versions by number; by alias; two more
+        for names no adapter has now, where they moved), then a listing page's worth for the versions found, however
+        many refs up to MAX_LOOKUP: a server holding thousands of versions re-checks them at the cost of a few
+        listings, not a request each. Moves (`vera mv`) are not
         followed, as a GET follows none: a name an adapter had before it moved is None, with ``moved_to`` its name
         now where ``viewer`` may read it there (a GET's ``X-Vera-Moved-To``), for the client to follow.
         """
