@@ -97,9 +97,9 @@ class Search:
         one answers 404 to both). Three queries for all of them (the adapters; versions by number; by alias; two more
         for names no adapter has now, where they moved), then a listing page's worth for the versions found, however
         many refs up to MAX_LOOKUP: a server holding thousands of versions re-checks them at the cost of a few
-        listings, not a request each. Moves (`vera mv`) are not
-        followed, as a GET follows none: a name an adapter had before it moved is None, with ``moved_to`` its name
-        now where ``viewer`` may read it there (a GET's ``X-Vera-Moved-To``), for the client to follow.
+        listings, not a request each. Moves (`vera mv`) are not followed, as a GET follows none: a name an adapter
+        had before it moved is None, with ``moved_to`` its name now where ``viewer`` may read it there (a GET's
+        ``X-Vera-Moved-To``), for the client to follow.
         """
         if not 1 <= len(refs) <= MAX_LOOKUP:
             raise InvalidInput(f"refs must list 1 to {MAX_LOOKUP} references, got {len(refs)}; split a longer list "
