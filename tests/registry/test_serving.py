@@ -194,6 +194,31 @@ def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
         server.close()
 
 
+def test_a_resident_whose_adapter_moved_is_listed_under_its_name_now(registry_server: dict[str, Any]) -> None:
+    """After `vera mv`, a resident loaded under the adapter's old name leaves the listings (the listing's lookup
+    does not follow the move: that name names nothing now), and a request under the old name is served by the
+    adapter under its new name (the client follows the move, as for any read), listed as such."""
+    writer = registry_server["writer"]
+    server = ModelServer("minilm", client_for=lambda token: RegistryClient(registry_server["url"], token or ""),
+                         resolve_ttl_s=0.0)
+
+    def listed() -> set[str]:
+        return {e["ref"] for e in server.listing(writer)}
+
+    try:
+        with RegistryClient(registry_server["url"], writer) as client:
+            client.publish(minilm_adapter(registry_server["root"] / "moving", seed=9), "alice/moving",
+                           base_model="minilm")
+            assert server.classify("alice/moving", TEXTS[:1], writer)["adapter"] == "alice/moving:1"
+            assert "alice/moving:1" in listed()
+            client.move("alice/moving", "alice/moved")
+        assert "alice/moving:1" not in listed()
+        assert server.classify("alice/moving:1", TEXTS[:1], writer)["adapter"] == "alice/moved:1"
+        assert "alice/moved:1" in listed() and "alice/moving:1" not in listed()
+    finally:
+        server.close()
+
+
 def test_one_users_pins_hold_one_bank_and_an_admins_more(registry_server: dict[str, Any]) -> None:
     """An outsider pinned three projection families of its own on a server of four banks: three copies of the base
     for good, and every other caller's families sharing the last bank (a 2-token request waited 3.7 s instead of
