@@ -120,8 +120,9 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
     try:
         body = response.json()
         detail, code = body.get("detail", response.text), str(body.get("type", "")).rpartition("/")[2]
+        problems = body.get("problems")
     except (ValueError, AttributeError, RecursionError):  # not JSON, not UTF-8, not an object, nested too deep
-        detail, code = _not_a_problem(response), ""
+        detail, code, problems = _not_a_problem(response), "", None
     if base and response.status_code in (404, 405) and (not code or detail in ("Not Found", "Method Not Allowed")):
         # every error of the registry's API names its problem type and says what is missing: a bare 404 or 405 (a
         # model server's, even in problem details: it shares the registry's error handlers; the dashboard's
@@ -130,6 +131,8 @@ def _raise_for(response: httpx.Response, base: str = "") -> NoReturn:
     error = _BY_CODE.get(code, _BY_STATUS.get(response.status_code, RegistryError))(str(detail))
     if isinstance(error, NotFound) and (moved := response.headers.get(MOVED_HEADER)):
         error.moved_to = moved[:200]
+    if isinstance(problems, list) and problems and all(isinstance(p, str) for p in problems):
+        error.problems = [problem[:2000] for problem in problems[:100]]  # (what one refusal lists: Problems)
     raise error
 
 

@@ -164,6 +164,10 @@ def column_problem(name: str, data: bytes, text_column: str, label_column: str) 
             f"{missing}: type its column of texts in **Text column** and of labels in **Label column**.")
 
 
+def not_launched(problems: list[str]) -> None:
+    st.error("Not launched:\n" + "\n".join(f"- {problem}" for problem in problems), icon=":material/edit:")
+
+
 def launch() -> bool:
     """The form for a new job; whether this run queued one."""
     with st.form("train"):
@@ -225,7 +229,7 @@ def launch() -> bool:
                                                              label_column)):
             problems.append(lacking)
         if problems:  # every one at once, beside the button (the browser's checks were bypassed, or a number is out)
-            st.error("Not launched:\n" + "\n".join(f"- {problem}" for problem in problems), icon=":material/edit:")
+            not_launched(problems)
             return False
     uploaded = upload is not None
     spec = training_spec(base_model=base, demo=demo and not uploaded, r=int(r), projection_seed=int(prng),
@@ -239,7 +243,10 @@ def launch() -> bool:
     try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
         job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
     except RegistryError as exc:
-        session.show_error(exc, form_words)
+        if exc.problems:  # what only the registry checks (Start from, the whole dataset, quotas): all at once too
+            not_launched([form_words(problem) for problem in exc.problems])
+        else:
+            session.show_error(exc, form_words)
         return False
     navigation.set_param("job", str(job.id))  # the jobs below follow it
     # the message stays until the page's next run, while the job below goes on and ends: it says when, and where

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,9 +38,14 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str
+    problems: list[str] | None = Field(default=None, description=(
+        "An extension member, where one refusal answers several problems at once (a job's submission): each one's "
+        "message, as `detail` numbers them; absent otherwise."))
 
 
-_PROBLEM = {"model": Problem, "content": {"application/problem+json": {"schema": Problem.model_json_schema()}}}
+#: (its schema by reference, as ``model`` registers it: inlined, it was a fifth of the OpenAPI document)
+_PROBLEM = {"model": Problem,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 #: Documented on every route: the API answers these with problem details.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {**_PROBLEM, "description": text} for code, text in (
@@ -84,10 +89,12 @@ def _message(error: Any) -> str:
     return str(error.get("msg", ""))
 
 
-def problem(status: int, code: str, detail: str, instance: str, exc: Exception | None = None) -> JSONResponse:
-    """The problem document; under HUB_PREFIX also the Hub's error headers, and the message as ``error``."""
+def problem(status: int, code: str, detail: str, instance: str, exc: Exception | None = None, *,
+            problems: list[str] | None = None) -> JSONResponse:
+    """The problem document (with ``problems``, its extension member listing each of several); under HUB_PREFIX
+    also the Hub's error headers, and the message as ``error``."""
     body: dict[str, object] = {"type": f"/problems/{code}", "title": TITLES.get(status, "Error"), "status": status,
-                               "detail": detail, "instance": instance}
+                               "detail": detail, "instance": instance, **({"problems": problems} if problems else {})}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if is_hub_path(instance):
         body["error"] = detail
@@ -101,7 +108,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
-        response = problem(status(exc), exc.code, str(exc), request.url.path, exc)
+        response = problem(status(exc), exc.code, str(exc), request.url.path, exc, problems=exc.problems)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         elif isinstance(exc, ReadOnly):

@@ -25,11 +25,19 @@ Messages say what was expected, what was found, and how to fix it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class RegistryError(Exception):
     """Base class of every error the registry raises on purpose."""
 
     code = "registry_error"
+    #: the messages of the several problems this one error answers at once (Problems.raise_found), else None
+    problems: list[str] | None = None
 
 
 class InvalidInput(RegistryError, ValueError):
@@ -157,3 +165,59 @@ HTTP_STATUS: dict[type[RegistryError], int] = {
 
 def status_of(exc: RegistryError) -> int:
     return next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
+
+
+class Problems:
+    """The problems of one request, gathered to be answered at once: a job refused for one mistake per submission
+    wore its submitter out (the dashboard's Train page, `vera job submit`). ``check`` runs one check and keeps the
+    caller's mistake it raises (bad input, something not found, a conflict, a quota); ``raise_found`` raises what
+    was kept: the one error as it was, or several as one error of the first one's kind (its HTTP status), whose
+    message numbers each on one line and whose ``problems`` holds their messages (the API's problem details list
+    them as ``problems``; the CLI and the dashboard show one a line). A check that depends on another runs only once
+    that one passed (its ``check`` returned, ``value`` gave a value): a problem listed is never a consequence of
+    another."""
+
+    KINDS = (InvalidInput, NotFound, Conflict, QuotaExceeded)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.found: list[RegistryError] = []
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except self.KINDS as exc:
+            self.found.append(exc)
+
+    def passed(self, check: Callable[[], object]) -> bool:
+        """Whether ``check()`` ran without a problem (one it raised is kept)."""
+        before = len(self.found)
+        with self.check():
+            check()
+        return len(self.found) == before
+
+    def value(self, check: Callable[[], T]) -> T | None:
+        """``check()``'s value, or None where it raised a problem (kept)."""
+        with self.check():
+            return check()
+        return None
+
+    def raise_found(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            messages = [message for exc in self.found for message in problems_of(exc)]
+            # one line, as every message (logs and grep hold it whole); clients list ``problems`` one per line
+            combined = type(self.found[0])(f"{self.what} has {len(messages)} problems; nothing was done: "
+                                           + " ".join(f"({n}) {message}" for n, message in enumerate(messages, 1)))
+            combined.problems = messages
+            raise combined
+
+
+def problems_of(exc: RegistryError) -> list[str]:
+    """The messages of the problems ``exc`` stands for: one, or those Problems gathered into it."""
+    return list(exc.problems) if exc.problems else [str(exc)]

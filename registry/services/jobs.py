@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, false, func, or_, select, true, update
 from sqlalchemy.orm import Session, joinedload
 
-from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from registry.domain.errors import Conflict, InvalidInput, NotFound, Problems, QuotaExceeded
 from registry.domain.schemas import (
     ACTIVE_JOB_STATUSES,
     FINAL_JOB_STATUSES,
@@ -127,30 +128,46 @@ class Jobs:
         ``provenance``: the submitting token's, when trusted publishing minted it (its result records it as
         ``published_via``). ``init_from``, in the spec: a version (owner/name:N or @alias) training starts from, that
         ``viewer`` may read (None: the operator, who reads all); pinned to its number now."""
-        _check_scheduling(priority, time_limit_s, gpus)
-        time_limit_s = self._time_limit(time_limit_s)
-        ref = Ref.parse_adapter(target)
-        check_name(owner, "Owner")
-        if ref.owner != owner:
-            raise InvalidInput(f"The job publishes {target}, but it is submitted by {owner!r}; publish under "
-                               f"{owner}/.")
-        check_json(spec, "spec", max_bytes=1 << 16)
-        spec = self._checked_fields(spec)
+        problems = Problems("The job")  # every independent problem at once, each as it alone was said
+        with problems.check():
+            _check_scheduling(priority, time_limit_s, gpus)
+            time_limit_s = self._time_limit(time_limit_s)
+        ref = problems.value(lambda: _publish_target(target, owner))
+        if not problems.passed(lambda: check_json(spec, "spec", max_bytes=1 << 16)):
+            problems.raise_found()  # the rest reads the spec
+        spec = dict(spec)
+        base_allowed = self._check_fields(spec, problems)
         suffix = Path(dataset_name).suffix.lower()
+        readable = True  # the dataset, by its name and the owner's room: parsed only then
         if dataset is not None:
-            if suffix not in (".csv", ".jsonl"):
-                raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
+            with problems.check():
+                if suffix not in (".csv", ".jsonl"):
+                    readable = False
+                    raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
             spec["data"] = f"uploaded{suffix}"
-        start = self._start(spec.get("init_from"), viewer) if spec.get("init_from") is not None else None
-        if dataset is not None:  # before the dataset is parsed: its bytes are stored until the job ends
+        start, started = None, True
+        if spec.get("init_from") is not None:
+            start = problems.value(lambda: self._start(spec.get("init_from"), viewer))
+            started = start is not None
+        if dataset is not None and ref is not None:  # before the dataset is parsed: its bytes are stored until the job
+            with self.db.session() as s:                # ends
+                readable = problems.passed(lambda: self._check_dataset_room(s, ref, len(dataset), 0)) and readable
+        found = problems.value(lambda: self._checked_spec(spec, start, dataset, dataset_name, gpus, problems,
+                                                          readable=readable, shapes=base_allowed and started))
+        if ref is not None:  # a name that moved, an owner at its quota: refused before the dataset is stored
             with self.db.session() as s:
-                self._check_dataset_room(s, ref, len(dataset), 0)
-        checked, vector_bytes = self._checked_spec(spec, start, dataset, dataset_name, gpus)
-        with self.db.session() as s:  # a name that moved, an owner at its quota: refused before the dataset is stored
-            refuse_publish_to_old_name(s, ref.owner, ref.name)
-            lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish would be refused)
-            self._check_pending(s, ref.owner)
-            self._check_dataset_room(s, ref, len(dataset or b""), vector_bytes)
+                with problems.check():
+                    refuse_publish_to_old_name(s, ref.owner, ref.name)
+                with problems.check():
+                    lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish is refused)
+                with problems.check():
+                    self._check_pending(s, ref.owner)
+                if found is not None:  # (else its vectors' size is unknown; the dataset's room was checked above)
+                    with problems.check():
+                        self._check_dataset_room(s, ref, len(dataset or b""), found[1])
+        problems.raise_found()
+        assert ref is not None and found is not None  # (each is None only with a problem, raised above)
+        checked = found[0]
         written = put_new(self.registry.blobs, dataset) if dataset is not None else ""
         digest = hashlib.sha256(dataset).hexdigest() if dataset is not None else None
         try:
@@ -204,42 +221,51 @@ class Jobs:
                    at_least=bool(vector_bytes))
 
     def _checked_spec(self, spec: dict[str, Any], start: tuple[str, VeraConfig, list[str] | None] | None,
-                      dataset: bytes | None, dataset_name: str, gpus: int) -> tuple[TrainSpec, int]:
+                      dataset: bytes | None, dataset_name: str, gpus: int, problems: Problems, *,
+                      readable: bool = True, shapes: bool = True) -> tuple[TrainSpec, int] | None:
         """The spec as the worker will run it (a warm start's VeRA fields and base taken from ``start``), checked:
-        its training and VeRA settings, sizes, dataset, base model and projection; and the bytes of the adapter's
-        vectors (``_check_projection``)."""
-        from vera_core.data import DatasetError
+        its training and VeRA settings, sizes, dataset (unless not ``readable``: its problem is known), base model and
+        projection (with ``shapes``: its base is allowed and its start was found); and the bytes of the adapter's
+        vectors (``_check_projection``). Raises what leaves no spec to check; keeps in ``problems`` what does not
+        depend on the others, and then returns None."""
         from vera_core.recipes import TrainSpec, resolve_base, started_spec
         from vera_core.trainer import TrainingArguments
 
-        try:
+        with _job_input():
             checked = TrainSpec(**spec)
             if start is not None:
                 checked = started_spec(replace(checked, init_from=start[0]), start[1], f"init_from {start[0]}")
-                self._checked_fields({"base_model": checked.base_model})  # the version's base, when left out
             # checked as the worker will run it: save_every is welcome, with checkpoints in the worker's folder
             placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
             args = TrainingArguments(**{**checked.training, **placed})
-            _check_batch_split(args, gpus)
-            _check_sizes(checked, args)
+        before = len(problems)
+        if start is not None:  # the version's base, when left out
+            with problems.check():
+                self._check_base(checked.base_model)
+        checks: tuple[Callable[[], None], ...] = (lambda: _check_batch_split(args, gpus),
+                                                   lambda: _check_sizes(checked, args),
+                                                   lambda: _check_metric(args, checked.task))
+        for check in checks:
+            with problems.check(), _job_input():
+                check()
+        with problems.check(), _job_input():
             vera = VeraConfig(r=checked.r, projection_prng_key=checked.projection_prng_key,
                               d_initial=checked.d_initial, projection_generator=checked.projection_generator,
                               vera_dropout=checked.vera_dropout, target_modules=checked.target_modules)
             require_linear(vera.target_modules)  # a worker matches it against every module name
-            _check_metric(args, checked.task)
-            labels = 2  # the demo's
-            if not checked.demo:
+        labels = 2  # the demo's
+        if not checked.demo and readable:
+            with problems.check(), _job_input():
                 named = _check_dataset(checked, dataset, dataset_name)
                 labels = len(named)
                 if start is not None and checked.task == "classification":
                     _check_start_labels(start, named)
-            return checked, self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False), checked,
-                                                   labels if checked.task == "classification" else 0)
-        except (TypeError, ValueError) as exc:  # TrainSpec / TrainingArguments / dataset / base model errors
-            if isinstance(exc, InvalidInput):
-                raise
-            kind = "dataset" if isinstance(exc, DatasetError) else "spec"
-            raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
+        if len(problems) > before or not readable or not shapes:
+            return None
+        with _job_input():
+            vector_bytes = self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False), checked,
+                                                  labels if checked.task == "classification" else 0)
+        return checked, vector_bytes
 
     def _start(self, given: Any, viewer: Principal | None) -> tuple[str, VeraConfig, list[str] | None]:
         """The version (owner/name:N) a job's ``init_from`` names, its VeRA config and the labels its metrics
@@ -296,23 +322,29 @@ class Jobs:
         head = 4 * labels * (hidden + 1) if isinstance(hidden, int) else 0
         return sum(4 * (vera.r + shape[0]) for shape in shapes if shape) + head
 
-    def _checked_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """A spec is data, not places: the worker chooses where files go, and trains only allowed base models."""
+    def _check_fields(self, spec: dict[str, Any], problems: Problems) -> bool:
+        """A spec is data, not places: the worker chooses where files go, and trains only allowed base models.
+        Returns whether its base model is allowed (or left to its ``init_from``, checked then)."""
         training = spec.get("training") or {}
-        if isinstance(training, dict) and training.get("output_dir") is not None:
-            raise InvalidInput("training.output_dir cannot be set in a job: the worker keeps checkpoints in its own "
-                               "work area. Leave it out.")
-        if isinstance(training, dict) and training.get("device") is not None:
-            raise InvalidInput("training.device cannot be set in a job: the worker trains on the device it owns "
-                               "(`vera worker --device`). Leave it out; ask for a GPU with gpus=1 (`vera job submit "
-                               "--gpus 1`).")
+        if isinstance(training, dict):
+            with problems.check():
+                if training.get("output_dir") is not None:
+                    raise InvalidInput("training.output_dir cannot be set in a job: the worker keeps checkpoints in "
+                                       "its own work area. Leave it out.")
+            with problems.check():
+                if training.get("device") is not None:
+                    raise InvalidInput("training.device cannot be set in a job: the worker trains on the device it "
+                                       "owns (`vera worker --device`). Leave it out; ask for a GPU with gpus=1 (`vera "
+                                       "job submit --gpus 1`).")
         base = spec.get("base_model", DEMO_MODEL)
         if spec.get("init_from") is not None and base == DEMO_MODEL:  # the default: the start's base, checked then
-            return dict(spec)
-        if base not in self.base_models:
+            return True
+        return problems.passed(lambda: self._check_base(base))
+
+    def _check_base(self, base: Any) -> None:
+        if not isinstance(base, str) or base not in self.base_models:
             raise InvalidInput(f"Jobs on this registry train only {', '.join(map(repr, self.base_models))} "
                                f"(VERA_JOB_BASE_MODELS); got base_model={str(base)[:200]!r}.")
-        return dict(spec)
 
     def get(self, job_id: int, *, viewer: Principal | None = None) -> JobInfo:
         """A job (not found for a ``viewer`` that may not read the adapter it publishes: job_visible)."""
@@ -551,6 +583,30 @@ def _infos(s: Any, jobs: Sequence[m.Job], viewer: Principal | None = None) -> li
                     checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by,
                     submitted_via=job.submitted_via, requested_by=job.requested_by)
             for job in jobs]
+
+
+def _publish_target(target: str, owner: str) -> Ref:
+    """The adapter a job of ``owner``'s publishes: one of theirs."""
+    ref = Ref.parse_adapter(target)
+    check_name(owner, "Owner")
+    if ref.owner != owner:
+        raise InvalidInput(f"The job publishes {target}, but it is submitted by {owner!r}; publish under {owner}/.")
+    return ref
+
+
+@contextmanager
+def _job_input() -> Iterator[None]:
+    """vera_core's refusals of a spec (TrainSpec, TrainingArguments, VeraConfig, a dataset, a base model: TypeError
+    and ValueError) as the registry's InvalidInput, saying which it was."""
+    from vera_core.data import DatasetError
+
+    try:
+        yield
+    except InvalidInput:
+        raise
+    except (TypeError, ValueError) as exc:
+        kind = "dataset" if isinstance(exc, DatasetError) else "spec"
+        raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
 
 
 def _check_start_labels(start: tuple[str, VeraConfig, list[str] | None], labels: list[str]) -> None:

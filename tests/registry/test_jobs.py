@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -94,6 +95,49 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
                                            r"found no such column\."):  # a KeyError, a 500, until session 33
         jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=b'{"text": "a", "label": "x"}\n{"label": 1}\n',
                     dataset_name="rows.jsonl")
+    assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
+
+
+TOO_FEW = b"text,label\na,x\nb,y\n"  # two examples: no train/eval split
+
+
+def test_a_submission_says_every_independent_problem_at_once(registry: Registry) -> None:
+    """The Train page and `vera job submit` were told one problem per try. Every problem that does not follow from
+    another is said in one refusal, each in the words it gets alone, in the order the checks run; the refusal is of
+    the first one's kind; a problem that would follow from another (a projection on a base that is not allowed, or
+    of a start that does not exist) is not checked; nothing is stored."""
+    jobs = Jobs(registry)
+
+    def alone(spec: dict[str, Any], **kwargs: Any) -> str:
+        with pytest.raises((InvalidInput, NotFound)) as refused:
+            jobs.submit(spec, **{"owner": "ann", "target": "ann/x", **kwargs})
+        assert refused.value.problems is None  # one problem: the error it always was
+        return str(refused.value)
+
+    singles = [alone(DEMO, priority=1000), alone(DEMO, target="bob/x"),
+               alone({"demo": True, "training": {"output_dir": "/tmp/x"}}),
+               alone({"demo": True, "base_model": "nobody/nothing"}),
+               alone({"demo": True, "init_from": "ann/none:1"}),
+               alone({"demo": True, "training": {"batch_size": 10**6}}),
+               alone({"data": "x"}, dataset=TOO_FEW)]
+    spec = {"base_model": "nobody/nothing", "init_from": "ann/none:1", "r": 10**9,
+            "training": {"output_dir": "/tmp/x", "batch_size": 10**6}}
+    with pytest.raises(InvalidInput) as refused:  # the first problem's kind: a 422
+        jobs.submit(spec, owner="ann", target="bob/x", dataset=TOO_FEW, priority=1000)
+    assert refused.value.problems == singles
+    assert str(refused.value) == ("The job has 7 problems; nothing was done: "
+                                  + " ".join(f"({n}) {said}" for n, said in enumerate(singles, 1)))
+    assert "VERA_MAX_PROJECTION_ELEMENTS" not in str(refused.value)  # r=10**9 alone is refused for it
+    assert "VERA_MAX_PROJECTION_ELEMENTS" in alone({"demo": True, "r": 10**9})
+    # a start that does not exist, first: a 404 that lists the other problem too
+    with pytest.raises(NotFound) as missing:
+        jobs.submit({"demo": True, "init_from": "ann/none:1", "training": {"batch_size": 10**6}}, owner="ann",
+                    target="ann/x")
+    assert missing.value.problems == [singles[4], singles[5]]
+    # what leaves no spec to read (a field TrainSpec does not know) is said without what would be read from it
+    with pytest.raises(InvalidInput, match="unexpected keyword argument 'warp'") as unread:
+        jobs.submit({"data": "x", "warp": 9}, owner="ann", target="ann/x", dataset=TOO_FEW)
+    assert unread.value.problems is None
     assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
 
 
@@ -486,6 +530,28 @@ def test_a_job_publishes_only_while_the_member_who_submitted_it_writes_in_the_or
     registry.access.set_member("acme", "cat", "read", viewer=LOCAL_USER)
     assert "cat, who submitted it as a member of acme, now has only the read role there" in (jobs.submitter_problem(
         jobs.get(again.id)) or "")
+
+
+def test_several_problems_are_listed_in_the_problem_details_and_reach_the_client(
+        server: tuple[str, str, Path]) -> None:
+    """RFC 9457's extension member ``problems`` lists each of a refusal's problems (``detail`` numbers them on one
+    line); the client's error keeps them; a refusal of one problem has no such member, as before."""
+    url, _, _ = server
+    spec = {"demo": True, "training": {"device": "cpu"}, "base_model": "nobody/nothing"}
+    answer = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/several", "spec": json.dumps(spec)})
+    body = answer.json()
+    assert answer.status_code == 422 and len(body["problems"]) == 2, body
+    assert body["problems"][0].startswith("training.device cannot be set in a job")
+    assert body["problems"][1].startswith("Jobs on this registry train only 'minilm'")
+    assert body["detail"] == f"The job has 2 problems; nothing was done: (1) {body['problems'][0]} (2) " \
+                             f"{body['problems'][1]}"
+    with RegistryClient(url) as client, pytest.raises(InvalidInput) as refused:
+        client.submit_job("ann/several", spec)
+    assert refused.value.problems == body["problems"] and str(refused.value) == body["detail"]
+    del spec["training"]
+    one = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/several", "spec": json.dumps(spec)})
+    assert one.status_code == 422 and "problems" not in one.json(), one.text
+    assert one.json()["detail"] == body["problems"][1]
 
 
 def test_a_spec_nested_too_deeply_is_a_422_in_words(server: tuple[str, str, Path]) -> None:

@@ -250,3 +250,23 @@ def test_the_followed_job_is_drawn_from_the_pages_own_listing(registry: dict[str
     assert len(listings) == 1 and reads == []  # the listing started ahead serves the table and the job's view
     with RegistryClient(registry["url"], registry["token"]) as client:
         client.cancel_job(job.id)
+
+
+def test_the_registrys_refusal_lists_every_problem_it_found_beside_launch(registry: dict[str, Any]) -> None:
+    """What only the registry checks (a base model its jobs train, a Start from the token may read) was said one
+    problem per Launch: the registry lists them all (registry.domain.errors.Problems) and the page shows each, in its
+    own words, as it shows its own problems."""
+    at = page("train", registry)
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/both")
+    next(t for t in at.text_input if t.label == "Base model").set_value("nobody/nothing")
+    next(t for t in at.text_input if t.label == "Start from (optional)").set_value("alice/none@prod")
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        before = len(client.jobs())
+        next(b for b in at.button if b.label == "Launch").click()
+        at.run()
+        assert len(client.jobs()) == before
+    assert not at.exception and not at.warning and [e.value for e in at.error] == [
+        "Not launched:\n"
+        "- Jobs on this registry train only 'minilm' (VERA_JOB_BASE_MODELS); got base_model='nobody/nothing'.\n"
+        "- Start from alice/none@prod: no such adapter that you may read. Name a version that Browse lists "
+        "(owner/name:N or owner/name@ALIAS)."]
