@@ -141,10 +141,12 @@ def dashboard_words(message: str) -> str:
     """A registry message whose way on is a command (`vera ls --owner alice`) with the dashboard's way instead (a
     new user's walk, session 23: the dashboard told them to run commands)."""
     message = _LS_OWNER.sub(r"Browse (Filter and sort, Owner: \1) lists that owner's adapters.", message)
+    message = _SET_ALIAS.sub(r"An alias is set on its version's Adapter page (**Point alias here**).", message)
     return _ORG_ADMINS.sub(r"(the Organisations page lists them, under \1), or have them unprotect it there.", message)
 
 
 _LS_OWNER = re.compile(r"`vera ls --owner ([^`\s]{1,100})` lists that owner's\.")
+_SET_ALIAS = re.compile(r"An alias is set with `vera alias [^`\s]{1,300} [^`\s]{1,100}`\.")
 #: a protected alias's refusal (registry.services.moves.refuse_protected): who to ask, and how they unprotect it
 _ORG_ADMINS = re.compile(r"\(`vera org show ([^`\s]{1,100})` lists them\), or have them unprotect it "
                          r"\(`vera org unprotect [^`]{1,200}`\)\.")

@@ -272,12 +272,20 @@ def token_create(
         expires_at = within_max_life(expiry_in(expires_days), settings.max_token_days)
     except InvalidInput as exc:
         fail(exc)
+    new = settings.database_url is None and not (settings.data_dir / "registry.db").exists()
     registry = open_registry(settings)
     token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_at=expires_at,
                                     limited_to=limit_to, actor=operator())
     console.print(f"token {token_id} for {owner} {sorted(set(scope))}"
                   + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at is not None else "") + ":")
     print(secret)
+    # which registry holds it: a shell without the server's VERA_DATA_DIR made a token in a new, empty one, which
+    # the server then called unknown (a newcomer's walk, session 38)
+    where = registry.db.engine.url.render_as_string(hide_password=True)
+    err_console.print(styled("warning:" if new else "note:", "yellow", f" the token is in {where}" + (
+        ", a registry database made just now: a server that runs on another (its VERA_DATA_DIR or "
+        "VERA_DATABASE_URL) does not know it; set those as the server has them and create it again." if new else
+        ".")), soft_wrap=True)
 
 
 def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id.")] = None,

@@ -109,8 +109,10 @@ def publish(
         # removes one (--base-config declares a new base on purpose)
         err_console.print(styled("note:", "yellow", f" base model {base_model!r} is new to this registry (it knew "
                                  f"{', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}); servers of "
-                                 "another name refuse this version. If that was a typo, `vera rm` the version and "
-                                 "publish it again with the right --base-model (`vera base ls`)."), soft_wrap=True)
+                                 f"another name refuse this version. If that was a typo, `vera delete {info.ref} --yes`"
+                                 " and publish it again with the right --base-model (`vera base ls`); an "
+                                 f"administrator's `vera base rm {base_model}` then forgets the name."),
+                      soft_wrap=True)
     _after_publish(info, dataset, properties, registry, token)
 
 

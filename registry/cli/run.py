@@ -4,12 +4,14 @@ server, the dashboard as a child process, and `vera up`, which runs them togethe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -17,6 +19,7 @@ import typer
 from registry.cli.common import LogLevel, ReadOnlyMode, RegistryUrl, console, fail, load_settings, start_logging
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
+from registry.domain.words import counted
 from registry.logs import first_line
 from registry.settings import Settings, ui_remember_days
 
@@ -76,6 +79,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
                  + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
         _log_publishers(settings, registry)
+        _warn_of_team_data(settings, registry)
         if workers > 1:
             registry.db.engine.dispose()  # (the publishers' check may have opened a connection: not for the workers)
             os.environ.update(settings.environment())
@@ -85,6 +89,30 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
             _start_worker(jobs, settings, worker_status_port)
         uvicorn.run(app, **served)
         registry.db.close()  # again: `vera up`'s worker thread may have used it after the app's own close
+
+
+def _warn_of_team_data(settings: Settings, registry: Registry) -> None:
+    """Local mode over a registry a team used (live tokens, private adapters): everyone with a shell on this machine
+    now reads and changes all of it as the local user. `vera up` restarted without --host turned tokens off with no
+    word (a newcomer's walk, session 38); said once, at start-up."""
+    from sqlalchemy import func, or_, select
+
+    from registry.store import models as m
+
+    if settings.require_tokens:
+        return
+    now = datetime.now(UTC)
+    with registry.db.session() as s:
+        tokens = s.scalar(select(func.count()).select_from(m.AccessToken).where(
+            m.AccessToken.revoked_at.is_(None),
+            or_(m.AccessToken.expires_at.is_(None), m.AccessToken.expires_at > now))) or 0
+        private = s.scalar(select(func.count()).select_from(m.Adapter).where(m.Adapter.visibility == "private")) or 0
+    if tokens or private:
+        held = " and ".join(part for part in (counted(tokens, "live token") if tokens else "",
+                                               counted(private, "private adapter") if private else "") if part)
+        log.warning(f"tokens are off (local mode: loopback, embedded storage), but this registry holds {held}: every "
+                    "user of this machine now reads and changes all of it as the local user. Start it with "
+                    "VERA_REQUIRE_TOKENS=true (or --host 0.0.0.0, which requires them) to keep them in force.")
 
 
 def _log_publishers(settings: Settings, registry: Registry) -> None:
@@ -270,6 +298,33 @@ def ui(
             process.terminate()
 
 
+def team_host() -> str | None:
+    """A name or address of this machine that teammates can reach: its fully qualified name, else its host name,
+    unless it names only the loopback (a VM's 'localhost': the hint told teammates to use localhost, a newcomer's
+    walk, session 38); else the address its default route leaves from (a UDP socket's connect sends nothing); None
+    if all are loopback."""
+    for name in dict.fromkeys((socket.getfqdn(), socket.gethostname())):
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, None)}
+        except (OSError, UnicodeError):
+            continue
+        if name and name.lower() != "localhost" and not all(map(_loopback, addresses)):
+            return name
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never reached, only routed
+        address = str(probe.getsockname()[0])
+        if not _loopback(address) and address != "0.0.0.0":
+            return address
+    return None
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8765,
     ui_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
@@ -297,8 +352,11 @@ def up(
     if f"http://{shown}:{port}" != DEFAULT_URL:  # a line of its own, unbroken, to paste whole (a newcomer's walk)
         console.print(f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}", soft_wrap=True)
     if host == "0.0.0.0":  # 127.0.0.1 is of no use to teammates (a team admin's walk)
-        console.print(f"for teammates: export VERA_REGISTRY_URL=http://{socket.getfqdn()}:{port} (this machine's "
-                      "name; its address if their machines do not resolve it)", soft_wrap=True)
+        found = team_host()
+        console.print(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ("
+                      + ("this machine's name; its address if their machines do not resolve it)" if found else
+                         "this machine's name or address on their network: it names none but its loopback)"),
+                      soft_wrap=True)
     try:
         run_api(host, port, embedded, with_worker=True, log_level=log_level, worker_status_port=worker_status_port)
     finally:

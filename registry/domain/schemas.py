@@ -223,6 +223,9 @@ class Ref(BaseModel):
                 as_alias = as_alias.lower()  # owner/name:Prod: names are lowercase
             hint = (f" An alias follows '@': {as_alias}." if colon and not tail.isdigit()
                     and _REF.fullmatch(as_alias) else "")
+            if colon and re.fullmatch(r"[vV]\d{1,9}", tail) and _parses(f"{head}:{int(tail[1:])}"):
+                # owner/name:v2, as the Hub's revision "v2" reads (a newcomer's walk, session 38): was "@v2"
+                hint = f" A version is a number after ':': {head}:{int(tail[1:])}."
             raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
                                f"(1 to 999999999) or owner/name@ALIAS.{hint}")
         owner, name = check_name(match["owner"], "Owner"), check_name(match["name"], "Adapter name")

@@ -451,7 +451,8 @@ def authenticate(db: Database, secret: str) -> Principal:
     with db.session() as s:
         row = s.scalar(select(m.AccessToken).where(m.AccessToken.token_hash == digest))
         if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
-            raise Unauthorized("The token is unknown or revoked; pass a valid one with VERA_TOKEN or --token.")
+            raise Unauthorized("The token is unknown or revoked, or another registry's; pass one of this "
+                               "registry's (`vera login`, VERA_TOKEN or --token).")
         if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
             raise Unauthorized(f"The token expired at {row.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one "
                                "(`vera token create ... --expires-days N`).")

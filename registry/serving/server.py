@@ -109,7 +109,8 @@ def caller_token(authorization: str | None) -> str | None:
 
     secret = bearer_token(authorization)
     if secret is not None and not (secret.isascii() and secret.isprintable()):
-        raise Unauthorized("The token is unknown or revoked; pass a valid one with VERA_TOKEN or --token.")
+        raise Unauthorized("The token is unknown or revoked, or another registry's; pass one of this "
+                           "registry's (`vera login`, VERA_TOKEN or --token).")
     return secret
 
 

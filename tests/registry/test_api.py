@@ -255,10 +255,14 @@ def test_a_missing_version_or_alias_is_said_with_those_there_are(clients: Client
     client.set_alias("said/a:1", "prod")
     with pytest.raises(NotFound, match=r"^said/a has no version 9; its versions: 1, 2\.$"):
         client.get("said/a:9")
-    with pytest.raises(NotFound, match=r"^said/a has no alias 'staging'; its aliases: latest, prod\.$"):
+    with pytest.raises(NotFound, match=r"^said/a has no alias 'staging'; its aliases: latest, prod\. An alias is "
+                                       r"set with `vera alias said/a:N staging`\.$"):  # how (a newcomer's walk)
         client.get("said/a@staging")
     with pytest.raises(InvalidInput, match=r"An alias follows '@': said/a@prod\.$"):
         client.get("said/a:prod")
+    # the Hub's revision "v2" written after ':' is version 2, not an alias v2 (a newcomer's walk, session 38)
+    with pytest.raises(InvalidInput, match=r"A version is a number after ':': said/a:2\.$"):
+        client.get("said/a:v2")
     with pytest.raises(NotFound, match=r"^said/a has no alias 'prdo'; its aliases: latest, prod\. Did you mean "
                                        r"said/a@prod\?$"):  # a typo: the close alias named
         client.get("said/a@prdo")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import ipaddress
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.cli.run import team_host
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, free_port, running_server, running_vera
@@ -367,6 +369,14 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
                            text=True, timeout=120, check=False, env={**os.environ, "VERA_DATA_DIR": str(data)})
     assert admin.returncode == 0, admin.stderr
     secret = next(word for word in admin.stdout.split() if word.startswith("vera_"))
+    # which registry holds it, and a warning when it was made just now: a shell without the server's VERA_DATA_DIR
+    # made a token in a new, empty registry, which the server then called unknown (a newcomer's walk, session 38)
+    held = f"the token is in sqlite:///{data / 'registry.db'}"
+    assert f"warning: {held}, a registry database made just now: a server that runs on another" in \
+        " ".join(admin.stderr.split()), admin.stderr
+    again = subprocess.run([str(VERA), "token", "create", "--owner", "bob", "--scope", "read"], capture_output=True,
+                           text=True, timeout=120, check=False, env={**os.environ, "VERA_DATA_DIR": str(data)})
+    assert again.returncode == 0 and " ".join(again.stderr.split()) == f"note: {held}.", again.stderr
     log, status = tmp_path / "up.log", free_port()
     with running_vera(["up", "--host", "0.0.0.0", "--no-ui", "--port", str(port), "--worker-status-port",
                        str(status)], port, log_path=log, VERA_DATA_DIR=str(data), VERA_LOG_FORMAT="text") as url:
@@ -378,8 +388,40 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
     assert "tokens required" in log.read_text()
     # the line to paste, whole, on a line of its own (it broke at 80 columns: a newcomer's walk, session 33)
     assert f"\nfor `vera` in other shells: export VERA_REGISTRY_URL=http://127.0.0.1:{port}\n" in log.read_text()
-    # and one for teammates, whom 127.0.0.1 does not reach (a team admin's walk, session 34)
-    assert f"\nfor teammates: export VERA_REGISTRY_URL=http://{socket.getfqdn()}:{port} (" in log.read_text()
+    # and one for teammates, whom 127.0.0.1 does not reach (a team admin's walk, session 34), nor a name of only the
+    # loopback (this VM's fully qualified name is 'localhost': a newcomer's walk, session 38)
+    host = team_host()
+    assert f"\nfor teammates: export VERA_REGISTRY_URL=http://{host or 'THIS-MACHINE'}:{port} (" in log.read_text()
+    assert host is None or not _only_loopback(host)
+    assert "tokens are off" not in log.read_text()
+    # restarted on loopback it is local mode, which says what the team's tokens no longer guard (it said nothing:
+    # a newcomer's walk, session 38)
+    port, log = free_port(), tmp_path / "again.log"
+    with running_vera(["up", "--no-ui", "--port", str(port)], port, log_path=log, VERA_DATA_DIR=str(data),
+                      VERA_LOG_FORMAT="text") as url:
+        assert httpx.get(f"{url}/api/v1/whoami", timeout=60).json()["user"] == "local"  # no token asked for
+    said = " ".join(log.read_text().split())
+    assert "LOCAL MODE" in said and "but this registry holds 2 live tokens: every user of this machine now reads " \
+                                    "and changes all of it as the local user. Start it with " \
+                                    "VERA_REQUIRE_TOKENS=true" in said, said
+
+
+def _only_loopback(host: str) -> bool:
+    return host == "localhost" or all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback
+                                      for info in socket.getaddrinfo(host, None))
+
+
+def test_the_teammates_address_is_never_the_loopbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever this machine's names resolve to, the address `vera up --host 0.0.0.0` gives teammates is one they can
+    reach: a name of only the loopback is passed over for the address the machine's route leaves from."""
+    for fqdn, hostname in (("localhost", "localhost"), ("localhost", socket.gethostname()),
+                           (socket.getfqdn(), socket.gethostname())):
+        monkeypatch.setattr(socket, "getfqdn", lambda fqdn=fqdn: fqdn)
+        monkeypatch.setattr(socket, "gethostname", lambda hostname=hostname: hostname)
+        host = team_host()
+        assert host is None or not _only_loopback(host), (fqdn, hostname, host)
+        if host is not None and host not in (fqdn, hostname):  # an address: the one the machine's route leaves from
+            assert ipaddress.ip_address(host) and not ipaddress.ip_address(host).is_loopback
 
 
 @pytest.mark.parametrize(("option", "value"), [("--task", "chat"), ("--generation-config", "vllm")])
@@ -404,7 +446,10 @@ def test_publish_refuses_a_path_and_a_lora_and_notes_a_base_name_new_to_the_regi
                 url=server["url"])
     flat = " ".join(typo.stderr.split())
     assert typo.returncode == 0 and "note: base model 'tiny-lama' is new to this registry (it knew " in flat, flat
-    assert "tiny-llama" in flat and "`vera rm` the version" in flat
+    assert "tiny-llama" in flat and "`vera base rm tiny-lama` then forgets the name" in flat
+    # the commands it names are the CLI's (it named a `vera rm` there was none of, a newcomer's walk, session 38)
+    assert "`vera delete ann/based2:2 --yes`" in flat
+    assert vera("delete", "ann/based2:2", "--yes", url=server["url"]).returncode == 0
     again = vera("publish", str(server["source"]), "--name", "ann/based2", "--base-model", "tiny-lama",
                  url=server["url"])
     assert again.returncode == 0 and "is new to this registry" not in again.stderr

@@ -535,7 +535,10 @@ def test_messages_instead_of_tracebacks_when_unreachable_or_refused(registry: di
                           "called that. Did you mean alice/model0@prod?"),
     ("alice/model0@prdo", "alice/model0 has no alias 'prdo'; its aliases: latest, prod. Did you mean "
                           "alice/model0@prod?"),
-], ids=["space", "capitals", "typo"])
+    # an alias not set yet: where it is set, in the page's words (the registry's names `vera alias`)
+    ("alice/model0@staging", "alice/model0 has no alias 'staging'; its aliases: latest, prod. An alias is set on its "
+                             "version's Adapter page (**Point alias here**)."),
+], ids=["space", "capitals", "typo", "unset"])
 def test_a_near_miss_reference_names_what_is_wrong_and_the_one_meant(registry: dict[str, Any], typed: str,
                                                                      said: str) -> None:
     """A newcomer's walk: `alice/model0 @latest` blamed the adapter's name ("Adapter name 'model0 ' is not a valid
