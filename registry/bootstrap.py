@@ -78,7 +78,8 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
             raise SchemaOutOfDate(f"{exc} (This registry is read-only, VERA_READ_ONLY: it creates and upgrades no "
                                   "schema; run `vera db upgrade` without it, against the primary.)") from None
         budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations,
-                                  max_export_bytes=settings.max_export_bytes)
+                                  max_export_bytes=settings.max_export_bytes,
+                                  max_compare_work=settings.max_compare_work)
         base_configs = None
         if settings.hub_base_configs:
             use_timeout(settings.hub_timeout_s)

@@ -18,6 +18,7 @@ from registry.domain.errors import InvalidInput
 from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS, TrustedPublisher, check_publishers
 from registry.domain.schemas import (
     DERIVED_MAX_BYTES,
+    MAX_COMPARE_WORK,
     MAX_DATASET_BYTES,
     MAX_EXPORT_BYTES,
     MAX_JOB_CHECKPOINT_BYTES,
@@ -92,6 +93,9 @@ class Settings(BaseSettings):
     concurrent_generations: int = Field(default=2, ge=1, le=256)
     # The largest LoRA export built (bytes of factors), checked before any is computed; 16 GiB by default.
     max_export_bytes: int = Field(default=MAX_EXPORT_BYTES, ge=1 << 20)
+    # The most multiply-adds of weight-delta arithmetic one comparison (POST /api/v1/compare) may cost, estimated
+    # from the versions' shapes and checked before any delta is formed; 2^37 (about 30 s of a core) by default.
+    max_compare_work: int = Field(default=MAX_COMPARE_WORK, ge=1)
     # A read-only registry (read_only) builds the download forms the registry never stored into a temporary folder of
     # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size
     # with a unit: 10GB, 10GiB); the form just built is always kept, whatever its size.

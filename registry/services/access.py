@@ -381,7 +381,8 @@ class Access:
                               how=f"`vera org rename {name} {new_name}` with an admin token")
                 _refuse_while_training(s, name, new_name)
                 history = _history(s, name)
-                move_owner(s, name, new_name, actor=viewer.owner)
+                members = s.scalars(select(m.Membership.member).where(m.Membership.organization_id == org.id))
+                move_owner(s, name, new_name, actor=viewer.owner, told=frozenset(members))
                 org.name = new_name
                 # the old name retired as a deleted organisation's is: when it left a history (an organisation
                 # that owned nothing, renamed, leaves its name free, or renaming one would retire names at will)

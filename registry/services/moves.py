@@ -19,7 +19,7 @@ new name, and for a transfer on the old name too, so that each owner's events an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -204,14 +204,17 @@ def _rename(s: Session, adapter: m.Adapter, old: Ref, new: Ref, actor: str) -> d
     return names
 
 
-def move_owner(s: Session, old: str, new: str, *, actor: str) -> list[str]:
+def move_owner(s: Session, old: str, new: str, *, actor: str, told: Collection[str] = ()) -> list[str]:
     """Move everything owner ``old`` has to the free owner name ``new`` (an organisation renamed:
     registry.services.access): each adapter to the same name under ``new`` as a move does (its old name
     remembered, its version numbers going on, a ``move`` event), and every other row that names the owner: jobs
     (their owner and target; the caller refuses while any is queued or running), the quota an admin set for it
-    (replacing one set for ``new``, if it has one), webhooks, and tokens limited to it (limited to ``new`` instead).
-    Audit events keep the names of their time, as do the old names of adapters that left ``old`` before. The caller
-    locks the owner's adapters and checks ``new``; the adapters' old names, as moved."""
+    (replacing one set for ``new``, if it has one), webhooks, and the tokens limited to it of the users ``told`` (its
+    members), of registry admins and of ``old`` itself (limited to ``new`` instead): another user's token keeps the
+    retired old name, which still limits it to nothing it could reach (an outsider limited a token to an
+    organisation's name to learn the secret new name from its own token list, session 38). Audit events keep the
+    names of their time, as do the old names of adapters that left ``old`` before. The caller locks the owner's
+    adapters and checks ``new``; the adapters' old names, as moved."""
     adapters = list(s.scalars(select(m.Adapter).where(m.Adapter.owner == old).order_by(m.Adapter.name)
                               .with_for_update().execution_options(populate_existing=True)))
     for adapter in adapters:
@@ -225,7 +228,8 @@ def move_owner(s: Session, old: str, new: str, *, actor: str) -> list[str]:
     s.execute(update(m.Webhook).where(m.Webhook.owner == old).values(owner=new))
     limited = cast(m.AccessToken.limited_to, String).contains(f'"{old}"', autoescape=True)  # JSON text: a prefilter
     for token in s.scalars(select(m.AccessToken).where(limited)):
-        if token.limited_to is not None and old in token.limited_to:
+        if token.limited_to is not None and old in token.limited_to and (
+                token.owner in told or token.owner == old or "admin" in (token.scopes or [])):
             token.limited_to = sorted({new if o == old else o for o in token.limited_to})
     return [f"{old}/{a.name}" for a in adapters]
 

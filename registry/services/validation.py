@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.domain.errors import Busy, InvalidInput
-from registry.domain.schemas import MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS
+from registry.domain.schemas import MAX_COMPARE_WORK, MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS
+from registry.domain.words import counted
 from vera_core.errors import VeraConfigError
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.patterns import require_linear
@@ -36,9 +37,21 @@ class ProjectionBudget:
     requests can make the server spend (each generation holds A and B, and the bytes built from them)."""
 
     def __init__(self, max_elements: int = MAX_PROJECTION_ELEMENTS, concurrent: int = 2,
-                 wait_s: float = 30.0, max_export_bytes: int = MAX_EXPORT_BYTES) -> None:
+                 wait_s: float = 30.0, max_export_bytes: int = MAX_EXPORT_BYTES,
+                 max_compare_work: int = MAX_COMPARE_WORK) -> None:
         self.max_elements, self.wait_s, self.max_export_bytes = max_elements, wait_s, max_export_bytes
+        self.max_compare_work = max_compare_work
         self._slots = threading.BoundedSemaphore(concurrent)
+
+    def check_compare(self, work: int, count: int) -> None:
+        """Refuse, before any delta is formed, a comparison whose arithmetic costs more than the limit."""
+        if work > self.max_compare_work:
+            raise InvalidInput(
+                f"This comparison ({counted(count, 'distinct version')}) takes about {work:.2g} multiply-adds of "
+                f"their weight deltas; this registry computes at most {self.max_compare_work:.2g} for one "
+                "(VERA_MAX_COMPARE_WORK): their ranks and layers are too large to compare here. Compare fewer "
+                "versions at once, or fetch them (`vera fetch REF --out DIR`) and compare their deltas with "
+                "vera_core on your own machine.")
 
     def check_export(self, nbytes: int, ref: str) -> None:
         """Refuse, before any factor is computed, a LoRA export larger than the limit: a VeRA adapter of kilobytes
@@ -63,9 +76,15 @@ class ProjectionBudget:
     def generating(self, spec: ProjectionSpec) -> Iterator[None]:
         """Hold one of the concurrent generation slots while A and B for ``spec`` exist (Busy after wait_s)."""
         self.check(spec)
+        with self.working():
+            yield
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Hold one of the slots of costly work (a generation, a comparison's arithmetic; Busy after wait_s)."""
         if not self._slots.acquire(timeout=self.wait_s):
-            raise Busy("The registry is already generating as many projections as it allows at once; retry in a "
-                       "few seconds (VERA_CONCURRENT_GENERATIONS).")
+            raise Busy("The registry is already generating as many projections (or comparing as many versions) as "
+                       "it allows at once; retry in a few seconds (VERA_CONCURRENT_GENERATIONS).")
         try:
             yield
         finally:

@@ -74,6 +74,9 @@ def test_a_renamed_organisation_takes_everything_with_it(registry: Registry, tmp
     registry.set_quota("acme", 10**9, actor="root")
     _, limited = create_token(db, owner="bob", scopes=["read", "publish"], limited_to=["acme", "bob"])
     outsider = principal(db, "mallory", ["read", "publish"])
+    # an outsider's token limited to acme, to read the new name off its own limit (session 38), and an admin's
+    _, spying = create_token(db, owner="mallory", scopes=["read"], limited_to=["acme", "mallory"])
+    _, rooted = create_token(db, owner="root", scopes=["admin"], limited_to=["acme"])
 
     renamed = access.rename_organization("acme", "acme-ai", viewer=ann)
     assert (renamed.name, renamed.description, renamed.created_by) == ("acme-ai", "the team", "ann")
@@ -114,6 +117,9 @@ def test_a_renamed_organisation_takes_everything_with_it(registry: Registry, tmp
     assert registry.usage("acme-ai").quota_bytes == 10**9
     assert (bob.limited_to, bob.can_write("acme-ai"), bob.can_write("acme")) == (
         frozenset({"acme-ai", "bob"}), True, False)
+    # a member's and an admin's limits follow the rename; an outsider's keeps the retired name, and learns nothing
+    assert authenticate(db, rooted).limited_to == frozenset({"acme-ai"})
+    assert authenticate(db, spying).limited_to == frozenset({"acme", "mallory"})
     assert [j.id for j in jobs.list_jobs(owner="acme-ai")] == [ended]
 
     # the old name is retired: no new organisation or user takes it (a registry admin may revive it)

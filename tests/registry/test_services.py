@@ -17,6 +17,7 @@ from registry.store import models as m
 from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from vera_core import PEFT_GENERATOR, PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter
+from vera_core.keys import LAMBDA_B, LAMBDA_D, PEFT_PREFIX
 
 
 def counts(registry: Registry) -> dict[str, int]:
@@ -410,12 +411,19 @@ def test_compare_with_a_version_on_another_base_model_keeps_the_others_cosines(r
     assert registry.compare([other, *refs]).with_first == []  # the first shares a layer with none
 
 
-@pytest.mark.parametrize("generator", [PORTABLE_GENERATOR, PEFT_GENERATOR])
+@pytest.mark.parametrize(("generator", "r"), [(PORTABLE_GENERATOR, 8), (PEFT_GENERATOR, 8), (PORTABLE_GENERATOR, 96)])
 def test_compare_cosines_are_those_of_the_loaded_models_deltas(registry: Registry, tmp_path: Path,
-                                                               generator: str) -> None:
-    """Llama's down_proj reads 48 inputs, the other layers 32: each delta uses its own slice of A and B."""
-    refs = [registry.publish(make_adapter(tmp_path / f"a{seed}", seed=seed, projection_generator=generator),
+                                                               generator: str, r: int) -> None:
+    """Llama's down_proj reads 48 inputs, the other layers 32: each delta uses its own slice of A and B. At r=8 the
+    inner products are r x r products of the factors; at r=96, above the layers' sizes, the deltas formed whole are
+    cheaper (an outsider's r=16384 comparison took hours the factored way, session 38): both give the same cosines."""
+    from registry.services.analysis import _plan
+
+    refs = [registry.publish(make_adapter(tmp_path / f"a{seed}", seed=seed, projection_generator=generator, r=r),
                              owner="jo", name=f"c{seed}", base_model="tiny-llama").ref for seed in (1, 2)]
+    path = "model.layers.0.self_attn.q_proj"  # (32, 32): formed whole above r=32, where that costs less
+    shaped = {f"{PEFT_PREFIX}{path}{LAMBDA_B}": torch.zeros(32), f"{PEFT_PREFIX}{path}{LAMBDA_D}": torch.zeros(r)}
+    assert _plan(path, [(shaped, {path: 32})] * 2, [0, 1], None).formed == (r > 32)
     loaded = [dict(load_adapter(LLAMA.make(), registry.fetch(ref, tmp_path / ref.replace("/", "-"))
                                 ).named_vera_layers()) for ref in refs]
     result = registry.compare(refs)
@@ -426,6 +434,43 @@ def test_compare_cosines_are_those_of_the_loaded_models_deltas(registry: Registr
         assert layer.delta_cosine[0][1] == pytest.approx(want, abs=1e-5), layer.module
         assert layer.delta_cosine[0][0] == pytest.approx(1.0, abs=1e-5)
         assert layer.d_norms[0] == pytest.approx(float(loaded[0][layer.module].vera_lambda_d.norm()))
+
+
+def test_a_comparison_over_the_work_budget_is_refused_before_any_delta_is_formed(database_url: str,
+                                                                                  tmp_path: Path) -> None:
+    """POST /api/v1/compare of one r=16384 version named twice took a server to 7.5 GB and would have run for hours
+    (an outsider's, session 38). Its cost is estimated from the shapes and refused over VERA_MAX_COMPARE_WORK; a
+    version named twice is compared once, so it costs what one version costs."""
+    from registry.services.analysis import MAX_LAYER_BYTES, _plan
+    from registry.services.validation import ProjectionBudget
+    from registry.store.blobs import FsspecBlobStore
+    from registry.store.database import Database
+
+    db = Database(database_url)
+    db.upgrade()
+    open_one = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")))
+    refs = [open_one.publish(make_adapter(tmp_path / f"w{seed}", seed=seed), owner="jo", name=f"w{seed}",
+                             base_model="tiny-llama").ref for seed in (1, 2)]
+
+    def refused(budget: int, compared: list[str]) -> float:
+        tight = Registry(db, FsspecBlobStore(str(tmp_path / "blobs")), budget=ProjectionBudget(max_compare_work=budget))
+        with pytest.raises(InvalidInput, match=r"^This comparison \((\d) distinct versions?\) takes about ") as said:
+            tight.compare(compared)
+        assert "VERA_MAX_COMPARE_WORK" in str(said.value) and "`vera fetch REF --out DIR`" in str(said.value)
+        return float(str(said.value).split("takes about ")[1].split(" ")[0])
+
+    # the memory a layer's arithmetic holds is bounded too: the way that fits is taken, and neither is refused
+    def shaped(r: int) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        return {f"{PEFT_PREFIX}q{LAMBDA_B}": torch.zeros(384), f"{PEFT_PREFIX}q{LAMBDA_D}": torch.zeros(r)}, {"q": 384}
+
+    assert (_plan("q", [shaped(8)] * 2, [0, 1], None).formed, _plan("q", [shaped(50_000)] * 2, [0, 1], None).formed,
+            _plan("q", [shaped(90_000)] * 2, [0, 1], None).work) == (False, True, -1)
+    assert 8 * 2 * 768 * 50_000 > MAX_LAYER_BYTES >= 8 * (2 * 384 * 384 + 768 * 50_000)  # (why: the factors)
+    pair, twice = refused(1, refs), refused(1, [refs[0], refs[0], refs[0].replace(":1", "@latest")])
+    assert 0 < twice < pair  # one version's norms, not three versions' pairs
+    assert Registry(db, FsspecBlobStore(str(tmp_path / "blobs")),
+                    budget=ProjectionBudget(max_compare_work=int(pair) * 2)).compare(refs).layers
+    db.engine.dispose()
 
 
 def test_peft_written_seed_only_adapters_need_their_projection(registry: Registry, tmp_path: Path) -> None:
