@@ -172,6 +172,26 @@ def check_json(value: Any, what: str, *, max_bytes: int) -> str:
     return text
 
 
+def check_plain(value: Any, what: str, *, multiline_strings: bool = False) -> None:
+    """Every key of ``value``'s objects, at any depth, is one line of plain text and not empty, and every string in
+    it is plain text too (one line, or lines where ``multiline_strings``): metrics and evaluation details are printed
+    by `vera show`, `vera eval ls` and `vera compare`, where an escape sequence in a key cleared an admin's screen and
+    forged a line (an outsider's, session 38). Call after check_json (which bounds the depth)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if key == "":
+                    raise InvalidInput(f"{what} has an empty key; name each value.")
+                check_text(key, f"{what}'s key {key[:100]!r}", max_length=1000)
+                pending.append(inner)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            check_text(item, f"{what}'s text {item[:100]!r}", max_length=len(item), multiline=multiline_strings)
+
+
 def path_like(name: str) -> bool:
     """Whether a base model name reads as a folder path (a machine's), not a Hub id (org/name) or a registry name:
     such a name became a base for good, and servers of the real name refuse its versions (a newcomer's walk and an

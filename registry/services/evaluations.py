@@ -17,7 +17,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import MAX_EVALUATION_BYTES, EvaluationInfo, EvaluationRecord, Ref, check_json
+from registry.domain.schemas import (
+    MAX_EVALUATION_BYTES,
+    EvaluationInfo,
+    EvaluationRecord,
+    Ref,
+    check_json,
+    check_plain,
+)
 from registry.services.filters import MAX_METRIC_DEPTH, MAX_METRIC_KEY, MAX_METRICS_PER_VERSION
 from registry.services.lookup import resolve, version_ref
 from registry.services.publishing import MAX_METRICS_BYTES
@@ -86,6 +93,8 @@ class Evaluations:
         or an earlier evaluation), InvalidInput when it is too big or holds no number."""
         check_json(record.metrics, "metrics", max_bytes=MAX_EVALUATION_BYTES)
         check_json(record.details, "details", max_bytes=MAX_EVALUATION_BYTES)
+        check_plain(record.metrics, "metrics")
+        check_plain(record.details, "details", multiline_strings=True)
         if record.name in RESERVED:
             reserved = ", ".join(sorted(RESERVED))
             raise InvalidInput(f"{record.name!r} is a name the registry reads in metrics itself ({reserved}): "

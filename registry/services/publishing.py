@@ -29,6 +29,7 @@ from registry.domain.schemas import (
     VersionInfo,
     check_json,
     check_name,
+    check_plain,
     check_properties,
     check_text,
 )
@@ -271,6 +272,7 @@ def _checked_publication(*, owner: str, name: str, base_model: str, base_revisio
     check_text(description, "description", max_length=MAX_DESCRIPTION, multiline=True)
     metrics = dict(metrics or {})
     check_json(metrics, "metrics", max_bytes=MAX_METRICS_BYTES)
+    check_plain(metrics, "metrics")
     tags = sorted({check_name(t, "Tag") for t in tags})
     if len(tags) > MAX_TAGS:
         raise InvalidInput(f"A version takes at most {MAX_TAGS} tags, got {len(tags)}.")

@@ -103,6 +103,14 @@ def test_a_name_is_taken_once_and_published_metrics_never_change(published: Regi
     ({f"m{i}": i for i in range(1001)}, {}, "has 3 numeric metrics and this evaluation adds 1,001: at most 1,000"),
     ({"acc": float("nan")}, {}, "metrics must be JSON of finite numbers"),
     ({"a": {"b" * 200: 1}}, {}, r"characters as a dotted key \(name included\); at most 200"),
+    # what a terminal would run: `vera show` and `vera eval ls` print keys and texts (an outsider's, session 38)
+    ({"\x1b[2J\x1b[31mRED": 0.5}, {}, r"metrics's key '\\x1b\[2J.*' contains the control character '\\x1b'"),
+    ({"line1\nFAKE: 1.0": 0.7}, {}, r"metrics's key 'line1\\nFAKE: 1.0' contains the control character '\\n'"),
+    ({"p\u202es": 0.7}, {}, "a line separator or a bidirectional override"),
+    ({"": 1}, {}, "metrics has an empty key; name each value"),
+    ({"acc": 1, "run": "a\x07"}, {}, r"metrics's text 'a.x07' contains the control character"),
+    ({"acc": 1}, {"\x1b]8;;http://evil/\x1b\\": "x"}, "details's key .* contains the control character"),
+    ({"acc": 1}, {"log": "ok\x1b[2J"}, r"details's text 'ok.x1b\[2J' contains the control character"),
 ])
 def test_bad_evaluations_are_refused_and_change_nothing(published: Registry, metrics: dict[str, Any],
                                                         details: dict[str, Any], says: str) -> None:
@@ -111,6 +119,14 @@ def test_bad_evaluations_are_refused_and_change_nothing(published: Registry, met
         published.evaluations.record("alice/e:1", EvaluationRecord(name="bad", metrics=metrics, details=details),
                                      actor="alice")
     assert published.get("alice/e:1").metrics == before and published.evaluations.evaluations("alice/e:1") == []
+
+
+def test_details_may_hold_lines_and_metrics_their_labels(published: Registry) -> None:
+    """What the plain-text check leaves: details of several lines (a harness's settings), label names as text."""
+    details = {"command": "lm_eval --tasks arc_easy\n--num_fewshot 0\tbatch 8", "labels": ["négatif", "positif"]}
+    published.evaluations.record("alice/e:1", EvaluationRecord(name="lines", metrics={"acc": 0.5, "note": "ok"},
+                                                               details=details), actor="alice")
+    assert published.evaluations.evaluations("alice/e:1")[0].details == details
 
 
 def test_names_the_registry_reads_are_reserved_and_limits_are_exact(published: Registry) -> None:
