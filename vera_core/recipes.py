@@ -23,6 +23,7 @@ from vera_core.checkpoint import load_adapter, read_adapter_config
 from vera_core.config import DEMO_MODEL as DEMO_MODEL  # the offline demo's base model
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
+from vera_core.errors import finite_number
 from vera_core.trainer import Trainer, TrainingArguments
 
 TaskName = Literal["classification", "causal-lm"]
@@ -82,6 +83,11 @@ class TrainSpec:
             raise TrainingSpecError("No dataset: pass --data FILE (.csv or .jsonl) or --demo for the offline demo.")
         if self.demo and self.task != "classification":
             raise TrainingSpecError("The demo task (word polarity) is a classification task.")
+        # d is trained in float32: 1e308 was accepted, then an overflow on a job's worker (an outsider's, session 38);
+        # what is not a finite number VeraConfig refuses
+        if (value := finite_number(self.d_initial)) is not None and abs(value) > torch.finfo(torch.float32).max:
+            raise TrainingSpecError(f"d_initial={value:.3g} is more than float32 holds (d is trained in float32); "
+                                    "PEFT's default is 0.1.")
 
     def _check_types(self) -> None:
         """The fields a job's JSON spec could give another type of: a string "yes" for demo was a demo, a list for

@@ -621,7 +621,19 @@ def _job_input() -> Iterator[None]:
         raise
     except (TypeError, ValueError) as exc:
         kind = "dataset" if isinstance(exc, DatasetError) else "spec"
-        raise InvalidInput(f"Invalid job {kind}: {exc}") from exc
+        said = str(exc)
+        for cli, job in _JOB_WORDS:
+            said = said.replace(cli, job)
+        raise InvalidInput(f"Invalid job {kind}: {said}") from exc
+
+
+#: vera_core's words for `vera train`'s options, in a job's (an outsider's, session 38: the API answered "pass
+#: --demo", which no request has)
+_JOB_WORDS = (("Pass either --demo or --data, not both.",
+               "Either set demo=true or upload a dataset (`vera job submit --demo` or `--data FILE`), not both."),
+              ("No dataset: pass --data FILE (.csv or .jsonl) or --demo for the offline demo.",
+               "No dataset: upload a .csv or .jsonl file (`vera job submit --data FILE`, the dashboard's upload) or "
+               "set demo=true for the offline demo."))
 
 
 def _check_start_labels(start: tuple[str, VeraConfig, list[str] | None], labels: list[str]) -> None:

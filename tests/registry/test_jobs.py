@@ -34,7 +34,10 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "r": 0}, None, "r must be a positive integer"),
         ({"demo": True, "training": {"epochs": 1, "warp": 9}}, None, "unexpected keyword argument 'warp'"),
         ({"demo": True, "training": {"lr": -1}}, None, "lr must be positive"),
-        ({}, None, "No dataset"),
+        ({}, None, r"^Invalid job spec: No dataset: upload a \.csv or \.jsonl file \(`vera job submit --data FILE`, "),
+        ({"demo": True, "data": "x"}, b"text,label\n", "Either set demo=true or upload a dataset"),  # not "--demo"
+        # an overflow on a worker, accepted at submission (an outsider's, session 38)
+        ({"demo": True, "d_initial": 1e308}, None, r"d_initial=1e\+308 is more than float32 holds"),
         ({"task": "regression", "demo": True}, None, "task must be classification or causal-lm"),
         ({"data": "x"}, b"text\nhello\n", "has columns \\['text'\\] but not \\['label'\\]"),
         ({"demo": True, "base_model": "nobody/nothing"}, None, "train only .minilm. \\(VERA_JOB_BASE_MODELS\\)"),
