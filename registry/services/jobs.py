@@ -11,12 +11,14 @@ worker.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -624,7 +626,26 @@ def _job_input() -> Iterator[None]:
         said = str(exc)
         for cli, job in _JOB_WORDS:
             said = said.replace(cli, job)
+        if unknown := _UNKNOWN_FIELD.fullmatch(said):  # Python's words for a field that is not one (an outsider's)
+            said = _unknown_field(*unknown.groups())
         raise InvalidInput(f"Invalid job {kind}: {said}") from exc
+
+
+_UNKNOWN_FIELD = re.compile(r"(TrainSpec|TrainingArguments)\.__init__\(\) got an unexpected keyword argument "
+                            r"'(.{1,200})'")
+
+
+def _unknown_field(within: str, name: str) -> str:
+    """A spec's field, or a training setting, that is not one: named with those there are."""
+    from vera_core.recipes import TrainSpec
+    from vera_core.trainer import TrainingArguments
+
+    known = sorted(f.name for f in fields(TrainSpec if within == "TrainSpec" else TrainingArguments)
+                   if f.name not in ("data", "output_dir", "device"))  # (the worker's to set)
+    what = f"{name!r} is not a field of a job's spec" if within == "TrainSpec" else \
+        f"training.{name} is not a training setting"
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{what}{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(known)}."
 
 
 #: vera_core's words for `vera train`'s options, in a job's (an outsider's, session 38: the API answered "pass
