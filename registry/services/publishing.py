@@ -34,7 +34,12 @@ from registry.domain.schemas import (
     check_text,
 )
 from registry.services.access import Visibility, check_visibility
-from registry.services.base_configs import BaseConfigSource, BaseConfigUnavailable
+from registry.services.base_configs import (
+    BUNDLED_SOURCE,
+    BaseConfigSource,
+    BaseConfigUnavailable,
+    bundled_config,
+)
 from registry.services.base_models import BaseModels, refuse_a_new_path
 from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
@@ -182,18 +187,30 @@ class Publisher:
         """A PEFT-written seed-only adapter sized from its base model's declared shapes; undeclared, from the base's
         config.json on the Hub (declared from then on); else the refusal says what was tried and how to go on."""
         files = self.base_models.with_declared_shapes(files, what.base_model, what.base_revision)
-        if files.spec is not None or self.base_configs is None:
+        if files.spec is not None:
             return files
-        source = self.base_configs.describe()
+        found = self._base_config_source(what)
+        if found is None:
+            return files
+        source, recorded, read = found
         try:
-            config = self.base_configs.config(what.base_model, what.base_revision)
             self.base_models.register_from_config_dict(name=what.base_model, revision=what.base_revision,
-                                                       config=config, actor=what.published_by,
-                                                       source=f"{source}/{what.base_model}")
+                                                       config=read(), actor=what.published_by, source=recorded)
         except (BaseConfigUnavailable, InvalidInput, Conflict) as exc:
-            raise InvalidInput(f"{SHAPELESS_SEED_ONLY} The registry looked for base model {what.base_model!r}'s "
-                               f"config.json on {source}: {str(exc).rstrip('.')}.") from exc
+            raise InvalidInput(f"{SHAPELESS_SEED_ONLY} The registry looked for the config.json of base model "
+                               f"{what.base_model!r} on {source}: {str(exc).rstrip('.')}.") from exc
         return self.base_models.with_declared_shapes(files, what.base_model, what.base_revision)
+
+    def _base_config_source(self, what: _Publication) -> tuple[str, str, Callable[[], dict[str, Any]]] | None:
+        """Where the base's config.json is read (for messages; for the audit log) and how: the demo's minilm from its
+        package on this machine (a name only vera resolves: the Hub was asked for it, a newcomer's walk, session
+        38), else the Hub (base_configs); None where neither can."""
+        if (bundled := bundled_config(what.base_model, what.base_revision)) is not None:
+            return BUNDLED_SOURCE, BUNDLED_SOURCE, lambda: bundled
+        if (configs := self.base_configs) is None:
+            return None
+        return (configs.describe(), f"{configs.describe()}/{what.base_model}",
+                lambda: configs.config(what.base_model, what.base_revision))
 
     def _record_with_retries(self, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
                              projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:

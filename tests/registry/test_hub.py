@@ -481,6 +481,29 @@ def test_seed_only_peft_adapters_publish_with_the_base_config_read_once_from_the
     db.engine.dispose()
 
 
+def test_a_seed_only_peft_adapter_of_the_demo_base_publishes_with_its_bundled_config(registry: Registry,
+                                                                                     tmp_path: Path) -> None:
+    """`minilm` is a name only vera resolves: the registry asked the Hub for its config.json and refused the guide's
+    seed-only PEFT adapter (a newcomer's walk, session 38). Its package's config.json, on this machine, declares it;
+    this registry reads no Hub (no base_configs)."""
+    from peft import VeraConfig as PeftVeraConfig
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from registry.services.base_configs import BUNDLED_SOURCE
+    from vera_core.recipes import resolve_base
+
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"), num_labels=2)
+    get_peft_model(base, PeftVeraConfig(r=8, target_modules=["query", "value"], save_projection=False)
+                   ).save_pretrained(tmp_path / "peft")
+    info = registry.publish(tmp_path / "peft", owner="eve", name="demo-peft", base_model="minilm", published_by="eve")
+    assert info.seed_reproducible and registry.verify(info.ref).status == "passed"
+    [event] = [e for e in registry.audit() if e.action == "base-register"]
+    assert event.detail["source"] == BUNDLED_SOURCE
+    [declared] = [b for b in registry.list_base_models() if b.name == "minilm"]
+    assert declared.shapes_source == "declared"
+
+
 @pytest.mark.parametrize(("base", "seeded", "reason"), [
     ("org/missing", None, "no public Hub repo org/missing"),
     ("org/private-base", "private", "no public Hub repo org/private-base"),
@@ -505,7 +528,7 @@ def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
         publisher.publish(source, owner="eve", name="p", base_model=base)
     message = str(refused.value)
     assert "stores neither its projections nor their shape" in message and "vera base register" in message
-    assert f"looked for base model {base!r}'s config.json on {hub.url}" in message and reason in message
+    assert f"looked for the config.json of base model {base!r} on {hub.url}: " in message and reason in message
     assert snapshot(registry) == before
 
 
