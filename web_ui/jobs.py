@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -16,6 +16,8 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobCheckpointInfo, JobEventInfo, JobInfo, VersionInfo
+from registry.domain.words import UNCLAIMED_AFTER as UNCLAIMED_AFTER  # (the page's hint: shared with `vera job`)
+from registry.domain.words import span, unclaimed_hint
 from web_ui import charts, formats, navigation, session, tables, views
 from web_ui.activity import markdown_text
 
@@ -40,32 +42,6 @@ def duration(job: JobInfo, now: datetime | None = None) -> str:
         return formats.MISSING
     end = job.finished_at or now or datetime.now(UTC)
     return span(end - job.started_at)
-
-
-def span(time: timedelta) -> str:
-    """'45 s', '2 min 05 s'."""
-    seconds = max(0, round(time.total_seconds()))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-#: How long a job waits in the queue before its view says that no worker has claimed it.
-UNCLAIMED_AFTER = timedelta(seconds=30)
-
-
-def unclaimed_hint(job: JobInfo, now: datetime | None = None) -> str | None:
-    """What to do about a job that has waited UNCLAIMED_AFTER or longer for a worker (since it was submitted, last
-    ran, or became claimable after a lost attempt), or None: most often no worker runs for this registry."""
-    if job.status != "queued":
-        return None
-    since = max(t for t in (job.created_at, job.heartbeat_at, job.not_before) if t is not None)
-    waited = (now or datetime.now(UTC)) - since
-    if waited < UNCLAIMED_AFTER:
-        return None
-    gpus = (f" It asks for {formats.counted(job.gpus, 'GPU')}: only a worker that owns as many claims it (`vera "
-            "worker --device cuda:all` on a machine that has them)." if job.gpus else "")
-    return (f"No worker has claimed job {job.id} in the {span(waited)} it has been queued. Is a worker running for "
-            "this registry? Start one on a machine that reaches the registry's database and storage: `vera worker` "
-            f"(or `vera up`, which runs the API, a worker and this dashboard together).{gpus}")
 
 
 def published(jobs: list[JobInfo]) -> dict[str, VersionInfo | None]:

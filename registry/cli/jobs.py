@@ -13,11 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from registry.cli import training_options as opt
-from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console
+from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console, err_console, styled
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_GPUS, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
 from registry.domain.training_spec import training_spec
+from registry.domain.words import unclaimed_hint
 from vera_core import PORTABLE_GENERATOR
 
 
@@ -140,6 +141,8 @@ def job_show(job_id: int, as_json: JsonOutput = False, registry: RegistryUrl = N
         print_json(job)
         return
     console.print(_job_table(job))
+    if (hint := unclaimed_hint(job)) is not None:  # the dashboard's, said here too (a newcomer's walk, session 38)
+        err_console.print(styled("note:", "yellow", f" {hint}"), soft_wrap=True)
     if (saved := job.checkpoint) is not None:
         console.print(f"checkpoint in the registry: {saved.summary()}; a new attempt resumes from it")
     evals = call_registry(registry, token, lambda c: c.job_events(job_id, kind="evaluate"))
@@ -167,7 +170,7 @@ def job_logs(
 ) -> None:
     """Print a job's progress, evaluations and log lines. With --follow, wait for the job to end: the exit status
     says how (0 succeeded, 3 failed or cancelled), so a script can stop on a failed job."""
-    after = 0
+    after, hinted = 0, False
     while True:
         for e in call_registry(registry, token, partial(_events_after, job_id, after)):
             after = e.id
@@ -176,6 +179,9 @@ def job_logs(
             if steps or e.kind != "step":
                 console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}", soft_wrap=True)  # a line each, piped too
         job = call_registry(registry, token, lambda c: c.job(job_id))
+        if follow and not hinted and (hint := unclaimed_hint(job)) is not None:  # once: a follow waited silently
+            err_console.print(styled("note:", "yellow", f" {hint}"), soft_wrap=True)
+            hinted = True
         if not follow or job.status in FINAL_JOB_STATUSES:
             console.print(f"job {job_id}: {job.status}" + (f" -> {job.result_ref}" if job.result_ref else "")
                           + (f" ({job.error})" if job.error else ""))

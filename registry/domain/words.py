@@ -4,8 +4,12 @@ back from words ("50GB"), and a trusted publisher's CI run in words."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry.domain.schemas import JobInfo
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
 
@@ -78,3 +82,30 @@ def ci_run(via: dict[str, Any]) -> str:
     if not said and isinstance(via.get("subject"), str):
         said = via["subject"]
     return f"{said.strip(' ,')} (trusted publisher {via.get('publisher', '?')}, {via.get('issuer', '?')})"
+
+
+def span(time: timedelta) -> str:
+    """'45 s', '2 min 05 s'."""
+    seconds = max(0, round(time.total_seconds()))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+#: How long a job waits in the queue before its views (the dashboard's Train page, `vera job show` and `vera job logs
+#: --follow`) say that no worker has claimed it.
+UNCLAIMED_AFTER = timedelta(seconds=30)
+
+
+def unclaimed_hint(job: JobInfo, now: datetime | None = None) -> str | None:
+    """What to do about a job that has waited UNCLAIMED_AFTER or longer for a worker (since it was submitted, last
+    ran, or became claimable after a lost attempt), or None: most often no worker runs for this registry."""
+    if job.status != "queued":
+        return None
+    since = max(t for t in (job.created_at, job.heartbeat_at, job.not_before) if t is not None)
+    waited = (now or datetime.now(UTC)) - since
+    if waited < UNCLAIMED_AFTER:
+        return None
+    gpus = (f" It asks for {counted(job.gpus, 'GPU')}: only a worker that owns as many claims it (`vera "
+            "worker --device cuda:all` on a machine that has them)." if job.gpus else "")
+    return (f"No worker has claimed job {job.id} in the {span(waited)} it has been queued. Is a worker running for "
+            "this registry? Start one on a machine that reaches the registry's database and storage: `vera worker` "
+            f"(or `vera up`, which runs the API, a worker and the dashboard together).{gpus}")

@@ -585,6 +585,44 @@ def test_several_problems_are_listed_in_the_problem_details_and_reach_the_client
     assert one.json()["detail"] == body["problems"][1]
 
 
+def test_vera_job_show_and_logs_follow_say_when_no_worker_claims_a_job(server: tuple[str, str, Path]) -> None:
+    """`vera job logs --follow` waited in silence for a job asking for a GPU no worker had, where the dashboard says
+    why (a newcomer's walk, session 38): `vera job show` and a follow say it too, the follow once."""
+    from sqlalchemy import update
+
+    from registry.store import models as m
+    from registry.store.database import Database
+
+    url, database, _ = server
+    with RegistryClient(url) as client:
+        job = client.submit_job("ann/waits-for-a-gpu", DEMO, gpus=1)
+        env = {**os.environ, "VERA_REGISTRY_URL": url, "COLUMNS": "200"}
+        fresh = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
+                               timeout=120, check=False)
+        assert fresh.returncode == 0 and "No worker has claimed" not in fresh.stderr  # just queued: nothing yet
+        db = Database(database)
+        with db.session() as s:
+            s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=m.utcnow() - timedelta(minutes=3)))
+        db.engine.dispose()
+        shown = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
+                               timeout=120, check=False)
+        said = " ".join(shown.stderr.split())
+        assert shown.returncode == 0, shown.stderr
+        assert said.startswith(f"note: No worker has claimed job {job.id} in the 3 min "), said
+        assert "It asks for 1 GPU: only a worker that owns as many claims it" in said
+        follow = subprocess.Popen([str(VERA), "job", "logs", str(job.id), "--follow"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert follow.stderr is not None
+            first = follow.stderr.readline()  # the note, at the follow's first look at the job
+            client.cancel_job(job.id)
+            rest = follow.communicate(timeout=60)[1]
+        finally:
+            follow.kill()
+    assert first.startswith(f"note: No worker has claimed job {job.id}") and "No worker has claimed" not in rest
+    assert follow.returncode == 3  # cancelled: a follow's failure status
+
+
 def test_a_spec_nested_too_deeply_is_a_422_in_words(server: tuple[str, str, Path]) -> None:
     """Nested past the JSON parser's depth (an outsider's spec, session 28): a 500 before."""
     url, _, _ = server
