@@ -13,7 +13,16 @@ from rich.text import Text
 
 import vera_core
 from registry.cli import training_options as opt
-from registry.cli.common import ForVllm, LoraDtype, MaxRank, check_failed, console, lora_export, styled
+from registry.cli.common import (
+    ForVllm,
+    LoraDtype,
+    MaxRank,
+    check_failed,
+    console,
+    err_console,
+    lora_export,
+    styled,
+)
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Ref
 from registry.domain.training_spec import training_spec
@@ -26,7 +35,8 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show an adapter's config, projection and size; with --verify, prove the seed regenerates its projections."""
-    report = _describe(vera_core.read_adapter(path), verify=verify)
+    files = vera_core.read_adapter(path)
+    report = _describe(files, verify=verify)
     if as_json:
         console.print_json(json.dumps(report))
         return
@@ -34,7 +44,11 @@ def inspect(
     for key, value in report.items():
         table.add_row(Text(key, style="bold"), str(value))
     console.print(table)
-    if verify and report.get("seed_reproducible") is False:
+    if verify and report.get("seed_reproducible") is False:  # a line that says it, as every failed check's
+        stored = "stored projections" if files.has_projection else "recorded fingerprint"
+        err_console.print(styled("failed:", "bold red", f" the seed does not regenerate {path}'s {stored} (the "
+                                 "adapter's A and B, or its config's seed, rank or generator, changed after it was "
+                                 "saved); do not trust it, fetch or train it again."), soft_wrap=True)
         check_failed()
 
 

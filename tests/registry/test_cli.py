@@ -55,6 +55,10 @@ def test_inspect_verify_fails_when_stored_projections_are_not_the_seeds(adapter:
     result = vera("inspect", str(out), "--verify")
     assert result.returncode == ExitCode.CHECK_FAILED == 3  # not 2: Click's usage errors
     assert "seed_reproducible        False" in result.stdout
+    # and a line that says what failed, as every failed check has (a table row alone: a newcomer's walk, session 38)
+    assert " ".join(result.stderr.split()) == (
+        f"failed: the seed does not regenerate {out}'s stored projections (the adapter's A and B, or its config's "
+        "seed, rank or generator, changed after it was saved); do not trust it, fetch or train it again.")
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
