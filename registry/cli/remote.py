@@ -208,9 +208,15 @@ def fetch(
     if manifest.form == "vera+projection" or (manifest.form == "vera" and manifest.version.generator != PEFT_GENERATOR):
         why = (f"; A and B included so that PEFT loads it ({manifest.version.stored_bytes:,} bytes stored: "
                "--seed-only for vera_core)")
+    fetched = {f.name for f in manifest.files}
+    if lora:  # which LoRA it is: exact, or an approximation and where its errors are (a newcomer's walk, session 38)
+        rank = read_json_object(out / "adapter_config.json", "the export's adapter_config.json").get("r")
+        errors = "; errors per layer in its README.md" if "README.md" in fetched else ""
+        why = (f" (LoRA, r = lora_alpha = {rank}, exact)" if max_rank is None else
+               f" (LoRA, r = lora_alpha = {rank}: --max-rank {max_rank}, exact only where that is the adapter's rank "
+               f"or more{errors})")
     console.print(f"fetched {manifest.version.ref} into {out}: {size:,} bytes{why}"
                   + (" (its files replaced the adapter that was there)" if replaced else ""), soft_wrap=True)
-    fetched = {f.name for f in manifest.files}
     if replaced and (left := sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in fetched)):
         # a training folder's metrics.json stays, and `vera publish --metrics` of that folder would record another
         # adapter's figures with these vectors (a newcomer's walk, session 33)

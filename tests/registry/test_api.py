@@ -446,6 +446,7 @@ def test_fetch_as_lora_loads_in_peft_as_a_lora(clients: Clients, local: tuple[st
     clients(url).publish(save_adapter(model, tmp_path / "src"), "lora/llama", base_model="tiny-llama")
     result = vera("fetch", "lora/llama", "--as", "lora", "--out", str(tmp_path / "lora"), "--registry", url)
     assert result.returncode == 0, result.stderr
+    assert "(LoRA, r = lora_alpha = 8, exact)" in result.stdout  # which LoRA it is (a newcomer's walk, session 38)
     assert json.loads((tmp_path / "lora/adapter_config.json").read_text())["peft_type"] == "LORA"
     lora = PeftModel.from_pretrained(LLAMA.make(), tmp_path / "lora").eval()
     inputs = LLAMA.inputs()
@@ -525,6 +526,8 @@ def test_rank_capped_lora_exports_for_serving_engines(clients: Clients, local: t
                 str(tmp_path / "k4"), "--registry", url)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "k4" / "adapter_config.json").read_text())["r"] == 4
+    assert "(LoRA, r = lora_alpha = 4: --max-rank 4, exact only where that is the adapter's rank or more; errors per " \
+           "layer in its README.md)" in " ".join(done.stdout.split()), done.stdout
     assert "relative Frobenius error" in (tmp_path / "k4" / "README.md").read_text()
     PeftModel.from_pretrained(LLAMA.make(), tmp_path / "k4")  # PEFT loads it as a rank-4 LoRA
     exact = client.fetch(info.ref, tmp_path / "k8", as_lora=True, lora={"max_rank": 8})  # K = r: the exact model
