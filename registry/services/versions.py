@@ -341,5 +341,6 @@ def _exporting(info: VersionInfo) -> Iterator[None]:
 
 def _check_options(*, with_projection: bool, seed_only: bool) -> None:
     if with_projection and seed_only:
-        raise InvalidInput("Ask for either the projections (with_projection) or a seed-only copy, not both.")
+        raise InvalidInput("Ask for either the projections (the API's projection=true, the client's with_projection, "
+                           "`vera fetch --with-projection`) or a seed-only copy (seed_only, --seed-only), not both.")
 

@@ -118,6 +118,7 @@ def test_every_default_download_is_what_peft_loads_correctly(
     refused = httpx.get(f"{url}/api/v1/adapters/{info.owner}/{info.name}/versions/1/files/adapter_config.json",
                         params={"projection": "true", "seed_only": "true"})
     assert refused.status_code == 422 and "not both" in refused.text
+    assert "projection=true" in refused.json()["detail"]  # the parameter's name, not the client's (session 38)
 
 
 def test_downloads_carry_an_etag_and_honour_conditional_requests(
