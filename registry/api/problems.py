@@ -83,10 +83,21 @@ def hub_error_headers(status: int, detail: str, exc: Exception | None) -> dict[s
 
 def _message(error: Any) -> str:
     """A validation error's message; an unknown query parameter's says so (pydantic's "Extra inputs are not
-    permitted" reads as if the value were wrong)."""
+    permitted" reads as if the value were wrong), and a body that is not JSON says where it stops being JSON
+    (FastAPI's "JSON decode error" at "body.15" read as a field's: an outsider's, session 38)."""
     if error.get("type") == "extra_forbidden" and error.get("loc", ("",))[0] == "query":
         return "not a query parameter this route takes (the API reference lists them: /docs); leave it out"
+    if error.get("type") == "json_invalid":
+        at, why = error.get("loc", ("body", "?"))[-1], (error.get("ctx") or {}).get("error", "")
+        return f"not JSON at character {at}{f' ({why})' if why else ''}; send a whole JSON document"
     return str(error.get("msg", ""))
+
+
+def _where(error: Any) -> str:
+    """The part of the request a validation error is about: ``body.training.lr``; a body that is not JSON is the
+    body's (its character is said in the message)."""
+    loc = error.get("loc", ())
+    return "body" if error.get("type") == "json_invalid" else ".".join(str(p) for p in loc)
 
 
 def problem(status: int, code: str, detail: str, instance: str, exc: Exception | None = None, *,
@@ -117,7 +128,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in exc.errors())
+        details = "; ".join(f"{_where(e)}: {_message(e)}" for e in exc.errors())
         sent = request.headers.get("content-type", "")
         if any(tuple(e["loc"]) == ("body",) for e in exc.errors()) and "json" not in sent:
             # e.g. `curl -d '{...}'`, which sends application/x-www-form-urlencoded: the JSON was never read

@@ -309,6 +309,12 @@ def test_a_json_body_sent_as_a_form_is_told_its_content_type(server: dict[str, A
     assert answer.status_code == 422
     assert "Content-Type: application/json" in answer.json()["detail"]
     assert "application/x-www-form-urlencoded" in answer.json()["detail"]
+    # JSON cut short: where it stops being JSON, as the body's ("body.15: JSON decode error" read as a field's)
+    cut = httpx.post(f"{server['url']}/api/v1/adapters/lookup", content=b'{"refs": ["ann/x:1"',
+                     headers={"Content-Type": "application/json"}, timeout=30)
+    assert cut.status_code == 422, cut.text
+    assert cut.json()["detail"].startswith("body: not JSON at character 19 ("), cut.text
+    assert cut.json()["detail"].endswith("); send a whole JSON document"), cut.text
 
 
 def test_show_sums_up_a_loss_curve_instead_of_printing_it(server: dict[str, Any]) -> None:
