@@ -91,6 +91,10 @@ def job_ls(
     if as_json:
         print_json(jobs)
         return
+    if not jobs:  # an empty table's header said nothing (a newcomer's walk, session 38)
+        said = f"no {status + ' ' if status else ''}jobs{f' of {owner}' if owner else ''}"
+        console.print(said + ("" if status or owner else "; `vera job submit` queues one"))
+        return
     table = Table("id", "status", "target", "progress", "result", "created")
     for j in jobs:
         table.add_row(str(j.id), j.status, j.target_name, _progress(j), j.result_ref or "-",

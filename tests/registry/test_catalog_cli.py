@@ -182,6 +182,9 @@ def test_every_listing_prints_json(server: dict[str, Any]) -> None:
     assert ref in [v["ref"] for v in page["items"]] and "next_cursor" in page
     assert "tiny-llama" in [b["name"] for b in json.loads(ok(vera(server, "base", "ls", "--json")))]
     assert json.loads(ok(vera(server, "job", "ls", "--json"))) == []
+    # and an empty listing says so, with the filter it applied (it printed a header alone: a newcomer's walk)
+    assert ok(vera(server, "job", "ls")).strip() == "no jobs; `vera job submit` queues one"
+    assert ok(vera(server, "job", "ls", "--status", "failed", "--owner", "ann")).strip() == "no failed jobs of ann"
     assert json.loads(ok(vera(server, "hub", "status", ref, "--json"))) == []
 
 
