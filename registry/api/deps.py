@@ -117,8 +117,8 @@ async def _principal(request: Request, authorization: Annotated[str | None, Head
 
 Caller = Annotated[Principal | None, Depends(_principal)]
 #: The 401 for a request without a token where tokens are required.
-TOKEN_NEEDED = ("This registry requires a token: pass 'Authorization: Bearer <token>' (VERA_TOKEN for the CLI, "
-                "HF_TOKEN for HuggingFace tools).")
+TOKEN_NEEDED = ("This registry requires a token: pass 'Authorization: Bearer <token>' (for the CLI, `vera login` "
+                "once, or VERA_TOKEN; HF_TOKEN for HuggingFace tools).")
 
 
 def authorize(caller: Principal | None, options: ApiOptions, scope: Scope, owner: str | None = None) -> Principal:

@@ -320,7 +320,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Dat
 def test_tokens_scopes_and_namespaces(clients: Clients, secured: tuple[str, Database], tmp_path: Path) -> None:
     url, db = secured
     source = make_adapter(tmp_path / "a")
-    with pytest.raises(Unauthorized, match="requires a token"):
+    with pytest.raises(Unauthorized, match="requires a token: .*for the CLI, `vera login` once, or VERA_TOKEN"):
         clients(url).publish(source, "alice/x", base_model="b")
     assert clients(url).list_versions().items == []  # anonymous read is on
     _, reader = create_token(db, owner="alice", scopes=["read"])
