@@ -65,16 +65,20 @@ def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
         says where it is now, to a caller that may read it there (to anyone else the name is simply not there). A
         read through the Hub protocol (/hf) is redirected there instead (307, a relative Location), as the Hub
         redirects a renamed repo: huggingface_hub follows it, so `from_pretrained("old/name")` keeps working."""
-        moved = None
+        moved, meant = None, None
         if exc.adapter is not None:
             options: ApiOptions = request.app.state.options
             viewer = (getattr(request.state, PRINCIPAL, None) or ANONYMOUS) if options.require_tokens else None
             try:
                 moved = await run_in_threadpool(registry.moves.moved_to, *exc.adapter, viewer)
+                if moved is None:  # a near miss of a name it may read: `you/polarty`
+                    meant = await run_in_threadpool(registry.access.close_name, *exc.adapter, viewer)
             except Exception:  # noqa: BLE001 - a hint only: the 404 stands without it (the database may be down)
                 moved = None
         if moved is None:
-            return problem(404, exc.code, str(exc), request.url.path, exc)
+            owner, name = exc.adapter or ("", "")
+            said = str(exc) if meant is None else f"{str(exc).rstrip('.')}. Did you mean {owner}/{meant}?"
+            return problem(404, exc.code, said, request.url.path, exc)
         owner, name = exc.adapter or ("", "")
         path = request.url.path
         if request.method in ("GET", "HEAD") and is_hub_path(path) and \

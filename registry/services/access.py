@@ -9,6 +9,7 @@ push, jobs and the model server alike. The rights themselves are decided by regi
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, exists, or_, select, true, update
@@ -76,6 +77,10 @@ def shown_to(viewer: Principal | None, uses: InstrumentedAttribute[int], used: I
     return or_(users.where(m.AdapterVersion.id.in_(readable_versions(viewer))).exists(), ~users.exists())
 
 
+#: The most of an owner's adapter names a near miss is matched against (the first, by name).
+MAX_NAMES_MATCHED = 10_000
+
+
 def not_found(owner: str, name: str) -> AdapterNotFound:
     """The error for an adapter that does not exist, or that the caller may not see (one message for both)."""
     return AdapterNotFound(f"No adapter {owner}/{name}; `vera ls --owner {owner}` lists that owner's.",
@@ -102,6 +107,16 @@ def _require_readable(s: Session, viewer: Principal | None, owner: str, name: st
 class Access:
     """Organisations, their members and invitations, and adapters' visibility: each method one transaction,
     audited."""
+
+    def close_name(self, owner: str, name: str, viewer: Principal | None) -> str | None:
+        """The name of one of ``owner``'s adapters that ``viewer`` may read and that ``name`` is a near miss of
+        (`you/polarty` for you/polarity: a newcomer's walk, session 38), or None. Only readable names are looked at,
+        so the answer is the same whether ``name`` is a private adapter or none (the not-found message's rule)."""
+        with self.db.session() as s:
+            names = list(s.scalars(select(m.Adapter.name).where(m.Adapter.owner == owner, readable_clause(viewer))
+                                   .order_by(m.Adapter.name).limit(MAX_NAMES_MATCHED)))
+        close = difflib.get_close_matches(name, [n for n in names if n != name], n=1, cutoff=0.75)
+        return close[0] if close else None
 
     def __init__(self, db: Database, invitations: InvitationPolicy | None = None) -> None:
         """``invitations``: whether adding a user invites them, and for how long (default: off, a user added is a

@@ -110,6 +110,21 @@ def test_a_private_adapter_does_not_exist_for_outsiders(server: dict[str, Any], 
         assert response.json()["detail"] == missing.json()["detail"].replace("nonexistent", "secret")
 
 
+def test_a_near_miss_is_answered_with_a_name_the_caller_may_read(server: dict[str, Any]) -> None:
+    """`vera fetch you/polarty` said no more than "No adapter" (a newcomer's walk, session 38). A name close to one
+    the caller may read is offered; a private one only to who may read it: to an outsider a near miss of it is
+    answered as a near miss of nothing."""
+    for who in (None, "mallory", "alice"):
+        said = get(server, who, "/api/v1/adapters/alice/opne").json()["detail"]
+        assert said == "No adapter alice/opne; `vera ls --owner alice` lists that owner's. Did you mean alice/open?"
+    outsider = get(server, "mallory", "/api/v1/adapters/alice/secre")
+    nothing = get(server, "mallory", "/api/v1/adapters/alice/zzzzz")
+    assert outsider.status_code == nothing.status_code == 404
+    assert outsider.json()["detail"] == nothing.json()["detail"].replace("zzzzz", "secre")
+    assert get(server, "alice", f"{V.replace('secret', 'secre')}").json()["detail"].endswith(
+        "Did you mean alice/secret?")
+
+
 def test_a_private_adapters_files_by_hash_do_not_exist_for_outsiders(server: dict[str, Any]) -> None:
     """The hash-addressed URL of a private version's weights answers its readers only: to anyone else it is a
     missing adapter, and the same hash asked for through a public adapter is not a file of that one."""
