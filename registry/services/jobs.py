@@ -153,10 +153,9 @@ class Jobs:
                                                           readable=readable, shapes=base_allowed and started))
         if ref is not None:  # a name that moved, an owner at its quota: refused before the dataset is stored
             with self.db.session() as s:
-                with problems.check():
-                    refuse_publish_to_old_name(s, ref.owner, ref.name)
-                with problems.check():
-                    lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish is refused)
+                if problems.passed(lambda: refuse_publish_to_old_name(s, ref.owner, ref.name)):
+                    with problems.check():  # (an old name's owner renamed: said once, above)
+                        lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish is refused)
                 with problems.check():
                     self._check_pending(s, ref.owner)
                 if found is not None:  # (else its vectors' size is unknown; the dataset's room was checked above)
@@ -236,8 +235,8 @@ class Jobs:
             placed = {"output_dir": "worker" if checked.training.get("save_every") else None}
             args = TrainingArguments(**{**checked.training, **placed})
         before = len(problems)
-        if start is not None:  # the version's base, when left out
-            with problems.check():
+        if start is not None and spec.get("base_model", DEMO_MODEL) == DEMO_MODEL:  # the version's base, left out
+            with problems.check():                                                   # (a given one: _check_fields)
                 self._check_base(checked.base_model)
         checks: tuple[Callable[[], None], ...] = (lambda: _check_batch_split(args, gpus),
                                                    lambda: _check_sizes(checked, args),
@@ -336,6 +335,8 @@ class Jobs:
         base = spec.get("base_model", DEMO_MODEL)
         if spec.get("init_from") is not None and base == DEMO_MODEL:  # the default: the start's base, checked then
             return True
+        if not isinstance(base, str) or not base:  # TrainSpec says what it must be
+            return False
         return problems.passed(lambda: self._check_base(base))
 
     def _check_base(self, base: Any) -> None:
@@ -595,8 +596,15 @@ def _check_dataset_suffix(dataset_name: str) -> None:
         raise InvalidInput(f"Dataset {dataset_name!r} must be .csv or .jsonl.")
 
 
+#: Where the dataset readers end a row: CSV at \n, \r and \r\n; JSONL (str.splitlines) at those and \v, \f, \x1c-\x1e,
+#: NEL, LS and PS (a file of lone \r passed a count of \n alone: a reviewer's, session 38).
+LINE_BREAKS = (b"\n", b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", "\x85".encode(), "\u2028".encode(),
+               "\u2029".encode())
+
+
 def _check_dataset_lines(dataset: bytes, dataset_name: str) -> None:
-    if (lines := dataset.count(b"\n")) > MAX_JOB_DATASET_LINES:
+    """At most MAX_JOB_DATASET_LINES rows, by the line breaks either reader ends one at (an upper bound)."""
+    if (lines := sum(map(dataset.count, LINE_BREAKS)) - dataset.count(b"\r\n")) > MAX_JOB_DATASET_LINES:
         raise InvalidInput(f"{Path(dataset_name).name[:200]} has {lines:,} lines; a job's dataset has at most "
                            f"{MAX_JOB_DATASET_LINES:,} (the registry reads it whole to check it). Train on a sample "
                            "of it, or train it yourself with `vera train`.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -110,7 +111,7 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
 TOO_FEW = b"text,label\na,x\nb,y\n"  # two examples: no train/eval split
 
 
-def test_a_submission_says_every_independent_problem_at_once(registry: Registry) -> None:
+def test_a_submission_says_every_independent_problem_at_once(registry: Registry, tmp_path: Path) -> None:
     """The Train page and `vera job submit` were told one problem per try. Every problem that does not follow from
     another is said in one refusal, each in the words it gets alone, in the order the checks run; the refusal is of
     the first one's kind; a problem that would follow from another (a projection on a base that is not allowed, or
@@ -147,7 +148,16 @@ def test_a_submission_says_every_independent_problem_at_once(registry: Registry)
     with pytest.raises(InvalidInput, match="'warp' is not a field of a job's spec; it takes ") as unread:
         jobs.submit({"data": "x", "warp": 9}, owner="ann", target="ann/x", dataset=TOO_FEW)
     assert unread.value.problems is None
-    assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
+    assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []  # nothing stored by any refusal
+    # said once, not also as what follows from it (a reviewer's, session 38): a base that is not a name, and a base
+    # given beside a start that is the start's own and not one jobs train
+    with pytest.raises(InvalidInput, match="base_model must be a non-empty string") as named:
+        jobs.submit({"demo": True, "base_model": 5}, owner="ann", target="ann/x")
+    assert named.value.problems is None
+    start = registry.publish(make_adapter(tmp_path / "start"), owner="ann", name="start", base_model="tiny-llama").ref
+    with pytest.raises(InvalidInput, match="train only 'minilm'") as twice:
+        jobs.submit({"demo": True, "init_from": start, "base_model": "tiny-llama"}, owner="ann", target="ann/x")
+    assert twice.value.problems is None and jobs.list_jobs() == []
 
 
 def test_a_dataset_of_more_lines_than_a_job_takes_is_refused_before_it_is_parsed(
@@ -169,6 +179,12 @@ def test_a_dataset_of_more_lines_than_a_job_takes_is_refused_before_it_is_parsed
     assert parsed == [] and list(registry.blobs.digests()) == []
     Jobs(registry).submit({"data": "x"}, owner="ann", target="ann/x", dataset=rows[rows.index(b"\n") + 1:],
                           dataset_name="ok.csv")  # 100 lines: parsed (here by the stand-in), and queued
+    assert len(parsed) == 1
+    # rows ended by \r alone (CSV) or by a line separator (JSONL's splitlines) count as lines too
+    for breaks, name in ((b"\r", "cr.csv"), ("\u2028".encode(), "ls.jsonl")):
+        with pytest.raises(InvalidInput, match=f"^{re.escape(name)} has 101 lines"):
+            Jobs(registry).submit({"data": "x"}, owner="ann", target="ann/x", dataset=rows.replace(b"\n", breaks),
+                                  dataset_name=name)
     assert len(parsed) == 1
 
 

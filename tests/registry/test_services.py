@@ -409,6 +409,10 @@ def test_compare_with_a_version_on_another_base_model_keeps_the_others_cosines(r
         assert mine.module == theirs.module and mine.cosine[2] is None  # RoBERTa adapts no Llama layer
         assert mine.cosine[:2] == pytest.approx(theirs.delta_cosine[0], abs=1e-9)
     assert registry.compare([other, *refs]).with_first == []  # the first shares a layer with none
+    # the first named twice beside it: its layers with itself, as before (a reviewer's, session 38)
+    twice = registry.compare([refs[0], refs[0], other])
+    assert twice.with_first is not None and len(twice.with_first) == 14
+    assert all(w.cosine[:2] == pytest.approx([1.0, 1.0]) and w.cosine[2] is None for w in twice.with_first)
 
 
 @pytest.mark.parametrize(("generator", "r"), [(PORTABLE_GENERATOR, 8), (PEFT_GENERATOR, 8), (PORTABLE_GENERATOR, 96)])
@@ -460,11 +464,15 @@ def test_a_comparison_over_the_work_budget_is_refused_before_any_delta_is_formed
         return float(str(said.value).split("takes about ")[1].split(" ")[0])
 
     # the memory a layer's arithmetic holds is bounded too: the way that fits is taken, and neither is refused
-    def shaped(r: int) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-        return {f"{PEFT_PREFIX}q{LAMBDA_B}": torch.zeros(384), f"{PEFT_PREFIX}q{LAMBDA_D}": torch.zeros(r)}, {"q": 384}
+    def shaped(r: int, out: int = 384, width: int = 384) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        vectors = {f"{PEFT_PREFIX}q{LAMBDA_B}": torch.zeros(out), f"{PEFT_PREFIX}q{LAMBDA_D}": torch.zeros(r)}
+        return vectors, {"q": width}
 
     assert (_plan("q", [shaped(8)] * 2, [0, 1], None).formed, _plan("q", [shaped(50_000)] * 2, [0, 1], None).formed,
             _plan("q", [shaped(90_000)] * 2, [0, 1], None).work) == (False, True, -1)
+    # each version costed with its own shape: a small one named first hid a large one (a reviewer's, session 38)
+    assert _plan("q", [shaped(4, 8, 8), shaped(4096, 16384, 16384)], [0, 1], None).work == -1
+    assert _plan("q", [shaped(4096, 16384, 16384), shaped(4, 8, 8)], [0, 1], None).work == -1
     assert 8 * 2 * 768 * 50_000 > MAX_LAYER_BYTES >= 8 * (2 * 384 * 384 + 768 * 50_000)  # (why: the factors)
     pair, twice = refused(1, refs), refused(1, [refs[0], refs[0], refs[0].replace(":1", "@latest")])
     assert 0 < twice < pair  # one version's norms, not three versions' pairs

@@ -288,6 +288,13 @@ def test_browse_compare_and_train_urls_in_a_browser(page: Page, product: dict[st
     page.get_by_role("textbox", name="Search", exact=True).fill("tiny1")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("1 version matches")).to_be_visible()
+    # Apply closes the form (two tests below check it); once in CI (session 38) the popover stayed open over the
+    # table for the whole minute of the next click, so this walk, which is about the addresses, closes it itself
+    try:
+        expect(page.get_by_role("textbox", name="Owner", exact=True)).to_have_count(0, timeout=15_000)
+    except AssertionError:
+        page.keyboard.press("Escape")
+        expect(page.get_by_role("textbox", name="Owner", exact=True)).to_have_count(0)
     open_first_row(page)
     expect(page.get_by_role("heading", name="alice/tiny1:1")).to_be_visible()
     expect(page).to_have_url(address("/adapter", ref="alice/tiny1:1"))
