@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # The largest LoRA export built (bytes of factors), checked before any is computed; 16 GiB by default.
     max_export_bytes: int = Field(default=MAX_EXPORT_BYTES, ge=1 << 20)
     # The most multiply-adds of weight-delta arithmetic one comparison (POST /api/v1/compare) may cost, estimated
-    # from the versions' shapes and checked before any delta is formed; 2^37 (about 30 s of a core) by default.
+    # from the versions' shapes and checked before any delta is formed; 2^37 (about 5 s of 2 cores) by default.
     max_compare_work: int = Field(default=MAX_COMPARE_WORK, ge=1)
     # A read-only registry (read_only) builds the download forms the registry never stored into a temporary folder of
     # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size

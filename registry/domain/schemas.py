@@ -36,7 +36,8 @@ MAX_PROJECTION_ELEMENTS = 2**26
 #: export on q and v is 2.1 GB in float32.
 MAX_EXPORT_BYTES = 16 << 30
 #: The most multiply-adds of weight-delta arithmetic one comparison of versions may cost (VERA_MAX_COMPARE_WORK):
-#: about 30 s of a server's core; a comparison of large ranks reached hours and 7.5 GB (an outsider's, session 38).
+#: about 5 s of this project's 2-core test machine (bench/compare_cost.py); a comparison of large ranks reached hours
+#: and 7.5 GB before it (an outsider's, session 38).
 MAX_COMPARE_WORK = 1 << 37
 #: A fine-tune job's priority lies in [-MAX_JOB_PRIORITY, MAX_JOB_PRIORITY]; its time limit is at most 30 days.
 MAX_JOB_PRIORITY = 100

@@ -110,6 +110,13 @@ class Access:
     """Organisations, their members and invitations, and adapters' visibility: each method one transaction,
     audited."""
 
+    def __init__(self, db: Database, invitations: InvitationPolicy | None = None) -> None:
+        """``invitations``: whether adding a user invites them, and for how long (default: off, a user added is a
+        member at once; registry.services.invitations)."""
+        self.db = db
+        self.invitation_policy = invitations or InvitationPolicy()
+        self.leftovers = invites.Leftovers()  # with invitations off: whether any is still pending
+
     def close_name(self, owner: str, name: str, viewer: Principal | None) -> str | None:
         """The name of one of ``owner``'s adapters that ``viewer`` may read and that ``name`` is a near miss of
         (`you/polarty` for you/polarity: a newcomer's walk, session 38), or None. Only readable names are looked at,
@@ -123,13 +130,6 @@ class Access:
                 .order_by(m.Adapter.name).limit(MAX_NAMES_MATCHED)))
         close = difflib.get_close_matches(name, [n for n in names if n != name], n=1, cutoff=0.75)
         return close[0] if close else None
-
-    def __init__(self, db: Database, invitations: InvitationPolicy | None = None) -> None:
-        """``invitations``: whether adding a user invites them, and for how long (default: off, a user added is a
-        member at once; registry.services.invitations)."""
-        self.db = db
-        self.invitation_policy = invitations or InvitationPolicy()
-        self.leftovers = invites.Leftovers()  # with invitations off: whether any is still pending
 
     def check_readable(self, viewer: Principal | None, *refs: Ref | str) -> None:
         """AdapterNotFound for the first of ``refs`` that is missing or that ``viewer`` may not read (in order, so

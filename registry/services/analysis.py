@@ -46,9 +46,8 @@ class Analysis:
         formed whole, or r x r products of their factors, of those holding at most MAX_LAYER_BYTES at once; the
         whole comparison's cost is estimated from the versions' shapes and refused over the budget's
         ``max_compare_work`` before any delta is formed, and its arithmetic holds one of the budget's slots of
-        costly work. A cosine is None where the two layers differ in
-        shape or a layer's input size is unknown (a PEFT-written adapter whose base model's shapes are not
-        declared)."""
+        costly work. A cosine is None where the two layers differ in shape or a layer's input size is unknown (a
+        PEFT-written adapter whose base model's shapes are not declared)."""
         if not 2 <= len(refs) <= MAX_COMPARED:
             raise InvalidInput(f"compare takes 2 to {MAX_COMPARED} versions, got {len(refs)}.")
         loaded: list[Loaded] = []
