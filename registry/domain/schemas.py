@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -186,6 +187,10 @@ def check_plain(value: Any, what: str, *, multiline_strings: bool = False) -> No
                 if key == "":
                     raise InvalidInput(f"{where} has an empty key; name each value.")
                 check_text(key, f"{where}'s key {key[:100]!r}", max_length=1000)
+                if (hidden := next((c for c in key if unicodedata.category(c) == "Cf"), None)) is not None:
+                    # a key that shows as another (acc\u200buracy as accuracy: an outsider's re-check, session 38)
+                    raise InvalidInput(f"{where}'s key {key[:100]!r} contains {hidden!r}, a character that does not "
+                                       "show; remove it (a key is searched and sorted by as it is written).")
                 pending.append((inner, f"{where}.{key}"))
         elif isinstance(item, list):
             pending.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))

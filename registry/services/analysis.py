@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Comparison, LayerComparison, LayerWithFirst
-from registry.services.lookup import layer_in_features, resolve, version_info, version_tensors
+from registry.services.lookup import layer_in_features, projection_tensors, resolve, version_info, version_tensors
 from registry.services.validation import ProjectionBudget
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -56,11 +56,12 @@ class Analysis:
             infos = [version_info(s, v) for v in versions]
             distinct = list(dict.fromkeys(v.id for v in versions))  # each version once, in the order first named
             at = [distinct.index(v.id) for v in versions]  # a reference's version among them
-            for version_id in distinct:
-                v = next(v for v in versions if v.id == version_id)
-                tensors, metadata = version_tensors(self.blobs, v, with_projection=True, budget=self.budget)
+            chosen = [next(v for v in versions if v.id == version_id) for version_id in distinct]
+            for v in chosen:  # its vectors first: the plans need only their sizes, and A and B may be refused
+                tensors, metadata = version_tensors(self.blobs, v, with_projection=False, budget=self.budget)
                 sizes = layer_in_features(v, tensors, metadata)
                 loaded.append((tensors, json.loads(sizes) if sizes else {}))
+            projections = {v.projection_id: v.projection for v in chosen}
         adapted = [{module_path(k, LAMBDA_B) for k in t if k.endswith(LAMBDA_B)} for t, _ in loaded]
         every = sorted(set.intersection(*adapted))
         # the first's layers that another reference's version adapts (the first named again counts, as it did)
@@ -75,6 +76,11 @@ class Analysis:
                                "compare here. Compare fewer versions at once, or fetch them (`vera fetch REF --out "
                                "DIR`) and compare their deltas with vera_core on your own machine.")
         self.budget.check_compare(sum(plan.work for plan in plans.values()), len(distinct))
+        # then A and B, once per projection the versions use (most share one seed's), only what a plan will read
+        needed = {chosen[i].projection_id for plan in plans.values() for pair in plan.pairs for i in pair}
+        drawn = {key: projection_tensors(self.blobs, projections[key], budget=self.budget) for key in needed}
+        for i, v in enumerate(chosen):
+            loaded[i][0].update(drawn.get(v.projection_id, {}))
         with self.budget.working():
             cosines = {path: plan.cosines(loaded) for path, plan in plans.items()}
         layers = [_layer(path, loaded, at, cosines[path]) for path in every]

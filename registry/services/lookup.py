@@ -241,21 +241,27 @@ def version_tensors(blobs: BlobStore, v: m.AdapterVersion, *, with_projection: b
     metadata its files carry (the same whatever base shapes are declared later)."""
     from safetensors.torch import load as load_safetensors
 
-    from vera_core import generate
     from vera_core.checkpoint import adapter_metadata
 
     data = blobs.get(v.vectors_sha256)
     tensors = load_safetensors(data)
-    p = v.projection
-    spec = projection_spec(p)
     if with_projection:
-        if p.blob_sha256 is not None:
-            tensors.update(load_safetensors(blobs.get(p.blob_sha256)))
-        else:
-            with budget.generating(spec):  # also bounds versions recorded before the limit existed
-                a, b = generate(spec)
-            tensors.update({PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b})
-    return tensors, adapter_metadata(spec, v.projection_fingerprint, metadata_of(data).get(META_IN_FEATURES))
+        tensors.update(projection_tensors(blobs, v.projection, budget=budget))
+    return tensors, adapter_metadata(projection_spec(v.projection), v.projection_fingerprint,
+                                     metadata_of(data).get(META_IN_FEATURES))
+
+
+def projection_tensors(blobs: BlobStore, p: m.Projection, *, budget: ProjectionBudget) -> dict[str, torch.Tensor]:
+    """A and B of a projection (under PROJECTION_KEYS): stored, or regenerated from its seed within the budget."""
+    from safetensors.torch import load as load_safetensors
+
+    from vera_core import generate
+
+    if p.blob_sha256 is not None:
+        return load_safetensors(blobs.get(p.blob_sha256))
+    with budget.generating(projection_spec(p)):  # also bounds versions recorded before the limit existed
+        a, b = generate(projection_spec(p))
+    return {PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b}
 
 
 def layer_in_features(v: m.AdapterVersion, tensors: dict[str, torch.Tensor], metadata: dict[str, str]

@@ -108,6 +108,7 @@ def test_a_name_is_taken_once_and_published_metrics_never_change(published: Regi
     ({"line1\nFAKE: 1.0": 0.7}, {}, r"metrics's key 'line1\\nFAKE: 1.0' contains the control character '\\n'"),
     ({"p\u202es": 0.7}, {}, "a line separator or a bidirectional override"),
     ({"": 1}, {}, "metrics has an empty key; name each value"),
+    ({"acc\u200buracy": 0.99}, {}, r"metrics's key .* contains '.u200b', a character that does not show"),
     ({"acc": 1, "run": "a\x07"}, {}, r"metrics\.run's text 'a.x07' contains the control character"),
     ({"acc": 1}, {"\x1b]8;;http://evil/\x1b\\": "x"}, "details's key .* contains the control character"),
     ({"acc": 1}, {"log": "ok\x1b[2J"}, r"details\.log's text 'ok.x1b\[2J' contains the control character"),

@@ -440,8 +440,8 @@ def test_compare_cosines_are_those_of_the_loaded_models_deltas(registry: Registr
         assert layer.d_norms[0] == pytest.approx(float(loaded[0][layer.module].vera_lambda_d.norm()))
 
 
-def test_a_comparison_over_the_work_budget_is_refused_before_any_delta_is_formed(database_url: str,
-                                                                                  tmp_path: Path) -> None:
+def test_a_comparison_over_the_work_budget_is_refused_before_any_delta_is_formed(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """POST /api/v1/compare of one r=16384 version named twice took a server to 7.5 GB and would have run for hours
     (an outsider's, session 38). Its cost is estimated from the shapes and refused over VERA_MAX_COMPARE_WORK; a
     version named twice is compared once, so it costs what one version costs."""
@@ -474,10 +474,18 @@ def test_a_comparison_over_the_work_budget_is_refused_before_any_delta_is_formed
     assert _plan("q", [shaped(4, 8, 8), shaped(4096, 16384, 16384)], [0, 1], None).work == -1
     assert _plan("q", [shaped(4096, 16384, 16384), shaped(4, 8, 8)], [0, 1], None).work == -1
     assert 8 * 2 * 768 * 50_000 > MAX_LAYER_BYTES >= 8 * (2 * 384 * 384 + 768 * 50_000)  # (why: the factors)
+    # A and B are drawn only once the comparison is accepted, and once for the versions that share them (an
+    # outsider's re-check: every version's projection was generated first, and kept, even for a refused one)
+    import vera_core
+
+    drawn: list[object] = []
+    real = vera_core.generate
+    monkeypatch.setattr(vera_core, "generate", lambda spec: drawn.append(spec) or real(spec))
     pair, twice = refused(1, refs), refused(1, [refs[0], refs[0], refs[0].replace(":1", "@latest")])
-    assert 0 < twice < pair  # one version's norms, not three versions' pairs
+    assert 0 < twice < pair and drawn == []  # one version's norms, not three versions' pairs; nothing generated
     assert Registry(db, FsspecBlobStore(str(tmp_path / "blobs")),
                     budget=ProjectionBudget(max_compare_work=int(pair) * 2)).compare(refs).layers
+    assert len(drawn) == 1  # the two versions' one seed: generated once
     db.engine.dispose()
 
 
