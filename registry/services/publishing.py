@@ -185,7 +185,8 @@ class Publisher:
 
     def _with_base_shapes(self, files: AdapterFiles, what: _Publication) -> AdapterFiles:
         """A PEFT-written seed-only adapter sized from its base model's declared shapes; undeclared, from the base's
-        config.json on the Hub (declared from then on); else the refusal says what was tried and how to go on."""
+        config.json (minilm's from its package here, another's on the Hub; declared from then on); else the refusal
+        says what was tried and how to go on."""
         files = self.base_models.with_declared_shapes(files, what.base_model, what.base_revision)
         if files.spec is not None:
             return files
