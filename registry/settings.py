@@ -311,7 +311,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
+        return self.database_url or f"sqlite:///{self.embedded_database}"
+
+    @property
+    def embedded_database(self) -> Path:
+        """The embedded default's SQLite file (used when no VERA_DATABASE_URL is set)."""
+        return self.data_dir / "registry.db"
 
     @property
     def resolved_storage_url(self) -> str:

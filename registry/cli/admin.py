@@ -272,7 +272,7 @@ def token_create(
         expires_at = within_max_life(expiry_in(expires_days), settings.max_token_days)
     except InvalidInput as exc:
         fail(exc)
-    new = settings.database_url is None and not (settings.data_dir / "registry.db").exists()
+    new = settings.database_url is None and not settings.embedded_database.exists()
     registry = open_registry(settings)
     token_id, secret = create_token(registry.db, owner=owner, scopes=scope, name=name, expires_at=expires_at,
                                     limited_to=limit_to, actor=operator())

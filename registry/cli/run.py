@@ -4,7 +4,6 @@ server, the dashboard as a child process, and `vera up`, which runs them togethe
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -95,17 +94,15 @@ def _warn_of_team_data(settings: Settings, registry: Registry) -> None:
     """Local mode over a registry a team used (live tokens, private adapters): everyone with a shell on this machine
     now reads and changes all of it as the local user. `vera up` restarted without --host turned tokens off with no
     word (a newcomer's walk, session 38); said once, at start-up."""
-    from sqlalchemy import func, or_, select
+    from sqlalchemy import func, select
 
+    from registry.services.tokens import live_token
     from registry.store import models as m
 
     if settings.require_tokens:
         return
-    now = datetime.now(UTC)
     with registry.db.session() as s:
-        tokens = s.scalar(select(func.count()).select_from(m.AccessToken).where(
-            m.AccessToken.revoked_at.is_(None),
-            or_(m.AccessToken.expires_at.is_(None), m.AccessToken.expires_at > now))) or 0
+        tokens = s.scalar(select(func.count()).select_from(m.AccessToken).where(live_token(datetime.now(UTC)))) or 0
         private = s.scalar(select(func.count()).select_from(m.Adapter).where(m.Adapter.visibility == "private")) or 0
     if tokens or private:
         held = " and ".join(part for part in (counted(tokens, "live token") if tokens else "",
@@ -303,26 +300,21 @@ def team_host() -> str | None:
     unless it names only the loopback (a VM's 'localhost': the hint told teammates to use localhost, a newcomer's
     walk, session 38); else the address its default route leaves from (a UDP socket's connect sends nothing); None
     if all are loopback."""
+    from registry.api import is_loopback
+
     for name in dict.fromkeys((socket.getfqdn(), socket.gethostname())):
         try:
-            addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, None)}
+            addresses = {str(info[4][0]).split("%")[0] for info in socket.getaddrinfo(name, None)}  # (no zone id)
         except (OSError, UnicodeError):
             continue
-        if name and name.lower() != "localhost" and not all(map(_loopback, addresses)):
+        if name and not is_loopback(name.lower()) and not all(map(is_loopback, addresses)):
             return name
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never reached, only routed
         address = str(probe.getsockname()[0])
-        if not _loopback(address) and address != "0.0.0.0":
+        if not is_loopback(address) and address != "0.0.0.0":
             return address
     return None
-
-
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def up(

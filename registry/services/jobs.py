@@ -339,8 +339,8 @@ class Jobs:
             return False
         return problems.passed(lambda: self._check_base(base))
 
-    def _check_base(self, base: Any) -> None:
-        if not isinstance(base, str) or base not in self.base_models:
+    def _check_base(self, base: str) -> None:
+        if base not in self.base_models:
             raise InvalidInput(f"Jobs on this registry train only {', '.join(map(repr, self.base_models))} "
                                f"(VERA_JOB_BASE_MODELS); got base_model={str(base)[:200]!r}.")
 

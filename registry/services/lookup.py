@@ -259,8 +259,9 @@ def projection_tensors(blobs: BlobStore, p: m.Projection, *, budget: ProjectionB
 
     if p.blob_sha256 is not None:
         return load_safetensors(blobs.get(p.blob_sha256))
-    with budget.generating(projection_spec(p)):  # also bounds versions recorded before the limit existed
-        a, b = generate(projection_spec(p))
+    spec = projection_spec(p)
+    with budget.generating(spec):  # also bounds versions recorded before the limit existed
+        a, b = generate(spec)
     return {PROJECTION_KEYS[0]: a, PROJECTION_KEYS[1]: b}
 
 

@@ -210,8 +210,8 @@ class Publisher:
             return BUNDLED_SOURCE, BUNDLED_SOURCE, lambda: bundled
         if (configs := self.base_configs) is None:
             return None
-        return (configs.describe(), f"{configs.describe()}/{what.base_model}",
-                lambda: configs.config(what.base_model, what.base_revision))
+        source = configs.describe()
+        return source, f"{source}/{what.base_model}", lambda: configs.config(what.base_model, what.base_revision)
 
     def _record_with_retries(self, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
                              projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:

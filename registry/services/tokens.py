@@ -235,7 +235,7 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
     with db.session() as s:
         now = datetime.now(UTC)
         live = s.scalar(select(func.count()).select_from(m.AccessToken).where(
-            m.AccessToken.owner == owner, _live(now))) or 0
+            m.AccessToken.owner == owner, live_token(now))) or 0
         if live >= MAX_LIVE_TOKENS:
             raise Conflict(f"{owner} holds {live:,} live tokens, the most one user may (rate limits count per user, "
                            "not per token): revoke unused ones first (`vera auth tokens`, `vera auth revoke ID`).")
@@ -334,7 +334,7 @@ def _revoke(s: Session, rows: list[m.AccessToken], actor: str) -> list[int]:
     return revoked
 
 
-def _live(now: datetime) -> ColumnElement[bool]:
+def live_token(now: datetime) -> ColumnElement[bool]:
     """A token neither revoked nor expired at ``now``."""
     return and_(m.AccessToken.revoked_at.is_(None),
                 or_(m.AccessToken.expires_at.is_(None), m.AccessToken.expires_at > now))
@@ -370,7 +370,7 @@ def admin_ended(s: Session, owner: str, now: datetime) -> datetime | None:
 def _still_admin(s: Session, owner: str, now: datetime) -> bool:
     """Whether ``owner`` holds a live token of the admin scope that no --owner limits. Its tokens are locked (on
     PostgreSQL) so that two revocations at once of its last two such tokens do not each see the other one live."""
-    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, _live(now)).with_for_update())
+    live = s.scalars(select(m.AccessToken).where(m.AccessToken.owner == owner, live_token(now)).with_for_update())
     return any("admin" in row.scopes and row.limited_to is None for row in live)
 
 
