@@ -400,16 +400,14 @@ def _info(t: m.AccessToken) -> TokenInfo:
 
 def _ended(s: Session, before: datetime, owner: str | None = None) -> list[m.AccessToken]:
     """The rows of tokens revoked or expired before ``before`` (``owner``'s only, when given), oldest first; never
-    the newest row of all (SQLite hands the highest id out again once it is deleted, and a token id must never
-    name two tokens: `vera auth revoke ID`, audit events and ``parent_id`` keep it), nor a trusted publisher's
-    token minted less than MINTED_KEPT ago (its name refuses a second exchange of the identity token it
-    was minted from while that may still be valid: registry.services.trusted)."""
-    newest = select(func.max(m.AccessToken.id)).scalar_subquery()
+    a trusted publisher's token minted less than MINTED_KEPT ago (its name refuses a second exchange of the identity
+    token it was minted from while that may still be valid: registry.services.trusted). A deleted token's id is
+    never given to another (SQLite too, since 0028), so `vera auth revoke ID`, audit events and ``parent_id`` go on
+    naming one token each."""
     minted_recently = and_(m.AccessToken.name.startswith(f"{MINTED_NAME_PREFIX} ", autoescape=True),
                            m.AccessToken.created_at > datetime.now(UTC) - MINTED_KEPT)
     query = select(m.AccessToken).where(
-        or_(m.AccessToken.revoked_at < before, m.AccessToken.expires_at < before), m.AccessToken.id < newest,
-        not_(minted_recently))
+        or_(m.AccessToken.revoked_at < before, m.AccessToken.expires_at < before), not_(minted_recently))
     if owner is not None:
         query = query.where(m.AccessToken.owner == owner)
     return list(s.scalars(query.order_by(m.AccessToken.id)))

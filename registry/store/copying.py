@@ -4,8 +4,9 @@
 The target is brought to this release's schema and must hold no row. The source is read in one transaction (one
 snapshot, whatever writes meanwhile: stop the registry, or let it read only, for a copy that misses none) and the
 target written in one, table after table in the order their foreign keys need, each in key order and in batches;
-a failure leaves the target without a row (its schema made: the same copy can run again). On PostgreSQL the id
-sequences then continue after the copied ids. Blobs are not in the database: keep VERA_STORAGE_URL, or copy the blob
+a failure leaves the target without a row (its schema made: the same copy can run again). The target's id counters
+then go on where the source's were (past the copied ids, and past ids the source gave to rows since deleted: an id
+never names two rows). Blobs are not in the database: keep VERA_STORAGE_URL, or copy the blob
 folder beside the database.
 """
 
@@ -73,6 +74,7 @@ def copy_database(source: Database, target: Database, *, progress: Callable[[str
         with reading.begin():
             if source.engine.dialect.name == "sqlite":  # its driver starts no transaction for reads: each SELECT
                 reading.exec_driver_sql("BEGIN")        # saw the file as it was then, rows written meanwhile included
+            counters = _counters(reading)
             for table in m.Base.metadata.sorted_tables:
                 rows = reading.execution_options(yield_per=BATCH).execute(
                     select(table).order_by(*table.primary_key.columns))
@@ -88,22 +90,52 @@ def copy_database(source: Database, target: Database, *, progress: Callable[[str
             if landed != copied[table.name]:
                 raise InvalidInput(f"{table.name}: {copied[table.name]:,} rows read, {landed:,} in the target; "
                                    "nothing was copied.")
-        if target.engine.dialect.name == "postgresql":
-            _continue_sequences(writing)
+        _continue_counters(writing, counters)
     return copied
 
 
-def _continue_sequences(conn: Connection) -> None:
-    """PostgreSQL: each table's id sequence goes on after the largest id copied (rows were inserted with their
-    ids, which a sequence does not see)."""
+def _id_keys(dialect: str) -> list[tuple[str, str]]:
+    """(table, id column) of the tables whose ids a counter hands out: SQLite's AUTOINCREMENT ones (0028), each
+    integer single-column key on PostgreSQL (a serial's sequence)."""
+    keys = []
     for table in m.Base.metadata.sorted_tables:
-        keys = list(table.primary_key.columns)
-        if len(keys) != 1 or not isinstance(keys[0].type, Integer) or keys[0].autoincrement is False:
+        columns = list(table.primary_key.columns)
+        if len(columns) != 1 or not isinstance(columns[0].type, Integer) or columns[0].autoincrement is False:
+            continue
+        if dialect == "sqlite" and not table.dialect_kwargs.get("sqlite_autoincrement"):
+            continue
+        keys.append((table.name, columns[0].name))
+    return keys
+
+
+def _counters(conn: Connection) -> dict[str, int]:
+    """Each table's highest id handed out so far, deleted rows' included: where the target's counters go on from."""
+    if conn.dialect.name == "sqlite":
+        return {name: int(seq) for name, seq in conn.execute(text("SELECT name, seq FROM sqlite_sequence"))}
+    counters = {}
+    for table, column in _id_keys("postgresql"):
+        sequence = conn.execute(text("SELECT pg_get_serial_sequence(:table, :column)"),
+                                {"table": table, "column": column}).scalar()
+        if sequence is not None:
+            last, called = conn.execute(text(f"SELECT last_value, is_called FROM {sequence}")).one()
+            counters[table] = int(last) if called else int(last) - 1
+    return counters
+
+
+def _continue_counters(conn: Connection, given: dict[str, int]) -> None:
+    """Each id counter of the target goes on after the largest id copied and after every id the source had handed out
+    (``given``: a row deleted there keeps its id unused here too, as there); rows were inserted with their ids, which
+    a PostgreSQL sequence does not see (SQLite's counter does)."""
+    for table, column in _id_keys(conn.dialect.name):
+        largest = max(conn.execute(text(f'SELECT max("{column}") FROM "{table}"')).scalar() or 0, given.get(table, 0))
+        if conn.dialect.name == "sqlite":
+            conn.execute(text("DELETE FROM sqlite_sequence WHERE name = :table"), {"table": table})
+            if largest:
+                conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES (:table, :seq)"),
+                             {"table": table, "seq": largest})
             continue
         sequence = conn.execute(text("SELECT pg_get_serial_sequence(:table, :column)"),
-                                {"table": table.name, "column": keys[0].name}).scalar()
-        if sequence is None:
-            continue
-        largest = conn.execute(select(func.max(keys[0])).select_from(table)).scalar()
-        conn.execute(text("SELECT setval(CAST(:sequence AS regclass), :value, :called)"),
-                     {"sequence": sequence, "value": largest or 1, "called": largest is not None})
+                                {"table": table, "column": column}).scalar()
+        if sequence is not None:
+            conn.execute(text("SELECT setval(CAST(:sequence AS regclass), :value, :called)"),
+                         {"sequence": sequence, "value": largest or 1, "called": largest > 0})

@@ -199,16 +199,25 @@ class Database:
         return self._head
 
     def upgrade(self, revision: str = "head") -> None:
-        with self.engine.begin() as conn:
-            config = alembic_config(self.url)
-            config.attributes["connection"] = conn
+        with self._migrating() as config:
             command.upgrade(config, revision)
 
     def downgrade(self, revision: str = "base") -> None:
+        with self._migrating() as config:
+            command.downgrade(config, revision)
+
+    @contextlib.contextmanager
+    def _migrating(self) -> Iterator[Config]:
+        """Alembic's config for migrating on one connection, in one transaction that commits at the end or rolls
+        back every step: on SQLite too, whose driver opens a transaction only for a write of rows, so that a
+        migration's CREATE and DROP before its first write committed at once (0028 remakes tables: a failure
+        midway left them dropped)."""
         with self.engine.begin() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN")
             config = alembic_config(self.url)
             config.attributes["connection"] = conn
-            command.downgrade(config, revision)
+            yield config
 
     def is_empty(self) -> bool:
         """No registry table and no schema revision: a database never used by the registry (or downgraded to base)."""

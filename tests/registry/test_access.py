@@ -343,10 +343,11 @@ def test_revoking_a_token_revokes_the_tokens_made_from_it(registry: Registry) ->
     assert revoke_all(db, "bob") == [third]
 
 
-def test_purge_deletes_the_tokens_that_ended_before_the_cutoff_and_keeps_the_newest_row(registry: Registry) -> None:
+def test_purge_deletes_the_tokens_that_ended_before_the_cutoff(registry: Registry) -> None:
     """Revoked and expired tokens piled up for good (a dashboard's sign-ins add one per browser and week): `vera
     token purge` deletes those that ended before a cutoff, audited per owner; a token made from a purged one forgets
-    its parent, and the newest row stays whatever it is (SQLite would hand its id out again)."""
+    its parent. The newest row goes too (it was kept while SQLite handed its id out again: 0028), and the next
+    token's id is a new one."""
     db, now = registry.db, datetime.now(UTC)
     long_ago, lately = now - timedelta(days=40), now - timedelta(days=2)
     made = {label: create_token(db, owner=owner, scopes=["read"], name=label) for label, owner in (
@@ -368,18 +369,20 @@ def test_purge_deletes_the_tokens_that_ended_before_the_cutoff_and_keeps_the_new
             return set(s.scalars(select(AccessToken.name)))
 
     listed = purge_tokens(db, before=cutoff, dry_run=True)
-    assert [t.name for t in listed] == ["revoked-long-ago", "expired-long-ago", "bobs-revoked"]
+    assert [t.name for t in listed] == ["revoked-long-ago", "expired-long-ago", "bobs-revoked", "newest-revoked"]
     assert remaining() == set(made)  # a dry run deletes nothing
     assert [t.name for t in purge_tokens(db, before=cutoff, owner="bob")] == ["bobs-revoked"]
-    assert [t.name for t in purge_tokens(db, before=cutoff)] == ["revoked-long-ago", "expired-long-ago"]
-    assert remaining() == {"live", "revoked-lately", "child", "newest-revoked"}  # the newest row kept, though revoked
+    assert [t.name for t in purge_tokens(db, before=cutoff)] == ["revoked-long-ago", "expired-long-ago",
+                                                                 "newest-revoked"]
+    assert remaining() == {"live", "revoked-lately", "child"}
     assert purge_tokens(db, before=cutoff) == []
+    assert create_token(db, owner="ann", scopes=["read"])[0] == ids["newest-revoked"] + 1  # not its id again
     with db.session() as s:
         assert s.scalar(select(AccessToken.parent_id).where(AccessToken.id == ids["child"])) is None
         purges = [(e.actor, e.target, e.detail["tokens"]) for e in s.scalars(select(AuditEvent).where(
             AuditEvent.action == "token-purge").order_by(AuditEvent.id))]
     assert purges == [("operator", "bob", [ids["bobs-revoked"]]),
-                      ("operator", "ann", [ids["revoked-long-ago"], ids["expired-long-ago"]])]
+                      ("operator", "ann", [ids["revoked-long-ago"], ids["expired-long-ago"], ids["newest-revoked"]])]
     assert authenticate(db, made["live"][1]).owner == authenticate(db, made["child"][1]).owner == "ann"
 
 

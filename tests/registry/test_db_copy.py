@@ -119,6 +119,27 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     assert not (tmp_path / "nothing-here" / "registry.db").exists()
 
 
+def test_an_id_the_source_gave_to_a_row_since_deleted_is_never_given_by_the_copy(tmp_path: Path,
+                                                                                empty_postgres: str) -> None:
+    """The copy's counters go on where the source's were, past ids of rows deleted there (a webhook's receiver has
+    seen them), SQLite to PostgreSQL and back; before, they went on after the largest id copied."""
+    source, _ = a_used_registry(tmp_path)
+    db = Database(source)
+    hooks = Webhooks(db, Sender(allow_private=True))
+    late = hooks.create(WebhookForm(owner="ann", url="http://127.0.0.1:9/late"), actor="ann")
+    hooks.delete(late.id, actor="ann")  # the highest webhook id, then no row has it
+    db.close()
+    back = f"sqlite:///{tmp_path / 'back.db'}"
+    for given, (frm, to) in enumerate(((source, empty_postgres), (empty_postgres, back)), start=late.id + 1):
+        done = copy(frm, to)
+        assert done.returncode == 0, done.stdout + done.stderr
+        target = Database(to)
+        made = Webhooks(target, Sender(allow_private=True)).create(
+            WebhookForm(owner="ann", url=f"http://127.0.0.1:9/{to[:6]}"), actor="ann")
+        target.close()
+        assert made.id == given, (to, made.id, late.id)  # back: past the one made in PostgreSQL too
+
+
 def test_vera_db_copy_refuses_a_source_behind_this_release(tmp_path: Path, empty_postgres: str) -> None:
     source = f"sqlite:///{tmp_path / 'old.db'}"
     db = Database(source)

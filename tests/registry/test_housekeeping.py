@@ -28,8 +28,7 @@ from registry.store.models import AccessToken, AuditEvent, Webhook
 
 
 def _tokens(db: Database, **ended: dict[str, datetime]) -> dict[str, int]:
-    """A read token per label, then ``ended``'s columns written over them; plus a live newest row ("last", kept by
-    every purge whatever it is)."""
+    """A read token per label, then ``ended``'s columns written over them; plus a live newest row ("last")."""
     ids = {label: create_token(db, owner="ann", scopes=["read"], name=label.replace("_", " "))[0]
            for label in [*ended, "last"]}
     with db.session() as s:

@@ -431,6 +431,31 @@ def test_events_of_a_pause_are_not_sent_when_the_webhook_resumes_before_the_disp
         "ann/resumed@after", "ann/resumed@before"]
 
 
+def test_a_webhook_made_again_is_never_sent_delivery_ids_its_receiver_has_seen(registry: Registry,
+                                                                              receiver: Receiver) -> None:
+    """A receiver drops the `X-Vera-Delivery` ids it has seen. On SQLite a webhook deleted with its deliveries and
+    made again to the same receiver was sent ids from 1 again (SQLite gave the highest deleted id again), so its
+    receiver dropped every one; ids are never given twice now (migration 0028), on either database."""
+    path = f"/again-{registry.db.engine.dialect.name}"
+    hooks = Webhooks(registry.db, Sender(allow_private=True))
+    outbox = Outbox(registry.db, Sender(allow_private=True), settle=timedelta(0))
+    outbox.enqueue()
+    version = registry.publish(make_adapter(Path(registry.blobs.url).parent / "adapter"), owner="ann",
+                               name="again", base_model="tiny-llama", published_by="ann")
+    seen: list[str] = []
+    for round_ in range(2):
+        hook = hooks.create(WebhookForm(owner="ann", url=receiver.url(path), events=["alias"]), actor="ann")
+        for n in range(3):
+            registry.set_alias(version.ref, f"r{round_}-{n}", actor="ann")
+        outbox.enqueue()
+        outbox.run_once("d")
+        got = receiver.wait_for(path, 3 * (round_ + 1))
+        seen = [r.headers["x-vera-delivery"] for r in got]
+        hooks.delete(hook.id, actor="ann")
+    assert len(seen) == 6 and len(set(seen)) == 6, seen
+    assert [int(id_) for id_ in seen[3:]] > [int(id_) for id_ in seen[:3]]
+
+
 def test_migration_0008_keeps_every_row_of_a_0007_database(database_url: str) -> None:
     db = Database(database_url)
     db.upgrade("0007")
