@@ -19,6 +19,8 @@ Create Date: 2026-12-05 11:00:00
 
 from __future__ import annotations
 
+import warnings
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -33,6 +35,14 @@ depends_on = None
 ID_TABLES = ("base_models", "projections", "adapters", "adapter_moves", "adapter_versions", "aliases",
              "access_tokens", "organizations", "jobs", "job_events", "hub_syncs", "audit_events", "webhooks",
              "webhook_deliveries", "webhook_attempts")
+
+#: Every table of the registry at 0027 (a table besides these is an operator's own).
+REGISTRY_TABLES = frozenset({
+    "access_tokens", "adapter_cards", "adapter_moves", "adapter_versions", "adapters", "aliases", "audit_events",
+    "base_models", "blobs", "hub_syncs", "job_checkpoint_files", "job_checkpoints", "job_events", "jobs",
+    "memberships", "org_invitations", "organizations", "owner_quotas", "projections", "protected_aliases",
+    "version_counters", "version_downloads", "version_evaluations", "version_files", "version_metrics",
+    "version_properties", "version_tags", "webhook_attempts", "webhook_cursors", "webhook_deliveries", "webhooks"})
 
 #: Columns that name another table's id with no foreign key (a row named there may be gone): table -> columns.
 NAMED_BY = {"adapter_versions": (("jobs", "result_version_id"), ("adapter_versions", "parent_version_id")),
@@ -55,9 +65,13 @@ def downgrade() -> None:
 def _remake(*, autoincrement: bool) -> None:
     conn = op.get_bind()
     metadata = sa.MetaData()
-    metadata.reflect(conn)
+    with warnings.catch_warnings():  # an index reflection cannot read is refused by _check_schema, saying which
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        metadata.reflect(conn)
     order = _remade(metadata)
+    _check_schema(conn, order)
     _check_references(conn, order)
+    shapes = {table.name: _shape(conn, table.name) for table in order}
     highest = {name: _highest(conn, name) for name in ID_TABLES}
     for table in order:
         conn.execute(sa.text(f'CREATE TABLE "_keep_{table.name}" AS SELECT * FROM "{table.name}"'))
@@ -69,6 +83,11 @@ def _remake(*, autoincrement: bool) -> None:
         columns = ", ".join(f'"{c.name}"' for c in table.columns)
         conn.execute(sa.text(f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM "_keep_{table.name}"'))
         conn.execute(sa.text(f'DROP TABLE "_keep_{table.name}"'))
+    changed = [table.name for table in order if _shape(conn, table.name) != shapes[table.name]]
+    if changed:  # rolled back with the whole upgrade
+        raise IntegrityError(f"Migration 0028 changed nothing: {', '.join(changed)} would not have been made again "
+                             "as they are (columns, indexes or foreign keys). Please report it with `vera db "
+                             "status` and the output of `.schema` for those tables.")
     if autoincrement:  # the counters: past every id in use, and every id a row still names
         for name, value in highest.items():
             conn.execute(sa.text("DELETE FROM sqlite_sequence WHERE name = :name"), {"name": name})
@@ -84,6 +103,42 @@ def _remade(metadata: sa.MetaData) -> list[sa.Table]:
                    if any(fk.column.table.name in remade for fk in t.foreign_keys)} - remade:
         remade |= more
     return [t for t in metadata.sorted_tables if t.name in remade]
+
+
+def _check_schema(conn: sa.Connection, order: list[sa.Table]) -> None:
+    """Refuse, before anything changes, what making a table again from its reflection would lose: a table of the
+    operator's with foreign keys into the registry's, a trigger, an index reflection cannot read (on an expression),
+    a collation, a generated or untyped column (none is the registry's)."""
+    names = [table.name for table in order]
+    reflected = {index.name for table in order for index in table.indexes}
+    problems = [f"table {name} is not the registry's" for name in names if name not in REGISTRY_TABLES]
+    for kind, name, table, sql in conn.execute(sa.text(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE tbl_name IN :names ORDER BY name").bindparams(
+            sa.bindparam("names", expanding=True)), {"names": names}):
+        if kind == "trigger" or (kind == "index" and sql is not None and name not in reflected):
+            problems.append(f"{kind} {name} on {table}")
+        elif kind == "table" and "COLLATE" in sql.upper():
+            problems.append(f"a collation in table {name}")
+    for name in names:
+        for column in conn.execute(sa.text(f'PRAGMA table_xinfo("{name}")')).mappings():
+            if column["hidden"] or not column["type"]:
+                problems.append(f"column {name}.{column['name']} (generated, hidden or without a type)")
+    if problems:
+        raise IntegrityError(
+            f"Migration 0028 stopped before changing anything: it makes tables {', '.join(names)} again (SQLite sets "
+            f"AUTOINCREMENT only then), and would lose what was added to them besides the registry's schema: "
+            f"{'; '.join(problems)}. Keep their definitions, drop them, run `vera db upgrade`, then make them again.")
+
+
+def _shape(conn: sa.Connection, name: str) -> list[list[tuple[object, ...]]]:
+    """A table's columns, indexes (with their columns, collations and where they are partial) and foreign keys, as
+    SQLite reports them."""
+    indexes = [tuple(row) for row in conn.execute(sa.text(f'PRAGMA index_list("{name}")'))]
+    return [[tuple(row) for row in conn.execute(sa.text(f'PRAGMA table_xinfo("{name}")'))],
+            sorted((row[1:] for row in indexes), key=str),
+            sorted((tuple(row) for index in indexes if not str(index[1]).startswith("sqlite_autoindex")
+                    for row in conn.execute(sa.text(f'PRAGMA index_xinfo("{index[1]}")'))), key=str),
+            sorted((tuple(row[2:]) for row in conn.execute(sa.text(f'PRAGMA foreign_key_list("{name}")'))), key=str)]
 
 
 def _check_references(conn: sa.Connection, order: list[sa.Table]) -> None:

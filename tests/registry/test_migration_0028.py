@@ -4,6 +4,7 @@ the counters start past ids that rows still name although they are gone."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,4 +153,53 @@ def test_rows_naming_rows_that_are_gone_stop_0028_before_it_changes_anything(tmp
                                            r"rows of webhook_deliveries that do not exist .*PRAGMA foreign_key_check"):
         db.upgrade()
     assert db.current_revision() == "0027" and _rows(db) == before
+    db.engine.dispose()
+
+
+@pytest.mark.parametrize(("added", "said"), [
+    ("CREATE INDEX ix_mine ON adapters (lower(name))", "index ix_mine on adapters"),
+    ("CREATE TRIGGER tr_mine AFTER INSERT ON adapters BEGIN SELECT 1; END", "trigger tr_mine on adapters"),
+    ("CREATE TABLE my_notes (id INTEGER PRIMARY KEY, adapter_id INTEGER REFERENCES adapters(id) ON DELETE CASCADE)",
+     "table my_notes is not the registry's"),
+    ("ALTER TABLE adapters ADD COLUMN nick TEXT COLLATE NOCASE", "a collation in table adapters"),
+    ("ALTER TABLE adapters ADD COLUMN twice INTEGER GENERATED ALWAYS AS (id * 2) VIRTUAL",
+     "column adapters.twice (generated"),
+    ("ALTER TABLE adapters ADD COLUMN untyped", "column adapters.untyped (generated, hidden or without a type)"),
+])
+def test_what_an_operator_added_to_a_table_0028_makes_again_stops_it_before_it_changes_anything(
+        tmp_path: Path, added: str, said: str) -> None:
+    """Tables are made again from what SQLAlchemy reflects of them; what it does not read (an operator's trigger,
+    expression index, collation, own table pointing into the registry's) would be lost: refused, named."""
+    db = filled_at(f"sqlite:///{tmp_path / 'r.db'}", "0027", *MORE)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(added)
+    before = _rows(db)
+    with pytest.raises(IntegrityError, match=r"stopped before changing anything: it makes tables .*adapters.* "
+                                           rf"again .*{re.escape(said)}.*then make them again"):
+        db.upgrade()
+    assert db.current_revision() == "0027" and _rows(db) == before and autoincrement_tables(db) == set()
+    db.engine.dispose()
+
+
+def test_a_table_made_again_otherwise_than_it_was_rolls_0028_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """After making the tables again, 0028 compares each with what it was (columns, indexes, foreign keys, as SQLite
+    reports them): a difference, here an index left out, undoes the whole upgrade."""
+    db = filled_at(f"sqlite:///{tmp_path / 'r.db'}", "0027", *MORE)
+    before = _rows(db)
+    real_create = sa.Table.create
+
+    def create(table: sa.Table, bind: Any, checkfirst: bool = False) -> None:
+        if table.name == "webhook_attempts":
+            table.indexes.clear()
+        real_create(table, bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(sa.Table, "create", create)
+    with pytest.raises(IntegrityError, match=r"Migration 0028 changed nothing: webhook_attempts would not have been "
+                                           r"made again as they are"):
+        db.upgrade()
+    assert db.current_revision() == "0027" and _rows(db) == before and autoincrement_tables(db) == set()
+    monkeypatch.undo()
+    with db.engine.connect() as conn:
+        assert "ix_webhook_attempts_delivery" in {i["name"] for i in sa.inspect(conn).get_indexes("webhook_attempts")}
     db.engine.dispose()
