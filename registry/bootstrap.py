@@ -12,7 +12,8 @@ from registry.domain.errors import SchemaOutOfDate
 from registry.services.base_configs import HubBaseConfigs
 from registry.services.downloads import DownloadCounter
 from registry.services.file_cache import FileCache
-from registry.services.hub import HubSync, use_timeout
+from registry.services.hub import HubSync
+from registry.services.hub_http import use_timeout
 from registry.services.invitations import InvitationPolicy
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry

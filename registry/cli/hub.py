@@ -58,6 +58,8 @@ def hub_pull(
                                                                   hub_token=hub_token))
     what = "pulled as" if result.changed else "unchanged, already"
     console.print(f"{what} {result.version.ref} from {repo_id}@{result.sync.commit_sha[:12]}")
+    for note in result.notes:
+        err_console.print(styled("warning:", "bold yellow", f" {note}"))
 
 
 def hub_status(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = None,

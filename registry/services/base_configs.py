@@ -25,6 +25,8 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.utils._validators import validate_repo_id
 
+from registry.domain.errors import ContentTooLarge
+from registry.services.hub_http import capped_downloads
 from vera_core.config import DEMO_MODEL
 from vera_core.errors import JSONTextError, parse_json
 
@@ -120,7 +122,11 @@ class HubBaseConfigs:
                 raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} is {meta.size} bytes, more than the "
                                             f"{MAX_CONFIG_BYTES} a config may have")
             # local_dir: a scratch folder named by us, so nothing the publisher sent becomes a path on this disk
-            with tempfile.TemporaryDirectory(prefix="vera-base-config-") as scratch:
+            # and what it sends held to the size it declared (capped_downloads: a Hub that says one thing and
+            # sends another is cut off)
+            with tempfile.TemporaryDirectory(prefix="vera-base-config-") as scratch, capped_downloads(
+                    MAX_CONFIG_BYTES, f"reading {at}'s {CONFIG_FILE}", "a base config's",
+                    timeout_s=self.timeout_s):
                 path = hf_hub_download(name, CONFIG_FILE, revision=revision or None, endpoint=self.endpoint,
                                        token=False, local_dir=scratch, etag_timeout=self.timeout_s,
                                        library_name="vera-registry")
@@ -134,6 +140,8 @@ class HubBaseConfigs:
             raise BaseConfigUnavailable(f"{name} has no revision {revision!r}") from exc
         except hub_errors.RemoteEntryNotFoundError as exc:
             raise BaseConfigUnavailable(f"{at} has no {CONFIG_FILE}") from exc
+        except ContentTooLarge as exc:
+            raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes") from exc
         except (hub_errors.HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
             raise BaseConfigUnavailable(f"the Hub did not answer ({type(exc).__name__}: {str(exc)[:120]})") from exc
         if len(data) > MAX_CONFIG_BYTES:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,15 +21,14 @@ from typing import Any
 
 import httpx2
 import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, hf_hub_download, set_client_factory
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.repocard import metadata_load
-from huggingface_hub.utils._http import default_client_factory
 from huggingface_hub.utils._validators import validate_repo_id
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import ContentTooLarge, HubError, InvalidInput
+from registry.domain.errors import ContentTooLarge, HubError, InvalidInput, RegistryError
 from registry.domain.schemas import (
     MAX_UPLOAD_BYTES,
     HubSyncInfo,
@@ -37,6 +38,7 @@ from registry.domain.schemas import (
     check_text,
     json_object,
 )
+from registry.services.hub_http import capped_downloads
 from registry.services.lookup import version_info
 from registry.services.registry import Registry
 from registry.store import models as m
@@ -45,17 +47,9 @@ from vera_core.keys import CONFIG_NAME, WEIGHTS_NAME
 
 CARD_NAME = "README.md"
 PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-
-
-def use_timeout(timeout_s: float) -> None:
-    """Give every ``huggingface_hub`` request of this process a timeout (its default client has none)."""
-
-    def factory() -> httpx2.Client:
-        client: httpx2.Client = default_client_factory()
-        client.timeout = httpx2.Timeout(timeout_s)
-        return client
-
-    set_client_factory(factory)
+#: A pulled repo's README.md is read (for the metrics its card lists) up to this size; a larger one is not fetched.
+MAX_PULLED_CARD_BYTES = 2**20
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def content_digest(files: dict[str, bytes]) -> str:
@@ -187,7 +181,7 @@ class HubSync:
                 repo_id, operations=[CommitOperationAdd(name, files[name]) for name in PUSHED_FILES],
                 commit_message=f"vera-registry: {info.ref}", revision=revision,
                 commit_description=f"VeRA adapter {info.ref} (r={info.r}, seed={info.seed}, {info.generator}).")
-        sha = str(commit.oid)
+        sha = _commit_id(f"pushing {info.ref} to {repo_id}", commit.oid)
         with self.registry.db.session() as s:
             version = self._version_row(s, info)
             row = s.scalar(select(m.HubSync).where(
@@ -222,19 +216,15 @@ class HubSync:
         if base_revision is not None:
             check_text(base_revision, "base_revision", max_length=100)
         where = f"{repo_id}@{revision}"
-        commit, names = self._vera_repo_at(repo_id, revision, token)
+        commit, sizes = self._vera_repo_at(repo_id, revision, token)
         with self.registry.db.session() as s:
             done = self._pulled(s, ref, repo_id, commit=commit)
             if done is not None:
                 return done
+        with_card, notes = _card_wanted(where, sizes)
         with tempfile.TemporaryDirectory(prefix="vera-hub-pull-") as tmp:
-            wanted = [CONFIG_NAME, WEIGHTS_NAME] + ([CARD_NAME] if CARD_NAME in names else [])
-            with self._hub_errors(f"downloading {where}", repo_id):
-                for name in wanted:
-                    hf_hub_download(repo_id, name, revision=commit, endpoint=self.endpoint,
-                                    token=token or False, local_dir=tmp,
-                                    cache_dir=Path(tmp) / ".cache", library_name="vera-registry")
             root = Path(tmp)
+            self._download(repo_id, commit, token, root, where=where, with_card=with_card)
             config = _vera_config(where, root / CONFIG_NAME)
             files = {name: (root / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}
             digest = content_digest(files)
@@ -262,18 +252,33 @@ class HubSync:
                 s.flush()
                 recorded.append(row.id)
 
-            info = self.registry.publish(
-                root, owner=ref.owner, name=ref.name, base_model=str(base),
-                base_revision=base_revision if base_revision is not None else str(config.get("revision") or ""),
-                metrics=_finite(card.get("metrics")), description=f"Pulled from {self.endpoint}/{repo_id} at {commit}.",
-                published_by=actor, lineage={"hub_repo": repo_id, "hub_commit": commit}, on_record=record)
+            with _named_as(root, where):
+                info = self.registry.publish(
+                    root, owner=ref.owner, name=ref.name, base_model=str(base),
+                    base_revision=base_revision if base_revision is not None else str(config.get("revision") or ""),
+                    metrics=_finite(card.get("metrics")),
+                    description=f"Pulled from {self.endpoint}/{repo_id} at {commit}.", published_by=actor,
+                    lineage={"hub_repo": repo_id, "hub_commit": commit}, on_record=record)
         with self.registry.db.session() as s:
             row = s.get_one(m.HubSync, recorded[-1])  # written in the publish transaction
-            return HubSyncResult(sync=self._sync_info(row, info.ref), changed=True, version=info)
+            return HubSyncResult(sync=self._sync_info(row, info.ref), changed=True, version=info, notes=notes)
 
-    def _vera_repo_at(self, repo_id: str, revision: str, token: str | None) -> tuple[str, set[str]]:
-        """The commit ``revision`` names and the repo's file names, once the repo is known to hold a VeRA adapter in
-        safetensors within the size limit (from the Hub's file sizes, before anything is downloaded)."""
+    def _download(self, repo_id: str, commit: str, token: str | None, folder: Path, *, where: str,
+                  with_card: bool) -> None:
+        """The adapter's files of ``commit`` into ``folder``, held to the upload limit together, and its card
+        (``with_card``) to its own bound (capped_downloads: whatever sizes the Hub declared)."""
+        for names, limit, setting in (((CONFIG_NAME, WEIGHTS_NAME), self.max_bytes, "VERA_MAX_UPLOAD_BYTES"),
+                                      ((CARD_NAME,) if with_card else (), MAX_PULLED_CARD_BYTES, "a card's")):
+            with self._hub_errors(f"downloading {where}", repo_id), capped_downloads(
+                    limit, f"pulling {where}", setting, timeout_s=self.timeout_s):
+                for name in names:
+                    hf_hub_download(repo_id, name, revision=commit, endpoint=self.endpoint, token=token or False,
+                                    local_dir=folder, cache_dir=folder / ".cache", library_name="vera-registry")
+
+    def _vera_repo_at(self, repo_id: str, revision: str, token: str | None) -> tuple[str, dict[str, int | None]]:
+        """The commit ``revision`` names and the repo's files with the sizes the Hub declares, once the repo is known
+        to hold a VeRA adapter in safetensors within the size limit (from those sizes, before anything is
+        downloaded: the downloads are held to it too, capped_downloads)."""
         where = f"{repo_id}@{revision}"
         with self._hub_errors(f"pulling {where}", repo_id):
             hub_info = self._api(token).model_info(repo_id, revision=revision, files_metadata=True)
@@ -283,7 +288,7 @@ class HubSync:
         if size > self.max_bytes:
             raise ContentTooLarge(f"{where}'s adapter is {size:,} bytes, over this registry's limit of "
                                   f"{self.max_bytes:,} (VERA_MAX_UPLOAD_BYTES); nothing was downloaded.")
-        return str(hub_info.sha), set(sizes)
+        return _commit_id(where, hub_info.sha), sizes
 
     def _pulled(self, s: Session, ref: Ref, repo_id: str, *, commit: str, content: str | None = None,
                 revision: str = "", actor: str = "") -> HubSyncResult | None:
@@ -341,6 +346,8 @@ class HubSync:
                  "commit.") if pushing else ""
         try:
             yield
+        except RegistryError:  # said already (a download over the limit)
+            raise
         except hub_errors.OfflineModeIsEnabled as exc:
             raise HubError(f"{action}: HF_HUB_OFFLINE is set in the registry's environment; unset it to sync.") from exc
         except hub_errors.RevisionNotFoundError as exc:
@@ -356,6 +363,8 @@ class HubSync:
         except httpx2.TransportError as exc:
             raise HubError(f"{action}: cannot reach the Hub at {self.endpoint} ({type(exc).__name__}); nothing was "
                            "recorded. Check the network and VERA_HUB_ENDPOINT.") from exc
+        except OSError as exc:  # huggingface_hub's check of a download against the size the Hub declared, or this disk
+            raise _download_failed(action, exc) from exc
         except (ValueError, KeyError, TypeError) as exc:  # an answer huggingface_hub could not use
             raise HubError(f"{action}: unexpected answer from the Hub at {self.endpoint} ({type(exc).__name__}: "
                            f"{exc}); nothing was recorded.{after}") from exc
@@ -391,6 +400,56 @@ def _check_repo(repo_id: str, revision: str) -> None:
     if "/" not in repo_id:
         raise InvalidInput(f"{repo_id!r} is not a Hub repo id; {expected}.")
     check_text(revision, "revision", max_length=200)
+
+
+def _download_failed(action: str, exc: OSError) -> HubError:
+    """A download that failed in huggingface_hub's own check of its size against the Hub's declared one, or on this
+    server's disk, in the registry's words (never this server's paths)."""
+    said = str(exc)
+    if said.startswith("Consistency check failed"):
+        declared = re.search(r"should be of size (\d+)", said)
+        name = re.search(r"/([^/()]+)\)", said)  # "(…)abc/adapter_model.safetensors)"
+        return HubError(f"{action}: the Hub sent {name.group(1)[:100] if name else 'a file'} with another size than "
+                        f"it declared ({int(declared.group(1)) if declared else 0:,} bytes); nothing was recorded. "
+                        "Check VERA_HUB_ENDPOINT.")
+    return HubError(f"{action}: this server could not keep the download ({exc.strerror or type(exc).__name__}); "
+                    "nothing was recorded.")
+
+
+def _card_wanted(where: str, sizes: dict[str, int | None]) -> tuple[bool, list[str]]:
+    """Whether a pulled repo's README.md is fetched (it has one within MAX_PULLED_CARD_BYTES), and a note if it has
+    one that is not."""
+    if CARD_NAME not in sizes:
+        return False, []
+    size = sizes[CARD_NAME]
+    if size is not None and size <= MAX_PULLED_CARD_BYTES:
+        return True, []
+    return False, [f"{where}'s {CARD_NAME} ({'size unknown' if size is None else f'{size:,} bytes'}) is over the "
+                   f"{MAX_PULLED_CARD_BYTES:,} bytes read of a card: it was not downloaded, and metrics it may list "
+                   "were not recorded."]
+
+
+@contextmanager
+def _named_as(folder: Path, where: str) -> Iterator[None]:
+    """A refusal of the files in ``folder`` names them as the Hub repo's (``where``), not by this server's scratch
+    folder (security.md: no server path in an answer)."""
+    try:
+        yield
+    except RegistryError as exc:
+        exc.args = tuple(a.replace(f"{folder}{os.sep}", f"{where}'s ").replace(str(folder), where)
+                         if isinstance(a, str) else a for a in exc.args)
+        raise
+
+
+def _commit_id(where: str, sha: object) -> str:
+    """The commit id the Hub answered, which is stored and printed: 40 hexadecimal digits, as every Hub commit's,
+    else HubError (a Hub that answered 200 characters was a 500 on PostgreSQL; escape sequences reached `vera hub
+    status`: an outsider's finding, session 39)."""
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
+        shown = (ascii(sha[:60]) + ("..." if len(sha) > 60 else "")) if isinstance(sha, str) else "none"
+        raise HubError(f"{where}: the Hub answered commit id {shown}, not one of 40 hexadecimal digits as every Hub "
+                       "commit has; nothing was recorded. Check VERA_HUB_ENDPOINT.")
+    return sha
 
 
 def _check_is_vera_repo(where: str, names: set[str]) -> None:

@@ -6,6 +6,9 @@ siblings), POST /api/models/{repo}/preupload/{rev} (every file "regular", with t
 are skipped), POST /api/models/{repo}/commit/{rev} (NDJSON, base64 "file" entries), HEAD/GET
 /{repo}/resolve/{rev}/{path}. Errors carry the Hub's X-Error-Code / X-Error-Message headers.
 
+Hostile answers, for the tests of what the registry refuses: sizes declared for a file that its download exceeds
+(``declared``), a commit id of the wrong form (``answered_sha``).
+
 Not spoken (the real Hub's parts these tests do not exercise): LFS and Xet uploads (every file goes inline, as the
 Hub does for small files), pull requests, branches other than main, gated repos, repo tree pagination, rate-limit
 windows (a 429 is only injected), and CDN redirects on download.
@@ -26,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from tests.registry.servers import in_thread
 
@@ -64,6 +67,10 @@ class HubStandIn:
         self.requests: list[tuple[str, str, str]] = []  # (method, path, authorization header)
         self.url = ""
         self.lock = threading.Lock()
+        # a hostile Hub: sizes it declares for "repo_id/path" (model info and HEAD) while GET streams the real
+        # bytes without a length; the commit id it answers instead of the real one
+        self.declared: dict[str, int] = {}
+        self.answered_sha: str | None = None
 
     # ---- test controls -----------------------------------------------------------------------------------------
     def fail(self, method: str, path_part: str, status: int, *, times: int = 1, **headers: str) -> None:
@@ -187,10 +194,12 @@ class HubStandIn:
                 return error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             return JSONResponse({
-                "_id": repo_id, "id": repo_id, "modelId": repo_id, "author": repo.owner, "sha": sha,
+                "_id": repo_id, "id": repo_id, "modelId": repo_id, "author": repo.owner,
+                "sha": self.answered_sha or sha,
                 "private": repo.private, "disabled": False, "gated": False, "tags": [], "downloads": 0, "likes": 0,
                 "library_name": "peft", "createdAt": now, "lastModified": now,
-                "siblings": [{"rfilename": name, "size": len(data), "blobId": git_oid(data)}
+                "siblings": [{"rfilename": name, "size": self.declared.get(f"{repo_id}/{name}", len(data)),
+                              "blobId": git_oid(data)}
                              for name, data in sorted(repo.commits[sha].items())],
             })
 
@@ -235,8 +244,8 @@ class HubStandIn:
                     elif item["key"] != "header":
                         return error(400, f"the stand-in does not speak {item['key']!r}")
                 sha = self._commit(repo, rev, files)
-            return JSONResponse({"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                 "success": True, "pullRequestUrl": None})
+            return JSONResponse({"commitUrl": f"{self.url}/{repo_id}/commit/{sha}",
+                                 "commitOid": self.answered_sha or sha, "success": True, "pullRequestUrl": None})
 
         @app.api_route("/{ns}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
         def resolve(request: Request, ns: str, name: str, rev: str, path: str) -> Response:
@@ -250,6 +259,13 @@ class HubStandIn:
             if data is None:
                 return error(404, "Entry not found", "EntryNotFound")
             headers = {"X-Repo-Commit": sha, "ETag": f'"{git_oid(data)}"', "Content-Length": str(len(data))}
+            declared = self.declared.get(f"{ns}/{name}/{path}")
+            if declared is not None:  # says one size, streams another
+                headers["Content-Length"] = str(declared)
+                if request.method == "GET":
+                    del headers["Content-Length"]
+                    return StreamingResponse(iter([data[i:i + 65536] for i in range(0, len(data), 65536)]),
+                                             headers=headers, media_type="application/octet-stream")
             body = b"" if request.method == "HEAD" else data
             return Response(body, headers=headers, media_type="application/octet-stream")
 

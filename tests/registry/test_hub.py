@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from registry.client import RegistryClient
 from registry.domain.errors import ContentTooLarge, Forbidden, HubError, InvalidInput
 from registry.services.base_configs import HubBaseConfigs
-from registry.services.hub import HubSync, use_timeout
+from registry.services.hub import HubSync
+from registry.services.hub_http import use_timeout
 from registry.services.registry import Registry
 from registry.services.tokens import create_token
 from registry.store import models as m
@@ -52,6 +53,8 @@ def hub(hub_server: HubStandIn) -> HubStandIn:
     hub_server.requests.clear()
     hub_server.tokens.clear()
     hub_server.tokens.update({TOKEN: "alice", "hf_bob": "bob"})
+    hub_server.declared.clear()
+    hub_server.answered_sha = None
     return hub_server
 
 
@@ -290,15 +293,87 @@ def test_pull_of_an_adapter_over_the_size_limit_is_refused_before_downloading(
     assert not any("/resolve/" in path for _, path, _ in hub.requests)
 
 
+@pytest.mark.parametrize("lying", ["adapter_model.safetensors", "README.md", "within the limit"])
+def test_a_hub_that_sends_more_than_it_declared_is_cut_off_at_the_limit(
+    registry: Registry, hub: HubStandIn, tmp_path: Path, lying: str
+) -> None:
+    """The size check reads the sizes the Hub declares; a Hub that declares a few bytes and streams more was read to
+    the end (30 MB past a 2 MB limit: an outsider's finding, session 39). Each download now counts against the limit
+    as it comes and stops past it, saying which file; one that stays within the limit but is not the size declared
+    is refused too (huggingface_hub's own check, said in the registry's words); nothing is recorded."""
+    files, _ = peft_repo_files(tmp_path)
+    files["README.md"] = b"---\nlicense: mit\n---\n" + b"x" * 3_000_000
+    hub.seed_repo("someone/liar", files)
+    hub.declared.update({"someone/liar/adapter_model.safetensors": 600, "someone/liar/README.md": 100})
+    if lying == "README.md":
+        del hub.declared["someone/liar/adapter_model.safetensors"]
+    limit = len(files["adapter_config.json"]) + 2000
+    if lying != "adapter_model.safetensors":
+        limit += len(files["adapter_model.safetensors"])
+    small = HubSync(registry, endpoint=hub.url, token=TOKEN, max_bytes=limit)
+    before = snapshot(registry)
+    expected = (rf"pulling someone/liar@main: the Hub's 'adapter_model.safetensors' sent more than it said, past the "
+                rf"limit of {limit:,} bytes \(VERA_MAX_UPLOAD_BYTES\) for what is downloaded; nothing was recorded"
+                ) if lying != "README.md" else (r"the Hub's 'README.md' sent more than it said, past the limit of "
+                                                r"1,048,576 bytes \(a card's\)")
+    if lying == "within the limit":
+        expected = (r"downloading someone/liar@main: the Hub sent adapter_model.safetensors with another size than it "
+                    r"declared \(600 bytes\); nothing was recorded")
+    with pytest.raises(ContentTooLarge if lying != "within the limit" else HubError, match=expected) as refused:
+        small.pull("someone/liar", target="alice/liar", actor="alice", base_model="org/tiny-llama")
+    assert "/tmp" not in str(refused.value)
+    assert snapshot(registry) == before
+
+
+def test_a_pulled_card_is_counted_and_one_over_its_bound_is_not_downloaded(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """A repo's README.md was downloaded and parsed whatever its size (30 MB); it is read up to 1 MiB, and a larger
+    one is left on the Hub, with a note: the adapter is still pulled."""
+    files, _ = peft_repo_files(tmp_path)
+    files["README.md"] = b"---\nvera_registry:\n  metrics:\n    accuracy: 0.5\n---\n" + b"x" * (2**20 + 1)
+    hub.seed_repo("someone/long-card", files)
+    result = sync.pull("someone/long-card", target="alice/long-card", actor="alice", base_model="org/tiny-llama")
+    assert result.changed and result.version.metrics == {}
+    assert result.notes == [f"someone/long-card@main's README.md ({len(files['README.md']):,} bytes) is over the "
+                            "1,048,576 bytes read of a card: it was not downloaded, and metrics it may list were not "
+                            "recorded."]
+    assert not any(path.endswith("/README.md") for method, path, _ in hub.requests if method == "GET")
+
+
+@pytest.mark.parametrize("sha", ["f" * 200, "1234567\x1b]0;pwned\x07\x1b[2J" + "0" * 24, "a" * 39 + "\n", "A" * 40])
+def test_a_commit_id_the_hub_answers_is_forty_hex_digits_or_nothing_is_recorded(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path, sha: str
+) -> None:
+    """The Hub's commit id is stored and printed (`vera hub status`, lineage): one of 200 characters was a 500 on
+    PostgreSQL, escape sequences reached readers' terminals. Pull and push refuse any other form."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/odd", files)
+    ref = published(registry, tmp_path)
+    hub.answered_sha = sha
+    before = snapshot(registry)
+    for attempt in (lambda: sync.pull("someone/odd", target="alice/odd", actor="alice", base_model="org/tiny-llama"),
+                    lambda: sync.push(ref, "alice/odd-push", actor="alice")):
+        with pytest.raises(HubError, match=r"the Hub answered commit id '.*'(\.\.\.)?, not one of 40 hexadecimal "
+                                           r"digits .*"
+                                           r"nothing was recorded") as refused:
+            attempt()
+        assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+    assert snapshot(registry) == before
+
+
 def test_pull_of_a_corrupt_vera_adapter_is_refused_without_a_partial_version(
     registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
 ) -> None:
     files, _ = peft_repo_files(tmp_path)
     hub.seed_repo("someone/broken", {**files, "adapter_model.safetensors": files["adapter_model.safetensors"][:-40]})
     before = snapshot(registry)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as refused:
         sync.pull("someone/broken", target="alice/broken", actor="alice", base_model="org/tiny-llama")
     assert snapshot(registry) == before
+    # named as the repo's file, never by the server's scratch folder (an outsider's finding, session 39)
+    assert "someone/broken@main's adapter_model.safetensors" in str(refused.value)
+    assert "vera-hub-pull-" not in str(refused.value) and "/tmp" not in str(refused.value)
 
 
 @pytest.mark.parametrize("fault,match", [
@@ -513,6 +588,9 @@ def test_a_seed_only_peft_adapter_of_the_demo_base_publishes_with_its_bundled_co
     ("org/nested", {"config.json": b"[" * 5000 + b"]" * 5000}, "org/nested@main's config.json nests too deeply"),
     ("org/odd", {"config.json": b'{"model_type": "no-such-architecture"}'}, "Not a transformers config"),
     ("not a repo", None, "'not a repo' is not a Hub repo id"),  # (a path, ../../etc/passwd, is refused before)
+    # a Hub that declares a small config.json and streams 3 MB: cut off at the bound (session 39)
+    ("org/liar", {"config.json": b'{"a": "' + b"x" * 3_000_000 + b'"}'},
+     "org/liar@main's config.json is larger than 1048576 bytes"),
 ])
 def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
     registry: Registry, hub: HubStandIn, tmp_path: Path, base: str, seeded: object, reason: str
@@ -521,6 +599,8 @@ def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
         hub.seed_repo(base, {"config.json": base_config_json()}, private=True)
     elif isinstance(seeded, dict):
         hub.seed_repo(base, seeded)
+    if base == "org/liar":
+        hub.declared["org/liar/config.json"] = 100
     publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=5.0))
     source, _ = peft_seed_only(tmp_path, seed=3)
     before = snapshot(registry)
