@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 
 from registry.client import RegistryClient
@@ -27,8 +28,25 @@ if TYPE_CHECKING:
 # No console markup: what is printed holds names, descriptions, filters and messages that echo them, and a caller's
 # "[/x]" (`vera show 'a/b[/x]'`) raised rich's MarkupError, a traceback instead of the error, while "[bold]" in a
 # description was swallowed. Styles are given as Text (``styled``), never parsed out of strings.
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
+#: Control characters (but newline and tab) and the bidirectional overrides, as the escapes that show them.
+_SHOWN = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"} | {
+    c: f"\\u{c:04x}" for c in [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+
+
+class PlainConsole(Console):
+    """A console that prints control characters and bidirectional overrides in what it is given as escapes (``\x1b``),
+    so a terminal never runs them: what is printed holds what callers of a registry wrote (names, texts, what a Hub
+    answered), and the registry refuses such characters as it stores them, but not in rows stored before it did (an
+    escape sequence in a layer name cleared the screen of whoever compared the version: session 39). Its own styles
+    are not text, and pass."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(segment if segment.control else Segment(
+            segment.text.translate(_SHOWN), segment.style, segment.control) for segment in buffer)
+
+
+console = PlainConsole(markup=False)
+err_console = PlainConsole(stderr=True, markup=False)
 
 
 def styled(label: str, style: str, rest: str = "") -> Text:

@@ -3,6 +3,7 @@ that the config's targets match, a projection it can regenerate or store, and wh
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.domain.errors import Busy, InvalidInput
-from registry.domain.schemas import MAX_COMPARE_WORK, MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS
+from registry.domain.schemas import MAX_COMPARE_WORK, MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS, check_text
 from registry.domain.words import counted
 from vera_core.errors import VeraConfigError
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
@@ -116,6 +117,7 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
         require_linear(cfg.target_modules, cfg.layers_pattern)
     except VeraConfigError as exc:
         raise InvalidInput(str(exc)) from None
+    _check_names(files)
     for key, tensor in files.tensors.items():
         if not torch.isfinite(tensor).all():
             raise InvalidInput(f"Tensor {key!r} holds NaN or infinite values; the adapter is broken.")
@@ -138,6 +140,25 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
     with budget.generating(spec):
         fp, reproducible = _projection_fingerprint(files, spec)
     return CheckedAdapter(vectors, spec, fp, reproducible, layer_outs)
+
+
+def _check_names(files: AdapterFiles) -> None:
+    """Tensor names are module paths, which every listing, comparison and export shows (`vera compare`, the LoRA
+    README): PyTorch modules' names are identifiers and indexes joined by dots, so anything else is refused (an escape
+    sequence in one cleared the screen of whoever compared the version: an outsider's finding, session 39); the
+    config's target and saved module names are one line of plain text."""
+    for key in files.tensors:
+        if not _TENSOR_NAME.fullmatch(key):
+            raise InvalidInput(f"Tensor name {ascii(key)[:160]} is not a module path: expected letters, digits, '_', "
+                               "'-' and '.' only (at most 512), as PyTorch modules are named. Rename the tensor.")
+    targets = files.config.target_modules
+    for name in ([targets] if isinstance(targets, str) else list(targets or [])) + list(
+            files.config.modules_to_save or []):
+        check_text(name, f"adapter_config.json's module name {ascii(name)[:100]}", max_length=1000)
+
+
+#: What a tensor's name holds: a module path (model.layers.0.self_attn.q_proj.vera_lambda_b).
+_TENSOR_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,512}")
 
 
 def _projection_fingerprint(files: AdapterFiles, spec: ProjectionSpec) -> tuple[str, bool]:

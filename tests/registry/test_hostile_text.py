@@ -29,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         source = make_adapter(root / "adapter")
         with RegistryClient(url, cache=False) as client:
             client.publish(source, "ann/clf", base_model="tiny-llama", properties={"validation": "passed"})
-        yield {"url": url, "source": source}
+        yield {"url": url, "source": source, "database": f"sqlite:///{root / 'r.db'}"}
 
 
 def raw(server: dict[str, Any], method: str, path: str, body: str) -> httpx.Response:
@@ -160,3 +160,26 @@ def test_an_adapter_config_with_a_surrogate_is_refused(server: dict[str, Any]) -
     assert answer.status_code == 422, answer.text
     assert "half of a UTF-16 surrogate pair" in answer.json()["detail"]
     assert [v["version"] for v in httpx.get(f"{server['url']}/api/v1/adapters").json()["items"]] == [1]
+
+
+def test_the_cli_shows_control_characters_of_rows_stored_before_they_were_refused(server: dict[str, Any]) -> None:
+    """The registry refuses escape sequences as it stores text, but rows stored before it did (a Hub commit id, a
+    description) still hold them: every `vera` table and line shows them as escapes, never runs them (session 39)."""
+    from sqlalchemy import text
+
+    from registry.store.database import Database
+    from tests.registry.test_cli import vera
+
+    with RegistryClient(server["url"], cache=False) as client:
+        client.publish(server["source"], "ann/old-rows", base_model="tiny-llama")
+    db = Database(server["database"])
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE adapter_versions SET description = :d WHERE id = (SELECT max(id) FROM "
+                          "adapter_versions)"), {"d": "fine\x1b]0;pwned\x07\x1b[2Jforged\u202eline"})
+    db.close()
+    shown = vera("show", "ann/old-rows:1", "--registry", server["url"])
+    listed = vera("ls", "--registry", server["url"], "--owner", "ann")
+    assert shown.returncode == 0 and listed.returncode == 0, shown.stderr + listed.stderr
+    assert "fine\\x1b]0;pwned\\x1b[2Jforged\\u202eline" in shown.stdout
+    for output in (shown.stdout + shown.stderr, listed.stdout + listed.stderr):
+        assert "\x1b" not in output and "\u202e" not in output and "\x07" not in output

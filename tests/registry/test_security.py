@@ -267,6 +267,40 @@ def test_control_characters_are_refused_on_every_database(registry: Registry, tm
     assert registry.list_versions().items == []
 
 
+@pytest.mark.parametrize(("renamed", "targets", "said"), [
+    ("model.layers.0.self_attn.\x1b]0;pwned\x07\x1b[31mq_proj", ".*_proj",
+     r"Tensor name '.*\\x1b\]0;pwned.*' is not a module path: expected letters, digits"),
+    ("model.layers.0.self_attn\n\x1b[2J\x1b[Hfake.q_proj", None, r"Tensor name '.*\\n\\x1b\[2J.*' is not a module"),
+    ("model.layers.0.self_attn.q\u202eproj", ".*proj", r"Tensor name '.*\\u202eproj.*' is not a module path"),
+    (None, ["q_proj", "v_proj\x1b[2J"], r"adapter_config.json's module name 'v_proj\\x1b\[2J' contains the "
+                                         r"control character"),
+], ids=["osc", "newline", "bidi", "target"])
+def test_layer_names_a_terminal_would_run_are_refused_at_publish(registry: Registry, tmp_path: Path,
+                                                                 renamed: str | None, targets: Any, said: str) -> None:
+    """Module paths are shown by `vera compare`, `vera show` and written into LoRA exports' READMEs: an escape
+    sequence or newline in a tensor name cleared the screen of whoever compared the version (an outsider's finding,
+    session 39). Refused, naming the name as ASCII; nothing stored."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    source = make_adapter(tmp_path / "a")
+    weights, config = source / "adapter_model.safetensors", source / "adapter_config.json"
+    if renamed is not None:
+        tensors = load_file(weights)
+        for key in [k for k in tensors if ".layers.0.self_attn.q_proj." in k]:
+            tensors[key.replace("model.layers.0.self_attn.q_proj", renamed)] = tensors.pop(key)
+        with safe_open(weights, "pt") as f:
+            metadata = f.metadata()
+        sizes = json.loads(metadata[META_IN_FEATURES])  # the layer sizes it records name the layer too
+        sizes[renamed] = sizes.pop("model.layers.0.self_attn.q_proj")
+        save_file(tensors, weights, {**metadata, META_IN_FEATURES: json.dumps(sizes)})
+    if targets is not None:
+        config.write_text(json.dumps({**json.loads(config.read_text()), "target_modules": targets}))
+    with pytest.raises(InvalidInput, match=said):
+        registry.publish(source, owner="ann", name="esc", base_model="tiny")
+    assert registry.list_versions().items == []
+
+
 #: (method, path and query, the part the refusal names): control characters where no name or value holds one.
 CONTROLLED = [
     ("GET", "/api/v1/adapters/eve/x%01y", "path segment 'x\\x01y' holds the control character U+0001"),
