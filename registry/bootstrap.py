@@ -80,7 +80,8 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
                                   "schema; run `vera db upgrade` without it, against the primary.)") from None
         budget = ProjectionBudget(settings.max_projection_elements, settings.concurrent_generations,
                                   max_export_bytes=settings.max_export_bytes,
-                                  max_compare_work=settings.max_compare_work)
+                                  max_compare_work=settings.max_compare_work,
+                                  max_export_work=settings.max_export_work)
         base_configs = None
         if settings.hub_base_configs:
             use_timeout(settings.hub_timeout_s)

@@ -21,6 +21,7 @@ from registry.domain.schemas import (
     MAX_COMPARE_WORK,
     MAX_DATASET_BYTES,
     MAX_EXPORT_BYTES,
+    MAX_EXPORT_WORK,
     MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_TIME_LIMIT_S,
     MAX_PENDING_JOBS,
@@ -96,6 +97,9 @@ class Settings(BaseSettings):
     # The most multiply-adds of weight-delta arithmetic one comparison (POST /api/v1/compare) may cost, estimated
     # from the versions' shapes and checked before any delta is formed; 2^37 (about 5 s of 2 cores) by default.
     max_compare_work: int = Field(default=MAX_COMPARE_WORK, ge=1)
+    # The most work one LoRA export may cost (vera_core.lora.lora_export_work: float32 multiply-adds, a rank-capped
+    # export's QR and SVD weighted), estimated from the layers' shapes before anything is computed; 2^38 (about 5 s).
+    max_export_work: int = Field(default=MAX_EXPORT_WORK, ge=1)
     # A read-only registry (read_only) builds the download forms the registry never stored into a temporary folder of
     # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size
     # with a unit: 10GB, 10GiB); the form just built is always kept, whatever its size.

@@ -89,6 +89,8 @@ def _layers(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> tuple[dict
     kept: dict[str, torch.Tensor] = {}
     layers: list[_Layer] = []
     suffix_d, suffix_b = ".vera_lambda_d", ".vera_lambda_b"
+    recorded = files.metadata.get(META_IN_FEATURES)
+    sizes = json.loads(recorded) if recorded else {}  # once: read per layer, 6,000 layers took 7 s (session 39)
     for key, tensor in files.tensors.items():
         if key in PROJECTION_KEYS or key.endswith(suffix_d):
             continue
@@ -96,7 +98,7 @@ def _layers(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> tuple[dict
             kept[key] = tensor
             continue
         path = key[: -len(suffix_b)]
-        layer = _Layer(path, files.tensors[path + suffix_d].float(), tensor.float(), _in_features(files, path))
+        layer = _Layer(path, files.tensors[path + suffix_d].float(), tensor.float(), _in_features(sizes, path))
         if layer.n_in > a.shape[1] or layer.b.shape[0] > b.shape[0]:
             raise AdapterFormatError(f"Layer {module_path(path)} is larger than the shared projection.")
         layers.append(layer)
@@ -130,12 +132,10 @@ def delta_factors(
     return lora_a, lora_b
 
 
-def _in_features(files: AdapterFiles, path: str) -> int:
-    shapes = files.metadata.get(META_IN_FEATURES)
-    if shapes:
-        value = json.loads(shapes).get(module_path(path))
-        if value is not None:
-            return int(value)
+def _in_features(sizes: dict[str, Any], path: str) -> int:
+    value = sizes.get(module_path(path))
+    if value is not None:
+        return int(value)
     raise AdapterFormatError(
         f"The adapter does not record the input size of {module_path(path)}, which the LoRA export needs; give "
         "its base model (`vera export-lora SRC DST --base-model DIR_OR_HUB_ID`, or base_model= in "
@@ -165,6 +165,37 @@ def lora_export_bytes(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, exp
     _, layers = _layers(files, a, b)
     return export.rank(files.config.r) * sum(layer.n_in + layer.b.shape[0] for layer in layers) * \
         DTYPES[export.dtype].itemsize
+
+
+#: What one layer of an export costs besides its arithmetic (Python and torch calls), in the units of
+#: ``lora_export_work``: about 50 us a layer of the exact export, 1.4 ms of a rank-capped one (its QR and SVD calls)
+#: on the machine of bench/RESULTS.md; an adapter of thousands of tiny layers costs its calls.
+LAYER_WORK, FACTORED_LAYER_WORK = 1 << 21, 1 << 26
+#: The rank-capped export's QR factorisations and SVD run in float64 through LAPACK, several times slower per
+#: multiply-add than the float32 products of the exact export: counted this many times over.
+FACTORING_WEIGHT = 4
+
+
+def lora_export_work(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
+                     export: LoraExport | None = None) -> int:
+    """About how many float32 multiply-adds an export of ``files`` costs, known before anything is computed (the
+    layers' shapes alone): per layer its factors (r x (in + out)), and for a rank-capped export the QR of each
+    factor, the SVD of their core and the rank-k products, weighted (FACTORING_WEIGHT), plus LAYER_WORK (and
+    FACTORED_LAYER_WORK) for the calls: on this project's machine about 5e10 a second. What a server checks against
+    its limit first, as it checks the bytes (``lora_export_bytes``)."""
+    export = export or LoraExport()
+    r = files.config.r
+    k = export.rank(r)
+    _, layers = _layers(files, a, b)
+    work = 0
+    for layer in layers:
+        n_in, n_out = layer.n_in, layer.b.shape[0]
+        work += LAYER_WORK + r * (n_in + n_out)
+        if k < r:
+            p, q = min(n_out, r), min(n_in, r)
+            work += FACTORED_LAYER_WORK + FACTORING_WEIGHT * (
+                n_out * r * p + n_in * r * q + p * q * min(p, q) + (n_in + n_out) * r * k)
+    return work
 
 
 def write_lora_files(folder: Path, files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.domain.errors import Busy, InvalidInput
-from registry.domain.schemas import MAX_COMPARE_WORK, MAX_EXPORT_BYTES, MAX_PROJECTION_ELEMENTS, check_text
+from registry.domain.schemas import (
+    MAX_COMPARE_WORK,
+    MAX_EXPORT_BYTES,
+    MAX_EXPORT_WORK,
+    MAX_PROJECTION_ELEMENTS,
+    check_text,
+)
 from registry.domain.words import counted
 from vera_core.errors import VeraConfigError
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
@@ -24,6 +30,9 @@ if TYPE_CHECKING:  # torch: imported by what validates an adapter, not when a se
 
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
+#: The most layers one adapter may adapt: each costs its own calls in every listing of layers, comparison, export and
+#: load, whatever its size (6,000 layers of width 8 took a LoRA export 19 s: an outsider's, session 39).
+MAX_ADAPTED_LAYERS = 16_384
 #: Why a seed-only adapter that PEFT wrote cannot be published while its base model's layer shapes are unknown.
 SHAPELESS_SEED_ONLY = (
     "The adapter stores neither its projections nor their shape (a seed-only adapter saved by PEFT), so the "
@@ -39,9 +48,9 @@ class ProjectionBudget:
 
     def __init__(self, max_elements: int = MAX_PROJECTION_ELEMENTS, concurrent: int = 2,
                  wait_s: float = 30.0, max_export_bytes: int = MAX_EXPORT_BYTES,
-                 max_compare_work: int = MAX_COMPARE_WORK) -> None:
+                 max_compare_work: int = MAX_COMPARE_WORK, max_export_work: int = MAX_EXPORT_WORK) -> None:
         self.max_elements, self.wait_s, self.max_export_bytes = max_elements, wait_s, max_export_bytes
-        self.max_compare_work = max_compare_work
+        self.max_compare_work, self.max_export_work = max_compare_work, max_export_work
         self._slots = threading.BoundedSemaphore(concurrent)
 
     def check_compare(self, work: int, count: int) -> None:
@@ -54,14 +63,21 @@ class ProjectionBudget:
                 "versions at once, or fetch them (`vera fetch REF --out DIR`) and compare their deltas with "
                 "vera_core on your own machine.")
 
-    def check_export(self, nbytes: int, ref: str) -> None:
-        """Refuse, before any factor is computed, a LoRA export larger than the limit: a VeRA adapter of kilobytes
-        exports to r x (in + out) numbers per layer, so its LoRA can be thousands of times its size."""
+    def check_export(self, nbytes: int, work: int, ref: str) -> None:
+        """Refuse, before any factor is computed, a LoRA export larger than the limit (a VeRA adapter of kilobytes
+        exports to r x (in + out) numbers per layer, so its LoRA can be thousands of times its size) or costlier
+        (``work``: vera_core.lora.lora_export_work; a rank-capped export factors every layer)."""
         if nbytes > self.max_export_bytes:
             raise InvalidInput(
                 f"The LoRA export of {ref} would write {nbytes:,} bytes of factors; this registry builds at most "
                 f"{self.max_export_bytes:,} (VERA_MAX_EXPORT_BYTES). Ask for a lower max_rank or a 16-bit dtype, "
                 "or export it on your machine: `vera fetch REF --out DIR` then vera_core.lora.")
+        if work > self.max_export_work:
+            raise InvalidInput(
+                f"The LoRA export of {ref} takes about {work:.2g} multiply-adds (its layers' factors, and for a "
+                f"max_rank their QR and SVD); this registry computes at most {self.max_export_work:.2g} for one "
+                "(VERA_MAX_EXPORT_WORK). Ask for the exact export (no max_rank), or export it on your "
+                "machine: `vera fetch REF --out DIR` then `vera export-lora DIR OUT --max-rank K`.")
 
     def check(self, spec: ProjectionSpec) -> None:
         """Refuse, before anything is allocated, a projection larger than the limit."""
@@ -118,6 +134,11 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
     except VeraConfigError as exc:
         raise InvalidInput(str(exc)) from None
     _check_names(files)
+    layers = sum(key.endswith(LAMBDA_B) for key in files.tensors)
+    if layers > MAX_ADAPTED_LAYERS:
+        raise InvalidInput(f"The adapter adapts {layers:,} layers; the registry takes at most {MAX_ADAPTED_LAYERS:,} "
+                           "(the largest models adapt a few thousand: every linear layer of a 405B model is 882). "
+                           "Check its target_modules.")
     for key, tensor in files.tensors.items():
         if not torch.isfinite(tensor).all():
             raise InvalidInput(f"Tensor {key!r} holds NaN or infinite values; the adapter is broken.")

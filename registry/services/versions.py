@@ -82,7 +82,7 @@ class Versions:
         """
         from vera_core import AdapterFiles
         from vera_core.checkpoint import adapter_file_bytes
-        from vera_core.lora import lora_export_bytes, lora_file_bytes
+        from vera_core.lora import lora_export_bytes, lora_export_work, lora_file_bytes
 
         _check_options(with_projection=with_projection, seed_only=seed_only)
         with self.db.session() as s:
@@ -107,7 +107,8 @@ class Versions:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
             adapter = AdapterFiles(config, tensors, metadata)
             with _exporting(info):
-                self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
+                self.budget.check_export(lora_export_bytes(adapter, a, b, lora), lora_export_work(adapter, a, b, lora),
+                                         info.ref)
                 files = lora_file_bytes(adapter, a, b, lora)
         else:
             config = config.replace(save_projection=materialise)
@@ -154,7 +155,7 @@ class Versions:
 
     def _write_lora(self, ref: str | Ref, folder: Path, lora: LoraExport) -> dict[str, Path]:
         from vera_core import AdapterFiles
-        from vera_core.lora import lora_export_bytes, write_lora_files
+        from vera_core.lora import lora_export_bytes, lora_export_work, write_lora_files
 
         with self.db.session() as s:
             v = resolve(s, ref)
@@ -166,7 +167,8 @@ class Versions:
         a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
         adapter = AdapterFiles(config, tensors, metadata)
         with _exporting(info):  # (the size of an export whose options do not fit the version is not asked)
-            self.budget.check_export(lora_export_bytes(adapter, a, b, lora), info.ref)
+            self.budget.check_export(lora_export_bytes(adapter, a, b, lora), lora_export_work(adapter, a, b, lora),
+                                     info.ref)
             return write_lora_files(folder, adapter, a, b, lora)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,

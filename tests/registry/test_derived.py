@@ -6,6 +6,7 @@ fsck know derived blobs."""
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from registry.store.blobs import BlobReader, FsspecBlobStore, chunks
 from tests.registry.adapters import make_adapter
 from vera_core import lora as vera_lora
 from vera_core.config import PEFT_GENERATOR, PORTABLE_GENERATOR
+from vera_core.keys import PROJECTION_KEYS
 from vera_core.lora import LoraExport
 
 FORMS = [FileForm(), FileForm(with_projection=True), FileForm(seed_only=True), FileForm(lora=LoraExport()),
@@ -293,6 +295,35 @@ def test_a_lora_export_over_the_limit_is_refused_before_it_is_built(registry: Re
         assert not s.scalar(select(func.count()).select_from(m.VersionFile).where(m.VersionFile.form == half.key))
     registry.budget.max_export_bytes = factors // 2  # exactly its size: built
     assert registry.derived.manifest(ref, half)[1]
+
+
+def test_a_lora_export_costlier_than_the_work_limit_is_refused_before_it_is_computed(registry: Registry, ref: str,
+                                                                                      tmp_path: Path) -> None:
+    """A 50 KB adapter's rank-capped export (a QR and an SVD per layer) took minutes, thousands of tiny layers
+    seconds, and the bytes limit let both through (an outsider's finding, session 39). The work is estimated from
+    the layers' shapes (vera_core.lora.lora_export_work) and refused over VERA_MAX_EXPORT_WORK before any factor
+    is computed, on every path that builds one: stored forms, in memory, streamed."""
+    from vera_core import read_adapter
+    from vera_core.lora import lora_export_work
+
+    capped = LoraExport(max_rank=2)
+    local = read_adapter(registry.fetch(ref, tmp_path / "local", with_projection=True))
+    a, b = (local.tensors.pop(k) for k in PROJECTION_KEYS)
+    work = lora_export_work(local, a, b, capped)
+    assert work > lora_export_work(local, a, b, LoraExport())  # the factoring is counted
+    before = sorted(registry.blobs.digests())
+    registry.budget.max_export_work = work - 1
+    refusal = rf"takes about {re.escape(f'{work:.2g}')} multiply-adds .*VERA_MAX_EXPORT_WORK.*vera export-lora DIR OUT"
+    with pytest.raises(InvalidInput, match=refusal):
+        registry.derived.manifest(ref, FileForm(lora=capped))
+    with pytest.raises(InvalidInput, match=refusal):
+        registry.versions.built(ref, as_lora=True, lora=capped)
+    with pytest.raises(InvalidInput, match=refusal):
+        registry.versions.write_streamed(ref, tmp_path / "streamed", with_projection=True, seed_only=False,
+                                         lora=capped)
+    assert sorted(registry.blobs.digests()) == before  # nothing stored
+    registry.budget.max_export_work = work  # exactly its cost: built
+    assert registry.derived.manifest(ref, FileForm(lora=capped))[1]
 
 
 def test_a_version_keeps_a_bounded_number_of_stored_forms(registry: Registry, ref: str) -> None:

@@ -301,6 +301,21 @@ def test_layer_names_a_terminal_would_run_are_refused_at_publish(registry: Regis
     assert registry.list_versions().items == []
 
 
+def test_an_adapter_of_more_layers_than_any_model_has_is_refused(registry: Registry, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each adapted layer costs calls in every comparison, export and load whatever its size; an adapter may adapt
+    at most MAX_ADAPTED_LAYERS (16,384; every linear layer of a 405B model is 882). Here the bound is lowered to
+    fewer than the tiny model's layers."""
+    from registry.services import validation
+
+    source = make_adapter(tmp_path / "a")
+    monkeypatch.setattr(validation, "MAX_ADAPTED_LAYERS", 3)
+    with pytest.raises(InvalidInput, match=r"The adapter adapts \d+ layers; the registry takes at most 3 .*Check its "
+                                           "target_modules"):
+        registry.publish(source, owner="ann", name="many", base_model="tiny")
+    assert registry.list_versions().items == []
+
+
 #: (method, path and query, the part the refusal names): control characters where no name or value holds one.
 CONTROLLED = [
     ("GET", "/api/v1/adapters/eve/x%01y", "path segment 'x\\x01y' holds the control character U+0001"),
