@@ -181,8 +181,9 @@ def lora_export_work(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
     """About how many float32 multiply-adds an export of ``files`` costs, known before anything is computed (the
     layers' shapes alone): per layer its factors (r x (in + out)), and for a rank-capped export the QR of each
     factor, the SVD of their core and the rank-k products, weighted (FACTORING_WEIGHT), plus LAYER_WORK (and
-    FACTORED_LAYER_WORK) for the calls: on this project's machine about 5e10 a second. What a server checks against
-    its limit first, as it checks the bytes (``lora_export_bytes``)."""
+    FACTORED_LAYER_WORK) for the calls: on this project's machine 2.5e10-7e10 a second for costly shapes
+    (bench/export_work.py). What a server checks against its limit first, as it checks the bytes
+    (``lora_export_bytes``)."""
     export = export or LoraExport()
     r = files.config.r
     k = export.rank(r)

@@ -37,7 +37,7 @@ MAX_PROJECTION_ELEMENTS = 2**26
 #: export on q and v is 2.1 GB in float32.
 MAX_EXPORT_BYTES = 16 << 30
 #: The most work one LoRA export may cost, in vera_core.lora.lora_export_work's units (float32 multiply-adds; 2^38 is
-#: about 5 s on the machine of bench/RESULTS.md) (VERA_MAX_EXPORT_WORK): a rank-capped export factors every layer
+#: 4-11 s on the machine of bench/RESULTS.md) (VERA_MAX_EXPORT_WORK): a rank-capped export factors every layer
 #: (QR, SVD), and 50 KB of a VeRA adapter could cost hours (an outsider's finding, session 39).
 MAX_EXPORT_WORK = 1 << 38
 #: The most multiply-adds of weight-delta arithmetic one comparison of versions may cost (VERA_MAX_COMPARE_WORK):
