@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from typing import Annotated
@@ -11,7 +10,7 @@ from typing import Annotated
 import typer
 
 from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console
-from registry.cli.output import Column, JsonOutput, fitted_table, print_json
+from registry.cli.output import Column, JsonOutput, fitted_table, json_text, print_json
 from registry.client import RegistryClient
 from registry.domain.events import WEBHOOK_EVENTS, DeliveryInfo, EventInfo, EventPage
 
@@ -27,7 +26,7 @@ def _event_rows(events: list[EventInfo]) -> list[list[str]]:
 def _print_page(page: EventPage, as_json: bool, follow: bool) -> None:
     if as_json and follow:  # JSON Lines: one event a line, as they come
         for event in page.events:
-            typer.echo(json.dumps(event.model_dump(mode="json"), ensure_ascii=False))
+            typer.echo(json_text(event.model_dump(mode="json")))
     elif as_json:
         print_json(page)
     elif page.events or not follow:

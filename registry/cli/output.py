@@ -30,7 +30,18 @@ def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
         data = value
     else:
         data = [v.model_dump(mode="json") for v in value]
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    typer.echo(json_text(data, indent=2))
+
+
+#: What JSON text may hold raw that a terminal would run or reorder (JSON escapes only C0): DEL, C1 (U+009B is a
+#: terminal's CSI), line separators and bidirectional overrides, written as JSON's \u escapes (the same string).
+_JSON_SHOWN = {c: f"\\u{c:04x}" for c in [0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F),
+                                           *range(0x2066, 0x206A)]}
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """``data`` as JSON, non-ASCII text kept as it is except what a terminal would run or reorder (_JSON_SHOWN)."""
+    return json.dumps(data, indent=indent, ensure_ascii=False).translate(_JSON_SHOWN)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.utils._validators import validate_repo_id
 
-from registry.domain.errors import ContentTooLarge
+from registry.domain.errors import ContentTooLarge, HubError
 from registry.services.hub_http import capped_downloads
 from vera_core.config import DEMO_MODEL
 from vera_core.errors import JSONTextError, parse_json
@@ -126,7 +126,8 @@ class HubBaseConfigs:
             # sends another is cut off)
             with tempfile.TemporaryDirectory(prefix="vera-base-config-") as scratch, capped_downloads(
                     MAX_CONFIG_BYTES, f"reading {at}'s {CONFIG_FILE}", "a base config's",
-                    timeout_s=self.timeout_s):
+                    timeout_s=self.timeout_s) as budget:
+                budget.file = CONFIG_FILE
                 path = hf_hub_download(name, CONFIG_FILE, revision=revision or None, endpoint=self.endpoint,
                                        token=False, local_dir=scratch, etag_timeout=self.timeout_s,
                                        library_name="vera-registry")
@@ -142,6 +143,8 @@ class HubBaseConfigs:
             raise BaseConfigUnavailable(f"{at} has no {CONFIG_FILE}") from exc
         except ContentTooLarge as exc:
             raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes") from exc
+        except HubError as exc:  # a compressed body, not asked for
+            raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} came compressed, which is not read") from exc
         except (hub_errors.HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
             raise BaseConfigUnavailable(f"the Hub did not answer ({type(exc).__name__}: {str(exc)[:120]})") from exc
         if len(data) > MAX_CONFIG_BYTES:

@@ -270,8 +270,9 @@ class HubSync:
         for names, limit, setting in (((CONFIG_NAME, WEIGHTS_NAME), self.max_bytes, "VERA_MAX_UPLOAD_BYTES"),
                                       ((CARD_NAME,) if with_card else (), MAX_PULLED_CARD_BYTES, "a card's")):
             with self._hub_errors(f"downloading {where}", repo_id), capped_downloads(
-                    limit, f"pulling {where}", setting, timeout_s=self.timeout_s):
+                    limit, f"pulling {where}", setting, timeout_s=self.timeout_s) as budget:
                 for name in names:
+                    budget.file = name
                     hf_hub_download(repo_id, name, revision=commit, endpoint=self.endpoint, token=token or False,
                                     local_dir=folder, cache_dir=folder / ".cache", library_name="vera-registry")
 
@@ -405,6 +406,9 @@ def _check_repo(repo_id: str, revision: str) -> None:
 def _download_failed(action: str, exc: OSError) -> HubError:
     """A download that failed in huggingface_hub's own check of its size against the Hub's declared one, or on this
     server's disk, in the registry's words (never this server's paths)."""
+    if isinstance(exc, hub_errors.LocalEntryNotFoundError | hub_errors.FileMetadataError):  # a file's HEAD failed
+        return HubError(f"{action}: the Hub did not give a file's metadata ({type(exc).__name__}); nothing was "
+                        "recorded. Check the network and VERA_HUB_ENDPOINT.")
     said = str(exc)
     if said.startswith("Consistency check failed"):
         declared = re.search(r"should be of size (\d+)", said)
@@ -436,8 +440,12 @@ def _named_as(folder: Path, where: str) -> Iterator[None]:
     try:
         yield
     except RegistryError as exc:
-        exc.args = tuple(a.replace(f"{folder}{os.sep}", f"{where}'s ").replace(str(folder), where)
-                         if isinstance(a, str) else a for a in exc.args)
+        def named(text: str) -> str:
+            return text.replace(f"{folder}{os.sep}", f"{where}'s ").replace(str(folder), where)
+
+        exc.args = tuple(named(a) if isinstance(a, str) else a for a in exc.args)
+        if exc.problems is not None:
+            exc.problems = [named(p) for p in exc.problems]
         raise
 
 

@@ -31,8 +31,10 @@ if TYPE_CHECKING:  # torch: imported by what validates an adapter, not when a se
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
 #: The most layers one adapter may adapt: each costs its own calls in every listing of layers, comparison, export and
-#: load, whatever its size (6,000 layers of width 8 took a LoRA export 19 s: an outsider's, session 39).
-MAX_ADAPTED_LAYERS = 16_384
+#: load, whatever its size (6,000 layers of width 8 took a LoRA export 15 s: an outsider's, session 39). Dense models
+#: adapt at most a few thousand (every linear layer of a 405B model: 882); mixture-of-experts models tens of
+#: thousands (every expert's of DeepSeek-V3: about 47,000).
+MAX_ADAPTED_LAYERS = 65_536
 #: Why a seed-only adapter that PEFT wrote cannot be published while its base model's layer shapes are unknown.
 SHAPELESS_SEED_ONLY = (
     "The adapter stores neither its projections nor their shape (a seed-only adapter saved by PEFT), so the "
@@ -137,7 +139,7 @@ def validate(files: AdapterFiles, budget: ProjectionBudget) -> CheckedAdapter:
     layers = sum(key.endswith(LAMBDA_B) for key in files.tensors)
     if layers > MAX_ADAPTED_LAYERS:
         raise InvalidInput(f"The adapter adapts {layers:,} layers; the registry takes at most {MAX_ADAPTED_LAYERS:,} "
-                           "(the largest models adapt a few thousand: every linear layer of a 405B model is 882). "
+                           "(every linear layer of a 405B model is 882, every expert's of DeepSeek-V3 about 47,000). "
                            "Check its target_modules.")
     for key, tensor in files.tensors.items():
         if not torch.isfinite(tensor).all():

@@ -92,7 +92,8 @@ class Versions:
                 raise Conflict(f"{info.ref} is not seed-reproducible: its projections are stored, and the seed alone "
                                "would regenerate others. Fetch it without --seed-only.")
             materialise = _materialises(v, with_projection=with_projection, seed_only=seed_only, as_lora=as_lora)
-            # the row's id, content and time: a deleted version whose id SQLite hands out again is another key
+            # the row's id, content and time (ids are never given twice since 0028, but a database copied or
+            # restored over this process's memory may hold other rows under the same ids)
             export = (lora or LoraExport()) if as_lora else None
             key = (v.id, v.vectors_sha256, v.created_at, materialise, export)
             cached = self.cache.get(key)

@@ -6,8 +6,10 @@ siblings), POST /api/models/{repo}/preupload/{rev} (every file "regular", with t
 are skipped), POST /api/models/{repo}/commit/{rev} (NDJSON, base64 "file" entries), HEAD/GET
 /{repo}/resolve/{rev}/{path}. Errors carry the Hub's X-Error-Code / X-Error-Message headers.
 
-Hostile answers, for the tests of what the registry refuses: sizes declared for a file that its download exceeds
-(``declared``), a commit id of the wrong form (``answered_sha``).
+Hostile and awkward answers, for the tests of what the registry refuses or copes with: sizes declared for a file
+that its download exceeds (``declared``: model info and HEAD; ``listed``: model info only), a commit id of the wrong
+form (``answered_sha``), gzip-compressed bodies (``gzipped``), Xet headers (``xet``), a redirect before each file
+(``redirect``).
 
 Not spoken (the real Hub's parts these tests do not exercise): LFS and Xet uploads (every file goes inline, as the
 Hub does for small files), pull requests, branches other than main, gated repos, repo tree pagination, rate-limit
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
 import threading
@@ -65,12 +68,17 @@ class HubStandIn:
         self.tokens: dict[str, str] = {}
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, str]] = []  # (method, path, authorization header)
+        self.received_headers: list[dict[str, str]] = []  # each request's headers, as the server read them
         self.url = ""
         self.lock = threading.Lock()
         # a hostile Hub: sizes it declares for "repo_id/path" (model info and HEAD) while GET streams the real
         # bytes without a length; the commit id it answers instead of the real one
         self.declared: dict[str, int] = {}
         self.answered_sha: str | None = None
+        self.listed: dict[str, int] = {}  # "repo_id/path": the size model info lists (the file itself says its own)
+        self.gzipped: set[str] = set()  # "repo_id/path" sent gzip-compressed whatever was asked
+        self.xet = False  # files' metadata names Xet (whose client these tests cannot reach)
+        self.redirect = False  # files are sent from another path, after a 302
 
     # ---- test controls -----------------------------------------------------------------------------------------
     def fail(self, method: str, path_part: str, status: int, *, times: int = 1, **headers: str) -> None:
@@ -145,6 +153,7 @@ class HubStandIn:
         @app.middleware("http")
         async def faults(request: Request, call_next: Any) -> Any:
             self.requests.append((request.method, request.url.path, request.headers.get("authorization", "")))
+            self.received_headers.append(dict(request.headers))
             if request.headers.get("authorization") and user_of(request) is None:  # the Hub refuses bad tokens
                 return error(401, "Invalid credentials in Authorization header")
             for fault in self.faults:
@@ -198,7 +207,8 @@ class HubStandIn:
                 "sha": self.answered_sha or sha,
                 "private": repo.private, "disabled": False, "gated": False, "tags": [], "downloads": 0, "likes": 0,
                 "library_name": "peft", "createdAt": now, "lastModified": now,
-                "siblings": [{"rfilename": name, "size": self.declared.get(f"{repo_id}/{name}", len(data)),
+                "siblings": [{"rfilename": name, "size": self.listed.get(f"{repo_id}/{name}", self.declared.get(
+                                  f"{repo_id}/{name}", len(data))),
                               "blobId": git_oid(data)}
                              for name, data in sorted(repo.commits[sha].items())],
             })
@@ -258,8 +268,24 @@ class HubStandIn:
             data = repo.commits[sha].get(path)
             if data is None:
                 return error(404, "Entry not found", "EntryNotFound")
+            if self.redirect:  # as the Hub sends a file's bytes from its storage (a relative hop here)
+                return Response(b"Found. Redirecting to the file", status_code=302, media_type="text/plain",
+                                headers={"Location": f"/cdn/{ns}/{name}/{sha}/{path}", "X-Repo-Commit": sha})
+            return file_answer(request, f"{ns}/{name}", sha, path, data)
+
+        @app.api_route("/cdn/{ns}/{name}/{sha}/{path:path}", methods=["GET", "HEAD"])
+        def cdn(request: Request, ns: str, name: str, sha: str, path: str) -> Response:
+            return file_answer(request, f"{ns}/{name}", sha, path, self.repos[f"{ns}/{name}"].commits[sha][path])
+
+        def file_answer(request: Request, repo_id: str, sha: str, path: str, data: bytes) -> Response:
             headers = {"X-Repo-Commit": sha, "ETag": f'"{git_oid(data)}"', "Content-Length": str(len(data))}
-            declared = self.declared.get(f"{ns}/{name}/{path}")
+            if self.xet:  # what the Hub says of a file stored in Xet (the client then downloads through Xet's)
+                headers.update({"X-Xet-Hash": "0" * 64, "X-Xet-Refresh-Route": f"/api/models/{repo_id}/xet-read-token"})
+            if f"{repo_id}/{path}" in self.gzipped and request.method == "GET":
+                return Response(gzip.compress(data), headers={**headers, "Content-Encoding": "gzip",
+                                                              "Content-Length": str(len(gzip.compress(data)))},
+                                media_type="application/octet-stream")
+            declared = self.declared.get(f"{repo_id}/{path}")
             if declared is not None:  # says one size, streams another
                 headers["Content-Length"] = str(declared)
                 if request.method == "GET":

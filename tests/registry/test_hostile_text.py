@@ -181,5 +181,9 @@ def test_the_cli_shows_control_characters_of_rows_stored_before_they_were_refuse
     listed = vera("ls", "--registry", server["url"], "--owner", "ann")
     assert shown.returncode == 0 and listed.returncode == 0, shown.stderr + listed.stderr
     assert "fine\\x1b]0;pwned\\x1b[2Jforged\\u202eline" in shown.stdout
-    for output in (shown.stdout + shown.stderr, listed.stdout + listed.stderr):
+    as_json = vera("show", "ann/old-rows:1", "--json", "--registry", server["url"])
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["description"] == "fine\x1b]0;pwned\x07\x1b[2Jforged\u202eline"  # the text
+    assert '\\u001b]0;pwned\\u0007\\u001b[2Jforged\\u202eline' in as_json.stdout  # written as escapes
+    for output in (shown.stdout + shown.stderr, listed.stdout + listed.stderr, as_json.stdout):
         assert "\x1b" not in output and "\u202e" not in output and "\x07" not in output

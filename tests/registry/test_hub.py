@@ -51,10 +51,13 @@ def hub(hub_server: HubStandIn) -> HubStandIn:
     hub_server.repos.clear()
     hub_server.faults.clear()
     hub_server.requests.clear()
+    hub_server.received_headers.clear()
     hub_server.tokens.clear()
     hub_server.tokens.update({TOKEN: "alice", "hf_bob": "bob"})
     hub_server.declared.clear()
-    hub_server.answered_sha = None
+    hub_server.listed.clear()
+    hub_server.gzipped.clear()
+    hub_server.answered_sha, hub_server.xet, hub_server.redirect = None, False, False
     return hub_server
 
 
@@ -321,8 +324,58 @@ def test_a_hub_that_sends_more_than_it_declared_is_cut_off_at_the_limit(
                     r"declared \(600 bytes\); nothing was recorded")
     with pytest.raises(ContentTooLarge if lying != "within the limit" else HubError, match=expected) as refused:
         small.pull("someone/liar", target="alice/liar", actor="alice", base_model="org/tiny-llama")
-    assert "/tmp" not in str(refused.value)
+    assert "vera-hub-pull-" not in str(refused.value)
     assert snapshot(registry) == before
+
+
+def test_a_file_whose_own_size_passes_the_limit_is_refused_before_its_bytes_are_read(
+    registry: Registry, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """Model info lists a small weights file; the file's own metadata (HEAD) says its real size, over the limit:
+    refused there, naming the file, before its GET."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/listed", files)
+    hub.listed["someone/listed/adapter_model.safetensors"] = 10
+    limit = len(files["adapter_config.json"]) + 100
+    small = HubSync(registry, endpoint=hub.url, token=TOKEN, max_bytes=limit)
+    with pytest.raises(ContentTooLarge, match=rf"the Hub's 'adapter_model.safetensors' says it is "
+                                              rf"{len(files['adapter_model.safetensors']):,} bytes, past the limit of "
+                                              rf"{limit:,} bytes"):
+        small.pull("someone/listed", target="alice/listed", actor="alice", base_model="org/tiny-llama")
+    assert not [p for m, p, _ in hub.requests if m == "GET" and p.endswith("adapter_model.safetensors")]
+
+
+def test_a_compressed_download_is_refused_since_the_limit_counts_what_is_written(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """The registry asks for bodies as stored; a Hub that gzips one anyway (a small body that inflates past the
+    limit: a reviewer's finding, session 39) is refused, nothing recorded."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/zipped", files)
+    hub.gzipped.add("someone/zipped/adapter_model.safetensors")
+    before = snapshot(registry)
+    with pytest.raises(HubError, match=r"the Hub sent 'adapter_model.safetensors' compressed \(gzip\), which was "
+                                       r"not asked for"):
+        sync.pull("someone/zipped", target="alice/zipped", actor="alice", base_model="org/tiny-llama")
+    assert snapshot(registry) == before
+    downloads = [h for h in hub.received_headers if "vera-registry" in h.get("user-agent", "")]
+    assert downloads and all(h.get("accept-encoding") == "identity" for h in downloads)
+
+
+def test_files_stored_in_xet_and_sent_after_a_redirect_are_pulled_over_http_within_an_exact_limit(
+    registry: Registry, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """The Hub names Xet in a file's metadata (whose client downloads outside this registry's HTTP client, and so
+    outside its bound) and sends bytes after a redirect: the registry downloads over HTTP, and a redirect's own body
+    does not count against the limit (an adapter of exactly the limit is pulled)."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/xet", files)
+    hub.xet, hub.redirect = True, True
+    exact = HubSync(registry, endpoint=hub.url, token=TOKEN,
+                    max_bytes=len(files["adapter_config.json"]) + len(files["adapter_model.safetensors"]))
+    result = exact.pull("someone/xet", target="alice/xet", actor="alice", base_model="org/tiny-llama")
+    assert result.changed and result.version.ref == "alice/xet:1"
+    assert any(p.startswith("/cdn/someone/xet/") for m, p, _ in hub.requests if m == "GET")
 
 
 def test_a_pulled_card_is_counted_and_one_over_its_bound_is_not_downloaded(
@@ -373,7 +426,7 @@ def test_pull_of_a_corrupt_vera_adapter_is_refused_without_a_partial_version(
     assert snapshot(registry) == before
     # named as the repo's file, never by the server's scratch folder (an outsider's finding, session 39)
     assert "someone/broken@main's adapter_model.safetensors" in str(refused.value)
-    assert "vera-hub-pull-" not in str(refused.value) and "/tmp" not in str(refused.value)
+    assert "vera-hub-pull-" not in str(refused.value)
 
 
 @pytest.mark.parametrize("fault,match", [
