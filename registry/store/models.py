@@ -576,7 +576,7 @@ def _never_reused() -> None:
     """Every table whose rows have an integer id of their own (a lone ``id`` primary key) is AUTOINCREMENT on SQLite
     (migration 0028), so that an id is never given twice, as PostgreSQL's sequences never give one twice: without it
     SQLite gives the id of a deleted row that had the highest one again (a webhook's delivery ids, a job's result
-    version). A table added later gets it from here, and test_database holds its migration to it."""
+    version). A table added later gets it from here, and test_migration_0028 holds its migration to it."""
     for table in Base.metadata.tables.values():
         if [column.name for column in table.primary_key] == ["id"]:
             table.dialect_kwargs["sqlite_autoincrement"] = True

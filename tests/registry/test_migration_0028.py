@@ -203,3 +203,12 @@ def test_a_table_made_again_otherwise_than_it_was_rolls_0028_back(tmp_path: Path
     with db.engine.connect() as conn:
         assert "ix_webhook_attempts_delivery" in {i["name"] for i in sa.inspect(conn).get_indexes("webhook_attempts")}
     db.engine.dispose()
+
+
+def test_at_head_every_table_with_an_id_of_its_own_is_autoincrement_on_sqlite(tmp_path: Path) -> None:
+    """What models._never_reused declares, the migrations make: a table added by a later migration with an id of its
+    own must be AUTOINCREMENT too (sqlite_autoincrement=True in its create_table), or SQLite gives ids twice."""
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade()
+    assert autoincrement_tables(db) == NUMBERED
+    db.engine.dispose()
