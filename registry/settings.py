@@ -97,8 +97,9 @@ class Settings(BaseSettings):
     # The most multiply-adds of weight-delta arithmetic one comparison (POST /api/v1/compare) may cost, estimated
     # from the versions' shapes and checked before any delta is formed; 2^37 (about 5 s of 2 cores) by default.
     max_compare_work: int = Field(default=MAX_COMPARE_WORK, ge=1)
-    # The most work one LoRA export may cost (vera_core.lora.lora_export_work: float32 multiply-adds, a rank-capped
-    # export's QR and SVD weighted), estimated from the layers' shapes before anything is computed; 2^38 (4-11 s here).
+    # The most work one LoRA export may cost (vera_core.lora.lora_export_work: float32 multiply-adds' worth, each
+    # number written and a rank-capped export's QR and SVD counted), estimated from the layers' shapes before anything
+    # is computed; 2^39 (7-14 s here).
     max_export_work: int = Field(default=MAX_EXPORT_WORK, ge=1)
     # A read-only registry (read_only) builds the download forms the registry never stored into a temporary folder of
     # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size

@@ -174,29 +174,39 @@ LAYER_WORK, FACTORED_LAYER_WORK = 1 << 21, 1 << 26
 #: The rank-capped export's QR factorisations and SVD run in float64 through LAPACK, several times slower per
 #: multiply-add than the float32 products of the exact export: counted this many times over.
 FACTORING_WEIGHT = 4
+#: What each number written costs (formed, converted, written and, in the registry, hashed and stored: a 4 GiB exact
+#: export took 13.6 s, whatever its arithmetic), and each number of the factors a rank-capped export passes over in
+#: float64 (copies, a tall and thin QR's memory traffic: 16 layers of 2^23 inputs at r=8 took 21 s), in the same
+#: units (an outsider's re-check, session 39).
+WRITE_WORK, PASS_WORK = 1 << 9, 800
+#: What one layer of a rank-capped export holds at once, in bytes per number of its factors (float64 copies of both
+#: and of their orthonormal bases): the registry bounds it as it bounds a comparison's layer.
+FACTORING_BYTES = 32
 
 
 def lora_export_work(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
-                     export: LoraExport | None = None) -> int:
-    """About how many float32 multiply-adds an export of ``files`` costs, known before anything is computed (the
-    layers' shapes alone): per layer its factors (r x (in + out)), and for a rank-capped export the QR of each
-    factor, the SVD of their core and the rank-k products, weighted (FACTORING_WEIGHT), plus LAYER_WORK (and
-    FACTORED_LAYER_WORK) for the calls: on this project's machine 2.5e10-7e10 a second for costly shapes
-    (bench/export_work.py). What a server checks against its limit first, as it checks the bytes
+                     export: LoraExport | None = None) -> tuple[int, int]:
+    """About how much an export of ``files`` costs, known before anything is computed (the layers' shapes alone):
+    its work in float32 multiply-adds' worth (per layer its calls, LAYER_WORK, and each number written, WRITE_WORK;
+    for a rank-capped export also the QR of each factor, the SVD of their core and the rank-k products, weighted by
+    FACTORING_WEIGHT, each number of the factors passed over, PASS_WORK, and the calls, FACTORED_LAYER_WORK: on this
+    project's machine about 4e10 a second, bench/export_work.py), and the most bytes one layer holds while it is
+    factored (0 for the exact export). What a server checks against its limits first, as it checks the bytes
     (``lora_export_bytes``)."""
     export = export or LoraExport()
     r = files.config.r
     k = export.rank(r)
     _, layers = _layers(files, a, b)
-    work = 0
+    work, held = 0, 0
     for layer in layers:
         n_in, n_out = layer.n_in, layer.b.shape[0]
-        work += LAYER_WORK + r * (n_in + n_out)
+        work += LAYER_WORK + WRITE_WORK * k * (n_in + n_out)
         if k < r:
             p, q = min(n_out, r), min(n_in, r)
-            work += FACTORED_LAYER_WORK + FACTORING_WEIGHT * (
+            work += FACTORED_LAYER_WORK + PASS_WORK * r * (n_in + n_out) + FACTORING_WEIGHT * (
                 n_out * r * p + n_in * r * q + p * q * min(p, q) + (n_in + n_out) * r * k)
-    return work
+            held = max(held, FACTORING_BYTES * r * (n_in + n_out))
+    return work, held
 
 
 def write_lora_files(folder: Path, files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
@@ -286,8 +296,14 @@ def _weights_metadata(files: AdapterFiles, rank: int, errors: dict[str, float]) 
     return {"format": "pt", "vera_core.lora_max_relative_error": f"{max(errors.values(), default=0.0):.6g}"}
 
 
+def _shown(name: str) -> str:
+    """A layer name as the README shows it: characters that do not print (escapes, bidi overrides) as Python writes
+    them, so that reading the file never runs them (a local adapter's names are not checked as a publish's are)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
+
+
 def _readme(files: AdapterFiles, rank: int, errors: dict[str, float]) -> bytes:
-    rows = "".join(f"| `{path}` | {err:.3g} |\n" for path, err in sorted(errors.items()))
+    rows = "".join(f"| `{_shown(path)}` | {err:.3g} |\n" for path, err in sorted(errors.items()))
     return (f"# Rank-{rank} LoRA of a rank-{files.config.r} VeRA adapter\n\nEach layer's delta is its best rank-{rank} "
             "approximation; relative Frobenius error of each layer's delta weight:\n\n| layer | error |\n|---|---|\n"
             + rows).encode("utf-8")

@@ -23,6 +23,7 @@ from registry.cli.common import (
     lora_export,
     styled,
 )
+from registry.cli.output import print_json
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Ref
 from registry.domain.training_spec import training_spec
@@ -38,7 +39,7 @@ def inspect(
     files = vera_core.read_adapter(path)
     report = _describe(files, verify=verify)
     if as_json:
-        console.print_json(json.dumps(report))
+        print_json(report)  # plain JSON, what a terminal would run escaped (rich's print_json wrote C1 raw)
         return
     table = Table(show_header=False, box=None)
     for key, value in report.items():

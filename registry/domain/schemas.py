@@ -36,10 +36,11 @@ MAX_PROJECTION_ELEMENTS = 2**26
 #: The largest LoRA export the registry builds, in bytes of factors (VERA_MAX_EXPORT_BYTES): a 7B model's exact r=1024
 #: export on q and v is 2.1 GB in float32.
 MAX_EXPORT_BYTES = 16 << 30
-#: The most work one LoRA export may cost, in vera_core.lora.lora_export_work's units (float32 multiply-adds; 2^38 is
-#: 4-11 s on the machine of bench/RESULTS.md) (VERA_MAX_EXPORT_WORK): a rank-capped export factors every layer
-#: (QR, SVD), and 50 KB of a VeRA adapter could cost hours (an outsider's finding, session 39).
-MAX_EXPORT_WORK = 1 << 38
+#: The most work one LoRA export may cost, in vera_core.lora.lora_export_work's units (float32 multiply-adds' worth,
+#: each number written counted too; 2^39 is 7-14 s on the machine of bench/RESULTS.md, a 7B model's exact r=1024
+#: export on q and v just under it) (VERA_MAX_EXPORT_WORK): a rank-capped export factors every layer (QR, SVD), and
+#: 50 KB of a VeRA adapter could cost hours (an outsider's finding, session 39).
+MAX_EXPORT_WORK = 1 << 39
 #: The most multiply-adds of weight-delta arithmetic one comparison of versions may cost (VERA_MAX_COMPARE_WORK):
 #: about 5 s of this project's 2-core test machine (bench/compare_cost.py); a comparison of large ranks reached hours
 #: and 7.5 GB before it (an outsider's, session 38).

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Comparison, LayerComparison, LayerWithFirst
 from registry.services.lookup import layer_in_features, projection_tensors, resolve, version_info, version_tensors
-from registry.services.validation import ProjectionBudget
+from registry.services.validation import MAX_LAYER_BYTES, ProjectionBudget
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PEFT_PREFIX, PROJECTION_KEYS, module_path
@@ -25,9 +25,6 @@ if TYPE_CHECKING:  # torch: imported when versions are compared, not when a serv
 #: The most versions one comparison takes.
 MAX_COMPARED = 8
 
-#: The most bytes one layer's arithmetic may hold at once (float64): its factors, or its deltas formed whole. A way
-#: over it is not taken; a layer that fits neither way is refused, as too much work is.
-MAX_LAYER_BYTES = 512 << 20
 #: (out, in, r) of one version's delta in one layer.
 Shape = tuple[int, int, int]
 

@@ -50,6 +50,8 @@ PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 #: A pulled repo's README.md is read (for the metrics its card lists) up to this size; a larger one is not fetched.
 MAX_PULLED_CARD_BYTES = 2**20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+#: The most a pull reads of the Hub's answer listing a repo's files (a list of 100,000 files is about 10 MiB).
+MAX_MODEL_INFO_BYTES = 64 << 20
 
 
 def content_digest(files: dict[str, bytes]) -> str:
@@ -281,7 +283,9 @@ class HubSync:
         to hold a VeRA adapter in safetensors within the size limit (from those sizes, before anything is
         downloaded: the downloads are held to it too, capped_downloads)."""
         where = f"{repo_id}@{revision}"
-        with self._hub_errors(f"pulling {where}", repo_id):
+        with self._hub_errors(f"pulling {where}", repo_id), capped_downloads(
+                MAX_MODEL_INFO_BYTES, f"pulling {where}", "a repo's file list", timeout_s=self.timeout_s) as budget:
+            budget.file = "model info"
             hub_info = self._api(token).model_info(repo_id, revision=revision, files_metadata=True)
         sizes = {s.rfilename: s.size for s in hub_info.siblings or []}
         _check_is_vera_repo(where, set(sizes))
@@ -373,7 +377,7 @@ class HubSync:
 
 def _http_problem(exc: hub_errors.HfHubHTTPError) -> str:
     status = exc.response.status_code if exc.response is not None else 0
-    server = (exc.server_message or "").strip()
+    server = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in (exc.server_message or "").strip()[:500])
     said = f" The Hub said: {server}" if server else ""
     if status == 401:
         return ("the Hub refused the token (401 Unauthorized). Give a token with write access: VERA_HUB_TOKEN on the "

@@ -30,6 +30,14 @@ if TYPE_CHECKING:  # torch: imported by what validates an adapter, not when a se
 
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
+#: The most bytes one layer's arithmetic may hold at once (float64): a comparison's factors or deltas formed whole (a
+#: way over it is not taken; a layer that fits neither way is refused, as too much work is), a LoRA export's
+#: factoring for a max_rank.
+MAX_LAYER_BYTES = 512 << 20
+#: The largest LoRA export built whole in memory (a Hub push as LoRA holds its files' bytes; a 1 GiB export took a
+#: server to 2.95 GB: an outsider's re-check, session 39); downloads are written as they are built, up to
+#: VERA_MAX_EXPORT_BYTES.
+MAX_IN_MEMORY_EXPORT_BYTES = 1 << 30
 #: The most layers one adapter may adapt: each costs its own calls in every listing of layers, comparison, export and
 #: load, whatever its size (6,000 layers of width 8 took a LoRA export 15 s: an outsider's, session 39). Dense models
 #: adapt at most a few thousand (every linear layer of a 405B model: 882); mixture-of-experts models tens of
@@ -65,21 +73,36 @@ class ProjectionBudget:
                 "versions at once, or fetch them (`vera fetch REF --out DIR`) and compare their deltas with "
                 "vera_core on your own machine.")
 
-    def check_export(self, nbytes: int, work: int, ref: str) -> None:
+    def check_export(self, nbytes: int, cost: tuple[int, int], ref: str, *, in_memory: bool = False) -> None:
         """Refuse, before any factor is computed, a LoRA export larger than the limit (a VeRA adapter of kilobytes
-        exports to r x (in + out) numbers per layer, so its LoRA can be thousands of times its size) or costlier
-        (``work``: vera_core.lora.lora_export_work; a rank-capped export factors every layer)."""
+        exports to r x (in + out) numbers per layer, so its LoRA can be thousands of times its size; ``in_memory``: a
+        build held whole in memory, as a Hub push's, at most MAX_IN_MEMORY_EXPORT_BYTES), or costlier (``cost``:
+        vera_core.lora.lora_export_work's work, and the bytes one layer holds while it is factored)."""
+        work, held = cost
+        if in_memory and nbytes > MAX_IN_MEMORY_EXPORT_BYTES:
+            raise InvalidInput(
+                f"The LoRA export of {ref} would write {nbytes:,} bytes of factors, and this one is built in memory "
+                f"(a Hub push as LoRA), at most {MAX_IN_MEMORY_EXPORT_BYTES:,}. Ask for a lower max_rank or a 16-bit "
+                "dtype, or fetch it (`vera fetch REF --as lora --out DIR`, written as it is built) and upload the "
+                "folder to the Hub yourself.")
         if nbytes > self.max_export_bytes:
             raise InvalidInput(
                 f"The LoRA export of {ref} would write {nbytes:,} bytes of factors; this registry builds at most "
                 f"{self.max_export_bytes:,} (VERA_MAX_EXPORT_BYTES). Ask for a lower max_rank or a 16-bit dtype, "
                 "or export it on your machine: `vera fetch REF --out DIR` then vera_core.lora.")
+        if held > MAX_LAYER_BYTES:
+            raise InvalidInput(
+                f"The LoRA export of {ref} would hold {held / 2**20:,.0f} MiB while it factors one layer for "
+                f"max_rank; this registry holds at most {MAX_LAYER_BYTES >> 20} MiB. Ask for the exact export (no "
+                "max_rank), or export it on your machine: `vera fetch REF --out DIR` then `vera export-lora DIR OUT "
+                "--max-rank K`.")
         if work > self.max_export_work:
             raise InvalidInput(
-                f"The LoRA export of {ref} takes about {work:.2g} multiply-adds (its layers' factors, and for a "
-                f"max_rank their QR and SVD); this registry computes at most {self.max_export_work:.2g} for one "
-                "(VERA_MAX_EXPORT_WORK). Ask for the exact export (no max_rank), or export it on your "
-                "machine: `vera fetch REF --out DIR` then `vera export-lora DIR OUT --max-rank K`.")
+                f"The LoRA export of {ref} takes about {work:.2g} multiply-adds' worth of work (its layers' factors "
+                f"written, and for a max_rank their QR and SVD); this registry does at most "
+                f"{self.max_export_work:.2g} for one (VERA_MAX_EXPORT_WORK). Ask for a lower max_rank, a 16-bit "
+                "dtype or the exact export, or export it on your machine: `vera fetch REF --out DIR` then `vera "
+                "export-lora DIR OUT --max-rank K`.")
 
     def check(self, spec: ProjectionSpec) -> None:
         """Refuse, before anything is allocated, a projection larger than the limit."""
@@ -169,15 +192,15 @@ def _check_names(files: AdapterFiles) -> None:
     """Tensor names are module paths, which every listing, comparison and export shows (`vera compare`, the LoRA
     README): PyTorch modules' names are identifiers and indexes joined by dots, so anything else is refused (an escape
     sequence in one cleared the screen of whoever compared the version: an outsider's finding, session 39); the
-    config's target and saved module names are one line of plain text."""
+    config's target and saved module names and its layers_pattern are one line of plain text."""
     for key in files.tensors:
         if not _TENSOR_NAME.fullmatch(key):
             raise InvalidInput(f"Tensor name {ascii(key)[:160]} is not a module path: expected letters, digits, '_', "
                                "'-' and '.' only (at most 512), as PyTorch modules are named. Rename the tensor.")
-    targets = files.config.target_modules
-    for name in ([targets] if isinstance(targets, str) else list(targets or [])) + list(
-            files.config.modules_to_save or []):
-        check_text(name, f"adapter_config.json's module name {ascii(name)[:100]}", max_length=1000)
+    config = files.config
+    for value in (config.target_modules, config.modules_to_save, config.layers_pattern):
+        for name in [value] if isinstance(value, str) else list(value or []):
+            check_text(name, f"adapter_config.json's module name {ascii(name)[:100]}", max_length=1000)
 
 
 #: What a tensor's name holds: a module path (model.layers.0.self_attn.q_proj.vera_lambda_b).

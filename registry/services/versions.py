@@ -109,8 +109,9 @@ class Versions:
             adapter = AdapterFiles(config, tensors, metadata)
             with _exporting(info):
                 self.budget.check_export(lora_export_bytes(adapter, a, b, lora), lora_export_work(adapter, a, b, lora),
-                                         info.ref)
-                files = lora_file_bytes(adapter, a, b, lora)
+                                         info.ref, in_memory=True)
+                with self.budget.working():  # a slot of costly work: at most VERA_CONCURRENT_GENERATIONS at once
+                    files = lora_file_bytes(adapter, a, b, lora)
         else:
             config = config.replace(save_projection=materialise)
             files = adapter_file_bytes(config, tensors, metadata, v.projection_fingerprint)
@@ -170,7 +171,8 @@ class Versions:
         with _exporting(info):  # (the size of an export whose options do not fit the version is not asked)
             self.budget.check_export(lora_export_bytes(adapter, a, b, lora), lora_export_work(adapter, a, b, lora),
                                      info.ref)
-            return write_lora_files(folder, adapter, a, b, lora)
+            with self.budget.working():  # a slot of costly work: at most VERA_CONCURRENT_GENERATIONS at once
+                return write_lora_files(folder, adapter, a, b, lora)
 
     def fetch(self, ref: str | Ref, out_dir: str | os.PathLike[str], *, with_projection: bool = False,
               seed_only: bool = False, as_lora: bool = False, lora: LoraExport | None = None) -> Path:

@@ -79,6 +79,7 @@ class HubStandIn:
         self.gzipped: set[str] = set()  # "repo_id/path" sent gzip-compressed whatever was asked
         self.xet = False  # files' metadata names Xet (whose client these tests cannot reach)
         self.redirect = False  # files are sent from another path, after a 302
+        self.error_text: str | None = None  # an injected failure's message, in its JSON body only (any characters)
 
     # ---- test controls -----------------------------------------------------------------------------------------
     def fail(self, method: str, path_part: str, status: int, *, times: int = 1, **headers: str) -> None:
@@ -165,8 +166,10 @@ class HubStandIn:
                         while time.monotonic() < deadline and any(f is fault for f in self.faults):
                             await asyncio.sleep(0.05)
                         break
-                    return JSONResponse({"error": f"injected {fault.status}"}, status_code=fault.status,
-                                        headers={"X-Error-Message": f"injected {fault.status}", **fault.headers})
+                    said = self.error_text or f"injected {fault.status}"  # error_text: only in the body (JSON)
+                    return JSONResponse({"error": said}, status_code=fault.status, headers={
+                        "X-Error-Message": f"injected {fault.status}", **fault.headers} if self.error_text is None
+                        else dict(fault.headers))
             return await call_next(request)
 
         @app.post("/api/repos/create")

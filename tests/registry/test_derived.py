@@ -309,11 +309,11 @@ def test_a_lora_export_costlier_than_the_work_limit_is_refused_before_it_is_comp
     capped = LoraExport(max_rank=2)
     local = read_adapter(registry.fetch(ref, tmp_path / "local", with_projection=True))
     a, b = (local.tensors.pop(k) for k in PROJECTION_KEYS)
-    work = lora_export_work(local, a, b, capped)
-    assert work > lora_export_work(local, a, b, LoraExport())  # the factoring is counted
+    work, held = lora_export_work(local, a, b, capped)
+    assert work > lora_export_work(local, a, b, LoraExport())[0] and held > 0  # the factoring is counted
     before = sorted(registry.blobs.digests())
     registry.budget.max_export_work = work - 1
-    refusal = rf"takes about {re.escape(f'{work:.2g}')} multiply-adds .*VERA_MAX_EXPORT_WORK.*vera export-lora DIR OUT"
+    refusal = rf"takes about {re.escape(f'{work:.2g}')} multiply-adds' worth .*VERA_MAX_EXPORT_WORK.*export-lora DIR"
     with pytest.raises(InvalidInput, match=refusal):
         registry.derived.manifest(ref, FileForm(lora=capped))
     with pytest.raises(InvalidInput, match=refusal):
@@ -324,6 +324,26 @@ def test_a_lora_export_costlier_than_the_work_limit_is_refused_before_it_is_comp
     assert sorted(registry.blobs.digests()) == before  # nothing stored
     registry.budget.max_export_work = work  # exactly its cost: built
     assert registry.derived.manifest(ref, FileForm(lora=capped))[1]
+
+
+def test_an_export_that_would_hold_too_much_at_once_is_refused_before_it_is_computed(
+        registry: Registry, ref: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A max_rank factors each layer in float64 (16 layers of 2^23 recorded inputs at r=8 held 2.4 GB: an outsider's
+    re-check, session 39): a layer whose factoring would hold more than MAX_LAYER_BYTES is refused; and an export
+    built whole in memory (a Hub push as LoRA) takes at most MAX_IN_MEMORY_EXPORT_BYTES, while downloads, written as
+    they are built, take up to VERA_MAX_EXPORT_BYTES. Both bounds lowered here to the tiny adapter's size."""
+    from registry.services import validation
+
+    monkeypatch.setattr(validation, "MAX_LAYER_BYTES", 1000)
+    with pytest.raises(InvalidInput, match=r"would hold \d+ MiB while it factors one layer for max_rank; this "
+                                           r"registry holds at most 0 MiB"):
+        registry.derived.manifest(ref, FileForm(lora=LoraExport(max_rank=2)))
+    assert registry.derived.manifest(ref, FileForm(lora=LoraExport()))[1]  # the exact export factors nothing
+    monkeypatch.setattr(validation, "MAX_IN_MEMORY_EXPORT_BYTES", 1000)
+    with pytest.raises(InvalidInput, match=r"built in memory \(a Hub push as LoRA\), at most 1,000.*vera fetch REF "
+                                           r"--as lora --out DIR"):
+        registry.versions.built(ref, as_lora=True, lora=LoraExport(dtype="float16"))
+    assert registry.derived.manifest(ref, FileForm(lora=LoraExport(dtype="float16")))[1]  # streamed: taken
 
 
 def test_a_version_keeps_a_bounded_number_of_stored_forms(registry: Registry, ref: str) -> None:

@@ -57,7 +57,7 @@ def hub(hub_server: HubStandIn) -> HubStandIn:
     hub_server.declared.clear()
     hub_server.listed.clear()
     hub_server.gzipped.clear()
-    hub_server.answered_sha, hub_server.xet, hub_server.redirect = None, False, False
+    hub_server.answered_sha, hub_server.xet, hub_server.redirect, hub_server.error_text = None, False, False, None
     return hub_server
 
 
@@ -376,6 +376,28 @@ def test_files_stored_in_xet_and_sent_after_a_redirect_are_pulled_over_http_with
     result = exact.pull("someone/xet", target="alice/xet", actor="alice", base_model="org/tiny-llama")
     assert result.changed and result.version.ref == "alice/xet:1"
     assert any(p.startswith("/cdn/someone/xet/") for m, p, _ in hub.requests if m == "GET")
+
+
+def test_the_hubs_file_list_is_read_within_a_bound_and_its_error_text_is_shown_plainly(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull reads the Hub's answer listing a repo's files up to MAX_MODEL_INFO_BYTES (400 MB was read whole: an
+    outsider's re-check, session 39; lowered here); the text of a Hub's error reaches the API's answer with its
+    control characters and bidi overrides escaped."""
+    from registry.services import hub as hub_module
+
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/listing", files)
+    monkeypatch.setattr(hub_module, "MAX_MODEL_INFO_BYTES", 200)
+    with pytest.raises(ContentTooLarge, match=r"the Hub's 'model info' (says it is|sent more).* past the limit of 200 "
+                                              r"bytes \(a repo's file list\)"):
+        sync.pull("someone/listing", target="alice/listing", actor="alice", base_model="org/tiny-llama")
+    monkeypatch.undo()
+    hub.error_text = "boom \x1b]0;PWNED\x07 \u202eevil"
+    hub.fail("GET", "/api/models/someone/listing", 500)
+    with pytest.raises(HubError) as failed:
+        sync.pull("someone/listing", target="alice/listing", actor="alice", base_model="org/tiny-llama")
+    assert "boom \\x1b]0;PWNED\\x07 \\u202eevil" in str(failed.value), str(failed.value)
 
 
 def test_a_pulled_card_is_counted_and_one_over_its_bound_is_not_downloaded(

@@ -274,7 +274,9 @@ def test_control_characters_are_refused_on_every_database(registry: Registry, tm
     ("model.layers.0.self_attn.q\u202eproj", ".*proj", r"Tensor name '.*\\u202eproj.*' is not a module path"),
     (None, ["q_proj", "v_proj\x1b[2J"], r"adapter_config.json's module name 'v_proj\\x1b\[2J' contains the "
                                          r"control character"),
-], ids=["osc", "newline", "bidi", "target"])
+    (None, {"layers_pattern": "layers\u202e", "layers_to_transform": [0]},
+     r"adapter_config.json's module name 'layers\\u202e' contains '\\u202e'"),
+], ids=["osc", "newline", "bidi", "target", "layers-pattern"])
 def test_layer_names_a_terminal_would_run_are_refused_at_publish(registry: Registry, tmp_path: Path,
                                                                  renamed: str | None, targets: Any, said: str) -> None:
     """Module paths are shown by `vera compare`, `vera show` and written into LoRA exports' READMEs: an escape
@@ -295,7 +297,8 @@ def test_layer_names_a_terminal_would_run_are_refused_at_publish(registry: Regis
         sizes[renamed] = sizes.pop("model.layers.0.self_attn.q_proj")
         save_file(tensors, weights, {**metadata, META_IN_FEATURES: json.dumps(sizes)})
     if targets is not None:
-        config.write_text(json.dumps({**json.loads(config.read_text()), "target_modules": targets}))
+        changes = targets if isinstance(targets, dict) else {"target_modules": targets}
+        config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
     with pytest.raises(InvalidInput, match=said):
         registry.publish(source, owner="ann", name="esc", base_model="tiny")
     assert registry.list_versions().items == []

@@ -110,3 +110,15 @@ def test_a_cap_above_a_narrow_layers_rank_pads_it(tmp_path: Path) -> None:
                 torch.testing.assert_close(b_k @ a_k, layer.get_delta_weight().detach(), rtol=1e-4, atol=1e-5)
         same = PeftModel.from_pretrained(llama.make(), capped).eval()
         assert torch.isfinite(output_of(same, llama.inputs())).all()
+
+
+def test_a_rank_capped_exports_readme_shows_layer_names_that_do_not_print_as_escapes() -> None:
+    """A local adapter's tensor names are not checked as a publish's are: the README of its rank-capped export writes
+    an escape sequence or a bidi override in a name as Python writes it, so that reading the file never runs it."""
+    from vera_core.checkpoint import AdapterFiles
+    from vera_core.lora import _readme
+
+    files = AdapterFiles(VeraConfig(r=4, target_modules=["proj"]), {}, {})
+    text = _readme(files, 2, {"layers.0.\x1b]0;pwned\x07\x1b[2Jproj": 0.5, "layers.1.p\u202eroj": 0.25}).decode()
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert "| `layers.0.\\x1b]0;pwned\\x07\\x1b[2Jproj` | 0.5 |" in text and "`layers.1.p\\u202eroj`" in text
