@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     max_compare_work: int = Field(default=MAX_COMPARE_WORK, ge=1)
     # The most work one LoRA export may cost (vera_core.lora.lora_export_work: float32 multiply-adds' worth, each
     # number written and a rank-capped export's QR and SVD counted), estimated from the layers' shapes before anything
-    # is computed; 2^39 (7-14 s here).
+    # is computed; 2^39 (7-17 s here).
     max_export_work: int = Field(default=MAX_EXPORT_WORK, ge=1)
     # A read-only registry (read_only) builds the download forms the registry never stored into a temporary folder of
     # each process (TMPDIR), keeping at most this much there (least recently used forms out first; bytes, or a size

@@ -37,7 +37,7 @@ MAX_PROJECTION_ELEMENTS = 2**26
 #: export on q and v is 2.1 GB in float32.
 MAX_EXPORT_BYTES = 16 << 30
 #: The most work one LoRA export may cost, in vera_core.lora.lora_export_work's units (float32 multiply-adds' worth,
-#: each number written counted too; 2^39 is 7-14 s on the machine of bench/RESULTS.md, a 7B model's exact r=1024
+#: each number written counted too; 2^39 is 7-17 s on the machine of bench/RESULTS.md, a 7B model's exact r=1024
 #: export on q and v just under it) (VERA_MAX_EXPORT_WORK): a rank-capped export factors every layer (QR, SVD), and
 #: 50 KB of a VeRA adapter could cost hours (an outsider's finding, session 39).
 MAX_EXPORT_WORK = 1 << 39
