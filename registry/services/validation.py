@@ -123,10 +123,12 @@ class ProjectionBudget:
 
     @contextmanager
     def working(self) -> Iterator[None]:
-        """Hold one of the slots of costly work (a generation, a comparison's arithmetic; Busy after wait_s)."""
+        """Hold one of the slots of costly work (a generation, a comparison's arithmetic, a LoRA export; Busy after
+        wait_s)."""
         if not self._slots.acquire(timeout=self.wait_s):
-            raise Busy("The registry is already generating as many projections (or comparing as many versions) as "
-                       "it allows at once; retry in a few seconds (VERA_CONCURRENT_GENERATIONS).")
+            raise Busy("The registry is already doing as much costly work (generating projections, comparing "
+                       "versions, exporting LoRAs) as it allows at once; retry in a few seconds "
+                       "(VERA_CONCURRENT_GENERATIONS).")
         try:
             yield
         finally:
