@@ -29,7 +29,7 @@ SHAPES = [(4, 1024, 1024, 2048, 2), (4, 4096, 4096, 1024, 64), (32, 512, 512, 25
           (200, 64, 64, 64, 8), (4, 1 << 21, 1, 8, 1), (4, 65535, 1, 1024, None), (6000, 8, 8, 4, None)]
 
 #: One measurement in whichever tree is on PYTHONPATH: argv = layers, in, out, r, max_rank (0: exact), threads;
-#: prints seconds and the estimate (0 where the tree has none; its first part where it gives two).
+#: prints seconds and the estimated work (0 where the tree has no estimate).
 MEASURE = """
 import json, sys, tempfile, time
 from pathlib import Path
@@ -49,7 +49,8 @@ files = AdapterFiles(VeraConfig(r=r, target_modules=["proj"]), tensors, {META_IN
 a, b = torch.randn(r, n_in), torch.randn(n_out, r)
 export = lora.LoraExport(max_rank=k or None)
 work = lora.lora_export_work(files, a, b, export) if hasattr(lora, "lora_export_work") else 0
-work = work[0] if isinstance(work, tuple) else work
+# ExportCost now; (work, held) or the work alone in the trees of session 39 before it
+work = work.work if hasattr(work, "work") else work[0] if isinstance(work, tuple) else work
 with tempfile.TemporaryDirectory() as folder:
     start = time.perf_counter()
     lora.write_lora_files(Path(folder), files, a, b, export)

@@ -108,3 +108,10 @@ def finite_number(value: object) -> float | None:
     except (OverflowError, TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that does not print (control characters, bidirectional overrides, line
+    separators) written as Python writes it (``\\x1b``, ``\\u202e``), so that showing it never runs or reorders
+    anything: for text from elsewhere put into a file or a message (a Hub's error, a layer's name)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -20,13 +20,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
 
 from vera_core.checkpoint import CONFIG_NAME, META_IN_FEATURES, WEIGHTS_NAME, AdapterFiles
-from vera_core.errors import AdapterFormatError
+from vera_core.errors import AdapterFormatError, printable
 from vera_core.keys import PROJECTION_KEYS, module_path
 from vera_core.lora_options import VLLM_RANKS as VLLM_RANKS
 from vera_core.lora_options import LoraExport as LoraExport
@@ -161,10 +161,7 @@ def lora_file_bytes(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, expor
 def lora_export_bytes(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor, export: LoraExport | None = None) -> int:
     """The bytes of factors an export of ``files`` writes (lora_A and lora_B of every adapted layer, at the export's
     rank and dtype), known before anything is computed: what a server checks against its limit first."""
-    export = export or LoraExport()
-    _, layers = _layers(files, a, b)
-    return export.rank(files.config.r) * sum(layer.n_in + layer.b.shape[0] for layer in layers) * \
-        DTYPES[export.dtype].itemsize
+    return lora_export_work(files, a, b, export).nbytes
 
 
 #: What one layer of an export costs besides its arithmetic (Python and torch calls), in the units of
@@ -184,29 +181,38 @@ WRITE_WORK, PASS_WORK = 1 << 9, 800
 FACTORING_BYTES = 32
 
 
+class ExportCost(NamedTuple):
+    """What an export costs, from its layers' shapes (``lora_export_work``)."""
+
+    nbytes: int  # of the factors it writes (lora_export_bytes)
+    work: int  # in float32 multiply-adds' worth
+    held: int  # the most bytes one layer holds while it is factored (0 for the exact export)
+
+
 def lora_export_work(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
-                     export: LoraExport | None = None) -> tuple[int, int]:
-    """About how much an export of ``files`` costs, known before anything is computed (the layers' shapes alone):
-    its work in float32 multiply-adds' worth (per layer its calls, LAYER_WORK, and each number written, WRITE_WORK;
+                     export: LoraExport | None = None) -> ExportCost:
+    """About how much an export of ``files`` costs, known before anything is computed (the layers' shapes alone, in
+    one pass over them): the bytes of factors it writes (``lora_export_bytes``), its work in float32 multiply-adds'
+    worth (per layer its calls, LAYER_WORK, and each number written, WRITE_WORK;
     for a rank-capped export also the QR of each factor, the SVD of their core and the rank-k products, weighted by
     FACTORING_WEIGHT, each number of the factors passed over, PASS_WORK, and the calls, FACTORED_LAYER_WORK: on this
     project's machine about 4e10 a second, bench/export_work.py), and the most bytes one layer holds while it is
-    factored (0 for the exact export). What a server checks against its limits first, as it checks the bytes
-    (``lora_export_bytes``)."""
+    factored (0 for the exact export). What a server checks against its limits first."""
     export = export or LoraExport()
     r = files.config.r
     k = export.rank(r)
     _, layers = _layers(files, a, b)
-    work, held = 0, 0
+    numbers, work, held = 0, 0, 0
     for layer in layers:
         n_in, n_out = layer.n_in, layer.b.shape[0]
+        numbers += k * (n_in + n_out)
         work += LAYER_WORK + WRITE_WORK * k * (n_in + n_out)
         if k < r:
             p, q = min(n_out, r), min(n_in, r)
             work += FACTORED_LAYER_WORK + PASS_WORK * r * (n_in + n_out) + FACTORING_WEIGHT * (
                 n_out * r * p + n_in * r * q + p * q * min(p, q) + (n_in + n_out) * r * k)
             held = max(held, FACTORING_BYTES * r * (n_in + n_out))
-    return work, held
+    return ExportCost(numbers * DTYPES[export.dtype].itemsize, work, held)
 
 
 def write_lora_files(folder: Path, files: AdapterFiles, a: torch.Tensor, b: torch.Tensor,
@@ -296,14 +302,9 @@ def _weights_metadata(files: AdapterFiles, rank: int, errors: dict[str, float]) 
     return {"format": "pt", "vera_core.lora_max_relative_error": f"{max(errors.values(), default=0.0):.6g}"}
 
 
-def _shown(name: str) -> str:
-    """A layer name as the README shows it: characters that do not print (escapes, bidi overrides) as Python writes
-    them, so that reading the file never runs them (a local adapter's names are not checked as a publish's are)."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
-
-
 def _readme(files: AdapterFiles, rank: int, errors: dict[str, float]) -> bytes:
-    rows = "".join(f"| `{_shown(path)}` | {err:.3g} |\n" for path, err in sorted(errors.items()))
+    # names as printable() shows them: a local adapter's are not checked as a publish's are
+    rows = "".join(f"| `{printable(path)}` | {err:.3g} |\n" for path, err in sorted(errors.items()))
     return (f"# Rank-{rank} LoRA of a rank-{files.config.r} VeRA adapter\n\nEach layer's delta is its best rank-{rank} "
             "approximation; relative Frobenius error of each layer's delta weight:\n\n| layer | error |\n|---|---|\n"
             + rows).encode("utf-8")

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import json_object, parse_properties
+from registry.domain.schemas import LINE_AND_BIDI_CONTROLS, json_object, parse_properties
 from registry.logs import first_line
 from vera_core import VeraError
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # description was swallowed. Styles are given as Text (``styled``), never parsed out of strings.
 #: Control characters (but newline and tab) and the bidirectional overrides, as the escapes that show them.
 _SHOWN = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"} | {
-    c: f"\\u{c:04x}" for c in [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+    ord(c): f"\\u{ord(c):04x}" for c in LINE_AND_BIDI_CONTROLS}
 
 
 class PlainConsole(Console):

@@ -18,6 +18,7 @@ from rich.cells import cell_len
 from rich.table import Table
 
 from registry.cli.common import console
+from registry.domain.schemas import LINE_AND_BIDI_CONTROLS
 
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON (as the API answers) instead of a table.")]
 
@@ -35,8 +36,7 @@ def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
 
 #: What JSON text may hold raw that a terminal would run or reorder (JSON escapes only C0): DEL, C1 (U+009B is a
 #: terminal's CSI), line separators and bidirectional overrides, written as JSON's \u escapes (the same string).
-_JSON_SHOWN = {c: f"\\u{c:04x}" for c in [0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F),
-                                           *range(0x2066, 0x206A)]}
+_JSON_SHOWN = {c: f"\\u{c:04x}" for c in [0x7F, *range(0x80, 0xA0), *map(ord, LINE_AND_BIDI_CONTROLS)]}
 
 
 def json_text(data: Any, indent: int | None = None) -> str:

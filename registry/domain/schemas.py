@@ -126,7 +126,7 @@ def check_text(value: object, what: str, *, max_length: int, multiline: bool = F
     bad = next((c for c in value if (ord(c) < 32 and c not in allowed) or ord(c) == 127 or c in c1), None)
     if bad is not None:
         raise InvalidInput(f"{what} contains the control character {bad!r}; remove it.")
-    if not multiline and (bad := next((c for c in value if c in _ONE_LINE_REFUSED), None)) is not None:
+    if not multiline and (bad := next((c for c in value if c in LINE_AND_BIDI_CONTROLS), None)) is not None:
         raise InvalidInput(f"{what} contains {bad!r}, a line separator or a bidirectional override that makes "
                            "text show other than it reads; remove it (this field is one line of plain text).")
     _check_unicode(value, what)
@@ -140,7 +140,7 @@ _C1 = frozenset(chr(c) for c in range(0x80, 0xA0))
 _C1_INTRODUCERS = frozenset("\x90\x98\x9b\x9d\x9e\x9f")
 #: What one line of plain text may not hold beyond control characters: line and paragraph separators, and the
 #: bidirectional embeddings, overrides and isolates that reorder what a terminal or page shows ("Trojan Source").
-_ONE_LINE_REFUSED = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+LINE_AND_BIDI_CONTROLS = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 #: The deepest JSON the registry stores (metrics, evaluation details, job specs): the parser reads about 1,000

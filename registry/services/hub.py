@@ -43,6 +43,7 @@ from registry.services.lookup import version_info
 from registry.services.registry import Registry
 from registry.store import models as m
 from vera_core.config import PEFT_GENERATOR, VERA_PEFT_TYPES, VeraConfig
+from vera_core.errors import printable
 from vera_core.keys import CONFIG_NAME, WEIGHTS_NAME
 
 CARD_NAME = "README.md"
@@ -377,7 +378,7 @@ class HubSync:
 
 def _http_problem(exc: hub_errors.HfHubHTTPError) -> str:
     status = exc.response.status_code if exc.response is not None else 0
-    server = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in (exc.server_message or "").strip()[:500])
+    server = printable((exc.server_message or "").strip()[:500])
     said = f" The Hub said: {server}" if server else ""
     if status == 401:
         return ("the Hub refused the token (401 Unauthorized). Give a token with write access: VERA_HUB_TOKEN on the "

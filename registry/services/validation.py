@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # torch: imported by what validates an adapter, not when a se
     import torch
 
     from vera_core import AdapterFiles, ProjectionSpec
+    from vera_core.lora import ExportCost
 
 #: The largest rank the registry accepts.
 MAX_RANK = 65_536
@@ -73,12 +74,12 @@ class ProjectionBudget:
                 "versions at once, or fetch them (`vera fetch REF --out DIR`) and compare their deltas with "
                 "vera_core on your own machine.")
 
-    def check_export(self, nbytes: int, cost: tuple[int, int], ref: str, *, in_memory: bool = False) -> None:
-        """Refuse, before any factor is computed, a LoRA export larger than the limit (a VeRA adapter of kilobytes
-        exports to r x (in + out) numbers per layer, so its LoRA can be thousands of times its size; ``in_memory``: a
-        build held whole in memory, as a Hub push's, at most MAX_IN_MEMORY_EXPORT_BYTES), or costlier (``cost``:
-        vera_core.lora.lora_export_work's work, and the bytes one layer holds while it is factored)."""
-        work, held = cost
+    def check_export(self, cost: ExportCost, ref: str, *, in_memory: bool = False) -> None:
+        """Refuse, before any factor is computed (``cost``: vera_core.lora.lora_export_work), a LoRA export larger
+        than the limit (a VeRA adapter of kilobytes exports to r x (in + out) numbers per layer, so its LoRA can be
+        thousands of times its size; ``in_memory``: a build held whole in memory, as a Hub push's, at most
+        MAX_IN_MEMORY_EXPORT_BYTES), or costlier (its work, and the bytes one layer holds while it is factored)."""
+        nbytes, work, held = cost
         if in_memory and nbytes > MAX_IN_MEMORY_EXPORT_BYTES:
             raise InvalidInput(
                 f"The LoRA export of {ref} would write {nbytes:,} bytes of factors, and this one is built in memory "

@@ -82,7 +82,7 @@ class Versions:
         """
         from vera_core import AdapterFiles
         from vera_core.checkpoint import adapter_file_bytes
-        from vera_core.lora import lora_export_bytes, lora_export_work, lora_file_bytes
+        from vera_core.lora import lora_export_work, lora_file_bytes
 
         _check_options(with_projection=with_projection, seed_only=seed_only)
         with self.db.session() as s:
@@ -108,8 +108,7 @@ class Versions:
             a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
             adapter = AdapterFiles(config, tensors, metadata)
             with _exporting(info):
-                self.budget.check_export(lora_export_bytes(adapter, a, b, lora), lora_export_work(adapter, a, b, lora),
-                                         info.ref, in_memory=True)
+                self.budget.check_export(lora_export_work(adapter, a, b, lora), info.ref, in_memory=True)
                 with self.budget.working():  # a slot of costly work: at most VERA_CONCURRENT_GENERATIONS at once
                     files = lora_file_bytes(adapter, a, b, lora)
         else:
@@ -157,7 +156,7 @@ class Versions:
 
     def _write_lora(self, ref: str | Ref, folder: Path, lora: LoraExport) -> dict[str, Path]:
         from vera_core import AdapterFiles
-        from vera_core.lora import lora_export_bytes, lora_export_work, write_lora_files
+        from vera_core.lora import lora_export_work, write_lora_files
 
         with self.db.session() as s:
             v = resolve(s, ref)
@@ -169,8 +168,7 @@ class Versions:
         a, b = tensors.pop(PROJECTION_KEYS[0]), tensors.pop(PROJECTION_KEYS[1])
         adapter = AdapterFiles(config, tensors, metadata)
         with _exporting(info):  # (the size of an export whose options do not fit the version is not asked)
-            self.budget.check_export(lora_export_bytes(adapter, a, b, lora), lora_export_work(adapter, a, b, lora),
-                                     info.ref)
+            self.budget.check_export(lora_export_work(adapter, a, b, lora), info.ref)
             with self.budget.working():  # a slot of costly work: at most VERA_CONCURRENT_GENERATIONS at once
                 return write_lora_files(folder, adapter, a, b, lora)
 
