@@ -25,8 +25,8 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.utils._validators import validate_repo_id
 
-from registry.domain.errors import ContentTooLarge, HubError
-from registry.services.hub_http import capped_downloads
+from registry.domain.errors import ContentTooLarge
+from registry.services.hub_http import RefusedBody, capped_downloads
 from vera_core.config import DEMO_MODEL
 from vera_core.errors import JSONTextError, parse_json
 
@@ -143,8 +143,8 @@ class HubBaseConfigs:
             raise BaseConfigUnavailable(f"{at} has no {CONFIG_FILE}") from exc
         except ContentTooLarge as exc:
             raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes") from exc
-        except HubError as exc:  # a compressed body, not asked for
-            raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} came compressed, which is not read") from exc
+        except RefusedBody as exc:  # compressed (not asked for), or trickled
+            raise BaseConfigUnavailable(f"{at}'s {CONFIG_FILE} {exc.how}, and was not read") from exc
         except (hub_errors.HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
             raise BaseConfigUnavailable(f"the Hub did not answer ({type(exc).__name__}: {str(exc)[:120]})") from exc
         if len(data) > MAX_CONFIG_BYTES:

@@ -9,7 +9,7 @@ are skipped), POST /api/models/{repo}/commit/{rev} (NDJSON, base64 "file" entrie
 Hostile and awkward answers, for the tests of what the registry refuses or copes with: sizes declared for a file
 that its download exceeds (``declared``: model info and HEAD; ``listed``: model info only), a commit id of the wrong
 form (``answered_sha``), gzip-compressed bodies (``gzipped``), Xet headers (``xet``), a redirect before each file
-(``redirect``).
+(``redirect``), a body sent a little at a time, each piece within any read's timeout (``trickle``).
 
 Not spoken (the real Hub's parts these tests do not exercise): LFS and Xet uploads (every file goes inline, as the
 Hub does for small files), pull requests, branches other than main, gated repos, repo tree pagination, rate-limit
@@ -80,6 +80,10 @@ class HubStandIn:
         self.xet = False  # files' metadata names Xet (whose client these tests cannot reach)
         self.redirect = False  # files are sent from another path, after a 302
         self.error_text: str | None = None  # an injected failure's message, in its JSON body only (any characters)
+        # "repo_id/path": seconds between the 256-byte pieces its GET body is sent in; ``trickled`` counts the pieces
+        # sent (a client that gives up stops the body there)
+        self.trickle: dict[str, float] = {}
+        self.trickled = 0
 
     # ---- test controls -----------------------------------------------------------------------------------------
     def fail(self, method: str, path_part: str, status: int, *, times: int = 1, **headers: str) -> None:
@@ -288,6 +292,9 @@ class HubStandIn:
                 return Response(gzip.compress(data), headers={**headers, "Content-Encoding": "gzip",
                                                               "Content-Length": str(len(gzip.compress(data)))},
                                 media_type="application/octet-stream")
+            if f"{repo_id}/{path}" in self.trickle and request.method == "GET":
+                return StreamingResponse(self._trickled(data, self.trickle[f"{repo_id}/{path}"]), headers=headers,
+                                         media_type="application/octet-stream")
             declared = self.declared.get(f"{repo_id}/{path}")
             if declared is not None:  # says one size, streams another
                 headers["Content-Length"] = str(declared)
@@ -299,6 +306,12 @@ class HubStandIn:
             return Response(body, headers=headers, media_type="application/octet-stream")
 
         return app
+
+    async def _trickled(self, data: bytes, every_s: float) -> Any:
+        for start in range(0, len(data), 256):
+            await asyncio.sleep(every_s)
+            self.trickled += 1
+            yield data[start:start + 256]
 
 
 @contextmanager

@@ -57,6 +57,8 @@ def hub(hub_server: HubStandIn) -> HubStandIn:
     hub_server.declared.clear()
     hub_server.listed.clear()
     hub_server.gzipped.clear()
+    hub_server.trickle.clear()
+    hub_server.trickled = 0
     hub_server.answered_sha, hub_server.xet, hub_server.redirect, hub_server.error_text = None, False, False, None
     return hub_server
 
@@ -360,6 +362,29 @@ def test_a_compressed_download_is_refused_since_the_limit_counts_what_is_written
     assert snapshot(registry) == before
     downloads = [h for h in hub.received_headers if "vera-registry" in h.get("user-agent", "")]
     assert downloads and all(h.get("accept-encoding") == "identity" for h in downloads)
+
+
+def test_a_body_trickled_within_each_reads_timeout_is_cut_off_after_its_allowance(
+    registry: Registry, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """A Hub that sends a few bytes just inside each read's timeout held a pull for as long as the body was long (an
+    outsider's finding, session 39): a body must now come within the Hub timeout plus a second per MiB of it; past
+    that it is cut off, saying so, and nothing is recorded."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/slow", files)
+    pieces = -(-len(files["adapter_model.safetensors"]) // 256)
+    assert pieces >= 8, pieces  # long enough to outlast the allowance several times over
+    hub.trickle["someone/slow/adapter_model.safetensors"] = 0.4  # each piece well within the 5 s read timeout
+    patient = HubSync(registry, endpoint=hub.url, token=TOKEN, timeout_s=1.0)
+    before = snapshot(registry)
+    with pytest.raises(HubError, match=r"pulling someone/slow@main: the Hub sent 'adapter_model.safetensors' too "
+                                       r"slowly \(still coming after 1 s: the request's timeout, VERA_HUB_TIMEOUT_S, "
+                                       r"and a second for each MiB\); it was cut off and nothing was recorded"):
+        patient.pull("someone/slow", target="alice/slow", actor="alice", base_model="org/tiny-llama")
+    assert hub.trickled < pieces, (hub.trickled, pieces)
+    assert snapshot(registry) == before
+    hub.trickle.clear()  # the same pull, the body at once: pulled
+    assert patient.pull("someone/slow", target="alice/slow", actor="alice", base_model="org/tiny-llama").changed
 
 
 def test_files_stored_in_xet_and_sent_after_a_redirect_are_pulled_over_http_within_an_exact_limit(
@@ -666,6 +691,8 @@ def test_a_seed_only_peft_adapter_of_the_demo_base_publishes_with_its_bundled_co
     # a Hub that declares a small config.json and streams 3 MB: cut off at the bound (session 39)
     ("org/liar", {"config.json": b'{"a": "' + b"x" * 3_000_000 + b'"}'},
      "org/liar@main's config.json is larger than 1048576 bytes"),
+    ("org/zipped", {"config.json": base_config_json()}, "org/zipped@main's config.json came compressed, and was not "
+                                                        "read"),
 ])
 def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
     registry: Registry, hub: HubStandIn, tmp_path: Path, base: str, seeded: object, reason: str
@@ -676,6 +703,7 @@ def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
         hub.seed_repo(base, seeded)
     if base == "org/liar":
         hub.declared["org/liar/config.json"] = 100
+    hub.gzipped.add("org/zipped/config.json")
     publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=5.0))
     source, _ = peft_seed_only(tmp_path, seed=3)
     before = snapshot(registry)
@@ -708,6 +736,15 @@ def test_a_slow_hub_is_a_refusal_within_the_timeout(registry: Registry, hub: Hub
     with pytest.raises(InvalidInput, match="the Hub did not answer"):
         publisher.publish(source, owner="eve", name="p", base_model="org/slow-base")
     assert time.monotonic() - started < 15  # the 1 s timeout, not the 30 s the Hub would take
+    assert snapshot(registry) == before
+    # each piece of the body within the timeout, the whole past its allowance (1 s and a second per MiB): cut off
+    config = base_config_json()
+    assert len(config) > 2 * 256, len(config)
+    hub.seed_repo("org/trickling-base", {"config.json": config})
+    hub.trickle["org/trickling-base/config.json"] = 0.8
+    with pytest.raises(InvalidInput, match="org/trickling-base@main's config.json came too slowly, and was not read"):
+        publisher.publish(source, owner="eve", name="p", base_model="org/trickling-base")
+    assert hub.trickled < -(-len(config) // 256)
     assert snapshot(registry) == before
 
 
