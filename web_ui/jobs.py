@@ -247,6 +247,8 @@ def _follow(job_id: int) -> None:
     if job.result_ref:
         st.success(f"Published {job.result_ref}")
         navigation.version_page_link(job.result_ref, f"Open {job.result_ref}")
+    elif job.result_deleted:
+        st.info(f"Published a version of {job.target_name} that was deleted since (the logs below name it).")
     if job.error:
         st.error("The job failed:")
         st.code(job.error[-4000:])

@@ -97,7 +97,8 @@ def job_ls(
         return
     table = Table("id", "status", "target", "progress", "result", "created")
     for j in jobs:
-        table.add_row(str(j.id), j.status, j.target_name, _progress(j), j.result_ref or "-",
+        table.add_row(str(j.id), j.status, j.target_name, _progress(j),
+                      j.result_ref or ("(deleted)" if j.result_deleted else "-"),
                       j.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
@@ -111,7 +112,8 @@ def _job_table(job: JobInfo) -> Table:
     rows = [
         ("job", f"{job.id}: {job.status}" + (" (cancel asked)" if job.cancel_requested and job.status == "running"
                                              else "")),
-        ("publishes", job.result_ref or job.target_name),
+        ("publishes", job.result_ref or (f"{job.target_name} (the version it published was deleted since; `vera job "
+                                         f"logs {job.id}` names it)" if job.result_deleted else job.target_name)),
         ("progress", _progress(job)),
         ("error", job.error),
         ("trains", ", ".join(f"{k}={spec.pop(k)}" for k in ("base_model", "task", "r") if k in spec)

@@ -680,6 +680,8 @@ class JobInfo(BaseModel):
     # result records it as lineage published_via
     submitted_via: dict[str, Any] | None = None
     requested_by: str | None = None  # who submitted it, named as its result's publisher (None: before 0023)
+    # it published a version that was deleted since (result_ref is then None; the job's log names the version)
+    result_deleted: bool = False
 
 
 class JobEventInfo(BaseModel):

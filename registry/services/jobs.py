@@ -579,7 +579,8 @@ def _infos(s: Any, jobs: Sequence[m.Job], viewer: Principal | None = None) -> li
                     result_ref=refs.get(job.result_version_id) if job.result_version_id is not None else None,
                     priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
                     checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by,
-                    submitted_via=job.submitted_via, requested_by=job.requested_by)
+                    submitted_via=job.submitted_via, requested_by=job.requested_by,
+                    result_deleted=job.result_version_id is not None and job.result_version_id not in refs)
             for job in jobs]
 
 

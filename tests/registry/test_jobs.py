@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -349,6 +350,32 @@ def test_a_failed_job_keeps_its_error_and_logs(registry: Registry, monkeypatch: 
     logs = [e.data["message"] for e in jobs.events(job.id, kind="log")]
     assert any("Traceback" in line and "out of memory on purpose" in line for line in logs)
     assert worker_module.Worker(jobs, name="w", log=lambda line: None).run_once() is False  # not retried
+
+
+def test_a_job_whose_result_was_deleted_says_so_and_never_names_another(registry: Registry, tmp_path: Path) -> None:
+    """A job's result version deleted: `result_ref` is null (as it was), `result_deleted` says why, and `vera job
+    show` says it where it showed the target as if nothing had been published; a newer version of the same adapter is
+    not taken for the job's result."""
+    from rich.console import Console
+
+    from registry.cli.jobs import _job_table
+
+    jobs = Jobs(registry)
+    job = jobs.submit(DEMO, owner="ann", target="ann/result")
+    assert jobs.claim("w") is not None
+    registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="result", base_model="tiny-llama")
+    jobs.finish(job.id, "w", status="succeeded", result_version=("ann/result", 1))
+    done = jobs.get(job.id)
+    assert done.result_ref == "ann/result:1" and not done.result_deleted
+    registry.delete("ann/result:1", actor="ann")
+    registry.publish(make_adapter(tmp_path / "b", seed=1), owner="ann", name="result", base_model="tiny-llama")
+    gone = jobs.get(job.id)
+    assert gone.result_ref is None and gone.result_deleted and gone.status == "succeeded"
+    assert [j.result_deleted for j in jobs.list_jobs(owner="ann")] == [True]
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(_job_table(gone))
+    assert (f"publishes ann/result (the version it published was deleted since; `vera job logs {job.id}` names it)"
+            in " ".join(console.export_text().split()))
 
 
 def test_higher_priorities_are_claimed_first_then_the_oldest(registry: Registry) -> None:

@@ -134,6 +134,21 @@ def test_the_jobs_table_eval_loss_is_the_published_versions(registry: dict[str, 
     assert "best evaluation" in jobs.EVAL_LOSS_HELP and "last" not in jobs.EVAL_LOSS_HELP
 
 
+def test_a_job_whose_result_was_deleted_says_so_on_its_page(registry: dict[str, Any], tmp_path: Path) -> None:
+    """Its page said nothing of a result once the version went (as if the job had published none)."""
+    queue = worker_jobs(registry)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.publish(make_adapter(tmp_path / "gone", seed=2, r=4), "alice/gone", base_model="tiny-llama")
+        job = client.submit_job("alice/gone", training_spec(demo=True), priority=100)
+        queue.claim("test-worker")
+        queue.finish(job.id, "test-worker", status="succeeded", result_version=("alice/gone", 1))
+        client.delete("alice/gone:1")
+    at = page("train", registry, query={"job": str(job.id)})
+    assert not at.exception and not at.success
+    assert [i.value for i in at.info] == ["Published a version of alice/gone that was deleted since (the logs below "
+                                          "name it)."]
+
+
 def test_a_long_name_in_the_jobs_table_is_cut_with_an_ellipsis(registry: dict[str, Any]) -> None:
     """A walk's finding (session 31): a long name filled the publishes column and pushed the result link out of the
     frame, clipped with no sign of it. The column is at most PUBLISHES_PX wide, the name cut with '…'."""
