@@ -25,10 +25,18 @@ def use_timeout(timeout_s: float) -> None:
     if _installed and _installed[-1] == timeout_s:
         return
 
+    timeout = httpx2.Timeout(timeout_s).as_dict()
+
+    def same_timeout(request: httpx2.Request) -> None:
+        # huggingface_hub passes a timeout of its own to some calls (downloads: HF_HUB_DOWNLOAD_TIMEOUT, 10 s), which
+        # would stand in for this setting there
+        request.extensions["timeout"] = timeout
+
     def factory() -> httpx2.Client:
         client: httpx2.Client = default_client_factory()
         client.timeout = httpx2.Timeout(timeout_s)
         client.headers["Accept-Encoding"] = "identity"
+        client.event_hooks["request"] = [*client.event_hooks.get("request", []), same_timeout]
         client.event_hooks["response"] = [*client.event_hooks.get("response", []), _cap_body]
         return client
 
@@ -48,7 +56,9 @@ MIN_BODY_BYTES_PER_S = 2**20
 class Budget:
     """What the downloads of one ``capped_downloads`` may still read (``left`` of ``limit`` bytes), what they are for
     and the limit's name (for the refusal), the file being downloaded (its name in the repo: the URL's last part may
-    be a CDN's hash), and the timeout a body's time allowed starts from."""
+    be a CDN's hash), and the timeout a file's time allowed starts from. ``reading``, ``read``, ``allowed_s`` and
+    ``deadline``: the file whose GETs were answered last (a retry after a dropped connection is another GET of the
+    same file), the bytes counted for it, the time it is allowed and when that ends."""
 
     left: int
     limit: int
@@ -56,6 +66,38 @@ class Budget:
     setting: str
     file: str = "file"
     timeout_s: float = 60.0
+    reading: str | None = None
+    read: int = 0
+    allowed_s: float = 0.0
+    deadline: float = 0.0
+
+    def body(self, status: int, length: int | None) -> None:
+        """A GET of ``file`` answered with ``status`` and a body of ``length`` bytes (None: unsaid). Its first answer
+        starts the file's time allowed; a later one (huggingface_hub's retry, resuming with a Range) must come within
+        it, and one that sends the whole file again (200, not 206: the client writes it over what it had) gives back
+        what the earlier attempts counted, which would otherwise count twice against the limit."""
+        if self.reading != self.file:
+            self.reading, self.read = self.file, 0
+            self.allowed_s = self.timeout_s + (self.left if length is None else length) / MIN_BODY_BYTES_PER_S
+            self.deadline = time.monotonic() + self.allowed_s
+            return
+        self.check_time()
+        if status != 206:
+            self.left, self.read = self.left + self.read, 0
+
+    def count(self, chunk: bytes) -> None:
+        if len(chunk) > self.left:
+            raise _too_large(self, "sent more than it said")
+        self.check_time()
+        self.left -= len(chunk)
+        self.read += len(chunk)
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise RefusedBody(f"{self.what}: the Hub sent {self.file[:100]!r} too slowly (still coming after "
+                              f"{self.allowed_s:,.0f} s: the request's timeout, VERA_HUB_TIMEOUT_S, and a second "
+                              "for each MiB); it was cut off and nothing was recorded. Try again later, or check "
+                              "VERA_HUB_ENDPOINT.", "came too slowly")
 
 
 _budget: ContextVar[Budget | None] = ContextVar("vera_hub_download_budget", default=None)
@@ -69,8 +111,9 @@ def capped_downloads(limit: int, what: str, setting: str = "VERA_MAX_UPLOAD_BYTE
     off there (ContentTooLarge, naming ``what``, the file and ``setting``, the limit's name): the Hub's file sizes,
     which the caller checks first, are only what the Hub declares. A compressed body (not asked for) is refused
     (HubError), and files are downloaded over HTTP, never through Xet's client, which this bound would not see.
-    Each body must come within ``timeout_s`` plus a second for each MIN_BODY_BYTES_PER_S of it (its declared length,
-    else what the budget has left), or it is cut off (HubError): each read's timeout alone let a trickle run on.
+    Each file must come within ``timeout_s`` plus a second for each MIN_BODY_BYTES_PER_S of it (the length its first
+    answer declares, else what the budget has left), retries included, or it is cut off (HubError): each read's
+    timeout alone let a trickle run on, and a retry after each stall would start again.
     Set ``file`` on the budget yielded to the name of each file before its download."""
     if not _installed:
         use_timeout(timeout_s)
@@ -103,11 +146,14 @@ def _cap_body(response: httpx2.Response) -> None:
                           "asked for and is not read; nothing was recorded. Check VERA_HUB_ENDPOINT.",
                           "came compressed")
     length = int(declared) if declared is not None and declared.isdigit() else None
-    if length is not None and length > budget.left:
+    try:
+        budget.body(response.status_code, length)
+        if length is not None and length > budget.left:
+            raise _too_large(budget, f"says it is {length:,} bytes")
+    except (HubError, ContentTooLarge):
         response.close()
-        raise _too_large(budget, f"says it is {length:,} bytes")
-    allowed_s = budget.timeout_s + (budget.left if length is None else length) / MIN_BODY_BYTES_PER_S
-    response.stream = _CappedStream(response.stream, budget, allowed_s)
+        raise
+    response.stream = _CappedStream(response.stream, budget)
 
 
 class RefusedBody(HubError):
@@ -124,24 +170,14 @@ def _too_large(budget: Budget, how: str) -> ContentTooLarge:
 
 
 class _CappedStream(httpx2.SyncByteStream):
-    """A response body that stops with ContentTooLarge once it has given more bytes than its budget has left, and
-    with HubError once it has taken longer than ``allowed_s`` (counted from its headers)."""
+    """A response body counted against its budget as it comes (Budget.count: its bytes, and its time)."""
 
-    def __init__(self, stream: Any, budget: Budget, allowed_s: float) -> None:
-        self.stream, self.budget, self.allowed_s = stream, budget, allowed_s
-        self.deadline = time.monotonic() + allowed_s
+    def __init__(self, stream: Any, budget: Budget) -> None:
+        self.stream, self.budget = stream, budget
 
     def __iter__(self) -> Iterator[bytes]:
-        budget = self.budget
         for chunk in self.stream:
-            if len(chunk) > budget.left:
-                raise _too_large(budget, "sent more than it said")
-            if time.monotonic() > self.deadline:
-                raise RefusedBody(f"{budget.what}: the Hub sent {budget.file[:100]!r} too slowly (still coming after "
-                                  f"{self.allowed_s:,.0f} s: the request's timeout, VERA_HUB_TIMEOUT_S, and a second "
-                                  f"for each MiB); it was cut off and nothing was recorded. Try again later, or check "
-                                  f"VERA_HUB_ENDPOINT.", "came too slowly")
-            budget.left -= len(chunk)
+            self.budget.count(chunk)
             yield chunk
 
     def close(self) -> None:

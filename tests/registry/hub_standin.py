@@ -9,7 +9,9 @@ are skipped), POST /api/models/{repo}/commit/{rev} (NDJSON, base64 "file" entrie
 Hostile and awkward answers, for the tests of what the registry refuses or copes with: sizes declared for a file
 that its download exceeds (``declared``: model info and HEAD; ``listed``: model info only), a commit id of the wrong
 form (``answered_sha``), gzip-compressed bodies (``gzipped``), Xet headers (``xet``), a redirect before each file
-(``redirect``), a body sent a little at a time, each piece within any read's timeout (``trickle``).
+(``redirect``), a body sent a little at a time, each piece within any read's timeout (``trickle``), a first piece
+and then a pause, on every GET (``stall``), a connection dropped halfway through a body once (``cut_once``; the
+client's retry asks for the rest with a Range, which this stand-in ignores, answering the whole file again).
 
 Not spoken (the real Hub's parts these tests do not exercise): LFS and Xet uploads (every file goes inline, as the
 Hub does for small files), pull requests, branches other than main, gated repos, repo tree pagination, rate-limit
@@ -84,6 +86,8 @@ class HubStandIn:
         # sent (a client that gives up stops the body there)
         self.trickle: dict[str, float] = {}
         self.trickled = 0
+        self.stall: dict[str, float] = {}  # "repo_id/path": its GETs send 256 bytes, then pause this long
+        self.cut_once: set[str] = set()  # "repo_id/path": its next GET stops halfway, the connection dropped
 
     # ---- test controls -----------------------------------------------------------------------------------------
     def fail(self, method: str, path_part: str, status: int, *, times: int = 1, **headers: str) -> None:
@@ -292,9 +296,12 @@ class HubStandIn:
                 return Response(gzip.compress(data), headers={**headers, "Content-Encoding": "gzip",
                                                               "Content-Length": str(len(gzip.compress(data)))},
                                 media_type="application/octet-stream")
-            if f"{repo_id}/{path}" in self.trickle and request.method == "GET":
-                return StreamingResponse(self._trickled(data, self.trickle[f"{repo_id}/{path}"]), headers=headers,
-                                         media_type="application/octet-stream")
+            key = f"{repo_id}/{path}"
+            if request.method == "GET" and (key in self.trickle or key in self.stall or key in self.cut_once):
+                body = (self._trickled(data, self.trickle[key]) if key in self.trickle
+                        else self._stalled(data, self.stall[key]) if key in self.stall else self._cut(data))
+                self.cut_once.discard(key)
+                return StreamingResponse(body, headers=headers, media_type="application/octet-stream")
             declared = self.declared.get(f"{repo_id}/{path}")
             if declared is not None:  # says one size, streams another
                 headers["Content-Length"] = str(declared)
@@ -312,6 +319,17 @@ class HubStandIn:
             await asyncio.sleep(every_s)
             self.trickled += 1
             yield data[start:start + 256]
+
+    @staticmethod
+    async def _stalled(data: bytes, seconds: float) -> Any:
+        yield data[:256]
+        await asyncio.sleep(seconds)
+        yield data[256:]
+
+    @staticmethod
+    async def _cut(data: bytes) -> Any:
+        yield data[:len(data) // 2]
+        raise ConnectionAbortedError("the Hub stand-in drops this connection halfway (cut_once)")
 
 
 @contextmanager

@@ -59,6 +59,8 @@ def hub(hub_server: HubStandIn) -> HubStandIn:
     hub_server.gzipped.clear()
     hub_server.trickle.clear()
     hub_server.trickled = 0
+    hub_server.stall.clear()
+    hub_server.cut_once.clear()
     hub_server.answered_sha, hub_server.xet, hub_server.redirect, hub_server.error_text = None, False, False, None
     return hub_server
 
@@ -385,6 +387,43 @@ def test_a_body_trickled_within_each_reads_timeout_is_cut_off_after_its_allowanc
     assert snapshot(registry) == before
     hub.trickle.clear()  # the same pull, the body at once: pulled
     assert patient.pull("someone/slow", target="alice/slow", actor="alice", base_model="org/tiny-llama").changed
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the Hub client's, not the database's
+def test_a_file_retried_after_each_stall_is_held_to_one_allowance(registry: Registry, hub: HubStandIn,
+                                                                   tmp_path: Path) -> None:
+    """huggingface_hub retries a download whose connection timed out, resuming it, as long as each attempt brought
+    some bytes: a Hub sending a piece and then stalling past the read timeout, each time, started every attempt with
+    an allowance of its own. A file's retries share the first one's: the retry after it is refused."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/stalls", files)
+    hub.stall["someone/stalls/adapter_model.safetensors"] = 2.0
+    patient = HubSync(registry, endpoint=hub.url, token=TOKEN, timeout_s=1.0)
+    use_timeout(1.0)  # each read: the stall outlasts it
+    try:
+        with pytest.raises(HubError, match=r"the Hub sent 'adapter_model.safetensors' too slowly"):
+            patient.pull("someone/stalls", target="alice/stalls", actor="alice", base_model="org/tiny-llama")
+    finally:
+        use_timeout(5.0)
+    gets = [p for m, p, _ in hub.requests if m == "GET" and p.endswith("/adapter_model.safetensors")]
+    assert len(gets) == 2, gets  # the first attempt and the retry refused on arrival, not one a piece
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_file_sent_whole_again_after_a_dropped_connection_counts_once(registry: Registry, hub: HubStandIn,
+                                                                        tmp_path: Path) -> None:
+    """The connection drops halfway through the weights; the client's retry asks for the rest and the Hub sends the
+    whole file again (200), which the client writes over what it had: counted once, so an adapter of exactly the
+    limit is still pulled (its first half counted twice refused it: session 39's left-over)."""
+    files, _ = peft_repo_files(tmp_path)
+    hub.seed_repo("someone/dropped", files)
+    hub.cut_once.add("someone/dropped/adapter_model.safetensors")
+    exact = HubSync(registry, endpoint=hub.url, token=TOKEN,
+                    max_bytes=len(files["adapter_config.json"]) + len(files["adapter_model.safetensors"]))
+    result = exact.pull("someone/dropped", target="alice/dropped", actor="alice", base_model="org/tiny-llama")
+    assert result.changed and result.version.ref == "alice/dropped:1"
+    gets = [p for m, p, _ in hub.requests if m == "GET" and p.endswith("/adapter_model.safetensors")]
+    assert len(gets) == 2 and not hub.cut_once  # the dropped attempt and the whole file again
 
 
 def test_files_stored_in_xet_and_sent_after_a_redirect_are_pulled_over_http_within_an_exact_limit(
