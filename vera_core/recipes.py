@@ -21,10 +21,11 @@ from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, dist
 from vera_core.callbacks import FileRelay, ProgressBar, TrainerCallback
 from vera_core.checkpoint import load_adapter, read_adapter_config
 from vera_core.config import DEMO_MODEL as DEMO_MODEL  # the offline demo's base model
+from vera_core.config import LOWER_IS_BETTER, TASK_METRICS
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.errors import finite_number
-from vera_core.trainer import Trainer, TrainingArguments
+from vera_core.trainer import Trainer, TrainingArguments, TrainResult
 
 TaskName = Literal["classification", "causal-lm"]
 DEMO_TARGETS = ["query", "value", "dense"]
@@ -262,6 +263,7 @@ def run(
     Under torchrun every process calls this with the same spec; they train together and rank 0 alone writes.
     """
     started = time.perf_counter()
+    best = best_by(spec.task, spec.training)  # before anything is read: a metric the task has not is refused now
     if spec.init_from is not None:
         spec = started_spec(spec, read_adapter_config(spec.init_from), spec.init_from)  # tensors: loaded in build
     splits = load_splits(spec)
@@ -270,10 +272,8 @@ def run(
     model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)), allow_paths=allow_paths)
     task = (SequenceClassification(tokenizer, max_length=spec.max_length) if spec.task == "classification"
             else CausalLM(tokenizer, max_length=spec.max_length))
-    defaults: dict[str, Any] = {"seed": spec.seed, "metric_for_best": "accuracy" if spec.task == "classification"
-                                else "loss", "greater_is_better": spec.task == "classification"}
     try:
-        args = TrainingArguments(**{**defaults, **spec.training})
+        args = TrainingArguments(**{**best, "seed": spec.seed, **spec.training})
     except TypeError as exc:
         raise TrainingSpecError(f"Unknown training setting: {exc}") from exc
     trainer = Trainer(model, task, args, train_data=splits.train, eval_data=splits.eval, callbacks=callbacks)
@@ -288,6 +288,7 @@ def run(
         "train_loss": [[step, round(loss, 6)] for step, loss in result.state.loss_history],
         "eval": result.state.eval_history,
         "final_eval": result.final_metrics,
+        "kept": kept(result, args),
         "test": test,
         "examples": {"train": len(splits.train), "eval": len(splits.eval), "test": len(splits.test)},
         "trainable_parameters": model.num_trainable_parameters(),
@@ -354,9 +355,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise
 
 
+def best_by(task: str, training: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation metric whose best value picks the weights kept (accuracy for classification, loss for a causal
+    LM, unless ``training`` names another) and whether higher is better for it (unless ``training`` says): a job that
+    named loss for classification kept the weights of its highest loss until 2026-12-05."""
+    metric = training.get("metric_for_best", "accuracy" if task == "classification" else "loss")
+    known = TASK_METRICS.get(task, ())
+    if isinstance(metric, str) and known and metric.removeprefix("eval_") not in known:
+        raise TrainingSpecError(f"metric_for_best={metric[:100]!r} is not a metric {task} training reports; name one "
+                                f"of {', '.join(known)}.")
+    lower = isinstance(metric, str) and metric.removeprefix("eval_") in LOWER_IS_BETTER
+    return {"metric_for_best": metric, "greater_is_better": training.get("greater_is_better", not lower)}
+
+
+def kept(result: TrainResult, args: TrainingArguments) -> dict[str, Any]:
+    """Which step's weights the run kept: the best evaluation's (``by`` its metric) or, without one kept, the last."""
+    state = result.state
+    if args.load_best_at_end and state.best_step is not None:
+        by = args.metric_for_best if args.metric_for_best.startswith("eval_") else f"eval_{args.metric_for_best}"
+        return {"step": state.best_step, "by": by, "value": state.best_metric}
+    return {"step": state.step, "by": "last"}
+
+
+def kept_line(metrics: dict[str, Any]) -> str | None:
+    """Which step's weights a run's ``metrics`` say it kept, in words (None: a metrics.json from before "kept")."""
+    held = metrics.get("kept")
+    if not isinstance(held, dict) or not isinstance(held.get("step"), int):
+        return None
+    of = f" of {metrics['steps']}" if isinstance(metrics.get("steps"), int) else ""
+    if held.get("by") == "last":
+        return f"step {held['step']}{of} (the last)"
+    value = held.get("value")
+    return f"step {held['step']}{of} (the best {held.get('by')}" + (
+        f", {value:.4f})" if isinstance(value, int | float) else ")")
+
+
 #: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.
-PUBLISHED_METRICS = ("final_eval", "test", "train_wall_time_s", "steps", "total_steps", "examples", "task", "labels",
-                     "train_loss", "eval")
+PUBLISHED_METRICS = ("final_eval", "kept", "test", "train_wall_time_s", "steps", "total_steps", "examples", "task",
+                     "labels", "train_loss", "eval")
 MAX_CURVE_POINTS = 500
 
 

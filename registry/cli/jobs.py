@@ -48,6 +48,8 @@ def job_submit(
     max_grad_norm: opt.MaxGradNorm = 1.0,
     eval_every: opt.EvalEvery = None,
     patience: opt.Patience = None,
+    metric_for_best: opt.MetricForBest = None,
+    keep_best: opt.KeepBest = True,
     max_length: opt.MaxLength = 64,
     max_train_examples: opt.MaxTrainExamples = None,
     max_eval_examples: opt.MaxEvalExamples = None,
@@ -74,7 +76,8 @@ def job_submit(
                          max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
                          batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule, warmup_ratio=warmup_ratio,
                          grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
-                         patience=patience, save_every=save_every, precision=precision, init_from=start_from)
+                         patience=patience, metric_for_best=metric_for_best, keep_best=keep_best,
+                         save_every=save_every, precision=precision, init_from=start_from)
     info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data, priority=priority,
                                                                  time_limit_s=time_limit, gpus=gpus))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
@@ -133,10 +136,13 @@ def _job_table(job: JobInfo) -> Table:
 
 
 def _progress(job: JobInfo) -> str:
+    """Step of total and the last step's loss; once done, the published weights' eval loss, named so (the done
+    progress holds the final evaluation: its loss read as the last step's, a newcomer's walk, session 40)."""
     p = job.progress
     if "step" in p:
         eta = f", eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
-        return f"{p['step']}/{p['total_steps']} loss {p.get('loss') or 0:.4f}{eta}"
+        loss = "eval loss" if p.get("phase") == "done" else "loss"
+        return f"{p['step']}/{p['total_steps']} {loss} {p.get('loss') or 0:.4f}{eta}"
     return str(p.get("phase", "-"))
 
 

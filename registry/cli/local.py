@@ -178,6 +178,8 @@ def train(
     max_grad_norm: opt.MaxGradNorm = 1.0,
     eval_every: opt.EvalEvery = None,
     patience: opt.Patience = None,
+    metric_for_best: opt.MetricForBest = None,
+    keep_best: opt.KeepBest = True,
     max_length: opt.MaxLength = 64,
     max_train_examples: opt.MaxTrainExamples = None,
     max_eval_examples: opt.MaxEvalExamples = None,
@@ -205,7 +207,8 @@ def train(
         max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule,
         warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
-        patience=patience, save_every=save_every, output_dir=str(out) if save_every or resume else None,
+        patience=patience, metric_for_best=metric_for_best, keep_best=keep_best, save_every=save_every,
+        output_dir=str(out) if save_every or resume else None,
         precision=precision, init_from=_start_folder(start_from),
     )
     replaced = not resume and (out / "adapter_config.json").is_file()
@@ -243,10 +246,14 @@ def _a_reference(text: str) -> bool:
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    from vera_core.recipes import kept_line
+
     summary = Table(show_header=False, box=None)
     for key in ("final_eval", "test", "trainable_parameters", "adapter_parameters", "steps", "train_wall_time_s"):
         value = f"{metrics[key]} of {metrics['total_steps']}" if key == "steps" else metrics[key]
         summary.add_row(Text(key, style="bold"), ", ".join(f"{k}={v:.4f}" for k, v in value.items())
                         if isinstance(value, dict) else str(value))
+        if key == "final_eval" and (kept := kept_line(metrics)) is not None:
+            summary.add_row(Text("weights of", style="bold"), kept)
     summary.add_row(Text("adapter", style="bold"), str(out))
     console.print(summary)

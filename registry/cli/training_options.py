@@ -41,6 +41,13 @@ GradAccum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
 MaxGradNorm = Annotated[float, typer.Option(help="Gradient clipping norm (0: off).")]
 EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
 Patience = Annotated[int | None, typer.Option(help="Early stopping patience, in evaluations.")]
+MetricForBest = Annotated[str | None, typer.Option(
+    help="The evaluation metric whose best value picks the weights kept, and that --patience watches: accuracy or "
+    "loss for classification (default accuracy, a tie going to the lower loss), loss or perplexity for causal-lm "
+    "(default loss). Lower is better for loss and perplexity.")]
+KeepBest = Annotated[bool, typer.Option(
+    "--keep-best/--keep-last", help="Keep the weights of the best evaluation (by --metric-for-best) or of the last "
+    "step.")]
 MaxLength = Annotated[int, typer.Option(help="Max tokens per example.")]
 MaxTrainExamples = Annotated[int | None, typer.Option(
     min=1, help="Train on at most this many examples (the first of the training split; default: all): a quick run "

@@ -47,6 +47,8 @@ def training_spec(
     max_grad_norm: float | None = None,
     eval_every: int | None = None,
     patience: int | None = None,
+    metric_for_best: str | None = None,
+    keep_best: bool | None = None,
     save_every: int | None = None,
     output_dir: str | None = None,
     precision: str | None = None,
@@ -72,7 +74,8 @@ def training_spec(
         "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
         "schedule": schedule, "warmup_ratio": warmup_ratio, "gradient_accumulation_steps": grad_accum,
         "eval_every": eval_every, "early_stopping_patience": patience, "save_every": save_every,
-        "output_dir": output_dir, "precision": precision,
+        "output_dir": output_dir, "precision": precision, "metric_for_best": metric_for_best,
+        "load_best_at_end": None if keep_best else keep_best,  # the default, True, left out of the spec
     })
     if max_grad_norm is not None:
         training["max_grad_norm"] = max_grad_norm or None

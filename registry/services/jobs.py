@@ -56,7 +56,7 @@ from registry.services.quotas import check_room, held_by_jobs
 from registry.services.registry import Registry
 from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
-from vera_core.config import DEMO_MODEL, VeraConfig
+from vera_core.config import DEMO_MODEL, TASK_METRICS, VeraConfig
 from vera_core.patterns import require_linear
 
 if TYPE_CHECKING:  # torch: imported by the first job submitted (its spec is checked as the worker runs it)
@@ -683,8 +683,6 @@ MAX_JOB_DATASET_LINES = 1_000_000
 #: The most distinct labels a classification job trains (one output each; its version's metrics list them all), and
 #: the most bytes they take as JSON (a version's metrics hold at most MAX_METRICS_BYTES, its loss curve too).
 MAX_JOB_LABELS, MAX_JOB_LABEL_BYTES = 10_000, 256 << 10
-#: The metrics each task's evaluation reports, which metric_for_best may name (with or without "eval_").
-TASK_METRICS = {"classification": ("loss", "accuracy"), "causal-lm": ("loss", "perplexity")}
 
 
 def _check_labels(labels: list[str], where: Callable[[str], str]) -> None:

@@ -303,6 +303,9 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             assert version.metrics["steps"] == 60 and version.metrics["examples"]["test"] == 766
             events = client.job_events(job.id)
             assert sum(e.kind == "step" for e in events) == 60 and any(e.kind == "evaluate" for e in events)
+            assert any(e.data.get("message", "").startswith("published ann/polarity:1 with the weights of step ")
+                       and "of 60 (the best eval_accuracy, " in e.data["message"] for e in events), events[-3:]
+            assert version.metrics["kept"]["by"] == "eval_accuracy"
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -352,17 +355,23 @@ def test_a_failed_job_keeps_its_error_and_logs(registry: Registry, monkeypatch: 
     assert worker_module.Worker(jobs, name="w", log=lambda line: None).run_once() is False  # not retried
 
 
-def test_a_job_whose_result_was_deleted_says_so_and_never_names_another(registry: Registry, tmp_path: Path) -> None:
+def test_a_done_jobs_eval_loss_and_deleted_result_are_said_and_no_other_version_named(registry: Registry,
+                                                                                     tmp_path: Path) -> None:
     """A job's result version deleted: `result_ref` is null (as it was), `result_deleted` says why, and `vera job
     show` says it where it showed the target as if nothing had been published; a newer version of the same adapter is
     not taken for the job's result."""
     from rich.console import Console
 
-    from registry.cli.jobs import _job_table
+    from registry.cli.jobs import _job_table, _progress
 
     jobs = Jobs(registry)
     job = jobs.submit(DEMO, owner="ann", target="ann/result")
     assert jobs.claim("w") is not None
+    jobs.heartbeat(job.id, "w", progress={"phase": "training", "step": 50, "total_steps": 50, "loss": 0.0123})
+    assert _progress(jobs.get(job.id)) == "50/50 loss 0.0123"
+    # done: the final evaluation's loss, named so (it read as the last step's: a newcomer's walk, session 40)
+    jobs.heartbeat(job.id, "w", progress={"phase": "done", "step": 50, "total_steps": 50, "loss": 0.432})
+    assert _progress(jobs.get(job.id)) == "50/50 eval loss 0.4320"
     registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="result", base_model="tiny-llama")
     jobs.finish(job.id, "w", status="succeeded", result_version=("ann/result", 1))
     done = jobs.get(job.id)

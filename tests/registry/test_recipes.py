@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from registry.domain.training_spec import training_spec
 from tests.registry.test_cli import vera
 from tests.registry.tiny_lm import WORDS, save_tiny_llama
 from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter
@@ -18,6 +19,7 @@ from vera_core.recipes import (
     MAX_CURVE_POINTS,
     TrainingSpecError,
     TrainSpec,
+    best_by,
     build,
     load_splits,
     published_metrics,
@@ -206,6 +208,40 @@ def test_a_trial_run_trains_and_evaluates_on_the_first_examples_of_each_split(tm
         refused = vera("train", "--demo", flag, "0", "--out", str(tmp_path / "x"))
         assert refused.returncode == 2 and f"Invalid value for {flag!r}: Input should be greater than or equal to 1" \
             in " ".join(refused.stderr.split())
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_weights_kept_follow_metric_for_best_and_say_which(tmp_path: Path) -> None:
+    """`--metric-for-best loss` on classification keeps the lowest loss (a job naming loss kept its highest: higher
+    was better for classification whatever the metric), `--keep-last` the last step; metrics.json, the published
+    metrics and `vera train`'s summary say which step's weights these are. A metric the task has not is refused
+    before anything is read."""
+    trial = ("train", "--demo", "--r", "8", "--max-train-examples", "48", "--max-eval-examples", "20",
+             "--batch-size", "16", "--epochs", "3", "--eval-every", "1", "--no-progress")
+    best = vera(*trial, "--metric-for-best", "loss", "--out", str(tmp_path / "best"))
+    assert best.returncode == 0, best.stderr[-2000:]
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    lowest = min(metrics["eval"], key=lambda e: e["eval_loss"])
+    assert metrics["kept"] == {"step": int(lowest["step"]), "by": "eval_loss", "value": lowest["eval_loss"]}
+    assert metrics["final_eval"]["loss"] == pytest.approx(lowest["eval_loss"], rel=1e-4)
+    assert published_metrics(metrics)["kept"] == metrics["kept"]
+    assert (f"weights of step {int(lowest['step'])} of 9 (the best eval_loss, {lowest['eval_loss']:.4f})"
+            in " ".join(best.stdout.split()))
+    last = vera(*trial, "--keep-last", "--out", str(tmp_path / "last"))
+    assert last.returncode == 0, last.stderr[-2000:]
+    assert json.loads((tmp_path / "last" / "metrics.json").read_text())["kept"] == {"step": 9, "by": "last"}
+    assert "weights of step 9 of 9 (the last)" in " ".join(last.stdout.split())
+    # what `vera job submit --metric-for-best loss --keep-last` queues (the default, keeping the best, left out)
+    assert training_spec(demo=True, metric_for_best="loss", keep_best=False)["training"] == {
+        "metric_for_best": "loss", "load_best_at_end": False}
+    assert training_spec(demo=True, keep_best=True)["training"] == {}
+    assert best_by("classification", {"metric_for_best": "eval_loss"})["greater_is_better"] is False
+    assert best_by("causal-lm", {"metric_for_best": "perplexity"})["greater_is_better"] is False
+    assert best_by("classification", {}) == {"metric_for_best": "accuracy", "greater_is_better": True}
+    assert best_by("classification", {"metric_for_best": "loss", "greater_is_better": True})["greater_is_better"]
+    refused = vera("train", "--demo", "--metric-for-best", "perplexity", "--out", str(tmp_path / "x"))
+    assert refused.returncode != 0 and ("metric_for_best='perplexity' is not a metric classification training "
+                                        "reports; name one of loss, accuracy") in " ".join(refused.stderr.split())
     assert not (tmp_path / "x").exists()
 
 
