@@ -146,7 +146,7 @@ def page() -> None:
     st.subheader("Per-layer cosine similarity of the weight deltas")
     layers = session.read_pinned(layer_comparison, pinned)
     alone = charts.without_cosine(layers, len(versions))
-    apart = [j for j in range(1, len(versions)) if j not in alone and projection_differences(versions[0], versions[j])]
+    apart = [j for j in range(1, len(versions)) if j not in alone and versions[0].projection_differences(versions[j])]
     cosine = charts.cosine_heatmap(without(layers, apart), [v.ref for v in versions])
     if cosine is not None:
         st.caption(cosine_caption([v for j, v in enumerate(versions) if j not in alone + apart], bool(apart)))
@@ -250,7 +250,7 @@ def cosine_caption(versions: list[VersionInfo], others_apart: bool = False) -> s
 
 def other_projection_caption(first: VersionInfo, apart: list[VersionInfo]) -> str:
     """Why the versions ``apart`` (on another projection than the first's) get no grid, in one sentence."""
-    named = "; ".join(f"{v.ref} ({', '.join(projection_differences(first, v))})" for v in apart)
+    named = "; ".join(f"{v.ref} ({', '.join(first.projection_differences(v))})" for v in apart)
     it, its = ("it", "its") if len(apart) == 1 else ("they", "their")
     return (f"No cosine grid for {named}: on another projection than {first.ref}'s (generator {first.generator}, "
             f"seed {first.seed}, r {first.r}), {its} A and B are other random matrices, and deltas built on "
@@ -278,8 +278,3 @@ def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:
     return f"No cosine grid for {'; '.join(reasons)}. Compare {it} by the metrics above{hint}."
 
 
-def projection_differences(first: VersionInfo, other: VersionInfo) -> list[str]:
-    """How ``other``'s projection differs from ``first``'s: 'another seed', 'another generator', 'another rank'."""
-    return [f"another {what}" for what, a, b in (("generator", first.generator, other.generator),
-                                                 ("seed", first.seed, other.seed), ("rank", first.r, other.r))
-            if a != b]

@@ -39,6 +39,10 @@ def login(
         fail(InvalidInput("The token is empty; create one with `vera auth create-token` or ask an administrator."))
     with RegistryClient(url, secret.strip()) as client:
         who = client.whoami()
+    if who.local:  # any text "logged in" as local, a real token too: the user thought they were bob (session 40)
+        fail(InvalidInput(f"{url} checks no tokens (VERA_REQUIRE_TOKENS is off, as `vera up` runs it): every caller "
+                          "acts as the local user, so this token was not checked and is not stored. Log in once the "
+                          "registry requires tokens."))
     path = store_token(url, secret.strip(), user=who.user)
     console.print(f"logged in to {url} as {who.user} {sorted(who.scopes)}; token stored in {path}")
     if url != _url(None):
@@ -70,6 +74,9 @@ def whoami(registry: RegistryUrl = None, token: Token = None, as_json: JsonOutpu
         return
     orgs = ", ".join(f"{o} ({r})" for o, r in who.organizations.items()) or "none"
     console.print(f"{who.user}  scopes {', '.join(who.scopes)}  organisations {orgs}")
+    if who.local:
+        console.print("this registry checks no tokens (VERA_REQUIRE_TOKENS is off): every caller acts as the local "
+                      "user, whatever token it sends")
     if who.limited_to is not None:
         console.print(f"this token is limited to: {', '.join(who.limited_to)}")
     if who.expires_at is not None:
@@ -155,6 +162,10 @@ def create_token(
                   + (f", limited to {', '.join(info.limited_to)}" if info.limited_to else "")
                   + (f", expires {info.expires_at:%Y-%m-%d}" if info.expires_at else ""))
     typer.echo(secret)
+    if user is None and info.owner == "local" and call_registry(registry, token, lambda c: c.whoami()).local:
+        err_console.print(styled("note:", "yellow", " this registry checks no tokens now (VERA_REQUIRE_TOKENS is off): "
+                                 "the token is for 'local', the user every caller acts as. For a person's token, give "
+                                 "--user NAME."), soft_wrap=True)
 
 
 #: What a GitHub Actions runner gives a job with `permissions: id-token: write`: where to ask for its identity token.
@@ -231,7 +242,8 @@ def _github_identity_token(audience: str) -> str:
 
 def list_tokens(user: Annotated[str | None, typer.Option(help="Admins: this user's tokens.")] = None,
                 registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False) -> None:
-    """Your tokens (never their secrets)."""
+    """Your tokens, never their secrets (a registry admin, or anyone where the registry checks no tokens: every
+    user's, or --user's)."""
     tokens = call_registry(registry, token, lambda c: c.tokens(user=user))
     if as_json:
         print_json(tokens)

@@ -329,9 +329,15 @@ def compare(
     for module, cosines in rows:
         layers.add_row(module, *[f"{c:.3f}" if c is not None else "-" for c in cosines[1:]])
     console.print(layers)
+    first = result.versions[0]
     for i, ref in enumerate(result.refs[1:], start=1):
         if all(cosines[i] is None for _, cosines in rows):
             console.print(f"{ref} adapts none of {result.refs[0]}'s layers (another base model, or other modules).")
+        elif differences := first.projection_differences(result.versions[i]):
+            # its cosines read as a finding ("unrelated updates") where they say nothing (a newcomer's walk, session 40)
+            console.print(f"{ref} is on another projection than {result.refs[0]} ({', '.join(differences)}): deltas "
+                          "built on independent random matrices are nearly orthogonal, so its cosines are about 0 "
+                          "whatever it learned; compare it by the metrics above.")
 
 
 def alias(

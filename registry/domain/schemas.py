@@ -500,6 +500,9 @@ class WhoAmI(BaseModel):
     #: The longest a new token lives on this registry (VERA_MAX_TOKEN_DAYS); None: no limit, or a server before
     #: this field.
     max_token_days: float | None = None
+    #: The registry checks no tokens (VERA_REQUIRE_TOKENS off, as `vera up` runs): every caller is the local user,
+    #: whatever token it sends.
+    local: bool = False
 
 
 class VersionInfo(BaseModel):
@@ -538,6 +541,13 @@ class VersionInfo(BaseModel):
     def pinned(self) -> Ref:
         """owner/name:N: this version by number, whatever alias named it."""
         return Ref.of(self.owner, self.name, version=self.version)
+
+    def projection_differences(self, other: VersionInfo) -> list[str]:
+        """How ``other``'s projection differs from this one's: 'another generator', 'another seed', 'another
+        rank' (none: the same A and B, where their weight deltas can be compared)."""
+        return [f"another {what}" for what, a, b in (("generator", self.generator, other.generator),
+                                                     ("seed", self.seed, other.seed), ("rank", self.r, other.r))
+                if a != b]
 
 
 class FileEntry(BaseModel):

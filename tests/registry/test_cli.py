@@ -206,6 +206,30 @@ def test_help_reads_on_80_columns_and_tells_vera_auth_from_vera_token() -> None:
     assert "`vera auth create-token`" in helps["token create"] and "`vera token create`" in helps["auth create-token"]
 
 
+def test_a_registry_that_checks_no_tokens_says_so_and_login_stores_none(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vera up`'s registry takes every caller for the local user: `vera login --token garbage` said "logged in ...
+    as local" and stored it, and a real token of bob's also "as local" (a newcomer's walk, session 40)."""
+    from registry.credentials import credentials_path
+    from tests.registry.servers import running_server
+
+    monkeypatch.setenv("VERA_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("VERA_TOKEN", raising=False)
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        login = vera("login", "--registry", url, "--token", "garbage")
+        who = vera("whoami", "--registry", url)
+        minted = vera("auth", "create-token", "--scope", "read", "--registry", url)
+    assert login.returncode == 1 and "logged in" not in login.stdout, login.stdout
+    assert (f"{url} checks no tokens (VERA_REQUIRE_TOKENS is off, as `vera up` runs it): every caller acts as the "
+            "local user, so this token was not checked and is not stored") in " ".join(login.stderr.split())
+    assert not credentials_path().exists()
+    assert who.returncode == 0 and "this registry checks no tokens (VERA_REQUIRE_TOKENS is off): every caller acts " \
+        "as the local user" in " ".join(who.stdout.split())
+    assert minted.returncode == 0 and minted.stdout.splitlines()[0].startswith("token 1 for local")
+    assert "the token is for 'local', the user every caller acts as. For a person's token, give --user NAME." in \
+        " ".join(minted.stderr.split())
+
+
 def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_another_base_model(
         tmp_path: Path) -> None:
     """One version on another base model shares no layer with the first: the others' cosines are still shown
@@ -223,10 +247,17 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
                                                                                       if seed == 1 else {})})
             client.publish(make_adapter(tmp_path / "rob", seed=3, tiny=TINY_MODELS[0]), "jo/rob",
                            base_model="tiny-roberta")
+            client.publish(make_adapter(tmp_path / "r4", seed=4, r=4), "jo/r4", base_model="tiny-llama")
             expected = client.compare(["jo/l1:1", "jo/l2:1"]).layers
         done = vera("compare", "jo/l1:1", "jo/l2:1", "jo/rob:1", "--registry", url)
         as_json = vera("compare", "jo/l1:1", "jo/l2:1", "--json", "--registry", url)
+        apart = vera("compare", "jo/l1:1", "jo/r4:1", "--registry", url)
     assert done.returncode == 0, done.stderr
+    assert "another projection" not in done.stdout  # the same generator, seed and rank: cosines that mean something
+    # another rank: its cosines are about 0 whatever it learned, said (a newcomer read them as a finding, session 40)
+    assert apart.returncode == 0 and ("jo/r4:1 is on another projection than jo/l1:1 (another rank): deltas built "
+                                      "on independent random matrices are nearly orthogonal") in " ".join(
+                                          apart.stdout.split()), apart.stdout
     rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in done.stdout.splitlines()
             if line.count("│") >= 4 and "layers." in line}
     assert len(rows) == len(expected) == 14

@@ -94,7 +94,7 @@ def whoami(caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
                   limited_to=sorted(who.limited_to) if who.limited_to is not None else None,
                   expires_at=who.expires_at, read_only=options.read_only,
                   pending_invitations=None if anonymous else registry.access.pending_invitations(who),
-                  max_token_days=options.max_token_days)
+                  max_token_days=options.max_token_days, local=who.local)
 
 
 def _signed_in(caller: Principal | None, options: Options) -> Principal:
