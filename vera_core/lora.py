@@ -9,7 +9,7 @@ Per adapted layer, with A_s = A[:, :in] and B_s = B[:out, :]:
 and lora_B @ lora_A = (b * B_s) @ (d * A_s) is exactly VeRA's delta weight. The export has rank r per layer
 (r * (in + out) numbers instead of r + out); heads and biases are carried over unchanged.
 
-For serving engines that cap the LoRA rank (vLLM: VLLM_RANKS), ``LoraExport(max_rank=K)`` writes each layer's best
+For serving engines that cap the LoRA rank (vLLM: VLLM_MAX_RANK), ``LoraExport(max_rank=K)`` writes each layer's best
 rank-K approximation (Eckart-Young) computed from the factors alone: QR of lora_B and of lora_A^T, then the SVD of
 the r x r core, never the out x in delta. The relative Frobenius error of each layer's delta is reported.
 """
@@ -28,8 +28,10 @@ from safetensors import safe_open
 from vera_core.checkpoint import CONFIG_NAME, META_IN_FEATURES, WEIGHTS_NAME, AdapterFiles
 from vera_core.errors import AdapterFormatError, printable
 from vera_core.keys import PROJECTION_KEYS, module_path
+from vera_core.lora_options import VLLM_MAX_RANK as VLLM_MAX_RANK
 from vera_core.lora_options import VLLM_RANKS as VLLM_RANKS
 from vera_core.lora_options import LoraExport as LoraExport
+from vera_core.lora_options import vllm_max_lora_rank as vllm_max_lora_rank
 from vera_core.serialization import Streamed, to_bytes, write
 
 _BIAS = {"none": "none", "all": "all", "vera_only": "lora_only"}

@@ -173,7 +173,8 @@ def call_registry(url: str | None, token: str | None, fn: Callable[[RegistryClie
 MaxRank = Annotated[int | None, typer.Option(help="LoRA export: at most this rank per layer (the best approximation; "
                                           "the error per layer goes to the export's README.md). Default: r, exact.")]
 LoraDtype = Annotated[str, typer.Option("--dtype", help="LoRA export: float32, bfloat16 or float16.")]
-ForVllm = Annotated[bool, typer.Option("--for-vllm", help="LoRA export: snap the rank down to one vLLM accepts.")]
+ForVllm = Annotated[bool, typer.Option("--for-vllm", help="LoRA export: at most rank 512, the most vLLM serves "
+                                       "(exact up to it); says which --max-lora-rank serves it.")]
 
 
 def lora_export(max_rank: int | None, dtype: str, for_vllm: bool) -> LoraExport:
@@ -184,6 +185,37 @@ def lora_export(max_rank: int | None, dtype: str, for_vllm: bool) -> LoraExport:
         return LoraExport(max_rank=max_rank, dtype=dtype, for_vllm=for_vllm)
     except VeraError as exc:
         fail(exc)
+
+
+def lora_summary(rank: object, adapter_r: int, export: LoraExport, *, with_readme: bool) -> str:
+    """Which LoRA an export is, in words: exact (rank r), or an approximation, why (--max-rank, vLLM's cap) and where
+    its errors are; for vLLM, the --max-lora-rank that serves it (`--for-vllm` said "exact" of a rank it had cut)."""
+    from vera_core.lora_options import VLLM_MAX_RANK, vllm_max_lora_rank
+
+    if not isinstance(rank, int) or rank >= adapter_r:
+        said = f"LoRA, r = lora_alpha = {rank}, exact"
+    else:
+        cut = f"--max-rank {export.max_rank}" if export.max_rank is not None and export.max_rank <= rank else \
+            f"{VLLM_MAX_RANK}, the most vLLM serves"
+        said = (f"LoRA, r = lora_alpha = {rank} of the adapter's {adapter_r}: {cut}; the best rank-{rank} "
+                "approximation" + ("; errors per layer in its README.md" if with_readme else ""))
+    if export.for_vllm and isinstance(rank, int):
+        said += f"; vLLM serves it started with --max-lora-rank {vllm_max_lora_rank(rank)} or more"
+    return f" ({said})"
+
+
+def warn_unservable_by_vllm(config: dict[str, Any]) -> None:
+    """After a `--for-vllm` export: what in its adapter_config.json vLLM will not serve (a task head and the modules
+    PEFT saves whole), said once (it wrote them silently: a newcomer's walk, session 40)."""
+    saved = config.get("modules_to_save") or []
+    task = config.get("task_type")
+    if not saved and task in (None, "CAUSAL_LM"):
+        return
+    what = (f"a {task} adapter" if task not in (None, "CAUSAL_LM") else "an adapter") + (
+        f" with modules_to_save {', '.join(map(str, saved))}" if saved else "")
+    err_console.print(styled("warning:", "yellow", f" this is {what}: vLLM serves LoRAs of generative models and loads "
+                             "neither a task head nor modules_to_save, so it would refuse or ignore them. Export an "
+                             "adapter trained with --task causal-lm for vLLM."), soft_wrap=True)
 
 
 def as_lora(choice: str) -> bool:

@@ -21,7 +21,9 @@ from registry.cli.common import (
     console,
     err_console,
     lora_export,
+    lora_summary,
     styled,
+    warn_unservable_by_vllm,
 )
 from registry.cli.output import print_json
 from registry.domain.errors import InvalidInput
@@ -120,9 +122,14 @@ def export_lora(
     best rank-K approximation with --max-rank."""
     export = lora_export(max_rank, dtype, for_vllm)
     out = vera_core.export_lora(src, dst, export, base_model=base_model)
-    rank = json.loads((out / "adapter_config.json").read_text())["r"]
-    console.print(f"wrote {out} (LoRA, r = lora_alpha = {rank}" + (", exact)" if export.max_rank is None else
-                                                                     "; errors per layer in README.md)"))
+    config = json.loads((out / "adapter_config.json").read_text())
+    from vera_core.checkpoint import read_adapter_config
+
+    adapter_r = read_adapter_config(src).r
+    console.print(f"wrote {out}" + lora_summary(config["r"], adapter_r, export,
+                                                with_readme=(out / "README.md").is_file()), soft_wrap=True)
+    if export.for_vllm:
+        warn_unservable_by_vllm(config)
 
 
 def projection_fingerprint(

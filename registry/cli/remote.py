@@ -4,6 +4,7 @@ base ls."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +27,10 @@ from registry.cli.common import (
     fail,
     key_values,
     lora_export,
+    lora_summary,
     read_json_object,
     styled,
+    warn_unservable_by_vllm,
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
@@ -192,7 +195,7 @@ def fetch(
     lora = as_lora(as_)
     if not lora and (max_rank is not None or dtype != "float32" or for_vllm):
         fail(InvalidInput("--max-rank, --dtype and --for-vllm shape a LoRA export; add --as lora."))
-    options = None
+    options, export = None, None
     if lora:  # (checking the export's options loads vera_core.lora, and torch with it: only when exporting)
         export = lora_export(max_rank, dtype, for_vllm)
         options = {"max_rank": export.max_rank, "dtype": export.dtype, "for": "vllm" if export.for_vllm else None}
@@ -209,14 +212,18 @@ def fetch(
         why = (f"; A and B included so that PEFT loads it ({manifest.version.stored_bytes:,} bytes stored: "
                "--seed-only for vera_core)")
     fetched = {f.name for f in manifest.files}
-    if lora:  # which LoRA it is: exact, or an approximation and where its errors are (a newcomer's walk, session 38)
-        rank = read_json_object(out / "adapter_config.json", "the export's adapter_config.json").get("r")
-        errors = "; errors per layer in its README.md" if "README.md" in fetched else ""
-        why = (f" (LoRA, r = lora_alpha = {rank}, exact)" if max_rank is None else
-               f" (LoRA, r = lora_alpha = {rank}: --max-rank {max_rank}, exact only where that is the adapter's rank "
-               f"or more{errors})")
+    config = read_json_object(out / "adapter_config.json", "the export's adapter_config.json") if lora else {}
+    if export is not None:  # which LoRA it is: exact, or an approximation and why (a newcomer's walk, session 38)
+        why = lora_summary(config.get("r"), manifest.version.r, export, with_readme="README.md" in fetched)
     console.print(f"fetched {manifest.version.ref} into {out}: {size:,} bytes{why}"
                   + (" (its files replaced the adapter that was there)" if replaced else ""), soft_wrap=True)
+    if for_vllm:
+        warn_unservable_by_vllm(config)
+    if manifest.version.yanked:  # as pip warns of a yanked release; an alias left on it fetched it unsaid (session 40)
+        err_console.print(styled("warning:", "yellow", f" {manifest.version.ref} is yanked: its publisher took it out "
+                                 f"of listings and latest. {ref} still names it"
+                                 + ("" if manifest.version.ref == ref else "; move the alias if that is not meant")
+                                 + "."), soft_wrap=True)
     if replaced and (left := sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in fetched)):
         # a training folder's metrics.json stays, and `vera publish --metrics` of that folder would record another
         # adapter's figures with these vectors (a newcomer's walk, session 33)
@@ -280,8 +287,12 @@ def list_versions(
         return
     if not page.items and cursor is None:  # an empty table said nothing (a misspelt filter key reads alike)
         asked = any(x is not None for x in (owner, name, base_model, r, seed, generator, tag, q, filter_text))
-        console.print("no versions match" + (" (published_via.<key> and metrics.<key> clauses match only versions "
-                                             "that record that key)" if filter_text else "") if asked
+        # each hint where it may be why: the keys' one for a filter with such a clause only, and the yanked ones
+        # (an alias on a yanked version matched nothing, hinted at metrics: a newcomer's walk, session 40)
+        hints = (["published_via.<key> and metrics.<key> clauses match only versions that record that key"]
+                 if filter_text and re.search(r"\b(metrics|published_via)\.", filter_text) else []) + (
+            [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
+        console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else "") if asked
                       else "no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
         return
     rows = [[v.ref + (" (yanked)" if v.yanked else ""), ",".join(v.aliases), v.base_model, str(v.r), str(v.seed),

@@ -42,7 +42,7 @@ from registry.store import models as m
 from registry.store.blobs import BlobReader, BlobStore, FsspecBlobStore, chunks
 from registry.store.database import Database
 from vera_core.headers import metadata_of
-from vera_core.lora_options import LoraExport
+from vera_core.lora_options import VLLM_MAX_RANK, LoraExport
 
 DERIVED = "derived"
 #: Builds of the same version and form in one process wait for each other (one lock per bucket of keys).
@@ -63,11 +63,14 @@ class FileForm:
     @property
     def key(self) -> str:
         """The form's name in version_files: ``vera``, ``vera+projection``, ``vera+seed-only``, ``lora`` or e.g.
-        ``lora:r<=8,bfloat16,vllm`` (at most 64 characters: the rank is at most MAX_RANK)."""
+        ``lora:r<=8,bfloat16,vllm<=512`` (at most 64 characters: the rank is at most MAX_RANK)."""
         if self.lora is None:
             return "vera+projection" if self.with_projection else "vera+seed-only" if self.seed_only else "vera"
         options = [f"r<={self.lora.max_rank}" if self.lora.max_rank else "",
-                   self.lora.dtype if self.lora.dtype != "float32" else "", "vllm" if self.lora.for_vllm else ""]
+                   self.lora.dtype if self.lora.dtype != "float32" else "",
+                   # not "vllm", the name of exports for vLLM that snapped the rank down (until 2026-12-05): those
+                   # stored forms are never served again (evicted as any other), and are rebuilt under this name
+                   f"vllm<={VLLM_MAX_RANK}" if self.lora.for_vllm else ""]
         return ":".join(["lora", ",".join(o for o in options if o)]).rstrip(":")
 
 
@@ -511,4 +514,5 @@ def _form_of(key: str) -> FileForm:
     options = [o for o in key.partition(":")[2].split(",") if o]
     max_rank = next((int(o[3:]) for o in options if o.startswith("r<=")), None)
     dtype = next((o for o in options if o in ("bfloat16", "float16")), "float32")
-    return FileForm(lora=LoraExport(max_rank=max_rank, dtype=dtype, for_vllm="vllm" in options))
+    return FileForm(lora=LoraExport(max_rank=max_rank, dtype=dtype,
+                                    for_vllm=any(o.startswith("vllm") for o in options)))

@@ -527,8 +527,13 @@ def test_rank_capped_lora_exports_for_serving_engines(clients: Clients, local: t
                 str(tmp_path / "k4"), "--registry", url)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "k4" / "adapter_config.json").read_text())["r"] == 4
-    assert "(LoRA, r = lora_alpha = 4: --max-rank 4, exact only where that is the adapter's rank or more; errors per " \
+    assert "(LoRA, r = lora_alpha = 4 of the adapter's 8: --max-rank 4; the best rank-4 approximation; errors per " \
            "layer in its README.md)" in " ".join(done.stdout.split()), done.stdout
+    # for vLLM: exact below its cap (it was snapped down to rank 1, said "exact"), with the server's setting named
+    for_vllm = vera("fetch", info.ref, "--as", "lora", "--for-vllm", "--out", str(tmp_path / "vllm"), "--registry",
+                    url)
+    assert for_vllm.returncode == 0 and "(LoRA, r = lora_alpha = 8, exact; vLLM serves it started with " \
+        "--max-lora-rank 8 or more)" in " ".join(for_vllm.stdout.split()), for_vllm.stdout
     assert "relative Frobenius error" in (tmp_path / "k4" / "README.md").read_text()
     PeftModel.from_pretrained(LLAMA.make(), tmp_path / "k4")  # PEFT loads it as a rank-4 LoRA
     exact = client.fetch(info.ref, tmp_path / "k8", as_lora=True, lora={"max_rank": 8})  # K = r: the exact model
@@ -536,9 +541,9 @@ def test_rank_capped_lora_exports_for_serving_engines(clients: Clients, local: t
     too_big = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_config.json",
                         params={"format": "lora", "max_rank": 64})
     assert too_big.status_code == 422 and "larger than the adapter's r=8" in too_big.json()["detail"]
-    snapped = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_config.json",
-                        params={"format": "lora", "max_rank": 7, "for": "vllm"})
-    assert snapped.status_code == 200 and snapped.json()["r"] == 1  # vLLM accepts 1, 8, 16, ...: 7 snaps to 1
+    kept = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_config.json",
+                     params={"format": "lora", "max_rank": 7, "for": "vllm"})
+    assert kept.status_code == 200 and kept.json()["r"] == 7  # vLLM serves rank 7 (--max-lora-rank 8): not cut to 1
     weights = httpx.get(f"{url}/api/v1/adapters/lora/cap/versions/1/files/adapter_model.safetensors",
                         params={"format": "lora", "max_rank": 4})
     assert 0 < float(weights.headers["x-vera-lora-max-relative-error"]) < 1

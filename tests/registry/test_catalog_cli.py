@@ -22,7 +22,7 @@ from tests.registry.servers import VERA, free_port, running_server
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("catalog")
     with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
-        yield {"url": base, "source": make_adapter(root / "adapter")}
+        yield {"url": base, "source": make_adapter(root / "adapter"), "root": root}
 
 
 def vera(server: dict[str, Any], *args: str, columns: int = 200, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -124,6 +124,11 @@ def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
     onto_yanked = vera(server, "alias", ref, "canary")  # an alias may name a yanked version, with a note
     assert onto_yanked.returncode == 0 and f"note: {ref} is yanked: whoever fetches ann/gone@canary" in \
         " ".join(onto_yanked.stderr.split())
+    # fetched through the alias left on it: fetched, with a warning (it came unsaid: a newcomer's walk, session 40)
+    fetched = vera(server, "fetch", "ann/gone@prod", "-o", str(server["root"] / "yanked-fetch"))
+    assert fetched.returncode == 0 and f"fetched {ref}" in fetched.stdout
+    assert (f"warning: {ref} is yanked: its publisher took it out of listings and latest. ann/gone@prod still names "
+            "it; move the alias if that is not meant.") in " ".join(fetched.stderr.split())
     listed = ok(vera(server, "ls", "ann/gone", "--include-yanked"))
     assert f"{ref} (yanked)" in listed and "prod" in listed
     assert "no versions match" in ok(vera(server, "ls", "ann/gone"))  # hidden from listings by default

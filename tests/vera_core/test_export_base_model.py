@@ -244,3 +244,23 @@ def test_a_base_model_that_is_not_there_is_one_clear_line(tmp_path: Path) -> Non
                                       "directory".split()))
     assert message.endswith("(Tosizeanexport,itsconfig.jsonalonewilldo.)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_for_vllm_export_says_what_vllm_will_not_serve(tmp_path: Path) -> None:
+    """A classifier's export for vLLM kept its head (modules_to_save) unsaid, which vLLM does not load (a newcomer's
+    walk, session 40): said once; a causal LM's export says nothing."""
+    from tests.vera_core.test_trainer import tiny_bert
+
+    classifier = VeraModel(tiny_bert(), VeraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                                   modules_to_save=["classifier"]))
+    save_adapter(classifier, tmp_path / "cls")
+    said = vera("export-lora", tmp_path / "cls", tmp_path / "cls-lora", "--for-vllm")
+    assert said.exit_code == 0, said.output
+    assert ("warning: this is a SEQ_CLS adapter with modules_to_save classifier, score: vLLM serves LoRAs of "
+            "generative models and loads neither a task head nor modules_to_save") in one_line(said.output)
+    assert "(LoRA, r = lora_alpha = 4, exact; vLLM serves it started with --max-lora-rank 8 or more)" in one_line(
+        said.output)
+    save_adapter(VeraModel(LLAMA.make(), VeraConfig(r=4, target_modules=LLAMA.targets, task_type="CAUSAL_LM")),
+                 tmp_path / "lm")
+    quiet = vera("export-lora", tmp_path / "lm", tmp_path / "lm-lora", "--for-vllm")
+    assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output

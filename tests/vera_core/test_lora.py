@@ -53,7 +53,7 @@ def test_a_rank_capped_export_is_the_best_approximation_and_says_how_good(tmp_pa
     from safetensors.torch import load_file
 
     from tests.conftest import TINY_MODELS
-    from vera_core.lora import LoraExport
+    from vera_core.lora import LoraExport, vllm_max_lora_rank
 
     llama = TINY_MODELS[2]
     model, source = _trained_llama(tmp_path)
@@ -78,7 +78,10 @@ def test_a_rank_capped_export_is_the_best_approximation_and_says_how_good(tmp_pa
         assert f"| `{name}` | {best:.3g} |" in report
     PeftModel.from_pretrained(llama.make(), capped)  # PEFT loads it as a LoRA of rank 4
     vllm = export_lora(source, tmp_path / "vllm", LoraExport(max_rank=12, for_vllm=True))
-    assert json.loads((vllm / "adapter_config.json").read_text())["r"] == 8  # snapped to a rank vLLM accepts
+    assert json.loads((vllm / "adapter_config.json").read_text())["r"] == 12  # vLLM serves it: not snapped to 8
+    # vLLM serves any rank up to its --max-lora-rank, at most 512: only a rank above that is cut for it
+    assert [LoraExport(for_vllm=True).rank(r) for r in (4, 300, 512, 1024)] == [4, 300, 512, 512]
+    assert [vllm_max_lora_rank(r) for r in (1, 4, 8, 12, 300, 512)] == [1, 8, 8, 16, 320, 512]
     with pytest.raises(VeraConfigError, match="max_rank=32 is larger than the adapter's r=16"):
         export_lora(source, tmp_path / "bad", LoraExport(max_rank=32))
     with pytest.raises(VeraConfigError, match="max_rank must be a positive integer"):

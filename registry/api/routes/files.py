@@ -56,8 +56,8 @@ class FileQuery(BaseModel):
     max_rank: int | None = Field(None, ge=1, le=MAX_RANK, description="lora: at most this rank per layer (the best "
                                  "approximation; errors per layer in README.md)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="lora: the tensors' dtype")
-    engine: Literal["vllm"] | None = Field(None, alias="for", description="lora: snap the rank down to one this "
-                                           "serving engine accepts")
+    engine: Literal["vllm"] | None = Field(None, alias="for", description="lora: at most the rank this serving "
+                                           "engine serves (vLLM: 512)")
 
     @model_validator(mode="after")
     def _options_that_apply(self) -> FileQuery:
