@@ -50,7 +50,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 class TrainingArguments:
     """Training settings; each default is what the offline demo uses and a sensible start elsewhere."""
 
-    # Learning rate of the d and b vectors. VeRA needs larger rates than LoRA (the paper: 1e-2 to 4e-3).
+    # Learning rate of the d and b vectors. VeRA needs larger rates than LoRA (the paper: 4e-3 to 1e-2).
     lr: float = 1e-2
     # Learning rate of modules_to_save (task heads) and trainable biases; the paper tunes it separately.
     head_lr: float = 1e-3
@@ -425,7 +425,7 @@ class Trainer:
         origin = numerics.first_non_finite_output(self.model, batches, autocast)
         args, state = self.args, self.state
         causes = [f"a learning rate too high (lr={args.lr:g}, head_lr={args.head_lr:g}; VeRA's vectors train well "
-                  "at 1e-2 to 4e-3)"]
+                  "at 4e-3 to 1e-2)"]
         if not args.max_grad_norm:  # only a cause when it is off (a guide's walk: named while clipping was on)
             causes.append(f"no gradient clipping (max_grad_norm={args.max_grad_norm}: set it, e.g. 1.0)")
         if self.autocast_dtype is torch.float16:

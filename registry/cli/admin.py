@@ -179,6 +179,18 @@ def db_status(database_url: DatabaseUrl = None) -> None:
         check_failed()
 
 
+#: What each count of `vera fsck` is (registry.services.verification's report).
+FSCK_FINDINGS = {
+    "missing": "files the database names that storage lacks",
+    "corrupted": "stored files whose bytes no longer match their SHA-256",
+    "orphans": "stored files no record names",
+    "database": "problems the database's own integrity check found",
+    "deep_json": "JSON values stored nested past 64 levels",
+    "partial_blobs": "pieces left by publishes that were killed",
+    "stale_uploads": "upload scratch files of requests that died",
+}
+
+
 def fsck(
     repair: Annotated[bool, typer.Option(
         help="Delete orphan (older than --grace-s) and corrupted blobs; mark affected versions failed; cut JSON "
@@ -194,8 +206,11 @@ def fsck(
     settings = load_settings(database_url, storage_url)
     registry = open_registry(refuse_read_only(settings, "fsck --repair") if repair else settings)
     report = registry.fsck(repair=repair, force=force, grace_s=grace_s)
-    for kind, digests in report.items():
-        console.print(f"{kind}: {len(digests)}" + "".join(f"\n  {d}" for d in digests))
+    for kind, digests in report.items():  # each count said in words ("deep_json: 0" said nothing: session 40)
+        console.print(f"{kind}: {len(digests)}" + (f" ({FSCK_FINDINGS[kind]})" if kind in FSCK_FINDINGS else "")
+                      + "".join(f"\n  {d}" for d in digests))
+    if not any(report.values()):
+        console.print("database and storage agree: nothing to repair")
     if repair and report["database"]:  # nothing --repair mends: a script's `fsck --repair && vera up` must stop
         err_console.print(styled("error:", "red", " the database file itself is damaged, which --repair does not "
                                  "mend: stop the registry and restore a backup (docs/deployment.md, Restoring)."),

@@ -4,6 +4,8 @@ train."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -203,6 +205,10 @@ def train(
         "-o DIR` first, and publish the result with --parent REF.")] = None,
 ) -> None:
     """Fine-tune a model with VeRA; writes a PEFT-format adapter and metrics.json to --out."""
+    if not progress:  # no bar at all: transformers drew its "Loading weights" one (a newcomer's walk, session 40);
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read where transformers is imported, here and in torchrun's
+        if "transformers" in sys.modules:                 # processes
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     from vera_core.callbacks import ProgressBar
     from vera_core.distributed import from_env
     from vera_core.recipes import TrainSpec, run, run_processes

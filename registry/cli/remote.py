@@ -94,9 +94,6 @@ def publish(
                           "knows), e.g. --base-model minilm."))
     values = _metrics_file(metrics)
     properties = key_values(prop or [])
-    if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
-        err_console.print(styled("note:", "yellow", f" {left} is not published without --metrics {left} (the "
-                                 "version then has no loss curve or accuracy)."), soft_wrap=True)
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
         call_registry(registry, token, lambda c: c.register_base_model(base_model, config, revision=base_revision))
@@ -108,6 +105,10 @@ def publish(
                                                               dataset=dataset, properties=properties))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
+    # after the publish: said before it, it came ahead of a refusal (no token) that had nothing to do with it
+    if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
+        err_console.print(styled("note:", "yellow", f" {left} was not published: without --metrics {left}, "
+                                 f"{info.ref} has no loss curve or accuracy."), soft_wrap=True)
     if known and base_model not in known and base_config is None:  # a typo makes a base for good: only an admin
         # removes one (--base-config declares a new base on purpose)
         err_console.print(styled("note:", "yellow", f" base model {base_model!r} is new to this registry (it knew "

@@ -252,7 +252,9 @@ def _dashboard(port: int, registry_url: str, option: str = "--port", other: str 
                "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
                # vera prints the dashboard's URL itself; Streamlit's own lines asked checkip.amazonaws.com for an
                # "External URL" on every start with a wildcard --host (offline: "Did not auto detect external IP")
-               "--logger.hideWelcomeMessage", "true"]
+               "--logger.hideWelcomeMessage", "true",
+               # and "Uvicorn server started on :::8501" (Streamlit's server), read as a second API (session 40)
+               "--logger.level", "warning"]
     return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 

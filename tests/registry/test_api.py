@@ -286,6 +286,12 @@ def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
                                                 "read_only": False}
     assert httpx.get(f"{url}/api/v1/adapters/nobody/nothing/versions/1").status_code == 404
     assert httpx.get(f"{url}/no/such/route").status_code == 404
+    # the server's address says where things are (a bare 404: a newcomer's walk, session 40), each of them there
+    where = httpx.get(url).json()
+    assert where["service"] == "vera-registry" and where["docs"] == "/docs"
+    for path in ("docs", "openapi", "health"):
+        assert httpx.get(f"{url}{where[path]}").status_code == 200, path
+    assert httpx.get(f"{url}{where['api']}/adapters").status_code == 200
     text = httpx.get(f"{url}/metrics").text
     assert "vera_versions " in text and "vera_stored_bytes " in text
     assert 'vera_jobs{status="queued"}' in text and "vera_busy_workers " in text  # the queue, for alerts

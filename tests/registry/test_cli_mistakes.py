@@ -114,10 +114,14 @@ def test_publish_notes_the_metrics_json_it_leaves_out(server: dict[str, Any], tm
     (folder / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.8}}))
     left = vera("publish", str(folder), "--name", "ann/trained", "--base-model", "tiny-llama", url=server["url"])
     assert left.returncode == 0, left.stderr
-    assert f"{folder / 'metrics.json'} is not published without --metrics" in " ".join(left.stderr.split())
+    assert (f"{folder / 'metrics.json'} was not published: without --metrics {folder / 'metrics.json'}, "
+            "ann/trained:1 has no loss curve or accuracy") in " ".join(left.stderr.split())
     given = vera("publish", str(folder), "--name", "ann/trained", "--base-model", "tiny-llama", "--metrics",
                  str(folder / "metrics.json"), url=server["url"])
-    assert given.returncode == 0 and "is not published" not in given.stderr, given.stderr
+    assert given.returncode == 0 and "was not published" not in given.stderr, given.stderr
+    # a publish refused says why alone (the note came first, ahead of a refusal it had nothing to do with)
+    refused = vera("publish", str(folder), "--name", "Bad Name!", "--base-model", "tiny-llama", url=server["url"])
+    assert refused.returncode == 1 and "metrics.json" not in refused.stderr, refused.stderr
 
 
 def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[str, Any], tmp_path: Path) -> None:

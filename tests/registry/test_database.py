@@ -64,7 +64,9 @@ def test_db_commands(tmp_path: Path) -> None:
     assert vera("db", "upgrade", "--database-url", url).returncode == 0
     assert "up to date" in vera("db", "status", "--database-url", url).stdout
     fsck = vera("fsck", "--database-url", url, "--storage-url", str(tmp_path / "blobs"))
-    assert fsck.returncode == 0 and "missing: 0" in fsck.stdout
+    assert fsck.returncode == 0 and "missing: 0 (files the database names that storage lacks)" in fsck.stdout
+    assert "deep_json: 0 (JSON values stored nested past 64 levels)" in fsck.stdout  # each count in words
+    assert fsck.stdout.rstrip().endswith("database and storage agree: nothing to repair")
     assert "removed 0" in vera("gc", "--database-url", url, "--storage-url", str(tmp_path / "blobs")).stdout
     asked = subprocess.run([str(VERA), "db", "downgrade", "base", "--database-url", url], input="n\n",
                            capture_output=True, text=True, timeout=120)  # destructive: asked first

@@ -220,6 +220,7 @@ def test_the_weights_kept_follow_metric_for_best_and_say_which(tmp_path: Path) -
              "--batch-size", "16", "--epochs", "3", "--eval-every", "1", "--no-progress")
     best = vera(*trial, "--metric-for-best", "loss", "--out", str(tmp_path / "best"))
     assert best.returncode == 0, best.stderr[-2000:]
+    assert "Loading weights" not in best.stderr  # --no-progress: transformers' bar too (a newcomer's walk)
     metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
     lowest = min(metrics["eval"], key=lambda e: e["eval_loss"])
     assert metrics["kept"] == {"step": int(lowest["step"]), "by": "eval_loss", "value": lowest["eval_loss"]}

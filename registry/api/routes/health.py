@@ -16,6 +16,14 @@ from registry.domain.errors import Unauthorized
 router = APIRouter()
 
 
+@router.get("/", include_in_schema=False)
+def root() -> dict[str, str]:
+    """Where things are, for whoever opens the server's address (a bare 404 there said nothing: a newcomer's walk,
+    session 40); the dashboard is a process of its own (`vera up` starts it on port 8501)."""
+    return {"service": "vera-registry", "api": "/api/v1", "docs": "/docs", "openapi": "/openapi.json",
+            "health": "/health", "hub_protocol": "/hf", "lora_hub_protocol": "/hf-lora"}
+
+
 @router.get("/health")
 def health() -> dict[str, str]:
     return {"status": "ok"}
