@@ -75,6 +75,9 @@ class Analysis:
         self.budget.check_compare(sum(plan.work for plan in plans.values()), len(distinct))
         # then A and B, once per projection the versions use (most share one seed's), only what a plan will read
         needed = {chosen[i].projection_id for plan in plans.values() for pair in plan.pairs for i in pair}
+        self.budget.check_compare_projections(
+            sum(4 * projections[key].r * (projections[key].max_in + projections[key].max_out) for key in needed),
+            len(needed))
         drawn = {key: projection_tensors(self.blobs, projections[key], budget=self.budget) for key in needed}
         for i, v in enumerate(chosen):
             loaded[i][0].update(drawn.get(v.projection_id, {}))

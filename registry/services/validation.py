@@ -39,6 +39,10 @@ MAX_LAYER_BYTES = 512 << 20
 #: server to 2.95 GB: an outsider's re-check, session 39); downloads are written as they are built, up to
 #: VERA_MAX_EXPORT_BYTES.
 MAX_IN_MEMORY_EXPORT_BYTES = 1 << 30
+#: The most bytes of projections (A and B, float32) one comparison holds at once: each version on a projection of its
+#: own adds one, up to 256 MiB each, so 8 distinct ones held 2 GiB (session 38's left-over). The largest of a
+#: 7B-scale model at r=1024 (in and out 11,008) is 86 MiB.
+MAX_COMPARE_PROJECTION_BYTES = 1 << 30
 #: The most layers one adapter may adapt: each costs its own calls in every listing of layers, comparison, export and
 #: load, whatever its size (6,000 layers of width 8 took a LoRA export 15 s: an outsider's, session 39). Dense models
 #: adapt at most a few thousand (every linear layer of a 405B model: 882); mixture-of-experts models tens of
@@ -73,6 +77,18 @@ class ProjectionBudget:
                 "(VERA_MAX_COMPARE_WORK): their ranks and layers are too large to compare here. Compare fewer "
                 "versions at once, or fetch them (`vera fetch REF --out DIR`) and compare their deltas with "
                 "vera_core on your own machine.")
+
+    @staticmethod
+    def check_compare_projections(nbytes: int, count: int) -> None:
+        """Refuse, before any is drawn, a comparison that would hold more than MAX_COMPARE_PROJECTION_BYTES of A and
+        B (``count`` projections of ``nbytes`` in all)."""
+        if nbytes > MAX_COMPARE_PROJECTION_BYTES:
+            raise InvalidInput(
+                f"This comparison would hold {count} distinct projections at once ({nbytes >> 20:,} MiB of A and B); "
+                f"this registry holds at most {MAX_COMPARE_PROJECTION_BYTES >> 20:,} MiB for one. Compare fewer "
+                "versions on projections of their own at once (versions of one generator, seed and rank share one), "
+                "or fetch them (`vera fetch REF --out DIR`) and compare their deltas with vera_core on your own "
+                "machine.")
 
     def check_export(self, cost: ExportCost, ref: str, *, in_memory: bool = False) -> None:
         """Refuse, before any factor is computed (``cost``: vera_core.lora.lora_export_work), a LoRA export larger

@@ -489,6 +489,33 @@ def test_a_comparison_over_the_work_budget_is_refused_before_any_delta_is_formed
     db.engine.dispose()
 
 
+def test_a_comparison_holding_too_many_projections_is_refused_before_any_is_drawn(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight versions on projections of their own held eight of A and B at once, up to 256 MiB each (session 38's
+    left-over): what a comparison would hold is summed from the projections' shapes and refused over
+    MAX_COMPARE_PROJECTION_BYTES before any is generated; versions sharing one projection hold it once."""
+    import vera_core
+    from registry.services import validation
+
+    shared = [registry.publish(make_adapter(tmp_path / f"s{seed}", seed=seed), owner="jo", name=f"s{seed}",
+                               base_model="tiny-llama").ref for seed in (1, 2)]
+    other = registry.publish(make_adapter(tmp_path / "o", seed=3, projection_prng_key=7), owner="jo", name="o",
+                             base_model="tiny-llama").ref
+    with registry.db.session() as s:
+        [nbytes] = {4 * row.r * (row.max_in + row.max_out) for row in s.scalars(select(m.Projection))}
+    monkeypatch.setattr(validation, "MAX_COMPARE_PROJECTION_BYTES", nbytes)  # room for one projection
+    drawn: list[object] = []
+    real = vera_core.generate
+    monkeypatch.setattr(vera_core, "generate", lambda spec: drawn.append(spec) or real(spec))
+    with pytest.raises(InvalidInput, match=rf"^This comparison would hold 2 distinct projections at once "
+                                           rf"\({(2 * nbytes) >> 20:,} MiB of A and B\); this registry holds at "
+                                           rf"most 0 MiB for one\. Compare fewer versions on projections of their "
+                                           rf"own at once"):
+        registry.compare([shared[0], other])
+    assert drawn == []  # refused before A and B were generated
+    assert registry.compare(shared).layers and len(drawn) == 1  # one shared projection: within the bound
+
+
 def test_peft_written_seed_only_adapters_need_their_projection(registry: Registry, tmp_path: Path) -> None:
     from peft import VeraConfig as PeftVeraConfig
     from peft import get_peft_model
