@@ -375,7 +375,7 @@ class Worker:
                 self._flush(job.id, tracker, {"phase": "publishing"})
                 if metrics.get("stop_reason") == "released":
                     sync.store()  # the newest checkpoint, for whichever worker takes the job next
-                if not self._stopped_early(job, metrics.get("stop_reason")):
+                if not self._stopped_early(job, metrics.get("stop_reason"), tracker):
                     self._publish(job, spec, out, metrics, tracker)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job, with its traceback
             done.set()
@@ -528,7 +528,7 @@ class Worker:
                  tracker: _Tracker) -> None:
         job = self.jobs.get(job.id)  # as it is now: renamed with its adapter (`vera mv`), or cancelled meanwhile
         if job.cancel_requested:
-            self._stopped_early(job, "cancelled")
+            self._stopped_early(job, "cancelled", tracker)
             return
         owner, name = job.target_name.split("/", 1)
         if (problem := self.jobs.submitter_problem(job)) is not None:
@@ -575,9 +575,15 @@ class Worker:
         """The job's own limit; for a job queued without one before the operator set a default, the default."""
         return job.time_limit_s if job.time_limit_s is not None else self.jobs.default_time_limit_s
 
-    def _stopped_early(self, job: JobInfo, reason: object) -> bool:
-        """Record a job that training stopped before its end: cancelled, let go, or out of time."""
+    def _stopped_early(self, job: JobInfo, reason: object, tracker: _Tracker) -> bool:
+        """Record a job that training stopped before its end: cancelled, let go, or out of time; a cancelled job's
+        log says so, and where (its log ended at its last checkpoint: a walk in a browser, session 40)."""
         if reason == "cancelled":
+            with tracker.lock:
+                step, total = tracker.progress.get("step"), tracker.progress.get("total_steps")
+            where = f" at step {step} of {total}" if isinstance(step, int) else ""
+            self._flush(job.id, tracker, None, [("log", {
+                "message": f"cancelled{where}: training stopped after the step it was on; nothing was published"})])
             self.jobs.finish(job.id, self.name, status="cancelled")
         elif reason == "released":
             self.jobs.release(job.id, self.name)

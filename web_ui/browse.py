@@ -341,7 +341,9 @@ def applied(chosen: dict[str, Any]) -> str:
     parts = [APPLIED[k].format(chosen[k]) for k in APPLIED if chosen[k] is not None]
     metric = sorted_metric(chosen["sort"])
     first = "lowest" if not chosen["sort"].startswith("-") else "highest"
-    order = (f"sorted by {metric}, {first} first, over every page" if metric
+    # the versions a metric sort leaves out, said (9 versions became 8 unsaid: a walk in a browser, session 40)
+    order = (f"sorted by {metric}, {first} first, over every page; versions that do not record {metric} are left out"
+             if metric
              else None if chosen["sort"] == "-created" else f"{SORT_LABELS[chosen['sort']]} first")
     return "; ".join(filter(None, [", ".join(parts), order]))
 

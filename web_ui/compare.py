@@ -10,7 +10,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import Page, VersionInfo
+from registry.domain.schemas import Page, Ref, VersionInfo
 from web_ui import charts, formats, navigation, session, tables
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
@@ -27,18 +27,38 @@ NOT_ADDED = "compare_not_added"
 
 
 def add_typed() -> None:
-    """``on_change`` of the reference box: typed references join the chosen ones (at most four), then the box
-    empties; those beyond four are named in a message (kept for the page to show: a callback draws nothing)."""
+    """``on_change`` of the reference box: typed references of versions there are join the chosen ones (at most
+    four), then the box empties; those not added are named in a message, each with why: not a reference, no such
+    version, or beyond four (kept for the page to show: a callback draws nothing). A misspelt reference took a place
+    of the four, and a malformed one was refused as one too many (a walk in a browser, session 40)."""
     state = st.session_state
     chosen: list[str] = state[BOX]
-    new = [r for r in dict.fromkeys(navigation.split_refs(state["compare_typed"])) if r not in chosen]
+    typed = [r for r in dict.fromkeys(navigation.split_refs(state["compare_typed"])) if r not in chosen]
+    malformed = [r for r in typed if not _a_reference(r)]
+    asked = [r for r in typed if r not in malformed]
+    found = session.read(RegistryClient.lookup, tuple(asked)) if asked else {}
+    missing = [r for r in asked if found.get(r) is None]
+    new = [r for r in asked if r not in missing]
     room = max(0, MOST - len(chosen))
     state[BOX] = chosen + new[:room]
+    said = ([f"{formats.listed(malformed)}: not a reference (owner/name:N, owner/name@alias or owner/name)"]
+            if malformed else []) + ([f"{formats.listed(missing)}: no such version (or none you may read)"]
+                                     if missing else [])
     if left := new[room:]:
-        state[NOT_ADDED] = (f"Not added: {', '.join(left)}. Compare takes at most {MOST} versions and "
-                            f"{len(chosen) + len(new[:room])} are chosen; remove one above (its ×) to add another.")
+        said.append(f"{formats.listed(left)}: Compare takes at most {MOST} versions and "
+                    f"{len(chosen) + len(new[:room])} are chosen; remove one above (its ×) to add another")
+    if said:
+        state[NOT_ADDED] = "Not added: " + "; ".join(said) + "."
     state["compare_typed"] = ""
     navigation.write_url("refs", BOX, navigation.join_refs)
+
+
+def _a_reference(text: str) -> bool:
+    try:
+        Ref.parse(text)
+    except InvalidInput:
+        return False
+    return True
 
 
 def matches() -> Page:

@@ -252,9 +252,12 @@ def _follow(job_id: int) -> None:
     if job.error:
         st.error("The job failed:")
         st.code(job.error[-4000:])
-    with st.expander("Logs", expanded=job.status not in ACTIVE_JOB_STATUSES):
+    # keyed and tracked: an untracked expander was drawn again closed at each refresh of a running job's panel,
+    # every 2 s, so its log could not be read while it ran (a walk in a browser, session 40)
+    with st.expander("Logs", expanded=job.status not in ACTIVE_JOB_STATUSES, key=f"job-logs-{job_id}",
+                     on_change="rerun"):
         log(job_id, events)
-    with st.expander("Spec"):
+    with st.expander("Spec", key=f"job-spec-{job_id}", on_change="rerun"):
         views.fields({"publishes": job.target_name, "priority": job.priority, "time limit (s)": job.time_limit_s,
                       **job.spec})
 

@@ -507,6 +507,9 @@ def test_a_cancelled_job_stops_after_the_step_it_is_on_not_at_its_next_heartbeat
     assert done.status == "cancelled" and done.result_ref is None
     assert [e.data["step"] for e in jobs.events(job.id, kind="step")][-1] == 5  # no step after it
     assert jobs.should_stop(job.id, "w")
+    # its log says so, and where (it ended at the last checkpoint, unsaid: a walk in a browser, session 40)
+    assert jobs.events(job.id, kind="log")[-1].data["message"] == (
+        "cancelled at step 5 of 100000: training stopped after the step it was on; nothing was published")
 
 
 def test_should_stop_says_what_the_heartbeat_would_without_writing(registry: Registry) -> None:

@@ -733,6 +733,16 @@ def test_publish_as_messages_follow_the_box_and_a_jobs_log_reads_in_words_in_a_b
     with RegistryClient(product["api"]) as client:  # a short job for the product's worker
         job = client.submit_job("alice/logged", {**TRIAL_DEMO, "r": 16, "training": {"max_steps": 20}})
     page.goto(f"{product['ui']}/train?job={job.id}")
+    # opened while the job is queued or starting, its Logs stay open as the panel refreshes: an expander of its own
+    # identity was drawn again closed at each change of the panel (a walk in a browser, session 40)
+    logs = page.locator("details").filter(has_text="Logs").first
+    page.get_by_text("Logs", exact=True).first.click()
+    expect(logs).to_have_attribute("open", "")
+    closed = []
+    for _ in range(8):  # over the panel's refreshes (every 2 s) while the job is claimed and starts
+        time.sleep(1)
+        closed += [logs.get_attribute("open") is None]
+    assert not any(closed), closed
     expect(page.get_by_text("Published alice/logged:1", exact=True)).to_be_visible(timeout=300_000)
     log = page.get_by_test_id("stTable")
     expect(log).to_contain_text("eval accuracy")  # the finished job's Logs are open

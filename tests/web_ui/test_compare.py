@@ -73,7 +73,14 @@ def test_references_typed_beyond_four_are_named_as_not_added(registry: dict[str,
     at.text_input(key="compare_typed").set_value(f"{OTHER}, alice/polarity@latest, {LLAMAS[0]}").run()
     assert at.multiselect[0].value == [*LLAMAS, OTHER]  # one had room; the one already chosen is not news
     assert [w.value for w in at.warning] == [
-        f"Not added: alice/polarity@latest. Compare takes at most {compare.MOST} versions and 4 are chosen; "
+        f"Not added: alice/polarity@latest: Compare takes at most {compare.MOST} versions and 4 are chosen; "
         "remove one above (its ×) to add another."]
     at.multiselect[0].set_value(LLAMAS).run()
     assert not at.warning  # said once, for the references just typed
+    # a misspelt reference took a place of the four, and a malformed one was refused as one too many (a walk in a
+    # browser, session 40): each is named with why, and neither is chosen
+    at.text_input(key="compare_typed").set_value("bogus/x:1, not a ref").run()
+    assert at.multiselect[0].value == LLAMAS
+    assert [w.value for w in at.warning] == [
+        "Not added: not a ref: not a reference (owner/name:N, owner/name@alias or owner/name); bogus/x:1: no such "
+        "version (or none you may read)."]
