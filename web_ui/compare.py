@@ -10,7 +10,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import Page, Ref, VersionInfo
+from registry.domain.schemas import Page, VersionInfo, is_reference
 from web_ui import charts, formats, navigation, session, tables
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
@@ -34,7 +34,7 @@ def add_typed() -> None:
     state = st.session_state
     chosen: list[str] = state[BOX]
     typed = [r for r in dict.fromkeys(navigation.split_refs(state["compare_typed"])) if r not in chosen]
-    malformed = [r for r in typed if not _a_reference(r)]
+    malformed = [r for r in typed if not is_reference(r)]
     asked = [r for r in typed if r not in malformed]
     found = session.read(RegistryClient.lookup, tuple(asked)) if asked else {}
     missing = [r for r in asked if found.get(r) is None]
@@ -51,14 +51,6 @@ def add_typed() -> None:
         state[NOT_ADDED] = "Not added: " + "; ".join(said) + "."
     state["compare_typed"] = ""
     navigation.write_url("refs", BOX, navigation.join_refs)
-
-
-def _a_reference(text: str) -> bool:
-    try:
-        Ref.parse(text)
-    except InvalidInput:
-        return False
-    return True
 
 
 def matches() -> Page:

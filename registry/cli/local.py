@@ -29,7 +29,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import print_json
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import Ref
+from registry.domain.schemas import is_reference
 from registry.domain.training_spec import training_spec
 from vera_core import PORTABLE_GENERATOR  # vera_core loads torch lazily: only the commands that compute import it
 
@@ -242,20 +242,12 @@ def _start_folder(given: Path | None) -> str | None:
     """`vera train --from`: an adapter folder; a registry reference is answered with how to fetch it first."""
     if given is None or given.is_dir():
         return None if given is None else str(given)
-    if not given.exists() and _a_reference(str(given)):
+    if not given.exists() and is_reference(str(given)):
         raise InvalidInput(f"--from {given}: there is no such folder here. To start from a registry version, fetch "
                            f"it first: `vera fetch {given} -o start` then `--from start` (and publish the result "
                            f"with `--parent {given}`).")
     raise InvalidInput(f"--from {given}: {'a file' if given.exists() else 'no such folder'}; give the folder of a "
                        "PEFT VeRA adapter (adapter_config.json and adapter_model.safetensors).")
-
-
-def _a_reference(text: str) -> bool:
-    try:
-        Ref.parse(text)
-    except InvalidInput:
-        return False
-    return True
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

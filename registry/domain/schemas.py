@@ -285,11 +285,15 @@ class Ref(BaseModel):
 
 
 def _parses(text: str) -> bool:
+    """Whether ``text`` is a reference (owner/name, owner/name:N or owner/name@alias)."""
     try:
         Ref._parse(text)
     except InvalidInput:
         return False
     return True
+
+
+is_reference = _parses
 
 
 def _mended(text: str) -> str | None:
