@@ -36,7 +36,10 @@ def add_typed() -> None:
     typed = [r for r in dict.fromkeys(navigation.split_refs(state["compare_typed"])) if r not in chosen]
     malformed = [r for r in typed if not is_reference(r)]
     asked = [r for r in typed if r not in malformed]
-    found = session.read(RegistryClient.lookup, tuple(asked)) if asked else {}
+    try:
+        found: dict[str, object] = dict(session.read(RegistryClient.lookup, tuple(asked))) if asked else {}
+    except Exception:  # noqa: BLE001 - a courtesy: unchecked, they are added, and the page's reads say what fails
+        found = dict.fromkeys(asked, True)
     missing = [r for r in asked if found.get(r) is None]
     new = [r for r in asked if r not in missing]
     room = max(0, MOST - len(chosen))
