@@ -101,10 +101,10 @@ GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-un
 NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "Rank r": (1, 4096), "Projection seed": (0, 2**53 - 1), "d initial": (0.0, 10.0), "Epochs": (0.05, 100.0),
     "Vector learning rate": (1e-5, 1.0), "Head learning rate": (1e-6, 1.0), "Batch size": (1, 1024),
-    "Train examples": (1, 10**9), "Eval examples": (1, 10**9)}
+    "Train examples": (1, 10**9), "Eval examples": (1, 10**9), "Max steps": (1, 10**7)}
 
-#: The numbers the form may leave empty: a trial run's (empty: the whole split).
-OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples"})
+#: The numbers the form may leave empty: a trial run's (empty: the whole split), and the steps (empty: by epochs).
+OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples", "Max steps"})
 
 
 def _shown(number: float) -> str:
@@ -209,7 +209,7 @@ def launch() -> bool:
         batch = c10.number_input("Batch size", value=32)
         # a trial run (the spec's max_train_examples / max_eval_examples): minutes of evaluating the whole demo
         # split is not what a first try of a recipe wants
-        t1, t2, _ = st.columns([1, 1, 2])
+        t1, t2, t3, _ = st.columns([1, 1, 1, 1])
         trial = ("Empty: all of it. A number: a trial run on the first ones (the splits are a fixed sample); the "
                  "labels stay the whole dataset's.")
         # step 1: whole numbers only (the box refuses 2.5 as it is typed)
@@ -217,11 +217,14 @@ def launch() -> bool:
                                     help="How many examples of the training split to train on. " + trial)
         max_eval = t2.number_input("Eval examples", value=None, step=1, placeholder="all",
                                    help="How many of the eval split, and of the test split, to score. " + trial)
+        # `vera job submit --max-steps` had no box here: a short run took Train examples (a walk, session 40)
+        max_steps = t3.number_input("Max steps", value=None, step=1, placeholder="by epochs",
+                                    help="Optimizer steps to train for; overrides Epochs. Empty: Epochs decide.")
         if not st.form_submit_button("Launch", type="primary"):
             return False
         numbers = {"Rank r": r, "Projection seed": prng, "d initial": d_initial, "Epochs": epochs,
                    "Vector learning rate": lr, "Head learning rate": head_lr, "Batch size": batch,
-                   "Train examples": max_train, "Eval examples": max_eval}
+                   "Train examples": max_train, "Eval examples": max_eval, "Max steps": max_steps}
         problems = [*filter(None, [target_problem(target)]), *number_problems(numbers)]
         if not demo and upload is None:  # the registry's words for this name command-line options
             problems.append("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.")
@@ -238,7 +241,8 @@ def launch() -> bool:
                          d_initial=float(d_initial), epochs=float(epochs), lr=float(lr), head_lr=float(head_lr),
                          batch_size=int(batch), init_from=start.strip() or None,
                          max_train_examples=None if max_train is None else int(max_train),
-                         max_eval_examples=None if max_eval is None else int(max_eval))
+                         max_eval_examples=None if max_eval is None else int(max_eval),
+                         max_steps=None if max_steps is None else int(max_steps))
     dataset = None if upload is None else (upload.name, upload.getvalue())
     try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
         job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))

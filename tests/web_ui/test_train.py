@@ -178,6 +178,7 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
     numbers["Epochs"].set_value(0.0)
     numbers["Head learning rate"].set_value(2.5)
     numbers["Eval examples"].set_value(0)  # may be empty (all), never 0
+    numbers["Max steps"].set_value(0)  # may be empty (by epochs), never 0
     next(c for c in at.checkbox if c.label.startswith("Demo task")).uncheck()
     with RegistryClient(registry["url"], registry["token"]) as client:
         before = len(client.jobs())
@@ -190,6 +191,7 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
         "- Epochs 0 is out of range: type a number from 0.05 to 100.\n"
         "- Head learning rate 2.5 is out of range: type a number from 1e-06 to 1.\n"
         "- Eval examples 0 is out of range: type a number from 1 to 1,000,000,000.\n"
+        "- Max steps 0 is out of range: type a number from 1 to 10,000,000.\n"
         "- No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file."]
     shown = [n.type if n.type != "button" else n.label for n in at.main if n.type in ("button", "error")]
     assert shown.index("Launch") + 1 == shown.index("error")  # right under the button
@@ -264,6 +266,20 @@ def test_the_followed_job_is_drawn_from_the_pages_own_listing(registry: dict[str
     assert not at.exception and {m.label: m.value for m in at.metric}["Status"] == "queued"
     assert len(listings) == 1 and reads == []  # the listing started ahead serves the table and the job's view
     with RegistryClient(registry["url"], registry["token"]) as client:
+        client.cancel_job(job.id)
+
+
+def test_max_steps_from_the_form_reach_the_job(registry: dict[str, Any]) -> None:
+    """`vera job submit --max-steps` had no box on the page: a short run took Train examples (a walk, session 40)."""
+    at = page("train", registry)
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/short")
+    next(n for n in at.number_input if n.label == "Max steps").set_value(20)
+    next(b for b in at.button if b.label == "Launch").click()
+    at.run()
+    assert not at.exception and not at.error
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        [job] = [j for j in client.jobs() if j.target_name == "alice/short"]
+        assert job.spec["training"]["max_steps"] == 20
         client.cancel_job(job.id)
 
 
