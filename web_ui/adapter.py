@@ -34,6 +34,9 @@ def page() -> None:
     read_ahead(info)
     navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
+    if info.yanked:  # said as a banner, not only a suffix (a walk in a browser, session 40), as `vera fetch` warns
+        st.warning(f"{info.ref} is yanked: its publisher took it out of listings and latest. It stays downloadable "
+                   "by number (and by any alias still on it); Edit unyanks it.", icon=":material/block:")
     about(info)
     header(info)
 

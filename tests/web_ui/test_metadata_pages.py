@@ -558,6 +558,10 @@ def test_a_version_is_yanked_and_unyanked(registry: dict[str, Any]) -> None:
     assert [s.value for s in at.success] == ["Yanked alice/yankable:2: hidden from listings and skipped by latest; "
                                              "still downloadable as alice/yankable:2."]
     assert at.subheader[0].value == "alice/yankable:2  (yanked)"  # the header shows it at once
+    # and a banner says what it means (a suffix alone: a walk in a browser, session 40)
+    assert [w.value for w in at.warning] == [
+        "alice/yankable:2 is yanked: its publisher took it out of listings and latest. It stays downloadable by "
+        "number (and by any alias still on it); Edit unyanks it."]
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert client.get("alice/yankable:2").yanked
         assert client.adapter("alice/yankable").latest_version == 1
