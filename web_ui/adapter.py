@@ -395,8 +395,14 @@ def downloads(info: VersionInfo) -> None:
     flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
     st.code(f"vera fetch {info.ref} --out {info.name}" + "".join(flag[k] for k in options), language="bash")
     adapted = ", ".join(f"`{m}`" for m in info.target_modules) if info.target_modules else "the model's defaults"
-    st.caption(f"Load it onto `{info.base_model}`: `vera_core.load_adapter(base, folder)` or "
-               f"`PeftModel.from_pretrained(base, folder)`. It adapts {adapted}.")
+    # a LoRA export is PEFT's (vera_core loads VeRA adapters only): it was offered vera_core too (a walk, session 40)
+    peft_refuses = options.get("seed_only") and info.generator != PEFT_GENERATOR
+    loaders = ("`PeftModel.from_pretrained(base, folder)` (a LoRA), or serve it with vLLM's `--enable-lora`"
+               if options.get("as_lora") else
+               "`vera_core.load_adapter(base, folder)` (PEFT refuses a seed-only copy of this generator)"
+               if peft_refuses else
+               "`PeftModel.from_pretrained(base, folder)` or `vera_core.load_adapter(base, folder)`")
+    st.caption(f"Load it onto `{info.base_model}`: {loaders}. It adapts {adapted}.")
 
 
 #: The tab that is open (st.session_state), and what each tab but the model card shows, in order.

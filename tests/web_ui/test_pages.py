@@ -306,6 +306,18 @@ def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, A
     at.run()
     assert not at.exception and any(c.value.endswith("--seed-only") for c in at.code)
     assert "Each file is built by the registry when its button is clicked." in [c.value for c in at.caption]
+    # each form offers the loaders that load it (a LoRA export was offered vera_core.load_adapter: a walk, session 40)
+    loaders = {}
+    for choice in ("for PEFT (default)", "seed-only (vera_core)", "equivalent LoRA (vLLM, LoRAX)"):
+        next(r for r in at.radio if r.label == "Form").set_value(choice).run()
+        loaders[choice] = next(c.value for c in at.caption if c.value.startswith("Load it")).split(". It adapts")[0]
+    assert loaders == {
+        "for PEFT (default)": "Load it onto `tiny-llama`: `PeftModel.from_pretrained(base, folder)` or "
+                              "`vera_core.load_adapter(base, folder)`",
+        "seed-only (vera_core)": "Load it onto `tiny-llama`: `vera_core.load_adapter(base, folder)` (PEFT refuses a "
+                                 "seed-only copy of this generator)",
+        "equivalent LoRA (vLLM, LoRAX)": "Load it onto `tiny-llama`: `PeftModel.from_pretrained(base, folder)` (a "
+                                         "LoRA), or serve it with vLLM's `--enable-lora`"}
 
 
 def test_adapter_page_pushes_to_the_hub_and_shows_the_sync_state(registry: dict[str, Any]) -> None:
