@@ -157,9 +157,10 @@ def size_column(sort: str) -> str:
 
 
 def labels(v: VersionInfo) -> list[str]:
-    """A lock for a private adapter, then its aliases (@prod first, @latest last) and its tags."""
-    return ([LOCK] * (v.visibility == "private") + [f"@{a}" for a in formats.ordered_aliases(v.aliases)]
-            + list(v.tags))
+    """A lock for a private adapter, "yanked" for a yanked version, then its aliases (@prod first, @latest last) and
+    its tags."""
+    return ([LOCK] * (v.visibility == "private") + ["yanked"] * v.yanked
+            + [f"@{a}" for a in formats.ordered_aliases(v.aliases)] + list(v.tags))
 
 
 def table(items: list[VersionInfo], metric: str | None = None, sort: str = "-created") -> pd.DataFrame:
@@ -227,7 +228,8 @@ FILTERS = "browse_filters"
 APPLIED_FORM = "browse_form"
 #: The form's fields and their values before anything is applied.
 FORM_DEFAULTS: dict[str, Any] = {"owner": "", "base": "any", "rank": "", "seed": "", "generator": "any", "tag": "",
-                                 "text": "", "sort": "-created", "filter": "", "metric": "", "size": 50}
+                                 "text": "", "sort": "-created", "filter": "", "metric": "", "size": 50,
+                                 "yanked": False}
 
 
 def field_key(name: str) -> str:
@@ -276,6 +278,10 @@ def filter_form(values: dict[str, Any]) -> None:
                       key=field_key("filter"))
         c10.text_input("Sort by metric", placeholder="test.accuracy", help=METRIC_SORT_HELP, key=field_key("metric"))
         c11.selectbox("Rows per page", PAGE_SIZES, key=field_key("size"))
+        # `vera ls --include-yanked` had no box here (a walk in a browser, session 40)
+        st.checkbox("Include yanked versions", key=field_key("yanked"),
+                    help="Yanked versions are left out of listings and latest; ticked, they are listed too, labelled "
+                         "yanked.")
         st.form_submit_button("Apply", on_click=applying)
 
 
@@ -288,7 +294,7 @@ def choices(values: dict[str, Any]) -> dict[str, Any]:
             "generator": None if values["generator"] == "any" else values["generator"],
             "tag": values["tag"].strip() or None, "q": values["text"].strip() or None,
             "sort": metric_sort(values["metric"]) or values["sort"], "limit": values["size"],
-            "filter": values["filter"].strip() or None}
+            "filter": values["filter"].strip() or None, "include_yanked": bool(values["yanked"]) or None}
 
 
 def ignored(values: dict[str, Any]) -> list[str]:
@@ -338,7 +344,8 @@ APPLIED = {"owner": "owner {}", "base_model": "base model {}", "r": "rank {}", "
 def applied(chosen: dict[str, Any]) -> str:
     """What the form narrows and sorts by, for the caption (the form itself sits closed in its popover): '' for
     the defaults."""
-    parts = [APPLIED[k].format(chosen[k]) for k in APPLIED if chosen[k] is not None]
+    parts = [APPLIED[k].format(chosen[k]) for k in APPLIED if chosen[k] is not None] + (
+        ["yanked versions included"] if chosen.get("include_yanked") else [])
     metric = sorted_metric(chosen["sort"])
     first = "lowest" if not chosen["sort"].startswith("-") else "highest"
     # the versions a metric sort leaves out, said (9 versions became 8 unsaid: a walk in a browser, session 40)

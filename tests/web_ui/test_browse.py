@@ -158,3 +158,20 @@ def test_an_adapters_one_tag_beside_prod_and_latest_is_shown_whole_beside_a_shor
     # beside the widest base model column, as before: the most the table has room for
     wide = version.model_copy(update={"base_model": "x" * 60})
     assert browse.widths([wide]).labels == browse.LABELS_MAX_PX
+
+
+def test_yanked_versions_are_listed_when_asked_and_labelled(registry: dict[str, Any], tmp_path: Any) -> None:
+    """`vera ls --include-yanked` had no box on Browse (a walk in a browser, session 40): ticked, yanked versions
+    are listed, labelled yanked, and the caption says they are included; left unticked, they stay out."""
+    with RegistryClient(registry["url"]) as client:
+        client.publish(make_adapter(tmp_path / "gone", seed=9), "carol/gone", base_model="tiny-llama")
+        client.yank("carol/gone:1", yanked=True)
+    default = page("browse", registry)
+    assert "carol/gone" not in " ".join(map(str, default.dataframe[0].value["version"]))
+    shown = page("browse", registry, **{browse.APPLIED_FORM: {"yanked": True}})
+    assert not shown.exception and "yanked versions included" in texts(shown)
+    rows = shown.dataframe[0].value.set_index("version")
+    [gone] = [v for v in rows.index if "carol/gone" in str(v)]
+    assert str(rows.loc[gone, "labels"]).startswith("yanked")
+    assert browse.choices({**browse.FORM_DEFAULTS, "yanked": True})["include_yanked"] is True
+    assert browse.choices(browse.FORM_DEFAULTS)["include_yanked"] is None
