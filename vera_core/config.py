@@ -36,6 +36,13 @@ DEMO_MODEL = "minilm"
 TASK_METRICS = {"classification": ("loss", "accuracy"), "causal-lm": ("loss", "perplexity")}
 LOWER_IS_BETTER = ("loss", "perplexity")
 
+
+def unreported_metric(task: str, metric: str) -> tuple[str, ...] | None:
+    """The metrics ``task`` reports when ``metric`` (with or without "eval_") is not one of them; None when it is,
+    or when the task is not one TASK_METRICS knows (its own check says so)."""
+    known = TASK_METRICS.get(task, ())
+    return known if known and metric.removeprefix("eval_") not in known else None
+
 BiasMode = Literal["none", "all", "vera_only"]
 _BIAS_MODES = ("none", "all", "vera_only")
 _MAX_KEY = 2**64 - 1

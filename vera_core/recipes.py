@@ -21,7 +21,7 @@ from vera_core import PORTABLE_GENERATOR, VeraConfig, VeraError, VeraModel, dist
 from vera_core.callbacks import FileRelay, ProgressBar, TrainerCallback
 from vera_core.checkpoint import load_adapter, read_adapter_config
 from vera_core.config import DEMO_MODEL as DEMO_MODEL  # the offline demo's base model
-from vera_core.config import LOWER_IS_BETTER, TASK_METRICS
+from vera_core.config import LOWER_IS_BETTER, unreported_metric
 from vera_core.data import CausalLM, DatasetError, SequenceClassification, Splits, read_examples, split
 from vera_core.data import word_polarity as demo_splits
 from vera_core.errors import finite_number
@@ -360,8 +360,7 @@ def best_by(task: str, training: dict[str, Any]) -> dict[str, Any]:
     LM, unless ``training`` names another) and whether higher is better for it (unless ``training`` says): a job that
     named loss for classification kept the weights of its highest loss until 2026-12-05."""
     metric = training.get("metric_for_best", "accuracy" if task == "classification" else "loss")
-    known = TASK_METRICS.get(task, ())
-    if isinstance(metric, str) and known and metric.removeprefix("eval_") not in known:
+    if isinstance(metric, str) and (known := unreported_metric(task, metric)) is not None:
         raise TrainingSpecError(f"metric_for_best={metric[:100]!r} is not a metric {task} training reports; name one "
                                 f"of {', '.join(known)}.")
     lower = isinstance(metric, str) and metric.removeprefix("eval_") in LOWER_IS_BETTER
@@ -372,8 +371,7 @@ def kept(result: TrainResult, args: TrainingArguments) -> dict[str, Any]:
     """Which step's weights the run kept: the best evaluation's (``by`` its metric) or, without one kept, the last."""
     state = result.state
     if args.load_best_at_end and state.best_step is not None:
-        by = args.metric_for_best if args.metric_for_best.startswith("eval_") else f"eval_{args.metric_for_best}"
-        return {"step": state.best_step, "by": by, "value": state.best_metric}
+        return {"step": state.best_step, "by": args.best_key, "value": state.best_metric}
     return {"step": state.step, "by": "last"}
 
 

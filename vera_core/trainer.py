@@ -134,6 +134,11 @@ class TrainingArguments:
             raise VeraConfigError(f"early_stopping_patience must be at least 1 evaluation or None, got "
                                   f"{self.early_stopping_patience!r}.")
 
+    @property
+    def best_key(self) -> str:
+        """The evaluation metric metric_for_best names, as evaluations record it (``eval_accuracy``)."""
+        return self.metric_for_best if self.metric_for_best.startswith("eval_") else f"eval_{self.metric_for_best}"
+
     def __post_init__(self) -> None:
         self._check_types()
         self._check_ranges()
@@ -467,7 +472,7 @@ class Trainer:
         state, args = self.state, self.args
         metrics = {"step": float(state.step), **{f"eval_{k}": v for k, v in self.evaluate().items()}}
         state.eval_history.append(metrics)
-        key = args.metric_for_best if args.metric_for_best.startswith("eval_") else f"eval_{args.metric_for_best}"
+        key = args.best_key
         if key not in metrics:
             raise VeraConfigError(f"metric_for_best={args.metric_for_best!r} is not among {sorted(metrics)}.")
         value = metrics[key]

@@ -253,11 +253,11 @@ class Ref(BaseModel):
             # owner/name:prod (an alias written as a version): say how to write it (a new user's walk)
             head, colon, tail = text.rpartition(":") if isinstance(text, str) and len(text) <= 300 else ("", "", "")
             as_alias = f"{head}@{tail}"
-            if as_alias != as_alias.lower() and _REF.fullmatch(as_alias) and _parses(as_alias.lower()):
+            if as_alias != as_alias.lower() and _REF.fullmatch(as_alias) and is_reference(as_alias.lower()):
                 as_alias = as_alias.lower()  # owner/name:Prod: names are lowercase
             hint = (f" An alias follows '@': {as_alias}." if colon and not tail.isdigit()
                     and _REF.fullmatch(as_alias) else "")
-            if colon and re.fullmatch(r"[vV]\d{1,9}", tail) and _parses(f"{head}:{int(tail[1:])}"):
+            if colon and re.fullmatch(r"[vV]\d{1,9}", tail) and is_reference(f"{head}:{int(tail[1:])}"):
                 # owner/name:v2, as the Hub's revision "v2" reads (a newcomer's walk, session 38): was "@v2"
                 hint = f" A version is a number after ':': {head}:{int(tail[1:])}."
             raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
@@ -284,16 +284,13 @@ class Ref(BaseModel):
         return f"{self.owner}/{self.name}{suffix}"
 
 
-def _parses(text: str) -> bool:
+def is_reference(text: str) -> bool:
     """Whether ``text`` is a reference (owner/name, owner/name:N or owner/name@alias)."""
     try:
         Ref._parse(text)
     except InvalidInput:
         return False
     return True
-
-
-is_reference = _parses
 
 
 def _mended(text: str) -> str | None:

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import Comparison, LayerComparison, LayerWithFirst
-from registry.services.lookup import layer_in_features, projection_tensors, resolve, version_info, version_tensors
+from registry.services.lookup import (
+    layer_in_features,
+    projection_spec,
+    projection_tensors,
+    resolve,
+    version_info,
+    version_tensors,
+)
 from registry.services.validation import MAX_LAYER_BYTES, ProjectionBudget
 from registry.store.blobs import BlobStore
 from registry.store.database import Database
@@ -75,9 +82,8 @@ class Analysis:
         self.budget.check_compare(sum(plan.work for plan in plans.values()), len(distinct))
         # then A and B, once per projection the versions use (most share one seed's), only what a plan will read
         needed = {chosen[i].projection_id for plan in plans.values() for pair in plan.pairs for i in pair}
-        self.budget.check_compare_projections(
-            sum(4 * projections[key].r * (projections[key].max_in + projections[key].max_out) for key in needed),
-            len(needed))
+        self.budget.check_compare_projections(sum(projection_spec(projections[key]).nbytes for key in needed),
+                                              len(needed))
         drawn = {key: projection_tensors(self.blobs, projections[key], budget=self.budget) for key in needed}
         for i, v in enumerate(chosen):
             loaded[i][0].update(drawn.get(v.projection_id, {}))

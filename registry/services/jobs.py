@@ -56,7 +56,7 @@ from registry.services.quotas import check_room, held_by_jobs
 from registry.services.registry import Registry
 from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
-from vera_core.config import DEMO_MODEL, TASK_METRICS, VeraConfig
+from vera_core.config import DEMO_MODEL, VeraConfig, unreported_metric
 from vera_core.patterns import require_linear
 
 if TYPE_CHECKING:  # torch: imported by the first job submitted (its spec is checked as the worker runs it)
@@ -706,8 +706,7 @@ def _check_labels(labels: list[str], where: Callable[[str], str]) -> None:
 
 def _check_metric(args: TrainingArguments, task: str) -> None:
     """metric_for_best names a metric the task's evaluation reports (else the job failed at its first evaluation)."""
-    known = TASK_METRICS.get(task, ())
-    if known and args.metric_for_best.removeprefix("eval_") not in known:
+    if (known := unreported_metric(task, args.metric_for_best)) is not None:
         raise InvalidInput(f"training.metric_for_best={args.metric_for_best[:100]!r} is not a metric a {task} job "
                            f"reports; name one of {', '.join(known)}.")
 
