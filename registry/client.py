@@ -781,12 +781,13 @@ class RegistryClient:
         metrics: dict[str, Any] | None = None, tags: list[str] | None = None, description: str = "",
         parent: str | None = None, code_revision: str | None = None, visibility: str | None = None,
         progress: bool = False, dataset: str | os.PathLike[str] | None = None,
-        properties: dict[str, str] | None = None,
+        properties: dict[str, str] | None = None, params: dict[str, str] | None = None,
     ) -> VersionInfo:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
         it was fine-tuned from, ``code_revision`` the code that trained it and ``dataset`` the file it was trained
         on, hashed here (SHA-256 and size recorded; the data is not uploaded): its lineage. ``properties``: its
-        key=value properties. ``progress`` shows a bar while weights over 4 MiB upload."""
+        key=value properties; ``params``: what it was trained with (vera_core.recipes.published_params of a
+        metrics.json), never changed after. ``progress`` shows a bar while weights over 4 MiB upload."""
         ref = Ref.parse_adapter(name)
         root = Path(directory)
         if not root.is_dir():
@@ -809,7 +810,8 @@ class RegistryClient:
                       "metrics": json.dumps(metrics or {}), "tags": ",".join(tags or []),
                       "description": description, "parent": parent or "", "code_revision": code_revision or "",
                       "visibility": visibility or "", **data,
-                      **({"properties": json.dumps(properties)} if properties else {})},
+                      **({"properties": json.dumps(properties)} if properties else {}),
+                      **({"params": json.dumps(params)} if params else {})},
             )
         return VersionInfo.model_validate(response.json())
 

@@ -59,7 +59,7 @@ from registry.worker_status import WorkerStatus
 from vera_core import training_checkpoints
 from vera_core.callbacks import FunctionCallback
 from vera_core.distributed import DistributedError
-from vera_core.recipes import TrainSpec, kept_line, published_metrics, run, run_processes
+from vera_core.recipes import TrainSpec, kept_line, published_metrics, published_params, run, run_processes
 from vera_core.trainer import TrainerState, TrainingArguments
 
 #: The most processes a CPU worker runs a job in (vera worker --nproc).
@@ -539,6 +539,7 @@ class Worker:
         parent = {"parent": self._current(start) or start, "parent_may_be_gone": True} if start is not None else {}
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
+            params=published_params(metrics),
             published_by=job.requested_by or job.submitted_by or job.owner, tags=["fine-tune"],
             # how the version was made, not what the adapter is: a new adapter starts without a description
             description=f"fine-tuned by job {job.id}", adapter_description="",

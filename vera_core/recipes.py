@@ -306,6 +306,8 @@ def run(
         "processes": processes,
         "global_batch_size": args.batch_size * args.gradient_accumulation_steps * processes,
     }
+    metrics["params"] = training_params(replace(spec, target_modules=model.config.target_modules), args,
+                                        processes=processes, precision=trainer.autocast_dtype)
     if trainer.world.is_main:
         # a start whose projections were stored (not the seed's) is trained on them: they are saved with it
         save_adapter(model, out, save_projection=spec.save_projection or not model.projection_reproducible)
@@ -386,6 +388,55 @@ def kept_line(metrics: dict[str, Any]) -> str | None:
     value = held.get("value")
     return f"step {held['step']}{of} (the best {held.get('by')}" + (
         f", {value:.4f})" if isinstance(value, int | float) else ")")
+
+
+#: The training settings a version records as its parameters (MLflow's run params): what decides the weights, not
+#: where files go or how often progress is drawn. Every one, defaults included, so two versions compare key by key.
+PARAM_SETTINGS = ("lr", "head_lr", "weight_decay", "head_weight_decay", "epochs", "max_steps", "batch_size",
+                  "gradient_accumulation_steps", "warmup_ratio", "schedule", "max_grad_norm", "eval_every",
+                  "metric_for_best", "greater_is_better", "early_stopping_patience", "load_best_at_end", "seed")
+PARAM_SPEC_FIELDS = ("task", "r", "projection_prng_key", "projection_generator", "target_modules", "d_initial",
+                     "vera_dropout", "max_length", "max_train_examples", "max_eval_examples")
+#: The longest parameter value the registry keeps (registry.domain.schemas.MAX_PARAM_VALUE).
+MAX_PARAM_TEXT = 500
+
+
+def param_text(value: Any) -> str:
+    """A parameter's value as text, as the registry keeps it: a string as it is, a list joined with commas, any
+    other value as JSON (``0.01``, ``true``, ``null``); cut to MAX_PARAM_TEXT characters (a long target regex)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list | tuple):
+        text = ",".join(param_text(v) for v in value)
+    else:
+        text = json.dumps(value)
+    return text if len(text) <= MAX_PARAM_TEXT else text[:MAX_PARAM_TEXT - 3] + "..."
+
+
+def training_params(spec: TrainSpec, args: TrainingArguments, *, processes: int = 1,
+                    precision: torch.dtype | None = None) -> dict[str, str]:
+    """What a run was trained with, as text (``param_text``): the VeRA and task fields of ``spec`` (``run`` gives it
+    the target modules the model adapts, where the spec left them to the default), every PARAM_SETTINGS of its
+    TrainingArguments (defaults included), the precision it ran in, the number of processes and the global batch
+    (examples per optimizer step). Paths are not: the dataset's, the base model's or the start's say nothing on
+    another machine (a version's key names its base, its lineage the data's SHA-256 and the version it started
+    from)."""
+    given: dict[str, Any] = {name: getattr(spec, name) for name in PARAM_SPEC_FIELDS}
+    given.update({name: getattr(args, name) for name in PARAM_SETTINGS})
+    given["demo"] = spec.demo
+    given["precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(precision, "fp32") if precision else "fp32"
+    given["processes"] = processes
+    given["global_batch_size"] = args.batch_size * args.gradient_accumulation_steps * processes
+    return {key: param_text(value) for key, value in sorted(given.items())}
+
+
+def published_params(metrics: dict[str, Any]) -> dict[str, str]:
+    """The parameters a run's metrics (or metrics.json) record, as a version keeps them ({} for a metrics.json from
+    before parameters, or one another tool wrote)."""
+    held = metrics.get("params")
+    if not isinstance(held, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else param_text(v) for k, v in held.items()}
 
 
 #: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.

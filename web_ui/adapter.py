@@ -267,8 +267,21 @@ def metrics(info: VersionInfo) -> None:
         st.caption("No metrics were recorded with this version.")
     if chart is not None:
         st.altair_chart(chart, width="stretch")
+    trained_with(info)
     st.markdown("**Storage**")
     views.checklist(storage_items(layers.tensor_summary(info), info))
+
+
+def trained_with(info: VersionInfo) -> None:
+    """The parameters the version was trained with (MLflow's run Parameters), or why there are none."""
+    st.markdown("**Trained with**")
+    if info.params:
+        tables.show(pd.DataFrame({"parameter": list(info.params), "value": list(info.params.values())}),
+                    hide_index=True, width="content", whole=True, key=f"params-{info.ref}")
+    else:
+        st.caption("No training parameters were recorded with this version: `vera train` and fine-tune jobs record "
+                   "them (a version published before 2026-12-05 has none); `vera publish --param KEY=VALUE` records "
+                   "those of a run trained elsewhere.")
 
 
 def evaluations(info: VersionInfo) -> list[EvaluationInfo]:

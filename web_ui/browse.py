@@ -22,6 +22,7 @@ SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters
 FILTER_HELP = ("MLflow-style clauses joined by `and`, run by the registry over every version: "
                "`metrics.test.accuracy > 0.9 and r <= 256`, `base_model = 'minilm'`, `tag in ('prod', 'demo')`, "
                "`created > '2026-11-01'`, `properties.validation = 'passed'` (a version's key=value properties), "
+               "`params.lr = '0.01'` (what it was trained with, as text; `params.schedule in ('cosine', 'linear')`), "
                "`published_via.repository = 'acme/adapters'` (what a CI run published: also `published_via.sha`, "
                "`.ref`, `.publisher`). `properties.validation is null`: the versions without that property (`is not "
                "null`: with it; also on `metrics.<key>`). Strings in single quotes.")

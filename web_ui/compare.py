@@ -11,6 +11,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import Page, VersionInfo, is_reference
+from registry.domain.schemas import differing_params as params_that_differ
 from web_ui import charts, formats, navigation, session, tables
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
@@ -158,6 +159,7 @@ def page() -> None:
     session.prefetch_pinned(layer_comparison, pinned)  # the slow part: computed while the table and curves draw
     navigation.set_param("refs", navigation.join_refs(refs))
     side_by_side(versions)
+    differing_params(versions)
     st.subheader("Per-layer cosine similarity of the weight deltas")
     layers = session.read_pinned(layer_comparison, pinned)
     alone = charts.without_cosine(layers, len(versions))
@@ -249,6 +251,27 @@ def side_by_side(versions: list[VersionInfo]) -> None:
     st.altair_chart(curves, width="stretch")
     if none := [ref for ref in train if not train[ref] and not evals[ref]]:
         st.caption(f"No loss curve was recorded for {', '.join(none)} (versions trained by a job record one).")
+
+
+def differing_params(versions: list[VersionInfo]) -> None:
+    """The training parameters whose values differ, a column per version (MLflow's run comparison), or what the
+    versions record of them."""
+    st.subheader("Trained with")
+    differing = params_that_differ(versions)
+    recorded = [v for v in versions if v.params]
+    unrecorded = [v.ref for v in versions if not v.params]
+    if differing:
+        tables.show(pd.DataFrame([{"parameter": key, **{v.ref: v.params.get(key, "-") for v in versions}}
+                                  for key in differing]), hide_index=True, width="content", whole=True)
+        shared = len(set().union(*(v.params for v in recorded))) - len(differing)
+        st.caption(f"The parameters that differ; the {shared} they share are left out. - where a version does not "
+                   "record it." if shared else "- where a version does not record it.")
+    elif len(recorded) > 1:
+        st.caption(f"{formats.listed([v.ref for v in recorded])} were trained with the same "
+                   f"{len(recorded[0].params)} parameters.")
+    if unrecorded:
+        st.caption(f"{formats.listed(unrecorded)} recorded no training parameters (a version published before "
+                   "2026-12-05, or without them).")
 
 
 def cosine_caption(versions: list[VersionInfo], others_apart: bool = False) -> str:

@@ -124,6 +124,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("verified", verified),
         ("tags", ", ".join(v.tags) or "-"),
         ("properties", ", ".join(f"{k}={value}" for k, value in v.properties.items()) or "-"),
+        ("trained with", ", ".join(f"{k}={value}" for k, value in v.params.items()) or "- (no parameters recorded)"),
         ("published", f"by {v.published_by} at {v.created_at:%Y-%m-%d %H:%M:%S %Z}"),
         ("lineage", _lineage_text(v.lineage)),
     ]
@@ -135,7 +136,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
 
 def show(ref: VersionRef, as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None) -> None:
     """Everything about a version: identity, aliases, projection, sizes, verification, tags, properties,
-    description, metrics and lineage (--json: the version as the API gives it)."""
+    description, what it was trained with, metrics and lineage (--json: the version as the API gives it)."""
     info = call_registry(registry, token, lambda c: c.get(ref))
     if as_json:
         print_json(info)

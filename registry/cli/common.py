@@ -74,11 +74,11 @@ def fail(exc: Exception, code: ExitCode = ExitCode.ERROR) -> NoReturn:
     raise typer.Exit(code=code)
 
 
-def key_values(pairs: list[str]) -> dict[str, str]:
+def key_values(pairs: list[str], noun: str = "Property", example: str = "validation=passed") -> dict[str, str]:
     """``["validation=passed", "ticket=ML-42"]`` as a dict (registry.domain.schemas.parse_properties: as the
     dashboard reads them); a pair without '=' or key, or a key given twice, fails saying which."""
     try:
-        return parse_properties(pairs)
+        return parse_properties(pairs, noun, example)
     except InvalidInput as exc:
         fail(exc)
 

@@ -34,7 +34,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref, VersionInfo, path_like
+from registry.domain.schemas import Ref, VersionInfo, differing_params, path_like
 from vera_core.config import VERA_PEFT_TYPES
 
 
@@ -50,6 +50,9 @@ def publish(
     tag: Annotated[list[str] | None, typer.Option(help="Tag; repeat for several.")] = None,
     prop: Annotated[list[str] | None, typer.Option("--property", help="A key=value property (e.g. "
                                                    "validation=passed); repeat for several.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="A key=value parameter it was trained with "
+                                                    "(e.g. lr=0.01), beside those --metrics records; repeat for "
+                                                    "several. Never changed after.")] = None,
     description: Annotated[str, typer.Option(help="Description.")] = "",
     base_config: Annotated[Path | None, typer.Option(
         help="The base model's transformers config.json: declares its layer shapes first (needed for seed-only "
@@ -92,7 +95,8 @@ def publish(
         fail(InvalidInput(f"--base-model {base_model!r} is a folder path; a version is keyed by its base model's Hub "
                           "id or registry name, the same on every machine (`vera base ls` lists those this registry "
                           "knows), e.g. --base-model minilm."))
-    values = _metrics_file(metrics)
+    values, params = _metrics_file(metrics)
+    params.update(key_values(param or [], "Parameter", "lr=0.01"))  # given on the line: wins over the file's
     properties = key_values(prop or [])
     if base_config is not None:
         config = read_json_object(base_config, "--base-config")
@@ -102,7 +106,8 @@ def publish(
                                                               tags=tag or [], description=description,
                                                               parent=parent, code_revision=code_revision,
                                                               visibility=visibility, progress=True,
-                                                              dataset=dataset, properties=properties))
+                                                              dataset=dataset, properties=properties,
+                                                              params=params))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
     # after the publish: said before it, it came ahead of a refusal (no token) that had nothing to do with it
@@ -117,13 +122,17 @@ def publish(
                                  " and publish it again with the right --base-model (`vera base ls`); an "
                                  f"administrator's `vera base rm {base_model}` then forgets the name."),
                       soft_wrap=True)
-    _after_publish(info, dataset, properties, registry, token)
+    _after_publish(info, dataset, properties, params, registry, token)
 
 
-def _after_publish(info: VersionInfo, dataset: Path | None, properties: dict[str, str], registry: str | None,
-                   token: str | None) -> None:
-    """What a publish's caller should know beyond its line: a --dataset or --property the registry did not keep
-    (one older than them), a version with the same vectors as the one before."""
+def _after_publish(info: VersionInfo, dataset: Path | None, properties: dict[str, str], params: dict[str, str],
+                   registry: str | None, token: str | None) -> None:
+    """What a publish's caller should know beyond its line: a --dataset, --property or parameters the registry did
+    not keep (one older than them), a version with the same vectors as the one before."""
+    if params and not info.params:  # a registry from before parameters
+        err_console.print(styled("warning:", "yellow", f" the registry did not record the {len(params)} training "
+                                 f"parameters with {info.ref} (it is older than parameters); upgrade it to keep "
+                                 "them."), soft_wrap=True)
     if dataset is not None and info.lineage.get("dataset_sha256") is None:  # a registry from before dataset lineage
         err_console.print(styled("warning:", "yellow", f" the registry did not record --dataset {dataset} in "
                                  f"{info.ref}'s lineage (it is older than dataset lineage); upgrade it to keep "
@@ -171,13 +180,18 @@ def _config_fields(directory: Path, *keys: str) -> list[str]:
     return [value if isinstance(value, str) else "" for value in values]
 
 
-def _metrics_file(path: Path | None) -> dict[str, object]:
+def _metrics_file(path: Path | None) -> tuple[dict[str, object], dict[str, str]]:
+    """The metrics a --metrics file gives a version, and the parameters it records (``params``: `vera train`'s
+    metrics.json, or any file's object of them, which is not a metric)."""
     if path is None:
-        return {}
-    from vera_core.recipes import published_metrics  # torch: only when a metrics file is published
+        return {}, {}
+    from vera_core.recipes import published_metrics, published_params  # torch: only when a file is published
 
     data = read_json_object(path, "--metrics")
-    return published_metrics(data) if "final_eval" in data else data
+    params = published_params(data)
+    if "final_eval" in data:
+        return published_metrics(data), params
+    return {k: v for k, v in data.items() if not (k == "params" and isinstance(v, dict))}, params
 
 
 def fetch(
@@ -314,8 +328,8 @@ def compare(
     refs: Annotated[list[str], typer.Argument(help="Two to eight versions.")],
     as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Compare versions: parameters, bytes, metrics side by side, and per-layer cosine similarity of their weight
-    deltas (--json: the comparison as the API gives it)."""
+    """Compare versions: parameters, bytes, metrics side by side, the training parameters that differ, and per-layer
+    cosine similarity of their weight deltas (--json: the comparison as the API gives it)."""
     from registry.cli.catalog import flat_metrics, metric_text
 
     result = call_registry(registry, token, lambda c: c.compare(refs))
@@ -332,6 +346,7 @@ def compare(
         for name in names:
             table.add_row(name, *[metric_text(m[name]) if name in m else "-" for m in metrics])
         console.print(table)
+    _differing_params(result.versions)
     # the first version's layers that another version adapts too (with_first): a version on another base model
     # shares none, and leaves the others theirs; a registry older than the field answers the layers all share
     rows = ([(w.module, w.cosine) for w in result.with_first] if result.with_first is not None
@@ -350,6 +365,28 @@ def compare(
             console.print(f"{ref} is on another projection than {result.refs[0]} ({', '.join(differences)}): deltas "
                           "built on independent random matrices are nearly orthogonal, so its cosines are about 0 "
                           "whatever it learned; compare it by the metrics above.")
+
+
+def _differing_params(versions: list[VersionInfo]) -> None:
+    """The parameters the versions were trained with that differ, a column per version (those all share: counted)."""
+    differing = differing_params(versions)
+    recorded = [v for v in versions if v.params]
+    if not differing:
+        if len(recorded) > 1:
+            console.print(f"trained with the same {len(recorded[0].params)} parameters"
+                          + (f" ({', '.join(v.ref for v in versions if not v.params)} recorded none)"
+                             if len(recorded) < len(versions) else ""))
+        elif len(recorded) == 1:
+            console.print(f"only {recorded[0].ref} recorded the parameters it was trained with (`vera show "
+                          f"{recorded[0].ref}` lists them)")
+        return
+    shared = len(set().union(*(v.params for v in recorded))) - len(differing)
+    table = Table("parameter", *[v.ref for v in versions], caption=(
+        f"the {shared} parameters all share are left out; " if shared else "") + "- where a version does not record "
+        "it")
+    for key in differing:
+        table.add_row(key, *[v.params.get(key, "-") for v in versions])
+    console.print(table)
 
 
 def alias(

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
@@ -537,6 +537,9 @@ class VersionInfo(BaseModel):
     visibility: str = "public"  # the adapter's: public or private (registry.services.access)
     #: key=value properties (``validation=passed``), set at publish or after (``PATCH``, `vera property`)
     properties: dict[str, str] = {}
+    #: what it was trained with (``lr=0.01``, ``epochs=3``: MLflow's run params), recorded at publish and never
+    #: changed; `vera train` and fine-tune jobs record every setting (vera_core.recipes.training_params)
+    params: dict[str, str] = {}
 
     @property
     def pinned(self) -> Ref:
@@ -549,6 +552,17 @@ class VersionInfo(BaseModel):
         return [f"another {what}" for what, a, b in (("generator", self.generator, other.generator),
                                                      ("seed", self.seed, other.seed), ("rank", self.r, other.r))
                 if a != b]
+
+
+def differing_params(versions: Sequence[VersionInfo]) -> list[str]:
+    """The parameters whose values differ among ``versions`` (one a version lacks differs), over the versions that
+    record any (one published without them would make every key differ); none when fewer than two record any. What
+    Compare shows of how versions were trained, as MLflow's run comparison does."""
+    recorded = [v.params for v in versions if v.params]
+    if len(recorded) < 2:
+        return []
+    keys = sorted(set().union(*recorded))
+    return [key for key in keys if len({params.get(key) for params in recorded}) > 1]
 
 
 class FileEntry(BaseModel):
@@ -737,6 +751,9 @@ MAX_TAGS = 64
 #: A version's key=value properties: at most this many, each value at most this many characters of one line.
 MAX_PROPERTIES = 64
 MAX_PROPERTY_VALUE = 500
+#: A version's parameters (what it was trained with): at most this many, each value as a property's.
+MAX_PARAMS = 100
+MAX_PARAM_VALUE = MAX_PROPERTY_VALUE
 MAX_CARD_BYTES = 64 * 1024
 #: How far, and how many versions, a lineage graph reaches at most in each direction.
 MAX_LINEAGE_DEPTH = 20
@@ -811,23 +828,35 @@ class VersionUpdate(BaseModel):
 def check_properties(given: object, what: str = "properties") -> dict[str, str]:
     """Key=value properties as given (a JSON object of strings): keys are names (check_name), values one line of at
     most MAX_PROPERTY_VALUE characters, at most MAX_PROPERTIES of them."""
+    return _check_pairs(given, what, noun="property", plural="properties", most=MAX_PROPERTIES,
+                        example='{"validation": "passed"}')
+
+
+def check_params(given: object, what: str = "params") -> dict[str, str]:
+    """A version's parameters as given (a JSON object of strings), checked as properties are (check_properties), at
+    most MAX_PARAMS of them."""
+    return _check_pairs(given, what, noun="parameter", plural="parameters", most=MAX_PARAMS,
+                        example='{"lr": "0.01", "epochs": "3"}')
+
+
+def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int, example: str) -> dict[str, str]:
     if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
-        raise InvalidInput(f"{what} must be a JSON object of text values, e.g. {{\"validation\": \"passed\"}}.")
-    if len(given) > MAX_PROPERTIES:
-        raise InvalidInput(f"A version takes at most {MAX_PROPERTIES} properties; {what} has {len(given)}.")
+        raise InvalidInput(f"{what} must be a JSON object of text values, e.g. {example}.")
+    if len(given) > most:
+        raise InvalidInput(f"A version takes at most {most} {plural}; {what} has {len(given)}.")
     problems: list[str] = []
     bad_keys: list[str] = []
     first_key = 0  # where the first bad key's message is: the others are named right after it
     for key, value in given.items():  # every problem in one answer, not one per attempt (session 29's walk)
         try:
-            check_name(key, "Property key")
+            check_name(key, f"{noun.capitalize()} key")
         except InvalidInput as exc:
             if not bad_keys:
                 first_key = len(problems)
                 problems.append(str(exc))  # the first says what a name may be
             bad_keys.append(key)
         try:
-            check_text(value, f"property {key[:64]!r}", max_length=MAX_PROPERTY_VALUE)
+            check_text(value, f"{noun} {key[:64]!r}", max_length=MAX_PROPERTY_VALUE)
         except InvalidInput as exc:
             problems.append(str(exc))
     if len(bad_keys) > 1:
@@ -845,7 +874,8 @@ def _refuse_all(problems: list[str], shown: int = 5) -> None:
         raise InvalidInput(" ".join(problems[:shown]) + (f" ({more} more like these.)" if more > 0 else ""))
 
 
-def parse_properties(pairs: Iterable[str]) -> dict[str, str]:
+def parse_properties(pairs: Iterable[str], noun: str = "Property", example: str = "validation=passed"
+                     ) -> dict[str, str]:
     """KEY=VALUE texts as a dict, as `vera publish --property`, `vera property` and the dashboard's Properties box
     (one a line) read them: the first '=' splits (a value may hold more), the key is trimmed; a text without '=' or
     key, or a key given twice (collapsed, one value would be dropped unseen), is refused saying which. The registry
@@ -856,11 +886,11 @@ def parse_properties(pairs: Iterable[str]) -> dict[str, str]:
         key, equals, value = pair.partition("=")
         key = key.strip()
         if not equals or not key:
-            problems.append(f"Property {pair.strip()[:80]!r} is not KEY=VALUE, e.g. validation=passed.")
+            problems.append(f"{noun} {pair.strip()[:80]!r} is not KEY=VALUE, e.g. {example}.")
         elif key in found:
             if key not in repeated:  # said once, however often it comes
                 repeated.add(key)
-                problems.append(f"Property {key[:64]!r} is given more than once ({found[key][:40]!r} and "
+                problems.append(f"{noun} {key[:64]!r} is given more than once ({found[key][:40]!r} and "
                                 f"{value[:40]!r}); give it once.")
         else:
             found[key] = value

@@ -3,9 +3,10 @@ and a literal, e.g. ``metrics.accuracy > 0.9 and r <= 256 and base_model = 'mini
 
     filter  := clause ("and" clause)*
     clause  := field op literal | field "in" "(" literal ("," literal)* ")" | keyed "is" ["not"] "null"
-    field   := metrics.<key> | published_via.<key> | properties.<key> | r | seed | generator | base_model | owner
-               | name | tag | trainable_parameters | stored_bytes | created | verification_status | yanked
-    keyed   := metrics.<key> | published_via.<key> | properties.<key>
+    field   := metrics.<key> | published_via.<key> | properties.<key> | params.<key> | r | seed | generator
+               | base_model | owner | name | tag | trainable_parameters | stored_bytes | created
+               | verification_status | yanked
+    keyed   := metrics.<key> | published_via.<key> | properties.<key> | params.<key>
     op      := = | != | < | <= | > | >= | like
     literal := 'text' ('' inside is one quote) | number | true | false
 
@@ -17,12 +18,16 @@ the normalised table ``version_metrics`` (one row per numeric metric, index (key
 ``publisher``, ``issuer``, ``subject``, or one of its recorded claims, such as ``repository`` or ``sha``) from its JSON
 column; it matches only versions published that way. ``properties.<key>`` reads a version's key=value properties
 (``version_properties``, index (key, value)); as a metric clause, it matches only versions that have that key.
-``<keyed> is null`` matches the versions without that key (``properties.validation is null``: not yet reviewed), and
-``is not null`` those with it, whatever its value (MLflow's ``tags.<key> IS NULL``).
+``params.<key>`` reads what a version was trained with (``version_params``, as text: ``params.lr = '0.01'``; a
+number literal is compared as the text `vera train` records, so ``params.lr = 0.01`` and ``params.epochs in (1, 2)``
+match too; text has no order, so only =, !=, like and in). ``<keyed> is null`` matches the versions without that
+key (``properties.validation is null``: not yet reviewed), and ``is not null`` those with it, whatever its value
+(MLflow's ``tags.<key> IS NULL``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -56,6 +61,7 @@ PROVENANCE_PREFIX = "published_via."
 PROVENANCE_KEYS = ("publisher", "issuer", "subject")
 _CLAIM_KEY = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 PROPERTY_PREFIX = "properties."
+PARAM_PREFIX = "params."
 #: In the words of what `vera train` and fine-tune jobs record (``test.accuracy``; the demo's adapters have it).
 EXAMPLE = "metrics.test.accuracy > 0.9 and r <= 256 and base_model = 'minilm'"
 _INT_RANGE = 2**63  # what a BIGINT holds (SQLite refuses larger Python ints)
@@ -240,14 +246,15 @@ def _field_name(token: Token) -> tuple[str, str | None]:
                                    f"{', '.join(PROVENANCE_KEYS)}, or a claim such as repository, ref or sha)",
                          repr(text[:60]))
         return "published_via", key
-    if text.lower().startswith(PROPERTY_PREFIX):
-        key = text[len(PROPERTY_PREFIX):]
-        try:
-            check_name(key, "Property key")  # a property key is a name, as publish and PATCH check it
-        except InvalidInput:
-            raise _error(token.at, "properties.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or '-'",
-                         repr(text[:60])) from None
-        return "properties", key
+    for prefix, field in ((PROPERTY_PREFIX, "properties"), (PARAM_PREFIX, "params")):
+        if text.lower().startswith(prefix):
+            key = text[len(prefix):]
+            try:
+                check_name(key, "Key")  # a key is a name, as publish (and PATCH, for properties) checks it
+            except InvalidInput:
+                raise _error(token.at, f"{field}.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or "
+                                       "'-'", repr(text[:60])) from None
+            return field, key
     if text.lower() not in FIELDS:
         raise _error(token.at, _FIELD_LIST, repr(text[:60]))
     return text.lower(), None
@@ -282,7 +289,7 @@ def parse_filter(text: str) -> list[Clause]:
 class Field:
     """What a field accepts (operators, literal type) and how a clause on it becomes SQL."""
 
-    kind: str  # number | text | seed | time | flag | tag | alias | metric | provenance
+    kind: str  # number | text | seed | time | flag | tag | alias | metric | provenance | property | param
     ops: tuple[str, ...]
     column: Any = None
 
@@ -305,7 +312,7 @@ class Field:
     def where(self, clause: Clause) -> ColumnElement[bool]:
         values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
         converted = [_converted(self.kind, v) for v in values]
-        if self.kind in ("metric", "property", "provenance"):
+        if self.kind in ("metric", "property", "param", "provenance"):
             return self._keyed(clause, converted)
         if self.kind == "tag":
             tag = m.VersionTag.tag
@@ -328,10 +335,10 @@ class Field:
 
     @staticmethod
     def _keyed(clause: Clause, converted: list[Any]) -> ColumnElement[bool]:
-        """A clause on metrics.<key>, properties.<key> or published_via.<key>: only versions that have the key match
-        a comparison; ``is null`` matches those without it."""
-        if clause.field in ("metrics", "properties"):  # a row per (version, key)
-            held: Any = m.VersionMetric if clause.field == "metrics" else m.VersionProperty
+        """A clause on metrics.<key>, properties.<key>, params.<key> or published_via.<key>: only versions that have
+        the key match a comparison; ``is null`` matches those without it."""
+        if clause.field in KEYED_ROWS:  # a row per (version, key)
+            held: Any = KEYED_ROWS[clause.field]
             if clause.op in NULL_TESTS:  # (NOT EXISTS: PostgreSQL plans NOT IN over a big subquery per row)
                 having = exists().where(held.version_id == m.AdapterVersion.id, held.key == clause.key)
                 return ~having if clause.op == "is null" else having
@@ -346,7 +353,7 @@ class Field:
 
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
           "alias": "a 'string'",
-          "provenance": "a 'string'", "property": "a 'string'",
+          "provenance": "a 'string'", "property": "a 'string'", "param": "a 'string' or a number",
           "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false",
           "metric": "a number within a float's range (about 1.8e308 in magnitude)",
           "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
@@ -363,6 +370,8 @@ def _fits(kind: str, value: Literal) -> bool:
         return isinstance(value, str) and _timestamp(value) is not None
     if kind == "flag":
         return isinstance(value, bool)
+    if kind == "param":
+        return isinstance(value, str) or finite_number(value) is not None
     return isinstance(value, str)
 
 
@@ -381,6 +390,8 @@ def _converted(kind: str, value: Literal) -> Literal | datetime:
         return _timestamp(str(value)) or value
     if kind == "metric":
         return float(value)  # the column is a float (and a huge int would overflow SQLite)
+    if kind == "param" and not isinstance(value, str):
+        return json.dumps(value)  # as vera_core.recipes.param_text writes a number: 0.01, 3, 5e-05
     return value
 
 
@@ -418,13 +429,18 @@ FIELDS: dict[str, Field] = {
 METRIC = Field("metric", (*ORDERING, "in", *NULL_TESTS))
 PROVENANCE = Field("provenance", (*_TEXT_OPS, *NULL_TESTS))
 PROPERTY = Field("property", (*_TEXT_OPS, *NULL_TESTS))
+PARAM = Field("param", (*_TEXT_OPS, *NULL_TESTS))
+#: The keyed fields held as a row per (version, key) in a table of their own.
+KEYED_ROWS: dict[str, Any] = {"metrics": m.VersionMetric, "properties": m.VersionProperty, "params": m.VersionParam}
 
 
-_FIELD_LIST = f"a field ({', '.join(FIELDS)}, metrics.<key>, published_via.<key> or properties.<key>)"
+_FIELD_LIST = (f"a field ({', '.join(FIELDS)}, metrics.<key>, published_via.<key>, properties.<key> or "
+               "params.<key>)")
 
 
 def _field(clause: Clause) -> Field:
-    return {"metrics": METRIC, "published_via": PROVENANCE, "properties": PROPERTY}.get(clause.field) or \
+    return {"metrics": METRIC, "published_via": PROVENANCE, "properties": PROPERTY, "params": PARAM}.get(
+        clause.field) or \
         FIELDS[clause.field]
 
 

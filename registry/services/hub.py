@@ -30,11 +30,13 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import ContentTooLarge, HubError, InvalidInput, RegistryError
 from registry.domain.schemas import (
+    MAX_PARAMS,
     MAX_UPLOAD_BYTES,
     HubSyncInfo,
     HubSyncResult,
     Ref,
     VersionInfo,
+    check_params,
     check_text,
     json_object,
 )
@@ -103,6 +105,8 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
         "metrics": info.metrics, "lineage": stable_lineage(info) if stable else info.lineage,
         "format": "lora" if as_lora else "vera",
     }
+    if info.params:  # what it was trained with (left out when none: the cards of older versions keep their bytes)
+        record["params"] = info.params
     tags = ["lora", "vera-as-lora", "peft", "vera-registry"] if as_lora else ["vera", "peft", "vera-registry"]
     own_tags = user_data.pop("tags", None)
     tags += [t for t in (own_tags if isinstance(own_tags, list) else []) if isinstance(t, str) and t not in tags]
@@ -120,6 +124,7 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
                      "could not regenerate its projections, and its adapter_config.json makes PEFT stop with a "
                      "message saying so. Load it with `vera_core`, or push it with projections.\n")
     metrics = "".join(f"| {k} | {v} |\n" for k, v in sorted(info.metrics.items()))
+    params = "".join(f"| {k} | {_cell(v)} |\n" for k, v in info.params.items())
     heading = "##" if user_text else "#"  # under the adapter's own card, the registry's part is a section of it
     body = (
         (f"{user_text}\n\n" if user_text else "")
@@ -134,6 +139,7 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
         f"| fingerprint (SHA-256) | `{info.projection_fingerprint}` |\n\n"
         "`vera inspect --verify <folder>` proves the seed regenerates the projections the adapter was trained with.\n"
         + (f"\n| metric | value |\n|---|---|\n{metrics}" if metrics else "")
+        + (f"\n| trained with | value |\n|---|---|\n{params}" if params else "")
         + f"\nPublished from vera-registry as `{info.ref}`.\n"
     )
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
@@ -259,7 +265,7 @@ class HubSync:
                 info = self.registry.publish(
                     root, owner=ref.owner, name=ref.name, base_model=str(base),
                     base_revision=base_revision if base_revision is not None else str(config.get("revision") or ""),
-                    metrics=_finite(card.get("metrics")),
+                    metrics=_finite(card.get("metrics")), params=_card_params(card.get("params")),
                     description=f"Pulled from {self.endpoint}/{repo_id} at {commit}.", published_by=actor,
                     lineage={"hub_repo": repo_id, "hub_commit": commit}, on_record=record)
         with self.registry.db.session() as s:
@@ -504,6 +510,25 @@ def _finite(metrics: object) -> dict[str, Any]:
     return {str(k): v for k, v in metrics.items() if isinstance(k, str) and (
         (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
         or (isinstance(v, str) and len(v) <= 200))}
+
+
+def _card_params(params: object) -> dict[str, str]:
+    """Training parameters from a card (the ``params`` a push wrote): each key and value the registry takes as they
+    are (check_params), the others left out, as odd metrics are."""
+    if not isinstance(params, dict):
+        return {}
+    kept: dict[str, str] = {}
+    for key, value in list(params.items())[:MAX_PARAMS]:
+        try:
+            kept.update(check_params({key: value}))
+        except InvalidInput:
+            continue
+    return kept
+
+
+def _cell(text: str) -> str:
+    """A parameter's value in a Markdown table cell: its '|' escaped (a target regex: query|value)."""
+    return text.replace("|", "\\|")
 
 
 def _local_path(name: str) -> bool:

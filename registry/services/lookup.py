@@ -49,10 +49,16 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
     if row is None:
         v = _missing(s, ref)
         return v, version_info(s, v)
-    v, alias_names, tag_names, count, property_lines = row
-    held = (line.partition("=") for line in (property_lines or "").split("\n") if line)
+    v, alias_names, tag_names, count, property_lines, param_lines = row
     return v, version_info(s, v, sorted((alias_names or "").split()), count or 0,
-                           tags=sorted((tag_names or "").split()), properties=dict(sorted((k, v) for k, _, v in held)))
+                           tags=sorted((tag_names or "").split()), properties=_pairs(property_lines),
+                           params=_pairs(param_lines))
+
+
+def _pairs(lines: str | None) -> dict[str, str]:
+    """key=value lines (a key has no '=', a value no newline: check_properties, check_params) as a dict, keys sorted."""
+    held = (line.partition("=") for line in (lines or "").split("\n") if line)
+    return dict(sorted((key, value) for key, _, value in held))
 
 
 # The hot queries are built once, with the reference as bound parameters (naming_params): building a statement and
@@ -67,18 +73,19 @@ def _resolving(by_number: bool) -> Select[m.AdapterVersion]:
 
 
 @functools.cache
-def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str | None, int | None, str | None]:
-    """``_resolving`` with the version's aliases, tags, download count and properties."""
+def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str | None, int | None, str | None,
+                                               str | None]:
+    """``_resolving`` with the version's aliases, tags, download count, properties and parameters."""
     joined = func.aggregate_strings  # names and tags are [a-z0-9._-]: a space separates them
     aliases = select(joined(m.Alias.name, " ")).where(m.Alias.version_id == m.AdapterVersion.id)
     tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
     downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
-    held = m.VersionProperty  # key=value lines: a key has no '=', a value no newline (check_properties)
-    properties = select(joined(held.key + "=" + held.value, "\n")).where(held.version_id == m.AdapterVersion.id)
-    aliases_, tags_, downloads_, properties_ = (q.correlate(m.AdapterVersion).scalar_subquery()
-                                                for q in (aliases, tags, downloads, properties))
+    pairs = [select(joined(held.key + "=" + held.value, "\n")).where(held.version_id == m.AdapterVersion.id)
+             for held in (m.VersionProperty, m.VersionParam)]  # key=value lines (_pairs)
+    aliases_, tags_, downloads_, properties_, params_ = (q.correlate(m.AdapterVersion).scalar_subquery()
+                                                         for q in (aliases, tags, downloads, *pairs))
     # (the query may join aliases too)
-    return _resolving(by_number).add_columns(aliases_, tags_, downloads_, properties_)
+    return _resolving(by_number).add_columns(aliases_, tags_, downloads_, properties_, params_)
 
 
 def naming(query: Select[*_Row], by_number: bool) -> Select[*_Row]:
@@ -152,9 +159,9 @@ def version_ref(v: m.AdapterVersion) -> str:
 
 def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = None,
                  downloads: int | None = None, *, tags: list[str] | None = None,
-                 properties: dict[str, str] | None = None) -> VersionInfo:
-    """The domain object of a version row (``aliases``, ``downloads``, ``tags`` and ``properties`` when the caller
-    already loaded them)."""
+                 properties: dict[str, str] | None = None, params: dict[str, str] | None = None) -> VersionInfo:
+    """The domain object of a version row (``aliases``, ``downloads``, ``tags``, ``properties`` and ``params`` when
+    the caller already loaded them)."""
     if aliases is None:
         aliases = sorted(s.scalars(select(m.Alias.name).where(m.Alias.version_id == v.id)))
     if downloads is None:
@@ -172,6 +179,7 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
         lineage=lineage_block(s, v),
         downloads=downloads, visibility=v.adapter.visibility,
         properties=dict(sorted((p.key, p.value) for p in v.properties)) if properties is None else properties,
+        params=dict(sorted((p.key, p.value) for p in v.params)) if params is None else params,
     )
 
 

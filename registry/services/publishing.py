@@ -29,6 +29,7 @@ from registry.domain.schemas import (
     VersionInfo,
     check_json,
     check_name,
+    check_params,
     check_plain,
     check_properties,
     check_text,
@@ -83,6 +84,7 @@ class _Publication:
     lineage: dict[str, Any] = field(default_factory=dict)
     visibility: Visibility | None = None  # of a new adapter (None: the registry's default)
     properties: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
     adapter_description: str | None = None  # of a new adapter (None: the version's description)
 
 
@@ -122,19 +124,20 @@ class Publisher:
         metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), description: str = "",
         published_by: str | None = None, lineage: dict[str, Any] | None = None, on_record: OnRecord | None = None,
         visibility: str | None = None, properties: dict[str, str] | None = None,
-        adapter_description: str | None = None,
+        adapter_description: str | None = None, params: dict[str, str] | None = None,
     ) -> VersionInfo:
         """Validate a PEFT-format adapter directory and record it as the next version of ``owner/name``.
         ``visibility`` (public or private) applies when this creates the adapter (default: the registry's,
         VERA_DEFAULT_VISIBILITY); an existing adapter keeps its own, and saying otherwise is refused.
-        ``properties``: the version's key=value properties (check_properties). ``adapter_description``: the
+        ``properties``: the version's key=value properties (check_properties); ``params``: what it was trained with
+        (check_params), never changed after. ``adapter_description``: the
         adapter's description when this creates it (None: the version's ``description``, as `vera publish` and the
         API give it; a job's worker gives '', since its "fine-tuned by job N" says how the version was made, not
         what the adapter is)."""
         what = _checked_publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision,
                                     metrics=metrics, tags=tags, description=description,
                                     published_by=published_by or owner, lineage=lineage or {})
-        what = replace(what, properties=check_properties(properties or {}),
+        what = replace(what, properties=check_properties(properties or {}), params=check_params(params or {}),
                        adapter_description=_checked_description(adapter_description))
         self._refuse_a_new_path(base_model)
         if visibility is not None:
@@ -380,6 +383,7 @@ def _version_row(what: _Publication, files: AdapterFiles, checked: CheckedAdapte
     )
     version.tags = [m.VersionTag(tag=t) for t in what.tags]
     version.properties = [m.VersionProperty(key=k, value=v) for k, v in what.properties.items()]
+    version.params = [m.VersionParam(key=k, value=v) for k, v in what.params.items()]
     return version
 
 

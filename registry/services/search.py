@@ -177,21 +177,27 @@ def _joined(s: Session, table: str, key: tuple[str, str], rows: list[tuple[Any, 
 
 
 def _infos(s: Session, rows: list[m.AdapterVersion]) -> list[VersionInfo]:
-    """The page's versions with their aliases, download counts and properties, a query each for the whole page
-    (as rows, not ORM objects: cheaper than loading relationships)."""
+    """The page's versions with their aliases, download counts, properties and parameters, a query each for the
+    whole page (as rows, not ORM objects: cheaper than loading relationships)."""
     ids = [v.id for v in rows]
     aliases: dict[int, list[str]] = {}
     for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name).where(
             m.Alias.version_id.in_(ids)).order_by(m.Alias.name)):
         aliases.setdefault(version_id, []).append(alias)
     downloads = download_counts(s, ids)
+    properties, params = _pairs(s, m.VersionProperty, ids), _pairs(s, m.VersionParam, ids)
+    return [version_info(s, v, aliases.get(v.id, []), downloads.get(v.id, 0), properties=properties.get(v.id, {}),
+                         params=params.get(v.id, {})) for v in rows]
+
+
+def _pairs(s: Session, table: type[m.VersionProperty] | type[m.VersionParam], ids: list[int]
+           ) -> dict[int, dict[str, str]]:
+    """The key=value rows of ``table`` (properties or parameters) of the versions ``ids``, by version, keys sorted."""
     held: dict[int, dict[str, str]] = {}
-    for version_id, key, value in s.execute(select(
-            m.VersionProperty.version_id, m.VersionProperty.key, m.VersionProperty.value).where(
-            m.VersionProperty.version_id.in_(ids)).order_by(m.VersionProperty.key)):
+    for version_id, key, value in s.execute(select(table.version_id, table.key, table.value).where(
+            table.version_id.in_(ids)).order_by(table.key)):
         held.setdefault(version_id, {})[key] = value
-    return [version_info(s, v, aliases.get(v.id, []), downloads.get(v.id, 0), properties=held.get(v.id, {}))
-            for v in rows]
+    return held
 
 
 def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r: int | None, seed: int | None,

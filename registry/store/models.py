@@ -232,6 +232,7 @@ class AdapterVersion(Base):
     tags: Mapped[list[VersionTag]] = relationship(cascade="all, delete-orphan", order_by="VersionTag.tag")
     properties: Mapped[list[VersionProperty]] = relationship(cascade="all, delete-orphan",
                                                              order_by="VersionProperty.key")
+    params: Mapped[list[VersionParam]] = relationship(cascade="all, delete-orphan", order_by="VersionParam.key")
 
 
 class VersionTag(Base):
@@ -250,6 +251,19 @@ class VersionProperty(Base):
     version_id: Mapped[int] = mapped_column(
         ForeignKey("adapter_versions.id", name="fk_version_properties_version_id_adapter_versions",
                    ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+
+
+class VersionParam(Base):
+    """A parameter a version was trained with (``lr=0.01``: MLflow's run params), recorded at publish and never
+    changed (migration 0029); filtered as ``params.<key>``."""
+
+    __tablename__ = "version_params"
+    __table_args__ = (Index("ix_version_params_key_value", "key", "value"),)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", name="fk_version_params_version_id_adapter_versions", ondelete="CASCADE"),
+        primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(500))
 

@@ -38,14 +38,15 @@ def empty_postgres() -> Iterator[str]:
 
 
 def a_used_registry(tmp_path: Path) -> tuple[str, Path]:
-    """A SQLite registry with rows in most tables: versions, aliases, tags, properties, evaluations, tokens, an
+    """A SQLite registry with rows in most tables: versions, aliases, tags, properties, params, evaluations, tokens, an
     organisation, a job, a webhook, downloads and the audit log."""
     url, blobs = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs"
     db = Database(url)
     db.upgrade()
     registry = Registry(db, FsspecBlobStore(str(blobs)))
     first = registry.publish(make_adapter(tmp_path / "a"), owner="ann", name="clf", base_model="tiny-llama",
-                             metrics={"accuracy": 0.8}, tags=["demo"], properties={"ticket": "ML-1"})
+                             metrics={"accuracy": 0.8}, tags=["demo"], properties={"ticket": "ML-1"},
+                             params={"lr": "0.01", "epochs": "3"})
     registry.publish(make_adapter(tmp_path / "b", seed=2), owner="ann", name="clf", base_model="tiny-llama")
     registry.set_alias(first.ref, "prod", actor="ann")
     registry.evaluations.record(first.ref, EvaluationRecord(name="hellaswag", metrics={"acc": 0.3}), actor="ann")
@@ -81,10 +82,11 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     source, blobs = a_used_registry(tmp_path)
     done = copy(source, empty_postgres)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "copied " in done.stdout and "rows of 31 tables into postgresql+psycopg://" in " ".join(done.stdout.split())
+    assert "copied " in done.stdout and "rows of 32 tables into postgresql+psycopg://" in " ".join(done.stdout.split())
     before, after = rows_of(source), rows_of(empty_postgres)
     assert sum(map(len, before.values())) > 30 and {t for t, rows in before.items() if rows} >= {
-        "adapters", "adapter_versions", "aliases", "version_tags", "version_properties", "version_evaluations",
+        "adapters", "adapter_versions", "aliases", "version_tags", "version_properties", "version_params",
+        "version_evaluations",
         "access_tokens", "organizations", "memberships", "jobs", "webhooks", "audit_events", "version_files"}
     assert after == before  # every row, every value
     # the copy is a registry: served on the same blobs, it gives the same bytes, and new rows take new ids

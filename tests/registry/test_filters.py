@@ -80,8 +80,8 @@ def test_clauses_join_with_and_in_any_case() -> None:
     ("r >> 1", r"Example: `metrics.test.accuracy > 0.9 and r <= 256 and base_model = 'minilm'`$"),
     ("r = 1 or r = 2", r"at character 7: only 'and' joins clauses \('or' is not supported"),
     ("r = 1 r = 2", r"at character 7: expected 'and' or the end of the filter, found 'r'"),
-    ("colour = 'red'", r"at character 1: expected a field \(r, seed, .*, metrics.<key>, published_via.<key> or "
-                        r"properties.<key>\), found 'colour'"),
+    ("colour = 'red'", r"at character 1: expected a field \(r, seed, .*, metrics.<key>, published_via.<key>, "
+                        r"properties.<key> or params.<key>\), found 'colour'"),
     ("properties.Bad = 'x'", r"at character 1: expected properties.<key> with a key of 1-64 lowercase letters"),
     ("= 3", r"at character 1: expected a field"),
     ("name = minilm", r"at character 8: expected a literal: .* \(strings go in single quotes\), found 'minilm'"),

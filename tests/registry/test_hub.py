@@ -269,6 +269,31 @@ def test_pull_restores_metrics_from_a_registry_model_card(
     assert info.projection_fingerprint == registry.get(ref).projection_fingerprint
 
 
+def test_a_push_carries_the_training_parameters_and_a_pull_restores_the_valid_ones(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """The card's vera_registry block holds what the version was trained with, and its body a table of them ('|'
+    escaped); a pull keeps each parameter the registry takes and leaves out the others, as odd metrics are."""
+    params = {"lr": "0.01", "target_modules": "q_proj|v_proj", "epochs": "3"}
+    info = registry.publish(make_adapter(tmp_path / "a"), owner="alice", name="trained", base_model="org/tiny-llama",
+                            params=params)
+    sync.push(info.ref, "alice/trained", actor="alice")
+    card = hub.files("alice/trained")["README.md"].decode()
+    assert "| target_modules | q_proj\\|v_proj |" in card and "| trained with | value |" in card
+    assert sync.pull("alice/trained", target="alice/copy", actor="alice").version.params == params
+    # a card another tool edited: a bad key, a newline, a number are left out; the good ones kept
+    files = dict(hub.files("alice/trained"))
+    files["README.md"] = card.replace("    lr: '0.01'", "    lr: '0.01'\n    Bad Key: x\n    notes: 3").encode()
+    (tmp_path / "edited.md").write_bytes(files["README.md"])
+    assert metadata_load(tmp_path / "edited.md")["vera_registry"]["params"]["Bad Key"] == "x"
+    hub.seed_repo("someone/edited", files)
+    pulled = sync.pull("someone/edited", target="alice/edited", actor="alice").version
+    assert pulled.params == params  # (a number is not text: left out as the bad key is)
+    untouched = published(registry, tmp_path, seed=5)  # a version without parameters: its card has no params key
+    sync.push(untouched, "alice/plain", actor="alice")
+    assert "params" not in hub.files("alice/plain")["README.md"].decode()
+
+
 @pytest.mark.parametrize("files,match", [
     ({"adapter_config.json": json.dumps({"peft_type": "LORA", "r": 8}).encode(), "adapter_model.safetensors": b""},
      "PEFT LORA adapter, not VeRA"),

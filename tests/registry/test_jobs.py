@@ -306,6 +306,13 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             assert any(e.data.get("message", "").startswith("published ann/polarity:1 with the weights of step ")
                        and "of 60 (the best eval_accuracy, " in e.data["message"] for e in events), events[-3:]
             assert version.metrics["kept"]["by"] == "eval_accuracy"
+            # what it was trained with: the spec's settings and every default, as text, no worker path among them
+            assert {k: version.params[k] for k in ("r", "max_steps", "lr", "batch_size", "global_batch_size",
+                                                   "metric_for_best", "processes", "demo", "precision")} == {
+                "r": "16", "max_steps": "60", "lr": "0.01", "batch_size": "32", "global_batch_size": "32",
+                "metric_for_best": "accuracy", "processes": "1", "demo": "true", "precision": "fp32"}
+            assert not {"data", "init_from", "base_model", "output_dir"} & version.params.keys()
+            assert [v.ref for v in client.list_versions(filter="params.max_steps = 60").items] == [version.ref]
     finally:
         worker.terminate()
         worker.wait(timeout=30)

@@ -19,6 +19,8 @@ from web_ui import compare
 
 LLAMAS = ["bulk/adapter-59:1", "bulk/adapter-58:1", "bulk/adapter-03:1"]
 OTHER = "alice/polarity:1"  # on another base model: no layer in common with the Llama ones
+#: What the first two were trained with (the third records nothing, as a version published before parameters)
+PARAMS = {LLAMAS[0]: {"lr": "0.01", "epochs": "3"}, LLAMAS[1]: {"lr": "0.02", "epochs": "3"}}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
         for seed, ref in enumerate(LLAMAS):
             make_adapter(root / str(seed), seed=seed)
-            client.publish(root / str(seed), ref.removesuffix(":1"), base_model="tiny-llama")
+            client.publish(root / str(seed), ref.removesuffix(":1"), base_model="tiny-llama",
+                           params=PARAMS.get(ref, {}))
         client.publish(make_adapter(root / "roberta", seed=9, tiny=TINY_MODELS[0]), OTHER.removesuffix(":1"),
                        base_model="tiny-roberta")
         yield {"url": url, "token": ""}
@@ -84,3 +87,18 @@ def test_references_typed_beyond_four_are_named_as_not_added(registry: dict[str,
     assert [w.value for w in at.warning] == [
         "Not added: not a ref: not a reference (owner/name:N, owner/name@alias or owner/name); bogus/x:1: no such "
         "version (or none you may read)."]
+
+
+def test_the_parameters_that_differ_are_shown_side_by_side(registry: dict[str, Any]) -> None:
+    """MLflow's run comparison: the parameters whose values differ, a column per version ('-' where one lacks it),
+    the shared ones counted, and a version that recorded none named."""
+    at = page("compare", registry, query={"refs": ",".join(LLAMAS)})
+    assert not at.exception
+    [frame] = [f.value for f in at.dataframe if "parameter" in f.value.columns]
+    assert frame.to_dict("records") == [{"parameter": "lr", LLAMAS[0]: "0.01", LLAMAS[1]: "0.02", LLAMAS[2]: "-"}]
+    shown = texts(at)
+    assert "The parameters that differ; the 1 they share are left out." in shown
+    assert f"{LLAMAS[2]} recorded no training parameters" in shown
+    same = page("compare", registry, query={"refs": f"{LLAMAS[0]},{OTHER}"})
+    assert not any("parameter" in f.value.columns for f in same.dataframe)
+    assert f"{OTHER} recorded no training parameters" in texts(same)

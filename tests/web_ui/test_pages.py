@@ -971,13 +971,13 @@ def test_streamlit_settings_travel_with_the_entry_script(tmp_path: Path) -> None
     assert shown.stdout.strip() == "['none', False, False, False]"
 
 
-def test_a_version_with_only_a_loss_curve_says_so_above_its_chart(tmp_path: Path,
+def test_a_version_with_only_a_loss_curve_says_so_above_its_chart_and_shows_its_params(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         monkeypatch.setenv("VERA_REGISTRY_URL", url)
         with RegistryClient(url) as client:
             client.publish(make_adapter(tmp_path / "a"), "kim/curve", base_model="tiny-llama",
-                           metrics={"train_loss": CURVE})
+                           metrics={"train_loss": CURVE}, params={"lr": "0.01", "schedule": "cosine"})
             client.publish(make_adapter(tmp_path / "b", seed=2), "kim/none", base_model="tiny-llama")
         curve = page("adapter", {"url": url, "token": ""}, query={"ref": "kim/curve:1"}, adapter_tab="Metrics")
         assert not curve.exception and curve.get("vega_lite_chart")
@@ -986,3 +986,8 @@ def test_a_version_with_only_a_loss_curve_says_so_above_its_chart(tmp_path: Path
         bare = page("adapter", {"url": url, "token": ""}, query={"ref": "kim/none:1"}, adapter_tab="Metrics")
         assert not bare.exception and not bare.get("vega_lite_chart")
         assert "No metrics were recorded with this version." in texts(bare)
+        # what it was trained with, under the metrics (MLflow's run Parameters), or why nothing is there
+        [params] = [frame.value for frame in curve.dataframe if "parameter" in frame.value.columns]
+        assert params.to_dict("list") == {"parameter": ["lr", "schedule"], "value": ["0.01", "cosine"]}
+        assert "No training parameters were recorded with this version" in texts(bare)
+        assert "No training parameters" not in texts(curve)

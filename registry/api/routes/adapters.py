@@ -87,7 +87,8 @@ def list_adapters(
     filter_text: Annotated[str | None, Query(alias="filter", max_length=MAX_FILTER_LENGTH, description=(
         "clauses joined by 'and' (MLflow's search syntax), e.g. metrics.accuracy > 0.9 and r <= 256 and "
         "base_model = 'minilm'; fields: metrics.<key>, published_via.<key> (publisher, issuer, subject or a claim "
-        "of the CI run that published it: repository, ref, sha...), properties.<key>, " + ", ".join(FIELDS)
+        "of the CI run that published it: repository, ref, sha...), properties.<key>, params.<key> (what it was "
+        "trained with, as text: params.lr = '0.01'), " + ", ".join(FIELDS)
         + "; operators: " + ", ".join(OPERATORS) + " (is null and is not null after a <key> field: the key missing, "
         "or there); strings in single quotes"))] = None,
 ) -> Page:
@@ -125,9 +126,13 @@ async def publish(
     dataset_bytes: Annotated[int | None, Form(description="that data's size in bytes (with dataset_sha256)")] = None,
     properties: Annotated[str, Form(description="key=value properties, a JSON object of text values (e.g. "
                                     "{\"validation\": \"passed\"})")] = "{}",
+    params: Annotated[str, Form(description="what it was trained with, a JSON object of text values (e.g. "
+                                "{\"lr\": \"0.01\", \"epochs\": \"3\"}; vera train's metrics.json records them "
+                                "as \"params\"); never changed after")] = "{}",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
     held = json_object(properties, "properties")
+    trained_with = json_object(params, "params")
     if parent:  # a parent the publisher may not read does not exist for it (nor its versions and aliases)
         await run_in_threadpool(registry.access.check_readable, who, Ref.parse(parent))
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
@@ -141,7 +146,7 @@ async def publish(
                                                             "published_via": who.provenance,
                                                             "dataset_sha256": dataset_sha256,
                                                             "dataset_bytes": dataset_bytes},
-                          visibility=visibility or None, properties=held)
+                          visibility=visibility or None, properties=held, params=trained_with)
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop
 
