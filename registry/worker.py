@@ -59,7 +59,15 @@ from registry.worker_status import WorkerStatus
 from vera_core import training_checkpoints
 from vera_core.callbacks import FunctionCallback
 from vera_core.distributed import DistributedError
-from vera_core.recipes import TrainSpec, kept_line, published_metrics, published_params, run, run_processes
+from vera_core.recipes import (
+    TrainSpec,
+    kept_line,
+    published_metrics,
+    published_params,
+    run,
+    run_processes,
+    small_eval_note,
+)
 from vera_core.trainer import TrainerState, TrainingArguments
 
 #: The most processes a CPU worker runs a job in (vera worker --nproc).
@@ -545,9 +553,10 @@ class Worker:
             description=f"fine-tuned by job {job.id}", adapter_description="",
             lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via,
                      **parent})
-        kept = kept_line(metrics)
+        kept, few = kept_line(metrics), small_eval_note(metrics)
         self._flush(job.id, tracker, {"phase": "done", "result": info.ref, **metrics["final_eval"]},
-                    [("log", {"message": f"published {info.ref}" + (f" with the weights of {kept}" if kept else "")})])
+                    [("log", {"message": f"published {info.ref}" + (f" with the weights of {kept}" if kept else "")}),
+                     *([("log", {"message": f"note: {few}"})] if few else [])])
         self.jobs.finish(job.id, self.name, status="succeeded", result_version=(job.target_name, info.version))
         self.status.ended("succeeded")
         self.log(f"job {job.id}: published {info.ref}")

@@ -390,6 +390,27 @@ def kept_line(metrics: dict[str, Any]) -> str | None:
         f", {value:.4f})" if isinstance(value, int | float) else ")")
 
 
+#: Below this many eval examples, a run's evaluations are too coarse to choose weights by (small_eval_note).
+FEW_EVAL_EXAMPLES = 50
+
+
+def small_eval_note(metrics: dict[str, Any]) -> str | None:
+    """What to know of a run whose eval split was small (fewer than FEW_EVAL_EXAMPLES): its evaluations, and so the
+    weights kept by the best of them, go by a handful of examples (six rows of a CSV gave one eval example, whose
+    accuracy is 0 or 1: a newcomer's walk, session 40). None otherwise, or for metrics from before ``examples``."""
+    examples = metrics.get("examples")
+    held = examples.get("eval") if isinstance(examples, dict) else None
+    if not isinstance(held, int) or held >= FEW_EVAL_EXAMPLES:
+        return None
+    test = examples.get("test") if isinstance(examples, dict) else None
+    steps = f" (an accuracy moves in steps of {100 / held:.0f}%)" if held and metrics.get("task") == \
+        "classification" else ""
+    return (f"the eval split held {held} example{'s' if held != 1 else ''} and the test split {test}: their "
+            f"metrics are noise{steps}, and the weights kept by the best evaluation may be chosen by chance. Give "
+            f"more distinct texts (about 10% go to eval and 10% to test; {FEW_EVAL_EXAMPLES} eval examples at "
+            "least), or keep the last step's weights (--keep-last).")
+
+
 #: The training settings a version records as its parameters (MLflow's run params): what decides the weights, not
 #: where files go or how often progress is drawn. Every one, defaults included, so two versions compare key by key.
 PARAM_SETTINGS = ("lr", "head_lr", "weight_decay", "head_weight_decay", "epochs", "max_steps", "batch_size",
@@ -418,25 +439,27 @@ def training_params(spec: TrainSpec, args: TrainingArguments, *, processes: int 
     """What a run was trained with, as text (``param_text``): the VeRA and task fields of ``spec`` (``run`` gives it
     the target modules the model adapts, where the spec left them to the default), every PARAM_SETTINGS of its
     TrainingArguments (defaults included), the precision it ran in, the number of processes and the global batch
-    (examples per optimizer step). Paths are not: the dataset's, the base model's or the start's say nothing on
-    another machine (a version's key names its base, its lineage the data's SHA-256 and the version it started
-    from)."""
+    (examples per optimizer step); a setting left unset (None) is left out. Paths are not: the dataset's, the base
+    model's or the start's say nothing on another machine (a version's key names its base, its lineage the data's
+    SHA-256 and the version it started from)."""
     given: dict[str, Any] = {name: getattr(spec, name) for name in PARAM_SPEC_FIELDS}
     given.update({name: getattr(args, name) for name in PARAM_SETTINGS})
     given["demo"] = spec.demo
     given["precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(precision, "fp32") if precision else "fp32"
     given["processes"] = processes
     given["global_batch_size"] = args.batch_size * args.gradient_accumulation_steps * processes
-    return {key: param_text(value) for key, value in sorted(given.items())}
+    # a setting left unset (max_steps, eval_every, patience...) is not recorded: `params.max_steps is null` finds the
+    # runs that went by epochs (as "null" text it was found by nothing: a newcomer's walk)
+    return {key: param_text(value) for key, value in sorted(given.items()) if value is not None}
 
 
 def published_params(metrics: dict[str, Any]) -> dict[str, str]:
-    """The parameters a run's metrics (or metrics.json) record, as a version keeps them ({} for a metrics.json from
-    before parameters, or one another tool wrote)."""
+    """The parameters a run's metrics (or metrics.json) record, as a version keeps them (a null left out; {} for a
+    metrics.json from before parameters, or one another tool wrote)."""
     held = metrics.get("params")
     if not isinstance(held, dict):
         return {}
-    return {str(k): v if isinstance(v, str) else param_text(v) for k, v in held.items()}
+    return {str(k): v if isinstance(v, str) else param_text(v) for k, v in held.items() if v is not None}
 
 
 #: What a published version keeps of a run's metrics: results, labels and the curves the dashboard draws.

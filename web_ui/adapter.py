@@ -276,12 +276,24 @@ def trained_with(info: VersionInfo) -> None:
     """The parameters the version was trained with (MLflow's run Parameters), or why there are none."""
     st.markdown("**Trained with**")
     if info.params:
-        tables.show(pd.DataFrame({"parameter": list(info.params), "value": list(info.params.values())}),
-                    hide_index=True, width="content", whole=True, key=f"params-{info.ref}")
+        # each column as wide as its longest text (up to PARAM_VALUE_PX, then cut with '…'): sized by content,
+        # Streamlit gave the values 45 px, 'accuracy' showing as 'accurac' (a walk in chromium)
+        keys, values = list(info.params), list(info.params.values())
+        key_px = formats.text_width(keys, 100, PARAM_KEY_PX)
+        value_px = formats.text_width(values, 80, PARAM_VALUE_PX)
+        tables.show(pd.DataFrame({"parameter": keys, "value": [formats.fit(v, value_px) for v in values]}),
+                    hide_index=True, whole=True, key=f"params-{info.ref}", column_config={
+                        "parameter": st.column_config.TextColumn(width=key_px),
+                        "value": st.column_config.TextColumn(width=value_px)})
     else:
-        st.caption("No training parameters were recorded with this version: `vera train` and fine-tune jobs record "
-                   "them (a version published before 2026-12-05 has none); `vera publish --param KEY=VALUE` records "
-                   "those of a run trained elsewhere.")
+        st.caption("No training parameters were recorded with this version. `vera publish --metrics "
+                   "DIR/metrics.json` records those `vera train` wrote, fine-tune jobs record theirs, and `vera "
+                   "publish --param KEY=VALUE` those of a run trained elsewhere (versions published before "
+                   "2026-12-05 have none).")
+
+
+#: The most px the Trained with table's columns take (a longer key or value is cut with '…'; `vera show` has it).
+PARAM_KEY_PX, PARAM_VALUE_PX = 260, 560
 
 
 def evaluations(info: VersionInfo) -> list[EvaluationInfo]:

@@ -117,18 +117,19 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("rank, seed", f"r={v.r}, seed={v.seed}, generator {v.generator}"),
         ("projection", f"fingerprint {v.projection_fingerprint} "
                        f"({'seed-reproducible' if v.seed_reproducible else 'stored'})"),
-        ("parameters", f"{v.adapter_parameters:,} adapter, {v.trainable_parameters:,} trainable"),
+        ("size", f"{v.adapter_parameters:,} adapter parameters, {v.trainable_parameters:,} trainable"),
         ("stored", f"{v.stored_bytes:,} bytes, vectors sha256 {v.vectors_sha256}"),
         ("targets", v.target_modules if isinstance(v.target_modules, str) else ", ".join(v.target_modules or [])
          or "-"),
         ("verified", verified),
         ("tags", ", ".join(v.tags) or "-"),
         ("properties", ", ".join(f"{k}={value}" for k, value in v.properties.items()) or "-"),
-        ("trained with", ", ".join(f"{k}={value}" for k, value in v.params.items()) or "- (no parameters recorded)"),
         ("published", f"by {v.published_by} at {v.created_at:%Y-%m-%d %H:%M:%S %Z}"),
         ("lineage", _lineage_text(v.lineage)),
     ]
     rows += [(f"metric {key}", metric_text(value)) for key, value in flat_metrics(v.metrics)]
+    # what it was trained with, a row each as metrics are (one line of them all wrapped mid-value: a walk's finding)
+    rows += [(f"param {key}", value) for key, value in v.params.items()] or [("params", "- (none recorded)")]
     for key, value in rows:
         grid.add_row(key, value)
     return grid

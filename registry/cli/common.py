@@ -17,7 +17,13 @@ from rich.text import Text
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import LINE_AND_BIDI_CONTROLS, json_object, parse_properties
+from registry.domain.schemas import (
+    LINE_AND_BIDI_CONTROLS,
+    check_params,
+    check_properties,
+    json_object,
+    parse_properties,
+)
 from registry.logs import first_line
 from vera_core import VeraError
 
@@ -76,9 +82,12 @@ def fail(exc: Exception, code: ExitCode = ExitCode.ERROR) -> NoReturn:
 
 def key_values(pairs: list[str], noun: str = "Property", example: str = "validation=passed") -> dict[str, str]:
     """``["validation=passed", "ticket=ML-42"]`` as a dict (registry.domain.schemas.parse_properties: as the
-    dashboard reads them); a pair without '=' or key, or a key given twice, fails saying which."""
+    dashboard reads them); a pair without '=' or key, a key given twice, or a key or value the registry refuses
+    (check_properties, check_params for ``noun`` Parameter) fails saying each, before anything is sent."""
+    check, given = (check_params, "the parameters given") if noun == "Parameter" else (check_properties,
+                                                                                        "the properties given")
     try:
-        return parse_properties(pairs, noun, example)
+        return parse_properties(pairs, noun, example, check=lambda found: check(found, given))
     except InvalidInput as exc:
         fail(exc)
 

@@ -251,7 +251,7 @@ def _start_folder(given: Path | None) -> str | None:
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
-    from vera_core.recipes import kept_line
+    from vera_core.recipes import kept_line, small_eval_note
 
     summary = Table(show_header=False, box=None)
     for key in ("final_eval", "test", "trainable_parameters", "adapter_parameters", "steps", "train_wall_time_s"):
@@ -262,3 +262,5 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
             summary.add_row(Text("weights of", style="bold"), kept)
     summary.add_row(Text("adapter", style="bold"), str(out))
     console.print(summary)
+    if (few := small_eval_note(metrics)) is not None:
+        console.print(styled("note:", "yellow", f" {few}"))

@@ -34,7 +34,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref, VersionInfo, differing_params, path_like
+from registry.domain.schemas import Ref, VersionInfo, check_params, differing_params, path_like
 from vera_core.config import VERA_PEFT_TYPES
 
 
@@ -113,7 +113,8 @@ def publish(
     # after the publish: said before it, it came ahead of a refusal (no token) that had nothing to do with it
     if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
         err_console.print(styled("note:", "yellow", f" {left} was not published: without --metrics {left}, "
-                                 f"{info.ref} has no loss curve or accuracy."), soft_wrap=True)
+                                 f"{info.ref} has no loss curve or accuracy, nor the parameters it was trained "
+                                 "with."), soft_wrap=True)
     if known and base_model not in known and base_config is None:  # a typo makes a base for good: only an admin
         # removes one (--base-config declares a new base on purpose)
         err_console.print(styled("note:", "yellow", f" base model {base_model!r} is new to this registry (it knew "
@@ -189,6 +190,10 @@ def _metrics_file(path: Path | None) -> tuple[dict[str, object], dict[str, str]]
 
     data = read_json_object(path, "--metrics")
     params = published_params(data)
+    try:  # said here, naming the file (the registry's refusal read as a --param's)
+        check_params(params, f"{path}'s params")
+    except InvalidInput as exc:
+        fail(InvalidInput(f"--metrics {path}: its params: {exc} Nothing was uploaded."))
     if "final_eval" in data:
         return published_metrics(data), params
     return {k: v for k, v in data.items() if not (k == "params" and isinstance(v, dict))}, params
@@ -320,7 +325,7 @@ def list_versions(
 
 #: `vera ls`'s columns, by priority: the reference always, then rank, base model and parameters; seed goes first.
 LS_COLUMNS = (Column("ref"), Column("aliases", 3), Column("base model", 2), Column("r", 1, "right"),
-              Column("seed", 7, "right"), Column("params", 2, "right"), Column("bytes", 5, "right"),
+              Column("seed", 7, "right"), Column("adapter params", 2, "right"), Column("bytes", 5, "right"),
               Column("verified", 4), Column("tags", 4), Column("downloads", 6, "right"))
 
 
@@ -336,7 +341,7 @@ def compare(
     if as_json:
         print_json(result)
         return
-    summary = Table("ref", "params", "bytes")
+    summary = Table("ref", "adapter params", "bytes")
     for v in result.versions:
         summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}")
     console.print(summary)

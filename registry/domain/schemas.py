@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
@@ -836,10 +836,13 @@ def check_params(given: object, what: str = "params") -> dict[str, str]:
     """A version's parameters as given (a JSON object of strings), checked as properties are (check_properties), at
     most MAX_PARAMS of them."""
     return _check_pairs(given, what, noun="parameter", plural="parameters", most=MAX_PARAMS,
-                        example='{"lr": "0.01", "epochs": "3"}')
+                        example='{"lr": "0.01", "epochs": "3"}', empty=False)
 
 
-def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int, example: str) -> dict[str, str]:
+def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int, example: str, empty: bool = True
+                 ) -> dict[str, str]:
+    """``check_properties`` and ``check_params``; ``empty``: whether a value may be '' (a parameter may not: an unset
+    shell variable, ``--param lr=$LR``, recorded nothing as if it were the value)."""
     if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
         raise InvalidInput(f"{what} must be a JSON object of text values, e.g. {example}.")
     if len(given) > most:
@@ -858,7 +861,11 @@ def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int,
         try:
             check_text(value, f"{noun} {key[:64]!r}", max_length=MAX_PROPERTY_VALUE)
         except InvalidInput as exc:
-            problems.append(str(exc))
+            long = isinstance(value, str) and len(value) > MAX_PROPERTY_VALUE
+            problems.append(f"{str(exc).removesuffix('.')} (it has {len(value):,})." if long else str(exc))
+        if not empty and isinstance(value, str) and not value.strip():
+            problems.append(f"{noun.capitalize()} {key[:64]!r} has no value: give one ({key[:64]}=...) or leave it "
+                            "out.")
     if len(bad_keys) > 1:
         listed = ", ".join(repr(k[:64]) for k in bad_keys[1:6])
         problems.insert(first_key + 1, f"Nor are {listed}" + (
@@ -874,12 +881,13 @@ def _refuse_all(problems: list[str], shown: int = 5) -> None:
         raise InvalidInput(" ".join(problems[:shown]) + (f" ({more} more like these.)" if more > 0 else ""))
 
 
-def parse_properties(pairs: Iterable[str], noun: str = "Property", example: str = "validation=passed"
-                     ) -> dict[str, str]:
+def parse_properties(pairs: Iterable[str], noun: str = "Property", example: str = "validation=passed",
+                     check: Callable[[dict[str, str]], object] | None = None) -> dict[str, str]:
     """KEY=VALUE texts as a dict, as `vera publish --property`, `vera property` and the dashboard's Properties box
     (one a line) read them: the first '=' splits (a value may hold more), the key is trimmed; a text without '=' or
     key, or a key given twice (collapsed, one value would be dropped unseen), is refused saying which. The registry
-    checks keys and values (check_properties)."""
+    checks keys and values (check_properties); ``check`` (that, or check_params) checks them here too, its problems
+    said with the others in one refusal."""
     found: dict[str, str] = {}
     problems, repeated = [], set()
     for pair in pairs:
@@ -894,6 +902,11 @@ def parse_properties(pairs: Iterable[str], noun: str = "Property", example: str 
                                 f"{value[:40]!r}); give it once.")
         else:
             found[key] = value
+    if check is not None:
+        try:
+            check(found)
+        except InvalidInput as exc:
+            problems.append(str(exc))
     _refuse_all(problems)
     return found
 

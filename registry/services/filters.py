@@ -252,12 +252,22 @@ def _field_name(token: Token) -> tuple[str, str | None]:
             try:
                 check_name(key, "Key")  # a key is a name, as publish (and PATCH, for properties) checks it
             except InvalidInput:
+                meant = f"{field}.{key.lower()}"  # params.LR: keys are lower-case
+                hint = f" (did you mean {meant}?)" if key.lower() != key and _is_name(key.lower()) else ""
                 raise _error(token.at, f"{field}.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or "
-                                       "'-'", repr(text[:60])) from None
+                                       "'-'", repr(text[:60]) + hint) from None
             return field, key
     if text.lower() not in FIELDS:
         raise _error(token.at, _FIELD_LIST, repr(text[:60]))
     return text.lower(), None
+
+
+def _is_name(text: str) -> bool:
+    try:
+        check_name(text, "Key")
+    except InvalidInput:
+        return False
+    return True
 
 
 def _dotted(text: str) -> list[str]:
@@ -297,7 +307,9 @@ class Field:
         name = f"{clause.field}.{clause.key}" if clause.key is not None else clause.field
         if clause.op not in self.ops:
             raise FilterError(f"filter, at character {clause.at}: {name} takes {', '.join(self.ops)}; "
-                              f"{clause.op!r} is not among them.")
+                              f"{clause.op!r} is not among them." + (
+                                  " Parameters are text, as recorded: name the values, e.g. params.lr in (0.01, "
+                                  "0.02)." if self.kind == "param" else ""))
         values = clause.value if isinstance(clause.value, tuple) else (clause.value,)
         for value in values:
             if not _fits(self.kind, value):
@@ -353,7 +365,7 @@ class Field:
 
 _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'", "tag": "a 'string'",
           "alias": "a 'string'",
-          "provenance": "a 'string'", "property": "a 'string'", "param": "a 'string' or a number",
+          "provenance": "a 'string'", "property": "a 'string'", "param": "a 'string', a number, true or false",
           "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false",
           "metric": "a number within a float's range (about 1.8e308 in magnitude)",
           "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
@@ -370,8 +382,8 @@ def _fits(kind: str, value: Literal) -> bool:
         return isinstance(value, str) and _timestamp(value) is not None
     if kind == "flag":
         return isinstance(value, bool)
-    if kind == "param":
-        return isinstance(value, str) or finite_number(value) is not None
+    if kind == "param":  # (true: as `vera train` records a switch)
+        return isinstance(value, str | bool) or finite_number(value) is not None
     return isinstance(value, str)
 
 

@@ -115,7 +115,8 @@ def test_publish_notes_the_metrics_json_it_leaves_out(server: dict[str, Any], tm
     left = vera("publish", str(folder), "--name", "ann/trained", "--base-model", "tiny-llama", url=server["url"])
     assert left.returncode == 0, left.stderr
     assert (f"{folder / 'metrics.json'} was not published: without --metrics {folder / 'metrics.json'}, "
-            "ann/trained:1 has no loss curve or accuracy") in " ".join(left.stderr.split())
+            "ann/trained:1 has no loss curve or accuracy, nor the parameters it was trained with") in \
+        " ".join(left.stderr.split())
     given = vera("publish", str(folder), "--name", "ann/trained", "--base-model", "tiny-llama", "--metrics",
                  str(folder / "metrics.json"), url=server["url"])
     assert given.returncode == 0 and "was not published" not in given.stderr, given.stderr

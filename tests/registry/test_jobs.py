@@ -306,6 +306,7 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             assert any(e.data.get("message", "").startswith("published ann/polarity:1 with the weights of step ")
                        and "of 60 (the best eval_accuracy, " in e.data["message"] for e in events), events[-3:]
             assert version.metrics["kept"]["by"] == "eval_accuracy"
+            assert not any(e.data.get("message", "").startswith("note:") for e in events)  # 731 eval examples
             # what it was trained with: the spec's settings and every default, as text, no worker path among them
             assert {k: version.params[k] for k in ("r", "max_steps", "lr", "batch_size", "global_batch_size",
                                                    "metric_for_best", "processes", "demo", "precision")} == {

@@ -35,8 +35,8 @@ def refs(registry: Registry, text: str) -> list[str]:
 def test_params_are_kept_listed_filtered_and_go_with_their_version(registry: Registry, tmp_path: Path) -> None:
     source = make_adapter(tmp_path / "a")
     first = registry.publish(source, owner="ann", name="clf", base_model="tiny-llama",
-                             params={"lr": "0.01", "epochs": "3", "schedule": "cosine"})
-    assert first.params == {"epochs": "3", "lr": "0.01", "schedule": "cosine"}  # keys sorted
+                             params={"lr": "0.01", "epochs": "3", "schedule": "cosine", "demo": "true"})
+    assert first.params == {"demo": "true", "epochs": "3", "lr": "0.01", "schedule": "cosine"}  # keys sorted
     registry.publish(source, owner="ann", name="clf", base_model="tiny-llama",
                      params={"lr": "0.005", "epochs": "1.5", "schedule": "linear"})
     registry.publish(source, owner="ann", name="other", base_model="tiny-llama")  # none recorded
@@ -49,9 +49,14 @@ def test_params_are_kept_listed_filtered_and_go_with_their_version(registry: Reg
     assert refs(registry, "params.schedule like 'COS%'") == ["ann/clf:1"]
     assert refs(registry, "params.lr is null") == ["ann/other:1"]
     assert refs(registry, "params.lr is not null and params.epochs = '3'") == ["ann/clf:1"]
-    for bad, said in (("params.lr < 0.1", "params.lr takes =, !=, like, in, is null, is not null; '<' is not"),
-                      ("params.lr = true", "params.lr compares with a 'string' or a number, found True"),
-                      ("params.Bad = '1'", "params.<key> with a key of 1-64 lowercase letters")):
+    assert refs(registry, "params.demo = true") == ["ann/clf:1"]  # a switch compared as recorded: 'true'
+    for bad, said in (("params.lr < 0.1", "params.lr takes =, !=, like, in, is null, is not null; '<' is not among "
+                                          "them. Parameters are text, as recorded: name the values, e.g. params.lr "
+                                          "in (0.01, 0.02)."),
+                      ("params.lr = 1e999", "expected a finite number, found 1e999"),
+                      ("params.LR = '1'", "params.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or "
+                                          "'-', found 'params.LR' (did you mean params.lr?)"),
+                      (f"params.{'a' * 65} = '1'", "params.<key> with a key of 1-64")):
         with pytest.raises(FilterError, match=re.escape(said)):
             registry.list_versions(filter_text=bad)
 
@@ -67,16 +72,18 @@ def test_params_are_kept_listed_filtered_and_go_with_their_version(registry: Reg
     assert registry.get("ann/renamed:1").params == first.params  # a move keeps them
     registry.delete("ann/renamed:1", actor="ann")
     with registry.db.session() as s:  # they go with their version
-        assert s.scalar(select(func.count()).select_from(m.VersionParam)) == 3
+        assert s.scalar(select(func.count()).select_from(m.VersionParam)) == 3  # the second version's
 
 
 @pytest.mark.parametrize(("given", "message"), [
     ({"LR": "0.01"}, "Parameter key 'LR' is not a valid name"),
     ({"lr": 0.01}, "params must be a JSON object of text values"),
     ({"notes": "two\nlines"}, "parameter 'notes' contains the control character '\\\\n'"),
-    ({"target_modules": "x" * 501}, "parameter 'target_modules' must be text of at most 500 characters"),
+    ({"target_modules": "x" * 501}, "parameter 'target_modules' must be text of at most 500 characters \\(it has "
+                                    "501\\)"),
+    ({"lr": " "}, "Parameter 'lr' has no value: give one \\(lr=...\\) or leave it out"),
     ({f"k{i}": "v" for i in range(MAX_PARAMS + 1)}, f"at most {MAX_PARAMS} parameters"),
-], ids=["upper-case-key", "number", "newline", "too-long", "too-many"])
+], ids=["upper-case-key", "number", "newline", "too-long", "empty", "too-many"])
 def test_bad_params_are_refused_and_change_nothing(registry: Registry, tmp_path: Path, given: dict[str, Any],
                                                    message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
@@ -96,8 +103,8 @@ def test_the_params_that_differ_are_those_of_versions_that_record_any() -> None:
     assert differing_params([one, version("a:3")]) == []  # one records none: nothing to compare
     assert differing_params([one, version("a:4", lr="0.01", r="8", seed="0"), version("a:5")]) == []
     # a metrics.json's params as a version keeps them: text as it is, other values as JSON, lists joined
-    assert published_params({"params": {"lr": 0.01, "cut": None, "on": True, "t": ["q", "v"], "s": "x"}}) == {
-        "lr": "0.01", "cut": "null", "on": "true", "t": "q,v", "s": "x"}
+    assert published_params({"params": {"lr": 0.01, "unset": None, "on": True, "t": ["q", "v"], "s": "x"}}) == {
+        "lr": "0.01", "on": "true", "t": "q,v", "s": "x"}  # an unset one (null) left out
     assert published_params({"params": ["lr"]}) == published_params({}) == {}
     assert len(param_text("q" * 600)) == 500 and param_text("q" * 600).endswith("...")
 
@@ -132,7 +139,8 @@ def test_params_through_http_the_client_and_vera(server: dict[str, Any]) -> None
         assert kept.params == {"epochs": "4", "lr": "0.02", "r": "256"} and kept.metrics == {"accuracy": 0.8}
         assert [v.ref for v in client.list_versions(filter="params.lr = 0.02").items] == ["ann/http:2"]
     shown = vera("show", "ann/http:1", url=url)
-    assert re.search(r"^trained with +epochs=4, lr=0.01, r=256, warmup=0.1 *$", shown.stdout, re.M), shown.stdout
+    rows = re.findall(r"^param (\S+) +(\S+) *$", shown.stdout, re.M)  # a row each, as metrics are
+    assert rows == [("epochs", "4"), ("lr", "0.01"), ("r", "256"), ("warmup", "0.1")], shown.stdout
     compared = vera("compare", "ann/http:1", "ann/http:2", url=url)
     assert compared.returncode == 0, compared.stderr
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
@@ -141,10 +149,18 @@ def test_params_through_http_the_client_and_vera(server: dict[str, Any]) -> None
     assert "the 2 parameters all share are left out" in " ".join(compared.stdout.split())
     listed = vera("ls", "--filter", "params.warmup is not null", "--json", url=url)
     assert [v["ref"] for v in json.loads(listed.stdout)["items"]] == ["ann/http:1"]
-    # refused before anything is sent: a --param that is no KEY=VALUE, or given twice
-    refused(vera("publish", str(server["source"]), "--name", "ann/http", "--base-model", "tiny-llama", "--param",
-                 "lr", url=url), "Parameter 'lr' is not KEY=VALUE, e.g. lr=0.01")
-    refused(vera("publish", str(server["source"]), "--name", "ann/http", "--base-model", "tiny-llama", "--param",
-                 "Bad=1", url=url), "Parameter key 'Bad' is not a valid name")
+    # refused before anything is sent, every problem at once: no KEY=VALUE, a key given twice, a bad key, no value
+    publish = ("publish", str(server["source"]), "--name", "ann/http", "--base-model", "tiny-llama")
+    refused(vera(*publish, "--param", "LR=1", "--param", "x", "--param", "lr=1", "--param", "lr=2", "--param",
+                 "warmup=", url=url),
+            "Parameter 'x' is not KEY=VALUE, e.g. lr=0.01.", "Parameter 'lr' is given more than once ('1' and '2')",
+            "Parameter key 'LR' is not a valid name", "Parameter 'warmup' has no value")
+    bad_file = root / "bad.json"
+    bad_file.write_text(json.dumps({"final_eval": {}, "params": {"Bad Key": "1"}}))
+    refused(vera(*publish, "--metrics", str(bad_file), url=url),
+            f"--metrics {bad_file}: its params: Parameter key 'Bad Key' is not a valid name", "Nothing was uploaded")
     with RegistryClient(url, cache=False) as client:
         assert [v.ref for v in client.list_versions(owner="ann").items] == ["ann/http:2", "ann/http:1"]
+    plain = vera(*publish, url=url)  # a version without parameters says so
+    assert plain.returncode == 0, plain.stderr
+    assert re.search(r"^params +- \(none recorded\)", vera("show", "ann/http:3", url=url).stdout, re.M)

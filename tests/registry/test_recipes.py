@@ -200,17 +200,19 @@ def test_a_trial_run_trains_and_evaluates_on_the_first_examples_of_each_split(tm
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["examples"] == {"train": 48, "eval": 20, "test": 20} and metrics["steps"] == 3  # one epoch
+    assert ("note: the eval split held 20 examples and the test split 20: their metrics are noise (an accuracy "
+            "moves in steps of 5%)") in " ".join(result.stdout.split())
     assert metrics["labels"] == ["negative", "positive"]
     assert (metrics["spec"]["max_train_examples"], metrics["spec"]["max_eval_examples"]) == (48, 20)
     # what a version of it records as its parameters: every setting, defaults too, as text; no path
     params = metrics["params"]
     assert {k: params[k] for k in ("r", "batch_size", "global_batch_size", "max_train_examples", "max_eval_examples",
-                                   "lr", "schedule", "max_steps", "eval_every", "target_modules", "task",
-                                   "precision", "processes")} == {
+                                   "lr", "schedule", "target_modules", "task", "precision", "processes")} == {
         "r": "8", "batch_size": "16", "global_batch_size": "16", "max_train_examples": "48",
-        "max_eval_examples": "20", "lr": "0.01", "schedule": "linear", "max_steps": "null", "eval_every": "null",
+        "max_eval_examples": "20", "lr": "0.01", "schedule": "linear",
         "target_modules": "dense,query,value", "task": "classification", "precision": "fp32", "processes": "1"}
     assert all(isinstance(v, str) for v in params.values()) and not {"data", "base_model", "init_from"} & params.keys()
+    assert not {"max_steps", "eval_every", "early_stopping_patience"} & params.keys()  # unset: left out
     whole, cut = word_polarity(), load_splits(TrainSpec(demo=True, max_train_examples=48, max_eval_examples=20))
     assert (cut.train, cut.eval, cut.test) == (whole.train[:48], whole.eval[:20], whole.test[:20])
     for flag in ("--max-train-examples", "--max-eval-examples"):

@@ -71,6 +71,21 @@ def test_the_worker_trains_on_its_own_device(registry: Registry, monkeypatch: py
     assert jobs.get(job.id).status == "failed"
 
 
+def test_a_job_on_a_small_eval_split_says_its_choice_of_weights_is_noise(registry: Registry) -> None:
+    """A newcomer's six-row CSV trained with one eval example, unwarned (session 40's walk): the job's log now says
+    that the evaluations, and the weights kept by the best of them, go by a handful of examples, and what to do."""
+    jobs = Jobs(registry)
+    job = jobs.submit({**TRIAL_DEMO, "r": 8, "max_eval_examples": 4, "training": {"max_steps": 1}}, owner="ann",
+                      target="ann/few")
+    assert quiet_worker(jobs).run_once()
+    assert jobs.get(job.id).status == "succeeded"
+    logs = " ".join(" ".join(e.data["message"].split()) for e in jobs.events(job.id, kind="log"))
+    assert ("note: the eval split held 4 examples and the test split 4: their metrics are noise (an accuracy moves "
+            "in steps of 25%), and the weights kept by the best evaluation may be chosen by chance.") in logs
+    assert "(--keep-last)" in logs
+    assert registry.get("ann/few:1").params["max_eval_examples"] == "4"
+
+
 @pytest.mark.parametrize(("gpus", "message"), [
     (-1, "gpus must be an integer from 0"), (65, "gpus must be an integer from 0 \\(a CPU job\\) to 64; got 65"),
     (True, "got True"), (1.5, "got 1.5"),
