@@ -356,20 +356,92 @@ def applied(chosen: dict[str, Any]) -> str:
     return "; ".join(filter(None, [", ".join(parts), order]))
 
 
-def own_url() -> None:
-    """Browse keeps nothing in its URL but the registry the session shows (its choices live in the session): a
-    parameter of another page, such as the Adapter page's ``?ref=`` that Back brings along, is dropped."""
-    for name in [name for name in st.query_params if name != navigation.REGISTRY]:
+#: The URL's name of each form field that is not at its default (``?owner=alice&filter=r+<=+8``): a filtered
+#: listing is a link to share, and Back returns to the filters before (MLflow's search is in its URL too).
+URL_NAMES = {"owner": "owner", "base": "base", "rank": "rank", "seed": "seed", "generator": "generator",
+             "tag": "tag", "text": "q", "sort": "sort", "filter": "filter", "metric": "metric", "size": "size",
+             "yanked": "yanked"}
+#: The URL text the page last wrote (st.session_state): a URL that differs from it was opened or gone Back to.
+URL_SEEN = "browse_url_seen"
+
+
+def url_text(values: dict[str, Any]) -> dict[str, str]:
+    """The query parameters of the form's ``values``: each that is not its default, as text."""
+    return {URL_NAMES[name]: ("true" if value is True else str(value)) for name, value in values.items()
+            if name in URL_NAMES and value != FORM_DEFAULTS[name]}
+
+
+def from_url(params: dict[str, str]) -> dict[str, Any]:
+    """The form's values a URL's ``params`` give (the others at their defaults); a value the form cannot hold (a
+    size it does not offer, an unknown sort or generator) is left at its default."""
+    values = dict(FORM_DEFAULTS)
+    for name, param in URL_NAMES.items():
+        text = params.get(param)
+        if text is None:
+            continue
+        if name == "size":
+            values[name] = int(text) if text.isdigit() and int(text) in PAGE_SIZES else FORM_DEFAULTS[name]
+        elif name == "yanked":
+            values[name] = text.lower() in ("true", "1", "yes")
+        elif name == "sort":
+            values[name] = text if text in SORT_LABELS else FORM_DEFAULTS[name]
+        elif name == "generator":
+            values[name] = text if text in KNOWN_GENERATORS else FORM_DEFAULTS[name]
+        else:
+            values[name] = text[:MAX_URL_FIELD]
+    return values
+
+
+#: The longest text of one field the page takes from its URL (a filter is at most 1,000 characters: the registry's).
+MAX_URL_FIELD = 1000
+
+
+def follow_url() -> None:
+    """The URL's filters become the applied ones when it differs from what the page last wrote there (a shared link
+    opened, or Back); a URL without them (the page opened from the menu) keeps the session's. Parameters of another
+    page, such as the Adapter page's ``?ref=`` that Back brings along, are dropped; the registry's stays."""
+    ours = set(URL_NAMES.values())
+    for name in [name for name in st.query_params if name not in ours and name != navigation.REGISTRY]:
         del st.query_params[name]
+    given = {name: st.query_params[name] for name in ours if name in st.query_params}
+    state = st.session_state
+    if given and given != state.get(URL_SEEN):
+        reset_to(from_url(given))
+
+
+def reset_to(values: dict[str, Any]) -> None:
+    """Apply ``values`` from outside the form (the URL, Clear filters): back to the first page, and the form's
+    boxes shown anew from them when it opens."""
+    state = st.session_state
+    state[APPLIED_FORM] = {name: value for name, value in values.items() if value != FORM_DEFAULTS[name]}
+    state["browse_cursors"] = [None]
+    for name in FORM_DEFAULTS:
+        state.pop(field_key(name), None)
+
+
+def write_url(values: dict[str, Any]) -> None:
+    """The applied ``values`` into the URL (those at their defaults removed)."""
+    wanted = url_text(values)
+    for name in URL_NAMES.values():
+        navigation.set_param(name, wanted.get(name, ""))
+    st.session_state[URL_SEEN] = wanted
+
+
+def clearing() -> None:
+    """Clear filters' callback: every choice back to its default."""
+    reset_to(FORM_DEFAULTS)
 
 
 def page() -> None:
     st.title("Browse adapters")  # the sidebar says Browse (a walk: "Adapters" here, Browse there)
-    own_url()
+    follow_url()
     form = st.empty()
     values = form_values()
-    with form.container():
+    write_url(values)
+    with form.container(horizontal=True):
         filters = st.popover("Filter and sort", icon=":material/filter_list:", key=FILTERS, on_change="rerun")
+        if values != FORM_DEFAULTS:  # one click back to every version (there was none: a walk in a browser)
+            st.button("Clear filters", icon=":material/filter_alt_off:", on_click=clearing)
         if filters.open:
             # Built only while open: a first visit paints the table without eleven inputs in the page
             # (bench/RESULTS.md, 2026-11-30: a new visitor's Browse, 0.5 s of 2.3) or the base-model list.

@@ -7,14 +7,16 @@ import csv
 import io
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from registry.domain.errors import RegistryError
 from registry.domain.schemas import Ref, check_name
 from registry.domain.training_spec import training_spec
-from vera_core.config import KNOWN_GENERATORS
+from vera_core.config import KNOWN_GENERATORS, TASK_METRICS
 from vera_core.errors import parse_json
 from web_ui import jobs, navigation, session
 
@@ -101,10 +103,16 @@ GENERATOR_HELP = ("How A and B are drawn from the seed. philox4x32-10-kaiming-un
 NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "Rank r": (1, 4096), "Projection seed": (0, 2**53 - 1), "d initial": (0.0, 10.0), "Epochs": (0.05, 100.0),
     "Vector learning rate": (1e-5, 1.0), "Head learning rate": (1e-6, 1.0), "Batch size": (1, 1024),
-    "Train examples": (1, 10**9), "Eval examples": (1, 10**9), "Max steps": (1, 10**7)}
+    "Train examples": (1, 10**9), "Eval examples": (1, 10**9), "Max steps": (1, 10**7),
+    "Warmup ratio": (0.0, 1.0), "Gradient accumulation": (1, 1024), "Max length": (1, 4096),
+    "Training seed": (0, 2**53 - 1), "Eval every": (1, 10**7), "Patience": (1, 10**4)}
 
-#: The numbers the form may leave empty: a trial run's (empty: the whole split), and the steps (empty: by epochs).
-OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples", "Max steps"})
+#: The numbers the form may leave empty: a trial run's (empty: the whole split), the steps (empty: by epochs), how
+#: often to evaluate (empty: each epoch) and the patience (empty: never stop early).
+OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples", "Max steps", "Eval every", "Patience"})
+#: The More settings box's choices: the schedules, and which weights are published.
+SCHEDULES = ("linear", "cosine", "constant")
+KEPT = {"the best evaluation's": True, "the last step's": False}
 
 
 def _shown(number: float) -> str:
@@ -168,6 +176,61 @@ def not_launched(problems: list[str]) -> None:
     st.error("Not launched:\n" + "\n".join(f"- {problem}" for problem in problems), icon=":material/edit:")
 
 
+@dataclass(frozen=True)
+class MoreSettings:
+    """What the form's More settings box holds: the schedule, evaluation and which weights are kept (`vera job
+    submit`'s --schedule, --eval-every, --patience, --metric-for-best, --keep-best/--keep-last...)."""
+
+    schedule: str
+    metric: str
+    keep_best: bool
+    numbers: dict[str, float | None]  # by label, checked with the form's other numbers (NUMBER_BOUNDS)
+
+    def spec(self) -> dict[str, Any]:
+        """training_spec's arguments (each number's range was checked on Launch)."""
+        n = self.numbers
+        whole = {name: None if (value := n[label]) is None else int(value) for name, label in (
+            ("grad_accum", "Gradient accumulation"), ("max_length", "Max length"), ("seed", "Training seed"),
+            ("eval_every", "Eval every"), ("patience", "Patience"))}
+        return {"schedule": self.schedule, "warmup_ratio": float(n["Warmup ratio"] or 0.0),
+                "metric_for_best": self.metric, "keep_best": self.keep_best, **whole}
+
+
+def more_settings() -> MoreSettings:
+    """The More settings box of the form (closed: the defaults, as `vera job submit` has them)."""
+    with st.expander("More settings: schedule, evaluation, weights kept"):
+        a1, a2, a3, a4 = st.columns(4)
+        schedule = a1.selectbox("Schedule", SCHEDULES, help="How the learning rate decays to zero after warmup: "
+                                "linearly, along a cosine, or not at all.")
+        warmup = a2.number_input("Warmup ratio", value=0.06, format="%.3f",
+                                 help="The fraction of all optimizer steps over which the learning rate rises "
+                                      "from zero. " + bounds_help("Warmup ratio"))
+        accumulate = a3.number_input("Gradient accumulation", value=1, step=1,
+                                     help="Batches summed into one optimizer step: a step sees Batch size x this "
+                                          "many examples. " + bounds_help("Gradient accumulation"))
+        max_length = a4.number_input("Max length", value=64, step=1, help="Tokens per example; longer texts are "
+                                     "cut. " + bounds_help("Max length"))
+        b1, b2, b3, b4 = st.columns(4)
+        eval_every = b1.number_input("Eval every", value=None, step=1, placeholder="each epoch",
+                                     help="Evaluate every N optimizer steps (and at the end). Empty: at the end of "
+                                          "each epoch.")
+        patience = b2.number_input("Patience", value=None, step=1, placeholder="never stop early",
+                                   help="Stop after this many evaluations without improvement of Metric for best. "
+                                        "Empty: train to the end.")
+        metric = b3.selectbox("Metric for best", TASK_METRICS["classification"][::-1],
+                              help="The evaluation metric whose best value picks the weights kept and that "
+                                   "Patience watches (higher accuracy, lower loss; a tie on accuracy goes to the "
+                                   "lower loss).")
+        kept = b4.selectbox("Weights published", tuple(KEPT), help="The weights of the best evaluation (by Metric "
+                            "for best), or of the last step.")
+        seed = st.columns(4)[0].number_input("Training seed", value=0, step=1, help=(
+            "Data order, head initialisation and dropout (the projection has its own seed above). "
+            + bounds_help("Training seed")))
+    return MoreSettings(schedule=str(schedule), metric=str(metric), keep_best=KEPT[str(kept)], numbers={
+        "Warmup ratio": warmup, "Gradient accumulation": accumulate, "Max length": max_length,
+        "Training seed": seed, "Eval every": eval_every, "Patience": patience})
+
+
 def launch() -> bool:
     """The form for a new job; whether this run queued one."""
     with st.form("train"):
@@ -220,11 +283,13 @@ def launch() -> bool:
         # `vera job submit --max-steps` had no box here: a short run took Train examples (a walk, session 40)
         max_steps = t3.number_input("Max steps", value=None, step=1, placeholder="by epochs",
                                     help="Optimizer steps to train for; overrides Epochs. Empty: Epochs decide.")
+        more = more_settings()
         if not st.form_submit_button("Launch", type="primary"):
             return False
         numbers = {"Rank r": r, "Projection seed": prng, "d initial": d_initial, "Epochs": epochs,
                    "Vector learning rate": lr, "Head learning rate": head_lr, "Batch size": batch,
-                   "Train examples": max_train, "Eval examples": max_eval, "Max steps": max_steps}
+                   "Train examples": max_train, "Eval examples": max_eval, "Max steps": max_steps,
+                   **more.numbers}
         problems = [*filter(None, [target_problem(target)]), *number_problems(numbers)]
         if not demo and upload is None:  # the registry's words for this name command-line options
             problems.append("No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file.")
@@ -242,7 +307,7 @@ def launch() -> bool:
                          batch_size=int(batch), init_from=start.strip() or None,
                          max_train_examples=None if max_train is None else int(max_train),
                          max_eval_examples=None if max_eval is None else int(max_eval),
-                         max_steps=None if max_steps is None else int(max_steps))
+                         max_steps=None if max_steps is None else int(max_steps), **more.spec())
     dataset = None if upload is None else (upload.name, upload.getvalue())
     try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
         job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))

@@ -284,10 +284,14 @@ def list_versions(
     cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
     include_yanked: Annotated[bool, typer.Option("--include-yanked", help="Yanked versions too, marked so.")
                               ] = False,
+    show: Annotated[list[str] | None, typer.Option("--show", metavar="KEY", help=(
+        "A column of metrics.<key>, params.<key> or properties.<key> (repeat for several), e.g. --show params.lr "
+        "--show metrics.test.accuracy; a --sort metric is shown without it."))] = None,
     as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """List adapter versions, newest first (columns that do not fit the terminal are left out, least useful first;
-    --json prints the page as the API gives it)."""
+    --show adds columns, MLflow's runs table's chosen ones; --json prints the page as the API gives it)."""
+    extra = _shown_columns(show or [], sort)
     name = None
     if adapter is not None:
         if "/" in adapter:
@@ -309,18 +313,46 @@ def list_versions(
         asked = any(x is not None for x in (owner, name, base_model, r, seed, generator, tag, q, filter_text))
         # each hint where it may be why: the keys' one for a filter with such a clause only, and the yanked ones
         # (an alias on a yanked version matched nothing, hinted at metrics: a newcomer's walk, session 40)
-        hints = (["published_via.<key> and metrics.<key> clauses match only versions that record that key"]
-                 if filter_text and re.search(r"\b(metrics|published_via)\.", filter_text) else []) + (
+        hints = (["metrics.<key>, params.<key>, properties.<key> and published_via.<key> clauses match only versions "
+                  "that record that key"]
+                 if filter_text and re.search(r"\b(metrics|published_via|params|properties)\.", filter_text)
+                 else []) + (
             [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
         console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else "") if asked
                       else "no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
         return
     rows = [[v.ref + (" (yanked)" if v.yanked else ""), ",".join(v.aliases), v.base_model, str(v.r), str(v.seed),
              f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags),
-             f"{v.downloads:,}"] for v in page.items]
-    console.print(fitted_table(LS_COLUMNS, rows))
+             f"{v.downloads:,}", *(_cell(v, key) for key in extra)] for v in page.items]
+    console.print(fitted_table([*LS_COLUMNS, *(Column(key, 0, "right") for key in extra)], rows))
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
+
+
+#: What `vera ls --show` adds a column of: a key of each.
+SHOWN_FIELDS = ("metrics.", "params.", "properties.")
+
+
+def _shown_columns(shown: list[str], sort: str | None) -> list[str]:
+    """`vera ls --show`'s columns, checked, each once, and the metric --sort names (the dashboard shows it too)."""
+    for key in shown:
+        if not key.startswith(SHOWN_FIELDS) or key in SHOWN_FIELDS:
+            fail(InvalidInput(f"--show {key!r}: give metrics.<key>, params.<key> or properties.<key>, e.g. --show "
+                              "params.lr or --show metrics.test.accuracy."))
+    sorted_by = (sort or "").lstrip("+-")
+    return list(dict.fromkeys([*shown, *([sorted_by] if sorted_by.startswith("metrics.") else [])]))
+
+
+def _cell(v: VersionInfo, key: str) -> str:
+    """A version's value of ``key`` (metrics.<dotted key>, params.<key> or properties.<key>), or '-'."""
+    from registry.cli.catalog import flat_metrics, metric_text
+
+    field, _, name = key.partition(".")
+    if field == "metrics":
+        found = dict(flat_metrics(v.metrics)).get(name)
+        return "-" if found is None else metric_text(found)
+    held = v.params if field == "params" else v.properties
+    return held.get(name, "-")
 
 
 #: `vera ls`'s columns, by priority: the reference always, then rank, base model and parameters; seed goes first.

@@ -149,6 +149,18 @@ def test_params_through_http_the_client_and_vera(server: dict[str, Any]) -> None
     assert "the 2 parameters all share are left out" in " ".join(compared.stdout.split())
     listed = vera("ls", "--filter", "params.warmup is not null", "--json", url=url)
     assert [v["ref"] for v in json.loads(listed.stdout)["items"]] == ["ann/http:1"]
+    # chosen columns, as MLflow's runs table has them; a --sort metric shown without asking
+    table = vera("ls", "ann/http", "--show", "params.lr", "--show", "params.warmup", "--sort", "-metrics.accuracy",
+                 url=url)
+    assert table.returncode == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if "params.lr" in line)
+    assert header.split("┃")[-4:-1] == [" params.lr ", " params.warmup ", " metrics.accuracy "], header
+    [row] = [line.split("│") for line in table.stdout.splitlines() if "ann/http:2" in line]  # only it has accuracy
+    assert [cell.strip() for cell in row[-4:-1]] == ["0.02", "-", "0.8"]
+    refused(vera("ls", "--show", "lr", url=url), "--show 'lr': give metrics.<key>, params.<key> or properties.<key>")
+    empty = vera("ls", "--filter", "params.lr = 'nope'", url=url)
+    assert "params.<key>, properties.<key> and published_via.<key> clauses match only versions that record" in \
+        " ".join(empty.stdout.split())
     # refused before anything is sent, every problem at once: no KEY=VALUE, a key given twice, a bad key, no value
     publish = ("publish", str(server["source"]), "--name", "ann/http", "--base-model", "tiny-llama")
     refused(vera(*publish, "--param", "LR=1", "--param", "x", "--param", "lr=1", "--param", "lr=2", "--param",

@@ -1,5 +1,5 @@
 """Browse (web_ui/browse.py) through AppTest against a real registry: the sorted-by metric's column and caption,
-and a URL that carries no other page's parameter."""
+a URL that carries its filters and no other page's parameter, and Clear filters."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
-from tests.web_ui.test_pages import page, texts
+from tests.web_ui.test_pages import apply, field, filter_form, page, texts
 from web_ui import browse, formats, metric_names, navigation, tables
 
 ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846 beside 0.8355
@@ -128,6 +128,30 @@ def test_browse_drops_other_pages_parameters_from_its_url(registry: dict[str, An
                                          navigation.REGISTRY: registry["url"]})
     assert not at.exception and "3 versions match" in texts(at)
     assert dict(at.query_params) == {navigation.REGISTRY: registry["url"]}
+
+
+def test_a_filtered_listing_is_a_link_and_clear_filters_lists_every_version(registry: dict[str, Any]) -> None:
+    """A walk in a browser (session 40): Browse's filters were not in its URL (no link to share, Back forgot them)
+    and nothing cleared them but each box by hand. Now a link gives the listing it was copied from (what the form
+    cannot hold left at its default), Apply writes the URL, and Clear filters lists every version again."""
+    shared = page("browse", registry, query={"owner": "alice", "sort": "nonsense", "size": "30",
+                                             "filter": "r <= 8", "ref": "alice/a:1"})
+    assert not shared.exception
+    assert "2 versions match (owner alice, filter `r <= 8`)" in texts(shared)
+    # what the form cannot hold (a size it does not offer, an unknown sort) left at its default; another page's gone
+    assert dict(shared.query_params) == {"owner": "alice", "filter": "r <= 8"}
+    assert shared.session_state[browse.APPLIED_FORM] == {"owner": "alice", "filter": "r <= 8"}
+    next(b for b in shared.button if b.label == "Clear filters").click()
+    shared.run()
+    assert "3 versions match" in texts(shared) and "(owner" not in texts(shared)
+    assert dict(shared.query_params) == {} and not [b for b in shared.button if b.label == "Clear filters"]
+
+    at = filter_form(page("browse", registry))
+    assert not [b for b in at.button if b.label == "Clear filters"]  # nothing to clear
+    field(at, "Owner").set_value("bob")
+    field(at, "Rows per page").set_value(100)
+    apply(at)
+    assert dict(at.query_params) == {"owner": "bob", "size": "100"} and "1 version matches (owner bob)" in texts(at)
 
 
 def test_compare_marks_an_eval_accuracy_beside_test_ones_too(registry: dict[str, Any]) -> None:

@@ -283,6 +283,44 @@ def test_max_steps_from_the_form_reach_the_job(registry: dict[str, Any]) -> None
         client.cancel_job(job.id)
 
 
+def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None:
+    """A walk's finding (session 40): the page had no schedule, evaluation or weights-kept settings, which `vera job
+    submit` has; its More settings box sends each as the command line would."""
+    at = page("train", registry)
+    next(t for t in at.text_input if t.label == "Publish as").set_value("alice/tuned")
+    boxes = {box.label: box for box in at.selectbox}
+    boxes["Schedule"].set_value("cosine")
+    boxes["Metric for best"].set_value("loss")
+    boxes["Weights published"].set_value("the last step's")
+    numbers = {n.label: n for n in at.number_input}
+    for label, value in (("Warmup ratio", 0.1), ("Gradient accumulation", 2), ("Max length", 32),
+                         ("Training seed", 7), ("Eval every", 10), ("Patience", 3)):
+        numbers[label].set_value(value)
+    next(b for b in at.button if b.label == "Launch").click()
+    at.run()
+    assert not at.exception and not at.error
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        [job] = [j for j in client.jobs() if j.target_name == "alice/tuned"]
+        assert {k: job.spec[k] for k in ("seed", "max_length")} == {"seed": 7, "max_length": 32}
+        assert {k: v for k, v in job.spec["training"].items() if k not in ("epochs", "batch_size", "lr", "head_lr")
+                } == {"schedule": "cosine", "warmup_ratio": 0.1, "gradient_accumulation_steps": 2,
+                      "eval_every": 10, "early_stopping_patience": 3, "metric_for_best": "loss",
+                      "load_best_at_end": False}
+        client.cancel_job(job.id)
+    # left as they are, the box sends the defaults (and no evaluation or patience setting)
+    plain = page("train", registry)
+    next(t for t in plain.text_input if t.label == "Publish as").set_value("alice/plain")
+    next(b for b in plain.button if b.label == "Launch").click()
+    plain.run()
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        [job] = [j for j in client.jobs() if j.target_name == "alice/plain"]
+        training = job.spec["training"]
+        assert "eval_every" not in training and "early_stopping_patience" not in training
+        assert "load_best_at_end" not in training and training["schedule"] == "linear"
+        assert training["metric_for_best"] == "accuracy" and job.spec["seed"] == 0
+        client.cancel_job(job.id)
+
+
 def test_the_registrys_refusal_lists_every_problem_it_found_beside_launch(registry: dict[str, Any]) -> None:
     """What only the registry checks (a base model its jobs train, a Start from the token may read) was said one
     problem per Launch: the registry lists them all (registry.domain.errors.Problems) and the page shows each, in its
