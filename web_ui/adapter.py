@@ -282,7 +282,7 @@ def trained_with(info: VersionInfo) -> None:
         key_px = formats.text_width(keys, 100, PARAM_KEY_PX)
         value_px = formats.text_width(values, 80, PARAM_VALUE_PX)
         tables.show(pd.DataFrame({"parameter": keys, "value": [formats.fit(v, value_px) for v in values]}),
-                    hide_index=True, whole=True, key=f"params-{info.ref}", column_config={
+                    hide_index=True, width="content", whole=True, key=f"params-{info.ref}", column_config={
                         "parameter": st.column_config.TextColumn(width=key_px),
                         "value": st.column_config.TextColumn(width=value_px)})
     else:

@@ -98,10 +98,13 @@ def run() -> None:
                                  icon=":material/groups:", url_path="organisations"),
     }
     st.session_state["pages"] = pages
-    navigation = st.navigation(list(pages.values()))
+    current = st.navigation(list(pages.values()))
+    # the page this run shows and the one the run before showed: Browse tells Back within it from a visit
+    state = st.session_state
+    state[navigation.PAGE_BEFORE], state[navigation.PAGE_SHOWN] = state.get(navigation.PAGE_SHOWN), current.url_path
     identity = sidebar()
     if session.url_problem(session.settings()[0]) is None:
         session.prefetch(RegistryClient.whoami)  # read beside the page's own reads, shown after them
-    navigation.run()
+    current.run()
     with identity.container():
         signed_in_as()

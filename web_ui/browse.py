@@ -396,16 +396,19 @@ def from_url(params: dict[str, str]) -> dict[str, Any]:
 MAX_URL_FIELD = 1000
 
 
+#: Browse's url_paths (web_ui.app: "home" is served at /, whose path a default page may also give as "").
+BROWSE_PATHS = ("", "home", "browse")
+
+
 def follow_url() -> None:
-    """The URL's filters become the applied ones when it differs from what the page last wrote there (a shared link
-    opened, or Back); a URL without them (the page opened from the menu) keeps the session's. Parameters of another
-    page, such as the Adapter page's ``?ref=`` that Back brings along, are dropped; the registry's stays."""
+    """The URL's filters become the applied ones when they differ from what the page last wrote there: a shared
+    link opened, or Back and Forward within Browse (to a URL without filters too: every version). Opened from
+    another page (the menu) without filters, the page keeps the session's, and writes them (write_url)."""
     ours = set(URL_NAMES.values())
-    for name in [name for name in st.query_params if name not in ours and name != navigation.REGISTRY]:
-        del st.query_params[name]
     given = {name: st.query_params[name] for name in ours if name in st.query_params}
     state = st.session_state
-    if given and given != state.get(URL_SEEN):
+    within = state.get(navigation.PAGE_BEFORE) in BROWSE_PATHS
+    if given != state.get(URL_SEEN, {}) and (given or within):
         reset_to(from_url(given))
 
 
@@ -420,10 +423,15 @@ def reset_to(values: dict[str, Any]) -> None:
 
 
 def write_url(values: dict[str, Any]) -> None:
-    """The applied ``values`` into the URL (those at their defaults removed)."""
+    """The applied ``values`` into the URL (those at their defaults left out), in one change: one entry of the
+    browser's history per Apply (a parameter at a time, Back went through half-applied filters: a walk in a
+    browser). Parameters of another page, such as the Adapter page's ``?ref=`` that Back brings along, go; the
+    registry's stays."""
     wanted = url_text(values)
-    for name in URL_NAMES.values():
-        navigation.set_param(name, wanted.get(name, ""))
+    kept = {navigation.REGISTRY: st.query_params[navigation.REGISTRY]} if navigation.REGISTRY in st.query_params \
+        else {}
+    if {name: st.query_params[name] for name in st.query_params} != {**kept, **wanted}:
+        st.query_params.from_dict({**kept, **wanted})
     st.session_state[URL_SEEN] = wanted
 
 

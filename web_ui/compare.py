@@ -13,6 +13,7 @@ from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import Page, VersionInfo, is_reference
 from registry.domain.schemas import differing_params as params_that_differ
 from web_ui import charts, formats, navigation, session, tables
+from web_ui.adapter import PARAM_KEY_PX, PARAM_VALUE_PX
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
 BOX = "compare_box"
@@ -261,11 +262,22 @@ def differing_params(versions: list[VersionInfo]) -> None:
     recorded = [v for v in versions if v.params]
     unrecorded = [v.ref for v in versions if not v.params]
     if differing:
-        tables.show(pd.DataFrame([{"parameter": key, **{v.ref: v.params.get(key, "-") for v in versions}}
-                                  for key in differing]), hide_index=True, width="content", whole=True)
+        # every column as wide as its longest text (to a bound, then '…'): sized by content, Streamlit cut
+        # 'philox4x32-10-kaiming-uniform-v1' to 'philox4x32-10-k…' (a walk in a browser)
+        cells = {v.ref: [v.params.get(key) for key in differing] for v in versions}
+        px = {ref: formats.text_width([ref, *(c for c in column if c is not None)], 80, PARAM_VALUE_PX)
+              for ref, column in cells.items()}
+        frame = pd.DataFrame({"parameter": differing, **{ref: [None if c is None else formats.fit(c, px[ref])
+                                                               for c in column] for ref, column in cells.items()}})
+        tables.show(frame, hide_index=True, width="content", whole=True, column_config={
+            "parameter": st.column_config.TextColumn(width=formats.text_width(differing, 100, PARAM_KEY_PX)),
+            **{ref: st.column_config.TextColumn(width=width) for ref, width in px.items()}})
         shared = len(set().union(*(v.params for v in recorded))) - len(differing)
-        st.caption(f"The parameters that differ; the {shared} they share are left out. - where a version does not "
-                   "record it." if shared else "- where a version does not record it.")
+        said = [f"The {formats.counted(len(differing), 'parameter')} whose values differ" + (
+            f"; the {shared} that all share are left out." if shared else " (none is the same in all).")]
+        if any(c is None for column in cells.values() for c in column):
+            said.append(f"{formats.MISSING} where a version does not record the parameter.")
+        st.caption(" ".join(said))
     elif len(recorded) > 1:
         st.caption(f"{formats.listed([v.ref for v in recorded])} were trained with the same "
                    f"{len(recorded[0].params)} parameters.")

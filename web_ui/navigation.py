@@ -22,6 +22,11 @@ def _marker(key: str) -> str:
     return f"{key}__url"
 
 
+#: st.session_state keys the app sets each run (web_ui.app.run): the url_path of the page this run shows, and of the
+#: page the run before showed (Browse tells Back within it from a visit from another page).
+PAGE_SHOWN, PAGE_BEFORE = "page_shown", "page_before"
+
+
 def follow_url(param: str, key: str, *, default: str | Callable[[], str] = "",
                decode: Callable[[str], Any] = str) -> str:
     """Make the widget ``key`` show the URL's ``param`` when that changed since the widget last wrote it; returns

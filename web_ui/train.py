@@ -110,6 +110,11 @@ NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
 #: The numbers the form may leave empty: a trial run's (empty: the whole split), the steps (empty: by epochs), how
 #: often to evaluate (empty: each epoch) and the patience (empty: never stop early).
 OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples", "Max steps", "Eval every", "Patience"})
+#: The form's box of further settings, and the numbers in it (a problem with one says where it is: the box may be
+#: closed when Launch is clicked).
+MORE = "More settings: schedule, evaluation, weights kept"
+MORE_NUMBERS = frozenset({"Warmup ratio", "Gradient accumulation", "Max length", "Training seed", "Eval every",
+                          "Patience"})
 #: The More settings box's choices: the schedules, and which weights are published.
 SCHEDULES = ("linear", "cosine", "constant")
 KEPT = {"the best evaluation's": True, "the last step's": False}
@@ -131,10 +136,11 @@ def number_problems(numbers: Mapping[str, float | None]) -> list[str]:
         low, high = NUMBER_BOUNDS[label]
         if value is None and label in OPTIONAL_NUMBERS:
             continue
+        where = " (under **More settings**)" if label in MORE_NUMBERS else ""
         if value is None:
-            problems.append(f"{label} is empty: type a number from {_shown(low)} to {_shown(high)}.")
+            problems.append(f"{label}{where} is empty: type a number from {_shown(low)} to {_shown(high)}.")
         elif not low <= value <= high:
-            problems.append(f"{label} {_shown(value)} is out of range: type a number from {_shown(low)} to "
+            problems.append(f"{label} {_shown(value)}{where} is out of range: type a number from {_shown(low)} to "
                             f"{_shown(high)}.")
     return problems
 
@@ -198,8 +204,8 @@ class MoreSettings:
 
 def more_settings() -> MoreSettings:
     """The More settings box of the form (closed: the defaults, as `vera job submit` has them)."""
-    with st.expander("More settings: schedule, evaluation, weights kept"):
-        a1, a2, a3, a4 = st.columns(4)
+    with st.expander(MORE):
+        a1, a2, a3, a4, a5 = st.columns(5)
         schedule = a1.selectbox("Schedule", SCHEDULES, help="How the learning rate decays to zero after warmup: "
                                 "linearly, along a cosine, or not at all.")
         warmup = a2.number_input("Warmup ratio", value=0.06, format="%.3f",
@@ -210,22 +216,22 @@ def more_settings() -> MoreSettings:
                                           "many examples. " + bounds_help("Gradient accumulation"))
         max_length = a4.number_input("Max length", value=64, step=1, help="Tokens per example; longer texts are "
                                      "cut. " + bounds_help("Max length"))
-        b1, b2, b3, b4 = st.columns(4)
+        seed = a5.number_input("Training seed", value=0, step=1, help=(
+            "Data order, head initialisation and dropout (the projection has its own seed above). "
+            + bounds_help("Training seed")))
+        b1, b2, b3, b4, _ = st.columns(5)
         eval_every = b1.number_input("Eval every", value=None, step=1, placeholder="each epoch",
-                                     help="Evaluate every N optimizer steps (and at the end). Empty: at the end of "
-                                          "each epoch.")
+                                     help="Evaluate every N optimizer steps (and at the end): "
+                                          + bounds_help("Eval every") + " Empty: at the end of each epoch.")
         patience = b2.number_input("Patience", value=None, step=1, placeholder="never stop early",
-                                   help="Stop after this many evaluations without improvement of Metric for best. "
-                                        "Empty: train to the end.")
+                                   help="Stop after this many evaluations without improvement of Metric for best: "
+                                        + bounds_help("Patience") + " Empty: train to the end.")
         metric = b3.selectbox("Metric for best", TASK_METRICS["classification"][::-1],
                               help="The evaluation metric whose best value picks the weights kept and that "
                                    "Patience watches (higher accuracy, lower loss; a tie on accuracy goes to the "
                                    "lower loss).")
         kept = b4.selectbox("Weights published", tuple(KEPT), help="The weights of the best evaluation (by Metric "
                             "for best), or of the last step.")
-        seed = st.columns(4)[0].number_input("Training seed", value=0, step=1, help=(
-            "Data order, head initialisation and dropout (the projection has its own seed above). "
-            + bounds_help("Training seed")))
     return MoreSettings(schedule=str(schedule), metric=str(metric), keep_best=KEPT[str(kept)], numbers={
         "Warmup ratio": warmup, "Gradient accumulation": accumulate, "Max length": max_length,
         "Training seed": seed, "Eval every": eval_every, "Patience": patience})

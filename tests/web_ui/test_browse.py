@@ -152,6 +152,19 @@ def test_a_filtered_listing_is_a_link_and_clear_filters_lists_every_version(regi
     field(at, "Rows per page").set_value(100)
     apply(at)
     assert dict(at.query_params) == {"owner": "bob", "size": "100"} and "1 version matches (owner bob)" in texts(at)
+    # Back within Browse to its address without filters: every version (it kept the filters: a walk in a browser)
+    at.session_state[navigation.PAGE_BEFORE] = "home"  # (web_ui.app sets it each run; AppTest runs the page alone)
+    at.query_params.clear()
+    at.run()
+    assert "3 versions match" in texts(at) and dict(at.query_params) == {}
+    # Forward again, then to another page and back through the menu (no filters in that URL): the session's kept
+    at.query_params.update({"owner": "bob", "size": "100"})
+    at.run()
+    assert "1 version matches (owner bob)" in texts(at)
+    at.session_state[navigation.PAGE_BEFORE] = "adapter"
+    at.query_params.clear()
+    at.run()
+    assert "1 version matches (owner bob)" in texts(at) and dict(at.query_params) == {"owner": "bob", "size": "100"}
 
 
 def test_compare_marks_an_eval_accuracy_beside_test_ones_too(registry: dict[str, Any]) -> None:

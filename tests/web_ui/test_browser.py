@@ -29,6 +29,38 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def test_browse_keeps_its_filters_in_its_url_and_back_and_forward_follow_them_in_a_browser(
+        page: Page, product: dict[str, str]) -> None:
+    """A walk in a browser: Back from a filtered Browse to its bare address bounced back to the filters (a URL
+    without them kept the session's), and went through half-applied ones (a parameter written at a time)."""
+    use_product_registry(page, product)
+    page.goto(product["ui"])
+    expect(page.get_by_text("2 versions match")).to_be_visible()
+    filter_and_sort(page)
+    page.get_by_role("textbox", name="Owner", exact=True).fill("alice")
+    page.get_by_role("textbox", name="Search", exact=True).fill("tiny1")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("1 version matches (owner alice, search 'tiny1')")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"\?owner=alice&q=tiny1$"))  # both in one step of the history
+    page.get_by_role("button", name="Clear filters").click()
+    expect(page.get_by_text("2 versions match")).to_be_visible()
+    expect(page).not_to_have_url(re.compile(r"[?&](owner|q)="))
+    page.go_back()
+    expect(page.get_by_text("1 version matches (owner alice, search 'tiny1')")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"\?owner=alice&q=tiny1$"))
+    page.go_forward()
+    expect(page.get_by_text("2 versions match")).to_be_visible()
+    page.wait_for_timeout(1500)  # the bounce came a moment later
+    expect(page.get_by_text("2 versions match")).to_be_visible()
+    expect(page).not_to_have_url(re.compile(r"[?&](owner|q)="))
+    page.go_back()  # one Apply is one step: Back from the filtered address leaves Browse's first one
+    expect(page.get_by_text("1 version matches (owner alice, search 'tiny1')")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_text("2 versions match")).to_be_visible()
+    expect(page).not_to_have_url(re.compile(r"[?&](owner|q)="))
+    shot(page, "53-browse-back-through-filters")
+
+
 @pytest.fixture(scope="module")
 def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`vera up` as a user runs it, on a fresh data folder."""

@@ -95,9 +95,10 @@ def test_the_parameters_that_differ_are_shown_side_by_side(registry: dict[str, A
     at = page("compare", registry, query={"refs": ",".join(LLAMAS)})
     assert not at.exception
     [frame] = [f.value for f in at.dataframe if "parameter" in f.value.columns]
-    assert frame.to_dict("records") == [{"parameter": "lr", LLAMAS[0]: "0.01", LLAMAS[1]: "0.02", LLAMAS[2]: "-"}]
+    assert frame.to_dict("records") == [{"parameter": "lr", LLAMAS[0]: "0.01", LLAMAS[1]: "0.02", LLAMAS[2]: None}]
     shown = texts(at)
-    assert "The parameters that differ; the 1 they share are left out." in shown
+    assert "The 1 parameter whose values differ; the 1 that all share are left out. — where a version does not " \
+        "record the parameter." in shown
     assert f"{LLAMAS[2]} recorded no training parameters" in shown
     same = page("compare", registry, query={"refs": f"{LLAMAS[0]},{OTHER}"})
     assert not any("parameter" in f.value.columns for f in same.dataframe)

@@ -179,6 +179,7 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
     numbers["Head learning rate"].set_value(2.5)
     numbers["Eval examples"].set_value(0)  # may be empty (all), never 0
     numbers["Max steps"].set_value(0)  # may be empty (by epochs), never 0
+    numbers["Patience"].set_value(0)  # in the More settings box, which may be closed: said so
     next(c for c in at.checkbox if c.label.startswith("Demo task")).uncheck()
     with RegistryClient(registry["url"], registry["token"]) as client:
         before = len(client.jobs())
@@ -192,6 +193,7 @@ def test_every_out_of_range_number_is_said_beside_launch(registry: dict[str, Any
         "- Head learning rate 2.5 is out of range: type a number from 1e-06 to 1.\n"
         "- Eval examples 0 is out of range: type a number from 1 to 1,000,000,000.\n"
         "- Max steps 0 is out of range: type a number from 1 to 10,000,000.\n"
+        "- Patience 0 (under **More settings**) is out of range: type a number from 1 to 10,000.\n"
         "- No dataset: tick **Demo task** for the offline demo, or upload a .csv or .jsonl file."]
     shown = [n.type if n.type != "button" else n.label for n in at.main if n.type in ("button", "error")]
     assert shown.index("Launch") + 1 == shown.index("error")  # right under the button
