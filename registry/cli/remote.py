@@ -313,10 +313,9 @@ def list_versions(
         asked = any(x is not None for x in (owner, name, base_model, r, seed, generator, tag, q, filter_text))
         # each hint where it may be why: the keys' one for a filter with such a clause only, and the yanked ones
         # (an alias on a yanked version matched nothing, hinted at metrics: a newcomer's walk, session 40)
-        hints = (["metrics.<key>, params.<key>, properties.<key> and published_via.<key> clauses match only versions "
-                  "that record that key"]
-                 if filter_text and re.search(r"\b(metrics|published_via|params|properties)\.", filter_text)
-                 else []) + (
+        keyed = [f"{field}.<key>" for field in ("metrics", "params", "properties", "published_via")
+                 if filter_text and re.search(rf"\b{field}\.", filter_text)]  # the ones the filter names
+        hints = ([f"{' and '.join(keyed)} clauses match only versions that record that key"] if keyed else []) + (
             [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
         console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else "") if asked
                       else "no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")

@@ -51,11 +51,11 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
         return v, version_info(s, v)
     v, alias_names, tag_names, count, property_lines, param_lines = row
     return v, version_info(s, v, sorted((alias_names or "").split()), count or 0,
-                           tags=sorted((tag_names or "").split()), properties=_pairs(property_lines),
-                           params=_pairs(param_lines))
+                           tags=sorted((tag_names or "").split()), properties=pairs_of(property_lines),
+                           params=pairs_of(param_lines))
 
 
-def _pairs(lines: str | None) -> dict[str, str]:
+def pairs_of(lines: str | None) -> dict[str, str]:
     """key=value lines (a key has no '=', a value no newline: check_properties, check_params) as a dict, keys sorted."""
     held = (line.partition("=") for line in (lines or "").split("\n") if line)
     return dict(sorted((key, value) for key, _, value in held))
@@ -81,7 +81,7 @@ def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str
     tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
     downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
     pairs = [select(joined(held.key + "=" + held.value, "\n")).where(held.version_id == m.AdapterVersion.id)
-             for held in (m.VersionProperty, m.VersionParam)]  # key=value lines (_pairs)
+             for held in (m.VersionProperty, m.VersionParam)]  # key=value lines (pairs_of)
     aliases_, tags_, downloads_, properties_, params_ = (q.correlate(m.AdapterVersion).scalar_subquery()
                                                          for q in (aliases, tags, downloads, *pairs))
     # (the query may join aliases too)
