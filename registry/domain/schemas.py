@@ -106,6 +106,28 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def pairs_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """``json_object`` for key=value pairs (a publish's properties and params): a key given twice is refused, not
+    one of its values dropped unseen (``{"lr": "0.01", "lr": "0.02"}`` kept 0.02: an outsider's walk)."""
+    value = json_object(text, what)
+    seen: set[str] = set()
+    twice: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:  # each object's keys, the nested ones' first
+        seen.clear()
+        for key, _ in items:
+            if key in seen and key not in twice:
+                twice.append(key)
+            seen.add(key)
+        return dict(items)
+
+    # (it parsed as json_object: valid UTF-8, no deeper than the parser goes)
+    json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text, object_pairs_hook=pairs)
+    if twice:
+        raise InvalidInput(f"{what} gives the key {twice[0][:64]!r} more than once; give each key once.")
+    return value
+
+
 def _check_unicode(value: object, what: str) -> None:
     """Refuse a lone UTF-16 surrogate (JSON's "\\ud800" decodes to one): stored, it made every later read of the
     listing and the audit log a 500, as no response can encode it (an outsider's walk, session 29). The same check as
@@ -836,14 +858,21 @@ def check_params(given: object, what: str = "params") -> dict[str, str]:
     """A version's parameters as given (a JSON object of strings), checked as properties are (check_properties), at
     most MAX_PARAMS of them."""
     return _check_pairs(given, what, noun="parameter", plural="parameters", most=MAX_PARAMS,
-                        example='{"lr": "0.01", "epochs": "3"}', empty=False)
+                        example='{"lr": "0.01", "epochs": "3"}', strict=True)
 
 
-def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int, example: str, empty: bool = True
+#: Characters that show as nothing beyond the format ones (Unicode category Cf): a value of only these (and spaces)
+#: holds no value that can be read.
+_BLANK = frozenset("ᅟᅠ⠀ㅤﾠ")
+
+
+def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int, example: str, strict: bool = False
                  ) -> dict[str, str]:
-    """``check_properties`` and ``check_params``; ``empty``: whether a value may be '' (a parameter may not: an unset
-    shell variable, ``--param lr=$LR``, recorded nothing as if it were the value)."""
-    if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+    """``check_properties`` and ``check_params``; ``strict`` (parameters, values compared as text): a value must
+    show something (an unset shell variable, ``--param lr=$LR``, recorded nothing as if it were the value) and may
+    hold no invisible format character (``0.0\u200b1`` printed as 0.01 and matched no ``params.lr = '0.01'``: an
+    outsider's walk)."""
+    if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
         raise InvalidInput(f"{what} must be a JSON object of text values, e.g. {example}.")
     if len(given) > most:
         raise InvalidInput(f"A version takes at most {most} {plural}; {what} has {len(given)}.")
@@ -863,9 +892,14 @@ def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int,
         except InvalidInput as exc:
             long = isinstance(value, str) and len(value) > MAX_PROPERTY_VALUE
             problems.append(f"{str(exc).removesuffix('.')} (it has {len(value):,})." if long else str(exc))
-        if not empty and isinstance(value, str) and not value.strip():
+        if strict and not any(not c.isspace() and c not in _BLANK and unicodedata.category(c) != "Cf"
+                              for c in value):
             problems.append(f"{noun.capitalize()} {key[:64]!r} has no value: give one ({key[:64]}=...) or leave it "
                             "out.")
+        elif strict and (hidden := next((c for c in value if unicodedata.category(c) == "Cf"), None)) is not None:
+            problems.append(f"{noun} {key[:64]!r} holds U+{ord(hidden):04X}, a character that shows as nothing "
+                            f"({unicodedata.name(hidden, 'a format character')}); remove it: parameters are "
+                            "compared as the text they show.")
     if len(bad_keys) > 1:
         listed = ", ".join(repr(k[:64]) for k in bad_keys[1:6])
         problems.insert(first_key + 1, f"Nor are {listed}" + (

@@ -519,6 +519,8 @@ def _card_params(params: object) -> dict[str, str]:
         return {}
     kept: dict[str, str] = {}
     for key, value in list(params.items())[:MAX_PARAMS]:
+        if not isinstance(key, str):  # YAML's 7, null, true as keys (a 500 once: an outsider's walk)
+            continue
         try:
             kept.update(check_params({key: value}))
         except InvalidInput:

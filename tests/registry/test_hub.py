@@ -281,14 +281,15 @@ def test_a_push_carries_the_training_parameters_and_a_pull_restores_the_valid_on
     card = hub.files("alice/trained")["README.md"].decode()
     assert "| target_modules | q_proj\\|v_proj |" in card and "| trained with | value |" in card
     assert sync.pull("alice/trained", target="alice/copy", actor="alice").version.params == params
-    # a card another tool edited: a bad key, a newline, a number are left out; the good ones kept
+    # a card another tool edited: a bad key, a number, keys that are no text are left out; the good ones kept
     files = dict(hub.files("alice/trained"))
-    files["README.md"] = card.replace("    lr: '0.01'", "    lr: '0.01'\n    Bad Key: x\n    notes: 3").encode()
+    odd = "\n    Bad Key: x\n    notes: 3\n    7: x\n    null: y"  # YAML's 7 and null are no text keys (a 500 once)
+    files["README.md"] = card.replace("    lr: '0.01'", "    lr: '0.01'" + odd).encode()
     (tmp_path / "edited.md").write_bytes(files["README.md"])
     assert metadata_load(tmp_path / "edited.md")["vera_registry"]["params"]["Bad Key"] == "x"
     hub.seed_repo("someone/edited", files)
     pulled = sync.pull("someone/edited", target="alice/edited", actor="alice").version
-    assert pulled.params == params  # (a number is not text: left out as the bad key is)
+    assert pulled.params == params  # (a number is not text, nor 7 or null a key: left out as the bad key is)
     untouched = published(registry, tmp_path, seed=5)  # a version without parameters: its card has no params key
     sync.push(untouched, "alice/plain", actor="alice")
     assert "params" not in hub.files("alice/plain")["README.md"].decode()

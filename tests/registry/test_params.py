@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -82,8 +83,10 @@ def test_params_are_kept_listed_filtered_and_go_with_their_version(registry: Reg
     ({"target_modules": "x" * 501}, "parameter 'target_modules' must be text of at most 500 characters \\(it has "
                                     "501\\)"),
     ({"lr": " "}, "Parameter 'lr' has no value: give one \\(lr=...\\) or leave it out"),
+    ({"lr": "\u200b\u3164"}, "Parameter 'lr' has no value"),  # nothing that shows
+    ({"lr": "0.0\u200b1"}, "parameter 'lr' holds U\\+200B, a character that shows as nothing \\(ZERO WIDTH SPACE\\)"),
     ({f"k{i}": "v" for i in range(MAX_PARAMS + 1)}, f"at most {MAX_PARAMS} parameters"),
-], ids=["upper-case-key", "number", "newline", "too-long", "empty", "too-many"])
+], ids=["upper-case-key", "number", "newline", "too-long", "empty", "invisible", "zero-width", "too-many"])
 def test_bad_params_are_refused_and_change_nothing(registry: Registry, tmp_path: Path, given: dict[str, Any],
                                                    message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
@@ -171,6 +174,14 @@ def test_params_through_http_the_client_and_vera(server: dict[str, Any]) -> None
     bad_file.write_text(json.dumps({"final_eval": {}, "params": {"Bad Key": "1"}}))
     refused(vera(*publish, "--metrics", str(bad_file), url=url),
             f"--metrics {bad_file}: its params: Parameter key 'Bad Key' is not a valid name", "Nothing was uploaded")
+    # a key given twice in the form's JSON: refused, not one value dropped unseen (an outsider's walk)
+    source = server["source"]
+    with (source / "adapter_config.json").open("rb") as config, \
+            (source / "adapter_model.safetensors").open("rb") as weights:
+        twice = httpx.post(f"{url}/api/v1/adapters/ann/http/versions", files={
+            "adapter_config": ("adapter_config.json", config), "adapter_model": ("adapter_model.safetensors", weights)},
+            data={"base_model": "tiny-llama", "params": '{"lr": "0.01", "lr": "0.02"}'})
+    assert twice.status_code == 422 and "params gives the key 'lr' more than once; give each key once." in twice.text
     with RegistryClient(url, cache=False) as client:
         assert [v.ref for v in client.list_versions(owner="ann").items] == ["ann/http:2", "ann/http:1"]
     plain = vera(*publish, url=url)  # a version without parameters says so

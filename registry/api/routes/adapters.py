@@ -46,6 +46,7 @@ from registry.domain.schemas import (
     VersionInfo,
     VersionUpdate,
     json_object,
+    pairs_object,
 )
 from registry.services.filters import FIELDS, MAX_FILTER_LENGTH, OPERATORS
 from registry.services.search import MAX_PAGE, SORTS
@@ -131,8 +132,8 @@ async def publish(
                                 "as \"params\"); never changed after")] = "{}",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
-    held = json_object(properties, "properties")
-    trained_with = json_object(params, "params")
+    held = pairs_object(properties, "properties")
+    trained_with = pairs_object(params, "params")
     if parent:  # a parent the publisher may not read does not exist for it (nor its versions and aliases)
         await run_in_threadpool(registry.access.check_readable, who, Ref.parse(parent))
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
