@@ -15,6 +15,7 @@ from registry.domain.errors import NotFound, RegistryError
 from registry.domain.schemas import ADAPTER_FILES, EvaluationInfo, Ref, VerificationReport, VersionInfo
 from vera_core.config import PEFT_GENERATOR
 from web_ui import analysis, charts, editing, formats, layers, lineage, navigation, session, tables, views
+from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
 
 def page() -> None:
@@ -234,15 +235,23 @@ def published_by(v: VersionInfo) -> str:
 
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
-    tables.show(pd.DataFrame([{"version": navigation.version_link(v.ref),
-                               "aliases": ", ".join(formats.ordered_aliases(v.aliases)),
-                               # words, not a bool: the grid draws a bool as a checkbox, which reads as one to
-                               # click (a newcomer's walk); yanking is the Edit tab's
-                               "created": v.created_at, "yanked": "yanked" if v.yanked else "",
-                               "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
-                               "published by": published_by(v)} for v in page.items]),
-                hide_index=True, width="stretch", column_config={
-                    "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+    items = page.items
+    # its rank and numbers beside each version, as Browse has them: which version of the adapter is better was a trip
+    # to Compare (a walk in a browser, session 40)
+    frame = pd.DataFrame([{"version": navigation.version_link(v.ref),
+                           "aliases": ", ".join(formats.ordered_aliases(v.aliases)), "r": v.r,
+                           "accuracy": accuracy, "eval loss": key_metrics(v)["eval loss"],
+                           # words, not a bool: the grid draws a bool as a checkbox, which reads as one to click (a
+                           # newcomer's walk); yanking is the Edit tab's
+                           "created": v.created_at, "yanked": "yanked" if v.yanked else "",
+                           "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
+                           "published by": published_by(v)}
+                          for v, accuracy in zip(items, accuracy_cells(items), strict=True)])
+    tables.show(frame, hide_index=True, width="stretch", column_config={
+        "version": VERSION_LINK, "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        "r": st.column_config.NumberColumn(width=36),
+        "accuracy": accuracy_column(items, MIXED_ACCURACY_PX if mixed_accuracies(items) else 80),
+        "eval loss": formats.metric_column(frame["eval loss"], width=80, help="final eval loss")})
     st.markdown("**Base model and projection**")
     views.fields({"base model": info.base_model, "generator": info.generator, "seed": str(info.seed), "r": info.r,
             "fingerprint": info.projection_fingerprint, "seed reproducible": info.seed_reproducible,

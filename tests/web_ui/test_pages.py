@@ -234,6 +234,9 @@ def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeyp
     assert "**Base model and projection**" in texts(at)
     versions = next(d for d in at.dataframe if "published by" in d.value.columns)
     assert json.loads(versions.proto.columns)["created"]["type_config"]["format"] == "YYYY-MM-DD HH:mm"  # readable
+    # each version's rank and numbers, as Browse has them
+    assert list(versions.value.columns)[:5] == ["version", "aliases", "r", "accuracy", "eval loss"]
+    assert versions.value[["r", "accuracy", "eval loss"]].iloc[-1].tolist() == [8, 0.8, 0.5]  # alice/model0:1
     assert not at.get("vega_lite_chart") and not at.get("graphviz_chart") and not at.get("download_button")
     assert not [b for b in at.button if b.label == "Verify now"] and downloads == []
     assert tab(at, "Layers").get("vega_lite_chart") and len(downloads) == 1
