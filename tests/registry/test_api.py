@@ -233,8 +233,9 @@ def test_errors_are_problem_details(clients: Clients, local: tuple[str, Path], t
     client = clients(url)
     with pytest.raises(InvalidInput, match="Owner 'bad owner' is not a valid name"):
         client.publish(make_adapter(tmp_path / "a"), "bad owner/x", base_model="b")
+    client.publish(make_adapter(tmp_path / "own"), "errors/a", base_model="tiny-llama")  # its own: run alone too
     with pytest.raises(NotFound, match="has no version 9"):
-        client.get("etag/a:9")
+        client.get("errors/a:9")
     big = tmp_path / "big"
     save_adapter(make_model(), big)
     (big / "adapter_model.safetensors").write_bytes(b"\0" * 70_000)
