@@ -285,15 +285,12 @@ def trained_with(info: VersionInfo) -> None:
     """The parameters the version was trained with (MLflow's run Parameters), or why there are none."""
     st.markdown("**Trained with**")
     if info.params:
-        # each column as wide as its longest text (up to PARAM_VALUE_PX, then cut with '…'): sized by content,
-        # Streamlit gave the values 45 px, 'accuracy' showing as 'accurac' (a walk in chromium)
-        keys, values = list(info.params), list(info.params.values())
-        key_px = formats.text_width(keys, 100, PARAM_KEY_PX)
-        value_px = formats.text_width(values, 80, PARAM_VALUE_PX)
-        tables.show(pd.DataFrame({"parameter": keys, "value": [formats.fit(v, value_px) for v in values]}),
-                    hide_index=True, width="content", whole=True, key=f"params-{info.ref}", column_config={
-                        "parameter": st.column_config.TextColumn(width=key_px),
-                        "value": st.column_config.TextColumn(width=value_px)})
+        # each column as wide as its longest text (tables.fitted_texts: Streamlit gave the values 45 px, 'accuracy'
+        # showing as 'accurac', a walk in chromium)
+        keys, key_column = tables.fitted_texts(list(info.params), 100, PARAM_KEY_PX)
+        values, value_column = tables.fitted_texts(list(info.params.values()), 80, PARAM_VALUE_PX)
+        tables.show(pd.DataFrame({"parameter": keys, "value": values}), hide_index=True, width="content", whole=True,
+                    key=f"params-{info.ref}", column_config={"parameter": key_column, "value": value_column})
     else:
         st.caption("No training parameters were recorded with this version. `vera publish --metrics "
                    "DIR/metrics.json` records those `vera train` wrote, fine-tune jobs record theirs, and `vera "

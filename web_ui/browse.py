@@ -430,7 +430,7 @@ def write_url(values: dict[str, Any]) -> None:
     wanted = url_text(values)
     kept = {navigation.REGISTRY: st.query_params[navigation.REGISTRY]} if navigation.REGISTRY in st.query_params \
         else {}
-    if {name: st.query_params[name] for name in st.query_params} != {**kept, **wanted}:
+    if st.query_params.to_dict() != {**kept, **wanted}:
         st.query_params.from_dict({**kept, **wanted})
     st.session_state[URL_SEEN] = wanted
 

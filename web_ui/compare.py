@@ -10,8 +10,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import Page, VersionInfo, is_reference
-from registry.domain.schemas import differing_params as params_that_differ
+from registry.domain.schemas import Page, VersionInfo, compare_params, is_reference
 from web_ui import charts, formats, navigation, session, tables
 from web_ui.adapter import PARAM_KEY_PX, PARAM_VALUE_PX
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
@@ -258,24 +257,18 @@ def differing_params(versions: list[VersionInfo]) -> None:
     """The training parameters whose values differ, a column per version (MLflow's run comparison), or what the
     versions record of them."""
     st.subheader("Trained with")
-    differing = params_that_differ(versions)
-    recorded = [v for v in versions if v.params]
+    recorded, differing, shared = compare_params(versions)
     unrecorded = [v.ref for v in versions if not v.params]
     if differing:
-        # every column as wide as its longest text (to a bound, then '…'): sized by content, Streamlit cut
-        # 'philox4x32-10-kaiming-uniform-v1' to 'philox4x32-10-k…' (a walk in a browser)
-        cells = {v.ref: [v.params.get(key) for key in differing] for v in versions}
-        px = {ref: formats.text_width([ref, *(c for c in column if c is not None)], 80, PARAM_VALUE_PX)
-              for ref, column in cells.items()}
-        frame = pd.DataFrame({"parameter": differing, **{ref: [None if c is None else formats.fit(c, px[ref])
-                                                               for c in column] for ref, column in cells.items()}})
-        tables.show(frame, hide_index=True, width="content", whole=True, column_config={
-            "parameter": st.column_config.TextColumn(width=formats.text_width(differing, 100, PARAM_KEY_PX)),
-            **{ref: st.column_config.TextColumn(width=width) for ref, width in px.items()}})
-        shared = len(set().union(*(v.params for v in recorded))) - len(differing)
+        keys, key_column = tables.fitted_texts(list(differing), 100, PARAM_KEY_PX)
+        columns = {v.ref: tables.fitted_texts([v.params.get(key) for key in differing], 80, PARAM_VALUE_PX, v.ref)
+                   for v in versions}
+        tables.show(pd.DataFrame({"parameter": keys, **{ref: cells for ref, (cells, _) in columns.items()}}),
+                    hide_index=True, width="content", whole=True, column_config={
+                        "parameter": key_column, **{ref: column for ref, (_, column) in columns.items()}})
         said = [f"The {formats.counted(len(differing), 'parameter')} whose values differ" + (
             f"; the {shared} that all share are left out." if shared else " (none is the same in all).")]
-        if any(c is None for column in cells.values() for c in column):
+        if any(c is None for cells, _ in columns.values() for c in cells):
             said.append(f"{formats.MISSING} where a version does not record the parameter.")
         st.caption(" ".join(said))
     elif len(recorded) > 1:

@@ -92,6 +92,14 @@ MAX_WHOLE_ROWS = 40
 ROW_PX = 35
 
 
+def fitted_texts(texts: list[str | None], least: int, most: int, header: str = "") -> tuple[list[str | None], Any]:
+    """A text column as wide as its longest text (and ``header``), ``least`` to ``most`` px, and its ``texts`` as it
+    shows them (longer ones cut with '…'; None stays missing): sized by content, Streamlit cut
+    'philox4x32-10-kaiming-uniform-v1' to 'philox4x32-10-k…' (a walk in a browser)."""
+    width = formats.text_width([header, *(t for t in texts if t is not None)], least, most)
+    return [None if t is None else formats.fit(t, width) for t in texts], st.column_config.TextColumn(width=width)
+
+
 def whole_height(rows: int) -> int:
     """The px height of a table showing ``rows`` rows (at most MAX_WHOLE_ROWS) and its header, nothing cut."""
     return ROW_PX * (min(rows, MAX_WHOLE_ROWS) + 1) + 3

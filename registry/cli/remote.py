@@ -34,7 +34,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref, VersionInfo, check_params, differing_params, path_like
+from registry.domain.schemas import Ref, VersionInfo, check_params, compare_params, path_like
 from vera_core.config import VERA_PEFT_TYPES
 
 
@@ -405,8 +405,7 @@ def compare(
 
 def _differing_params(versions: list[VersionInfo]) -> None:
     """The parameters the versions were trained with that differ, a column per version (those all share: counted)."""
-    differing = differing_params(versions)
-    recorded = [v for v in versions if v.params]
+    recorded, differing, shared = compare_params(versions)
     if not differing:
         if len(recorded) > 1:
             console.print(f"trained with the same {len(recorded[0].params)} parameters"
@@ -416,7 +415,6 @@ def _differing_params(versions: list[VersionInfo]) -> None:
             console.print(f"only {recorded[0].ref} recorded the parameters it was trained with (`vera show "
                           f"{recorded[0].ref}` lists them)")
         return
-    shared = len(set().union(*(v.params for v in recorded))) - len(differing)
     table = Table("parameter", *[v.ref for v in versions], caption=(
         f"the {shared} parameters all share are left out; " if shared else "") + "- where a version does not record "
         "it")

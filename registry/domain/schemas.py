@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
@@ -576,15 +576,29 @@ class VersionInfo(BaseModel):
                 if a != b]
 
 
-def differing_params(versions: Sequence[VersionInfo]) -> list[str]:
-    """The parameters whose values differ among ``versions`` (one a version lacks differs), over the versions that
-    record any (one published without them would make every key differ); none when fewer than two record any. What
-    Compare shows of how versions were trained, as MLflow's run comparison does."""
-    recorded = [v.params for v in versions if v.params]
+class ParamsCompared(NamedTuple):
+    """How ``versions`` were trained, compared (compare_params): what `vera compare` and the dashboard's Compare say."""
+
+    recorded: list[VersionInfo]  # the versions that record any parameter
+    differing: list[str]  # the keys whose values differ among them (one a version lacks differs)
+    shared: int  # how many keys they all record with one value
+
+
+def compare_params(versions: Sequence[VersionInfo]) -> ParamsCompared:
+    """The parameters of ``versions`` compared over the versions that record any (one published without them would
+    make every key differ); nothing differs when fewer than two record any. What Compare shows of how versions were
+    trained, as MLflow's run comparison does."""
+    recorded = [v for v in versions if v.params]
     if len(recorded) < 2:
-        return []
-    keys = sorted(set().union(*recorded))
-    return [key for key in keys if len({params.get(key) for params in recorded}) > 1]
+        return ParamsCompared(recorded, [], 0)
+    keys = sorted(set().union(*(v.params for v in recorded)))
+    differing = [key for key in keys if len({v.params.get(key) for v in recorded}) > 1]
+    return ParamsCompared(recorded, differing, len(keys) - len(differing))
+
+
+def differing_params(versions: Sequence[VersionInfo]) -> list[str]:
+    """The keys whose values differ among ``versions`` (compare_params)."""
+    return compare_params(versions).differing
 
 
 class FileEntry(BaseModel):

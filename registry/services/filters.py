@@ -249,13 +249,11 @@ def _field_name(token: Token) -> tuple[str, str | None]:
     for prefix, field in ((PROPERTY_PREFIX, "properties"), (PARAM_PREFIX, "params")):
         if text.lower().startswith(prefix):
             key = text[len(prefix):]
-            try:
-                check_name(key, "Key")  # a key is a name, as publish (and PATCH, for properties) checks it
-            except InvalidInput:
+            if not _is_name(key):  # a key is a name, as publish (and PATCH, for properties) checks it
                 meant = f"{field}.{key.lower()}"  # params.LR: keys are lower-case
                 hint = f" (did you mean {meant}?)" if key.lower() != key and _is_name(key.lower()) else ""
                 raise _error(token.at, f"{field}.<key> with a key of 1-64 lowercase letters, digits, '.', '_' or "
-                                       "'-'", repr(text[:60]) + hint) from None
+                                       "'-'", repr(text[:60]) + hint)
             return field, key
     if text.lower() not in FIELDS:
         raise _error(token.at, _FIELD_LIST, repr(text[:60]))

@@ -55,6 +55,11 @@ def resolve_info(s: Session, ref: str | Ref) -> tuple[m.AdapterVersion, VersionI
                            params=pairs_of(param_lines))
 
 
+def pair_lines(table: type[m.VersionProperty] | type[m.VersionParam]) -> Any:
+    """The aggregate of a key=value table's rows as lines (``key=value``, one a row), which ``pairs_of`` reads."""
+    return func.aggregate_strings(table.key + "=" + table.value, "\n")
+
+
 def pairs_of(lines: str | None) -> dict[str, str]:
     """key=value lines (a key has no '=', a value no newline: check_properties, check_params) as a dict, keys sorted."""
     held = (line.partition("=") for line in (lines or "").split("\n") if line)
@@ -80,8 +85,8 @@ def _resolving_info(by_number: bool) -> Select[m.AdapterVersion, str | None, str
     aliases = select(joined(m.Alias.name, " ")).where(m.Alias.version_id == m.AdapterVersion.id)
     tags = select(joined(m.VersionTag.tag, " ")).where(m.VersionTag.version_id == m.AdapterVersion.id)
     downloads = select(m.VersionDownloads.downloads).where(m.VersionDownloads.version_id == m.AdapterVersion.id)
-    pairs = [select(joined(held.key + "=" + held.value, "\n")).where(held.version_id == m.AdapterVersion.id)
-             for held in (m.VersionProperty, m.VersionParam)]  # key=value lines (pairs_of)
+    pairs = [select(pair_lines(held)).where(held.version_id == m.AdapterVersion.id)
+             for held in (m.VersionProperty, m.VersionParam)]
     aliases_, tags_, downloads_, properties_, params_ = (q.correlate(m.AdapterVersion).scalar_subquery()
                                                          for q in (aliases, tags, downloads, *pairs))
     # (the query may join aliases too)

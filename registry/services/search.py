@@ -17,7 +17,7 @@ from registry.domain.schemas import MAX_LOOKUP, LookedUp, Page, Ref, VersionInfo
 from registry.services.access import readable_clause
 from registry.services.downloads import download_counts
 from registry.services.filters import MetricOrder, filter_conditions, mentions, metric_order, parse_filter
-from registry.services.lookup import LATEST, pairs_of, version_info
+from registry.services.lookup import LATEST, pair_lines, pairs_of, version_info
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
@@ -195,9 +195,8 @@ def _pairs(s: Session, table: type[m.VersionProperty] | type[m.VersionParam], id
     """The key=value rows of ``table`` (properties or parameters) of the versions ``ids``, by version, keys sorted:
     one row a version, its pairs as lines (lookup.pairs_of), not one a pair (50 versions' 30 parameters each, as
     1,500 rows, made a listing page 1.4x slower: bench/RESULTS.md, 2026-12-05)."""
-    lines = func.aggregate_strings(table.key + "=" + table.value, "\n")
     return {version_id: pairs_of(text) for version_id, text in s.execute(
-        select(table.version_id, lines).where(table.version_id.in_(ids)).group_by(table.version_id))}
+        select(table.version_id, pair_lines(table)).where(table.version_id.in_(ids)).group_by(table.version_id))}
 
 
 def _filtered(*, owner: str | None, name: str | None, base_model: str | None, r: int | None, seed: int | None,
