@@ -422,14 +422,22 @@ class RegistryClient:
         r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
         q: str | None = None, include_yanked: bool | None = None, cursor: str | None = None, limit: int | None = None,
         sort: str | None = None, with_total: bool | None = None, filter: str | None = None,
+        latest: bool | None = None,
     ) -> Page:
         """One page of versions (the API's filters; None leaves the server's default). ``filter``: MLflow-style
-        clauses joined by 'and', e.g. ``metrics.accuracy > 0.9 and r <= 256``; ``sort`` may be ``-metrics.<key>``."""
+        clauses joined by 'and', e.g. ``metrics.accuracy > 0.9 and r <= 256``; ``sort`` may be ``-metrics.<key>``.
+        ``latest``: one version an adapter, its newest that the filters match; a registry older than the parameter
+        (which ignores it) is told by a page holding two versions of one adapter, and refused as such."""
         filters = {"owner": owner, "name": name, "base_model": base_model, "r": r, "seed": seed,
                    "generator": generator, "tag": tag, "q": q, "include_yanked": include_yanked, "cursor": cursor,
-                   "limit": limit, "sort": sort, "with_total": with_total, "filter": filter}
+                   "limit": limit, "sort": sort, "with_total": with_total, "filter": filter, "latest": latest}
         params = {k: v for k, v in filters.items() if v is not None}
-        return Page.model_validate(self._request("GET", "/api/v1/adapters", params=params).json())
+        page = Page.model_validate(self._request("GET", "/api/v1/adapters", params=params).json())
+        names = [(v.owner, v.name) for v in page.items]
+        if latest and len(set(names)) < len(names):
+            raise RegistryError(f"The registry at {self.url} lists every version where one an adapter was asked "
+                                "(latest=true): it predates that parameter. Upgrade it, or list without it.")
+        return page
 
     def get(self, ref: str | Ref) -> VersionInfo:
         return self._following_moves(ref, lambda at: VersionInfo.model_validate(

@@ -276,6 +276,8 @@ def metrics(info: VersionInfo) -> None:
         st.caption("No metrics were recorded with this version.")
     if chart is not None:
         st.altair_chart(chart, width="stretch")
+    for curve in charts.metric_curves({info.ref: info.metrics.get("eval") or []}):
+        st.altair_chart(curve, width="stretch")
     trained_with(info)
     st.markdown("**Storage**")
     views.checklist(storage_items(layers.tensor_summary(info), info))

@@ -230,7 +230,7 @@ APPLIED_FORM = "browse_form"
 #: The form's fields and their values before anything is applied.
 FORM_DEFAULTS: dict[str, Any] = {"owner": "", "base": "any", "rank": "", "seed": "", "generator": "any", "tag": "",
                                  "text": "", "sort": "-created", "filter": "", "metric": "", "size": 50,
-                                 "yanked": False}
+                                 "yanked": False, "latest": False}
 
 
 def field_key(name: str) -> str:
@@ -295,7 +295,8 @@ def choices(values: dict[str, Any]) -> dict[str, Any]:
             "generator": None if values["generator"] == "any" else values["generator"],
             "tag": values["tag"].strip() or None, "q": values["text"].strip() or None,
             "sort": metric_sort(values["metric"]) or values["sort"], "limit": values["size"],
-            "filter": values["filter"].strip() or None, "include_yanked": bool(values["yanked"]) or None}
+            "filter": values["filter"].strip() or None, "include_yanked": bool(values["yanked"]) or None,
+            "latest": bool(values["latest"]) or None}
 
 
 def ignored(values: dict[str, Any]) -> list[str]:
@@ -346,7 +347,8 @@ def applied(chosen: dict[str, Any]) -> str:
     """What the form narrows and sorts by, for the caption (the form itself sits closed in its popover): '' for
     the defaults."""
     parts = [APPLIED[k].format(chosen[k]) for k in APPLIED if chosen[k] is not None] + (
-        ["yanked versions included"] if chosen.get("include_yanked") else [])
+        ["yanked versions included"] if chosen.get("include_yanked") else []) + (
+        ["the newest matching version of each adapter"] if chosen.get("latest") else [])
     metric = sorted_metric(chosen["sort"])
     first = "lowest" if not chosen["sort"].startswith("-") else "highest"
     # the versions a metric sort leaves out, said (9 versions became 8 unsaid: a walk in a browser, session 40)
@@ -360,7 +362,7 @@ def applied(chosen: dict[str, Any]) -> str:
 #: listing is a link to share, and Back returns to the filters before (MLflow's search is in its URL too).
 URL_NAMES = {"owner": "owner", "base": "base", "rank": "rank", "seed": "seed", "generator": "generator",
              "tag": "tag", "text": "q", "sort": "sort", "filter": "filter", "metric": "metric", "size": "size",
-             "yanked": "yanked"}
+             "yanked": "yanked", "latest": "latest"}
 #: The URL text the page last wrote (st.session_state): a URL that differs from it was opened or gone Back to.
 URL_SEEN = "browse_url_seen"
 
@@ -381,7 +383,7 @@ def from_url(params: dict[str, str]) -> dict[str, Any]:
             continue
         if name == "size":
             values[name] = int(text) if text.isdigit() and int(text) in PAGE_SIZES else FORM_DEFAULTS[name]
-        elif name == "yanked":
+        elif name in ("yanked", "latest"):
             values[name] = text.lower() in ("true", "1", "yes")
         elif name == "sort":
             values[name] = text if text in SORT_LABELS else FORM_DEFAULTS[name]
@@ -435,6 +437,21 @@ def write_url(values: dict[str, Any]) -> None:
     st.session_state[URL_SEEN] = wanted
 
 
+#: The toggle beside Filter and sort: one row an adapter (its newest version the filters match), or every version
+#: (a walk: Browse listed versions, not adapters, as MLflow's and the Hub's model lists do).
+LATEST_LABEL = "Newest version of each adapter"
+LATEST_HELP = ("On: one row an adapter, its newest version of those the filters match (`vera ls --latest`). Off: every "
+               "version.")
+
+
+def toggling_latest() -> None:
+    """The toggle's callback: applied at once (it is not in the form), from the first page."""
+    state = st.session_state
+    applied = {name: value for name, value in state.get(APPLIED_FORM, {}).items() if name != "latest"}
+    state[APPLIED_FORM] = applied | ({"latest": True} if state[field_key("latest")] else {})
+    state["browse_cursors"] = [None]
+
+
 def clearing() -> None:
     """Clear filters' callback: every choice back to its default."""
     reset_to(FORM_DEFAULTS)
@@ -446,8 +463,10 @@ def page() -> None:
     form = st.empty()
     values = form_values()
     write_url(values)
-    with form.container(horizontal=True):
+    st.session_state[field_key("latest")] = bool(values["latest"])  # what is applied, from the URL too
+    with form.container(horizontal=True, vertical_alignment="center"):
         filters = st.popover("Filter and sort", icon=":material/filter_list:", key=FILTERS, on_change="rerun")
+        st.toggle(LATEST_LABEL, key=field_key("latest"), on_change=toggling_latest, help=LATEST_HELP)
         if values != FORM_DEFAULTS:  # one click back to every version (there was none: a walk in a browser)
             st.button("Clear filters", icon=":material/filter_alt_off:", on_click=clearing)
         if filters.open:
@@ -471,7 +490,7 @@ def page() -> None:
     how = applied(chosen)
     total = result.total if result.total is not None else len(result.items)  # (asked for: with_total)
     # with nothing shown, no "showing 0-0" and no word of rows to click (session 23's walk)
-    st.caption(formats.matching(total) + (f" ({how})" if how else "") + (
+    st.caption(formats.matching(total, "adapter" if chosen["latest"] else "version") + (f" ({how})" if how else "") + (
         f"; showing {first + 1:,}-{first + len(result.items):,}. Click a name to open it, tick rows to open or compare "
         "them; clicking a column sorts this page only (Filter and sort sorts them all)." if result.items else "."))
     if not result.items:

@@ -6,6 +6,7 @@ Streamlit's own theme gives four lines two blues and two reds."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, cast
 
@@ -26,12 +27,58 @@ def version_colours(refs: list[str]) -> alt.Color:
                      legend=alt.Legend(title=None, orient="bottom", labelLimit=0, columns=2))  # long names wrap
 
 
-def eval_points(history: list[dict[str, Any]]) -> list[list[float]]:
-    """``[[step, eval loss], ...]`` from an eval history (a version's ``metrics["eval"]`` or a job's ``evaluate``
-    events: ``{"step": 40.0, "eval_loss": 0.41, ...}``)."""
-    return [[float(e["step"]), float(e["eval_loss"])] for e in history
-            if isinstance(e, dict) and isinstance(e.get("step"), int | float)
-            and isinstance(e.get("eval_loss"), int | float)]
+def eval_points(history: list[dict[str, Any]], metric: str = "loss") -> list[list[float]]:
+    """``[[step, value], ...]`` of the eval ``metric`` from an eval history (a version's ``metrics["eval"]`` or a
+    job's ``evaluate`` events: ``{"step": 40.0, "eval_loss": 0.41, "eval_accuracy": 0.8}``)."""
+    key = f"eval_{metric}"
+    return [[float(e["step"]), float(e[key])] for e in history
+            if isinstance(e, dict) and _number(e.get("step")) and _number(e.get(key))]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The most eval metrics besides the loss drawn, each a chart (a task's metrics: accuracy, or perplexity).
+MAX_METRIC_CHARTS = 4
+
+
+def eval_metrics(histories: list[list[dict[str, Any]]]) -> list[str]:
+    """The metrics besides the loss that the eval ``histories`` record (``eval_accuracy`` -> ``accuracy``), as first
+    seen, at most MAX_METRIC_CHARTS."""
+    names = dict.fromkeys(key.removeprefix("eval_") for history in histories for e in history if isinstance(e, dict)
+                          for key, value in e.items()
+                          if key.startswith("eval_") and key != "eval_loss" and _number(value))
+    return list(names)[:MAX_METRIC_CHARTS]
+
+
+def step_axis() -> alt.X:
+    """The optimizer step on x: whole-number ticks at least 1 apart, written without decimals (never 1.5, 2.5);
+    padded so a dot at the first or last step is drawn whole, not cut by the plot's edge; spanning the recorded
+    steps: no zero (steps 100-200 of a resumed run start at 100) and no nice (Vega rounds the padded domain outwards
+    to round ticks: steps 1-300 drew an axis from -20, a negative step)."""
+    return alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d"),
+                 scale=alt.Scale(padding=EDGE_PX, zero=False, nice=False))
+
+
+def metric_curves(histories: dict[str, list[dict[str, Any]]]) -> list[alt.LayerChart]:
+    """A chart per eval metric besides the loss (accuracy for a classifier, perplexity for a language model), a line
+    with a dot per evaluation, one colour per version: ``{ref: eval history}`` (what MLflow draws of any metric
+    logged by step); none where no evaluation recorded one."""
+    charts = []
+    for metric in eval_metrics(list(histories.values())):
+        rows = [{"version": ref, "step": step, metric: value} for ref, history in histories.items()
+                for step, value in eval_points(history, metric)]
+        refs = list(dict.fromkeys(str(r["version"]) for r in rows))
+        base = alt.Chart(pd.DataFrame(rows)).encode(
+            x=step_axis(), y=alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False)),
+            color=version_colours(refs), tooltip=["version", "step", alt.Tooltip(f"{metric}:Q", format=".4f")])
+        title = alt.TitleParams(f"Eval {metric}", anchor="start", subtitle=f"{metric} on the held-out eval set at "
+                                "each evaluation (a dot each)", subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")
+        charts.append(cast(alt.LayerChart, alt.layer(base.mark_line(strokeWidth=2),
+                                                     base.mark_point(filled=True, size=DOT_SIZE)).properties(
+            height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))))
+    return charts
 
 
 #: The loss chart's plot area in px (axes, title and legends come on top): tall enough to tell curves apart, whether
@@ -68,12 +115,7 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     dashed = any(len(points) > 1 for points in (evals or {}).values())
     kinds = ["training", "eval"] if dashed else ["training"]
     base = alt.Chart(pd.DataFrame(rows)).encode(
-        # Steps are whole numbers: ticks at least 1 apart, written without decimals (never 1.5, 2.5).
-        # padding: a dot at the first or last step is drawn whole, not cut by the plot's edge. The axis spans the
-        # recorded steps: no zero (steps 100-200 of a resumed run start at 100) and no nice (Vega rounds the padded
-        # domain outwards to round ticks: steps 1-300 drew an axis from -20, a negative step)
-        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d"),
-                scale=alt.Scale(padding=EDGE_PX, zero=False, nice=False)),
+        x=step_axis(),
         # the loss axis spans the losses, not down to zero: losses of 0.60-0.70 were squeezed into the plot's top
         # sixth, one version's curve hidden under the others' (session 23's walk)
         y=alt.Y("loss:Q", title="loss", scale=alt.Scale(zero=False)), color=version_colours(refs),

@@ -251,6 +251,8 @@ def side_by_side(versions: list[VersionInfo]) -> None:
     st.altair_chart(curves, width="stretch")
     if none := [ref for ref in train if not train[ref] and not evals[ref]]:
         st.caption(f"No loss curve was recorded for {', '.join(none)} (versions trained by a job record one).")
+    for curve in charts.metric_curves({v.ref: v.metrics.get("eval") or [] for v in versions}):
+        st.altair_chart(curve, width="stretch")
 
 
 def differing_params(versions: list[VersionInfo]) -> None:

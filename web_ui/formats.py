@@ -22,9 +22,9 @@ def count(n: int) -> str:
     return f"{n:,}"
 
 
-def matching(n: int) -> str:
-    """1 -> '1 version matches'; 3 -> '3 versions match'."""
-    return f"{counted(n, 'version')} {'matches' if n == 1 else 'match'}"
+def matching(n: int, what: str = "version") -> str:
+    """1 -> '1 version matches'; 3 -> '3 versions match' (``what``: 'adapter', '3 adapters match')."""
+    return f"{counted(n, what)} {'matches' if n == 1 else 'match'}"
 
 
 def number(value: object) -> str:

@@ -207,10 +207,10 @@ def checkpoint_line(saved: JobCheckpointInfo) -> str:
 
 def curves(job_id: int, events: list[JobEventInfo]) -> None:
     steps = [[e.data["step"], e.data["loss"]] for e in events if e.kind == "step" and "loss" in e.data]
-    evals = charts.eval_points([e.data for e in events if e.kind == "evaluate"])
-    chart = charts.loss_curves({f"job {job_id}": steps}, {f"job {job_id}": evals})
-    if chart is not None:
-        st.altair_chart(chart, width="stretch")
+    history = [e.data for e in events if e.kind == "evaluate"]
+    chart = charts.loss_curves({f"job {job_id}": steps}, {f"job {job_id}": charts.eval_points(history)})
+    for drawn in ([chart] if chart is not None else []) + charts.metric_curves({f"job {job_id}": history}):
+        st.altair_chart(drawn, width="stretch")
 
 
 #: Where the page leaves the job it follows, from its own listing, for the view's first drawing.

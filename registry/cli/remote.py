@@ -284,6 +284,8 @@ def list_versions(
     cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
     include_yanked: Annotated[bool, typer.Option("--include-yanked", help="Yanked versions too, marked so.")
                               ] = False,
+    latest: Annotated[bool, typer.Option("--latest", help=(
+        "One row an adapter: its newest version of those the other options match (a list of adapters)."))] = False,
     show: Annotated[list[str] | None, typer.Option("--show", metavar="KEY", help=(
         "A column of metrics.<key>, params.<key> or properties.<key> (repeat for several), e.g. --show params.lr "
         "--show metrics.test.accuracy; a --sort metric is shown without it."))] = None,
@@ -305,7 +307,8 @@ def list_versions(
         owner, name = named_owner, name or None
     page = call_registry(registry, token, lambda c: c.list_versions(
         owner=owner, name=name, base_model=base_model, r=r, seed=seed, generator=generator, tag=tag, q=q,
-        limit=limit, cursor=cursor, filter=filter_text, sort=sort, include_yanked=include_yanked or None))
+        limit=limit, cursor=cursor, filter=filter_text, sort=sort, include_yanked=include_yanked or None,
+        latest=latest or None))
     if as_json:
         print_json(page)
         return

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session, selectinload
 
@@ -44,12 +44,14 @@ class Search:
         r: int | None = None, seed: int | None = None, generator: str | None = None, tag: str | None = None,
         text: str | None = None, include_yanked: bool = False, cursor: str | None = None, limit: int = 50,
         sort: str = "-created", with_total: bool = False, filter_text: str | None = None,
-        viewer: Principal | None = None,
+        viewer: Principal | None = None, latest: bool = False,
     ) -> Page:
         """Filtered and sorted (``sort``: one of SORTS or metrics.<key>, '-' for descending; ties by age), with an
         opaque cursor for the next page; ``with_total`` also counts all matches (in the same transaction).
         ``filter_text``: clauses in MLflow's search syntax (registry.services.filters), e.g. ``metrics.accuracy > 0.9
         and r <= 256``. ``viewer``: only the versions of adapters it may read (registry.services.access; None: all).
+        ``latest``: one version an adapter, the newest (highest number) of those the other filters match (MLflow's
+        registered models list, HF's model list): a listing of adapters rather than of versions.
         """
         for what, value in (("owner", owner), ("name", name), ("base_model", base_model), ("generator", generator),
                             ("tag", tag), ("q", text)):
@@ -70,6 +72,11 @@ class Search:
         query = _narrowed(query, clauses, metric)
         if viewer is not None and viewer.readable_owners() is not None:
             query = query.where(m.AdapterVersion.adapter_id.in_(select(m.Adapter.id).where(readable_clause(viewer))))
+        if latest:  # (adapter_id, version) is unique: the join keeps one row an adapter
+            newest = query.with_only_columns(m.AdapterVersion.adapter_id, func.max(m.AdapterVersion.version).label(
+                "newest")).group_by(m.AdapterVersion.adapter_id).subquery()
+            query = query.join(newest, and_(m.AdapterVersion.adapter_id == newest.c.adapter_id,
+                                            m.AdapterVersion.version == newest.c.newest))
         counting = select(func.count()).select_from(query.with_only_columns(m.AdapterVersion.id).subquery())
         if cursor:
             value, last_id = _decode_cursor(cursor, sort, "metric" if metric is not None else

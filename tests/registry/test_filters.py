@@ -284,6 +284,37 @@ def test_filters_and_metric_sorts_select_across_every_page(published: Registry) 
     assert [v.ref for v in combined.items] == ["alice/sent:1", "alice/sent:2"]  # with the older query parameters
 
 
+#: (filter, sort, include_yanked, refs in order) of listings with latest=true: one version an adapter, its newest
+#: of those the filter matches (not its newest overall: `alias = 'latest'` is that)
+LATEST = [
+    (None, "created", False, ["alice/sent:2", "bob/qa:2", "carol/x:1"]),
+    (None, "created", True, ["alice/sent:2", "bob/qa:2", "carol/x:2"]),  # yanked ones count only when asked
+    ("metrics.accuracy > 0.9", "-metrics.accuracy", False, ["carol/x:1", "alice/sent:1", "bob/qa:1"]),
+    (None, "-metrics.accuracy", False, ["carol/x:1", "bob/qa:1", "alice/sent:2"]),  # newest with the metric
+    ("tag = 'demo'", "-created", False, ["bob/qa:2", "alice/sent:1"]),
+    ("r = 8 and owner != 'carol'", "r", False, ["alice/sent:2"]),
+    ("alias = 'prod'", "created", False, ["bob/qa:1"]),
+    ("r = 99", "created", False, []),
+]
+
+
+def test_latest_lists_each_adapters_newest_matching_version_across_every_page(published: Registry) -> None:
+    for filter_text, sort, include_yanked, expected in LATEST:
+        for limit in (1, 2, 50):
+            refs, cursor = [], None
+            while True:
+                page = published.list_versions(filter_text=filter_text, sort=sort, limit=limit, cursor=cursor,
+                                               include_yanked=include_yanked, latest=True, with_total=True)
+                assert page.total == len(expected), (filter_text, sort)
+                refs += [v.ref for v in page.items]
+                if (cursor := page.next_cursor) is None:
+                    break
+            assert refs == expected, (filter_text, sort, limit)
+    assert [v.ref for v in published.list_versions(owner="bob", name="qa", latest=True).items] == ["bob/qa:2"]
+    assert [v.ref for v in published.list_versions(text="sent", latest=True).items] == ["alice/sent:2"]
+    assert len(published.list_versions().items) == 5  # without it, every version as before
+
+
 def test_the_text_search_reads_wildcards_and_backslashes_as_characters(published: Registry) -> None:
     for text in ("%", "_", "\\", "s_nt", "q%"):  # the names are sent, qa, x: none holds these
         assert published.list_versions(text=text).items == [], text
@@ -352,6 +383,12 @@ def test_search_through_http_the_client_and_vera_ls(database_url: str, tmp_path:
         assert none.returncode == 0 and "no versions match (published_via.<key> clauses match " \
             "only versions that record that key; yanked versions are left out: --include-yanked lists them too)" in \
             " ".join(none.stdout.split()), none.stdout
+        client.publish(make_adapter(tmp_path / "s9", seed=9), "team/m1", base_model="minilm")
+        latest = client.list_versions(latest=True, sort="created")
+        assert [v.ref for v in latest.items] == ["team/m0:1", "team/m2:1", "team/m3:1", "team/m1:2"]
+        listed = vera("ls", "--latest", "--owner", "team", "--registry", url)
+        assert listed.returncode == 0 and "team/m1:2" in listed.stdout and "team/m1:1" not in listed.stdout
+        assert "team/m1:1" in vera("ls", "--owner", "team", "--registry", url).stdout
         # no key in the filter: only the hint that may be why (an alias on a yanked version: a newcomer's walk)
         aliased = vera("ls", "--filter", "alias = 'nothing'", "--registry", url)
         assert aliased.returncode == 0 and "no versions match (yanked versions are left out: --include-yanked lists " \

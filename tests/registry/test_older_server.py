@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load, load_file
 
 from registry.client import RegistryClient
+from registry.domain.errors import RegistryError
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA_COMMAND, client_calls, free_port, running_vera
@@ -76,6 +77,9 @@ def test_everyday_calls_of_todays_client_work_against_it(older: dict[str, Any], 
         client.set_alias(first.ref, "prod")
         assert client.get("alice/clf@prod").version == 1
         assert [v.version for v in client.list_versions(owner="alice", name="clf").items] == [2, 1]
+        # latest=true is new: the older server ignores it and lists both versions, which the client refuses as such
+        with pytest.raises(RegistryError, match="lists every version where one an adapter was asked"):
+            client.list_versions(owner="alice", latest=True)
         assert [v.ref for v in client.list_versions(filter="metrics.test.accuracy > 0.5").items] == ["alice/clf:1"]
         got = load(client.download(first.ref, "adapter_model.safetensors"))
         sent = load_file(older["source"] / "adapter_model.safetensors")

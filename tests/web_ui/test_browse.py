@@ -212,3 +212,39 @@ def test_yanked_versions_are_listed_when_asked_and_labelled(registry: dict[str, 
     assert str(rows.loc[gone, "labels"]).startswith("yanked")
     assert browse.choices({**browse.FORM_DEFAULTS, "yanked": True})["include_yanked"] is True
     assert browse.choices(browse.FORM_DEFAULTS)["include_yanked"] is None
+
+
+def test_the_newest_version_of_each_adapter_is_one_toggle_and_in_the_url(registry: dict[str, Any],
+                                                                          tmp_path: Any) -> None:
+    """A walk in a browser (sessions 40-41): Browse listed versions, not adapters (MLflow's and the Hub's model lists
+    show one row a model). The toggle beside Filter and sort lists each adapter's newest matching version, says
+    'adapters match', applies at once and goes into the URL; a link with latest=true opens it on."""
+    with RegistryClient(registry["url"]) as client:
+        for seed in (11, 12):
+            client.publish(make_adapter(tmp_path / f"two{seed}", seed=seed), "dana/two", base_model="tiny-llama")
+    try:
+        at = page("browse", registry, query={"owner": "dana"})
+        assert "2 versions match (owner dana)" in texts(at)
+        [toggle] = [t for t in at.toggle if t.label == browse.LATEST_LABEL]
+        assert toggle.value is False
+        toggle.set_value(True).run()
+        assert not at.exception
+        assert "1 adapter matches (owner dana, the newest matching version of each adapter)" in texts(at)
+        assert [str(v) for v in at.dataframe[0].value["version"]] == [navigation.version_link("dana/two:2")]
+        assert dict(at.query_params) == {"owner": "dana", "latest": "true"}
+        # Apply keeps it on (the form does not hold it), Clear filters turns it off
+        filter_form(at)
+        apply(at)
+        assert "the newest matching version of each adapter" in texts(at)
+        linked = page("browse", registry, query={"latest": "true"})
+        assert [t.value for t in linked.toggle if t.label == browse.LATEST_LABEL] == [True]
+        assert "4 adapters match (the newest matching version of each adapter)" in texts(linked)
+        next(b for b in linked.button if b.label == "Clear filters").click()
+        linked.run()
+        # (every version, as the page read them last: its reads are cached a few seconds across sessions)
+        assert "versions match;" in texts(linked) and dict(linked.query_params) == {}
+        assert [t.value for t in linked.toggle if t.label == browse.LATEST_LABEL] == [False]
+    finally:
+        with RegistryClient(registry["url"]) as client:
+            for number in (1, 2):
+                client.delete(f"dana/two:{number}")

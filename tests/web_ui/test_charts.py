@@ -116,6 +116,33 @@ def test_versions_evaluated_once_get_dots_and_no_dashed_line_in_the_legend() -> 
     assert "dashed with dots" in mixed["title"]["subtitle"]
 
 
+def test_each_eval_metric_besides_the_loss_is_a_chart_of_its_own() -> None:
+    """A walk (session 40): the Metrics tab plotted the loss only, while every evaluation also records the task's
+    metric (accuracy, perplexity): MLflow draws any metric logged by step. A chart each, a colour per version, the
+    metric's name on the axis and in the title; the loss, flags, text and non-finite values are not charted."""
+    histories = {"a/b:1": [{"step": 2.0, "eval_loss": 0.6, "eval_accuracy": 0.7},
+                           {"step": 4.0, "eval_loss": 0.5, "eval_accuracy": 0.8, "eval_perplexity": float("nan")}],
+                 "a/c:1": [{"step": 3, "eval_accuracy": 0.75, "eval_flag": True, "eval_task": "sst2"}, "junk"],
+                 "a/d:1": []}
+    assert charts.eval_metrics(list(histories.values())) == ["accuracy"]
+    assert charts.eval_points(histories["a/b:1"], "accuracy") == [[2.0, 0.7], [4.0, 0.8]]
+    [chart] = map(spec, charts.metric_curves(histories))
+    assert chart["title"]["text"] == "Eval accuracy" and "held-out eval set" in chart["title"]["subtitle"]
+    line, dots = chart["layer"]
+    assert line["mark"]["type"] == "line" and dots["mark"]["type"] == "point"
+    assert line["encoding"]["y"]["field"] == "accuracy" and line["encoding"]["y"]["scale"]["zero"] is False
+    assert line["encoding"]["x"]["axis"]["format"] == "d"  # the loss chart's step axis
+    assert line["encoding"]["color"]["scale"]["domain"] == ["a/b:1", "a/c:1"]  # a version without one: not there
+    data = next(iter(chart["datasets"].values()))
+    assert [(r["version"], r["step"], r["accuracy"]) for r in data] == [
+        ("a/b:1", 2.0, 0.7), ("a/b:1", 4.0, 0.8), ("a/c:1", 3.0, 0.75)]
+    perplexity = [{"step": s, "eval_loss": 2.0, "eval_perplexity": 7.4 - s} for s in (1, 2)]
+    assert [spec(c)["title"]["text"] for c in charts.metric_curves({"lm:1": perplexity})] == ["Eval perplexity"]
+    assert charts.metric_curves({"a/b:1": [{"step": 1, "eval_loss": 0.3}]}) == []  # only the loss: no chart
+    many = [{"step": 1, **{f"eval_m{i}": 0.5 for i in range(10)}}]
+    assert len(charts.metric_curves({"x:1": many})) == charts.MAX_METRIC_CHARTS
+
+
 def test_compared_versions_get_distinct_colours() -> None:
     refs = [f"alice/m{i}:1" for i in range(4)]
     chart = spec(charts.loss_curves({ref: [[1, 1.0], [2, 0.5]] for ref in refs}))

@@ -974,6 +974,12 @@ def test_streamlit_settings_travel_with_the_entry_script(tmp_path: Path) -> None
     assert shown.stdout.strip() == "['none', False, False, False]"
 
 
+def chart_titles(at: AppTest) -> list[str]:
+    """The titles of the page's charts (those that have one at the top), in order."""
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    return [s["title"]["text"] for s in specs if isinstance(s.get("title"), dict)]
+
+
 def test_a_version_with_only_a_loss_curve_says_so_above_its_chart_and_shows_its_params(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
@@ -982,6 +988,15 @@ def test_a_version_with_only_a_loss_curve_says_so_above_its_chart_and_shows_its_
             client.publish(make_adapter(tmp_path / "a"), "kim/curve", base_model="tiny-llama",
                            metrics={"train_loss": CURVE}, params={"lr": "0.01", "schedule": "cosine"})
             client.publish(make_adapter(tmp_path / "b", seed=2), "kim/none", base_model="tiny-llama")
+            client.publish(make_adapter(tmp_path / "c", seed=3), "kim/evals", base_model="tiny-llama", metrics={
+                "train_loss": CURVE, "eval": [{"step": s, "eval_loss": 0.7 - s / 10, "eval_accuracy": 0.6 + s / 10}
+                                              for s in (1, 2)]})
+        # each eval metric besides the loss gets a chart of its own, on the Adapter page and on Compare (a walk,
+        # session 40: only the loss was plotted)
+        evals = page("adapter", {"url": url, "token": ""}, query={"ref": "kim/evals:1"}, adapter_tab="Metrics")
+        assert not evals.exception and chart_titles(evals) == ["Training and eval loss", "Eval accuracy"]
+        compared = page("compare", {"url": url, "token": ""}, query={"refs": "kim/curve:1,kim/evals:1"})
+        assert not compared.exception and chart_titles(compared)[:2] == ["Training and eval loss", "Eval accuracy"]
         curve = page("adapter", {"url": url, "token": ""}, query={"ref": "kim/curve:1"}, adapter_tab="Metrics")
         assert not curve.exception and curve.get("vega_lite_chart")
         assert "No final metrics (test or eval results) were recorded with this version: only the loss curve." in \

@@ -65,6 +65,9 @@ def test_a_jobs_log_is_a_table_in_words_and_the_raw_log_stays_reachable(registry
     drawn = at.table[0].value  # st.table wraps its cells; Markdown characters shown as themselves
     assert list(drawn["details"]) == [jobs.markdown_text(d) for d in rows["details"]]
     assert "0.637899894476263" not in texts(at) and not at.code  # no raw JSON on the page
+    # the live curves: the loss, and the task's metric as a chart of its own
+    titles = [json.loads(c.proto.spec)["title"]["text"] for c in at.get("vega_lite_chart")]
+    assert titles == ["Training and eval loss", "Eval accuracy"]
     download = at.get("download_button")[0]
     assert download.label == f"Download the raw log ({len(events)} events, JSON lines)" and len(events) >= 4
     raw = [json.loads(line) for line in jobs.raw_log(events).splitlines()]

@@ -92,12 +92,14 @@ def list_adapters(
         "trained with, as text: params.lr = '0.01'), " + ", ".join(FIELDS)
         + "; operators: " + ", ".join(OPERATORS) + " (is null and is not null after a <key> field: the key missing, "
         "or there); strings in single quotes"))] = None,
+    latest: Annotated[bool, Query(description=(
+        "one version an adapter: the newest of those the other parameters match (a list of adapters, each by its "
+        "newest matching version; yanked ones count only with include_yanked)"))] = False,
 ) -> Page:
     return registry.list_versions(owner=owner, name=name, base_model=base_model, r=r, seed=seed,
                                   generator=generator, tag=tag, text=q, include_yanked=include_yanked,
                                   cursor=cursor, limit=limit, sort=sort, with_total=with_total,
-                                  filter_text=filter_text,
-                                  viewer=who)
+                                  filter_text=filter_text, viewer=who, latest=latest)
 
 
 @router.post("/lookup", response_model=Lookup)
