@@ -11,7 +11,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -853,10 +853,14 @@ class RegistryClient:
     # ---- jobs ----------------------------------------------------------------------------------------------
     def submit_job(self, target: str, spec: dict[str, Any], *,
                    dataset: str | os.PathLike[str] | tuple[str, bytes] | None = None, priority: int = 0,
-                   time_limit_s: float | None = None, gpus: int = 0) -> JobInfo:
+                   time_limit_s: float | None = None, gpus: int = 0, tags: Sequence[str] = (),
+                   description: str = "", properties: dict[str, str] | None = None) -> JobInfo:
         """Queue a fine-tune that publishes ``target`` (owner/name); ``spec`` as vera_core.recipes.TrainSpec.
         ``dataset``: a .csv/.jsonl path, or (file name, bytes) as uploaded. Higher ``priority`` runs first;
-        ``time_limit_s`` stops its training after that long; ``gpus``: the GPUs its training needs (0: any worker)."""
+        ``time_limit_s`` stops its training after that long; ``gpus``: the GPUs its training needs (0: any worker).
+        ``tags``, ``description``, ``properties``: what the version it publishes is labelled with (besides the
+        fine-tune tag); a registry older than them queues the job without them (the answer's ``result_*`` fields are
+        then empty)."""
         files = None
         if isinstance(dataset, tuple):
             files = {"dataset": (dataset[0], dataset[1], "application/octet-stream")}
@@ -867,7 +871,9 @@ class RegistryClient:
             files = {"dataset": (path.name, path.read_bytes(), "application/octet-stream")}
         form = {"target": target, "spec": json.dumps(spec), "priority": str(priority),
                 **({"time_limit_s": str(time_limit_s)} if time_limit_s is not None else {}),
-                **({"gpus": str(gpus)} if gpus else {})}
+                **({"gpus": str(gpus)} if gpus else {}), **({"tags": ",".join(tags)} if tags else {}),
+                **({"description": description} if description else {}),
+                **({"properties": json.dumps(properties)} if properties else {})}
         response = self._request("POST", "/api/v1/jobs", data=form, files=files)
         return JobInfo.model_validate(response.json())
 

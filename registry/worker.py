@@ -53,7 +53,7 @@ from registry.domain.errors import ContentTooLarge, Forbidden, InvalidInput, Not
 from registry.domain.schemas import JobInfo, Ref
 from registry.job_folders import ENDED, JobFolder, sweep
 from registry.logs import JOB_ID, REQUEST_ID, first_line
-from registry.services.jobs import EventRecord, Jobs
+from registry.services.jobs import FINE_TUNE_TAG, EventRecord, Jobs
 from registry.services.lineage import running_code_revision
 from registry.worker_status import WorkerStatus
 from vera_core import training_checkpoints
@@ -548,9 +548,10 @@ class Worker:
         info = self.jobs.registry.publish(
             adapter, owner=owner, name=name, base_model=spec.base_model, metrics=json.loads(json.dumps(summary)),
             params=published_params(metrics),
-            published_by=job.requested_by or job.submitted_by or job.owner, tags=["fine-tune"],
+            published_by=job.requested_by or job.submitted_by or job.owner, tags=[FINE_TUNE_TAG, *job.result_tags],
             # how the version was made, not what the adapter is: a new adapter starts without a description
-            description=f"fine-tuned by job {job.id}", adapter_description="",
+            description=job.result_description or f"fine-tuned by job {job.id}", adapter_description="",
+            properties=job.result_properties,
             lineage={"job_id": job.id, "code_revision": running_code_revision(), "published_via": job.submitted_via,
                      **parent})
         kept, few = kept_line(metrics), small_eval_note(metrics)

@@ -252,6 +252,12 @@ def launch() -> bool:
         start = c2.text_input("Start from (optional)", placeholder="owner/name@prod",
                               help="a version to go on fine-tuning (its vectors and head): its rank, projection "
                                    "and base model are kept, and the result names it as its parent")
+        # what the version it publishes is labelled with (`vera job submit --tag --description`), beside fine-tune
+        l1, l2 = st.columns([1, 2])
+        tags = l1.text_input("Tags (optional)", placeholder="nightly, baseline",
+                             help="comma-separated tags of the version it publishes, besides fine-tune")
+        description = l2.text_input("Description (optional)", placeholder="fine-tuned by job N",
+                                    help="the version's description; empty: 'fine-tuned by job N'")
         demo = st.checkbox("Demo task (word polarity, offline)", value=True)
         upload = st.file_uploader("Or a dataset (.csv or .jsonl with text and label columns)", type=["csv", "jsonl"])
         # a dataset whose columns have other names (sentence, sentiment) was refused with no way on from here
@@ -316,7 +322,9 @@ def launch() -> bool:
                          max_steps=None if max_steps is None else int(max_steps), **more.spec())
     dataset = None if upload is None else (upload.name, upload.getvalue())
     try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
-        job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset))
+        job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset,
+                                                  tags=[t.strip() for t in tags.split(",") if t.strip()],
+                                                  description=description.strip()))
     except RegistryError as exc:
         if exc.problems:  # what only the registry checks (Start from, the whole dataset, quotas): all at once too
             not_launched([form_words(problem) for problem in exc.problems])

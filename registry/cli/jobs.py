@@ -13,7 +13,16 @@ from rich.table import Table
 from rich.text import Text
 
 from registry.cli import training_options as opt
-from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console, err_console, styled
+from registry.cli.common import (
+    RegistryUrl,
+    Token,
+    call_registry,
+    check_failed,
+    console,
+    err_console,
+    key_values,
+    styled,
+)
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_GPUS, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
@@ -66,9 +75,17 @@ def job_submit(
         "--from", help="A version of this registry to start from (owner/name:N or @ALIAS; a warm start: its "
         "vectors and head, rank, projection, targets and base model). The result records it as its parent.")
                           ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A tag of the version it publishes, besides fine-tune; "
+                                                  "repeat for several.")] = None,
+    description: Annotated[str, typer.Option(help="The version's description (default: fine-tuned by job N).")
+                           ] = "",
+    prop: Annotated[list[str] | None, typer.Option("--property", help="A key=value property of the version it "
+                                                   "publishes (e.g. experiment=baseline); repeat for several.")
+                    ] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """Queue a fine-tune; a worker trains it and publishes the result under --name."""
+    """Queue a fine-tune; a worker trains it and publishes the result under --name (labelled with --tag,
+    --description and --property, as `vera publish` labels a version)."""
     spec = training_spec(base_model=base_model, task=task, demo=demo, text_column=text_column,
                          label_column=label_column, r=r, seed=seed, projection_seed=projection_seed,
                          generator=generator, target_modules=target_modules, d_initial=d_initial,
@@ -78,10 +95,19 @@ def job_submit(
                          grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
                          patience=patience, metric_for_best=metric_for_best, keep_best=keep_best,
                          save_every=save_every, precision=precision, init_from=start_from)
-    info = call_registry(registry, token, lambda c: c.submit_job(name, spec, dataset=data, priority=priority,
-                                                                 time_limit_s=time_limit, gpus=gpus))
+    properties = key_values(prop or [])
+    info = call_registry(registry, token, lambda c: c.submit_job(
+        name, spec, dataset=data, priority=priority, time_limit_s=time_limit, gpus=gpus, tags=tag or [],
+        description=description, properties=properties))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
                   "--follow`")
+    if (tag or description or properties) and not (info.result_tags or info.result_description
+                                                    or info.result_properties):
+        err_console.print(styled("warning:", "yellow", f" the registry did not keep the --tag, --description or "
+                                 f"--property values of job {info.id} (it is older than them): its version is "
+                                 "published without them; `vera tag`, `vera describe` and `vera property` label it "
+                                 "after."),
+                          soft_wrap=True)
 
 
 def job_ls(
@@ -127,6 +153,9 @@ def _job_table(job: JobInfo) -> Table:
          + (f", time limit {job.time_limit_s:,.0f} s" if job.time_limit_s else "")
          + f", attempt {job.attempts}" + (f" on {job.claimed_by}" if job.claimed_by else "")),
         ("when", when),
+        ("labels", ", ".join([*(f"tag {t}" for t in job.result_tags),
+                              *(f"{k}={v}" for k, v in job.result_properties.items())]) or None),
+        ("description", job.result_description or None),
     ]
     table = Table(show_header=False, box=None)
     for label, value in rows:

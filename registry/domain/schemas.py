@@ -743,6 +743,10 @@ class JobInfo(BaseModel):
     requested_by: str | None = None  # who submitted it, named as its result's publisher (None: before 0023)
     # it published a version that was deleted since (result_ref is then None; the job's log names the version)
     result_deleted: bool = False
+    # what its result is labelled with, as asked at submission (besides the fine-tune tag; none before 0030)
+    result_tags: list[str] = Field(default_factory=list)
+    result_description: str = ""  # "": the version says "fine-tuned by job N"
+    result_properties: dict[str, str] = Field(default_factory=dict)
 
 
 class JobEventInfo(BaseModel):
@@ -859,6 +863,14 @@ class VersionUpdate(BaseModel):
     description: str | None = None
     tags: TagChange | None = None
     properties: PropertyChange | None = None
+
+
+def check_tags(tags: Iterable[str], most: int = MAX_TAGS) -> list[str]:
+    """Tags as a version takes them: each a name (check_name), sorted, each once, at most ``most``."""
+    checked = sorted({check_name(t, "Tag") for t in tags})
+    if len(checked) > most:
+        raise InvalidInput(f"A version takes at most {most} tags, got {len(checked)}.")
+    return checked
 
 
 def check_properties(given: object, what: str = "properties") -> dict[str, str]:

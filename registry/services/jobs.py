@@ -30,11 +30,13 @@ from registry.domain.errors import Conflict, InvalidInput, NotFound, Problems, Q
 from registry.domain.schemas import (
     ACTIVE_JOB_STATUSES,
     FINAL_JOB_STATUSES,
+    MAX_DESCRIPTION,
     MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
     MAX_PENDING_JOBS,
+    MAX_TAGS,
     JobCheckpointInfo,
     JobEventInfo,
     JobInfo,
@@ -42,6 +44,8 @@ from registry.domain.schemas import (
     Ref,
     check_json,
     check_name,
+    check_properties,
+    check_tags,
     check_text,
 )
 from registry.domain.words import size
@@ -120,7 +124,8 @@ class Jobs:
     def submit(self, spec: dict[str, Any], *, owner: str, target: str, dataset: bytes | None = None,
                dataset_name: str = "data.csv", priority: int = 0, time_limit_s: float | None = None,
                gpus: int = 0, actor: str | None = None, member: str | None = None,
-               provenance: dict[str, Any] | None = None, viewer: Principal | None = None) -> JobInfo:
+               provenance: dict[str, Any] | None = None, viewer: Principal | None = None,
+               tags: Sequence[str] = (), description: str = "", properties: dict[str, str] | None = None) -> JobInfo:
         """Validate a spec now (bad specs never reach a worker) and queue it. Higher ``priority`` runs first
         (-100 to 100); ``time_limit_s`` stops its training after that long (a failed job, saying so); ``gpus``: the
         GPUs its training needs (0: it runs on a CPU worker, or on any other). ``actor``: who submitted it, for the
@@ -129,12 +134,15 @@ class Jobs:
         ``owner`` allowed it; the job then publishes only while they still write there (``submitter_problem``).
         ``provenance``: the submitting token's, when trusted publishing minted it (its result records it as
         ``published_via``). ``init_from``, in the spec: a version (owner/name:N or @alias) training starts from, that
-        ``viewer`` may read (None: the operator, who reads all); pinned to its number now."""
+        ``viewer`` may read (None: the operator, who reads all); pinned to its number now. ``tags``, ``description``
+        and ``properties``: what the version it publishes is labelled with (besides the ``fine-tune`` tag; without a
+        description it says "fine-tuned by job N"), checked now as a publish checks them."""
         problems = Problems("The job")  # every independent problem at once, each as it alone was said
         with problems.check():
             _check_scheduling(priority, time_limit_s, gpus)
             time_limit_s = self._time_limit(time_limit_s)
         ref = problems.value(lambda: _publish_target(target, owner))
+        labels = result_labels(tags, description, properties, problems)
         if not problems.passed(lambda: check_json(spec, "spec", max_bytes=1 << 16)):
             problems.raise_found()  # the rest reads the spec
         spec = dict(spec)
@@ -182,7 +190,7 @@ class Jobs:
                             dataset_sha256=digest, status="queued", progress={}, priority=priority,
                             time_limit_s=time_limit_s, gpus=gpus, submitted_by=member,
                             submitted_via=dict(provenance) if provenance is not None else None,
-                            requested_by=(actor or owner)[:64])
+                            requested_by=(actor or owner)[:64], result_labels=labels or None)
                 s.add(job)
                 s.flush()
                 request_id = REQUEST_ID.get()
@@ -540,6 +548,30 @@ class Jobs:
         return _infos(s, [job])[0]
 
 
+def result_labels(tags: Sequence[str], description: str, properties: dict[str, str] | None,
+                  problems: Problems) -> dict[str, Any]:
+    """What a job's result is to be labelled with, each checked as a publish checks it (the ``fine-tune`` tag its
+    worker adds counted among a version's MAX_TAGS; a problem each, kept in ``problems``), as jobs.result_labels
+    stores it: only what is given ({} for nothing)."""
+    given = {"tags": problems.value(lambda: [t for t in check_tags([*tags, FINE_TUNE_TAG], most=MAX_TAGS)
+                                             if t != FINE_TUNE_TAG]),
+             "description": description if problems.passed(lambda: check_text(
+                 description, "description", max_length=MAX_DESCRIPTION, multiline=True)) else None,
+             "properties": problems.value(lambda: check_properties(properties or {}))}
+    return {key: value for key, value in given.items() if value}
+
+
+def _labels_of(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """JobInfo's result_* fields from jobs.result_labels (None before 0030, or nothing asked)."""
+    stored = stored or {}
+    return {"result_tags": list(stored.get("tags", [])), "result_description": str(stored.get("description", "")),
+            "result_properties": dict(stored.get("properties", {}))}
+
+
+#: The tag every version a job publishes carries.
+FINE_TUNE_TAG = "fine-tune"
+
+
 #: What a job's spec says of the version it starts from to a reader of the job who may not read that version.
 HIDDEN_START = "(a version you may not read)"
 
@@ -580,7 +612,8 @@ def _infos(s: Any, jobs: Sequence[m.Job], viewer: Principal | None = None) -> li
                     priority=job.priority, time_limit_s=job.time_limit_s, not_before=job.not_before, gpus=job.gpus,
                     checkpoint=checkpoints.get(job.id), submitted_by=job.submitted_by,
                     submitted_via=job.submitted_via, requested_by=job.requested_by,
-                    result_deleted=job.result_version_id is not None and job.result_version_id not in refs)
+                    result_deleted=job.result_version_id is not None and job.result_version_id not in refs,
+                    **_labels_of(job.result_labels))
             for job in jobs]
 
 

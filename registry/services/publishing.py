@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
     MAX_DESCRIPTION,
-    MAX_TAGS,
     Ref,
     VersionInfo,
     check_json,
@@ -32,6 +31,7 @@ from registry.domain.schemas import (
     check_params,
     check_plain,
     check_properties,
+    check_tags,
     check_text,
 )
 from registry.services.access import Visibility, check_visibility
@@ -294,9 +294,7 @@ def _checked_publication(*, owner: str, name: str, base_model: str, base_revisio
     metrics = dict(metrics or {})
     check_json(metrics, "metrics", max_bytes=MAX_METRICS_BYTES)
     check_plain(metrics, "metrics")
-    tags = sorted({check_name(t, "Tag") for t in tags})
-    if len(tags) > MAX_TAGS:
-        raise InvalidInput(f"A version takes at most {MAX_TAGS} tags, got {len(tags)}.")
+    tags = check_tags(tags)
     return _Publication(owner=owner, name=name, base_model=base_model, base_revision=base_revision, metrics=metrics,
                         tags=tags, description=description, published_by=published_by,
                         lineage=_checked_lineage(lineage))

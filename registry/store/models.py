@@ -400,6 +400,9 @@ class Job(Base):
     # 0023: who submitted it (a token's user, an administrator, `local`): named as the publisher of what it publishes
     # (None: submitted before 0023, published as submitted_by or else the owner)
     requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # 0030: what its result is labelled with, as its submitter asked: {"tags": [...], "description": "...",
+    # "properties": {...}} (None: nothing asked, or submitted before 0030)
+    result_labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobCheckpoint(Base):

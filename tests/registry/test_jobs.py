@@ -686,6 +686,43 @@ def test_vera_job_show_and_logs_follow_say_when_no_worker_claims_a_job(server: t
     assert follow.returncode == 3  # cancelled: a follow's failure status
 
 
+def test_a_jobs_result_labels_are_checked_at_submission_and_shown(server: tuple[str, str, Path]) -> None:
+    """`vera job submit --tag --description --property` (the API's tags, description and properties form fields):
+    kept on the job for the version it publishes (test_worker checks that version), shown by `vera job show`, and
+    checked as a publish checks them, every problem at once, before anything is queued."""
+    url, _, _ = server
+    env = {**os.environ, "VERA_REGISTRY_URL": url, "COLUMNS": "200"}
+    with RegistryClient(url) as client:
+        before = len(client.jobs())
+        bad = httpx.post(f"{url}/api/v1/jobs", data={
+            "target": "ann/labelled", "spec": json.dumps(DEMO), "tags": "ok,not a tag",
+            "description": "x" * 10_001, "properties": json.dumps({"bad key": "v"})}, timeout=60)
+        body = bad.json()
+        assert bad.status_code == 422 and len(body["problems"]) == 3, body
+        assert "Tag 'not a tag'" in body["problems"][0] and "description" in body["problems"][1]
+        assert body["problems"][2].startswith("Property key 'bad key' is not a valid name")
+        twice = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/labelled", "spec": json.dumps(DEMO),
+                                                       "properties": '{"a": "1", "a": "2"}'}, timeout=60)
+        assert twice.status_code == 422 and "more than once" in twice.json()["detail"], twice.text
+        assert len(client.jobs()) == before  # nothing queued
+        submitted = subprocess.run(
+            [str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--tag", "nightly", "--tag", "exp-7",
+             "--description", "the nightly run", "--property", "experiment=baseline"],
+            capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert submitted.returncode == 0, submitted.stderr
+        assert "did not keep" not in submitted.stderr
+        [job] = [j for j in client.jobs() if j.target_name == "ann/labelled"]
+        assert (job.result_tags, job.result_description, job.result_properties) == (
+            ["exp-7", "nightly"], "the nightly run", {"experiment": "baseline"})
+        shown = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
+                               timeout=120, check=False)
+        assert "tag exp-7, tag nightly, experiment=baseline" in shown.stdout and "the nightly run" in shown.stdout
+        refused = subprocess.run([str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--property",
+                                  "no-equals"], capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert refused.returncode == 1 and "no-equals" in refused.stderr  # said before anything is sent
+        client.cancel_job(job.id)
+
+
 def test_a_spec_nested_too_deeply_is_a_422_in_words(server: tuple[str, str, Path]) -> None:
     """Nested past the JSON parser's depth (an outsider's spec, session 28): a 500 before."""
     url, _, _ = server

@@ -104,6 +104,18 @@ def test_publish_warns_of_what_the_older_server_did_not_keep(older: dict[str, An
         assert "dataset_sha256" not in got.lineage and got.properties == {}
 
 
+def test_job_labels_the_older_server_does_not_keep_are_said(older: dict[str, Any]) -> None:
+    """`vera job submit --tag/--description/--property` are new form fields: the older server ignores them and queues
+    the job; the command says its version will be published without them."""
+    result = vera("job", "submit", "--name", "alice/old-job", "--demo", "--tag", "nightly", url=older["url"])
+    assert result.returncode == 0, result.stderr
+    assert "did not keep the --tag, --description or --property values of job" in " ".join(result.stderr.split())
+    with RegistryClient(older["url"], cache=False) as client:
+        [job] = [j for j in client.jobs() if j.target_name == "alice/old-job"]
+        assert job.result_tags == [] and job.status == "queued"
+        client.cancel_job(job.id)
+
+
 def test_a_lookup_says_the_older_server_has_none_and_a_model_server_lists_without_it(
         older: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """POST /api/v1/adapters/lookup is new: against an older registry the client says so (not a bare 404), and

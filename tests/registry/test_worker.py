@@ -268,13 +268,21 @@ def test_a_job_submitted_by_a_ci_run_publishes_a_version_that_says_so(tiny_jobs:
            "subject": "repo:acme/adapters:ref:refs/heads/main", "claims": {"repository": "acme/adapters"}}
     spec, data = tiny_job(max_steps=2)
     from_ci = tiny_jobs.submit(spec, owner="ann", target="ann/from-ci", dataset=data, dataset_name="data.jsonl",
-                               provenance=via)
+                               provenance=via, tags=["nightly", "baseline", "nightly"], description="the nightly run",
+                               properties={"experiment": "baseline-7"})
+    # labelled as asked (MLflow's run tags): each tag once, sorted; the worker's fine-tune tag besides them
+    assert (from_ci.result_tags, from_ci.result_description, from_ci.result_properties) == (
+        ["baseline", "nightly"], "the nightly run", {"experiment": "baseline-7"})
     by_hand = submit_tiny(tiny_jobs, "ann/by-hand", max_steps=2)
     assert tiny_jobs.get(from_ci.id).submitted_via == via and tiny_jobs.get(by_hand).submitted_via is None
     worker = Worker(tiny_jobs, name="w1", heartbeat_s=0.2, log=lambda line: None)
     assert worker.run_once() and worker.run_once()
     lineage = tiny_jobs.registry.get("ann/from-ci:1").lineage
     assert lineage["published_via"] == via and lineage["job_id"] == from_ci.id
+    labelled = tiny_jobs.registry.get("ann/from-ci:1")
+    assert labelled.tags == ["baseline", "fine-tune", "nightly"] and labelled.description == "the nightly run"
+    assert labelled.properties == {"experiment": "baseline-7"}
+    assert tiny_jobs.registry.get("ann/by-hand:1").tags == ["fine-tune"]
     assert "published_via" not in tiny_jobs.registry.get("ann/by-hand:1").lineage
     # "fine-tuned by job N" is the version's: an adapter a job creates has no description until one is given (it
     # stayed on the adapter, in the Edit tab, after later versions: a newcomer's walk)

@@ -301,6 +301,9 @@ def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None
     for label, value in (("Warmup ratio", 0.1), ("Gradient accumulation", 2), ("Max length", 32),
                          ("Training seed", 7), ("Eval every", 10), ("Patience", 3)):
         numbers[label].set_value(value)
+    # and what the version it publishes is labelled with (`vera job submit --tag --description`)
+    next(t for t in at.text_input if t.label == "Tags (optional)").set_value(" nightly, baseline ,")
+    next(t for t in at.text_input if t.label == "Description (optional)").set_value("cosine trial")
     next(b for b in at.button if b.label == "Launch").click()
     at.run()
     assert not at.exception and not at.error
@@ -311,6 +314,7 @@ def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None
                 } == {"schedule": "cosine", "warmup_ratio": 0.1, "gradient_accumulation_steps": 2,
                       "eval_every": 10, "early_stopping_patience": 3, "metric_for_best": "loss",
                       "load_best_at_end": False}
+        assert (job.result_tags, job.result_description) == (["baseline", "nightly"], "cosine trial")
         client.cancel_job(job.id)
     # left as they are, the box sends the defaults (and no evaluation or patience setting)
     plain = page("train", registry)
@@ -323,6 +327,7 @@ def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None
         assert "eval_every" not in training and "early_stopping_patience" not in training
         assert "load_best_at_end" not in training and training["schedule"] == "linear"
         assert training["metric_for_best"] == "accuracy" and job.spec["seed"] == 0
+        assert (job.result_tags, job.result_description) == ([], "")
         client.cancel_job(job.id)
 
 

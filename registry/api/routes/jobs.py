@@ -23,6 +23,7 @@ from registry.domain.schemas import (
     JobInfo,
     Ref,
     json_object,
+    pairs_object,
 )
 
 router = APIRouter(prefix="/api/v1/jobs")
@@ -40,12 +41,18 @@ async def submit_job(
                                                "many seconds")] = None,
     gpus: Annotated[int, Form(ge=0, le=MAX_JOB_GPUS, description="GPUs its training needs; only a worker that owns "
                               "them claims it (0: any worker, a CPU one included)")] = 0,
+    tags: Annotated[str, Form(description="comma-separated tags for the version it publishes (besides fine-tune)")
+                    ] = "",
+    description: Annotated[str, Form(description="the version's description (default: fine-tuned by job N)")] = "",
+    properties: Annotated[str, Form(description="key=value properties of the version it publishes, a JSON object "
+                                    "of text values (e.g. {\"experiment\": \"baseline\"})")] = "{}",
 ) -> JobInfo:
     ref = Ref.parse(target)
     owner = ref.owner
     who = await authorize_new_version(jobs.registry, options, caller, owner, ref.name)  # the target's owner's job
     spend(request, who)  # it stores and parses a dataset of up to VERA_MAX_DATASET_BYTES: a costly request
     parsed = json_object(spec, "spec")
+    held = pairs_object(properties, "properties")
     data = None
     if dataset is not None:
         with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
@@ -60,7 +67,8 @@ async def submit_job(
                                            gpus=gpus, actor=who.owner,
                                            member=None if who.owner == owner or who.is_admin else who.owner,
                                            provenance=dict(who.provenance) if who.provenance else None,
-                                           viewer=who))
+                                           viewer=who, tags=[t.strip() for t in tags.split(",") if t.strip()],
+                                           description=description, properties=held))
 
 
 @router.get("", response_model=list[JobInfo])
