@@ -260,8 +260,10 @@ def versions(info: VersionInfo) -> None:
 
 def metrics(info: VersionInfo) -> None:
     rows = formats.metric_rows(info.metrics)
-    chart = charts.loss_curves({info.ref: info.metrics.get("train_loss") or []},
-                               {info.ref: charts.eval_points(info.metrics.get("eval") or [])})
+    train, evals = {info.ref: info.metrics.get("train_loss") or []}, {info.ref: charts.eval_points(
+        info.metrics.get("eval") or [])}
+    kept = charts.kept_steps({info.ref: info.metrics})
+    chart = charts.loss_curves(train, evals, kept)
     if rows:
         tables.show(pd.DataFrame(rows), hide_index=True, width="content", whole=True)
         recorded = evaluations(info)
@@ -276,7 +278,7 @@ def metrics(info: VersionInfo) -> None:
         st.caption("No metrics were recorded with this version.")
     if chart is not None:
         st.altair_chart(chart, width="stretch")
-    for curve in charts.metric_curves({info.ref: info.metrics.get("eval") or []}):
+    for curve in charts.metric_curves({info.ref: info.metrics.get("eval") or []}, charts.step_span(train, evals), kept):
         st.altair_chart(curve, width="stretch")
     trained_with(info)
     st.markdown("**Storage**")

@@ -52,31 +52,72 @@ def eval_metrics(histories: list[list[dict[str, Any]]]) -> list[str]:
     return list(names)[:MAX_METRIC_CHARTS]
 
 
-def step_axis() -> alt.X:
+def step_axis(span: tuple[float, float] | None = None) -> alt.X:
     """The optimizer step on x: whole-number ticks at least 1 apart, written without decimals (never 1.5, 2.5);
     padded so a dot at the first or last step is drawn whole, not cut by the plot's edge; spanning the recorded
     steps: no zero (steps 100-200 of a resumed run start at 100) and no nice (Vega rounds the padded domain outwards
-    to round ticks: steps 1-300 drew an axis from -20, a negative step)."""
+    to round ticks: steps 1-300 drew an axis from -20, a negative step). ``span``: the first and last step shown
+    (a metric chart's are its loss chart's, so that a step sits at one place in both: a walk, session 42)."""
+    lo, hi = span if span is not None else (alt.Undefined, alt.Undefined)
     return alt.X("step:Q", title="optimizer step", axis=alt.Axis(tickMinStep=1, format="d"),
-                 scale=alt.Scale(padding=EDGE_PX, zero=False, nice=False))
+                 scale=alt.Scale(padding=EDGE_PX, zero=False, nice=False, domainMin=lo, domainMax=hi))
 
 
-def metric_curves(histories: dict[str, list[dict[str, Any]]]) -> list[alt.LayerChart]:
+def step_span(*curves: dict[str, list[list[float]]]) -> tuple[float, float] | None:
+    """The first and last step of ``curves`` (``{ref: [[step, value], ...]}`` each), None when they hold none."""
+    steps = [point[0] for curve in curves for points in curve.values() for point in points]
+    return (min(steps), max(steps)) if steps else None
+
+
+def kept_steps(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The step whose weights each version published (its metrics' ``kept``, `vera train`'s), by ref; versions that
+    do not say are left out."""
+    return {ref: float(held["step"]) for ref, m in metrics.items()
+            if isinstance(held := m.get("kept"), dict) and _number(held.get("step"))}
+
+
+#: The kept step's rule: dotted, thin, in its version's colour.
+KEPT_DASH = [2, 3]
+KEPT_NOTE = "dotted: the step whose weights were published"
+
+
+def kept_rules(kept: dict[str, float], refs: list[str]) -> alt.Chart | None:
+    """A dotted vertical rule at each version's kept step (of those drawn), in its colour, or None."""
+    rows = [{"version": ref, "step": step} for ref, step in kept.items() if ref in refs]
+    if not rows:
+        return None
+    return cast(alt.Chart, alt.Chart(pd.DataFrame(rows)).mark_rule(strokeDash=KEPT_DASH, strokeWidth=1.5).encode(
+        x="step:Q", color=version_colours(refs),
+        tooltip=["version", alt.Tooltip("step:Q", title="weights published from step", format="d")]))
+
+
+#: The numbers of a metric's axis: four significant digits at most, thousands separated (one tick read 0.627907).
+METRIC_AXIS_FORMAT = ",.4~r"
+
+
+def metric_curves(histories: dict[str, list[dict[str, Any]]], span: tuple[float, float] | None = None,
+                  kept: dict[str, float] | None = None) -> list[alt.LayerChart]:
     """A chart per eval metric besides the loss (accuracy for a classifier, perplexity for a language model), a line
     with a dot per evaluation, one colour per version: ``{ref: eval history}`` (what MLflow draws of any metric
-    logged by step); none where no evaluation recorded one."""
+    logged by step); none where no evaluation recorded one. ``span``: the steps on x (the loss chart's);
+    ``kept``: each version's published step, a dotted rule (kept_steps)."""
     charts = []
     for metric in eval_metrics(list(histories.values())):
         rows = [{"version": ref, "step": step, metric: value} for ref, history in histories.items()
                 for step, value in eval_points(history, metric)]
         refs = list(dict.fromkeys(str(r["version"]) for r in rows))
         base = alt.Chart(pd.DataFrame(rows)).encode(
-            x=step_axis(), y=alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False)),
-            color=version_colours(refs), tooltip=["version", "step", alt.Tooltip(f"{metric}:Q", format=".4f")])
+            x=step_axis(span), color=version_colours(refs),
+            y=alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False),
+                    axis=alt.Axis(format=METRIC_AXIS_FORMAT)),
+            tooltip=["version", "step", alt.Tooltip(f"{metric}:Q", format=".4f")])
+        rules = kept_rules(kept or {}, refs)
         title = alt.TitleParams(f"Eval {metric}", anchor="start", subtitle=f"{metric} on the held-out eval set at "
-                                "each evaluation (a dot each)", subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")
-        charts.append(cast(alt.LayerChart, alt.layer(base.mark_line(strokeWidth=2),
-                                                     base.mark_point(filled=True, size=DOT_SIZE)).properties(
+                                "each evaluation (a dot each)" + (f"; {KEPT_NOTE}" if rules is not None else ""),
+                                subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")
+        layers = [base.mark_line(strokeWidth=2), base.mark_point(filled=True, size=DOT_SIZE),
+                  *([rules] if rules is not None else [])]
+        charts.append(cast(alt.LayerChart, alt.layer(*layers).properties(
             height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))))
     return charts
 
@@ -95,10 +136,11 @@ DOT_SIZE, EDGE_PX = 70, 8
 SUBTITLE_PX = 12
 
 
-def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[float]]] | None = None
-                ) -> alt.LayerChart | None:
+def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[float]]] | None = None,
+                kept: dict[str, float] | None = None) -> alt.LayerChart | None:
     """Training loss per optimizer step (solid lines) and eval loss (dashed, a dot per evaluation), one colour per
-    version: ``{ref: [[step, loss], ...]}``; None if there is nothing to draw.
+    version: ``{ref: [[step, loss], ...]}``; None if there is nothing to draw. ``kept``: each version's published
+    step, a dotted rule (kept_steps).
 
     The plot area is PLOT_PX tall whatever the legends hold: the chart fits its container's width only
     ("fit-x"; Streamlit's default "fit" squeezes title, axes and legends into a fixed height, leaving four
@@ -129,13 +171,15 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
                           symbolSize=SAMPLE_SIZE)))
     # large enough to be seen alone: a run evaluated once has one dot and no dashed line (session 12's walk)
     dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=DOT_SIZE)
+    rules = kept_rules(kept or {}, refs)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle=("solid: training loss per step; "
                                       + ("dashed with dots" if dashed else "dots")
                                       + ": loss on the held-out eval set")
+                            + (f"; {KEPT_NOTE}" if rules is not None else "")
                             if has_eval else "per optimizer step (no evaluation was recorded)",
                             subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")  # Vega's 10 px grey was hard to read
-    return cast(alt.LayerChart, alt.layer(lines, dots).properties(
+    return cast(alt.LayerChart, alt.layer(lines, dots, *([rules] if rules is not None else [])).properties(
         height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding")))
 
 

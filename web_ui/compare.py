@@ -243,7 +243,8 @@ def side_by_side(versions: list[VersionInfo]) -> None:
         "eval loss": formats.metric_column(frame["eval loss"], width=WIDTHS["eval loss"], help="final eval loss")})
     train = {v.ref: v.metrics.get("train_loss") or [] for v in versions}
     evals = {v.ref: charts.eval_points(v.metrics.get("eval") or []) for v in versions}
-    curves = charts.loss_curves(train, evals)
+    kept = charts.kept_steps({v.ref: v.metrics for v in versions})
+    curves = charts.loss_curves(train, evals, kept)
     st.subheader("Loss curves")
     if curves is None:
         st.caption("None of these versions recorded a loss curve (versions trained by a job do).")
@@ -251,7 +252,8 @@ def side_by_side(versions: list[VersionInfo]) -> None:
     st.altair_chart(curves, width="stretch")
     if none := [ref for ref in train if not train[ref] and not evals[ref]]:
         st.caption(f"No loss curve was recorded for {', '.join(none)} (versions trained by a job record one).")
-    for curve in charts.metric_curves({v.ref: v.metrics.get("eval") or [] for v in versions}):
+    for curve in charts.metric_curves({v.ref: v.metrics.get("eval") or [] for v in versions},
+                                      charts.step_span(train, evals), kept):
         st.altair_chart(curve, width="stretch")
 
 

@@ -208,8 +208,10 @@ def checkpoint_line(saved: JobCheckpointInfo) -> str:
 def curves(job_id: int, events: list[JobEventInfo]) -> None:
     steps = [[e.data["step"], e.data["loss"]] for e in events if e.kind == "step" and "loss" in e.data]
     history = [e.data for e in events if e.kind == "evaluate"]
-    chart = charts.loss_curves({f"job {job_id}": steps}, {f"job {job_id}": charts.eval_points(history)})
-    for drawn in ([chart] if chart is not None else []) + charts.metric_curves({f"job {job_id}": history}):
+    train, evals = {f"job {job_id}": steps}, {f"job {job_id}": charts.eval_points(history)}
+    chart = charts.loss_curves(train, evals)
+    for drawn in ([chart] if chart is not None else []) + charts.metric_curves(
+            {f"job {job_id}": history}, charts.step_span(train, evals)):
         st.altair_chart(drawn, width="stretch")
 
 

@@ -866,8 +866,18 @@ class VersionUpdate(BaseModel):
 
 
 def check_tags(tags: Iterable[str], most: int = MAX_TAGS) -> list[str]:
-    """Tags as a version takes them: each a name (check_name), sorted, each once, at most ``most``."""
-    checked = sorted({check_name(t, "Tag") for t in tags})
+    """Tags as a version takes them: each a name (check_name), sorted, each once, at most ``most``; one holding a
+    space is said to be one tag (several were typed in one: a walk's, session 42)."""
+    named: set[str] = set()
+    for tag in tags:
+        try:
+            named.add(check_name(tag, "Tag"))
+        except InvalidInput as exc:
+            if any(c.isspace() for c in tag.strip()):
+                raise InvalidInput(f"{exc} Several tags are given apart: comma-separated in a form or the API, "
+                                   "--tag once each on the command line.") from None
+            raise
+    checked = sorted(named)
     if len(checked) > most:
         raise InvalidInput(f"A version takes at most {most} tags, got {len(checked)}.")
     return checked

@@ -211,6 +211,7 @@ SEARCHES = [  # (filter, sort, refs in order)
     ("alias = 'latest'", "created", ["alice/sent:2", "bob/qa:2", "carol/x:1"]),  # one row per adapter: its newest
     ("alias = 'prod'", "created", ["bob/qa:1"]),
     ("alias != 'latest' and owner = 'alice'", "created", ["alice/sent:1"]),
+    ("alias != 'prod' and owner = 'carol'", "created", ["carol/x:1"]),  # names no version: yanked ones stay out
     ("alias like 'PR%'", "created", ["bob/qa:1"]),
     ("alias in ('prod', 'nothing')", "created", ["bob/qa:1"]),
     ("alias = 'old'", "created", ["carol/x:2"]),  # an alias on a yanked version: listed, as it is what it names
@@ -294,6 +295,7 @@ LATEST = [
     ("tag = 'demo'", "-created", False, ["bob/qa:2", "alice/sent:1"]),
     ("r = 8 and owner != 'carol'", "r", False, ["alice/sent:2"]),
     ("alias = 'prod'", "created", False, ["bob/qa:1"]),
+    ("alias != 'prod'", "created", False, ["alice/sent:2", "bob/qa:2", "carol/x:1"]),  # not carol/x:2 (yanked)
     ("r = 99", "created", False, []),
 ]
 

@@ -700,6 +700,8 @@ def test_a_jobs_result_labels_are_checked_at_submission_and_shown(server: tuple[
         body = bad.json()
         assert bad.status_code == 422 and len(body["problems"]) == 3, body
         assert "Tag 'not a tag'" in body["problems"][0] and "description" in body["problems"][1]
+        # a space in a tag: said to be one tag, and how several are given (a walk in a browser, session 42)
+        assert "Several tags are given apart: comma-separated in a form" in body["problems"][0]
         assert body["problems"][2].startswith("Property key 'bad key' is not a valid name")
         twice = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/labelled", "spec": json.dumps(DEMO),
                                                        "properties": '{"a": "1", "a": "2"}'}, timeout=60)

@@ -143,6 +143,35 @@ def test_each_eval_metric_besides_the_loss_is_a_chart_of_its_own() -> None:
     assert len(charts.metric_curves({"x:1": many})) == charts.MAX_METRIC_CHARTS
 
 
+def test_a_metric_chart_spans_the_loss_charts_steps_and_marks_the_published_step() -> None:
+    """A walk in a browser (session 42): one evaluation at step 20 drew a lone tick '20' mid-plot under a loss
+    chart of steps 1-20, its axis read 0.627907; and the line ended at a lower accuracy than the published weights
+    had (the best evaluation's), unmarked. The metric chart takes the loss chart's steps, its axis four significant
+    digits, and both draw a dotted rule at each version's kept step."""
+    train = {"a/b:1": [[1, 0.9], [10, 0.6], [20, 0.5]]}
+    evals = {"a/b:1": [[20, 0.55]]}
+    assert charts.step_span(train, evals) == (1, 20) and charts.step_span({}, {"x": []}) is None
+    metrics = {"a/b:1": {"kept": {"step": 10, "by": "eval_accuracy"}}, "a/c:1": {"kept": "?"}, "a/d:1": {}}
+    kept = charts.kept_steps(metrics)
+    assert kept == {"a/b:1": 10.0}
+    history = {"a/b:1": [{"step": 10, "eval_accuracy": 0.64}, {"step": 20, "eval_accuracy": 0.627907}]}
+    [chart] = map(spec, charts.metric_curves(history, charts.step_span(train, evals), kept))
+    line, _, rule = chart["layer"]
+    assert line["encoding"]["x"]["scale"]["domainMin"] == 1 and line["encoding"]["x"]["scale"]["domainMax"] == 20
+    assert line["encoding"]["y"]["axis"]["format"] == charts.METRIC_AXIS_FORMAT == ",.4~r"
+    assert rule["mark"]["type"] == "rule" and rule["mark"]["strokeDash"] == charts.KEPT_DASH
+    assert rule["encoding"]["color"]["scale"]["domain"] == ["a/b:1"]  # its version's colour
+    assert charts.KEPT_NOTE in chart["title"]["subtitle"]
+    loss = spec(charts.loss_curves(train, evals, kept))
+    assert [layer["mark"]["type"] if isinstance(layer["mark"], str) else layer["mark"]["type"]
+            for layer in loss["layer"]] == ["line", "point", "rule"]
+    assert charts.KEPT_NOTE in loss["title"]["subtitle"]
+    # without a kept step (a job still training, a version from before "kept"): no rule, no word of one
+    bare = spec(charts.metric_curves(history)[0])
+    assert len(bare["layer"]) == 2 and charts.KEPT_NOTE not in bare["title"]["subtitle"]
+    assert "domainMin" not in bare["layer"][0]["encoding"]["x"]["scale"]
+
+
 def test_compared_versions_get_distinct_colours() -> None:
     refs = [f"alice/m{i}:1" for i in range(4)]
     chart = spec(charts.loss_curves({ref: [[1, 1.0], [2, 0.5]] for ref in refs}))
