@@ -552,10 +552,11 @@ def result_labels(tags: Sequence[str], description: str, properties: dict[str, s
                   problems: Problems) -> dict[str, Any]:
     """What a job's result is to be labelled with, each checked as a publish checks it (the ``fine-tune`` tag its
     worker adds counted among a version's MAX_TAGS; a problem each, kept in ``problems``), as jobs.result_labels
-    stores it: only what is given ({} for nothing)."""
+    stores it: only what is given ({} for nothing; a blank description is none: the version says "fine-tuned by job
+    N")."""
     given = {"tags": problems.value(lambda: [t for t in check_tags([*tags, FINE_TUNE_TAG], most=MAX_TAGS)
                                              if t != FINE_TUNE_TAG]),
-             "description": description if problems.passed(lambda: check_text(
+             "description": description.strip() and description if problems.passed(lambda: check_text(
                  description, "description", max_length=MAX_DESCRIPTION, multiline=True)) else None,
              "properties": problems.value(lambda: check_properties(properties or {}))}
     return {key: value for key, value in given.items() if value}

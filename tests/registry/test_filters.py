@@ -328,6 +328,9 @@ def test_bad_sorts_and_cursors_are_refused(published: Registry) -> None:
         published.list_versions(sort="accuracy")
     with pytest.raises(InvalidInput, match="a metric sort is metrics.<key> with a key of 1-200"):
         published.list_versions(sort="-metrics.")
+    for doubled in ("--created", "--metrics.accuracy"):  # one '-' at most (read as descending: an outsider's walk)
+        with pytest.raises(InvalidInput, match=f"sort '{doubled}' is not one of created"):
+            published.list_versions(sort=doubled)
     cursor = published.list_versions(sort="-metrics.accuracy", limit=1).next_cursor
     assert cursor is not None
     with pytest.raises(InvalidInput, match="is not one this registry issued for sort='-created'"):
