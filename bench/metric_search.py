@@ -1,5 +1,6 @@
 """Metric search at scale (issue 16): filter + sort listings by metrics and parameters through the API, with 100,000
-versions in PostgreSQL (rows inserted directly with SQL, not through publish). Prints markdown for RESULTS.md.
+versions in PostgreSQL (rows inserted directly with SQL, not through publish), and the same as listings of adapters
+(latest=true, session 42). Prints markdown for RESULTS.md.
 
     .venv/bin/python bench/metric_search.py [--versions 100000] [--requests 30]
 
@@ -45,6 +46,13 @@ QUERIES: list[tuple[str, dict[str, str | int]]] = [
      {"filter": "metrics.final_eval.f1 >= 0.5 and owner = 'owner007'", "sort": "metrics.final_eval.f1", "limit": 50}),
     ("`tag = 'prod' and metrics.loss < 0.1 and r in (8, 16)`, newest first",
      {"filter": "tag = 'prod' and metrics.loss < 0.1 and r in (8, 16)", "limit": 50}),
+    # one version an adapter (latest=true: each adapter's newest matching version; 1,000 adapters of 100 versions)
+    ("latest=true, newest first", {"latest": "true", "limit": 50}),
+    ("latest=true, with the total count", {"latest": "true", "limit": 50, "with_total": "true"}),
+    ("latest=true, `metrics.accuracy > 0.9`, newest first",
+     {"latest": "true", "filter": "metrics.accuracy > 0.9", "limit": 50}),
+    (f"latest=true, `{EXAMPLE}`, sort -metrics.accuracy",
+     {"latest": "true", "filter": EXAMPLE, "sort": "-metrics.accuracy", "limit": 50}),
 ]
 
 #: Server-side generation: deterministic (setseed), no Python round trip per row.
