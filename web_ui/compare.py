@@ -161,6 +161,7 @@ def page() -> None:
     side_by_side(versions)
     differing_params(versions)
     st.subheader("Per-layer cosine similarity of the weight deltas")
+    versions, pinned = against(versions, pinned)
     layers = session.read_pinned(layer_comparison, pinned)
     alone = charts.without_cosine(layers, len(versions))
     apart = [j for j in range(1, len(versions)) if j not in alone and versions[0].projection_differences(versions[j])]
@@ -170,9 +171,27 @@ def page() -> None:
     if apart:
         st.caption(other_projection_caption(versions[0], [versions[j] for j in apart]))
     if alone:
-        st.caption(without_cosine_caption(versions[0], [versions[j] for j in alone]))
+        st.caption(without_cosine_caption(versions[0], [versions[j] for j in alone], len(versions) >= 3))
     if cosine is not None:
         st.altair_chart(cosine, width="content")
+
+
+#: The Against box's choice (st.session_state): which version the cosine grids compare the others with.
+AGAINST = "compare_against"
+
+
+def against(versions: list[VersionInfo], pinned: Pinned) -> tuple[list[VersionInfo], Pinned]:
+    """The versions and their pins with the one the grids compare the others with first: with three or more, the
+    Against box chooses it (the grids compared each with the first chosen only: a walk's finding, session 40)."""
+    if len(versions) < 3:
+        return versions, pinned
+    refs = [v.ref for v in versions]
+    if st.session_state.get(AGAINST) not in refs:  # the versions changed: the first, as before
+        st.session_state[AGAINST] = refs[0]
+    chosen = refs.index(st.selectbox("Against", refs, key=AGAINST, help="the version each grid compares the "
+                                     "others with (the registry compares them again, from their tensors)"))
+    order = [chosen, *(i for i in range(len(refs)) if i != chosen)]
+    return [versions[i] for i in order], tuple(pinned[i] for i in order)
 
 
 def without(layers: list[dict[str, Any]], apart: list[int]) -> list[dict[str, Any]]:
@@ -289,9 +308,9 @@ def cosine_caption(versions: list[VersionInfo], others_apart: bool = False) -> s
     first, drawn = versions[0], versions[1:]
     text = (f"cos(ΔW of each version, ΔW of {first.ref}) per layer, where ΔW = diag(b) B diag(d) A: 1 = the same "
             "direction, 0 = unrelated, -1 = opposite.")
-    shared = (f"{formats.listed([v.ref for v in drawn])} {'shares' if len(drawn) == 1 else 'share'} the first's "
+    shared = (f"{formats.listed([v.ref for v in drawn])} {'shares' if len(drawn) == 1 else 'share'} {first.ref}'s "
               "projection (generator, seed and rank)" if others_apart else
-              "All share the first's projection (generator, seed and rank)")
+              f"All share {first.ref}'s projection (generator, seed and rank)")
     return text + f" {shared}, so A and B are the same matrices and the cosine compares what d and b learned."
 
 
@@ -306,9 +325,10 @@ def other_projection_caption(first: VersionInfo, apart: list[VersionInfo]) -> st
             f"{its} own projection.")
 
 
-def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:
+def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo], choosable: bool = False) -> str:
     """Why each version in ``alone`` has no grid: another base model than the first's (said once per base model,
-    both named), or, on the same one, no layer whose delta can be set beside the first's; and what to do."""
+    both named), or, on the same one, no layer whose delta can be set beside the first's; and what to do
+    (``choosable``: the Against box is there, with three versions or more)."""
     by_base: dict[str, list[str]] = {}
     for v in alone:
         if v.base_model != first.base_model:
@@ -321,7 +341,8 @@ def without_cosine_caption(first: VersionInfo, alone: list[VersionInfo]) -> str:
                 for v in alone if v.base_model == first.base_model]
     it = "it" if len(alone) == 1 else "them"
     firsts = " or ".join(dict.fromkeys(v.base_model for v in alone if v.base_model != first.base_model))
-    hint = f"; put a version on {firsts} first to see its deltas side by side" if firsts else ""
+    hint = ("" if not firsts else f"; choose a version on {firsts} under Against to see their deltas side by side"
+            if choosable else f"; compare versions on {firsts} with one another to see their deltas side by side")
     return f"No cosine grid for {'; '.join(reasons)}. Compare {it} by the metrics above{hint}."
 
 

@@ -52,8 +52,8 @@ def test_a_version_on_another_base_model_leaves_the_others_their_cosine_grids(re
     assert "No adapted layer is shared" not in shown
     assert (f"No cosine grid for {OTHER}: on another base model (tiny-roberta; {LLAMAS[0]} is on tiny-llama), so "
             f"it adapts no layer in common with {LLAMAS[0]}.") in shown
-    assert "put a version on tiny-roberta first" in shown
-    assert "All share the first's projection" in shown  # said of the three with a grid
+    assert "choose a version on tiny-roberta under Against" in shown
+    assert f"All share {LLAMAS[0]}'s projection" in shown  # said of the three with a grid
 
 
 def test_first_on_another_base_model_than_all_the_others_names_each(registry: dict[str, Any]) -> None:
@@ -64,7 +64,7 @@ def test_first_on_another_base_model_than_all_the_others_names_each(registry: di
     assert (f"No cosine grid for {LLAMAS[0]} and {LLAMAS[1]}: on another base model (tiny-llama; {OTHER} is on "
             f"tiny-roberta), so they adapt no layer in common with {OTHER}.") in shown
     assert shown.count("on another base model") == 1
-    assert "Compare them by the metrics above; put a version on tiny-llama first" in shown
+    assert "Compare them by the metrics above; choose a version on tiny-llama under Against" in shown
     assert "cos(ΔW of each version" not in shown
     # the base model whole where the table has room (session 12's walk: 'tiny-robe…')
     assert list(at.dataframe[0].value["base model"]) == ["tiny-roberta", "tiny-llama", "tiny-llama"]
@@ -103,3 +103,17 @@ def test_the_parameters_that_differ_are_shown_side_by_side(registry: dict[str, A
     same = page("compare", registry, query={"refs": f"{LLAMAS[0]},{OTHER}"})
     assert not any("parameter" in f.value.columns for f in same.dataframe)
     assert f"{OTHER} recorded no training parameters" in texts(same)
+
+
+def test_the_cosine_grids_compare_with_the_version_chosen_against(registry: dict[str, Any]) -> None:
+    """A walk's finding (session 40): with three or four versions, the grids compared each with the first chosen
+    only. The Against box (three or more) chooses the version the others are compared with; two need none."""
+    at = page("compare", registry, query={"refs": ",".join(LLAMAS)})
+    [box] = [b for b in at.selectbox if b.label == "Against"]
+    assert box.options == LLAMAS and box.value == LLAMAS[0]
+    box.set_value(LLAMAS[2]).run()
+    assert not at.exception
+    assert grid_titles(at) == [f"{ref}  vs  {LLAMAS[2]}" for ref in LLAMAS[:2]]
+    two = page("compare", registry, query={"refs": ",".join(LLAMAS[:2])})
+    assert not [b for b in two.selectbox if b.label == "Against"]
+    assert grid_titles(two) == [f"{LLAMAS[1]}  vs  {LLAMAS[0]}"]

@@ -803,12 +803,12 @@ def test_compare_draws_no_cosine_grid_for_a_version_on_another_projection(regist
     is about 0 whatever it learned. Now only versions sharing the first's projection get a grid, captioned with
     why it means something; the others are named, in one sentence saying why they have none."""
     same = page("compare", registry, query={"refs": "alice/model0:1,alice/model2:1"})  # r 8 both, one seed
-    assert "All share the first's projection" in texts(same)
+    assert "All share alice/model0:1's projection" in texts(same)
     assert cosine_grids(same) == ["alice/model2:1  vs  alice/model0:1"]
     apart = page("compare", registry, query={"refs": "alice/model0:1,alice/model1:1,alice/model2:1"})
     shown = texts(apart)
     assert cosine_grids(apart) == ["alice/model2:1  vs  alice/model0:1"]  # none for model1 (r 4)
-    assert ("alice/model2:1 shares the first's projection (generator, seed and rank), so A and B are the same "
+    assert ("alice/model2:1 shares alice/model0:1's projection (generator, seed and rank), so A and B are the same "
             "matrices and the cosine compares what d and b learned.") in shown
     assert ("No cosine grid for alice/model1:1 (another rank): on another projection than alice/model0:1's "
             "(generator philox4x32-10-kaiming-uniform-v1, seed 0, r 8), its A and B are other random matrices") in shown
@@ -957,7 +957,8 @@ def test_compare_computes_a_comparison_once_per_set_of_versions(registry: dict[s
     session._cached.clear()  # the few-second reads expire
     again = page("compare", registry, query={"refs": "alice/model0@prod,alice/model2:1"})  # the same two versions
     assert not first.exception and not again.exception
-    assert "All share the first's projection" in texts(first) and "All share the first's projection" in texts(again)
+    assert "All share alice/model0:1's projection" in texts(first)
+    assert "All share alice/model0:1's projection" in texts(again)
     assert len(comparisons) == 1 and len(gets) >= 4  # each page read both versions; one comparison for both
 
 
