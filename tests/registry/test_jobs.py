@@ -706,6 +706,9 @@ def test_a_jobs_result_labels_are_checked_at_submission_and_shown(server: tuple[
         twice = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/labelled", "spec": json.dumps(DEMO),
                                                        "properties": '{"a": "1", "a": "2"}'}, timeout=60)
         assert twice.status_code == 422 and "more than once" in twice.json()["detail"], twice.text
+        doubled = httpx.post(f"{url}/api/v1/jobs", data={"target": "ann/labelled", "spec": json.dumps(DEMO),
+                                                          "tags": ["one", "two"]}, timeout=60)
+        assert doubled.status_code == 422 and "The form gives 'tags' more than once" in doubled.json()["detail"]
         assert len(client.jobs()) == before  # nothing queued
         submitted = subprocess.run(
             [str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--tag", "nightly", "--tag", "exp-7",

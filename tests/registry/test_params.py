@@ -182,6 +182,14 @@ def test_params_through_http_the_client_and_vera(server: dict[str, Any]) -> None
             "adapter_config": ("adapter_config.json", config), "adapter_model": ("adapter_model.safetensors", weights)},
             data={"base_model": "tiny-llama", "params": '{"lr": "0.01", "lr": "0.02"}'})
     assert twice.status_code == 422 and "params gives the key 'lr' more than once; give each key once." in twice.text
+    # a form field given twice: refused, not the first dropped unsaid (an outsider's walk, session 42)
+    with (source / "adapter_config.json").open("rb") as config, \
+            (source / "adapter_model.safetensors").open("rb") as weights:
+        doubled = httpx.post(f"{url}/api/v1/adapters/ann/http/versions", files={
+            "adapter_config": ("adapter_config.json", config), "adapter_model": ("adapter_model.safetensors", weights)},
+            data={"base_model": "tiny-llama", "tags": ["one", "two"], "description": ["a", "b"]})
+    assert doubled.status_code == 422, doubled.text
+    assert "The form gives 'description', 'tags' more than once; give each field once" in doubled.json()["detail"]
     with RegistryClient(url, cache=False) as client:
         assert [v.ref for v in client.list_versions(owner="ann").items] == ["ann/http:2", "ann/http:1"]
     plain = vera(*publish, url=url)  # a version without parameters says so

@@ -22,6 +22,7 @@ from registry.api.deps import (
     OwnerPublisher,
     Reader,
     RegistryDep,
+    SingleFields,
     authorize,
     ref_of,
 )
@@ -113,7 +114,7 @@ def lookup(who: Reader, registry: RegistryDep, body: LookupBody) -> Lookup:
 
 @router.post("/{owner}/{name}/versions", response_model=VersionInfo, status_code=201)
 async def publish(
-    who: NewVersionPublisher, registry: RegistryDep, options: Options, owner: str, name: str,
+    who: NewVersionPublisher, _: SingleFields, registry: RegistryDep, options: Options, owner: str, name: str,
     adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
     adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
     base_model: Annotated[str, Form()], base_revision: Annotated[str, Form()] = "",

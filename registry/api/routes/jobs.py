@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from registry.api.deps import Caller, JobsDep, Options, Reader, authorize, authorize_new_version
+from registry.api.deps import Caller, JobsDep, Options, Reader, authorize, authorize_new_version, single_fields
 from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
@@ -50,6 +50,7 @@ async def submit_job(
     ref = Ref.parse(target)
     owner = ref.owner
     who = await authorize_new_version(jobs.registry, options, caller, owner, ref.name)  # the target's owner's job
+    await single_fields(request)
     spend(request, who)  # it stores and parses a dataset of up to VERA_MAX_DATASET_BYTES: a costly request
     parsed = json_object(spec, "spec")
     held = pairs_object(properties, "properties")
