@@ -175,9 +175,9 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle=("solid: training loss per step; "
                                       + ("dashed with dots" if dashed else "dots")
-                                      + ": loss on the held-out eval set")
-                            + (f"; {KEPT_NOTE}" if rules is not None else "")
-                            if has_eval else "per optimizer step (no evaluation was recorded)",
+                                      + ": loss on the held-out eval set"
+                                      if has_eval else "per optimizer step (no evaluation was recorded)")
+                            + (f"; {KEPT_NOTE}" if rules is not None else ""),
                             subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")  # Vega's 10 px grey was hard to read
     return cast(alt.LayerChart, alt.layer(lines, dots, *([rules] if rules is not None else [])).properties(
         height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding")))

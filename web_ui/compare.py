@@ -156,7 +156,8 @@ def page() -> None:
         st.info("Choose two to four different versions.")
         return
     pinned = tuple((v.ref, v.vectors_sha256, v.projection_fingerprint) for v in versions)
-    session.prefetch_pinned(layer_comparison, pinned)  # the slow part: computed while the table and curves draw
+    # the slow part, computed while the table and curves draw: against the version the Against box holds
+    session.prefetch_pinned(layer_comparison, tuple(pinned[i] for i in against_order([v.ref for v in versions])))
     navigation.set_param("refs", navigation.join_refs(refs))
     side_by_side(versions)
     differing_params(versions)
@@ -188,10 +189,18 @@ def against(versions: list[VersionInfo], pinned: Pinned) -> tuple[list[VersionIn
     refs = [v.ref for v in versions]
     if st.session_state.get(AGAINST) not in refs:  # the versions changed: the first, as before
         st.session_state[AGAINST] = refs[0]
-    chosen = refs.index(st.selectbox("Against", refs, key=AGAINST, help="the version each grid compares the "
-                                     "others with (the registry compares them again, from their tensors)"))
-    order = [chosen, *(i for i in range(len(refs)) if i != chosen)]
+    st.selectbox("Against", refs, key=AGAINST, help="the version each grid compares the others with (the registry "
+                 "compares them again, from their tensors)")
+    order = against_order(refs)
     return [versions[i] for i in order], tuple(pinned[i] for i in order)
+
+
+def against_order(refs: list[str]) -> list[int]:
+    """The positions of ``refs`` with the Against box's version first (the first, with fewer than three or none
+    chosen among them), the others in their order."""
+    chosen = st.session_state.get(AGAINST)
+    first = refs.index(chosen) if len(refs) >= 3 and chosen in refs else 0
+    return [first, *(i for i in range(len(refs)) if i != first)]
 
 
 def without(layers: list[dict[str, Any]], apart: list[int]) -> list[dict[str, Any]]:

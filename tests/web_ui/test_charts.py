@@ -166,6 +166,8 @@ def test_a_metric_chart_spans_the_loss_charts_steps_and_marks_the_published_step
     assert [layer["mark"]["type"] if isinstance(layer["mark"], str) else layer["mark"]["type"]
             for layer in loss["layer"]] == ["line", "point", "rule"]
     assert charts.KEPT_NOTE in loss["title"]["subtitle"]
+    unevaluated = spec(charts.loss_curves(train, None, {"a/b:1": 20.0}))  # the last step's weights: said too
+    assert unevaluated["title"]["subtitle"] == f"per optimizer step (no evaluation was recorded); {charts.KEPT_NOTE}"
     # without a kept step (a job still training, a version from before "kept"): no rule, no word of one
     bare = spec(charts.metric_curves(history)[0])
     assert len(bare["layer"]) == 2 and charts.KEPT_NOTE not in bare["title"]["subtitle"]
