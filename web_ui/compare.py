@@ -156,7 +156,9 @@ def page() -> None:
         st.info("Choose two to four different versions.")
         return
     pinned = tuple((v.ref, v.vectors_sha256, v.projection_fingerprint) for v in versions)
-    # the slow part, computed while the table and curves draw: against the version the Against box holds
+    # the slow part, computed while the table and curves draw: against the version the Against box holds (a link's
+    # ?against= too: a comparison shared is the same comparison)
+    navigation.follow_url("against", AGAINST)
     session.prefetch_pinned(layer_comparison, tuple(pinned[i] for i in against_order([v.ref for v in versions])))
     navigation.set_param("refs", navigation.join_refs(refs))
     side_by_side(versions)
@@ -189,8 +191,9 @@ def against(versions: list[VersionInfo], pinned: Pinned) -> tuple[list[VersionIn
     refs = [v.ref for v in versions]
     if st.session_state.get(AGAINST) not in refs:  # the versions changed: the first, as before
         st.session_state[AGAINST] = refs[0]
-    st.selectbox("Against", refs, key=AGAINST, help="the version each grid compares the others with (the registry "
-                 "compares them again, from their tensors)")
+    st.selectbox("Against", refs, key=AGAINST, on_change=navigation.write_url, args=("against", AGAINST),
+                 help="the version each grid compares the others with (the registry compares them again, from their "
+                      "tensors)")
     order = against_order(refs)
     return [versions[i] for i in order], tuple(pinned[i] for i in order)
 

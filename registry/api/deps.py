@@ -182,7 +182,8 @@ async def single_fields(request: Request) -> None:
         counts[name] = counts.get(name, 0) + 1
     if twice := sorted(name for name, n in counts.items() if n > 1):
         raise InvalidInput(f"The form gives {', '.join(repr(n[:100]) for n in twice[:10])} more than once; give each "
-                           "field once (several tags: comma-separated in one tags field).")
+                           "field once" + (" (several tags: comma-separated in one tags field)." if "tags" in twice
+                                           else "."))
 
 
 #: A form whose fields are each given once (a publish, a job submission).

@@ -101,8 +101,8 @@ def job_submit(
         description=description, properties=properties))
     console.print(f"job {info.id} queued: publishes {info.target_name}; follow it with `vera job logs {info.id} "
                   "--follow`")
-    if (tag or description or properties) and not (info.result_tags or info.result_description
-                                                    or info.result_properties):
+    asked = [t for t in tag or [] if t.strip()] or description.strip() or properties  # (blank: nothing asked)
+    if asked and not (info.result_tags or info.result_description or info.result_properties):
         err_console.print(styled("warning:", "yellow", f" the registry did not keep the --tag, --description or "
                                  f"--property values of job {info.id} (it is older than them): its version is "
                                  "published without them; `vera tag`, `vera describe` and `vera property` label it "

@@ -722,9 +722,12 @@ def test_a_jobs_result_labels_are_checked_at_submission_and_shown(server: tuple[
         shown = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
                                timeout=120, check=False)
         assert "tag exp-7, tag nightly, experiment=baseline" in shown.stdout and "the nightly run" in shown.stdout
-        blank = client.submit_job("ann/labelled", DEMO, description="   ")  # none: "fine-tuned by job N" (a walk)
-        assert blank.result_description == "" and blank.result_tags == []
-        client.cancel_job(blank.id)
+        blank = subprocess.run([str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--description", "   "],
+                               capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert blank.returncode == 0 and "did not keep" not in blank.stderr, blank.stderr  # nothing asked: no warning
+        [blank_job] = [j for j in client.jobs() if j.target_name == "ann/labelled" and j.id != job.id]
+        assert blank_job.result_description == "" and blank_job.result_tags == []  # "fine-tuned by job N" (a walk)
+        client.cancel_job(blank_job.id)
         refused = subprocess.run([str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--property",
                                   "no-equals"], capture_output=True, text=True, env=env, timeout=120, check=False)
         assert refused.returncode == 1 and "no-equals" in refused.stderr  # said before anything is sent

@@ -114,6 +114,11 @@ def test_the_cosine_grids_compare_with_the_version_chosen_against(registry: dict
     box.set_value(LLAMAS[2]).run()
     assert not at.exception
     assert grid_titles(at) == [f"{ref}  vs  {LLAMAS[2]}" for ref in LLAMAS[:2]]
+    assert at.query_params["against"] == LLAMAS[2]  # in the link, which opens the same comparison
+    linked = page("compare", registry, query={"refs": ",".join(LLAMAS), "against": LLAMAS[1]})
+    assert grid_titles(linked) == [f"{ref}  vs  {LLAMAS[1]}" for ref in (LLAMAS[0], LLAMAS[2])]
+    stale = page("compare", registry, query={"refs": ",".join(LLAMAS), "against": "nobody/else:1"})
+    assert grid_titles(stale) == [f"{ref}  vs  {LLAMAS[0]}" for ref in LLAMAS[1:]]  # not one of them: the first
     two = page("compare", registry, query={"refs": ",".join(LLAMAS[:2])})
     assert not [b for b in two.selectbox if b.label == "Against"]
     assert grid_titles(two) == [f"{LLAMAS[1]}  vs  {LLAMAS[0]}"]
