@@ -205,14 +205,26 @@ def checkpoint_line(saved: JobCheckpointInfo) -> str:
             "resumes from it.")
 
 
-def curves(job_id: int, events: list[JobEventInfo]) -> None:
+def curves(job: JobInfo, events: list[JobEventInfo]) -> None:
+    """The job's loss and eval metric curves from its events; once it published, the step whose weights it kept
+    (the version's metrics say: a dotted rule, as on the Adapter page)."""
+    label = f"job {job.id}"
     steps = [[e.data["step"], e.data["loss"]] for e in events if e.kind == "step" and "loss" in e.data]
     history = [e.data for e in events if e.kind == "evaluate"]
-    train, evals = {f"job {job_id}": steps}, {f"job {job_id}": charts.eval_points(history)}
-    chart = charts.loss_curves(train, evals)
+    train, evals = {label: steps}, {label: charts.eval_points(history)}
+    kept = charts.kept_steps({label: published_metrics(job.result_ref)}) if job.result_ref else {}
+    chart = charts.loss_curves(train, evals, kept)
     for drawn in ([chart] if chart is not None else []) + charts.metric_curves(
-            {f"job {job_id}": history}, charts.step_span(train, evals)):
+            {label: history}, charts.step_span(train, evals), kept):
         st.altair_chart(drawn, width="stretch")
+
+
+def published_metrics(ref: str) -> dict[str, Any]:
+    """The metrics of the version a job published ({} once it is deleted, or unreadable)."""
+    try:
+        return session.read(RegistryClient.get, ref).metrics
+    except NotFound:
+        return {}
 
 
 #: Where the page leaves the job it follows, from its own listing, for the view's first drawing.
@@ -245,7 +257,7 @@ def _follow(job_id: int) -> None:
     if (hint := unclaimed_hint(job)) is not None:
         st.warning(hint, icon=":material/engineering:")
     cancel_controls(job)
-    curves(job_id, events)
+    curves(job, events)
     if job.result_ref:
         st.success(f"Published {job.result_ref}")
         navigation.version_page_link(job.result_ref, f"Open {job.result_ref}")

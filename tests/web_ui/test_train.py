@@ -21,7 +21,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import issued_tokens, running_server
 from tests.web_ui.test_pages import counted, page, texts, worker_jobs
-from web_ui import jobs, train
+from web_ui import charts, jobs, train
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +349,32 @@ def test_the_registrys_refusal_lists_every_problem_it_found_beside_launch(regist
         "- Jobs on this registry train only 'minilm' (VERA_JOB_BASE_MODELS); got base_model='nobody/nothing'.\n"
         "- Start from alice/none@prod: no such adapter that you may read. Name a version that Browse lists "
         "(owner/name:N or owner/name@ALIAS)."]
+
+
+def test_a_finished_jobs_curves_mark_the_step_whose_weights_it_published(registry: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    """As the Adapter page does (a walk, session 42): once the job published, its loss and eval metric charts draw
+    a dotted rule at the step its version kept (the best evaluation's, here not the last)."""
+    queue = worker_jobs(registry)
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.publish(make_adapter(tmp_path / "kept", seed=3, r=4), "alice/kept", base_model="tiny-llama",
+                       metrics={"kept": {"step": 50, "by": "eval_accuracy", "value": 0.8125}})
+        job = client.submit_job("alice/kept", training_spec(demo=True), priority=100)
+    queue.claim("test-worker")
+    queue.heartbeat(job.id, "test-worker", progress={"phase": "training", "step": 100, "total_steps": 100}, events=[
+        ("step", {"step": 50, "loss": 0.71}), ("evaluate", {"step": 50.0, "eval_loss": 0.63, "eval_accuracy": 0.81}),
+        ("step", {"step": 100, "loss": 0.52}), ("evaluate", {"step": 100.0, "eval_loss": 0.66, "eval_accuracy": 0.8})])
+    queue.finish(job.id, "test-worker", status="succeeded", result_version=("alice/kept", 1))
+    at = page("train", registry, query={"job": str(job.id)})
+    assert not at.exception
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert [s["title"]["text"] for s in specs] == ["Training and eval loss", "Eval accuracy"]
+    for chart in specs:
+        assert charts.KEPT_NOTE in chart["title"]["subtitle"]
+        assert [layer for layer in chart["layer"] if layer["mark"]["type"] == "rule"]
+    # the rule's step, the version's kept one: Streamlit sends the charts' data apart from their specs, as Arrow
+    import pyarrow as pa
+
+    steps = {tuple(pa.ipc.open_stream(d.data.data).read_all().to_pydict().get("step", []))
+             for c in at.get("vega_lite_chart") for d in c.proto.datasets}
+    assert (50.0,) in steps
