@@ -76,19 +76,20 @@ def kept_steps(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
             if isinstance(held := m.get("kept"), dict) and _number(held.get("step"))}
 
 
-#: The kept step's rule: dotted, thin, in its version's colour.
-KEPT_DASH = [2, 3]
+#: The kept step's rule: dotted, thin, in its version's colour; with several versions, each version's dots (DOT_PX
+#: long) fall in the gaps of the others', so that rules at one step show every colour (one hid the other: a walk).
+KEPT_DASH, DOT_PX = [2, 3], 3
 KEPT_NOTE = "dotted: the step whose weights were published"
 
 
-def kept_rules(kept: dict[str, float], refs: list[str]) -> alt.Chart | None:
-    """A dotted vertical rule at each version's kept step (of those drawn), in its colour, or None."""
-    rows = [{"version": ref, "step": step} for ref, step in kept.items() if ref in refs]
-    if not rows:
-        return None
-    return cast(alt.Chart, alt.Chart(pd.DataFrame(rows)).mark_rule(strokeDash=KEPT_DASH, strokeWidth=1.5).encode(
-        x="step:Q", color=version_colours(refs),
-        tooltip=["version", alt.Tooltip("step:Q", title="weights published from step", format="d")]))
+def kept_rules(kept: dict[str, float], refs: list[str]) -> list[alt.Chart]:
+    """A dotted vertical rule at each version's kept step (of those drawn), in its colour, a layer each (none: [])."""
+    shown = [ref for ref in refs if ref in kept]
+    tooltip = ["version", alt.Tooltip("step:Q", title="weights published from step", format="d")]
+    dash = KEPT_DASH if len(shown) == 1 else [DOT_PX, DOT_PX * (len(shown) - 1)]
+    return [cast(alt.Chart, alt.Chart(pd.DataFrame([{"version": ref, "step": kept[ref]}])).mark_rule(
+        strokeDash=dash, strokeDashOffset=-DOT_PX * i, strokeWidth=1.5).encode(
+        x="step:Q", color=version_colours(refs), tooltip=tooltip)) for i, ref in enumerate(shown)]
 
 
 #: The numbers of a metric's axis: four significant digits at most, thousands separated (one tick read 0.627907).
@@ -113,10 +114,9 @@ def metric_curves(histories: dict[str, list[dict[str, Any]]], span: tuple[float,
             tooltip=["version", "step", alt.Tooltip(f"{metric}:Q", format=".4f")])
         rules = kept_rules(kept or {}, refs)
         title = alt.TitleParams(f"Eval {metric}", anchor="start", subtitle=f"{metric} on the held-out eval set at "
-                                "each evaluation (a dot each)" + (f"; {KEPT_NOTE}" if rules is not None else ""),
+                                "each evaluation (a dot each)" + (f"; {KEPT_NOTE}" if rules else ""),
                                 subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")
-        layers = [base.mark_line(strokeWidth=2), base.mark_point(filled=True, size=DOT_SIZE),
-                  *([rules] if rules is not None else [])]
+        layers = [base.mark_line(strokeWidth=2), base.mark_point(filled=True, size=DOT_SIZE), *rules]
         charts.append(cast(alt.LayerChart, alt.layer(*layers).properties(
             height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))))
     return charts
@@ -177,9 +177,9 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
                                       + ("dashed with dots" if dashed else "dots")
                                       + ": loss on the held-out eval set"
                                       if has_eval else "per optimizer step (no evaluation was recorded)")
-                            + (f"; {KEPT_NOTE}" if rules is not None else ""),
+                            + (f"; {KEPT_NOTE}" if rules else ""),
                             subtitleFontSize=SUBTITLE_PX, subtitleColor="#444")  # Vega's 10 px grey was hard to read
-    return cast(alt.LayerChart, alt.layer(lines, dots, *([rules] if rules is not None else [])).properties(
+    return cast(alt.LayerChart, alt.layer(lines, dots, *rules).properties(
         height=PLOT_PX, title=title, autosize=alt.AutoSizeParams(type="fit-x", contains="padding")))
 
 

@@ -169,6 +169,12 @@ def test_a_metric_chart_spans_the_loss_charts_steps_and_marks_the_published_step
     unevaluated = spec(charts.loss_curves(train, None, {"a/b:1": 20.0}))  # the last step's weights: said too
     assert unevaluated["title"]["subtitle"] == f"per optimizer step (no evaluation was recorded); {charts.KEPT_NOTE}"
     # without a kept step (a job still training, a version from before "kept"): no rule, no word of one
+    # two versions kept at one step: each rule's dots fall in the other's gaps, so both colours show (one hid the
+    # other: a walk in a browser, session 42)
+    two = spec(charts.loss_curves({**train, "a/c:1": [[1, 0.8], [20, 0.4]]}, None, {"a/b:1": 10.0, "a/c:1": 10.0}))
+    rules = [layer for layer in two["layer"] if layer["mark"]["type"] == "rule"]
+    assert [(r["mark"]["strokeDash"], r["mark"]["strokeDashOffset"]) for r in rules] == [
+        ([charts.DOT_PX, charts.DOT_PX], 0), ([charts.DOT_PX, charts.DOT_PX], -charts.DOT_PX)]
     bare = spec(charts.metric_curves(history)[0])
     assert len(bare["layer"]) == 2 and charts.KEPT_NOTE not in bare["title"]["subtitle"]
     assert "domainMin" not in bare["layer"][0]["encoding"]["x"]["scale"]
