@@ -77,8 +77,9 @@ def kept_steps(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 #: The kept step's rule: dotted, thin, in its version's colour; with several versions, each version's dots (DOT_PX
-#: long) fall in the gaps of the others', so that rules at one step show every colour (one hid the other: a walk).
-KEPT_DASH, DOT_PX = [2, 3], 3
+#: long) fall in the gaps of the others', and a GAP_PX gap after them all, so that rules at one step show every
+#: colour and still read as dotted (one hid the other; three at one step drew a solid stripe: walks in a browser).
+KEPT_DASH, DOT_PX, GAP_PX = [2, 3], 3, 3
 KEPT_NOTE = "dotted: the step whose weights were published"
 
 
@@ -86,7 +87,7 @@ def kept_rules(kept: dict[str, float], refs: list[str]) -> list[alt.Chart]:
     """A dotted vertical rule at each version's kept step (of those drawn), in its colour, a layer each (none: [])."""
     shown = [ref for ref in refs if ref in kept]
     tooltip = ["version", alt.Tooltip("step:Q", title="weights published from step", format="d")]
-    dash = KEPT_DASH if len(shown) == 1 else [DOT_PX, DOT_PX * (len(shown) - 1)]
+    dash = KEPT_DASH if len(shown) == 1 else [DOT_PX, DOT_PX * (len(shown) - 1) + GAP_PX]
     return [cast(alt.Chart, alt.Chart(pd.DataFrame([{"version": ref, "step": kept[ref]}])).mark_rule(
         strokeDash=dash, strokeDashOffset=-DOT_PX * i, strokeWidth=1.5).encode(
         x="step:Q", color=version_colours(refs), tooltip=tooltip)) for i, ref in enumerate(shown)]
