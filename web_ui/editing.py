@@ -14,7 +14,7 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound, RegistryError
-from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI, parse_properties
+from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI, parse_properties, tags_field
 from web_ui import formats, session
 
 RESULT = "edit_result"
@@ -38,7 +38,7 @@ def may_write(who: WhoAmI, owner: str) -> bool:
 
 def split_tags(text: str) -> list[str]:
     """'a, b,,c ' -> ['a', 'b', 'c'] (order kept, repeats dropped)."""
-    return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    return list(dict.fromkeys(tags_field(text)))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from registry.domain.schemas import Ref, check_name
 from registry.domain.training_spec import training_spec
 from vera_core.config import KNOWN_GENERATORS, TASK_METRICS
 from vera_core.errors import parse_json
-from web_ui import jobs, navigation, session
+from web_ui import editing, jobs, navigation, session
 
 JOB_BOX = "job_box"
 
@@ -323,7 +323,7 @@ def launch() -> bool:
     dataset = None if upload is None else (upload.name, upload.getvalue())
     try:  # a refusal is said here, and the jobs below stay (the page's guard would stop the page: session 29's walk)
         job = session.call(lambda c: c.submit_job(target.strip(), spec, dataset=dataset,
-                                                  tags=[t.strip() for t in tags.split(",") if t.strip()],
+                                                  tags=editing.split_tags(tags),
                                                   description=description.strip()))
     except RegistryError as exc:
         if exc.problems:  # what only the registry checks (Start from, the whole dataset, quotas): all at once too

@@ -596,11 +596,6 @@ def compare_params(versions: Sequence[VersionInfo]) -> ParamsCompared:
     return ParamsCompared(recorded, differing, len(keys) - len(differing))
 
 
-def differing_params(versions: Sequence[VersionInfo]) -> list[str]:
-    """The keys whose values differ among ``versions`` (compare_params)."""
-    return compare_params(versions).differing
-
-
 class FileEntry(BaseModel):
     """One file of a version's download: its size, its SHA-256 (the download's ETag) and where to GET it by hash
     (immutable: the same URL always answers the same bytes)."""
@@ -863,6 +858,11 @@ class VersionUpdate(BaseModel):
     description: str | None = None
     tags: TagChange | None = None
     properties: PropertyChange | None = None
+
+
+def tags_field(text: str) -> list[str]:
+    """A form's comma-separated tags as given: 'a, b,,c ' -> ['a', 'b', 'c'] (each checked by check_tags)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def check_tags(tags: Iterable[str], most: int = MAX_TAGS) -> list[str]:

@@ -491,8 +491,8 @@ class MetricOrder:
 
 
 def metric_order(sort: str) -> MetricOrder | None:
-    """The metric a ``sort`` names (``metrics.<key>``, '-' prefix for descending), or None for another sort."""
-    name = sort.lstrip("-")
+    """The metric a ``sort`` names (``metrics.<key>``, one '-' prefix for descending), or None for another sort."""
+    name = sort.removeprefix("-")
     if not name.lower().startswith(METRIC_PREFIX):
         return None
     key = name[len(METRIC_PREFIX):]

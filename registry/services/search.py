@@ -60,7 +60,7 @@ class Search:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}, got {limit}.")
         clauses = parse_filter(filter_text) if filter_text else []
-        metric = metric_order(sort) if not sort.startswith("--") else None  # one '-' at most
+        metric = metric_order(sort)
         column = metric.column if metric is not None else SORTS.get(sort.removeprefix("-"))
         if column is None:
             raise InvalidInput(f"sort {sort!r} is not one of {', '.join(SORTS)} or metrics.<key> (prefix '-' for "

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import MAX_PARAMS, VersionUpdate, differing_params
+from registry.domain.schemas import MAX_PARAMS, VersionUpdate, compare_params
 from registry.services.derived import FileForm
 from registry.services.filters import FilterError
 from registry.services.registry import Registry
@@ -102,9 +102,9 @@ def test_the_params_that_differ_are_those_of_versions_that_record_any() -> None:
         return type("V", (), {"ref": ref, "params": params})()
 
     one, two = version("a:1", lr="0.01", r="8", seed="0"), version("a:2", lr="0.02", r="8", epochs="2")
-    assert differing_params([one, two]) == ["epochs", "lr", "seed"]  # a key one lacks differs
-    assert differing_params([one, version("a:3")]) == []  # one records none: nothing to compare
-    assert differing_params([one, version("a:4", lr="0.01", r="8", seed="0"), version("a:5")]) == []
+    assert compare_params([one, two]).differing == ["epochs", "lr", "seed"]  # a key one lacks differs
+    assert compare_params([one, version("a:3")]).differing == []  # one records none: nothing to compare
+    assert compare_params([one, version("a:4", lr="0.01", r="8", seed="0"), version("a:5")]).differing == []
     # a metrics.json's params as a version keeps them: text as it is, other values as JSON, lists joined
     assert published_params({"params": {"lr": 0.01, "unset": None, "on": True, "t": ["q", "v"], "s": "x"}}) == {
         "lr": "0.01", "on": "true", "t": "q,v", "s": "x"}  # an unset one (null) left out

@@ -48,6 +48,7 @@ from registry.domain.schemas import (
     VersionUpdate,
     json_object,
     pairs_object,
+    tags_field,
 )
 from registry.services.filters import FIELDS, MAX_FILTER_LENGTH, OPERATORS
 from registry.services.search import MAX_PAGE, SORTS
@@ -145,7 +146,7 @@ async def publish(
             await save_upload(upload, Path(tmp) / filename, options.max_upload_bytes)
         publish = partial(registry.publish, tmp, owner=owner, name=name, base_model=base_model,
                           base_revision=base_revision, metrics=parsed,
-                          tags=[t.strip() for t in tags.split(",") if t.strip()], description=description,
+                          tags=tags_field(tags), description=description,
                           published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision,
                                                             "published_via": who.provenance,
                                                             "dataset_sha256": dataset_sha256,

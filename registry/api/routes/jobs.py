@@ -24,6 +24,7 @@ from registry.domain.schemas import (
     Ref,
     json_object,
     pairs_object,
+    tags_field,
 )
 
 router = APIRouter(prefix="/api/v1/jobs")
@@ -68,7 +69,7 @@ async def submit_job(
                                            gpus=gpus, actor=who.owner,
                                            member=None if who.owner == owner or who.is_admin else who.owner,
                                            provenance=dict(who.provenance) if who.provenance else None,
-                                           viewer=who, tags=[t.strip() for t in tags.split(",") if t.strip()],
+                                           viewer=who, tags=tags_field(tags),
                                            description=description, properties=held))
 
 
