@@ -95,6 +95,7 @@ def open_registry(settings: Settings | None = None, *, upgrade_embedded: bool = 
                         quotas=Quotas(settings.owner_quota_bytes, settings.owner_quotas),
                         invitations=InvitationPolicy(settings.org_invitations,
                                                      timedelta(days=settings.org_invitation_days)),
+                        orgs_per_user=settings.orgs_per_user,
                         downloads=DownloadCounter(db, flush_every_s=settings.download_flush_s,
                                                   flush_every=settings.download_flush_count))
     except BaseException:

@@ -27,6 +27,7 @@ from registry.domain.schemas import (
     MAX_PENDING_JOBS,
     MAX_PROJECTION_ELEMENTS,
     MAX_UPLOAD_BYTES,
+    ORGS_PER_USER,
     SCRATCH_BYTES,
     PoolSettings,
     QuotaSize,
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
     # is turned off, and can still be answered or cancelled.
     org_invitations: bool = False
     org_invitation_days: float = Field(default=14.0, gt=0, le=365)
+    # How many organisations one user may have created that still exist, and how many times in 24 hours it may create
+    # or rename one (registry.services.access): each organisation has its own storage quota and job queue, and a
+    # renamed organisation's old name is retired. Registry administrators are not limited; 0: only they create and
+    # rename organisations.
+    orgs_per_user: int = Field(default=ORGS_PER_USER, ge=0, le=1_000_000)
     # Housekeeping (registry.services.housekeeping): every API process deletes, about hourly, the access tokens that
     # ended (revoked or expired) more than this many days ago, as `vera token purge --days N` does (their audit events
     # stay); 0: only by hand. At least 1: a CI identity token is refused a second exchange while its token is kept.

@@ -50,6 +50,9 @@ MAX_JOB_PRIORITY = 100
 MAX_JOB_TIME_LIMIT_S = 30 * 24 * 3600.0
 #: The most jobs one owner may have queued or running at once (VERA_JOB_MAX_PENDING_PER_OWNER's default).
 MAX_PENDING_JOBS = 100
+#: VERA_ORGS_PER_USER's default: how many organisations one user may have created that still exist, and how many
+#: times in 24 hours it may create or rename one (registry administrators: any number; registry.services.access).
+ORGS_PER_USER = 10
 @dataclass(frozen=True)
 class PoolSettings:
     """A PostgreSQL engine's connection pool, per process (VERA_DATABASE_POOL_SIZE and the rest): at most ``size``

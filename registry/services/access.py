@@ -10,15 +10,17 @@ push, jobs and the model server alike. The rights themselves are decided by regi
 from __future__ import annotations
 
 import difflib
+from datetime import UTC, timedelta
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import ColumnElement, CursorResult, Executable, Select, delete, exists, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound
+from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
 from registry.domain.schemas import (
     ACTIVE_JOB_STATUSES,
+    ORGS_PER_USER,
     InvitationInfo,
     MemberInfo,
     OrganizationInfo,
@@ -41,6 +43,8 @@ VISIBILITIES: tuple[Visibility, ...] = get_args(Visibility)
 MAX_MEMBERS = 1000
 #: The most alias names one organisation protects.
 MAX_PROTECTED_ALIASES = 64
+#: The window of the daily part of VERA_ORGS_PER_USER.
+ORG_CHANGES_WINDOW = timedelta(hours=24)
 
 
 def check_visibility(value: str) -> Visibility:
@@ -110,10 +114,18 @@ class Access:
     """Organisations, their members and invitations, and adapters' visibility: each method one transaction,
     audited."""
 
-    def __init__(self, db: Database, invitations: InvitationPolicy | None = None) -> None:
+    def __init__(self, db: Database, invitations: InvitationPolicy | None = None,
+                 orgs_per_user: int = ORGS_PER_USER) -> None:
         """``invitations``: whether adding a user invites them, and for how long (default: off, a user added is a
-        member at once; registry.services.invitations)."""
-        self.db = db
+        member at once; registry.services.invitations). ``orgs_per_user`` (VERA_ORGS_PER_USER): how many
+        organisations one user may have created that still exist, and how many times in 24 hours it may create or
+        rename one (0: only registry administrators create organisations), since each organisation is another
+        storage quota and job queue, and a renamed name is retired: without it one ordinary token stored four times
+        its quota through organisations of its own, and retired any user name nobody had taken yet (an outsider's
+        findings, session 43)."""
+        if orgs_per_user < 0:
+            raise ValueError(f"orgs_per_user must be 0 or more, got {orgs_per_user}.")
+        self.db, self.orgs_per_user = db, orgs_per_user
         self.invitation_policy = invitations or InvitationPolicy()
         self.leftovers = invites.Leftovers()  # with invitations off: whether any is still pending
 
@@ -145,16 +157,19 @@ class Access:
             _require_readable(s, viewer, owner, name, missing_too=missing_too)
 
     def create_organization(self, name: str, *, creator: str, description: str = "",
-                            revive: bool = False) -> OrganizationInfo:
+                            revive: bool = False, bounded: bool = True) -> OrganizationInfo:
         """A new organisation; ``creator`` becomes its first admin. Its name must not be an owner already in use
         (users and organisations share the namespace adapters are published under), nor the retired name of a
         deleted organisation (tokens.retirement) unless ``revive`` (a registry admin's choice: the new
-        organisation's members then see what the old one left)."""
+        organisation's members then see what the old one left). ``bounded`` (all but registry admins): refused
+        (QuotaExceeded) past orgs_per_user."""
         check_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
         with self.db.session() as s:
             _refuse_taken(s, name, user=creator, asker=creator, revive=revive,
                           how=f"`vera org create {name}` with an admin token")
+            if bounded:
+                self._refuse_past_limit(s, creator, f"create {name}")
             org = m.Organization(name=name, description=description, created_by=creator)
             org.members.append(m.Membership(member=creator, role="admin", added_by=creator))
             s.add(org)
@@ -401,6 +416,8 @@ class Access:
                 _refuse_taken(s, new_name, user=None, asker=viewer.owner, revive=revive,
                               how=f"`vera org rename {name} {new_name}` with an admin token")
                 _refuse_while_training(s, name, new_name)
+                if not viewer.is_registry_admin:
+                    self._refuse_past_limit(s, viewer.owner, f"rename {name}", existing=False)
                 history = _history(s, name)
                 members = s.scalars(select(m.Membership.member).where(m.Membership.organization_id == org.id))
                 move_owner(s, name, new_name, actor=viewer.owner, told=frozenset(members))
@@ -415,6 +432,40 @@ class Access:
         except DbIntegrityError as exc:  # a concurrent create took the name between the check and the write
             raise Conflict(f"The owner name {new_name!r} was taken while {name} was renamed; nothing was renamed. "
                            "Choose another name.") from exc
+
+
+    def _refuse_past_limit(self, s: Session, user: str, doing: str, *, existing: bool = True) -> None:
+        """QuotaExceeded when ``user`` may not ``doing`` (create or rename an organisation) under orgs_per_user:
+        it created that many organisations that still exist (``existing``: for a creation), or created and renamed
+        organisations that many times in the last 24 hours (its audit events)."""
+        most, admins = self.orgs_per_user, "registry administrators (an admin token without an owner limit)"
+        if most == 0:
+            raise QuotaExceeded(f"On this registry only {admins} create and rename organisations (VERA_ORGS_PER_USER"
+                                f"=0); nothing was done. Ask one to {doing} for you (they can then make you its "
+                                "admin: `vera org add ORG USER --role admin`).")
+        if existing:
+            created = s.scalar(select(func.count()).select_from(m.Organization)
+                               .where(m.Organization.created_by == user)) or 0
+            if created >= most:
+                raise QuotaExceeded(
+                    f"{user} has created {counted(created, 'organisation')} that still exist, the most one user may "
+                    f"(VERA_ORGS_PER_USER={most}: each organisation has a storage quota and a job queue of its own); "
+                    f"nothing was created. Delete one it no longer needs (`vera org delete NAME`, once it owns "
+                    f"nothing), or ask one of the {admins}, who create organisations past this limit.")
+        since = m.utcnow() - ORG_CHANGES_WINDOW
+        rows = s.execute(select(m.AuditEvent.action, func.count(), func.min(m.AuditEvent.at))
+                         .where(m.AuditEvent.actor == user, m.AuditEvent.at >= since,
+                                m.AuditEvent.action.in_(("org-create", "org-rename")))
+                         .group_by(m.AuditEvent.action)).all()
+        # a rename is audited on both its names: two events
+        changes = sum(count // 2 if action == "org-rename" else count for action, count, _ in rows)
+        if changes >= most:
+            oldest = min(at for _, _, at in rows).replace(tzinfo=UTC)
+            raise QuotaExceeded(
+                f"{user} has created or renamed organisations {counted(changes, 'time')} in the last 24 hours, the "
+                f"most one user may (VERA_ORGS_PER_USER={most}; a renamed organisation's old name is retired for "
+                f"good); nothing was done. Try again after {oldest + ORG_CHANGES_WINDOW:%Y-%m-%d %H:%M} UTC, or ask "
+                f"one of the {admins} to {doing}.")
 
 
 def _visible_org(s: Session, name: str, viewer: Principal | None) -> m.Organization:

@@ -64,8 +64,8 @@ class Events:
         newest ``limit``."""
         if not 1 <= limit <= MAX_EVENTS_PAGE:
             raise InvalidInput(f"limit must be from 1 to {MAX_EVENTS_PAGE}; got {limit}.")
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+        if since is not None:
+            since = _in_utc(since)
         query = _filtered(owner=owner, adapter=adapter, action=action, since=since)
         budget = limit * _SCAN_FACTOR
         with self.db.session() as s:
@@ -154,3 +154,16 @@ class _Sight:
         if since is not None and event.at < since:  # a deleted adapter's, whose name a new one took (an outsider's
             visibility = "private"  # finding: a private adapter's history went public with a public successor)
         return self.viewer.can_read(about[0], visibility)
+
+
+def _in_utc(since: datetime) -> datetime:
+    """``since`` in UTC (no zone: UTC); InvalidInput for a time UTC cannot hold (0001-01-01T00:00+00:01 is in year 0
+    there: it was a 500, an outsider's finding, session 43)."""
+    if since.tzinfo is None:
+        return since.replace(tzinfo=UTC)
+    try:
+        return since.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"since={since.isoformat()} is outside the years 1 to 9999 once in UTC; give a time "
+                           "between them, e.g. 2026-12-01T09:00 (UTC) or 2026-12-01T09:00+01:00.") from None
+

@@ -366,7 +366,8 @@ _WANTS = {"number": "a number (below 2**63 in magnitude)", "text": "a 'string'",
           "provenance": "a 'string'", "property": "a 'string'", "param": "a 'string', a number, true or false",
           "seed": "a whole number from 0 to 2**64 - 1", "flag": "true or false",
           "metric": "a number within a float's range (about 1.8e308 in magnitude)",
-          "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z'"}
+          "time": "a date or time in quotes, e.g. '2026-01-31' or '2026-01-31T12:00:00Z', within the years 1 to 9999 "
+                  "once in UTC"}
 
 
 def _fits(kind: str, value: Literal) -> bool:

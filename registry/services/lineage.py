@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
 from registry.domain.errors import InvalidInput
@@ -26,7 +26,9 @@ from registry.domain.schemas import (
     LineageNode,
     Ref,
 )
+from registry.services.access import readable_clause
 from registry.services.lookup import lineage_block, resolve, version_ref
+from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -37,23 +39,16 @@ def _node(s: Session, v: m.AdapterVersion, depth: int) -> LineageNode:
                        lineage=lineage_block(s, v))
 
 
-#: Which adapters a caller may see in a graph (the walk stops at any other: it neither shows nor passes it).
-Include = Callable[[m.Adapter], bool]
-
-
-def _everything(_: m.Adapter) -> bool:
-    return True
-
-
 class Lineage:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def graph(self, ref: str | Ref, *, depth: int = MAX_LINEAGE_DEPTH, limit: int = MAX_LINEAGE_NODES,
-              include: Include = _everything) -> LineageGraph:
+              viewer: Principal | None = None) -> LineageGraph:
         """The version ``ref`` names with its ancestors (up to ``depth`` parents) and descendants (up to ``depth``
         generations), at most ``limit`` of each, oldest generations first among descendants; versions of adapters
-        ``include`` refuses are left out, with what lies beyond them."""
+        ``viewer`` may not read (None: every one is read) are left out, with what lies beyond them, and are neither
+        counted against ``limit`` nor make the graph ``truncated``."""
         if not 1 <= depth <= MAX_LINEAGE_DEPTH:
             raise InvalidInput(f"depth must be between 1 and {MAX_LINEAGE_DEPTH}, got {depth}.")
         if not 1 <= limit <= MAX_LINEAGE_NODES:
@@ -62,19 +57,20 @@ class Lineage:
             start = resolve(s, ref)
             nodes = [_node(s, start, 0)]
             edges: list[LineageEdge] = []
-            up_cut = self._ancestors(s, start, depth, limit, include, nodes, edges)
-            down_cut = self._descendants(s, start, depth, limit, include, nodes, edges)
+            up_cut = self._ancestors(s, start, depth, limit, viewer, nodes, edges)
+            down_cut = self._descendants(s, start, depth, limit, readable_clause(viewer), nodes, edges)
             return LineageGraph(ref=nodes[0].ref, nodes=nodes, edges=edges, max_depth=depth, max_nodes=limit,
                                 truncated=up_cut or down_cut)
 
     @staticmethod
-    def _ancestors(s: Session, start: m.AdapterVersion, depth: int, limit: int, include: Include,
+    def _ancestors(s: Session, start: m.AdapterVersion, depth: int, limit: int, viewer: Principal | None,
                    nodes: list[LineageNode], edges: list[LineageEdge]) -> bool:
         """Append the parent chain; True if it goes on beyond the bounds."""
         seen, child = {start.id}, start
         for level in range(1, min(depth, limit) + 1):
             parent = s.get(m.AdapterVersion, child.parent_version_id) if child.parent_version_id else None
-            if parent is None or parent.id in seen or not include(parent.adapter):  # (a cycle cannot be published)
+            if parent is None or parent.id in seen or not (  # (a cycle cannot be published)
+                    viewer is None or viewer.can_read(parent.adapter.owner, parent.adapter.visibility)):
                 return False
             seen.add(parent.id)
             nodes.append(_node(s, parent, -level))
@@ -83,15 +79,21 @@ class Lineage:
         return child.parent_version_id is not None
 
     @staticmethod
-    def _descendants(s: Session, start: m.AdapterVersion, depth: int, limit: int, include: Include,
+    def _descendants(s: Session, start: m.AdapterVersion, depth: int, limit: int, readable: ColumnElement[bool],
                      nodes: list[LineageNode], edges: list[LineageEdge]) -> bool:
-        """Append the children, generation by generation; True if some were left out."""
+        """Append the children of adapters ``readable`` holds for, generation by generation; True if some of those
+        were left out. The condition is in the query: filtered after it, unreadable children took places of the
+        limit, and the last generation's check counted them, so that a graph said (truncated) that private versions
+        were made from it (an outsider's finding, session 43)."""
+
+        def children_of(ids: list[int]) -> Any:
+            return (select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                    .where(m.AdapterVersion.parent_version_id.in_(ids), readable))
+
         frontier, refs, found = [start.id], {start.id: version_ref(start)}, 0
         for level in range(1, depth + 1):
-            children = [c for c in s.scalars(
-                select(m.AdapterVersion).where(m.AdapterVersion.parent_version_id.in_(frontier))
-                .order_by(m.AdapterVersion.id).limit(limit - found + 1)
-                .options(selectinload(m.AdapterVersion.adapter))) if include(c.adapter)]
+            children = list(s.scalars(children_of(frontier).order_by(m.AdapterVersion.id).limit(limit - found + 1)
+                                      .options(selectinload(m.AdapterVersion.adapter))))
             if not children:
                 return False
             if found + len(children) > limit:
@@ -107,8 +109,7 @@ class Lineage:
             if cut:
                 return True
             frontier = [c.id for c in children]
-        return s.scalar(select(m.AdapterVersion.id).where(m.AdapterVersion.parent_version_id.in_(frontier))
-                        .limit(1)) is not None
+        return s.scalar(children_of(frontier).with_only_columns(m.AdapterVersion.id).limit(1)) is not None
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from registry.domain.schemas import DERIVED_MAX_BYTES, SCRATCH_BYTES, OwnerUsage
+from registry.domain.schemas import DERIVED_MAX_BYTES, ORGS_PER_USER, SCRATCH_BYTES, OwnerUsage
 from registry.services.access import Access, Visibility
 from registry.services.analysis import Analysis
 from registry.services.base_configs import BaseConfigSource
@@ -61,6 +61,7 @@ class Registry:
                  base_configs: BaseConfigSource | None = None, file_cache: FileCache | None = None,
                  default_visibility: Visibility = "public", downloads: DownloadCounter | None = None,
                  quotas: Quotas | None = None, invitations: InvitationPolicy | None = None,
+                 orgs_per_user: int = ORGS_PER_USER,
                  scratch_bytes: int = SCRATCH_BYTES, derived_bytes: int = DERIVED_MAX_BYTES) -> None:
         """``budget`` bounds the size and number of projections generated at once (VERA_MAX_PROJECTION_ELEMENTS,
         VERA_CONCURRENT_GENERATIONS); the default allows 64 Mi numbers, two at a time. ``base_configs`` (the Hub,
@@ -70,6 +71,8 @@ class Registry:
         stops its flushing); ``quotas``: each owner's storage quota (VERA_OWNER_QUOTA_BYTES, VERA_OWNER_QUOTAS;
         default none); ``invitations``: whether adding a user to an organisation invites them, and for how long
         (VERA_ORG_INVITATIONS, VERA_ORG_INVITATION_DAYS; default: off, a user added is a member at once);
+        ``orgs_per_user``: how many organisations a user may have created, and create or rename a day
+        (VERA_ORGS_PER_USER; registry.services.access.Access);
         ``scratch_bytes``: what a read-only registry keeps of the forms it builds itself (VERA_READ_ONLY_SCRATCH_BYTES,
         default 4 GiB); ``derived_bytes``: the most the built download forms of all versions keep stored
         (VERA_DERIVED_MAX_BYTES, default 32 GiB)."""
@@ -91,7 +94,7 @@ class Registry:
         self.quotas = quotas = quotas or Quotas()
         self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
                                  default_visibility=default_visibility, quotas=quotas).publish
-        self.access, self.default_visibility = Access(db, invitations), default_visibility
+        self.access, self.default_visibility = Access(db, invitations, orgs_per_user), default_visibility
         self.get = self.versions.get
         self.vera_config = self.versions.vera_config
         self.files = self.versions.files

@@ -82,7 +82,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                                               # the matrix submits a job per case: more than a minute's budget,
                                               # and more jobs for alice than one owner may have queued
                                               VERA_COSTLY_REQUESTS_PER_MINUTE="100000",
-                                              VERA_JOB_MAX_PENDING_PER_OWNER="100000") as base:
+                                              VERA_JOB_MAX_PENDING_PER_OWNER="100000",
+                                              # and olga creates an organisation per invitation case
+                                              VERA_ORGS_PER_USER="100000") as base:
         hub.tokens["hf_server"] = "alice"
         hub.seed_repo("alice/source", {p.name: p.read_bytes() for p in source.iterdir()})
         db = Database(url)
@@ -276,6 +278,35 @@ def test_the_servers_hub_token_is_only_for_the_hub_scope(server: dict[str, Any])
                         (f"{base}/api/v1/hub/pull", {"repo_id": "alice/x", "target": "alice/m", "subfolder": "a"})):
         extra = httpx.post(route, json=body, timeout=60, headers={"Authorization": f"Bearer {plain}"})
         assert extra.status_code == 422 and "Extra inputs are not permitted" in extra.json()["detail"], extra.text
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("POST", "/api/v1/webhooks", {"owner": "alice", "url": HOOK_URL, "event": ["publish"]}, "event"),
+    ("POST", "/api/v1/webhooks", {"owner": "alice", "url": HOOK_URL, "activ": False}, "activ"),
+    ("POST", "/api/v1/webhooks", {"owner": "alice", "url": HOOK_URL, "secret": "mine"}, "secret"),
+    ("PUT", "/api/v1/adapters/alice/typo/aliases/prod", {"version": 1, "protect": True}, "protect"),
+    ("POST", "/api/v1/adapters/alice/typo/versions/1/yank", {"yanked": True, "reason": "leak"}, "reason"),
+    ("POST", "/api/v1/orgs", {"name": "typo-org", "visibility": "private"}, "visibility"),
+    ("PUT", "/api/v1/orgs/acme/members/zed", {"role": "read", "roles": ["admin"]}, "roles"),
+    ("POST", "/api/v1/compare", {"refs": ["alice/typo:1"], "max_work": 1}, "max_work"),
+    ("POST", "/api/v1/base-models", {"name": "typo-base", "config": {}, "revison": "main"}, "revison"),
+], ids=["webhook-event", "webhook-activ", "webhook-secret", "alias", "yank", "org", "member", "compare", "base"])
+def test_a_body_field_a_route_has_not_is_refused_and_changes_nothing(server: dict[str, Any], method: str, path: str,
+                                                                    body: dict[str, Any], field: str) -> None:
+    """Every JSON body refuses a field it does not have (a misspelt ``events`` subscribed a webhook to every event,
+    ``activ`` left it on, ``secret`` was replaced by a generated one; an alias's ``protect``, a yank's ``reason``
+    were dropped: all answered 2xx unsaid, an outsider's finding, session 43), before anything is changed."""
+    with RegistryClient(server["url"], server["tokens"]["admin"]) as admin:
+        if not admin.list_versions(owner="alice", name="typo").items:
+            admin.publish(server["source"], "alice/typo", base_model="tiny-llama")
+        before = (admin.webhooks("alice"), admin.get("alice/typo:1"), [o.name for o in admin.organizations()],
+                  admin.organization("acme"))
+        answer = httpx.request(method, server["url"] + path, json=body, timeout=60,
+                               headers={"Authorization": f"Bearer {server['tokens']['admin']}"})
+        assert answer.status_code == 422, answer.text
+        assert f"{field}: Extra inputs are not permitted" in answer.json()["detail"], answer.text
+        assert (admin.webhooks("alice"), admin.get("alice/typo:1"), [o.name for o in admin.organizations()],
+                admin.organization("acme")) == before
 
 
 def test_job_ids_are_not_revealed_to_callers_without_a_token(server: dict[str, Any]) -> None:

@@ -141,6 +141,9 @@ def test_webhook_changes_are_seen_by_those_who_manage_them_only(server: dict[str
     ({"owner": "Not A Name"}, "owner 'Not A Name' is not a valid name"),
     ({"adapter": "alice/pub:1"}, "adapter must be owner/name, without a version or alias"),
     ({"adapter": "alice"}, "alice"), ({"since": "yesterday"}, "since"), ({"action": "x" * 33}, "action"),
+    # a time UTC cannot hold once converted (an outsider's 500, session 43), at both ends
+    ({"since": "0001-01-01T00:00:00+00:01"}, "outside the years 1 to 9999 once in UTC"),
+    ({"since": "9999-12-31T23:59:59-00:01"}, "outside the years 1 to 9999 once in UTC"),
 ])
 def test_bad_filters_are_refused_saying_what_is_expected(server: dict[str, Any], params: dict[str, Any],
                                                          message: str) -> None:

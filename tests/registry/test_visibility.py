@@ -233,6 +233,35 @@ def test_lineage_and_parents_do_not_reveal_private_versions(server: dict[str, An
         assert mallory.list_versions(owner="mallory").items == []  # nothing was published
 
 
+def test_private_descendants_neither_take_places_in_a_graph_nor_mark_it_truncated(server: dict[str, Any]) -> None:
+    """Private versions made from a public one do not tell outsiders they exist: the graph's limit counts only the
+    versions its caller reads (private children took places, hiding a public one), and ``truncated`` says only that
+    readable versions were left out (it was true for a private grandchild; an outsider's finding, session 43)."""
+    with client(server["url"], server["tokens"]["mallory"]) as mallory:
+        mallory.publish(server["source"], "mallory/lin0", base_model="tiny-llama")
+        mallory.publish(server["source"], "mallory/lin1", base_model="tiny-llama", parent="mallory/lin0:1")
+    with client(server["url"], server["tokens"]["alice"]) as alice:
+        for name in ("hidden-a", "hidden-b"):  # published after lin1, so they sort after it: a grandchild and more
+            alice.publish(server["source"], f"alice/{name}", base_model="tiny-llama", visibility="private",
+                          parent="mallory/lin1:1")
+        for name in ("hidden-c", "hidden-d"):  # children of lin0 between lin1 and lin2
+            alice.publish(server["source"], f"alice/{name}", base_model="tiny-llama", visibility="private",
+                          parent="mallory/lin0:1")
+    with client(server["url"], server["tokens"]["mallory"]) as mallory:
+        mallory.publish(server["source"], "mallory/lin2", base_model="tiny-llama", parent="mallory/lin0:1")
+    path = "/api/v1/adapters/mallory/lin0/versions/1/lineage"
+    for who in (None, "mallory", "bob"):
+        near = get(server, who, f"{path}?depth=1").json()
+        assert [n["ref"] for n in near["nodes"]] == ["mallory/lin0:1", "mallory/lin1:1", "mallory/lin2:1"], who
+        assert near["truncated"] is False, who  # lin1 has children, none of them readable
+        one = get(server, who, f"{path}?limit=2").json()
+        assert [n["ref"] for n in one["nodes"]] == ["mallory/lin0:1", "mallory/lin1:1", "mallory/lin2:1"], who
+        assert one["truncated"] is False, who  # alice/hidden-c and -d (between lin1 and lin2) took no places
+    seen = get(server, "alice", f"{path}?depth=1").json()
+    assert {"alice/hidden-c:1", "alice/hidden-d:1"} < {n["ref"] for n in seen["nodes"]}  # their owner sees them
+    assert seen["truncated"] is True  # and that lin1 has children beyond depth 1
+
+
 def test_a_deleted_private_parent_is_not_named_either(server: dict[str, Any]) -> None:
     """Once a private parent version is deleted, the public child's lineage does not keep its name (which would say
     that the private adapter exists) for anyone: it says the parent was private."""

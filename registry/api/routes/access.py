@@ -70,11 +70,13 @@ class CreatedToken(BaseModel):
 
 
 class OrganizationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=64)
     description: str = Field("", max_length=2000)
 
 
 class MemberBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     role: Role
 
 
@@ -237,7 +239,7 @@ def create_organization(request: Request, caller: Caller, options: Options, regi
     _within_limit_to_name(who, body.name, f"creating the organisation {body.name!r}")
     _not_a_publishers_user(request, body.name)
     return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
-                                               revive=who.is_admin and who.limited_to is None)
+                                               revive=who.is_registry_admin, bounded=not who.is_registry_admin)
 
 
 @router.get("/orgs/{org}", response_model=OrganizationInfo)

@@ -64,10 +64,13 @@ VERSION = "/{owner}/{name}/versions/{selector}"
 
 
 class AliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # every body refuses a field it has not (session 43: AliasBody and
+    # six others dropped one, so {"version": 1, "protect": true} answered 200 unprotected)
     version: int = Field(ge=1, le=MAX_ID)
 
 
 class YankBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # {"yanked": true, "reason": ...} dropped the reason unsaid
     yanked: bool = True
 
 
@@ -183,8 +186,7 @@ def lineage(
 ) -> LineageGraph:
     """What the version came from and what was made from it: nodes (depth < 0 ancestors, > 0 descendants) and
     parent -> child edges."""
-    return registry.lineage(ref_of(owner, name, selector), depth=depth, limit=limit,
-                            include=lambda adapter: who.can_read(adapter.owner, adapter.visibility))
+    return registry.lineage(ref_of(owner, name, selector), depth=depth, limit=limit, viewer=who)
 
 
 @router.get(f"{VERSION}/evaluations", response_model=list[EvaluationInfo])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from registry.api.deps import Caller, Options, Reader, RegistryDep, authorize
 from registry.api.ratelimit import CostlyReader
@@ -17,10 +17,12 @@ router = APIRouter(prefix="/api/v1")
 
 
 class CompareBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     refs: list[str]
 
 
 class BaseModelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=200, description="the name adapters are published with (a Hub id or a name)")
     revision: str = Field("", max_length=100)
     config: dict[str, Any] = Field(description="the base model's transformers config.json (no weights)")
