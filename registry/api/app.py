@@ -4,12 +4,14 @@ and one router per resource (registry/api/routes/). Routes only translate HTTP t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, ApiOptions
@@ -29,6 +31,9 @@ from registry.services.registry import Registry
 from registry.services.tokens import ANONYMOUS
 from registry.services.trusted import TrustedPublishing
 from registry.services.webhooks import Webhooks
+from registry.store.copying import copied_away
+
+log = logging.getLogger("vera.api")
 
 
 def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs | None = None,
@@ -107,6 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     webhook dispatcher, if any, sends deliveries, and housekeeping purges ended tokens; when it stops, the download
     files a read-only registry built for itself go, and the database's connections are closed (Database.close)."""
     downloads, dispatcher, housekeeping = app.state.registry.downloads, app.state.dispatcher, app.state.housekeeping
+    await run_in_threadpool(_warn_if_copied_away, app.state.registry)
     downloads.start()
     if dispatcher is not None:
         dispatcher.start()
@@ -120,3 +126,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(downloads.close)
         await run_in_threadpool(app.state.registry.derived.close)
         await run_in_threadpool(app.state.registry.db.close)  # last: the flush above writes (SQLite: checkpointed)
+
+
+def _warn_if_copied_away(registry: Registry) -> None:
+    """A warning in the log when the database was copied elsewhere (`vera db copy`) and nothing was written to it
+    since: a registry started without VERA_DATABASE_URL after a move to PostgreSQL served the stale SQLite file
+    unsaid (an operator's walk, session 43)."""
+    try:
+        copy = copied_away(registry.db)
+    except SQLAlchemyError:  # the database away at start: its requests say so
+        return
+    if copy is not None:
+        log.warning(f"this registry's database was copied into {copy.target} on {copy.at:%Y-%m-%d %H:%M} UTC (`vera "
+                    "db copy`) and nothing was written to it since: if the registry runs on that copy now, this one "
+                    "is stale; check VERA_DATABASE_URL.")

@@ -17,10 +17,12 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from fastapi import HTTPException  # FastAPI re-raises its own class from body parsing (not Starlette's)
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, TOKEN_NEEDED, ApiOptions, bearer_token
-from registry.api.problems import HUB_PREFIX, READ_ONLY_RETRY_AFTER_S, is_hub_path, problem
+from registry.api.problems import HUB_PREFIX, READ_ONLY_RETRY_AFTER_S, database_problem, is_hub_path, problem
 from registry.domain.errors import RegistryError, SchemaOutOfDate, Unauthorized, status_of
 from registry.services.registry import Registry
 from registry.services.tokens import authenticate
@@ -161,8 +163,7 @@ class RequestGate:
             else TOKENLESS_BODY if tokenless else SMALL_BODY
         refusal = await self._refusal(scope, headers, limit, tokenless=tokenless)
         if refusal is not None:
-            status, code, detail = refusal
-            await _send_problem(send, status, code, detail, scope["path"])
+            await _send(send, refusal)
             return
         # a body from a caller no token authenticated (anonymous lookups, trusted publishing's exchange, any caller
         # where tokens are not required: a header alone proves nothing) must be whole within the time its stalls are
@@ -191,7 +192,7 @@ class RequestGate:
         return refusal
 
     async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int, *, tokenless: bool = False
-                       ) -> tuple[int, str, str] | None:
+                       ) -> JSONResponse | None:
         """Why the request is refused from its headers, or None; a token checked here is kept in the request's
         state (``principal``), so the route's Caller dependency does not look it up again. ``tokenless``: a route
         whose body is its credential (no Authorization is looked at)."""
@@ -201,19 +202,22 @@ class RequestGate:
         if self.options.require_tokens and not tokenless and not anonymous_read:
             secret = bearer_token(authorization)
             if secret is None:
-                return 401, "unauthorized", (TOKEN_NEEDED if authorization is None else
-                                             "Authorization must be 'Bearer <token>'.")
+                return problem(401, "unauthorized", TOKEN_NEEDED if authorization is None else
+                               "Authorization must be 'Bearer <token>'.", scope["path"])
             try:
                 scope.setdefault("state", {})[PRINCIPAL] = await run_in_threadpool(authenticate, self.registry.db,
                                                                                    secret)
             except Unauthorized as exc:
-                return 401, exc.code, str(exc)
+                return problem(401, exc.code, str(exc), scope["path"])
             except RegistryError as exc:
-                return status_of(exc), exc.code, str(exc)
+                return problem(status_of(exc), exc.code, str(exc), scope["path"])
+            except DBAPIError as exc:  # the database away while the token was looked up: a 503 as in any route, not
+                # the 500 every write got during an outage (an operator's walk, session 43)
+                return database_problem(exc, scope["method"], scope["path"])
         length = headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > limit):
-            return 413, "content_too_large", (f"The body ({length} bytes) is over this route's limit of {limit:,} "
-                                              "bytes (VERA_MAX_UPLOAD_BYTES for uploads).")
+            return problem(413, "content_too_large", f"The body ({length} bytes) is over this route's limit of "
+                           f"{limit:,} bytes (VERA_MAX_UPLOAD_BYTES for uploads).", scope["path"])
         return None
 
 
@@ -271,6 +275,12 @@ async def _send_problem(send: Send, status: int, code: str, detail: str, path: s
         response.headers["Allow"] = allow
     if retry_after:
         response.headers["Retry-After"] = str(retry_after)
+    await _send(send, response)
+
+
+async def _send(send: Send, response: JSONResponse) -> None:
+    """Send ``response`` (a refusal before any route) and close the connection (its body may be unread)."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": bytes(response.body)})

@@ -11,11 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.domain.errors import EntryNotFound, RateLimited, ReadOnly, RegistryError, RevisionNotFound, status_of
 from registry.logs import first_line
+from registry.store.database import refused_write
 from vera_core.errors import JSONTextError, parse_json
 
 log = logging.getLogger("vera.api")
@@ -189,37 +190,49 @@ def _install_database_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
-    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        """The database dropped or refused the connection (restarted, failed over, overloaded): a 503 that clients
-        retry (the registry's retries idempotent requests after Retry-After), not a 500. Its text, which may name
-        the database's address, goes to the log only. A write the database refused because it is read-only is a
-        503 read_only (database_read_only)."""
-        if refused_write(exc):
-            return await database_read_only(request, exc)
-        log.warning(f"database unavailable during {request.method} {request.url.path}: {type(exc).__name__}: "
-                    f"{first_line(exc)}")
-        response = problem(503, "database_unavailable", "The registry's database is unavailable for the moment; "
-                           "nothing was changed. Retry in a few seconds.", request.url.path)
-        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
-        return response
-
     @app.exception_handler(InternalError)
-    async def database_read_only(request: Request, exc: Exception) -> JSONResponse:
-        """A write the database refused because its transactions are read-only (a PostgreSQL hot standby, a database
-        with default_transaction_read_only, a read-only registry's own connections): 503 read_only, not a 500."""
-        if not refused_write(exc):
-            return _unexpected(request, exc)
-        log.warning(f"the database refused a write during {request.method} {request.url.path} (it is read-only): "
-                    f"{first_line(exc)}")
-        response = problem(503, ReadOnly.code, "The registry's database takes no writes (a read-only database or a "
-                           "hot standby; VERA_READ_ONLY makes the API refuse changes before any work): nothing was "
-                           "changed. Send changes to the primary registry.", request.url.path)
+    @app.exception_handler(DatabaseError)
+    async def database_trouble(request: Request, exc: Exception) -> JSONResponse:
+        return database_problem(exc, request.method, request.url.path)
+
+
+def database_problem(exc: Exception, method: str, path: str) -> JSONResponse:
+    """The answer to a database error during ``method`` ``path`` (a route's, or the token lookup before any route:
+    RequestGate), logged; its text, which may name the database's address or file, goes to the log only.
+
+    - A write the database refused because it is read-only: 503 read_only. A PostgreSQL hot standby or a database
+      with default_transaction_read_only; a SQLite file the process may not write (permissions, an immutable file,
+      a read-only mount), which was told to "send changes to the primary" that a single registry has not (an
+      operator's walk, session 43).
+    - The database dropped or refused the connection (restarted, failed over, overloaded; OperationalError,
+      InterfaceError): 503 database_unavailable with Retry-After, which clients retry, not a 500.
+    - A SQLite file that is damaged (SQLITE_CORRUPT, SQLITE_NOTADB): 500 database_damaged, saying so (it was an
+      "Unexpected DatabaseError").
+    - Anything else: the 500 of any unexpected error."""
+    if refused_write(exc):
+        log.warning(f"the database refused a write during {method} {path} (it is read-only): {first_line(exc)}")
+        said = ("its SQLite file, or the folder it is in, is read-only to the registry's process (file permissions, "
+                "an immutable file or a read-only mount): its operator must make it writable" if _sqlite_error(exc)
+                else "a read-only database or a hot standby: send changes to the primary registry")
+        response = problem(503, ReadOnly.code, f"The registry's database takes no writes ({said}); nothing was "
+                           "changed. Reads go on.", path)
         response.headers["Retry-After"] = str(READ_ONLY_RETRY_AFTER_S)
         return response
+    if _sqlite_error(exc) in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        log.error(f"the database is damaged ({method} {path}): {first_line(exc)}; restore it from a backup "
+                  "(`vera fsck` checks it; docs/guide.md, \"Back up and upgrade the registry\")")
+        return problem(500, "database_damaged", "The registry's database file is damaged (SQLite finds it "
+                       "malformed); nothing was changed. Its operator must restore it from a backup.", path)
+    if isinstance(exc, OperationalError | InterfaceError):
+        log.warning(f"database unavailable during {method} {path}: {type(exc).__name__}: {first_line(exc)}")
+        response = problem(503, "database_unavailable", "The registry's database is unavailable for the moment; "
+                           "nothing was changed. Retry in a few seconds.", path)
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response
+    log.error(f"unexpected database error during {method} {path}", exc_info=exc)
+    return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.", path)
 
 
-def refused_write(exc: Exception) -> bool:
-    """Whether a database error is the database refusing a write because it is read-only: PostgreSQL's
-    read_only_sql_transaction (SQLSTATE 25006), SQLite's SQLITE_READONLY."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else None
-    return getattr(orig, "sqlstate", None) == "25006" or getattr(orig, "sqlite_errorname", None) == "SQLITE_READONLY"
+def _sqlite_error(exc: Exception) -> str | None:
+    """SQLite's name for the error under ``exc`` (SQLITE_READONLY, SQLITE_CORRUPT, ...); None for another database."""
+    return getattr(exc.orig, "sqlite_errorname", None) if isinstance(exc, DBAPIError) else None

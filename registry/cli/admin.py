@@ -67,13 +67,36 @@ def open_registry(settings: Settings) -> Registry:
     return open_configured(settings)
 
 
-def _database(database_url: str | None, *, writes: str = "") -> Database:
+def _database(database_url: str | None, *, writes: str = "", reads: str = "") -> Database:
+    """The registry's database; ``writes``: the command, refused on a read-only machine; ``reads``: the command,
+    refused where there is no database yet (existing)."""
     from registry.store.database import Database
 
     settings = load_settings(database_url)
     if writes:
         refuse_read_only(settings, writes)
+    if reads:
+        existing(settings, reads)
     return Database(settings.resolved_database_url)
+
+
+def existing(settings: Settings, command: str) -> Settings:
+    """``settings``, unless their database is a SQLite file that does not exist: then one line saying so. Opening it
+    would make an empty registry there, which `vera fsck` found whole, `vera db status` current and `vera db backup`
+    backed up, for a mistyped VERA_DATA_DIR (an operator's walk, session 43)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    path = url.database or ""
+    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return settings
+    if not Path(path).is_file():
+        where = ("VERA_DATA_DIR's registry.db" if settings.database_url is None
+                 else "VERA_DATABASE_URL or --database-url")
+        fail(InvalidInput(f"There is no registry database at {path} ({where}): `vera {command}` works on an existing "
+                          "registry, and nothing was made there. Check the path (or give the database with "
+                          "--database-url); `vera up` or `vera db upgrade` makes a new registry."))
+    return settings
 
 
 def refuse_read_only(settings: Settings, command: str, does: str = "writes to the registry") -> Settings:
@@ -115,10 +138,13 @@ def db_backup(destination: Annotated[Path, typer.Argument(help="A new file, e.g.
     """Copy a SQLite registry database to a new file while the registry runs (SQLite's online backup); then copy
     the blob folder. PostgreSQL: use pg_dump."""
     settings = load_settings(database_url)
-    db = _database(database_url)
+    db = _database(database_url, reads="db backup")
     try:
-        db.backup(destination)
         revision = db.current_revision()
+        if revision is None:  # (a backup of it would restore nothing)
+            fail(InvalidInput(f"{db.engine.url.render_as_string(hide_password=True)} holds no registry (no schema "
+                              "revision: an empty file); check the path. Nothing was written."))
+        db.backup(destination)
     finally:
         db.close()
     console.print(f"backed up the database (revision {revision}) to {destination}; now copy the blobs, e.g. "
@@ -134,14 +160,10 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from registry.logs import first_line, masked_url
-    from registry.store.copying import copy_database
+    from registry.store.copying import copy_database, mark_copied
     from registry.store.database import Database
 
-    settings = load_settings(database_url)
-    embedded = Path(settings.resolved_database_url.removeprefix("sqlite:///"))
-    if settings.database_url is None and not embedded.is_file():  # (opening it would make an empty one)
-        fail(InvalidInput(f"There is no registry to copy at {embedded} (VERA_DATA_DIR's registry.db); give the "
-                          "source with --database-url or VERA_DATABASE_URL."))
+    existing(load_settings(database_url), "db copy")
     shown = masked_url(target)
     if not target.startswith(("sqlite", "postgresql")):
         fail(InvalidInput(f"The target {shown!r} is not a database this release opens; give e.g. "
@@ -154,21 +176,33 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
         fail(InvalidInput(f"The target {shown!r} cannot be opened ({first_line(exc)}); check its URL, and that the "
                           "database exists (PostgreSQL: createdb) and takes this user. Nothing was copied."))
     source = _database(database_url)
+    marked = True
     try:
         copied = copy_database(source, destination, progress=lambda table, rows: console.print(
             f"  {table}: {rows:,} rows"))
+        try:
+            mark_copied(source, destination, sum(copied.values()), actor=operator())
+        except SQLAlchemyError as exc:  # a source opened read-only, or on a read-only file: the copy stands
+            marked = False
+            err_console.print(styled("warning:", "yellow", f" the source could not be marked as copied "
+                                     f"({first_line(exc)}): move it aside before anything runs `vera gc` on it."),
+                              soft_wrap=True)
     finally:
         source.close()
         destination.close()
     where = destination.engine.url.render_as_string(hide_password=True)
     console.print(f"copied {sum(copied.values()):,} rows of {len(copied)} tables into {where} (revision "
                   f"{source.head_revision()}); serve it with VERA_DATABASE_URL=<that URL> and the same "
-                  "VERA_STORAGE_URL (or a copy of the blob folder), then `vera fsck`.", soft_wrap=True)
+                  "VERA_STORAGE_URL (or a copy of the blob folder), then `vera fsck`."
+                  + (" The source is marked as copied: until something is written to it again, `vera gc` and "
+                     "`vera fsck --repair` on it refuse to delete the files published on the copy, and `vera up` "
+                     "on it warns; move it aside all the same (e.g. `mv registry.db registry.db.copied`)."
+                     if marked else ""), soft_wrap=True)
 
 
 def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
-    db = _database(database_url)
+    db = _database(database_url, reads="db status")
     current, head = db.current_revision(), db.head_revision()
     if current is not None and not db.knows(current):
         state = "newer than this release: run the release that upgraded it"
@@ -203,14 +237,17 @@ def fsck(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Report (and repair) disagreement between the database and blob storage."""
-    settings = load_settings(database_url, storage_url)
+    settings = existing(load_settings(database_url, storage_url), "fsck")
     registry = open_registry(refuse_read_only(settings, "fsck --repair") if repair else settings)
-    report = registry.fsck(repair=repair, force=force, grace_s=grace_s)
+    done: list[str] = []
+    report = registry.fsck(repair=repair, force=force, grace_s=grace_s, said=done.append)
     for kind, digests in report.items():  # each count said in words ("deep_json: 0" said nothing: session 40)
         console.print(f"{kind}: {len(digests)}" + (f" ({FSCK_FINDINGS[kind]})" if kind in FSCK_FINDINGS else "")
                       + "".join(f"\n  {d}" for d in digests))
     if not any(report.values()):
         console.print("database and storage agree: nothing to repair")
+    for line in done:  # what --repair did (it said nothing: an operator's walk, session 43)
+        console.print(f"repaired: {line}", soft_wrap=True)
     if repair and report["database"]:  # nothing --repair mends: a script's `fsck --repair && vera up` must stop
         err_console.print(styled("error:", "red", " the database file itself is damaged, which --repair does not "
                                  "mend: stop the registry and restore a backup (docs/deployment.md, Restoring)."),
@@ -239,7 +276,7 @@ def gc(
     from registry.services.retention import RetentionRule
 
     rule = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
-    settings = load_settings(database_url, storage_url)
+    settings = existing(load_settings(database_url, storage_url), "gc")
     registry = open_registry(settings if dry_run else refuse_read_only(settings, "gc"))
     if rule is not None:
         _print_retention(registry.apply_retention(rule, dry_run=dry_run))

@@ -125,8 +125,14 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             fail(OSError(f"{exc.strerror or exc}{where}"))
         except Exception as exc:
             # the database refused or dropped the connection (sqlalchemy, not imported here: `vera ls` needs none)
-            if type(exc).__module__ == "sqlalchemy.exc" and type(exc).__name__ in ("OperationalError",
-                                                                                   "InterfaceError"):
+            if type(exc).__module__ != "sqlalchemy.exc":
+                raise
+            if getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+                # a damaged file: a traceback before (an operator's walk, session 43)
+                fail(RegistryError(f"The registry database is damaged: {first_line(exc)}. Stop the registry and "
+                                   "restore the newest good backup (docs/guide.md, \"Back up and upgrade the "
+                                   "registry\"); check the path if this is not the registry's database."))
+            if type(exc).__name__ in ("OperationalError", "InterfaceError"):
                 fail(RegistryError(f"Cannot use the registry database: {first_line(exc)}. Check VERA_DATABASE_URL (or "
                                    "--database-url), and that the database server is up and reachable."))
             raise

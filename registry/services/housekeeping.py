@@ -78,6 +78,7 @@ class Housekeeping(BackgroundThread):
         while not self._stop.wait(wait):
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping
-                log.exception("housekeeping round failed; trying again in the next one")
+                self._succeeded(log, "housekeeping")
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end housekeeping
+                self._failed(log, "a housekeeping round", exc)
             wait = self.every_s

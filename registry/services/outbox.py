@@ -195,6 +195,10 @@ class Outbox:
         return self.deliver(worker)
 
 
+#: The longest the dispatcher waits between rounds while they fail.
+MAX_BACKOFF_S = 30.0
+
+
 class Dispatcher(BackgroundThread):
     """Runs an Outbox in a background thread every ``poll_s`` seconds until ``stop()`` (the API process starts one;
     tests stop it; a round's attempts end within the receivers' timeout). An error in one round is logged and the
@@ -208,9 +212,13 @@ class Dispatcher(BackgroundThread):
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
     def _run(self) -> None:
+        wait = self.poll_s
         while not self._stop.is_set():
             try:
                 self.outbox.run_once(self.name)
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the dispatcher
-                log.exception("webhook dispatcher round failed; trying again")
-            self._stop.wait(self.poll_s)
+                self._succeeded(log, "the webhook dispatcher")
+                wait = self.poll_s
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the dispatcher
+                self._failed(log, "a webhook dispatcher round", exc)
+                wait = min(2 * wait, MAX_BACKOFF_S)  # a database away or read-only: rounds come less often
+            self._stop.wait(wait)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -22,7 +23,7 @@ from registry.domain.events import EVERY_OWNER
 from registry.domain.publishers import MINTED_KEPT, MINTED_NAME_PREFIX
 from registry.domain.schemas import TokenInfo, check_name, check_text
 from registry.store import models as m
-from registry.store.database import Database
+from registry.store.database import Database, refused_write
 
 Scope = Literal["read", "publish", "hub", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -444,7 +445,9 @@ LAST_USED_EVERY = timedelta(minutes=1)
 def authenticate(db: Database, secret: str) -> Principal:
     """The principal of a bearer secret; compares the stored hash in constant time. Records the token's last use to
     the minute (LAST_USED_EVERY: a write, which on SQLite takes the database's write lock, once a minute per token
-    instead of on every request), except on a read-only registry (VERA_READ_ONLY), which writes nothing."""
+    instead of on every request), except on a read-only registry (VERA_READ_ONLY), which writes nothing, and on a
+    database that refuses writes (a read-only SQLite file or mount, a hot standby): its reads go on, where the
+    refused write failed every request of the token once a minute (an operator's walk, session 43)."""
     digest = _hash(secret)
     with db.session() as s:
         row = s.scalar(select(m.AccessToken).where(m.AccessToken.token_hash == digest))
@@ -455,10 +458,18 @@ def authenticate(db: Database, secret: str) -> Principal:
             raise Unauthorized(f"The token expired at {row.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one "
                                "(`vera token create ... --expires-days N`).")
         now = datetime.now(UTC)
-        if not db.read_only and (row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY):
-            row.last_used_at = now
+        stale = not db.read_only and (row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY)
         roles = {org: cast(Role, role) for org, role in s.execute(
             select(m.Organization.name, m.Membership.role).join(m.Membership).where(m.Membership.member == row.owner))}
-        return Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id, roles=roles,
-                         limited_to=frozenset(row.limited_to) if row.limited_to is not None else None,
-                         expires_at=row.expires_at, provenance=row.provenance)
+        principal = Principal(owner=row.owner, scopes=frozenset(row.scopes), token_id=row.id, roles=roles,
+                              limited_to=frozenset(row.limited_to) if row.limited_to is not None else None,
+                              expires_at=row.expires_at, provenance=row.provenance)
+    if stale:
+        try:
+            with db.session() as s:
+                s.execute(update(m.AccessToken).where(m.AccessToken.id == principal.token_id)
+                          .values(last_used_at=now))
+        except DBAPIError as exc:
+            if not refused_write(exc):
+                raise
+    return principal

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from registry.domain.errors import IntegrityError, InvalidInput, NotFound
 from registry.domain.schemas import (
     FINAL_JOB_STATUSES,
     GC_GRACE_S,
+    MAX_JSON_DEPTH,
     UPLOAD_PREFIX,
     ProjectionInfo,
     Ref,
     VerificationReport,
     VerificationStatus,
 )
+from registry.domain.words import counted
 from registry.services import job_checkpoints
 from registry.services.access import readable_versions, shown_to
 from registry.services.derived import DERIVED, forget
@@ -35,6 +38,7 @@ from registry.services.tokens import Principal
 from registry.services.validation import ProjectionBudget
 from registry.store import models as m
 from registry.store.blobs import BlobStore
+from registry.store.copying import copied_away
 from registry.store.database import Database
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 
@@ -128,11 +132,11 @@ class Verification:
     def list_projections(self, viewer: Principal | None = None) -> list[ProjectionInfo]:
         """The shared projections with how many versions use them (those ``viewer`` may see, counting only the
         versions it reads: registry.services.access.shown_to)."""
-        counted = select(m.AdapterVersion.projection_id, func.count()).where(
+        uses_query = select(m.AdapterVersion.projection_id, func.count()).where(
             m.AdapterVersion.id.in_(readable_versions(viewer))).group_by(m.AdapterVersion.projection_id)
         shown = select(m.Projection).where(shown_to(viewer, m.AdapterVersion.projection_id, m.Projection.id))
         with self.db.session() as s:
-            uses = dict(s.execute(counted).tuples().all())
+            uses = dict(s.execute(uses_query).tuples().all())
             return [ProjectionInfo(id=p.id, generator=p.generator, seed=int(p.seed), r=p.r, max_in=p.max_in,
                                    max_out=p.max_out, fingerprint=p.fingerprint, reproducible=p.reproducible,
                                    stored=p.blob_sha256 is not None, versions=uses.get(p.id, 0))
@@ -186,6 +190,13 @@ class Verification:
             else:
                 old.append(digest)
         suspicious = [d for d in old if d not in expected]
+        if suspicious and not force and (copy := copied_away(self.db)) is not None:
+            raise InvalidInput(
+                f"This database was copied into {copy.target} on {copy.at:%Y-%m-%d %H:%M} UTC (`vera db copy`) "
+                "and nothing was written to it since: the registry most likely runs on that copy now, and the "
+                f"{len(suspicious):,} stored files this database does not know were published there since. Nothing "
+                "was deleted. Run this with VERA_DATABASE_URL set to that database (check the variable's spelling); "
+                f"if this database really is the live one, `{command} --force`.")
         foreign = (not known and not published) or len(suspicious) >= max(SUSPICIOUS_FILES, len(listed) / 2)
         if suspicious and not force and foreign:
             raise InvalidInput(
@@ -229,8 +240,8 @@ class Verification:
                     raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def fsck(self, *, repair: bool = False, force: bool = False, grace_s: float = GC_GRACE_S
-             ) -> dict[str, list[str]]:
+    def fsck(self, *, repair: bool = False, force: bool = False, grace_s: float = GC_GRACE_S,
+             said: Callable[[str], None] | None = None) -> dict[str, list[str]]:
         """Report (and with ``repair``, fix) disagreement between the database and storage.
 
         missing: referenced blobs absent from storage (repair: their versions are marked verification failed; a
@@ -247,7 +258,8 @@ class Verification:
         partial_blobs, stale_uploads: what a process killed mid-publish left behind, over an hour old (storage's
         temporary files; request folders in this machine's temp directory) (repair: deleted).
         Reading every blob happens outside any transaction (storage is not transactional); the repair's marks are
-        one transaction.
+        one transaction. ``said`` hears what the repair did, a line each (it said nothing: an operator's walk,
+        session 43).
         """
         with self.db.session() as s:
             known = set(s.scalars(select(m.Blob.sha256)))
@@ -264,16 +276,23 @@ class Verification:
             except IntegrityError:
                 report["corrupted"].append(digest)
         if repair:
-            self._repair(report, deep, force=force, grace_s=grace_s)
+            self._repair(report, deep, force=force, grace_s=grace_s, said=said or (lambda _: None))
         return report
 
-    def _repair(self, report: dict[str, list[str]], deep: list[DeepValue], *, force: bool, grace_s: float) -> None:
-        self._delete_unknown(report["orphans"], expected=set(), grace_s=grace_s, force=force,
-                             command="vera fsck --repair")
+    def _repair(self, report: dict[str, list[str]], deep: list[DeepValue], *, force: bool, grace_s: float,
+                said: Callable[[str], None]) -> None:
+        deleted, young = self._delete_unknown(report["orphans"], expected=set(), grace_s=grace_s, force=force,
+                                              command="vera fsck --repair")
+        if report["orphans"]:
+            said(f"deleted {counted(deleted, 'orphan file')}" + (f", kept {young:,} younger than {grace_s:g} s (a "
+                                                                  "publish in progress may own them)" if young else ""))
         for digest in report["corrupted"]:
             self.blobs.delete(digest)
-        _remove_leftovers(self.blobs)
-        cut_too_deep(self.db, deep)
+            said(f"deleted the corrupted file {digest}")
+        if leftovers := _remove_leftovers(self.blobs):
+            said(f"deleted {counted(leftovers, 'leftover')} of killed publishes")
+        if cut := cut_too_deep(self.db, deep):
+            said(f"cut {counted(cut, 'JSON value')} at {MAX_JSON_DEPTH} levels")
         bad = report["missing"] + report["corrupted"]
         if not bad:
             return
@@ -288,6 +307,9 @@ class Verification:
                 v.verification_status, v.verified_at = "failed", datetime.now(UTC)
                 v.verification_report = {"status": "failed", "checks": {"fsck": {
                     "ok": False, "error": "a blob of this version is missing or corrupted"}}}
+                said(f"marked {version_ref(v)} failed: a file of it is missing or was corrupted. Copy the file back "
+                     f"from a backup of the blob folder (e.g. `rsync -a --ignore-existing BACKUP/blobs/ "
+                     f"{self.blobs.url}/`) and `vera verify {version_ref(v)}`, or publish the version again")
 
 
 #: Leftovers younger than this may belong to a publish still running.

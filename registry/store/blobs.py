@@ -299,7 +299,8 @@ class FsspecBlobStore:
         if sha256_hex(data) != digest:
             raise IntegrityError(
                 f"Blob {digest} is corrupted in storage ({len(data)} bytes hash to {sha256_hex(data)}); it will "
-                "not be served. Run `vera fsck --repair` to quarantine it, then re-publish the version."
+                "not be served. Copy it back from a backup of the blob folder and verify the version again, or run "
+                "`vera fsck --repair` (which deletes it and marks the versions using it failed) and re-publish them."
             )
         return data
 

@@ -139,3 +139,28 @@ def _continue_counters(conn: Connection, given: dict[str, int]) -> None:
         if sequence is not None:
             conn.execute(text("SELECT setval(CAST(:sequence AS regclass), :value, :called)"),
                          {"sequence": sequence, "value": largest or 1, "called": largest > 0})
+
+
+#: The audit action `vera db copy` records in the source once the copy is whole (its ``target``: where to).
+COPIED = "db-copy"
+
+
+def mark_copied(source: Database, target: Database, rows: int, *, actor: str) -> None:
+    """Record in ``source`` that it was copied into ``target`` (an audit event, ``db-copy``): a source left beside
+    the storage its copy now uses, found again by a command without VERA_DATABASE_URL (a cron job, a misspelt
+    variable), made `vera gc` delete every blob published on the copy since (an operator's walk, session 43);
+    copied_away finds the mark while nothing was written after it."""
+    with source.session() as s:
+        s.add(m.AuditEvent(actor=actor, action=COPIED, target=_where(target)[:200], detail={"rows": rows}))
+
+
+def copied_away(db: Database) -> m.AuditEvent | None:
+    """The ``db-copy`` event of ``db`` when it is its newest event (it was copied elsewhere, and nothing has been
+    published, deleted, moved or otherwise audited here since: the registry most likely runs on the copy), else
+    None."""
+    with db.session() as s:
+        newest = s.scalar(select(m.AuditEvent).order_by(m.AuditEvent.id.desc()).limit(1))
+        if newest is None or newest.action != COPIED:
+            return None
+        s.expunge(newest)
+        return newest

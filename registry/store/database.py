@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.domain.errors import InvalidInput, SchemaOutOfDate
+from registry.domain.errors import IntegrityError, InvalidInput, SchemaOutOfDate
 from registry.domain.schemas import PoolSettings
 from registry.logs import first_line
+
+log = logging.getLogger("vera.database")
 
 
 def _migrations_dir() -> Path:
@@ -128,15 +131,22 @@ class Database:
             if self.engine.url.database in (None, "", ":memory:"):
                 return  # its one connection is the database: closing it would lose everything
             if not self.read_only:
-                with contextlib.suppress(SQLAlchemyError), self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                try:
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                except SQLAlchemyError as exc:  # (said: it failed unsaid, an operator's walk, session 43)
+                    log.warning(f"{self.engine.url.database}: the write-ahead log could not be copied into the file "
+                                f"({first_line(exc)}), so the file is not whole alone: copy it with its -wal file, "
+                                "or back it up with `vera db backup`")
         self.engine.dispose()
 
     def backup(self, destination: Path) -> None:
         """A consistent copy of a SQLite registry database at ``destination`` (a file that must not exist), taken
         while the registry runs (SQLite's online backup: the write-ahead log's pages included), written beside
         the destination first and renamed into place, so that a failed backup leaves no file. InvalidInput for
-        PostgreSQL (pg_dump backs it up) and for a destination that exists or whose folder does not."""
+        PostgreSQL (pg_dump backs it up) and for a destination that exists or whose folder does not; IntegrityError,
+        leaving no file, when the copy fails SQLite's quick_check: a damaged database was backed up as if whole, each
+        night's copy taking the place of a good one (an operator's walk, session 43)."""
         if self.engine.dialect.name != "sqlite" or self.url.startswith("sqlite:///:memory:"):
             where = self.engine.url.render_as_string(hide_password=True)
             raise InvalidInput(f"`vera db backup` copies a SQLite file; {where} is not one. Back up PostgreSQL with "
@@ -152,8 +162,17 @@ class Database:
             target = sqlite3.connect(partial)
             try:
                 raw.driver_connection.backup(target)  # type: ignore[union-attr]
+                found = [str(row[0]) for row in target.execute("PRAGMA quick_check").fetchall()]
+            except sqlite3.DatabaseError as exc:  # too damaged to be copied or checked at all
+                found = [f"the check itself failed: {first_line(exc)}"]
             finally:
                 target.close()
+            if found != ["ok"]:
+                raise IntegrityError(
+                    f"The database {self.engine.url.render_as_string(hide_password=True)} is damaged (SQLite's "
+                    f"quick_check: {'; '.join(found[:3])[:500]}); no backup was written, so keep the ones you have. "
+                    "Restore the newest good backup (docs/guide.md, \"Back up and upgrade the registry\"); `vera fsck` "
+                    "says what else it finds.")
             partial.rename(destination)
         finally:
             raw.close()
@@ -245,3 +264,11 @@ class Database:
                 f"revision {current or 'none (empty)'}, but this version of vera-registry needs {head}. "
                 "Run `vera db upgrade` (with the same VERA_DATABASE_URL) and start again."
             )
+
+
+def refused_write(exc: Exception) -> bool:
+    """Whether a database error is the database refusing a write because it is read-only: PostgreSQL's
+    read_only_sql_transaction (SQLSTATE 25006), SQLite's SQLITE_READONLY (a file or folder without write
+    permission, an immutable file, a read-only mount)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return getattr(orig, "sqlstate", None) == "25006" or getattr(orig, "sqlite_errorname", None) == "SQLITE_READONLY"

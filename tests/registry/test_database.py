@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -11,10 +13,13 @@ import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
+from sqlalchemy.exc import DatabaseError, OperationalError
 
+from registry.api.problems import database_problem
 from registry.bootstrap import open_registry
 from registry.domain.errors import SchemaOutOfDate
+from registry.services.tokens import authenticate, create_token
 from registry.settings import Settings
 from registry.store.database import Database
 from registry.store.models import Base
@@ -287,6 +292,52 @@ def test_vera_db_backup_copies_a_running_registry_whole_and_never_overwrites(tmp
     assert adapters_in(tmp_path / "backup" / "r.db") == ["ann/saved"]
 
 
+def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_refuse_a_damaged_one(
+        tmp_path: Path) -> None:
+    """A mistyped VERA_DATA_DIR made an empty registry there, which `vera fsck` found whole, `vera db status`
+    current, and `vera db backup` backed up (a 4 KB file with no table); a damaged file was backed up as if whole
+    (an operator's walk, session 43). Each says so, with a failing exit, and leaves no file."""
+    import os
+
+    def vera_in(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "COLUMNS": "250", "VERA_DATA_DIR": str(data_dir)}
+        for variable in ("VERA_DATABASE_URL", "VERA_STORAGE_URL"):
+            env.pop(variable, None)
+        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    (tmp_path / "backups").mkdir()
+    typo = tmp_path / "bakcup"
+    for args in (["fsck"], ["gc", "--dry-run"], ["db", "status"], ["db", "backup", str(tmp_path / "backups" / "a.db")]):
+        refused = vera_in(typo, *args)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1 and f"There is no registry database at {typo / 'registry.db'}" in said, said
+        assert f"`vera {' '.join(args[:2]) if args[0] == 'db' else args[0]}` works on an existing registry" in said
+    assert not typo.exists() and list((tmp_path / "backups").iterdir()) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sqlite3.connect(empty / "registry.db").close()  # a file, but no registry in it
+    unversioned = vera_in(empty, "db", "backup", str(tmp_path / "backups" / "b.db"))
+    assert unversioned.returncode == 1 and "holds no registry (no schema revision" in unversioned.stderr
+    for table, found in (("version_params", "is damaged (SQLite's quick_check:"),  # it opens; a table is garbage
+                         ("alembic_version", "The registry database is damaged: ")):  # not even its revision reads
+        damaged = tmp_path / f"damaged-{table}"
+        made = Database(f"sqlite:///{damaged / 'registry.db'}")
+        made.upgrade()
+        made.close()
+        with sqlite3.connect(damaged / "registry.db") as connection:
+            root = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        connection.close()
+        pages = slice((root - 1) * 4096, root * 4096)  # the table's first page
+        data = bytearray((damaged / "registry.db").read_bytes())
+        data[pages] = b"\xa5" * len(data[pages])
+        (damaged / "registry.db").write_bytes(bytes(data))
+        refused = vera_in(damaged, "db", "backup", str(tmp_path / "backups" / "c.db"))
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1 and found in said and "restore the newest good backup" in said.lower(), said
+        assert "Traceback" not in refused.stderr
+        assert list((tmp_path / "backups").iterdir()) == []  # nothing, not even the partial file
+
+
 def adapters_in(path: Path) -> list[str]:
     """The adapters (owner/name) a SQLite registry file holds by itself, after checking its schema is current."""
     db = Database(f"sqlite:///{path}")
@@ -402,3 +453,51 @@ def test_a_server_takes_no_changes_once_a_newer_release_upgraded_its_database(tm
         db.close()
         time.sleep(SCHEMA_RECHECK_S + 0.5)
         assert client.set_alias("ann/x:1", "prod").version == 1
+
+
+def test_a_database_that_refuses_writes_still_authenticates_and_says_why_it_refuses(tmp_path: Path) -> None:
+    """A SQLite file the registry may not write (permissions, an immutable file, a read-only mount; here SQLite's
+    query_only, which refuses writes with the same SQLITE_READONLY): a token's lookup, which records its last use
+    once a minute, failed every request of that token once a minute (an operator's walk, session 43). It reads on,
+    and the refusal of a write says it is the file, not a primary elsewhere."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    setup = Database(url)
+    setup.upgrade()
+    _, secret = create_token(setup, owner="ann", scopes=["read", "publish"])
+    setup.engine.dispose()
+    db = Database(url)
+    event.listen(db.engine, "connect", lambda connection, _: connection.execute("PRAGMA query_only = ON"))
+    try:
+        assert authenticate(db, secret).owner == "ann"  # its first use: the write refused, the lookup answered
+        with pytest.raises(OperationalError) as refused, db.session() as s:
+            s.execute(text("UPDATE access_tokens SET last_used_at = NULL"))
+    finally:
+        db.engine.dispose()
+    answer = database_problem(refused.value, "PUT", "/api/v1/adapters/ann/x/aliases/prod")
+    said = json.loads(answer.body)
+    assert answer.status_code == 503 and said["type"] == "/problems/read_only", said
+    assert "its SQLite file, or the folder it is in, is read-only to the registry's process" in said["detail"]
+    assert "primary" not in said["detail"] and str(tmp_path) not in said["detail"]
+
+
+def test_a_damaged_database_file_is_said_to_be_damaged(tmp_path: Path) -> None:
+    """A SQLite file with a page overwritten answered "Unexpected DatabaseError" (an operator's walk, session 43):
+    the answer says the database is damaged and is restored from a backup."""
+    path = tmp_path / "r.db"
+    made = Database(f"sqlite:///{path}")
+    made.upgrade()
+    made.close()  # everything in the file itself (its write-ahead log emptied)
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xa5" * (len(data) - 4096)  # every page but the first (the header and the schema)
+    path.write_bytes(bytes(data))
+    db = Database(f"sqlite:///{path}")
+    try:
+        with pytest.raises(DatabaseError) as damaged, db.session() as s:
+            for table in Base.metadata.sorted_tables:
+                s.execute(text(f"SELECT * FROM {table.name}")).all()
+    finally:
+        db.engine.dispose()
+    answer = database_problem(damaged.value, "GET", "/api/v1/adapters")
+    said = json.loads(answer.body)
+    assert answer.status_code == 500 and said["type"] == "/problems/database_damaged", said
+    assert "database file is damaged" in said["detail"] and "restore it from a backup" in said["detail"]

@@ -88,6 +88,8 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
         "adapters", "adapter_versions", "aliases", "version_tags", "version_properties", "version_params",
         "version_evaluations",
         "access_tokens", "organizations", "memberships", "jobs", "webhooks", "audit_events", "version_files"}
+    mark = before["audit_events"].pop()  # the source's note that it was copied, written once the copy was whole
+    assert mark[3:5] == ("db-copy", empty_postgres), mark
     assert after == before  # every row, every value
     # the copy is a registry: served on the same blobs, it gives the same bytes, and new rows take new ids
     with running_server(empty_postgres, blobs, VERA_REQUIRE_TOKENS="false") as url, \
@@ -99,6 +101,17 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
         third = client.publish(make_adapter(tmp_path / "d", seed=4), "ann/clf", base_model="tiny-llama")
         assert third.ref == "ann/clf:3"
         client.set_alias("ann/clf:3", "staging")  # an audit row and an alias row, after the copied ids
+    # the stale source, found again by a command without VERA_DATABASE_URL (a cron job, a misspelt variable): the
+    # files published on the copy are unknown to it, and were deleted (an operator's walk, session 43)
+    stored = sorted(p.name for p in blobs.rglob("*") if p.is_file())
+    for command in (["gc", "--grace-s", "0"], ["fsck", "--repair", "--grace-s", "0"]):
+        stale = subprocess.run([str(VERA), *command], capture_output=True, text=True, timeout=300, check=False,
+                               env={**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": source,
+                                    "VERA_STORAGE_URL": str(blobs)})
+        said = " ".join(stale.stderr.split())
+        assert stale.returncode == 1 and f"This database was copied into {empty_postgres} on " in said, said
+        assert "Nothing was deleted" in said and f"`vera {command[0]}" in said
+    assert sorted(p.name for p in blobs.rglob("*") if p.is_file()) == stored
     # refused, changing nothing: a target that holds rows, the source itself
     again = copy(source, empty_postgres)
     assert again.returncode == 1 and "already holds rows (access_tokens, adapters" in again.stderr, again.stderr
@@ -117,7 +130,7 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     env.pop("VERA_DATABASE_URL", None)
     nothing = subprocess.run([str(VERA), "db", "copy", empty_postgres], capture_output=True, text=True, timeout=120,
                              env=env, check=False)
-    assert nothing.returncode == 1 and "There is no registry to copy at" in " ".join(nothing.stderr.split())
+    assert nothing.returncode == 1 and "There is no registry database at" in " ".join(nothing.stderr.split())
     assert not (tmp_path / "nothing-here" / "registry.db").exists()
 
 
@@ -196,4 +209,6 @@ def test_a_copy_from_postgresql_in_another_time_zone_keeps_the_instants(tmp_path
     done = subprocess.run([str(VERA), "db", "copy", back], capture_output=True, text=True, timeout=300, env=env,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert rows_of(back) == rows_of(source)  # every timestamp the same instant, in UTC
+    expected = rows_of(source)
+    assert expected["audit_events"].pop()[3] == "db-copy"  # the source's note of the first copy, made after it
+    assert rows_of(back) == expected  # every timestamp the same instant, in UTC

@@ -24,7 +24,7 @@ from registry.store.database import Database
 from registry.worker import Worker
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.conftest import PG_ADMIN
-from tests.registry.servers import running_server
+from tests.registry.servers import running_server, team_tokens
 
 
 @contextmanager
@@ -60,6 +60,28 @@ def test_an_outage_is_a_503_that_clients_wait_out(database_url: str, tmp_path: P
         assert got == [1]  # the idempotent read succeeded once the database was back
         assert client.get("ann/steady:1").version == 1
         assert "vera_totals_up 1.0" in httpx.get(f"{url}/metrics", timeout=30).text
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_outage_is_a_503_for_callers_with_tokens_too(database_url: str, tmp_path: Path) -> None:
+    """The token is looked up before any route (RequestGate): during an outage every request with a token, reads and
+    writes, was a 500 with a traceback in the log (an operator's walk, session 43)."""
+    with running_server(database_url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as url:
+        secret = team_tokens(database_url, ["ann"])["ann"]
+        with RegistryClient(url, secret, cache=False) as ann:
+            ann.publish(make_adapter(tmp_path / "a"), "ann/steady", base_model="tiny-llama")
+        headers = {"Authorization": f"Bearer {secret}"}
+        with outage(database_url):
+            for method, path in (("GET", "/api/v1/adapters/ann/steady/versions/1"),
+                                 ("PUT", "/api/v1/adapters/ann/steady/aliases/prod"),
+                                 ("DELETE", "/api/v1/adapters/ann/steady/aliases/prod")):
+                answer = httpx.request(method, url + path, headers=headers, timeout=30,
+                                       json={"version": 1} if method == "PUT" else None)
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "2", (method, answer.text)
+                assert answer.json()["type"] == "/problems/database_unavailable", answer.text
+                assert "127.0.0.1" not in answer.text
+        assert httpx.put(f"{url}/api/v1/adapters/ann/steady/aliases/prod", json={"version": 1}, headers=headers,
+                         timeout=30).status_code == 200  # and back to work once it is back
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -157,10 +157,17 @@ def test_verify_detects_corruption_and_corrupt_blobs_are_never_served(registry: 
     assert not (tmp_path / "out").exists()
     assert blob_report(registry.fsck()) == {"missing": [], "corrupted": [info.vectors_sha256], "orphans": []}
     stray = registry.blobs.put(b"stray bytes")
-    registry.fsck(repair=True)  # a young orphan may be a publish in progress: kept, as gc keeps it
+    said: list[str] = []
+    registry.fsck(repair=True, said=said.append)  # a young orphan may be a publish in progress: kept, as gc keeps it
     assert blob_report(registry.fsck()) == {"missing": [info.vectors_sha256], "corrupted": [], "orphans": [stray]}
-    registry.fsck(repair=True, grace_s=0)
+    assert said[0] == "deleted 0 orphan files, kept 1 younger than 3600 s (a publish in progress may own them)"
+    assert said[1] == f"deleted the corrupted file {info.vectors_sha256}"  # each thing it did, said (an operator's
+    assert said[2].startswith("marked carol/v:1 failed: a file of it is missing or was corrupted. Copy the file back")
+    assert len(said) == 3  # walk, session 43: nothing was said)
+    said.clear()
+    registry.fsck(repair=True, grace_s=0, said=said.append)
     assert blob_report(registry.fsck()) == {"missing": [info.vectors_sha256], "corrupted": [], "orphans": []}
+    assert said[0] == "deleted 1 orphan file" and said[1].startswith("marked carol/v:1 failed")
     assert registry.get("carol/v").verification_status == "failed"
 
 

@@ -5,6 +5,7 @@ dispatchers that share a database, and the migration that adds the tables."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from registry.client import RegistryClient
 from registry.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.events import WebhookForm
 from registry.services.delivery import Message, Sender, check_target
-from registry.services.outbox import Outbox
+from registry.services.outbox import Dispatcher, Outbox
 from registry.services.registry import Registry
 from registry.services.tokens import create_token, revoke_token
 from registry.services.webhooks import Webhooks
@@ -698,3 +699,33 @@ def test_a_change_naming_a_field_a_webhook_has_not_is_refused(server: dict[str, 
     assert answer.status_code == 422 and "owner: Extra inputs are not permitted" in answer.json()["detail"]
     with client(server) as alice:
         assert alice.webhook(hook.id).owner == "alice" and alice.webhook(hook.id).active
+
+
+def test_a_dispatcher_on_a_database_that_refuses_writes_says_so_once_and_backs_off(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every failed round logged a 4 KB traceback, once a second, while the database was away or read-only (an
+    operator's walk, session 43): a database error is one line, said again only once a minute, and rounds back off."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    Database(url).upgrade()
+    db = Database(url)
+    event.listen(db.engine, "connect", lambda connection, _: connection.execute("PRAGMA query_only = ON"))
+    dispatcher = Dispatcher(Outbox(db, Sender(allow_private=True)), poll_s=0.01)
+    attempts: list[float] = []
+    run_once = dispatcher.outbox.run_once
+
+    def counted(worker: str) -> int:
+        attempts.append(time.monotonic())
+        return run_once(worker)
+
+    dispatcher.outbox.run_once = counted  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="vera.webhooks"):
+        dispatcher.start()
+        time.sleep(1.0)
+        dispatcher.stop()
+    db.engine.dispose()
+    said = [r for r in caplog.records if r.name == "vera.webhooks"]
+    assert len(said) == 1 and said[0].exc_info is None, [r.getMessage() for r in said]
+    assert "a webhook dispatcher round failed: OperationalError: attempt to write a readonly database" in \
+        said[0].getMessage()
+    assert 4 <= len(attempts) <= 8  # 0.01, 0.02, 0.04, ... s apart: about 7 in a second, not 100
+    assert attempts[-1] - attempts[-2] > 4 * (attempts[1] - attempts[0])
