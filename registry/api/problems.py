@@ -129,7 +129,9 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{_where(e)}: {_message(e)}" for e in exc.errors())
+        # each once: a path parameter that a dependency reads too is checked twice (a webhook's id said its error
+        # twice: an outsider's finding, session 43)
+        details = "; ".join(dict.fromkeys(f"{_where(e)}: {_message(e)}" for e in exc.errors()))
         sent = request.headers.get("content-type", "")
         if any(tuple(e["loc"]) == ("body",) for e in exc.errors()) and "json" not in sent:
             # e.g. `curl -d '{...}'`, which sends application/x-www-form-urlencoded: the JSON was never read

@@ -359,9 +359,14 @@ class Access:
         within = not viewer.anonymous and (viewer.limited_to is None or organization in viewer.limited_to)
         invitation = invites.take(s, org, viewer.owner) if org is not None and within else None
         if org is None or invitation is None:
+            # a token limited to other owners sees no invitation outside its limit: said (whether one exists or not,
+            # so nothing is told), where it read as if there were none (an outsider's finding, session 43)
+            limit = "" if viewer.limited_to is None or organization in viewer.limited_to else (
+                f" This token is limited to {', '.join(sorted(viewer.limited_to)[:10]) or 'no owner'}, so it answers "
+                f"no invitation to {organization!r}: answer with a token without that limit.")
             raise NotFound(f"No pending invitation to {organization!r} for {viewer.owner}; `vera org invitations` "
                            f"lists yours. An invitation expires after {self.invitation_policy.lasts()}, and goes once "
-                           f"answered or cancelled; an admin of {organization} may invite you again.")
+                           f"answered or cancelled; an admin of {organization} may invite you again.{limit}")
         return org, invitation
 
     def delete_organization(self, name: str, *, viewer: Principal) -> None:

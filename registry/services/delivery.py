@@ -38,19 +38,23 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
     "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv4-compatible IPv6 addresses (::a.b.c.d, deprecated by RFC 4291, not :: or ::1): ::a9fe:a9fe is 169.254.169.254
+#: written so, which was let through where private targets are allowed (an outsider's finding, session 43).
+_COMPATIBLE = ipaddress.ip_network("::/96")
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Vera-Signature", "X-Vera-Timestamp"
 EVENT_HEADER, EVENT_ID_HEADER, DELIVERY_HEADER = "X-Vera-Event", "X-Vera-Event-Id", "X-Vera-Delivery"
 USER_AGENT = "vera-registry-webhooks/1"
 
 
 def _embedded_ipv4(ip: Address) -> Address:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), which is where it really goes; else ``ip``."""
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64, IPv4-compatible), which is where it really goes;
+    else ``ip``."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
             return ip.sixtofour
-        if ip in _NAT64:
+        if ip in _NAT64 or (ip in _COMPATIBLE and int(ip) > 1):
             return ipaddress.IPv4Address(ip.packed[-4:])
     return ip
 

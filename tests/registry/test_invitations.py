@@ -216,8 +216,11 @@ def test_a_token_limited_elsewhere_neither_sees_nor_answers_an_invitation(regist
     access.set_member("acme", "bob", "write", viewer=principal(db, "ann", ["read", "publish"]))
     ci = principal(db, "bob", ["read", "publish"], limited_to=["bob"])
     assert access.invitations(ci) == [] and access.pending_invitations(ci) == 0
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="This token is limited to bob, so it answers no invitation to 'acme': answer "
+                                       "with a token without that limit"):  # (it read as if there were none)
         access.accept_invitation("acme", viewer=ci)
+    with pytest.raises(NotFound, match="limited to bob, so it answers no invitation to 'nowhere'"):  # said alike
+        access.decline_invitation("nowhere", viewer=ci)
     within = principal(db, "bob", ["read"], limited_to=["acme"])
     assert [i.organization for i in access.invitations(within)] == ["acme"]
     assert "bob" in {x.member for x in access.accept_invitation("acme", viewer=within).members}

@@ -145,3 +145,18 @@ def test_the_running_code_revision_names_the_package_and_its_commit() -> None:
     revision = running_code_revision()
     assert re.fullmatch(r"vera-registry \S+( git [0-9a-f]{40}(\+dirty)?)?", revision), revision
     assert len(revision) <= 200
+
+
+def test_a_version_number_past_the_range_is_said_to_be_one(server: dict[str, Any], client: RegistryClient) -> None:
+    """A path's version of ten digits or more was read as an alias, and the answer said how to set an alias of that
+    name (an outsider's finding, session 43): it says version numbers end at 999999999."""
+    _publish(client, server["source"], "ann/numbered")
+    for path in ("/api/v1/adapters/ann/numbered/versions/99999999999",
+                 "/api/v1/adapters/ann/numbered/versions/99999999999/lineage"):
+        answer = httpx.get(server["url"] + path, timeout=30)
+        assert answer.status_code == 404, answer.text
+        said = answer.json()["detail"]
+        assert "ann/numbered has no version 99999999999: version numbers are 1 to 999999999; its version" in said
+        assert "alias" not in said
+    hub = httpx.get(f"{server['url']}/hf/api/models/ann/numbered/revision/1000000000", timeout=30)
+    assert hub.status_code == 404 and "version numbers are 1 to 999999999" in hub.text, hub.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -176,6 +177,8 @@ def test_a_test_delivery_pings_now_and_reports_the_answer(server: dict[str, Any]
         received = receiver.wait_for("/ping", 1)[0]
         assert signature_ok(hook.secret, received) and received.headers["x-vera-event"] == "ping"
         assert json.loads(received.body)["event"]["owner"] == "alice"
+        # its time written as every event's ("...Z"; "+00:00" before: an outsider's finding, session 43)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", json.loads(received.body)["event"]["at"])
         env = {"VERA_REGISTRY_URL": server["url"], "VERA_TOKEN": server["tokens"]["alice"]}
         failed = _vera(env, "webhook", "test", str(hook.id))
         assert failed.returncode == 3 and "answered 404" in failed.stdout, failed.stdout + failed.stderr
@@ -228,7 +231,8 @@ def test_a_webhook_fires_only_while_active_and_only_for_later_events(server: dic
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://[fd00:ec2::254]/",
-                                 "http://[::ffff:169.254.169.254]/", "http://168.63.129.16/"])
+                                 "http://[::ffff:169.254.169.254]/", "http://168.63.129.16/",
+                                 "http://[::a9fe:a9fe]/"])  # IPv4-compatible (let through before: session 43)
 def test_metadata_addresses_are_refused_even_where_private_ones_are_allowed(server: dict[str, Any],
                                                                              url: str) -> None:
     with client(server) as alice:
@@ -687,6 +691,17 @@ def test_an_administrators_registry_wide_webhooks_pause_when_its_last_admin_toke
                 two.delete_webhook(hook.id)
     finally:
         db.engine.dispose()
+
+
+@pytest.mark.parametrize(("webhook_id", "said"), [
+    ("99999999999999999999", "path.webhook_id: Input should be less than or equal to 2147483647"),
+    ("abc", "path.webhook_id: Input should be a valid integer, unable to parse string as an integer")])
+def test_a_bad_webhook_id_is_said_once(server: dict[str, Any], webhook_id: str, said: str) -> None:
+    """The id is read by the route and by the dependency that checks the caller may manage it: its error was said
+    twice in one message (an outsider's finding, session 43)."""
+    answer = httpx.get(f"{server['url']}/api/v1/webhooks/{webhook_id}",
+                       headers={"Authorization": f"Bearer {server['tokens']['alice']}"})
+    assert answer.status_code == 422 and answer.json()["detail"] == said, answer.text
 
 
 def test_a_change_naming_a_field_a_webhook_has_not_is_refused(server: dict[str, Any], receiver: Receiver) -> None:

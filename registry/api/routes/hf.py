@@ -94,15 +94,14 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
             filename: str) -> Response:
     rev = view.revision(owner, name, revision)
     size = rev.size(filename)  # EntryNotFound first
-    headers = {"X-Repo-Commit": rev.commit, "ETag": f'"{rev.sha256(filename)}"', "X-Vera-Version": rev.info.ref,
-               "Accept-Ranges": "none"}
+    headers = {"X-Repo-Commit": rev.commit, "ETag": f'"{rev.sha256(filename)}"', "X-Vera-Version": rev.info.ref}
     if revision != rev.commit:  # to the commit: what the client stores under it is what that commit holds
         headers["Location"] = f"../{rev.commit}/{filename}"
         headers["Cache-Control"] = "no-cache"
         return Response(status_code=307, headers=headers)
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
-    if request.method == "HEAD":
-        return Response(status_code=200, headers={**headers, "Content-Length": str(size)})
+    if request.method == "HEAD":  # (a GET's body may take a Range, from a file: its answer says so)
+        return Response(status_code=200, headers={**headers, "Content-Length": str(size), "Accept-Ranges": "none"})
     if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
         view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)
     return file_response(rev.source(filename), size, "application/octet-stream", headers)
