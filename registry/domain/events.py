@@ -80,10 +80,10 @@ class EventPage(BaseModel):
 
 
 class WebhookForm(BaseModel):
-    """A new webhook: whose adapters, where to, which events (default: every one of WEBHOOK_EVENTS). A field it
-    has not is refused: ``event`` for ``events`` subscribed to every event, ``activ`` left it on, and ``secret``
-    was replaced by a generated one, all unsaid (an outsider's finding, session 43)."""
+    """A new webhook: whose adapters, where to, which events (default: every one of WEBHOOK_EVENTS)."""
 
+    # a field it has not is refused: ``event`` for ``events`` subscribed to every event, ``activ`` left it on, and
+    # ``secret`` was replaced by a generated one, all unsaid (an outsider's finding, session 43)
     model_config = ConfigDict(extra="forbid")
 
     owner: str = Field(description="the user or organisation whose adapters' events are sent; '*': every owner's "
