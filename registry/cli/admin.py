@@ -84,19 +84,26 @@ def existing(settings: Settings, command: str) -> Settings:
     """``settings``, unless their database is a SQLite file that does not exist: then one line saying so. Opening it
     would make an empty registry there, which `vera fsck` found whole, `vera db status` current and `vera db backup`
     backed up, for a mistyped VERA_DATA_DIR (an operator's walk, session 43)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.resolved_database_url)
-    path = url.database or ""
-    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
-        return settings
-    if not Path(path).is_file():
+    path = missing_file(settings)
+    if path is not None:
         where = ("VERA_DATA_DIR's registry.db" if settings.database_url is None
                  else "VERA_DATABASE_URL or --database-url")
         fail(InvalidInput(f"There is no registry database at {path} ({where}): `vera {command}` works on an existing "
                           "registry, and nothing was made there. Check the path (or give the database with "
                           "--database-url); `vera up` or `vera db upgrade` makes a new registry."))
     return settings
+
+
+def missing_file(settings: Settings) -> Path | None:
+    """The SQLite file the settings name when it does not exist (opening it would make it); None otherwise (it
+    exists, or the database is not a SQLite file)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    path = url.database or ""
+    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return None if Path(path).is_file() else Path(path)
 
 
 def refuse_read_only(settings: Settings, command: str, does: str = "writes to the registry") -> Settings:
@@ -140,11 +147,8 @@ def db_backup(destination: Annotated[Path, typer.Argument(help="A new file, e.g.
     settings = load_settings(database_url)
     db = _database(database_url, reads="db backup")
     try:
-        revision = db.current_revision()
-        if revision is None:  # (a backup of it would restore nothing)
-            fail(InvalidInput(f"{db.engine.url.render_as_string(hide_password=True)} holds no registry (no schema "
-                              "revision: an empty file); check the path. Nothing was written."))
         db.backup(destination)
+        revision = db.current_revision()
     finally:
         db.close()
     console.print(f"backed up the database (revision {revision}) to {destination}; now copy the blobs, e.g. "
@@ -163,7 +167,15 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
     from registry.store.copying import copy_database, mark_copied
     from registry.store.database import Database
 
-    existing(load_settings(database_url), "db copy")
+    settings = existing(load_settings(database_url), "db copy")
+    wal = Path(f"{settings.resolved_database_url.removeprefix('sqlite:///')}-wal")
+    if settings.resolved_database_url.startswith("sqlite:///") and wal.is_file() and wal.stat().st_size:
+        # a registry (or a worker) has the file open: what it writes after the copy's snapshot is not copied (it
+        # went on unsaid: an operator's walk, session 43)
+        err_console.print(styled("warning:", "yellow", f" {wal} is not empty: a registry or worker may be running on "
+                                 "this database. What it writes after the copy's snapshot is not copied: stop it "
+                                 "first (or start it with VERA_READ_ONLY=true), then copy again into an empty "
+                                 "database."), soft_wrap=True)
     shown = masked_url(target)
     if not target.startswith(("sqlite", "postgresql")):
         fail(InvalidInput(f"The target {shown!r} is not a database this release opens; give e.g. "
@@ -202,7 +214,14 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
 
 def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
-    db = _database(database_url, reads="db status")
+    from registry.store.database import head_revision
+
+    absent = missing_file(load_settings(database_url))
+    if absent is not None:  # said without making the file (a mistyped VERA_DATA_DIR got an empty registry there)
+        console.print(f"current: none (there is no database file at {absent}); head: {head_revision()}; check the "
+                      "path, or run `vera db upgrade` (or `vera up`) to make a new registry there")
+        check_failed()
+    db = _database(database_url)
     current, head = db.current_revision(), db.head_revision()
     if current is not None and not db.knows(current):
         state = "newer than this release: run the release that upgraded it"
@@ -237,8 +256,9 @@ def fsck(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Report (and repair) disagreement between the database and blob storage."""
-    settings = existing(load_settings(database_url, storage_url), "fsck")
-    registry = open_registry(refuse_read_only(settings, "fsck --repair") if repair else settings)
+    settings = load_settings(database_url, storage_url)
+    settings = existing(refuse_read_only(settings, "fsck --repair") if repair else settings, "fsck")
+    registry = open_registry(settings)
     done: list[str] = []
     report = registry.fsck(repair=repair, force=force, grace_s=grace_s, said=done.append)
     for kind, digests in report.items():  # each count said in words ("deep_json: 0" said nothing: session 40)
@@ -276,8 +296,8 @@ def gc(
     from registry.services.retention import RetentionRule
 
     rule = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
-    settings = existing(load_settings(database_url, storage_url), "gc")
-    registry = open_registry(settings if dry_run else refuse_read_only(settings, "gc"))
+    settings = load_settings(database_url, storage_url)
+    registry = open_registry(existing(settings if dry_run else refuse_read_only(settings, "gc"), "gc"))
     if rule is not None:
         _print_retention(registry.apply_retention(rule, dry_run=dry_run))
     if dry_run:

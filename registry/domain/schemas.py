@@ -113,22 +113,29 @@ def pairs_object(text: str | bytes, what: str) -> dict[str, Any]:
     """``json_object`` for key=value pairs (a publish's properties and params): a key given twice is refused, not
     one of its values dropped unseen (``{"lr": "0.01", "lr": "0.02"}`` kept 0.02: an outsider's walk)."""
     value = json_object(text, what)
-    seen: set[str] = set()
+    check_keys_once(text, what)
+    return value
+
+
+def check_keys_once(text: str | bytes, what: str) -> None:
+    """InvalidInput when an object of the JSON ``text`` (at any depth) gives a key more than once, which a parser
+    keeps one value of, unsaid; nothing for text that is not JSON (its reader says what is wrong with it)."""
     twice: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:  # each object's keys, the nested ones' first
-        seen.clear()
+        seen: set[str] = set()
         for key, _ in items:
             if key in seen and key not in twice:
                 twice.append(key)
             seen.add(key)
         return dict(items)
 
-    # (it parsed as json_object: valid UTF-8, no deeper than the parser goes)
-    json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text, object_pairs_hook=pairs)
+    try:
+        json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return
     if twice:
         raise InvalidInput(f"{what} gives the key {twice[0][:64]!r} more than once; give each key once.")
-    return value
 
 
 def _check_unicode(value: object, what: str) -> None:

@@ -438,7 +438,6 @@ class Access:
             raise Conflict(f"The owner name {new_name!r} was taken while {name} was renamed; nothing was renamed. "
                            "Choose another name.") from exc
 
-
     def _refuse_past_limit(self, s: Session, user: str, doing: str, *, existing: bool = True) -> None:
         """QuotaExceeded when ``user`` may not ``doing`` (create or rename an organisation) under orgs_per_user:
         it created that many organisations that still exist (``existing``: for a creation), or created and renamed

@@ -149,8 +149,9 @@ class Webhooks:
         with self.db.session() as s:
             hook = self._row(s, webhook_id)
             # "at" written as every event's (pydantic's "...Z"; it was "+00:00": an outsider's finding, session 43)
-            event = {"id": None, "at": now.isoformat().replace("+00:00", "Z"), "actor": actor, "action": PING, "target": hook.owner,
-                     "owner": hook.owner, "adapter": None, "detail": {"message": "a test delivery"}}
+            event = {"id": None, "at": now.isoformat().replace("+00:00", "Z"), "actor": actor, "action": PING,
+                     "target": hook.owner, "owner": hook.owner, "adapter": None,
+                     "detail": {"message": "a test delivery"}}
             row = m.WebhookDelivery(webhook_id=hook.id, event_id=None, event=PING, payload=payload(event, hook),
                                     status=SENDING, attempts=1, claimed_by=f"test by {actor}"[:100], created_at=now)
             s.add(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import sqlite3
@@ -101,6 +102,12 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+@functools.cache
+def head_revision() -> str | None:
+    """This release's newest schema revision, read from its migration scripts (once: 20 ms a time)."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
 class Database:
     """An engine plus the transaction boundary: ``with db.session() as s:`` commits once, or rolls back. A
     ``read_only`` database (VERA_READ_ONLY) is one the services do not write to (they check ``read_only``), and
@@ -156,6 +163,9 @@ class Database:
         if not destination.parent.is_dir():
             raise InvalidInput(f"{destination.parent} is not a folder; create it first (mkdir -p "
                                f"{destination.parent}).")
+        if self.current_revision() is None:  # (a backup of it would restore nothing)
+            raise InvalidInput(f"{self.engine.url.render_as_string(hide_password=True)} holds no registry (no schema "
+                               "revision: an empty file); check the path. Nothing was written.")
         partial = destination.with_name(f".{destination.name}.partial")
         raw = self.engine.raw_connection()
         try:
@@ -213,9 +223,7 @@ class Database:
 
     def head_revision(self) -> str | None:
         """This release's newest schema revision (read from its migration scripts once: 20 ms a time)."""
-        if not hasattr(self, "_head"):
-            self._head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
-        return self._head
+        return head_revision()
 
     def upgrade(self, revision: str = "head") -> None:
         with self._migrating() as config:

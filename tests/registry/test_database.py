@@ -307,11 +307,15 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
 
     (tmp_path / "backups").mkdir()
     typo = tmp_path / "bakcup"
-    for args in (["fsck"], ["gc", "--dry-run"], ["db", "status"], ["db", "backup", str(tmp_path / "backups" / "a.db")]):
+    for args in (["fsck"], ["gc", "--dry-run"], ["db", "backup", str(tmp_path / "backups" / "a.db")]):
         refused = vera_in(typo, *args)
         said = " ".join(refused.stderr.split())
         assert refused.returncode == 1 and f"There is no registry database at {typo / 'registry.db'}" in said, said
         assert f"`vera {' '.join(args[:2]) if args[0] == 'db' else args[0]}` works on an existing registry" in said
+    status = vera_in(typo, "db", "status")  # a check: it fails (3), saying so
+    assert status.returncode == 3, status.stderr
+    assert f"current: none (there is no database file at {typo / 'registry.db'}); head: " in " ".join(
+        status.stdout.split())
     assert not typo.exists() and list((tmp_path / "backups").iterdir()) == []
     empty = tmp_path / "empty"
     empty.mkdir()

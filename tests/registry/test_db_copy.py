@@ -212,3 +212,16 @@ def test_a_copy_from_postgresql_in_another_time_zone_keeps_the_instants(tmp_path
     expected = rows_of(source)
     assert expected["audit_events"].pop()[3] == "db-copy"  # the source's note of the first copy, made after it
     assert rows_of(back) == expected  # every timestamp the same instant, in UTC
+
+
+def test_a_copy_of_a_database_a_registry_is_running_on_warns(tmp_path: Path) -> None:
+    """`vera db copy` while `vera up` ran on the source copied without a word, and what the registry wrote after the
+    snapshot was left behind (an operator's walk, session 43): its write-ahead log in use is said."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs") as base, RegistryClient(base, cache=False) as client:
+        client.publish(make_adapter(tmp_path / "a"), "ann/live", base_model="tiny-llama")
+        done = copy(url, f"sqlite:///{tmp_path / 'copy.db'}")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0 and "-wal is not empty: a registry or worker may be running on this database" in said
+    quiet = copy(url, f"sqlite:///{tmp_path / 'again.db'}")  # stopped: its log checkpointed away, nothing to say
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr

@@ -46,6 +46,7 @@ from registry.domain.schemas import (
     VerificationReport,
     VersionInfo,
     VersionUpdate,
+    check_keys_once,
     json_object,
     pairs_object,
     tags_field,
@@ -200,7 +201,7 @@ async def _each_key_once(request: Request) -> None:
     """InvalidInput for an evaluation whose JSON gives a key twice, at any depth (``{"acc": 0.3, "acc": 0.9}``
     recorded 0.9 unsaid, as a publish's params were refused for: an outsider's finding, session 43). FastAPI has
     read the body already: this parses that copy."""
-    pairs_object(await request.body(), "The evaluation")
+    check_keys_once(await request.body(), "The evaluation")
 
 
 @router.post(f"{VERSION}/evaluations", response_model=EvaluationInfo, status_code=201)
