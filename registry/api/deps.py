@@ -198,6 +198,7 @@ NewVersionPublisher = Annotated[Principal, Depends(_new_version_publisher)]
 
 def ref_of(owner: str, name: str, selector: str) -> Ref:
     """The version a path names: ``selector`` is a version number or an alias name."""
-    if selector.isascii() and selector.isdigit() and len(selector) <= 9:  # ('²'.isdigit(), and int('١') is 1)
+    if selector.isascii() and selector.isdigit() and len(selector.lstrip("0")) <= 9:  # ('²'.isdigit(), and
+        # int('١') is 1; leading zeros: 0000000001 is version 1, as 000000001 was)
         return Ref.of(owner, name, version=int(selector))
     return Ref.of(owner, name, alias=selector)

@@ -3,6 +3,7 @@ status, fsck, gc, token create / revoke / list, base register, worker and serve.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -85,25 +86,51 @@ def existing(settings: Settings, command: str) -> Settings:
     would make an empty registry there, which `vera fsck` found whole, `vera db status` current and `vera db backup`
     backed up, for a mistyped VERA_DATA_DIR (an operator's walk, session 43)."""
     path = missing_file(settings)
+    where = "VERA_DATA_DIR's registry.db" if settings.database_url is None else "VERA_DATABASE_URL or --database-url"
     if path is not None:
-        where = ("VERA_DATA_DIR's registry.db" if settings.database_url is None
-                 else "VERA_DATABASE_URL or --database-url")
         fail(InvalidInput(f"There is no registry database at {path} ({where}): `vera {command}` works on an existing "
                           "registry, and nothing was made there. Check the path (or give the database with "
                           "--database-url); `vera up` or `vera db upgrade` makes a new registry."))
+    path = unversioned_file(settings)
+    if path is not None:  # an empty or foreign file: opened, it was given the schema and found whole (a re-check)
+        fail(InvalidInput(f"{path} ({where}) holds no registry (no schema revision: an empty file, or another "
+                          f"program's database): `vera {command}` works on an existing registry, and nothing was "
+                          "changed there. Check the path; `vera db upgrade` makes a new registry in it."))
     return settings
 
 
-def missing_file(settings: Settings) -> Path | None:
-    """The SQLite file the settings name when it does not exist (opening it would make it); None otherwise (it
-    exists, or the database is not a SQLite file)."""
+def unversioned_file(settings: Settings) -> Path | None:
+    """The SQLite file the settings name when it holds no schema revision (empty, or not a registry's), read
+    without writing to it; None otherwise (a registry's, missing, damaged: said when opened, or not SQLite)."""
+    import sqlite3
+
+    path = _sqlite_file(settings)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            found = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()
+    except sqlite3.Error:
+        return None
+    return path if found == (0,) else None
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite file the settings name; None for another database (or SQLite in memory)."""
     from sqlalchemy.engine import make_url
 
     url = make_url(settings.resolved_database_url)
     path = url.database or ""
     if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
         return None
-    return None if Path(path).is_file() else Path(path)
+    return Path(path)
+
+
+def missing_file(settings: Settings) -> Path | None:
+    """The SQLite file the settings name when it does not exist (opening it would make it); None otherwise (it
+    exists, or the database is not a SQLite file)."""
+    path = _sqlite_file(settings)
+    return path if path is not None and not path.is_file() else None
 
 
 def refuse_read_only(settings: Settings, command: str, does: str = "writes to the registry") -> Settings:
@@ -192,8 +219,11 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
     try:
         copied = copy_database(source, destination, progress=lambda table, rows: console.print(
             f"  {table}: {rows:,} rows"))
-        try:
-            mark_copied(source, destination, sum(copied.values()), actor=operator())
+        try:  # a SQLite source only: commands without VERA_DATABASE_URL find VERA_DATA_DIR's file again, and
+            # a copy out of PostgreSQL is a backup or an export more often than a move
+            marked = source.engine.dialect.name == "sqlite"
+            if marked:
+                mark_copied(source, destination, sum(copied.values()), actor=operator())
         except SQLAlchemyError as exc:  # a source opened read-only, or on a read-only file: the copy stands
             marked = False
             err_console.print(styled("warning:", "yellow", f" the source could not be marked as copied "
@@ -294,10 +324,13 @@ def gc(
     """Delete blobs and projections that no version references. With --keep-last and/or --keep-days, first delete
     the versions that neither rule keeps (never one that an alias other than latest points at), each audited."""
     from registry.services.retention import RetentionRule
+    from registry.services.verification import refuse_if_copied_away
 
     rule = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
     settings = load_settings(database_url, storage_url)
     registry = open_registry(existing(settings if dry_run else refuse_read_only(settings, "gc"), "gc"))
+    if not (dry_run or force):  # before retention: its deletes would hide the mark
+        refuse_if_copied_away(registry.db, "vera gc")
     if rule is not None:
         _print_retention(registry.apply_retention(rule, dry_run=dry_run))
     if dry_run:

@@ -41,6 +41,9 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 #: IPv4-compatible IPv6 addresses (::a.b.c.d, deprecated by RFC 4291, not :: or ::1): ::a9fe:a9fe is 169.254.169.254
 #: written so, which was let through where private targets are allowed (an outsider's finding, session 43).
 _COMPATIBLE = ipaddress.ip_network("::/96")
+#: More IPv6 forms that carry an IPv4 address in their last 32 bits: NAT64's local-use prefix (RFC 8215, as a /96)
+#: and SIIT's IPv4-translated addresses (::ffff:0:a.b.c.d), both let through to 169.254.169.254 (a re-check).
+_CARRIERS = (ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("::ffff:0:0:0/96"))
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Vera-Signature", "X-Vera-Timestamp"
 EVENT_HEADER, EVENT_ID_HEADER, DELIVERY_HEADER = "X-Vera-Event", "X-Vera-Event-Id", "X-Vera-Delivery"
 USER_AGENT = "vera-registry-webhooks/1"
@@ -54,7 +57,7 @@ def _embedded_ipv4(ip: Address) -> Address:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
             return ip.sixtofour
-        if ip in _NAT64 or (ip in _COMPATIBLE and int(ip) > 1):
+        if ip in _NAT64 or any(ip in n for n in _CARRIERS) or (ip in _COMPATIBLE and int(ip) > 1):
             return ipaddress.IPv4Address(ip.packed[-4:])
     return ip
 

@@ -163,6 +163,8 @@ class Verification:
         it commits, and a put of bytes already there freshens them: git's rule for pruning) and still unknown on a
         last look just before it goes. The leftovers of killed publishes go too (fsck).
         """
+        if not force:
+            refuse_if_copied_away(self.db, "vera gc")
         removed, digests = self._collect_rows()
         deleted, recent = self._delete_unknown(list(self.blobs.digests()), expected=digests, grace_s=grace_s,
                                                force=force, command="vera gc")
@@ -190,13 +192,6 @@ class Verification:
             else:
                 old.append(digest)
         suspicious = [d for d in old if d not in expected]
-        if suspicious and not force and (copy := copied_away(self.db)) is not None:
-            raise InvalidInput(
-                f"This database was copied into {copy.target} on {copy.at:%Y-%m-%d %H:%M} UTC (`vera db copy`) "
-                "and nothing was written to it since: the registry most likely runs on that copy now, and the "
-                f"{len(suspicious):,} stored files this database does not know were published there since. Nothing "
-                "was deleted. Run this with VERA_DATABASE_URL set to that database (check the variable's spelling); "
-                f"if this database really is the live one, `{command} --force`.")
         foreign = (not known and not published) or len(suspicious) >= max(SUSPICIOUS_FILES, len(listed) / 2)
         if suspicious and not force and foreign:
             raise InvalidInput(
@@ -276,6 +271,8 @@ class Verification:
             except IntegrityError:
                 report["corrupted"].append(digest)
         if repair:
+            if not force:
+                refuse_if_copied_away(self.db, "vera fsck --repair")
             self._repair(report, deep, force=force, grace_s=grace_s, said=said or (lambda _: None))
         return report
 
@@ -310,6 +307,22 @@ class Verification:
                 said(f"marked {version_ref(v)} failed: a file of it is missing or was corrupted. Copy the file back "
                      f"from a backup of the blob folder (e.g. `rsync -a --ignore-existing BACKUP/blobs/ "
                      f"{self.blobs.url}/`) and `vera verify {version_ref(v)}`, or publish the version again")
+
+
+def refuse_if_copied_away(db: Database, command: str) -> None:
+    """InvalidInput, before anything is deleted, when ``db`` was copied elsewhere (`vera db copy` marks a SQLite
+    source) and nothing was written to it since: a command that found the old file again (no VERA_DATABASE_URL)
+    deleted the blobs published on the copy since, by the files it did not know, by the rows it collected first
+    (bytes the copy published again), and after a retention's deletes had hidden the mark (an operator's walk and
+    its re-check, session 43)."""
+    copy = copied_away(db)
+    if copy is not None:
+        raise InvalidInput(
+            f"This database was copied into {copy.target} on {copy.at:%Y-%m-%d %H:%M} UTC (`vera db copy`), and "
+            "nothing was written to it since. If the registry runs on that copy now, this database is stale, and "
+            "collecting here would delete files published there since. Nothing was deleted. Point VERA_DATABASE_URL "
+            f"at the live database (check the variable's spelling); if this one is the live one, `{command} "
+            "--force`.")
 
 
 #: Leftovers younger than this may belong to a publish still running.

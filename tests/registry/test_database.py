@@ -319,9 +319,11 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
     assert not typo.exists() and list((tmp_path / "backups").iterdir()) == []
     empty = tmp_path / "empty"
     empty.mkdir()
-    sqlite3.connect(empty / "registry.db").close()  # a file, but no registry in it
-    unversioned = vera_in(empty, "db", "backup", str(tmp_path / "backups" / "b.db"))
-    assert unversioned.returncode == 1 and "holds no registry (no schema revision" in unversioned.stderr
+    (empty / "registry.db").touch()  # a file, but no registry in it: opened, it was given the schema, and found whole
+    for args in (["db", "backup", str(tmp_path / "backups" / "b.db")], ["fsck"], ["gc"]):
+        unversioned = vera_in(empty, *args)
+        assert unversioned.returncode == 1 and "holds no registry (no schema revision" in unversioned.stderr, args
+    assert (empty / "registry.db").stat().st_size == 0 and sorted(p.name for p in empty.iterdir()) == ["registry.db"]
     for table, found in (("version_params", "is damaged (SQLite's quick_check:"),  # it opens; a table is garbage
                          ("alembic_version", "The registry database is damaged: ")):  # not even its revision reads
         damaged = tmp_path / f"damaged-{table}"

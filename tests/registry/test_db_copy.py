@@ -104,7 +104,11 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     # the stale source, found again by a command without VERA_DATABASE_URL (a cron job, a misspelt variable): the
     # files published on the copy are unknown to it, and were deleted (an operator's walk, session 43)
     stored = sorted(p.name for p in blobs.rglob("*") if p.is_file())
-    for command in (["gc", "--grace-s", "0"], ["fsck", "--repair", "--grace-s", "0"]):
+    versions = rows_of(source)["adapter_versions"]
+    # retention too, refused before its deletes (which hid the mark, and gc then deleted what the copy uses: the
+    # walk's re-check)
+    for command in (["gc", "--grace-s", "0"], ["fsck", "--repair", "--grace-s", "0"],
+                    ["gc", "--keep-last", "1", "--grace-s", "0"]):
         stale = subprocess.run([str(VERA), *command], capture_output=True, text=True, timeout=300, check=False,
                                env={**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": source,
                                     "VERA_STORAGE_URL": str(blobs)})
@@ -112,6 +116,7 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
         assert stale.returncode == 1 and f"This database was copied into {empty_postgres} on " in said, said
         assert "Nothing was deleted" in said and f"`vera {command[0]}" in said
     assert sorted(p.name for p in blobs.rglob("*") if p.is_file()) == stored
+    assert rows_of(source)["adapter_versions"] == versions
     # refused, changing nothing: a target that holds rows, the source itself
     again = copy(source, empty_postgres)
     assert again.returncode == 1 and "already holds rows (access_tokens, adapters" in again.stderr, again.stderr
@@ -212,6 +217,9 @@ def test_a_copy_from_postgresql_in_another_time_zone_keeps_the_instants(tmp_path
     expected = rows_of(source)
     assert expected["audit_events"].pop()[3] == "db-copy"  # the source's note of the first copy, made after it
     assert rows_of(back) == expected  # every timestamp the same instant, in UTC
+    # a copy out of PostgreSQL (a backup, an export) leaves no mark on it: only a SQLite source is found again by
+    # a command without VERA_DATABASE_URL (a live database was refused its gc after an export: the re-check)
+    assert "db-copy" not in {event[3] for event in rows_of(empty_postgres)["audit_events"]}
 
 
 def test_a_copy_of_a_database_a_registry_is_running_on_warns(tmp_path: Path) -> None:

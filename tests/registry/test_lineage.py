@@ -158,5 +158,7 @@ def test_a_version_number_past_the_range_is_said_to_be_one(server: dict[str, Any
         said = answer.json()["detail"]
         assert "ann/numbered has no version 99999999999: version numbers are 1 to 999999999; its version" in said
         assert "alias" not in said
+    padded = httpx.get(f"{server['url']}/api/v1/adapters/ann/numbered/versions/0000000001", timeout=30)
+    assert padded.status_code == 200 and padded.json()["version"] == 1  # a number by its value, not its digits
     hub = httpx.get(f"{server['url']}/hf/api/models/ann/numbered/revision/1000000000", timeout=30)
     assert hub.status_code == 404 and "version numbers are 1 to 999999999" in hub.text, hub.text

@@ -232,7 +232,9 @@ def test_a_webhook_fires_only_while_active_and_only_for_later_events(server: dic
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://[fd00:ec2::254]/",
                                  "http://[::ffff:169.254.169.254]/", "http://168.63.129.16/",
-                                 "http://[::a9fe:a9fe]/"])  # IPv4-compatible (let through before: session 43)
+                                 # IPv4-compatible, NAT64 local-use, SIIT (let through before: session 43)
+                                 "http://[::a9fe:a9fe]/", "http://[64:ff9b:1::a9fe:a9fe]/",
+                                 "http://[::ffff:0:a9fe:a9fe]/"])
 def test_metadata_addresses_are_refused_even_where_private_ones_are_allowed(server: dict[str, Any],
                                                                              url: str) -> None:
     with client(server) as alice:

@@ -239,7 +239,8 @@ def create_organization(request: Request, caller: Caller, options: Options, regi
     _within_limit_to_name(who, body.name, f"creating the organisation {body.name!r}")
     _not_a_publishers_user(request, body.name)
     return registry.access.create_organization(body.name, creator=who.owner, description=body.description,
-                                               revive=who.is_registry_admin, bounded=not who.is_registry_admin)
+                                               revive=who.is_registry_admin, bounded=not who.is_registry_admin,
+                                               admin=who.is_admin)
 
 
 @router.get("/orgs/{org}", response_model=OrganizationInfo)
