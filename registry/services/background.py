@@ -40,7 +40,6 @@ class BackgroundThread:
     def _run(self) -> None:
         raise NotImplementedError
 
-
     def _failed(self, log: logging.Logger, what: str, exc: Exception) -> None:
         """Log that a round failed (``what``: the round, e.g. "webhook dispatcher round"): a database error in one
         line, anything else with its traceback, and the same failure again only once every REPEAT_LOG_S with how

@@ -130,8 +130,8 @@ def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
                 else "it has none (its versions have no alias: name one by number)")
         close = difflib.get_close_matches(alias_name, names, n=1, cutoff=0.6)  # @prdo, @staging-: a typo
         meant = f" Did you mean {ref.owner}/{ref.name}@{close[0]}?" if close else ""
-        if alias_name.isascii() and alias_name.isdigit():  # a path's version past 999999999 (read as an alias: it
-            # said how to set an alias of that name; an outsider's finding, session 43)
+        if alias_name.isascii() and alias_name.isdigit() and len(alias_name.lstrip("0")) > 9:  # a path's version
+            # past 999999999, read as an alias: it said how to set an alias of that name (an outsider's finding)
             raise NotFound(f"{ref.owner}/{ref.name} has no version {alias_name[:30]}: version numbers are 1 to "
                            f"999999999; {_versions_held(s, adapter.id)}.")
         if not close and alias_name != LATEST:  # @prod before any was set (a newcomer's walk, session 38)
