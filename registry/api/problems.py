@@ -155,7 +155,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
         bad = exc.object[exc.start:exc.end]
         if not bad or not all(0xD800 <= ord(c) <= 0xDFFF for c in bad):
             log.exception(f"unexpected error during {request.method} {request.url.path}", exc_info=exc)
-            return _unexpected(request, exc)
+            return _unexpected(exc, request.url.path)
         return problem(422, "invalid_input", "The request holds text that is not valid Unicode (half of a UTF-16 "
                        f"surrogate pair, {bad!r}); send valid Unicode.", request.url.path)
 
@@ -163,7 +163,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return _unexpected(request, exc)
+        return _unexpected(exc, request.url.path)
 
 
 async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -> str | None:
@@ -183,8 +183,8 @@ async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -
     return None
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.", request.url.path)
+def _unexpected(exc: Exception, path: str) -> JSONResponse:
+    return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.", path)
 
 
 def _install_database_handlers(app: FastAPI) -> None:
@@ -232,7 +232,7 @@ def database_problem(exc: Exception, method: str, path: str) -> JSONResponse:
         response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
         return response
     log.error(f"unexpected database error during {method} {path}", exc_info=exc)
-    return problem(500, "internal_error", f"Unexpected {type(exc).__name__}; see the server log.", path)
+    return _unexpected(exc, path)
 
 
 def _sqlite_error(exc: Exception) -> str | None:

@@ -195,8 +195,9 @@ def db_copy(target: Annotated[str, typer.Argument(help="The database to copy int
     from registry.store.database import Database
 
     settings = existing(load_settings(database_url), "db copy")
-    wal = Path(f"{settings.resolved_database_url.removeprefix('sqlite:///')}-wal")
-    if settings.resolved_database_url.startswith("sqlite:///") and wal.is_file() and wal.stat().st_size:
+    source_file = _sqlite_file(settings)
+    wal = source_file.with_name(f"{source_file.name}-wal") if source_file is not None else None
+    if wal is not None and wal.is_file() and wal.stat().st_size:
         # a registry (or a worker) has the file open: what it writes after the copy's snapshot is not copied (it
         # went on unsaid: an operator's walk, session 43)
         err_console.print(styled("warning:", "yellow", f" {wal} is not empty: a registry or worker may be running on "
