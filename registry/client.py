@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import pybase64
@@ -1015,8 +1015,23 @@ class RegistryClient:
     def revoke_token(self, token_id: int) -> None:
         self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
 
+    def _every_page(self, path: str) -> Iterator[Any]:
+        """Each item of a listing the registry answers a page at a time, the ``Link`` header naming the next page
+        (GET /orgs and /invitations; a registry before 2026-12-06 answers all at once, with none). Only the next
+        page's query is taken from the header: a link elsewhere is not followed (nor sent the token)."""
+        params: dict[str, str] = {}
+        while True:
+            answer = self._request("GET", path, params=params)
+            items = answer.json()
+            yield from items
+            following = dict(parse_qsl(urlsplit(answer.links.get("next", {}).get("url", "")).query))
+            if not items or not following or following == params:  # (nothing more, or no step forward)
+                return
+            params = following
+
     def organizations(self) -> list[OrganizationInfo]:
-        return [OrganizationInfo.model_validate(o) for o in self._request("GET", "/api/v1/orgs").json()]
+        """The organisations you belong to (admins: all), every page."""
+        return [OrganizationInfo.model_validate(o) for o in self._every_page("/api/v1/orgs")]
 
     def organization(self, name: str) -> OrganizationInfo:
         return OrganizationInfo.model_validate(self._request("GET", f"/api/v1/orgs/{_segment(name)}").json())
@@ -1048,7 +1063,7 @@ class RegistryClient:
 
     def invitations(self) -> list[InvitationInfo]:
         """Your pending invitations to organisations."""
-        return [InvitationInfo.model_validate(i) for i in self._request("GET", "/api/v1/invitations").json()]
+        return [InvitationInfo.model_validate(i) for i in self._every_page("/api/v1/invitations")]
 
     def accept_invitation(self, organization: str) -> OrganizationInfo:
         """Join ``organization`` with the role you were invited to (NotFound when no invitation is pending)."""

@@ -27,8 +27,9 @@ DATABASE_RETRY_AFTER_S = 2
 READ_ONLY_RETRY_AFTER_S = 3600
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
-          408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 422: "Invalid input",
-          429: "Too many requests", 500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
+          408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 416: "Range not satisfiable",
+          422: "Invalid input", 429: "Too many requests", 500: "Internal error", 502: "Bad gateway",
+          503: "Service unavailable"}
 
 
 class Problem(BaseModel):

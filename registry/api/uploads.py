@@ -3,15 +3,20 @@ downloads, answered without holding a large file in memory."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import UploadFile
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.responses import RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
 
+from registry.api.problems import problem
 from registry.domain.errors import ContentTooLarge, RegistryError
 from registry.store.blobs import BlobReader, chunks
 
@@ -45,7 +50,31 @@ class RangedFile(FileResponse):
     ``bytes=--5``, ``bytes=+5-10``, no range at all) is ignored, and the whole file answered (200), where Starlette
     answered 400 in plain text, the one error of the API that was not a problem document, or read some of them (an
     outsider's findings, session 43); ranges past the end are left out, and only when all are is the answer 416
-    (with its Content-Range), where one of them made it so."""
+    (with its Content-Range), where one of them made it so: a problem document saying the file's size (Starlette's
+    was an empty text/plain, until session 44)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        http_range, if_range = headers.get("range"), headers.get("if-range")
+        if http_range is not None and scope["type"] == "http" and scope["method"].upper() in ("GET", "HEAD"):
+            if self.stat_result is None:  # (what FileResponse does next, done once here)
+                self.stat_result = await anyio.to_thread.run_sync(os.stat, self.path)
+                self.set_stat_headers(self.stat_result)
+            size = self.stat_result.st_size
+            try:
+                if if_range is None or self._should_use_range(if_range):
+                    self._parse_range_header(http_range, size)
+            except RangeNotSatisfiable:
+                asked = " ".join(http_range.split())[:100]
+                answer = problem(416, "range_not_satisfiable", f"The Range {asked!r} asks for no byte of this file, "
+                                 f"which holds {size:,} bytes: ask for bytes from 0 to {size - 1} (bytes=0-"
+                                 f"{size - 1}), or send no Range for the whole file." if size else
+                                 f"The Range {asked!r} asks for bytes of an empty file; send no Range.",
+                                 scope["path"])
+                answer.headers["Content-Range"] = f"bytes */{size}"
+                await answer(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:

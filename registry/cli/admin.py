@@ -258,8 +258,13 @@ def db_status(database_url: DatabaseUrl = None) -> None:
         state = "newer than this release: run the release that upgraded it"
     else:
         state = "up to date" if current == head else "run `vera db upgrade`"
+    # a SQLite file whose revision reads but whose pages do not was "up to date" (an operator's walk, session 43)
+    if damaged := db.integrity_problems():
+        state = (f"but the file is damaged (SQLite's quick_check: {'; '.join(damaged[:3])[:300]}): restore the "
+                 "newest good backup (docs/guide.md, \"Back up and upgrade the registry\"); `vera fsck` says what "
+                 "else it finds")
     console.print(f"current: {current or 'none (empty)'}; head: {head}; {state}")
-    if current != head:
+    if current != head or damaged:
         check_failed()
 
 

@@ -92,12 +92,16 @@ UPLOAD_PREFIX = "vera-upload-"
 #: The files of an adapter version, as PEFT's directory format names them.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
+#: The highest version number: what a reference writes after ':' (at most nine digits).
+MAX_VERSION = 999_999_999
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch: no trailing newline slips through "$"
 _REF = re.compile(r"(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9][0-9]{0,8})|@(?P<alias>[^/:@]+))?")
 
 
 def json_object(text: str | bytes, what: str) -> dict[str, Any]:
-    """``text`` parsed as a JSON object, or InvalidInput naming ``what`` (a form field, a file)."""
+    """``text`` parsed as a JSON object, or InvalidInput naming ``what`` (a form field, a file). A key given twice is
+    refused, not one of its values dropped unseen: a publish's params ``{"lr": "0.01", "lr": "0.02"}`` kept 0.02 (an
+    outsider's walk), and its metrics and a job's spec did the same until session 44."""
     try:
         value = parse_json(text)
     except JSONTextError as exc:
@@ -106,13 +110,6 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
     _check_unicode(value, what)
-    return value
-
-
-def pairs_object(text: str | bytes, what: str) -> dict[str, Any]:
-    """``json_object`` for key=value pairs (a publish's properties and params): a key given twice is refused, not
-    one of its values dropped unseen (``{"lr": "0.01", "lr": "0.02"}`` kept 0.02: an outsider's walk)."""
-    value = json_object(text, what)
     check_keys_once(text, what)
     return value
 
@@ -264,8 +261,8 @@ class Ref(BaseModel):
     @classmethod
     def of(cls, owner: str, name: str, *, version: int | None = None, alias: str | None = None) -> Ref:
         """A reference from its parts (path parameters, say), checked like a parsed one (InvalidInput)."""
-        if version is not None and not 1 <= version <= 999_999_999:
-            raise InvalidInput(f"Version {version} is not between 1 and 999999999.")
+        if version is not None and not 1 <= version <= MAX_VERSION:
+            raise InvalidInput(f"Version {version} is not between 1 and {MAX_VERSION}.")
         return cls(owner=check_name(owner, "Owner"), name=check_name(name, "Adapter name"), version=version,
                    alias=check_name(alias, "Alias") if alias is not None and version is None else None)
 
@@ -293,7 +290,7 @@ class Ref(BaseModel):
                 # owner/name:v2, as the Hub's revision "v2" reads (a newcomer's walk, session 38): was "@v2"
                 hint = f" A version is a number after ':': {head}:{int(tail[1:])}."
             raise InvalidInput(f"{text!r} is not an adapter reference; expected owner/name, owner/name:VERSION "
-                               f"(1 to 999999999) or owner/name@ALIAS.{hint}")
+                               f"(1 to {MAX_VERSION}) or owner/name@ALIAS.{hint}")
         owner, name = check_name(match["owner"], "Owner"), check_name(match["name"], "Adapter name")
         version = int(match["version"]) if match["version"] else None
         alias = check_name(match["alias"], "Alias") if match["alias"] else None

@@ -198,10 +198,14 @@ class Access:
             _refuse_outside_limit(viewer, name, "read it")
             return _org_info(s, org, invites.shown(s, org, viewer))
 
-    def organizations(self, viewer: Principal | None = None) -> list[OrganizationInfo]:
+    def organizations(self, viewer: Principal | None = None, *, after: str | None = None,
+                      limit: int | None = None) -> list[OrganizationInfo]:
         """The organisations ``viewer`` belongs to (every one for admins and the local user), within its token's
-        limit, with the pending invitations of those ``viewer`` administers."""
-        query = select(m.Organization).order_by(m.Organization.name)
+        limit, with the pending invitations of those ``viewer`` administers; by name, those after ``after``, at most
+        ``limit`` (None: all)."""
+        query = select(m.Organization).order_by(m.Organization.name).limit(limit)
+        if after is not None:
+            query = query.where(m.Organization.name > after)
         if viewer is not None and not viewer.is_admin:
             query = query.where(m.Organization.name.in_(sorted(viewer.roles)))
         if viewer is not None and viewer.limited_to is not None:
@@ -311,10 +315,12 @@ class Access:
             s.flush()
             return _org_info(s, org, invites.shown(s, org, viewer))
 
-    def invitations(self, viewer: Principal) -> list[InvitationInfo]:
-        """``viewer``'s pending invitations (a token limited to some owners: to those organisations only)."""
+    def invitations(self, viewer: Principal, *, after: str | None = None,
+                    limit: int | None = None) -> list[InvitationInfo]:
+        """``viewer``'s pending invitations (a token limited to some owners: to those organisations only), by
+        organisation: those after ``after``, at most ``limit`` (None: all)."""
         with self.db.session() as s:
-            return invites.of_member(s, viewer.owner, viewer.limited_to)
+            return invites.of_member(s, viewer.owner, viewer.limited_to, after=after, limit=limit)
 
     def pending_invitations(self, viewer: Principal) -> int:
         """How many invitations wait for ``viewer``'s answer (as ``invitations`` lists them): one query; with

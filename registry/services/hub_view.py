@@ -28,7 +28,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
-from registry.domain.schemas import Ref, VersionInfo
+from registry.domain.schemas import MAX_VERSION, Ref, VersionInfo
 from registry.services.derived import DerivedFile, DerivedFiles, FileForm, git_blob_id
 from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
@@ -141,7 +141,7 @@ class HubView:
         except AdapterNotFound:
             raise
         except NotFound as exc:
-            raise RevisionNotFound(f"{repo_id} has no revision {revision[:MAX_REVISION_LENGTH]!r}: {exc}") from exc
+            raise _no_revision(repo_id, revision, exc) from exc
         try:  # the card a commit names (format 1: revision 0, the card before any kept edit), or the newest
             card_revision, card_text = self.registry.metadata.card_revision(
                 Ref.of(owner, name), None if commit is None else card_at or 0)
@@ -180,7 +180,7 @@ class HubView:
                 number, form = int(base[32:], 16), int(base[30:32], 16)
                 card_at = int(base[24:30], 16) if form & CARD_REVISION_FLAG else None
                 form &= ~CARD_REVISION_FLAG
-                if not plus and form < len(VARIANTS) and 1 <= number <= 999_999_999:
+                if not plus and form < len(VARIANTS) and 1 <= number <= MAX_VERSION:
                     return Ref.of(owner, name, version=number), VARIANTS[form], base, card_at
                 raise RevisionNotFound(f"{repo_id} has no commit {revision}.")
             if base == "main":
@@ -191,7 +191,16 @@ class HubView:
         except InvalidInput as exc:  # owner, name or alias that cannot exist: no such repo or revision
             if not _names_ok(owner, name):
                 raise AdapterNotFound(f"No adapter {repo_id[:200]}: {exc}") from exc
-            raise RevisionNotFound(f"{repo_id} has no revision {revision!r}: {exc}") from exc
+            raise _no_revision(repo_id, revision, exc) from exc
+
+
+def _no_revision(repo_id: str, revision: str, exc: Exception) -> RevisionNotFound:
+    """The 404 of a revision that names nothing: the registry's own message where it names the repo already ("a/b has
+    no version 9; its version: 1", where "a/b has no revision '9': a/b has no version 9" said it twice)."""
+    said = str(exc)
+    if said.startswith(f"{repo_id} "):
+        return RevisionNotFound(said)
+    return RevisionNotFound(f"{repo_id} has no revision {revision[:MAX_REVISION_LENGTH]!r}: {said}")
 
 
 def _names_ok(owner: str, name: str) -> bool:

@@ -95,9 +95,12 @@ def _within(member: str, owners: frozenset[str] | None) -> list[ColumnElement[bo
     return where
 
 
-def of_member(s: Session, member: str, owners: frozenset[str] | None = None) -> list[InvitationInfo]:
-    """The pending invitations of ``member``, to organisations among ``owners`` (None: any), by organisation."""
-    return [_info(row, name) for row, name in s.execute(_rows(*_within(member, owners)))]
+def of_member(s: Session, member: str, owners: frozenset[str] | None = None, *, after: str | None = None,
+              limit: int | None = None) -> list[InvitationInfo]:
+    """The pending invitations of ``member``, to organisations among ``owners`` (None: any), by organisation: those
+    named after ``after``, at most ``limit`` (None: all)."""
+    where = _within(member, owners) + ([m.Organization.name > after] if after is not None else [])
+    return [_info(row, name) for row, name in s.execute(_rows(*where).limit(limit))]
 
 
 def _counted(member: str, owners: frozenset[str] | None) -> Select[int]:

@@ -13,7 +13,7 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import Ref, VersionInfo
+from registry.domain.schemas import MAX_VERSION, Ref, VersionInfo
 from registry.services.access import not_found
 from registry.services.shapes import declared_layers, in_features_json
 from registry.services.validation import ProjectionBudget
@@ -133,7 +133,7 @@ def _missing(s: Session, ref: Ref) -> m.AdapterVersion:
         if alias_name.isascii() and alias_name.isdigit() and len(alias_name.lstrip("0")) > 9:  # a path's version
             # past 999999999, read as an alias: it said how to set an alias of that name (an outsider's finding)
             raise NotFound(f"{ref.owner}/{ref.name} has no version {alias_name[:30]}: version numbers are 1 to "
-                           f"999999999; {_versions_held(s, adapter.id)}.")
+                           f"{MAX_VERSION}; {_versions_held(s, adapter.id)}.")
         if not close and alias_name != LATEST:  # @prod before any was set (a newcomer's walk, session 38)
             meant = f" An alias is set with `vera alias {ref.owner}/{ref.name}:N {alias_name}`."
         raise NotFound(f"{ref.owner}/{ref.name} has no alias {alias_name!r}; {held}.{meant}")

@@ -342,6 +342,10 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
         assert refused.returncode == 1 and found in said and "restore the newest good backup" in said.lower(), said
         assert "Traceback" not in refused.stderr
         assert list((tmp_path / "backups").iterdir()) == []  # nothing, not even the partial file
+        status = vera_in(damaged, "db", "status")  # it said "up to date" when the revision still read (session 43)
+        said = " ".join((status.stdout + status.stderr).split())
+        assert status.returncode in (1, 3) and "damaged" in said and "up to date" not in said, said
+        assert "Traceback" not in said
 
 
 def adapters_in(path: Path) -> list[str]:

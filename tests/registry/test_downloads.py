@@ -184,6 +184,13 @@ def test_a_large_file_answers_ranges_and_ignores_ranges_it_cannot_read(tmp_path:
         assert some.status_code == 206 and some.content == whole.content[:10]  # the range it can send is sent
         past = httpx.get(file, headers={"Range": f"bytes={len(whole.content)}-"}, timeout=60)
         assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(whole.content)}"
+        size = len(whole.content)  # a problem document, saying the file's size (it was an empty text/plain)
+        assert past.headers["content-type"] == "application/problem+json"
+        assert past.json()["detail"] == (f"The Range 'bytes={size}-' asks for no byte of this file, which holds "
+                                         f"{size:,} bytes: ask for bytes from 0 to {size - 1} (bytes=0-{size - 1}), "
+                                         "or send no Range for the whole file.")
+        stale = httpx.get(file, headers={"Range": f"bytes={size}-", "If-Range": '"another-etag"'}, timeout=60)
+        assert stale.status_code == 200 and stale.content == whole.content  # If-Range not met: the whole file
         small = httpx.get(f"{base}/api/v1/adapters/ann/big/versions/1/files/adapter_config.json",
                           headers={"Range": "bytes=0-3"}, timeout=60)
         assert small.status_code == 200 and small.headers["accept-ranges"] == "none"  # read whole: said so

@@ -225,6 +225,21 @@ def test_what_does_not_exist_raises_the_clients_own_error(served: Served, repo: 
                         cache_dir=served.tmp / "errors-cache")
 
 
+def test_a_missing_revision_is_said_once(served: Served) -> None:
+    """The 404 names the repo once ("a/b has no revision '9': a/b has no version 9" said it twice, until session
+    44), in the body and in the header huggingface_hub shows."""
+    headers = {"Authorization": f"Bearer {served.token}"}
+    for revision, said in (("9", f"{REPO} has no version 9; its versions: 1, 2."),
+                           ("v9", f"{REPO} has no version 9; its versions: 1, 2."),
+                           ("nope", f"{REPO} has no alias 'nope'; its aliases: latest, prod.")):
+        answer = httpx.get(f"{served.endpoint}/{REPO}/resolve/{revision}/README.md", headers=headers)
+        assert answer.status_code == 404 and answer.json()["detail"].startswith(said), answer.json()
+        assert answer.headers["x-error-message"].startswith(said) and answer.headers["x-error-code"] == \
+            "RevisionNotFound"
+    bad = httpx.get(f"{served.endpoint}/api/models/{REPO}/revision/main+bogus", headers=headers)
+    assert bad.json()["detail"].startswith(f"{REPO} has no revision 'main+bogus': a revision is main, ")
+
+
 def test_hostile_paths_tokens_and_write_verbs(served: Served) -> None:
     headers = {"Authorization": f"Bearer {served.token}"}
     for path in ("/alice/demo/resolve/main/..%2F..%2Fr.db", "/alice/demo/resolve/main%2F..%2F..%2F1/README.md",

@@ -503,3 +503,33 @@ def test_vera_org_invitation_commands(server: dict[str, Any]) -> None:
     with RegistryClient(url, tokens["alice"], cache=False) as alice:
         org = alice.organization("cli-org")
     assert ({x.member: x.role for x in org.members}, org.invitations) == ({"alice": "admin", "carol": "read"}, [])
+
+
+def test_organisations_and_invitations_come_a_page_at_a_time(server: dict[str, Any]) -> None:
+    """GET /orgs and GET /invitations answer at most ``limit`` (100 by default, 500 at most), the ``Link`` header
+    naming the next page; the client follows it to the end. They came whole before (unbounded for an admin)."""
+    url, tokens = server["url"], server["tokens"]
+    with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice, \
+            RegistryClient(url, tokens["mallory"], cache=False, retries=0) as mallory, \
+            RegistryClient(url, tokens["root"], cache=False, retries=0) as root:
+        for name in ("page-a", "page-b", "page-c"):
+            alice.create_organization(name)
+            alice.set_member(name, "mallory", "read")
+        for who, path, everything in (("root", "/orgs", [o.name for o in root.organizations()]),
+                                      ("mallory", "/invitations", [i.organization for i in mallory.invitations()])):
+            assert {"page-a", "page-b", "page-c"} <= set(everything) and everything == sorted(everything)
+            headers, seen, query = {"Authorization": f"Bearer {tokens[who]}"}, [], "?limit=2"
+            while query:
+                page = httpx.get(f"{url}/api/v1{path}{query}", headers=headers, timeout=60)
+                assert page.status_code == 200 and len(page.json()) <= 2, page.text
+                key = "name" if path == "/orgs" else "organization"
+                seen += [item[key] for item in page.json()]
+                query = page.links.get("next", {}).get("url", "")
+                if query:
+                    assert query == f"?after={seen[-1]}&limit=2"
+            assert seen == everything, who
+            for bad in ("limit=0", "limit=501", "after=" + "x" * 101):
+                refused = httpx.get(f"{url}/api/v1{path}?{bad}", headers=headers, timeout=60)
+                assert refused.status_code == 422, (path, bad)
+        whole = httpx.get(f"{url}/api/v1/invitations", headers={"Authorization": f"Bearer {tokens['mallory']}"})
+        assert "link" not in whole.headers  # one page holds them all

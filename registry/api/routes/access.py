@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import Caller, Options, RegistryDep, authorize
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -38,7 +41,28 @@ from registry.services.tokens import (
 )
 from registry.services.trusted import MAX_ID_TOKEN_CHARS, TrustedPublishing
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
+
+#: The most organisations (GET /orgs) or invitations (GET /invitations) one page holds, and how many by default.
+MAX_NAMED_PAGE, NAMED_PAGE = 500, 100
+#: Where a page of those starts: after the organisation of this name (the last of the page before).
+AfterName = Annotated[str | None, Query(max_length=100, description=(
+    "the page after the organisation of this name: the last of the page before, as the `Link` header's next page "
+    "names it"))]
+NamedPage = Annotated[int, Query(ge=1, le=MAX_NAMED_PAGE, description=(
+    "the most a page holds; when there are more, the `Link` header names the next page (rel=\"next\")"))]
+Named = TypeVar("Named", OrganizationInfo, InvitationInfo)
+
+
+def _page(rows: Sequence[Named], limit: int, response: Response, organization: Callable[[Named], str]
+          ) -> list[Named]:
+    """The first ``limit`` of ``rows`` (which the service read one past the page), and, when there are more, the
+    next page's address in ``Link`` (RFC 8288, relative to the request, so that a proxy's path prefix stays): after
+    the page's last ``organization``. Before session 44, these lists came whole: unbounded for an admin."""
+    if len(rows) > limit:
+        after = urlencode({"after": organization(rows[limit - 1]), "limit": limit})
+        response.headers["Link"] = f'<?{after}>; rel="next"'
+    return list(rows[:limit])
 
 
 class TokenBody(BaseModel):
@@ -226,9 +250,11 @@ def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_
 
 
 @router.get("/orgs", response_model=list[OrganizationInfo])
-def organizations(caller: Caller, options: Options, registry: RegistryDep) -> list[OrganizationInfo]:
-    """The organisations the caller belongs to (admins: all)."""
-    return registry.access.organizations(_signed_in(caller, options))
+def organizations(caller: Caller, options: Options, registry: RegistryDep, response: Response,
+                  after: AfterName = None, limit: NamedPage = NAMED_PAGE) -> list[OrganizationInfo]:
+    """The organisations the caller belongs to (admins: all), by name, a page at a time (``Link``: the next)."""
+    found = registry.access.organizations(_signed_in(caller, options), after=after, limit=limit + 1)
+    return _page(found, limit, response, lambda org: org.name)
 
 
 @router.post("/orgs", response_model=OrganizationInfo, status_code=201)
@@ -337,10 +363,12 @@ def cancel_invitation(caller: Caller, options: Options, registry: RegistryDep, o
 
 
 @router.get("/invitations", response_model=list[InvitationInfo])
-def invitations(caller: Caller, options: Options, registry: RegistryDep) -> list[InvitationInfo]:
+def invitations(caller: Caller, options: Options, registry: RegistryDep, response: Response,
+                after: AfterName = None, limit: NamedPage = NAMED_PAGE) -> list[InvitationInfo]:
     """The caller's pending invitations to organisations (VERA_ORG_INVITATIONS; a token limited to some owners: to
-    those only)."""
-    return registry.access.invitations(_signed_in(caller, options))
+    those only), by organisation, a page at a time (``Link``: the next)."""
+    found = registry.access.invitations(_signed_in(caller, options), after=after, limit=limit + 1)
+    return _page(found, limit, response, lambda invitation: invitation.organization)
 
 
 @router.post("/invitations/{org}", response_model=OrganizationInfo)

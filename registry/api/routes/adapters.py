@@ -9,12 +9,13 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import (
     JobsDep,
     NewVersionPublisher,
@@ -32,6 +33,7 @@ from registry.domain.errors import Conflict, Forbidden
 from registry.domain.schemas import (
     MAX_LINEAGE_DEPTH,
     MAX_LINEAGE_NODES,
+    MAX_VERSION,
     UPLOAD_PREFIX,
     AdapterInfo,
     AdapterUpdate,
@@ -46,9 +48,7 @@ from registry.domain.schemas import (
     VerificationReport,
     VersionInfo,
     VersionUpdate,
-    check_keys_once,
     json_object,
-    pairs_object,
     tags_field,
 )
 from registry.services.filters import FIELDS, MAX_FILTER_LENGTH, OPERATORS
@@ -56,7 +56,7 @@ from registry.services.search import MAX_PAGE, SORTS
 from registry.services.tokens import Principal
 from registry.services.validation import MAX_RANK
 
-router = APIRouter(prefix="/api/v1/adapters")
+router = APIRouter(prefix="/api/v1/adapters", route_class=CheckedRoute)
 
 MAX_ID = 2**31 - 1
 #: Row ids and version numbers in paths: bounded, so that no backend overflows on a huge number.
@@ -67,7 +67,7 @@ VERSION = "/{owner}/{name}/versions/{selector}"
 class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")  # every body refuses a field it has not (session 43: AliasBody and
     # six others dropped one, so {"version": 1, "protect": true} answered 200 unprotected)
-    version: int = Field(ge=1, le=MAX_ID)
+    version: int = Field(ge=1, le=MAX_VERSION)  # (was 2**31 - 1: a version a reference cannot write)
 
 
 class YankBody(BaseModel):
@@ -140,8 +140,8 @@ async def publish(
                                 "as \"params\"); never changed after")] = "{}",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
-    held = pairs_object(properties, "properties")
-    trained_with = pairs_object(params, "params")
+    held = json_object(properties, "properties")
+    trained_with = json_object(params, "params")
     if parent:  # a parent the publisher may not read does not exist for it (nor its versions and aliases)
         await run_in_threadpool(registry.access.check_readable, who, Ref.parse(parent))
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:
@@ -197,16 +197,9 @@ def evaluations(_: Reader, registry: RegistryDep, owner: str, name: str, selecto
     return registry.evaluations.evaluations(ref_of(owner, name, selector))
 
 
-async def _each_key_once(request: Request) -> None:
-    """InvalidInput for an evaluation whose JSON gives a key twice, at any depth (``{"acc": 0.3, "acc": 0.9}``
-    recorded 0.9 unsaid, as a publish's params were refused for: an outsider's finding, session 43). FastAPI has
-    read the body already: this parses that copy."""
-    check_keys_once(await request.body(), "The evaluation")
-
-
 @router.post(f"{VERSION}/evaluations", response_model=EvaluationInfo, status_code=201)
-def record_evaluation(who: OwnerPublisher, _: Annotated[None, Depends(_each_key_once)], registry: RegistryDep,
-                      owner: str, name: str, selector: str, body: EvaluationRecord) -> EvaluationInfo:
+def record_evaluation(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, selector: str,
+                      body: EvaluationRecord) -> EvaluationInfo:
     """Record what the version scored (e.g. an lm-evaluation-harness task): the numbers join its metrics under
     ``name`` (searchable as ``metrics.<name>.<key>``); a name already there (published, or recorded) is a 409.
     Audited as ``version-evaluate``."""

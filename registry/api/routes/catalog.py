@@ -7,13 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import Caller, Options, Reader, RegistryDep, authorize
 from registry.api.ratelimit import CostlyReader
 from registry.domain.errors import Forbidden
 from registry.domain.schemas import BaseModelInfo, Comparison
 from registry.services.analysis import MAX_COMPARED
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 
 
 class CompareBody(BaseModel):

@@ -7,12 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import Reader
 from registry.api.routes.adapters import MAX_ID
 from registry.domain.events import MAX_EVENTS_PAGE, EventPage
 from registry.services.events import Events
 
-router = APIRouter(prefix="/api/v1/events")
+router = APIRouter(prefix="/api/v1/events", route_class=CheckedRoute)
 
 
 async def _events(request: Request) -> Events:

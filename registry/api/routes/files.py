@@ -21,17 +21,18 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
 from registry.api.uploads import SMALL_FILE, file_response
 from registry.domain.errors import Busy, NotFound
-from registry.domain.schemas import ADAPTER_FILES, FileEntry, FileManifest, Ref, VersionInfo, files_digest
+from registry.domain.schemas import ADAPTER_FILES, MAX_VERSION, FileEntry, FileManifest, Ref, VersionInfo, files_digest
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
 from vera_core.lora_options import LoraExport
 
-router = APIRouter(prefix="/api/v1/adapters")
+router = APIRouter(prefix="/api/v1/adapters", route_class=CheckedRoute)
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown"}
 _FILE_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "The file (ETag: its SHA-256)", "content": {
@@ -198,7 +199,7 @@ def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_no
                                                 "VERA_PRESIGNED_DOWNLOADS_S)"}})
 async def blob(
     _: Reader, registry: RegistryDep, options: Options, pool: ReadPool, owner: str, name: str,
-    version: Annotated[int, Path(ge=1, le=999_999_999)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
     if_none_match: Annotated[str | None, Header()] = None, purpose: Purpose = "download",
 ) -> Response:
     """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same

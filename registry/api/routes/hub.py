@@ -8,11 +8,12 @@ from fastapi import APIRouter, Header
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import Caller, HubDep, Options, OwnerPublisher, Reader, authorize, ref_of
 from registry.domain.schemas import HubSyncInfo, HubSyncResult, Ref
 from registry.services.tokens import Principal
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 
 def may_use_server_token(who: Principal) -> bool:
     """The server's VERA_HUB_TOKEN acts on the Hub in the operator's name: only for callers granted the ``hub`` scope

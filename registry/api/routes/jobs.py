@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import Caller, JobsDep, Options, Reader, authorize, authorize_new_version, single_fields
 from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID, RowId
@@ -23,11 +24,10 @@ from registry.domain.schemas import (
     JobInfo,
     Ref,
     json_object,
-    pairs_object,
     tags_field,
 )
 
-router = APIRouter(prefix="/api/v1/jobs")
+router = APIRouter(prefix="/api/v1/jobs", route_class=CheckedRoute)
 
 
 @router.post("", response_model=JobInfo, status_code=201)
@@ -54,7 +54,7 @@ async def submit_job(
     await single_fields(request)
     spend(request, who)  # it stores and parses a dataset of up to VERA_MAX_DATASET_BYTES: a costly request
     parsed = json_object(spec, "spec")
-    held = pairs_object(properties, "properties")
+    held = json_object(properties, "properties")
     data = None
     if dataset is not None:
         with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as tmp:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
+from registry.api.bodies import CheckedRoute
 from registry.api.deps import Caller, Options, authorize
 from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID
@@ -25,7 +26,7 @@ from registry.domain.events import (
 from registry.services.tokens import Principal
 from registry.services.webhooks import MAX_LOG_PAGE, Webhooks, webhook_not_found
 
-router = APIRouter(prefix="/api/v1/webhooks")
+router = APIRouter(prefix="/api/v1/webhooks", route_class=CheckedRoute)
 WebhookId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
