@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch is imported only by the methods that need it: the das
     from vera_core.model import VeraModel
 from registry.domain.schemas import (
     ADAPTER_FILES,
+    JOB_EVENT_PAGE,
     MAX_LOOKUP,
     AdapterInfo,
     BaseModelInfo,
@@ -884,10 +885,27 @@ class RegistryClient:
     def job(self, job_id: int) -> JobInfo:
         return JobInfo.model_validate(self._request("GET", f"/api/v1/jobs/{job_id}").json())
 
-    def job_events(self, job_id: int, *, after: int = 0, kind: str | None = None) -> list[JobEventInfo]:
-        params: dict[str, Any] = {"after": after, **({"kind": kind} if kind else {})}
+    def job_events(self, job_id: int, *, after: int = 0, kind: str | None = None,
+                   limit: int | None = None) -> list[JobEventInfo]:
+        """One page of the job's events after event id ``after``, oldest first: at most ``limit`` (None: the
+        registry's page, 1,000 since 2026-12-06; an older registry answers them all). ``each_job_event`` reads on."""
+        params: dict[str, Any] = {"after": after, **({"kind": kind} if kind else {}),
+                                  **({"limit": limit} if limit is not None else {})}
         return [JobEventInfo.model_validate(e)
                 for e in self._request("GET", f"/api/v1/jobs/{job_id}/events", params=params).json()]
+
+    def each_job_event(self, job_id: int, *, after: int = 0, kind: str | None = None,
+                       pages: int | None = None) -> Iterator[JobEventInfo]:
+        """The job's events after event id ``after``, oldest first, a page at a time until one is short (at most
+        ``pages`` of them; None: to the end)."""
+        read = 0
+        while pages is None or read < pages:
+            page = self.job_events(job_id, after=after, kind=kind, limit=JOB_EVENT_PAGE)
+            read += 1
+            yield from page
+            if len(page) < JOB_EVENT_PAGE:
+                return
+            after = page[-1].id
 
     def cancel_job(self, job_id: int) -> JobInfo:
         return JobInfo.model_validate(self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json())

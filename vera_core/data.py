@@ -178,9 +178,16 @@ def _csv_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
             raise DatasetError(f"{file}:1 names the column{'s' if len(twice) > 1 else ''} "
                                f"{', '.join(map(repr, twice))} more than once; expected one header line of distinct "
                                "column names.")
+        last = reader.line_num
         for row in reader:
+            first, last = last + 1, reader.line_num  # (a quoted field may hold line breaks: a row of several lines)
             if None in row or None in row.values():  # more fields than the header (restkey None), or fewer
                 fields = len(reader.fieldnames or ())
+                if last > first:  # a quote that never closed ran on: it was told as the file's last line's fault
+                    raise DatasetError(
+                        f"{file}:{first} opens a quoted field ('\"') that runs on to line {last:,} (its quote closes "
+                        "there, or never), and that row has the wrong number of fields; close the quote on its own "
+                        "line (a quote inside a quoted field is written twice, \"\").")
                 raise DatasetError(f"{file}:{reader.line_num} has {'more' if None in row else 'fewer'} fields than "
                                    f"the header's {fields}; expected {fields} comma-separated fields on each line "
                                    "(quote a field that holds a comma).")

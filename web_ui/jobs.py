@@ -238,13 +238,30 @@ def follow(job_id: int, listed: JobInfo | None = None) -> None:
     _follow(job_id)
 
 
+#: The followed job's events read so far (st.session_state): (its id, its events). Each refresh reads only newer
+#: ones, at most READ_PAGES pages (1,000 events each) of them: the registry answers a page at a time since
+#: 2026-12-06, and the panel read every event again every two seconds before.
+EVENTS, READ_PAGES = "job_followed_events", 10
+
+
+def _events(job_id: int) -> list[JobEventInfo]:
+    """Job ``job_id``'s events, oldest first: those read before, and the newer ones (a long log catches up over a
+    few refreshes)."""
+    held_id, held = st.session_state.get(EVENTS, (None, []))
+    held = held if held_id == job_id else []
+    after = held[-1].id if held else 0
+    held = held + session.call(lambda c: list(c.each_job_event(job_id, after=after, pages=READ_PAGES)))
+    st.session_state[EVENTS] = (job_id, held)
+    return held
+
+
 @st.fragment(run_every=2)
 def _follow(job_id: int) -> None:
     """Live while the job runs: status, step, ETA, loss and eval curves, logs; refreshed every two seconds."""
     listed: JobInfo | None = st.session_state.pop(FOLLOWED, None)  # the page's listing, on the page's own run
     try:
         job = listed if listed is not None and listed.id == job_id else session.call(lambda c: c.job(job_id))
-        events = session.call(lambda c: c.job_events(job_id))
+        events = _events(job_id)
     except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
         st.warning(f"Cannot refresh job {job_id}: {exc}")
         return

@@ -55,6 +55,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
     app.state.readiness = Recent(registry.status.readiness, ttl_s=READY_TTL_S)
+    app.state.refused_writes = Recent(registry.status.refused_writes, ttl_s=READY_TTL_S)  # /ready, whoami
     app.add_middleware(AccessLog)  # outermost: every request gets its id and one access line, refusals included
     install_problem_handlers(app)
     _install_moved_hint(app, registry)

@@ -25,7 +25,14 @@ from registry.cli.common import (
 )
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
-from registry.domain.schemas import FINAL_JOB_STATUSES, MAX_JOB_GPUS, MAX_JOB_PRIORITY, JobEventInfo, JobInfo
+from registry.domain.schemas import (
+    FINAL_JOB_STATUSES,
+    JOB_EVENT_PAGE,
+    MAX_JOB_GPUS,
+    MAX_JOB_PRIORITY,
+    JobEventInfo,
+    JobInfo,
+)
 from registry.domain.training_spec import training_spec
 from registry.domain.words import unclaimed_hint
 from vera_core import PORTABLE_GENERATOR
@@ -186,7 +193,7 @@ def job_show(job_id: int, as_json: JsonOutput = False, registry: RegistryUrl = N
         err_console.print(styled("note:", "yellow", f" {hint}"), soft_wrap=True)
     if (saved := job.checkpoint) is not None:
         console.print(f"checkpoint in the registry: {saved.summary()}; a new attempt resumes from it")
-    evals = call_registry(registry, token, lambda c: c.job_events(job_id, kind="evaluate"))
+    evals = call_registry(registry, token, lambda c: list(c.each_job_event(job_id, kind="evaluate")))
     for e in evals:
         console.print(f"eval at step {int(e.data.get('step', 0))}: "
                       + ", ".join(f"{k}={v:.4f}" for k, v in e.data.items() if k != "step"))
@@ -199,7 +206,8 @@ def job_cancel(job_id: int, registry: RegistryUrl = None, token: Token = None) -
 
 
 def _events_after(job_id: int, after: int, client: RegistryClient) -> list[JobEventInfo]:
-    return client.job_events(job_id, after=after)
+    """One page of the job's events after ``after`` (the registry answers at most JOB_EVENT_PAGE at once)."""
+    return client.job_events(job_id, after=after, limit=JOB_EVENT_PAGE)
 
 
 def job_logs(
@@ -213,12 +221,16 @@ def job_logs(
     says how (0 succeeded, 3 failed or cancelled), so a script can stop on a failed job."""
     after, hinted = 0, False
     while True:
-        for e in call_registry(registry, token, partial(_events_after, job_id, after)):
-            after = e.id
-            text = e.data.get("message") if e.kind == "log" else ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
-            if steps or e.kind != "step":
-                console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}", soft_wrap=True)  # a line each, piped too
+        while True:  # a page at a time, printed as it comes (a log of millions of steps is never held whole)
+            page = call_registry(registry, token, partial(_events_after, job_id, after))
+            for e in page:
+                after = e.id
+                text = e.data.get("message") if e.kind == "log" else ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.data.items())
+                if steps or e.kind != "step":
+                    console.print(f"{e.at:%H:%M:%S} {e.kind:8} {text}", soft_wrap=True)  # a line each, piped too
+            if len(page) < JOB_EVENT_PAGE:
+                break
         job = call_registry(registry, token, lambda c: c.job(job_id))
         if follow and not hinted and (hint := unclaimed_hint(job)) is not None:  # once: a follow waited silently
             err_console.print(styled("note:", "yellow", f" {hint}"), soft_wrap=True)

@@ -465,6 +465,9 @@ class OwnerUsage(BaseModel):
     quota_from: QuotaSource | None = None
     quota_set_by: str | None = None
     quota_set_at: datetime | None = None
+    #: the uploaded datasets the owner's queued and running jobs hold until they end, which a job's submission counts
+    #: against the quota with ``stored_bytes`` (since 2026-12-06: a refusal for them showed "0 B stored")
+    job_dataset_bytes: int = 0
 
     @property
     def share(self) -> float | None:
@@ -481,8 +484,10 @@ class OwnerUsage(BaseModel):
             if self.quota_bytes else "a quota of 0 B: it may publish nothing")
         source = (f"set by {self.quota_set_by} on {self.quota_set_at:%Y-%m-%d}" if self.quota_from == "admin"
                   and self.quota_set_at else f"from {self.quota_from}" if self.quota_from else "")
+        held = (f", and {size(self.job_dataset_bytes)} of datasets its queued jobs hold" if self.job_dataset_bytes
+                else "")
         return (f"{self.owner}: {counted(self.adapters, 'adapter')}, {counted(self.versions, 'version')}, "
-                f"{size(self.stored_bytes)} stored ({quota}{', ' + source if source else ''})")
+                f"{size(self.stored_bytes)} stored ({quota}{', ' + source if source else ''}){held}")
 
 
 class OrganizationInfo(BaseModel):
@@ -749,6 +754,13 @@ class JobInfo(BaseModel):
     result_tags: list[str] = Field(default_factory=list)
     result_description: str = ""  # "": the version says "fine-tuned by job N"
     result_properties: dict[str, str] = Field(default_factory=dict)
+
+
+#: What a job's events are: a training step's loss and learning rate, an evaluation's numbers, a line of its log.
+JobEventKind = Literal["step", "evaluate", "log"]
+#: The most events one read of a job's (GET /api/v1/jobs/{id}/events) answers, and by default: a job that logs
+#: every step of millions holds millions, and one read built them all (an outsider's walk, session 44).
+JOB_EVENT_PAGE = 1000
 
 
 class JobEventInfo(BaseModel):

@@ -19,6 +19,15 @@ def counted(n: int, thing: str) -> str:
     return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
 
+def shown_number(value: object, spec: str = "") -> str:
+    """A number as a message says it (``spec``: its format, e.g. ","), or, past 30 digits, its first ones and how
+    many there are: JSON writes integers of thousands of digits, and a refusal echoed all 4,000 of one (an
+    outsider's walk, session 44)."""
+    text = format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
+    digits = sum(c.isdigit() for c in text)
+    return text if digits <= 30 else f"{text[:12]}... (an integer of {len(str(value).lstrip('-')):,} digits)"
+
+
 def size(n: int) -> str:
     """120008 -> '120.0 KB' (1 KB = 1,000 B, with a space); under 1 KB in bytes ('512 B')."""
     value = float(n)

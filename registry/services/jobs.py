@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, false, func, or_, select, true, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound, Problems, QuotaExceeded
 from registry.domain.schemas import (
     ACTIVE_JOB_STATUSES,
     FINAL_JOB_STATUSES,
+    JOB_EVENT_PAGE,
     MAX_DESCRIPTION,
     MAX_JOB_CHECKPOINT_BYTES,
     MAX_JOB_GPUS,
@@ -39,6 +40,7 @@ from registry.domain.schemas import (
     MAX_TAGS,
     JobCheckpointInfo,
     JobEventInfo,
+    JobEventKind,
     JobInfo,
     JobStatus,
     Ref,
@@ -48,7 +50,7 @@ from registry.domain.schemas import (
     check_tags,
     check_text,
 )
-from registry.domain.words import size
+from registry.domain.words import shown_number, size
 from registry.logs import REQUEST_ID
 from registry.services.access import require_readable
 from registry.services.job_checkpoints import JobCheckpoints
@@ -259,7 +261,7 @@ class Jobs:
             require_linear(vera.target_modules)  # a worker matches it against every module name
         labels = 2  # the demo's
         if not checked.demo and readable:
-            with problems.check(), _job_input():
+            with problems.check(), _job_input(), self.registry.budget.working():  # (Busy is raised, not kept)
                 named = _check_dataset(checked, dataset, dataset_name)
                 labels = len(named)
                 if start is not None and checked.task == "classification":
@@ -268,7 +270,8 @@ class Jobs:
             return None
         with _job_input():
             vector_bytes = self._check_projection(vera, resolve_base(checked.base_model, allow_paths=False), checked,
-                                                  labels if checked.task == "classification" else 0)
+                                                  labels if checked.task == "classification" else 0,
+                                                  batch=args.batch_size)
         return checked, vector_bytes
 
     def _start(self, given: Any, viewer: Principal | None) -> tuple[str, VeraConfig, list[str] | None]:
@@ -295,13 +298,14 @@ class Jobs:
         labels = info.metrics.get("labels")  # (its config names its base model: a publish writes it there)
         return info.ref, config, [str(label) for label in labels] if isinstance(labels, list) else None
 
-    def _check_projection(self, vera: VeraConfig, base: str, spec: TrainSpec, labels: int) -> int:
+    def _check_projection(self, vera: VeraConfig, base: str, spec: TrainSpec, labels: int, *, batch: int) -> int:
         """The projection the job's training generates, from the base's config on the meta device (no weights): it
         must fit the registry's budget (VERA_MAX_PROJECTION_ELEMENTS), as a publish of the result must, and its
         targets must match layers of the base; before a worker allocates any of it. ``spec.max_length`` must fit
-        the base's learned positions. Returns the bytes of the adapter's vectors (d and b of each target, float32)
-        and of the last layer of its classification head (``labels`` outputs, none for a causal LM): what its
-        publish stores at least, for the owner's storage quota."""
+        the base's learned positions, and a step of ``batch`` examples MAX_JOB_STEP_ELEMENTS. Returns the bytes of
+        the adapter's vectors (d and b of each target, float32) and of the last layer of its classification head
+        (``labels`` outputs, none for a causal LM): what its publish stores at least, for the owner's storage
+        quota."""
         from transformers import AutoConfig
 
         from registry.services.base_models import meta_model
@@ -322,6 +326,7 @@ class Jobs:
         self.registry.budget.check(ProjectionSpec(
             generator=vera.projection_generator, seed=vera.projection_prng_key, r=vera.r,
             max_in=max(shape[1] for shape in shapes if shape), max_out=max(shape[0] for shape in shapes if shape)))
+        _check_step(batch * spec.max_length, sum(vera.r + shape[0] for shape in shapes if shape), batch, spec)
         hidden = getattr(config, "hidden_size", 0)
         head = 4 * labels * (hidden + 1) if isinstance(hidden, int) else 0
         return sum(4 * (vera.r + shape[0]) for shape in shapes if shape) + head
@@ -357,7 +362,7 @@ class Jobs:
         with self.db.session() as s:
             return _infos(s, [self._visible_job(s, job_id, viewer)], viewer)[0]
 
-    def list_jobs(self, *, owner: str | None = None, status: str | None = None, limit: int = 100,
+    def list_jobs(self, *, owner: str | None = None, status: JobStatus | None = None, limit: int = 100,
                   viewer: Principal | None = None) -> list[JobInfo]:
         query = select(m.Job).where(self.job_visible(viewer)).order_by(m.Job.id.desc()).limit(limit)
         if owner:
@@ -367,10 +372,12 @@ class Jobs:
         with self.db.session() as s:
             return _infos(s, list(s.scalars(query)), viewer)
 
-    def events(self, job_id: int, *, after: int = 0, kind: str | None = None,
-               viewer: Principal | None = None) -> list[JobEventInfo]:
-        """Progress, evaluations and log lines after event id ``after`` (for following a job)."""
-        query = select(m.JobEvent).where(m.JobEvent.job_id == job_id, m.JobEvent.id > after).order_by(m.JobEvent.id)
+    def events(self, job_id: int, *, after: int = 0, kind: JobEventKind | None = None,
+               limit: int = JOB_EVENT_PAGE, viewer: Principal | None = None) -> list[JobEventInfo]:
+        """Progress, evaluations and log lines after event id ``after`` (for following a job), the first
+        ``limit``."""
+        query = (select(m.JobEvent).where(m.JobEvent.job_id == job_id, m.JobEvent.id > after)
+                 .order_by(m.JobEvent.id).limit(limit))
         if kind:
             query = query.where(m.JobEvent.kind == kind)
         with self.db.session() as s:
@@ -393,14 +400,22 @@ class Jobs:
 
     # ---- workers ---------------------------------------------------------------------------------------------
     def claim(self, worker: str, *, gpus: int = 0) -> JobInfo | None:
-        """Take the queued job of highest priority, oldest first (one whose worker died: once its backoff passed),
-        among those that need no more than the worker's ``gpus``: a job asking for more stays queued for a worker
-        that has them."""
+        """Take a queued job (one whose worker died: once its backoff passed) among those that need no more than the
+        worker's ``gpus`` (a job asking for more stays queued for a worker that has them): of the user who has the
+        fewest jobs running, the one of highest priority, the oldest among equals. Whoever submits a hundred jobs
+        at priority 100 takes the workers in turn with the others who queued jobs, not before all of them: priority
+        orders one user's own jobs, and those of users with as many running (an outsider's walk, session 44)."""
         now = datetime.now(UTC)
         stale = (m.Job.status == "running") & (m.Job.heartbeat_at < now - self.lease)
+        other = aliased(m.Job)
+        running = (select(func.count()).select_from(other)
+                   .where(other.status == "running",
+                          func.coalesce(other.requested_by, other.owner) == func.coalesce(m.Job.requested_by,
+                                                                                          m.Job.owner))
+                   .correlate(m.Job).scalar_subquery())
         query = (select(m.Job).where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now),
                                      m.Job.gpus <= gpus)
-                 .order_by(m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
+                 .order_by(running, m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
         with self.db.session() as s:
             # a job cancelled while its worker was dying will not be resumed: it is cancelled
             cancelled = s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
@@ -787,6 +802,11 @@ def _check_scheduling(priority: int, time_limit_s: float | None, gpus: int) -> N
 #: checkpoints and batch sizes (the rank is bounded by the projection budget, at submission).
 MAX_JOB_LENGTH, MAX_JOB_STEPS, MAX_JOB_EPOCHS, MAX_JOB_CHECKPOINTS, MAX_JOB_BATCH = 8192, 10_000_000, 1000, 100, 65_536
 MAX_JOB_ACCUMULATION = 1024
+#: The most numbers one training step of a job may hold for its adapter's backward pass: batch_size x max_length x
+#: the sum of (r + out_features) over its adapted layers (2**31: 8 GiB in float32). Each bound above held alone, but
+#: their product did not: r=65536, batch 64, length 512 grew a worker past 6 GB before one step ended, and a cancel
+#: waits for the step (an outsider's walk, session 44). A 7B model's q and v at r=1024, batch 8 of 512 tokens: 2**30.3.
+MAX_JOB_STEP_ELEMENTS = 2**31
 
 
 def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
@@ -799,8 +819,22 @@ def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
                                 MAX_JOB_ACCUMULATION),
                                ("training.eval_batch_size", args.eval_batch_size, MAX_JOB_BATCH)):
         if value > bound:
-            raise InvalidInput(f"{what}={value!r} is over what a job may ask of a worker ({bound:,}); ask for less, "
-                               "or train it yourself with `vera train`.")
+            raise InvalidInput(f"{what}={shown_number(value)} is over what a job may ask of a worker ({bound:,}); "
+                               "ask for less, or train it yourself with `vera train`.")
+
+
+def _check_step(tokens: int, per_token: int, batch: int, spec: TrainSpec) -> None:
+    """A training step of ``tokens`` (batch x max_length) whose adapted layers keep ``per_token`` numbers each for
+    the backward pass (r + out_features a layer) must fit MAX_JOB_STEP_ELEMENTS."""
+    if tokens * per_token > MAX_JOB_STEP_ELEMENTS:
+        most = max(MAX_JOB_STEP_ELEMENTS // (spec.max_length * per_token), 0)
+        raise InvalidInput(
+            f"One training step would hold {tokens * per_token:,} numbers for the adapter's backward pass "
+            f"({4 * tokens * per_token / 2**30:,.1f} GiB in float32: training.batch_size={batch} x max_length="
+            f"{spec.max_length} x {per_token:,}, the adapted layers' r + out_features); a job may ask at most "
+            f"{MAX_JOB_STEP_ELEMENTS:,} ({4 * MAX_JOB_STEP_ELEMENTS / 2**30:g} GiB) of a worker. Lower r, "
+            + (f"training.batch_size (at most {most} at this r and length) " if most else "")
+            + "or max_length, or train it yourself with `vera train`.")
 
 
 def _check_batch_split(args: TrainingArguments, gpus: int) -> None:

@@ -120,7 +120,7 @@ def _usage(s: Session, quotas: Quotas, owner: str, *, known: bool = False) -> Ow
     adapters, versions, stored = used(s, owner)
     quota = quotas.of(s, owner)
     return OwnerUsage(owner=owner, adapters=adapters, versions=versions, stored_bytes=stored,
-                      quota_bytes=quota.bytes, quota_from=quota.source,
+                      job_dataset_bytes=held_by_jobs(s, owner), quota_bytes=quota.bytes, quota_from=quota.source,
                       quota_set_by=quota.set.set_by if quota.set else None,
                       quota_set_at=quota.set.set_at if quota.set else None)
 

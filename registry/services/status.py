@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from registry.domain.errors import SchemaOutOfDate, StorageUnavailable
 from registry.domain.schemas import JOB_STATUSES, StoreCounts
@@ -44,6 +45,15 @@ class Status:
         (hosts, users and buckets stay there)."""
         return {"database": self._checked("database", self._database), "storage": self._checked("storage",
                                                                                                  self._storage)}
+
+    def refused_writes(self) -> str | None:
+        """Why the database takes no writes (Database.refuses_writes), or None; None too while it cannot be asked
+        (the readiness check says the database is away)."""
+        try:
+            return self.db.refuses_writes()
+        except SQLAlchemyError as exc:
+            log.debug("readiness: whether the database takes writes could not be asked: %s", exc)
+            return None
 
     def _database(self) -> None:
         with self.db.engine.connect() as conn:

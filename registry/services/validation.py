@@ -18,7 +18,7 @@ from registry.domain.schemas import (
     MAX_PROJECTION_ELEMENTS,
     check_text,
 )
-from registry.domain.words import counted
+from registry.domain.words import counted, shown_number
 from vera_core.errors import VeraConfigError
 from vera_core.keys import LAMBDA_B, LAMBDA_D, PROJECTION_KEYS, module_path
 from vera_core.patterns import require_linear
@@ -124,10 +124,11 @@ class ProjectionBudget:
     def check(self, spec: ProjectionSpec) -> None:
         """Refuse, before anything is allocated, a projection larger than the limit."""
         elements = spec.r * (spec.max_in + spec.max_out)
-        if elements > self.max_elements:
+        if elements > self.max_elements:  # (integers throughout: r=10**4000, which JSON can write, overflowed a float)
             raise InvalidInput(
-                f"The projection (r={spec.r}, max_in={spec.max_in}, max_out={spec.max_out}) holds {elements:,} "
-                f"numbers ({4 * elements / 2**20:,.0f} MiB); this registry generates at most {self.max_elements:,} "
+                f"The projection (r={shown_number(spec.r)}, max_in={spec.max_in}, max_out={spec.max_out}) holds "
+                f"{shown_number(elements, ',')} numbers ({shown_number(4 * elements // 2**20, ',')} MiB); this "
+                f"registry generates at most {self.max_elements:,} "
                 "(VERA_MAX_PROJECTION_ELEMENTS). Check the adapter's rank and target modules."
             )
 
@@ -140,12 +141,13 @@ class ProjectionBudget:
 
     @contextmanager
     def working(self) -> Iterator[None]:
-        """Hold one of the slots of costly work (a generation, a comparison's arithmetic, a LoRA export; Busy after
-        wait_s)."""
+        """Hold one of the slots of costly work (a generation, a comparison's arithmetic, a LoRA export, a job's
+        dataset read: a 53 MB CSV held 0.8 GB while it was, and parallel uploads added up, an outsider's walk of
+        session 44; Busy after wait_s)."""
         if not self._slots.acquire(timeout=self.wait_s):
             raise Busy("The registry is already doing as much costly work (generating projections, comparing "
-                       "versions, exporting LoRAs) as it allows at once; retry in a few seconds "
-                       "(VERA_CONCURRENT_GENERATIONS).")
+                       "versions, exporting LoRAs, reading fine-tune datasets) as it allows at once; retry in a few "
+                       "seconds (VERA_CONCURRENT_GENERATIONS).")
         try:
             yield
         finally:

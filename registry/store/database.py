@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -200,6 +201,28 @@ class Database:
         except SQLAlchemyError as exc:  # too damaged to be checked at all
             return [f"the check itself failed: {first_line(exc)}"]
         return [] if found == ["ok"] else [line for text in found for line in text.splitlines()][:100]
+
+    def refuses_writes(self) -> str | None:
+        """Why this database takes no writes although the registry was not told it is read-only, or None: a SQLite
+        file, or the folder where SQLite keeps its log beside it, that the process may not write (permissions, an
+        immutable file, a read-only mount); a PostgreSQL hot standby, or one whose default_transaction_read_only is
+        on. /ready and whoami said ``read_only: false`` there while every change was refused (an operator's walk,
+        session 43). One query on PostgreSQL; none on SQLite."""
+        if self.engine.dialect.name == "sqlite":
+            if self.engine.url.database in (None, "", ":memory:"):
+                return None
+            path = Path(self.engine.url.database)
+            if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
+                return "its SQLite file, or the folder it is in, is read-only to the registry's process"
+            return None
+        if self.engine.dialect.name != "postgresql":
+            return None
+        with self.engine.connect() as conn:
+            standby, read_only = conn.execute(text(
+                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')")).one()
+        if standby:
+            return "a PostgreSQL hot standby (in recovery): changes go to the primary"
+        return "PostgreSQL's default_transaction_read_only is on" if read_only == "on" else None
 
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:

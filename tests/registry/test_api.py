@@ -284,7 +284,7 @@ def test_a_missing_version_or_alias_is_said_with_those_there_are(clients: Client
 def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
     url, _ = local
     assert httpx.get(f"{url}/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"},
-                                                "read_only": False}
+                                                "read_only": False, "writes": "ok"}
     assert httpx.get(f"{url}/api/v1/adapters/nobody/nothing/versions/1").status_code == 404
     assert httpx.get(f"{url}/no/such/route").status_code == 404
     # the server's address says where things are (a bare 404: a newcomer's walk, session 40), each of them there

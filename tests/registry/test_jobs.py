@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from registry.domain.errors import Busy, Conflict, InvalidInput, NotFound, QuotaExceeded
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
+from registry.services.validation import ProjectionBudget
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import VERA, running_server
 
@@ -52,9 +53,20 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         # sizes a worker would allocate or spend (session 13's attack round: r=2**20 was a 201, ~8 GB on a worker)
         ({"demo": True, "r": 2**20}, None, "VERA_MAX_PROJECTION_ELEMENTS"),
         ({"demo": True, "r": 10**9}, None, "VERA_MAX_PROJECTION_ELEMENTS"),
+        # an integer JSON writes in 4,000 digits: an OverflowError (a 500), or echoed whole (session 44)
+        ({"demo": True, "r": 10**4000}, None,
+         r"^The projection \(r=100000000000\.\.\. \(an integer of 4,001 digits\), max_in=384, max_out=384\) holds "),
+        ({"demo": True, "training": {"max_steps": 10**4000}}, None,
+         r"^training\.max_steps=100000000000\.\.\. \(an integer of 4,001 digits\) is over what a job may ask"),
         ({"demo": True, "target_modules": ["nowhere"]}, None, "matched no module"),
         ({"demo": True, "target_modules": "(?!x).*query"}, None, "needs a backtracking regular expression"),
         ({"demo": True, "max_length": 10**9}, None, "max_length=1000000000 is over what a job may ask"),
+        # each bound held alone, their product did not: a worker grew past 6 GB in its first step (session 44)
+        ({"demo": True, "r": 65536, "max_length": 512, "training": {"batch_size": 64}}, None,
+         r"^One training step would hold 25,920,798,720 numbers for the adapter's backward pass "
+         r"\(96\.6 GiB in float32: training\.batch_size=64 x max_length=512 x 791,040, the adapted layers' r \+ "
+         r"out_features\); a job may ask at most 2,147,483,648 \(8 GiB\) of a worker\. Lower r, training\.batch_size "
+         r"\(at most 5 at this r and length\) or max_length"),
         ({"demo": True, "max_length": -1}, None, "max_length must be a positive number of tokens"),
         ({"demo": True, "seed": 10**30}, None, "seed must be an integer in"),
         ({"demo": True, "training": {"max_steps": 10**18}}, None, "training.max_steps=.* is over"),
@@ -107,6 +119,19 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=b'{"text": "a", "label": "x"}\n{"label": 1}\n',
                     dataset_name="rows.jsonl")
     assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
+
+
+def test_datasets_are_read_a_few_at_a_time(registry: Registry) -> None:
+    """A dataset's read holds one of the registry's slots of costly work (VERA_CONCURRENT_GENERATIONS): parallel
+    uploads of a 53 MB CSV each held 0.8 GB, with nothing bounding how many (an outsider's walk, session 44). One
+    that finds every slot taken past the wait is a Busy (503, retry), and stores nothing."""
+    budget = ProjectionBudget(concurrent=1, wait_s=0.05)
+    jobs = Jobs(Registry(registry.db, registry.blobs, budget=budget))
+    rows = b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"pn"[i % 2:i % 2 + 1]) for i in range(80))
+    with budget.working(), pytest.raises(Busy, match="reading fine-tune datasets"):
+        jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=rows)
+    assert jobs.list_jobs() == [] and list(registry.blobs.digests()) == []
+    assert jobs.submit({"data": "x"}, owner="ann", target="ann/x", dataset=rows).status == "queued"
 
 
 TOO_FEW = b"text,label\na,x\nb,y\n"  # two examples: no train/eval split
@@ -260,6 +285,48 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         yield url, database, root
 
 
+def test_a_long_log_is_read_a_page_at_a_time_and_filters_are_checked(server: tuple[str, str, Path]) -> None:
+    """GET .../events answers at most 1,000 events (``limit``: fewer), the client and `vera job logs` read on a page
+    at a time; one read built every event of a job that logged millions before (an outsider's walk, session 44).
+    An unknown ``kind`` or ``status`` is a 422 naming those there are (it answered an empty list, a typo read as an
+    empty queue)."""
+    from sqlalchemy import insert
+
+    from registry.store import models as m
+    from registry.store.database import Database
+
+    url, database, _ = server
+    with RegistryClient(url) as client:
+        job = client.submit_job("ann/long-log", DEMO)
+        client.cancel_job(job.id)  # (no worker takes it meanwhile)
+        db = Database(database)
+        with db.session() as s:
+            s.execute(insert(m.JobEvent), [{"job_id": job.id, "kind": "step" if i % 10 else "log",
+                                             "data": {"step": i, "loss": 1.0} if i % 10 else {"message": f"line {i}"}}
+                                            for i in range(2500)])
+        db.engine.dispose()
+        first = client.job_events(job.id)
+        assert len(first) == 1000 and first == sorted(first, key=lambda e: e.id)
+        assert len(client.job_events(job.id, after=first[-1].id, limit=10)) == 10
+        every = list(client.each_job_event(job.id))
+        assert len(every) == len({e.id for e in every}) > 2500  # and its own log lines (queued, cancelled)
+        assert len(list(client.each_job_event(job.id, pages=2))) == 2000
+        logs = [e for e in client.each_job_event(job.id, kind="log")]
+        assert len(logs) >= 250 and all(e.kind == "log" for e in logs)
+        events = f"{url}/api/v1/jobs/{job.id}/events"
+        for bad, said in (("limit=1001", "less than or equal to 1000"), ("limit=0", "greater than or equal to 1"),
+                          ("kind=steps", "'step', 'evaluate' or 'log'")):
+            answer = httpx.get(f"{events}?{bad}")
+            assert answer.status_code == 422 and said in answer.json()["detail"], answer.text
+        typo = httpx.get(f"{url}/api/v1/jobs?status=runing")
+        assert typo.status_code == 422 and "'queued', 'running', 'succeeded', 'failed' or 'cancelled'" in \
+            typo.json()["detail"], typo.text
+    printed = subprocess.run([str(VERA), "job", "logs", str(job.id), "--no-steps"], capture_output=True, text=True,
+                             timeout=120, check=False, env={**os.environ, "VERA_REGISTRY_URL": url})
+    assert printed.returncode == 0, printed.stderr
+    assert "line 2490" in printed.stdout and printed.stdout.count(" log ") >= 250  # past the first page
+
+
 def start_worker(database: str, storage: Path, lease_s: float = 60, log: Path | None = None) -> subprocess.Popen[str]:
     """`vera worker` on the test registry; its log (stderr) goes to ``log`` if given."""
     env = {**os.environ, "VERA_DATABASE_URL": database, "VERA_STORAGE_URL": str(storage),
@@ -393,6 +460,19 @@ def test_a_done_jobs_eval_loss_and_deleted_result_are_said_and_no_other_version_
     console.print(_job_table(gone))
     assert (f"publishes ann/result (the version it published was deleted since; `vera job logs {job.id}` names it)"
             in " ".join(console.export_text().split()))
+
+
+def test_users_take_the_workers_in_turn_whatever_their_priorities(registry: Registry) -> None:
+    """The user with the fewest jobs running goes first, then priority, then age: a user who queued jobs at priority
+    100 took every worker before anyone else's job (an outsider's walk, session 44); now they take turns."""
+    jobs = Jobs(registry)
+    flood = [jobs.submit(DEMO, owner="mallory", target=f"mallory/f{i}", priority=100, actor="mallory")
+             for i in range(3)]
+    alice = jobs.submit(DEMO, owner="alice", target="alice/one", actor="alice")
+    bob = [jobs.submit(DEMO, owner="bob", target=f"bob/b{i}", priority=-100, actor="bob") for i in range(2)]
+    order = [job.id for job in iter(lambda: jobs.claim("w"), None)]
+    # mallory's 100 wins among users with none running; then alice and bob, with none, before mallory's second
+    assert order == [flood[0].id, alice.id, bob[0].id, flood[1].id, bob[1].id, flood[2].id]
 
 
 def test_higher_priorities_are_claimed_first_then_the_oldest(registry: Registry) -> None:
@@ -891,7 +971,11 @@ def test_a_jobs_dataset_counts_against_the_quota_and_goes_when_the_job_ends(data
                                                 r"running jobs hold \(at least .*\) would take it over"):
             jobs.submit(spec, owner="ann", target="ann/b", dataset=second, dataset_name="b.csv")
         assert set(blobs.digests()) == stored and len(jobs.list_jobs()) == 1  # nothing stored, nothing queued
+        usage = registry.usage("ann", known=True)  # what the refusal counted is shown ("0 B stored" alone before)
+        assert (usage.stored_bytes, usage.job_dataset_bytes) == (0, len(first))
+        assert usage.summary().endswith(f", and {len(first) / 1e3:.1f} KB of datasets its queued jobs hold")
         jobs.cancel(job.id, actor="ann")
+        assert registry.usage("ann", known=True).job_dataset_bytes == 0
         assert list(blobs.digests()) == []  # the ended job's dataset: bytes and row
         with db.session() as s:
             assert s.get(m.Job, job.id).dataset_sha256 is None and s.query(m.Blob).count() == 0

@@ -65,7 +65,7 @@ def test_a_publish_over_the_quota_is_refused_and_stores_nothing(database_url: st
         assert registry.usage("ann").model_dump() == {"owner": "ann", "adapters": 1, "versions": 2,
                                                       "stored_bytes": 2 * size, "quota_bytes": 2 * size,
                                                       "quota_from": "VERA_OWNER_QUOTA_BYTES", "quota_set_by": None,
-                                                      "quota_set_at": None}
+                                                      "quota_set_at": None, "job_dataset_bytes": 0}
         with pytest.raises(QuotaExceeded, match=r"ann stores .* of its .* quota; the adapter job ann/z would publish "
                                                 r"\(at least .* KB\) would take it over"):
             Jobs(registry).submit({"demo": True, "r": 16}, owner="ann", target="ann/z")
@@ -244,7 +244,7 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
         assert alice.usage("alice").model_dump() == {"owner": "alice", "adapters": 1, "versions": 1,
                                                      "stored_bytes": size, "quota_bytes": size,
                                                      "quota_from": "VERA_OWNER_QUOTA_BYTES", "quota_set_by": None,
-                                                     "quota_set_at": None}
+                                                     "quota_set_at": None, "job_dataset_bytes": 0}
         assert bob.usage("acme").quota_bytes == 3 * size and bob.usage("acme").versions == 2  # a member reads it
         with pytest.raises(NotFound, match="No owner 'alice' that you belong to"):
             bob.usage("alice")

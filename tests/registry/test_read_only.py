@@ -34,6 +34,7 @@ from sqlalchemy import select, text
 from registry.api import create_app
 from registry.api.deps import ApiOptions
 from registry.api.gate import READ_ONLY_SAFE, read_only_safe
+from registry.api.metrics import READY_TTL_S
 from registry.bootstrap import open_registry
 from registry.client import RegistryClient
 from registry.domain.errors import ReadOnly
@@ -45,7 +46,7 @@ from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.conftest import PG_ADMIN
+from tests.registry.conftest import PG_ADMIN, fresh_postgres
 from tests.registry.servers import VERA_COMMAND, free_port, in_thread, issued_tokens, running_server, running_vera
 from vera_core.lora import LoraExport
 
@@ -304,7 +305,7 @@ def test_every_read_answers_what_the_primary_stored(replica: Replica) -> None:
         assert moved.status_code == 404 and moved.headers["X-Vera-Moved-To"] == "bob/other"
         assert http.get("/health").json() == {"status": "ok"}
         assert http.get("/ready").json() == {"ready": True, "checks": {"database": "ok", "storage": "ok"},
-                                             "read_only": True}
+                                             "read_only": True, "writes": "refused: VERA_READ_ONLY"}
         assert "vera_versions 4.0" in http.get("/metrics").text
         head = http.head("/api/v1/adapters/alice/m/versions/1/files")
         assert head.status_code == 200 and head.headers["X-Vera-Version"] == "alice/m:1"
@@ -389,6 +390,58 @@ def test_a_database_that_refuses_writes_answers_503_read_only(database_url: str,
             assert http.get("/api/v1/adapters/alice/m").json()["aliases"] == {"latest": 1}
     finally:
         standby.engine.dispose()
+
+
+def _takes_writes(http: httpx.Client) -> tuple[bool, str, bool]:
+    """(/ready's read_only, its writes, whoami's read_only)."""
+    ready = http.get("/ready").json()
+    return ready["read_only"], ready["writes"], http.get("/api/v1/whoami").json()["read_only"]
+
+
+def test_ready_and_whoami_say_a_database_that_refuses_writes_is_read_only(tmp_path: Path) -> None:
+    """A registry not told it is read-only, over a database that takes no writes: /ready and whoami said
+    ``read_only: false`` while every change was refused (an operator's walk, session 43). Now they say true, and
+    /ready's ``writes`` why: a PostgreSQL database whose default_transaction_read_only is on (as a hot standby
+    refuses), a SQLite file made immutable (as root, whom permissions do not stop; chattr +i)."""
+    blobs = FsspecBlobStore(str(tmp_path / "blobs"))
+    with fresh_postgres() as url:
+        db = Database(url)
+        db.upgrade()
+        try:
+            with in_thread(create_app(Registry(db, blobs), ApiOptions(require_tokens=False))) as base, \
+                    httpx.Client(base_url=base) as http:
+                assert _takes_writes(http) == (False, "ok", False)
+                with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                    admin.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET default_transaction_read_only = on')
+                db.engine.dispose()  # (new connections take the setting)
+                time.sleep(READY_TTL_S)
+                assert _takes_writes(http) == (True, "refused: PostgreSQL's default_transaction_read_only is on", True)
+                refused = http.put("/api/v1/orgs/acme/members/ann", json={"role": "read"})
+                assert refused.status_code in (404, 503)  # (no such organisation, or the write refused: never a 500)
+        finally:
+            db.engine.dispose()
+    path = tmp_path / "sqlite" / "registry.db"
+    path.parent.mkdir()
+    made = Database(f"sqlite:///{path}")
+    made.upgrade()
+    made.close()
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        db = Database(f"sqlite:///{path}")
+        with in_thread(create_app(Registry(db, blobs), ApiOptions(require_tokens=False))) as base, \
+                httpx.Client(base_url=base) as http:
+            said = "refused: its SQLite file, or the folder it is in, is read-only to the registry's process"
+            assert _takes_writes(http) == (True, said, True)
+            answer = http.post("/api/v1/orgs", json={"name": "acme"})
+            assert (answer.status_code, answer.json()["type"]) == (503, "/problems/read_only"), answer.text
+        db.engine.dispose()
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    with in_thread(create_app(Registry(db := Database(f"sqlite:///{path}"), blobs), ApiOptions(
+            require_tokens=False, read_only=True))) as base, httpx.Client(base_url=base) as http:
+        assert _takes_writes(http) == (True, "refused: VERA_READ_ONLY", True)
+    db.engine.dispose()
 
 
 def test_a_read_only_registry_builds_a_damaged_form_again_in_its_own_folder(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ class RenameBody(BaseModel):
 
 
 @router.get("/whoami", response_model=WhoAmI)
-def whoami(caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
+def whoami(request: Request, caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
     """The caller: its user, scopes, organisations and token (anonymous where the registry allows it), whether the
     registry takes changes at all (``read_only``), and how many invitations to organisations wait for its answer."""
     who = authorize(caller, options, "read") if caller is None else caller
@@ -118,7 +118,8 @@ def whoami(caller: Caller, options: Options, registry: RegistryDep) -> WhoAmI:
     return WhoAmI(user=who.owner, anonymous=anonymous, scopes=sorted(who.scopes),
                   organizations=dict(sorted(who.roles.items())), token_id=who.token_id,
                   limited_to=sorted(who.limited_to) if who.limited_to is not None else None,
-                  expires_at=who.expires_at, read_only=options.read_only,
+                  expires_at=who.expires_at,
+                  read_only=options.read_only or request.app.state.refused_writes.get() is not None,
                   pending_invitations=None if anonymous else registry.access.pending_invitations(who),
                   max_token_days=options.max_token_days, local=who.local)
 

@@ -33,10 +33,14 @@ def health() -> dict[str, str]:
                                        "content": {"application/json": {}}}})
 def ready(request: Request) -> JSONResponse:
     """Whether the registry can serve (``ready``, and each check), and whether it takes changes: ``read_only`` true
-    on a read-only registry (VERA_READ_ONLY), ready when it can read (its storage need not be writable)."""
+    on a read-only registry (VERA_READ_ONLY) and over a database that refuses writes (``writes`` says why: a hot
+    standby, a SQLite file the process may not write), ready when it can read (its storage need not be writable)."""
     checks = request.app.state.readiness.get()  # at most one check a second (READY_TTL_S), whoever asks
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"ready": ok, "checks": checks, "read_only": request.app.state.options.read_only},
+    refused = request.app.state.refused_writes.get()
+    writes = "refused: VERA_READ_ONLY" if request.app.state.options.read_only else f"refused: {refused}" if refused \
+        else "ok"
+    return JSONResponse({"ready": ok, "checks": checks, "read_only": writes != "ok", "writes": writes},
                         status_code=200 if ok else 503)
 
 

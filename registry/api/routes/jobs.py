@@ -16,12 +16,15 @@ from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
 from registry.domain.schemas import (
+    JOB_EVENT_PAGE,
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
     UPLOAD_PREFIX,
     JobEventInfo,
+    JobEventKind,
     JobInfo,
+    JobStatus,
     Ref,
     json_object,
     tags_field,
@@ -74,7 +77,7 @@ async def submit_job(
 
 
 @router.get("", response_model=list[JobInfo])
-def list_jobs(who: Reader, jobs: JobsDep, owner: str | None = None, status: str | None = None,
+def list_jobs(who: Reader, jobs: JobsDep, owner: str | None = None, status: JobStatus | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobInfo]:
     return jobs.list_jobs(owner=owner, status=status, limit=limit, viewer=who)
 
@@ -86,8 +89,12 @@ def get_job(who: Reader, jobs: JobsDep, job_id: RowId) -> JobInfo:
 
 @router.get("/{job_id}/events", response_model=list[JobEventInfo])
 def job_events(who: Reader, jobs: JobsDep, job_id: RowId, after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-               kind: str | None = None) -> list[JobEventInfo]:
-    return jobs.events(job_id, after=after, kind=kind, viewer=who)
+               kind: JobEventKind | None = None,
+               limit: Annotated[int, Query(ge=1, le=JOB_EVENT_PAGE)] = JOB_EVENT_PAGE) -> list[JobEventInfo]:
+    """The job's events after event id ``after``, oldest first, at most ``limit`` (1,000: a longer log is read a
+    page at a time, ``after`` the last id read, as `vera job logs` does)."""
+    # (one read answered every event until session 44: millions for a job that logs each of millions of steps)
+    return jobs.events(job_id, after=after, kind=kind, limit=limit, viewer=who)
 
 
 @router.post("/{job_id}/cancel", response_model=JobInfo)
