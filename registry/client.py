@@ -1043,8 +1043,8 @@ class RegistryClient:
             items = answer.json()
             yield from items
             following = dict(parse_qsl(urlsplit(answer.links.get("next", {}).get("url", "")).query))
-            if not items or not following or following == params:  # (nothing more, or no step forward)
-                return
+            if not items or following.get("after", "") <= params.get("after", ""):  # nothing more, or no step on
+                return  # (pages are by name: a next page that does not start further on would never end)
             params = following
 
     def organizations(self) -> list[OrganizationInfo]:

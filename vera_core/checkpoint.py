@@ -85,7 +85,7 @@ class AdapterFiles:
 
 def _read_json(path: Path) -> dict[str, object]:
     try:
-        data = parse_json(path.read_bytes())
+        data = parse_json(path.read_bytes(), keys_once=True)
     except OSError as exc:
         raise AdapterFormatError(f"{path} cannot be read ({exc}); expected PEFT's adapter_config.json.") from exc
     except JSONTextError as exc:

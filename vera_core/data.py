@@ -147,7 +147,7 @@ def _shown(value: object) -> str:
 
 def _json_line(file: Path, number: int, line: str) -> Any:
     try:
-        return parse_json(line)
+        return parse_json(line, keys_once=True)
     except JSONTextError as exc:
         raise DatasetError(f"{file}:{number} {exc}; expected a flat JSON object per line (text and label).") from None
 
@@ -169,7 +169,27 @@ def _read_rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
     return _csv_rows(file, text) if suffix == ".csv" else _jsonl_rows(file, text)
 
 
+def _unclosed_quote(text: str) -> int | None:
+    """The line where a quoted field opens that never closes, or None: csv reads such a field on to the end of the
+    file, where its row looks whole (a label holding every later line, "too few examples") or has too few fields at
+    the last line, none of which named the quote (a re-check's findings, session 44). Only the strict reader tells
+    an end of data inside quotes; any other error of its (a stray quote csv reads leniently) leaves the file to the
+    lenient reading."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    last = 0
+    try:
+        for _ in reader:
+            last = reader.line_num
+    except csv.Error as exc:
+        return last + 1 if "unexpected end of data" in str(exc) else None
+    return None
+
+
 def _csv_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    if (opened := _unclosed_quote(text)) is not None:
+        raise DatasetError(f"{file}:{opened} opens a quoted field ('\"') that never closes: the rest of the file was "
+                           "read into it. Close the quote (a quote inside a quoted field is written twice, \"\"), or "
+                           "remove it.")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
     try:

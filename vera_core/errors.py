@@ -68,14 +68,19 @@ class NonFiniteLossError(VeraError, FloatingPointError):
     (vera_core.numerics finds it)."""
 
 
-def parse_json(text: str | bytes) -> Any:
+def parse_json(text: str | bytes, *, keys_once: bool = False) -> Any:
     """``json.loads`` for text a caller, a file or another server sent: every way it fails is one JSONTextError (a
     ValueError) saying why, for the caller to name the text and say what it expected. The one reader of untrusted
     JSON: ``json.loads`` alone raises RecursionError for nesting deeper than the parser goes (about a thousand
     levels), which code catching ValueError lets through as a crash (a 500 on a server), and a bare ValueError for
-    an integer of more digits than Python converts (``sys.get_int_max_str_digits``)."""
+    an integer of more digits than Python converts (``sys.get_int_max_str_digits``). ``keys_once``: an object that
+    gives a key twice is a JSONTextError too, not one of its values dropped unsaid (an adapter's config, a dataset's
+    rows: a re-check's finding, session 44, as the registry refuses such request bodies)."""
     try:  # bytes: UTF-8 (RFC 8259), a leading byte-order mark allowed; json.loads alone would guess UTF-16 or -32
-        return json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text)
+        decoded = text.decode("utf-8-sig") if isinstance(text, bytes) else text
+        return json.loads(decoded, object_pairs_hook=_each_key_once) if keys_once else json.loads(decoded)
+    except _KeyTwice as exc:
+        raise JSONTextError(f"gives the key {str(exc)[:64]!r} more than once in an object") from None
     except RecursionError:
         raise JSONTextError("nests too deeply (arrays or objects over about a thousand levels deep)") from None
     except UnicodeDecodeError as exc:
@@ -84,6 +89,19 @@ def parse_json(text: str | bytes) -> Any:
         raise JSONTextError(f"is not JSON ({exc})") from None
     except ValueError:
         raise JSONTextError(f"holds an integer of over {sys.get_int_max_str_digits():,} digits") from None
+
+
+class _KeyTwice(Exception):
+    """An object's key given twice (its name: the message); parse_json's."""
+
+
+def _each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _KeyTwice(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def not_unicode(value: Any) -> str | None:

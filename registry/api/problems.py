@@ -14,7 +14,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.domain.errors import EntryNotFound, RateLimited, ReadOnly, RegistryError, RevisionNotFound, status_of
+from registry.domain.errors import (
+    EntryNotFound,
+    RateLimited,
+    ReadOnly,
+    RegistryError,
+    RevisionNotFound,
+    damaged_sqlite,
+    status_of,
+)
 from registry.logs import first_line
 from registry.store.database import refused_write
 from vera_core.errors import JSONTextError, parse_json
@@ -25,6 +33,9 @@ DATABASE_RETRY_AFTER_S = 2
 #: What a read-only registry's refusal asks clients to wait: long, since waiting does not make a replica take changes
 #: (the registry's client reports a 503 whose Retry-After is over 10 s at once instead of retrying).
 READ_ONLY_RETRY_AFTER_S = 3600
+
+#: The most problems of one request's validation a refusal names (the count of the rest is said).
+MAX_SAID = 20
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method not allowed",
           408: "Request timeout", 409: "Conflict", 413: "Content Too Large", 416: "Range not satisfiable",
@@ -132,7 +143,10 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # each once: a path parameter that a dependency reads too is checked twice (a webhook's id said its error
         # twice: an outsider's finding, session 43)
-        details = "; ".join(dict.fromkeys(f"{_where(e)}: {_message(e)}" for e in exc.errors()))
+        said = list(dict.fromkeys(f"{_where(e)}: {_message(e)}" for e in exc.errors()))
+        # at most MAX_SAID of them: a body of 70,000 unknown keys was answered with a 3 MB list (a re-check, session 44)
+        details = "; ".join(said[:MAX_SAID]) + (f"; and {len(said) - MAX_SAID:,} more like them" if len(said) >
+                                                MAX_SAID else "")
         sent = request.headers.get("content-type", "")
         if any(tuple(e["loc"]) == ("body",) for e in exc.errors()) and "json" not in sent:
             # e.g. `curl -d '{...}'`, which sends application/x-www-form-urlencoded: the JSON was never read
@@ -221,7 +235,7 @@ def database_problem(exc: Exception, method: str, path: str) -> JSONResponse:
                            "changed. Reads go on.", path)
         response.headers["Retry-After"] = str(READ_ONLY_RETRY_AFTER_S)
         return response
-    if _sqlite_error(exc) in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+    if damaged_sqlite(exc):
         log.error(f"the database is damaged ({method} {path}): {first_line(exc)}; restore it from a backup "
                   "(`vera fsck` checks it; docs/guide.md, \"Back up and upgrade the registry\")")
         return problem(500, "database_damaged", "The registry's database file is damaged (SQLite finds it "

@@ -32,7 +32,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import JsonOutput, print_json
 from registry.cli.run import run_api
-from registry.domain.errors import InvalidInput, ReadOnly
+from registry.domain.errors import InvalidInput, ReadOnly, damaged_sqlite
 from registry.domain.schemas import GC_GRACE_S
 from registry.domain.words import counted
 
@@ -252,8 +252,20 @@ def db_status(database_url: DatabaseUrl = None) -> None:
         console.print(f"current: none (there is no database file at {absent}); head: {head_revision()}; check the "
                       "path, or run `vera db upgrade` (or `vera up`) to make a new registry there")
         check_failed()
+    from sqlalchemy.exc import DatabaseError
+
+    from registry.logs import first_line
+
     db = _database(database_url)
-    current, head = db.current_revision(), db.head_revision()
+    head = db.head_revision()
+    try:
+        current = db.current_revision()
+    except DatabaseError as exc:  # not even its revision reads: a check that found a problem (3), not a failure (1)
+        if not damaged_sqlite(exc):
+            raise
+        console.print(f"current: unreadable; head: {head}; the file is damaged ({first_line(exc)}): restore the "
+                      "newest good backup (docs/guide.md, \"Back up and upgrade the registry\")")
+        check_failed()
     if current is not None and not db.knows(current):
         state = "newer than this release: run the release that upgraded it"
     else:

@@ -16,7 +16,7 @@ from rich.segment import Segment
 from rich.text import Text
 
 from registry.client import RegistryClient
-from registry.domain.errors import InvalidInput, RegistryError
+from registry.domain.errors import InvalidInput, RegistryError, damaged_sqlite
 from registry.domain.schemas import (
     LINE_AND_BIDI_CONTROLS,
     check_params,
@@ -127,7 +127,7 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             # the database refused or dropped the connection (sqlalchemy, not imported here: `vera ls` needs none)
             if type(exc).__module__ != "sqlalchemy.exc":
                 raise
-            if getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            if damaged_sqlite(exc):
                 # a damaged file: a traceback before (an operator's walk, session 43)
                 fail(RegistryError(f"The registry database is damaged: {first_line(exc)}. Stop the registry and "
                                    "restore the newest good backup (docs/guide.md, \"Back up and upgrade the "

@@ -221,3 +221,11 @@ class Problems:
 def problems_of(exc: RegistryError) -> list[str]:
     """The messages of the problems ``exc`` stands for: one, or those Problems gathered into it."""
     return list(exc.problems) if exc.problems else [str(exc)]
+
+
+def damaged_sqlite(exc: BaseException) -> bool:
+    """Whether a database error (SQLAlchemy's, whose ``orig`` is the driver's) is SQLite finding its file damaged:
+    SQLITE_CORRUPT (a page that does not read) or SQLITE_NOTADB (no database header at all). The API's 500
+    database_damaged, the CLI's one line and `vera db status`'s exit 3 (this module imports no SQLAlchemy: the CLI
+    does not load it for commands that need no database)."""
+    return getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB")

@@ -4,6 +4,7 @@ back from words ("50GB"), and a trusted publisher's CI run in words."""
 from __future__ import annotations
 
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,13 @@ def shown_number(value: object, spec: str = "") -> str:
     """A number as a message says it (``spec``: its format, e.g. ","), or, past 30 digits, its first ones and how
     many there are: JSON writes integers of thousands of digits, and a refusal echoed all 4,000 of one (an
     outsider's walk, session 44)."""
-    text = format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
-    digits = sum(c.isdigit() for c in text)
-    return text if digits <= 30 else f"{text[:12]}... (an integer of {len(str(value).lstrip('-')):,} digits)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 99:  # (2**99: 30 digits)
+        try:
+            text = str(value)
+        except ValueError:  # past sys.get_int_max_str_digits (4,300): Python refuses to write it at all
+            return f"an integer of over {sys.get_int_max_str_digits():,} digits"
+        return f"{text[:12]}... (an integer of {len(text.lstrip('-')):,} digits)"
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
 
 
 def size(n: int) -> str:

@@ -145,7 +145,8 @@ class Jobs:
             time_limit_s = self._time_limit(time_limit_s)
         ref = problems.value(lambda: _publish_target(target, owner))
         labels = result_labels(tags, description, properties, problems)
-        if not problems.passed(lambda: check_json(spec, "spec", max_bytes=1 << 16)):
+        if not problems.passed(lambda: check_json(spec, "spec", max_bytes=1 << 16)) \
+                or not problems.passed(lambda: _check_integers(spec, "spec")):
             problems.raise_found()  # the rest reads the spec
         spec = dict(spec)
         base_allowed = self._check_fields(spec, problems)
@@ -821,6 +822,21 @@ def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
         if value > bound:
             raise InvalidInput(f"{what}={shown_number(value)} is over what a job may ask of a worker ({bound:,}); "
                                "ask for less, or train it yourself with `vera train`.")
+
+
+def _check_integers(value: Any, where: str) -> None:
+    """Every integer of a spec is below 2**64 (a seed or a projection key at most: no setting needs more). Each
+    field's own check echoed a 4,000-digit one whole, or said Python's "Exceeds the limit (4300 digits) for integer
+    string conversion", and some fields queued it (a re-check's findings, session 44)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**64:
+        raise InvalidInput(f"{where} is {shown_number(value)}; a job's settings are integers below 2**64 "
+                           f"({2**64:,}): give a smaller number.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_integers(item, f"{where}.{str(key)[:64]}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_integers(item, f"{where}[{index}]")
 
 
 def _check_step(tokens: int, per_token: int, batch: int, spec: TrainSpec) -> None:

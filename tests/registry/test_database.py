@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 from contextlib import AbstractContextManager
@@ -344,8 +345,16 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
         assert list((tmp_path / "backups").iterdir()) == []  # nothing, not even the partial file
         status = vera_in(damaged, "db", "status")  # it said "up to date" when the revision still read (session 43)
         said = " ".join((status.stdout + status.stderr).split())
-        assert status.returncode in (1, 3) and "damaged" in said and "up to date" not in said, said
+        assert status.returncode == 3 and "damaged" in said and "up to date" not in said, said
         assert "Traceback" not in said
+    header = tmp_path / "no-header"  # not even SQLite's header reads (SQLITE_NOTADB): a check's 3 too, not a 1
+    header.mkdir()
+    shutil.copy(damaged / "registry.db", header / "registry.db")
+    with (header / "registry.db").open("r+b") as file:
+        file.write(b"\xa5" * 16)
+    status = vera_in(header, "db", "status")
+    said = " ".join((status.stdout + status.stderr).split())
+    assert status.returncode == 3 and "current: unreadable" in said and "the file is damaged" in said, said
 
 
 def adapters_in(path: Path) -> list[str]:

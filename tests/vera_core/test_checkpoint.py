@@ -85,8 +85,12 @@ def test_pickles_are_never_loaded(tmp_path: Path) -> None:
         (lambda d: (d / "adapter_config.json").write_text(json.dumps({"peft_type": "VERA", "r": -1})),
          "r must be a positive integer"),
         (lambda d: (d / "adapter_config.json").unlink(), "has no adapter_config.json"),
+        # r given twice: the last one was read, unsaid (a re-check, session 44; PEFT's reader keeps it too)
+        (lambda d: (d / "adapter_config.json").write_text(
+            (d / "adapter_config.json").read_text().replace('"r": ', '"r": 1, "r": ', 1)),
+         r"adapter_config.json gives the key 'r' more than once in an object; expected PEFT's adapter_config.json"),
     ],
-    ids=["bad-safetensors", "bad-json", "lora", "bad-r", "no-config"],
+    ids=["bad-safetensors", "bad-json", "lora", "bad-r", "no-config", "r-twice"],
 )
 def test_malformed_adapters_are_refused_clearly(tmp_path: Path, mutate: object, message: str) -> None:
     save_adapter(trained(), tmp_path / "a")

@@ -63,9 +63,14 @@ def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:
                                                                                r"be a string or a number; found \[1\]"),
      ("d.csv", "text,label\na,1\nb\n", r"d.csv:3 has fewer fields than the header's 2; expected 2 comma-separated"),
      ("d.csv", "text,label\na,1\nb,2,3\n", r"d.csv:3 has more fields than the header's 2"),
-     # a quote that never closes: it was told as the last line's fault, "d.csv:5 has fewer fields" (session 44)
-     ("d.csv", 'text,label\na,1\n"b,2\nc,1\nd,2\n', r"d\.csv:3 opens a quoted field \('\"'\) that runs on to line 5 "
-                                                  r"\(its quote closes there, or never\)"),
+     ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n',
+      r"d\.jsonl:2 gives the key 'label' more than once in an object; expected a flat JSON object per line"),
+     # a quote that never closes: it was told as the last line's fault, "d.csv:5 has fewer fields", or read a
+     # label that held every later line, or too few examples (session 44)
+     ("d.csv", 'text,label\na,1\nb,"1\nc,1\nd,2\ne,1\n', r"d\.csv:3 opens a quoted field \('\"'\) that never closes"),
+     ("d.csv", 'text,label\na,1\nb,2\n"tail,1\n', r"d\.csv:4 opens a quoted field \('\"'\) that never closes"),
+     ("d.csv", 'text,label\na,1\n"b,2\nc",1,3\nd,2\n', r"d\.csv:3 opens a quoted field \('\"'\) that runs on to "
+                                                      r"line 4 \(its quote closes there, or never\)"),
      ("d.csv", "", "holds no examples"),
      # a missing label was a class of its own (named "" or "nan"), and of two columns named alike csv kept the last
      # (an outsider's re-check, session 33)

@@ -29,6 +29,11 @@ def test_json_that_is_fine_reads_as_json_does() -> None:
     while deep:
         deep, levels = deep[0], levels + 1
     assert levels == 100
+    # a key given twice: the last value, as json.loads reads it, unless each key must come once
+    assert parse_json('{"a": 1, "a": 2}') == {"a": 2}
+    assert parse_json('{"a": {"b": 1}, "b": 2}', keys_once=True) == {"a": {"b": 1}, "b": 2}
+    with pytest.raises(JSONTextError, match=r"^gives the key 'b' more than once in an object$"):
+        parse_json('{"a": {"b": 1, "b": 2}}', keys_once=True)
     # bytes are UTF-8 (RFC 8259): json.loads alone would guess UTF-16 from these and read them
     with pytest.raises(JSONTextError, match="is not UTF-8 text"):
         parse_json('{"a": 1}'.encode("utf-16"))
