@@ -58,11 +58,14 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "r": 10**4000}, None,
          r"^spec\.r is 100000000000\.\.\. \(an integer of 4,001 digits\); a job's settings are integers below 2\*\*64 "
          r"\(18,446,744,073,709,551,616\): give a smaller number\.$"),
-        ({"demo": True, "training": {"max_steps": 10**4000}}, None, r"^spec\.training\.max_steps is 100000000000\.\.\."),
+        ({"demo": True, "training": {"max_steps": 10**4000}}, None,
+         r"^spec\.training\.max_steps is 100000000000\.\.\."),
         ({"demo": True, "seed": -(10**40)}, None, r"^spec\.seed is -10000000000\.\.\. \(an integer of 41 digits\)"),
         ({"demo": True, "max_eval_examples": 10**4300 * 5}, None,
-         r"^spec must be JSON of finite numbers, strings, lists and objects: it holds an integer of over 4,300 digits$"),
-        ({"demo": True, "target_modules": ["query", 2**64]}, None, r"^spec\.target_modules\[1\] is 18446744073709551616;"),
+         r"^spec must be JSON of finite numbers, strings, lists and objects: it holds an integer of over 4,300 "
+         r"digits$"),
+        ({"demo": True, "target_modules": ["query", 2**64]}, None,
+         r"^spec\.target_modules\[1\] is 18446744073709551616;"),
         ({"demo": True, "target_modules": ["nowhere"]}, None, "matched no module"),
         ({"demo": True, "target_modules": "(?!x).*query"}, None, "needs a backtracking regular expression"),
         ({"demo": True, "max_length": 10**9}, None, "max_length=1000000000 is over what a job may ask"),
