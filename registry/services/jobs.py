@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, false, func, or_, select, true, update
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound, Problems, QuotaExceeded
@@ -408,15 +408,7 @@ class Jobs:
         orders one user's own jobs, and those of users with as many running (an outsider's walk, session 44)."""
         now = datetime.now(UTC)
         stale = (m.Job.status == "running") & (m.Job.heartbeat_at < now - self.lease)
-        other = aliased(m.Job)
-        running = (select(func.count()).select_from(other)
-                   .where(other.status == "running",
-                          func.coalesce(other.requested_by, other.owner) == func.coalesce(m.Job.requested_by,
-                                                                                          m.Job.owner))
-                   .correlate(m.Job).scalar_subquery())
-        query = (select(m.Job).where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now),
-                                     m.Job.gpus <= gpus)
-                 .order_by(running, m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
+        query = next_claim(now, gpus)
         with self.db.session() as s:
             # a job cancelled while its worker was dying will not be resumed: it is cancelled
             cancelled = s.execute(update(m.Job).where(stale, m.Job.cancel_requested.is_(True))
@@ -426,7 +418,7 @@ class Jobs:
             # the UPDATE above also takes SQLite's write lock first, so that two claims there serialise
             locking = self.db.engine.dialect.name == "postgresql"
             self._requeue_lost(s, stale, now, locking)
-            job = s.scalar(query.with_for_update(skip_locked=True) if locking else query)
+            job = s.scalar(query.with_for_update(skip_locked=True, of=m.Job) if locking else query)
             if job is None:
                 return None
             if job.attempts:
@@ -822,6 +814,21 @@ def _check_sizes(checked: TrainSpec, args: TrainingArguments) -> None:
         if value > bound:
             raise InvalidInput(f"{what}={shown_number(value)} is over what a job may ask of a worker ({bound:,}); "
                                "ask for less, or train it yourself with `vera train`.")
+
+
+def next_claim(now: datetime, gpus: int) -> Select[m.Job]:
+    """The query of the job a worker with ``gpus`` claims next (Jobs.claim): a queued job it can run, of the user
+    with the fewest jobs running (a job's user: who asked for it, else its owner), of highest priority among
+    theirs, the oldest among equals (bench/job_claims.py measures it against the order by priority alone)."""
+    other = aliased(m.Job)  # each user's running jobs, counted once (one pass, not one count a queued job)
+    user = func.coalesce(other.requested_by, other.owner)
+    running = (select(user.label("user"), func.count().label("jobs")).where(other.status == "running")
+               .group_by(user).subquery())
+    return (select(m.Job)
+            .outerjoin(running, running.c.user == func.coalesce(m.Job.requested_by, m.Job.owner))
+            .where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now),
+                   m.Job.gpus <= gpus)
+            .order_by(func.coalesce(running.c.jobs, 0), m.Job.priority.desc(), m.Job.created_at, m.Job.id).limit(1))
 
 
 def _check_integers(value: Any, where: str) -> None:
