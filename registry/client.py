@@ -1038,13 +1038,15 @@ class RegistryClient:
         (GET /orgs and /invitations; a registry before 2026-12-06 answers all at once, with none). Only the next
         page's query is taken from the header: a link elsewhere is not followed (nor sent the token)."""
         params: dict[str, str] = {}
+        asked: set[str] = set()  # (the pages' starts, in the database's order, which may not be Python's)
         while True:
             answer = self._request("GET", path, params=params)
             items = answer.json()
             yield from items
             following = dict(parse_qsl(urlsplit(answer.links.get("next", {}).get("url", "")).query))
-            if not items or following.get("after", "") <= params.get("after", ""):  # nothing more, or no step on
-                return  # (pages are by name: a next page that does not start further on would never end)
+            if not items or "after" not in following or following["after"] in asked:
+                return  # nothing more, or a page asked before: a server that sent it round again would never end
+            asked.add(following["after"])
             params = following
 
     def organizations(self) -> list[OrganizationInfo]:

@@ -252,3 +252,26 @@ def test_an_error_answer_of_any_body_is_a_registry_error_not_a_traceback(hostile
     url = hostile({"/api/v1/whoami": failing})
     with RegistryClient(url, cache=False, retries=0) as client, pytest.raises(RegistryError, match="HTTP 500"):
         client.whoami()
+
+
+def test_pages_that_go_round_or_elsewhere_end(hostile: Any) -> None:
+    """The client follows GET /orgs's `Link` to the next page only by its query, and stops at a page asked before: a
+    server sending it round A -> B -> A read for ever; one naming another host gets no request (nor the token)."""
+    asked: list[str] = []
+
+    def organisations(handler: http.server.BaseHTTPRequestHandler) -> None:
+        asked.append(handler.path)
+        after = "b" if "after=a" in handler.path else "a"  # a, then b, then a again ...
+        data = json.dumps([{"name": f"org-{len(asked)}", "description": "", "created_by": "ann",
+                            "created_at": "2026-12-06T00:00:00Z", "members": []}]).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Link", f'<http://elsewhere.invalid/api/v1/orgs?after={after}&limit=1>; rel="next"')
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    url = hostile({"/api/v1/orgs": organisations})
+    with RegistryClient(url, "vera_secret", cache=False, retries=0) as client:
+        assert [o.name for o in client.organizations()] == ["org-1", "org-2", "org-3"]
+    assert asked == ["/api/v1/orgs", "/api/v1/orgs?after=a&limit=1", "/api/v1/orgs?after=b&limit=1"]
