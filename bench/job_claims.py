@@ -1,8 +1,9 @@
-"""What a worker's claim costs since users take the workers in turn (session 44): the query of the next job,
-registry.services.jobs.next_claim (ordered by the user's running jobs, then priority, then age), against the order
-by priority and age alone that it replaced, on the same queue, rounds alternated. The queue: ``--queued`` jobs of
-``--users`` users at random priorities, with 0, then ``--running`` of them running (spread over the users), on
-SQLite or the local PostgreSQL. Both queries must pick a job (which one differs: that is the change).
+"""What a worker's claim costs since users take the workers in turn (session 44): the reads of the next job,
+registry.services.jobs.running_by_user then next_claim (ordered by the user's running jobs, then priority, then
+age), against the order by priority and age alone that they replaced, on the same queue, rounds alternated. The
+queue: ``--queued`` jobs of ``--users`` users at random priorities, with 0, then ``--running`` of them running
+(spread over the users), on SQLite or the local PostgreSQL. Both must pick a job (which one differs: that is the
+change).
 
     .venv/bin/python bench/job_claims.py [--queued 10000] [--users 100] [--running 50,500] [--rounds 5]
         [--database sqlite|postgresql]
@@ -23,15 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import insert, or_, select, update  # noqa: E402
+from sqlalchemy import Select, insert, or_, select, update  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
-from registry.services.jobs import next_claim  # noqa: E402
+from registry.services.jobs import next_claim, running_by_user  # noqa: E402
 from registry.store import models as m  # noqa: E402
 from registry.store.database import Database  # noqa: E402
 from tests.registry.conftest import fresh_postgres  # noqa: E402
 
 
-def by_priority(now: datetime, gpus: int) -> object:
+def by_priority(now: datetime, gpus: int) -> Select[m.Job]:
     """The claim's query before session 44: the highest priority of anyone's, the oldest among equals."""
     return (select(m.Job).where(m.Job.status == "queued", or_(m.Job.not_before.is_(None), m.Job.not_before <= now),
                                 m.Job.gpus <= gpus)
@@ -67,13 +69,13 @@ def run_some(db: Database, count: int, users: int) -> None:
             s.execute(update(m.Job).where(m.Job.id.in_(ids)).values(status="running", heartbeat_at=datetime.now(UTC)))
 
 
-def timed(db: Database, query: Callable[[datetime, int], object], reps: int) -> float:
-    """Seconds per query, the median of ``reps``."""
+def timed(db: Database, query: Callable[[Session], object], reps: int) -> float:
+    """Seconds per claim's read (``query`` of a session: the job it picks), the median of ``reps``."""
     times = []
-    with db.engine.connect() as conn:
+    with db.session() as s:
         for _ in range(reps):
             began = time.perf_counter()
-            picked = conn.execute(query(datetime.now(UTC), 0)).first()  # type: ignore[call-overload]
+            picked = query(s)
             times.append(time.perf_counter() - began)
             if picked is None:
                 raise SystemExit("no job was picked: the queue is empty")
@@ -101,8 +103,9 @@ def main() -> None:
             running = target
             old, new = [], []
             for _ in range(args.rounds):
-                old.append(timed(db, by_priority, args.reps))
-                new.append(timed(db, next_claim, args.reps))
+                old.append(timed(db, lambda s: s.scalar(by_priority(datetime.now(UTC), 0)), args.reps))
+                new.append(timed(db, lambda s: s.scalar(next_claim(datetime.now(UTC), 0, running_by_user(s))),
+                                 args.reps))
             before, after = statistics.median(old), statistics.median(new)
             print(f"  {running:>4} running: by priority {before * 1e3:7.2f} ms, users in turn {after * 1e3:7.2f} ms "
                   f"(x{after / before:.2f}; rounds {min(new) * 1e3:.2f}-{max(new) * 1e3:.2f} ms)")
