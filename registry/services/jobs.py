@@ -327,7 +327,7 @@ class Jobs:
         self.registry.budget.check(ProjectionSpec(
             generator=vera.projection_generator, seed=vera.projection_prng_key, r=vera.r,
             max_in=max(shape[1] for shape in shapes if shape), max_out=max(shape[0] for shape in shapes if shape)))
-        _check_step(batch * spec.max_length, sum(vera.r + shape[0] for shape in shapes if shape), batch, spec)
+        _check_step(batch, sum(vera.r + shape[0] for shape in shapes if shape), spec)
         hidden = getattr(config, "hidden_size", 0)
         head = 4 * labels * (hidden + 1) if isinstance(hidden, int) else 0
         return sum(4 * (vera.r + shape[0]) for shape in shapes if shape) + head
@@ -853,11 +853,12 @@ def _check_integers(value: Any, where: str) -> None:
             _check_integers(item, f"{where}[{index}]")
 
 
-def _check_step(tokens: int, per_token: int, batch: int, spec: TrainSpec) -> None:
-    """A training step of ``tokens`` (batch x max_length) whose adapted layers keep ``per_token`` numbers each for
-    the backward pass (r + out_features a layer) must fit MAX_JOB_STEP_ELEMENTS."""
+def _check_step(batch: int, per_token: int, spec: TrainSpec) -> None:
+    """A training step of ``batch`` examples of ``spec.max_length`` tokens, whose adapted layers keep ``per_token``
+    numbers a token for the backward pass (r + out_features a layer), must fit MAX_JOB_STEP_ELEMENTS."""
+    tokens = batch * spec.max_length
     if tokens * per_token > MAX_JOB_STEP_ELEMENTS:
-        most = max(MAX_JOB_STEP_ELEMENTS // (spec.max_length * per_token), 0)
+        most = MAX_JOB_STEP_ELEMENTS // (spec.max_length * per_token)
         raise InvalidInput(
             f"One training step would hold {tokens * per_token:,} numbers for the adapter's backward pass "
             f"({4 * tokens * per_token / 2**30:,.1f} GiB in float32: training.batch_size={batch} x max_length="
