@@ -155,10 +155,10 @@ class _Tracker:
             self.progress = {"phase": "training", "step": state.step, "total_steps": state.total_steps,
                              "epoch": round(data.get("epoch", state.epoch), 4),
                              # the last step's loss, kept through an evaluation or a save (it went blank there)
-                             "loss": data["loss"] if event == "step" else self.progress.get("loss"),
+                             "loss": data["loss"] if event in ("step", "log") else self.progress.get("loss"),
                              "eta_s": None if state.eta_s is None else round(state.eta_s, 1),
                              "elapsed_s": round(state.elapsed_s, 1)}
-            if event == "step":
+            if event == "log":  # the job's log keeps the loss records (every log_every steps), not every step
                 self.events.append(("step", {"step": state.step, "loss": data["loss"], "lr": data["lr"]},
                                     datetime.now(UTC)))
             elif event == "evaluate":

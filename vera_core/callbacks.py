@@ -8,6 +8,8 @@ Every hook receives the trainer, its state and a dict of numbers; a callback may
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,10 @@ class TrainerCallback:
     def on_train_begin(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
 
     def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
+
+    def on_log(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        """Every ``log_every`` steps (TrainerArgs; wider for a run past MAX_LOSS_RECORDS of them) and at the last:
+        ``loss``, the mean of the ``steps`` since the last call, ``lr`` and ``epoch``."""
 
     def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None: ...
 
@@ -64,8 +70,9 @@ Event = Callable[[str, "TrainerState", dict[str, float]], None]
 class FunctionCallback(TrainerCallback):
     """Calls ``fn(event, state, data)`` for every hook; what a job worker uses to record progress and metrics.
 
-    ``data`` holds the step loss and learning rate (``step``), eval metrics (``evaluate``) and nothing else;
-    ``state`` gives step, total_steps, epoch, eta_s and the histories.
+    ``data`` holds the step loss and learning rate (``step``, every step), the mean loss since the last record
+    (``log``, every ``log_every`` steps), eval metrics (``evaluate``) and nothing else; ``state`` gives step,
+    total_steps, epoch, eta_s and the histories.
     """
 
     def __init__(self, fn: Event) -> None:
@@ -76,6 +83,9 @@ class FunctionCallback(TrainerCallback):
 
     def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
         self.fn("step", state, data)
+
+    def on_log(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self.fn("log", state, data)
 
     def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
         self.fn("evaluate", state, data)
@@ -89,12 +99,15 @@ class FunctionCallback(TrainerCallback):
 
 class FileRelay(TrainerCallback):
     """Progress out and stops in through two files, for a job worker whose training runs in other processes
-    (torchrun): every step and evaluation is appended to ``events`` as a JSON line (``event``, ``state``: step,
-    total_steps, epoch, elapsed_s, and ``data``), and once the ``stop`` file exists, training stops after the step
-    with the file's text as ``stop_reason``. Give it to rank 0 only: the trainer stops every process when one asks."""
+    (torchrun): every loss record (``log``) and evaluation is appended to ``events`` as a JSON line (``event``,
+    ``state``: step, total_steps, epoch, elapsed_s, and ``data``), and a step at most every ``step_every_s``
+    seconds, for progress between records (every step filled the file at a line a step); once the ``stop`` file
+    exists, training stops after the step with the file's text as ``stop_reason``. Give it to rank 0 only: the
+    trainer stops every process when one asks."""
 
-    def __init__(self, events: str | Path, stop: str | Path) -> None:
+    def __init__(self, events: str | Path, stop: str | Path, step_every_s: float = 1.0) -> None:
         self.events, self.stop = Path(events), Path(stop)
+        self.step_every_s, self.last_step = step_every_s, -math.inf
 
     def _append(self, event: str, state: TrainerState, data: dict[str, float]) -> None:
         record = {"event": event, "data": data, "state": {"step": state.step, "total_steps": state.total_steps,
@@ -103,9 +116,15 @@ class FileRelay(TrainerCallback):
             out.write(json.dumps(record) + "\n")
 
     def on_step_end(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
-        self._append("step", state, data)
+        now = time.monotonic()
+        if now - self.last_step >= self.step_every_s:
+            self.last_step = now
+            self._append("step", state, data)
         if self.stop.exists():
             state.should_stop, state.stop_reason = True, self.stop.read_text(encoding="utf-8").strip() or "stopped"
+
+    def on_log(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
+        self._append("log", state, data)
 
     def on_evaluate(self, trainer: Trainer, state: TrainerState, data: dict[str, float]) -> None:
         self._append("evaluate", state, data)

@@ -83,6 +83,9 @@ class TrainingArguments:
     precision: Precision = "auto"
     # None: the GPU numbered LOCAL_RANK (torchrun sets it; 0 for one process) if there is one, else the CPU.
     device: str | None = None
+    # Record the loss every N optimizer steps: the mean over those steps, in ``TrainerState.loss_history`` (and so
+    # in checkpoints, metrics.json and a job's log), and ``on_log`` for callbacks; the last step always. A run
+    # records at most MAX_LOSS_RECORDS: past total_steps / log_every of them, the interval widens.
     log_every: int = 10
     # "auto": DDP when torchrun started several processes (WORLD_SIZE > 1), else this process alone; "ddp": refuse
     # to train alone; "off": this process alone whatever the environment. "fsdp" is refused (vera_core.distributed).
@@ -172,9 +175,17 @@ _RESUME_MAY_CHANGE = ("lr", "head_lr", "weight_decay", "head_weight_decay", "war
                       "max_grad_norm", "gradient_accumulation_steps", "precision")
 
 
+#: The most entries a run's loss history holds (TrainerState.loss_history: a checkpoint's, metrics.json's train_loss,
+#: a job's log of steps): every log_every-th step while that is within it, every total_steps / MAX_LOSS_RECORDS-th
+#: beyond (log_every=1 over ten million steps held ten million in memory and in every checkpoint).
+MAX_LOSS_RECORDS = 10_000
+
+
 @dataclass
 class TrainerState:
-    """What the loop knows; callbacks read it and may set ``should_stop``."""
+    """What the loop knows; callbacks read it and may set ``should_stop``. ``loss_history``: (step, the mean loss
+    of the steps since the entry before), every ``log_interval`` steps and the last; ``pending_loss`` and
+    ``pending_steps``: the sum and count of the steps since the last entry."""
 
     step: int = 0
     total_steps: int = 0
@@ -185,6 +196,8 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    pending_loss: float = 0.0
+    pending_steps: int = 0
     eval_history: list[dict[str, float]] = field(default_factory=list)
     elapsed_s: float = 0.0
     should_stop: bool = False
@@ -252,6 +265,8 @@ class Trainer:
         batches = math.ceil(math.ceil(len(self.train_data) / self.world.size) / args.batch_size)
         self.state.steps_per_epoch = max(1, batches // args.gradient_accumulation_steps)
         self.state.total_steps = args.max_steps or math.ceil(self.state.steps_per_epoch * args.epochs)
+        #: Steps between loss records: log_every, or wider to keep a run within MAX_LOSS_RECORDS.
+        self.log_interval = max(args.log_every, -(-self.state.total_steps // MAX_LOSS_RECORDS))
         warmup = int(args.warmup_ratio * self.state.total_steps)
         self._lr_factor = _lr_lambda(args.schedule, warmup, self.state.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -358,6 +373,8 @@ class Trainer:
             self._optimizer_step(loss, step_batches)
             self._step_end(loss, started)
             running, step_batches = 0.0, []
+        if state.pending_steps:  # stopped between records: the steps since the last one
+            self._log()
         if state.stop_reason is None and not (args.eval_every and state.step % args.eval_every == 0):
             self._evaluate_and_track()
         if args.load_best_at_end and self._best_state is not None:
@@ -380,14 +397,29 @@ class Trainer:
         args, state = self.args, self.state
         state.step += 1
         state.elapsed_s = time.perf_counter() - started
-        state.loss_history.append((state.step, loss))
+        state.pending_loss, state.pending_steps = state.pending_loss + loss, state.pending_steps + 1
         self._emit("on_step_end", {"loss": loss, "lr": float(self.scheduler.get_last_lr()[0]),
-                                   "epoch": state.epoch + state.batch_in_epoch / max(1, state.steps_per_epoch)})
+                                   "epoch": self._epoch_progress()})
+        if state.step % self.log_interval == 0 or state.step == state.total_steps:
+            self._log()
         if args.eval_every and state.step % args.eval_every == 0:
             self._evaluate_and_track()
         if args.save_every and state.step % args.save_every == 0:
             self.save_checkpoint()
         self._sync_stop()
+
+    def _epoch_progress(self) -> float:
+        state = self.state
+        return state.epoch + state.batch_in_epoch / max(1, state.steps_per_epoch)
+
+    def _log(self) -> None:
+        """Record the mean loss of the steps since the last record, and tell the callbacks (``on_log``)."""
+        state = self.state
+        loss, steps = state.pending_loss / state.pending_steps, state.pending_steps
+        state.loss_history.append((state.step, loss))
+        state.pending_loss, state.pending_steps = 0.0, 0
+        self._emit("on_log", {"loss": loss, "lr": float(self.scheduler.get_last_lr()[0]),
+                              "epoch": self._epoch_progress(), "steps": steps})
 
     def _sync_stop(self) -> None:
         """A stop asked for in any process (a callback's) stops all of them after the same step."""

@@ -31,14 +31,30 @@ def file_response(source: bytes | str | BlobReader, size: int, media_type: str, 
     storage reader (registry.services.derived) read whole when small (here, in the route's worker thread, which
     saves the thread-pool hops of a file response), else sent as a file or streamed in pieces. Only the file
     answers a Range (``Accept-Ranges: bytes``; the others say ``none``, and answer a Range with the whole body)."""
+    if takes_ranges(source, size):
+        return RangedFile(str(source), media_type=media_type, headers={**headers, "Accept-Ranges": "bytes"})
     if isinstance(source, bytes):
         return Response(source, media_type=media_type, headers={**headers, "Accept-Ranges": "none"})
     if size <= SMALL_FILE:
         return Response(b"".join(chunks(source)), media_type=media_type, headers={**headers, "Accept-Ranges": "none"})
-    if isinstance(source, str):
-        return RangedFile(source, media_type=media_type, headers={**headers, "Accept-Ranges": "bytes"})
+    assert not isinstance(source, str), "a local file larger than SMALL_FILE takes ranges"
     return StreamingResponse(iter(source), media_type=media_type,
                              headers={**headers, "Content-Length": str(size), "Accept-Ranges": "none"})
+
+
+def takes_ranges(source: bytes | str | BlobReader, size: int) -> bool:
+    """Whether file_response answers a Range for this source: a local file larger than SMALL_FILE."""
+    return isinstance(source, str) and size > SMALL_FILE
+
+
+def head_response(source: bytes | str | BlobReader, size: int, media_type: str, headers: dict[str, str]
+                  ) -> Response:
+    """The headers file_response would answer a GET with (its length, type, and whether it takes a Range), no body
+    read: a HEAD's answer. A storage reader opened for it is closed unread."""
+    if isinstance(source, BlobReader):
+        source.close()
+    return Response(media_type=media_type, headers={
+        **headers, "Content-Length": str(size), "Accept-Ranges": "bytes" if takes_ranges(source, size) else "none"})
 
 
 #: A Range header as RFC 9110 writes one: ``bytes=`` then ranges ``first-last``, ``first-`` or ``-suffix``.

@@ -63,6 +63,7 @@ def job_submit(
     grad_accum: opt.GradAccum = 1,
     max_grad_norm: opt.MaxGradNorm = 1.0,
     eval_every: opt.EvalEvery = None,
+    log_every: opt.LogEvery = None,
     patience: opt.Patience = None,
     metric_for_best: opt.MetricForBest = None,
     keep_best: opt.KeepBest = True,
@@ -99,7 +100,7 @@ def job_submit(
                          save_projection=save_projection, max_length=max_length, epochs=epochs, max_steps=max_steps,
                          max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
                          batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule, warmup_ratio=warmup_ratio,
-                         grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
+                         grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every, log_every=log_every,
                          patience=patience, metric_for_best=metric_for_best, keep_best=keep_best,
                          save_every=save_every, precision=precision, init_from=start_from)
     properties = key_values(prop or [])

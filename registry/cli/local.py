@@ -186,6 +186,7 @@ def train(
     grad_accum: opt.GradAccum = 1,
     max_grad_norm: opt.MaxGradNorm = 1.0,
     eval_every: opt.EvalEvery = None,
+    log_every: opt.LogEvery = None,
     patience: opt.Patience = None,
     metric_for_best: opt.MetricForBest = None,
     keep_best: opt.KeepBest = True,
@@ -220,8 +221,8 @@ def train(
         max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr, schedule=schedule,
         warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
-        patience=patience, metric_for_best=metric_for_best, keep_best=keep_best, save_every=save_every,
-        output_dir=str(out) if save_every or resume else None,
+        log_every=log_every, patience=patience, metric_for_best=metric_for_best, keep_best=keep_best,
+        save_every=save_every, output_dir=str(out) if save_every or resume else None,
         precision=precision, init_from=_start_folder(start_from),
     )
     replaced = not resume and (out / "adapter_config.json").is_file()

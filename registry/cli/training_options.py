@@ -40,6 +40,9 @@ WarmupRatio = Annotated[float, typer.Option(help="Warmup fraction.")]
 GradAccum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
 MaxGradNorm = Annotated[float, typer.Option(help="Gradient clipping norm (0: off).")]
 EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
+LogEvery = Annotated[int | None, typer.Option(
+    help="Record the mean loss every N steps (default 10): metrics.json's train_loss and a job's log. A run records "
+    "at most 10,000: beyond, the interval widens.")]
 Patience = Annotated[int | None, typer.Option(help="Early stopping patience, in evaluations.")]
 MetricForBest = Annotated[str | None, typer.Option(
     help="The evaluation metric whose best value picks the weights kept, and that --patience watches: accuracy or "

@@ -768,6 +768,11 @@ JobEventKind = Literal["step", "evaluate", "log"]
 #: The most events one read of a job's (GET /api/v1/jobs/{id}/events) answers, and by default: a job that logs
 #: every step of millions holds millions, and one read built them all (an outsider's walk, session 44).
 JOB_EVENT_PAGE = 1000
+#: The most events a job's log keeps from its workers' heartbeats (its training records, at most
+#: vera_core.trainer.MAX_LOSS_RECORDS a run, and evaluations: eval_every=1 over millions of steps is still millions);
+#: past it they are dropped and the log says so once. The registry's own lines (queued, lost, finished) are always
+#: kept, and so is the job's progress.
+MAX_JOB_EVENTS = 20_000
 
 
 class JobEventInfo(BaseModel):

@@ -46,6 +46,7 @@ def training_spec(
     grad_accum: int | None = None,
     max_grad_norm: float | None = None,
     eval_every: int | None = None,
+    log_every: int | None = None,
     patience: int | None = None,
     metric_for_best: str | None = None,
     keep_best: bool | None = None,
@@ -73,7 +74,7 @@ def training_spec(
     training = _given({
         "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
         "schedule": schedule, "warmup_ratio": warmup_ratio, "gradient_accumulation_steps": grad_accum,
-        "eval_every": eval_every, "early_stopping_patience": patience, "save_every": save_every,
+        "eval_every": eval_every, "log_every": log_every, "early_stopping_patience": patience, "save_every": save_every,
         "output_dir": output_dir, "precision": precision, "metric_for_best": metric_for_best,
         "load_best_at_end": None if keep_best else keep_best,  # the default, True, left out of the spec
     })

@@ -33,6 +33,7 @@ from registry.domain.schemas import (
     JOB_EVENT_PAGE,
     MAX_DESCRIPTION,
     MAX_JOB_CHECKPOINT_BYTES,
+    MAX_JOB_EVENTS,
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
     MAX_JOB_TIME_LIMIT_S,
@@ -473,8 +474,8 @@ class Jobs:
             job.heartbeat_at = datetime.now(UTC)
             if progress is not None:
                 job.progress = progress
-            for kind, data, *when in events:
-                s.add(m.JobEvent(job_id=job_id, kind=kind, data=data, **({"at": when[0]} if when else {})))
+            if events:
+                _record_events(s, job_id, events)
             return job.cancel_requested
 
     def should_stop(self, job_id: int, worker: str) -> bool:
@@ -881,3 +882,25 @@ def _check_batch_split(args: TrainingArguments, gpus: int) -> None:
 def _no_job(job_id: int) -> NotFound:
     """The error for a job that does not exist, or that the caller may not see (one message for both)."""
     return NotFound(f"No job {job_id}; `vera job ls` lists them.")
+
+
+def _record_events(s: Session, job_id: int, events: Sequence[EventRecord]) -> None:
+    """Add a heartbeat's events to the job's log: its lines (kind "log": published, failed...) always, its training
+    records and evaluations while the log holds fewer than MAX_JOB_EVENTS of them; the heartbeat that reaches the
+    bound adds what fits and a line saying that later ones are not kept (events are never removed while a job
+    lives, so the bound is reached once)."""
+    held = s.scalar(select(func.count()).select_from(
+        select(m.JobEvent.id).where(m.JobEvent.job_id == job_id, m.JobEvent.kind != "log")
+        .limit(MAX_JOB_EVENTS).subquery())) or 0
+    room = MAX_JOB_EVENTS - held
+    for kind, data, *when in events:
+        if kind != "log" and room <= 0:
+            continue
+        s.add(m.JobEvent(job_id=job_id, kind=kind, data=data, **({"at": when[0]} if when else {})))
+        if kind != "log":
+            room -= 1
+            if room == 0:
+                s.add(m.JobEvent(job_id=job_id, kind="log", data={"message": (
+                    f"The job's log holds {MAX_JOB_EVENTS:,} training records and evaluations, the most it keeps: "
+                    "later ones are not kept here (its progress is, and the version it publishes has the loss curve "
+                    "and evaluations). A larger log_every or eval_every keeps a long run within it.")}))

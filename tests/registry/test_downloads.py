@@ -130,6 +130,8 @@ def test_downloads_through_a_server_appear_after_the_flush(tmp_path: Path) -> No
         assert httpx.get(hub, follow_redirects=True).status_code == 200  # 307 then the file: one download
         listing = f"{base}/api/v1/adapters/ann/a/versions/1/files"
         assert httpx.head(listing).status_code == 200  # a cache's check: not a download
+        assert httpx.head(f"{listing}/{WEIGHTS}").status_code == 200  # a file's headers (405 before): not one
+        assert httpx.head(base + httpx.get(listing).json()["files"][1]["url"]).status_code == 200  # nor by hash
         assert httpx.get(listing, params={"inline": 1 << 20}).json()["files"][1]["content"]  # the weights: 5th
         # read to be shown (the dashboard's Layers tab), by name or by hash: not a download
         assert client.download(info.ref, WEIGHTS, inspect=True) == client.download(info.ref, WEIGHTS)  # 6th
@@ -194,3 +196,20 @@ def test_a_large_file_answers_ranges_and_ignores_ranges_it_cannot_read(tmp_path:
         small = httpx.get(f"{base}/api/v1/adapters/ann/big/versions/1/files/adapter_config.json",
                           headers={"Range": "bytes=0-3"}, timeout=60)
         assert small.status_code == 200 and small.headers["accept-ranges"] == "none"  # read whole: said so
+        # HEAD answers the GET's headers without the body (a 405 on /api, and "Accept-Ranges: none" on /hf whatever
+        # the GET answered, until 2026-12-06)
+        by_hash = base + httpx.get(f"{base}/api/v1/adapters/ann/big/versions/1/files?projection=true").json()[
+            "files"][1]["url"]
+        commit = httpx.get(f"{base}/hf/api/models/ann/big/revision/main+projection").json()["sha"]
+        for url in (file, by_hash, f"{base}/hf/ann/big/resolve/{commit}/{WEIGHTS}", str(small.url)):
+            got, head = httpx.get(url, timeout=60), httpx.head(url, timeout=60)
+            assert got.headers["content-length"] == str(len(got.content))
+            assert got.headers["accept-ranges"] == ("none" if url == small.url else "bytes")
+            assert head.status_code == 200 and head.content == b"", (url, head.status_code)
+            for name in ("etag", "content-length", "accept-ranges", "x-vera-version", "cache-control"):
+                assert head.headers[name] == got.headers[name], (url, name)
+            assert head.headers["content-type"] == got.headers["content-type"]
+            again = httpx.head(url, headers={"If-None-Match": head.headers["etag"]}, timeout=60)
+            assert again.status_code == (200 if "/hf/" in url else 304)
+        missing = httpx.head(f"{base}/api/v1/adapters/ann/big/versions/1/files/notes.txt")
+        assert missing.status_code == 404

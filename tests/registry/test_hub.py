@@ -769,7 +769,7 @@ def test_a_base_config_the_hub_cannot_give_keeps_the_refusal_and_says_why(
     if base == "org/liar":
         hub.declared["org/liar/config.json"] = 100
     hub.gzipped.add("org/zipped/config.json")
-    publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=5.0))
+    publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=60.0))
     source, _ = peft_seed_only(tmp_path, seed=3)
     before = snapshot(registry)
     with pytest.raises(InvalidInput) as refused:

@@ -238,6 +238,34 @@ def test_events_a_heartbeat_brings_keep_the_times_they_happened(registry: Regist
     assert jobs.events(job.id)[-1].at > at[1]
 
 
+def test_a_jobs_log_keeps_at_most_max_job_events_of_its_workers_records_and_says_so_once(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job could store a row for each of ten million steps (and evaluations at eval_every=1): its workers' step
+    and evaluation events stop at MAX_JOB_EVENTS, with one line saying so; its lines and progress go on."""
+    import registry.services.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "MAX_JOB_EVENTS", 5)
+    jobs = Jobs(registry)
+    job = jobs.submit(DEMO, owner="ann", target="ann/long")
+    assert jobs.claim("w1") is not None
+    steps = [("step", {"step": i, "loss": 1 / i}) for i in range(1, 11)]
+    jobs.heartbeat(job.id, "w1", events=steps[:3])
+    jobs.heartbeat(job.id, "w1", events=[*steps[3:6], ("log", {"message": "checkpoint stored"}),
+                                         ("evaluate", {"step": 6, "eval_loss": 0.5})])
+    jobs.heartbeat(job.id, "w1", progress={"step": 10}, events=[*steps[6:], ("log", {"message": "published"})])
+    events = jobs.events(job.id)
+    assert [e.data.get("step") for e in events if e.kind == "step"] == [1, 2, 3, 4, 5]
+    assert not [e for e in events if e.kind == "evaluate"]
+    lines = [e.data["message"] for e in events if e.kind == "log"]
+    assert lines[0] == "queued" and lines[-2:] == ["checkpoint stored", "published"]
+    [said] = [line for line in lines if "the most it keeps" in line]
+    assert said.startswith("The job's log holds 5 training records and evaluations, the most it keeps: later ones "
+                           "are not kept here") and "log_every or eval_every" in said
+    assert lines.index(said) == 1  # right after the fifth record, before the lines that came later
+    assert jobs.get(job.id).progress == {"step": 10}
+
+
 def test_queue_claims_cancellation_and_leases(registry: Registry) -> None:
     jobs = Jobs(registry, lease=timedelta(seconds=30))
     first, second, third = (jobs.submit(DEMO, owner="ann", target=f"ann/j{i}") for i in range(3))
@@ -360,7 +388,8 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
     try:
         with RegistryClient(url) as client:
             # 60 of the demo's 189 steps: test_recipes.py trains it whole (`vera train --demo`) and checks its accuracy
-            job = client.submit_job("ann/polarity", {"demo": True, "r": 16, "training": {"max_steps": 60}})
+            job = client.submit_job("ann/polarity", {"demo": True, "r": 16,
+                                                      "training": {"max_steps": 60, "log_every": 5}})
             wait_for(lambda: client.job(job.id).status in ("succeeded", "failed"), 600, "the job to finish")
             done = client.job(job.id)
             assert done.status == "succeeded", done.error
@@ -377,7 +406,9 @@ def test_a_real_job_end_to_end(server: tuple[str, str, Path]) -> None:
             assert losses[-1] < losses[0] and 0.0 <= version.metrics["test"]["accuracy"] <= 1.0
             assert version.metrics["steps"] == 60 and version.metrics["examples"]["test"] == 766
             events = client.job_events(job.id)
-            assert sum(e.kind == "step" for e in events) == 60 and any(e.kind == "evaluate" for e in events)
+            # a loss record every log_every steps (every step was an event, whatever log_every said, until 12-06)
+            assert [e.data["step"] for e in events if e.kind == "step"] == list(range(5, 61, 5))
+            assert any(e.kind == "evaluate" for e in events)
             assert any(e.data.get("message", "").startswith("published ann/polarity:1 with the weights of step ")
                        and "of 60 (the best eval_accuracy, " in e.data["message"] for e in events), events[-3:]
             assert version.metrics["kept"]["by"] == "eval_accuracy"
@@ -941,11 +972,14 @@ def test_a_jobs_progress_keeps_the_last_training_loss_through_an_evaluation() ->
     tracker = worker_module._Tracker()
     state = TrainerState(step=3, total_steps=10)
     tracker.on_event("step", state, {"loss": 0.5, "lr": 0.01})
+    tracker.on_event("log", state, {"loss": 0.6, "lr": 0.01, "steps": 3})  # the loss record: the mean of 3 steps
     tracker.on_event("evaluate", state, {"eval_loss": 0.9, "eval_accuracy": 0.6})
     tracker.on_event("save", state, {})
     progress, events = tracker.drain()
-    assert progress["loss"] == 0.5 and progress["step"] == 3
-    assert [kind for kind, _, _ in events] == ["step", "evaluate"]
+    assert progress["loss"] == 0.6 and progress["step"] == 3
+    # the job's log has the loss record, not each step (every step was an event until 2026-12-06)
+    assert [(kind, data) for kind, data, _ in events] == [
+        ("step", {"step": 3, "loss": 0.6, "lr": 0.01}), ("evaluate", {"eval_loss": 0.9, "eval_accuracy": 0.6})]
 
 
 def _dataset(rows: int, word: str) -> bytes:

@@ -67,7 +67,8 @@ def test_training_learns_and_only_trainable_parameters_change() -> None:
     result = t.train()
     assert result.final_metrics["loss"] < before["loss"]
     assert result.state.step == result.state.total_steps == 18  # 48 examples / 8 = 6 steps per epoch, 3 epochs
-    assert len(result.state.loss_history) == 18 and len(result.state.eval_history) == 3
+    assert [s for s, _ in result.state.loss_history] == [10, 18]  # every log_every (10) steps, and the last
+    assert len(result.state.eval_history) == 3
     assert all(torch.equal(p, frozen[n]) for n, p in t.model.named_parameters() if n in frozen)
     lrs = sorted(g["lr"] for g in t.optimizer.param_groups)
     assert len(lrs) == 2  # VeRA vectors and the head have their own learning rates
@@ -115,7 +116,10 @@ def test_resume_from_a_checkpoint_gives_the_same_result(tmp_path: Path, device: 
     a, b = vectors(straight.model), vectors(resumed.model)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
-    assert [s for s, _ in result.state.loss_history] == list(range(1, 19))
+    # the checkpoint of step 8 carried the 8 steps since the last record: the records are the straight run's
+    assert [s for s, _ in result.state.loss_history] == [10, 18]
+    assert [loss for _, loss in result.state.loss_history] == pytest.approx(
+        [loss for _, loss in straight.state.loss_history], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == ["step-00000012", "step-00000016"]
 
 
@@ -128,7 +132,7 @@ def test_resume_with_a_larger_max_steps_continues_to_the_new_total(tmp_path: Pat
     resumed = trainer(max_steps=12, save_every=6, output_dir=str(tmp_path), **same)
     result = resumed.train(resume_from=tmp_path)
     assert (result.state.step, result.state.total_steps, result.resumed_from_step) == (12, 12, 6)
-    assert [s for s, _ in result.state.loss_history] == list(range(1, 13))
+    assert [s for s, _ in result.state.loss_history] == [6, 10, 12]  # the first run's last step was a record
     a, b = vectors(straight.model), vectors(resumed.model)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
@@ -258,6 +262,36 @@ def test_a_callback_can_stop_training_promptly_and_sees_progress() -> None:
     step_data = [d for e, _, d in events if e == "step"]
     assert all({"loss", "lr", "epoch"} <= set(d) for d in step_data)
     assert result.state.eta_s is not None and result.state.eta_s > 0
+
+
+def test_the_loss_is_recorded_every_log_every_steps_as_the_mean_of_those_steps() -> None:
+    """log_every was read by nothing: every step went into loss_history (and checkpoints, metrics.json, a job's
+    log). A record is now the mean of the steps since the one before, every log_every steps and at the last."""
+    events: list[tuple[str, int, dict[str, float]]] = []
+    t = trainer(log_every=4, callbacks=(FunctionCallback(lambda e, s, d: events.append((e, s.step, dict(d)))),))
+    result = t.train()
+    losses = {step: d["loss"] for e, step, d in events if e == "step"}
+    assert sorted(losses) == list(range(1, 19))  # on_step_end still sees every step
+    records = [(step, d) for e, step, d in events if e == "log"]
+    assert [step for step, _ in records] == [4, 8, 12, 16, 18]
+    assert [d["steps"] for _, d in records] == [4, 4, 4, 4, 2]
+    for (step, d), (kept_step, kept) in zip(records, result.state.loss_history, strict=True):
+        since = [losses[s] for s in range(step - int(d["steps"]) + 1, step + 1)]
+        assert kept_step == step and kept == d["loss"] == pytest.approx(sum(since) / len(since), rel=1e-12)
+        assert {"lr", "epoch"} <= set(d)
+    assert result.state.pending_steps == 0
+
+
+def test_a_long_run_records_at_most_max_loss_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """log_every=1 over ten million steps held ten million entries in memory and in every checkpoint: past
+    MAX_LOSS_RECORDS the interval widens to total_steps / MAX_LOSS_RECORDS."""
+    import vera_core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_LOSS_RECORDS", 5)
+    result = trainer(log_every=1).train()  # 18 steps, at most 5 records: one every 4 steps, and the last
+    assert [s for s, _ in result.state.loss_history] == [4, 8, 12, 16, 18]
+    stopped = trainer(log_every=1, callbacks=(StopAt(6),)).train()  # a stop records the steps since the last
+    assert [s for s, _ in stopped.state.loss_history] == [4, 6]
 
 
 def test_early_stopping_on_a_metric_that_does_not_improve() -> None:

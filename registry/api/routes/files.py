@@ -5,8 +5,10 @@ download streams the stored blob in chunks (a local folder's file is sent as a f
                                                ?inline=N, the bytes of files up to N bytes too)
     HEAD .../versions/{v}/files                the list's headers only: the pinned version and the list's digest
     GET .../versions/{v}/files/{filename}      one file by name (ETag: its SHA-256; 304 when the caller has it)
+    HEAD .../versions/{v}/files/{filename}     its headers only: ETag, Content-Length, Accept-Ranges (not counted)
     GET .../versions/{N}/blobs/{sha256}        one file by hash: immutable; on S3 with VERA_PRESIGNED_DOWNLOADS_S, a
                                                307 to a short-lived presigned URL, so the object store carries it
+                                               (HEAD: the headers, from here)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.bodies import CheckedRoute
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import SMALL_FILE, file_response
+from registry.api.uploads import SMALL_FILE, file_response, head_response
 from registry.domain.errors import Busy, NotFound
 from registry.domain.schemas import ADAPTER_FILES, MAX_VERSION, FileEntry, FileManifest, Ref, VersionInfo, files_digest
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
@@ -184,14 +186,32 @@ async def download(
                      purpose == "download")
 
 
+@router.head("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
+             summary="A file's headers, no body",
+             responses={200: {"description": "The file's headers, no body (ETag, Content-Length, Accept-Ranges)",
+                              "content": None}, 304: _FILE_RESPONSES[304]})
+async def download_head(
+    _: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str, selector: str, filename: str,
+    query: Annotated[FileQuery, Query()], if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The headers a GET of the file answers (its SHA-256 as ETag, its size, whether it takes a Range, the pinned
+    version), without its bytes, and not counted as a download: what `curl -I` and download managers ask first
+    (a 405 until 2026-12-06)."""
+    if filename not in ADAPTER_FILES:
+        raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
+    form, ref = query.form(), ref_of(owner, name, selector)
+    return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match, False,
+                     True)
+
+
 def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None,
-              counted: bool) -> Response:
+              counted: bool, head: bool = False) -> Response:
     info, files = registry.derived.manifest(ref, form, build=False)
     file = named(info, form, files, filename)
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
     if form.lora is not None and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
         headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
-    return _send(registry, info.pinned, file, headers, if_none_match, counted)
+    return _send(registry, info.pinned, file, headers, if_none_match, counted, head)
 
 
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
@@ -209,16 +229,30 @@ async def blob(
                      purpose == "download")
 
 
+@router.head("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
+             summary="A file's headers by its SHA-256, no body",
+             responses={200: {"description": "The file's headers, no body", "content": None},
+                        304: _FILE_RESPONSES[304]})
+async def blob_head(
+    _: Reader, registry: RegistryDep, options: Options, pool: ReadPool, owner: str, name: str,
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The headers a GET of the file by its SHA-256 answers, from this server (never a redirect), not counted."""
+    ref = Ref.of(owner, name, version=version)
+    return await _in(pool, registry, ref, None, _blob, registry, options, ref, sha256, if_none_match, False, True)
+
+
 def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_none_match: str | None,
-          counted: bool) -> Response:
+          counted: bool, head: bool = False) -> Response:
     file = registry.derived.by_digest(ref, sha256)
     headers = {"Cache-Control": "private, max-age=31536000, immutable"}
-    if options.presigned_downloads_s and (if_none_match is None) and (
+    if options.presigned_downloads_s and (if_none_match is None) and not head and (
             url := registry.derived.presigned_url(file, options.presigned_downloads_s)):
         if counted:
             _count(registry, ref, file)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store", "X-Vera-Version": str(ref)})
-    return _send(registry, ref, file, headers, if_none_match, counted)
+    return _send(registry, ref, file, headers, if_none_match, counted, head)
 
 
 def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
@@ -227,8 +261,9 @@ def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
 
 
 def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, str],
-          if_none_match: str | None, counted: bool) -> Response:
-    """The stored file (or 304 if the caller holds it): a checked local file, or streamed from storage in chunks."""
+          if_none_match: str | None, counted: bool, head: bool = False) -> Response:
+    """The stored file (or 304 if the caller holds it): a checked local file, or streamed from storage in chunks;
+    ``head``: only the headers of that answer."""
     etag = f'"{file.sha256}"'
     headers = {**headers, "ETag": etag, "X-Vera-Version": str(ref),
                "Content-Disposition": f'attachment; filename="{file.filename}"'}
@@ -237,4 +272,4 @@ def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, st
     if counted:
         _count(registry, ref, file)
     media = next((t for suffix, t in MEDIA_TYPES.items() if file.filename.endswith(suffix)), "application/octet-stream")
-    return file_response(registry.derived.source(ref, file), file.size, media, headers)
+    return (head_response if head else file_response)(registry.derived.source(ref, file), file.size, media, headers)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from registry.api.deps import Reader, RegistryDep
 from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import file_response
+from registry.api.uploads import file_response, head_response
 from registry.domain.errors import EntryNotFound
 from registry.domain.schemas import ADAPTER_FILES
 from registry.services.hub_view import HubRevision, HubView
@@ -100,8 +100,8 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
         headers["Cache-Control"] = "no-cache"
         return Response(status_code=307, headers=headers)
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
-    if request.method == "HEAD":  # (a GET's body may take a Range, from a file: its answer says so)
-        return Response(status_code=200, headers={**headers, "Content-Length": str(size), "Accept-Ranges": "none"})
+    if request.method == "HEAD":  # the GET's headers, Accept-Ranges as it answers (always "none" until 2026-12-06)
+        return head_response(rev.source(filename), size, "application/octet-stream", headers)
     if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
         view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)
     return file_response(rev.source(filename), size, "application/octet-stream", headers)
