@@ -105,14 +105,15 @@ def test_resume_with_a_larger_max_steps_trains_to_it_and_says_so(tmp_path: Path)
     out = tmp_path / "run"
     common = ("train", "--base-model", str(base), "--task", "causal-lm", "--data", str(data), "--r", "8",
               "--batch-size", "8", "--save-every", "6", "--out", str(out), "--no-progress")
-    first = vera(*common, "--max-steps", "6")
+    first = vera(*common, "--max-steps", "6", "--log-every", "4")
     assert first.returncode == 0, first.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
     resumed = vera(*common, "--max-steps", "12", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["steps"], metrics["total_steps"], metrics["resumed_from_step"]) == (12, 12, 6)
-    assert [step for step, _ in metrics["train_loss"]] == [6, 10, 12]  # every 10 steps, and each run's last
+    # every --log-every steps (4 in the first run, the default 10 in the second) and each run's last
+    assert [step for step, _ in metrics["train_loss"]] == [4, 6, 10, 12]
     assert published_metrics(metrics)["total_steps"] == 12
     assert "12 of 12" in resumed.stdout
     refused = vera(*common, "--max-steps", "6", "--resume")
