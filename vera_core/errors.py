@@ -78,9 +78,9 @@ def parse_json(text: str | bytes, *, keys_once: bool = False) -> Any:
     rows: a re-check's finding, session 44, as the registry refuses such request bodies)."""
     try:  # bytes: UTF-8 (RFC 8259), a leading byte-order mark allowed; json.loads alone would guess UTF-16 or -32
         decoded = text.decode("utf-8-sig") if isinstance(text, bytes) else text
-        return json.loads(decoded, object_pairs_hook=_each_key_once) if keys_once else json.loads(decoded)
-    except _KeyTwice as exc:
-        raise JSONTextError(f"gives the key {str(exc)[:64]!r} more than once in an object") from None
+        return json.loads(decoded, object_pairs_hook=each_key_once) if keys_once else json.loads(decoded)
+    except KeyGivenTwice:
+        raise
     except RecursionError:
         raise JSONTextError("nests too deeply (arrays or objects over about a thousand levels deep)") from None
     except UnicodeDecodeError as exc:
@@ -91,15 +91,21 @@ def parse_json(text: str | bytes, *, keys_once: bool = False) -> Any:
         raise JSONTextError(f"holds an integer of over {sys.get_int_max_str_digits():,} digits") from None
 
 
-class _KeyTwice(Exception):
-    """An object's key given twice (its name: the message); parse_json's."""
+class KeyGivenTwice(JSONTextError):
+    """An object of the JSON gives ``key`` more than once (parse_json with ``keys_once``, each_key_once)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"gives the key {key[:64]!r} more than once in an object")
+        self.key = key
 
 
-def _each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` that refuses an object giving a key twice (KeyGivenTwice: nested
+    objects are read first, so the innermost such key is named), where json.loads keeps its last value unsaid."""
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            raise _KeyTwice(key)
+            raise KeyGivenTwice(key)
         seen.add(key)
     return dict(pairs)
 

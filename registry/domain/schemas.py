@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from registry.domain.errors import InvalidInput
 from registry.domain.words import counted, parse_size, size
-from vera_core.errors import JSONTextError, not_unicode, parse_json
+from vera_core.errors import JSONTextError, KeyGivenTwice, each_key_once, not_unicode, parse_json
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
@@ -104,14 +104,15 @@ def json_object(text: str | bytes, what: str) -> dict[str, Any]:
     refused, not one of its values dropped unseen: a publish's params ``{"lr": "0.01", "lr": "0.02"}`` kept 0.02 (an
     outsider's walk), and its metrics and a job's spec did the same until session 44."""
     try:
-        value = parse_json(text)
+        value = parse_json(text, keys_once=True)
+    except KeyGivenTwice as exc:
+        raise _key_twice(what, exc) from None
     except JSONTextError as exc:
         raise InvalidInput(f"{what} {exc}; send a JSON object a few levels deep, its numbers of a float's size (at "
                            "most about 1.8e308).") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}.")
     _check_unicode(value, what)
-    check_keys_once(text, what)
     return value
 
 
@@ -121,23 +122,17 @@ def check_keys_once(text: str | bytes, what: str) -> None:
     decoded as ``json.loads`` decodes them, which FastAPI reads request bodies with: UTF-16 and -32 too, and an
     encoded lone surrogate kept (a strict UTF-8 reading skipped the check of both, and the body's last value was
     taken: a re-check's finding, session 44)."""
-    twice: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:  # each object's keys, the nested ones' first
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen and key not in twice:
-                twice.append(key)
-            seen.add(key)
-        return dict(items)
-
     try:
         decoded = text.decode(json.detect_encoding(text), "surrogatepass") if isinstance(text, bytes) else text
-        json.loads(decoded, object_pairs_hook=pairs)
+        json.loads(decoded, object_pairs_hook=each_key_once)
+    except KeyGivenTwice as exc:
+        raise _key_twice(what, exc) from None
     except (ValueError, RecursionError):
         return
-    if twice:
-        raise InvalidInput(f"{what} gives the key {twice[0][:64]!r} more than once; give each key once.")
+
+
+def _key_twice(what: str, exc: KeyGivenTwice) -> InvalidInput:
+    return InvalidInput(f"{what} gives the key {exc.key[:64]!r} more than once; give each key once.")
 
 
 def _check_unicode(value: object, what: str) -> None:
