@@ -179,6 +179,8 @@ _RESUME_MAY_CHANGE = ("lr", "head_lr", "weight_decay", "head_weight_decay", "war
 #: a job's log of steps): every log_every-th step while that is within it, every total_steps / MAX_LOSS_RECORDS-th
 #: beyond (log_every=1 over ten million steps held ten million in memory and in every checkpoint).
 MAX_LOSS_RECORDS = 10_000
+#: The most evaluations a run may ask for (eval_every, or each epoch): more is refused before training starts.
+MAX_EVALUATIONS = 10_000
 
 
 @dataclass
@@ -267,12 +269,30 @@ class Trainer:
         self.state.total_steps = args.max_steps or math.ceil(self.state.steps_per_epoch * args.epochs)
         #: Steps between loss records: log_every, or wider to keep a run within MAX_LOSS_RECORDS.
         self.log_interval = max(args.log_every, -(-self.state.total_steps // MAX_LOSS_RECORDS))
+        self._check_evaluations()
         warmup = int(args.warmup_ratio * self.state.total_steps)
         self._lr_factor = _lr_lambda(args.schedule, warmup, self.state.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self._best_state: dict[str, torch.Tensor] | None = None
         self.resumed_from_step: int | None = None
+
+    def _check_evaluations(self) -> None:
+        """VeraConfigError (after releasing what __init__ started) for a run that would evaluate more than
+        MAX_EVALUATIONS times: each is a pass over the eval data and an entry of every checkpoint's history."""
+        args, state = self.args, self.state
+        if not self.eval_data:
+            return
+        evaluations = (state.total_steps // args.eval_every if args.eval_every
+                       else math.ceil(state.total_steps / state.steps_per_epoch))
+        if evaluations > MAX_EVALUATIONS:
+            self.close()
+            every = f"eval_every={args.eval_every}" if args.eval_every else "an evaluation each epoch"
+            raise VeraConfigError(
+                f"{every} over {state.total_steps:,} steps would evaluate {evaluations:,} times, more than the "
+                f"{MAX_EVALUATIONS:,} a run may (each is a pass over the eval data, and is kept in every "
+                f"checkpoint): set eval_every to {-(-state.total_steps // MAX_EVALUATIONS):,} steps or more "
+                "(vera train --eval-every N).")
 
     def close(self) -> None:
         """Release DDP and the process group that this trainer started (``vera_core.distributed.shutdown``); every

@@ -294,6 +294,22 @@ def test_a_long_run_records_at_most_max_loss_records(monkeypatch: pytest.MonkeyP
     assert [s for s, _ in stopped.state.loss_history] == [4, 6]
 
 
+def test_a_run_that_would_evaluate_more_than_max_evaluations_times_is_refused_before_it_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval_every=1 over millions of steps evaluated millions of times, each kept in every checkpoint's history."""
+    import vera_core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_EVALUATIONS", 5)
+    with pytest.raises(VeraConfigError, match=r"^eval_every=3 over 18 steps would evaluate 6 times, more than the 5 a "
+                                              r"run may .*: set eval_every to 4 steps or more \(vera train"):
+        trainer(eval_every=3)
+    with pytest.raises(VeraConfigError, match="^an evaluation each epoch over 36 steps would evaluate 6 times"):
+        trainer(epochs=6)
+    assert len(trainer(eval_every=4).train().state.eval_history) == 5  # 4 in the run and the last: within it
+    Trainer(tiny_classifier(), SequenceClassification(tokenizer()), TrainingArguments(  # no eval data: no evaluation
+        epochs=6, batch_size=8, device="cpu"), train_data=DATA)
+
+
 def test_early_stopping_on_a_metric_that_does_not_improve() -> None:
     # greater_is_better on a loss that falls: the first evaluation stays the best, so patience runs out
     t = trainer(eval_every=2, early_stopping_patience=2, metric_for_best="loss", greater_is_better=True, epochs=5)
