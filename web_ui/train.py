@@ -105,16 +105,18 @@ NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "Vector learning rate": (1e-5, 1.0), "Head learning rate": (1e-6, 1.0), "Batch size": (1, 1024),
     "Train examples": (1, 10**9), "Eval examples": (1, 10**9), "Max steps": (1, 10**7),
     "Warmup ratio": (0.0, 1.0), "Gradient accumulation": (1, 1024), "Max length": (1, 4096),
-    "Training seed": (0, 2**53 - 1), "Eval every": (1, 10**7), "Patience": (1, 10**4)}
+    "Training seed": (0, 2**53 - 1), "Eval every": (1, 10**7), "Patience": (1, 10**4),
+    "Log every": (1, 10**7)}
 
 #: The numbers the form may leave empty: a trial run's (empty: the whole split), the steps (empty: by epochs), how
 #: often to evaluate (empty: each epoch) and the patience (empty: never stop early).
-OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples", "Max steps", "Eval every", "Patience"})
+OPTIONAL_NUMBERS = frozenset({"Train examples", "Eval examples", "Max steps", "Eval every", "Patience",
+                              "Log every"})
 #: The form's box of further settings, and the numbers in it (a problem with one says where it is: the box may be
 #: closed when Launch is clicked).
 MORE = "More settings: schedule, evaluation, weights kept"
 MORE_NUMBERS = frozenset({"Warmup ratio", "Gradient accumulation", "Max length", "Training seed", "Eval every",
-                          "Patience"})
+                          "Patience", "Log every"})
 #: The More settings box's choices: the schedules, and which weights are published.
 SCHEDULES = ("linear", "cosine", "constant")
 KEPT = {"the best evaluation's": True, "the last step's": False}
@@ -197,7 +199,7 @@ class MoreSettings:
         n = self.numbers
         whole = {name: None if (value := n[label]) is None else int(value) for name, label in (
             ("grad_accum", "Gradient accumulation"), ("max_length", "Max length"), ("seed", "Training seed"),
-            ("eval_every", "Eval every"), ("patience", "Patience"))}
+            ("eval_every", "Eval every"), ("patience", "Patience"), ("log_every", "Log every"))}
         return {"schedule": self.schedule, "warmup_ratio": float(n["Warmup ratio"] or 0.0),
                 "metric_for_best": self.metric, "keep_best": self.keep_best, **whole}
 
@@ -219,7 +221,7 @@ def more_settings() -> MoreSettings:
         seed = a5.number_input("Training seed", value=0, step=1, help=(
             "Data order, head initialisation and dropout (the projection has its own seed above). "
             + bounds_help("Training seed")))
-        b1, b2, b3, b4, _ = st.columns(5)
+        b1, b2, b3, b4, b5 = st.columns(5)
         eval_every = b1.number_input("Eval every", value=None, step=1, placeholder="each epoch",
                                      help="Evaluate every N optimizer steps (and at the end): "
                                           + bounds_help("Eval every") + " Empty: at the end of each epoch.")
@@ -232,9 +234,13 @@ def more_settings() -> MoreSettings:
                                    "lower loss).")
         kept = b4.selectbox("Weights published", tuple(KEPT), help="The weights of the best evaluation (by Metric "
                             "for best), or of the last step.")
+        log_every = b5.number_input("Log every", value=None, step=1, placeholder="10 steps",
+                                    help="Record the mean training loss every N steps: the job's log and the loss "
+                                         "curve (a run records at most 10,000: beyond, the interval widens). "
+                                         + bounds_help("Log every") + " Empty: every 10 steps.")
     return MoreSettings(schedule=str(schedule), metric=str(metric), keep_best=KEPT[str(kept)], numbers={
         "Warmup ratio": warmup, "Gradient accumulation": accumulate, "Max length": max_length,
-        "Training seed": seed, "Eval every": eval_every, "Patience": patience})
+        "Training seed": seed, "Eval every": eval_every, "Patience": patience, "Log every": log_every})
 
 
 def launch() -> bool:

@@ -299,7 +299,7 @@ def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None
     boxes["Weights published"].set_value("the last step's")
     numbers = {n.label: n for n in at.number_input}
     for label, value in (("Warmup ratio", 0.1), ("Gradient accumulation", 2), ("Max length", 32),
-                         ("Training seed", 7), ("Eval every", 10), ("Patience", 3)):
+                         ("Training seed", 7), ("Eval every", 10), ("Patience", 3), ("Log every", 5)):
         numbers[label].set_value(value)
     # and what the version it publishes is labelled with (`vera job submit --tag --description`)
     next(t for t in at.text_input if t.label == "Tags (optional)").set_value(" nightly, baseline ,")
@@ -313,7 +313,7 @@ def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None
         assert {k: v for k, v in job.spec["training"].items() if k not in ("epochs", "batch_size", "lr", "head_lr")
                 } == {"schedule": "cosine", "warmup_ratio": 0.1, "gradient_accumulation_steps": 2,
                       "eval_every": 10, "early_stopping_patience": 3, "metric_for_best": "loss",
-                      "load_best_at_end": False}
+                      "load_best_at_end": False, "log_every": 5}
         assert (job.result_tags, job.result_description) == (["baseline", "nightly"], "cosine trial")
         client.cancel_job(job.id)
     # left as they are, the box sends the defaults (and no evaluation or patience setting)
@@ -324,7 +324,7 @@ def test_the_more_settings_box_reaches_the_job(registry: dict[str, Any]) -> None
     with RegistryClient(registry["url"], registry["token"]) as client:
         [job] = [j for j in client.jobs() if j.target_name == "alice/plain"]
         training = job.spec["training"]
-        assert "eval_every" not in training and "early_stopping_patience" not in training
+        assert not {"eval_every", "early_stopping_patience", "log_every"} & training.keys()
         assert "load_best_at_end" not in training and training["schedule"] == "linear"
         assert training["metric_for_best"] == "accuracy" and job.spec["seed"] == 0
         assert (job.result_tags, job.result_description) == ([], "")
