@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -17,7 +18,14 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.deps import PRINCIPAL, ApiOptions
 from registry.api.gate import RequestGate
 from registry.api.metrics import READY_TTL_S, Recent, install_metrics
-from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers, is_hub_path, problem
+from registry.api.problems import (
+    HUB_PREFIX,
+    LORA_HUB_PREFIX,
+    PROBLEM_RESPONSES,
+    install_problem_handlers,
+    is_hub_path,
+    problem,
+)
 from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
 from registry.domain.errors import MOVED_HEADER, AdapterNotFound
@@ -88,7 +96,7 @@ def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
         owner, name = exc.adapter or ("", "")
         path = request.url.path
         if request.method in ("GET", "HEAD") and is_hub_path(path) and \
-                (renamed := renamed_path(path, (owner, name), (moved.owner, moved.name))) is not None:
+                (renamed := renamed_location(request, (moved.owner, moved.name))) is not None:
             query = f"?{request.url.query}" if request.url.query else ""
             return Response(status_code=307, headers={"Location": renamed + query, MOVED_HEADER: moved.ref})
         response = problem(404, exc.code, f"No adapter {owner}/{name}: it was moved to {moved.ref} on "
@@ -97,14 +105,27 @@ def _install_moved_hint(app: FastAPI, registry: Registry) -> None:
         return response
 
 
-def renamed_path(path: str, old: tuple[str, str], new: tuple[str, str]) -> str | None:
-    """``path`` with its first ``/owner/name/`` segments (the repo id) ``old`` replaced by ``new``; None when it has
-    none."""
-    parts = path.split("/")
-    for i in range(len(parts) - 1):
-        if (parts[i], parts[i + 1]) == old:
-            return "/".join([*parts[:i], *new, *parts[i + 2:]])
-    return None
+def renamed_location(request: Request, new: tuple[str, str]) -> str | None:
+    """The request's path with the repo id its route matched (the ``{owner}/{name}`` segments of the route's
+    template) replaced by ``new``, as a relative reference (``../../new/name/resolve/main/file``: a proxy's path
+    prefix stays) with every segment percent-encoded; None for a route without them. The segments are found by
+    their place in the template, not by their text: the first ``old/name`` pair of the path was replaced, which for
+    an adapter named ``api/models`` is the route's own ``api/models`` (an outsider's finding, session 45), and the
+    decoded path was written back as it was, a non-ASCII name a 500, a space or ``%2541`` another path."""
+    route = request.scope.get("route")
+    template = str(getattr(route, "path_format", "") or "").split("/")
+    if "{owner}" not in template:
+        return None
+    at = template.index("{owner}")
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    parts = (path[len(root):] if root and path.startswith(root) else path).split("/")
+    if f"/{template[1]}" not in (HUB_PREFIX, LORA_HUB_PREFIX):  # the route as its router declared it, without
+        at += 1                                                 # the prefix it is served under (/hf, /hf-lora)
+    if len(parts) < at + 2 or not is_hub_path("/".join(parts[:at])):
+        return None
+    parts[at:at + 2] = new
+    up = len(parts) - 1 - at  # from the request's folder to the one that holds the owner's
+    return "../" * up + "/".join(quote(part, safe="!$&'()*+,;=:@-._~") for part in parts[at:])
 
 
 @asynccontextmanager
