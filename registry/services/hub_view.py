@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ from huggingface_hub import ModelCard
 
 from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
 from registry.domain.schemas import MAX_VERSION, Ref, VersionInfo
-from registry.services.derived import DerivedFile, DerivedFiles, FileForm, git_blob_id
+from registry.services.derived import DerivedFile, DerivedFiles, FileForm, NotBuilt, git_blob_id
 from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
 from registry.services.registry import Registry
@@ -124,9 +125,11 @@ def commit_of(info: VersionInfo, variant: str, card_revision: int | None = None)
 class HubView:
     """Revisions of the registry's adapters as Hub commits."""
 
-    def __init__(self, registry: Registry, *, default_variant: str = "") -> None:
-        """``default_variant``: the form of a revision without a suffix ("" = a default fetch, or "lora")."""
-        self.registry, self.default_variant = registry, default_variant
+    def __init__(self, registry: Registry, *, default_variant: str = "",
+                 on_build: Callable[[], None] | None = None) -> None:
+        """``default_variant``: the form of a revision without a suffix ("" = a default fetch, or "lora");
+        ``on_build``: called before a revision's form is built (it may refuse: the caller's costly budget)."""
+        self.registry, self.default_variant, self.on_build = registry, default_variant, on_build
 
     def revision(self, owner: str, name: str, revision: str) -> HubRevision:
         """The commit ``revision`` names in ``owner/name``: AdapterNotFound (the repo), RevisionNotFound or the
@@ -137,7 +140,12 @@ class HubView:
         form = FileForm(with_projection=variant == "projection", seed_only=variant == "seed-only",
                         lora=LoraExport() if variant == "lora" else None)
         try:
-            info, files = self.registry.derived.manifest(ref, form)
+            try:
+                info, files = self.registry.derived.manifest(ref, form, build=False)
+            except NotBuilt:
+                if self.on_build is not None:
+                    self.on_build()
+                info, files = self.registry.derived.manifest(ref, form)
         except AdapterNotFound:
             raise
         except NotFound as exc:

@@ -342,8 +342,12 @@ def _exporting(info: VersionInfo) -> Iterator[None]:
                        f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
 
 
+#: A download form asked with and without A and B at once, refused (by the API's query too, before any form is read).
+BOTH_FORMS = ("Ask for either the projections (the API's projection=true, the client's with_projection, `vera fetch "
+              "--with-projection`) or a seed-only copy (seed_only, --seed-only), not both.")
+
+
 def _check_options(*, with_projection: bool, seed_only: bool) -> None:
     if with_projection and seed_only:
-        raise InvalidInput("Ask for either the projections (the API's projection=true, the client's with_projection, "
-                           "`vera fetch --with-projection`) or a seed-only copy (seed_only, --seed-only), not both.")
+        raise InvalidInput(BOTH_FORMS)
 

@@ -66,10 +66,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             yield Served(base, token, client, tmp)
 
 
+def test_model_info_says_a_private_adapter_is_private(served: Served) -> None:
+    """`private` was false for every adapter (an outsider's finding, session 45)."""
+    served.client.publish(make_adapter(served.tmp / "hidden", seed=3), "alice/hidden", base_model="org/tiny-llama",
+                          visibility="private")
+    assert HfApi(endpoint=served.endpoint, token=served.token).model_info("alice/hidden").private is True
+
+
 def test_model_info_snapshot_and_file_downloads_give_what_a_fetch_gives(served: Served) -> None:
     api = HfApi(endpoint=served.endpoint, token=served.token)
     info = api.model_info(REPO, revision="prod", files_metadata=True)
-    assert info.id == REPO and info.sha is not None and len(info.sha) == 40
+    assert info.id == REPO and info.sha is not None and len(info.sha) == 40 and info.private is False
     want = served.fetched(f"{REPO}:1")
     sizes = {s.rfilename: s.size for s in info.siblings or []}
     assert sorted(sizes) == list(FILES)

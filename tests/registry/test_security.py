@@ -436,6 +436,16 @@ def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
                           timeout=60).status_code == 429
         assert httpx.get(f"{base}/api/v1/adapters/alice/m/versions/1",
                          headers={"Authorization": f"Bearer {alice}"}).status_code == 200
+        # the Hub protocol's model info and tree build forms (a LoRA export, A and B) as downloads do: a build counts
+        # against the caller's budget, a read of what is built does not (they built forms past a spent budget: an
+        # outsider's finding, session 45); bob has spent one of his three (the verify above)
+        assert httpx.post(f"{base}/api/v1/adapters/alice/m/versions", files=files, data={"base_model": "tiny"},
+                          headers={"Authorization": f"Bearer {alice}"}).status_code == 201
+        hub = [httpx.get(f"{base}/hf/api/models/alice/m/{path}", headers={"Authorization": f"Bearer {bob}"},
+                         timeout=60).status_code for path in (
+            "revision/1+lora", "tree/1+lora", "tree/1+lora", "revision/1+lora", "revision/1+projection",
+            "revision/1+projection", "revision/2+lora")]
+        assert hub == [200, 200, 200, 200, 200, 200, 429]  # two builds spent his budget; the third is refused
 
 
 def test_a_user_holds_a_bounded_number_of_live_tokens(registry: Registry) -> None:

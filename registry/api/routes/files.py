@@ -32,6 +32,7 @@ from registry.domain.schemas import ADAPTER_FILES, MAX_VERSION, FileEntry, FileM
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
 from registry.services.registry import Registry
 from registry.services.validation import MAX_RANK
+from registry.services.versions import BOTH_FORMS
 from vera_core.lora_options import LoraExport
 
 router = APIRouter(prefix="/api/v1/adapters", route_class=CheckedRoute)
@@ -71,6 +72,8 @@ class FileQuery(BaseModel):
         if self.format == "lora" and (self.projection or self.seed_only):
             raise ValueError("projection and seed_only shape the VeRA form; a LoRA export (format=lora) has no A "
                              "and B to include or leave out: leave them out")
+        if self.projection and self.seed_only:  # refused here, not only where the form is built: once anyone had
+            raise ValueError(BOTH_FORMS)  # built it, both at once answered its files (an outsider's finding)
         return self
 
     def form(self) -> FileForm:

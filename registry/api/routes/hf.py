@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from registry.api.deps import Reader, RegistryDep
 from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
-from registry.api.ratelimit import CostlyReader
+from registry.api.ratelimit import CostlyReader, spend
 from registry.api.uploads import file_response, head_response
 from registry.domain.errors import EntryNotFound
 from registry.domain.schemas import ADAPTER_FILES
@@ -33,9 +33,12 @@ _FILE: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _view(request: Request, registry: RegistryDep) -> HubView:
+async def _view(request: Request, registry: RegistryDep, who: Reader) -> HubView:
+    """The Hub view of this request: a form it builds (model info and tree build them too, a LoRA export, A and
+    B) counts against the caller's costly budget; until 2026-12-06 only a file's GET counted, and model info
+    built forms past a spent budget (an outsider's finding)."""
     lora = request.scope["path"].startswith(LORA_HUB_PREFIX + "/")
-    return HubView(registry, default_variant="lora" if lora else "")
+    return HubView(registry, default_variant="lora" if lora else "", on_build=lambda: spend(request, who))
 
 
 View = Annotated[HubView, Depends(_view)]
@@ -55,7 +58,8 @@ def _model_info(rev: HubRevision, blobs: bool) -> dict[str, Any]:
     return {
         "_id": rev.commit[:24], "id": rev.repo_id, "modelId": rev.repo_id, "author": info.owner, "sha": rev.commit,
         "lastModified": _hub_time(rev.last_modified), "createdAt": _hub_time(rev.last_modified),
-        "private": False, "disabled": False, "gated": False, "downloads": info.downloads, "likes": 0,
+        "private": info.visibility == "private", "disabled": False, "gated": False, "downloads": info.downloads,
+        "likes": 0,
         "library_name": card.get("library_name", "peft"), "tags": card.get("tags", []), "pipeline_tag": None,
         "cardData": card, "siblings": siblings, "spaces": [],
         "usedStorage": sum(rev.size(name) for name in rev.names),
