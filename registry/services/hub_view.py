@@ -29,7 +29,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
-from registry.domain.schemas import MAX_VERSION, Ref, VersionInfo
+from registry.domain.schemas import MAX_VERSION, VERSION_LIKE, Ref, VersionInfo
 from registry.services.derived import DerivedFile, DerivedFiles, FileForm, NotBuilt, git_blob_id
 from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
@@ -45,7 +45,6 @@ VARIANTS = ("", "lora", "seed-only", "projection")
 COMMIT_FORMAT = "1"
 MAX_REVISION_LENGTH = 100
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_VERSION = re.compile(r"v?([0-9]{1,9})")
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ class HubView:
                 raise RevisionNotFound(f"{repo_id} has no commit {revision}.")
             if base == "main":
                 return Ref.of(owner, name, alias=LATEST), variant, None, None
-            if match := _VERSION.fullmatch(base):
+            if match := VERSION_LIKE.fullmatch(base):
                 return Ref.of(owner, name, version=int(match[1])), variant, None, None
             return Ref.of(owner, name, alias=base), variant, None, None
         except InvalidInput as exc:  # owner, name or alias that cannot exist: no such repo or revision

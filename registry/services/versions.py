@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, check_name
+from registry.domain.schemas import VERSION_LIKE, AuditEventInfo, Ref, VersionInfo, check_name
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
     LATEST,
@@ -194,6 +194,13 @@ class Versions:
                 refuse_protected(s, v.adapter.owner, [alias], f"point it at a version (here {version_ref(v)})")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             before = None
+            if row is None and VERSION_LIKE.fullmatch(alias):  # (one set before 2026-12-06 still moves)
+                api = f" and the API's .../versions/{alias}" if alias.isdigit() else ""
+                raise InvalidInput(
+                    f"The alias {alias!r} reads as version {int(alias.lstrip('v'))}: the Hub protocol's revision "
+                    f"{alias} (from_pretrained's revision=){api} give that version, while a reference @{alias} "
+                    "would give the alias. Pick a name with a letter in it besides a leading v (prod, release-5, "
+                    "v1-rc).")
             if row is None:
                 s.add(m.Alias(adapter_id=v.adapter_id, name=alias, version_id=v.id))
             else:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,28 @@ def test_alias_events_say_which_version_it_named_before(registry: Registry, tmp_
     assert [{k: d[k] for k in ("version", "previous_version") if k in d} for d in details] == [
         {"version": 1, "previous_version": None}, {"version": 2, "previous_version": 1}, {"version": 2}]
     assert details[1]["previous_version_id"] is not None  # kept for readers of the older field
+
+
+def test_a_new_alias_that_reads_as_a_version_number_is_refused(registry: Registry, tmp_path: Path) -> None:
+    """Aliases `v1` and `5` were taken: `from_pretrained(revision="v1")` then gave version 1 and `vera fetch x@v1` the
+    alias's version, with no warning (an outsider's finding, session 45). One set before still moves."""
+    source = make_adapter(tmp_path / "a", seed=1)
+    for _ in range(2):
+        registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
+    for alias, number, api in (("v1", 1, ""), ("5", 5, " and the API's .../versions/5"), ("v000000007", 7, "")):
+        with pytest.raises(InvalidInput, match=rf"^The alias '{alias}' reads as version {number}: the Hub protocol's "
+                                               rf"revision {alias} \(from_pretrained's revision=\){re.escape(api)} "
+                                               rf"give that version, while a reference @{alias} would give the alias"):
+            registry.set_alias("alice/x:2", alias, actor="alice")
+    before = registry.audit()
+    with registry.db.session() as s:  # as an older release let it be set
+        version = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.version == 1))
+        assert version is not None
+        s.add(m.Alias(adapter_id=version.adapter_id, name="v2", version_id=version.id))
+    assert registry.set_alias("alice/x:2", "v2", actor="alice").version == 2
+    assert registry.get("alice/x@v2").version == 2 and len(registry.audit()) == len(before) + 1
+    for fine in ("v1-rc", "release-5", "1234567890", "vv1"):  # a letter, or more digits than any version has
+        registry.set_alias("alice/x:1", fine, actor="alice")
 
 
 def test_versions_aliases_and_dedupe(registry: Registry, tmp_path: Path) -> None:
