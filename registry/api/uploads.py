@@ -47,6 +47,20 @@ def takes_ranges(source: bytes | str | BlobReader, size: int) -> bool:
     return isinstance(source, str) and size > SMALL_FILE
 
 
+def reads_from_start(source: bytes | str | BlobReader, size: int, http_range: str | None) -> bool:
+    """Whether file_response's answer to a GET with this Range holds the file from its first byte: no Range, a file
+    that answers a Range whole, a Range it ignores, or one whose first piece starts at 0. A download is counted
+    then, not for each later piece of a resumed or parallel download, nor for a 416 (each was counted until
+    2026-12-06: an outsider's finding)."""
+    if http_range is None or not takes_ranges(source, size):
+        return True
+    try:
+        ranges = RangedFile._parse_range_header(http_range, size)
+    except RangeNotSatisfiable:
+        return False
+    return not ranges or ranges[0][0] == 0
+
+
 def head_response(source: bytes | str | BlobReader, size: int, media_type: str, headers: dict[str, str]
                   ) -> Response:
     """The headers file_response would answer a GET with (its length, type, and whether it takes a Range), no body

@@ -166,6 +166,31 @@ def test_two_server_processes_on_one_database_add_up_at_shutdown(database_url: s
         db.engine.dispose()
 
 
+def test_a_download_in_pieces_counts_once(tmp_path: Path) -> None:
+    """Each Range piece counted as a download, and so did a 416 (an outsider's finding, session 45): a download is
+    counted when the answer holds the file from its first byte."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs", VERA_DOWNLOAD_FLUSH_S="0.2") as base, \
+            RegistryClient(base, "") as client:
+        client.publish(make_adapter(tmp_path / "big", r=4096), "ann/big", base_model="tiny-llama")
+        file = f"{base}/api/v1/adapters/ann/big/versions/1/files/{WEIGHTS}?projection=true"
+        size = len(httpx.get(file, timeout=60).content)  # 1
+        assert size > 1 << 20
+        commit = httpx.get(f"{base}/hf/api/models/ann/big/revision/main+projection").json()["sha"]
+        hub = f"{base}/hf/ann/big/resolve/{commit}/{WEIGHTS}"
+        for where in (file, hub):
+            for asked, status in (("bytes=0-99", 206), ("bytes=100-199", 206), ("bytes=200-", 206),
+                                  (f"bytes={size}-", 416), ("bytes=-10", 206), ("bytes=5-1", 200)):
+                answer = httpx.get(where, headers={"Range": asked}, timeout=60)
+                assert answer.status_code == status, (where, asked, answer.status_code)
+        # counted: the whole file, then 0-99 and the ignored 5-1, on each route
+        deadline = time.monotonic() + 20
+        while client.get("ann/big:1").downloads < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # two more flushes: a piece counted by mistake would show now
+        assert client.get("ann/big:1").downloads == 5
+
+
 def test_a_large_file_answers_ranges_and_ignores_ranges_it_cannot_read(tmp_path: Path) -> None:
     """A file over 1 MiB is sent from storage as a file, which takes a Range (`Accept-Ranges: bytes`); a Range it
     cannot read (another unit, an end before its start) is ignored as RFC 9110 says, the whole file answered, where

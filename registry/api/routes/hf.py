@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from registry.api.deps import Reader, RegistryDep
 from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
 from registry.api.ratelimit import CostlyReader, spend
-from registry.api.uploads import file_response, head_response
+from registry.api.uploads import file_response, head_response, reads_from_start
 from registry.domain.errors import EntryNotFound
 from registry.domain.schemas import ADAPTER_FILES
 from registry.services.hub_view import HubRevision, HubView
@@ -106,9 +106,10 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
     if request.method == "HEAD":  # the GET's headers, Accept-Ranges as it answers (always "none" until 2026-12-06)
         return head_response(rev.source(filename), size, "application/octet-stream", headers)
-    if filename == ADAPTER_FILES[1]:  # the weights: one download of the version (in memory; flushed in batches)
-        view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)
-    return file_response(rev.source(filename), size, "application/octet-stream", headers)
+    source = rev.source(filename)
+    if filename == ADAPTER_FILES[1] and reads_from_start(source, size, request.headers.get("range")):
+        view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)  # (the weights, from their
+    return file_response(source, size, "application/octet-stream", headers)  # start: in memory, flushed in batches)
 
 
 #: /hf: revisions without a suffix give what a default fetch gives (VeRA, PEFT-correct).
