@@ -61,6 +61,15 @@ def reads_from_start(source: bytes | str | BlobReader, size: int, http_range: st
     return not ranges or ranges[0][0] == 0
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names ``etag`` (RFC 9110's weak comparison: ``W/"x"`` matches ``"x"``) or
+    is ``*``: the caller holds the file, a 304. A weak tag or ``*`` answered the whole file until 2026-12-06."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
 def head_response(source: bytes | str | BlobReader, size: int, media_type: str, headers: dict[str, str]
                   ) -> Response:
     """The headers file_response would answer a GET with (its length, type, and whether it takes a Range), no body
@@ -105,6 +114,15 @@ class RangedFile(FileResponse):
                 await answer(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    def set_stat_headers(self, stat_result: os.stat_result) -> None:
+        """Its length only: no Last-Modified (the stored blob's time, not the version's, and another after a form
+        is built again, where the ETag, the bytes' SHA-256, stays: a HEAD said none), and the route's ETag."""
+        self.headers.setdefault("content-length", str(stat_result.st_size))
+
+    def _should_use_range(self, http_if_range: str) -> bool:
+        """An If-Range holding this file's entity tag (a date matches nothing here: the whole file is answered)."""
+        return not http_if_range.startswith("W/") and http_if_range == self.headers.get("etag")
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:

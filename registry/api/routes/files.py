@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.bodies import CheckedRoute
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import SMALL_FILE, file_response, head_response, reads_from_start
+from registry.api.uploads import SMALL_FILE, etag_matches, file_response, head_response, reads_from_start
 from registry.domain.errors import Busy, NotFound
 from registry.domain.schemas import ADAPTER_FILES, MAX_VERSION, FileEntry, FileManifest, Ref, VersionInfo, files_digest
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
@@ -272,7 +272,7 @@ def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, st
     etag = f'"{file.sha256}"'
     headers = {**headers, "ETag": etag, "X-Vera-Version": str(ref),
                "Content-Disposition": f'attachment; filename="{file.filename}"'}
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+    if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     source = registry.derived.source(ref, file)
     if counted and reads_from_start(source, file.size, http_range):

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from registry.api.deps import Reader, RegistryDep
 from registry.api.problems import HUB_PREFIX, LORA_HUB_PREFIX
 from registry.api.ratelimit import CostlyReader, spend
-from registry.api.uploads import file_response, head_response, reads_from_start
+from registry.api.uploads import etag_matches, file_response, head_response, reads_from_start
 from registry.domain.errors import EntryNotFound
 from registry.domain.schemas import ADAPTER_FILES
 from registry.services.hub_view import HubRevision, HubView
@@ -104,6 +104,8 @@ def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str
         headers["Cache-Control"] = "no-cache"
         return Response(status_code=307, headers=headers)
     headers["Cache-Control"] = "private, max-age=31536000, immutable"  # a commit's files never change
+    if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):  # (the whole file until 2026-12-06)
+        return Response(status_code=304, headers=headers)
     if request.method == "HEAD":  # the GET's headers, Accept-Ranges as it answers (always "none" until 2026-12-06)
         return head_response(rev.source(filename), size, "application/octet-stream", headers)
     source = rev.source(filename)
