@@ -256,6 +256,8 @@ class _LinkRefused(RegistryError):
 
 #: ``fetch`` asks for the bytes of files up to this size with their list (the registry's limit).
 INLINE_BYTES = 1 << 20
+#: The most jobs ``jobs`` asks one page of GET /api/v1/jobs for (the registry's largest page).
+JOB_PAGE = 500
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: The longest a Retry-After (429, 503) is waited for before the request is sent again; longer ones are reported.
 MAX_RETRY_AFTER_S = 10.0
@@ -878,9 +880,16 @@ class RegistryClient:
         response = self._request("POST", "/api/v1/jobs", data=form, files=files)
         return JobInfo.model_validate(response.json())
 
-    def jobs(self, *, owner: str | None = None, status: str | None = None) -> list[JobInfo]:
+    def jobs(self, *, owner: str | None = None, status: str | None = None, limit: int = 100) -> list[JobInfo]:
+        """The newest ``limit`` jobs you may see, newest first, read a page (at most 500) at a time as the ``Link``
+        header names the next (a registry before 2026-12-06 answers its newest 500 at most)."""
         params = {k: v for k, v in (("owner", owner), ("status", status)) if v}
-        return [JobInfo.model_validate(j) for j in self._request("GET", "/api/v1/jobs", params=params).json()]
+        found: list[JobInfo] = []
+        for item in self._every_page("/api/v1/jobs", {**params, "limit": str(min(limit, JOB_PAGE))}, "before"):
+            found.append(JobInfo.model_validate(item))
+            if len(found) >= limit:
+                break
+        return found
 
     def job(self, job_id: int) -> JobInfo:
         return JobInfo.model_validate(self._request("GET", f"/api/v1/jobs/{job_id}").json())
@@ -1033,20 +1042,21 @@ class RegistryClient:
     def revoke_token(self, token_id: int) -> None:
         self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
 
-    def _every_page(self, path: str) -> Iterator[Any]:
+    def _every_page(self, path: str, params: dict[str, str] | None = None, key: str = "after") -> Iterator[Any]:
         """Each item of a listing the registry answers a page at a time, the ``Link`` header naming the next page
-        (GET /orgs and /invitations; a registry before 2026-12-06 answers all at once, with none). Only the next
-        page's query is taken from the header: a link elsewhere is not followed (nor sent the token)."""
-        params: dict[str, str] = {}
+        (GET /orgs and /invitations by ``after``, /jobs by ``before``; a registry before 2026-12-06 answers all at
+        once, with none). Only the next page's query is taken from the header: a link elsewhere is not followed
+        (nor sent the token)."""
+        params = dict(params or {})
         asked: set[str] = set()  # (the pages' starts, in the database's order, which may not be Python's)
         while True:
             answer = self._request("GET", path, params=params)
             items = answer.json()
             yield from items
             following = dict(parse_qsl(urlsplit(answer.links.get("next", {}).get("url", "")).query))
-            if not items or "after" not in following or following["after"] in asked:
+            if not items or key not in following or following[key] in asked:
                 return  # nothing more, or a page asked before: a server that sent it round again would never end
-            asked.add(following["after"])
+            asked.add(following[key])
             params = following
 
     def organizations(self) -> list[OrganizationInfo]:

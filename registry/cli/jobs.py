@@ -121,10 +121,11 @@ def job_submit(
 def job_ls(
     owner: Annotated[str | None, typer.Option(help="Owner.")] = None,
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed or cancelled.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="The newest this many (read 500 at a time).")] = 100,
     as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """List jobs, newest first."""
-    jobs = call_registry(registry, token, lambda c: c.jobs(owner=owner, status=status))
+    jobs = call_registry(registry, token, lambda c: c.jobs(owner=owner, status=status, limit=limit))
     if as_json:
         print_json(jobs)
         return

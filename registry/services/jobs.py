@@ -365,8 +365,11 @@ class Jobs:
             return _infos(s, [self._visible_job(s, job_id, viewer)], viewer)[0]
 
     def list_jobs(self, *, owner: str | None = None, status: JobStatus | None = None, limit: int = 100,
-                  viewer: Principal | None = None) -> list[JobInfo]:
+                  before: int | None = None, viewer: Principal | None = None) -> list[JobInfo]:
+        """The newest ``limit`` jobs ``viewer`` may see (older than the job ``before``, for a next page)."""
         query = select(m.Job).where(self.job_visible(viewer)).order_by(m.Job.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(m.Job.id < before)
         if owner:
             query = query.where(m.Job.owner == owner)
         if status:

@@ -6,8 +6,9 @@ import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from registry.api.bodies import CheckedRoute
@@ -77,9 +78,20 @@ async def submit_job(
 
 
 @router.get("", response_model=list[JobInfo])
-def list_jobs(who: Reader, jobs: JobsDep, owner: str | None = None, status: JobStatus | None = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobInfo]:
-    return jobs.list_jobs(owner=owner, status=status, limit=limit, viewer=who)
+def list_jobs(who: Reader, jobs: JobsDep, response: Response, owner: str | None = None,
+              status: JobStatus | None = None, limit: Annotated[int, Query(ge=1, le=500, description=(
+                  "the most a page holds; when there are more, the `Link` header names the next page "
+                  "(rel=\"next\")"))] = 100,
+              before: Annotated[int | None, Query(ge=1, le=MAX_ID, description=(
+                  "the page of jobs older than this id: the last of the page before, as the `Link` header's next "
+                  "page names it"))] = None) -> list[JobInfo]:
+    """Jobs, newest first, a page at a time (until 2026-12-06 only the newest 500 could be listed)."""
+    found = jobs.list_jobs(owner=owner, status=status, limit=limit + 1, before=before, viewer=who)
+    if len(found) > limit:  # relative to the request, so that a proxy's path prefix stays
+        following = {**({"owner": owner} if owner else {}), **({"status": status} if status else {}),
+                     "before": found[limit - 1].id, "limit": limit}
+        response.headers["Link"] = f'<?{urlencode(following)}>; rel="next"'
+    return found[:limit]
 
 
 @router.get("/{job_id}", response_model=JobInfo)
