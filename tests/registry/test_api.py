@@ -208,6 +208,9 @@ def test_a_file_list_gives_small_files_inline_and_its_digest_to_head(
     partly = httpx.get(lists, params={"format": "lora", "inline": cut})
     inlined = FileManifest.model_validate_json(partly.content)
     assert inlined.digest == manifest.digest
+    # the GET's own query checked by HEAD: the same headers (inline was a 422 until 2026-12-06)
+    same = httpx.head(lists, params={"format": "lora", "inline": cut})
+    assert same.status_code == 200 and same.headers["x-vera-files"] == partly.headers["x-vera-files"]
     # the server writes the list's JSON itself (the inline text from its file cache): exactly pydantic's JSON
     assert plain.text == manifest.model_dump_json(exclude={"files": {"__all__": {"content"}}})
     assert partly.text == inlined.model_dump_json() and '"content":null' in partly.text

@@ -166,7 +166,7 @@ def _manifest(registry: Registry, ref: Ref, form: FileForm, inline: int) -> Resp
                               "headers": {k: {"description": v, "schema": {"type": "string"}}
                                           for k, v in _LIST_HEADERS.items()}}})
 async def manifest_head(_: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str,
-                        selector: str, query: Annotated[FileQuery, Query()]) -> Response:
+                        selector: str, query: Annotated[ListQuery, Query()]) -> Response:
     """The file list's headers only (the pinned version and the list's digest), from one query once the files
     are built: how a client's cache checks that the files it holds are still what this reference gives."""
     form, ref = query.form(), ref_of(owner, name, selector)
