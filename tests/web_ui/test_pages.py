@@ -405,7 +405,8 @@ def test_train_page_launches_a_job_and_follows_it(registry: dict[str, Any]) -> N
     # a trial run: the first 48 training examples, the first 20 of eval and test; empty boxes say "all"
     trial = {n.label: n for n in at.number_input if n.label in train.OPTIONAL_NUMBERS}
     assert [(n.value, n.proto.placeholder) for n in trial.values()] == [
-        (None, "all"), (None, "all"), (None, "by epochs"), (None, "each epoch"), (None, "never stop early")]
+        (None, "all"), (None, "all"), (None, "by epochs"), (None, "each epoch"), (None, "never stop early"),
+        (None, "10 steps")]
     trial["Train examples"].set_value(48)
     trial["Eval examples"].set_value(20)
     next(b for b in at.button if b.label == "Launch").click()
