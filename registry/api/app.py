@@ -117,15 +117,19 @@ def renamed_location(request: Request, new: tuple[str, str]) -> str | None:
     if "{owner}" not in template:
         return None
     at = template.index("{owner}")
-    path, root = request.scope["path"], request.scope.get("root_path", "")
-    parts = (path[len(root):] if root and path.startswith(root) else path).split("/")
+    # the path as the client sent it (still encoded: an encoded '/' of a revision, refs%2Fpr%2F1, is one segment
+    # where the client resolves the redirect; the decoded path counted it as three, and the redirect left /hf)
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    root = request.scope.get("root_path", "").encode()
+    parts = (raw[len(root):] if root and raw.startswith(root) else raw).split(b"/")
     if f"/{template[1]}" not in (HUB_PREFIX, LORA_HUB_PREFIX):  # the route as its router declared it, without
         at += 1                                                 # the prefix it is served under (/hf, /hf-lora)
-    if len(parts) < at + 2 or not is_hub_path("/".join(parts[:at])):
+    if len(parts) < at + 2 or not is_hub_path(b"/".join(parts[:at]).decode("latin-1")):
         return None
-    parts[at:at + 2] = new
     up = len(parts) - 1 - at  # from the request's folder to the one that holds the owner's
-    return "../" * up + "/".join(quote(part, safe="!$&'()*+,;=:@-._~") for part in parts[at:])
+    # the segments after the repo id as sent, encoded where a client sent what a URL may not hold
+    after = [quote(part, safe="!$&'()*+,;=:@-._~%") for part in parts[at + 2:]]
+    return "../" * up + "/".join([*(quote(part, safe="") for part in new), *after])
 
 
 @asynccontextmanager

@@ -13,6 +13,9 @@ from registry.api.deps import Reader
 from registry.domain.errors import RateLimited
 from registry.services.tokens import Principal
 
+#: What the costly requests are, as a refusal names them.
+COSTLY = "costly requests (verify, compare, downloads, builds of download forms, job submissions)"
+
 
 class RateLimiter:
     """``per_minute`` costly requests per caller, refilled continuously, bursts up to the same number."""
@@ -23,7 +26,7 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill)
         self._lock = threading.Lock()
 
-    def take(self, caller: str, what: str = "costly requests (verify, compare, downloads, job submissions)") -> None:
+    def take(self, caller: str, what: str = COSTLY) -> None:
         """Spend one request of ``caller``'s budget, or raise RateLimited saying when to retry (``what``: the
         requests counted, in the message)."""
         now = time.monotonic()

@@ -98,6 +98,8 @@ MAX_VERSION = 999_999_999
 #: A name that reads as a version number (``5``, ``v5``; fullmatch): the Hub protocol's revisions read it so, and a
 #: new alias may not be one.
 VERSION_LIKE = re.compile(r"v?([0-9]{1,9})")
+#: A commit id as the Hub protocol writes one (fullmatch): a new alias may not be one either, nor ``main``.
+COMMIT_LIKE = re.compile(r"[0-9a-f]{40}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch: no trailing newline slips through "$"
 _REF = re.compile(r"(?P<owner>[^/:@]+)/(?P<name>[^/:@]+)(?::(?P<version>[1-9][0-9]{0,8})|@(?P<alias>[^/:@]+))?")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +28,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from registry.domain.errors import AdapterNotFound, EntryNotFound, InvalidInput, NotFound, RevisionNotFound
-from registry.domain.schemas import MAX_VERSION, VERSION_LIKE, Ref, VersionInfo
+from registry.domain.schemas import COMMIT_LIKE, MAX_VERSION, VERSION_LIKE, Ref, VersionInfo
 from registry.services.derived import DerivedFile, DerivedFiles, FileForm, NotBuilt, git_blob_id
 from registry.services.hub import CARD_NAME, model_card
 from registry.services.lookup import LATEST
@@ -44,7 +43,6 @@ VARIANTS = ("", "lora", "seed-only", "projection")
 #: (a client's cache keys files by commit and never asks again for a commit it has).
 COMMIT_FORMAT = "1"
 MAX_REVISION_LENGTH = 100
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -183,7 +181,7 @@ class HubView:
                 f"{repo_id} has no revision {revision[:MAX_REVISION_LENGTH]!r}: a revision is main, a version "
                 "number (3 or v3), an alias or a commit, optionally followed by +lora, +seed-only or +projection.")
         try:
-            if _COMMIT.fullmatch(base):
+            if COMMIT_LIKE.fullmatch(base):
                 number, form = int(base[32:], 16), int(base[30:32], 16)
                 card_at = int(base[24:30], 16) if form & CARD_REVISION_FLAG else None
                 form &= ~CARD_REVISION_FLAG

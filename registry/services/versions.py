@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import VERSION_LIKE, AuditEventInfo, Ref, VersionInfo, check_name
+from registry.domain.schemas import COMMIT_LIKE, VERSION_LIKE, AuditEventInfo, Ref, VersionInfo, check_name
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
     LATEST,
@@ -194,13 +194,9 @@ class Versions:
                 refuse_protected(s, v.adapter.owner, [alias], f"point it at a version (here {version_ref(v)})")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             before = None
-            if row is None and VERSION_LIKE.fullmatch(alias):  # (one set before 2026-12-06 still moves)
-                api = f" and the API's .../versions/{alias}" if alias.isdigit() else ""
-                raise InvalidInput(
-                    f"The alias {alias!r} reads as version {int(alias.lstrip('v'))}: the Hub protocol's revision "
-                    f"{alias} (from_pretrained's revision=){api} give that version, while a reference @{alias} "
-                    "would give the alias. Pick a name with a letter in it besides a leading v (prod, release-5, "
-                    "v1-rc).")
+            if row is None and (reading := _hub_reading(alias)) is not None:  # (one set before 2026-12-06 moves)
+                raise InvalidInput(f"The alias {alias!r} {reading}, while a reference @{alias} would give the alias. "
+                                   "Pick another name (prod, release-5, v1-rc).")
             if row is None:
                 s.add(m.Alias(adapter_id=v.adapter_id, name=alias, version_id=v.id))
             else:
@@ -347,6 +343,21 @@ def _exporting(info: VersionInfo) -> Iterator[None]:
     except VeraError as exc:
         raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
                        f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
+
+
+def _hub_reading(alias: str) -> str | None:
+    """How the Hub protocol (/hf; registry.services.hub_view) reads ``alias`` as a revision when that is not the
+    alias: a version number, ``main`` (the newest version) or a commit id; None when it reads the alias."""
+    if VERSION_LIKE.fullmatch(alias):
+        both = f" and the API's .../versions/{alias} give" if alias.isdigit() else " gives"
+        return (f"reads as version {int(alias.lstrip('v'))}: the Hub protocol's revision {alias} "
+                f"(from_pretrained's revision=){both} that version")
+    if alias == "main":
+        return ("is the Hub protocol's name of the newest version (revision main, from_pretrained's default), which "
+                "it gives")
+    if COMMIT_LIKE.fullmatch(alias):
+        return "reads as a commit id to the Hub protocol, which would look for that commit"
+    return None
 
 
 #: A download form asked with and without A and B at once, refused (by the API's query too, before any form is read).

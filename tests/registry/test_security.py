@@ -415,7 +415,8 @@ def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
     with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
                         VERA_COSTLY_REQUESTS_PER_MINUTE="3") as base:
         db = Database(url)
-        alice, bob = (create_token(db, owner=o, scopes=["read", "publish"])[1] for o in ("alice", "bob"))
+        alice, bob, carol = (create_token(db, owner=o, scopes=["read", "publish"])[1]
+                             for o in ("alice", "bob", "carol"))
         db.engine.dispose()
         files = {part: (f, (make_adapter(tmp_path / "a") / f).read_bytes()) for part, f in (
             ("adapter_config", "adapter_config.json"), ("adapter_model", "adapter_model.safetensors"))}
@@ -446,6 +447,11 @@ def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
             "revision/1+lora", "tree/1+lora", "tree/1+lora", "revision/1+lora", "revision/1+projection",
             "revision/1+projection", "revision/2+lora")]
         assert hub == [200, 200, 200, 200, 200, 200, 429]  # two builds spent his budget; the third is refused
+        # a file's GET through /hf counts once, building its form or not (a build counted twice: a re-check's finding)
+        files = [httpx.get(f"{base}/hf/alice/m/resolve/{revision}/adapter_config.json", timeout=60,
+                           headers={"Authorization": f"Bearer {carol}"}).status_code
+                 for revision in ("2+projection", "1+seed-only", "2+seed-only", "2")]
+        assert files == [307, 307, 307, 429]
 
 
 def test_a_user_holds_a_bounded_number_of_live_tokens(registry: Registry) -> None:

@@ -98,11 +98,17 @@ def test_a_new_alias_that_reads_as_a_version_number_is_refused(registry: Registr
     source = make_adapter(tmp_path / "a", seed=1)
     for _ in range(2):
         registry.publish(source, owner="alice", name="x", base_model="tiny-llama")
-    for alias, number, api in (("v1", 1, ""), ("5", 5, " and the API's .../versions/5"), ("v000000007", 7, "")):
+    for alias, number, api in (("v1", 1, " gives"), ("5", 5, " and the API's .../versions/5 give"),
+                               ("v000000007", 7, " gives")):
         with pytest.raises(InvalidInput, match=rf"^The alias '{alias}' reads as version {number}: the Hub protocol's "
                                                rf"revision {alias} \(from_pretrained's revision=\){re.escape(api)} "
-                                               rf"give that version, while a reference @{alias} would give the alias"):
+                                               rf"that version, while a reference @{alias} would give the alias"):
             registry.set_alias("alice/x:2", alias, actor="alice")
+    # nor the Hub protocol's main (the newest version) or a commit id (a re-check's findings)
+    with pytest.raises(InvalidInput, match=r"^The alias 'main' is the Hub protocol's name of the newest version"):
+        registry.set_alias("alice/x:1", "main", actor="alice")
+    with pytest.raises(InvalidInput, match="reads as a commit id to the Hub protocol"):
+        registry.set_alias("alice/x:1", "ab" * 20, actor="alice")
     before = registry.audit()
     with registry.db.session() as s:  # as an older release let it be set
         version = s.scalar(select(m.AdapterVersion).where(m.AdapterVersion.version == 1))

@@ -37,11 +37,20 @@ async def _view(request: Request, registry: RegistryDep, who: Reader) -> HubView
     """The Hub view of this request: a form it builds (model info and tree build them too, a LoRA export, A and
     B) counts against the caller's costly budget; until 2026-12-06 only a file's GET counted, and model info
     built forms past a spent budget (an outsider's finding)."""
-    lora = request.scope["path"].startswith(LORA_HUB_PREFIX + "/")
-    return HubView(registry, default_variant="lora" if lora else "", on_build=lambda: spend(request, who))
+    return HubView(registry, default_variant=_default_variant(request), on_build=lambda: spend(request, who))
+
+
+async def _costly_view(request: Request, registry: RegistryDep) -> HubView:
+    """The Hub view of a route that counts every request already (CostlyReader): a build is not counted twice."""
+    return HubView(registry, default_variant=_default_variant(request))
+
+
+def _default_variant(request: Request) -> str:
+    return "lora" if request.scope["path"].startswith(LORA_HUB_PREFIX + "/") else ""
 
 
 View = Annotated[HubView, Depends(_view)]
+CostlyView = Annotated[HubView, Depends(_costly_view)]
 
 
 def _hub_time(at: datetime) -> str:
@@ -94,7 +103,7 @@ def tree(_: Reader, view: View, owner: str, name: str, revision: str, path: str 
 @_routes.get("/{owner}/{name}/resolve/{revision}/{filename:path}", response_class=Response,
              summary="A file of a revision (HEAD: its headers)", responses=_FILE)
 @_routes.head("/{owner}/{name}/resolve/{revision}/{filename:path}", response_class=Response, include_in_schema=False)
-def resolve(request: Request, _: CostlyReader, view: View, owner: str, name: str, revision: str,
+def resolve(request: Request, _: CostlyReader, view: CostlyView, owner: str, name: str, revision: str,
             filename: str) -> Response:
     rev = view.revision(owner, name, revision)
     size = rev.size(filename)  # EntryNotFound first
