@@ -47,12 +47,19 @@ def takes_ranges(source: bytes | str | BlobReader, size: int) -> bool:
     return isinstance(source, str) and size > SMALL_FILE
 
 
-def reads_from_start(source: bytes | str | BlobReader, size: int, http_range: str | None) -> bool:
-    """Whether file_response's answer to a GET with this Range holds the file from its first byte: no Range, a file
-    that answers a Range whole, a Range it ignores, or one whose first piece starts at 0. A download is counted
-    then, not for each later piece of a resumed or parallel download, nor for a 416 (each was counted until
-    2026-12-06: an outsider's finding)."""
+#: A request's Range and If-Range headers (None where absent).
+Asked = tuple[str | None, str | None]
+
+
+def reads_from_start(source: bytes | str | BlobReader, size: int, asked: Asked, etag: str) -> bool:
+    """Whether file_response's answer to a GET with this Range (and If-Range) holds the file from its first byte:
+    no Range, a file that answers a Range whole, a Range it ignores or whose If-Range is not this file's ``etag``,
+    or one whose first piece starts at 0. A download is counted then, not for each later piece of a resumed or
+    parallel download, nor for a 416 (each was counted until 2026-12-06: an outsider's finding)."""
+    http_range, if_range = asked
     if http_range is None or not takes_ranges(source, size):
+        return True
+    if if_range is not None and (if_range.startswith("W/") or if_range != etag):  # RangedFile._should_use_range
         return True
     try:
         ranges = RangedFile._parse_range_header(http_range, size)

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.bodies import CheckedRoute
 from registry.api.deps import ApiOptions, Options, Reader, ReadPool, RegistryDep, ref_of
 from registry.api.ratelimit import CostlyReader
-from registry.api.uploads import SMALL_FILE, etag_matches, file_response, head_response, reads_from_start
+from registry.api.uploads import SMALL_FILE, Asked, etag_matches, file_response, head_response, reads_from_start
 from registry.domain.errors import Busy, NotFound
 from registry.domain.schemas import ADAPTER_FILES, MAX_VERSION, FileEntry, FileManifest, Ref, VersionInfo, files_digest
 from registry.services.derived import DerivedFile, FileForm, NotBuilt, named
@@ -87,6 +87,8 @@ class ListQuery(FileQuery):
                         "every file of at most this many bytes: a small adapter's whole download in one request")
 
 
+RangeHeader = Annotated[str | None, Header(include_in_schema=False)]
+IfRangeHeader = Annotated[str | None, Header(include_in_schema=False)]
 #: A request that reads a version's weights to show them (the dashboard's Layers tab) says so, and is not counted.
 Purpose = Annotated[Literal["download", "inspect"], Header(
     alias="X-Vera-Purpose", description="inspect: the weights are read to be shown (the dashboard's analysis), not "
@@ -180,13 +182,13 @@ async def manifest_head(_: CostlyReader, registry: RegistryDep, pool: ReadPool, 
 async def download(
     _: CostlyReader, registry: RegistryDep, pool: ReadPool, owner: str, name: str, selector: str, filename: str,
     query: Annotated[FileQuery, Query()], if_none_match: Annotated[str | None, Header()] = None,
-    purpose: Purpose = "download", range: Annotated[str | None, Header(include_in_schema=False)] = None,
+    purpose: Purpose = "download", range: RangeHeader = None, if_range: IfRangeHeader = None,
 ) -> Response:
     if filename not in ADAPTER_FILES:
         raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
     form, ref = query.form(), ref_of(owner, name, selector)
     return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match,
-                     purpose == "download", False, range)
+                     purpose == "download", False, (range, if_range))
 
 
 @router.head("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,
@@ -208,13 +210,13 @@ async def download_head(
 
 
 def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None,
-              counted: bool, head: bool = False, http_range: str | None = None) -> Response:
+              counted: bool, head: bool = False, asked: Asked = (None, None)) -> Response:
     info, files = registry.derived.manifest(ref, form, build=False)
     file = named(info, form, files, filename)
     headers = {"Cache-Control": "private, max-age=0, must-revalidate"}
     if form.lora is not None and (error := registry.derived.lora_max_relative_error(file, files)) is not None:
         headers["X-Vera-Lora-Max-Relative-Error"] = error  # a rank-capped LoRA: its largest per-layer error
-    return _send(registry, info.pinned, file, headers, if_none_match, counted, head, http_range)
+    return _send(registry, info.pinned, file, headers, if_none_match, counted, head, asked)
 
 
 @router.get("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
@@ -224,13 +226,13 @@ async def blob(
     _: Reader, registry: RegistryDep, options: Options, pool: ReadPool, owner: str, name: str,
     version: Annotated[int, Path(ge=1, le=MAX_VERSION)], sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
     if_none_match: Annotated[str | None, Header()] = None, purpose: Purpose = "download",
-    range: Annotated[str | None, Header(include_in_schema=False)] = None,
+    range: RangeHeader = None, if_range: IfRangeHeader = None,
 ) -> Response:
     """A file of the version by its SHA-256 (as the file list names it): the same URL always answers the same
     bytes, so it may be cached for good."""
     ref = Ref.of(owner, name, version=version)
     return await _in(pool, registry, ref, None, _blob, registry, options, ref, sha256, if_none_match,
-                     purpose == "download", False, range)
+                     purpose == "download", False, (range, if_range))
 
 
 @router.head("/{owner}/{name}/versions/{version}/blobs/{sha256}", response_class=Response,
@@ -248,7 +250,7 @@ async def blob_head(
 
 
 def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_none_match: str | None,
-          counted: bool, head: bool = False, http_range: str | None = None) -> Response:
+          counted: bool, head: bool = False, asked: Asked = (None, None)) -> Response:
     file = registry.derived.by_digest(ref, sha256)
     headers = {"Cache-Control": "private, max-age=31536000, immutable"}
     if options.presigned_downloads_s and (if_none_match is None) and not head and (
@@ -256,7 +258,7 @@ def _blob(registry: Registry, options: ApiOptions, ref: Ref, sha256: str, if_non
         if counted:
             _count(registry, ref, file)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store", "X-Vera-Version": str(ref)})
-    return _send(registry, ref, file, headers, if_none_match, counted, head, http_range)
+    return _send(registry, ref, file, headers, if_none_match, counted, head, asked)
 
 
 def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
@@ -265,17 +267,17 @@ def _count(registry: Registry, ref: Ref, file: DerivedFile) -> None:
 
 
 def _send(registry: Registry, ref: Ref, file: DerivedFile, headers: dict[str, str],
-          if_none_match: str | None, counted: bool, head: bool = False, http_range: str | None = None) -> Response:
+          if_none_match: str | None, counted: bool, head: bool = False, asked: Asked = (None, None)) -> Response:
     """The stored file (or 304 if the caller holds it): a checked local file, or streamed from storage in chunks;
     ``head``: only the headers of that answer. Counted (``counted``) when the answer holds the file from its start
-    (``http_range``: the request's Range)."""
+    (``asked``: the request's Range and If-Range)."""
     etag = f'"{file.sha256}"'
     headers = {**headers, "ETag": etag, "X-Vera-Version": str(ref),
                "Content-Disposition": f'attachment; filename="{file.filename}"'}
     if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     source = registry.derived.source(ref, file)
-    if counted and reads_from_start(source, file.size, http_range):
+    if counted and reads_from_start(source, file.size, asked, etag):
         _count(registry, ref, file)
     media = next((t for suffix, t in MEDIA_TYPES.items() if file.filename.endswith(suffix)), "application/octet-stream")
     return (head_response if head else file_response)(source, file.size, media, headers)

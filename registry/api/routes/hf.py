@@ -118,7 +118,8 @@ def resolve(request: Request, _: CostlyReader, view: CostlyView, owner: str, nam
     if request.method == "HEAD":  # the GET's headers, Accept-Ranges as it answers (always "none" until 2026-12-06)
         return head_response(rev.source(filename), size, "application/octet-stream", headers)
     source = rev.source(filename)
-    if filename == ADAPTER_FILES[1] and reads_from_start(source, size, request.headers.get("range")):
+    asked = (request.headers.get("range"), request.headers.get("if-range"))
+    if filename == ADAPTER_FILES[1] and reads_from_start(source, size, asked, headers["ETag"]):
         view.registry.downloads.count(rev.info.owner, rev.info.name, rev.info.version)  # (the weights, from their
     return file_response(source, size, "application/octet-stream", headers)  # start: in memory, flushed in batches)
 
