@@ -283,8 +283,8 @@ class Trainer:
         args, state = self.args, self.state
         if not self.eval_data:
             return
-        evaluations = (state.total_steps // args.eval_every if args.eval_every
-                       else math.ceil(state.total_steps / state.steps_per_epoch))
+        # every eval_every steps and one at the end when the last step is not one of them; or one each epoch
+        evaluations = math.ceil(state.total_steps / (args.eval_every or state.steps_per_epoch))
         if evaluations > MAX_EVALUATIONS:
             self.close()
             every = f"eval_every={args.eval_every}" if args.eval_every else "an evaluation each epoch"
@@ -620,11 +620,27 @@ class Trainer:
             if key not in ("total_steps", "steps_per_epoch"):  # these come from this run's arguments and data
                 setattr(self.state, key, [tuple(v) for v in value] if key == "loss_history" else value)
         self.resumed_from_step = step
+        self._keep_records_within_bound()
         if self.args.save_every is None and self.args.output_dir is not None and saved["args"].get("save_every"):
             # a resumed run goes on checkpointing as the run it continues did, unless told otherwise
             self.args = replace(self.args, save_every=int(saved["args"]["save_every"]))
         if path.joinpath("best.safetensors").exists():
             self._best_state = load_file(str(path / "best.safetensors"), device=str(self.device))
+
+    def _keep_records_within_bound(self) -> None:
+        """After a resume, the loss records the run holds and those it will add stay within MAX_LOSS_RECORDS: the
+        checkpoint's are merged in pairs (each pair's mean weighted by the steps it covers) down to half of it when
+        they hold more, and the rest of the run records at a wider interval when the room left asks for one. A
+        checkpoint of a shorter run, or of a release that recorded every step, held more than this run's bound
+        allows (a re-check's finding). A resume within the bound records what the run straight through would."""
+        state = self.state
+        while len(state.loss_history) > MAX_LOSS_RECORDS // 2:
+            state.loss_history = _merged_pairs(state.loss_history)
+        every, total, step = self.log_interval, state.total_steps, state.step
+        ahead = total // every - step // every + (1 if total % every else 0)  # (the last step's record)
+        if len(state.loss_history) + ahead > MAX_LOSS_RECORDS:
+            room = max(MAX_LOSS_RECORDS - len(state.loss_history) - 1, 1)
+            self.log_interval = max(every, -(-(total - step) // room))
 
     def _check_same_run(self, path: Path, saved_args: dict[str, Any]) -> None:
         """What a resume must not change, refused: the projection the vectors were trained against (seed,
@@ -714,3 +730,16 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _merged_pairs(history: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Loss records (step, the mean loss since the record before) with each two in a row made one: at the second's
+    step, their means weighted by the steps each covers (an odd last one is kept)."""
+    merged: list[tuple[int, float]] = []
+    for i in range(0, len(history) - 1, 2):
+        (first, a), (second, b) = history[i], history[i + 1]
+        start = history[i - 1][0] if i else 0
+        span_a, span_b = first - start, second - first
+        mean = (a * span_a + b * span_b) / (span_a + span_b) if span_a > 0 and span_b > 0 else (a + b) / 2
+        merged.append((second, mean))
+    return merged + history[len(history) - len(history) % 2:]

@@ -902,8 +902,8 @@ def _record_events(s: Session, job_id: int, events: Sequence[EventRecord]) -> No
         s.add(m.JobEvent(job_id=job_id, kind=kind, data=data, **({"at": when[0]} if when else {})))
         if kind != "log":
             room -= 1
-            if room == 0:
-                s.add(m.JobEvent(job_id=job_id, kind="log", data={"message": (
+            if room == 0:  # (at the time of the event that filled it: the log's times stay in order)
+                s.add(m.JobEvent(job_id=job_id, kind="log", **({"at": when[0]} if when else {}), data={"message": (
                     f"The job's log holds {MAX_JOB_EVENTS:,} training records and evaluations, the most it keeps: "
                     "later ones are not kept here (its progress is, and the version it publishes has the loss curve "
                     "and evaluations). A larger log_every or eval_every keeps a long run within it.")}))

@@ -249,7 +249,10 @@ def test_a_jobs_log_keeps_at_most_max_job_events_of_its_workers_records_and_says
     jobs = Jobs(registry)
     job = jobs.submit(DEMO, owner="ann", target="ann/long")
     assert jobs.claim("w1") is not None
-    steps = [("step", {"step": i, "loss": 1 / i}) for i in range(1, 11)]
+    from datetime import UTC, datetime
+
+    started = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # each step at the time the worker saw it, seconds apart
+    steps = [("step", {"step": i, "loss": 1 / i}, started + timedelta(seconds=i)) for i in range(1, 11)]
     jobs.heartbeat(job.id, "w1", events=steps[:3])
     jobs.heartbeat(job.id, "w1", events=[*steps[3:6], ("log", {"message": "checkpoint stored"}),
                                          ("evaluate", {"step": 6, "eval_loss": 0.5})])
@@ -263,6 +266,8 @@ def test_a_jobs_log_keeps_at_most_max_job_events_of_its_workers_records_and_says
     assert said.startswith("The job's log holds 5 training records and evaluations, the most it keeps: later ones "
                            "are not kept here") and "log_every or eval_every" in said
     assert lines.index(said) == 1  # right after the fifth record, before the lines that came later
+    [notice] = [e for e in events if e.kind == "log" and e.data["message"] == said]
+    assert notice.at == steps[4][2]  # at the fifth's time, the log's times in order (it was the heartbeat's)
     assert jobs.get(job.id).progress == {"step": 10}
 
 

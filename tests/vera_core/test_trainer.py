@@ -294,6 +294,28 @@ def test_a_long_run_records_at_most_max_loss_records(monkeypatch: pytest.MonkeyP
     assert [s for s, _ in stopped.state.loss_history] == [4, 6]
 
 
+def test_a_resume_keeps_the_loss_records_within_max_loss_records(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint of a shorter run (or of a release that recorded every step) resumed to a longer total held more
+    records than the bound (a re-check's finding): its records are merged in pairs, weighted by the steps each
+    covers, and the rest of the run records further apart."""
+    import vera_core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_LOSS_RECORDS", 5)
+    same = {"schedule": "constant", "warmup_ratio": 0.0, "load_best_at_end": False, "log_every": 1}
+    first = trainer(max_steps=5, save_every=5, output_dir=str(tmp_path), **same)
+    first.train()
+    losses = [loss for _, loss in first.state.loss_history]
+    assert [s for s, _ in first.state.loss_history] == [1, 2, 3, 4, 5]
+    resumed = trainer(max_steps=18, save_every=5, output_dir=str(tmp_path), **same)
+    result = resumed.train(resume_from=tmp_path)
+    history = result.state.loss_history
+    assert [s for s, _ in history] == [4, 5, 7, 14, 18] and len(history) <= 5
+    assert history[0][1] == pytest.approx(sum(losses[:4]) / 4, rel=1e-12) and history[1][1] == losses[4]
+    merged = trainer_module._merged_pairs([(2, 1.0), (3, 4.0), (6, 1.0)])
+    assert merged == [(3, 2.0), (6, 1.0)]  # (1.0 over 2 steps, 4.0 over 1): 2.0; an odd last one kept
+
+
 def test_a_run_that_would_evaluate_more_than_max_evaluations_times_is_refused_before_it_starts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """eval_every=1 over millions of steps evaluated millions of times, each kept in every checkpoint's history."""
@@ -305,6 +327,8 @@ def test_a_run_that_would_evaluate_more_than_max_evaluations_times_is_refused_be
         trainer(eval_every=3)
     with pytest.raises(VeraConfigError, match="^an evaluation each epoch over 36 steps would evaluate 6 times"):
         trainer(epochs=6)
+    with pytest.raises(VeraConfigError, match="^eval_every=3 over 17 steps would evaluate 6 times"):
+        trainer(eval_every=3, max_steps=17)  # five in the run and the last: the count missed it (a re-check)
     assert len(trainer(eval_every=4).train().state.eval_history) == 5  # 4 in the run and the last: within it
     Trainer(tiny_classifier(), SequenceClassification(tokenizer()), TrainingArguments(  # no eval data: no evaluation
         epochs=6, batch_size=8, device="cpu"), train_data=DATA)
