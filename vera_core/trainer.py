@@ -183,6 +183,19 @@ MAX_LOSS_RECORDS = 10_000
 MAX_EVALUATIONS = 10_000
 
 
+def too_many_evaluations(total_steps: int, eval_every: int | None, steps_per_epoch: int) -> str | None:
+    """Why a run of ``total_steps`` evaluating every ``eval_every`` steps (None: each epoch of ``steps_per_epoch``)
+    is refused, or None: every eval_every steps and one at the end when the last step is not one of them, or one
+    each epoch, is at most MAX_EVALUATIONS. The trainer refuses such a run before it starts; a job at submission."""
+    evaluations = math.ceil(total_steps / (eval_every or steps_per_epoch))
+    if evaluations <= MAX_EVALUATIONS:
+        return None
+    every = f"eval_every={eval_every}" if eval_every else "an evaluation each epoch"
+    return (f"{every} over {total_steps:,} steps would evaluate {evaluations:,} times, more than the "
+            f"{MAX_EVALUATIONS:,} a run may (each is a pass over the eval data, and is kept in every checkpoint): set "
+            f"eval_every to {-(-total_steps // MAX_EVALUATIONS):,} steps or more (vera train --eval-every N).")
+
+
 @dataclass
 class TrainerState:
     """What the loop knows; callbacks read it and may set ``should_stop``. ``loss_history``: (step, the mean loss
@@ -280,19 +293,11 @@ class Trainer:
     def _check_evaluations(self) -> None:
         """VeraConfigError (after releasing what __init__ started) for a run that would evaluate more than
         MAX_EVALUATIONS times: each is a pass over the eval data and an entry of every checkpoint's history."""
-        args, state = self.args, self.state
-        if not self.eval_data:
-            return
-        # every eval_every steps and one at the end when the last step is not one of them; or one each epoch
-        evaluations = math.ceil(state.total_steps / (args.eval_every or state.steps_per_epoch))
-        if evaluations > MAX_EVALUATIONS:
+        state = self.state
+        if self.eval_data and (problem := too_many_evaluations(state.total_steps, self.args.eval_every,
+                                                               state.steps_per_epoch)) is not None:
             self.close()
-            every = f"eval_every={args.eval_every}" if args.eval_every else "an evaluation each epoch"
-            raise VeraConfigError(
-                f"{every} over {state.total_steps:,} steps would evaluate {evaluations:,} times, more than the "
-                f"{MAX_EVALUATIONS:,} a run may (each is a pass over the eval data, and is kept in every "
-                f"checkpoint): set eval_every to {-(-state.total_steps // MAX_EVALUATIONS):,} steps or more "
-                "(vera train --eval-every N).")
+            raise VeraConfigError(problem)
 
     def close(self) -> None:
         """Release DDP and the process group that this trainer started (``vera_core.distributed.shutdown``); every

@@ -251,6 +251,7 @@ class Jobs:
             with problems.check():                                                   # (a given one: _check_fields)
                 self._check_base(checked.base_model)
         checks: tuple[Callable[[], None], ...] = (lambda: _check_batch_split(args, gpus),
+                                                   lambda: _check_evaluations(args),
                                                    lambda: _check_sizes(checked, args),
                                                    lambda: _check_metric(args, checked.task))
         for check in checks:
@@ -870,6 +871,18 @@ def _check_step(batch: int, per_token: int, spec: TrainSpec) -> None:
             f"{MAX_JOB_STEP_ELEMENTS:,} ({4 * MAX_JOB_STEP_ELEMENTS / 2**30:g} GiB) of a worker. Lower r, "
             + (f"training.batch_size (at most {most} at this r and length) " if most else "")
             + "or max_length, or train it yourself with `vera train`.")
+
+
+def _check_evaluations(args: TrainingArguments) -> None:
+    """A spec whose max_steps and eval_every ask more evaluations than a run may (vera_core.trainer's
+    too_many_evaluations), refused at submission: a worker refused it only once it had loaded the model and data.
+    A run by epochs is counted by the worker, which knows the dataset's steps."""
+    from vera_core.trainer import too_many_evaluations
+
+    if args.max_steps and args.eval_every and (
+            problem := too_many_evaluations(args.max_steps, args.eval_every, 1)) is not None:
+        raise InvalidInput(f"training.{problem}".replace("(vera train --eval-every N)", "(vera job submit "
+                                                                                         "--eval-every N)"))
 
 
 def _check_batch_split(args: TrainingArguments, gpus: int) -> None:

@@ -83,6 +83,10 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "training": {"log_every": 0}}, None, "log_every must be a positive number"),
         ({"demo": True, "training": {"gradient_accumulation_steps": 10**12}}, None, "accumulation_steps=.* is"),
         ({"demo": True, "training": {"eval_every": 0}}, None, "eval_every must be a positive number"),
+        # refused by the worker only, once it had loaded the model and data (a re-check's finding, session 45)
+        ({"demo": True, "training": {"eval_every": 1, "max_steps": 100_000}}, None,
+         r"^training\.eval_every=1 over 100,000 steps would evaluate 100,000 times, more than the 10,000 a run may "
+         r".*set eval_every to 10 steps or more \(vera job submit --eval-every N\)"),
         # an outsider's findings (session 33): a 500, then types and values that made no sense, all 201s
         ({"demo": True, "training": [1]}, None, "training must be a JSON object of training settings"),
         ({"demo": "yes"}, None, "demo must be true or false, got 'yes'"),
