@@ -215,8 +215,8 @@ def _events_after(job_id: int, after: int, client: RegistryClient) -> list[JobEv
 def job_logs(
     job_id: int, follow: Annotated[bool, typer.Option(help="Keep printing until the job ends; then exit 3 if it "
                                                        "failed or was cancelled (0: succeeded).")] = False,
-    steps: Annotated[bool, typer.Option("--steps/--no-steps", help="Print a line per optimizer step (--no-steps: "
-                                        "evaluations and log lines only).")] = True,
+    steps: Annotated[bool, typer.Option("--steps/--no-steps", help="Print a line per loss record, every "
+                                        "log_every steps (--no-steps: evaluations and log lines only).")] = True,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Print a job's progress, evaluations and log lines. With --follow, wait for the job to end: the exit status
