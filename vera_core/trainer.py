@@ -183,17 +183,19 @@ MAX_LOSS_RECORDS = 10_000
 MAX_EVALUATIONS = 10_000
 
 
-def too_many_evaluations(total_steps: int, eval_every: int | None, steps_per_epoch: int) -> str | None:
+def too_many_evaluations(total_steps: int, eval_every: int | None, steps_per_epoch: int, *,
+                         option: str = "vera train --eval-every N") -> str | None:
     """Why a run of ``total_steps`` evaluating every ``eval_every`` steps (None: each epoch of ``steps_per_epoch``)
     is refused, or None: every eval_every steps and one at the end when the last step is not one of them, or one
-    each epoch, is at most MAX_EVALUATIONS. The trainer refuses such a run before it starts; a job at submission."""
+    each epoch, is at most MAX_EVALUATIONS. The trainer refuses such a run before it starts; a job at submission.
+    ``option``: how the caller sets eval_every, in the message."""
     evaluations = math.ceil(total_steps / (eval_every or steps_per_epoch))
     if evaluations <= MAX_EVALUATIONS:
         return None
     every = f"eval_every={eval_every}" if eval_every else "an evaluation each epoch"
     return (f"{every} over {total_steps:,} steps would evaluate {evaluations:,} times, more than the "
             f"{MAX_EVALUATIONS:,} a run may (each is a pass over the eval data, and is kept in every checkpoint): set "
-            f"eval_every to {-(-total_steps // MAX_EVALUATIONS):,} steps or more (vera train --eval-every N).")
+            f"eval_every to {-(-total_steps // MAX_EVALUATIONS):,} steps or more ({option}).")
 
 
 @dataclass

@@ -11,9 +11,10 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import anyio
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
@@ -194,6 +195,12 @@ Reader = Annotated[Principal, Depends(_reader)]
 OwnerPublisher = Annotated[Principal, Depends(_owner_publisher)]
 #: A caller that may publish under the path's ``{owner}``: refused alike (403) whether the adapter exists or not.
 NewVersionPublisher = Annotated[Principal, Depends(_new_version_publisher)]
+
+
+def link_next_page(response: Response, query: dict[str, Any]) -> None:
+    """Name the next page of a listing in ``Link`` (RFC 8288): its query, relative to the request, so that a
+    proxy's path prefix stays (GET /orgs, /invitations, /jobs)."""
+    response.headers["Link"] = f'<?{urlencode(query)}>; rel="next"'
 
 
 def ref_of(owner: str, name: str, selector: str) -> Ref:

@@ -59,13 +59,19 @@ def reads_from_start(source: bytes | str | BlobReader, size: int, asked: Asked, 
     http_range, if_range = asked
     if http_range is None or not takes_ranges(source, size):
         return True
-    if if_range is not None and (if_range.startswith("W/") or if_range != etag):  # RangedFile._should_use_range
+    if if_range is not None and not if_range_holds(if_range, etag):  # a stale If-Range: the whole file
         return True
     try:
         ranges = RangedFile._parse_range_header(http_range, size)
     except RangeNotSatisfiable:
         return False
     return not ranges or ranges[0][0] == 0
+
+
+def if_range_holds(if_range: str, etag: str | None) -> bool:
+    """Whether an If-Range lets its Range apply: it holds this file's entity tag, strong (RFC 9110 compares If-Range
+    strongly; a date matches nothing here, where no Last-Modified is sent: the whole file is answered)."""
+    return not if_range.startswith("W/") and if_range == etag
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -128,8 +134,7 @@ class RangedFile(FileResponse):
         self.headers.setdefault("content-length", str(stat_result.st_size))
 
     def _should_use_range(self, http_if_range: str) -> bool:
-        """An If-Range holding this file's entity tag (a date matches nothing here: the whole file is answered)."""
-        return not http_if_range.startswith("W/") and http_if_range == self.headers.get("etag")
+        return if_range_holds(http_if_range, self.headers.get("etag"))
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:

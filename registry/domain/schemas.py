@@ -770,8 +770,8 @@ JobEventKind = Literal["step", "evaluate", "log"]
 JOB_EVENT_PAGE = 1000
 #: The most events a job's log keeps from its workers' heartbeats (its training records, at most
 #: vera_core.trainer.MAX_LOSS_RECORDS a run, and evaluations: eval_every=1 over millions of steps is still millions);
-#: past it they are dropped and the log says so once. The registry's own lines (queued, lost, finished) are always
-#: kept, and so is the job's progress.
+#: past it they are dropped and the log says so once. Log lines, the registry's and the workers' (queued, lost,
+#: published, failed), are always kept, and so is the job's progress.
 MAX_JOB_EVENTS = 20_000
 
 

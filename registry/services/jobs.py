@@ -879,10 +879,9 @@ def _check_evaluations(args: TrainingArguments) -> None:
     A run by epochs is counted by the worker, which knows the dataset's steps."""
     from vera_core.trainer import too_many_evaluations
 
-    if args.max_steps and args.eval_every and (
-            problem := too_many_evaluations(args.max_steps, args.eval_every, 1)) is not None:
-        raise InvalidInput(f"training.{problem}".replace("(vera train --eval-every N)", "(vera job submit "
-                                                                                         "--eval-every N)"))
+    if args.max_steps and args.eval_every and (problem := too_many_evaluations(
+            args.max_steps, args.eval_every, 1, option="vera job submit --eval-every N")) is not None:
+        raise InvalidInput(f"training.{problem}")
 
 
 def _check_batch_split(args: TrainingArguments, gpus: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.bodies import CheckedRoute
-from registry.api.deps import Caller, Options, RegistryDep, authorize
+from registry.api.deps import Caller, Options, RegistryDep, authorize, link_next_page
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.domain.publishers import PublisherInfo
@@ -60,8 +59,7 @@ def _page(rows: Sequence[Named], limit: int, response: Response, organization: C
     next page's address in ``Link`` (RFC 8288, relative to the request, so that a proxy's path prefix stays): after
     the page's last ``organization``. Before session 44, these lists came whole: unbounded for an admin."""
     if len(rows) > limit:
-        after = urlencode({"after": organization(rows[limit - 1]), "limit": limit})
-        response.headers["Link"] = f'<?{after}>; rel="next"'
+        link_next_page(response, {"after": organization(rows[limit - 1]), "limit": limit})
     return list(rows[:limit])
 
 

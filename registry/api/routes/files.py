@@ -184,8 +184,7 @@ async def download(
     query: Annotated[FileQuery, Query()], if_none_match: Annotated[str | None, Header()] = None,
     purpose: Purpose = "download", range: RangeHeader = None, if_range: IfRangeHeader = None,
 ) -> Response:
-    if filename not in ADAPTER_FILES:
-        raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
+    _check_file_name(filename)
     form, ref = query.form(), ref_of(owner, name, selector)
     return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match,
                      purpose == "download", False, (range, if_range))
@@ -202,11 +201,15 @@ async def download_head(
     """The headers a GET of the file answers (its SHA-256 as ETag, its size, whether it takes a Range, the pinned
     version), without its bytes, and not counted as a download: what `curl -I` and download managers ask first
     (a 405 until 2026-12-06)."""
-    if filename not in ADAPTER_FILES:
-        raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
+    _check_file_name(filename)
     form, ref = query.form(), ref_of(owner, name, selector)
     return await _in(pool, registry, ref, form, _download, registry, ref, form, filename, if_none_match, False,
                      True)
+
+
+def _check_file_name(filename: str) -> None:
+    if filename not in ADAPTER_FILES:
+        raise NotFound(f"{filename!r} is not an adapter file; expected one of {', '.join(ADAPTER_FILES)}.")
 
 
 def _download(registry: Registry, ref: Ref, form: FileForm, filename: str, if_none_match: str | None,

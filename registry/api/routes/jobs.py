@@ -6,13 +6,21 @@ import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from registry.api.bodies import CheckedRoute
-from registry.api.deps import Caller, JobsDep, Options, Reader, authorize, authorize_new_version, single_fields
+from registry.api.deps import (
+    Caller,
+    JobsDep,
+    Options,
+    Reader,
+    authorize,
+    authorize_new_version,
+    link_next_page,
+    single_fields,
+)
 from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID, RowId
 from registry.api.uploads import save_upload
@@ -87,10 +95,9 @@ def list_jobs(who: Reader, jobs: JobsDep, response: Response, owner: str | None 
                   "page names it"))] = None) -> list[JobInfo]:
     """Jobs, newest first, a page at a time (until 2026-12-06 only the newest 500 could be listed)."""
     found = jobs.list_jobs(owner=owner, status=status, limit=limit + 1, before=before, viewer=who)
-    if len(found) > limit:  # relative to the request, so that a proxy's path prefix stays
-        following = {**({"owner": owner} if owner else {}), **({"status": status} if status else {}),
-                     "before": found[limit - 1].id, "limit": limit}
-        response.headers["Link"] = f'<?{urlencode(following)}>; rel="next"'
+    if len(found) > limit:
+        link_next_page(response, {**({"owner": owner} if owner else {}), **({"status": status} if status else {}),
+                                  "before": found[limit - 1].id, "limit": limit})
     return found[:limit]
 
 
