@@ -59,6 +59,29 @@ def namespace_of(action: str, target: str) -> str | None:
     return target if action not in PUBLIC_ACTIONS and _NAMESPACE.fullmatch(target) else None
 
 
+#: Who may see an audit event, decided by its action and target alone (stored beside it, migration 0031, so that a
+#: page of events is filtered in the query: the database skips what a caller may not see, and nothing of it, not
+#: even how many there were, reaches the caller): ``public`` (a base model registered: anyone); ``webhook`` (an
+#: owner's webhook changed: those who may manage them); ``namespace`` (an owner namespace's own events, such as an
+#: organisation's members: those who may read its private adapters); ``adapter`` (about one adapter: those who may
+#: read it); ``admin`` (anything else: the registry's administrators).
+SIGHTS = ("public", "webhook", "namespace", "adapter", "admin")
+
+
+def sight_of(action: str, target: str) -> tuple[str, str | None, str | None]:
+    """(sight, owner, adapter name) of an event with ``action`` on ``target``: who may see it (one of SIGHTS), the
+    owner namespace that decides it and, for an adapter's event, the adapter's name."""
+    if action in PUBLIC_ACTIONS:
+        return "public", None, None
+    if (owner := webhook_owner_of(action, target)) is not None:
+        return "webhook", owner, None
+    if (owner := namespace_of(action, target)) is not None:
+        return "namespace", owner, None
+    if (about := adapter_of(action, target)) is not None:
+        return "adapter", about[0], about[1]
+    return "admin", None, None
+
+
 class EventInfo(BaseModel):
     """One audit event; ``owner`` and ``adapter`` are set when it is about an adapter."""
 
@@ -73,7 +96,8 @@ class EventInfo(BaseModel):
 
 
 class EventPage(BaseModel):
-    """Events in id order, and the ``after`` that continues from them (the last event looked at, shown or not)."""
+    """Events in id order, and the ``after`` that continues from them: the last event on the page (an empty page:
+    the ``after`` it was asked with, or 0; the newest page of nothing: 0)."""
 
     events: list[EventInfo]
     next_after: int

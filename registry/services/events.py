@@ -4,21 +4,22 @@ adapter each one is about.
 
 Events are keyset paged: ``after`` is the last id seen, and a page ends with the ``next_after`` that continues it,
 so that a reader can page through the whole log, or follow it, without offsets. Without ``after`` or ``since`` a
-page holds the newest events. A page looks at a bounded number of rows: when many in a row are hidden from the
-caller, it can hold fewer than ``limit`` events while more follow (``next_after`` continues).
+page holds the newest events. Who may see an event is stored beside it (its ``sight``, owner and adapter name:
+registry.domain.events.sight_of) and a page is filtered in its query: a page holds ``limit`` events while more
+follow, and neither it nor its ``next_after`` (the last event on it) says anything of the events the caller may not
+see (before, the cursor moved past them: a caller who saw nothing counted the registry's activity, session 45).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 
 from registry.domain.errors import InvalidInput
 from registry.domain.events import (
     MAX_EVENTS_PAGE,
-    PUBLIC_ACTIONS,
     EventInfo,
     EventPage,
     adapter_of,
@@ -29,19 +30,13 @@ from registry.domain.schemas import Ref, check_name, check_text
 from registry.store import models as m
 from registry.store.database import Database
 
-#: How many rows one page looks at, at most, per event it may return.
-_SCAN_FACTOR = 8
-
 
 class Viewer(Protocol):
     """Who reads the events (registry.services.tokens.Principal): what it may see."""
 
-    @property
-    def is_registry_admin(self) -> bool: ...
+    def readable_owners(self) -> frozenset[str] | None: ...
 
-    def can_read(self, owner: str, visibility: str) -> bool: ...
-
-    def can_write(self, owner: str) -> bool: ...
+    def writable_owners(self) -> frozenset[str] | None: ...
 
 
 def event_info(e: m.AuditEvent) -> EventInfo:
@@ -67,31 +62,38 @@ class Events:
         if since is not None:
             since = _in_utc(since)
         query = _filtered(owner=owner, adapter=adapter, action=action, since=since)
-        budget = limit * _SCAN_FACTOR
+        if (seen := visible_to(viewer)) is not None:
+            query = query.where(seen)
         with self.db.session() as s:
             if after is None and since is None:
-                return self._newest(s, viewer, query, limit, budget)
-            shown: list[EventInfo] = []
-            cursor, visible = after or 0, _Sight(s, viewer)
-            for row in s.scalars(query.where(m.AuditEvent.id > cursor).order_by(m.AuditEvent.id).limit(budget)):
-                cursor = row.id
-                if visible(row):
-                    shown.append(event_info(row))
-                    if len(shown) == limit:
-                        break
-            return EventPage(events=shown, next_after=cursor)
+                rows = list(s.scalars(query.order_by(m.AuditEvent.id.desc()).limit(limit)))[::-1]
+            else:
+                rows = list(s.scalars(query.where(m.AuditEvent.id > (after or 0))
+                                      .order_by(m.AuditEvent.id).limit(limit)))
+            return EventPage(events=[event_info(row) for row in rows], next_after=rows[-1].id if rows else after or 0)
 
-    @staticmethod
-    def _newest(s: Any, viewer: Viewer, query: Select[m.AuditEvent], limit: int, budget: int) -> EventPage:
-        newest = s.scalar(select(func.max(m.AuditEvent.id))) or 0
-        shown: list[EventInfo] = []
-        visible = _Sight(s, viewer)
-        for row in s.scalars(query.where(m.AuditEvent.id <= newest).order_by(m.AuditEvent.id.desc()).limit(budget)):
-            if visible(row):
-                shown.append(event_info(row))
-                if len(shown) == limit:
-                    break
-        return EventPage(events=shown[::-1], next_after=newest)
+
+def visible_to(viewer: Viewer) -> ColumnElement[bool] | None:
+    """The audit events ``viewer`` may see, as a condition (None: every one, for the registry's administrators).
+    One about an adapter: when it may read that adapter (one that no longer exists counts as private: its owner's
+    readers only; so does an event older than the adapter that has its name now, from one deleted before it: an
+    outsider's finding, a private adapter's history went public with a public successor). About the registry (a
+    base model): always. About an owner's webhooks: when it may manage them. About an owner namespace (an
+    organisation's members): when it may read the owner's private adapters. Anything else: administrators only."""
+    readable, writable = viewer.readable_owners(), viewer.writable_owners()
+    if readable is None and writable is None:
+        return None
+    event, adapter = m.AuditEvent, m.Adapter
+    public_adapter = exists().where(adapter.owner == event.owner, adapter.name == event.adapter_name,
+                                    adapter.visibility == "public", adapter.created_at <= event.at)
+    seen = [event.sight == "public", and_(event.sight == "adapter", public_adapter)]
+    if readable is None or readable:
+        owned = or_(event.sight == "namespace", event.sight == "adapter")
+        seen.append(owned if readable is None else and_(owned, event.owner.in_(sorted(readable))))
+    if writable is None or writable:
+        hooks = event.sight == "webhook"
+        seen.append(hooks if writable is None else and_(hooks, event.owner.in_(sorted(writable))))
+    return or_(*seen)
 
 
 def _filtered(*, owner: str | None, adapter: str | None, action: str | None,
@@ -100,60 +102,19 @@ def _filtered(*, owner: str | None, adapter: str | None, action: str | None,
     query = select(m.AuditEvent)
     if owner is not None:
         check_name(owner, "owner")
-        query = query.where(or_(m.AuditEvent.target.startswith(f"{owner}/", autoescape=True),
-                                m.AuditEvent.target == owner),
-                            m.AuditEvent.action.not_in(PUBLIC_ACTIONS))
+        query = query.where(m.AuditEvent.owner == owner)
     if adapter is not None:
         ref = Ref.parse(adapter)
         if ref.version is not None or ref.alias not in (None, "latest"):
             raise InvalidInput(f"adapter must be owner/name, without a version or alias; got {adapter!r}.")
-        name = f"{ref.owner}/{ref.name}"
-        query = query.where(or_(m.AuditEvent.target == name,
-                                m.AuditEvent.target.startswith(f"{name}:", autoescape=True),
-                                m.AuditEvent.target.startswith(f"{name}@", autoescape=True)),
-                            m.AuditEvent.action.not_in(PUBLIC_ACTIONS))
+        query = query.where(m.AuditEvent.owner == ref.owner, m.AuditEvent.adapter_name == ref.name,
+                            m.AuditEvent.sight == "adapter")
     if action is not None:
         check_text(action, "action", max_length=32)
         query = query.where(m.AuditEvent.action == action)
     if since is not None:
         query = query.where(m.AuditEvent.at >= since)
     return query
-
-
-class _Sight:
-    """Whether ``viewer`` may see an event. One about an adapter: when it may read that adapter (one that no longer
-    exists counts as private: its owner's readers only; so does an event older than the adapter that has its name
-    now, from one deleted before it). About the registry (a base model): always. About an owner's
-    webhooks: when it may manage them. About an owner namespace (an organisation's members): when it may read the
-    owner's private adapters. Anything else (an action this module does not know): as an administrator only.
-    Adapter visibilities are looked up once per page."""
-
-    def __init__(self, s: Any, viewer: Viewer) -> None:
-        self.s, self.viewer = s, viewer
-        #: (owner, name) -> the visibility of the adapter called so now, and when it was created (None: no adapter)
-        self.known: dict[tuple[str, str], tuple[str, datetime | None]] = {}
-
-    def __call__(self, event: m.AuditEvent) -> bool:
-        action, target = event.action, event.target
-        if action in PUBLIC_ACTIONS:
-            return True
-        if (hook_owner := webhook_owner_of(action, target)) is not None:
-            return self.viewer.can_write(hook_owner)
-        if (namespace := namespace_of(action, target)) is not None:
-            return self.viewer.can_read(namespace, "private")
-        about = adapter_of(action, target)
-        if about is None:  # tokens, registry-wide webhooks, ...: not for an admin token limited to some owners
-            return self.viewer.is_registry_admin
-        if self.viewer.can_read(about[0], "private"):
-            return True
-        if about not in self.known:
-            row = self.s.execute(select(m.Adapter.visibility, m.Adapter.created_at).where(
-                and_(m.Adapter.owner == about[0], m.Adapter.name == about[1]))).first()
-            self.known[about] = (row[0], row[1]) if row is not None else ("private", None)
-        visibility, since = self.known[about]
-        if since is not None and event.at < since:  # a deleted adapter's, whose name a new one took (an outsider's
-            visibility = "private"  # finding: a private adapter's history went public with a public successor)
-        return self.viewer.can_read(about[0], visibility)
 
 
 def _in_utc(since: datetime) -> datetime:

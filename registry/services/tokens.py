@@ -84,13 +84,22 @@ class Principal:
         owners = self.readable_owners()
         return owners is None or owner in owners
 
+    def writable_owners(self) -> frozenset[str] | None:
+        """The owners under which this principal may publish, move aliases, yank, delete and edit; None: every
+        owner."""
+        if self.anonymous:
+            return frozenset()
+        if self.is_admin:
+            return self.limited_to
+        if "publish" not in self.scopes:
+            return frozenset()
+        owners = frozenset({self.owner, *(o for o, role in self.roles.items() if role in ("write", "admin"))})
+        return owners if self.limited_to is None else owners & self.limited_to
+
     def can_write(self, owner: str) -> bool:
         """Whether this principal may publish, move aliases, yank, delete and edit under ``owner``/."""
-        if not self._within_limit(owner) or self.anonymous:
-            return False
-        if self.is_admin:
-            return True
-        return "publish" in self.scopes and (owner == self.owner or self.roles.get(owner) in ("write", "admin"))
+        owners = self.writable_owners()
+        return owners is None or owner in owners
 
     def can_manage(self, organisation: str) -> bool:
         """Whether this principal may add and remove the members of ``organisation``."""

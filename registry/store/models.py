@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from registry.domain.events import sight_of
 from registry.domain.schemas import JobStatus, VerificationStatus
 from registry.store.database import insert_missing
 
@@ -466,12 +467,24 @@ class AuditEvent(Base):
     """Publishes, deletes, yanks and alias moves: who did what, when."""
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_owner_adapter", "owner", "adapter_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(200), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # who may see it, derived from action and target when the row is written (migration 0031 filled older rows):
+    # registry.domain.events.sight_of; NULL (never written so) is shown to the registry's administrators alone
+    sight: Mapped[str | None] = mapped_column(String(12), default=lambda ctx: _sight(ctx)[0])
+    owner: Mapped[str | None] = mapped_column(String(200), default=lambda ctx: _sight(ctx)[1])
+    adapter_name: Mapped[str | None] = mapped_column(String(200), default=lambda ctx: _sight(ctx)[2])
+
+
+def _sight(context: Any) -> tuple[str, str | None, str | None]:
+    """The sight columns of the audit event being inserted, from its action and target."""
+    given = context.get_current_parameters()
+    return sight_of(given["action"], given["target"])
 
 
 class Webhook(Base):

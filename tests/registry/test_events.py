@@ -103,6 +103,35 @@ def test_a_private_adapters_events_are_hidden_from_those_who_may_not_read_it(ser
     assert "alice/priv" not in raw.text
 
 
+def test_a_page_and_its_cursor_say_nothing_of_the_events_a_caller_may_not_see(server: dict[str, Any]) -> None:
+    """An outsider's finding (session 45): next_after was the newest id in the whole log, and a page's cursor moved
+    past hidden events, so a caller who saw nothing counted the registry's activity and its timing. Hidden events
+    are filtered out by the database now: a page holds ``limit`` events while more follow, and the cursor is the last
+    one shown."""
+    with RegistryClient(server["url"], server["tokens"]["mallory"], cache=False) as mallory, \
+            RegistryClient(server["url"], server["tokens"]["admin"], cache=False) as admin:
+        newest = mallory.events(limit=500)
+        assert newest.events and newest.next_after == newest.events[-1].id
+        nothing = mallory.events(adapter="alice/priv")
+        assert nothing.events == [] and nothing.next_after == 0
+        admin.publish(server["source"], "carol/secret", base_model="tiny-llama", visibility="private")
+        for alias in ("a", "b", "c"):
+            admin.set_alias("carol/secret:1", alias)
+        assert admin.events(adapter="carol/secret").next_after > newest.next_after  # they happened
+        assert mallory.events(limit=500) == newest  # and mallory's newest page is the same, cursor and all
+        later = mallory.events(after=newest.next_after)
+        assert later.events == [] and later.next_after == newest.next_after
+        assert mallory.events(adapter="carol/secret", after=3).next_after == 3
+        mine = [e.id for e in all_events(server, "mallory")]
+        for limit in (1, 2, 3):  # hidden events in between never make a page shorter than limit while more follow
+            pages, after = [], 0
+            while (page := mallory.events(after=after, limit=limit)).events:
+                pages.append([e.id for e in page.events])
+                after = page.next_after
+                assert after == page.events[-1].id
+            assert [i for p in pages for i in p] == mine and all(len(p) == limit for p in pages[:-1])
+
+
 @pytest.mark.parametrize("who", ["alice", "reader", "admin"])
 def test_those_who_may_read_a_private_adapter_see_its_events(server: dict[str, Any], who: str) -> None:
     assert {"alice/priv:1", "alice/priv@prod"} <= {e.target for e in all_events(server, who)}
