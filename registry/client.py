@@ -994,6 +994,19 @@ class RegistryClient:
         answer.setdefault("moved_from", adapter)  # a registry from before 2026-12 answered the adapter alone
         return MovedAdapter.model_validate(answer)
 
+    def copy_version(self, source: str | Ref, to: str, *, description: str | None = None,
+                     visibility: str | None = None) -> VersionInfo:
+        """Copy the version ``source`` names (owner/name:N, owner/name@ALIAS) into ``to`` (owner/name) as its next
+        version: the same bytes, metrics, evaluations, parameters, properties, tags and lineage, with
+        ``lineage["copied_from"]`` naming the source (MLflow's copy_model_version). ``description`` replaces the
+        source's; ``visibility`` is that of ``to`` when the copy makes it. Returns the new version."""
+        body: dict[str, Any] = {"to": to}
+        if description is not None:
+            body["description"] = description
+        if visibility is not None:
+            body["visibility"] = visibility
+        return VersionInfo.model_validate(self._request("POST", f"{self._path(source)}/copy", json=body).json())
+
     def usage(self, owner: str) -> OwnerUsage:
         """What ``owner``'s adapters store, and its storage quota (None: none): for the user itself, the members of
         an organisation, and admins."""

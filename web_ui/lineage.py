@@ -61,21 +61,22 @@ def relatives(graph: LineageGraph) -> list[views.Item]:
             views.Item(None, "Derived versions", _links(descendants) if descendants else "none yet")]
 
 
-def _parent(lineage: dict[str, Any]) -> views.Item | None:
-    if "parent" in lineage:
-        parent = lineage["parent"]
-        return views.Item(None, "Fine-tuned from", f"[{parent}]({navigation.version_link(parent)})")
-    if "parent_deleted" in lineage:
-        return views.Item(None, "Fine-tuned from", f"{lineage['parent_deleted']}, since deleted")
-    if lineage.get("parent_private"):
-        return views.Item(None, "Fine-tuned from", "a private version this token may not read")
-    return None
+def _linked(lineage: dict[str, Any], key: str, label: str) -> list[views.Item]:
+    """The version the lineage names under ``key`` (the parent, the one a copy copies) as a link, or what became of
+    it (``key_deleted``, ``key_private``)."""
+    if key in lineage:
+        return [views.Item(None, label, f"[{lineage[key]}]({navigation.version_link(lineage[key])})")]
+    if f"{key}_deleted" in lineage:
+        return [views.Item(None, label, f"{lineage[f'{key}_deleted']}, since deleted")]
+    if lineage.get(f"{key}_private"):
+        return [views.Item(None, label, "a private version this token may not read")]
+    return []
 
 
 def facts(lineage: dict[str, Any]) -> list[views.Item]:
-    """A version's ``lineage`` block as checklist lines: parent, job (a link to Train), dataset SHA-256 and size,
-    code revision, Hub repo and commit; keys it does not know are listed as they are."""
-    items = [item] if (item := _parent(lineage)) is not None else []
+    """A version's ``lineage`` block as checklist lines: the version it copies, parent, job (a link to Train),
+    dataset SHA-256 and size, code revision, Hub repo and commit; keys it does not know are listed as they are."""
+    items = [*_linked(lineage, "copied_from", "Copy of"), *_linked(lineage, "parent", "Fine-tuned from")]
     if "job_id" in lineage:
         job = lineage["job_id"]
         items.append(views.Item(None, "Training job", f"[job {job}]({navigation.job_link(job)})"))
@@ -93,7 +94,8 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
         items.append(views.Item(None, "Published by CI", f"a run of trusted publisher "
                                 f"{code_span(str(via.get('publisher', '?')))} (below)"))
     known = {"parent", "parent_deleted", "parent_private", "job_id", "dataset_sha256", "dataset_bytes",
-             "code_revision", "hub_repo", "hub_commit", "published_via"}
+             "code_revision", "hub_repo", "hub_commit", "published_via", "copied_from", "copied_from_deleted",
+             "copied_from_private"}
     items += [views.Item(None, key.replace("_", " "), views.cell(value))
               for key, value in lineage.items() if key not in known]
     return items

@@ -72,7 +72,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_audit_events_owner_adapter", table_name="audit_events")
-    with op.batch_alter_table("audit_events") as batch:  # SQLite >= 3.35 drops plain columns in place
-        batch.drop_column("adapter_name")
-        batch.drop_column("owner")
-        batch.drop_column("sight")
+    op.drop_column("audit_events", "adapter_name")  # in place: SQLite >= 3.35 drops a plain column
+    op.drop_column("audit_events", "owner")
+    op.drop_column("audit_events", "sight")

@@ -26,7 +26,7 @@ from registry.cli.common import (
 )
 from registry.cli.output import JsonOutput, print_json
 from registry.domain.errors import InvalidInput, NotFound
-from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo
+from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
@@ -82,11 +82,7 @@ def _short(value: Any) -> str:
 
 
 def _lineage_text(lineage: dict[str, Any]) -> str:
-    parts = []
-    if "parent" in lineage:
-        parts.append(f"fine-tuned from {lineage['parent']}")
-    if "parent_deleted" in lineage:
-        parts.append(f"fine-tuned from {lineage['parent_deleted']} (since deleted)")
+    parts = [*_linked_text(lineage, "copied_from", "copied from"), *_linked_text(lineage, "parent", "fine-tuned from")]
     if "job_id" in lineage:
         parts.append(f"job {lineage['job_id']}")
     if "dataset_sha256" in lineage:
@@ -99,6 +95,15 @@ def _lineage_text(lineage: dict[str, Any]) -> str:
     if isinstance(lineage.get("published_via"), dict):
         parts.append(f"published by CI: {ci_run(lineage['published_via'])}")
     return "; ".join(parts) or "-"
+
+
+def _linked_text(lineage: dict[str, Any], key: str, said: str) -> list[str]:
+    """The version the lineage names under ``key`` (the parent, the one a copy copies), or what became of it."""
+    if key in lineage:
+        return [f"{said} {lineage[key]}"]
+    if f"{key}_deleted" in lineage:
+        return [f"{said} {lineage[f'{key}_deleted']} (since deleted)"]
+    return [f"{said} a private version you may not read"] if lineage.get(f"{key}_private") else []
 
 
 def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
@@ -318,6 +323,39 @@ def move(
     if info.jobs_cancelled:
         console.print(f"cancelled {_jobs(info.jobs_cancelled)}: their rights were {source.owner}'s; submit them "
                       f"again under {info.owner} (`vera job show N` shows what they were)")
+
+
+def copy(
+    source: Annotated[str, typer.Argument(help="The version to copy: owner/name:N, owner/name@ALIAS (owner/name: "
+                                               "its latest).")],
+    to: Annotated[str, typer.Argument(help="owner/name: the adapter the copy becomes the next version of (made when "
+                                           "it does not exist; you need to publish there).")],
+    description: Annotated[str | None, typer.Option(help="The copy's description (default: the source's).")] = None,
+    private: Annotated[bool | None, typer.Option(
+        "--private/--public", help="Who may read the adapter when the copy makes it (default: the registry's).",
+        show_default=False)] = None,
+    alias: Annotated[str | None, typer.Option(help="Then point this alias of the destination at the copy (a second "
+                                                   "request: the copy stays if it is refused).")] = None,
+    registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
+) -> None:
+    """Copy a version into another adapter (or its own) as the next version there: promote a staging adapter's
+    version into production, as MLflow's copy_model_version does. The copy has the same bytes (nothing is stored
+    again; the owner's quota counts them), metrics, evaluations, parameters, properties, tags, verification and
+    lineage, and says which version it copies. A yanked version is refused."""
+    Ref.parse(source)
+    destination = Ref.parse_adapter(to)
+    if alias is not None:
+        check_name(alias, "alias")  # before the copy, so that a mistyped alias copies nothing
+    visibility = None if private is None else "private" if private else "public"
+    info = call_registry(registry, token, lambda c: c.copy_version(source, str(destination), description=description,
+                                                                   visibility=visibility))
+    if alias is not None:
+        info = call_registry(registry, token, lambda c: c.set_alias(info.ref, alias))
+    if as_json:
+        print_json(info)
+        return
+    console.print(f"copied {info.lineage.get('copied_from', source)} to {info.ref}"
+                  + (f" ({info.owner}/{info.name}@{alias} -> {info.version})" if alias is not None else ""))
 
 
 def _jobs(ids: list[int]) -> str:

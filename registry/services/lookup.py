@@ -198,19 +198,29 @@ def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
     ``parent_private`` instead when it is a version of another adapter that is private, since whoever reads this
     version may not read that one: the lineage graph, which knows the caller, names it to those who may),
     ``job_id``, ``dataset_sha256`` and ``dataset_bytes`` (its job's upload), ``code_revision``, ``hub_repo`` and
-    ``hub_commit`` (pulled from the Hub), ``published_via`` (the trusted publisher's CI run that published it)."""
-    parent = s.get(m.AdapterVersion, v.parent_version_id) if v.parent_version_id is not None else None
-    hidden = parent is not None and parent.adapter_id != v.adapter_id and parent.adapter.visibility != "public"
-    deleted = v.parent_ref if parent is None else None
-    if deleted is not None and not _names_public_or_own(s, deleted, v):  # its name would tell it exists
-        hidden, deleted = True, None
-    recorded = (("parent", version_ref(parent) if parent is not None and not hidden else None),
-                ("parent_private", True if hidden else None),
-                ("parent_deleted", deleted), ("job_id", v.source_job_id),
+    ``hub_commit`` (pulled from the Hub), ``published_via`` (the trusted publisher's CI run that published it);
+    for a copy (`vera cp`), ``copied_from``, the version it copies (``copied_from_private`` and
+    ``copied_from_deleted`` as for the parent)."""
+    recorded = (*_linked(s, v, "parent", v.parent_version_id, v.parent_ref), ("job_id", v.source_job_id),
                 ("dataset_sha256", v.dataset_sha256), ("dataset_bytes", v.dataset_bytes),
                 ("code_revision", v.code_revision), ("hub_repo", v.source_hub_repo),
-                ("hub_commit", v.source_hub_commit), ("published_via", v.published_via))
+                ("hub_commit", v.source_hub_commit), ("published_via", v.published_via),
+                *_linked(s, v, "copied_from", v.copied_from_version_id, v.copied_from_ref))
     return {key: value for key, value in recorded if value is not None}
+
+
+def _linked(s: Session, v: m.AdapterVersion, key: str, row_id: int | None,
+            ref_text: str | None) -> tuple[tuple[str, Any], ...]:
+    """What ``v``'s readers may be told of another version it names (its parent, the one it copies): ``key`` and
+    its ref; ``key_private`` when it is a version of another adapter that is private; ``key_deleted`` and the ref it
+    had once it is deleted, where that name is ``v``'s own adapter's or a public one's."""
+    other = s.get(m.AdapterVersion, row_id) if row_id is not None else None
+    hidden = other is not None and other.adapter_id != v.adapter_id and other.adapter.visibility != "public"
+    deleted = ref_text if other is None else None
+    if deleted is not None and not _names_public_or_own(s, deleted, v):  # its name would tell it exists
+        hidden, deleted = True, None
+    return ((key, version_ref(other) if other is not None and not hidden else None),
+            (f"{key}_private", True if hidden else None), (f"{key}_deleted", deleted))
 
 
 def _names_public_or_own(s: Session, ref_text: str, v: m.AdapterVersion) -> bool:

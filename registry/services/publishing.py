@@ -218,16 +218,88 @@ class Publisher:
 
     def _record_with_retries(self, what: _Publication, files: AdapterFiles, checked: CheckedAdapter, vectors: bytes,
                              projection_blob: bytes | None, on_record: OnRecord | None) -> VersionInfo:
+        return self._with_retries(lambda s: self._record(s, what, files, checked, vectors, projection_blob,
+                                                         on_record))
+
+    def _with_retries(self, record: Callable[[Session], VersionInfo]) -> VersionInfo:
+        """``record`` in a transaction, again (in a new one) when a concurrent publish took the version number."""
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 with self.db.session() as s:
-                    return self._record(s, what, files, checked, vectors, projection_blob, on_record)
+                    return record(s)
             except (DbIntegrityError, OperationalError) as exc:
                 # a concurrent publish took the version number (or, on SQLite, the write lock): retry
                 if attempt == PUBLISH_ATTEMPTS - 1 or not _retryable(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def copy(self, source: Ref, *, owner: str, name: str, actor: str, description: str | None = None,
+             visibility: str | None = None) -> VersionInfo:
+        """Record a copy of the version ``source`` names as the next version of ``owner/name`` (another adapter,
+        made when it does not exist, or the same one): MLflow's copy_model_version, a staging adapter's version
+        promoted into a production one. The copy has the source's bytes (the same blobs: nothing is stored again,
+        while the owner's quota counts them as a publish would), base model and projection, metrics (evaluations
+        included), parameters, properties, tags, verification and lineage (what it was fine-tuned from, its job,
+        data, code and Hub origin), ``description`` (default: the source's), ``published_by`` ``actor``, and says
+        what it copies (``lineage.copied_from``). ``visibility`` applies when this creates the adapter, as in
+        publish. A yanked source is refused (Conflict); one transaction, audited as a ``publish`` with
+        ``detail.copied_from``. Who may read the source and write ``owner`` is the caller's to check."""
+        check_name(owner, "Owner")
+        check_name(name, "Adapter name")
+        if description is not None:
+            check_text(description, "description", max_length=MAX_DESCRIPTION, multiline=True)
+        chosen = check_visibility(visibility) if visibility is not None else None
+        return self._with_retries(lambda s: self._copy(s, source, owner, name, actor, description, chosen))
+
+    def _copy(self, s: Session, source: Ref, owner: str, name: str, actor: str, description: str | None,
+              visibility: Visibility | None) -> VersionInfo:
+        original = resolve(s, source)
+        from_ref = version_ref(original)
+        if original.yanked:
+            raise Conflict(f"{from_ref} is yanked: a copy would promote what its owner withdrew. Unyank it first "
+                           f"(`vera yank {from_ref} --undo`), or copy another version.")
+        adapter = self._adapter_for(s, owner, name, visibility, original.adapter.description)
+        check_room(s, self.quotas, owner, original.stored_bytes, f"copying {from_ref} to {owner}/{name}")
+        copied = {column: getattr(original, column) for column in _COPIED_COLUMNS}
+        version = m.AdapterVersion(**copied, adapter_id=adapter.id, version=_next_number(s, adapter),
+                                   description=original.description if description is None else description,
+                                   published_by=actor, copied_from_version_id=original.id, copied_from_ref=from_ref)
+        version.tags = [m.VersionTag(tag=t.tag) for t in original.tags]
+        version.properties = [m.VersionProperty(key=p.key, value=p.value) for p in original.properties]
+        version.params = [m.VersionParam(key=p.key, value=p.value) for p in original.params]
+        s.add(version)
+        s.flush()  # the unique (adapter, version) constraint catches a concurrent publish here
+        s.add_all(m.VersionEvaluation(version_id=version.id, name=e.name, details=e.details,
+                                      recorded_by=e.recorded_by, recorded_at=e.recorded_at)
+                  for e in s.scalars(select(m.VersionEvaluation).where(m.VersionEvaluation.version_id == original.id)))
+        add_metric_rows(s, version)
+        move_latest(s, adapter)
+        s.add(m.AuditEvent(actor=actor[:64], action="publish", target=version_ref(version),
+                           detail={"vectors": version.vectors_sha256, "base_model": original.base_model.name,
+                                   "copied_from": from_ref}))
+        s.flush()
+        return version_info(s, version)
+
+    def _adapter_for(self, s: Session, owner: str, name: str, visibility: Visibility | None,
+                     description: str) -> m.Adapter:
+        """The adapter a new version of ``owner/name`` goes into, locked: made (with ``visibility``, else the
+        registry's default, and ``description``) when there is none; Conflict when it exists with another
+        visibility than one asked; an old name of a moved adapter, or an owner deleted meanwhile, refused."""
+        adapter = lock_adapter(s, owner, name)  # numbered after a concurrent move of it, never beside it
+        if adapter is None:  # an old name says where its adapter went (an organisation renamed, too) before all else
+            refuse_publish_to_old_name(s, owner, name)
+        lock_owner(s, owner)  # not into an organisation deleted (or renamed) meanwhile
+        if adapter is None:
+            adapter = m.Adapter(owner=owner, name=name, description=description,
+                                visibility=visibility or self.default_visibility)
+            s.add(adapter)
+            s.flush()
+        elif visibility is not None and visibility != adapter.visibility:
+            raise Conflict(f"{owner}/{name} is {adapter.visibility}; a publish does not change that. Use "
+                           f"`vera visibility {owner}/{name} {visibility}` (PATCH "
+                           f"/api/v1/adapters/{owner}/{name}), or publish without saying.")
+        return adapter
 
     def _put_new(self, data: bytes) -> str:
         return put_new(self.blobs, data)
@@ -243,20 +315,8 @@ class Publisher:
                 m.record_blob(s, hashlib.sha256(data).hexdigest(), len(data), kind)
         s.flush()
         projection = _projection_row(s, checked, projection_blob)
-        adapter = lock_adapter(s, what.owner, what.name)  # numbered after a concurrent move of it, never beside it
-        if adapter is None:  # an old name says where its adapter went (an organisation renamed, too) before all else
-            refuse_publish_to_old_name(s, what.owner, what.name)
-        lock_owner(s, what.owner)  # not into an organisation deleted (or renamed) meanwhile
-        if adapter is None:
-            about = what.description if what.adapter_description is None else what.adapter_description
-            adapter = m.Adapter(owner=what.owner, name=what.name, description=about,
-                                visibility=what.visibility or self.default_visibility)
-            s.add(adapter)
-            s.flush()
-        elif what.visibility is not None and what.visibility != adapter.visibility:
-            raise Conflict(f"{what.owner}/{what.name} is {adapter.visibility}; a publish does not change that. Use "
-                           f"`vera visibility {what.owner}/{what.name} {what.visibility}` (PATCH "
-                           f"/api/v1/adapters/{what.owner}/{what.name}), or publish without saying.")
+        adapter = self._adapter_for(s, what.owner, what.name, what.visibility, what.description
+                                    if what.adapter_description is None else what.adapter_description)
         check_room(s, self.quotas, what.owner, len(vectors), f"publishing {what.owner}/{what.name}")
         number = _next_number(s, adapter)
         version = _version_row(what, files, checked, vectors, adapter_id=adapter.id, number=number, base_id=base.id,
@@ -274,6 +334,16 @@ class Publisher:
                                    **({"trusted_publisher": via.get("publisher")} if via else {})}))
         s.flush()
         return version_info(s, version)
+
+
+#: What a copy takes of the version it copies, as it is: its bytes, base model, projection, sizes, numbers,
+#: verification and lineage (the trusted publisher's run that published the source, published_via, is not the copy's:
+#: the copy says what it copies instead).
+_COPIED_COLUMNS = ("base_model_id", "projection_id", "r", "seed", "generator", "config", "vectors_sha256",
+                   "projection_fingerprint", "seed_reproducible", "trainable_parameters", "adapter_parameters",
+                   "stored_bytes", "metrics", "verification_status", "verified_at", "verification_report",
+                   "source_job_id", "source_hub_repo", "source_hub_commit", "parent_version_id", "parent_ref",
+                   "code_revision", "dataset_sha256", "dataset_bytes")
 
 
 def _checked_description(description: str | None) -> str | None:

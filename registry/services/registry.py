@@ -7,7 +7,7 @@ rows.
                                                    invitations), visibility, readability checks
     base models   registry.services.base_models    register, register_from_config(_dict), list
     publish       registry.services.publishing     publish (validation: registry.services.validation; undeclared
-                                                   base shapes: registry.services.base_configs)
+                                                   base shapes: registry.services.base_configs), copy_version
     versions      registry.services.versions       get, files, built, fetch, set_alias, remove_alias, yank, delete,
                                                    audit
     derived       registry.services.derived        derived.manifest, file, by_digest, source (download files built
@@ -92,8 +92,9 @@ class Registry:
         self.list_base_models = self.base_models.list
         self.remove_base_model = self.base_models.remove
         self.quotas = quotas = quotas or Quotas()
-        self.publish = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
-                                 default_visibility=default_visibility, quotas=quotas).publish
+        publisher = Publisher(db, blobs, self.base_models, budget=budget, base_configs=base_configs,
+                              default_visibility=default_visibility, quotas=quotas)
+        self.publish, self.copy_version = publisher.publish, publisher.copy
         self.access, self.default_visibility = Access(db, invitations, orgs_per_user), default_visibility
         self.get = self.versions.get
         self.vera_config = self.versions.vera_config

@@ -239,9 +239,10 @@ class Versions:
 
     def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False, protected_too: bool = False) -> None:
         """Delete one version (its aliases go with it; ``latest`` moves back; versions fine-tuned from it keep the
-        ref it had, as ``parent_deleted``). Blobs go at the next gc(). ``keep_aliased`` (retention) refuses, with
-        Conflict, a version that an alias other than ``latest`` points at; without ``protected_too``, one that an
-        alias the owner protects points at is refused (Forbidden)."""
+        ref it had, as ``parent_deleted``, and copies of it, as ``copied_from_deleted``). Blobs go at the next
+        gc(). ``keep_aliased`` (retention) refuses, with Conflict, a version that an alias other than ``latest``
+        points at; without ``protected_too``, one that an alias the owner protects points at is refused
+        (Forbidden)."""
         with self.db.session() as s:
             v = resolve_locked(s, ref)
             adapter, target = v.adapter, version_ref(v)
@@ -254,6 +255,8 @@ class Versions:
             s.execute(delete(m.Alias).where(m.Alias.version_id == v.id))
             s.execute(update(m.AdapterVersion).where(m.AdapterVersion.parent_version_id == v.id)
                       .values(parent_version_id=None))
+            s.execute(update(m.AdapterVersion).where(m.AdapterVersion.copied_from_version_id == v.id)
+                      .values(copied_from_version_id=None))
             s.delete(v)
             s.flush()
             move_latest(s, adapter)

@@ -226,6 +226,10 @@ class AdapterVersion(Base):
     dataset_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # 0022: the trusted publisher's CI run that published it (its token's provenance), None otherwise
     published_via: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # 0032: the version this one is a copy of (`vera cp`; set to NULL when that one is deleted, copied_from_ref
+    # keeping what it was called; no foreign key, as parent_version_id)
+    copied_from_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    copied_from_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
     base_model: Mapped[BaseModelShapes] = relationship()

@@ -25,7 +25,7 @@ from registry.store.models import Adapter, AdapterVersion
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import field, filter_form, page, texts
-from web_ui import adapter, app, browse, editing, lineage, tables
+from web_ui import adapter, app, browse, editing, lineage, navigation, tables
 
 FILLERS = 27  # more than the smallest page (25)
 SHA = "1a2b3c4d" * 5
@@ -172,6 +172,12 @@ def test_lineage_facts_read_as_a_list() -> None:
         ("Dataset", f"SHA-256 `{'ab' * 32}`, 12.3 KB"), ("Code revision", "`vera-registry 1.0 git 1234abc`"),
         ("Pulled from the Hub", "`acme/polarity` at commit `c0ffee`"), ("extra", "1, 2")]
     assert lineage.facts({"parent_private": True})[0].detail == "a private version this token may not read"
+    copied = lineage.facts({"copied_from": "alice/staging:3", "parent": "alice/base:1"})
+    assert [(i.what, i.detail) for i in copied] == [
+        ("Copy of", f"[alice/staging:3]({navigation.version_link('alice/staging:3')})"),
+        ("Fine-tuned from", f"[alice/base:1]({navigation.version_link('alice/base:1')})")]
+    assert [(i.what, i.detail) for i in lineage.facts({"copied_from_deleted": "a/b:1", "copied_from_private": True})
+            ] == [("Copy of", "a/b:1, since deleted")]
     via = {"publisher": "acme-main", "issuer": "https://token.actions.githubusercontent.com",
            "subject": "repo:acme/x:ref:refs/heads/main",
            "claims": {"repository": "acme/x_y", "ref": "refs/heads/main", "sha": "0123456789abcdef", "run_id": "42",

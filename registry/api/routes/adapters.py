@@ -25,6 +25,7 @@ from registry.api.deps import (
     RegistryDep,
     SingleFields,
     authorize,
+    authorize_new_version,
     ref_of,
 )
 from registry.api.ratelimit import CostlyReader
@@ -273,6 +274,31 @@ def move_adapter(who: OwnerPublisher, options: Options, registry: RegistryDep, j
             cancelled.append(job)
     return MovedAdapter(**registry.adapter(moved.new).model_dump(), moved_from=f"{moved.old.owner}/{moved.old.name}",
                         jobs_retargeted=moved.retargeted_jobs, jobs_cancelled=cancelled)
+
+
+class CopyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(max_length=300, description="the adapter the copy becomes the next version of, owner/name (made "
+                                                "when it does not exist; the source's own adapter too)")
+    description: str | None = Field(default=None, description="the copy's description (default: the source's)")
+    visibility: str | None = Field(default=None, description="public or private, when the copy makes the adapter "
+                                                             "(default: the registry's)")
+
+
+@router.post(f"{VERSION}/copy", response_model=VersionInfo, status_code=201)
+async def copy_version(who: Reader, options: Options, registry: RegistryDep, owner: str, name: str, selector: str,
+                       body: CopyBody) -> VersionInfo:
+    """Copy the version into ``to`` as its next version (MLflow's copy_model_version: promote a staging adapter's
+    version into a production one): the same bytes (nothing is stored again; the owner's quota counts them), metrics,
+    evaluations, parameters, properties, tags, verification and lineage, with ``lineage.copied_from`` naming the
+    source. Needs read rights on the source and publish rights on ``to``'s owner; a yanked source is a 409. Audited as
+    a ``publish`` whose detail has ``copied_from``."""
+    destination = Ref.parse_adapter(body.to)
+    who = await authorize_new_version(registry, options, None if who.anonymous else who, destination.owner,
+                                      destination.name)  # an anonymous reader: 401, a token is needed
+    return await run_in_threadpool(registry.copy_version, ref_of(owner, name, selector), owner=destination.owner,
+                                   name=destination.name, actor=who.owner, description=body.description,
+                                   visibility=body.visibility)
 
 
 @router.delete("/{owner}/{name}", status_code=204)
