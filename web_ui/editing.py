@@ -2,7 +2,8 @@
 yanking it, the adapter's description, model card and visibility, moving the adapter (a new name or owner, once
 confirmed) and deleting the version (once its reference is typed). Shown to callers whose token may write under the
 adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message, next to
-the form it answers. Saving runs as the button's ``on_click``, before the page, so the header, badges and card
+the form it answers. Copying the version into another adapter (promotion) is offered to whoever may publish
+anywhere. Saving runs as the button's ``on_click``, before the page, so the header, badges and card
 already show what was saved; a delete runs in the page, which then goes to what is left (the adapter's latest
 version; after its last, the page says the adapter has no versions left)."""
 
@@ -15,7 +16,7 @@ import streamlit as st
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound, RegistryError
 from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI, parse_properties, tags_field
-from web_ui import formats, session
+from web_ui import formats, navigation, session
 
 RESULT = "edit_result"
 #: The Move form's checkbox: unticked, the form sends nothing (Enter in the New name box submits the form).
@@ -34,6 +35,11 @@ def may_write(who: WhoAmI, owner: str) -> bool:
     if "admin" in who.scopes:
         return True
     return "publish" in who.scopes and (owner == who.user or who.organizations.get(owner) in ("write", "admin"))
+
+
+def may_publish(who: WhoAmI) -> bool:
+    """Whether ``who`` may publish anywhere (its own namespace, an organisation it writes in): a copy's destination."""
+    return not who.anonymous and bool({"publish", "admin"} & set(who.scopes))
 
 
 def split_tags(text: str) -> list[str]:
@@ -154,6 +160,31 @@ def move_adapter(ref: str, adapter: str) -> None:
                  f"{adapter.split('/')[0]}'s): submit them again under {moved.owner}.")
     _done(new_name + ref[len(adapter):], f"Moved {adapter} to {new_name}. Its old name now answers that it moved "
                                          f"here; publishes to the old name are refused.{jobs}", "move")
+
+
+def copy_version(ref: str) -> None:
+    """``on_click`` of Copy version: the version becomes the next version of the adapter typed (made when there is
+    none; the registry checks the name and the caller's rights there), then, when one is typed, that adapter's alias
+    names the copy (a second request: the copy stays if the alias is refused, and the message says so)."""
+    to = st.session_state[f"edit-copy-{ref}"].strip()
+    alias = st.session_state[f"edit-copy-alias-{ref}"].strip().removeprefix("@")
+    if not to:
+        _done(ref, Unsent("Nothing copied: type the adapter to copy into, owner/name."), COPY_FORM)
+        return
+    try:
+        copied = session.call(lambda c: c.copy_version(ref, to))
+    except RegistryError as exc:
+        _done(ref, exc, COPY_FORM)
+        return
+    said = f"Copied {ref} to [{copied.ref}]({navigation.version_link(copied.ref)})."
+    if alias:
+        try:
+            session.call(lambda c: c.set_alias(copied.ref, alias))
+        except RegistryError as exc:
+            _done(ref, Unsent(f"{said} The alias was not set: {session.dashboard_words(str(exc))}"), COPY_FORM)
+            return
+        said += f" {copied.owner}/{copied.name}@{alias} names it now."
+    _done(ref, said, COPY_FORM)
 
 
 def followed(asked: str, adapter: str, owner: str, name: str, ref: str) -> str:
@@ -383,6 +414,24 @@ def move_form(info: VersionInfo, guarded: list[str]) -> None:
     result(info.ref, "move")
 
 
+#: Where Copy version's outcome is shown: under its form.
+COPY_FORM = "copy"
+
+
+def copy_form(info: VersionInfo) -> None:
+    """Copying the version into another adapter (or this one) as its next version: promotion, as MLflow's
+    copy_model_version; offered to whoever may publish anywhere (the registry checks where)."""
+    with st.form(f"copy-version-{info.ref}"):
+        st.markdown(f"**Copy** {info.ref} (promote it into another adapter, as its next version)")
+        st.text_input("Into adapter", value="", placeholder="owner/name", key=f"edit-copy-{info.ref}",
+                      help="an adapter you publish to (made when it does not exist); the copy has these bytes, "
+                           "metrics, evaluations, parameters, properties, tags and lineage, and says what it copies")
+        st.text_input("Then point alias (optional)", value="", placeholder="prod", key=f"edit-copy-alias-{info.ref}",
+                      help="that adapter's alias to name the copy")
+        st.form_submit_button("Copy version", on_click=copy_version, args=(info.ref,))
+    result(info.ref, COPY_FORM)
+
+
 def delete_form(info: VersionInfo, guarded: list[str]) -> None:
     """Deleting the version, once its reference is typed; ``guarded``: the protected aliases that name it, which
     only its owner's admins take away (the button is then off, and says so)."""
@@ -447,6 +496,8 @@ def section(info: VersionInfo) -> None:
     if not may_write(who, info.owner):
         st.info(why_not_writer(who, info.owner), icon=":material/edit_off:")
         result(info.ref)
+        if may_publish(who) and not info.yanked:  # into an adapter of its own
+            copy_form(info)
         return
     adapter = session.read(RegistryClient.adapter, f"{info.owner}/{info.name}")
     result(info.ref)
@@ -457,4 +508,6 @@ def section(info: VersionInfo) -> None:
     held = [] if may_override else [a for a in adapter.aliases if a in protected]
     adapter_form(info, adapter, held)
     move_form(info, held)
+    if not info.yanked:  # refused by the registry: a copy would promote what was withdrawn
+        copy_form(info)
     delete_form(info, [] if may_override else [a for a in info.aliases if a in protected])

@@ -676,6 +676,42 @@ def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
     assert not [b for b in at.button if b.label in ("Save version", "Save adapter")]
 
 
+def test_a_version_is_copied_into_another_adapter_from_the_edit_tab(registry: dict[str, Any]) -> None:
+    at = page("adapter", registry, query={"ref": "alice/child:1"}, adapter_tab="Edit")
+    at.text_input(key="edit-copy-alice/child:1").set_value("alice/Not A Name")
+    click(at, "Copy version")
+    assert not at.exception and "Not A Name" in at.error[0].value  # the registry's refusal, under the form
+    shown = in_order(at)
+    assert shown[shown.index("Then point alias (optional)") + 1] == "error"
+    at.text_input(key="edit-copy-alice/child:1").set_value("alice/promoted")
+    at.text_input(key="edit-copy-alias-alice/child:1").set_value("@prod")
+    click(at, "Copy version")
+    assert not at.exception and not at.error
+    [done] = [s.value for s in at.success if s.value.startswith("Copied alice/child:1 to")]
+    assert done == (f"Copied alice/child:1 to [alice/promoted:1]({navigation.version_link('alice/promoted:1')}). "
+                    "alice/promoted@prod names it now.")
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        copy = client.get("alice/promoted@prod")
+    assert (copy.ref, copy.lineage["copied_from"], copy.lineage["parent"]) == ("alice/promoted:1", "alice/child:1",
+                                                                               "alice/base:1")
+    copied = page("adapter", registry, query={"ref": "alice/promoted:1"}, adapter_tab="Lineage")
+    assert f"**Copy of**: [alice/child:1]({navigation.version_link('alice/child:1')})" in texts(copied)
+    reader = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"},
+                  adapter_tab="Edit")
+    assert not [b for b in reader.button if b.label == "Copy version"]  # bob publishes nowhere
+
+
+def test_the_copy_form_is_offered_to_whoever_may_publish_somewhere() -> None:
+    from registry.domain.schemas import WhoAmI
+    from web_ui.editing import may_publish
+
+    carol = WhoAmI(user="carol", anonymous=False, scopes=["read", "publish"], organizations={}, token_id=1,
+                   limited_to=None)
+    assert may_publish(carol) and may_publish(carol.model_copy(update={"scopes": ["admin"]}))
+    assert not may_publish(carol.model_copy(update={"scopes": ["read"]}))
+    assert not may_publish(carol.model_copy(update={"anonymous": True}))
+
+
 def test_why_a_caller_may_not_edit_names_the_role_or_the_token() -> None:
     """A reader of an organisation was told to paste a token with the publish scope, which it had (session 29's
     walk): the reason is its role, which an admin changes."""
