@@ -13,9 +13,9 @@ see (before, the cursor moved past them: a caller who saw nothing counted the re
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Protocol
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy.orm import aliased
 
 from registry.domain.errors import InvalidInput
 from registry.domain.events import (
@@ -27,16 +27,9 @@ from registry.domain.events import (
     webhook_owner_of,
 )
 from registry.domain.schemas import Ref, check_name, check_text
+from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
-
-
-class Viewer(Protocol):
-    """Who reads the events (registry.services.tokens.Principal): what it may see."""
-
-    def readable_owners(self) -> frozenset[str] | None: ...
-
-    def writable_owners(self) -> frozenset[str] | None: ...
 
 
 def event_info(e: m.AuditEvent) -> EventInfo:
@@ -52,7 +45,7 @@ class Events:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def page(self, viewer: Viewer, *, owner: str | None = None, adapter: str | None = None,
+    def page(self, viewer: Principal, *, owner: str | None = None, adapter: str | None = None,
              action: str | None = None, after: int | None = None, since: datetime | None = None,
              limit: int = 50) -> EventPage:
         """The events ``viewer`` may see, oldest first: after id ``after`` and from ``since`` when given, else the
@@ -73,27 +66,51 @@ class Events:
             return EventPage(events=[event_info(row) for row in rows], next_after=rows[-1].id if rows else after or 0)
 
 
-def visible_to(viewer: Viewer) -> ColumnElement[bool] | None:
+def visible_to(viewer: Principal) -> ColumnElement[bool] | None:
     """The audit events ``viewer`` may see, as a condition (None: every one, for the registry's administrators).
     One about an adapter: when it may read that adapter (one that no longer exists counts as private: its owner's
     readers only; so does an event older than the adapter that has its name now, from one deleted before it: an
     outsider's finding, a private adapter's history went public with a public successor). About the registry (a
-    base model): always. About an owner's webhooks: when it may manage them. About an owner namespace (an
-    organisation's members): when it may read the owner's private adapters. Anything else: administrators only."""
+    base model): when it may see that base model. About an owner's webhooks: when it may manage them. About an owner
+    namespace (an organisation's members): when it may read the owner's private adapters, and the event is the
+    present holder's of the name. Anything else: administrators only."""
     readable, writable = viewer.readable_owners(), viewer.writable_owners()
     if readable is None and writable is None:
         return None
     event, adapter = m.AuditEvent, m.Adapter
     public_adapter = exists().where(adapter.owner == event.owner, adapter.name == event.adapter_name,
                                     adapter.visibility == "public", adapter.created_at <= event.at)
-    seen = [event.sight == "public", and_(event.sight == "adapter", public_adapter)]
-    if readable is None or readable:
-        owned = or_(event.sight == "namespace", event.sight == "adapter")
-        seen.append(owned if readable is None else and_(owned, event.owner.in_(sorted(readable))))
+    seen = [and_(event.sight == "public", _base_shown(viewer)), and_(event.sight == "adapter", public_adapter)]
+    if readable:
+        seen += [and_(event.sight == "adapter", event.owner.in_(sorted(readable))),
+                 and_(event.sight == "namespace", event.owner.in_(sorted(readable)), _current_holders())]
     if writable is None or writable:
         hooks = event.sight == "webhook"
         seen.append(hooks if writable is None else and_(hooks, event.owner.in_(sorted(writable))))
     return or_(*seen)
+
+
+def _base_shown(viewer: Principal) -> ColumnElement[bool]:
+    """A base model's registration or removal (target ``name@revision``) is seen by whoever may see that base model
+    (registry.services.access.shown_to: one that a version it reads uses, or that no version uses), so that a base
+    only private versions use is not named by its event (an outsider's finding, session 46)."""
+    from registry.services.access import readable_versions  # access imports webhooks, which import this module
+
+    base = m.BaseModelShapes
+    users = (select(m.AdapterVersion.id).join(base, base.id == m.AdapterVersion.base_model_id)
+             .where(base.name + "@" + base.revision == m.AuditEvent.target))
+    return or_(~users.exists(), users.where(m.AdapterVersion.id.in_(readable_versions(viewer))).exists())
+
+
+def _current_holders() -> ColumnElement[bool]:
+    """An owner namespace's event is its present holder's: not one that an organisation deleted (or renamed away
+    from the name) left behind, which whoever takes the freed name next would read (its members and protected
+    aliases, and a rename's new name, which the registry keeps from outsiders: an outsider's finding, session 46)."""
+    event, later = m.AuditEvent, aliased(m.AuditEvent)
+    left = later.action.in_(("org-delete", "org-rename"))
+    renamed_away = and_(event.action == "org-rename", event.detail["from"].as_string() == event.target)
+    return and_(~exists().where(later.target == event.target, later.sight == "namespace", left, later.id > event.id),
+                event.action != "org-delete", ~renamed_away)
 
 
 def _filtered(*, owner: str | None, adapter: str | None, action: str | None,

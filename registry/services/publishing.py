@@ -244,7 +244,8 @@ class Publisher:
         data, code and Hub origin), ``description`` (default: the source's), ``published_by`` ``actor``, and says
         what it copies (``lineage.copied_from``). ``visibility`` applies when this creates the adapter, as in
         publish. A yanked source is refused (Conflict); one transaction, audited as a ``publish`` with
-        ``detail.copied_from``. Who may read the source and write ``owner`` is the caller's to check."""
+        ``detail.copied_from`` (null when the source is another adapter's that is not public). Who may read the
+        source and write ``owner`` is the caller's to check."""
         check_name(owner, "Owner")
         check_name(name, "Adapter name")
         if description is not None:
@@ -275,9 +276,13 @@ class Publisher:
                   for e in s.scalars(select(m.VersionEvaluation).where(m.VersionEvaluation.version_id == original.id)))
         add_metric_rows(s, version)
         move_latest(s, adapter)
+        # the event is read by whoever reads the copy: the source named only when they may read it too (a public
+        # adapter's, or the copy's own adapter's), else null, as a private transfer's move event names no new name
+        # (an outsider's finding, session 46: a public copy's event named its private source to everyone)
+        told = from_ref if original.adapter_id == adapter.id or original.adapter.visibility == "public" else None
         s.add(m.AuditEvent(actor=actor[:64], action="publish", target=version_ref(version),
                            detail={"vectors": version.vectors_sha256, "base_model": original.base_model.name,
-                                   "copied_from": from_ref}))
+                                   "copied_from": told}))
         s.flush()
         return version_info(s, version)
 

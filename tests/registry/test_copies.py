@@ -81,13 +81,15 @@ def test_copies_say_what_became_of_their_source(staged: Registry) -> None:
     staged.update_adapter("ann/staging", AdapterUpdate(visibility="private"), actor="ann")
     assert staged.get("acme/prod:1").lineage["copied_from_private"] is True  # a public copy of a private source
     assert "copied_from" not in staged.get("acme/prod:1").lineage
+    staged.copy_version("ann/staging:1", owner="acme", name="prod", actor="ann")  # its event names no private source
+    assert staged.audit("acme/prod")[0].detail["copied_from"] is None
     staged.delete("ann/staging:1", actor="ann")
     lineage = staged.get("acme/prod:1").lineage
     assert "copied_from" not in lineage and "copied_from_deleted" not in lineage  # its name stays untold
     assert staged.files("acme/prod:1")[1]  # the bytes stay: the copy holds them
     staged.copy_version("acme/prod:1", owner="acme", name="prod", actor="ann")
     staged.delete("acme/prod:1", actor="ann")
-    assert staged.get("acme/prod:2").lineage["copied_from_deleted"] == "acme/prod:1"  # its own adapter's: told
+    assert staged.get("acme/prod:3").lineage["copied_from_deleted"] == "acme/prod:1"  # its own adapter's: told
 
 
 def test_what_a_copy_refuses_changes_nothing(staged: Registry, tmp_path: Path) -> None:

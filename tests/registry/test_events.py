@@ -132,6 +132,44 @@ def test_a_page_and_its_cursor_say_nothing_of_the_events_a_caller_may_not_see(se
             assert [i for p in pages for i in p] == mine and all(len(p) == limit for p in pages[:-1])
 
 
+def test_a_base_model_only_private_versions_use_is_not_named_by_its_event(server: dict[str, Any]) -> None:
+    """An outsider's finding (session 46): base-model registrations were shown to everyone, while the base model
+    list leaves out one that only private versions use."""
+    from tests.registry.adapters import LLAMA
+
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
+        alice.register_base_model("secret-corp/falcon", LLAMA.make().config.to_dict())
+        assert "secret-corp/falcon@" in {e.target for e in all_events(server, None, action="base-register")}
+        alice.publish(server["source"], "alice/stealth", base_model="secret-corp/falcon", visibility="private")
+    for who in ("mallory", None):
+        assert "secret-corp/falcon@" not in {e.target for e in all_events(server, who, action="base-register")}
+    for who in ("alice", "admin"):
+        assert "secret-corp/falcon@" in {e.target for e in all_events(server, who, action="base-register")}
+
+
+def test_who_takes_a_freed_organisation_name_does_not_read_the_old_organisations_history(
+        server: dict[str, Any]) -> None:
+    """An outsider's finding (session 46): an organisation that owned nothing leaves its name free when deleted
+    or renamed, and its events (members, protected aliases, the rename's new name) showed to the name's next
+    holder."""
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice, \
+            RegistryClient(server["url"], server["tokens"]["mallory"], cache=False) as mallory:
+        alice.create_organization("falcon")
+        alice.protect_alias("falcon", "launch")
+        alice.delete_organization("falcon")
+        alice.create_organization("tmp3")
+        alice.rename_organization("tmp3", "hidden-x")
+        mallory.create_organization("falcon")
+        mallory.create_organization("tmp3")
+        for name in ("falcon", "tmp3"):
+            assert [e.action for e in all_events(server, "mallory", owner=name)] == ["org-create"], name
+        assert "hidden-x" not in str(mallory.events(limit=500).model_dump())
+        mine = [(e.action, e.target) for e in all_events(server, "alice", owner="hidden-x")]
+        assert mine == [("org-rename", "hidden-x")]  # the present organisation's: seen by its members
+    assert {("alias-protect", "falcon"), ("org-delete", "falcon"), ("org-rename", "tmp3")} <= {
+        (e.action, e.target) for e in all_events(server, "admin")}  # the registry's administrators see it all
+
+
 @pytest.mark.parametrize("who", ["alice", "reader", "admin"])
 def test_those_who_may_read_a_private_adapter_see_its_events(server: dict[str, Any], who: str) -> None:
     assert {"alice/priv:1", "alice/priv@prod"} <= {e.target for e in all_events(server, who)}
