@@ -28,6 +28,7 @@ from registry.domain.errors import (
     NotFound,
     RegistryError,
     Unauthorized,
+    yanked_copy,
 )
 from registry.domain.events import DeliveryInfo, EventPage, WebhookCreated, WebhookInfo
 from registry.domain.publishers import PublisherInfo
@@ -793,12 +794,15 @@ class RegistryClient:
         parent: str | None = None, code_revision: str | None = None, visibility: str | None = None,
         progress: bool = False, dataset: str | os.PathLike[str] | None = None,
         properties: dict[str, str] | None = None, params: dict[str, str] | None = None,
+        dataset_sha256: str | None = None, dataset_bytes: int | None = None, copied_from: str | None = None,
     ) -> VersionInfo:
         """Upload a PEFT adapter directory as the next version of ``owner/name``; ``parent`` (a ref) is the version
         it was fine-tuned from, ``code_revision`` the code that trained it and ``dataset`` the file it was trained
-        on, hashed here (SHA-256 and size recorded; the data is not uploaded): its lineage. ``properties``: its
-        key=value properties; ``params``: what it was trained with (vera_core.recipes.published_params of a
-        metrics.json), never changed after. ``progress`` shows a bar while weights over 4 MiB upload."""
+        on, hashed here (SHA-256 and size recorded; the data is not uploaded), or ``dataset_sha256`` and
+        ``dataset_bytes`` as known; ``copied_from`` the version of another registry it copies (its URL and ref):
+        its lineage. ``properties``: its key=value properties; ``params``: what it was trained with
+        (vera_core.recipes.published_params of a metrics.json), never changed after. ``progress`` shows a bar while
+        weights over 4 MiB upload."""
         ref = Ref.parse_adapter(name)
         root = Path(directory)
         if not root.is_dir():
@@ -807,7 +811,11 @@ class RegistryClient:
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():
                 raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")
-        data = _dataset_fields(Path(dataset)) if dataset is not None else {}
+        data = _dataset_fields(Path(dataset)) if dataset is not None else {
+            k: str(v) for k, v in (("dataset_sha256", dataset_sha256), ("dataset_bytes", dataset_bytes),
+                                   ("copied_from", copied_from)) if v is not None}
+        if dataset is not None and copied_from is not None:
+            data["copied_from"] = copied_from
         size = (root / "adapter_model.safetensors").stat().st_size
         with (root / "adapter_config.json").open("rb") as config, \
                 (root / "adapter_model.safetensors").open("rb") as file, \
@@ -1006,6 +1014,29 @@ class RegistryClient:
         if visibility is not None:
             body["visibility"] = visibility
         return VersionInfo.model_validate(self._request("POST", f"{self._path(source)}/copy", json=body).json())
+
+    def copy_to(self, source: str | Ref, destination: RegistryClient, to: str, *, description: str | None = None,
+                visibility: str | None = None) -> VersionInfo:
+        """Copy the version ``source`` names in this registry into another registry's adapter ``to`` (owner/name)
+        as its next version: promotion from a staging registry into a production one, as MLflow copies a model
+        version between registries. Its weights are downloaded from here in the form stored (the vectors, and A
+        and B only where the seed cannot regenerate them) and published there with its base model, metrics
+        (evaluations' included), tags, description (``description`` replaces it), properties, parameters, code
+        revision and dataset hash; ``copied_from`` there says this registry's URL and the version's ref. A yanked
+        version is refused (Conflict). Its parent, job and evaluations' details are this registry's and stay here."""
+        info = self.get(source)
+        if info.yanked:
+            raise yanked_copy(info.ref)
+        with tempfile.TemporaryDirectory(prefix="vera-copy-") as folder:
+            stored = info.seed_reproducible  # the form stored: A and B only where the seed cannot make them
+            self.fetch(info.pinned, folder, seed_only=stored, with_projection=not stored)
+            lineage = info.lineage
+            return destination.publish(
+                folder, to, base_model=info.base_model, base_revision=info.base_revision, metrics=info.metrics,
+                tags=info.tags, description=info.description if description is None else description,
+                code_revision=lineage.get("code_revision"), visibility=visibility, properties=info.properties,
+                params=info.params, dataset_sha256=lineage.get("dataset_sha256"),
+                dataset_bytes=lineage.get("dataset_bytes"), copied_from=f"{self.url}/{info.ref}")
 
     def usage(self, owner: str) -> OwnerUsage:
         """What ``owner``'s adapters store, and its storage quota (None: none): for the user itself, the members of

@@ -54,16 +54,21 @@ def _links(nodes: list[LineageNode]) -> str:
 
 
 def relatives(graph: LineageGraph) -> list[views.Item]:
-    """The graph in words: what the version came from (nearest first) and what was made from it, as links."""
+    """The graph in words: what the version came from (nearest first) and what was made from it, as links; then
+    the copies of it (`vera cp`) the caller may read."""
     ancestors = sorted((n for n in graph.nodes if n.depth < 0), key=lambda n: -n.depth)
     descendants = sorted((n for n in graph.nodes if n.depth > 0), key=lambda n: (n.depth, n.ref))
+    copies = [views.Item(None, "Copied to", ", ".join(f"[{c}]({navigation.version_link(c)})" for c in graph.copies))
+              ] if graph.copies else []
     return [views.Item(None, "Parent versions", _links(ancestors) if ancestors else "none recorded"),
-            views.Item(None, "Derived versions", _links(descendants) if descendants else "none yet")]
+            views.Item(None, "Derived versions", _links(descendants) if descendants else "none yet"), *copies]
 
 
 def _linked(lineage: dict[str, Any], key: str, label: str) -> list[views.Item]:
     """The version the lineage names under ``key`` (the parent, the one a copy copies) as a link, or what became of
     it (``key_deleted``, ``key_private``)."""
+    if key in lineage and "://" in str(lineage[key]):  # a version of another registry, as its publisher stated it:
+        return [views.Item(None, label, f"{code_span(str(lineage[key]))} (another registry)")]  # text, no link
     if key in lineage:
         return [views.Item(None, label, f"[{lineage[key]}]({navigation.version_link(lineage[key])})")]
     if f"{key}_deleted" in lineage:
@@ -160,6 +165,15 @@ def code_span(text: str) -> str:
     return f"{fence} {text} {fence}" if "`" in text else f"`{text}`"
 
 
+def as_seen(recorded: dict[str, Any], graph: LineageGraph) -> dict[str, Any]:
+    """The version's lineage block with the version it copies named where the graph names it to this caller (the
+    block names it only where every reader of the version may read it)."""
+    if graph.copied_from is None:
+        return recorded
+    seen = {k: v for k, v in recorded.items() if k not in ("copied_from_private", "copied_from_deleted")}
+    return {"copied_from": graph.copied_from, **seen}
+
+
 def section(info: VersionInfo) -> None:
     """The Lineage tab: the graph both ways, the same in words, and the recorded facts."""
     graph = session.read(RegistryClient.lineage, info.ref)
@@ -171,7 +185,7 @@ def section(info: VersionInfo) -> None:
     views.checklist(relatives(graph))
     st.markdown("**How it was made**")
     if info.lineage:
-        views.checklist(facts(info.lineage))
+        views.checklist(facts(as_seen(info.lineage, graph)))
     else:
         st.caption("Published directly (no parent, job or Hub source recorded).")
     if isinstance(via := info.lineage.get("published_via"), dict):

@@ -25,6 +25,7 @@ from registry.cli.common import (
     styled,
 )
 from registry.cli.output import JsonOutput, print_json
+from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
@@ -336,21 +337,35 @@ def copy(
         show_default=False)] = None,
     alias: Annotated[str | None, typer.Option(help="Then point this alias of the destination at the copy (a second "
                                                    "request: the copy stays if it is refused).")] = None,
+    to_registry: Annotated[str | None, typer.Option(
+        help="Copy into this other registry (promotion from staging to production): the weights are downloaded from "
+             "--registry and published there.", show_default=False)] = None,
+    to_token: Annotated[str | None, typer.Option(envvar="VERA_TO_TOKEN", show_default=False,
+                                                 help="The token for --to-registry (default: the one `vera login` "
+                                                      "stored for it).")] = None,
     registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
 ) -> None:
     """Copy a version into another adapter (or its own) as the next version there: promote a staging adapter's
     version into production, as MLflow's copy_model_version does. The copy has the same bytes (nothing is stored
     again; the owner's quota counts them), metrics, evaluations, parameters, properties, tags, verification and
-    lineage, and says which version it copies. A yanked version is refused."""
+    lineage, and says which version it copies. A yanked version is refused. With --to-registry the copy goes to
+    another registry: published there with its metrics, tags, properties, parameters, code revision and dataset
+    hash, and the URL of what it copies."""
     Ref.parse(source)
     destination = Ref.parse_adapter(to)
     if alias is not None:
         check_name(alias, "alias")  # before the copy, so that a mistyped alias copies nothing
     visibility = None if private is None else "private" if private else "public"
-    info = call_registry(registry, token, lambda c: c.copy_version(source, str(destination), description=description,
-                                                                   visibility=visibility))
+    if to_registry is None:
+        info = call_registry(registry, token, lambda c: c.copy_version(
+            source, str(destination), description=description, visibility=visibility))
+    else:
+        with RegistryClient(to_registry, to_token) as there:
+            info = call_registry(registry, token, lambda c: c.copy_to(
+                source, there, str(destination), description=description, visibility=visibility))
     if alias is not None:
-        info = call_registry(registry, token, lambda c: c.set_alias(info.ref, alias))
+        info = call_registry(to_registry or registry, to_token if to_registry else token,
+                             lambda c: c.set_alias(info.ref, alias))
     if as_json:
         print_json(info)
         return
@@ -389,7 +404,8 @@ def lineage(
     depth: Annotated[int, typer.Option(min=1, max=20, help="Generations to follow each way.")] = 20,
     as_json: JsonOutput = False, registry: RegistryUrl = None, token: Token = None,
 ) -> None:
-    """What a version was fine-tuned from and what was fine-tuned from it, as a tree."""
+    """What a version was fine-tuned from and what was fine-tuned from it, as a tree; then the version it copies and
+    its copies (`vera cp`) that you may read."""
     graph = call_registry(registry, token, lambda c: c.lineage(ref, depth=depth))
     if as_json:
         print_json(graph)
@@ -397,3 +413,7 @@ def lineage(
     console.print(_tree(graph))
     if graph.truncated:
         console.print(f"(more beyond {graph.max_depth} generations or {graph.max_nodes} versions)")
+    if graph.copied_from:
+        console.print(f"{graph.ref} is a copy of {graph.copied_from}")
+    if graph.copies:
+        console.print(f"copied to {', '.join(graph.copies)}")

@@ -79,6 +79,12 @@ class Conflict(RegistryError):
     code = "conflict"
 
 
+
+def yanked_copy(ref: str) -> Conflict:
+    """The refusal of a copy of the yanked version ``ref`` (`vera cp`, within a registry or to another)."""
+    return Conflict(f"{ref} is yanked: a copy would promote what its owner withdrew. Unyank it first "
+                    f"(`vera yank {ref} --undo`), or copy another version.")
+
 class IntegrityError(RegistryError):
     code = "integrity_error"
 

@@ -68,7 +68,8 @@ class Events:
 
 def visible_to(viewer: Principal) -> ColumnElement[bool] | None:
     """The audit events ``viewer`` may see, as a condition (None: every one, for the registry's administrators).
-    One about an adapter: when it may read that adapter (one that no longer exists counts as private: its owner's
+    One about an adapter: when it may read that adapter (a job's, when it may read the owner's private adapters, as
+    for the job itself; one about an adapter that no longer exists counts as private: its owner's
     readers only; so does an event older than the adapter that has its name now, from one deleted before it: an
     outsider's finding, a private adapter's history went public with a public successor). About the registry (a
     base model): when it may see that base model. About an owner's webhooks: when it may manage them. About an owner
@@ -80,7 +81,10 @@ def visible_to(viewer: Principal) -> ColumnElement[bool] | None:
     event, adapter = m.AuditEvent, m.Adapter
     public_adapter = exists().where(adapter.owner == event.owner, adapter.name == event.adapter_name,
                                     adapter.visibility == "public", adapter.created_at <= event.at)
-    seen = [and_(event.sight == "public", _base_shown(viewer)), and_(event.sight == "adapter", public_adapter)]
+    seen = [and_(event.sight == "public", _base_shown(viewer)),
+            # a job's events are its owner's, as the job is, whatever the adapter's visibility (registry.services.
+            # jobs.job_visible; a job-end carries the error: an outsider's finding, session 46)
+            and_(event.sight == "adapter", ~event.action.startswith("job-"), public_adapter)]
     if readable:
         seen += [and_(event.sight == "adapter", event.owner.in_(sorted(readable))),
                  and_(event.sight == "namespace", event.owner.in_(sorted(readable)), _current_holders())]

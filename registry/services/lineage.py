@@ -48,7 +48,8 @@ class Lineage:
         """The version ``ref`` names with its ancestors (up to ``depth`` parents) and descendants (up to ``depth``
         generations), at most ``limit`` of each, oldest generations first among descendants; versions of adapters
         ``viewer`` may not read (None: every one is read) are left out, with what lies beyond them, and are neither
-        counted against ``limit`` nor make the graph ``truncated``."""
+        counted against ``limit`` nor make the graph ``truncated``. Beside the graph: the version it copies and its
+        copies (`vera cp`), those ``viewer`` may read."""
         if not 1 <= depth <= MAX_LINEAGE_DEPTH:
             raise InvalidInput(f"depth must be between 1 and {MAX_LINEAGE_DEPTH}, got {depth}.")
         if not 1 <= limit <= MAX_LINEAGE_NODES:
@@ -59,8 +60,15 @@ class Lineage:
             edges: list[LineageEdge] = []
             up_cut = self._ancestors(s, start, depth, limit, viewer, nodes, edges)
             down_cut = self._descendants(s, start, depth, limit, readable_clause(viewer), nodes, edges)
+            source = s.get(m.AdapterVersion, start.copied_from_version_id) if start.copied_from_version_id else None
+            copies = s.scalars(select(m.AdapterVersion).join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
+                               .where(m.AdapterVersion.copied_from_version_id == start.id, readable_clause(viewer))
+                               .order_by(m.AdapterVersion.id).limit(limit))
+            shown = source if source is not None and (
+                viewer is None or viewer.can_read(source.adapter.owner, source.adapter.visibility)) else None
             return LineageGraph(ref=nodes[0].ref, nodes=nodes, edges=edges, max_depth=depth, max_nodes=limit,
-                                truncated=up_cut or down_cut)
+                                truncated=up_cut or down_cut, copied_from=version_ref(shown) if shown else None,
+                                copies=[version_ref(c) for c in copies])
 
     @staticmethod
     def _ancestors(s: Session, start: m.AdapterVersion, depth: int, limit: int, viewer: Principal | None,

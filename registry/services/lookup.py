@@ -200,13 +200,20 @@ def lineage_block(s: Session, v: m.AdapterVersion) -> dict[str, Any]:
     ``job_id``, ``dataset_sha256`` and ``dataset_bytes`` (its job's upload), ``code_revision``, ``hub_repo`` and
     ``hub_commit`` (pulled from the Hub), ``published_via`` (the trusted publisher's CI run that published it);
     for a copy (`vera cp`), ``copied_from``, the version it copies (``copied_from_private`` and
-    ``copied_from_deleted`` as for the parent)."""
+    ``copied_from_deleted`` as for the parent; a version of another registry: its URL and ref, as stated)."""
     recorded = (*_linked(s, v, "parent", v.parent_version_id, v.parent_ref), ("job_id", v.source_job_id),
                 ("dataset_sha256", v.dataset_sha256), ("dataset_bytes", v.dataset_bytes),
                 ("code_revision", v.code_revision), ("hub_repo", v.source_hub_repo),
                 ("hub_commit", v.source_hub_commit), ("published_via", v.published_via),
-                *_linked(s, v, "copied_from", v.copied_from_version_id, v.copied_from_ref))
+                *(_linked(s, v, "copied_from", v.copied_from_version_id, v.copied_from_ref)
+                  if not copied_elsewhere(v) else (("copied_from", v.copied_from_ref),)))
     return {key: value for key, value in recorded if value is not None}
+
+
+def copied_elsewhere(v: m.AdapterVersion) -> bool:
+    """Whether ``v`` says it copies a version of another registry (its URL and ref, as its publisher stated it:
+    `vera cp --to-registry`), rather than one of this registry's."""
+    return v.copied_from_version_id is None and "://" in (v.copied_from_ref or "")
 
 
 def _linked(s: Session, v: m.AdapterVersion, key: str, row_id: int | None,

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, InvalidInput, NotFound
+from registry.domain.errors import Conflict, InvalidInput, NotFound, yanked_copy
 from registry.domain.schemas import (
     MAX_DESCRIPTION,
     Ref,
@@ -63,7 +63,11 @@ MAX_METRICS_BYTES = 1 << 20  # metrics keep a thinned loss curve: far below this
 OnRecord = Callable[[Session, m.AdapterVersion], None]
 #: What a publish may say of where the version came from (``lineage``), and the longest code revision.
 LINEAGE_KEYS = frozenset({"job_id", "hub_repo", "hub_commit", "parent", "code_revision", "published_via",
-                          "dataset_sha256", "dataset_bytes", "parent_may_be_gone"})
+                          "dataset_sha256", "dataset_bytes", "parent_may_be_gone", "copied_from"})
+#: A version in another registry that a publish says it copies (`vera cp --to-registry`): that registry's address
+#: and the version's ref, ``https://staging.example.org/alice/polarity:3`` (no credentials, query or fragment).
+ELSEWHERE = re.compile(r"https?://[^\s/@?#]+(?:/[^\s@?#]*)?/[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}"
+                       r":[1-9][0-9]{0,8}")
 MAX_CODE_REVISION = 200
 #: From how many bytes to store a publish's quota is checked before they are stored, not only as it is recorded.
 EARLY_CHECK_BYTES = 1 << 20
@@ -258,8 +262,7 @@ class Publisher:
         original = resolve(s, source)
         from_ref = version_ref(original)
         if original.yanked:
-            raise Conflict(f"{from_ref} is yanked: a copy would promote what its owner withdrew. Unyank it first "
-                           f"(`vera yank {from_ref} --undo`), or copy another version.")
+            raise yanked_copy(from_ref)
         adapter = self._adapter_for(s, owner, name, visibility, original.adapter.description)
         check_room(s, self.quotas, owner, original.stored_bytes, f"copying {from_ref} to {owner}/{name}")
         copied = {column: getattr(original, column) for column in _COPIED_COLUMNS}
@@ -388,6 +391,13 @@ def _checked_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
         given["parent"] = parent
     if "code_revision" in given:
         check_text(given["code_revision"], "code_revision", max_length=MAX_CODE_REVISION)
+    if "copied_from" in given:
+        stated = given["copied_from"]
+        if not isinstance(stated, str) or not ELSEWHERE.fullmatch(check_text(stated, "copied_from", max_length=200)):
+            raise InvalidInput("copied_from is the version this one copies in another registry: that registry's URL "
+                               "and the version's ref, e.g. https://staging.example.org/alice/polarity:3 (at most "
+                               "200 characters; no credentials, query or fragment). A copy within this registry is "
+                               "made by POST .../versions/{selector}/copy (`vera cp`).")
     _check_dataset(given)
     if "published_via" in given and not isinstance(given["published_via"], Mapping):
         raise InvalidInput("published_via is what a trusted publisher's token was minted for (a mapping); it comes "
@@ -429,6 +439,7 @@ def _record_sources(s: Session, version: m.AdapterVersion, lineage: dict[str, An
         else:
             version.parent_version_id, version.parent_ref = row.id, version_ref(row)
     version.code_revision = lineage.get("code_revision")
+    version.copied_from_ref = lineage.get("copied_from")  # stated, in another registry: never a version id here
     via = lineage.get("published_via")
     version.published_via = dict(via) if via is not None else None
     job = s.get(m.Job, version.source_job_id) if version.source_job_id is not None else None

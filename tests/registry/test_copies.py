@@ -159,6 +159,16 @@ def test_a_copy_through_the_api_needs_read_on_the_source_and_publish_on_the_dest
             "mallory/promoted:1", {"acc": 0.9}, "private", "alice/pub:1")
         with pytest.raises(NotFound):  # a private adapter mallory may not read: as if missing
             mallory.copy_version("alice/priv:1", "mallory/stolen")
+        assert mallory.lineage("mallory/promoted:1").copied_from == "alice/pub:1"
+        assert mallory.lineage("alice/pub:1").copies == ["mallory/promoted:1"]
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice, \
+            RegistryClient(server["url"], "", cache=False) as anonymous:
+        assert alice.lineage("alice/pub:1").copies == []  # mallory's copy is private to mallory
+        shared = alice.copy_version("alice/priv:1", "alice/shared", visibility="public")
+        assert shared.lineage["copied_from_private"] is True  # every reader of the copy reads this block
+        assert alice.lineage(shared.ref).copied_from == "alice/priv:1"  # the graph names it to whoever may read it
+        assert anonymous.lineage(shared.ref).copied_from is None
+        assert anonymous.get(shared.ref).lineage == {"copied_from_private": True}
     for who, path, body, status, said in [
         ("mallory", "alice/pub/versions/1", {"to": "alice/mine"}, 403, "cannot write under alice/"),
         ("reader", "alice/pub/versions/1", {"to": "alice/read"}, 403, "publish"),  # a read-only token
@@ -171,7 +181,7 @@ def test_a_copy_through_the_api_needs_read_on_the_source_and_publish_on_the_dest
         answer = _post(server, who, path, body)
         assert answer.status_code == status and said in answer.text, (who, body, answer.text)
     with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
-        assert [v.ref for v in alice.list_versions(owner="alice").items if v.name not in ("pub", "priv")] == []
+        assert [v.ref for v in alice.list_versions(owner="alice").items if v.name not in ("pub", "priv", "shared")] == []
 
 
 def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
@@ -191,3 +201,43 @@ def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
     refused = vera("cp", "alice/pub:1", "alice/other", "--alias", "Not An Alias")
     assert refused.returncode == 1 and "alias 'Not An Alias' is not a valid name" in refused.stderr
     assert json.loads(vera("ls", "alice/other", "--json").stdout)["items"] == []  # nothing was copied
+
+
+def test_a_version_is_promoted_into_another_registry_with_what_it_says_of_itself(tmp_path: Path) -> None:
+    with running_server(f"sqlite:///{tmp_path / 'staging.db'}", tmp_path / "staging") as staging_url, \
+            running_server(f"sqlite:///{tmp_path / 'prod.db'}", tmp_path / "prod") as prod_url, \
+            RegistryClient(staging_url, cache=False) as staging, RegistryClient(prod_url, cache=False) as prod:
+        source = staging.publish(make_adapter(tmp_path / "a"), "alice/polarity", base_model="tiny-llama",
+                                 metrics={"acc": 0.9}, tags=["nightly"], description="candidate",
+                                 properties={"validation": "passed"}, params={"lr": "0.01"},
+                                 code_revision="abc123", dataset_sha256="e" * 64, dataset_bytes=42)
+        staging.record_evaluation(source.ref, "hellaswag", {"acc": 0.41})
+        copy = staging.copy_to("alice/polarity@latest", prod, "team/polarity", visibility="private")
+        assert (copy.ref, copy.visibility, copy.description, copy.tags) == (
+            "team/polarity:1", "private", "candidate", ["nightly"])
+        assert (copy.metrics, copy.properties, copy.params) == (
+            {"acc": 0.9, "hellaswag": {"acc": 0.41}}, {"validation": "passed"}, {"lr": "0.01"})
+        assert copy.lineage == {"copied_from": f"{staging_url}/alice/polarity:1", "code_revision": "abc123",
+                                "dataset_sha256": "e" * 64, "dataset_bytes": 42}
+        assert (copy.vectors_sha256, copy.seed, copy.r) == (source.vectors_sha256, source.seed, source.r)
+        assert staging.download(source.ref, "adapter_model.safetensors") == prod.download(
+            copy.ref, "adapter_model.safetensors")
+        staging.yank(source.ref)
+        with pytest.raises(Conflict, match="alice/polarity:1 is yanked"):
+            staging.copy_to(source.ref, prod, "team/polarity")
+        assert prod.get("team/polarity").version == 1  # nothing published
+        env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": staging_url}
+        staging.yank(source.ref, yanked=False)
+        done = subprocess.run([str(VERA), "cp", source.ref, "team/polarity", "--to-registry", prod_url,
+                               "--alias", "prod"], capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert f"copied {staging_url}/alice/polarity:1 to team/polarity:2 (team/polarity@prod -> 2)" in done.stdout
+        for stated in ("alice/polarity:1", "ftp://x/alice/polarity:1", f"{staging_url}/alice/polarity",
+                       "https://user@host/a/b:1", "https://host/a/b:1?x=1", "https://host/a/b:0",
+                       "https://host/a/b:1\x00", "https://" + "h" * 200 + "/a/b:1"):
+            answer = httpx.post(f"{prod_url}/api/v1/adapters/team/polarity/versions", timeout=60,
+                                data={"base_model": "tiny-llama", "copied_from": stated},
+                                files={"adapter_config": (tmp_path / "a" / "adapter_config.json").read_bytes(),
+                                       "adapter_model": (tmp_path / "a" / "adapter_model.safetensors").read_bytes()})
+            assert answer.status_code == 422 and "copied_from" in answer.text, (stated, answer.text)
+        assert prod.get("team/polarity").version == 2

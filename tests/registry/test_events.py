@@ -137,13 +137,13 @@ def test_a_base_model_only_private_versions_use_is_not_named_by_its_event(server
     list leaves out one that only private versions use."""
     from tests.registry.adapters import LLAMA
 
-    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
-        alice.register_base_model("secret-corp/falcon", LLAMA.make().config.to_dict())
+    with RegistryClient(server["url"], server["tokens"]["mallory"], cache=False) as mallory:
+        mallory.register_base_model("secret-corp/falcon", LLAMA.make().config.to_dict())
         assert "secret-corp/falcon@" in {e.target for e in all_events(server, None, action="base-register")}
-        alice.publish(server["source"], "alice/stealth", base_model="secret-corp/falcon", visibility="private")
-    for who in ("mallory", None):
+        mallory.publish(server["source"], "mallory/stealth", base_model="secret-corp/falcon", visibility="private")
+    for who in ("alice", None):
         assert "secret-corp/falcon@" not in {e.target for e in all_events(server, who, action="base-register")}
-    for who in ("alice", "admin"):
+    for who in ("mallory", "admin"):
         assert "secret-corp/falcon@" in {e.target for e in all_events(server, who, action="base-register")}
 
 
@@ -250,6 +250,20 @@ def test_a_job_cancelled_in_the_queue_ends_with_an_event_and_a_webhook(server: d
     assert [e.action for e in events] == ["job-submit", "job-cancel", "job-end"]
     assert events[-1].detail == {"job": job.id, "status": "cancelled"}
     assert json.loads(got[0].body)["event"]["detail"]["status"] == "cancelled"
+
+
+def test_a_public_adapters_job_events_are_its_owners_as_its_jobs_are(server: dict[str, Any]) -> None:
+    """An outsider's finding (session 46): a job's spec, dataset and log are its owner's whatever the adapter's
+    visibility, but its job-submit, job-cancel and job-end events (a job-end carries the error) showed to every
+    reader of a public adapter."""
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
+        alice.cancel_job(alice.submit_job("alice/pub", {"demo": True}).id)
+    jobs = {"job-submit", "job-cancel", "job-end"}
+    assert jobs <= {e.action for e in all_events(server, "alice", adapter="alice/pub")}
+    assert jobs <= {e.action for e in all_events(server, "reader", adapter="alice/pub")}  # a member who reads
+    for who in ("mallory", None):
+        seen = {e.action for e in all_events(server, who, adapter="alice/pub")}
+        assert "publish" in seen and not jobs & seen, (who, seen)
 
 
 def test_a_job_submitted_for_another_owner_is_audited_as_its_submitter(server: dict[str, Any]) -> None:

@@ -178,6 +178,8 @@ def test_lineage_facts_read_as_a_list() -> None:
         ("Fine-tuned from", f"[alice/base:1]({navigation.version_link('alice/base:1')})")]
     assert [(i.what, i.detail) for i in lineage.facts({"copied_from_deleted": "a/b:1", "copied_from_private": True})
             ] == [("Copy of", "a/b:1, since deleted")]
+    [elsewhere] = lineage.facts({"copied_from": "https://staging.example.org/a/b:1"})  # another registry's: no link
+    assert elsewhere.detail == "`https://staging.example.org/a/b:1` (another registry)"
     via = {"publisher": "acme-main", "issuer": "https://token.actions.githubusercontent.com",
            "subject": "repo:acme/x:ref:refs/heads/main",
            "claims": {"repository": "acme/x_y", "ref": "refs/heads/main", "sha": "0123456789abcdef", "run_id": "42",
@@ -699,6 +701,20 @@ def test_a_version_is_copied_into_another_adapter_from_the_edit_tab(registry: di
     reader = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"},
                   adapter_tab="Edit")
     assert not [b for b in reader.button if b.label == "Copy version"]  # bob publishes nowhere
+
+
+def test_the_lineage_tab_names_a_copys_source_and_copies_to_whoever_may_read_them() -> None:
+    from registry.domain.schemas import LineageGraph
+
+    graph = LineageGraph(ref="a/b:2", nodes=[], edges=[], max_depth=20, max_nodes=200, truncated=False,
+                         copied_from="a/private:1", copies=["c/d:1", "c/d:2"])
+    assert lineage.as_seen({"copied_from_private": True, "job_id": 3}, graph) == {"copied_from": "a/private:1",
+                                                                                   "job_id": 3}
+    assert lineage.as_seen({"copied_from_private": True}, graph.model_copy(update={"copied_from": None})) == {
+        "copied_from_private": True}
+    [*_, copies] = lineage.relatives(graph)
+    assert (copies.what, copies.detail) == ("Copied to", ", ".join(f"[{c}]({navigation.version_link(c)})"
+                                                                  for c in ("c/d:1", "c/d:2")))
 
 
 def test_the_copy_form_is_offered_to_whoever_may_publish_somewhere() -> None:

@@ -139,6 +139,9 @@ async def publish(
     params: Annotated[str, Form(description="what it was trained with, a JSON object of text values (e.g. "
                                 "{\"lr\": \"0.01\", \"epochs\": \"3\"}; vera train's metrics.json records them "
                                 "as \"params\"); never changed after")] = "{}",
+    copied_from: Annotated[str, Form(description="the version this one copies in another registry: its URL and "
+                                     "ref, e.g. https://staging.example.org/alice/polarity:3 (lineage; stated, not "
+                                     "checked: `vera cp --to-registry`)")] = "",
 ) -> VersionInfo:
     parsed = json_object(metrics, "metrics")
     held = json_object(properties, "properties")
@@ -155,7 +158,8 @@ async def publish(
                           published_by=who.owner, lineage={"parent": parent, "code_revision": code_revision,
                                                             "published_via": who.provenance,
                                                             "dataset_sha256": dataset_sha256,
-                                                            "dataset_bytes": dataset_bytes},
+                                                            "dataset_bytes": dataset_bytes,
+                                                            "copied_from": copied_from},
                           visibility=visibility or None, properties=held, params=trained_with)
         with without_server_paths(tmp, "the upload"):
             return await run_in_threadpool(publish)  # torch and database work: never on the event loop
