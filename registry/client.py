@@ -811,10 +811,10 @@ class RegistryClient:
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():
                 raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")
-        data = _dataset_fields(Path(dataset)) if dataset is not None else {
-            k: str(v) for k, v in (("dataset_sha256", dataset_sha256), ("dataset_bytes", dataset_bytes),
-                                   ("copied_from", copied_from)) if v is not None}
-        if dataset is not None and copied_from is not None:
+        stated = (("dataset_sha256", dataset_sha256), ("dataset_bytes", dataset_bytes))
+        data = (_dataset_fields(Path(dataset)) if dataset is not None
+                else {k: str(v) for k, v in stated if v is not None})
+        if copied_from is not None:
             data["copied_from"] = copied_from
         size = (root / "adapter_model.safetensors").stat().st_size
         with (root / "adapter_config.json").open("rb") as config, \
