@@ -90,11 +90,12 @@ def facts(lineage: dict[str, Any]) -> list[views.Item]:
         items.append(views.Item(None, "Dataset", f"SHA-256 `{lineage['dataset_sha256']}`"
                                 + (f", {formats.size(size)}" if isinstance(size, int) else "")))
     if "code_revision" in lineage:
-        items.append(views.Item(None, "Code revision", f"`{lineage['code_revision']}`"))
+        items.append(views.Item(None, "Code revision", code_span(str(lineage["code_revision"]))))  # caller's text:
+        # never a link (a re-check's finding, session 46: a backtick in it closed the code span)
     if "hub_repo" in lineage:
         commit = lineage.get("hub_commit")
-        items.append(views.Item(None, "Pulled from the Hub", f"`{lineage['hub_repo']}`"
-                                + (f" at commit `{commit}`" if commit else "")))
+        items.append(views.Item(None, "Pulled from the Hub", code_span(str(lineage["hub_repo"]))
+                                + (f" at commit {code_span(str(commit))}" if commit else "")))
     if isinstance(via := lineage.get("published_via"), dict):  # the run itself: its own section, below
         items.append(views.Item(None, "Published by CI", f"a run of trusted publisher "
                                 f"{code_span(str(via.get('publisher', '?')))} (below)"))

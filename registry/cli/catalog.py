@@ -26,7 +26,8 @@ from registry.cli.common import (
 )
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
-from registry.domain.errors import InvalidInput, NotFound
+from registry.credentials import stored_token
+from registry.domain.errors import InvalidInput, NotFound, Unauthorized
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
 
@@ -359,18 +360,31 @@ def copy(
     if to_registry is None:
         info = call_registry(registry, token, lambda c: c.copy_version(
             source, str(destination), description=description, visibility=visibility))
-    else:
-        with RegistryClient(to_registry, to_token) as there:
+        if alias is not None:
+            info = call_registry(registry, token, lambda c: c.set_alias(info.ref, alias))
+    else:  # never this registry's token (--token, VERA_TOKEN) sent to the other (a re-check's finding, session 46)
+        with RegistryClient(to_registry, to_token if to_token is not None else stored_token(to_registry) or "") \
+                as there:
+            if _anonymous_at(there):  # before anything is downloaded
+                fail(InvalidInput(f"No token that {there.url} accepts: give one of that registry's with --to-token (or "
+                                  f"VERA_TO_TOKEN), or store it with `vera login {there.url}`. Nothing was copied."))
             info = call_registry(registry, token, lambda c: c.copy_to(
                 source, there, str(destination), description=description, visibility=visibility))
-    if alias is not None:
-        info = call_registry(to_registry or registry, to_token if to_registry else token,
-                             lambda c: c.set_alias(info.ref, alias))
+            if alias is not None:
+                info = there.set_alias(info.ref, alias)
     if as_json:
         print_json(info)
         return
     console.print(f"copied {info.lineage.get('copied_from', source)} to {info.ref}"
                   + (f" ({info.owner}/{info.name}@{alias} -> {info.version})" if alias is not None else ""))
+
+
+def _anonymous_at(client: RegistryClient) -> bool:
+    """Whether ``client`` reaches its registry without a user (no token, where the registry answers one)."""
+    try:
+        return client.whoami().anonymous
+    except Unauthorized:
+        return True
 
 
 def _jobs(ids: list[int]) -> str:

@@ -80,12 +80,18 @@ def _user_card(card: str) -> tuple[dict[str, Any], str]:
 
 def stable_lineage(info: VersionInfo) -> dict[str, Any]:
     """The part of a version's lineage that never changes: what its row recorded, with the parent named only when
-    it is a version of the same adapter (its ref, also once deleted). A parent of another adapter is left out: that
-    adapter can be made private or deleted later, which changes what VersionInfo.lineage says of it."""
-    lineage = {k: v for k, v in info.lineage.items() if k not in ("parent", "parent_deleted", "parent_private")}
-    parent = info.lineage.get("parent") or info.lineage.get("parent_deleted")
-    if isinstance(parent, str) and parent.startswith(f"{info.owner}/{info.name}:"):
-        lineage = {"parent": parent, **lineage}
+    it is a version of the same adapter (its ref, also once deleted), and so the version a copy copies (or another
+    registry's). A parent of another adapter is left out: that adapter can be made private or deleted later, which
+    changes what VersionInfo.lineage says of it."""
+    linked = ("parent", "copied_from")
+    lineage = {k: v for k, v in info.lineage.items() if k not in {f"{key}{end}" for key in linked
+                                                                  for end in ("", "_deleted", "_private")}}
+    for key in reversed(linked):  # the version a copy copies, likewise (a re-check's finding, session 46: a
+        # commit's README said the source's name or not as its adapter's visibility changed); another registry's,
+        # as stated at publish, never changes
+        other = info.lineage.get(key) or info.lineage.get(f"{key}_deleted")
+        if isinstance(other, str) and (other.startswith(f"{info.owner}/{info.name}:") or "://" in other):
+            lineage = {key: other, **lineage}
     return lineage
 
 

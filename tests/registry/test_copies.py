@@ -20,6 +20,7 @@ from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceed
 from registry.domain.schemas import AdapterUpdate, EvaluationRecord
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
+from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
@@ -181,7 +182,8 @@ def test_a_copy_through_the_api_needs_read_on_the_source_and_publish_on_the_dest
         answer = _post(server, who, path, body)
         assert answer.status_code == status and said in answer.text, (who, body, answer.text)
     with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
-        assert [v.ref for v in alice.list_versions(owner="alice").items if v.name not in ("pub", "priv", "shared")] == []
+        made = {"pub", "priv", "shared"}
+        assert [v.ref for v in alice.list_versions(owner="alice").items if v.name not in made] == []
 
 
 def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
@@ -204,9 +206,18 @@ def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
 
 
 def test_a_version_is_promoted_into_another_registry_with_what_it_says_of_itself(tmp_path: Path) -> None:
+    prod_db = f"sqlite:///{tmp_path / 'prod.db'}"
     with running_server(f"sqlite:///{tmp_path / 'staging.db'}", tmp_path / "staging") as staging_url, \
-            running_server(f"sqlite:///{tmp_path / 'prod.db'}", tmp_path / "prod") as prod_url, \
-            RegistryClient(staging_url, cache=False) as staging, RegistryClient(prod_url, cache=False) as prod:
+            running_server(prod_db, tmp_path / "prod", VERA_REQUIRE_TOKENS="true") as prod_url:
+        db = Database(prod_db)
+        prod_token = create_token(db, owner="team", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        _promote(tmp_path, staging_url, prod_url, prod_token)
+
+
+def _promote(tmp_path: Path, staging_url: str, prod_url: str, prod_token: str) -> None:
+    with RegistryClient(staging_url, "", cache=False) as staging, \
+            RegistryClient(prod_url, prod_token, cache=False) as prod:
         source = staging.publish(make_adapter(tmp_path / "a"), "alice/polarity", base_model="tiny-llama",
                                  metrics={"acc": 0.9}, tags=["nightly"], description="candidate",
                                  properties={"validation": "passed"}, params={"lr": "0.01"},
@@ -226,16 +237,26 @@ def test_a_version_is_promoted_into_another_registry_with_what_it_says_of_itself
         with pytest.raises(Conflict, match="alice/polarity:1 is yanked"):
             staging.copy_to(source.ref, prod, "team/polarity")
         assert prod.get("team/polarity").version == 1  # nothing published
-        env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": staging_url}
         staging.yank(source.ref, yanked=False)
-        done = subprocess.run([str(VERA), "cp", source.ref, "team/polarity", "--to-registry", prod_url,
-                               "--alias", "prod"], capture_output=True, text=True, timeout=120, env=env, check=False)
+        # this registry's token (VERA_TOKEN, --token) is never sent to the other (a re-check's finding, session 46)
+        env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": staging_url, "VERA_TOKEN": prod_token}
+        env.pop("VERA_TO_TOKEN", None)
+
+        def cp(*more: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(VERA), "cp", source.ref, "team/polarity", "--to-registry", prod_url, *more],
+                                  capture_output=True, text=True, timeout=120, env=env, check=False)
+
+        refused = cp("--alias", "prod")
+        assert refused.returncode == 1 and prod.get("team/polarity").version == 1
+        assert f"No token that {prod_url} accepts: give one of that registry's with --to-token" in refused.stderr
+        done = cp("--alias", "prod", "--to-token", prod_token)
         assert done.returncode == 0, done.stderr
         assert f"copied {staging_url}/alice/polarity:1 to team/polarity:2 (team/polarity@prod -> 2)" in done.stdout
         for stated in ("alice/polarity:1", "ftp://x/alice/polarity:1", f"{staging_url}/alice/polarity",
                        "https://user@host/a/b:1", "https://host/a/b:1?x=1", "https://host/a/b:0",
                        "https://host/a/b:1\x00", "https://" + "h" * 200 + "/a/b:1"):
             answer = httpx.post(f"{prod_url}/api/v1/adapters/team/polarity/versions", timeout=60,
+                                headers={"Authorization": f"Bearer {prod_token}"},
                                 data={"base_model": "tiny-llama", "copied_from": stated},
                                 files={"adapter_config": (tmp_path / "a" / "adapter_config.json").read_bytes(),
                                        "adapter_model": (tmp_path / "a" / "adapter_model.safetensors").read_bytes()})

@@ -168,6 +168,12 @@ def test_the_hub_readme_names_only_a_parent_that_cannot_change(server: dict[str,
     card = model_card(info.model_copy(update={"lineage": {"parent": "bob/base:2"}}), with_projection=True,
                       stable=True)
     assert "bob/base" not in card
+    # the version a copy copies, likewise (a commit's README changed with the source adapter's visibility)
+    for other in ({"copied_from": "bob/src:1"}, {"copied_from_private": True}, {"copied_from_deleted": "bob/s:1"}):
+        assert stable_lineage(info.model_copy(update={"lineage": {**other, "job_id": 4}})) == {"job_id": 4}
+    for kept in ("alice/lineaged:1", "https://staging.example.org/bob/src:1"):
+        assert stable_lineage(info.model_copy(update={"lineage": {"copied_from": kept, "parent": "alice/lineaged:1"}}
+                                              )) == {"parent": "alice/lineaged:1", "copied_from": kept}
 
 
 def test_a_card_whose_front_matter_is_not_yaml_is_kept_as_written(server: dict[str, Any],

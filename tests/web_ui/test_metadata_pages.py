@@ -178,6 +178,8 @@ def test_lineage_facts_read_as_a_list() -> None:
         ("Fine-tuned from", f"[alice/base:1]({navigation.version_link('alice/base:1')})")]
     assert [(i.what, i.detail) for i in lineage.facts({"copied_from_deleted": "a/b:1", "copied_from_private": True})
             ] == [("Copy of", "a/b:1, since deleted")]
+    [stated] = lineage.facts({"code_revision": "abc` [Sign in](https://evil.example) `def"})  # a caller's text
+    assert stated.detail == "`` abc` [Sign in](https://evil.example) `def ``"  # one code span: never a link
     [elsewhere] = lineage.facts({"copied_from": "https://staging.example.org/a/b:1"})  # another registry's: no link
     assert elsewhere.detail == "`https://staging.example.org/a/b:1` (another registry)"
     via = {"publisher": "acme-main", "issuer": "https://token.actions.githubusercontent.com",
