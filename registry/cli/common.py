@@ -4,6 +4,7 @@ settings, and the runner of registry client calls."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable, Iterable
 from enum import IntEnum
@@ -120,6 +121,9 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             return command(*args, **kwargs)
         except (RegistryError, VeraError) as exc:
             fail(exc)
+        except json.JSONDecodeError as exc:  # a server that is no vera registry answered 200 (a re-check, session 46)
+            fail(RegistryError(f"An answer could not be read as JSON ({exc.msg} at character {exc.pos}): check that "
+                               "the URL names a vera registry (--registry, VERA_REGISTRY_URL, --to-registry)."))
         except OSError as exc:  # the machine's answer (a full disk, a folder it may not write): no traceback
             where = f" ({exc.filename})" if exc.filename else ""
             fail(OSError(f"{exc.strerror or exc}{where}"))

@@ -1081,7 +1081,8 @@ class LineageGraph(BaseModel):
     max_nodes: int
     truncated: bool
     #: the version this one is a copy of (`vera cp`), when the caller may read it (the version's own lineage block,
-    #: which every reader of it reads, names it only where they all may); None otherwise
+    #: which every reader of it reads, names it only where they all may), or the URL and ref of another registry's
+    #: version it was copied from; None otherwise
     copied_from: str | None = None
     #: the copies made of this version that the caller may read, oldest first, at most ``max_nodes``
     copies: list[str] = []

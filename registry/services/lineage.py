@@ -27,7 +27,7 @@ from registry.domain.schemas import (
     Ref,
 )
 from registry.services.access import readable_clause
-from registry.services.lookup import lineage_block, resolve, version_ref
+from registry.services.lookup import copied_elsewhere, lineage_block, resolve, version_ref
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
@@ -66,9 +66,9 @@ class Lineage:
                                .order_by(m.AdapterVersion.id).limit(limit))
             shown = source if source is not None and (
                 viewer is None or viewer.can_read(source.adapter.owner, source.adapter.visibility)) else None
+            told = version_ref(shown) if shown else start.copied_from_ref if copied_elsewhere(start) else None
             return LineageGraph(ref=nodes[0].ref, nodes=nodes, edges=edges, max_depth=depth, max_nodes=limit,
-                                truncated=up_cut or down_cut, copied_from=version_ref(shown) if shown else None,
-                                copies=[version_ref(c) for c in copies])
+                                truncated=up_cut or down_cut, copied_from=told, copies=[version_ref(c) for c in copies])
 
     @staticmethod
     def _ancestors(s: Session, start: m.AdapterVersion, depth: int, limit: int, viewer: Principal | None,

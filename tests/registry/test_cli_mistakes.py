@@ -230,6 +230,30 @@ def test_a_url_that_is_not_the_registrys_api_is_said_so(kind: str) -> None:
         other.server_close()
 
 
+def test_an_answer_that_is_not_json_is_one_line_not_a_traceback() -> None:
+    """A server that answers 200 with something else than JSON (a re-check's finding, session 46: `vera cp
+    --to-registry` at such a server printed a JSONDecodeError traceback)."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Plain)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_port}"
+        refused(vera("ls", url=url), "An answer could not be read as JSON", "names a vera registry")
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+class _Plain(_Other):
+    """A server that answers every GET 200 with "ok" as JSON's content type, which it is not."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
 def test_a_registry_url_without_a_scheme_says_which_one(server: dict[str, Any]) -> None:
     bare = server["url"].removeprefix("http://")
     refused(vera("ls", url=bare), f"'{bare}' does not start with http://", f"did you mean {server['url']}?")

@@ -231,6 +231,7 @@ def _promote(tmp_path: Path, staging_url: str, prod_url: str, prod_token: str) -
         assert copy.lineage == {"copied_from": f"{staging_url}/alice/polarity:1", "code_revision": "abc123",
                                 "dataset_sha256": "e" * 64, "dataset_bytes": 42}
         assert (copy.vectors_sha256, copy.seed, copy.r) == (source.vectors_sha256, source.seed, source.r)
+        assert prod.lineage(copy.ref).copied_from == f"{staging_url}/alice/polarity:1"
         assert staging.download(source.ref, "adapter_model.safetensors") == prod.download(
             copy.ref, "adapter_model.safetensors")
         staging.yank(source.ref)
