@@ -171,7 +171,7 @@ def test_a_version_lists_its_files_and_serves_each_by_hash_for_good(
                          ({"format": "lora", "projection": "true"}, "a LoRA export (format=lora) has no A and B"),
                          ({"format": "lora", "seed_only": "true"}, "has no A and B"),
                          # an unknown parameter is refused too: `?as=lora`, the CLI's option, answered VeRA files
-                         ({"as": "lora"}, "query.as: not a query parameter this route takes")):
+                         ({"as": "lora"}, "does not take the query parameter 'as'; it takes dtype, for, format")):
         for path in ("files", "files/adapter_model.safetensors"):
             refused = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/{path}", params=params)
             assert refused.status_code == 422 and said in refused.json()["detail"], (params, refused.text)
@@ -185,6 +185,23 @@ def test_a_version_lists_its_files_and_serves_each_by_hash_for_good(
     wrong = httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/blobs/{'0' * 64}")
     assert wrong.status_code == 404 and "has no file with SHA-256" in wrong.json()["detail"]
     assert httpx.get(f"{url}/api/v1/adapters/hashed/a/versions/1/blobs/not-a-hash").status_code == 422
+
+
+@pytest.mark.parametrize(("path", "query", "said"), [
+    # session 45's findings: /orgs and /invitations ignored what they did not know; every route kept the last of a
+    # repeated value
+    ("/api/v1/orgs", "limt=5", "GET /api/v1/orgs does not take the query parameter 'limt'; it takes"),
+    ("/api/v1/invitations", "everything=1", "does not take the query parameter 'everything'"),
+    ("/api/v1/events", "limit=2&limit=3", "The query gives 'limit' more than once"),
+    ("/api/v1/adapters", "owner=a&owner=b", "The query gives 'owner' more than once"),
+    ("/api/v1/adapters", "ownr=a&sort=-created", "it takes base_model, cursor, filter"),
+    ("/api/v1/whoami", "x=1", "it takes none"),
+])
+def test_a_query_parameter_a_route_does_not_take_or_given_twice_is_refused(
+        local: tuple[str, Path], path: str, query: str, said: str) -> None:
+    answer = httpx.get(f"{local[0]}{path}?{query}")
+    assert answer.status_code == 422 and said in answer.json()["detail"], answer.text
+    assert httpx.get(f"{local[0]}{path}").status_code == 200  # without it: answered
 
 
 def test_a_file_list_gives_small_files_inline_and_its_digest_to_head(
