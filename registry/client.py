@@ -68,6 +68,7 @@ from registry.domain.schemas import (
     VerificationReport,
     VersionInfo,
     WhoAmI,
+    alias_problem,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8765"
@@ -1014,6 +1015,16 @@ class RegistryClient:
         if visibility is not None:
             body["visibility"] = visibility
         return VersionInfo.model_validate(self._request("POST", f"{self._path(source)}/copy", json=body).json())
+
+    def alias_problem(self, adapter: str, alias: str) -> str | None:
+        """Why this registry would refuse to point ``alias`` of ``adapter`` (owner/name) at a version, or None
+        (registry.domain.schemas.alias_problem; an alias the adapter has already is not new): asked before a copy
+        that is then aliased, so that a refused alias leaves no copy behind."""
+        try:
+            existing = self.adapter(adapter).aliases
+        except NotFound:  # the copy will make it
+            existing = {}
+        return alias_problem(alias, new=alias not in existing)
 
     def copy_to(self, source: str | Ref, destination: RegistryClient, to: str, *, description: str | None = None,
                 visibility: str | None = None) -> VersionInfo:

@@ -169,21 +169,29 @@ def copy_version(ref: str) -> None:
     to = st.session_state[f"edit-copy-{ref}"].strip()
     alias = st.session_state[f"edit-copy-alias-{ref}"].strip().removeprefix("@")
     if not to:
-        _done(ref, Unsent("Nothing copied: type the adapter to copy into, owner/name."), COPY_FORM)
+        _done(ref, Unsent("Nothing changed: type the adapter to copy into, owner/name."), COPY_FORM)
         return
     try:
+        if alias and (problem := session.call(lambda c: c.alias_problem(to, alias))) is not None:
+            # before the copy: a refused alias left a copy made, and another on the next try (a walk, session 46)
+            _done(ref, Unsent(f"Nothing changed: {problem}"), COPY_FORM)
+            return
         copied = session.call(lambda c: c.copy_version(ref, to))
     except RegistryError as exc:
         _done(ref, exc, COPY_FORM)
         return
-    said = f"Copied {ref} to [{copied.ref}]({navigation.version_link(copied.ref)})."
+    made = " (a new adapter)" if copied.version == 1 else ""
+    said = f"Copied {ref} to [{copied.ref}]({navigation.version_link(copied.ref)}){made}."
     if alias:
         try:
             session.call(lambda c: c.set_alias(copied.ref, alias))
         except RegistryError as exc:
-            _done(ref, Unsent(f"{said} The alias was not set: {session.dashboard_words(str(exc))}"), COPY_FORM)
+            _done(ref, Unsent(f"{said} Its alias was not set ({session.dashboard_words(str(exc))}): point one at it "
+                              f"on {copied.ref}'s Edit tab."), COPY_FORM)
             return
         said += f" {copied.owner}/{copied.name}@{alias} names it now."
+    for box in (f"edit-copy-{ref}", f"edit-copy-alias-{ref}"):  # emptied: a second click copies nothing again
+        st.session_state[box] = ""
     _done(ref, said, COPY_FORM)
 
 
@@ -420,7 +428,13 @@ COPY_FORM = "copy"
 
 def copy_form(info: VersionInfo) -> None:
     """Copying the version into another adapter (or this one) as its next version: promotion, as MLflow's
-    copy_model_version; offered to whoever may publish anywhere (the registry checks where)."""
+    copy_model_version; offered to whoever may publish anywhere (the registry checks where). A yanked version says
+    why it is not offered, and a copy refused because it was yanked meanwhile is said there."""
+    if info.yanked:
+        st.markdown(f"**Copy** {info.ref}")
+        st.caption("A yanked version is not copied (a copy would promote what was withdrawn): unyank it first.")
+        result(info.ref, COPY_FORM)
+        return
     with st.form(f"copy-version-{info.ref}"):
         st.markdown(f"**Copy** {info.ref} (promote it into another adapter, as its next version)")
         st.text_input("Into adapter", value="", placeholder="owner/name", key=f"edit-copy-{info.ref}",
@@ -496,7 +510,7 @@ def section(info: VersionInfo) -> None:
     if not may_write(who, info.owner):
         st.info(why_not_writer(who, info.owner), icon=":material/edit_off:")
         result(info.ref)
-        if may_publish(who) and not info.yanked:  # into an adapter of its own
+        if may_publish(who):  # into an adapter of its own
             copy_form(info)
         return
     adapter = session.read(RegistryClient.adapter, f"{info.owner}/{info.name}")
@@ -508,6 +522,5 @@ def section(info: VersionInfo) -> None:
     held = [] if may_override else [a for a in adapter.aliases if a in protected]
     adapter_form(info, adapter, held)
     move_form(info, held)
-    if not info.yanked:  # refused by the registry: a copy would promote what was withdrawn
-        copy_form(info)
+    copy_form(info)
     delete_form(info, [] if may_override else [a for a in info.aliases if a in protected])

@@ -355,9 +355,11 @@ def copy(
     Ref.parse(source)
     destination = Ref.parse_adapter(to)
     if alias is not None:
-        check_name(alias, "alias")  # before the copy, so that a mistyped alias copies nothing
+        check_name(alias, "alias")  # before anything is asked, so that a mistyped alias copies nothing
     visibility = None if private is None else "private" if private else "public"
     if to_registry is None:
+        if alias is not None:
+            _refuse_alias(call_registry(registry, token, lambda c: c.alias_problem(str(destination), alias)))
         info = call_registry(registry, token, lambda c: c.copy_version(
             source, str(destination), description=description, visibility=visibility))
         if alias is not None:
@@ -368,6 +370,8 @@ def copy(
             if _anonymous_at(there):  # before anything is downloaded
                 fail(InvalidInput(f"No token that {there.url} accepts: give one of that registry's with --to-token (or "
                                   f"VERA_TO_TOKEN), or store it with `vera login {there.url}`. Nothing was copied."))
+            if alias is not None:
+                _refuse_alias(there.alias_problem(str(destination), alias))
             info = call_registry(registry, token, lambda c: c.copy_to(
                 source, there, str(destination), description=description, visibility=visibility))
             if alias is not None:
@@ -377,6 +381,12 @@ def copy(
         return
     console.print(f"copied {info.lineage.get('copied_from', source)} to {info.ref}"
                   + (f" ({info.owner}/{info.name}@{alias} -> {info.version})" if alias is not None else ""))
+
+
+def _refuse_alias(problem: str | None) -> None:
+    """Exit before a copy whose --alias the registry would refuse (the copy would be left without it)."""
+    if problem is not None:
+        fail(InvalidInput(f"{problem} Nothing was copied."))
 
 
 def _anonymous_at(client: RegistryClient) -> bool:

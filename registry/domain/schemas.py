@@ -256,6 +256,38 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def hub_reading(alias: str) -> str | None:
+    """How the Hub protocol (/hf; registry.services.hub_view) reads ``alias`` as a revision when that is not the
+    alias: a version number, ``main`` (the newest version) or a commit id; None when it reads the alias."""
+    if VERSION_LIKE.fullmatch(alias):
+        both = f" and the API's .../versions/{alias} give" if alias.isdigit() else " gives"
+        return (f"reads as version {int(alias.lstrip('v'))}: the Hub protocol's revision {alias} "
+                f"(from_pretrained's revision=){both} that version")
+    if alias == "main":
+        return ("is the Hub protocol's name of the newest version (revision main, from_pretrained's default), which "
+                "it gives")
+    if COMMIT_LIKE.fullmatch(alias):
+        return "reads as a commit id to the Hub protocol, which would look for that commit"
+    return None
+
+
+def alias_problem(alias: str, *, new: bool = True) -> str | None:
+    """Why the registry refuses to point ``alias`` at a version, or None: not a name, ``latest`` (the registry's
+    own), or, for an alias the adapter does not have yet (``new``), a name the Hub protocol reads otherwise
+    (hub_reading). The server's check (Versions.set_alias), and the clients' before a copy they would then alias
+    (`vera cp --alias`, the dashboard's Copy form: a refused alias left the copy made, a walk's finding, session 46)."""
+    try:
+        check_name(alias, "Alias")
+    except InvalidInput as exc:
+        return str(exc)
+    if alias == "latest":
+        return "'latest' always points at the newest version that is not yanked; pick another alias."
+    if new and (reading := hub_reading(alias)) is not None:
+        return (f"The alias {alias!r} {reading}, while a reference @{alias} would give the alias. Pick another name "
+                "(prod, release-5, v1-rc).")
+    return None
+
+
 class Ref(BaseModel):
     """``owner/name``, ``owner/name:3`` or ``owner/name@prod`` (default: ``@latest``)."""
 

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import COMMIT_LIKE, VERSION_LIKE, AuditEventInfo, Ref, VersionInfo, check_name
+from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, alias_problem
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
     LATEST,
@@ -185,18 +185,16 @@ class Versions:
         """Point ``alias`` of the adapter at the version ``ref`` names (``latest`` is managed by the registry).
         An alias the owner protects is refused (Forbidden: refuse_protected) unless ``protected_too`` says the caller
         administers the owner: the safe default, so that a caller who forgets to decide cannot bypass protection."""
-        check_name(alias, "Alias")
-        if alias == LATEST:
-            raise InvalidInput("'latest' always points at the newest version that is not yanked; pick another alias.")
+        if (problem := alias_problem(alias, new=False)) is not None:
+            raise InvalidInput(problem)
         with self.db.session() as s:
             v = resolve_locked(s, ref)
             if not protected_too:
                 refuse_protected(s, v.adapter.owner, [alias], f"point it at a version (here {version_ref(v)})")
             row = s.scalar(select(m.Alias).where(m.Alias.adapter_id == v.adapter_id, m.Alias.name == alias))
             before = None
-            if row is None and (reading := _hub_reading(alias)) is not None:  # (one set before 2026-12-06 moves)
-                raise InvalidInput(f"The alias {alias!r} {reading}, while a reference @{alias} would give the alias. "
-                                   "Pick another name (prod, release-5, v1-rc).")
+            if row is None and (problem := alias_problem(alias)) is not None:  # (one set before 2026-12-06 moves)
+                raise InvalidInput(problem)
             if row is None:
                 s.add(m.Alias(adapter_id=v.adapter_id, name=alias, version_id=v.id))
             else:
@@ -346,21 +344,6 @@ def _exporting(info: VersionInfo) -> Iterator[None]:
     except VeraError as exc:
         raise Conflict(f"{info.ref} cannot be exported as LoRA: {exc} Or declare the base model's layer "
                        f"shapes: `vera base register {info.base_model} --config config.json`.") from exc
-
-
-def _hub_reading(alias: str) -> str | None:
-    """How the Hub protocol (/hf; registry.services.hub_view) reads ``alias`` as a revision when that is not the
-    alias: a version number, ``main`` (the newest version) or a commit id; None when it reads the alias."""
-    if VERSION_LIKE.fullmatch(alias):
-        both = f" and the API's .../versions/{alias} give" if alias.isdigit() else " gives"
-        return (f"reads as version {int(alias.lstrip('v'))}: the Hub protocol's revision {alias} "
-                f"(from_pretrained's revision=){both} that version")
-    if alias == "main":
-        return ("is the Hub protocol's name of the newest version (revision main, from_pretrained's default), which "
-                "it gives")
-    if COMMIT_LIKE.fullmatch(alias):
-        return "reads as a commit id to the Hub protocol, which would look for that commit"
-    return None
 
 
 #: A download form asked with and without A and B at once, refused (by the API's query too, before any form is read).

@@ -202,6 +202,9 @@ def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
     assert as_json["ref"] == "alice/prod:2" and as_json["lineage"]["copied_from"] == "alice/prod:1"
     refused = vera("cp", "alice/pub:1", "alice/other", "--alias", "Not An Alias")
     assert refused.returncode == 1 and "alias 'Not An Alias' is not a valid name" in refused.stderr
+    for alias, said in (("latest", "'latest' always points"), ("v2", "reads as version 2")):  # asked first
+        refused = vera("cp", "alice/pub:1", "alice/other", "--alias", alias)
+        assert refused.returncode == 1 and said in refused.stderr and "Nothing was copied." in refused.stderr
     assert json.loads(vera("ls", "alice/other", "--json").stdout)["items"] == []  # nothing was copied
 
 

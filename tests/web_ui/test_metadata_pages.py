@@ -688,12 +688,17 @@ def test_a_version_is_copied_into_another_adapter_from_the_edit_tab(registry: di
     shown = in_order(at)
     assert shown[shown.index("Then point alias (optional)") + 1] == "error"
     at.text_input(key="edit-copy-alice/child:1").set_value("alice/promoted")
+    for refused in ("latest", "v1"):  # refused before anything is copied (a walk's finding: each left a copy)
+        at.text_input(key="edit-copy-alias-alice/child:1").set_value(refused)
+        click(at, "Copy version")
+        assert not at.exception and at.warning[0].value.startswith("Nothing changed: "), at.warning
     at.text_input(key="edit-copy-alias-alice/child:1").set_value("@prod")
     click(at, "Copy version")
     assert not at.exception and not at.error
     [done] = [s.value for s in at.success if s.value.startswith("Copied alice/child:1 to")]
-    assert done == (f"Copied alice/child:1 to [alice/promoted:1]({navigation.version_link('alice/promoted:1')}). "
-                    "alice/promoted@prod names it now.")
+    assert done == (f"Copied alice/child:1 to [alice/promoted:1]({navigation.version_link('alice/promoted:1')}) "
+                    "(a new adapter). alice/promoted@prod names it now.")
+    assert at.text_input(key="edit-copy-alice/child:1").value == ""  # emptied: a second click copies nothing
     with RegistryClient(registry["url"], registry["token"]) as client:
         copy = client.get("alice/promoted@prod")
     assert (copy.ref, copy.lineage["copied_from"], copy.lineage["parent"]) == ("alice/promoted:1", "alice/child:1",
@@ -703,6 +708,13 @@ def test_a_version_is_copied_into_another_adapter_from_the_edit_tab(registry: di
     reader = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"},
                   adapter_tab="Edit")
     assert not [b for b in reader.button if b.label == "Copy version"]  # bob publishes nowhere
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.adapter("alice/promoted").versions == 1  # the refused aliases made no copy
+    yanked = click(page("adapter", registry, query={"ref": "alice/promoted:1"}, adapter_tab="Edit"),
+                   "Yank this version")
+    assert not [b for b in yanked.button if b.label == "Copy version"]
+    assert "A yanked version is not copied (a copy would promote what was withdrawn): unyank it first." in texts(
+        yanked)
 
 
 def test_the_lineage_tab_names_a_copys_source_and_copies_to_whoever_may_read_them() -> None:
