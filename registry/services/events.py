@@ -22,9 +22,6 @@ from registry.domain.events import (
     MAX_EVENTS_PAGE,
     EventInfo,
     EventPage,
-    adapter_of,
-    namespace_of,
-    webhook_owner_of,
 )
 from registry.domain.schemas import Ref, check_name, check_text
 from registry.services.tokens import Principal
@@ -33,10 +30,10 @@ from registry.store.database import Database
 
 
 def event_info(e: m.AuditEvent) -> EventInfo:
-    about = adapter_of(e.action, e.target)
-    owner = about[0] if about else webhook_owner_of(e.action, e.target) or namespace_of(e.action, e.target)
-    return EventInfo(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, owner=owner,
-                     adapter=f"{about[0]}/{about[1]}" if about else None, detail=e.detail)
+    """The event as readers get it: its owner and adapter as stored beside it (migration 0031: sight_of)."""
+    adapter = f"{e.owner}/{e.adapter_name}" if e.sight == "adapter" and e.adapter_name is not None else None
+    return EventInfo(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, owner=e.owner,
+                     adapter=adapter, detail=e.detail)
 
 
 class Events:
@@ -88,9 +85,8 @@ def visible_to(viewer: Principal) -> ColumnElement[bool] | None:
     if readable:
         seen += [and_(event.sight == "adapter", event.owner.in_(sorted(readable))),
                  and_(event.sight == "namespace", event.owner.in_(sorted(readable)), _current_holders())]
-    if writable is None or writable:
-        hooks = event.sight == "webhook"
-        seen.append(hooks if writable is None else and_(hooks, event.owner.in_(sorted(writable))))
+    if writable:
+        seen.append(and_(event.sight == "webhook", event.owner.in_(sorted(writable))))
     return or_(*seen)
 
 

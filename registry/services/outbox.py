@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from registry.domain.events import EVERY_OWNER, WEBHOOK_EVENTS, adapter_of
+from registry.domain.events import EVERY_OWNER, WEBHOOK_EVENTS
 from registry.services.background import BackgroundThread
 from registry.services.delivery import Message, Outcome, Sender
 from registry.services.events import event_info
@@ -116,13 +116,13 @@ class Outbox:
                           .values(last_event_id=rows[-1].id, updated_at=now)).rowcount
         if moved != 1:
             return 0  # another dispatcher took these events
-        owners = {about[0] for row in rows if (about := adapter_of(row.action, row.target)) is not None}
+        # the adapter's owner each event is about, as stored beside it (migration 0031: sight_of)
+        owners = {row.owner for row in rows if row.sight == "adapter" and row.owner is not None}
         hooks = list(s.scalars(select(m.Webhook).where(m.Webhook.owner.in_(sorted(owners | {EVERY_OWNER})),
                                                        m.Webhook.active.is_(True)))) if owners else []
         made = 0
         for row in rows:
-            about = adapter_of(row.action, row.target)
-            if row.action not in WEBHOOK_EVENTS or about is None:
+            if row.action not in WEBHOOK_EVENTS or row.sight != "adapter" or row.owner is None:
                 continue
             try:
                 event = event_info(row).model_dump(mode="json")
@@ -132,7 +132,7 @@ class Outbox:
                           row.action, row.target[:200], exc)
                 continue
             for hook in hooks:
-                if hook.owner in (about[0], EVERY_OWNER) and row.action in hook.events and \
+                if hook.owner in (row.owner, EVERY_OWNER) and row.action in hook.events and \
                         row.id > hook.after_event_id:
                     s.add(m.WebhookDelivery(webhook_id=hook.id, event_id=row.id, event=row.action,
                                             payload=payload(event, hook), status=PENDING, attempts=0,
