@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import PRINCIPAL, ApiOptions
 from registry.api.gate import RequestGate
+from registry.api.head import HeadAsGet
 from registry.api.metrics import READY_TTL_S, Recent, install_metrics
 from registry.api.problems import (
     HUB_PREFIX,
@@ -59,7 +60,9 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
     app.state.trusted = TrustedPublishing(registry.db, app.state.options.trusted_publishers)
     app.state.housekeeping = Housekeeping(registry.db, token_purge_days=app.state.options.token_purge_days)
-    # middleware added later wraps what was added before: access log (outermost), metrics, the gate, the app
+    # middleware added later wraps what was added before: access log (outermost), metrics, the gate, HEAD as GET,
+    # the app
+    app.add_middleware(HeadAsGet, router=app.router)
     app.add_middleware(RequestGate, registry=registry, options=app.state.options)
     app.state.metrics = install_metrics(app, registry.status)
     app.state.readiness = Recent(registry.status.readiness, ttl_s=READY_TTL_S)

@@ -421,7 +421,7 @@ def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id."
 
     if (token_id is None) == (owner is None):
         fail(InvalidInput("Give a token id (`vera token list` shows them) or --owner USER, not both and not neither."))
-    db = open_registry(refuse_read_only(load_settings(database_url), "token revoke")).db
+    db = open_registry(existing(refuse_read_only(load_settings(database_url), "token revoke"), "token revoke")).db
     if owner is not None:
         revoked = revoke_all(db, owner, actor=operator())
         console.print(f"revoked every token of {owner}: " + (f"ids {', '.join(map(str, revoked))}" if revoked
@@ -437,7 +437,7 @@ def token_list(database_url: DatabaseUrl = None, as_json: JsonOutput = False) ->
     """List tokens (never their secrets)."""
     from registry.services.tokens import list_tokens
 
-    tokens = list_tokens(open_registry(load_settings(database_url)).db)
+    tokens = list_tokens(open_registry(existing(load_settings(database_url), "token list")).db)
     if as_json:
         print_json(tokens)
         return
@@ -461,7 +461,7 @@ def token_purge(
     from registry.services.tokens import purge_tokens
 
     settings = load_settings(database_url)
-    db = open_registry(settings if dry_run else refuse_read_only(settings, "token purge")).db
+    db = open_registry(existing(settings if dry_run else refuse_read_only(settings, "token purge"), "token purge")).db
     before = datetime.now(UTC) - timedelta(days=days)
     gone = purge_tokens(db, before=before, owner=owner, dry_run=dry_run, actor=operator())
     verb = "would delete" if dry_run else "deleted"
@@ -487,7 +487,8 @@ def base_register(
         before = {b.revision: b.shapes_source for b in known if b.name == name}
         info = call_registry(registry_url, token, lambda c: c.register_base_model(name, body, revision=revision))
     else:
-        registry = open_registry(refuse_read_only(load_settings(database_url, storage_url), "base register"))
+        registry = open_registry(existing(refuse_read_only(load_settings(database_url, storage_url), "base register"),
+                                          "base register"))
         before = {b.revision: b.shapes_source for b in registry.list_base_models() if b.name == name}
         info = registry.register_base_model_from_config(name=name, revision=revision, config_path=str(config))
     was = before.get(revision)

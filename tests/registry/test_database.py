@@ -308,11 +308,20 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
 
     (tmp_path / "backups").mkdir()
     typo = tmp_path / "bakcup"
-    for args in (["fsck"], ["gc", "--dry-run"], ["db", "backup", str(tmp_path / "backups" / "a.db")]):
+    # the token commands but create made an empty registry too, and listed none of its tokens (session 47)
+    for args in (["fsck"], ["gc", "--dry-run"], ["db", "backup", str(tmp_path / "backups" / "a.db")],
+                 ["token", "list"], ["token", "revoke", "1"], ["token", "purge", "--dry-run"]):
         refused = vera_in(typo, *args)
         said = " ".join(refused.stderr.split())
         assert refused.returncode == 1 and f"There is no registry database at {typo / 'registry.db'}" in said, said
-        assert f"`vera {' '.join(args[:2]) if args[0] == 'db' else args[0]}` works on an existing registry" in said
+        assert f"`vera {' '.join(args[:2]) if args[0] in ('db', 'token') else args[0]}` works on an existing " \
+            "registry" in said
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "llama"}')
+    base = vera_in(typo, "base", "register", "b", "--config", str(config), "--database-url",
+                   f"sqlite:///{typo / 'registry.db'}")
+    assert base.returncode == 1 and "`vera base register` works on an existing registry" in " ".join(
+        base.stderr.split()), base.stderr
     status = vera_in(typo, "db", "status")  # a check: it fails (3), saying so
     assert status.returncode == 3, status.stderr
     assert f"current: none (there is no database file at {typo / 'registry.db'}); head: " in " ".join(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from registry.client import RegistryClient
+from registry.domain.schemas import VersionInfo
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
 from tests.web_ui.test_pages import apply, field, filter_form, page, texts
@@ -78,6 +79,23 @@ def test_a_filter_naming_a_metric_no_version_has_says_so_and_names_those_there_a
 ], ids=["one", "quoted-repeated-and-sorted", "not-metrics", "none"])
 def test_the_metrics_a_filter_names(text: str | None, sort: str | None, keys: list[str]) -> None:
     assert metric_names.named(text, sort) == keys
+
+
+@pytest.mark.parametrize(("metrics", "accuracy", "source", "loss"), [
+    ({"test": {"accuracy": 0.8}, "final_eval": {"accuracy": 0.9, "loss": 0.3}}, 0.8, "test", 0.3),  # vera train's
+    ({"eval_accuracy": 0.91, "eval_loss": 0.25, "train_loss": 0.4, "epoch": 3.0}, 0.91, "eval", 0.25),  # Trainer's
+    ({"test_accuracy": 0.87, "eval_accuracy": 0.91, "eval_loss": 0.25}, 0.87, "test", 0.25),  # all_results.json
+    ({"accuracy": 0.7, "loss": 0.5}, 0.7, "", 0.5),  # flat, from nowhere said
+    ({"final_eval": {"loss": 0.2}, "eval_loss": 9.0, "eval_accuracy": True}, None, "", 0.2),  # nested wins; no bool
+    ({"eval_accuracy": "0.9", "eval_loss": None}, None, "", None),  # text is no number
+], ids=["vera", "trainer-eval", "trainer-all", "flat", "nested-first", "not-numbers"])
+def test_the_accuracy_and_loss_read_vera_train_and_huggingface_trainer_names(
+        metrics: dict[str, Any], accuracy: float | None, source: str, loss: float | None) -> None:
+    """A walk in a browser (session 46): a version whose metrics.json was HuggingFace Trainer's (``eval_accuracy``,
+    ``eval_loss``) showed '—' in the Adapter page's Versions table while its Metrics tab listed both."""
+    info = VersionInfo.model_construct(metrics=metrics)
+    assert browse.accuracy_of(info) == (accuracy, source)
+    assert browse.key_metrics(info) == {"accuracy": accuracy, "eval loss": loss}
 
 
 def test_the_accuracy_column_is_written_as_the_adapter_page_writes_it(registry: dict[str, Any]) -> None:

@@ -174,7 +174,11 @@ async def manifest_head(_: CostlyReader, registry: RegistryDep, pool: ReadPool, 
     form, ref = query.form(), ref_of(owner, name, selector)
     pinned, files = await _in(pool, registry, ref, form, functools.partial(registry.derived.listing, build=False),
                               ref, form)
-    return Response(headers=_list_headers(pinned, files))
+    response = Response(headers=_list_headers(pinned, files), media_type="application/json")
+    # the list's length is known only by writing it, which this one query does not: said by none rather than as 0
+    # (RFC 9110 9.3.2 lets a HEAD omit what only the content determines; "0" was a wrong one)
+    del response.headers["content-length"]
+    return response
 
 
 @router.get("/{owner}/{name}/versions/{selector}/files/{filename}", response_class=Response,

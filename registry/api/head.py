@@ -1,0 +1,63 @@
+"""HEAD on every GET route: the headers a GET would answer, without its body (RFC 9110 9.3.2).
+
+FastAPI's routes answer only the methods they declare, so a HEAD of ``/health``, ``/api/v1/adapters`` or a version
+was a 405 (session 44's finding), while monitors, link checkers and ``curl -I`` ask HEAD. The routes that declare HEAD
+themselves (the file routes and ``/hf``, which answer it without reading the bytes) keep theirs; any other path a GET
+route takes is served as that GET, its status and headers (Content-Length, ETag, Content-Type) kept and its body
+dropped. Declaring HEAD on each route instead would list every GET twice in the OpenAPI document."""
+
+from __future__ import annotations
+
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class HeadAsGet:
+    """ASGI middleware, innermost (routing sees the request after it): a HEAD that no route takes as HEAD but a
+    GET route takes is passed on as that GET, and what it sends is kept to the response's start."""
+
+    def __init__(self, app: ASGIApp, router: Router) -> None:
+        self.app, self.router = app, router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "HEAD" or not self._taken_as_get(scope):
+            await self.app(scope, receive, _allowing_head(send))
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":  # the GET's body: dropped, its end said once
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+    def _taken_as_get(self, scope: Scope) -> bool:
+        """Whether no route answers HEAD at this path and one answers GET there (the routes' own matching)."""
+        if any(route.matches(scope)[0] is Match.FULL for route in self.router.routes):
+            return False
+        as_get = {**scope, "method": "GET"}
+        return any(route.matches(as_get)[0] is Match.FULL for route in self.router.routes)
+
+
+def _allowing_head(send: Send) -> Send:
+    """``send`` with a 405's ``Allow`` naming HEAD where it names GET (Starlette lists the route's own methods)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 405:
+            headers = [(k, _with_head(v) if k.lower() == b"allow" else v) for k, v in message.get("headers", [])]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
+
+
+def _with_head(allow: bytes) -> bytes:
+    methods = [m.strip() for m in allow.decode("latin-1").split(",") if m.strip()]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")
+    return ", ".join(methods).encode("latin-1")
