@@ -938,11 +938,13 @@ class RegistryClient:
         parsed = Ref.parse(adapter)
         self._request("DELETE", f"/api/v1/adapters/{parsed.owner}/{parsed.name}/aliases/{_segment(alias)}")
 
-    def yank(self, ref: str, *, yanked: bool = True) -> VersionInfo:
+    def yank(self, ref: str, *, yanked: bool = True, reason: str | None = None) -> VersionInfo:
+        """Yank the version ``ref`` names (``yanked=False``: unyank it); ``reason``, why (PEP 592's yank reason,
+        said to whoever fetches it; sent only when given: a registry before 2026-12-06 refuses the field)."""
         info = self.get(ref)
+        body: dict[str, object] = {"yanked": yanked} | ({"reason": reason} if reason is not None else {})
         return VersionInfo.model_validate(self._request(
-            "POST", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/yank",
-            json={"yanked": yanked}).json())
+            "POST", f"/api/v1/adapters/{info.owner}/{info.name}/versions/{info.version}/yank", json=body).json())
 
     def update_adapter(self, adapter: str, *, description: str | None = None, card: str | None = None
                        ) -> AdapterInfo:
@@ -1037,7 +1039,7 @@ class RegistryClient:
         version is refused (Conflict). Its parent, job and evaluations' details are this registry's and stay here."""
         info = self.get(source)
         if info.yanked:
-            raise yanked_copy(info.ref)
+            raise yanked_copy(info.ref, info.yank_reason)
         with tempfile.TemporaryDirectory(prefix="vera-copy-") as folder:
             stored = info.seed_reproducible  # the form stored: A and B only where the seed cannot make them
             self.fetch(info.pinned, folder, seed_only=stored, with_projection=not stored)

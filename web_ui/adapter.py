@@ -15,6 +15,7 @@ from registry.domain.errors import NotFound, RegistryError
 from registry.domain.schemas import ADAPTER_FILES, EvaluationInfo, Ref, VerificationReport, VersionInfo
 from vera_core.config import PEFT_GENERATOR
 from web_ui import analysis, charts, editing, formats, layers, lineage, navigation, session, tables, views
+from web_ui.activity import markdown_text
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
 
@@ -36,8 +37,9 @@ def page() -> None:
     navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     if info.yanked:  # said as a banner, not only a suffix (a walk in a browser, session 40), as `vera fetch` warns
-        st.warning(f"{info.ref} is yanked: its publisher took it out of listings and latest. It stays downloadable "
-                   "by number (and by any alias still on it); Edit unyanks it.", icon=":material/block:")
+        why = f" (its publisher's reason: {markdown_text(info.yank_reason)})" if info.yank_reason else ""
+        st.warning(f"{info.ref} is yanked{why}: its publisher took it out of listings and latest. It stays "
+                   "downloadable by number (and by any alias still on it); Edit unyanks it.", icon=":material/block:")
     about(info)
     header(info)
 

@@ -15,8 +15,17 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound, RegistryError
-from registry.domain.schemas import AdapterInfo, Ref, VersionInfo, WhoAmI, parse_properties, tags_field
+from registry.domain.schemas import (
+    MAX_YANK_REASON,
+    AdapterInfo,
+    Ref,
+    VersionInfo,
+    WhoAmI,
+    parse_properties,
+    tags_field,
+)
 from web_ui import formats, navigation, session
+from web_ui.activity import markdown_text
 
 RESULT = "edit_result"
 #: The Move form's checkbox: unticked, the form sends nothing (Enter in the New name box submits the form).
@@ -236,12 +245,15 @@ def remove_alias(ref: str, adapter: str) -> None:
 
 
 def yank_version(ref: str, yanked: bool) -> None:
-    """``on_click`` of Yank / Unyank this version."""
+    """``on_click`` of Yank / Unyank this version (a yank with the Reason box's text, if any)."""
+    box = f"edit-yank-reason-{ref}"
+    reason = ((st.session_state.get(box) or "").strip() or None) if yanked else None
     try:
-        session.call(lambda c: c.yank(ref, yanked=yanked))
+        session.call(lambda c: c.yank(ref, yanked=yanked, reason=reason))
     except RegistryError as exc:
         _done(ref, exc, "yank")
         return
+    st.session_state.pop(box, None)  # said; a second yank starts from an empty box
     _done(ref, f"Yanked {ref}: hidden from listings and skipped by latest; still downloadable as {ref}." if yanked
           else f"Unyanked {ref}: listed again, and latest points at it again if it is the newest.", "yank")
 
@@ -395,6 +407,13 @@ def alias_form(info: VersionInfo, adapter: AdapterInfo, protected: list[str], ma
 
 def yank_form(info: VersionInfo) -> None:
     st.markdown(f"**Yank** {info.ref}" + (" (yanked now)" if info.yanked else ""))
+    if info.yanked and info.yank_reason:
+        st.caption(f"Reason given: {markdown_text(info.yank_reason)}")
+    elif not info.yanked:
+        st.text_input("Reason (optional)", key=f"edit-yank-reason-{info.ref}", max_chars=MAX_YANK_REASON,
+                      placeholder="e.g. trained on a leaked test split: use :4",
+                      help="One line, said to whoever still fetches it (`vera fetch` warns with it, as pip does of "
+                           "a yanked release) and on this page.")
     button, why = st.columns([1, 3], vertical_alignment="center")
     button.button("Unyank this version" if info.yanked else "Yank this version", key=f"edit-yank-{info.ref}",
                   on_click=yank_version, args=(info.ref, not info.yanked))

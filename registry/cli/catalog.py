@@ -20,6 +20,7 @@ from registry.cli.common import (
     call_registry,
     confirm_deletion,
     console,
+    err_console,
     fail,
     key_values,
     styled,
@@ -115,7 +116,8 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
     verified = v.verification_status + (f" at {v.verified_at:%Y-%m-%d %H:%M}" if v.verified_at else "")
     rows = [
         ("aliases", ", ".join(v.aliases) or "-"),
-        ("state", "YANKED (hidden from listings and latest; fetchable by number)" if v.yanked else "published"),
+        ("state", ("YANKED (hidden from listings and latest; fetchable by number)"
+                   + (f": {v.yank_reason}" if v.yank_reason else "")) if v.yanked else "published"),
         ("description", v.description or "-"),
         ("adapter", (adapter.description or "-") + f" ({counted(adapter.versions, 'version')}"
                     + (f", model card {len(adapter.card.splitlines())} lines: `vera card {v.owner}/{v.name}`"
@@ -257,11 +259,20 @@ def card(
 def yank(
     ref: VersionRef,
     undo: Annotated[bool, typer.Option("--undo", help="Un-yank: list it again (and let latest move back).")] = False,
+    reason: Annotated[str | None, typer.Option(help=(
+        "Why, one line (at most 500 characters): `vera fetch` and `vera show` say it to whoever uses the version "
+        "still, as pip says a yanked release's reason. Yanking again replaces it; --undo clears it."))] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Yank a version: hidden from listings and from latest, still fetchable by number (--undo reverses it)."""
-    info = call_registry(registry, token, lambda c: c.yank(ref, yanked=not undo))
-    console.print(f"{info.ref} {'yanked' if info.yanked else 'no longer yanked'}")
+    if undo and reason is not None:
+        fail(InvalidInput("--reason goes with a yank; --undo clears the version's reason. Leave --reason out."))
+    info = call_registry(registry, token, lambda c: c.yank(ref, yanked=not undo, reason=reason))
+    console.print(f"{info.ref} {'yanked' if info.yanked else 'no longer yanked'}"
+                  + (f": {info.yank_reason}" if info.yank_reason else ""), soft_wrap=True)
+    if reason and reason.strip() and info.yank_reason is None:  # a registry before 2026-12-06 ignores the field
+        err_console.print(styled("warning:", "yellow", f" the registry did not record the --reason on {info.ref} (it "
+                                 "is older than yank reasons): the version is yanked without one."), soft_wrap=True)
     if info.yanked and (held := [a for a in info.aliases if a != "latest"]):
         adapter = f"{info.owner}/{info.name}"
         console.print(styled(f"{adapter}@{held[0]}", "yellow", f"{' and ' + ', '.join(held[1:]) if held[1:] else ''}"

@@ -240,7 +240,9 @@ def fetch(
     if for_vllm:
         warn_unservable_by_vllm(config)
     if manifest.version.yanked:  # as pip warns of a yanked release; an alias left on it fetched it unsaid (session 40)
-        err_console.print(styled("warning:", "yellow", f" {manifest.version.ref} is yanked: its publisher took it out "
+        said = manifest.version.yank_reason
+        err_console.print(styled("warning:", "yellow", f" {manifest.version.ref} is yanked"
+                                 + (f" ({said})" if said else "") + ": its publisher took it out "
                                  f"of listings and latest. {ref} still names it"
                                  + ("" if manifest.version.ref == ref else "; move the alias if that is not meant")
                                  + "."), soft_wrap=True)

@@ -80,10 +80,11 @@ class Conflict(RegistryError):
 
 
 
-def yanked_copy(ref: str) -> Conflict:
-    """The refusal of a copy of the yanked version ``ref`` (`vera cp`, within a registry or to another)."""
-    return Conflict(f"{ref} is yanked: a copy would promote what its owner withdrew. Unyank it first "
-                    f"(`vera yank {ref} --undo`), or copy another version.")
+def yanked_copy(ref: str, reason: str | None = None) -> Conflict:
+    """The refusal of a copy of the yanked version ``ref`` (`vera cp`, within a registry or to another), with the
+    yank's reason when it has one."""
+    return Conflict(f"{ref} is yanked{f' ({reason})' if reason else ''}: a copy would promote what its owner "
+                    f"withdrew. Unyank it first (`vera yank {ref} --undo`), or copy another version.")
 
 class IntegrityError(RegistryError):
     code = "integrity_error"

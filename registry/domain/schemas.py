@@ -603,6 +603,8 @@ class VersionInfo(BaseModel):
     published_by: str
     created_at: datetime
     yanked: bool
+    #: why it was yanked, as its publisher said (PEP 592's yank reason; None: none given, or not yanked)
+    yank_reason: str | None = None
     verification_status: Annotated[VerificationStatus, _Str]
     verified_at: datetime | None
     lineage: dict[str, Any]
@@ -845,6 +847,19 @@ class HubSyncResult(BaseModel):
 #: Bounds of what may be written after publish: descriptions, tags per version, and the model card (Markdown, as a
 #: Hub repo's README.md), measured in UTF-8 bytes.
 MAX_DESCRIPTION = 10_000
+#: The longest yank reason (one line: pip prints PyPI's in its warning).
+MAX_YANK_REASON = 500
+
+
+def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
+    """A yank's reason as stored: one line of plain text of at most MAX_YANK_REASON characters, stripped; None for
+    none or blank. A reason with an unyank is refused (it would be dropped: an unyanked version has none)."""
+    if reason is None or not (reason := check_text(reason, "The yank reason", max_length=MAX_YANK_REASON).strip()):
+        return None
+    if not yanked:
+        raise InvalidInput("A reason goes with a yank; an unyank clears the version's reason. Leave the reason out "
+                           "(`vera yank REF --undo`).")
+    return reason
 MAX_TAGS = 64
 #: A version's key=value properties: at most this many, each value at most this many characters of one line.
 MAX_PROPERTIES = 64

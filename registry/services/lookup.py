@@ -183,7 +183,7 @@ def version_info(s: Session, v: m.AdapterVersion, aliases: list[str] | None = No
         target_modules=v.config.get("target_modules"), trainable_parameters=v.trainable_parameters,
         adapter_parameters=v.adapter_parameters, stored_bytes=v.stored_bytes, vectors_sha256=v.vectors_sha256,
         metrics=v.metrics, tags=[t.tag for t in v.tags] if tags is None else tags, description=v.description,
-        published_by=v.published_by, created_at=v.created_at, yanked=v.yanked,
+        published_by=v.published_by, created_at=v.created_at, yanked=v.yanked, yank_reason=v.yank_reason,
         verification_status=v.verification_status, verified_at=v.verified_at,
         lineage=lineage_block(s, v),
         downloads=downloads, visibility=v.adapter.visibility,

@@ -262,7 +262,7 @@ class Publisher:
         original = resolve(s, source)
         from_ref = version_ref(original)
         if original.yanked:
-            raise yanked_copy(from_ref)
+            raise yanked_copy(from_ref, original.yank_reason)
         adapter = self._adapter_for(s, owner, name, visibility, original.adapter.description)
         check_room(s, self.quotas, owner, original.stored_bytes, f"copying {from_ref} to {owner}/{name}")
         copied = {column: getattr(original, column) for column in _COPIED_COLUMNS}

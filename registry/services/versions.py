@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy import delete, func, select, update
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
-from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, alias_problem
+from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, alias_problem, check_yank_reason
 from registry.services.file_cache import BuiltFiles, FileCache
 from registry.services.lookup import (
     LATEST,
@@ -223,15 +223,17 @@ class Versions:
             s.add(m.AuditEvent(actor=actor, action="alias-remove", target=f"{ref.owner}/{ref.name}@{alias}",
                                detail={"version": v.version}))  # the version it named
 
-    def yank(self, ref: str | Ref, *, actor: str, yanked: bool = True) -> VersionInfo:
-        """Hide a version from listings and from ``latest``; it stays fetchable by number."""
+    def yank(self, ref: str | Ref, *, actor: str, yanked: bool = True, reason: str | None = None) -> VersionInfo:
+        """Hide a version from listings and from ``latest``; it stays fetchable by number. ``reason``: why, one line
+        (PEP 592's yank reason, shown to whoever fetches it); a yank again changes it, an unyank clears it."""
+        reason = check_yank_reason(reason, yanked)
         with self.db.session() as s:
             v = resolve_locked(s, ref)
-            v.yanked = yanked
+            v.yanked, v.yank_reason = yanked, reason
             s.flush()
             move_latest(s, v.adapter)
             s.add(m.AuditEvent(actor=actor, action="yank" if yanked else "unyank",
-                               target=version_ref(v), detail={}))
+                               target=version_ref(v), detail={"reason": reason} if reason else {}))
             s.flush()
             return version_info(s, v)
 

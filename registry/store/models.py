@@ -209,6 +209,8 @@ class AdapterVersion(Base):
     published_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # 0033: why it was yanked, as its publisher said (None: no reason given, or not yanked)
+    yank_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     verification_status: Mapped[VerificationStatus] = mapped_column(String(16), default="unverified")
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     verification_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

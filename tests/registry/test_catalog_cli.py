@@ -138,7 +138,23 @@ def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
     assert vera(server, "ls", "ann/gone:1").returncode == 1  # a version lists nothing: refused, saying so
     clash = vera(server, "ls", "ann/gone", "--owner", "bob")
     assert clash.returncode == 1 and "'ann/gone' and --owner bob name two owners" in clash.stderr
+    # with a reason (PEP 592's, as pip says a yanked release's): said by yank, show and fetch; --undo clears it
+    reason = "trained on a leaked test split: use ann/gone:2"
+    assert f"{ref} yanked: {reason}" in " ".join(ok(vera(server, "yank", ref, "--reason", reason)).split())
+    assert f"YANKED (hidden from listings and latest; fetchable by number): {reason}" in " ".join(
+        ok(vera(server, "show", ref)).split())
+    warned = vera(server, "fetch", ref, "-o", str(server["root"] / "yanked-reason"))
+    assert warned.returncode == 0 and f"warning: {ref} is yanked ({reason}): its publisher took it out" in " ".join(
+        warned.stderr.split())
+    both = vera(server, "yank", ref, "--undo", "--reason", "x")
+    assert both.returncode == 1 and "--reason goes with a yank" in both.stderr
+    long = vera(server, "yank", ref, "--reason", "x" * 501)
+    assert long.returncode == 1 and "The yank reason must be text of at most 500 characters" in long.stderr
+    with RegistryClient(server["url"]) as client:
+        assert client.get(ref).yank_reason == reason  # the refusals changed nothing
     ok(vera(server, "yank", ref, "--undo"))
+    with RegistryClient(server["url"]) as client:
+        assert client.get(ref).yank_reason is None
     refused = vera(server, "delete", ref, stdin="n\n")
     assert refused.returncode == 1 and "was not deleted; pass --yes" in refused.stderr
     unanswered = vera(server, "delete", ref)  # stdin closed: no answer is no

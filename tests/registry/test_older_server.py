@@ -86,6 +86,11 @@ def test_everyday_calls_of_todays_client_work_against_it(older: dict[str, Any], 
         assert sent.keys() <= got.keys() and all(torch.equal(got[k], sent[k]) for k in sent)  # + the projection
         client.yank("alice/clf:2")
         assert client.get("alice/clf").version == 1  # latest skips the yanked
+    # a yank's reason is new (2026-12-06): the older server ignores it and yanks; the command says it was not kept
+    reasoned = vera("yank", "alice/clf:2", "--reason", "leaked test split", url=older["url"])
+    assert reasoned.returncode == 0 and "alice/clf:2 yanked" in reasoned.stdout, reasoned.stderr
+    assert "the registry did not record the --reason on alice/clf:2 (it is older than yank reasons)" in " ".join(
+        reasoned.stderr.split())
 
 
 def test_publish_warns_of_what_the_older_server_did_not_keep(older: dict[str, Any], tmp_path: Path) -> None:

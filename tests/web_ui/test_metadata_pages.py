@@ -580,12 +580,27 @@ def test_a_version_is_yanked_and_unyanked(registry: dict[str, Any]) -> None:
     table = next(d.value for d in listed.dataframe if "yanked" in d.value.columns)
     assert dict(zip(table["version"], table["yanked"], strict=True)) == {
         "adapter?ref=alice/yankable:2": "yanked", "adapter?ref=alice/yankable:1": ""}
+    assert not [t for t in at.text_input if t.label == "Reason (optional)"]  # a yanked version: no reason box
     click(at, "Unyank this version")
     assert [s.value for s in at.success] == ["Unyanked alice/yankable:2: listed again, and latest points at it "
                                              "again if it is the newest."]
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert not client.get("alice/yankable:2").yanked
         assert client.adapter("alice/yankable").latest_version == 2
+    # with a reason (PEP 592's): kept, said in the banner and under the form, in Markdown as typed
+    next(t for t in at.text_input if t.label == "Reason (optional)").input("  leaked *test* split: use :1 ").run()
+    click(at, "Yank this version")
+    assert not at.exception and [w.value for w in at.warning] == [
+        "alice/yankable:2 is yanked (its publisher's reason: leaked \\*test\\* split: use :1): its publisher took it "
+        "out of listings and latest. It stays downloadable by number (and by any alias still on it); Edit unyanks it."]
+    assert "Reason given: leaked \\*test\\* split: use :1" in [c.value for c in at.caption]
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/yankable:2").yank_reason == "leaked *test* split: use :1"
+    click(at, "Unyank this version")
+    box = next(t for t in at.text_input if t.label == "Reason (optional)")
+    assert box.value == ""  # emptied once said: the next yank gives its own
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        assert client.get("alice/yankable:2").yank_reason is None  # an unyank clears it
 
 
 def delete_button(at: AppTest) -> Any:

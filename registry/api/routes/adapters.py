@@ -35,6 +35,7 @@ from registry.domain.schemas import (
     MAX_LINEAGE_DEPTH,
     MAX_LINEAGE_NODES,
     MAX_VERSION,
+    MAX_YANK_REASON,
     UPLOAD_PREFIX,
     AdapterInfo,
     AdapterUpdate,
@@ -72,8 +73,11 @@ class AliasBody(BaseModel):
 
 
 class YankBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # {"yanked": true, "reason": ...} dropped the reason unsaid
+    model_config = ConfigDict(extra="forbid")
     yanked: bool = True
+    reason: str | None = Field(default=None, max_length=4 * MAX_YANK_REASON, description=(
+        "why it is yanked, one line (PEP 592's yank reason: `vera fetch` and `vera show` say it); a yank again "
+        "replaces it, an unyank clears it (a reason with an unyank is refused)"))
 
 
 class MoveBody(BaseModel):
@@ -245,7 +249,8 @@ def delete_alias(who: OwnerPublisher, registry: RegistryDep, owner: str, name: s
 @router.post("/{owner}/{name}/versions/{version}/yank", response_model=VersionInfo)
 def yank(who: OwnerPublisher, registry: RegistryDep, owner: str, name: str, version: RowId,
          body: YankBody) -> VersionInfo:
-    return registry.yank(Ref.of(owner, name, version=version), actor=who.owner, yanked=body.yanked)
+    return registry.yank(Ref.of(owner, name, version=version), actor=who.owner, yanked=body.yanked,
+                         reason=body.reason)
 
 
 @router.patch("/{owner}/{name}/versions/{version}", response_model=VersionInfo)
