@@ -36,6 +36,7 @@ from registry.local_cache import LocalCache, cache_root, default_cache_dir, new_
 from registry.logs import HEADER, REQUEST_ID
 from registry.plain_http import IDEMPOTENT, PlainHttpTransport
 from vera_core.folders import write_adapter_files
+from vera_core.keys import PICKLE_HINT, PICKLE_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it: the dashboard never loads it
     import torch
@@ -810,8 +811,9 @@ class RegistryClient:
             raise InvalidInput(f"{root} {'is a file' if root.exists() else 'does not exist'}; expected a PEFT "
                                "adapter folder (adapter_config.json and adapter_model.safetensors).")
         for f in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (root / f).is_file():
-                raise InvalidInput(f"{root} has no {f}; expected a PEFT adapter folder.")
+            if not (root / f).is_file():  # a PEFT folder saved as a pickle was called no PEFT folder (session 47)
+                raise InvalidInput(f"{root} has no {f}" + (f". {PICKLE_HINT}" if f == WEIGHTS_NAME and (
+                    root / PICKLE_NAME).exists() else "; expected a PEFT adapter folder."))
         stated = (("dataset_sha256", dataset_sha256), ("dataset_bytes", dataset_bytes))
         data = (_dataset_fields(Path(dataset)) if dataset is not None
                 else {k: str(v) for k, v in stated if v is not None})

@@ -32,7 +32,7 @@ from vera_core.errors import (
 from vera_core.folders import adapter_folder
 from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
 from vera_core.keys import CONFIG_NAME as CONFIG_NAME  # file names and metadata keys: keys (no torch)
-from vera_core.keys import LAMBDA_B, PROJECTION_KEYS, module_path
+from vera_core.keys import LAMBDA_B, PICKLE_HINT, PROJECTION_KEYS, module_path
 from vera_core.keys import META_FINGERPRINT as META_FINGERPRINT
 from vera_core.keys import META_GENERATOR as META_GENERATOR
 from vera_core.keys import META_IN_FEATURES as META_IN_FEATURES
@@ -108,11 +108,7 @@ def _adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if not config_path.is_file():
         raise AdapterFormatError(f"{root} has no {CONFIG_NAME}; expected a PEFT adapter folder.")
     if not weights_path.is_file():
-        hint = (
-            f" It has {PICKLE_NAME}, a pickle, which is never loaded because unpickling runs arbitrary code; "
-            "re-save it with PEFT's save_pretrained(safe_serialization=True)."
-            if (root / PICKLE_NAME).exists() else ""
-        )
+        hint = f" {PICKLE_HINT}" if (root / PICKLE_NAME).exists() else ""
         raise AdapterFormatError(f"{root} has no {WEIGHTS_NAME}.{hint}")
     return config_path, weights_path
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
+#: Said of a folder that has PICKLE_NAME and no WEIGHTS_NAME (PEFT's save_pretrained(safe_serialization=False)).
+PICKLE_HINT = (f"It has {PICKLE_NAME}, a pickle, which is never loaded because unpickling runs arbitrary code; "
+               "re-save it with PEFT's save_pretrained(safe_serialization=True), its default.")
 
 #: vera_core's keys in the safetensors metadata (PEFT writes {"format": "pt"} only).
 META_GENERATOR = "vera_core.projection_generator"

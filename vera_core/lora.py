@@ -93,6 +93,7 @@ def _layers(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> tuple[dict
     suffix_d, suffix_b = ".vera_lambda_d", ".vera_lambda_b"
     recorded = files.metadata.get(META_IN_FEATURES)
     sizes = json.loads(recorded) if recorded else {}  # once: read per layer, 6,000 layers took 7 s (session 39)
+    _check_in_features(sizes, [key[: -len(suffix_b)] for key in files.tensors if key.endswith(suffix_b)])
     for key, tensor in files.tensors.items():
         if key in PROJECTION_KEYS or key.endswith(suffix_d):
             continue
@@ -100,7 +101,7 @@ def _layers(files: AdapterFiles, a: torch.Tensor, b: torch.Tensor) -> tuple[dict
             kept[key] = tensor
             continue
         path = key[: -len(suffix_b)]
-        layer = _Layer(path, files.tensors[path + suffix_d].float(), tensor.float(), _in_features(sizes, path))
+        layer = _Layer(path, files.tensors[path + suffix_d].float(), tensor.float(), int(sizes[module_path(path)]))
         if layer.n_in > a.shape[1] or layer.b.shape[0] > b.shape[0]:
             raise AdapterFormatError(f"Layer {module_path(path)} is larger than the shared projection.")
         layers.append(layer)
@@ -134,12 +135,15 @@ def delta_factors(
     return lora_a, lora_b
 
 
-def _in_features(sizes: dict[str, Any], path: str) -> int:
-    value = sizes.get(module_path(path))
-    if value is not None:
-        return int(value)
+def _check_in_features(sizes: dict[str, Any], paths: list[str]) -> None:
+    """AdapterFormatError unless ``sizes`` knows the input size of every layer of ``paths``: it names the first
+    missing by name (whatever order the tensors came in: a walk saw another layer named at each try) and how many."""
+    missing = sorted(name for name in map(module_path, paths) if sizes.get(name) is None)
+    if not missing:
+        return
+    others = f" (and {len(missing) - 1:,} other layers)" if len(missing) > 1 else ""
     raise AdapterFormatError(
-        f"The adapter does not record the input size of {module_path(path)}, which the LoRA export needs; give "
+        f"The adapter does not record the input size of {missing[0]}{others}, which the LoRA export needs; give "
         "its base model (`vera export-lora SRC DST --base-model DIR_OR_HUB_ID`, or base_model= in "
         "vera_core.export_lora: only its config.json is read), or re-save it with this version of vera_core (or "
         "publish it again)."

@@ -34,7 +34,15 @@ from registry.cli.common import (
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.domain.errors import InvalidInput, RegistryError
-from registry.domain.schemas import Ref, VersionInfo, check_params, compare_params, path_like
+from registry.domain.schemas import (
+    Comparison,
+    Ref,
+    VersionInfo,
+    check_params,
+    compare_params,
+    non_finite_at,
+    path_like,
+)
 from vera_core.config import VERA_PEFT_TYPES
 
 
@@ -189,6 +197,10 @@ def _metrics_file(path: Path | None) -> tuple[dict[str, object], dict[str, str]]
     from vera_core.recipes import published_metrics, published_params  # torch: only when a file is published
 
     data = read_json_object(path, "--metrics")
+    if (where := non_finite_at(data)) is not None:  # said here, naming the file and the entry (session 47's walk)
+        fail(InvalidInput(f"--metrics {path}: {where[0] or 'the file'} is {where[1]}, which is not a number JSON has "
+                          "(a run that diverged writes it): drop that entry, or write it as null. Nothing was "
+                          "uploaded."))
     params = published_params(data)
     try:  # said here, naming the file (the registry's refusal read as a --param's)
         check_params(params, f"{path}'s params")
@@ -231,6 +243,10 @@ def fetch(
     if manifest.form == "vera+projection" or (manifest.form == "vera" and manifest.version.generator != PEFT_GENERATOR):
         why = (f"; A and B included so that PEFT loads it ({manifest.version.stored_bytes:,} bytes stored: "
                "--seed-only for vera_core)")
+    elif manifest.form in ("vera", "vera+seed-only"):  # a folder saved with A and B came back without them, unsaid
+        who = ("PEFT and vera_core regenerate them from the seed" if manifest.version.generator == PEFT_GENERATOR
+               else "vera_core regenerates them from the seed, PEFT refuses such a folder")
+        why = f"; seed-only: A and B are left out ({who}; --with-projection includes them)"
     fetched = {f.name for f in manifest.files}
     config = read_json_object(out / "adapter_config.json", "the export's adapter_config.json") if lora else {}
     if export is not None:  # which LoRA it is: exact, or an approximation and why (a newcomer's walk, session 38)
@@ -393,19 +409,44 @@ def compare(
     rows = ([(w.module, w.cosine) for w in result.with_first] if result.with_first is not None
             else [(layer.module, layer.delta_cosine[0]) for layer in result.layers])
     layers = Table("layer", *[f"cos(1,{i + 1})" for i in range(1, len(result.refs))],
-                   caption="cosine of each version's weight delta with the first's; - where it does not adapt it")
+                   caption="cosine of each version's weight delta with the first's; - where it does not adapt it "
+                           "or none could be computed (said below)")
     for module, cosines in rows:
         layers.add_row(module, *[f"{c:.3f}" if c is not None else "-" for c in cosines[1:]])
     console.print(layers)
     first = result.versions[0]
     for i, ref in enumerate(result.refs[1:], start=1):
-        if all(cosines[i] is None for _, cosines in rows):
-            console.print(f"{ref} adapts none of {result.refs[0]}'s layers (another base model, or other modules).")
+        if not rows or all(cosines[i] is None for _, cosines in rows):
+            console.print(_no_cosines(result, i, rows, registry, token), soft_wrap=True)
         elif differences := first.projection_differences(result.versions[i]):
             # its cosines read as a finding ("unrelated updates") where they say nothing (a newcomer's walk, session 40)
             console.print(f"{ref} is on another projection than {result.refs[0]} ({', '.join(differences)}): deltas "
                           "built on independent random matrices are nearly orthogonal, so its cosines are about 0 "
                           "whatever it learned; compare it by the metrics above.")
+
+
+def _no_cosines(result: Comparison, i: int, rows: list[tuple[str, list[float | None]]], registry: str | None,
+                token: str | None) -> str:
+    """Why the version at ``i`` has no cosine with the first: another base model, a base whose layer shapes are not
+    declared (adapters PEFT wrote record no layer's input size, and a delta needs it: it said "adapts none of its
+    layers" of a version compared with itself, a PEFT user's walk, session 47), deltas that are zero (b all zeros:
+    untrained), or other modules."""
+    first, other, ref = result.versions[0], result.versions[i], result.refs[i]
+    if other.base_model != first.base_model:
+        return (f"{ref} adapts none of {result.refs[0]}'s layers: it is for base model {other.base_model}, "
+                f"{result.refs[0]} for {first.base_model}.")
+    shared = [layer for layer in result.layers if layer.module in {module for module, _ in rows}]
+    if shared and all(layer.b_norms[i] == 0 for layer in shared):
+        return f"{ref}'s weight deltas are zero (its b vectors are all zeros: an untrained adapter): no cosine."
+    if shared:
+        bases = call_registry(registry, token, lambda c: c.base_models())
+        if not any(b.name == first.base_model and b.revision == first.base_revision and b.shapes_source == "declared"
+                   for b in bases):
+            return (f"No cosine with {ref}: a weight delta needs each layer's input size, which adapters PEFT wrote "
+                    f"do not record, and base model {first.base_model}'s layer shapes are not declared. Declare them "
+                    f"(`vera base register {first.base_model} --config config.json`, its transformers config) and "
+                    "compare again.")
+    return f"{ref} adapts none of {result.refs[0]}'s layers (other modules)."
 
 
 def _differing_params(versions: list[VersionInfo]) -> None:
@@ -441,9 +482,11 @@ def alias(
     else:
         info = call_registry(registry, token, lambda c: c.set_alias(ref, name))
         given = Ref.parse(ref)  # the registry accepted it: it parses
-        implied = "" if given.version is not None else (
-            f" ({ref} names {'the latest version' if given.alias is None else '@' + given.alias}; "
-            f"{info.owner}/{info.name}:N names one)")
+        # which version it was pinned to, and that it stays there: "(me/sent@prod names @prod; ...)" said nothing (a
+        # PEFT user's walk, session 47)
+        now, later = (("the latest version now", "a new version is published") if given.alias is None else
+                      (f"the version @{given.alias} names now", f"@{given.alias} moves"))
+        implied = "" if given.version is not None else f" ({now}; @{name} stays on {info.version} when {later})"
         console.print(f"{info.owner}/{info.name}@{name} -> {info.version}{implied}")
         if info.yanked:
             err_console.print(styled("note:", "yellow", f" {info.ref} is yanked: whoever fetches "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 import unicodedata
@@ -196,6 +197,19 @@ def too_deep(value: Any) -> bool:
     return False
 
 
+def non_finite_at(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Where ``value`` first holds NaN or an infinity, and which (``("eval_loss", "NaN")``; list items by index,
+    ``train_loss[3]``), or None. ``value`` is at most MAX_JSON_DEPTH deep (too_deep refused it before)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if (found := non_finite_at(item, inner)) is not None:
+            return found
+    return None
+
+
 def check_json(value: Any, what: str, *, max_bytes: int) -> str:
     """``value`` as JSON text: finite numbers only, no NUL character, at most ``max_bytes`` and MAX_JSON_DEPTH levels
     of lists and objects."""
@@ -204,6 +218,10 @@ def check_json(value: Any, what: str, *, max_bytes: int) -> str:
     try:
         text = json.dumps(value, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
+        if (where := non_finite_at(value)) is not None:  # HF Trainer writes NaN for a run that diverged
+            raise InvalidInput(f"{what} must be JSON of finite numbers, strings, lists and objects: {where[1]} at "
+                               f"{where[0] or 'its top'} is not a number JSON has; drop that entry, or write it as "
+                               "null.") from exc
         why = (f"it holds an integer of over {sys.get_int_max_str_digits():,} digits" if "integer string conversion"
                in str(exc) else str(exc))  # (not Python's "use sys.set_int_max_str_digits()": a re-check, session 44)
         raise InvalidInput(f"{what} must be JSON of finite numbers, strings, lists and objects: {why}") from exc

@@ -46,7 +46,7 @@ from registry.services import invitations as invites
 from registry.services.invitations import InvitationPolicy
 from registry.services.job_endings import cancel_jobs_of
 from registry.services.moves import move_owner
-from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retirement
+from registry.services.tokens import ROLES, Principal, Role, retired_refusal, retirement, scope_hint
 from registry.services.webhooks import pause_webhooks_of
 from registry.store import models as m
 from registry.store.database import Database
@@ -617,7 +617,7 @@ def _may_not(name: str, viewer: Principal, verb: str) -> str:
     if viewer.limited_to is not None and name not in viewer.limited_to:
         why = f"this token is limited to {', '.join(sorted(viewer.limited_to))}"
     elif role == "admin":
-        why = "your token has no publish scope (create one with `vera auth create-token --scope read --scope publish`)"
+        why = f"your token has no publish scope ({scope_hint('publish', viewer.owner)})"
     else:
         why = (f"your role there is {role or 'none'!r} (an admin of {name} can change it: `vera org add {name} "
                f"{viewer.owner} --role admin`)")

@@ -154,6 +154,12 @@ class BaseModels:
         with self.db.session() as s:
             return [base_info(b) for b in s.scalars(query)]
 
+    def is_declared(self, name: str, revision: str) -> bool:
+        """Whether ``name@revision`` has declared shapes (not only those publishes implied)."""
+        with self.db.session() as s:
+            row = _row(s, name, revision)
+            return row is not None and row.shapes_source == "declared"
+
     def with_declared_shapes(self, files: AdapterFiles, name: str, revision: str) -> AdapterFiles:
         """PEFT sizes A and B to the largest adapted layer; with the base's declared shapes the registry can too
         (for seed-only adapters PEFT wrote, which record no projection shape)."""

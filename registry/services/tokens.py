@@ -34,6 +34,15 @@ PREFIX = "vera_"
 MAX_TOKEN_OWNERS = 20
 
 
+def scope_hint(scope: str, user: str) -> str:
+    """How a caller whose token lacks ``scope`` gets one: a token is made only with scopes its maker has, so
+    `vera auth create-token` helps only someone holding one (it was the whole advice to a read-only token's holder,
+    whom it then refused: a PEFT user's walk, session 47)."""
+    return (f"use a token that has it (`vera login --token ...` stores one), make one from such a token (`vera auth "
+            f"create-token --scope {scope}`), or ask a registry admin for one (`vera token create --owner {user} "
+            f"--scope {scope}` on the registry's machine)")
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a token's user, scopes, organisation roles and namespace limit; the single local user; or an
@@ -110,8 +119,8 @@ class Principal:
     def require(self, scope: Scope, *, owner: str | None = None) -> None:
         """Refuse unless this principal has ``scope`` (admin has all) and, for publish, may write under ``owner``."""
         if not self.is_admin and scope not in self.scopes:
-            raise Forbidden(f"This token has scopes {sorted(self.scopes)}; {scope!r} is needed. Create one with "
-                            f"`vera auth create-token --scope {scope}`.")
+            raise Forbidden(f"This token has scopes {sorted(self.scopes)}; {scope!r} is needed: "
+                            f"{scope_hint(scope, self.owner)}.")
         if scope == "publish" and owner is not None and not self.can_write(owner):
             where = (f"{self.owner}/ and the organisations where it has the write role ("
                      f"{', '.join(sorted(o for o, r in self.roles.items() if r != 'read')) or 'none'})")

@@ -112,6 +112,19 @@ def test_bad_catalog_commands_say_what_to_do(server: dict[str, Any], args: tuple
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_an_alias_set_through_another_says_which_version_and_that_it_stays(server: dict[str, Any]) -> None:
+    """A PEFT user's walk (session 47): `vera alias me/sent@prod staging` said "(me/sent@prod names @prod; me/sent:N
+    names one)"."""
+    first = _publish(server, "ann/pinned")
+    ok(vera(server, "alias", first, "prod"))
+    _publish(server, "ann/pinned")
+    assert "ann/pinned@staging -> 1 (the version @prod names now; @staging stays on 1 when @prod moves)" in " ".join(
+        ok(vera(server, "alias", "ann/pinned@prod", "staging")).split())
+    assert "ann/pinned@canary -> 2 (the latest version now; @canary stays on 2 when a new version is " \
+        "published)" in " ".join(ok(vera(server, "alias", "ann/pinned", "canary")).split())
+    assert "(" not in ok(vera(server, "alias", "ann/pinned:2", "beta"))  # a number says itself
+
+
 def test_yank_undo_and_delete_with_confirmation(server: dict[str, Any]) -> None:
     ref = _publish(server, "ann/gone")
     assert f"{ref} yanked" in ok(vera(server, "yank", ref))

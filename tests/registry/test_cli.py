@@ -230,6 +230,36 @@ def test_a_registry_that_checks_no_tokens_says_so_and_login_stores_none(tmp_path
         " ".join(minted.stderr.split())
 
 
+def test_vera_compare_of_adapters_peft_wrote_says_to_declare_the_base_then_compares_them(tmp_path: Path) -> None:
+    """A PEFT user's walk (session 47): a version PEFT saved (with its projection, PEFT's default) compared with
+    itself had '-' for every cosine and "adapts none of its layers" (another base model, or other modules), where its
+    layers' input sizes are unknown until the base's shapes are declared."""
+    from registry.client import RegistryClient
+    from tests.registry.adapters import LLAMA
+    from tests.registry.servers import running_server
+    from tests.vera_core.test_peft_interop import peft_model, train_a_little
+
+    theirs = peft_model(LLAMA)
+    train_a_little(theirs, LLAMA)
+    theirs.save_pretrained(tmp_path / "peft")
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+        with RegistryClient(url) as client:
+            client.publish(tmp_path / "peft", "jo/peft", base_model="llama-peft")
+        before = vera("compare", "jo/peft:1", "jo/peft:1", "--registry", url)
+        with RegistryClient(url) as client:
+            client.register_base_model("llama-peft", LLAMA.make().config.to_dict())
+        after = vera("compare", "jo/peft:1", "jo/peft:1", "--registry", url)
+    said = " ".join(before.stdout.split())
+    assert before.returncode == 0 and "adapts none" not in said, said
+    assert ("No cosine with jo/peft:1: a weight delta needs each layer's input size, which adapters PEFT wrote do not "
+            "record, and base model llama-peft's layer shapes are not declared. Declare them (`vera base register "
+            "llama-peft --config config.json`") in said
+    cosines = [line.split("│")[2].strip() for line in after.stdout.splitlines() if line.count("│") >= 3
+               and "layers." in line]
+    assert after.returncode == 0 and len(cosines) == 14 and set(cosines) == {"1.000"}, after.stdout
+    assert "No cosine" not in after.stdout
+
+
 def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_another_base_model(
         tmp_path: Path) -> None:
     """One version on another base model shares no layer with the first: the others' cosines are still shown
@@ -263,8 +293,8 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
     assert len(rows) == len(expected) == 14
     for layer in expected:  # the pair's cosine, and '-' for the RoBERTa version
         assert [c.strip() for c in rows[layer.module]] == [f"{layer.delta_cosine[0][1]:.3f}", "-"]
-    assert "jo/rob:1 adapts none of jo/l1:1's layers (another base model, or other modules)." in " ".join(
-        done.stdout.split())
+    assert "jo/rob:1 adapts none of jo/l1:1's layers: it is for base model tiny-roberta, jo/l1:1 for tiny-llama." \
+        in " ".join(done.stdout.split())
     # metrics side by side, a row each, whole (they were one JSON string per version cut at 60 characters)
     metrics = {cells[0]: cells[1:] for line in done.stdout.splitlines()
                if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 4}

@@ -21,6 +21,7 @@ import pytest
 
 from registry.cli.run import team_host
 from registry.client import RegistryClient
+from registry.domain.errors import NotFound
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, free_port, running_server, running_vera
 
@@ -359,10 +360,31 @@ def test_show_sums_up_a_loss_curve_instead_of_printing_it(server: dict[str, Any]
     assert json.loads(vera("show", ref, "--json", url=server["url"]).stdout)["metrics"]["train_loss"] == curve
 
 
+def test_publish_names_the_metrics_file_and_entry_that_holds_nan(server: dict[str, Any], tmp_path: Path) -> None:
+    """HF Trainer writes NaN into its metrics files for a run that diverged: the registry's refusal named neither the
+    file nor the key (a PEFT user's walk, session 47)."""
+    nan = tmp_path / "eval_results.json"
+    nan.write_text('{"epoch": 3.0, "eval_accuracy": 0.5, "eval_loss": NaN}')
+    refused(vera("publish", str(server["source"]), "--name", "ann/nan", "--base-model", "tiny-llama", "--metrics",
+                 str(nan), url=server["url"]),
+            f"--metrics {nan}: eval_loss is NaN, which is not a number JSON has (a run that diverged writes it): "
+            "drop that entry, or write it as null. Nothing was uploaded.")
+    with RegistryClient(server["url"], cache=False) as client, pytest.raises(NotFound):
+        client.adapter("ann/nan")
+
+
 def test_publish_says_what_is_wrong_with_the_folder_and_notes_a_repeat(server: dict[str, Any],
                                                                        tmp_path: Path) -> None:
     refused(vera("publish", str(tmp_path / "nope"), "--name", "ann/nope", "--base-model", "tiny-llama",
                  url=server["url"]), "nope does not exist; expected a PEFT adapter folder")
+    # PEFT's save_pretrained(safe_serialization=False): a PEFT folder, said to be none (a PEFT user's walk, session 47)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text((server["source"] / "adapter_config.json").read_text())
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04N.")
+    refused(vera("publish", str(pickled), "--name", "ann/pickled", "--base-model", "tiny-llama", url=server["url"]),
+            "pickled has no adapter_model.safetensors. It has adapter_model.bin, a pickle, which is never loaded "
+            "because unpickling runs arbitrary code; re-save it with PEFT's save_pretrained(safe_serialization=True)")
     first = vera("publish", str(server["source"]), "--name", "ann/again", "--base-model", "tiny-llama",
                  url=server["url"])
     again = vera("publish", str(server["source"]), "--name", "ann/again", "--base-model", "tiny-llama",
@@ -381,6 +403,8 @@ def test_fetch_says_how_much_it_wrote_and_why_more_than_is_stored(server: dict[s
     assert f"({info.stored_bytes:,} bytes stored: --seed-only for vera_core)" in default.stdout
     small = vera("fetch", "ann/sized", "--out", str(tmp_path / "b"), "--seed-only", url=server["url"])
     assert small.returncode == 0 and "A and B included" not in small.stdout
+    assert "; seed-only: A and B are left out (vera_core regenerates them from the seed, PEFT refuses such a " \
+        "folder; --with-projection includes them)" in " ".join(small.stdout.split())
 
 
 def test_a_heartbeat_that_cannot_keep_the_lease_is_refused_before_the_worker_starts(server: dict[str, Any],

@@ -101,7 +101,9 @@ def test_a_name_is_taken_once_and_published_metrics_never_change(published: Regi
     ({"acc": 1, "blob": "x" * 70_000}, {}, "the limit is 65,536"),
     ({"acc": 1}, {"log": "x" * 70_000}, "details is 70,"),
     ({f"m{i}": i for i in range(1001)}, {}, "has 3 numeric metrics and this evaluation adds 1,001: at most 1,000"),
-    ({"acc": float("nan")}, {}, "metrics must be JSON of finite numbers"),
+    ({"acc": float("nan")}, {}, "metrics must be JSON of finite numbers, strings, lists and objects: NaN at acc is "
+                                "not a number JSON has; drop that entry, or write it as null"),
+    ({"acc": 1}, {"curve": [0.5, float("-inf")]}, "details must be JSON .*: -Infinity at curve\\[1\\] is not a number"),
     ({"a": {"b" * 200: 1}}, {}, r"characters as a dotted key \(name included\); at most 200"),
     # what a terminal would run: `vera show` and `vera eval ls` print keys and texts (an outsider's, session 38)
     ({"\x1b[2J\x1b[31mRED": 0.5}, {}, r"metrics's key '\\x1b\[2J.*' contains the control character '\\x1b'"),

@@ -180,8 +180,9 @@ def test_only_its_admins_and_the_registrys_admins_may_delete_it(registry: Regist
             (principal(db, "bob", ["read", "publish"]), "your role there is 'write' \\(an admin of acme can change "
                                                         "it: `vera org add acme bob --role admin`\\)"),
             (principal(db, "carol", ["read", "publish"]), "your role there is 'read'"),
-            (principal(db, "dave", ["read"]), "your token has no publish scope \\(create one with `vera auth "
-                                              "create-token --scope read --scope publish`\\)"),
+            (principal(db, "dave", ["read"]), "your token has no publish scope \\(use a token that has it .* or ask "
+                                              "a registry admin for one \\(`vera token create --owner dave --scope "
+                                              "publish` on the registry's machine\\)\\)"),
             (principal(db, "ann", ["read", "publish"], limited_to=["ann"]), "this token is limited to ann"),
             (principal(db, "root", ["admin"], limited_to=["ann"]), "this token is limited to ann")):
         with pytest.raises(Forbidden, match=said + why):

@@ -594,6 +594,38 @@ def test_lora_export_of_a_peft_written_adapter_uses_the_declared_base_shapes(
                                rtol=1e-5, atol=1e-5)
 
 
+def test_a_peft_adapter_with_its_projection_on_minilm_declares_the_base_and_exports_as_lora(
+        registry: Registry, tmp_path: Path) -> None:
+    """A PEFT user's walk (session 47): an adapter PEFT saved with its projection (its default) on the demo's minilm
+    was a 409 as LoRA, until `vera base register`, or until a seed-only one had been published first (which declares
+    minilm from its package here). Now the first publish of either kind declares it."""
+    from peft import PeftModel, get_peft_model
+    from peft import VeraConfig as PeftVeraConfig
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from registry.services.base_configs import bundled_config
+
+    config = bundled_config("minilm", "")
+    assert config is not None  # the demo's package: a test dependency
+    # (without its Hub name: PEFT's save_pretrained would ask the Hub for that repo's config)
+    base = AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items()
+                                                         if k not in ("model_type", "_name_or_path")})
+
+    def fresh() -> torch.nn.Module:  # the same random base weights each time (its config only: no download)
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_config(base)
+
+    model = get_peft_model(fresh(), PeftVeraConfig(r=8, target_modules=["query", "value"], init_weights=False,
+                                                   task_type="SEQ_CLS")).eval()
+    model.save_pretrained(tmp_path / "peft")
+    info = registry.publish(tmp_path / "peft", owner="eve", name="mini", base_model="minilm")
+    assert [(b.name, b.shapes_source) for b in registry.list_base_models()] == [("minilm", "declared")]
+    registry.fetch(info.ref, tmp_path / "lora", as_lora=True)
+    lora = PeftModel.from_pretrained(fresh(), tmp_path / "lora").eval()
+    inputs = {"input_ids": torch.tensor([[101, 2023, 2003, 2204, 102]]), "attention_mask": torch.ones(1, 5, dtype=int)}
+    torch.testing.assert_close(lora(**inputs).logits, model(**inputs).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_peft_seed_only_adapter_publishes_once_its_base_shapes_are_declared(registry: Registry, tmp_path: Path
                                                                               ) -> None:
     """PEFT's save_projection=False records no projection size; the declared base gives it, as PEFT computes it."""
