@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.concurrency import run_in_threadpool
@@ -94,6 +95,17 @@ def create_serving_app(server: ModelServer) -> FastAPI:
 @router.get("/health")
 async def health(server: Server) -> dict[str, Any]:  # on the event loop: answered while every thread generates
     return {"status": "ok", "base_model": server.base_name, "task": server.task}
+
+
+@router.get("/ready")
+async def ready(server: Server) -> JSONResponse:
+    """Whether requests can be answered: the registry that resolves each one answers (its /health, asked at most
+    every 5 s), else 503 saying why; /health is the process's liveness alone (restarting it would not help)."""
+    problem = await run_in_threadpool(server.registry_problem)
+    body = {"status": "ready" if problem is None else "not ready", "registry": problem or "ok",
+            "base_model": server.base_name, "adapters": len(server.residents)}
+    return JSONResponse(body, status_code=200 if problem is None else 503,
+                        headers={} if problem is None else {"Retry-After": "5"})
 
 
 # classify and generate wait on the event loop (ModelServer.gather), not in a thread each: what blocks (resolving

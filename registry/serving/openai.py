@@ -56,6 +56,7 @@ from registry.serving.server import (
     caller_token,
     check_unicode,
     serving_status,
+    tokens_refusal,
 )
 
 log = logging.getLogger("vera.serving")
@@ -91,6 +92,18 @@ class OpenAIRoute(APIRoute):
                 first = exc.errors()[0]
                 where = [str(part) for part in first.get("loc", ()) if part != "body"]
                 said = str(first.get("msg", "invalid")).removeprefix("Value error, ")  # pydantic's, for a validator
+                if first.get("type") == "json_invalid":  # said "1: JSON decode error", param "1" (session 47)
+                    at, why = where[-1] if where else "?", (first.get("ctx") or {}).get("error", "")
+                    return openai_error(400, f"The body is not JSON at character {at}{f' ({why})' if why else ''}; "
+                                             "send a JSON object.")
+                if not where and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
+                    # a body of null, none, or not an object: "Field required", "a valid dictionary ..."
+                    return openai_error(400, "The body must be a JSON object with the request's fields (model, ...).")
+                if where and where[-1] in TOKEN_FIELDS and first.get("type") == "less_than_equal":
+                    # the server's own limit, as for a count under the schema's bound: max_tokens 100000 was told
+                    # "less than or equal to 32768", 600 "at most 512" (an inference engineer's walk, session 47)
+                    most = min(request.app.state.server.max_tokens, NEW_TOKENS_CEILING)
+                    said = tokens_refusal(where[-1], first.get("input"), most)
                 return openai_error(400, f"{'.'.join(where)}: {said}" if where else said, param=".".join(where) or None)
             except HTTPException as exc:  # a body that does not parse, is over its limit or stalled (gate.BodyLimit)
                 return openai_error(exc.status_code, str(exc.detail))
@@ -101,6 +114,14 @@ class OpenAIRoute(APIRoute):
                 return openai_error(500, "The model server failed on this request (its log says why).")
 
         return route
+
+
+#: The request fields that count new tokens (ModelServer.check_tokens says their limit).
+TOKEN_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
+
+
+#: The request fields that count new tokens (ModelServer.check_tokens says their limit).
+TOKEN_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 
 
 def _status(exc: RegistryError) -> int:
@@ -469,8 +490,9 @@ def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
     ids = server.prompt_ids(server.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages]),
                             special_tokens=False)
     # without max_tokens: as many as the context leaves, up to the server's max_tokens
-    wanted = body.max_completion_tokens or body.max_tokens or max(1, min(server.max_tokens, server.room(len(ids))))
-    server.check_room(len(ids), wanted)
+    asked = body.max_completion_tokens or body.max_tokens
+    wanted = asked or max(1, min(server.max_tokens, server.room(len(ids))))
+    server.check_room(len(ids), wanted, asked=bool(asked))
     top = (body.top_logprobs or 0) if body.logprobs else None
     if top is not None:
         _check_entries(body.n * wanted, top)

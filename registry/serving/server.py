@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -80,6 +81,10 @@ MAX_NEW_TOKENS, NEW_TOKENS_CEILING = 512, 32_768
 SERVED_KEPT = 4_096
 #: How often a request waiting for its answer asks whether its client is still there (ModelServer.gather).
 GONE_POLL_S = 0.2
+#: How long /ready's answer about the registry is kept (ModelServer.registry_problem).
+READY_TTL_S = 5.0
+#: How often a request loads its adapter again when it was evicted for capacity before the request could claim it.
+CLAIM_ATTEMPTS = 3
 #: How long the registry's word on whose a token is counts for the queue's turns (ModelServer._turn_of).
 TURN_TTL_S = 60.0
 
@@ -152,6 +157,11 @@ class Resident:
     last_used: float = field(default_factory=time.monotonic)
     #: when the registry last said what it is (loaded, asked for, or looked up by a listing: time.monotonic())
     checked: float = field(default_factory=time.monotonic)
+    #: its requests' works queued or being run: it is not evicted for capacity while any is (ModelServer._enqueue)
+    holds: int = 0
+    #: when each request that took it (activate) and has not queued its work yet stops counting (time.monotonic():
+    #: the request's time limit): a request tokenizing its prompt keeps it too, and one that failed meanwhile lapses
+    claims: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -369,9 +379,13 @@ class ModelServer:
         self._who: _Recent[str | None, WhoAmI] = _Recent(10_000)
         self._refused: _Recent[str | None, bool] = _Recent(10_000)
         self._lookup_again_at = 0.0  # (time.monotonic()) a registry that could not look residents up: when to again
+        self._registry_seen: _Recent[None, str] = _Recent(1)  # the registry's reachability, for READY_TTL_S
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
+        #: guards residents' holds and claims, and their removal for capacity (taken under ``lock`` there, alone
+        #: elsewhere: a request's thread and the event loop never wait for a forward to count them)
+        self._holds_lock = threading.Lock()
         # half of the queue for any one caller: room is always left for the others
         self._queue = _Waiting(max_queue, per_caller=max(1, max_queue // 2))
         # the batcher's: each bank's rows being decoded, and generation rows taken from the queue that have not
@@ -386,6 +400,22 @@ class ModelServer:
     def close(self) -> None:
         self._queue.close()
         self._thread.join(timeout=10)
+
+    def registry_problem(self) -> str | None:
+        """Why the registry this server resolves every request through does not answer (its /health), or None when
+        it does; asked at most once per READY_TTL_S. Without it no request can be answered (each is resolved with
+        its caller's token), while /health said "ok": a load balancer kept sending requests (an inference
+        engineer's walk, session 47). /ready says it."""
+        seen = self._registry_seen.get(None, READY_TTL_S)
+        if seen is None:
+            try:
+                with self.client_for(None) as client:
+                    client.health()
+                seen = ""
+            except RegistryError as exc:  # unreachable, or answering an error: either way requests fail
+                seen = str(exc)[:300]
+            self._registry_seen.put(None, seen)
+        return seen or None
 
     # ---- resolving and loading ---------------------------------------------------------------------------------
     def resolve(self, name: str, token: str | None) -> VersionInfo:
@@ -417,11 +447,20 @@ class ModelServer:
                            f"the server with --base-name {info.base_model}.")
         # no ``lock`` here (dict reads and setdefault are atomic): a request must not wait for the running batch to
         # join the queue, where callers take turns
-        resident = self.residents.get(info.ref)
-        gate = self._loading.setdefault(info.ref, threading.Lock())
-        if resident is None:
-            with gate:  # one download per version, however many requests ask at once
-                resident = self.residents.get(info.ref) or self._load(info, token)
+        for _ in range(CLAIM_ATTEMPTS):
+            resident = self.residents.get(info.ref)
+            gate = self._loading.setdefault(info.ref, threading.Lock())
+            if resident is None:
+                with gate:  # one download per version, however many requests ask at once
+                    resident = self.residents.get(info.ref) or self._load(info, token)
+            with self._holds_lock:  # kept from here until its work is queued (or the time limit passes)
+                if self.residents.get(info.ref) is resident:
+                    resident.claims.append(time.monotonic() + self.timeout_s)
+                    break
+            # evicted for capacity between its load (or lookup) and this claim: loaded again
+        else:
+            raise Evicted(f"{info.ref} was evicted as it loaded, {CLAIM_ATTEMPTS} times (more adapters in use than "
+                          "this server holds); send it again.")
         resident.private = info.visibility != "public"  # made private since it loaded: listed no more
         resident.last_used = resident.checked = time.monotonic()
         return resident
@@ -645,13 +684,43 @@ class ModelServer:
         del self.banks[key]
 
     def _evict_over_capacity(self, keep: str) -> None:
+        """Past ``max_resident``, unload the least recently used adapters that no request holds (queued or running
+        work, or a claim still counting), under ``lock``. An adapter in use is never evicted for another: the queued
+        requests of one were told "evicted meanwhile; send it again" (an inference engineer's walk, session 47: 38 of
+        48 requests over 4 adapters at --max-resident 2). So more than ``max_resident`` stay loaded while more are in
+        use at once, and the next load evicts those that are idle by then."""
+        now = time.monotonic()
         while len(self.residents) > self.max_resident:
-            victims = [r for r in self.residents.values() if not r.pinned and r.ref != keep]
-            if not victims:
-                return
-            busy = self._busy()  # adapters whose rows are being decoded go last
-            victims = [r for r in victims if r.ref not in busy] or victims
-            self.evict(min(victims, key=lambda r: r.last_used).ref)
+            with self._holds_lock:
+                for r in self.residents.values():
+                    r.claims = [t for t in r.claims if t > now]
+                victims = [r for r in self.residents.values()
+                           if not r.pinned and r.ref != keep and not r.holds and not r.claims]
+                if not victims:
+                    return
+                victim = min(victims, key=lambda r: r.last_used)
+                del self.residents[victim.ref]  # with the holds' lock: no request claims it meanwhile
+            self.banks[victim.bank].remove(victim.ref)
+
+    def _enqueue(self, resident: Resident, caller: str | None, works: list[_Work]) -> None:
+        """Queue ``works`` of one request for ``resident``, which its claim held until now and they hold until each
+        is answered (or cancelled: a caller gone, or a queue that refused them)."""
+        with self._holds_lock:
+            if resident.claims:
+                resident.claims.pop(0)
+            resident.holds += len(works)
+        for work in works:
+            work.future.add_done_callback(functools.partial(self._release, resident))
+        try:
+            self._queue.put(self._turn_of(caller), works)
+        except BaseException:
+            for work in works:
+                work.future.cancel()  # (its callback releases its hold)
+            raise
+
+    def _release(self, resident: Resident, _: Future[Any]) -> None:
+        with self._holds_lock:
+            resident.holds -= 1
 
     def evict(self, ref: str) -> None:
         """Unload ``ref`` now (its pin too: the server's own capacity rule; a caller's eviction is ``evict_for``)."""
@@ -802,7 +871,7 @@ class ModelServer:
         # a forward's worth (max_batch texts, classify_tokens) per queued work: callers take turns between two of a
         # request's forwards (an outsider's 256 texts ran as four forwards in a row, others waiting for all of them)
         works = [_Work("classify", resident, part, counted=not at) for at, part in enumerate(self._forwards(ids))]
-        self._queue.put(self._turn_of(token), works)
+        self._enqueue(resident, token, works)
         return _all_of(resident.ref, [work.future for work in works])
 
     def _classify_ids(self, text: str) -> list[int]:
@@ -934,13 +1003,16 @@ class ModelServer:
     def check_tokens(self, count: int, field: str = "max_new_tokens") -> None:
         """``count`` new tokens (the request's ``field``) are no more than this server gives a row."""
         if count > self.max_tokens:
-            raise InvalidInput(f"{field} is {count}; this server generates at most {self.max_tokens} new tokens per "
-                               "choice (vera serve-model --max-tokens). Ask for fewer.")
+            raise InvalidInput(tokens_refusal(field, count, self.max_tokens))
 
-    def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
+    def check_room(self, prompt_tokens: int, max_new_tokens: int, *, asked: bool = True) -> None:
         """A prompt of ``prompt_tokens`` may be continued by ``max_new_tokens``: no more than this server gives a row,
-        and within the base's context."""
+        and within the base's context. ``asked``: the caller gave the count (a chat without max_tokens did not:
+        "1 new tokens were asked for" was said to one who asked none, an inference engineer's walk, session 47)."""
         self.check_tokens(max_new_tokens)
+        if not asked and self.room(prompt_tokens) < 1:
+            raise InvalidInput(f"The prompt is {prompt_tokens} tokens, which leaves no room for an answer in this "
+                               f"base model's context of {self.context_length} tokens. Shorten the messages.")
         if max_new_tokens > self.room(prompt_tokens):
             raise InvalidInput(f"The prompt is {prompt_tokens} tokens and {max_new_tokens} new tokens were asked "
                                f"for: {prompt_tokens + max_new_tokens} in all, over this base model's context of "
@@ -969,7 +1041,7 @@ class ModelServer:
         holds its row's answer once the row ends (a row's ``on_text`` hears of its text meanwhile). Busy when the
         queue, or the caller's share of it, is full."""
         works = [_Work("generate", resident, row) for row in rows]
-        self._queue.put(self._turn_of(caller), works)
+        self._enqueue(resident, caller, works)
         return [work.future for work in works]
 
     def wait(self, futures: Sequence[Future[Any]]) -> list[Any]:
@@ -1330,11 +1402,6 @@ class ModelServer:
                 log.error(f"a consumer of {row.owner.resident.ref}'s row failed", exc_info=row.error)
                 _settle(row.owner.future, error=_generation_failed())
 
-    def _busy(self) -> set[str]:
-        """The adapters of rows being decoded (under ``lock``): evicted only when nothing else can go."""
-        return {ref for batch in self._running.values()
-                for ref in [*batch.refs, *(batch.pending.refs if batch.pending else [])]}
-
     def _score_rows(self, bank: AdapterBank, works: list[_Work]) -> Exception | None:
         """Rows that score their prompts and generate nothing (``max_tokens`` 0): one forward of the batch, padded
         on the right (a causal model's real positions never see the padding, and count from 0 as alone), each
@@ -1457,6 +1524,12 @@ def _all_of(ref: str, parts: list[Future[dict[str, Any]]]) -> Future[dict[str, A
         part.add_done_callback(part_done)
     whole.add_done_callback(lambda w: [p.cancel() for p in parts] if w.cancelled() else None)
     return whole
+
+
+def tokens_refusal(field: str, count: object, most: int) -> str:
+    """The refusal of ``count`` new tokens asked in ``field`` from a server that gives a row at most ``most``."""
+    return (f"{field} is {count}; this server generates at most {most} new tokens per choice (vera serve-model "
+            "--max-tokens). Ask for fewer.")
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

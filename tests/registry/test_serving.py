@@ -106,6 +106,46 @@ def test_concurrent_requests_for_different_adapters_batch_together_and_equal_eac
     assert sum(r["requests"] for r in server.listing(token)) == 4
 
 
+def test_more_adapters_in_use_than_max_resident_are_all_answered_and_the_idle_go_at_the_next_load(
+    registry_server: dict[str, Any]
+) -> None:
+    """An inference engineer's walk (session 47): at --max-resident 2, 8 clients over 4 adapters had 38 of 48
+    requests answered 409 "evicted meanwhile; send it again": a load evicted adapters whose requests were queued."""
+    token, dirs = registry_server["reader"], registry_server["dirs"]
+    names = ["alice/clf0@prod", "alice/clf0:2", "alice/clf1", "alice/clf2"]  # one family: one bank
+    server = ModelServer("minilm", client_for=lambda t: RegistryClient(registry_server["url"], t or ""),
+                         max_resident=2, resolve_ttl_s=0.0)
+    server.batch_window_s = 0.05  # requests meet in batches: several adapters in use at once
+    answered: list[tuple[str, dict[str, Any]]] = []
+    failed: list[BaseException] = []
+
+    def client(k: int) -> None:
+        for i in range(6):
+            name = names[(k + i) % len(names)]
+            try:
+                answered.append((name, server.classify(name, TEXTS[:1], token)))
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                failed.append(exc)
+
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failed == [] and len(answered) == 48
+        want = {name: reference_probs(dirs[{"alice/clf0@prod": "alice/clf0"}.get(name, name)], TEXTS[:1])
+                for name in names}
+        for name, result in answered:  # (clf0:2 was published without labels: its scores are by index)
+            got = torch.tensor([list(p["scores"].values()) for p in result["predictions"]])
+            torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-4)
+        server.classify("alice/other-seed", TEXTS[:1], token)  # a load: the idle ones go down to the bound
+        assert len(server.residents) == 2 and "alice/other-seed:1" in server.residents
+        assert all(not r.holds for r in server.residents.values())  # every hold released
+    finally:
+        server.close()
+
+
 def test_adapters_hot_load_list_pin_evict_and_follow_an_alias(
     server: ModelServer, registry_server: dict[str, Any]
 ) -> None:
@@ -671,3 +711,27 @@ def test_an_adapter_whose_scores_are_not_numbers_is_refused_saying_so(
                                        r"vectors overflow on this base\): it cannot classify it"):
         server.classify("alice/huge", TEXTS[:2], registry_server["reader"])
     assert server.classify("alice/clf1", TEXTS[:2], registry_server["reader"])["adapter"] == "alice/clf1:1"
+
+
+def test_ready_says_when_the_registry_that_resolves_every_request_does_not_answer(
+        server: ModelServer, registry_server: dict[str, Any]) -> None:
+    """An inference engineer's walk (session 47): with the registry stopped every request failed with a 503 while
+    /health said ok, so a load balancer kept sending them. /ready says so; /health stays the process's liveness."""
+    from registry.serving import server as serving
+    from registry.serving.api import create_serving_app
+    from tests.registry.servers import in_thread
+
+    server.activate("alice/clf1", registry_server["reader"])
+    with in_thread(create_serving_app(server), "the model server") as url:
+        up = httpx.get(f"{url}/ready")
+        assert up.status_code == 200 and up.json() == {"status": "ready", "registry": "ok", "base_model": "minilm",
+                                                       "adapters": 1}
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        server.client_for = lambda token: RegistryClient(nowhere, token or "", retries=0)
+        assert httpx.get(f"{url}/ready").status_code == 200  # the answer is kept a few seconds: not asked again
+        server._registry_seen = serving._Recent(1)  # (as once READY_TTL_S has passed)
+        down = httpx.get(f"{url}/ready")
+        assert down.status_code == 503 and down.headers["retry-after"] == "5"
+        assert down.json()["status"] == "not ready" and f"Cannot reach the registry at {nowhere}" in \
+            down.json()["registry"]
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"

@@ -123,6 +123,10 @@ def test_chat_completions_use_the_base_models_chat_template(served: dict[str, An
     assert streamed[-1].choices[0].finish_reason == chat.choices[0].finish_reason
     # without max_tokens: what the context (40 tokens) leaves
     assert client.chat.completions.create(model="alice/gen0", messages=messages, temperature=0).usage is not None
+    # and a chat that fills it is told so, not that "1 new tokens were asked for" (an inference engineer's walk)
+    with pytest.raises(openai.BadRequestError, match="which leaves no room for an answer in this base model's "
+                                                     "context of 40 tokens. Shorten the messages"):
+        client.chat.completions.create(model="alice/gen0", messages=[{"role": "user", "content": "cat " * 60}])
 
 
 def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> None:
@@ -136,6 +140,8 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
         (openai.BadRequestError, {"presence_penalty": 0.5}, "presence_penalty is not supported"),
         (openai.BadRequestError, {"temperature": 3}, "temperature"),
         (openai.BadRequestError, {"max_tokens": 513}, "max_tokens is 513; this server generates at most 512"),
+        # past the schema's bound too: the server's limit, not the bound (an inference engineer's walk, session 47)
+        (openai.BadRequestError, {"max_tokens": 100000}, "max_tokens is 100000; this server generates at most 512"),
         (openai.BadRequestError, {"prompt": " ".join(["cat"] * 30), "max_tokens": 16},
          "30 tokens and 16 new tokens were asked for: 46 in all, over this base model's context of 40"),
         (openai.BadRequestError, {"prompt": ["the cat"] * 20, "n": 4}, "80 choices; at most 64"),
@@ -168,6 +174,11 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
     for body in (b"{not json", b'{"model": "\xff\xfe"}', b'{"n": ' + b"9" * 5000 + b"}"):  # a re-attack's finding
         unparsed = httpx.post(f"{served['url']}/v1/completions", content=body, headers=writer)
         assert unparsed.status_code in (400, 422) and unparsed.json()["error"]["message"], unparsed.text
+    # said as what it is: "1: JSON decode error" with param "1", and "Field required" for null (session 47's walk)
+    broken = httpx.post(f"{served['url']}/v1/completions", content=b"{bad", headers=writer).json()["error"]
+    assert broken["message"].startswith("The body is not JSON at character 1") and broken["param"] is None
+    null = httpx.post(f"{served['url']}/v1/chat/completions", content=b"null", headers=writer).json()["error"]
+    assert null["message"] == "The body must be a JSON object with the request's fields (model, ...)."
     for token in ("vera_wrong", "vera_\u00e9t\u00e9"):  # unknown, and not even ASCII: 401 both, never a 500
         answer = httpx.post(f"{served['url']}/v1/completions", json={"model": "alice/gen0", "prompt": "the"},
                             headers={"Authorization": f"Bearer {token}".encode()})
