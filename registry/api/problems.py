@@ -4,6 +4,7 @@ exception tree maps to statuses in one table (registry.domain.errors.HTTP_STATUS
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -157,10 +158,7 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """400, 404 (no route), 405, 408, 413 ... from FastAPI and Starlette: problem details too."""
-        response = problem(exc.status_code, TITLES.get(exc.status_code, "error").lower().replace(" ", "_"),
-                           await _unreadable_json_body(request, exc) or str(exc.detail), request.url.path)
-        response.headers.update(exc.headers or {})
-        return response
+        return await _http_problem(request, exc)
 
     @app.exception_handler(UnicodeEncodeError)
     async def not_unicode(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
@@ -179,6 +177,35 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected(exc, request.url.path)
+
+
+async def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The problem document of an error FastAPI or Starlette raised; a Hub-shaped path outside /hf says where the
+    Hub protocol is, in the Hub's error headers too (huggingface_hub reads them)."""
+    if exc.status_code == 404 and (hint := _hub_path_hint(request)) is not None:
+        response = problem(404, "not_found", hint, request.url.path)
+        response.headers.update(hub_error_headers(404, hint, None))
+        return response
+    response = problem(exc.status_code, TITLES.get(exc.status_code, "error").lower().replace(" ", "_"),
+                       await _unreadable_json_body(request, exc) or str(exc.detail), request.url.path)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+#: Paths huggingface_hub asks of an endpoint (a model's info, a file): asked of the registry's root, HF_ENDPOINT left
+#: out /hf.
+_HUB_SHAPED = re.compile(r"^/(api/models/[^/]+/[^/]+|[^/]+/[^/]+/resolve/[^/]+/.+)$")
+
+
+def _hub_path_hint(request: Request) -> str | None:
+    """For a Hub-shaped path outside /hf that no route takes: where the Hub protocol is (huggingface_hub said only
+    "check your connection" when HF_ENDPOINT lacked /hf, a PEFT user's walk, session 47), else None."""
+    path = request.scope.get("path", "")
+    if is_hub_path(path) or not _HUB_SHAPED.match(path) or getattr(request.app.state, "registry", None) is None:
+        return None  # (a model server serves no /hf)
+    base = f"{str(request.base_url).rstrip('/')}{HUB_PREFIX}"
+    return (f"{path} is not a route of this registry's API: the HuggingFace Hub protocol is served under "
+            f"{HUB_PREFIX}. Set HF_ENDPOINT={base} (or endpoint= in huggingface_hub).")
 
 
 async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -> str | None:

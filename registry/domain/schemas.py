@@ -267,9 +267,11 @@ def path_like(name: str) -> bool:
 def check_name(value: str, what: str) -> str:
     """Owner, adapter, alias and tag names: 1-64 of [a-z0-9._-], starting with a letter or digit."""
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        lower = value.lower() if isinstance(value, str) else ""
+        meant = f" Did you mean {lower!r}?" if lower != value and _NAME.fullmatch(lower) and ".." not in lower else ""
         raise InvalidInput(
             f"{what} {value!r} is not a valid name: use 1-64 lowercase letters, digits, '.', '_' or '-', starting "
-            "with a letter or digit (no '/', spaces, control characters or '..')."
+            f"with a letter or digit (no '/', spaces, control characters or '..').{meant}"
         )
     return value
 

@@ -104,7 +104,11 @@ def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path:
     (("card", "ann/meta:1"), "names a version; name the adapter, ann/meta"),
     (("delete", "ann/meta", "--yes"), "names no version; say which to delete: ann/meta:VERSION"),
     (("show", "ann/nothing:1"), "No adapter ann/nothing"),
-], ids=["bad-tag", "no-text", "two-texts", "missing-file", "card-of-version", "bare-delete", "missing"])
+    (("alias", "ann/meta:1", "Prod"), "Alias 'Prod' is not a valid name: use 1-64 lowercase letters, digits, '.', "
+                                      "'_' or '-', starting with a letter or digit (no '/', spaces, control "
+                                      "characters or '..'). Did you mean 'prod'?"),
+], ids=["bad-tag", "no-text", "two-texts", "missing-file", "card-of-version", "bare-delete", "missing",
+        "capital-alias"])
 def test_bad_catalog_commands_say_what_to_do(server: dict[str, Any], args: tuple[str, ...], message: str) -> None:
     if not server.get("meta"):
         server["meta"] = _publish(server, "ann/meta")

@@ -247,6 +247,18 @@ def test_a_missing_revision_is_said_once(served: Served) -> None:
     assert bad.json()["detail"].startswith(f"{REPO} has no revision 'main+bogus': a revision is main, ")
 
 
+def test_an_endpoint_without_hf_is_told_where_the_hub_protocol_is(served: Served) -> None:
+    """A PEFT user's walk (session 47): HF_ENDPOINT set to the registry's root (no /hf) gave huggingface_hub a bare
+    404, which it reported as "check your connection"."""
+    with pytest.raises(hub_errors.RepositoryNotFoundError, match=f"the HuggingFace Hub protocol is served under /hf. "
+                                                                 f"Set HF_ENDPOINT={served.url}/hf"):
+        HfApi(endpoint=served.url, token=served.token).model_info(REPO)
+    answer = httpx.get(f"{served.url}/{REPO}/resolve/main/adapter_config.json")
+    assert answer.status_code == 404 and answer.headers["x-error-code"] == "RepoNotFound"
+    assert f"Set HF_ENDPOINT={served.url}/hf" in answer.json()["detail"]
+    assert "HF_ENDPOINT" not in httpx.get(f"{served.url}/nowhere").json()["detail"]  # another path: a plain 404
+
+
 def test_hostile_paths_tokens_and_write_verbs(served: Served) -> None:
     headers = {"Authorization": f"Bearer {served.token}"}
     for path in ("/alice/demo/resolve/main/..%2F..%2Fr.db", "/alice/demo/resolve/main%2F..%2F..%2F1/README.md",
