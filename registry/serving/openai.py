@@ -44,7 +44,7 @@ from pydantic import (
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException  # FastAPI's is a subclass; a body that does not parse raises this
 
-from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, RegistryError
+from registry.domain.errors import Busy, Conflict, ContentTooLarge, InvalidInput, NotFound, RegistryError
 from registry.serving.decode import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, Row, Sampling, Scored
 from registry.serving.server import (
     NEW_TOKENS_CEILING,
@@ -168,8 +168,9 @@ class _Sampled(BaseModel):
     REFUSED: ClassVar[dict[str, tuple[Any, ...]]] = VLLM_FIELDS
 
     model: str = Field(max_length=300, description="the adapter: owner/name, owner/name:N or owner/name@alias")
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # numbers only, as OpenAI takes them: "0.5" (text) was taken (an inference engineer's walk, session 47)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, strict=True)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, strict=True)
     top_k: StrictInt = Field(0, ge=-1, le=1_000_000, description="vLLM's: sample from the k likeliest (0 or -1: all)")
     n: StrictInt = Field(1, ge=1, le=MAX_CHOICES)
     stop: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {
@@ -410,6 +411,19 @@ def models(server: Server, authorization: Auth = None) -> dict[str, Any]:
     return {"object": "list", "data": [
         {"id": r["ref"], "object": "model", "created": int(r["loaded_at"]), "owned_by": r["ref"].split("/")[0]}
         for r in server.listing(caller_token(authorization))]}
+
+
+@router.get("/v1/models/{model:path}")
+def model(server: Server, model: str, authorization: Auth = None) -> dict[str, Any]:
+    """One model, as OpenAI's ``models.retrieve`` asks: any adapter of the registry for this base model that the
+    caller's token reads, loaded or not (``root``: the version it names now); 404 otherwise (it was a problem
+    document OpenAI's clients could not read: an inference engineer's walk, session 47)."""
+    info = server.resolve(model, caller_token(authorization))
+    if info.base_model != server.base_name:
+        raise NotFound(f"{info.ref} was published for base model {info.base_model!r}; this server serves "
+                       f"{server.base_name!r}.")
+    return {"id": model, "object": "model", "created": int(info.created_at.timestamp()), "owned_by": info.owner,
+            "root": info.ref}
 
 
 # completions wait on the event loop (ModelServer.gather, an asyncio queue for a stream), not in a thread each: what

@@ -139,6 +139,8 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
         (openai.BadRequestError, {"prompt": [[3, 4], []]}, "must hold at least one id"),
         (openai.BadRequestError, {"presence_penalty": 0.5}, "presence_penalty is not supported"),
         (openai.BadRequestError, {"temperature": 3}, "temperature"),
+        (openai.BadRequestError, {"temperature": "0.5"}, "temperature: Input should be a valid number"),
+        (openai.BadRequestError, {"top_p": True}, "top_p: Input should be a valid number"),
         (openai.BadRequestError, {"max_tokens": 513}, "max_tokens is 513; this server generates at most 512"),
         # past the schema's bound too: the server's limit, not the bound (an inference engineer's walk, session 47)
         (openai.BadRequestError, {"max_tokens": 100000}, "max_tokens is 100000; this server generates at most 512"),
@@ -207,6 +209,14 @@ def test_models_lists_the_adapters_loaded_for_the_caller(served: dict[str, Any])
     mine = {m.id for m in oa(served).models.list()}
     theirs = {m.id for m in oa(served, "reader").models.list()}
     assert "alice/secret:1" in mine and "alice/secret:1" not in theirs and "alice/gen0:1" in theirs
+    # one model, as models.retrieve asks (a problem document before, which OpenAI's clients could not read)
+    found = oa(served).models.retrieve("alice/secret")
+    assert (found.id, found.owned_by, found.model_extra) == ("alice/secret", "alice", {"root": "alice/secret:1"})
+    for who, name, said in (("reader", "alice/secret", "alice/secret"),  # private: not there for bob
+                            ("writer", "alice/nothing", "alice/nothing"),
+                            ("writer", "alice/foreign", "published for base model 'org/other'")):
+        with pytest.raises(openai.NotFoundError, match=said):
+            oa(served, who).models.retrieve(name)
 
 
 def test_a_short_row_is_answered_before_its_batch_ends_and_a_bad_prompt_fails_only_its_own_request(
