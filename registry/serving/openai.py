@@ -448,6 +448,12 @@ def _completion(server: ModelServer, body: CompletionBody, token: str | None) ->
     """A completion's rows, checked, and how its choices read: its resident, rows, reply, ``choice(k, text,
     ended)`` and each prompt's echo."""
     resident = server.generator_for(body.model, token)
+    with server.unclaimed_on_error(resident):
+        return _completion_for(server, body, resident)
+
+
+def _completion_for(server: ModelServer, body: CompletionBody, resident: Resident) -> tuple[
+        Resident, list[Row], _Reply, Callable[[int, str, Generated | None], dict[str, Any]], list[str]]:
     prompts = body.prompts
     if len(prompts) * body.n > MAX_CHOICES:
         raise InvalidInput(f"{len(prompts)} prompts times n={body.n} is {len(prompts) * body.n} choices; at most "
@@ -495,6 +501,12 @@ def _chat(server: ModelServer, body: ChatBody, token: str | None) -> tuple[
         Resident, list[Row], _Reply, Callable[[Generated | None], dict[str, Any] | None]]:
     """A chat's rows, checked: its resident, rows, reply and how a choice's log-probabilities read."""
     resident = server.generator_for(body.model, token)
+    with server.unclaimed_on_error(resident):
+        return _chat_for(server, body, resident)
+
+
+def _chat_for(server: ModelServer, body: ChatBody, resident: Resident) -> tuple[
+        Resident, list[Row], _Reply, Callable[[Generated | None], dict[str, Any] | None]]:
     if body.n > MAX_CHOICES:
         raise InvalidInput(f"n is at most {MAX_CHOICES}.")
     if body.max_completion_tokens or body.max_tokens:

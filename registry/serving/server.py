@@ -20,10 +20,10 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
@@ -83,6 +83,9 @@ SERVED_KEPT = 4_096
 GONE_POLL_S = 0.2
 #: How long /ready's answer about the registry is kept (ModelServer.registry_problem).
 READY_TTL_S = 5.0
+#: How long a request's claim on its adapter (ModelServer.activate) keeps it from eviction at most, before its work
+#: is queued: its prompt's tokenizing and checks take well under that; a request that fails meanwhile gives it back.
+CLAIM_S = 30.0
 #: How often a request loads its adapter again when it was evicted for capacity before the request could claim it.
 CLAIM_ATTEMPTS = 3
 #: How long the registry's word on whose a token is counts for the queue's turns (ModelServer._turn_of).
@@ -160,7 +163,7 @@ class Resident:
     #: its requests' works queued or being run: it is not evicted for capacity while any is (ModelServer._enqueue)
     holds: int = 0
     #: when each request that took it (activate) and has not queued its work yet stops counting (time.monotonic():
-    #: the request's time limit): a request tokenizing its prompt keeps it too, and one that failed meanwhile lapses
+    #: CLAIM_S after): a request tokenizing its prompt keeps it too; one that fails meanwhile gives its claim back
     claims: list[float] = field(default_factory=list)
 
 
@@ -455,7 +458,7 @@ class ModelServer:
                     resident = self.residents.get(info.ref) or self._load(info, token)
             with self._holds_lock:  # kept from here until its work is queued (or the time limit passes)
                 if self.residents.get(info.ref) is resident:
-                    resident.claims.append(time.monotonic() + self.timeout_s)
+                    resident.claims.append(time.monotonic() + CLAIM_S)
                     break
             # evicted for capacity between its load (or lookup) and this claim: loaded again
         else:
@@ -718,6 +721,19 @@ class ModelServer:
                 work.future.cancel()  # (its callback releases its hold)
             raise
 
+    @contextmanager
+    def unclaimed_on_error(self, resident: Resident) -> Iterator[None]:
+        """The block that prepares a request's work after ``activate``: if it raises (a prompt too long, a bad
+        field), the request's claim on ``resident`` is given back at once. Left to lapse (CLAIM_S), one caller's
+        failing requests over many adapters kept each loaded past --max-resident meanwhile."""
+        try:
+            yield
+        except BaseException:
+            with self._holds_lock:
+                if resident.claims:
+                    resident.claims.pop(0)
+            raise
+
     def _release(self, resident: Resident, _: Future[Any]) -> None:
         with self._holds_lock:
             resident.holds -= 1
@@ -867,10 +883,11 @@ class ModelServer:
         if self.task != "classification":
             raise InvalidInput(f"This server serves {self.task}; use /v1/generate.")
         resident = self.activate(name, token)
-        ids = [self._classify_ids(text) for text in texts]
-        # a forward's worth (max_batch texts, classify_tokens) per queued work: callers take turns between two of a
-        # request's forwards (an outsider's 256 texts ran as four forwards in a row, others waiting for all of them)
-        works = [_Work("classify", resident, part, counted=not at) for at, part in enumerate(self._forwards(ids))]
+        with self.unclaimed_on_error(resident):
+            ids = [self._classify_ids(text) for text in texts]
+            # a forward's worth (max_batch texts, classify_tokens) per queued work: callers take turns between two of
+            # a request's forwards (an outsider's 256 texts ran as four forwards in a row, others waiting for all)
+            works = [_Work("classify", resident, part, counted=not at) for at, part in enumerate(self._forwards(ids))]
         self._enqueue(resident, token, works)
         return _all_of(resident.ref, [work.future for work in works])
 
@@ -911,7 +928,8 @@ class ModelServer:
                        ) -> tuple[Resident, Row, Future[Generated]]:
         """``generate``'s row queued: the adapter's resident, the row and its future."""
         resident = self.generator_for(name, token)
-        row = Row(self.prompt_ids(prompt, max_new_tokens), max_new_tokens, sampling or Sampling(), tuple(stops))
+        with self.unclaimed_on_error(resident):
+            row = Row(self.prompt_ids(prompt, max_new_tokens), max_new_tokens, sampling or Sampling(), tuple(stops))
         return resident, row, self.start(resident, [row], token)[0]
 
     def generator_for(self, name: str, token: str | None) -> Resident:

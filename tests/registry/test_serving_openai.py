@@ -155,11 +155,17 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
          "response_format is not supported"),
         (openai.BadRequestError, {"stream_options": {"include_usage": True}}, "only allowed with stream: true"),
     ]
+    server: ModelServer = served["server"]
+    client.completions.create(model="alice/gen0", prompt="the cat", max_tokens=1)  # (loaded)
+    gen0 = server.residents["alice/gen0:1"]
+    claims = len(gen0.claims)
     for error, change, says in cases:
         with pytest.raises(error) as raised:
             client.completions.create(**{"model": "alice/gen0", "prompt": "the cat", "max_tokens": 4, **change})
         assert says in raised.value.message, (change, raised.value.message)
         assert isinstance(raised.value.body, dict) and raised.value.body.get("message"), raised.value.body
+    # a request refused after it took its adapter gave its claim back: none kept it from eviction meanwhile
+    assert len(gen0.claims) == claims and gen0.holds == 0
     nulls = httpx.post(f"{served['url']}/v1/completions", headers={"Authorization": f"Bearer {served['writer']}"},
                        json={"model": "alice/gen0", "prompt": "the cat", "max_tokens": None, "temperature": None,
                              "top_p": None, "n": None, "stream": None, "echo": None, "presence_penalty": None})
