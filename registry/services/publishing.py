@@ -8,8 +8,8 @@ failure the blobs this call created and no row references are removed again. Not
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import logging
 import os
 import re
 import time
@@ -54,6 +54,8 @@ from registry.store.blobs import BlobStore
 from registry.store.database import Database
 from vera_core.errors import VeraError
 from vera_core.keys import META_IN_FEATURES, PROJECTION_KEYS
+
+log = logging.getLogger("vera.publish")
 
 if TYPE_CHECKING:  # torch: imported by the first publish, not when a server or command starts
     from vera_core import AdapterFiles
@@ -154,7 +156,8 @@ class Publisher:
             files = read_adapter(source)
         except VeraError as exc:
             raise InvalidInput(str(exc)) from exc
-        files = self._with_layer_sizes(files, what)
+        if files.spec is None:  # seed-only and written by PEFT: the base model's shapes give the projection size
+            files = self._with_base_shapes(files, what)
         checked = validate(files, self.budget)
         meta = {"format": "pt", **{k: v for k, v in files.metadata.items() if k == META_IN_FEATURES}}
         vectors = to_bytes({k: v.float().contiguous() for k, v in checked.vectors.items()}, meta)
@@ -174,10 +177,11 @@ class Publisher:
             for data in (vectors, projection_blob):
                 if data is not None and not self.blobs.exists(hashlib.sha256(data).hexdigest()):
                     self.blobs.put(data)
-            return info
         except BaseException:
             self._discard_unreferenced([d for d in written if d])
             raise
+        self._declare_bundled_base(what, files)
+        return info
 
     def _check_room(self, what: _Publication, size: int, *, spared: int) -> None:
         """Refuse early, before storing anything, what the publish's transaction would refuse for its quota (``size``
@@ -209,28 +213,26 @@ class Publisher:
                                f"{what.base_model!r} on {source}: {str(exc).rstrip('.')}.") from exc
         return self.base_models.with_declared_shapes(files, what.base_model, what.base_revision)
 
-    def _with_layer_sizes(self, files: AdapterFiles, what: _Publication) -> AdapterFiles:
-        """``files`` sized from the base model's shapes where PEFT wrote them without a projection; with one, the
-        demo's base declared (``_declare_bundled_base``)."""
-        if files.spec is None:  # seed-only and written by PEFT: the base model's shapes give the projection size
-            return self._with_base_shapes(files, what)
-        if META_IN_FEATURES not in files.metadata:  # written by PEFT with its projection (its default)
-            self._declare_bundled_base(what)
-        return files
-
-    def _declare_bundled_base(self, what: _Publication) -> None:
-        """An adapter PEFT wrote with its projection records no layer's input size, which its LoRA export and
-        comparisons need from the base's declared shapes: the demo's minilm, whose config.json is on this machine,
-        is declared at its first such publish, as at a seed-only one's (a PEFT user's walk, session 47: its LoRA
-        export was a 409 or not depending on which kind was published first). Another base stays as it is, with no
-        request to the Hub on a publish that does not need one (`vera base register` declares it)."""
+    def _declare_bundled_base(self, what: _Publication, files: AdapterFiles) -> None:
+        """After a publish: an adapter PEFT wrote with its projection (its default) records no layer's input size,
+        which its LoRA export and comparisons need from the base's declared shapes: the demo's minilm, whose
+        config.json is on this machine, is declared at its first such publish, as at a seed-only one's (a PEFT
+        user's walk, session 47: its LoRA export was a 409 or not depending on which kind was published first).
+        After, not before: a publish refused declares nothing. Another base stays as it is, with no request to the
+        Hub on a publish that does not need one (`vera base register` declares it)."""
+        if META_IN_FEATURES in files.metadata:
+            return
         bundled = bundled_config(what.base_model, what.base_revision)
         if bundled is None or self.base_models.is_declared(what.base_model, what.base_revision):
             return
-        with contextlib.suppress(InvalidInput, Conflict):  # shapes others' publishes contradict: the publish's own
-            self.base_models.register_from_config_dict(  # check says what does not fit
-                name=what.base_model, revision=what.base_revision, config=bundled, actor=what.published_by,
-                source=BUNDLED_SOURCE)
+        try:
+            self.base_models.register_from_config_dict(name=what.base_model, revision=what.base_revision,
+                                                       config=bundled, actor=what.published_by, source=BUNDLED_SOURCE)
+        except (InvalidInput, Conflict):  # shapes its adapters contradict (another model published as minilm)
+            pass
+        except Exception:  # noqa: BLE001 - the version is published: its publisher must not be told otherwise
+            log.warning(f"publishing {what.owner}/{what.name}: declaring base model {what.base_model} from its "
+                        "package failed", exc_info=True)
 
     def _base_config_source(self, what: _Publication) -> tuple[str, str, Callable[[], dict[str, Any]]] | None:
         """Where the base's config.json is read (for messages; for the audit log) and how: the demo's minilm from its

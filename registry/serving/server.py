@@ -456,7 +456,7 @@ class ModelServer:
             if resident is None:
                 with gate:  # one download per version, however many requests ask at once
                     resident = self.residents.get(info.ref) or self._load(info, token)
-            with self._holds_lock:  # kept from here until its work is queued (or the time limit passes)
+            with self._holds_lock:  # kept from here until its work is queued (or CLAIM_S passes)
                 if self.residents.get(info.ref) is resident:
                     resident.claims.append(time.monotonic() + CLAIM_S)
                     break

@@ -618,6 +618,10 @@ def test_a_peft_adapter_with_its_projection_on_minilm_declares_the_base_and_expo
     model = get_peft_model(fresh(), PeftVeraConfig(r=8, target_modules=["query", "value"], init_weights=False,
                                                    task_type="SEQ_CLS")).eval()
     model.save_pretrained(tmp_path / "peft")
+    with pytest.raises(InvalidInput, match="parent eve/nothing:1"):  # a publish refused declares nothing
+        registry.publish(tmp_path / "peft", owner="eve", name="mini", base_model="minilm",
+                         lineage={"parent": "eve/nothing:1"})
+    assert registry.list_base_models() == []
     info = registry.publish(tmp_path / "peft", owner="eve", name="mini", base_model="minilm")
     assert [(b.name, b.shapes_source) for b in registry.list_base_models()] == [("minilm", "declared")]
     registry.fetch(info.ref, tmp_path / "lora", as_lora=True)
