@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -468,15 +469,57 @@ PUBLISHED_METRICS = ("final_eval", "kept", "test", "train_wall_time_s", "steps",
 MAX_CURVE_POINTS = 500
 
 
+#: What HuggingFace Trainer's evaluations log beside their metrics: timings, not results.
+TRAINER_TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second")
+#: trainer_state.json's settings kept as a version's parameters (Trainer's name: vera train's).
+TRAINER_PARAMS = {"train_batch_size": "batch_size", "num_train_epochs": "epochs", "max_steps": "max_steps"}
+
+
+def is_trainer_state(data: dict[str, Any]) -> bool:
+    """Whether ``data`` is HuggingFace Trainer's trainer_state.json (its ``log_history`` and ``global_step``)."""
+    return isinstance(data.get("log_history"), list) and "global_step" in data
+
+
+def trainer_state_metrics(state: dict[str, Any]) -> dict[str, Any]:
+    """HuggingFace Trainer's trainer_state.json as a version's metrics, in `vera train`'s words, so that the
+    dashboard draws its curves: ``train_loss`` ([[step, loss]] of its training logs), ``eval`` (each evaluation's
+    step and ``eval_*`` results, timings left out), ``steps`` (its global step), the last evaluation's results
+    flat as the Trainer writes them to eval_results.json (``eval_loss``, ``eval_accuracy``), and ``params``
+    (batch size, epochs, max steps). Published as it was, its whole log_history became a metric (a PEFT user's
+    walk, session 47)."""
+    logs = [e for e in state.get("log_history", []) if isinstance(e, dict) and _finite(e.get("step"))]
+    curve = [[e["step"], e["loss"]] for e in logs if _finite(e.get("loss"))]
+    evals = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval_") and _finite(v)
+                                    and not k.endswith(TRAINER_TIMINGS)}}
+             for e in logs if any(k.startswith("eval_") for k in e)]
+    metrics: dict[str, Any] = {"train_loss": thinned(curve), **({"eval": thinned(evals)} if evals else {})}
+    if evals:
+        metrics.update({k: v for k, v in evals[-1].items() if k != "step"})
+    if _finite(state.get("global_step")):
+        metrics["steps"] = state["global_step"]
+    params = {ours: state[theirs] for theirs, ours in TRAINER_PARAMS.items() if _finite(state.get(theirs))}
+    return {**metrics, **({"params": params} if params else {})}
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def published_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics a version records from ``run``'s (or a metrics.json), with the loss curve thinned to at most
     MAX_CURVE_POINTS points (the last one kept)."""
     kept = {k: metrics[k] for k in PUBLISHED_METRICS if k in metrics}
-    curve = kept.get("train_loss")
-    if isinstance(curve, list) and len(curve) > MAX_CURVE_POINTS:
-        stride = -(-len(curve) // MAX_CURVE_POINTS)
-        kept["train_loss"] = curve[::stride] + ([curve[-1]] if (len(curve) - 1) % stride else [])
+    if isinstance(curve := kept.get("train_loss"), list):
+        kept["train_loss"] = thinned(curve)
     return dict(json.loads(json.dumps(kept)))
+
+
+def thinned(points: list[Any]) -> list[Any]:
+    """``points`` (a curve), at most MAX_CURVE_POINTS of them, evenly strided, the last one kept."""
+    if len(points) <= MAX_CURVE_POINTS:
+        return points
+    stride = -(-len(points) // MAX_CURVE_POINTS)
+    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from registry.domain.schemas import (
     non_finite_at,
     path_like,
 )
+from registry.domain.words import counted
 from vera_core.config import VERA_PEFT_TYPES
 
 
@@ -194,9 +195,20 @@ def _metrics_file(path: Path | None) -> tuple[dict[str, object], dict[str, str]]
     metrics.json, or any file's object of them, which is not a metric)."""
     if path is None:
         return {}, {}
-    from vera_core.recipes import published_metrics, published_params  # torch: only when a file is published
+    from vera_core.recipes import (  # torch: only when a file is published
+        is_trainer_state,
+        published_metrics,
+        published_params,
+        trainer_state_metrics,
+    )
 
     data = read_json_object(path, "--metrics")
+    if is_trainer_state(data):  # its whole log_history became one metric (a PEFT user's walk, session 47)
+        converted = trainer_state_metrics(data)
+        err_console.print(f"--metrics {path}: read as HuggingFace Trainer's trainer_state.json: "
+                          f"{counted(len(converted['train_loss']), 'loss point')}, "
+                          f"{counted(len(converted.get('eval', [])), 'evaluation')}", soft_wrap=True)
+        data = converted
     if (where := non_finite_at(data)) is not None:  # said here, naming the file and the entry (session 47's walk)
         fail(InvalidInput(f"--metrics {path}: {where[0] or 'the file'} is {where[1]}, which is not a number JSON has "
                           "(a run that diverged writes it): drop that entry, or write it as null. Nothing was "

@@ -360,6 +360,43 @@ def test_show_sums_up_a_loss_curve_instead_of_printing_it(server: dict[str, Any]
     assert json.loads(vera("show", ref, "--json", url=server["url"]).stdout)["metrics"]["train_loss"] == curve
 
 
+#: A trainer_state.json as HuggingFace Trainer writes it (transformers 4.5x: its keys, a run of 60 steps evaluating
+#: every 20, then trainer.evaluate() at the end).
+TRAINER_STATE = {
+    "best_global_step": 40, "best_metric": 0.31, "best_model_checkpoint": "out/checkpoint-40", "epoch": 3.0,
+    "eval_steps": 20, "global_step": 60, "is_hyper_param_search": False, "is_local_process_zero": True,
+    "is_world_process_zero": True, "logging_steps": 10, "max_steps": 60, "num_input_tokens_seen": 0,
+    "num_train_epochs": 3, "save_steps": 20, "total_flos": 1000.0, "train_batch_size": 8, "trial_name": None,
+    "trial_params": None, "stateful_callbacks": {"TrainerControl": {"args": {"should_save": True}}},
+    "log_history": [
+        {"epoch": 0.5, "grad_norm": 1.2, "learning_rate": 0.004, "loss": 0.69, "step": 10},
+        {"epoch": 1.0, "eval_accuracy": 0.6, "eval_loss": 0.65, "eval_runtime": 0.5, "eval_samples_per_second": 30.0,
+         "eval_steps_per_second": 4.0, "step": 20},
+        {"epoch": 1.0, "grad_norm": 1.0, "learning_rate": 0.003, "loss": 0.6, "step": 20},
+        {"epoch": 2.0, "eval_accuracy": 0.9, "eval_loss": 0.31, "eval_runtime": 0.5, "step": 40},
+        {"epoch": 3.0, "step": 60, "total_flos": 1000.0, "train_loss": 0.5, "train_runtime": 10.0},
+        {"epoch": 3.0, "eval_accuracy": 0.85, "eval_loss": 0.35, "eval_runtime": 0.4, "step": 60}]}
+
+
+def test_publish_reads_huggingface_trainers_trainer_state_as_curves(server: dict[str, Any], tmp_path: Path) -> None:
+    """A PEFT user's walk (session 47): trainer_state.json as --metrics made its whole log_history one metric (and
+    TrainerControl's flags others); now its loss curve and evaluations are what the dashboard draws."""
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps(TRAINER_STATE))
+    done = vera("publish", str(server["source"]), "--name", "ann/trainer", "--base-model", "tiny-llama", "--metrics",
+                str(state), url=server["url"])
+    assert done.returncode == 0, done.stderr
+    assert f"--metrics {state}: read as HuggingFace Trainer's trainer_state.json: 2 loss points, 3 evaluations" in \
+        " ".join(done.stderr.split())
+    with RegistryClient(server["url"], cache=False) as client:
+        info = client.get("ann/trainer")
+    assert info.metrics == {
+        "train_loss": [[10, 0.69], [20, 0.6]], "steps": 60, "eval_accuracy": 0.85, "eval_loss": 0.35,
+        "eval": [{"step": 20, "eval_accuracy": 0.6, "eval_loss": 0.65}, {"step": 40, "eval_accuracy": 0.9,
+                 "eval_loss": 0.31}, {"step": 60, "eval_accuracy": 0.85, "eval_loss": 0.35}]}
+    assert info.params == {"batch_size": "8", "epochs": "3", "max_steps": "60"}
+
+
 def test_publish_names_the_metrics_file_and_entry_that_holds_nan(server: dict[str, Any], tmp_path: Path) -> None:
     """HF Trainer writes NaN into its metrics files for a run that diverged: the registry's refusal named neither the
     file nor the key (a PEFT user's walk, session 47)."""
