@@ -104,9 +104,18 @@ def alembic_config(url: str) -> Config:
 
 
 @functools.cache
+def _scripts() -> ScriptDirectory:
+    """This release's migration scripts, read once per process: what it knows stays what its code was written for,
+    also after a newer release is installed under it (its head was read once and kept, while which revisions it knew
+    was read again: a database upgraded by the newer release was told to run `vera db upgrade`, as if behind, by a
+    server still running the older code; a PEFT user's walk, session 47)."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+@functools.cache
 def head_revision() -> str | None:
     """This release's newest schema revision, read from its migration scripts (once: 20 ms a time)."""
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return _scripts().get_current_head()
 
 
 class Database:
@@ -240,7 +249,7 @@ class Database:
     def knows(self, revision: str) -> bool:
         """Whether ``revision`` is one of this release's schema revisions."""
         try:
-            return ScriptDirectory.from_config(alembic_config(self.url)).get_revision(revision) is not None
+            return _scripts().get_revision(revision) is not None
         except CommandError:  # alembic: "Can't locate revision identified by ..."
             return False
 

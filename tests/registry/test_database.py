@@ -92,6 +92,38 @@ def test_db_commands(tmp_path: Path) -> None:
     assert "Cannot use the registry database: connection failed" in said and "Check VERA_DATABASE_URL" in said
 
 
+def test_a_release_installed_under_a_running_process_leaves_its_view_of_the_schema(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PEFT user's walk (session 47): a newer release's migration appeared on disk under a running server (an
+    upgrade in place), which then read the database that release upgraded as behind ("run `vera db upgrade`"): its
+    head was read once, the revisions it knew again each time. Both are read once now: the database is ahead."""
+    import shutil
+
+    from registry.store import database
+
+    scripts = tmp_path / "migrations"
+    shutil.copytree(database.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(database, "MIGRATIONS", scripts)
+    database._scripts.cache_clear()
+    database.head_revision.cache_clear()
+    try:
+        db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+        db.upgrade()
+        head = db.head_revision()
+        (scripts / "versions" / "9999_newer.py").write_text(  # the newer release, installed meanwhile
+            f'revision = "9999"\ndown_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n\n\n'
+            "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
+        with db.engine.begin() as conn:  # ... which upgraded the database
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(SchemaOutOfDate, match="which this version of vera-registry does not know") as ahead:
+            db.check_schema()
+        assert ahead.value.ahead and "vera db upgrade`" not in str(ahead.value).replace("`vera db upgrade` of", "")
+        db.engine.dispose()
+    finally:
+        database._scripts.cache_clear()
+        database.head_revision.cache_clear()
+
+
 def test_a_schema_a_newer_release_upgraded_is_named_as_such(tmp_path: Path) -> None:
     """During a rolling upgrade the old replicas' /ready said "the schema is behind: run `vera db upgrade`", and
     running that gave an alembic traceback (an operator's walk, session 14): the schema is ahead."""
