@@ -24,7 +24,7 @@ class HeadAsGet:
             await self.app(scope, receive, send)
             return
         if scope["method"] != "HEAD" or not self._taken_as_get(scope):
-            await self.app(scope, receive, _allowing_head(send))
+            await self.app(scope, receive, self._allowing(scope, send))
             return
 
         async def headers_only(message: Message) -> None:
@@ -34,7 +34,11 @@ class HeadAsGet:
                 return
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:  # the route the router matched, for the metrics and the access log outside (they counted
+            scope.update({k: as_get[k] for k in ROUTED if k in as_get})  # "unmatched": an outsider's finding)
 
     def _taken_as_get(self, scope: Scope) -> bool:
         """Whether no route answers HEAD at this path and one answers GET there (the routes' own matching)."""
@@ -44,20 +48,40 @@ class HeadAsGet:
         return any(route.matches(as_get)[0] is Match.FULL for route in self.router.routes)
 
 
-def _allowing_head(send: Send) -> Send:
-    """``send`` with a 405's ``Allow`` naming HEAD where it names GET (Starlette lists the route's own methods)."""
+    def _allowing(self, scope: Scope, send: Send) -> Send:
+        """``send`` with a 405's ``Allow`` naming every method some route takes at this path, HEAD wherever GET is
+        (Starlette names the first matching route's methods only: PUT of an adapter said "GET" where PATCH and
+        DELETE are taken too)."""
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 405:
-            headers = [(k, _with_head(v) if k.lower() == b"allow" else v) for k, v in message.get("headers", [])]
-            message = {**message, "headers": headers}
-        await send(message)
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                routed = self._methods_at(scope)
 
-    return sending
+                def allowed(said: bytes) -> bytes:  # (a 405 no route answered, the read-only gate's: as it says)
+                    return _with_head(routed or [m.strip() for m in said.decode("latin-1").split(",") if m.strip()])
+
+                headers = [(k, allowed(v) if k.lower() == b"allow" else v) for k, v in message.get("headers", [])]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return sending
+
+    def _methods_at(self, scope: Scope) -> list[str]:
+        """The methods some route takes at ``scope``'s path, asked of the routes' own matching (FastAPI nests the
+        routes of included routers, so they are not listed one by one)."""
+        return [method for method in METHODS
+                if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in self.router.routes)]
 
 
-def _with_head(allow: bytes) -> bytes:
-    methods = [m.strip() for m in allow.decode("latin-1").split(",") if m.strip()]
+#: The methods a 405's Allow may name (HEAD is added wherever GET is).
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+#: What the router writes into a request's scope as it routes it.
+ROUTED = ("route", "endpoint", "path_params")
+
+
+def _with_head(methods: list[str]) -> bytes:
     if "GET" in methods and "HEAD" not in methods:
         methods.insert(methods.index("GET") + 1, "HEAD")
     return ", ".join(methods).encode("latin-1")

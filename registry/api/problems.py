@@ -203,9 +203,10 @@ def _hub_path_hint(request: Request) -> str | None:
     path = request.scope.get("path", "")
     if is_hub_path(path) or not _HUB_SHAPED.match(path) or getattr(request.app.state, "registry", None) is None:
         return None  # (a model server serves no /hf)
-    base = f"{str(request.base_url).rstrip('/')}{HUB_PREFIX}"
-    return (f"{path} is not a route of this registry's API: the HuggingFace Hub protocol is served under "
-            f"{HUB_PREFIX}. Set HF_ENDPOINT={base} (or endpoint= in huggingface_hub).")
+    # (neither the path nor the Host header said back: a cache that ignores Host would keep another's URL)
+    return (f"This path is not a route of this registry's API: the HuggingFace Hub protocol is served under "
+            f"{HUB_PREFIX}. Set HF_ENDPOINT to this registry's URL followed by {HUB_PREFIX} (e.g. "
+            f"HF_ENDPOINT=http://127.0.0.1:8765{HUB_PREFIX}), or endpoint= in huggingface_hub.")
 
 
 async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -> str | None:

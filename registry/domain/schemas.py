@@ -872,10 +872,17 @@ MAX_YANK_REASON = 500
 
 
 def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
-    """A yank's reason as stored: one line of plain text of at most MAX_YANK_REASON characters, stripped; None for
-    none or blank. A reason with an unyank is refused (it would be dropped: an unyanked version has none)."""
-    if reason is None or not (reason := check_text(reason, "The yank reason", max_length=MAX_YANK_REASON).strip()):
+    """A yank's reason as stored: one line of plain text of at most MAX_YANK_REASON characters once stripped, some
+    of them visible; None for none or blank. A reason with an unyank is refused (it would be dropped: an unyanked
+    version has none)."""
+    if reason is None:
         return None
+    if not isinstance(reason, str):
+        raise InvalidInput("The yank reason must be text.")
+    if not (reason := check_text(reason.strip(), "The yank reason", max_length=MAX_YANK_REASON)):
+        return None
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in reason):  # zero-width characters, a BOM: unseen
+        raise InvalidInput("The yank reason holds no visible character; say why in words, or give none.")
     if not yanked:
         raise InvalidInput("A reason goes with a yank; an unyank clears the version's reason. Leave the reason out "
                            "(`vera yank REF --undo`).")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.gate import BodyLimit
+from registry.api.head import HeadAsGet
 from registry.api.problems import PROBLEM_RESPONSES, install_problem_handlers
 from registry.logs import AccessLog
 from registry.serving.decode import MAX_STOP_CHARS, MAX_STOPS, Sampling
@@ -87,6 +88,7 @@ def create_serving_app(server: ModelServer) -> FastAPI:
     install_problem_handlers(app, serving_status)
     app.include_router(router)
     app.include_router(openai_router)
+    app.add_middleware(HeadAsGet, router=app.router)  # HEAD of /health, /ready, /v1/models (a 405 before)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # before any body is read
     app.add_middleware(AccessLog)  # the request id also goes with the registry requests made for this request
     return app
@@ -102,8 +104,9 @@ async def ready(server: Server) -> JSONResponse:
     """Whether requests can be answered: the registry that resolves each one answers (its /health, asked at most
     every 5 s), else 503 saying why; /health is the process's liveness alone (restarting it would not help)."""
     problem = await run_in_threadpool(server.registry_problem)
+    # (no count of the adapters loaded: it said to anyone when a private one was in use, an outsider's finding)
     body = {"status": "ready" if problem is None else "not ready", "registry": problem or "ok",
-            "base_model": server.base_name, "adapters": len(server.residents)}
+            "base_model": server.base_name}
     return JSONResponse(body, status_code=200 if problem is None else 503,
                         headers={} if problem is None else {"Retry-After": "5"})
 

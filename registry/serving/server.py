@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
+import httpx
 import torch
 
 from registry.client import RegistryClient
@@ -81,8 +82,9 @@ MAX_NEW_TOKENS, NEW_TOKENS_CEILING = 512, 32_768
 SERVED_KEPT = 4_096
 #: How often a request waiting for its answer asks whether its client is still there (ModelServer.gather).
 GONE_POLL_S = 0.2
-#: How long /ready's answer about the registry is kept (ModelServer.registry_problem).
-READY_TTL_S = 5.0
+#: How long /ready's answer about the registry is kept, and how long the registry has to give one
+#: (ModelServer.registry_problem).
+READY_TTL_S, READY_TIMEOUT_S = 5.0, 3.0
 #: How long a request's claim on its adapter (ModelServer.activate) keeps it from eviction at most, before its work
 #: is queued: its prompt's tokenizing and checks take well under that; a request that fails meanwhile gives it back.
 CLAIM_S = 30.0
@@ -383,6 +385,7 @@ class ModelServer:
         self._refused: _Recent[str | None, bool] = _Recent(10_000)
         self._lookup_again_at = 0.0  # (time.monotonic()) a registry that could not look residents up: when to again
         self._registry_seen: _Recent[None, str] = _Recent(1)  # the registry's reachability, for READY_TTL_S
+        self._asking_registry = threading.Lock()  # one /ready question to the registry at a time
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
@@ -406,18 +409,29 @@ class ModelServer:
 
     def registry_problem(self) -> str | None:
         """Why the registry this server resolves every request through does not answer (its /health), or None when
-        it does; asked at most once per READY_TTL_S. Without it no request can be answered (each is resolved with
-        its caller's token), while /health said "ok": a load balancer kept sending requests (an inference
-        engineer's walk, session 47). /ready says it."""
+        it does. Without it no request can be answered (each is resolved with its caller's token), while /health
+        said "ok": a load balancer kept sending requests (an inference engineer's walk, session 47). /ready says
+        it. One question at a time, within READY_TIMEOUT_S and never retried, asked at most once per READY_TTL_S;
+        meanwhile callers get the last answer (probes of a registry that hung held a thread each for minutes, and
+        took every thread the server has: an outsider's finding)."""
         seen = self._registry_seen.get(None, READY_TTL_S)
-        if seen is None:
+        if seen is not None:
+            return seen or None
+        if not self._asking_registry.acquire(blocking=False):  # another caller is asking: the last answer
+            last = self._registry_seen.get(None, math.inf)
+            return "its /health is being asked (no answer yet)" if last is None else last or None
+        try:
             try:
                 with self.client_for(None) as client:
+                    client.retries = 0
+                    client.http.timeout = httpx.Timeout(READY_TIMEOUT_S)
                     client.health()
                 seen = ""
-            except RegistryError as exc:  # unreachable, or answering an error: either way requests fail
+            except RegistryError as exc:  # unreachable, slow, or answering an error: either way requests fail
                 seen = str(exc)[:300]
             self._registry_seen.put(None, seen)
+        finally:
+            self._asking_registry.release()
         return seen or None
 
     # ---- resolving and loading ---------------------------------------------------------------------------------
@@ -539,6 +553,14 @@ class ModelServer:
         and pins hold at most ``max_banks - 1`` banks, so that adapters nobody pinned always have one."""
         _, who = self._managed(name, token, "pin")
         resident = self.activate(name, token)
+        try:
+            self._pin(resident, who)
+        finally:  # a pin queues no work: its claim goes back, refused or not (a refused pin's claim kept
+            self._unclaim(resident)  # adapters loaded past --max-resident: an outsider's finding)
+        return resident
+
+    def _pin(self, resident: Resident, who: WhoAmI) -> None:
+        """Pin ``resident`` for ``who``, within the server's limits on pins (Conflict otherwise)."""
         with self.lock:
             if not resident.pinned:
                 pinned = [r for r in self.residents.values() if r.pinned]
@@ -557,7 +579,6 @@ class ModelServer:
                                    f"base): {resident.ref} is of another projection family. Unpin one of yours, or "
                                    "ask the operator.")
                 resident.pinned, resident.pinned_by = True, who.user
-        return resident
 
     def _load(self, info: VersionInfo, token: str | None) -> Resident:
         """Download ``info``'s files and add it to its family's bank (built first if the family is new)."""
@@ -729,10 +750,14 @@ class ModelServer:
         try:
             yield
         except BaseException:
-            with self._holds_lock:
-                if resident.claims:
-                    resident.claims.pop(0)
+            self._unclaim(resident)
             raise
+
+    def _unclaim(self, resident: Resident) -> None:
+        """Give one request's claim on ``resident`` back (it queued no work: it failed, or pinned it)."""
+        with self._holds_lock:
+            if resident.claims:
+                resident.claims.pop(0)
 
     def _release(self, resident: Resident, _: Future[Any]) -> None:
         with self._holds_lock:
@@ -1114,6 +1139,9 @@ class ModelServer:
             except Exception:  # noqa: BLE001 - a bug of ours: the rows in flight fail, the batcher lives on
                 log.exception("the batcher failed; the rows it held fail")
                 self._drop_all(_generation_failed())
+            if len(self.residents) > self.max_resident:  # more were in use at once: those idle now go (not only
+                with self.lock:  # at the next load: traffic to loaded adapters kept them all, an outsider's finding)
+                    self._evict_over_capacity(keep="")
             time.sleep(0)  # let a thread waiting for ``lock`` (a load, an eviction) take it between steps
         self._drop_all(Busy("This model server stopped before answering; retry."))
 

@@ -64,6 +64,21 @@ def test_a_path_without_get_is_still_405_and_allow_names_head_beside_get(server:
     put = httpx.put(f"{server}/api/v1/adapters/heady/a/versions/1/lineage")
     assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD"
     assert put.json()["status"] == 405  # a problem document, as before
+    # every method some route takes there (Starlette named the first route's: "GET" of an adapter, which takes
+    # PATCH and DELETE too: an outsider's finding)
+    adapter = httpx.put(f"{server}/api/v1/adapters/heady/a")
+    assert adapter.status_code == 405 and set(adapter.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH",
+                                                                                        "DELETE"}
+
+
+def test_a_head_is_counted_under_the_route_it_took(tmp_path: Path) -> None:
+    """An outsider's finding: HEADs served as GETs were counted under route="unmatched" in /metrics."""
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_METRICS_TOKEN="m" * 16) as url:
+        for _ in range(3):
+            assert httpx.head(f"{url}/api/v1/adapters").status_code == 200
+        exposed = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {'m' * 16}"}).text
+    assert 'vera_http_requests_total{method="HEAD",route="/api/v1/adapters",status="200"} 3.0' in exposed
+    assert 'route="unmatched"' not in exposed
 
 
 def test_head_of_a_version_counts_no_download_and_changes_nothing(server: str, tmp_path: Path) -> None:

@@ -250,12 +250,13 @@ def test_a_missing_revision_is_said_once(served: Served) -> None:
 def test_an_endpoint_without_hf_is_told_where_the_hub_protocol_is(served: Served) -> None:
     """A PEFT user's walk (session 47): HF_ENDPOINT set to the registry's root (no /hf) gave huggingface_hub a bare
     404, which it reported as "check your connection"."""
-    with pytest.raises(hub_errors.RepositoryNotFoundError, match=f"the HuggingFace Hub protocol is served under /hf. "
-                                                                 f"Set HF_ENDPOINT={served.url}/hf"):
+    with pytest.raises(hub_errors.RepositoryNotFoundError, match="the HuggingFace Hub protocol is served under /hf. "
+                                                                 "Set HF_ENDPOINT to this registry's URL followed by "
+                                                                 "/hf"):
         HfApi(endpoint=served.url, token=served.token).model_info(REPO)
-    answer = httpx.get(f"{served.url}/{REPO}/resolve/main/adapter_config.json")
+    answer = httpx.get(f"{served.url}/{REPO}/resolve/main/adapter_config.json", headers={"Host": "evil.example"})
     assert answer.status_code == 404 and answer.headers["x-error-code"] == "RepoNotFound"
-    assert f"Set HF_ENDPOINT={served.url}/hf" in answer.json()["detail"]
+    assert "followed by /hf" in answer.json()["detail"] and "evil" not in answer.text  # the Host is not said back
     assert "HF_ENDPOINT" not in httpx.get(f"{served.url}/nowhere").json()["detail"]  # another path: a plain 404
 
 

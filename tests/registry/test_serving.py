@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +143,12 @@ def test_more_adapters_in_use_than_max_resident_are_all_answered_and_the_idle_go
         for name, result in answered:  # (clf0:2 was published without labels: its scores are by index)
             got = torch.tensor([list(p["scores"].values()) for p in result["predictions"]])
             torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-4)
-        server.classify("alice/other-seed", TEXTS[:1], token)  # a load: the idle ones go down to the bound
+        # once idle, those past the bound go, without waiting for the next load (an outsider's finding)
+        deadline = time.monotonic() + 10
+        while len(server.residents) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.residents) == 2
+        server.classify("alice/other-seed", TEXTS[:1], token)  # a load: the least recently used goes
         assert len(server.residents) == 2 and "alice/other-seed:1" in server.residents
         assert all(not r.holds for r in server.residents.values())  # every hold released
     finally:
@@ -205,6 +214,9 @@ def test_pins_belong_to_the_adapters_writers_and_leave_room_for_the_unpinned(
         server.pin("alice/clf2", writer)  # clf1's family
         with pytest.raises(Conflict, match="the most this server pins"):
             server.pin("alice/clf0", writer)  # half of --max-resident are pinned already
+        # a pin, refused or not, queues no work: its claim went back (a refused pin's kept adapters loaded past
+        # --max-resident: an outsider's finding)
+        assert all(not r.claims for r in server.residents.values())
         server.base_name = "minilm-b"  # an adapter whose modules MiniLM lacks: refused, dropping no bank
         with pytest.raises(Conflict, match="does not fit the served base"):
             server.classify("alice/llama", TEXTS, reader)
@@ -597,8 +609,6 @@ def test_a_classify_client_that_hangs_up_takes_its_texts_out_of_the_queue(
     """A client that closes its connection while its texts wait: they are never classified (before, every such
     request was worked through and logged 200 for nobody: an outsider queued costly ones and hung up)."""
     import json
-    import socket
-    import time
     from urllib.parse import urlsplit
 
     from registry.serving.api import create_serving_app
@@ -717,21 +727,45 @@ def test_ready_says_when_the_registry_that_resolves_every_request_does_not_answe
         server: ModelServer, registry_server: dict[str, Any]) -> None:
     """An inference engineer's walk (session 47): with the registry stopped every request failed with a 503 while
     /health said ok, so a load balancer kept sending them. /ready says so; /health stays the process's liveness."""
-    from registry.serving import server as serving
     from registry.serving.api import create_serving_app
     from tests.registry.servers import in_thread
 
     server.activate("alice/clf1", registry_server["reader"])
     with in_thread(create_serving_app(server), "the model server") as url:
         up = httpx.get(f"{url}/ready")
-        assert up.status_code == 200 and up.json() == {"status": "ready", "registry": "ok", "base_model": "minilm",
-                                                       "adapters": 1}
+        assert up.status_code == 200 and up.json() == {"status": "ready", "registry": "ok", "base_model": "minilm"}
+        assert httpx.head(f"{url}/ready").status_code == 200  # HEAD too, as on the registry
         nowhere = f"http://127.0.0.1:{free_port()}"
-        server.client_for = lambda token: RegistryClient(nowhere, token or "", retries=0)
+        server.client_for = lambda token: RegistryClient(nowhere, token or "")
         assert httpx.get(f"{url}/ready").status_code == 200  # the answer is kept a few seconds: not asked again
-        server._registry_seen = serving._Recent(1)  # (as once READY_TTL_S has passed)
+        server._registry_seen = server_module._Recent(1)  # (as once READY_TTL_S has passed)
         down = httpx.get(f"{url}/ready")
         assert down.status_code == 503 and down.headers["retry-after"] == "5"
         assert down.json()["status"] == "not ready" and f"Cannot reach the registry at {nowhere}" in \
             down.json()["registry"]
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        # a registry that takes connections and never answers: one question at a time, within READY_TIMEOUT_S
+        # (each probe held a thread for minutes, and enough of them every thread: an outsider's finding)
+        accepted: list[socket.socket] = []
+        with socket.create_server(("127.0.0.1", 0)) as hung:
+            hung.settimeout(0.2)
+            stop = threading.Event()
+
+            def take() -> None:
+                while not stop.is_set():
+                    with suppress(TimeoutError):
+                        accepted.append(hung.accept()[0])
+
+            taker = threading.Thread(target=take)
+            taker.start()
+            server.client_for = lambda token: RegistryClient(f"http://127.0.0.1:{hung.getsockname()[1]}", "")
+            server._registry_seen = server_module._Recent(1)
+            started = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                probes = list(pool.map(lambda _: httpx.get(f"{url}/ready", timeout=30), range(8)))
+            stop.set()
+            taker.join()
+        assert time.monotonic() - started < server_module.READY_TIMEOUT_S + 5
+        assert [p.status_code for p in probes] == [503] * 8 and len(accepted) == 1
+        for conn in accepted:
+            conn.close()

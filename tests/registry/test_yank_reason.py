@@ -46,6 +46,7 @@ def test_a_reason_is_kept_said_replaced_and_cleared(served: tuple[str, Registry]
         assert client.get("ann/y:2").yank_reason == said.yank_reason
         assert client.yank("ann/y:2", reason="tokenizer mismatch").yank_reason == "tokenizer mismatch"  # replaced
         assert client.yank("ann/y:2", reason="   ").yank_reason is None  # blank: none
+        assert client.yank("ann/y:2", reason=f"  {'x' * 500}  ").yank_reason == "x" * 500  # counted once stripped
         client.yank("ann/y:2", reason="tokenizer mismatch")
         with pytest.raises(Conflict, match=r"ann/y:2 is yanked \(tokenizer mismatch\): a copy would promote"):
             client.copy_version("ann/y:2", "ann/prod")
@@ -53,8 +54,8 @@ def test_a_reason_is_kept_said_replaced_and_cleared(served: tuple[str, Registry]
         assert not cleared.yanked and cleared.yank_reason is None
     assert yank_events(registry) == [
         ("yank", {}), ("yank", {"reason": "leaked test split: use ann/y:1"}),
-        ("yank", {"reason": "tokenizer mismatch"}), ("yank", {}), ("yank", {"reason": "tokenizer mismatch"}),
-        ("unyank", {})]
+        ("yank", {"reason": "tokenizer mismatch"}), ("yank", {}), ("yank", {"reason": "x" * 500}),
+        ("yank", {"reason": "tokenizer mismatch"}), ("unyank", {})]
 
 
 @pytest.mark.parametrize(("body", "said"), [
@@ -63,8 +64,9 @@ def test_a_reason_is_kept_said_replaced_and_cleared(served: tuple[str, Registry]
     ({"reason": "line one\nline two"}, "The yank reason contains the control character '\\n'"),
     ({"reason": "use \u202eevil"}, "a line separator or a bidirectional override"),
     ({"reason": 5}, "reason"),
-    ({"reason": "x" * 5000}, "reason"),  # past the body's own bound: refused before the text is read
-], ids=["with-unyank", "long", "two-lines", "bidi", "not-text", "far-too-long"])
+    ({"reason": "x" * 5000}, "The yank reason must be text of at most 500 characters"),  # one message at any length
+    ({"reason": "\u200b\ufeff\u00ad"}, "The yank reason holds no visible character"),  # a reason nobody sees
+], ids=["with-unyank", "long", "two-lines", "bidi", "not-text", "far-too-long", "invisible"])
 def test_a_bad_reason_is_refused_changing_nothing(served: tuple[str, Registry], body: dict[str, object],
                                                   said: str) -> None:
     url, registry = served

@@ -75,9 +75,10 @@ class AliasBody(BaseModel):
 class YankBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     yanked: bool = True
-    reason: str | None = Field(default=None, max_length=4 * MAX_YANK_REASON, description=(
-        "why it is yanked, one line (PEP 592's yank reason: `vera fetch` and `vera show` say it); a yank again "
-        "replaces it, an unyank clears it (a reason with an unyank is refused)"))
+    reason: str | None = Field(default=None, description=(  # (its length is checked once, with the rest: one message)
+        f"why it is yanked, one line of at most {MAX_YANK_REASON} characters (PEP 592's yank reason: `vera fetch` "
+        "and `vera show` say it); a yank again replaces it, an unyank clears it (a reason with an unyank is "
+        "refused)"))
 
 
 class MoveBody(BaseModel):
