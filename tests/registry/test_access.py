@@ -285,7 +285,7 @@ def test_the_servers_hub_token_is_only_for_the_hub_scope(server: dict[str, Any])
     ("POST", "/api/v1/webhooks", {"owner": "alice", "url": HOOK_URL, "activ": False}, "activ"),
     ("POST", "/api/v1/webhooks", {"owner": "alice", "url": HOOK_URL, "secret": "mine"}, "secret"),
     ("PUT", "/api/v1/adapters/alice/typo/aliases/prod", {"version": 1, "protect": True}, "protect"),
-    ("POST", "/api/v1/adapters/alice/typo/versions/1/yank", {"yanked": True, "reason": "leak"}, "reason"),
+    ("POST", "/api/v1/adapters/alice/typo/versions/1/yank", {"yanked": True, "reasn": "leak"}, "reasn"),
     ("POST", "/api/v1/orgs", {"name": "typo-org", "visibility": "private"}, "visibility"),
     ("PUT", "/api/v1/orgs/acme/members/zed", {"role": "read", "roles": ["admin"]}, "roles"),
     ("POST", "/api/v1/compare", {"refs": ["alice/typo:1"], "max_work": 1}, "max_work"),
@@ -295,7 +295,8 @@ def test_a_body_field_a_route_has_not_is_refused_and_changes_nothing(server: dic
                                                                     body: dict[str, Any], field: str) -> None:
     """Every JSON body refuses a field it does not have (a misspelt ``events`` subscribed a webhook to every event,
     ``activ`` left it on, ``secret`` was replaced by a generated one; an alias's ``protect``, a yank's ``reason``
-    were dropped: all answered 2xx unsaid, an outsider's finding, session 43), before anything is changed."""
+    were dropped: all answered 2xx unsaid, an outsider's finding, session 43; a yank keeps its ``reason`` since
+    2026-12-06, and a misspelt ``reasn`` is refused), before anything is changed."""
     with RegistryClient(server["url"], server["tokens"]["admin"]) as admin:
         if not admin.list_versions(owner="alice", name="typo").items:
             admin.publish(server["source"], "alice/typo", base_model="tiny-llama")
