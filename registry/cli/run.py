@@ -297,6 +297,20 @@ def ui(
             process.terminate()
 
 
+def say_registry_url(host: str, port: int) -> None:
+    """The line that points other shells' `vera` at this registry, where it is not the default, and teammates'
+    where it listens on every address (`vera up`, and `vera serve`, which said none: a PEFT user's walk)."""
+    shown = "127.0.0.1" if host == "0.0.0.0" else host
+    if f"http://{shown}:{port}" != DEFAULT_URL:  # a line of its own, unbroken, to paste whole (a newcomer's walk)
+        console.print(f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}", soft_wrap=True)
+    if host == "0.0.0.0":  # 127.0.0.1 is of no use to teammates (a team admin's walk)
+        found = team_host()
+        console.print(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ("
+                      + ("this machine's name; its address if their machines do not resolve it)" if found else
+                         "this machine's name or address on their network: it names none but its loopback)"),
+                      soft_wrap=True)
+
+
 def team_host() -> str | None:
     """A name or address of this machine that teammates can reach: its fully qualified name, else its host name,
     unless it names only the loopback (a VM's 'localhost': the hint told teammates to use localhost, a newcomer's
@@ -343,14 +357,7 @@ def up(
         console.print(f"dashboard on http://{shown}:{ui_port}" + (" (and this machine's other addresses)"
                                                                     if host == "0.0.0.0" else ""))
     console.print(f"registry API on http://{shown}:{port}")
-    if f"http://{shown}:{port}" != DEFAULT_URL:  # a line of its own, unbroken, to paste whole (a newcomer's walk)
-        console.print(f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}", soft_wrap=True)
-    if host == "0.0.0.0":  # 127.0.0.1 is of no use to teammates (a team admin's walk)
-        found = team_host()
-        console.print(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ("
-                      + ("this machine's name; its address if their machines do not resolve it)" if found else
-                         "this machine's name or address on their network: it names none but its loopback)"),
-                      soft_wrap=True)
+    say_registry_url(host, port)
     try:
         run_api(host, port, embedded, with_worker=True, log_level=log_level, worker_status_port=worker_status_port)
     finally:

@@ -593,3 +593,12 @@ def test_fetch_over_a_training_folder_warns_of_the_files_it_leaves(server: dict[
     assert f"warning: {run} still holds metrics.json from before, which did not come with cat/fetched:1" in flat
     fresh = vera("fetch", "cat/fetched:1", "--out", str(tmp_path / "fresh"), url=server["url"])
     assert fresh.returncode == 0 and "warning" not in fresh.stderr, fresh.stderr
+
+
+def test_vera_serve_says_where_other_shells_find_it(tmp_path: Path) -> None:
+    """A PEFT user's walk (session 47): `vera serve --port 8790` said nothing of VERA_REGISTRY_URL (`vera up` does),
+    and the next command in another shell went to the default port."""
+    log = tmp_path / "serve.log"
+    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", log_path=log) as url:
+        assert httpx.get(f"{url}/health").status_code == 200
+    assert f"for `vera` in other shells: export VERA_REGISTRY_URL={url}\n" in log.read_text()

@@ -90,3 +90,4 @@ def test_head_of_a_version_counts_no_download_and_changes_nothing(server: str, t
         client.get("heady/a:1")
         after = client.get("heady/a:1")
     assert after.downloads == before.downloads and after.model_dump() == before.model_dump()
+
