@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 import pybase64
@@ -620,7 +620,14 @@ class RegistryClient:
             raise
         except RegistryError:  # an older registry, or an error the GET then explains (a HEAD answer has no body)
             return None
-        return self.cache.listing(response.headers.get("x-vera-files", ""))
+        cached = self.cache.listing(response.headers.get("x-vera-files", ""))
+        yanked = response.headers.get("x-vera-yanked")
+        if cached is None or yanked not in ("true", "false"):  # (a registry before 2026-12-06 says nothing of it)
+            return cached
+        # the version's yank as it is now: the cached list kept the one of its first fetch (a re-check, session 47)
+        reason = (unquote(response.headers.get("x-vera-yank-reason", "")) or None) if yanked == "true" else None
+        return cached.model_copy(update={"version": cached.version.model_copy(update={
+            "yanked": yanked == "true", "yank_reason": reason})})
 
     def _obtain(self, entry: FileEntry, scratch: Path, ref: str, *, progress: bool) -> Path:
         """One listed file downloaded into ``scratch`` and, with a cache, moved into the cache's blobs."""

@@ -881,7 +881,7 @@ def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
         raise InvalidInput("The yank reason must be text.")
     if not (reason := check_text(reason.strip(), "The yank reason", max_length=MAX_YANK_REASON)):
         return None
-    if not any(unicodedata.category(c)[0] in "LNPS" for c in reason):  # zero-width characters, a BOM: unseen
+    if shows_nothing(reason):  # zero-width characters, a BOM, Hangul fillers: unseen
         raise InvalidInput("The yank reason holds no visible character; say why in words, or give none.")
     if not yanked:
         raise InvalidInput("A reason goes with a yank; an unyank clears the version's reason. Leave the reason out "
@@ -1007,6 +1007,13 @@ def check_params(given: object, what: str = "params") -> dict[str, str]:
 _BLANK = frozenset("ᅟᅠ⠀ㅤﾠ")
 
 
+def shows_nothing(text: str) -> bool:
+    """Whether ``text`` shows no character: only spaces, format characters (zero-width ones, a BOM, a soft hyphen),
+    combining marks, and letters drawn blank (_BLANK: Hangul fillers, the Braille blank)."""
+    return not any(not c.isspace() and c not in _BLANK and unicodedata.category(c) not in ("Cf", "Mn", "Me")
+                   for c in text)
+
+
 def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int, example: str, strict: bool = False
                  ) -> dict[str, str]:
     """``check_properties`` and ``check_params``; ``strict`` (parameters, values compared as text): a value must
@@ -1033,8 +1040,7 @@ def _check_pairs(given: object, what: str, *, noun: str, plural: str, most: int,
         except InvalidInput as exc:
             long = isinstance(value, str) and len(value) > MAX_PROPERTY_VALUE
             problems.append(f"{str(exc).removesuffix('.')} (it has {len(value):,})." if long else str(exc))
-        if strict and not any(not c.isspace() and c not in _BLANK and unicodedata.category(c) != "Cf"
-                              for c in value):
+        if strict and shows_nothing(value):
             problems.append(f"{noun.capitalize()} {key[:64]!r} has no value: give one ({key[:64]}=...) or leave it "
                             "out.")
         elif strict and (hidden := next((c for c in value if unicodedata.category(c) == "Cf"), None)) is not None:

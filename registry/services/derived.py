@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pybase64
 from sqlalchemy import Select, bindparam, delete, func, select
@@ -213,16 +214,19 @@ class DerivedFiles:
             raise NotBuilt(f"{info.pinned} has no {form.key} files yet.")
         return info, self._build(info.pinned, version_id, form)
 
-    def listing(self, ref: str | Ref, form: FileForm, *, build: bool = True) -> tuple[Ref, list[DerivedFile]]:
-        """The pinned version (owner/name:N) and its files in ``form``, without the version's metadata: one query
-        when they were built before (a client's check that its cached copy is current), else ``manifest``."""
+    def listing(self, ref: str | Ref, form: FileForm, *, build: bool = True) -> Listing:
+        """The pinned version (owner/name:N), its files in ``form`` and whether it is yanked (and why), without the
+        rest of the version's metadata: one query when they were built before (a client's check that its cached copy
+        is current), else ``manifest``."""
         ref = Ref.parse(ref) if isinstance(ref, str) else ref
         with self.db.session() as s:
             rows = s.execute(_listing(ref.version is not None), {**naming_params(ref), "form": form.key}).all()
         if not rows:  # not built yet, or missing: manifest builds the files or says what is missing
             info, files = self.manifest(ref, form, build=build)
-            return info.pinned, files
-        return Ref.of(ref.owner, ref.name, version=rows[0][0]), _in_order(_derived(row) for _, row in rows)
+            return Listing(info.pinned, files, info.yanked, info.yank_reason)
+        number, yanked, reason = rows[0][:3]
+        return Listing(Ref.of(ref.owner, ref.name, version=number), _in_order(_derived(row[3]) for row in rows),
+                       bool(yanked), reason)
 
     def file(self, ref: str | Ref, form: FileForm, filename: str) -> tuple[VersionInfo, DerivedFile]:
         """One file of the version in ``form``; NotFound naming the form's files if it has no ``filename``."""
@@ -470,11 +474,21 @@ def git_blob_id(pieces: Iterable[bytes], size: int) -> str:
     return h.hexdigest()
 
 
+class Listing(NamedTuple):
+    """A version's files in one form (Derived.listing), and whether it is yanked, and why."""
+
+    pinned: Ref
+    files: list[DerivedFile]
+    yanked: bool
+    yank_reason: str | None
+
+
 @functools.cache
-def _listing(by_number: bool) -> Select[int, m.VersionFile]:
+def _listing(by_number: bool) -> Select[int, bool, str | None, m.VersionFile]:
     """The files of the version a reference names in one form (bound parameters: lookup.naming_params and
-    ``form``), each with the version's number. Built once: building costs more than running it."""
-    return naming(select(m.AdapterVersion.version, m.VersionFile)
+    ``form``), each with the version's number and yank. Built once: building costs more than running it."""
+    return naming(select(m.AdapterVersion.version, m.AdapterVersion.yanked, m.AdapterVersion.yank_reason,
+                         m.VersionFile)
                   .join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id)
                   .join(m.VersionFile, (m.VersionFile.version_id == m.AdapterVersion.id)
                         & (m.VersionFile.form == bindparam("form"))), by_number)

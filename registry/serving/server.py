@@ -85,11 +85,12 @@ GONE_POLL_S = 0.2
 #: How long /ready's answer about the registry is kept, and how long the registry has to give one
 #: (ModelServer.registry_problem).
 READY_TTL_S, READY_TIMEOUT_S = 5.0, 3.0
+#: The most requests that wait on the registry at once (resolving an adapter, loading it, a listing's lookup); the
+#: rest are told to retry, and the threads of routes that need no registry stay free.
+REGISTRY_QUESTIONS = 24
 #: How long a request's claim on its adapter (ModelServer.activate) keeps it from eviction at most, before its work
 #: is queued: its prompt's tokenizing and checks take well under that; a request that fails meanwhile gives it back.
 CLAIM_S = 30.0
-#: How often a request loads its adapter again when it was evicted for capacity before the request could claim it.
-CLAIM_ATTEMPTS = 3
 #: How long the registry's word on whose a token is counts for the queue's turns (ModelServer._turn_of).
 TURN_TTL_S = 60.0
 
@@ -386,6 +387,7 @@ class ModelServer:
         self._lookup_again_at = 0.0  # (time.monotonic()) a registry that could not look residents up: when to again
         self._registry_seen: _Recent[None, str] = _Recent(1)  # the registry's reachability, for READY_TTL_S
         self._asking_registry = threading.Lock()  # one /ready question to the registry at a time
+        self._questions = threading.BoundedSemaphore(REGISTRY_QUESTIONS)  # requests waiting on the registry
         self._loading: dict[str, threading.Lock] = {}
         self._building = threading.Lock()  # one base copy built at a time, outside ``lock``
         self.lock = threading.RLock()  # guards banks and residents; forwards hold it too
@@ -406,6 +408,21 @@ class ModelServer:
     def close(self) -> None:
         self._queue.close()
         self._thread.join(timeout=10)
+
+    @contextmanager
+    def _asking(self, token: str | None) -> Iterator[RegistryClient]:
+        """A registry client acting as ``token``'s caller, while at most REGISTRY_QUESTIONS requests wait on the
+        registry at once: past that, Busy at once. A registry that hung held a thread for each request that asked
+        it something (resolving, an anonymous listing), until none was left for any route, /tokenize included
+        (an outsider's re-check, session 47)."""
+        if not self._questions.acquire(blocking=False):
+            raise Busy(f"This model server has {REGISTRY_QUESTIONS} requests waiting on its registry already (it "
+                       "answers slowly, or not at all: /ready says); retry in a few seconds.")
+        try:
+            with self.client_for(token) as client:
+                yield client
+        finally:
+            self._questions.release()
 
     def registry_problem(self) -> str | None:
         """Why the registry this server resolves every request through does not answer (its /health), or None when
@@ -442,7 +459,7 @@ class ModelServer:
         hit = self._resolved.get(key, self.resolve_ttl_s)
         if hit is not None:
             return hit
-        with self.client_for(token) as client:
+        with self._asking(token) as client:
             info = client.get(ref)
         self._resolved.put(key, info)
         return info
@@ -464,23 +481,24 @@ class ModelServer:
                            f"the server with --base-name {info.base_model}.")
         # no ``lock`` here (dict reads and setdefault are atomic): a request must not wait for the running batch to
         # join the queue, where callers take turns
-        for _ in range(CLAIM_ATTEMPTS):
-            resident = self.residents.get(info.ref)
-            gate = self._loading.setdefault(info.ref, threading.Lock())
-            if resident is None:
-                with gate:  # one download per version, however many requests ask at once
-                    resident = self.residents.get(info.ref) or self._load(info, token)
-            with self._holds_lock:  # kept from here until its work is queued (or CLAIM_S passes)
-                if self.residents.get(info.ref) is resident:
-                    resident.claims.append(time.monotonic() + CLAIM_S)
-                    break
-            # evicted for capacity between its load (or lookup) and this claim: loaded again
-        else:
-            raise Evicted(f"{info.ref} was evicted as it loaded, {CLAIM_ATTEMPTS} times (more adapters in use than "
-                          "this server holds); send it again.")
+        # claimed from here until its work is queued (or CLAIM_S passes): a resident found, at once; one loaded, as it
+        # is added (a load's adapter was evicted before its request could claim it, under contention: a re-check)
+        resident = self._claim(info.ref)
+        if resident is None:
+            with self._loading.setdefault(info.ref, threading.Lock()):  # one download per version, however many
+                resident = self._claim(info.ref) or self._load(info, token)  # requests ask at once
         resident.private = info.visibility != "public"  # made private since it loaded: listed no more
         resident.last_used = resident.checked = time.monotonic()
         return resident
+
+    def _claim(self, ref: str) -> Resident | None:
+        """``ref``'s resident, claimed for one request (kept from eviction until its work is queued), or None when
+        it is not loaded."""
+        with self._holds_lock:
+            resident = self.residents.get(ref)
+            if resident is not None:
+                resident.claims.append(time.monotonic() + CLAIM_S)
+            return resident
 
     def _hide(self, name: str) -> None:
         """A caller was refused ``name`` (a version, or an adapter's latest): the residents it names may have been
@@ -516,7 +534,7 @@ class ModelServer:
         hit = self._who.get(token, self.resolve_ttl_s)
         if hit is not None:
             return hit
-        with self.client_for(token) as client:
+        with self._asking(token) as client:
             who = client.whoami()
         self._who.put(token, who)
         return who
@@ -583,7 +601,7 @@ class ModelServer:
     def _load(self, info: VersionInfo, token: str | None) -> Resident:
         """Download ``info``'s files and add it to its family's bank (built first if the family is new)."""
         started = time.perf_counter()
-        with self.client_for(token) as client, tempfile.TemporaryDirectory(prefix="vera-serve-") as tmp:
+        with self._asking(token) as client, tempfile.TemporaryDirectory(prefix="vera-serve-") as tmp:
             projection = not info.seed_reproducible  # the seed regenerates them here: never download them for nothing
             for filename in ("adapter_config.json", "adapter_model.safetensors"):
                 (Path(tmp) / filename).write_bytes(client.download(info.ref, filename, with_projection=projection,
@@ -602,7 +620,8 @@ class ModelServer:
             if not added:
                 self._add(bank, files, info.ref)
             resident = Resident(ref=info.ref, base_model=info.base_model, bank=key, labels=labels,
-                                load_s=time.perf_counter() - started, private=info.visibility != "public")
+                                load_s=time.perf_counter() - started, private=info.visibility != "public",
+                                claims=[time.monotonic() + CLAIM_S])  # its request's claim, from the start
             self.residents[info.ref] = resident
             self._evict_over_capacity(keep=info.ref)
         return resident
@@ -830,7 +849,7 @@ class ModelServer:
         if not asked or now < self._lookup_again_at:
             return {}
         try:
-            with self.client_for(token) as client:
+            with self._asking(token) as client:
                 found = client.lookup((r.ref for r in asked), follow_moves=False)  # (an old name is no resident's)
         except (Unauthorized, Forbidden) as exc:
             if token is not None:  # this caller's token (revoked meanwhile): unknown for resolve_ttl_s

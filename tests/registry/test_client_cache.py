@@ -316,3 +316,20 @@ def test_offline_fetches_and_loads_what_this_machine_fetched_before_and_sends_no
     with RegistryClient(server, cache=cache, offline=True) as offline, \
             pytest.raises(RegistryOffline, match="is no longer in the cache at"):
         offline.fetch(REF, tmp_path / "emptied")
+
+
+def test_a_cached_list_is_told_the_versions_yank_as_it_is_now(server: str, tmp_path: Path) -> None:
+    """A re-check (session 47): the cached file list, checked by its files' digest, kept the yank of its first fetch:
+    a version yanked since was fetched without `vera fetch`'s warning, and one unyanked still warned."""
+    with RegistryClient(server, cache=False) as owner:
+        owner.publish(make_adapter(tmp_path / "y", seed=11), "kim/yanked", base_model="tiny")
+    with RegistryClient(server, cache=tmp_path / "cache") as client:
+        assert not client.fetch_files("kim/yanked:1", tmp_path / "a").version.yanked  # (listed: now cached)
+        with RegistryClient(server, cache=False) as owner:
+            owner.yank("kim/yanked:1", reason="leaks: use ñ:2 %20")
+        again = client.fetch_files("kim/yanked:1", tmp_path / "b").version
+        assert (again.yanked, again.yank_reason) == (True, "leaks: use ñ:2 %20")  # UTF-8 and a % as they were
+        with RegistryClient(server, cache=False) as owner:
+            owner.yank("kim/yanked:1", yanked=False)
+        last = client.fetch_files("kim/yanked:1", tmp_path / "c").version
+        assert (last.yanked, last.yank_reason) == (False, None)

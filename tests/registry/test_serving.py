@@ -769,3 +769,20 @@ def test_ready_says_when_the_registry_that_resolves_every_request_does_not_answe
         assert [p.status_code for p in probes] == [503] * 8 and len(accepted) == 1
         for conn in accepted:
             conn.close()
+
+
+def test_the_requests_waiting_on_the_registry_are_bounded(server: ModelServer, registry_server: dict[str, Any]
+                                                          ) -> None:
+    """An outsider's re-check (session 47): anonymous /v1/models against a registry that hung held a thread each,
+    until no route had one (/tokenize included). Past REGISTRY_QUESTIONS waiting, a request is told to retry."""
+    from registry.domain.errors import Busy
+
+    token = registry_server["reader"]
+    server._questions = threading.BoundedSemaphore(1)
+    server._questions.acquire()  # one request waiting on the registry: the bound, here
+    try:
+        with pytest.raises(Busy, match="requests waiting on its registry already .* retry in a few seconds"):
+            server.classify("alice/clf1", TEXTS[:1], token)
+    finally:
+        server._questions.release()
+    assert server.classify("alice/clf1", TEXTS[:1], token)["adapter"] == "alice/clf1:1"

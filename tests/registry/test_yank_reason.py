@@ -66,7 +66,8 @@ def test_a_reason_is_kept_said_replaced_and_cleared(served: tuple[str, Registry]
     ({"reason": 5}, "reason"),
     ({"reason": "x" * 5000}, "The yank reason must be text of at most 500 characters"),  # one message at any length
     ({"reason": "\u200b\ufeff\u00ad"}, "The yank reason holds no visible character"),  # a reason nobody sees
-], ids=["with-unyank", "long", "two-lines", "bidi", "not-text", "far-too-long", "invisible"])
+    ({"reason": "\u3164\u3164 \u2800"}, "The yank reason holds no visible character"),  # letters drawn blank
+], ids=["with-unyank", "long", "two-lines", "bidi", "not-text", "far-too-long", "invisible", "blank-letters"])
 def test_a_bad_reason_is_refused_changing_nothing(served: tuple[str, Registry], body: dict[str, object],
                                                   said: str) -> None:
     url, registry = served

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query
@@ -96,7 +97,9 @@ Purpose = Annotated[Literal["download", "inspect"], Header(
 
 
 _LIST_HEADERS = {"X-Vera-Version": "The version the list is of (owner/name:N)",
-                 "X-Vera-Files": "The list's digest (FileManifest.digest): equal digests, equal lists"}
+                 "X-Vera-Files": "The list's digest (FileManifest.digest): equal digests, equal lists",
+                 "X-Vera-Yanked": "true or false: whether the version is yanked now",
+                 "X-Vera-Yank-Reason": "why it is yanked, percent-encoded UTF-8 (only when it is and one was given)"}
 
 
 _T = TypeVar("_T")
@@ -136,9 +139,14 @@ def _entry(registry: Registry, info: VersionInfo, file: DerivedFile, inline: int
     return f'{entry[:-1]},"content":"{content}"}}'
 
 
-def _list_headers(pinned: Ref, files: list[DerivedFile]) -> dict[str, str]:
+def _list_headers(pinned: Ref, files: list[DerivedFile], yanked: bool, reason: str | None) -> dict[str, str]:
+    """The list's headers; with its yank state, which a client's cached list (checked by its digest, which files
+    alone make) is told of: a version yanked after its list was cached was fetched without a warning, and one
+    unyanked still warned (a re-check, session 47)."""
     return {"X-Vera-Version": str(pinned),
-            "X-Vera-Files": files_digest(str(pinned), ((f.filename, f.sha256, f.size) for f in files))}
+            "X-Vera-Files": files_digest(str(pinned), ((f.filename, f.sha256, f.size) for f in files)),
+            "X-Vera-Yanked": "true" if yanked else "false",
+            **({"X-Vera-Yank-Reason": quote(reason, safe="")} if yanked and reason else {})}
 
 
 @router.get("/{owner}/{name}/versions/{selector}/files", response_model=FileManifest,
@@ -160,7 +168,8 @@ def _manifest(registry: Registry, ref: Ref, form: FileForm, inline: int) -> Resp
     head = FileManifest(version=info, form=form.key, files=[]).model_dump_json()
     assert head.endswith('"files":[]}'), "FileManifest's last field must be files"
     body = f"{head[:-3]}[{','.join(_entry(registry, info, f, inline) for f in files)}]}}"
-    return Response(body, media_type="application/json", headers=_list_headers(info.pinned, files))
+    return Response(body, media_type="application/json",
+                    headers=_list_headers(info.pinned, files, info.yanked, info.yank_reason))
 
 
 @router.head("/{owner}/{name}/versions/{selector}/files", response_class=Response,
@@ -172,9 +181,8 @@ async def manifest_head(_: CostlyReader, registry: RegistryDep, pool: ReadPool, 
     """The file list's headers only (the pinned version and the list's digest), from one query once the files
     are built: how a client's cache checks that the files it holds are still what this reference gives."""
     form, ref = query.form(), ref_of(owner, name, selector)
-    pinned, files = await _in(pool, registry, ref, form, functools.partial(registry.derived.listing, build=False),
-                              ref, form)
-    response = Response(headers=_list_headers(pinned, files), media_type="application/json")
+    listed = await _in(pool, registry, ref, form, functools.partial(registry.derived.listing, build=False), ref, form)
+    response = Response(headers=_list_headers(*listed), media_type="application/json")
     # the list's length is known only by writing it, which this one query does not: said by none rather than as 0
     # (RFC 9110 9.3.2 lets a HEAD omit what only the content determines; "0" was a wrong one)
     del response.headers["content-length"]
