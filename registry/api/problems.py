@@ -194,7 +194,7 @@ async def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONRe
 
 #: Paths huggingface_hub asks of an endpoint (a model's info, a file): asked of the registry's root, HF_ENDPOINT left
 #: out /hf.
-_HUB_SHAPED = re.compile(r"^/(api/models/[^/]+/[^/]+|[^/]+/[^/]+/resolve/[^/]+/.+)$")
+_HUB_SHAPED = re.compile(r"^/(api/models/[^/]+/[^/]+(/(revision|tree)/.+)?|[^/]+/[^/]+/resolve/[^/]+/.+)$")
 
 
 def _hub_path_hint(request: Request) -> str | None:
@@ -205,8 +205,8 @@ def _hub_path_hint(request: Request) -> str | None:
         return None  # (a model server serves no /hf)
     # (neither the path nor the Host header said back: a cache that ignores Host would keep another's URL)
     return (f"This path is not a route of this registry's API: the HuggingFace Hub protocol is served under "
-            f"{HUB_PREFIX}. Set HF_ENDPOINT to this registry's URL followed by {HUB_PREFIX} (e.g. "
-            f"HF_ENDPOINT=http://127.0.0.1:8765{HUB_PREFIX}), or endpoint= in huggingface_hub.")
+            f"{HUB_PREFIX}. Set HF_ENDPOINT to this registry's URL followed by {HUB_PREFIX} "
+            f"(HF_ENDPOINT=http://HOST:PORT{HUB_PREFIX}), or endpoint= in huggingface_hub.")
 
 
 async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -> str | None:

@@ -258,6 +258,9 @@ def test_an_endpoint_without_hf_is_told_where_the_hub_protocol_is(served: Served
     assert answer.status_code == 404 and answer.headers["x-error-code"] == "RepoNotFound"
     assert "followed by /hf" in answer.json()["detail"] and "evil" not in answer.text  # the Host is not said back
     assert "HF_ENDPOINT" not in httpx.get(f"{served.url}/nowhere").json()["detail"]  # another path: a plain 404
+    for path in (f"api/models/{REPO}/revision/main", f"api/models/{REPO}/tree/main"):  # snapshot_download's, and
+        said = httpx.get(f"{served.url}/{path}")  # list_repo_files' (a re-check)
+        assert said.status_code == 404 and "followed by /hf" in said.headers["x-error-message"], path
 
 
 def test_hostile_paths_tokens_and_write_verbs(served: Served) -> None:
