@@ -869,6 +869,17 @@ class HubSyncResult(BaseModel):
 MAX_DESCRIPTION = 10_000
 #: The longest yank reason (one line: pip prints PyPI's in its warning).
 MAX_YANK_REASON = 500
+MAX_TAGS = 64
+#: A version's key=value properties: at most this many, each value at most this many characters of one line.
+MAX_PROPERTIES = 64
+MAX_PROPERTY_VALUE = 500
+#: A version's parameters (what it was trained with): at most this many, each value as a property's.
+MAX_PARAMS = 100
+MAX_PARAM_VALUE = MAX_PROPERTY_VALUE
+MAX_CARD_BYTES = 64 * 1024
+#: How far, and how many versions, a lineage graph reaches at most in each direction.
+MAX_LINEAGE_DEPTH = 20
+MAX_LINEAGE_NODES = 200
 
 
 def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
@@ -887,17 +898,6 @@ def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
         raise InvalidInput("A reason goes with a yank; an unyank clears the version's reason. Leave the reason out "
                            "(`vera yank REF --undo`).")
     return reason
-MAX_TAGS = 64
-#: A version's key=value properties: at most this many, each value at most this many characters of one line.
-MAX_PROPERTIES = 64
-MAX_PROPERTY_VALUE = 500
-#: A version's parameters (what it was trained with): at most this many, each value as a property's.
-MAX_PARAMS = 100
-MAX_PARAM_VALUE = MAX_PROPERTY_VALUE
-MAX_CARD_BYTES = 64 * 1024
-#: How far, and how many versions, a lineage graph reaches at most in each direction.
-MAX_LINEAGE_DEPTH = 20
-MAX_LINEAGE_NODES = 200
 
 
 class AdapterInfo(BaseModel):
