@@ -31,7 +31,7 @@ from registry.cli.common import (
     styled,
 )
 from registry.cli.output import JsonOutput, print_json
-from registry.cli.run import run_api, say_registry_url
+from registry.cli.run import run_api
 from registry.domain.errors import InvalidInput, ReadOnly, damaged_sqlite
 from registry.domain.schemas import GC_GRACE_S
 from registry.domain.words import counted
@@ -574,6 +574,5 @@ def serve(
     log_level: LogLevel = None, read_only: ReadOnlyMode = False,
 ) -> None:
     """Run the registry API."""
-    settings = load_settings(database_url, storage_url, read_only=read_only)
-    say_registry_url(host, port)
-    run_api(host, port, settings, workers=workers, log_level=log_level)
+    run_api(host, port, load_settings(database_url, storage_url, read_only=read_only), workers=workers,
+            log_level=log_level, say_url=True)

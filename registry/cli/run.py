@@ -30,12 +30,14 @@ log = logging.getLogger("vera")
 
 
 def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = False, workers: int = 1,
-            log_level: str | None = None, worker_status_port: int | None = None) -> None:
+            log_level: str | None = None, worker_status_port: int | None = None, say_url: bool = False) -> None:
     """Serve the registry API on host:port until stopped; with ``with_worker``, a job worker in a thread beside it
     (none on a read-only registry: a worker publishes), its /health and /metrics on 127.0.0.1:``worker_status_port``
     when given (registry.worker_status); with ``workers`` > 1, that many API processes (uvicorn's
     supervisor), each building the app from the settings, which they receive as VERA_* variables, and writing its
-    request counters where /metrics in any of them sums them (registry.api.metrics.multiprocess_directory)."""
+    request counters where /metrics in any of them sums them (registry.api.metrics.multiprocess_directory).
+    ``say_url``: log where other shells' `vera` finds it (`vera serve`: as a log line, so that JSON logs stay JSON;
+    `vera up` prints it)."""
     import uvicorn
 
     if with_worker and workers > 1:
@@ -78,6 +80,7 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         log.info(f"vera-registry on http://{host}:{port} - {mode}" + (f", {workers} processes" if workers > 1 else "")
                  + f"; database {registry.db.engine.url!r}, storage {registry.blobs.url}")
         _log_publishers(settings, registry)
+        _log_where(host, port, say_url)
         _warn_of_team_data(settings, registry)
         if workers > 1:
             registry.db.engine.dispose()  # (the publishers' check may have opened a connection: not for the workers)
@@ -297,18 +300,31 @@ def ui(
             process.terminate()
 
 
+def _log_where(host: str, port: int, say_url: bool) -> None:
+    """With ``say_url`` (`vera serve`, which said none: a PEFT user's walk), the lines that point other shells'
+    `vera` here, as log lines."""
+    for line in registry_url_lines(host, port) if say_url else []:
+        log.info(line)
+
+
 def say_registry_url(host: str, port: int) -> None:
-    """The line that points other shells' `vera` at this registry, where it is not the default, and teammates'
-    where it listens on every address (`vera up`, and `vera serve`, which said none: a PEFT user's walk)."""
+    """Print the lines that point other shells' `vera` at this registry (`vera up`)."""
+    for line in registry_url_lines(host, port):  # each a line of its own, unbroken, to paste whole (a newcomer's walk)
+        console.print(line, soft_wrap=True)
+
+
+def registry_url_lines(host: str, port: int) -> list[str]:
+    """The lines that point other shells' `vera` at this registry, where it is not the default, and teammates'
+    where it listens on every address (`vera up` prints them, `vera serve` logs them)."""
     shown = "127.0.0.1" if host == "0.0.0.0" else host
-    if f"http://{shown}:{port}" != DEFAULT_URL:  # a line of its own, unbroken, to paste whole (a newcomer's walk)
-        console.print(f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}", soft_wrap=True)
+    lines = ([f"for `vera` in other shells: export VERA_REGISTRY_URL=http://{shown}:{port}"]
+             if f"http://{shown}:{port}" != DEFAULT_URL else [])
     if host == "0.0.0.0":  # 127.0.0.1 is of no use to teammates (a team admin's walk)
         found = team_host()
-        console.print(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ("
-                      + ("this machine's name; its address if their machines do not resolve it)" if found else
-                         "this machine's name or address on their network: it names none but its loopback)"),
-                      soft_wrap=True)
+        lines.append(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ("
+                     + ("this machine's name; its address if their machines do not resolve it)" if found else
+                        "this machine's name or address on their network: it names none but its loopback)"))
+    return lines
 
 
 def team_host() -> str | None:

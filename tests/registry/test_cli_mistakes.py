@@ -597,8 +597,9 @@ def test_fetch_over_a_training_folder_warns_of_the_files_it_leaves(server: dict[
 
 def test_vera_serve_says_where_other_shells_find_it(tmp_path: Path) -> None:
     """A PEFT user's walk (session 47): `vera serve --port 8790` said nothing of VERA_REGISTRY_URL (`vera up` does),
-    and the next command in another shell went to the default port."""
+    and the next command in another shell went to the default port. Said as a log line: JSON logs stay JSON."""
     log = tmp_path / "serve.log"
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", log_path=log) as url:
         assert httpx.get(f"{url}/health").status_code == 200
-    assert f"for `vera` in other shells: export VERA_REGISTRY_URL={url}\n" in log.read_text()
+    said = [json.loads(line)["message"] for line in log.read_text().splitlines()]  # JSON lines, as every log line
+    assert f"for `vera` in other shells: export VERA_REGISTRY_URL={url}" in said
