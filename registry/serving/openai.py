@@ -120,10 +120,6 @@ class OpenAIRoute(APIRoute):
 TOKEN_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 
 
-#: The request fields that count new tokens (ModelServer.check_tokens says their limit).
-TOKEN_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
-
-
 def _status(exc: RegistryError) -> int:
     """OpenAI's status for ``exc``: an invalid request is a 400 (the registry's 422), and so is a conflict that
     sending again cannot resolve (an adapter for another base, every bank pinned): OpenAI's clients retry a 409
