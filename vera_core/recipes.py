@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -487,22 +486,22 @@ def trainer_state_metrics(state: dict[str, Any]) -> dict[str, Any]:
     flat as the Trainer writes them to eval_results.json (``eval_loss``, ``eval_accuracy``), and ``params``
     (batch size, epochs, max steps). Published as it was, its whole log_history became a metric (a PEFT user's
     walk, session 47)."""
-    logs = [e for e in state.get("log_history", []) if isinstance(e, dict) and _finite(e.get("step"))]
-    curve = [[e["step"], e["loss"]] for e in logs if _finite(e.get("loss"))]
-    evals = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval_") and _finite(v)
+    logs = [e for e in state.get("log_history", []) if isinstance(e, dict) and _number(e.get("step"))]
+    curve = [[e["step"], e["loss"]] for e in logs if _number(e.get("loss"))]
+    evals = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval_") and _number(v)
                                     and not k.endswith(TRAINER_TIMINGS)}}
              for e in logs if any(k.startswith("eval_") for k in e)]
     metrics: dict[str, Any] = {"train_loss": thinned(curve), **({"eval": thinned(evals)} if evals else {})}
     if evals:
         metrics.update({k: v for k, v in evals[-1].items() if k != "step"})
-    if _finite(state.get("global_step")):
+    if _number(state.get("global_step")):
         metrics["steps"] = state["global_step"]
-    params = {ours: state[theirs] for theirs, ours in TRAINER_PARAMS.items() if _finite(state.get(theirs))}
+    params = {ours: state[theirs] for theirs, ours in TRAINER_PARAMS.items() if _number(state.get(theirs))}
     return {**metrics, **({"params": params} if params else {})}
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: object) -> bool:
+    return finite_number(value) is not None
 
 
 def published_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -30,38 +30,23 @@ METRIC_SORT_HELP = ("A metric's dotted name, e.g. `test.accuracy` (highest first
                     "first). The registry sorts every page by it; versions without that metric are left out.")
 
 
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _nested_or_flat(metrics: dict[str, Any], group: str, name: str, *flat: str) -> float | None:
-    """``metrics[group][name]`` (what `vera train` and fine-tune jobs record: ``test.accuracy``), else the first of
-    the ``flat`` keys that is a number (HuggingFace Trainer's ``eval_results.json`` and ``all_results.json`` name
-    them ``eval_accuracy``, ``test_accuracy``, ``eval_loss``: a PEFT user's metrics.json showed '—' on the Adapter
-    page while its Metrics tab listed them, a browser walk of session 46)."""
-    nested = metrics.get(group)
-    if isinstance(nested, dict):
-        return _number(nested.get(name))
-    return next((value for key in flat if (value := _number(metrics.get(key))) is not None), None)
-
-
 def accuracy_of(info: VersionInfo) -> tuple[float | None, str]:
     """The accuracy people compare and where it comes from: the test split's ("test": ``test.accuracy``, or the
     Trainer's ``test_accuracy``), else the final evaluation's ("eval": ``final_eval.accuracy``, or the Trainer's
     ``eval_accuracy``), else a flat 'accuracy' metric (""); (None, "") when the version records none."""
     metrics: dict[str, Any] = info.metrics
-    if (test := _nested_or_flat(metrics, "test", "accuracy", "test_accuracy")) is not None:
+    if (test := formats.metric_at(metrics, "test", "accuracy", "test_accuracy")) is not None:
         return test, "test"
-    if (final := _nested_or_flat(metrics, "final_eval", "accuracy", "eval_accuracy")) is not None:
+    if (final := formats.metric_at(metrics, "final_eval", "accuracy", "eval_accuracy")) is not None:
         return final, "eval"
-    return _number(metrics.get("accuracy")), ""
+    return formats.number_or_none(metrics.get("accuracy")), ""
 
 
 def key_metrics(info: VersionInfo) -> dict[str, float | None]:
     """The numbers people compare: test and eval accuracy (or any flat 'accuracy'), final eval loss
     (``final_eval.loss``, else the Trainer's ``eval_loss``, else a flat 'loss')."""
     return {"accuracy": accuracy_of(info)[0],
-            "eval loss": _nested_or_flat(info.metrics, "final_eval", "loss", "eval_loss", "loss")}
+            "eval loss": formats.metric_at(info.metrics, "final_eval", "loss", "eval_loss", "loss")}
 
 
 #: The accuracy column's header and help by where a page's accuracies come from; on a page mixing test and eval

@@ -27,6 +27,23 @@ def matching(n: int, what: str = "version") -> str:
     return f"{counted(n, what)} {'matches' if n == 1 else 'match'}"
 
 
+def number_or_none(value: object) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def metric_at(metrics: dict[str, Any], group: str, name: str, *flat: str) -> float | None:
+    """A version's ``metrics[group][name]`` (what `vera train` and fine-tune jobs record: ``test.accuracy``), else
+    the first of the ``flat`` keys that is a number (HuggingFace Trainer's ``eval_results.json`` and
+    ``all_results.json`` name them ``eval_accuracy``, ``test_accuracy``, ``eval_loss``: a PEFT user's metrics.json
+    showed '—' on the Adapter page while its Metrics tab listed them, a browser walk of session 46); None when it
+    records none."""
+    nested = metrics.get(group)
+    if isinstance(nested, dict):
+        return number_or_none(nested.get(name))
+    return next((value for key in flat if (value := number_or_none(metrics.get(key))) is not None), None)
+
+
 def number(value: object) -> str:
     """A metric as people read it: integers with separators, floats to four significant digits (0.8123, 12.35,
     1,235), tiny ones in scientific notation, booleans as yes/no, None as MISSING ('—')."""

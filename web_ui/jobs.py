@@ -74,12 +74,8 @@ def final_metrics(job: JobInfo, versions: dict[str, VersionInfo | None]) -> dict
     where there is none (no version yet, or deleted since). ``versions``: ``published``'s."""
     version = versions.get(job.result_ref) if job.result_ref else None
     metrics: dict[str, Any] = version.metrics if version is not None else {}
-    return {"test accuracy": _metric(metrics, "test", "accuracy"), "eval loss": _metric(metrics, "final_eval", "loss")}
-
-
-def _metric(metrics: dict[str, Any], group: str, name: str) -> float | None:
-    found = metrics[group].get(name) if isinstance(metrics.get(group), dict) else None
-    return found if isinstance(found, int | float) and not isinstance(found, bool) else None
+    return {"test accuracy": formats.metric_at(metrics, "test", "accuracy"),
+            "eval loss": formats.metric_at(metrics, "final_eval", "loss")}
 
 
 #: Where the page leaves its own listing of the jobs for the table's first drawing.

@@ -20,11 +20,9 @@ class HeadAsGet:
         self.app, self.router = app, router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] != "HEAD" or _takes(self.router, scope, "HEAD") \
+                or not _takes(self.router, scope, "GET"):
             await self.app(scope, receive, send)
-            return
-        if scope["method"] != "HEAD" or not self._taken_as_get(scope):
-            await self.app(scope, receive, self._allowing(scope, send))
             return
 
         async def headers_only(message: Message) -> None:
@@ -40,48 +38,24 @@ class HeadAsGet:
         finally:  # the route the router matched, for the metrics and the access log outside (they counted
             scope.update({k: as_get[k] for k in ROUTED if k in as_get})  # "unmatched": an outsider's finding)
 
-    def _taken_as_get(self, scope: Scope) -> bool:
-        """Whether no route answers HEAD at this path and one answers GET there (the routes' own matching)."""
-        if any(route.matches(scope)[0] is Match.FULL for route in self.router.routes):
-            return False
-        as_get = {**scope, "method": "GET"}
-        return any(route.matches(as_get)[0] is Match.FULL for route in self.router.routes)
+
+def allowed_methods(router: Router, scope: Scope) -> str | None:
+    """A 405's ``Allow``: every method some route takes at ``scope``'s path, HEAD wherever GET is (Starlette names
+    the first matching route's methods only: PUT of an adapter said "GET" where PATCH and DELETE are taken too);
+    None when no route takes any."""
+    methods = [method for method in METHODS if _takes(router, scope, method)]
+    if "GET" in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")
+    return ", ".join(methods) or None
 
 
-    def _allowing(self, scope: Scope, send: Send) -> Send:
-        """``send`` with a 405's ``Allow`` naming every method some route takes at this path, HEAD wherever GET is
-        (Starlette names the first matching route's methods only: PUT of an adapter said "GET" where PATCH and
-        DELETE are taken too)."""
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 405:
-                routed = self._methods_at(scope)
-
-                def allowed(said: bytes) -> bytes:  # (a 405 no route answered, the read-only gate's: as it says)
-                    return _with_head(routed or [m.strip() for m in said.decode("latin-1").split(",") if m.strip()])
-
-                headers = [(k, allowed(v) if k.lower() == b"allow" else v) for k, v in message.get("headers", [])]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        return sending
-
-    def _methods_at(self, scope: Scope) -> list[str]:
-        """The methods some route takes at ``scope``'s path, asked of the routes' own matching (FastAPI nests the
-        routes of included routers, so they are not listed one by one)."""
-        return [method for method in METHODS
-                if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in self.router.routes)]
+def _takes(router: Router, scope: Scope, method: str) -> bool:
+    """Whether a route takes ``method`` at ``scope``'s path, asked of the routes' own matching (FastAPI nests the
+    routes of included routers, so they are not listed one by one)."""
+    return any(route.matches({**scope, "method": method})[0] is Match.FULL for route in router.routes)
 
 
 #: The methods a 405's Allow may name (HEAD is added wherever GET is).
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-
-
 #: What the router writes into a request's scope as it routes it.
 ROUTED = ("route", "endpoint", "path_params")
-
-
-def _with_head(methods: list[str]) -> bytes:
-    if "GET" in methods and "HEAD" not in methods:
-        methods.insert(methods.index("GET") + 1, "HEAD")
-    return ", ".join(methods).encode("latin-1")

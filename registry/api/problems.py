@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from registry.api.head import allowed_methods
 from registry.domain.errors import (
     EntryNotFound,
     RateLimited,
@@ -189,6 +190,8 @@ async def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONRe
     response = problem(exc.status_code, TITLES.get(exc.status_code, "error").lower().replace(" ", "_"),
                        await _unreadable_json_body(request, exc) or str(exc.detail), request.url.path)
     response.headers.update(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request.app.router, request.scope)) is not None:
+        response.headers["Allow"] = allowed  # every method the path takes (Starlette's: the first route's)
     return response
 
 
