@@ -29,6 +29,7 @@ from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.credentials import stored_token
 from registry.domain.errors import InvalidInput, NotFound, Unauthorized
+from registry.domain.metric_names import flat_metrics
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
 
@@ -51,17 +52,6 @@ def _text_of(text: str | None, file: Path | None, what: str) -> str:
         return _read_text(file, "--file")
     fail(InvalidInput(f"Give the {what} either as an argument or with --file PATH (--file - reads stdin), not "
                       "both and not neither."))
-
-
-def flat_metrics(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested metrics as dotted keys."""
-    items: list[tuple[str, Any]] = []
-    for key, value in sorted(data.items()):
-        if isinstance(value, dict):
-            items += flat_metrics(value, f"{prefix}{key}.")
-        else:
-            items.append((f"{prefix}{key}", value))
-    return items
 
 
 def metric_text(value: Any) -> str:

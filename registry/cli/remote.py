@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -33,7 +33,9 @@ from registry.cli.common import (
     warn_unservable_by_vllm,
 )
 from registry.cli.output import Column, JsonOutput, fitted_table, print_json
+from registry.domain import metric_names
 from registry.domain.errors import InvalidInput, RegistryError
+from registry.domain.metric_names import flat_metrics
 from registry.domain.schemas import (
     Comparison,
     Ref,
@@ -44,7 +46,10 @@ from registry.domain.schemas import (
     path_like,
 )
 from registry.domain.words import counted
-from vera_core.config import VERA_PEFT_TYPES
+from vera_core.config import DEMO_MODEL, VERA_PEFT_TYPES
+
+if TYPE_CHECKING:
+    from registry.client import RegistryClient
 
 
 def publish(
@@ -92,7 +97,7 @@ def publish(
         if not named or _a_path(named):
             fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names "
                               f"{repr(named) + ', a folder path' if named else 'no base model'}. Give the base's "
-                              "Hub id or registry name, e.g. --base-model minilm."))
+                              f"Hub id or registry name, e.g. {_base_guess(named, registry, token)}."))
         base_model = named
         err_console.print(f"base model: {base_model} (from adapter_config.json)")
     elif named and named != base_model and not _a_path(named):
@@ -103,7 +108,7 @@ def publish(
     if path_like(base_model) and base_model not in known:  # one named so before the registry refused them is kept
         fail(InvalidInput(f"--base-model {base_model!r} is a folder path; a version is keyed by its base model's Hub "
                           "id or registry name, the same on every machine (`vera base ls` lists those this registry "
-                          "knows), e.g. --base-model minilm."))
+                          f"knows), e.g. {_base_guess(base_model, registry, token, known)}."))
     values, params = _metrics_file(metrics)
     params.update(key_values(param or [], "Parameter", "lr=0.01"))  # given on the line: wins over the file's
     properties = key_values(prop or [])
@@ -168,6 +173,27 @@ def _known_bases(registry: str | None, token: str | None) -> set[str]:
         return {base.name for base in call_registry(registry, token, lambda c: c.base_models())}
     except RegistryError:
         return set()
+
+
+#: A folder of the HuggingFace cache (``.../hub/models--FacebookAI--roberta-base/snapshots/<commit>``): the Hub id
+#: it holds, its parts joined by "--".
+_HUB_CACHE_FOLDER = re.compile(r"models--([\w.-]+?)--([\w.-]+)")
+
+
+def _base_guess(path: str, registry: str | None, token: str | None, known: set[str] | None = None) -> str:
+    """The --base-model to suggest for a base the config names as a folder ``path``: the Hub id of a HuggingFace cache
+    folder, else a base this registry knows by the folder's name, else what a Hub id looks like and the bases the
+    registry knows (every model was told "e.g. --base-model minilm": a PEFT user's walk, session 47)."""
+    parts = [part for part in re.split(r"[/\\]", path) if part not in ("", ".", "..", "~")]
+    for part in reversed(parts):
+        if cached := _HUB_CACHE_FOLDER.fullmatch(part):
+            return f"--base-model {cached[1]}/{cached[2]} (the Hub id of the cache folder it names)"
+    bases = _known_bases(registry, token) if known is None else known
+    if parts and (last := parts[-1]) in {*bases, DEMO_MODEL}:  # (the bundled demo model: every registry knows it)
+        return f"--base-model {last} (a base this registry knows, by the folder's name)"
+    listed = ", ".join(sorted(bases)[:5]) + (", ..." if len(bases) > 5 else "")
+    return "--base-model FacebookAI/roberta-base (its Hub id)" + (
+        f", or one of the bases this registry knows: {listed} (`vera base ls`)" if bases else "")
 
 
 def _a_path(name: str) -> bool:
@@ -343,15 +369,10 @@ def list_versions(
         print_json(page)
         return
     if not page.items and cursor is None:  # an empty table said nothing (a misspelt filter key reads alike)
-        asked = any(x is not None for x in (owner, name, base_model, r, seed, generator, tag, q, filter_text))
-        # each hint where it may be why: the keys' one for a filter with such a clause only, and the yanked ones
-        # (an alias on a yanked version matched nothing, hinted at metrics: a newcomer's walk, session 40)
-        keyed = [f"{field}.<key>" for field in ("metrics", "params", "properties", "published_via")
-                 if filter_text and re.search(rf"\b{field}\.", filter_text)]  # the ones the filter names
-        hints = ([f"{' and '.join(keyed)} clauses match only versions that record that key"] if keyed else []) + (
-            [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
-        console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else "") if asked
-                      else "no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
+        sorted_by = (sort or "").lstrip("+-")
+        metric = sorted_by.removeprefix("metrics.") if sorted_by.startswith("metrics.") else None
+        _say_none_match(registry, token, filter_text, metric, include_yanked=include_yanked, asked=any(
+            x is not None for x in (owner, name, base_model, r, seed, generator, tag, q, filter_text, metric)))
         return
     rows = [[v.ref + (" (yanked)" if v.yanked else ""), ",".join(v.aliases), v.base_model, str(v.r), str(v.seed),
              f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}", v.verification_status, ",".join(v.tags),
@@ -361,6 +382,33 @@ def list_versions(
         console.print(f"versions that do not record {sort.lstrip('+-')} are left out of a listing sorted by it")
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
+
+
+def _say_none_match(registry: str | None, token: str | None, filter_text: str | None, metric: str | None, *,
+                    include_yanked: bool, asked: bool) -> None:
+    """What `vera ls` says of an empty first page: how to publish a first version, or the hints that may be why
+    nothing matched, each where it may be: the keys' one for a filter with such a clause only, the yanked ones (an
+    alias on a yanked version matched nothing, hinted at metrics: a newcomer's walk, session 40), and a metric no
+    version records, with those there are (a PEFT user's walk, session 47: "no versions match" only)."""
+    if not asked:
+        console.print("no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
+        return
+    keyed = [f"{field}.<key>" for field in ("metrics", "params", "properties", "published_via")
+             if filter_text and re.search(rf"\b{field}\.", filter_text)]  # the ones the filter names
+    hints = ([f"{' and '.join(keyed)} clauses match only versions that record that key"] if keyed else []) + (
+        [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
+    console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else ""), soft_wrap=True)
+    if (keys := metric_names.named(filter_text, metric)) and (
+            said := call_registry(registry, token, lambda c: _absent_metrics(c, keys))):
+        console.print(said, soft_wrap=True)
+
+
+def _absent_metrics(client: RegistryClient, keys: list[str]) -> str | None:
+    """Which of the metrics ``keys`` (a listing's filter and sort named them) no version records, and which ones
+    there are, or None: a misspelt metric matched nothing, and only "no versions match" was said (a PEFT user's
+    walk, session 47; the dashboard's Browse says it as this does)."""
+    absent = metric_names.missing(client.list_versions, keys)
+    return metric_names.message(client.list_versions, absent) if absent else None
 
 
 #: What `vera ls --show` adds a column of: a key of each.
@@ -379,7 +427,7 @@ def _shown_columns(shown: list[str], sort: str | None) -> list[str]:
 
 def _cell(v: VersionInfo, key: str) -> str:
     """A version's value of ``key`` (metrics.<dotted key>, params.<key> or properties.<key>), or '-'."""
-    from registry.cli.catalog import flat_metrics, metric_text
+    from registry.cli.catalog import metric_text
 
     field, _, name = key.partition(".")
     if field == "metrics":
@@ -401,7 +449,7 @@ def compare(
 ) -> None:
     """Compare versions: parameters, bytes, metrics side by side, the training parameters that differ, and per-layer
     cosine similarity of their weight deltas (--json: the comparison as the API gives it)."""
-    from registry.cli.catalog import flat_metrics, metric_text
+    from registry.cli.catalog import metric_text
 
     result = call_registry(registry, token, lambda c: c.compare(refs))
     if as_json:

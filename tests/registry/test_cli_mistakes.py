@@ -98,9 +98,19 @@ def test_publish_without_base_model_takes_the_one_the_adapters_config_names(serv
         assert info.base_model == "tiny-llama"
         assert info.lineage == {"dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
                                 "dataset_bytes": data.stat().st_size}  # hashed by the CLI; the data stays here
-    for named, words in ((str(tmp_path), ("a folder path", "--base-model is needed")), (None, ("no base model",)),
-                         ("/models/llama", ("'/models/llama', a folder path",)), ("./base", ("a folder path",)),
-                         ("org/sub/model", ("a folder path",))):  # paths of the machine that trained it
+    # the base to give is guessed from the path: every model was told "e.g. --base-model minilm" (a PEFT user's walk,
+    # session 47): a HuggingFace cache folder's Hub id, a base of this registry by the folder's name, else a Hub id's
+    # shape and the bases this registry knows
+    cached = "/root/.cache/huggingface/hub/models--FacebookAI--roberta-base/snapshots/e2da8e2f811d1448a5b465c236feacd8"
+    hub_id = "e.g. --base-model FacebookAI/roberta-base (its Hub id), or one of the bases this registry knows: "
+    for named, words in ((str(tmp_path), ("a folder path", "--base-model is needed", hub_id, "tiny-llama")),
+                         (None, ("no base model", hub_id)),
+                         ("/models/llama", ("'/models/llama', a folder path", hub_id)), ("./base", ("a folder path",)),
+                         ("org/sub/model", ("a folder path",)),  # paths of the machine that trained it
+                         (cached, ("e.g. --base-model FacebookAI/roberta-base (the Hub id of the cache folder it "
+                                   "names)",)),
+                         ("/data/models/tiny-llama/", ("e.g. --base-model tiny-llama (a base this registry knows, by "
+                                                       "the folder's name)",))):
         (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": named}))
         refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]), *words)
     refused(vera("publish", str(tmp_path), "--name", "ann/implied", url=server["url"]),

@@ -391,6 +391,16 @@ def test_search_through_http_the_client_and_vera_ls(database_url: str, tmp_path:
         assert none.returncode == 0 and "no versions match (published_via.<key> clauses match " \
             "only versions that record that key; yanked versions are left out: --include-yanked lists them too)" in \
             " ".join(none.stdout.split()), none.stdout
+        # a misspelt metric is named, with the metrics there are, as the dashboard's Browse says (a PEFT user's
+        # walk, session 47: "no versions match" only)
+        for asked in (("--filter", "metrics.eval.acc > 0.5 and r <= 8"), ("--sort", "-metrics.eval.acc")):
+            misspelt = vera("ls", *asked, "--registry", url)
+            assert misspelt.returncode == 0 and "No version has a metric named eval.acc. Metrics the newest " \
+                "versions record: eval.accuracy. A metric is named by its path in a version's metrics " \
+                "(test.accuracy, final_eval.loss): `vera show REF` lists a version's." in \
+                " ".join(misspelt.stdout.split()), misspelt.stdout
+        right = vera("ls", "--filter", "metrics.eval.accuracy > 0.99", "--registry", url)
+        assert right.returncode == 0 and "no versions match" in right.stdout and "No version has" not in right.stdout
         client.publish(make_adapter(tmp_path / "s9", seed=9), "team/m1", base_model="minilm")
         latest = client.list_versions(latest=True, sort="created")
         assert [v.ref for v in latest.items] == ["team/m0:1", "team/m2:1", "team/m3:1", "team/m1:2"]
