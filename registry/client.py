@@ -23,6 +23,7 @@ from registry.credentials import stored_token
 from registry.domain.errors import (
     HTTP_STATUS,
     MOVED_HEADER,
+    Forbidden,
     IntegrityError,
     InvalidInput,
     NotFound,
@@ -1029,13 +1030,37 @@ class RegistryClient:
 
     def alias_problem(self, adapter: str, alias: str) -> str | None:
         """Why this registry would refuse to point ``alias`` of ``adapter`` (owner/name) at a version, or None
-        (registry.domain.schemas.alias_problem; an alias the adapter has already is not new): asked before a copy
-        that is then aliased, so that a refused alias leaves no copy behind."""
+        (registry.domain.schemas.alias_problem; an alias the adapter has already is not new; an alias its
+        organisation protects, for a caller who is not one of its admins): asked before a copy that is then aliased,
+        so that a refused alias leaves no copy behind."""
         try:
             existing = self.adapter(adapter).aliases
         except NotFound:  # the copy will make it
             existing = {}
-        return alias_problem(alias, new=alias not in existing)
+        if (problem := alias_problem(alias, new=alias not in existing)) is not None:
+            return problem
+        owner = adapter.partition("/")[0]
+        if self.protected_from_me(owner, [alias]):  # (a copy left behind, refused its alias: an operator's walk)
+            return (f"The alias {alias!r} is protected in {owner}: only its admins point it at a version. Copy "
+                    f"without --alias and ask one of them to move it (`vera org show {owner}` lists them).")
+        return None
+
+    def protected_from_me(self, owner: str, aliases: Iterable[str]) -> str | None:
+        """The first of ``aliases`` that ``owner``, an organisation, protects (`vera org protect`), where the caller
+        is not one of its admins nor a registry admin: only they move or remove it, or delete what it names. None
+        otherwise, and for an owner the caller is no member of (whose changes the registry refuses anyway). Asked
+        before a change that would be refused for it after a question or a copy (an operator's walk, session 48)."""
+        names = set(aliases) - {"latest"}
+        if not names:
+            return None
+        me = self.whoami()
+        if me.local or "admin" in me.scopes or me.organizations.get(owner, "admin") == "admin":
+            return None
+        try:
+            protected = set(self.organization(owner).protected_aliases)
+        except (NotFound, Forbidden):  # (a token limited to other owners): the registry says it, if it refuses
+            return None
+        return next(iter(sorted(names & protected)), None)
 
     def copy_to(self, source: str | Ref, destination: RegistryClient, to: str, *, description: str | None = None,
                 visibility: str | None = None) -> VersionInfo:

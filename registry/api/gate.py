@@ -51,6 +51,10 @@ READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
 
 #: How long a look at the database's schema revision holds for the gate (writes refused once it moved on).
 SCHEMA_RECHECK_S = 2.0
+#: What a server still answers while its database's schema is behind its release (`vera db downgrade` under it):
+#: whether it lives, why it is not ready, and its API's description. Every other request reads or writes columns
+#: that database lacks (reads were a 500 naming a ProgrammingError: an operator's walk, session 48).
+ANSWERED_WHEN_BEHIND = re.compile(r"^/(health|ready|docs|redoc|openapi\.json)?/?$")
 
 #: The one request with a body that needs no registry token, where tokens are required: trusted publishing's exchange,
 #: whose body (an identity token, registry.services.trusted) is the credential; its body is small.
@@ -127,8 +131,9 @@ class RequestGate:
 
     def __init__(self, app: App, *, registry: Registry, options: ApiOptions, body_timeout_s: float = 60.0) -> None:
         self.app, self.registry, self.options, self.body_timeout_s = app, registry, options, body_timeout_s
-        # the schema's revision as last looked at (time.monotonic() of the look, the refusal it gave or None)
-        self._schema: tuple[float, str | None] = (-SCHEMA_RECHECK_S, None)
+        # the schema's revision as last looked at (time.monotonic() of the look, the refusal it gave or None, and
+        # whether the schema was behind this release)
+        self._schema: tuple[float, str | None, bool] = (-SCHEMA_RECHECK_S, None, False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         control = control_refusal(scope["path"], scope["query_string"]) if scope["type"] == "http" else None
@@ -139,7 +144,15 @@ class RequestGate:
             await _send_problem(send, 404 if hub else 422, "not_found" if hub else "invalid_input", control,
                                 CONTROL.sub(lambda c: quote(c[0]), scope["path"][:200]))
             return
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        changed, behind = await self._schema_changed()
+        if behind and changed is not None and not ANSWERED_WHEN_BEHIND.match(scope["path"]):
+            await _send_problem(send, 503, SchemaOutOfDate.code, changed, scope["path"],
+                                retry_after=READ_ONLY_RETRY_AFTER_S)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         if is_hub_path(scope["path"]):  # the Hub protocol is read-only: no body is ever read
@@ -152,8 +165,7 @@ class RequestGate:
                 scope["method"], scope["path"], self.options.primary_url), scope["path"],
                 retry_after=READ_ONLY_RETRY_AFTER_S)
             return
-        if (changed := await self._schema_changed()) is not None and not read_only_safe(scope["method"],
-                                                                                        scope["path"]):
+        if changed is not None and not read_only_safe(scope["method"], scope["path"]):
             await _send_problem(send, 503, SchemaOutOfDate.code, changed, scope["path"],
                                 retry_after=READ_ONLY_RETRY_AFTER_S)
             return
@@ -173,23 +185,28 @@ class RequestGate:
         await self.app(scope, limited(receive, limit, self.body_timeout_s,
                                       whole_s=self.body_timeout_s if unsigned else None), send)
 
-    async def _schema_changed(self) -> str | None:
-        """Why this server takes no changes since its database's schema moved on (a newer release's `vera db
-        upgrade` while it ran: its /ready said 503, but its writes went on, behind no load balancer; a team admin's
-        walk, session 34), or None. Looked at no more than every SCHEMA_RECHECK_S, whatever the traffic."""
-        looked, refusal = self._schema
+    async def _schema_changed(self) -> tuple[str | None, bool]:
+        """Why this server takes no changes since its database's schema moved on, or None, and whether the schema is
+        behind this release (then it answers no reads either, but /health, /ready and its docs). Ahead: a newer
+        release's `vera db upgrade` while it ran (its /ready said 503, but its writes went on, behind no load
+        balancer; a team admin's walk, session 34); its reads go on (the columns it reads are there). Behind: `vera db
+        downgrade` while it ran (an operator's walk, session 48). Looked at no more than every SCHEMA_RECHECK_S,
+        whatever the traffic."""
+        looked, refusal, behind = self._schema
         if time.monotonic() - looked < SCHEMA_RECHECK_S:
-            return refusal
+            return refusal, behind
+        refusal, behind = None, False
         try:
             await run_in_threadpool(self.registry.db.check_schema)
-            refusal = None
         except SchemaOutOfDate as exc:
-            refusal = (f"This server takes no changes: {exc} Reads go on; start the release that matches the "
-                       "database, and send this again there.")
+            behind = not exc.ahead
+            refusal = (f"This server answers no requests until its database is upgraded: {exc} Nothing was read or "
+                       "changed." if behind else f"This server takes no changes: {exc} Reads go on; start the "
+                       "release that matches the database, and send this again there.")
         except Exception:  # noqa: BLE001 - the database unreachable: the request itself says so, as before
-            refusal = None
-        self._schema = (time.monotonic(), refusal)
-        return refusal
+            pass
+        self._schema = (time.monotonic(), refusal, behind)
+        return refusal, behind
 
     async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int, *, tokenless: bool = False
                        ) -> JSONResponse | None:

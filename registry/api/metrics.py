@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -132,6 +132,11 @@ def install_metrics(app: FastAPI, status: Status) -> CollectorRegistry:
     if os.environ.get(MULTIPROCESS_DIR):
         counting = CollectorRegistry()  # the counts live in the files, where the collector reads them: never exposed
         MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]  # registers itself
+    else:  # the process's own: CPU, resident memory, open files, start time, Python's version (process_*,
+        # python_info), which every Prometheus dashboard of a service expects (an operator's walk, session 48); one
+        # process of several would say only its own, so not in multiprocess mode (as prometheus_client advises)
+        ProcessCollector(registry=exposed)
+        PlatformCollector(registry=exposed)
     requests = Counter("vera_http_requests", "HTTP requests", ["method", "route", "status"], registry=counting)
     latency = Histogram("vera_http_request_seconds", "HTTP request latency", ["method", "route"], registry=counting)
     exposed.register(StoreGauges(status))

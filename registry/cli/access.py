@@ -9,11 +9,28 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from registry.cli.common import RegistryUrl, Token, call_registry, confirm_deletion, console, err_console, fail, styled
-from registry.cli.output import JsonOutput, print_json
+from registry.cli.common import (
+    RegistryUrl,
+    Token,
+    call_registry,
+    confirm,
+    confirm_deletion,
+    console,
+    err_console,
+    fail,
+    styled,
+)
+from registry.cli.output import Column, JsonOutput, fitted_table, print_json
 from registry.client import DEFAULT_URL, RegistryClient
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import MAX_QUOTA_BYTES, InvitationInfo, OrganizationInfo, OwnerUsage, check_name
+from registry.domain.schemas import (
+    MAX_QUOTA_BYTES,
+    InvitationInfo,
+    OrganizationInfo,
+    OwnerUsage,
+    TokenInfo,
+    check_name,
+)
 from registry.domain.words import counted, parse_size
 
 Role = Annotated[str, typer.Option(help="read (private adapters), write (also publish and manage them) or admin "
@@ -248,36 +265,54 @@ def list_tokens(user: Annotated[str | None, typer.Option(help="Admins: this user
     if as_json:
         print_json(tokens)
         return
-    table = Table("id", "user", "name", "scopes", "limited to", "expires", "last used", "state")
-    for t in tokens:
-        table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
-                      f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",  # a CI token lives minutes
-                      f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
-                      "revoked" if t.revoked else "active")
-    console.print(table)
+    console.print(token_table(tokens))
+
+
+#: A token list's columns, by priority: at 80 columns scopes and dates were cut to "publish,re…" and "2026-12-…"
+#: (an operator's walk, session 48); a column that does not fit now goes whole, named under the table.
+TOKEN_COLUMNS = (Column("id", 0, "right"), Column("user"), Column("name", 2), Column("scopes"),
+                 Column("limited to", 3), Column("expires", 4), Column("last used", 5), Column("state", 1))
+
+
+def token_table(tokens: list[TokenInfo]) -> Table:
+    """Tokens as `vera auth tokens` and `vera token list` show them (never their secrets)."""
+    return fitted_table(TOKEN_COLUMNS, [
+        [str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
+         f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",  # a CI token lives minutes
+         f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+         "revoked" if t.revoked else "active"]
+        for t in tokens])
 
 
 def revoke(token_id: Annotated[int, typer.Argument(help="The token's id (`vera auth tokens`).")],
+           yes: Annotated[bool, typer.Option("--yes", "-y", help=(
+               "Do not ask first when tokens made from it go too."))] = False,
            registry: RegistryUrl = None, token: Token = None) -> None:
     """Revoke one of your tokens, and the tokens made from it (its dashboard sign-ins, those `vera auth
-    create-token` made with it)."""
+    create-token` made with it): asked first when there are such tokens (--yes: not asked)."""
 
-    def revoked(client: RegistryClient) -> tuple[list[int], int | None]:
-        """The live tokens that go (``token_id`` and those made from it, and from those), and the one this command
-        runs with; both asked before the revocation, which may sign this command out."""
-        live = {t.id: t.parent_id for t in client.tokens() if not t.revoked}
-        going, grown = {token_id}, True
+    def going(client: RegistryClient) -> tuple[list[TokenInfo], int | None]:
+        """The live tokens made from ``token_id`` (and from those) that go with it, and the one this command runs
+        with; both asked before the revocation, which may sign this command out."""
+        live = {t.id: t for t in client.tokens() if not t.revoked}
+        ids, grown = {token_id}, True
         while grown:
-            more = {child for child, parent in live.items() if parent in going} - going
-            going, grown = going | more, bool(more)
-        current = client.whoami().token_id
-        client.revoke_token(token_id)
-        return sorted(going - {token_id}), current
+            more = {t.id for t in live.values() if t.parent_id in ids} - ids
+            ids, grown = ids | more, bool(more)
+        return [live[i] for i in sorted(ids - {token_id})], client.whoami().token_id
 
-    offspring, current = call_registry(registry, token, revoked)
-    console.print(f"revoked token {token_id}" + (f" and the tokens made from it: {', '.join(map(str, offspring))}"
-                                                 if offspring else ""), soft_wrap=True)
-    if current is not None and (current == token_id or current in offspring):
+    offspring, current = call_registry(registry, token, going)
+    if offspring:  # revoking a token to rotate it took a CI token made from it, unasked (an operator's walk, 48)
+        named = ", ".join(f"{t.id} ({t.name})" if t.name else str(t.id) for t in offspring[:10]) + (
+            ", ..." if len(offspring) > 10 else "")
+        confirm(yes, f"Revoke token {token_id} and the {counted(len(offspring), 'token')} made from it: {named}?",
+                f"Token {token_id} was not revoked; pass --yes to revoke it and them without asking. A token that must "
+                "outlive it is made by an administrator (`vera token create`), not from it")
+    call_registry(registry, token, lambda c: c.revoke_token(token_id))
+    gone = [t.id for t in offspring]
+    console.print(f"revoked token {token_id}" + (f" and the tokens made from it: {', '.join(map(str, gone))}"
+                                                 if gone else ""), soft_wrap=True)
+    if current is not None and (current == token_id or current in gone):
         # a token made with `vera auth create-token` is its maker's child: rotating by making one, logging in with
         # it and revoking the old one signed its user out (a team admin's walk)
         err_console.print(styled("warning:", "yellow", f" token {current}, which this command ran with (the one "

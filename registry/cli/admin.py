@@ -4,6 +4,7 @@ status, fsck, gc, token create / revoke / list, base register, worker and serve.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from registry.cli.common import (
     DatabaseUrl,
@@ -417,13 +417,19 @@ def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id."
                  database_url: DatabaseUrl = None) -> None:
     """Revoke a token, and the tokens made from it through the API (its dashboard sign-ins, the tokens `vera auth
     create-token` made with it); or, with --owner, every token of a user."""
-    from registry.services.tokens import revoke_all, revoke_token
+    from registry.services.tokens import list_tokens, revoke_all, revoke_token
 
     if (token_id is None) == (owner is None):
         fail(InvalidInput("Give a token id (`vera token list` shows them) or --owner USER, not both and not neither."))
     db = open_registry(existing(refuse_read_only(load_settings(database_url), "token revoke"), "token revoke")).db
     if owner is not None:
         revoked = revoke_all(db, owner, actor=operator())
+        if not revoked and owner not in (users := {t.owner for t in list_tokens(db)}):  # a misspelt user's name
+            # was "none was live", exit 0: the real user kept every token (an operator's walk, session 48)
+            close = difflib.get_close_matches(owner, sorted(users), n=3)
+            fail(InvalidInput(f"No token was ever made for {owner!r} here: nothing was revoked. "
+                              + (f"Did you mean {' or '.join(close)}? " if close else "")
+                              + "`vera token list` lists every token with its user."))
         console.print(f"revoked every token of {owner}: " + (f"ids {', '.join(map(str, revoked))}" if revoked
                                                              else "none was live"))
         return
@@ -435,17 +441,14 @@ def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id."
 
 def token_list(database_url: DatabaseUrl = None, as_json: JsonOutput = False) -> None:
     """List tokens (never their secrets)."""
+    from registry.cli.access import token_table
     from registry.services.tokens import list_tokens
 
     tokens = list_tokens(open_registry(existing(load_settings(database_url), "token list")).db)
     if as_json:
         print_json(tokens)
         return
-    table = Table("id", "owner", "name", "scopes", "limited to", "revoked", "last used", "expires")
-    for t in tokens:
-        table.add_row(str(t.id), t.owner, t.name, ",".join(t.scopes), ",".join(t.limited_to or []) or "-",
-                      str(t.revoked), str(t.last_used_at or "-"), str(t.expires_at or "never"))
-    console.print(table)
+    console.print(token_table(tokens))
 
 
 def token_purge(

@@ -4,6 +4,7 @@ yank, delete, and lineage. Metadata changes need the publish scope for the owner
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from registry.cli.common import (
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.credentials import stored_token
-from registry.domain.errors import InvalidInput, NotFound, Unauthorized
+from registry.domain.errors import InvalidInput, NotFound, RegistryError, Unauthorized
 from registry.domain.metric_names import flat_metrics
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
@@ -286,6 +287,9 @@ def delete(
         if parsed.version is not None or parsed.alias is not None:
             fail(InvalidInput(f"--all deletes a whole adapter: name it as owner/name, not {ref!r}."))
         adapter = f"{parsed.owner}/{parsed.name}"
+        _refuse_protected(registry, token, parsed.owner, list(call_registry(
+            registry, token, lambda c: c.adapter(adapter)).aliases), "delete the adapter, and with it the version it "
+                          "names", adapter)
         count = call_registry(registry, token, lambda c: c.list_versions(
             owner=parsed.owner, name=parsed.name, include_yanked=True, limit=1, with_total=True).total)
         confirm_deletion(yes, f"Delete {adapter} and all its {count} versions?", adapter)
@@ -296,10 +300,22 @@ def delete(
         fail(InvalidInput(f"{ref!r} names no version; say which to delete: {ref}:VERSION or {ref}@ALIAS (or every "
                           f"version: vera delete {ref} --all)."))
     info = call_registry(registry, token, lambda c: c.get(ref))
+    _refuse_protected(registry, token, info.owner, info.aliases, f"delete the version it names ({info.ref})",
+                      info.ref)
     aliases = f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""
     confirm_deletion(yes, f"Delete {info.ref}{aliases}?", info.ref)
     call_registry(registry, token, lambda c: c.delete(info.ref))
     console.print(f"deleted {info.ref}")
+
+
+def _refuse_protected(registry: str | None, token: str | None, owner: str, aliases: list[str], doing: str,
+                      what: str) -> None:
+    """Exit before asking to delete ``what`` when one of its ``aliases`` is protected from the caller: it was asked,
+    confirmed, then refused (an operator's walk, session 48); the registry's own words (refuse_protected)."""
+    if held := call_registry(registry, token, lambda c: c.protected_from_me(owner, aliases)):
+        fail(InvalidInput(f"The alias {held!r} is protected in {owner}: only its admins {doing}. Ask one of them "
+                          f"(`vera org show {owner}` lists them), or have them unprotect it (`vera org unprotect "
+                          f"{owner} {held}`). {what} was not deleted."))
 
 
 def move(
@@ -338,7 +354,8 @@ def copy(
         "--private/--public", help="Who may read the adapter when the copy makes it (default: the registry's).",
         show_default=False)] = None,
     alias: Annotated[str | None, typer.Option(help="Then point this alias of the destination at the copy (a second "
-                                                   "request: the copy stays if it is refused).")] = None,
+                                                   "request, checked before the copy: one refused after it leaves the "
+                                                   "copy there, and says so).")] = None,
     to_registry: Annotated[str | None, typer.Option(
         help="Copy into this other registry (promotion from staging to production): the weights are downloaded from "
              "--registry and published there.", show_default=False)] = None,
@@ -364,7 +381,8 @@ def copy(
         info = call_registry(registry, token, lambda c: c.copy_version(
             source, str(destination), description=description, visibility=visibility))
         if alias is not None:
-            info = call_registry(registry, token, lambda c: c.set_alias(info.ref, alias))
+            info = _aliased(info, source, alias, lambda: call_registry(registry, token,
+                                                                       lambda c: c.set_alias(info.ref, alias)))
     else:  # never this registry's token (--token, VERA_TOKEN) sent to the other (a re-check's finding, session 46)
         with RegistryClient(to_registry, to_token if to_token is not None else stored_token(to_registry) or "") \
                 as there:
@@ -376,12 +394,28 @@ def copy(
             info = call_registry(registry, token, lambda c: c.copy_to(
                 source, there, str(destination), description=description, visibility=visibility))
             if alias is not None:
-                info = there.set_alias(info.ref, alias)
+                info = _aliased(info, source, alias, lambda: there.set_alias(info.ref, alias))
     if as_json:
         print_json(info)
         return
-    console.print(f"copied {info.lineage.get('copied_from', source)} to {info.ref}"
+    console.print(_copied_line(info, source)
                   + (f" ({info.owner}/{info.name}@{alias} -> {info.version})" if alias is not None else ""))
+
+
+def _aliased(copied: VersionInfo, source: str, alias: str, set_alias: Callable[[], VersionInfo]) -> VersionInfo:
+    """The copy once ``set_alias()`` pointed ``alias`` at it; refused (past the checks before the copy: a role
+    changed meanwhile), the copy is said to be there, without the alias, with what to do about it: the refusal alone
+    read as if nothing had been copied (an operator's walk, session 48)."""
+    try:
+        return set_alias()
+    except RegistryError as exc:
+        console.print(_copied_line(copied, source))
+        fail(RegistryError(f"{exc} The copy {copied.ref} stays, without @{alias}: point the alias at it later (`vera "
+                           f"alias {copied.ref} {alias}`) or delete it (`vera delete {copied.ref}`)."))
+
+
+def _copied_line(info: VersionInfo, source: str) -> str:
+    return f"copied {info.lineage.get('copied_from', source)} to {info.ref}"
 
 
 def _refuse_alias(problem: str | None) -> None:

@@ -101,6 +101,12 @@ def check_failed() -> NoReturn:
 def confirm_deletion(yes: bool, question: str, what: str) -> None:
     """Ask ``question`` (default no) unless ``yes``; anything but yes, or no answer (stdin closed), fails saying
     ``what`` was not deleted and how to skip the question (--yes)."""
+    confirm(yes, question, f"{what} was not deleted; pass --yes to delete without asking")
+
+
+def confirm(yes: bool, question: str, refused: str) -> None:
+    """Ask ``question`` (default no) unless ``yes``; anything but yes, or no answer (stdin closed), fails saying
+    ``refused`` (what was not done, and how to skip the question)."""
     if yes:
         return
     try:
@@ -108,7 +114,7 @@ def confirm_deletion(yes: bool, question: str, what: str) -> None:
     except typer.Abort:  # no answer (stdin closed)
         confirmed = False
     if not confirmed:
-        fail(InvalidInput(f"{what} was not deleted; pass --yes to delete without asking."))
+        fail(InvalidInput(f"{refused}."))
 
 
 def reports_errors(command: Callable[P, T]) -> Callable[P, T]:

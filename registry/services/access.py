@@ -688,5 +688,7 @@ def _org_info(s: Session, org: m.Organization, invitations: list[InvitationInfo]
                             created_at=org.created_at,
                             members=[MemberInfo(member=x.member, role=cast(Role, x.role), added_at=x.added_at,
                                                 has_token=x.member in with_tokens)
-                                     for x in org.members],
-                            invitations=invitations or [], protected_aliases=[p.name for p in org.protected_aliases])
+                                     for x in sorted(org.members, key=lambda x: x.member)],  # (a member just
+                            # added came last in the answer that added it, by name in the next: an operator's walk)
+                            invitations=invitations or [],
+                            protected_aliases=sorted(p.name for p in org.protected_aliases))

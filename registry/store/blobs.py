@@ -200,9 +200,29 @@ class FsspecBlobStore:
                                      "not mounted, or VERA_STORAGE_URL is not the registry's. Nothing was written; "
                                      "mount it (GET /ready says when it is back) and retry.")
 
-    def _missing(self, digest: str) -> NotFound:
+    def _missing(self, digest: str) -> NotFound | StorageUnavailable:
+        """The error for a blob not found: storage unavailable where a local store's whole blob folder is gone (a
+        disk unmounted: it was "missing; run vera fsck", which reports every blob missing: an operator's walk,
+        session 48), else NotFound."""
+        if self._local and not os.path.isdir(f"{self.root}/sha256"):
+            log.error("blob storage %s: its folder %s/sha256 is gone", self.url, self.root)
+            return StorageUnavailable("The blob storage's folder is gone (a disk unmounted, or the folder moved or "
+                                      "removed?); its operator must bring it back (GET /ready says when it is).")
         log.warning("blob %s is missing from storage %s", digest, self.url)  # where: for the operator only
         return NotFound(f"Blob {digest} is missing from storage; run `vera fsck` to report.")
+
+    def _make_folder(self, path: str) -> None:
+        """The folder of the blob ``path``. On a local disk only its two levels beneath ``sha256/`` are made, never
+        the storage's own folder: a store whose folder was gone (a disk unmounted under a running server) made it
+        anew beneath the mount point before the write failed (an operator's walk, session 48). A missing
+        ``sha256/`` raises FileNotFoundError: storage unavailable (_storage)."""
+        folder = path.rsplit("/", 1)[0]
+        if not self._local:
+            self.fs.makedirs(folder, exist_ok=True)  # object stores: no folders to make (fsspec's no-op)
+            return
+        for level in (folder.rsplit("/", 1)[0], folder):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(level)
 
     def _path(self, digest: str) -> str:
         return f"{self.root}/sha256/{digest[:2]}/{digest[2:4]}/{digest}"
@@ -245,7 +265,7 @@ class FsspecBlobStore:
         path = self._path(digest)
         if self._freshen(path, len(data), lambda: self.fs.pipe_file(path, data)):
             return digest
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._make_folder(path)
         if self._local:
             tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
             try:
@@ -274,7 +294,7 @@ class FsspecBlobStore:
         with _storage(self.url, "writing a blob", writing=True):
             if self._freshen(target, os.path.getsize(path), lambda: self.fs.put_file(os.fspath(path), target)):
                 return name
-            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self._make_folder(target)
             if not self._local:
                 self.fs.put_file(os.fspath(path), target)
                 return name

@@ -442,6 +442,31 @@ def test_a_revoked_tokens_offspring_stop_working_through_the_api(tmp_path: Path)
             assert next(t for t in admin.tokens(user="ann") if t.id == made.id).revoked
 
 
+def test_vera_token_list_at_80_columns_shows_whole_cells_and_names_the_columns_left_out(tmp_path: Path) -> None:
+    """An operator's walk (session 48): at 80 columns scopes read "publish,re…" and dates "2026-12-…"."""
+    import os
+    import subprocess
+
+    from tests.registry.servers import VERA
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
+    db.upgrade()
+    create_token(db, owner="bob-the-publisher", scopes=["read", "publish"], name="laptop-of-bob",
+                 expires_in=timedelta(days=30), limited_to=["team-nlp"])
+    db.engine.dispose()
+    listed = subprocess.run([str(VERA), "token", "list"], capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "80"})
+    assert listed.returncode == 0, listed.stderr
+    assert "…" not in listed.stdout, listed.stdout
+    assert "publish,read" in listed.stdout and "bob-the-publisher" in listed.stdout, listed.stdout
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    assert "not shown (narrow terminal): " in listed.stdout and "--json has everything" in listed.stdout
+    wide = subprocess.run([str(VERA), "token", "list"], capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"})
+    assert "not shown" not in wide.stdout and "laptop-of-bob" in wide.stdout and "team-nlp" in wide.stdout
+
+
 def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(tmp_path: Path) -> None:
     import os
     import subprocess
@@ -469,7 +494,11 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
     every = vera("--owner", "ann")
     assert every.returncode == 0 and f"revoked every token of ann: ids {ci}" in every.stdout, every
     again = vera("--owner", "ann")
-    assert "none was live" in again.stdout
+    assert again.returncode == 0 and "none was live" in again.stdout
+    # a misspelt user's name was "none was live" too, exit 0, and ann kept every token (an operator's walk, 48)
+    misspelt = vera("--owner", "anne")
+    assert misspelt.returncode == 1 and "No token was ever made for 'anne' here: nothing was revoked. Did you mean " \
+        "ann? `vera token list` lists every token with its user." in " ".join(misspelt.stderr.split()), misspelt
     # the audit log names the machine's user who ran them, not only "operator" (a team admin's walk, session 34):
     # the process's account, not LOGNAME, which a caller sets to anything (a re-check's finding)
     import pwd

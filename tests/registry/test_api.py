@@ -327,6 +327,9 @@ def test_health_ready_and_metrics(local: tuple[str, Path]) -> None:
             'status="404"}') in text
     assert 'vera_http_requests_total{method="GET",route="unmatched",status="404"}' in text
     assert 'vera_http_request_seconds_count{method="GET",route="/ready"}' in text
+    # the process's own, as any service's (an operator's walk, session 48: none)
+    assert "process_resident_memory_bytes " in text and "process_cpu_seconds_total " in text
+    assert "process_start_time_seconds " in text and 'python_info{' in text
 
 
 def test_openapi_lists_every_route(local: tuple[str, Path]) -> None:

@@ -128,6 +128,7 @@ def test_a_write_whose_folder_vanished_is_storage_unavailable(tmp_path: Path) ->
     import shutil
 
     store = FsspecBlobStore(str(tmp_path / "blobs"))
+    kept = store.put(b"published before")
     shutil.rmtree(tmp_path / "blobs")
     with pytest.raises(StorageUnavailable, match="its folder is gone"):
         store.put(b"a publish's bytes")
@@ -135,3 +136,10 @@ def test_a_write_whose_folder_vanished_is_storage_unavailable(tmp_path: Path) ->
     source.write_bytes(b"a built download file")
     with pytest.raises(StorageUnavailable, match="its folder is gone"):
         store.put_file(source)
+    # nothing made beneath the mount point: the folders of the blob were made anew before the write failed (an
+    # operator's walk, session 48: "nothing was changed", and blobs/sha256/85/21 was there)
+    assert not (tmp_path / "blobs").exists()
+    # a read there is the storage gone, not a missing blob (it said "run vera fsck", which finds them all missing)
+    for read in (store.get, store.reader):
+        with pytest.raises(StorageUnavailable, match="The blob storage's folder is gone"):
+            read(kept)

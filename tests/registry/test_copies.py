@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 from sqlalchemy import func, select
 
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
-from registry.domain.schemas import AdapterUpdate, EvaluationRecord
+from registry.domain.schemas import AdapterUpdate, EvaluationRecord, VersionInfo
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
 from registry.services.tokens import create_token
@@ -206,6 +207,56 @@ def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
         refused = vera("cp", "alice/pub:1", "alice/other", "--alias", alias)
         assert refused.returncode == 1 and said in refused.stderr and "Nothing was copied." in refused.stderr
     assert json.loads(vera("ls", "alice/other", "--json").stdout)["items"] == []  # nothing was copied
+
+
+def test_vera_cp_to_an_alias_an_organisation_protects_copies_nothing_for_a_member_who_may_not_move_it(
+        server: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator's walk (session 48): a writer of an organisation copied with --alias prod, protected there; the
+    copy was made, then its alias refused, and only the refusal was said (exit 1: a script read "nothing happened").
+    It is asked before the copy now; a refusal after it (a role changed meanwhile) says the copy is there."""
+    with RegistryClient(server["url"], server["tokens"]["alice"], cache=False) as alice:
+        alice.create_organization("copiers")
+        alice.set_member("copiers", "mallory", "write")
+        alice.protect_alias("copiers", "prod")
+        env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": server["url"]}
+        as_mallory = {**env, "VERA_TOKEN": server["tokens"]["mallory"]}
+        refused = subprocess.run([str(VERA), "cp", "alice/pub:1", "copiers/pub", "--alias", "prod"],
+                                 capture_output=True, text=True, timeout=120, env=as_mallory, check=False)
+        flat = " ".join(refused.stderr.split())
+        assert refused.returncode == 1 and "The alias 'prod' is protected in copiers: only its admins point it at " \
+            "a version. Copy without --alias and ask one of them to move it (`vera org show copiers` lists them). " \
+            "Nothing was copied." in flat, refused.stderr
+        with pytest.raises(NotFound):
+            alice.adapter("copiers/pub")  # nothing copied
+        done = subprocess.run([str(VERA), "cp", "alice/pub:1", "copiers/pub", "--alias", "prod"],
+                              capture_output=True, text=True, timeout=120, env={**env, "VERA_TOKEN": server[
+                                  "tokens"]["alice"]}, check=False)  # its admin
+        assert done.returncode == 0 and "(copiers/pub@prod -> 1)" in done.stdout, done.stderr
+        copy = alice.get("copiers/pub:1")
+        # a delete its protected alias refuses is refused before its question (it was asked, confirmed, then
+        # refused: an operator's walk, session 48), in the registry's words
+        for asked, doing in ((["copiers/pub:1"], "delete the version it names (copiers/pub:1)"),
+                             (["copiers/pub", "--all"], "delete the adapter, and with it the version it names")):
+            kept = subprocess.run([str(VERA), "delete", *asked], capture_output=True, text=True, timeout=120,
+                                  env=as_mallory, check=False)
+            flat = " ".join(kept.stderr.split())
+            assert kept.returncode == 1 and f"The alias 'prod' is protected in copiers: only its admins {doing}. " \
+                "Ask one of them (`vera org show copiers` lists them)" in flat and "[y/N]" not in kept.stdout, flat
+        assert "prod" in alice.get("copiers/pub:1").aliases  # nothing deleted
+    from registry.cli.catalog import _aliased
+    from registry.domain.errors import Forbidden
+
+    def refuse() -> VersionInfo:
+        raise Forbidden("The alias 'prod' is protected in copiers.")
+
+    capsys.readouterr()
+    with pytest.raises(typer.Exit) as exited:
+        _aliased(copy, "alice/pub:1", "prod", refuse)
+    said = capsys.readouterr()
+    assert exited.value.exit_code == 1 and "copied alice/pub:1 to copiers/pub:1" in said.out
+    assert "error: The alias 'prod' is protected in copiers. The copy copiers/pub:1 stays, without @prod: point the " \
+        "alias at it later (`vera alias copiers/pub:1 prod`) or delete it (`vera delete copiers/pub:1`)." in \
+        " ".join(said.err.split()), said.err
 
 
 def test_a_version_is_promoted_into_another_registry_with_what_it_says_of_itself(tmp_path: Path) -> None:

@@ -515,6 +515,48 @@ def test_a_server_takes_no_changes_once_a_newer_release_upgraded_its_database(tm
         assert client.set_alias("ann/x:1", "prod").version == 1
 
 
+def test_a_server_whose_database_was_downgraded_under_it_answers_503_not_500_until_upgraded(tmp_path: Path) -> None:
+    """An operator's walk (session 48): `vera db downgrade` one revision under a running server; its writes were
+    refused ("Reads go on"), but every read was a 500 naming a ProgrammingError (a column this release reads was
+    gone). Every request but /health, /ready and the docs is a 503 saying to upgrade now, and all is answered again
+    once the schema is back at head, without a restart."""
+    import time
+
+    import httpx
+
+    from registry.api.gate import SCHEMA_RECHECK_S
+    from registry.client import RegistryClient
+    from tests.registry.adapters import make_adapter
+    from tests.registry.servers import running_server
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with running_server(url, tmp_path / "blobs") as server, RegistryClient(server, cache=False, retries=0) as client:
+        client.publish(make_adapter(tmp_path / "a"), "ann/x", base_model="tiny-llama")
+        db = Database(url)
+        head = db.head_revision()
+        db.downgrade("-1")  # as `vera db downgrade <the revision before head>`
+        assert db.current_revision() not in (head, None)
+        time.sleep(SCHEMA_RECHECK_S + 0.5)
+        for method, path in (("GET", "/api/v1/adapters"), ("GET", "/api/v1/adapters/ann/x/versions/1"),
+                             ("HEAD", "/api/v1/adapters"), ("GET", "/hf/api/models/ann/x"), ("GET", "/metrics"),
+                             ("PUT", "/api/v1/adapters/ann/x/aliases/prod")):
+            answer = httpx.request(method, f"{server}{path}")
+            assert answer.status_code == 503 and answer.headers["retry-after"], (method, path, answer.text)
+            if method != "HEAD":
+                said = answer.json()
+                assert said["type"] == "/problems/schema_out_of_date", said
+                assert "answers no requests until its database is upgraded" in said["detail"]
+                assert "Run `vera db upgrade`" in said["detail"] and "Nothing was read or changed" in said["detail"]
+        assert httpx.get(f"{server}/health").status_code == 200
+        ready = httpx.get(f"{server}/ready")
+        assert ready.status_code == 503 and "vera db upgrade" in ready.text, ready.text
+        assert httpx.get(f"{server}/openapi.json").status_code == 200
+        db.upgrade()
+        db.close()
+        time.sleep(SCHEMA_RECHECK_S + 0.5)
+        assert client.get("ann/x:1").ref == "ann/x:1" and client.set_alias("ann/x:1", "prod").version == 1
+
+
 def test_a_database_that_refuses_writes_still_authenticates_and_says_why_it_refuses(tmp_path: Path) -> None:
     """A SQLite file the registry may not write (permissions, an immutable file, a read-only mount; here SQLite's
     query_only, which refuses writes with the same SQLITE_READONLY): a token's lookup, which records its last use

@@ -119,4 +119,5 @@ def test_every_scrape_of_two_processes_counts_every_request(tmp_path: Path, monk
         totals = [requests_counted(text_string_to_metric_families(s.text), "/health") for s in scrapes]
         assert totals == [sent] * len(scrapes) and sent >= 40
         assert "vera_versions 0.0" in scrapes[0].text  # the registry's totals, read by the process scraped
+        assert "process_resident_memory_bytes" not in scrapes[0].text  # one process's of several: not said
     assert not list(temp.glob("vera-metrics-*"))

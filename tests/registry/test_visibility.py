@@ -536,7 +536,15 @@ def test_rotating_by_a_token_made_from_the_stored_one_says_what_it_revoked(
     made = vera("auth", "create-token", "--scope", "read", "--name", "laptop-2027")
     new = next(word for word in made.stdout.split() if word.startswith("vera_"))
     assert vera("login", "--token", new).returncode == 0
-    revoked = vera("auth", "revoke", str(old_id))
+    # asked first, since tokens made from it go too: a CI token went unasked (an operator's walk, session 48)
+    kept = vera("auth", "revoke", str(old_id))
+    flat = " ".join(kept.stdout.split() + kept.stderr.split())
+    assert kept.returncode == 1 and f"Revoke token {old_id} and the 1 token made from it: " in flat and \
+        "(laptop-2027)?" in flat and f"Token {old_id} was not revoked; pass --yes to revoke it and them without " \
+        "asking. A token that must outlive it is made by an administrator (`vera token create`), not from it." in \
+        flat, flat
+    assert vera("whoami").returncode == 0  # nothing revoked
+    revoked = vera("auth", "revoke", str(old_id), "--yes")
     flat = " ".join(revoked.stdout.split() + revoked.stderr.split())
     assert revoked.returncode == 0 and f"revoked token {old_id} and the tokens made from it: " in flat, flat
     assert "which this command ran with (the one `vera login` stored, or VERA_TOKEN), was among them: you are " \
