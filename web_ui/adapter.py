@@ -4,6 +4,8 @@ storage, the per-layer d/b heatmap, verification, Hub push/pull, downloads and e
 from __future__ import annotations
 
 import functools
+import io
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +39,7 @@ def page() -> None:
     navigation.set_param("ref", ref_text)  # the URL names what is shown (also when opened from elsewhere)
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     if info.yanked:  # said as a banner, not only a suffix (a walk in a browser, session 40), as `vera fetch` warns
-        why = f" (its publisher's reason: {markdown_text(info.yank_reason)})" if info.yank_reason else ""
-        st.warning(f"{info.ref} is yanked{why}: its publisher took it out of listings and latest. It stays "
-                   "downloadable by number (and by any alias still on it); Edit unyanks it.", icon=":material/block:")
+        yanked_banner(info, "It stays downloadable by number (and by any alias still on it); Edit unyanks it.")
     about(info)
     header(info)
 
@@ -47,13 +47,27 @@ def page() -> None:
     labels = (["Model card"] if card else []) + list(SECTIONS)
     # Only the open tab is built (a click on another reruns the page): a first visit draws the header and one table,
     # not charts, a graph and forms nobody has opened (bench/RESULTS.md, Adapter's first render).
-    for label, tab in zip(labels, st.tabs(labels, key=TAB, on_change="rerun"), strict=True):
+    for label, tab in zip(labels, st.tabs(labels, key=TAB, on_change="rerun", default=kept_tab(labels)),
+                          strict=True):
         if tab.open:
             with tab:
                 if label == "Model card":
                     show_card(card or "")
                 else:
                     SECTIONS[label](info)
+
+
+def kept_tab(labels: list[str]) -> str | None:
+    """The tabs' ``default``: where the labels are not those of the last run (a first model card saved adds one),
+    the tab open then, which a browser's tabs forgot (Save adapter went on to the new Model card tab, and its
+    "Saved" under the Edit form was never seen: a dashboard walk, session 48); with the same labels, the same
+    default as the last run, since a new default makes new tabs, which open at it (the tab clicked was lost)."""
+    before, default = st.session_state.get(TAB_LABELS, (None, None))
+    if before != labels:
+        tab = st.session_state.get(TAB)
+        default = tab if before is not None and isinstance(tab, str) and tab in labels else None
+        st.session_state[TAB_LABELS] = (labels, default)
+    return default if isinstance(default, str) else None
 
 
 def missing(ref_text: str, exc: NotFound) -> None:
@@ -121,14 +135,20 @@ def show_card(card: str) -> None:
 def model_card(info: VersionInfo) -> str | None:
     """The model card (Markdown) when the registry has one: a ``card`` the version carries, else the adapter's own
     (``RegistryClient.adapter``, where the client and the server have it); None when there is none."""
-    card = getattr(info, "card", None)
-    fetch = getattr(RegistryClient, "adapter", None)
-    if not card and fetch is not None:
-        try:
-            card = getattr(session.read(fetch, f"{info.owner}/{info.name}"), "card", None)
-        except RegistryError:  # a registry without adapter pages (404, 405): no card to show
-            card = None
+    card = getattr(info, "card", None) or adapter_field(info, "card")
     return card if isinstance(card, str) and card.strip() else None
+
+
+def adapter_field(info: VersionInfo, field: str) -> Any:
+    """A field of the adapter of ``info`` (its card, its description), or None where the registry has no adapter
+    pages (404, 405) or the client no such call."""
+    fetch = getattr(RegistryClient, "adapter", None)
+    if fetch is None:
+        return None
+    try:
+        return getattr(session.read(fetch, f"{info.owner}/{info.name}"), field, None)
+    except RegistryError:
+        return None
 
 
 VISIBILITY_BADGES = {"private": ":orange-badge[:material/lock: private]",
@@ -140,6 +160,11 @@ def about(info: VersionInfo) -> None:
     often its weights were downloaded."""
     if info.description:
         description(info.description)
+    elif isinstance(said := adapter_field(info, "description"), str) and said.strip():
+        # the adapter's own, where the version has none: it was shown nowhere but in the Edit tab's box (a
+        # dashboard walk, session 48)
+        description(said)
+        st.caption(f"(the description of {info.owner}/{info.name}; this version has none of its own)")
     if info.aliases:  # which version is prod, said where the version is (Browse shows it; this page did not)
         st.markdown(" ".join(f":green-badge[@{alias}]" for alias in formats.ordered_aliases(info.aliases)),
                     help="Its aliases: owner/name@ALIAS names this version")
@@ -235,6 +260,19 @@ def published_by(v: VersionInfo) -> str:
     return f"{v.published_by} (CI: {via.get('publisher', '?')})" if isinstance(via, dict) else v.published_by
 
 
+def yanked_banner(info: VersionInfo, more: str) -> None:
+    """The warning that the yanked version ``info`` is yanked, with its publisher's reason, then ``more``."""
+    why = f" (its publisher's reason: {markdown_text(info.yank_reason)})" if info.yank_reason else ""
+    st.warning(f"{info.ref} is yanked{why}: its publisher took it out of listings and latest. {more}",
+               icon=":material/block:")
+
+
+def yanked_cell(v: VersionInfo) -> str:
+    """A version's yank in a table's cell: "yanked" and its reason (only the version's own banner said it: a
+    dashboard walk, session 48), or ""."""
+    return ("yanked" + (f": {v.yank_reason}" if v.yank_reason else "")) if v.yanked else ""
+
+
 def versions(info: VersionInfo) -> None:
     page = session.read(RegistryClient.list_versions, **versions_query(info))
     items = page.items
@@ -245,7 +283,7 @@ def versions(info: VersionInfo) -> None:
                            "accuracy": accuracy, "eval loss": key_metrics(v)["eval loss"],
                            # words, not a bool: the grid draws a bool as a checkbox, which reads as one to click (a
                            # newcomer's walk); yanking is the Edit tab's
-                           "created": v.created_at, "yanked": "yanked" if v.yanked else "",
+                           "created": v.created_at, "yanked": yanked_cell(v),
                            "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                            "published by": published_by(v)}
                           for v, accuracy in zip(items, accuracy_cells(items), strict=True)])
@@ -408,6 +446,24 @@ def built_file(url: str, token: str, ref: str, name: str, options: dict[str, boo
                           seed_only=options.get("seed_only", False), as_lora=options.get("as_lora", False))
 
 
+def folder_name(info: VersionInfo, options: dict[str, bool]) -> str:
+    """The downloaded folder's name: owner-name-vN, and the form unless it is the default (``-lora``)."""
+    form = next((suffix for key, suffix in (("as_lora", "-lora"), ("with_projection", "-with-ab"),
+                                            ("seed_only", "-seed-only")) if options.get(key)), "")
+    return f"{info.owner}-{info.name}-v{info.version}{form}"
+
+
+def built_folder(url: str, token: str, ref: str, names: tuple[str, ...], options: dict[str, bool],
+                 folder: str) -> bytes:
+    """The version's files in this form as one zip of the folder ``folder`` (PEFT's files, which
+    ``PeftModel.from_pretrained`` loads once unzipped); built when its button is clicked (built_file)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in names:
+            archive.writestr(f"{folder}/{name}", built_file(url, token, ref, name, options))
+    return out.getvalue()
+
+
 def downloads(info: VersionInfo) -> None:
     forms: dict[str, dict[str, bool]] = {
         "for PEFT (default)": {}, "with A and B": {"with_projection": True},
@@ -426,7 +482,15 @@ def downloads(info: VersionInfo) -> None:
     st.caption("Each file is built by the registry when its button is clicked" + (
         f"; this form holds {holds}, so it is larger than the {formats.size(info.stored_bytes)} stored."
         if larger else "."))
-    for name in ADAPTER_FILES[:2] if options.get("as_lora") else ADAPTER_FILES:
+    names = ADAPTER_FILES[:2] if options.get("as_lora") else ADAPTER_FILES
+    # the folder in one file, named after the version and form: every form's files had PEFT's names, so two
+    # downloads collided in the browser's folder (a dashboard walk, session 48)
+    folder = folder_name(info, options)
+    st.download_button(f"{folder}.zip (the folder)", functools.partial(built_folder, url, token, info.ref, names,
+                                                                         options, folder),
+                       file_name=f"{folder}.zip", mime="application/zip", key="dl-folder", on_click="ignore",
+                       icon=":material/folder_zip:", type="primary")
+    for name in names:
         st.download_button(name, functools.partial(built_file, url, token, info.ref, name, options), file_name=name,
                            key=f"dl-{name}", on_click="ignore", icon=":material/download:")
     flag = {"with_projection": " --with-projection", "seed_only": " --seed-only", "as_lora": " --as lora"}
@@ -444,6 +508,8 @@ def downloads(info: VersionInfo) -> None:
 
 #: The tab that is open (st.session_state), and what each tab but the model card shows, in order.
 TAB = "adapter_tab"
+#: The Adapter page's tab labels as last drawn, and the default they were drawn with (kept_tab).
+TAB_LABELS = "adapter_tab_labels"
 SECTIONS: dict[str, Callable[[VersionInfo], None]] = {
     "Versions and config": versions, "Lineage": lineage.section, "Metrics": metrics, "Layers": layers.section,
     "Verify": verify, "Hub": hub, "Download": downloads, "Edit": editing.section}

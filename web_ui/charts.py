@@ -146,7 +146,9 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
     The plot area is PLOT_PX tall whatever the legends hold: the chart fits its container's width only
     ("fit-x"; Streamlit's default "fit" squeezes title, axes and legends into a fixed height, leaving four
     versions' curves 55 px). The legend names each version by its colour and each curve by a line sample."""
-    rows = [{"version": ref, "step": step, "loss": loss, "curve": curve}
+    # a curve of one point is a dot too: a line through one point draws nothing (a run that logged its loss once,
+    # [[10, 0.686]], showed a legend and an axis up to 0.686 and no mark: a dashboard walk, session 48)
+    rows = [{"version": ref, "step": step, "loss": loss, "curve": curve, "dot": curve == "eval" or len(points) == 1}
             for curve, curves in (("training", train), ("eval", evals or {}))
             for ref, points in curves.items() for step, loss in points]
     if not rows:
@@ -171,7 +173,7 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         legend=alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2,
                           symbolSize=SAMPLE_SIZE)))
     # large enough to be seen alone: a run evaluated once has one dot and no dashed line (session 12's walk)
-    dots = base.transform_filter(alt.datum.curve == "eval").mark_point(filled=True, size=DOT_SIZE)
+    dots = base.transform_filter(alt.datum.dot).mark_point(filled=True, size=DOT_SIZE)
     rules = kept_rules(kept or {}, refs)
     title = alt.TitleParams("Training and eval loss" if has_eval else "Training loss", anchor="start",
                             subtitle=("solid: training loss per step; "

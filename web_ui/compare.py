@@ -12,7 +12,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput, NotFound
 from registry.domain.schemas import Page, VersionInfo, compare_params, is_reference
 from web_ui import charts, formats, navigation, session, tables
-from web_ui.adapter import PARAM_KEY_PX, PARAM_VALUE_PX
+from web_ui.adapter import PARAM_KEY_PX, PARAM_VALUE_PX, yanked_banner
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
 BOX = "compare_box"
@@ -155,6 +155,10 @@ def page() -> None:
     if len(versions) < 2:
         st.info("Choose two to four different versions.")
         return
+    for info in versions:  # a yanked version compared read like any other, the best one perhaps (a dashboard
+        # walk, session 48)
+        if info.yanked:
+            yanked_banner(info, "Compared here as asked; choose another version to use.")
     pinned = tuple((v.ref, v.vectors_sha256, v.projection_fingerprint) for v in versions)
     # the slow part, computed while the table and curves draw: against the version the Against box holds (a link's
     # ?against= too: a comparison shared is the same comparison)

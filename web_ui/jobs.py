@@ -304,9 +304,24 @@ def log(job_id: int, events: list[JobEventInfo]) -> None:
         st.caption("Nothing logged yet.")
     else:
         st.table(rows.assign(details=rows["details"].map(markdown_text)), hide_index=True)
+    if said := log_caption(events, len(rows)):
+        st.caption(said)
     st.download_button(f"Download the raw log ({formats.counted(len(events), 'event')}, JSON lines)", raw_log(events),
                        file_name=f"job-{job_id}-events.jsonl", mime="application/jsonl", key=f"raw-log-{job_id}",
                        on_click="ignore", disabled=not events)
+
+
+def log_caption(events: list[JobEventInfo], shown: int) -> str:
+    """What the log table leaves out, or "": the table listed 5 events beside a button for the raw log's 20, the
+    other 15 unsaid (a dashboard walk, session 48): the newest lines only, and the events of other kinds (the
+    training steps, drawn as the loss curve)."""
+    logged = sum(e.kind in LOGGED for e in events)
+    steps = sum(e.kind == "step" for e in events)
+    others = len(events) - logged - steps
+    unlisted = ([formats.counted(steps, "training step") + " (the loss curve above)"] if steps else []) + (
+        [formats.counted(others, "other event")] if others else [])
+    return " ".join(([f"The newest {shown:,} of {logged:,} log lines."] if logged > shown else [])
+                    + ([f"Not listed: {' and '.join(unlisted)}; the raw log has every event."] if unlisted else []))
 
 
 def raw_log(events: list[JobEventInfo]) -> str:

@@ -144,7 +144,9 @@ def cluster(
         if with_ui:
             from registry.cli.run import _dashboard
 
-            children.append(Child("dashboard", _dashboard(ui_port, children[0].url), f"http://127.0.0.1:{ui_port}"))
+            children.append(Child("dashboard", _dashboard(ui_port, children[0].url,
+                                                          dataset_bytes=settings.max_dataset_bytes),
+                                  f"http://127.0.0.1:{ui_port}"))
         _wait_healthy(children, start_timeout)
         _announce(children, settings.resolved_database_url, settings.resolved_storage_url)
         stopped = _supervise(children)

@@ -236,9 +236,12 @@ def _check_free(port: int, option: str, *, other: str = "", host: str = "127.0.0
 
 
 def _dashboard(port: int, registry_url: str, option: str = "--port", other: str = "", *,
-               host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+               host: str = "127.0.0.1", dataset_bytes: int | None = None) -> subprocess.Popen[bytes]:
     """Start the Streamlit dashboard (a child process) against ``registry_url`` on ``host``; a port taken exits,
-    naming the command's ``option`` for it (and ``other`` ways out)."""
+    naming the command's ``option`` for it (and ``other`` ways out). ``dataset_bytes``: the registry's largest job
+    dataset (VERA_MAX_DATASET_BYTES, where the registry runs beside it), the Train page's upload bound (else
+    web_ui/.streamlit/config.toml's, the default's; Streamlit's own 200 MB promised files the registry refuses: a
+    dashboard walk, session 48)."""
     import importlib.util
 
     import web_ui
@@ -257,7 +260,8 @@ def _dashboard(port: int, registry_url: str, option: str = "--port", other: str 
                # "External URL" on every start with a wildcard --host (offline: "Did not auto detect external IP")
                "--logger.hideWelcomeMessage", "true",
                # and "Uvicorn server started on :::8501" (Streamlit's server), read as a second API (session 40)
-               "--logger.level", "warning"]
+               "--logger.level", "warning",
+               *(["--server.maxUploadSize", str(-(-dataset_bytes // 2**20))] if dataset_bytes else [])]
     return subprocess.Popen(command, env={**os.environ, "VERA_REGISTRY_URL": registry_url},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
@@ -367,7 +371,8 @@ def up(
     embedded = load_settings(None, read_only=read_only)
     api = f"http://127.0.0.1:{port}"  # the dashboard's way to the API, on this machine whatever the bind address
     _check_free(port, "--port", host=host)
-    dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui", host=host) if with_ui else None
+    dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui", host=host,
+                           dataset_bytes=embedded.max_dataset_bytes) if with_ui else None
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # the address to print, not to bind
     if dashboard is not None:
         console.print(f"dashboard on http://{shown}:{ui_port}" + (" (and this machine's other addresses)"

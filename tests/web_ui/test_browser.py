@@ -20,6 +20,7 @@ from playwright.sync_api import FloatRect, Locator, Page, expect, sync_playwrigh
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from registry.client import RegistryClient
+from registry.domain.schemas import ADAPTER_FILES
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import free_port, running_server, running_vera
 
@@ -924,6 +925,8 @@ def test_train_takes_a_dataset_whose_columns_have_other_names_in_a_browser(page:
     page.goto(f"{product['ui']}/train")
     page.get_by_label("Publish as").fill("alice/columns")
     page.get_by_text("Demo task (word polarity, offline)").click()  # unticked
+    # the registry's bound on a dataset (VERA_MAX_DATASET_BYTES), not Streamlit's 200 MB (a dashboard walk, 48)
+    expect(page.get_by_text(re.compile(r"^64MB per file"))).to_be_visible()
     page.get_by_role("button", name="Launch").click()
     expect(page.get_by_text("No dataset: tick Demo task for the offline demo, or upload a .csv or .jsonl file."
                             )).to_be_visible()
@@ -944,6 +947,36 @@ def test_train_takes_a_dataset_whose_columns_have_other_names_in_a_browser(page:
             client.cancel_job(job.id)  # its columns are what this test checks, not its training
     assert job.spec["text_column"] == "sentence" and job.spec["label_column"] == "sentiment", job.spec
     assert job.spec["demo"] is False
+
+
+def test_a_first_model_card_saved_stays_on_edit_and_the_folder_downloads_as_one_zip_in_a_browser(
+        page: Page, product: dict[str, str], tmp_path: Path) -> None:
+    """A dashboard walk (session 48): Save adapter with a first model card went on to the Model card tab that it
+    added, and its "Saved" under the Edit form was never seen; every download form's files had PEFT's names, so
+    two downloads collided in the browser's folder: the folder comes as one zip named after the version and form."""
+    with RegistryClient(product["api"]) as client:
+        client.publish(make_adapter(tmp_path / "carded", seed=21), "alice/carded", base_model="tiny-llama")
+    use_product_registry(page, product)
+    page.goto(f"{product['ui']}/adapter?ref=alice/carded:1")
+    page.get_by_role("tab", name="Edit").click()
+    page.get_by_role("textbox", name="Model card (Markdown)").fill("# Carded\n\nA first card.")
+    page.get_by_role("button", name="Save adapter").click()
+    expect(page.get_by_text("Saved alice/carded: model card.")).to_be_visible()
+    expect(page.get_by_role("tab", name="Model card")).to_be_visible()
+    expect(page.get_by_role("tab", name="Edit", selected=True)).to_be_visible()
+    shot(page, "56-first-card-saved-on-edit")
+    page.get_by_role("tab", name="Download").click()
+    expect(page.get_by_text("vera fetch alice/carded:1 --out carded")).to_be_visible()
+    shot(page, "57-download-folder-zip")
+    with page.expect_download() as download:
+        page.get_by_role("button", name=re.compile(r"alice-carded-v1\.zip \(the folder\)")).click()
+    assert download.value.suggested_filename == "alice-carded-v1.zip"
+    import zipfile
+
+    with zipfile.ZipFile(download.value.path()) as folder:
+        assert folder.namelist() == [f"alice-carded-v1/{name}" for name in ADAPTER_FILES]
+        config = json.loads(folder.read("alice-carded-v1/adapter_config.json"))
+    assert config["peft_type"] == "VERA"
 
 
 def test_a_team_leads_walk_compare_projections_and_the_last_version_deleted_in_a_browser(

@@ -81,6 +81,10 @@ def test_the_loss_chart_has_a_title_and_the_eval_curve_over_the_training_curve()
     assert chart["layer"][0]["encoding"]["strokeDash"]["field"] == "curve"
     alone = spec(charts.loss_curves({"a/b:1": [[1, 0.9]]}))
     assert alone["title"]["text"] == "Training loss" and "no evaluation" in alone["title"]["subtitle"]
+    # a training loss logged once is a dot: a line through one point drew nothing (a dashboard walk, session 48)
+    assert alone["layer"][1]["transform"] == [{"filter": "datum.dot"}]
+    assert [(r["curve"], r["dot"]) for r in next(iter(alone["datasets"].values()))] == [("training", True)]
+    assert {r["curve"]: r["dot"] for r in data} == {"training": False, "eval": True}  # longer curves: lines
     assert charts.loss_curves({"a/b:1": []}, {}) is None
 
 

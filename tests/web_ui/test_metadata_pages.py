@@ -272,6 +272,21 @@ def test_a_writer_edits_description_tags_and_card(registry: dict[str, Any]) -> N
         assert client.adapter("alice/grandchild").card == "# Grandchild\n\nA card."
 
 
+def test_the_adapters_description_shows_where_the_version_has_none(registry: dict[str, Any]) -> None:
+    """A dashboard walk (session 48): the adapter's description (Edit, The adapter) was saved and shown nowhere
+    but in its box: the header showed the version's only."""
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.publish(registry["root"] / "a", "alice/described", base_model="tiny-llama")
+        client.publish(registry["root"] / "a", "alice/described", base_model="tiny-llama", description="Its own.")
+        client.update_adapter("alice/described", description="Sentiment of product reviews.")
+    bare = page("adapter", registry, query={"ref": "alice/described:1"})
+    assert not bare.exception and "Sentiment of product reviews." in [m.value for m in bare.markdown]
+    assert "(the description of alice/described; this version has none of its own)" in [c.value for c in
+                                                                                           bare.caption]
+    own = page("adapter", registry, query={"ref": "alice/described:2"})
+    assert "Its own." in [m.value for m in own.markdown] and "Sentiment of product reviews." not in texts(own)
+
+
 def test_a_long_description_shows_its_first_lines_and_the_rest_behind_show_more(registry: dict[str, Any]) -> None:
     """A newcomer's walk: a long version description pushed the version's numbers and tabs out of view."""
     long = "\n".join(f"Line {i} of what was done." for i in range(1, 31))
@@ -596,6 +611,16 @@ def test_a_version_is_yanked_and_unyanked(registry: dict[str, Any]) -> None:
     assert "Reason given: leaked \\*test\\* split: use :1" in [c.value for c in at.caption]
     with RegistryClient(registry["url"], registry["token"]) as client:
         assert client.get("alice/yankable:2").yank_reason == "leaked *test* split: use :1"
+    # the reason where versions are scanned and chosen too: only the version's own banner said it (a dashboard
+    # walk, session 48): the Versions table, and Compare, which showed a yanked version as any other
+    listed = page("adapter", registry, query={"ref": "alice/yankable:1"})
+    table = next(d.value for d in listed.dataframe if "yanked" in d.value.columns)
+    assert dict(zip(table["version"], table["yanked"], strict=True))["adapter?ref=alice/yankable:2"] == \
+        "yanked: leaked *test* split: use :1"
+    compared = page("compare", registry, query={"refs": "alice/yankable:1,alice/yankable:2"})
+    assert not compared.exception and [w.value for w in compared.warning] == [
+        "alice/yankable:2 is yanked (its publisher's reason: leaked \\*test\\* split: use :1): its publisher took it "
+        "out of listings and latest. Compared here as asked; choose another version to use."]
     click(at, "Unyank this version")
     box = next(t for t in at.text_input if t.label == "Reason (optional)")
     assert box.value == ""  # emptied once said: the next yank gives its own

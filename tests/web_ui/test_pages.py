@@ -293,8 +293,25 @@ def test_adapter_header_says_which_parameters_it_counts(registry: dict[str, Any]
 def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, adapter_ref="alice/model2:1", adapter_tab="Download")
     buttons = at.get("download_button")
-    assert [b.label for b in buttons] == ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+    assert [b.label for b in buttons] == ["alice-model2-v1.zip (the folder)", "adapter_config.json",
+                                          "adapter_model.safetensors", "README.md"]
     assert all(b.proto.deferred_file_id and not b.proto.url for b in buttons)  # built when clicked, not per render
+    # the folder in one zip named after the version and form: every form's files had PEFT's names, so two
+    # downloads collided (a dashboard walk, session 48); unzipped, PEFT's folder with the files the registry builds
+    import io
+    import zipfile
+
+    from web_ui import adapter
+
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        info = client.get("alice/model2:1")
+        built = zipfile.ZipFile(io.BytesIO(adapter.built_folder(
+            registry["url"], registry["token"], info.ref, ("adapter_config.json", "adapter_model.safetensors"),
+            {"as_lora": True}, adapter.folder_name(info, {"as_lora": True}))))
+        assert built.namelist() == ["alice-model2-v1-lora/adapter_config.json",
+                                    "alice-model2-v1-lora/adapter_model.safetensors"]
+        assert built.read("alice-model2-v1-lora/adapter_model.safetensors") == client.download(
+            info.ref, "adapter_model.safetensors", as_lora=True)
     form = next(r for r in at.radio if r.label == "Form")
     assert form.value == "for PEFT (default)"
     assert any(c.value == "vera fetch alice/model2:1 --out model2" for c in at.code)

@@ -70,6 +70,12 @@ def test_a_jobs_log_is_a_table_in_words_and_the_raw_log_stays_reachable(registry
     assert titles == ["Training and eval loss", "Eval accuracy"]
     download = at.get("download_button")[0]
     assert download.label == f"Download the raw log ({len(events)} events, JSON lines)" and len(events) >= 4
+    # what the table leaves out is said (5 events listed beside "20 events" unsaid: a dashboard walk, session 48)
+    assert "Not listed: 1 training step (the loss curve above); the raw log has every event." in \
+        [c.value for c in at.caption]
+    assert jobs.log_caption(events, 1) == f"The newest 1 of {len(rows)} log lines. Not listed: 1 training step " \
+        "(the loss curve above); the raw log has every event."
+    assert jobs.log_caption([e for e in events if e.kind != "step"], len(rows)) == ""  # all listed: nothing said
     raw = [json.loads(line) for line in jobs.raw_log(events).splitlines()]
     assert [r["data"] for r in raw] == [e.data for e in events] and raw[-2]["data"]["eval_loss"] == 0.637899894476263
     queue.finish(job.id, "test-worker", status="cancelled")
