@@ -232,14 +232,13 @@ def _joined(lines: list[str]) -> str:
 
 
 def header(info: VersionInfo) -> None:
-    cols = st.columns(5)
-    cols[0].metric("Rank", info.r)
-    cols[1].metric("Adapter parameters", formats.count(info.adapter_parameters),
-                   help="The d and b vectors of every adapted layer: what `vera ls` counts.")
-    cols[2].metric("Stored", formats.size(info.stored_bytes), help=f"{info.stored_bytes:,} bytes")
-    # in Browse's words ("not yet", not "unverified": session 23's walk read two terms for one state)
-    cols[3].metric("Verification", formats.VERIFIED.get(info.verification_status, info.verification_status))
-    cols[4].metric("Base model", info.base_model, help=f"`{info.base_model}`")  # whole, when the column cuts it
+    views.tiles([("Rank", info.r, None),
+                 ("Adapter parameters", formats.count(info.adapter_parameters),
+                  "The d and b vectors of every adapted layer: what `vera ls` counts."),
+                 ("Stored", formats.size(info.stored_bytes), f"{info.stored_bytes:,} bytes"),
+                 # in Browse's words ("not yet", not "unverified": session 23's walk read two terms for one state)
+                 ("Verification", formats.VERIFIED.get(info.verification_status, info.verification_status), None),
+                 ("Base model", info.base_model, f"`{info.base_model}`")])  # whole, should a narrow page cut it
     if info.trainable_parameters != info.adapter_parameters:
         st.caption(f"{formats.count(info.trainable_parameters)} trainable with the task head "
                    f"({formats.count(info.trainable_parameters - info.adapter_parameters)} head parameters on top "

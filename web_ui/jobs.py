@@ -170,25 +170,24 @@ def cancel_controls(job: JobInfo) -> None:
 
 def header(job: JobInfo) -> None:
     p = job.progress
-    cols = st.columns(5)
-    cols[0].metric("Status", status(job))
     total = p.get("total_steps")
     active = job.status in ACTIVE_JOB_STATUSES
     # a queued job read "Step: starting" while no worker had it yet (session 28's walk); "waiting for a worker" was
     # cut to "waiting f…" in the tile (session 29's): the tile says little, its help the rest
     queued = job.status == "queued"
-    cols[1].metric("Step", f"{p.get('step', 0):,} / {total:,}" if total
-                   else "none yet" if queued else "starting" if active else formats.MISSING,
-                   help="No worker has claimed the job yet: its steps start when one does." if queued and not total
-                   else None)
-    cols[2].metric("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else formats.MISSING)
     # a finished job's progress holds its final eval metrics: its loss is the eval set's, named so (a new user read
     # an unlabelled "Loss" tile as the training loss: session 23's walk)
     done = p.get("phase") == "done"
-    cols[3].metric("Eval loss" if done else "Training loss",
-                   formats.number(p["loss"]) if isinstance(p.get("loss"), int | float) else formats.MISSING,
-                   help="the published version's loss on the eval set" if done else "the last step's mean loss")
-    cols[4].metric("Duration", duration(job))
+    views.tiles([
+        ("Status", status(job), None),
+        ("Step", f"{p.get('step', 0):,} / {total:,}" if total
+         else "none yet" if queued else "starting" if active else formats.MISSING,
+         "No worker has claimed the job yet: its steps start when one does." if queued and not total else None),
+        ("ETA", f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None and active else formats.MISSING, None),
+        ("Eval loss" if done else "Training loss",
+         formats.number(p["loss"]) if isinstance(p.get("loss"), int | float) else formats.MISSING,
+         "the published version's loss on the eval set" if done else "the last step's mean loss"),
+        ("Duration", duration(job), None)])
     if active and total:
         st.progress(min(1.0, p.get("step", 0) / total))
     if job.checkpoint is not None:

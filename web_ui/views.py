@@ -43,6 +43,19 @@ def cell(value: Any) -> str:
     return formats.number(value)
 
 
+#: A header tile: its label, its value, and its help (None: none).
+Tile = tuple[str, Any, str | None]
+
+
+def tiles(items: list[Tile]) -> None:
+    """A page's header numbers as tiles as wide as their values, in a row that wraps onto a second one where the
+    page is narrow: in five equal columns at 1,000 px their values were cut ("26,…", "suc…": a dashboard walk,
+    session 48)."""
+    with st.container(horizontal=True, gap="medium"):
+        for label, value, help_text in items:
+            st.metric(label, value, help=help_text, width="content")
+
+
 def fields(mapping: dict[str, Any]) -> None:
     """A two-column table of named values (nested names dotted)."""
     rows = [{"field": key, "value": cell(value)} for key, value in flat(mapping).items()]

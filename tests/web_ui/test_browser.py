@@ -949,6 +949,32 @@ def test_train_takes_a_dataset_whose_columns_have_other_names_in_a_browser(page:
     assert job.spec["demo"] is False
 
 
+#: Whether any part of an element's text is cut (its box narrower than what it holds: '…' or hidden).
+CUT = "el => [el, ...el.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)"
+
+
+def test_header_numbers_are_whole_at_1000_px_and_in_one_row_at_1400_in_a_browser(page: Page,
+                                                                                   product: dict[str, str]) -> None:
+    """A dashboard walk (session 48): at 1,000 px the Adapter header's five equal columns cut its values ("26,…",
+    "120…", "not …") and the Train page's too ("suc…", "30 /…"); the tiles are as wide as their values now, and
+    wrap onto a second row where they do not fit."""
+    use_product_registry(page, product)
+    try:
+        for width, height in ((1000, 800), (1400, 1000)):
+            page.set_viewport_size({"width": width, "height": height})
+            page.goto(f"{product['ui']}/adapter?ref=alice/tiny0:1")
+            expect(header_metric(page, "Base model")).to_contain_text("tiny-llama")
+            values = page.get_by_test_id("stMetricValue")
+            expect(values).to_have_count(5)
+            assert not [values.nth(i).inner_text() for i in range(5) if values.nth(i).evaluate(CUT)]
+            tops = {round(values.nth(i).bounding_box()["y"]) for i in range(5)}  # type: ignore[index]
+            if width == 1400:
+                assert len(tops) == 1, tops  # one row where there is room
+            shot(page, f"58-adapter-header-{width}")
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+
+
 def test_a_first_model_card_saved_stays_on_edit_and_the_folder_downloads_as_one_zip_in_a_browser(
         page: Page, product: dict[str, str], tmp_path: Path) -> None:
     """A dashboard walk (session 48): Save adapter with a first model card went on to the Model card tab that it
