@@ -114,9 +114,10 @@ def usage(owner: Annotated[str | None, typer.Argument(help="A user or organisati
 
 
 def quota(owner: Annotated[str, typer.Argument(help="A user or organisation.")],
-          new: Annotated[str | None, typer.Argument(
+          words: Annotated[list[str] | None, typer.Argument(
               metavar="[SIZE]", help="The quota: bytes, or a size with a unit (50GB = 50*10^9 bytes, 50GiB = "
-                                     "50*2^30), or none (no quota for this owner). Left out: show it.")] = None,
+                                     "50*2^30; `50 GB` too), or none (no quota for this owner). Left out: show it.",
+              show_default=False)] = None,
           clear: Annotated[bool, typer.Option("--clear", help="Drop the quota set here: the registry's settings "
                                                            "(VERA_OWNER_QUOTAS, VERA_OWNER_QUOTA_BYTES) hold again.")]
           = False,
@@ -124,6 +125,8 @@ def quota(owner: Annotated[str, typer.Argument(help="A user or organisation.")],
     """Set an owner's storage quota (admins): it overrides the registry's settings until --clear; nothing stored is
     removed by a lower one (its next publish is refused). Shows the owner's usage after."""
     check_name(owner, "Owner")  # a/b, '..', 'Bad Name!': said here, not answered "Not Found"
+    # "200 KB" as two words was Click's "unexpected extra argument (KB)" (an operator's walk, session 48)
+    new = "".join(words) if words else None
     if clear and new is not None:
         fail(InvalidInput(f"Give a SIZE or --clear, not both: `vera quota {owner} {new}` sets it, `vera quota "
                           f"{owner} --clear` goes back to the registry's settings."))

@@ -309,6 +309,9 @@ def test_admins_set_quotas_through_the_api_and_vera_quota(server: dict[str, Any]
         done = vera("quota", "alice", "50GB")
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("alice: ") and "% of its 50.0 GB quota, set by root on" in done.stdout
+        # as two words: Click's "Got unexpected extra argument(s) (KB)" before (an operator's walk, session 48)
+        done = vera("quota", "alice", "200", "KB")
+        assert done.returncode == 0 and "of its 200.0 KB quota, set by root on" in done.stdout, done.stderr
         done = vera("quota", "alice", "none")
         assert done.returncode == 0 and "(no quota, set by root on" in done.stdout, done.stderr
         shown = vera("quota", "alice", "--json")  # no SIZE: shown, not changed
