@@ -40,6 +40,7 @@ from registry.domain.schemas import (
     Comparison,
     Ref,
     VersionInfo,
+    check_card,
     check_params,
     compare_params,
     non_finite_at,
@@ -81,10 +82,15 @@ def publish(
         "--private/--public", help="Who may read a NEW adapter: its owner's members only, or whoever may read the "
         "registry (default: the registry's, VERA_DEFAULT_VISIBILITY). `vera visibility` changes it later.",
         show_default=False)] = None,
+    card: Annotated[Path | None, typer.Option(
+        help="A Markdown file (the folder's README.md, say) to set as the adapter's model card once the version is "
+             "published: the card of every version, replacing the one it had (`vera card` sets it later too).",
+        show_default=False)] = None,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Publish an adapter directory as the next version of owner/name."""
     visibility = None if private is None else "private" if private else "public"
+    card_text = _card_file(card) if card is not None else None  # before anything is uploaded
     named, kind = _config_fields(directory, "base_model_name_or_path", "peft_type")
     if kind and kind not in VERA_PEFT_TYPES:  # before uploading it all
         fail(InvalidInput(f"{directory} holds a PEFT {kind} adapter (adapter_config.json's peft_type), not VeRA: "
@@ -124,11 +130,9 @@ def publish(
                                                               params=params))
     console.print(f"published {info.ref} ({info.stored_bytes:,} bytes stored, "
                   f"{'seed-reproducible' if info.seed_reproducible else 'projections stored'})")
-    # after the publish: said before it, it came ahead of a refusal (no token) that had nothing to do with it
-    if metrics is None and (left := directory / "metrics.json").is_file():  # vera train writes one beside the adapter
-        err_console.print(styled("note:", "yellow", f" {left} was not published: without --metrics {left}, "
-                                 f"{info.ref} has no loss curve or accuracy, nor the parameters it was trained "
-                                 "with."), soft_wrap=True)
+    if card is not None and card_text is not None:
+        _set_card(info, card, card_text, registry, token)
+    _folder_notes(info, directory, metrics_given=metrics is not None, card_given=card is not None)
     if known and base_model not in known and base_config is None:  # a typo makes a base for good: only an admin
         # removes one (--base-config declares a new base on purpose)
         err_console.print(styled("note:", "yellow", f" base model {base_model!r} is new to this registry (it knew "
@@ -138,6 +142,59 @@ def publish(
                                  f"administrator's `vera base rm {base_model}` then forgets the name."),
                       soft_wrap=True)
     _after_publish(info, dataset, properties, params, registry, token)
+
+
+#: What marks a README.md nobody wrote as a card: PEFT's model card template (save_pretrained writes one into every
+#: folder, its sections "[More Information Needed]"), and the ones vera writes (vera_core's save_adapter, the
+#: registry's downloads and Hub pushes: tagged vera-registry).
+WRITTEN_FOR_YOU = ("[More Information Needed]", "vera-registry")
+
+
+def _written_for_you(readme: Path) -> bool:
+    """Whether ``readme`` is a card PEFT or vera wrote for the folder (WRITTEN_FOR_YOU: no note of it), or is
+    unreadable."""
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return any(mark in text for mark in WRITTEN_FOR_YOU)
+
+
+def _card_file(path: Path) -> str:
+    """--card's text, checked as the registry checks a card (UTF-8, at most 64 KiB, no control characters), or exit
+    saying what is wrong: before the upload, which would leave a version without the card it was given."""
+    from registry.cli.catalog import _read_text
+
+    text = _read_text(path, "--card")
+    try:
+        return check_card(text)
+    except InvalidInput as exc:
+        fail(InvalidInput(f"--card {path}: {exc} Nothing was uploaded."))
+
+
+def _folder_notes(info: VersionInfo, directory: Path, *, metrics_given: bool, card_given: bool) -> None:
+    """Notes of what the folder holds that the publish left out: said after it (before it, one came ahead of a
+    refusal, no token, that had nothing to do with it)."""
+    if not metrics_given and (left := directory / "metrics.json").is_file():  # vera train writes one beside it
+        err_console.print(styled("note:", "yellow", f" {left} was not published: without --metrics {left}, "
+                                 f"{info.ref} has no loss curve or accuracy, nor the parameters it was trained "
+                                 "with."), soft_wrap=True)
+    if not card_given and (readme := directory / "README.md").is_file() and not _written_for_you(readme):
+        # a card written for the Hub, left out unsaid (a PEFT user's walk, session 47)
+        err_console.print(styled("note:", "yellow", f" {readme} was not published: `--card {readme}` sets it as "
+                                 f"{info.owner}/{info.name}'s model card, or `vera card {info.owner}/{info.name} "
+                                 f"--file {readme}`."), soft_wrap=True)
+
+
+def _set_card(info: VersionInfo, path: Path, text: str, registry: str | None, token: str | None) -> None:
+    """The adapter's model card set from --card once ``info`` is published; a refusal says the version stands."""
+    adapter = f"{info.owner}/{info.name}"
+    try:
+        call_registry(registry, token, lambda c: c.update_adapter(adapter, card=text))
+    except RegistryError as exc:
+        fail(RegistryError(f"{info.ref} is published, but its model card was not set: {exc} Set it with `vera card "
+                           f"{adapter} --file {path}`."))
+    console.print(f"{adapter}: model card set from {path} ({len(text.encode()):,} bytes)")
 
 
 def _after_publish(info: VersionInfo, dataset: Path | None, properties: dict[str, str], params: dict[str, str],

@@ -882,6 +882,17 @@ MAX_LINEAGE_DEPTH = 20
 MAX_LINEAGE_NODES = 200
 
 
+def check_card(value: str) -> str:
+    """A model card: Markdown text of at most MAX_CARD_BYTES in UTF-8, newlines and tabs allowed (checked by the
+    registry, and by `vera publish --card` before anything is uploaded)."""
+    check_text(value, "card", max_length=MAX_CARD_BYTES, multiline=True)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_CARD_BYTES:
+        raise InvalidInput(f"card is {size:,} bytes of UTF-8; the limit is {MAX_CARD_BYTES:,} ({MAX_CARD_BYTES // 1024}"
+                           " KiB). Shorten it, or link to a longer document.")
+    return value
+
+
 def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
     """A yank's reason as stored: one line of plain text of at most MAX_YANK_REASON characters once stripped, some
     of them visible; None for none or blank. A reason with an unyank is refused (it would be dropped: an unyanked

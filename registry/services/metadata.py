@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import (
-    MAX_CARD_BYTES,
     MAX_DESCRIPTION,
     MAX_PROPERTIES,
     MAX_TAGS,
@@ -27,6 +26,7 @@ from registry.domain.schemas import (
     TagChange,
     VersionInfo,
     VersionUpdate,
+    check_card,
     check_name,
     check_properties,
     check_text,
@@ -58,16 +58,6 @@ def _keep_card(s: Session, row: m.Adapter, before: str, after: str) -> None:
 
 def check_description(value: str) -> str:
     return check_text(value, "description", max_length=MAX_DESCRIPTION, multiline=True)
-
-
-def check_card(value: str) -> str:
-    """A model card: Markdown text of at most MAX_CARD_BYTES in UTF-8, newlines and tabs allowed."""
-    check_text(value, "card", max_length=MAX_CARD_BYTES, multiline=True)
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > MAX_CARD_BYTES:
-        raise InvalidInput(f"card is {size:,} bytes of UTF-8; the limit is {MAX_CARD_BYTES:,} ({MAX_CARD_BYTES // 1024}"
-                           " KiB). Shorten it, or link to a longer document.")
-    return value
 
 
 #: The adapter fields AdapterUpdate may change, each with its check (which returns the value to store).

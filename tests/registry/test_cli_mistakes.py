@@ -136,6 +136,39 @@ def test_publish_notes_the_metrics_json_it_leaves_out(server: dict[str, Any], tm
     assert refused.returncode == 1 and "metrics.json" not in refused.stderr, refused.stderr
 
 
+def test_publish_takes_the_folders_readme_as_the_model_card_with_card_and_notes_one_left_out(
+        server: dict[str, Any], tmp_path: Path) -> None:
+    """A PEFT user's walk (session 47): a README.md written as the model card was left out unsaid; `vera card` was
+    the only way. `--card` sets it with the publish (checked before anything is uploaded), and a README.md someone
+    wrote is noted when left out; PEFT's template and vera's own cards are not."""
+    folder = make_adapter(tmp_path / "carded")
+    readme = folder / "README.md"
+    readme.write_text("# Polarity\n\nTrained on product reviews.\n")
+    left = vera("publish", str(folder), "--name", "ann/carded", "--base-model", "tiny-llama", url=server["url"])
+    assert left.returncode == 0 and f"note: {readme} was not published: `--card {readme}` sets it as ann/carded's " \
+        f"model card, or `vera card ann/carded --file {readme}`." in " ".join(left.stderr.split()), left.stderr
+    given = vera("publish", str(folder), "--name", "ann/carded", "--base-model", "tiny-llama", "--card", str(readme),
+                 url=server["url"])
+    assert given.returncode == 0 and f"ann/carded: model card set from {readme} (" in given.stdout, given.stderr
+    assert "was not published" not in given.stderr
+    with RegistryClient(server["url"], cache=False) as client:
+        assert client.adapter("ann/carded").card == "# Polarity\n\nTrained on product reviews.\n"
+        versions = len(client.list_versions(owner="ann", name="carded").items)
+    for written in ("## Model Details\n\n[More Information Needed]\n",  # PEFT's template
+                    "---\ntags:\n- vera\n- vera-registry\n---\n# VeRA adapter\n"):  # vera's own
+        readme.write_text(written)
+        quiet = vera("publish", str(folder), "--name", "ann/carded", "--base-model", "tiny-llama", url=server["url"])
+        assert quiet.returncode == 0 and "README.md" not in quiet.stderr, quiet.stderr
+    readme.write_text("x" * (64 * 1024 + 1))
+    refused(vera("publish", str(folder), "--name", "ann/carded", "--base-model", "tiny-llama", "--card", str(readme),
+                 url=server["url"]), f"--card {readme}: card must be text of at most 65,536 characters.",
+            "Nothing was uploaded.")
+    refused(vera("publish", str(folder), "--name", "ann/carded", "--base-model", "tiny-llama", "--card",
+                 str(tmp_path / "nope.md"), url=server["url"]), "--card", "not a readable UTF-8 text file")
+    with RegistryClient(server["url"], cache=False) as client:
+        assert len(client.list_versions(owner="ann", name="carded").items) == versions + 2  # the two quiet ones
+
+
 def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[str, Any], tmp_path: Path) -> None:
     """`vera job submit` said "pass --text-column", an option it did not have, naming the server's scratch file."""
     data = tmp_path / "sentences.csv"
