@@ -103,7 +103,15 @@ def _adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """The adapter folder's config and weights files, both there (AdapterFormatError saying what is missing)."""
     root = Path(path)
     if not root.is_dir():
-        raise AdapterFormatError(f"{root} is not a directory; expected a PEFT adapter folder with {CONFIG_NAME}.")
+        # a Hub id or a registry reference, as PEFT's from_pretrained takes them, was "not a directory" alone (a
+        # researcher's walk, session 48): vera_core reads folders, and says where the others are read
+        named = str(path)
+        elsewhere = (" It reads like a Hub id: vera_core reads folders, so download it first "
+                     f"(huggingface_hub.snapshot_download({named!r})), or, from a registry, "
+                     "registry.client.load_adapter(base, 'owner/name@alias')." if not root.exists() and
+                     named.count("/") == 1 and not named.startswith((".", "/", "~")) else "")
+        raise AdapterFormatError(f"{root} is not a directory; expected a PEFT adapter folder with {CONFIG_NAME}."
+                                 + elsewhere)
     config_path, weights_path = root / CONFIG_NAME, root / WEIGHTS_NAME
     if not config_path.is_file():
         raise AdapterFormatError(f"{root} has no {CONFIG_NAME}; expected a PEFT adapter folder.")

@@ -209,9 +209,18 @@ class VeraLinear(nn.Module):
     def merge(self) -> None:
         if self.merged:
             return
-        weight = self.base_weight
-        weight.copy_((weight.float() + self.get_delta_weight().to(weight.device)).to(weight.dtype))
+        self.base_weight.copy_(self._merged_weight())
         self.merged = True
+
+    @torch.no_grad()
+    def merges_finite(self) -> bool:
+        """Whether merging would leave the base weight finite (PEFT's ``safe_merge`` check), computed aside: no NaN
+        or infinity from broken vectors, or from a delta too large for the weight's dtype."""
+        return self.merged or bool(torch.isfinite(self._merged_weight()).all())
+
+    def _merged_weight(self) -> torch.Tensor:
+        weight = self.base_weight
+        return (weight.float() + self.get_delta_weight().to(weight.device)).to(weight.dtype)
 
     @torch.no_grad()
     def unmerge(self) -> None:

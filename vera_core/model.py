@@ -15,7 +15,7 @@ from torch import nn
 
 from vera_core.config import VeraConfig
 from vera_core.distributed import refuse_sharded
-from vera_core.errors import AdapterFormatError, VeraError
+from vera_core.errors import AdapterFormatError, VeraConfigError, VeraError
 from vera_core.keys import PEFT_PREFIX, PROJECTION_KEYS, module_path
 from vera_core.layer import ComputeStrategy, SharedProjection, VeraLinear, is_conv1d, layer_shape
 from vera_core.projection import ProjectionSpec, fingerprint, generate
@@ -48,6 +48,36 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
+#: PeftModel's one adapter's name: what ``selected_adapters`` and ``adapter_names`` may name.
+DEFAULT_ADAPTER = "default"
+#: PEFT's (and transformers' PeftAdapterMixin's) calls for several adapters on one model: found on the wrapped
+#: transformers model, they injected another adapter kind into it unasked (``add_adapter(LoraConfig(...))``), or
+#: failed naming the wrong class (a researcher's walk, session 48). Refused by VeraModel, saying what to use.
+MULTI_ADAPTER_CALLS = frozenset({
+    "add_adapter", "load_adapter", "set_adapter", "delete_adapter", "active_adapter", "active_adapters",
+    "enable_adapters", "disable_adapters", "enable_adapter_layers", "disable_adapter_layers", "peft_config",
+    "add_weighted_adapter", "get_adapter_state_dict"})
+
+
+class SingleAdapter(VeraError, AttributeError):
+    """A PEFT call for several adapters made on a VeraModel, which holds one (an AttributeError: hasattr() stays
+    False, as for any name a model lacks)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"VeraModel has no {name}: it holds one VeRA adapter, and PEFT's calls for several adapters would reach "
+            "the transformers model inside it (and inject another adapter kind into it). For several VeRA adapters "
+            "on one base use vera_core.AdapterBank (mixed batches), or a VeraModel each; to load another adapter, "
+            "vera_core.load_adapter(a_fresh_base, folder); to turn the adapter off for a while, "
+            "`with model.disable_adapter():`.")
+
+
+def _one_adapter(names: list[str] | None) -> None:
+    """Refuse ``adapter_names`` other than the one adapter a VeraModel holds."""
+    if names not in (None, [], [DEFAULT_ADAPTER]):
+        raise VeraError(f"adapter_names={names!r}: a VeraModel holds one adapter, {DEFAULT_ADAPTER!r}; leave it out.")
+
+
 class VeraModel(nn.Module):
     """A base model with VeRA layers injected. Calls go straight to the wrapped model.
 
@@ -72,6 +102,12 @@ class VeraModel(nn.Module):
     ) -> None:
         super().__init__()
         config = _own_config(config)
+        if any(isinstance(m, VeraLinear) for m in model.modules()):  # TargetError said "a VeraLinear; VeRA adapts
+            # only nn.Linear ... Narrow target_modules" (a researcher's walk, session 48)
+            raise VeraConfigError(
+                "This model already holds VeRA layers (a VeraModel or vera_core.load_adapter put them in it): wrap a "
+                "fresh base model, loaded again, or use the VeraModel that holds them; for several adapters on one "
+                "base, vera_core.AdapterBank.")
         if config.base_model_name_or_path is None:  # as PEFT records it: where the base came from (Auto* loaders)
             config = config.replace(base_model_name_or_path=getattr(model, "name_or_path", None) or None)
         config = resolve_targets(model, config)
@@ -189,12 +225,14 @@ class VeraModel(nn.Module):
 
     def __getattr__(self, name: str) -> Any:
         """What the wrapped model has (``generate``, ``device``, ``config``, ``gradient_checkpointing_enable``...),
-        as PEFT's PeftModel forwards it."""
+        as PEFT's PeftModel forwards it; PEFT's calls for several adapters are refused (MULTI_ADAPTER_CALLS)."""
         try:
             return super().__getattr__(name)
         except AttributeError:
             if name in ("model", "_originals", "_slots") or "model" not in self.__dict__.get("_modules", {}):
                 raise
+            if name in MULTI_ADAPTER_CALLS:
+                raise SingleAdapter(name) from None
             return getattr(self.__dict__["_modules"]["model"], name)
 
     # ---- PeftModel's names for what a VeraModel does --------------------------------------------------------
@@ -212,14 +250,30 @@ class VeraModel(nn.Module):
               f"trainable%: {100 * trainable / total:.4f}")
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], *, safe_serialization: bool = True,
-                        save_projection: bool | None = None) -> None:
-        """``vera_core.save_adapter`` under PEFT's name; safetensors only (never a pickle)."""
+                        save_projection: bool | None = None, is_main_process: bool = True,
+                        selected_adapters: list[str] | None = None, save_embedding_layers: bool | str = "auto",
+                        **kwargs: Any) -> None:
+        """``vera_core.save_adapter`` under PEFT's name; safetensors only (never a pickle). PEFT's keywords that
+        ported scripts pass are taken (a TypeError broke them: a researcher's walk, session 48):
+        ``is_main_process=False`` writes nothing (accelerate and torchrun scripts pass it on every rank);
+        ``selected_adapters`` may name the one adapter, ``"default"``; ``save_embedding_layers`` is "auto" or
+        False (VeRA trains no embedding layer). Any other keyword of PEFT's is refused, named."""
         from vera_core.checkpoint import save_adapter
 
         if not safe_serialization:
             raise VeraError("vera_core writes safetensors only (a pickle would run code when loaded); leave "
                             "safe_serialization=True.")
-        save_adapter(self, save_directory, save_projection=save_projection)
+        if selected_adapters not in (None, [], [DEFAULT_ADAPTER]):
+            raise VeraError(f"selected_adapters={selected_adapters!r}: a VeraModel holds one adapter, "
+                            f"{DEFAULT_ADAPTER!r}; leave it out (one VeraModel per adapter saves each).")
+        if save_embedding_layers not in ("auto", False):
+            raise VeraError(f"save_embedding_layers={save_embedding_layers!r}: VeRA trains no embedding layer, so "
+                            "there is none to save; leave it out.")
+        if kwargs:
+            raise TypeError(f"save_pretrained() takes no {', '.join(sorted(kwargs))} in vera_core (PEFT's other "
+                            "keywords are for its other adapter kinds and its Hub upload).")
+        if is_main_process:
+            save_adapter(self, save_directory, save_projection=save_projection)
 
     def unload(self) -> nn.Module:
         """The base model without the VeRA layers and without merging them (PEFT's ``unload``); the trained heads
@@ -270,13 +324,29 @@ class VeraModel(nn.Module):
             layer.strategy = strategy
 
     # ---- merge -------------------------------------------------------------------------------------------
-    def merge(self) -> None:
+    def merge(self, *, safe_merge: bool = False) -> None:
+        """Fold every delta into its base weight. ``safe_merge`` (PEFT's): every layer's merged weight is computed
+        and checked first, and one that would hold NaN or infinity is a ValueError naming it, with no layer merged
+        (PEFT's leaves the layers before it merged)."""
+        if safe_merge and (broken := next((n for n, layer in self.named_vera_layers() if not layer.merges_finite()),
+                                          None)):
+            raise ValueError(f"{broken}: the merged weight would hold NaN or infinity (the adapter's vectors are "
+                             "broken, or the delta too large for the weight's dtype). No layer was merged.")
         for layer in self.vera_layers():
             layer.merge()
 
     def unmerge(self) -> None:
         for layer in self.vera_layers():
             layer.unmerge()
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, *, safe_merge: bool = False) -> None:
+        """PEFT's name for ``merge()``."""
+        _one_adapter(adapter_names)
+        self.merge(safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        """PEFT's name for ``unmerge()``."""
+        self.unmerge()
 
     def _refuse_inside_disable(self, what: str) -> None:
         if self._disabled_depth:
@@ -285,11 +355,20 @@ class VeraModel(nn.Module):
                 "and biases instead of the trained ones; call it after the block."
             )
 
-    def merge_and_unload(self) -> nn.Module:
-        """Fold every delta into its base weight and return the plain base model (trained heads and biases in)."""
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
+        """Fold every delta into its base weight and return the plain base model (trained heads and biases in).
+        PEFT's arguments: ``safe_merge`` checks every merged weight before any is changed (merge), ``progressbar``
+        shows one over the layers (tqdm), ``adapter_names`` may name the one adapter, "default"."""
         self._refuse_inside_disable("merge_and_unload()")
-        for name, layer in list(self.named_vera_layers()):
-            layer.merge()
+        _one_adapter(adapter_names)
+        self.merge(safe_merge=safe_merge)
+        layers = list(self.named_vera_layers())
+        if progressbar:
+            from tqdm.auto import tqdm
+
+            layers = list(tqdm(layers, desc="Unloading and merging model"))
+        for name, layer in layers:
             _set_submodule(self.model, name, layer.base_layer)
         return self.model
 

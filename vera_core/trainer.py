@@ -343,7 +343,10 @@ class Trainer:
         for name, p in self.trainable().items():
             (vectors if "vera_lambda_" in name or "lora_" in name else others).append(p)
         if not vectors and not others:
-            raise VeraConfigError("The model has no parameter that requires grad; nothing to train.")
+            raise VeraConfigError(  # (and nothing more was said: a researcher's walk, session 48)
+                "The model has no parameter that requires grad; nothing to train. A model from "
+                "vera_core.load_adapter is frozen unless loaded with is_trainable=True, and merge_and_unload() or "
+                "unload() returns the base model without its adapter: train the VeraModel itself.")
         groups = [{"params": vectors, "lr": self.args.lr, "weight_decay": self.args.weight_decay}] if vectors else []
         if others:
             groups.append({"params": others, "lr": self.args.head_lr, "weight_decay": self.args.head_weight_decay})

@@ -172,3 +172,89 @@ def test_mistakes_a_porter_makes_name_their_cause(tmp_path: Path) -> None:
                                                  r", and this base model's adapted layers need \(8, 16, 16\): the "
                                                  r"adapter was made for another base model"):
         load_adapter(narrower, tmp_path / "seed-only")
+
+
+def test_peft_calls_for_several_adapters_are_refused_saying_what_to_use() -> None:
+    """A researcher's walk (session 48): transformers' add_adapter, found on the wrapped model, injected LoRA layers
+    into a VeraModel unasked (they trained with it); load_adapter and set_adapter failed naming the wrong class."""
+    from peft import LoraConfig
+
+    model = vera()
+    before = set(model.trainable_parameters())
+    for call in ("add_adapter", "load_adapter", "set_adapter", "delete_adapter", "active_adapters", "peft_config",
+                 "enable_adapter_layers", "disable_adapter_layers"):
+        with pytest.raises(AttributeError, match=f"VeraModel has no {call}: it holds one VeRA adapter") as refused:
+            getattr(model, call)
+        assert isinstance(refused.value, VeraError) and "vera_core.AdapterBank" in str(refused.value)
+        assert not hasattr(model, call)  # an AttributeError: hasattr() says False, as for any name it lacks
+    with pytest.raises(AttributeError):
+        model.add_adapter(LoraConfig(r=4, target_modules=["k_proj"]), adapter_name="lora1")
+    assert set(model.trainable_parameters()) == before and not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_a_base_that_already_holds_vera_layers_is_refused_naming_why(tmp_path: Path) -> None:
+    """It was a TargetError: "matched '...q_proj', a VeraLinear; VeRA adapts only nn.Linear ... Narrow target_modules"
+    (a researcher's walk, session 48), for a VeraModel of a VeraModel and for a second load_adapter on one base."""
+    from vera_core import VeraConfigError
+
+    model = vera(projection_generator=PEFT_GENERATOR)
+    model.save_pretrained(tmp_path / "a")
+    for again in (lambda: VeraModel(model, VeraConfig(r=8, target_modules=["q_proj"])),
+                  lambda: load_adapter(model.model, tmp_path / "a")):
+        with pytest.raises(VeraConfigError, match="This model already holds VeRA layers .* wrap a fresh base model"):
+            again()
+
+
+def test_peft_keywords_of_save_pretrained_and_merge_and_unload_are_taken(tmp_path: Path) -> None:
+    """Ported scripts pass them (accelerate's is_main_process on every rank): a TypeError each (a researcher's
+    walk, session 48)."""
+    model = vera(projection_generator=PEFT_GENERATOR)
+    inputs = LLAMA.inputs()
+    adapted = output_of(model, inputs)
+    model.save_pretrained(tmp_path / "other-rank", is_main_process=False)
+    assert not (tmp_path / "other-rank").exists()  # only the main process writes
+    model.save_pretrained(tmp_path / "a", is_main_process=True, selected_adapters=["default"],
+                          save_embedding_layers="auto")
+    assert torch.equal(output_of(load_adapter(LLAMA.make(), tmp_path / "a"), inputs), adapted)
+    for wrong, said in (({"selected_adapters": ["other"]}, "holds one adapter"),
+                        ({"save_embedding_layers": True}, "trains no embedding layer")):
+        with pytest.raises(VeraError, match=said):
+            model.save_pretrained(tmp_path / "b", **wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes no push_to_hub"):
+        model.save_pretrained(tmp_path / "b", push_to_hub=True)
+    model.merge_adapter()
+    assert all(layer.merged for layer in model.vera_layers())
+    model.unmerge_adapter()
+    assert not any(layer.merged for layer in model.vera_layers())
+    with pytest.raises(VeraError, match="holds one adapter"):
+        model.merge_and_unload(adapter_names=["other"])
+    merged = model.merge_and_unload(progressbar=True, safe_merge=True, adapter_names=["default"])
+    assert torch.allclose(output_of(merged, inputs), adapted, atol=1e-5)
+
+
+def test_safe_merge_refuses_a_merge_that_would_break_a_weight_and_changes_nothing() -> None:
+    model = vera()
+    base = {n: p.detach().clone() for n, p in model.model.named_parameters() if "base_layer" in n}
+    last = list(model.named_vera_layers())[-1]
+    with torch.no_grad():
+        last[1].vera_lambda_b.fill_(float("inf"))
+    with pytest.raises(ValueError, match=f"{last[0]}: the merged weight would hold NaN or infinity .* No layer was "
+                                         "merged"):
+        model.merge_and_unload(safe_merge=True)
+    assert not any(layer.merged for layer in model.vera_layers())
+    after = {n: p for n, p in model.model.named_parameters() if "base_layer" in n}
+    assert all(torch.equal(after[n], base[n]) for n in base)  # no layer changed (PEFT's merges those before it)
+    assert any(isinstance(m, type(last[1])) for m in model.model.modules())  # still wrapped
+
+
+def test_a_hub_id_given_to_load_adapter_is_told_where_such_adapters_are_read(tmp_path: Path) -> None:
+    """PEFT's from_pretrained takes a Hub id; vera_core's load_adapter said only "is not a directory" (a researcher's
+    walk, session 48)."""
+    from vera_core import AdapterFormatError
+
+    with pytest.raises(AdapterFormatError, match=r"org/repo is not a directory; .* It reads like a Hub id: .*"
+                                                 r"snapshot_download\('org/repo'\).*registry.client.load_adapter"):
+        load_adapter(LLAMA.make(), "org/repo")
+    with pytest.raises(AdapterFormatError) as plain:  # a path: no Hub hint
+        load_adapter(LLAMA.make(), tmp_path / "missing")
+    assert "Hub id" not in str(plain.value)
