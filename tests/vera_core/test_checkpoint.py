@@ -23,6 +23,7 @@ from vera_core import (
 )
 from vera_core.checkpoint import META_FINGERPRINT, META_GENERATOR, META_SHAPE
 from vera_core.config import SEED_ONLY_PEFT_TYPE
+from vera_core.projection import fingerprint
 
 ROBERTA, GPT2, LLAMA = TINY_MODELS
 
@@ -129,10 +130,18 @@ def test_stored_projections_that_the_seed_does_not_regenerate_are_used_and_flagg
     model = trained(save_projection=True)
     save_adapter(model, tmp_path / "a")
     _rewrite(tmp_path / "a", lambda t, m: t.update({"base_model.vera_A": t["base_model.vera_A"] * 2}))
-    with pytest.warns(UserWarning, match="stored projections differ from what seed 77"):
+    with pytest.warns(UserWarning, match="stored projections differ from what seed 77") as said:
         loaded = load_adapter(LLAMA.make(), tmp_path / "a")
     assert not loaded.projection_reproducible
     assert torch.equal(loaded.projection.vera_A, model.projection.vera_A * 2)
+    # vera_core's file records its A and B's fingerprint: edited after, that is said too (a researcher's walk, 48)
+    assert "They do not match the projection fingerprint the file records either" in str(said[0].message)
+    assert "the file was changed after it was written, or is damaged" in str(said[0].message)
+    _rewrite(tmp_path / "a", lambda t, m: m.update({META_FINGERPRINT: fingerprint(t["base_model.vera_A"],
+                                                                                  t["base_model.vera_B"])}))
+    with pytest.warns(UserWarning, match="stored projections differ") as agreed:  # A and B the file says it holds
+        load_adapter(LLAMA.make(), tmp_path / "a")
+    assert "the file records" not in str(agreed[0].message)
 
 
 def test_seed_only_adapter_with_a_foreign_fingerprint_is_refused(tmp_path: Path) -> None:
