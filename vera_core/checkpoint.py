@@ -453,9 +453,9 @@ def load_adapter(
                 "base model or another set of target modules."
             )
         if not (torch.equal(a.float(), regenerated[0].cpu()) and torch.equal(b.float(), regenerated[1].cpu())):
-            recorded = files.recorded_fingerprint  # vera_core's files record their A and B's; PEFT's record none
-            edited = "" if recorded is None or recorded == (held := fingerprint(a.float(), b.float())) else (
-                f" They do not match the projection fingerprint the file records either ({recorded[:16]}..., they "
+            noted = files.recorded_fingerprint  # vera_core's files record their A and B's; PEFT's record none
+            edited = "" if noted is None or noted == (held := fingerprint(a.float(), b.float())) else (
+                f" They do not match the projection fingerprint the file records either ({noted[:16]}..., they "
                 f"hash to {held[:16]}...): the file was changed after it was written, or is damaged.")
             warnings.warn(
                 f"The stored projections differ from what seed {config.projection_prng_key} with generator "
