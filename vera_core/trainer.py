@@ -311,8 +311,12 @@ class Trainer:
         precision = self.args.precision
         if precision == "fp32" or (precision == "auto" and self.device.type != "cuda"):
             return None
+        if precision == "bf16" and self.device.type == "cpu":  # CPU autocast runs bf16, as transformers' Trainer
+            return torch.bfloat16  # does (it was refused: a researcher's walk, session 48); no grad scaler needed
         if self.device.type != "cuda":
-            raise VeraConfigError(f"precision={precision!r} needs a CUDA device; use fp32 or auto on {self.device}.")
+            raise VeraConfigError(f"precision={precision!r} needs a CUDA device; use bf16, fp32 or auto on "
+                                  f"{self.device}." if precision == "fp16" and self.device.type == "cpu" else
+                                  f"precision={precision!r} needs a CUDA device; use fp32 or auto on {self.device}.")
         if precision == "fp16":
             return torch.float16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

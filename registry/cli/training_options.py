@@ -58,4 +58,4 @@ MaxTrainExamples = Annotated[int | None, typer.Option(
 MaxEvalExamples = Annotated[int | None, typer.Option(
     min=1, help="Evaluate on at most this many examples of the eval split, and of the test split (default: all).")]
 SaveEvery = Annotated[int | None, typer.Option(help="Resumable checkpoint every N steps.")]
-Precision = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (mixed precision needs CUDA).")]
+Precision = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (fp16 needs CUDA; bf16 runs on the CPU too).")]

@@ -398,10 +398,20 @@ def test_a_device_that_is_not_there_is_refused_before_training(device: str, mess
         trainer(device=device)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
-def test_mixed_precision_needs_cuda() -> None:
-    with pytest.raises(VeraConfigError, match="precision='bf16' needs a CUDA device"):
-        trainer(precision="bf16")
+def test_fp16_needs_cuda_and_bf16_trains_on_the_cpu() -> None:
+    """fp16 (its grad scaler) stays CUDA's; bf16 runs under the CPU's autocast, as transformers' Trainer does (it was
+    refused: a researcher's walk, session 48), learning what float32 learns, its trainable tensors float32."""
+    with pytest.raises(VeraConfigError, match="precision='fp16' needs a CUDA device; use bf16, fp32 or auto on cpu"):
+        trainer(precision="fp16", device="cpu")
+    kw = {"device": "cpu", "lr": 0.5, "head_lr": 0.1, "epochs": 6}
+    t = trainer(precision="bf16", **kw)
+    assert t.autocast_dtype == torch.bfloat16
+    before = t.evaluate()
+    after = t.train().final_metrics
+    full = trainer(precision="fp32", **kw).train().final_metrics
+    assert after["loss"] < before["loss"] - 0.2, (before, after)
+    assert abs(after["loss"] - full["loss"]) < 0.1, (after, full)
+    assert {p.dtype for p in t.trainable().values()} == {torch.float32}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
