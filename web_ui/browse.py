@@ -133,6 +133,11 @@ def widths(items: list[VersionInfo], metric: str | None = None) -> Widths:
              + base_px + score_px)
     room = max(LABELS_MAX_PX, TABLE_PX - VERSION_MIN_PX - fixed)
     labels_px = formats.text_width(map(kept_labels, items), WIDTHS["labels"], room)
+    # then every tag too, in what the version column does not need for the page's names ('@latest +2' hid two
+    # short tags beside room to spare: a dashboard walk, session 48)
+    names_px = max(VERSION_MIN_PX, max((formats.cell_width(v.ref) for v in items), default=VERSION_MIN_PX))
+    spare = min(room, TABLE_PX - names_px - fixed)
+    labels_px = formats.text_width((", ".join(labels(v)) for v in items), labels_px, max(labels_px, spare))
     return Widths(base_px, score_px, labels_px, fixed + labels_px)
 
 

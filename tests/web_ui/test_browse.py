@@ -213,6 +213,14 @@ def test_an_adapters_one_tag_beside_prod_and_latest_is_shown_whole_beside_a_shor
     # beside the widest base model column, as before: the most the table has room for
     wide = version.model_copy(update={"base_model": "x" * 60})
     assert browse.widths([wide]).labels == browse.LABELS_MAX_PX
+    # two short tags beside room to spare, shown (they were '@latest +2': a dashboard walk, session 48), and not
+    # where the page's names need the room
+    tagged = version.model_copy(update={"aliases": ["latest"], "tags": ["baseline", "r64"]})
+    assert list(browse.table([tagged])["labels"]) == ["@latest, baseline, r64"]
+    long_name = "a-rather-long-adapter-name-of-sixty-characters-or-so-indeed"
+    named = tagged.model_copy(update={"name": long_name, "ref": f"alice/{long_name}:1"})
+    assert browse.widths([named]).labels == browse.WIDTHS["labels"]  # the name needs the room: the tags stay '+2'
+    assert list(browse.table([named])["labels"]) == ["@latest +2"]
 
 
 def test_yanked_versions_are_listed_when_asked_and_labelled(registry: dict[str, Any], tmp_path: Any) -> None:
