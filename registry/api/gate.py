@@ -10,6 +10,7 @@ route allows (announced by Content-Length, or counted as it streams) is answered
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -39,6 +40,8 @@ UPLOAD_ROUTES = re.compile(r"^/api/v1/(adapters/[^/]+/[^/]+/versions|jobs)/?$")
 SMALL_BODY = 1 << 20
 FORM_OVERHEAD = 1 << 20
 
+log = logging.getLogger("vera.api")
+
 #: The requests with a body that a read-only registry still serves, and why each changes nothing there. Every other
 #: method than GET, HEAD and OPTIONS, on any path, is refused (tests/registry/test_read_only.py checks every route).
 READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -52,9 +55,10 @@ READ_ONLY_SAFE: tuple[tuple[str, re.Pattern[str], str], ...] = (
 #: How long a look at the database's schema revision holds for the gate (writes refused once it moved on).
 SCHEMA_RECHECK_S = 2.0
 #: What a server still answers while its database's schema is behind its release (`vera db downgrade` under it):
-#: whether it lives, why it is not ready, and its API's description. Every other request reads or writes columns
-#: that database lacks (reads were a 500 naming a ProgrammingError: an operator's walk, session 48).
-ANSWERED_WHEN_BEHIND = re.compile(r"^/(health|ready|docs|redoc|openapi\.json)?/?$")
+#: whether it lives, why it is not ready, its metrics (the registry's totals left out where they cannot be read:
+#: vera_totals_up 0) and its API's description with the files its page loads. Every other request reads or writes
+#: columns that database lacks (reads were a 500 naming a ProgrammingError: an operator's walk, session 48).
+ANSWERED_WHEN_BEHIND = re.compile(r"^/((health|ready|docs|redoc|openapi\.json|metrics)/?)?$|^/static-offline-docs/")
 
 #: The one request with a body that needs no registry token, where tokens are required: trusted publishing's exchange,
 #: whose body (an identity token, registry.services.trusted) is the credential; its body is small.
@@ -126,6 +130,20 @@ def read_only_safe(method: str, path: str) -> bool:
     return any(method == m and pattern.match(path) for m, pattern, _ in READ_ONLY_SAFE)
 
 
+def schema_refusal(exc: SchemaOutOfDate) -> str:
+    """What a server whose database's schema moved says to callers, before any token is checked: the revisions and
+    what to do, never the database's address, which ``exc`` names for its operator (logged; an anonymous caller
+    read the SQLite file's path, or PostgreSQL's user, host and database: a re-check's finding, session 48)."""
+    if exc.ahead:
+        return (f"This server takes no changes: its database is at schema revision {exc.current}, which this release "
+                "does not know (a newer release upgraded it). Reads go on; start the release that matches the "
+                "database, and send this again there.")
+    return (f"This server answers no requests until its database is upgraded: the database is at schema revision "
+            f"{exc.current or 'none'}, and this release needs {exc.head}. Its operator runs `vera db upgrade` (with "
+            "the server's VERA_DATABASE_URL); the server answers again within seconds, no restart needed. Nothing "
+            "was read or changed.")
+
+
 class RequestGate:
     """Pure ASGI middleware (it must act before FastAPI reads the body, which happens before any dependency)."""
 
@@ -134,6 +152,7 @@ class RequestGate:
         # the schema's revision as last looked at (time.monotonic() of the look, the refusal it gave or None, and
         # whether the schema was behind this release)
         self._schema: tuple[float, str | None, bool] = (-SCHEMA_RECHECK_S, None, False)
+        self._schema_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         control = control_refusal(scope["path"], scope["query_string"]) if scope["type"] == "http" else None
@@ -195,18 +214,23 @@ class RequestGate:
         looked, refusal, behind = self._schema
         if time.monotonic() - looked < SCHEMA_RECHECK_S:
             return refusal, behind
-        refusal, behind = None, False
-        try:
-            await run_in_threadpool(self.registry.db.check_schema)
-        except SchemaOutOfDate as exc:
-            behind = not exc.ahead
-            refusal = (f"This server answers no requests until its database is upgraded: {exc} Nothing was read or "
-                       "changed." if behind else f"This server takes no changes: {exc} Reads go on; start the "
-                       "release that matches the database, and send this again there.")
-        except Exception:  # noqa: BLE001 - the database unreachable: the request itself says so, as before
-            pass
-        self._schema = (time.monotonic(), refusal, behind)
-        return refusal, behind
+        async with self._schema_lock:  # one look at a time: a burst of requests waits for it, then shares it (each
+            # ran its own, 40 for 40 requests: a re-check's finding, session 48)
+            looked, refusal, behind = self._schema
+            if time.monotonic() - looked < SCHEMA_RECHECK_S:
+                return refusal, behind
+            before, refusal, behind = refusal, None, False
+            try:
+                await run_in_threadpool(self.registry.db.check_schema)
+            except SchemaOutOfDate as exc:
+                behind = not exc.ahead
+                refusal = schema_refusal(exc)
+                if refusal != before:  # the operator's line (where the database is), once a change
+                    log.warning("%s", exc)
+            except Exception:  # noqa: BLE001 - the database unreachable: the request itself says so, as before
+                pass
+            self._schema = (time.monotonic(), refusal, behind)
+            return refusal, behind
 
     async def _refusal(self, scope: Scope, headers: dict[str, str], limit: int, *, tokenless: bool = False
                        ) -> JSONResponse | None:

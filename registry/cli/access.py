@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated
 
 import typer
@@ -125,7 +126,12 @@ def quota(owner: Annotated[str, typer.Argument(help="A user or organisation.")],
     """Set an owner's storage quota (admins): it overrides the registry's settings until --clear; nothing stored is
     removed by a lower one (its next publish is refused). Shows the owner's usage after."""
     check_name(owner, "Owner")  # a/b, '..', 'Bad Name!': said here, not answered "Not Found"
-    # "200 KB" as two words was Click's "unexpected extra argument (KB)" (an operator's walk, session 48)
+    # "200 KB" as two words was Click's "unexpected extra argument (KB)" (an operator's walk, session 48); only a
+    # number and its unit are read as one: "1 50GB" read as 150GB (a re-check's finding)
+    if words and len(words) > 1 and not (len(words) == 2 and re.fullmatch(r"[0-9.]+", words[0])
+                                         and words[1].isalpha()):
+        fail(InvalidInput(f"{' '.join(words)!r}: give one size, a number with its unit (200KB, '200 KB', 50GiB), or "
+                          "none."))
     new = "".join(words) if words else None
     if clear and new is not None:
         fail(InvalidInput(f"Give a SIZE or --clear, not both: `vera quota {owner} {new}` sets it, `vera quota "

@@ -249,7 +249,7 @@ def _base_guess(path: str, registry: str | None, token: str | None, known: set[s
     if parts and (last := parts[-1]) in {*bases, DEMO_MODEL}:  # (the bundled demo model: every registry knows it)
         return f"--base-model {last} (a base this registry knows, by the folder's name)"
     listed = ", ".join(sorted(bases)[:5]) + (", ..." if len(bases) > 5 else "")
-    return "--base-model FacebookAI/roberta-base (its Hub id)" + (
+    return "--base-model ORG/NAME (the base model's Hub id, as FacebookAI/roberta-base)" + (
         f", or one of the bases this registry knows: {listed} (`vera base ls`)" if bases else "")
 
 

@@ -96,9 +96,13 @@ class SchemaOutOfDate(RegistryError):
 
     code = "schema_out_of_date"
 
-    def __init__(self, message: str, *, ahead: bool = False) -> None:
+    def __init__(self, message: str, *, ahead: bool = False, current: str | None = None,
+                 head: str | None = None) -> None:
         super().__init__(message)
         self.ahead = ahead
+        #: the database's revision and this release's, where known: what a server says to callers, never the
+        #: database's address, which the message names for its operator
+        self.current, self.head = current, head
 
 
 class Unauthorized(RegistryError):

@@ -297,12 +297,12 @@ class Database:
                 f"The registry database at {self.engine.url.render_as_string(hide_password=True)} is at schema "
                 f"revision {current}, which this version of vera-registry does not know (it knows up to {head}): a "
                 "newer release upgraded it. Run that release here too; `vera db upgrade` of this one cannot help.",
-                ahead=True)
+                ahead=True, current=current, head=head)
         if at_head and current != head:
             raise SchemaOutOfDate(
                 f"The registry database at {self.engine.url.render_as_string(hide_password=True)} is at schema "
                 f"revision {current or 'none (empty)'}, but this version of vera-registry needs {head}. "
-                "Run `vera db upgrade` (with the same VERA_DATABASE_URL) and start again."
+                "Run `vera db upgrade` (with the same VERA_DATABASE_URL) and start again.", current=current, head=head
             )
 
 

@@ -102,7 +102,8 @@ def test_publish_without_base_model_takes_the_one_the_adapters_config_names(serv
     # session 47): a HuggingFace cache folder's Hub id, a base of this registry by the folder's name, else a Hub id's
     # shape and the bases this registry knows
     cached = "/root/.cache/huggingface/hub/models--FacebookAI--roberta-base/snapshots/e2da8e2f811d1448a5b465c236feacd8"
-    hub_id = "e.g. --base-model FacebookAI/roberta-base (its Hub id), or one of the bases this registry knows: "
+    hub_id = "e.g. --base-model ORG/NAME (the base model's Hub id, as FacebookAI/roberta-base), or one of the bases " \
+             "this registry knows: "
     for named, words in ((str(tmp_path), ("a folder path", "--base-model is needed", hub_id, "tiny-llama")),
                          (None, ("no base model", hub_id)),
                          ("/models/llama", ("'/models/llama', a folder path", hub_id)), ("./base", ("a folder path",)),

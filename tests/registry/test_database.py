@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -504,9 +505,10 @@ def test_a_server_takes_no_changes_once_a_newer_release_upgraded_its_database(tm
         with db.session() as s:
             s.execute(text("UPDATE alembic_version SET version_num = '9999'"))  # as a newer release's upgrade
         time.sleep(SCHEMA_RECHECK_S + 0.5)
-        with pytest.raises(SchemaOutOfDate, match=r"This server takes no changes: .* is at schema revision 9999, "
-                                                  r"which this version of vera-registry does not know"):
+        with pytest.raises(SchemaOutOfDate, match=r"This server takes no changes: its database is at schema "
+                                                  r"revision 9999, which this release does not know") as refused:
             client.set_alias("ann/x:1", "prod")
+        assert str(tmp_path) not in str(refused.value)  # where the database is: the operator's log only
         assert client.get("ann/x:1").ref == "ann/x:1"  # reads go on
         with db.session() as s:
             s.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
@@ -538,23 +540,68 @@ def test_a_server_whose_database_was_downgraded_under_it_answers_503_not_500_unt
         assert db.current_revision() not in (head, None)
         time.sleep(SCHEMA_RECHECK_S + 0.5)
         for method, path in (("GET", "/api/v1/adapters"), ("GET", "/api/v1/adapters/ann/x/versions/1"),
-                             ("HEAD", "/api/v1/adapters"), ("GET", "/hf/api/models/ann/x"), ("GET", "/metrics"),
+                             ("HEAD", "/api/v1/adapters"), ("GET", "/hf/api/models/ann/x"), ("GET", "//health"),
                              ("PUT", "/api/v1/adapters/ann/x/aliases/prod")):
             answer = httpx.request(method, f"{server}{path}")
             assert answer.status_code == 503 and answer.headers["retry-after"], (method, path, answer.text)
             if method != "HEAD":
                 said = answer.json()
                 assert said["type"] == "/problems/schema_out_of_date", said
-                assert "answers no requests until its database is upgraded" in said["detail"]
-                assert "Run `vera db upgrade`" in said["detail"] and "Nothing was read or changed" in said["detail"]
+                assert "answers no requests until its database is upgraded: the database is at schema revision " \
+                       f"{db.current_revision()}, and this release needs {head}. Its operator runs `vera db " \
+                       "upgrade`" in said["detail"] and "Nothing was read or changed" in said["detail"], said
+                # told to anyone, before any token: not where the database is (a re-check's finding, session 48)
+                assert str(tmp_path) not in said["detail"] and "sqlite" not in said["detail"], said
         assert httpx.get(f"{server}/health").status_code == 200
         ready = httpx.get(f"{server}/ready")
         assert ready.status_code == 503 and "vera db upgrade" in ready.text, ready.text
         assert httpx.get(f"{server}/openapi.json").status_code == 200
+        docs = httpx.get(f"{server}/docs")  # and the files its page loads (they were 503s: a re-check's finding)
+        assert docs.status_code == 200
+        for asset in re.findall(r'(?:href|src)="(/static-offline-docs/[^"]+)"', docs.text):
+            assert httpx.get(f"{server}{asset}").status_code == 200, asset
+        scraped = httpx.get(f"{server}/metrics")  # Prometheus keeps the server in sight (totals it cannot read:
+        # left out, vera_totals_up 0)
+        assert scraped.status_code == 200 and "vera_totals_up " in scraped.text and \
+            "vera_http_requests_total" in scraped.text, scraped.text[:500]
         db.upgrade()
         db.close()
         time.sleep(SCHEMA_RECHECK_S + 0.5)
         assert client.get("ann/x:1").ref == "ann/x:1" and client.set_alias("ann/x:1", "prod").version == 1
+
+
+def test_a_burst_of_requests_shares_one_look_at_the_schema(tmp_path: Path) -> None:
+    """A re-check's finding (session 48): the look at the schema, at most every SCHEMA_RECHECK_S, ran once per
+    request of a burst that came while it was due (40 for 40 anonymous requests): one look now, which they share."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from registry.api import ApiOptions, create_app
+    from registry.services.registry import Registry
+    from registry.store.blobs import FsspecBlobStore
+    from tests.registry.servers import in_thread
+
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade()
+    looks, lock, real = [0], threading.Lock(), db.check_schema
+
+    def slow_look() -> None:
+        with lock:
+            looks[0] += 1
+        time.sleep(0.3)  # a slow database: the burst arrives while the look is under way
+        real()
+
+    db.check_schema = slow_look  # type: ignore[method-assign]
+    with in_thread(create_app(Registry(db, FsspecBlobStore(str(tmp_path / "blobs"))),
+                              ApiOptions(require_tokens=False))) as url, ThreadPoolExecutor(20) as pool:
+        time.sleep(2.5)  # past the first look's 2 s
+        looks[0] = 0
+        answers = list(pool.map(lambda _: httpx.get(f"{url}/api/v1/adapters", timeout=30).status_code, range(40)))
+    assert answers == [200] * 40 and 1 <= looks[0] <= 2, looks  # (a second where the burst outlasts 2 s)
+    db.close()
 
 
 def test_a_database_that_refuses_writes_still_authenticates_and_says_why_it_refuses(tmp_path: Path) -> None:

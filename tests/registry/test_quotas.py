@@ -323,6 +323,8 @@ def test_admins_set_quotas_through_the_api_and_vera_quota(server: dict[str, Any]
                            (["quota", "nobody-here", "1GB"], "No user or organisation is called 'nobody-here'"),
                            (["quota", "a/b", "1GB"], "Owner 'a/b' is not a valid name"),
                            (["quota", "alice", "1,000GB"], "'1,000GB' is not a size"),  # not 1 byte (s16)
+                           (["quota", "alice", "1", "50GB"], "'1 50GB': give one size"),  # not 150GB (s48)
+                           (["quota", "alice", "no", "ne"], "'no ne': give one size"),
                            (["org", "delete", ".", "--yes"], "'.' is not a name"),  # a traceback before
                            (["org", "show", ""], "'' is not a name")):
             refused = vera(*args)
