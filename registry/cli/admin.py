@@ -426,6 +426,9 @@ def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id."
         revoked = revoke_all(db, owner, actor=operator())
         if not revoked and owner not in (users := {t.owner for t in list_tokens(db)}):  # a misspelt user's name
             # was "none was live", exit 0: the real user kept every token (an operator's walk, session 48)
+            if _is_organisation(db, owner):  # (it was offered a user's name: a re-check's finding)
+                fail(InvalidInput(f"{owner} is an organisation: tokens are its members', each their own; nothing was "
+                                  f"revoked. `vera org show {owner}` lists its members."))
             close = difflib.get_close_matches(owner, sorted(users), n=3)
             fail(InvalidInput(f"No token was ever made for {owner!r} here: nothing was revoked. "
                               + (f"Did you mean {' or '.join(close)}? " if close else "")
@@ -437,6 +440,15 @@ def token_revoke(token_id: Annotated[int | None, typer.Argument(help="Token id."
     made = [t for t in revoke_token(db, token_id, actor=operator()) if t != token_id]
     console.print(f"revoked token {token_id}" + (f" and {len(made)} made from it (ids {', '.join(map(str, made))})"
                                                  if made else ""))
+
+
+def _is_organisation(db: Database, name: str) -> bool:
+    from sqlalchemy import select
+
+    from registry.store import models as m
+
+    with db.session() as s:
+        return s.scalar(select(m.Organization.id).where(m.Organization.name == name)) is not None
 
 
 def token_list(database_url: DatabaseUrl = None, as_json: JsonOutput = False) -> None:

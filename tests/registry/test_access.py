@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from registry.api import is_loopback
 from registry.client import RegistryClient
 from registry.domain.errors import Unauthorized
+from registry.services.access import Access
 from registry.services.registry import Registry
 from registry.services.tokens import (
     LAST_USED_EVERY,
@@ -499,6 +500,12 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
     misspelt = vera("--owner", "anne")
     assert misspelt.returncode == 1 and "No token was ever made for 'anne' here: nothing was revoked. Did you mean " \
         "ann? `vera token list` lists every token with its user." in " ".join(misspelt.stderr.split()), misspelt
+    db = Database(url)
+    Access(db).create_organization("annex", creator="ann")  # an organisation: not offered a user's name
+    db.engine.dispose()
+    organisation = vera("--owner", "annex")
+    assert organisation.returncode == 1 and "annex is an organisation: tokens are its members', each their own; " \
+        "nothing was revoked. `vera org show annex` lists its members." in " ".join(organisation.stderr.split())
     # the audit log names the machine's user who ran them, not only "operator" (a team admin's walk, session 34):
     # the process's account, not LOGNAME, which a caller sets to anything (a re-check's finding)
     import pwd
