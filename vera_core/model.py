@@ -7,7 +7,7 @@ import copy
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -363,11 +363,11 @@ class VeraModel(nn.Module):
         self._refuse_inside_disable("merge_and_unload()")
         _one_adapter(adapter_names)
         self.merge(safe_merge=safe_merge)
-        layers = list(self.named_vera_layers())
+        layers: Iterable[tuple[str, VeraLinear]] = list(self.named_vera_layers())
         if progressbar:
             from tqdm.auto import tqdm
 
-            layers = list(tqdm(layers, desc="Unloading and merging model"))
+            layers = tqdm(layers, desc="Unloading and merging model")  # (PEFT's words)
         for name, layer in layers:
             _set_submodule(self.model, name, layer.base_layer)
         return self.model
