@@ -403,15 +403,7 @@ def test_fp16_needs_cuda_and_bf16_trains_on_the_cpu() -> None:
     refused: a researcher's walk, session 48), learning what float32 learns, its trainable tensors float32."""
     with pytest.raises(VeraConfigError, match="precision='fp16' needs a CUDA device; use bf16, fp32 or auto on cpu"):
         trainer(precision="fp16", device="cpu")
-    kw = {"device": "cpu", "lr": 0.5, "head_lr": 0.1, "epochs": 6}
-    t = trainer(precision="bf16", **kw)
-    assert t.autocast_dtype == torch.bfloat16
-    before = t.evaluate()
-    after = t.train().final_metrics
-    full = trainer(precision="fp32", **kw).train().final_metrics
-    assert after["loss"] < before["loss"] - 0.2, (before, after)
-    assert abs(after["loss"] - full["loss"]) < 0.1, (after, full)
-    assert {p.dtype for p in t.trainable().values()} == {torch.float32}
+    assert learns_as_in_float32("bf16", "cpu").autocast_dtype == torch.bfloat16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -420,7 +412,13 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
     """Under autocast the model learns what it learns in float32, and its trainable tensors stay float32. It must learn
     decisively: the other tests' settings move this model's loss by ~2e-5, which bf16's logits round away (the first
     run on an H200, 2026-12-04: the loss 'after' equal to 'before' to the last bit)."""
-    kw = {"device": "cuda", "lr": 0.5, "head_lr": 0.1, "epochs": 6}  # on the CPU in fp32: loss 0.693 -> 0.245
+    learns_as_in_float32(precision, "cuda")
+
+
+def learns_as_in_float32(precision: str, device: str) -> Trainer:
+    """A trainer under ``precision``'s autocast on ``device``, trained: it learns decisively (on the CPU in fp32: loss
+    0.693 -> 0.245), what float32 learns, and its trainable tensors stay float32."""
+    kw = {"device": device, "lr": 0.5, "head_lr": 0.1, "epochs": 6}
     t = trainer(precision=precision, **kw)
     before = t.evaluate()
     after = t.train().final_metrics
@@ -428,6 +426,7 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
     assert after["loss"] < before["loss"] - 0.2, (before, after)
     assert abs(after["loss"] - full["loss"]) < 0.1, (after, full)
     assert {p.dtype for p in t.trainable().values()} == {torch.float32}
+    return t
 
 
 def test_metric_for_best_must_exist() -> None:
