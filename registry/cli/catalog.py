@@ -29,7 +29,7 @@ from registry.cli.common import (
 from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.credentials import stored_token
-from registry.domain.errors import InvalidInput, NotFound, RegistryError, Unauthorized
+from registry.domain.errors import InvalidInput, NotFound, RegistryError, Unauthorized, protected_alias
 from registry.domain.metric_names import flat_metrics
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
@@ -313,9 +313,7 @@ def _refuse_protected(registry: str | None, token: str | None, owner: str, alias
     """Exit before asking to delete ``what`` when one of its ``aliases`` is protected from the caller: it was asked,
     confirmed, then refused (an operator's walk, session 48); the registry's own words (refuse_protected)."""
     if held := call_registry(registry, token, lambda c: c.protected_from_me(owner, aliases)):
-        fail(InvalidInput(f"The alias {held!r} is protected in {owner}: only its admins {doing}. Ask one of them "
-                          f"(`vera org show {owner}` lists them), or have them unprotect it (`vera org unprotect "
-                          f"{owner} {held}`). {what} was not deleted."))
+        fail(InvalidInput(f"{protected_alias(owner, held, doing)} {what} was not deleted."))
 
 
 def move(

@@ -240,3 +240,11 @@ def damaged_sqlite(exc: BaseException) -> bool:
     database_damaged, the CLI's one line and `vera db status`'s exit 3 (this module imports no SQLAlchemy: the CLI
     does not load it for commands that need no database)."""
     return getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def protected_alias(owner: str, alias: str, doing: str) -> str:
+    """Why a change is refused for an alias ``owner``, an organisation, protects: only its admins ``doing``, and whom
+    to ask; said by the registry (registry.services.moves.refuse_protected) and, before it asks or copies anything,
+    by the CLI (`vera delete`)."""
+    return (f"The alias {alias!r} is protected in {owner}: only its admins {doing}. Ask one of them (`vera org show "
+            f"{owner}` lists them), or have them unprotect it (`vera org unprotect {owner} {alias}`).")

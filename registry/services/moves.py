@@ -27,7 +27,7 @@ from sqlalchemy import String, cast, delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, protected_alias
 from registry.domain.schemas import Ref
 from registry.services.quotas import Quotas, check_room
 from registry.services.tokens import Principal, lock_owner
@@ -282,6 +282,4 @@ def refuse_protected(s: Session, owner: str, aliases: Iterable[str], doing: str)
                          .where(m.Organization.name == owner, m.ProtectedAlias.name.in_(names))
                          .order_by(m.ProtectedAlias.name).limit(1))
     if protected is not None:
-        raise Forbidden(f"The alias {protected!r} is protected in {owner}: only its admins {doing}. Ask one of them "
-                        f"(`vera org show {owner}` lists them), or have them unprotect it (`vera org unprotect "
-                        f"{owner} {protected}`).")
+        raise Forbidden(protected_alias(owner, protected, doing))
