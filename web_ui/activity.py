@@ -130,7 +130,7 @@ def table(events: list[EventInfo], detail_px: int = DETAIL_PX, who_px: int | Non
 
 
 COLUMNS: dict[str, Any] = {
-    "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", width=150),
+    "when": formats.moment_column("YYYY-MM-DD HH:mm:ss", header="when", width=150),
     "action": st.column_config.TextColumn(width=110),
 }
 WHO_HELP = ("a user (a token's); local: the one user of a registry without tokens; registry: the registry itself (an "

@@ -222,7 +222,8 @@ COLUMNS: dict[str, Any] = {
                                                help="downloads of its weights (counted in batches: may lag ~10 s)"),
     "verified": st.column_config.TextColumn(width=WIDTHS["verified"], help="verification status (Verify on the "
                                                                            "Adapter page): passed, failed or not yet"),
-    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=WIDTHS["created"], help="published on"),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD", width=WIDTHS["created"], timezone="UTC",
+                                               help="published on (the date in UTC)"),
 }
 
 

@@ -17,6 +17,16 @@ from registry.domain.words import size as size
 MISSING = "\N{EM DASH}"
 
 
+def moment_column(format: str = "YYYY-MM-DD HH:mm", *, header: str | None = None, **options: Any) -> Any:
+    """A table column of moments (a publish, a job's submission, an event), written in UTC and saying so, as the CLI
+    does: the registry keeps UTC, and a time without its zone read as the viewer's own (a dashboard user's walk).
+    ``format``: momentJS's, without the zone; with ``header`` (the column's name), the zone is said there, as
+    "when (UTC)", where the cells have no room for it."""
+    if header is not None:
+        return st.column_config.DatetimeColumn(f"{header} (UTC)", format=format, timezone="UTC", **options)
+    return st.column_config.DatetimeColumn(format=f"{format} [UTC]", timezone="UTC", **options)
+
+
 def count(n: int) -> str:
     """27522 -> '27,522'."""
     return f"{n:,}"

@@ -117,7 +117,7 @@ def table(jobs: list[JobInfo]) -> None:
         "job": st.column_config.LinkColumn(display_text=r"train\?job=(\d+)", help="Follow this job", width=60),
         "publishes": st.column_config.TextColumn(width=publishes_px, help="The adapter the job publishes a version "
                                                  "of (a long name cut with '…': the job's page shows it whole)"),
-        "submitted": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        "submitted": formats.moment_column(),
         "test accuracy": formats.metric_column(s["test accuracy"] for s in scores),
         "eval loss": formats.metric_column((s["eval loss"] for s in scores), help=EVAL_LOSS_HELP),
         # a fixed width, so a long reference is cut with '…' (web_ui.tables), not clipped mid-letter at the edge

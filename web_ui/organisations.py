@@ -46,7 +46,7 @@ def members_table(org: OrganizationInfo) -> pd.DataFrame:
 
 def invitations_table(invitations: list[InvitationInfo]) -> pd.DataFrame:
     return pd.DataFrame([{"member": i.member, "role": i.role, "invited by": i.invited_by,
-                          "expires": f"{i.expires_at:%Y-%m-%d %H:%M}"} for i in invitations])
+                          "expires": f"{i.expires_at:%Y-%m-%d %H:%M} UTC"} for i in invitations])
 
 
 def manages(who: WhoAmI, org: str) -> bool:

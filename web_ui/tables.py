@@ -64,25 +64,35 @@ def formatters(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str
                     if name in frame.columns}
 
 
+#: The background of a table's marked row (``show(marked=...)``): the theme's red, faint.
+MARKED_ROW = "background-color: rgba(255, 75, 75, 0.12)"
+
+
 def styled(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str] = (),
-           numbers: Iterable[str] = ()) -> pd.DataFrame | Any:
-    """``frame`` as st.dataframe is given it: with its sizes, numbers and cut link labels as display values (a
-    Styler), or as it is when it has none of them."""
+           numbers: Iterable[str] = (), marked: int | None = None) -> pd.DataFrame | Any:
+    """``frame`` as st.dataframe is given it: with its sizes, numbers and cut link labels as display values, and the
+    row at position ``marked`` shaded (a Styler), or as it is when it has none of them."""
     shown = formatters(frame, columns, sizes, numbers)
-    return frame.style.format(shown, na_rep=formats.MISSING) if shown else frame
+    if not shown and marked is None:
+        return frame
+    style = frame.style.format(shown, na_rep=formats.MISSING)
+    if marked is not None:
+        style = style.apply(lambda row: [MARKED_ROW if row.name == frame.index[marked] else ""] * len(row), axis=1)
+    return style
 
 
 def show(frame: pd.DataFrame, *, column_config: dict[str, Any] | None = None, sizes: Iterable[str] = (),
-         numbers: Iterable[str] = (), whole: bool = False, **options: Any) -> Any:
+         numbers: Iterable[str] = (), whole: bool = False, marked: int | None = None, **options: Any) -> Any:
     """st.dataframe of ``frame`` as every table of the dashboard shows it: missing values as '—', the columns
     ``sizes`` (bytes) in KB/MB and ``numbers`` to four significant digits (display values: a click on the header
     still sorts by value), links in a column of fixed px cut with '…'; ``whole``: tall enough for every row (up
-    to MAX_WHOLE_ROWS), where Streamlit's default height shows about ten and scrolls the rest; ``options`` are
-    st.dataframe's (the selection it returns when ``on_select`` is given)."""
+    to MAX_WHOLE_ROWS), where Streamlit's default height shows about ten and scrolls the rest; ``marked``: the
+    position of a row to shade (the one the page shows); ``options`` are st.dataframe's (the selection it returns
+    when ``on_select`` is given)."""
     columns = column_config or {}
     if whole:
         options.setdefault("height", whole_height(len(frame)))
-    return st.dataframe(styled(frame, columns, sizes, numbers), column_config=columns or None,
+    return st.dataframe(styled(frame, columns, sizes, numbers, marked), column_config=columns or None,
                         placeholder=formats.MISSING, **options)
 
 

@@ -39,7 +39,7 @@ def page() -> None:
         return
     st.subheader("Jobs")
     jobs.live_table(found)
-    labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M})" for j in found}
+    labels = {j.id: f"job {j.id}: {j.target_name} (submitted {j.created_at:%Y-%m-%d %H:%M} UTC)" for j in found}
     ids: list[int] = list(labels)
     wanted = navigation.follow_url("job", JOB_BOX, default=str(ids[0]), decode=job_number)
     if st.session_state[JOB_BOX] not in ids:
@@ -342,6 +342,6 @@ def launch() -> bool:
     # the job is followed, so that it does not read as "still queued" after the job is done
     start_line = (f", starting from {job.spec['init_from']} (its rank, projection and base)"
                   if job.spec.get("init_from") else "")
-    st.success(f"Queued job {job.id} for {job.target_name} at {job.created_at:%H:%M:%S}{start_line}; followed below "
-               "(its status is there). Launch again queues another job.")
+    st.success(f"Queued job {job.id} for {job.target_name} at {job.created_at:%H:%M:%S} UTC{start_line}; followed "
+               "below (its status is there). Launch again queues another job.")
     return True

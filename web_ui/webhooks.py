@@ -11,7 +11,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
 from registry.domain.events import EVERY_OWNER, WEBHOOK_EVENTS, DeliveryInfo, WebhookInfo
 from registry.domain.schemas import WhoAmI
-from web_ui import navigation, session, tables
+from web_ui import formats, navigation, session, tables
 
 #: What to call each event in the form.
 EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", "alias-remove": "an alias is removed",
@@ -168,7 +168,9 @@ def delivery_log(hook: WebhookInfo) -> None:
         st.caption("No deliveries yet: send a test delivery, or publish " + (
             "anywhere." if hook.owner == EVERY_OWNER else f"under {hook.owner}/."))
         return
-    tables.show(deliveries_table(deliveries), hide_index=True, width="stretch")
+    tables.show(deliveries_table(deliveries), hide_index=True, width="stretch", column_config={
+        "created": formats.moment_column("YYYY-MM-DD HH:mm:ss"),
+        "next attempt": formats.moment_column("YYYY-MM-DD HH:mm:ss")})
     failed = sum(d.status == "failed" for d in deliveries)
     if failed:
         st.caption(f"{failed} deliveries failed after every attempt; `vera webhook deliveries {hook.id}` shows each "

@@ -708,7 +708,16 @@ class ModelServer:
             raise Busy(f"{ref} needs a projection family of its own (generator, seed, rank, targets or heads differ) "
                        f"and each of this server's {self.max_banks} banks kept decoding other requests for "
                        f"{self.timeout_s:.0f} s; retry later, or ask the operator for more --max-banks.")
-        self._drop_bank(min(idle, key=self._last_used))
+        # a bank none of whose adapters has requests queued or being prepared goes first: dropping the least recently
+        # used one told its queued requests to send again while a bank nobody was waiting for stayed
+        quiet = [k for k in idle if not self._in_use(k)]
+        self._drop_bank(min(quiet or idle, key=self._last_used))
+
+    def _in_use(self, key: BankKey) -> bool:
+        """Whether an adapter of bank ``key`` has requests queued or running, or taken and being prepared."""
+        now = time.monotonic()
+        with self._holds_lock:
+            return any(r.holds or any(t > now for t in r.claims) for r in self.residents.values() if r.bank == key)
 
     def _base_model(self, heads: dict[str, tuple[int, ...]]) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

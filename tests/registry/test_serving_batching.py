@@ -371,27 +371,34 @@ def _soon(what: Callable[[], bool], within: float = 30) -> bool:
     return what()
 
 
+def _two_banks_and_a_third_family(served: dict[str, Any], tmp_path: Path, name: str, **adapter: int) -> ModelServer:
+    """A server of two banks (gen0's and secret's families fill them), and ``name`` published: a third family."""
+    from tests.registry.adapters import make_adapter
+
+    with RegistryClient(served["registry"], served["writer"]) as client:
+        client.publish(make_adapter(tmp_path / "third", **adapter), name, base_model="tiny-lm")
+    return ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_banks=2, batch_window_s=0.01,
+                       client_for=lambda token: RegistryClient(served["registry"], token or ""))
+
+
 def test_a_new_family_waits_for_a_bank_to_drain_and_never_cuts_a_row_off(served: dict[str, Any],
                                                                           tmp_path: Path) -> None:
     """With every bank decoding, an adapter that needs a bank of its own waits: the least recently used bank takes
     no more rows, and once its rows end it goes for the new family. Before, the bank was dropped at once (another
     caller's answer failed mid-stream), and then a 503 to retry (a caller who kept every bank busy kept new
     families out for as long as it liked: an outsider's finding). A row waiting to join the drained bank is told
-    to send again."""
-    from tests.registry.adapters import make_adapter
-
-    with RegistryClient(served["registry"], served["writer"]) as client:
-        client.publish(make_adapter(tmp_path / "third", seed=3, projection_prng_key=99), "alice/third-family",
-                       base_model="tiny-lm")
-    server = ModelServer(str(served["base"]), task="causal-lm", base_name="tiny-lm", max_banks=2,
-                         batch_window_s=0.01, client_for=lambda token: RegistryClient(served["registry"], token or ""))
+    to send again, the other bank still decoding (were it idle by then, it would go instead: the next test)."""
+    server = _two_banks_and_a_third_family(served, tmp_path, "alice/third-family", seed=3, projection_prng_key=99)
     try:
         first, second = (server.generator_for(name, served["writer"]) for name in ("alice/gen0", "alice/secret"))
         started = [threading.Event(), threading.Event()]
         ended: list[str] = []
-        futures = [server.start(resident, [Row(server.prompt_ids("the cat"), 35, on_text=_slowly(event, 0.05),
+        # gen0's row ends 20 tokens (at least a second) before secret's: when gen0's bank has drained, the other
+        # still decodes
+        futures = [server.start(resident, [Row(server.prompt_ids("the cat"), tokens, on_text=_slowly(event, 0.05),
                                                on_end=lambda *_, n=name: ended.append(n))])[0]
-                   for resident, event, name in zip((first, second), started, ("gen0", "secret"), strict=True)]
+                   for resident, event, name, tokens in zip((first, second), started, ("gen0", "secret"), (15, 35),
+                                                            strict=True)]
         assert all(event.wait(30) for event in started)
         loaded: list[Any] = []
         loader = threading.Thread(target=lambda: loaded.append(
@@ -402,11 +409,28 @@ def test_a_new_family_waits_for_a_bank_to_drain_and_never_cuts_a_row_off(served:
         loader.join(60)
         ended.append("third loaded")
         answers = server.wait(futures)
-        assert [len(a.tokens) for a in answers] == [35, 35]  # nobody's row was cut off
+        assert [len(a.tokens) for a in answers] == [15, 35]  # nobody's row was cut off
         assert ended.index("gen0") < ended.index("third loaded"), ended
         with pytest.raises(Evicted, match="evicted meanwhile; send it again"):
             late.result(timeout=30)
         assert server.wait(server.start(loaded[0], [Row(server.prompt_ids("a dog"), 3)]))[0].tokens
+    finally:
+        server.close()
+
+
+def test_a_new_family_takes_the_bank_nobody_is_waiting_for(served: dict[str, Any], tmp_path: Path) -> None:
+    """With every bank taken and none decoding, a new family's bank replaces one whose adapters nobody is waiting
+    for, even if it was used more recently: the least recently used bank went before, and a request for it that was
+    being prepared meanwhile was told it had been evicted and to send it again."""
+    server = _two_banks_and_a_third_family(served, tmp_path, "alice/quiet-family", seed=4, projection_prng_key=77)
+    try:
+        waited = server.generator_for("alice/gen0", served["writer"])  # taken: its prompt is being prepared
+        done = server.generator_for("alice/secret", served["writer"])
+        assert server.wait(server.start(done, [Row(server.prompt_ids("a dog"), 2)]))[0].tokens  # answered
+        assert waited.last_used < done.last_used  # gen0's bank is the least recently used
+        server.generator_for("alice/quiet-family", served["writer"])
+        assert waited.ref in server.residents and done.ref not in server.residents
+        assert server.wait(server.start(waited, [Row(server.prompt_ids("the cat"), 2)]))[0].tokens
     finally:
         server.close()
 

@@ -5,6 +5,7 @@ bob reads only."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -822,6 +823,9 @@ def test_activity_lists_the_newest_events_filtered_with_links(registry: dict[str
     assert not at.exception
     frame = at.dataframe[0].value
     assert list(frame["when"]) == sorted(frame["when"], reverse=True)  # newest first
+    columns = json.loads(at.dataframe[0].proto.columns)
+    when = columns["when"]["type_config"]  # the registry's times, its zone in the header (no room in the cells)
+    assert (columns["when"]["label"], when["format"], when["timezone"]) == ("when (UTC)", "YYYY-MM-DD HH:mm:ss", "UTC")
     assert {"who", "action", "target", "detail"} <= set(frame.columns)
     at.text_input(key="activity_adapter").set_value("alice/child").run()
     assert at.query_params["adapter"] == "alice/child"

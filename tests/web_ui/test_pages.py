@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -225,6 +226,23 @@ def test_adapter_page_shows_evaluations_recorded_after_publish_and_who_recorded_
     assert "Recorded after publish" not in " ".join(c.value for c in plain.caption)
 
 
+def test_the_versions_table_shades_the_version_shown(registry: dict[str, Any], tmp_path: Path) -> None:
+    """Among an adapter's versions, the row of the one the page shows is shaded and named below the table (it was
+    one row among the others: a dashboard walk, session 48)."""
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        for seed in (1, 2, 3):
+            client.publish(make_adapter(tmp_path / f"s{seed}", seed=seed), "alice/shaded", base_model="tiny-llama")
+        try:
+            at = page("adapter", registry, query={"ref": "alice/shaded:2"})
+        finally:  # the module's other tests count and compare the newest versions
+            client.delete_adapter("alice/shaded")
+    versions = next(d for d in at.dataframe if "published by" in d.value.columns)
+    assert list(versions.value["version"]) == [f"adapter?ref=alice/shaded:{n}" for n in (3, 2, 1)]  # newest first
+    styles = versions.proto.arrow_data.styler.styles  # the Styler's CSS: "#T_id_row1_col0, ... { background... }"
+    assert set(re.findall(r"_row(\d+)_col\d+", styles)) == {"1"} and tables.MARKED_ROW.split(": ")[1] in styles
+    assert "The shaded row is alice/shaded:2, the version this page shows." in [c.value for c in at.caption]
+
+
 def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A first visit draws the header and the first tab: no chart, graph, download button or form of the others,
     and no download of the tensors (the Metrics and Layers tabs' summary) until one of those tabs is opened."""
@@ -233,7 +251,8 @@ def test_adapter_page_builds_only_the_open_tab(registry: dict[str, Any], monkeyp
     assert not at.exception and at.tabs[0].label == "Versions and config"
     assert "**Base model and projection**" in texts(at)
     versions = next(d for d in at.dataframe if "published by" in d.value.columns)
-    assert json.loads(versions.proto.columns)["created"]["type_config"]["format"] == "YYYY-MM-DD HH:mm"  # readable
+    created = json.loads(versions.proto.columns)["created"]["type_config"]
+    assert (created["format"], created["timezone"]) == ("YYYY-MM-DD HH:mm [UTC]", "UTC")  # readable, and zoned
     # each version's rank and numbers, as Browse has them
     assert list(versions.value.columns)[:5] == ["version", "aliases", "r", "accuracy", "eval loss"]
     assert versions.value[["r", "accuracy", "eval loss"]].iloc[-1].tolist() == [8, 0.8, 0.5]  # alice/model0:1
