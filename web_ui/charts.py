@@ -95,6 +95,10 @@ def kept_rules(kept: dict[str, float], refs: list[str]) -> list[alt.Chart]:
 
 #: The numbers of a metric's axis: four significant digits at most, thousands separated (one tick read 0.627907).
 METRIC_AXIS_FORMAT = ",.4~r"
+#: The px the value axis of the loss and eval charts takes at least (its ticks and labels: "0.8125" is about 40 px), so
+#: that charts drawn one above the other start their plots, and their step axes, at the same x: the accuracy chart's
+#: sat about 12 px right of the loss chart's, its labels being wider (a dashboard walk, session 48).
+VALUE_AXIS_PX = 48
 
 
 def metric_curves(histories: dict[str, list[dict[str, Any]]], span: tuple[float, float] | None = None,
@@ -111,7 +115,7 @@ def metric_curves(histories: dict[str, list[dict[str, Any]]], span: tuple[float,
         base = alt.Chart(pd.DataFrame(rows)).encode(
             x=step_axis(span), color=version_colours(refs),
             y=alt.Y(f"{metric}:Q", title=metric, scale=alt.Scale(zero=False),
-                    axis=alt.Axis(format=METRIC_AXIS_FORMAT)),
+                    axis=alt.Axis(format=METRIC_AXIS_FORMAT, minExtent=VALUE_AXIS_PX)),
             tooltip=["version", "step", alt.Tooltip(f"{metric}:Q", format=".4f")])
         rules = kept_rules(kept or {}, refs)
         title = alt.TitleParams(f"Eval {metric}", anchor="start", subtitle=f"{metric} on the held-out eval set at "
@@ -163,7 +167,8 @@ def loss_curves(train: dict[str, list[list[float]]], evals: dict[str, list[list[
         x=step_axis(),
         # the loss axis spans the losses, not down to zero: losses of 0.60-0.70 were squeezed into the plot's top
         # sixth, one version's curve hidden under the others' (session 23's walk)
-        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(zero=False)), color=version_colours(refs),
+        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(zero=False), axis=alt.Axis(minExtent=VALUE_AXIS_PX)),
+        color=version_colours(refs),
         tooltip=["version", "curve", "step", alt.Tooltip("loss:Q", format=".4f")])
     # The dash is the lines' own: the dots do not take part in its legend, whose samples are then strokes (a legend
     # merged with the filled dots draws each sample as a filled line: nothing).

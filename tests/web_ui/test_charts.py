@@ -170,6 +170,10 @@ def test_a_metric_chart_spans_the_loss_charts_steps_and_marks_the_published_step
     assert [layer["mark"]["type"] if isinstance(layer["mark"], str) else layer["mark"]["type"]
             for layer in loss["layer"]] == ["line", "point", "rule"]
     assert charts.KEPT_NOTE in loss["title"]["subtitle"]
+    # both value axes take one width at least, so the plots and their step axes line up one above the other (the
+    # accuracy chart's sat about 12 px right of the loss chart's: a dashboard walk, session 48)
+    assert {layer["encoding"]["y"]["axis"]["minExtent"] for layer in (line, loss["layer"][0])} == {
+        charts.VALUE_AXIS_PX}
     unevaluated = spec(charts.loss_curves(train, None, {"a/b:1": 20.0}))  # the last step's weights: said too
     assert unevaluated["title"]["subtitle"] == f"per optimizer step (no evaluation was recorded); {charts.KEPT_NOTE}"
     # without a kept step (a job still training, a version from before "kept"): no rule, no word of one
