@@ -183,6 +183,12 @@ MAX_LOSS_RECORDS = 10_000
 MAX_EVALUATIONS = 10_000
 
 
+def steps_per_epoch(examples: int, batch_size: int, accumulation: int = 1, world: int = 1) -> int:
+    """The optimizer steps of one pass over ``examples`` shared by ``world`` processes of ``batch_size`` examples a
+    batch, ``accumulation`` batches a step (at least 1): the trainer's count, and a job's at submission."""
+    return max(1, math.ceil(math.ceil(examples / world) / batch_size) // accumulation)
+
+
 def too_many_evaluations(total_steps: int, eval_every: int | None, steps_per_epoch: int, *,
                          option: str = "vera train --eval-every N") -> str | None:
     """Why a run of ``total_steps`` evaluating every ``eval_every`` steps (None: each epoch of ``steps_per_epoch``)
@@ -279,8 +285,8 @@ class Trainer:
         self.wrapped = distributed.wrap(self.model, self.world, self.device)
         if isinstance(self.model, VeraModel):  # after wrapping: a projection broadcast by DDP would hide a mismatch
             distributed.check_projection(self.world, self.model.projection_fingerprint())
-        batches = math.ceil(math.ceil(len(self.train_data) / self.world.size) / args.batch_size)
-        self.state.steps_per_epoch = max(1, batches // args.gradient_accumulation_steps)
+        self.state.steps_per_epoch = steps_per_epoch(len(self.train_data), args.batch_size,
+                                                     args.gradient_accumulation_steps, self.world.size)
         self.state.total_steps = args.max_steps or math.ceil(self.state.steps_per_epoch * args.epochs)
         #: Steps between loss records: log_every, or wider to keep a run within MAX_LOSS_RECORDS.
         self.log_interval = max(args.log_every, -(-self.state.total_steps // MAX_LOSS_RECORDS))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +68,7 @@ from vera_core.config import DEMO_MODEL, VeraConfig, unreported_metric
 from vera_core.patterns import require_linear
 
 if TYPE_CHECKING:  # torch: imported by the first job submitted (its spec is checked as the worker runs it)
+    from vera_core.data import Splits
     from vera_core.recipes import TrainSpec
     from vera_core.trainer import TrainingArguments
 
@@ -265,10 +267,16 @@ class Jobs:
         labels = 2  # the demo's
         if not checked.demo and readable:
             with problems.check(), _job_input(), self.registry.budget.working():  # (Busy is raised, not kept)
-                named = _check_dataset(checked, dataset, dataset_name)
-                labels = len(named)
+                splits = _check_dataset(checked, dataset, dataset_name)
+                labels = len(splits.labels)
                 if start is not None and checked.task == "classification":
-                    _check_start_labels(start, named)
+                    _check_start_labels(start, splits.labels)
+                _check_epochs_evaluations(splits, args, gpus)
+        elif checked.demo:
+            with problems.check(), _job_input():
+                from vera_core.recipes import load_splits
+
+                _check_epochs_evaluations(load_splits(checked), args, gpus)
         if len(problems) > before or not readable or not shapes:
             return None
         with _job_input():
@@ -758,10 +766,10 @@ def _check_metric(args: TrainingArguments, task: str) -> None:
                            f"reports; name one of {', '.join(known)}.")
 
 
-def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> list[str]:
+def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str) -> Splits:
     """The uploaded dataset reads as the spec says (its columns, its labels) and splits as the worker will split it
     (two rows were a 201, then a failed job: an outsider's re-check, session 33); errors name it as the caller did.
-    Returns its labels (sorted; none for a causal-lm task)."""
+    Returns its splits, as the worker will train them (labels sorted; none for a causal-lm task)."""
     from vera_core.data import DatasetError, label_line
     from vera_core.recipes import load_splits
 
@@ -772,9 +780,10 @@ def _check_dataset(checked: TrainSpec, dataset: bytes | None, dataset_name: str)
         path = Path(tmp) / f"uploaded{Path(dataset_name).suffix.lower()}"
         path.write_bytes(dataset)
         try:
-            labels = load_splits(replace(checked, data=str(path))).labels
-            _check_labels(labels, lambda label: f"{shown}:{label_line(path, checked.label_column, label) or '?'}")
-            return labels
+            splits = load_splits(replace(checked, data=str(path)))
+            _check_labels(splits.labels,
+                          lambda label: f"{shown}:{label_line(path, checked.label_column, label) or '?'}")
+            return splits
         except DatasetError as exc:  # named as the caller named it, not by this scratch path
             said = str(exc).replace(str(path), shown)
             # the spec's fields, and where each client sets them (the dashboard has no command-line options)
@@ -881,6 +890,21 @@ def _check_evaluations(args: TrainingArguments) -> None:
 
     if args.max_steps and args.eval_every and (problem := too_many_evaluations(
             args.max_steps, args.eval_every, 1, option="vera job submit --eval-every N")) is not None:
+        raise InvalidInput(f"training.{problem}")
+
+
+def _check_epochs_evaluations(splits: Splits, args: TrainingArguments, gpus: int) -> None:
+    """A run by epochs (no max_steps) whose eval_every asks more evaluations than a run may, counted on the splits as
+    the worker will train them (``gpus`` processes sharing each batch): a worker refused it only once it had loaded
+    the model and data, after the job's wait in the queue."""
+    from vera_core.trainer import steps_per_epoch, too_many_evaluations
+
+    if args.max_steps or not args.eval_every or not splits.eval:  # (max_steps: _check_evaluations)
+        return
+    world = max(gpus, 1)
+    per_epoch = steps_per_epoch(len(splits.train), args.batch_size // world, args.gradient_accumulation_steps, world)
+    if (problem := too_many_evaluations(math.ceil(per_epoch * args.epochs), args.eval_every, per_epoch,
+                                        option="vera job submit --eval-every N")) is not None:
         raise InvalidInput(f"training.{problem}")
 
 

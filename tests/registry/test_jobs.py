@@ -87,6 +87,14 @@ def test_invalid_specs_are_rejected_at_submission(registry: Registry, tmp_path: 
         ({"demo": True, "training": {"eval_every": 1, "max_steps": 100_000}}, None,
          r"^training\.eval_every=1 over 100,000 steps would evaluate 100,000 times, more than the 10,000 a run may "
          r".*set eval_every to 10 steps or more \(vera job submit --eval-every N\)"),
+        # by epochs, counted on the splits as the worker trains them: the demo's 6,023 training texts are 189 steps
+        # of 32 an epoch (the worker refused it once it had loaded the model and data: session 48's note)
+        ({"demo": True, "training": {"eval_every": 1, "epochs": 60}}, None,
+         r"^training\.eval_every=1 over 11,340 steps would evaluate 11,340 times, more than the 10,000 a run may "
+         r".*set eval_every to 2 steps or more \(vera job submit --eval-every N\)"),
+        ({"data": "x", "training": {"eval_every": 1, "epochs": 1000, "batch_size": 1}},
+         b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"p" if i % 2 else b"n") for i in range(80)),
+         r"^training\.eval_every=1 over [\d,]+ steps would evaluate [\d,]+ times"),
         # an outsider's findings (session 33): a 500, then types and values that made no sense, all 201s
         ({"demo": True, "training": [1]}, None, "training must be a JSON object of training settings"),
         ({"demo": "yes"}, None, "demo must be true or false, got 'yes'"),
@@ -206,7 +214,10 @@ def test_a_dataset_of_more_lines_than_a_job_takes_is_refused_before_it_is_parsed
 
     monkeypatch.setattr(job_service, "MAX_JOB_DATASET_LINES", 100)
     parsed: list[object] = []
-    monkeypatch.setattr(job_service, "_check_dataset", lambda *args: parsed.append(args) or ["0", "1"])  # observed
+    from vera_core.data import Splits
+
+    monkeypatch.setattr(job_service, "_check_dataset",  # observed
+                        lambda *args: parsed.append(args) or Splits([], [], [], ["0", "1"]))
     rows = b"text,label\n" + b"".join(b"t%d,%d\n" % (i, i % 2) for i in range(100))
     with pytest.raises(InvalidInput) as refused:
         Jobs(registry).submit({"data": "x"}, owner="ann", target="ann/x", dataset=rows, dataset_name="big.txt")
