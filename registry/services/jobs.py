@@ -885,7 +885,7 @@ def _check_step(batch: int, per_token: int, spec: TrainSpec) -> None:
 def _check_evaluations(args: TrainingArguments) -> None:
     """A spec whose max_steps and eval_every ask more evaluations than a run may (vera_core.trainer's
     too_many_evaluations), refused at submission: a worker refused it only once it had loaded the model and data.
-    A run by epochs is counted by the worker, which knows the dataset's steps."""
+    A run by epochs is counted on the dataset's splits (_check_epochs_evaluations)."""
     from vera_core.trainer import too_many_evaluations
 
     if args.max_steps and args.eval_every and (problem := too_many_evaluations(
@@ -899,9 +899,9 @@ def _check_epochs_evaluations(splits: Splits, args: TrainingArguments, gpus: int
     the model and data, after the job's wait in the queue."""
     from vera_core.trainer import steps_per_epoch, too_many_evaluations
 
-    if args.max_steps or not args.eval_every or not splits.eval:  # (max_steps: _check_evaluations)
-        return
     world = max(gpus, 1)
+    if args.max_steps or not args.eval_every or not splits.eval or args.batch_size % world:
+        return  # (max_steps: _check_evaluations; a batch that does not split: _check_batch_split)
     per_epoch = steps_per_epoch(len(splits.train), args.batch_size // world, args.gradient_accumulation_steps, world)
     if (problem := too_many_evaluations(math.ceil(per_epoch * args.epochs), args.eval_every, per_epoch,
                                         option="vera job submit --eval-every N")) is not None:

@@ -693,7 +693,8 @@ class ModelServer:
 
     def _room_for_bank(self, ref: str, *, drop: bool) -> None:
         """Conflict when all ``max_banks`` banks hold pinned adapters; with ``drop``, make room for one more bank
-        by dropping the least recently used bank that holds no pinned adapter."""
+        by dropping a bank that holds no pinned adapter and decodes no rows: one whose adapters no request is
+        waiting for first, the least recently used of those (else of them all)."""
         if len(self.banks) < self.max_banks:
             return
         idle = self._droppable()
@@ -710,14 +711,16 @@ class ModelServer:
                        f"{self.timeout_s:.0f} s; retry later, or ask the operator for more --max-banks.")
         # a bank none of whose adapters has requests queued or being prepared goes first: dropping the least recently
         # used one told its queued requests to send again while a bank nobody was waiting for stayed
-        quiet = [k for k in idle if not self._in_use(k)]
-        self._drop_bank(min(quiet or idle, key=self._last_used))
+        # (with the holds' lock from the look to the drop: no request claims an adapter of the bank meanwhile)
+        with self._holds_lock:
+            quiet = [k for k in idle if not self._in_use(k)]
+            self._drop_bank(min(quiet or idle, key=self._last_used))
 
     def _in_use(self, key: BankKey) -> bool:
-        """Whether an adapter of bank ``key`` has requests queued or running, or taken and being prepared."""
+        """Whether an adapter of bank ``key`` has requests queued or running, or taken and being prepared (the caller
+        holds ``_holds_lock``)."""
         now = time.monotonic()
-        with self._holds_lock:
-            return any(r.holds or any(t > now for t in r.claims) for r in self.residents.values() if r.bank == key)
+        return any(r.holds or any(t > now for t in r.claims) for r in self.residents.values() if r.bank == key)
 
     def _base_model(self, heads: dict[str, tuple[int, ...]]) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -185,8 +185,17 @@ def test_a_job_batch_that_does_not_split_over_its_gpus_is_refused(registry: Regi
     with pytest.raises(InvalidInput, match="training.batch_size=30 does not split over gpus=4: .*Pick a multiple of 4 "
                                            "\\(e.g. 28\\)"):
         jobs.submit({"demo": True, "training": {"batch_size": 30}}, owner="ann", target="ann/x", gpus=4)
+    # by epochs, with evaluations to count: said as well, not a 500 (the count divided by batch_size // gpus, 0:
+    # a re-check's finding, session 49)
+    with pytest.raises(InvalidInput, match="training.batch_size=2 does not split over gpus=4"):
+        jobs.submit({"demo": True, "training": {"batch_size": 2, "eval_every": 5}}, owner="ann", target="ann/x",
+                    gpus=4)
     assert jobs.list_jobs() == []
     assert jobs.submit({"demo": True, "training": {"batch_size": 32}}, owner="ann", target="ann/x", gpus=4).gpus == 4
+    # on 4 GPUs of 8 examples each, the demo's 6,023 texts are 189 steps an epoch, as on one process of 32
+    with pytest.raises(InvalidInput, match=r"^training\.eval_every=1 over 11,340 steps would evaluate 11,340 times"):
+        jobs.submit({"demo": True, "training": {"batch_size": 32, "eval_every": 1, "epochs": 60}}, owner="ann",
+                    target="ann/y", gpus=4)
 
 
 def test_a_k_gpu_job_trains_in_k_processes_each_on_one_of_the_first_k_gpus(
