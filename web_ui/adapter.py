@@ -286,14 +286,15 @@ def versions(info: VersionInfo) -> None:
                            "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                            "published by": published_by(v)}
                           for v, accuracy in zip(items, accuracy_cells(items), strict=True)])
-    # the version this page shows, shaded: the table did not say which row it was (a dashboard walk, session 48)
-    shown = next((i for i, v in enumerate(items) if v.ref == info.ref), None)
-    tables.show(frame, hide_index=True, width="stretch", marked=shown if len(items) > 1 else None, column_config={
+    # the version this page shows, shaded when there are others: the table did not say which row it was (a dashboard
+    # walk, session 48)
+    shown = next((i for i, v in enumerate(items) if v.ref == info.ref), None) if len(items) > 1 else None
+    tables.show(frame, hide_index=True, width="stretch", marked=shown, column_config={
         "version": VERSION_LINK, "created": formats.moment_column(),
         "r": st.column_config.NumberColumn(width=36),
         "accuracy": accuracy_column(items, MIXED_ACCURACY_PX if mixed_accuracies(items) else 80),
         "eval loss": formats.metric_column(frame["eval loss"], width=80, help="final eval loss")})
-    if shown is not None and len(items) > 1:
+    if shown is not None:
         st.caption(f"The shaded row is {info.ref}, the version this page shows.")
     st.markdown("**Base model and projection**")
     views.fields({"base model": info.base_model, "generator": info.generator, "seed": str(info.seed), "r": info.r,

@@ -272,7 +272,7 @@ class Jobs:
                 if start is not None and checked.task == "classification":
                     _check_start_labels(start, splits.labels)
                 _check_epochs_evaluations(splits, args, gpus)
-        elif checked.demo:
+        elif checked.demo and _evaluates_by_epochs(args):  # (the demo's splits read only then)
             with problems.check(), _job_input():
                 from vera_core.recipes import load_splits
 
@@ -893,6 +893,11 @@ def _check_evaluations(args: TrainingArguments) -> None:
         raise InvalidInput(f"training.{problem}")
 
 
+def _evaluates_by_epochs(args: TrainingArguments) -> bool:
+    """Whether a run's number of evaluations depends on its dataset: eval_every steps over epochs (no max_steps)."""
+    return not args.max_steps and bool(args.eval_every)
+
+
 def _check_epochs_evaluations(splits: Splits, args: TrainingArguments, gpus: int) -> None:
     """A run by epochs (no max_steps) whose eval_every asks more evaluations than a run may, counted on the splits as
     the worker will train them (``gpus`` processes sharing each batch): a worker refused it only once it had loaded
@@ -900,7 +905,7 @@ def _check_epochs_evaluations(splits: Splits, args: TrainingArguments, gpus: int
     from vera_core.trainer import steps_per_epoch, too_many_evaluations
 
     world = max(gpus, 1)
-    if args.max_steps or not args.eval_every or not splits.eval or args.batch_size % world:
+    if not _evaluates_by_epochs(args) or not splits.eval or args.batch_size % world:
         return  # (max_steps: _check_evaluations; a batch that does not split: _check_batch_split)
     per_epoch = steps_per_epoch(len(splits.train), args.batch_size // world, args.gradient_accumulation_steps, world)
     if (problem := too_many_evaluations(math.ceil(per_epoch * args.epochs), args.eval_every, per_epoch,
