@@ -1,4 +1,4 @@
-"""The catalog commands as a user runs them (the installed `vera`, in a subprocess, against a real server): show,
+"""The catalog commands as a user runs them (`vera` against a real server, tests.commands): show,
 tag, describe, card, yank, delete, lineage; --json on every listing; `vera ls` readable in 80 columns."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, free_port, running_server
+from tests.registry.servers import free_port, running_server
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 def vera(server: dict[str, Any], *args: str, columns: int = 200, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": str(columns), "VERA_REGISTRY_URL": server["url"], "VERA_NO_CACHE": "1"}
     env.pop("VERA_TOKEN", None)
-    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=300, env=env, input=stdin,
-                          check=False)
+    return run_vera(args, env=env, input=stdin)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -1,5 +1,5 @@
 """The mistakes a newcomer made walking the README (session 13), each answered with one clear line that says what
-was expected and how to go on, and nothing changed: the installed `vera` in a subprocess against a real server."""
+was expected and how to go on, and nothing changed: `vera` (tests.commands) against a real server."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import pytest
 from registry.cli.run import team_host
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import VERA, free_port, running_server, running_vera
 
@@ -36,8 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 def vera(*args: str, url: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1", **env}
     environment.pop("VERA_TOKEN", None)
-    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=environment,
-                          check=False, cwd=cwd)
+    return run_vera(args, env=environment, cwd=cwd)
 
 
 def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:

@@ -1,0 +1,80 @@
+"""`vera` commands as tests run them: in the test's own process where a command needs no process of its own (a `vera
+ls`, a `vera org add`: 0.3-0.6 s of CPU each for python and the CLI's imports in a subprocess, ~400 of them in the
+suite), in a subprocess of the installed console script where it does (servers, workers, training: signals, threads,
+logging set-up, torch's state). Both give what ``subprocess.run(..., capture_output=True, text=True)`` gives: exit
+code, stdout and stderr apart. tests/registry/test_cli.py runs the console script itself for every command it tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+VERA = Path(sys.executable).parent / "vera"
+#: How to run `vera` in a subprocess: its console script, or the module where the project is not installed (on
+#: PYTHONPATH, as bench/gpu_check.sh --offline runs it on a machine where nothing can be installed).
+VERA_COMMAND = [str(VERA)] if VERA.exists() else [sys.executable, "-m", "registry.cli"]
+#: The commands that run in a subprocess: they serve, train or work until stopped, start processes, set up logging or
+#: signal handlers, or change this process's environment (`vera eval run` sets OPENAI_API_KEY).
+IN_A_PROCESS = frozenset({"serve", "serve-model", "ui", "up", "cluster", "worker", "train", "eval"})
+
+
+def vera(args: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
+         input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `vera ARGS` with the environment ``env`` (all of it, as subprocess.run takes it; this process's when
+    None), in ``cwd``, ``input`` on its stdin; what it did, as subprocess.run answers."""
+    args = [str(arg) for arg in args]
+    if not args or args[0] in IN_A_PROCESS:
+        return subprocess.run([*VERA_COMMAND, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                              env=None if env is None else dict(env), cwd=cwd, input=input)
+    return _in_this_process(args, dict(os.environ if env is None else env), cwd, input)
+
+
+def _in_this_process(args: list[str], env: dict[str, str], cwd: Path | str | None,
+                     input: str | None) -> subprocess.CompletedProcess[str]:
+    """`vera ARGS` as the console script runs it (registry.cli.main: the app of the commands ARGS name), with Click's
+    runner for stdin, stdout and stderr, this process's environment replaced by ``env`` meanwhile. A Python
+    warning is printed as a subprocess would print it (pytest makes warnings errors), an exception the CLI does
+    not catch is a traceback on stderr and exit code 1, as in a process."""
+    from typer.testing import CliRunner
+
+    from registry.cli import build, named
+    from registry.cli.common import console, err_console
+
+    changes: dict[str, str | None] = {**{name: None for name in os.environ if name not in env}, **env}
+    width = env.get("COLUMNS", "")
+    with contextlib.chdir(cwd or os.getcwd()), warnings.catch_warnings(), _console_width(
+            [console, err_console], int(width) if width.isdigit() else 80):
+        warnings.resetwarnings()  # Python's defaults, as in a new process
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        result = CliRunner().invoke(build(named(args)), args, input=input, env=changes,
+                                    prog_name="vera", catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["vera", *args], result.exit_code, result.stdout, stderr)
+
+
+@contextlib.contextmanager
+def _console_width(consoles: list[Console], width: int) -> Iterator[None]:
+    """The CLI's consoles (made once, when registry.cli.common was imported) as wide as a new process's would be:
+    COLUMNS, or 80 where its output is no terminal."""
+    before = [console._width for console in consoles]
+    for console in consoles:
+        console._width = width
+    try:
+        yield
+    finally:
+        for console, was in zip(consoles, before, strict=True):
+            console._width = was
