@@ -8,6 +8,7 @@ code, stdout and stderr apart. tests/registry/test_cli.py runs the console scrip
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from typer import testing as typer_testing
+from typer.testing import CliRunner
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,8 +50,6 @@ def _in_this_process(args: list[str], env: dict[str, str], cwd: Path | str | Non
     runner for stdin, stdout and stderr, this process's environment replaced by ``env`` meanwhile. A Python
     warning is printed as a subprocess would print it (pytest makes warnings errors), an exception the CLI does
     not catch is a traceback on stderr and exit code 1, as in a process."""
-    from typer.testing import CliRunner
-
     from registry.cli import build, named
     from registry.cli.common import console, err_console
 
@@ -58,12 +60,48 @@ def _in_this_process(args: list[str], env: dict[str, str], cwd: Path | str | Non
         warnings.resetwarnings()  # Python's defaults, as in a new process
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.simplefilter("ignore", category)
-        result = CliRunner().invoke(build(named(args)), args, input=input, env=changes,
-                                    prog_name="vera", catch_exceptions=True)
+        result = _Runner().invoke(build(named(args)), args, input=input, env=changes, prog_name="vera",
+                                  catch_exceptions=True)
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
     return subprocess.CompletedProcess(["vera", *args], result.exit_code, result.stdout, stderr)
+
+
+class _Runner(CliRunner):
+    """Typer's runner (Click's), with three things as a process has them: the answer to a prompt is not written after
+    it (a process's stdout holds "...? [y/N]: " and what it printed next; the runner writes "y\n" between), help is
+    as wide as COLUMNS says (the runner forces 80), and a warning logged where no handler is set up goes to stderr
+    (Python's last resort: pytest's handlers take it otherwise)."""
+
+    @contextlib.contextmanager
+    def isolation(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with super().isolation(*args, **kwargs) as streams:
+            # the runner's isolation restores both at its end
+            typer_testing.termui.visible_prompt_func = _prompt
+            typer_testing.formatting.FORCED_WIDTH = None  # help as wide as COLUMNS says (the runner forces 80)
+            last_resort = _ToStderr(logging.WARNING)
+            logging.getLogger().addHandler(last_resort)
+            try:
+                yield streams
+            finally:
+                logging.getLogger().removeHandler(last_resort)
+
+
+def _prompt(prompt: str | None = None) -> str:
+    sys.stdout.write(prompt or "")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
+
+
+class _ToStderr(logging.Handler):
+    """Each record's message on the sys.stderr of the moment (the runner's), as logging.lastResort writes it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from registry.services.tokens import (
 )
 from registry.store.database import Database
 from registry.store.models import AccessToken, AuditEvent, Organization, OrgInvitation
+from tests.commands import vera as run_vera
 from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import running_server
@@ -446,9 +447,6 @@ def test_a_revoked_tokens_offspring_stop_working_through_the_api(tmp_path: Path)
 def test_vera_token_list_at_80_columns_shows_whole_cells_and_names_the_columns_left_out(tmp_path: Path) -> None:
     """An operator's walk (session 48): at 80 columns scopes read "publish,re…" and dates "2026-12-…"."""
     import os
-    import subprocess
-
-    from tests.registry.servers import VERA
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db = Database(url)
@@ -456,23 +454,19 @@ def test_vera_token_list_at_80_columns_shows_whole_cells_and_names_the_columns_l
     create_token(db, owner="bob-the-publisher", scopes=["read", "publish"], name="laptop-of-bob",
                  expires_in=timedelta(days=30), limited_to=["team-nlp"])
     db.engine.dispose()
-    listed = subprocess.run([str(VERA), "token", "list"], capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "80"})
+    listed = run_vera(["token", "list"], env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "80"})
     assert listed.returncode == 0, listed.stderr
     assert "…" not in listed.stdout, listed.stdout
     assert "publish,read" in listed.stdout and "bob-the-publisher" in listed.stdout, listed.stdout
     assert max(len(line) for line in listed.stdout.splitlines()) <= 80
     assert "not shown (narrow terminal): " in listed.stdout and "--json has everything" in listed.stdout
-    wide = subprocess.run([str(VERA), "token", "list"], capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"})
+    wide = run_vera(["token", "list"], env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"})
     assert "not shown" not in wide.stdout and "laptop-of-bob" in wide.stdout and "team-nlp" in wide.stdout
 
 
 def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(tmp_path: Path) -> None:
     import os
     import subprocess
-
-    from tests.registry.servers import VERA
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db = Database(url)
@@ -483,9 +477,8 @@ def test_vera_token_revoke_a_token_with_its_offspring_or_every_token_of_a_user(t
     db.engine.dispose()
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), "token", "revoke", *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200",
-                                   "LOGNAME": "someone\nelse", "USER": "someone"}, check=False)
+        return run_vera(["token", "revoke", *args], env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200",
+                                                         "LOGNAME": "someone\nelse", "USER": "someone"})
 
     for wrong in ((), (str(laptop), "--owner", "ann")):
         refused = vera(*wrong)
@@ -521,8 +514,6 @@ def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path
     import os
     import subprocess
 
-    from tests.registry.servers import VERA
-
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db = Database(url)
     db.upgrade()
@@ -532,8 +523,7 @@ def test_vera_token_purge_lists_then_deletes_and_refuses_a_negative_age(tmp_path
     db.engine.dispose()
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), "token", "purge", *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"}, check=False)
+        return run_vera(["token", "purge", *args], env={**os.environ, "VERA_DATABASE_URL": url, "COLUMNS": "200"})
 
     assert "deleted 0 tokens that ended before" in vera().stdout  # revoked a moment ago: not 30 days
     listed = vera("--days", "0", "--dry-run")
@@ -560,7 +550,6 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path, monkeypatch:
 
     from registry.domain.errors import InvalidInput
     from registry.settings import Settings
-    from tests.registry.servers import VERA
 
     with pytest.raises(ValidationError, match="tokens may not be limited to less than an hour"):
         Settings(max_token_days=0.01)  # a minted CI token lives up to an hour
@@ -605,8 +594,7 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path, monkeypatch:
     env = {**os.environ, "VERA_DATABASE_URL": url, "VERA_MAX_TOKEN_DAYS": "90", "COLUMNS": "200"}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), "token", "create", "--owner", "bob", "--scope", "read", *args],
-                              capture_output=True, text=True, timeout=120, env=env, check=False)
+        return run_vera(["token", "create", "--owner", "bob", "--scope", "read", *args], env=env)
 
     refused = vera("--expires-days", "365")
     assert refused.returncode == 1 and "live at most 90 days" in refused.stderr, refused

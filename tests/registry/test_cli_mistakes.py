@@ -24,7 +24,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, free_port, running_server, running_vera
+from tests.registry.servers import free_port, running_server, running_vera
 
 
 @pytest.fixture(scope="module")
@@ -505,8 +505,8 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
     whole deployment guide. --host 0.0.0.0 serves the API (and the dashboard) to the network, tokens required; and
     its worker's health had no address (--worker-status-port)."""
     port, data = free_port(), tmp_path / "data"
-    admin = subprocess.run([str(VERA), "token", "create", "--owner", "lead", "--scope", "admin"], capture_output=True,
-                           text=True, timeout=120, check=False, env={**os.environ, "VERA_DATA_DIR": str(data)})
+    admin = run_vera(["token", "create", "--owner", "lead", "--scope", "admin"],
+                     env={**os.environ, "VERA_DATA_DIR": str(data)})
     assert admin.returncode == 0, admin.stderr
     secret = next(word for word in admin.stdout.split() if word.startswith("vera_"))
     # which registry holds it, and a warning when it was made just now: a shell without the server's VERA_DATA_DIR
@@ -514,8 +514,8 @@ def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_pat
     held = f"the token is in sqlite:///{data / 'registry.db'}"
     assert f"warning: {held}, a registry database made just now: a server that runs on another" in \
         " ".join(admin.stderr.split()), admin.stderr
-    again = subprocess.run([str(VERA), "token", "create", "--owner", "bob", "--scope", "read"], capture_output=True,
-                           text=True, timeout=120, check=False, env={**os.environ, "VERA_DATA_DIR": str(data)})
+    again = run_vera(["token", "create", "--owner", "bob", "--scope", "read"],
+                     env={**os.environ, "VERA_DATA_DIR": str(data)})
     assert again.returncode == 0 and " ".join(again.stderr.split()) == f"note: {held}.", again.stderr
     log, status = tmp_path / "up.log", free_port()
     with running_vera(["up", "--host", "0.0.0.0", "--no-ui", "--port", str(port), "--worker-status-port",

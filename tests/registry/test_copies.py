@@ -25,8 +25,9 @@ from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import running_server
 from tests.registry.test_webhooks import make_tokens
 
 #: what a copy keeps of the version it copies, field by field (VersionInfo)
@@ -191,7 +192,7 @@ def test_vera_cp_copies_and_points_an_alias(server: dict[str, Any]) -> None:
     env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": server["url"], "VERA_TOKEN": server["tokens"]["alice"]}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        return run_vera(args, env=env)
 
     done = vera("cp", "alice/pub", "alice/prod", "--alias", "live", "--description", "promoted")
     assert done.returncode == 0, done.stderr
@@ -220,25 +221,22 @@ def test_vera_cp_to_an_alias_an_organisation_protects_copies_nothing_for_a_membe
         alice.protect_alias("copiers", "prod")
         env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": server["url"]}
         as_mallory = {**env, "VERA_TOKEN": server["tokens"]["mallory"]}
-        refused = subprocess.run([str(VERA), "cp", "alice/pub:1", "copiers/pub", "--alias", "prod"],
-                                 capture_output=True, text=True, timeout=120, env=as_mallory, check=False)
+        refused = run_vera(["cp", "alice/pub:1", "copiers/pub", "--alias", "prod"], env=as_mallory)
         flat = " ".join(refused.stderr.split())
         assert refused.returncode == 1 and "The alias 'prod' is protected in copiers: only its admins point it at " \
             "a version. Copy without --alias and ask one of them to move it (`vera org show copiers` lists them). " \
             "Nothing was copied." in flat, refused.stderr
         with pytest.raises(NotFound):
             alice.adapter("copiers/pub")  # nothing copied
-        done = subprocess.run([str(VERA), "cp", "alice/pub:1", "copiers/pub", "--alias", "prod"],
-                              capture_output=True, text=True, timeout=120, env={**env, "VERA_TOKEN": server[
-                                  "tokens"]["alice"]}, check=False)  # its admin
+        done = run_vera(["cp", "alice/pub:1", "copiers/pub", "--alias", "prod"],
+                        env={**env, "VERA_TOKEN": server["tokens"]["alice"]})  # its admin
         assert done.returncode == 0 and "(copiers/pub@prod -> 1)" in done.stdout, done.stderr
         copy = alice.get("copiers/pub:1")
         # a delete its protected alias refuses is refused before its question (it was asked, confirmed, then
         # refused: an operator's walk, session 48), in the registry's words
         for asked, doing in ((["copiers/pub:1"], "delete the version it names (copiers/pub:1)"),
                              (["copiers/pub", "--all"], "delete the adapter, and with it the version it names")):
-            kept = subprocess.run([str(VERA), "delete", *asked], capture_output=True, text=True, timeout=120,
-                                  env=as_mallory, check=False)
+            kept = run_vera(["delete", *asked], env=as_mallory)
             flat = " ".join(kept.stderr.split())
             assert kept.returncode == 1 and f"The alias 'prod' is protected in copiers: only its admins {doing}. " \
                 "Ask one of them (`vera org show copiers` lists them)" in flat and "[y/N]" not in kept.stdout, flat
@@ -298,8 +296,7 @@ def _promote(tmp_path: Path, staging_url: str, prod_url: str, prod_token: str) -
         env.pop("VERA_TO_TOKEN", None)
 
         def cp(*more: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([str(VERA), "cp", source.ref, "team/polarity", "--to-registry", prod_url, *more],
-                                  capture_output=True, text=True, timeout=120, env=env, check=False)
+            return run_vera(["cp", source.ref, "team/polarity", "--to-registry", prod_url, *more], env=env)
 
         refused = cp("--alias", "prod")
         assert refused.returncode == 1 and prod.get("team/polarity").version == 1

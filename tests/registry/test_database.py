@@ -25,8 +25,9 @@ from registry.services.tokens import authenticate, create_token
 from registry.settings import Settings
 from registry.store.database import Database
 from registry.store.models import Base
+from tests.commands import vera as run_vera
 from tests.registry.servers import free_port, running_vera
-from tests.registry.test_cli import VERA, vera
+from tests.registry.test_cli import vera
 
 
 def test_upgrade_to_head_gives_exactly_the_orm_metadata_and_downgrade_works(database_url: str) -> None:
@@ -75,8 +76,7 @@ def test_db_commands(tmp_path: Path) -> None:
     assert "deep_json: 0 (JSON values stored nested past 64 levels)" in fsck.stdout  # each count in words
     assert fsck.stdout.rstrip().endswith("database and storage agree: nothing to repair")
     assert "removed 0" in vera("gc", "--database-url", url, "--storage-url", str(tmp_path / "blobs")).stdout
-    asked = subprocess.run([str(VERA), "db", "downgrade", "base", "--database-url", url], input="n\n",
-                           capture_output=True, text=True, timeout=120)  # destructive: asked first
+    asked = run_vera(["db", "downgrade", "base", "--database-url", url], input="n\n")  # destructive: asked first
     assert asked.returncode == 1 and "Drop" not in asked.stdout and "dropping the tables" in asked.stdout
     assert "Not downgraded" in " ".join(asked.stderr.split()) and "Pass --yes" in " ".join(asked.stderr.split())
     assert "up to date" in vera("db", "status", "--database-url", url).stdout
@@ -307,8 +307,7 @@ def test_vera_db_backup_copies_a_running_registry_whole_and_never_overwrites(tmp
     env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": url, "VERA_STORAGE_URL": str(tmp_path / "blobs")}
 
     def backup(destination: Path, **more: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), "db", "backup", str(destination)], capture_output=True, text=True,
-                              timeout=120, env={**env, **more}, check=False)
+        return run_vera(["db", "backup", str(destination)], env={**env, **more})
 
     with running_server(url, tmp_path / "blobs") as server, RegistryClient(server) as client:
         client.publish(make_adapter(tmp_path / "a"), "ann/saved", base_model="tiny-llama")
@@ -337,7 +336,7 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
         env = {**os.environ, "COLUMNS": "250", "VERA_DATA_DIR": str(data_dir)}
         for variable in ("VERA_DATABASE_URL", "VERA_STORAGE_URL"):
             env.pop(variable, None)
-        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        return run_vera(args, env=env)
 
     (tmp_path / "backups").mkdir()
     typo = tmp_path / "bakcup"
@@ -434,19 +433,17 @@ def test_fsck_checks_the_sqlite_file_itself_and_mixed_revisions_are_one_line(tmp
         file.write(b"\0" * size)
     env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": f"sqlite:///{path}",
            "VERA_STORAGE_URL": str(tmp_path / "blobs")}
-    checked = subprocess.run([str(VERA), "fsck"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    checked = run_vera(["fsck"], env=env)
     assert checked.returncode == 3 and "database: " in checked.stdout and "Page " in checked.stdout, checked.stdout
     # --repair mends blobs, not the file: it fails too, saying so (it answered 0, and `fsck --repair && vera up` ran)
-    repaired = subprocess.run([str(VERA), "fsck", "--repair"], capture_output=True, text=True, timeout=120, env=env,
-                              check=False)
+    repaired = run_vera(["fsck", "--repair"], env=env)
     assert repaired.returncode == 3 and "the database file itself is damaged" in " ".join(repaired.stderr.split())
     mixed = Database(f"sqlite:///{tmp_path / 'mixed.db'}")
     mixed.upgrade()
     with mixed.session() as s:
         s.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0020')"))
     mixed.close()
-    status = subprocess.run([str(VERA), "db", "status"], capture_output=True, text=True, timeout=120, check=False,
-                            env={**env, "VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'mixed.db'}"})
+    status = run_vera(["db", "status"], env={**env, "VERA_DATABASE_URL": f"sqlite:///{tmp_path / 'mixed.db'}"})
     assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
     assert "records several schema revisions at once (" in status.stderr and "Drop the database" in status.stderr
 

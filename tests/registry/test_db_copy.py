@@ -26,9 +26,10 @@ from registry.services.webhooks import Webhooks
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.conftest import PG_ADMIN, fresh_postgres
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import running_server
 
 
 @pytest.fixture
@@ -74,8 +75,7 @@ def rows_of(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 def copy(source: str, target: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": source}
-    return subprocess.run([str(VERA), "db", "copy", target], capture_output=True, text=True, timeout=300, env=env,
-                          check=False)
+    return run_vera(["db", "copy", target], env=env)
 
 
 def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, empty_postgres: str) -> None:
@@ -109,9 +109,8 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     # walk's re-check)
     for command in (["gc", "--grace-s", "0"], ["fsck", "--repair", "--grace-s", "0"],
                     ["gc", "--keep-last", "1", "--grace-s", "0"]):
-        stale = subprocess.run([str(VERA), *command], capture_output=True, text=True, timeout=300, check=False,
-                               env={**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": source,
-                                    "VERA_STORAGE_URL": str(blobs)})
+        stale = run_vera(command, env={**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": source,
+                                       "VERA_STORAGE_URL": str(blobs)})
         said = " ".join(stale.stderr.split())
         assert stale.returncode == 1 and f"This database was copied into {empty_postgres} on " in said, said
         assert "Nothing was deleted" in said and f"`vera {command[0]}" in said
@@ -133,8 +132,7 @@ def test_vera_db_copy_moves_every_row_from_sqlite_to_postgresql(tmp_path: Path, 
     # no registry where the default source would be: said, and no empty file made there
     env = {**os.environ, "VERA_DATA_DIR": str(tmp_path / "nothing-here")}
     env.pop("VERA_DATABASE_URL", None)
-    nothing = subprocess.run([str(VERA), "db", "copy", empty_postgres], capture_output=True, text=True, timeout=120,
-                             env=env, check=False)
+    nothing = run_vera(["db", "copy", empty_postgres], env=env)
     assert nothing.returncode == 1 and "There is no registry database at" in " ".join(nothing.stderr.split())
     assert not (tmp_path / "nothing-here" / "registry.db").exists()
 
@@ -211,8 +209,7 @@ def test_a_copy_from_postgresql_in_another_time_zone_keeps_the_instants(tmp_path
         admin.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'")
     back = f"sqlite:///{tmp_path / 'back.db'}"
     env = {**os.environ, "COLUMNS": "250", "VERA_DATABASE_URL": empty_postgres}
-    done = subprocess.run([str(VERA), "db", "copy", back], capture_output=True, text=True, timeout=300, env=env,
-                          check=False)
+    done = run_vera(["db", "copy", back], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     expected = rows_of(source)
     assert expected["audit_events"].pop()[3] == "db-copy"  # the source's note of the first copy, made after it

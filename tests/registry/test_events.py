@@ -20,9 +20,10 @@ from registry.domain.events import EventInfo
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.store import models as m
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.receiver import Receiver, running_receiver
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import running_server
 from tests.registry.test_webhooks import make_tokens
 
 
@@ -228,7 +229,7 @@ def test_vera_events_prints_a_table_or_json(server: dict[str, Any]) -> None:
     env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": server["url"], "VERA_TOKEN": server["tokens"]["alice"]}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        return run_vera(args, env=env)
 
     page = json.loads(vera("events", "--owner", "alice", "--action", "publish", "--json").stdout)
     assert [e["target"] for e in page["events"]] == ["alice/pub:1", "alice/priv:1", "alice/pub:2"]

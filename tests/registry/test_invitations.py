@@ -27,7 +27,8 @@ from registry.services.registry import Registry
 from registry.services.tokens import LOCAL_USER
 from registry.store import models as m
 from registry.store.database import Database
-from tests.registry.servers import VERA, issued_tokens, running_server
+from tests.commands import vera as run_vera
+from tests.registry.servers import issued_tokens, running_server
 from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 from tests.registry.test_migration_0016 import ORGANISATION
 from tests.registry.test_org_deletion import principal
@@ -343,8 +344,7 @@ def test_local_mode_with_invitations_on_adds_members_through_the_api(tmp_path: P
         env.pop("VERA_TOKEN", None)
         with RegistryClient(url, cache=False, retries=0) as local:
             local.create_organization("lab")
-            added = subprocess.run([str(VERA), "org", "add", "lab", "bob", "--role", "write"], capture_output=True,
-                                   text=True, timeout=120, env=env, check=False)
+            added = run_vera(["org", "add", "lab", "bob", "--role", "write"], env=env)
             assert added.returncode == 0 and "invited" not in added.stdout, (added.stdout, added.stderr)
             org = local.organization("lab")
             assert ({x.member: x.role for x in org.members}, org.invitations) == (
@@ -472,7 +472,7 @@ def test_vera_org_invitation_commands(server: dict[str, Any]) -> None:
     def vera(who: str, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "COLUMNS": "300", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens[who],
                "VERA_NO_CACHE": "1"}
-        done = subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        done = run_vera(args, env=env)
         assert "Traceback" not in done.stderr, done.stderr
         return done
 

@@ -22,8 +22,9 @@ from registry.domain.errors import AdapterNotFound, Conflict, Forbidden, Invalid
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.store import models as m
+from tests.commands import vera as run_vera
 from tests.registry.adapters import LLAMA, make_adapter
-from tests.registry.servers import VERA, running_server, team_tokens
+from tests.registry.servers import running_server, team_tokens
 from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
@@ -322,7 +323,7 @@ def test_vera_mv(server: dict[str, Any], tmp_path: Path) -> None:
            "VERA_NO_CACHE": "1"}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        return run_vera(args, env=env)
 
     done = vera("mv", "alice/cli", "alice/cli-renamed")
     assert done.returncode == 0, done.stderr

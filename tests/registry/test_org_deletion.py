@@ -28,8 +28,9 @@ from registry.services.tokens import Principal, authenticate, create_token
 from registry.services.webhooks import Webhooks
 from registry.store import models as m
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server, team_tokens
+from tests.registry.servers import running_server, team_tokens
 
 #: Where webhooks point: a closed loopback port (allowed by allow_private), never called here.
 HOOK_URL = "http://127.0.0.1:9/hook"
@@ -245,8 +246,7 @@ def test_vera_org_delete(server: dict[str, Any]) -> None:
            "VERA_NO_CACHE": "1"}
 
     def vera(*args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), "org", "delete", *args], input=answer, capture_output=True, text=True,
-                              timeout=120, env=env, check=False)
+        return run_vera(["org", "delete", *args], input=answer, env=env)
 
     with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice:
         alice.create_organization("cli-org")

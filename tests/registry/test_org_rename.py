@@ -31,8 +31,9 @@ from registry.services.tokens import authenticate, create_token, revoke_token
 from registry.services.webhooks import Webhooks
 from registry.store import models as m
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server, team_tokens
+from tests.registry.servers import running_server, team_tokens
 from tests.registry.test_org_deletion import HOOK_URL, principal
 
 
@@ -294,8 +295,7 @@ def test_vera_org_rename(server: dict[str, Any]) -> None:
            "VERA_NO_CACHE": "1"}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), "org", "rename", *args], capture_output=True, text=True, timeout=120,
-                              env=env, check=False)
+        return run_vera(["org", "rename", *args], env=env)
 
     with RegistryClient(url, tokens["alice"], cache=False, retries=0) as alice:
         alice.create_organization("cli-org")

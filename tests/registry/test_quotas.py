@@ -29,8 +29,9 @@ from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA, running_server, team_tokens
+from tests.registry.servers import running_server, team_tokens
 from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
@@ -262,7 +263,7 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
     env = {**os.environ, "COLUMNS": "200", "VERA_REGISTRY_URL": url, "VERA_TOKEN": tokens["alice"],
            "VERA_NO_CACHE": "1"}
     for args, said in ((["usage"], "alice: 1 adapter, 1 version"), (["usage", "acme"], "of its")):
-        done = subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        done = run_vera(args, env=env)
         assert done.returncode == 0 and said in done.stdout and "quota" in done.stdout, done.stderr
     with RegistryClient(url, tokens["bob"], cache=False, retries=0) as bob, pytest.raises(Forbidden):
         bob.publish(source, "acme/team", base_model="tiny-llama")  # a reader: refused for its role, not the quota
@@ -274,7 +275,7 @@ def test_admins_set_quotas_through_the_api_and_vera_quota(server: dict[str, Any]
            "VERA_NO_CACHE": "1"}
 
     def vera(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+        return run_vera(args, env=env)
 
     try:
         with RegistryClient(url, tokens["root"], cache=False, retries=0) as root:
@@ -358,6 +359,5 @@ def test_the_local_user_of_a_registry_without_tokens_sees_its_usage(tmp_path: Pa
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         answer = httpx.get(f"{url}/api/v1/owners/local/usage", timeout=60)
         assert answer.status_code == 200 and answer.json()["adapters"] == 0, answer.text
-        done = subprocess.run([str(VERA), "usage"], capture_output=True, text=True, timeout=120, check=False,
-                              env={**os.environ, "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1"})
+        done = run_vera(["usage"], env={**os.environ, "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1"})
         assert done.returncode == 0 and done.stdout.startswith("local: 0 adapters, 0 versions"), done.stderr

@@ -45,9 +45,10 @@ from registry.settings import Settings
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.conftest import PG_ADMIN, fresh_postgres
-from tests.registry.servers import VERA_COMMAND, free_port, in_thread, issued_tokens, running_server, running_vera
+from tests.registry.servers import free_port, in_thread, issued_tokens, running_server, running_vera
 from vera_core.lora import LoraExport
 
 pytestmark = pytest.mark.slow
@@ -244,9 +245,8 @@ def test_clients_are_told_at_once_where_changes_go(replica: Replica) -> None:
         with pytest.raises(ReadOnly):
             client.submit_job("alice/again", {"demo": True})
         assert time.monotonic() - started < 2
-    run = subprocess.run([*VERA_COMMAND, "publish", str(make_adapter(replica.tmp / "new", seed=9)), "--name",
-                          "alice/new", "--base-model", "org/tiny-llama", "--registry", replica.url, "--token",
-                          replica.alice], capture_output=True, text=True, timeout=300, check=False)
+    run = run_vera(["publish", str(make_adapter(replica.tmp / "new", seed=9)), "--name", "alice/new", "--base-model",
+                    "org/tiny-llama", "--registry", replica.url, "--token", replica.alice])
     assert run.returncode == 1, run.stderr
     assert "read-only" in run.stderr and PRIMARY in run.stderr and "Traceback" not in run.stderr
     replica.assert_unchanged()
@@ -332,9 +332,8 @@ def _assert_built_here(replica: Replica, client: RegistryClient) -> None:
     projected = client.download("alice/m:2", "adapter_model.safetensors", with_projection=True)
     assert projected == _built(replica, "alice/m:2", FileForm(with_projection=True))["adapter_model.safetensors"]
     out = replica.tmp / "vera-fetch-lora"
-    run = subprocess.run([*VERA_COMMAND, "fetch", "alice/m:2", "--as", "lora", "--out", str(out), "--registry",
-                          replica.url, "--token", replica.alice], capture_output=True, text=True, timeout=300,
-                         check=False, env={**os.environ, "VERA_NO_CACHE": "1"})
+    run = run_vera(["fetch", "alice/m:2", "--as", "lora", "--out", str(out), "--registry", replica.url, "--token",
+                    replica.alice], env={**os.environ, "VERA_NO_CACHE": "1"})
     assert run.returncode == 0, run.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == expected
 
@@ -522,8 +521,7 @@ def test_the_scratch_size_is_a_setting(tmp_path: Path) -> None:
 
 
 def _vera(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VERA_COMMAND, *args], capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, **env})
+    return run_vera(args, env={**os.environ, **env})
 
 
 @pytest.mark.parametrize("command", [["worker"], ["gc"], ["fsck", "--repair"], ["token", "create", "--owner", "ann",

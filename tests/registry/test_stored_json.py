@@ -5,7 +5,6 @@ replies cannot carry it, so a version whose metrics nested 300 deep answered 500
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ from registry.domain.schemas import MAX_JSON_DEPTH, too_deep
 from registry.services.registry import Registry
 from registry.services.stored_json import CUT, cut
 from registry.store import models as m
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import VERA
 
 
 def nested(levels: int) -> dict[str, Any]:
@@ -63,6 +62,6 @@ def test_fsck_reports_json_nested_too_deep_and_repair_makes_it_servable(registry
 
 def fsck_cli(registry: Registry, tmp_path: Path) -> str:
     env = {**os.environ, "VERA_DATABASE_URL": registry.db.url, "VERA_STORAGE_URL": str(tmp_path / "blobs")}
-    done = subprocess.run([str(VERA), "fsck"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = run_vera(["fsck"], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +29,10 @@ from registry.domain.words import ci_run
 from registry.services.registry import Registry
 from registry.services.trusted import KEYS_REFETCH_S, recorded_claims
 from registry.settings import Settings
+from tests.commands import vera as run_vera
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
-from tests.registry.servers import VERA_COMMAND, issued_tokens, running_server
+from tests.registry.servers import issued_tokens, running_server
 
 EXCHANGE = "/api/v1/tokens/oidc"
 
@@ -166,13 +166,12 @@ def test_publishers_are_listed_to_admins_and_to_the_admins_of_the_owners_they_pu
             assert other.trusted_publishers() == []
     anonymous = httpx.get(f"{served['url']}/api/v1/trusted-publishers", timeout=30)
     assert anonymous.status_code == 401, anonymous.text
-    shown = subprocess.run([*VERA_COMMAND, "auth", "publishers", "--registry", served["url"], "--token", ann],
-                           env={**os.environ, "COLUMNS": "300"}, capture_output=True, text=True, timeout=120)
+    shown = run_vera(["auth", "publishers", "--registry", served["url"], "--token", ann],
+                     env={**os.environ, "COLUMNS": "300"})
     assert shown.returncode == 0, shown.stderr
     row = next(line for line in shown.stdout.splitlines() if "acme-main" in line)
     assert "repository=acme/adapters; ref=refs/heads/main | refs/tags/release" in row and "ci-bot (read,publish)" in row
-    none = subprocess.run([*VERA_COMMAND, "auth", "publishers", "--registry", served["url"], "--token", bob],
-                          capture_output=True, text=True, timeout=120)
+    none = run_vera(["auth", "publishers", "--registry", served["url"], "--token", bob])
     assert none.returncode == 0 and "no trusted publisher you may see: the registry's administrators see every one, " \
         "an organisation's admins those that publish into it" in " ".join(none.stdout.split())
 
@@ -376,28 +375,24 @@ def test_vera_auth_exchange_asks_the_github_actions_runner_and_prints_the_token(
     env.update(VERA_REGISTRY_URL=served["url"], VERA_CONFIG_DIR=str(tmp_path), VERA_TOKEN=served["admin"],
                ACTIONS_ID_TOKEN_REQUEST_URL=f"{issuer.url}/runner/token?api-version=2.0",
                ACTIONS_ID_TOKEN_REQUEST_TOKEN=issuer.runner_secret)
-    done = subprocess.run([*VERA_COMMAND, "auth", "exchange"], env=env, capture_output=True, text=True, timeout=120)
+    done = run_vera(["auth", "exchange"], env=env)
     assert done.returncode == 0, done.stderr
     secret = done.stdout.strip()
     assert secret.startswith("vera_") and "\n" not in secret  # alone on stdout: export VERA_TOKEN=$(...)
     assert "ci-bot" in done.stderr and "limited to acme" in done.stderr
     ci_env = {**env, "VERA_TOKEN": secret}  # the CI job's next steps: publish with it, and the version says so
-    published = subprocess.run([*VERA_COMMAND, "publish", str(served["adapter"]), "--name", "acme/from-ci",
-                                "--base-model", "tiny-llama"], env=ci_env, capture_output=True, text=True, timeout=120)
+    published = run_vera(["publish", str(served["adapter"]), "--name", "acme/from-ci", "--base-model", "tiny-llama"],
+                         env=ci_env)
     assert published.returncode == 0, published.stderr
-    shown = subprocess.run([*VERA_COMMAND, "show", "acme/from-ci:1"], env={**ci_env, "COLUMNS": "300"},
-                           capture_output=True, text=True, timeout=120)
+    shown = run_vera(["show", "acme/from-ci:1"], env={**ci_env, "COLUMNS": "300"})
     assert "published by CI: acme/adapters refs/heads/main, workflow publish, run 1234 (trusted publisher " \
            "acme-main" in " ".join(shown.stdout.split()), shown.stdout
-    wrong = subprocess.run([*VERA_COMMAND, "auth", "exchange", "--audience", "other"], env=env, capture_output=True,
-                           text=True, timeout=120)
+    wrong = run_vera(["auth", "exchange", "--audience", "other"], env=env)
     assert wrong.returncode != 0 and "`vera auth exchange --audience vera`" in " ".join(wrong.stderr.split())
     elsewhere = {k: v for k, v in env.items() if not k.startswith("ACTIONS_")}
-    missing = subprocess.run([*VERA_COMMAND, "auth", "exchange"], env=elsewhere, capture_output=True, text=True,
-                             timeout=120)
+    missing = run_vera(["auth", "exchange"], env=elsewhere)
     assert missing.returncode != 0 and "--id-token or VERA_ID_TOKEN" in missing.stderr
-    given = subprocess.run([*VERA_COMMAND, "auth", "exchange"], capture_output=True, text=True, timeout=120,
-                           env={**elsewhere, "VERA_ID_TOKEN": issuer.token()})
+    given = run_vera(["auth", "exchange"], env={**elsewhere, "VERA_ID_TOKEN": issuer.token()})
     assert given.returncode == 0 and given.stdout.strip().startswith("vera_"), given.stderr
 
 

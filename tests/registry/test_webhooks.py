@@ -30,9 +30,10 @@ from registry.services.registry import Registry
 from registry.services.tokens import create_token, revoke_token
 from registry.services.webhooks import Webhooks
 from registry.store.database import Database
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.receiver import Receiver, running_receiver, signature_ok
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import running_server
 
 BACKOFF_S = 0.3
 #: Fast dispatching for tests: poll often, retry soon, give a receiver 2 s.
@@ -186,8 +187,7 @@ def test_a_test_delivery_pings_now_and_reports_the_answer(server: dict[str, Any]
 
 
 def _vera(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VERA), *args], capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "COLUMNS": "200", **env})
+    return run_vera(args, env={**os.environ, "COLUMNS": "200", **env})
 
 
 def test_the_cli_adds_lists_edits_tests_and_removes_webhooks(server: dict[str, Any], receiver: Receiver) -> None:
