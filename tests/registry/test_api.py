@@ -29,9 +29,9 @@ from registry.services.registry import Registry
 from registry.services.tokens import Forbidden, Unauthorized, create_token, revoke_token
 from registry.settings import Settings
 from registry.store.database import Database
+from tests.commands import wide_vera as vera
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
 from tests.registry.servers import free_port, in_thread, running_server
-from tests.registry.test_cli import vera
 from vera_core import PEFT_GENERATOR, export_lora, load_adapter, read_adapter, save_adapter
 from vera_core.keys import PROJECTION_KEYS
 

@@ -26,8 +26,8 @@ from registry.settings import Settings
 from registry.store.database import Database
 from registry.store.models import Base
 from tests.commands import vera as run_vera
+from tests.commands import wide_vera as vera
 from tests.registry.servers import free_port, running_vera
-from tests.registry.test_cli import vera
 
 
 def test_upgrade_to_head_gives_exactly_the_orm_metadata_and_downgrade_works(database_url: str) -> None:

@@ -25,9 +25,9 @@ from registry.services.filters import (
 )
 from registry.services.registry import Registry
 from registry.store import models as m
+from tests.commands import wide_vera as vera
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
-from tests.registry.test_cli import vera
 from vera_core import PORTABLE_GENERATOR
 
 

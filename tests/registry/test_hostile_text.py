@@ -168,7 +168,7 @@ def test_the_cli_shows_control_characters_of_rows_stored_before_they_were_refuse
     from sqlalchemy import text
 
     from registry.store.database import Database
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
 
     with RegistryClient(server["url"], cache=False) as client:
         client.publish(server["source"], "ann/old-rows", base_model="tiny-llama")

@@ -27,11 +27,11 @@ from registry.services.tokens import create_token
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.commands import wide_vera as vera
 from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model
 from tests.registry.hub_standin import HubStandIn, running_hub
 from tests.registry.servers import free_port, running_server
-from tests.registry.test_cli import vera
 from tests.vera_core.test_peft_interop import peft_model, train_a_little
 from vera_core import PEFT_GENERATOR, load_adapter
 from vera_core.config import SEED_ONLY_PEFT_TYPE

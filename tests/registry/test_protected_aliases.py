@@ -19,9 +19,9 @@ from registry.services.registry import Registry
 from registry.services.tokens import Principal, Role, create_token
 from registry.store import models as m
 from registry.store.database import Database
+from tests.commands import wide_vera as vera
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import running_server
-from tests.registry.test_cli import vera
 
 USERS = {"alice": ["read", "publish"], "bob": ["read", "publish"], "alice-read": ["read"], "root": ["admin"]}
 

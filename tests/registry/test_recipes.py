@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from registry.domain.training_spec import training_spec
-from tests.registry.test_cli import vera
+from tests.commands import wide_vera as vera
 from tests.registry.tiny_lm import WORDS, save_tiny_llama
 from vera_core import PORTABLE_GENERATOR, load_adapter, read_adapter, save_adapter
 from vera_core.data import SequenceClassification, word_polarity

@@ -16,8 +16,8 @@ from registry.services.registry import Registry
 from registry.services.retention import RETENTION_ACTOR, RetentionRule
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
+from tests.commands import wide_vera as vera
 from tests.registry.adapters import make_adapter
-from tests.registry.test_cli import vera
 
 
 def publish_history(registry: Registry, tmp_path: Path) -> None:

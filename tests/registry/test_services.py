@@ -575,7 +575,7 @@ def test_lora_export_of_a_peft_written_adapter_uses_the_declared_base_shapes(
     PEFT loads it with the VeRA adapter's outputs."""
     from peft import PeftModel
 
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
     from tests.vera_core.test_peft_interop import peft_model, train_a_little
 
     theirs = peft_model(LLAMA)
@@ -654,7 +654,7 @@ def test_base_register_upgrades_an_implied_base_or_says_why_not(registry: Regist
                                                                 tmp_path: Path) -> None:
     """An earlier publish implied the base; `vera base register` declares it, and what the refusals promised then
     works: a PEFT-written seed-only adapter publishes, and one saved with projections exports as LoRA."""
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
     from tests.vera_core.test_peft_interop import peft_model, train_a_little
 
     registry.publish(make_adapter(tmp_path / "ours"), owner="ida", name="first", base_model="llama-b")

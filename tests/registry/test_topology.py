@@ -164,7 +164,7 @@ def test_a_process_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_cluster_refuses_bad_counts() -> None:
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
 
     result: Any = vera("cluster", "--replicas", "0")
     assert result.returncode == 2 and "replicas" in result.stderr

@@ -495,7 +495,7 @@ def test_tokens_through_the_api(server: dict[str, Any]) -> None:
 def test_login_stores_a_token_the_client_then_uses(server: dict[str, Any], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from registry.credentials import credentials_path
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
 
     monkeypatch.setenv("VERA_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("VERA_TOKEN", raising=False)
@@ -524,7 +524,7 @@ def test_rotating_by_a_token_made_from_the_stored_one_says_what_it_revoked(
     """A team admin's walk (session 34): bob made a token with his stored one (`vera auth create-token`), logged in
     with it and revoked the old one; the new one, its child, went too, unsaid, and `vera whoami` then asked for
     "VERA_TOKEN or --token", which he had not passed."""
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
 
     monkeypatch.setenv("VERA_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("VERA_TOKEN", raising=False)
@@ -573,7 +573,7 @@ def test_operator_token_commands(tmp_path: Path) -> None:
     """On the registry's machine: create (with a limit and an expiry), list as JSON, revoke."""
     import json
 
-    from tests.registry.test_cli import vera
+    from tests.commands import wide_vera as vera
 
     db = ["--database-url", f"sqlite:///{tmp_path / 'r.db'}"]
     assert vera("db", "upgrade", *db).returncode == 0
@@ -596,8 +596,8 @@ def test_wrong_shapes_declared_under_a_name_are_removed_by_an_admin_only(server:
     """An outsider's finding (session 32): anyone with publish declared shapes under a name others publish with
     (a Hub id, say), and every honest publish against it was refused, with no way back. A registry admin removes
     shapes that no version uses (audited for every reader); the name then serves the next publish."""
+    from tests.commands import wide_vera as vera
     from tests.registry.adapters import LLAMA
-    from tests.registry.test_cli import vera
 
     url, tokens = server["url"], server["tokens"]
     wrong = {**LLAMA.make().config.to_dict(), "hidden_size": 128, "intermediate_size": 96}
