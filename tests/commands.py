@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from typer import testing as typer_testing
+from typer._click import formatting, termui  # Typer's own Click (0.26 on): the modules its runner patches
 from typer.testing import CliRunner
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ class _Runner(CliRunner):
     def isolation(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         with super().isolation(*args, **kwargs) as streams:
             # the runner's isolation restores both at its end
-            typer_testing.termui.visible_prompt_func = _prompt
-            typer_testing.formatting.FORCED_WIDTH = None  # help as wide as COLUMNS says (the runner forces 80)
+            termui.visible_prompt_func = _prompt
+            formatting.FORCED_WIDTH = None  # help as wide as COLUMNS says (the runner forces 80)
             last_resort = _ToStderr(logging.WARNING)
             logging.getLogger().addHandler(last_resort)
             try:

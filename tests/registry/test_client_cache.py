@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from registry.client import RegistryClient, RegistryUnavailable
 from registry.domain.errors import IntegrityError, RateLimited
+from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.faulty_proxy import Fault, FaultyProxy, faulty_proxy
 from tests.registry.servers import running_server
@@ -279,11 +280,8 @@ def test_offline_fetches_and_loads_what_this_machine_fetched_before_and_sends_no
     """VERA_OFFLINE=1, as HF_HUB_OFFLINE for huggingface_hub: no request at all (the offline client's connections
     are closed, so any request would fail); fetch and load_adapter by the reference used before (an alias or latest
     as it was pinned then), from the cache, re-hashed; anything else refused naming what to do."""
-    import subprocess
-
     from registry.client import RegistryOffline
     from tests.registry.adapters import LLAMA, vera_logits
-    from tests.registry.servers import VERA
 
     cache, models = tmp_path / "cache", tmp_path / "models"
     with RegistryClient(server, cache=cache) as online:
@@ -306,10 +304,9 @@ def test_offline_fetches_and_loads_what_this_machine_fetched_before_and_sends_no
     # the CLI, by the environment variable alone
     env = {**os.environ, "VERA_OFFLINE": "1", "VERA_CACHE_DIR": str(cache), "VERA_REGISTRY_URL": server}
     env.pop("VERA_NO_CACHE", None)
-    fetched = subprocess.run([str(VERA), "fetch", REF, "--out", str(tmp_path / "cli")], capture_output=True,
-                             text=True, env=env, timeout=60, check=False)
+    fetched = run_vera(["fetch", REF, "--out", str(tmp_path / "cli")], env=env)
     assert fetched.returncode == 0 and folder(tmp_path / "cli") == folder(tmp_path / "online"), fetched.stderr
-    listing = subprocess.run([str(VERA), "ls"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    listing = run_vera(["ls"], env=env)
     assert listing.returncode == 1 and "Offline (VERA_OFFLINE)" in listing.stderr, listing.stderr
     for blob in (cache / "blobs").iterdir():  # a cache emptied meanwhile: said, not downloaded
         blob.unlink()

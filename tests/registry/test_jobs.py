@@ -24,6 +24,7 @@ from registry.domain.errors import Busy, Conflict, InvalidInput, NotFound, Quota
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.validation import ProjectionBudget
+from tests.commands import vera as run_vera
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.servers import VERA, running_server
 
@@ -313,9 +314,8 @@ def test_jobs_are_listed_a_page_at_a_time(tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setattr(client_module, "JOB_PAGE", 2)  # the client reads on, two at a time here
         assert [j.id for j in client.jobs(limit=5)] == ids[:-6:-1]
         assert [j.id for j in client.jobs(status="queued", limit=100)] == [i for i in ids[::-1] if i != ids[2]]
-        listed = subprocess.run([str(VERA), "job", "ls", "--limit", "4", "--json", "--registry", url],
-                                capture_output=True, text=True, timeout=120, check=False,
-                                env={**os.environ, "VERA_NO_CACHE": "1"})
+        listed = run_vera(["job", "ls", "--limit", "4", "--json", "--registry", url],
+                          env={**os.environ, "VERA_NO_CACHE": "1"})
         assert [j["id"] for j in json.loads(listed.stdout)] == ids[:-5:-1], listed.stderr
 
 
@@ -410,8 +410,7 @@ def test_a_long_log_is_read_a_page_at_a_time_and_filters_are_checked(server: tup
         typo = httpx.get(f"{url}/api/v1/jobs?status=runing")
         assert typo.status_code == 422 and "'queued', 'running', 'succeeded', 'failed' or 'cancelled'" in \
             typo.json()["detail"], typo.text
-    printed = subprocess.run([str(VERA), "job", "logs", str(job.id), "--no-steps"], capture_output=True, text=True,
-                             timeout=120, check=False, env={**os.environ, "VERA_REGISTRY_URL": url})
+    printed = run_vera(["job", "logs", str(job.id), "--no-steps"], env={**os.environ, "VERA_REGISTRY_URL": url})
     assert printed.returncode == 0, printed.stderr
     assert "line 2490" in printed.stdout and printed.stdout.count(" log ") >= 250  # past the first page
 
@@ -832,15 +831,13 @@ def test_vera_job_show_and_logs_follow_say_when_no_worker_claims_a_job(server: t
     with RegistryClient(url) as client:
         job = client.submit_job("ann/waits-for-a-gpu", DEMO, gpus=1)
         env = {**os.environ, "VERA_REGISTRY_URL": url, "COLUMNS": "200"}
-        fresh = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
-                               timeout=120, check=False)
+        fresh = run_vera(["job", "show", str(job.id)], env=env)
         assert fresh.returncode == 0 and "No worker has claimed" not in fresh.stderr  # just queued: nothing yet
         db = Database(database)
         with db.session() as s:
             s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=m.utcnow() - timedelta(minutes=3)))
         db.engine.dispose()
-        shown = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
-                               timeout=120, check=False)
+        shown = run_vera(["job", "show", str(job.id)], env=env)
         said = " ".join(shown.stderr.split())
         assert shown.returncode == 0, shown.stderr
         assert said.startswith(f"note: No worker has claimed job {job.id} in the 3 min "), said
@@ -882,26 +879,21 @@ def test_a_jobs_result_labels_are_checked_at_submission_and_shown(server: tuple[
                                                           "tags": ["one", "two"]}, timeout=60)
         assert doubled.status_code == 422 and "The form gives 'tags' more than once" in doubled.json()["detail"]
         assert len(client.jobs()) == before  # nothing queued
-        submitted = subprocess.run(
-            [str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--tag", "nightly", "--tag", "exp-7",
-             "--description", "the nightly run", "--property", "experiment=baseline"],
-            capture_output=True, text=True, env=env, timeout=120, check=False)
+        submitted = run_vera(["job", "submit", "--name", "ann/labelled", "--demo", "--tag", "nightly", "--tag", "exp-7",
+                              "--description", "the nightly run", "--property", "experiment=baseline"], env=env)
         assert submitted.returncode == 0, submitted.stderr
         assert "did not keep" not in submitted.stderr
         [job] = [j for j in client.jobs() if j.target_name == "ann/labelled"]
         assert (job.result_tags, job.result_description, job.result_properties) == (
             ["exp-7", "nightly"], "the nightly run", {"experiment": "baseline"})
-        shown = subprocess.run([str(VERA), "job", "show", str(job.id)], capture_output=True, text=True, env=env,
-                               timeout=120, check=False)
+        shown = run_vera(["job", "show", str(job.id)], env=env)
         assert "tag exp-7, tag nightly, experiment=baseline" in shown.stdout and "the nightly run" in shown.stdout
-        blank = subprocess.run([str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--description", "   "],
-                               capture_output=True, text=True, env=env, timeout=120, check=False)
+        blank = run_vera(["job", "submit", "--name", "ann/labelled", "--demo", "--description", "   "], env=env)
         assert blank.returncode == 0 and "did not keep" not in blank.stderr, blank.stderr  # nothing asked: no warning
         [blank_job] = [j for j in client.jobs() if j.target_name == "ann/labelled" and j.id != job.id]
         assert blank_job.result_description == "" and blank_job.result_tags == []  # "fine-tuned by job N" (a walk)
         client.cancel_job(blank_job.id)
-        refused = subprocess.run([str(VERA), "job", "submit", "--name", "ann/labelled", "--demo", "--property",
-                                  "no-equals"], capture_output=True, text=True, env=env, timeout=120, check=False)
+        refused = run_vera(["job", "submit", "--name", "ann/labelled", "--demo", "--property", "no-equals"], env=env)
         assert refused.returncode == 1 and "no-equals" in refused.stderr  # said before anything is sent
         client.cancel_job(job.id)
 

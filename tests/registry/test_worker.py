@@ -21,8 +21,9 @@ from registry.domain.errors import InvalidInput
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.worker import Worker, checked_device, checked_devices, checked_worker_devices
+from tests.commands import vera as run_vera
 from tests.registry.adapters import TRIAL_DEMO
-from tests.registry.servers import VERA, VERA_COMMAND
+from tests.registry.servers import VERA
 
 DEMO = {"demo": True}
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -503,8 +504,9 @@ def test_a_job_whose_worker_was_killed_resumes_on_another_machine_from_the_regis
             first.wait()
         stored = checkpoints.latest(killed)
         assert stored is not None and client.job(killed).status == "running", "the job ended before the kill"
-        shown = subprocess.run([*VERA_COMMAND, "job", "show", str(killed), "--registry", url], capture_output=True,
-                               text=True, check=True, env={**os.environ, "COLUMNS": "400", "VERA_TOKEN": ""})
+        shown = run_vera(["job", "show", str(killed), "--registry", url],
+                         env={**os.environ, "COLUMNS": "400", "VERA_TOKEN": ""})
+        assert shown.returncode == 0, shown.stderr
         assert (f"checkpoint in the registry: step {stored.step:,}, {stored.size:,} bytes, saved "
                 f"{stored.created_at:%Y-%m-%d %H:%M:%S} UTC by {stored.worker} (attempt 1)") in shown.stdout
         left = tmp_path / "machine-1" / "worker" / "jobs" / str(killed) / "adapter" / "checkpoints"

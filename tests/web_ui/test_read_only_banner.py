@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from registry.client import RegistryClient
 from registry.domain.errors import ReadOnly
 from registry.domain.schemas import WhoAmI
+from tests.commands import vera as run_vera
 from tests.registry.servers import running_server
 from web_ui import app
 
@@ -52,11 +53,7 @@ def test_no_forms_are_offered_on_a_read_only_registry(tmp_path: Path) -> None:
 
 def test_vera_whoami_says_the_registry_is_read_only(tmp_path: Path) -> None:
     import os
-    import subprocess
-
-    from tests.registry.servers import VERA
 
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
-        done = subprocess.run([str(VERA), "whoami", "--registry", url], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "COLUMNS": "200", "VERA_TOKEN": ""}, check=False)
+        done = run_vera(["whoami", "--registry", url], env={**os.environ, "COLUMNS": "200", "VERA_TOKEN": ""})
     assert done.returncode == 0 and "this registry is read-only (VERA_READ_ONLY)" in done.stdout, done.stderr
