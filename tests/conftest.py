@@ -29,17 +29,17 @@ os.environ.setdefault("VERA_CONFIG_DIR", tempfile.mkdtemp(prefix="vera-test-conf
 
 
 #: The files that take longest, heaviest first (seconds summed per file from `bash .ci/test --junitxml=...`, session
-#: 31: the browser 200, jobs 192, recipes 124, worker 94, hub 93, ...). .ci/test runs whole files on each worker
-#: (--dist loadfile) in collection order (--no-loadscope-reorder; xdist's own order is by number of tests, which
-#: started the 15-test browser file near the end, one worker busy with it while the others had finished): starting
-#: these first keeps every worker busy to the end. A file not listed keeps its place after them.
+#: 50: jobs 298, the browser 246, recipes 236, hub 193, the GPU check 143, worker 135, ...). .ci/test runs whole
+#: files on each worker (--dist loadfile) in collection order (--no-loadscope-reorder; xdist's own order is by number
+#: of tests, which started the 15-test browser file near the end, one worker busy with it while the others had
+#: finished): starting these first keeps every worker busy to the end. A file not listed keeps its place after them.
 HEAVIEST_FILES = (
-    "tests/web_ui/test_browser.py", "tests/registry/test_jobs.py", "tests/registry/test_recipes.py",
-    "tests/registry/test_worker.py", "tests/registry/test_hub.py", "tests/registry/test_access.py",
-    "tests/vera_core/test_gpu_check.py", "tests/vera_core/test_distributed.py", "tests/registry/test_cli_mistakes.py",
-    "tests/registry/test_serving_scores.py", "tests/registry/test_read_only.py", "tests/registry/test_services.py",
-    "tests/registry/test_topology.py", "tests/web_ui/test_pages.py", "tests/registry/test_api.py",
-    "tests/registry/test_serving_batching.py",
+    "tests/registry/test_jobs.py", "tests/web_ui/test_browser.py", "tests/registry/test_recipes.py",
+    "tests/registry/test_hub.py", "tests/vera_core/test_gpu_check.py", "tests/registry/test_worker.py",
+    "tests/registry/test_access.py", "tests/registry/test_cli_mistakes.py", "tests/registry/test_database.py",
+    "tests/web_ui/test_pages.py", "tests/registry/test_read_only.py", "tests/registry/test_cli.py",
+    "tests/vera_core/test_distributed.py", "tests/registry/test_serving_scores.py", "tests/registry/test_topology.py",
+    "tests/web_ui/test_metadata_pages.py",
 )
 
 
