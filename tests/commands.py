@@ -8,6 +8,7 @@ code, stdout and stderr apart. tests/registry/test_cli.py runs the console scrip
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import subprocess
@@ -17,7 +18,7 @@ import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from typer._click import formatting, termui  # Typer's own Click (0.26 on): the modules its runner patches
 from typer.testing import CliRunner
@@ -37,7 +38,8 @@ IN_A_PROCESS = frozenset({"serve", "serve-model", "ui", "up", "cluster", "worker
 def vera(args: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
          input: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run `vera ARGS` with the environment ``env`` (all of it, as subprocess.run takes it; this process's when
-    None), in ``cwd``, ``input`` on its stdin; what it did, as subprocess.run answers."""
+    None), in ``cwd``, ``input`` on its stdin; what it did, as subprocess.run answers. ``timeout`` bounds a
+    subprocess (a hang); a command in this process has none."""
     args = [str(arg) for arg in args]
     if not args or args[0] in IN_A_PROCESS:
         return subprocess.run([*VERA_COMMAND, *args], capture_output=True, text=True, timeout=timeout, check=False,
@@ -63,6 +65,7 @@ def _in_this_process(args: list[str], env: dict[str, str], cwd: Path | str | Non
         warnings.resetwarnings()  # Python's defaults, as in a new process
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.simplefilter("ignore", category)
+        warnings.showwarning = _show_warning  # on stderr (pytest's recorder took them), until catch_warnings ends
         result = _Runner().invoke(build(named(args)), args, input=input, env=changes, prog_name="vera",
                                   catch_exceptions=True)
     stderr = result.stderr
@@ -72,15 +75,19 @@ def _in_this_process(args: list[str], env: dict[str, str], cwd: Path | str | Non
 
 
 class _Runner(CliRunner):
-    """Typer's runner (Click's), with three things as a process has them: the answer to a prompt is not written after
-    it (a process's stdout holds "...? [y/N]: " and what it printed next; the runner writes "y\n" between), help is
-    as wide as COLUMNS says (the runner forces 80), and a warning logged where no handler is set up goes to stderr
-    (Python's last resort: pytest's handlers take it otherwise)."""
+    """Typer's runner (Click's), with four things as a process has them: stdin read as it is (the runner's turned
+    "\r\n" into "\n"), the answer to a prompt not written after it (a process's stdout holds "...? [y/N]: " and what
+    it printed next; the runner writes "y\n" between), help as wide as COLUMNS says (the runner forces 80), and a
+    warning logged where no handler is set up on stderr (Python's last resort: pytest's handlers take it otherwise).
+    The runner changes process-wide state (streams, environment, the root logger): another thread of the test
+    process (an in_thread server) sees it while a command runs."""
 
     @contextlib.contextmanager
     def isolation(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         with super().isolation(*args, **kwargs) as streams:
-            # the runner's isolation restores both at its end
+            translating = sys.stdin  # kept: its collection would close the input under the new reader
+            sys.stdin = io.TextIOWrapper(translating.buffer, encoding=translating.encoding, newline="\n")
+            # the runner's isolation restores these at its end
             termui.visible_prompt_func = _prompt
             formatting.FORCED_WIDTH = None  # help as wide as COLUMNS says (the runner forces 80)
             last_resort = _ToStderr(logging.WARNING)
@@ -92,12 +99,18 @@ class _Runner(CliRunner):
 
 
 def _prompt(prompt: str | None = None) -> str:
+    """input() on a pipe: the prompt on stdout, a line from stdin without its newline, EOFError at its end."""
     sys.stdout.write(prompt or "")
     sys.stdout.flush()
     line = sys.stdin.readline()
     if not line:
         raise EOFError
-    return line.rstrip("\r\n")
+    return line.removesuffix("\n")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 class _ToStderr(logging.Handler):
@@ -132,16 +145,16 @@ def _closing_its_connections() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _console_width(consoles: list[Console], width: int) -> Iterator[None]:
-    """The CLI's consoles (made once, when registry.cli.common was imported) as wide as a new process's would be:
-    COLUMNS, or 80 where its output is no terminal."""
-    before = [console._width for console in consoles]
+    """The CLI's consoles (made once, when registry.cli.common was imported: on a terminal under `pytest -s`) as a
+    new process's with its output on a pipe: as wide as COLUMNS, or 80, and without colours."""
+    before = [(console._width, console._color_system) for console in consoles]
     for console in consoles:
-        console._width = width
+        console._width, console._color_system = width, None
     try:
         yield
     finally:
-        for console, was in zip(consoles, before, strict=True):
-            console._width = was
+        for console, (was, colours) in zip(consoles, before, strict=True):
+            console._width, console._color_system = was, colours
 
 
 def wide_vera(*args: str) -> subprocess.CompletedProcess[str]:
