@@ -15,7 +15,7 @@ from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.served_lm import served  # noqa: F401 - a module-scoped fixture: a tiny LM served in OpenAI's API
-from tests.registry.servers import head_sqlite
+from tests.registry.servers import head_sqlite, upgraded
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -49,11 +49,7 @@ def head_postgres() -> Iterator[str]:
     with contextlib.closing(_pg_admin()) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-            try:
-                db.upgrade()
-            finally:
-                db.engine.dispose()  # a template must have no connection left
+            upgraded(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
             yield name
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

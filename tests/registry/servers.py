@@ -101,7 +101,13 @@ def at_head(database_url: str) -> None:
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # as the registry makes its folder
         shutil.copyfile(head_sqlite(), url.database)
-        return
+    else:
+        upgraded(database_url)
+
+
+def upgraded(database_url: str) -> None:
+    """Run the migrations on the database at ``database_url``; its connections closed afterwards (a template must
+    have none when it is copied)."""
     db = Database(database_url)
     try:
         db.upgrade()
@@ -117,11 +123,7 @@ def head_sqlite() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="vera-head-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "head.db"
-    db = Database(f"sqlite:///{path}")
-    try:
-        db.upgrade()
-    finally:
-        db.engine.dispose()
+    upgraded(f"sqlite:///{path}")
     assert not Path(f"{path}-wal").exists(), "the template's last connection left its WAL: a copy would not be whole"
     return path
 

@@ -13,13 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from registry.cli.common import ExitCode
 from registry.domain.training_spec import parse_target_modules, training_spec
+from tests.commands import VERA  # the console script installed beside this interpreter
 from tests.conftest import TINY_MODELS
 from tests.registry.servers import free_port
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig, VeraModel, fingerprint, generate, save_adapter
 from vera_core.recipes import TrainSpec
 from vera_core.trainer import TrainingArguments
-
-VERA = Path(sys.executable).parent / "vera"  # the console script installed beside this interpreter
 
 
 def vera(*args: str) -> subprocess.CompletedProcess[str]:

@@ -178,9 +178,7 @@ def test_two_processes_on_two_cuda_devices_equal_one_with_the_global_batch(tmp_p
 def test_vera_train_on_2_processes_or_2_machines_equals_one_process_with_the_global_batch(tmp_path: Path) -> None:
     """`vera train --nproc 2` (one machine), and the same on two machines through torchrun's rendezvous, give the
     vectors of one process with their global batch; on two machines only rank 0's gets the files."""
-    from tests.commands import (
-        wide_vera as vera,  # here, not at the top: the processes torchrun starts import this module
-    )
+    from tests.commands import wide_vera as vera  # here, not at the top: torchrun's processes import this module
     from tests.registry.tiny_lm import WORDS, save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base")
