@@ -263,7 +263,7 @@ def run(
     Under torchrun every process calls this with the same spec; they train together and rank 0 alone writes.
     """
     started = time.perf_counter()
-    best = best_by(spec.task, spec.training)  # before anything is read: a metric the task has not is refused now
+    args = training_arguments(spec)  # before anything is read or loaded: bad settings are refused at once
     if spec.init_from is not None:
         spec = started_spec(spec, read_adapter_config(spec.init_from), spec.init_from)  # tensors: loaded in build
     splits = load_splits(spec)
@@ -272,10 +272,6 @@ def run(
     model, tokenizer = build(spec, num_labels=max(2, len(splits.labels)), allow_paths=allow_paths)
     task = (SequenceClassification(tokenizer, max_length=spec.max_length) if spec.task == "classification"
             else CausalLM(tokenizer, max_length=spec.max_length))
-    try:
-        args = TrainingArguments(**{**best, "seed": spec.seed, **spec.training})
-    except TypeError as exc:
-        raise TrainingSpecError(f"Unknown training setting: {exc}") from exc
     trainer = Trainer(model, task, args, train_data=splits.train, eval_data=splits.eval, callbacks=callbacks)
     result = trainer.train(resume_from=Path(out_dir) / "checkpoints" if resume else None)
     test = trainer.evaluate(splits.test) if splits.test else {}
@@ -315,6 +311,16 @@ def run(
     return metrics
 
 
+def training_arguments(spec: TrainSpec) -> TrainingArguments:
+    """The spec's TrainingArguments (its ``training`` settings over the task's choice of best weights and the spec's
+    seed), checked: a setting that is unknown or out of range, or a metric the task has not, is refused here, before
+    a dataset is read or a base model loaded (save_every=0 was refused after the base had loaded: minutes on a 7B)."""
+    try:
+        return TrainingArguments(**{**best_by(spec.task, spec.training), "seed": spec.seed, **spec.training})
+    except TypeError as exc:
+        raise TrainingSpecError(f"Unknown training setting: {exc}") from exc
+
+
 def run_processes(spec: TrainSpec, out_dir: str | Path, *, nproc: int, resume: bool = False, progress: bool = False,
                   allow_paths: bool = True, relay: tuple[Path, Path] | None = None,
                   env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -326,6 +332,7 @@ def run_processes(spec: TrainSpec, out_dir: str | Path, *, nproc: int, resume: b
     for the processes (a worker's CUDA_VISIBLE_DEVICES). A failure raises distributed.DistributedError saying what
     each process reported.
     """
+    training_arguments(spec)  # refused here, not in each of the processes after each has loaded the base
     args = ["--spec", json.dumps(asdict(spec)), "--out", str(out_dir)]
     args += ["--resume"] * resume + ["--progress"] * progress + ["--no-paths"] * (not allow_paths)
     if relay is not None:

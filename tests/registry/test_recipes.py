@@ -90,9 +90,13 @@ def test_train_command_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("text\nhello\n")
     result = vera("train", "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "x"))
     assert result.returncode == 1 and "has columns ['text'] but not ['label']" in result.stderr
-    result = vera("train", "--demo", "--save-every", "0", "--out", str(tmp_path / "x"))
-    assert result.returncode == 1
-    assert "save_every must be a positive number of optimizer steps or None" in " ".join(result.stderr.split())
+    # a training setting is refused before the base model loads (no --no-progress: its "Loading weights" bar would
+    # show), in one process or before torchrun starts several (each of which loaded the base, then failed)
+    for processes in ("1", "2"):
+        result = vera("train", "--demo", "--save-every", "0", "--nproc", processes, "--out", str(tmp_path / "x"))
+        assert result.returncode == 1
+        assert "save_every must be a positive number of optimizer steps or None" in " ".join(result.stderr.split())
+        assert "Loading weights" not in result.stderr and "process" not in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
 
 
