@@ -1,6 +1,6 @@
 """Requests read as their sender meant them: a JSON body that gives a key twice is refused, where a JSON parser keeps
-one of the values unsaid, and so is a query parameter the route does not take or one given twice (the registry's
-routes use CheckedRoute)."""
+one of the values unsaid, and so is a query parameter the route does not take or one given twice, and a form field
+(publish, job submission) the route does not take or one given twice (the registry's routes use CheckedRoute)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, get_args, get_origin
 
 from fastapi import Request, Response, params
+from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.routing import APIRoute
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import check_keys_once
@@ -36,20 +39,93 @@ class CheckedRoute(APIRoute):
     Its query string, likewise, names only the parameters the route takes, each once unless it takes a list: a
     parameter it does not know, or ``limit=2&limit=3`` (one of them read, unsaid), is a 422 naming it and what the
     route takes (session 45's finding: `/orgs` and `/invitations` ignored what they did not know, and every route
-    kept the last of a repeated value; the file routes refused unknown ones already)."""
+    kept the last of a repeated value; the file routes refused unknown ones already).
+
+    A route that takes a form (a publish, a job submission) first runs its endpoint's ``before_body`` check (who may
+    call it, from the path and the token alone), then reads the form with no more parts than it takes, and refuses a
+    field it does not take or one given twice (form_checked). Before 2026-12-07 the form was read whole first, up to
+    1,000 parts of up to 1 MiB each held in memory, from a caller then refused a 403 (an outsider held 200 MiB a
+    request that way), and a misspelt field was ignored (``visiblity=private`` published a public adapter)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         names, lists = query_parameters(self)
+        fields, files = form_parameters(self)
+        before: BeforeBody | None = getattr(self.endpoint, BEFORE_BODY, None)
         where = f"{'/'.join(sorted(self.methods or ()))} {self.path}"
 
         async def checked(request: Request) -> Response:
             check_query(request, names, lists, where)
-            if is_json(request.headers.get("content-type")) and (body := await request.body()):
+            if before is not None:
+                await before(request)
+            if fields or files:
+                await form_checked(request, fields, files, where)
+            elif is_json(request.headers.get("content-type")) and (body := await request.body()):
                 check_keys_once(body, "The request body")
             return await handler(request)
 
         return checked
+
+
+#: A check of a request run before its body is read (it may read the path, the query and the headers).
+BeforeBody = Callable[[Request], Coroutine[Any, Any, None]]
+BEFORE_BODY = "before_body"
+
+
+def before_body(check: BeforeBody) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark an endpoint (under its route decorator) so that CheckedRoute runs ``check`` before its body is read: who
+    may call it, so that a caller refused is refused before it has sent a body of hundreds of MB."""
+    def mark(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(endpoint, BEFORE_BODY, check)
+        return endpoint
+    return mark
+
+
+def form_parameters(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """The form fields and the files ``route`` takes (by the names a request gives); both empty if it takes no form."""
+    fields, files = set(), set()
+    for field in _body_params(route.dependant):
+        if isinstance(field.field_info, params.File):  # (a File is a Form: asked first)
+            files.add(field.alias)
+        elif isinstance(field.field_info, params.Form):
+            fields.add(field.alias)
+    return frozenset(fields), frozenset(files)
+
+
+def _body_params(dependant: Dependant) -> list[Any]:
+    """The body parameters of ``dependant`` and of its dependencies (FastAPI's own flattening is private)."""
+    return [*dependant.body_params, *(p for d in dependant.dependencies for p in _body_params(d))]
+
+
+async def form_checked(request: Request, fields: frozenset[str], files: frozenset[str], where: str) -> FormData:
+    """The request's form, read with at most one part per field and file the route takes (a larger one refused as
+    soon as its part count passes: no part of it is kept), each given once and each one the route takes; else
+    InvalidInput naming what it takes. FastAPI then reads the same form (Starlette keeps it on the request)."""
+    takes = (f"the form fields {', '.join(sorted(fields))}"
+             + (f" and the file{'s' if len(files) > 1 else ''} {', '.join(sorted(files))}" if files else ""))
+    try:
+        form = await request.form(max_fields=len(fields), max_files=len(files))
+    except HTTPException as exc:  # Starlette's "Too many fields. Maximum number of fields is 12." (or files)
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many"):
+            raise InvalidInput(f"{exc.detail} {where} takes {takes}, each once (a file: a part with a "
+                               "filename).") from exc
+        raise
+    given = Counter(key for key, _ in form.multi_items())
+    unknown = sorted(key for key in given if key not in fields | files)
+    twice = sorted(key for key, n in given.items() if n > 1)
+    if unknown or twice:
+        await form.close()
+    if unknown:
+        raise InvalidInput(f"{where} does not take the form field{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; it takes {takes}. Leave "
+                           f"{'them' if len(unknown) > 1 else 'it'} out or correct "
+                           f"{'their names' if len(unknown) > 1 else 'its name'} (a misspelt one would have been "
+                           "ignored).")
+    if twice:
+        raise InvalidInput(f"The form gives {', '.join(repr(n[:100]) for n in twice[:10])} more than once; give each "
+                           "field once" + (" (several tags: comma-separated in one tags field)." if "tags" in twice
+                                           else "."))
+    return form
 
 
 def query_parameters(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
@@ -70,7 +146,7 @@ def check_query(request: Request, names: frozenset[str], lists: frozenset[str], 
     if unknown := sorted(key for key in given if key not in names):
         takes = f"it takes {', '.join(sorted(names))}" if names else "it takes none"
         raise InvalidInput(f"{where} does not take the query parameter{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; {takes}. Leave "
+                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; it takes {takes}. Leave "
                            f"{'them' if len(unknown) > 1 else 'it'} out (a misspelt one would have been ignored).")
     if twice := sorted(key for key, n in given.items() if n > 1 and key not in lists):
         raise InvalidInput(f"The query gives {', '.join(repr(k) for k in twice)} more than once; {where} reads one "

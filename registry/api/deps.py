@@ -18,7 +18,7 @@ from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from registry.domain.errors import InvalidInput, Unauthorized
+from registry.domain.errors import Unauthorized
 from registry.domain.publishers import TrustedPublisher
 from registry.domain.schemas import MAX_DATASET_BYTES, MAX_UPLOAD_BYTES, Ref
 from registry.services.hub import HubSync
@@ -174,21 +174,19 @@ async def _new_version_publisher(request: Request, owner: str, caller: Caller) -
     return await authorize_new_version(request.app.state.registry, options, caller, owner, name)
 
 
-async def single_fields(request: Request) -> None:
-    """InvalidInput when the request's form gives a field more than once: each is read once (the last given, a
-    second ``tags`` field dropped the first's tags unsaid: an outsider's walk, session 42). The form is the one the
-    route's parameters were read from (parsed once, kept on the request)."""
-    counts: dict[str, int] = {}
-    for name, _ in (await request.form()).multi_items():
-        counts[name] = counts.get(name, 0) + 1
-    if twice := sorted(name for name, n in counts.items() if n > 1):
-        raise InvalidInput(f"The form gives {', '.join(repr(n[:100]) for n in twice[:10])} more than once; give each "
-                           "field once" + (" (several tags: comma-separated in one tags field)." if "tags" in twice
-                                           else "."))
+async def may_publish_here(request: Request) -> None:
+    """Before a publish's body is read (bodies.before_body): the path's caller may publish there, else 401/403 at
+    once (NewVersionPublisher asks again, cheaply: the principal is kept on the request)."""
+    caller = await _principal(request, request.headers.get("authorization"))
+    await _new_version_publisher(request, request.path_params["owner"], caller)
 
 
-#: A form whose fields are each given once (a publish, a job submission).
-SingleFields = Annotated[None, Depends(single_fields)]
+async def may_publish(request: Request) -> None:
+    """Before a job submission's body is read: the caller may publish somewhere (the target, in the body, is checked
+    once it is read)."""
+    authorize(await _principal(request, request.headers.get("authorization")), request.app.state.options, "publish")
+
+
 #: A caller with the read scope (or anonymous, where the registry allows anonymous reads).
 Reader = Annotated[Principal, Depends(_reader)]
 #: A caller that may write to the path's existing adapter ``{owner}/{name}`` (or under ``{owner}``).

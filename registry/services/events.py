@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from registry.domain.errors import InvalidInput
 from registry.domain.events import (
@@ -60,7 +60,35 @@ class Events:
             else:
                 rows = list(s.scalars(query.where(m.AuditEvent.id > (after or 0))
                                       .order_by(m.AuditEvent.id).limit(limit)))
-            return EventPage(events=[event_info(row) for row in rows], next_after=rows[-1].id if rows else after or 0)
+            return EventPage(events=_sources_hidden(s, viewer, [event_info(row) for row in rows]),
+                             next_after=rows[-1].id if rows else after or 0)
+
+
+def _sources_hidden(s: Session, viewer: Principal, events: list[EventInfo]) -> list[EventInfo]:
+    """``events`` with a copy's ``copied_from`` (the source version in this registry, as the publish event stored it)
+    made null where ``viewer`` may not read that adapter now, as the copy's lineage says ``copied_from_private``. The
+    event named a source that was public when it was copied; made private later, its name stayed in the log for
+    every reader of the copy (an outsider's finding, session 51). A source in another registry (a URL the copier
+    stated) stays."""
+    from registry.services.access import readable_clause  # access imports webhooks, which import this module
+
+    if viewer.readable_owners() is None:
+        return events
+    sources: dict[str, tuple[str, str]] = {}
+    for e in events:
+        stated = e.detail.get("copied_from")
+        if isinstance(stated, str) and "://" not in stated and "/" in stated:
+            owner, _, rest = stated.partition("/")
+            sources[stated] = (owner, rest.split(":", 1)[0])
+    if not sources:
+        return events
+    pairs = set(sources.values())
+    readable = set(s.execute(select(m.Adapter.owner, m.Adapter.name).where(
+        or_(*(and_(m.Adapter.owner == owner, m.Adapter.name == name) for owner, name in sorted(pairs))),
+        readable_clause(viewer))).all())
+    return [e.model_copy(update={"detail": {**e.detail, "copied_from": None}})
+            if e.detail.get("copied_from") in sources and sources[e.detail["copied_from"]] not in readable else e
+            for e in events]
 
 
 def visible_to(viewer: Principal) -> ColumnElement[bool] | None:

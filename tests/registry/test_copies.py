@@ -19,9 +19,10 @@ from sqlalchemy import func, select
 from registry.client import RegistryClient
 from registry.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from registry.domain.schemas import AdapterUpdate, EvaluationRecord, VersionInfo
+from registry.services.events import Events
 from registry.services.quotas import Quotas
 from registry.services.registry import Registry
-from registry.services.tokens import create_token
+from registry.services.tokens import LOCAL_USER, Principal, create_token
 from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
@@ -84,6 +85,13 @@ def test_copies_say_what_became_of_their_source(staged: Registry) -> None:
     staged.update_adapter("ann/staging", AdapterUpdate(visibility="private"), actor="ann")
     assert staged.get("acme/prod:1").lineage["copied_from_private"] is True  # a public copy of a private source
     assert "copied_from" not in staged.get("acme/prod:1").lineage
+    # and the audit log, where the copy's publish event named its source when it was public: told to whoever may
+    # read that source now, null to the others (it stayed in every reader's log: an outsider's finding, session 51)
+    events = Events(staged.db)
+    told = {who: [e.detail["copied_from"] for e in events.page(viewer, adapter="acme/prod").events]
+            for who, viewer in (("dan", Principal(owner="dan", scopes=frozenset({"read"}))),
+                                ("ann", Principal(owner="ann", scopes=frozenset({"read"}))), ("admin", LOCAL_USER))}
+    assert told == {"dan": [None], "ann": ["ann/staging:1"], "admin": ["ann/staging:1"]}
     staged.copy_version("ann/staging:1", owner="acme", name="prod", actor="ann")  # its event names no private source
     assert staged.audit("acme/prod")[0].detail["copied_from"] is None
     staged.delete("ann/staging:1", actor="ann")

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.api.bodies import CheckedRoute
+from registry.api.bodies import CheckedRoute, before_body
 from registry.api.deps import (
     JobsDep,
     NewVersionPublisher,
@@ -23,9 +23,9 @@ from registry.api.deps import (
     OwnerPublisher,
     Reader,
     RegistryDep,
-    SingleFields,
     authorize,
     authorize_new_version,
+    may_publish_here,
     ref_of,
 )
 from registry.api.ratelimit import CostlyReader
@@ -124,8 +124,9 @@ def lookup(who: Reader, registry: RegistryDep, body: LookupBody) -> Lookup:
 
 
 @router.post("/{owner}/{name}/versions", response_model=VersionInfo, status_code=201)
+@before_body(may_publish_here)  # who may publish here, before the upload is read
 async def publish(
-    who: NewVersionPublisher, _: SingleFields, registry: RegistryDep, options: Options, owner: str, name: str,
+    who: NewVersionPublisher, registry: RegistryDep, options: Options, owner: str, name: str,
     adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
     adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
     base_model: Annotated[str, Form()], base_revision: Annotated[str, Form()] = "",

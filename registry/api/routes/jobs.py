@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from registry.api.bodies import CheckedRoute
+from registry.api.bodies import CheckedRoute, before_body
 from registry.api.deps import (
     Caller,
     JobsDep,
@@ -19,7 +19,7 @@ from registry.api.deps import (
     authorize,
     authorize_new_version,
     link_next_page,
-    single_fields,
+    may_publish,
 )
 from registry.api.ratelimit import spend
 from registry.api.routes.adapters import MAX_ID, RowId
@@ -43,6 +43,7 @@ router = APIRouter(prefix="/api/v1/jobs", route_class=CheckedRoute)
 
 
 @router.post("", response_model=JobInfo, status_code=201)
+@before_body(may_publish)  # a caller that may publish nowhere is refused before its dataset is read
 async def submit_job(
     request: Request, caller: Caller, options: Options, jobs: JobsDep,
     target: Annotated[str, Form(description="owner/name to publish the result as")],
@@ -63,7 +64,6 @@ async def submit_job(
     ref = Ref.parse(target)
     owner = ref.owner
     who = await authorize_new_version(jobs.registry, options, caller, owner, ref.name)  # the target's owner's job
-    await single_fields(request)
     spend(request, who)  # it stores and parses a dataset of up to VERA_MAX_DATASET_BYTES: a costly request
     parsed = json_object(spec, "spec")
     held = json_object(properties, "properties")
