@@ -316,9 +316,12 @@ def fetch(
     as_: Annotated[str, typer.Option("--as", help="vera (PEFT's VeRA format) or lora (the equivalent LoRA, for "
                                      "LoRA-only servers such as vLLM).")] = "vera",
     max_rank: MaxRank = None, dtype: LoraDtype = "float32", for_vllm: ForVllm = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the adapter of a training run (`vera train`'s "
+                                        "output: metrics.json or checkpoints/ beside it) that --out holds.")] = False,
     registry: RegistryUrl = None, token: Token = None,
 ) -> None:
     """Download an adapter in PEFT's format: by default a folder PEFT loads correctly."""
+    refuse_replacing_a_run(out, force)
     lora = as_lora(as_)
     if not lora and (max_rank is not None or dtype != "float32" or for_vllm):
         fail(InvalidInput("--max-rank, --dtype and --for-vllm shape a LoRA export; add --as lora."))
@@ -364,6 +367,18 @@ def fetch(
                                  f"{', ...' if len(left) > 6 else ''} from before, which did not come with "
                                  f"{manifest.version.ref}: fetch into an empty folder to keep them apart."),
                           soft_wrap=True)
+
+
+def refuse_replacing_a_run(folder: Path, force: bool) -> None:
+    """Unless ``force``, refuse a fetch into a folder that holds a `vera train` run's adapter (its metrics.json or
+    checkpoints/ beside it): it was replaced with a note, unpublished work lost (a newcomer's walk, session 51). Over
+    an adapter fetched before, a fetch is a refresh."""
+    held = [name for name in ("metrics.json", "checkpoints") if (folder / name).exists()]
+    if force or not held or not (folder / "adapter_config.json").is_file():
+        return
+    fail(InvalidInput(f"{folder} holds the adapter of a training run ({' and '.join(held)} beside it), which the fetch "
+                      "would replace: fetch into another folder (-o), publish that run first (`vera publish "
+                      f"{folder} --name OWNER/NAME`), or pass --force to replace it. Nothing was downloaded."))
 
 
 def verify(ref: VersionRef, registry: RegistryUrl = None, token: Token = None) -> None:

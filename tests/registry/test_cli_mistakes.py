@@ -621,22 +621,37 @@ def test_publish_takes_a_path_named_base_the_registry_already_has(server: dict[s
                  url=server["url"]), "--base-model './models/other' is a folder path")
 
 
-def test_fetch_over_a_training_folder_warns_of_the_files_it_leaves(server: dict[str, Any], tmp_path: Path) -> None:
+def test_fetch_over_a_training_folder_is_refused_unless_forced(server: dict[str, Any], tmp_path: Path) -> None:
     """A newcomer's walk (session 33): `vera fetch REF --out runs/demo` over a `vera train` folder replaced the
     adapter and kept its metrics.json; publishing that folder with --metrics then recorded the old run's figures
-    with the fetched vectors, without a word."""
+    with the fetched vectors, without a word. Then a warning; still the run's unpublished adapter was lost (session
+    51's walk): refused now, unless --force, before anything is downloaded. Over a fetched adapter: a refresh."""
     published = vera("publish", str(server["source"]), "--name", "cat/fetched", "--base-model", "tiny-llama",
                      url=server["url"])
     assert published.returncode == 0, published.stderr
     run = tmp_path / "run"
     shutil.copytree(server["source"], run)
     (run / "metrics.json").write_text('{"steps": 20}')
-    over = vera("fetch", "cat/fetched:1", "--out", str(run), url=server["url"])
+    (run / "adapter_model.safetensors").write_bytes(b"the run's own vectors")
+    for held in ("metrics.json", "checkpoints"):
+        if held == "checkpoints":
+            (run / "metrics.json").rename(tmp_path / "metrics.json")
+            (run / "checkpoints").mkdir()
+        kept = vera("fetch", "cat/fetched:1", "--out", str(run), url=server["url"])
+        assert kept.returncode == 1 and f"{run} holds the adapter of a training run ({held} beside it)" in " ".join(
+            kept.stderr.split()) and "pass --force to replace it. Nothing was downloaded." in " ".join(
+            kept.stderr.split()), kept.stderr
+        assert (run / "adapter_model.safetensors").read_bytes() == b"the run's own vectors"
+    (run / "checkpoints").rmdir()
+    (tmp_path / "metrics.json").rename(run / "metrics.json")
+    over = vera("fetch", "cat/fetched:1", "--out", str(run), "--force", url=server["url"])
     flat = " ".join(over.stderr.split())
     assert over.returncode == 0 and "its files replaced the adapter that was there" in over.stdout, over.stdout
     assert f"warning: {run} still holds metrics.json from before, which did not come with cat/fetched:1" in flat
     fresh = vera("fetch", "cat/fetched:1", "--out", str(tmp_path / "fresh"), url=server["url"])
     assert fresh.returncode == 0 and "warning" not in fresh.stderr, fresh.stderr
+    again = vera("fetch", "cat/fetched:1", "--out", str(tmp_path / "fresh"), url=server["url"])  # a refresh
+    assert again.returncode == 0 and "its files replaced the adapter that was there" in again.stdout, again.stderr
 
 
 def test_vera_serve_says_where_other_shells_find_it(tmp_path: Path) -> None:
