@@ -327,7 +327,14 @@ def cosine_caption(versions: list[VersionInfo], others_apart: bool = False) -> s
     shared = (f"{formats.listed([v.ref for v in drawn])} {'shares' if len(drawn) == 1 else 'share'} {first.ref}'s "
               "projection (generator, seed and rank)" if others_apart else
               f"All share {first.ref}'s projection (generator, seed and rank)")
-    return text + f" {shared}, so A and B are the same matrices and the cosine compares what d and b learned."
+    said = text + f" {shared}, so A and B are the same matrices and the cosine compares what d and b learned."
+    elsewhere = [v for v in drawn if v.base_model != first.base_model]
+    if elsewhere:  # same layer shapes under another name: compared silently before (a newcomer's walk, session 51)
+        said += (f" {formats.listed([f'{v.ref} ({v.base_model})' for v in elsewhere])} "
+                 f"{'is' if len(elsewhere) == 1 else 'are'} on another base model than {first.ref} "
+                 f"({first.base_model}): the same layer shapes, so the deltas compare, but learned on different "
+                 "base models.")
+    return said
 
 
 def other_projection_caption(first: VersionInfo, apart: list[VersionInfo]) -> str:

@@ -527,9 +527,9 @@ def compare(
     if as_json:
         print_json(result)
         return
-    summary = Table("ref", "adapter params", "bytes")
+    summary = Table("ref", "base model", "adapter params", "bytes")
     for v in result.versions:
-        summary.add_row(v.ref, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}")
+        summary.add_row(v.ref, v.base_model, f"{v.adapter_parameters:,}", f"{v.stored_bytes:,}")
     console.print(summary)
     metrics = [dict(flat_metrics(v.metrics)) for v in result.versions]
     if names := sorted(set().union(*metrics)):  # one row per metric, a column per version: whole, not cut
@@ -552,6 +552,13 @@ def compare(
     for i, ref in enumerate(result.refs[1:], start=1):
         if not rows or all(cosines[i] is None for _, cosines in rows):
             console.print(_no_cosines(result, i, rows, registry, token), soft_wrap=True)
+        elif (base := result.versions[i].base_model) != first.base_model:
+            # cosines of 1.000 across two names of one model (a typo published as a new base) read as nothing amiss
+            # (a newcomer's walk, session 51)
+            console.print(f"{ref} is for base model {base}, {result.refs[0]} for {first.base_model}: their layers "
+                          "have the same shapes, so the deltas compare, but they were learned on different base "
+                          "models (if one name is a typo of the other, `vera show` them and publish again).",
+                          soft_wrap=True)
         elif differences := first.projection_differences(result.versions[i]):
             # its cosines read as a finding ("unrelated updates") where they say nothing (a newcomer's walk, session 40)
             console.print(f"{ref} is on another projection than {result.refs[0]} ({', '.join(differences)}): deltas "

@@ -277,11 +277,19 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
             client.publish(make_adapter(tmp_path / "rob", seed=3, tiny=TINY_MODELS[0]), "jo/rob",
                            base_model="tiny-roberta")
             client.publish(make_adapter(tmp_path / "r4", seed=4, r=4), "jo/r4", base_model="tiny-llama")
+            client.publish(tmp_path / "l2", "jo/typo", base_model="tiny-lama")  # a typo: a new base, its shapes
             expected = client.compare(["jo/l1:1", "jo/l2:1"]).layers
         done = vera("compare", "jo/l1:1", "jo/l2:1", "jo/rob:1", "--registry", url)
         as_json = vera("compare", "jo/l1:1", "jo/l2:1", "--json", "--registry", url)
         apart = vera("compare", "jo/l1:1", "jo/r4:1", "--registry", url)
+        typo = vera("compare", "jo/l1:1", "jo/typo:1", "--registry", url)
     assert done.returncode == 0, done.stderr
+    # cosines across two base model names of the same shapes are shown, and the names said (a newcomer's walk,
+    # session 51: a typo published as a new base compared silently, cosines of 1.000)
+    assert typo.returncode == 0 and "jo/typo:1 is for base model tiny-lama, jo/l1:1 for tiny-llama: their layers " \
+        "have the same shapes, so the deltas compare, but they were learned on different base models" in " ".join(
+            typo.stdout.split()), typo.stdout
+    assert "base model" in typo.stdout.splitlines()[1] and "tiny-lama " in typo.stdout
     assert "another projection" not in done.stdout  # the same generator, seed and rank: cosines that mean something
     # another rank: its cosines are about 0 whatever it learned, said (a newcomer read them as a finding, session 40)
     assert apart.returncode == 0 and ("jo/r4:1 is on another projection than jo/l1:1 (another rank): deltas built "

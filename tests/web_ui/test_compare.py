@@ -19,6 +19,7 @@ from web_ui import compare
 
 LLAMAS = ["bulk/adapter-59:1", "bulk/adapter-58:1", "bulk/adapter-03:1"]
 OTHER = "alice/polarity:1"  # on another base model: no layer in common with the Llama ones
+TYPO = "bulk/typo:1"  # LLAMAS[1]'s adapter published on a misspelt base model: its layers have the Llama's shapes
 #: What the first two were trained with (the third records nothing, as a version published before parameters)
 PARAMS = {LLAMAS[0]: {"lr": "0.01", "epochs": "3"}, LLAMAS[1]: {"lr": "0.02", "epochs": "3"}}
 
@@ -33,6 +34,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                            params=PARAMS.get(ref, {}))
         client.publish(make_adapter(root / "roberta", seed=9, tiny=TINY_MODELS[0]), OTHER.removesuffix(":1"),
                        base_model="tiny-roberta")
+        client.publish(root / "1", TYPO.removesuffix(":1"), base_model="tiny-lama")  # a new base: the same shapes
         yield {"url": url, "token": ""}
 
 
@@ -54,6 +56,19 @@ def test_a_version_on_another_base_model_leaves_the_others_their_cosine_grids(re
             f"it adapts no layer in common with {LLAMAS[0]}.") in shown
     assert "choose a version on tiny-roberta under Against" in shown
     assert f"All share {LLAMAS[0]}'s projection" in shown  # said of the three with a grid
+
+
+def test_a_version_on_another_base_model_of_the_same_shapes_gets_its_grid_and_its_base_said(
+        registry: dict[str, Any]) -> None:
+    """A newcomer's walk (session 51): a version published on a misspelt base model (a new one, of the same layer
+    shapes) was drawn with cosines of 1.000 under "All share ...'s projection", its base model said nowhere but the
+    table."""
+    at = page("compare", registry, query={"refs": f"{LLAMAS[0]},{TYPO}"})
+    assert not at.exception and grid_titles(at) == [f"{TYPO}  vs  {LLAMAS[0]}"]
+    assert (f"{TYPO} (tiny-lama) is on another base model than {LLAMAS[0]} (tiny-llama): the same layer shapes, so "
+            "the deltas compare, but learned on different base models.") in texts(at)
+    same = page("compare", registry, query={"refs": f"{LLAMAS[0]},{LLAMAS[1]}"})
+    assert "on another base model" not in texts(same)
 
 
 def test_first_on_another_base_model_than_all_the_others_names_each(registry: dict[str, Any]) -> None:
