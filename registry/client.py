@@ -267,6 +267,14 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
 
 
+def not_a_folder(root: Path) -> str | None:
+    """Why ``root`` cannot be an adapter folder to publish (it is a file, or is not there), or None."""
+    if root.is_dir():
+        return None
+    return (f"{root} {'is a file' if root.exists() else 'does not exist'}; expected a PEFT adapter folder "
+            "(adapter_config.json and adapter_model.safetensors).")
+
+
 def _dataset_fields(path: Path) -> dict[str, str]:
     """The publish form's lineage of a training data file: its SHA-256 and size, read here in pieces."""
     if not path.is_file():
@@ -815,9 +823,8 @@ class RegistryClient:
         weights over 4 MiB upload."""
         ref = Ref.parse_adapter(name)
         root = Path(directory)
-        if not root.is_dir():
-            raise InvalidInput(f"{root} {'is a file' if root.exists() else 'does not exist'}; expected a PEFT "
-                               "adapter folder (adapter_config.json and adapter_model.safetensors).")
+        if (wrong := not_a_folder(root)) is not None:
+            raise InvalidInput(wrong)
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if not (root / f).is_file():  # a PEFT folder saved as a pickle was called no PEFT folder (session 47)
                 raise InvalidInput(f"{root} has no {f}" + (f". {PICKLE_HINT}" if f == WEIGHTS_NAME and (

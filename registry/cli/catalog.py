@@ -77,6 +77,12 @@ def _short(value: Any) -> str:
 
 def _lineage_text(lineage: dict[str, Any]) -> str:
     parts = [*_linked_text(lineage, "copied_from", "copied from"), *_linked_text(lineage, "parent", "fine-tuned from")]
+    return "; ".join([*parts, *_made_by(lineage)]) or "-"
+
+
+def _made_by(lineage: dict[str, Any]) -> list[str]:
+    """What made the version, besides the versions it comes from: its job, data, code, Hub repo or CI run."""
+    parts = []
     if "job_id" in lineage:
         parts.append(f"job {lineage['job_id']}")
     if "dataset_sha256" in lineage:
@@ -88,7 +94,7 @@ def _lineage_text(lineage: dict[str, Any]) -> str:
         parts.append(f"pulled from {lineage['hub_repo']}@{str(lineage.get('hub_commit', ''))[:12]}")
     if isinstance(lineage.get("published_via"), dict):
         parts.append(f"published by CI: {ci_run(lineage['published_via'])}")
-    return "; ".join(parts) or "-"
+    return parts
 
 
 def _linked_text(lineage: dict[str, Any], key: str, said: str) -> list[str]:
@@ -463,11 +469,13 @@ def lineage(
 ) -> None:
     """What a version was fine-tuned from and what was fine-tuned from it, as a tree; then the version it copies and
     its copies (`vera cp`) that you may read."""
-    graph = call_registry(registry, token, lambda c: c.lineage(ref, depth=depth))
+    graph, version = call_registry(registry, token, lambda c: (c.lineage(ref, depth=depth), c.get(ref)))
     if as_json:
         print_json(graph)
         return
     console.print(_tree(graph))
+    if made := _made_by(version.lineage):  # the job that trained it was said by `vera show` only (session 51's walk)
+        console.print(f"{version.ref} was made by: {'; '.join(made)}", soft_wrap=True)
     if graph.truncated:
         console.print(f"(more beyond {graph.max_depth} generations or {graph.max_nodes} versions)")
     if graph.copied_from:

@@ -41,7 +41,7 @@ from vera_core import PORTABLE_GENERATOR
 def job_submit(
     name: Annotated[str, typer.Option("--name", help="owner/name to publish the adapter as.")],
     demo: opt.Demo = False,
-    data: opt.Data = None,
+    data: opt.JobData = None,
     base_model: opt.JobBaseModel = "minilm",
     task: opt.Task = "classification",
     text_column: opt.TextColumn = "text",

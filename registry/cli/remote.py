@@ -97,9 +97,11 @@ def publish(
                           "this registry stores VeRA adapters, and exports them as LoRA (`vera fetch REF --as "
                           "lora`). Nothing was uploaded."))
     if base_model is None:
-        if not (directory / "adapter_config.json").is_file():
-            fail(InvalidInput(f"{directory} has no adapter_config.json: publish a PEFT-format adapter folder (`vera "
-                              "train` and PEFT's save_pretrained write one)."))
+        if not (directory / "adapter_config.json").is_file():  # (of a path not there, said so: session 51's walk)
+            from registry.client import not_a_folder
+
+            fail(InvalidInput(not_a_folder(directory) or f"{directory} has no adapter_config.json: publish a "
+                              "PEFT-format adapter folder (`vera train` and PEFT's save_pretrained write one)."))
         if not named or _a_path(named):
             fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names "
                               f"{repr(named) + ', a folder path' if named else 'no base model'}. Give the base's "

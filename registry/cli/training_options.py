@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 Demo = Annotated[bool, typer.Option(help="The offline demo: word polarity on the bundled MiniLM.")]
-Data = Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns (a job "
-                                          "uploads it).")]
+Data = Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns.")]
+JobData = Annotated[Path | None, typer.Option(help="A .csv or .jsonl file with text (and label) columns, uploaded "
+                                             "with the job.")]
 BaseModel = Annotated[str, typer.Option(help="'minilm' (bundled), a local model directory, or a Hub id in this "
                                         "machine's Hugging Face cache.")]
 JobBaseModel = Annotated[str, typer.Option(help="One the registry allows (VERA_JOB_BASE_MODELS: 'minilm', the "

@@ -206,10 +206,12 @@ def test_a_whole_adapter_is_deleted_with_all_after_asking(server: dict[str, Any]
 
 def test_lineage_prints_a_tree_and_json(server: dict[str, Any]) -> None:
     root = _publish(server, "ann/tree-root")
-    child = _publish(server, "ann/tree-child", "--parent", root)
+    child = _publish(server, "ann/tree-child", "--parent", root, "--code-revision", "git 0123abc")
     grandchild = _publish(server, "ann/tree-grandchild", "--parent", child)
     text = ok(vera(server, "lineage", child))
     assert text.index(root) < text.index(child) < text.index(grandchild) and "<- this version" in text
+    # and what made it besides its parent (a job, data, code: `vera show` alone said so, session 51's walk)
+    assert f"{child} was made by: code git 0123abc" in text and "made by" not in ok(vera(server, "lineage", root))
     graph = json.loads(ok(vera(server, "lineage", child, "--json")))
     assert {(e["parent"], e["child"]) for e in graph["edges"]} == {(root, child), (child, grandchild)}
 

@@ -116,6 +116,9 @@ def test_publish_without_base_model_takes_the_one_the_adapters_config_names(serv
         refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]), *words)
     refused(vera("publish", str(tmp_path), "--name", "ann/implied", url=server["url"]),
             "has no adapter_config.json: publish a PEFT-format adapter folder")
+    # a path that is not there is said to be so, not to lack a file (session 51's walk), as with --base-model
+    refused(vera("publish", str(tmp_path / "typo"), "--name", "ann/implied", url=server["url"]),
+            f"{tmp_path / 'typo'} does not exist; expected a PEFT adapter folder")
     with RegistryClient(server["url"], cache=False) as client:
         assert [v.version for v in client.list_versions(owner="ann", name="implied").items] == [1]
 
