@@ -276,6 +276,24 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def check_new_name(value: str, what: str) -> str:
+    """A name given now to a new owner (user, organisation) or adapter: check_name's, and the Hugging Face Hub's rules
+    for a repo id besides (huggingface_hub's validate_repo_id: no '.' or '-' at the end, no '--', no '.git' at the
+    end), which PEFT and huggingface_hub apply before they ask this registry's /hf for ``owner/name``: such a name
+    could not be loaded by them, and ``alice.`` or ``alice-`` passed for ``alice`` in a listing (an outsider's
+    finding, session 51). Names given before 2026-12-07 keep working: only new ones are checked."""
+    check_name(value, what)
+    problem = ("ends with '.git'" if value.endswith(".git") else f"ends with {value[-1]!r}" if value[-1] in ".-"
+               else "holds '--'" if "--" in value else None)
+    if problem is not None:
+        meant = value.rstrip(".-").replace("--", "-").removesuffix(".git")
+        hint = f" Did you mean {meant!r}?" if meant and _NAME.fullmatch(meant) and ".." not in meant else ""
+        raise InvalidInput(f"{what} {value!r} {problem}, which a Hugging Face Hub name may not (PEFT and "
+                           "huggingface_hub refuse it as a repo id, so it could not be loaded through this registry's "
+                           f"/hf): end a new name with a letter, a digit or '_', without '--' or '.git'.{hint}")
+    return value
+
+
 def hub_reading(alias: str) -> str | None:
     """How the Hub protocol (/hf; registry.services.hub_view) reads ``alias`` as a revision when that is not the
     alias: a version number, ``main`` (the newest version) or a commit id; None when it reads the alias."""

@@ -39,6 +39,7 @@ from registry.domain.schemas import (
     OrganizationInfo,
     Ref,
     check_name,
+    check_new_name,
     check_text,
 )
 from registry.domain.words import counted
@@ -177,7 +178,7 @@ class Access:
         organisation's members then see what the old one left). ``bounded`` (all but registry admins): refused
         (QuotaExceeded) past orgs_per_user; ``admin``: the creator's token is an admin one limited to some owners
         (the refusal says to use one without the limit)."""
-        check_name(name, "Organisation name")
+        check_new_name(name, "Organisation name")
         check_text(description, "description", max_length=2000, multiline=True)
         with self.db.session() as s:
             _refuse_taken(s, name, user=creator, asker=creator, revive=revive,
@@ -426,7 +427,7 @@ class Access:
         has, nor a retired one unless ``revive`` (a registry admin's choice, as for create_organization). Refused
         (Conflict) while it has queued or running jobs: their workers publish to the old name. Audited as
         org-rename (``detail``: ``from``, ``to``) on both names, and as a ``move`` of each adapter."""
-        check_name(new_name, "New organisation name")
+        check_new_name(new_name, "New organisation name")
         if new_name == name:
             raise InvalidInput(f"{name} is already called {new_name}; give the name it should have now.")
         try:

@@ -48,6 +48,7 @@ from registry.domain.schemas import (
     Ref,
     check_json,
     check_name,
+    check_new_name,
     check_properties,
     check_tags,
     check_text,
@@ -172,6 +173,8 @@ class Jobs:
                         lock_owner(s, ref.owner)  # a deleted organisation's name takes no job (its publish is refused)
                 with problems.check():
                     self._check_pending(s, ref.owner)
+                with problems.check():
+                    _check_new_target(s, ref)
                 if found is not None:  # (else its vectors' size is unknown; the dataset's room was checked above)
                     with problems.check():
                         self._check_dataset_room(s, ref, len(dataset or b""), found[1])
@@ -664,6 +667,12 @@ def _check_dataset_lines(dataset: bytes, dataset_name: str) -> None:
         raise InvalidInput(f"{Path(dataset_name).name[:200]} has {lines:,} lines; a job's dataset has at most "
                            f"{MAX_JOB_DATASET_LINES:,} (the registry reads it whole to check it). Train on a sample "
                            "of it, or train it yourself with `vera train`.")
+
+
+def _check_new_target(s: Session, ref: Ref) -> None:
+    """A job whose publish makes its adapter: a name the publish would refuse (check_new_name) is refused now."""
+    if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)) is None:
+        check_new_name(ref.name, "Adapter name")
 
 
 def _publish_target(target: str, owner: str) -> Ref:

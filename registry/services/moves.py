@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, protected_alias
-from registry.domain.schemas import Ref
+from registry.domain.schemas import Ref, check_new_name
 from registry.services.quotas import Quotas, check_room
 from registry.services.tokens import Principal, lock_owner
 from registry.store import models as m
@@ -149,6 +149,7 @@ class Moves:
         if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == new.owner, m.Adapter.name == new.name)):
             raise Conflict(f"{new.owner}/{new.name} exists; move {old.owner}/{old.name} to a name that is free "
                            "(or delete that adapter first).")
+        check_new_name(new.name, "New adapter name")
         transfer = old.owner != new.owner
         if transfer:  # the destination owner takes its bytes: within its quota
             stored = s.scalar(select(func.coalesce(func.sum(m.AdapterVersion.stored_bytes), 0))

@@ -29,6 +29,7 @@ from registry.domain.schemas import (
     VersionInfo,
     check_json,
     check_name,
+    check_new_name,
     check_params,
     check_plain,
     check_properties,
@@ -324,6 +325,7 @@ class Publisher:
             refuse_publish_to_old_name(s, owner, name)
         lock_owner(s, owner)  # not into an organisation deleted (or renamed) meanwhile
         if adapter is None:
+            check_new_name(name, "Adapter name")
             adapter = m.Adapter(owner=owner, name=name, description=description,
                                 visibility=visibility or self.default_visibility)
             s.add(adapter)

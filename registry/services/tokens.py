@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.events import EVERY_OWNER
 from registry.domain.publishers import MINTED_KEPT, MINTED_NAME_PREFIX
-from registry.domain.schemas import TokenInfo, check_name, check_text
+from registry.domain.schemas import TokenInfo, check_name, check_new_name, check_text
 from registry.store import models as m
 from registry.store.database import Database, refused_write
 
@@ -269,6 +269,8 @@ def create_token(db: Database, *, owner: str, scopes: list[str], name: str = "",
         ended, renamed = retirement(s, owner)
         if ended:
             raise retired_refusal(owner, revive=" for the user", renamed=renamed)
+        if s.scalar(select(m.AccessToken.id).where(m.AccessToken.owner == owner).limit(1)) is None:
+            check_new_name(owner, "A new user's name")  # a user's first token names the user
         row = m.AccessToken(token_hash=_hash(secret), owner=owner, name=name, scopes=sorted(set(scopes)),
                             expires_at=expires_at, limited_to=limited_to, parent_id=parent_id,
                             provenance=provenance)

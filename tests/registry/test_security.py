@@ -20,17 +20,18 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import save_file
-from sqlalchemy import event
+from sqlalchemy import event, update
 from starlette.testclient import TestClient
 
 from registry.api import ApiOptions, create_app
 from registry.domain.errors import Busy, Conflict, InvalidInput, Unauthorized
-from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name
+from registry.domain.schemas import UPLOAD_PREFIX, Ref, check_name, check_new_name
 from registry.services import tokens
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
 from registry.services.tokens import MAX_LIVE_TOKENS, authenticate, create_token, list_tokens, revoke_token
 from registry.services.validation import ProjectionBudget
+from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from registry.store.models import AccessToken
@@ -290,6 +291,42 @@ def test_names_are_checked_whole(value: str) -> None:
     # refused, saying what is wrong: white space or capitals alone are named as such, with the reference meant
     with pytest.raises(InvalidInput, match="not an adapter reference|not a valid name|holds white space|capital let"):
         Ref.parse(f"alice/{value}")
+
+
+@pytest.mark.parametrize("value", ["alice.", "alice-", "a--b", "model.git"])
+def test_a_new_name_is_one_the_hub_takes(value: str) -> None:
+    with pytest.raises(InvalidInput, match="which a Hugging Face Hub name may not"):
+        check_new_name(value, "Adapter name")
+    for fine in ("alice_", "a-b", "a.b", "x1"):
+        assert check_new_name(fine, "Adapter name") == fine
+
+
+def test_new_owners_and_adapters_take_names_the_hub_takes_and_old_ones_keep_working(
+        registry: Registry, tmp_path: Path) -> None:
+    """An outsider's finding (session 51): `alice.` and `alice-` could be made beside `alice` (an organisation, a
+    user's first token, an adapter), names huggingface_hub refuses as a repo id, so PEFT could not load them through
+    /hf. Refused for new names wherever one is made, nothing written; names made before keep working."""
+    folder = make_adapter(tmp_path / "a")
+    before = len(registry.audit())
+    for make in (lambda: registry.publish(folder, owner="ann", name="model-", base_model="tiny"),
+                 lambda: registry.access.create_organization("alice.", creator="ann"),
+                 lambda: create_token(registry.db, owner="bob--x", scopes=["read"]),
+                 lambda: Jobs(registry).submit({"demo": True}, owner="ann", target="ann/run.git")):
+        with pytest.raises(InvalidInput, match="which a Hugging Face Hub name may not"):
+            make()
+    assert len(registry.audit()) == before and registry.list_versions().items == []
+    assert "Did you mean 'model'?" in str(pytest.raises(InvalidInput, registry.publish, folder, owner="ann",
+                                                        name="model-", base_model="tiny").value)
+    registry.publish(folder, owner="ann", name="model", base_model="tiny")
+    with pytest.raises(InvalidInput, match="'model--2' holds '--'"):
+        registry.moves.move("ann/model", "ann/model--2", actor="ann")
+    # a name an earlier release made (as its rows are) takes new versions, tokens, moves to a good name
+    with registry.db.session() as s:
+        s.execute(update(m.Adapter).where(m.Adapter.name == "model").values(name="legacy-"))
+        s.add(AccessToken(token_hash="0" * 64, owner="old-", name="", scopes=["read"]))
+    assert registry.publish(folder, owner="ann", name="legacy-", base_model="tiny").ref == "ann/legacy-:2"
+    assert create_token(registry.db, owner="old-", scopes=["read"])[1]
+    assert registry.moves.move("ann/legacy-", "ann/renamed", actor="ann").new.name == "renamed"
 
 
 def test_control_characters_are_refused_on_every_database(registry: Registry, tmp_path: Path) -> None:
