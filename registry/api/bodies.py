@@ -146,7 +146,7 @@ def check_query(request: Request, names: frozenset[str], lists: frozenset[str], 
     if unknown := sorted(key for key in given if key not in names):
         takes = f"it takes {', '.join(sorted(names))}" if names else "it takes none"
         raise InvalidInput(f"{where} does not take the query parameter{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; it takes {takes}. Leave "
+                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; {takes}. Leave "
                            f"{'them' if len(unknown) > 1 else 'it'} out (a misspelt one would have been ignored).")
     if twice := sorted(key for key, n in given.items() if n > 1 and key not in lists):
         raise InvalidInput(f"The query gives {', '.join(repr(k) for k in twice)} more than once; {where} reads one "
