@@ -166,6 +166,12 @@ class RequestGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if (given := sum(name.lower() == b"authorization" for name, _ in scope["headers"])) > 1:
+            # which one counted differed: the gate's token check read the last, the routes the first (an
+            # outsider's finding, session 51); RFC 9110 gives a request one
+            await _send_problem(send, 400, "invalid_input", f"The request gives {given} Authorization headers; give "
+                                "one: 'Authorization: Bearer <token>'.", scope["path"][:200])
+            return
         changed, behind = await self._schema_changed()
         if behind and changed is not None and not ANSWERED_WHEN_BEHIND.match(scope["path"]):
             await _send_problem(send, 503, SchemaOutOfDate.code, changed, scope["path"],

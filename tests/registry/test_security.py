@@ -242,6 +242,18 @@ def test_a_form_is_read_after_who_may_send_it_and_only_with_the_fields_its_route
                       data={"base_model": "tiny", "visibility": "private"}).status_code == 201
 
 
+def test_a_request_gives_one_authorization_header(guarded: dict[str, Any]) -> None:
+    """The gate's token check read the last of two, the routes the first (an outsider's finding, session 51)."""
+    url, token = guarded["url"], guarded["token"]
+    for method, path in (("GET", "/api/v1/adapters"), ("POST", "/api/v1/adapters/lookup"), ("GET", "/hf/api/models")):
+        twice = httpx.request(method, f"{url}{path}", json={"refs": []} if method == "POST" else None,
+                              headers=[("Authorization", f"Bearer {token}"), ("Authorization", "Bearer vera_other")])
+        assert twice.status_code == 400 and twice.json()["detail"] == (
+            "The request gives 2 Authorization headers; give one: 'Authorization: Bearer <token>'."), twice.text
+    once = httpx.get(f"{url}/api/v1/adapters", headers={"Authorization": f"Bearer {token}"})
+    assert once.status_code == 200
+
+
 def test_anonymous_callers_trigger_no_costly_work(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
