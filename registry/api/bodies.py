@@ -13,7 +13,6 @@ from fastapi import Request, Response, params
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.routing import APIRoute
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from registry.domain.errors import InvalidInput
@@ -97,8 +96,8 @@ def _body_params(dependant: Dependant) -> list[Any]:
     return [*dependant.body_params, *(p for d in dependant.dependencies for p in _body_params(d))]
 
 
-async def form_checked(request: Request, fields: frozenset[str], files: frozenset[str], where: str) -> FormData:
-    """The request's form, read with at most one part per field and file the route takes (a larger one refused as
+async def form_checked(request: Request, fields: frozenset[str], files: frozenset[str], where: str) -> None:
+    """Read the request's form with at most one part per field and file the route takes (a larger one refused as
     soon as its part count passes: no part of it is kept), each given once and each one the route takes; else
     InvalidInput naming what it takes. FastAPI then reads the same form (Starlette keeps it on the request)."""
     takes = (f"the form fields {', '.join(sorted(fields))}"
@@ -125,7 +124,6 @@ async def form_checked(request: Request, fields: frozenset[str], files: frozense
         raise InvalidInput(f"The form gives {', '.join(repr(n[:100]) for n in twice[:10])} more than once; give each "
                            "field once" + (" (several tags: comma-separated in one tags field)." if "tags" in twice
                                            else "."))
-    return form
 
 
 def query_parameters(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:

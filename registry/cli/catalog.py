@@ -469,13 +469,14 @@ def lineage(
 ) -> None:
     """What a version was fine-tuned from and what was fine-tuned from it, as a tree; then the version it copies and
     its copies (`vera cp`) that you may read."""
-    graph, version = call_registry(registry, token, lambda c: (c.lineage(ref, depth=depth), c.get(ref)))
+    graph = call_registry(registry, token, lambda c: c.lineage(ref, depth=depth))
     if as_json:
         print_json(graph)
         return
     console.print(_tree(graph))
-    if made := _made_by(version.lineage):  # the job that trained it was said by `vera show` only (session 51's walk)
-        console.print(f"{version.ref} was made by: {'; '.join(made)}", soft_wrap=True)
+    itself = next(node for node in graph.nodes if node.depth == 0)
+    if made := _made_by(itself.lineage):  # the job that trained it was said by `vera show` only (session 51's walk)
+        console.print(f"{graph.ref} was made by: {'; '.join(made)}", soft_wrap=True)
     if graph.truncated:
         console.print(f"(more beyond {graph.max_depth} generations or {graph.max_nodes} versions)")
     if graph.copied_from:

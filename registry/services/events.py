@@ -77,9 +77,12 @@ def _sources_hidden(s: Session, viewer: Principal, events: list[EventInfo]) -> l
     sources: dict[str, tuple[str, str]] = {}
     for e in events:
         stated = e.detail.get("copied_from")
-        if isinstance(stated, str) and "://" not in stated and "/" in stated:
-            owner, _, rest = stated.partition("/")
-            sources[stated] = (owner, rest.split(":", 1)[0])
+        if isinstance(stated, str) and "://" not in stated:
+            try:
+                source = Ref.parse(stated)
+            except InvalidInput:  # (version_ref wrote it: never so)
+                continue
+            sources[stated] = (source.owner, source.name)
     if not sources:
         return events
     pairs = set(sources.values())
