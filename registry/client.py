@@ -85,8 +85,9 @@ _BY_STATUS[500] = RegistryError  # an unexpected server error is not evidence of
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One certificate store for every client: loading it costs ~20 ms, which each new httpx.Client would pay."""
+def shared_ssl_context() -> ssl.SSLContext:
+    """One certificate store for every client of this process: loading it costs ~20 ms of CPU, which each new
+    httpx.Client (and each `httpx.get`, which makes one) would otherwise pay."""
     return ssl.create_default_context()
 
 
@@ -99,7 +100,7 @@ class _TlsWhenAsked(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.transport is None:
-            self.transport = httpx.HTTPTransport(verify=_ssl_context())
+            self.transport = httpx.HTTPTransport(verify=shared_ssl_context())
         return self.transport.handle_request(request)
 
     def close(self) -> None:
@@ -680,7 +681,7 @@ class RegistryClient:
 
     @functools.cached_property
     def _storage_http(self) -> httpx.Client:
-        return httpx.Client(timeout=self.http.timeout, verify=_ssl_context())
+        return httpx.Client(timeout=self.http.timeout, verify=shared_ssl_context())
 
     def _save(self, response: httpx.Response, path: Path, entry: FileEntry, ref: str, *, progress: bool) -> None:
         digest, size = hashlib.sha256(), 0

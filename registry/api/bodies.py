@@ -115,11 +115,8 @@ async def form_checked(request: Request, fields: frozenset[str], files: frozense
     if unknown or twice:
         await form.close()
     if unknown:
-        raise InvalidInput(f"{where} does not take the form field{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; it takes {takes}. Leave "
-                           f"{'them' if len(unknown) > 1 else 'it'} out or correct "
-                           f"{'their names' if len(unknown) > 1 else 'its name'} (a misspelt one would have been "
-                           "ignored).")
+        raise _not_taken(where, "form field", unknown, f"it takes {takes}",
+                         "or correct their names" if len(unknown) > 1 else "or correct its name")
     if twice:
         raise InvalidInput(f"The form gives {', '.join(repr(n[:100]) for n in twice[:10])} more than once; give each "
                            "field once" + (" (several tags: comma-separated in one tags field)." if "tags" in twice
@@ -142,10 +139,16 @@ def check_query(request: Request, names: frozenset[str], lists: frozenset[str], 
     """InvalidInput for a query parameter the route does not take, or one it takes once given more than once."""
     given = Counter(key for key, _ in request.query_params.multi_items())
     if unknown := sorted(key for key in given if key not in names):
-        takes = f"it takes {', '.join(sorted(names))}" if names else "it takes none"
-        raise InvalidInput(f"{where} does not take the query parameter{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(repr(k[:100]) for k in unknown[:10])}; {takes}. Leave "
-                           f"{'them' if len(unknown) > 1 else 'it'} out (a misspelt one would have been ignored).")
+        raise _not_taken(where, "query parameter", unknown,
+                         f"it takes {', '.join(sorted(names))}" if names else "it takes none")
     if twice := sorted(key for key, n in given.items() if n > 1 and key not in lists):
         raise InvalidInput(f"The query gives {', '.join(repr(k) for k in twice)} more than once; {where} reads one "
                            "value of each: give each once.")
+
+
+def _not_taken(where: str, kind: str, unknown: list[str], takes: str, fix: str = "") -> InvalidInput:
+    """The refusal of ``unknown`` names (form fields, query parameters) that the route ``where`` does not take."""
+    many = len(unknown) > 1
+    return InvalidInput(f"{where} does not take the {kind}{'s' if many else ''} "
+                        f"{', '.join(repr(k[:100]) for k in unknown[:10])}; {takes}. Leave {'them' if many else 'it'} "
+                        f"out{' ' + fix if fix else ''} (a misspelt one would have been ignored).")

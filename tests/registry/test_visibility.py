@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from registry.client import RegistryClient
+from registry.client import RegistryClient, shared_ssl_context
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.services.tokens import create_token
 from registry.store.database import Database
@@ -66,7 +66,8 @@ def client(url: str, token: str | None) -> RegistryClient:
 
 def get(server: dict[str, Any], who: str | None, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {server['tokens'][who]}"} if who else {}
-    return httpx.request(method, f"{server['url']}{path}", headers=headers, timeout=60, **kwargs)
+    return httpx.request(method, f"{server['url']}{path}", headers=headers, timeout=60,
+                         verify=shared_ssl_context(), **kwargs)  # (a certificate store loaded once, not a call)
 
 
 V = "/api/v1/adapters/alice/secret/versions/1"
