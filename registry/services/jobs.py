@@ -63,7 +63,7 @@ from registry.services.moves import lock_adapter, refuse_publish_to_old_name
 from registry.services.publishing import discard_unreferenced, put_new
 from registry.services.quotas import check_room, held_by_jobs
 from registry.services.registry import Registry
-from registry.services.tokens import Principal, lock_owner
+from registry.services.tokens import Principal, check_new_owner, lock_owner
 from registry.store import models as m
 from vera_core.config import DEMO_MODEL, VeraConfig, unreported_metric
 from vera_core.patterns import require_linear
@@ -672,6 +672,7 @@ def _check_dataset_lines(dataset: bytes, dataset_name: str) -> None:
 def _check_new_target(s: Session, ref: Ref) -> None:
     """A job whose publish makes its adapter: a name the publish would refuse (check_new_name) is refused now."""
     if s.scalar(select(m.Adapter.id).where(m.Adapter.owner == ref.owner, m.Adapter.name == ref.name)) is None:
+        check_new_owner(s, ref.owner)
         check_new_name(ref.name, "Adapter name")
 
 

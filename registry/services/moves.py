@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, protected_alias
 from registry.domain.schemas import Ref, check_new_name
 from registry.services.quotas import Quotas, check_room
-from registry.services.tokens import Principal, lock_owner
+from registry.services.tokens import Principal, check_new_owner, lock_owner
 from registry.store import models as m
 from registry.store.database import Database
 
@@ -151,6 +151,8 @@ class Moves:
                            "(or delete that adapter first).")
         check_new_name(new.name, "New adapter name")
         transfer = old.owner != new.owner
+        if transfer:
+            check_new_owner(s, new.owner)
         if transfer:  # the destination owner takes its bytes: within its quota
             stored = s.scalar(select(func.coalesce(func.sum(m.AdapterVersion.stored_bytes), 0))
                               .where(m.AdapterVersion.adapter_id == adapter.id)) or 0

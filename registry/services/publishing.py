@@ -48,7 +48,7 @@ from registry.services.filters import add_metric_rows
 from registry.services.lookup import move_latest, resolve, version_info, version_ref
 from registry.services.moves import lock_adapter, refuse_publish_to_old_name
 from registry.services.quotas import Quotas, check_room
-from registry.services.tokens import lock_owner
+from registry.services.tokens import check_new_owner, lock_owner
 from registry.services.validation import SHAPELESS_SEED_ONLY, CheckedAdapter, ProjectionBudget, validate
 from registry.store import models as m
 from registry.store.blobs import BlobStore
@@ -325,6 +325,7 @@ class Publisher:
             refuse_publish_to_old_name(s, owner, name)
         lock_owner(s, owner)  # not into an organisation deleted (or renamed) meanwhile
         if adapter is None:
+            check_new_owner(s, owner)
             check_new_name(name, "Adapter name")
             adapter = m.Adapter(owner=owner, name=name, description=description,
                                 visibility=visibility or self.default_visibility)

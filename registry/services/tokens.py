@@ -186,6 +186,16 @@ def _last_org_event(name: str, *columns: Any) -> Any:
             .order_by(m.AuditEvent.id.desc()).limit(1))
 
 
+def check_new_owner(s: Session, owner: str) -> None:
+    """InvalidInput when ``owner`` is made now (no organisation, user's token or adapter holds the name yet: a publish,
+    a copy, a move or a job's target brings it in) with a name check_new_name refuses, as an organisation's or a
+    user's first token's is (a docs audit's finding, session 52: `vera publish --name alice./x` made `alice.`)."""
+    held = s.execute(select(exists().where(m.Organization.name == owner), exists().where(m.AccessToken.owner == owner),
+                            exists().where(m.Adapter.owner == owner))).one()
+    if not any(held):
+        check_new_name(owner, "A new owner's name")
+
+
 def lock_owner(s: Session, owner: str) -> None:
     """Conflict for a write (a publish, a move) under ``owner`` when ``owner`` is a deleted organisation's name that
     no user holds since (retired, or without a token made for it after), read with the organisation's row, if any,

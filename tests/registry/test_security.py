@@ -339,6 +339,18 @@ def test_new_owners_and_adapters_take_names_the_hub_takes_and_old_ones_keep_work
     assert registry.publish(folder, owner="ann", name="legacy-", base_model="tiny").ref == "ann/legacy-:2"
     assert create_token(registry.db, owner="old-", scopes=["read"])[1]
     assert registry.moves.move("ann/legacy-", "ann/renamed", actor="ann").new.name == "renamed"
+    # an owner is made by its first adapter as much as by an organisation or a first token: a publish, a copy, a
+    # move and a job's target under a new owner take the same rules (a docs audit's finding, session 52:
+    # `vera publish --name alice./x` made `alice.`); an owner that holds the name already keeps working
+    events = len(registry.audit())
+    for make in (lambda: registry.publish(folder, owner="eve.", name="x", base_model="tiny"),
+                 lambda: registry.copy_version(Ref.parse("ann/renamed:2"), owner="bob-", name="copy", actor="bob-"),
+                 lambda: registry.moves.move("ann/renamed", "a--b/renamed", actor="ann"),
+                 lambda: Jobs(registry).submit({"demo": True}, owner="frank--x", target="frank--x/run")):
+        with pytest.raises(InvalidInput, match="A new owner's name '.*' (ends with|holds) .* Hugging Face Hub"):
+            make()
+    assert len(registry.audit()) == events and {v.owner for v in registry.list_versions().items} == {"ann"}
+    assert registry.publish(folder, owner="old-", name="kept", base_model="tiny").ref == "old-/kept:1"  # a user's
 
 
 def test_control_characters_are_refused_on_every_database(registry: Registry, tmp_path: Path) -> None:
