@@ -247,10 +247,17 @@ def db_status(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision, and whether it is current."""
     from registry.store.database import head_revision
 
-    absent = missing_file(load_settings(database_url))
+    settings = load_settings(database_url)
+    absent = missing_file(settings)
     if absent is not None:  # said without making the file (a mistyped VERA_DATA_DIR got an empty registry there)
         console.print(f"current: none (there is no database file at {absent}); head: {head_revision()}; check the "
                       "path, or run `vera db upgrade` (or `vera up`) to make a new registry there")
+        check_failed()
+    if (unversioned := unversioned_file(settings)) is not None:  # read without writing: opened, an empty file was
+        # given SQLite's header and journal mode (a docs audit's finding, session 52: 0 bytes became 4,096)
+        console.print(f"current: none ({unversioned} holds no registry: an empty file, or another program's; nothing "
+                      f"was written to it); head: {head_revision()}; check the path, or run `vera db upgrade` to make "
+                      "a registry in it")
         check_failed()
     from sqlalchemy.exc import DatabaseError
 

@@ -365,6 +365,9 @@ def test_maintenance_commands_refuse_a_registry_that_is_not_there_and_backups_re
     for args in (["db", "backup", str(tmp_path / "backups" / "b.db")], ["fsck"], ["gc"]):
         unversioned = vera_in(empty, *args)
         assert unversioned.returncode == 1 and "holds no registry (no schema revision" in unversioned.stderr, args
+    status = vera_in(empty, "db", "status")  # says so, and writes nothing either (a docs audit: 0 bytes became 4,096)
+    assert status.returncode == 3 and f"current: none ({empty / 'registry.db'} holds no registry: an empty file" in \
+        " ".join(status.stdout.split()), status.stdout + status.stderr
     assert (empty / "registry.db").stat().st_size == 0 and sorted(p.name for p in empty.iterdir()) == ["registry.db"]
     for table, found in (("version_params", "is damaged (SQLite's quick_check:"),  # it opens; a table is garbage
                          ("alembic_version", "The registry database is damaged: ")):  # not even its revision reads
