@@ -581,6 +581,9 @@ def _no_cosines(result: Comparison, i: int, rows: list[tuple[str, list[float | N
     shared = [layer for layer in result.layers if layer.module in {module for module, _ in rows}]
     if shared and all(layer.b_norms[i] == 0 for layer in shared):
         return f"{ref}'s weight deltas are zero (its b vectors are all zeros: an untrained adapter): no cosine."
+    if shared and all(layer.b_norms[0] == 0 for layer in shared):  # the first's: no cosine with any of them
+        return (f"{result.refs[0]}'s weight deltas are zero (its b vectors are all zeros: an untrained adapter): no "
+                f"cosine with {ref}.")
     if shared:
         bases = call_registry(registry, token, lambda c: c.base_models())
         if not any(b.name == first.base_model and b.revision == first.base_revision and b.shapes_source == "declared"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from registry.cli.common import ExitCode
@@ -265,7 +266,7 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
     (the API's ``with_first``), and that version is named, instead of an empty table."""
     from registry.client import RegistryClient
     from tests.conftest import TINY_MODELS
-    from tests.registry.adapters import make_adapter
+    from tests.registry.adapters import make_adapter, make_model
     from tests.registry.servers import running_server
 
     with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
@@ -278,12 +279,27 @@ def test_vera_compare_shows_the_layers_the_first_shares_and_names_a_version_on_a
                            base_model="tiny-roberta")
             client.publish(make_adapter(tmp_path / "r4", seed=4, r=4), "jo/r4", base_model="tiny-llama")
             client.publish(tmp_path / "l2", "jo/typo", base_model="tiny-lama")  # a typo: a new base, its shapes
+            untrained = make_model(5)
+            with torch.no_grad():
+                for key, vector in untrained.trainable_parameters().items():
+                    if "lambda_b" in key:
+                        vector.zero_()  # as VeRA starts: b = 0, no delta
+            client.publish(save_adapter(untrained, tmp_path / "zero"), "jo/zero", base_model="tiny-llama")
             expected = client.compare(["jo/l1:1", "jo/l2:1"]).layers
         done = vera("compare", "jo/l1:1", "jo/l2:1", "jo/rob:1", "--registry", url)
         as_json = vera("compare", "jo/l1:1", "jo/l2:1", "--json", "--registry", url)
         apart = vera("compare", "jo/l1:1", "jo/r4:1", "--registry", url)
         typo = vera("compare", "jo/l1:1", "jo/typo:1", "--registry", url)
+        zero_second, zero_first = (vera("compare", *refs, "--registry", url) for refs in (("jo/l1:1", "jo/zero:1"),
+                                                                                           ("jo/zero:1", "jo/l1:1")))
     assert done.returncode == 0, done.stderr
+    # an untrained version is said to be one, first or not (first, it was "adapts none of its layers (other
+    # modules)", which the layer table beside it contradicted: a docs audit's finding, session 52)
+    assert "jo/zero:1's weight deltas are zero (its b vectors are all zeros: an untrained adapter): no cosine." in \
+        " ".join(zero_second.stdout.split()), zero_second.stdout
+    assert "jo/zero:1's weight deltas are zero (its b vectors are all zeros: an untrained adapter): no cosine with " \
+        "jo/l1:1." in " ".join(zero_first.stdout.split()), zero_first.stdout
+    assert "adapts none" not in zero_first.stdout + zero_second.stdout
     # cosines across two base model names of the same shapes are shown, and the names said (a newcomer's walk,
     # session 51: a typo published as a new base compared silently, cosines of 1.000)
     assert typo.returncode == 0 and "jo/typo:1 is for base model tiny-lama, jo/l1:1 for tiny-llama: their layers " \
