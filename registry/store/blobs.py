@@ -240,12 +240,19 @@ class FsspecBlobStore:
         """True when ``path`` exists, its age restarted (touched on a local disk; ``write`` again on an object store,
         whose objects keep the time they were written). A local file of another size than the ``size`` bytes being
         stored is damaged (cut short by a crash, emptied): False, and the caller writes it again whole (a publish of
-        the same bytes reported success over a 0-byte file, which fetch then refused; an outsider's finding)."""
+        the same bytes reported success over a 0-byte file, which fetch then refused; an outsider's finding), and so
+        is one of the right size whose bytes no longer hash to its name (a publish of the same bytes reported success
+        over it, and the version it made failed to verify and to download: a docs audit's finding, session 52, where
+        the guide gives that publish as the remedy)."""
         if not self.fs.exists(path):
             return False
         if self._local:
             with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: written below, as a new one
                 if os.stat(path).st_size != size:
+                    return False
+                try:
+                    self.verified_local_path(path.rsplit("/", 1)[-1])  # hashed once a process while unchanged
+                except (IntegrityError, NotFound):
                     return False
                 os.utime(path)
                 return True
