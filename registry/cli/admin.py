@@ -376,7 +376,8 @@ def _print_retention(result: RetentionResult) -> None:
         console.print(f"kept {ref}: alias {', '.join(aliases)} points at it")
     for ref, why in result.skipped.items():
         console.print(f"skipped {ref}: {why}")
-    console.print(f"retention: {verb} {len(result.deleted)} versions, kept {len(result.protected)} for their aliases")
+    console.print(f"retention: {verb} {counted(len(result.deleted), 'version')}, kept {len(result.protected)} for "
+                  "their aliases")
 
 
 def token_create(

@@ -467,8 +467,10 @@ def _say_none_match(registry: str | None, token: str | None, filter_text: str | 
     if not asked:
         console.print("no versions yet: `vera publish DIR --name owner/name --base-model BASE` adds one")
         return
+    # the ones the filter names, but in `is null` clauses, which match exactly the versions without the key (a docs
+    # audit's finding, session 52: the hint said the opposite of what such a clause asks)
     keyed = [f"{field}.<key>" for field in ("metrics", "params", "properties", "published_via")
-             if filter_text and re.search(rf"\b{field}\.", filter_text)]  # the ones the filter names
+             if filter_text and re.search(rf"\b{field}\.\S+\s+(?!is\s+null\b)", filter_text, re.IGNORECASE)]
     hints = ([f"{' and '.join(keyed)} clauses match only versions that record that key"] if keyed else []) + (
         [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
     console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else ""), soft_wrap=True)
