@@ -300,7 +300,7 @@ def delete(
             owner=parsed.owner, name=parsed.name, include_yanked=True, limit=1, with_total=True).total)
         confirm_deletion(yes, f"Delete {adapter} and all its {count} versions?", adapter)
         call_registry(registry, token, lambda c: c.delete_adapter(adapter))
-        console.print(f"deleted {adapter} ({counted(count, 'version')})")
+        console.print(f"deleted {adapter} ({counted(count or 0, 'version')})")
         return
     if parsed.version is None and parsed.alias is None:
         fail(InvalidInput(f"{ref!r} names no version; say which to delete: {ref}:VERSION or {ref}@ALIAS (or every "

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.domain.errors import IntegrityError, InvalidInput, SchemaOutOfDate
+from registry.domain.errors import IntegrityError, InvalidInput, SchemaOutOfDate, damaged_sqlite
 from registry.domain.schemas import PoolSettings
 from registry.logs import first_line
 
@@ -152,9 +152,14 @@ class Database:
                     with self.engine.connect() as conn:
                         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 except SQLAlchemyError as exc:  # (said: it failed unsaid, an operator's walk, session 43)
-                    log.warning(f"{self.engine.url.database}: the write-ahead log could not be copied into the file "
-                                f"({first_line(exc)}), so the file is not whole alone: copy it with its -wal file, "
-                                "or back it up with `vera db backup`")
+                    if damaged_sqlite(exc):  # not a log left to copy: the file itself (told to copy its -wal file,
+                        # which there was not, and to run the backup that had just refused it: a docs audit, session 52)
+                        log.warning(f"{self.engine.url.database} is damaged ({first_line(exc)}): restore the newest "
+                                    "good backup (docs/guide.md, \"Back up and upgrade the registry\")")
+                    else:
+                        log.warning(f"{self.engine.url.database}: the write-ahead log could not be copied into the "
+                                    f"file ({first_line(exc)}), so the file is not whole alone: copy it with its -wal "
+                                    "file, or back it up with `vera db backup`")
         self.engine.dispose()
 
     def backup(self, destination: Path) -> None:
