@@ -23,6 +23,7 @@ from vera_core.config import VeraConfig
 from vera_core.errors import (
     AdapterFormatError,
     JSONTextError,
+    OutputFolderError,
     PeftIncompatibleError,
     ProjectionMismatchError,
     VeraConfigError,
@@ -373,6 +374,7 @@ def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
 
     ``base_model`` (a directory or Hub id that vera_core.recipes.resolve_base understands, or an nn.Module) sizes
     the projections of a seed-only adapter PEFT wrote, which records no projection shape (read_for_export)."""
+    _another_folder(src, dst, "the copy")
     files = read_for_export(src, base_model)
     tensors = dict(files.tensors)
     a, b = projections_of(files, src)
@@ -382,6 +384,15 @@ def export_peft(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     metadata = {**files.metadata, "format": "pt", META_FINGERPRINT: fp, META_GENERATOR: config.projection_generator}
     write_adapter_dir(Path(dst), config, tensors, metadata, fp)
     return Path(dst)
+
+
+def _another_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], what: str) -> None:
+    """OutputFolderError when an export's ``dst`` is its ``src`` folder: the copy replaced the adapter it was made
+    from (`vera export-peft a a` rewrote it in place, unsaid: a docs audit's finding, session 52; `export-lora a a`
+    replaced the VeRA adapter with its LoRA)."""
+    if Path(src).exists() and Path(dst).exists() and os.path.samefile(src, dst):
+        raise OutputFolderError(f"{dst} is the adapter folder {what} is made from: write {what} to another folder "
+                                f"(nothing was written; {src} is as it was).")
 
 
 def check_same_projection(saved: AdapterFiles, model: VeraModel, what: str, fix: str) -> None:
@@ -423,6 +434,7 @@ def export_lora(src: str | os.PathLike[str], dst: str | os.PathLike[str], export
     is checked before ``dst`` is written."""
     from vera_core.lora import write_lora_files
 
+    _another_folder(src, dst, "the LoRA")
     files = read_for_export(src, base_model)
     root = Path(dst)
     with adapter_folder(root) as folder:  # written once, then renamed into place

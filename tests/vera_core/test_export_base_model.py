@@ -264,3 +264,18 @@ def test_a_for_vllm_export_says_what_vllm_will_not_serve(tmp_path: Path) -> None
                  tmp_path / "lm")
     quiet = vera("export-lora", tmp_path / "lm", tmp_path / "lm-lora", "--for-vllm")
     assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
+
+
+@pytest.mark.parametrize("command", ["export-lora", "export-peft"])
+def test_an_export_into_the_folder_it_reads_is_refused_and_the_adapter_kept(command: str, tmp_path: Path) -> None:
+    """`vera export-peft a a` rewrote the adapter in place, unsaid, and `export-lora a a` replaced the VeRA adapter
+    with its LoRA (a docs audit's finding, session 52): refused, by any name of the folder, nothing written."""
+    _, adapter, base = seed_only_peft_adapter(LLAMA, tmp_path)
+    before = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    (tmp_path / "again").symlink_to(adapter)
+    for dst in (adapter, tmp_path / "peft" / ".." / "peft", tmp_path / "again"):
+        result = vera(command, adapter, dst, "--base-model", base)
+        assert result.exit_code == 1, result.stdout
+        assert f"{dst} is the adapter folder the {'LoRA' if command == 'export-lora' else 'copy'} is made from: " \
+            f"write" in one_line(result.stderr), result.stderr
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before
