@@ -37,6 +37,7 @@ from registry.domain import metric_names
 from registry.domain.errors import InvalidInput, RegistryError
 from registry.domain.metric_names import flat_metrics
 from registry.domain.schemas import (
+    MAX_PAGE,
     Comparison,
     Ref,
     VersionInfo,
@@ -410,7 +411,7 @@ def list_versions(
     sort: Annotated[str | None, typer.Option(help=(
         "created, r, trainable_parameters, stored_bytes, verification_status or metrics.<key> (only versions that "
         "record it); '-' prefix: descending. Default: -created."))] = None,
-    limit: Annotated[int, typer.Option(help="Rows per page.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE, help="Rows per page.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
     include_yanked: Annotated[bool, typer.Option("--include-yanked", help="Yanked versions too, marked so.")
                               ] = False,

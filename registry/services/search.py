@@ -13,7 +13,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.orm import Session, selectinload
 
 from registry.domain.errors import InvalidInput
-from registry.domain.schemas import MAX_LOOKUP, LookedUp, Page, Ref, VersionInfo, check_text
+from registry.domain.schemas import MAX_LOOKUP, MAX_PAGE, LookedUp, Page, Ref, VersionInfo, check_text
 from registry.services.access import readable_clause
 from registry.services.downloads import download_counts
 from registry.services.filters import MetricOrder, filter_conditions, mentions, metric_order, parse_filter
@@ -29,7 +29,6 @@ SORTS: dict[str, Any] = {
     "stored_bytes": m.AdapterVersion.stored_bytes, "r": m.AdapterVersion.r,
     "verification_status": m.AdapterVersion.verification_status,
 }
-MAX_PAGE = 500
 #: A BIGINT's range (SQLite refuses a larger Python int), and the longest text a cursor's sorted value may be.
 _BIGINT = 2**63
 MAX_CURSOR_TEXT = 64

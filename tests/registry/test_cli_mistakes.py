@@ -665,3 +665,21 @@ def test_vera_serve_says_where_other_shells_find_it(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/health").status_code == 200
     said = [json.loads(line)["message"] for line in log.read_text().splitlines()]  # JSON lines, as every log line
     assert f"for `vera` in other shells: export VERA_REGISTRY_URL={url}" in said
+
+
+def test_a_page_size_or_time_the_registry_would_refuse_is_a_usage_error_naming_the_option() -> None:
+    """`vera ls --limit 0` and `vera events --since bogus` went to the registry, whose 422 named its own query
+    parameters (`query.limit`, `query.since`) with exit 1 (a docs audit's finding, session 52): now Click's usage
+    error (exit 2) naming the option, before any request (no registry listens at the URL given)."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for args, said in ((["ls", "--limit", "0"], "Invalid value for '--limit': Input should be greater than or equal "
+                                                "to 1"),
+                       (["ls", "--limit", "501"], "Invalid value for '--limit': Input should be less than or equal to "
+                                                  "500"),
+                       (["events", "--since", "bogus"], "Invalid value for '--since': 'bogus' is not an ISO 8601 "
+                                                        "time; give e.g. 2026-12-01T09:00")):
+        result = run_vera([*args, "--registry", nowhere])
+        assert result.returncode == 2 and said in " ".join(result.stderr.split()), result.stderr
+        assert "query." not in result.stderr
+    # a time it reads goes on to the registry (here: none listens, said so)
+    assert run_vera(["events", "--since", "2026-12-01T09:00+02:00", "--registry", nowhere]).returncode == 1

@@ -34,6 +34,7 @@ from registry.domain.errors import Conflict, Forbidden
 from registry.domain.schemas import (
     MAX_LINEAGE_DEPTH,
     MAX_LINEAGE_NODES,
+    MAX_PAGE,
     MAX_VERSION,
     MAX_YANK_REASON,
     UPLOAD_PREFIX,
@@ -54,7 +55,7 @@ from registry.domain.schemas import (
     tags_field,
 )
 from registry.services.filters import FIELDS, MAX_FILTER_LENGTH, OPERATORS
-from registry.services.search import MAX_PAGE, SORTS
+from registry.services.search import SORTS
 from registry.services.tokens import Principal
 from registry.services.validation import MAX_RANK
 
