@@ -98,17 +98,7 @@ def publish(
                           "this registry stores VeRA adapters, and exports them as LoRA (`vera fetch REF --as "
                           "lora`). Nothing was uploaded."))
     if base_model is None:
-        if not (directory / "adapter_config.json").is_file():  # (of a path not there, said so: session 51's walk)
-            from registry.client import not_a_folder
-
-            fail(InvalidInput(not_a_folder(directory) or f"{directory} has no adapter_config.json: publish a "
-                              "PEFT-format adapter folder (`vera train` and PEFT's save_pretrained write one)."))
-        if not named or _a_path(named):
-            fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names "
-                              f"{repr(named) + ', a folder path' if named else 'no base model'}. Give the base's "
-                              f"Hub id or registry name, e.g. {_base_guess(named, registry, token)}."))
-        base_model = named
-        err_console.print(f"base model: {base_model} (from adapter_config.json)")
+        base_model = _base_from_config(directory, named, registry, token)
     elif named and named != base_model and not _a_path(named):
         err_console.print(styled("note:", "yellow", f" {directory}/adapter_config.json names base model {named!r}, "
                                  f"and --base-model is {base_model!r}: the version is published for "
@@ -145,6 +135,28 @@ def publish(
                                  f"administrator's `vera base rm {base_model}` then forgets the name."),
                       soft_wrap=True)
     _after_publish(info, dataset, properties, params, registry, token)
+
+
+def _base_from_config(directory: Path, named: str, registry: str | None, token: str | None) -> str:
+    """The base model a publish without --base-model takes: the one adapter_config.json names, or exit saying why
+    it cannot (no config, no base named, a folder path named, or a name a folder here has too)."""
+    if not (directory / "adapter_config.json").is_file():  # (of a path not there, said so: session 51's walk)
+        from registry.client import not_a_folder
+
+        fail(InvalidInput(not_a_folder(directory) or f"{directory} has no adapter_config.json: publish a "
+                          "PEFT-format adapter folder (`vera train` and PEFT's save_pretrained write one)."))
+    if named and not path_like(named) and Path(named).is_dir():  # a name that a folder here has too: said
+        # so, not "a folder path" with the same string suggested (a docs audit's finding, session 52)
+        fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names {named!r}, which is "
+                          f"also a folder here ({Path(named).resolve()}), so it may be a path where the adapter "
+                          f"was trained. If {named!r} is the base's Hub id or its name in this registry, say so: "
+                          f"--base-model {named}."))
+    if not named or _a_path(named):
+        fail(InvalidInput(f"--base-model is needed: {directory}/adapter_config.json names "
+                          f"{repr(named) + ', a folder path' if named else 'no base model'}. Give the base's "
+                          f"Hub id or registry name, e.g. {_base_guess(named, registry, token)}."))
+    err_console.print(f"base model: {named} (from adapter_config.json)")
+    return named
 
 
 #: What marks a README.md nobody wrote as a card: PEFT's model card template (save_pretrained writes one into every

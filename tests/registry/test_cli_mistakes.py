@@ -114,6 +114,15 @@ def test_publish_without_base_model_takes_the_one_the_adapters_config_names(serv
                                                        "the folder's name)",))):
         (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": named}))
         refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]), *words)
+    # a registry name that a folder here has too: said so, with the option that says it is the name (it was "a
+    # folder path", told to pass the same string: a docs audit's finding, session 52)
+    (tmp_path / "tiny-llama").mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "tiny-llama"}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        refused(vera("publish", str(folder), "--name", "ann/implied", url=server["url"]),
+                "names 'tiny-llama', which is also a folder here", "If 'tiny-llama' is the base's Hub id or its name "
+                "in this registry, say so: --base-model tiny-llama.")
     refused(vera("publish", str(tmp_path), "--name", "ann/implied", url=server["url"]),
             "has no adapter_config.json: publish a PEFT-format adapter folder")
     # a path that is not there is said to be so, not to lack a file (session 51's walk), as with --base-model
