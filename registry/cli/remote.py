@@ -483,7 +483,7 @@ def _say_none_match(registry: str | None, token: str | None, filter_text: str | 
     # the ones the filter names, but in `is null` clauses, which match exactly the versions without the key (a docs
     # audit's finding, session 52: the hint said the opposite of what such a clause asks)
     keyed = [f"{field}.<key>" for field in ("metrics", "params", "properties", "published_via")
-             if filter_text and re.search(rf"\b{field}\.\S+\s+(?!is\s+null\b)", filter_text, re.IGNORECASE)]
+             if filter_text and re.search(rf"\b{field}\.[^\s=!<>]++(?!\s*is\s+null\b)", filter_text, re.IGNORECASE)]
     hints = ([f"{' and '.join(keyed)} clauses match only versions that record that key"] if keyed else []) + (
         [] if include_yanked else ["yanked versions are left out: --include-yanked lists them too"])
     console.print("no versions match" + (f" ({'; '.join(hints)})" if hints else ""), soft_wrap=True)

@@ -27,9 +27,9 @@ VerificationStatus = Literal["unverified", "passed", "failed"]
 #: A Literal in the code, documented as a plain string in the OpenAPI document (as it always was).
 _Str = WithJsonSchema({"type": "string"})
 
-#: The largest upload the API accepts by default (VERA_MAX_UPLOAD_BYTES).
 #: The most rows a listing's page holds (GET /api/v1/adapters' limit; `vera ls --limit`).
 MAX_PAGE = 500
+#: The largest upload the API accepts by default (VERA_MAX_UPLOAD_BYTES).
 MAX_UPLOAD_BYTES = 256 * 2**20
 #: The largest dataset a fine-tune job's submission uploads (VERA_MAX_DATASET_BYTES): the API reads it whole and
 #: parses it to check its columns and labels, and stores it until the job ends.

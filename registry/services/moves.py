@@ -151,9 +151,8 @@ class Moves:
                            "(or delete that adapter first).")
         check_new_name(new.name, "New adapter name")
         transfer = old.owner != new.owner
-        if transfer:
+        if transfer:  # a new owner's name checked; the destination owner takes its bytes: within its quota
             check_new_owner(s, new.owner)
-        if transfer:  # the destination owner takes its bytes: within its quota
             stored = s.scalar(select(func.coalesce(func.sum(m.AdapterVersion.stored_bytes), 0))
                               .where(m.AdapterVersion.adapter_id == adapter.id)) or 0
             check_room(s, self.quotas, new.owner, int(stored), f"moving {old.owner}/{old.name} there",

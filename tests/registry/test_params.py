@@ -164,6 +164,8 @@ def test_params_through_http_the_client_and_vera(server: dict[str, Any]) -> None
     empty = vera("ls", "--filter", "params.lr = 'nope' and properties.x = 'y'", url=url)
     assert "params.<key> and properties.<key> clauses match only versions that record" in \
         " ".join(empty.stdout.split())
+    unspaced = vera("ls", "--filter", "params.lr='nope'", url=url)  # a clause without spaces hinted at as well
+    assert "params.<key> clauses match only versions that record" in " ".join(unspaced.stdout.split())
     # an `is null` clause matches the versions without the key: no such hint for it (a docs audit, session 52)
     unrecorded = vera("ls", "--filter", "params.lr IS NULL and owner = 'nobody'", url=url)
     assert "no versions match" in unrecorded.stdout and "clauses match only" not in unrecorded.stdout
