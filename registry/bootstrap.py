@@ -6,7 +6,7 @@ import logging
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from registry.domain.errors import SchemaOutOfDate
 from registry.services.base_configs import HubBaseConfigs
@@ -128,6 +128,26 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
                          token_purge_days=settings.token_purge_days, max_token_days=settings.max_token_days)
     webhooks, dispatcher = webhook_services(registry, settings)
     return create_app(registry, options, jobs, open_hub(registry, settings), webhooks, dispatcher), registry, jobs
+
+
+def tokens_decided(settings: Settings, host: str) -> Settings:
+    """``settings`` with ``require_tokens`` decided for a server bound to ``host`` where VERA_REQUIRE_TOKENS leaves it
+    open: local mode (no tokens) only for one user's own registry, on loopback over the embedded kind of storage. A
+    shared database or object store is a team's, and loopback says nothing of who reaches it through a proxy."""
+    from registry.api import is_loopback
+
+    require = settings.require_tokens
+    if require is None:
+        require = bool(settings.shared_backend) or not is_loopback(host)
+    return settings.model_copy(update={"require_tokens": require})
+
+
+def server_options(host: str, port: int, settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the registry API on host:port (`vera serve`, `vera up`)."""
+    return {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
+            "access_log": False,  # registry.logs writes the access lines
+            "ws": "none",  # no websocket routes: the websockets library is never loaded
+            "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
 
 
 def webhook_services(registry: Registry, settings: Settings) -> tuple[Webhooks, Dispatcher | None]:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -46,18 +46,12 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
 
     from registry.api import is_loopback
     from registry.api.metrics import multiprocess_directory
-    from registry.bootstrap import build_api, open_registry
+    from registry.bootstrap import build_api, open_registry, server_options, tokens_decided
 
-    served: dict[str, Any] = {"host": host, "port": port, "log_config": None, "log_level": settings.log_level,
-                              "access_log": False,  # registry.logs writes the access lines
-                              "ws": "none",  # no websocket routes: the websockets library is never loaded
-                              "proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
-    # local mode (no tokens) only for one user's own registry: on loopback, over the embedded kind of storage. A
-    # shared database or object store is a team's, and loopback says nothing of who reaches it through a proxy.
+    served = server_options(host, port, settings)
     shared = settings.shared_backend
-    require = settings.require_tokens if settings.require_tokens is not None else bool(shared) or not is_loopback(host)
-    settings = settings.model_copy(update={"require_tokens": require})
-    if require:
+    settings = tokens_decided(settings, host)
+    if settings.require_tokens:
         mode = "tokens required" + (" (anonymous read allowed)" if settings.anonymous_read else "")
         if settings.require_tokens and shared and is_loopback(host):
             mode += f" ({shared}: a shared registry; VERA_REQUIRE_TOKENS=false turns them off)"

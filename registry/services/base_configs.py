@@ -26,7 +26,7 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.utils._validators import validate_repo_id
 
 from registry.domain.errors import ContentTooLarge
-from registry.services.hub_http import RefusedBody, capped_downloads
+from registry.services.hub_http import RefusedBody, capped_downloads, hub_timeout
 from vera_core.config import DEMO_MODEL
 from vera_core.errors import JSONTextError, parse_json
 
@@ -103,7 +103,8 @@ class HubBaseConfigs:
         except hub_errors.HFValidationError as exc:
             raise BaseConfigUnavailable(f"{name!r} is not a Hub repo id") from exc
         at = f"{name}@{revision or 'main'}"
-        data = self._download(name, revision, at)
+        with hub_timeout(self.timeout_s):  # this reader's, whatever another part of this process gave the Hub's client
+            data = self._download(name, revision, at)
         try:
             config = parse_json(data)
         except JSONTextError as exc:

@@ -29,8 +29,9 @@ def use_timeout(timeout_s: float) -> None:
 
     def same_timeout(request: httpx2.Request) -> None:
         # huggingface_hub passes a timeout of its own to some calls (downloads: HF_HUB_DOWNLOAD_TIMEOUT, 10 s), which
-        # would stand in for this setting there
-        request.extensions["timeout"] = timeout
+        # would stand in for this setting there; a caller's own (hub_timeout) stands in for it in its block
+        chosen = _timeout.get()
+        request.extensions["timeout"] = timeout if chosen is None else httpx2.Timeout(chosen).as_dict()
 
     def factory() -> httpx2.Client:
         client: httpx2.Client = default_client_factory()
@@ -45,6 +46,21 @@ def use_timeout(timeout_s: float) -> None:
 
 
 _installed: list[float] = []
+_timeout: ContextVar[float | None] = ContextVar("vera_hub_timeout", default=None)
+
+
+@contextmanager
+def hub_timeout(timeout_s: float) -> Iterator[None]:
+    """Every ``huggingface_hub`` request in this context (this thread) within ``timeout_s``, whatever timeout the
+    process was given (use_timeout, installed with this one if none was): a reader of the Hub with a timeout of its
+    own (HubBaseConfigs) keeps it where another part of the process set another."""
+    if not _installed:
+        use_timeout(timeout_s)
+    token = _timeout.set(timeout_s)
+    try:
+        yield
+    finally:
+        _timeout.reset(token)
 
 #: The slowest a downloaded body may come, on average, once its first ``timeout_s`` has passed: a Hub that sends a
 #: byte just inside each read's timeout would otherwise hold a pull (and its worker thread) for as long as the body is
@@ -115,12 +131,11 @@ def capped_downloads(limit: int, what: str, setting: str = "VERA_MAX_UPLOAD_BYTE
     answer declares, else what the budget has left), retries included, or it is cut off (HubError): each read's
     timeout alone let a trickle run on, and a retry after each stall would start again.
     Set ``file`` on the budget yielded to the name of each file before its download."""
-    if not _installed:
-        use_timeout(timeout_s)
     budget = Budget(limit, limit, what, setting, timeout_s=timeout_s)
     token = _budget.set(budget)
     try:
-        yield budget
+        with hub_timeout(timeout_s):
+            yield budget
     finally:
         _budget.reset(token)
 

@@ -136,7 +136,8 @@ class Verification:
             m.AdapterVersion.id.in_(readable_versions(viewer))).group_by(m.AdapterVersion.projection_id)
         shown = select(m.Projection).where(shown_to(viewer, m.AdapterVersion.projection_id, m.Projection.id))
         with self.db.session() as s:
-            uses = dict(s.execute(uses_query).tuples().all())
+            # (not Result.tuples(): deprecated in SQLAlchemy 2.1, which an API served in a test's thread raised)
+            uses = {projection: count for projection, count in s.execute(uses_query)}
             return [ProjectionInfo(id=p.id, generator=p.generator, seed=int(p.seed), r=p.r, max_in=p.max_in,
                                    max_out=p.max_out, fingerprint=p.fingerprint, reproducible=p.reproducible,
                                    stored=p.blob_sha256 is not None, versions=uses.get(p.id, 0))

@@ -36,13 +36,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def in_thread(app: Any, what: str = "the app") -> Iterator[str]:
-    """Serve ``app`` (ASGI) with uvicorn in a thread of this process on a free loopback port for the duration of
-    the block (so that a test can reach into its services); yields its URL."""
+def in_thread(app: Any, what: str = "the app", **options: Any) -> Iterator[str]:
+    """Serve ``app`` (ASGI) with uvicorn in a thread of this process on a free loopback port (or ``options``' port,
+    with uvicorn's other ``options``) for the duration of the block (so that a test can reach into its services);
+    yields its URL."""
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
+    config = {"host": "127.0.0.1", "log_level": "warning", "ws": "none", **options}
+    port = config.setdefault("port", free_port())
+    server = uvicorn.Server(uvicorn.Config(app, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -83,16 +85,47 @@ def running_server(database_url: str, storage: Path, *, host: str = "127.0.0.1",
     """Start `vera serve` against an upgraded database; yield its URL; stop it afterwards. On PostgreSQL or object
     storage (a shared registry, where the API requires tokens unless told otherwise) in local mode on loopback
     unless ``env`` says. Its output goes to ``log_path`` if given."""
+    environment = _server_environment(database_url, storage, host, env)
+    port = free_port()
+    with running_vera(["serve", "--host", host, "--port", str(port)], port, log_path=log_path, **environment) as url:
+        yield url
+
+
+@contextmanager
+def registry_in_thread(database_url: str, storage: Path, **env: str) -> Iterator[str]:
+    """What running_server serves (on loopback; ``env`` as there), from a thread of this process: the app `vera
+    serve` builds (registry.bootstrap: build_api, its token decision, uvicorn's options) from the settings ``env``
+    gives over this process's environment. For the tests of what the API and the client do, which need no process of
+    their own: a `vera serve` costs 3-5 s of CPU (its imports, torch at a first publish), ~100 in the suite (session
+    52's profile), where this process has them loaded. Its logs go to this process's logging (pytest's), and it
+    sees what a test changes in this process; a test of the command, its logs, signals or environment runs
+    running_server."""
+    from unittest import mock
+
+    from registry.bootstrap import build_api, server_options, tokens_decided
+    from registry.settings import Settings
+
+    with mock.patch.dict(os.environ, _server_environment(database_url, storage, "127.0.0.1", env)):
+        settings = tokens_decided(Settings(), "127.0.0.1")
+    app, registry, _ = build_api(settings)
+    try:
+        with in_thread(app, "the registry", **server_options("127.0.0.1", free_port(), settings)) as url:
+            yield url
+    finally:
+        registry.db.close()
+
+
+def _server_environment(database_url: str, storage: Path, host: str, env: dict[str, str]) -> dict[str, str]:
+    """The VERA_* variables of a test's server on ``host`` over ``database_url`` (upgraded to head here) and
+    ``storage`` (a folder, unless ``env`` names another VERA_STORAGE_URL), with ``env``: in local mode on loopback
+    over a shared backend too (where the API requires tokens) unless ``env`` says."""
     from registry.settings import Settings
 
     shared = Settings(database_url=database_url, storage_url=env.get("VERA_STORAGE_URL", str(storage))).shared_backend
     if shared and host == "127.0.0.1" and "VERA_REQUIRE_TOKENS" not in env:
         env = {**env, "VERA_REQUIRE_TOKENS": "false"}
     at_head(database_url)
-    port = free_port()
-    environment = {"VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(storage), **env}
-    with running_vera(["serve", "--host", host, "--port", str(port)], port, log_path=log_path, **environment) as url:
-        yield url
+    return {"VERA_DATABASE_URL": database_url, "VERA_STORAGE_URL": str(storage), **env}
 
 
 def at_head(database_url: str) -> None:

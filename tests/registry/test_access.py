@@ -34,7 +34,7 @@ from registry.store.models import AccessToken, AuditEvent, Organization, OrgInvi
 from tests.commands import vera as run_vera
 from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.hub_standin import running_hub
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread, running_server
 
 ROLES = {"none": None, "expired": ["admin"], "read": ["read"], "other-publisher": ["read", "publish"],
          "org-outsider": ["read", "publish"], "publisher": ["read", "publish", "hub"], "admin": ["admin"]}
@@ -78,15 +78,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("matrix")
     url = f"sqlite:///{root / 'r.db'}"
     source = make_adapter(root / "adapter")
-    with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
-                                              VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TOKEN="hf_server",
-                                              VERA_WEBHOOK_ALLOW_PRIVATE="true",
-                                              # the matrix submits a job per case: more than a minute's budget,
-                                              # and more jobs for alice than one owner may have queued
-                                              VERA_COSTLY_REQUESTS_PER_MINUTE="100000",
-                                              VERA_JOB_MAX_PENDING_PER_OWNER="100000",
-                                              # and olga creates an organisation per invitation case
-                                              VERA_ORGS_PER_USER="100000") as base:
+    with running_hub() as hub, registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+                                                  VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TOKEN="hf_server",
+                                                  VERA_WEBHOOK_ALLOW_PRIVATE="true",
+                                                  # the matrix submits a job per case: more than a minute's budget,
+                                                  # and more jobs for alice than one owner may have queued
+                                                  VERA_COSTLY_REQUESTS_PER_MINUTE="100000",
+                                                  VERA_JOB_MAX_PENDING_PER_OWNER="100000",
+                                                  # and olga creates an organisation per invitation case
+                                                  VERA_ORGS_PER_USER="100000") as base:
         hub.tokens["hf_server"] = "alice"
         hub.seed_repo("alice/source", {p.name: p.read_bytes() for p in source.iterdir()})
         db = Database(url)
@@ -423,7 +423,7 @@ def test_purge_deletes_the_tokens_that_ended_before_the_cutoff(registry: Registr
 
 def test_a_revoked_tokens_offspring_stop_working_through_the_api(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         db = Database(url)
         (ann_id, ann), (_, root) = [create_token(db, owner=o, scopes=s) for o, s in
                                     (("ann", ["read", "publish"]), ("root", ["admin"]))]
@@ -561,7 +561,7 @@ def test_a_registry_bounds_how_long_new_tokens_live(tmp_path: Path, monkeypatch:
     _, ann = create_token(db, owner="ann", scopes=["read", "publish"])  # made before the limit: keeps no expiry
     _, root = create_token(db, owner="root", scopes=["admin"])
     db.engine.dispose()
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_MAX_TOKEN_DAYS="90") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_MAX_TOKEN_DAYS="90") as base:
         for secret in (ann, root):
             with RegistryClient(base, secret, cache=False, retries=0) as client:
                 before = len(client.tokens())

@@ -31,7 +31,7 @@ from registry.settings import Settings
 from registry.store.database import Database
 from tests.commands import wide_vera as vera
 from tests.registry.adapters import LLAMA, make_adapter, make_model, peft_logits, vera_logits
-from tests.registry.servers import free_port, in_thread, running_server
+from tests.registry.servers import free_port, in_thread, registry_in_thread, running_server
 from vera_core import PEFT_GENERATOR, export_lora, load_adapter, read_adapter, save_adapter
 from vera_core.keys import PROJECTION_KEYS
 
@@ -57,7 +57,7 @@ def clients() -> Iterator[Clients]:
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("local")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_MAX_UPLOAD_BYTES="65536") as url:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_MAX_UPLOAD_BYTES="65536") as url:
         yield url, root
 
 
@@ -345,8 +345,8 @@ def test_openapi_lists_every_route(local: tuple[str, Path]) -> None:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Database]]:
     root = tmp_path_factory.mktemp("secured")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
-                        VERA_METRICS_TOKEN=METRICS_TOKEN) as server:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                            VERA_METRICS_TOKEN=METRICS_TOKEN) as server:
         db = Database(url)
         yield server, db
         db.engine.dispose()

@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 #: What each asset a docs page names must be served as (part of its Content-Type).
 CONTENT_TYPES = {"script": "javascript", "stylesheet": "text/css", "icon": "image/"}
@@ -68,7 +68,7 @@ def assert_docs_served_here(url: str) -> None:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A registry that requires a token for every API route (no anonymous reads)."""
     root = tmp_path_factory.mktemp("docs")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_REQUIRE_TOKENS="true") as url:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_REQUIRE_TOKENS="true") as url:
         yield url
 
 

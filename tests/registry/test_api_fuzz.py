@@ -23,15 +23,15 @@ from schemathesis.checks import (
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
     root = tmp_path_factory.mktemp("fuzz")
     # Hub routes talk to the stand-in, which knows no token: their pushes and pulls end in the Hub's refusal (502)
-    with running_hub() as hub, running_server(f"sqlite:///{root / 'r.db'}", root / "blobs",
-                                              VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TIMEOUT_S="5") as url:
+    with running_hub() as hub, registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs",
+                                                  VERA_HUB_ENDPOINT=hub.url, VERA_HUB_TIMEOUT_S="5") as url:
         with RegistryClient(url) as client:  # something to find, so that not every lookup is a 404
             client.publish(make_adapter(root / "a"), "fuzz/a", base_model="tiny-llama")
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
@@ -98,7 +98,7 @@ def test_publish_survives_crafted_safetensors_headers(tmp_path_factory: pytest.T
     """Headers that lie about dtypes, shapes, offsets and vera_core's metadata: 413/422, never a 5xx, no hang."""
     root = tmp_path_factory.mktemp("crafted")
     config = make_adapter(root / "a").joinpath("adapter_config.json").read_bytes()
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_MAX_UPLOAD_BYTES="65536") as url, \
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs", VERA_MAX_UPLOAD_BYTES="65536") as url, \
             httpx.Client(base_url=url, timeout=30) as http:
 
         @given(header=HEADERS, payload=st.binary(max_size=256))

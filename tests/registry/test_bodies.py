@@ -14,7 +14,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 from registry.domain.schemas import json_object
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 JSON = {"Content-Type": "application/json"}
 
@@ -37,7 +37,7 @@ def test_a_json_object_giving_a_key_twice_is_refused() -> None:
 
 def test_bodies_giving_a_key_twice_are_refused_before_anything_changes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs") as base, RegistryClient(base) as client:
+    with registry_in_thread(url, tmp_path / "blobs") as base, RegistryClient(base) as client:
         source = make_adapter(tmp_path / "a")
         client.publish(source, "alice/b", base_model="tiny-llama")
         client.publish(source, "alice/b", base_model="tiny-llama")

@@ -16,13 +16,13 @@ from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import free_port, running_server
+from tests.registry.servers import free_port, registry_in_thread
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("catalog")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
         yield {"url": base, "source": make_adapter(root / "adapter"), "root": root}
 
 

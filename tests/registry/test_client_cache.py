@@ -23,7 +23,7 @@ from registry.domain.errors import IntegrityError, RateLimited
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.faulty_proxy import Fault, FaultyProxy, faulty_proxy
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 REF = "kim/cached"
 
@@ -31,7 +31,7 @@ REF = "kim/cached"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("cache-server")
-    with running_server(f"sqlite:///{tmp / 'r.db'}", tmp / "blobs") as url:
+    with registry_in_thread(f"sqlite:///{tmp / 'r.db'}", tmp / "blobs") as url:
         with RegistryClient(url, cache=False) as client:
             client.publish(make_adapter(tmp / "a", seed=3), REF, base_model="tiny")
         yield url
@@ -253,7 +253,7 @@ def test_a_form_forgotten_between_its_listing_and_its_download_is_listed_again(t
     (which builds the same bytes) and fetches it, once."""
     import sqlite3
 
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
             RegistryClient(url, cache=False, inline=0) as client:
         client.publish(make_adapter(tmp_path / "a", seed=4), "kim/evicted", base_model="tiny")
         wanted = client.fetch_files("kim/evicted", tmp_path / "first", as_lora=True)

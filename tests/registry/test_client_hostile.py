@@ -19,7 +19,7 @@ import pytest
 from registry.client import MAX_ANSWER_BYTES, RegistryClient, RegistryUnavailable
 from registry.domain.errors import IntegrityError, InvalidInput, RegistryError
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
 
@@ -28,7 +28,7 @@ Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
 def listing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real registry's file list and version info for ann/real:1 (no files inline)."""
     root = tmp_path_factory.mktemp("real")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url, cache=False) as c:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url, cache=False) as c:
         c.publish(make_adapter(root / "a"), "ann/real", base_model="tiny-llama")
         return {"files": json.loads(c.files("ann/real:1").model_dump_json()),
                 "version": json.loads(c.get("ann/real:1").model_dump_json())}

@@ -28,7 +28,7 @@ from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.registry.test_webhooks import make_tokens
 
 #: what a copy keeps of the version it copies, field by field (VersionInfo)
@@ -146,7 +146,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     """alice publishes alice/pub (public) and alice/priv (private); mallory publishes mallory/x."""
     root = tmp_path_factory.mktemp("copies")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
         tokens = make_tokens(url)
         source = make_adapter(root / "adapter")
         with RegistryClient(base, tokens["alice"], cache=False) as alice, \
@@ -267,8 +267,8 @@ def test_vera_cp_to_an_alias_an_organisation_protects_copies_nothing_for_a_membe
 
 def test_a_version_is_promoted_into_another_registry_with_what_it_says_of_itself(tmp_path: Path) -> None:
     prod_db = f"sqlite:///{tmp_path / 'prod.db'}"
-    with running_server(f"sqlite:///{tmp_path / 'staging.db'}", tmp_path / "staging") as staging_url, \
-            running_server(prod_db, tmp_path / "prod", VERA_REQUIRE_TOKENS="true") as prod_url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'staging.db'}", tmp_path / "staging") as staging_url, \
+            registry_in_thread(prod_db, tmp_path / "prod", VERA_REQUIRE_TOKENS="true") as prod_url:
         db = Database(prod_db)
         prod_token = create_token(db, owner="team", scopes=["read", "publish"])[1]
         db.engine.dispose()

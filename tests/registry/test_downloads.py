@@ -17,7 +17,7 @@ from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread, running_server
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -115,7 +115,7 @@ def test_a_failed_flush_keeps_the_counts(tmp_path: Path) -> None:
 
 def test_downloads_through_a_server_appear_after_the_flush(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_DOWNLOAD_FLUSH_S="0.2") as base, \
+    with registry_in_thread(url, tmp_path / "blobs", VERA_DOWNLOAD_FLUSH_S="0.2") as base, \
             RegistryClient(base, "") as client:
         info = client.publish(make_adapter(tmp_path / "s", seed=1), "ann/a", base_model="tiny-llama")
         client.download(info.ref, WEIGHTS)
@@ -170,7 +170,7 @@ def test_a_download_in_pieces_counts_once(tmp_path: Path) -> None:
     """Each Range piece counted as a download, and so did a 416 (an outsider's finding, session 45): a download is
     counted when the answer holds the file from its first byte."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_DOWNLOAD_FLUSH_S="0.2") as base, \
+    with registry_in_thread(url, tmp_path / "blobs", VERA_DOWNLOAD_FLUSH_S="0.2") as base, \
             RegistryClient(base, "") as client:
         client.publish(make_adapter(tmp_path / "big", r=4096), "ann/big", base_model="tiny-llama")
         file = f"{base}/api/v1/adapters/ann/big/versions/1/files/{WEIGHTS}?projection=true"
@@ -199,7 +199,7 @@ def test_a_large_file_answers_ranges_and_ignores_ranges_it_cannot_read(tmp_path:
     cannot read (another unit, an end before its start) is ignored as RFC 9110 says, the whole file answered, where
     it was a 400 in plain text, not a problem document (an outsider's finding, session 43)."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs") as base, RegistryClient(base, "") as client:
+    with registry_in_thread(url, tmp_path / "blobs") as base, RegistryClient(base, "") as client:
         client.publish(make_adapter(tmp_path / "big", r=4096), "ann/big", base_model="tiny-llama")
         file = f"{base}/api/v1/adapters/ann/big/versions/1/files/{WEIGHTS}?projection=true"
         whole = httpx.get(file, timeout=60)

@@ -23,7 +23,7 @@ from registry.domain.schemas import EvaluationRecord
 from registry.services.registry import Registry
 from registry.store.models import VersionEvaluation
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import issued_tokens, running_server
+from tests.registry.servers import issued_tokens, registry_in_thread
 
 #: what `lm_eval --output_path` writes, in brief: two tasks, a metric with another filter, a standard error "N/A"
 LM_EVAL_RESULTS: dict[str, Any] = {
@@ -173,7 +173,7 @@ def test_evaluations_over_http_and_the_command_line(tmp_path: Path) -> None:
     """Who may record (those who may publish under the owner), who may read (readers of the adapter: a private
     one's are not found by others), the API's statuses, and `vera eval record --lm-eval` with a results file."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         alice, bob = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read", "publish"]))
         source = make_adapter(tmp_path / "a")
         with RegistryClient(base, alice) as client:

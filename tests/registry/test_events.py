@@ -23,7 +23,7 @@ from registry.store import models as m
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.receiver import Receiver, running_receiver
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.registry.test_webhooks import make_tokens
 
 
@@ -38,8 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     """alice publishes alice/pub (public) and alice/priv (private); mallory publishes mallory/x."""
     root = tmp_path_factory.mktemp("events")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
-                        VERA_WEBHOOK_ALLOW_PRIVATE="true", VERA_WEBHOOK_POLL_S="0.1") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                            VERA_WEBHOOK_ALLOW_PRIVATE="true", VERA_WEBHOOK_POLL_S="0.1") as base:
         tokens = make_tokens(url)
         source = make_adapter(root / "adapter")
         with RegistryClient(base, tokens["alice"], cache=False) as alice, \
@@ -221,7 +221,7 @@ def test_bad_filters_are_refused_saying_what_is_expected(server: dict[str, Any],
 
 
 def test_events_need_a_token_where_the_registry_requires_one(tmp_path: Any) -> None:
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as url:
         assert httpx.get(f"{url}/api/v1/events").status_code == 401
 
 

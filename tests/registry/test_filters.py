@@ -27,7 +27,7 @@ from registry.services.registry import Registry
 from registry.store import models as m
 from tests.commands import wide_vera as vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from vera_core import PORTABLE_GENERATOR
 
 
@@ -357,7 +357,7 @@ def test_deleting_a_version_takes_its_metric_rows(published: Registry) -> None:
 
 # ---- through a real server, its client and the CLI -------------------------------------------------------------
 def test_search_through_http_the_client_and_vera_ls(database_url: str, tmp_path: Path) -> None:
-    with running_server(database_url, tmp_path / "blobs") as url, RegistryClient(url, "") as client:
+    with registry_in_thread(database_url, tmp_path / "blobs") as url, RegistryClient(url, "") as client:
         for i, accuracy in enumerate((0.7, 0.95, 0.91, 0.5)):
             source = make_adapter(tmp_path / f"s{i}", seed=i)
             client.publish(source, f"team/m{i}", base_model="minilm", metrics={"eval": {"accuracy": accuracy}})

@@ -12,7 +12,7 @@ import pytest
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 #: A value for each path parameter of the GET routes: the published version's where there is one, else something
 #: that does not exist (the GET's 404 or 422 is then what HEAD must answer too).
@@ -25,7 +25,7 @@ VARYING = {"date", "x-request-id"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("head")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
         client.publish(make_adapter(root / "a"), "heady/a", base_model="tiny-llama", metrics={"loss": 0.5})
         yield url
 
@@ -73,7 +73,7 @@ def test_a_path_without_get_is_still_405_and_allow_names_head_beside_get(server:
 
 def test_a_head_is_counted_under_the_route_it_took(tmp_path: Path) -> None:
     """An outsider's finding: HEADs served as GETs were counted under route="unmatched" in /metrics."""
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_METRICS_TOKEN="m" * 16) as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_METRICS_TOKEN="m" * 16) as url:
         for _ in range(3):
             assert httpx.head(f"{url}/api/v1/adapters").status_code == 200
         exposed = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {'m' * 16}"}).text

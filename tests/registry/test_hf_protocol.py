@@ -19,7 +19,7 @@ from huggingface_hub import errors as hub_errors
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import issued_tokens, running_server
+from tests.registry.servers import issued_tokens, registry_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "alice/demo"
@@ -57,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     on version 1, tokens required."""
     tmp = tmp_path_factory.mktemp("hf")
     url = f"sqlite:///{tmp / 'r.db'}"
-    with running_server(url, tmp / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, tmp / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         [token] = issued_tokens(url, ("alice", ["read", "publish"]))
         with RegistryClient(base, token) as client:
             for seed in (1, 2):

@@ -17,7 +17,7 @@ import pytest
 from registry.client import RegistryClient
 from registry.domain.errors import InvalidInput
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 SURROGATE = "\ud800"
 
@@ -25,7 +25,7 @@ SURROGATE = "\ud800"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("hostile-text")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as url:
         source = make_adapter(root / "adapter")
         with RegistryClient(url, cache=False) as client:
             client.publish(source, "ann/clf", base_model="tiny-llama", properties={"validation": "passed"})

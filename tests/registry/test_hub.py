@@ -31,7 +31,7 @@ from tests.commands import wide_vera as vera
 from tests.conftest import TINY_MODELS, output_of
 from tests.registry.adapters import LLAMA, make_adapter, make_model
 from tests.registry.hub_standin import HubStandIn, running_hub
-from tests.registry.servers import free_port, running_server
+from tests.registry.servers import free_port, registry_in_thread
 from tests.vera_core.test_peft_interop import peft_model, train_a_little
 from vera_core import PEFT_GENERATOR, load_adapter
 from vera_core.config import SEED_ONLY_PEFT_TYPE
@@ -634,7 +634,7 @@ def assert_not_stored(db: Database, secret: str) -> None:
 def test_hub_push_pull_and_status_through_the_api_and_the_cli(hub: HubStandIn, tmp_path: Path) -> None:
     """`vera hub ...` -> real registry server (tokens required) -> huggingface_hub -> the stand-in."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_HUB_ENDPOINT=hub.url) as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_HUB_ENDPOINT=hub.url) as base:
         db = Database(url)
         token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
         reader = create_token(db, owner="bob", scopes=["read"])[1]
@@ -792,8 +792,13 @@ def test_an_unreachable_hub_is_a_refusal_within_the_timeout_and_is_remembered(re
 
 
 def test_a_slow_hub_is_a_refusal_within_the_timeout(registry: Registry, hub: HubStandIn, tmp_path: Path) -> None:
+    """Within the base-config reader's timeout, also where another part of the process (a Hub sync in the same
+    process: `vera up`, a test's server) gave the Hub's client a longer one (it had been ignored then)."""
+    from registry.services.hub_http import use_timeout
+
     hub.seed_repo("org/slow-base", {"config.json": base_config_json()})
     hub.hang("HEAD", "config.json", 30)
+    use_timeout(60.0)
     publisher = Registry(registry.db, registry.blobs, base_configs=HubBaseConfigs(hub.url, timeout_s=1.0))
     source, _ = peft_seed_only(tmp_path, seed=8)
     before = snapshot(registry)
@@ -821,8 +826,8 @@ def test_the_hub_lookup_is_a_setting_and_hub_pull_uses_it(hub: HubStandIn, tmp_p
     hub.seed_repo("org/tiny-llama", {"config.json": base_config_json()})
     for enabled in ("false", "true"):
         url = f"sqlite:///{tmp_path / enabled / 'r.db'}"
-        with running_server(url, tmp_path / enabled / "blobs", VERA_HUB_ENDPOINT=hub.url,
-                            VERA_HUB_BASE_CONFIGS=enabled) as base:
+        with registry_in_thread(url, tmp_path / enabled / "blobs", VERA_HUB_ENDPOINT=hub.url,
+                                VERA_HUB_BASE_CONFIGS=enabled) as base:
             pulled = vera("hub", "pull", "someone/seed-only", "--as", "alice/pulled", "--base-model",
                           "org/tiny-llama", "--registry", base)
             fetched = vera("fetch", "alice/pulled:1", "--out", str(tmp_path / enabled / "out"), "--registry", base)

@@ -28,7 +28,7 @@ from registry.services.tokens import LOCAL_USER
 from registry.store import models as m
 from registry.store.database import Database
 from tests.commands import vera as run_vera
-from tests.registry.servers import issued_tokens, running_server
+from tests.registry.servers import issued_tokens, registry_in_thread
 from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 from tests.registry.test_migration_0016 import ORGANISATION
 from tests.registry.test_org_deletion import principal
@@ -339,7 +339,7 @@ def test_in_local_mode_an_admin_adds_at_once_for_nobody_could_accept(registry: R
 
 
 def test_local_mode_with_invitations_on_adds_members_through_the_api(tmp_path: Path) -> None:
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_ORG_INVITATIONS="true") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_ORG_INVITATIONS="true") as url:
         env = {**os.environ, "COLUMNS": "300", "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1"}
         env.pop("VERA_TOKEN", None)
         with RegistryClient(url, cache=False, retries=0) as local:
@@ -380,8 +380,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     url = f"sqlite:///{root / 'r.db'}"
     grants = {"alice": ("alice", PUBLISHER), "bob": ("bob", PUBLISHER), "carol": ("carol", PUBLISHER),
               "mallory": ("mallory", PUBLISHER), "reader": ("bob", ["read"]), "root": ("root", ["admin"])}
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORG_INVITATIONS="true",
-                        VERA_ORG_INVITATION_DAYS="7") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORG_INVITATIONS="true",
+                            VERA_ORG_INVITATION_DAYS="7") as base:
         yield {"url": base, "db": url, "tokens": dict(zip(grants, issued_tokens(url, *grants.values()), strict=True))}
 
 

@@ -26,7 +26,7 @@ from registry.services.registry import Registry
 from registry.services.validation import ProjectionBudget
 from tests.commands import vera as run_vera
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
-from tests.registry.servers import VERA, running_server
+from tests.registry.servers import VERA, registry_in_thread
 
 DEMO = {"demo": True}
 OVERRIDDEN = "p\u202es"  # a label with a right-to-left override: shows as another text than it is
@@ -292,7 +292,7 @@ def test_jobs_are_listed_a_page_at_a_time(tmp_path: Path, monkeypatch: pytest.Mo
     session 45): a page names the next in its Link header (`before`, the filters kept), and the client follows."""
     import registry.client as client_module
 
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
             RegistryClient(url, cache=False) as client:
         ids = [client.submit_job(f"ann/j{i}", {"demo": True}).id for i in range(7)]
         client.cancel_job(ids[2])
@@ -370,7 +370,7 @@ def test_two_workers_never_claim_the_same_job(registry: Registry) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     root = tmp_path_factory.mktemp("jobs")
     database = f"sqlite:///{root / 'r.db'}"
-    with running_server(database, root / "blobs") as url:
+    with registry_in_thread(database, root / "blobs") as url:
         yield url, database, root
 
 
@@ -1082,8 +1082,9 @@ def test_a_dataset_over_its_limit_is_refused_before_it_is_read_and_submissions_a
     from registry.domain.errors import ContentTooLarge, RateLimited
 
     data = _dataset(400, "good")
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_MAX_DATASET_BYTES=str(len(data) - 1),
-                        VERA_COSTLY_REQUESTS_PER_MINUTE="3") as url, RegistryClient(url, cache=False) as client:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs",
+                            VERA_MAX_DATASET_BYTES=str(len(data) - 1), VERA_COSTLY_REQUESTS_PER_MINUTE="3") as url, \
+            RegistryClient(url, cache=False) as client:
         with pytest.raises(ContentTooLarge, match=r"a\.csv exceeds the upload limit of .* bytes "
                                                   r"\(VERA_MAX_DATASET_BYTES\)"):
             client.submit_job("ann/a", {"data": "x"}, dataset=("a.csv", data))

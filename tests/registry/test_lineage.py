@@ -18,13 +18,13 @@ from registry.services.jobs import Jobs
 from registry.services.lineage import running_code_revision
 from registry.services.registry import Registry
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("lineage")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
         yield {"url": base, "source": make_adapter(root / "adapter")}
 
 

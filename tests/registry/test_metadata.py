@@ -19,14 +19,14 @@ from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("metadata")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs") as base:
+    with registry_in_thread(url, root / "blobs") as base:
         registry = Registry(Database(url), FsspecBlobStore(str(root / "blobs")))
         yield {"url": base, "source": make_adapter(root / "adapter"), "registry": registry}
         registry.db.engine.dispose()

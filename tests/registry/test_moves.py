@@ -24,7 +24,7 @@ from registry.services.registry import Registry
 from registry.store import models as m
 from tests.commands import vera as run_vera
 from tests.registry.adapters import LLAMA, make_adapter
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
@@ -147,7 +147,7 @@ def test_a_publish_racing_a_move_never_gives_a_number_twice(registry: Registry, 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("moves")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
         tokens = team_tokens(url, ("alice", "bob", "mallory"))
         source = make_adapter(root / "adapter")
         with RegistryClient(base, tokens["alice"], cache=False) as alice:

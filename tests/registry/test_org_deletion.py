@@ -30,7 +30,7 @@ from registry.store import models as m
 from registry.store.database import Database
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 
 #: Where webhooks point: a closed loopback port (allowed by allow_private), never called here.
 HOOK_URL = "http://127.0.0.1:9/hook"
@@ -200,7 +200,7 @@ def test_only_its_admins_and_the_registrys_admins_may_delete_it(registry: Regist
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("org-deletion")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_WEBHOOK_ALLOW_PRIVATE="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_WEBHOOK_ALLOW_PRIVATE="true") as base:
         tokens = team_tokens(url, ("alice", "bob", "mallory"), admins=("root",))
         yield {"url": base, "tokens": tokens, "source": make_adapter(root / "a")}
 

@@ -18,7 +18,7 @@ from registry.services.access import Access
 from registry.services.registry import Registry
 from registry.store import models as m
 from registry.store.database import Database
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 from tests.registry.test_org_deletion import principal
 
 
@@ -105,7 +105,7 @@ def test_none_means_only_registry_administrators_create_organisations(registry: 
 
 def test_the_api_refuses_an_ordinary_tokens_organisation_past_the_limit(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORGS_PER_USER="1") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORGS_PER_USER="1") as base:
         tokens = team_tokens(url, ["mallory"], admins=["root"])
 
         def create(who: str, name: str) -> httpx.Response:

@@ -33,7 +33,7 @@ from registry.store import models as m
 from registry.store.database import Database
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 from tests.registry.test_org_deletion import HOOK_URL, principal
 
 
@@ -242,7 +242,7 @@ def test_publishes_racing_a_rename_land_before_it_or_are_refused(registry: Regis
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("org-rename")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         tokens = team_tokens(url, ("alice", "bob", "mallory"), admins=("root",))
         yield {"url": base, "tokens": tokens, "source": make_adapter(root / "a")}
 

@@ -24,7 +24,7 @@ from registry.store.database import Database
 from registry.worker import Worker
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.conftest import PG_ADMIN
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 
 
 @contextmanager
@@ -42,7 +42,7 @@ def outage(database_url: str) -> Iterator[None]:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_an_outage_is_a_503_that_clients_wait_out(database_url: str, tmp_path: Path) -> None:
-    with running_server(database_url, tmp_path / "blobs") as url, RegistryClient(url, "", cache=False) as client:
+    with registry_in_thread(database_url, tmp_path / "blobs") as url, RegistryClient(url, "", cache=False) as client:
         client.publish(make_adapter(tmp_path / "a"), "ann/steady", base_model="tiny-llama")
         with outage(database_url):
             scraped = httpx.get(f"{url}/metrics", timeout=30)  # the request counters answer; the totals say why not
@@ -66,7 +66,7 @@ def test_an_outage_is_a_503_that_clients_wait_out(database_url: str, tmp_path: P
 def test_an_outage_is_a_503_for_callers_with_tokens_too(database_url: str, tmp_path: Path) -> None:
     """The token is looked up before any route (RequestGate): during an outage every request with a token, reads and
     writes, was a 500 with a traceback in the log (an operator's walk, session 43)."""
-    with running_server(database_url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as url:
+    with registry_in_thread(database_url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as url:
         secret = team_tokens(database_url, ["ann"])["ann"]
         with RegistryClient(url, secret, cache=False) as ann:
             ann.publish(make_adapter(tmp_path / "a"), "ann/steady", base_model="tiny-llama")

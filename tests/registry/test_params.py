@@ -24,7 +24,7 @@ from registry.services.filters import FilterError
 from registry.services.registry import Registry
 from registry.store import models as m
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.registry.test_cli_mistakes import refused, vera
 from vera_core.recipes import param_text, published_params
 
@@ -115,7 +115,7 @@ def test_the_params_that_differ_are_those_of_versions_that_record_any() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("params")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
         yield {"url": base, "root": root, "source": make_adapter(root / "adapter")}
 
 

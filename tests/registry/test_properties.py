@@ -21,7 +21,7 @@ from registry.services.derived import FileForm
 from registry.services.registry import Registry
 from registry.store import models as m
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.registry.test_cli_mistakes import vera
 
 
@@ -131,7 +131,7 @@ def test_a_change_may_not_set_and_remove_one_key_nor_leave_too_many(registry: Re
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("properties")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as base:
         yield {"url": base, "source": make_adapter(root / "adapter")}
 
 

@@ -21,7 +21,7 @@ from registry.store import models as m
 from registry.store.database import Database
 from tests.commands import wide_vera as vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 USERS = {"alice": ["read", "publish"], "bob": ["read", "publish"], "alice-read": ["read"], "root": ["admin"]}
 
@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("protected")
     url = f"sqlite:///{root / 'r.db'}"
     source = make_adapter(root / "adapter")
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         db = Database(url)
         tokens = {user: create_token(db, owner=user.removesuffix("-read"), scopes=scopes)[1]
                   for user, scopes in USERS.items()}

@@ -31,7 +31,7 @@ from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 from tests.registry.test_migration_0009 import EXPECTED, _kept, filled_at
 
 
@@ -220,9 +220,9 @@ def test_migration_0018_keeps_every_row_up_and_down(database_url: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory, size: int) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("quotas")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
-                        VERA_OWNER_QUOTA_BYTES=str(size),
-                        VERA_OWNER_QUOTAS=json.dumps({"acme": f"{3 * size} B"})) as base:  # sizes in words too
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                            VERA_OWNER_QUOTA_BYTES=str(size),
+                            VERA_OWNER_QUOTAS=json.dumps({"acme": f"{3 * size} B"})) as base:  # sizes in words too
         tokens = team_tokens(url, ("alice", "bob"), admins=("root",))
         db = Database(url)
         tokens["alices-admin"] = create_token(db, owner="root", scopes=["admin"], limited_to=["alice"])[1]
@@ -356,7 +356,7 @@ def test_what_is_not_a_size_is_refused_saying_so(given: object) -> None:
 def test_the_local_user_of_a_registry_without_tokens_sees_its_usage(tmp_path: Path) -> None:
     """A team lead's walk (session 16): in local mode `vera usage` and the dashboard's Your storage said "No user or
     organisation is called 'local'": the caller's own name is known whatever the database holds."""
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         answer = httpx.get(f"{url}/api/v1/owners/local/usage", timeout=60)
         assert answer.status_code == 200 and answer.json()["adapters"] == 0, answer.text
         done = run_vera(["usage"], env={**os.environ, "VERA_REGISTRY_URL": url, "VERA_NO_CACHE": "1"})

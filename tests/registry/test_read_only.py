@@ -48,7 +48,7 @@ from registry.store.database import Database
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.conftest import PG_ADMIN, fresh_postgres
-from tests.registry.servers import free_port, in_thread, issued_tokens, running_server, running_vera
+from tests.registry.servers import free_port, in_thread, issued_tokens, registry_in_thread, running_server, running_vera
 from vera_core.lora import LoraExport
 
 pytestmark = pytest.mark.slow
@@ -127,7 +127,7 @@ def _fill(url: str, storage: Path, tmp: Path) -> dict[str, Any]:
     db.upgrade()
     db.engine.dispose()
     [alice_admin, bob] = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read", "publish"]))
-    with running_server(url, storage, VERA_REQUIRE_TOKENS="true", VERA_WEBHOOK_ALLOW_PRIVATE="true") as base, \
+    with registry_in_thread(url, storage, VERA_REQUIRE_TOKENS="true", VERA_WEBHOOK_ALLOW_PRIVATE="true") as base, \
             RegistryClient(base, alice_admin, cache=False) as alice, RegistryClient(base, bob) as bobs:
         hook = alice.create_webhook("alice", "http://127.0.0.1:9/hook")  # nothing listens: deliveries fail, retried
         alice.publish(make_adapter(tmp / "a1", seed=1), "alice/m", base_model="org/tiny-llama", tags=["first"],

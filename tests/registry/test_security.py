@@ -36,7 +36,7 @@ from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from registry.store.models import AccessToken
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import in_thread, running_server, trickle
+from tests.registry.servers import in_thread, registry_in_thread, running_server, trickle
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig
 from vera_core.checkpoint import META_GENERATOR, META_IN_FEATURES, META_SHAPE
 
@@ -81,6 +81,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """A token-mode registry with a small upload limit and a projection ceiling of 1 Mi numbers."""
     root = tmp_path_factory.mktemp("guarded")
     url = f"sqlite:///{root / 'r.db'}"
+    # a process of its own: the tests read its peak memory
     with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_MAX_UPLOAD_BYTES="65536",
                         VERA_MAX_PROJECTION_ELEMENTS=str(2**20)) as base:
         db = Database(url)
@@ -256,7 +257,7 @@ def test_a_request_gives_one_authorization_header(guarded: dict[str, Any]) -> No
 
 def test_anonymous_callers_trigger_no_costly_work(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
         assert httpx.get(f"{base}/api/v1/adapters").status_code == 200  # reading is open
         for path, body in (("/api/v1/adapters/a/b/versions/1/verify", None), ("/api/v1/compare", {"refs": []})):
             response = httpx.post(f"{base}{path}", json=body)
@@ -520,8 +521,8 @@ def test_fsck_finds_and_gc_removes_what_a_killed_publish_left(registry: Registry
 
 def test_costly_routes_are_rate_limited_per_caller(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
-                        VERA_COSTLY_REQUESTS_PER_MINUTE="3") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
+                            VERA_COSTLY_REQUESTS_PER_MINUTE="3") as base:
         db = Database(url)
         alice, bob, carol = (create_token(db, owner=o, scopes=["read", "publish"])[1]
                              for o in ("alice", "bob", "carol"))

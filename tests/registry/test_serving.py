@@ -23,7 +23,7 @@ from registry.services.tokens import Unauthorized
 from registry.serving import server as server_module
 from registry.serving.server import ModelServer
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import client_calls, free_port, issued_tokens, running_server, running_vera
+from tests.registry.servers import client_calls, free_port, issued_tokens, registry_in_thread, running_vera
 from tests.registry.test_api_docs import assert_docs_served_here
 from vera_core import PEFT_GENERATOR, VeraConfig, VeraModel, load_adapter, save_adapter
 from vera_core.recipes import resolve_base
@@ -58,7 +58,7 @@ def reference_probs(adapter_dir: Path, texts: list[str]) -> torch.Tensor:
 def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("serving")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         writer, reader, admin = issued_tokens(url, ("alice", ["read", "publish"]), ("bob", ["read"]),
                                               ("root", ["admin"]))
         dirs = {}

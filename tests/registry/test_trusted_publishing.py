@@ -32,7 +32,7 @@ from registry.settings import Settings
 from tests.commands import vera as run_vera
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
 from tests.registry.oidc_issuer import Issuer, running_issuer
-from tests.registry.servers import issued_tokens, running_server
+from tests.registry.servers import issued_tokens, registry_in_thread, running_server
 
 EXCHANGE = "/api/v1/tokens/oidc"
 
@@ -411,10 +411,10 @@ def test_the_client_raises_the_registrys_errors(served: dict[str, Any], issuer: 
 
 def test_a_registry_with_no_publishers_or_no_tokens_says_so(tmp_path: Path, issuer: Issuer) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         answer = httpx.post(f"{base}{EXCHANGE}", json={"token": issuer.token()})
         assert answer.status_code == 401 and "VERA_TRUSTED_PUBLISHERS" in answer.json()["detail"]
-    with running_server(url, tmp_path / "blobs", VERA_TRUSTED_PUBLISHERS=publishers(issuer)) as local:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_TRUSTED_PUBLISHERS=publishers(issuer)) as local:
         answer = httpx.post(f"{local}{EXCHANGE}", json={"token": issuer.token()})
         assert answer.status_code == 422 and "does not require tokens" in answer.json()["detail"]
 

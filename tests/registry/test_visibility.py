@@ -22,7 +22,7 @@ from registry.services.tokens import create_token
 from registry.store.database import Database
 from registry.store.models import AccessToken, AuditEvent
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 #: user -> scopes of the token each test caller holds
 USERS = {"alice": ["read", "publish"], "bob": ["read", "publish"], "carol": ["read", "publish"],
@@ -34,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("visibility")
     url = f"sqlite:///{root / 'r.db'}"
     source = make_adapter(root / "adapter")
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
         db = Database(url)
         tokens = {user: create_token(db, owner=user, scopes=scopes)[1] for user, scopes in USERS.items()}
         tokens["alice-acme-only"] = create_token(db, owner="alice", scopes=["read", "publish"],
@@ -558,8 +558,8 @@ def test_rotating_by_a_token_made_from_the_stored_one_says_what_it_revoked(
 def test_default_visibility_private(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     source = make_adapter(tmp_path / "adapter")
-    with running_server(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
-                        VERA_DEFAULT_VISIBILITY="private") as base:
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true",
+                            VERA_DEFAULT_VISIBILITY="private") as base:
         db = Database(url)
         alice, eve = (create_token(db, owner=o, scopes=["read", "publish"])[1] for o in ("alice", "eve"))
         db.engine.dispose()

@@ -33,7 +33,7 @@ from registry.store.database import Database
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.receiver import Receiver, running_receiver, signature_ok
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 BACKOFF_S = 0.3
 #: Fast dispatching for tests: poll often, retry soon, give a receiver 2 s.
@@ -52,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     """A registry whose webhooks may reach loopback (the receiver is on 127.0.0.1)."""
     root = tmp_path_factory.mktemp("webhooks")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_WEBHOOK_ALLOW_PRIVATE="true", **FAST) as base:
+    with registry_in_thread(url, root / "blobs", VERA_WEBHOOK_ALLOW_PRIVATE="true", **FAST) as base:
         yield {"url": base, "tokens": make_tokens(url), "source": make_adapter(root / "adapter"), "database": url}
 
 
@@ -308,7 +308,7 @@ def test_only_the_owners_publishers_manage_its_webhooks(server: dict[str, Any], 
 
 def test_private_and_loopback_addresses_need_the_setting(tmp_path: Path, receiver: Receiver) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs", **FAST) as base:
+    with registry_in_thread(url, tmp_path / "blobs", **FAST) as base:
         db = Database(url)
         token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
         db.engine.dispose()

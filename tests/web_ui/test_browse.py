@@ -12,7 +12,7 @@ import pytest
 from registry.client import RegistryClient
 from registry.domain.schemas import VersionInfo
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.web_ui.test_pages import apply, field, filter_form, page, texts
 from web_ui import browse, formats, metric_names, navigation, tables
 
@@ -22,7 +22,7 @@ ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("browse")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
         for seed, (name, accuracy) in enumerate(ACCURACY.items()):
             client.publish(make_adapter(root / name.replace("/", "-"), seed=seed), name, base_model="tiny-llama",
                            metrics={"test": {"accuracy": accuracy}, "final_eval": {"loss": 0.4 + seed / 10}})

@@ -22,7 +22,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from registry.client import RegistryClient
 from registry.domain.schemas import ADAPTER_FILES
 from tests.registry.adapters import TRIAL_DEMO, make_adapter
-from tests.registry.servers import free_port, running_server, running_vera
+from tests.registry.servers import free_port, registry_in_thread, running_vera
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts" / "dashboard"
@@ -374,7 +374,7 @@ def test_sidebar_urls_that_are_not_a_registry_and_an_empty_one(page: Page, produ
     expect(page.get_by_text(f"e.g. http://{bare}")).to_be_visible()
     shot(page, "15-url-without-scheme")
 
-    with running_server(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "blobs") as empty:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "blobs") as empty:
         url.fill(empty)
         url.press("Enter")
         expect(page.get_by_text("This registry has no adapters yet")).to_be_visible()
@@ -393,7 +393,7 @@ def test_a_link_opened_in_a_new_tab_shows_the_same_registry(page: Page, product:
                                                               tmp_path: Path) -> None:
     """A name's link opens a new tab, which is a new session: its address carries the registry the sidebar points
     at (not the token), so the new tab shows that registry's version, not a same-named one of the default."""
-    with running_server(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "blobs") as other:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "blobs") as other:
         with RegistryClient(other) as client:
             client.publish(make_adapter(tmp_path / "only", seed=5), "zed/only", base_model="tiny-llama")
         page.goto(product["ui"])

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from registry.client import RegistryClient
 from tests.conftest import TINY_MODELS
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.web_ui.test_pages import page, texts
 from web_ui import compare
 
@@ -27,7 +27,7 @@ PARAMS = {LLAMAS[0]: {"lr": "0.01", "epochs": "3"}, LLAMAS[1]: {"lr": "0.02", "e
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("compare")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
         for seed, ref in enumerate(LLAMAS):
             make_adapter(root / str(seed), seed=seed)
             client.publish(root / str(seed), ref.removesuffix(":1"), base_model="tiny-llama",

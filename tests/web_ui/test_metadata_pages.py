@@ -24,7 +24,7 @@ from registry.services.tokens import create_token
 from registry.store.database import Database
 from registry.store.models import Adapter, AdapterVersion
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.web_ui.test_pages import field, filter_form, page, texts
 from web_ui import adapter, app, browse, editing, lineage, navigation, tables
 
@@ -38,7 +38,7 @@ SEEDED = {"base:1", "child:1", "grandchild:1", "secret:1", *(f"filler:{i}" for i
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("meta")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_DOWNLOAD_FLUSH_S="0.2") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_DOWNLOAD_FLUSH_S="0.2") as base:
         db = Database(url)
         token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
         bob = create_token(db, owner="bob", scopes=["read"])[1]
@@ -876,7 +876,7 @@ def test_the_sidebar_says_who_you_are(registry: dict[str, Any], monkeypatch: pyt
     at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
     assert any("**alice**" in m.value and "scopes: publish, read" in m.value for m in at.sidebar.markdown)
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as local:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as local:
         monkeypatch.setenv("VERA_REGISTRY_URL", local)
         monkeypatch.setenv("VERA_TOKEN", "")
         at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"),

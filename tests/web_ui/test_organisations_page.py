@@ -21,15 +21,15 @@ from streamlit.testing.v1 import AppTest
 
 from registry.client import RegistryClient
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server, team_tokens
+from tests.registry.servers import registry_in_thread, team_tokens
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("orgs-ui")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
-                        VERA_OWNER_QUOTA_BYTES="1MB") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                            VERA_OWNER_QUOTA_BYTES="1MB") as base:
         yield {"url": base, **team_tokens(url, ("alice", "bob"), admins=("root",))}
 
 
@@ -38,7 +38,7 @@ def inviting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     """A registry with invitations on."""
     root = tmp_path_factory.mktemp("orgs-ui-invitations")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORG_INVITATIONS="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ORG_INVITATIONS="true") as base:
         yield {"url": base, **team_tokens(url, ("alice", "bob", "carol"))}
 
 
@@ -330,7 +330,7 @@ def test_in_local_mode_storage_is_shown_for_the_owners_that_published(tmp_path: 
     adapters ... 0 B", while the adapters they published under their own name stored 240 KB. The local user is an
     admin there: the page offers the owners that published (newest first) and shows the chosen one's storage."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    with running_server(url, tmp_path / "blobs") as base:
+    with registry_in_thread(url, tmp_path / "blobs") as base:
         with RegistryClient(base) as client:
             client.publish(make_adapter(tmp_path / "a", seed=1), "you/polarity", base_model="tiny-llama")
             stored = client.usage("you").stored_bytes

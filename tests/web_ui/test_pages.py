@@ -25,7 +25,7 @@ from registry.domain.training_spec import training_spec
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
-from tests.registry.servers import client_calls, free_port, issued_tokens, running_server, running_vera
+from tests.registry.servers import client_calls, free_port, issued_tokens, registry_in_thread, running_vera
 from web_ui import browse, formats, session, tables, train
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
@@ -35,8 +35,8 @@ CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_hub() as hub, running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
-                                              VERA_HUB_ENDPOINT=hub.url) as base:
+    with running_hub() as hub, registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+                                                  VERA_HUB_ENDPOINT=hub.url) as base:
         hub.tokens["hf_ui"] = "alice"
         [token] = issued_tokens(url, ("alice", ["read", "publish"]))
         with RegistryClient(base, token) as client:
@@ -662,7 +662,7 @@ def test_vera_ui_on_a_shared_address_limits_the_dashboard_to_its_registry(regist
 
 
 def test_an_empty_registry_shows_how_to_get_started(tmp_path: Path) -> None:
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         at = page("browse", {"url": url, "token": ""})
         assert not at.exception and "This registry has no adapters yet" in texts(at)
         assert "versions match" not in texts(at) and not at.dataframe
@@ -1020,7 +1020,7 @@ def chart_titles(at: AppTest) -> list[str]:
 
 def test_a_version_with_only_a_loss_curve_says_so_above_its_chart_and_shows_its_params(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         monkeypatch.setenv("VERA_REGISTRY_URL", url)
         with RegistryClient(url) as client:
             client.publish(make_adapter(tmp_path / "a"), "kim/curve", base_model="tiny-llama",

@@ -12,15 +12,15 @@ from registry.client import RegistryClient
 from registry.domain.errors import ReadOnly
 from registry.domain.schemas import WhoAmI
 from tests.commands import vera as run_vera
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from web_ui import app
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_sidebar_says_the_registry_is_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true",
-                        VERA_PRIMARY_URL="https://primary.example.org") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true",
+                            VERA_PRIMARY_URL="https://primary.example.org") as url:
         monkeypatch.setenv("VERA_REGISTRY_URL", url)
         monkeypatch.setenv("VERA_TOKEN", "")
         at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"),
@@ -41,7 +41,7 @@ def test_no_forms_are_offered_on_a_read_only_registry(tmp_path: Path) -> None:
     create one (a team lead's walk, session 15)."""
     from web_ui.editing import READ_ONLY_EDITS
 
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
         at = AppTest.from_string("from web_ui import organisations, session\nsession.guarded(organisations.page)()\n",
                                  default_timeout=60)
         at.session_state["registry_url"], at.session_state["token"] = url, ""
@@ -54,6 +54,6 @@ def test_no_forms_are_offered_on_a_read_only_registry(tmp_path: Path) -> None:
 def test_vera_whoami_says_the_registry_is_read_only(tmp_path: Path) -> None:
     import os
 
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
         done = run_vera(["whoami", "--registry", url], env={**os.environ, "COLUMNS": "200", "VERA_TOKEN": ""})
     assert done.returncode == 0 and "this registry is read-only (VERA_READ_ONLY)" in done.stdout, done.stderr

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from registry.client import RegistryClient
 from registry.domain.errors import Unauthorized
 from registry.domain.schemas import TokenInfo
-from tests.registry.servers import free_port, running_server, running_vera, team_tokens
+from tests.registry.servers import free_port, registry_in_thread, running_vera, team_tokens
 from tests.web_ui.test_browser import ARTIFACTS, CHROMIUM, FLAGS, shot
 
 DAYS = 2  # VERA_UI_REMEMBER_DAYS of the dashboard under test
@@ -31,7 +31,7 @@ DAYS = 2  # VERA_UI_REMEMBER_DAYS of the dashboard under test
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("remember")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true") as base:
         tokens = team_tokens(url, ("alice", "bob"))
         port = free_port()
         with running_vera(["ui", "--port", str(port), "--registry", base], port, health="/_stcore/health",
@@ -205,7 +205,7 @@ def test_a_local_mode_registry_has_no_sign_in_to_remember(tmp_path: Path) -> Non
     from registry.domain.errors import InvalidInput
     from web_ui.remember import remember
 
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url, \
             RegistryClient(url, "garbage-token", cache=False) as client:
         who = client.whoami()
         assert who.user == "local" and who.token_id is None

@@ -19,7 +19,7 @@ from registry.services.registry import Registry
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 from tests.web_ui.test_pages import page, shown
 from web_ui import activity, browse, compare, formats, navigation, tables
 
@@ -77,7 +77,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     """A registry holding a version whose name is too long for any link column and has no accuracy, one with a
     short name and an accuracy, and a queued job (no worker runs it: no duration, no metrics)."""
     root = tmp_path_factory.mktemp("tables")
-    with running_server(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
+    with registry_in_thread(f"sqlite:///{root / 'r.db'}", root / "blobs") as url, RegistryClient(url) as client:
         client.publish(make_adapter(root / "long", seed=1), LONG, base_model="tiny-llama")
         client.publish(make_adapter(root / "short", seed=2), "alice/short", base_model="tiny-llama",
                        metrics={"test": {"accuracy": 0.75}, "final_eval": {"loss": 0.5}})

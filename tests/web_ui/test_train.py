@@ -19,7 +19,7 @@ from registry.domain.training_spec import training_spec
 from registry.store import models as m
 from registry.store.database import Database
 from tests.registry.adapters import make_adapter
-from tests.registry.servers import issued_tokens, running_server
+from tests.registry.servers import issued_tokens, registry_in_thread
 from tests.web_ui.test_pages import counted, page, texts, worker_jobs
 from web_ui import charts, jobs, train
 
@@ -28,7 +28,7 @@ from web_ui import charts, jobs, train
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("train")
     url = f"sqlite:///{root / 'r.db'}"
-    with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+    with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true") as base:
         [token] = issued_tokens(url, ("alice", ["read", "publish"]))
         with RegistryClient(base, token) as client:
             client.publish(make_adapter(root / "a", seed=0, r=4), "alice/trained", base_model="tiny-llama",

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from registry.client import RegistryClient
 from registry.services.tokens import create_token
 from registry.store.database import Database
-from tests.registry.servers import running_server
+from tests.registry.servers import registry_in_thread
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -43,8 +43,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
-        with running_server(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
-                            VERA_WEBHOOK_ALLOW_PRIVATE="true") as base:
+        with registry_in_thread(url, root / "blobs", VERA_REQUIRE_TOKENS="true",
+                                VERA_WEBHOOK_ALLOW_PRIVATE="true") as base:
             db = Database(url)
             token = create_token(db, owner="alice", scopes=["read", "publish"])[1]
             db.engine.dispose()
@@ -163,7 +163,7 @@ def test_a_registry_without_tokens_offers_the_owners_that_published_not_local(tm
     "local/", a namespace nobody publishes under."""
     from tests.registry.adapters import make_adapter
 
-    with running_server(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as url:
         with RegistryClient(url) as client:
             client.publish(make_adapter(tmp_path / "a"), "carol/x", base_model="tiny-llama")
         at = page({"url": url, "token": ""})
