@@ -168,8 +168,9 @@ class RequestGate:
             return
         if (given := sum(name.lower() == b"authorization" for name, _ in scope["headers"])) > 1:
             # which one counted differed: the gate's token check read the last, the routes the first (an
-            # outsider's finding, session 51); RFC 9110 gives a request one
-            await _send_problem(send, 400, "invalid_input", f"The request gives {given} Authorization headers; give "
+            # outsider's finding, session 51); RFC 9110 gives a request one. A 400 of type bad_request, as Starlette's
+            # other 400s (invalid_input is the 422s' type: one status to a type)
+            await _send_problem(send, 400, "bad_request", f"The request gives {given} Authorization headers; give "
                                 "one: 'Authorization: Bearer <token>'.", scope["path"][:200])
             return
         changed, behind = await self._schema_changed()

@@ -249,7 +249,8 @@ def test_a_request_gives_one_authorization_header(guarded: dict[str, Any]) -> No
     for method, path in (("GET", "/api/v1/adapters"), ("POST", "/api/v1/adapters/lookup"), ("GET", "/hf/api/models")):
         twice = httpx.request(method, f"{url}{path}", json={"refs": []} if method == "POST" else None,
                               headers=[("Authorization", f"Bearer {token}"), ("Authorization", "Bearer vera_other")])
-        assert twice.status_code == 400 and twice.json()["detail"] == (
+        assert twice.status_code == 400 and twice.json()["type"] == "/problems/bad_request", twice.text
+        assert twice.json()["detail"] == (
             "The request gives 2 Authorization headers; give one: 'Authorization: Bearer <token>'."), twice.text
     once = httpx.get(f"{url}/api/v1/adapters", headers={"Authorization": f"Bearer {token}"})
     assert once.status_code == 200
