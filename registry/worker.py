@@ -368,6 +368,15 @@ class Worker:
 
     def _run(self, job: JobInfo) -> None:
         tracker = _Tracker(self._time_limit(job), self.releasing)
+        # in the job's log at once: its first training step can be half a minute away (a worker's first job imports
+        # torch and transformers, then the base model and the data load), and the log said only "queued" meanwhile
+        with tracker.lock:
+            tracker.events.append(("log", {"message": f"started on worker {self.name} ({self.device}), attempt "
+                                           f"{job.attempts}: loading the base model and the data"}, datetime.now(UTC)))
+        try:
+            tracker.stop = self._flush(job.id, tracker)
+        except (OperationalError, InterfaceError) as exc:  # an outage: the line is lost, the heartbeats go on
+            self.warn(f"job {job.id}: its start was not recorded: {first_line(exc, 200)}")
         sync = _CheckpointSync(self, job, tracker)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(job.id, tracker, done, sync), daemon=True)

@@ -58,18 +58,26 @@ def test_a_gpu_worker_claims_both_highest_priority_first(registry: Registry) -> 
 
 
 def test_the_worker_trains_on_its_own_device(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and says in the job's log that the job started before training begins (a first step can be half a
+    minute away: the log said only "queued" meanwhile, session 51's walk)."""
     jobs = Jobs(registry)
     job = jobs.submit({**TRIAL_DEMO, "training": {"max_steps": 1}}, owner="ann", target="ann/x")
     seen: dict[str, Any] = {}
 
     def fake_run(spec: Any, out: Path, **kwargs: Any) -> dict[str, Any]:
         seen.update(spec.training)
+        seen["log"] = [e.data["message"] for e in jobs.events(job.id, kind="log")]
+        seen["progress"] = jobs.get(job.id).progress
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(worker_module, "run", fake_run)
-    assert quiet_worker(jobs).run_once()
+    worker = quiet_worker(jobs)
+    assert worker.run_once()
     assert seen["device"] == "cpu" and seen["max_steps"] == 1
     assert jobs.get(job.id).status == "failed"
+    assert seen["log"] == ["queued", f"started on worker {worker.name} (cpu), attempt 1: loading the base model and "
+                           "the data"]
+    assert seen["progress"] == {"phase": "starting"}
 
 
 def test_a_job_on_a_small_eval_split_says_its_choice_of_weights_is_noise(registry: Registry) -> None:
