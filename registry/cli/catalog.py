@@ -167,7 +167,7 @@ def resolve(
             Ref.parse(ref)
         except InvalidInput as exc:
             fail(InvalidInput(f"REF {i} of {len(refs)}: {exc}"))
-    found = call_registry(registry, token, lambda c: c.lookup(refs))
+    found, reasons = call_registry(registry, token, lambda c: _looked_up(c, refs))
     if as_json:  # the API's shape (POST /api/v1/adapters/lookup), moves followed: one result per reference given
         versions = [found[ref] for ref in refs]
         print_json({"results": [{"requested": ref, "version": None if v is None else v.model_dump(mode="json")}
@@ -179,9 +179,31 @@ def resolve(
     missing = [ref for ref, version in found.items() if version is None]
     if missing:
         listed = f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}"
+        why = " ".join(f"{reason}{'' if reason.endswith('.') else '.'}" for reason in reasons)
+        more = (" `vera ls OWNER/NAME` lists an adapter's versions; `vera show OWNER/NAME` its aliases."
+                if len(missing) > len(reasons) else "")
         fail(NotFound(f"No version you may read for {listed} ({counted(len(missing), 'distinct reference')} of "
-                      f"{len(found)}). `vera ls OWNER/NAME` lists an adapter's versions; `vera show OWNER/NAME` its "
-                      "aliases."), ExitCode.CHECK_FAILED)
+                      f"{len(found)}). {why}{more}".rstrip()), ExitCode.CHECK_FAILED)
+
+
+#: How many of the references `vera resolve` found nothing for it asks about one by one, for the reason.
+EXPLAINED_MISSES = 3
+
+
+def _looked_up(client: RegistryClient, refs: list[str]) -> tuple[dict[str, VersionInfo | None], list[str]]:
+    """What each of ``refs`` names (one lookup for all), and why the first EXPLAINED_MISSES that name nothing do not
+    (each asked for alone: no such adapter, no such alias and the ones it has, the versions it holds), which the
+    lookup's answer does not say."""
+    found = client.lookup(refs)
+    reasons = []
+    for ref in [ref for ref, version in found.items() if version is None][:EXPLAINED_MISSES]:
+        try:
+            client.get(ref)
+        except NotFound as exc:
+            reasons.append(str(exc))
+        else:  # published between the two requests
+            reasons.append(f"{ref} names a version now (published since the lookup): run `vera resolve` again")
+    return found, reasons
 
 
 def tag(

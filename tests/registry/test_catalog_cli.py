@@ -67,6 +67,14 @@ def test_resolve_pins_references_to_versions_and_names_the_missing(server: dict[
     assert missing.returncode == 3
     assert missing.stdout.splitlines() == [f"ann/pin@prod\t{first}", "ann/pin@staging\t-", "ann/nope:1\t-"]
     assert "No version you may read for ann/pin@staging, ann/nope:1 (2 distinct references of 3)" in missing.stderr
+    # and why each (it said the same "lists an adapter's versions" for every miss): asked for alone, up to three
+    said = " ".join(missing.stderr.split())
+    assert "ann/pin has no alias 'staging'; its aliases: latest, prod." in said and "No adapter ann/nope;" in said, said
+    assert "`vera show OWNER/NAME` its aliases" not in said
+    many = vera(server, "resolve", "ann/pin:9", "ann/pin:8", "ann/pin@x", "ann/pin@y")
+    said = " ".join(many.stderr.split())
+    assert many.returncode == 3 and "ann/pin has no version 9; " in said and "has no alias 'x'" in said
+    assert "has no alias 'y'" not in said and "`vera ls OWNER/NAME` lists an adapter's versions" in said, said
     data = json.loads(vera(server, "resolve", "ann/pin@prod", "ann/nope:1", "--json").stdout)
     assert [(r["requested"], r["version"] and r["version"]["ref"]) for r in data["results"]] == [
         ("ann/pin@prod", first), ("ann/nope:1", None)]
