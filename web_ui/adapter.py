@@ -468,12 +468,27 @@ def built_folder(url: str, token: str, ref: str, names: tuple[str, ...], options
     return out.getvalue()
 
 
+def download_forms(info: VersionInfo) -> dict[str, dict[str, bool]]:
+    """The forms the Download tab offers for ``info``, by label: the download's options. "with A and B" only where
+    the default is seed-only (PEFT's generator, reproducible from its seed): elsewhere the default holds A and B
+    already, and the two were the same file (a newcomer's walk, session 51); seed-only where the seed gives A and B."""
+    forms: dict[str, dict[str, bool]] = {"for PEFT (default)": {}}
+    if _default_is_seed_only(info):
+        forms["with A and B"] = {"with_projection": True}
+    if info.seed_reproducible:
+        forms["seed-only (vera_core)"] = {"seed_only": True}
+    return {**forms, "equivalent LoRA (vLLM, LoRAX)": {"as_lora": True}}
+
+
+def _default_is_seed_only(info: VersionInfo) -> bool:
+    """Whether the default download (what PEFT loads correctly) leaves A and B to the seed: PEFT's own generator,
+    reproducible from its seed."""
+    return info.generator == PEFT_GENERATOR and info.seed_reproducible
+
+
 def downloads(info: VersionInfo) -> None:
-    forms: dict[str, dict[str, bool]] = {
-        "for PEFT (default)": {}, "with A and B": {"with_projection": True},
-        "seed-only (vera_core)": {"seed_only": True}, "equivalent LoRA (vLLM, LoRAX)": {"as_lora": True}}
-    available = [f for f in forms if info.seed_reproducible or f != "seed-only (vera_core)"]
-    form = st.radio("Form", available, horizontal=True,
+    forms = download_forms(info)
+    form = st.radio("Form", list(forms), horizontal=True,
                     help="The default is what PEFT loads correctly: seed-only where PEFT's own generator regenerates "
                          "A and B, A and B materialised otherwise. A seed-only copy of a portable-generator adapter "
                          "is for vera_core; PEFT refuses it with a message.")
@@ -481,7 +496,7 @@ def downloads(info: VersionInfo) -> None:
     url, token = session.settings()
     # a new user saw "Stored 120.0 KB" and got 3.27 MB for PEFT (session 23's walk): what makes a form larger, said
     larger = (options.get("with_projection") or options.get("as_lora")
-              or (not options and not (info.generator == PEFT_GENERATOR and info.seed_reproducible)))
+              or (not options and not _default_is_seed_only(info)))
     holds = "the LoRA factors of every adapted layer" if options.get("as_lora") else "the projection A and B"
     st.caption("Each file is built by the registry when its button is clicked" + (
         f"; this form holds {holds}, so it is larger than the {formats.size(info.stored_bytes)} stored."

@@ -26,6 +26,7 @@ from registry.store.database import Database
 from tests.registry.adapters import make_adapter
 from tests.registry.hub_standin import running_hub
 from tests.registry.servers import client_calls, free_port, issued_tokens, registry_in_thread, running_vera
+from vera_core.config import PEFT_GENERATOR
 from web_ui import browse, formats, session, tables, train
 
 CURVE = [[1, 0.7], [2, 0.6], [3, 0.45]]
@@ -333,6 +334,14 @@ def test_adapter_page_downloads_what_peft_loads_by_default(registry: dict[str, A
             info.ref, "adapter_model.safetensors", as_lora=True)
     form = next(r for r in at.radio if r.label == "Form")
     assert form.value == "for PEFT (default)"
+    # its default holds A and B already: no "with A and B" beside it (the same file twice: session 51's walk); a
+    # version of PEFT's generator, whose default is seed-only, is offered it
+    assert list(form.options) == ["for PEFT (default)", "seed-only (vera_core)", "equivalent LoRA (vLLM, LoRAX)"]
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        peft_made = client.get("alice/model2:1").model_copy(update={"generator": PEFT_GENERATOR})
+    assert adapter.download_forms(peft_made) == {
+        "for PEFT (default)": {}, "with A and B": {"with_projection": True},
+        "seed-only (vera_core)": {"seed_only": True}, "equivalent LoRA (vLLM, LoRAX)": {"as_lora": True}}
     assert any(c.value == "vera fetch alice/model2:1 --out model2" for c in at.code)
     loading = next(c.value for c in at.caption if c.value.startswith("Load it"))
     assert "onto `tiny-llama`" in loading and "It adapts `" in loading and "[" not in loading  # words, not JSON
