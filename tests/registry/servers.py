@@ -42,7 +42,9 @@ def in_thread(app: Any, what: str = "the app", **options: Any) -> Iterator[str]:
     yields its URL."""
     import uvicorn
 
-    config = {"host": "127.0.0.1", "log_level": "warning", "ws": "none", **options}
+    # log_config None: uvicorn's own would give its loggers handlers on this test's stderr, which pytest closes after
+    # it ("--- Logging error ---" in later tests); its records go to pytest's capture instead
+    config = {"host": "127.0.0.1", "log_level": "warning", "log_config": None, "ws": "none", **options}
     port = config.setdefault("port", free_port())
     server = uvicorn.Server(uvicorn.Config(app, **config))
     thread = threading.Thread(target=server.run, daemon=True)
