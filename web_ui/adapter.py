@@ -308,6 +308,9 @@ def metrics(info: VersionInfo) -> None:
         info.metrics.get("eval") or [])}
     kept = charts.kept_steps({info.ref: info.metrics})
     chart = charts.loss_curves(train, evals, kept)
+    # headed as the tab's other parts are ("Trained with", "Storage"): the table stood unnamed at the top (session
+    # 51's walk)
+    st.markdown("**Metrics**")
     if rows:
         tables.show(pd.DataFrame(rows), hide_index=True, width="content", whole=True)
         recorded = evaluations(info)

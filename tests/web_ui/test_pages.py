@@ -196,6 +196,8 @@ def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[st
     assert layers.dtypes["mean |d|"].kind == "f"
     assert [m.help for m in at.metric if m.label == "Base model"] == ["`tiny-llama`"]  # whole, where it is cut
     shown_text = texts(tab(at, "Metrics"))
+    headings = [m.value for m in tab(at, "Metrics").markdown if m.value.startswith("**") and m.value.endswith("**")]
+    assert headings == ["**Metrics**", "**Trained with**", "**Storage**"], headings  # each part named
     assert "**Projection A and B**: regenerated from the seed (0 bytes stored)" in shown_text  # as a checklist
     assert "**Task head**:" in shown_text  # model0 trains lm_head too
     metrics = next(d.value for d in at.dataframe if list(d.value.columns) == ["metric", "value"])
