@@ -62,6 +62,7 @@ def hub_timeout(timeout_s: float) -> Iterator[None]:
     finally:
         _timeout.reset(token)
 
+
 #: The slowest a downloaded body may come, on average, once its first ``timeout_s`` has passed: a Hub that sends a
 #: byte just inside each read's timeout would otherwise hold a pull (and its worker thread) for as long as the body is
 #: long, days for an adapter at the upload limit (an outsider's finding, session 39).
