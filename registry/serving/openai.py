@@ -301,8 +301,9 @@ def check_prompt(value: Any) -> Any:
 
 
 class CompletionBody(_Sampled):
+    # tools: chat's field, refused there; sent to completions it was ignored, a 200 (a docs audit, session 53)
     REFUSED: ClassVar[dict[str, tuple[Any, ...]]] = {**VLLM_FIELDS, "add_special_tokens": (True,),
-                                                     "max_completion_tokens": ()}
+                                                     "max_completion_tokens": (), "tools": ([],)}
 
     # checked by hand (_prompt): a union's errors, one per item of a long list, cost seconds and gigabytes
     prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)] = Field(

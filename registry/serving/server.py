@@ -232,6 +232,10 @@ class _Waiting:
 
     def put(self, caller: str, works: Sequence[_Work]) -> None:
         rows = sum(map(_rows, works))
+        if rows > self.per_caller:  # a 503 to retry would be refused again whenever it came (a docs audit, session 53)
+            raise InvalidInput(f"This request has {rows} rows (texts or prompts); a caller may have at most "
+                               f"{self.per_caller} waiting on this model server (of its --max-queue {self.limit}): "
+                               f"send at most {self.per_caller} a request.")
         with self._ready:
             mine = self._mine.get(caller, 0)
             if self._count + rows > self.limit or mine + rows > self.per_caller:

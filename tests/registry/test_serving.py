@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from registry.client import RegistryClient
-from registry.domain.errors import Conflict, Forbidden, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.services.tokens import Unauthorized
 from registry.serving import server as server_module
 from registry.serving.server import ModelServer
@@ -573,6 +573,10 @@ def test_the_queue_counts_a_classify_requests_texts_as_rows() -> None:
         queue.put("dave", [_Work("generate", resident, None)])
     assert queue.get(0) is not None  # bob's 4
     queue.put("bob", [_Work("classify", resident, [[1]] * 3), _Work("generate", resident, None)])
+    # a request that could never fit is no 503 to retry, whenever it came (a docs audit, session 53)
+    with pytest.raises(InvalidInput, match=r"This request has 7 rows .* at most 6 waiting on this model server \(of "
+                                           r"its --max-queue 10\): send at most 6 a request"):
+        _Waiting(10, per_caller=6).put("erin", [_Work("classify", resident, [[1]] * 7)])
 
 
 def test_the_queues_turn_is_the_caller_served_longest_ago() -> None:

@@ -420,6 +420,7 @@ def test_scoring_alone_with_max_tokens_0_costs_one_forward_and_matches(served: d
     ({"prompt_logprobs": 1}, "prompt_logprobs is not supported"),
     ({"add_special_tokens": False}, "add_special_tokens is not supported"),
     ({"max_completion_tokens": 2}, "max_completion_tokens is not supported"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools is not supported"),  # was ignored: a 200
     ({"echo": "yes"}, "echo: Input should be a valid boolean"),
     ({"logprobs": True}, "logprobs: Input should be a valid integer"),
     ({"max_tokens": True}, "max_tokens: Input should be a valid integer"),  # was 1 token (an outsider's finding)
