@@ -263,13 +263,16 @@ class _CheckpointSync:
 DEFAULT_HEARTBEAT_S = 5.0
 
 
-def check_heartbeat(heartbeat_s: float, lease_s: float) -> None:
+def check_heartbeat(heartbeat_s: float, lease_s: float, *, fixed: bool = False) -> None:
     """Refuse a heartbeat that does not keep a running job's lease (VERA_JOB_LEASE_S): another worker would claim
-    the job between two heartbeats and train it twice (`vera worker` and `vera run` check it at start)."""
+    the job between two heartbeats and train it twice (`vera worker` and `vera up` check it at start). ``fixed``:
+    the heartbeat is not the caller's to set (`vera up`'s worker, which has no --heartbeat)."""
     if heartbeat_s * 2 > lease_s:
+        fix = (f"Give VERA_JOB_LEASE_S at least {heartbeat_s * 2:g} s (`vera up`'s worker beats every {heartbeat_s:g} "
+               "s)." if fixed else "Keep the heartbeat (--heartbeat, default 5 s) under half the lease.")
         raise InvalidInput(f"A heartbeat every {heartbeat_s:g} s does not keep a job leased for {lease_s:g} s "
                            "(VERA_JOB_LEASE_S): another worker would take the job from this one between two "
-                           "heartbeats. Keep the heartbeat (--heartbeat, default 5 s) under half the lease.")
+                           f"heartbeats. {fix}")
 
 
 class Worker:

@@ -30,12 +30,19 @@ from registry.domain.schemas import (
     JOB_EVENT_PAGE,
     MAX_JOB_GPUS,
     MAX_JOB_PRIORITY,
+    MAX_JOB_TIME_LIMIT_S,
     JobEventInfo,
     JobInfo,
 )
 from registry.domain.training_spec import training_spec
 from registry.domain.words import unclaimed_hint
 from vera_core import PORTABLE_GENERATOR
+
+
+def _above_zero(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter("give a number of seconds above 0, or leave it out for no limit")
+    return value
 
 
 def job_submit(
@@ -74,8 +81,9 @@ def job_submit(
     precision: opt.Precision = "auto",
     priority: Annotated[int, typer.Option(min=-MAX_JOB_PRIORITY, max=MAX_JOB_PRIORITY, help="Higher runs first.")
                         ] = 0,
-    time_limit: Annotated[float | None, typer.Option(min=0, help="Seconds of training after which the job stops "
-                                                     "and fails, saying so. Default: none.")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        max=MAX_JOB_TIME_LIMIT_S, callback=_above_zero,  # the API's bounds (0 was its 422, naming body.time_limit_s)
+        help="Seconds of training after which the job stops and fails, saying so. Default: none.")] = None,
     gpus: Annotated[int, typer.Option(min=0, max=MAX_JOB_GPUS, help="GPUs its training needs: only a worker that "
                                       "owns them (`vera worker --device cuda`) claims it. Default: 0, any worker.")
                     ] = 0,

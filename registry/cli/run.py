@@ -40,8 +40,8 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
     `vera up` prints it)."""
     import uvicorn
 
-    if with_worker and workers > 1:
-        raise InvalidInput("A job worker runs beside one API process only; start workers with `vera worker`.")
+    if with_worker:
+        _worker_can_run(settings, workers)
     settings = start_logging(settings, log_level)  # before the HF libraries load: they read their switches then
 
     from registry.api import is_loopback
@@ -87,6 +87,17 @@ def run_api(host: str, port: int, settings: Settings, *, with_worker: bool = Fal
         registry.db.close()  # again: `vera up`'s worker thread may have used it after the app's own close
 
 
+def _worker_can_run(settings: Settings, workers: int) -> None:
+    """Refuse a worker beside the API that cannot run, before anything starts or is said (a lease its heartbeat
+    cannot keep was refused after the start-up lines, naming a --heartbeat `vera up` does not have)."""
+    from registry.worker import DEFAULT_HEARTBEAT_S, check_heartbeat
+
+    if workers > 1:
+        raise InvalidInput("A job worker runs beside one API process only; start workers with `vera worker`.")
+    if not settings.read_only:  # (a read-only registry runs no worker)
+        check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s, fixed=True)
+
+
 def _warn_of_team_data(settings: Settings, registry: Registry) -> None:
     """Local mode over a registry a team used (live tokens, private adapters): everyone with a shell on this machine
     now reads and changes all of it as the local user. `vera up` restarted without --host turned tokens off with no
@@ -130,9 +141,8 @@ def _start_worker(jobs: Jobs, settings: Settings, status_port: int | None) -> No
     """A job worker in a daemon thread of this process, its status served on 127.0.0.1:``status_port`` if given."""
     import threading
 
-    from registry.worker import DEFAULT_HEARTBEAT_S, Worker, check_heartbeat
+    from registry.worker import Worker
 
-    check_heartbeat(DEFAULT_HEARTBEAT_S, settings.job_lease_s)
     runner = Worker(jobs, state_dir=settings.data_dir / "worker")  # job folders: a lost attempt resumes
     if status_port is not None:
         from registry.worker_status import serve_status
@@ -363,6 +373,7 @@ def up(
     SQLite and a local folder (VERA_DATA_DIR). Read-only (--read-only): no worker, and the API changes nothing.
     """
     embedded = load_settings(None, read_only=read_only)
+    _worker_can_run(embedded, 1)  # before the dashboard starts and the addresses are printed
     api = f"http://127.0.0.1:{port}"  # the dashboard's way to the API, on this machine whatever the bind address
     _check_free(port, "--port", host=host)
     dashboard = _dashboard(ui_port, api, "--ui-port", ", or --no-ui", host=host,

@@ -408,7 +408,9 @@ class Jobs:
         with self.db.session() as s:
             job = self._job(s, job_id)
             if job.status in FINAL_JOB_STATUSES:
-                raise Conflict(f"Job {job_id} is already {job.status}.")
+                # ("is already succeeded": a docs audit, session 53)
+                ended = "was already cancelled" if job.status == "cancelled" else f"has already {job.status}"
+                raise Conflict(f"Job {job_id} {ended}: it cannot be cancelled.")
             dropped = cancel(s, job, actor=actor, reason=reason)
             s.flush()
             info = self._info(s, job)

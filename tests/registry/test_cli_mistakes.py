@@ -196,6 +196,12 @@ def test_a_job_takes_the_dataset_columns_and_names_the_users_file(server: dict[s
         [job] = [j for j in client.jobs(owner="ann") if j.target_name == "ann/columns"]
         client.cancel_job(job.id)
     assert job.spec["text_column"] == "sentence" and job.spec["save_projection"] is True
+    # a time limit of 0 is a usage error naming the option (it was the API's 422 naming body.time_limit_s: a docs
+    # audit, session 53), nothing queued
+    zero = vera("job", "submit", "--name", "ann/none", "--demo", "--time-limit", "0", url=server["url"])
+    assert zero.returncode == 2 and "'--time-limit': give a number of seconds above 0" in zero.stderr, zero.stderr
+    with RegistryClient(server["url"], cache=False) as client:
+        assert not [j for j in client.jobs(owner="ann") if j.target_name == "ann/none"]
     assert job.spec["training"]["schedule"] == "cosine" and job.spec["training"]["eval_every"] == 5
     # `vera job show` reads as rows (it printed the raw JSON object); --json gives the API's object
     shown = vera("job", "show", str(job.id), url=server["url"])
@@ -510,6 +516,12 @@ def test_a_heartbeat_that_cannot_keep_the_lease_is_refused_before_the_worker_sta
     assert vera("db", "upgrade", url=server["url"], **env).returncode == 0
     started = vera("worker", "--once", "--heartbeat", "1", url=server["url"], VERA_JOB_LEASE_S="4", **env)
     assert started.returncode == 0, started.stderr
+    # `vera up`'s worker, whose heartbeat is not the user's to set: refused before anything starts or is said, with
+    # the lease to give (it named a --heartbeat `vera up` does not have, after its start-up lines: a docs audit)
+    up = vera("up", "--no-ui", "--port", str(free_port()), url=server["url"], VERA_JOB_LEASE_S="6",
+              VERA_DATA_DIR=str(tmp_path / "up"))
+    assert up.stdout == "" and "--heartbeat" not in up.stderr, up.stdout
+    refused(up, "A heartbeat every 5 s does not keep a job leased for 6 s", "Give VERA_JOB_LEASE_S at least 10 s")
 
 
 def test_vera_up_host_serves_a_team_on_this_machines_network_with_tokens(tmp_path: Path) -> None:

@@ -324,7 +324,7 @@ def test_queue_claims_cancellation_and_leases(registry: Registry) -> None:
     first, second, third = (jobs.submit(DEMO, owner="ann", target=f"ann/j{i}") for i in range(3))
     assert [j.status for j in (first, second, third)] == ["queued"] * 3
     assert jobs.cancel(second.id, actor="ann").status == "cancelled"
-    with pytest.raises(Conflict, match="already cancelled"):
+    with pytest.raises(Conflict, match="was already cancelled: it cannot be cancelled"):
         jobs.cancel(second.id, actor="ann")
     claimed = jobs.claim("w1")
     assert claimed is not None and claimed.id == first.id and claimed.status == "running" and claimed.attempts == 1
@@ -542,6 +542,8 @@ def test_a_done_jobs_eval_loss_and_deleted_result_are_said_and_no_other_version_
     jobs.finish(job.id, "w", status="succeeded", result_version=("ann/result", 1))
     done = jobs.get(job.id)
     assert done.result_ref == "ann/result:1" and not done.result_deleted
+    with pytest.raises(Conflict, match=f"Job {job.id} has already succeeded: it cannot be cancelled"):  # "is already"
+        jobs.cancel(job.id, actor="ann")
     registry.delete("ann/result:1", actor="ann")
     registry.publish(make_adapter(tmp_path / "b", seed=1), owner="ann", name="result", base_model="tiny-llama")
     gone = jobs.get(job.id)
