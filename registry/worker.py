@@ -585,6 +585,8 @@ class Worker:
             self.log(f"job {job.id}: a training process died; the job goes back to the queue: {exc}")
             return
         error, details = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        if isinstance(exc, RegistryError):  # the registry's refusal, said whole: no traceback in the job's log
+            details = error  # (one of this module's lines for a version deleted after submission: a docs audit)
         if isinstance(exc, DistributedError) and exc.failures:
             first = exc.failures[0]
             error = f"{first.error} (rank {first.rank} of the job's training processes; the others stopped with it)"

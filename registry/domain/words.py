@@ -118,8 +118,11 @@ def unclaimed_hint(job: JobInfo, now: datetime | None = None) -> str | None:
     waited = (now or datetime.now(UTC)) - since
     if waited < UNCLAIMED_AFTER:
         return None
-    gpus = (f" It asks for {counted(job.gpus, 'GPU')}: only a worker that owns as many claims it (`vera "
-            "worker --device cuda:all` on a machine that has them)." if job.gpus else "")
-    return (f"No worker has claimed job {job.id} in the {span(waited)} it has been queued. Is a worker running for "
-            "this registry? Start one on a machine that reaches the registry's database and storage: `vera worker` "
-            f"(or `vera up`, which runs the API, a worker and the dashboard together).{gpus}")
+    waiting = f"No worker has claimed job {job.id} in the {span(waited)} it has been queued."
+    if job.gpus:  # a CPU worker may well be running: the question is whether one owns GPUs (a docs audit, session 53)
+        return (f"{waiting} It asks for {counted(job.gpus, 'GPU')}: only a worker that owns as many claims it. Is "
+                "one running for this registry? Start one on a machine that has them and reaches the registry's "
+                "database and storage: `vera worker --device cuda:all`.")
+    return (f"{waiting} Is a worker running for this registry? Start one on a machine that reaches the registry's "
+            "database and storage: `vera worker` (or `vera up`, which runs the API, a worker and the dashboard "
+            "together).")

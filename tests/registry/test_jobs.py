@@ -843,7 +843,8 @@ def test_vera_job_show_and_logs_follow_say_when_no_worker_claims_a_job(server: t
         said = " ".join(shown.stderr.split())
         assert shown.returncode == 0, shown.stderr
         assert said.startswith(f"note: No worker has claimed job {job.id} in the 3 min "), said
-        assert "It asks for 1 GPU: only a worker that owns as many claims it" in said
+        assert "It asks for 1 GPU: only a worker that owns as many claims it. Is one running" in said
+        assert "Is a worker running" not in said  # a CPU worker may run: it asked whether any did (a docs audit)
         follow = subprocess.Popen([str(VERA), "job", "logs", str(job.id), "--follow"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env)
         try:
@@ -998,6 +999,8 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
     assert failed.status == "failed" and "The version the job starts from (init_from) was deleted after the job " \
                                          "was queued" in (failed.error or "")
     assert "ann/renamed" not in (failed.error or "")  # the job's readers may not read the version it named
+    last = jobs.events(gone.id, kind="log")[-1].data["message"]  # said whole, without a traceback of the worker's
+    assert last == failed.error and "Traceback" not in last
     # a job's folder keeps the start it fetched: a later attempt there has it, deleted meanwhile or not
     kept = jobs.submit({**warm, "init_from": "ann/renamed:1"}, owner="bob", target="bob/kept", viewer=bob)
     worker = Worker(jobs, name="w", log=lambda line: None)
