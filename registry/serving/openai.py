@@ -103,7 +103,9 @@ class OpenAIRoute(APIRoute):
                     # the server's own limit, as for a count under the schema's bound: max_tokens 100000 was told
                     # "less than or equal to 32768", 600 "at most 512" (an inference engineer's walk, session 47)
                     most = min(request.app.state.server.max_tokens, NEW_TOKENS_CEILING)
-                    said = tokens_refusal(where[-1], first.get("input"), most)
+                    # (it names the field: not prefixed again, "max_tokens: max_tokens is 40000", a docs audit)
+                    return openai_error(400, tokens_refusal(".".join(where), first.get("input"), most),
+                                        param=".".join(where))
                 return openai_error(400, f"{'.'.join(where)}: {said}" if where else said, param=".".join(where) or None)
             except HTTPException as exc:  # a body that does not parse, is over its limit or stalled (gate.BodyLimit)
                 return openai_error(exc.status_code, str(exc.detail))

@@ -166,6 +166,10 @@ def test_openais_errors_for_what_cannot_be_served(served: dict[str, Any]) -> Non
         assert isinstance(raised.value.body, dict) and raised.value.body.get("message"), raised.value.body
     # a request refused after it took its adapter gave its claim back: none kept it from eviction meanwhile
     assert len(gen0.claims) == claims and gen0.holds == 0
+    with pytest.raises(openai.BadRequestError) as named:
+        client.completions.create(model="alice/gen0", prompt="the cat", max_tokens=100000)
+    assert "max_tokens is 100000; " in named.value.message  # the field named once ("max_tokens: max_tokens is ...")
+    assert "max_tokens: max_tokens" not in named.value.message, named.value.message
     nulls = httpx.post(f"{served['url']}/v1/completions", headers={"Authorization": f"Bearer {served['writer']}"},
                        json={"model": "alice/gen0", "prompt": "the cat", "max_tokens": None, "temperature": None,
                              "top_p": None, "n": None, "stream": None, "echo": None, "presence_penalty": None})
