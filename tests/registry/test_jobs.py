@@ -953,10 +953,17 @@ def test_a_job_starts_from_a_version_it_may_read_and_records_it_as_its_parent(re
     # a registry whose jobs train only another base: the form's default 'minilm' is not held against a warm start,
     # whose base is the version's (here refused further on, tiny-llama being in no Hub cache of this machine)
     registry.publish(make_adapter(tmp_path / "llama"), owner="ann", name="llama", base_model="tiny-llama")
-    with pytest.raises(InvalidInput, match="Base model 'tiny-llama' is neither 'minilm', a local directory, nor"):
+    with pytest.raises(InvalidInput, match="Base model 'tiny-llama' is neither 'minilm' nor in the local Hub cache"):
         Jobs(registry, base_models=("tiny-llama",)).submit({"demo": True, "base_model": "minilm",
                                                             "init_from": "ann/llama:1"},
                                                            owner="bob", target="bob/y", viewer=bob)
+    # a directory, even one the operator allowed, is no job's base: said so (the refusal offered "a local directory"
+    # and to "pass a directory with config.json and weights": a docs audit, session 53)
+    folder = str(make_adapter(tmp_path / "a-folder"))
+    with pytest.raises(InvalidInput, match="a local directory is not taken from a job's spec") as refused:
+        Jobs(registry, base_models=(folder,)).submit({"demo": True, "base_model": folder}, owner="bob",
+                                                     target="bob/z", viewer=bob)
+    assert "pass a directory" not in str(refused.value)
     blobs = set(registry.blobs.digests())
     three = b"text,label\n" + b"".join(b"w%d,%s\n" % (i, b"xyz"[i % 3:i % 3 + 1]) for i in range(30))
     with pytest.raises(InvalidInput, match=r"The dataset's labels \['x', 'y', 'z'\] are not those ann/clf:1 was "
