@@ -374,7 +374,10 @@ class HubSync:
             raise HubError(f"{action}: {self.endpoint} has no repo {repo_id}, or it is private or gated and the "
                            "token cannot see it (404/401). Check the repo id and the Hub token.") from exc
         except hub_errors.HfHubHTTPError as exc:
-            raise HubError(f"{action}: {_http_problem(exc)}{after}") from exc
+            status = exc.response.status_code if exc.response is not None else 0
+            # a refusal (4xx) applied nothing: only a failure of the Hub's own may have come half way (it said so of
+            # a 401 too: a docs audit, session 53)
+            raise HubError(f"{action}: {_http_problem(exc)}{after if status >= 500 or not status else ''}") from exc
         except httpx2.TimeoutException as exc:
             raise HubError(f"{action}: the Hub at {self.endpoint} did not answer within {self.timeout_s:g} s "
                            f"(VERA_HUB_TIMEOUT_S); nothing was recorded.{after}") from exc
@@ -391,7 +394,7 @@ class HubSync:
 def _http_problem(exc: hub_errors.HfHubHTTPError) -> str:
     status = exc.response.status_code if exc.response is not None else 0
     server = printable((exc.server_message or "").strip()[:500])
-    said = f" The Hub said: {server}" if server else ""
+    said = f" The Hub said: {server}{'' if server.endswith(('.', '!', '?')) else '.'}" if server else ""
     if status == 401:
         return ("the Hub refused the token (401 Unauthorized). Give a token with write access: VERA_HUB_TOKEN on the "
                 f"server or --hub-token.{said}")

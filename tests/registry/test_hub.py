@@ -655,6 +655,7 @@ def test_hub_push_pull_and_status_through_the_api_and_the_cli(hub: HubStandIn, t
         refused = vera("hub", "push", "alice/demo:1", "alice/other", "--hub-token", "hf_wrong", *common)
         assert refused.returncode == 1 and "refused the token (401" in refused.stderr
         assert "hf_wrong" not in refused.stderr + refused.stdout
+        assert "may or may not have applied" not in refused.stderr  # a refusal applied nothing (a docs audit)
         pulled = vera("hub", "pull", "alice/demo-vera", "--as", "alice/copy", "--hub-token", TOKEN, *common)
         assert pulled.returncode == 0, pulled.stderr
         assert "pulled as alice/copy:1" in pulled.stdout

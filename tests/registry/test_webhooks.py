@@ -521,6 +521,29 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> Non
         listener.close()
 
 
+def test_a_receiver_that_sends_its_status_line_and_never_ends_its_headers_fails_at_the_deadline() -> None:
+    """The watchdog shut the socket mid-headers and http.client read that as their end: "answered 200" after the
+    deadline (a docs audit, session 53). A status line alone is no answer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def half() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            stop.wait(20)
+
+    threading.Thread(target=half, daemon=True).start()
+    try:
+        outcome = Sender(timeout_s=1, allow_private=True).send(_message(f"http://127.0.0.1:{listener.getsockname()[1]}/"))
+        assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
+        assert outcome.status_code is None, outcome
+    finally:
+        stop.set()
+        listener.close()
+
+
 def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS rebinding: a name that answers a public address to the check and a loopback one to the connection.
     The name is resolved once: the loopback listener is never reached."""
