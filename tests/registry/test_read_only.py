@@ -149,6 +149,11 @@ def _fill(url: str, storage: Path, tmp: Path) -> dict[str, Any]:
         alice.fetch("alice/m:1", tmp / "again")  # two downloads counted (flushed when the server stops)
         httpx.get(f"{base}/hf/alice/m/resolve/main/README.md", headers={"Authorization": f"Bearer {secret}"})
         fetched = {p.name: p.read_bytes() for p in out.iterdir()}
+        # the dispatcher's first failed attempts, which the replica lists, before the server stops: it polls in a
+        # thread of its own (a server in this process's thread could stop before its first poll, session 53's CI)
+        deadline = time.monotonic() + 60
+        while not alice.webhook_deliveries(hook.id) and time.monotonic() < deadline:
+            time.sleep(0.2)
     return {"alice": secret, "alice_token_id": read_token.id, "job_id": job.id, "webhook_id": hook.id,
             "fetched": fetched}
 
