@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from sqlalchemy import event, text
 from registry.client import RegistryClient
 from registry.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.events import WebhookForm
-from registry.services.delivery import Message, Sender, check_target
+from registry.services.delivery import Message, Outcome, Sender, check_target
 from registry.services.outbox import Dispatcher, Outbox
 from registry.services.registry import Registry
 from registry.services.tokens import create_token, revoke_token
@@ -498,47 +498,45 @@ def _message(url: str) -> Message:
 def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> None:
     """Attack round of session 13: a receiver sending its status line a byte every 2 s never hit the per-read
     timeout, and 45 test deliveries held every thread of the API. The deadline is for the whole attempt."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" * 100:
+            if stop.wait(0.2):
+                return
+            conn.sendall(bytes([byte]))
 
-    def trickle() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\n" * 100:
-                if stop.wait(0.2):
-                    return
-                conn.sendall(bytes([byte]))
-
-    threading.Thread(target=trickle, daemon=True).start()
-    try:
-        started = time.monotonic()
-        outcome = Sender(timeout_s=1, allow_private=True).send(_message(f"http://127.0.0.1:{listener.getsockname()[1]}/"))
-        assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
-        assert outcome.status_code is None and time.monotonic() - started < 4  # not the 20 s the trickle lasts
-    finally:
-        stop.set()
-        listener.close()
+    started = time.monotonic()
+    outcome = _sent_within_1_s(trickle)
+    assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
+    assert outcome.status_code is None and time.monotonic() - started < 4  # not the 20 s the trickle lasts
 
 
 def test_a_receiver_that_sends_its_status_line_and_never_ends_its_headers_fails_at_the_deadline() -> None:
     """The watchdog shut the socket mid-headers and http.client read that as their end: "answered 200" after the
     deadline (a docs audit, session 53). A status line alone is no answer."""
+    def half(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        stop.wait(20)
+
+    outcome = _sent_within_1_s(half)
+    assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
+    assert outcome.status_code is None, outcome
+
+
+def _sent_within_1_s(answer: Callable[[socket.socket, threading.Event], None]) -> Outcome:
+    """A delivery with a 1 s deadline to a loopback receiver that reads the request and then does ``answer`` with
+    the connection (told by the event when the attempt is over)."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
-    def half() -> None:
+    def receive() -> None:
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\n")
-            stop.wait(20)
+            answer(conn, stop)
 
-    threading.Thread(target=half, daemon=True).start()
+    threading.Thread(target=receive, daemon=True).start()
     try:
-        outcome = Sender(timeout_s=1, allow_private=True).send(_message(f"http://127.0.0.1:{listener.getsockname()[1]}/"))
-        assert outcome.error is not None and "no answer within 1 s" in outcome.error, outcome
-        assert outcome.status_code is None, outcome
+        return Sender(timeout_s=1, allow_private=True).send(_message(f"http://127.0.0.1:{listener.getsockname()[1]}/"))
     finally:
         stop.set()
         listener.close()
