@@ -275,10 +275,12 @@ class Database:
         """Alembic's config for migrating on one connection, in one transaction that commits at the end or rolls
         back every step: on SQLite too, whose driver opens a transaction only for a write of rows, so that a
         migration's CREATE and DROP before its first write committed at once (0028 remakes tables: a failure
-        midway left them dropped)."""
+        midway left them dropped). IMMEDIATE: the write lock is taken (waited for) before the first read, because a
+        transaction that has read and then writes after another connection wrote fails at once in WAL mode, whatever
+        the busy timeout (`vera db downgrade` beside a running server: "database is locked", session 53's CI)."""
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             config = alembic_config(self.url)
             config.attributes["connection"] = conn
             yield config

@@ -598,6 +598,40 @@ def test_a_server_whose_database_was_downgraded_under_it_answers_503_not_500_unt
         assert client.get("ann/x:1").ref == "ann/x:1" and client.set_alias("ann/x:1", "prod").version == 1
 
 
+def test_a_migration_waits_for_another_writer_instead_of_failing_on_sqlite(tmp_path: Path) -> None:
+    """`vera db downgrade` beside a running server (session 53's CI): the migration's transaction read the schema's
+    revision, the server wrote meanwhile, and the migration's first write failed at once with "database is locked"
+    (in WAL mode a transaction that has read cannot write after another connection's commit, and SQLite does not
+    wait on that). The migration waits for the write lock before it reads, as long as the busy timeout allows."""
+    import threading
+    import time
+
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade()
+    head = db.current_revision()
+    other = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a writer (the server) in the middle of a write as the migration starts
+    other.execute("CREATE TABLE scratch (x INTEGER)")
+    failed: list[Exception] = []
+
+    def downgrade() -> None:
+        try:
+            db.downgrade("-1")
+        except Exception as exc:  # noqa: BLE001 - what the assertion reports
+            failed.append(exc)
+
+    migrating = threading.Thread(target=downgrade)
+    migrating.start()
+    time.sleep(1.0)  # the migration has begun (and, before the mend, read the revision) by now
+    other.execute("COMMIT")
+    migrating.join(60)
+    other.close()
+    assert not migrating.is_alive() and not failed, failed
+    assert db.current_revision() not in (head, None)
+    assert "scratch" in inspect(db.engine).get_table_names()  # the other writer's change stands beside the migration's
+    db.engine.dispose()
+
+
 def test_a_burst_of_requests_shares_one_look_at_the_schema(tmp_path: Path) -> None:
     """A re-check's finding (session 48): the look at the schema, at most every SCHEMA_RECHECK_S, ran once per
     request of a burst that came while it was due (40 for 40 anonymous requests): one look now, which they share."""
