@@ -30,7 +30,7 @@ from registry.cli.output import JsonOutput, print_json
 from registry.client import RegistryClient
 from registry.credentials import stored_token
 from registry.domain.errors import InvalidInput, NotFound, RegistryError, Unauthorized, protected_alias
-from registry.domain.metric_names import flat_metrics
+from registry.domain.metric_names import flat_metrics, metric_text
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
 from registry.domain.words import ci_run, counted
 
@@ -53,26 +53,6 @@ def _text_of(text: str | None, file: Path | None, what: str) -> str:
         return _read_text(file, "--file")
     fail(InvalidInput(f"Give the {what} either as an argument or with --file PATH (--file - reads stdin), not "
                       "both and not neither."))
-
-
-def metric_text(value: Any) -> str:
-    """A metric's value in a line: a number to 6 significant digits; a series (a loss curve: [[step, loss], ...]
-    or values) as its length, first and last entries (`--json` has it whole)."""
-    if isinstance(value, list) and len(value) > 4:
-        return f"{len(value):,} entries: {_short(value[0])}, ..., {_short(value[-1])} (`--json` for all)"
-    return _short(value)
-
-
-def _short(value: Any) -> str:
-    """Numbers to 6 significant digits inside lists and objects too (a run's evaluations, [{step, eval_loss,
-    eval_accuracy}], were Python's repr: 'step': 189.0, 0.3091912467323152; a new user's walk)."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_short(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key}: {_short(item)}" for key, item in value.items()) + "}"
-    return str(value)
 
 
 def _lineage_text(lineage: dict[str, Any]) -> str:

@@ -516,7 +516,7 @@ def _shown_columns(shown: list[str], sort: str | None) -> list[str]:
 
 def _cell(v: VersionInfo, key: str) -> str:
     """A version's value of ``key`` (metrics.<dotted key>, params.<key> or properties.<key>), or '-'."""
-    from registry.cli.catalog import metric_text
+    from registry.domain.metric_names import metric_text
 
     field, _, name = key.partition(".")
     if field == "metrics":
@@ -538,7 +538,7 @@ def compare(
 ) -> None:
     """Compare versions: parameters, bytes, metrics side by side, the training parameters that differ, and per-layer
     cosine similarity of their weight deltas (--json: the comparison as the API gives it)."""
-    from registry.cli.catalog import metric_text
+    from registry.domain.metric_names import metric_text
 
     result = call_registry(registry, token, lambda c: c.compare(refs))
     if as_json:

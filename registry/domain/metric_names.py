@@ -55,6 +55,26 @@ def flat_metrics(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return items
 
 
+def metric_text(value: Any, *, whole: str = "`--json` for all") -> str:
+    """A metric's value in a line: a number to 6 significant digits; a series (a loss curve: [[step, loss], ...]
+    or values) as its length, first and last entries, and ``whole``, where it is whole."""
+    if isinstance(value, list) and len(value) > 4:
+        return f"{len(value):,} entries: {_short(value[0])}, ..., {_short(value[-1])} ({whole})"
+    return _short(value)
+
+
+def _short(value: Any) -> str:
+    """Numbers to 6 significant digits inside lists and objects too (a run's evaluations, [{step, eval_loss,
+    eval_accuracy}], were Python's repr: 'step': 189.0, 0.3091912467323152; a new user's walk)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_short(item)}" for key, item in value.items()) + "}"
+    return str(value)
+
+
 def numeric_keys(metrics: dict[str, Any]) -> Iterator[str]:
     """The dotted names of the numbers in ``metrics`` (curves, lists, text and booleans left out), as the registry's
     filters and sorts name them."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -29,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import ContentTooLarge, HubError, InvalidInput, RegistryError
+from registry.domain.metric_names import flat_metrics, metric_text
 from registry.domain.schemas import (
     MAX_PARAMS,
     MAX_UPLOAD_BYTES,
@@ -36,12 +36,15 @@ from registry.domain.schemas import (
     HubSyncResult,
     Ref,
     VersionInfo,
+    check_json,
     check_params,
+    check_plain,
     check_text,
     json_object,
 )
 from registry.services.hub_http import capped_downloads
 from registry.services.lookup import version_info
+from registry.services.publishing import MAX_METRICS_BYTES
 from registry.services.registry import Registry
 from registry.store import models as m
 from vera_core.config import PEFT_GENERATOR, VERA_PEFT_TYPES, VeraConfig
@@ -129,7 +132,7 @@ def model_card(info: VersionInfo, *, with_projection: bool, as_lora: bool = Fals
         peft_note = (f"\n> **PEFT cannot load this copy**: generator `{info.generator}` is not PEFT's, so PEFT "
                      "could not regenerate its projections, and its adapter_config.json makes PEFT stop with a "
                      "message saying so. Load it with `vera_core`, or push it with projections.\n")
-    metrics = "".join(f"| {k} | {v} |\n" for k, v in sorted(info.metrics.items()))
+    metrics = "".join(f"| {_cell(k)} | {_cell(_metric_cell(v))} |\n" for k, v in flat_metrics(info.metrics))
     params = "".join(f"| {k} | {_cell(v)} |\n" for k, v in info.params.items())
     heading = "##" if user_text else "#"  # under the adapter's own card, the registry's part is a section of it
     body = (
@@ -271,12 +274,12 @@ class HubSync:
                 info = self.registry.publish(
                     root, owner=ref.owner, name=ref.name, base_model=str(base),
                     base_revision=base_revision if base_revision is not None else str(config.get("revision") or ""),
-                    metrics=_finite(card.get("metrics")), params=_card_params(card.get("params")),
+                    metrics=_card_metrics(card.get("metrics")), params=_card_params(card.get("params")),
                     description=f"Pulled from {self.endpoint}/{repo_id} at {commit}.", published_by=actor,
                     lineage={"hub_repo": repo_id, "hub_commit": commit}, on_record=record)
         with self.registry.db.session() as s:
             row = s.get_one(m.HubSync, recorded[-1])  # written in the publish transaction
-            return HubSyncResult(sync=self._sync_info(row, info.ref), changed=True, version=info, notes=notes)
+            return self._pull_result(row, info, changed=True, notes=notes)
 
     def _download(self, repo_id: str, commit: str, token: str | None, folder: Path, *, where: str,
                   with_card: bool) -> None:
@@ -330,7 +333,15 @@ class HubSync:
             return None
         version = s.get_one(m.AdapterVersion, row.version_id)
         info = version_info(s, version)
-        return HubSyncResult(sync=self._sync_info(row, info.ref), changed=False, version=info)
+        return self._pull_result(row, info, changed=False)
+
+    def _pull_result(self, row: m.HubSync, info: VersionInfo, *, changed: bool,
+                     notes: list[str] | None = None) -> HubSyncResult:
+        """What a pull did; ``peft_loadable``: whether PEFT loads the pulled repo (A and B in it, or PEFT's own
+        generator), as a push says of the repo it writes (a seed-only copy of the portable generator answered true:
+        an audit, session 53)."""
+        return HubSyncResult(sync=self._sync_info(row, info.ref), changed=changed, version=info, notes=notes or [],
+                             peft_loadable=row.with_projection or info.generator == PEFT_GENERATOR)
 
     # ---- state ---------------------------------------------------------------------------------------------
     def status(self, ref: str | Ref) -> list[HubSyncInfo]:
@@ -512,13 +523,26 @@ def _card_record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _finite(metrics: object) -> dict[str, Any]:
-    """Metrics from a card: only string keys with finite numbers or short strings."""
+def _card_metrics(metrics: object) -> dict[str, Any]:
+    """Metrics from a card: each entry a publish takes as it is (check_json, check_plain: numbers, text, lists and
+    objects of them, as a fine-tune's final_eval, eval and train_loss curve are), the others left out, as odd
+    parameters are, and no more than MAX_METRICS_BYTES of them (nested ones were all left out: an audit, session 53)."""
     if not isinstance(metrics, dict):
         return {}
-    return {str(k): v for k, v in metrics.items() if isinstance(k, str) and (
-        (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
-        or (isinstance(v, str) and len(v) <= 200))}
+    kept: dict[str, Any] = {}
+    size = 2  # the JSON object's braces
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            continue
+        try:
+            entry = len(check_json({key: value}, "a card's metric", max_bytes=MAX_METRICS_BYTES).encode()) - 2
+            check_plain({key: value}, "a card's metric")
+        except InvalidInput:
+            continue
+        if size + entry + 2 <= MAX_METRICS_BYTES:  # (", " between entries)
+            size += entry + 2
+            kept[key] = value
+    return kept
 
 
 def _card_params(params: object) -> dict[str, str]:
@@ -535,6 +559,12 @@ def _card_params(params: object) -> dict[str, str]:
         except InvalidInput:
             continue
     return kept
+
+
+def _metric_cell(value: Any) -> str:
+    """A metric's value in the card's table: a number or a text as it is (the cards of flat metrics keep their
+    bytes); a list (a loss curve) as metric_text says it, not Python's repr of up to 500 points."""
+    return metric_text(value, whole="all of them under vera_registry above") if isinstance(value, list) else str(value)
 
 
 def _cell(text: str) -> str:

@@ -188,6 +188,8 @@ def test_seed_only_push_has_no_projections_and_warns_when_peft_cannot_regenerate
                                output_of(make_model(seed=0), LLAMA.inputs()))
     back = sync.pull("alice/seed-only", target="alice/back", actor="alice", base_model="org/tiny-llama")
     assert back.version.seed_reproducible
+    # the pull says of the repo what the push said (it said true: an audit, session 53), the repeat pull too
+    assert not back.peft_loadable and not sync.pull("alice/seed-only", target="alice/back", actor="alice").peft_loadable
     assert back.version.projection_fingerprint == registry.get(ref).projection_fingerprint
 
 
@@ -266,7 +268,41 @@ def test_pull_restores_metrics_from_a_registry_model_card(
     result = sync.pull("alice/roundtrip", target="alice/copy", actor="alice")
     info = result.version
     assert info.base_model == "org/tiny-llama" and info.metrics == {"accuracy": 0.91, "loss": 0.25}
+    assert result.peft_loadable  # A and B are in the repo
     assert info.projection_fingerprint == registry.get(ref).projection_fingerprint
+
+
+def test_a_fine_tunes_nested_metrics_and_loss_curve_make_the_round_trip_and_read_as_a_table(
+    registry: Registry, sync: HubSync, hub: HubStandIn, tmp_path: Path
+) -> None:
+    """What a fine-tune publishes (final_eval and test as objects, eval as a list of them, train_loss as a curve):
+    a pull left out every entry that was not a plain number (an audit, session 53: `{ev1: {acc: 0.5}}` came back as
+    `{}`), and the pushed card's table showed Python's repr of the objects and of the whole curve."""
+    curve = [[step, round(1 / step, 4)] for step in range(1, 8)]
+    metrics = {"final_eval": {"accuracy": 0.9, "loss": 0.31}, "test": {"mnli": {"accuracy": 0.875}},
+               "eval": [{"step": 4, "eval_loss": 0.4}], "train_loss": curve, "task": "sequence-classification",
+               "steps": 7, "labels": ["no", "yes"]}
+    info = registry.publish(make_adapter(tmp_path / "a"), owner="alice", name="tuned", base_model="org/tiny-llama",
+                            metrics=metrics)
+    sync.push(info.ref, "alice/tuned", actor="alice")
+    card = hub.files("alice/tuned")["README.md"].decode()
+    table = card[card.index("| metric | value |"):]
+    for row in ("| final_eval.accuracy | 0.9 |", "| final_eval.loss | 0.31 |", "| test.mnli.accuracy | 0.875 |",
+                "| eval | [{step: 4, eval_loss: 0.4}] |", "| steps | 7 |", "| labels | [no, yes] |",
+                "| train_loss | 7 entries: [1, 1], ..., [7, 0.1429] (all of them under vera_registry above) |"):
+        assert row in table, (row, table)
+    assert "{'" not in table and "[[" not in table, table
+    assert sync.pull("alice/tuned", target="alice/copy", actor="alice").version.metrics == metrics
+    # entries a publish would refuse are left out, the others kept: not a number JSON has, a date (YAML's), an
+    # escape sequence in a key, a key that is no text
+    odd = "\n    nan_one: .nan\n    when: 2024-01-02\n    weird:\n      \"a\\e[2Jb\": 1\n    7: 0.5"
+    files = dict(hub.files("alice/tuned"))
+    files["README.md"] = card.replace("  metrics:", "  metrics:" + odd, 1).encode()
+    (tmp_path / "edited.md").write_bytes(files["README.md"])
+    assert set(metadata_load(tmp_path / "edited.md")["vera_registry"]["metrics"]) == {*metrics, "nan_one", "when",
+                                                                                      "weird", 7}
+    hub.seed_repo("someone/odd", files)
+    assert sync.pull("someone/odd", target="alice/odd", actor="alice").version.metrics == metrics
 
 
 def test_a_push_carries_the_training_parameters_and_a_pull_restores_the_valid_ones(
