@@ -56,7 +56,7 @@ def deliveries_table(deliveries: list[DeliveryInfo]) -> pd.DataFrame:
     rows = []
     for d in deliveries:
         last = d.log[-1] if d.log else None
-        answer = None if last is None else (str(last.status_code) if last.status_code is not None else "no answer")
+        answer = None if last is None else (str(last.status_code) if last.status_code is not None else last.answer)
         rows.append({"id": d.id, "created": d.created_at, "event": d.event, "status": d.status,
                      "attempts": d.attempts, "last answer": answer,
                      "ms": last.duration_ms if last is not None else None,

@@ -13,7 +13,7 @@ import typer
 from registry.cli.common import RegistryUrl, Token, call_registry, check_failed, console
 from registry.cli.output import Column, JsonOutput, fitted_table, json_text, print_json
 from registry.client import RegistryClient
-from registry.domain.events import WEBHOOK_EVENTS, DeliveryInfo, EventInfo, EventPage
+from registry.domain.events import NOT_SENT, WEBHOOK_EVENTS, DeliveryInfo, EventInfo, EventPage
 
 EVENT_COLUMNS = (Column("id", justify="right"), Column("at"), Column("actor", 2), Column("action"),
                  Column("target"), Column("detail", 3))
@@ -145,8 +145,9 @@ def _outcome(delivery: DeliveryInfo) -> str:
     if not delivery.log:
         return "-"
     last = delivery.log[-1]
-    answer = f"answered {last.status_code}" if last.status_code is not None else "no answer"
-    return f"{answer} in {last.duration_ms} ms" + (f": {last.error}" if last.error else "")
+    if last.answer == "not sent":
+        return f"not sent: {(last.error or '').removeprefix(NOT_SENT)}"
+    return f"{last.answer} in {last.duration_ms} ms" + (f": {last.error}" if last.error else "")
 
 
 def webhook_test(webhook_id: WebhookId, as_json: JsonOutput = False, registry: RegistryUrl = None,

@@ -149,6 +149,10 @@ class WebhookCreated(WebhookInfo):
     secret: str
 
 
+#: How an attempt's error begins when the attempt was refused before anything was sent (registry.services.delivery).
+NOT_SENT = "refused: "
+
+
 class AttemptInfo(BaseModel):
     """One HTTP attempt of a delivery: the receiver's status code (None: no answer), how long it took, what failed."""
 
@@ -157,6 +161,15 @@ class AttemptInfo(BaseModel):
     status_code: int | None
     duration_ms: int
     error: str | None
+
+    @property
+    def answer(self) -> str:
+        """The receiver's answer in a few words: "answered 404", "no answer" (no connection, no status in time), or
+        "not sent" (refused before anything was sent: the URL's address is an inside one now, ...; it read "no
+        answer in 0 ms": a docs audit, session 53)."""
+        if self.status_code is not None:
+            return f"answered {self.status_code}"
+        return "not sent" if (self.error or "").startswith(NOT_SENT) else "no answer"
 
 
 class DeliveryInfo(BaseModel):

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from registry.domain.errors import InvalidInput
-from registry.domain.events import MAX_URL_LENGTH
+from registry.domain.events import MAX_URL_LENGTH, NOT_SENT
 from registry.domain.schemas import check_text
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -202,7 +202,7 @@ class Sender:
                 error = f"the receiver answered {status}" + (" (redirects are not followed)" if 300 <= status < 400
                                                              else "")
         except InvalidInput as exc:
-            error = f"refused: {exc}"
+            error = f"{NOT_SENT}{exc}"
         except _Deadline:
             error = f"no answer within {self.timeout_s:g} s (VERA_WEBHOOK_TIMEOUT_S, for the whole attempt)"
         except ssl.SSLError as exc:

@@ -767,3 +767,31 @@ def test_a_dispatcher_on_a_database_that_refuses_writes_says_so_once_and_backs_o
         said[0].getMessage()
     assert 4 <= len(attempts) <= 8  # 0.01, 0.02, 0.04, ... s apart: about 7 in a second, not 100
     assert attempts[-1] - attempts[-2] > 4 * (attempts[1] - attempts[0])
+
+
+def test_an_attempt_refused_before_sending_reads_as_not_sent() -> None:
+    """An attempt whose address is refused before anything is sent (a name re-pointed inside after the webhook was
+    saved) read "no answer in 0 ms: refused: ..." in `vera webhook test` and "no answer" on the dashboard (a docs
+    audit, session 53): it reads "not sent" and why, and a real non-answer still reads as one."""
+    from datetime import UTC, datetime
+
+    from registry.cli.events import _outcome
+    from registry.domain.events import AttemptInfo, DeliveryInfo
+
+    def said(outcome: Outcome) -> tuple[str, str]:
+        attempt = AttemptInfo(attempt=1, at=datetime.now(UTC), status_code=outcome.status_code,
+                              duration_ms=outcome.duration_ms, error=outcome.error)
+        delivery = DeliveryInfo(id=1, webhook_id=1, event_id=None, event="ping", status="failed", attempts=1,
+                                next_attempt_at=None, created_at=datetime.now(UTC), payload={}, log=[attempt],
+                                finished_at=None)
+        return attempt.answer, _outcome(delivery)
+
+    answer, line = said(Sender(timeout_s=1, allow_private=False).send(_message("http://127.0.0.1:9/hook")))
+    assert answer == "not sent" and line == "not sent: The webhook host '127.0.0.1' does not resolve to a public " \
+        "address; webhooks go to public addresses only. Check the URL; for a receiver on the registry's own " \
+        "network, the operator sets VERA_WEBHOOK_ALLOW_PRIVATE=true.", line
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused, nothing answers
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    answer, line = said(Sender(timeout_s=1, allow_private=True).send(_message(f"http://127.0.0.1:{port}/hook")))
+    assert answer == "no answer" and re.fullmatch(r"no answer in \d+ ms: ConnectionRefusedError: .+", line), line
