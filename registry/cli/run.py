@@ -4,6 +4,7 @@ server, the dashboard as a child process, and `vera up`, which runs them togethe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -329,10 +330,20 @@ def registry_url_lines(host: str, port: int) -> list[str]:
              if f"http://{shown}:{port}" != DEFAULT_URL else [])
     if host == "0.0.0.0":  # 127.0.0.1 is of no use to teammates (a team admin's walk)
         found = team_host()
-        lines.append(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ("
-                     + ("this machine's name; its address if their machines do not resolve it)" if found else
-                        "this machine's name or address on their network: it names none but its loopback)"))
+        what = ("this machine's name or address on their network: it names none but its loopback" if found is None
+                else "this machine's address on the network its traffic leaves by" if _is_address(found)
+                else "this machine's name; its address if their machines do not resolve it")  # (an address was
+                # called "this machine's name": an audit, session 53)
+        lines.append(f"for teammates: export VERA_REGISTRY_URL=http://{found or 'THIS-MACHINE'}:{port} ({what})")
     return lines
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def team_host() -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.cli.run import team_host
+from registry.cli.run import registry_url_lines, team_host
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
 from tests.commands import vera as run_vera
@@ -586,6 +586,12 @@ def test_the_teammates_address_is_never_the_loopbacks(monkeypatch: pytest.Monkey
         assert host is None or not _only_loopback(host), (fqdn, hostname, host)
         if host is not None and host not in (fqdn, hostname):  # an address: the one the machine's route leaves from
             assert ipaddress.ip_address(host) and not ipaddress.ip_address(host).is_loopback
+        # and the line for teammates calls it what it is (an address was "this machine's name": an audit, session 53)
+        said = registry_url_lines("0.0.0.0", 8765)[-1]
+        assert said.startswith(f"for teammates: export VERA_REGISTRY_URL=http://{host or 'THIS-MACHINE'}:8765 ("), said
+        assert ("(this machine's address on the network its traffic leaves by)" in said) == (
+            host is not None and host not in (fqdn, hostname)), said
+        assert ("(this machine's name; its address" in said) == (host in (fqdn, hostname)), said
 
 
 @pytest.mark.parametrize(("option", "value"), [("--task", "chat"), ("--generation-config", "vllm")])
