@@ -741,6 +741,45 @@ def _quick_gate(app: Any) -> Any:
     return app
 
 
+def test_a_caller_that_hangs_up_mid_body_is_no_server_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A JSON body, a form and a publish's upload cut off by their caller were each a 500 with a traceback in the
+    log and the 5xx count, for a token holder and for an anonymous lookup alike (an outsider's finding, session 54):
+    each is one line and a 499 (the caller reads no answer), and nothing is stored."""
+    import logging
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true", VERA_ANONYMOUS_READ="true",
+                            VERA_METRICS_TOKEN="metrics-0123456789abcdef") as base:
+        db = Database(url)
+        token = create_token(db, owner="eve", scopes=["read", "publish"])[1]
+        bearer = f"Authorization: Bearer {token}\r\n"
+        form = "Content-Type: multipart/form-data; boundary=b\r\n"
+        part = b'--b\r\nContent-Disposition: form-data; name="adapter_model"; filename="a.safetensors"\r\n\r\n'
+        host, port = base.removeprefix("http://").split(":")
+        with caplog.at_level(logging.INFO):
+            for path, headers, start in (
+                    ("/api/v1/tokens", f"{bearer}{JSON}", b'{"scopes": ["read"], '),
+                    ("/api/v1/adapters/lookup", JSON, b'{"refs": ['),  # anonymous
+                    ("/api/v1/adapters/eve/cut/versions", f"{bearer}{form}", part + b"x" * 300_000),
+                    ("/api/v1/jobs", f"{bearer}{form}", part.replace(b"adapter_model", b"dataset") + b"text\n")):
+                with socket.create_connection((host, int(port)), timeout=10) as sock:
+                    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 1000000\r\n\r\n"
+                                 .encode() + start)
+                    time.sleep(0.3)  # the route is reading the body
+            deadline = time.monotonic() + 20
+            while (scraped := httpx.get(f"{base}/metrics", headers={
+                    "Authorization": "Bearer metrics-0123456789abcdef"}).text).count('status="499"} 1.0') < 4 \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert 'status="500"' not in scraped and scraped.count('status="499"} 1.0') == 4, scraped
+        said = [r for r in caplog.records if "closed the connection before its body was whole" in r.getMessage()]
+        assert len(said) == 4 and not any(r.levelno >= logging.ERROR for r in caplog.records), caplog.text
+        assert httpx.get(f"{base}/api/v1/adapters/eve/cut", headers={"Authorization": f"Bearer {token}"}
+                         ).status_code == 404
+        db.engine.dispose()
+    assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]  # no part of the upload kept
+
+
 def test_a_body_sent_without_a_token_must_be_whole_in_time(tmp_path: Path) -> None:
     """An anonymous lookup (the one POST a caller without a token may send, with VERA_ANONYMOUS_READ) trickled a
     byte every 2.5 s was answered after 155 s (an outsider's finding, session 36): a body without a token must be
