@@ -24,6 +24,7 @@ from registry.cli.common import (
     err_console,
     fail,
     key_values,
+    shown,
     styled,
 )
 from registry.cli.output import JsonOutput, print_json
@@ -244,8 +245,11 @@ def card(
     A Hub push puts it at the top of the repo's README.md."""
     if file is None:
         info = call_registry(registry, token, lambda c: c.adapter(adapter))
-        if info.card:
-            typer.echo(info.card, nl=not info.card.endswith("\n"))  # the card as written
+        if info.card:  # as written into a file or a pipe (`> README.md`, to edit and set again); on a terminal,
+            # what does not print as escapes (a card's bidirectional override and C1 controls ran: an outsider's
+            # finding, session 54)
+            card_text = shown(info.card) if sys.stdout.isatty() else info.card
+            typer.echo(card_text, nl=not card_text.endswith("\n"))
         else:
             console.print(f"{adapter} has no model card; set one with `vera card {adapter} --file README.md`.")
         return

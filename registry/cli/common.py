@@ -56,6 +56,12 @@ console = PlainConsole(markup=False)
 err_console = PlainConsole(stderr=True, markup=False)
 
 
+def shown(text: str) -> str:
+    """``text`` with its control characters (but newline and tab) and bidirectional overrides as the escapes that
+    show them, as every table and line of ``console`` prints them: for text printed whole, not through rich."""
+    return text.translate(_SHOWN)
+
+
 def styled(label: str, style: str, rest: str = "") -> Text:
     """``label`` in ``style``, then ``rest`` as it is: ``styled("error:", "bold red", " a message")``."""
     return Text.assemble((label, style), rest)

@@ -14,6 +14,7 @@ import pytest
 
 from registry.client import RegistryClient
 from registry.domain.errors import NotFound
+from tests.commands import VERA_COMMAND
 from tests.commands import vera as run_vera
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import free_port, registry_in_thread
@@ -102,6 +103,39 @@ def test_tag_describe_and_card_change_metadata(server: dict[str, Any], tmp_path:
         adapter, version = client.adapter("ann/meta"), client.get(ref)
     assert (adapter.description, adapter.card) == ("the adapter's words\nover two lines\n", "# From stdin\n")
     assert (version.description, version.tags) == ("the version's words", ["new", "other"])
+
+
+def test_a_card_prints_as_written_into_a_file_and_escaped_on_a_terminal(server: dict[str, Any]) -> None:
+    """A card's bidirectional overrides and C1 controls (which a card may hold: free text) reached the terminal as
+    themselves (an outsider's finding, session 54: U+008D moves the cursor up a line). On a terminal they are
+    escapes, as in every other line `vera` prints; into a pipe or a file the card is exact, to be edited and set
+    again."""
+    import pty
+    import select
+
+    card = "# Card\nline \u202eRLO\u202c and \u008d\u008dup, \u0085nel\tand a tab\n"
+    with RegistryClient(server["url"], cache=False) as client:
+        client.publish(server["source"], "ann/carded", base_model="tiny-llama")
+        client.update_adapter("ann/carded", card=card)
+    assert ok(vera(server, "card", "ann/carded")) == card  # a pipe: as written
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "VERA_REGISTRY_URL": server["url"], "VERA_NO_CACHE": "1", "VERA_TOKEN": ""}
+    with subprocess.Popen([*VERA_COMMAND, "card", "ann/carded"], stdout=secondary, stderr=subprocess.PIPE,
+                          env=env) as process:
+        os.close(secondary)
+        said = b""
+        while select.select([primary], [], [], 60)[0]:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal's other end closed: the command ended
+                break
+            if not chunk:
+                break
+            said += chunk
+        assert process.wait(60) == 0, process.stderr.read() if process.stderr else ""
+    os.close(primary)
+    assert said.decode().replace("\r\n", "\n") == \
+        "# Card\nline \\u202eRLO\\u202c and \\x8d\\x8dup, \\x85nel\tand a tab\n", said
 
 
 @pytest.mark.parametrize(("args", "message"), [
