@@ -780,6 +780,40 @@ def test_a_caller_that_hangs_up_mid_body_is_no_server_error(tmp_path: Path, capl
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]  # no part of the upload kept
 
 
+def test_form_text_that_is_not_utf8_is_refused_not_read_as_latin1(tmp_path: Path) -> None:
+    """A publish's base_model sent as the bytes \\xff\\xfe made a base model named "ÿþ" for every publisher, and a
+    description holding a lone surrogate's UTF-8 bytes was stored as other text (Starlette reads a part that is not
+    UTF-8 as Latin-1: an outsider's finding, session 54). Each is a 422 saying so, nothing stored; UTF-8 text outside
+    ASCII is taken as it is."""
+    source = make_adapter(tmp_path / "a")
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    def publish(base: str, name: str, **fields: bytes) -> httpx.Response:
+        parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (k.encode(), v)
+                         for k, v in fields.items())
+        for part, file in (("adapter_config", "adapter_config.json"), ("adapter_model", "adapter_model.safetensors")):
+            parts += (b'--b\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n\r\n'
+                      % (part.encode(), file.encode())) + (source / file).read_bytes() + b"\r\n"
+        return httpx.post(f"{base}/api/v1/adapters/local/{name}/versions", content=parts + b"--b--\r\n",
+                          headers={"Content-Type": "multipart/form-data; boundary=b"}, timeout=60)
+
+    with registry_in_thread(url, tmp_path / "blobs") as base:
+        for fields, byte in (({"base_model": b"\xff\xfe"}, "\\xff"),
+                             ({"base_model": b"tiny", "description": b"ok \xed\xa0\x80"}, "\\xed"),
+                             ({"base_model": b"tiny", "metrics": b'{"acc": "v\xff"}'}, "\\xff")):
+            refused = publish(base, "x", **fields)
+            assert refused.status_code == 422 and refused.json()["type"] == "/problems/invalid_input", refused.text
+            said = refused.json()["detail"]
+            assert said.startswith(f"A form part holds text that is not valid utf-8 (byte b'{byte}'"), said
+            assert refused.json()["detail"].endswith("; send text as UTF-8."), refused.text
+        assert httpx.get(f"{base}/api/v1/adapters").json()["items"] == []
+        assert [b["name"] for b in httpx.get(f"{base}/api/v1/base-models").json()] == []
+        taken = publish(base, "y", base_model="café-lm".encode(), description="naïve — ✓".encode())
+        assert taken.status_code == 201, taken.text
+        assert (taken.json()["base_model"], taken.json()["description"]) == ("café-lm", "naïve — ✓")
+    assert not list((tmp_path / "blobs").rglob("vera-upload-*"))
+
+
 def test_a_body_sent_without_a_token_must_be_whole_in_time(tmp_path: Path) -> None:
     """An anonymous lookup (the one POST a caller without a token may send, with VERA_ANONYMOUS_READ) trickled a
     byte every 2.5 s was answered after 155 s (an outsider's finding, session 36): a body without a token must be
