@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 def _row(s: Session, name: str, revision: str) -> m.BaseModelShapes | None:
     return s.scalar(select(m.BaseModelShapes).where(m.BaseModelShapes.name == name,
                                                     m.BaseModelShapes.revision == revision))
+
+
+def _shown_to_all(s: Session, row: m.BaseModelShapes) -> bool:
+    """Whether every caller may see ``row``'s shapes (GET /api/v1/base-models shows a base to anyone when a public
+    adapter's version uses it, or none does: registry.services.access.shown_to). Refusals that compare with the
+    base's shapes state them only then: stated to anyone, they gave the layers and sizes of a model whose adapters
+    are all private (an outsider's finding, session 54)."""
+    users = select(m.AdapterVersion.id).where(m.AdapterVersion.base_model_id == row.id)
+    public = users.join(m.Adapter, m.Adapter.id == m.AdapterVersion.adapter_id).where(m.Adapter.visibility == "public")
+    return bool(s.scalar(select(or_(public.exists(), ~users.exists()))))
 
 
 def refuse_a_new_path(s: Session, name: str) -> None:
@@ -81,11 +91,7 @@ class BaseModels:
                 raise Conflict(f"Base model {name}@{revision or 'default'} is already registered with other layer "
                                "shapes; register the new weights under another revision.")
             else:  # implied shapes become declared ones, if they agree
-                for path, (out, _) in row.shapes.items():
-                    shape = match_path(declared, path)
-                    if shape is None or shape[0] != out:
-                        raise Conflict(f"Published adapters imply layer {path!r} with {out} outputs, which these "
-                                       f"shapes contradict ({shape}).")
+                _check_implied(s, row, declared)
                 row.shapes, row.shapes_fingerprint, row.shapes_source = declared, fp, "declared"
             s.flush()
             if actor is not None:
@@ -192,6 +198,7 @@ class BaseModels:
             return row
         problems = []
         max_in = 0
+        said = _shown_to_all(s, row)
         for path, out in checked.layer_outs.items():
             shape = match_path(row.shapes, path)
             if shape is None:
@@ -199,10 +206,12 @@ class BaseModels:
                     problems.append(f"{path}: no such layer")
                 continue
             if shape[0] != out:
-                problems.append(f"{path}: {out} outputs, the base has {shape[0]}")
+                problems.append(f"{path}: {out} outputs, " + (f"the base has {shape[0]}" if said else
+                                                               "not the number its other adapters give it"))
             max_in = max(max_in, shape[1] or 0)
         if row.shapes_source == "declared" and max_in and max_in != checked.spec.max_in:
-            problems.append(f"projection sized for {checked.spec.max_in} inputs, the adapted layers have {max_in}")
+            problems.append(f"projection sized for {checked.spec.max_in} inputs, the adapted layers have "
+                            + (f"{max_in}" if said else "another number"))
         if problems:
             raise InvalidInput(f"The adapter does not fit base model {name}@{revision or 'default'}: "
                                + "; ".join(problems[:5]) + ". Check --base-model and the adapter's target_modules.")
@@ -212,6 +221,21 @@ class BaseModels:
             if merged != row.shapes:
                 row.shapes, row.shapes_fingerprint = merged, shapes_fingerprint(merged)
         return row
+
+
+def _check_implied(s: Session, row: m.BaseModelShapes, declared: dict[str, Any]) -> None:
+    """Conflict unless ``declared`` agrees with the shapes the adapters published for ``row`` imply, saying which layer
+    where the base is shown to all (_shown_to_all)."""
+    for path, (out, _) in row.shapes.items():
+        shape = match_path(declared, path)
+        if shape is not None and shape[0] == out:
+            continue
+        if not _shown_to_all(s, row):
+            raise Conflict(f"Adapters published for base model {row.name}@{row.revision or 'default'} imply other "
+                           "layer shapes than these; register these under another revision (or check the config).")
+        raise Conflict(f"Published adapters imply layer {path!r} with {out} outputs, which these shapes "
+                       + ("lack." if shape is None else f"give {shape[0]}.")
+                       + " Register these under another revision (or check the config).")
 
 
 #: Config fields that multiply the modules a model builds; bounded so a config cannot make the server build forever.

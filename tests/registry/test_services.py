@@ -680,10 +680,47 @@ def test_base_register_upgrades_an_implied_base_or_says_why_not(registry: Regist
     other = LLAMA.make().config
     other.intermediate_size = 64  # shapes that contradict what the published adapters imply
     other.save_pretrained(tmp_path / "other")
-    with pytest.raises(Conflict, match="Published adapters imply layer .* which these shapes contradict"):
+    with pytest.raises(Conflict, match=r"Published adapters imply layer '.*' with 48 outputs, which these shapes give "
+                                       r"64\. Register these under another revision"):
         registry.register_base_model_from_config(name="llama-b", revision="v2",
                                                  config_path=str(tmp_path / "other" / "config.json"))
     assert {(b.name, b.revision): b.shapes_source for b in registry.list_base_models()} == sources
+
+
+def test_refusals_state_a_bases_shapes_only_where_anyone_may_see_them(registry: Registry, tmp_path: Path) -> None:
+    """A publish that did not fit a base used only by private adapters said the base's sizes ("q: 16 outputs, the
+    base has 24"), and a declaration that contradicted them named the layer and its size: a private model's layers
+    told to anyone with a publish token (an outsider's finding, session 54). Said once a public adapter uses the
+    base, as GET /api/v1/base-models shows them then."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import TinyModel
+
+    wide = TinyModel("llama-wide", lambda: LlamaForCausalLM(LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=40)), LLAMA.targets, "CAUSAL_LM")
+    registry.publish(make_adapter(tmp_path / "secret"), owner="alice", name="secret", base_model="acme-secret",
+                     visibility="private")
+    probe = make_adapter(tmp_path / "probe", tiny=wide)
+    before = counts(registry)
+    with pytest.raises(InvalidInput) as refused:
+        registry.publish(probe, owner="mallory", name="probe", base_model="acme-secret")
+    said = str(refused.value)
+    assert "does not fit base model acme-secret@default: " in said and "48" not in said, said
+    assert "gate_proj: 64 outputs, not the number its other adapters give it" in said, said
+    config = wide.make().config.to_dict()
+    with pytest.raises(Conflict) as contradicted:
+        registry.register_base_model_from_config_dict(name="acme-secret", config=config,
+                                                      actor="mallory")
+    assert str(contradicted.value) == (
+        "Adapters published for base model acme-secret@default imply other layer shapes than these; register these "
+        "under another revision (or check the config)."), contradicted.value
+    assert counts(registry) == before
+    registry.publish(make_adapter(tmp_path / "open"), owner="alice", name="open", base_model="acme-secret")
+    with pytest.raises(InvalidInput, match=r"gate_proj: 64 outputs, the base has 48"):
+        registry.publish(probe, owner="mallory", name="probe", base_model="acme-secret")
+    with pytest.raises(Conflict, match=r"imply layer '.*' with 48 outputs, which these shapes give 64"):
+        registry.register_base_model_from_config_dict(name="acme-secret", config=config, actor="mallory")
 
 
 def test_base_shapes_from_a_config_sent_by_a_caller_are_audited(registry: Registry) -> None:
