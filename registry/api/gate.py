@@ -144,6 +144,19 @@ def schema_refusal(exc: SchemaOutOfDate) -> str:
             "was read or changed.")
 
 
+#: The headers a request gives at most once (lower case), with the form each takes.
+ONE_EACH = ((b"authorization", "Authorization: Bearer <token>"), (b"x-hub-token", "X-Hub-Token: <a HuggingFace token>"))
+
+
+def _repeated_header(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """What is wrong where a header of ONE_EACH is given more than once, else None. Which one counted differed: the
+    gate's token check read the last Authorization, the routes the first (an outsider's finding, session 51), and
+    one of two X-Hub-Token headers was used unsaid (session 54); RFC 9110 gives a request one of each."""
+    for header, form in ONE_EACH:
+        if (given := sum(name.lower() == header for name, _ in headers)) > 1:
+            return f"The request gives {given} {header.decode().title()} headers; give one: '{form}'."
+    return None
+
 class RequestGate:
     """Pure ASGI middleware (it must act before FastAPI reads the body, which happens before any dependency)."""
 
@@ -166,12 +179,10 @@ class RequestGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if (given := sum(name.lower() == b"authorization" for name, _ in scope["headers"])) > 1:
-            # which one counted differed: the gate's token check read the last, the routes the first (an
-            # outsider's finding, session 51); RFC 9110 gives a request one. A 400 of type bad_request, as Starlette's
-            # other 400s (invalid_input is the 422s' type: one status to a type)
-            await _send_problem(send, 400, "bad_request", f"The request gives {given} Authorization headers; give "
-                                "one: 'Authorization: Bearer <token>'.", scope["path"][:200])
+        if (repeated := _repeated_header(scope["headers"])) is not None:
+            # a 400 of type bad_request, as Starlette's other 400s (invalid_input is the 422s' type: one status to a
+            # type)
+            await _send_problem(send, 400, "bad_request", repeated, scope["path"][:200])
             return
         changed, behind = await self._schema_changed()
         if behind and changed is not None and not ANSWERED_WHEN_BEHIND.match(scope["path"]):

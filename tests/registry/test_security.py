@@ -254,6 +254,13 @@ def test_a_request_gives_one_authorization_header(guarded: dict[str, Any]) -> No
             "The request gives 2 Authorization headers; give one: 'Authorization: Bearer <token>'."), twice.text
     once = httpx.get(f"{url}/api/v1/adapters", headers={"Authorization": f"Bearer {token}"})
     assert once.status_code == 200
+    # nor two Hub tokens, of which one was used unsaid (an outsider's finding, session 54)
+    hub_twice = httpx.post(f"{url}/api/v1/hub/pull", json={"repo_id": "a/b", "target": "eve/pulled"},
+                           headers=[("Authorization", f"Bearer {token}"), ("X-Hub-Token", "hf_one"),
+                                    ("X-Hub-Token", "hf_two")])
+    assert hub_twice.status_code == 400 and hub_twice.json()["type"] == "/problems/bad_request", hub_twice.text
+    assert hub_twice.json()["detail"] == (
+        "The request gives 2 X-Hub-Token headers; give one: 'X-Hub-Token: <a HuggingFace token>'."), hub_twice.text
 
 
 def test_anonymous_callers_trigger_no_costly_work(tmp_path: Path) -> None:
