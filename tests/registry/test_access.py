@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from registry.api import is_loopback
 from registry.client import RegistryClient, shared_ssl_context
-from registry.domain.errors import Unauthorized
+from registry.domain.errors import Forbidden, Unauthorized
 from registry.services.access import Access
 from registry.services.registry import Registry
 from registry.services.tokens import (
@@ -430,6 +430,11 @@ def test_a_revoked_tokens_offspring_stop_working_through_the_api(tmp_path: Path)
         db.engine.dispose()
         with RegistryClient(base, ann) as client:
             made, made_secret = client.create_token(["read"], name="dashboard sign-in", expires_days=7)
+            assert {t.id for t in client.tokens(user="ann")} == {t.id for t in client.tokens()}  # its own user
+            # another user's: refused, not answered with the caller's own (an outsider's finding, session 54)
+            with pytest.raises(Forbidden, match=r"Only an administrator lists another user's tokens; GET "
+                                                r"/api/v1/tokens without \?user= lists yours \(ann\)\."):
+                client.tokens(user="root")
         with RegistryClient(base, root) as admin:
             _, for_ann = admin.create_token(["read"], user="ann")  # an admin's, for another user: no parent
         with RegistryClient(base, made_secret) as child:

@@ -252,7 +252,8 @@ def test_quotas_through_the_api_and_the_cli(server: dict[str, Any], size: int, t
     with RegistryClient(url, tokens["root"], cache=False) as root:
         assert root.usage("alice").stored_bytes == size
     anonymous = httpx.get(f"{url}/api/v1/owners/alice/usage", timeout=60)
-    assert anonymous.status_code == 403 and "Sign in" in anonymous.text
+    assert anonymous.status_code == 401 and "Sign in" in anonymous.text  # no token: 401 (403 before session 54)
+    assert anonymous.headers["www-authenticate"] == "Bearer"
     refused = httpx.post(f"{url}/api/v1/adapters/alice/two/versions", timeout=60,
                          headers={"Authorization": f"Bearer {tokens['alice']}"},
                          files={"adapter_config": (source / "adapter_config.json").read_bytes(),

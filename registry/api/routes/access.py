@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.api.bodies import CheckedRoute
 from registry.api.deps import Caller, Options, RegistryDep, authorize, link_next_page
 from registry.api.routes.adapters import RowId
-from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.publishers import PublisherInfo
 from registry.domain.schemas import (
     MAX_TOKEN_DAYS,
@@ -123,10 +123,11 @@ def whoami(request: Request, caller: Caller, options: Options, registry: Registr
 
 
 def _signed_in(caller: Principal | None, options: Options) -> Principal:
-    """A caller with a token (anonymous readers have no tokens or organisations)."""
+    """A caller with a token (anonymous readers have no tokens or organisations): a 401 without one, as every route
+    that needs a token answers (these were 403s: an outsider's finding, session 54)."""
     who = authorize(caller, options, "read")
     if who.anonymous:
-        raise Forbidden("Sign in: this needs a token (`vera login`).")
+        raise Unauthorized("Sign in: this needs a token (`vera login`).")
     return who
 
 
@@ -134,6 +135,10 @@ def _signed_in(caller: Principal | None, options: Options) -> Principal:
 def tokens(caller: Caller, options: Options, registry: RegistryDep, user: str | None = None) -> list[TokenInfo]:
     """The caller's tokens (admins: every token, or ``user``'s); never their secrets."""
     who = _signed_in(caller, options)
+    if not who.is_admin and user not in (None, who.owner):  # (it answered the caller's own tokens, unsaid: an
+        # outsider's finding, session 54)
+        raise Forbidden(f"Only an administrator lists another user's tokens; GET /api/v1/tokens without ?user= "
+                        f"lists yours ({who.owner}).")
     if not who.is_admin:
         user = who.owner
     return [t for t in list_tokens(registry.db, owner=user) if _within_limit(who, t)]
