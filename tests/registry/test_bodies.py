@@ -73,6 +73,11 @@ def test_bodies_giving_a_key_twice_are_refused_before_anything_changes(tmp_path:
         # a version no reference can write (owner/name:N takes nine digits) is out of the body's range too
         beyond = httpx.put(f"{api}/alice/b/aliases/prod", json={"version": 1_000_000_000}, headers=JSON)
         assert beyond.status_code == 422 and "less than or equal to 999999999" in beyond.json()["detail"]
+        # a version is a number: true moved the alias to version 1, "2" to version 2 (an outsider's finding, session 54)
+        for sent in (True, "2", 1.0):
+            typed = httpx.put(f"{api}/alice/b/aliases/prod", json={"version": sent}, headers=JSON)
+            assert typed.status_code == 422 and "body.version: Input should be a valid integer" in \
+                typed.json()["detail"], typed.text
         broken = httpx.put(f"{api}/alice/b/aliases/prod", content=b'{"version": 1,', headers=JSON)
         assert broken.status_code == 422 and "not JSON at character" in broken.json()["detail"]
         # JSON in a form field: a publish's metrics (its params and properties were checked before)
