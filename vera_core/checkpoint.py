@@ -32,6 +32,7 @@ from vera_core.errors import (
 )
 from vera_core.folders import adapter_folder
 from vera_core.folders import write_adapter_files as write_adapter_files  # its former home: still importable here
+from vera_core.headers import read_header
 from vera_core.keys import CONFIG_NAME as CONFIG_NAME  # file names and metadata keys: keys (no torch)
 from vera_core.keys import LAMBDA_B, PICKLE_HINT, PROJECTION_KEYS, module_path
 from vera_core.keys import META_FINGERPRINT as META_FINGERPRINT
@@ -146,9 +147,20 @@ def read_adapter_config(path: str | os.PathLike[str]) -> VeraConfig:
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
+        _check_header(weights_path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
     return _config_of(config_path, weights_path, metadata)
+
+
+def _check_header(weights_path: Path) -> None:
+    """A ValueError where the file's header, which safetensors read, is not one read_header takes: safetensors reads
+    a tensor named twice as its last entry, unsaid."""
+    with weights_path.open("rb") as file:
+        try:
+            read_header(file, weights_path.stat().st_size)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("not a safetensors file: ")) from None
 
 
 def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
@@ -158,6 +170,7 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterFiles:
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict)
+        _check_header(weights_path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterFormatError(f"{weights_path} is not a valid safetensors file ({exc}).") from exc
     files = AdapterFiles(_config_of(config_path, weights_path, metadata), tensors, metadata)

@@ -35,7 +35,7 @@ from registry.store import models as m
 from registry.store.blobs import FsspecBlobStore
 from registry.store.database import Database
 from registry.store.models import AccessToken
-from tests.registry.adapters import make_adapter
+from tests.registry.adapters import LLAMA, make_adapter
 from tests.registry.servers import in_thread, registry_in_thread, running_server, trickle
 from vera_core import PORTABLE_GENERATOR, ProjectionSpec, VeraConfig
 from vera_core.checkpoint import META_GENERATOR, META_IN_FEATURES, META_SHAPE
@@ -146,6 +146,30 @@ def test_recorded_shapes_must_agree_with_the_config_and_vectors(
     detail = response.json()["detail"]
     assert re.search(message, detail), detail
     assert "/tmp" not in detail and str(tmp_path) not in detail  # never a server path
+
+
+def test_a_tensor_named_twice_in_the_header_is_refused(guarded: dict[str, Any], tmp_path: Path) -> None:
+    """A safetensors header giving a tensor's name twice was read as its last entry (by safetensors and by the
+    registry's own header reader alike) and stored with both (an outsider's finding, session 54): a 422 naming the
+    key, as a JSON body giving a key twice is; vera_core's reader refuses the file too."""
+    import struct
+
+    from vera_core import load_adapter
+    from vera_core.errors import AdapterFormatError
+
+    folder = make_adapter(tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = data[8:8 + length].decode()
+    key = next(k for k in json.loads(header) if k != "__metadata__")
+    doubled = '{"%s": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, ' % key + header[1:]
+    weights.write_bytes(struct.pack("<Q", len(doubled)) + doubled.encode() + data[8 + length:])
+    response = publish(guarded, folder, name="doubled")
+    assert response.status_code == 422, response.text
+    assert f"its header gives the key {key!r} more than once in an object" in response.json()["detail"], response.text
+    with pytest.raises(AdapterFormatError, match="gives the key .* more than once"):
+        load_adapter(LLAMA.make(), folder)
 
 
 def test_messages_never_carry_server_paths(guarded: dict[str, Any], tmp_path: Path) -> None:
