@@ -163,7 +163,7 @@ def test_a_tensor_named_twice_in_the_header_is_refused(guarded: dict[str, Any], 
     (length,) = struct.unpack("<Q", data[:8])
     header = data[8:8 + length].decode()
     key = next(k for k in json.loads(header) if k != "__metadata__")
-    doubled = '{"%s": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, ' % key + header[1:]
+    doubled = "{" + json.dumps(key) + ': {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, ' + header[1:]
     weights.write_bytes(struct.pack("<Q", len(doubled)) + doubled.encode() + data[8 + length:])
     response = publish(guarded, folder, name="doubled")
     assert response.status_code == 422, response.text

@@ -70,8 +70,8 @@ VERSION = "/{owner}/{name}/versions/{selector}"
 class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")  # every body refuses a field it has not (session 43: AliasBody and
     # six others dropped one, so {"version": 1, "protect": true} answered 200 unprotected)
-    # (was 2**31 - 1: a version a reference cannot write); a JSON number, strictly: true and "2" were taken as versions 1
-    # and 2 (an outsider's finding, session 54)
+    # (was 2**31 - 1: a version a reference cannot write); a JSON number, strictly: true and "2" were taken as
+    # versions 1 and 2 (an outsider's finding, session 54)
     version: int = Field(ge=1, le=MAX_VERSION, strict=True)
 
 
