@@ -6,6 +6,7 @@ Each field is documented once, here, with the reason for its default.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -78,10 +79,22 @@ CLASSIFIER_HEADS = ["classifier", "score"]
 MAX_MODULE_NAMES = 1000
 
 
-def _check_count(names: object, what: str) -> None:
+def _check_count(names: object, what: str, of: str = "module names") -> None:
     if not isinstance(names, list | tuple | set) or len(names) > MAX_MODULE_NAMES:
         size = len(names) if isinstance(names, list | tuple | set) else type(names).__name__
-        raise VeraConfigError(f"{what} must be a list of at most {MAX_MODULE_NAMES:,} module names, got {size}.")
+        raise VeraConfigError(f"{what} must be a list of at most {MAX_MODULE_NAMES:,} {of}, got {size}.")
+
+
+def _layer_index(index: object, given: object) -> int:
+    """``index`` (of ``layers_to_transform``, ``given``) as an int: 0 or more (numpy's integers too), not a bool."""
+    try:
+        value = operator.index(index)  # type: ignore[arg-type]
+    except TypeError:
+        value = -1
+    if isinstance(index, bool) or value < 0:
+        raise VeraConfigError("layers_to_transform must be a layer index (an integer, 0 or more) or a list of them, "
+                              f"got {_shown(given)}.")
+    return value
 
 
 #: Keys of PEFT's adapter_config.json that say nothing about the adapter itself.
@@ -139,6 +152,7 @@ class VeraConfig:
     projection_generator: str = PORTABLE_GENERATOR
 
     def __post_init__(self) -> None:
+        self._check_types()
         self._check_values()
         self._plain_numbers()
         self._normalise_modules()
@@ -149,6 +163,27 @@ class VeraConfig:
         for name in ("vera_dropout", "d_initial"):
             if type(value := getattr(self, name)) not in (int, float):
                 setattr(self, name, float(value))
+
+    def _check_types(self) -> None:
+        """The flags are booleans and the layer selection integers and names: ``save_projection="false"`` was taken
+        (and written, with A and B, into a folder vera_core then refused to load), ``init_weights="no"`` read as
+        True, and ``layers_to_transform="1"`` failed later inside VeraModel with a TypeError (a docs audit, session
+        54). JSON's true and false, as PEFT writes them."""
+        for name in ("save_projection", "fan_in_fan_out", "init_weights", "inference_mode"):
+            if not isinstance(value := getattr(self, name), bool):
+                raise VeraConfigError(f"{name} must be true or false, got {_shown(value)}.")
+        indexes = self.layers_to_transform
+        if isinstance(indexes, list | tuple):
+            _check_count(indexes, "layers_to_transform", "layer indices")
+            self.layers_to_transform = [_layer_index(i, indexes) for i in indexes]
+        elif indexes is not None:
+            self.layers_to_transform = _layer_index(indexes, indexes)
+        patterns: object = self.layers_pattern
+        if isinstance(patterns, list | tuple):
+            _check_count(patterns, "layers_pattern", "names")
+            patterns = next((p for p in patterns if not isinstance(p, str)), "")  # the first that is not a name
+        if not isinstance(patterns, str | None):
+            raise VeraConfigError(f"layers_pattern must be a string or a list of strings, got {patterns!r:.100}.")
 
     def _check_values(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:

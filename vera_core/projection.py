@@ -55,10 +55,12 @@ class ProjectionSpec:
             )
         for name in ("r", "max_in", "max_out"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise VeraConfigError(f"Projection {name} must be a positive integer, got {value!r}.")
-        if not 0 <= self.seed < 2**64:
-            raise VeraConfigError(f"Projection seed must be in [0, 2**64 - 1], got {self.seed!r}.")
+        # an integer: a float seed (1.5) failed inside the generator with a TypeError, and True passed as seed 1 (a
+        # docs audit, session 54)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise VeraConfigError(f"Projection seed must be an integer in [0, 2**64 - 1], got {self.seed!r}.")
 
     @property
     def nbytes(self) -> int:

@@ -46,11 +46,32 @@ def test_reads_a_config_written_by_peft(tmp_path: object) -> None:
         ({"target_modules": "(unclosed"}, "must be a regular expression"),
         ({"target_modules": []}, "target_modules is an empty list"),
         ({"layers_pattern": "layers"}, "layers_pattern is set but layers_to_transform is not"),
+        # types (a docs audit, session 54): "false" was taken and written, "no" read as True, "1" a TypeError later
+        ({"save_projection": "false"}, "save_projection must be true or false, got 'false'"),
+        ({"init_weights": "no"}, "init_weights must be true or false, got 'no'"),
+        ({"fan_in_fan_out": 1}, "fan_in_fan_out must be true or false, got 1"),
+        ({"layers_to_transform": "1"}, r"layers_to_transform must be a layer index \(an integer, 0 or more\) or a "
+                                       "list of them, got '1'"),
+        ({"layers_to_transform": [0, -1]}, r"layers_to_transform must be .* got \[0, -1\]"),
+        ({"layers_to_transform": [True]}, r"layers_to_transform must be .* got \[True\]"),
+        ({"layers_to_transform": list(range(100_000))}, "layers_to_transform must be a list of at most 1,000 layer "
+                                                        "indices, got 100000"),
+        ({"layers_to_transform": [0], "layers_pattern": 3}, "layers_pattern must be a string or a list of strings, "
+                                                            "got 3"),  # (a TypeError)
     ],
 )
 def test_invalid_values_raise_clear_errors(changes: dict[str, object], message: str) -> None:
     with pytest.raises(VeraConfigError, match=message):
         VeraConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_layer_indices_are_plain_ints() -> None:
+    """numpy's integers are layer indices (a sweep's), kept as Python ints that JSON writes; a tuple is a list."""
+    import numpy as np
+
+    assert VeraConfig(layers_to_transform=np.int64(2)).layers_to_transform == 2
+    config = VeraConfig(layers_to_transform=(np.int32(0), 1))  # type: ignore[arg-type]
+    assert config.layers_to_transform == [0, 1] and all(type(i) is int for i in config.layers_to_transform)
 
 
 def test_numpy_scalars_are_numbers_and_are_written_as_plain_json_numbers() -> None:

@@ -133,8 +133,12 @@ def test_bad_specs_are_refused_clearly() -> None:
         ProjectionSpec("mt19937", 0, 4, 4, 4)
     with pytest.raises(VeraConfigError, match="r must be a positive integer"):
         ProjectionSpec(PORTABLE_GENERATOR, 0, 0, 4, 4)
-    with pytest.raises(VeraConfigError, match=r"seed must be in \[0, 2\*\*64 - 1\]"):
-        ProjectionSpec(PORTABLE_GENERATOR, -1, 4, 4, 4)
+    # an integer: 1.5 failed inside the generator with a TypeError, True passed as seed 1 (a docs audit, session 54)
+    for seed in (-1, 1.5, True, "3"):
+        with pytest.raises(VeraConfigError, match=r"seed must be an integer in \[0, 2\*\*64 - 1\], got "):
+            ProjectionSpec(PORTABLE_GENERATOR, seed, 4, 4, 4)  # type: ignore[arg-type]
+    with pytest.raises(VeraConfigError, match="max_in must be a positive integer, got True"):
+        ProjectionSpec(PORTABLE_GENERATOR, 0, 4, True, 4)
 
 
 @pytest.mark.parametrize("generator", [PEFT_GENERATOR, PORTABLE_GENERATOR])
