@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,9 +24,20 @@ from vera_core.targets import find_targets, resolve_targets
 #: vocabulary may have been resized for them.
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 BASE_WEIGHT = ".base_layer.weight"
-#: PEFT's key of a head's trained copy inside its ModulesToSaveWrapper (``<head>.modules_to_save.<adapter>.``),
-#: which bias="all" also saves, beside the head's plain keys.
-_WRAPPED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.")
+#: Where PEFT's key of a head's trained copy inside its ModulesToSaveWrapper begins (``<head>.modules_to_save.``,
+#: then the adapter's name or not), which bias="all" also saves beside the head's plain keys.
+_WRAPPED_COPY = ".modules_to_save."
+
+
+def _unwrapped(key: str, tensors: Mapping[str, object]) -> str:
+    """The head's own key of ``key``, a copy PEFT saved under ``<head>.modules_to_save.``: with the adapter's name
+    after it (``classifier.modules_to_save.default.dense.bias``: a head of several modules) or without
+    (``classifier.modules_to_save.bias``, a plain Linear head's, which PEFT 0.21 writes: such an adapter was
+    refused, a docs audit, session 54); the one of the two that ``tensors`` hold, else the first."""
+    head, _, rest = key.partition(_WRAPPED_COPY)
+    candidates = [f"{head}.{rest.partition('.')[2]}"] if "." in rest else []
+    candidates.append(f"{head}.{rest}")
+    return next((c for c in candidates if c in tensors), candidates[0])
 
 
 def _own_config(config: object) -> VeraConfig:
@@ -441,8 +451,8 @@ class VeraModel(nn.Module):
         for key, tensor in tensors.items():
             if ".original_module." in key:
                 continue
-            if (wrapped := _WRAPPED_COPY.search(key)) is not None:
-                plain = key[:wrapped.start()] + "." + key[wrapped.end():]
+            if _WRAPPED_COPY in key:
+                plain = _unwrapped(key, tensors)
                 if plain in tensors:
                     continue
                 key = plain

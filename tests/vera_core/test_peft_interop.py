@@ -183,6 +183,14 @@ def test_half_precision_base_with_a_seed_only_adapter_peft_rounds_the_projection
     assert torch.equal(output_of(ours, inputs), want)
 
 
+def _tiny_bert() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+        max_position_embeddings=40, num_labels=3))
+
+
 def test_what_peft_saves_beside_the_adapter_loads_as_peft_loads_it(tmp_path: Path) -> None:
     """Two layouts PEFT 0.21.2 writes with plain save_pretrained that were refused as "unexpected" keys (a PEFT
     user's walk, session 14): a targeted lm_head also stores its base weight (save_embedding_layers="auto"), which
@@ -190,9 +198,15 @@ def test_what_peft_saves_beside_the_adapter_loads_as_peft_loads_it(tmp_path: Pat
     (``modules_to_save.default.`` and ``original_module.``), which are the head's own and the base's."""
     from tests.conftest import TINY_MODELS
 
+    from tests.conftest import TinyModel
+
     llama, roberta = (next(m for m in TINY_MODELS if m.name == name) for name in ("llama", "roberta"))
+    # BERT's head is one Linear: PEFT keys its copy classifier.modules_to_save.bias, without the adapter's name,
+    # which was refused as unexpected (a docs audit, session 54); RoBERTa's, of two modules, keeps ".default."
+    bert = TinyModel("bert", _tiny_bert, ["query", "value"], "SEQ_CLS")
     cases = ((llama, {"target_modules": ["q_proj", "lm_head"]}),
-             (roberta, {"target_modules": ["query", "value"], "bias": "all"}))
+             (roberta, {"target_modules": ["query", "value"], "bias": "all"}),
+             (bert, {"target_modules": ["query", "value"], "bias": "all"}))
     for tiny, settings in cases:
         torch.manual_seed(5)
         theirs = get_peft_model(tiny.make(), PeftVeraConfig(r=8, init_weights=False, task_type=tiny.task_type,
