@@ -298,8 +298,11 @@ class VeraConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         ignored = sorted(k for k, v in data.items() if k not in names and k not in PEFT_BOOKKEEPING and v is not None)
         if ignored:
+            # (without a peft_version, which vera_core does not write, it said "peft_version None": a docs audit)
+            written = (f"written by a newer PEFT?, peft_version {data['peft_version']!r}" if data.get("peft_version")
+                       else "written by a newer PEFT, or by hand?")
             warnings.warn(f"adapter_config.json sets {', '.join(ignored)[:300]}, which this vera_core does not know "
-                          f"(written by a newer PEFT?, peft_version {data.get('peft_version')!r}): ignored. If it "
+                          f"({written}): ignored. If it "
                           "changes which layers are adapted or how, the adapter will not load or compute as it did "
                           "there.", stacklevel=2)
         kwargs.setdefault("projection_generator", PEFT_GENERATOR)

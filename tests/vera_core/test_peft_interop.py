@@ -196,9 +196,7 @@ def test_what_peft_saves_beside_the_adapter_loads_as_peft_loads_it(tmp_path: Pat
     user's walk, session 14): a targeted lm_head also stores its base weight (save_embedding_layers="auto"), which
     loads into the base model; bias="all" with a head also stores the head's biases under its wrapper's keys
     (``modules_to_save.default.`` and ``original_module.``), which are the head's own and the base's."""
-    from tests.conftest import TINY_MODELS
-
-    from tests.conftest import TinyModel
+    from tests.conftest import TINY_MODELS, TinyModel
 
     llama, roberta = (next(m for m in TINY_MODELS if m.name == name) for name in ("llama", "roberta"))
     # BERT's head is one Linear: PEFT keys its copy classifier.modules_to_save.bias, without the adapter's name,

@@ -82,6 +82,9 @@ def test_config_keys_a_newer_peft_wrote_are_named_in_a_warning(tmp_path: Path) -
     with pytest.warns(UserWarning, match=r"adapter_config.json sets exclude_modules, which this vera_core does not "
                                          r"know \(written by a newer PEFT\?, peft_version '0.30.0'\): ignored"):
         read_adapter(tmp_path / "a")
+    path.write_text(json.dumps({**config, "exclude_modules": ["v_proj"]}))  # vera_core's own: no peft_version
+    with pytest.warns(UserWarning, match=r"know \(written by a newer PEFT, or by hand\?\): ignored"):
+        read_adapter(tmp_path / "a")
     path.write_text(json.dumps({**config, "peft_version": "0.21.2", "future_option": None}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # bookkeeping and options left at null: nothing to say
