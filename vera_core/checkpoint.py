@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,19 +102,29 @@ def _read_json(path: Path) -> dict[str, object]:
     return data
 
 
+def _read_elsewhere(named: str) -> str:
+    """Where an adapter named as PEFT's from_pretrained or a registry names one is read, for a name that is no
+    folder here: a Hub id (``org/name``, or a bare ``name``, as ``gpt2`` is one), or a registry's reference
+    (``owner/name@alias``, ``owner/name:3``, which the Hub hint told to snapshot_download: a docs audit, session
+    54). Nothing for what reads as a path."""
+    if named.startswith((".", "/", "~")) or "\\" in named or named.count("/") > 1:
+        return ""
+    if "@" in named or re.fullmatch(r"[^/]+/[^/:]+:\d+", named):
+        return (" It reads like a registry's reference: vera_core reads folders; "
+                f"registry.client.load_adapter(base, {named!r}) fetches and loads it.")
+    return (" It reads like a Hub id: vera_core reads folders, so download it first "
+            f"(huggingface_hub.snapshot_download({named!r})), or, from a registry, "
+            "registry.client.load_adapter(base, 'owner/name@alias').")
+
+
 def _adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """The adapter folder's config and weights files, both there (AdapterFormatError saying what is missing)."""
     root = Path(path)
     if not root.is_dir():
         # a Hub id or a registry reference, as PEFT's from_pretrained takes them, was "not a directory" alone (a
         # researcher's walk, session 48): vera_core reads folders, and says where the others are read
-        named = str(path)
-        elsewhere = (" It reads like a Hub id: vera_core reads folders, so download it first "
-                     f"(huggingface_hub.snapshot_download({named!r})), or, from a registry, "
-                     "registry.client.load_adapter(base, 'owner/name@alias')." if not root.exists() and
-                     named.count("/") == 1 and not named.startswith((".", "/", "~")) else "")
         raise AdapterFormatError(f"{root} is not a directory; expected a PEFT adapter folder with {CONFIG_NAME}."
-                                 + elsewhere)
+                                 + ("" if root.exists() else _read_elsewhere(str(path))))
     config_path, weights_path = root / CONFIG_NAME, root / WEIGHTS_NAME
     if not config_path.is_file():
         raise AdapterFormatError(f"{root} has no {CONFIG_NAME}; expected a PEFT adapter folder.")

@@ -258,6 +258,16 @@ def test_a_hub_id_given_to_load_adapter_is_told_where_such_adapters_are_read(tmp
     with pytest.raises(AdapterFormatError, match=r"org/repo is not a directory; .* It reads like a Hub id: .*"
                                                  r"snapshot_download\('org/repo'\).*registry.client.load_adapter"):
         load_adapter(LLAMA.make(), "org/repo")
+    # a bare name may be a Hub id too (gpt2); a registry's reference is told the registry's loader, not the Hub's
+    # (it was told to snapshot_download 'owner/name@prod': a docs audit, session 54)
+    with pytest.raises(AdapterFormatError, match=r"It reads like a Hub id: .*snapshot_download\('gpt2-vera'\)"):
+        load_adapter(LLAMA.make(), "gpt2-vera")
+    for reference in ("owner/name@prod", "owner/name:3"):
+        with pytest.raises(AdapterFormatError) as registry_ref:
+            load_adapter(LLAMA.make(), reference)
+        said = str(registry_ref.value)
+        assert "snapshot_download" not in said and f"It reads like a registry's reference: vera_core reads folders; " \
+            f"registry.client.load_adapter(base, {reference!r}) fetches and loads it." in said, said
     with pytest.raises(AdapterFormatError) as plain:  # a path: no Hub hint
         load_adapter(LLAMA.make(), tmp_path / "missing")
     assert "Hub id" not in str(plain.value)
