@@ -251,8 +251,12 @@ class VeraModel(nn.Module):
         return self.model
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters), as PEFT counts them."""
-        return self.num_trainable_parameters(), sum(p.numel() for p in self.parameters())
+        """(trainable parameters, all parameters), as PEFT counts them: its ModulesToSaveWrapper holds a head's
+        original beside the trained copy, so the originals kept aside count too (they did not: a BERT classifier's
+        99 parameters short of PEFT's total, a docs audit, session 54); a bias trains in place in PEFT, so the
+        originals of biases do not."""
+        heads = sum(p.numel() for head in self._originals.children() for p in head.parameters())
+        return self.num_trainable_parameters(), sum(p.numel() for p in self.parameters()) + heads
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()

@@ -41,6 +41,24 @@ def test_the_wrapped_models_methods_and_attributes_are_reached_through_the_vera_
                                        f"trainable%: {100 * trainable / total:.4f}\n")
 
 
+@pytest.mark.parametrize("bias", ["none", "all"])
+def test_parameter_counts_are_peft_s_for_a_model_with_a_head(bias: str) -> None:
+    """PEFT's total counts a head's original beside its trained copy (ModulesToSaveWrapper), which vera_core keeps
+    out of parameters(): the total was short by the head's size (a docs audit, session 54)."""
+    from peft import VeraConfig as PeftVeraConfig
+    from peft import get_peft_model
+
+    from tests.conftest import TINY_MODELS
+
+    roberta = next(m for m in TINY_MODELS if m.name == "roberta")
+    settings = {"r": 8, "target_modules": ["query", "value"], "task_type": "SEQ_CLS", "bias": bias}
+    theirs = get_peft_model(roberta.make(), PeftVeraConfig(**settings))  # type: ignore[arg-type]
+    ours = VeraModel(roberta.make(), VeraConfig(**settings))  # type: ignore[arg-type]
+    assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
+    with ours.disable_adapter():
+        assert ours.get_nb_trainable_parameters()[1] == theirs.get_nb_trainable_parameters()[1]
+
+
 def test_save_pretrained_and_unload_do_what_their_peft_namesakes_do(tmp_path: Path) -> None:
     model = vera(projection_generator=PEFT_GENERATOR)
     inputs = LLAMA.inputs()
