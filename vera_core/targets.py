@@ -76,24 +76,30 @@ def resolve_targets(model: nn.Module, config: VeraConfig) -> VeraConfig:
     return config.replace(target_modules=default if isinstance(default, str) else list(default))
 
 
+def _linear_names(model: nn.Module) -> str:
+    """The last parts of the paths of ``model``'s linear layers, sorted, each once: what target_modules may name."""
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and layer_shape(m) is not None})
+    return ", ".join(leaves) or "(none)"
+
+
 def find_targets(model: nn.Module, config: VeraConfig) -> Iterator[tuple[str, nn.Module]]:
     """(name, module) of every module the config targets; unsupported layer types are an error."""
     found = False
     for name, module in model.named_modules():
         if not name or not matches_target(config, name):
             continue
-        if layer_shape(module) is None:
+        if layer_shape(module) is None:  # (naming the linear layers there are, as the doc said: a docs audit)
             raise TargetError(
                 f"target_modules matched {name!r}, a {type(module).__name__}; VeRA adapts only nn.Linear and "
-                "transformers Conv1D layers. Narrow target_modules so that it matches linear layers only."
+                "transformers Conv1D layers. Narrow target_modules so that it matches linear layers only: this "
+                f"{type(model).__name__}'s are named {_linear_names(model)} (last part of the module path)."
             )
         found = True
         yield name, module
     if not found:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and layer_shape(m) is not None})
         raise TargetError(
             f"target_modules={config.target_modules!r} matched no module of this {type(model).__name__}. "
-            f"Its linear layers are named {', '.join(leaves) or '(none)'} (last part of the module path); "
+            f"Its linear layers are named {_linear_names(model)} (last part of the module path); "
             "pass some of those names, or a regex over full module paths."
             + (f" layers_to_transform={config.layers_to_transform!r} (layers_pattern={config.layers_pattern!r}) "
                "kept only those layer indices: check that the model has them."
