@@ -483,10 +483,14 @@ def load_adapter(
     if files.has_projection:
         a, b = (files.tensors[k] for k in PROJECTION_KEYS)
         if tuple(a.shape) != tuple(regenerated[0].shape) or tuple(b.shape) != tuple(regenerated[1].shape):
+            # the tensors' own mismatch says why where it can: a vocabulary resized before training (a docs audit,
+            # session 54: the resize hint was never reached)
+            why = (model.adapter_mismatch(files.tensors) or "").removesuffix("; ")
             raise AdapterFormatError(
                 f"Stored projections have shapes A{tuple(a.shape)}, B{tuple(b.shape)} but this base model needs "
-                f"A{tuple(regenerated[0].shape)}, B{tuple(regenerated[1].shape)}; the adapter was made for another "
-                "base model or another set of target modules."
+                f"A{tuple(regenerated[0].shape)}, B{tuple(regenerated[1].shape)}; "
+                + (f"{why}." if why else "the adapter was made for another base model or another set of target "
+                   "modules.")
             )
         if not (torch.equal(a.float(), regenerated[0].cpu()) and torch.equal(b.float(), regenerated[1].cpu())):
             noted = files.recorded_fingerprint  # vera_core's files record their A and B's; PEFT's record none

@@ -227,6 +227,18 @@ def test_what_peft_saves_beside_the_adapter_loads_as_peft_loads_it(tmp_path: Pat
                                                  r"\(PEFT's save_embedding_layers\) with shape \(128, 32\) but this "
                                                  r"model's is \(96, 32\): resize the base model's embeddings"):
         ours.load_adapter_state_dict(resized)
+    # and so does an adapter PEFT trained on a resized base, whose stored projections are then of another shape too
+    # (it said only "made for another base model": a docs audit, session 54)
+    grown = llama.make()
+    grown.resize_token_embeddings(104, mean_resizing=False)
+    peft_grown = get_peft_model(grown, PeftVeraConfig(r=8, target_modules=["q_proj", "lm_head"]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Setting `save_embedding_layers`", UserWarning)
+        peft_grown.save_pretrained(tmp_path / "grown")
+    with pytest.raises(AdapterFormatError, match=r"Stored projections have shapes .* B\(104, 8\) but this base model "
+                                                 r"needs .* B\(96, 8\); it stores the base weight .* with shape "
+                                                 r"\(104, 32\) but this model's is \(96, 32\): resize the base"):
+        load_adapter(llama.make(), tmp_path / "grown")
 
 
 def test_all_linear_and_the_default_targets_pick_the_layers_peft_picks(tmp_path: Path) -> None:
