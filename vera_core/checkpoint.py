@@ -164,6 +164,16 @@ def read_adapter_config(path: str | os.PathLike[str]) -> VeraConfig:
     return _config_of(config_path, weights_path, metadata)
 
 
+def _rounded_to(a: torch.Tensor, b: torch.Tensor, regenerated_a: torch.Tensor, regenerated_b: torch.Tensor
+                ) -> str | None:
+    """The half-precision dtype whose rounding of the regenerated projections the stored ones are, if one is."""
+    for dtype in (torch.bfloat16, torch.float16):
+        if all(torch.equal(stored.float(), fresh.cpu().to(dtype).float())
+               for stored, fresh in ((a, regenerated_a), (b, regenerated_b))):
+            return str(dtype).removeprefix("torch.")
+    return None
+
+
 def _check_header(weights_path: Path) -> None:
     """A ValueError where the file's header, which safetensors read, is not one read_header takes: safetensors reads
     a tensor named twice as its last entry, unsaid."""
@@ -497,6 +507,11 @@ def load_adapter(
             edited = "" if noted is None or noted == (held := fingerprint(a.float(), b.float())) else (
                 f" They do not match the projection fingerprint the file records either ({noted[:16]}..., they "
                 f"hash to {held[:16]}...): the file was changed after it was written, or is damaged.")
+            if not edited and (rounded := _rounded_to(a, b, *regenerated)) is not None:
+                # the usual cause, which the warning left to guess (a docs audit, session 54)
+                edited = (f" They are the regenerated ones rounded to {rounded}: PEFT casts them with the model, so "
+                          f"an adapter saved from a {rounded} model holds them so; PEFT computes with these stored "
+                          "ones, as vera_core now does.")
             warnings.warn(
                 f"The stored projections differ from what seed {config.projection_prng_key} with generator "
                 f"{config.projection_generator!r} regenerates; using the stored ones.{edited}", stacklevel=2,

@@ -160,6 +160,19 @@ def test_half_precision_base_with_stored_projections_equals_peft_exactly(
         assert want.dtype == dtype and torch.equal(output_of(ours, llama.inputs(seed=seed)), want)
 
 
+def test_an_adapter_peft_saved_from_a_bf16_model_is_warned_of_with_its_cause(tmp_path: Path) -> None:
+    """PEFT saves A and B in the model's dtype: from a bfloat16 model they are the regenerated ones rounded. The
+    warning that they differ from what the seed regenerates left the cause to guess (a docs audit, session 54)."""
+    llama = TINY_MODELS[2]
+    theirs = get_peft_model(llama.make().to(torch.bfloat16), PeftVeraConfig(r=8, target_modules=["q_proj"]))
+    theirs.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match=r"The stored projections differ from what seed 0 .* regenerates; using the "
+                                         r"stored ones\. They are the regenerated ones rounded to bfloat16: PEFT "
+                                         "casts them with the model"):
+        ours = load_adapter(llama.make().to(torch.bfloat16), tmp_path)
+    assert not ours.projection_reproducible
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_base_with_a_seed_only_adapter_peft_rounds_the_projections(
     dtype: torch.dtype, tmp_path: Path
