@@ -31,7 +31,7 @@ from registry.api.ratelimit import RateLimiter
 from registry.api.routes import ROUTERS
 from registry.domain.errors import MOVED_HEADER, AdapterNotFound
 from registry.logs import AccessLog
-from registry.services.events import Events
+from registry.services.events import DeniedAccess, Events
 from registry.services.housekeeping import Housekeeping
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
@@ -56,6 +56,7 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.registry, app.state.options = registry, options or ApiOptions()
     app.state.jobs, app.state.hub = jobs or Jobs(registry), hub or HubSync(registry)
     app.state.events, app.state.webhooks = Events(registry.db), webhooks or Webhooks(registry.db)
+    app.state.denials = DeniedAccess(registry.db)
     app.state.dispatcher = dispatcher
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
     app.state.trusted = TrustedPublishing(registry.db, app.state.options.trusted_publishers)

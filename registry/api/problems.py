@@ -13,12 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, InternalError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from registry.api.head import allowed_methods
 from registry.domain.errors import (
     EntryNotFound,
+    Forbidden,
     RateLimited,
     ReadOnly,
     RegistryError,
@@ -26,7 +28,7 @@ from registry.domain.errors import (
     damaged_sqlite,
     status_of,
 )
-from registry.logs import first_line
+from registry.logs import REQUEST_ID, first_line
 from registry.store.database import refused_write
 from vera_core.errors import JSONTextError, parse_json
 
@@ -137,12 +139,9 @@ def install_problem_handlers(app: FastAPI, status: Callable[[RegistryError], int
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
-        response = problem(status(exc), exc.code, str(exc), request.url.path, exc, problems=exc.problems)
-        if isinstance(exc, RateLimited):
-            response.headers["Retry-After"] = str(exc.retry_after)
-        elif isinstance(exc, ReadOnly):
-            response.headers["Retry-After"] = str(READ_ONLY_RETRY_AFTER_S)
-        return response
+        if type(exc) is Forbidden:  # (not a quota's refusal, a Forbidden too: no question of access)
+            await _record_denial(request, exc)
+        return _registry_problem(request, exc, status(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -231,6 +230,27 @@ async def _unreadable_json_body(request: Request, exc: StarletteHTTPException) -
     except Exception:  # noqa: BLE001 - the body cannot be read again: FastAPI's own message stands
         return None
     return None
+
+
+def _registry_problem(request: Request, exc: RegistryError, status: int) -> JSONResponse:
+    response = problem(status, exc.code, str(exc), request.url.path, exc, problems=exc.problems)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, ReadOnly):
+        response.headers["Retry-After"] = str(READ_ONLY_RETRY_AFTER_S)
+    return response
+
+
+async def _record_denial(request: Request, exc: Forbidden) -> None:
+    """An access-denied audit event for a refusal of a caller with a token (registry.services.events.DeniedAccess),
+    where the app keeps them (the registry's API; a model server has no audit log)."""
+    denials = getattr(request.app.state, "denials", None)
+    who = getattr(request.state, "principal", None)
+    if denials is None or who is None:
+        return
+    route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+    await run_in_threadpool(denials.record, who, method=request.method, route=route, path=request.url.path,
+                            reason=str(exc), request_id=REQUEST_ID.get())
 
 
 def _unexpected(exc: Exception, path: str) -> JSONResponse:

@@ -25,6 +25,10 @@ WEBHOOK_EVENTS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete"
 PING = "ping"
 #: Actions whose target names no adapter but the registry as a whole: any reader may see them.
 PUBLIC_ACTIONS = frozenset({"base-register", "base-remove"})
+#: A request refused to a caller with a token (registry.services.events.DeniedAccess; target: the path asked).
+ACCESS_DENIED = "access-denied"
+#: Actions that only the registry's administrators see, whatever their target names.
+ADMIN_ACTIONS = frozenset({ACCESS_DENIED})
 #: Changes to an owner's webhooks (target ``owner/webhooks/ID``): seen by those who may manage them.
 WEBHOOK_ACTIONS = frozenset({"webhook-create", "webhook-update", "webhook-delete"})
 #: The owner of a registry-wide webhook: every owner's adapter events (not a name anyone can have: check_name).
@@ -73,6 +77,8 @@ def sight_of(action: str, target: str) -> tuple[str, str | None, str | None]:
     owner namespace that decides it and, for an adapter's event, the adapter's name."""
     if action in PUBLIC_ACTIONS:
         return "public", None, None
+    if action in ADMIN_ACTIONS:
+        return "admin", None, None
     if (owner := webhook_owner_of(action, target)) is not None:
         return "webhook", owner, None
     if (owner := namespace_of(action, target)) is not None:

@@ -12,6 +12,10 @@ see (before, the cursor moved past them: a caller who saw nothing counted the re
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
@@ -19,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 
 from registry.domain.errors import InvalidInput
 from registry.domain.events import (
+    ACCESS_DENIED,
     MAX_EVENTS_PAGE,
     EventInfo,
     EventPage,
@@ -27,6 +32,8 @@ from registry.domain.schemas import Ref, check_name, check_text
 from registry.services.tokens import Principal
 from registry.store import models as m
 from registry.store.database import Database
+
+log = logging.getLogger("vera.api")
 
 
 def event_info(e: m.AuditEvent) -> EventInfo:
@@ -176,3 +183,61 @@ def _in_utc(since: datetime) -> datetime:
         raise InvalidInput(f"since={since.isoformat()} is outside the years 1 to 9999 once in UTC; give a time "
                            "between them, e.g. 2026-12-01T09:00 (UTC) or 2026-12-01T09:00+01:00.") from None
 
+
+
+
+class DeniedAccess:
+    """Requests refused to a caller with a token (403: a scope, a role, a token's owner limit, a protected alias),
+    recorded in the audit log as ``access-denied`` events that the registry's administrators alone see: who, what
+    (method, route, path), why (the refusal's words) and with which token. Refusals were in the access log alone
+    (the sessions' notes: "403s not audited"); an administrator now finds a token probing what it may not touch with
+    `vera events --action access-denied`.
+
+    At most ``per_minute`` events a user and minute per API process: a token refused in a loop cannot fill the
+    database; the refusals past that are counted, and said (``detail.unrecorded``) on that user's next recorded one.
+    A 401 (no token, a bad one) names nobody and is left to the access log, as are quota refusals (no access
+    question). Recording never fails the request: a database that refuses writes (a read-only replica) records
+    nothing."""
+
+    def __init__(self, db: Database, *, per_minute: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+        self.db, self.per_minute, self._clock = db, per_minute, clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int, int]] = {}  # user -> (its minute's start, recorded, unrecorded)
+
+    def _admitted(self, user: str) -> int | None:
+        """How many refusals of ``user`` went unrecorded before this one, if this one is recorded; None if not."""
+        now = self._clock()
+        with self._lock:
+            start, recorded, unrecorded = self._windows.get(user, (now, 0, 0))
+            if now - start >= 60:
+                start, recorded = now, 0
+            if recorded >= self.per_minute:
+                self._windows[user] = (start, recorded, unrecorded + 1)
+                return None
+            if len(self._windows) >= MAX_USERS_TRACKED and user not in self._windows:
+                self._windows.clear()  # (a bound on memory: the windows start again)
+            self._windows[user] = (start, recorded + 1, 0)
+            return unrecorded
+
+    def record(self, who: Principal, *, method: str, route: str, path: str, reason: str,
+               request_id: str | None) -> bool:
+        """Record one refusal of ``who`` (a caller with a token); whether it was recorded."""
+        if who.anonymous or who.local or (unrecorded := self._admitted(who.owner)) is None:
+            return False
+        detail: dict[str, object] = {"method": method, "route": route, "reason": reason[:500],
+                                     "token_id": who.token_id}
+        if unrecorded:
+            detail["unrecorded"] = unrecorded
+        if request_id:
+            detail["request_id"] = request_id
+        try:
+            with self.db.session() as s:
+                s.add(m.AuditEvent(actor=who.owner[:64], action=ACCESS_DENIED, target=path[:200], detail=detail))
+        except Exception as exc:  # noqa: BLE001 - the refusal stands whatever happens to its record
+            log.info(f"a refusal of {who.owner} was not recorded in the audit log: {type(exc).__name__}")
+            return False
+        return True
+
+
+#: The most users whose refusals are counted at once (a process's memory for DeniedAccess).
+MAX_USERS_TRACKED = 10_000

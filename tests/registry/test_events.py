@@ -303,3 +303,62 @@ def test_every_way_a_job_ends_records_a_job_end_event(registry: Registry) -> Non
     assert "stopped sending heartbeats" in ended[f"ann/j{ids.index(lost.id)}"][1]["error"]
     assert ended[f"ann/j{ids.index(cancelled.id)}"] == ("registry", {"job": cancelled.id, "status": "cancelled"})
     assert len(ended) == 5
+
+
+def test_requests_refused_to_a_token_are_audited_for_administrators_alone(tmp_path: Any) -> None:
+    """A 403 (a scope, a role, an owner the token may not write) was in the access log alone ("403s not audited",
+    the sessions' notes): an access-denied event says who, what and why, with the token's id, and only the
+    registry's administrators see it. A 401 names nobody and a quota's 403 is no question of access: not recorded."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        tokens = make_tokens(url)
+        source = make_adapter(tmp_path / "adapter")
+        with RegistryClient(base, tokens["admin"], cache=False) as admin:
+            admin.publish(source, "alice/pub", base_model="tiny-llama")
+            admin.set_quota("alice", 1)
+        refused = httpx.put(f"{base}/api/v1/adapters/alice/pub/aliases/prod", json={"version": 1},
+                            headers={"Authorization": f"Bearer {tokens['mallory']}"})
+        assert refused.status_code == 403, refused.text
+        assert httpx.get(f"{base}/api/v1/tokens", headers={"Authorization": "Bearer vera_nobody"}).status_code == 401
+        with RegistryClient(base, tokens["alice"], cache=False) as alice, pytest.raises(Exception, match="quota"):
+            alice.publish(source, "alice/more", base_model="tiny-llama")  # a quota's 403
+        server = {"url": base, "tokens": tokens}
+        [denied] = all_events(server, "admin", action="access-denied")
+        with RegistryClient(base, tokens["admin"], cache=False) as admin:
+            [mallory_token] = admin.tokens(user="mallory")
+        assert (denied.actor, denied.target, denied.owner, denied.adapter) == (
+            "mallory", "/api/v1/adapters/alice/pub/aliases/prod", None, None)
+        assert denied.detail["method"] == "PUT" and denied.detail["token_id"] == mallory_token.id
+        assert denied.detail["route"] == "/api/v1/adapters/{owner}/{name}/aliases/{alias}"
+        assert denied.detail["reason"] == refused.json()["detail"] and denied.detail["request_id"] == \
+            refused.headers["x-request-id"]
+        for who in ("alice", "mallory", "reader"):  # not the owner of what was asked, nor the caller refused
+            assert all_events(server, who, action="access-denied") == []
+        listed = run_vera(["events", "--action", "access-denied"], env={
+            **os.environ, "VERA_REGISTRY_URL": base, "VERA_TOKEN": tokens["admin"], "COLUMNS": "200"})
+        assert listed.returncode == 0 and "access-denied" in listed.stdout and "mallory" in listed.stdout, listed
+
+
+def test_a_token_refused_in_a_loop_records_a_bounded_number_of_events(tmp_path: Any) -> None:
+    """At most per_minute events a user and minute; the refusals past them are counted on the next recorded one."""
+    from registry.services.events import DeniedAccess
+    from registry.services.tokens import Principal
+    from registry.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade()
+    now = [0.0]
+    denials = DeniedAccess(db, per_minute=3, clock=lambda: now[0])
+    mallory = Principal(owner="mallory", scopes=frozenset({"read"}), token_id=7)
+    said = [denials.record(mallory, method="PUT", route="/r", path="/p", reason="no", request_id=None)
+            for _ in range(5)]
+    assert said == [True, True, True, False, False]
+    assert denials.record(Principal(owner="eve", scopes=frozenset({"read"})), method="GET", route="/r", path="/p",
+                          reason="no", request_id=None)  # another user's own minute
+    now[0] = 61.0
+    assert denials.record(mallory, method="PUT", route="/r", path="/p", reason="no", request_id=None)
+    with db.session() as s:
+        rows = list(s.scalars(select(m.AuditEvent).where(m.AuditEvent.actor == "mallory").order_by(m.AuditEvent.id)))
+        assert [r.detail.get("unrecorded") for r in rows] == [None, None, None, 2]
+        assert {r.sight for r in rows} == {"admin"}
+    db.engine.dispose()
