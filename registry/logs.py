@@ -25,6 +25,9 @@ from typing import Any
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("vera_request_id", default=None)
 JOB_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("vera_job_id", default=None)
 HEADER = "x-request-id"
+#: Where the caller a request was authenticated as is left (Request.state; registry.api.gate and deps set it): the
+#: access log names it, an access-denied audit event records it.
+PRINCIPAL = "principal"
 LEVELS = ("debug", "info", "warning", "error")
 _SECRET = re.compile(r"vera_[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|(?i:bearer)\s+[^\s\"',]+|whsec_[A-Za-z0-9_\-]+")
 _VALID_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
@@ -161,7 +164,7 @@ class AccessLog:
         finally:
             client = scope.get("client")
             # the caller a token named (registry.api.deps keeps it in the request's state): who did it, in the log
-            caller = (scope.get("state") or {}).get("principal")
+            caller = (scope.get("state") or {}).get(PRINCIPAL)
             self.logger.info(f"{scope['method']} {scope['path']} {status}", extra={
                 "method": scope["method"], "path": scope["path"], "status": status, "bytes": sent,
                 "duration_ms": round((time.perf_counter() - start) * 1000, 1),

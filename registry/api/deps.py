@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.domain.errors import Unauthorized
 from registry.domain.publishers import TrustedPublisher
 from registry.domain.schemas import MAX_DATASET_BYTES, MAX_UPLOAD_BYTES, Ref
+from registry.logs import PRINCIPAL as PRINCIPAL  # its home: the access log reads it too
 from registry.services.hub import HubSync
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
@@ -92,8 +93,6 @@ HubDep = Annotated[HubSync, Depends(_app_state("hub"))]
 Options = Annotated[ApiOptions, Depends(_app_state("options"))]
 
 
-#: Where registry.api.gate leaves the principal it authenticated (Request.state).
-PRINCIPAL = "principal"
 
 
 async def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal | None:

@@ -157,6 +157,7 @@ def _repeated_header(headers: list[tuple[bytes, bytes]]) -> str | None:
             return f"The request gives {given} {header.decode().title()} headers; give one: '{form}'."
     return None
 
+
 class RequestGate:
     """Pure ASGI middleware (it must act before FastAPI reads the body, which happens before any dependency)."""
 

@@ -28,7 +28,7 @@ from registry.domain.errors import (
     damaged_sqlite,
     status_of,
 )
-from registry.logs import REQUEST_ID, first_line
+from registry.logs import PRINCIPAL, REQUEST_ID, first_line
 from registry.store.database import refused_write
 from vera_core.errors import JSONTextError, parse_json
 
@@ -245,7 +245,7 @@ async def _record_denial(request: Request, exc: Forbidden) -> None:
     """An access-denied audit event for a refusal of a caller with a token (registry.services.events.DeniedAccess),
     where the app keeps them (the registry's API; a model server has no audit log)."""
     denials = getattr(request.app.state, "denials", None)
-    who = getattr(request.state, "principal", None)
+    who = getattr(request.state, PRINCIPAL, None)
     if denials is None or who is None:
         return
     route = getattr(request.scope.get("route"), "path", None) or "unmatched"
