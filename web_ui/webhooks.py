@@ -123,6 +123,10 @@ def add_form(owner: str) -> None:
 ADDED = "webhooks_added"
 
 
+#: The session key of a Pause or Resume just done: (the webhook's id, what became of it), said once after the rerun.
+TOGGLED = "webhook_toggled"
+
+
 def added(owner: str) -> None:
     """The webhook just added for ``owner`` and its secret, shown this once, above the Add form."""
     shown = st.session_state.pop(ADDED, None)
@@ -183,9 +187,13 @@ def manage(hook: WebhookInfo) -> None:
     if test.button("Send a test delivery", key=f"test_{hook.id}", type="primary"):
         send_test(hook)
     if toggle.button("Pause" if hook.active else "Resume", key=f"toggle_{hook.id}"):
-        session.call(lambda c: c.update_webhook(hook.id, active=not hook.active))
+        changed = session.call(lambda c: c.update_webhook(hook.id, active=not hook.active))
+        st.session_state[TOGGLED] = (changed.id, "resumed: it receives events again" if changed.active else
+                                     "paused: it receives no events until it is resumed")
         st.cache_data.clear()
         st.rerun()
+    if (said := st.session_state.pop(TOGGLED, None)) is not None and said[0] == hook.id:
+        st.success(f"Webhook {hook.id} {said[1]}.")
     if remove.button("Remove", key=f"remove_{hook.id}"):
         st.session_state[f"confirm_remove_{hook.id}"] = True
     confirm_removal(hook)
@@ -200,9 +208,13 @@ def page() -> None:
     hooks = session.read(RegistryClient.webhooks, owner)
     if hooks:
         tables.show(hooks_table(hooks), hide_index=True, width="stretch")
-        chosen = st.selectbox("Webhook", hooks, format_func=lambda h: f"{h.id}: {h.url}", key="webhooks_chosen")
+        # chosen by id, and read from this run's list: the box kept the webhook it was given before a Pause, so the
+        # button still said "Pause" of a paused one, and a second click resumed it (a newcomer's walk, session 54)
+        by_id = {h.id: h for h in hooks}
+        chosen = st.selectbox("Webhook", list(by_id), format_func=lambda i: f"{i}: {by_id[i].url}",
+                              key="webhooks_chosen")
         if chosen is not None:
-            manage(chosen)
+            manage(by_id[chosen])
     else:
         # "you/ has no webhooks ... each event of you's adapters" read oddly (session 23's walk)
         st.info(f"No webhooks for {under(owner)} yet. Add one below: it receives a signed POST for each of their "

@@ -124,6 +124,15 @@ def test_add_test_pause_and_remove_a_webhook(registry: dict[str, Any]) -> None:
     button(at, "Pause").click()
     at.run()
     assert api(registry, lambda c: c.webhook(hook.id)).active is False
+    # the button says what a click does now: it read "Pause" still, and a second click resumed the webhook (a
+    # newcomer's walk, session 54: the chosen webhook was the one the box had kept, as it was before the click)
+    labels = {b.label for b in at.button}
+    assert "Resume" in labels and "Pause" not in labels, labels
+    assert "paused" in texts(at, "success"), texts(at, "success")
+    button(at, "Resume").click()
+    at.run()
+    assert api(registry, lambda c: c.webhook(hook.id)).active is True
+    assert "Pause" in {b.label for b in at.button} and "resumed" in texts(at, "success")
     button(at, "Remove").click()
     at.run()
     assert "Its delivery log goes with it" in texts(at, "warning")
