@@ -327,8 +327,8 @@ def set_quota(owner: str, clear: bool) -> None:
         return
     try:
         quota = None if typed.lower() == "none" else parse_size(typed, most=MAX_QUOTA_BYTES)
-    except ValueError as exc:
-        _done(f"Type the quota again: {exc}.")
+    except ValueError as exc:  # ("50*10^9" read as italics in Markdown: "5010^9", a newcomer's walk, session 54)
+        _done("Type the quota again: " + str(exc).replace("*", "\\*") + ".")
         return
     _change(f"{owner}'s quota is now {'none' if quota is None else size(quota)}.", lambda c: c.set_quota(owner, quota))
 

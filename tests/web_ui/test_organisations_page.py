@@ -157,6 +157,8 @@ def test_storage_is_shown_against_the_quota_which_an_admin_sets_there(registry: 
     at.text_input(key="orgs_quota_gamma").set_value("5 parsecs")
     click(at, "Set quota")
     assert "Type the quota again: '5 parsecs' is not a size" in texts(at, "warning")
+    # Markdown's emphasis escaped: "50*10^9 bytes, 50GiB = 50*2^30" read "5010^9 bytes, 50GiB = 502^30" with italics
+    assert r"(50GB = 50\*10^9 bytes, 50GiB = 50\*2^30, 1.5TB)" in texts(at, "warning"), texts(at, "warning")
     at.text_input(key="orgs_quota_gamma").set_value("2GiB")
     click(at, "Set quota")
     assert "gamma's quota is now 2.1 GB." in texts(at, "success")
