@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from registry.client import RegistryClient
+from registry.client import RegistryClient, RegistryUnavailable
 from registry.domain.errors import NotFound
 from registry.domain.schemas import ACTIVE_JOB_STATUSES, JobCheckpointInfo, JobEventInfo, JobInfo, VersionInfo
 from registry.domain.words import UNCLAIMED_AFTER as UNCLAIMED_AFTER  # (the page's hint: shared with `vera job`)
@@ -96,9 +96,16 @@ def _live_table() -> None:
         try:
             found = session.call(lambda c: c.jobs())
         except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
-            st.warning(f"Cannot refresh the jobs: {exc}")
+            _not_refreshed("the jobs", exc)
             return
     table(found)
+
+
+def _not_refreshed(what: str, exc: Exception) -> None:
+    """A live panel's refresh that failed: a registry it cannot reach in the dashboard's words (the client's said to
+    set VERA_REGISTRY_URL), anything else as it was said."""
+    said = session.unreachable(session.settings()[0]) if isinstance(exc, RegistryUnavailable) else str(exc)
+    st.warning(f"Cannot refresh {what}: {said}")
 
 
 def table(jobs: list[JobInfo]) -> None:
@@ -258,7 +265,7 @@ def _follow(job_id: int) -> None:
         job = listed if listed is not None and listed.id == job_id else session.call(lambda c: c.job(job_id))
         events = _events(job_id)
     except Exception as exc:  # noqa: BLE001 - a live panel reports and keeps trying
-        st.warning(f"Cannot refresh job {job_id}: {exc}")
+        _not_refreshed(f"job {job_id}", exc)
         return
     header(job)
     if (start := job.spec.get("init_from")) is not None:  # the log never names it (readers of the job may not

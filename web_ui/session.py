@@ -152,12 +152,18 @@ _ORG_ADMINS = re.compile(r"\(`vera org show ([^`\s]{1,100})` lists them\), or ha
                          r"\(`vera org unprotect [^`]{1,200}`\)\.")
 
 
+def unreachable(url: str) -> str:
+    """What the page says of a registry it cannot reach: in the dashboard's words (the sidebar, not the client's
+    VERA_REGISTRY_URL, which a dashboard user cannot set: a newcomer's walk, session 54)."""
+    return (f"The registry at {url} cannot be reached. Start one with `vera up` (or `vera serve`), or set its URL in "
+            "the sidebar.")
+
+
 def show_error(exc: RegistryError, words: Callable[[str], str] = dashboard_words) -> None:
     """``exc`` as the page says it; ``words``: the registry's message in the page's words (its ways on)."""
     url, token = settings()
     if isinstance(exc, RegistryUnavailable):
-        st.error(f"The registry at {url} cannot be reached. Start one with `vera up` (or `vera serve`), or set its "
-                 "URL in the sidebar.", icon=":material/cloud_off:")
+        st.error(unreachable(url), icon=":material/cloud_off:")
     elif isinstance(exc, Unauthorized):
         st.error(("The registry refused the token. " if token else "This registry requires a token. ")
                  + "Paste a valid one in the sidebar's Token box (`vera auth create-token` makes one from a token "

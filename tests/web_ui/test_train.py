@@ -384,3 +384,28 @@ def test_a_finished_jobs_curves_mark_the_step_whose_weights_it_published(registr
     steps = {tuple(pa.ipc.open_stream(d.data.data).read_all().to_pydict().get("step", []))
              for c in at.get("vega_lite_chart") for d in c.proto.datasets}
     assert (50.0,) in steps
+
+
+def _refresh_against_a_stopped_registry() -> None:
+    import streamlit as st
+
+    from registry.client import RegistryUnavailable
+    from web_ui import jobs
+
+    st.session_state["registry_url"], st.session_state["token"] = "http://127.0.0.1:9", ""
+    jobs._not_refreshed("job 2", RegistryUnavailable("Cannot reach the registry at http://127.0.0.1:9 (ConnectError)."
+                                                     " Is it running? Start one with `vera up`, or set "
+                                                     "VERA_REGISTRY_URL."))
+    jobs._not_refreshed("the jobs", ValueError("something else"))
+
+
+def test_a_live_panel_that_cannot_reach_the_registry_says_so_in_the_dashboards_words() -> None:
+    """The Train page's live panels said the client's words, "set VERA_REGISTRY_URL", which a dashboard user
+    cannot set; the other pages say to set the URL in the sidebar (a newcomer's walk, session 54)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_refresh_against_a_stopped_registry).run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [
+        "Cannot refresh job 2: The registry at http://127.0.0.1:9 cannot be reached. Start one with `vera up` (or "
+        "`vera serve`), or set its URL in the sidebar.", "Cannot refresh the jobs: something else"]
