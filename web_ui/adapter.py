@@ -396,6 +396,9 @@ def verify(info: VersionInfo) -> None:
         session.show_error(result)
         return
     (st.success if result.status == "passed" else st.error)(f"{result.ref}: {result.status}")
+    if session.read(RegistryClient.whoami).read_only:  # (answered, not recorded: a newcomer's walk, session 54)
+        st.caption("This registry is read-only: the result is not recorded, and the version keeps the status it had "
+                   "(the header's).")
     views.checklist(views.verification_items(result.model_dump(mode="json")["checks"]))
 
 

@@ -57,3 +57,28 @@ def test_vera_whoami_says_the_registry_is_read_only(tmp_path: Path) -> None:
     with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs", VERA_READ_ONLY="true") as url:
         done = run_vera(["whoami", "--registry", url], env={**os.environ, "COLUMNS": "200", "VERA_TOKEN": ""})
     assert done.returncode == 0 and "this registry is read-only (VERA_READ_ONLY)" in done.stdout, done.stderr
+
+
+def test_verify_on_a_read_only_registry_says_its_result_is_not_recorded(tmp_path: Path) -> None:
+    """A read-only registry answers a verification without recording it: the tab said "passed" while the header kept
+    "not yet", and nothing said why (a newcomer's walk, session 54)."""
+    from registry.client import RegistryClient
+    from tests.registry.adapters import make_adapter
+
+    url, blobs = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs"
+    with registry_in_thread(url, blobs) as base, RegistryClient(base, cache=False) as client:
+        client.publish(make_adapter(tmp_path / "a"), "alice/m", base_model="tiny-llama")
+    with registry_in_thread(url, blobs, VERA_READ_ONLY="true") as base:
+        at = AppTest.from_string("from web_ui import session, adapter\nsession.guarded(adapter.page)()\n",
+                                 default_timeout=60)
+        at.session_state["registry_url"], at.session_state["token"] = base, ""
+        at.session_state["adapter_tab"] = "Verify"
+        at.query_params["ref"] = "alice/m:1"
+        at.run()
+        next(b for b in at.button if b.label == "Verify now").click()
+        at.run()
+        assert not at.exception
+        assert any("alice/m:1: passed" in s.value for s in at.success)
+        assert {m.label: m.value for m in at.metric}["Verification"] == "not yet"
+        assert "This registry is read-only: the result is not recorded, and the version keeps the status it had " \
+               "(the header's)." in [c.value for c in at.caption], [c.value for c in at.caption]
