@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from registry.client import RegistryClient
+from registry.domain.errors import QuotaExceeded
 from registry.domain.events import EventInfo
 from registry.services.jobs import Jobs
 from registry.services.registry import Registry
@@ -320,7 +321,7 @@ def test_requests_refused_to_a_token_are_audited_for_administrators_alone(tmp_pa
                             headers={"Authorization": f"Bearer {tokens['mallory']}"})
         assert refused.status_code == 403, refused.text
         assert httpx.get(f"{base}/api/v1/tokens", headers={"Authorization": "Bearer vera_nobody"}).status_code == 401
-        with RegistryClient(base, tokens["alice"], cache=False) as alice, pytest.raises(Exception, match="quota"):
+        with RegistryClient(base, tokens["alice"], cache=False) as alice, pytest.raises(QuotaExceeded):
             alice.publish(source, "alice/more", base_model="tiny-llama")  # a quota's 403
         server = {"url": base, "tokens": tokens}
         [denied] = all_events(server, "admin", action="access-denied")
