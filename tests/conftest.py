@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 # Each pytest-xdist worker gets its share of the cores for torch's threads, and so do the processes it starts
@@ -14,6 +17,7 @@ from registry.cpu_share import share_cores  # noqa: E402 - imports nothing heavy
 
 os.environ.update(share_cores(dict(os.environ), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402 - after the thread variables
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -47,6 +51,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The heaviest files' tests first (HEAVIEST_FILES), every file's tests in their own order."""
     rank = {name: i for i, name in enumerate(HEAVIEST_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test that failed waiting on a server of its own process (an HTTP client's timeout) gets the stack of every
+    thread of the process in its report: where that server was when the client gave up (two such waits failed CI
+    on a slow day, session 54, and each passed alone at once)."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(TimeoutError | httpx.TimeoutException):
+        names, this = {thread.ident: thread.name for thread in threading.enumerate()}, threading.get_ident()
+        stacks = "\n".join(f"--- thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame))}"
+                           for ident, frame in sys._current_frames().items() if ident != this)
+        report.sections.append(("threads when the wait failed", stacks))
+    return report
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import atexit
 import functools
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -286,8 +287,9 @@ def running_s3(*buckets: str) -> Iterator[S3Server]:
 
 
 def trickle(url: str, path: str, body: bytes, every_s: float, headers: str = "") -> tuple[bytes, float]:
-    """``body`` POSTed to ``path`` a byte every ``every_s`` (its length declared): the answer's first bytes, and the
-    seconds until it came."""
+    """``body`` POSTed to ``path`` a byte every ``every_s`` (its length declared): the whole answer (its head and the
+    body its Content-Length declares, which may come in a later packet than the head), and the seconds until its
+    first bytes came."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}"
@@ -309,7 +311,22 @@ def trickle(url: str, path: str, body: bytes, every_s: float, headers: str = "")
         sock.settimeout(10)
         if not answer:
             answer = sock.recv(4096)
-        return answer, time.monotonic() - started
+        took = time.monotonic() - started
+        return _whole_answer(sock, answer), took
+
+
+def _whole_answer(sock: socket.socket, answer: bytes) -> bytes:
+    """``answer`` read on from ``sock`` until its head has ended and its body is as long as its Content-Length says
+    (or the server closed the connection)."""
+    while True:
+        head, ended, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if ended and len(body) >= (int(length.group(1)) if length else 0):
+            return answer
+        more = sock.recv(4096)
+        if not more:
+            return answer
+        answer += more
 
 
 def client_calls(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[Any, ...]]:

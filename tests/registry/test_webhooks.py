@@ -314,11 +314,12 @@ def test_private_and_loopback_addresses_need_the_setting(tmp_path: Path, receive
         db.engine.dispose()
         for target in (receiver.url("/x"), "http://localhost:9/x", "http://10.1.2.3/x", "http://[::1]:9/x",
                        "http://192.168.0.1/x", "http://0.0.0.0/x"):
+            # (30 s, not httpx's 5: a CI run on a slow day waited over 5 s for one of these, session 54)
             response = httpx.post(f"{base}/api/v1/webhooks", json={"owner": "alice", "url": target},
-                                  headers={"Authorization": f"Bearer {token}"})
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=30)
             assert response.status_code == 422, (target, response.text)
             assert "VERA_WEBHOOK_ALLOW_PRIVATE=true" in response.json()["detail"]
-        listed = httpx.get(f"{base}/api/v1/webhooks", headers={"Authorization": f"Bearer {token}"})
+        listed = httpx.get(f"{base}/api/v1/webhooks", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert listed.json() == []
 
 

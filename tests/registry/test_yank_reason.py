@@ -73,7 +73,8 @@ def test_a_bad_reason_is_refused_changing_nothing(served: tuple[str, Registry], 
     url, registry = served
     registry.yank("ann/y:1", actor="ann", reason="kept")
     before = registry.get("ann/y:1").model_dump()
-    answer = httpx.post(f"{url}/api/v1/adapters/ann/y/versions/1/yank", json=body)
+    # (30 s, not httpx's 5: twice a CI run on a slow day waited over 5 s for this answer, session 54)
+    answer = httpx.post(f"{url}/api/v1/adapters/ann/y/versions/1/yank", json=body, timeout=30)
     assert answer.status_code == 422 and said in answer.json()["detail"], answer.text
     assert registry.get("ann/y:1").model_dump() == before and len(yank_events(registry)) == 1
 
