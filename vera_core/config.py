@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vera_core.errors import VeraConfigError, finite_number
-from vera_core.patterns import compile_pattern, layer_index_pattern
+from vera_core.patterns import compile_pattern, layer_index_pattern, not_a_layers_pattern
 
 #: Generator that reproduces PEFT bit for bit (CPU ``torch.Generator`` + kaiming uniform).
 PEFT_GENERATOR = "torch-kaiming-uniform"
@@ -183,7 +183,7 @@ class VeraConfig:
             _check_count(patterns, "layers_pattern", "names")
             patterns = next((p for p in patterns if not isinstance(p, str)), "")  # the first that is not a name
         if not isinstance(patterns, str | None):
-            raise VeraConfigError(f"layers_pattern must be a string or a list of strings, got {patterns!r:.100}.")
+            raise not_a_layers_pattern(patterns)
 
     def _check_values(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:

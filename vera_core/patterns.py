@@ -95,13 +95,18 @@ def require_linear(target_modules: object, layers_pattern: object = None) -> Non
         layer_index_pattern(pattern, strict=True)
 
 
+def not_a_layers_pattern(value: object) -> VeraConfigError:
+    """The error for a ``layers_pattern`` (or one of a list's) that is not a string."""
+    return VeraConfigError(f"layers_pattern must be a string or a list of strings, got {value!r:.100}.")
+
+
 def layer_index_pattern(layers_pattern: object = None, *, strict: bool = False) -> Pattern:
     """PEFT's pattern for a layer's index: the number after ``layers_pattern`` in a module's name (after its second
     name when None), as group ``idx``; ``strict`` as for compile_pattern."""
     if layers_pattern is None:
         return compile_pattern(r".*?\.[^.]*\.(?P<idx>\d+)\.", "layers_pattern", strict=strict)
     if not isinstance(layers_pattern, str):
-        raise VeraConfigError(f"layers_pattern must be a string or a list of strings, got {layers_pattern!r:.100}.")
+        raise not_a_layers_pattern(layers_pattern)
     wrapped = rf"(?:^|.*?\.){layers_pattern}\.(?P<idx>\d+)\."
     # the limit on the pattern as written (the wrapper's 27 characters were counted in: a docs audit, session 54)
     return compile_pattern(wrapped, "layers_pattern", strict=strict, around=len(wrapped) - len(layers_pattern))
