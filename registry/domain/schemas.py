@@ -511,7 +511,8 @@ class MemberInfo(BaseModel):
     role: str  # read | write | admin
     added_at: datetime
     # whether a token was ever created for this user on this registry (False: nobody uses the name yet; a misspelt
-    # name shows so); None from a server before this field
+    # name shows so); None from a server before this field, or from a registry that checks no tokens (local mode:
+    # nobody has one there)
     has_token: bool | None = None
 
 

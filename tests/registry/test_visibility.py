@@ -358,6 +358,31 @@ def test_members_are_users_and_a_name_nobody_holds_a_token_for_shows(server: dic
         assert {x.member: x.has_token for x in alice.remove_member("acme", "bbo").members}["bob"] is True
 
 
+def test_a_registry_that_checks_no_tokens_marks_no_member_as_without_one(tmp_path: Path) -> None:
+    """Local mode (`vera up`: no tokens, every caller the local user): has_token is None for every member, so that
+    neither `vera org add` nor the dashboard warns to check the spelling of the local user, nobody having a token
+    there (a dashboard walk, session 54)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="false") as base, \
+            RegistryClient(base) as local:
+        made = local.create_organization("acme")
+        assert [(x.member, x.has_token) for x in made.members] == [("local", None)]
+        assert [(x.member, x.has_token) for x in local.set_member("acme", "bob", "read").members] == [
+            ("bob", None), ("local", None)]
+        assert [x.has_token for org in local.organizations() for x in org.members] == [None, None]
+        done = subprocess.run([sys.executable, "-m", "registry.cli", "org", "add", "acme", "carol", "--registry", base],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0 and "warning" not in done.stderr and "no token yet" not in done.stdout, done
+    # the same database served with tokens required: a name nobody holds a token for shows again
+    with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
+        db = Database(url)
+        token = create_token(db, owner="local", scopes=["read", "publish"])[1]
+        db.engine.dispose()
+        with RegistryClient(base, token) as local:
+            assert {x.member: x.has_token for x in local.organization("acme").members} == {
+                "bob": False, "carol": False, "local": True}
+
+
 def test_visibility_changes_are_audited_and_take_effect(server: dict[str, Any]) -> None:
     url, tokens, source = server["url"], server["tokens"], server["source"]
     with client(url, tokens["alice"]) as alice:

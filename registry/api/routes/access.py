@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.bodies import CheckedRoute
-from registry.api.deps import Caller, Options, RegistryDep, authorize, link_next_page
+from registry.api.deps import ApiOptions, Caller, Options, RegistryDep, authorize, link_next_page
 from registry.api.routes.adapters import RowId
 from registry.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from registry.domain.publishers import PublisherInfo
@@ -51,6 +52,26 @@ AfterName = Annotated[str | None, Query(max_length=100, description=(
 NamedPage = Annotated[int, Query(ge=1, le=MAX_NAMED_PAGE, description=(
     "the most a page holds; when there are more, the `Link` header names the next page (rel=\"next\")"))]
 Named = TypeVar("Named", OrganizationInfo, InvitationInfo)
+
+
+OrgAnswer = TypeVar("OrgAnswer", OrganizationInfo, list[OrganizationInfo])
+
+
+def _tokens_said(route: Callable[..., OrgAnswer]) -> Callable[..., OrgAnswer]:
+    """A route answering organisations, whose members' ``has_token`` is None where the registry checks no tokens
+    (local mode, `vera up`): nobody has a token there, and "no token yet" made the CLI and the dashboard warn to check
+    the spelling of the local user itself (a dashboard walk, session 54)."""
+    @functools.wraps(route)
+    def answer(*args: Any, **kwargs: Any) -> OrgAnswer:
+        found = route(*args, **kwargs)
+        options: ApiOptions = kwargs["options"]
+        if options.require_tokens:
+            return found
+        orgs = [found] if isinstance(found, OrganizationInfo) else found
+        unsaid = [org.model_copy(update={"members": [x.model_copy(update={"has_token": None}) for x in org.members]})
+                  for org in orgs]
+        return unsaid[0] if isinstance(found, OrganizationInfo) else unsaid
+    return answer
 
 
 def _page(rows: Sequence[Named], limit: int, response: Response, organization: Callable[[Named], str]
@@ -254,6 +275,7 @@ def delete_token(caller: Caller, options: Options, registry: RegistryDep, token_
 
 
 @router.get("/orgs", response_model=list[OrganizationInfo])
+@_tokens_said
 def organizations(caller: Caller, options: Options, registry: RegistryDep, response: Response,
                   after: AfterName = None, limit: NamedPage = NAMED_PAGE) -> list[OrganizationInfo]:
     """The organisations the caller belongs to (admins: all), by name, a page at a time (``Link``: the next)."""
@@ -262,6 +284,7 @@ def organizations(caller: Caller, options: Options, registry: RegistryDep, respo
 
 
 @router.post("/orgs", response_model=OrganizationInfo, status_code=201)
+@_tokens_said
 def create_organization(request: Request, caller: Caller, options: Options, registry: RegistryDep,
                         body: OrganizationBody) -> OrganizationInfo:
     """A new organisation, with the caller as its first admin (publish scope)."""
@@ -274,6 +297,7 @@ def create_organization(request: Request, caller: Caller, options: Options, regi
 
 
 @router.get("/orgs/{org}", response_model=OrganizationInfo)
+@_tokens_said
 def organization(caller: Caller, options: Options, registry: RegistryDep, org: str) -> OrganizationInfo:
     return registry.access.organization(org, _signed_in(caller, options))
 
@@ -309,6 +333,7 @@ def _within_limit_to_name(who: Principal, name: str, doing: str) -> None:
 
 
 @router.post("/orgs/{org}/rename", response_model=OrganizationInfo)
+@_tokens_said
 def rename_organization(request: Request, caller: Caller, options: Options, registry: RegistryDep, org: str,
                         body: RenameBody) -> OrganizationInfo:
     """Rename the organisation (its admins, with publish scope; the registry's admins): its members, adapters (each
@@ -325,6 +350,7 @@ def rename_organization(request: Request, caller: Caller, options: Options, regi
 
 
 @router.put("/orgs/{org}/members/{member}", response_model=OrganizationInfo)
+@_tokens_said
 def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str, member: str,
                body: MemberBody) -> OrganizationInfo:
     """Add a member with a role, or change its role (the organisation's admins). With invitations on
@@ -335,12 +361,14 @@ def put_member(caller: Caller, options: Options, registry: RegistryDep, org: str
 
 
 @router.delete("/orgs/{org}/members/{member}", response_model=OrganizationInfo)
+@_tokens_said
 def delete_member(caller: Caller, options: Options, registry: RegistryDep, org: str,
                   member: str) -> OrganizationInfo:
     return registry.access.remove_member(org, member, viewer=_signed_in(caller, options))
 
 
 @router.put("/orgs/{org}/protected-aliases/{alias}", response_model=OrganizationInfo)
+@_tokens_said
 def protect_alias(caller: Caller, options: Options, registry: RegistryDep, org: str, alias: str
                   ) -> OrganizationInfo:
     """Protect an alias name in every adapter of the organisation (its admins; the registry's admins): from then on
@@ -352,6 +380,7 @@ def protect_alias(caller: Caller, options: Options, registry: RegistryDep, org: 
 
 
 @router.delete("/orgs/{org}/protected-aliases/{alias}", response_model=OrganizationInfo)
+@_tokens_said
 def unprotect_alias(caller: Caller, options: Options, registry: RegistryDep, org: str, alias: str
                     ) -> OrganizationInfo:
     """Let the organisation's writers move the alias again (its admins): 404 when it is not protected. Audited as
@@ -360,6 +389,7 @@ def unprotect_alias(caller: Caller, options: Options, registry: RegistryDep, org
 
 
 @router.delete("/orgs/{org}/invitations/{member}", response_model=OrganizationInfo)
+@_tokens_said
 def cancel_invitation(caller: Caller, options: Options, registry: RegistryDep, org: str,
                       member: str) -> OrganizationInfo:
     """Cancel a pending invitation (the organisation's admins): 404 when none is pending."""
@@ -376,6 +406,7 @@ def invitations(caller: Caller, options: Options, registry: RegistryDep, respons
 
 
 @router.post("/invitations/{org}", response_model=OrganizationInfo)
+@_tokens_said
 def accept_invitation(caller: Caller, options: Options, registry: RegistryDep, org: str) -> OrganizationInfo:
     """Accept the caller's invitation to ``org``: the caller is a member, with the role invited to; 404 when none is
     pending (never sent, expired, answered or cancelled)."""
