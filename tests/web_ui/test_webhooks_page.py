@@ -197,3 +197,17 @@ def test_every_webhook_event_has_words_in_the_form() -> None:
     from web_ui.webhooks import EVENT_LABELS
 
     assert set(EVENT_LABELS) == set(WEBHOOK_EVENTS)
+
+
+def test_the_table_says_every_event_for_a_webhook_that_takes_them_all() -> None:
+    from datetime import UTC, datetime
+
+    from registry.domain.events import WEBHOOK_EVENTS, WebhookInfo
+    from web_ui.webhooks import hooks_table
+
+    def hook(events: list[str]) -> WebhookInfo:
+        return WebhookInfo(id=1, owner="ann", url="https://x/h", events=events, active=True, description="",
+                           created_by="ann", created_at=datetime.now(UTC), updated_at=datetime.now(UTC))
+
+    shown = hooks_table([hook(list(WEBHOOK_EVENTS)), hook(["publish", "job-end"]), hook([])])["events"].tolist()
+    assert shown == ["every event", "publish, job-end", "none"]
