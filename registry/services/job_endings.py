@@ -45,6 +45,10 @@ def cancel(s: Session, job: m.Job, *, actor: str, reason: str | None = None) -> 
                        detail={"job": job.id, **({"reason": reason} if reason else {})}))
     if job.status != "queued":
         return set()
+    # the log says so, as a running job's does when its worker stops it (a queued job's log was empty: a dashboard
+    # walk, session 54)
+    s.add(m.JobEvent(job_id=job.id, kind="log", data={"message": (
+        f"cancelled by {actor[:64]} while queued: no worker had taken it; nothing was trained or published")}))
     job.status, job.finished_at = "cancelled", datetime.now(UTC)
     return record_end(s, job, actor=actor)
 

@@ -326,6 +326,8 @@ def test_queue_claims_cancellation_and_leases(registry: Registry) -> None:
     assert jobs.cancel(second.id, actor="ann").status == "cancelled"
     with pytest.raises(Conflict, match="was already cancelled: it cannot be cancelled"):
         jobs.cancel(second.id, actor="ann")
+    assert [e.data["message"] for e in jobs.events(second.id, kind="log")] == [  # its log says it ended, and how
+        "queued", "cancelled by ann while queued: no worker had taken it; nothing was trained or published"]
     claimed = jobs.claim("w1")
     assert claimed is not None and claimed.id == first.id and claimed.status == "running" and claimed.attempts == 1
     assert jobs.claim("w2") is not None and jobs.claim("w3") is None  # the third; the cancelled one is skipped
