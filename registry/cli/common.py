@@ -170,6 +170,10 @@ HubTokenOpt = Annotated[str | None, typer.Option("--hub-token", envvar="HF_TOKEN
                                                  "once, never stored.")]
 
 
+#: The unknown VERA_* variables this command has noted already.
+_NOTED: set[str] = set()
+
+
 def load_settings(database_url: str | None, storage_url: str | None = None, *, read_only: bool = False) -> Settings:
     """The registry settings, from these options and the environment (``read_only``: --read-only, which only turns
     VERA_READ_ONLY on); a refused value exits with its reason."""
@@ -179,8 +183,10 @@ def load_settings(database_url: str | None, storage_url: str | None = None, *, r
     from registry.settings import Settings, settings_problem, unknown_variables
 
     for variable in unknown_variables(os.environ):
-        err_console.print(styled("note:", "yellow", f" {variable} is set but is no vera setting: it is ignored."),
-                          soft_wrap=True)
+        if variable not in _NOTED:  # once a command (`vera db status` loads the settings twice: said twice)
+            _NOTED.add(variable)
+            err_console.print(styled("note:", "yellow", f" {variable} is set but is no vera setting: it is ignored."),
+                              soft_wrap=True)
     given: dict[str, Any] = {"database_url": database_url, "storage_url": storage_url,
                              "read_only": True if read_only else None}
     try:  # only the options given: an explicit None hides VERA_* variables in older pydantic-settings (2.3)
