@@ -1226,6 +1226,16 @@ class RegistryClient:
         return AdapterInfo.model_validate(self._request(
             "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json={"visibility": visibility}).json())
 
+    def set_retention(self, adapter: str, *, keep_last: int | None = None, keep_days: float | None = None
+                      ) -> AdapterInfo:
+        """Give ``owner/name`` its own retention rule (writers of its owner): about once an hour the registry deletes
+        the versions that neither ``keep_last`` (the newest N) nor ``keep_days`` (those published in the last D days)
+        keeps, never one an alias other than latest points at; neither given: the rule is removed."""
+        ref = Ref.parse(adapter)
+        rule = {k: v for k, v in (("keep_last", keep_last), ("keep_days", keep_days)) if v is not None}
+        return AdapterInfo.model_validate(self._request(
+            "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json={"retention": rule}).json())
+
     # ---- events and webhooks (docs/webhooks.md) --------------------------------------------------------------
     def events(self, *, owner: str | None = None, adapter: str | None = None, action: str | None = None,
                after: int | None = None, since: str | None = None, limit: int = 50) -> EventPage:

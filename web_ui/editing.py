@@ -24,6 +24,7 @@ from registry.domain.schemas import (
     parse_properties,
     tags_field,
 )
+from registry.domain.words import kept_by
 from web_ui import formats, navigation, session
 from web_ui.activity import markdown_text
 
@@ -359,6 +360,7 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo, guarded: list[str]) ->
                                                 "it")
         if stays_public:  # said where it is read, not in a tooltip (a walk's finding, session 31)
             st.caption(f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins make it private.")
+        st.caption(f"Retention: {kept_by(adapter.retention)} (`vera retention {name} --keep-last N` sets it).")
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
     result(info.ref, ADAPTER_FORM)
 

@@ -347,7 +347,8 @@ def gc(
     database_url: DatabaseUrl = None, storage_url: StorageUrl = None,
 ) -> None:
     """Delete blobs and projections that no version references. With --keep-last and/or --keep-days, first delete
-    the versions that neither rule keeps (never one that an alias other than latest points at), each audited."""
+    the versions that neither rule keeps (never one that an alias other than latest points at), each audited; and
+    the versions that their adapter's own retention rule lets go (`vera retention`), as the API does hourly."""
     from registry.services.retention import RetentionRule
     from registry.services.verification import refuse_if_copied_away
 
@@ -358,6 +359,9 @@ def gc(
         refuse_if_copied_away(registry.db, "vera gc")
     if rule is not None:
         _print_retention(registry.apply_retention(rule, dry_run=dry_run))
+    own = registry.apply_retention_rules(dry_run=dry_run)  # what the API's housekeeping does hourly, now
+    if own.deleted or own.protected or own.skipped:
+        _print_retention(own, "adapters' own retention rules")
     if dry_run:
         console.print("dry run: nothing deleted (blobs are collected only by a real run)")
         return
@@ -368,7 +372,7 @@ def gc(
                   "them)")
 
 
-def _print_retention(result: RetentionResult) -> None:
+def _print_retention(result: RetentionResult, whose: str = "retention") -> None:
     verb = "would delete" if result.dry_run else "deleted"
     for version in result.deleted:
         console.print(f"{verb} {version.ref} (published {version.created_at:%Y-%m-%d %H:%M})")
@@ -376,7 +380,7 @@ def _print_retention(result: RetentionResult) -> None:
         console.print(f"kept {ref}: alias {', '.join(aliases)} points at it")
     for ref, why in result.skipped.items():
         console.print(f"skipped {ref}: {why}")
-    console.print(f"retention: {verb} {counted(len(result.deleted), 'version')}, kept {len(result.protected)} for "
+    console.print(f"{whose}: {verb} {counted(len(result.deleted), 'version')}, kept {len(result.protected)} for "
                   "their aliases")
 
 

@@ -33,7 +33,7 @@ from registry.credentials import stored_token
 from registry.domain.errors import InvalidInput, NotFound, RegistryError, Unauthorized, protected_alias
 from registry.domain.metric_names import flat_metrics, metric_text
 from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
-from registry.domain.words import ci_run, counted
+from registry.domain.words import ci_run, counted, kept_by
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
 
@@ -100,6 +100,7 @@ def _show_table(v: VersionInfo, adapter: AdapterInfo) -> Table:
         ("adapter", (adapter.description or "-") + f" ({counted(adapter.versions, 'version')}"
                     + (f", model card {len(adapter.card.splitlines())} lines: `vera card {v.owner}/{v.name}`"
                        if adapter.card else ", no model card") + ")"),
+        *([("retention", kept_by(adapter.retention))] if adapter.retention is not None else []),
         ("base model", v.base_model + (f" @ {v.base_revision}" if v.base_revision else "")),
         ("rank, seed", f"r={v.r}, seed={v.seed}, generator {v.generator}"),
         ("projection", f"fingerprint {v.projection_fingerprint} "
@@ -257,6 +258,32 @@ def card(
     info = call_registry(registry, token, lambda c: c.update_adapter(adapter, card=text))
     console.print(f"{info.owner}/{info.name}: model card " + (f"set ({len(text.encode()):,} bytes)" if text
                                                              else "cleared"))
+
+
+def retention(
+    adapter: Annotated[str, typer.Argument(help="owner/name")],
+    keep_last: Annotated[int | None, typer.Option(help="Keep the newest N versions (by number, yanked ones "
+                                                       "included).")] = None,
+    keep_days: Annotated[float | None, typer.Option(help="Keep the versions published in the last D days.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the adapter's rule: no version is deleted by it.")
+                     ] = False,
+    registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
+) -> None:
+    """Print an adapter's own retention rule, or set it (--keep-last N, --keep-days D: a version either keeps stays)
+    or remove it (--clear). The registry deletes the versions the rule lets go about once an hour, never one an
+    alias other than latest points at (each deletion audited, as a `vera delete` is)."""
+    if clear and (keep_last is not None or keep_days is not None):
+        fail(InvalidInput("--clear removes the rule; leave out --keep-last and --keep-days, or --clear."))
+    if clear or keep_last is not None or keep_days is not None:
+        info = call_registry(registry, token, lambda c: c.set_retention(adapter, keep_last=keep_last,
+                                                                         keep_days=keep_days))
+    else:
+        info = call_registry(registry, token, lambda c: c.adapter(adapter))
+    if as_json:
+        print_json({"adapter": f"{info.owner}/{info.name}",
+                    "retention": None if info.retention is None else info.retention.model_dump(exclude_none=True)})
+        return
+    console.print(f"{info.owner}/{info.name}: {kept_by(info.retention)}", soft_wrap=True)
 
 
 def yank(

@@ -932,6 +932,23 @@ def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
     return reason
 
 
+#: The longest an adapter's retention rule may keep versions by age, in days (a hundred years).
+MAX_RETENTION_DAYS = 36_500
+
+
+class RetentionPolicy(BaseModel):
+    """An adapter's own retention rule (registry.services.retention): about once an hour the registry deletes the
+    versions that neither part keeps (``keep_last``: the newest N by number, yanked ones included; ``keep_days``: those
+    published in the last D days), never one that an alias other than ``latest`` points at. In a change, both left
+    out (``{}``) removes the rule."""
+
+    model_config = ConfigDict(extra="forbid")
+    keep_last: int | None = Field(None, ge=1, le=MAX_VERSION, strict=True, description=(
+        "keep the newest N versions (by number, yanked ones included)"))
+    keep_days: float | None = Field(None, gt=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False, description=(
+        f"keep the versions published in the last D days (at most {MAX_RETENTION_DAYS:,})"))
+
+
 class AdapterInfo(BaseModel):
     """An adapter (``owner/name``) as a whole: its description and model card, and what its versions are."""
 
@@ -944,6 +961,8 @@ class AdapterInfo(BaseModel):
     latest_version: int | None  # what ``latest`` points at (None when every version is yanked)
     aliases: dict[str, int]  # alias -> version number, ``latest`` included
     visibility: str = "public"  # public or private (registry.services.access)
+    #: its own retention rule (None: none; or a server before this field)
+    retention: RetentionPolicy | None = None
 
 
 class MovedAdapter(AdapterInfo):
@@ -964,6 +983,8 @@ class AdapterUpdate(BaseModel):
     description: str | None = None
     card: str | None = None
     visibility: Literal["public", "private"] | None = None  # who may read it (registry.services.access)
+    retention: RetentionPolicy | None = Field(None, description=(
+        "the adapter's own retention rule; {} removes it"))
 
 
 class TagChange(BaseModel):

@@ -1,5 +1,5 @@
 """Numbers in words, as the CLI, the API's messages and the dashboard (web_ui.formats) all say them, sizes read
-back from words ("50GB"), and a trusted publisher's CI run in words."""
+back from words ("50GB"), a trusted publisher's CI run and an adapter's retention rule in words."""
 
 from __future__ import annotations
 
@@ -10,9 +10,20 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.domain.schemas import JobInfo
+    from registry.domain.schemas import JobInfo, RetentionPolicy
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
+
+
+def kept_by(rule: RetentionPolicy | None) -> str:
+    """What an adapter's retention rule keeps, in words (`vera retention`, the dashboard's Edit tab)."""
+    if rule is None:
+        return "no retention rule: every version stays until someone deletes it"
+    kept = [f"the newest {counted(rule.keep_last, 'version')}" if rule.keep_last is not None else "",
+            f"those published in the last {rule.keep_days:g} day{'' if rule.keep_days == 1 else 's'}"
+            if rule.keep_days is not None else ""]
+    return (f"keeps {' and '.join(k for k in kept if k)}, and any version an alias other than latest points at; "
+            "the registry deletes the others about once an hour")
 
 
 def counted(n: int, thing: str) -> str:

@@ -3,7 +3,9 @@ deleting the access tokens that ended (revoked or expired) more than ``token_pur
 --days N` does by hand (each exchange of a CI job's identity token (trusted publishing) and each browser that
 remembers a dashboard sign-in adds a token row that ends within minutes or a week; without this the table only
 grows), and pausing the registry-wide webhooks of an administrator whose last administrator's token expired
-(webhooks.pause_webhooks_of_departed_admins: a revocation pauses them at once, an expiry has no moment of its own).
+(webhooks.pause_webhooks_of_departed_admins: a revocation pauses them at once, an expiry has no moment of its own),
+and deleting the versions that their adapter's own retention rule lets go (registry.services.retention.apply_rules,
+audited as deleted by ``registry:retention``; their blobs go at the next `vera gc`).
 
 Every API process runs it (about once an hour, the first time a minute after it starts): with several replicas on
 one database each round finds what the others left, and a row two of them delete at once is deleted and audited
@@ -14,11 +16,13 @@ database away) is logged and the next one tries again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from registry.domain.errors import InvalidInput
 from registry.domain.publishers import MIN_TOKEN_PURGE_DAYS
 from registry.services.background import BackgroundThread
+from registry.services.retention import RetentionResult
 from registry.services.tokens import purge_tokens
 from registry.services.webhooks import pause_webhooks_of_departed_admins
 from registry.store.database import Database
@@ -32,21 +36,22 @@ FIRST_AFTER_S = 60.0
 
 
 class Housekeeping(BackgroundThread):
-    """Purges ended tokens and pauses departed administrators' registry-wide webhooks every ``every_s`` seconds
-    (``first_after_s`` after start) until ``stop()``; see the module's docstring. ``token_purge_days`` 0 purges
-    nothing (the webhooks are still looked after)."""
+    """Purges ended tokens, pauses departed administrators' registry-wide webhooks and applies adapters' retention
+    rules (``retention_rules``, when given) every ``every_s`` seconds (``first_after_s`` after start) until
+    ``stop()``; see the module's docstring. ``token_purge_days`` 0 purges nothing (the rest is still done)."""
 
     thread_name = "vera-housekeeping"
 
     def __init__(self, db: Database, *, token_purge_days: float, every_s: float = EVERY_S,
-                 first_after_s: float = FIRST_AFTER_S) -> None:
+                 first_after_s: float = FIRST_AFTER_S,
+                 retention_rules: Callable[[], RetentionResult] | None = None) -> None:
         if token_purge_days and token_purge_days < MIN_TOKEN_PURGE_DAYS:
             raise InvalidInput(f"Tokens are purged at least {MIN_TOKEN_PURGE_DAYS:g} day after they end (a CI "
                                f"job's identity token must not be exchanged twice); got {token_purge_days:g}. "
                                "Set VERA_TOKEN_PURGE_DAYS to 1 or more, or 0 to purge only by hand.")
         super().__init__()
         self.db, self.token_purge_days = db, token_purge_days
-        self.every_s, self.first_after_s = every_s, first_after_s
+        self.every_s, self.first_after_s, self.retention_rules = every_s, first_after_s, retention_rules
 
     @property
     def active(self) -> bool:
@@ -57,8 +62,15 @@ class Housekeeping(BackgroundThread):
             super().start()
 
     def run_once(self) -> int:
-        """One round now: the registry-wide webhooks of departed administrators paused, then the ended tokens
-        purged (with ``token_purge_days``); the number of tokens deleted."""
+        """One round now: the registry-wide webhooks of departed administrators paused, the versions adapters' own
+        retention rules let go deleted, then the ended tokens purged (with ``token_purge_days``); the number of
+        tokens deleted."""
+        if self.retention_rules is not None:
+            retired = self.retention_rules()
+            if retired.deleted:
+                log.info(f"deleted {len(retired.deleted)} versions that their adapter's retention rule lets go: "
+                         + ", ".join(v.ref for v in retired.deleted[:20]) + (" ..." if len(retired.deleted) > 20
+                                                                            else ""))
         paused = pause_webhooks_of_departed_admins(self.db, actor=ACTOR)
         if paused:
             log.info(f"paused registry-wide webhooks {paused}: their creator or an editor holds no administrator's "

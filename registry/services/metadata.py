@@ -23,6 +23,7 @@ from registry.domain.schemas import (
     AdapterInfo,
     AdapterUpdate,
     Ref,
+    RetentionPolicy,
     TagChange,
     VersionInfo,
     VersionUpdate,
@@ -60,9 +61,14 @@ def check_description(value: str) -> str:
     return check_text(value, "description", max_length=MAX_DESCRIPTION, multiline=True)
 
 
+def _retention(rule: dict[str, Any]) -> dict[str, Any] | None:
+    """A retention rule as stored (RetentionPolicy checked it): its parts given, or None (``{}``: no rule)."""
+    return {part: value for part, value in rule.items() if value is not None} or None
+
+
 #: The adapter fields AdapterUpdate may change, each with its check (which returns the value to store).
 ADAPTER_FIELDS: dict[str, Callable[[Any], Any]] = {"description": check_description, "card": check_card,
-                                                   "visibility": check_visibility}
+                                                   "visibility": check_visibility, "retention": _retention}
 
 
 def adapter_ref(text: str) -> Ref:
@@ -85,7 +91,8 @@ def _adapter_info(s: Session, row: m.Adapter) -> AdapterInfo:
         .where(m.Alias.adapter_id == row.id).order_by(m.Alias.name))}
     return AdapterInfo(owner=row.owner, name=row.name, description=row.description, card=row.card,
                        created_at=row.created_at, versions=count, latest_version=aliases.get(LATEST),
-                       aliases=aliases, visibility=row.visibility)
+                       aliases=aliases, visibility=row.visibility,
+                       retention=None if row.retention is None else RetentionPolicy.model_validate(row.retention))
 
 
 def _checked_changes(changes: VersionUpdate) -> tuple[dict[str, str], list[str], str | None]:
@@ -179,9 +186,10 @@ class Metadata:
 
     def update_adapter(self, adapter: str | Ref, changes: AdapterUpdate, *, actor: str, protected_too: bool = False
                        ) -> AdapterInfo:
-        """Change an adapter's description, card and visibility (the fields ``changes`` sets); audited as
-        ``adapter-edit``. Making private an adapter that holds an alias its owner protects is refused (Forbidden:
-        its readers would lose ``owner/name@prod``) unless ``protected_too`` says the caller administers the owner."""
+        """Change an adapter's description, card, visibility and retention rule (the fields ``changes`` sets);
+        audited as ``adapter-edit``. Making private an adapter that holds an alias its owner protects is refused
+        (Forbidden: its readers would lose ``owner/name@prod``) unless ``protected_too`` says the caller administers
+        the owner."""
         ref = adapter_ref(adapter) if isinstance(adapter, str) else adapter
         given = changes.model_dump(exclude_none=True)
         if not given:

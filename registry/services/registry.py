@@ -112,7 +112,8 @@ class Registry:
         self.list_versions = self.search.list_versions
         self.lookup = self.search.lookup
         self.downloads = downloads or DownloadCounter(db)
-        self.apply_retention = Retention(db, self.versions).apply
+        retention = Retention(db, self.versions)
+        self.apply_retention, self.apply_retention_rules = retention.apply, retention.apply_rules
         self.metadata = Metadata(db)
         self.evaluations = Evaluations(db)
         self.adapter = self.metadata.adapter

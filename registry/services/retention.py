@@ -5,11 +5,17 @@ deletion is audited, ``latest`` moves back, and the blobs go at the next gc.
 Each deletion is its own transaction, and re-checks the aliases inside it (an alias set after the plan still
 protects its version). A version kept by either rule stays: with both, only versions outside the last N that are
 also older than D days go.
+
+A rule is the operator's, for every adapter at once (`vera gc --keep-last N`: ``apply``), or an adapter's own, which
+its owner's writers set (``adapters.retention_keep_last/_days``, migration 0034: ``apply_rules``, which the API's
+housekeeping runs about once an hour and `vera gc` at each run), as ECR's lifecycle policies and Artifactory's cleanup
+policies are a repository's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -22,8 +28,9 @@ from registry.services.versions import Versions
 from registry.store import models as m
 from registry.store.database import Database
 
-#: Who the audit log names for deletions by retention.
+#: Who the audit log names for deletions by retention: the operator's rule (`vera gc --keep-last`), an adapter's own.
 RETENTION_ACTOR = "gc:retention"
+RULE_ACTOR = "registry:retention"
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,23 @@ class Retention:
     def apply(self, rule: RetentionRule, *, dry_run: bool = False, actor: str = RETENTION_ACTOR,
               now: datetime | None = None) -> RetentionResult:
         """Delete (with ``dry_run``: only list) every version the rule lets go, oldest first."""
+        return self._apply(lambda _: rule, dry_run=dry_run, actor=actor, now=now)
+
+    def apply_rules(self, *, dry_run: bool = False, now: datetime | None = None) -> RetentionResult:
+        """Delete (with ``dry_run``: only list) every version its adapter's own rule lets go, oldest first; an
+        adapter without a rule loses nothing."""
+        with self.db.session() as s:
+            rules = {adapter_id: RetentionRule(keep_last, keep_days) for adapter_id, keep_last, keep_days in s.execute(
+                select(m.Adapter.id, m.Adapter.retention_keep_last, m.Adapter.retention_keep_days).where(
+                    (m.Adapter.retention_keep_last.is_not(None)) | (m.Adapter.retention_keep_days.is_not(None))))}
+        if not rules:
+            return RetentionResult(dry_run=dry_run)
+        return self._apply(rules.get, dry_run=dry_run, actor=RULE_ACTOR, now=now, only=set(rules))
+
+    def _apply(self, rule_of: Callable[[int], RetentionRule | None], *, dry_run: bool, actor: str,
+               now: datetime | None, only: set[int] | None = None) -> RetentionResult:
         result = RetentionResult(dry_run=dry_run)
-        retired = self._plan(rule, now or datetime.now(UTC), result)
+        retired = self._plan(rule_of, now or datetime.now(UTC), result, only)
         if dry_run:
             result.deleted = retired
             return result
@@ -88,19 +110,24 @@ class Retention:
                 result.skipped[version.ref] = str(exc)
         return result
 
-    def _plan(self, rule: RetentionRule, now: datetime, result: RetentionResult) -> list[Retired]:
+    def _plan(self, rule_of: Callable[[int], RetentionRule | None], now: datetime, result: RetentionResult,
+              only: set[int] | None) -> list[Retired]:
+        """The versions to delete, oldest first, each adapter's by ``rule_of(its id)`` (None: none of them), of the
+        adapters ``only`` names (None: every one); the aliased ones they would be go into ``result.protected``."""
         with self.db.session() as s:
             aliases: dict[int, list[str]] = {}
             for version_id, alias in s.execute(select(m.Alias.version_id, m.Alias.name)
                                                .where(m.Alias.name != LATEST).order_by(m.Alias.name)):
                 aliases.setdefault(version_id, []).append(alias)
-            rows = s.execute(select(m.AdapterVersion.id, m.Adapter.owner, m.Adapter.name, m.AdapterVersion.version,
-                                    m.AdapterVersion.created_at).join(m.Adapter)
-                             .order_by(m.AdapterVersion.adapter_id, m.AdapterVersion.version.desc()))
+            query = (select(m.AdapterVersion.id, m.Adapter.id, m.Adapter.owner, m.Adapter.name,
+                            m.AdapterVersion.version, m.AdapterVersion.created_at).join(m.Adapter)
+                     .order_by(m.AdapterVersion.adapter_id, m.AdapterVersion.version.desc()))
+            rows = s.execute(query if only is None else query.where(m.Adapter.id.in_(only)))
             retired, rank, adapter = [], 0, None
-            for version_id, owner, name, number, created_at in rows:
-                rank, adapter = (rank + 1, adapter) if adapter == (owner, name) else (1, (owner, name))
-                if rule.keeps(rank, created_at, now):
+            for version_id, adapter_id, owner, name, number, created_at in rows:
+                rank, adapter = (rank + 1, adapter) if adapter == adapter_id else (1, adapter_id)
+                rule = rule_of(adapter_id)
+                if rule is None or rule.keeps(rank, created_at, now):
                     continue
                 ref = str(Ref(owner=owner, name=name, version=number))
                 if version_id in aliases:

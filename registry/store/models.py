@@ -124,7 +124,22 @@ class Adapter(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # 0007: public (whoever may read the registry) or private (the owner, its organisation's members, admins)
     visibility: Mapped[str] = mapped_column(String(8), default="public", server_default="public")
+    # 0034: the owner's retention rule for its versions (registry.services.retention.Retention.apply_rules): keep the
+    # newest N and/or those published in the last D days; both None: no rule of its own
+    retention_keep_last: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retention_keep_days: Mapped[float | None] = mapped_column(Float, nullable=True)
     versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter", order_by="AdapterVersion.version")
+
+    @property
+    def retention(self) -> dict[str, Any] | None:
+        """The retention rule as the API says it ({"keep_last": N, "keep_days": D}, the parts set), or None."""
+        rule = {"keep_last": self.retention_keep_last, "keep_days": self.retention_keep_days}
+        return {part: value for part, value in rule.items() if value is not None} or None
+
+    @retention.setter
+    def retention(self, rule: dict[str, Any] | None) -> None:
+        self.retention_keep_last = (rule or {}).get("keep_last")
+        self.retention_keep_days = (rule or {}).get("keep_days")
 
 
 class VersionCounter(Base):

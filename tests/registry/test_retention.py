@@ -88,13 +88,19 @@ def test_bad_rules_are_refused(rule: dict[str, float], message: str) -> None:
         RetentionRule(**rule)  # type: ignore[arg-type]
 
 
-def test_vera_gc_applies_retention_with_a_dry_run_first(tmp_path: Path) -> None:
+def history_on_files(tmp_path: Path) -> tuple[tuple[str, str, str, str], Registry]:
+    """A registry on a SQLite file and a blob folder under ``tmp_path`` with publish_history's versions: the options
+    that name them to `vera gc`, and the registry."""
     url, storage = f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "blobs")
     db = Database(url)
     db.upgrade()
     registry = Registry(db, FsspecBlobStore(storage))
     publish_history(registry, tmp_path)
-    where = ("--database-url", url, "--storage-url", storage)
+    return ("--database-url", url, "--storage-url", storage), registry
+
+
+def test_vera_gc_applies_retention_with_a_dry_run_first(tmp_path: Path) -> None:
+    where, registry = history_on_files(tmp_path)
     refused = vera("gc", "--keep-last", "0", *where)
     assert refused.returncode == 1 and "--keep-last must be at least 1" in refused.stderr
     dry = vera("gc", "--keep-last", "2", "--dry-run", *where)
@@ -111,7 +117,7 @@ def test_vera_gc_applies_retention_with_a_dry_run_first(tmp_path: Path) -> None:
     assert refs(registry) == ["ann/a:1", "ann/a:4", "ann/a:5", "bob/b:1", "bob/b:2"]
     plain = vera("gc", *where)  # without a rule: blobs only, as before
     assert plain.returncode == 0 and "removed 0 unreferenced blob records, 0 stored files" in plain.stdout
-    db.engine.dispose()
+    registry.db.engine.dispose()
 
 
 def _age(registry: Registry, digest: str, seconds: float) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import streamlit as st
 from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
@@ -366,6 +367,20 @@ def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> No
     at.radio(key="edit-visibility-alice/filler").set_value("public")
     click(at, "Save adapter")
     assert ":green-badge[:material/public: public]" in texts(at)
+
+
+def test_the_edit_tab_says_the_adapters_retention_rule(registry: dict[str, Any]) -> None:
+    publish_one(registry, "kept")
+    at = page("adapter", registry, query={"ref": "alice/kept:1"}, adapter_tab="Edit")
+    said = [c.value for c in at.caption if c.value.startswith("Retention:")]
+    assert said == ["Retention: no retention rule: every version stays until someone deletes it (`vera retention "
+                    "alice/kept --keep-last N` sets it)."]
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.set_retention("alice/kept", keep_last=10, keep_days=30)
+    st.cache_data.clear()  # the adapter read for the page above is cached for the process (Refresh, in a browser)
+    at = page("adapter", registry, query={"ref": "alice/kept:1"}, adapter_tab="Edit")
+    assert any(c.value.startswith("Retention: keeps the newest 10 versions and those published in the last 30 days, "
+                                  "and any version an alias other than latest points at") for c in at.caption)
 
 
 def publish_one(registry: dict[str, Any], name: str, times: int = 1) -> None:
