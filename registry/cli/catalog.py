@@ -3,6 +3,7 @@ yank, delete, and lineage. Metadata changes need the publish scope for the owner
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,15 @@ from registry.client import RegistryClient
 from registry.credentials import stored_token
 from registry.domain.errors import InvalidInput, NotFound, RegistryError, Unauthorized, protected_alias
 from registry.domain.metric_names import flat_metrics, metric_text
-from registry.domain.schemas import AdapterInfo, LineageGraph, Ref, VersionInfo, check_name
+from registry.domain.schemas import (
+    MAX_RETENTION_DAYS,
+    AdapterInfo,
+    LineageGraph,
+    Ref,
+    RetentionInfo,
+    VersionInfo,
+    check_name,
+)
 from registry.domain.words import ci_run, counted, kept_by
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
@@ -270,20 +279,33 @@ def retention(
     registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
 ) -> None:
     """Print an adapter's own retention rule, or set it (--keep-last N, --keep-days D: a version either keeps stays)
-    or remove it (--clear). The registry deletes the versions the rule lets go about once an hour, never one an
-    alias other than latest points at (each deletion audited, as a `vera delete` is)."""
+    or remove it (--clear). The registry deletes the versions the rule lets go about once an hour, never the newest
+    nor one an alias (latest included) points at; each deletion is audited, as a `vera delete` is."""
     if clear and (keep_last is not None or keep_days is not None):
         fail(InvalidInput("--clear removes the rule; leave out --keep-last and --keep-days, or --clear."))
+    if keep_days is not None and not (math.isfinite(keep_days) and 1 <= keep_days <= MAX_RETENTION_DAYS):
+        fail(InvalidInput(f"--keep-days takes a number of days from 1 to {MAX_RETENTION_DAYS:,}, got {keep_days:g}."))
+    before = None
     if clear or keep_last is not None or keep_days is not None:
-        info = call_registry(registry, token, lambda c: c.set_retention(adapter, keep_last=keep_last,
-                                                                         keep_days=keep_days))
+        before, info = call_registry(registry, token, lambda c: (c.adapter(adapter).retention, c.set_retention(
+            adapter, keep_last=keep_last, keep_days=keep_days)))
     else:
         info = call_registry(registry, token, lambda c: c.adapter(adapter))
+    if not clear and (dropped := _dropped(before, {"keep_last": keep_last, "keep_days": keep_days})):
+        err_console.print(styled("note:", "yellow", f" the rule no longer has {' or '.join(dropped)} (a rule is set "
+                                 "whole: give every part it should have)."), soft_wrap=True)
     if as_json:
         print_json({"adapter": f"{info.owner}/{info.name}",
                     "retention": None if info.retention is None else info.retention.model_dump(exclude_none=True)})
         return
     console.print(f"{info.owner}/{info.name}: {kept_by(info.retention)}", soft_wrap=True)
+
+
+def _dropped(before: RetentionInfo | None, given: dict[str, float | None]) -> list[str]:
+    """The options of the rule ``before`` that a new rule of the parts ``given`` leaves out: a rule is set whole,
+    and a part left out keeps fewer versions (a review, session 55)."""
+    had = before.model_dump(exclude_none=True) if before is not None else {}
+    return [f"--{part.replace('_', '-')} {value:g}" for part, value in had.items() if given.get(part) is None]
 
 
 def yank(

@@ -936,17 +936,26 @@ def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
 MAX_RETENTION_DAYS = 36_500
 
 
-class RetentionPolicy(BaseModel):
-    """An adapter's own retention rule (registry.services.retention): about once an hour the registry deletes the
-    versions that neither part keeps (``keep_last``: the newest N by number, yanked ones included; ``keep_days``: those
-    published in the last D days), never one that an alias other than ``latest`` points at. In a change, both left
-    out (``{}``) removes the rule."""
+class RetentionInfo(BaseModel):
+    """An adapter's own retention rule as the registry answers it (registry.services.retention): about once an hour
+    it deletes the versions that neither part keeps (``keep_last``: the newest N by number, yanked ones included;
+    ``keep_days``: those published in the last D days), never one that an alias points at (``latest`` included),
+    nor the adapter's newest. A part a later server adds is ignored here, not refused."""
+
+    keep_last: int | None = None
+    keep_days: float | None = None
+
+
+class RetentionPolicy(RetentionInfo):
+    """A retention rule as a change sends it (``PATCH /api/v1/adapters/{owner}/{name}`` ``{"retention": ...}``):
+    each part strictly a number in its range; a part left out or null is not part of the rule, and neither (``{}``)
+    removes it."""
 
     model_config = ConfigDict(extra="forbid")
     keep_last: int | None = Field(None, ge=1, le=MAX_VERSION, strict=True, description=(
         "keep the newest N versions (by number, yanked ones included)"))
-    keep_days: float | None = Field(None, gt=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False, description=(
-        f"keep the versions published in the last D days (at most {MAX_RETENTION_DAYS:,})"))
+    keep_days: float | None = Field(None, ge=1, le=MAX_RETENTION_DAYS, strict=True, allow_inf_nan=False, description=(
+        f"keep the versions published in the last D days (1 to {MAX_RETENTION_DAYS:,})"))
 
 
 class AdapterInfo(BaseModel):
@@ -962,7 +971,7 @@ class AdapterInfo(BaseModel):
     aliases: dict[str, int]  # alias -> version number, ``latest`` included
     visibility: str = "public"  # public or private (registry.services.access)
     #: its own retention rule (None: none; or a server before this field)
-    retention: RetentionPolicy | None = None
+    retention: RetentionInfo | None = None
 
 
 class MovedAdapter(AdapterInfo):

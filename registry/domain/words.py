@@ -10,20 +10,20 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.domain.schemas import JobInfo, RetentionPolicy
+    from registry.domain.schemas import JobInfo, RetentionInfo
 
 UNITS = ("B", "KB", "MB", "GB", "TB")
 
 
-def kept_by(rule: RetentionPolicy | None) -> str:
+def kept_by(rule: RetentionInfo | None) -> str:
     """What an adapter's retention rule keeps, in words (`vera retention`, the dashboard's Edit tab)."""
     if rule is None:
         return "no retention rule: every version stays until someone deletes it"
     kept = [f"the newest {counted(rule.keep_last, 'version')}" if rule.keep_last is not None else "",
             f"those published in the last {rule.keep_days:g} day{'' if rule.keep_days == 1 else 's'}"
             if rule.keep_days is not None else ""]
-    return (f"keeps {' and '.join(k for k in kept if k)}, and any version an alias other than latest points at; "
-            "the registry deletes the others about once an hour")
+    return (f"keeps {' and '.join(k for k in kept if k)}, the newest, and any version an alias (latest included) "
+            "points at; the registry deletes the others about once an hour")
 
 
 def counted(n: int, thing: str) -> str:

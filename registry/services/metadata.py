@@ -23,7 +23,7 @@ from registry.domain.schemas import (
     AdapterInfo,
     AdapterUpdate,
     Ref,
-    RetentionPolicy,
+    RetentionInfo,
     TagChange,
     VersionInfo,
     VersionUpdate,
@@ -92,7 +92,7 @@ def _adapter_info(s: Session, row: m.Adapter) -> AdapterInfo:
     return AdapterInfo(owner=row.owner, name=row.name, description=row.description, card=row.card,
                        created_at=row.created_at, versions=count, latest_version=aliases.get(LATEST),
                        aliases=aliases, visibility=row.visibility,
-                       retention=None if row.retention is None else RetentionPolicy.model_validate(row.retention))
+                       retention=None if row.retention is None else RetentionInfo.model_validate(row.retention))
 
 
 def _checked_changes(changes: VersionUpdate) -> tuple[dict[str, str], list[str], str | None]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from registry.domain.errors import Conflict, InvalidInput, NotFound
 from registry.domain.schemas import AuditEventInfo, Ref, VersionInfo, alias_problem, check_yank_reason
@@ -237,12 +238,15 @@ class Versions:
             s.flush()
             return version_info(s, v)
 
-    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False, protected_too: bool = False) -> None:
+    def delete(self, ref: str | Ref, *, actor: str, keep_aliased: bool = False, protected_too: bool = False,
+               kept: Callable[[Session, m.AdapterVersion], str | None] | None = None,
+               detail: dict[str, Any] | None = None) -> None:
         """Delete one version (its aliases go with it; ``latest`` moves back; versions fine-tuned from it keep the
         ref it had, as ``parent_deleted``, and copies of it, as ``copied_from_deleted``). Blobs go at the next
         gc(). ``keep_aliased`` (retention) refuses, with Conflict, a version that an alias other than ``latest``
-        points at; without ``protected_too``, one that an alias the owner protects points at is refused
-        (Forbidden)."""
+        points at; ``kept`` (an adapter's own retention rule), one it gives a reason to keep, asked with the adapter
+        locked; without ``protected_too``, one that an alias the owner protects points at is refused
+        (Forbidden). ``detail``: the audit event's (why it was deleted)."""
         with self.db.session() as s:
             v = resolve_locked(s, ref)
             adapter, target = v.adapter, version_ref(v)
@@ -252,6 +256,8 @@ class Versions:
             if keep_aliased and (held := s.scalars(select(m.Alias.name).where(
                     m.Alias.version_id == v.id, m.Alias.name != LATEST)).all()):
                 raise Conflict(f"{target} is kept: alias {', '.join(sorted(held))} points at it.")
+            if kept is not None and (why := kept(s, v)) is not None:
+                raise Conflict(f"{target} is kept: {why}.")
             s.execute(delete(m.Alias).where(m.Alias.version_id == v.id))
             s.execute(update(m.AdapterVersion).where(m.AdapterVersion.parent_version_id == v.id)
                       .values(parent_version_id=None))
@@ -260,7 +266,7 @@ class Versions:
             s.delete(v)
             s.flush()
             move_latest(s, adapter)
-            s.add(m.AuditEvent(actor=actor, action="delete", target=target, detail={}))
+            s.add(m.AuditEvent(actor=actor, action="delete", target=target, detail=detail or {}))
             if not s.scalar(select(func.count()).select_from(m.AdapterVersion)
                             .where(m.AdapterVersion.adapter_id == adapter.id)):
                 s.delete(adapter)
