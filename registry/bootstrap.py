@@ -125,7 +125,8 @@ def build_api(settings: Settings, *, create_if_empty: bool = True) -> tuple[Fast
                          presigned_downloads_s=settings.presigned_downloads_s, read_threads=settings.read_threads,
                          metrics_token=settings.metrics_token, read_only=settings.read_only,
                          primary_url=settings.primary_url, trusted_publishers=settings.trusted_publishers,
-                         token_purge_days=settings.token_purge_days, max_token_days=settings.max_token_days)
+                         token_purge_days=settings.token_purge_days, max_token_days=settings.max_token_days,
+                         retention_rules=settings.retention_rules)
     webhooks, dispatcher = webhook_services(registry, settings)
     return create_app(registry, options, jobs, open_hub(registry, settings), webhooks, dispatcher), registry, jobs
 

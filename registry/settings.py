@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # ended (revoked or expired) more than this many days ago, as `vera token purge --days N` does (their audit events
     # stay); 0: only by hand. At least 1: a CI identity token is refused a second exchange while its token is kept.
     token_purge_days: float = Field(default=30.0, ge=0, le=3650)
+    # Whether adapters' own retention rules are applied (`vera retention`): by the API's housekeeping, about hourly,
+    # and by `vera gc`. False: no rule deletes anything (the rules stay, and apply again once it is true): for a
+    # database restored from a backup to recover versions a rule deleted, until their rules are changed.
+    retention_rules: bool = True
     # The longest a new access token may live, in days (`vera auth create-token`, POST /api/v1/tokens, `vera token
     # create`): one asked for without an expiry gets this one, a longer one is refused; tokens made before keep
     # theirs. None: tokens may never expire (their maker chooses).

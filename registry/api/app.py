@@ -61,7 +61,8 @@ def create_app(registry: Registry, options: ApiOptions | None = None, jobs: Jobs
     app.state.rate_limiter = RateLimiter(app.state.options.costly_requests_per_minute)
     app.state.trusted = TrustedPublishing(registry.db, app.state.options.trusted_publishers)
     app.state.housekeeping = Housekeeping(registry.db, token_purge_days=app.state.options.token_purge_days,
-                                          retention_rules=registry.apply_retention_rules)
+                                          retention_rules=registry.apply_retention_rules
+                                          if app.state.options.retention_rules else None)
     # middleware added later wraps what was added before: access log (outermost), metrics, the gate, HEAD as GET,
     # the app
     app.add_middleware(HeadAsGet, router=app.router)

@@ -43,6 +43,7 @@ class ApiOptions(BaseModel):
     primary_url: str | None = None  # where a read-only registry's refusals send changes (VERA_PRIMARY_URL)
     trusted_publishers: list[TrustedPublisher] = []  # identity tokens traded for registry tokens (VERA_TRUSTED_...)
     token_purge_days: float = 0  # > 0: tokens that ended this long ago are deleted hourly (VERA_TOKEN_PURGE_DAYS)
+    retention_rules: bool = True  # adapters' own retention rules applied hourly (VERA_RETENTION_RULES)
     max_token_days: float | None = None  # the longest a new token lives (VERA_MAX_TOKEN_DAYS; None: no limit)
 
 

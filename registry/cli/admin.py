@@ -359,9 +359,12 @@ def gc(
         refuse_if_copied_away(registry.db, "vera gc")
     if rule is not None:
         _print_retention(registry.apply_retention(rule, dry_run=dry_run))
-    own = registry.apply_retention_rules(dry_run=dry_run)  # what the API's housekeeping does hourly, now
-    if own.deleted or own.protected or own.skipped:
-        _print_retention(own, "adapters' own retention rules")
+    if settings.retention_rules:
+        own = registry.apply_retention_rules(dry_run=dry_run)  # what the API's housekeeping does hourly, now
+        if own.deleted or own.protected or own.skipped:
+            _print_retention(own, "adapters' own retention rules")
+    else:
+        console.print("adapters' own retention rules: not applied (VERA_RETENTION_RULES=false)")
     if dry_run:
         console.print("dry run: nothing deleted (blobs are collected only by a real run)")
         return

@@ -7,6 +7,7 @@ during a run stops it. A bad rule is refused, changing nothing. Through a real s
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from registry.services.registry import Registry
 from registry.services.retention import RULE_ACTOR, Retention
 from registry.services.tokens import create_token
 from registry.store import models as m
+from tests.commands import vera as run_vera
 from tests.commands import wide_vera as vera
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import in_thread, registry_in_thread
@@ -208,6 +210,22 @@ def test_only_who_may_delete_its_versions_sets_it(tmp_path: Path) -> None:
             assert ann.set_retention("ann/p", keep_last=1).retention == RetentionInfo(keep_last=1)
 
 
+def test_the_operator_turns_the_rules_off(registry: Registry, tmp_path: Path) -> None:
+    """VERA_RETENTION_RULES=false: no rule deletes anything, in the API's housekeeping (nor in `vera gc`, below):
+    for a database restored from a backup to recover what a rule deleted."""
+    from registry.bootstrap import build_api
+    from registry.settings import Settings
+
+    publish_history(registry, tmp_path)
+    rule(registry, "ann/a", keep_last=1)
+    settings = Settings(database_url=str(registry.db.engine.url.render_as_string(hide_password=False)),
+                        storage_url=registry.blobs.url, retention_rules=False, require_tokens=False)
+    app, served, _ = build_api(settings)
+    app.state.housekeeping.run_once()
+    assert len(refs(registry)) == 7 and app.state.housekeeping.retention_rules is None
+    served.db.engine.dispose()
+
+
 def test_vera_retention_and_vera_gc(tmp_path: Path) -> None:
     where, registry = history_on_files(tmp_path)
     with in_thread(create_app(registry, ApiOptions(require_tokens=False))) as base:
@@ -233,6 +251,9 @@ def test_vera_retention_and_vera_gc(tmp_path: Path) -> None:
         as_json = vera("retention", "ann/a", "--json", "--registry", base)
         assert as_json.stdout.strip().replace(" ", "").replace("\n", "") == \
             '{"adapter":"ann/a","retention":{"keep_last":2}}'
+    off = run_vera(["gc", "--dry-run", *where], env={**os.environ, "VERA_RETENTION_RULES": "false"})
+    assert "adapters' own retention rules: not applied (VERA_RETENTION_RULES=false)" in off.stdout, off.stdout
+    assert "would delete" not in off.stdout
     dry = vera("gc", "--dry-run", *where)
     assert "would delete ann/a:2" in dry.stdout and "kept ann/a:1: alias prod points at it" in dry.stdout
     assert "adapters' own retention rules: would delete 2 versions" in dry.stdout and len(refs(registry)) == 7
