@@ -66,6 +66,7 @@ from registry.domain.schemas import (
     OwnerUsage,
     Page,
     Ref,
+    RetentionPreview,
     TokenInfo,
     VerificationReport,
     VersionInfo,
@@ -1235,6 +1236,15 @@ class RegistryClient:
         rule = {k: v for k, v in (("keep_last", keep_last), ("keep_days", keep_days)) if v is not None}
         return AdapterInfo.model_validate(self._request(
             "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json={"retention": rule}).json())
+
+    def retention_preview(self, adapter: str, *, keep_last: int | None = None, keep_days: float | None = None
+                          ) -> RetentionPreview:
+        """What ``owner/name``'s own retention rule, or the rule ``keep_last``/``keep_days`` give, would delete now
+        (nothing is changed)."""
+        ref = Ref.parse(adapter)
+        params = {k: v for k, v in (("keep_last", keep_last), ("keep_days", keep_days)) if v is not None}
+        return RetentionPreview.model_validate(self._request(
+            "GET", f"/api/v1/adapters/{ref.owner}/{ref.name}/retention", params=params).json())
 
     # ---- events and webhooks (docs/webhooks.md) --------------------------------------------------------------
     def events(self, *, owner: str | None = None, adapter: str | None = None, action: str | None = None,

@@ -39,6 +39,7 @@ from registry.domain.schemas import (
     LineageGraph,
     Ref,
     RetentionInfo,
+    RetentionPreview,
     VersionInfo,
     check_name,
 )
@@ -276,6 +277,8 @@ def retention(
     keep_days: Annotated[float | None, typer.Option(help="Keep the versions published in the last D days.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the adapter's rule: no version is deleted by it.")
                      ] = False,
+    dry_run: Annotated[bool, typer.Option(help="List what the rule (the one given, else the adapter's own) would "
+                                               "delete now; set nothing.")] = False,
     registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
 ) -> None:
     """Print an adapter's own retention rule, or set it (--keep-last N, --keep-days D: a version either keeps stays)
@@ -285,6 +288,13 @@ def retention(
         fail(InvalidInput("--clear removes the rule; leave out --keep-last and --keep-days, or --clear."))
     if keep_days is not None and not (math.isfinite(keep_days) and 1 <= keep_days <= MAX_RETENTION_DAYS):
         fail(InvalidInput(f"--keep-days takes a number of days from 1 to {MAX_RETENTION_DAYS:,}, got {keep_days:g}."))
+    if dry_run:
+        if clear:
+            fail(InvalidInput("--dry-run lists what a rule would delete; --clear deletes nothing. Leave one out."))
+        preview = call_registry(registry, token, lambda c: c.retention_preview(adapter, keep_last=keep_last,
+                                                                               keep_days=keep_days))
+        _print_preview(preview, as_json)
+        return
     before = None
     if clear or keep_last is not None or keep_days is not None:
         before, info = call_registry(registry, token, lambda c: (c.adapter(adapter).retention, c.set_retention(
@@ -299,6 +309,28 @@ def retention(
                     "retention": None if info.retention is None else info.retention.model_dump(exclude_none=True)})
         return
     console.print(f"{info.owner}/{info.name}: {kept_by(info.retention)}", soft_wrap=True)
+    if info.retention is not None and (keep_last is not None or keep_days is not None):  # just set: what it will do
+        going = call_registry(registry, token, lambda c: c.retention_preview(adapter)).would_delete
+        console.print(f"it lets go of {counted(len(going), 'version')} now" + (
+            f" ({', '.join(going[:5])}{', ...' if len(going) > 5 else ''}), deleted within the hour; `vera retention "
+            f"{info.owner}/{info.name} --dry-run` lists them" if going else ""), soft_wrap=True)
+
+
+def _print_preview(preview: RetentionPreview, as_json: bool) -> None:
+    """What a rule would delete now, as `vera retention --dry-run` says it."""
+    if as_json:
+        print_json(preview)
+        return
+    if preview.rule is None:
+        console.print(f"{preview.adapter} has no retention rule: it deletes nothing (give --keep-last or --keep-days "
+                      "to preview one)")
+        return
+    for ref in preview.would_delete:
+        console.print(f"would delete {ref}")
+    for ref, aliases in preview.kept_for_aliases.items():
+        console.print(f"kept {ref}: alias {', '.join(aliases)} points at it")
+    console.print(f"{preview.adapter}: the rule would delete {counted(len(preview.would_delete), 'version')} now "
+                  "(dry run: nothing was set or deleted)")
 
 
 def _dropped(before: RetentionInfo | None, given: dict[str, float | None]) -> list[str]:

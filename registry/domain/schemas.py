@@ -958,6 +958,17 @@ class RetentionPolicy(RetentionInfo):
         f"keep the versions published in the last D days (1 to {MAX_RETENTION_DAYS:,})"))
 
 
+class RetentionPreview(BaseModel):
+    """What a retention rule of one adapter (its own, or one asked about before it is set) would delete now
+    (``GET /api/v1/adapters/{owner}/{name}/retention``): the versions, oldest first, and those it would but an alias
+    (``latest`` included) keeps, with their aliases."""
+
+    adapter: str
+    rule: RetentionInfo | None
+    would_delete: list[str] = []
+    kept_for_aliases: dict[str, list[str]] = {}
+
+
 class AdapterInfo(BaseModel):
     """An adapter (``owner/name``) as a whole: its description and model card, and what its versions are."""
 

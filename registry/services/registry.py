@@ -114,6 +114,7 @@ class Registry:
         self.downloads = downloads or DownloadCounter(db)
         retention = Retention(db, self.versions)
         self.apply_retention, self.apply_retention_rules = retention.apply, retention.apply_rules
+        self.preview_retention = retention.preview
         self.metadata = Metadata(db)
         self.evaluations = Evaluations(db)
         self.adapter = self.metadata.adapter

@@ -111,6 +111,20 @@ class Retention:
 
         return self._apply(rules.get, dry_run=dry_run, actor=RULE_ACTOR, now=when, ruled=True, kept=kept)
 
+    def preview(self, owner: str, name: str, rule: RetentionRule | None = None,
+                now: datetime | None = None) -> tuple[RetentionRule | None, RetentionResult]:
+        """What ``rule`` (None: the adapter's own, if it has one) would delete of ``owner/name`` now, as
+        apply_rules would: the rule, and a dry run's result. NotFound when there is no such adapter."""
+        with self.db.session() as s:
+            adapter = s.scalar(select(m.Adapter).where(m.Adapter.owner == owner, m.Adapter.name == name))
+            if adapter is None:
+                raise NotFound(f"No adapter {owner}/{name}.")
+            rule, adapter_id = rule or adapter_rule(adapter), adapter.id
+        result = RetentionResult(dry_run=True)
+        if rule is not None:
+            result.deleted = self._plan(lambda _: rule, now or datetime.now(UTC), result, True, only=adapter_id)
+        return rule, result
+
     def _apply(self, rule_of: Callable[[int], RetentionRule | None], *, dry_run: bool, actor: str,
                now: datetime | None, ruled: bool = False,
                kept: Callable[[Session, m.AdapterVersion], str | None] | None = None) -> RetentionResult:
@@ -131,19 +145,26 @@ class Retention:
         return result
 
     def _plan(self, rule_of: Callable[[int], RetentionRule | None], now: datetime, result: RetentionResult,
-              ruled: bool) -> list[Retired]:
+              ruled: bool, only: int | None = None) -> list[Retired]:
         """The versions to delete, oldest first, each adapter's by ``rule_of(its id)`` (None: none of them); with
-        ``ruled`` (adapters' own rules) only adapters that have one are read, and the newest version and the one
-        ``latest`` names are kept too. The aliased ones they would be go into ``result.protected``."""
+        ``ruled`` (adapters' own rules) only adapters that have one are read (``only``: that adapter alone), and the
+        newest version and the one ``latest`` names are kept too. The aliased ones they would be go into
+        ``result.protected``."""
         with self.db.session() as s:
             aliases: dict[int, list[str]] = {}
             held = select(m.Alias.version_id, m.Alias.name).order_by(m.Alias.name)
+            if only is not None:
+                held = held.where(m.Alias.adapter_id == only)
+            elif ruled:  # the aliases of the adapters that have a rule
+                held = held.join(m.Adapter, m.Adapter.id == m.Alias.adapter_id).where(HAS_RULE)
             for version_id, alias in s.execute(held if ruled else held.where(m.Alias.name != LATEST)):
                 aliases.setdefault(version_id, []).append(alias)
             query = (select(m.AdapterVersion.id, m.Adapter.id, m.Adapter.owner, m.Adapter.name,
                             m.AdapterVersion.version, m.AdapterVersion.created_at).join(m.Adapter)
                      .order_by(m.AdapterVersion.adapter_id, m.AdapterVersion.version.desc()))
-            rows = s.execute(query.where(HAS_RULE) if ruled else query)
+            if only is not None:
+                query = query.where(m.Adapter.id == only)
+            rows = s.execute(query.where(HAS_RULE) if ruled and only is None else query)
             retired, rank, adapter = [], 0, None
             for version_id, adapter_id, owner, name, number, created_at in rows:
                 rank, adapter = (rank + 1, adapter) if adapter == adapter_id else (1, adapter_id)

@@ -188,6 +188,29 @@ def test_the_api_sets_it_and_housekeeping_applies_it(registry: Registry, tmp_pat
         assert len(refs(registry)) == 6
 
 
+def test_a_preview_says_what_a_rule_would_delete_changing_nothing(registry: Registry, tmp_path: Path) -> None:
+    """GET .../retention: the adapter's own rule, or one the query gives before it is set; any reader may ask."""
+    publish_history(registry, tmp_path)
+    with in_thread(create_app(registry, ApiOptions(require_tokens=False))) as url, RegistryClient(url) as client:
+        none = client.retention_preview("ann/a")
+        assert none.rule is None and none.would_delete == [] and none.kept_for_aliases == {}
+        asked = client.retention_preview("ann/a", keep_last=2)
+        assert asked.rule == RetentionInfo(keep_last=2) and asked.would_delete == ["ann/a:2", "ann/a:3"]
+        assert asked.kept_for_aliases == {"ann/a:1": ["prod"]} and registry.adapter("ann/a").retention is None
+        client.set_retention("ann/a", keep_last=4)
+        own = client.retention_preview("ann/a")
+        assert own.rule == RetentionInfo(keep_last=4) and own.would_delete == [] and own.adapter == "ann/a"
+        by_age = client.retention_preview("bob/b", keep_days=1)  # minutes-old versions: the 1 day keeps them
+        assert by_age.would_delete == []
+        for query, said in (("keep_last=0", "keep_last: Input should be greater than or equal to 1"),
+                            ("keep_days=nan", "keep_days: Input should be a finite number"),
+                            ("keep_days=0.5", "keep_days: Input should be greater than or equal to 1")):
+            answer = httpx.get(f"{url}/api/v1/adapters/ann/a/retention?{query}", timeout=30)
+            assert answer.status_code == 422 and said in answer.json()["detail"], answer.text
+        assert httpx.get(f"{url}/api/v1/adapters/ann/nothing/retention", timeout=30).status_code == 404
+    assert len(refs(registry)) == 7
+
+
 def test_only_who_may_delete_its_versions_sets_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with registry_in_thread(url, tmp_path / "blobs", VERA_REQUIRE_TOKENS="true") as base:
@@ -239,8 +262,12 @@ def test_vera_retention_and_vera_gc(tmp_path: Path) -> None:
             refused = vera("retention", "ann/a", *bad, "--registry", base)
             assert refused.returncode == 1 and said in " ".join(refused.stderr.split()), refused.stderr
         assert registry.adapter("ann/a").retention is None
+        dry = vera("retention", "ann/a", "--keep-last", "2", "--dry-run", "--registry", base)
+        assert dry.returncode == 0 and "would delete ann/a:2\nwould delete ann/a:3\n" in dry.stdout, dry.stdout
+        assert "kept ann/a:1: alias prod points at it" in dry.stdout and registry.adapter("ann/a").retention is None
         made = vera("retention", "ann/a", "--keep-last", "2", "--keep-days", "1", "--registry", base)
         assert made.returncode == 0 and "note" not in made.stderr, made.stderr
+        assert "it lets go of 0 versions now" in made.stdout  # minutes old: the 1-day part keeps them
         assert ("ann/a: keeps the newest 2 versions and those published in the last 1 day, the newest, and any "
                 "version an alias (latest included) points at") in " ".join(made.stdout.split())
         shown = vera("show", "ann/a:5", "--registry", base)  # the version's page names its adapter's rule
@@ -248,6 +275,8 @@ def test_vera_retention_and_vera_gc(tmp_path: Path) -> None:
             shown.stdout.split())
         narrowed = vera("retention", "ann/a", "--keep-last", "2", "--registry", base)  # the 1-day part dropped
         assert "note: the rule no longer has --keep-days 1 (a rule is set whole" in " ".join(narrowed.stderr.split())
+        assert ("it lets go of 2 versions now (ann/a:2, ann/a:3), deleted within the hour; `vera retention ann/a "
+                "--dry-run` lists them") in " ".join(narrowed.stdout.split())
         as_json = vera("retention", "ann/a", "--json", "--registry", base)
         assert as_json.stdout.strip().replace(" ", "").replace("\n", "") == \
             '{"adapter":"ann/a","retention":{"keep_last":2}}'

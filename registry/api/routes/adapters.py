@@ -35,6 +35,7 @@ from registry.domain.schemas import (
     MAX_LINEAGE_DEPTH,
     MAX_LINEAGE_NODES,
     MAX_PAGE,
+    MAX_RETENTION_DAYS,
     MAX_VERSION,
     MAX_YANK_REASON,
     UPLOAD_PREFIX,
@@ -48,6 +49,8 @@ from registry.domain.schemas import (
     MovedAdapter,
     Page,
     Ref,
+    RetentionInfo,
+    RetentionPreview,
     VerificationReport,
     VersionInfo,
     VersionUpdate,
@@ -178,6 +181,24 @@ async def publish(
 def get_adapter(_: Reader, registry: RegistryDep, owner: str, name: str) -> AdapterInfo:
     """The adapter as a whole: description, model card, how many versions, its aliases."""
     return registry.adapter(Ref.of(owner, name))
+
+
+@router.get("/{owner}/{name}/retention", response_model=RetentionPreview)
+def retention_preview(
+    _: Reader, registry: RegistryDep, owner: str, name: str,
+    keep_last: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description=(
+        "preview this rule instead of the adapter's own (with keep_days, or alone)"))] = None,
+    keep_days: Annotated[float | None, Query(ge=1, le=MAX_RETENTION_DAYS, allow_inf_nan=False)] = None,
+) -> RetentionPreview:
+    """What the adapter's own retention rule, or the rule the query gives, would delete now: the versions, oldest
+    first, and those an alias keeps. Nothing is deleted or changed."""
+    from registry.services.retention import RetentionRule
+
+    asked = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
+    rule, result = registry.preview_retention(owner, name, asked)
+    return RetentionPreview(adapter=f"{owner}/{name}",
+                            rule=None if rule is None else RetentionInfo.model_validate(rule.said()),
+                            would_delete=[v.ref for v in result.deleted], kept_for_aliases=result.protected)
 
 
 @router.patch("/{owner}/{name}", response_model=AdapterInfo)
