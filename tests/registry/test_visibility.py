@@ -83,11 +83,13 @@ REACHING = [
     ("GET", "/hf/alice/secret/resolve/main/adapter_config.json", None),
     ("GET", "/hf-lora/api/models/alice/secret", None),
     ("POST", "/api/v1/compare", {"refs": ["alice/open:1", "alice/secret:1"]}),
+    ("GET", "/api/v1/adapters/alice/secret/retention?keep_last=1", None),
     # writes: someone else's private adapter is not there to be written either (404 before 403)
     ("POST", f"{V}/hub/push", {"repo_id": "mallory/stolen"}), ("PUT", "/api/v1/adapters/alice/secret/aliases/x",
                                                                 {"version": 1}),
     ("DELETE", "/api/v1/adapters/alice/secret/aliases/prod", None), ("POST", f"{V}/yank", {"yanked": True}),
     ("DELETE", V, None), ("PATCH", "/api/v1/adapters/alice/secret", {"visibility": "public"}),
+    ("PATCH", "/api/v1/adapters/alice/secret", {"retention": {"keep_last": 1}}),
     ("PATCH", V, {"description": "defaced"}),
 ]
 
