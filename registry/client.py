@@ -66,6 +66,7 @@ from registry.domain.schemas import (
     OwnerUsage,
     Page,
     Ref,
+    RetentionInfo,
     RetentionPreview,
     TokenInfo,
     VerificationReport,
@@ -1233,7 +1234,7 @@ class RegistryClient:
         the versions that neither ``keep_last`` (the newest N) nor ``keep_days`` (those published in the last D days)
         keeps, never one an alias other than latest points at; neither given: the rule is removed."""
         ref = Ref.parse(adapter)
-        rule = {k: v for k, v in (("keep_last", keep_last), ("keep_days", keep_days)) if v is not None}
+        rule = RetentionInfo(keep_last=keep_last, keep_days=keep_days).model_dump(exclude_none=True)
         return AdapterInfo.model_validate(self._request(
             "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json={"retention": rule}).json())
 
@@ -1242,7 +1243,7 @@ class RegistryClient:
         """What ``owner/name``'s own retention rule, or the rule ``keep_last``/``keep_days`` give, would delete now
         (nothing is changed)."""
         ref = Ref.parse(adapter)
-        params = {k: v for k, v in (("keep_last", keep_last), ("keep_days", keep_days)) if v is not None}
+        params = RetentionInfo(keep_last=keep_last, keep_days=keep_days).model_dump(exclude_none=True)
         return RetentionPreview.model_validate(self._request(
             "GET", f"/api/v1/adapters/{ref.owner}/{ref.name}/retention", params=params).json())
 

@@ -62,8 +62,9 @@ def check_description(value: str) -> str:
 
 
 def _retention(rule: dict[str, Any]) -> dict[str, Any] | None:
-    """A retention rule as stored (RetentionPolicy checked it): its parts given, or None (``{}``: no rule)."""
-    return {part: value for part, value in rule.items() if value is not None} or None
+    """A retention rule as stored (RetentionPolicy checked it; update_adapter's dump left out its null parts): its
+    parts given, or None (``{}``: no rule)."""
+    return rule or None
 
 
 #: The adapter fields AdapterUpdate may change, each with its check (which returns the value to store).
