@@ -1,5 +1,6 @@
 """Adapter: one version in full: versions and aliases, config, lineage (web_ui.lineage), metrics and loss curve,
-storage, the per-layer d/b heatmap, verification, Hub push/pull, downloads and editing (web_ui.editing)."""
+storage, the per-layer d/b heatmap, verification, Hub push/pull, downloads and editing (web_ui.editing); the
+versions its adapter's retention rule is about to delete are marked (web_ui.retention)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from registry.client import RegistryClient
 from registry.domain.errors import NotFound, RegistryError
 from registry.domain.schemas import ADAPTER_FILES, EvaluationInfo, Ref, VerificationReport, VersionInfo
 from vera_core.config import PEFT_GENERATOR
-from web_ui import analysis, charts, editing, formats, layers, lineage, navigation, session, tables, views
+from web_ui import analysis, charts, editing, formats, layers, lineage, navigation, retention, session, tables, views
 from web_ui.activity import markdown_text
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
@@ -40,6 +41,7 @@ def page() -> None:
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     if info.yanked:  # said as a banner, not only a suffix (a walk in a browser, session 40), as `vera fetch` warns
         yanked_banner(info, "It stays downloadable by number (and by any alias still on it); Edit unyanks it.")
+    retention.banner(info, adapter_field(info, "retention"))
     about(info)
     header(info)
 
@@ -286,6 +288,10 @@ def versions(info: VersionInfo) -> None:
                            "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                            "published by": published_by(v)}
                           for v, accuracy in zip(items, accuracy_cells(items), strict=True)])
+    if (preview := retention.due(f"{info.owner}/{info.name}", adapter_field(info, "retention"))) is not None and (
+            going := set(preview.would_delete) & {v.ref for v in items}):  # said where the versions are listed
+        frame.insert(frame.columns.get_loc("yanked"), "retention",
+                     [retention.DUE if v.ref in going else "" for v in items])
     # the version this page shows, shaded when there are others: the table did not say which row it was (a dashboard
     # walk, session 48)
     shown = next((i for i, v in enumerate(items) if v.ref == info.ref), None) if len(items) > 1 else None

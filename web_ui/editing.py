@@ -1,5 +1,6 @@
 """Editing on the Adapter page: a version's description and tags, its aliases (``prod`` pointed here or removed),
-yanking it, the adapter's description, model card and visibility, moving the adapter (a new name or owner, once
+yanking it, the adapter's description, model card and visibility, its retention rule (web_ui.retention), moving
+the adapter (a new name or owner, once
 confirmed) and deleting the version (once its reference is typed). Shown to callers whose token may write under the
 adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message, next to
 the form it answers. Copying the version into another adapter (promotion) is offered to whoever may publish
@@ -8,8 +9,6 @@ already show what was saved; a delete runs in the page, which then goes to what 
 version; after its last, the page says the adapter has no versions left)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import streamlit as st
 
@@ -24,11 +23,10 @@ from registry.domain.schemas import (
     parse_properties,
     tags_field,
 )
-from registry.domain.words import kept_by
-from web_ui import formats, navigation, session
+from web_ui import formats, navigation, retention, session
 from web_ui.activity import markdown_text
+from web_ui.outcomes import ADAPTER_FORM, RESULT, Unsent, done, result
 
-RESULT = "edit_result"
 #: The Move form's checkbox: unticked, the form sends nothing (Enter in the New name box submits the form).
 MOVE_CONFIRM = "I understand: the adapter's old name will answer 'moved'"
 #: Instead of forms on a registry that takes no changes (VERA_READ_ONLY): they would only be refused.
@@ -57,24 +55,6 @@ def split_tags(text: str) -> list[str]:
     return list(dict.fromkeys(tags_field(text)))
 
 
-@dataclass(frozen=True)
-class Unsent:
-    """A change the dashboard did not send, and what to do to send it (shown as a warning)."""
-
-    text: str
-
-
-Outcome = str | Unsent | RegistryError
-
-
-def _done(ref: str, outcome: Outcome, where: str = "top") -> None:
-    """Keep the outcome of a change of the version ``ref`` (owner/name:N, as the page shows it) for the next run to
-    show, ``where`` it is seen: at the top of the tab (the version form, the first), or under the form it answers
-    (``alias``, ``yank``, ``adapter``, ``move``, ``delete``: shown at the top, it would be out of view)."""
-    st.session_state[RESULT] = (ref, outcome, where)
-    st.cache_data.clear()
-
-
 def split_properties(text: str) -> dict[str, str] | Unsent:
     """'validation=passed' per line -> {'validation': 'passed'}, blank lines skipped, as `vera publish --property`
     reads them (registry.domain.schemas.parse_properties); a line without '=', or a key given twice, is an Unsent
@@ -92,7 +72,7 @@ def save_version(ref: str, description: str, tags: list[str], properties: dict[s
     new_tags = split_tags(st.session_state[f"edit-tags-{ref}"])
     new_properties = split_properties(st.session_state.get(f"edit-properties-{ref}", ""))
     if isinstance(new_properties, Unsent):
-        _done(ref, new_properties)
+        done(ref, new_properties)
         return
     added, removed = [t for t in new_tags if t not in tags], [t for t in tags if t not in new_tags]
     setting = {k: v for k, v in new_properties.items() if properties.get(k) != v}
@@ -100,7 +80,7 @@ def save_version(ref: str, description: str, tags: list[str], properties: dict[s
     changes = (["description"] if new_description != description else []) + [f"+{t}" for t in added] + [
         f"-{t}" for t in removed] + [f"{k}={v}" for k, v in setting.items()] + [f"-{k}" for k in dropping]
     if not changes:
-        _done(ref, Unsent("Nothing changed."))
+        done(ref, Unsent("Nothing changed."))
         return
     try:
         session.call(lambda c: c.update_version(
@@ -108,9 +88,9 @@ def save_version(ref: str, description: str, tags: list[str], properties: dict[s
             add_tags=added or None, remove_tags=removed or None, set_properties=setting or None,
             remove_properties=dropping or None))
     except RegistryError as exc:
-        _done(ref, exc)
+        done(ref, exc)
     else:
-        _done(ref, f"Saved {ref}: {', '.join(changes)}.")
+        done(ref, f"Saved {ref}: {', '.join(changes)}.")
 
 
 def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
@@ -118,7 +98,7 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
     after = {field: st.session_state[f"edit-{field}-{adapter}"] for field in ("about", "card", "visibility")}
     changed = [field for field in after if after[field] != before[field]]
     if not changed:
-        _done(ref, Unsent("Nothing changed."), ADAPTER_FORM)
+        done(ref, Unsent("Nothing changed."), ADAPTER_FORM)
         return
     names = {"about": "description", "card": "model card", "visibility": f"now {after['visibility']}"}
     texts = [f for f in changed if f != "visibility"]
@@ -128,21 +108,16 @@ def save_adapter(ref: str, adapter: str, before: dict[str, str]) -> None:
                 adapter, description=after["about"] if "about" in changed else None,
                 card=after["card"] if "card" in changed else None))
     except RegistryError as exc:
-        _done(ref, exc, ADAPTER_FORM)
+        done(ref, exc, ADAPTER_FORM)
         return
     try:
         if "visibility" in changed:
             session.call(lambda c: c.set_visibility(adapter, after["visibility"]))
     except RegistryError as exc:  # the texts were saved by then: "Nothing saved" would be untrue
-        _done(ref, Unsent(f"Saved {adapter}: {', '.join(names[f] for f in texts)}; its visibility was not changed: "
+        done(ref, Unsent(f"Saved {adapter}: {', '.join(names[f] for f in texts)}; its visibility was not changed: "
                           f"{session.dashboard_words(str(exc))}") if texts else exc, ADAPTER_FORM)
     else:
-        _done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.", ADAPTER_FORM)
-
-
-#: Where Save adapter's outcome is shown: under its form, the fourth of the tab (at the top, ~1,000 px above the
-#: button, a click seemed to do nothing: a walk's finding, session 32)
-ADAPTER_FORM = "adapter"
+        done(ref, f"Saved {adapter}: {', '.join(names[f] for f in changed)}.", ADAPTER_FORM)
 
 
 def move_adapter(ref: str, adapter: str) -> None:
@@ -151,16 +126,16 @@ def move_adapter(ref: str, adapter: str) -> None:
     the page was asked for (an @alias stays one), and the result is kept for the version shown there."""
     to = st.session_state[f"edit-move-{adapter}"].strip()
     if not to or to == adapter:
-        _done(ref, Unsent("Nothing changed: type the new name, owner/name."), "move")
+        done(ref, Unsent("Nothing changed: type the new name, owner/name."), "move")
         return
     if not st.session_state.get(f"edit-move-ok-{adapter}"):
-        _done(ref, Unsent(f"Nothing moved: tick '{MOVE_CONFIRM}' under the New name box, then press Move adapter "
+        done(ref, Unsent(f"Nothing moved: tick '{MOVE_CONFIRM}' under the New name box, then press Move adapter "
                           f"to move {adapter} to {to}."), "move")
         return
     try:
         moved = session.call(lambda c: c.move(adapter, to))
     except RegistryError as exc:
-        _done(ref, exc, "move")
+        done(ref, exc, "move")
         return
     new_name = f"{moved.owner}/{moved.name}"
     st.query_params["ref"] = followed(st.query_params.get("ref", ref), adapter, moved.owner, moved.name, ref)
@@ -168,7 +143,7 @@ def move_adapter(ref: str, adapter: str) -> None:
     if moved.jobs_cancelled:
         jobs += (f" Jobs {', '.join(map(str, moved.jobs_cancelled))} were cancelled (their rights were "
                  f"{adapter.split('/')[0]}'s): submit them again under {moved.owner}.")
-    _done(new_name + ref[len(adapter):], f"Moved {adapter} to {new_name}. Its old name now answers that it moved "
+    done(new_name + ref[len(adapter):], f"Moved {adapter} to {new_name}. Its old name now answers that it moved "
                                          f"here; publishes to the old name are refused.{jobs}", "move")
 
 
@@ -179,16 +154,16 @@ def copy_version(ref: str) -> None:
     to = st.session_state[f"edit-copy-{ref}"].strip()
     alias = st.session_state[f"edit-copy-alias-{ref}"].strip().removeprefix("@")
     if not to:
-        _done(ref, Unsent("Nothing changed: type the adapter to copy into, owner/name."), COPY_FORM)
+        done(ref, Unsent("Nothing changed: type the adapter to copy into, owner/name."), COPY_FORM)
         return
     try:
         if alias and (problem := session.call(lambda c: c.alias_problem(to, alias))) is not None:
             # before the copy: a refused alias left a copy made, and another on the next try (a walk, session 46)
-            _done(ref, Unsent(f"Nothing changed: {problem}"), COPY_FORM)
+            done(ref, Unsent(f"Nothing changed: {problem}"), COPY_FORM)
             return
         copied = session.call(lambda c: c.copy_version(ref, to))
     except RegistryError as exc:
-        _done(ref, exc, COPY_FORM)
+        done(ref, exc, COPY_FORM)
         return
     made = " (a new adapter)" if copied.version == 1 else ""
     said = f"Copied {ref} to [{copied.ref}]({navigation.version_link(copied.ref)}){made}."
@@ -196,13 +171,13 @@ def copy_version(ref: str) -> None:
         try:
             session.call(lambda c: c.set_alias(copied.ref, alias))
         except RegistryError as exc:
-            _done(ref, Unsent(f"{said} Its alias was not set ({session.dashboard_words(str(exc))}): point one at it "
+            done(ref, Unsent(f"{said} Its alias was not set ({session.dashboard_words(str(exc))}): point one at it "
                               f"on {copied.ref}'s Edit tab."), COPY_FORM)
             return
         said += f" {copied.owner}/{copied.name}@{alias} names it now."
     for box in (f"edit-copy-{ref}", f"edit-copy-alias-{ref}"):  # emptied: a second click copies nothing again
         st.session_state[box] = ""
-    _done(ref, said, COPY_FORM)
+    done(ref, said, COPY_FORM)
 
 
 def followed(asked: str, adapter: str, owner: str, name: str, ref: str) -> str:
@@ -222,16 +197,16 @@ def point_alias(ref: str, adapter: str, aliases: dict[str, int]) -> None:
     pointed before; the registry checks the name and keeps ``latest`` to itself."""
     alias = st.session_state[f"edit-alias-{ref}"].strip().removeprefix("@")
     if not alias:
-        _done(ref, Unsent("Nothing changed: type an alias name, e.g. prod."), "alias")
+        done(ref, Unsent("Nothing changed: type an alias name, e.g. prod."), "alias")
         return
     try:
         session.call(lambda c: c.set_alias(ref, alias))
     except RegistryError as exc:
-        _done(ref, exc, "alias")
+        done(ref, exc, "alias")
         return
     before = aliases.get(alias)
     moved = f" (it pointed at {adapter}:{before})" if before is not None and f"{adapter}:{before}" != ref else ""
-    _done(ref, f"{adapter}@{alias} now points at {ref}{moved}.", "alias")
+    done(ref, f"{adapter}@{alias} now points at {ref}{moved}.", "alias")
 
 
 def remove_alias(ref: str, adapter: str) -> None:
@@ -240,9 +215,9 @@ def remove_alias(ref: str, adapter: str) -> None:
     try:
         session.call(lambda c: c.remove_alias(adapter, alias))
     except RegistryError as exc:
-        _done(ref, exc, "alias")
+        done(ref, exc, "alias")
         return
-    _done(ref, f"Removed {adapter}@{alias} (it pointed at {ref}).", "alias")
+    done(ref, f"Removed {adapter}@{alias} (it pointed at {ref}).", "alias")
 
 
 def yank_version(ref: str, yanked: bool) -> None:
@@ -252,10 +227,10 @@ def yank_version(ref: str, yanked: bool) -> None:
     try:
         session.call(lambda c: c.yank(ref, yanked=yanked, reason=reason))
     except RegistryError as exc:
-        _done(ref, exc, "yank")
+        done(ref, exc, "yank")
         return
     st.session_state.pop(box, None)  # said; a second yank starts from an empty box
-    _done(ref, f"Yanked {ref}: hidden from listings and skipped by latest; still downloadable as {ref}." if yanked
+    done(ref, f"Yanked {ref}: hidden from listings and skipped by latest; still downloadable as {ref}." if yanked
           else f"Unyanked {ref}: listed again, and latest points at it again if it is the newest.", "yank")
 
 
@@ -273,15 +248,15 @@ def delete_version(info: VersionInfo) -> None:
     try:
         session.call(lambda c: c.delete(info.ref))
     except RegistryError as exc:
-        _done(info.ref, exc, "delete")
+        done(info.ref, exc, "delete")
         return
     st.cache_data.clear()
     left = session.call(lambda c: remaining(c, adapter))
     if left is None:
-        _done(info.ref, f"Deleted {info.ref}, the last version of {adapter}.", GONE)
+        done(info.ref, f"Deleted {info.ref}, the last version of {adapter}.", GONE)
         st.query_params["ref"] = info.ref
     else:
-        _done(left, f"Deleted {info.ref}. This is what is left of {adapter}: its latest version, {left}.", "delete")
+        done(left, f"Deleted {info.ref}. This is what is left of {adapter}: its latest version, {left}.", "delete")
         st.query_params["ref"] = left
     st.rerun()
 
@@ -303,24 +278,6 @@ def remaining(client: RegistryClient, adapter: str) -> str | None:
         return f"{adapter}:{about.latest_version}"
     newest = client.list_versions(owner=about.owner, name=about.name, include_yanked=True, limit=1).items
     return newest[0].ref if newest else None
-
-
-def result(ref: str, where: str = "top") -> None:
-    """What the last change of this version answered, if it is shown ``where``: a success, or the registry's refusal
-    as a message."""
-    shown, outcome, place = st.session_state.get(RESULT, (None, None, None))
-    if shown != ref or outcome is None or place != where:
-        return
-    if isinstance(outcome, InvalidInput):  # the registry refused the whole request: say that nothing of it stayed
-        saved = where in ("top", ADAPTER_FORM)  # the forms that save (the others change one thing)
-        session.show_error(outcome, lambda message: ("Nothing saved: " if saved else "Nothing changed: ")
-                           + session.dashboard_words(message))
-    elif isinstance(outcome, RegistryError):
-        session.show_error(outcome)
-    elif isinstance(outcome, Unsent):
-        st.warning(outcome.text, icon=":material/warning:")
-    else:
-        st.success(outcome, icon=":material/check:")
 
 
 def version_form(info: VersionInfo) -> None:
@@ -360,7 +317,6 @@ def adapter_form(info: VersionInfo, adapter: AdapterInfo, guarded: list[str]) ->
                                                 "it")
         if stays_public:  # said where it is read, not in a tooltip (a walk's finding, session 31)
             st.caption(f"{guarded_words(info.owner, guarded)}: only {info.owner}'s admins make it private.")
-        st.caption(f"Retention: {kept_by(adapter.retention)} (`vera retention {name} --keep-last N` sets it).")
         st.form_submit_button("Save adapter", on_click=save_adapter, args=(info.ref, name, before))
     result(info.ref, ADAPTER_FORM)
 
@@ -542,6 +498,7 @@ def section(info: VersionInfo) -> None:
     yank_form(info)
     held = [] if may_override else [a for a in adapter.aliases if a in protected]
     adapter_form(info, adapter, held)
+    retention.form(info, adapter.retention)
     move_form(info, held)
     copy_form(info)
     delete_form(info, [] if may_override else [a for a in info.aliases if a in protected])

@@ -43,7 +43,7 @@ from registry.domain.schemas import (
     VersionInfo,
     check_name,
 )
-from registry.domain.words import ci_run, counted, kept_by
+from registry.domain.words import RULES_OFF, ci_run, counted, kept_by
 
 TextFile = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-': stdin).")]
 
@@ -310,10 +310,19 @@ def retention(
         return
     console.print(f"{info.owner}/{info.name}: {kept_by(info.retention)}", soft_wrap=True)
     if info.retention is not None and (keep_last is not None or keep_days is not None):  # just set: what it will do
-        going = call_registry(registry, token, lambda c: c.retention_preview(adapter)).would_delete
+        preview = call_registry(registry, token, lambda c: c.retention_preview(adapter))
+        going = preview.would_delete
         console.print(f"it lets go of {counted(len(going), 'version')} now" + (
             f" ({', '.join(going[:5])}{', ...' if len(going) > 5 else ''}), deleted within the hour; `vera retention "
             f"{info.owner}/{info.name} --dry-run` lists them" if going else ""), soft_wrap=True)
+        _note_unapplied(preview)
+
+
+def _note_unapplied(preview: RetentionPreview) -> None:
+    """A note when the registry applies no rule now (VERA_RETENTION_RULES=false): "deleted within the hour" is then
+    untrue."""
+    if preview.applied is False:
+        err_console.print(styled("note:", "yellow", f" {RULES_OFF}"), soft_wrap=True)
 
 
 def _print_preview(preview: RetentionPreview, as_json: bool) -> None:
@@ -331,6 +340,7 @@ def _print_preview(preview: RetentionPreview, as_json: bool) -> None:
         console.print(f"kept {ref}: alias {', '.join(aliases)} points at it")
     console.print(f"{preview.adapter}: the rule would delete {counted(len(preview.would_delete), 'version')} now "
                   "(dry run: nothing was set or deleted)")
+    _note_unapplied(preview)
 
 
 def _dropped(before: RetentionInfo | None, given: dict[str, float | None]) -> list[str]:

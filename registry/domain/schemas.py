@@ -967,6 +967,9 @@ class RetentionPreview(BaseModel):
     rule: RetentionInfo | None
     would_delete: list[str] = []
     kept_for_aliases: dict[str, list[str]] = {}
+    #: Whether this registry applies adapters' rules (False: its operator set VERA_RETENTION_RULES=false, and nothing
+    #: is deleted by a rule until it is set back); None from a server before this field.
+    applied: bool | None = None
 
 
 class AdapterInfo(BaseModel):

@@ -26,6 +26,11 @@ def kept_by(rule: RetentionInfo | None) -> str:
             "points at; the registry deletes the others about once an hour")
 
 
+#: Said where a rule's effect is shown, when the registry applies none (RetentionPreview.applied is False).
+RULES_OFF = ("this registry applies no retention rule now (its operator set VERA_RETENTION_RULES=false): nothing is "
+             "deleted by a rule until it is set back")
+
+
 def counted(n: int, thing: str) -> str:
     """(1, 'event') -> '1 event'; (1200, 'event') -> '1,200 events'."""
     return f"{n:,} {thing}" + ("" if n == 1 else "s")

@@ -197,6 +197,7 @@ def test_a_preview_says_what_a_rule_would_delete_changing_nothing(registry: Regi
         asked = client.retention_preview("ann/a", keep_last=2)
         assert asked.rule == RetentionInfo(keep_last=2) and asked.would_delete == ["ann/a:2", "ann/a:3"]
         assert asked.kept_for_aliases == {"ann/a:1": ["prod"]} and registry.adapter("ann/a").retention is None
+        assert asked.applied is True  # this registry applies rules (VERA_RETENTION_RULES, below)
         client.set_retention("ann/a", keep_last=4)
         own = client.retention_preview("ann/a")
         assert own.rule == RetentionInfo(keep_last=4) and own.would_delete == [] and own.adapter == "ann/a"
@@ -246,6 +247,16 @@ def test_the_operator_turns_the_rules_off(registry: Registry, tmp_path: Path) ->
     app, served, _ = build_api(settings)
     app.state.housekeeping.run_once()
     assert len(refs(registry)) == 7 and app.state.housekeeping.retention_rules is None
+    with in_thread(app) as url:  # and a preview says so: "deleted within the hour" would be untrue
+        with RegistryClient(url) as client:
+            preview = client.retention_preview("ann/a")
+        assert preview.applied is False and preview.would_delete == [f"ann/a:{v}" for v in (2, 3, 4)]
+        dry = vera("retention", "ann/a", "--dry-run", "--registry", url)
+        assert "would delete ann/a:2" in dry.stdout and ("note: this registry applies no retention rule now (its "
+                                                         "operator set VERA_RETENTION_RULES=false)") in " ".join(
+            dry.stderr.split()), dry.stderr
+        made = vera("retention", "ann/a", "--keep-last", "2", "--registry", url)
+        assert "it lets go of 2 versions now" in made.stdout and "VERA_RETENTION_RULES=false" in made.stderr
     served.db.engine.dispose()
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import streamlit as st
 from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
@@ -367,26 +366,6 @@ def test_visibility_is_changed_from_the_edit_tab(registry: dict[str, Any]) -> No
     at.radio(key="edit-visibility-alice/filler").set_value("public")
     click(at, "Save adapter")
     assert ":green-badge[:material/public: public]" in texts(at)
-
-
-def test_the_edit_tab_says_the_adapters_retention_rule(registry: dict[str, Any]) -> None:
-    """On the fixture's one-version alice/base (a publish here would push a seeded one out of the Activity page's
-    newest 50; a rule keeps an adapter's newest whatever it says), its rule cleared after."""
-    at = page("adapter", registry, query={"ref": "alice/base:1"}, adapter_tab="Edit")
-    said = [c.value for c in at.caption if c.value.startswith("Retention:")]
-    assert said == ["Retention: no retention rule: every version stays until someone deletes it (`vera retention "
-                    "alice/base --keep-last N` sets it)."]
-    with RegistryClient(registry["url"], registry["token"]) as client:
-        client.set_retention("alice/base", keep_last=10, keep_days=30)
-        try:
-            st.cache_data.clear()  # the adapter read above is cached for the process (Refresh, in a browser)
-            at = page("adapter", registry, query={"ref": "alice/base:1"}, adapter_tab="Edit")
-            assert any(c.value.startswith("Retention: keeps the newest 10 versions and those published in the last 30 "
-                                          "days, the newest, and any version an alias (latest included) points at")
-                       for c in at.caption)
-        finally:
-            client.set_retention("alice/base")
-            st.cache_data.clear()
 
 
 def publish_one(registry: dict[str, Any], name: str, times: int = 1) -> None:

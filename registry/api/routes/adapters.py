@@ -185,7 +185,7 @@ def get_adapter(_: Reader, registry: RegistryDep, owner: str, name: str) -> Adap
 
 @router.get("/{owner}/{name}/retention", response_model=RetentionPreview)
 def retention_preview(
-    _: Reader, registry: RegistryDep, owner: str, name: str,
+    _: Reader, registry: RegistryDep, options: Options, owner: str, name: str,
     keep_last: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description=(
         "preview this rule instead of the adapter's own (with keep_days, or alone)"))] = None,
     keep_days: Annotated[float | None, Query(ge=1, le=MAX_RETENTION_DAYS, allow_inf_nan=False)] = None,
@@ -198,7 +198,8 @@ def retention_preview(
     rule, result = registry.preview_retention(owner, name, asked)
     return RetentionPreview(adapter=f"{owner}/{name}",
                             rule=None if rule is None else RetentionInfo.model_validate(rule.said()),
-                            would_delete=[v.ref for v in result.deleted], kept_for_aliases=result.protected)
+                            would_delete=[v.ref for v in result.deleted], kept_for_aliases=result.protected,
+                            applied=options.retention_rules)
 
 
 @router.patch("/{owner}/{name}", response_model=AdapterInfo)
