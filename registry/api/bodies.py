@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import email.message
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, get_args, get_origin
 
 from fastapi import Request, Response, params
@@ -125,6 +125,7 @@ async def form_checked(request: Request, fields: frozenset[str], files: frozense
     InvalidInput naming what it takes. FastAPI then reads the same form (Starlette keeps it on the request)."""
     takes = (f"the form fields {', '.join(sorted(fields))}"
              + (f" and the file{'s' if len(files) > 1 else ''} {', '.join(sorted(files))}" if files else ""))
+    closing = _closing_watched(request)
     try:
         form = await request.form(max_fields=len(fields), max_files=len(files))
     except HTTPException as exc:  # Starlette's "Too many fields. Maximum number of fields is 12." (or files)
@@ -134,6 +135,11 @@ async def form_checked(request: Request, fields: frozenset[str], files: frozense
         if exc.status_code == 400 and str(exc.detail).startswith(NOT_DECODABLE):
             raise InvalidInput(str(exc.detail)) from None
         raise
+    if closing is not None and not closing.seen:
+        await form.close()
+        raise InvalidInput(f"The multipart body ended without its closing boundary ('--{closing.boundary}--'): it was "
+                           f"cut short, so its last part is not there (or it was empty). Send the whole form: {where} "
+                           f"takes {takes}.")
     given = Counter(key for key, _ in form.multi_items())
     unknown = sorted(key for key in given if key not in fields | files)
     twice = sorted(key for key, n in given.items() if n > 1)
@@ -146,6 +152,38 @@ async def form_checked(request: Request, fields: frozenset[str], files: frozense
         raise InvalidInput(f"The form gives {', '.join(repr(n[:100]) for n in twice[:10])} more than once; give each "
                            "field once" + (" (several tags: comma-separated in one tags field)." if "tags" in twice
                                            else "."))
+
+
+class _Closing:
+    """Whether a multipart body's bytes held its close-delimiter, ``--BOUNDARY--`` (RFC 2046): the parser drops the
+    part a body cut short ends in without a word, and the route then said that field was missing ("adapter_model:
+    Field required" for an upload cut short in its file, which was sent)."""
+
+    def __init__(self, boundary: str) -> None:
+        self.boundary, self.seen = boundary, False
+        self._marker = b"--" + boundary.encode("latin-1") + b"--"
+
+    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        tail = b""
+        async for chunk in chunks:
+            if not self.seen:  # (the marker may straddle two chunks: the last len(marker) - 1 bytes are kept)
+                window = tail + chunk
+                self.seen = self._marker in window
+                tail = window[-(len(self._marker) - 1):]
+            yield chunk
+
+
+def _closing_watched(request: Request) -> _Closing | None:
+    """Have the form's parser read ``request``'s body through a _Closing when it is multipart with a boundary (None
+    otherwise: a urlencoded form has none, and a multipart one without a boundary is refused by the parser)."""
+    # Starlette's own reading of the header (python-multipart's, under either of its module names): the boundary the
+    # parser splits the body at
+    kind, options = formparsers.parse_options_header(request.headers.get("content-type"))  # type: ignore[attr-defined]
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        return None
+    closing, stream = _Closing(options[b"boundary"].decode("latin-1")), request.stream
+    request.stream = lambda: closing.watch(stream())  # type: ignore[method-assign]  # what Request.form reads
+    return closing
 
 
 def query_parameters(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
