@@ -22,17 +22,18 @@ _EXPORTS = {
     **dict.fromkeys(["KNOWN_GENERATORS", "PEFT_GENERATOR", "PORTABLE_GENERATOR", "VeraConfig"], "config"),
     **dict.fromkeys(["lora_parameters", "transformer_shapes", "vera_parameters"], "counting"),
     **dict.fromkeys(["AdapterFormatError", "NonFiniteLossError", "PeftIncompatibleError", "ProjectionMismatchError",
-                     "TargetError", "UnknownGeneratorError", "VeraConfigError", "VeraError"], "errors"),
+                     "RoutingError", "TargetError", "UnknownGeneratorError", "VeraConfigError", "VeraError"], "errors"),
     **dict.fromkeys(["SharedProjection", "VeraLinear"], "layer"),
     "VeraModel": "model",
     **dict.fromkeys(["ProjectionSpec", "fingerprint", "generate"], "projection"),
 }
 __all__ = [
     "AdapterBank", "AdapterFiles", "AdapterFormatError", "KNOWN_GENERATORS", "NonFiniteLossError", "PEFT_GENERATOR",
-    "PORTABLE_GENERATOR", "PeftIncompatibleError", "ProjectionMismatchError", "ProjectionSpec", "SharedProjection",
-    "TargetError", "UnknownGeneratorError", "VeraConfig", "VeraConfigError", "VeraError", "VeraLinear", "VeraModel",
-    "check_peft_loadable", "export_lora", "export_peft", "fingerprint", "generate", "load_adapter",
-    "lora_parameters", "peft_problems", "read_adapter", "save_adapter", "transformer_shapes", "vera_parameters",
+    "PORTABLE_GENERATOR", "PeftIncompatibleError", "ProjectionMismatchError", "ProjectionSpec", "RoutingError",
+    "SharedProjection", "TargetError", "UnknownGeneratorError", "VeraConfig", "VeraConfigError", "VeraError",
+    "VeraLinear", "VeraModel", "check_peft_loadable", "export_lora", "export_peft", "fingerprint", "generate",
+    "load_adapter", "lora_parameters", "peft_problems", "read_adapter", "save_adapter", "transformer_shapes",
+    "vera_parameters",
 ]
 
 
@@ -67,8 +68,10 @@ if TYPE_CHECKING:
     from vera_core.counting import lora_parameters, transformer_shapes, vera_parameters
     from vera_core.errors import (
         AdapterFormatError,
+        NonFiniteLossError,
         PeftIncompatibleError,
         ProjectionMismatchError,
+        RoutingError,
         TargetError,
         UnknownGeneratorError,
         VeraConfigError,

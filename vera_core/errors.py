@@ -37,6 +37,11 @@ class TargetError(VeraError, ValueError):
     """``target_modules`` matched nothing, or matched a layer type VeRA cannot adapt."""
 
 
+class RoutingError(VeraError, ValueError):
+    """A mixed batch that does not fit its routing (AdapterBank): a number of adapter names other than the batch's
+    rows, or a layer that has no adapter bank."""
+
+
 class UnknownGeneratorError(VeraError, ValueError):
     """A projection generator name that this version of vera_core does not implement."""
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vera_core.errors import TargetError
+from vera_core.errors import RoutingError, TargetError
 
 ComputeStrategy = Literal["auto", "factored", "fused"]
 
@@ -273,9 +273,11 @@ class VeraLinear(nn.Module):
     ) -> torch.Tensor:
         """Each row with its own adapter's d and b; A x and the B product are computed once for the whole batch."""
         if self.bank_d is None or self.bank_b is None:
-            raise TargetError("This layer has no adapter bank; mixed batches go through AdapterBank.route().")
+            raise RoutingError("This layer has no adapter bank: route mixed batches through an AdapterBank made from "
+                               "this model once every layer is adapted (AdapterBank(model).route(names)).")
         if x.shape[0] != routing.slots.shape[0]:
-            raise TargetError(f"The batch has {x.shape[0]} rows but {routing.slots.shape[0]} adapter names.")
+            raise RoutingError(f"The batch has {x.shape[0]} rows but {routing.slots.shape[0]} adapter names: give one "
+                               "name per row, in the rows' order.")
         result = cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
         view = (routing.slots.shape[0],) + (1,) * (x.dim() - 2) + (-1,)  # broadcast over the sequence axis
         scaled = routing.project(x, a) * self.bank_d[routing.slots].view(view)  # (batch, ..., r)

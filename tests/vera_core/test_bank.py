@@ -12,11 +12,13 @@ from vera_core import (
     AdapterBank,
     AdapterFiles,
     AdapterFormatError,
+    RoutingError,
     VeraConfig,
     VeraModel,
     save_adapter,
 )
 from vera_core.checkpoint import META_FINGERPRINT
+from vera_core.layer import Routing
 
 ROBERTA, GPT2, LLAMA = TINY_MODELS
 BANKABLE = [ROBERTA, LLAMA]
@@ -90,6 +92,18 @@ def test_remove_keeps_the_others_and_slots_dense(tmp_path: Path) -> None:
     model.load_adapter_state_dict(files["y"].tensors)
     bank.add("from-disk", save_adapter(model, tmp_path / "y"))
     assert len(bank) == 3 and "from-disk" in bank
+
+
+def test_a_batch_that_does_not_fit_its_routing_is_refused_as_such() -> None:
+    bank = AdapterBank(VeraModel(ROBERTA.make(), config(ROBERTA)).eval())
+    bank.add("a", random_adapter(ROBERTA, 0))
+    with pytest.raises(RoutingError, match=r"^The batch has 2 rows but 3 adapter names: give one name per row"):
+        bank(["a", "a", "a"], **ROBERTA.inputs(batch=2))
+    plain = VeraModel(ROBERTA.make(), config(ROBERTA)).eval()  # a model no bank was made from
+    plain.projection.routing = Routing(torch.zeros(2, dtype=torch.long))
+    with torch.no_grad(), pytest.raises(RoutingError, match=r"^This layer has no adapter bank: route mixed batches "
+                                                            r"through an AdapterBank made from this model"):
+        plain(**ROBERTA.inputs(batch=2))
 
 
 @pytest.mark.parametrize(
