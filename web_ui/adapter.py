@@ -41,7 +41,8 @@ def page() -> None:
     st.subheader(info.ref + ("  (yanked)" if info.yanked else ""))
     if info.yanked:  # said as a banner, not only a suffix (a walk in a browser, session 40), as `vera fetch` warns
         yanked_banner(info, "It stays downloadable by number (and by any alias still on it); Edit unyanks it.")
-    retention.banner(info, adapter_field(info, "retention"))
+    retention.banner(info, adapter_field(info, "retention"),
+                     lambda: editing.may_write(session.read(RegistryClient.whoami), info.owner))
     about(info)
     header(info)
 
@@ -288,10 +289,9 @@ def versions(info: VersionInfo) -> None:
                            "verification": formats.VERIFIED.get(v.verification_status, v.verification_status),
                            "published by": published_by(v)}
                           for v, accuracy in zip(items, accuracy_cells(items), strict=True)])
-    if (preview := retention.due(f"{info.owner}/{info.name}", adapter_field(info, "retention"))) is not None and (
-            going := set(preview.would_delete) & {v.ref for v in items}):  # said where the versions are listed
-        frame.insert(frame.columns.get_loc("yanked"), "retention",
-                     [retention.DUE if v.ref in going else "" for v in items])
+    if (cells := retention.column(retention.due(f"{info.owner}/{info.name}", adapter_field(info, "retention")),
+                                  [v.ref for v in items])) is not None:  # said where the versions are listed
+        frame.insert(frame.columns.get_loc("yanked"), "retention", cells)
     # the version this page shows, shaded when there are others: the table did not say which row it was (a dashboard
     # walk, session 48)
     shown = next((i for i, v in enumerate(items) if v.ref == info.ref), None) if len(items) > 1 else None

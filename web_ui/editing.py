@@ -466,6 +466,9 @@ def why_not_writer(who: WhoAmI, owner: str) -> str:
     role = who.organizations.get(owner)
     if who.limited_to is not None and owner not in who.limited_to:
         why = f"this token is limited to {', '.join(sorted(who.limited_to))}; use one that is not, or one for {owner}"
+    elif role is None and owner != who.user and "admin" not in who.scopes:  # first: no scope would change that (a
+        # reader of another user's adapter was told to use a token with the publish scope: a walk, session 56)
+        why = f"{owner} is neither your namespace nor an organisation you belong to"
     elif "publish" not in who.scopes and "admin" not in who.scopes:
         why = "this token has no publish scope; use one that has it"
     elif role == "read":

@@ -934,6 +934,9 @@ def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
 
 #: The longest an adapter's retention rule may keep versions by age, in days (a hundred years).
 MAX_RETENTION_DAYS = 36_500
+#: The most versions a retention preview lists (RetentionPreview.would_delete, oldest first); ``would_delete_count``
+#: says how many there are in all.
+MAX_RETENTION_PREVIEW = 1000
 
 
 class RetentionInfo(BaseModel):
@@ -965,8 +968,16 @@ class RetentionPreview(BaseModel):
 
     adapter: str
     rule: RetentionInfo | None
-    would_delete: list[str] = []
+    would_delete: list[str] = []  # the oldest MAX_RETENTION_PREVIEW of them
     kept_for_aliases: dict[str, list[str]] = {}
+    #: How many versions it would delete in all (``would_delete`` lists the oldest MAX_RETENTION_PREVIEW); None from
+    #: a server before this field, whose list was whole.
+    would_delete_count: int | None = None
+
+    @property
+    def total(self) -> int:
+        """How many versions the rule would delete in all."""
+        return len(self.would_delete) if self.would_delete_count is None else self.would_delete_count
     #: Whether this registry applies adapters' rules (False: its operator set VERA_RETENTION_RULES=false, and nothing
     #: is deleted by a rule until it is set back); None from a server before this field.
     applied: bool | None = None

@@ -22,8 +22,9 @@ def kept_by(rule: RetentionInfo | None) -> str:
     kept = [f"the newest {counted(rule.keep_last, 'version')}" if rule.keep_last is not None else "",
             f"those published in the last {rule.keep_days:g} day{'' if rule.keep_days == 1 else 's'}"
             if rule.keep_days is not None else ""]
-    return (f"keeps {' and '.join(k for k in kept if k)}, the newest, and any version an alias (latest included) "
-            "points at; the registry deletes the others about once an hour")
+    newest = "" if rule.keep_last is not None else ", the newest,"  # (the newest N hold it)
+    return (f"keeps {' and '.join(k for k in kept if k)}{newest} and any version an alias (latest included) points "
+            "at; the registry deletes the others about once an hour")
 
 
 #: Said where a rule's effect is shown, when the registry applies none (RetentionPreview.applied is False).

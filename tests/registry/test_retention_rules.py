@@ -188,8 +188,10 @@ def test_the_api_sets_it_and_housekeeping_applies_it(registry: Registry, tmp_pat
         assert len(refs(registry)) == 6
 
 
-def test_a_preview_says_what_a_rule_would_delete_changing_nothing(registry: Registry, tmp_path: Path) -> None:
-    """GET .../retention: the adapter's own rule, or one the query gives before it is set; any reader may ask."""
+def test_a_preview_says_what_a_rule_would_delete_changing_nothing(registry: Registry, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET .../retention: the adapter's own rule, or one the query gives before it is set; any reader may ask. Its
+    list is bounded (MAX_RETENTION_PREVIEW, 1 here), the count whole."""
     publish_history(registry, tmp_path)
     with in_thread(create_app(registry, ApiOptions(require_tokens=False))) as url, RegistryClient(url) as client:
         none = client.retention_preview("ann/a")
@@ -198,6 +200,15 @@ def test_a_preview_says_what_a_rule_would_delete_changing_nothing(registry: Regi
         assert asked.rule == RetentionInfo(keep_last=2) and asked.would_delete == ["ann/a:2", "ann/a:3"]
         assert asked.kept_for_aliases == {"ann/a:1": ["prod"]} and registry.adapter("ann/a").retention is None
         assert asked.applied is True  # this registry applies rules (VERA_RETENTION_RULES, below)
+        assert asked.would_delete_count == asked.total == 2
+        monkeypatch.setattr("registry.api.routes.adapters.MAX_RETENTION_PREVIEW", 1)
+        bounded = client.retention_preview("ann/a", keep_last=2)
+        assert bounded.would_delete == ["ann/a:2"] and bounded.would_delete_count == bounded.total == 2
+        dry = vera("retention", "ann/a", "--keep-last", "2", "--dry-run", "--registry", url)
+        assert dry.stdout.splitlines()[:2] == ["would delete ann/a:2", "would delete 1 more version (newer than those "
+                                                                       "listed)"], dry.stdout
+        assert "the rule would delete 2 versions now" in dry.stdout
+        monkeypatch.undo()
         client.set_retention("ann/a", keep_last=4)
         own = client.retention_preview("ann/a")
         assert own.rule == RetentionInfo(keep_last=4) and own.would_delete == [] and own.adapter == "ann/a"
@@ -256,7 +267,7 @@ def test_the_operator_turns_the_rules_off(registry: Registry, tmp_path: Path) ->
                                                          "operator set VERA_RETENTION_RULES=false)") in " ".join(
             dry.stderr.split()), dry.stderr
         made = vera("retention", "ann/a", "--keep-last", "2", "--registry", url)
-        assert "it lets go of 2 versions now" in made.stdout and "VERA_RETENTION_RULES=false" in made.stderr
+        assert "it will delete 2 versions" in made.stdout and "VERA_RETENTION_RULES=false" in made.stderr
     served.db.engine.dispose()
 
 
@@ -278,16 +289,16 @@ def test_vera_retention_and_vera_gc(tmp_path: Path) -> None:
         assert "kept ann/a:1: alias prod points at it" in dry.stdout and registry.adapter("ann/a").retention is None
         made = vera("retention", "ann/a", "--keep-last", "2", "--keep-days", "1", "--registry", base)
         assert made.returncode == 0 and "note" not in made.stderr, made.stderr
-        assert "it lets go of 0 versions now" in made.stdout  # minutes old: the 1-day part keeps them
-        assert ("ann/a: keeps the newest 2 versions and those published in the last 1 day, the newest, and any "
-                "version an alias (latest included) points at") in " ".join(made.stdout.split())
+        assert "it deletes no version now" in made.stdout  # minutes old: the 1-day part keeps them
+        assert ("ann/a: keeps the newest 2 versions and those published in the last 1 day and any version an alias "
+                "(latest included) points at") in " ".join(made.stdout.split())
         shown = vera("show", "ann/a:5", "--registry", base)  # the version's page names its adapter's rule
         assert "retention keeps the newest 2 versions and those published in the last 1 day" in " ".join(
             shown.stdout.split())
         narrowed = vera("retention", "ann/a", "--keep-last", "2", "--registry", base)  # the 1-day part dropped
         assert "note: the rule no longer has --keep-days 1 (a rule is set whole" in " ".join(narrowed.stderr.split())
-        assert ("it lets go of 2 versions now (ann/a:2, ann/a:3), deleted within the hour; `vera retention ann/a "
-                "--dry-run` lists them") in " ".join(narrowed.stdout.split())
+        assert ("it will delete 2 versions within the hour (ann/a:2, ann/a:3); `vera retention ann/a --dry-run` "
+                "lists them") in " ".join(narrowed.stdout.split())
         as_json = vera("retention", "ann/a", "--json", "--registry", base)
         assert as_json.stdout.strip().replace(" ", "").replace("\n", "") == \
             '{"adapter":"ann/a","retention":{"keep_last":2}}'

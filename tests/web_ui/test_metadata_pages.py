@@ -716,8 +716,8 @@ def test_an_adapter_left_without_versions_says_so(registry: dict[str, Any], monk
 def test_a_reader_is_told_it_may_not_edit(registry: dict[str, Any]) -> None:
     at = page("adapter", {**registry, "token": registry["bob"]}, query={"ref": "alice/child:1"}, adapter_tab="Edit")
     assert not at.exception
-    assert "Signed in as bob, who may not edit alice's adapters: this token has no publish scope; use one that " \
-        "has it." in texts(at)  # bob's token reads only
+    assert "Signed in as bob, who may not edit alice's adapters: alice is neither your namespace nor an " \
+        "organisation you belong to." in texts(at)  # (bob's token reads only: a publish scope would not help)
     assert not [b for b in at.button if b.label in ("Save version", "Save adapter")]
 
 
@@ -798,6 +798,9 @@ def test_why_a_caller_may_not_edit_names_the_role_or_the_token() -> None:
     assert why_not_writer(bob, "carol").endswith("carol is neither your namespace nor an organisation you belong to.")
     assert why_not_writer(bob.model_copy(update={"limited_to": ["bob"]}), "acme").endswith(
         "this token is limited to bob; use one that is not, or one for acme.")
+    # another user's adapters: the namespace is the reason, whatever the token's scopes (a walk, session 56)
+    assert why_not_writer(bob.model_copy(update={"scopes": ["read"]}), "carol").endswith(
+        "carol is neither your namespace nor an organisation you belong to.")
 
 
 @pytest.mark.parametrize(("who", "owner", "allowed"), [

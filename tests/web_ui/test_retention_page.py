@@ -61,9 +61,10 @@ def edit_tab(registry: dict[str, Any], version: int = 4) -> AppTest:
     return page("adapter", registry, query={"ref": f"{ADAPTER}:{version}"}, adapter_tab="Edit")
 
 
-def submit(at: AppTest, label: str, last: int, days: float) -> AppTest:
+def submit(at: AppTest, label: str, last: int, days: float, confirm: bool = False) -> AppTest:
     at.number_input(key=f"retention-last-{ADAPTER}").set_value(last)
     at.number_input(key=f"retention-days-{ADAPTER}").set_value(days)
+    at.checkbox(key=f"retention-ok-{ADAPTER}").set_value(confirm)
     next(b for b in at.button if b.label == label).click()
     return at.run()
 
@@ -83,27 +84,31 @@ def test_a_preview_says_what_a_rule_would_delete_and_saves_nothing(registry: dic
             and not [b for b in at.button if b.label == "Remove rule"])
     submit(at, "Preview", 2, 0)
     assert not at.exception and words(at.info) == [
-        "Nothing saved. This rule keeps the newest 2 versions, the newest, and any version an alias (latest included) "
-        "points at; the registry deletes the others about once an hour; it lets go of 2 versions now (alice/runs:1, "
-        "alice/runs:2, oldest first)."]
+        "Nothing saved. This rule keeps the newest 2 versions and any version an alias (latest included) points at; "
+        "it would delete 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first)."]
     assert rule_now(registry) is None
 
 
-def test_a_rule_is_saved_marked_where_its_versions_are_and_removed(registry: dict[str, Any]) -> None:
-    at = submit(edit_tab(registry), "Save rule", 2, 0)
+def test_a_rule_is_saved_once_confirmed_marked_where_its_versions_are_and_removed(registry: dict[str, Any]) -> None:
+    at = submit(edit_tab(registry), "Save rule", 2, 0)  # it deletes versions: the box is asked for first
+    assert not at.exception and words(at.warning) == [
+        "Nothing saved: this rule would delete 2 versions at its next run (within the hour): alice/runs:1, "
+        f"alice/runs:2. Tick '{retention.CONFIRM}' and press Save rule to save it."] and rule_now(registry) is None
+    submit(at, "Save rule", 2, 0, confirm=True)
     assert not at.exception and words(at.success) == [
-        "Saved alice/runs's rule: it keeps the newest 2 versions, the newest, and any version an alias (latest "
-        "included) points at; the registry deletes the others about once an hour; it lets go of 2 versions now "
-        "(alice/runs:1, alice/runs:2, oldest first)."]
+        "Saved alice/runs's rule: it keeps the newest 2 versions and any version an alias (latest included) points "
+        "at. It deletes 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first)."]
     assert rule_now(registry) == RetentionInfo(keep_last=2)
-    assert any(c.startswith("Now: keeps the newest 2 versions") and c.endswith(
-        "It lets go of 2 versions now (alice/runs:1, alice/runs:2, oldest first).") for c in words(at.caption))
-    for token in ("token", "bob"):  # a reader is told too: the rule deletes what it may download today
+    assert at.checkbox(key=f"retention-ok-{ADAPTER}").value is False  # asked again for the next rule
+    assert "It deletes 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first)." in \
+        words(at.warning)  # what the saved rule does, above the form
+    for token, keep in (("token", "point an alias at it, or change the rule (Edit tab)"),
+                        ("bob", "ask a writer of alice to point an alias at it or to change the rule")):
         seen = page("adapter", {**registry, "token": registry[token]}, query={"ref": f"{ADAPTER}:1"})
         assert [w for w in words(seen.warning) if "due for deletion" in w] == [
-            "alice/runs:1 is due for deletion: alice/runs's retention rule keeps the newest 2 versions, the newest, "
+            "alice/runs:1 is due for deletion within the hour: alice/runs's retention rule keeps the newest 2 versions "
             "and any version an alias (latest included) points at; the registry deletes the others about once an "
-            "hour. To keep it, point an alias at it, or change the rule (Edit tab)."]
+            f"hour. To keep it, {keep}."]
         table = seen.dataframe[0].value
         assert dict(zip(table["version"].str.removeprefix("adapter?ref="), table["retention"], strict=True)) == {
             f"{ADAPTER}:{v}": retention.DUE if v <= 2 else "" for v in (1, 2, 3, 4)}
@@ -112,22 +117,50 @@ def test_a_rule_is_saved_marked_where_its_versions_are_and_removed(registry: dic
     with RegistryClient(registry["url"], registry["token"]) as client:  # an alias keeps what it names
         client.set_alias(f"{ADAPTER}:1", "staging")
     st.cache_data.clear()
-    at = edit_tab(registry, 1)
+    at = page("adapter", registry, query={"ref": f"{ADAPTER}:1"})
     assert not [w for w in words(at.warning) if "due for deletion" in w]
-    assert any(c.endswith("It lets go of 1 version now (alice/runs:2, oldest first); alice/runs:1 stays for "
-                          "@staging.") for c in words(at.caption))
+    table = at.dataframe[0].value
+    assert list(table["retention"]) == ["", "", retention.DUE, "kept for @staging"]  # newest first
+    at = edit_tab(registry, 1)
+    assert ("It deletes 1 version at its next run (within the hour): alice/runs:2; alice/runs:1 stays for @staging."
+            in words(at.warning))
+    assert at.number_input(key=f"retention-last-{ADAPTER}").value == 2  # the saved rule, in its boxes
     next(b for b in at.button if b.label == "Remove rule").click()
     at.run()
     assert words(at.success) == ["Removed alice/runs's retention rule: every version stays until someone deletes "
                                  "it."] and rule_now(registry) is None
-    assert at.number_input(key=f"retention-last-{ADAPTER}").value == 0  # the boxes start again from empty
+    assert at.number_input(key=f"retention-last-{ADAPTER}").value == 0  # the boxes follow (they kept the 2)
     listed = page("adapter", registry, query={"ref": f"{ADAPTER}:2"}).dataframe[0].value
     assert len(listed) == 4 and "retention" not in listed.columns  # no rule, nothing marked
+
+
+def test_the_boxes_follow_a_rule_a_teammate_sets(registry: dict[str, Any]) -> None:
+    at = edit_tab(registry)
+    assert at.number_input(key=f"retention-days-{ADAPTER}").value == 0
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.set_retention(ADAPTER, keep_days=30)
+    st.cache_data.clear()  # (Refresh)
+    at.run()
+    assert at.number_input(key=f"retention-last-{ADAPTER}").value == 0
+    assert at.number_input(key=f"retention-days-{ADAPTER}").value == 30
+    assert "Now: keeps those published in the last 30 days, the newest, and any version an alias (latest included) " \
+           "points at; the registry deletes the others about once an hour." in words(at.caption)
+    assert "It deletes no version now." in words(at.caption)
+
+
+def test_a_long_list_says_how_many_more() -> None:
+    refs = [f"a/b:{v}" for v in range(1, 13)]
+    assert retention.listed(refs, 12) == ", ".join(refs[:10]) + " and 2 more"
+    assert retention.listed(refs[:3], 3) == "a/b:1, a/b:2, a/b:3"
+    assert retention.listed(refs[:1], 1_500) == "a/b:1 and 1,499 more"  # a preview lists the oldest 1,000 of all
 
 
 @pytest.mark.parametrize(("last", "days", "said"), [
     (0, 0, "Nothing sent: give the newest N versions or the last D days to keep"),
     (3, 0.5, "Nothing sent: keep versions published in the last 1 to 36,500 days (0: no age in the rule), not 0.5."),
+    (3, 40_000, "Nothing sent: keep versions published in the last 1 to 36,500 days (0: no age in the rule), not "
+                "40000."),
+    (-1, 0, "Nothing sent: keep the newest 1 to 999,999,999 versions (0: no count in the rule), not -1."),
 ])
 def test_bad_numbers_send_nothing(registry: dict[str, Any], last: int, days: float, said: str) -> None:
     for label in ("Preview", "Save rule"):

@@ -36,6 +36,7 @@ from registry.domain.schemas import (
     MAX_LINEAGE_NODES,
     MAX_PAGE,
     MAX_RETENTION_DAYS,
+    MAX_RETENTION_PREVIEW,
     MAX_VERSION,
     MAX_YANK_REASON,
     UPLOAD_PREFIX,
@@ -191,14 +192,16 @@ def retention_preview(
     keep_days: Annotated[float | None, Query(ge=1, le=MAX_RETENTION_DAYS, allow_inf_nan=False)] = None,
 ) -> RetentionPreview:
     """What the adapter's own retention rule, or the rule the query gives, would delete now: the versions, oldest
-    first, and those an alias keeps. Nothing is deleted or changed."""
+    first (the first MAX_RETENTION_PREVIEW, and how many in all), and those an alias keeps. Nothing is deleted or
+    changed."""
     from registry.services.retention import RetentionRule
 
     asked = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
     rule, result = registry.preview_retention(owner, name, asked)
     return RetentionPreview(adapter=f"{owner}/{name}",
                             rule=None if rule is None else RetentionInfo.model_validate(rule.said()),
-                            would_delete=[v.ref for v in result.deleted], kept_for_aliases=result.protected,
+                            would_delete=[v.ref for v in result.deleted[:MAX_RETENTION_PREVIEW]],
+                            would_delete_count=len(result.deleted), kept_for_aliases=result.protected,
                             applied=options.retention_rules)
 
 
