@@ -64,8 +64,9 @@ def formatters(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str
                     if name in frame.columns}
 
 
-#: The background of a table's marked row (``show(marked=...)``): the theme's red, faint.
-MARKED_ROW = "background-color: rgba(255, 75, 75, 0.12)"
+#: The background of a table's marked row (``show(marked=...)``): a faint blue, as a selection (the theme's red, faint,
+#: read as a warning beside the versions table's "due for deletion": a walk in a browser, session 56).
+MARKED_ROW = "background-color: rgba(28, 131, 225, 0.12)"
 
 
 def styled(frame: pd.DataFrame, columns: dict[str, Any], sizes: Iterable[str] = (),
