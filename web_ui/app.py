@@ -33,7 +33,7 @@ def _caller(who: WhoAmI) -> str:
 
 def signed_in_as() -> None:
     """The sidebar's line saying who you are (nothing when the registry cannot say: the page says why)."""
-    url, _ = session.settings()
+    url, token = session.settings()
     if session.url_problem(url) is not None:
         return
     try:
@@ -41,6 +41,7 @@ def signed_in_as() -> None:
     except (RegistryError, ValueError):  # unreachable, refused token, not a registry: the page explains
         return
     st.markdown(identity(who))
+    remember.offer(url, token, who)
 
 
 def sidebar() -> DeltaGenerator:

@@ -214,8 +214,8 @@ def check(url: str) -> None:
 
 
 def controls(url: str, token: str) -> None:
-    """Under the Token box: "Remember me on this browser" for a token typed there; for the remembered sign-in in
-    use, until when and "Forget me on this browser"; for the dashboard's own token, a line saying it is in use."""
+    """Under the Token box: for the remembered sign-in in use, until when and "Forget me on this browser"; for the
+    dashboard's own token, a line saying it is in use (for a token typed there: offer, once the registry took it)."""
     flush()
     state = st.session_state
     if (notice := state.pop(NOTICE, None)) is not None:
@@ -226,13 +226,19 @@ def controls(url: str, token: str) -> None:
                    + (f" until {until:%Y-%m-%d %H:%M} UTC" if until is not None else ""))
         st.button("Forget me on this browser", on_click=_forget_clicked, args=(url, token),
                   help="Revokes this browser's sign-in token and signs this session out.")
-    elif token and token == shown():
+    elif token and token != shown():
+        st.caption(":material/key: the dashboard's own token (VERA_TOKEN); paste yours to act as you")
+
+
+def offer(url: str, token: str, who: WhoAmI) -> None:
+    """"Remember me on this browser" under the line saying who you are, for a token typed in the Token box that the
+    registry took (``who``, its whoami): offered beside the box before the registry answered, a refused token was
+    offered it too, and a registry in local mode, which makes no tokens (clicking said why)."""
+    if token and token == shown() and st.session_state.get(IN_USE) != token and not (who.anonymous or who.local):
         st.button("Remember me on this browser", on_click=_remember_clicked, args=(url, token),
                   help=f"Keeps you signed in here for {remember_days():g} days, in new tabs too, with a new token "
                        f"named {TOKEN_NAME!r} (listed by `vera auth tokens`), kept by the dashboard's server; the "
                        "browser gets only a handle to it.")
-    elif token:
-        st.caption(":material/key: the dashboard's own token (VERA_TOKEN); paste yours to act as you")
 
 
 def after_change(url: str, token: str, new_url: str, box: str) -> str:

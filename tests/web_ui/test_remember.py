@@ -189,6 +189,23 @@ def test_the_token_box_never_shows_the_dashboards_own_token(registry: dict[str, 
     assert at.session_state["token"] == registry["alice"]
 
 
+def test_remember_me_is_offered_for_a_token_the_registry_took(registry: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It was offered beside the Token box before the registry answered, for a refused token too (clicking said
+    why), and on a registry in local mode, which makes no tokens."""
+    monkeypatch.setenv("VERA_REGISTRY_URL", registry["url"])
+    at = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60).run()
+    offered = lambda: [b for b in at.sidebar.button if b.label == "Remember me on this browser"]  # noqa: E731
+    at.sidebar.text_input(key="sidebar_token").set_value("vera_wrong").run()
+    assert not at.exception and at.session_state["token"] == "vera_wrong" and not offered()
+    at.sidebar.text_input(key="sidebar_token").set_value(registry["bob"]).run()
+    assert offered() and any("bob" in m.value for m in at.sidebar.markdown)  # under who you are
+    with registry_in_thread(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "blobs") as local:
+        at.sidebar.text_input(key="sidebar_url").set_value(local).run()
+        at.sidebar.text_input(key="sidebar_token").set_value("garbage-token").run()
+        assert not at.exception and any("local" in m.value for m in at.sidebar.markdown) and not offered()
+
+
 def test_a_link_to_the_registry_by_another_url_does_not_get_the_sign_in(browser: BrowserContext,
                                                                        registry: dict[str, Any]) -> None:
     sign_in_remembered(browser, registry, "alice")
