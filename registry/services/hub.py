@@ -42,7 +42,7 @@ from registry.domain.schemas import (
     check_text,
     json_object,
 )
-from registry.services.hub_http import capped_downloads
+from registry.services.hub_http import CHECK_ENDPOINT, capped_downloads
 from registry.services.lookup import version_info
 from registry.services.publishing import MAX_METRICS_BYTES
 from registry.services.registry import Registry
@@ -394,7 +394,7 @@ class HubSync:
                            f"(VERA_HUB_TIMEOUT_S); nothing was recorded.{after}") from exc
         except httpx2.TransportError as exc:
             raise HubError(f"{action}: cannot reach the Hub at {self.endpoint} ({type(exc).__name__}); nothing was "
-                           "recorded. Check the network and VERA_HUB_ENDPOINT.") from exc
+                           f"recorded. {CHECK_ENDPOINT}") from exc
         except OSError as exc:  # huggingface_hub's check of a download against the size the Hub declared, or this disk
             raise _download_failed(action, exc) from exc
         except (ValueError, KeyError, TypeError) as exc:  # an answer huggingface_hub could not use
@@ -439,14 +439,14 @@ def _download_failed(action: str, exc: OSError) -> HubError:
     server's disk, in the registry's words (never this server's paths)."""
     if isinstance(exc, hub_errors.LocalEntryNotFoundError | hub_errors.FileMetadataError):  # a file's HEAD failed
         return HubError(f"{action}: the Hub did not give a file's metadata ({type(exc).__name__}); nothing was "
-                        "recorded. Check the network and VERA_HUB_ENDPOINT.")
+                        f"recorded. {CHECK_ENDPOINT}")
     said = str(exc)
     if said.startswith("Consistency check failed"):
         declared = re.search(r"should be of size (\d+)", said)
         name = re.search(r"/([^/()]+)\)", said)  # "(…)abc/adapter_model.safetensors)"
         return HubError(f"{action}: the Hub sent {name.group(1)[:100] if name else 'a file'} with another size than "
                         f"it declared ({int(declared.group(1)) if declared else 0:,} bytes); nothing was recorded. "
-                        "Check VERA_HUB_ENDPOINT.")
+                        f"{CHECK_ENDPOINT}")
     return HubError(f"{action}: this server could not keep the download ({exc.strerror or type(exc).__name__}); "
                     "nothing was recorded.")
 
@@ -487,7 +487,7 @@ def _commit_id(where: str, sha: object) -> str:
     if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
         shown = (ascii(sha[:60]) + ("..." if len(sha) > 60 else "")) if isinstance(sha, str) else "none"
         raise HubError(f"{where}: the Hub answered commit id {shown}, not one of 40 hexadecimal digits as every Hub "
-                       "commit has; nothing was recorded. Check VERA_HUB_ENDPOINT.")
+                       f"commit has; nothing was recorded. {CHECK_ENDPOINT}")
     return sha
 
 

@@ -66,6 +66,9 @@ def hub_timeout(timeout_s: float) -> Iterator[None]:
 #: The slowest a downloaded body may come, on average, once its first ``timeout_s`` has passed: a Hub that sends a
 #: byte just inside each read's timeout would otherwise hold a pull (and its worker thread) for as long as the body is
 #: long, days for an adapter at the upload limit (an outsider's finding, session 39).
+#: The end of a refusal that the Hub's answer, or no answer, caused: the setting is the registry's, so the advice is
+#: its operator's (an API caller told to "check VERA_HUB_ENDPOINT" could not).
+CHECK_ENDPOINT = "The registry's operator checks the network and its VERA_HUB_ENDPOINT."
 MIN_BODY_BYTES_PER_S = 2**20
 
 
@@ -113,8 +116,9 @@ class Budget:
         if time.monotonic() > self.deadline:
             raise RefusedBody(f"{self.what}: the Hub sent {self.file[:100]!r} too slowly (still coming after "
                               f"{self.allowed_s:,.0f} s: the request's timeout, VERA_HUB_TIMEOUT_S, and a second "
-                              "for each MiB); it was cut off and nothing was recorded. Try again later, or check "
-                              "VERA_HUB_ENDPOINT.", "came too slowly")
+                              "for each MiB); it was cut off and nothing was recorded. Try again later. "
+                              f"{CHECK_ENDPOINT}",
+                              "came too slowly")
 
 
 _budget: ContextVar[Budget | None] = ContextVar("vera_hub_download_budget", default=None)
@@ -159,7 +163,7 @@ def _cap_body(response: httpx2.Response) -> None:
     if encoding != "identity":
         response.close()
         raise RefusedBody(f"{budget.what}: the Hub sent {budget.file!r} compressed ({encoding[:40]}), which was not "
-                          "asked for and is not read; nothing was recorded. Check VERA_HUB_ENDPOINT.",
+                          f"asked for and is not read; nothing was recorded. {CHECK_ENDPOINT}",
                           "came compressed")
     length = int(declared) if declared is not None and declared.isdigit() else None
     try:
