@@ -1,12 +1,11 @@
 """Editing on the Adapter page: a version's description and tags, its aliases (``prod`` pointed here or removed),
-yanking it, the adapter's description, model card and visibility, its retention rule (web_ui.retention), moving
-the adapter (a new name or owner, once
-confirmed) and deleting the version (once its reference is typed). Shown to callers whose token may write under the
-adapter's owner (as ``whoami`` says); the registry decides in the end, and its refusal is shown as a message, next to
-the form it answers. Copying the version into another adapter (promotion) is offered to whoever may publish
-anywhere. Saving runs as the button's ``on_click``, before the page, so the header, badges and card
-already show what was saved; a delete runs in the page, which then goes to what is left (the adapter's latest
-version; after its last, the page says the adapter has no versions left)."""
+yanking it, the adapter's description, model card and visibility, its retention rule (web_ui.retention), moving the
+adapter (a new name or owner, once confirmed) and deleting the version (once its reference is typed). Shown to
+callers whose token may write under the adapter's owner (as ``whoami`` says); the registry decides in the end, and
+its refusal is shown as a message, next to the form it answers. Copying the version into another adapter (promotion)
+is offered to whoever may publish anywhere. Saving runs as the button's ``on_click``, before the page, so the header,
+badges and card already show what was saved; a delete runs in the page, which then goes to what is left (the
+adapter's latest version; after its last, the page says the adapter has no versions left)."""
 
 from __future__ import annotations
 

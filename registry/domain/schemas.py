@@ -973,14 +973,14 @@ class RetentionPreview(BaseModel):
     #: How many versions it would delete in all (``would_delete`` lists the oldest MAX_RETENTION_PREVIEW); None from
     #: a server before this field, whose list was whole.
     would_delete_count: int | None = None
+    #: Whether this registry applies adapters' rules (False: its operator set VERA_RETENTION_RULES=false, and nothing
+    #: is deleted by a rule until it is set back); None from a server before this field.
+    applied: bool | None = None
 
     @property
     def total(self) -> int:
         """How many versions the rule would delete in all."""
         return len(self.would_delete) if self.would_delete_count is None else self.would_delete_count
-    #: Whether this registry applies adapters' rules (False: its operator set VERA_RETENTION_RULES=false, and nothing
-    #: is deleted by a rule until it is set back); None from a server before this field.
-    applied: bool | None = None
 
 
 class AdapterInfo(BaseModel):
