@@ -47,6 +47,12 @@ def done(ref: str, outcome: Outcome, where: str = "top") -> None:
     st.cache_data.clear()
 
 
+def forget(where: str) -> None:
+    """Drop the outcome kept for the form ``where``: what it said is no longer so (a rule changed elsewhere since)."""
+    if st.session_state.get(RESULT, (None, None, None))[2] == where:
+        del st.session_state[RESULT]
+
+
 def result(ref: str, where: str = "top") -> None:
     """What the last change of this version answered, if it is shown ``where``: a success, or the registry's refusal
     as a message."""

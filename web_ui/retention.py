@@ -17,15 +17,19 @@ from registry.domain.errors import RegistryError
 from registry.domain.schemas import MAX_RETENTION_DAYS, MAX_VERSION, RetentionInfo, RetentionPreview, VersionInfo
 from registry.domain.words import RULES_OFF, counted, kept_by
 from web_ui import session
-from web_ui.outcomes import RETENTION_FORM, Note, Unsent, done, result
+from web_ui.outcomes import RETENTION_FORM, Note, Unsent, done, forget, result
 
 #: The value of the versions table's retention column for a version the rule deletes at its next run.
 DUE = "due for deletion"
 #: How many references a message lists before "and N more".
 LISTED = 10
-#: The box Save rule asks to be ticked when the rule deletes any version (a walk in a browser, session 56: one click
-#: scheduled three deletions, where deleting one version asks for its reference typed).
+#: The box Save rule asks to be ticked, for the rule whose deletions were last shown (a walk in a browser, session 56:
+#: one click scheduled three deletions, where deleting one version asks for its reference typed; then, a box ticked
+#: for one rule saved another, whose deletions were never shown). Any rule: it deletes more as versions come or age.
 CONFIRM = "I understand: the versions it deletes are gone for good"
+#: What the registry does with a rule from then on, said before it is saved.
+LATER = ("from then on, each version it stops keeping (a newer one published, or its days passed) is deleted within "
+         "the hour")
 
 T = TypeVar("T")
 
@@ -89,17 +93,37 @@ def boxes(adapter: str) -> tuple[str, str, str]:
     return f"retention-last-{adapter}", f"retention-days-{adapter}", f"retention-ok-{adapter}"
 
 
+def shown_key(adapter: str) -> str:
+    """The session-state key of the rule the boxes last showed as saved: (keep_last or 0, keep_days or 0.0)."""
+    return f"retention-shown-{adapter}"
+
+
+def seen_key(adapter: str) -> str:
+    """The session-state key of the rule whose deletions were last shown (Preview, or Save's refusal): the one a
+    ticked box confirms."""
+    return f"retention-seen-{adapter}"
+
+
+def show_saved(adapter: str, keep_last: int | None, keep_days: float | None) -> None:
+    """The boxes show the rule just saved (or none), and the form takes it as the one it showed: its outcome stays."""
+    saved = (keep_last or 0, float(keep_days or 0))
+    last_box, days_box, confirm = boxes(adapter)
+    st.session_state[shown_key(adapter)] = saved
+    st.session_state[last_box], st.session_state[days_box] = saved
+    st.session_state[confirm] = False  # asked again for the next rule
+
+
 def asked(adapter: str) -> tuple[int | None, float | None] | Unsent:
     """The rule the form's boxes give (0: that part is not in the rule), or why it is not sent: the boxes take any
     number and are checked here, so that a number out of range is said, not a click ignored (the same walk)."""
     last_box, days_box, _ = boxes(adapter)
     last, days = st.session_state.get(last_box) or 0, float(st.session_state.get(days_box) or 0)
     if not 0 <= last <= MAX_VERSION:
-        return Unsent(f"Nothing sent: keep the newest 1 to {MAX_VERSION:,} versions (0: no count in the rule), not "
-                      f"{last:,}.")
+        return Unsent(f"Nothing sent: keep the newest N versions, N a whole number of 1 or more (0: no count in the "
+                      f"rule), not {last:,}.")
     if not math.isfinite(days) or (days and not 1 <= days <= MAX_RETENTION_DAYS):
         return Unsent(f"Nothing sent: keep versions published in the last 1 to {MAX_RETENTION_DAYS:,} days (0: no age "
-                      f"in the rule), not {days:g}.")
+                      f"in the rule), not {days:,g}.")
     if not last and not days:
         return Unsent("Nothing sent: give the newest N versions or the last D days to keep (Remove rule leaves the "
                       "adapter without one).")
@@ -124,63 +148,66 @@ def preview_rule(ref: str, adapter: str) -> None:
     """``on_click`` of Preview: what the rule in the boxes would delete now; nothing is saved."""
     preview = sent(ref, adapter, lambda c, last, days: c.retention_preview(adapter, keep_last=last, keep_days=days))
     if preview is not None:
+        st.session_state[seen_key(adapter)] = asked(adapter)
         done(ref, Note(f"Nothing saved. This rule {kept_by(preview.rule).split('; ')[0]}; it "
-                       f"{said(preview, 'would delete')}."), RETENTION_FORM)
+                       f"{said(preview, 'would delete')}, and {LATER}."), RETENTION_FORM)
 
 
 def save_rule(ref: str, adapter: str) -> None:
     """``on_click`` of Save rule: the adapter's rule becomes the one in the boxes (a rule is set whole), once its box
-    is ticked when the rule deletes any version; what it deletes is said."""
+    is ticked for that rule, whose deletions were shown (else they are shown, and the box asked for again)."""
     confirm = boxes(adapter)[2]
     preview = sent(ref, adapter, lambda c, last, days: c.retention_preview(adapter, keep_last=last, keep_days=days))
     if preview is None:
         return
-    if preview.total and not st.session_state.get(confirm):
-        done(ref, Unsent(f"Nothing saved: this rule would delete {counted(preview.total, 'version')} at its next run "
-                         f"(within the hour): {listed(preview.would_delete, preview.total)}. Tick '{CONFIRM}' and "
-                         "press Save rule to save it."), RETENTION_FORM)
+    if not st.session_state.get(confirm) or st.session_state.get(seen_key(adapter)) != asked(adapter):
+        st.session_state[seen_key(adapter)] = asked(adapter)
+        st.session_state[confirm] = False
+        done(ref, Unsent(f"Nothing saved: this rule {said(preview, 'would delete')}, and {LATER}. Tick '{CONFIRM}' "
+                         "and press Save rule to save it."), RETENTION_FORM)
         return
-    answer = sent(ref, adapter, lambda c, last, days: (c.set_retention(adapter, keep_last=last, keep_days=days),
-                                                       c.retention_preview(adapter)))
-    if answer is not None:
-        saved, now = answer
-        st.session_state[confirm] = False  # asked again for the next rule
-        done(ref, f"Saved {adapter}'s rule: it {kept_by(saved.retention).split('; ')[0]}. It {said(now)}.",
-             RETENTION_FORM)
+    answer = sent(ref, adapter, lambda c, last, days: c.set_retention(adapter, keep_last=last, keep_days=days))
+    if answer is not None and answer.retention is not None:
+        show_saved(adapter, answer.retention.keep_last, answer.retention.keep_days)
+        done(ref, f"Saved {adapter}'s rule: it {kept_by(answer.retention).split('; ')[0]} (what it deletes now is said "
+                  "above the form).", RETENTION_FORM)
 
 
 def clear_rule(ref: str, adapter: str) -> None:
-    """``on_click`` of Remove rule: the adapter has none (the boxes follow: form)."""
+    """``on_click`` of Remove rule: the adapter has none, and the boxes are empty."""
     try:
         session.call(lambda c: c.set_retention(adapter))
     except RegistryError as exc:
         done(ref, exc, RETENTION_FORM)
         return
+    show_saved(adapter, None, None)
     done(ref, f"Removed {adapter}'s retention rule: every version stays until someone deletes it.", RETENTION_FORM)
 
 
 def form(info: VersionInfo, rule: RetentionInfo | None) -> None:
     """The Edit tab's retention form, for a writer of the adapter: the rule and what it deletes at its next run, the
     boxes to preview or save another, and Remove rule when there is one. The boxes show the saved rule whenever it
-    changed since they last did (saved or removed here, or by a teammate: Refresh), and keep what was typed
-    otherwise (Remove rule left the removed rule's number in its box: the same walk)."""
+    changed elsewhere since they last did (a teammate, the CLI: then Refresh), and what was said here of the rule
+    before is dropped, no longer being so; they keep what was typed otherwise (Remove rule left the removed rule's
+    number in its box, and a "Saved" stayed beside another rule: the same walks)."""
     adapter = f"{info.owner}/{info.name}"
     last_box, days_box, confirm = boxes(adapter)
     saved = ((rule.keep_last or 0) if rule else 0, float(rule.keep_days or 0) if rule else 0.0)
-    if st.session_state.get(f"retention-shown-{adapter}") != saved:
-        st.session_state[f"retention-shown-{adapter}"] = saved
-        st.session_state[last_box], st.session_state[days_box] = saved
+    if st.session_state.get(shown_key(adapter)) not in (None, saved):
+        forget(RETENTION_FORM)
+    if st.session_state.get(shown_key(adapter)) != saved:
+        show_saved(adapter, *saved)
     st.markdown(f"**Retention** of {adapter} (which versions the registry deletes on its own)")
     st.caption(f"Now: {kept_by(rule)}.")
     _now(adapter, rule)
-    with st.form(f"retention-{adapter}"):
+    with st.form(f"retention-{adapter}", enter_to_submit=False):  # ("Press Enter to submit form" read as Save)
         left, right = st.columns(2)
         left.number_input("Keep the newest N versions", step=1, key=last_box,
                           help="by number, yanked ones included; 0: no count in the rule")
         right.number_input("Keep versions published in the last D days", step=1.0, format="%g", key=days_box,
-                           help=f"1 to {MAX_RETENTION_DAYS:,}; 0: no age in the rule. A version either part keeps "
+                           help=f"1 to {MAX_RETENTION_DAYS:,}; 0: no age in the rule. A version kept by either part "
                                 "stays")
-        st.checkbox(CONFIRM, key=confirm, help="asked by Save rule when the rule deletes any version at its next run")
+        st.checkbox(CONFIRM, key=confirm, help="for the rule whose deletions Preview (or Save rule) showed last")
         with st.container(horizontal=True):
             st.form_submit_button("Preview", on_click=preview_rule, args=(info.ref, adapter))
             st.form_submit_button("Save rule", on_click=save_rule, args=(info.ref, adapter))

@@ -348,7 +348,7 @@ def gc(
 ) -> None:
     """Delete blobs and projections that no version references. With --keep-last and/or --keep-days, first delete
     the versions that neither rule keeps (never one that an alias other than latest points at), each audited; and
-    the versions that their adapter's own retention rule lets go (`vera retention`), as the API does hourly."""
+    the versions that their adapter's own retention rule does not keep (`vera retention`), as the API does hourly."""
     from registry.services.retention import RetentionRule
     from registry.services.verification import refuse_if_copied_away
 

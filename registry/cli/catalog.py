@@ -282,8 +282,8 @@ def retention(
     registry: RegistryUrl = None, token: Token = None, as_json: JsonOutput = False,
 ) -> None:
     """Print an adapter's own retention rule, or set it (--keep-last N, --keep-days D: a version either keeps stays)
-    or remove it (--clear). The registry deletes the versions the rule lets go about once an hour, never the newest
-    nor one an alias (latest included) points at; each deletion is audited, as a `vera delete` is."""
+    or remove it (--clear). About once an hour the registry deletes the versions the rule does not keep, never the
+    newest nor one an alias (latest included) points at; each deletion is audited, as a `vera delete` is."""
     if clear and (keep_last is not None or keep_days is not None):
         fail(InvalidInput("--clear removes the rule; leave out --keep-last and --keep-days, or --clear."))
     if keep_days is not None and not (math.isfinite(keep_days) and 1 <= keep_days <= MAX_RETENTION_DAYS):

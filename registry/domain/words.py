@@ -19,12 +19,13 @@ def kept_by(rule: RetentionInfo | None) -> str:
     """What an adapter's retention rule keeps, in words (`vera retention`, the dashboard's Edit tab)."""
     if rule is None:
         return "no retention rule: every version stays until someone deletes it"
-    kept = [f"the newest {counted(rule.keep_last, 'version')}" if rule.keep_last is not None else "",
-            f"those published in the last {rule.keep_days:g} day{'' if rule.keep_days == 1 else 's'}"
-            if rule.keep_days is not None else ""]
-    newest = "" if rule.keep_last is not None else ", the newest,"  # (the newest N hold it)
-    return (f"keeps {' and '.join(k for k in kept if k)}{newest} and any version an alias (latest included) points "
-            "at; the registry deletes the others about once an hour")
+    by_count = f"the newest {counted(rule.keep_last, 'version')}" if rule.keep_last is not None else ""
+    by_age = (f"those published in the last {rule.keep_days:g} day{'' if rule.keep_days == 1 else 's'}"
+              if rule.keep_days is not None else "")
+    newest = "" if by_count else "the newest version"  # (the newest N hold it: said once, a walk, session 56)
+    parts = [p for p in (by_count, by_age, newest, "any version an alias (latest included) points at") if p]
+    return (f"keeps {' and '.join(parts) if len(parts) == 2 else ', '.join(parts[:-1]) + ', and ' + parts[-1]}; the "
+            "registry deletes the others about once an hour")
 
 
 #: Said where a rule's effect is shown, when the registry applies none (RetentionPreview.applied is False).

@@ -290,10 +290,10 @@ def test_vera_retention_and_vera_gc(tmp_path: Path) -> None:
         made = vera("retention", "ann/a", "--keep-last", "2", "--keep-days", "1", "--registry", base)
         assert made.returncode == 0 and "note" not in made.stderr, made.stderr
         assert "it deletes no version now" in made.stdout  # minutes old: the 1-day part keeps them
-        assert ("ann/a: keeps the newest 2 versions and those published in the last 1 day and any version an alias "
+        assert ("ann/a: keeps the newest 2 versions, those published in the last 1 day, and any version an alias "
                 "(latest included) points at") in " ".join(made.stdout.split())
         shown = vera("show", "ann/a:5", "--registry", base)  # the version's page names its adapter's rule
-        assert "retention keeps the newest 2 versions and those published in the last 1 day" in " ".join(
+        assert "retention keeps the newest 2 versions, those published in the last 1 day, and" in " ".join(
             shown.stdout.split())
         narrowed = vera("retention", "ann/a", "--keep-last", "2", "--registry", base)  # the 1-day part dropped
         assert "note: the rule no longer has --keep-days 1 (a rule is set whole" in " ".join(narrowed.stderr.split())

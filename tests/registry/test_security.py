@@ -287,6 +287,19 @@ def test_a_form_cut_short_is_refused_saying_so(guarded: dict[str, Any], tmp_path
             f"The multipart body ended without its closing boundary ('--{boundary}--'): it was cut short, so its last "
             "part is not there (or it was empty). Send the whole form: POST /api/v1/adapters/{owner}/{name}/versions "
             "takes the form fields base_model, "), answer.text
+    # a part's text may hold "--BOUNDARY--" (not after a line break): it is no closing boundary (helper-152's finding)
+    said = (f'--{boundary}\r\nContent-Disposition: form-data; name="description"\r\n\r\nsee --{boundary}-- here\r\n'
+            ).encode()
+    quoted = httpx.post(f"{url}/api/v1/adapters/eve/cut/versions", content=said + body[:closing], timeout=30,
+                        headers={**bearer, "Content-Type": content_type})
+    assert quoted.status_code == 422 and "without its closing boundary" in quoted.json()["detail"], quoted.text
+    for empty in ('boundary=""', "boundary="):  # which the parser took, a body cut short with it too
+        answer = httpx.post(f"{url}/api/v1/adapters/eve/cut/versions", timeout=30, headers={
+            **bearer, "Content-Type": f"multipart/form-data; {empty}"}, content=body.replace(
+                f"--{boundary}".encode(), b"--")[:-8])
+        assert answer.status_code == 422 and answer.json()["detail"] == (
+            "The multipart Content-Type gives an empty boundary; a boundary has 1 to 70 characters (RFC 2046). Let "
+            "the client library write the form and its header."), answer.text
     job = httpx.post(f"{url}/api/v1/jobs", timeout=30, content=(
         b'--j\r\nContent-Disposition: form-data; name="target"\r\n\r\neve/j\r\n--j\r\nContent-Disposition: '
         b'form-data; name="spec"\r\n\r\n{"demo": true}'), headers={**bearer, "Content-Type": "multipart/form-data; "
@@ -298,8 +311,9 @@ def test_a_form_cut_short_is_refused_saying_so(guarded: dict[str, Any], tmp_path
     def chunks(whole: bytes, size: int) -> Iterator[bytes]:  # the closing boundary straddles two of them
         yield from (whole[i:i + size] for i in range(0, len(whole), size))
 
-    for name, quoted, whole, size in (("whole-1", False, body, 7), ("whole-2", True, body + b"an epilogue\r\n", 1000)):
-        kind = f'multipart/form-data; boundary="{boundary}"' if quoted else content_type
+    for name, in_quotes, whole, size in (("whole-1", False, body, 7), ("whole-2", True, body + b"an epilogue\r\n",
+                                                                          1000), ("whole-3", False, said + body, 5)):
+        kind = f'multipart/form-data; boundary="{boundary}"' if in_quotes else content_type
         taken = httpx.post(f"{url}/api/v1/adapters/eve/{name}/versions", content=chunks(whole, size), timeout=30,
                            headers={**bearer, "Content-Type": kind})
         assert taken.status_code == 201, taken.text

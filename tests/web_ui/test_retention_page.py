@@ -85,19 +85,27 @@ def test_a_preview_says_what_a_rule_would_delete_and_saves_nothing(registry: dic
     submit(at, "Preview", 2, 0)
     assert not at.exception and words(at.info) == [
         "Nothing saved. This rule keeps the newest 2 versions and any version an alias (latest included) points at; "
-        "it would delete 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first)."]
+        "it would delete 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first), "
+        f"and {retention.LATER}."]
     assert rule_now(registry) is None
 
 
 def test_a_rule_is_saved_once_confirmed_marked_where_its_versions_are_and_removed(registry: dict[str, Any]) -> None:
-    at = submit(edit_tab(registry), "Save rule", 2, 0)  # it deletes versions: the box is asked for first
+    refused = ("Nothing saved: this rule would delete {} at its next run (within the hour): {}, "
+               f"and {retention.LATER}. Tick '{retention.CONFIRM}' and press Save rule to save it.")
+    at = submit(edit_tab(registry), "Save rule", 2, 0)  # what it deletes is shown, and the box asked for, first
     assert not at.exception and words(at.warning) == [
-        "Nothing saved: this rule would delete 2 versions at its next run (within the hour): alice/runs:1, "
-        f"alice/runs:2. Tick '{retention.CONFIRM}' and press Save rule to save it."] and rule_now(registry) is None
+        refused.format("2 versions", "alice/runs:1, alice/runs:2 (oldest first)")] and rule_now(registry) is None
+    # the box ticked for the rule shown does not save another one, whose deletions were not shown (a walk's finding)
+    submit(at, "Save rule", 1, 0, confirm=True)
+    assert words(at.warning) == [refused.format("3 versions", "alice/runs:1, alice/runs:2, alice/runs:3 (oldest "
+                                                              "first)")] and rule_now(registry) is None
+    assert at.checkbox(key=f"retention-ok-{ADAPTER}").value is False  # asked again, for this one
+    submit(at, "Preview", 2, 0)  # a preview shows the rule's deletions too: the box then confirms it
     submit(at, "Save rule", 2, 0, confirm=True)
     assert not at.exception and words(at.success) == [
         "Saved alice/runs's rule: it keeps the newest 2 versions and any version an alias (latest included) points "
-        "at. It deletes 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first)."]
+        "at (what it deletes now is said above the form)."]
     assert rule_now(registry) == RetentionInfo(keep_last=2)
     assert at.checkbox(key=f"retention-ok-{ADAPTER}").value is False  # asked again for the next rule
     assert "It deletes 2 versions at its next run (within the hour): alice/runs:1, alice/runs:2 (oldest first)." in \
@@ -143,9 +151,18 @@ def test_the_boxes_follow_a_rule_a_teammate_sets(registry: dict[str, Any]) -> No
     at.run()
     assert at.number_input(key=f"retention-last-{ADAPTER}").value == 0
     assert at.number_input(key=f"retention-days-{ADAPTER}").value == 30
-    assert "Now: keeps those published in the last 30 days, the newest, and any version an alias (latest included) " \
-           "points at; the registry deletes the others about once an hour." in words(at.caption)
+    assert "Now: keeps those published in the last 30 days, the newest version, and any version an alias (latest " \
+           "included) points at; the registry deletes the others about once an hour." in words(at.caption)
     assert "It deletes no version now." in words(at.caption)
+    submit(at, "Save rule", 4, 0)  # a rule that deletes nothing now is confirmed too: it deletes as versions come
+    assert [w for w in words(at.warning) if w.startswith("Nothing saved: this rule would delete no version now, and "
+                                                         "from then on")]
+    with RegistryClient(registry["url"], registry["token"]) as client:  # removed elsewhere, then Refresh: what was
+        client.set_retention(ADAPTER)  # said here of the rule before is no longer so (a walk's finding)
+    st.cache_data.clear()
+    at.run()
+    assert not [w for w in words(at.warning) if w.startswith("Nothing saved")]
+    assert at.number_input(key=f"retention-days-{ADAPTER}").value == 0
 
 
 def test_a_long_list_says_how_many_more() -> None:
@@ -159,8 +176,9 @@ def test_a_long_list_says_how_many_more() -> None:
     (0, 0, "Nothing sent: give the newest N versions or the last D days to keep"),
     (3, 0.5, "Nothing sent: keep versions published in the last 1 to 36,500 days (0: no age in the rule), not 0.5."),
     (3, 40_000, "Nothing sent: keep versions published in the last 1 to 36,500 days (0: no age in the rule), not "
-                "40000."),
-    (-1, 0, "Nothing sent: keep the newest 1 to 999,999,999 versions (0: no count in the rule), not -1."),
+                "40,000."),
+    (-1, 0, "Nothing sent: keep the newest N versions, N a whole number of 1 or more (0: no count in the rule), not "
+            "-1."),
 ])
 def test_bad_numbers_send_nothing(registry: dict[str, Any], last: int, days: float, said: str) -> None:
     for label in ("Preview", "Save rule"):
