@@ -1,8 +1,9 @@
 """An adapter's own retention rule on the Adapter page (registry.services.retention: about once an hour the registry
 deletes the versions the rule does not keep, never the newest nor one an alias points at): the Edit tab says the rule
-and what it deletes at its next run, and previews, sets (once confirmed, when it deletes any) or removes one; a version
-the rule is about to delete says so in a banner, and the versions table marks it (a rule set by a teammate deleted
-versions nobody on their pages was told of)."""
+and what it deletes at its next run, and previews, sets (once confirmed) or removes one; a version the rule is about
+to delete says so in a banner, and the versions table marks it (a rule set by a teammate deleted versions nobody on
+their pages was told of). Both know the oldest MAX_RETENTION_PREVIEW (1,000) versions due, as a preview lists them: on
+an adapter with more due, those past them are not marked."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def column(preview: RetentionPreview | None, refs: list[str]) -> list[str] | Non
     (an alias keeps one the rule would delete), or None when none of them is either."""
     if preview is None:
         return None
-    cells = [DUE if ref in preview.would_delete else
+    going = set(preview.would_delete)
+    cells = [DUE if ref in going else
              f"kept for {', '.join(f'@{a}' for a in preview.kept_for_aliases[ref])}"
              if ref in preview.kept_for_aliases else "" for ref in refs]
     return cells if any(cells) else None
