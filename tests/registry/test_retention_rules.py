@@ -78,6 +78,16 @@ def test_an_adapters_rule_deletes_what_it_lets_go_and_nothing_elsewhere(registry
     assert refs(registry) == ["ann/a:1", "ann/a:4", "ann/a:5", "bob/b:1", "bob/b:2"]
 
 
+def test_a_rule_goes_with_its_adapter_when_it_moves(registry: Registry, tmp_path: Path) -> None:
+    """Renamed or transferred, an adapter keeps its rule (a column of its row), applied under its new name."""
+    publish_history(registry, tmp_path)  # ann/a:1-5 (prod -> 1), bob/b:1-2
+    rule(registry, "ann/a", keep_last=2)
+    registry.move("ann/a", "bob/kept", actor="ann")
+    assert registry.adapter("bob/kept").retention == RetentionInfo(keep_last=2)
+    assert [v.ref for v in registry.preview_retention("bob", "kept")[1].deleted] == ["bob/kept:2", "bob/kept:3"]
+    assert [v.ref for v in registry.apply_retention_rules().deleted] == ["bob/kept:2", "bob/kept:3"]
+
+
 def test_a_rule_never_empties_its_adapter_nor_takes_what_latest_names(registry: Registry, tmp_path: Path) -> None:
     """A rule by age alone keeps nothing of an adapter nobody published to for D days: its last version went, and
     with it the adapter (a private one came back public at the next publish); yanked newest versions made latest
