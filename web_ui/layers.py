@@ -33,8 +33,8 @@ def section(info: VersionInfo) -> None:
         st.altair_chart(chart, width="stretch")
     if (outside := outside_blocks(rows, info.target_modules)) is not None:
         st.caption(outside)
-    tables.show(layer_table(rows, info.target_modules), hide_index=True, width="stretch",
-                numbers=LAYER_COLUMNS.values())
+    tables.show(layer_table(rows, info.target_modules), hide_index=True, width="stretch", whole=True,
+                numbers=LAYER_COLUMNS.values())  # (it scrolled at ten rows inside the page: a walk in a browser)
     whole = found.get("saved_whole") or []
     if whole:
         st.markdown("**Saved whole (modules_to_save)**")

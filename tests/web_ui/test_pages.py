@@ -174,6 +174,20 @@ def tab(at: AppTest, label: str) -> AppTest:
     return at.run()
 
 
+def test_the_layers_table_is_shown_whole(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """It scrolled at about ten rows inside the page (two blocks of seven layers here), as Browse's did (its test)."""
+    heights: list[object] = []
+    real = tables.st.dataframe
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        heights.append(kwargs.get("height"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tables.st, "dataframe", spy)
+    at = page("adapter", registry, adapter_ref="alice/model0@prod", adapter_tab="Layers")
+    assert not at.exception and len(at.dataframe[0].value) == 14 and heights[0] == tables.whole_height(14)
+
+
 def test_adapter_page_shows_config_metrics_layers_and_verifies(registry: dict[str, Any]) -> None:
     at = page("adapter", registry, adapter_ref="alice/model0@prod")
     assert not at.exception
