@@ -1241,7 +1241,8 @@ class RegistryClient:
     def retention_preview(self, adapter: str, *, keep_last: int | None = None, keep_days: float | None = None
                           ) -> RetentionPreview:
         """What ``owner/name``'s own retention rule, or the rule ``keep_last``/``keep_days`` give, would delete now
-        (nothing is changed)."""
+        (nothing is changed): ``would_delete`` lists the oldest 1,000, ``total`` counts them all, and ``applied`` says
+        whether the registry applies rules now."""
         ref = Ref.parse(adapter)
         params = RetentionInfo(keep_last=keep_last, keep_days=keep_days).model_dump(exclude_none=True)
         return RetentionPreview.model_validate(self._request(
