@@ -1238,13 +1238,15 @@ class RegistryClient:
         return AdapterInfo.model_validate(self._request(
             "PATCH", f"/api/v1/adapters/{ref.owner}/{ref.name}", json={"retention": rule}).json())
 
-    def retention_preview(self, adapter: str, *, keep_last: int | None = None, keep_days: float | None = None
-                          ) -> RetentionPreview:
+    def retention_preview(self, adapter: str, *, keep_last: int | None = None, keep_days: float | None = None,
+                          limit: int | None = None) -> RetentionPreview:
         """What ``owner/name``'s own retention rule, or the rule ``keep_last``/``keep_days`` give, would delete now
-        (nothing is changed): ``would_delete`` lists the oldest 1,000, ``total`` counts them all, and ``applied`` says
-        whether the registry applies rules now."""
+        (nothing is changed): ``would_delete`` lists them all, or the oldest ``limit``; ``total`` counts them all, and
+        ``applied`` says whether the registry applies rules now."""
         ref = Ref.parse(adapter)
-        params = RetentionInfo(keep_last=keep_last, keep_days=keep_days).model_dump(exclude_none=True)
+        params: dict[str, Any] = RetentionInfo(keep_last=keep_last, keep_days=keep_days).model_dump(exclude_none=True)
+        if limit is not None:
+            params["limit"] = limit
         return RetentionPreview.model_validate(self._request(
             "GET", f"/api/v1/adapters/{ref.owner}/{ref.name}/retention", params=params).json())
 

@@ -37,9 +37,10 @@ class TargetError(VeraError, ValueError):
     """``target_modules`` matched nothing, or matched a layer type VeRA cannot adapt."""
 
 
-class RoutingError(VeraError, ValueError):
+class RoutingError(TargetError):
     """A mixed batch that does not fit its routing (AdapterBank): a number of adapter names other than the batch's
-    rows, or a layer that has no adapter bank."""
+    rows, or a layer that has no adapter bank. A TargetError (and so a ValueError) for code that caught one here
+    before 2026-12-07, when these were raised as TargetError."""
 
 
 class UnknownGeneratorError(VeraError, ValueError):

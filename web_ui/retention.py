@@ -15,7 +15,14 @@ import streamlit as st
 
 from registry.client import RegistryClient
 from registry.domain.errors import RegistryError
-from registry.domain.schemas import MAX_RETENTION_DAYS, MAX_VERSION, RetentionInfo, RetentionPreview, VersionInfo
+from registry.domain.schemas import (
+    MAX_RETENTION_DAYS,
+    MAX_RETENTION_PREVIEW,
+    MAX_VERSION,
+    RetentionInfo,
+    RetentionPreview,
+    VersionInfo,
+)
 from registry.domain.words import RULES_OFF, counted, kept_by
 from web_ui import session
 from web_ui.outcomes import RETENTION_FORM, Note, Unsent, done, forget, result
@@ -41,10 +48,16 @@ def due(adapter: str, rule: RetentionInfo | None) -> RetentionPreview | None:
     if rule is None:
         return None
     try:
-        preview = session.read(RegistryClient.retention_preview, adapter)
+        preview = own(adapter)
     except RegistryError:
         return None
     return preview if preview.applied is not False else None
+
+
+def own(adapter: str) -> RetentionPreview:
+    """What ``adapter``'s own rule deletes now, the oldest MAX_RETENTION_PREVIEW listed (one read for the banner,
+    the versions table and the Edit tab)."""
+    return session.read(RegistryClient.retention_preview, adapter, limit=MAX_RETENTION_PREVIEW)
 
 
 def banner(info: VersionInfo, rule: RetentionInfo | None, may_edit: Callable[[], bool]) -> None:
@@ -80,14 +93,16 @@ def listed(refs: list[str], total: int) -> str:
 
 def said(preview: RetentionPreview, verb: str = "deletes") -> str:
     """What a rule deletes at its next run and what aliases keep, in a sentence (``verb``: "would delete" for a rule
-    not saved)."""
-    n = preview.total
-    going = (f"{verb} {counted(n, 'version')} at its next run (within the hour): "
-             f"{listed(preview.would_delete, n)}{' (oldest first)' if n > 1 else ''}" if n else
-             f"{verb} no version now")
+    not saved), and, for a rule not saved, what it does from then on; on a registry that applies no rule now, that
+    instead (no "within the hour": a reviewer's finding)."""
+    n, applied = preview.total, preview.applied is not False
+    when = "at its next run (within the hour)" if applied else "once the registry applies rules again"
+    going = (f"{verb} {counted(n, 'version')} {when}: {listed(preview.would_delete, n)}"
+             f"{' (oldest first)' if n > 1 else ''}" if n else f"{verb} no version now")
     kept = "; ".join(f"{ref} stays for {', '.join(f'@{a}' for a in aliases)}"
                      for ref, aliases in preview.kept_for_aliases.items())
-    return going + (f"; {kept}" if kept else "") + (f". Note: {RULES_OFF}" if preview.applied is False else "")
+    later = f", and {LATER}" if verb != "deletes" and applied else ""
+    return going + (f"; {kept}" if kept else "") + later + ("" if applied else f". Note: {RULES_OFF}")
 
 
 def boxes(adapter: str) -> tuple[str, str, str]:
@@ -121,8 +136,8 @@ def asked(adapter: str) -> tuple[int | None, float | None] | Unsent:
     last_box, days_box, _ = boxes(adapter)
     last, days = st.session_state.get(last_box) or 0, float(st.session_state.get(days_box) or 0)
     if not 0 <= last <= MAX_VERSION:
-        return Unsent(f"Nothing sent: keep the newest N versions, N a whole number of 1 or more (0: no count in the "
-                      f"rule), not {last:,}.")
+        return Unsent(f"Nothing sent: keep the newest N versions, N a whole number from 1 to {MAX_VERSION:,} (0: no "
+                      f"count in the rule), not {last:,}.")
     if not math.isfinite(days) or (days and not 1 <= days <= MAX_RETENTION_DAYS):
         return Unsent(f"Nothing sent: keep versions published in the last 1 to {MAX_RETENTION_DAYS:,} days (0: no age "
                       f"in the rule), not {days:,g}.")
@@ -130,6 +145,12 @@ def asked(adapter: str) -> tuple[int | None, float | None] | Unsent:
         return Unsent("Nothing sent: give the newest N versions or the last D days to keep (Remove rule leaves the "
                       "adapter without one).")
     return int(last) or None, days or None
+
+
+def asked_preview(adapter: str) -> Callable[[RegistryClient, int | None, float | None], RetentionPreview]:
+    """What Preview and Save rule ask of the registry for the rule the boxes give (sent's ``send``)."""
+    return lambda c, last, days: c.retention_preview(adapter, keep_last=last, keep_days=days,
+                                                     limit=MAX_RETENTION_PREVIEW)
 
 
 def sent(ref: str, adapter: str, send: Callable[[RegistryClient, int | None, float | None], T]) -> T | None:
@@ -148,24 +169,24 @@ def sent(ref: str, adapter: str, send: Callable[[RegistryClient, int | None, flo
 
 def preview_rule(ref: str, adapter: str) -> None:
     """``on_click`` of Preview: what the rule in the boxes would delete now; nothing is saved."""
-    preview = sent(ref, adapter, lambda c, last, days: c.retention_preview(adapter, keep_last=last, keep_days=days))
+    preview = sent(ref, adapter, asked_preview(adapter))
     if preview is not None:
         st.session_state[seen_key(adapter)] = asked(adapter)
         done(ref, Note(f"Nothing saved. This rule {kept_by(preview.rule).split('; ')[0]}; it "
-                       f"{said(preview, 'would delete')}, and {LATER}."), RETENTION_FORM)
+                       f"{said(preview, 'would delete')}."), RETENTION_FORM)
 
 
 def save_rule(ref: str, adapter: str) -> None:
     """``on_click`` of Save rule: the adapter's rule becomes the one in the boxes (a rule is set whole), once its box
     is ticked for that rule, whose deletions were shown (else they are shown, and the box asked for again)."""
     confirm = boxes(adapter)[2]
-    preview = sent(ref, adapter, lambda c, last, days: c.retention_preview(adapter, keep_last=last, keep_days=days))
+    preview = sent(ref, adapter, asked_preview(adapter))
     if preview is None:
         return
     if not st.session_state.get(confirm) or st.session_state.get(seen_key(adapter)) != asked(adapter):
         st.session_state[seen_key(adapter)] = asked(adapter)
         st.session_state[confirm] = False
-        done(ref, Unsent(f"Nothing saved: this rule {said(preview, 'would delete')}, and {LATER}. Tick '{CONFIRM}' "
+        done(ref, Unsent(f"Nothing saved: this rule {said(preview, 'would delete')}. Tick '{CONFIRM}' "
                          "and press Save rule to save it."), RETENTION_FORM)
         return
     answer = sent(ref, adapter, lambda c, last, days: c.set_retention(adapter, keep_last=last, keep_days=days))
@@ -197,8 +218,8 @@ def form(info: VersionInfo, rule: RetentionInfo | None) -> None:
     saved = ((rule.keep_last or 0) if rule else 0, float(rule.keep_days or 0) if rule else 0.0)
     if st.session_state.get(shown_key(adapter)) not in (None, saved):
         forget(RETENTION_FORM)
-    if st.session_state.get(shown_key(adapter)) != saved:
-        show_saved(adapter, *saved)
+    if st.session_state.get(shown_key(adapter)) != saved or last_box not in st.session_state:
+        show_saved(adapter, *saved)  # (the boxes' state goes while the tab is not built: another tab was opened)
     st.markdown(f"**Retention** of {adapter} (which versions the registry deletes on its own)")
     st.caption(f"Now: {kept_by(rule)}.")
     _now(adapter, rule)
@@ -224,7 +245,7 @@ def _now(adapter: str, rule: RetentionInfo | None) -> None:
     if rule is None:
         return
     try:
-        preview = session.read(RegistryClient.retention_preview, adapter)
+        preview = own(adapter)
     except RegistryError:
         return
     if preview.applied is False:

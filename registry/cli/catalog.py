@@ -312,7 +312,8 @@ def retention(
     if info.retention is not None and (keep_last is not None or keep_days is not None):  # just set: what it will do
         preview = call_registry(registry, token, lambda c: c.retention_preview(adapter))
         going = preview.would_delete
-        console.print(f"it will delete {counted(preview.total, 'version')} within the hour ({', '.join(going[:5])}"
+        when = "within the hour" if preview.applied is not False else "once the registry applies rules again"
+        console.print(f"it will delete {counted(preview.total, 'version')} {when} ({', '.join(going[:5])}"
                       f"{', ...' if preview.total > 5 else ''}); `vera retention {info.owner}/{info.name} --dry-run` "
                       "lists them" if going else "it deletes no version now", soft_wrap=True)
         _note_unapplied(preview)
@@ -336,8 +337,6 @@ def _print_preview(preview: RetentionPreview, as_json: bool) -> None:
         return
     for ref in preview.would_delete:
         console.print(f"would delete {ref}")
-    if (more := preview.total - len(preview.would_delete)) > 0:
-        console.print(f"would delete {counted(more, 'more version')} (newer than those listed)")
     for ref, aliases in preview.kept_for_aliases.items():
         console.print(f"kept {ref}: alias {', '.join(aliases)} points at it")
     console.print(f"{preview.adapter}: the rule would delete {counted(preview.total, 'version')} now "

@@ -934,8 +934,8 @@ def check_yank_reason(reason: str | None, yanked: bool) -> str | None:
 
 #: The longest an adapter's retention rule may keep versions by age, in days (a hundred years).
 MAX_RETENTION_DAYS = 36_500
-#: The most versions a retention preview lists (RetentionPreview.would_delete, oldest first); ``would_delete_count``
-#: says how many there are in all.
+#: The most versions the dashboard asks a retention preview to list (``?limit=``: the oldest; ``would_delete_count``
+#: says how many there are in all). Without a limit a preview lists them all, as it did before the limit.
 MAX_RETENTION_PREVIEW = 1000
 
 
@@ -968,10 +968,10 @@ class RetentionPreview(BaseModel):
 
     adapter: str
     rule: RetentionInfo | None
-    would_delete: list[str] = []  # the oldest MAX_RETENTION_PREVIEW of them
+    would_delete: list[str] = []  # all of them, or the oldest ``limit`` the request asked for
     kept_for_aliases: dict[str, list[str]] = {}
-    #: How many versions it would delete in all (``would_delete`` lists the oldest MAX_RETENTION_PREVIEW); None from
-    #: a server before this field, whose list was whole.
+    #: How many versions it would delete in all (``would_delete`` lists the oldest ``limit`` where one was asked);
+    #: None from a server before this field, whose list was whole.
     would_delete_count: int | None = None
     #: Whether this registry applies adapters' rules (False: its operator set VERA_RETENTION_RULES=false, and nothing
     #: is deleted by a rule until it is set back); None from a server before this field.

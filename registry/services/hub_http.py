@@ -63,12 +63,12 @@ def hub_timeout(timeout_s: float) -> Iterator[None]:
         _timeout.reset(token)
 
 
-#: The slowest a downloaded body may come, on average, once its first ``timeout_s`` has passed: a Hub that sends a
-#: byte just inside each read's timeout would otherwise hold a pull (and its worker thread) for as long as the body is
-#: long, days for an adapter at the upload limit (an outsider's finding, session 39).
 #: The end of a refusal that the Hub's answer, or no answer, caused: the setting is the registry's, so the advice is
 #: its operator's (an API caller told to "check VERA_HUB_ENDPOINT" could not).
 CHECK_ENDPOINT = "The registry's operator checks the network and its VERA_HUB_ENDPOINT."
+#: The slowest a downloaded body may come, on average, once its first ``timeout_s`` has passed: a Hub that sends a
+#: byte just inside each read's timeout would otherwise hold a pull (and its worker thread) for as long as the body is
+#: long, days for an adapter at the upload limit (an outsider's finding, session 39).
 MIN_BODY_BYTES_PER_S = 2**20
 
 

@@ -13,6 +13,7 @@ from vera_core import (
     AdapterFiles,
     AdapterFormatError,
     RoutingError,
+    TargetError,
     VeraConfig,
     VeraModel,
     save_adapter,
@@ -99,6 +100,7 @@ def test_a_batch_that_does_not_fit_its_routing_is_refused_as_such() -> None:
     bank.add("a", random_adapter(ROBERTA, 0))
     with pytest.raises(RoutingError, match=r"^The batch has 2 rows but 3 adapter names: give one name per row"):
         bank(["a", "a", "a"], **ROBERTA.inputs(batch=2))
+    assert issubclass(RoutingError, TargetError)  # what it was raised as before: `except TargetError` still holds
     plain = VeraModel(ROBERTA.make(), config(ROBERTA)).eval()  # a model no bank was made from
     plain.projection.routing = Routing(torch.zeros(2, dtype=torch.long))
     with torch.no_grad(), pytest.raises(RoutingError, match=r"^This layer has no adapter bank: route mixed batches "

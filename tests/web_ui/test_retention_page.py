@@ -165,6 +165,20 @@ def test_the_boxes_follow_a_rule_a_teammate_sets(registry: dict[str, Any]) -> No
     assert at.number_input(key=f"retention-days-{ADAPTER}").value == 0
 
 
+def test_the_boxes_show_the_rule_again_after_another_tab(registry: dict[str, Any]) -> None:
+    """Their state goes while the Edit tab is not built; back on it they showed 0, under "Now: keeps the newest 3"
+    (a reviewer's finding)."""
+    with RegistryClient(registry["url"], registry["token"]) as client:
+        client.set_retention(ADAPTER, keep_last=3)
+    at = edit_tab(registry)
+    assert at.number_input(key=f"retention-last-{ADAPTER}").value == 3
+    at.session_state["adapter_tab"] = "Versions and config"
+    at.run()
+    at.session_state["adapter_tab"] = "Edit"
+    at.run()
+    assert at.number_input(key=f"retention-last-{ADAPTER}").value == 3
+
+
 def test_a_long_list_says_how_many_more() -> None:
     refs = [f"a/b:{v}" for v in range(1, 13)]
     assert retention.listed(refs, 12) == ", ".join(refs[:10]) + " and 2 more"
@@ -177,8 +191,8 @@ def test_a_long_list_says_how_many_more() -> None:
     (3, 0.5, "Nothing sent: keep versions published in the last 1 to 36,500 days (0: no age in the rule), not 0.5."),
     (3, 40_000, "Nothing sent: keep versions published in the last 1 to 36,500 days (0: no age in the rule), not "
                 "40,000."),
-    (-1, 0, "Nothing sent: keep the newest N versions, N a whole number of 1 or more (0: no count in the rule), not "
-            "-1."),
+    (-1, 0, "Nothing sent: keep the newest N versions, N a whole number from 1 to 999,999,999 (0: no count in the "
+            "rule), not -1."),
 ])
 def test_bad_numbers_send_nothing(registry: dict[str, Any], last: int, days: float, said: str) -> None:
     for label in ("Preview", "Save rule"):

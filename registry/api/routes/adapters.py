@@ -36,7 +36,6 @@ from registry.domain.schemas import (
     MAX_LINEAGE_NODES,
     MAX_PAGE,
     MAX_RETENTION_DAYS,
-    MAX_RETENTION_PREVIEW,
     MAX_VERSION,
     MAX_YANK_REASON,
     UPLOAD_PREFIX,
@@ -190,17 +189,19 @@ def retention_preview(
     keep_last: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description=(
         "preview this rule instead of the adapter's own (with keep_days, or alone)"))] = None,
     keep_days: Annotated[float | None, Query(ge=1, le=MAX_RETENTION_DAYS, allow_inf_nan=False)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description=(
+        "list the oldest this many (would_delete_count counts them all); none: every one"))] = None,
 ) -> RetentionPreview:
     """What the adapter's own retention rule, or the rule the query gives, would delete now: the versions, oldest
-    first (the first MAX_RETENTION_PREVIEW, and how many in all), and those an alias keeps. Nothing is deleted or
-    changed."""
+    first (the oldest ``limit``, where one is given), how many in all, and those an alias keeps. Nothing is deleted
+    or changed."""
     from registry.services.retention import RetentionRule
 
     asked = RetentionRule(keep_last, keep_days) if keep_last is not None or keep_days is not None else None
     rule, result = registry.preview_retention(owner, name, asked)
     return RetentionPreview(adapter=f"{owner}/{name}",
                             rule=None if rule is None else RetentionInfo.model_validate(rule.said()),
-                            would_delete=[v.ref for v in result.deleted[:MAX_RETENTION_PREVIEW]],
+                            would_delete=[v.ref for v in result.deleted[:limit]],
                             would_delete_count=len(result.deleted), kept_for_aliases=result.protected,
                             applied=options.retention_rules)
 
