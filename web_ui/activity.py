@@ -16,6 +16,9 @@ from registry.client import RegistryClient
 from registry.domain.events import EVERY_OWNER, EventInfo
 from web_ui import formats, navigation, session, tables
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Activity"
+
 #: Actions offered in the filter (others can be typed): what the registry records today.
 ACTIONS = ("publish", "alias", "alias-remove", "yank", "unyank", "delete", "adapter-edit", "version-edit",
            "version-evaluate", "version-evaluation-delete",
@@ -166,7 +169,7 @@ def filters() -> dict[str, Any]:
 
 
 def page() -> None:
-    st.title("Activity")
+    st.title(TITLE)
     chosen = filters()
     found = session.read(RegistryClient.events, **chosen)
     if not found.events:

@@ -21,9 +21,12 @@ from web_ui import analysis, charts, editing, formats, layers, lineage, navigati
 from web_ui.activity import markdown_text
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Adapter"
+
 
 def page() -> None:
-    st.title("Adapter")
+    st.title(TITLE)
     navigation.follow_url("ref", "adapter_box", default=st.session_state.get("adapter_ref", ""))
     ref_text = st.text_input("Version", key="adapter_box", placeholder="owner/name, owner/name:3 or owner/name@prod",
                              on_change=navigation.write_url, args=("ref", "adapter_box")).strip()

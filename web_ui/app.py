@@ -80,22 +80,22 @@ def run() -> None:
     # st.Page's icon when none is set here) is an SVG its frontend fetches from fonts.gstatic.com, which fails offline.
     st.set_page_config(page_title="vera-registry", page_icon="🧩", layout="wide")
     pages = {
-        "browse": st.Page(session.guarded(browse.page), title="Browse", icon=":material/table_view:",
+        "browse": st.Page(session.guarded(browse.page, browse.TITLE), title="Browse", icon=":material/table_view:",
                           url_path="home", default=True),  # served at /: a default page's path is not its URL
         # the same page at /browse, as every other page is at its name (else /browse said "Page not found")
-        "browse-by-name": st.Page(session.guarded(browse.page), title="Browse", icon=":material/table_view:",
-                                  url_path="browse", visibility="hidden"),
-        "adapter": st.Page(session.guarded(adapter.page), title="Adapter", icon=":material/tune:",
+        "browse-by-name": st.Page(session.guarded(browse.page, browse.TITLE), title="Browse",
+                                  icon=":material/table_view:", url_path="browse", visibility="hidden"),
+        "adapter": st.Page(session.guarded(adapter.page, adapter.TITLE), title="Adapter", icon=":material/tune:",
                            url_path="adapter"),
-        "compare": st.Page(session.guarded(compare.page), title="Compare", icon=":material/compare_arrows:",
-                           url_path="compare"),
-        "train": st.Page(session.guarded(train.page), title="Train", icon=":material/model_training:",
+        "compare": st.Page(session.guarded(compare.page, compare.TITLE), title="Compare",
+                           icon=":material/compare_arrows:", url_path="compare"),
+        "train": st.Page(session.guarded(train.page, train.TITLE), title="Train", icon=":material/model_training:",
                          url_path="train"),
-        "activity": st.Page(session.guarded(activity.page), title="Activity", icon=":material/history:",
+        "activity": st.Page(session.guarded(activity.page, activity.TITLE), title="Activity", icon=":material/history:",
                             url_path="activity"),
-        "webhooks": st.Page(session.guarded(webhooks.page), title="Webhooks", icon=":material/webhook:",
+        "webhooks": st.Page(session.guarded(webhooks.page, webhooks.TITLE), title="Webhooks", icon=":material/webhook:",
                             url_path="webhooks"),
-        "organisations": st.Page(session.guarded(organisations.page), title="Organisations",
+        "organisations": st.Page(session.guarded(organisations.page, organisations.TITLE), title="Organisations",
                                  icon=":material/groups:", url_path="organisations"),
     }
     st.session_state["pages"] = pages

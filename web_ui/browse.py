@@ -14,6 +14,9 @@ from registry.domain.schemas import Page, VersionInfo
 from vera_core.config import KNOWN_GENERATORS
 from web_ui import formats, getting_started, metric_names, navigation, session, tables
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Browse adapters"
+
 SORT_LABELS = {"-created": "newest", "created": "oldest", "-trainable_parameters": "most trainable parameters",
                "trainable_parameters": "fewest trainable parameters", "-stored_bytes": "largest stored",
                "stored_bytes": "smallest stored", "-r": "highest rank", "r": "lowest rank",
@@ -462,7 +465,7 @@ def clearing() -> None:
 
 
 def page() -> None:
-    st.title("Browse adapters")  # the sidebar says Browse (a walk: "Adapters" here, Browse there)
+    st.title(TITLE)  # the sidebar says Browse (a walk: "Adapters" here, Browse there)
     follow_url()
     form = st.empty()
     values = form_values()

@@ -15,6 +15,9 @@ from web_ui import charts, formats, navigation, session, tables
 from web_ui.adapter import PARAM_KEY_PX, PARAM_VALUE_PX, yanked_banner
 from web_ui.browse import MIXED_ACCURACY_PX, accuracy_cells, accuracy_column, key_metrics, mixed_accuracies
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Compare"
+
 BOX = "compare_box"
 SEARCH = "compare_search"
 #: How many matches of a search the picker offers (the newest first); the search narrows the rest down.
@@ -144,7 +147,7 @@ def readable(refs: list[str]) -> list[VersionInfo]:
 
 
 def page() -> None:
-    st.title("Compare")
+    st.title(TITLE)
     refs = picker()
     if not 2 <= len(refs) <= MOST:
         st.info("Choose two to four versions.")

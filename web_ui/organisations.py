@@ -25,6 +25,9 @@ from web_ui import navigation, session, tables
 from web_ui.editing import READ_ONLY_EDITS
 from web_ui.webhooks import OWNERS_FROM, owners
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Organisations"
+
 ROLES = ("read", "write", "admin")
 ROLE_WORDS = {"read": "read: sees the organisation's private adapters", "write": "write: also publishes and edits",
               "admin": "admin: also manages members"}
@@ -405,7 +408,7 @@ def current(who: WhoAmI) -> tuple[list[OrganizationInfo], WhoAmI]:
 
 
 def page() -> None:
-    st.title("Organisations")
+    st.title(TITLE)
     who = session.read(RegistryClient.whoami)
     if who.anonymous:
         st.info("Sign in with a token (sidebar) to see your organisations: anonymous callers belong to none.")

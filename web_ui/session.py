@@ -256,14 +256,17 @@ def registry_root(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}" if first in REGISTRY_PATHS else None
 
 
-def guarded(page: Callable[[], None]) -> Callable[[], None]:
+def guarded(page: Callable[[], None], title: str | None = None) -> Callable[[], None]:
     """A page that shows a bad URL, a server that is not a registry and registry errors as messages instead of
-    tracebacks."""
+    tracebacks; ``title``: the page's heading, drawn above a bad URL's message, which the page is not run for (the
+    page then had no heading: a walk's finding)."""
 
     @functools.wraps(page)
     def run() -> None:
         url, token = settings()
         if (problem := url_problem(url)) is not None:
+            if title is not None:
+                st.title(title)
             st.error(problem, icon=":material/link_off:")
             return
         try:

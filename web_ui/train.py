@@ -20,6 +20,9 @@ from vera_core.config import KNOWN_GENERATORS, TASK_METRICS
 from vera_core.errors import parse_json
 from web_ui import editing, jobs, navigation, session
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Train: fine-tune jobs"
+
 JOB_BOX = "job_box"
 
 
@@ -29,7 +32,7 @@ def job_number(text: str) -> int | None:
 
 def page() -> None:
     ahead = session.start(lambda c: c.jobs())  # the jobs are listed (uncached) while the form is built
-    st.title("Train: fine-tune jobs")
+    st.title(TITLE)
     queued = launch()
     st.divider()
     # a listing started before this run queued a job may lack it: then the jobs are listed again

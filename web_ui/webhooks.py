@@ -13,6 +13,9 @@ from registry.domain.events import EVERY_OWNER, WEBHOOK_EVENTS, DeliveryInfo, We
 from registry.domain.schemas import WhoAmI
 from web_ui import formats, navigation, session, tables
 
+#: The page's heading (also shown above a message that its registry URL is wrong: session.guarded).
+TITLE = "Webhooks"
+
 #: What to call each event in the form.
 EVENT_LABELS = {"publish": "a version is published", "alias": "an alias moves", "alias-remove": "an alias is removed",
                 "yank": "a version is yanked", "unyank": "a version is unyanked", "delete": "a version is deleted",
@@ -207,7 +210,7 @@ def manage(hook: WebhookInfo) -> None:
 
 
 def page() -> None:
-    st.title("Webhooks")
+    st.title(TITLE)
     owner = choose_owner()
     if owner is None:
         return

@@ -819,6 +819,12 @@ def test_a_url_without_its_scheme_says_to_add_it(registry: dict[str, Any]) -> No
     at = page("browse", {"url": bare, "token": registry["token"]})
     assert not at.exception and "cannot be reached" not in texts(at)
     assert f"does not start with http:// or https://. Add it in the sidebar, e.g. http://{bare}" in texts(at)
+    # in the dashboard, under the page's heading (the page, not run, drew none: a walk's finding)
+    whole = AppTest.from_file(str(Path(__file__).parents[2] / "web_ui" / "streamlit_app.py"), default_timeout=60)
+    whole.query_params["registry"] = bare
+    whole.run()
+    assert not whole.exception and [t.value for t in whole.title] == ["Browse adapters"]
+    assert "does not start with http:// or https://" in texts(whole)
 
 
 def test_browse_rows_ticked_open_one_or_compare_two_to_four(registry: dict[str, Any]) -> None:
