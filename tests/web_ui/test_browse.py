@@ -13,7 +13,7 @@ from registry.client import RegistryClient
 from registry.domain.schemas import VersionInfo
 from tests.registry.adapters import make_adapter
 from tests.registry.servers import registry_in_thread
-from tests.web_ui.test_pages import apply, field, filter_form, page, texts
+from tests.web_ui.test_pages import apply, field, filter_form, page, table_heights, texts
 from web_ui import browse, formats, metric_names, navigation, tables
 
 ACCURACY = {"alice/a": 0.846, "alice/b": 0.8355}  # what the reviewer saw: 0.846 beside 0.8355
@@ -124,16 +124,8 @@ def test_an_eval_accuracy_beside_test_accuracies_says_so(registry: dict[str, Any
 
 def test_the_page_of_versions_is_shown_whole_not_in_a_ten_row_box(registry: dict[str, Any],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Session 11's walk: Browse's table scrolled at about ten rows inside the page, leaving space under it. (The
-    height st.dataframe is given is not in what AppTest keeps of the element: it is read at the call.)"""
-    heights: list[object] = []
-    real = tables.st.dataframe
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        heights.append(kwargs.get("height"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tables.st, "dataframe", spy)
+    """Session 11's walk: Browse's table scrolled at about ten rows inside the page, leaving space under it."""
+    heights = table_heights(monkeypatch)
     at = page("browse", registry)
     assert not at.exception and len(at.dataframe[0].value) == len(ACCURACY) + 1  # and bob's eval-only version
     assert heights == [tables.whole_height(len(ACCURACY) + 1)]

@@ -174,8 +174,9 @@ def tab(at: AppTest, label: str) -> AppTest:
     return at.run()
 
 
-def test_the_layers_table_is_shown_whole(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """It scrolled at about ten rows inside the page (two blocks of seven layers here), as Browse's did (its test)."""
+def table_heights(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The heights the dashboard's tables are given, in the order they are drawn, filled as pages run (the height
+    st.dataframe is given is not in what AppTest keeps of the element: it is read at the call)."""
     heights: list[object] = []
     real = tables.st.dataframe
 
@@ -184,6 +185,12 @@ def test_the_layers_table_is_shown_whole(registry: dict[str, Any], monkeypatch: 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tables.st, "dataframe", spy)
+    return heights
+
+
+def test_the_layers_table_is_shown_whole(registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """It scrolled at about ten rows inside the page (two blocks of seven layers here), as Browse's did (its test)."""
+    heights = table_heights(monkeypatch)
     at = page("adapter", registry, adapter_ref="alice/model0@prod", adapter_tab="Layers")
     assert not at.exception and len(at.dataframe[0].value) == 14 and heights[0] == tables.whole_height(14)
 
